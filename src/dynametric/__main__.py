@@ -1,0 +1,5 @@
+import sys
+
+from dynametric.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``dynametric`` CLI; each module has ``register(subparsers)``."""

@@ -1,0 +1,35 @@
+"""Exception types. Every user-facing error names the file, line or key and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DynametricError(Exception):
+    """Base class of all errors raised on purpose by dynametric (the CLI prints them without a traceback)."""
+
+
+class InputError(DynametricError, ValueError):
+    """Bad user input: a file, a row, a key or a tensor that does not have the expected form.
+
+    ``InputError("expected 4 fields", file="a.csv", line=3)`` renders as ``a.csv:3: expected 4 fields``.
+    """
+
+    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.message = message
+        self.file = None if file is None else str(file)
+        self.line = line
+        self.key = key
+        where = []
+        if self.file is not None:
+            where.append(self.file if line is None else f"{self.file}:{line}")
+        elif line is not None:
+            where.append(f"line {line}")
+        if key is not None:
+            where.append(f"key '{key}'")
+        super().__init__(f"{' '.join(where)}: {message}" if where else message)
+
+
+class ConfigError(InputError):
+    """An invalid configuration key or value (names the dotted key and, where possible, the closest valid one)."""

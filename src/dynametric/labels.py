@@ -1,0 +1,48 @@
+"""The label convention: ``LongTensor[N, S]``, one column per scale, finest first.
+
+A 1-D tensor of ``N`` labels is the single-scale case ``S = 1``. Every loss, miner, sampler and metric in
+dynametric accepts either form and calls :func:`as_label_matrix` to normalise it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from dynametric.errors import InputError
+
+LabelsLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]]
+
+
+def as_label_matrix(labels: LabelsLike, *, name: str = "labels", num_rows: int | None = None) -> torch.Tensor:
+    """Return ``labels`` as a ``LongTensor[N, S]`` (finest scale first).
+
+    Accepts 1-D (``S = 1``) or 2-D integer tensors/arrays/lists. Raises :class:`InputError` naming ``name``
+    for floats with a fractional part, other ranks, or a row count different from ``num_rows``.
+    """
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(np.asarray(labels))
+    if labels.dtype.is_floating_point:
+        if not torch.isfinite(labels).all() or not torch.equal(labels, labels.round()):
+            raise InputError("labels must be integers, found non-integer values", key=name)
+    elif labels.dtype == torch.bool or labels.is_complex():
+        raise InputError(f"labels must be integers, got dtype {labels.dtype}", key=name)
+    if labels.dim() == 1:
+        labels = labels.unsqueeze(1)
+    elif labels.dim() != 2:
+        raise InputError(f"labels must be [N] or [N, S], got shape {tuple(labels.shape)}", key=name)
+    if labels.shape[1] == 0:
+        raise InputError("labels have zero scale columns", key=name)
+    if num_rows is not None and labels.shape[0] != num_rows:
+        raise InputError(f"expected {num_rows} label rows, got {labels.shape[0]}", key=name)
+    return labels.long()
+
+
+def select_scale(labels: LabelsLike, scale: int = 0, *, name: str = "labels") -> torch.Tensor:
+    """Return the 1-D ``LongTensor[N]`` of one scale (``0`` = finest) from ``[N]`` or ``[N, S]`` labels."""
+    mat = as_label_matrix(labels, name=name)
+    if not -mat.shape[1] <= scale < mat.shape[1]:
+        raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
+    return mat[:, scale]

@@ -1,0 +1,131 @@
+"""The loss and miner contract shared by every loss in dynametric (pytorch-metric-learning compatible).
+
+``loss(embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None) -> scalar``
+
+* ``labels`` is ``[B]`` or ``[B, S]`` (finest scale first); a plain loss uses column ``self.scale``
+  (default ``0``, the finest). Losses that need every scale (CSL, :class:`MultiScaleLoss`) set
+  ``uses_all_scales = True`` and receive the full ``[B, S]`` matrix.
+* ``indices_tuple`` is a miner's output: pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)``.
+* ``ref_emb``/``ref_labels``: positives/negatives come from this reference set instead of the batch.
+* Losses with learnable parameters are ``nn.Module`` s; :meth:`MetricLoss.loss_parameters` lists them
+  so the engine can give them their own optimizer group.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from dynametric.errors import InputError
+from dynametric.labels import as_label_matrix
+
+logger = logging.getLogger("dynametric.losses")
+
+IndicesTuple = tuple[torch.Tensor, ...]
+
+
+class _LogOnce:
+    """Per-instance "say it once" helper for debug messages (no global state)."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+
+    def __call__(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            logger.debug(message)
+
+
+class MetricLoss(nn.Module):
+    """Base class of every loss. Subclasses implement :meth:`compute_loss` on 1-D labels."""
+
+    uses_all_scales: bool = False
+
+    def __init__(self, scale: int = 0) -> None:
+        super().__init__()
+        self.scale = scale
+        self._log_once = _LogOnce()
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None = None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if embeddings.dim() != 2:
+            raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+        labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
+        if (ref_emb is None) != (ref_labels is None):
+            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        if ref_emb is not None:
+            ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def prepare_labels(self, labels: torch.Tensor, num_rows: int, name: str) -> torch.Tensor:
+        mat = as_label_matrix(labels, name=name, num_rows=num_rows)
+        if self.uses_all_scales:
+            return mat.to(labels.device if isinstance(labels, torch.Tensor) else mat.device)
+        if not -mat.shape[1] <= self.scale < mat.shape[1]:
+            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
+        return mat[:, self.scale]
+
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def zero_loss(self, embeddings: torch.Tensor, reason: str) -> torch.Tensor:
+        """A zero that is still connected to the graph (backward works, gradients are 0, never NaN)."""
+        self._log_once(reason, f"{type(self).__name__}: {reason}; returning a zero loss")
+        zero = embeddings.sum() * 0.0
+        for p in self.parameters():
+            zero = zero + p.sum() * 0.0
+        return zero
+
+    def loss_parameters(self) -> list[nn.Parameter]:
+        """Learnable parameters of the loss itself (proxies, class weights, margins)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class Miner(nn.Module):
+    """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
+
+    Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
+    ``self.scale`` is used.
+    """
+
+    def __init__(self, scale: int = 0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> IndicesTuple:
+        labels = as_label_matrix(labels, name="labels", num_rows=embeddings.shape[0])[:, self.scale]
+        if ref_emb is None:
+            ref_emb, ref_labels = embeddings, labels
+        else:
+            if ref_labels is None:
+                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+            ref_labels = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
+        with torch.no_grad():
+            return self.mine(embeddings.detach(), labels.to(embeddings.device), ref_emb.detach(),
+                             ref_labels.to(embeddings.device))
+
+    def mine(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+    ) -> IndicesTuple:  # pragma: no cover - abstract
+        raise NotImplementedError

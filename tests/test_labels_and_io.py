@@ -1,0 +1,40 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dynametric import InputError, as_label_matrix, select_scale
+from dynametric.utils.io import atomic_open, atomic_write_json
+
+
+def test_label_matrix_forms():
+    assert as_label_matrix(torch.tensor([3, 1, 2])).shape == (3, 1)
+    m = as_label_matrix(np.array([[1, 10], [2, 10]]))
+    assert m.dtype == torch.long and m.shape == (2, 2)
+    assert torch.equal(select_scale(m, 1), torch.tensor([10, 10]))
+    assert torch.equal(as_label_matrix(torch.tensor([1.0, 2.0])), torch.tensor([[1], [2]]))
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1.5, 2.0]), torch.zeros(2, 2, 2, dtype=torch.long)])
+def test_label_matrix_rejects(bad):
+    with pytest.raises(InputError):
+        as_label_matrix(bad)
+
+
+def test_label_matrix_row_count_and_scale():
+    with pytest.raises(InputError, match="expected 3 label rows"):
+        as_label_matrix(torch.arange(2), num_rows=3)
+    with pytest.raises(InputError, match="scale 2 out of range"):
+        select_scale(torch.zeros(4, 2, dtype=torch.long), 2)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "out.json"
+    atomic_write_json(path, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as fh:
+            fh.write("partial")
+            raise RuntimeError("killed")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
