@@ -1,0 +1,280 @@
+"""Cross-Scale Learning (CSL), the loss of Dynamic Metric Learning (Sun et al., "Dynamic Metric Learning: Towards a
+Scalable Metric Space to Accommodate Multiple Semantic Scales", CVPR 2021). Specification: METHODS.md section 3.8.
+
+The paper's exact equation is not public [U]; this follows the only public implementation, which matches the
+stated idea. One learnable proxy ``P_c`` per **fine** training class ``c`` carries the class's full label path
+``(y_c^(0), ..., y_c^(S-1))`` (finest first). For an L2-normalised embedding ``f`` with cosine ``s_c = <f, P_c/|P_c|>``:
+
+    L_l(f) = softplus( logsumexp_{c in N_l} gamma s_c + logsumexp_{p in P} (-gamma s_p) + gamma m_l )
+           = log(1 + sum_{c in N_l} sum_{p in P} exp(gamma (s_c - s_p + m_l)))
+
+with negatives ``N_l = {c : y_c^(l) != y^(l)(f)}`` at scale ``l`` and positives always fine-level,
+``P = {c : y_c^(0) = y^(0)(f)}`` (the own proxy). ``L_CSL = sum_l w_l mean_f L_l(f)``. Defaults [U]: ``gamma=32``,
+``margins=(0.25, 0.35, 0.45)`` (fine, middle, coarse), ``w_l = 1``. Because ``N_2 ⊆ N_1 ⊆ N_0`` the space is
+graded: other fine classes of the same middle class below ``s_p - m_0``, other middle classes below ``s_p - m_1``,
+other coarse classes below ``s_p - m_2``.
+
+``mode="pairs"`` [U] applies the same formula with the other in-batch samples in place of proxies (positives share
+the fine label, negatives at scale ``l`` differ at scale ``l``); anchors without a positive are skipped and
+counted in :attr:`CSLLoss.last_skipped_anchors`. Per-scale terms of the last call are in
+:attr:`CSLLoss.last_terms`; :meth:`CSLLoss.terms` returns them with gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynametric.errors import InputError
+from dynametric.labels import LabelsLike, as_label_matrix
+from dynametric.losses.base import IndicesTuple, MetricLoss
+
+__all__ = ["CSLLoss"]
+
+_MODES = ("proxy", "pairs")
+
+
+def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` of ``x`` over ``mask`` along ``dim``; rows with an empty mask give ``-inf`` in value only
+    (callers select them away with ``torch.where``), never NaN gradients."""
+    filled = x.masked_fill(~mask, torch.finfo(x.dtype).min)
+    out = torch.logsumexp(filled, dim=dim)
+    return torch.where(mask.any(dim=dim), out, torch.full_like(out, -math.inf))
+
+
+def _csl_term(neg_lse: torch.Tensor, pos_lse: torch.Tensor, gamma_margin: float) -> torch.Tensor:
+    """``softplus(neg_lse + pos_lse + gamma m)``, exactly 0 where either set is empty (``-inf``)."""
+    valid = torch.isfinite(neg_lse) & torch.isfinite(pos_lse)
+    z = torch.where(valid, neg_lse + pos_lse + gamma_margin, torch.zeros_like(neg_lse))
+    return torch.where(valid, F.softplus(z), torch.zeros_like(z))
+
+
+class CSLLoss(MetricLoss):
+    """Cross-Scale Learning loss (DyML, CVPR 2021; METHODS 3.8). ``uses_all_scales``: labels are ``[B, S]``.
+
+    Args:
+        class_paths: ``LongTensor[C_fine, S]``, row ``c`` is the label path of fine training class ``c`` (finest
+            first, raw ids). Fine ids must be unique. Batch labels are raw ids, mapped to proxies by the fine
+            column. May be ``None`` only in ``mode="pairs"`` (then no proxies exist).
+        embedding_size: ``D`` of the proxies.
+        gamma: scale of the cosine similarities (32).
+        margins: one margin per scale, finest first, usually growing ((0.25, 0.35, 0.45)).
+        weights: per-scale weights of the summed terms (all 1).
+        mode: ``"proxy"`` (default) or ``"pairs"`` (in-batch samples in place of proxies).
+        weight_init_func: initialiser of the ``[C, D]`` proxies (default uniform in ``±1/sqrt(D)``).
+    """
+
+    uses_all_scales = True
+
+    def __init__(
+        self,
+        class_paths: LabelsLike | None,
+        embedding_size: int,
+        gamma: float = 32.0,
+        margins: Sequence[float] = (0.25, 0.35, 0.45),
+        weights: Sequence[float] | None = None,
+        mode: str = "proxy",
+        *,
+        weight_init_func: Any = None,
+    ) -> None:
+        super().__init__(scale=0)
+        if mode not in _MODES:
+            raise InputError(f"mode must be one of {list(_MODES)}, got {mode!r}", key="mode")
+        self.mode = mode
+        self.gamma = float(gamma)
+        self.margins = tuple(float(m) for m in margins)
+        if not self.margins:
+            raise InputError("margins must name one margin per scale", key="margins")
+        num_scales = len(self.margins)
+        self.weights = tuple(float(w) for w in weights) if weights is not None else (1.0,) * num_scales
+        if len(self.weights) != num_scales:
+            raise InputError(f"weights has {len(self.weights)} entries but margins has {num_scales}", key="weights")
+        if int(embedding_size) < 1:
+            raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
+        self.embedding_size = int(embedding_size)
+        self.num_scales = num_scales
+        self.last_terms: torch.Tensor | None = None
+        self.last_skipped_anchors: int = 0
+
+        if class_paths is None:
+            if mode == "proxy":
+                raise InputError("mode='proxy' needs class_paths (one label path per fine training class)",
+                                 key="class_paths")
+            self.num_classes = 0
+            self.register_buffer("class_paths", None)
+            self.register_buffer("_sorted_fine", None)
+            self.register_buffer("_sorted_order", None)
+            self.proxies = None
+            return
+
+        paths = as_label_matrix(class_paths, name="class_paths")
+        if paths.shape[1] != num_scales:
+            raise InputError(f"class_paths has {paths.shape[1]} scale column(s) but {num_scales} margins were "
+                             f"given; pass one margin per scale", key="margins")
+        sorted_fine, order = torch.sort(paths[:, 0])
+        dup = sorted_fine[1:] == sorted_fine[:-1]
+        if bool(dup.any()):
+            fid = int(sorted_fine[1:][dup][0])
+            raise InputError(f"fine id {fid} appears in more than one row of class_paths; fine ids must be unique",
+                             key="class_paths")
+        self.num_classes = int(paths.shape[0])
+        self.register_buffer("class_paths", paths.clone())
+        self.register_buffer("_sorted_fine", sorted_fine)
+        self.register_buffer("_sorted_order", order)
+        if mode == "proxy":
+            self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
+            with torch.no_grad():
+                if weight_init_func is None:
+                    bound = 1.0 / math.sqrt(self.embedding_size)
+                    nn.init.uniform_(self.proxies, -bound, bound)
+                else:
+                    weight_init_func(self.proxies)
+        else:
+            self.proxies = None
+
+    @classmethod
+    def from_labels(cls, train_labels: LabelsLike, embedding_size: int, **kwargs: Any) -> CSLLoss:
+        """Build the class paths from a training label matrix ``[N, S]`` (one path per distinct fine id).
+
+        Raises :class:`InputError` if one fine id has two different paths (an inconsistent hierarchy).
+        """
+        mat = as_label_matrix(train_labels, name="train_labels")
+        paths = torch.unique(mat, dim=0)
+        fine = paths[:, 0]
+        same = fine[1:] == fine[:-1]  # torch.unique(dim=0) sorts rows lexicographically
+        if bool(same.any()):
+            i = int(torch.nonzero(same)[0])
+            raise InputError(f"fine id {int(fine[i])} has two label paths {paths[i].tolist()} and "
+                             f"{paths[i + 1].tolist()}; each fine class must belong to one parent per scale",
+                             key="train_labels")
+        return cls(paths, embedding_size, **kwargs)
+
+    def class_index(self, fine_labels: torch.Tensor) -> torch.Tensor:
+        """Row of ``class_paths`` (= proxy index) of each raw fine id; unknown ids raise :class:`InputError`."""
+        assert self._sorted_fine is not None and self._sorted_order is not None
+        sorted_fine = self._sorted_fine.to(fine_labels.device)
+        pos = torch.searchsorted(sorted_fine, fine_labels.contiguous()).clamp_max(sorted_fine.numel() - 1)
+        found = sorted_fine[pos] == fine_labels
+        if not bool(found.all()):
+            fid = int(fine_labels[~found][0])
+            raise InputError(f"fine label {fid} is not one of the {self.num_classes} fine training classes this "
+                             f"CSLLoss was built with", key="labels")
+        return self._sorted_order.to(fine_labels.device)[pos]
+
+    def _check_batch_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+        if labels.shape[1] != self.num_scales:
+            raise InputError(f"CSLLoss expects labels [B, {self.num_scales}] (one column per margin), got "
+                             f"{labels.shape[1]} column(s)", key="labels")
+        if self.class_paths is None:
+            return None
+        idx = self.class_index(labels[:, 0])
+        expected = self.class_paths.to(labels.device)[idx]
+        bad = (expected != labels).any(dim=1)
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0])
+            raise InputError(f"batch row {i} has label path {labels[i].tolist()} but fine class {int(labels[i, 0])} "
+                             f"was registered with path {expected[i].tolist()}", key="labels")
+        return idx
+
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        terms = self.terms(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels, _prepared=True)
+        if terms is None:
+            return self.zero_loss(embeddings, "no anchor has a positive in the batch")
+        w = torch.tensor(self.weights, dtype=terms.dtype, device=terms.device)
+        return (terms * w).sum()
+
+    def terms(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        *,
+        _prepared: bool = False,
+    ) -> torch.Tensor | None:
+        """Per-scale terms ``[S]`` (``mean_f L_l(f)``, unweighted, with gradient); ``None`` in ``pairs`` mode
+        when no anchor has a positive. Also stored, detached, in :attr:`last_terms`."""
+        if not _prepared:
+            if embeddings.dim() != 2:
+                raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+            labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
+            if ref_emb is not None:
+                if ref_labels is None:
+                    raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+                ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        labels = labels.to(embeddings.device)
+        self._check_batch_labels(labels)
+        if ref_labels is not None:
+            ref_labels = ref_labels.to(embeddings.device)
+            self._check_batch_labels(ref_labels)
+        self.last_skipped_anchors = 0
+        if embeddings.shape[0] == 0:
+            self.last_terms = None
+            return None
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+            f = F.normalize(embeddings.to(dtype), dim=1)
+            if self.mode == "proxy":
+                if ref_emb is not None:
+                    raise InputError("CSLLoss(mode='proxy') does not use ref_emb/ref_labels", key="ref_emb")
+                out = self._proxy_terms(f, labels)
+            else:
+                if ref_emb is None:
+                    r, ref_labels, same_set = f, labels, True
+                else:
+                    r, same_set = F.normalize(ref_emb.to(dtype), dim=1), False
+                assert ref_labels is not None
+                out = self._pair_terms(f, labels, r, ref_labels, same_set)
+        self.last_terms = None if out is None else out.detach()
+        return out
+
+    def _proxy_terms(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        assert self.proxies is not None and self.class_paths is not None
+        if f.shape[1] != self.embedding_size:
+            raise InputError(f"embeddings have dimension {f.shape[1]}, CSLLoss was built with embedding_size="
+                             f"{self.embedding_size}", key="embeddings")
+        sims = self.gamma * (f @ F.normalize(self.proxies.to(f.dtype), dim=1).t())  # [B, C]
+        paths = self.class_paths.to(labels.device)
+        pos_mask = labels[:, :1] == paths[:, 0][None, :]
+        pos_lse = _masked_logsumexp(-sims, pos_mask, dim=1)
+        out = []
+        for level, margin in enumerate(self.margins):  # loop over the S scales only
+            neg_mask = labels[:, level, None] != paths[:, level][None, :]
+            neg_lse = _masked_logsumexp(sims, neg_mask, dim=1)
+            out.append(_csl_term(neg_lse, pos_lse, self.gamma * margin).mean())
+        return torch.stack(out)
+
+    def _pair_terms(
+        self, f: torch.Tensor, labels: torch.Tensor, r: torch.Tensor, ref_labels: torch.Tensor, same_set: bool
+    ) -> torch.Tensor | None:
+        sims = self.gamma * (f @ r.t())  # [B, R]
+        pos_mask = labels[:, :1] == ref_labels[:, 0][None, :]
+        if same_set:
+            pos_mask.fill_diagonal_(False)
+        has_pos = pos_mask.any(dim=1)
+        self.last_skipped_anchors = int((~has_pos).sum())
+        if self.last_skipped_anchors:
+            self._log_once("skipped", f"CSLLoss(pairs): anchors without an in-batch positive are skipped "
+                                      f"({self.last_skipped_anchors} in this batch)")
+        if not bool(has_pos.any()):
+            return None
+        pos_lse = _masked_logsumexp(-sims, pos_mask, dim=1)
+        out = []
+        for level, margin in enumerate(self.margins):
+            neg_mask = labels[:, level, None] != ref_labels[:, level][None, :]
+            neg_lse = _masked_logsumexp(sims, neg_mask, dim=1)
+            term = _csl_term(neg_lse, pos_lse, self.gamma * margin)
+            out.append(term[has_pos].mean())
+        return torch.stack(out)
