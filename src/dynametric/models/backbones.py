@@ -1,0 +1,146 @@
+"""Backbones: our own registry (``simple_cnn``, ``bninception``) alongside every timm model name.
+
+:func:`create_backbone` returns a :class:`Backbone`: a module whose ``forward(images)`` gives the unpooled
+features in channels-first layout (``[B, C, H, W]`` for CNNs, ``[B, N, C]`` token sequences for transformers;
+channels-last timm models such as Swin are permuted to ``[B, C, H, W]``), plus ``feature_dim`` (= ``C``),
+``num_prefix_tokens`` (class/register tokens of a ViT, else 0) and ``classifier_prefixes`` (state-dict prefixes of
+a classifier that a backbone-only weight file may carry).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynametric.errors import ConfigError
+from dynametric.models.bninception import BNINCEPTION_URL, BNInception
+
+
+class SimpleCNN(nn.Module):
+    """A small, fast CNN for the synthetic hierarchy and CPU tests.
+
+    ``depth`` blocks of conv3×3 → BatchNorm → ReLU → max-pool 2×2, widths ``width · 2^i`` (default 32, 64, 128,
+    256), output ``[B, width · 2^(depth-1), H / 2^depth, W / 2^depth]``. About 0.39 M parameters by default.
+    """
+
+    classifier_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, in_chans: int = 3, width: int = 32, depth: int = 4) -> None:
+        super().__init__()
+        if width < 1 or depth < 1:
+            raise ConfigError(f"simple_cnn needs width >= 1 and depth >= 1, got width={width}, depth={depth}",
+                              key="model.backbone_kwargs")
+        layers: list[nn.Module] = []
+        cin = in_chans
+        for i in range(depth):
+            cout = width * 2**i
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2, ceil_mode=True)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.num_features = cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+def _simple_cnn(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
+    if pretrained:
+        raise ConfigError("simple_cnn has no pretrained weights; set pretrained=false (or give pretrained_path)",
+                          key="model.pretrained")
+    return SimpleCNN(in_chans=in_chans, **kwargs)
+
+
+def _bninception(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
+    model = BNInception(in_chans=in_chans, **kwargs)
+    if pretrained:
+        if in_chans != 3:
+            raise ConfigError("pretrained BN-Inception weights need in_chans=3", key="model.in_chans")
+        state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in model.adapt_state_dict(state).items()
+                 if not k.startswith(model.classifier_prefixes)}
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+BackboneFactory = Callable[..., nn.Module]
+
+BACKBONES: dict[str, BackboneFactory] = {
+    "simple_cnn": _simple_cnn,
+    "bninception": _bninception,
+}
+"""Backbones defined in dynametric; every other name is looked up in timm. Factories take
+``(pretrained: bool, in_chans: int, **backbone_kwargs)`` and return a module with ``num_features``."""
+
+
+class Backbone(nn.Module):
+    """Wraps a feature extractor: channels-first unpooled features and the metadata the embedder needs."""
+
+    def __init__(self, name: str, body: nn.Module, feature_dim: int, *, channels_last: bool = False,
+                 num_prefix_tokens: int = 0, classifier_prefixes: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.feature_dim = int(feature_dim)
+        self.channels_last = channels_last
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.classifier_prefixes = tuple(classifier_prefixes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.body(x)
+        if self.channels_last and out.dim() == 4:
+            out = out.permute(0, 3, 1, 2)
+        return out
+
+
+def available_backbones() -> list[str]:
+    """Names accepted by :func:`create_backbone`: our registry first, then timm's model list."""
+    import timm
+
+    return sorted(BACKBONES) + timm.list_models()
+
+
+def _unknown_backbone(name: str) -> ConfigError:
+    import timm
+
+    candidates = sorted(BACKBONES) + timm.list_models()
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"unknown backbone {name!r} (neither {sorted(BACKBONES)} nor a timm model){hint}",
+                       key="model.backbone")
+
+
+def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, **kwargs: Any) -> Backbone:
+    """Build backbone ``name``: one of :data:`BACKBONES` or any timm model.
+
+    timm models are created with ``timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="",
+    in_chans=in_chans, **kwargs)`` (timm's normal weight loading and cache when ``pretrained``); pooling is ours.
+    """
+    if name in BACKBONES:
+        body = BACKBONES[name](pretrained=pretrained, in_chans=in_chans, **kwargs)
+        return Backbone(name, body, body.num_features,
+                        classifier_prefixes=tuple(getattr(body, "classifier_prefixes", ())))
+    import timm
+
+    if not timm.is_model(name):
+        raise _unknown_backbone(name)
+    try:
+        body = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans,
+                                 **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}", key="model.backbone_kwargs") from exc
+    classifier = body.pretrained_cfg.get("classifier") if getattr(body, "pretrained_cfg", None) else None
+    prefixes: tuple[str, ...] = ()
+    if isinstance(classifier, str):
+        prefixes = (classifier + ".",)
+    elif isinstance(classifier, (list, tuple)):
+        prefixes = tuple(c + "." for c in classifier)
+    return Backbone(name, body, body.num_features,
+                    channels_last=getattr(body, "output_fmt", "NCHW") == "NHWC",
+                    num_prefix_tokens=int(getattr(body, "num_prefix_tokens", 0)),
+                    classifier_prefixes=prefixes)
+

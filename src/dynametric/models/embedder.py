@@ -1,0 +1,247 @@
+"""The embedding model: backbone → global pooling → one or more embedding heads.
+
+``build_embedder(...)`` returns an :class:`Embedder`. ``forward(images)`` returns
+
+* a ``[B, D]`` tensor when there is one head (the usual case), or
+* a dict ``{head_name: [B, D_h]}`` when ``num_heads > 1`` (insertion order = ``head_names``). With two heads
+  the default names are ``("class", "shared")``: the class-discriminative and the class-shared embedding of
+  Sharing Matters (Milbich et al., 2020) / MIC (Roth et al., ICCV 2019). Each head is L2-normalised on its own
+  when ``normalize`` is true; :func:`concat_heads` joins them for the "concatenation" evaluation.
+
+For optimiser groups the model exposes ``.backbone`` (a :class:`~dynametric.models.backbones.Backbone`) and
+``.heads`` (an ``nn.ModuleDict``); :meth:`Embedder.parameter_groups` lists the trainable parameters of each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.models.backbones import Backbone, create_backbone
+from dynametric.models.heads import EmbeddingHead, GlobalPool, PoolingMode
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TWO_HEAD_NAMES = ("class", "shared")
+
+
+def default_head_names(num_heads: int) -> tuple[str, ...]:
+    """``("embedding",)`` for one head, ``("class", "shared")`` for two, else ``head0 … head{n-1}``."""
+    if num_heads == 1:
+        return ("embedding",)
+    if num_heads == 2:
+        return DEFAULT_TWO_HEAD_NAMES
+    return tuple(f"head{i}" for i in range(num_heads))
+
+
+def _batchnorm_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class Embedder(nn.Module):
+    """Backbone + pooling + heads. See the module docstring for the output convention."""
+
+    def __init__(self, backbone: Backbone, pool: GlobalPool, heads: Mapping[str, EmbeddingHead], *,
+                 freeze_bn: bool = False) -> None:
+        super().__init__()
+        if not heads:
+            raise ConfigError("an embedder needs at least one head", key="model.num_heads")
+        self.backbone = backbone
+        self.pool = pool
+        self.heads = nn.ModuleDict(dict(heads))
+        self.head_names: tuple[str, ...] = tuple(heads)
+        self.feature_dim: int = pool.output_dim(backbone.feature_dim)
+        """Width of the pooled backbone feature that the heads receive."""
+        self.embedding_dims: dict[str, int] = {name: h.out_dim for name, h in heads.items()}
+        self.freeze_bn = freeze_bn
+        if freeze_bn:
+            for bn in _batchnorm_modules(self.backbone):
+                bn.eval()
+                for p in bn.parameters():
+                    p.requires_grad_(False)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Total output width: the single head's width, or the sum over heads (the concatenated embedding)."""
+        return sum(self.embedding_dims.values())
+
+    def train(self, mode: bool = True) -> Embedder:
+        """Set training mode; with ``freeze_bn`` the backbone's BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        if self.freeze_bn:
+            for bn in _batchnorm_modules(self.backbone):
+                bn.eval()
+        return self
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Unpooled backbone features (``[B, C, H, W]`` or ``[B, N, C]``)."""
+        return self.backbone(images)
+
+    def pooled_features(self, images: Tensor) -> Tensor:
+        """Pooled backbone features ``[B, feature_dim]``, the input of every head."""
+        return self.pool(self.backbone(images))
+
+    def forward(self, images: Tensor) -> Tensor | dict[str, Tensor]:
+        pooled = self.pooled_features(images)
+        if len(self.head_names) == 1:
+            return self.heads[self.head_names[0]](pooled)
+        return {name: self.heads[name](pooled) for name in self.head_names}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group: ``{"backbone": [...], "head": [...]}`` (frozen ones left out)."""
+        return {
+            "backbone": [p for p in self.backbone.parameters() if p.requires_grad],
+            "head": [p for p in self.heads.parameters() if p.requires_grad],
+        }
+
+
+def concat_heads(output: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """Join the heads of an :class:`Embedder` output along the feature axis (a tensor is returned unchanged)."""
+    if isinstance(output, Tensor):
+        return output
+    return torch.cat(list(output.values()), dim=1)
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_weights` did."""
+
+    file: str
+    loaded: list[str] = field(default_factory=list)
+    ignored_classifier: list[str] = field(default_factory=list)
+    """Classifier tensors in the file that a pooled backbone does not have (e.g. ``fc.weight``)."""
+    kept_initial: list[str] = field(default_factory=list)
+    """BatchNorm ``num_batches_tracked`` counters absent from older files; they keep their initial value."""
+
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise InputError("weight file not found", file=path, key="model.pretrained_path")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise InputError(f"not a readable safetensors file: {exc}", file=path) from exc
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for arbitrary pickles, RuntimeError for corrupt files
+            raise InputError("cannot load as a weights-only state dict (torch.load(weights_only=True) refused it: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=path) from exc
+    if isinstance(obj, Mapping):
+        for wrapper in _WRAPPER_KEYS:
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise InputError(f"expected a non-empty state dict (name → tensor), got {type(obj).__name__}", file=path)
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise InputError(f"expected a state dict of tensors; entry {bad[0]!r} is not a tensor "
+                         f"({len(bad)} such entries)", file=path)
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):  # saved from a DataParallel/DDP wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _listing(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" … ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path) -> LoadReport:
+    """Load a local backbone weight file (``torch.load(..., weights_only=True)``, or ``.safetensors``).
+
+    Accepts a plain state dict, one wrapped under ``state_dict``/``model``/``model_state_dict``, and DDP's
+    ``module.`` prefix. Tensors of the backbone's classifier (``backbone.classifier_prefixes``, e.g. timm's ``fc.``
+    or BN-Inception's ``last_linear.``) are ignored and reported. Any other missing key, unexpected key or shape
+    mismatch raises :class:`InputError` naming the file and the keys.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    body = backbone.body
+    adapt = getattr(body, "adapt_state_dict", None)
+    if callable(adapt):
+        state = adapt(state)
+    own = body.state_dict()
+    report = LoadReport(file=str(path))
+    report.ignored_classifier = sorted(k for k in state if k not in own and k.startswith(backbone.classifier_prefixes))
+    unexpected = sorted(k for k in state if k not in own and k not in report.ignored_classifier)
+    missing_all = [k for k in own if k not in state]
+    report.kept_initial = [k for k in missing_all if k.endswith("num_batches_tracked")]
+    missing = [k for k in missing_all if k not in report.kept_initial]
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_listing(mismatched)}")
+    if problems:
+        raise InputError(f"weights do not fit backbone {backbone.name!r}: " + "; ".join(problems), file=path,
+                         key="model.pretrained_path")
+    to_load = {k: v for k, v in state.items() if k in own}
+    body.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    logger.info("loaded %d tensors into %s from %s (ignored classifier: %s)", len(report.loaded), backbone.name,
+                path, report.ignored_classifier or "none")
+    return report
+
+
+def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrained_path: str | None = None,
+                   embedding_dim: int | None = 128, pooling: PoolingMode = "avg", normalize: bool = True,
+                   freeze_bn: bool = False, num_heads: int = 1, head_dims: Sequence[int | None] | None = None,
+                   in_chans: int = 3, head_names: Sequence[str] | None = None,
+                   backbone_kwargs: Mapping[str, Any] | None = None) -> Embedder:
+    """Build an :class:`Embedder`.
+
+    Args:
+        backbone: ``simple_cnn``, ``bninception`` or any timm model name (``resnet50``, ``vit_small_patch16_224``…).
+        pretrained: timm's normal pretrained loading (BN-Inception: the converted Caffe ImageNet weights).
+        pretrained_path: a local backbone weight file instead (see :func:`load_backbone_weights`); exclusive with
+            ``pretrained``.
+        embedding_dim: output width of each head (``None``: no projection, the pooled feature itself).
+        pooling: ``avg`` | ``max`` | ``avgmax`` (sum) | ``catavgmax`` (concatenation) | ``token`` (ViT class token).
+        normalize: L2-normalise each head's output.
+        freeze_bn: backbone BatchNorm layers in eval mode with frozen affine parameters, also after ``.train()``.
+        num_heads: number of heads on the shared backbone; ``head_dims`` / ``head_names`` set each head's width
+            and name (defaults: ``embedding_dim`` and :func:`default_head_names`).
+        in_chans: input channels.
+        backbone_kwargs: extra keyword arguments for the backbone factory (timm ``create_model``, ``SimpleCNN``,
+            ``BNInception``).
+    """
+    if num_heads < 1:
+        raise ConfigError(f"num_heads must be >= 1, got {num_heads}", key="model.num_heads")
+    if pretrained and pretrained_path is not None:
+        raise ConfigError("set either pretrained=true (download) or pretrained_path (local file), not both",
+                          key="model.pretrained_path")
+    names = tuple(head_names) if head_names is not None else default_head_names(num_heads)
+    if len(names) != num_heads or len(set(names)) != num_heads:
+        raise ConfigError(f"head_names must be {num_heads} distinct names, got {list(names)}", key="model.head_names")
+    dims = list(head_dims) if head_dims is not None else [embedding_dim] * num_heads
+    if len(dims) != num_heads:
+        raise ConfigError(f"head_dims must have num_heads={num_heads} entries, got {len(dims)}",
+                          key="model.head_dims")
+    body = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **dict(backbone_kwargs or {}))
+    if pretrained_path is not None:
+        load_backbone_weights(body, pretrained_path)
+    pool = GlobalPool(pooling, num_prefix_tokens=body.num_prefix_tokens)
+    in_dim = pool.output_dim(body.feature_dim)
+    heads = {name: EmbeddingHead(in_dim, dim, normalize=normalize) for name, dim in zip(names, dims, strict=True)}
+    return Embedder(body, pool, heads, freeze_bn=freeze_bn)
