@@ -1,0 +1,56 @@
+"""Circle loss, pair-label form (Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity
+Optimization", CVPR 2020).
+
+With cosine similarities ``s``, ``O_p = 1 + m``, ``O_n = -m``, ``Delta_p = 1 - m``, ``Delta_n = m`` and the
+self-paced weights ``alpha_p = [O_p - s_p]_+``, ``alpha_n = [s_n - O_n]_+`` (treated as constants):
+``L_i = softplus( logsumexp_n gamma alpha_n (s_n - Delta_n) + logsumexp_p -gamma alpha_p (s_p - Delta_p) )``,
+averaged over anchors with a non-zero loss (anchors without a positive or a negative give 0). Keyword arguments,
+defaults and reduction as pytorch-metric-learning's ``CircleLoss``: ``m=0.4``, ``gamma=80`` (the paper's
+fine-grained retrieval setting; face recognition uses ``m=0.25, gamma=256``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dynametric.distances import CosineSimilarity, Distance
+from dynametric.errors import ConfigError
+from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.reducers import avg_nonzero_reduce, masked_logsumexp
+from dynametric.losses.tuples import check_indices_tuple, distance_matrix, pair_masks
+
+
+class CircleLoss(MetricLoss):
+    """Circle loss on cosine similarities (needs a normalising similarity such as :class:`CosineSimilarity`)."""
+
+    def __init__(self, m: float = 0.4, gamma: float = 80.0, distance: Distance | None = None, scale: int = 0) -> None:
+        super().__init__(scale)
+        self.distance = distance if distance is not None else CosineSimilarity()
+        if not (self.distance.higher_is_closer and self.distance.normalize_embeddings):
+            raise ConfigError(f"CircleLoss needs cosine similarity, got {self.distance!r}", key="distance")
+        self.m = m
+        self.gamma = gamma
+
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        if indices_tuple is not None:
+            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+        pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
+        if num_pos <= 1 and num_neg <= 1:
+            return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")
+        s = distance_matrix(self.distance, embeddings, ref_emb)
+        sd = s.detach()
+        logit_p = -self.gamma * torch.relu(1 + self.m - sd) * (s - (1 - self.m))
+        logit_n = self.gamma * torch.relu(sd + self.m) * (s - self.m)
+        losses = F.softplus(masked_logsumexp(logit_p, pos) + masked_logsumexp(logit_n, neg))
+        has_both = pos.any(1) & neg.any(1)
+        losses = torch.where(has_both, losses, torch.zeros_like(losses))
+        return avg_nonzero_reduce(losses, s)

@@ -1,0 +1,58 @@
+"""Contrastive loss (Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant Mapping", CVPR 2006).
+
+``L = avg_nonzero_{(a,p)} [d_ap - m_pos]_+ + avg_nonzero_{(a,n)} [m_neg - d_an]_+`` (for similarities the signs
+flip). Same keyword arguments, defaults and reduction as pytorch-metric-learning's ``ContrastiveLoss``
+(``pos_margin=0``, ``neg_margin=1``, Euclidean distance of L2-normalised embeddings, each term averaged over its
+non-zero entries). The original paper squares both terms: use ``distance=SquaredL2Distance()`` and squared margins
+for the ``d^2`` form of the positive term.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dynametric.distances import Distance, LpDistance
+from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.reducers import avg_nonzero_reduce
+from dynametric.losses.tuples import check_indices_tuple, convert_to_pairs, distance_matrix, match_masks
+
+
+class ContrastiveLoss(MetricLoss):
+    """Pair loss with a positive and a negative margin (PML-compatible; see module docstring)."""
+
+    def __init__(
+        self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: Distance | None = None, scale: int = 0
+    ) -> None:
+        super().__init__(scale)
+        self.pos_margin = pos_margin
+        self.neg_margin = neg_margin
+        self.distance = distance if distance is not None else LpDistance()
+
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        if indices_tuple is None:
+            pos_mask, neg_mask = match_masks(labels, ref_labels)
+            num_pos, num_neg = int(pos_mask.sum()), int(neg_mask.sum())
+        else:
+            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
+            num_pos, num_neg = a1.numel(), a2.numel()
+        if num_pos <= 1 and num_neg <= 1:  # pytorch-metric-learning's GenericPairLoss rule
+            return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        if indices_tuple is None:
+            pos_loss = F.relu(self.distance.margin(mat, torch.full_like(mat, self.pos_margin)))
+            neg_loss = F.relu(self.distance.margin(torch.full_like(mat, self.neg_margin), mat))
+            return avg_nonzero_reduce(pos_loss, mat, pos_mask) + avg_nonzero_reduce(neg_loss, mat, neg_mask)
+        pos_d, neg_d = mat[a1, p], mat[a2, n]
+        pos_loss = F.relu(self.distance.margin(pos_d, torch.full_like(pos_d, self.pos_margin)))
+        neg_loss = F.relu(self.distance.margin(torch.full_like(neg_d, self.neg_margin), neg_d))
+        return avg_nonzero_reduce(pos_loss, mat) + avg_nonzero_reduce(neg_loss, mat)

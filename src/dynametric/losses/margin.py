@@ -1,0 +1,90 @@
+"""Margin loss (Wu, Manmatha, Smola, Krähenbühl, "Sampling Matters in Deep Embedding Learning", ICCV 2017).
+
+``l(a,p,n) = [d_ap - beta + alpha]_+ + [beta - d_an + alpha]_+``, ``L = sum l / #(non-zero hinge terms)
++ nu * beta`` (the regulariser only when ``beta`` is learned; per-class ``beta[y_a]`` when ``num_classes`` is set, then
+``nu * sum beta[y_a] / #(non-zero hinge terms)``). Keyword arguments and defaults as pytorch-metric-learning's
+``MarginLoss``: ``margin=0.2`` (alpha), ``nu=0``, ``beta=1.2``, ``triplets_per_anchor="all"``, ``learn_beta=False``,
+``num_classes=None``. Wu et al. pair it with :class:`~dynametric.miners.DistanceWeightedMiner` and learn ``beta``
+(``learn_beta=True``, its own learning rate, see :meth:`loss_parameters`). With ``num_classes`` the labels must lie
+in ``[0, num_classes)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynametric.distances import Distance, LpDistance
+from dynametric.errors import ConfigError, InputError
+from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.reducers import divisor_reduce, graph_zero
+from dynametric.losses.triplet import check_triplets_per_anchor
+from dynametric.losses.tuples import check_indices_tuple, convert_to_triplets, distance_matrix
+
+
+class MarginLoss(MetricLoss):
+    """Margin loss with a (optionally learnable, optionally per-class) boundary ``beta``."""
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        nu: float = 0.0,
+        beta: float = 1.2,
+        triplets_per_anchor: int | str = "all",
+        learn_beta: bool = False,
+        num_classes: int | None = None,
+        distance: Distance | None = None,
+        scale: int = 0,
+    ) -> None:
+        super().__init__(scale)
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}", key="num_classes")
+        self.margin = margin
+        self.nu = nu
+        self.learn_beta = learn_beta
+        self.num_classes = num_classes
+        self.triplets_per_anchor = check_triplets_per_anchor(triplets_per_anchor)
+        self.distance = distance if distance is not None else LpDistance()
+        init = torch.full((int(num_classes) if num_classes else 1,), float(beta))
+        if learn_beta:
+            self.beta = nn.Parameter(init)
+        else:
+            self.register_buffer("beta", init)
+
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.num_classes and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise InputError(
+                f"MarginLoss(num_classes={self.num_classes}) needs labels in [0, {self.num_classes}), got values in "
+                f"[{int(labels.min())}, {int(labels.max())}]",
+                key="labels",
+            )
+        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        if indices_tuple is not None:
+            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+        a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
+        if a.numel() == 0:
+            return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
+        beta = self.beta if self.beta.numel() == 1 else self.beta[labels[a]]
+        beta = beta.to(device=embeddings.device, dtype=torch.float32)
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        d_ap, d_an = mat[a, p], mat[a, n]
+        pos_loss = F.relu(self.distance.margin(d_ap, beta) + self.margin)
+        neg_loss = F.relu(self.distance.margin(beta, d_an) + self.margin)
+        divisor = (pos_loss > 0).sum() + (neg_loss > 0).sum()
+        loss = divisor_reduce(pos_loss + neg_loss, divisor, mat)
+        if self.learn_beta:
+            if self.beta.numel() == 1:
+                loss = loss + (beta * self.nu).sum()
+            else:
+                loss = loss + divisor_reduce(beta * self.nu, divisor, mat)
+        else:
+            loss = loss + graph_zero(mat)
+        return loss

@@ -1,0 +1,76 @@
+"""Triplet margin loss (Weinberger & Saul, JMLR 2009; Schroff et al., "FaceNet", CVPR 2015).
+
+``L = avg_nonzero_{(a,p,n)} [d_ap - d_an + margin]_+`` (for similarities ``s_an - s_ap + margin``). Keyword
+arguments, defaults and reduction as pytorch-metric-learning's ``TripletMarginLoss``: ``margin=0.05``,
+``swap=False`` (use ``min(d_an, d_pn)``, Balntas et al. 2016), ``smooth_loss=False`` (``softplus`` instead of the
+hinge), ``triplets_per_anchor="all"`` (or an int: that many random triplets per anchor), Euclidean distance of
+L2-normalised embeddings. Many papers use squared distances (``distance=SquaredL2Distance()``, margin 0.2 for
+FaceNet). Difference from PML: with ``swap`` and ``ref_emb`` the positive-negative distance is computed between
+the two reference embeddings (PML indexes the query-reference matrix with reference indices).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dynametric.distances import Distance, LpDistance
+from dynametric.errors import ConfigError
+from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.reducers import avg_nonzero_reduce
+from dynametric.losses.tuples import check_indices_tuple, convert_to_triplets, distance_matrix
+
+
+def check_triplets_per_anchor(value: int | str) -> int | str:
+    """``"all"`` or a positive integer."""
+    if value == "all":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"triplets_per_anchor must be 'all' or a positive integer, got {value!r}",
+                          key="triplets_per_anchor")
+    return value
+
+
+class TripletMarginLoss(MetricLoss):
+    """Hinge (or softplus) on the triplet margin; PML-compatible (see module docstring)."""
+
+    def __init__(
+        self,
+        margin: float = 0.05,
+        swap: bool = False,
+        smooth_loss: bool = False,
+        triplets_per_anchor: int | str = "all",
+        distance: Distance | None = None,
+        scale: int = 0,
+    ) -> None:
+        super().__init__(scale)
+        self.margin = margin
+        self.swap = swap
+        self.smooth_loss = smooth_loss
+        self.triplets_per_anchor = check_triplets_per_anchor(triplets_per_anchor)
+        self.distance = distance if distance is not None else LpDistance()
+
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        if indices_tuple is not None:
+            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+        a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
+        if a.numel() == 0:
+            return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        ap = mat[a, p]
+        an = mat[a, n]
+        if self.swap:
+            ref_mat = mat if ref_emb is None else distance_matrix(self.distance, ref_emb, None)
+            pn = ref_mat[p, n]
+            an = torch.maximum(an, pn) if self.distance.higher_is_closer else torch.minimum(an, pn)
+        violation = self.distance.margin(ap, an) + self.margin
+        loss = F.softplus(violation) if self.smooth_loss else F.relu(violation)
+        return avg_nonzero_reduce(loss, mat)
