@@ -1,1 +1,30 @@
-"""dynametric.data."""
+"""dynametric.data: dataset readers, generic formats, transforms (part A); synthetic data, samplers, splits (part B)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dynametric.data.base import HierarchicalImageDataset, LoadReport, Problem, SplitRecords
+from dynametric.data.registry import FORMAT_NAMES, build_dataset, list_splits
+from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, build_transform
+
+# Part B's names, imported on first use (their modules may import this package).
+_LAZY: dict[str, str] = {
+    "SyntheticHierarchy": "dynametric.data.synthetic",
+    "MPerClassSampler": "dynametric.data.samplers",
+    "ThreeScaleSampler": "dynametric.data.samplers",
+    "HierarchicalSampler": "dynametric.data.samplers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dynametric.data' has no attribute {name!r}")
+
+
+__all__ = [
+    "FORMAT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "HierarchicalImageDataset", "LoadReport",
+    "Problem", "SplitRecords", "build_dataset", "build_transform", "list_splits", *_LAZY,
+]

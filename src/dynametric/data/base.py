@@ -1,0 +1,351 @@
+"""The common image-dataset base: ``HierarchicalImageDataset`` plus the load report every reader returns.
+
+A reader turns files on disk into :class:`SplitRecords` (image paths, raw per-scale class ids, the file and line
+each record came from, and a :class:`LoadReport`). It never stops at the first bad line: every problem is
+collected. :meth:`HierarchicalImageDataset.from_records` then applies the policy: ``mode="strict"`` (default)
+raises one :class:`~dynametric.errors.InputError` listing every problem; ``mode="lenient"`` keeps the good records
+and leaves the skipped ones in the report. Hierarchy violations are errors in both modes.
+
+Labels follow the library convention ``LongTensor[N, S]``, finest scale first. Raw ids (ints or strings, as in
+the files) are kept: ``class_ids[s][c]`` is the raw id of contiguous class ``c`` at scale ``s`` (sorted raw ids →
+``0..C-1``), ``id_maps[s]`` is its inverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dynametric.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+MODES: tuple[str, str] = ("strict", "lenient")
+_MAX_LISTED = 20  # problems spelled out in one exception message (all are in the report)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found while reading a dataset: where (file, 1-based line) and what.
+
+    ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
+    ``hierarchy``, ``duplicate``, ``count_mismatch``.
+    """
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    kind: str = "malformed_row"
+
+    def __str__(self) -> str:
+        if self.file is None:
+            return self.message if self.line is None else f"line {self.line}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}" if self.line is not None else f"{self.file}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "message": self.message, "kind": self.kind}
+
+
+@dataclass
+class LoadReport:
+    """What a reader met: records kept, header mode per file, blank lines, problems, duplicates, notes."""
+
+    split: str
+    files: list[str] = field(default_factory=list)
+    records: int = 0
+    header: dict[str, str] = field(default_factory=dict)  # file -> "glued" | "own_line" | "none"
+    blank_lines: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, message: str, file: str | Path | None = None, line: int | None = None,
+            kind: str = "malformed_row") -> None:
+        self.problems.append(Problem(message, None if file is None else str(file), line, kind))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "files": list(self.files), "records": self.records, "header": dict(self.header),
+                "blank_lines": self.blank_lines, "problems": [p.as_dict() for p in self.problems],
+                "duplicates": list(self.duplicates), "notes": list(self.notes)}
+
+    def summary(self) -> str:
+        parts = [f"split {self.split!r}: {self.records} records kept"]
+        if self.header:
+            parts.append("header " + ", ".join(f"{Path(f).name}={m}" for f, m in self.header.items()))
+        parts.append(f"{self.blank_lines} blank line(s) ignored")
+        parts.append(f"{len(self.problems)} problem(s)")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicate file name(s)")
+        return "; ".join(parts)
+
+
+@dataclass
+class SplitRecords:
+    """A reader's output for one split, before labels are made contiguous."""
+
+    split: str
+    paths: list[str]
+    raw_labels: list[tuple[Hashable, ...]]  # one tuple per record, finest scale first
+    scale_names: tuple[str, ...]
+    locations: list[tuple[str, int | None]]  # (file, 1-based line) of each record, for error messages
+    report: LoadReport
+    class_ids: list[list[Hashable]] | None = None  # shared id space (e.g. query + gallery); None = from records
+    class_names: list[dict[Hashable, str]] | None = None  # optional human-readable names per scale
+
+
+def raise_problems(problems: Sequence[Problem], what: str) -> None:
+    """Raise one :class:`InputError` spelling out up to 20 problems (the first one gives file and line)."""
+    if not problems:
+        return
+    first = problems[0]
+    listed = "\n  ".join(str(p) for p in problems[:_MAX_LISTED])
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    raise InputError(f"{len(problems)} problem(s) in {what}: {first.message}\n  {listed}{more}",
+                     file=first.file, line=first.line)
+
+
+def _sort_key(value: Hashable) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, int | np.integer) else (1, str(value))
+
+
+def contiguous_ids(column: Sequence[Hashable], class_ids: Sequence[Hashable] | None = None
+                   ) -> tuple[np.ndarray, list[Hashable]]:
+    """Map raw ids to ``0..C-1`` by sorted raw id; returns ``(labels int64[N], class_ids)``.
+
+    With ``class_ids`` given (a shared id space), every value of ``column`` must be in it.
+    """
+    if class_ids is None:
+        class_ids = sorted(set(column), key=_sort_key)
+    index = {c: i for i, c in enumerate(class_ids)}
+    return np.fromiter((index[v] for v in column), dtype=np.int64, count=len(column)), list(class_ids)
+
+
+def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: Sequence[Sequence[Hashable]],
+                    locations: Sequence[tuple[str, int | None]] | None = None,
+                    max_lines: int = 5) -> tuple[list[Problem], list[str]]:
+    """Check that every finest class has exactly one parent at each coarser scale.
+
+    ``labels`` is ``int64[N, S]`` (contiguous, finest first). Returns ``(problems, notes)``: a problem per
+    violating finest class naming its parents and up to ``max_lines`` records (file:line) of each parent; the
+    notes say, for every intermediate scale, whether each of its classes has a single parent above it.
+    """
+    problems: list[Problem] = []
+    notes: list[str] = []
+    n, s_count = labels.shape
+    for child in range(s_count - 1):
+        for parent in range(child + 1, s_count):
+            pairs = np.unique(labels[:, [child, parent]], axis=0)
+            kids, counts = np.unique(pairs[:, 0], return_counts=True)
+            bad = kids[counts > 1]
+            if child > 0:
+                verdict = "yes" if bad.size == 0 else f"no ({bad.size} {scale_names[child]} class(es) have several)"
+                notes.append(f"each {scale_names[child]} class has a single {scale_names[parent]} parent: {verdict}")
+                continue
+            for c in bad.tolist():
+                rows_c = np.flatnonzero(labels[:, child] == c)
+                parts = []
+                first_loc: tuple[str, int | None] | None = None
+                for p in np.unique(labels[rows_c, parent]).tolist():
+                    rows_cp = rows_c[labels[rows_c, parent] == p][:max_lines]
+                    if locations is not None:
+                        where = ", ".join(_loc(locations[r]) for r in rows_cp.tolist())
+                        if first_loc is None:
+                            first_loc = locations[int(rows_cp[0])]
+                    else:
+                        where = "rows " + ", ".join(str(r) for r in rows_cp.tolist())
+                    parts.append(f"{scale_names[parent]} {class_ids[parent][p]!r} (e.g. {where})")
+                msg = (f"hierarchy violation: {scale_names[child]} class {class_ids[child][c]!r} has "
+                       f"{len(parts)} {scale_names[parent]} parents: " + "; ".join(parts))
+                problems.append(Problem(msg, first_loc[0] if first_loc else None,
+                                        first_loc[1] if first_loc else None, "hierarchy"))
+    return problems, notes
+
+
+def _loc(loc: tuple[str, int | None]) -> str:
+    return f"{loc[0]}:{loc[1]}" if loc[1] is not None else loc[0]
+
+
+def load_rgb(path: str | Path, swap_rb: bool = False) -> Image.Image:
+    """Open and fully decode an image as RGB (``swap_rb`` exchanges the R and B channels after decoding)."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    if swap_rb:
+        r, g, b = rgb.split()
+        rgb = Image.merge("RGB", (b, g, r))
+    return rgb
+
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class HierarchicalImageDataset(torch.utils.data.Dataset):
+    """Images on disk with hierarchical labels ``LongTensor[N, S]`` (finest first).
+
+    ``dataset[i]`` is ``(transform(PIL RGB image), labels[i])``. A file that cannot be decoded raises an
+    :class:`InputError` naming its path; with ``skip_corrupt=True`` it is logged (warning, with the path),
+    counted in ``skipped_corrupt`` and replaced by the next readable image of the same finest class (so batch
+    composition and labels stay right). With DataLoader workers each worker keeps its own count; the log is
+    the complete record.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: torch.Tensor, scale_names: Sequence[str], split: str, *,
+                 class_ids: Sequence[Sequence[Hashable]], transform: Callable[[Image.Image], Any] | None = None,
+                 swap_rb: bool = False, skip_corrupt: bool = False, report: LoadReport | None = None,
+                 class_names: Sequence[dict[Hashable, str]] | None = None, name: str = "dataset") -> None:
+        self.labels = labels.long()
+        if self.labels.dim() != 2 or self.labels.shape[0] != len(paths) or self.labels.shape[1] != len(scale_names):
+            raise InputError(f"labels of shape {tuple(self.labels.shape)} do not match {len(paths)} paths and "
+                             f"{len(scale_names)} scale names", key="labels")
+        if len(class_ids) != len(scale_names):
+            raise InputError("one class_ids list per scale is required", key="class_ids")
+        self._paths = np.asarray(list(paths), dtype=str) if len(paths) else np.asarray([], dtype=str)
+        self.scale_names: tuple[str, ...] = tuple(scale_names)
+        self.split = split
+        self.class_ids: list[list[Hashable]] = [list(c) for c in class_ids]
+        self.id_maps: list[dict[Hashable, int]] = [{c: i for i, c in enumerate(ids)} for ids in self.class_ids]
+        self.class_names = list(class_names) if class_names is not None else None
+        self.transform = transform
+        self.swap_rb = bool(swap_rb)
+        self.skip_corrupt = bool(skip_corrupt)
+        self.report = report if report is not None else LoadReport(split=split, records=len(paths))
+        self.name = name
+        self.skipped_corrupt = 0
+        self.corrupt_paths: set[str] = set()
+        self._by_fine: dict[int, np.ndarray] | None = None
+
+    # ----------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_records(cls, records: SplitRecords, *, transform: Callable[[Image.Image], Any] | None = None,
+                     mode: str = "strict", check_hierarchy: bool = True, swap_rb: bool = False,
+                     skip_corrupt: bool = False, name: str = "dataset") -> HierarchicalImageDataset:
+        """Apply the strict/lenient policy to a reader's records and build the dataset."""
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {list(MODES)}, got {mode!r}", key="mode")
+        report = records.report
+        if mode == "strict":
+            raise_problems(report.problems, f"{name} split {records.split!r}")
+        elif report.problems:
+            log.warning("%s split %r: skipped %d bad record(s) (lenient mode); first: %s", name, records.split,
+                        len(report.problems), report.problems[0])
+        if not records.paths:
+            raise InputError(f"{name} split {records.split!r} has no records", file=(report.files or [None])[0])
+        s_count = len(records.scale_names)
+        columns = list(zip(*records.raw_labels))
+        mats, all_ids = [], []
+        for s in range(s_count):
+            shared = records.class_ids[s] if records.class_ids is not None else None
+            col, ids = contiguous_ids(columns[s], shared)
+            mats.append(col)
+            all_ids.append(ids)
+        labels = np.stack(mats, 1)
+        if check_hierarchy and s_count > 1:
+            problems, notes = check_hierarchy_fn(labels, records.scale_names, all_ids, records.locations)
+            report.notes.extend(notes)
+            raise_problems(problems, f"{name} split {records.split!r} (hierarchy)")
+        return cls(records.paths, torch.from_numpy(labels), records.scale_names, records.split, class_ids=all_ids,
+                   transform=transform, swap_rb=swap_rb, skip_corrupt=skip_corrupt, report=report,
+                   class_names=records.class_names, name=name)
+
+    # ----------------------------------------------------------------------------------------------- access
+    @property
+    def paths(self) -> np.ndarray:
+        """Image paths (a numpy string array: cheap to share with DataLoader workers)."""
+        return self._paths
+
+    @property
+    def num_classes(self) -> list[int]:
+        """Number of classes in this split's id space, per scale."""
+        return [len(c) for c in self.class_ids]
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of distinct classes present in this split, keyed by scale name."""
+        return {n: int(self.labels[:, s].unique().numel()) for s, n in enumerate(self.scale_names)}
+
+    def raw_label(self, index: int) -> tuple[Hashable, ...]:
+        """The raw (file) class ids of item ``index``, finest first."""
+        row = self.labels[index].tolist()
+        return tuple(self.class_ids[s][c] for s, c in enumerate(row))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def load_image(self, index: int) -> Image.Image:
+        """The decoded RGB image of item ``index`` (no transform); raises :class:`InputError` naming the path."""
+        path = str(self._paths[index])
+        try:
+            return load_rgb(path, self.swap_rb)
+        except _DECODE_ERRORS as exc:
+            raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", file=path) from exc
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        index = int(index)
+        try:
+            image = self.load_image(index)
+        except InputError:
+            if not self.skip_corrupt:
+                raise
+            image, index = self._substitute(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index].clone()
+
+    def _substitute(self, index: int) -> tuple[Image.Image, int]:
+        path = str(self._paths[index])
+        self.skipped_corrupt += 1
+        self.corrupt_paths.add(path)
+        log.warning("%s split %r: skipping corrupt image %s (skip #%d); using another image of its class",
+                    self.name, self.split, path, self.skipped_corrupt)
+        if self._by_fine is None:
+            fine = self.labels[:, 0].numpy()
+            order = np.argsort(fine, kind="stable")
+            bounds = np.flatnonzero(np.diff(fine[order])) + 1
+            self._by_fine = {int(fine[g[0]]): g for g in np.split(order, bounds) if g.size}
+        group = self._by_fine[int(self.labels[index, 0])]
+        start = int(np.searchsorted(group, index))
+        for k in range(1, group.size):
+            cand = int(group[(start + k) % group.size])
+            if str(self._paths[cand]) in self.corrupt_paths:
+                continue
+            try:
+                return self.load_image(cand), cand
+            except InputError:
+                self.skipped_corrupt += 1
+                self.corrupt_paths.add(str(self._paths[cand]))
+                log.warning("%s split %r: skipping corrupt image %s (skip #%d)", self.name, self.split,
+                            self._paths[cand], self.skipped_corrupt)
+        raise InputError(f"every image of {self.scale_names[0]} class {self.raw_label(index)[0]!r} is unreadable "
+                         f"(skip_corrupt cannot substitute)", file=path)
+
+    def subset(self, indices: Sequence[int] | torch.Tensor, split: str | None = None,
+               remap: bool = True) -> HierarchicalImageDataset:
+        """A new dataset of the given items; ``remap=True`` makes its labels contiguous again (raw ids kept)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        labels = self.labels[idx]
+        class_ids = self.class_ids
+        if remap:
+            cols, class_ids = [], []
+            for s in range(labels.shape[1]):
+                uniq, inv = torch.unique(labels[:, s], return_inverse=True)
+                cols.append(inv)
+                class_ids.append([self.class_ids[s][u] for u in uniq.tolist()])
+            labels = torch.stack(cols, 1) if cols else labels
+        out = HierarchicalImageDataset(self._paths[idx.numpy()].tolist(), labels, self.scale_names,
+                                       split or self.split, class_ids=class_ids, transform=self.transform,
+                                       swap_rb=self.swap_rb, skip_corrupt=self.skip_corrupt,
+                                       class_names=self.class_names, name=self.name)
+        return out
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{v} {k}" for k, v in self.class_counts().items())
+        return f"{type(self).__name__}({self.name!r}, split={self.split!r}, images={len(self)}, classes: {counts})"
+
+
+check_hierarchy_fn = check_hierarchy  # alias: ``from_records`` has a parameter named ``check_hierarchy``

@@ -1,0 +1,140 @@
+"""DyML-Vehicle, DyML-Animal and DyML-Product in their released layout (METHODS.md §3.3–3.4).
+
+Layout::
+
+    <root>/train/label.csv                fname, coarse, middle, fine   (coarsest first in the file)
+    <root>/train/imgs/<fname>
+    <root>/bmk_<level>/query.csv          fname, label                 (Vehicle, Animal; level = fine|middle|coarse)
+    <root>/bmk_<level>/gallery.csv
+    <root>/bmk_<level>/{query,gallery}/<fname>
+    <root>/mini-bmk_all_in_one/label.csv  fname, coarse, middle, fine   (Product's test set, leave-one-out)
+    <root>/mini-bmk_all_in_one/imgs/<fname>
+
+Fields are separated by comma + space. The released files carry a header with **no line terminator**, glued to
+the first record (``fname, coarse_id, middle_id, fine_id0.jpg, 3, 17, 250``). This reader strips the known header
+from the start of the file and keeps the rest of that line as the first record; one code path handles a glued
+header, a header on its own line and no header, and the load report records which one it met.
+
+Splits: ``train``; Vehicle/Animal ``query_<level>`` and ``gallery_<level>`` (labels ``[N, 1]`` at that level,
+query and gallery of a level share one id map); Product ``test`` (``mini-bmk_all_in_one``, labels ``[N, 3]``).
+Labels are reordered to finest first: ``(fine, middle, coarse)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable
+from pathlib import Path
+
+from dynametric.data.base import LoadReport, SplitRecords, contiguous_ids
+from dynametric.data.readers import DuplicateTracker, image_exists, parse_int, read_lines, require_file, resolve_root
+from dynametric.errors import InputError
+
+SCALES: tuple[str, str, str] = ("fine", "middle", "coarse")
+VARIANTS: tuple[str, ...] = ("vehicle", "animal", "product")
+TRAIN_HEADER = "fname, coarse_id, middle_id, fine_id"
+BMK_HEADER = "fname, labels"
+_HEADER_RE = {
+    4: re.compile(r"^\s*fname\s*,\s*coarse_id\s*,\s*middle_id\s*,\s*fine_id", re.IGNORECASE),
+    2: re.compile(r"^\s*fname\s*,\s*labels?", re.IGNORECASE),
+}
+_FIELDS = {4: "fname, coarse, middle, fine", 2: "fname, label"}
+
+
+def strip_header(first_line: str, n_fields: int) -> tuple[str, str]:
+    """Split the first line into ``(header mode, remaining record text)``.
+
+    Mode ``glued`` (header then a record on the same line), ``own_line`` (header alone) or ``none``.
+    """
+    match = _HEADER_RE[n_fields].match(first_line)
+    if match is None:
+        return "none", first_line
+    rest = first_line[match.end():]
+    return ("own_line", "") if not rest.strip() else ("glued", rest)
+
+
+def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadReport, check_files: bool = True
+                   ) -> list[tuple[int, str, tuple[int, ...]]]:
+    """Parse a DyML csv into ``(line, fname, labels finest first)`` records; bad rows go to ``report``."""
+    require_file(path, f"a DyML csv with {n_fields} fields '{_FIELDS[n_fields]}'")
+    lines = read_lines(path, report)
+    out: list[tuple[int, str, tuple[int, ...]]] = []
+    dup = DuplicateTracker(report)
+    report.header[str(path)] = "none"
+    for k, (number, text) in enumerate(lines):
+        if k == 0:
+            mode, text = strip_header(text, n_fields)
+            report.header[str(path)] = mode
+            if mode == "own_line":
+                continue
+        fields = [f.strip() for f in text.split(",")]
+        if len(fields) != n_fields:
+            report.add(f"expected {n_fields} comma-separated fields '{_FIELDS[n_fields]}', got {len(fields)}: "
+                       f"{text.strip()!r}", path, number)
+            continue
+        fname, raw = fields[0], fields[1:]
+        ints = [parse_int(v) for v in raw]
+        if not fname or any(v is None for v in ints):
+            report.add(f"expected '{_FIELDS[n_fields]}' with a file name and integer labels, got {text.strip()!r}",
+                       path, number)
+            continue
+        labels = tuple(reversed(ints)) if n_fields == 4 else tuple(ints)  # file is coarsest first
+        if not image_exists(str(image_dir / fname), report, path, number, check_files):
+            continue
+        if not dup.accept(fname, labels, path, number):
+            continue
+        out.append((number, fname, labels))  # type: ignore[arg-type]
+    return out
+
+
+class DyMLFormat:
+    """Reader for one DyML variant (``vehicle``, ``animal`` or ``product``)."""
+
+    options: dict[str, object] = {}
+
+    def __init__(self, variant: str) -> None:
+        if variant not in VARIANTS:
+            raise InputError(f"unknown DyML variant {variant!r}; expected one of {list(VARIANTS)}", key="variant")
+        self.variant = variant
+        self.name = f"dyml-{variant}"
+
+    def _split_files(self, root: Path) -> dict[str, tuple[Path, int, Path]]:
+        """Split name → (csv, number of fields, image directory) for every split this variant defines."""
+        files = {"train": (root / "train" / "label.csv", 4, root / "train" / "imgs")}
+        if self.variant == "product":
+            files["test"] = (root / "mini-bmk_all_in_one" / "label.csv", 4, root / "mini-bmk_all_in_one" / "imgs")
+        else:
+            for level in SCALES:
+                for part in ("query", "gallery"):
+                    d = root / f"bmk_{level}"
+                    files[f"{part}_{level}"] = (d / f"{part}.csv", 2, d / part)
+        return files
+
+    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+        """Splits whose csv exists under ``root`` (``train`` is always listed so a missing one is reported)."""
+        base = resolve_root(root, f"the {self.name} release with train/label.csv")
+        return [s for s, (csv, _, _) in self._split_files(base).items() if s == "train" or csv.is_file()]
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+        base = resolve_root(root, f"the {self.name} release with train/label.csv")
+        files = self._split_files(base)
+        if split not in files:
+            raise InputError(f"unknown split {split!r} for {self.name}; expected one of {list(files)}", key="split")
+        csv, n_fields, image_dir = files[split]
+        report = LoadReport(split=split)
+        rows = parse_dyml_csv(csv, n_fields, image_dir, report, check_files)
+        report.records = len(rows)
+        locations = [(str(csv), number) for number, _, _ in rows]
+        paths = [str(image_dir / fname) for _, fname, _ in rows]
+        raw: list[tuple[Hashable, ...]] = [labels for _, _, labels in rows]
+        if n_fields == 4:
+            return SplitRecords(split, paths, raw, SCALES, locations, report)
+        level = split.split("_", 1)[1]
+        other = f"{'gallery' if split.startswith('query') else 'query'}_{level}"
+        ids = {labels[0] for labels in raw}
+        other_csv, _, other_dir = files[other]
+        if other_csv.is_file():  # query and gallery of one level share one id space
+            scratch = LoadReport(split=other)
+            ids |= {labels[0] for _, _, labels in parse_dyml_csv(other_csv, 2, other_dir, scratch, False)}
+        _, class_ids = contiguous_ids(sorted(ids))
+        return SplitRecords(split, paths, raw, (level,), locations, report, class_ids=[class_ids])

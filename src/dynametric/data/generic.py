@@ -1,0 +1,190 @@
+"""Generic formats for users' own data: a hierarchical CSV and a folder tree of any depth.
+
+**CSV** (``csv``)::
+
+    path,split,fine,middle,coarse
+    imgs/0001.jpg,train,3,1,0
+    imgs/0002.jpg,query,brown_bear,bear,mammal
+
+A header row naming ``path``, ``split`` and one column per scale, **finest first** (the column names become the
+scale names). Splits are ``train``, ``val``, ``test``, ``query``, ``gallery``. Class ids may be integers or any
+text. Relative paths are resolved against ``image_root`` (default: the CSV's folder). ``root`` is the CSV file, or
+a folder holding ``csv_file`` (default ``labels.csv``). ``query`` and ``gallery`` share one id map.
+
+**Folder** (``folder``)::
+
+    root/[<split>/]<coarse>/<middle>/<fine>/*.jpg
+
+Every image must sit at the same depth; the depth is the number of scales. If ``root`` holds split folders
+(``train``, ``val``, ``test``, ``query``, ``gallery``) those are the splits, otherwise the whole tree is the split
+``all``. ``class_key="path"`` (default) identifies a class by its full path (``mammal/bear``), so the tree is
+consistent by construction; ``class_key="name"`` identifies it by the folder name alone, and then the same fine
+name under two parents is a hierarchy violation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from collections.abc import Hashable
+from pathlib import Path
+
+from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, SplitRecords, contiguous_ids
+from dynametric.data.readers import DuplicateTracker, image_exists, parse_int, read_lines, require_file, resolve_root
+from dynametric.errors import InputError
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "query", "gallery")
+
+
+def default_scale_names(num_scales: int) -> list[str]:
+    """``fine`` / ``fine, coarse`` / ``fine, middle, coarse`` / ``scale0..`` (the metrics' convention)."""
+    names = {1: ["fine"], 2: ["fine", "coarse"], 3: ["fine", "middle", "coarse"]}
+    return names.get(num_scales, [f"scale{i}" for i in range(num_scales)])
+
+
+def _typed(values: list[str]) -> list[Hashable]:
+    """Integers if every value of a column parses as one, else the text itself."""
+    ints = [parse_int(v) for v in values]
+    return list(values) if any(v is None for v in ints) else ints  # type: ignore[return-value]
+
+
+class CSVFormat:
+    name = "csv"
+    options: dict[str, object] = {"csv_file": "labels.csv", "image_root": None}
+
+    def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
+        base = resolve_root(root, "a CSV file with columns path, split, <scales...> or a folder holding it")
+        return base if base.is_file() else base / csv_file
+
+    def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:
+        require_file(path, "a CSV with a header 'path,split,<finest scale>,...,<coarsest scale>'")
+        lines = read_lines(path, report)
+        if not lines:
+            raise InputError("empty CSV (expected a header 'path,split,<scales...>')", file=path)
+        rows = [(n, next(csv.reader(io.StringIO(t), skipinitialspace=True))) for n, t in lines]
+        header = [h.strip() for h in rows[0][1]]
+        report.header[str(path)] = "own_line"
+        missing = [c for c in ("path", "split") if c not in header]
+        scales = [h for h in header if h not in ("path", "split")]
+        if missing or not scales or len(set(header)) != len(header):
+            raise InputError(f"header must name 'path', 'split' and at least one scale column (finest first), each "
+                             f"once; got {header}", file=path, line=rows[0][0])
+        return header, [(n, [f.strip() for f in r]) for n, r in rows[1:]]
+
+    def splits(self, root: str | Path | None, csv_file: str = "labels.csv", **_: object) -> list[str]:
+        path = self._csv_path(root, csv_file)
+        header, rows = self._parse(path, LoadReport(split="*"))
+        col = header.index("split")
+        found = {r[col] for _, r in rows if len(r) == len(header)}
+        return [s for s in SPLIT_NAMES if s in found]
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "labels.csv",
+             image_root: str | Path | None = None) -> SplitRecords:
+        if split not in SPLIT_NAMES:
+            raise InputError(f"unknown split {split!r} for csv; expected one of {list(SPLIT_NAMES)}", key="split")
+        path = self._csv_path(root, csv_file)
+        report = LoadReport(split=split)
+        header, rows = self._parse(path, report)
+        img_root = Path(image_root) if image_root is not None else path.parent
+        i_path, i_split = header.index("path"), header.index("split")
+        scale_cols = [i for i, h in enumerate(header) if h not in ("path", "split")]
+        scales = tuple(header[i] for i in scale_cols)
+        good: list[tuple[int, list[str]]] = []
+        for number, r in rows:
+            if len(r) != len(header):
+                report.add(f"expected {len(header)} fields {header}, got {len(r)}: {r}", path, number)
+            elif not r[i_path] or any(not r[i] for i in scale_cols):
+                report.add(f"empty path or label in {r}", path, number)
+            elif r[i_split] not in SPLIT_NAMES:
+                report.add(f"split must be one of {list(SPLIT_NAMES)}, got {r[i_split]!r}", path, number)
+            else:
+                good.append((number, r))
+        typed = [_typed([r[i] for _, r in good]) for i in scale_cols]  # one type per column, over all splits
+        group = ("query", "gallery") if split in ("query", "gallery") else (split,)
+        out_paths, raw, locs = [], [], []
+        ids: list[set[Hashable]] = [set() for _ in scale_cols]
+        dup = DuplicateTracker(report)
+        for k, (number, r) in enumerate(good):
+            labels = tuple(col[k] for col in typed)
+            if r[i_split] in group:
+                for s, v in enumerate(labels):
+                    ids[s].add(v)
+            if r[i_split] != split:
+                continue
+            full = str(img_root / r[i_path])
+            if not image_exists(full, report, path, number, check_files):
+                continue
+            if not dup.accept(r[i_path], labels, path, number):
+                continue
+            out_paths.append(full)
+            raw.append(labels)
+            locs.append((str(path), number))
+        report.records = len(out_paths)
+        class_ids = [contiguous_ids(list(s))[1] for s in ids] if len(group) == 2 else None
+        return SplitRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids)
+
+
+class FolderFormat:
+    name = "folder"
+    options: dict[str, object] = {"class_key": "path", "scale_names": None}
+
+    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+        base = resolve_root(root, "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>")
+        found = [s for s in SPLIT_NAMES if (base / s).is_dir()]
+        return found or ["all"]
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True, class_key: str = "path",
+             scale_names: list[str] | None = None) -> SplitRecords:
+        if class_key not in ("path", "name"):
+            raise InputError(f"class_key must be 'path' or 'name', got {class_key!r}", key="class_key")
+        base = resolve_root(root, "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>")
+        valid = self.splits(base)
+        if split not in valid:
+            raise InputError(f"unknown split {split!r} for the folder tree {base}; found {valid}", key="split")
+        top = base if split == "all" else base / split
+        report = LoadReport(split=split, files=[str(top)])
+        entries: list[tuple[str, ...]] = []
+        ignored = 0
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in sorted(filenames):
+                if fn.startswith("."):
+                    continue
+                if Path(fn).suffix.lower() not in IMAGE_EXTENSIONS:
+                    ignored += 1
+                    continue
+                entries.append(Path(dirpath, fn).relative_to(top).parts)
+        if ignored:
+            report.notes.append(f"{ignored} non-image file(s) ignored (extensions {sorted(IMAGE_EXTENSIONS)})")
+        if not entries:
+            return SplitRecords(split, [], [], tuple(scale_names or ["fine"]), [], report)
+        counts = Counter(len(e) - 1 for e in entries if len(e) > 1)
+        if not counts:
+            raise InputError("images lie directly in the root; expected one folder per scale "
+                             "(<coarse>/.../<fine>/<image>)", file=top)
+        depth = counts.most_common(1)[0][0]  # the majority depth; images at any other depth are problems
+        if scale_names is not None and len(scale_names) != depth:
+            raise InputError(f"{len(scale_names)} scale names given for a tree of depth {depth}", key="scale_names")
+        names = tuple(scale_names) if scale_names is not None else tuple(default_scale_names(depth))
+        out_paths, raw, locs = [], [], []
+        for e in entries:
+            rel = "/".join(e)
+            if len(e) - 1 != depth:
+                report.add(f"image at depth {len(e) - 1}, but the tree's images are at depth {depth} "
+                           f"(one folder per scale): {rel}", top / rel, None)
+                continue
+            dirs = e[:-1]  # coarsest first
+            if class_key == "path":
+                labels = tuple("/".join(dirs[: depth - s]) for s in range(depth))
+            else:
+                labels = tuple(dirs[depth - 1 - s] for s in range(depth))
+            full = str(top / rel)
+            if not image_exists(full, report, top / rel, None, check_files):
+                continue
+            out_paths.append(full)
+            raw.append(labels)
+            locs.append((full, None))
+        report.records = len(out_paths)
+        return SplitRecords(split, out_paths, raw, names, locs, report)

@@ -1,0 +1,94 @@
+"""Shared helpers of the file readers: line reading with blank-line counting, file checks, duplicate tracking."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+from dynametric.data.base import LoadReport
+from dynametric.errors import InputError
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a file, else raise an :class:`InputError` naming it and what it should hold."""
+    if not path.is_file():
+        raise InputError(f"file not found (expected {what})", file=path)
+    return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise InputError(f"directory not found (expected {what})", file=path)
+    return path
+
+
+def read_lines(path: Path, report: LoadReport) -> list[tuple[int, str]]:
+    """The non-blank lines of a UTF-8 text file as ``(1-based line number, text without the line end)``.
+
+    Blank lines are counted in ``report.blank_lines``; the empty string after a final newline is not a line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc})", file=path) from exc
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc})", file=path) from exc
+    if str(path) not in report.files:
+        report.files.append(str(path))
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out = []
+    for number, raw in enumerate(lines, 1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            report.blank_lines += 1
+            continue
+        out.append((number, line))
+    return out
+
+
+def image_exists(path: str, report: LoadReport, file: Path, line: int | None, check_files: bool) -> bool:
+    """``True`` if ``path`` is a file (or checking is off); otherwise add a ``missing_image`` problem."""
+    if not check_files or os.path.isfile(path):
+        return True
+    report.add(f"image file not found: {path}", file, line, "missing_image")
+    return False
+
+
+class DuplicateTracker:
+    """Notes repeated file names; a repeat with different labels is a problem (the row is then skipped)."""
+
+    def __init__(self, report: LoadReport) -> None:
+        self.report = report
+        self.seen: dict[str, tuple[int | None, tuple[Hashable, ...]]] = {}
+
+    def accept(self, key: str, labels: Sequence[Hashable], file: Path, line: int | None) -> bool:
+        labels = tuple(labels)
+        first = self.seen.get(key)
+        if first is None:
+            self.seen[key] = (line, labels)
+            return True
+        if first[1] == labels:
+            self.report.duplicates.append(f"{file}:{line}: {key} repeats line {first[0]} (same labels; kept)")
+            return True
+        self.report.add(f"{key} listed again with labels {list(labels)} but line {first[0]} gives {list(first[1])}",
+                        file, line, "duplicate")
+        return False
+
+
+def parse_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def resolve_root(root: str | Path | None, what: str) -> Path:
+    if root is None:
+        raise InputError(f"a dataset root directory is required ({what})", key="root")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise InputError(f"dataset root not found (expected {what})", file=path)
+    return path

@@ -1,0 +1,120 @@
+"""``build_dataset(format, root, split, transform=None, **options)``: one entry point for every dataset format.
+
+Options understood by every file format:
+
+* ``mode``: ``"strict"`` (default; any malformed row, missing image or duplicate with conflicting labels raises
+  one error listing all of them with file and line) or ``"lenient"`` (such records are skipped and listed in
+  ``dataset.report``);
+* ``check_files`` (default ``True``): require every listed image to exist;
+* ``check_hierarchy`` (default ``True``): each finest class must have exactly one parent per coarser scale
+  (a violation raises in both modes, naming the class, its parents and the lines);
+* ``swap_rb`` (default ``False``): exchange the R and B channels after decoding (DyML colour note);
+* ``skip_corrupt`` (default ``False``): log, count and replace undecodable images instead of raising.
+
+Format-specific options are listed in :data:`FORMATS` (``<format>.options``). ``synthetic`` forwards its options to
+:class:`dynametric.data.synthetic.SyntheticHierarchy` (``root`` is ignored).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from dynametric.data.base import HierarchicalImageDataset, SplitRecords
+from dynametric.data.dyml import DyMLFormat
+from dynametric.data.generic import CSVFormat, FolderFormat
+from dynametric.data.standard import Cars196Format, CUB200Format, InShopFormat, SOPFormat
+from dynametric.errors import ConfigError
+
+
+class DatasetFormat(Protocol):
+    name: str
+    options: dict[str, object]
+
+    def splits(self, root: str | Path | None, **options: Any) -> list[str]: ...
+
+    def read(self, root: str | Path | None, split: str, **options: Any) -> SplitRecords: ...
+
+
+FORMATS: dict[str, DatasetFormat] = {
+    "cub200": CUB200Format(),
+    "cars196": Cars196Format(),
+    "sop": SOPFormat(),
+    "inshop": InShopFormat(),
+    "dyml-vehicle": DyMLFormat("vehicle"),
+    "dyml-animal": DyMLFormat("animal"),
+    "dyml-product": DyMLFormat("product"),
+    "csv": CSVFormat(),
+    "folder": FolderFormat(),
+}
+SYNTHETIC = "synthetic"
+FORMAT_NAMES: tuple[str, ...] = (*FORMATS, SYNTHETIC)
+COMMON_OPTIONS: dict[str, object] = {"mode": "strict", "check_files": True, "check_hierarchy": True,
+                                     "swap_rb": False, "skip_corrupt": False}
+
+
+def get_format(name: str) -> DatasetFormat:
+    """The reader for ``name``; an unknown name raises a ConfigError listing the valid ones."""
+    if name not in FORMATS:
+        raise ConfigError(f"unknown dataset format {name!r}; valid formats: {', '.join(FORMAT_NAMES)}", key="format")
+    return FORMATS[name]
+
+
+def _synthetic_class() -> type:
+    from dynametric.data.synthetic import SyntheticHierarchy  # part B's module; imported lazily
+
+    return SyntheticHierarchy
+
+
+def synthetic_splits() -> list[str]:
+    from dynametric.data import synthetic
+
+    return list(getattr(synthetic, "SPLITS", ("train", "val", "test")))
+
+
+def split_options(fmt: DatasetFormat, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``options`` into (common, reader-specific) and reject unknown keys naming the valid ones."""
+    valid = set(COMMON_OPTIONS) | set(fmt.options)
+    bad = sorted(set(options) - valid)
+    if bad:
+        raise ConfigError(f"unknown option(s) {bad} for format {fmt.name!r}; valid options: {sorted(valid)}",
+                          key=bad[0])
+    common = {k: options.get(k, v) for k, v in COMMON_OPTIONS.items()}
+    reader = {k: options[k] for k in fmt.options if k in options}
+    reader["check_files"] = common["check_files"]
+    return common, reader
+
+
+def list_splits(format: str, root: str | Path | None, **options: Any) -> list[str]:
+    """The split names a dataset offers (those present on disk where the format allows optional splits)."""
+    if format == SYNTHETIC:
+        return synthetic_splits()
+    fmt = get_format(format)
+    _, reader = split_options(fmt, options)
+    reader.pop("check_files")
+    return fmt.splits(root, **reader)
+
+
+def build_dataset(format: str, root: str | Path | None, split: str,
+                  transform: Callable[[Any], Any] | None = None, **options: Any) -> Any:
+    """Build split ``split`` of the dataset at ``root`` in format ``format`` (see the module docstring).
+
+    Returns a :class:`HierarchicalImageDataset` (``synthetic``: a ``SyntheticHierarchy``); items are
+    ``(transform(image), LongTensor[S])`` with labels finest first.
+    """
+    if format == SYNTHETIC:
+        cls = _synthetic_class()
+        params = inspect.signature(cls).parameters
+        bad = sorted(set(options) - set(params))
+        if bad:
+            raise ConfigError(f"unknown option(s) {bad} for format 'synthetic'; valid options: "
+                              f"{sorted(p for p in params if p not in ('split', 'transform'))}", key=bad[0])
+        return cls(split=split, transform=transform, **options)
+    fmt = get_format(format)
+    common, reader = split_options(fmt, options)
+    records = fmt.read(root, split, **reader)
+    return HierarchicalImageDataset.from_records(
+        records, transform=transform, mode=common["mode"], check_hierarchy=common["check_hierarchy"],
+        swap_rb=common["swap_rb"], skip_corrupt=common["skip_corrupt"], name=fmt.name)

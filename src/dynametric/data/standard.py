@@ -1,0 +1,286 @@
+"""Readers for the four standard class-disjoint retrieval benchmarks (LANDSCAPE.md §1).
+
+* **CUB-200-2011** (``cub200``): ``images.txt`` (``image_id path``), ``image_class_labels.txt``
+  (``image_id class_id``), optional ``classes.txt`` (``class_id name``); images under ``images/``. Classes 1–100
+  are ``train``, 101–200 ``test`` (the per-image ``train_test_split.txt`` is a classification split, ignored).
+  ``root`` may be the folder holding ``images.txt`` or its parent holding ``CUB_200_2011/``.
+* **CARS196** (``cars196``): ``cars_annos.mat`` with the struct array ``annotations`` (``relative_im_path``,
+  ``class`` 1-based, ``test`` ignored); classes 1–98 ``train``, 99–196 ``test``.
+* **Stanford Online Products** (``sop``): ``Ebay_train.txt`` / ``Ebay_test.txt``, a header row then
+  ``image_id class_id super_class_id path``; labels ``[N, 2]`` = (class_id, super_class_id).
+* **In-Shop Clothes** (``inshop``): ``list_eval_partition.txt`` (at the root or in ``Eval/``): line 1 the image
+  count, line 2 the header, then ``image_name item_id evaluation_status``; splits ``train``, ``query``,
+  ``gallery`` (query and gallery share one id map). ``with_category=True`` adds the garment category derived from
+  the path (``img/<GENDER>/<Category>/<item>/<file>``) as a second, coarser scale (checked for consistency).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from pathlib import Path
+
+import numpy as np
+
+from dynametric.data.base import LoadReport, SplitRecords, contiguous_ids
+from dynametric.data.readers import (
+    DuplicateTracker,
+    image_exists,
+    parse_int,
+    read_lines,
+    require_file,
+    resolve_root,
+)
+from dynametric.errors import InputError
+
+
+def _unknown_split(name: str, split: str, valid: list[str]) -> InputError:
+    return InputError(f"unknown split {split!r} for {name}; expected one of {valid}", key="split")
+
+
+class CUB200Format:
+    name = "cub200"
+    options: dict[str, object] = {}
+    TRAIN_MAX_CLASS = 100
+
+    def _base(self, root: str | Path | None) -> Path:
+        base = resolve_root(root, "CUB_200_2011 with images.txt")
+        if not (base / "images.txt").exists() and (base / "CUB_200_2011" / "images.txt").exists():
+            base = base / "CUB_200_2011"
+        return base
+
+    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+        return ["train", "test"]
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+        if split not in ("train", "test"):
+            raise _unknown_split(self.name, split, ["train", "test"])
+        base = self._base(root)
+        report = LoadReport(split=split)
+        images_txt = require_file(base / "images.txt", "'image_id relative_path' per line")
+        labels_txt = require_file(base / "image_class_labels.txt", "'image_id class_id' per line")
+        paths: dict[int, tuple[str, int]] = {}
+        for number, text in read_lines(images_txt, report):
+            parts = text.split(None, 1)
+            iid = parse_int(parts[0]) if len(parts) == 2 else None
+            if iid is None:
+                report.add(f"expected 'image_id relative_path', got {text.strip()!r}", images_txt, number)
+            elif iid in paths:
+                report.add(f"image_id {iid} repeats line {paths[iid][1]}", images_txt, number, "duplicate")
+            else:
+                paths[iid] = (parts[1].strip(), number)
+        classes: dict[int, tuple[int, int]] = {}
+        for number, text in read_lines(labels_txt, report):
+            parts = text.split()
+            ints = [parse_int(p) for p in parts]
+            if len(parts) != 2 or None in ints:
+                report.add(f"expected 'image_id class_id' (two integers), got {text.strip()!r}", labels_txt, number)
+            elif ints[0] in classes:
+                report.add(f"image_id {ints[0]} repeats line {classes[ints[0]][1]}", labels_txt, number, "duplicate")
+            elif ints[0] not in paths:
+                report.add(f"image_id {ints[0]} is not in images.txt", labels_txt, number)
+            else:
+                classes[ints[0]] = (ints[1], number)  # type: ignore[assignment]
+        for iid, (_, number) in paths.items():
+            if iid not in classes:
+                report.add(f"image_id {iid} has no class in image_class_labels.txt", images_txt, number)
+        names: dict[Hashable, str] = {}
+        classes_txt = base / "classes.txt"
+        if classes_txt.is_file():
+            for _, text in read_lines(classes_txt, LoadReport(split=split)):
+                parts = text.split(None, 1)
+                if len(parts) == 2 and parse_int(parts[0]) is not None:
+                    names[int(parts[0])] = parts[1].strip()
+        out_paths, raw, locs = [], [], []
+        for iid in sorted(classes):
+            cls, number = classes[iid]
+            if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
+                continue
+            rel, img_line = paths[iid]
+            full = str(base / "images" / rel)
+            if not image_exists(full, report, images_txt, img_line, check_files):
+                continue
+            out_paths.append(full)
+            raw.append((cls,))
+            locs.append((str(labels_txt), number))
+        report.records = len(out_paths)
+        return SplitRecords(split, out_paths, raw, ("fine",), locs, report, class_names=[names] if names else None)
+
+
+class Cars196Format:
+    name = "cars196"
+    options: dict[str, object] = {}
+    TRAIN_MAX_CLASS = 98
+
+    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+        return ["train", "test"]
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+        import scipy.io
+
+        if split not in ("train", "test"):
+            raise _unknown_split(self.name, split, ["train", "test"])
+        base = resolve_root(root, "CARS196 with cars_annos.mat")
+        mat_path = require_file(base / "cars_annos.mat", "the CARS196 annotation file with 'annotations'")
+        report = LoadReport(split=split, files=[str(mat_path)])
+        try:
+            mat = scipy.io.loadmat(str(mat_path), squeeze_me=True)
+        except (ValueError, OSError, TypeError) as exc:
+            raise InputError(f"cannot read MATLAB file ({exc})", file=mat_path) from exc
+        ann = mat.get("annotations")
+        if ann is None or getattr(ann, "dtype", None) is None or ann.dtype.names is None:
+            raise InputError("expected a struct array 'annotations'", file=mat_path, key="annotations")
+        ann = np.atleast_1d(ann)
+        for fld in ("relative_im_path", "class"):
+            if fld not in ann.dtype.names:
+                raise InputError(f"'annotations' lacks the field {fld!r} (has {list(ann.dtype.names)})",
+                                 file=mat_path, key=f"annotations.{fld}")
+        names: dict[Hashable, str] = {}
+        if "class_names" in mat:
+            for i, n in enumerate(np.atleast_1d(mat["class_names"]).tolist(), 1):
+                names[i] = str(n)
+        out_paths, raw, locs = [], [], []
+        dup = DuplicateTracker(report)
+        for i, rec in enumerate(ann, 1):
+            rel = str(rec["relative_im_path"]).strip()
+            try:
+                cls = int(np.asarray(rec["class"]).item())
+            except (TypeError, ValueError):
+                cls = -1
+            if not rel or cls < 1:
+                report.add(f"annotation #{i}: expected a relative_im_path and a 1-based class, got "
+                           f"{rel!r}, {rec['class']!r}", mat_path, None)
+                continue
+            if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
+                continue
+            full = str(base / rel)
+            if not check_files or Path(full).is_file():
+                if dup.accept(rel, (cls,), mat_path, None):
+                    out_paths.append(full)
+                    raw.append((cls,))
+                    locs.append((f"{mat_path} annotation #{i}", None))
+            else:
+                report.add(f"annotation #{i}: image file not found: {full}", mat_path, None, "missing_image")
+        report.records = len(out_paths)
+        return SplitRecords(split, out_paths, raw, ("fine",), locs, report, class_names=[names] if names else None)
+
+
+class SOPFormat:
+    name = "sop"
+    options: dict[str, object] = {}
+    SCALES = ("product", "category")
+    _FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
+
+    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+        return ["train", "test"]
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+        if split not in self._FILES:
+            raise _unknown_split(self.name, split, list(self._FILES))
+        base = resolve_root(root, "Stanford_Online_Products with Ebay_train.txt")
+        path = require_file(base / self._FILES[split], "'image_id class_id super_class_id path' rows after a header")
+        report = LoadReport(split=split)
+        out_paths, raw, locs = [], [], []
+        dup = DuplicateTracker(report)
+        lines = read_lines(path, report)
+        report.header[str(path)] = "none"
+        for k, (number, text) in enumerate(lines):
+            parts = text.split()
+            if k == 0 and parts[:3] == ["image_id", "class_id", "super_class_id"]:
+                report.header[str(path)] = "own_line"
+                continue
+            ints = [parse_int(p) for p in parts[1:3]]
+            if len(parts) != 4 or None in ints:
+                report.add(f"expected 'image_id class_id super_class_id path', got {text.strip()!r}", path, number)
+                continue
+            full = str(base / parts[3])
+            if not image_exists(full, report, path, number, check_files):
+                continue
+            if not dup.accept(parts[3], tuple(ints), path, number):  # type: ignore[arg-type]
+                continue
+            out_paths.append(full)
+            raw.append((ints[0], ints[1]))
+            locs.append((str(path), number))
+        report.records = len(out_paths)
+        return SplitRecords(split, out_paths, raw, self.SCALES, locs, report)
+
+
+class InShopFormat:
+    name = "inshop"
+    options: dict[str, object] = {"with_category": False}
+    SPLITS = ("train", "query", "gallery")
+
+    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+        return list(self.SPLITS)
+
+    def _partition_file(self, base: Path) -> Path:
+        for cand in (base / "list_eval_partition.txt", base / "Eval" / "list_eval_partition.txt"):
+            if cand.is_file():
+                return cand
+        return require_file(base / "list_eval_partition.txt",
+                            "line 1 = image count, line 2 = header, then 'image_name item_id evaluation_status'")
+
+    def _parse(self, base: Path, report: LoadReport) -> tuple[Path, list[tuple[int, str, str, str]]]:
+        path = self._partition_file(base)
+        lines = read_lines(path, report)
+        rows: list[tuple[int, str, str, str]] = []
+        declared: int | None = None
+        report.header[str(path)] = "none"
+        for k, (number, text) in enumerate(lines):
+            parts = text.split()
+            if k == 0 and len(parts) == 1 and parse_int(parts[0]) is not None:
+                declared = int(parts[0])
+                continue
+            if k <= 1 and parts == ["image_name", "item_id", "evaluation_status"]:
+                report.header[str(path)] = "own_line"
+                continue
+            if len(parts) != 3 or parts[2] not in self.SPLITS:
+                report.add(f"expected 'image_name item_id evaluation_status' with status in {list(self.SPLITS)}, "
+                           f"got {text.strip()!r}", path, number)
+                continue
+            rows.append((number, parts[0], parts[1], parts[2]))
+        if declared is not None and declared != len(rows):
+            report.add(f"line 1 declares {declared} images but {len(rows)} well-formed rows follow", path, 1,
+                       "count_mismatch")
+        return path, rows
+
+    @staticmethod
+    def _category(image_name: str) -> str | None:
+        parts = image_name.split("/")
+        return "/".join(parts[1:3]) if len(parts) >= 5 else None  # img/<GENDER>/<Category>/<item>/<file>
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
+             with_category: bool = False) -> SplitRecords:
+        if split not in self.SPLITS:
+            raise _unknown_split(self.name, split, list(self.SPLITS))
+        base = resolve_root(root, "In-Shop Clothes with list_eval_partition.txt and img/")
+        report = LoadReport(split=split)
+        path, rows = self._parse(base, report)
+        out_paths, raw, locs = [], [], []
+        dup = DuplicateTracker(report)
+        for number, name, item, status in rows:
+            if status != split:
+                continue
+            labels: tuple[Hashable, ...] = (item,)
+            if with_category:
+                cat = self._category(name)
+                if cat is None:
+                    report.add(f"cannot derive a category from {name!r} (expected img/<GENDER>/<Category>/<item>/"
+                               f"<file>)", path, number)
+                    continue
+                labels = (item, cat)
+            full = str(base / name)
+            if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number):
+                continue
+            out_paths.append(full)
+            raw.append(labels)
+            locs.append((str(path), number))
+        report.records = len(out_paths)
+        scales = ("item", "category") if with_category else ("item",)
+        class_ids = None
+        if split in ("query", "gallery"):  # one id space for query and gallery
+            pair = [r for r in rows if r[3] in ("query", "gallery")]
+            class_ids = [contiguous_ids(sorted({r[2] for r in pair}))[1]]
+            if with_category:
+                cats = {self._category(r[1]) for r in pair} - {None}
+                class_ids.append(contiguous_ids(sorted(cats))[1])  # type: ignore[arg-type]
+        return SplitRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids)

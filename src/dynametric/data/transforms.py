@@ -1,0 +1,109 @@
+"""Image transform presets for the standard protocols (LANDSCAPE.md §2), ImageNet normalisation.
+
+=================  ===============================================  ======================================
+preset             train                                            eval
+=================  ===============================================  ======================================
+``standard``       RandomResizedCrop(224) + flip (Roth et al.)       Resize(256) → CenterCrop(224)
+``reality_check``  Resize(256) → RandomResizedCrop(227, scale        Resize(256) → CenterCrop(227)
+                   0.16–1, ratio 0.75–1.33) + flip (Musgrave et al.)
+``dyml``           RandomResizedCrop(224, scale 0.16–1) + flip       Resize(256) → CenterCrop(224)
+                   (the public CSL implementation)
+``small``          RandomResizedCrop(size, scale 0.5–1) + flip       Resize(size) (for synthetic/tiny data;
+                   (default size 32)                                 size defaults to 32)
+``eval_only``      as eval (no augmentation)                         Resize(256) → CenterCrop(224)
+=================  ===============================================  ======================================
+
+Every preset ends with ``ToTensor`` and ``Normalize(mean, std)`` (ImageNet statistics unless given). ``size``,
+``resize``, ``scale``, ``ratio``, ``flip``, ``mean``, ``std`` and ``normalize`` override the preset's values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dynametric.errors import ConfigError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """Resolved parameters of a preset (also what :func:`build_transform` records on the result)."""
+
+    size: int = 224  # crop side
+    resize: int | None = 256  # shorter side before cropping (None: no resize)
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    resize_before_train_crop: bool = False  # Reality Check: resize 256 before RandomResizedCrop
+    augment: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    normalize: bool = True
+
+
+PRESETS: dict[str, TransformSpec] = {
+    "standard": TransformSpec(),
+    "reality_check": TransformSpec(size=227, scale=(0.16, 1.0), ratio=(0.75, 1.33), resize_before_train_crop=True),
+    "dyml": TransformSpec(scale=(0.16, 1.0)),
+    "small": TransformSpec(size=32, resize=None, scale=(0.5, 1.0)),
+    "eval_only": TransformSpec(augment=False),
+}
+
+
+def resolve_transform_spec(preset: str, **overrides: Any) -> TransformSpec:
+    """The preset's :class:`TransformSpec` with ``overrides`` applied (unknown preset/key → ConfigError)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown transform preset {preset!r}; expected one of {sorted(PRESETS)}", key="preset")
+    fields = set(TransformSpec.__dataclass_fields__)
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ConfigError(f"unknown transform option(s) {bad}; expected some of {sorted(fields)}", key=bad[0])
+    spec = replace(PRESETS[preset], **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})
+    if spec.size < 1 or (spec.resize is not None and spec.resize < 1):
+        raise ConfigError(f"size and resize must be positive, got {spec.size}, {spec.resize}", key="size")
+    if not (0 < spec.scale[0] <= spec.scale[1] <= 1):
+        raise ConfigError(f"scale must satisfy 0 < lo <= hi <= 1, got {spec.scale}", key="scale")
+    if len(spec.mean) != len(spec.std) or any(s <= 0 for s in spec.std):
+        raise ConfigError(f"mean/std must have equal length and positive std, got {spec.mean}, {spec.std}", key="std")
+    return spec
+
+
+def build_transform(preset: str = "standard", train: bool = False, **overrides: Any) -> Callable[[Any], Any]:
+    """A torchvision transform for ``preset`` (see the module table); ``train`` selects the augmenting branch.
+
+    Example: ``build_transform("reality_check", train=True)`` → Resize(256), RandomResizedCrop(227, scale=(0.16, 1),
+    ratio=(0.75, 1.33)), RandomHorizontalFlip(0.5), ToTensor, Normalize(ImageNet).
+    """
+    from torchvision import transforms as T
+
+    spec = resolve_transform_spec(preset, **overrides)
+    steps: list[Any] = []
+    if train and spec.augment:
+        if spec.resize_before_train_crop and spec.resize is not None:
+            steps.append(T.Resize(spec.resize))
+        steps.append(T.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio))
+        if spec.flip:
+            steps.append(T.RandomHorizontalFlip(0.5))
+    elif spec.resize is None:
+        steps.append(T.Resize((spec.size, spec.size)))
+    else:
+        steps += [T.Resize(spec.resize), T.CenterCrop(spec.size)]
+    steps.append(T.ToTensor())
+    if spec.normalize:
+        steps.append(T.Normalize(list(spec.mean), list(spec.std)))
+    out = T.Compose(steps)
+    out.spec = spec  # type: ignore[attr-defined]
+    return out
+
+
+def denormalize(x: Any, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Any:
+    """Invert ``Normalize`` on a ``[..., C, H, W]`` tensor (for visual checks)."""
+    import torch
+
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return x * s + m
