@@ -60,7 +60,12 @@ __all__ = [
 
 
 def miner_weights(
-    indices_tuple: IndicesTuple | None, num_rows: int, *, device: torch.device, anchors_only: bool = False
+    indices_tuple: IndicesTuple | None,
+    num_rows: int,
+    *,
+    device: torch.device,
+    anchors_only: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Per-sample weight ``count_i / max_j count_j`` of how often sample ``i`` occurs in a miner's output.
 
@@ -68,7 +73,7 @@ def miner_weights(
     ``anchors_only`` only the anchors (``a`` of a triplet, ``a1`` and ``a2`` of pairs) are counted.
     """
     if indices_tuple is None or all(len(x) == 0 for x in indices_tuple):
-        return torch.ones(num_rows, device=device)
+        return torch.ones(num_rows, device=device, dtype=dtype)
     if len(indices_tuple) not in (3, 4):
         raise InputError(f"indices_tuple must have 3 (triplets) or 4 (pairs) entries, got {len(indices_tuple)}",
                          key="indices_tuple")
@@ -78,10 +83,10 @@ def miner_weights(
         parts = list(indices_tuple)
     idx = torch.cat([p.reshape(-1).long().to(device) for p in parts])
     if idx.numel() == 0:
-        return torch.zeros(num_rows, device=device)
+        return torch.zeros(num_rows, device=device, dtype=dtype)
     if int(idx.min()) < 0 or int(idx.max()) >= num_rows:
         raise InputError(f"indices_tuple refers to rows outside [0, {num_rows})", key="indices_tuple")
-    counts = torch.bincount(idx, minlength=num_rows).float()
+    counts = torch.bincount(idx, minlength=num_rows).to(dtype)
     return counts / counts.max()
 
 
@@ -221,7 +226,7 @@ class ProxyNCALoss(_ClassWeightLoss):
         mat = self.distance(emb, self.proxies.to(emb.dtype))
         logits = self.softmax_scale * (mat if self.distance.higher_is_closer else -mat)
         nll = -F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
-        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, anchors_only=True)
+        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, anchors_only=True, dtype=emb.dtype)
         return (nll * w).mean()
 
     def _regularized_weights(self) -> torch.Tensor:
@@ -256,7 +261,7 @@ class ProxyAnchorLoss(_ClassWeightLoss):
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
         cos = F.normalize(emb, dim=1) @ F.normalize(self.proxies.to(emb.dtype), dim=1).t()
-        w = (miner_weights(indices_tuple, emb.shape[0], device=emb.device) - 1.0)[:, None]
+        w = (miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype) - 1.0)[:, None]
         pos_mask = F.one_hot(labels, self.num_classes).bool()
         pos = masked_log1p_sum_exp(-self.alpha * (cos - self.margin) + w, pos_mask, dim=0)
         neg = masked_log1p_sum_exp(self.alpha * (cos + self.margin) + w, ~pos_mask, dim=0)
@@ -290,7 +295,7 @@ class NormalizedSoftmaxLoss(_ClassWeightLoss):
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
         logits = F.normalize(emb, dim=1) @ F.normalize(self.W.to(emb.dtype), dim=0) / self.temperature
-        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device)
+        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
         return (F.cross_entropy(logits, labels, reduction="none") * w).mean()
 
     def _regularized_weights(self) -> torch.Tensor:
@@ -324,7 +329,7 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
         cos = F.normalize(emb, dim=1) @ F.normalize(self.W.to(emb.dtype), dim=0)
         target = cos.gather(1, labels[:, None])
         logits = cos.scatter(1, labels[:, None], self._target_logit(target)) * self.scale
-        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device)
+        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
         return (F.cross_entropy(logits, labels, reduction="none") * w).mean()
 
     def _regularized_weights(self) -> torch.Tensor:
@@ -378,7 +383,8 @@ class ArcFaceLoss(_MarginSoftmaxLoss):
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         m = self.margin
         c = cos_target.clamp(-1.0, 1.0)
-        sin = torch.sqrt((1.0 - c * c).clamp_min(1e-12))
+        # eps**2 under the root: value exact to the dtype's resolution, gradient bounded at cos = +-1
+        sin = torch.sqrt((1.0 - c * c).clamp_min(torch.finfo(c.dtype).eps ** 2))
         plus_margin = c * math.cos(m) - sin * math.sin(m)
         return torch.where(c >= math.cos(math.pi - m), plus_margin, c - m * math.sin(m))
 
@@ -431,7 +437,7 @@ class SoftTripleLoss(_ClassWeightLoss):
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
         sim = self.class_similarities(emb)
         margin = torch.zeros_like(sim).scatter(1, labels[:, None], self.margin)
-        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device)
+        w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
         loss = (F.cross_entropy(self.la * (sim - margin), labels, reduction="none") * w).mean()
         if self.centers_reg_weight:
             loss = loss + self.centers_reg_weight * sparse_centers_regularizer(

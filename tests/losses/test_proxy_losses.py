@@ -1,0 +1,312 @@
+"""Proxy/classification losses: value and gradient equality with PML (test-only oracle), hand-computed cases,
+label checks, edge cases, autocast."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning.regularizers import LpRegularizer, SparseCentersRegularizer
+
+from dynametric.errors import InputError
+from dynametric.losses.proxies import (
+    ArcFaceLoss,
+    CosFaceLoss,
+    NormalizedSoftmaxLoss,
+    ProxyAnchorLoss,
+    ProxyNCALoss,
+    SoftTripleLoss,
+    miner_weights,
+    sparse_centers_regularizer,
+)
+
+B, D, C = 24, 12, 7
+
+# (name, our class, weight attribute, kwargs shared by both libraries)
+CASES = [
+    ("ProxyNCALoss", ProxyNCALoss, "proxies", {}),
+    ("ProxyNCALoss", ProxyNCALoss, "proxies", {"softmax_scale": 10.0}),
+    ("ProxyAnchorLoss", ProxyAnchorLoss, "proxies", {}),
+    ("ProxyAnchorLoss", ProxyAnchorLoss, "proxies", {"margin": 0.3, "alpha": 8}),
+    ("NormalizedSoftmaxLoss", NormalizedSoftmaxLoss, "W", {}),
+    ("NormalizedSoftmaxLoss", NormalizedSoftmaxLoss, "W", {"temperature": 0.2}),
+    ("CosFaceLoss", CosFaceLoss, "W", {}),
+    ("CosFaceLoss", CosFaceLoss, "W", {"margin": 0.5, "scale": 16}),
+    ("ArcFaceLoss", ArcFaceLoss, "W", {}),
+    ("ArcFaceLoss", ArcFaceLoss, "W", {"margin": 10.0, "scale": 20}),
+    ("SoftTripleLoss", SoftTripleLoss, "fc", {"centers_per_class": 3}),
+    ("SoftTripleLoss", SoftTripleLoss, "fc", {"centers_per_class": 4, "la": 8, "gamma": 0.5, "margin": 0.2}),
+]
+IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+
+
+def _pair(name: str, cls: type, attr: str, kwargs: dict, ours_extra: dict | None = None, pml_extra: dict | None = None,
+          num_classes: int = C, dim: int = D, seed: int = 0):
+    torch.manual_seed(seed)
+    ours = cls(num_classes, dim, **kwargs, **(ours_extra or {})).double()
+    ref = getattr(pml_losses, name)(num_classes=num_classes, embedding_size=dim, **kwargs, **(pml_extra or {}))
+    ref = ref.double()
+    getattr(ref, attr).data.copy_(getattr(ours, attr).data)
+    return ours, ref
+
+
+def _run(loss: torch.nn.Module, attr: str, emb: torch.Tensor, labels: torch.Tensor, **kw):
+    e = emb.clone().requires_grad_(True)
+    value = loss(e, labels, **kw)
+    value.backward()
+    return value.detach(), e.grad, getattr(loss, attr).grad
+
+
+def _assert_same(ours, ref, attr, emb, labels, ours_labels=None, **kw):
+    v1, ge1, gw1 = _run(ours, attr, emb, labels if ours_labels is None else ours_labels, **kw)
+    v2, ge2, gw2 = _run(ref, attr, emb, labels, **kw)
+    torch.testing.assert_close(v1, v2.to(v1.dtype), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(ge1, ge2, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(gw1, gw2, rtol=1e-8, atol=1e-10)
+    assert float(v1) > 0
+
+
+@pytest.mark.parametrize("name,cls,attr,kwargs", CASES, ids=IDS)
+def test_value_and_gradient_equal_pml(name, cls, attr, kwargs):
+    ours, ref = _pair(name, cls, attr, kwargs)
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(B, D, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, C, (B,), generator=g)
+    # Our loss also takes [B, S] labels and uses column `scale` (label_scale for CosFace/ArcFace).
+    col_kw = {"label_scale": 1} if cls in (CosFaceLoss, ArcFaceLoss) else {"scale": 1}
+    ours_col, _ = _pair(name, cls, attr, kwargs, ours_extra=col_kw)
+    ours_col.load_state_dict(ours.state_dict())
+    two_col = torch.stack([torch.randint(0, C, (B,), generator=g), labels], dim=1)
+    _assert_same(ours, ref, attr, emb, labels)
+    ref.zero_grad()
+    _assert_same(ours_col, ref, attr, emb, labels, ours_labels=two_col)
+
+
+@pytest.mark.parametrize("name,cls,attr,kwargs", CASES[::2], ids=IDS[::2])
+@pytest.mark.parametrize("tuple_kind", ["triplets", "pairs"])
+def test_miner_weighting_equal_pml(name, cls, attr, kwargs, tuple_kind):
+    ours, ref = _pair(name, cls, attr, kwargs, seed=3)
+    g = torch.Generator().manual_seed(4)
+    emb = torch.randn(B, D, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, C, (B,), generator=g)
+    k = 3 if tuple_kind == "triplets" else 4
+    # rows 0..B/2 only, with repeats, so the weights are non-trivial (some 0, some fractional)
+    indices = tuple(torch.randint(0, B // 2, (9,), generator=g) for _ in range(k))
+    _assert_same(ours, ref, attr, emb, labels, indices_tuple=indices)
+
+
+def test_miner_weights_by_hand():
+    idx = (torch.tensor([0, 0, 1]), torch.tensor([2, 3, 0]), torch.tensor([1, 0, 0]))
+    # counts: 0 -> 5, 1 -> 2, 2 -> 1, 3 -> 1, 4 -> 0
+    torch.testing.assert_close(miner_weights(idx, 5, device=torch.device("cpu")),
+                               torch.tensor([1.0, 0.4, 0.2, 0.2, 0.0]))
+    # anchors only (triplets: a)
+    torch.testing.assert_close(miner_weights(idx, 5, device=torch.device("cpu"), anchors_only=True),
+                               torch.tensor([1.0, 0.5, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(miner_weights(None, 3, device=torch.device("cpu")), torch.ones(3))
+    with pytest.raises(InputError, match="outside"):
+        miner_weights((torch.tensor([7]), torch.tensor([0]), torch.tensor([1])), 5, device=torch.device("cpu"))
+
+
+def test_arcface_both_branches_equal_pml():
+    # Low dimension and a large margin: many target angles exceed pi - m, so the monotonic branch is exercised.
+    ours, ref = _pair("ArcFaceLoss", ArcFaceLoss, "W", {"margin": 60.0, "scale": 4}, dim=3, num_classes=5, seed=5)
+    g = torch.Generator().manual_seed(6)
+    emb = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (64,), generator=g)
+    cos = F.normalize(emb, dim=1) @ F.normalize(ours.W.detach(), dim=0)
+    target_angle = torch.acos(cos.gather(1, labels[:, None]))
+    assert bool((target_angle > math.pi - math.radians(60)).any()) and bool((target_angle < 1.0).any())
+    _assert_same(ours, ref, "W", emb, labels)
+
+
+def test_arcface_gradient_finite_at_cos_minus_one_and_one():
+    loss = ArcFaceLoss(2, 2, scale=1.0).double()
+    with torch.no_grad():
+        loss.W.copy_(torch.eye(2, dtype=torch.float64))
+    emb = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    value = loss(emb, torch.tensor([0, 0]))
+    value.backward()
+    assert torch.isfinite(emb.grad).all() and torch.isfinite(loss.W.grad).all()
+    m = math.radians(28.6)
+    # sample 0: theta = 0 -> cos(m); sample 1: theta = pi > pi - m -> cos(pi) - m sin(m); other logit 0
+    expected = [math.log(1 + math.exp(-math.cos(m))), math.log(1 + math.exp(1 + m * math.sin(m)))]
+    assert value.item() == pytest.approx(sum(expected) / 2, rel=1e-9)
+
+
+def test_soft_triple_regulariser_equal_pml():
+    kw = {"centers_per_class": 4}
+    ours, ref = _pair("SoftTripleLoss", SoftTripleLoss, "fc", kw, ours_extra={"centers_reg_weight": 0.2},
+                      pml_extra={"weight_regularizer": SparseCentersRegularizer(C, 4), "weight_reg_weight": 0.2})
+    g = torch.Generator().manual_seed(8)
+    emb = torch.randn(B, D, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, C, (B,), generator=g)
+    _assert_same(ours, ref, "fc", emb, labels)
+
+
+def test_sparse_centers_regulariser_by_hand():
+    # one class, 2 centres at 90 degrees: sqrt(2 - 0) / (1 * 2 * 1)
+    centers = torch.tensor([[1.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    assert float(sparse_centers_regularizer(centers, 1, 2)) == pytest.approx(math.sqrt(2) / 2)
+    # identical centres: 0 (up to rounding of 2 - 2 cos under the root)
+    same = torch.tensor([[1.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
+    assert float(sparse_centers_regularizer(same, 1, 2)) < 1e-6
+
+
+@pytest.mark.parametrize("name,cls,attr", [("ProxyNCALoss", ProxyNCALoss, "proxies"),
+                                           ("CosFaceLoss", CosFaceLoss, "W")])
+def test_generic_weight_regulariser_equal_pml(name, cls, attr):
+    ours, ref = _pair(name, cls, attr, {}, ours_extra={"weight_regularizer": LpRegularizer(), "weight_reg_weight": 0.3},
+                      pml_extra={"weight_regularizer": LpRegularizer(), "weight_reg_weight": 0.3})
+    g = torch.Generator().manual_seed(9)
+    _assert_same(ours, ref, attr, torch.randn(B, D, generator=g, dtype=torch.float64),
+                 torch.randint(0, C, (B,), generator=g))
+
+
+# ---------------------------------------------------------------- hand-computed small cases
+
+def _eye_weights(loss: torch.nn.Module, attr: str) -> None:
+    with torch.no_grad():
+        w = getattr(loss, attr)
+        w.copy_(torch.eye(w.shape[0], w.shape[1], dtype=w.dtype))
+
+
+def test_proxy_nca_by_hand():
+    loss = ProxyNCALoss(2, 2)
+    _eye_weights(loss, "proxies")
+    # f = e0: squared distances 0 and 2 -> -log(e^0 / (e^0 + e^-2))
+    value = loss(torch.tensor([[2.0, 0.0]]), torch.tensor([0]))
+    assert value.item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+
+
+def test_proxy_anchor_by_hand():
+    loss = ProxyAnchorLoss(3, 2, margin=0.1, alpha=2)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # cosines: row0 (1, 0, -1), row1 (0, 1, 0)
+    value = loss(emb, torch.tensor([0, 0]))
+    a, m = 2.0, 0.1
+    pos = math.log(1 + math.exp(-a * (1 - m)) + math.exp(-a * (0 - m)))  # proxy 0, the only one with positives
+    neg = (0.0  # proxy 0 has no negatives
+           + math.log(1 + math.exp(a * (0 + m)) + math.exp(a * (1 + m)))  # proxy 1
+           + math.log(1 + math.exp(a * (-1 + m)) + math.exp(a * (0 + m))))  # proxy 2
+    assert value.item() == pytest.approx(pos / 1 + neg / 3, rel=1e-6)
+
+
+def test_normalized_softmax_by_hand():
+    loss = NormalizedSoftmaxLoss(2, 2, temperature=0.5)
+    _eye_weights(loss, "W")
+    value = loss(torch.tensor([[3.0, 4.0]]), torch.tensor([1]))  # cosines 0.6, 0.8
+    assert value.item() == pytest.approx(-1.6 + math.log(math.exp(1.2) + math.exp(1.6)), rel=1e-6)
+
+
+def test_cosface_by_hand():
+    loss = CosFaceLoss(2, 2, margin=0.35, scale=2.0)
+    _eye_weights(loss, "W")
+    value = loss(torch.tensor([[3.0, 4.0]]), torch.tensor([0]))  # cosines 0.6, 0.8; target 0.6 - 0.35
+    t, o = 2 * 0.25, 2 * 0.8
+    assert value.item() == pytest.approx(-t + math.log(math.exp(t) + math.exp(o)), rel=1e-6)
+
+
+def test_arcface_by_hand():
+    loss = ArcFaceLoss(2, 2, margin=30.0, scale=1.0)
+    _eye_weights(loss, "W")
+    f = torch.tensor([[math.cos(math.radians(60)), math.sin(math.radians(60))]])
+    value = loss(f, torch.tensor([0]))  # theta 60 deg + 30 deg -> cos 90 = 0; other cosine sin 60
+    assert value.item() == pytest.approx(math.log(1 + math.exp(math.sin(math.radians(60)))), abs=1e-6)
+
+
+def test_soft_triple_by_hand():
+    loss = SoftTripleLoss(2, 2, centers_per_class=2, la=1.0, gamma=1.0, margin=0.1)
+    with torch.no_grad():  # class 0 centres e0, e1; class 1 centres -e0, -e1 (columns of fc)
+        loss.fc.copy_(torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]]))
+    value = loss(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    # class 0: centre sims (1, 0) -> weights softmax(1, 0); S0 = e/(e+1); class 1: sims (-1, 0) -> S1 = -1/(e+1)
+    e = math.e
+    s0, s1 = e / (e + 1), -1 / (1 + e)
+    expected = -(s0 - 0.1) + math.log(math.exp(s0 - 0.1) + math.exp(s1))
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
+# ---------------------------------------------------------------- contract and edge cases
+
+ALL = [(cls, attr) for _, cls, attr, _ in CASES[::2]]
+
+
+@pytest.mark.parametrize("cls,attr", ALL)
+def test_out_of_range_labels_rejected(cls, attr):
+    loss = cls(4, D)
+    emb = torch.randn(3, D)
+    with pytest.raises(InputError, match=r"label 4 .*num_classes=4"):
+        loss(emb, torch.tensor([0, 4, 1]))
+    with pytest.raises(InputError, match=r"label -1 "):
+        loss(emb, torch.tensor([0, -1, 1]))
+    with pytest.raises(InputError, match="ref_emb"):
+        loss(emb, torch.tensor([0, 1, 1]), ref_emb=emb, ref_labels=torch.tensor([0, 1, 1]))
+    with pytest.raises(InputError, match="embedding_size"):
+        loss(torch.randn(3, D + 1), torch.tensor([0, 1, 1]))
+
+
+@pytest.mark.parametrize("cls,attr", ALL)
+def test_loss_parameters_are_the_class_weights(cls, attr):
+    loss = cls(4, D)
+    params = loss.loss_parameters()
+    assert len(params) == 1 and params[0] is getattr(loss, attr)
+    loss(torch.randn(5, D), torch.tensor([0, 1, 2, 3, 0])).backward()
+    assert getattr(loss, attr).grad is not None and bool(getattr(loss, attr).grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("cls,attr", ALL)
+def test_single_class_batch_is_finite_and_backprops(cls, attr):
+    torch.manual_seed(0)
+    loss = cls(5, D)
+    emb = torch.randn(6, D, requires_grad=True)
+    value = loss(emb, torch.full((6,), 2))
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(emb.grad).all() and bool(emb.grad.abs().sum() > 0)
+    # an empty batch gives a graph-connected zero
+    empty = torch.randn(0, D, requires_grad=True)
+    z = loss(empty, torch.zeros(0, dtype=torch.long))
+    z.backward()
+    assert float(z) == 0.0
+
+
+@pytest.mark.parametrize("cls,attr", ALL)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_half_precision_close_to_fp32(cls, attr, dtype):
+    torch.manual_seed(0)
+    loss = cls(C, D)
+    net = torch.nn.Linear(16, D)
+    x = torch.randn(B, 16)
+    labels = torch.randint(0, C, (B,))
+    ref = loss(net(x), labels)
+    with torch.autocast("cpu", dtype=dtype):
+        emb = net(x)
+        value = loss(emb, labels)
+    assert emb.dtype == dtype
+    value.backward()
+    assert torch.isfinite(value) and all(torch.isfinite(p.grad).all() for p in net.parameters())
+    torch.testing.assert_close(value.float(), ref, rtol=3e-2, atol=3e-2)
+    # half-precision embeddings passed directly (no autocast) work too
+    direct = loss(net(x).detach().to(dtype), labels)
+    torch.testing.assert_close(direct.float(), ref.detach(), rtol=3e-2, atol=3e-2)
+
+
+def test_weight_init_func_and_defaults():
+    loss = ProxyNCALoss(3, 4, weight_init_func=torch.nn.init.ones_)
+    assert torch.equal(loss.proxies.detach(), torch.ones(3, 4))
+    arc = ArcFaceLoss(3, 4)
+    assert arc.margin == pytest.approx(math.radians(28.6)) and arc.scale == 64
+    cos = CosFaceLoss(3, 4)
+    assert cos.margin == 0.35 and cos.scale == 64
+    st = SoftTripleLoss(3, 4)
+    assert (st.centers_per_class, st.la, st.gamma, st.margin) == (10, 20, 0.1, 0.01)
+    assert st.fc.shape == (4, 30)
+    pa = ProxyAnchorLoss(3, 4)
+    assert (pa.margin, pa.alpha) == (0.1, 32)
+    assert NormalizedSoftmaxLoss(3, 4).temperature == 0.05
+    with pytest.raises(InputError, match="num_classes"):
+        CosFaceLoss(0, 4)
