@@ -1,0 +1,93 @@
+"""Callbacks: exact-resume state (sampler position + RNG) and the ``last.ckpt`` writer."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from dynametric.engine.data import MetricDataModule
+
+
+def collect_rng_state() -> dict[str, Any]:
+    """torch / numpy / python RNG states as weights_only-loadable values (tensors, lists, ints, strings)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeState(L.Callback):
+    """Records the sampler position and RNG in every checkpoint and writes ``last.ckpt``.
+
+    * ``state_dict()`` (stored in every checkpoint): the epoch of the batches being drawn, how many of them
+      were trained on, and the RNG states at save time.
+    * On resume the sampler restarts at that epoch and batch; the RNG states are restored just before the
+      first resumed training batch (after the data loader was created).
+    * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch) and at the end of
+      every epoch (after validation).
+
+    Under DDP the state of rank 0 is stored (the batch position is the same on every rank; the RNG of the
+    other ranks restarts from rank 0's, which only matters for random choices that differ between ranks).
+    """
+
+    def __init__(self, datamodule: MetricDataModule, last_path: str | Path | None, every_n_steps: int = 0) -> None:
+        self.datamodule = datamodule
+        self.last_path = None if last_path is None else Path(last_path)
+        self.every_n_steps = int(every_n_steps)
+        self.epoch = 0
+        self.batches_done = 0
+        self._pending_rng: dict[str, Any] | None = None
+        self._last_saved_step = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": collect_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch = int(state_dict["epoch"])
+        self.batches_done = int(state_dict["batches_done"])
+        self._pending_rng = state_dict.get("rng")
+        self.datamodule.request_resume(self.epoch, self.batches_done)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        sampler = self.datamodule.train_batch_sampler
+        if sampler is not None:
+            self.epoch = sampler.current_epoch
+        self.batches_done = batch_idx + 1
+        step = trainer.global_step
+        if (self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
+                and step != self._last_saved_step):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if self.last_path is not None:
+            trainer.save_checkpoint(self.last_path)
+            self._last_saved_step = trainer.global_step

@@ -1,0 +1,75 @@
+"""Checkpoint IO: atomic writes and safe loading (``torch.load(..., weights_only=True)``).
+
+A checkpoint is written to a temporary file beside its target and renamed over it
+(:func:`dynametric.utils.io.atomic_write_with`), so a crash never leaves a truncated ``last.ckpt``.
+Loading never unpickles arbitrary objects: everything the engine stores is tensors, numbers, strings
+and plain containers, and a file that needs more (a crafted pickle) is refused with an :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from dynametric.errors import InputError
+from dynametric.utils.io import atomic_write_with
+
+
+def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    atomic_write_with(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; clear errors for missing, corrupt or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint file not found", file=path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
+                         f"(loaded with weights_only=True; {first})", file=path) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})", file=path) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a checkpoint dict, found {type(obj).__name__}", file=path)
+    return obj
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint plugin: atomic save, ``weights_only=True`` load."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        save_checkpoint_file(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint_file(path, map_location="cpu" if map_location is None else map_location)
+
+
+def embedder_state_dict(checkpoint: dict[str, Any], prefix: str = "embedder.") -> dict[str, torch.Tensor]:
+    """The embedder's weights from a training checkpoint (module keys ``embedder.*``)."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise InputError("checkpoint has no 'state_dict'", key="state_dict")
+    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not out:
+        raise InputError(f"checkpoint has no '{prefix}*' weights", key="state_dict")
+    return out
+
+
+def load_embedder_weights(embedder: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load ``path`` (a ``dynametric train`` checkpoint) into ``embedder``; returns the checkpoint dict."""
+    ckpt = load_checkpoint_file(path)
+    state = embedder_state_dict(ckpt)
+    missing, unexpected = embedder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"checkpoint does not match the configured model: missing {list(missing)[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}", file=path)
+    return ckpt

@@ -1,0 +1,206 @@
+"""Data glue for the engine: resumable batch sampling, per-sample seeded augmentation, the DataModule.
+
+Exact resume needs the data order and the augmentations of every batch to be a pure function of
+``(seed, epoch, batch number, position, rank)``, independent of worker processes, prefetching and where the
+run was interrupted:
+
+* :class:`ResumableBatchSampler` wraps one of our batch samplers (``set_epoch``; the sampler itself shards
+  for DDP through ``rank``/``world_size``), counts epochs itself (one ``iter()`` = one epoch), and can skip
+  the first ``k`` batches of an epoch (used when resuming mid-epoch). It yields ``(index, token)`` pairs.
+* :class:`SeededDataset` seeds torch's RNG from the token around each ``dataset[index]`` call, so random
+  transforms draw the same numbers whichever process or run fetches the sample (the global RNG is untouched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dynametric.errors import ConfigError
+
+BatchSamplerFactory = Callable[[torch.Tensor, int, int], Any]
+"""``factory(labels [N, S], rank, world_size) -> batch sampler`` (an iterable of index lists with ``set_epoch``)."""
+
+_MASK63 = (1 << 63) - 1
+
+
+def sample_token(seed: int, epoch: int, batch: int, position: int, rank: int = 0) -> int:
+    """A 63-bit seed for one sample draw (splitmix-style mixing of the five integers)."""
+    h = seed & _MASK63
+    for v in (epoch, batch, position, rank):
+        h = (h * 0x9E3779B97F4A7C15 + v + 0x632BE59BD9B4E019) & _MASK63
+        h ^= h >> 29
+    return h
+
+
+class ResumableBatchSampler:
+    """Skippable wrapper around a batch sampler; yields ``[(index, token), ...]`` batches.
+
+    The epoch of an ``iter()`` is ``epoch_fn()`` (the engine passes the trainer's current epoch: Lightning may
+    call ``iter()`` more than once per epoch), else a counter advanced by each ``iter()``. After
+    ``resume(epoch, k)``, every iteration of that epoch starts at batch ``k``.
+    """
+
+    def __init__(self, inner: Any, seed: int = 0, rank: int = 0,
+                 epoch_fn: Callable[[], int] | None = None) -> None:
+        self.inner = inner
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.epoch_fn = epoch_fn
+        self.next_epoch = 0
+        self.current_epoch = -1
+        self._skip = 0
+        self._skip_epoch = -1
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Make the next ``iter()`` produce epoch ``epoch`` starting at batch ``batches_done``."""
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.next_epoch, self._skip, self._skip_epoch = int(epoch), int(batches_done), int(epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.next_epoch if self.epoch_fn is None else int(self.epoch_fn())
+        skip = self._skip if epoch == self._skip_epoch else 0
+        self.current_epoch, self.next_epoch = epoch, epoch + 1
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+        return self._generate(epoch, skip)
+
+    def _generate(self, epoch: int, skip: int) -> Iterator[list[tuple[int, int]]]:
+        for b, batch in enumerate(self.inner):
+            if b < skip:
+                continue
+            yield [(int(i), sample_token(self.seed, epoch, b, p, self.rank)) for p, i in enumerate(batch)]
+
+
+class SeededDataset(Dataset):
+    """``dataset[index]`` evaluated under ``torch.manual_seed(token)`` for ``(index, token)`` keys.
+
+    Plain integer keys pass through unchanged (evaluation). The global RNG state is restored afterwards.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if isinstance(key, tuple):
+            index, token = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(token)
+                return self.dataset[index]
+        return self.dataset[key]
+
+
+class _TrainLoader(DataLoader):
+    """A DataLoader Lightning treats as resumable: the position itself is stored by
+    :class:`dynametric.engine.callbacks.ResumeState` (batches actually trained on, not batches prefetched)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None
+
+
+def _labels_of(dataset: Any, name: str) -> torch.Tensor:
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise ConfigError(f"the {name} dataset has no .labels attribute (LongTensor[N, S] expected)", key="data")
+    labels = torch.as_tensor(labels)
+    return labels.unsqueeze(1) if labels.dim() == 1 else labels
+
+
+def _shard(dataset: Any, rank: int, world: int) -> Any:
+    """Contiguous shard ``rank`` of ``world`` (concatenating the shards in rank order restores the order)."""
+    if world == 1:
+        return dataset
+    n = len(dataset)
+    per = (n + world - 1) // world
+    return Subset(dataset, range(min(rank * per, n), min((rank + 1) * per, n)))
+
+
+class MetricDataModule(L.LightningDataModule):
+    """Train/val/test datasets + a batch-sampler factory. The sampler, not Lightning, shards training data."""
+
+    def __init__(
+        self,
+        train: Dataset | None,
+        val: Dataset | None = None,
+        test: Dataset | None = None,
+        *,
+        batch_sampler_factory: BatchSamplerFactory | None = None,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.train_set, self.val_set, self.test_set = train, val, test
+        self.batch_sampler_factory = batch_sampler_factory
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.pin_memory = pin_memory
+        self.train_batch_sampler: ResumableBatchSampler | None = None
+        self._pending_resume: tuple[int, int] | None = None
+
+    def request_resume(self, epoch: int, batches_done: int) -> None:
+        """Continue at ``epoch`` after ``batches_done`` batches (applied now or when the sampler is built)."""
+        self._pending_resume = (int(epoch), int(batches_done))
+        if self.train_batch_sampler is not None:
+            self.train_batch_sampler.resume(*self._pending_resume)
+            self._pending_resume = None
+
+    def _generator(self) -> torch.Generator:
+        # DataLoader draws its worker base seed from this generator, never from the global RNG
+        return torch.Generator().manual_seed(self.seed)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def make_train_batch_sampler(self) -> ResumableBatchSampler:
+        if self.train_set is None or self.batch_sampler_factory is None:
+            raise ConfigError("no training dataset / sampler configured", key="data")
+        rank, world = self._rank_world()
+        inner = self.batch_sampler_factory(_labels_of(self.train_set, "train"), rank, world)
+        if len(inner) == 0:
+            raise ConfigError("the training sampler yields no batch (dataset too small for the batch size?)",
+                              key="data.batch_size")
+        trainer = getattr(self, "trainer", None)
+        epoch_fn = None if trainer is None else (lambda: int(trainer.current_epoch))
+        return ResumableBatchSampler(inner, seed=self.seed, rank=rank, epoch_fn=epoch_fn)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_batch_sampler is None:
+            self.train_batch_sampler = self.make_train_batch_sampler()
+            if self._pending_resume is not None:
+                self.train_batch_sampler.resume(*self._pending_resume)
+                self._pending_resume = None
+        return _TrainLoader(SeededDataset(self.train_set), batch_sampler=self.train_batch_sampler,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=False, generator=self._generator())
+
+    def eval_dataloader(self, dataset: Any) -> DataLoader:
+        rank, world = self._rank_world()
+        return DataLoader(_shard(dataset, rank, world), batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          generator=self._generator())
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self.eval_dataloader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return [] if self.test_set is None else self.eval_dataloader(self.test_set)

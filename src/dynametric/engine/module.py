@@ -1,0 +1,282 @@
+"""The LightningModule: embedder + loss terms (+ miners), parameter groups, validation/test evaluation.
+
+Everything is injected: the module never builds a dataset, a model or a loss from names (see
+:mod:`dynametric.engine.builders` for config -> components). The maths lives in
+:func:`dynametric.engine.objective.compute_objective` and :mod:`dynametric.engine.distributed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from dynametric.engine.distributed import all_gather_no_grad, all_gather_with_grad, world_info
+from dynametric.engine.objective import Objective, compute_objective, select_head
+from dynametric.errors import ConfigError, DynametricError
+
+logger = logging.getLogger("dynametric.engine")
+
+Evaluator = Callable[..., dict]
+
+
+class NonFiniteLossError(DynametricError):
+    """The training loss became NaN/Inf (``trainer.nonfinite: stop``)."""
+
+
+@dataclass
+class GroupSettings:
+    """Learning rate / weight decay of one parameter group (``None``: use the optimizer-wide value)."""
+
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+@dataclass
+class OptimSettings:
+    """Optimizer and schedule. Groups: ``backbone`` (``embedder.backbone``), ``head`` (every other embedder
+    parameter: embedding heads, pooling), ``loss`` (``loss.loss_parameters()`` of every term: proxies, PDDM)."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    backbone: GroupSettings = field(default_factory=GroupSettings)
+    head: GroupSettings = field(default_factory=GroupSettings)
+    loss: GroupSettings = field(default_factory=GroupSettings)
+    scheduler: str = "none"  # none | cosine | step
+    warmup_steps: int = 0
+    step_size_epochs: int = 10
+    gamma: float = 0.1
+
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+               "rmsprop": torch.optim.RMSprop}
+
+
+def parameter_groups(embedder: nn.Module, objectives: Sequence[Objective],
+                     settings: OptimSettings) -> list[dict[str, Any]]:
+    """Split parameters into the ``backbone`` / ``head`` / ``loss`` groups (empty groups dropped)."""
+    seen: set[int] = set()
+
+    def take(params: Any) -> list[nn.Parameter]:
+        out = []
+        for p in params:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    backbone = getattr(embedder, "backbone", None)
+    groups = {"backbone": take(backbone.parameters()) if isinstance(backbone, nn.Module) else []}
+    groups["head"] = take(embedder.parameters())
+    loss_params: list[nn.Parameter] = []
+    for obj in objectives:
+        lp = obj.loss.loss_parameters() if hasattr(obj.loss, "loss_parameters") else list(obj.loss.parameters())
+        loss_params += take(lp)
+        if obj.miner is not None:
+            loss_params += take(obj.miner.parameters())
+    groups["loss"] = loss_params
+    out = []
+    for name, params in groups.items():
+        if not params:
+            continue
+        gs: GroupSettings = getattr(settings, name)
+        out.append({"name": name, "params": params,
+                    "lr": settings.lr if gs.lr is None else gs.lr,
+                    "weight_decay": settings.weight_decay if gs.weight_decay is None else gs.weight_decay})
+    return out
+
+
+def build_optimizer(groups: list[dict[str, Any]], settings: OptimSettings) -> torch.optim.Optimizer:
+    name = settings.optimizer.lower()
+    if name not in _OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {settings.optimizer!r}; expected one of {sorted(_OPTIMIZERS)}",
+                          key="optim.optimizer")
+    kwargs: dict[str, Any] = {"lr": settings.lr}
+    if name in ("sgd", "rmsprop"):
+        kwargs["momentum"] = settings.momentum
+    return _OPTIMIZERS[name](groups, **kwargs)
+
+
+def lr_lambda(settings: OptimSettings, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplicative LR factor per optimizer step: linear warm-up, then constant / cosine / step decay."""
+    sched = settings.scheduler.lower()
+    if sched not in ("none", "cosine", "step"):
+        raise ConfigError(f"unknown scheduler {settings.scheduler!r}; expected none, cosine or step",
+                          key="optim.scheduler")
+    warm = max(0, int(settings.warmup_steps))
+    total = max(1, int(total_steps))
+    per_epoch = max(1, int(steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if sched == "cosine":
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        if sched == "step":
+            return settings.gamma ** (step // (per_epoch * max(1, settings.step_size_epochs)))
+        return 1.0
+
+    return factor
+
+
+class MetricLearningModule(L.LightningModule):
+    """Embedder + objectives; logs ``train/loss`` and ``val/<scale>/<metric>``.
+
+    Args:
+        embedder: ``forward(images)`` -> ``[B, D]`` or a dict/tuple of heads; ``.backbone`` for the backbone group.
+        objectives: loss terms (:class:`Objective`).
+        optim: :class:`OptimSettings`.
+        evaluator: ``evaluator(emb, labels, scale_names=...) -> {"<scale>": {...}, "mean": {...}}``; default
+            :func:`dynametric.metrics.evaluate_embeddings` with ``eval_kwargs``.
+        eval_head: which output to evaluate for multi-head models (a head name or ``"concat"``).
+        nonfinite: ``"stop"`` raises :class:`NonFiniteLossError` naming the step; ``"skip"`` skips the step
+            and counts it (``self.skipped_steps``) with a warning.
+        gather: all-gather embeddings across DDP ranks before the loss (default on; a no-op on one process).
+    """
+
+    def __init__(
+        self,
+        embedder: nn.Module,
+        objectives: Sequence[Objective],
+        optim: OptimSettings | None = None,
+        *,
+        evaluator: Evaluator | None = None,
+        eval_kwargs: dict[str, Any] | None = None,
+        eval_head: str | None = None,
+        scale_names: Sequence[str] | None = None,
+        nonfinite: str = "stop",
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        if nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}", key="trainer.nonfinite")
+        self.embedder = embedder
+        self.objectives = list(objectives)
+        self.losses = nn.ModuleList([o.loss for o in self.objectives])
+        self.miners = nn.ModuleList([o.miner for o in self.objectives if o.miner is not None])
+        self.optim_settings = optim or OptimSettings()
+        self.evaluator = evaluator
+        self.eval_kwargs = dict(eval_kwargs or {})
+        self.eval_head = eval_head
+        self.scale_names = list(scale_names) if scale_names is not None else None
+        self.nonfinite = nonfinite
+        self.gather = gather
+        self.skipped_steps = 0
+        self.validation_history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, Any] | None = None
+        self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ----------------------------------------------------------------- forward / training
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The evaluation embedding (``eval_head`` of a multi-head model)."""
+        return select_head(self.embedder(images), self.eval_head)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        images, labels = batch[0], batch[1]
+        outputs = self.embedder(images)
+        gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
+        total, terms = compute_objective(outputs, labels, self.objectives, gather=gather)
+        if not torch.isfinite(total.detach()).all():
+            where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+            bad = {k: float(v) for k, v in terms.items()}
+            if self.nonfinite == "stop":
+                raise NonFiniteLossError(f"non-finite loss at {where}: {bad}; lower the learning rate, check the "
+                                         "data, or set trainer.nonfinite=skip")
+            self.skipped_steps += 1
+            logger.warning("non-finite loss at %s: %s; step skipped (%d skipped so far)", where, bad,
+                           self.skipped_steps)
+            if world_info()[1] > 1:  # every rank must still take part in DDP's gradient reduction
+                return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
+            return None
+        bs = labels.shape[0]
+        self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        if len(terms) > 1:
+            for name, value in terms.items():
+                self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+        return total
+
+    def configure_optimizers(self) -> Any:
+        groups = parameter_groups(self.embedder, self.objectives, self.optim_settings)
+        optimizer = build_optimizer(groups, self.optim_settings)
+        if self.optim_settings.scheduler == "none" and self.optim_settings.warmup_steps <= 0:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(self.optim_settings, total, max(1, total // epochs)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------- evaluation
+    def _collect(self, batch: Any) -> None:
+        images, labels = batch[0], batch[1]
+        emb = self(images)
+        labels = labels.unsqueeze(1) if labels.dim() == 1 else labels
+        self._eval_buffer.append((emb.detach().float().cpu(), labels.detach().cpu()))
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_buffer = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_buffer = []
+
+    def _evaluate_buffer(self) -> dict[str, Any]:
+        if not self._eval_buffer:
+            raise ConfigError("evaluation split is empty", key="data")
+        emb = torch.cat([e for e, _ in self._eval_buffer])
+        labels = torch.cat([lab for _, lab in self._eval_buffer])
+        self._eval_buffer = []
+        if world_info()[1] > 1:
+            emb = all_gather_no_grad(emb.to(self.device)).cpu()
+            labels = all_gather_no_grad(labels.to(self.device)).cpu()
+        evaluator = self.evaluator
+        if evaluator is None:
+            from dynametric.metrics import evaluate_embeddings
+
+            evaluator = evaluate_embeddings
+        return evaluator(emb, labels, scale_names=self.scale_names, **self.eval_kwargs)
+
+    def _log_results(self, prefix: str, results: dict[str, Any]) -> None:
+        for scale, values in results.items():
+            if not isinstance(values, dict):
+                continue
+            for metric, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.log(f"{prefix}/{scale}/{metric}", float(value), sync_dist=False, rank_zero_only=False)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._evaluate_buffer()
+        self.last_eval = results
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self.validation_history.append({"epoch": int(self.current_epoch), **results})
+        self._log_results("val", results)
+
+    def on_test_epoch_end(self) -> None:
+        results = self._evaluate_buffer()
+        self.last_eval = results
+        self._log_results("test", results)
+
+    # ----------------------------------------------------------------- checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dynametric"] = {"validation_history": self.validation_history,
+                                    "skipped_steps": self.skipped_steps,
+                                    "optim": asdict(self.optim_settings)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("dynametric", {})
+        self.validation_history = list(extra.get("validation_history", []))
+        self.skipped_steps = int(extra.get("skipped_steps", 0))

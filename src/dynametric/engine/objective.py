@@ -1,0 +1,89 @@
+"""The training objective as a pure function: embeddings + labels -> weighted sum of (miner, loss) terms.
+
+An :class:`Objective` is one term ``weight * loss(emb_head, labels, miner(emb_head, labels))``. A model with
+several heads (Sharing Matters: ``{"class": ..., "shared": ...}``) gets one term per head; a plain model has
+one term with ``head=None``. Losses receive the full ``[B, S]`` label matrix and pick their scale themselves
+(``MetricLoss.scale``) or use all of them (``uses_all_scales``: CSL, ``MultiScaleLoss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dynametric.errors import ConfigError
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Objective:
+    """One loss term. ``head`` names the model output it applies to (``None``: the single output)."""
+
+    loss: nn.Module
+    miner: nn.Module | None = None
+    head: str | None = None
+    weight: float = 1.0
+    name: str = "loss"
+
+
+def select_head(outputs: torch.Tensor | Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+                head: str | int | None) -> torch.Tensor:
+    """Pick one embedding from a model output (tensor, dict of heads or tuple of heads).
+
+    ``head="concat"`` concatenates all heads along the feature axis (Sharing Matters evaluates it).
+    """
+    if isinstance(outputs, torch.Tensor):
+        if head not in (None, 0, "concat"):
+            raise ConfigError(f"the model has a single output, but head {head!r} was requested", key="head")
+        return outputs
+    items = list(outputs.values()) if isinstance(outputs, Mapping) else list(outputs)
+    if head == "concat":
+        return torch.cat(items, dim=1)
+    if head is None:
+        if len(items) == 1:
+            return items[0]
+        names = list(outputs.keys()) if isinstance(outputs, Mapping) else list(range(len(items)))
+        raise ConfigError(f"the model has several heads {names}; name one (or 'concat')", key="head")
+    if isinstance(outputs, Mapping):
+        if head not in outputs:
+            raise ConfigError(f"unknown head {head!r}; the model has {list(outputs.keys())}", key="head")
+        return outputs[head]  # type: ignore[index]
+    if not isinstance(head, int) or not 0 <= head < len(items):
+        raise ConfigError(f"head {head!r} out of range for {len(items)} heads", key="head")
+    return items[head]
+
+
+def compute_objective(
+    outputs: torch.Tensor | Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    objectives: Sequence[Objective],
+    gather: Gather | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Return ``(sum_i w_i * L_i, {name_i: L_i detached})``.
+
+    ``gather`` (e.g. :func:`dynametric.engine.distributed.all_gather_with_grad`) is applied to each head's
+    embeddings and to the labels first, so losses and miners see the global batch under DDP.
+    """
+    if not objectives:
+        raise ConfigError("no loss configured", key="loss")
+    if gather is not None:
+        labels = gather(labels)
+    total: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = {}
+    gathered: dict[object, torch.Tensor] = {}
+    for obj in objectives:
+        if obj.head not in gathered:
+            emb = select_head(outputs, obj.head)
+            gathered[obj.head] = gather(emb) if gather is not None else emb
+        emb = gathered[obj.head]
+        indices = obj.miner(emb, labels) if obj.miner is not None else None
+        value = obj.loss(emb, labels, indices) if indices is not None else obj.loss(emb, labels)
+        terms[obj.name] = value.detach()
+        weighted = value * obj.weight
+        total = weighted if total is None else total + weighted
+    assert total is not None
+    return total, terms

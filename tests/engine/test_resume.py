@@ -1,0 +1,102 @@
+"""Exact resume: N steps straight == k steps, crash, resume from last.ckpt to N."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynametric.engine.data import MetricDataModule, ResumableBatchSampler, SeededDataset
+from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
+from dynametric.engine.objective import Objective
+from dynametric.engine.trainer import TrainerSettings, build_trainer
+from tests.engine.toy import PairLoss, ProxyLoss, RandomPairMiner, ToyData, ToyEmbedder, ToySampler, toy_evaluator
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAt:
+    """Raise in on_train_batch_start once global_step reaches ``step`` (simulates a killed process)."""
+
+    def __init__(self, step: int) -> None:
+        import lightning as L
+
+        class _Cb(L.Callback):
+            def on_train_batch_start(cb, trainer, pl_module, batch, batch_idx):  # noqa: N805
+                if trainer.global_step >= step:
+                    raise Crash(f"killed at step {trainer.global_step}")
+
+        self.callback = _Cb()
+
+
+def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1):
+    torch.manual_seed(0)
+    embedder = ToyEmbedder()
+    objectives = [Objective(PairLoss(), RandomPairMiner(), name="pair"),
+                  Objective(ProxyLoss(6, 4), None, name="proxy", weight=0.5)]
+    optim = OptimSettings(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="cosine", warmup_steps=2,
+                          loss=GroupSettings(lr=0.2))
+    module = MetricLearningModule(embedder, objectives, optim, evaluator=toy_evaluator, scale_names=["fine", "coarse"])
+    dm = MetricDataModule(ToyData(), ToyData(seed=1, augment=False),
+                          batch_sampler_factory=lambda labels, r, w: ToySampler(labels, rank=r, world_size=w),
+                          eval_batch_size=16, seed=3)
+    settings = TrainerSettings(max_steps=max_steps, checkpoint_every_n_steps=every, accelerator="cpu",
+                               progress_bar=False, accumulate_grad_batches=accumulate, seed=0)
+    return module, dm, settings
+
+
+def _weights(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resume_after_crash_matches_straight_run(tmp_path, accumulate):
+    n_steps = 13 // accumulate + 1
+    # straight run
+    module, dm, settings = _setup(tmp_path, n_steps, every=0, accumulate=accumulate)
+    build_trainer(settings, dm, tmp_path / "straight").fit(module, datamodule=dm)
+    straight = _weights(module)
+    assert module.global_step == n_steps
+
+    # interrupted run: last.ckpt every 3 steps, crash at step 7 (mid-epoch: 5 batches per epoch)
+    module, dm, settings = _setup(tmp_path, n_steps, every=3, accumulate=accumulate)
+    run = tmp_path / "crashed"
+    crash = CrashAt(7 if accumulate == 1 else 4)
+    with pytest.raises(Crash):
+        build_trainer(settings, dm, run, callbacks=[crash.callback]).fit(module, datamodule=dm)
+    interrupted = _weights(module)
+    assert (run / "last.ckpt").is_file()
+
+    # fresh objects, resume
+    module, dm, settings = _setup(tmp_path, n_steps, every=3, accumulate=accumulate)
+    build_trainer(settings, dm, run).fit(module, datamodule=dm, ckpt_path=str(run / "last.ckpt"))
+    assert module.global_step == n_steps
+    resumed = _weights(module)
+    assert any(not torch.allclose(interrupted[k], straight[k]) for k in straight)  # the crash really lost steps
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=1e-5, atol=1e-6, msg=k)
+    # validation history survives the resume: one entry per finished epoch, no duplicates
+    epochs = [h["epoch"] for h in module.validation_history]
+    assert epochs == sorted(set(epochs)) and len(epochs) >= 2
+
+
+def test_resumable_sampler_skips_and_counts_epochs():
+    labels = ToyData().labels
+    full = ResumableBatchSampler(ToySampler(labels), seed=5)
+    epoch0, epoch1 = list(full), list(full)
+    assert epoch0 != epoch1 and len(epoch0) == 5
+    part = ResumableBatchSampler(ToySampler(labels), seed=5)
+    part.resume(1, 2)
+    assert list(part) == epoch1[2:]
+    part.resume(0, 5)  # a finished epoch continues with the next one
+    assert list(part) == epoch1
+
+
+def test_seeded_dataset_is_reproducible_and_leaves_global_rng_alone():
+    ds = SeededDataset(ToyData())
+    state = torch.get_rng_state()
+    a, b = ds[(3, 123)][0], ds[(3, 123)][0]
+    c = ds[(3, 124)][0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state)
