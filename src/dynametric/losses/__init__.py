@@ -1,5 +1,99 @@
-"""Metric-learning losses under one contract (see :mod:`dynametric.losses.base`)."""
+"""Metric-learning losses under one contract (see :mod:`dynametric.losses.base`).
 
+``build_loss(name, **kwargs)`` looks ``name`` up in the explicit :data:`LOSSES` dict (class names as in
+pytorch-metric-learning). ``distance`` may be given as an object from :mod:`dynametric.distances`, a name
+(``"LpDistance"``, ``"SquaredL2Distance"``, ``"CosineSimilarity"``, ``"DotProductSimilarity"`` or the short forms
+``"l2"``, ``"squared_l2"``, ``"cosine"``, ``"dot"``) or ``{"name": ..., **kwargs}`` (for configs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynametric import distances as _distances
+from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss, Miner
+from dynametric.losses.circle import CircleLoss
+from dynametric.losses.contrastive import ContrastiveLoss
+from dynametric.losses.lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from dynametric.losses.margin import MarginLoss
+from dynametric.losses.multi_similarity import MultiSimilarityLoss
+from dynametric.losses.multiscale import MultiScaleLoss, ThreeScaleChunks, three_scale_chunks
+from dynametric.losses.npairs import NPairsLoss
+from dynametric.losses.triplet import TripletMarginLoss
 
-__all__ = ["IndicesTuple", "MetricLoss", "Miner"]
+LOSSES: dict[str, type[MetricLoss]] = {
+    "ContrastiveLoss": ContrastiveLoss,
+    "TripletMarginLoss": TripletMarginLoss,
+    "NPairsLoss": NPairsLoss,
+    "LiftedStructureLoss": LiftedStructureLoss,
+    "GeneralizedLiftedStructureLoss": GeneralizedLiftedStructureLoss,
+    "MarginLoss": MarginLoss,
+    "MultiSimilarityLoss": MultiSimilarityLoss,
+    "CircleLoss": CircleLoss,
+    "MultiScaleLoss": MultiScaleLoss,
+}
+
+DISTANCES: dict[str, type[_distances.Distance]] = {
+    "LpDistance": _distances.LpDistance,
+    "l2": _distances.LpDistance,
+    "SquaredL2Distance": _distances.SquaredL2Distance,
+    "squared_l2": _distances.SquaredL2Distance,
+    "CosineSimilarity": _distances.CosineSimilarity,
+    "cosine": _distances.CosineSimilarity,
+    "DotProductSimilarity": _distances.DotProductSimilarity,
+    "dot": _distances.DotProductSimilarity,
+}
+
+
+def build_distance(spec: Any, key: str = "distance") -> _distances.Distance | None:
+    """A distance object from an object, a registry name or ``{"name": ..., **kwargs}`` (``None`` passes)."""
+    if spec is None or isinstance(spec, _distances.Distance):
+        return spec
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, dict) and "name" in spec:
+        kwargs = dict(spec)
+        name = kwargs.pop("name")
+    else:
+        raise ConfigError(f"distance must be a name, a {{'name': ...}} mapping or a Distance, got {spec!r}", key=key)
+    if name not in DISTANCES:
+        raise ConfigError(f"unknown distance {name!r}; expected one of {sorted(DISTANCES)}", key=key)
+    try:
+        return DISTANCES[name](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"bad arguments for distance {name!r}: {err}", key=key) from err
+
+
+def build_loss(name: str, **kwargs: Any) -> MetricLoss:
+    """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}", key="loss.name")
+    if "distance" in kwargs:
+        kwargs["distance"] = build_distance(kwargs["distance"], key=f"loss.{name}.distance")
+    try:
+        return LOSSES[name](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"bad arguments for loss {name!r}: {err}", key=f"loss.{name}") from err
+
+
+__all__ = [
+    "LOSSES",
+    "DISTANCES",
+    "CircleLoss",
+    "ContrastiveLoss",
+    "GeneralizedLiftedStructureLoss",
+    "IndicesTuple",
+    "LiftedStructureLoss",
+    "MarginLoss",
+    "MetricLoss",
+    "Miner",
+    "MultiScaleLoss",
+    "MultiSimilarityLoss",
+    "NPairsLoss",
+    "ThreeScaleChunks",
+    "TripletMarginLoss",
+    "build_distance",
+    "build_loss",
+    "three_scale_chunks",
+]

@@ -1,1 +1,47 @@
-"""dynametric.miners."""
+"""Miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple`` (pairs ``(a1, p, a2, n)``
+or triplets ``(a, p, n)``), usable with any tuple loss. ``build_miner(name, **kwargs)`` looks ``name`` up in the
+explicit :data:`MINERS` dict (class names as in pytorch-metric-learning)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynametric.errors import ConfigError
+from dynametric.losses.base import Miner
+from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
+from dynametric.miners.multi_similarity import MultiSimilarityMiner
+from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
+
+MINERS: dict[str, type[Miner]] = {
+    "TripletMarginMiner": TripletMarginMiner,
+    "BatchHardMiner": BatchHardMiner,
+    "DistanceWeightedMiner": DistanceWeightedMiner,
+    "MultiSimilarityMiner": MultiSimilarityMiner,
+    "PairMarginMiner": PairMarginMiner,
+}
+
+
+def build_miner(name: str, **kwargs: Any) -> Miner:
+    """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
+    if name not in MINERS:
+        raise ConfigError(f"unknown miner {name!r}; expected one of {sorted(MINERS)}", key="miner.name")
+    if "distance" in kwargs:
+        from dynametric.losses import build_distance
+
+        kwargs["distance"] = build_distance(kwargs["distance"], key=f"miner.{name}.distance")
+    try:
+        return MINERS[name](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"bad arguments for miner {name!r}: {err}", key=f"miner.{name}") from err
+
+
+__all__ = [
+    "MINERS",
+    "BatchHardMiner",
+    "DistanceWeightedMiner",
+    "MultiSimilarityMiner",
+    "PairMarginMiner",
+    "TripletMarginMiner",
+    "build_miner",
+    "inverse_q_log_weights",
+]

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from dynametric.errors import InputError
+from dynametric.distances import Distance, LpDistance
+from dynametric.errors import ConfigError, InputError
+from dynametric.losses.base import IndicesTuple, Miner
+from dynametric.losses.tuples import match_masks
 
 #: Largest distance used inside the log (distances between unit vectors are at most 2; ``1 - d^2/4`` must stay > 0).
 MAX_UNIT_SPHERE_DISTANCE = 2.0 - 1e-4
@@ -47,3 +50,77 @@ def inverse_q_log_weights(
     if upper_cutoff is not None:
         log_w = log_w.masked_fill(work > upper_cutoff, float("-inf"))
     return log_w
+
+
+class DistanceWeightedMiner(Miner):
+    """Distance-weighted negative sampling (Wu et al. 2017), one negative per positive pair.
+
+    For every positive pair ``(a, p)`` one negative ``n`` is drawn with probability ``∝ 1/q(max(d_an, cutoff))``
+    among ``a``'s negatives (``d_an > nonzero_loss_cutoff`` excluded when that upper cutoff is set). Returns
+    triplets ``(a, p, n)``. Rows whose every negative is excluded by the upper cutoff fall back to a uniform draw
+    over their negatives (the authors' code falls back to a uniform draw over the whole batch).
+
+    Differences from pytorch-metric-learning's ``DistanceWeightedMiner`` (documented in ``docs/losses.md``): PML
+    turns the upper cutoff 1.4 on by default (here off, as in the authors' runs, METHODS §2.3), normalises by the
+    global rather than the row maximum, and draws ``|class|`` triplets per anchor with random positives instead of
+    one per positive pair. Needs the Euclidean distance of L2-normalised embeddings (``LpDistance()``).
+    """
+
+    def __init__(
+        self,
+        cutoff: float = 0.5,
+        nonzero_loss_cutoff: float | None = None,
+        distance: Distance | None = None,
+        seed: int | None = None,
+        scale: int = 0,
+    ) -> None:
+        super().__init__(scale)
+        self.distance = distance if distance is not None else LpDistance()
+        d = self.distance
+        if not (isinstance(d, LpDistance) and d.p == 2 and d.power == 1 and d.normalize_embeddings):
+            raise ConfigError(
+                f"DistanceWeightedMiner needs LpDistance(p=2, power=1, normalize_embeddings=True), got {d!r}",
+                key="distance",
+            )
+        # validate the cutoffs once, here
+        inverse_q_log_weights(torch.zeros(1), 3, cutoff, nonzero_loss_cutoff)
+        self.cutoff = float(cutoff)
+        self.nonzero_loss_cutoff = None if nonzero_loss_cutoff is None else float(nonzero_loss_cutoff)
+        self.generator: torch.Generator | None = None
+        if seed is not None:
+            self.generator = torch.Generator().manual_seed(int(seed))
+
+    def sampling_probabilities(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``[B, R]`` row-stochastic probabilities of drawing each reference item as the negative of each anchor
+        (all-zero rows for anchors without a negative). ``ref_labels=None``: the reference set is the batch."""
+        _, neg = match_masks(labels, ref_labels)
+        dist = self.distance(embeddings, ref_emb)
+        log_w = inverse_q_log_weights(dist, embeddings.shape[1], self.cutoff, self.nonzero_loss_cutoff)
+        log_w = log_w.masked_fill(~neg, float("-inf"))
+        dead = ~torch.isfinite(log_w).any(1, keepdim=True) & neg.any(1, keepdim=True)
+        log_w = torch.where(dead & neg, torch.zeros_like(log_w), log_w)
+        has_neg = neg.any(1, keepdim=True)
+        log_w = torch.where(has_neg, log_w, torch.zeros_like(log_w))
+        probs = torch.softmax(log_w, dim=1)
+        return torch.where(has_neg, probs, torch.zeros_like(probs))
+
+    def mine(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+    ) -> IndicesTuple:
+        ref = None if ref_emb is embeddings else ref_labels
+        pos, neg = match_masks(labels, ref)
+        probs = self.sampling_probabilities(embeddings, labels, ref_emb, ref)
+        anchors = torch.nonzero(pos.any(1) & neg.any(1)).flatten()
+        if anchors.numel() == 0:
+            empty = torch.empty(0, dtype=torch.long, device=labels.device)
+            return empty, empty.clone(), empty.clone()
+        a, p = torch.nonzero(pos[anchors], as_tuple=True)
+        num_pos = pos[anchors].sum(1)
+        rows = probs[anchors] if self.generator is None else probs[anchors].cpu()
+        draws = torch.multinomial(rows, int(num_pos.max()), replacement=True, generator=self.generator)
+        draws = draws.to(labels.device)
+        rank = torch.arange(a.numel(), device=labels.device) - (torch.cumsum(num_pos, 0) - num_pos)[a]
+        n = draws[a, rank]
+        return anchors[a], p, n

@@ -1,0 +1,220 @@
+"""Multi-scale baseline loss (DyML, Sun et al., "Dynamic Metric Learning", CVPR 2021; METHODS §3.6-3.7).
+
+``L_MS = sum_s w_s L_s({f}_{chunk s}, y^(s))``: a single-scale loss per scale ``s`` with that scale's labels
+(``labels[:, s]``, finest first), weights ``w_s`` (default 1). With ``chunks`` each scale's loss sees only its
+chunk of the batch (``negatives: chunk``, the faithful DyML setting: the three-scale sampler puts ``K`` images per
+scale in every item); without, every scale uses the whole batch (``negatives: batch``, reported to inflate recall).
+
+Proxy and classification losses need one parameter set per scale: pass a factory (``lambda s: ProxyAnchorLoss(
+num_classes=C[s], ...)``), a list of losses, or a registry name with ``base_kwargs`` (a ``num_classes`` list gives
+one entry per scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.losses.base import IndicesTuple, MetricLoss
+
+ChunkSpec = tuple[int, int] | slice | torch.Tensor
+ChunksLike = Sequence[ChunkSpec] | Callable[[int], Sequence[ChunkSpec]]
+
+
+def three_scale_chunks(batch_size: int, images_per_class: int = 4, num_scales: int = 3) -> list[torch.Tensor]:
+    """Per-scale row indices of a batch from DyML's three-scale sampler (METHODS §3.6).
+
+    Each item contributes ``num_scales * K`` consecutive rows: ``K`` for scale 0 (fine), then ``K`` for scale 1,
+    ... . Returns ``[idx_scale0, idx_scale1, ...]``; ``batch_size`` must be a multiple of ``num_scales * K``.
+    """
+    group = num_scales * images_per_class
+    if images_per_class < 1 or num_scales < 1:
+        raise ConfigError("images_per_class and num_scales must be positive", key="images_per_class")
+    if batch_size % group:
+        raise InputError(
+            f"batch of {batch_size} rows is not a whole number of three-scale items of {group} images "
+            f"({num_scales} scales x {images_per_class} images)",
+            key="embeddings",
+        )
+    rows = torch.arange(batch_size).view(-1, num_scales, images_per_class)
+    return [rows[:, s, :].reshape(-1) for s in range(num_scales)]
+
+
+class ThreeScaleChunks:
+    """Callable chunk layout for :class:`MultiScaleLoss`: ``ThreeScaleChunks(K)(batch_size)`` =
+    :func:`three_scale_chunks` (so the last, smaller batch of an epoch works too)."""
+
+    def __init__(self, images_per_class: int = 4, num_scales: int = 3) -> None:
+        self.images_per_class = images_per_class
+        self.num_scales = num_scales
+
+    def __call__(self, batch_size: int) -> list[torch.Tensor]:
+        return three_scale_chunks(batch_size, self.images_per_class, self.num_scales)
+
+    def __repr__(self) -> str:
+        return f"ThreeScaleChunks(images_per_class={self.images_per_class}, num_scales={self.num_scales})"
+
+
+def _chunk_index(spec: ChunkSpec, batch_size: int, scale: int, device: torch.device) -> torch.Tensor:
+    if isinstance(spec, slice):
+        idx = torch.arange(batch_size)[spec]
+    elif isinstance(spec, torch.Tensor):
+        idx = spec.long().flatten()
+        if spec.dtype == torch.bool:
+            if spec.numel() != batch_size:
+                raise InputError(f"boolean chunk mask of scale {scale} has {spec.numel()} entries, batch has "
+                                 f"{batch_size}", key="chunks")
+            idx = torch.nonzero(spec).flatten()
+    elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
+        start, stop = spec
+        if not 0 <= start <= stop <= batch_size:
+            raise InputError(f"chunk ({start}, {stop}) of scale {scale} is outside a batch of {batch_size}",
+                             key="chunks")
+        idx = torch.arange(start, stop)
+    else:
+        raise ConfigError(f"chunk of scale {scale} must be (start, stop), a slice or an index tensor, got {spec!r}",
+                          key="chunks")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= batch_size):
+        raise InputError(f"chunk of scale {scale} has rows outside a batch of {batch_size}", key="chunks")
+    return idx.to(device)
+
+
+class MultiScaleLoss(MetricLoss):
+    """Weighted sum of a single-scale loss applied at every scale (optionally on per-scale batch chunks).
+
+    ``base_losses_or_factory``: one :class:`MetricLoss` (shared by all scales; only for losses without
+    parameters), a list with one loss per scale, a callable ``factory(scale) -> MetricLoss``, or a registry name
+    (built with ``base_kwargs``; list-valued ``num_classes`` is split per scale). ``num_scales`` defaults to the
+    length of the list / ``weights``; ``chunks`` is ``None`` (whole batch), a per-scale list of ``(start, stop)`` /
+    slices / index tensors, or a callable ``batch_size -> list`` such as :class:`ThreeScaleChunks`.
+
+    ``indices_tuple`` (optional) is a list with one miner output (or ``None``) per scale, indexing that scale's
+    chunk. The per-scale values of the last call are kept in :attr:`last_scale_losses` (detached).
+    """
+
+    uses_all_scales = True
+
+    def __init__(
+        self,
+        base_losses_or_factory: MetricLoss | Sequence[MetricLoss] | Callable[[int], MetricLoss] | str,
+        weights: Sequence[float] | None = None,
+        chunks: ChunksLike | None = None,
+        num_scales: int | None = None,
+        base_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(scale=0)
+        base = base_losses_or_factory
+        if num_scales is None:
+            if isinstance(base, Sequence) and not isinstance(base, str):
+                num_scales = len(base)
+            elif weights is not None:
+                num_scales = len(weights)
+            elif chunks is not None and not callable(chunks):
+                num_scales = len(chunks)
+            else:
+                raise ConfigError("MultiScaleLoss needs num_scales (or a list of losses, weights or chunks)",
+                                  key="num_scales")
+        if num_scales < 1:
+            raise ConfigError(f"num_scales must be positive, got {num_scales}", key="num_scales")
+        losses = self._build_losses(base, num_scales, base_kwargs or {})
+        for s, loss in enumerate(losses):
+            if not isinstance(loss, MetricLoss):
+                raise ConfigError(f"loss of scale {s} is not a dynametric MetricLoss: {loss!r}",
+                                  key="base_losses_or_factory")
+            if loss.uses_all_scales:
+                raise ConfigError(f"{type(loss).__name__} already uses every scale; it cannot be a per-scale loss",
+                                  key="base_losses_or_factory")
+            if loss.scale not in (0, -1):
+                raise ConfigError(f"per-scale losses receive one label column; {type(loss).__name__} of scale {s} "
+                                  f"has scale={loss.scale}, expected 0", key="base_losses_or_factory")
+        for s, loss in enumerate(losses):
+            if any(loss is other for other in losses[:s]) and any(True for _ in loss.parameters()):
+                raise ConfigError(f"{type(loss).__name__} has parameters; give one loss per scale (a factory or "
+                                  "a list), not one shared instance", key="base_losses_or_factory")
+        self.losses = nn.ModuleList(losses)  # a shared instance appears once per scale; parameters() dedups
+        self.num_scales = num_scales
+        if weights is None:
+            weights = [1.0] * num_scales
+        if len(weights) != num_scales:
+            raise ConfigError(f"{len(weights)} weights for {num_scales} scales", key="weights")
+        self.weights = [float(w) for w in weights]
+        if chunks is not None and not callable(chunks) and len(chunks) != num_scales:
+            raise ConfigError(f"{len(chunks)} chunks for {num_scales} scales", key="chunks")
+        self.chunks = chunks
+        self.last_scale_losses: list[torch.Tensor] = []
+
+    @staticmethod
+    def _build_losses(base, num_scales: int, base_kwargs: dict) -> list[MetricLoss]:
+        if isinstance(base, MetricLoss):
+            return [base] * num_scales
+        if isinstance(base, str):
+            from dynametric.losses import build_loss
+
+            out = []
+            for s in range(num_scales):
+                kw = dict(base_kwargs)
+                if isinstance(kw.get("num_classes"), list | tuple):
+                    if len(kw["num_classes"]) != num_scales:
+                        raise ConfigError(f"num_classes lists {len(kw['num_classes'])} values for {num_scales} "
+                                          "scales", key="base_kwargs.num_classes")
+                    kw["num_classes"] = kw["num_classes"][s]
+                out.append(build_loss(base, **kw))
+            return out
+        if isinstance(base, Sequence):
+            if len(base) != num_scales:
+                raise ConfigError(f"{len(base)} losses for {num_scales} scales", key="base_losses_or_factory")
+            return list(base)
+        if callable(base):
+            return [base(s) for s in range(num_scales)]
+        raise ConfigError(f"cannot build per-scale losses from {base!r}", key="base_losses_or_factory")
+
+    def loss_at(self, scale: int) -> MetricLoss:
+        """The loss applied at ``scale``."""
+        return self.losses[scale]
+
+    def resolve_chunks(self, batch_size: int, device: torch.device) -> list[torch.Tensor | None]:
+        """Row indices used at each scale (``None`` = the whole batch)."""
+        if self.chunks is None:
+            return [None] * self.num_scales
+        specs = self.chunks(batch_size) if callable(self.chunks) else self.chunks
+        if len(specs) != self.num_scales:
+            raise ConfigError(f"chunk layout gives {len(specs)} chunks for {self.num_scales} scales", key="chunks")
+        return [_chunk_index(spec, batch_size, s, device) for s, spec in enumerate(specs)]
+
+    def compute_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | Sequence[IndicesTuple | None] | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if labels.shape[1] < self.num_scales:
+            raise InputError(f"MultiScaleLoss over {self.num_scales} scales got labels with {labels.shape[1]} "
+                             "column(s)", key="labels")
+        if ref_labels is not None and ref_labels.shape[1] < self.num_scales:
+            raise InputError(f"ref_labels have {ref_labels.shape[1]} column(s), need {self.num_scales}",
+                             key="ref_labels")
+        if indices_tuple is not None:
+            if len(indices_tuple) != self.num_scales or isinstance(indices_tuple[0], torch.Tensor):
+                raise InputError(f"MultiScaleLoss takes one indices tuple (or None) per scale: a list of "
+                                 f"{self.num_scales}", key="indices_tuple")
+        chunks = self.resolve_chunks(embeddings.shape[0], embeddings.device)
+        total = embeddings.sum() * 0.0
+        self.last_scale_losses = []
+        for s in range(self.num_scales):  # loop over scales (at most a handful), not over samples
+            rows = chunks[s]
+            emb = embeddings if rows is None else embeddings[rows]
+            lab = labels[:, s] if rows is None else labels[rows, s]
+            mined = None if indices_tuple is None else indices_tuple[s]
+            ref_lab = None if ref_labels is None else ref_labels[:, s]
+            if emb.shape[0] == 0:
+                value = self.zero_loss(embeddings, f"empty chunk at scale {s}")
+            else:
+                value = self.loss_at(s)(emb, lab, mined, ref_emb, ref_lab)
+            self.last_scale_losses.append(value.detach())
+            total = total + self.weights[s] * value
+        return total

@@ -1,0 +1,43 @@
+"""Multi-similarity pair miner (Wang et al., "Multi-Similarity Loss with General Pair Weighting", CVPR 2019).
+
+With similarities ``S`` (default cosine): keep a positive pair ``(i, p)`` if ``S_ip - epsilon < max_n S_in`` and a
+negative pair ``(i, n)`` if ``S_in + epsilon > min_p S_ip`` (for distances the inequalities flip). Arguments and
+defaults as pytorch-metric-learning's ``MultiSimilarityMiner`` (``epsilon=0.1``). Output pairs are in row-major
+order (PML returns them sorted by similarity within a row; the set is the same).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dynametric.distances import CosineSimilarity, Distance
+from dynametric.losses.base import IndicesTuple, Miner
+from dynametric.losses.tuples import match_masks
+
+
+class MultiSimilarityMiner(Miner):
+    """Hard positive/negative pairs relative to the hardest pair of the other kind (see module docstring)."""
+
+    def __init__(self, epsilon: float = 0.1, distance: Distance | None = None, scale: int = 0) -> None:
+        super().__init__(scale)
+        self.epsilon = epsilon
+        self.distance = distance if distance is not None else CosineSimilarity()
+
+    def mine(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+    ) -> IndicesTuple:
+        pos, neg = match_masks(labels, None if ref_emb is embeddings else ref_labels)
+        if not bool(pos.any()) or not bool(neg.any()):
+            empty = torch.empty(0, dtype=torch.long, device=labels.device)
+            return empty, empty.clone(), empty.clone(), empty.clone()
+        mat = self.distance(embeddings, ref_emb).float()
+        s = mat if self.distance.higher_is_closer else -mat  # larger = closer from here on
+        eps = self.epsilon
+        big = torch.finfo(s.dtype).max
+        hardest_neg = s.masked_fill(~neg, -big).amax(1, keepdim=True)  # most similar negative
+        hardest_pos = s.masked_fill(~pos, big).amin(1, keepdim=True)  # least similar positive
+        hard_pos = pos & (s - eps < hardest_neg)
+        hard_neg = neg & (s + eps > hardest_pos)
+        a1, p = torch.nonzero(hard_pos, as_tuple=True)
+        a2, n = torch.nonzero(hard_neg, as_tuple=True)
+        return a1, p, a2, n

@@ -1,0 +1,104 @@
+"""Triplet and pair miners with pytorch-metric-learning's names, arguments and defaults.
+
+* :class:`TripletMarginMiner` (``margin=0.2``, ``type_of_triplets="all"|"hard"|"semihard"|"easy"``): with the
+  triplet margin ``mu = d_an - d_ap`` (``s_ap - s_an`` for similarities), "all" keeps ``mu <= margin``, "hard"
+  ``mu <= 0``, "semihard" ``0 < mu <= margin``, "easy" ``mu > margin`` (Schroff et al., FaceNet, CVPR 2015).
+* :class:`BatchHardMiner`: per anchor the farthest positive and the closest negative (Hermans, Beyer, Leibe,
+  "In Defense of the Triplet Loss", 2017); anchors without a positive or a negative are dropped.
+* :class:`PairMarginMiner` (``pos_margin=0.2``, ``neg_margin=0.8``): positive pairs farther than ``pos_margin``,
+  negative pairs closer than ``neg_margin``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dynametric.distances import Distance, LpDistance
+from dynametric.errors import ConfigError
+from dynametric.losses.base import IndicesTuple, Miner
+from dynametric.losses.tuples import get_all_pairs_indices, get_all_triplets_indices, match_masks
+
+TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
+
+
+def _ref_labels_or_none(embeddings: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor):
+    """``None`` when the reference set is the batch itself (so an item is never its own positive)."""
+    return None if ref_emb is embeddings else ref_labels
+
+
+class TripletMarginMiner(Miner):
+    """Triplets by their margin: all violating, hard, semihard or easy (see module docstring)."""
+
+    def __init__(
+        self, margin: float = 0.2, type_of_triplets: str = "all", distance: Distance | None = None, scale: int = 0
+    ) -> None:
+        super().__init__(scale)
+        if type_of_triplets not in TRIPLET_TYPES:
+            raise ConfigError(f"type_of_triplets must be one of {TRIPLET_TYPES}, got {type_of_triplets!r}",
+                              key="type_of_triplets")
+        self.margin = margin
+        self.type_of_triplets = type_of_triplets
+        self.distance = distance if distance is not None else LpDistance()
+
+    def mine(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+    ) -> IndicesTuple:
+        a, p, n = get_all_triplets_indices(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
+        mat = self.distance(embeddings, ref_emb).float()
+        ap, an = mat[a, p], mat[a, n]
+        mu = ap - an if self.distance.higher_is_closer else an - ap
+        if self.type_of_triplets == "easy":
+            keep = mu > self.margin
+        else:
+            keep = mu <= self.margin
+            if self.type_of_triplets == "hard":
+                keep &= mu <= 0
+            elif self.type_of_triplets == "semihard":
+                keep &= mu > 0
+        return a[keep], p[keep], n[keep]
+
+
+class BatchHardMiner(Miner):
+    """Hardest positive and hardest negative per anchor (batch-hard triplets)."""
+
+    def __init__(self, distance: Distance | None = None, scale: int = 0) -> None:
+        super().__init__(scale)
+        self.distance = distance if distance is not None else LpDistance()
+
+    def mine(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+    ) -> IndicesTuple:
+        pos, neg = match_masks(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
+        mat = self.distance(embeddings, ref_emb).float()
+        big = torch.finfo(mat.dtype).max
+        # "harder" = farther positive / closer negative; flip the sign of similarities to use distances' rule.
+        d = -mat if self.distance.higher_is_closer else mat
+        hard_p = d.masked_fill(~pos, -big).argmax(1)
+        hard_n = d.masked_fill(~neg, big).argmin(1)
+        keep = pos.any(1) & neg.any(1)
+        anchors = torch.nonzero(keep).flatten()
+        return anchors, hard_p[keep], hard_n[keep]
+
+
+class PairMarginMiner(Miner):
+    """Positive pairs beyond ``pos_margin`` and negative pairs within ``neg_margin``."""
+
+    def __init__(
+        self, pos_margin: float = 0.2, neg_margin: float = 0.8, distance: Distance | None = None, scale: int = 0
+    ) -> None:
+        super().__init__(scale)
+        self.pos_margin = pos_margin
+        self.neg_margin = neg_margin
+        self.distance = distance if distance is not None else LpDistance()
+
+    def mine(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+    ) -> IndicesTuple:
+        a1, p, a2, n = get_all_pairs_indices(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
+        mat = self.distance(embeddings, ref_emb).float()
+        pd, nd = mat[a1, p], mat[a2, n]
+        if self.distance.higher_is_closer:
+            pk, nk = pd < self.pos_margin, nd > self.neg_margin
+        else:
+            pk, nk = pd > self.pos_margin, nd < self.neg_margin
+        return a1[pk], p[pk], a2[nk], n[nk]
