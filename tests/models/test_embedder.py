@@ -1,0 +1,200 @@
+"""Embedder: shapes, pooling maths, L2 normalisation, heads, frozen BatchNorm, optimiser groups."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from dynametric.errors import ConfigError
+from dynametric.models import Backbone, GlobalPool, build_embedder, concat_heads, create_backbone
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_single_head_shape_and_unit_norm() -> None:
+    model = build_embedder("simple_cnn", embedding_dim=24)
+    out = model(torch.randn(5, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (5, 24)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
+    assert model.feature_dim == 256 and model.embedding_dim == 24
+
+
+def test_no_normalisation_keeps_linear_output() -> None:
+    model = build_embedder("simple_cnn", embedding_dim=8, normalize=False).eval()
+    x = torch.randn(3, 3, 32, 32)
+    out = model(x)
+    head = model.heads["embedding"].proj
+    torch.testing.assert_close(out, head(model.pooled_features(x)))
+    assert not torch.allclose(out.norm(dim=1), torch.ones(3))
+
+
+def test_identity_head_returns_normalised_pooled_feature() -> None:
+    model = build_embedder("simple_cnn", embedding_dim=None, pooling="max").eval()
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x).flatten(2).amax(2)
+    torch.testing.assert_close(model(x), feats / feats.norm(dim=1, keepdim=True))
+    assert model.embedding_dim == 256
+
+
+def test_pooling_modes_on_a_hand_built_map() -> None:
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[-1.0, -2.0], [0.0, -5.0]]]])  # [1, 2, 2, 2]
+    avg, mx = torch.tensor([[3.0, -2.0]]), torch.tensor([[6.0, 0.0]])
+    torch.testing.assert_close(GlobalPool("avg")(x), avg)
+    torch.testing.assert_close(GlobalPool("max")(x), mx)
+    torch.testing.assert_close(GlobalPool("avgmax")(x), avg + mx)
+    torch.testing.assert_close(GlobalPool("catavgmax")(x), torch.cat([avg, mx], 1))
+    assert GlobalPool("catavgmax").output_dim(2) == 4
+    with pytest.raises(ConfigError, match="token"):
+        GlobalPool("token")(x)
+
+
+def test_pooling_on_tokens_skips_prefix_tokens() -> None:
+    tokens = torch.tensor([[[100.0, -100.0], [1.0, 2.0], [3.0, 4.0]]])  # class token first
+    pool = GlobalPool("avg", num_prefix_tokens=1)
+    torch.testing.assert_close(pool(tokens), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(GlobalPool("max", num_prefix_tokens=1)(tokens), torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(GlobalPool("token", num_prefix_tokens=1)(tokens), torch.tensor([[100.0, -100.0]]))
+
+
+def test_unknown_pooling_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="model.pooling"):
+        build_embedder("simple_cnn", pooling="mean")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pooling, feat", [("avg", 256), ("max", 256), ("avgmax", 256), ("catavgmax", 512)])
+def test_pooling_widths_reach_the_head(pooling: str, feat: int) -> None:
+    model = build_embedder("simple_cnn", pooling=pooling, embedding_dim=16)  # type: ignore[arg-type]
+    assert model.feature_dim == feat
+    assert model.heads["embedding"].proj.in_features == feat
+    assert model(torch.randn(2, 3, 20, 20)).shape == (2, 16)
+
+
+def test_two_heads_sharing_matters() -> None:
+    model = build_embedder("simple_cnn", num_heads=2, head_dims=[16, 8])
+    out = model(torch.randn(4, 3, 32, 32))
+    assert isinstance(out, dict) and list(out) == ["class", "shared"]
+    assert out["class"].shape == (4, 16) and out["shared"].shape == (4, 8)
+    for emb in out.values():
+        torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+    joined = concat_heads(out)
+    torch.testing.assert_close(joined, torch.cat([out["class"], out["shared"]], 1))
+    assert model.embedding_dim == 24
+    # The heads see the same pooled feature but have their own weights.
+    assert model.heads["class"].proj.weight.data_ptr() != model.heads["shared"].proj.weight.data_ptr()
+
+
+def test_custom_head_names_and_errors() -> None:
+    model = build_embedder("simple_cnn", num_heads=3, head_names=["a", "b", "c"], embedding_dim=4)
+    assert list(model(torch.randn(2, 3, 16, 16))) == ["a", "b", "c"]
+    with pytest.raises(ConfigError, match="head_names"):
+        build_embedder("simple_cnn", num_heads=2, head_names=["a", "a"])
+    with pytest.raises(ConfigError, match="head_dims"):
+        build_embedder("simple_cnn", num_heads=2, head_dims=[4])
+    with pytest.raises(ConfigError, match="num_heads"):
+        build_embedder("simple_cnn", num_heads=0)
+
+
+def test_parameter_groups_partition_trainable_parameters() -> None:
+    model = build_embedder("simple_cnn", num_heads=2)
+    groups = model.parameter_groups()
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids)) == sum(1 for _ in model.parameters())
+    assert {id(p) for p in groups["head"]} == {id(p) for p in model.heads.parameters()}
+
+
+def _bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_frozen_batchnorm_stays_frozen_through_training() -> None:
+    model = build_embedder("simple_cnn", freeze_bn=True, embedding_dim=8)
+    model.train()
+    assert model.training and model.heads.training
+    bns = _bn_layers(model)
+    assert bns and all(not bn.training for bn in bns)
+    before = [(bn.running_mean.clone(), bn.running_var.clone(), bn.weight.clone()) for bn in bns]
+    opt = torch.optim.SGD([p for g in model.parameter_groups().values() for p in g], lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(6, 3, 32, 32) * 3 + 1).sum().backward()
+        opt.step()
+    for bn, (mean, var, weight) in zip(bns, before):
+        torch.testing.assert_close(bn.running_mean, mean)
+        torch.testing.assert_close(bn.running_var, var)
+        torch.testing.assert_close(bn.weight, weight)
+        assert bn.weight.grad is None and not bn.weight.requires_grad and not bn.bias.requires_grad
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    bn_ids = {id(p) for bn in bns for p in bn.parameters()}
+    assert not bn_ids & {id(p) for p in model.parameter_groups()["backbone"]}
+    model.eval().train()  # toggling again must not unfreeze
+    assert all(not bn.training for bn in bns)
+
+
+def test_unfrozen_batchnorm_updates_statistics() -> None:  # control for the test above
+    model = build_embedder("simple_cnn", embedding_dim=8).train()
+    bn = _bn_layers(model)[0]
+    mean = bn.running_mean.clone()
+    model(torch.randn(6, 3, 32, 32) * 3 + 1)
+    assert bn.training and not torch.allclose(bn.running_mean, mean)
+
+
+def test_timm_backbone_and_dyml_setting() -> None:
+    model = build_embedder("resnet18", pooling="max", embedding_dim=512)
+    assert model.feature_dim == 512
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_channels_last_backbone_is_permuted() -> None:
+    class NHWC(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.permute(0, 2, 3, 1)
+
+    x = torch.randn(2, 5, 3, 4)
+    torch.testing.assert_close(Backbone("stub", NHWC(), 5, channels_last=True)(x), x)
+
+
+def test_unknown_backbone_suggests_closest_name() -> None:
+    with pytest.raises(ConfigError, match=r"model.backbone.*did you mean.*'resnet50'"):
+        create_backbone("resnet5O")
+    with pytest.raises(ConfigError, match="simple_cnn"):
+        create_backbone("simple_cn")
+
+
+def test_simple_cnn_has_no_download() -> None:
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        build_embedder("simple_cnn", pretrained=True)
+
+
+def test_pretrained_true_uses_timm_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    calls: list[tuple[str, dict]] = []
+    real = timm.create_model
+
+    def spy(name: str, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((name, dict(kwargs)))
+        return real(name, **{**kwargs, "pretrained": False})
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    model = build_embedder("resnet18", pretrained=True, embedding_dim=32)
+    assert calls == [("resnet18", {"pretrained": True, "num_classes": 0, "global_pool": "", "in_chans": 3})]
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+
+
+def test_config_model_section_mirrors_build_embedder() -> None:
+    import dataclasses
+
+    from dynametric.config import ModelConfig, embedder_kwargs
+
+    params = inspect.signature(build_embedder).parameters
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    assert set(fields) == set(params)
+    model = build_embedder(**embedder_kwargs(ModelConfig()))
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 128)
