@@ -299,9 +299,10 @@ def test_weight_init_func_and_defaults():
     loss = ProxyNCALoss(3, 4, weight_init_func=torch.nn.init.ones_)
     assert torch.equal(loss.proxies.detach(), torch.ones(3, 4))
     arc = ArcFaceLoss(3, 4)
-    assert arc.margin == pytest.approx(math.radians(28.6)) and arc.scale == 64
+    assert arc.margin == pytest.approx(math.radians(28.6)) and arc.logit_scale == 64 and arc.scale == 0
     cos = CosFaceLoss(3, 4)
-    assert cos.margin == 0.35 and cos.scale == 64
+    assert cos.margin == 0.35 and cos.logit_scale == 64
+    assert CosFaceLoss(3, 4, scale=10, label_scale=2).scale == 2  # .scale is the label column (base contract)
     st = SoftTripleLoss(3, 4)
     assert (st.centers_per_class, st.la, st.gamma, st.margin) == (10, 20, 0.1, 0.01)
     assert st.fc.shape == (4, 30)
@@ -310,3 +311,24 @@ def test_weight_init_func_and_defaults():
     assert NormalizedSoftmaxLoss(3, 4).temperature == 0.05
     with pytest.raises(InputError, match="num_classes"):
         CosFaceLoss(0, 4)
+
+
+def test_registry_and_multiscale_use():
+    from dynametric.losses import LOSSES, MultiScaleLoss, build_loss
+
+    for name in ["ProxyNCALoss", "ProxyAnchorLoss", "NormalizedSoftmaxLoss", "CosFaceLoss", "ArcFaceLoss",
+                 "SoftTripleLoss", "CSLLoss"]:
+        assert name in LOSSES
+    cos = build_loss("CosFaceLoss", num_classes=3, embedding_size=4, margin=0.2, scale=10)
+    assert isinstance(cos, CosFaceLoss) and cos.logit_scale == 10 and cos.margin == 0.2
+    # the DyML multi-scale CosFace baseline: one weight matrix per scale, of size C_s
+    torch.manual_seed(0)
+    ms = MultiScaleLoss("CosFaceLoss", num_scales=3, base_kwargs={"num_classes": [6, 3, 2], "embedding_size": D})
+    assert [loss.num_classes for loss in ms.losses] == [6, 3, 2]
+    assert len(ms.loss_parameters()) == 3
+    labels = torch.stack([torch.arange(8) % 6, torch.arange(8) % 3, torch.arange(8) % 2], dim=1)
+    emb = torch.randn(8, D)
+    expected = sum(ms.losses[s](emb, labels[:, s]) for s in range(3))
+    torch.testing.assert_close(ms(emb, labels), expected)
+    with pytest.raises(InputError, match=r"label 2 .*num_classes=2"):
+        ms(emb, labels.clone().fill_(2))

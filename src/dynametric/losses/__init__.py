@@ -15,11 +15,20 @@ from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss, Miner
 from dynametric.losses.circle import CircleLoss
 from dynametric.losses.contrastive import ContrastiveLoss
+from dynametric.losses.csl import CSLLoss
 from dynametric.losses.lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from dynametric.losses.margin import MarginLoss
 from dynametric.losses.multi_similarity import MultiSimilarityLoss
 from dynametric.losses.multiscale import MultiScaleLoss, ThreeScaleChunks, three_scale_chunks
 from dynametric.losses.npairs import NPairsLoss
+from dynametric.losses.proxies import (
+    ArcFaceLoss,
+    CosFaceLoss,
+    NormalizedSoftmaxLoss,
+    ProxyAnchorLoss,
+    ProxyNCALoss,
+    SoftTripleLoss,
+)
 from dynametric.losses.triplet import TripletMarginLoss
 
 LOSSES: dict[str, type[MetricLoss]] = {
@@ -32,6 +41,13 @@ LOSSES: dict[str, type[MetricLoss]] = {
     "MultiSimilarityLoss": MultiSimilarityLoss,
     "CircleLoss": CircleLoss,
     "MultiScaleLoss": MultiScaleLoss,
+    "ProxyNCALoss": ProxyNCALoss,
+    "ProxyAnchorLoss": ProxyAnchorLoss,
+    "NormalizedSoftmaxLoss": NormalizedSoftmaxLoss,
+    "CosFaceLoss": CosFaceLoss,
+    "ArcFaceLoss": ArcFaceLoss,
+    "SoftTripleLoss": SoftTripleLoss,
+    "CSLLoss": CSLLoss,
 }
 
 DISTANCES: dict[str, type[_distances.Distance]] = {
@@ -80,6 +96,13 @@ def build_loss(name: str, **kwargs: Any) -> MetricLoss:
 __all__ = [
     "LOSSES",
     "DISTANCES",
+    "ArcFaceLoss",
+    "CSLLoss",
+    "CosFaceLoss",
+    "NormalizedSoftmaxLoss",
+    "ProxyAnchorLoss",
+    "ProxyNCALoss",
+    "SoftTripleLoss",
     "CircleLoss",
     "ContrastiveLoss",
     "GeneralizedLiftedStructureLoss",

@@ -15,8 +15,9 @@ loss                       parameter (layout)          PML default initialisatio
 =========================  ==========================  ===========================================
 
 The parameters are returned by :meth:`MetricLoss.loss_parameters` so the engine gives them their own optimizer
-group. Labels are ``[B]`` or ``[B, S]`` (column ``scale``; for :class:`CosFaceLoss`/:class:`ArcFaceLoss`
-``scale`` is PML's logit scale and the column is ``label_scale``) and must lie in ``[0, num_classes)``.
+group. Labels are ``[B]`` or ``[B, S]`` (column ``scale``; for :class:`CosFaceLoss`/:class:`ArcFaceLoss` the
+keyword ``scale`` is PML's logit scale, stored as ``logit_scale``, and the column is given as ``label_scale``; the
+attribute ``.scale`` is the label column for every loss) and must lie in ``[0, num_classes)``.
 
 Differences from PML (documented, deliberate):
 
@@ -40,7 +41,6 @@ from torch import nn
 
 from dynametric.distances import Distance, SquaredL2Distance
 from dynametric.errors import InputError
-from dynametric.labels import as_label_matrix
 from dynametric.losses.base import IndicesTuple, MetricLoss
 
 WeightInit = Callable[[torch.Tensor], Any]
@@ -139,7 +139,6 @@ class _ClassWeightLoss(MetricLoss):
             raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
         self.num_classes = int(num_classes)
         self.embedding_size = int(embedding_size)
-        self.label_scale = label_scale
         self.weight_regularizer = weight_regularizer
         self.weight_reg_weight = weight_reg_weight
         self._weight_init_func = weight_init_func
@@ -147,13 +146,6 @@ class _ClassWeightLoss(MetricLoss):
     def _init_weight(self, weight: torch.Tensor, default: WeightInit) -> None:
         with torch.no_grad():
             (self._weight_init_func or default)(weight)
-
-    def prepare_labels(self, labels: torch.Tensor, num_rows: int, name: str) -> torch.Tensor:
-        mat = as_label_matrix(labels, name=name, num_rows=num_rows)
-        col = self.label_scale
-        if not -mat.shape[1] <= col < mat.shape[1]:
-            raise InputError(f"label scale {col} out of range for labels with {mat.shape[1]} scale(s)", key=name)
-        return mat[:, col]
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         if labels.numel() == 0:
@@ -316,8 +308,9 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=label_scale, **kwargs)
-        # NB: ``scale`` is the logit scale here (PML's name); the label column is ``label_scale``.
-        self.scale = scale
+        # ``scale`` is the logit scale (PML's keyword); it is stored as ``logit_scale`` because the attribute
+        # ``self.scale`` is the label column of the base contract (set from ``label_scale``).
+        self.logit_scale = scale
         self.margin = margin
         self.W = nn.Parameter(torch.empty(self.embedding_size, self.num_classes))
         self._init_weight(self.W, nn.init.normal_)
@@ -328,7 +321,7 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
         cos = F.normalize(emb, dim=1) @ F.normalize(self.W.to(emb.dtype), dim=0)
         target = cos.gather(1, labels[:, None])
-        logits = cos.scatter(1, labels[:, None], self._target_logit(target)) * self.scale
+        logits = cos.scatter(1, labels[:, None], self._target_logit(target)) * self.logit_scale
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
         return (F.cross_entropy(logits, labels, reduction="none") * w).mean()
 
@@ -340,7 +333,8 @@ class CosFaceLoss(_MarginSoftmaxLoss):
     """CosFace / large-margin cosine loss (Wang et al., CVPR 2018).
 
     ``L = mean_i w_i * CE(scale * (cos(f_i, W_c) - margin * [c = y_i]), y_i)``; defaults ``margin=0.35``,
-    ``scale=64`` (PML). ``scale`` is the logit scale; choose the label column with ``label_scale``.
+    ``scale=64`` (PML). The keyword ``scale`` is the logit scale (attribute ``logit_scale``); choose the label
+    column with ``label_scale``.
     """
 
     def __init__(
