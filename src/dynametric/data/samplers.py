@@ -1,0 +1,417 @@
+"""Batch samplers for metric learning: P×K, DyML's three-scale sampler, and a hierarchical hard-negative sampler.
+
+All three are *batch samplers* (pass them as ``DataLoader(dataset, batch_sampler=...)``) and share one contract:
+
+* **Deterministic**: epoch ``e`` is a pure function of ``(seed, e)`` (``numpy`` PCG64 seeded with
+  ``SeedSequence([seed, e])``). Call :meth:`set_epoch` before each epoch (Lightning does this for you).
+* **Distributed-aware**: every rank builds the same global list of ``len(sampler) * world_size`` batches and takes
+  batches ``rank, rank + world_size, ...``; ranks therefore get disjoint batches of one shared epoch and the same
+  number of batches each.
+* **Exact resume**: :meth:`state_dict` gives ``{"epoch", "position", ...}`` where ``position`` counts the batches
+  yielded by the current (or last) iterator in this epoch; after :meth:`load_state_dict` the next iterator starts
+  at that position of the same epoch. With a ``DataLoader`` that prefetches, the sampler runs ahead of the training
+  loop: save ``{**sampler.state_dict(), "position": batches_consumed}`` instead. Loading into a sampler built with
+  different data, batch size, seed or world size raises :class:`~dynametric.errors.InputError`.
+
+Class-balanced samplers cut every class into *chunks* of ``K`` images: one *pass* shuffles each class and splits
+it into ``ceil(n_c / K)`` chunks, so every image is in exactly one chunk; the last chunk of a class is filled up
+with other images of that class, drawn without replacement, or **with replacement when the class has fewer than
+K images** (its images then repeat inside the chunk). Batches take chunks class by class with probability
+proportional to the chunks a class has left in the pass, so an epoch visits every image once before any repeats
+where the batch constraints allow; when too few classes are left for a batch, a new pass is added.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynametric.errors import InputError
+from dynametric.labels import LabelsLike, as_label_matrix
+
+
+def _rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]))
+
+
+def _positive_int(value: int, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"expected an integer >= {minimum}, got {value!r}", key=key)
+    return int(value)
+
+
+def _class_members(column: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Classes of one label column in first-seen order, and each class's row indices (ascending)."""
+    values, first, inverse = np.unique(column, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rows = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(values)))
+    groups = np.split(rows, bounds[:-1])
+    return values[order], [groups[i] for i in order]
+
+
+class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.world_size = _positive_int(world_size, "world_size")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world_size:
+            raise InputError(f"rank must be in [0, {self.world_size}), got {rank!r}", key="rank")
+        self.rank = int(rank)
+        self.seed = int(seed)
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.epoch = 0
+        self._position = 0
+        self._resume_from = 0
+
+    # subclasses -----------------------------------------------------------------------------------------------
+    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _num_batches(self) -> int:
+        raise NotImplementedError
+
+    # public contract ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._num_batches()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch`` (resets the resume position unless the state was just loaded for that epoch)."""
+        epoch = int(epoch)
+        if epoch != self.epoch:
+            self._resume_from = 0
+        self.epoch = epoch
+
+    def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """All batches of this rank for ``epoch`` (default: the current one), without moving the position."""
+        e = self.epoch if epoch is None else int(epoch)
+        n = self._num_batches()
+        batches = self._global_batches(_rng(self.seed, e), n * self.world_size)
+        return [b.tolist() for b in batches[self.rank::self.world_size][:n]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches()
+        start, self._resume_from = self._resume_from, 0
+        self._position = start
+        for batch in batches[start:]:
+            self._position += 1
+            yield batch
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"sampler": type(self).__name__, "num_samples": self.num_samples, "batch_size": self.batch_size,
+                "seed": self.seed, "world_size": self.world_size, "num_batches": self._num_batches()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "position"}`` plus a fingerprint of the configuration (checked on load)."""
+        return {"epoch": self.epoch, "position": self._position, **self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iterator yields batch ``position`` onwards of epoch ``epoch``."""
+        for key, value in self._fingerprint().items():
+            if key in state and state[key] != value:
+                raise InputError(f"sampler state has {key}={state[key]!r} but this sampler has {value!r}; "
+                                 "an exact resume needs the same data, batch size, seed and world size", key=key)
+        for key in ("epoch", "position"):
+            if key not in state:
+                raise InputError("sampler state is missing this entry", key=key)
+        position = int(state["position"])
+        if not 0 <= position <= self._num_batches():
+            raise InputError(f"position must be in [0, {self._num_batches()}], got {position}", key="position")
+        self.epoch = int(state["epoch"])
+        self._position = position
+        self._resume_from = position
+
+
+class _ChunkPool:
+    """Per-class queues of K-image chunks, refilled pass by pass (see the module docstring)."""
+
+    def __init__(self, members: list[np.ndarray], k: int, rng: np.random.Generator) -> None:
+        self.members = members
+        self.k = k
+        self.rng = rng
+        self.queues: list[list[np.ndarray]] = [[] for _ in members]
+        self.remaining = np.zeros(len(members), dtype=np.int64)  # chunks left in the current pass
+
+    def _chunks_of(self, c: int) -> list[np.ndarray]:
+        idx = self.members[c]
+        perm = self.rng.permutation(idx)
+        n, k = len(perm), self.k
+        pad = -n % k
+        if pad:
+            if n >= k:
+                fill = self.rng.choice(perm[: n - n % k], pad, replace=False)
+            else:  # fewer than K images: sample with replacement
+                fill = self.rng.choice(idx, pad, replace=True)
+            perm = np.concatenate([perm, fill])
+        return list(perm.reshape(-1, k))
+
+    def new_pass(self) -> None:
+        for c in range(len(self.members)):
+            chunks = self._chunks_of(c)
+            self.queues[c].extend(chunks)
+            self.remaining[c] += len(chunks)
+
+    def take(self, c: int) -> np.ndarray:
+        if not self.queues[c]:
+            self.queues[c].extend(self._chunks_of(c))
+        if self.remaining[c] > 0:
+            self.remaining[c] -= 1
+        return self.queues[c].pop(0)
+
+    def pick(self, candidates: np.ndarray, count: int) -> np.ndarray | None:
+        """``count`` distinct classes among ``candidates``, weighted by chunks left; ``None`` if too few are left."""
+        weights = self.remaining[candidates].astype(np.float64)
+        if np.count_nonzero(weights) < count:
+            return None
+        return self.rng.choice(candidates, count, replace=False, p=weights / weights.sum())
+
+
+def _chunks_per_pass(members: list[np.ndarray], k: int) -> int:
+    return int(sum(math.ceil(len(m) / k) for m in members))
+
+
+class MPerClassSampler(_EpochBatchSampler):
+    """P×K batches: ``batch_size // m`` distinct classes of scale ``scale`` with ``m`` images each.
+
+    Within a batch the rows are grouped by class (``m`` consecutive rows per class). An epoch has
+    ``iterations_per_epoch`` batches per rank, by default ``floor(chunks per pass / P / world_size)`` (≥ 1), so
+    that one epoch visits every image about once (see the module docstring for chunks and replacement).
+    """
+
+    def __init__(self, labels: LabelsLike, m: int, batch_size: int, scale: int = 0,
+                 iterations_per_epoch: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        mat = as_label_matrix(labels)
+        self.m = _positive_int(m, "m")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if batch_size % self.m:
+            raise InputError(f"batch_size ({batch_size}) must be a multiple of m ({self.m})", key="batch_size")
+        if not -mat.shape[1] <= scale < mat.shape[1]:
+            raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s)", key="scale")
+        super().__init__(mat.shape[0], batch_size, seed, rank, world_size)
+        self.scale = int(scale) % mat.shape[1]
+        self.classes_per_batch = batch_size // self.m
+        self.classes, self.members = _class_members(mat[:, self.scale].numpy())
+        if len(self.classes) < self.classes_per_batch:
+            raise InputError(f"a batch needs {self.classes_per_batch} distinct classes (batch_size {batch_size} / "
+                             f"m {self.m}) but scale {self.scale} has only {len(self.classes)}", key="batch_size")
+        if iterations_per_epoch is not None:
+            iterations_per_epoch = _positive_int(iterations_per_epoch, "iterations_per_epoch")
+        self.iterations_per_epoch = iterations_per_epoch
+
+    def _num_batches(self) -> int:
+        if self.iterations_per_epoch is not None:
+            return self.iterations_per_epoch
+        return max(1, _chunks_per_pass(self.members, self.m) // self.classes_per_batch // self.world_size)
+
+    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+        pool = _ChunkPool(self.members, self.m, rng)
+        pool.new_pass()
+        all_classes = np.arange(len(self.members))
+        batches = []
+        for _ in range(count):
+            chosen = pool.pick(all_classes, self.classes_per_batch)
+            if chosen is None:
+                pool.new_pass()
+                chosen = pool.pick(all_classes, self.classes_per_batch)
+            batches.append(np.concatenate([pool.take(int(c)) for c in chosen]))
+        return batches
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {**super()._fingerprint(), "m": self.m, "scale": self.scale}
+
+
+class ThreeScaleSampler(_EpochBatchSampler):
+    """DyML's three-scale sampler (Sun et al., CVPR 2021; METHODS §3.6).
+
+    Item ``i`` holds ``K`` images of class ``i mod C_s`` at every scale ``s`` (classes of each scale in first-seen
+    order of ``labels``); the items of an epoch are shuffled, so an item's classes are unrelated. An epoch has
+    ``floor(N / K)`` items (or ``iterations_per_epoch * items_per_batch * world_size``); a batch holds
+    ``items_per_batch`` items, the incomplete last batch is dropped. Images of a class are drawn without
+    replacement (a running permutation per class, so a class's images are all used before any repeats), or with
+    replacement when the class has fewer than ``K`` images.
+
+    **Batch layout** (matches :func:`dynametric.losses.multiscale.three_scale_chunks`): each item contributes
+    ``S * K`` consecutive rows, ``K`` for scale 0 (fine), then ``K`` for scale 1, ... . :meth:`chunk_layout`
+    returns the row indices of each scale's chunk and :attr:`loss_chunks` a
+    :class:`~dynametric.losses.multiscale.ThreeScaleChunks` for ``MultiScaleLoss(..., chunks=sampler.loss_chunks)``.
+    """
+
+    def __init__(self, labels: LabelsLike, k: int = 4, items_per_batch: int = 8, scales: Sequence[int] | None = None,
+                 iterations_per_epoch: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        mat = as_label_matrix(labels)
+        self.k = _positive_int(k, "k")
+        self.items_per_batch = _positive_int(items_per_batch, "items_per_batch")
+        scales = list(range(mat.shape[1])) if scales is None else [int(s) for s in scales]
+        if not scales or any(not 0 <= s < mat.shape[1] for s in scales):
+            raise InputError(f"scales must be a non-empty list of columns in [0, {mat.shape[1]}), got {scales}",
+                             key="scales")
+        self.scales = scales
+        super().__init__(mat.shape[0], len(scales) * self.k * self.items_per_batch, seed, rank, world_size)
+        self.scale_classes: list[np.ndarray] = []
+        self.scale_members: list[list[np.ndarray]] = []
+        for s in scales:
+            classes, members = _class_members(mat[:, s].numpy())
+            self.scale_classes.append(classes)
+            self.scale_members.append(members)
+        if iterations_per_epoch is not None:
+            iterations_per_epoch = _positive_int(iterations_per_epoch, "iterations_per_epoch")
+        self.iterations_per_epoch = iterations_per_epoch
+        if self._num_batches() < 1:
+            raise InputError(f"{self.num_samples} images give {self.num_samples // self.k} items per epoch, fewer than "
+                             f"one batch of {self.items_per_batch} items per rank ({self.world_size} rank(s))",
+                             key="items_per_batch")
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scales)
+
+    def _num_batches(self) -> int:
+        if self.iterations_per_epoch is not None:
+            return self.iterations_per_epoch
+        return self.num_samples // self.k // self.items_per_batch // self.world_size
+
+    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+        n_items = count * self.items_per_batch
+        default_items = self.num_samples // self.k
+        # a shuffled epoch of floor(N / K) items; the items beyond whole batches are dropped
+        items = rng.permutation(max(n_items, default_items))[:n_items]
+        queues: list[list[np.ndarray]] = [[np.empty(0, dtype=np.int64) for _ in m] for m in self.scale_members]
+        rows = np.empty((n_items, self.num_scales, self.k), dtype=np.int64)
+        for j, item in enumerate(items.tolist()):
+            for s, members in enumerate(self.scale_members):
+                c = item % len(members)
+                rows[j, s] = self._draw(members[c], queues[s], c, rng)
+        return list(rows.reshape(count, -1))
+
+    def _draw(self, idx: np.ndarray, queues: list[np.ndarray], c: int, rng: np.random.Generator) -> np.ndarray:
+        k = self.k
+        if len(idx) < k:
+            return rng.choice(idx, k, replace=True)
+        queue = queues[c]
+        if len(queue) >= k:
+            queues[c] = queue[k:]
+            return queue[:k]
+        fresh = rng.permutation(idx)
+        keep = ~np.isin(fresh, queue)
+        need = k - len(queue)
+        out = np.concatenate([queue, fresh[keep][:need]])
+        queues[c] = np.concatenate([fresh[keep][need:], fresh[~keep]])
+        return out
+
+    def chunk_layout(self, batch_size: int | None = None) -> list[torch.Tensor]:
+        """Row indices of each scale's chunk in a batch of ``batch_size`` rows (default: a full batch)."""
+        batch_size = self.batch_size if batch_size is None else int(batch_size)
+        group = self.num_scales * self.k
+        if batch_size % group:
+            raise InputError(f"batch of {batch_size} rows is not a whole number of items of {group} images",
+                             key="batch_size")
+        rows = torch.arange(batch_size).view(-1, self.num_scales, self.k)
+        return [rows[:, s, :].reshape(-1) for s in range(self.num_scales)]
+
+    @property
+    def scale_chunks(self) -> list[tuple[int, torch.Tensor]]:
+        """``[(label column, row indices of its chunk), ...]`` for a full batch."""
+        return list(zip(self.scales, self.chunk_layout()))
+
+    @property
+    def loss_chunks(self) -> Any:
+        """A ``ThreeScaleChunks(K, S)`` callable to pass as ``MultiScaleLoss(chunks=...)``."""
+        from dynametric.losses.multiscale import ThreeScaleChunks
+
+        return ThreeScaleChunks(self.k, self.num_scales)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {**super()._fingerprint(), "k": self.k, "scales": list(self.scales)}
+
+
+class HierarchicalSampler(_EpochBatchSampler):
+    """Batches of several fine classes under a few shared parents (hard negatives at the fine scale).
+
+    A batch of ``batch_size`` rows picks ``parents_per_batch`` distinct classes of ``parent_scale`` and, under each,
+    ``batch_size / (samples_per_class * parents_per_batch)`` classes of ``scale`` with ``samples_per_class`` images
+    each (rows grouped by parent, then by class). Choices are weighted by the chunks left in the pass (see the module
+    docstring); a parent with too few classes left in the pass takes the rest from its other classes, and a parent
+    with fewer classes than needed in total repeats classes (with different images where there are enough).
+    Every class of ``scale`` must have exactly one parent.
+    """
+
+    def __init__(self, labels: LabelsLike, batch_size: int, samples_per_class: int = 4, parents_per_batch: int = 2,
+                 scale: int = 0, parent_scale: int = 1, iterations_per_epoch: int | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        mat = as_label_matrix(labels)
+        for key, s in (("scale", scale), ("parent_scale", parent_scale)):
+            if not 0 <= s < mat.shape[1]:
+                raise InputError(f"{key} {s} out of range for labels with {mat.shape[1]} scale(s)", key=key)
+        if parent_scale == scale:
+            raise InputError("parent_scale must differ from scale", key="parent_scale")
+        self.k = _positive_int(samples_per_class, "samples_per_class")
+        self.parents_per_batch = _positive_int(parents_per_batch, "parents_per_batch")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if batch_size % (self.k * self.parents_per_batch):
+            raise InputError(f"batch_size ({batch_size}) must be a multiple of samples_per_class x parents_per_batch "
+                             f"({self.k} x {self.parents_per_batch})", key="batch_size")
+        super().__init__(mat.shape[0], batch_size, seed, rank, world_size)
+        self.scale, self.parent_scale = int(scale), int(parent_scale)
+        self.classes_per_parent = batch_size // (self.k * self.parents_per_batch)
+        self.classes, self.members = _class_members(mat[:, self.scale].numpy())
+        parent_col = mat[:, self.parent_scale].numpy()
+        parent_of = []
+        for c, rows in zip(self.classes, self.members):
+            parents = np.unique(parent_col[rows])
+            if len(parents) != 1:
+                raise InputError(f"class {c} of scale {self.scale} has {len(parents)} parents at scale "
+                                 f"{self.parent_scale} ({parents[:5].tolist()}); expected exactly one", key="labels")
+            parent_of.append(parents[0])
+        parent_of_arr = np.asarray(parent_of)
+        self.parents, first = np.unique(parent_of_arr, return_index=True)
+        self.parents = self.parents[np.argsort(first, kind="stable")]
+        self.children = [np.flatnonzero(parent_of_arr == p) for p in self.parents]
+        if len(self.parents) < self.parents_per_batch:
+            raise InputError(f"a batch needs {self.parents_per_batch} distinct parents but scale {self.parent_scale} "
+                             f"has only {len(self.parents)}", key="parents_per_batch")
+        if iterations_per_epoch is not None:
+            iterations_per_epoch = _positive_int(iterations_per_epoch, "iterations_per_epoch")
+        self.iterations_per_epoch = iterations_per_epoch
+
+    def _num_batches(self) -> int:
+        if self.iterations_per_epoch is not None:
+            return self.iterations_per_epoch
+        per_batch = self.classes_per_parent * self.parents_per_batch
+        return max(1, _chunks_per_pass(self.members, self.k) // per_batch // self.world_size)
+
+    def _pick_children(self, pool: _ChunkPool, parent: int) -> np.ndarray:
+        kids = self.children[parent]
+        n = self.classes_per_parent
+        live = kids[pool.remaining[kids] > 0]
+        take = pool.rng.choice(live, min(n, len(live)), replace=False,
+                               p=pool.remaining[live] / pool.remaining[live].sum()) if len(live) else live
+        rest = np.setdiff1d(kids, take)
+        if len(take) < n and len(rest):
+            take = np.concatenate([take, pool.rng.choice(rest, min(n - len(take), len(rest)), replace=False)])
+        if len(take) < n:  # the parent has fewer classes than needed: repeat some
+            take = np.concatenate([take, pool.rng.choice(kids, n - len(take), replace=True)])
+        return take
+
+    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+        pool = _ChunkPool(self.members, self.k, rng)
+        pool.new_pass()
+        parent_ids = np.arange(len(self.parents))
+        batches = []
+        for _ in range(count):
+            left = np.array([pool.remaining[kids].sum() for kids in self.children], dtype=np.float64)
+            if np.count_nonzero(left) < self.parents_per_batch:
+                pool.new_pass()
+                left = np.array([pool.remaining[kids].sum() for kids in self.children], dtype=np.float64)
+            parents = rng.choice(parent_ids, self.parents_per_batch, replace=False, p=left / left.sum())
+            rows = [pool.take(int(c)) for p in parents for c in self._pick_children(pool, int(p))]
+            batches.append(np.concatenate(rows))
+        return batches
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {**super()._fingerprint(), "k": self.k, "scale": self.scale, "parent_scale": self.parent_scale,
+                "parents_per_batch": self.parents_per_batch}

@@ -1,0 +1,281 @@
+"""An embedded, procedurally generated three-scale dataset: ``SyntheticHierarchy``.
+
+Nothing is shipped on disk: every image is drawn with PIL/numpy from the seed when the dataset is built and kept
+in memory (one ``uint8[N, H, W, 3]`` array per instance).
+
+Hierarchy (labels finest first, ``scale_names = ("fine", "middle", "coarse")``):
+
+* **coarse** = shape family: ``polygons`` (triangle, square, hexagon), ``round`` (circle, ellipse, half-disk),
+  ``stars`` (five-point star, four-point star, plus-cross);
+* **middle** = shape (3 per family, 9 in all);
+* **fine** = a variant of the shape: a combination of colour (6 hues), texture (solid, striped, hollow,
+  two-tone) and size (small, large). For every shape the seed picks ``train + val + test`` distinct variants;
+  the fine classes of the three splits are **disjoint** (also as integer ids) while every middle and coarse class
+  occurs in every split, so the test split measures zero-shot retrieval at the fine scale and exhibits the
+  cross-scale conflict (two fine classes of one shape are negatives at the fine scale and positives above).
+
+Intra-class variation: rotation (uniform), position and scale jitter, hue/brightness jitter, background colour,
+clutter (distractor strokes and blobs drawn in the same palette, one of them possibly over the shape) and
+Gaussian pixel noise. Shapes are drawn at twice the resolution and box-downsampled (anti-aliasing).
+
+Images: with ``transform="to_tensor"`` (the default) an item is a float tensor ``[3, H, W]`` in ``[0, 1]``;
+``transform=None`` gives the ``PIL.Image`` (so torchvision transforms apply); any callable is applied to the
+PIL image. :meth:`SyntheticHierarchy.tensors` returns all images at once as ``float[N, 3, H, W]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from dynametric.errors import InputError
+
+SCALE_NAMES: tuple[str, str, str] = ("fine", "middle", "coarse")
+FAMILIES: tuple[str, ...] = ("polygons", "round", "stars")
+SHAPES: tuple[tuple[str, int], ...] = (  # (shape name, family index)
+    ("triangle", 0), ("square", 0), ("hexagon", 0),
+    ("circle", 1), ("ellipse", 1), ("half_disk", 1),
+    ("star5", 2), ("star4", 2), ("cross", 2),
+)
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 50, 40), "green": (40, 190, 60), "blue": (50, 90, 230),
+    "yellow": (230, 210, 40), "magenta": (210, 50, 200), "cyan": (40, 200, 210),
+}
+TEXTURES: tuple[str, ...] = ("solid", "striped", "hollow", "two_tone")
+SIZES: dict[str, float] = {"small": 0.24, "large": 0.38}  # shape radius as a fraction of the image side
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_SUPERSAMPLE = 2
+
+
+def _unit_polygon(shape: str) -> np.ndarray:
+    """Vertices ``[V, 2]`` of a shape of circumradius ~1 centred at the origin."""
+    if shape in ("triangle", "square", "hexagon"):
+        n = {"triangle": 3, "square": 4, "hexagon": 6}[shape]
+        t = 2 * math.pi * np.arange(n) / n
+        return np.stack([np.cos(t), np.sin(t)], 1)
+    if shape == "circle":
+        t = 2 * math.pi * np.arange(32) / 32
+        return np.stack([np.cos(t), np.sin(t)], 1)
+    if shape == "ellipse":
+        t = 2 * math.pi * np.arange(32) / 32
+        return np.stack([np.cos(t), 0.5 * np.sin(t)], 1)
+    if shape == "half_disk":
+        t = math.pi * np.arange(17) / 16
+        pts = np.stack([np.cos(t), np.sin(t) - 0.4], 1)
+        return pts * 1.1
+    if shape in ("star5", "star4"):
+        n, inner = (5, 0.45) if shape == "star5" else (4, 0.3)
+        t = math.pi * np.arange(2 * n) / n
+        r = np.where(np.arange(2 * n) % 2 == 0, 1.0, inner)
+        return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    if shape == "cross":
+        a, b = 1.0, 0.32
+        return np.array([[b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b], [-b, -a], [b, -a],
+                         [b, -b], [a, -b], [a, b]], dtype=np.float64)
+    raise InputError(f"unknown synthetic shape {shape!r}", key="shape")
+
+
+_POLYGONS = {name: _unit_polygon(name) for name, _ in SHAPES}
+
+
+def _variant_table(seed: int, counts: dict[str, int]) -> list[dict[str, Any]]:
+    """All fine classes of one seed: per shape, distinct (colour, texture, size) variants dealt to the splits."""
+    combos = [(c, t, s) for c in COLOURS for t in TEXTURES for s in SIZES]
+    per_shape = sum(counts.values())
+    if per_shape > len(combos):
+        raise InputError(f"at most {len(combos)} fine variants per shape, asked for {per_shape}",
+                         key="fine_per_shape")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    table: list[dict[str, Any]] = []
+    for shape_id, (shape, family) in enumerate(SHAPES):
+        order = rng.permutation(len(combos))
+        pos = 0
+        for split in SPLITS:
+            for _ in range(counts[split]):
+                colour, texture, size = combos[order[pos]]
+                pos += 1
+                table.append({"split": split, "shape": shape, "middle": shape_id, "coarse": family,
+                              "family": FAMILIES[family], "colour": colour, "texture": texture, "size": size})
+    # fine ids: grouped by split (train first), then by shape, so ids are disjoint between splits
+    table.sort(key=lambda v: (SPLITS.index(v["split"]), v["middle"]))
+    for fine_id, v in enumerate(table):
+        v["fine"] = fine_id
+    return table
+
+
+class _Renderer:
+    """Draws one image (``uint8[H, W, 3]``) of a fine class with random nuisance parameters."""
+
+    def __init__(self, image_size: int, noise_std: float, clutter: int) -> None:
+        self.size = image_size
+        self.big = image_size * _SUPERSAMPLE
+        self.noise_std = noise_std
+        self.clutter = clutter
+        yy, xx = np.mgrid[0:self.big, 0:self.big].astype(np.float32)
+        self.xx, self.yy = xx, yy
+        self.palette = np.array(list(COLOURS.values()), dtype=np.float32)
+
+    def _jitter_colour(self, rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
+        return np.clip(rgb * rng.uniform(0.8, 1.1) + rng.normal(0.0, 12.0, 3), 0, 255)
+
+    def render(self, variant: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        big = self.big
+        bg = rng.uniform(40, 150) + rng.normal(0, 15, 3)
+        canvas = Image.new("RGB", (big, big), tuple(int(v) for v in np.clip(bg, 0, 255)))
+        draw = ImageDraw.Draw(canvas)
+        n_clutter = int(rng.integers(self.clutter // 2, self.clutter + 1))
+        for _ in range(n_clutter):
+            col = tuple(int(v) for v in self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))]))
+            if rng.random() < 0.6:
+                p = rng.uniform(0, big, 4)
+                draw.line([(p[0], p[1]), (p[2], p[3])], fill=col, width=int(rng.integers(1, 3)) * _SUPERSAMPLE)
+            else:
+                c = rng.uniform(0, big, 2)
+                r = rng.uniform(0.03, 0.08) * big
+                draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=col)
+
+        # the shape: rotation, position and scale jitter
+        radius = SIZES[variant["size"]] * big * rng.uniform(0.85, 1.15)
+        angle = rng.uniform(0, 2 * math.pi)
+        centre = big / 2 + rng.uniform(-0.12, 0.12, 2) * big
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        pts = _POLYGONS[variant["shape"]] @ rot.T * radius + centre
+        mask_img = Image.new("L", (big, big), 0)
+        mdraw = ImageDraw.Draw(mask_img)
+        poly = [tuple(p) for p in pts.tolist()]
+        mdraw.polygon(poly, fill=255)
+        if variant["texture"] == "hollow":
+            mdraw.polygon(poly, fill=0, outline=255, width=max(2, int(round(0.07 * big))))
+        mask = np.asarray(mask_img, dtype=np.float32)[..., None] / 255.0
+
+        colour = self._jitter_colour(rng, np.array(COLOURS[variant["colour"]], dtype=np.float32))
+        fill = np.broadcast_to(colour, (big, big, 3))
+        if variant["texture"] in ("striped", "two_tone"):
+            u = (self.xx - centre[0]) * math.cos(angle) + (self.yy - centre[1]) * math.sin(angle)
+            if variant["texture"] == "striped":
+                period = 0.18 * big
+                on = ((u / period) % 1.0) < 0.5
+                other = colour * 0.3
+            else:
+                on = u < 0
+                other = np.clip(255 - colour * 0.5, 0, 255)
+            fill = np.where(on[..., None], colour, other)
+        out = np.asarray(canvas, dtype=np.float32) * (1 - mask) + fill * mask
+
+        if n_clutter and rng.random() < 0.5:  # one distractor stroke over the shape
+            col = self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))])
+            over = Image.new("L", (big, big), 0)
+            p = rng.uniform(0, big, 4)
+            ImageDraw.Draw(over).line([(p[0], p[1]), (p[2], p[3])], fill=255, width=_SUPERSAMPLE)
+            om = np.asarray(over, dtype=np.float32)[..., None] / 255.0
+            out = out * (1 - om) + col * om
+
+        out = out.reshape(self.size, _SUPERSAMPLE, self.size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+        out += rng.normal(0.0, self.noise_std, out.shape)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+class SyntheticHierarchy(torch.utils.data.Dataset):
+    """Procedural three-scale dataset (fine = shape variant, middle = shape, coarse = shape family).
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``; the three splits have disjoint fine classes and share all
+            9 middle and 3 coarse classes. ``"val"`` is a separate class-disjoint set for model selection.
+        seed: determines the fine-class variants and every pixel (same seed and arguments → identical data).
+        image_size: side of the square RGB images (default 32).
+        images_per_class: images per fine class in this split.
+        fine_per_shape: fine classes per shape in each split, ``{"train": 20, "val": 6, "test": 10}`` by default
+            (the sum may not exceed 48, the number of colour × texture × size combinations).
+        transform: ``"to_tensor"`` (default; float ``[3, H, W]`` in ``[0, 1]``), ``None`` (PIL image) or a
+            callable applied to the PIL image.
+        noise_std: std of the Gaussian pixel noise (0–255 scale).
+        clutter: maximum number of distractor strokes/blobs per image.
+
+    Items are ``(image, labels)`` with ``labels = LongTensor[3]`` (fine, middle, coarse).
+    """
+
+    def __init__(self, split: str = "train", seed: int = 0, image_size: int = 32, images_per_class: int = 10,
+                 fine_per_shape: dict[str, int] | None = None,
+                 transform: str | Callable[[Image.Image], Any] | None = "to_tensor",
+                 noise_std: float = 8.0, clutter: int = 4) -> None:
+        if split not in SPLITS:
+            raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}", key="split")
+        if image_size < 8:
+            raise InputError(f"image_size must be >= 8, got {image_size}", key="image_size")
+        if images_per_class < 1:
+            raise InputError(f"images_per_class must be >= 1, got {images_per_class}", key="images_per_class")
+        counts = {"train": 20, "val": 6, "test": 10}
+        if fine_per_shape is not None:
+            unknown = set(fine_per_shape) - set(SPLITS)
+            if unknown:
+                raise InputError(f"unknown split(s) {sorted(unknown)}; expected {list(SPLITS)}", key="fine_per_shape")
+            counts.update({k: int(v) for k, v in fine_per_shape.items()})
+        if counts[split] < 1 or any(v < 0 for v in counts.values()):
+            raise InputError(f"fine_per_shape must be >= 0 (and >= 1 for split {split!r}), got {counts}",
+                             key="fine_per_shape")
+        if transform is not None and transform != "to_tensor" and not callable(transform):
+            raise InputError(f"transform must be 'to_tensor', None or a callable, got {transform!r}", key="transform")
+        self.split = split
+        self.seed = int(seed)
+        self.image_size = int(image_size)
+        self.images_per_class = int(images_per_class)
+        self.fine_per_shape = dict(counts)
+        self.transform = transform
+        self.scale_names: tuple[str, ...] = SCALE_NAMES
+        self.classes = [v for v in _variant_table(self.seed, counts) if v["split"] == split]
+
+        renderer = _Renderer(self.image_size, float(noise_std), int(clutter))
+        n = len(self.classes) * self.images_per_class
+        images = np.empty((n, self.image_size, self.image_size, 3), dtype=np.uint8)
+        labels = np.empty((n, 3), dtype=np.int64)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS.index(split), self.image_size]))
+        for c, variant in enumerate(self.classes):
+            for j in range(self.images_per_class):
+                i = c * self.images_per_class + j
+                images[i] = renderer.render(variant, rng)
+                labels[i] = (variant["fine"], variant["middle"], variant["coarse"])
+        order = rng.permutation(n)  # interleave classes so that a prefix is not class-sorted
+        self.images = images[order]
+        self.images.setflags(write=False)
+        self.labels = torch.from_numpy(labels[order])
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        arr = self.images[index]
+        if self.transform == "to_tensor":
+            image: Any = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        else:
+            image = Image.fromarray(arr)
+            if self.transform is not None:
+                image = self.transform(image)
+        return image, self.labels[index].clone()
+
+    def tensors(self) -> torch.Tensor:
+        """All images as ``float[N, 3, H, W]`` in ``[0, 1]`` (ignores ``transform``)."""
+        return torch.from_numpy(self.images.copy()).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of distinct classes per scale in this split, keyed by scale name."""
+        return {name: int(self.labels[:, s].unique().numel()) for s, name in enumerate(self.scale_names)}
+
+    def describe(self) -> str:
+        """A short human-readable summary: split, sizes, classes per scale, and the fine variants."""
+        counts = self.class_counts()
+        lines = [f"SyntheticHierarchy(split={self.split!r}, seed={self.seed}, image_size={self.image_size}): "
+                 f"{len(self)} images, " + ", ".join(f"{counts[n]} {n}" for n in self.scale_names) + " classes",
+                 f"  coarse: {', '.join(FAMILIES)}",
+                 f"  middle: {', '.join(s for s, _ in SHAPES)}"]
+        for v in self.classes:
+            lines.append(f"  fine {v['fine']:3d}: {v['shape']:<9} {v['colour']:<7} {v['texture']:<8} {v['size']}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"SyntheticHierarchy(split={self.split!r}, seed={self.seed}, image_size={self.image_size}, "
+                f"images={len(self)})")
