@@ -1,0 +1,71 @@
+"""Checkpoint safety: weights_only loading refuses crafted pickles; writes are atomic."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from dynametric.engine.checkpoint import load_checkpoint_file, load_embedder_weights, save_checkpoint_file
+from dynametric.errors import InputError
+from tests.engine.toy import ToyEmbedder
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # would create a file when unpickled
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": {}, "payload": _Evil(str(marker))}, fh)
+    with pytest.raises(InputError, match="refusing to load") as info:
+        load_checkpoint_file(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+    # the same object through torch.save is refused too
+    torch.save({"payload": _Evil(str(marker))}, tmp_path / "evil2.ckpt")
+    with pytest.raises(InputError, match="weights_only"):
+        load_checkpoint_file(tmp_path / "evil2.ckpt")
+    assert not marker.exists()
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint_file(tmp_path / "nope.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match="bad.ckpt"):
+        load_checkpoint_file(bad)
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file({"step": torch.tensor(1)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint_file({"step": Unpicklable()}, path)
+    assert load_checkpoint_file(path)["step"].item() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left behind
+
+
+def test_embedder_weights_round_trip_and_mismatch(tmp_path):
+    src = ToyEmbedder()
+    path = tmp_path / "best.ckpt"
+    save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in src.state_dict().items()}}, path)
+    dst = ToyEmbedder()
+    load_embedder_weights(dst, path)
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v)
+    with pytest.raises(InputError, match="does not match"):
+        load_embedder_weights(torch.nn.Sequential(torch.nn.Linear(8, 4)), path)

@@ -1,0 +1,80 @@
+"""Two gloo processes with the engine's all-gather give the single-process gradient on the global batch."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dynametric.engine.distributed import all_gather_no_grad, all_gather_with_grad
+from dynametric.engine.objective import Objective, compute_objective
+from tests.engine.toy import PairLoss, ProxyLoss, RandomPairMiner, ToyEmbedder
+
+GLOBAL_BATCH = 12
+
+
+class Step(nn.Module):
+    """What DDP wraps in Lightning: the embedder and the losses (proxy parameters included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedder = ToyEmbedder()
+        self.objectives = [Objective(PairLoss(), RandomPairMiner(), name="pair"),
+                           Objective(ProxyLoss(4, 4), name="proxy", weight=0.7)]
+        self.losses = nn.ModuleList([o.loss for o in self.objectives])
+
+    def forward(self, x, labels, gather):
+        total, _ = compute_objective(self.embedder(x), labels, self.objectives, gather=gather)
+        return total
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(GLOBAL_BATCH, 8, generator=g)
+    fine = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3])
+    return x, torch.stack([fine, fine // 2], 1)
+
+
+def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = nn.parallel.DistributedDataParallel(Step())
+        x, labels = _data()
+        per = GLOBAL_BATCH // world
+        local = slice(rank * per, (rank + 1) * per)
+        torch.manual_seed(123)  # same miner randomness on every rank
+        loss = model(x[local], labels[local], all_gather_with_grad)
+        loss.backward()
+        gathered = all_gather_no_grad(torch.arange(per) + 100 * rank)
+        torch.save({"grads": _grads(model.module), "loss": loss.detach(), "gathered": gathered},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gradients_equal_single_process(tmp_path):
+    world = 2
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    single = Step()
+    x, labels = _data()
+    torch.manual_seed(123)
+    loss = single(x, labels, None)
+    loss.backward()
+    reference = _grads(single)
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["loss"], loss.detach())
+        assert set(got["grads"]) == set(reference)
+        for name, g in reference.items():
+            assert g.abs().sum() > 0, name
+            torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
+        assert got["gathered"].tolist() == [0, 1, 2, 3, 4, 5, 100, 101, 102, 103, 104, 105]

@@ -1,0 +1,172 @@
+"""LightningModule behaviour: parameter groups, non-finite losses, validation/best checkpoint, flags, heads."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from dynametric.engine.checkpoint import load_checkpoint_file
+from dynametric.engine.data import MetricDataModule
+from dynametric.engine.module import (
+    GroupSettings,
+    MetricLearningModule,
+    NonFiniteLossError,
+    OptimSettings,
+    lr_lambda,
+    parameter_groups,
+)
+from dynametric.engine.objective import Objective, compute_objective, select_head
+from dynametric.engine.trainer import TrainerSettings, build_trainer
+from dynametric.errors import ConfigError
+from tests.engine.toy import PairLoss, ProxyLoss, ToyData, ToyEmbedder, ToySampler, toy_evaluator
+
+
+def _dm(val: bool = True) -> MetricDataModule:
+    return MetricDataModule(ToyData(), ToyData(seed=1, augment=False) if val else None,
+                            batch_sampler_factory=lambda labels, r, w: ToySampler(labels, rank=r, world_size=w),
+                            eval_batch_size=16)
+
+
+def _settings(**kw) -> TrainerSettings:
+    base = {"accelerator": "cpu", "progress_bar": False, "max_epochs": 2}
+    base.update(kw)
+    return TrainerSettings(**base)
+
+
+class NaNAfter(PairLoss):
+    """Returns NaN from the ``bad``-th call on (0-based), once or forever."""
+
+    def __init__(self, bad: int, once: bool) -> None:
+        super().__init__()
+        self.bad, self.once, self.calls = bad, once, 0
+
+    def compute_loss(self, emb, labels, indices_tuple, ref_emb, ref_labels):
+        value = super().compute_loss(emb, labels, indices_tuple, ref_emb, ref_labels)
+        self.calls += 1
+        if self.calls - 1 == self.bad or (not self.once and self.calls - 1 > self.bad):
+            return value * float("nan")
+        return value
+
+
+def test_parameter_groups_have_their_own_lr_and_weight_decay():
+    emb = ToyEmbedder()
+    proxy = ProxyLoss(6, 4)
+    settings = OptimSettings(lr=0.1, weight_decay=0.01, backbone=GroupSettings(lr=0.001),
+                             loss=GroupSettings(lr=1.0, weight_decay=0.0))
+    groups = {g["name"]: g for g in parameter_groups(emb, [Objective(proxy), Objective(PairLoss())], settings)}
+    assert set(groups) == {"backbone", "head", "loss"}
+    assert {id(p) for p in groups["backbone"]["params"]} == {id(p) for p in emb.backbone.parameters()}
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in emb.heads.parameters()}
+    assert [id(p) for p in groups["loss"]["params"]] == [id(proxy.proxies)]
+    assert (groups["backbone"]["lr"], groups["backbone"]["weight_decay"]) == (0.001, 0.01)
+    assert (groups["head"]["lr"], groups["loss"]["lr"], groups["loss"]["weight_decay"]) == (0.1, 1.0, 0.0)
+
+
+def test_lr_schedule_shapes():
+    f = lr_lambda(OptimSettings(scheduler="cosine", warmup_steps=4), total_steps=104, steps_per_epoch=10)
+    assert [f(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0) and f(54) == pytest.approx(0.5) and f(104) == pytest.approx(0.0, abs=1e-12)
+    g = lr_lambda(OptimSettings(scheduler="step", step_size_epochs=2, gamma=0.5), total_steps=100, steps_per_epoch=10)
+    assert (g(19), g(20), g(40)) == (1.0, 0.5, 0.25)
+    with pytest.raises(ConfigError, match="optim.scheduler"):
+        lr_lambda(OptimSettings(scheduler="poly"), 1, 1)
+
+
+def test_nonfinite_loss_stops_naming_the_step():
+    module = MetricLearningModule(ToyEmbedder(), [Objective(NaNAfter(3, once=True))], evaluator=toy_evaluator)
+    dm = _dm(val=False)
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 \(epoch 0, batch 3\)"):
+        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+
+
+def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(caplog):
+    module = MetricLearningModule(ToyEmbedder(), [Objective(NaNAfter(2, once=True))], nonfinite="skip",
+                                  evaluator=toy_evaluator)
+    dm = _dm(val=False)
+    with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
+        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+    assert module.skipped_steps == 1
+    assert module.losses[0].calls == 10  # training went on after the bad batch
+    assert "skipped" in caplog.text and "global step 2" in caplog.text
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_fit_writes_best_and_last_and_history(tmp_path):
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(lr=0.05),
+                                  evaluator=toy_evaluator, scale_names=["fine", "coarse"])
+    dm = _dm()
+    trainer = build_trainer(_settings(max_epochs=3), dm, tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert [h["epoch"] for h in module.validation_history] == [0, 1, 2]
+    scores = [h["fine"]["map@r"] for h in module.validation_history]
+    best = load_checkpoint_file(tmp_path / "best.ckpt")
+    last = load_checkpoint_file(tmp_path / "last.ckpt")
+    cb = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert cb["best_model_score"].item() == pytest.approx(max(scores))
+    assert best["epoch"] == scores.index(max(scores))
+    assert last["epoch"] == 2 and last["global_step"] == 15
+    assert "val/fine/map@r" in trainer.callback_metrics and "val/coarse/recall@1" in trainer.callback_metrics
+    # test with the best weights
+    results = trainer.test(module, datamodule=_dm_with_test(), ckpt_path=str(tmp_path / "best.ckpt"),
+                           verbose=False)
+    assert results and module.last_eval["fine"]["map@r"] == pytest.approx(results[0]["test/fine/map@r"])
+
+
+def _dm_with_test() -> MetricDataModule:
+    return MetricDataModule(ToyData(), None, ToyData(seed=2, augment=False, class_offset=6),
+                            batch_sampler_factory=lambda labels, r, w: ToySampler(labels), eval_batch_size=16)
+
+
+def test_training_improves_the_toy_embedding():
+    torch.manual_seed(0)
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(lr=0.05),
+                                  evaluator=toy_evaluator, scale_names=["fine", "coarse"])
+    dm = MetricDataModule(ToyData(), ToyData(seed=0, augment=False),
+                          batch_sampler_factory=lambda labels, r, w: ToySampler(labels), eval_batch_size=64)
+    trainer = build_trainer(_settings(max_epochs=8), dm, None, enable_validation=True)
+    before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/fine/map@r"]
+    trainer.fit(module, datamodule=dm)
+    after = module.validation_history[-1]["fine"]["map@r"]
+    assert after > before + 0.1
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_precision_and_accumulation_flags_run(precision):
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], evaluator=toy_evaluator)
+    dm = _dm(val=False)
+    trainer = build_trainer(_settings(max_epochs=1, precision=precision, accumulate_grad_batches=2), dm, None,
+                            enable_validation=False)
+    trainer.fit(module, datamodule=dm)
+    assert module.global_step == 3  # 5 batches, accumulate 2 -> steps after batches 2, 4 and the last
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_bad_trainer_settings_name_the_key():
+    with pytest.raises(ConfigError, match="trainer.precision"):
+        build_trainer(_settings(precision="8-bit"), _dm(), None)
+    with pytest.raises(ConfigError, match="trainer.nonfinite"):
+        MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], nonfinite="ignore")
+
+
+def test_heads_and_multi_head_objective():
+    a, b = torch.randn(4, 3), torch.randn(4, 2)
+    out = {"class": a, "shared": b}
+    assert select_head(out, "shared") is b
+    assert torch.equal(select_head(out, "concat"), torch.cat([a, b], 1))
+    with pytest.raises(ConfigError, match="several heads"):
+        select_head(out, None)
+    with pytest.raises(ConfigError, match="unknown head"):
+        select_head(out, "nope")
+    labels = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    ea = nn.functional.normalize(torch.randn(4, 3, requires_grad=True), dim=1)
+    eb = nn.functional.normalize(torch.randn(4, 2, requires_grad=True), dim=1)
+    l1, l2 = PairLoss(), PairLoss(scale=1)
+    total, terms = compute_objective({"class": ea, "shared": eb}, labels,
+                                     [Objective(l1, head="class", name="c"),
+                                      Objective(l2, head="shared", weight=0.5, name="s")])
+    expected = l1(ea, labels) + 0.5 * l2(eb, labels)
+    torch.testing.assert_close(total, expected)
+    assert set(terms) == {"c", "s"}
