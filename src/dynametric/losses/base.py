@@ -115,15 +115,19 @@ class Miner(nn.Module):
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
         labels = as_label_matrix(labels, name="labels", num_rows=embeddings.shape[0])[:, self.scale]
+        labels = labels.to(embeddings.device)
+        emb = embeddings.detach()
         if ref_emb is None:
-            ref_emb, ref_labels = embeddings, labels
+            # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
+            # the batch (an item is then never its own positive).
+            ref, ref_lab = emb, labels
         else:
             if ref_labels is None:
                 raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-            ref_labels = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
+            ref_lab = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
+            ref, ref_lab = ref_emb.detach(), ref_lab.to(embeddings.device)
         with torch.no_grad():
-            return self.mine(embeddings.detach(), labels.to(embeddings.device), ref_emb.detach(),
-                             ref_labels.to(embeddings.device))
+            return self.mine(emb, labels, ref, ref_lab)
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor

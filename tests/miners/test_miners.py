@@ -1,0 +1,196 @@
+"""Miners equal pytorch-metric-learning 2.9 (as index sets), hand-computed cases, distance-weighted sampling law."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pytorch_metric_learning import distances as pml_dist
+from pytorch_metric_learning import miners as pml_miners
+
+from dynametric import distances as dm_dist
+from dynametric.errors import ConfigError, InputError
+from dynametric.miners import (
+    MINERS,
+    BatchHardMiner,
+    DistanceWeightedMiner,
+    MultiSimilarityMiner,
+    PairMarginMiner,
+    TripletMarginMiner,
+    build_miner,
+    inverse_q_log_weights,
+)
+
+
+def as_set(indices) -> set:
+    return set(zip(*[t.tolist() for t in indices], strict=True))
+
+
+def pairs_as_sets(indices) -> tuple[set, set]:
+    a1, p, a2, n = indices
+    return as_set((a1, p)), as_set((a2, n))
+
+
+def batch(seed: int, n: int = 24, d: int = 6, classes: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(n, d, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g) * 5 + 100
+    return emb, labels
+
+
+DISTS = [
+    (lambda: dm_dist.LpDistance(), lambda: pml_dist.LpDistance()),
+    (lambda: dm_dist.CosineSimilarity(), lambda: pml_dist.CosineSimilarity()),
+    (lambda: dm_dist.LpDistance(power=2), lambda: pml_dist.LpDistance(power=2)),
+]
+
+
+@pytest.mark.parametrize("kind", ["all", "hard", "semihard", "easy"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_triplet_margin_miner_equals_pml(kind, seed):
+    emb, labels = batch(seed)
+    for ours_d, pml_d in DISTS:
+        margin = 0.3 if not ours_d().higher_is_closer else 0.2
+        ours = TripletMarginMiner(margin=margin, type_of_triplets=kind, distance=ours_d())(emb, labels)
+        theirs = pml_miners.TripletMarginMiner(margin=margin, type_of_triplets=kind, distance=pml_d())(emb, labels)
+        assert [t.tolist() for t in ours] == [t.tolist() for t in theirs]  # same order too
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_hard_and_pair_margin_and_ms_miner_equal_pml(seed):
+    emb, labels = batch(seed, n=30, classes=6)
+    ref, ref_labels = batch(seed + 10, n=19, classes=6)
+    for ours_d, pml_d in DISTS:
+        for args in [(), (ref, ref_labels)]:
+            ours = BatchHardMiner(distance=ours_d())(emb, labels, *args)
+            theirs = pml_miners.BatchHardMiner(distance=pml_d())(emb, labels, *args)
+            assert [t.tolist() for t in ours] == [t.tolist() for t in theirs]
+            kw = {"pos_margin": 0.6, "neg_margin": 1.1} if not ours_d().higher_is_closer else {
+                "pos_margin": 0.5, "neg_margin": 0.1}
+            ours = PairMarginMiner(distance=ours_d(), **kw)(emb, labels, *args)
+            theirs = pml_miners.PairMarginMiner(distance=pml_d(), **kw)(emb, labels, *args)
+            assert [t.tolist() for t in ours] == [t.tolist() for t in theirs]
+            for eps in (0.1, 0.4):
+                ours = MultiSimilarityMiner(epsilon=eps, distance=ours_d())(emb, labels, *args)
+                theirs = pml_miners.MultiSimilarityMiner(epsilon=eps, distance=pml_d())(emb, labels, *args)
+                assert pairs_as_sets(ours) == pairs_as_sets(theirs)
+                assert len(ours[0]) == len(theirs[0]) and len(ours[2]) == len(theirs[2])
+
+
+def test_hand_computed_1d_case():
+    # points on a line (no normalisation): 0 and 1 are class A, 3 and 3.5 class B.
+    emb = torch.tensor([[0.0], [1.0], [3.0], [3.5]])
+    labels = torch.tensor([7, 7, -2, -2])
+    d = dm_dist.LpDistance(normalize_embeddings=False)
+    a, p, n = BatchHardMiner(distance=d)(emb, labels)
+    # anchor 0: pos 1 (d=1), hardest neg 2 (d=3); anchor 1: pos 0, neg 2 (d=2); anchor 2: pos 3, neg 1 (d=2);
+    # anchor 3: pos 2, neg 1 (d=2.5)
+    assert a.tolist() == [0, 1, 2, 3] and p.tolist() == [1, 0, 3, 2] and n.tolist() == [2, 2, 1, 1]
+    # semihard with margin 1.8: mu = d_an - d_ap in (0, 1.8]; triplets (a,p,n) and their mu:
+    # (0,1,2)=2 (0,1,3)=2.5 (1,0,2)=1 (1,0,3)=1.5 (2,3,0)=2.5 (2,3,1)=1.5 (3,2,0)=3 (3,2,1)=2
+    semi = TripletMarginMiner(margin=1.8, type_of_triplets="semihard", distance=d)(emb, labels)
+    assert as_set(semi) == {(1, 0, 2), (1, 0, 3), (2, 3, 1)}
+    easy = TripletMarginMiner(margin=1.8, type_of_triplets="easy", distance=d)(emb, labels)
+    assert len(easy[0]) == 5
+    assert len(TripletMarginMiner(margin=1.8, type_of_triplets="hard", distance=d)(emb, labels)[0]) == 0
+    # pair margin: positives farther than 0.7 -> (0,1),(1,0); negatives closer than 2.1 -> (1,2),(2,1)
+    a1, p, a2, n = PairMarginMiner(pos_margin=0.7, neg_margin=2.1, distance=d)(emb, labels)
+    assert as_set((a1, p)) == {(0, 1), (1, 0)} and as_set((a2, n)) == {(1, 2), (2, 1)}
+    # multi-similarity on distances, eps=0.6: positive (i,p) kept if d_ip + eps > min_n d_in:
+    # row0: 1.6 > 3 no; row1: 1.6 > 2 no; row2: 1.1 > 2 no; row3: 1.1 > 2.5 no -> no positives.
+    # negative (i,n) kept if d_in - eps < max_p d_ip: row1: d(1,2)=2 -> 1.4 < 1 no; none.
+    ms = MultiSimilarityMiner(epsilon=1.1, distance=d)(emb, labels)
+    # eps=1.1: positives: row1 2.1 > 2 yes; row2 1.6 > 2 no; row3 1.6 > 2.5 no; row0 2.1 > 3 no
+    assert as_set(ms[:2]) == {(1, 0)}
+    # negatives: d_in - 1.1 < max_p d_ip: row1 (1,2): 0.9 < 1 yes; row2 (2,1): 0.9 < 0.5 no
+    assert as_set(ms[2:]) == {(1, 2)}
+
+
+def test_empty_outputs_and_single_class():
+    emb = torch.randn(6, 4)
+    one_class = torch.zeros(6, dtype=torch.long)
+    all_distinct = torch.arange(6)
+    for miner in [TripletMarginMiner(), BatchHardMiner(), DistanceWeightedMiner(seed=0)]:
+        for labels in (one_class, all_distinct):
+            out = miner(emb, labels)
+            assert len(out) == 3 and all(t.numel() == 0 and t.dtype == torch.long for t in out)
+    ms = MultiSimilarityMiner()(emb, one_class)
+    assert len(ms) == 4 and all(t.numel() == 0 for t in ms)
+    pm = PairMarginMiner()(emb, all_distinct)
+    assert pm[0].numel() == 0
+
+
+def test_registry_and_errors():
+    assert set(MINERS) == {"TripletMarginMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
+                           "PairMarginMiner"}
+    m = build_miner("TripletMarginMiner", margin=0.1, type_of_triplets="hard", distance="cosine")
+    assert isinstance(m.distance, dm_dist.CosineSimilarity) and m.margin == 0.1
+    with pytest.raises(ConfigError, match="unknown miner"):
+        build_miner("Nope")
+    with pytest.raises(ConfigError, match="bad arguments"):
+        build_miner("BatchHardMiner", margin=3)
+    with pytest.raises(ConfigError, match="type_of_triplets"):
+        TripletMarginMiner(type_of_triplets="medium")
+    with pytest.raises(ConfigError, match="LpDistance"):
+        DistanceWeightedMiner(distance=dm_dist.CosineSimilarity())
+    with pytest.raises(InputError, match="upper_cutoff"):
+        DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=0.4)
+
+
+def test_inverse_q_log_weights_formula():
+    dim = 16
+    d = torch.tensor([0.1, 0.5, 0.9, 1.3, 1.7, 1.99995, 2.0], dtype=torch.float64)
+    got = inverse_q_log_weights(d, dim)
+    for di, gi in zip(d.tolist(), got.tolist(), strict=True):
+        dt = min(max(di, 0.5), 2 - 1e-4)
+        q = dt ** (dim - 2) * (1 - dt * dt / 4) ** ((dim - 3) / 2)
+        assert math.isclose(gi, -math.log(q), rel_tol=1e-9, abs_tol=1e-9)
+    capped = inverse_q_log_weights(d, dim, upper_cutoff=1.4)
+    assert torch.isinf(capped[d > 1.4]).all() and torch.equal(capped[d <= 1.4], got[d <= 1.4])
+
+
+def test_distance_weighted_probabilities_and_sampling_law():
+    emb, labels = batch(3, n=16, d=5, classes=4)
+    miner = DistanceWeightedMiner(seed=0)
+    probs = miner.sampling_probabilities(emb, labels, emb, None)
+    # reference: 1/q(max(d, 0.5)) over the anchor's negatives, normalised per row (float64 brute force)
+    x = torch.nn.functional.normalize(emb.double(), dim=1)
+    dist = torch.cdist(x, x).clamp(0.5, 2 - 1e-4)
+    w = dist ** (2 - 5) * (1 - dist**2 / 4) ** (-(5 - 3) / 2)
+    w = w * (labels[:, None] != labels[None, :])
+    torch.testing.assert_close(probs.double(), w / w.sum(1, keepdim=True), rtol=1e-4, atol=1e-7)
+    # the sampler follows that law: empirical negative frequencies for anchor 0 over many draws
+    emb, labels = batch(3, n=40, d=5, classes=2)
+    probs = miner.sampling_probabilities(emb, labels, emb, None)
+    a_list, n_list = [], []
+    for _ in range(100):
+        a, p, n = miner(emb, labels)
+        assert bool((labels[a] == labels[p]).all()) and bool((a != p).all()) and bool((labels[a] != labels[n]).all())
+        # exactly one triplet per positive pair
+        pos_pairs = (labels[:, None] == labels[None, :]).sum() - len(labels)
+        assert len(a) == int(pos_pairs)
+        a_list.append(a)
+        n_list.append(n)
+    a, n = torch.cat(a_list), torch.cat(n_list)
+    freq = torch.bincount(n[a == 0], minlength=40).double()
+    assert freq.sum() > 1500
+    freq = freq / freq.sum()
+    assert (freq - probs[0].double()).abs().max() < 0.03
+    # with an upper cutoff, negatives beyond it are never drawn (unless a row has none left: uniform fallback)
+    emb, labels = batch(3, n=16, d=5, classes=4)
+    x = torch.nn.functional.normalize(emb.double(), dim=1)
+    capped = DistanceWeightedMiner(nonzero_loss_cutoff=1.2)
+    pc = capped.sampling_probabilities(emb, labels, emb, None)
+    full = torch.cdist(x, x)
+    neg = labels[:, None] != labels[None, :]
+    rows_ok = ((full <= 1.2) & neg).any(1)
+    assert bool((pc[rows_ok][(full[rows_ok] > 1.2)] == 0).all())
+    torch.testing.assert_close(pc.sum(1), torch.ones(16, dtype=pc.dtype))
+
+
+def test_distance_weighted_is_reproducible_with_seed():
+    emb, labels = batch(4)
+    a = DistanceWeightedMiner(seed=5)(emb, labels)
+    b = DistanceWeightedMiner(seed=5)(emb, labels)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
