@@ -69,7 +69,7 @@ def write_dyml(root: Path, variant: str = "vehicle", header: str = "glued") -> P
     }
     for level, parts in bmk.items():
         for part, rows in zip(("query", "gallery"), parts):
-            for i, (fname, label) in enumerate(rows):
+            for fname, label in rows:
                 write_image(root / f"bmk_{level}" / part / fname, _colour(label))
             (root / f"bmk_{level}" / f"{part}.csv").write_text(body(rows, "fname, labels"))
     return root
@@ -83,7 +83,7 @@ CUB_ROWS = [(1, "001.A/a1.jpg", 1), (2, "001.A/a2.jpg", 1), (3, "002.B/b1.jpg", 
 def write_cub(root: Path) -> Path:
     base = root / "CUB_200_2011"
     base.mkdir(parents=True, exist_ok=True)
-    for iid, rel, cls in CUB_ROWS:
+    for _iid, rel, cls in CUB_ROWS:
         write_image(base / "images" / rel, _colour(cls))
     (base / "images.txt").write_text("".join(f"{i} {rel}\n" for i, rel, _ in CUB_ROWS))
     (base / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, _, c in CUB_ROWS))
@@ -121,7 +121,7 @@ SOP_TEST = [(5, 11, 1, "bicycle_final/444_0.JPG"), (6, 11, 1, "bicycle_final/444
 def write_sop(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name, rows in (("Ebay_train.txt", SOP_TRAIN), ("Ebay_test.txt", SOP_TEST)):
-        for iid, cls, sup, rel in rows:
+        for _iid, cls, _sup, rel in rows:
             write_image(root / rel, _colour(cls))
         text = "image_id class_id super_class_id path\n" + "".join(f"{i} {c} {s} {p}\n" for i, c, s, p in rows)
         (root / name).write_text(text)

@@ -124,8 +124,8 @@ class Cars196Format:
         report = LoadReport(split=split, files=[str(mat_path)])
         try:
             mat = scipy.io.loadmat(str(mat_path), squeeze_me=True)
-        except (ValueError, OSError, TypeError) as exc:
-            raise InputError(f"cannot read MATLAB file ({exc})", file=mat_path) from exc
+        except (ValueError, OSError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as exc:
+            raise InputError(f"cannot read MATLAB file ({type(exc).__name__}: {exc})", file=mat_path) from exc
         ann = mat.get("annotations")
         if ann is None or getattr(ann, "dtype", None) is None or ann.dtype.names is None:
             raise InputError("expected a struct array 'annotations'", file=mat_path, key="annotations")

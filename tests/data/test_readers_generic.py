@@ -1,0 +1,166 @@
+"""Generic CSV and folder formats, hierarchy checks, registry, subset, transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dynametric.data import FORMAT_NAMES, build_dataset, build_transform, list_splits
+from dynametric.data.base import check_hierarchy
+from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dynametric.errors import ConfigError, InputError
+from tests.data.conftest import write_csv_dataset, write_folder, write_image
+
+
+def test_csv_string_labels_scales_from_header(csv_root: Path) -> None:
+    assert list_splits("csv", csv_root) == ["train", "query", "gallery"]
+    train = build_dataset("csv", csv_root, "train")
+    assert train.scale_names == ("fine", "middle", "coarse")
+    assert train.class_ids == [["brown_bear", "polar_bear", "robin"], ["bear", "thrush"], ["bird", "mammal"]]
+    assert train.labels.tolist() == [[0, 0, 1], [0, 0, 1], [1, 0, 1], [2, 1, 0]]
+    q = build_dataset("csv", csv_root / "labels.csv", "query")  # root may be the CSV itself
+    g = build_dataset("csv", csv_root, "gallery")
+    assert q.class_ids == g.class_ids  # one id space for query and gallery
+    assert q.raw_label(0) == g.raw_label(0) == ("grizzly", "bear", "mammal")
+    assert q.labels[0].tolist() == g.labels[0].tolist()
+
+
+def test_csv_integer_labels_and_custom_file(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    write_image(root / "x" / "1.png")
+    write_image(root / "x" / "2.png")
+    (root / "my.csv").write_text("split,path,item,group\ntrain,x/1.png,10,3\ntrain,x/2.png,2,3\n")
+    ds = build_dataset("csv", root, "train", csv_file="my.csv")
+    assert ds.scale_names == ("item", "group")
+    assert ds.class_ids == [[2, 10], [3]]  # integers sort numerically
+    assert ds.labels.tolist() == [[1, 0], [0, 0]]
+
+
+def test_csv_errors_name_lines(tmp_path: Path) -> None:
+    rows = [("imgs/a.png", "train", "a", "x", "m"), ("imgs/b.png", "training", "b", "x", "m"),
+            ("imgs/c.png", "train", "a", "y", "m")]
+    root = write_csv_dataset(tmp_path / "d", rows)
+    with open(root / "labels.csv", "a") as fh:
+        fh.write("imgs/d.png,train,a\n")
+    csv = root / "labels.csv"
+    with pytest.raises(InputError) as err:
+        build_dataset("csv", root, "train")
+    msg = str(err.value)
+    assert f"{csv}:3: split must be one of ['train', 'val', 'test', 'query', 'gallery'], got 'training'" in msg
+    assert f"{csv}:5: expected 5 fields" in msg
+    with pytest.raises(InputError) as err:  # lenient skips bad rows but the hierarchy violation remains
+        build_dataset("csv", root, "train", mode="lenient")
+    msg = str(err.value)
+    assert "fine class 'a' has 2 middle parents" in msg and f"{csv}:2" in msg and f"{csv}:4" in msg
+    csv.write_text("file,split,fine\nimgs/a.png,train,a\n")
+    with pytest.raises(InputError, match=r"labels\.csv:1: header must name 'path', 'split'"):
+        build_dataset("csv", root, "train")
+
+
+def test_folder_depth_scales_and_splits(folder_root: Path) -> None:
+    assert list_splits("folder", folder_root) == ["train", "test"]
+    ds = build_dataset("folder", folder_root, "train")
+    assert ds.scale_names == ("fine", "middle", "coarse")
+    assert ds.class_ids == [["bird/thrush/robin", "mammal/bear/brown", "mammal/bear/polar"],
+                            ["bird/thrush", "mammal/bear"], ["bird", "mammal"]]
+    assert ds.labels.tolist() == [[0, 0, 0], [1, 1, 1], [1, 1, 1], [2, 1, 1]]
+    assert ds.class_counts() == {"fine": 3, "middle": 2, "coarse": 2}
+    two = write_folder(folder_root.parent / "flat", ["cats/lynx/1.png", "cats/puma/1.jpg", "dogs/wolf/1.png"])
+    (two / "dogs" / "wolf" / "notes.txt").write_text("not an image")
+    ds2 = build_dataset("folder", two, "all", scale_names=["species", "family"])
+    assert list_splits("folder", two) == ["all"]
+    assert ds2.scale_names == ("species", "family") and ds2.labels.tolist() == [[0, 0], [1, 0], [2, 1]]
+    assert any("1 non-image file(s) ignored" in n for n in ds2.report.notes)
+
+
+def test_folder_wrong_depth_and_name_key_violation(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "t", ["a/x/1.png", "a/x/2.png", "b/x/1.png", "b/y/1.png", "b/stray.png"])
+    with pytest.raises(InputError, match=r"stray\.png: image at depth 1, but the tree's images are at depth 2"):
+        build_dataset("folder", root, "all")
+    ds = build_dataset("folder", root, "all", mode="lenient")  # class_key="path": a/x and b/x are distinct
+    assert ds.class_counts() == {"fine": 3, "coarse": 2}
+    with pytest.raises(InputError, match="fine class 'x' has 2 coarse parents"):
+        build_dataset("folder", root, "all", mode="lenient", class_key="name")
+
+
+def test_check_hierarchy_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(1, 40))
+        labels = rng.integers(0, 4, size=(n, 3))
+        ids = [list(range(4))] * 3
+        problems, notes = check_hierarchy(labels, ("f", "m", "c"), ids)
+        expected = 0
+        for parent in (1, 2):
+            for f in set(labels[:, 0].tolist()):
+                expected += len({p for c, p in zip(labels[:, 0], labels[:, parent]) if c == f}) > 1
+        assert len(problems) == expected
+        middle_ok = all(len({c for m, c in zip(labels[:, 1], labels[:, 2]) if m == x}) == 1
+                        for x in set(labels[:, 1].tolist()))
+        assert len(notes) == 1
+        assert notes[0].startswith(f"each m class has a single c parent: {'yes' if middle_ok else 'no'}")
+
+
+def test_registry_errors_and_synthetic(tmp_path: Path) -> None:
+    assert FORMAT_NAMES == ("cub200", "cars196", "sop", "inshop", "dyml-vehicle", "dyml-animal", "dyml-product",
+                            "csv", "folder", "synthetic")
+    with pytest.raises(ConfigError, match="unknown dataset format 'cub'; valid formats: cub200, cars196"):
+        build_dataset("cub", tmp_path, "train")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['swap'\] for format 'sop'.*'swap_rb'"):
+        build_dataset("sop", tmp_path, "train", swap="yes")
+    with pytest.raises(InputError, match="dataset root not found"):
+        build_dataset("sop", tmp_path / "missing", "train")
+    with pytest.raises(InputError, match="mode must be one of"):
+        build_dataset("csv", write_csv_dataset(tmp_path / "c"), "train", mode="loose")
+    syn = build_dataset("synthetic", None, "test", images_per_class=1, image_size=16)
+    assert syn.labels.shape[1] == 3 and len(syn) == syn.labels.shape[0] > 0
+    assert isinstance(syn[0][0], Image.Image)  # transform=None gives PIL images, as for file datasets
+    with pytest.raises(ConfigError, match="unknown option"):
+        build_dataset("synthetic", None, "test", colour=3)
+
+
+def test_subset_remaps_and_keeps_raw_ids(csv_root: Path) -> None:
+    ds = build_dataset("csv", csv_root, "train")
+    sub = ds.subset([2, 3], split="val")
+    assert sub.split == "val" and len(sub) == 2
+    assert sub.labels.tolist() == [[0, 0, 1], [1, 1, 0]]  # contiguous again, by sorted raw id
+    assert sub.class_ids == [["polar_bear", "robin"], ["bear", "thrush"], ["bird", "mammal"]]
+    assert sub.raw_label(0) == ds.raw_label(2) and sub.raw_label(1) == ds.raw_label(3)
+    assert sub.paths[1] == ds.paths[3]
+
+
+@pytest.mark.parametrize(("preset", "train", "size"), [("standard", True, 224), ("standard", False, 224),
+                                                        ("reality_check", True, 227), ("reality_check", False, 227),
+                                                        ("small", True, 32)])
+def test_transform_presets_shapes(preset: str, train: bool, size: int) -> None:
+    img = Image.new("RGB", (300, 260), (128, 64, 32))
+    out = build_transform(preset, train=train)(img)
+    assert out.shape == (3, size, size)
+    expected = torch.tensor([(128 / 255 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], (64 / 255 - IMAGENET_MEAN[1]) /
+                             IMAGENET_STD[1], (32 / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]])
+    torch.testing.assert_close(out.mean(dim=(1, 2)), expected, atol=2e-3, rtol=0)  # a flat image stays flat
+
+
+def test_transform_specs_and_overrides() -> None:
+    from torchvision import transforms as T
+
+    rc = build_transform("reality_check", train=True)
+    kinds = [type(t).__name__ for t in rc.transforms]
+    assert kinds == ["Resize", "RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    crop = rc.transforms[1]
+    assert isinstance(crop, T.RandomResizedCrop) and crop.size == (227, 227) and crop.scale == (0.16, 1.0)
+    assert crop.ratio == (0.75, 1.33) and rc.transforms[0].size == 256
+    std_eval = build_transform("standard", train=False)
+    assert [type(t).__name__ for t in std_eval.transforms] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
+    assert std_eval.transforms[1].size == (224, 224)
+    custom = build_transform("standard", train=False, size=64, resize=72, normalize=False)
+    out = custom(Image.new("RGB", (100, 80), (255, 0, 0)))
+    assert out.shape == (3, 64, 64) and float(out[0].min()) == 1.0 and float(out[2].max()) == 0.0
+    with pytest.raises(ConfigError, match="unknown transform preset 'imagenet'"):
+        build_transform("imagenet")
+    with pytest.raises(ConfigError, match=r"unknown transform option\(s\) \['crop'\]"):
+        build_transform("standard", crop=3)

@@ -1,0 +1,116 @@
+"""CUB-200-2011, CARS196, SOP and In-Shop readers on tiny official layouts written into tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynametric.data import build_dataset
+from dynametric.errors import InputError
+from tests.data.conftest import write_cars, write_inshop
+
+
+def test_cub_class_split_and_ids(cub_root: Path) -> None:
+    train = build_dataset("cub200", cub_root, "train")  # root is the parent of CUB_200_2011/
+    test = build_dataset("cub200", cub_root / "CUB_200_2011", "test")
+    assert len(train) == 4 and len(test) == 3  # classes 1-100 train, 101-200 test
+    assert train.class_ids == [[1, 2, 100]] and test.class_ids == [[101, 200]]
+    assert train.labels[:, 0].tolist() == [0, 0, 1, 2] and test.labels[:, 0].tolist() == [0, 0, 1]
+    assert Path(train.paths[2]) == cub_root / "CUB_200_2011" / "images" / "002.B" / "b1.jpg"
+    assert train.class_names == [{1: "001.A", 2: "002.B", 100: "100.C", 101: "101.D", 200: "200.E"}]
+    assert test.scale_names == ("fine",)
+
+
+def test_cub_bad_rows_name_file_and_line(cub_root: Path) -> None:
+    base = cub_root / "CUB_200_2011"
+    with open(base / "images.txt", "a") as fh:
+        fh.write("8 150.F/f1.jpg\nnine 150.F/f2.jpg\n")  # line 8 has no class; line 9 malformed
+    with open(base / "image_class_labels.txt", "a") as fh:
+        fh.write("3 7\n")  # line 8: repeated image id
+    with pytest.raises(InputError) as err:
+        build_dataset("cub200", cub_root, "test")
+    msg = str(err.value)
+    assert f"{base / 'images.txt'}:9: expected 'image_id relative_path', got 'nine 150.F/f2.jpg'" in msg
+    assert f"{base / 'image_class_labels.txt'}:8: image_id 3 repeats line 3" in msg
+    assert f"{base / 'images.txt'}:8: image_id 8 has no class in image_class_labels.txt" in msg
+    assert len(build_dataset("cub200", cub_root, "test", mode="lenient")) == 3
+    (base / "image_class_labels.txt").unlink()
+    with pytest.raises(InputError, match=r"image_class_labels\.txt: file not found"):
+        build_dataset("cub200", cub_root, "train")
+
+
+def test_cars_mat_split_by_class(cars_root: Path) -> None:
+    train = build_dataset("cars196", cars_root, "train")
+    test = build_dataset("cars196", cars_root, "test")
+    assert train.class_ids == [[1, 98]] and test.class_ids == [[99, 196]]  # the 'test' flag is ignored
+    assert train.labels[:, 0].tolist() == [0, 0, 1] and test.labels[:, 0].tolist() == [0, 1, 1]
+    assert [Path(p).name for p in test.paths] == ["000004.jpg", "000005.jpg", "000006.jpg"]
+    assert train.class_names is not None and train.class_names[0][98] == "car 98"
+
+
+def test_cars_missing_image_and_bad_mat(tmp_path: Path) -> None:
+    root = write_cars(tmp_path / "cars")
+    (root / "car_ims" / "000005.jpg").unlink()
+    with pytest.raises(InputError, match=r"cars_annos\.mat: .*annotation #5: image file not found"):
+        build_dataset("cars196", root, "test")
+    (root / "cars_annos.mat").write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"cars_annos\.mat"):
+        build_dataset("cars196", root, "train")
+
+
+def test_sop_two_scales(sop_root: Path) -> None:
+    train = build_dataset("sop", sop_root, "train")
+    assert train.scale_names == ("product", "category")
+    assert train.labels.tolist() == [[0, 0], [0, 0], [1, 0], [2, 1]]
+    assert train.class_ids == [[1, 2, 3], [1, 2]]
+    test = build_dataset("sop", sop_root, "test")
+    assert test.class_counts() == {"product": 2, "category": 2}
+    assert Path(test.paths[2]) == sop_root / "cabinet_final" / "555_0.JPG"
+
+
+def test_sop_hierarchy_violation_and_malformed(sop_root: Path) -> None:
+    path = sop_root / "Ebay_train.txt"
+    with open(path, "a") as fh:
+        fh.write("9 1 2 bicycle_final/111_0.JPG\n")  # line 6: product 1 under category 2 (and a repeated path)
+    with pytest.raises(InputError, match=r"Ebay_train\.txt:6: .*listed again"):
+        build_dataset("sop", sop_root, "train")
+    path.write_text("image_id class_id super_class_id path\n1 1 1 bicycle_final/111_0.JPG\n"
+                    "2 1 2 bicycle_final/111_1.JPG\n3 2 1\n")
+    with pytest.raises(InputError) as err:
+        build_dataset("sop", sop_root, "train")
+    assert f"{path}:4: expected 'image_id class_id super_class_id path', got '3 2 1'" in str(err.value)
+    with pytest.raises(InputError) as err:
+        build_dataset("sop", sop_root, "train", mode="lenient")
+    msg = str(err.value)
+    assert "product class 1 has 2 category parents" in msg
+    assert f"category 1 (e.g. {path}:2)" in msg and f"category 2 (e.g. {path}:3)" in msg
+
+
+def test_inshop_splits_share_query_gallery_ids(inshop_root: Path) -> None:
+    train = build_dataset("inshop", inshop_root, "train")
+    query = build_dataset("inshop", inshop_root, "query")
+    gallery = build_dataset("inshop", inshop_root, "gallery")
+    assert (len(train), len(query), len(gallery)) == (3, 2, 2)
+    assert train.class_ids == [["id_00000002", "id_00000007"]]
+    assert query.class_ids == gallery.class_ids == [["id_00000010", "id_00000012", "id_00000013"]]
+    assert query.labels[:, 0].tolist() == [0, 2] and gallery.labels[:, 0].tolist() == [0, 1]
+    assert query.raw_label(0) == gallery.raw_label(0) == ("id_00000010",)
+    cat = build_dataset("inshop", inshop_root, "train", with_category=True)
+    assert cat.scale_names == ("item", "category")
+    assert cat.class_ids[1] == ["MEN/Denim", "WOMEN/Dresses"]
+    assert cat.labels.tolist() == [[0, 1], [0, 1], [1, 0]]
+
+
+def test_inshop_count_mismatch_and_bad_status(tmp_path: Path) -> None:
+    root = write_inshop(tmp_path / "inshop", declared=9)
+    path = root / "Eval" / "list_eval_partition.txt"
+    with pytest.raises(InputError, match=rf"{path}:1: line 1 declares 9 images but 7 well-formed rows follow"):
+        build_dataset("inshop", root, "query")
+    with open(path, "a") as fh:
+        fh.write("img/MEN/Pants/x/1.jpg id_1 validation\n")
+    ds = build_dataset("inshop", root, "query", mode="lenient")
+    assert len(ds) == 2
+    assert [(p.line, p.kind) for p in ds.report.problems] == [(10, "malformed_row"), (1, "count_mismatch")]
+    with pytest.raises(InputError, match="unknown split 'test' for inshop"):
+        build_dataset("inshop", root, "test")
