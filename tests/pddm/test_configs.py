@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dynametric.config import load_config
+from dynametric.config import load_config, validate_components
+from dynametric.losses import LOSSES, build_loss
 from dynametric.losses.pddm import PDDMLoss
 from dynametric.models import build_embedder
 
@@ -27,3 +28,11 @@ def test_pddm_config_loads_and_matches_model_width(name: str) -> None:
         assert model.embedding_dim == loss.unit.embedding_dim
     else:
         assert cfg.model.embedding_dim == loss.unit.embedding_dim
+
+
+def test_pddm_loss_is_registered_and_configs_validate() -> None:
+    assert LOSSES["PDDMLoss"] is PDDMLoss
+    loss = build_loss("PDDMLoss", embedding_dim=16, mode="per_positive_pair", variant="triplet")
+    assert isinstance(loss, PDDMLoss) and loss.unit.hidden_dim == 16
+    built = validate_components(load_config(CONFIGS / "cars.yaml", ["loss.kwargs.mode=per_positive_pair"]))
+    assert isinstance(built["loss"], PDDMLoss) and built["loss"].mode == "per_positive_pair"

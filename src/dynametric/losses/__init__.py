@@ -21,6 +21,7 @@ from dynametric.losses.margin import MarginLoss
 from dynametric.losses.multi_similarity import MultiSimilarityLoss
 from dynametric.losses.multiscale import MultiScaleLoss, ThreeScaleChunks, three_scale_chunks
 from dynametric.losses.npairs import NPairsLoss
+from dynametric.losses.pddm import PDDMLoss
 from dynametric.losses.proxies import (
     ArcFaceLoss,
     CosFaceLoss,
@@ -48,6 +49,7 @@ LOSSES: dict[str, type[MetricLoss]] = {
     "ArcFaceLoss": ArcFaceLoss,
     "SoftTripleLoss": SoftTripleLoss,
     "CSLLoss": CSLLoss,
+    "PDDMLoss": PDDMLoss,
 }
 
 DISTANCES: dict[str, type[_distances.Distance]] = {
@@ -114,6 +116,7 @@ __all__ = [
     "MultiScaleLoss",
     "MultiSimilarityLoss",
     "NPairsLoss",
+    "PDDMLoss",
     "ThreeScaleChunks",
     "TripletMarginLoss",
     "build_distance",
