@@ -30,7 +30,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 from dynametric.utils.io import atomic_write_text
 
 # --------------------------------------------------------------------------------------------------- schema
@@ -745,58 +745,111 @@ def _registry(module: str, name: str) -> Mapping[str, Callable[..., Any]]:
     return registry
 
 
-def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwargs: Mapping[str, Any],
-                    key: str) -> Any:
-    """Construct ``registry[name](**kwargs)``; errors name ``<key>.name`` or ``<key>.kwargs.<arg>``.
+DATA_DEPENDENT_ARGS = ("num_classes", "embedding_size", "class_paths")
+"""Constructor arguments the engine fills in from the data and the model, not from the config."""
 
-    Unknown names and keyword arguments are caught before construction (with the closest valid spelling);
-    errors raised by the constructor itself (bad values) are re-raised as :class:`ConfigError` on ``<key>``.
+
+def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwargs: Mapping[str, Any], key: str, *,
+                    construct: Callable[..., Any] | None = None, data_args: Mapping[str, Any] | None = None) -> Any:
+    """Check ``name`` and ``kwargs`` against ``registry[name]`` and construct it; errors name ``<key>.name`` or
+    ``<key>.kwargs.<arg>``.
+
+    Unknown names and keyword arguments are caught before construction (with the closest valid spelling).
+    Required arguments listed in :data:`DATA_DEPENDENT_ARGS` that ``kwargs`` lacks are taken from ``data_args``;
+    if one is still missing, nothing is constructed and ``None`` is returned (names and keywords were checked).
+    The object is built by ``construct(name, **kwargs)`` (default ``registry[name](**kwargs)``); its errors
+    (bad values) are re-raised as :class:`ConfigError` on ``<key>.kwargs`` (``<key>.kwargs.<arg>`` when the
+    error names one of the given arguments).
     """
     if name not in registry:
-        raise ConfigError(f"unknown name {name!r}" + (_suggest(name, registry) or
-                                                      f"; available: {', '.join(sorted(registry))}"),
-                          key=f"{key}.name")
+        close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
+        hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
+                else f"; available: {', '.join(sorted(registry))}")
+        raise ConfigError(f"unknown name {name!r}{hint}", key=f"{key}.name")
     factory = registry[name]
+    kwargs = dict(kwargs)
     try:
-        sig = inspect.signature(factory)
+        sig: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):
         sig = None
-    if sig is not None and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        accepted = [p for p, v in sig.parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-        for arg in kwargs:
-            if arg not in accepted:
-                raise ConfigError(f"{name} has no argument {arg!r}"
-                                  + (_suggest(arg, accepted) or f"; its arguments: {', '.join(accepted)}"),
-                                  key=f"{key}.kwargs.{arg}")
+    if sig is not None:
+        params = sig.parameters
+        named = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+        if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
+            for arg in kwargs:
+                if arg not in named:
+                    raise ConfigError(f"{name} has no argument {arg!r}"
+                                      + (_suggest(arg, named) or f"; its arguments: {', '.join(named)}"),
+                                      key=f"{key}.kwargs.{arg}")
+        for arg in DATA_DEPENDENT_ARGS:
+            if arg in named and arg not in kwargs and params[arg].default is inspect.Parameter.empty:
+                if data_args is None or arg not in data_args:
+                    return None
+                kwargs[arg] = data_args[arg]
     try:
-        return factory(**dict(kwargs))
-    except ConfigError:
-        raise
+        if construct is None:
+            return factory(**kwargs)
+        return construct(name, **kwargs)
+    except InputError as exc:  # ConfigError included: re-key it under this config section
+        sub = exc.key.rsplit(".", 1)[-1] if exc.key else None
+        raise ConfigError(f"{name}: {exc.message}",
+                          key=f"{key}.kwargs.{sub}" if sub in kwargs else f"{key}.kwargs") from exc
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {exc}",
-                          key=f"{key}.kwargs") from exc
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in DATA_DEPENDENT_ARGS)
+        raise ConfigError(f"{name}({shown}) failed: {exc}", key=f"{key}.kwargs") from exc
+
+
+def _head_dim(cfg: Config, head: str | None) -> int | None:
+    from dynametric.models.embedder import default_head_names
+
+    model = cfg.model
+    dims = model.head_dims or [model.embedding_dim] * model.num_heads
+    names = model.head_names or list(default_head_names(model.num_heads))
+    if head == "concat":
+        return None if any(d is None for d in dims) else sum(d for d in dims if d is not None)
+    return dims[names.index(head)] if head in names else dims[0]
 
 
 def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]] | None = None,
-                        miners: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Any]:
+                        miners: Mapping[str, Callable[..., Any]] | None = None,
+                        data_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Construct every configured loss and miner once to validate names and free-form ``kwargs``.
 
-    ``losses`` / ``miners`` default to ``dynametric.losses.LOSSES`` and ``dynametric.miners.MINERS``. Returns
-    the constructed objects by dotted key (``loss``, ``miner``, ``extra_losses[0]``, ``extra_losses[0].miner``);
-    ``multiscale`` wrapping is left to the engine.
+    ``losses`` / ``miners`` default to ``dynametric.losses.LOSSES`` / ``dynametric.miners.MINERS``, built through
+    ``build_loss`` / ``build_miner`` (so ``distance: cosine`` style values are resolved). ``embedding_size``
+    defaults to the width of the term's head (a pooled-feature head, ``embedding_dim: null``, has no static
+    width); ``num_classes`` and ``class_paths`` come from ``data_args`` (without them, losses needing them are
+    checked by name and keywords only and map to ``None``). Returns the objects by dotted key (``loss``,
+    ``miner``, ``extra_losses[0]``, ``extra_losses[0].miner``); ``multiscale`` wrapping is left to the engine.
     """
-    losses = _registry("dynametric.losses", "LOSSES") if losses is None else losses
-    built: dict[str, Any] = {"loss": build_component(losses, cfg.loss.name, cfg.loss.kwargs, "loss")}
+    loss_construct = miner_construct = None
+    if losses is None:
+        losses = _registry("dynametric.losses", "LOSSES")
+        from dynametric.losses import build_loss as loss_construct  # type: ignore[assignment]
     needs_miners = cfg.miner is not None or any(t.miner is not None for t in cfg.extra_losses)
     if needs_miners and miners is None:
         miners = _registry("dynametric.miners", "MINERS")
+        from dynametric.miners import build_miner as miner_construct  # type: ignore[assignment]
+
+    def loss_args(term: LossConfig) -> dict[str, Any]:
+        args = dict(data_args or {})
+        dim = _head_dim(cfg, term.head)
+        if dim is not None:
+            args.setdefault("embedding_size", dim)
+        return args
+
+    built: dict[str, Any] = {"loss": build_component(losses, cfg.loss.name, cfg.loss.kwargs, "loss",
+                                                     construct=loss_construct, data_args=loss_args(cfg.loss))}
     if cfg.miner is not None:
         assert miners is not None
-        built["miner"] = build_component(miners, cfg.miner.name, cfg.miner.kwargs, "miner")
+        built["miner"] = build_component(miners, cfg.miner.name, cfg.miner.kwargs, "miner",
+                                         construct=miner_construct, data_args=data_args)
     for i, term in enumerate(cfg.extra_losses):
-        built[f"extra_losses[{i}]"] = build_component(losses, term.name, term.kwargs, f"extra_losses[{i}]")
+        key = f"extra_losses[{i}]"
+        built[key] = build_component(losses, term.name, term.kwargs, key, construct=loss_construct,
+                                     data_args=loss_args(term))
         if term.miner is not None:
             assert miners is not None
-            built[f"extra_losses[{i}].miner"] = build_component(miners, term.miner.name, term.miner.kwargs,
-                                                                f"extra_losses[{i}].miner")
+            built[f"{key}.miner"] = build_component(miners, term.miner.name, term.miner.kwargs, f"{key}.miner",
+                                                    construct=miner_construct, data_args=data_args)
     return built
