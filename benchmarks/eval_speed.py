@@ -1,0 +1,180 @@
+"""Speed and peak memory of ``dynametric.metrics.evaluate_embeddings`` against pytorch-metric-learning.
+
+Contenders, each run in its own subprocess on the same synthetic embeddings (seeded, generated in the child, not
+timed), wall time and the child's own peak RSS recorded:
+
+* ``floor``      – the bare chunked matrix product ``Q_chunk @ G.T`` over all query chunks (same chunk size as
+  dynametric under the same memory budget), nothing else;
+* ``dynametric`` – :func:`dynametric.metrics.evaluate_embeddings`, leave-one-out;
+* ``pml``        – ``AccuracyCalculator(k="max_bin_count")`` (faiss kNN), once per scale.
+
+Parts: (a) one scale (the finest, SOP-sized: 60,502 x 128, 11,316 classes), metrics recall@1, r_precision, map@r
+(what the peer computes); (b) the same items with three nested scales (11,316 / 100 / 12 classes), dynametric
+computing every retrieval metric (recall@1/2/4/8, r_precision, map@r, full-ranking map, asi) at all three scales in
+one pass, the peer run once per scale for its three metrics.
+
+Usage (full size, every contender)::
+
+    python benchmarks/eval_speed.py --parts a,b --contenders floor,dynametric,pml
+
+The peer's part (b) peaks near 20 GB: leave it out with ``--skip-peer-b`` on a small machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def make_data(n: int, dim: int, fine: int, middle: int, coarse: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered, L2-normalised embeddings with three nested label scales ``[n, 3]`` (finest first)."""
+    rng = np.random.default_rng(seed)
+    if n < 2 * fine:
+        raise SystemExit(f"--n {n} must be at least twice --classes {fine}")
+    fine_labels = np.concatenate([np.repeat(np.arange(fine), 2), rng.integers(0, fine, n - 2 * fine)])
+    rng.shuffle(fine_labels)
+    fine_to_middle = np.concatenate([np.arange(middle), rng.integers(0, middle, max(fine - middle, 0))])[:fine]
+    rng.shuffle(fine_to_middle)
+    middle_to_coarse = np.concatenate([np.arange(coarse), rng.integers(0, coarse, max(middle - coarse, 0))])[:middle]
+    rng.shuffle(middle_to_coarse)
+    mid_labels = fine_to_middle[fine_labels]
+    coarse_labels = middle_to_coarse[mid_labels]
+    c_c = rng.standard_normal((coarse, dim)).astype(np.float32)
+    c_m = rng.standard_normal((middle, dim)).astype(np.float32)
+    c_f = rng.standard_normal((fine, dim)).astype(np.float32)
+    x = 1.0 * c_c[coarse_labels] + 0.8 * c_m[mid_labels] + 0.9 * c_f[fine_labels]
+    x += 1.7 * rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.stack([fine_labels, mid_labels, coarse_labels], axis=1).astype(np.int64)
+    return np.ascontiguousarray(x, dtype=np.float32), labels
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    x, labels = make_data(args.n, args.dim, args.classes, args.middle, args.coarse, args.seed)
+    scales = 1 if args.part == "a" else 3
+    labels = labels[:, :scales]
+    base_rss = _peak_rss_mb()
+    result: dict = {"part": args.part, "contender": args.contender, "rss_before_mb": base_rss}
+    t0 = time.perf_counter()
+    if args.contender == "floor":
+        from dynametric.metrics.engine import plan_chunk_rows
+
+        xt = torch.from_numpy(x)
+        rows = plan_chunk_rows(len(x), len(x), args.budget, scales)
+        acc = 0.0
+        for start in range(0, len(x), rows):
+            s = xt[start:start + rows] @ xt.T
+            acc += float(s[0, 0])
+        result["chunk_rows"] = rows
+    elif args.contender == "dynametric":
+        from dynametric.metrics import evaluate_embeddings
+
+        metrics = ["recall@1", "r_precision", "map@r"] if args.part == "a" else [
+            "recall@K", "r_precision", "map@r", "map", "asi"]
+        out = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels), metrics=metrics,
+                                  memory_budget_bytes=args.budget)
+        result["values"] = out
+    elif args.contender == "pml":
+        from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+        calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                                  k="max_bin_count", device=torch.device("cpu"))
+        values = {}
+        per_scale = {}
+        for s in range(scales):
+            ts = time.perf_counter()
+            values[str(s)] = calc.get_accuracy(x, labels[:, s])
+            per_scale[str(s)] = time.perf_counter() - ts
+        result["values"] = values
+        result["per_scale_s"] = per_scale
+    else:  # pragma: no cover - argparse restricts choices
+        raise SystemExit(f"unknown contender {args.contender}")
+    result["wall_s"] = time.perf_counter() - t0
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=60502)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--classes", type=int, default=11316)
+    p.add_argument("--middle", type=int, default=100)
+    p.add_argument("--coarse", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=int, default=None, help="dynametric memory budget in bytes (default: engine's)")
+    p.add_argument("--parts", default="a,b")
+    p.add_argument("--contenders", default="floor,dynametric,pml")
+    p.add_argument("--skip-peer-b", action="store_true", help="do not run pytorch-metric-learning on part (b)")
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--worker", nargs=3, metavar=("PART", "CONTENDER", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        args.part, args.contender, out = args.worker
+        res = worker(args)
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(res, fh)
+        return 0
+
+    results = []
+    for part in args.parts.split(","):
+        for contender in args.contenders.split(","):
+            if contender == "pml" and part == "b" and args.skip_peer_b:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "r.json")
+                cmd = [sys.executable, __file__, "--n", str(args.n), "--dim", str(args.dim), "--classes",
+                       str(args.classes), "--middle", str(args.middle), "--coarse", str(args.coarse), "--seed",
+                       str(args.seed), "--worker", part, contender, out]
+                if args.budget is not None:
+                    cmd[2:2] = ["--budget", str(args.budget)]
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, check=False)
+                total = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    print(f"[{part}/{contender}] failed with exit status {proc.returncode}", flush=True)
+                    results.append({"part": part, "contender": contender, "failed": proc.returncode})
+                    continue
+                with open(out, encoding="utf-8") as fh:
+                    res = json.load(fh)
+                res["process_s"] = total
+                results.append(res)
+                print(f"[{part}/{contender}] wall {res['wall_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB "
+                      f"(data alone {res['rss_before_mb']:.0f} MB)", flush=True)
+    print()
+    print("| part | contender | wall s | peak RSS MB | x vs floor | peer / contender |")
+    print("|---|---|---|---|---|---|")
+    for res in results:
+        if "failed" in res:
+            print(f"| {res['part']} | {res['contender']} | failed | | | |")
+            continue
+        floor = next((r for r in results if r["part"] == res["part"] and r["contender"] == "floor"
+                      and "wall_s" in r), None)
+        peer = next((r for r in results if r["part"] == res["part"] and r["contender"] == "pml"
+                     and "wall_s" in r), None)
+        vs_floor = f"{res['wall_s'] / floor['wall_s']:.2f}" if floor else "–"
+        speedup = f"{peer['wall_s'] / res['wall_s']:.2f}" if peer else "–"
+        print(f"| {res['part']} | {res['contender']} | {res['wall_s']:.2f} | {res['peak_rss_mb']:.0f} | "
+              f"{vs_floor} | {speedup} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Clustering metrics: NMI and pairwise F1 of a k-means partition against the class labels.
+
+k-means uses faiss when it is importable and a seeded torch implementation (k-means++ seeding, Lloyd iterations,
+chunked distance computation) otherwise; both are seeded and the seed/restarts are recorded by the caller.
+NMI and F1 are computed from the contingency table, never by enumerating pairs (METHODS.md §4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dynametric.errors import ConfigError
+
+
+def _codes(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    arr = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.unique(arr, return_inverse=True)[1].reshape(-1)
+
+
+def contingency(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Dense contingency counts ``n[y, c]`` (int64) of two labelings of the same items."""
+    y, c = _codes(labels), _codes(clusters)
+    if y.shape != c.shape:
+        raise ValueError(f"labels and clusters differ in length: {y.shape[0]} vs {c.shape[0]}")
+    ny, nc = (int(y.max()) + 1, int(c.max()) + 1) if y.size else (0, 0)
+    return np.bincount(y * nc + c, minlength=ny * nc).reshape(ny, nc).astype(np.int64)
+
+
+def _entropy(counts: np.ndarray, n: int) -> float:
+    p = counts[counts > 0] / n
+    return float(-(p * np.log(p)).sum())
+
+
+def nmi_score(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor,
+              normalizer: str = "arithmetic") -> float:
+    """``NMI = I(Y; W) / norm`` with ``norm = (H(Y) + H(W)) / 2`` (arithmetic) or ``sqrt(H(Y) H(W))`` (geometric).
+
+    Natural logarithms; two single-cluster partitions score 1.0 (scikit-learn's convention).
+    """
+    if normalizer not in ("arithmetic", "geometric"):
+        raise ConfigError(f"unknown NMI normaliser {normalizer!r}; expected 'arithmetic' or 'geometric'",
+                          key="nmi_normalizer")
+    table = contingency(labels, clusters)
+    n = int(table.sum())
+    if n == 0:
+        return float("nan")
+    h_y, h_c = _entropy(table.sum(1), n), _entropy(table.sum(0), n)
+    if h_y == 0.0 and h_c == 0.0:
+        return 1.0
+    nz = table > 0
+    pij = table[nz] / n
+    pi = (table.sum(1, keepdims=True) / n).repeat(table.shape[1], 1)[nz]
+    pj = (table.sum(0, keepdims=True) / n).repeat(table.shape[0], 0)[nz]
+    mi = float((pij * (np.log(pij) - np.log(pi) - np.log(pj))).sum())
+    norm = 0.5 * (h_y + h_c) if normalizer == "arithmetic" else float(np.sqrt(h_y * h_c))
+    if norm <= 0.0:
+        return 0.0
+    return float(min(max(mi / norm, 0.0), 1.0))
+
+
+def pairwise_f1(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor) -> float:
+    """Pairwise F1 over unordered pairs: ``TP = sum C(n_yc, 2)``, ``TP+FP = sum_c C(n_.c, 2)``,
+    ``TP+FN = sum_y C(n_y., 2)``; ``F1 = 2PR/(P+R)``, 0 when there is no true-positive pair."""
+    table = contingency(labels, clusters)
+
+    def pairs(x: np.ndarray) -> float:
+        x = x.astype(np.float64)
+        return float((x * (x - 1) / 2).sum())
+
+    tp = pairs(table)
+    pred = pairs(table.sum(0))
+    true = pairs(table.sum(1))
+    if tp == 0.0:
+        return 0.0
+    prec, rec = tp / pred, tp / true
+    return float(2 * prec * rec / (prec + rec))
+
+
+def _kmeans_torch(x: torch.Tensor, k: int, seed: int, iters: int, restarts: int) -> np.ndarray:
+    """Seeded k-means++ + Lloyd in torch; returns the assignment with the lowest inertia over restarts."""
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    x = x.to(torch.float32)
+    x_sq = (x * x).sum(1)
+    best, best_inertia = None, float("inf")
+    chunk = max(1, min(n, (64 * 2**20) // max(4 * k, 1)))
+
+    def assign(centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c_sq = (centers * centers).sum(1)
+        labels = torch.empty(n, dtype=torch.long)
+        dist = torch.empty(n, dtype=torch.float32)
+        for a in range(0, n, chunk):  # chunks of points, bounded memory
+            d = x_sq[a:a + chunk, None] - 2 * x[a:a + chunk] @ centers.T + c_sq[None, :]
+            m = d.min(1)
+            labels[a:a + chunk], dist[a:a + chunk] = m.indices, m.values.clamp_min(0)
+        return labels, dist
+
+    for _ in range(max(1, restarts)):
+        first = int(torch.randint(n, (1,), generator=gen))
+        centers = x[first:first + 1].clone()
+        closest = ((x - centers[0]) ** 2).sum(1)
+        # k-means++ seeding (one new centre per step; k steps of O(n D))
+        for _c in range(1, k):
+            total = float(closest.sum())
+            if total <= 0:
+                idx = int(torch.randint(n, (1,), generator=gen))
+            else:
+                idx = int(torch.multinomial(closest / total, 1, generator=gen))
+            centers = torch.cat([centers, x[idx:idx + 1]])
+            closest = torch.minimum(closest, ((x - x[idx]) ** 2).sum(1))
+        labels, dist = assign(centers)
+        for _it in range(iters):
+            sums = torch.zeros_like(centers).index_add_(0, labels, x)
+            counts = torch.bincount(labels, minlength=k).to(torch.float32)
+            nonempty = counts > 0
+            centers = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None], centers)
+            new_labels, dist = assign(centers)
+            if torch.equal(new_labels, labels):
+                break
+            labels = new_labels
+        inertia = float(dist.sum())
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best.numpy()
+
+
+def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
+                  backend: str = "auto") -> tuple[np.ndarray, str]:
+    """Cluster ``x`` into ``k`` clusters; returns ``(assignment[N], backend used)``.
+
+    ``backend``: ``"auto"`` (faiss when importable, else torch), ``"faiss"`` or ``"torch"``.
+    """
+    if backend not in ("auto", "faiss", "torch"):
+        raise ConfigError(f"unknown k-means backend {backend!r}; expected auto, faiss or torch", key="kmeans_backend")
+    n = x.shape[0]
+    k = max(1, min(k, n))
+    if k == 1:
+        return np.zeros(n, dtype=np.int64), "trivial"
+    if backend in ("auto", "faiss"):
+        try:
+            import faiss
+        except ImportError:
+            if backend == "faiss":
+                raise ConfigError("k-means backend 'faiss' requested but faiss is not installed",
+                                  key="kmeans_backend") from None
+        else:
+            xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+            km = faiss.Kmeans(xs.shape[1], k, niter=iters, nredo=max(1, restarts), seed=seed, verbose=False,
+                              min_points_per_centroid=1, max_points_per_centroid=max(256, n))
+            km.train(xs)
+            _, assign = km.index.search(xs, 1)
+            return assign.reshape(-1).astype(np.int64), "faiss"
+    return _kmeans_torch(x.detach().cpu(), k, seed, iters, restarts), "torch"

@@ -1,0 +1,288 @@
+"""The chunked, exact ranking engine: one similarity pass serves every retrieval metric at every scale.
+
+For a chunk of ``C`` queries the engine
+
+1. computes the ``[C, Ng]`` score block once (higher = closer; excluded candidates get ``-inf``);
+2. collects each query's *candidate relevant set*: the union over scales of the gallery items sharing a label with
+   it. When every finer label determines the coarsest one (nested hierarchies, and always for one scale) this is the
+   query's coarsest class, a contiguous range of the gallery sorted by coarsest label, so no ``[C, Ng]`` mask is
+   built; otherwise the union of per-scale label masks is used;
+3. sorts a copy of the score rows (numpy's SIMD sort, rows split over threads) and locates each relevant score in
+   its sorted row by binary search: ``rank = #{better score} + #{equal score with smaller gallery index} + 1``;
+   the second term is only computed (exactly) for the rare scores that occur more than once in their row;
+4. hands ranks and per-scale relevance flags to :func:`dynametric.metrics.ranking.metrics_from_sorted_ranks`.
+
+The ranking is the one of METHODS.md §4: descending score, ties broken by ascending gallery index, so the results
+are deterministic and exact for the computed scores. No ``[Nq, Ng]`` matrix is ever held: the chunk size is chosen
+from a memory budget (:func:`plan_chunk_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_MEMORY_BUDGET = 768 * 2**20
+"""Default working-memory budget of the engine in bytes (chunk buffers; the embeddings themselves are extra)."""
+
+_BYTES_PER_SCORE = 4 + 4 + 2  # score block, its sorted copy, slack for masks/temporaries
+_BYTES_PER_CANDIDATE = 96  # gathered scores, ranks, order, flags, float64 metric temporaries
+
+
+def plan_chunk_rows(num_queries: int, num_gallery: int, memory_budget_bytes: int | None = None,
+                    num_scales: int = 1, max_candidates: int | None = None) -> int:
+    """Number of query rows per chunk so that the chunk's buffers fit ``memory_budget_bytes``.
+
+    Per query row the engine holds about ``10 * Ng`` bytes of scores plus ``~96 * U`` bytes per candidate relevant
+    item (``U`` = largest candidate set, at most ``Ng``), plus ``8 * Ng`` per scale-independent temporaries.
+    At least one row is always processed.
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
+    cand = num_gallery if max_candidates is None else max_candidates
+    per_row = _BYTES_PER_SCORE * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) * max(1, num_scales) // 2 + 64
+    rows = max(1, budget // per_row)
+    return int(min(rows, max(1, num_queries), 4096))
+
+
+@dataclass
+class RankingProblem:
+    """Everything the engine needs; built (and validated) by :func:`dynametric.metrics.evaluate_embeddings`."""
+
+    query: torch.Tensor  # [Nq, D] float32, already normalised for cosine
+    gallery: torch.Tensor  # [Ng, D]
+    query_labels: torch.Tensor  # [Nq, S] long
+    gallery_labels: torch.Tensor  # [Ng, S] long
+    distance: str = "cosine"  # "cosine" or "euclidean"
+    leave_one_out: bool = False  # query i is gallery item i (excluded by index)
+    query_codes: torch.Tensor | None = None  # [Nq] long id codes; gallery items with the same code are excluded
+    gallery_codes: torch.Tensor | None = None
+    gallery_sq_norms: torch.Tensor | None = field(default=None, repr=False)
+
+
+def _ordered_threads() -> int:
+    return max(1, min(torch.get_num_threads(), 8))
+
+
+def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, parts: int = 1) -> None:
+    """Sort every row of ``block`` in place (numpy releases the GIL, so row slabs run in parallel)."""
+    if pool is None or parts < 2 or block.shape[0] < 2:
+        block.sort(axis=1)
+        return
+    n = block.shape[0]
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    futures = [pool.submit(block[a:b].sort, 1) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    for f in futures:
+        f.result()
+
+
+def scores_block(problem: RankingProblem, start: int, stop: int) -> torch.Tensor:
+    """Scores ``[stop-start, Ng]`` (float32, higher = closer) with excluded candidates set to ``-inf``.
+
+    Cosine: ``<q, g>`` of L2-normalised rows. Euclidean: ``2<q, g> - ||g||^2``, which orders candidates exactly as
+    ``-||q - g||^2`` does (the dropped ``||q||^2`` is constant along a row).
+    """
+    q = problem.query[start:stop]
+    s = q @ problem.gallery.T
+    if problem.distance == "euclidean":
+        s.mul_(2.0).sub_(problem.gallery_sq_norms.unsqueeze(0))
+    s.add_(0.0)  # canonical +0.0 so that -0.0 and +0.0 tie as equal scores
+    if problem.leave_one_out:
+        rows = torch.arange(stop - start)
+        s[rows, rows + start] = float("-inf")
+    if problem.query_codes is not None:
+        same = problem.gallery_codes.unsqueeze(0) == problem.query_codes[start:stop].unsqueeze(1)
+        s.masked_fill_(same, float("-inf"))
+    return s
+
+
+@dataclass
+class CandidateSets:
+    """How to find each query's candidate relevant set (the union over scales of same-label gallery items)."""
+
+    nested: bool
+    order: torch.Tensor | None = None  # gallery indices sorted by coarsest label (nested case)
+    lo: torch.Tensor | None = None  # [Nq] start of the query's coarsest class in ``order``
+    hi: torch.Tensor | None = None
+    max_size: int = 0
+
+
+def build_candidate_sets(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> CandidateSets:
+    """Use contiguous coarsest-class ranges when every scale's label determines the coarsest label."""
+    allrows = torch.cat([query_labels, gallery_labels])
+    last = allrows[:, -1]
+    nested = True
+    for s in range(allrows.shape[1] - 1):
+        pairs = torch.unique(allrows[:, [s, allrows.shape[1] - 1]], dim=0)
+        if pairs.shape[0] != torch.unique(allrows[:, s]).shape[0]:
+            nested = False
+            break
+    del last
+    if not nested:
+        # Upper bound of the union size: sum over scales of the largest class (capped by Ng).
+        bound = 0
+        for s in range(gallery_labels.shape[1]):
+            _, counts = torch.unique(gallery_labels[:, s], return_counts=True)
+            bound += int(counts.max()) if counts.numel() else 0
+        return CandidateSets(nested=False, max_size=min(bound, gallery_labels.shape[0]))
+    coarse = gallery_labels[:, -1]
+    order = torch.argsort(coarse, stable=True)
+    sorted_coarse = coarse[order].contiguous()
+    q = query_labels[:, -1].contiguous()
+    lo = torch.searchsorted(sorted_coarse, q, right=False)
+    hi = torch.searchsorted(sorted_coarse, q, right=True)
+    size = int((hi - lo).max()) if len(q) else 0
+    return CandidateSets(nested=True, order=order, lo=lo, hi=hi, max_size=size)
+
+
+def _candidates_for_chunk(cs: CandidateSets, problem: RankingProblem, start: int,
+                          stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cols [C, U], valid [C, U])``: gallery indices of each query's candidate relevant items."""
+    if cs.nested:
+        lo, hi = cs.lo[start:stop], cs.hi[start:stop]
+        u = int((hi - lo).max()) if stop > start else 0
+        offs = torch.arange(u)
+        pos = lo.unsqueeze(1) + offs.unsqueeze(0)
+        valid = pos < hi.unsqueeze(1)
+        pos = torch.where(valid, pos, torch.zeros_like(pos))
+        if cs.order.numel() == 0:
+            return torch.zeros((stop - start, 0), dtype=torch.long), torch.zeros((stop - start, 0), dtype=torch.bool)
+        return cs.order[pos], valid
+    mask = torch.zeros((stop - start, problem.gallery.shape[0]), dtype=torch.bool)
+    ql = problem.query_labels[start:stop]
+    for s in range(ql.shape[1]):
+        mask |= problem.gallery_labels[:, s].unsqueeze(0) == ql[:, s].unsqueeze(1)
+    counts = mask.sum(1)
+    u = int(counts.max()) if counts.numel() else 0
+    rows, cols = mask.nonzero(as_tuple=True)
+    row_start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(rows.shape[0]) - row_start[rows]
+    out = torch.zeros((stop - start, u), dtype=torch.long)
+    valid = torch.zeros((stop - start, u), dtype=torch.bool)
+    out[rows, slot] = cols
+    valid[rows, slot] = True
+    return out, valid
+
+
+def _excluded(problem: RankingProblem, cols: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    ex = torch.zeros(cols.shape, dtype=torch.bool)
+    if problem.leave_one_out:
+        ex |= cols == torch.arange(start, stop).unsqueeze(1)
+    if problem.query_codes is not None:
+        ex |= problem.gallery_codes[cols] == problem.query_codes[start:stop].unsqueeze(1)
+    return ex
+
+
+def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
+                    pool: ThreadPoolExecutor | None = None, threads: int = 1) -> torch.Tensor:
+    """1-based ranks of ``cols`` in each score row: descending score, ties by ascending gallery index.
+
+    ``scores``: ``[C, Ng]`` (excluded items ``-inf``); ``cols``/``valid``: ``[C, U]``. Invalid slots get rank 0.
+    Exact: ``rank = #{s > v} + #{s == v and index < col} + 1``.
+    """
+    c, n = scores.shape
+    if cols.shape[1] == 0:
+        return torch.zeros(cols.shape, dtype=torch.long)
+    v = scores.gather(1, cols)
+    srt = scores.numpy().copy()
+    _sort_rows(srt, pool, threads)
+    if not np.isfinite(srt[:, -1]).all():
+        from dynametric.errors import InputError
+
+        raise InputError("similarity scores overflowed to inf/NaN; embeddings are too large in magnitude",
+                         key="embeddings")
+    sorted_t = torch.from_numpy(srt)
+    right = torch.searchsorted(sorted_t, v, right=True)
+    left = torch.searchsorted(sorted_t, v, right=False)
+    del sorted_t, srt
+    ranks = (n - right) + 1
+    tied = valid & ((right - left) > 1)
+    if bool(tied.any()):
+        ranks += _tie_offsets(scores, cols, v, tied)
+    return torch.where(valid, ranks, torch.zeros_like(ranks))
+
+
+def _tie_offsets(scores: torch.Tensor, cols: torch.Tensor, v: torch.Tensor, tied: torch.Tensor,
+                 max_elems: int = 2**24) -> torch.Tensor:
+    """For tied slots, the number of candidates with an equal score and a smaller gallery index."""
+    out = torch.zeros(cols.shape, dtype=torch.long)
+    r, k = tied.nonzero(as_tuple=True)
+    n = scores.shape[1]
+    step = max(1, max_elems // max(n, 1))
+    idx = torch.arange(n)
+    for a in range(0, r.shape[0], step):  # batches of tied pairs, bounded memory; not a per-query loop
+        rr, kk = r[a:a + step], k[a:a + step]
+        eq = scores[rr] == v[rr, kk].unsqueeze(1)
+        eq &= idx.unsqueeze(0) < cols[rr, kk].unsqueeze(1)
+        out[rr, kk] = eq.sum(1)
+    return out
+
+
+@dataclass
+class ScaleAccumulator:
+    """Running sums of per-query metric values for one scale."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    num_defined: int = 0
+    num_empty: int = 0
+
+    def add(self, r_count: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        defined = r_count > 0
+        self.num_defined += int(defined.sum())
+        self.num_empty += int((~defined).sum())
+        for name, vals in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(vals[defined].sum())
+
+
+def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
+                asi_cutoff: int | None, memory_budget_bytes: int | None,
+                progress: Callable[[int, int], None] | None = None) -> list[ScaleAccumulator]:
+    """Chunk over queries, rank once, and accumulate every requested metric at every scale."""
+    from dynametric.metrics.ranking import harmonic_numbers, metrics_from_sorted_ranks
+
+    nq, ng = problem.query.shape[0], problem.gallery.shape[0]
+    num_scales = problem.query_labels.shape[1]
+    if problem.distance == "euclidean" and problem.gallery_sq_norms is None:
+        problem.gallery_sq_norms = (problem.gallery * problem.gallery).sum(1)
+    cs = build_candidate_sets(problem.query_labels, problem.gallery_labels)
+    rows = plan_chunk_rows(nq, ng, memory_budget_bytes, num_scales, cs.max_size)
+    harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1))
+    accs = [ScaleAccumulator() for _ in range(num_scales)]
+    threads = _ordered_threads()
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        for start in range(0, nq, rows):
+            stop = min(nq, start + rows)
+            cols, valid = _candidates_for_chunk(cs, problem, start, stop)
+            valid &= ~_excluded(problem, cols, start, stop)
+            with torch.no_grad():
+                scores = scores_block(problem, start, stop)
+                ranks = rank_candidates(scores, cols, valid, pool, threads)
+            del scores
+            big = torch.iinfo(torch.int64).max
+            order = torch.argsort(torch.where(valid, ranks, torch.full_like(ranks, big)), dim=1)
+            ranks = ranks.gather(1, order)
+            cols = cols.gather(1, order)
+            valid = valid.gather(1, order)
+            ql = problem.query_labels[start:stop]
+            for s in range(num_scales):
+                rel = valid & (problem.gallery_labels[:, s][cols] == ql[:, s].unsqueeze(1))
+                r_count, vals = metrics_from_sorted_ranks(ranks, rel, k_values=k_values, metrics=metrics,
+                                                          asi_cutoff=asi_cutoff, harmonic=harmonic)
+                accs[s].add(r_count, vals)
+            if progress is not None:
+                progress(stop, nq)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return accs
+
+
+def normalize_for(distance: str, x: torch.Tensor) -> torch.Tensor:
+    """Embeddings as the engine scores them: L2-normalised for cosine, unchanged for euclidean."""
+    x = x.detach().to(torch.float32).cpu().contiguous()
+    return F.normalize(x, p=2, dim=1) if distance == "cosine" else x

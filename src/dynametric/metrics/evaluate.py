@@ -1,0 +1,238 @@
+"""``evaluate_embeddings``: every metric, every scale, one ranking pass (see ``docs/metrics.md``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.labels import as_label_matrix
+from dynametric.metrics.clustering import kmeans_assign, nmi_score, pairwise_f1
+from dynametric.metrics.engine import RankingProblem, normalize_for, run_ranking
+
+RANK_METRICS = ("r_precision", "map@r", "map", "asi")
+CLUSTER_METRICS = ("nmi", "f1")
+ALL_METRICS = ("recall@K", *RANK_METRICS, *CLUSTER_METRICS)
+DEFAULT_METRICS = ("recall@K", *RANK_METRICS)
+"""Default metric set: every retrieval metric (clustering metrics run k-means and must be asked for)."""
+
+
+def default_scale_names(num_scales: int) -> list[str]:
+    """``fine`` / ``fine, coarse`` / ``fine, middle, coarse``; ``scale0..scale{S-1}`` otherwise."""
+    if num_scales == 1:
+        return ["fine"]
+    if num_scales == 2:
+        return ["fine", "coarse"]
+    if num_scales == 3:
+        return ["fine", "middle", "coarse"]
+    return [f"scale{i}" for i in range(num_scales)]
+
+
+def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tuple[list[str], tuple[int, ...],
+                                                                                       tuple[str, ...], bool, bool]:
+    """Returns ``(ordered names, recall ks, rank metrics, want nmi, want f1)``."""
+    requested = list(DEFAULT_METRICS if metrics is None else metrics)
+    if isinstance(metrics, str):
+        raise ConfigError("metrics must be a list of names, not a string", key="metrics")
+    if "all" in requested:
+        requested = [m for m in requested if m != "all"] + [m for m in ALL_METRICS if m not in requested]
+    ks: list[int] = []
+    rank: list[str] = []
+    names: list[str] = []
+    want_nmi = want_f1 = False
+    for name in requested:
+        if not isinstance(name, str):
+            raise ConfigError(f"metric names must be strings, got {name!r}", key="metrics")
+        key = name.strip().lower()
+        if key == "recall@k":
+            for k in k_values:
+                if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                    raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
+                if k not in ks:
+                    ks.append(k)
+            continue
+        if key.startswith("recall@"):
+            tail = key.split("@", 1)[1]
+            if not tail.isdigit() or int(tail) < 1:
+                raise ConfigError(f"bad metric {name!r}: expected recall@K with a positive integer K", key="metrics")
+            if int(tail) not in ks:
+                ks.append(int(tail))
+            continue
+        if key in RANK_METRICS:
+            if key not in rank:
+                rank.append(key)
+        elif key == "nmi":
+            want_nmi = True
+        elif key == "f1":
+            want_f1 = True
+        else:
+            raise ConfigError(f"unknown metric {name!r}; expected one of recall@K, recall@<int>, "
+                              f"{', '.join(RANK_METRICS + CLUSTER_METRICS)} or all", key="metrics")
+    names = [f"recall@{k}" for k in ks] + [m for m in RANK_METRICS if m in rank]
+    names += [m for m, w in (("nmi", want_nmi), ("f1", want_f1)) if w]
+    if not names:
+        raise ConfigError("no metric requested", key="metrics")
+    return names, tuple(ks), tuple(m for m in RANK_METRICS if m in rank), want_nmi, want_f1
+
+
+def _as_embeddings(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"expected a tensor or array, got {type(x).__name__}", key=name)
+    if x.dim() != 2:
+        raise InputError(f"expected a 2-D [N, D] array, got shape {tuple(x.shape)}", key=name)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"is empty (shape {tuple(x.shape)})", key=name)
+    if not (x.dtype.is_floating_point or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                       torch.uint8)):
+        raise InputError(f"expected numbers, got dtype {x.dtype}", key=name)
+    x = x.detach().cpu().to(torch.float32)
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        row = int(bad.any(1).nonzero()[0])
+        raise InputError(f"contains NaN or Inf (first at row {row}, {int(bad.any(1).sum())} bad rows)", key=name)
+    return x
+
+
+def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
+              ng: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, g = list(query_ids), list(gallery_ids)
+    if len(q) != nq:
+        raise InputError(f"expected {nq} query ids, got {len(q)}", key="query_ids")
+    if len(g) != ng:
+        raise InputError(f"expected {ng} gallery ids, got {len(g)}", key="gallery_ids")
+    table: dict[Any, int] = {}
+    codes = [table.setdefault(v.item() if isinstance(v, (np.generic, torch.Tensor)) else v, len(table))
+             for v in q + g]
+    t = torch.tensor(codes, dtype=torch.long)
+    return t[:nq], t[nq:]
+
+
+def evaluate_embeddings(
+    query_emb: torch.Tensor | np.ndarray,
+    query_labels: Any,
+    gallery_emb: torch.Tensor | np.ndarray | None = None,
+    gallery_labels: Any = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    k_values: Sequence[int] = (1, 2, 4, 8),
+    distance: str = "cosine",
+    scale_names: Sequence[str] | None = None,
+    query_ids: Sequence[Any] | None = None,
+    gallery_ids: Sequence[Any] | None = None,
+    memory_budget_bytes: int | None = None,
+    empty_queries: str = "exclude",
+    asi_cutoff: str | int = "R_q",
+    nmi_normalizer: str = "arithmetic",
+    kmeans_seed: int = 0,
+    kmeans_restarts: int = 1,
+    kmeans_iters: int = 20,
+    kmeans_backend: str = "auto",
+) -> dict[str, dict[str, float | int]]:
+    """Evaluate embeddings at every label scale; returns ``{scale: {metric: value, ...}, ..., "mean": {...}}``.
+
+    Protocols: leave-one-out when ``gallery_emb is None`` (query ``i`` is excluded from its own ranking by index;
+    with ``query_ids`` every item sharing its id is excluded too); query -> gallery otherwise (with
+    ``query_ids``/``gallery_ids`` a gallery item with the query's id is excluded explicitly). Candidates are ranked by
+    descending cosine similarity (``distance="cosine"``, embeddings L2-normalised) or ascending Euclidean distance
+    (``"euclidean"``, raw embeddings), ties by ascending gallery index. Queries without a relevant item at a scale
+    are excluded there and counted (``empty_queries="exclude"``), or score 0 (``"count_as_zero"``).
+    Each scale's dict holds the metric values (fractions in [0, 1]; NaN when no query is defined), ``num_queries``
+    (queries averaged over), ``excluded_queries`` and, with ``nmi``/``f1``, ``kmeans_seed``/``kmeans_restarts``.
+    ``"mean"`` holds the plain mean over scales of each metric.
+    """
+    if distance not in ("cosine", "euclidean"):
+        raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")
+    if empty_queries not in ("exclude", "count_as_zero"):
+        raise ConfigError(f"unknown empty_queries policy {empty_queries!r}; expected 'exclude' or 'count_as_zero'",
+                          key="empty_queries")
+    if asi_cutoff in ("R_q", "r_q", "R", None):
+        cutoff: int | None = None
+    elif isinstance(asi_cutoff, int) and not isinstance(asi_cutoff, bool) and asi_cutoff >= 1:
+        cutoff = asi_cutoff
+    else:
+        raise ConfigError(f"asi_cutoff must be 'R_q' or a positive integer, got {asi_cutoff!r}", key="asi_cutoff")
+    names, ks, rank_metrics, want_nmi, want_f1 = _parse_metrics(metrics, k_values)
+    q = _as_embeddings(query_emb, "query_emb")
+    ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0])
+    loo = gallery_emb is None
+    if loo:
+        if gallery_labels is not None:
+            raise InputError("gallery_labels given without gallery_emb", key="gallery_labels")
+        if gallery_ids is not None:
+            raise InputError("gallery_ids given without gallery_emb (leave-one-out uses query_ids)",
+                             key="gallery_ids")
+        g, gl = q, ql
+    else:
+        if gallery_labels is None:
+            raise InputError("gallery_emb given without gallery_labels", key="gallery_labels")
+        g = _as_embeddings(gallery_emb, "gallery_emb")
+        gl = as_label_matrix(gallery_labels, name="gallery_labels", num_rows=g.shape[0])
+        if g.shape[1] != q.shape[1]:
+            raise InputError(f"gallery dimension {g.shape[1]} differs from query dimension {q.shape[1]}",
+                             key="gallery_emb")
+        if gl.shape[1] != ql.shape[1]:
+            raise InputError(f"gallery labels have {gl.shape[1]} scales, query labels {ql.shape[1]}",
+                             key="gallery_labels")
+    num_scales = ql.shape[1]
+    names_s = list(default_scale_names(num_scales) if scale_names is None else scale_names)
+    if len(names_s) != num_scales or len(set(names_s)) != num_scales or "mean" in names_s:
+        raise InputError(f"need {num_scales} distinct scale names other than 'mean', got {names_s}",
+                         key="scale_names")
+    q_codes = g_codes = None
+    if query_ids is not None or gallery_ids is not None:
+        if query_ids is None:
+            raise InputError("gallery_ids given without query_ids", key="query_ids")
+        if loo:
+            q_codes, g_codes = _id_codes(query_ids, query_ids, q.shape[0], q.shape[0])
+        else:
+            if gallery_ids is None:
+                raise InputError("query_ids given without gallery_ids", key="gallery_ids")
+            q_codes, g_codes = _id_codes(query_ids, gallery_ids, q.shape[0], g.shape[0])
+
+    result: dict[str, dict[str, float | int]] = {n: {} for n in names_s}
+    if ks or rank_metrics:
+        qn = normalize_for(distance, q)
+        gn = qn if loo else normalize_for(distance, g)
+        problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=distance,
+                                 leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
+        accs = run_ranking(problem, k_values=ks, metrics=rank_metrics, asi_cutoff=cutoff,
+                           memory_budget_bytes=memory_budget_bytes)
+        for name, acc in zip(names_s, accs):
+            denom = acc.num_defined + (acc.num_empty if empty_queries == "count_as_zero" else 0)
+            for m in [f"recall@{k}" for k in ks] + list(rank_metrics):
+                result[name][m] = acc.sums.get(m, 0.0) / denom if denom else float("nan")
+            result[name]["num_queries"] = denom
+            result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
+            result[name]["empty_queries"] = acc.num_empty
+    if want_nmi or want_f1:
+        xq = normalize_for(distance, q)
+        for s, name in enumerate(names_s):
+            k = int(torch.unique(ql[:, s]).numel())
+            assign, _backend = kmeans_assign(xq, k, seed=kmeans_seed, iters=kmeans_iters,
+                                             restarts=kmeans_restarts, backend=kmeans_backend)
+            if want_nmi:
+                result[name]["nmi"] = nmi_score(ql[:, s], assign, nmi_normalizer)
+            if want_f1:
+                result[name]["f1"] = pairwise_f1(ql[:, s], assign)
+            result[name]["kmeans_seed"] = kmeans_seed
+            result[name]["kmeans_restarts"] = kmeans_restarts
+            result[name].setdefault("num_queries", q.shape[0])
+            result[name].setdefault("excluded_queries", 0)
+    mean: dict[str, float | int] = {}
+    for m in names:
+        vals = [float(result[n][m]) for n in names_s]
+        mean[m] = math.fsum(vals) / len(vals)
+    result["mean"] = mean
+    # metric keys first, in the requested order, then the counts
+    ordered: dict[str, dict[str, float | int]] = {}
+    for n in names_s:
+        d = result[n]
+        ordered[n] = {m: d[m] for m in names} | {k: v for k, v in d.items() if k not in names}
+    ordered["mean"] = mean
+    return ordered
