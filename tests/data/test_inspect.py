@@ -1,0 +1,126 @@
+"""``dynametric data inspect``: counts, every problem with file and line, exit status, JSON shape."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dynametric.commands import data as data_cmd
+from dynametric.errors import DynametricError
+from tests.data.conftest import write_corrupt, write_image
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Parse and run like ``dynametric.cli.main`` does (DynametricError → exit 2)."""
+    parser = argparse.ArgumentParser(prog="dynametric")
+    data_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except DynametricError as exc:
+        print(f"error: {exc}")
+        code = 2
+    return code, capsys.readouterr().out
+
+
+def test_clean_dataset_counts_and_exit_zero(dyml_vehicle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle), "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["problems"] == []
+    assert doc["splits"]["train"] == {"images": 5, "classes": {"fine": 4, "middle": 3, "coarse": 2}}
+    assert doc["splits"]["query_fine"] == {"images": 2, "classes": {"fine": 2}}
+    assert doc["splits"]["gallery_coarse"] == {"images": 2, "classes": {"coarse": 2}}
+    assert len(doc["splits"]) == 7
+    assert doc["details"]["train"]["header"] == {str(dyml_vehicle / "train" / "label.csv"): "glued"}
+    assert doc["details"]["raw_id_overlap"]["fine"]["query_fine & gallery_fine"] == 2
+    assert "each middle class has a single coarse parent: yes" in doc["details"]["train"]["notes"]
+    code, text = _run(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle),
+                       "--split", "train"], capsys)
+    assert code == 0
+    assert "train: 5 images; classes: fine=4, middle=3, coarse=2" in text and "no problems found" in text
+    assert "query_fine" not in text
+
+
+def test_every_problem_reported_with_file_and_line(dyml_vehicle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = dyml_vehicle / "train" / "label.csv"
+    csv.write_text("fname, coarse_id, middle_id, fine_id0.jpg, 7, 30, 100\n"
+                   "1.jpg, 7, 30, 101\n"
+                   "2.jpg, 7, 31\n"  # line 3: malformed
+                   "9.jpg, 7, 31, 205\n"  # line 4: image missing
+                   "\n"
+                   "3.jpg, 9, 40, 300\n"
+                   "4.jpg, 9, 41, 300\n")  # line 7: fine 300 under middle 40 and 41
+    bad = write_corrupt(dyml_vehicle / "train" / "imgs" / "1.jpg")
+    (dyml_vehicle / "bmk_middle" / "query.csv").unlink()
+    code, out = _run(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle), "--json"], capsys)
+    assert code == 1
+    doc = json.loads(out)
+    got = {(p["file"], p["line"], p["kind"]) for p in doc["problems"]}
+    assert got == {(str(csv), 3, "malformed_row"), (str(csv), 4, "missing_image"), (str(csv), 6, "hierarchy"),
+                   (str(bad), None, "unreadable_image")}
+    by_kind = {p["kind"]: p["message"] for p in doc["problems"]}
+    assert "'2.jpg, 7, 31'" in by_kind["malformed_row"]
+    assert f"listed at {csv}:2" in by_kind["unreadable_image"]
+    assert f"middle 40 (e.g. {csv}:6)" in by_kind["hierarchy"] and f"middle 41 (e.g. {csv}:7)" in by_kind["hierarchy"]
+    assert doc["splits"]["train"]["images"] == 4  # the glued first record is counted
+    assert doc["details"]["train"]["blank_lines"] == 1
+    assert set(doc["splits"]) == {"train", "query_fine", "gallery_fine", "gallery_middle", "query_coarse",
+                                  "gallery_coarse"}  # query_middle is not listed when its csv is absent
+    code, text = _run(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle),
+                       "--split", "train", "query_middle"], capsys)
+    assert code == 1
+    assert f"{csv}:3: expected 4 comma-separated fields" in text
+    assert f"{dyml_vehicle / 'bmk_middle' / 'query.csv'}: file not found" in text
+    assert "5 problem(s):" in text
+
+
+def test_no_verify_images_skips_decoding(dyml_vehicle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_corrupt(dyml_vehicle / "train" / "imgs" / "1.jpg")
+    args = ["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle), "--split", "train"]
+    assert _run(args, capsys)[0] == 1
+    assert _run([*args, "--no-verify-images"], capsys)[0] == 0
+
+
+def test_formats_options_and_usage_errors(csv_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["splits"]["gallery"] == {"images": 2, "classes": {"fine": 2, "middle": 2, "coarse": 2}}
+    (csv_root / "other.csv").write_text("path,split,fine\nimgs/a.png,train,1\nimgs/zz.png,train,2\n")
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(csv_root), "-o", "csv_file=other.csv",
+                      "--json"], capsys)
+    assert code == 1
+    assert [(p["line"], p["kind"]) for p in json.loads(out)["problems"]] == [(3, "missing_image")]
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "dataset root not found" in out
+    code, out = _run(["data", "inspect", "--format", "sop", "--root", str(csv_root), "-o", "bogus=1"], capsys)
+    assert code == 2 and "unknown option(s) ['bogus'] for format 'sop'" in out
+    with pytest.raises(SystemExit):
+        _run(["data", "inspect", "--format", "imagenet", "--root", str(csv_root)], capsys)
+
+
+def test_synthetic_inspect(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["data", "inspect", "--format", "synthetic", "-o", "images_per_class=1", "-o", "image_size=16",
+                      "--split", "train", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["splits"]["train"]["classes"]["coarse"] == 3 and doc["splits"]["train"]["classes"]["middle"] == 9
+    assert doc["splits"]["train"]["images"] == doc["splits"]["train"]["classes"]["fine"]  # one image per class
+
+
+def test_sample_grid_honours_swap_rb(dyml_vehicle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(5):
+        write_image(dyml_vehicle / "train" / "imgs" / f"{i}.jpg", (250, 0, 0), size=8)
+    for swap, expect_red in ((False, True), (True, False)):
+        grid = tmp_path / f"grid_{swap}.png"
+        code, _ = _run(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle), "--split",
+                        "train", "--grid", str(grid), "-o", f"swap_rb={str(swap).lower()}"], capsys)
+        assert code == 0
+        with Image.open(grid) as im:
+            assert im.size == (3 * 96, 2 * 96)  # 5 images → 3 columns, 2 rows
+            r, _, b = im.convert("RGB").getpixel((48, 48))
+        assert (r > 200 and b < 50) if expect_red else (b > 200 and r < 50)
