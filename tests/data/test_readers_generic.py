@@ -164,3 +164,15 @@ def test_transform_specs_and_overrides() -> None:
         build_transform("imagenet")
     with pytest.raises(ConfigError, match=r"unknown transform option\(s\) \['crop'\]"):
         build_transform("standard", crop=3)
+
+
+def test_path_table_round_trip() -> None:
+    from dynametric.data.base import PathTable
+
+    paths = ["a/b.jpg", "ünï/çødé.png", "", "/abs/x.jpg"]
+    table = PathTable(paths)
+    assert len(table) == 4 and list(table) == paths
+    assert table[-1] == "/abs/x.jpg" and table[1:3] == paths[1:3] and table[np.array([3, 0])] == [paths[3], paths[0]]
+    with pytest.raises(IndexError):
+        table[4]
+    assert len(PathTable([])) == 0

@@ -186,6 +186,39 @@ def load_rgb(path: str | Path, swap_rb: bool = False) -> Image.Image:
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+class PathTable(Sequence[str]):
+    """An immutable list of paths stored as one UTF-8 byte buffer plus offsets.
+
+    Unlike a Python list of ``str`` it costs about one byte per character and holds no per-item Python objects,
+    so DataLoader workers forked from the main process do not copy it page by page through reference counts.
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        encoded = [p.encode("utf-8") for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        if encoded:
+            np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._data = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.zeros(0, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if isinstance(index, np.ndarray | torch.Tensor | list):
+            return [self[int(i)] for i in np.asarray(index).reshape(-1)]
+        i = int(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"path index {index} out of range for {len(self)} paths")
+        return self._data[self._offsets[i]:self._offsets[i + 1]].tobytes().decode("utf-8")
+
+    def __repr__(self) -> str:
+        return f"PathTable({len(self)} paths)"
+
+
 class HierarchicalImageDataset(torch.utils.data.Dataset):
     """Images on disk with hierarchical labels ``LongTensor[N, S]`` (finest first).
 
@@ -206,7 +239,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
                              f"{len(scale_names)} scale names", key="labels")
         if len(class_ids) != len(scale_names):
             raise InputError("one class_ids list per scale is required", key="class_ids")
-        self._paths = np.asarray(list(paths), dtype=str) if len(paths) else np.asarray([], dtype=str)
+        self._paths = paths if isinstance(paths, PathTable) else PathTable(list(paths))
         self.scale_names: tuple[str, ...] = tuple(scale_names)
         self.split = split
         self.class_ids: list[list[Hashable]] = [list(c) for c in class_ids]
@@ -256,8 +289,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
 
     # ----------------------------------------------------------------------------------------------- access
     @property
-    def paths(self) -> np.ndarray:
-        """Image paths (a numpy string array: cheap to share with DataLoader workers)."""
+    def paths(self) -> PathTable:
+        """Image paths (a compact :class:`PathTable`, cheap to share with DataLoader workers)."""
         return self._paths
 
     @property
@@ -279,7 +312,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         """The decoded RGB image of item ``index`` (no transform); raises :class:`InputError` naming the path."""
-        path = str(self._paths[index])
+        path = self._paths[index]
         try:
             return load_rgb(path, self.swap_rb)
         except _DECODE_ERRORS as exc:
@@ -298,7 +331,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         return image, self.labels[index].clone()
 
     def _substitute(self, index: int) -> tuple[Image.Image, int]:
-        path = str(self._paths[index])
+        path = self._paths[index]
         self.skipped_corrupt += 1
         self.corrupt_paths.add(path)
         log.warning("%s split %r: skipping corrupt image %s (skip #%d); using another image of its class",
@@ -312,13 +345,13 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         start = int(np.searchsorted(group, index))
         for k in range(1, group.size):
             cand = int(group[(start + k) % group.size])
-            if str(self._paths[cand]) in self.corrupt_paths:
+            if self._paths[cand] in self.corrupt_paths:
                 continue
             try:
                 return self.load_image(cand), cand
             except InputError:
                 self.skipped_corrupt += 1
-                self.corrupt_paths.add(str(self._paths[cand]))
+                self.corrupt_paths.add(self._paths[cand])
                 log.warning("%s split %r: skipping corrupt image %s (skip #%d)", self.name, self.split,
                             self._paths[cand], self.skipped_corrupt)
         raise InputError(f"every image of {self.scale_names[0]} class {self.raw_label(index)[0]!r} is unreadable "
@@ -337,7 +370,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
                 cols.append(inv)
                 class_ids.append([self.class_ids[s][u] for u in uniq.tolist()])
             labels = torch.stack(cols, 1) if cols else labels
-        out = HierarchicalImageDataset(self._paths[idx.numpy()].tolist(), labels, self.scale_names,
+        out = HierarchicalImageDataset(self._paths[idx.numpy()], labels, self.scale_names,
                                        split or self.split, class_ids=class_ids, transform=self.transform,
                                        swap_rb=self.swap_rb, skip_corrupt=self.skip_corrupt,
                                        class_names=self.class_names, name=self.name)
