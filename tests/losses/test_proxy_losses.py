@@ -332,3 +332,21 @@ def test_registry_and_multiscale_use():
     torch.testing.assert_close(ms(emb, labels), expected)
     with pytest.raises(InputError, match=r"label 2 .*num_classes=2"):
         ms(emb, labels.clone().fill_(2))
+
+
+@pytest.mark.parametrize("distance,pml_distance", [
+    ("l2", "LpDistance"), ("cosine", "CosineSimilarity"), ("unnormalized_sq", "unnormalized_sq")])
+def test_proxy_nca_other_distances_equal_pml(distance, pml_distance):
+    from pytorch_metric_learning import distances as pml_d
+
+    from dynametric.distances import CosineSimilarity, LpDistance
+
+    ours_d = {"l2": LpDistance(), "cosine": CosineSimilarity(),
+              "unnormalized_sq": LpDistance(power=2, normalize_embeddings=False)}[distance]
+    ref_d = {"LpDistance": pml_d.LpDistance(), "CosineSimilarity": pml_d.CosineSimilarity(),
+             "unnormalized_sq": pml_d.LpDistance(power=2, normalize_embeddings=False)}[pml_distance]
+    ours, ref = _pair("ProxyNCALoss", ProxyNCALoss, "proxies", {"softmax_scale": 0.5},
+                      ours_extra={"distance": ours_d}, pml_extra={"distance": ref_d})
+    g = torch.Generator().manual_seed(11)
+    _assert_same(ours, ref, "proxies", torch.randn(B, D, generator=g, dtype=torch.float64),
+                 torch.randint(0, C, (B,), generator=g))

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynametric.distances import Distance, SquaredL2Distance
+from dynametric.distances import Distance, LpDistance, SquaredL2Distance
 from dynametric.errors import InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 
@@ -215,8 +215,14 @@ class ProxyNCALoss(_ClassWeightLoss):
         self._init_weight(self.proxies, nn.init.normal_)
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
-        mat = self.distance(emb, self.proxies.to(emb.dtype))
-        logits = self.softmax_scale * (mat if self.distance.higher_is_closer else -mat)
+        dist = self.distance
+        if isinstance(dist, LpDistance) and dist.p == 2 and dist.power == 2 and dist.normalize_embeddings:
+            # unit vectors: ||a - b||^2 = 2 - 2 <a, b>, and softmax ignores the constant, so one matmul suffices
+            cos = F.normalize(emb, dim=1) @ F.normalize(self.proxies.to(emb.dtype), dim=1).t()
+            logits = (2.0 * self.softmax_scale) * cos
+        else:
+            mat = dist(emb, self.proxies.to(emb.dtype))
+            logits = self.softmax_scale * (mat if dist.higher_is_closer else -mat)
         nll = -F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, anchors_only=True, dtype=emb.dtype)
         return (nll * w).mean()
