@@ -1,0 +1,297 @@
+"""Batch samplers: composition, coverage, determinism, rank-disjointness, exact resume, errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynametric.data.samplers import HierarchicalSampler, MPerClassSampler, ThreeScaleSampler
+from dynametric.errors import InputError
+
+
+def hierarchy_labels(n_coarse: int = 3, middle_per_coarse: int = 2, fine_per_middle: int = 3, per_fine: int = 8,
+                     seed: int = 0) -> torch.Tensor:
+    """[N, 3] labels (fine, middle, coarse), nested, rows shuffled, with non-contiguous raw ids."""
+    rows = []
+    for c in range(n_coarse):
+        for m in range(middle_per_coarse):
+            mid = c * middle_per_coarse + m
+            for f in range(fine_per_middle):
+                fine = mid * fine_per_middle + f
+                rows += [(10 * fine + 7, 3 * mid + 1, 100 + c)] * per_fine
+    perm = np.random.default_rng(seed).permutation(len(rows))
+    return torch.tensor(rows)[perm]
+
+
+# --------------------------------------------------------------------------------------------------- MPerClass
+def test_mperclass_batch_composition_and_full_coverage():
+    labels = hierarchy_labels(per_fine=8)  # 18 fine classes x 8 images, m=4 -> 36 chunks, P=4 -> 9 batches
+    s = MPerClassSampler(labels, m=4, batch_size=16, seed=3)
+    batches = list(s)
+    assert len(batches) == len(s) == 9
+    for b in batches:
+        assert len(b) == 16
+        y = labels[b, 0].view(4, 4)  # rows grouped by class, m consecutive rows each
+        assert (y == y[:, :1]).all()
+        assert len(set(y[:, 0].tolist())) == 4
+    seen = Counter(i for b in batches for i in b)
+    assert sorted(seen) == list(range(len(labels)))  # every sample visited exactly once
+    assert set(seen.values()) == {1}
+
+
+def test_mperclass_on_coarser_scale_and_every_sample_once():
+    labels = hierarchy_labels(per_fine=4)  # 6 middle classes x 12 images
+    s = MPerClassSampler(labels, m=6, batch_size=12, scale=1, seed=0)
+    batches = list(s)
+    assert len(batches) == 6  # 12 chunks / 2 classes per batch
+    for b in batches:
+        y = labels[b, 1].view(2, 6)
+        assert (y == y[:, :1]).all() and y[0, 0] != y[1, 0]
+    assert sorted(i for b in batches for i in b) == list(range(len(labels)))
+
+
+def test_mperclass_small_classes_sampled_with_replacement():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])  # all classes smaller than m=4
+    s = MPerClassSampler(labels, m=4, batch_size=8, iterations_per_epoch=5, seed=1)
+    batches = list(s)
+    assert len(batches) == 5
+    for b in batches:
+        y = labels[b].view(2, 4)
+        assert (y == y[:, :1]).all() and y[0, 0] != y[1, 0]
+    # every sample of a small class appears in its first chunk (replacement only fills up)
+    assert set(i for b in batches for i in b) == set(range(len(labels)))
+
+
+def test_mperclass_determinism_and_epochs():
+    labels = hierarchy_labels()
+    a = MPerClassSampler(labels, m=4, batch_size=16, seed=5)
+    b = MPerClassSampler(labels, m=4, batch_size=16, seed=5)
+    c = MPerClassSampler(labels, m=4, batch_size=16, seed=6)
+    assert list(a) == list(b)
+    assert list(a) != list(c)
+    first = list(a)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b) != first
+    a.set_epoch(0)
+    assert list(a) == first
+
+
+def test_mperclass_ranks_disjoint_and_same_epoch():
+    labels = hierarchy_labels(per_fine=8)
+    ranks = [MPerClassSampler(labels, m=4, batch_size=8, seed=11, rank=r, world_size=3) for r in range(3)]
+    per_rank = [list(s) for s in ranks]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == len(ranks[0]) == 36 // 2 // 3
+    flat = [tuple(b) for bs in per_rank for b in bs]
+    assert len(set(flat)) == len(flat)
+    samples = [i for bs in per_rank for b in bs for i in b]
+    assert len(samples) == len(set(samples)) == len(labels)  # disjoint and together they cover the epoch
+    # all ranks agree on the global epoch: rank r's batches are global batches r, r+W, ...
+    single = MPerClassSampler(labels, m=4, batch_size=8, seed=11, iterations_per_epoch=18)
+    glob = list(single)
+    for r in range(3):
+        assert per_rank[r] == glob[r::3]
+
+
+def test_mperclass_resume_mid_epoch_exact():
+    labels = hierarchy_labels()
+    s = MPerClassSampler(labels, m=4, batch_size=16, seed=2, iterations_per_epoch=7)
+    s.set_epoch(4)
+    full = list(s)
+    it = iter(s)
+    got = [next(it) for _ in range(3)]
+    state = s.state_dict()
+    assert state["epoch"] == 4 and state["position"] == 3
+    fresh = MPerClassSampler(labels, m=4, batch_size=16, seed=2, iterations_per_epoch=7)
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert got + rest == full
+    assert list(fresh) == full  # the iterator after that starts the epoch from the beginning
+    with pytest.raises(InputError, match="seed"):
+        MPerClassSampler(labels, m=4, batch_size=16, seed=3, iterations_per_epoch=7).load_state_dict(state)
+    with pytest.raises(InputError, match="batch_size"):
+        MPerClassSampler(labels, m=4, batch_size=8, seed=2, iterations_per_epoch=7).load_state_dict(state)
+
+
+def test_mperclass_iterations_beyond_one_pass_keep_balance():
+    labels = hierarchy_labels(per_fine=4)  # 18 chunks per pass
+    s = MPerClassSampler(labels, m=4, batch_size=12, iterations_per_epoch=12)  # 36 chunks = 2 passes
+    counts = Counter(i for b in s for i in b)
+    assert sorted(counts) == list(range(len(labels))) and set(counts.values()) == {2}
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 9), min_size=3, max_size=8), m=st.integers(1, 4), p=st.integers(1, 3),
+       seed=st.integers(0, 2**31))
+def test_mperclass_property_batches_are_pk(sizes, m, p, seed):
+    labels = torch.tensor([c for c, n in enumerate(sizes) for _ in range(n)])
+    s = MPerClassSampler(labels, m=m, batch_size=m * p, seed=seed)
+    for b in s:
+        y = labels[b].view(p, m)
+        assert (y == y[:, :1]).all()
+        assert len(set(y[:, 0].tolist())) == p
+
+
+def test_mperclass_errors():
+    labels = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(InputError, match="multiple of m"):
+        MPerClassSampler(labels, m=3, batch_size=8)
+    with pytest.raises(InputError, match="only 2"):
+        MPerClassSampler(labels, m=2, batch_size=6)
+    with pytest.raises(InputError, match="rank"):
+        MPerClassSampler(labels, m=2, batch_size=4, rank=2, world_size=2)
+    with pytest.raises(InputError, match="scale"):
+        MPerClassSampler(labels, m=2, batch_size=4, scale=1)
+    with pytest.raises(InputError, match="position"):
+        MPerClassSampler(labels, m=2, batch_size=4).load_state_dict({"epoch": 0, "position": 99})
+
+
+def test_mperclass_with_dataloader():
+    labels = hierarchy_labels()
+    data = torch.utils.data.TensorDataset(torch.arange(len(labels)), labels)
+    s = MPerClassSampler(labels, m=4, batch_size=16, seed=0)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=s)
+    out = [idx.tolist() for idx, _ in loader]
+    assert out == list(s)
+
+
+# --------------------------------------------------------------------------------------------------- ThreeScale
+def test_three_scale_item_classes_follow_i_mod_c_in_first_seen_order():
+    labels = hierarchy_labels(per_fine=4, seed=4)  # 72 images, K=4 -> 18 items
+    s = ThreeScaleSampler(labels, k=4, items_per_batch=3, seed=0)
+    assert len(s) == 6 and s.batch_size == 36
+    first_seen = [list(dict.fromkeys(labels[:, j].tolist())) for j in range(3)]
+    item_classes = []
+    for b in s:
+        rows = torch.tensor(b).view(3, 3, 4)  # items x scales x K
+        for item in rows:
+            cls = []
+            for j in range(3):
+                y = labels[item[j], j]
+                assert (y == y[0]).all()  # K images of one class at that scale
+                assert len(set(item[j].tolist())) == 4  # drawn without replacement (classes have >= 4 images)
+                cls.append(int(y[0]))
+            item_classes.append(tuple(cls))
+    # the items are exactly i = 0..17 (shuffled): class of scale j is first_seen[j][i mod C_j]
+    expected = Counter(tuple(first_seen[j][i % len(first_seen[j])] for j in range(3)) for i in range(18))
+    assert Counter(item_classes) == expected
+
+
+def test_three_scale_chunk_layout_matches_multiscale_loss():
+    from dynametric.losses.multiscale import three_scale_chunks
+
+    labels = hierarchy_labels()
+    s = ThreeScaleSampler(labels, k=2, items_per_batch=5)
+    chunks = s.chunk_layout()
+    assert len(chunks) == 3 and all(len(c) == 10 for c in chunks)
+    for mine, theirs in zip(chunks, three_scale_chunks(s.batch_size, 2, 3)):
+        assert torch.equal(mine, theirs)
+    assert [sc for sc, _ in s.scale_chunks] == [0, 1, 2]
+    b = torch.tensor(next(iter(s)))
+    for j, rows in enumerate(chunks):  # each chunk holds 5 pairs of one class at its own scale
+        y = labels[b[rows], j].view(5, 2)
+        assert (y == y[:, :1]).all()
+    for mine, theirs in zip(s.loss_chunks(s.batch_size), chunks):
+        assert torch.equal(mine, theirs)
+
+
+def test_three_scale_uses_all_images_of_a_class_before_repeating():
+    labels = torch.tensor([[0, 0, 0]] * 8 + [[1, 0, 0]] * 8)  # K=4: 4 items; fine classes alternate
+    s = ThreeScaleSampler(labels, k=4, items_per_batch=1, seed=9)
+    fine_rows = [b[:4] for b in s]
+    per_class = {0: [], 1: []}
+    for rows in fine_rows:
+        per_class[int(labels[rows[0], 0])] += rows
+    assert sorted(per_class[0]) == list(range(8)) and sorted(per_class[1]) == list(range(8, 16))
+
+
+def test_three_scale_small_class_with_replacement_and_ranks():
+    labels = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 0, 0], [2, 1, 0]] * 3)
+    ranks = [ThreeScaleSampler(labels, k=4, items_per_batch=1, seed=1, rank=r, world_size=3) for r in range(3)]
+    got = [list(s) for s in ranks]
+    assert all(len(g) == 1 for g in got)
+    glob = ThreeScaleSampler(labels, k=4, items_per_batch=1, seed=1, iterations_per_epoch=3).epoch_batches()
+    assert [g[0] for g in got] == glob
+    for b in glob:
+        y = labels[b[:4], 0]
+        assert (y == y[0]).all()
+
+
+def test_three_scale_resume_and_determinism():
+    labels = hierarchy_labels(per_fine=6)
+    a = ThreeScaleSampler(labels, k=3, items_per_batch=4, seed=7)
+    a.set_epoch(2)
+    full = list(a)
+    it = iter(a)
+    head = [next(it) for _ in range(4)]
+    b = ThreeScaleSampler(labels, k=3, items_per_batch=4, seed=7)
+    b.load_state_dict(a.state_dict())
+    assert head + list(b) == full
+    c = ThreeScaleSampler(labels, k=3, items_per_batch=4, seed=7)
+    c.set_epoch(3)
+    assert list(c) != full
+
+
+def test_three_scale_errors():
+    labels = hierarchy_labels(per_fine=1)  # 18 images
+    with pytest.raises(InputError, match="items_per_batch"):
+        ThreeScaleSampler(labels, k=4, items_per_batch=8)
+    with pytest.raises(InputError, match="scales"):
+        ThreeScaleSampler(labels, k=2, items_per_batch=2, scales=[0, 3])
+    with pytest.raises(InputError, match="rows"):
+        ThreeScaleSampler(labels, k=2, items_per_batch=2).chunk_layout(10)
+
+
+# --------------------------------------------------------------------------------------------------- Hierarchical
+def test_hierarchical_batches_share_parents():
+    labels = hierarchy_labels(n_coarse=3, middle_per_coarse=2, fine_per_middle=3, per_fine=8)
+    s = HierarchicalSampler(labels, batch_size=24, samples_per_class=4, parents_per_batch=2, scale=0,
+                            parent_scale=1, seed=0)
+    batches = list(s)
+    assert len(batches) == len(s) == 36 // 6
+    for b in batches:
+        rows = torch.tensor(b).view(2, 3, 4)  # parents x classes x K
+        fine = labels[rows, 0]
+        mid = labels[rows, 1]
+        assert (fine == fine[..., :1]).all()
+        assert (mid == mid[:, :1, :1]).all()  # every class of a parent group shares that parent
+        assert mid[0, 0, 0] != mid[1, 0, 0]
+        assert len(set(fine[..., 0].flatten().tolist())) == 6  # distinct fine classes
+    seen = Counter(i for b in batches for i in b)
+    assert len(seen) == len(labels) and set(seen.values()) == {1}
+
+
+def test_hierarchical_repeats_classes_when_parent_is_small_and_checks_tree():
+    labels = torch.tensor([[0, 0]] * 5 + [[1, 0]] * 5 + [[2, 1]] * 5)
+    s = HierarchicalSampler(labels, batch_size=12, samples_per_class=2, parents_per_batch=2, iterations_per_epoch=4)
+    for b in s:
+        rows = torch.tensor(b).view(2, 3, 2)
+        assert (labels[rows, 1] == labels[rows, 1][:, :1, :1]).all()
+    bad = torch.tensor([[0, 0], [0, 1], [1, 1]])
+    with pytest.raises(InputError, match="parents"):
+        HierarchicalSampler(bad, batch_size=2, samples_per_class=1, parents_per_batch=2)
+    with pytest.raises(InputError, match="only 2"):
+        HierarchicalSampler(labels, batch_size=6, samples_per_class=1, parents_per_batch=3)
+
+
+def test_hierarchical_ranks_disjoint_and_resume():
+    labels = hierarchy_labels(fine_per_middle=2, per_fine=8)  # 6 parents x 2 classes x 2 chunks: packs exactly
+    ranks = [HierarchicalSampler(labels, batch_size=16, samples_per_class=4, seed=4, rank=r, world_size=2)
+             for r in range(2)]
+    got = [list(s) for s in ranks]
+    assert len(got[0]) == len(got[1]) == 24 // 4 // 2
+    samples = [i for g in got for b in g for i in b]
+    assert len(samples) == len(set(samples)) == len(labels)
+    r1 = ranks[1]
+    it = iter(r1)
+    head = [next(it), next(it)]
+    again = HierarchicalSampler(labels, batch_size=16, samples_per_class=4, seed=4, rank=1, world_size=2)
+    again.load_state_dict(r1.state_dict())
+    assert head + list(again) == got[1]
+    with pytest.raises(InputError, match="world_size"):
+        HierarchicalSampler(labels, batch_size=16, samples_per_class=4, seed=4).load_state_dict(r1.state_dict())
