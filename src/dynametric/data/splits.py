@@ -1,0 +1,140 @@
+"""Class-disjoint validation splits carved from the training classes (model selection never sees test classes).
+
+Following the Reality Check (Musgrave, Belongie, Lim, ECCV 2020), validation classes are disjoint from the
+training classes of a fold: the classes of one scale (fine by default) are shuffled with ``seed`` and dealt into
+``k`` folds of (nearly) equal class counts; fold ``i`` validates on its classes and trains on the others. Splitting
+at a coarser scale moves whole subtrees (every fine class under a held-out middle class goes to validation), so
+the split is class-disjoint at that scale and at every finer one. ``shuffle=False`` gives contiguous ranges of
+the sorted class ids instead.
+
+These functions take the *training* split only; :func:`validation_split` refuses a dataset whose ``split`` is a
+test split (``test``, ``query``, ``gallery``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynametric.errors import InputError
+from dynametric.labels import LabelsLike, as_label_matrix
+
+TEST_SPLITS: frozenset[str] = frozenset({"test", "query", "gallery"})
+
+
+def _scale_column(labels: LabelsLike, scale: int) -> np.ndarray:
+    mat = as_label_matrix(labels)
+    if not -mat.shape[1] <= scale < mat.shape[1]:
+        raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s)", key="scale")
+    return mat[:, scale].numpy()
+
+
+def _shuffled(classes: np.ndarray, seed: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), 0xF01D])).permutation(classes)
+
+
+def _class_groups(classes: np.ndarray, k: int, seed: int, shuffle: bool) -> list[np.ndarray]:
+    order = _shuffled(classes, seed) if shuffle else classes
+    return [np.sort(g) for g in np.array_split(order, k)]
+
+
+def class_disjoint_folds(labels: LabelsLike, k: int = 4, seed: int = 0, scale: int = 0,
+                         shuffle: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` class-disjoint folds: a list of ``(train_idx, val_idx)`` (sorted ``int64`` row indices).
+
+    The classes of ``labels[:, scale]`` are dealt into ``k`` groups of ``floor(C/k)`` or ``ceil(C/k)`` classes;
+    fold ``i`` validates on group ``i``. Every row is in exactly one ``val_idx`` over the ``k`` folds.
+    """
+    col = _scale_column(labels, scale)
+    classes = np.unique(col)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise InputError(f"k must be an integer >= 2, got {k!r}", key="k")
+    if k > len(classes):
+        raise InputError(f"{k} folds need at least {k} classes, scale {scale} has {len(classes)}", key="k")
+    folds = []
+    for group in _class_groups(classes, int(k), seed, shuffle):
+        is_val = np.isin(col, group)
+        folds.append((np.flatnonzero(~is_val), np.flatnonzero(is_val)))
+    return folds
+
+
+def class_disjoint_split(labels: LabelsLike, val_fraction: float = 0.2, seed: int = 0, scale: int = 0,
+                         shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One class-disjoint ``(train_idx, val_idx)``: ``round(val_fraction * C)`` classes (at least 1, at most
+    ``C - 1``) of scale ``scale`` validate."""
+    col = _scale_column(labels, scale)
+    classes = np.unique(col)
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction!r}", key="val_fraction")
+    if len(classes) < 2:
+        raise InputError(f"a class-disjoint split needs at least 2 classes, scale {scale} has {len(classes)}",
+                         key="scale")
+    n_val = min(max(1, round(float(val_fraction) * len(classes))), len(classes) - 1)
+    order = _shuffled(classes, seed) if shuffle else classes
+    is_val = np.isin(col, order[len(order) - n_val:])  # the last classes (of the shuffled or sorted order)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+class LabelledSubset(torch.utils.data.Dataset):
+    """A subset of a labelled dataset that keeps ``labels`` (``LongTensor[n, S]``), ``scale_names`` and a ``split``.
+
+    ``indices`` are row indices into ``dataset``; ``subset[i]`` is ``dataset[indices[i]]``.
+    """
+
+    def __init__(self, dataset: Any, indices: Sequence[int] | np.ndarray | torch.Tensor, split: str | None = None
+                 ) -> None:
+        if not hasattr(dataset, "labels"):
+            raise InputError("dataset has no 'labels' attribute (LongTensor[N, S])", key="dataset")
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
+        labels = as_label_matrix(dataset.labels, name="dataset.labels")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= labels.shape[0]):
+            raise InputError(f"indices must lie in [0, {labels.shape[0]})", key="indices")
+        self.dataset = dataset
+        self.indices = idx
+        self.labels = labels[idx]
+        self.scale_names = tuple(getattr(dataset, "scale_names", [f"scale{s}" for s in range(labels.shape[1])]))
+        self.split = split if split is not None else getattr(dataset, "split", None)
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[int(self.indices[i])]
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of distinct classes per scale in this subset, keyed by scale name."""
+        return {name: int(self.labels[:, s].unique().numel()) for s, name in enumerate(self.scale_names)}
+
+    def __repr__(self) -> str:
+        return f"LabelledSubset(split={self.split!r}, size={len(self)}, of={type(self.dataset).__name__})"
+
+
+def validation_split(dataset: Any, *, val_fraction: float | None = None, k: int | None = None, fold: int = 0,
+                     seed: int = 0, scale: int = 0, shuffle: bool = True) -> tuple[LabelledSubset, LabelledSubset]:
+    """Carve a class-disjoint validation set from a training dataset: ``(train_subset, val_subset)``.
+
+    Exactly one of ``val_fraction`` (one split) or ``k`` (fold ``fold`` of :func:`class_disjoint_folds`) is used;
+    with neither, ``k=4, fold=0`` (the Reality Check's setting). The subsets are named ``"train"`` and ``"val"``.
+    """
+    split = getattr(dataset, "split", None)
+    if split in TEST_SPLITS:
+        raise InputError(f"validation classes must come from the training split, got a {split!r} dataset",
+                         key="split")
+    if val_fraction is not None and k is not None:
+        raise InputError("give either val_fraction or k (folds), not both", key="val_fraction")
+    if not hasattr(dataset, "labels"):
+        raise InputError("dataset has no 'labels' attribute (LongTensor[N, S])", key="dataset")
+    labels = as_label_matrix(dataset.labels, name="dataset.labels")
+    if val_fraction is not None:
+        train_idx, val_idx = class_disjoint_split(labels, val_fraction, seed=seed, scale=scale, shuffle=shuffle)
+    else:
+        k = 4 if k is None else k
+        folds = class_disjoint_folds(labels, k, seed=seed, scale=scale, shuffle=shuffle)
+        if not 0 <= fold < len(folds):
+            raise InputError(f"fold must be in [0, {len(folds)}), got {fold}", key="fold")
+        train_idx, val_idx = folds[fold]
+    return LabelledSubset(dataset, train_idx, split="train"), LabelledSubset(dataset, val_idx, split="val")
+

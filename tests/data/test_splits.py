@@ -1,0 +1,127 @@
+"""Class-disjoint validation splits and folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split, validation_split
+from dynametric.errors import InputError
+
+
+def nested_labels(n_fine: int = 12, fine_per_middle: int = 3, per_class: int = 3) -> torch.Tensor:
+    rows = [(f * 5 + 2, f // fine_per_middle, f // (2 * fine_per_middle)) for f in range(n_fine) for _ in
+            range(per_class)]
+    perm = np.random.default_rng(1).permutation(len(rows))
+    return torch.tensor(rows)[perm]
+
+
+class Tiny(torch.utils.data.Dataset):
+    def __init__(self, labels: torch.Tensor, split: str = "train") -> None:
+        self.labels = labels
+        self.scale_names = ("fine", "middle", "coarse")
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.full((2,), float(i)), self.labels[i]
+
+
+def test_folds_partition_rows_and_classes():
+    labels = nested_labels()
+    folds = class_disjoint_folds(labels, k=4, seed=3)
+    assert len(folds) == 4
+    all_val = np.concatenate([v for _, v in folds])
+    assert sorted(all_val.tolist()) == list(range(len(labels)))  # each row validates exactly once
+    fine = labels[:, 0].numpy()
+    for train_idx, val_idx in folds:
+        assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(len(labels)))
+        assert not set(fine[train_idx]) & set(fine[val_idx])  # class-disjoint
+        assert len(set(fine[val_idx])) == 3  # 12 classes / 4 folds
+    # seeded: same seed same folds, another seed different
+    again = class_disjoint_folds(labels, k=4, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    other = class_disjoint_folds(labels, k=4, seed=4)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other))
+
+
+def test_folds_without_shuffle_are_contiguous_class_ranges():
+    labels = nested_labels()
+    folds = class_disjoint_folds(labels, k=3, shuffle=False)
+    fine = labels[:, 0].numpy()
+    classes = np.unique(fine)
+    for i, (_, val_idx) in enumerate(folds):
+        assert sorted(set(fine[val_idx])) == classes[4 * i:4 * (i + 1)].tolist()
+
+
+def test_split_at_coarser_scale_moves_whole_subtrees():
+    labels = nested_labels(n_fine=12, fine_per_middle=3)  # 4 middle classes
+    train_idx, val_idx = class_disjoint_split(labels, val_fraction=0.25, seed=0, scale=1)
+    for s in (0, 1):
+        col = labels[:, s].numpy()
+        assert not set(col[train_idx]) & set(col[val_idx])
+    assert len(set(labels[val_idx, 1].tolist())) == 1 and len(val_idx) == 9
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_classes=st.integers(2, 15), frac=st.floats(0.01, 0.99), seed=st.integers(0, 1000))
+def test_split_property(n_classes, frac, seed):
+    labels = torch.arange(n_classes).repeat_interleave(2)
+    tr, va = class_disjoint_split(labels, val_fraction=frac, seed=seed)
+    n_val = len(set(labels[va].tolist()))
+    assert 1 <= n_val <= n_classes - 1
+    assert n_val == min(max(1, round(frac * n_classes)), n_classes - 1)
+    assert not set(labels[tr].tolist()) & set(labels[va].tolist())
+    assert len(tr) + len(va) == len(labels)
+
+
+def test_validation_split_wraps_and_keeps_metadata():
+    ds = Tiny(nested_labels())
+    train, val = validation_split(ds, k=4, fold=2, seed=1)
+    assert isinstance(val, LabelledSubset)
+    assert train.split == "train" and val.split == "val"
+    assert val.scale_names == ds.scale_names
+    _, expected_val = class_disjoint_folds(ds.labels, k=4, seed=1)[2]
+    assert val.indices.tolist() == expected_val.tolist()
+    x, y = val[1]
+    assert int(x[0]) == expected_val[1] and torch.equal(y, ds.labels[expected_val[1]])
+    assert torch.equal(val.labels, ds.labels[expected_val])
+    assert val.class_counts()["fine"] == 3
+    tr2, va2 = validation_split(ds, val_fraction=0.5)
+    assert len(tr2) + len(va2) == len(ds)
+
+
+def test_validation_split_works_on_synthetic_train():
+    from dynametric.data.synthetic import SyntheticHierarchy
+
+    ds = SyntheticHierarchy("train", seed=0, images_per_class=2, fine_per_shape={"train": 2})
+    train, val = validation_split(ds, val_fraction=0.25, seed=0)
+    assert not set(train.labels[:, 0].tolist()) & set(val.labels[:, 0].tolist())
+    assert val.class_counts()["fine"] == round(0.25 * 18)
+    img, lab = val[0]
+    assert img.shape == (3, 32, 32) and torch.equal(lab, val.labels[0])
+
+
+def test_errors():
+    labels = nested_labels()
+    with pytest.raises(InputError, match="test"):
+        validation_split(Tiny(labels, split="test"))
+    with pytest.raises(InputError, match="either"):
+        validation_split(Tiny(labels), val_fraction=0.2, k=3)
+    with pytest.raises(InputError, match="fold"):
+        validation_split(Tiny(labels), k=3, fold=3)
+    with pytest.raises(InputError, match="at least 13 classes"):
+        class_disjoint_folds(labels, k=13)
+    with pytest.raises(InputError, match=">= 2"):
+        class_disjoint_folds(labels, k=1)
+    with pytest.raises(InputError, match="val_fraction"):
+        class_disjoint_split(labels, val_fraction=1.0)
+    with pytest.raises(InputError, match="scale"):
+        class_disjoint_split(labels, scale=3)
+    with pytest.raises(InputError, match="indices"):
+        LabelledSubset(Tiny(labels), [0, 999])
