@@ -46,11 +46,13 @@ class CircleLoss(MetricLoss):
         pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
         if num_pos <= 1 and num_neg <= 1:
             return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")
+        has_both = pos.any(1) & neg.any(1)
+        if not bool(has_both.any()):
+            return self.zero_loss(embeddings, "no anchor with both a positive and a negative pair")
         s = distance_matrix(self.distance, embeddings, ref_emb)
         sd = s.detach()
         logit_p = -self.gamma * torch.relu(1 + self.m - sd) * (s - (1 - self.m))
         logit_n = self.gamma * torch.relu(sd + self.m) * (s - self.m)
         losses = F.softplus(masked_logsumexp(logit_p, pos) + masked_logsumexp(logit_n, neg))
-        has_both = pos.any(1) & neg.any(1)
         losses = torch.where(has_both, losses, torch.zeros_like(losses))
         return avg_nonzero_reduce(losses, s)
