@@ -41,19 +41,33 @@ class GroupSettings:
 @dataclass
 class OptimSettings:
     """Optimizer and schedule. Groups: ``backbone`` (``embedder.backbone``), ``head`` (every other embedder
-    parameter: embedding heads, pooling), ``loss`` (``loss.loss_parameters()`` of every term: proxies, PDDM)."""
+    parameter: embedding heads, pooling), ``loss`` (``loss.loss_parameters()`` of every term: proxies, PDDM).
+
+    Schedules (a multiplicative factor on every group's lr, after a linear warm-up of ``warmup_steps`` +
+    ``warmup_epochs`` epochs): ``none``; ``cosine`` to ``min_lr`` over the run; ``step`` (x ``gamma`` every
+    ``step_size_epochs``); ``multistep`` (x ``gamma`` at each epoch in ``milestones``); ``plateau``
+    (x ``gamma`` after ``step_size_epochs`` validations without improvement of ``monitor``).
+    ``interval="epoch"`` makes cosine change once per epoch instead of every step.
+    """
 
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    kwargs: dict[str, Any] = field(default_factory=dict)
     backbone: GroupSettings = field(default_factory=GroupSettings)
     head: GroupSettings = field(default_factory=GroupSettings)
     loss: GroupSettings = field(default_factory=GroupSettings)
-    scheduler: str = "none"  # none | cosine | step
+    scheduler: str = "none"  # none | cosine | step | multistep | plateau
     warmup_steps: int = 0
+    warmup_epochs: int = 0
     step_size_epochs: int = 10
     gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)
+    min_lr: float = 0.0
+    interval: str = "step"
+    monitor: str = "val/fine/map@r"
+    monitor_mode: str = "max"
 
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
@@ -98,31 +112,44 @@ def build_optimizer(groups: list[dict[str, Any]], settings: OptimSettings) -> to
     name = settings.optimizer.lower()
     if name not in _OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {settings.optimizer!r}; expected one of {sorted(_OPTIMIZERS)}",
-                          key="optim.optimizer")
+                          key="optim.name")
     kwargs: dict[str, Any] = {"lr": settings.lr}
     if name in ("sgd", "rmsprop"):
         kwargs["momentum"] = settings.momentum
-    return _OPTIMIZERS[name](groups, **kwargs)
+    kwargs.update(settings.kwargs)
+    try:
+        return _OPTIMIZERS[name](groups, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build optimizer {name}: {exc}", key="optim.kwargs") from None
+
+
+_SCHEDULES = ("none", "cosine", "step", "multistep", "plateau")
 
 
 def lr_lambda(settings: OptimSettings, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplicative LR factor per optimizer step: linear warm-up, then constant / cosine / step decay."""
     sched = settings.scheduler.lower()
-    if sched not in ("none", "cosine", "step"):
-        raise ConfigError(f"unknown scheduler {settings.scheduler!r}; expected none, cosine or step",
+    if sched not in _SCHEDULES:
+        raise ConfigError(f"unknown scheduler {settings.scheduler!r}; expected one of {list(_SCHEDULES)}",
                           key="optim.scheduler")
-    warm = max(0, int(settings.warmup_steps))
-    total = max(1, int(total_steps))
     per_epoch = max(1, int(steps_per_epoch))
+    warm = max(0, int(settings.warmup_steps) + int(settings.warmup_epochs) * per_epoch)
+    total = max(1, int(total_steps))
+    floor = settings.min_lr / settings.lr if settings.lr > 0 else 0.0
+    milestones = sorted(int(m) for m in settings.milestones)
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
+        epoch = step // per_epoch
         if sched == "cosine":
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.5 * (1.0 + math.cos(math.pi * t))
+            at = epoch * per_epoch if settings.interval == "epoch" else step
+            t = min(1.0, max(0.0, (at - warm) / max(1, total - warm)))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
         if sched == "step":
-            return settings.gamma ** (step // (per_epoch * max(1, settings.step_size_epochs)))
+            return settings.gamma ** (epoch // max(1, settings.step_size_epochs))
+        if sched == "multistep":
+            return settings.gamma ** sum(1 for m in milestones if epoch >= m)
         return 1.0
 
     return factor
@@ -205,14 +232,25 @@ class MetricLearningModule(L.LightningModule):
         return total
 
     def configure_optimizers(self) -> Any:
-        groups = parameter_groups(self.embedder, self.objectives, self.optim_settings)
-        optimizer = build_optimizer(groups, self.optim_settings)
-        if self.optim_settings.scheduler == "none" and self.optim_settings.warmup_steps <= 0:
+        s = self.optim_settings
+        groups = parameter_groups(self.embedder, self.objectives, s)
+        optimizer = build_optimizer(groups, s)
+        if s.scheduler == "none" and s.warmup_steps <= 0 and s.warmup_epochs <= 0:
             return optimizer
+        if s.scheduler == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=s.monitor_mode, factor=s.gamma, patience=max(0, s.step_size_epochs))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "interval": "epoch",
+                                                             "monitor": s.monitor, "strict": False}}
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(self.optim_settings, total, max(1, total // epochs)))
+        per_epoch = total
+        if self._trainer is not None and self.trainer.max_epochs and self.trainer.max_epochs > 0:
+            per_epoch = max(1, total // int(self.trainer.max_epochs))
+        if self._trainer is not None and self.trainer.max_steps and self.trainer.max_steps > 0:
+            n_batches = self.trainer.num_training_batches
+            if isinstance(n_batches, (int, float)) and math.isfinite(n_batches) and n_batches > 0:
+                per_epoch = max(1, int(n_batches) // max(1, self.trainer.accumulate_grad_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s, total, per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------- evaluation

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from dynametric.engine.callbacks import ResumeState
@@ -41,6 +41,7 @@ class TrainerSettings:
     nonfinite: str = "stop"
     progress_bar: bool = True
     log_every_n_steps: int = 10
+    patience: int | None = None
 
 
 def validate_settings(s: TrainerSettings) -> None:
@@ -77,6 +78,9 @@ def build_trainer(
         cbs.append(ModelCheckpoint(dirpath=run_dir, filename="best", monitor=f"val/{settings.monitor}",
                                    mode=settings.monitor_mode, save_top_k=1, save_last=False,
                                    auto_insert_metric_name=False, enable_version_counter=False))
+    if settings.patience is not None and enable_validation:
+        cbs.append(EarlyStopping(monitor=f"val/{settings.monitor}", mode=settings.monitor_mode,
+                                 patience=settings.patience, check_on_train_epoch_end=False))
     if logger is None and run_dir is not None:
         logger = CSVLogger(save_dir=run_dir, name="", version="logs")
     return L.Trainer(

@@ -1,0 +1,412 @@
+"""Config -> components: datasets, sampler factory, embedder, loss terms, module, trainer settings.
+
+The engine itself takes components by injection (:class:`~dynametric.engine.module.MetricLearningModule`,
+:class:`~dynametric.engine.data.MetricDataModule`); this module is the only place that reads a
+:class:`dynametric.config.Config`.
+
+Loss construction fills three keyword arguments from the data and the model when the config leaves them out and
+the loss class accepts them: ``num_classes`` (``max label + 1`` at the loss's scale in the training split),
+``embedding_size`` / ``embedding_dim`` (the width of the head the term trains). A class with a ``from_labels``
+constructor and a required ``class_paths`` argument (CSL) is built from the training label matrix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
+from dynametric.engine.objective import Objective
+from dynametric.engine.trainer import TrainerSettings
+from dynametric.errors import ConfigError, InputError
+
+logger = logging.getLogger("dynametric.engine")
+
+_AUTO_DIM_ARGS = ("embedding_size", "embedding_dim")
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+class LabeledSubset(Subset):
+    """A ``Subset`` that keeps ``labels`` / ``scale_names`` / ``split`` of its parent."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int], split: str) -> None:
+        super().__init__(dataset, list(indices))
+        parent = torch.as_tensor(dataset.labels)
+        self.labels = parent[torch.as_tensor(list(indices), dtype=torch.long)]
+        self.scale_names = list(getattr(dataset, "scale_names", []))
+        self.split = split
+
+
+def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
+                     folds: int | None = None, fold: int = 0) -> tuple[Any, Any | None]:
+    """Class-disjoint (at ``scale``) train/val split of a training set: a seeded ``fraction`` of the classes,
+    or fold ``fold`` of ``folds`` class-disjoint folds (Reality Check). Never touches the test split."""
+    labels = torch.as_tensor(dataset.labels)
+    labels = labels.unsqueeze(1) if labels.dim() == 1 else labels
+    classes = torch.unique(labels[:, scale]).numpy()
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(classes)
+    if folds is not None:
+        val_classes = np.array_split(perm, folds)[fold]
+    else:
+        n_val = int(round(fraction * len(classes)))
+        if n_val == 0:
+            return dataset, None
+        if n_val >= len(classes):
+            raise ConfigError(f"val_fraction {fraction} leaves no training class", key="data.val_fraction")
+        val_classes = perm[:n_val]
+    is_val = np.isin(labels[:, scale].numpy(), val_classes)
+    train_idx, val_idx = np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
+    return LabeledSubset(dataset, train_idx, "train"), LabeledSubset(dataset, val_idx, "val")
+
+
+def _transform_for(cfg: Any, train: bool) -> Any:
+    data = cfg.data
+    if data.format == "synthetic" and data.transform == "default":
+        return "to_tensor"
+    from dynametric.data import build_transform
+
+    preset = "standard" if data.transform == "default" else data.transform
+    overrides = {} if data.image_size is None else {"size": data.image_size}
+    try:
+        return build_transform(preset, train, **overrides)
+    except ConfigError as exc:
+        raise ConfigError(str(exc.message), key="data.transform") from None
+
+
+def load_split(cfg: Any, split: str, train: bool) -> Any:
+    from dynametric.data import build_dataset
+
+    return build_dataset(cfg.data.format, cfg.data.root, split, transform=_transform_for(cfg, train),
+                         **dict(cfg.data.options))
+
+
+def available_splits(cfg: Any) -> list[str]:
+    from dynametric.data import list_splits
+
+    return list(list_splits(cfg.data.format, cfg.data.root, **dict(cfg.data.options)))
+
+
+@dataclass
+class Datasets:
+    train: Any
+    val: Any | None
+    test: Any | None
+    scale_names: list[str]
+    val_source: str
+
+
+def build_datasets(cfg: Any, *, with_test: bool = True) -> Datasets:
+    """Train split (augmenting transform), validation (the format's own split or class-disjoint carve-out of the
+    training classes; never the test split), test split (evaluation transform)."""
+    data = cfg.data
+    if data.val_split not in (None, "auto") and data.val_split == data.test_split:
+        raise ConfigError("the validation split must not be the test split", key="data.val_split")
+    train = load_split(cfg, data.train_split, train=True)
+    val: Any | None = None
+    splits = available_splits(cfg) if data.val_split == "auto" else []
+    if data.val_split == "auto" and "val" in splits and data.test_split != "val":
+        val, source = load_split(cfg, "val", train=False), "split 'val'"
+    elif data.val_split not in (None, "auto"):
+        val, source = load_split(cfg, data.val_split, train=False), f"split {data.val_split!r}"
+    else:
+        train_eval = load_split(cfg, data.train_split, train=False)
+        train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=0,
+                                           folds=data.val_folds, fold=data.val_fold)
+        if val is not None:
+            train = LabeledSubset(train, train_part.indices, data.train_split)
+        source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
+                                             if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
+    test = load_split(cfg, data.test_split, train=False) if with_test else None
+    names = list(getattr(train, "scale_names", None) or [])
+    if not names:
+        from dynametric.metrics import default_scale_names
+
+        names = list(default_scale_names(torch.as_tensor(train.labels).reshape(len(train), -1).shape[1]))
+    return Datasets(train, val, test, names, source)
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+class RandomBatchSampler:
+    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank, last batch dropped."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 iterations_per_epoch: int | None = None) -> None:
+        self.n, self.bs, self.seed, self.rank, self.world = num_samples, batch_size, seed, rank, world_size
+        self.iterations = iterations_per_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        full = self.n // (self.bs * self.world)
+        return self.iterations if self.iterations is not None else full
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        per_pass = self.n // (self.bs * self.world)
+        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-len(self) // max(1, per_pass)))])
+        for b in range(len(self)):
+            start = (b * self.world + self.rank) * self.bs
+            yield order[start:start + self.bs].tolist()
+
+
+def sampler_factory(cfg: Any) -> Callable[[torch.Tensor, int, int], Any]:
+    data, seed = cfg.data, int(cfg.trainer.seed)
+    opts = dict(data.sampler_options)
+
+    def make(labels: torch.Tensor, rank: int, world: int) -> Any:
+        from dynametric.data import samplers
+
+        common = {"seed": seed, "rank": rank, "world_size": world, "iterations_per_epoch": data.iterations_per_epoch}
+        try:
+            if data.sampler == "m_per_class":
+                return samplers.MPerClassSampler(labels, data.m, data.batch_size, scale=data.sampler_scale,
+                                                 **common, **opts)
+            if data.sampler == "three_scale":
+                per_item = data.m * labels.shape[1]
+                if data.batch_size % per_item:
+                    raise ConfigError(f"batch_size {data.batch_size} must be a multiple of m x scales = {per_item}",
+                                      key="data.batch_size")
+                return samplers.ThreeScaleSampler(labels, k=data.m, items_per_batch=data.batch_size // per_item,
+                                                  **common, **opts)
+            if data.sampler == "hierarchical":
+                return samplers.HierarchicalSampler(labels, data.batch_size, samples_per_class=data.m,
+                                                    scale=data.sampler_scale, **common, **opts)
+            if data.sampler == "random":
+                return RandomBatchSampler(len(labels), data.batch_size, **common, **opts)
+        except InputError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(exc.message, key=f"data.{exc.key}" if exc.key else "data.sampler") from None
+        except TypeError as exc:
+            raise ConfigError(f"bad sampler option: {exc}", key="data.sampler_options") from None
+        raise ConfigError(f"unknown sampler {data.sampler!r}; expected m_per_class, three_scale, hierarchical or "
+                          "random", key="data.sampler")
+
+    return make
+
+
+# ----------------------------------------------------------------------------------------------- model, losses
+def build_model(cfg: Any) -> nn.Module:
+    from dynametric.config import embedder_kwargs
+    from dynametric.models import build_embedder
+
+    return build_embedder(**embedder_kwargs(cfg.model))
+
+
+def head_dims(cfg: Any, embedder: nn.Module) -> dict[str | None, int]:
+    """Output width of every head (``None``: the single output; ``"concat"``: all heads)."""
+    was = embedder.training
+    embedder.eval()
+    size = 32
+    try:
+        with torch.no_grad():
+            x = torch.zeros(2, cfg.model.in_chans, size, size)
+            try:
+                out = embedder(x)
+            except RuntimeError:
+                out = embedder(torch.zeros(2, cfg.model.in_chans, 224, 224))
+    finally:
+        embedder.train(was)
+    if isinstance(out, torch.Tensor):
+        return {None: out.shape[1], "concat": out.shape[1]}
+    items = dict(out) if isinstance(out, Mapping) else {i: t for i, t in enumerate(out)}
+    dims: dict[Any, int] = {k: v.shape[1] for k, v in items.items()}
+    dims["concat"] = sum(dims.values())
+    return dims
+
+
+def _construct(name: str, kwargs: dict[str, Any], key: str, train_labels: torch.Tensor | None, dim: int,
+               scale_offset: int | None = None) -> nn.Module:
+    from dynametric.config import build_component
+    from dynametric.losses import LOSSES
+
+    if name not in LOSSES:
+        return build_component(LOSSES, name, kwargs, key)  # raises with a suggestion
+    cls = LOSSES[name]
+    params = inspect.signature(cls).parameters
+    kwargs = dict(kwargs)
+    for arg in _AUTO_DIM_ARGS:
+        if arg in params and arg not in kwargs and params[arg].default is inspect.Parameter.empty:
+            kwargs[arg] = dim
+    if "num_classes" in params and "num_classes" not in kwargs and params["num_classes"].default in (
+            inspect.Parameter.empty, None):
+        if train_labels is None:
+            kwargs["num_classes"] = 2
+            warnings.warn(f"{key}: num_classes unknown without the dataset; a placeholder is used (dry run only)",
+                          stacklevel=2)
+        else:
+            col = scale_offset if scale_offset is not None else int(kwargs.get("scale", 0))
+            kwargs["num_classes"] = int(train_labels[:, col].max()) + 1
+    if ("class_paths" in params and "class_paths" not in kwargs and hasattr(cls, "from_labels")
+            and params["class_paths"].default is inspect.Parameter.empty):
+        if train_labels is None:
+            fake = torch.tensor([[0, 0, 0], [1, 1, 1]])[:, : 3]
+            warnings.warn(f"{key}: class paths unknown without the dataset; placeholder used (dry run only)",
+                          stacklevel=2)
+            train_labels_for = fake
+        else:
+            train_labels_for = train_labels
+        size = kwargs.pop("embedding_size", dim)
+        return build_component({name: lambda **kw: cls.from_labels(train_labels_for, embedding_size=size, **kw)},
+                               name, kwargs, key)
+    return build_component(LOSSES, name, kwargs, key)
+
+
+def build_loss_term(term: Any, key: str, train_labels: torch.Tensor | None, dim: int, num_scales: int,
+                    chunks: Any = None) -> nn.Module:
+    if not term.multiscale:
+        return _construct(term.name, dict(term.kwargs), key, train_labels, dim)
+    from dynametric.losses import MultiScaleLoss
+
+    if term.scale_weights is not None and len(term.scale_weights) != num_scales:
+        raise ConfigError(f"expected {num_scales} weights (one per scale), got {len(term.scale_weights)}",
+                          key=f"{key}.scale_weights")
+    per_scale = [_construct(term.name, dict(term.kwargs), key, train_labels, dim, scale_offset=s)
+                 for s in range(num_scales)]
+    return MultiScaleLoss(per_scale, weights=term.scale_weights, chunks=chunks, num_scales=num_scales)
+
+
+def _build_miner(mcfg: Any, key: str) -> nn.Module | None:
+    if mcfg is None:
+        return None
+    from dynametric.config import build_component
+    from dynametric.miners import MINERS
+
+    return build_component(MINERS, mcfg.name, dict(mcfg.kwargs), key)
+
+
+def build_objectives(cfg: Any, embedder: nn.Module, train_labels: torch.Tensor | None,
+                     num_scales: int) -> list[Objective]:
+    dims = head_dims(cfg, embedder)
+    chunks = None
+    if cfg.data.sampler == "three_scale":
+        from dynametric.losses import ThreeScaleChunks
+
+        chunks = ThreeScaleChunks(cfg.data.m, num_scales)
+    terms: list[tuple[str, Any, Any]] = [("loss", cfg.loss, cfg.miner)]
+    terms += [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(cfg.extra_losses)]
+    objectives = []
+    for key, term, mcfg in terms:
+        if term.head not in dims:
+            raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
+                              key=f"{key}.head")
+        loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks)
+        miner = _build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
+        name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
+        objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
+    names = [o.name for o in objectives]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"loss terms need distinct names, got {names}; set extra_losses[i].term", key="extra_losses")
+    return objectives
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def optim_settings(cfg: Any) -> OptimSettings:
+    o = cfg.optim
+    s = o.scheduler
+    return OptimSettings(
+        optimizer=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, kwargs=dict(o.kwargs),
+        backbone=GroupSettings(o.backbone.lr, o.backbone.weight_decay),
+        head=GroupSettings(o.head.lr, o.head.weight_decay),
+        loss=GroupSettings(o.loss.lr, o.loss.weight_decay),
+        scheduler=s.name, warmup_epochs=s.warmup_epochs, step_size_epochs=s.step_size, gamma=s.gamma,
+        milestones=list(s.milestones), min_lr=s.min_lr, interval=s.interval,
+        monitor=f"val/{cfg.trainer.monitor}", monitor_mode=cfg.trainer.monitor_mode)
+
+
+def trainer_settings(cfg: Any, *, progress_bar: bool | None = None) -> TrainerSettings:
+    t = cfg.trainer
+    return TrainerSettings(
+        max_epochs=t.max_epochs, max_steps=-1 if t.max_steps is None else t.max_steps, precision=str(t.precision),
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=cfg.optim.grad_clip,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, seed=t.seed,
+        deterministic=t.deterministic, val_every_n_epochs=t.val_every,
+        checkpoint_every_n_steps=t.checkpoint_every_n_steps or 0, monitor=t.monitor, monitor_mode=t.monitor_mode,
+        nonfinite=t.nonfinite, progress_bar=t.progress_bar if progress_bar is None else progress_bar,
+        log_every_n_steps=t.log_every_n_steps, patience=t.patience)
+
+
+def eval_kwargs(cfg: Any) -> dict[str, Any]:
+    e = cfg.eval
+    return {"metrics": None if e.metrics is None else list(e.metrics), "k_values": tuple(e.k_values),
+            "distance": e.distance, "empty_queries": "count_as_zero" if e.empty_queries == "zero" else "exclude",
+            "memory_budget_bytes": e.memory_budget_bytes}
+
+
+def check_monitor(cfg: Any, scale_names: Sequence[str]) -> None:
+    scale, _, metric = cfg.trainer.monitor.partition("/")
+    valid = [*scale_names, "mean"]
+    if scale not in valid:
+        raise ConfigError(f"monitor scale {scale!r} is not one of the dataset's scales {valid}",
+                          key="trainer.monitor")
+    if cfg.eval.metrics is not None and metric not in cfg.eval.metrics:
+        raise ConfigError(f"monitor metric {metric!r} is not computed; eval.metrics = {cfg.eval.metrics}",
+                          key="trainer.monitor")
+
+
+@dataclass
+class Components:
+    """Everything a run needs, built from one config."""
+
+    embedder: nn.Module
+    objectives: list[Objective]
+    module: MetricLearningModule
+    trainer: TrainerSettings
+    datasets: Datasets | None
+    scale_names: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def eval_head(cfg: Any) -> str | None:
+    """The head evaluated for model selection: the first of ``eval.heads``, else the single output / concat."""
+    if cfg.model.num_heads == 1:
+        return None
+    return cfg.eval.heads[0] if cfg.eval.heads else "concat"
+
+
+def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | None = None,
+                     progress_bar: bool | None = None) -> Components:
+    if cfg.method.name is not None:
+        raise ConfigError(f"method {cfg.method.name!r}: this engine has no method hooks; methods are configured "
+                          "through loss/miner/model keys", key="method.name")
+    if cfg.eval.protocol != "leave_one_out":
+        raise ConfigError("dynametric train evaluates leave-one-out on the test split; run `dynametric evaluate` "
+                          "for query/gallery protocols", key="eval.protocol")
+    torch.manual_seed(int(cfg.trainer.seed))
+    embedder = build_model(cfg)
+    if datasets is not None:
+        train_labels = torch.as_tensor(datasets.train.labels)
+        train_labels = train_labels.unsqueeze(1) if train_labels.dim() == 1 else train_labels
+        scale_names = datasets.scale_names
+        check_monitor(cfg, scale_names)
+    else:
+        train_labels = None
+        from dynametric.metrics import default_scale_names
+
+        scale_names = list(default_scale_names(num_scales or 3))
+    objectives = build_objectives(cfg, embedder, train_labels, len(scale_names))
+    module = MetricLearningModule(embedder, objectives, optim_settings(cfg), eval_kwargs=eval_kwargs(cfg),
+                                  eval_head=eval_head(cfg), scale_names=scale_names, nonfinite=cfg.trainer.nonfinite)
+    return Components(embedder, objectives, module, trainer_settings(cfg, progress_bar=progress_bar), datasets,
+                      scale_names)
+
+
+def root_missing(cfg: Any) -> bool:
+    return cfg.data.format != "synthetic" and (cfg.data.root is None or not Path(cfg.data.root).exists())
+
+
+def as_dataset(obj: Any) -> Dataset:
+    return obj
