@@ -176,3 +176,15 @@ def test_path_table_round_trip() -> None:
     with pytest.raises(IndexError):
         table[4]
     assert len(PathTable([])) == 0
+
+
+def test_dataloader_workers_and_pickle(csv_root: Path) -> None:
+    import pickle
+
+    ds = build_dataset("csv", csv_root, "train", transform=build_transform("small", train=False, size=8))
+    clone = pickle.loads(pickle.dumps(ds))
+    assert list(clone.paths) == list(ds.paths) and torch.equal(clone.labels, ds.labels)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert [tuple(x.shape) for x, _ in batches] == [(2, 3, 8, 8), (2, 3, 8, 8)]
+    assert torch.equal(torch.cat([y for _, y in batches]), ds.labels)
