@@ -149,7 +149,7 @@ def test_empty_miner_output_gives_graph_connected_zero(cls):
     for tup in [(empty, empty, empty), (empty, empty, empty, empty)]:
         out = cls()(emb, labels, tup)
         out.backward()
-        assert float(out) == 0.0 and torch.isfinite(emb.grad).all()
+        assert out.item() == 0.0 and torch.isfinite(emb.grad).all()
 
 
 @pytest.mark.parametrize("cls", ALL_LOSSES, ids=lambda c: c.__name__)
