@@ -54,6 +54,9 @@ def test_faithful_loss_equals_hand_computed(variant: str, embedding_distance: st
     dist = _sq if embedding_distance == "squared" else _eu
     e_m, e_e = _quad_terms((0, 1, 5, 5), alpha, beta, dist, variant == "triplet")
     assert got.item() == pytest.approx(e_m + lam * e_e, rel=1e-5, abs=1e-6)
+    stats = loss.stats()
+    assert stats["E_m"] == pytest.approx(e_m, rel=1e-5, abs=1e-6) and stats["E_e"] == pytest.approx(e_e, rel=1e-5)
+    assert (stats["num_batches"], stats["num_quadruplets"], stats["num_degenerate_batches"]) == (1, 1, 0)
     if (alpha, beta) == (0.5, 1.0):  # written out once with the numbers: S_01 = g(0.55), S_05 = g(5.25), S_15 = g(5.3)
         expected = 0.5 + 5.25 / math.sqrt(5.25**2 + 1) - 0.55 / math.sqrt(0.55**2 + 1)
         if variant == "quadruplet":

@@ -98,7 +98,7 @@ class PDDMLoss(MetricLoss):
         self.num_batches = 0
         self.num_degenerate_batches = 0
         self.num_quadruplets = 0
-        self._last: dict[str, float] = {}
+        self._last: dict[str, torch.Tensor | float] = {}
 
     def stats(self) -> dict[str, float]:
         """Counters and the last batch's loss parts (for logging)."""
@@ -106,7 +106,7 @@ class PDDMLoss(MetricLoss):
             "num_batches": float(self.num_batches),
             "num_degenerate_batches": float(self.num_degenerate_batches),
             "num_quadruplets": float(self.num_quadruplets),
-            **self._last,
+            **{k: float(v) for k, v in self._last.items()},  # converted here: no device sync per step
         }
 
     def _embedding_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -161,5 +161,5 @@ class PDDMLoss(MetricLoss):
             loss = (per_quad * nonzero).sum() / denom
         else:
             loss = per_quad.mean()
-        self._last = {"E_m": float(e_m.detach().mean()), "E_e": float(e_e.detach().mean())}
+        self._last = {"E_m": e_m.detach().mean(), "E_e": e_e.detach().mean()}
         return loss
