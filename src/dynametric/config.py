@@ -135,7 +135,7 @@ class ModelConfig:
 class MinerConfig:
     """A miner from ``dynametric.miners.MINERS`` and its constructor keyword arguments."""
 
-    name: str = "MultiSimilarityMiner"
+    name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -461,6 +461,9 @@ class _Source:
                 return self.where[probe]
             parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
             probe = parent if parent != probe else ""
+        for known, loc in self.where.items():  # a section known only through one of its keys
+            if known.startswith((key + ".", key + "[")):
+                return loc
         return None, None
 
 
@@ -657,10 +660,13 @@ def _unknown_key_error(cls: type, name: str, key: str, ctx: _Ctx) -> ConfigError
         hint = f"did you mean '{parent}{close[0]}'?"
     else:
         # Maybe the key is valid in another section (e.g. optim.max_epochs → trainer.max_epochs).
-        all_keys = [re.sub(r"\[\d+\]", "", k) for k in schema_keys()]
-        same_leaf = [k for k in all_keys if k.rsplit(".", 1)[-1] == name]
-        close_global = same_leaf or difflib.get_close_matches(re.sub(r"\[\d+\]", "", key), all_keys, n=1, cutoff=0.6)
-        hint = (f"did you mean '{close_global[0]}'?" if close_global
+        all_keys = schema_keys()
+        by_leaf: dict[str, str] = {}
+        for k in all_keys:
+            by_leaf.setdefault(k.rsplit(".", 1)[-1], k)
+        leaf = name if name in by_leaf else next(iter(difflib.get_close_matches(name, list(by_leaf), n=1,
+                                                                                cutoff=0.75)), None)
+        hint = (f"did you mean '{by_leaf[leaf]}'?" if leaf is not None
                 else f"valid keys here: {', '.join(siblings)}")
     return ctx.error(f"unknown key; {hint}", key)
 
@@ -674,6 +680,10 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, ctx: _Ctx) -> Any:
         if not isinstance(name, str) or name not in names:
             raise _unknown_key_error(cls, str(name), key, ctx)
         kwargs[name] = _coerce(value, hints[name], key, ctx)
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            raise ctx.error(f"missing required key (expected {_type_name(hints[f.name])})", key)
     obj = cls(**kwargs)
     check = getattr(obj, "_validate", None)
     if check is not None:

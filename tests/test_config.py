@@ -1,0 +1,277 @@
+"""Config system: defaults, YAML + dotted overrides, errors naming keys with suggestions, hash, round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dynametric.config import (
+    Config,
+    ExtraLossConfig,
+    MinerConfig,
+    build_component,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    load_config,
+    parse_value,
+    save_config,
+    schema_keys,
+    validate_components,
+)
+from dynametric.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_default_config_is_the_synthetic_cpu_run() -> None:
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.data.format == "synthetic" and cfg.model.backbone == "simple_cnn"
+    assert cfg.trainer.monitor == "fine/map@r" and cfg.miner is None and cfg.extra_losses == []
+
+
+def test_overrides_are_parsed_as_yaml() -> None:
+    cfg = load_config(overrides=["trainer.max_epochs=3", "loss.name=MultiSimilarityLoss", "optim.lr=1e-5",
+                                 "eval.k_values=[1, 10, 100]", "model.embedding_dim=null", "trainer.precision=32",
+                                 "loss.kwargs.alpha=2", "miner.name=MultiSimilarityMiner", "optim.head.lr=0.01",
+                                 "model.freeze_bn=true", "run.name=a=b"])
+    assert cfg.trainer.max_epochs == 3 and cfg.loss.name == "MultiSimilarityLoss"
+    assert cfg.optim.lr == 1e-5 and isinstance(cfg.optim.lr, float)
+    assert cfg.eval.k_values == [1, 10, 100] and cfg.model.embedding_dim is None
+    assert cfg.trainer.precision == "32" and cfg.loss.kwargs == {"alpha": 2}
+    assert cfg.miner == MinerConfig(name="MultiSimilarityMiner", kwargs={})
+    assert cfg.optim.group_lr("head") == 0.01 and cfg.optim.group_lr("backbone") == 1e-5
+    assert cfg.model.freeze_bn is True and cfg.run.name == "a=b"
+
+
+def test_parse_value_reads_exponent_floats() -> None:
+    assert parse_value("1e-5") == 1e-5 and parse_value("3E2") == 300.0 and parse_value("5") == 5
+    assert parse_value("") is None and parse_value("bf16-mixed") == "bf16-mixed"
+
+
+def test_file_then_overrides_then_defaults(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.yaml", "trainer:\n  max_epochs: 7\n  seed: 3\noptim:\n  lr: 2.0e-4\n")
+    cfg = load_config(path, ["trainer.seed=5"])
+    assert (cfg.trainer.max_epochs, cfg.trainer.seed, cfg.optim.lr) == (7, 5, 2e-4)
+    assert cfg.trainer.precision == Config().trainer.precision  # untouched keys keep their defaults
+
+
+def test_extends_merges_sections_deeply(tmp_path: Path) -> None:
+    _write(tmp_path / "base.yaml", "model:\n  backbone: resnet50\n  freeze_bn: true\noptim:\n  lr: 1.0e-5\n")
+    child = _write(tmp_path / "child.yaml", "extends: base.yaml\nmodel:\n  embedding_dim: 64\n")
+    cfg = load_config(child)
+    assert (cfg.model.backbone, cfg.model.freeze_bn, cfg.model.embedding_dim, cfg.optim.lr) == \
+        ("resnet50", True, 64, 1e-5)
+    _write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    _write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("override, key, hint", [
+    ("trainer.max_epoch=3", "trainer.max_epoch", "did you mean 'trainer.max_epochs'"),
+    ("optim.max_epochs=3", "optim.max_epochs", "did you mean 'trainer.max_epochs'"),
+    ("modle.backbone=resnet50", "modle", "did you mean 'model'"),
+    ("data.sampler_option.x=1", "data.sampler_option", "did you mean 'data.sampler_options'"),
+    ("optim.backbone.qqqq=1", "optim.backbone.qqqq", "valid keys here: lr, weight_decay"),
+    ("trainer.lr=1", "trainer.lr", "did you mean 'optim.lr'"),
+])
+def test_unknown_key_names_key_and_suggests(override: str, key: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert info.value.key == key and hint in str(info.value) and info.value.file == "<command line>"
+
+
+def test_unknown_key_in_file_names_file_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.yaml", "data:\n  format: synthetic\n  batch_sise: 64\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert (err.key, err.line) == ("data.batch_sise", 3) and Path(err.file).name == "c.yaml"
+    assert "did you mean 'data.batch_size'" in str(err)
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("trainer.max_epochs=abc", "trainer.max_epochs", "expected int, got 'abc' (str)"),
+    ("trainer.max_epochs=2.5", "trainer.max_epochs", "expected int"),
+    ("trainer.max_epochs=true", "trainer.max_epochs", "expected int, got True (bool)"),
+    ("model.normalize=1", "model.normalize", "expected bool, got 1 (int)"),
+    ("optim.lr=fast", "optim.lr", "expected float"),
+    ("eval.k_values=[1, x]", "eval.k_values[1]", "expected int"),
+    ("model.pooling=mean", "model.pooling", "expected one of"),
+    ("model.pooling=avgg", "model.pooling", "did you mean 'avg'"),
+    ("data.options=3", "data.options", "expected mapping"),
+    ("miner=5", "miner", "expected mapping (section) | null"),
+    ("trainer.precision=bf16", "trainer.precision", "did you mean"),
+    ("data.batch_size=30", "data.batch_size", "multiple of m=4"),
+    ("data.val_fraction=1.5", "data.val_fraction", "fraction"),
+    ("loss.head=shared", "loss.head", "single head"),
+])
+def test_wrong_values_name_the_key(override: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert info.value.key == key and expected in str(info.value)
+
+
+def test_int_widens_to_float_and_heads_are_checked() -> None:
+    assert load_config(overrides=["optim.lr=1"]).optim.lr == 1.0
+    cfg = load_config(overrides=["model.num_heads=2", "extra_losses=[{name: MarginLoss, head: shared}]",
+                                 "loss.head=class"])
+    assert cfg.extra_losses == [ExtraLossConfig(name="MarginLoss", head="shared")]
+    with pytest.raises(ConfigError, match=r"did you mean 'shared'") as info:
+        load_config(overrides=["model.num_heads=2", "extra_losses=[{name: MarginLoss, head: sharde}]"])
+    assert info.value.key == "extra_losses[0].head"
+
+
+def test_bad_yaml_and_bad_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad.yaml", "data:\n  format: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML") as info:
+        load_config(path)
+    assert info.value.line is not None
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(overrides=["trainer.max_epochs"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(overrides=["trainer.max_epochs=3", "trainer.max_epochs.x=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="top level"):
+        load_config(_write(tmp_path / "list.yaml", "- 1\n"))
+
+
+def test_round_trip_through_yaml(tmp_path: Path) -> None:
+    cfg = load_config(overrides=["model.num_heads=2", "model.head_dims=[64, 32]", "miner.name=X",
+                                 "miner.kwargs.epsilon=0.1", "extra_losses=[{name: A, head: shared, miner: {name: B}}]",
+                                 "optim.scheduler.name=multistep", "optim.scheduler.milestones=[3, 6]",
+                                 "trainer.devices=[0, 1]", "data.options={images_per_class: 5}"])
+    path = tmp_path / "run" / "config.yaml"
+    save_config(cfg, path)
+    again = load_config(path)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert yaml.safe_load(path.read_text())["model"]["head_dims"] == [64, 32]
+
+
+def test_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.yaml", "trainer:\n  seed: 1\n  max_epochs: 4\noptim:\n  lr: 0.01\n")
+    b = _write(tmp_path / "b.yaml", "optim:\n  lr: 1.0e-2\ntrainer:\n  max_epochs: 4\n  seed: 1\n")
+    assert config_hash(load_config(a)) == config_hash(load_config(b))
+    assert config_hash(load_config(a)) != config_hash(load_config(a, ["trainer.seed=2"]))
+    assert len(config_hash(Config())) == 16 and len(config_hash(Config(), length=64)) == 64
+    # Same digest in a fresh interpreter with a different string-hash seed.
+    code = "from dynametric.config import Config, config_hash; print(config_hash(Config()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
+    assert out == config_hash(Config())
+
+
+_override_values = st.fixed_dictionaries({
+    "trainer.max_epochs": st.integers(1, 1000),
+    "trainer.seed": st.integers(0, 2**31),
+    "optim.lr": st.floats(0, 10, allow_nan=False),
+    "model.embedding_dim": st.one_of(st.none(), st.integers(1, 4096)),
+    "model.pooling": st.sampled_from(["avg", "max", "avgmax", "catavgmax"]),
+    "loss.kwargs": st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True),
+                                   st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=5),
+                                             st.booleans(), st.none()), max_size=3),
+    "run.name": st.one_of(st.none(), st.text(min_size=1, max_size=10)),
+})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=_override_values)
+def test_round_trip_property(values: dict, tmp_path: Path) -> None:
+    raw: dict = {}
+    for dotted, value in values.items():
+        section, key = dotted.split(".")
+        raw.setdefault(section, {})[key] = value
+    cfg = config_from_dict(raw)
+    path = tmp_path / "c.yaml"
+    save_config(cfg, path)
+    again = load_config(path)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert config_to_dict(again) == config_to_dict(cfg)
+
+
+class _Loss:
+    def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.1) -> None:
+        if margin < 0:
+            raise ValueError("margin must be >= 0")
+        self.args = (num_classes, embedding_size, margin)
+
+
+class _Miner:
+    def __init__(self, epsilon: float = 0.1) -> None:
+        self.epsilon = epsilon
+
+
+LOSSES = {"ProxyLoss": _Loss}
+MINERS = {"EpsMiner": _Miner}
+
+
+def test_component_validation_with_stand_in_registries() -> None:
+    cfg = load_config(overrides=["loss.name=ProxyLoss", "loss.kwargs.margin=0.3", "model.embedding_dim=64",
+                                 "miner.name=EpsMiner"])
+    built = validate_components(cfg, losses=LOSSES, miners=MINERS, data_args={"num_classes": 10})
+    assert built["loss"].args == (10, 64, 0.3) and built["miner"].epsilon == 0.1
+    # Without the data, a loss needing num_classes is checked by name and keywords only.
+    assert validate_components(cfg, losses=LOSSES, miners=MINERS)["loss"] is None
+    bad = [("loss.kwargs.marign=0.3", "loss.kwargs.marign", "did you mean 'margin'"),
+           ("loss.name=ProxyLos", "loss.name", "did you mean 'ProxyLoss'"),
+           ("loss.kwargs.margin=-1", "loss.kwargs", "margin must be >= 0"),
+           ("miner.kwargs.eps=1", "miner.kwargs.eps", "did you mean 'epsilon'")]
+    for override, key, hint in bad:
+        with pytest.raises(ConfigError) as info:
+            validate_components(load_config(overrides=["loss.name=ProxyLoss", "miner.name=EpsMiner", override]),
+                                losses=LOSSES, miners=MINERS, data_args={"num_classes": 3})
+        assert info.value.key == key and hint in str(info.value)
+
+
+def test_build_component_rekeys_input_errors() -> None:
+    from dynametric.errors import InputError
+
+    class Strict:
+        def __init__(self, mode: str = "a") -> None:
+            raise InputError(f"mode must be 'a', got {mode!r}", key="mode")
+
+    with pytest.raises(ConfigError) as info:
+        build_component({"Strict": Strict}, "Strict", {"mode": "b"}, "extra_losses[1]")
+    assert info.value.key == "extra_losses[1].kwargs.mode"
+
+
+def test_real_registries_validate_the_default_and_a_distance_spec() -> None:
+    built = validate_components(load_config(overrides=["loss.kwargs.distance=cosine"]))
+    assert type(built["loss"]).__name__ == "TripletMarginLoss"
+    with pytest.raises(ConfigError) as info:
+        validate_components(load_config(overrides=["loss.kwargs.distance=cosin"]))
+    assert info.value.key == "loss.kwargs.distance"
+
+
+def test_every_schema_key_is_documented() -> None:
+    doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    missing = [k for k in schema_keys() if f"`{k}`" not in doc]
+    assert not missing, f"keys missing from docs/config.md: {missing}"
+
+
+def test_schema_keys_cover_nested_sections() -> None:
+    keys = schema_keys()
+    assert "optim.scheduler.milestones" in keys and "miner.kwargs" in keys and "extra_losses.miner.name" in keys
+    assert len(keys) == len(set(keys))
+    assert all(dataclasses.is_dataclass(v) for v in (Config().data, Config().optim.scheduler))
+
+
+def test_a_miner_needs_a_name() -> None:
+    with pytest.raises(ConfigError, match="missing required key") as info:
+        load_config(overrides=["miner.kwargs.epsilon=0.1"])
+    assert info.value.key == "miner.name"
