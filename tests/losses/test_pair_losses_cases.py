@@ -167,7 +167,7 @@ def test_autocast_low_precision_close_to_fp32(cls, dtype):
     low.backward()
     assert emb.dtype == dtype
     assert torch.isfinite(low) and all(torch.isfinite(p.grad).all() for p in layer.parameters())
-    assert float(low) == pytest.approx(float(ref), rel=0.1, abs=0.05)
+    assert low.item() == pytest.approx(ref.item(), rel=0.1, abs=0.05)
 
 
 def test_labels_of_any_integer_values_and_label_matrix_columns():
