@@ -206,6 +206,18 @@ def test_unknown_fine_id_and_inconsistent_paths_are_rejected():
         CSLLoss(None, 6)
     with pytest.raises(InputError, match="mode"):
         CSLLoss(PATHS, 6, mode="triplet")
+    with pytest.raises(InputError, match="indices_tuple"):
+        loss(torch.randn(2, 6), PATHS[:2], indices_tuple=(torch.tensor([0]), torch.tensor([1]), torch.tensor([1])))
+
+
+def test_terms_method_returns_the_per_scale_terms_with_gradient():
+    loss = CSLLoss(PATHS, 6, weights=(1.0, 2.0, 3.0))
+    emb, labels = _batch(7)
+    emb = emb.float().requires_grad_(True)
+    terms = loss.terms(emb, labels)
+    assert terms.shape == (3,) and terms.requires_grad
+    torch.testing.assert_close(loss(emb, labels), (terms * torch.tensor([1.0, 2.0, 3.0])).sum())
+    torch.testing.assert_close(loss.last_terms, terms.detach())
 
 
 def test_single_class_batches_are_finite_and_backprop():

@@ -189,7 +189,10 @@ class CSLLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        terms = self.terms(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels, _prepared=True)
+        if indices_tuple is not None:
+            raise InputError("CSLLoss uses every proxy (or every in-batch pair) and takes no indices_tuple; "
+                             "remove the miner", key="indices_tuple")
+        terms = self._terms(embeddings, labels, ref_emb, ref_labels)
         if terms is None:
             return self.zero_loss(embeddings, "no anchor has a positive in the batch")
         w = torch.tensor(self.weights, dtype=terms.dtype, device=terms.device)
@@ -201,19 +204,25 @@ class CSLLoss(MetricLoss):
         labels: torch.Tensor,
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
-        *,
-        _prepared: bool = False,
     ) -> torch.Tensor | None:
         """Per-scale terms ``[S]`` (``mean_f L_l(f)``, unweighted, with gradient); ``None`` in ``pairs`` mode
         when no anchor has a positive. Also stored, detached, in :attr:`last_terms`."""
-        if not _prepared:
-            if embeddings.dim() != 2:
-                raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
-            labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
-            if ref_emb is not None:
-                if ref_labels is None:
-                    raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-                ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        if embeddings.dim() != 2:
+            raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+        labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
+        if (ref_emb is None) != (ref_labels is None):
+            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        if ref_emb is not None and ref_labels is not None:
+            ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        return self._terms(embeddings, labels, ref_emb, ref_labels)
+
+    def _terms(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor | None:
         labels = labels.to(embeddings.device)
         self._check_batch_labels(labels)
         if ref_labels is not None:
