@@ -1,0 +1,127 @@
+"""MultiScaleLoss: per-scale sum with weights, DyML chunk layout, per-scale parameters, PML per-scale oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml_losses
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.losses import (
+    MarginLoss,
+    MultiScaleLoss,
+    MultiSimilarityLoss,
+    ThreeScaleChunks,
+    TripletMarginLoss,
+    build_loss,
+    three_scale_chunks,
+)
+
+
+def hierarchy_batch(seed: int, n: int = 24, d: int = 8):
+    """Labels [n, 3]: fine, middle, coarse (coarser classes are unions of finer ones)."""
+    g = torch.Generator().manual_seed(seed)
+    fine = torch.randint(0, 8, (n,), generator=g)
+    labels = torch.stack([fine * 11 + 5, fine // 2 + 100, fine // 4 - 50], 1)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), labels
+
+
+def test_whole_batch_is_weighted_sum_and_equals_pml_per_scale():
+    emb, labels = hierarchy_batch(0)
+    weights = [1.0, 0.5, 0.25]
+    ms = MultiScaleLoss(TripletMarginLoss(margin=0.2), weights=weights)
+    e1 = emb.clone().requires_grad_(True)
+    out = ms(e1, labels)
+    out.backward()
+    e2 = emb.clone().requires_grad_(True)
+    pml = pml_losses.TripletMarginLoss(margin=0.2)
+    ref = sum(w * pml(e2, labels[:, s]) for s, w in enumerate(weights))
+    ref.backward()
+    torch.testing.assert_close(out.detach(), ref.detach())
+    torch.testing.assert_close(e1.grad, e2.grad)
+    assert [float(v) for v in ms.last_scale_losses] == pytest.approx(
+        [float(pml(emb, labels[:, s])) for s in range(3)])
+
+
+def test_three_scale_layout_indices():
+    # 2 items of 3 scales x K=2: rows 0-1 fine, 2-3 middle, 4-5 coarse, then 6-7 fine, ...
+    chunks = three_scale_chunks(12, images_per_class=2)
+    assert [c.tolist() for c in chunks] == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]
+    assert [c.tolist() for c in ThreeScaleChunks(2)(12)] == [c.tolist() for c in chunks]
+    with pytest.raises(InputError, match="three-scale items"):
+        three_scale_chunks(10, images_per_class=2)
+
+
+@pytest.mark.parametrize("chunks_kind", ["layout", "ranges"])
+def test_chunked_scales_use_only_their_rows(chunks_kind):
+    emb, labels = hierarchy_batch(1, n=24)
+    if chunks_kind == "layout":
+        chunks = ThreeScaleChunks(images_per_class=2)
+        rows = [c.tolist() for c in three_scale_chunks(24, 2)]
+    else:
+        chunks = [(0, 8), (8, 16), slice(16, 24)]
+        rows = [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]
+    ms = MultiScaleLoss(lambda s: MultiSimilarityLoss(), chunks=chunks, num_scales=3)
+    e1 = emb.clone().requires_grad_(True)
+    ms(e1, labels).backward()
+    e2 = emb.clone().requires_grad_(True)
+    pml = pml_losses.MultiSimilarityLoss()
+    ref = sum(pml(e2[r], labels[r, s]) for s, r in enumerate(rows))
+    ref.backward()
+    torch.testing.assert_close(ms(emb, labels), ref.detach())
+    torch.testing.assert_close(e1.grad, e2.grad)
+    # negatives come only from the chunk: rows of other chunks get no gradient from a scale's loss
+    e3 = emb.clone().requires_grad_(True)
+    MultiScaleLoss(MultiSimilarityLoss(), weights=[1, 0, 0], chunks=chunks)(e3, labels).backward()
+    outside = sorted(set(range(24)) - set(rows[0]))
+    assert float(e3.grad[outside].abs().max()) == 0.0
+    assert float(e3.grad[rows[0]].abs().max()) > 0.0
+
+
+def test_per_scale_parameters_from_factory_list_and_registry():
+    ms = MultiScaleLoss(lambda s: MarginLoss(learn_beta=True, nu=0.1, num_classes=[80, 8, 4][s]), num_scales=3)
+    assert [p.shape[0] for p in ms.loss_parameters()] == [80, 8, 4]
+    emb, labels = hierarchy_batch(2)
+    dense = torch.stack([torch.unique(labels[:, s], return_inverse=True)[1] for s in range(3)], 1)
+    ms(emb.float(), dense).backward()
+    assert all(p.grad is not None for p in ms.loss_parameters())
+    built = build_loss("MultiScaleLoss", base_losses_or_factory="MarginLoss", num_scales=3,
+                       base_kwargs={"learn_beta": True, "num_classes": [80, 8, 4]})
+    assert [p.shape[0] for p in built.loss_parameters()] == [80, 8, 4]
+    listed = MultiScaleLoss([TripletMarginLoss(margin=m) for m in (0.1, 0.2, 0.3)])
+    assert listed.num_scales == 3 and listed.loss_at(2).margin == 0.3
+    with pytest.raises(ConfigError, match="shared instance"):
+        MultiScaleLoss(MarginLoss(learn_beta=True), num_scales=3)
+
+
+def test_per_scale_miner_outputs_and_ref_emb():
+    emb, labels = hierarchy_batch(3, n=16)
+    ref, ref_labels = hierarchy_batch(4, n=10)
+    ms = MultiScaleLoss(TripletMarginLoss(margin=0.3), num_scales=3)
+    pml = pml_losses.TripletMarginLoss(margin=0.3)
+    out = ms(emb, labels, None, ref, ref_labels)
+    expected = sum(pml(emb, labels[:, s], None, ref, ref_labels[:, s]) for s in range(3))
+    torch.testing.assert_close(out, expected)
+    tuples = [(torch.tensor([0]), torch.tensor([1]), torch.tensor([2])), None,
+              (torch.tensor([3, 4]), torch.tensor([5, 6]), torch.tensor([7, 8]))]
+    for s in (0, 2):
+        tuples[s] = tuple(t.clamp(max=15) for t in tuples[s])
+    out = ms(emb, labels, tuples)
+    expected = sum(pml(emb, labels[:, s], tuples[s]) for s in range(3))
+    torch.testing.assert_close(out, expected)
+
+
+def test_errors():
+    emb, labels = hierarchy_batch(5, n=12)
+    with pytest.raises(ConfigError, match="num_scales"):
+        MultiScaleLoss(TripletMarginLoss())
+    with pytest.raises(ConfigError, match="weights"):
+        MultiScaleLoss(TripletMarginLoss(), weights=[1, 1], num_scales=3)
+    with pytest.raises(InputError, match="column"):
+        MultiScaleLoss(TripletMarginLoss(), num_scales=3)(emb, labels[:, :2])
+    with pytest.raises(InputError, match="one indices tuple"):
+        MultiScaleLoss(TripletMarginLoss(), num_scales=3)(emb, labels, (torch.tensor([0]),) * 3)
+    with pytest.raises(InputError, match="outside"):
+        MultiScaleLoss(TripletMarginLoss(), chunks=[(0, 4), (4, 8), (8, 20)])(emb, labels)
+    with pytest.raises(ConfigError, match="expected 0"):
+        MultiScaleLoss(TripletMarginLoss(scale=1), num_scales=3)
