@@ -1,0 +1,261 @@
+"""``dynametric evaluate``: retrieval and clustering metrics of saved embeddings, per label scale plus the mean.
+
+Embeddings come from ``.npy``, ``.pt`` (a tensor, or a dict with one tensor / an ``embeddings`` key) or
+``.safetensors`` (one tensor or an ``embeddings`` key); labels from a CSV file with a header, one integer column
+per scale, finest first (the column names become the scale names). ``--example`` evaluates the bundled example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.utils.io import atomic_write_json
+
+EMBEDDING_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError("file not found", file=path)
+    if not path.is_file():
+        raise InputError("not a regular file", file=path)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty", file=path)
+
+
+def _pick_tensor(obj: Any, path: Path) -> Any:
+    if isinstance(obj, dict):
+        if "embeddings" in obj:
+            return obj["embeddings"]
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) != 1:
+            raise InputError(f"expected one tensor or an 'embeddings' key, found keys {sorted(map(str, obj))}",
+                             file=path)
+        return tensors[0]
+    return obj
+
+
+def load_embeddings(path: str | Path) -> np.ndarray:
+    """Load a 2-D float32 ``[N, D]`` array, naming ``path`` in every error (missing, empty, shape, NaN/Inf)."""
+    path = Path(path)
+    _check_file(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr: Any = np.load(path, allow_pickle=False)
+        elif suffix in (".pt", ".pth"):
+            arr = _pick_tensor(torch.load(path, map_location="cpu", weights_only=True), path)
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            arr = _pick_tensor(load_file(str(path)), path)
+        else:
+            raise InputError(f"unknown embeddings format {suffix!r}; expected one of {', '.join(EMBEDDING_SUFFIXES)}",
+                             file=path)
+    except InputError:
+        raise
+    except Exception as exc:  # numpy/torch/safetensors raise many types for corrupt files
+        raise InputError(f"cannot read embeddings: {exc}", file=path) from exc
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().cpu()
+        if arr.dtype in (torch.bfloat16, torch.float16):
+            arr = arr.float()
+        arr = arr.numpy()
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"expected an array of embeddings, got {type(arr).__name__}", file=path)
+    if arr.ndim != 2:
+        raise InputError(f"expected a 2-D [N, D] array, got shape {arr.shape}", file=path)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"no embeddings (shape {arr.shape})", file=path)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"expected numeric embeddings, got dtype {arr.dtype}", file=path)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise InputError(f"NaN or Inf in {int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])} "
+                         "(0-based)", file=path)
+    return arr
+
+
+def load_labels_csv(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read ``[N, S]`` integer labels and the ``S`` column names from a CSV with a header (finest scale first)."""
+    path = Path(path)
+    _check_file(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError("file is empty", file=path) from None
+        names = [h.strip() for h in header]
+        if not names or any(not n for n in names):
+            raise InputError(f"header must name every column, got {header}", file=path, line=1)
+        if len(set(names)) != len(names):
+            raise InputError(f"duplicate column names in header {names}", file=path, line=1)
+        if any(n.lstrip("-").isdigit() for n in names):
+            raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
+                             file=path, line=1)
+        rows: list[list[int]] = []
+        for lineno, row in enumerate(reader, start=2):
+            if not row or all(not f.strip() for f in row):
+                raise InputError("empty line", file=path, line=lineno)
+            if len(row) != len(names):
+                raise InputError(f"expected {len(names)} fields, got {len(row)}", file=path, line=lineno)
+            vals = []
+            for name, field in zip(names, row):
+                text = field.strip()
+                try:
+                    vals.append(int(text))
+                except ValueError:
+                    raise InputError(f"column '{name}': expected an integer label, got {field!r}", file=path,
+                                     line=lineno) from None
+            rows.append(vals)
+    if not rows:
+        raise InputError("no label rows after the header", file=path)
+    return np.asarray(rows, dtype=np.int64), names
+
+
+def _load_ids(path: str | Path, expected: int) -> list[str]:
+    path = Path(path)
+    _check_file(path)
+    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if ids and ids[-1] == "":
+        ids.pop()
+    if len(ids) != expected:
+        raise InputError(f"expected {expected} ids (one per line), got {len(ids)}", file=path)
+    return ids
+
+
+def _parse_metric_list(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
+def format_table(result: dict[str, dict[str, Any]]) -> str:
+    """Rows = scales + mean, columns = metrics (fractions, 4 decimals), then query counts."""
+    scales = [k for k in result if k != "mean"]
+    metrics = list(result["mean"])
+    extra = [c for c in ("num_queries", "excluded_queries") if any(c in result[s] for s in scales)]
+    header = ["scale", *metrics, *extra]
+    rows = []
+    for s in [*scales, "mean"]:
+        row = [s]
+        for m in metrics:
+            v = result[s].get(m)
+            row.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")
+        for c in extra:
+            row.append(str(result[s].get(c, "")) if s != "mean" else "")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def _jsonable(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {s: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+            for s, d in result.items()}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="retrieval/clustering metrics of saved embeddings, per label scale",
+        description="Evaluate embeddings: leave-one-out on --embeddings, or query -> gallery with "
+                    "--gallery-embeddings. Prints a table (rows = scales + mean) and optionally writes JSON.")
+    p.add_argument("--embeddings", help="query (or leave-one-out) embeddings: .npy, .pt or .safetensors")
+    p.add_argument("--labels", help="labels CSV with a header, one integer column per scale, finest first")
+    p.add_argument("--gallery-embeddings", help="gallery embeddings (query -> gallery protocol)")
+    p.add_argument("--gallery-labels", help="gallery labels CSV (same columns as --labels)")
+    p.add_argument("--query-ids", help="text file, one id per query row: gallery items with the same id are excluded")
+    p.add_argument("--gallery-ids", help="text file, one id per gallery row")
+    p.add_argument("--example", action="store_true", help="evaluate the bundled example (no files needed)")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, r_precision, "
+                        "map@r, map, asi, nmi, f1, all; default: every retrieval metric")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8], help="K values for recall@K (default 1 2 4 8)")
+    p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
+    p.add_argument("--empty-queries", choices=["exclude", "count_as_zero"], default="exclude",
+                   help="queries without a relevant item: excluded and counted (default), or scored 0")
+    p.add_argument("--asi-cutoff", default="R_q", help="ASI cut-off N: R_q (default) or a positive integer")
+    p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default="arithmetic")
+    p.add_argument("--kmeans-seed", type=int, default=0)
+    p.add_argument("--kmeans-restarts", type=int, default=1)
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="working-memory budget of the ranking engine in MiB (default 768)")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON to this path (atomically)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynametric.metrics import evaluate_embeddings
+
+    if args.example:
+        if args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
+            raise ConfigError("--example cannot be combined with embedding/label files", key="--example")
+        from dynametric.examples import make_example
+
+        q, ql, names = make_example()
+        g = gl = None
+        source = "bundled example (1200 items, 3 scales)"
+    else:
+        if not args.embeddings or not args.labels:
+            raise ConfigError("--embeddings and --labels are required (or use --example)", key="--embeddings")
+        q = load_embeddings(args.embeddings)
+        ql, names = load_labels_csv(args.labels)
+        if len(ql) != len(q):
+            raise InputError(f"{len(ql)} label rows but {len(q)} embeddings in {args.embeddings}", file=args.labels)
+        g = gl = None
+        if (args.gallery_embeddings is None) != (args.gallery_labels is None):
+            raise ConfigError("--gallery-embeddings and --gallery-labels go together", key="--gallery-embeddings")
+        if args.gallery_embeddings is not None:
+            g = load_embeddings(args.gallery_embeddings)
+            gl, gnames = load_labels_csv(args.gallery_labels)
+            if len(gl) != len(g):
+                raise InputError(f"{len(gl)} label rows but {len(g)} embeddings in {args.gallery_embeddings}",
+                                 file=args.gallery_labels)
+            if gnames != names:
+                raise InputError(f"columns {gnames} differ from the query labels' columns {names}",
+                                 file=args.gallery_labels, line=1)
+            if g.shape[1] != q.shape[1]:
+                raise InputError(f"dimension {g.shape[1]} differs from the query embeddings' {q.shape[1]}",
+                                 file=args.gallery_embeddings)
+        source = args.embeddings if g is None else f"{args.embeddings} -> {args.gallery_embeddings}"
+    query_ids = gallery_ids = None
+    if args.query_ids:
+        query_ids = _load_ids(args.query_ids, len(q))
+    if args.gallery_ids:
+        if g is None:
+            raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
+        gallery_ids = _load_ids(args.gallery_ids, len(g))
+    cutoff: str | int = args.asi_cutoff
+    if cutoff not in ("R_q", "r_q"):
+        try:
+            cutoff = int(cutoff)
+        except ValueError:
+            raise ConfigError(f"expected R_q or a positive integer, got {args.asi_cutoff!r}",
+                              key="--asi-cutoff") from None
+    budget = None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20)
+    result = evaluate_embeddings(
+        q, ql, g, gl, metrics=_parse_metric_list(args.metrics), k_values=tuple(args.k), distance=args.distance,
+        scale_names=names, query_ids=query_ids, gallery_ids=gallery_ids, memory_budget_bytes=budget,
+        empty_queries=args.empty_queries, asi_cutoff=cutoff, nmi_normalizer=args.nmi_normalizer,
+        kmeans_seed=args.kmeans_seed, kmeans_restarts=args.kmeans_restarts)
+    protocol = "leave-one-out" if g is None else "query -> gallery"
+    print(f"{source}: {protocol}, distance {args.distance}, {len(q)} queries")
+    print(format_table(result))
+    if args.json_out:
+        atomic_write_json(args.json_out, _jsonable(result))
+        print(f"wrote {args.json_out}", file=sys.stderr)
+    return 0

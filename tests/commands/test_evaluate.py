@@ -1,0 +1,123 @@
+"""``dynametric evaluate``: table and JSON output, input formats, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dynametric.cli import main
+from dynametric.metrics import evaluate_embeddings
+
+
+def _write_labels(path, labels, header=("fine", "coarse")):
+    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in labels]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture()
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    fine = rng.integers(0, 8, 40)
+    labels = np.stack([fine, fine % 3], 1)
+    np.save(tmp_path / "e.npy", x)
+    _write_labels(tmp_path / "l.csv", labels)
+    return tmp_path, x, labels
+
+
+def test_table_and_json_match_the_api(data, capsys):
+    tmp, x, labels = data
+    out_json = tmp / "out" / "r.json"
+    rc = main(["evaluate", "--embeddings", str(tmp / "e.npy"), "--labels", str(tmp / "l.csv"), "--metrics",
+               "recall@K,map", "asi", "--k", "1", "5", "--json", str(out_json)])
+    assert rc == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].split()[:5] == ["scale", "recall@1", "recall@5", "map", "asi"]
+    assert [line.split()[0] for line in printed[2:5]] == ["fine", "coarse", "mean"]
+    got = json.loads(out_json.read_text())
+    assert list(got) == ["fine", "coarse", "mean"]
+    ref = evaluate_embeddings(x, labels, metrics=["recall@K", "map", "asi"], k_values=(1, 5),
+                              scale_names=["fine", "coarse"])
+    for scale in ("fine", "coarse", "mean"):
+        for m in ("recall@1", "recall@5", "map", "asi"):
+            assert got[scale][m] == pytest.approx(ref[scale][m])
+            assert 0.0 <= got[scale][m] <= 1.0
+            assert f"{ref[scale][m]:.4f}" in printed[2 + ["fine", "coarse", "mean"].index(scale)]
+    assert got["fine"]["num_queries"] == 40 and got["fine"]["excluded_queries"] == 0
+
+
+def test_query_gallery_with_pt_and_safetensors_and_ids(data, capsys):
+    tmp, x, labels = data
+    torch.save(torch.from_numpy(x[:10]), tmp / "q.pt")
+    save_file({"embeddings": torch.from_numpy(x)}, str(tmp / "g.safetensors"))
+    _write_labels(tmp / "ql.csv", labels[:10])
+    (tmp / "qid.txt").write_text("\n".join(f"i{i}" for i in range(10)) + "\n")
+    (tmp / "gid.txt").write_text("\n".join(f"i{i}" for i in range(40)) + "\n")
+    rc = main(["evaluate", "--embeddings", str(tmp / "q.pt"), "--labels", str(tmp / "ql.csv"),
+               "--gallery-embeddings", str(tmp / "g.safetensors"), "--gallery-labels", str(tmp / "l.csv"),
+               "--query-ids", str(tmp / "qid.txt"), "--gallery-ids", str(tmp / "gid.txt"), "--json",
+               str(tmp / "r.json")])
+    assert rc == 0
+    got = json.loads((tmp / "r.json").read_text())
+    ref = evaluate_embeddings(x[:10], labels[:10], x, labels, query_ids=[f"i{i}" for i in range(10)],
+                              gallery_ids=[f"i{i}" for i in range(40)], scale_names=["fine", "coarse"])
+    assert got["fine"]["map"] == pytest.approx(ref["fine"]["map"])
+    assert got["fine"]["recall@1"] < 1.0  # the query's own copy in the gallery was excluded by id
+
+
+def test_example_runs(capsys):
+    assert main(["evaluate", "--example", "--metrics", "recall@1", "map"]) == 0
+    out = capsys.readouterr().out
+    assert "fine" in out and "middle" in out and "coarse" in out and "mean" in out
+
+
+def _err(capsys, argv):
+    rc = main(["evaluate", *argv])
+    assert rc == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_clear_errors(data, capsys):
+    tmp, x, labels = data
+    e, lab = str(tmp / "e.npy"), str(tmp / "l.csv")
+    # differing row counts
+    _write_labels(tmp / "short.csv", labels[:30])
+    msg = _err(capsys, ["--embeddings", e, "--labels", str(tmp / "short.csv")])
+    assert "short.csv" in msg and "30 label rows but 40 embeddings" in msg
+    # NaN / Inf embeddings
+    bad = x.copy()
+    bad[7, 2] = np.inf
+    np.save(tmp / "bad.npy", bad)
+    msg = _err(capsys, ["--embeddings", str(tmp / "bad.npy"), "--labels", lab])
+    assert "bad.npy" in msg and "NaN or Inf" in msg and "row 7" in msg
+    # non-integer label
+    (tmp / "frac.csv").write_text("fine,coarse\n1,2\n1.5,0\n")
+    msg = _err(capsys, ["--embeddings", e, "--labels", str(tmp / "frac.csv")])
+    assert "frac.csv:3" in msg and "column 'fine'" in msg and "'1.5'" in msg
+    # empty files
+    (tmp / "empty.csv").write_text("")
+    assert "empty.csv: file is empty" in _err(capsys, ["--embeddings", e, "--labels", str(tmp / "empty.csv")])
+    (tmp / "empty.npy").write_bytes(b"")
+    assert "empty.npy: file is empty" in _err(capsys, ["--embeddings", str(tmp / "empty.npy"), "--labels", lab])
+    (tmp / "header.csv").write_text("fine,coarse\n")
+    assert "no label rows" in _err(capsys, ["--embeddings", e, "--labels", str(tmp / "header.csv")])
+    # missing file
+    msg = _err(capsys, ["--embeddings", str(tmp / "nope.npy"), "--labels", lab])
+    assert "nope.npy: file not found" in msg
+    # wrong shape, unknown suffix, missing header, ragged row, bad metric
+    np.save(tmp / "vec.npy", np.zeros(5, np.float32))
+    assert "expected a 2-D" in _err(capsys, ["--embeddings", str(tmp / "vec.npy"), "--labels", lab])
+    (tmp / "e.txt").write_text("1 2\n")
+    assert "unknown embeddings format" in _err(capsys, ["--embeddings", str(tmp / "e.txt"), "--labels", lab])
+    (tmp / "nohdr.csv").write_text("1,2\n3,4\n")
+    assert "missing header" in _err(capsys, ["--embeddings", e, "--labels", str(tmp / "nohdr.csv")])
+    (tmp / "ragged.csv").write_text("fine,coarse\n1,2\n3\n")
+    assert "ragged.csv:3: expected 2 fields, got 1" in _err(capsys, ["--embeddings", e, "--labels",
+                                                                       str(tmp / "ragged.csv")])
+    assert "unknown metric 'bogus'" in _err(capsys, ["--embeddings", e, "--labels", lab, "--metrics", "bogus"])
+    torch.save({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, tmp / "two.pt")
+    assert "expected one tensor" in _err(capsys, ["--embeddings", str(tmp / "two.pt"), "--labels", lab])
