@@ -15,6 +15,10 @@ _LAZY: dict[str, str] = {
     "MPerClassSampler": "dynametric.data.samplers",
     "ThreeScaleSampler": "dynametric.data.samplers",
     "HierarchicalSampler": "dynametric.data.samplers",
+    "LabelledSubset": "dynametric.data.splits",
+    "class_disjoint_folds": "dynametric.data.splits",
+    "class_disjoint_split": "dynametric.data.splits",
+    "validation_split": "dynametric.data.splits",
 }
 
 
