@@ -89,4 +89,4 @@ def test_tiny_cnn_learns_synthetic_hierarchy():
     # learnable, and the gains carry over to fine classes never seen in training
     assert after[0] > max(3 * before[0], 10 * chance[0], 0.25), (before, after, chance)
     assert after[1] > before[1] + 0.15 and after[1] > chance[1] + 0.2, (before, after, chance)
-    assert after[2] > before[2] + 0.1 and after[2] > chance[2] + 0.12, (before, after, chance)
+    assert after[2] > before[2] + 0.08 and after[2] > chance[2] + 0.1, (before, after, chance)

@@ -151,32 +151,28 @@ class _Renderer:
         mdraw.polygon(poly, fill=255)
         if variant["texture"] == "hollow":
             mdraw.polygon(poly, fill=0, outline=255, width=max(2, int(round(0.07 * big))))
-        mask = np.asarray(mask_img, dtype=np.float32)[..., None] / 255.0
-
         colour = self._jitter_colour(rng, np.array(COLOURS[variant["colour"]], dtype=np.float32))
-        fill = np.broadcast_to(colour, (big, big, 3))
         if variant["texture"] in ("striped", "two_tone"):
             u = (self.xx - centre[0]) * math.cos(angle) + (self.yy - centre[1]) * math.sin(angle)
             if variant["texture"] == "striped":
-                period = 0.18 * big
-                on = ((u / period) % 1.0) < 0.5
+                on = ((u / (0.18 * big)) % 1.0) < 0.5
                 other = colour * 0.3
             else:
                 on = u < 0
                 other = np.clip(255 - colour * 0.5, 0, 255)
-            fill = np.where(on[..., None], colour, other)
-        out = np.asarray(canvas, dtype=np.float32) * (1 - mask) + fill * mask
+            fill = Image.fromarray(np.where(on[..., None], colour, other).astype(np.uint8))
+        else:
+            fill = Image.new("RGB", (big, big), tuple(int(v) for v in colour))
+        canvas = Image.composite(fill, canvas, mask_img)
 
         if n_clutter and rng.random() < 0.5:  # one distractor stroke over the shape
             col = self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))])
-            over = Image.new("L", (big, big), 0)
             p = rng.uniform(0, big, 4)
-            ImageDraw.Draw(over).line([(p[0], p[1]), (p[2], p[3])], fill=255, width=_SUPERSAMPLE)
-            om = np.asarray(over, dtype=np.float32)[..., None] / 255.0
-            out = out * (1 - om) + col * om
+            ImageDraw.Draw(canvas).line([(p[0], p[1]), (p[2], p[3])], fill=tuple(int(v) for v in col),
+                                        width=_SUPERSAMPLE)
 
-        out = out.reshape(self.size, _SUPERSAMPLE, self.size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
-        out += rng.normal(0.0, self.noise_std, out.shape)
+        out = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
+        out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(self.noise_std)
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
