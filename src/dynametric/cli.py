@@ -18,9 +18,9 @@ from dynametric.errors import DynametricError
 
 def _command_modules() -> list[ModuleType]:
     # Explicit list: adding a subcommand means adding its module here.
-    from dynametric.commands import data, evaluate
+    from dynametric.commands import data, evaluate, train
 
-    return [evaluate, data]
+    return [evaluate, data, train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,5 +89,5 @@ class ResumeState(L.Callback):
 
     def _save(self, trainer: L.Trainer) -> None:
         if self.last_path is not None:
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.last_path, weights_only=False)
             self._last_saved_step = trainer.global_step

@@ -199,7 +199,9 @@ class MetricLearningModule(L.LightningModule):
         self.gather = gather
         self.skipped_steps = 0
         self.validation_history: list[dict[str, Any]] = []
+        self.loss_history: list[list[float]] = []  # [global step, loss] pairs for the report's curve
         self.last_eval: dict[str, Any] | None = None
+        self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ----------------------------------------------------------------- forward / training
@@ -225,6 +227,9 @@ class MetricLearningModule(L.LightningModule):
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
             return None
         bs = labels.shape[0]
+        every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
+        if batch_idx % every == 0:
+            self.loss_history.append([float(self.global_step), float(total.detach())])
         self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         if len(terms) > 1:
             for name, value in terms.items():
@@ -281,6 +286,7 @@ class MetricLearningModule(L.LightningModule):
         if world_info()[1] > 1:
             emb = all_gather_no_grad(emb.to(self.device)).cpu()
             labels = all_gather_no_grad(labels.to(self.device)).cpu()
+        self.last_embeddings = (emb, labels)
         evaluator = self.evaluator
         if evaluator is None:
             from dynametric.metrics import evaluate_embeddings
@@ -311,6 +317,7 @@ class MetricLearningModule(L.LightningModule):
     # ----------------------------------------------------------------- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dynametric"] = {"validation_history": self.validation_history,
+                                    "loss_history": self.loss_history,
                                     "skipped_steps": self.skipped_steps,
                                     "optim": asdict(self.optim_settings)}
 
@@ -318,3 +325,4 @@ class MetricLearningModule(L.LightningModule):
         extra = checkpoint.get("dynametric", {})
         self.validation_history = list(extra.get("validation_history", []))
         self.skipped_steps = int(extra.get("skipped_steps", 0))
+        self.loss_history = [list(x) for x in extra.get("loss_history", [])]

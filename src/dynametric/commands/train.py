@@ -1,0 +1,52 @@
+"""``dynametric train``: train an embedding, select it on validation, test it at every scale, write a report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dynametric.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train an embedding model (default: the synthetic hierarchy, a few minutes on CPU)",
+        description="Train, validate on class-disjoint held-out classes, test the best checkpoint at every "
+                    "scale, and write a run folder (config.yaml, last/best.ckpt, metrics.json, report.html).")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: the built-in default run)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. trainer.max_epochs=3 loss.name=MultiSimilarityLoss")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config, build model/losses/miners/optimizer, print the resolved config")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run exactly from RUN_DIR/last.ckpt (uses RUN_DIR/config.yaml)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="run folder (default: <run.output_dir>/<run.name or timestamp-hash>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynametric.config import load_config
+
+    if args.resume is not None:
+        if args.config is not None or args.overrides or args.out is not None:
+            raise ConfigError("--resume continues a run with its saved config.yaml; drop --config, --out and "
+                              "overrides", key="--resume")
+        cfg_path = args.resume / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"{cfg_path} not found: is {args.resume} a dynametric run folder?", key="--resume")
+        cfg = load_config(cfg_path)
+    else:
+        for item in args.overrides:
+            if "=" not in item:
+                raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
+        cfg = load_config(args.config, args.overrides)
+    from dynametric.engine.run import default_run_dir, dry_run, run_training
+
+    if args.dry_run:
+        dry_run(cfg)
+        return 0
+    run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
+    run_training(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    return 0

@@ -1,0 +1,218 @@
+"""A whole training run: run folder, untrained evaluation, fit with validation, test of the best checkpoint,
+``metrics.json``, ``report.html``. Used by ``dynametric train``.
+
+Run folder layout::
+
+    config.yaml     resolved configuration (what --resume reads back)
+    last.ckpt       latest state (every trainer.checkpoint_every_n_steps optimizer steps and every epoch)
+    best.ckpt       best validation ``trainer.monitor`` so far
+    metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}
+    run_info.json   data sizes, validation source, selected epoch, per-head results, wall time
+    report.html     self-contained report
+    logs/           Lightning CSV logs
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from dynametric.engine.builders import (
+    Components,
+    build_components,
+    build_datasets,
+    root_missing,
+    sampler_factory,
+)
+from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
+from dynametric.engine.data import MetricDataModule
+from dynametric.engine.module import MetricLearningModule, parameter_groups
+from dynametric.engine.report import write_report
+from dynametric.engine.trainer import build_trainer
+from dynametric.errors import ConfigError, InputError
+from dynametric.utils.io import atomic_write_json
+
+logger = logging.getLogger("dynametric.engine")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+
+
+def default_run_dir(cfg: Any) -> Path:
+    from dynametric.config import config_hash
+
+    name = cfg.run.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg, 8)}"
+    return Path(cfg.run.output_dir) / name
+
+
+def _eval_trainer(settings: Any, progress: bool) -> L.Trainer:
+    return L.Trainer(accelerator=settings.accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
+                     strategy=settings.strategy, precision=settings.precision, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                     use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
+
+
+def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: Any,
+                   progress: bool, ckpt_path: str | None = None, trainer: L.Trainer | None = None) -> dict[str, Any]:
+    """Embed ``dataset`` with ``module`` (optionally loading ``ckpt_path`` first) and evaluate it."""
+    trainer = trainer or _eval_trainer(settings, progress)
+    trainer.test(module, dataloaders=dm.eval_dataloader(dataset), ckpt_path=ckpt_path, verbose=False)
+    assert module.last_eval is not None
+    return module.last_eval
+
+
+def _head_results(cfg: Any, module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: Any,
+                  progress: bool) -> dict[str, Any]:
+    if cfg.model.num_heads == 1:
+        return {}
+    from dynametric.models import default_head_names
+
+    heads = list(cfg.eval.heads or [*(cfg.model.head_names or default_head_names(cfg.model.num_heads)), "concat"])
+    keep = module.eval_head
+    out = {}
+    try:
+        for head in heads:
+            module.eval_head = head
+            out[head] = evaluate_split(module, dm, dataset, settings, progress)
+    finally:
+        module.eval_head = keep
+    return out
+
+
+def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str], None]) -> None:
+    untrained, test = metrics["untrained"], metrics["test"]
+    keys = [k for k in ("recall@1", "map@r") if k in test.get(scale_names[0], {})]
+    log(f"{'scale':<10}" + "".join(f"{k + ' untrained':>20}{k + ' trained':>18}" for k in keys))
+    for scale in [*scale_names, "mean"]:
+        row = f"{scale:<10}"
+        for k in keys:
+            u, t = untrained.get(scale, {}).get(k, float("nan")), test.get(scale, {}).get(k, float("nan"))
+            row += f"{u:>20.4f}{t:>18.4f}"
+        log(row)
+
+
+def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print) -> RunResult:
+    """Train, select on validation, test the best checkpoint, write metrics.json and report.html."""
+    from dynametric.config import config_to_yaml, save_config
+
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    last = run_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError("no last.ckpt to resume from", file=last)
+    if not resume and (run_dir / "last.ckpt").exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
+                          key="run.output_dir")
+    if root_missing(cfg):
+        raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
+    L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
+    datasets = build_datasets(cfg)
+    comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
+    module, settings = comps.module, comps.trainer
+    dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
+                          eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.workers,
+                          seed=int(cfg.trainer.seed))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.json"
+    info: dict[str, Any] = {
+        "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
+        "test_images": len(datasets.test), "validation_source": datasets.val_source,
+        "scale_names": comps.scale_names, "eval_head": module.eval_head,
+    }
+    if not resume:
+        save_config(cfg, run_dir / "config.yaml")
+        log(f"run folder: {run_dir}")
+        log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
+            f"{info['test_images']} test images; scales {comps.scale_names}")
+        log("evaluating the untrained model on the test split ...")
+        untrained = evaluate_split(module, dm, datasets.test, settings, progress)
+        metrics: dict[str, Any] = {"untrained": untrained, "validation": [], "test": {}}
+        atomic_write_json(metrics_path, metrics)
+    else:
+        try:
+            import json
+
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
+        log(f"resuming {run_dir} from {last}")
+    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None)
+    L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    metrics["validation"] = module.validation_history
+    best = run_dir / "best.ckpt"
+    if best.is_file():
+        ckpt = load_checkpoint_file(best)
+        info["selected"] = {"checkpoint": "best.ckpt", "epoch": int(ckpt.get("epoch", -1)),
+                            "global_step": int(ckpt.get("global_step", -1)), "monitor": cfg.trainer.monitor}
+        test_ckpt: str | None = str(best)
+    else:
+        info["selected"] = {"checkpoint": "final weights (no validation split)"}
+        test_ckpt = None
+    log(f"testing {info['selected']['checkpoint']} on the test split ...")
+    metrics["test"] = evaluate_split(module, dm, datasets.test, settings, progress, ckpt_path=test_ckpt)
+    emb_labels = module.last_embeddings
+    heads = _head_results(cfg, module, dm, datasets.test, settings, progress)
+    if heads:
+        info["test_by_head"] = heads
+    info["skipped_nonfinite_steps"] = module.skipped_steps
+    info["global_step"] = int(trainer.global_step)
+    info["wall_time_s"] = round(time.time() - t0, 1)
+    if trainer.is_global_zero:
+        atomic_write_json(metrics_path, metrics)
+        atomic_write_json(run_dir / "run_info.json", info)
+        if cfg.run.report:
+            emb, labels = emb_labels if emb_labels is not None else (None, None)
+            write_report(run_dir / "report.html", metrics=metrics, loss_history=module.loss_history,
+                         scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
+                         dataset=datasets.test, distance=cfg.eval.distance, monitor=cfg.trainer.monitor,
+                         seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}")
+        _summary(metrics, comps.scale_names, log)
+        log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
+    return RunResult(run_dir, metrics, info)
+
+
+def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
+    """Validate the config and build model, losses, miners and optimizer; no training, no dataset required."""
+    from dynametric.config import config_to_yaml
+
+    datasets = None
+    if root_missing(cfg):
+        warnings.warn(f"dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will "
+                      "fail; class counts are placeholders in this dry run", stacklevel=2)
+        log(f"warning: dataset root {cfg.data.root!r} not found; continuing the dry run without data")
+    else:
+        datasets = build_datasets(cfg, with_test=False)
+    comps = build_components(cfg, datasets=datasets, progress_bar=False)
+    optimizer = comps.module.configure_optimizers()
+    opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    log("# resolved configuration")
+    log(config_to_yaml(cfg).rstrip())
+    log("# components")
+    n_params = sum(p.numel() for p in comps.embedder.parameters())
+    log(f"model: {cfg.model.backbone}, {n_params:,} parameters")
+    for obj in comps.objectives:
+        log(f"loss term {obj.name!r}: {type(obj.loss).__name__} (head={obj.head}, weight={obj.weight}), "
+            f"miner={type(obj.miner).__name__ if obj.miner is not None else None}")
+    for g in parameter_groups(comps.embedder, comps.objectives, comps.module.optim_settings):
+        log(f"param group {g['name']}: {sum(p.numel() for p in g['params']):,} parameters, lr={g['lr']}, "
+            f"weight_decay={g['weight_decay']}")
+    log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
+    if datasets is not None:
+        log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
+            f"({datasets.val_source}); scales {datasets.scale_names}")
+    torch.set_grad_enabled(True)
+    return comps
