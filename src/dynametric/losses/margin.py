@@ -20,7 +20,7 @@ from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import divisor_reduce, graph_zero
 from dynametric.losses.triplet import check_triplets_per_anchor
-from dynametric.losses.tuples import check_indices_tuple, convert_to_triplets, distance_matrix
+from dynametric.losses.tuples import check_indices_tuple, convert_to_triplets, distance_matrix, match_masks
 
 
 class MarginLoss(MetricLoss):
@@ -67,6 +67,8 @@ class MarginLoss(MetricLoss):
                 key="labels",
             )
         num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        if indices_tuple is None and self.triplets_per_anchor == "all":
+            return self._all_triplets(embeddings, labels, ref_emb, ref_labels)
         if indices_tuple is not None:
             indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
         a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
@@ -88,3 +90,35 @@ class MarginLoss(MetricLoss):
         else:
             loss = loss + graph_zero(mat)
         return loss
+
+    def _all_triplets(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """All triplets in ``O(B R)``: the positive term of ``(a, p)`` occurs once per negative of ``a`` and the
+        negative term of ``(a, n)`` once per positive of ``a``, so both sums are weighted row sums."""
+        pos, neg = match_masks(labels, ref_labels)
+        num_pos = pos.sum(1)
+        num_neg = neg.sum(1)
+        n_triplets = num_pos * num_neg
+        if int(n_triplets.sum()) == 0:
+            return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
+        beta = self.beta if self.beta.numel() == 1 else self.beta[labels]
+        beta = beta.to(device=embeddings.device, dtype=torch.float32)
+        beta_col = beta.unsqueeze(1) if beta.numel() > 1 else beta
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        pos_loss = F.relu(self.distance.margin(mat, beta_col) + self.margin)
+        neg_loss = F.relu(self.distance.margin(beta_col, mat) + self.margin)
+        pos_w = torch.where(pos, num_neg.unsqueeze(1), 0).to(mat.dtype)  # times each (a, p) appears
+        neg_w = torch.where(neg, num_pos.unsqueeze(1), 0).to(mat.dtype)  # times each (a, n) appears
+        # exact int64 count of non-zero hinge terms over all triplets
+        divisor = (((pos_loss > 0) & pos).sum(1) * num_neg).sum() + (((neg_loss > 0) & neg).sum(1) * num_pos).sum()
+        loss = divisor_reduce((pos_loss * pos_w).sum() + (neg_loss * neg_w).sum(), divisor, mat)
+        if not self.learn_beta:
+            return loss
+        if self.beta.numel() == 1:
+            return loss + (beta * self.nu).sum()
+        return loss + divisor_reduce(beta * self.nu * n_triplets.to(mat.dtype), divisor, mat)

@@ -17,8 +17,15 @@ import torch.nn.functional as F
 from dynametric.distances import Distance, LpDistance
 from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.reducers import avg_nonzero_reduce
-from dynametric.losses.tuples import check_indices_tuple, convert_to_triplets, distance_matrix
+from dynametric.losses.reducers import avg_nonzero_reduce, graph_zero
+from dynametric.losses.tuples import (
+    anchor_chunks,
+    check_indices_tuple,
+    convert_to_triplets,
+    distance_matrix,
+    match_masks,
+    padded_positives,
+)
 
 
 def check_triplets_per_anchor(value: int | str) -> int | str:
@@ -59,6 +66,8 @@ class TripletMarginLoss(MetricLoss):
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
         num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        if indices_tuple is None and self.triplets_per_anchor == "all":
+            return self._all_triplets(embeddings, labels, ref_emb, ref_labels)
         if indices_tuple is not None:
             indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
         a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
@@ -74,3 +83,36 @@ class TripletMarginLoss(MetricLoss):
         violation = self.distance.margin(ap, an) + self.margin
         loss = F.softplus(violation) if self.smooth_loss else F.relu(violation)
         return avg_nonzero_reduce(loss, mat)
+
+    def _all_triplets(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """All triplets without enumerating indices: dense ``[chunk, P_max, R]`` blocks of violations."""
+        pos, neg = match_masks(labels, ref_labels)
+        if not bool((pos.any(1) & neg.any(1)).any()):
+            return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        ref_mat = None
+        if self.swap:
+            ref_mat = mat if ref_emb is None else distance_matrix(self.distance, ref_emb, None)
+        pos_idx, valid = padded_positives(pos)
+        total = graph_zero(mat)
+        count = 0
+        for start, stop in anchor_chunks(mat.shape[0], pos_idx.shape[1] * mat.shape[1]):
+            rows = mat[start:stop]
+            ap = rows.gather(1, pos_idx[start:stop]).unsqueeze(2)  # [c, P, 1]
+            an = rows.unsqueeze(1)  # [c, 1, R]
+            if ref_mat is not None:
+                pn = ref_mat[pos_idx[start:stop]]  # [c, P, R]
+                an = torch.maximum(an, pn) if self.distance.higher_is_closer else torch.minimum(an, pn)
+            violation = self.distance.margin(ap, an) + self.margin
+            loss = F.softplus(violation) if self.smooth_loss else F.relu(violation)
+            keep = valid[start:stop].unsqueeze(2) & neg[start:stop].unsqueeze(1)
+            active = keep & (loss > 0)
+            count += int(active.sum())
+            total = total + torch.where(active, loss, torch.zeros_like(loss)).sum()
+        return total / count if count else graph_zero(mat)

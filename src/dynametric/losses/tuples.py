@@ -245,3 +245,20 @@ def pair_masks(
     if bool((pos & neg).any()):
         raise InputError("a pair is listed both as positive and as negative", key="indices_tuple")
     return pos, neg, a1.numel(), a2.numel()
+
+
+def padded_positives(pos_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row the column indices of its positives, left-aligned in ``[B, P_max]`` (``P_max`` = most positives of
+    any row), and a validity mask of the same shape. Lets "all triplets" losses work on dense ``[B, P_max, R]``
+    blocks (exactly the triplet count plus padding on the positive axis) instead of enumerating indices."""
+    counts = pos_mask.sum(1)
+    p_max = max(int(counts.max()) if counts.numel() else 0, 1)
+    order = torch.sort(pos_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :p_max]
+    valid = torch.arange(p_max, device=pos_mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    return order, valid
+
+
+def anchor_chunks(num_anchors: int, elements_per_anchor: int, budget: int = 1 << 24) -> list[tuple[int, int]]:
+    """``(start, stop)`` anchor ranges such that ``rows * elements_per_anchor`` stays within ``budget``."""
+    step = max(1, budget // max(elements_per_anchor, 1))
+    return [(s, min(s + step, num_anchors)) for s in range(0, num_anchors, step)]

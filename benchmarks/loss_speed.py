@@ -1,0 +1,121 @@
+"""Forward+backward time of every dynametric tuple loss vs pytorch-metric-learning on the same inputs.
+
+Side by side in one process: for each loss and batch size the two implementations are timed alternately on the
+same embeddings (``[B, 512]``, ``B / 4`` classes of 4, as an m-per-class sampler gives) and the median of the
+repeats is reported, with the value difference as a sanity check.
+
+    .venv/bin/python benchmarks/loss_speed.py --batch-sizes 128 1024 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pytorch_metric_learning import losses as pml
+
+from dynametric import losses as dm
+
+# name -> (dynametric factory, PML factory, PML feasible at this batch size?)
+CASES: dict[str, tuple[Callable, Callable, Callable[[int], bool]]] = {
+    "ContrastiveLoss": (dm.ContrastiveLoss, pml.ContrastiveLoss, lambda b: True),
+    "TripletMarginLoss": (dm.TripletMarginLoss, pml.TripletMarginLoss, lambda b: True),
+    "NPairsLoss": (dm.NPairsLoss, pml.NPairsLoss, lambda b: True),
+    # PML's original lifted loss builds a (#pos pairs x #neg pairs) mask: ~13 GB of float at B = 1024.
+    "LiftedStructureLoss": (dm.LiftedStructureLoss, pml.LiftedStructureLoss, lambda b: b <= 256),
+    "GeneralizedLiftedStructureLoss": (dm.GeneralizedLiftedStructureLoss, pml.GeneralizedLiftedStructureLoss,
+                                       lambda b: True),
+    "MarginLoss": (dm.MarginLoss, pml.MarginLoss, lambda b: True),
+    "MultiSimilarityLoss": (dm.MultiSimilarityLoss, pml.MultiSimilarityLoss, lambda b: True),
+    "CircleLoss": (dm.CircleLoss, pml.CircleLoss, lambda b: True),
+}
+TRIPLET_ENUMERATING = {"TripletMarginLoss", "MarginLoss"}
+
+
+def time_once(loss: torch.nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    x = emb.clone().requires_grad_(True)
+    start = time.perf_counter()
+    value = loss(x, labels)
+    value.backward()
+    return time.perf_counter() - start, float(value.detach())
+
+
+def bench(name: str, batch: int, dim: int, repeats: int, seed: int = 0) -> dict:
+    ours_cls, pml_cls, feasible = CASES[name]
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(batch, dim, generator=g)
+    labels = torch.arange(batch) // 4
+    ours, theirs = ours_cls(), pml_cls()
+    run_pml = feasible(batch)
+    t_ours, t_pml = [], []
+    v_ours = v_pml = float("nan")
+    time_once(ours, emb, labels)  # warm-up
+    if run_pml:
+        time_once(theirs, emb, labels)
+    for _ in range(repeats):
+        t, v_ours = time_once(ours, emb, labels)
+        t_ours.append(t)
+        if run_pml:
+            t, v_pml = time_once(theirs, emb, labels)
+            t_pml.append(t)
+    ours_ms = 1000 * statistics.median(t_ours)
+    pml_ms = 1000 * statistics.median(t_pml) if t_pml else float("nan")
+    return {"loss": name, "batch": batch, "ours_ms": ours_ms, "pml_ms": pml_ms,
+            "speedup": pml_ms / ours_ms if t_pml else float("nan"), "abs_diff": abs(v_ours - v_pml)}
+
+
+def to_markdown(rows: list[dict], command: str) -> str:
+    lines = [f"`{command}`", "", f"torch {torch.__version__}, {torch.get_num_threads()} threads, embedding 512, "
+             "4 images per class, median of repeats (ms, forward + backward).", "",
+             "| loss | batch | dynametric ms | PML ms | PML / dynametric | abs value diff |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        pml_ms = "infeasible" if r["pml_ms"] != r["pml_ms"] else f"{r['pml_ms']:.1f}"
+        speed = "—" if r["speedup"] != r["speedup"] else f"{r['speedup']:.2f}x"
+        diff = "—" if r["abs_diff"] != r["abs_diff"] else f"{r['abs_diff']:.1e}"
+        lines.append(f"| {r['loss']} | {r['batch']} | {r['ours_ms']:.1f} | {pml_ms} | {speed} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--losses", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here (atomically)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for batch in args.batch_sizes:
+        for name in args.losses:
+            row = bench(name, batch, args.dim, args.repeats)
+            rows.append(row)
+            print(f"{name:32s} B={batch:5d} ours {row['ours_ms']:9.1f} ms  pml {row['pml_ms']:9.1f} ms  "
+                  f"x{row['speedup']:.2f}  diff {row['abs_diff']:.1e}", file=sys.stderr, flush=True)
+    command = ".venv/bin/python benchmarks/loss_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = to_markdown(rows, command.strip())
+    print(table)
+    if args.out is not None:
+        from dynametric.utils.io import atomic_write_text
+
+        atomic_write_text(args.out, table)
+    bad = [r for r in rows if r["speedup"] == r["speedup"] and r["speedup"] < 1.0]
+    slow_triplets = [r for r in rows if r["loss"] in TRIPLET_ENUMERATING and r["batch"] >= 1024
+                     and r["speedup"] == r["speedup"] and r["speedup"] < 2.0]
+    for r in bad:
+        print(f"TARGET MISSED: {r['loss']} at B={r['batch']} is slower than PML", file=sys.stderr)
+    for r in slow_triplets:
+        print(f"TARGET MISSED: {r['loss']} at B={r['batch']} is less than 2x faster than PML", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
