@@ -125,7 +125,39 @@ def contiguous_ids(column: Sequence[Hashable], class_ids: Sequence[Hashable] | N
     if class_ids is None:
         class_ids = sorted(set(column), key=_sort_key)
     index = {c: i for i, c in enumerate(class_ids)}
+    missing = [v for v in set(column) if v not in index]
+    if missing:
+        raise InputError(f"raw id(s) {sorted(map(str, missing))[:5]} are not in the shared id space", key="class_ids")
     return np.fromiter((index[v] for v in column), dtype=np.int64, count=len(column)), list(class_ids)
+
+
+def _contiguous_matrix(raw_labels: Sequence[tuple[Hashable, ...]], s_count: int,
+                       shared: Sequence[Sequence[Hashable]] | None) -> tuple[np.ndarray, list[list[Hashable]]]:
+    """``int64[N, S]`` contiguous labels and the raw ids per scale (vectorised when every id is an integer)."""
+    raw = np.array(raw_labels) if raw_labels else np.zeros((0, s_count), dtype=np.int64)
+    if raw.ndim == 2 and raw.shape[1] == s_count and raw.dtype.kind in "iu":
+        mats, all_ids = [], []
+        for s in range(s_count):
+            if shared is None:
+                ids, col = np.unique(raw[:, s], return_inverse=True)
+            else:
+                ids = np.asarray(shared[s])
+                if ids.dtype.kind not in "iu":
+                    break  # mixed id types: use the general path
+                col = np.searchsorted(ids, raw[:, s]).clip(0, max(len(ids) - 1, 0))
+                if len(ids) == 0 or not np.array_equal(ids[col], raw[:, s]):
+                    break
+            mats.append(col.astype(np.int64).reshape(-1))
+            all_ids.append(ids.tolist())
+        else:
+            return np.stack(mats, 1), all_ids
+    columns = [[r[s] for r in raw_labels] for s in range(s_count)]
+    mats, all_ids = [], []
+    for s in range(s_count):
+        col, ids = contiguous_ids(columns[s], None if shared is None else shared[s])
+        mats.append(col)
+        all_ids.append(ids)
+    return np.stack(mats, 1), all_ids
 
 
 def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: Sequence[Sequence[Hashable]],
@@ -142,8 +174,9 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
     n, s_count = labels.shape
     for child in range(s_count - 1):
         for parent in range(child + 1, s_count):
-            pairs = np.unique(labels[:, [child, parent]], axis=0)
-            kids, counts = np.unique(pairs[:, 0], return_counts=True)
+            width = int(labels[:, parent].max()) + 1 if n else 1
+            pairs = np.unique(labels[:, child].astype(np.int64) * width + labels[:, parent])  # distinct (kid, parent)
+            kids, counts = np.unique(pairs // width, return_counts=True)
             bad = kids[counts > 1]
             if child > 0:
                 verdict = "yes" if bad.size == 0 else f"no ({bad.size} {scale_names[child]} class(es) have several)"
@@ -271,14 +304,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         if not records.paths:
             raise InputError(f"{name} split {records.split!r} has no records", file=(report.files or [None])[0])
         s_count = len(records.scale_names)
-        columns = list(zip(*records.raw_labels))
-        mats, all_ids = [], []
-        for s in range(s_count):
-            shared = records.class_ids[s] if records.class_ids is not None else None
-            col, ids = contiguous_ids(columns[s], shared)
-            mats.append(col)
-            all_ids.append(ids)
-        labels = np.stack(mats, 1)
+        labels, all_ids = _contiguous_matrix(records.raw_labels, s_count, records.class_ids)
         if check_hierarchy and s_count > 1:
             problems, notes = check_hierarchy_fn(labels, records.scale_names, all_ids, records.locations)
             report.notes.extend(notes)

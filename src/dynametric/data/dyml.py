@@ -22,12 +22,13 @@ Labels are reordered to finest first: ``(fine, middle, coarse)``.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Hashable
 from pathlib import Path
 
 from dynametric.data.base import LoadReport, SplitRecords, contiguous_ids
-from dynametric.data.readers import DuplicateTracker, image_exists, parse_int, read_lines, require_file, resolve_root
+from dynametric.data.readers import DuplicateTracker, image_exists, read_lines, require_file, resolve_root
 from dynametric.errors import InputError
 
 SCALES: tuple[str, str, str] = ("fine", "middle", "coarse")
@@ -55,35 +56,40 @@ def strip_header(first_line: str, n_fields: int) -> tuple[str, str]:
 
 def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadReport, check_files: bool = True
                    ) -> list[tuple[int, str, tuple[int, ...]]]:
-    """Parse a DyML csv into ``(line, fname, labels finest first)`` records; bad rows go to ``report``."""
+    """Parse a DyML csv into ``(line, image path, labels finest first)`` records; bad rows go to ``report``."""
     require_file(path, f"a DyML csv with {n_fields} fields '{_FIELDS[n_fields]}'")
     lines = read_lines(path, report)
     out: list[tuple[int, str, tuple[int, ...]]] = []
     dup = DuplicateTracker(report)
     report.header[str(path)] = "none"
+    prefix = os.path.join(str(image_dir), "")  # plain string joins: pathlib costs ~10 µs per row
     for k, (number, text) in enumerate(lines):
         if k == 0:
             mode, text = strip_header(text, n_fields)
             report.header[str(path)] = mode
             if mode == "own_line":
                 continue
-        fields = [f.strip() for f in text.split(",")]
+        fields = text.split(",")
         if len(fields) != n_fields:
             report.add(f"expected {n_fields} comma-separated fields '{_FIELDS[n_fields]}', got {len(fields)}: "
                        f"{text.strip()!r}", path, number)
             continue
-        fname, raw = fields[0], fields[1:]
-        ints = [parse_int(v) for v in raw]
-        if not fname or any(v is None for v in ints):
+        fname = fields[0].strip()
+        try:
+            ints = [int(v) for v in fields[1:]]  # int() accepts the surrounding spaces
+        except ValueError:
+            ints = []
+        if not fname or not ints:
             report.add(f"expected '{_FIELDS[n_fields]}' with a file name and integer labels, got {text.strip()!r}",
                        path, number)
             continue
         labels = tuple(reversed(ints)) if n_fields == 4 else tuple(ints)  # file is coarsest first
-        if not image_exists(str(image_dir / fname), report, path, number, check_files):
+        full = prefix + fname
+        if not image_exists(full, report, path, number, check_files):
             continue
         if not dup.accept(fname, labels, path, number):
             continue
-        out.append((number, fname, labels))  # type: ignore[arg-type]
+        out.append((number, full, labels))  # type: ignore[arg-type]
     return out
 
 
@@ -125,7 +131,7 @@ class DyMLFormat:
         rows = parse_dyml_csv(csv, n_fields, image_dir, report, check_files)
         report.records = len(rows)
         locations = [(str(csv), number) for number, _, _ in rows]
-        paths = [str(image_dir / fname) for _, fname, _ in rows]
+        paths = [full for _, full, _ in rows]
         raw: list[tuple[Hashable, ...]] = [labels for _, _, labels in rows]
         if n_fields == 4:
             return SplitRecords(split, paths, raw, SCALES, locations, report)

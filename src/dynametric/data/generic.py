@@ -113,7 +113,7 @@ class CSVFormat:
                     ids[s].add(v)
             if r[i_split] != split:
                 continue
-            full = str(img_root / r[i_path])
+            full = os.path.join(str(img_root), r[i_path])
             if not image_exists(full, report, path, number, check_files):
                 continue
             if not dup.accept(r[i_path], labels, path, number):

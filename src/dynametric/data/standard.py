@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -96,7 +97,7 @@ class CUB200Format:
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             rel, img_line = paths[iid]
-            full = str(base / "images" / rel)
+            full = os.path.join(str(base), "images", rel)
             if not image_exists(full, report, images_txt, img_line, check_files):
                 continue
             out_paths.append(full)
@@ -152,7 +153,7 @@ class Cars196Format:
                 continue
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
-            full = str(base / rel)
+            full = os.path.join(str(base), rel)
             if not check_files or Path(full).is_file():
                 if dup.accept(rel, (cls,), mat_path, None):
                     out_paths.append(full)
@@ -181,6 +182,7 @@ class SOPFormat:
         report = LoadReport(split=split)
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report)
+        prefix = os.path.join(str(base), "")
         lines = read_lines(path, report)
         report.header[str(path)] = "none"
         for k, (number, text) in enumerate(lines):
@@ -192,7 +194,7 @@ class SOPFormat:
             if len(parts) != 4 or None in ints:
                 report.add(f"expected 'image_id class_id super_class_id path', got {text.strip()!r}", path, number)
                 continue
-            full = str(base / parts[3])
+            full = prefix + parts[3]
             if not image_exists(full, report, path, number, check_files):
                 continue
             if not dup.accept(parts[3], tuple(ints), path, number):  # type: ignore[arg-type]
@@ -268,7 +270,7 @@ class InShopFormat:
                                f"<file>)", path, number)
                     continue
                 labels = (item, cat)
-            full = str(base / name)
+            full = os.path.join(str(base), name)
             if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number):
                 continue
             out_paths.append(full)
