@@ -1,0 +1,95 @@
+"""End-to-end `dynametric train` on a tiny synthetic config: run folder, metrics.json shape, report, resume,
+dry run, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dynametric.cli import main
+from dynametric.engine.checkpoint import load_checkpoint_file
+
+TINY = """
+data:
+  format: synthetic
+  options: {images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}
+  batch_size: 16
+  m: 4
+  eval_batch_size: 64
+model: {backbone: simple_cnn, embedding_dim: 16, backbone_kwargs: {width: 8, depth: 2}}
+loss: {name: TripletMarginLoss}
+optim: {lr: 0.003}
+trainer: {max_epochs: 2, progress_bar: false, log_every_n_steps: 1}
+run: {report: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = root / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    return cfg, out
+
+
+def test_run_folder_and_metrics_shape(finished_run):
+    _, out = finished_run
+    for name in ("config.yaml", "last.ckpt", "best.ckpt", "metrics.json", "report.html", "run_info.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["untrained", "validation", "test"]
+    scales = ["fine", "middle", "coarse"]
+    assert list(metrics["untrained"]) == [*scales, "mean"]
+    assert list(metrics["test"]) == [*scales, "mean"]
+    assert [v["epoch"] for v in metrics["validation"]] == [0, 1]
+    for entry in metrics["validation"]:
+        assert set(entry) == {"epoch", *scales, "mean"}
+    for scale in scales:
+        for block in (metrics["untrained"][scale], metrics["test"][scale]):
+            assert 0.0 <= block["map@r"] <= 1.0 and 0.0 <= block["recall@1"] <= 1.0
+            assert block["num_queries"] == 3 * 2 * 3 * 4 - block["excluded_queries"]  # 3 families x 3 shapes x 2
+    # the test of the best checkpoint used the epoch with the best validation fine/map@r
+    info = json.loads((out / "run_info.json").read_text())
+    scores = [v["fine"]["map@r"] for v in metrics["validation"]]
+    assert info["selected"]["epoch"] == scores.index(max(scores))
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "Multi-scale retrieval" in html
+
+
+def test_resume_of_a_finished_run_continues_with_more_epochs(finished_run, tmp_path):
+    cfg_path, out = finished_run
+    last = load_checkpoint_file(out / "last.ckpt")
+    assert last["epoch"] == 1
+    # a finished run resumed: nothing left to do, same weights, metrics rewritten with the same shape
+    before = {k: v.clone() for k, v in last["state_dict"].items()}
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    after = load_checkpoint_file(out / "last.ckpt")["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [v["epoch"] for v in json.loads((out / "metrics.json").read_text())["validation"]] == [0, 1]
+
+
+def test_dry_run_prints_config_and_components(finished_run, capsys):
+    cfg, _ = finished_run
+    assert main(["train", "--config", str(cfg), "--dry-run", "trainer.max_epochs=5"]) == 0
+    text = capsys.readouterr().out
+    assert "max_epochs: 5" in text and "param group backbone" in text and "TripletMarginLoss" in text
+
+
+def test_dry_run_without_dataset_root_warns(tmp_path, capsys):
+    assert main(["train", "--dry-run", "data.format=cub200", f"data.root={tmp_path / 'missing'}",
+                 "loss.name=ProxyAnchorLoss"]) == 0
+    assert "not found" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "data.format=cub200", f"data.root={tmp_path / 'nope'}"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "dataset root not found" in err
+    assert main(["train", "--dry-run", "trainer.max_epoch=3"]) == 2
+    assert "max_epochs" in capsys.readouterr().err  # suggestion of the closest key
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "config.yaml" in capsys.readouterr().err
