@@ -99,6 +99,8 @@ def test_formats_options_and_usage_errors(csv_root: Path, tmp_path: Path, capsys
     assert code == 2 and "dataset root not found" in out
     code, out = _run(["data", "inspect", "--format", "sop", "--root", str(csv_root), "-o", "bogus=1"], capsys)
     assert code == 2 and "unknown option(s) ['bogus'] for format 'sop'" in out
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--split", "training"], capsys)
+    assert code == 2 and "unknown split 'training' for csv" in out
     with pytest.raises(SystemExit):
         _run(["data", "inspect", "--format", "imagenet", "--root", str(csv_root)], capsys)
 

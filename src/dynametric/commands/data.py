@@ -79,6 +79,8 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             try:
                 rec = fmt.read(root, split, **reader)
             except InputError as exc:
+                if exc.file is None:  # a usage error (unknown split, bad option value): exit status 2
+                    raise
                 problems.append(Problem(exc.message, exc.file, exc.line, "missing_file"))
                 continue
             problems += rec.report.problems
