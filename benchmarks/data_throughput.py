@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=str, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()
 
     from dynametric.data.base import HierarchicalImageDataset
     from dynametric.data.samplers import HierarchicalSampler, MPerClassSampler, ThreeScaleSampler
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# data_throughput: {args.images} JPEGs {args.width}x{args.height} ({mb:.1f} MiB), preset "
           f"{args.preset!r}, batch {args.batch_size}, median of {args.repeats}; {platform.machine()} "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, main-process threads {args.threads}")
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, main-process threads {args.threads}, "
+          f"load average at start {load[0]:.1f}")
     print()
     print("| pipeline | s per pass | images/s | vs decode floor |")
     print("|---|---:|---:|---:|")

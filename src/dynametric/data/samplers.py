@@ -370,7 +370,9 @@ class HierarchicalSampler(_EpochBatchSampler):
         parent_of_arr = np.asarray(parent_of)
         self.parents, first = np.unique(parent_of_arr, return_index=True)
         self.parents = self.parents[np.argsort(first, kind="stable")]
-        self.children = [np.flatnonzero(parent_of_arr == p) for p in self.parents]
+        parent_pos = {p: i for i, p in enumerate(self.parents.tolist())}
+        self.parent_index = np.array([parent_pos[p] for p in parent_of_arr.tolist()], dtype=np.int64)
+        self.children = [np.flatnonzero(self.parent_index == i) for i in range(len(self.parents))]
         if len(self.parents) < self.parents_per_batch:
             raise InputError(f"a batch needs {self.parents_per_batch} distinct parents but scale {self.parent_scale} "
                              f"has only {len(self.parents)}", key="parents_per_batch")
@@ -403,10 +405,10 @@ class HierarchicalSampler(_EpochBatchSampler):
         parent_ids = np.arange(len(self.parents))
         batches = []
         for _ in range(count):
-            left = np.array([pool.remaining[kids].sum() for kids in self.children], dtype=np.float64)
+            left = np.bincount(self.parent_index, weights=pool.remaining, minlength=len(self.parents))
             if np.count_nonzero(left) < self.parents_per_batch:
                 pool.new_pass()
-                left = np.array([pool.remaining[kids].sum() for kids in self.children], dtype=np.float64)
+                left = np.bincount(self.parent_index, weights=pool.remaining, minlength=len(self.parents))
             parents = rng.choice(parent_ids, self.parents_per_batch, replace=False, p=left / left.sum())
             rows = [pool.take(int(c)) for p in parents for c in self._pick_children(pool, int(p))]
             batches.append(np.concatenate(rows))
