@@ -36,6 +36,20 @@ CASES: dict[str, tuple[Callable, Callable, Callable[[int], bool]]] = {
 }
 TRIPLET_ENUMERATING = {"TripletMarginLoss", "MarginLoss"}
 
+# Proxy/classification losses: built with num_classes (= B / 4 here) and embedding_size; PML's loss gets a copy of
+# our initial weights (name -> weight attribute), so both compute the same value.
+PROXY_CASES: dict[str, str] = {"ProxyNCALoss": "proxies", "ProxyAnchorLoss": "proxies", "NormalizedSoftmaxLoss": "W",
+                               "CosFaceLoss": "W", "ArcFaceLoss": "W", "SoftTripleLoss": "fc"}
+for _name in PROXY_CASES:
+    CASES[_name] = (getattr(dm, _name), getattr(pml, _name), lambda b: True)
+
+
+def _proxy_pair(name: str, num_classes: int, dim: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    ours = getattr(dm, name)(num_classes, dim)
+    theirs = getattr(pml, name)(num_classes=num_classes, embedding_size=dim)
+    getattr(theirs, PROXY_CASES[name]).data.copy_(getattr(ours, PROXY_CASES[name]).data)
+    return ours, theirs
+
 
 def time_once(loss: torch.nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     x = emb.clone().requires_grad_(True)
@@ -50,7 +64,10 @@ def bench(name: str, batch: int, dim: int, repeats: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(batch, dim, generator=g)
     labels = torch.arange(batch) // 4
-    ours, theirs = ours_cls(), pml_cls()
+    if name in PROXY_CASES:
+        ours, theirs = _proxy_pair(name, int(labels.max()) + 1, dim)
+    else:
+        ours, theirs = ours_cls(), pml_cls()
     run_pml = feasible(batch)
     t_ours, t_pml = [], []
     v_ours = v_pml = float("nan")
