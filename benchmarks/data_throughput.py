@@ -65,6 +65,58 @@ def decode_floor(paths: list[str]) -> None:
             im.convert("RGB")
 
 
+def learnability_curve(steps: int, eval_every: int, seed: int = 0) -> list[dict[str, float]]:
+    """Train the 4-layer CNN of ``tests/data/test_synthetic_learnable.py`` (all-triplets loss summed over the three
+    scales, P×K = 16 × 4, Adam 3e-3) and record leave-one-out R@1 per scale on the test and train splits."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from dynametric.data.samplers import MPerClassSampler
+    from dynametric.data.synthetic import SyntheticHierarchy
+
+    def block(cin: int, cout: int, pool: bool) -> nn.Module:
+        layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        return nn.Sequential(*layers, nn.MaxPool2d(2)) if pool else nn.Sequential(*layers)
+
+    def r1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        model.eval()
+        with torch.no_grad():
+            e = F.normalize(model(x), dim=1)
+        sim = e @ e.T
+        sim.fill_diagonal_(-float("inf"))
+        return (y[sim.argmax(1)] == y).float().mean(0).tolist()
+
+    torch.manual_seed(seed)
+    train = SyntheticHierarchy("train", seed=seed)
+    test = SyntheticHierarchy("test", seed=seed, images_per_class=8)
+    xtr, ytr, xte, yte = train.tensors(), train.labels, test.tensors(), test.labels
+    model = nn.Sequential(block(3, 16, True), block(16, 32, True), block(32, 64, True), block(64, 64, False),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 64))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    curve = []
+    t0 = time.perf_counter()
+    for step, batch in enumerate(MPerClassSampler(ytr, m=4, batch_size=64, iterations_per_epoch=steps, seed=seed)):
+        if step % eval_every == 0:
+            curve.append({"step": step, "seconds": time.perf_counter() - t0, "test": r1(model, xte, yte),
+                          "train": r1(model, xtr, ytr)})
+        model.train()
+        e = F.normalize(model(xtr[batch]), dim=1)
+        y = ytr[batch]
+        d = torch.cdist(e, e)
+        eye = torch.eye(len(e), dtype=torch.bool)
+        loss = e.new_zeros(())
+        for s in range(3):
+            same = y[:, s, None] == y[None, :, s]
+            hinge = F.relu(d[:, :, None] - d[:, None, :] + 0.2) * ((same & ~eye)[:, :, None] & ~same[:, None, :])
+            loss = loss + hinge.sum() / ((hinge > 0).sum() + 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    curve.append({"step": steps, "seconds": time.perf_counter() - t0, "test": r1(model, xte, yte),
+                  "train": r1(model, xtr, ytr)})
+    return curve
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=512)
@@ -77,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     ap.add_argument("--sampler-images", type=int, default=60000)
     ap.add_argument("--sampler-classes", type=int, default=11000)
+    ap.add_argument("--learn-steps", type=int, default=0, help="also run the synthetic learnability curve")
+    ap.add_argument("--learn-eval-every", type=int, default=250)
+    ap.add_argument("--skip-pipeline", action="store_true", help="only the synthetic/sampler/learnability parts")
     ap.add_argument("--json", type=str, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -87,36 +142,49 @@ def main(argv: list[str] | None = None) -> int:
     from dynametric.data.synthetic import SyntheticHierarchy
     from dynametric.data.transforms import build_transform
 
-    results: dict[str, object] = {"images": args.images, "size": f"{args.width}x{args.height}",
-                                  "preset": args.preset, "batch_size": args.batch_size, "repeats": args.repeats}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_jpegs(Path(tmp), args.images, args.width, args.height)
-        mb = sum(os.path.getsize(p) for p in paths) / 2**20
-        labels = torch.arange(len(paths)).remainder(16).unsqueeze(1)
-        ds = HierarchicalImageDataset(paths, labels, ("fine",), "train", class_ids=[list(range(16))],
-                                      transform=build_transform(args.preset, train=True), name="bench")
+    print(f"# data_throughput: {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"main-process threads {args.threads}, load average at start {load[0]:.1f}")
+    results: dict[str, object] = {"load_average": load[0], "threads": args.threads}
+    if not args.skip_pipeline:
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = write_jpegs(Path(tmp), args.images, args.width, args.height)
+            mb = sum(os.path.getsize(p) for p in paths) / 2**20
+            labels = torch.arange(len(paths)).remainder(16).unsqueeze(1)
+            ds = HierarchicalImageDataset(paths, labels, ("fine",), "train", class_ids=[list(range(16))],
+                                          transform=build_transform(args.preset, train=True), name="bench")
 
-        def loop_items() -> None:
-            for i in range(len(ds)):
-                ds[i]
+            def loop_items() -> None:
+                for i in range(len(ds)):
+                    ds[i]
 
-        floor = timed(lambda: decode_floor(paths), args.repeats)
-        rows.append(("decode floor (PIL open + RGB)", floor))
-        rows.append(("decode + transform, plain loop", timed(loop_items, args.repeats)))
-        for w in args.workers:
-            def run_loader(w: int = w) -> None:
-                loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=w, shuffle=False)
-                for _ in loader:
-                    pass
+            floor = timed(lambda: decode_floor(paths), args.repeats)
+            rows.append(("decode floor (PIL open + RGB)", floor))
+            rows.append(("decode + transform, plain loop", timed(loop_items, args.repeats)))
+            for w in args.workers:
+                def run_loader(w: int = w) -> None:
+                    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=w)
+                    for _ in loader:
+                        pass
 
-            rows.append((f"DataLoader num_workers={w}", timed(run_loader, args.repeats)))
+                rows.append((f"DataLoader num_workers={w}", timed(run_loader, args.repeats)))
+        print()
+        print(f"{args.images} JPEGs {args.width}x{args.height} ({mb:.1f} MiB), preset {args.preset!r} (train), "
+              f"batch {args.batch_size}, median of {args.repeats} passes")
+        print()
+        print("| pipeline | s per pass | images/s | vs decode floor |")
+        print("|---|---:|---:|---:|")
+        for name, t in rows:
+            print(f"| {name} | {t:.2f} | {args.images / t:.0f} | {floor / t:.2f}x |")
+        results["pipeline"] = {name: {"seconds": t, "images_per_s": args.images / t} for name, t in rows}
 
     t0 = time.perf_counter()
-    syn_train = SyntheticHierarchy("train", seed=0)
-    syn_test = SyntheticHierarchy("test", seed=0)
+    syn_n = len(SyntheticHierarchy("train", seed=0)) + len(SyntheticHierarchy("test", seed=0))
     syn_s = time.perf_counter() - t0
-    syn_n = len(syn_train) + len(syn_test)
+    print()
+    print(f"SyntheticHierarchy train + test (defaults, 32x32): {syn_n} images in {syn_s:.2f} s "
+          f"({syn_n / syn_s:.0f} images/s)")
+    results["synthetic"] = {"images": syn_n, "seconds": syn_s}
 
     rng = np.random.default_rng(0)
     n, c = args.sampler_images, args.sampler_classes
@@ -128,32 +196,30 @@ def main(argv: list[str] | None = None) -> int:
         "HierarchicalSampler(batch 128, k=4, 2 parents)": HierarchicalSampler(big_labels, batch_size=128,
                                                                               samples_per_class=4),
     }
-    sampler_rows = []
-    for name, s in samplers.items():
-        sampler_rows.append((name, len(s), timed(s.epoch_batches, 1)))
-
-    print(f"# data_throughput: {args.images} JPEGs {args.width}x{args.height} ({mb:.1f} MiB), preset "
-          f"{args.preset!r}, batch {args.batch_size}, median of {args.repeats}; {platform.machine()} "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, main-process threads {args.threads}, "
-          f"load average at start {load[0]:.1f}")
     print()
-    print("| pipeline | s per pass | images/s | vs decode floor |")
-    print("|---|---:|---:|---:|")
-    for name, t in rows:
-        print(f"| {name} | {t:.2f} | {args.images / t:.0f} | {floor / t:.2f}x |")
-    print()
-    print(f"SyntheticHierarchy train + test (defaults, 32x32): {syn_n} images in {syn_s:.2f} s "
-          f"({syn_n / syn_s:.0f} images/s)")
-    print()
-    print(f"Sampler epoch build ({n} images, {len(np.unique(fine))} fine classes):")
+    print(f"Sampler epoch build ({n} images, {len(np.unique(fine))} fine / {len(np.unique(fine // 10))} middle "
+          "classes):")
     print()
     print("| sampler | batches/epoch | s per epoch build |")
     print("|---|---:|---:|")
-    for name, nb, t in sampler_rows:
-        print(f"| {name} | {nb} | {t:.2f} |")
-    results.update({"pipeline": {name: {"seconds": t, "images_per_s": args.images / t} for name, t in rows},
-                    "synthetic": {"images": syn_n, "seconds": syn_s},
-                    "samplers": {name: {"batches": nb, "seconds": t} for name, nb, t in sampler_rows}})
+    results["samplers"] = {}
+    for name, s in samplers.items():
+        t = timed(s.epoch_batches, 1)
+        print(f"| {name} | {len(s)} | {t:.2f} |")
+        results["samplers"][name] = {"batches": len(s), "seconds": t}
+
+    if args.learn_steps:
+        curve = learnability_curve(args.learn_steps, args.learn_eval_every)
+        print()
+        print(f"Synthetic learnability (tiny CNN, {args.learn_steps} steps, leave-one-out R@1 fine/middle/coarse):")
+        print()
+        print("| step | seconds | test R@1 | train R@1 |")
+        print("|---:|---:|---|---|")
+        for row in curve:
+            fmt = " / ".join
+            print(f"| {row['step']} | {row['seconds']:.0f} | {fmt(f'{v:.3f}' for v in row['test'])} | "
+                  f"{fmt(f'{v:.3f}' for v in row['train'])} |")
+        results["learnability"] = curve
     if args.json:
         from dynametric.utils.io import atomic_write_json
 
