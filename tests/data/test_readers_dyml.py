@@ -57,6 +57,10 @@ def test_splits_per_variant(dyml_vehicle: Path, dyml_product: Path) -> None:
     assert list_splits("dyml-vehicle", dyml_vehicle) == [
         "train", "query_fine", "gallery_fine", "query_middle", "gallery_middle", "query_coarse", "gallery_coarse"]
     assert list_splits("dyml-product", dyml_product) == ["train", "test"]
+    nest = "each middle class has a single coarse parent: yes"
+    assert build_dataset("dyml-vehicle", dyml_vehicle, "train").report.notes == [nest]
+    mismatch = build_dataset("dyml-animal", dyml_vehicle, "train").report.notes
+    assert mismatch == ["the root is named 'dyml_vehicle' but is read as dyml-animal", nest]
     test = build_dataset("dyml-product", dyml_product, "test")
     assert test.labels.tolist() == [[0, 0, 0], [0, 0, 0], [1, 1, 1]]
     assert test.class_ids == [[900, 950], [50, 60], [3, 4]]

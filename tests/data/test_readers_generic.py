@@ -188,3 +188,16 @@ def test_dataloader_workers_and_pickle(csv_root: Path) -> None:
     batches = list(loader)
     assert [tuple(x.shape) for x, _ in batches] == [(2, 3, 8, 8), (2, 3, 8, 8)]
     assert torch.equal(torch.cat([y for _, y in batches]), ds.labels)
+
+
+def test_direct_construction_validates(tmp_path: Path) -> None:
+    from dynametric.data.base import HierarchicalImageDataset
+
+    img = write_image(tmp_path / "a.png")
+    ds = HierarchicalImageDataset([str(img), str(img)], torch.tensor([[0, 1], [2, 1]]), ("fine", "coarse"), "train")
+    assert ds.class_ids == [[0, 1, 2], [0, 1]] and ds.raw_label(1) == (2, 1)
+    assert ds[1][1].tolist() == [2, 1]
+    with pytest.raises(InputError, match="only 2 class ids"):
+        HierarchicalImageDataset([str(img)], torch.tensor([[2]]), ("fine",), "train", class_ids=[["a", "b"]])
+    with pytest.raises(InputError, match="do not match 1 paths and 2 scale names"):
+        HierarchicalImageDataset([str(img)], torch.tensor([[0]]), ("fine", "coarse"), "train")

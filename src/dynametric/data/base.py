@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from dynametric.errors import InputError
+from dynametric.labels import as_label_matrix
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +264,25 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: Sequence[str], labels: torch.Tensor, scale_names: Sequence[str], split: str, *,
-                 class_ids: Sequence[Sequence[Hashable]], transform: Callable[[Image.Image], Any] | None = None,
+                 class_ids: Sequence[Sequence[Hashable]] | None = None,
+                 transform: Callable[[Image.Image], Any] | None = None,
                  swap_rb: bool = False, skip_corrupt: bool = False, report: LoadReport | None = None,
                  class_names: Sequence[dict[Hashable, str]] | None = None, name: str = "dataset") -> None:
-        self.labels = labels.long()
+        self.labels = as_label_matrix(labels, name="labels")
+        if self.labels.shape[0] and int(self.labels.min()) < 0:
+            raise InputError("labels must be contiguous ids >= 0 (raw ids go into class_ids)", key="labels")
+        if class_ids is None:  # labels are already the ids
+            class_ids = [list(range(int(self.labels[:, s].max()) + 1 if len(paths) else 0))
+                         for s in range(self.labels.shape[1])]
         if self.labels.dim() != 2 or self.labels.shape[0] != len(paths) or self.labels.shape[1] != len(scale_names):
             raise InputError(f"labels of shape {tuple(self.labels.shape)} do not match {len(paths)} paths and "
                              f"{len(scale_names)} scale names", key="labels")
         if len(class_ids) != len(scale_names):
             raise InputError("one class_ids list per scale is required", key="class_ids")
+        for s, ids in enumerate(class_ids):
+            if self.labels.shape[0] and int(self.labels[:, s].max()) >= len(ids):
+                raise InputError(f"scale {s} has label {int(self.labels[:, s].max())} but only {len(ids)} class ids",
+                                 key="class_ids")
         self._paths = paths if isinstance(paths, PathTable) else PathTable(list(paths))
         self.scale_names: tuple[str, ...] = tuple(scale_names)
         self.split = split

@@ -128,6 +128,9 @@ class DyMLFormat:
             raise InputError(f"unknown split {split!r} for {self.name}; expected one of {list(files)}", key="split")
         csv, n_fields, image_dir = files[split]
         report = LoadReport(split=split)
+        named = re.fullmatch(r".*dyml[_-](vehicle|animal|product)", base.resolve().name, re.IGNORECASE)
+        if named and named.group(1).lower() != self.variant:
+            report.notes.append(f"the root is named {base.name!r} but is read as {self.name}")
         rows = parse_dyml_csv(csv, n_fields, image_dir, report, check_files)
         report.records = len(rows)
         locations = [(str(csv), number) for number, _, _ in rows]
