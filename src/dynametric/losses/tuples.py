@@ -208,7 +208,12 @@ def first_positive_pair_per_label(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One positive pair per anchor label: the first (in tuple order) pair of each label, ordered by label value
     (pytorch-metric-learning's ``convert_to_pos_pairs_with_unique_labels``)."""
-    a, p, _, _ = convert_to_pairs(indices_tuple, labels)
+    if indices_tuple is None:
+        pos, _ = match_masks(labels)
+        a = torch.nonzero(pos.any(1)).flatten()
+        p = pos[a].to(torch.uint8).argmax(1)  # first positive of each anchor (argmax returns the first maximum)
+    else:
+        a, p, _, _ = convert_to_pairs(indices_tuple, labels)
     if a.numel() == 0:
         return a, p
     lab = labels[a]
