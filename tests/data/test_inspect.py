@@ -126,3 +126,12 @@ def test_sample_grid_honours_swap_rb(dyml_vehicle: Path, tmp_path: Path, capsys:
             assert im.size == (3 * 96, 2 * 96)  # 5 images → 3 columns, 2 rows
             r, _, b = im.convert("RGB").getpixel((48, 48))
         assert (r > 200 and b < 50) if expect_red else (b > 200 and r < 50)
+
+
+def test_through_the_real_cli(csv_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dynametric.cli import main
+
+    assert main(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--split", "train"]) == 0
+    assert "train: 4 images; classes: fine=3, middle=2, coarse=2" in capsys.readouterr().out
+    assert main(["data", "inspect", "--format", "cub200", "--root", str(tmp_path / "none")]) == 2
+    assert "dynametric data: error:" in capsys.readouterr().err

@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from dynametric.data.base import Problem, check_hierarchy, contiguous_ids, load_rgb
+from dynametric.data.readers import resolve_root
 from dynametric.data.registry import FORMAT_NAMES, SYNTHETIC, get_format, list_splits, split_options
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.io import atomic_write_with
@@ -55,6 +56,8 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                     workers: int = 4) -> dict[str, Any]:
     """Inspect a dataset; returns the ``--json`` document (``problems`` empty means the dataset is clean)."""
     options = dict(options or {})
+    if format != SYNTHETIC:  # a missing root is a usage error (exit 2), not a dataset problem
+        resolve_root(root, f"the {format} dataset root")
     names = list(splits) if splits else list_splits(format, root, **options)
     result: dict[str, Any] = {"format": format, "root": None if root is None else str(root), "splits": {},
                               "problems": [], "details": {}}
