@@ -295,3 +295,58 @@ def test_hierarchical_ranks_disjoint_and_resume():
     assert head + list(again) == got[1]
     with pytest.raises(InputError, match="world_size"):
         HierarchicalSampler(labels, batch_size=16, samples_per_class=4, seed=4).load_state_dict(r1.state_dict())
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(["mperclass", "three", "hier"]), epoch=st.integers(0, 5), cut=st.integers(0, 6),
+       world=st.integers(1, 3), seed=st.integers(0, 2**31))
+def test_property_resume_at_any_position_and_rank(kind, epoch, cut, world, seed):
+    labels = hierarchy_labels(per_fine=6)
+
+    def make(rank: int):
+        if kind == "mperclass":
+            return MPerClassSampler(labels, m=3, batch_size=9, seed=seed, rank=rank, world_size=world)
+        if kind == "three":
+            return ThreeScaleSampler(labels, k=3, items_per_batch=2, seed=seed, rank=rank, world_size=world)
+        return HierarchicalSampler(labels, batch_size=12, samples_per_class=2, seed=seed, rank=rank,
+                                   world_size=world)
+
+    per_rank = []
+    for rank in range(world):
+        s = make(rank)
+        s.set_epoch(epoch)
+        full = list(s)
+        per_rank.append(full)
+        pos = min(cut, len(full))
+        it = iter(s)
+        head = [next(it) for _ in range(pos)]
+        resumed = make(rank)
+        resumed.load_state_dict(s.state_dict())
+        assert head + list(resumed) == full
+    flat = [tuple(b) for bs in per_rank for b in bs]
+    assert len({len(bs) for bs in per_rank}) == 1
+    assert len(set(flat)) == len(flat)  # no batch is given to two ranks
+
+
+@settings(max_examples=20, deadline=None)
+@given(n_parents=st.integers(2, 5), kids=st.lists(st.integers(1, 4), min_size=5, max_size=5),
+       per_class=st.integers(1, 5), k=st.integers(1, 3), classes_per_parent=st.integers(1, 3),
+       seed=st.integers(0, 2**31))
+def test_property_hierarchical_groups_share_parent(n_parents, kids, per_class, k, classes_per_parent, seed):
+    rows = []
+    fine = 0
+    for p in range(n_parents):
+        for _ in range(kids[p]):
+            rows += [(fine, p)] * per_class
+            fine += 1
+    labels = torch.tensor(rows)
+    s = HierarchicalSampler(labels, batch_size=2 * classes_per_parent * k, samples_per_class=k,
+                            parents_per_batch=2, seed=seed)
+    for b in s:
+        grid = torch.tensor(b).view(2, classes_per_parent, k)
+        fine_l, parent_l = labels[grid, 0], labels[grid, 1]
+        assert (fine_l == fine_l[..., :1]).all()
+        assert (parent_l == parent_l[:, :1, :1]).all() and parent_l[0, 0, 0] != parent_l[1, 0, 0]
+        for g in range(2):  # classes in a group are distinct whenever the parent has enough classes
+            n_kids = kids[int(parent_l[g, 0, 0])]
+            assert len(set(fine_l[g, :, 0].tolist())) == min(n_kids, classes_per_parent)

@@ -95,10 +95,14 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         return [b.tolist() for b in batches[self.rank::self.world_size][:n]]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # not a generator function: the position is reset (or restored) when the iterator is created
         batches = self.epoch_batches()
         start, self._resume_from = self._resume_from, 0
         self._position = start
-        for batch in batches[start:]:
+        return self._yield(batches[start:])
+
+    def _yield(self, batches: list[list[int]]) -> Iterator[list[int]]:
+        for batch in batches:
             self._position += 1
             yield batch
 
