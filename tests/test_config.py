@@ -275,3 +275,26 @@ def test_a_miner_needs_a_name() -> None:
     with pytest.raises(ConfigError, match="missing required key") as info:
         load_config(overrides=["miner.kwargs.epsilon=0.1"])
     assert info.value.key == "miner.name"
+
+
+def test_a_typo_in_any_key_suggests_that_key() -> None:
+    checked = 0
+    for key in schema_keys():
+        parent, _, leaf = key.rpartition(".")
+        if not parent or len(leaf) < 4 or parent.startswith(("miner", "extra_losses")):
+            continue
+        typo = leaf[:-2] + leaf[-1]
+        with pytest.raises(ConfigError) as info:
+            load_config(overrides=[f"{parent}.{typo}=1"])
+        assert info.value.key == f"{parent}.{typo}" and f"did you mean '{key}'?" in str(info.value)
+        checked += 1
+    assert checked > 60
+
+
+@pytest.mark.parametrize("override, hint", [("data.format=cub", "did you mean 'cub200'"),
+                                            ("data.transform=realitycheck", "did you mean 'reality_check'"),
+                                            ("data.sampler=m_per_clas", "did you mean 'm_per_class'")])
+def test_data_names_are_checked_against_the_data_registries(override: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert info.value.key == override.split("=")[0] and hint in str(info.value)

@@ -62,7 +62,7 @@ class DataConfig:
     val_folds: int | None = None
     val_fold: int = 0
     val_seed: int = 0
-    sampler: str = "m_per_class"
+    sampler: Literal["m_per_class", "three_scale", "hierarchical", "random"] = "m_per_class"
     """Batch sampler: ``m_per_class`` | ``three_scale`` | ``hierarchical`` | ``random``."""
     m: int = 4
     """Samples per class in a batch (m_per_class / hierarchical); per-scale chunk size for three_scale."""
@@ -77,6 +77,16 @@ class DataConfig:
     """DataLoader worker processes."""
 
     def _validate(self, key: str) -> None:
+        from dynametric.data.registry import FORMAT_NAMES
+        from dynametric.data.transforms import PRESETS
+
+        if self.format not in FORMAT_NAMES:
+            raise ConfigError(f"unknown dataset format {self.format!r}" + (_suggest(self.format, FORMAT_NAMES)
+                              or f"; valid formats: {', '.join(FORMAT_NAMES)}"), key=f"{key}.format")
+        presets = ["default", *PRESETS]
+        if self.transform not in presets:
+            raise ConfigError(f"unknown transform preset {self.transform!r}" + (_suggest(self.transform, presets)
+                              or f"; valid presets: {', '.join(presets)}"), key=f"{key}.transform")
         _positive(self.batch_size, f"{key}.batch_size")
         _positive(self.m, f"{key}.m")
         _positive(self.eval_batch_size, f"{key}.eval_batch_size")
