@@ -36,3 +36,15 @@ def test_pddm_loss_is_registered_and_configs_validate() -> None:
     assert isinstance(loss, PDDMLoss) and loss.unit.hidden_dim == 16
     built = validate_components(load_config(CONFIGS / "cars.yaml", ["loss.kwargs.mode=per_positive_pair"]))
     assert isinstance(built["loss"], PDDMLoss) and built["loss"].mode == "per_positive_pair"
+
+
+def test_synthetic_pddm_config_and_loss_optimizer_group() -> None:
+    from dynametric.engine.module import OptimSettings, parameter_groups
+    from dynametric.engine.objective import Objective
+
+    cfg = load_config(CONFIGS / "synthetic.yaml")
+    loss = validate_components(cfg)["loss"]
+    assert isinstance(loss, PDDMLoss) and loss.unit.embedding_dim == cfg.model.embedding_dim
+    model = build_embedder(backbone=cfg.model.backbone, pretrained=False, embedding_dim=cfg.model.embedding_dim)
+    groups = {g["name"]: g["params"] for g in parameter_groups(model, [Objective(loss=loss)], OptimSettings())}
+    assert {id(p) for p in groups["loss"]} == {id(p) for p in loss.unit.parameters()}
