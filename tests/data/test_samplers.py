@@ -350,3 +350,29 @@ def test_property_hierarchical_groups_share_parent(n_parents, kids, per_class, k
         for g in range(2):  # classes in a group are distinct whenever the parent has enough classes
             n_kids = kids[int(parent_l[g, 0, 0])]
             assert len(set(fine_l[g, :, 0].tolist())) == min(n_kids, classes_per_parent)
+
+
+def test_three_scale_batches_feed_multiscale_loss_chunkwise():
+    from dynametric.data.synthetic import SyntheticHierarchy
+    from dynametric.losses.multiscale import MultiScaleLoss
+
+    ds = SyntheticHierarchy("train", images_per_class=4, fine_per_shape={"train": 2})
+    s = ThreeScaleSampler(ds.labels, k=2, items_per_batch=4, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=s)
+    x, y = next(iter(loader))
+    assert x.shape == (24, 3, 32, 32) and y.shape == (24, 3)
+    emb = torch.randn(24, 8, requires_grad=True)
+    loss = MultiScaleLoss("TripletMarginLoss", num_scales=3, chunks=s.loss_chunks)
+    value = loss(emb, y)
+    value.backward()
+    assert torch.isfinite(value) and len(loss.last_scale_losses) == 3
+    # only the rows of a scale's chunk enter that scale's loss: moving the other rows changes nothing at scale 0
+    rows0 = s.chunk_layout()[0]
+    other = torch.ones(24, dtype=torch.bool)
+    other[rows0] = False
+    emb2 = emb.detach().clone()
+    emb2[other] = torch.randn(int(other.sum()), 8)
+    loss(emb2, y)
+    first = loss.last_scale_losses[0]
+    loss(emb.detach(), y)
+    assert torch.allclose(first, loss.last_scale_losses[0])
