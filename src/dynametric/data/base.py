@@ -183,8 +183,13 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
                 verdict = "yes" if bad.size == 0 else f"no ({bad.size} {scale_names[child]} class(es) have several)"
                 notes.append(f"each {scale_names[child]} class has a single {scale_names[parent]} parent: {verdict}")
                 continue
-            for c in bad.tolist():
-                rows_c = np.flatnonzero(labels[:, child] == c)
+            if bad.size == 0:
+                continue
+            order = np.argsort(labels[:, child], kind="stable")  # rows grouped by class, file order kept
+            starts = np.searchsorted(labels[order, child], bad, side="left")
+            ends = np.searchsorted(labels[order, child], bad, side="right")
+            for c, lo, hi in zip(bad.tolist(), starts.tolist(), ends.tolist()):
+                rows_c = order[lo:hi]
                 parts = []
                 first_loc: tuple[str, int | None] | None = None
                 for p in np.unique(labels[rows_c, parent]).tolist():
