@@ -298,3 +298,9 @@ def test_data_names_are_checked_against_the_data_registries(override: str, hint:
     with pytest.raises(ConfigError) as info:
         load_config(overrides=[override])
     assert info.value.key == override.split("=")[0] and hint in str(info.value)
+
+
+def test_yaml_file_exponent_floats_and_int_precision(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.yaml", "optim:\n  lr: 1e-5\n  weight_decay: 4E-4\ntrainer:\n  precision: 32\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1e-5 and cfg.optim.weight_decay == 4e-4 and cfg.trainer.precision == "32"

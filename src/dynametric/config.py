@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import inspect
 import json
@@ -637,16 +638,13 @@ def _try_coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
     raise TypeError(f"unsupported schema type {tp!r} at {key}")  # a bug in the schema, not user input
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+    """Resolved field types of a schema dataclass (memoised: the schema is fixed at import)."""
+    return typing.get_type_hints(cls)
 
 
-def schema_keys(cls: type = None, prefix: str = "") -> list[str]:  # type: ignore[assignment]
+def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     """Every dotted key of the schema (sections and leaves), e.g. ``trainer.max_epochs``."""
     cls = Config if cls is None else cls
     keys: list[str] = []
