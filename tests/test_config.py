@@ -304,3 +304,10 @@ def test_yaml_file_exponent_floats_and_int_precision(tmp_path: Path) -> None:
     path = _write(tmp_path / "c.yaml", "optim:\n  lr: 1e-5\n  weight_decay: 4E-4\ntrainer:\n  precision: 32\n")
     cfg = load_config(path)
     assert cfg.optim.lr == 1e-5 and cfg.optim.weight_decay == 4e-4 and cfg.trainer.precision == "32"
+
+
+def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
+    path = _write(tmp_path / "dup.yaml", "optim:\n  lr: 0.1\n  name: sgd\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="duplicate key") as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == ("optim.lr", 4)

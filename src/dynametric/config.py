@@ -431,6 +431,9 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
         if isinstance(n, yaml.MappingNode):
             for k, v in n.value:
                 key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                if key in lines:  # PyYAML would silently keep the last value
+                    raise ConfigError(f"duplicate key (first given on line {lines[key]})", file=file,
+                                      line=k.start_mark.line + 1, key=key)
                 lines[key] = k.start_mark.line + 1
                 walk(v, key)
         elif isinstance(n, yaml.SequenceNode):
