@@ -23,6 +23,15 @@ from dynametric.miners import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on the shared, loaded CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def as_set(indices) -> set:
     return set(zip(*[t.tolist() for t in indices], strict=True))
 
@@ -161,10 +170,10 @@ def test_distance_weighted_probabilities_and_sampling_law():
     w = w * (labels[:, None] != labels[None, :])
     torch.testing.assert_close(probs.double(), w / w.sum(1, keepdim=True), rtol=1e-4, atol=1e-7)
     # the sampler follows that law: empirical negative frequencies for anchor 0 over many draws
-    emb, labels = batch(3, n=40, d=5, classes=2)
+    emb, labels = batch(3, n=64, d=5, classes=2)
     probs = miner.sampling_probabilities(emb, labels, emb, None)
     a_list, n_list = [], []
-    for _ in range(100):
+    for _ in range(50):
         a, p, n = miner(emb, labels)
         assert bool((labels[a] == labels[p]).all()) and bool((a != p).all()) and bool((labels[a] != labels[n]).all())
         # exactly one triplet per positive pair
@@ -173,8 +182,8 @@ def test_distance_weighted_probabilities_and_sampling_law():
         a_list.append(a)
         n_list.append(n)
     a, n = torch.cat(a_list), torch.cat(n_list)
-    freq = torch.bincount(n[a == 0], minlength=40).double()
-    assert freq.sum() > 1500
+    freq = torch.bincount(n[a == 0], minlength=64).double()
+    assert freq.sum() > 1000
     freq = freq / freq.sum()
     assert (freq - probs[0].double()).abs().max() < 0.03
     # with an upper cutoff, negatives beyond it are never drawn (unless a row has none left: uniform fallback)
