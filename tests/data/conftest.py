@@ -111,6 +111,26 @@ def write_cars(root: Path, rows: list[tuple[str, int]] | None = None) -> Path:
     return root
 
 
+def write_cars_devkit(root: Path) -> Path:
+    """The devkit layout of the common CARS196 mirrors (torchvision/Kaggle): per-part annos, per-part folders."""
+    import scipy.io
+
+    top = root / "stanford_cars"
+    dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+    parts = {"train": [("00001.jpg", 1), ("00002.jpg", 99)], "test": [("00001.jpg", 98), ("00002.jpg", 196)]}
+    for part, rows in parts.items():
+        ann = np.zeros((1, len(rows)), dtype=dtype)
+        for i, (fname, cls) in enumerate(rows):
+            ann[0, i] = (1, 1, 5, 5, np.uint8(cls), fname)
+            write_image(top / f"cars_{part}" / fname, _colour(cls))
+        mat = top / "devkit" / "cars_train_annos.mat" if part == "train" else top / "cars_test_annos_withlabels.mat"
+        mat.parent.mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(str(mat), {"annotations": ann})
+    names = np.array([f"car {i}" for i in range(1, 197)], dtype=object)
+    scipy.io.savemat(str(top / "devkit" / "cars_meta.mat"), {"class_names": names[None, :]})
+    return root
+
+
 # ------------------------------------------------------------------------------------------------------ SOP / In-Shop
 SOP_TRAIN = [(1, 1, 1, "bicycle_final/111_0.JPG"), (2, 1, 1, "bicycle_final/111_1.JPG"),
              (3, 2, 1, "bicycle_final/222_0.JPG"), (4, 3, 2, "cabinet_final/333_0.JPG")]

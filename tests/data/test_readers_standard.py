@@ -8,7 +8,7 @@ import pytest
 
 from dynametric.data import build_dataset
 from dynametric.errors import InputError
-from tests.data.conftest import write_cars, write_inshop
+from tests.data.conftest import write_cars, write_cars_devkit, write_inshop
 
 
 def test_cub_class_split_and_ids(cub_root: Path) -> None:
@@ -57,6 +57,20 @@ def test_cars_missing_image_and_bad_mat(tmp_path: Path) -> None:
     (root / "cars_annos.mat").write_bytes(b"garbage")
     with pytest.raises(InputError, match=r"cars_annos\.mat"):
         build_dataset("cars196", root, "train")
+
+
+def test_cars_devkit_layout_same_class_ids(tmp_path: Path) -> None:
+    root = write_cars_devkit(tmp_path / "mirror")
+    train = build_dataset("cars196", root, "train")
+    test = build_dataset("cars196", root, "test")
+    top = root / "stanford_cars"
+    assert train.class_ids == [[1, 98]] and test.class_ids == [[99, 196]]  # split by class, not by annotation file
+    assert list(train.paths) == [str(top / "cars_train" / "00001.jpg"), str(top / "cars_test" / "00001.jpg")]
+    assert list(test.paths) == [str(top / "cars_train" / "00002.jpg"), str(top / "cars_test" / "00002.jpg")]
+    assert train.class_names is not None and train.class_names[0][1] == "car 1"
+    (top / "cars_test" / "00002.jpg").unlink()
+    with pytest.raises(InputError, match=r"cars_test_annos_withlabels\.mat: .*annotation #2: image file not found"):
+        build_dataset("cars196", root, "test")
 
 
 def test_sop_two_scales(sop_root: Path) -> None:

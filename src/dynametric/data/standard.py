@@ -5,7 +5,9 @@
   are ``train``, 101–200 ``test`` (the per-image ``train_test_split.txt`` is a classification split, ignored).
   ``root`` may be the folder holding ``images.txt`` or its parent holding ``CUB_200_2011/``.
 * **CARS196** (``cars196``): ``cars_annos.mat`` with the struct array ``annotations`` (``relative_im_path``,
-  ``class`` 1-based, ``test`` ignored); classes 1–98 ``train``, 99–196 ``test``.
+  ``class`` 1-based, ``test`` ignored); classes 1–98 ``train``, 99–196 ``test``. Without it, the devkit layout
+  of the common mirrors (``devkit/cars_train_annos.mat``, ``cars_test_annos_withlabels.mat``, ``cars_train/``,
+  ``cars_test/``) is read into the same class ids.
 * **Stanford Online Products** (``sop``): ``Ebay_train.txt`` / ``Ebay_test.txt``, a header row then
   ``image_id class_id super_class_id path``; labels ``[N, 2]`` = (class_id, super_class_id).
 * **In-Shop Clothes** (``inshop``): ``list_eval_partition.txt`` (at the root or in ``Eval/``): line 1 the image
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +110,30 @@ class CUB200Format:
         return SplitRecords(split, out_paths, raw, ("fine",), locs, report, class_names=[names] if names else None)
 
 
+def _load_struct(mat_path: Path, var: str, fields: tuple[str, ...]) -> tuple[dict[str, Any], np.ndarray]:
+    """Load a MATLAB file and return it with its struct array ``var`` (1-D), checking the required fields."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(mat_path), squeeze_me=True)
+    except (ValueError, OSError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as exc:
+        raise InputError(f"cannot read MATLAB file ({type(exc).__name__}: {exc})", file=mat_path) from exc
+    arr = mat.get(var)
+    if arr is None or getattr(arr, "dtype", None) is None or arr.dtype.names is None:
+        raise InputError(f"expected a struct array {var!r}", file=mat_path, key=var)
+    arr = np.atleast_1d(arr)
+    for fld in fields:
+        if fld not in arr.dtype.names:
+            raise InputError(f"{var!r} lacks the field {fld!r} (has {list(arr.dtype.names)})", file=mat_path,
+                             key=f"{var}.{fld}")
+    return mat, arr
+
+
 class Cars196Format:
+    """CARS196 from the official ``cars_annos.mat`` or, failing that, the devkit layout of the common mirrors
+    (``devkit/cars_train_annos.mat`` + ``cars_test_annos_withlabels.mat`` with images in ``cars_train/`` and
+    ``cars_test/``; also under ``stanford_cars/``). Both give the same 1–196 class ids; the DML split is by class."""
+
     name = "cars196"
     options: dict[str, object] = {}
     TRAIN_MAX_CLASS = 98
@@ -115,52 +141,65 @@ class Cars196Format:
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return ["train", "test"]
 
-    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
-        import scipy.io
+    @staticmethod
+    def _devkit_sources(base: Path) -> list[tuple[Path, Path]] | None:
+        for top in (base, base / "stanford_cars"):
+            train = top / "devkit" / "cars_train_annos.mat"
+            test = next((p for p in (top / "cars_test_annos_withlabels.mat",
+                                     top / "devkit" / "cars_test_annos_withlabels.mat") if p.is_file()), None)
+            if train.is_file() and test is not None:
+                return [(train, top / "cars_train"), (test, top / "cars_test")]
+        return None
 
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
         if split not in ("train", "test"):
             raise _unknown_split(self.name, split, ["train", "test"])
         base = resolve_root(root, "CARS196 with cars_annos.mat")
-        mat_path = require_file(base / "cars_annos.mat", "the CARS196 annotation file with 'annotations'")
-        report = LoadReport(split=split, files=[str(mat_path)])
-        try:
-            mat = scipy.io.loadmat(str(mat_path), squeeze_me=True)
-        except (ValueError, OSError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as exc:
-            raise InputError(f"cannot read MATLAB file ({type(exc).__name__}: {exc})", file=mat_path) from exc
-        ann = mat.get("annotations")
-        if ann is None or getattr(ann, "dtype", None) is None or ann.dtype.names is None:
-            raise InputError("expected a struct array 'annotations'", file=mat_path, key="annotations")
-        ann = np.atleast_1d(ann)
-        for fld in ("relative_im_path", "class"):
-            if fld not in ann.dtype.names:
-                raise InputError(f"'annotations' lacks the field {fld!r} (has {list(ann.dtype.names)})",
-                                 file=mat_path, key=f"annotations.{fld}")
+        report = LoadReport(split=split)
+        entries: list[tuple[Path, int, str, Any, Path]] = []  # (mat file, record #, relative path, class, image dir)
         names: dict[Hashable, str] = {}
-        if "class_names" in mat:
-            for i, n in enumerate(np.atleast_1d(mat["class_names"]).tolist(), 1):
-                names[i] = str(n)
+        devkit = None if (base / "cars_annos.mat").is_file() else self._devkit_sources(base)
+        if devkit is None:
+            mat_path = require_file(base / "cars_annos.mat", "the CARS196 annotation file with 'annotations' (or "
+                                    "the devkit layout devkit/cars_train_annos.mat + cars_test_annos_withlabels.mat)")
+            mat, ann = _load_struct(mat_path, "annotations", ("relative_im_path", "class"))
+            report.files.append(str(mat_path))
+            entries += [(mat_path, i, str(r["relative_im_path"]).strip(), r["class"], base)
+                        for i, r in enumerate(ann, 1)]
+            if "class_names" in mat:
+                names = {i: str(n) for i, n in enumerate(np.atleast_1d(mat["class_names"]).tolist(), 1)}
+        else:
+            for mat_path, image_dir in devkit:
+                _, ann = _load_struct(mat_path, "annotations", ("fname", "class"))
+                report.files.append(str(mat_path))
+                entries += [(mat_path, i, str(r["fname"]).strip(), r["class"], image_dir) for i, r in enumerate(ann, 1)]
+            meta = devkit[0][0].parent / "cars_meta.mat"
+            if meta.is_file():
+                import scipy.io
+
+                classes = scipy.io.loadmat(str(meta), squeeze_me=True).get("class_names")
+                if classes is not None:
+                    names = {i: str(n) for i, n in enumerate(np.atleast_1d(classes).tolist(), 1)}
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report)
-        for i, rec in enumerate(ann, 1):
-            rel = str(rec["relative_im_path"]).strip()
+        for mat_path, i, rel, cls_value, image_dir in entries:
             try:
-                cls = int(np.asarray(rec["class"]).item())
+                cls = int(np.asarray(cls_value).item())
             except (TypeError, ValueError):
                 cls = -1
-            if not rel or cls < 1:
-                report.add(f"annotation #{i}: expected a relative_im_path and a 1-based class, got "
-                           f"{rel!r}, {rec['class']!r}", mat_path, None)
+            if not rel or not 1 <= cls <= 2 * self.TRAIN_MAX_CLASS:
+                report.add(f"annotation #{i}: expected an image path and a class in 1..{2 * self.TRAIN_MAX_CLASS}, "
+                           f"got {rel!r}, {cls_value!r}", mat_path, None)
                 continue
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
-            full = os.path.join(str(base), rel)
-            if not check_files or Path(full).is_file():
-                if dup.accept(rel, (cls,), mat_path, None):
-                    out_paths.append(full)
-                    raw.append((cls,))
-                    locs.append((f"{mat_path} annotation #{i}", None))
-            else:
+            full = os.path.join(str(image_dir), rel)
+            if check_files and not os.path.isfile(full):
                 report.add(f"annotation #{i}: image file not found: {full}", mat_path, None, "missing_image")
+            elif dup.accept(full, (cls,), mat_path, None):
+                out_paths.append(full)
+                raw.append((cls,))
+                locs.append((f"{mat_path} annotation #{i}", None))
         report.records = len(out_paths)
         return SplitRecords(split, out_paths, raw, ("fine",), locs, report, class_names=[names] if names else None)
 
