@@ -237,6 +237,11 @@ def test_single_class_batches_are_finite_and_backprop():
     z = pairs(emb3, PATHS[[0, 1, 2]])
     z.backward()
     assert z.item() == 0.0 and pairs.last_skipped_anchors == 3
+    # empty batch (proxy mode): a graph-connected zero
+    empty = torch.zeros(0, 6, requires_grad=True)
+    z = loss(empty, torch.zeros(0, 3, dtype=torch.long))
+    z.backward()
+    assert z.item() == 0.0 and loss.last_terms is None
 
 
 def test_a_hierarchy_with_one_coarse_class_has_a_zero_coarse_term():

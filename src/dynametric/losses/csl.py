@@ -194,7 +194,7 @@ class CSLLoss(MetricLoss):
                              "remove the miner", key="indices_tuple")
         terms = self._terms(embeddings, labels, ref_emb, ref_labels)
         if terms is None:
-            return self.zero_loss(embeddings, "no anchor has a positive in the batch")
+            return self.zero_loss(embeddings, "empty batch, or no anchor has an in-batch positive (pairs mode)")
         w = torch.tensor(self.weights, dtype=terms.dtype, device=terms.device)
         return (terms * w).sum()
 
