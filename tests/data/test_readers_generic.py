@@ -157,6 +157,9 @@ def test_transform_specs_and_overrides() -> None:
     std_eval = build_transform("standard", train=False)
     assert [type(t).__name__ for t in std_eval.transforms] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
     assert std_eval.transforms[1].size == (224, 224)
+    half = build_transform("standard", train=False, size=112)
+    assert half.transforms[0].size == 128 and half.transforms[1].size == (112, 112)  # 256:224 ratio kept
+    assert build_transform("reality_check", train=True, size=114).transforms[0].size == 129
     custom = build_transform("standard", train=False, size=64, resize=72, normalize=False)
     out = custom(Image.new("RGB", (100, 80), (255, 0, 0)))
     assert out.shape == (3, 64, 64) and float(out[0].min()) == 1.0 and float(out[2].max()) == 0.0

@@ -14,7 +14,9 @@ preset             train                                            eval
 =================  ===============================================  ======================================
 
 Every preset ends with ``ToTensor`` and ``Normalize(mean, std)`` (ImageNet statistics unless given). ``size``,
-``resize``, ``scale``, ``ratio``, ``flip``, ``mean``, ``std`` and ``normalize`` override the preset's values.
+``resize``, ``scale``, ``ratio``, ``flip``, ``mean``, ``std`` and ``normalize`` override the preset's values; a
+new ``size`` without a ``resize`` keeps the preset's resize:crop ratio (``standard``, ``size=112`` → Resize(128),
+CenterCrop(112)).
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ def resolve_transform_spec(preset: str, **overrides: Any) -> TransformSpec:
     bad = sorted(set(overrides) - fields)
     if bad:
         raise ConfigError(f"unknown transform option(s) {bad}; expected some of {sorted(fields)}", key=bad[0])
-    spec = replace(PRESETS[preset], **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})
+    base = PRESETS[preset]
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
+    if "size" in values and "resize" not in values and base.resize is not None:
+        values["resize"] = round(int(values["size"]) * base.resize / base.size)  # keep the preset's resize:crop ratio
+    spec = replace(base, **values)
     if spec.size < 1 or (spec.resize is not None and spec.resize < 1):
         raise ConfigError(f"size and resize must be positive, got {spec.size}, {spec.resize}", key="size")
     if not (0 < spec.scale[0] <= spec.scale[1] <= 1):
