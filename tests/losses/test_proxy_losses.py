@@ -359,3 +359,26 @@ def test_proxy_nca_other_distances_equal_pml(distance, pml_distance):
     g = torch.Generator().manual_seed(11)
     _assert_same(ours, ref, "proxies", torch.randn(B, D, generator=g, dtype=torch.float64),
                  torch.randint(0, C, (B,), generator=g))
+
+
+def test_cross_loss_identities():
+    """CosFace(m=0, s) = ArcFace(m=0, s) = NormalizedSoftmax(T=1/s); SoftTriple(K=1, la, delta) = CosFace(delta, la)."""
+    g = torch.Generator().manual_seed(12)
+    emb = torch.randn(B, D, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, C, (B,), generator=g)
+    w = torch.randn(D, C, generator=g, dtype=torch.float64)
+    losses = [CosFaceLoss(C, D, margin=0.0, scale=8.0), ArcFaceLoss(C, D, margin=0.0, scale=8.0),
+              NormalizedSoftmaxLoss(C, D, temperature=1 / 8.0)]
+    values = []
+    for loss in losses:
+        loss.double()
+        with torch.no_grad():
+            loss.W.copy_(w)
+        values.append(loss(emb, labels).item())
+    assert values[0] == pytest.approx(values[1], rel=1e-9) and values[0] == pytest.approx(values[2], rel=1e-9)
+    st1 = SoftTripleLoss(C, D, centers_per_class=1, la=12.0, margin=0.3).double()
+    cf = CosFaceLoss(C, D, margin=0.3, scale=12.0).double()
+    with torch.no_grad():
+        st1.fc.copy_(w)
+        cf.W.copy_(w)
+    assert st1(emb, labels).item() == pytest.approx(cf(emb, labels).item(), rel=1e-9)
