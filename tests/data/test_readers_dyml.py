@@ -158,3 +158,16 @@ def test_swap_rb_and_transform(dyml_vehicle: Path) -> None:
     tds = build_dataset("dyml-vehicle", dyml_vehicle, "train", transform=lambda im: torch.tensor(im.size))
     x, y = tds[2]
     assert x.tolist() == [6, 6] and y.dtype == torch.long and y.tolist() == [2, 1, 0]
+
+
+def test_crlf_bom_and_no_final_newline(dyml_vehicle: Path) -> None:
+    csv = dyml_vehicle / "train" / "label.csv"
+    text = "\ufefffname, coarse_id, middle_id, fine_id0.jpg, 7, 30, 100\r\n1.jpg,7,30,101\r\n\r\n2.jpg ,  7 , 31, 205"
+    csv.write_bytes(text.encode("utf-8"))
+    ds = build_dataset("dyml-vehicle", dyml_vehicle, "train")
+    assert [Path(p).name for p in ds.paths] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert ds.labels.tolist() == [[0, 0, 0], [1, 0, 0], [2, 1, 0]]
+    assert ds.report.header[str(csv)] == "glued" and ds.report.blank_lines == 1
+    csv.write_bytes(b"fname, coarse_id, middle_id, fine_id0.jpg, 7, 30, \xff\n")
+    with pytest.raises(InputError, match=r"label\.csv: not UTF-8 text"):
+        build_dataset("dyml-vehicle", dyml_vehicle, "train")
