@@ -59,7 +59,7 @@ def time_once(loss: torch.nn.Module, emb: torch.Tensor, labels: torch.Tensor) ->
     return time.perf_counter() - start, float(value.detach())
 
 
-def bench(name: str, batch: int, dim: int, repeats: int, seed: int = 0) -> dict:
+def bench(name: str, batch: int, dim: int, repeats: int, min_time: float = 2.0, seed: int = 0) -> dict:
     ours_cls, pml_cls, feasible = CASES[name]
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(batch, dim, generator=g)
@@ -74,7 +74,9 @@ def bench(name: str, batch: int, dim: int, repeats: int, seed: int = 0) -> dict:
     time_once(ours, emb, labels)  # warm-up
     if run_pml:
         time_once(theirs, emb, labels)
-    for _ in range(repeats):
+    # at least `repeats` rounds, more (up to 101) while the case has used less than `min_time` seconds, so that fast
+    # cases get enough samples for a stable median on a loaded machine
+    while len(t_ours) < repeats or (sum(t_ours) + sum(t_pml) < min_time and len(t_ours) < 101):
         t, v_ours = time_once(ours, emb, labels)
         t_ours.append(t)
         if run_pml:
@@ -86,9 +88,10 @@ def bench(name: str, batch: int, dim: int, repeats: int, seed: int = 0) -> dict:
             "speedup": pml_ms / ours_ms if t_pml else float("nan"), "abs_diff": abs(v_ours - v_pml)}
 
 
-def to_markdown(rows: list[dict], command: str) -> str:
+def to_markdown(rows: list[dict], command: str, repeats: int) -> str:
     lines = [f"`{command}`", "", f"torch {torch.__version__}, {torch.get_num_threads()} threads, embedding 512, "
-             "4 images per class, median of repeats (ms, forward + backward).", "",
+             f"4 images per class, median of >= {repeats} alternating rounds (more for fast cases), "
+             "ms per forward + backward.", "",
              "| loss | batch | dynametric ms | PML ms | PML / dynametric | abs value diff |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="minimum number of side-by-side rounds")
+    parser.add_argument("--min-time", type=float, default=2.0, help="keep repeating (<= 101 rounds) until this many s")
     parser.add_argument("--losses", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here (atomically)")
@@ -113,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch in args.batch_sizes:
         for name in args.losses:
-            row = bench(name, batch, args.dim, args.repeats)
+            row = bench(name, batch, args.dim, args.repeats, args.min_time)
             rows.append(row)
             print(f"{name:32s} B={batch:5d} ours {row['ours_ms']:9.1f} ms  pml {row['pml_ms']:9.1f} ms  "
                   f"x{row['speedup']:.2f}  diff {row['abs_diff']:.1e}", file=sys.stderr, flush=True)
     command = ".venv/bin/python benchmarks/loss_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = to_markdown(rows, command.strip())
+    table = to_markdown(rows, command.strip(), args.repeats)
     print(table)
     if args.out is not None:
         from dynametric.utils.io import atomic_write_text
