@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     samplers = {
         "MPerClassSampler(m=4, batch 128)": MPerClassSampler(big_labels, m=4, batch_size=128),
         "ThreeScaleSampler(k=4, 8 items)": ThreeScaleSampler(big_labels, k=4, items_per_batch=8),
-        "HierarchicalSampler(batch 128, k=4, 2 parents)": HierarchicalSampler(big_labels, batch_size=128,
-                                                                              samples_per_class=4),
+        "HierarchicalSampler(batch 128, k=4, 4 parents)": HierarchicalSampler(big_labels, batch_size=128,
+                                                                              samples_per_class=4,
+                                                                              parents_per_batch=4),
     }
     print()
     print(f"Sampler epoch build ({n} images, {len(np.unique(fine))} fine / {len(np.unique(fine // 10))} middle "

@@ -125,16 +125,22 @@ def test_mperclass_iterations_beyond_one_pass_keep_balance():
     assert sorted(counts) == list(range(len(labels))) and set(counts.values()) == {2}
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(sizes=st.lists(st.integers(1, 9), min_size=3, max_size=8), m=st.integers(1, 4), p=st.integers(1, 3),
        seed=st.integers(0, 2**31))
 def test_mperclass_property_batches_are_pk(sizes, m, p, seed):
     labels = torch.tensor([c for c, n in enumerate(sizes) for _ in range(n)])
     s = MPerClassSampler(labels, m=m, batch_size=m * p, seed=seed)
-    for b in s:
+    batches = list(s)
+    for b in batches:
         y = labels[b].view(p, m)
         assert (y == y[:, :1]).all()
         assert len(set(y[:, 0].tolist())) == p
+    chunks = [-(-n // m) for n in sizes]
+    if p <= len(sizes) and sum(chunks) % p == 0 and max(chunks) <= sum(chunks) // p:
+        # the pass can be packed exactly: the epoch is that pass, every sample is visited
+        assert len(batches) == sum(chunks) // p
+        assert set(i for b in batches for i in b) == set(range(len(labels)))
 
 
 def test_mperclass_errors():

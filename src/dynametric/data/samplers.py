@@ -140,6 +140,10 @@ class _ChunkPool:
         self.rng = rng
         self.queues: list[list[np.ndarray]] = [[] for _ in members]
         self.remaining = np.zeros(len(members), dtype=np.int64)  # chunks left in the current pass
+        self.sizes = np.array([len(m) for m in members], dtype=np.int64)
+        self.rows = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
+        self.row_class = np.repeat(np.arange(len(members)), self.sizes)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
 
     def _chunks_of(self, c: int) -> list[np.ndarray]:
         idx = self.members[c]
@@ -155,10 +159,25 @@ class _ChunkPool:
         return list(perm.reshape(-1, k))
 
     def new_pass(self) -> None:
-        for c in range(len(self.members)):
-            chunks = self._chunks_of(c)
-            self.queues[c].extend(chunks)
-            self.remaining[c] += len(chunks)
+        """Append one pass of chunks for every class (vectorised form of :meth:`_chunks_of`)."""
+        k, n_cls = self.k, len(self.members)
+        # shuffle rows within each class (rows are stored class by class)
+        prow = self.rows[np.lexsort((self.rng.random(len(self.rows)), self.row_class))]
+        pad = -self.sizes % k
+        fill_cls = np.repeat(np.arange(n_cls), pad)
+        within = np.arange(len(fill_cls)) - np.repeat(np.cumsum(pad) - pad, pad)
+        small = self.sizes[fill_cls] < k
+        if small.any():  # fewer than K images: fill with replacement
+            within[small] = self.rng.integers(0, self.sizes[fill_cls[small]])
+        # classes with >= K images fill from their first (shuffled) rows, i.e. without replacement
+        fill = prow[self.offsets[fill_cls] + within]
+        order = np.argsort(np.concatenate([self.row_class * 2, fill_cls * 2 + 1]), kind="stable")
+        chunks = np.concatenate([prow, fill])[order].reshape(-1, k)
+        counts = (self.sizes + pad) // k
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        for c in range(n_cls):
+            self.queues[c].extend(chunks[bounds[c]:bounds[c + 1]])
+        self.remaining += counts
 
     def take(self, c: int) -> np.ndarray:
         if not self.queues[c]:
@@ -168,11 +187,22 @@ class _ChunkPool:
         return self.queues[c].pop(0)
 
     def pick(self, candidates: np.ndarray, count: int) -> np.ndarray | None:
-        """``count`` distinct classes among ``candidates``, weighted by chunks left; ``None`` if too few are left."""
-        weights = self.remaining[candidates].astype(np.float64)
-        if np.count_nonzero(weights) < count:
+        """``count`` distinct classes among ``candidates`` with chunks left in the pass; ``None`` if too few."""
+        rem = self.remaining[candidates]
+        if np.count_nonzero(rem) < count:
             return None
-        return self.rng.choice(candidates, count, replace=False, p=weights / weights.sum())
+        # a class with as many chunks left as there are batches left must be in this one (else the pass cannot be
+        # packed without repeats); the others are drawn with probability proportional to their chunks left
+        rounds = int(rem.sum()) // count
+        forced = candidates[rem >= rounds]
+        if len(forced) > count:
+            forced = self.rng.choice(forced, count, replace=False)
+        free = (rem > 0) & ~np.isin(candidates, forced)
+        need = count - len(forced)
+        if need:
+            w = rem[free].astype(np.float64)
+            forced = np.concatenate([forced, self.rng.choice(candidates[free], need, replace=False, p=w / w.sum())])
+        return self.rng.permutation(forced)
 
 
 def _chunks_per_pass(members: list[np.ndarray], k: int) -> int:
