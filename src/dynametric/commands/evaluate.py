@@ -181,6 +181,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--query-ids", help="text file, one id per query row: gallery items with the same id are excluded")
     p.add_argument("--gallery-ids", help="text file, one id per gallery row")
     p.add_argument("--example", action="store_true", help="evaluate the bundled example (no files needed)")
+    p.add_argument("--checkpoint", help="a `dynametric train` checkpoint (e.g. RUN/best.ckpt): embed a dataset split "
+                   "with it instead of reading --embeddings (engine; see docs/training.md)")
+    p.add_argument("--config", help="with --checkpoint: the run config (default: config.yaml beside the checkpoint)")
+    p.add_argument("--split", help="with --checkpoint: dataset split to embed (default: data.test_split)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --checkpoint: dotted config override (repeatable)")
     p.add_argument("--metrics", nargs="+", default=None,
                    help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, r_precision, "
                         "map@r, map, asi, nmi, f1, all; default: every retrieval metric")
@@ -201,7 +207,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dynametric.metrics import evaluate_embeddings
 
-    if args.example:
+    if args.checkpoint:
+        if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
+            raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
+                              key="--checkpoint")
+        from dynametric.engine.inference import embed_from_checkpoint
+
+        ce = embed_from_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides)
+        q, ql, g, gl = ce.query, ce.query_labels, ce.gallery, ce.gallery_labels
+        names, source = ce.scale_names or None, ce.description
+    elif args.config or args.split or args.overrides:
+        raise ConfigError("--config, --split and --set need --checkpoint", key="--checkpoint")
+    elif args.example:
         if args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
             raise ConfigError("--example cannot be combined with embedding/label files", key="--example")
         from dynametric.examples import make_example
