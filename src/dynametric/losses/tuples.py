@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from dynametric.distances import Distance
 from dynametric.errors import InputError
 
 IndicesTuple = tuple[torch.Tensor, ...]
@@ -225,7 +226,7 @@ def first_positive_pair_per_label(
     return a[pick], p[pick]
 
 
-def distance_matrix(distance, embeddings: torch.Tensor, ref_emb: torch.Tensor | None) -> torch.Tensor:
+def distance_matrix(distance: Distance, embeddings: torch.Tensor, ref_emb: torch.Tensor | None) -> torch.Tensor:
     """``distance(embeddings, ref_emb)`` in float32 (losses compute in fp32 under fp16/bf16 autocast)."""
     mat = distance(embeddings, ref_emb)
     return mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat

@@ -21,7 +21,9 @@ from dynametric.losses.tuples import get_all_pairs_indices, get_all_triplets_ind
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
 
-def _ref_labels_or_none(embeddings: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor):
+def _ref_labels_or_none(
+    embeddings: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+) -> torch.Tensor | None:
     """``None`` when the reference set is the batch itself (so an item is never its own positive)."""
     return None if ref_emb is embeddings else ref_labels
 
