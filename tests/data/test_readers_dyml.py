@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dynametric.data import build_dataset, list_splits
-from dynametric.data.dyml import strip_header
+from dynametric.data.dyml import benchmark_protocol, strip_header
 from dynametric.errors import InputError
 from tests.data.conftest import DYML_TRAIN_ROWS, write_corrupt, write_dyml, write_image
 
@@ -171,3 +171,17 @@ def test_crlf_bom_and_no_final_newline(dyml_vehicle: Path) -> None:
     csv.write_bytes(b"fname, coarse_id, middle_id, fine_id0.jpg, 7, 30, \xff\n")
     with pytest.raises(InputError, match=r"label\.csv: not UTF-8 text"):
         build_dataset("dyml-vehicle", dyml_vehicle, "train")
+
+
+def test_benchmark_protocol_names_existing_splits(dyml_vehicle: Path, dyml_product: Path) -> None:
+    triples = benchmark_protocol("vehicle")
+    assert triples == [("fine", "query_fine", "gallery_fine"), ("middle", "query_middle", "gallery_middle"),
+                       ("coarse", "query_coarse", "gallery_coarse")]
+    splits = set(list_splits("dyml-vehicle", dyml_vehicle))
+    for scale, query, gallery in triples:
+        assert {query, gallery} <= splits
+        assert build_dataset("dyml-vehicle", dyml_vehicle, query, check_files=False).scale_names == (scale,)
+    assert benchmark_protocol("product") == [("all", "test", None)]
+    assert "test" in list_splits("dyml-product", dyml_product)
+    with pytest.raises(InputError, match="unknown DyML variant"):
+        benchmark_protocol("plants")

@@ -42,6 +42,19 @@ _HEADER_RE = {
 _FIELDS = {4: "fname, coarse, middle, fine", 2: "fname, label"}
 
 
+def benchmark_protocol(variant: str) -> list[tuple[str, str, str | None]]:
+    """The DyML test protocol (METHODS.md §3.9) as ``(scale, query split, gallery split)`` triples.
+
+    Vehicle/Animal: per scale, ``query_<scale>`` ranks ``gallery_<scale>``. Product: one leave-one-out run over
+    ``test`` at all three scales (gallery ``None``).
+    """
+    if variant not in VARIANTS:
+        raise InputError(f"unknown DyML variant {variant!r}; expected one of {list(VARIANTS)}", key="variant")
+    if variant == "product":
+        return [("all", "test", None)]
+    return [(level, f"query_{level}", f"gallery_{level}") for level in SCALES]
+
+
 def strip_header(first_line: str, n_fields: int) -> tuple[str, str]:
     """Split the first line into ``(header mode, remaining record text)``.
 
