@@ -198,3 +198,18 @@ def test_config_model_section_mirrors_build_embedder() -> None:
     assert set(fields) == set(params)
     model = build_embedder(**embedder_kwargs(ModelConfig()))
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 128)
+
+
+def test_vit_tokens_pool_without_the_class_token() -> None:
+    model = build_embedder("vit_tiny_patch16_224", pooling="avg", embedding_dim=None, normalize=False,
+                           backbone_kwargs={"img_size": 32}).eval()
+    assert model.backbone.num_prefix_tokens == 1
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        assert tokens.shape == (2, 5, 192)  # class token + 2 x 2 patches
+        torch.testing.assert_close(model(x), tokens[:, 1:].mean(1))
+        token_model = build_embedder("vit_tiny_patch16_224", pooling="token", embedding_dim=None, normalize=False,
+                                     backbone_kwargs={"img_size": 32}).eval()
+        token_model.load_state_dict(model.state_dict())
+        torch.testing.assert_close(token_model(x), tokens[:, 0])
