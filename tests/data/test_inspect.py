@@ -95,6 +95,11 @@ def test_formats_options_and_usage_errors(csv_root: Path, tmp_path: Path, capsys
                       "--json"], capsys)
     assert code == 1
     assert [(p["line"], p["kind"]) for p in json.loads(out)["problems"]] == [(3, "missing_image")]
+    with open(csv_root / "labels.csv", "a") as fh:
+        fh.write("imgs/a.png,query,x\n")  # line 9: read by all three splits, reported once
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--json"], capsys)
+    assert code == 1
+    assert [(p["line"], p["kind"]) for p in json.loads(out)["problems"]] == [(9, "malformed_row")]
     code, out = _run(["data", "inspect", "--format", "csv", "--root", str(tmp_path / "nope")], capsys)
     assert code == 2 and "dataset root not found" in out
     code, out = _run(["data", "inspect", "--format", "sop", "--root", str(csv_root), "-o", "bogus=1"], capsys)

@@ -114,7 +114,8 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             for scale in sorted(set(raw_ids.get(a, {})) & set(raw_ids.get(b, {}))):
                 overlap.setdefault(scale, {})[f"{a} & {b}"] = len(raw_ids[a][scale] & raw_ids[b][scale])
     result["details"]["raw_id_overlap"] = overlap
-    result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind} for p in problems]
+    unique = list(dict.fromkeys(problems))  # a file shared by several splits reports its bad rows once
+    result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind} for p in unique]
     return result
 
 
