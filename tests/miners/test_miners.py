@@ -64,6 +64,10 @@ def test_triplet_margin_miner_equals_pml(kind, seed):
         ours = TripletMarginMiner(margin=margin, type_of_triplets=kind, distance=ours_d())(emb, labels)
         theirs = pml_miners.TripletMarginMiner(margin=margin, type_of_triplets=kind, distance=pml_d())(emb, labels)
         assert [t.tolist() for t in ours] == [t.tolist() for t in theirs]  # same order too
+    ref, ref_labels = batch(seed + 5, n=13)
+    ours = TripletMarginMiner(margin=0.3, type_of_triplets=kind)(emb, labels, ref, ref_labels)
+    theirs = pml_miners.TripletMarginMiner(margin=0.3, type_of_triplets=kind)(emb, labels, ref, ref_labels)
+    assert [t.tolist() for t in ours] == [t.tolist() for t in theirs]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -196,6 +200,16 @@ def test_distance_weighted_probabilities_and_sampling_law():
     rows_ok = ((full <= 1.2) & neg).any(1)
     assert bool((pc[rows_ok][(full[rows_ok] > 1.2)] == 0).all())
     torch.testing.assert_close(pc.sum(1), torch.ones(16, dtype=pc.dtype))
+
+
+def test_distance_weighted_with_reference_set():
+    emb, labels = batch(6, n=12, classes=3)
+    ref, ref_labels = batch(7, n=20, classes=3)
+    a, p, n = DistanceWeightedMiner(seed=1)(emb, labels, ref, ref_labels)
+    assert bool((labels[a] == ref_labels[p]).all()) and bool((labels[a] != ref_labels[n]).all())
+    # one triplet per (query, same-label reference) pair; a query may meet an identical reference index
+    assert len(a) == int((labels[:, None] == ref_labels[None, :]).sum())
+    assert int(n.max()) < 20 and int(p.max()) < 20
 
 
 def test_distance_weighted_is_reproducible_with_seed():
