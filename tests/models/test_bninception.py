@@ -98,3 +98,19 @@ def test_pretrained_true_downloads_published_weights(monkeypatch: pytest.MonkeyP
     backbone = create_backbone("bninception", pretrained=True)
     assert calls and calls[0][0].endswith("bn_inception-52deb4733.pth") and calls[0][1]["weights_only"] is True
     torch.testing.assert_close(backbone.body.inception_5b_1x1.weight, source.inception_5b_1x1.weight)
+
+
+def test_reduction_pool_equals_caffe_pooling_on_even_sides_and_fixes_odd_ones() -> None:
+    from dynametric.models.bninception import _ReductionPool
+
+    x = torch.randn(2, 3, 28, 14)
+    torch.testing.assert_close(_ReductionPool()(x), torch.nn.MaxPool2d(3, stride=2, ceil_mode=True)(x))
+    odd = torch.randn(1, 2, 25, 13)
+    conv_side = [(n - 1) // 2 + 1 for n in (25, 13)]
+    assert list(_ReductionPool()(odd).shape[-2:]) == conv_side
+
+
+@pytest.mark.parametrize("side", [50, 72])  # sides where the original ceil/floor mismatch would crash
+def test_odd_intermediate_sides_run(net: BNInception, side: int) -> None:
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, side, side)).shape[:2] == (1, 1024)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynametric.errors import ConfigError
@@ -65,6 +66,20 @@ _BLOCKS: tuple[tuple[str, int, _InceptionSpec], ...] = (
     ("inception_5a", 1024, _InceptionSpec(352, 192, 320, 160, 224, "avg", 128)),
     ("inception_5b", 1024, _InceptionSpec(352, 192, 320, 192, 224, "max", 128)),
 )
+
+
+class _ReductionPool(nn.Module):
+    """Max-pool 3×3 / 2 (ceil mode) of the stride-2 blocks 3c and 4e.
+
+    Caffe's ceil-mode pooling and the floor-mode stride-2 convolutions beside it disagree by one on odd feature-map
+    sides (a 200 px input reaches block 3c at 25 × 25: convs give 13, the pool 12), where the Caffe model cannot
+    run at all. Odd sides get one pixel of (-inf) padding so that the branches agree; on even sides (every input
+    of 224, 227, 256 px) this is exactly the original pooling.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = (x.shape[-2] % 2, x.shape[-1] % 2)
+        return F.max_pool2d(x, 3, stride=2, padding=pad, ceil_mode=True)
 
 
 def _out_channels(in_ch: int, spec: _InceptionSpec) -> int:
@@ -115,7 +130,7 @@ class BNInception(nn.Module):
             self._conv_bn(f"{name}_double_3x3_2", spec.double_3x3, spec.double_3x3, 3, stride=spec.stride,
                           padding=1)
             if spec.stride == 2:
-                pool: nn.Module = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+                pool: nn.Module = _ReductionPool()
             elif spec.pool == "avg":
                 pool = nn.AvgPool2d(3, stride=1, padding=1, ceil_mode=True, count_include_pad=True)
             else:
