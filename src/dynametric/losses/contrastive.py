@@ -49,9 +49,10 @@ class ContrastiveLoss(MetricLoss):
             return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")
         mat = distance_matrix(self.distance, embeddings, ref_emb)
         if indices_tuple is None:
-            pos_loss = F.relu(self.distance.margin(mat, torch.full_like(mat, self.pos_margin)))
-            neg_loss = F.relu(self.distance.margin(torch.full_like(mat, self.neg_margin), mat))
-            return avg_nonzero_reduce(pos_loss, mat, pos_mask) + avg_nonzero_reduce(neg_loss, mat, neg_mask)
+            pos_d = mat[pos_mask]  # few positives: gather them; the many negatives stay dense
+            pos_loss = F.relu(self.distance.margin(pos_d, self.pos_margin))
+            neg_loss = F.relu(self.distance.margin(self.neg_margin, mat))
+            return avg_nonzero_reduce(pos_loss, mat) + avg_nonzero_reduce(neg_loss, mat, neg_mask)
         pos_d, neg_d = mat[a1, p], mat[a2, n]
         pos_loss = F.relu(self.distance.margin(pos_d, torch.full_like(pos_d, self.pos_margin)))
         neg_loss = F.relu(self.distance.margin(torch.full_like(neg_d, self.neg_margin), neg_d))
