@@ -311,3 +311,19 @@ def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="duplicate key") as info:
         load_config(path)
     assert (info.value.key, info.value.line) == ("optim.lr", 4)
+
+
+def test_distance_names_become_distance_objects_in_any_component() -> None:
+    from dynametric.distances import CosineSimilarity, LpDistance
+
+    class WithDistance:
+        def __init__(self, distance: object = None) -> None:
+            self.distance = distance
+
+    built = build_component({"W": WithDistance}, "W", {"distance": "cosine"}, "loss")
+    assert isinstance(built.distance, CosineSimilarity)
+    built = build_component({"W": WithDistance}, "W", {"distance": {"name": "LpDistance", "p": 1}}, "miner")
+    assert isinstance(built.distance, LpDistance) and built.distance.p == 1
+    with pytest.raises(ConfigError) as info:
+        build_component({"W": WithDistance}, "W", {"distance": "cosin"}, "extra_losses[0]")
+    assert info.value.key == "extra_losses[0].kwargs.distance"

@@ -778,7 +778,9 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
     Unknown names and keyword arguments are caught before construction (with the closest valid spelling).
     Required arguments listed in :data:`DATA_DEPENDENT_ARGS` that ``kwargs`` lacks are taken from ``data_args``;
     if one is still missing, nothing is constructed and ``None`` is returned (names and keywords were checked).
-    The object is built by ``construct(name, **kwargs)`` (default ``registry[name](**kwargs)``); its errors
+    A ``distance`` given as a name or ``{name: ..., **kwargs}`` becomes a distance object
+    (``dynametric.losses.build_distance``). The object is built by ``construct(name, **kwargs)`` (default
+    ``registry[name](**kwargs)``); its errors
     (bad values) are re-raised as :class:`ConfigError` on ``<key>.kwargs`` (``<key>.kwargs.<arg>`` when the
     error names one of the given arguments).
     """
@@ -807,6 +809,14 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
                 if data_args is None or arg not in data_args:
                     return None
                 kwargs[arg] = data_args[arg]
+    if isinstance(kwargs.get("distance"), (str, Mapping)):  # configs name distances: `cosine`, {name: ..., ...}
+        from dynametric.losses import build_distance
+
+        try:
+            kwargs["distance"] = build_distance(dict(kwargs["distance"]) if isinstance(kwargs["distance"], Mapping)
+                                                else kwargs["distance"], key=f"{key}.kwargs.distance")
+        except InputError as exc:
+            raise ConfigError(exc.message, key=f"{key}.kwargs.distance") from None
     try:
         if construct is None:
             return factory(**kwargs)
