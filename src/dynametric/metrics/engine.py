@@ -197,10 +197,11 @@ def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tenso
                          key="embeddings")
     sorted_t = torch.from_numpy(srt)
     right = torch.searchsorted(sorted_t, v, right=True)
-    left = torch.searchsorted(sorted_t, v, right=False)
+    # v itself sits at right - 1; another equal score exists iff the sorted value before it equals v as well
+    before = sorted_t.gather(1, (right - 2).clamp_min(0))
+    tied = valid & (right >= 2) & (before == v)
     del sorted_t, srt
     ranks = (n - right) + 1
-    tied = valid & ((right - left) > 1)
     if bool(tied.any()):
         ranks += _tie_offsets(scores, cols, v, tied)
     return torch.where(valid, ranks, torch.zeros_like(ranks))
@@ -242,7 +243,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                 asi_cutoff: int | None, memory_budget_bytes: int | None,
                 progress: Callable[[int, int], None] | None = None) -> list[ScaleAccumulator]:
     """Chunk over queries, rank once, and accumulate every requested metric at every scale."""
-    from dynametric.metrics.ranking import harmonic_numbers, metrics_from_sorted_ranks
+    from dynametric.metrics.ranking import harmonic_numbers, metrics_from_flat_ranks
 
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
     num_scales = problem.query_labels.shape[1]
@@ -263,16 +264,16 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                 scores = scores_block(problem, start, stop)
                 ranks = rank_candidates(scores, cols, valid, pool, threads)
             del scores
-            big = torch.iinfo(torch.int64).max
-            order = torch.argsort(torch.where(valid, ranks, torch.full_like(ranks, big)), dim=1)
-            ranks = ranks.gather(1, order)
-            cols = cols.gather(1, order)
-            valid = valid.gather(1, order)
             ql = problem.query_labels[start:stop]
+            base = ng + 1
             for s in range(num_scales):
                 rel = valid & (problem.gallery_labels[:, s][cols] == ql[:, s].unsqueeze(1))
-                r_count, vals = metrics_from_sorted_ranks(ranks, rel, k_values=k_values, metrics=metrics,
-                                                          asi_cutoff=asi_cutoff, harmonic=harmonic)
+                rows_s, pos_s = rel.nonzero(as_tuple=True)
+                key = (rows_s * base + ranks[rows_s, pos_s]).numpy()
+                key.sort()  # numpy SIMD sort: (row, rank) order
+                key_t = torch.from_numpy(key)
+                r_count, vals = metrics_from_flat_ranks(key_t // base, key_t % base, stop - start, k_values=k_values,
+                                                        metrics=metrics, asi_cutoff=asi_cutoff, harmonic=harmonic)
                 accs[s].add(r_count, vals)
             if progress is not None:
                 progress(stop, nq)

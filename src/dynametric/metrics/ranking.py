@@ -31,6 +31,63 @@ def harmonic_numbers(n: int) -> torch.Tensor:
     return h
 
 
+def metrics_from_flat_ranks(
+    rows: torch.Tensor,
+    ranks: torch.Tensor,
+    num_rows: int,
+    *,
+    k_values: tuple[int, ...] = (),
+    metrics: tuple[str, ...] = RETRIEVAL_METRICS,
+    asi_cutoff: int | None = None,
+    harmonic: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-query metric values from the relevant items' ranks, flattened and sorted by ``(row, rank)``.
+
+    ``rows``/``ranks``: ``LongTensor[M]``, one entry per relevant item, grouped by query row (ascending) and, within
+    a row, by ascending 1-based rank. Returns ``(R[num_rows], {name: float64[num_rows]})``; values are 0 where
+    ``R == 0`` (undefined there; the caller excludes such queries or counts them as zero).
+    ``asi_cutoff=None`` means ``N = R_q``.
+    """
+    r_count = torch.bincount(rows, minlength=num_rows)
+    out: dict[str, torch.Tensor] = {}
+    start = torch.cumsum(r_count, 0) - r_count
+    has = r_count > 0
+    first = torch.full((num_rows,), torch.iinfo(torch.int64).max, dtype=torch.long)
+    if rows.numel():
+        first[has] = ranks[start[has]]
+    for k in k_values:
+        out[f"recall@{k}"] = (first <= k).to(torch.float64)
+    if not metrics:
+        return r_count, out
+    denom = r_count.to(torch.float64).clamp_min(1.0)
+    rk = ranks.to(torch.float64)
+    j = (torch.arange(rows.numel()) - start[rows] + 1).to(torch.float64)
+    r_row = r_count[rows]
+    within_r = (ranks <= r_row).to(torch.float64)
+    prec = j / rk
+
+    def per_row(weights: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(rows, weights=weights, minlength=num_rows).to(torch.float64)
+
+    if "r_precision" in metrics:
+        out["r_precision"] = per_row(within_r) / denom
+    if "map@r" in metrics:
+        out["map@r"] = per_row(prec * within_r) / denom
+    if "map" in metrics:
+        out["map"] = per_row(prec) / denom
+    if "asi" in metrics:
+        top = int(ranks.max()) if ranks.numel() else 0
+        if harmonic is None or harmonic.numel() <= max(top, asi_cutoff or 0):
+            harmonic = harmonic_numbers(max(top, asi_cutoff or 0, int(r_count.max()) if num_rows else 0, 1))
+        cut = r_row if asi_cutoff is None else torch.full_like(r_row, asi_cutoff)
+        inside = ranks <= cut
+        safe = torch.where(inside, ranks, torch.ones_like(ranks))
+        terms = (harmonic[cut] - harmonic[safe - 1]) * inside.to(torch.float64)
+        cut_den = denom if asi_cutoff is None else torch.full_like(denom, float(asi_cutoff))
+        out["asi"] = per_row(terms) / cut_den
+    return r_count, out
+
+
 def metrics_from_sorted_ranks(
     ranks: torch.Tensor,
     relevant: torch.Tensor,
@@ -40,55 +97,17 @@ def metrics_from_sorted_ranks(
     asi_cutoff: int | None = None,
     harmonic: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-query metric values from candidate ranks sorted ascending along each row.
+    """Padded form of :func:`metrics_from_flat_ranks`.
 
-    ``ranks``: ``LongTensor[Q, U]``, 1-based ranks of some candidates of each query, ascending along the row
-    (padding anywhere after the real entries, with ``relevant`` False there). ``relevant``: ``BoolTensor[Q, U]``,
-    which of them are relevant at the scale being evaluated. Returns ``(R, values)``: ``R`` the number of relevant
-    items per query (``LongTensor[Q]``) and ``values[name]`` a ``float64[Q]`` tensor (undefined where ``R == 0``,
-    set to 0 there; the caller decides whether such queries are excluded or counted as zero).
-    ``asi_cutoff=None`` means ``N = R_q``.
+    ``ranks``: ``LongTensor[Q, U]`` of 1-based candidate ranks; ``relevant``: ``BoolTensor[Q, U]`` marking the
+    relevant ones (padding and non-relevant slots False). Entries need not be sorted.
     """
-    rel = relevant
-    r_count = rel.sum(1)
-    out: dict[str, torch.Tensor] = {}
-    if ranks.shape[1] == 0:
-        zeros = torch.zeros(ranks.shape[0], dtype=torch.float64)
-        for k in k_values:
-            out[f"recall@{k}"] = zeros.clone()
-        for name in metrics:
-            out[name] = zeros.clone()
-        return r_count, out
-    rk = ranks.to(torch.float64)
-    big = torch.iinfo(torch.int64).max
-    first = torch.where(rel, ranks, torch.full_like(ranks, big)).min(1).values
-    for k in k_values:
-        out[f"recall@{k}"] = (first <= k).to(torch.float64)
-    if not metrics:
-        return r_count, out
-    j = torch.cumsum(rel, 1).to(torch.float64)  # j-th relevant item (1-based) at each relevant position
-    r_f = r_count.to(torch.float64)
-    denom = r_f.clamp_min(1.0)
-    within_r = rel & (ranks <= r_count.unsqueeze(1))
-    prec_at_hit = torch.where(rel, j / rk, torch.zeros_like(rk))
-    if "r_precision" in metrics:
-        out["r_precision"] = within_r.sum(1).to(torch.float64) / denom
-    if "map@r" in metrics:
-        out["map@r"] = torch.where(within_r, prec_at_hit, torch.zeros_like(rk)).sum(1) / denom
-    if "map" in metrics:
-        out["map"] = prec_at_hit.sum(1) / denom
-    if "asi" in metrics:
-        if harmonic is None:
-            top = int(ranks.max().clamp_min(0)) if asi_cutoff is None else max(int(ranks.max()), asi_cutoff)
-            harmonic = harmonic_numbers(max(top, int(r_count.max()) if r_count.numel() else 0, 1))
-        if asi_cutoff is None:
-            cut = r_count
-            cut_f = denom
-        else:
-            cut = torch.full_like(r_count, asi_cutoff)
-            cut_f = torch.full_like(r_f, float(asi_cutoff))
-        within_n = rel & (ranks <= cut.unsqueeze(1))
-        safe_rank = torch.where(within_n, ranks, torch.ones_like(ranks))
-        terms = harmonic[cut].unsqueeze(1) - harmonic[safe_rank - 1]
-        out["asi"] = torch.where(within_n, terms, torch.zeros_like(terms)).sum(1) / cut_f
-    return r_count, out
+    q, _ = ranks.shape
+    rows, pos = relevant.nonzero(as_tuple=True)
+    rk = ranks[rows, pos]
+    if rk.numel():
+        base = int(rk.max()) + 1
+        key = torch.sort(rows * base + rk).values
+        rows, rk = key // base, key % base
+    return metrics_from_flat_ranks(rows, rk, q, k_values=k_values, metrics=metrics, asi_cutoff=asi_cutoff,
+                                   harmonic=harmonic)
