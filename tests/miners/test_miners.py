@@ -135,8 +135,8 @@ def test_empty_outputs_and_single_class():
 
 
 def test_registry_and_errors():
-    assert set(MINERS) == {"TripletMarginMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
-                           "PairMarginMiner"}
+    assert {"TripletMarginMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
+            "PairMarginMiner"} <= set(MINERS)  # other helpers register more (InterClassTripletMiner)
     m = build_miner("TripletMarginMiner", margin=0.1, type_of_triplets="hard", distance="cosine")
     assert isinstance(m.distance, dm_dist.CosineSimilarity) and m.margin == 0.1
     with pytest.raises(ConfigError, match="unknown miner"):

@@ -31,6 +31,7 @@ from dynametric.losses.proxies import (
     SoftTripleLoss,
 )
 from dynametric.losses.triplet import TripletMarginLoss
+from dynametric.models.sharing import DecorrelationLoss
 
 LOSSES: dict[str, type[MetricLoss]] = {
     "ContrastiveLoss": ContrastiveLoss,
@@ -50,6 +51,7 @@ LOSSES: dict[str, type[MetricLoss]] = {
     "SoftTripleLoss": SoftTripleLoss,
     "CSLLoss": CSLLoss,
     "PDDMLoss": PDDMLoss,
+    "DecorrelationLoss": DecorrelationLoss,
 }
 
 DISTANCES: dict[str, type[_distances.Distance]] = {
@@ -106,6 +108,7 @@ __all__ = [
     "ProxyNCALoss",
     "SoftTripleLoss",
     "CircleLoss",
+    "DecorrelationLoss",
     "ContrastiveLoss",
     "GeneralizedLiftedStructureLoss",
     "IndicesTuple",

@@ -9,6 +9,7 @@ from typing import Any
 from dynametric.errors import ConfigError
 from dynametric.losses.base import Miner
 from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
+from dynametric.miners.inter_class import InterClassTripletMiner
 from dynametric.miners.multi_similarity import MultiSimilarityMiner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
 
@@ -18,6 +19,7 @@ MINERS: dict[str, type[Miner]] = {
     "DistanceWeightedMiner": DistanceWeightedMiner,
     "MultiSimilarityMiner": MultiSimilarityMiner,
     "PairMarginMiner": PairMarginMiner,
+    "InterClassTripletMiner": InterClassTripletMiner,
 }
 
 
@@ -39,6 +41,7 @@ __all__ = [
     "MINERS",
     "BatchHardMiner",
     "DistanceWeightedMiner",
+    "InterClassTripletMiner",
     "MultiSimilarityMiner",
     "PairMarginMiner",
     "TripletMarginMiner",

@@ -1,0 +1,211 @@
+"""MIC clustering route (Roth, Brattoli, Ommer, "MIC: Mining Interclass Characteristics for Improved Metric
+Learning", ICCV 2019; METHODS §2.7): surrogate classes for the shared head.
+
+1. initial features from a low backbone layer (:func:`layer_features`: ResNet stem + first stage, average-pooled
+   with kernel 18 / stride 12 to 4x4, flattened, L2-normalised);
+2. per-class standardisation ``z~_i = z_i - mu_{y_i}`` (option: also divide by the class std,
+   :func:`standardise_per_class`), leaving the intra-class variation;
+3. k-means into ``K`` surrogate classes (:func:`kmeans`: faiss when importable, else a torch implementation);
+4. re-clustering of the current shared embeddings (not standardised) every ``recluster_every`` epochs
+   (:class:`SurrogateLabeler`);
+5. label noise: with probability 0.2 a surrogate-class slot of a batch is filled from a uniformly random cluster
+   while the slot keeps its label (:func:`sample_surrogate_batch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.labels import as_label_matrix
+
+STANDARDISATIONS = ("mean", "mean_std", "none")
+
+
+def standardise_per_class(features: torch.Tensor, labels: torch.Tensor, mode: str = "mean",
+                          eps: float = 1e-8) -> torch.Tensor:
+    """``z_i - mu_{y_i}`` (``mean``), ``(z_i - mu_{y_i}) / sigma_{y_i}`` element-wise (``mean_std``; population std,
+    ``eps`` added) or ``z`` unchanged (``none``). Vectorised with ``index_add``; ``labels`` is ``[N]``."""
+    if mode not in STANDARDISATIONS:
+        raise ConfigError(f"unknown standardisation {mode!r}; expected one of {list(STANDARDISATIONS)}",
+                          key="standardise")
+    if features.dim() != 2:
+        raise InputError(f"features must be [N, F], got {tuple(features.shape)}", key="features")
+    labels = as_label_matrix(labels, name="labels", num_rows=features.shape[0])[:, 0]
+    if mode == "none":
+        return features.clone()
+    x = features.double()
+    _, inv, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    sums = torch.zeros(counts.numel(), x.shape[1], dtype=x.dtype).index_add_(0, inv, x)
+    mean = sums / counts.unsqueeze(1).to(x.dtype)
+    out = x - mean[inv]
+    if mode == "mean_std":
+        var = torch.zeros_like(mean).index_add_(0, inv, out * out) / counts.unsqueeze(1).to(x.dtype)
+        out = out / (var.sqrt()[inv] + eps)
+    return out.to(features.dtype)
+
+
+def _kmeans_torch(x: torch.Tensor, k: int, n_iter: int, seed: int, n_init: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    best: tuple[float, torch.Tensor, torch.Tensor] | None = None
+    x2 = (x * x).sum(1, keepdim=True)
+    for _ in range(n_init):
+        # k-means++ seeding
+        centres = x[torch.randint(x.shape[0], (1,), generator=gen)]
+        for _ in range(1, k):
+            d = (x2 - 2 * x @ centres.T + (centres * centres).sum(1)).clamp_min(0).min(1).values
+            probs = d / d.sum() if float(d.sum()) > 0 else torch.full_like(d, 1.0 / d.numel())
+            centres = torch.cat([centres, x[torch.multinomial(probs, 1, generator=gen)]])
+        for _ in range(n_iter):
+            dist = x2 - 2 * x @ centres.T + (centres * centres).sum(1)
+            assign = dist.argmin(1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, x)
+            counts = torch.bincount(assign, minlength=k).to(x.dtype)
+            empty = counts == 0
+            new = sums / counts.clamp_min(1).unsqueeze(1)
+            if bool(empty.any()):  # re-seed empty clusters with the points farthest from their centre
+                far = dist.gather(1, assign.unsqueeze(1)).squeeze(1).topk(int(empty.sum())).indices
+                new[empty] = x[far]
+            if torch.allclose(new, centres):
+                centres = new
+                break
+            centres = new
+        dist = x2 - 2 * x @ centres.T + (centres * centres).sum(1)
+        assign = dist.argmin(1)
+        inertia = float(dist.gather(1, assign.unsqueeze(1)).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, assign, centres)
+    assert best is not None
+    return best[1], best[2]
+
+
+def kmeans(x: torch.Tensor, k: int, *, n_iter: int = 50, seed: int = 0, n_init: int = 1,
+           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means of ``x [N, F]`` into ``k`` clusters -> ``(assignments LongTensor[N], centres [k, F])``.
+
+    ``backend``: ``faiss`` (``faiss.Kmeans``), ``torch`` (Lloyd iterations with k-means++ seeding, empty clusters
+    re-seeded) or ``auto`` (faiss when importable). Every cluster id in ``[0, k)`` is used when ``N >= k`` and the
+    points are distinct (torch backend guarantees it; faiss's assignments are checked and, if a cluster is empty,
+    the torch backend is used instead)."""
+    if x.dim() != 2:
+        raise InputError(f"k-means input must be [N, F], got {tuple(x.shape)}", key="features")
+    if isinstance(k, bool) or k < 1 or k > x.shape[0]:
+        raise ConfigError(f"k must be in [1, {x.shape[0]}] (the number of points), got {k}", key="num_clusters")
+    if backend not in ("auto", "faiss", "torch"):
+        raise ConfigError(f"unknown k-means backend {backend!r}; expected auto, faiss or torch", key="backend")
+    xf = x.detach().float().cpu().contiguous()
+    if backend in ("auto", "faiss"):
+        try:
+            import faiss  # type: ignore[import-not-found]
+        except ImportError:
+            if backend == "faiss":
+                raise ConfigError("backend 'faiss' requested but faiss is not installed", key="backend") from None
+        else:
+            km = faiss.Kmeans(xf.shape[1], int(k), niter=int(n_iter), nredo=int(n_init), seed=int(seed),
+                              verbose=False, min_points_per_centroid=1, max_points_per_centroid=10**9)
+            km.train(xf.numpy())
+            _, idx = km.index.search(xf.numpy(), 1)
+            assign = torch.from_numpy(idx[:, 0]).long()
+            if int(torch.unique(assign).numel()) == int(k) or backend == "faiss":
+                return assign, torch.from_numpy(km.centroids).float()
+    assign, centres = _kmeans_torch(xf.double(), int(k), int(n_iter), int(seed), int(n_init))
+    return assign, centres.float()
+
+
+def layer_features(model: nn.Module, images: torch.Tensor, layer: str, pool_kernel: int = 18,
+                   pool_stride: int = 12, grid: int = 4) -> torch.Tensor:
+    """Output of submodule ``layer`` of ``model`` (by :meth:`~torch.nn.Module.named_modules` name) for ``images``,
+    average-pooled to ``grid x grid`` (kernel 18 / stride 12 as in MIC when the map is large enough, 56 -> 4;
+    otherwise adaptive pooling), flattened and L2-normalised: ``[B, C * grid^2]``."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        near = [n for n in modules if n][:12]
+        raise ConfigError(f"unknown layer {layer!r}; the model has e.g. {near}", key="mic.layer")
+    captured: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        captured.append(out)
+
+    handle = modules[layer].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        handle.remove()
+    fmap = captured[-1]
+    if fmap.dim() != 4:
+        raise InputError(f"layer {layer!r} gives shape {tuple(fmap.shape)}, expected [B, C, H, W]", key="mic.layer")
+    if fmap.shape[2] >= pool_kernel and fmap.shape[3] >= pool_kernel:
+        pooled = F.avg_pool2d(fmap, pool_kernel, pool_stride)
+    else:
+        pooled = F.adaptive_avg_pool2d(fmap, grid)
+    return F.normalize(pooled.flatten(1), dim=1)
+
+
+class SurrogateLabeler:
+    """Surrogate labels of the training set: initial clustering of per-class-standardised features, then
+    re-clustering of the shared embeddings every ``recluster_every`` epochs (epochs counted from 0; re-clusters at
+    the start of epochs ``recluster_every, 2 * recluster_every, ...``). :attr:`history` lists ``(epoch, source)``."""
+
+    def __init__(self, num_clusters: int, recluster_every: int = 3, standardise: str = "mean",
+                 seed: int = 0, backend: str = "auto") -> None:
+        if isinstance(recluster_every, bool) or recluster_every < 0:
+            raise ConfigError(f"recluster_every must be >= 0 (0: never), got {recluster_every}",
+                              key="recluster_every")
+        if standardise not in STANDARDISATIONS:
+            raise ConfigError(f"unknown standardisation {standardise!r}", key="standardise")
+        self.num_clusters = int(num_clusters)
+        self.recluster_every = int(recluster_every)
+        self.standardise = standardise
+        self.seed = int(seed)
+        self.backend = backend
+        self.labels: torch.Tensor | None = None
+        self.history: list[tuple[int, str]] = []
+
+    def initial(self, features: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        z = standardise_per_class(features, class_labels, self.standardise)
+        self.labels, _ = kmeans(z, self.num_clusters, seed=self.seed, backend=self.backend)
+        self.history.append((0, "initial"))
+        return self.labels
+
+    def due(self, epoch: int) -> bool:
+        return self.recluster_every > 0 and epoch > 0 and epoch % self.recluster_every == 0
+
+    def maybe_recluster(self, epoch: int, embed: Callable[[], torch.Tensor]) -> bool:
+        """At a due epoch, cluster ``embed()`` (the shared embeddings of the training set, in dataset order)."""
+        if not self.due(epoch):
+            return False
+        emb = embed()
+        self.labels, _ = kmeans(emb, self.num_clusters, seed=self.seed + epoch, backend=self.backend)
+        self.history.append((int(epoch), "shared_embedding"))
+        return True
+
+
+def sample_surrogate_batch(cluster_labels: torch.Tensor, clusters_per_batch: int, m: int, noise: float = 0.2,
+                           generator: torch.Generator | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One shared-step batch: ``clusters_per_batch`` distinct clusters (uniform), ``m`` images each (with replacement
+    when a cluster is small). With probability ``noise`` a slot's images come from a uniformly random cluster while
+    the slot keeps its label (MIC's label noise). Returns ``(indices [P*m], labels [P*m], noisy_slots [P] bool)``."""
+    if not 0.0 <= noise <= 1.0:
+        raise ConfigError(f"noise must be in [0, 1], got {noise}", key="noise")
+    labels = cluster_labels.long().cpu()
+    present = torch.unique(labels)
+    if clusters_per_batch > present.numel():
+        raise ConfigError(f"clusters_per_batch={clusters_per_batch} exceeds the {present.numel()} non-empty clusters",
+                          key="clusters_per_batch")
+    slots = present[torch.randperm(present.numel(), generator=generator)[:clusters_per_batch]]
+    noisy = torch.rand(clusters_per_batch, generator=generator) < noise
+    source = torch.where(noisy, present[torch.randint(present.numel(), (clusters_per_batch,), generator=generator)],
+                         slots)
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    start = torch.searchsorted(sorted_labels, source)
+    count = torch.searchsorted(sorted_labels, source, right=True) - start
+    offs = (torch.rand(clusters_per_batch, m, generator=generator) * count.unsqueeze(1)).long()
+    idx = order[(start.unsqueeze(1) + offs).flatten()]
+    return idx, slots.repeat_interleave(m), noisy
