@@ -327,3 +327,9 @@ def test_distance_names_become_distance_objects_in_any_component() -> None:
     with pytest.raises(ConfigError) as info:
         build_component({"W": WithDistance}, "W", {"distance": "cosin"}, "extra_losses[0]")
     assert info.value.key == "extra_losses[0].kwargs.distance"
+
+
+def test_an_extra_loss_needs_a_name() -> None:
+    with pytest.raises(ConfigError, match="missing required key") as info:
+        load_config(overrides=["model.num_heads=2", "extra_losses=[{head: shared}]"])
+    assert info.value.key == "extra_losses[0].name"

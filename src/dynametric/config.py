@@ -175,10 +175,12 @@ class LossConfig:
                                   key=f"{key}.scale_weights")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExtraLossConfig(LossConfig):
-    """An additional loss term (e.g. the shared-head loss of Sharing Matters) with its own miner."""
+    """An additional loss term (e.g. the shared-head loss of Sharing Matters) with its own miner; ``name`` is
+    required here (no default term is added silently)."""
 
+    name: str = field()  # explicit field(): a bare annotation would inherit LossConfig's default
     miner: MinerConfig | None = None
     term: str | None = None
     """Name under which the term is logged (default: ``<name>@<head>``)."""
