@@ -93,3 +93,16 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "max_epochs" in capsys.readouterr().err  # suggestion of the closest key
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+def test_evaluate_checkpoint_reproduces_the_run_test_metrics(finished_run, tmp_path):
+    _, out = finished_run
+    result = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--json", str(result)]) == 0
+    got = json.loads(result.read_text())
+    expected = json.loads((out / "metrics.json").read_text())["test"]
+    for scale in ("fine", "middle", "coarse"):
+        for metric in ("recall@1", "map@r"):
+            assert got[scale][metric] == pytest.approx(expected[scale][metric], abs=1e-6)
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--split", "val"]) == 0
+    assert main(["evaluate", "--split", "val"]) == 2  # --split needs --checkpoint
