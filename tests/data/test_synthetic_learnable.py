@@ -10,7 +10,7 @@ from torch import nn
 from dynametric.data.samplers import MPerClassSampler
 from dynametric.data.synthetic import SyntheticHierarchy
 
-STEPS = 300
+STEPS = 400
 
 
 def tiny_cnn() -> nn.Module:
