@@ -264,15 +264,20 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                 scores = scores_block(problem, start, stop)
                 ranks = rank_candidates(scores, cols, valid, pool, threads)
             del scores
-            ql = problem.query_labels[start:stop]
             base = ng + 1
+            c = stop - start
+            valid_np = valid.numpy()
+            key_all = (np.arange(c, dtype=np.int64)[:, None] * base) + ranks.numpy()
+            cand_labels = problem.gallery_labels.numpy()[cols.numpy()]  # [C, U, S], one gather for all scales
+            ql = problem.query_labels[start:stop].numpy()
             for s in range(num_scales):
-                rel = valid & (problem.gallery_labels[:, s][cols] == ql[:, s].unsqueeze(1))
-                rows_s, pos_s = rel.nonzero(as_tuple=True)
-                key = (rows_s * base + ranks[rows_s, pos_s]).numpy()
+                if cs.nested and s == num_scales - 1:
+                    rel = valid_np  # the candidate set is exactly the coarsest class
+                else:
+                    rel = valid_np & (cand_labels[:, :, s] == ql[:, s:s + 1])
+                key = key_all[rel]
                 key.sort()  # numpy SIMD sort: (row, rank) order
-                key_t = torch.from_numpy(key)
-                r_count, vals = metrics_from_flat_ranks(key_t // base, key_t % base, stop - start, k_values=k_values,
+                r_count, vals = metrics_from_flat_ranks(key // base, key % base, c, k_values=k_values,
                                                         metrics=metrics, asi_cutoff=asi_cutoff, harmonic=harmonic)
                 accs[s].add(r_count, vals)
             if progress is not None:

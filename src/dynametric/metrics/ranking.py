@@ -18,6 +18,7 @@ produces them, and return per-query values.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 RETRIEVAL_METRICS = ("r_precision", "map@r", "map", "asi")
@@ -32,8 +33,8 @@ def harmonic_numbers(n: int) -> torch.Tensor:
 
 
 def metrics_from_flat_ranks(
-    rows: torch.Tensor,
-    ranks: torch.Tensor,
+    rows: torch.Tensor | np.ndarray,
+    ranks: torch.Tensor | np.ndarray,
     num_rows: int,
     *,
     k_values: tuple[int, ...] = (),
@@ -43,49 +44,47 @@ def metrics_from_flat_ranks(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-query metric values from the relevant items' ranks, flattened and sorted by ``(row, rank)``.
 
-    ``rows``/``ranks``: ``LongTensor[M]``, one entry per relevant item, grouped by query row (ascending) and, within
-    a row, by ascending 1-based rank. Returns ``(R[num_rows], {name: float64[num_rows]})``; values are 0 where
-    ``R == 0`` (undefined there; the caller excludes such queries or counts them as zero).
-    ``asi_cutoff=None`` means ``N = R_q``.
+    ``rows``/``ranks``: ``int64[M]``, one entry per relevant item, grouped by query row (ascending) and, within a
+    row, by ascending 1-based rank. Returns ``(R[num_rows], {name: float64[num_rows]})`` as tensors; values are 0
+    where ``R == 0`` (undefined there; the caller excludes such queries or counts them as zero).
+    ``asi_cutoff=None`` means ``N = R_q``. (Vectorised numpy: segment sums by ``bincount``, no per-query loop.)
     """
-    r_count = torch.bincount(rows, minlength=num_rows)
+    rows = np.asarray(rows, dtype=np.int64)
+    rk = np.asarray(ranks, dtype=np.int64)
+    r_count = np.bincount(rows, minlength=num_rows)
     out: dict[str, torch.Tensor] = {}
-    start = torch.cumsum(r_count, 0) - r_count
+    start = np.cumsum(r_count) - r_count
     has = r_count > 0
-    first = torch.full((num_rows,), torch.iinfo(torch.int64).max, dtype=torch.long)
-    if rows.numel():
-        first[has] = ranks[start[has]]
+    first = np.full(num_rows, np.iinfo(np.int64).max, dtype=np.int64)
+    first[has] = rk[start[has]]
     for k in k_values:
-        out[f"recall@{k}"] = (first <= k).to(torch.float64)
-    if not metrics:
-        return r_count, out
-    denom = r_count.to(torch.float64).clamp_min(1.0)
-    rk = ranks.to(torch.float64)
-    j = (torch.arange(rows.numel()) - start[rows] + 1).to(torch.float64)
-    r_row = r_count[rows]
-    within_r = (ranks <= r_row).to(torch.float64)
-    prec = j / rk
+        out[f"recall@{k}"] = torch.from_numpy((first <= k).astype(np.float64))
+    if metrics:
+        denom = np.maximum(r_count, 1).astype(np.float64)
+        r_row = r_count[rows]
+        j = (np.arange(rows.size, dtype=np.int64) - start[rows] + 1).astype(np.float64)
+        prec = j / rk
+        within_r = rk <= r_row
 
-    def per_row(weights: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(rows, weights=weights, minlength=num_rows).to(torch.float64)
+        def per_row(weights: np.ndarray) -> np.ndarray:
+            return np.bincount(rows, weights=weights, minlength=num_rows)
 
-    if "r_precision" in metrics:
-        out["r_precision"] = per_row(within_r) / denom
-    if "map@r" in metrics:
-        out["map@r"] = per_row(prec * within_r) / denom
-    if "map" in metrics:
-        out["map"] = per_row(prec) / denom
-    if "asi" in metrics:
-        top = int(ranks.max()) if ranks.numel() else 0
-        if harmonic is None or harmonic.numel() <= max(top, asi_cutoff or 0):
-            harmonic = harmonic_numbers(max(top, asi_cutoff or 0, int(r_count.max()) if num_rows else 0, 1))
-        cut = r_row if asi_cutoff is None else torch.full_like(r_row, asi_cutoff)
-        inside = ranks <= cut
-        safe = torch.where(inside, ranks, torch.ones_like(ranks))
-        terms = (harmonic[cut] - harmonic[safe - 1]) * inside.to(torch.float64)
-        cut_den = denom if asi_cutoff is None else torch.full_like(denom, float(asi_cutoff))
-        out["asi"] = per_row(terms) / cut_den
-    return r_count, out
+        if "r_precision" in metrics:
+            out["r_precision"] = torch.from_numpy(per_row(within_r.astype(np.float64)) / denom)
+        if "map@r" in metrics:
+            out["map@r"] = torch.from_numpy(per_row(np.where(within_r, prec, 0.0)) / denom)
+        if "map" in metrics:
+            out["map"] = torch.from_numpy(per_row(prec) / denom)
+        if "asi" in metrics:
+            top = max(int(rk.max()) if rk.size else 0, asi_cutoff or 0, int(r_count.max()) if num_rows else 0, 1)
+            h = harmonic.numpy() if harmonic is not None and harmonic.numel() > top else \
+                harmonic_numbers(top).numpy()
+            cut = r_row if asi_cutoff is None else np.full_like(r_row, asi_cutoff)
+            inside = rk <= cut
+            terms = np.where(inside, h[cut] - h[np.where(inside, rk, 1) - 1], 0.0)
+            cut_den = denom if asi_cutoff is None else np.full(num_rows, float(asi_cutoff))
+            out["asi"] = torch.from_numpy(per_row(terms) / cut_den)
+    return torch.from_numpy(r_count), out
 
 
 def metrics_from_sorted_ranks(
