@@ -382,3 +382,12 @@ def test_three_scale_batches_feed_multiscale_loss_chunkwise():
     first = loss.last_scale_losses[0]
     loss(emb.detach(), y)
     assert torch.allclose(first, loss.last_scale_losses[0])
+
+
+def test_resume_refuses_other_labels():
+    labels = hierarchy_labels()
+    s = MPerClassSampler(labels, m=4, batch_size=16)
+    other = labels.clone()
+    other[0, 0] = 9999
+    with pytest.raises(InputError, match="labels_digest"):
+        MPerClassSampler(other, m=4, batch_size=16).load_state_dict(s.state_dict())

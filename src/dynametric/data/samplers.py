@@ -23,6 +23,7 @@ where the batch constraints allow; when too few classes are left for a batch, a 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -57,13 +58,14 @@ def _class_members(column: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+    def __init__(self, labels: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int) -> None:
         self.world_size = _positive_int(world_size, "world_size")
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world_size:
             raise InputError(f"rank must be in [0, {self.world_size}), got {rank!r}", key="rank")
         self.rank = int(rank)
         self.seed = int(seed)
-        self.num_samples = int(num_samples)
+        self.num_samples = int(labels.shape[0])
+        self.labels_digest = hashlib.blake2b(labels.contiguous().numpy().tobytes(), digest_size=8).hexdigest()
         self.batch_size = int(batch_size)
         self.epoch = 0
         self._position = 0
@@ -107,8 +109,9 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
             yield batch
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {"sampler": type(self).__name__, "num_samples": self.num_samples, "batch_size": self.batch_size,
-                "seed": self.seed, "world_size": self.world_size, "num_batches": self._num_batches()}
+        return {"sampler": type(self).__name__, "num_samples": self.num_samples, "labels_digest": self.labels_digest,
+                "batch_size": self.batch_size, "seed": self.seed, "world_size": self.world_size,
+                "num_batches": self._num_batches()}
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch", "position"}`` plus a fingerprint of the configuration (checked on load)."""
@@ -226,7 +229,7 @@ class MPerClassSampler(_EpochBatchSampler):
             raise InputError(f"batch_size ({batch_size}) must be a multiple of m ({self.m})", key="batch_size")
         if not -mat.shape[1] <= scale < mat.shape[1]:
             raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s)", key="scale")
-        super().__init__(mat.shape[0], batch_size, seed, rank, world_size)
+        super().__init__(mat, batch_size, seed, rank, world_size)
         self.scale = int(scale) % mat.shape[1]
         self.classes_per_batch = batch_size // self.m
         self.classes, self.members = _class_members(mat[:, self.scale].numpy())
@@ -285,7 +288,7 @@ class ThreeScaleSampler(_EpochBatchSampler):
             raise InputError(f"scales must be a non-empty list of columns in [0, {mat.shape[1]}), got {scales}",
                              key="scales")
         self.scales = scales
-        super().__init__(mat.shape[0], len(scales) * self.k * self.items_per_batch, seed, rank, world_size)
+        super().__init__(mat, len(scales) * self.k * self.items_per_batch, seed, rank, world_size)
         self.scale_classes: list[np.ndarray] = []
         self.scale_members: list[list[np.ndarray]] = []
         for s in scales:
@@ -389,7 +392,7 @@ class HierarchicalSampler(_EpochBatchSampler):
         if batch_size % (self.k * self.parents_per_batch):
             raise InputError(f"batch_size ({batch_size}) must be a multiple of samples_per_class x parents_per_batch "
                              f"({self.k} x {self.parents_per_batch})", key="batch_size")
-        super().__init__(mat.shape[0], batch_size, seed, rank, world_size)
+        super().__init__(mat, batch_size, seed, rank, world_size)
         self.scale, self.parent_scale = int(scale), int(parent_scale)
         self.classes_per_parent = batch_size // (self.k * self.parents_per_batch)
         self.classes, self.members = _class_members(mat[:, self.scale].numpy())
