@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
@@ -406,7 +406,3 @@ def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | N
 
 def root_missing(cfg: Any) -> bool:
     return cfg.data.format != "synthetic" and (cfg.data.root is None or not Path(cfg.data.root).exists())
-
-
-def as_dataset(obj: Any) -> Dataset:
-    return obj
