@@ -120,6 +120,30 @@ def test_per_scale_miner_outputs_and_ref_emb():
     torch.testing.assert_close(out, expected)
 
 
+def test_per_scale_miners_mine_each_chunk_with_its_labels():
+    from pytorch_metric_learning import miners as pml_miners
+
+    from dynametric.miners import TripletMarginMiner
+
+    emb, labels = hierarchy_batch(6, n=24)
+    rows = [c for c in three_scale_chunks(24, 2)]
+    pml = pml_losses.TripletMarginLoss(margin=0.3)
+    pml_miner = pml_miners.TripletMarginMiner(margin=0.4, type_of_triplets="semihard")
+    expected = sum(pml(emb[r], labels[r, s], pml_miner(emb[r], labels[r, s])) for s, r in enumerate(rows))
+    for miners in (TripletMarginMiner(margin=0.4, type_of_triplets="semihard"),
+                   {"name": "TripletMarginMiner", "margin": 0.4, "type_of_triplets": "semihard"}):
+        ms = MultiScaleLoss(TripletMarginLoss(margin=0.3), num_scales=3, chunks=ThreeScaleChunks(2), miners=miners)
+        torch.testing.assert_close(ms(emb, labels), expected)
+    # a miner only at the coarse scale: the other scales use all their triplets
+    only_coarse = MultiScaleLoss(TripletMarginLoss(margin=0.3), chunks=ThreeScaleChunks(2),
+                                 miners=[None, None, TripletMarginMiner(margin=0.4, type_of_triplets="semihard")])
+    expected = sum(pml(emb[r], labels[r, s], pml_miner(emb[r], labels[r, s]) if s == 2 else None)
+                   for s, r in enumerate(rows))
+    torch.testing.assert_close(only_coarse(emb, labels), expected)
+    with pytest.raises(ConfigError, match="miners"):
+        MultiScaleLoss(TripletMarginLoss(), num_scales=3, miners=[None, None])
+
+
 def test_errors():
     emb, labels = hierarchy_batch(5, n=12)
     with pytest.raises(ConfigError, match="num_scales"):

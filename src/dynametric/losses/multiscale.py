@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, Miner
 
 ChunkSpec = tuple[int, int] | slice | torch.Tensor
 ChunksLike = Sequence[ChunkSpec] | Callable[[int], Sequence[ChunkSpec]]
@@ -91,8 +91,11 @@ class MultiScaleLoss(MetricLoss):
     length of the list / ``weights``; ``chunks`` is ``None`` (whole batch), a per-scale list of ``(start, stop)`` /
     slices / index tensors, or a callable ``batch_size -> list`` such as :class:`ThreeScaleChunks`.
 
-    ``indices_tuple`` (optional) is a list with one miner output (or ``None``) per scale, indexing that scale's
-    chunk. The per-scale values of the last call are kept in :attr:`last_scale_losses` (detached).
+    ``miners`` (optional): one :class:`Miner` (or a registry name / ``{"name": ..., **kwargs}``) used at every
+    scale, or a list with one (or ``None``) per scale; each mines its scale's chunk with that scale's labels.
+    ``indices_tuple`` (optional, overrides the miners) is a list with one miner output (or ``None``) per scale,
+    indexing that scale's chunk. The per-scale values of the last call are kept in :attr:`last_scale_losses`
+    (detached).
     """
 
     uses_all_scales = True
@@ -104,6 +107,7 @@ class MultiScaleLoss(MetricLoss):
         chunks: ChunksLike | None = None,
         num_scales: int | None = None,
         base_kwargs: dict | None = None,
+        miners: Miner | Sequence[Miner | None] | str | dict | None = None,
     ) -> None:
         super().__init__(scale=0)
         base = base_losses_or_factory
@@ -114,8 +118,12 @@ class MultiScaleLoss(MetricLoss):
                 num_scales = len(weights)
             elif chunks is not None and not callable(chunks):
                 num_scales = len(chunks)
+            elif isinstance(chunks, ThreeScaleChunks):
+                num_scales = chunks.num_scales
+            elif isinstance(miners, Sequence) and not isinstance(miners, str):
+                num_scales = len(miners)
             else:
-                raise ConfigError("MultiScaleLoss needs num_scales (or a list of losses, weights or chunks)",
+                raise ConfigError("MultiScaleLoss needs num_scales (or a list of losses, weights, chunks or miners)",
                                   key="num_scales")
         if num_scales < 1:
             raise ConfigError(f"num_scales must be positive, got {num_scales}", key="num_scales")
@@ -144,6 +152,25 @@ class MultiScaleLoss(MetricLoss):
         if chunks is not None and not callable(chunks) and len(chunks) != num_scales:
             raise ConfigError(f"{len(chunks)} chunks for {num_scales} scales", key="chunks")
         self.chunks = chunks
+        if isinstance(miners, str | dict):  # registry name or {"name": ..., **kwargs} (configs)
+            from dynametric.miners import build_miner
+
+            spec = {"name": miners} if isinstance(miners, str) else dict(miners)
+            if "name" not in spec:
+                raise ConfigError("a miner mapping needs a 'name'", key="miners")
+            miners = build_miner(spec.pop("name"), **spec)
+        if miners is None or isinstance(miners, Miner):
+            miner_list = [miners] * num_scales
+        else:
+            miner_list = list(miners)
+            if len(miner_list) != num_scales:
+                raise ConfigError(f"{len(miner_list)} miners for {num_scales} scales", key="miners")
+        for s, miner in enumerate(miner_list):
+            if miner is not None and (not isinstance(miner, Miner) or miner.scale not in (0, -1)):
+                raise ConfigError(f"miner of scale {s} must be a dynametric Miner with scale=0 (it receives one label "
+                                  f"column), got {miner!r}", key="miners")
+        self.miners = nn.ModuleList([m for m in miner_list if m is not None])
+        self._miner_at = miner_list
         self.last_scale_losses: list[torch.Tensor] = []
 
     @staticmethod
@@ -201,7 +228,8 @@ class MultiScaleLoss(MetricLoss):
         if indices_tuple is not None:
             if len(indices_tuple) != self.num_scales or isinstance(indices_tuple[0], torch.Tensor):
                 raise InputError(f"MultiScaleLoss takes one indices tuple (or None) per scale: a list of "
-                                 f"{self.num_scales}", key="indices_tuple")
+                                 f"{self.num_scales}; to mine each scale on its own chunk and labels pass "
+                                 "MultiScaleLoss(..., miners=miner) instead", key="indices_tuple")
         chunks = self.resolve_chunks(embeddings.shape[0], embeddings.device)
         total = embeddings.sum() * 0.0
         self.last_scale_losses = []
@@ -211,6 +239,9 @@ class MultiScaleLoss(MetricLoss):
             lab = labels[:, s] if rows is None else labels[rows, s]
             mined = None if indices_tuple is None else indices_tuple[s]
             ref_lab = None if ref_labels is None else ref_labels[:, s]
+            miner = self._miner_at[s]
+            if mined is None and miner is not None and emb.shape[0] > 0:
+                mined = miner(emb, lab, ref_emb, ref_lab)
             if emb.shape[0] == 0:
                 value = self.zero_loss(embeddings, f"empty chunk at scale {s}")
             else:
