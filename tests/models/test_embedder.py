@@ -213,3 +213,23 @@ def test_vit_tokens_pool_without_the_class_token() -> None:
                                      backbone_kwargs={"img_size": 32}).eval()
         token_model.load_state_dict(model.state_dict())
         torch.testing.assert_close(token_model(x), tokens[:, 0])
+
+
+def test_failed_download_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    def offline(name: str, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("pretrained"):
+            raise OSError("Name or service not known")
+        raise AssertionError("only the pretrained call is expected")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match=r"model.pretrained.*resnet18.*Name or service not known.*pretrained_path"):
+        build_embedder("resnet18", pretrained=True)
+
+    def no_hub(url: str, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("urlopen error")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_hub)
+    with pytest.raises(ConfigError, match=r"bninception.*urlopen error"):
+        create_backbone("bninception", pretrained=True)

@@ -60,11 +60,21 @@ def _bninception(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
     if pretrained:
         if in_chans != 3:
             raise ConfigError("pretrained BN-Inception weights need in_chans=3", key="model.in_chans")
-        state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu", weights_only=True)
+        try:
+            state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu", weights_only=True)
+        except Exception as exc:  # URLError, HTTPError, a corrupt download...
+            raise _download_error("bninception", exc) from exc
         state = {k: v for k, v in model.adapt_state_dict(state).items()
                  if not k.startswith(model.classifier_prefixes)}
         model.load_state_dict(state, strict=True)
     return model
+
+
+def _download_error(name: str, exc: Exception) -> ConfigError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"could not load the pretrained weights of {name!r} ({type(exc).__name__}: {first}); "
+                       "without network access put the file in the torch/timm cache, or set model.pretrained=false "
+                       "and model.pretrained_path to a local weight file", key="model.pretrained")
 
 
 BackboneFactory = Callable[..., nn.Module]
@@ -133,6 +143,10 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
                                  **kwargs)
     except TypeError as exc:
         raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}", key="model.backbone_kwargs") from exc
+    except Exception as exc:
+        if not pretrained:
+            raise
+        raise _download_error(name, exc) from exc  # offline, hub errors, missing cache entry
     classifier = body.pretrained_cfg.get("classifier") if getattr(body, "pretrained_cfg", None) else None
     prefixes: tuple[str, ...] = ()
     if isinstance(classifier, str):
