@@ -100,6 +100,11 @@ class TripletMarginLoss(MetricLoss):
         if self.swap:
             ref_mat = mat if ref_emb is None else distance_matrix(self.distance, ref_emb, None)
         pos_idx, valid = padded_positives(pos)
+        if ref_mat is None:
+            # memory O(B R) whatever the number of triplets: the gradient w.r.t. the distance matrix is recomputed
+            # chunk by chunk in backward instead of keeping a [B, P_max, R] graph
+            sign = -1.0 if self.distance.higher_is_closer else 1.0
+            return _AllTripletsHinge.apply(mat, pos_idx, valid, neg, float(self.margin), sign, self.smooth_loss)
         total = graph_zero(mat)
         count = 0
         for start, stop in anchor_chunks(mat.shape[0], pos_idx.shape[1] * mat.shape[1]):
@@ -116,3 +121,57 @@ class TripletMarginLoss(MetricLoss):
             count += int(active.sum())
             total = total + torch.where(active, loss, torch.zeros_like(loss)).sum()
         return total / count if count else graph_zero(mat)
+
+
+def _triplet_blocks(
+    mat: torch.Tensor,
+    pos_idx: torch.Tensor,
+    valid: torch.Tensor,
+    neg: torch.Tensor,
+    margin: float,
+    sign: float,
+    smooth: bool,
+):
+    """Yield ``(start, stop, violation, loss, active)`` per anchor chunk; ``violation[c, j, n] = sign (d_ap - d_an)
+    + margin`` for the ``j``-th positive ``p`` of anchor ``c`` (``sign = -1`` for similarities)."""
+    for start, stop in anchor_chunks(mat.shape[0], pos_idx.shape[1] * mat.shape[1]):
+        rows = mat[start:stop]
+        ap = rows.gather(1, pos_idx[start:stop]).unsqueeze(2)
+        violation = sign * (ap - rows.unsqueeze(1)) + margin
+        loss = F.softplus(violation) if smooth else F.relu(violation)
+        active = valid[start:stop].unsqueeze(2) & neg[start:stop].unsqueeze(1) & (loss > 0)
+        yield start, stop, violation, loss, active
+
+
+class _AllTripletsHinge(torch.autograd.Function):
+    """``avg_nonzero`` of the (smooth) triplet hinge over all triplets, with a chunked analytic backward.
+
+    With ``g = grad / #active`` and ``w = g * dloss/dviolation`` on active triplets (1 for the hinge, sigmoid for
+    softplus): ``dL/dd_ap = sign * sum_n w`` and ``dL/dd_an = -sign * sum_p w``.
+    """
+
+    @staticmethod
+    def forward(ctx, mat, pos_idx, valid, neg, margin, sign, smooth):  # type: ignore[override]
+        total = mat.new_zeros(())
+        count = 0
+        for _, _, _, loss, active in _triplet_blocks(mat, pos_idx, valid, neg, margin, sign, smooth):
+            count += int(active.sum())
+            total = total + torch.where(active, loss, torch.zeros_like(loss)).sum()
+        ctx.save_for_backward(mat, pos_idx, valid, neg)
+        ctx.margin, ctx.sign, ctx.smooth, ctx.count = margin, sign, smooth, count
+        return total / count if count else total
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        mat, pos_idx, valid, neg = ctx.saved_tensors
+        grad = torch.zeros_like(mat)
+        if ctx.count == 0:
+            return grad, None, None, None, None, None, None
+        g = grad_out / ctx.count
+        blocks = _triplet_blocks(mat, pos_idx, valid, neg, ctx.margin, ctx.sign, ctx.smooth)
+        for start, stop, violation, _, active in blocks:
+            w = torch.sigmoid(violation) if ctx.smooth else torch.ones_like(violation)
+            w = torch.where(active, w, torch.zeros_like(w)) * g
+            grad[start:stop].scatter_add_(1, pos_idx[start:stop], ctx.sign * w.sum(2) * valid[start:stop])
+            grad[start:stop] -= ctx.sign * w.sum(1)
+        return grad, None, None, None, None, None, None
