@@ -81,3 +81,14 @@ def test_random_triplets_are_valid(labels, k):
     assert bool((y[a] == y[p]).all()) and bool((a != p).all()) and bool((y[a] != y[n]).all())
     has_both = [(sum(v == x for v in labels) > 1) and any(v != x for v in labels) for x in labels]
     assert torch.bincount(a, minlength=len(labels)).tolist() == [k if h else 0 for h in has_both]
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_all_triplet_hinge_gradcheck(smooth, cosine):
+    """The chunked analytic backward of the index-free triplet loss is the true gradient (finite differences)."""
+    g = torch.Generator().manual_seed(int(smooth) * 2 + int(cosine))
+    emb = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    loss = TripletMarginLoss(margin=0.4, smooth_loss=smooth, distance=CosineSimilarity() if cosine else LpDistance())
+    assert torch.autograd.gradcheck(lambda e: loss(e, y), (emb,), eps=1e-6, atol=1e-5)
