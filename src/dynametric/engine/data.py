@@ -129,6 +129,21 @@ def _shard(dataset: Any, rank: int, world: int) -> Any:
     return Subset(dataset, range(min(rank * per, n), min((rank + 1) * per, n)))
 
 
+class EvalDataModule(L.LightningDataModule):
+    """One evaluation set as the test stage of a DataModule: sharded by the rank of the trainer that runs it
+    (known only once the trainer's strategy is set up, which is why this is not a plain DataLoader)."""
+
+    def __init__(self, dataset: Any, batch_size: int = 256, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.num_workers, self.seed = dataset, int(batch_size), int(num_workers), seed
+
+    def test_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
+        return DataLoader(_shard(self.dataset, rank, world), batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
+
+
 class MetricDataModule(L.LightningDataModule):
     """Train/val/test datasets + a batch-sampler factory. The sampler, not Lightning, shards training data."""
 

@@ -230,7 +230,8 @@ class MetricLearningModule(L.LightningModule):
         every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
         if batch_idx % every == 0:
             self.loss_history.append([float(self.global_step), float(total.detach())])
-        self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs,
+                 sync_dist=world_info()[1] > 1)
         if len(terms) > 1:
             for name, value in terms.items():
                 self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
@@ -300,7 +301,8 @@ class MetricLearningModule(L.LightningModule):
                 continue
             for metric, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.log(f"{prefix}/{scale}/{metric}", float(value), sync_dist=False, rank_zero_only=False)
+                    # identical on every rank (computed from gathered embeddings): the sync is a no-op average
+                    self.log(f"{prefix}/{scale}/{metric}", float(value), sync_dist=world_info()[1] > 1)
 
     def on_validation_epoch_end(self) -> None:
         results = self._evaluate_buffer()

@@ -33,7 +33,7 @@ from dynametric.engine.builders import (
     sampler_factory,
 )
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
-from dynametric.engine.data import MetricDataModule
+from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.report import write_report
 from dynametric.engine.trainer import build_trainer
@@ -68,7 +68,8 @@ def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: 
                    progress: bool, ckpt_path: str | None = None, trainer: L.Trainer | None = None) -> dict[str, Any]:
     """Embed ``dataset`` with ``module`` (optionally loading ``ckpt_path`` first) and evaluate it."""
     trainer = trainer or _eval_trainer(settings, progress)
-    trainer.test(module, dataloaders=dm.eval_dataloader(dataset), ckpt_path=ckpt_path, verbose=False)
+    eval_dm = EvalDataModule(dataset, dm.eval_batch_size, dm.num_workers, dm.seed)
+    trainer.test(module, datamodule=eval_dm, ckpt_path=ckpt_path, verbose=False)
     assert module.last_eval is not None
     return module.last_eval
 
