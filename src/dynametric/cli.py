@@ -18,9 +18,9 @@ from dynametric.errors import DynametricError
 
 def _command_modules() -> list[ModuleType]:
     # Explicit list: adding a subcommand means adding its module here.
-    from dynametric.commands import data, evaluate, train
+    from dynametric.commands import data, embed, evaluate, explore, export, index, search, train
 
-    return [evaluate, data, train]
+    return [evaluate, data, train, embed, index, search, export, explore]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,64 @@
+"""``dynametric embed``: embed a folder of images or a CSV list with a trained checkpoint (streaming, resumable).
+
+See :mod:`dynametric.retrieval.embed` for the output folder and docs/retrieval.md for the workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dynametric.errors import ConfigError
+
+
+def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", type=Path, required=required,
+                   help="a `dynametric train` checkpoint (RUN/best.ckpt or RUN/last.ckpt)")
+    p.add_argument("--config", type=Path, default=None, help="the run config (default: config.yaml beside it)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override (repeatable)")
+    p.add_argument("--head", default=None, help="head to use for multi-head models (default: the evaluated head)")
+    p.add_argument("--image-size", type=int, default=None, help="override the evaluation crop size")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "embed", help="embed images with a trained checkpoint (batched, sharded, resumable)",
+        description="Embed every image of --images DIR (recursive) or of a --csv list (columns path, optional id "
+                    "and split, other columns = label scales, finest first) into the folder --out: "
+                    "embeddings.npy [N, D] float32, items.csv (index,id,path,labels), labels.npy, embed.json. "
+                    "Shards are written as they finish; running the same command again resumes.")
+    add_model_arguments(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="folder of images (searched recursively)")
+    src.add_argument("--csv", type=Path, help="CSV list of images with optional labels")
+    p.add_argument("--image-root", type=Path, default=None,
+                   help="with --csv: folder relative paths are resolved against (default: the CSV's folder)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=4096, help="images per shard (the unit of resumption)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynametric.retrieval.embed import embed_items, list_image_folder, read_image_csv
+    from dynametric.retrieval.model import load_embedder
+
+    if args.image_root is not None and args.csv is None:
+        raise ConfigError("--image-root goes with --csv", key="--image-root")
+    items = list_image_folder(args.images) if args.images is not None else read_image_csv(args.csv, args.image_root)
+    loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
+                           image_size=args.image_size)
+    res = embed_items(items, loaded.embed, loaded.transform, args.out, model_identity=loaded.identity(),
+                      batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.workers,
+                      progress=not args.no_progress, keep_shards=args.keep_shards, overwrite=args.overwrite)
+    print(f"{res.count} images -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
+          f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)")
+    if items.labels is not None:
+        print(f"labels: {', '.join(items.scale_names)}", file=sys.stderr)
+    return 0

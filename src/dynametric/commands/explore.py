@@ -1,0 +1,52 @@
+"""``dynametric explore``: a local web page to browse an index's neighbours at every scale."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "explore", help="browse an index in the browser: neighbours at every scale side by side",
+        description="Serve a small page (default http://127.0.0.1:8765/) to pick a gallery image or upload one and "
+                    "see its nearest items and nearest classes at every scale, with distances and labels. Only "
+                    "files inside the index's image roots are served.")
+    p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    p.add_argument("--k", type=int, default=8, help="neighbours per column (default 8)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
+                        "it is missing)")
+    p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MiB)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynametric.commands.search import load_index_model
+    from dynametric.errors import DynametricError
+    from dynametric.retrieval.explorer import Explorer, make_server
+    from dynametric.retrieval.index import RetrievalIndex
+
+    index = RetrievalIndex.load(args.index)
+    embedder = None
+    try:
+        embedder = load_index_model(index, args.checkpoint, args.config)
+    except DynametricError as exc:
+        if args.checkpoint is not None:
+            raise
+        print(f"uploads disabled: {exc}", file=sys.stderr)
+    explorer = Explorer(index, embedder, k=args.k, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    server = make_server(explorer, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"dynametric explorer: http://{host}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

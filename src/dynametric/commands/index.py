@@ -1,0 +1,52 @@
+"""``dynametric index build``: a faiss index (flat / ivf / hnsw) over embeddings, with its metadata."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dynametric.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("index", help="build a nearest-neighbour index over embeddings (faiss)",
+                              description="Index operations. `dynametric index build --help` for the options.")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    b = sub.add_parser(
+        "build", help="build an index folder from a `dynametric embed` output (or an .npy)",
+        description="Write INDEX/ (index.faiss, index.json with kind, metric, dimension, scale names, the model's "
+                    "config and weights hashes, image roots; items.csv; labels.npy).")
+    b.add_argument("--embeddings", type=Path, required=True, help="`dynametric embed` --out folder or an .npy file")
+    b.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
+    b.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine")
+    b.add_argument("--nlist", type=int, default=None, help="ivf: number of cells (default round(4 sqrt(N)))")
+    b.add_argument("--nprobe", type=int, default=8, help="ivf: cells visited per query")
+    b.add_argument("--m", type=int, default=32, help="hnsw: links per node")
+    b.add_argument("--ef-construction", type=int, default=80, help="hnsw: build-time beam width")
+    b.add_argument("--ef-search", type=int, default=64, help="hnsw: search-time beam width")
+    b.add_argument("--seed", type=int, default=0, help="ivf: k-means seed")
+    b.add_argument("--out", type=Path, required=True, help="index folder")
+    b.set_defaults(func=run_build)
+    p.set_defaults(func=run_group, _parser=p)
+
+
+def run_group(args: argparse.Namespace) -> int:
+    args._parser.print_help()
+    return 2
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from dynametric.retrieval.embed import load_embedding_set
+    from dynametric.retrieval.index import RetrievalIndex
+
+    if args.out.resolve() == args.embeddings.resolve():
+        raise ConfigError("--out must differ from --embeddings", key="--out")
+    emb = load_embedding_set(args.embeddings)
+    kwargs = {"flat": {}, "ivf": {"nlist": args.nlist, "nprobe": args.nprobe, "seed": args.seed},
+              "hnsw": {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}}
+    idx = RetrievalIndex.build(emb, args.kind, args.metric, **kwargs[args.kind])
+    idx.save(args.out)
+    params = ", ".join(f"{k}={v}" for k, v in idx.params.items())
+    print(f"{args.kind} index ({args.metric}{', ' + params if params else ''}) of {idx.size} x {idx.dim} "
+          f"-> {args.out}" + (f"; scales: {', '.join(idx.scale_names)}" if idx.labels is not None else ""))
+    return 0

@@ -1,0 +1,142 @@
+"""``dynametric search``: ranked neighbours of query images or embeddings from an index, as a table or JSON.
+
+``--scale NAME`` returns the k nearest *classes* at that scale (each shown by its nearest item): with scales
+``fine/middle/coarse`` = product/category/family, ``--scale coarse`` answers "which family is this?".
+``--same NAME`` keeps only items that share the query's label at that scale ("more from the same category"); the
+query's label is its own when the queries carry labels (an embed folder with the index's scales, or
+``--query-labels``), else the label of its nearest item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynametric.errors import ConfigError, InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="search an index with query images or embeddings",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", type=Path, nargs="+", help="query image file(s), embedded with the index's model")
+    q.add_argument("--embeddings", type=Path, help="query embeddings: an .npy [Q, D] or a `dynametric embed` folder")
+    p.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--scale", default=None, help="group by this scale: the k nearest classes at the scale")
+    p.add_argument("--same", default=None, help="only items with the query's label at this scale")
+    p.add_argument("--query-labels", type=Path, default=None,
+                   help="CSV with a header of the index's scale names, one row per query (for --same)")
+    p.add_argument("--exclude-self", action="store_true",
+                   help="with --embeddings from the indexed embed folder: drop each query's own item")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="with --image: checkpoint to embed with (default: the one recorded in the index; must have "
+                        "the same weights)")
+    p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def load_index_model(index: Any, checkpoint: Path | None, config: Path | None) -> Any:
+    """The index's embedder (or ``checkpoint``), checked to have the weights the index was built with."""
+    from dynametric.retrieval.model import load_embedder
+
+    model = index.model or {}
+    if checkpoint is None:
+        if not model.get("checkpoint"):
+            raise InputError("the index records no checkpoint (built from a bare .npy); give --checkpoint",
+                             key="--checkpoint")
+        checkpoint = Path(model["checkpoint"])
+        if config is None and model.get("config"):
+            config = Path(model["config"])
+    loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"))
+    want = model.get("weights_hash")
+    if want and loaded.weights_hash != want:
+        raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
+                         f"with (hash {want}); its embeddings are not comparable", file=checkpoint)
+    return loaded
+
+
+def _query_labels_csv(path: Path, names: list[str], rows: int) -> np.ndarray:
+    from dynametric.commands.evaluate import load_labels_csv
+
+    labels, cols = load_labels_csv(path)
+    if list(cols) != list(names):
+        raise InputError(f"columns {list(cols)} differ from the index's scales {names}", file=path, line=1)
+    if len(labels) != rows:
+        raise InputError(f"{len(labels)} label rows for {rows} queries", file=path)
+    return np.asarray(labels, dtype=np.int64).reshape(rows, -1)
+
+
+def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str:
+    lines: list[str] = []
+    for e in entries:
+        head = f"query {e['query']}"
+        if e["mode"] == "classes":
+            head += f": nearest {e['scale']} classes"
+        elif e["mode"] == "same":
+            head += f": same {e['scale']} ({e.get('query_label', '?')})"
+        lines.append(head)
+        cols = ["rank", "distance", "id", *scale_names]
+        rows = [[str(h["rank"]), f"{h['distance']:.4f}", h["id"], *[h.get("labels", {}).get(s, "") for s in
+                                                                    scale_names]] for h in e["results"]]
+        if not rows:
+            lines.append("  (no results)")
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynametric.retrieval.index import RetrievalIndex
+
+    if args.k < 1:
+        raise ConfigError(f"-k must be >= 1, got {args.k}", key="-k")
+    if args.checkpoint is not None and args.image is None:
+        raise ConfigError("--checkpoint goes with --image", key="--checkpoint")
+    index = RetrievalIndex.load(args.index)
+    for opt, name in (("--scale", args.scale), ("--same", args.same)):
+        if name is not None and index.labels is None:
+            raise InputError(f"{opt} {name!r}: this index has no labels", key=opt)
+        if name is not None and name not in index.scale_names:
+            raise InputError(f"{opt}: unknown scale {name!r}; this index has scales {index.scale_names}", key=opt)
+    qlabels = None
+    exclude = None
+    if args.image is not None:
+        from dynametric.retrieval.model import embed_image_files
+
+        loaded = load_index_model(index, args.checkpoint, args.config)
+        q = embed_image_files(loaded, args.image)
+        names = [str(p) for p in args.image]
+    else:
+        from dynametric.retrieval.embed import load_embedding_set
+
+        qs = load_embedding_set(args.embeddings)
+        q = np.asarray(qs.embeddings, dtype=np.float32)
+        index.check_queries(q, f"query embeddings {args.embeddings}")
+        names = qs.ids
+        if qs.labels is not None and list(qs.scale_names) == list(index.scale_names):
+            qlabels = qs.labels
+        if args.exclude_self:
+            pos = {p: i for i, p in enumerate(index.paths) if p}
+            exclude = np.array([pos.get(p, -1) for p in qs.paths], dtype=np.int64)
+    if args.query_labels is not None:
+        qlabels = _query_labels_csv(args.query_labels, index.scale_names, len(q))
+    res = index.search(q, args.k, scale=args.scale, same=args.same, query_labels=qlabels, exclude=exclude)
+    entries = index.describe(res, names)
+    if args.as_json:
+        json.dump({"index": str(args.index), "metric": index.metric, "kind": index.kind, "k": args.k,
+                   "queries": entries}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_results(entries, index.scale_names if index.labels is not None else []))
+    return 0

@@ -1,0 +1,354 @@
+"""Streaming, resumable embedding of image collections (``dynametric embed``).
+
+Output folder ``EMB/``:
+
+* ``items.csv`` — ``index,id,path,<scale...>``: one row per image, in embedding order (labels as integer ids).
+* ``embed.json`` — the job: count, shard size, the model's identity (checkpoint, config hash, weights hash, head),
+  scale names, class names of text labels, image roots, a fingerprint of the item list, ``status``.
+* ``shards/shard_NNNNN.npy`` — ``[<=shard_size, D]`` float32, each written atomically when finished.
+* when every shard is done: ``embeddings.npy`` ``[N, D]`` float32 (assembled through a memory map, so memory stays
+  bounded by one shard) and ``labels.npy`` ``[N, S]`` int64 when the source has labels; shards are then removed
+  unless ``keep_shards``.
+
+Running the same job again skips every shard already on disk (a crash loses at most the shard being computed);
+a different job in the same folder (other images, other weights, other shard size) is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dynametric.data.base import IMAGE_EXTENSIONS, contiguous_ids, load_rgb
+from dynametric.errors import InputError
+from dynametric.utils.io import atomic_open, atomic_write_json, atomic_write_text, atomic_write_with
+
+FORMAT_VERSION = 1
+RESERVED_COLUMNS = ("path", "id", "split")
+
+
+@dataclass
+class ImageItems:
+    """An ordered image collection: ids, absolute paths, optional labels ``[N, S]`` and the allowed roots."""
+
+    ids: list[str]
+    paths: list[Path]
+    roots: list[Path]
+    labels: np.ndarray | None = None
+    scale_names: list[str] = field(default_factory=list)
+    class_names: list[list[str]] | None = None
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for i, p in zip(self.ids, self.paths):
+            h.update(f"{i}\0{p}\n".encode())
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+
+def list_image_folder(root: str | Path) -> ImageItems:
+    """Every image file under ``root`` (recursive, sorted by relative path); ids are the relative POSIX paths."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("image folder not found" if not root.exists() else "not a folder", file=root)
+    base = root.resolve()
+    files = sorted((p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                   key=lambda p: p.relative_to(base).as_posix())
+    if not files:
+        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the folder", file=root)
+    return ImageItems(ids=[p.relative_to(base).as_posix() for p in files], paths=files, roots=[base])
+
+
+def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> ImageItems:
+    """A CSV with a header: ``path`` (required), optional ``id`` (default: the path as written) and ``split``
+    (ignored), every other column a label scale, finest first (integers, or any text mapped to ids by sorted
+    name). Relative paths are resolved against ``image_root`` (default: the CSV's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("CSV file not found" if not path.exists() else "not a regular file", file=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or not any(c.strip() for c in rows[0]):
+        raise InputError("empty CSV; expected a header with a 'path' column", file=path, line=1)
+    header = [c.strip() for c in rows[0]]
+    if "path" not in header:
+        raise InputError(f"header has no 'path' column (found {header})", file=path, line=1)
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise InputError(f"duplicate column(s) {dup} in the header", file=path, line=1)
+    root = Path(image_root) if image_root is not None else path.parent
+    if not root.is_dir():
+        raise InputError("image root folder not found", file=root)
+    root = root.resolve()
+    scales = [c for c in header if c not in RESERVED_COLUMNS]
+    col = {c: header.index(c) for c in header}
+    ids: list[str] = []
+    paths: list[Path] = []
+    raw: list[list[str]] = [[] for _ in scales]
+    seen: dict[str, int] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise InputError(f"expected {len(header)} fields ({','.join(header)}), found {len(row)}",
+                             file=path, line=lineno)
+        values = [c.strip() for c in row]
+        rel = values[col["path"]]
+        if not rel:
+            raise InputError("empty 'path'", file=path, line=lineno, key="path")
+        item_id = values[col["id"]] if "id" in col else rel
+        if not item_id:
+            raise InputError("empty 'id'", file=path, line=lineno, key="id")
+        if item_id in seen:
+            raise InputError(f"duplicate id {item_id!r} (first on line {seen[item_id]})", file=path, line=lineno,
+                             key="id")
+        seen[item_id] = lineno
+        full = Path(rel) if Path(rel).is_absolute() else root / rel
+        if not full.is_file():
+            raise InputError(f"image file not found: {full}", file=path, line=lineno, key="path")
+        for j, s in enumerate(scales):
+            if not values[col[s]]:
+                raise InputError(f"empty label in column {s!r}", file=path, line=lineno, key=s)
+            raw[j].append(values[col[s]])
+        ids.append(item_id)
+        paths.append(full.resolve())
+    if not ids:
+        raise InputError("no rows after the header", file=path, line=2)
+    labels = None
+    class_names = None
+    if scales:
+        cols, class_names = [], []
+        for values in raw:
+            try:
+                cols.append(np.array([int(v) for v in values], dtype=np.int64))
+                class_names.append([])
+            except ValueError:
+                ids_col, names = contiguous_ids(values)
+                cols.append(ids_col)
+                class_names.append([str(n) for n in names])
+        labels = np.stack(cols, axis=1)
+        if not any(class_names):
+            class_names = None
+    return ImageItems(ids=ids, paths=paths, roots=[root], labels=labels, scale_names=scales,
+                      class_names=class_names)
+
+
+class ImageFiles(Dataset):
+    """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        try:
+            img = load_rgb(self.paths[i])
+        except Exception as exc:  # PIL raises many types for bad files
+            raise InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=self.paths[i]) from None
+        return self.transform(img)
+
+
+def shard_path(out: Path, s: int) -> Path:
+    return out / "shards" / f"shard_{s:05d}.npy"
+
+
+def _shard_ok(path: Path, rows: int) -> bool:
+    """A finished shard: a readable ``.npy`` of ``rows`` float32 rows (a torn or foreign file is recomputed)."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    return arr.ndim == 2 and arr.shape[0] == rows and arr.dtype == np.float32 and arr.shape[1] > 0
+
+
+def _write_items_csv(out: Path, items: ImageItems) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "id", "path", *items.scale_names])
+    for i, (item_id, p) in enumerate(zip(items.ids, items.paths)):
+        labels = [] if items.labels is None else [int(v) for v in items.labels[i]]
+        w.writerow([i, item_id, str(p), *labels])
+    atomic_write_text(out / "items.csv", buf.getvalue())
+
+
+@dataclass
+class EmbedResult:
+    out: Path
+    count: int
+    dim: int
+    computed_shards: list[int]
+    skipped_shards: list[int]
+
+
+def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
+                transform: Callable[[Any], torch.Tensor], out: str | Path, *, model_identity: dict[str, Any],
+                batch_size: int = 64, shard_size: int = 4096, num_workers: int = 0, progress: bool = False,
+                keep_shards: bool = False, overwrite: bool = False) -> EmbedResult:
+    """Embed ``items`` into the folder ``out`` shard by shard (see the module docstring); resumable.
+
+    ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings (e.g.
+    :meth:`LoadedEmbedder.embed`); ``model_identity`` is recorded and must match when resuming.
+    """
+    if batch_size < 1 or shard_size < 1:
+        raise InputError(f"batch size and shard size must be >= 1, got {batch_size}, {shard_size}",
+                         key="--batch-size" if batch_size < 1 else "--shard-size")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("output exists and is not a folder (--out names a folder)", file=out)
+    n = len(items.ids)
+    num_shards = (n + shard_size - 1) // shard_size
+    job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": n, "shard_size": shard_size,
+           "num_shards": num_shards, "fingerprint": items.fingerprint(), "model": model_identity,
+           "scale_names": items.scale_names, "class_names": items.class_names,
+           "image_roots": [str(r) for r in items.roots]}
+    meta_path = out / "embed.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"unreadable job file ({exc}); use --overwrite to start again", file=meta_path) from None
+        same = {k: old.get(k) for k in job} == {k: v for k, v in job.items()}
+        if not same:
+            changed = sorted(k for k in job if old.get(k) != job[k])
+            raise InputError(f"the folder holds a different embedding job (differs in {changed}); use another --out "
+                             "or --overwrite", file=meta_path)
+        if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
+            dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
+            return EmbedResult(out, n, dim, [], list(range(num_shards)))
+    elif out.exists() and any(out.iterdir()):
+        raise InputError("output folder is not empty and holds no embedding job (embed.json)", file=out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(meta_path, {**job, "status": "in_progress"})
+    _write_items_csv(out, items)
+
+    from tqdm import tqdm
+
+    dataset = ImageFiles(items.paths, transform)
+    computed, skipped = [], []
+    dim: int | None = None
+    bar = tqdm(total=n, unit="img", desc="embedding", disable=not progress)
+    try:
+        for s in range(num_shards):
+            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+            sp = shard_path(out, s)
+            if _shard_ok(sp, hi - lo):
+                skipped.append(s)
+                bar.update(hi - lo)
+                continue
+            loader = DataLoader(torch.utils.data.Subset(dataset, range(lo, hi)), batch_size=batch_size,
+                                shuffle=False, num_workers=num_workers)
+            parts = []
+            with torch.no_grad():
+                for batch in loader:
+                    parts.append(embed_batch(batch).detach().float().cpu().numpy())
+                    bar.update(len(batch))
+            arr = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+            if not np.isfinite(arr).all():
+                bad = lo + int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
+                raise InputError(f"the model produced a non-finite embedding for item {bad}", file=items.paths[bad])
+            with atomic_open(sp, "wb") as fh:
+                np.save(fh, arr)
+            computed.append(s)
+    finally:
+        bar.close()
+    dim = _assemble(out, num_shards, n)
+    if items.labels is not None:
+        with atomic_open(out / "labels.npy", "wb") as fh:
+            np.save(fh, np.ascontiguousarray(items.labels, dtype=np.int64))
+    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
+    if not keep_shards:
+        shutil.rmtree(out / "shards", ignore_errors=True)
+    return EmbedResult(out, n, dim, computed, skipped)
+
+
+def _assemble(out: Path, num_shards: int, n: int) -> int:
+    """Concatenate the shards into ``embeddings.npy`` through a memory map (one shard in memory at a time)."""
+    first = np.load(shard_path(out, 0), mmap_mode="r")
+    dim = int(first.shape[1])
+
+    def write(tmp: str) -> None:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        row = 0
+        for s in range(num_shards):
+            shard = np.load(shard_path(out, s), mmap_mode="r")
+            if shard.shape[1] != dim:
+                raise InputError(f"shard has dimension {shard.shape[1]}, expected {dim}", file=shard_path(out, s))
+            mm[row:row + len(shard)] = shard
+            row += len(shard)
+        mm.flush()
+        del mm
+
+    atomic_write_with(out / "embeddings.npy", write)
+    return dim
+
+
+@dataclass
+class EmbeddingSet:
+    """A finished ``dynametric embed`` output (or a bare ``.npy`` with optional sidecars)."""
+
+    embeddings: np.ndarray
+    ids: list[str]
+    paths: list[str]
+    labels: np.ndarray | None
+    scale_names: list[str]
+    class_names: list[list[str]] | None
+    image_roots: list[str]
+    model: dict[str, Any]
+    source: Path
+
+
+def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
+    """Read an embed output folder (its ``embed.json`` must say ``complete``) or a bare ``[N, D]`` ``.npy``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("embeddings not found", file=path)
+    if path.is_file():
+        from dynametric.commands.evaluate import load_embeddings
+
+        emb = load_embeddings(path)
+        n = len(emb)
+        return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
+    meta_path = path / "embed.json"
+    if not meta_path.is_file():
+        raise InputError("not an embeddings folder (no embed.json); give a `dynametric embed` --out folder or an "
+                         ".npy file", file=path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable job file ({exc})", file=meta_path) from None
+    if meta.get("status") != "complete":
+        raise InputError("embedding job is not finished; run the same `dynametric embed` command again to resume",
+                         file=meta_path, key="status")
+    emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    ids, paths = [], []
+    with open(path / "items.csv", encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for row in reader:
+            ids.append(row[1])
+            paths.append(row[2])
+    if len(ids) != len(emb):
+        raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")
+    labels = np.load(path / "labels.npy", allow_pickle=False) if (path / "labels.npy").is_file() else None
+    return EmbeddingSet(emb, ids, paths, labels, list(meta.get("scale_names") or []), meta.get("class_names"),
+                        list(meta.get("image_roots") or []), dict(meta.get("model") or {}), path)

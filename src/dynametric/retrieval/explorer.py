@@ -1,0 +1,329 @@
+"""A small local retrieval explorer (``dynametric explore``): stdlib ``http.server``, one HTML page.
+
+Pick a gallery image (or upload one) and see its nearest neighbours side by side: the nearest items, and for every
+label scale the nearest *classes* at that scale (each shown by its nearest item), with distances and labels.
+
+Safety: bound to ``127.0.0.1`` by default; images are only ever served by item number (``/image/<n>``), and only
+when the item's file, after resolving symlinks, lies inside one of the index's image roots and has an image
+extension; uploads are limited in size (``max_upload_bytes``, default 8 MiB), content type (JPEG, PNG, WebP,
+BMP, GIF, checked again on the decoded format) and pixel count (``max_pixels``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mimetypes
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from dynametric.data.base import IMAGE_EXTENSIONS
+from dynametric.errors import DynametricError, InputError
+from dynametric.retrieval.index import RetrievalIndex
+
+UPLOAD_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP", "image/gif": "GIF"}
+DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def path_inside_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | None:
+    """``path`` resolved (symlinks followed) if it is an existing image file inside one of ``roots``, else None."""
+    text = str(path)
+    if not text or "\x00" in text:
+        return None
+    try:
+        real = Path(text).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not real.is_file() or real.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
+    for root in roots:
+        try:
+            base = Path(root).resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if real.is_relative_to(base):
+            return real
+    return None
+
+
+class Explorer:
+    """The explorer's state: an index, an optional model (uploads), limits. Methods return JSON-ready dicts."""
+
+    def __init__(self, index: RetrievalIndex, embedder: Any | None = None, *, k: int = 8,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 roots: Sequence[str | Path] | None = None) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.k = k
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.roots = [str(r) for r in (roots if roots is not None else index.image_roots)]
+        self.lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        return {"count": self.index.size, "scales": self.index.scale_names, "k": self.k, "metric": self.index.metric,
+                "kind": self.index.kind, "upload": self.embedder is not None,
+                "max_upload_bytes": self.max_upload_bytes, "upload_types": sorted(UPLOAD_TYPES)}
+
+    def item(self, i: int) -> dict[str, Any]:
+        idx = self.index
+        out: dict[str, Any] = {"index": i, "id": idx.ids[i], "image": f"/image/{i}"}
+        if idx.labels is not None:
+            out["labels"] = {s: idx.label_name(j, int(idx.labels[i, j])) for j, s in enumerate(idx.scale_names)}
+        return out
+
+    def items(self, offset: int, limit: int) -> dict[str, Any]:
+        offset = max(0, offset)
+        limit = max(1, min(limit, 500))
+        stop = min(self.index.size, offset + limit)
+        return {"total": self.index.size, "offset": offset, "items": [self.item(i) for i in range(offset, stop)]}
+
+    def neighbours(self, q: np.ndarray, k: int, exclude: int | None = None) -> dict[str, Any]:
+        """Columns: nearest items, then for every scale the nearest classes at that scale (coarsest last)."""
+        k = max(1, min(k, 100))
+        ex = None if exclude is None else np.array([exclude])
+        columns = []
+        modes: list[tuple[str, str | None]] = [("nearest items", None)]
+        modes += [(f"nearest {s} classes", s) for s in self.index.scale_names] if self.index.labels is not None else []
+        with self.lock:
+            for title, scale in modes:
+                res = self.index.search(q, k, scale=scale, exclude=ex)
+                hits = self.index.describe(res, ["query"])[0]["results"]
+                for h in hits:
+                    h["image"] = f"/image/{h['index']}"
+                    h.pop("path", None)
+                columns.append({"title": title, "scale": scale, "results": hits})
+        return {"columns": columns}
+
+    def neighbours_of_item(self, i: int, k: int) -> dict[str, Any]:
+        if not 0 <= i < self.index.size:
+            raise InputError(f"item {i} out of range [0, {self.index.size})", key="item")
+        with self.lock:
+            q = self.index.reconstruct(i)[None, :]
+        return {"query": self.item(i), **self.neighbours(q, k, exclude=i)}
+
+    def neighbours_of_upload(self, data: bytes, content_type: str, k: int) -> dict[str, Any]:
+        if self.embedder is None:
+            raise InputError("uploads are disabled: the index records no usable checkpoint (start the explorer "
+                             "with --checkpoint)", key="upload")
+        ctype = content_type.split(";")[0].strip().lower()
+        if ctype not in UPLOAD_TYPES:
+            raise InputError(f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}",
+                             key="content-type")
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format
+                if img.width * img.height > self.max_pixels:
+                    raise InputError(f"image has {img.width}x{img.height} pixels, more than {self.max_pixels}",
+                                     key="upload")
+                rgb = img.convert("RGB")
+        except InputError:
+            raise
+        except Exception as exc:  # PIL raises many types for bad data
+            raise InputError(f"cannot decode the uploaded image ({type(exc).__name__})", key="upload") from None
+        if fmt != UPLOAD_TYPES[ctype]:
+            raise InputError(f"content type {ctype} but the data is {fmt}", key="content-type")
+        import torch
+
+        with self.lock:
+            q = self.embedder.embed(torch.stack([self.embedder.transform(rgb)])).numpy()
+        return {"query": {"id": "upload", "image": None}, **self.neighbours(q, k)}
+
+    def image_file(self, i: int) -> Path | None:
+        if not 0 <= i < self.index.size:
+            return None
+        return path_inside_roots(self.index.paths[i], self.roots)
+
+
+def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dynametric-explore"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet by default
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _json(self, obj: Any, status: int = 200) -> None:
+            self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+        def _error(self, status: int, message: str) -> None:
+            self._json({"error": message}, status)
+
+        def _int(self, params: dict[str, list[str]], name: str, default: int) -> int:
+            try:
+                return int(params.get(name, [default])[0])
+            except ValueError:
+                raise InputError(f"expected an integer for {name!r}", key=name) from None
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            url = urlsplit(self.path)
+            params = parse_qs(url.query)
+            try:
+                if url.path in ("/", "/index.html"):
+                    self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+                elif url.path == "/api/info":
+                    self._json(explorer.info())
+                elif url.path == "/api/items":
+                    self._json(explorer.items(self._int(params, "offset", 0), self._int(params, "limit", 60)))
+                elif url.path == "/api/neighbours":
+                    self._json(explorer.neighbours_of_item(self._int(params, "item", -1),
+                                                           self._int(params, "k", explorer.k)))
+                elif url.path.startswith("/image/"):
+                    self._image(url.path[len("/image/"):])
+                else:
+                    self._error(404, "not found")
+            except DynametricError as exc:
+                self._error(400, str(exc))
+
+        do_HEAD = do_GET
+
+        def _image(self, tail: str) -> None:
+            if not tail.isdigit():  # only item numbers: never a path from the request
+                self._error(404, "not found")
+                return
+            path = explorer.image_file(int(tail))
+            if path is None:
+                self._error(403, "refused: the item's file is not an image inside the index's image roots")
+                return
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            self._send(200, path.read_bytes(), ctype)
+
+        def do_POST(self) -> None:  # noqa: N802
+            url = urlsplit(self.path)
+            if url.path != "/api/upload":
+                self._error(404, "not found")
+                return
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                self._error(411, "Content-Length required")
+                return
+            if int(length) > explorer.max_upload_bytes:
+                self._error(413, f"upload larger than {explorer.max_upload_bytes} bytes")
+                self.close_connection = True
+                return
+            ctype = self.headers.get("Content-Type", "")
+            if ctype.split(";")[0].strip().lower() not in UPLOAD_TYPES:
+                self._error(415, f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}")
+                self.close_connection = True
+                return
+            data = self.rfile.read(int(length))
+            try:
+                k = self._int(parse_qs(url.query), "k", explorer.k)
+                self._json(explorer.neighbours_of_upload(data, ctype, k))
+            except DynametricError as exc:
+                self._error(400, str(exc))
+
+    return Handler
+
+
+def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    """An HTTP server for ``explorer`` (``port=0``: any free port; see ``server.server_address``)."""
+    try:
+        server = ThreadingHTTPServer((host, port), _handler(explorer))
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", key="--port") from None
+    server.daemon_threads = True
+    return server
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dynametric explorer</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1em;background:#fafafa}
+#gallery{display:flex;flex-wrap:wrap;gap:4px;max-height:30vh;overflow:auto;border:1px solid #ccc;padding:4px}
+#gallery img{width:64px;height:64px;object-fit:cover;cursor:pointer;border:2px solid transparent}
+#gallery img.sel{border-color:#d33}
+#columns{display:flex;gap:1em;margin-top:1em;align-items:flex-start}
+.col{flex:1;background:#fff;border:1px solid #ddd;padding:.5em;min-width:12em}
+.hit{display:flex;gap:.5em;align-items:center;margin:.25em 0;font-size:.85em}
+.hit img{width:56px;height:56px;object-fit:cover}
+#query img{width:96px;height:96px;object-fit:cover}
+.err{color:#b00}
+</style></head>
+<body>
+<h1>dynametric explorer</h1>
+<div id="status">loading…</div>
+<div><label>upload a query image:
+<input type="file" id="upload" accept="image/jpeg,image/png,image/webp,image/bmp,image/gif"></label>
+<label> k <input type="number" id="k" min="1" max="100" value="8" style="width:4em"></label></div>
+<h2>Gallery (click a query)</h2>
+<div id="gallery"></div>
+<h2>Query</h2><div id="query"></div>
+<div id="columns"></div>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls; return e; }
+function labelsText(labels) { return labels ? Object.entries(labels).map(([s, v]) => s + ": " + v).join(", ") : ""; }
+function show(data) {
+  const q = $("query"); q.replaceChildren();
+  if (data.error) { q.appendChild(el("div", data.error, "err")); $("columns").replaceChildren(); return; }
+  if (data.query.image) { const img = el("img"); img.src = data.query.image; q.appendChild(img); }
+  q.appendChild(el("div", data.query.id + "  " + labelsText(data.query.labels)));
+  const cols = $("columns"); cols.replaceChildren();
+  for (const c of data.columns) {
+    const col = el("div", undefined, "col"); col.dataset.scale = c.scale || "items";
+    col.appendChild(el("h3", c.title));
+    for (const h of c.results) {
+      const row = el("div", undefined, "hit"); row.dataset.rank = h.rank; row.dataset.index = h.index;
+      const img = el("img"); img.src = h.image; img.alt = h.id; row.appendChild(img);
+      row.appendChild(el("span", "#" + h.rank + " " + h.id + " d=" + h.distance.toFixed(4) + " " +
+        labelsText(h.labels)));
+      col.appendChild(row);
+    }
+    cols.appendChild(col);
+  }
+  $("status").textContent = "showing neighbours of " + data.query.id;
+  document.body.dataset.state = "results";
+}
+async function query(i) {
+  for (const e of document.querySelectorAll("#gallery img.sel")) e.classList.remove("sel");
+  const t = document.querySelector('#gallery img[data-index="' + i + '"]'); if (t) t.classList.add("sel");
+  const r = await fetch("/api/neighbours?item=" + i + "&k=" + $("k").value); show(await r.json());
+}
+async function init() {
+  const info = await (await fetch("/api/info")).json();
+  $("k").value = info.k;
+  $("upload").disabled = !info.upload;
+  const data = await (await fetch("/api/items?offset=0&limit=200")).json();
+  for (const it of data.items) {
+    const img = el("img"); img.src = it.image; img.alt = it.id; img.title = it.id + " " + labelsText(it.labels);
+    img.dataset.index = it.index; img.addEventListener("click", () => query(it.index));
+    $("gallery").appendChild(img);
+  }
+  $("status").textContent = info.count + " items, scales: " + (info.scales.join(", ") || "none") +
+    (info.upload ? "" : " (uploads disabled: no checkpoint)") + (data.total > data.items.length ?
+    "; showing the first " + data.items.length : "");
+  document.body.dataset.state = "ready";
+  if (new URLSearchParams(location.search).get("autoclick") !== null) {
+    const first = document.querySelector("#gallery img"); if (first) first.click();
+  }
+}
+$("upload").addEventListener("change", async (ev) => {
+  const f = ev.target.files[0]; if (!f) return;
+  const r = await fetch("/api/upload?k=" + $("k").value, {method: "POST", body: f,
+    headers: {"Content-Type": f.type || "application/octet-stream"}});
+  show(await r.json());
+});
+init();
+</script></body></html>
+"""

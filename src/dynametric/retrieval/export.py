@@ -1,0 +1,158 @@
+"""Export a trained embedder to TorchScript and ONNX (``dynametric export``).
+
+The exported graph is ``images [B, C, H, W] float32 -> embeddings [B, D] float32`` (the evaluated head; a
+multi-head model is reduced by :func:`dynametric.engine.objective.select_head`), with a dynamic batch axis. The
+preprocessing (resize, crop, normalisation) is *not* part of the graph; ``<out>.json`` records it.
+:func:`check_export` runs the exported file and the eager model on the same inputs and reports the largest
+absolute difference; the default tolerance is ``1e-4`` (float32 kernels of different runtimes may differ in
+summation order).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynametric.engine.objective import select_head
+from dynametric.errors import DynametricError, InputError
+from dynametric.utils.io import atomic_write_json, atomic_write_with
+
+FORMATS = ("torchscript", "onnx")
+DEFAULT_ATOL = 1e-4
+
+
+class SingleOutput(nn.Module):
+    """Wrap an embedder so ``forward`` returns one ``[B, D]`` tensor (the selected head)."""
+
+    def __init__(self, model: nn.Module, head: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return select_head(self.model(images), self.head).float()
+
+
+def example_input(in_chans: int, size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, in_chans, size, size, generator=g)
+
+
+def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None) -> Path:
+    """Trace ``model`` (eval mode) to TorchScript and save it atomically; load with ``torch.jit.load``."""
+    wrapped = SingleOutput(model, head).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapped, example, check_trace=False)
+    out = Path(out)
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still supported
+            torch.jit.save(traced, tmp)
+
+    atomic_write_with(out, write)
+    return out
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise DynametricError("ONNX export needs the 'onnx' and 'onnxscript' packages: "
+                              "pip install 'dynametric[export]'") from None
+
+
+def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None,
+                opset: int = 18) -> Path:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis (input ``images``, output ``embeddings``)."""
+    _require_onnx()
+    wrapped = SingleOutput(model, head).eval()
+    out = Path(out)
+
+    def write(tmp: str) -> None:
+        batch = torch.export.Dim("batch", min=1)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapped, (example,), input_names=["images"], output_names=["embeddings"],
+                                        dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True,
+                                        external_data=False, verbose=False)
+            program.save(tmp)
+
+    import logging
+
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        atomic_write_with(out, write)
+    finally:
+        for lg, lvl in zip(quiet, levels):
+            lg.setLevel(lvl)
+    return out
+
+
+def run_exported(path: str | Path, images: torch.Tensor) -> np.ndarray:
+    """Run an exported file (``.pt`` TorchScript or ``.onnx`` with onnxruntime) on ``images``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("exported model not found", file=path)
+    if path.suffix == ".onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DynametricError("running an ONNX model needs onnxruntime: pip install 'dynametric[export]'") from None
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: images.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(images).numpy()
+
+
+def check_export(model: nn.Module, path: str | Path, images: torch.Tensor, head: str | None = None,
+                 atol: float = DEFAULT_ATOL) -> float:
+    """Largest absolute difference between the exported file and the eager model on ``images``; raises a
+    :class:`DynametricError` above ``atol``."""
+    with torch.no_grad():
+        ref = SingleOutput(model, head).eval()(images).numpy()
+    got = run_exported(path, images)
+    if got.shape != ref.shape:
+        raise DynametricError(f"exported model gives shape {got.shape}, the eager model {ref.shape}")
+    err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+    if not err <= atol:
+        raise DynametricError(f"exported model differs from the eager model by {err:.3g} (tolerance {atol:g})")
+    return err
+
+
+def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, batch: int = 2,
+                    atol: float = DEFAULT_ATOL, check: bool = True) -> dict[str, Any]:
+    """Export a :class:`~dynametric.retrieval.model.LoadedEmbedder` to ``out`` and verify it; writes
+    ``<out>.json`` (input size, channels, preprocessing, model identity, verified max difference)."""
+    out = Path(out)
+    fmt = fmt or ("onnx" if out.suffix == ".onnx" else "torchscript")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}", key="--format")
+    example = example_input(loaded.in_chans, loaded.input_size, batch)
+    if fmt == "onnx":
+        export_onnx(loaded.model, out, example, loaded.head)
+    else:
+        export_torchscript(loaded.model, out, example, loaded.head)
+    info: dict[str, Any] = {"format": fmt, "file": out.name, "input": {"name": "images", "shape": [
+        "batch", loaded.in_chans, loaded.input_size, loaded.input_size], "dtype": "float32"},
+        "output": {"name": "embeddings", "shape": ["batch", "dim"]}, "preprocessing": repr(loaded.transform),
+        "model": loaded.identity()}
+    if check:
+        probe = example_input(loaded.in_chans, loaded.input_size, batch + 1, seed=1)  # another batch size
+        info["max_abs_diff"] = check_export(loaded.model, out, probe, loaded.head, atol)
+        info["tolerance"] = atol
+    atomic_write_json(out.with_name(out.name + ".json"), info)
+    return info

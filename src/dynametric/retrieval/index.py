@@ -1,0 +1,395 @@
+"""A faiss nearest-neighbour index with its metadata (``dynametric index build`` / ``dynametric search``).
+
+Index folder ``INDEX/``: ``index.faiss`` (the faiss index), ``items.csv`` (``index,id,path``), ``labels.npy``
+(``[N, S]`` int64, when the embeddings carry labels) and ``index.json``: kind and parameters, metric, dimension,
+count, scale names, class names of text labels, the image roots, and the producing model's identity (checkpoint,
+config hash, weights hash, head).
+
+Metrics: ``cosine`` (vectors L2-normalised, inner product; reported distance ``1 - cos``), ``l2`` (reported
+distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer
+for every reported distance.
+
+Kinds: ``flat`` (exact), ``ivf`` (``IndexIVFFlat``: ``nlist`` k-means cells, ``nprobe`` visited per query;
+Jégou et al. 2011), ``hnsw`` (``IndexHNSWFlat``: ``M`` links, ``ef_construction``, ``ef_search``; Malkov &
+Yashunin 2018).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynametric.errors import ConfigError, DynametricError, InputError
+from dynametric.utils.io import atomic_open, atomic_write_json, atomic_write_text, atomic_write_with
+
+KINDS = ("flat", "ivf", "hnsw")
+METRICS = ("cosine", "l2", "ip")
+INDEX_FORMAT = "dynametric-index"
+INDEX_VERSION = 1
+
+
+def require_faiss() -> Any:
+    """Import faiss or raise a clear error naming the extra to install."""
+    try:
+        import faiss
+    except ImportError:
+        raise DynametricError("faiss is not installed; install it with `pip install 'dynametric[faiss]'` "
+                              "(or `pip install faiss-cpu`)") from None
+    return faiss
+
+
+def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def default_nlist(n: int) -> int:
+    """``round(4 sqrt(N))`` cells, at most ``N / 39`` (faiss wants >= 39 training points per cell), at least 1."""
+    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+
+
+def build_faiss_index(x: np.ndarray, kind: str = "flat", metric: str = "cosine", *, nlist: int | None = None,
+                      nprobe: int = 8, m: int = 32, ef_construction: int = 80, ef_search: int = 64,
+                      train_size: int | None = None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Build a faiss index over ``x`` ``[N, D]`` (already prepared for ``metric``); returns it and its params."""
+    faiss = require_faiss()
+    if kind not in KINDS:
+        raise ConfigError(f"unknown index kind {kind!r}; expected one of {list(KINDS)}", key="--kind")
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; expected one of {list(METRICS)}", key="--metric")
+    n, d = x.shape
+    fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    params: dict[str, Any] = {}
+    if kind == "flat":
+        index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+        index.add(x)
+    elif kind == "ivf":
+        nl = default_nlist(n) if nlist is None else int(nlist)
+        if nl < 1 or nl > n:
+            raise ConfigError(f"nlist must be in [1, {n}] (the number of vectors), got {nl}", key="--nlist")
+        if nprobe < 1:
+            raise ConfigError(f"nprobe must be >= 1, got {nprobe}", key="--nprobe")
+        quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nl, fmetric)
+        ts = min(n, train_size if train_size is not None else max(nl * 64, 10_000))
+        rng = np.random.default_rng(seed)
+        sample = x if ts >= n else x[np.sort(rng.choice(n, ts, replace=False))]
+        index.cp.seed = seed
+        index.train(sample)
+        index.add(x)
+        index.nprobe = min(nprobe, nl)
+        params = {"nlist": nl, "nprobe": int(index.nprobe), "train_size": int(len(sample))}
+    else:
+        if m < 2 or ef_construction < 1 or ef_search < 1:
+            raise ConfigError(f"need M >= 2, ef_construction >= 1, ef_search >= 1; got {m}, {ef_construction}, "
+                              f"{ef_search}", key="--m")
+        index = faiss.IndexHNSWFlat(d, m, fmetric)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+        index.add(x)
+        params = {"m": m, "ef_construction": ef_construction, "ef_search": ef_search}
+    return index, params
+
+
+def faiss_search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw faiss search ``(scores [Q, k], ids [Q, k])`` with ``k`` clipped to the index size (``-1`` pads)."""
+    k = max(1, min(int(k), int(index.ntotal)))
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None and hnsw.efSearch < k:
+        old = hnsw.efSearch
+        hnsw.efSearch = k
+        try:
+            return index.search(q, k)
+        finally:
+            hnsw.efSearch = old
+    return index.search(q, k)
+
+
+def to_distance(scores: np.ndarray, metric: str) -> np.ndarray:
+    """faiss scores -> reported distances (smaller is closer): ``1 - cos``, Euclidean, ``-ip``."""
+    if metric == "cosine":
+        return 1.0 - scores
+    if metric == "l2":
+        return np.sqrt(np.maximum(scores, 0.0))
+    return -scores
+
+
+def first_per_group(groups: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence (leftmost column) of each group value in every row, among ``valid`` cells.
+
+    Vectorised over rows: a stable argsort of the row's group values puts equal values next to each other in
+    column order, so the first of each run is the first occurrence.
+    """
+    g = np.where(valid, groups, np.iinfo(np.int64).min)
+    order = np.argsort(g, axis=1, kind="stable")
+    sg = np.take_along_axis(g, order, axis=1)
+    first_sorted = np.ones_like(sg, dtype=bool)
+    first_sorted[:, 1:] = sg[:, 1:] != sg[:, :-1]
+    mask = np.zeros_like(first_sorted)
+    np.put_along_axis(mask, order, first_sorted, axis=1)
+    return mask & valid
+
+
+def take_first_k(keep: np.ndarray, k: int) -> np.ndarray:
+    """Column positions ``[Q, k]`` of the first ``k`` True cells of every row (``-1`` where a row has fewer)."""
+    rank = np.cumsum(keep, axis=1)
+    sel = keep & (rank <= k)
+    q = keep.shape[0]
+    pos = np.full((q, k), -1, dtype=np.int64)
+    rows, cols = np.nonzero(sel)
+    pos[rows, rank[rows, cols] - 1] = cols
+    return pos
+
+
+@dataclass
+class SearchResult:
+    """Ranked results per query: item positions ``[Q, k]`` (``-1``: no result) and distances (``nan`` there)."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+    mode: str = "items"
+    scale: str | None = None
+    query_groups: np.ndarray | None = None
+
+
+@dataclass
+class RetrievalIndex:
+    """A faiss index plus the item metadata it answers with."""
+
+    index: Any
+    kind: str
+    metric: str
+    dim: int
+    ids: list[str]
+    paths: list[str]
+    labels: np.ndarray | None
+    scale_names: list[str]
+    class_names: list[list[str]] | None = None
+    image_roots: list[str] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    # ------------------------------------------------------------------------------------------ building, IO
+    @classmethod
+    def build(cls, emb: Any, kind: str = "flat", metric: str = "cosine", **kwargs: Any) -> RetrievalIndex:
+        """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`)."""
+        x = _prepare(np.asarray(emb.embeddings), metric)
+        if not np.isfinite(x).all():
+            raise InputError("embeddings contain NaN or Inf", file=emb.source)
+        index, params = build_faiss_index(x, kind, metric, **kwargs)
+        labels = None if emb.labels is None else np.asarray(emb.labels, dtype=np.int64).reshape(len(x), -1)
+        names = list(emb.scale_names)
+        if labels is not None and len(names) != labels.shape[1]:
+            from dynametric.metrics import default_scale_names
+
+            names = list(default_scale_names(labels.shape[1]))
+        return cls(index, kind, metric, int(x.shape[1]), list(emb.ids), list(emb.paths), labels, names,
+                   emb.class_names, list(emb.image_roots), dict(emb.model), params, str(emb.source))
+
+    def save(self, out: str | Path) -> Path:
+        """Write the index folder atomically file by file (``index.json`` last, so it marks a complete index)."""
+        faiss = require_faiss()
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise InputError("output exists and is not a folder (--out names a folder)", file=out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_with(out / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["index", "id", "path"])
+        for i, (item_id, p) in enumerate(zip(self.ids, self.paths)):
+            w.writerow([i, item_id, p])
+        atomic_write_text(out / "items.csv", buf.getvalue())
+        if self.labels is not None:
+            with atomic_open(out / "labels.npy", "wb") as fh:
+                np.save(fh, np.ascontiguousarray(self.labels, dtype=np.int64))
+        elif (out / "labels.npy").exists():
+            (out / "labels.npy").unlink()
+        atomic_write_json(out / "index.json", {
+            "format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": self.kind, "metric": self.metric,
+            "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
+            "has_labels": self.labels is not None, "class_names": self.class_names, "image_roots": self.image_roots,
+            "model": self.model, "source": self.source})
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> RetrievalIndex:
+        """Open an index folder; errors name the missing or inconsistent file."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError("index not found", file=path)
+        if not path.is_dir():
+            raise InputError("not an index folder (expected the --out folder of `dynametric index build`)", file=path)
+        meta_path = path / "index.json"
+        if not meta_path.is_file():
+            raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
+                             file=path)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"unreadable index metadata ({exc})", file=meta_path) from None
+        if meta.get("format") != INDEX_FORMAT:
+            raise InputError(f"not a dynametric index (format {meta.get('format')!r})", file=meta_path, key="format")
+        faiss = require_faiss()
+        fpath = path / "index.faiss"
+        if not fpath.is_file():
+            raise InputError("index file missing", file=fpath)
+        try:
+            index = faiss.read_index(str(fpath))
+        except RuntimeError as exc:
+            raise InputError(f"cannot read the faiss index ({str(exc).splitlines()[0][:200]})", file=fpath) from None
+        ids, paths = [], []
+        with open(path / "items.csv", encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            next(reader, None)
+            for row in reader:
+                ids.append(row[1])
+                paths.append(row[2])
+        labels = None
+        if meta.get("has_labels"):
+            labels = np.load(path / "labels.npy", allow_pickle=False)
+        n = int(meta["count"])
+        if index.ntotal != n or len(ids) != n or (labels is not None and len(labels) != n):
+            raise InputError(f"inconsistent index: index.json says {n} items, index.faiss has {index.ntotal}, "
+                             f"items.csv {len(ids)}", file=path)
+        if index.d != int(meta["dim"]):
+            raise InputError(f"index.faiss has dimension {index.d}, index.json says {meta['dim']}", file=path)
+        params = dict(meta.get("params") or {})
+        if meta["kind"] == "ivf" and "nprobe" in params:
+            index.nprobe = int(params["nprobe"])
+        if meta["kind"] == "hnsw" and "ef_search" in params:
+            index.hnsw.efSearch = int(params["ef_search"])
+        return cls(index, meta["kind"], meta["metric"], int(meta["dim"]), ids, paths, labels,
+                   list(meta.get("scale_names") or []), meta.get("class_names"), list(meta.get("image_roots") or []),
+                   dict(meta.get("model") or {}), params, str(meta.get("source", "")))
+
+    # ------------------------------------------------------------------------------------------------ search
+    def scale_index(self, name: str | None) -> int | None:
+        """Column of the scale ``name`` (``None`` -> ``None``); unknown names are an error listing the choices."""
+        if name is None:
+            return None
+        if self.labels is None:
+            raise InputError(f"scale {name!r} asked for, but this index has no labels (embed with a CSV that has "
+                             "label columns)", key="--scale")
+        if name not in self.scale_names:
+            raise InputError(f"unknown scale {name!r}; this index has scales {self.scale_names}", key="--scale")
+        return self.scale_names.index(name)
+
+    def check_queries(self, q: np.ndarray, what: str = "queries") -> np.ndarray:
+        q = np.asarray(q)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InputError(f"{what} have dimension {q.shape[-1] if q.ndim else 'scalar'} (shape {q.shape}), but "
+                             f"the index has dimension {self.dim}")
+        if not np.isfinite(q).all():
+            raise InputError(f"{what} contain NaN or Inf")
+        return _prepare(q, self.metric)
+
+    def reconstruct(self, i: int) -> np.ndarray:
+        """The stored (prepared) vector of item ``i``."""
+        if self.kind == "ivf":
+            self.index.make_direct_map()
+        return self.index.reconstruct(int(i))
+
+    def search(self, q: np.ndarray, k: int = 10, *, scale: str | None = None, same: str | None = None,
+               query_labels: np.ndarray | None = None, exclude: np.ndarray | None = None) -> SearchResult:
+        """Top-``k`` results for every query row.
+
+        * plain: the ``k`` nearest items;
+        * ``scale=NAME``: the ``k`` nearest *classes* at that scale, each represented by its nearest item
+          ("which product / category / family is this?");
+        * ``same=NAME``: the ``k`` nearest items whose label at that scale equals the query's ("more from the same
+          category"); the query's label is ``query_labels[:, scale]`` when given, else the label of its nearest
+          item (the predicted class).
+        ``exclude`` (``[Q]`` item positions, ``-1`` for none) drops one item per query (the query itself).
+        The candidate list grows geometrically until every row has ``k`` results or the whole index is searched.
+        """
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}", key="-k")
+        if scale is not None and same is not None:
+            raise InputError("give either --scale (group by class) or --same (filter to the query's class), not both",
+                             key="--same")
+        qs = self.check_queries(q)
+        si = self.scale_index(scale)
+        sa = self.scale_index(same) if same is not None else None
+        if same is not None:
+            sa_idx = int(sa)  # type: ignore[arg-type]
+            if query_labels is not None:
+                ql = np.asarray(query_labels, dtype=np.int64).reshape(len(qs), -1)
+                if ql.shape[1] != len(self.scale_names):
+                    raise InputError(f"query labels have {ql.shape[1]} scales, the index {len(self.scale_names)}",
+                                     key="--query-labels")
+                target = ql[:, sa_idx]
+            else:
+                _, nn = faiss_search(self.index, qs, 2 if exclude is not None else 1)
+                pick = nn[:, 0] if exclude is None else np.where(nn[:, 0] == exclude, nn[:, -1], nn[:, 0])
+                target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
+        n = self.size
+        cand = min(n, max(4 * k, 32))
+        while True:
+            scores, nn = faiss_search(self.index, qs, cand)
+            valid = nn >= 0
+            if exclude is not None:
+                valid &= nn != np.asarray(exclude).reshape(-1, 1)
+            safe = np.maximum(nn, 0)
+            if si is not None:
+                keep = first_per_group(self.labels[safe, si], valid)  # type: ignore[index]
+            elif same is not None:
+                keep = valid & (self.labels[safe, sa_idx] == target[:, None])  # type: ignore[index]
+            else:
+                keep = valid
+            enough = keep.sum(axis=1) >= k
+            if enough.all() or cand >= n:
+                break
+            cand = min(n, cand * 4)
+        pos = take_first_k(keep, k)
+        rows = np.arange(len(qs))[:, None]
+        got = pos >= 0
+        ids = np.where(got, nn[rows, np.maximum(pos, 0)], -1)
+        dist = np.where(got, to_distance(scores[rows, np.maximum(pos, 0)], self.metric), np.nan)
+        mode = "classes" if si is not None else "same" if same is not None else "items"
+        return SearchResult(ids, dist.astype(np.float64), mode, scale if si is not None else same,
+                            target if same is not None else None)
+
+    def label_name(self, scale: int, label: int) -> str:
+        names = self.class_names[scale] if self.class_names and scale < len(self.class_names) else []
+        return str(names[label]) if names and 0 <= label < len(names) else str(label)
+
+    def describe(self, result: SearchResult, queries: list[str]) -> list[dict[str, Any]]:
+        """JSON-ready results: one entry per query with its ranked hits (rank, id, path, distance, labels)."""
+        out = []
+        for qi, qname in enumerate(queries):
+            hits = []
+            for r, (i, d) in enumerate(zip(result.ids[qi], result.distances[qi]), start=1):
+                if i < 0:
+                    continue
+                hit: dict[str, Any] = {"rank": r, "index": int(i), "id": self.ids[i], "path": self.paths[i],
+                                       "distance": float(d)}
+                if self.labels is not None:
+                    hit["labels"] = {s: self.label_name(j, int(self.labels[i, j]))
+                                     for j, s in enumerate(self.scale_names)}
+                hits.append(hit)
+            entry: dict[str, Any] = {"query": qname, "mode": result.mode, "results": hits}
+            if result.scale is not None:
+                entry["scale"] = result.scale
+            if result.query_groups is not None and result.scale is not None:
+                j = self.scale_names.index(result.scale)
+                entry["query_label"] = self.label_name(j, int(result.query_groups[qi]))
+            out.append(entry)
+        return out

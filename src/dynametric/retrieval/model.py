@@ -1,0 +1,147 @@
+"""Rebuild a trained embedder from a ``dynametric train`` checkpoint for inference (embed, search, export).
+
+A run folder holds ``config.yaml`` and ``best.ckpt`` / ``last.ckpt``; the checkpoint's ``state_dict`` carries the
+embedder's weights under ``embedder.*`` (:mod:`dynametric.engine.checkpoint`). The model is rebuilt from the
+config (:func:`dynametric.engine.builders.build_model`), the weights are loaded with ``weights_only=True`` and the
+evaluation transform is the one the engine evaluates with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynametric.errors import ConfigError, InputError
+
+
+def weights_digest(state: dict[str, torch.Tensor], length: int = 16) -> str:
+    """SHA-256 over the sorted ``(name, dtype, shape, bytes)`` of a state dict: two checkpoints with the same
+    weights give the same digest whatever else they store."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:length]
+
+
+def eval_transform(cfg: Any, image_size: int | None = None) -> Callable[[Any], torch.Tensor]:
+    """The evaluation transform of a config (PIL image -> ``[C, H, W]`` tensor), as the engine evaluates.
+
+    ``synthetic`` data with ``transform: default`` is a plain ``ToTensor`` of ``image_size`` square images (the
+    synthetic generator's ``image_size`` option, default 32); other data use ``build_transform(preset,
+    train=False)`` (``default`` = ``standard``) with ``data.image_size`` / ``image_size`` as the crop size.
+    """
+    from torchvision import transforms as T
+
+    data = cfg.data
+    size = image_size if image_size is not None else data.image_size
+    if data.format == "synthetic" and data.transform == "default":
+        side = int(size if size is not None else dict(data.options).get("image_size", 32))
+        return T.Compose([T.Resize((side, side)), T.ToTensor()])
+    from dynametric.data import build_transform
+
+    preset = "standard" if data.transform == "default" else data.transform
+    overrides = {} if size is None else {"size": int(size)}
+    try:
+        return build_transform(preset, False, **overrides)
+    except ConfigError as exc:
+        raise ConfigError(str(exc.message), key="data.transform") from None
+
+
+@dataclass
+class LoadedEmbedder:
+    """A trained embedder ready for inference (eval mode, no grad) and what identifies it."""
+
+    model: nn.Module
+    head: str | None
+    transform: Callable[[Any], torch.Tensor]
+    checkpoint: Path
+    config_path: Path
+    config_hash: str
+    weights_hash: str
+    in_chans: int
+    input_size: int
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, D]`` float32 (the evaluated head)."""
+        from dynametric.engine.objective import select_head
+
+        return select_head(self.model(images), self.head).float()
+
+    def identity(self) -> dict[str, Any]:
+        """What an embeddings file / index records about the model that produced it."""
+        return {"checkpoint": str(self.checkpoint.resolve()), "config": str(self.config_path.resolve()),
+                "config_hash": self.config_hash, "weights_hash": self.weights_hash, "head": self.head,
+                "in_chans": self.in_chans, "input_size": self.input_size}
+
+
+def _input_size(transform: Any, default: int) -> int:
+    spec = getattr(transform, "spec", None)
+    if spec is not None:
+        return int(spec.size)
+    for step in getattr(transform, "transforms", []):
+        size = getattr(step, "size", None)
+        if isinstance(size, (tuple, list)) and size:
+            return int(size[0])
+        if isinstance(size, int):
+            return size
+    return default
+
+
+def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
+                  head: str | None = None, image_size: int | None = None) -> LoadedEmbedder:
+    """Build the configured embedder and load ``checkpoint`` into it (eval mode).
+
+    ``config`` defaults to ``config.yaml`` beside the checkpoint (a ``dynametric train`` run folder); ``head``
+    defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
+    """
+    from dynametric.config import config_hash, load_config
+    from dynametric.engine.builders import build_model, eval_head
+    from dynametric.engine.checkpoint import embedder_state_dict, load_embedder_weights
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise InputError("checkpoint file not found", file=checkpoint)
+    config_path = Path(config) if config is not None else checkpoint.parent / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}" if config is None
+                          else f"config file not found: {config_path}", key="--config")
+    cfg = load_config(config_path, overrides)
+    model = build_model(cfg)
+    ckpt = load_embedder_weights(model, checkpoint)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    transform = eval_transform(cfg, image_size)
+    return LoadedEmbedder(model=model, head=head if head is not None else eval_head(cfg), transform=transform,
+                          checkpoint=checkpoint, config_path=config_path, config_hash=config_hash(cfg),
+                          weights_hash=weights_digest(embedder_state_dict(ckpt)), in_chans=int(cfg.model.in_chans),
+                          input_size=_input_size(transform, 224))
+
+
+def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
+    """Load one image file through the model's evaluation transform (``[C, H, W]``); errors name the file."""
+    from dynametric.data.base import load_rgb
+
+    try:
+        img = load_rgb(path)
+    except FileNotFoundError:
+        raise InputError("image file not found", file=path) from None
+    except Exception as exc:  # PIL raises many types for bad files
+        raise InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=path) from None
+    return loaded.transform(img)
+
+
+def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path]) -> np.ndarray:
+    """Embeddings ``[len(paths), D]`` float32 of a few image files (queries)."""
+    batch = torch.stack([image_tensor(loaded, p) for p in paths])
+    return loaded.embed(batch).numpy()
