@@ -19,6 +19,7 @@ from a memory budget (:func:`plan_chunk_rows`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,7 +91,6 @@ def scores_block(problem: RankingProblem, start: int, stop: int) -> torch.Tensor
     s = q @ problem.gallery.T
     if problem.distance == "euclidean":
         s.mul_(2.0).sub_(problem.gallery_sq_norms.unsqueeze(0))
-    s.add_(0.0)  # canonical +0.0 so that -0.0 and +0.0 tie as equal scores
     if problem.leave_one_out:
         rows = torch.arange(stop - start)
         s[rows, rows + start] = float("-inf")
@@ -177,24 +177,62 @@ def _excluded(problem: RankingProblem, cols: torch.Tensor, start: int, stop: int
     return ex
 
 
+PERMUTATION_PATH_FRACTION = 1 / 32
+"""Use the full-permutation ranking when a chunk's candidate sets exceed this fraction of the gallery."""
+
+
+def _descending_keys(scores: np.ndarray) -> np.ndarray:
+    """Unique int64 sort keys per row, ascending = better: (descending score, ascending gallery index).
+
+    The float32 bits are mapped to an order-preserving int32 (``i ^ ((i >> 31) & 0x7FFFFFFF)``), inverted for
+    descending order, and the gallery index fills the low 32 bits, so equal scores order by index (``-0.0`` is
+    mapped to ``+0.0``, the two are equal scores).
+    """
+    bits = scores.view(np.int32)
+    key32 = bits >> 31
+    key32 &= 0x7FFFFFFF
+    key32 ^= bits
+    np.putmask(key32, key32 == -1, 0)  # -0.0 maps to -1: make it equal to +0.0
+    np.invert(key32, out=key32)
+    keys = key32.astype(np.int64)
+    del key32
+    keys <<= 32
+    keys |= np.arange(scores.shape[1], dtype=np.int64)
+    return keys
+
+
 def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
-                    pool: ThreadPoolExecutor | None = None, threads: int = 1) -> torch.Tensor:
+                    pool: ThreadPoolExecutor | None = None, threads: int = 1, path: str = "auto") -> torch.Tensor:
     """1-based ranks of ``cols`` in each score row: descending score, ties by ascending gallery index.
 
     ``scores``: ``[C, Ng]`` (excluded items ``-inf``); ``cols``/``valid``: ``[C, U]``. Invalid slots get rank 0.
-    Exact: ``rank = #{s > v} + #{s == v and index < col} + 1``.
+    Exact: ``rank = #{s > v} + #{s == v and index < col} + 1``. Small candidate sets: sort the float scores and
+    binary-search each candidate (ties counted directly); large ones (``U > Ng * PERMUTATION_PATH_FRACTION``):
+    sort unique (score, index) keys and read every item's rank from the inverse permutation. ``path`` forces one
+    (``"search"`` or ``"permutation"``); both give identical ranks.
     """
+    if path not in ("auto", "search", "permutation"):
+        raise ValueError(f"unknown ranking path {path!r}")
     c, n = scores.shape
     if cols.shape[1] == 0:
         return torch.zeros(cols.shape, dtype=torch.long)
+    s_np = scores.numpy()
+    if path == "permutation" or (path == "auto" and cols.shape[1] > n * PERMUTATION_PATH_FRACTION):
+        keys = _descending_keys(s_np)
+        _sort_rows(keys, pool, threads)
+        _check_finite_sorted(s_np, keys)
+        perm = (keys & 0xFFFFFFFF).astype(np.int32)
+        del keys
+        inv = np.empty((c, n), dtype=np.int32)
+        np.put_along_axis(inv, perm, np.arange(1, n + 1, dtype=np.int32)[None, :], axis=1)
+        del perm
+        ranks = torch.from_numpy(np.take_along_axis(inv, cols.numpy(), axis=1).astype(np.int64))
+        return torch.where(valid, ranks, torch.zeros_like(ranks))
     v = scores.gather(1, cols)
-    srt = scores.numpy().copy()
+    srt = s_np.copy()
     _sort_rows(srt, pool, threads)
     if not np.isfinite(srt[:, -1]).all():
-        from dynametric.errors import InputError
-
-        raise InputError("similarity scores overflowed to inf/NaN; embeddings are too large in magnitude",
-                         key="embeddings")
+        _raise_overflow()
     sorted_t = torch.from_numpy(srt)
     right = torch.searchsorted(sorted_t, v, right=True)
     # v itself sits at right - 1; another equal score exists iff the sorted value before it equals v as well
@@ -205,6 +243,21 @@ def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tenso
     if bool(tied.any()):
         ranks += _tie_offsets(scores, cols, v, tied)
     return torch.where(valid, ranks, torch.zeros_like(ranks))
+
+
+def _raise_overflow() -> None:
+    from dynametric.errors import InputError
+
+    raise InputError("similarity scores overflowed to inf/NaN; embeddings are too large in magnitude",
+                     key="embeddings")
+
+
+def _check_finite_sorted(scores: np.ndarray, sorted_keys: np.ndarray) -> None:
+    """The worst-ranked item of each row must be finite or -inf (excluded); +inf/NaN mean overflow."""
+    worst = np.take_along_axis(scores, (sorted_keys[:, -1:] & 0xFFFFFFFF).astype(np.int64), axis=1)
+    best = np.take_along_axis(scores, (sorted_keys[:, :1] & 0xFFFFFFFF).astype(np.int64), axis=1)
+    if np.isnan(worst).any() or np.isnan(best).any() or np.isposinf(best).any():
+        _raise_overflow()
 
 
 def _tie_offsets(scores: torch.Tensor, cols: torch.Tensor, v: torch.Tensor, tied: torch.Tensor,
@@ -223,20 +276,33 @@ def _tie_offsets(scores: torch.Tensor, cols: torch.Tensor, v: torch.Tensor, tied
     return out
 
 
-@dataclass
 class ScaleAccumulator:
-    """Running sums of per-query metric values for one scale."""
+    """Per-query metric values of one scale (filled chunk by chunk; sums are exactly rounded, so the result does
+    not depend on the chunking)."""
 
-    sums: dict[str, float] = field(default_factory=dict)
-    num_defined: int = 0
-    num_empty: int = 0
+    def __init__(self, num_queries: int) -> None:
+        self.r_count = np.zeros(num_queries, dtype=np.int64)
+        self.values: dict[str, np.ndarray] = {}
 
-    def add(self, r_count: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
-        defined = r_count > 0
-        self.num_defined += int(defined.sum())
-        self.num_empty += int((~defined).sum())
+    def add(self, start: int, r_count: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        stop = start + r_count.shape[0]
+        self.r_count[start:stop] = r_count.numpy()
         for name, vals in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(vals[defined].sum())
+            arr = self.values.setdefault(name, np.zeros(self.r_count.shape[0], dtype=np.float64))
+            arr[start:stop] = vals.numpy()
+
+    @property
+    def num_defined(self) -> int:
+        return int((self.r_count > 0).sum())
+
+    @property
+    def num_empty(self) -> int:
+        return int((self.r_count == 0).sum())
+
+    @property
+    def sums(self) -> dict[str, float]:
+        defined = self.r_count > 0
+        return {name: math.fsum(arr[defined].tolist()) for name, arr in self.values.items()}
 
 
 def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
@@ -252,7 +318,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     cs = build_candidate_sets(problem.query_labels, problem.gallery_labels)
     rows = plan_chunk_rows(nq, ng, memory_budget_bytes, num_scales, cs.max_size)
     harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1))
-    accs = [ScaleAccumulator() for _ in range(num_scales)]
+    accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     threads = _ordered_threads()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
@@ -279,7 +345,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                 key.sort()  # numpy SIMD sort: (row, rank) order
                 r_count, vals = metrics_from_flat_ranks(key // base, key % base, c, k_values=k_values,
                                                         metrics=metrics, asi_cutoff=asi_cutoff, harmonic=harmonic)
-                accs[s].add(r_count, vals)
+                accs[s].add(start, r_count, vals)
             if progress is not None:
                 progress(stop, nq)
     finally:

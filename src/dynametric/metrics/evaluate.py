@@ -205,8 +205,9 @@ def evaluate_embeddings(
                            memory_budget_bytes=memory_budget_bytes)
         for name, acc in zip(names_s, accs):
             denom = acc.num_defined + (acc.num_empty if empty_queries == "count_as_zero" else 0)
+            sums = acc.sums
             for m in [f"recall@{k}" for k in ks] + list(rank_metrics):
-                result[name][m] = acc.sums.get(m, 0.0) / denom if denom else float("nan")
+                result[name][m] = sums.get(m, 0.0) / denom if denom else float("nan")
             result[name]["num_queries"] = denom
             result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
             result[name]["empty_queries"] = acc.num_empty
