@@ -98,10 +98,15 @@ def test_describe_and_repr():
 
 
 def test_build_dataset_synthetic():
-    from dynametric.data import build_dataset
+    from dynametric.data import build_dataset, build_transform
 
     ds = build_dataset("synthetic", None, "test", images_per_class=1, fine_per_shape={"test": 1})
     assert len(ds) == 9 and ds.split == "test"
+    assert isinstance(ds[0][0], Image.Image)  # build_dataset passes transform=None: PIL images
+    aug = build_dataset("synthetic", None, "test", transform=build_transform("small", train=True),
+                        images_per_class=1, fine_per_shape={"test": 1})
+    x, y = aug[0]
+    assert x.shape == (3, 32, 32) and torch.equal(y, ds.labels[0])
 
 
 def test_errors():
