@@ -53,3 +53,6 @@ def test_protocol_configs_state_their_published_target(path: Path) -> None:
         assert cfg.eval.k_values[:2] == [1, 10]
     else:
         assert cfg.eval.k_values == [1, 2, 4, 8] and cfg.data.batch_size == 112 and cfg.data.m == 2
+    if path.parent.name == "roth2020":  # margin loss with one global learnable beta, its own learning rate
+        loss = validate_components(cfg, data_args={"num_classes": 8})["loss"]
+        assert [p.numel() for p in loss.parameters()] == [1] and cfg.optim.group_lr("loss") == 5e-4
