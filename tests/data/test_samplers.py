@@ -391,3 +391,36 @@ def test_resume_refuses_other_labels():
     other[0, 0] = 9999
     with pytest.raises(InputError, match="labels_digest"):
         MPerClassSampler(other, m=4, batch_size=16).load_state_dict(s.state_dict())
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 7), min_size=2, max_size=7), k=st.integers(1, 4), ipb=st.integers(1, 3),
+       seed=st.integers(0, 2**31))
+def test_property_three_scale_items(sizes, k, ipb, seed):
+    rows = [(c, c // 2, c // 4) for c, n in enumerate(sizes) for _ in range(n)]
+    labels = torch.tensor(rows)[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+    n_items = len(rows) // k
+    if n_items < ipb:
+        with pytest.raises(InputError):
+            ThreeScaleSampler(labels, k=k, items_per_batch=ipb, seed=seed)
+        return
+    s = ThreeScaleSampler(labels, k=k, items_per_batch=ipb, seed=seed)
+    assert len(s) == n_items // ipb
+    first_seen = [list(dict.fromkeys(labels[:, j].tolist())) for j in range(3)]
+    got = Counter()
+    for b in s:
+        item_rows = torch.tensor(b).view(ipb, 3, k)
+        for item in item_rows:
+            key = []
+            for j in range(3):
+                y = labels[item[j], j]
+                assert (y == y[0]).all()
+                n_c = int((labels[:, j] == y[0]).sum())
+                if n_c >= k:
+                    assert len(set(item[j].tolist())) == k  # without replacement when the class is big enough
+                key.append(int(y[0]))
+            got[tuple(key)] += 1
+    # the batches hold len(s) * ipb of the n_items items i -> (first_seen[j][i mod C_j])_j
+    possible = Counter(tuple(first_seen[j][i % len(first_seen[j])] for j in range(3)) for i in range(n_items))
+    assert sum(got.values()) == len(s) * ipb
+    assert all(got[key] <= possible[key] for key in got)
