@@ -143,15 +143,14 @@ def _candidates_for_chunk(cs: CandidateSets, problem: RankingProblem, start: int
                           stop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cols [C, U], valid [C, U])``: gallery indices of each query's candidate relevant items."""
     if cs.nested:
-        lo, hi = cs.lo[start:stop], cs.hi[start:stop]
+        lo, hi = cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy()
         u = int((hi - lo).max()) if stop > start else 0
-        offs = torch.arange(u)
-        pos = lo.unsqueeze(1) + offs.unsqueeze(0)
-        valid = pos < hi.unsqueeze(1)
-        pos = torch.where(valid, pos, torch.zeros_like(pos))
+        pos = lo[:, None] + np.arange(u, dtype=np.int64)[None, :]
+        valid = pos < hi[:, None]
+        np.minimum(pos, max(cs.order.shape[0] - 1, 0), out=pos)
         if cs.order.numel() == 0:
             return torch.zeros((stop - start, 0), dtype=torch.long), torch.zeros((stop - start, 0), dtype=torch.bool)
-        return cs.order[pos], valid
+        return torch.from_numpy(cs.order.numpy()[pos]), torch.from_numpy(valid)
     mask = torch.zeros((stop - start, problem.gallery.shape[0]), dtype=torch.bool)
     ql = problem.query_labels[start:stop]
     for s in range(ql.shape[1]):
@@ -168,13 +167,13 @@ def _candidates_for_chunk(cs: CandidateSets, problem: RankingProblem, start: int
     return out, valid
 
 
-def _excluded(problem: RankingProblem, cols: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    ex = torch.zeros(cols.shape, dtype=torch.bool)
+def _drop_excluded(problem: RankingProblem, cols: torch.Tensor, valid: torch.Tensor, start: int, stop: int) -> None:
+    """Clear ``valid`` (in place) where the candidate is the query itself (leave-one-out) or shares its id."""
+    c, v = cols.numpy(), valid.numpy()
     if problem.leave_one_out:
-        ex |= cols == torch.arange(start, stop).unsqueeze(1)
+        v &= c != np.arange(start, stop, dtype=np.int64)[:, None]
     if problem.query_codes is not None:
-        ex |= problem.gallery_codes[cols] == problem.query_codes[start:stop].unsqueeze(1)
-    return ex
+        v &= problem.gallery_codes.numpy()[c] != problem.query_codes[start:stop].numpy()[:, None]
 
 
 PERMUTATION_PATH_FRACTION = 1 / 32
@@ -226,8 +225,9 @@ def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tenso
         inv = np.empty((c, n), dtype=np.int32)
         np.put_along_axis(inv, perm, np.arange(1, n + 1, dtype=np.int32)[None, :], axis=1)
         del perm
-        ranks = torch.from_numpy(np.take_along_axis(inv, cols.numpy(), axis=1).astype(np.int64))
-        return torch.where(valid, ranks, torch.zeros_like(ranks))
+        ranks_np = np.take_along_axis(inv, cols.numpy(), axis=1).astype(np.int64)
+        ranks_np[~valid.numpy()] = 0
+        return torch.from_numpy(ranks_np)
     v = scores.gather(1, cols)
     srt = s_np.copy()
     _sort_rows(srt, pool, threads)
@@ -325,7 +325,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         for start in range(0, nq, rows):
             stop = min(nq, start + rows)
             cols, valid = _candidates_for_chunk(cs, problem, start, stop)
-            valid &= ~_excluded(problem, cols, start, stop)
+            _drop_excluded(problem, cols, valid, start, stop)
             with torch.no_grad():
                 scores = scores_block(problem, start, stop)
                 ranks = rank_candidates(scores, cols, valid, pool, threads)
