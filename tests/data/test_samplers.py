@@ -424,3 +424,17 @@ def test_property_three_scale_items(sizes, k, ipb, seed):
     possible = Counter(tuple(first_seen[j][i % len(first_seen[j])] for j in range(3)) for i in range(n_items))
     assert sum(got.values()) == len(s) * ipb
     assert all(got[key] <= possible[key] for key in got)
+
+
+def test_build_sampler_registry():
+    from dynametric.data.samplers import SAMPLERS, build_sampler
+    from dynametric.errors import ConfigError
+
+    labels = hierarchy_labels()
+    s = build_sampler("MPerClassSampler", labels, m=4, batch_size=16, seed=3)
+    assert list(s) == list(MPerClassSampler(labels, m=4, batch_size=16, seed=3))
+    assert set(SAMPLERS) == {"MPerClassSampler", "ThreeScaleSampler", "HierarchicalSampler"}
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        build_sampler("RandomSampler", labels)
+    with pytest.raises(ConfigError, match="items_per_batch"):
+        build_sampler("MPerClassSampler", labels, m=4, batch_size=16, items_per_batch=3)

@@ -15,6 +15,8 @@ _LAZY: dict[str, str] = {
     "MPerClassSampler": "dynametric.data.samplers",
     "ThreeScaleSampler": "dynametric.data.samplers",
     "HierarchicalSampler": "dynametric.data.samplers",
+    "SAMPLERS": "dynametric.data.samplers",
+    "build_sampler": "dynametric.data.samplers",
     "LabelledSubset": "dynametric.data.splits",
     "class_disjoint_folds": "dynametric.data.splits",
     "class_disjoint_split": "dynametric.data.splits",

@@ -24,6 +24,7 @@ where the batch constraints allow; when too few classes are left for a batch, a 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynametric.errors import InputError
+from dynametric.errors import ConfigError, InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 
 
@@ -454,3 +455,23 @@ class HierarchicalSampler(_EpochBatchSampler):
     def _fingerprint(self) -> dict[str, Any]:
         return {**super()._fingerprint(), "k": self.k, "scale": self.scale, "parent_scale": self.parent_scale,
                 "parents_per_batch": self.parents_per_batch}
+
+
+SAMPLERS: dict[str, type[_EpochBatchSampler]] = {
+    "MPerClassSampler": MPerClassSampler,
+    "ThreeScaleSampler": ThreeScaleSampler,
+    "HierarchicalSampler": HierarchicalSampler,
+}
+
+
+def build_sampler(name: str, labels: LabelsLike, **kwargs: Any) -> _EpochBatchSampler:
+    """Build a batch sampler by class name (keys of :data:`SAMPLERS`); unknown names or arguments raise
+    :class:`~dynametric.errors.ConfigError` naming the valid ones."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}", key="sampler")
+    cls = SAMPLERS[name]
+    valid = [p for p in inspect.signature(cls).parameters if p != "labels"]
+    bad = sorted(set(kwargs) - set(valid))
+    if bad:
+        raise ConfigError(f"unknown argument(s) {bad} for {name}; valid: {valid}", key=f"sampler.{bad[0]}")
+    return cls(labels, **kwargs)
