@@ -1,0 +1,173 @@
+"""dynametric.retrieval.embed: sources, exact embeddings, sharding, resume after an interruption and after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynametric.errors import InputError
+from dynametric.retrieval.embed import (
+    embed_items,
+    list_image_folder,
+    load_embedding_set,
+    read_image_csv,
+    shard_path,
+)
+from dynametric.retrieval.model import embed_image_files, load_embedder
+
+
+def test_folder_listing_is_sorted_relative_and_complete(image_root: Path) -> None:
+    items = list_image_folder(image_root / "imgs")
+    assert len(items.ids) == 12
+    assert items.ids == sorted(items.ids)
+    assert items.ids[0] == "animal/img_00.png"
+    assert all(p.is_file() and p.is_absolute() for p in items.paths)
+    assert items.roots == [(image_root / "imgs").resolve()]
+    assert items.labels is None
+
+
+def test_csv_labels_integer_and_text_columns(image_root: Path) -> None:
+    items = read_image_csv(image_root / "labels.csv")
+    assert items.scale_names == ["fine", "coarse"]
+    assert items.ids[:2] == ["item00", "item01"]
+    # fine stays integer, coarse text -> ids by sorted name (animal=0, plant=1, rock=2)
+    assert items.labels[:, 0].tolist() == [i % 6 for i in range(12)]
+    assert items.labels[:, 1].tolist() == [i % 3 for i in range(12)]
+    assert items.class_names == [[], ["animal", "plant", "rock"]]
+
+
+@pytest.mark.parametrize(("text", "line", "needle"), [
+    ("id,fine\nx,1\n", 1, "no 'path' column"),
+    ("path,fine\nimgs/animal/img_00.png,1\nimgs/nope.png,2\n", 3, "image file not found"),
+    ("path,fine\nimgs/animal/img_00.png\n", 2, "expected 2 fields"),
+    ("path,id\nimgs/animal/img_00.png,a\nimgs/plant/img_01.png,a\n", 3, "duplicate id 'a'"),
+    ("path,fine\nimgs/animal/img_00.png,\n", 2, "empty label in column 'fine'"),
+])
+def test_csv_errors_name_file_and_line(image_root: Path, tmp_path: Path, text: str, line: int, needle: str) -> None:
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_image_csv(csv_path, image_root=image_root)
+    assert needle in str(err.value)
+    assert f"bad.csv:{line}" in str(err.value) or f"line {line}" in str(err.value)
+
+
+def test_embeddings_match_the_model_image_by_image(run_ckpt: Path, image_root: Path, tmp_path: Path) -> None:
+    loaded = load_embedder(run_ckpt)
+    items = read_image_csv(image_root / "labels.csv")
+    res = embed_items(items, loaded.embed, loaded.transform, tmp_path / "emb", model_identity=loaded.identity(),
+                      batch_size=4, shard_size=5)
+    assert res.computed_shards == [0, 1, 2] and res.dim == 16
+    emb = np.load(tmp_path / "emb" / "embeddings.npy")
+    ref = embed_image_files(loaded, items.paths)  # one forward over all images at once
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # model normalises
+    s = load_embedding_set(tmp_path / "emb")
+    assert s.ids == items.ids and s.scale_names == ["fine", "coarse"]
+    np.testing.assert_array_equal(s.labels, items.labels)
+    meta = json.loads((tmp_path / "emb" / "embed.json").read_text())
+    assert meta["status"] == "complete" and meta["model"]["weights_hash"] == loaded.weights_hash
+    assert not (tmp_path / "emb" / "shards").exists()  # removed after assembly by default
+
+
+class Counting:
+    """Embed by flattening + a fixed projection; counts batches; raises on batch ``fail_at`` (1-based)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.proj = torch.randn(3 * 8 * 8, 6, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return x.flatten(1) @ self.proj
+
+
+def _transform():
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((8, 8)), T.ToTensor()])
+
+
+def test_interrupted_embed_resumes_without_recomputing(image_root: Path, tmp_path: Path) -> None:
+    items = list_image_folder(image_root / "imgs")
+    out = tmp_path / "emb"
+    full = Counting()
+    embed_items(items, full, _transform(), tmp_path / "ref", model_identity={"m": 1}, batch_size=4, shard_size=4)
+    broken = Counting(fail_at=3)  # shards of one batch each: shards 0, 1 finish, shard 2 dies
+    with pytest.raises(KeyboardInterrupt):
+        embed_items(items, broken, _transform(), out, model_identity={"m": 1}, batch_size=4, shard_size=4,
+                    keep_shards=True)
+    assert shard_path(out, 0).is_file() and shard_path(out, 1).is_file() and not shard_path(out, 2).exists()
+    assert json.loads((out / "embed.json").read_text())["status"] == "in_progress"
+    with pytest.raises(InputError, match="not finished"):
+        load_embedding_set(out)
+    resumed = Counting()
+    res = embed_items(items, resumed, _transform(), out, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    assert res.skipped_shards == [0, 1] and res.computed_shards == [2]
+    assert resumed.calls == 1  # only the unfinished shard's single batch
+    np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(tmp_path / "ref" / "embeddings.npy"),
+                               atol=1e-6)
+    again = Counting()
+    res2 = embed_items(items, again, _transform(), out, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    assert again.calls == 0 and res2.computed_shards == []
+
+
+def test_torn_shard_is_recomputed_and_foreign_job_refused(image_root: Path, tmp_path: Path) -> None:
+    items = list_image_folder(image_root / "imgs")
+    out = tmp_path / "emb"
+    with pytest.raises(KeyboardInterrupt):
+        embed_items(items, Counting(fail_at=3), _transform(), out, model_identity={"m": 1}, batch_size=4,
+                    shard_size=4)
+    data = shard_path(out, 1).read_bytes()
+    shard_path(out, 1).write_bytes(data[: len(data) // 2])  # torn file (e.g. copied by hand)
+    c = Counting()
+    res = embed_items(items, c, _transform(), out, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    assert res.computed_shards == [1, 2] and c.calls == 2
+    with pytest.raises(InputError, match=r"different embedding job \(differs in \['model'\]\)"):
+        embed_items(items, Counting(), _transform(), out, model_identity={"m": 2}, batch_size=4, shard_size=4)
+    res = embed_items(items, Counting(), _transform(), out, model_identity={"m": 2}, batch_size=4, shard_size=4,
+                      overwrite=True)
+    assert res.computed_shards == [0, 1, 2]
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, torch
+    from torchvision import transforms as T
+    from dynametric.retrieval.embed import embed_items, list_image_folder
+    items = list_image_folder(sys.argv[1])
+    proj = torch.randn(3 * 8 * 8, 6, generator=torch.Generator().manual_seed(0))
+    calls = [0]
+    kill_at = int(sys.argv[3])
+    def f(x):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally blocks
+        return x.flatten(1) @ proj
+    res = embed_items(items, f, T.Compose([T.Resize((8, 8)), T.ToTensor()]), sys.argv[2], model_identity={"m": 1},
+                      batch_size=2, shard_size=4)
+    print("computed", res.computed_shards, "calls", calls[0])
+""")
+
+
+def test_killed_process_resumes(image_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", KILL_SCRIPT, str(image_root / "imgs"), str(out)]
+    killed = subprocess.run([*cmd, "5"], capture_output=True, text=True, env=env, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # batch 5 = first batch of shard 2
+    assert sorted(p.name for p in (out / "shards").glob("*.npy")) == ["shard_00000.npy", "shard_00001.npy"]
+    done = subprocess.run([*cmd, "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "computed [2] calls 2" in done.stdout  # shard 2 only: two batches of 2
+    assert np.load(out / "embeddings.npy").shape == (12, 6)
