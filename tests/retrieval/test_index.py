@@ -1,0 +1,175 @@
+"""dynametric.retrieval.index: exact search vs brute force, scale grouping / same-label filtering vs a reference
+loop, approximate kinds vs exact, save/load round trip, clear errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynametric.errors import DynametricError, InputError
+from dynametric.retrieval.embed import EmbeddingSet
+from dynametric.retrieval.index import RetrievalIndex, first_per_group, require_faiss, take_first_k
+
+
+def make_set(n: int = 60, d: int = 8, seed: int = 0, labels: bool = True) -> EmbeddingSet:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    fine = rng.integers(0, 12, size=n)
+    lab = np.stack([fine, fine // 4], axis=1) if labels else None
+    return EmbeddingSet(x, [f"id{i}" for i in range(n)], [f"/data/{i}.png" for i in range(n)], lab,
+                        ["fine", "coarse"] if labels else [], None, ["/data"], {"weights_hash": "abc"}, Path("mem"))
+
+
+def brute(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """Reference distances [Q, N] (smaller = closer) with the index's reporting convention."""
+    if metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        return 1 - qn @ xn.T
+    if metric == "l2":
+        return np.sqrt(((q[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    return -(q @ x.T)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_flat_search_equals_brute_force(metric: str) -> None:
+    s = make_set()
+    idx = RetrievalIndex.build(s, "flat", metric)
+    q = np.random.default_rng(1).normal(size=(7, 8)).astype(np.float32)
+    res = idx.search(q, 5)
+    ref = brute(s.embeddings, q, metric)
+    order = np.argsort(ref, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(res.ids, order)
+    np.testing.assert_allclose(res.distances, np.take_along_axis(ref, order, 1), atol=1e-4)
+
+
+def reference_grouped(dist_row: np.ndarray, groups: np.ndarray, k: int, keep=None) -> list[int]:
+    out, seen = [], set()
+    for i in np.argsort(dist_row, kind="stable"):
+        if keep is not None and not keep[i]:
+            continue
+        if groups is not None:
+            if groups[i] in seen:
+                continue
+            seen.add(groups[i])
+        out.append(int(i))
+        if len(out) == k:
+            break
+    return out
+
+
+def test_scale_grouping_and_same_filter_match_reference_loops() -> None:
+    s = make_set()
+    idx = RetrievalIndex.build(s, "flat", "cosine")
+    q = np.random.default_rng(2).normal(size=(9, 8)).astype(np.float32)
+    ref = brute(s.embeddings, q, "cosine")
+    for scale, col in (("fine", 0), ("coarse", 1)):
+        res = idx.search(q, 4, scale=scale)
+        for r in range(len(q)):
+            want = reference_grouped(ref[r], s.labels[:, col], 4)
+            got = [i for i in res.ids[r] if i >= 0]
+            assert got == want
+        # coarse has only 3 classes: the 4th slot is empty
+        if scale == "coarse":
+            assert (res.ids[:, 3] == -1).all() and np.isnan(res.distances[:, 3]).all()
+    # same coarse label as the predicted (nearest item's) label
+    res = idx.search(q, 6, same="coarse")
+    for r in range(len(q)):
+        target = s.labels[np.argmin(ref[r]), 1]
+        assert res.query_groups[r] == target
+        assert [i for i in res.ids[r] if i >= 0] == reference_grouped(ref[r], None, 6, s.labels[:, 1] == target)
+    # with the queries' own labels
+    ql = np.array([[0, r % 3] for r in range(len(q))])
+    res = idx.search(q, 6, same="coarse", query_labels=ql)
+    for r in range(len(q)):
+        assert [i for i in res.ids[r] if i >= 0] == reference_grouped(ref[r], None, 6, s.labels[:, 1] == r % 3)
+
+
+def test_exclude_drops_the_query_itself() -> None:
+    s = make_set()
+    idx = RetrievalIndex.build(s, "flat", "cosine")
+    res = idx.search(s.embeddings[:5], 3)
+    assert res.ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+    res = idx.search(s.embeddings[:5], 3, exclude=np.arange(5))
+    assert not (res.ids == np.arange(5)[:, None]).any()
+    ref = brute(s.embeddings, s.embeddings[:5], "cosine")
+    np.testing.assert_array_equal(res.ids, np.argsort(ref, axis=1, kind="stable")[:, 1:4])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**16))
+def test_first_per_group_and_take_first_k_properties(rows: int, cols: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 4, size=(rows, cols))
+    valid = rng.random((rows, cols)) > 0.2
+    mask = first_per_group(groups, valid)
+    pos = take_first_k(mask, k)
+    for r in range(rows):
+        seen, want = set(), []
+        for c in range(cols):
+            if valid[r, c] and groups[r, c] not in seen:
+                seen.add(groups[r, c])
+                want.append(c)
+        assert np.nonzero(mask[r])[0].tolist() == want
+        assert pos[r].tolist() == (want[:k] + [-1] * k)[:k]
+
+
+@pytest.mark.parametrize(("kind", "kwargs"), [("ivf", {"nlist": 16, "nprobe": 8}), ("hnsw", {"m": 16})])
+def test_approximate_kinds_recall_against_flat(kind: str, kwargs: dict) -> None:
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(20, 16)) * 4
+    x = (centers[rng.integers(0, 20, 2000)] + rng.normal(size=(2000, 16))).astype(np.float32)
+    s = EmbeddingSet(x, [str(i) for i in range(2000)], [""] * 2000, None, [], None, [], {}, Path("mem"))
+    q = x[:50] + 0.1 * rng.normal(size=(50, 16)).astype(np.float32)
+    exact = RetrievalIndex.build(s, "flat", "cosine").search(q, 10).ids
+    approx = RetrievalIndex.build(s, kind, "cosine", **kwargs).search(q, 10).ids
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9
+
+
+def test_save_load_round_trip_keeps_results_and_metadata(tmp_path: Path) -> None:
+    s = make_set()
+    s.class_names = [[], ["a", "b", "c"]]
+    q = np.random.default_rng(4).normal(size=(4, 8)).astype(np.float32)
+    for kind in ("flat", "ivf", "hnsw"):
+        idx = RetrievalIndex.build(s, kind, "l2", **({"nlist": 1} if kind == "ivf" else {}))
+        idx.save(tmp_path / kind)
+        back = RetrievalIndex.load(tmp_path / kind)
+        assert (back.kind, back.metric, back.dim, back.ids, back.scale_names) == (kind, "l2", 8, s.ids,
+                                                                                 ["fine", "coarse"])
+        assert back.model == {"weights_hash": "abc"} and back.image_roots == ["/data"]
+        np.testing.assert_array_equal(back.labels, s.labels)
+        a, b = idx.search(q, 5, scale="fine"), back.search(q, 5, scale="fine")
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(back.reconstruct(3), s.embeddings[3], atol=1e-6)
+        hit = back.describe(back.search(q[:1], 1), ["q"])[0]["results"][0]
+        assert hit["labels"]["coarse"] == "abc"[int(s.labels[hit["index"], 1])]
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    idx = RetrievalIndex.build(make_set(), "flat", "cosine")
+    with pytest.raises(InputError, match="dimension 5 .* index has dimension 8"):
+        idx.search(np.zeros((2, 5), np.float32), 3)
+    with pytest.raises(InputError, match=r"unknown scale 'family'; this index has scales \['fine', 'coarse'\]"):
+        idx.search(np.ones((1, 8), np.float32), 3, scale="family")
+    with pytest.raises(InputError, match="NaN"):
+        idx.search(np.full((1, 8), np.nan, np.float32), 3)
+    with pytest.raises(InputError, match="index not found"):
+        RetrievalIndex.load(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(InputError, match="no index.json"):
+        RetrievalIndex.load(tmp_path / "half")
+    unlabeled = RetrievalIndex.build(make_set(labels=False), "flat", "cosine")
+    with pytest.raises(InputError, match="no labels"):
+        unlabeled.search(np.ones((1, 8), np.float32), 3, same="fine")
+
+
+def test_missing_faiss_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    with pytest.raises(DynametricError, match=r"pip install 'dynametric\[faiss\]'"):
+        require_faiss()
