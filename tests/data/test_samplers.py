@@ -272,6 +272,27 @@ def test_hierarchical_batches_share_parents():
     assert len(seen) == len(labels) and set(seen.values()) == {1}
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_hierarchical_exact_coverage_when_groups_do_not_divide_parents(seed):
+    labels = hierarchy_labels(per_fine=8)  # 6 parents x 3 classes x 2 chunks; groups of 2 classes per parent
+    s = HierarchicalSampler(labels, batch_size=16, samples_per_class=4, parents_per_batch=2, seed=seed)
+    seen = Counter(i for b in s for i in b)
+    assert len(s) == 9 and len(seen) == len(labels) and set(seen.values()) == {1}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hierarchical_exact_coverage_on_uneven_tree(seed):
+    rows, fine = [], 0
+    for parent, n_kids in enumerate([2, 4, 6, 2, 4]):  # 4, 8, 12, 4, 8 chunks: whole groups of 2, 18 groups
+        for _ in range(n_kids):
+            rows += [(fine, parent)] * 8
+            fine += 1
+    labels = torch.tensor(rows)
+    s = HierarchicalSampler(labels, batch_size=16, samples_per_class=4, parents_per_batch=2, seed=seed)
+    seen = Counter(i for b in s for i in b)
+    assert len(s) == 9 and len(seen) == len(labels) and set(seen.values()) == {1}
+
+
 def test_hierarchical_repeats_classes_when_parent_is_small_and_checks_tree():
     labels = torch.tensor([[0, 0]] * 5 + [[1, 0]] * 5 + [[2, 1]] * 5)
     s = HierarchicalSampler(labels, batch_size=12, samples_per_class=2, parents_per_batch=2, iterations_per_epoch=4)

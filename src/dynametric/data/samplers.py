@@ -192,21 +192,29 @@ class _ChunkPool:
 
     def pick(self, candidates: np.ndarray, count: int) -> np.ndarray | None:
         """``count`` distinct classes among ``candidates`` with chunks left in the pass; ``None`` if too few."""
-        rem = self.remaining[candidates]
-        if np.count_nonzero(rem) < count:
-            return None
-        # a class with as many chunks left as there are batches left must be in this one (else the pass cannot be
-        # packed without repeats); the others are drawn with probability proportional to their chunks left
-        rounds = int(rem.sum()) // count
-        forced = candidates[rem >= rounds]
-        if len(forced) > count:
-            forced = self.rng.choice(forced, count, replace=False)
-        free = (rem > 0) & ~np.isin(candidates, forced)
-        need = count - len(forced)
-        if need:
-            w = rem[free].astype(np.float64)
-            forced = np.concatenate([forced, self.rng.choice(candidates[free], need, replace=False, p=w / w.sum())])
-        return self.rng.permutation(forced)
+        return _weighted_pick(self.rng, candidates, self.remaining[candidates], count)
+
+
+def _weighted_pick(rng: np.random.Generator, candidates: np.ndarray, left: np.ndarray, count: int,
+                   per_round: int = 1) -> np.ndarray | None:
+    """``count`` distinct candidates with ``left > 0``, drawn with probability proportional to ``left``.
+
+    Every round takes ``per_round`` units from each chosen candidate. A candidate with at least ``per_round``
+    units for every round left (``left >= per_round * rounds``) is always chosen, else the pass could not be packed
+    without repeats. ``None`` when fewer than ``count`` candidates have units left.
+    """
+    if np.count_nonzero(left) < count:
+        return None
+    rounds = int(left.sum()) // (count * per_round)
+    forced = candidates[left >= per_round * max(rounds, 1)]
+    if len(forced) > count:
+        forced = rng.choice(forced, count, replace=False)
+    free = (left > 0) & ~np.isin(candidates, forced)
+    need = count - len(forced)
+    if need:
+        w = left[free].astype(np.float64)
+        forced = np.concatenate([forced, rng.choice(candidates[free], need, replace=False, p=w / w.sum())])
+    return rng.permutation(forced)
 
 
 def _chunks_per_pass(members: list[np.ndarray], k: int) -> int:
@@ -428,8 +436,8 @@ class HierarchicalSampler(_EpochBatchSampler):
         kids = self.children[parent]
         n = self.classes_per_parent
         live = kids[pool.remaining[kids] > 0]
-        take = pool.rng.choice(live, min(n, len(live)), replace=False,
-                               p=pool.remaining[live] / pool.remaining[live].sum()) if len(live) else live
+        picked = pool.pick(live, min(n, len(live))) if len(live) else None
+        take = live if picked is None else picked
         rest = np.setdiff1d(kids, take)
         if len(take) < n and len(rest):
             take = np.concatenate([take, pool.rng.choice(rest, min(n - len(take), len(rest)), replace=False)])
@@ -447,7 +455,7 @@ class HierarchicalSampler(_EpochBatchSampler):
             if np.count_nonzero(left) < self.parents_per_batch:
                 pool.new_pass()
                 left = np.bincount(self.parent_index, weights=pool.remaining, minlength=len(self.parents))
-            parents = rng.choice(parent_ids, self.parents_per_batch, replace=False, p=left / left.sum())
+            parents = _weighted_pick(rng, parent_ids, left, self.parents_per_batch, self.classes_per_parent)
             rows = [pool.take(int(c)) for p in parents for c in self._pick_children(pool, int(p))]
             batches.append(np.concatenate(rows))
         return batches
