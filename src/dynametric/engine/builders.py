@@ -241,14 +241,20 @@ def _construct(name: str, kwargs: dict[str, Any], key: str, train_labels: torch.
     for arg in _AUTO_DIM_ARGS:
         if arg in params and arg not in kwargs and params[arg].default is inspect.Parameter.empty:
             kwargs[arg] = dim
-    if "num_classes" in params and "num_classes" not in kwargs and params["num_classes"].default in (
-            inspect.Parameter.empty, None):
+    # Only a *required* num_classes is filled: an optional one (MarginLoss: None = one global beta) keeps its default.
+    if "num_classes" in params and "num_classes" not in kwargs and params["num_classes"].default is \
+            inspect.Parameter.empty:
         if train_labels is None:
             kwargs["num_classes"] = 2
             warnings.warn(f"{key}: num_classes unknown without the dataset; a placeholder is used (dry run only)",
                           stacklevel=2)
         else:
-            col = scale_offset if scale_offset is not None else int(kwargs.get("scale", 0))
+            # the label column: CosFace/ArcFace name it ``label_scale`` (their ``scale`` is the logit scale)
+            col_arg = "label_scale" if "label_scale" in params else "scale"
+            col = scale_offset if scale_offset is not None else int(kwargs.get(col_arg, 0))
+            if not 0 <= col < train_labels.shape[1]:
+                raise ConfigError(f"label column {col} does not exist; the training labels have "
+                                  f"{train_labels.shape[1]} scale(s)", key=f"{key}.kwargs.{col_arg}")
             kwargs["num_classes"] = int(train_labels[:, col].max()) + 1
     if ("class_paths" in params and "class_paths" not in kwargs and hasattr(cls, "from_labels")
             and params["class_paths"].default is inspect.Parameter.empty):
@@ -379,10 +385,15 @@ def eval_head(cfg: Any) -> str | None:
 
 def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | None = None,
                      progress_bar: bool | None = None) -> Components:
-    if cfg.method.name is not None:
+    dyml = None
+    if cfg.method.name == "dyml":  # the DyML test protocol (engine/dyml.py); validates method.kwargs
+        from dynametric.engine.dyml import protocol_from_config
+
+        dyml = protocol_from_config(cfg)
+    elif cfg.method.name is not None:
         raise ConfigError(f"method {cfg.method.name!r}: this engine has no method hooks; methods are configured "
                           "through loss/miner/model keys", key="method.name")
-    if cfg.eval.protocol != "leave_one_out":
+    if dyml is None and cfg.eval.protocol != "leave_one_out":
         raise ConfigError("dynametric train evaluates leave-one-out on the test split; run `dynametric evaluate` "
                           "for query/gallery protocols", key="eval.protocol")
     torch.manual_seed(int(cfg.trainer.seed))

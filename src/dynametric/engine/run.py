@@ -104,6 +104,29 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
         log(row)
 
 
+def _test_evaluator(cfg: Any, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
+                    settings: Any, progress: bool) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
+    """``test(ckpt_path) -> metrics`` for the run: leave-one-out on the test split, or the DyML protocol."""
+    if dyml is None:
+        return (lambda ckpt: evaluate_split(module, dm, datasets.test, settings, progress, ckpt_path=ckpt)), None
+    from dynametric.engine.builders import load_split
+    from dynametric.engine.dyml import EngineTest
+
+    def embed_with(dataset: Any, ckpt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = module.evaluator
+        module.evaluator = lambda emb, labels, **_: {}  # embed only; the protocol evaluates
+        try:
+            evaluate_split(module, dm, dataset, settings, progress, ckpt_path=ckpt)
+        finally:
+            module.evaluator = keep
+        assert module.last_embeddings is not None
+        return module.last_embeddings
+
+    test = EngineTest(dyml, embed_with, lambda split: load_split(cfg, split, train=False),
+                      test_split=cfg.data.test_split, scale_names=datasets.scale_names)
+    return test, test
+
+
 def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print) -> RunResult:
     """Train, select on validation, test the best checkpoint, write metrics.json and report.html."""
@@ -120,7 +143,10 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     if root_missing(cfg):
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
-    datasets = build_datasets(cfg)
+    from dynametric.engine.dyml import protocol_from_config
+
+    dyml = protocol_from_config(cfg)  # DyML configs test with their own protocol and splits (engine/dyml.py)
+    datasets = build_datasets(cfg, with_test=dyml is None)
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     module, settings = comps.module, comps.trainer
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
@@ -130,16 +156,20 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     metrics_path = run_dir / "metrics.json"
     info: dict[str, Any] = {
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
-        "test_images": len(datasets.test), "validation_source": datasets.val_source,
-        "scale_names": comps.scale_names, "eval_head": module.eval_head,
+        "test_images": len(datasets.test) if datasets.test is not None else None,
+        "validation_source": datasets.val_source, "scale_names": comps.scale_names, "eval_head": module.eval_head,
     }
+    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress)
+    if dyml is not None:
+        info["test_protocol"] = dyml.header()
     if not resume:
         save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
         log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
-            f"{info['test_images']} test images; scales {comps.scale_names}")
+            f"{info['test_images'] if dyml is None else dyml.header()['name']} test images; "
+            f"scales {comps.scale_names}")
         log("evaluating the untrained model on the test split ...")
-        untrained = evaluate_split(module, dm, datasets.test, settings, progress)
+        untrained = test_eval(None)
         metrics: dict[str, Any] = {"untrained": untrained, "validation": [], "test": {}}
         atomic_write_json(metrics_path, metrics)
     else:
@@ -164,9 +194,12 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
         info["selected"] = {"checkpoint": "final weights (no validation split)"}
         test_ckpt = None
     log(f"testing {info['selected']['checkpoint']} on the test split ...")
-    metrics["test"] = evaluate_split(module, dm, datasets.test, settings, progress, ckpt_path=test_ckpt)
+    metrics["test"] = test_eval(test_ckpt)
     emb_labels = module.last_embeddings
-    heads = _head_results(cfg, module, dm, datasets.test, settings, progress)
+    report_set = datasets.test
+    if dyml_test is not None and dyml_test.view is not None:
+        emb_labels, report_set = dyml_test.view[:2], dyml_test.view[2]
+    heads = {} if dyml is not None else _head_results(cfg, module, dm, datasets.test, settings, progress)
     if heads:
         info["test_by_head"] = heads
     info["skipped_nonfinite_steps"] = module.skipped_steps
@@ -179,7 +212,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
             emb, labels = emb_labels if emb_labels is not None else (None, None)
             write_report(run_dir / "report.html", metrics=metrics, loss_history=module.loss_history,
                          scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
-                         dataset=datasets.test, distance=cfg.eval.distance, monitor=cfg.trainer.monitor,
+                         dataset=report_set, distance=cfg.eval.distance, monitor=cfg.trainer.monitor,
                          seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}")
         _summary(metrics, comps.scale_names, log)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))

@@ -1,0 +1,376 @@
+"""The DyML test protocols (Sun et al., "Dynamic Metric Learning", CVPR 2021; METHODS.md §3.9-3.10, §5 rows 19-23).
+
+* **Per-scale query -> gallery** (DyML-Vehicle, DyML-Animal): for every scale ``s`` the queries of
+  ``bmk_<s>/query.csv`` rank ``bmk_<s>/gallery.csv``; relevant = same label at ``s``; every scale has its own
+  image sets (splits ``query_<s>`` / ``gallery_<s>`` of :mod:`dynametric.data.dyml`).
+* **All-in-one leave-one-out** (DyML-Product, ``mini-bmk_all_in_one``): every image queries all the others,
+  relevance judged per label column (fine, middle, coarse); the query is excluded **by identity** (its index).
+
+Metrics: ASI (cut-off ``N = R_q`` by default), mAP over the full ranking, R@1/10/20 (hit rates), per scale and
+their plain mean over the scales (:func:`dynametric.metrics.evaluate_embeddings`).
+
+Whether a query image also sits in its gallery was never stated by the authors, so the option
+``query_in_gallery`` has **no default**:
+
+* ``disjoint``: nothing is excluded (query and gallery are different images);
+* ``contained``: every query has its own copy in the gallery, identified by its file name (image identity); that
+  item, and only that item, is excluded from the query's ranking, never "whatever ranks first";
+* ``detect``: the bytes of every image are hashed (SHA-256 of the file; of the pixel array for in-memory datasets);
+  gallery items byte-identical to the query are excluded, exactly those, and counted.
+
+The mode, the number of queries that had an item excluded and the protocol tag (``paper`` | ``released-files``;
+results of the two are never mixed) go into every result. In leave-one-out the query itself is always excluded by
+index; ``detect`` additionally excludes other byte-identical copies of the query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynametric.errors import ConfigError, InputError
+
+__all__ = [
+    "DYML_METRICS",
+    "PROTOCOL_TAGS",
+    "QUERY_IN_GALLERY_MODES",
+    "DyMLProtocol",
+    "evaluate_all_in_one",
+    "evaluate_query_gallery",
+    "exclusion_ids",
+    "image_digests",
+    "image_identities",
+    "run_protocol",
+]
+
+QUERY_IN_GALLERY_MODES: tuple[str, ...] = ("disjoint", "contained", "detect")
+PROTOCOL_TAGS: tuple[str, ...] = ("paper", "released-files")
+VARIANTS: tuple[str, ...] = ("vehicle", "animal", "product", "all_in_one")
+DYML_METRICS: tuple[str, ...] = ("asi", "map", "recall@1", "recall@10", "recall@20")
+"""The columns of the DyML paper's tables, in their order."""
+
+
+@dataclass(frozen=True)
+class DyMLProtocol:
+    """Options of the DyML test protocol (``method: {name: dyml, kwargs: {...}}`` in a config).
+
+    Args:
+        variant: ``vehicle`` / ``animal`` (per-scale query -> gallery), ``product`` (all-in-one leave-one-out on
+            split ``test``) or ``all_in_one`` (leave-one-out on the config's ``data.test_split``, e.g. synthetic).
+        query_in_gallery: ``disjoint`` | ``contained`` | ``detect``; required (METHODS §5 row 19).
+        protocol: result tag, ``released-files`` (default: the files as published) or ``paper``.
+        asi_cutoff: ``"R_q"`` or a positive integer ``N``.
+        empty_queries: ``exclude`` (default, counted) or ``count_as_zero`` for queries without a relevant item.
+        k_values: recall cut-offs (1, 10, 20).
+        distance: ``cosine`` (L2-normalised embeddings) or ``euclidean``.
+        scales: scale names of the per-scale protocol, finest first.
+    """
+
+    variant: str
+    query_in_gallery: str
+    protocol: str = "released-files"
+    asi_cutoff: str | int = "R_q"
+    empty_queries: str = "exclude"
+    k_values: tuple[int, ...] = (1, 10, 20)
+    distance: str = "cosine"
+    scales: tuple[str, ...] = ("fine", "middle", "coarse")
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown DyML variant {self.variant!r}; expected one of {list(VARIANTS)}",
+                              key="variant")
+        if self.query_in_gallery not in QUERY_IN_GALLERY_MODES:
+            raise ConfigError(f"query_in_gallery must be one of {list(QUERY_IN_GALLERY_MODES)} (there is no default: "
+                              f"the DyML authors never said whether queries are in the gallery), got "
+                              f"{self.query_in_gallery!r}", key="query_in_gallery")
+        if self.protocol not in PROTOCOL_TAGS:
+            raise ConfigError(f"protocol tag must be one of {list(PROTOCOL_TAGS)}, got {self.protocol!r}",
+                              key="protocol")
+        if self.empty_queries not in ("exclude", "count_as_zero"):
+            raise ConfigError(f"empty_queries must be 'exclude' or 'count_as_zero', got {self.empty_queries!r}",
+                              key="empty_queries")
+        if not self.k_values or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.k_values):
+            raise ConfigError(f"k_values must be positive integers, got {list(self.k_values)}", key="k_values")
+        if self.distance not in ("cosine", "euclidean"):
+            raise ConfigError(f"distance must be 'cosine' or 'euclidean', got {self.distance!r}", key="distance")
+        if isinstance(self.asi_cutoff, str) and self.asi_cutoff != "R_q" or (
+                isinstance(self.asi_cutoff, int) and (isinstance(self.asi_cutoff, bool) or self.asi_cutoff < 1)):
+            raise ConfigError(f"asi_cutoff must be 'R_q' or a positive integer, got {self.asi_cutoff!r}",
+                              key="asi_cutoff")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], key: str = "method.kwargs") -> DyMLProtocol:
+        """Build from a config mapping; errors name ``<key>.<option>``."""
+        kwargs = dict(kwargs)
+        allowed = ("variant", "query_in_gallery", "protocol", "asi_cutoff", "empty_queries", "k_values", "distance",
+                   "scales")
+        for name in kwargs:
+            if name not in allowed:
+                raise ConfigError(f"unknown DyML protocol option {name!r}; expected one of {list(allowed)}",
+                                  key=f"{key}.{name}")
+        for required in ("variant", "query_in_gallery"):
+            if required not in kwargs:
+                extra = (f" ({' | '.join(QUERY_IN_GALLERY_MODES)}; no default: state whether query images are also "
+                         "in the gallery)") if required == "query_in_gallery" else f" ({' | '.join(VARIANTS)})"
+                raise ConfigError(f"the DyML protocol needs {required!r}{extra}", key=f"{key}.{required}")
+        for name in ("k_values", "scales"):
+            if name in kwargs:
+                kwargs[name] = tuple(kwargs[name])
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, key=f"{key}.{exc.key}") from None
+
+    @property
+    def metrics(self) -> list[str]:
+        return ["recall@K", "map", "asi"]
+
+    @property
+    def is_per_scale(self) -> bool:
+        return self.variant in ("vehicle", "animal")
+
+    def splits(self, test_split: str = "test") -> list[tuple[str, str, str | None]]:
+        """``(scale, query split, gallery split or None)`` for every evaluation of the protocol."""
+        if self.is_per_scale:
+            return [(s, f"query_{s}", f"gallery_{s}") for s in self.scales]
+        return [("all", "test" if self.variant == "product" else test_split, None)]
+
+    def header(self) -> dict[str, Any]:
+        return {"name": f"dyml-{self.variant}", "tag": self.protocol, "query_in_gallery": self.query_in_gallery,
+                "asi_cutoff": self.asi_cutoff, "empty_queries": self.empty_queries,
+                "layout": "per_scale_query_gallery" if self.is_per_scale else "all_in_one_leave_one_out"}
+
+
+# ------------------------------------------------------------------------------------------------ identities
+def image_identities(dataset: Any) -> list[str]:
+    """The identity of every image: its file name (``basename``) for file datasets, else its index."""
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return [os.path.basename(str(p)) for p in paths]
+    return [f"#{i}" for i in range(len(dataset))]
+
+
+def image_digests(dataset: Any) -> list[str]:
+    """SHA-256 of every image's bytes: the file for datasets with ``paths``, the pixel array for in-memory ones
+    with ``images`` (``uint8[N, ...]``, e.g. :class:`~dynametric.data.SyntheticHierarchy`)."""
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        out = []
+        for p in paths:
+            try:
+                with open(p, "rb") as fh:
+                    out.append(hashlib.file_digest(fh, "sha256").hexdigest())
+            except OSError as exc:
+                raise InputError(f"cannot read the image to hash it for query_in_gallery=detect ({exc})",
+                                 file=p) from None
+        return out
+    images = getattr(dataset, "images", None)
+    if images is not None:
+        arr = np.ascontiguousarray(np.asarray(images))
+        return [hashlib.sha256(arr[i].tobytes()).hexdigest() for i in range(arr.shape[0])]
+    raise ConfigError(f"query_in_gallery=detect needs image bytes, but {type(dataset).__name__} has neither "
+                      "'paths' nor 'images'", key="query_in_gallery")
+
+
+def exclusion_ids(mode: str, query_keys: Sequence[str] | None, gallery_keys: Sequence[str] | None
+                  ) -> tuple[list[str] | None, list[str] | None, dict[str, int]]:
+    """Ids for :func:`~dynametric.metrics.evaluate_embeddings` and the exclusion counts of a query -> gallery run.
+
+    ``disjoint``: no ids, nothing excluded. ``contained`` (keys = identities) and ``detect`` (keys = byte digests):
+    a gallery item is excluded from a query's ranking iff its key equals the query's. Counts:
+    ``excluded_queries_with_match`` (queries that lost at least one gallery item), ``excluded_gallery_items``
+    (query-gallery pairs removed) and, for ``contained``, ``queries_without_gallery_copy``.
+    """
+    if mode not in QUERY_IN_GALLERY_MODES:
+        raise ConfigError(f"query_in_gallery must be one of {list(QUERY_IN_GALLERY_MODES)}, got {mode!r}",
+                          key="query_in_gallery")
+    if mode == "disjoint":
+        return None, None, {"excluded_queries_with_match": 0, "excluded_gallery_items": 0}
+    if query_keys is None or gallery_keys is None:
+        raise InputError(f"query_in_gallery={mode} needs query and gallery keys", key="query_in_gallery")
+    counts: dict[str, int] = {}
+    for k in gallery_keys:
+        counts[k] = counts.get(k, 0) + 1
+    per_query = np.fromiter((counts.get(k, 0) for k in query_keys), dtype=np.int64, count=len(query_keys))
+    stats = {"excluded_queries_with_match": int((per_query > 0).sum()),
+             "excluded_gallery_items": int(per_query.sum())}
+    if mode == "contained":
+        stats["queries_without_gallery_copy"] = int((per_query == 0).sum())
+    return list(query_keys), list(gallery_keys), stats
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def _metric_kwargs(protocol: DyMLProtocol) -> dict[str, Any]:
+    return {"metrics": protocol.metrics, "k_values": tuple(protocol.k_values), "distance": protocol.distance,
+            "empty_queries": protocol.empty_queries, "asi_cutoff": protocol.asi_cutoff}
+
+
+def _column(labels: Any, name: str) -> torch.Tensor:
+    lab = torch.as_tensor(labels)
+    lab = lab.unsqueeze(1) if lab.dim() == 1 else lab
+    if lab.dim() != 2 or lab.shape[1] != 1:
+        raise InputError(f"per-scale query/gallery labels must have one column, got shape {tuple(lab.shape)}",
+                         key=name)
+    return lab
+
+
+def evaluate_query_gallery(query_emb: torch.Tensor, query_labels: Any, gallery_emb: torch.Tensor,
+                           gallery_labels: Any, protocol: DyMLProtocol, *, scale: str,
+                           query_keys: Sequence[str] | None = None,
+                           gallery_keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """One scale of the per-scale protocol: ``{metric: value, num_queries, excluded_queries, gallery_size,
+    query_in_gallery, excluded_queries_with_match, excluded_gallery_items, ...}``.
+
+    ``query_keys``/``gallery_keys``: identities (``contained``) or byte digests (``detect``) of the images.
+    """
+    from dynametric.metrics import evaluate_embeddings
+
+    q_ids, g_ids, stats = exclusion_ids(protocol.query_in_gallery, query_keys, gallery_keys)
+    res = evaluate_embeddings(query_emb, _column(query_labels, "query_labels"), gallery_emb,
+                              _column(gallery_labels, "gallery_labels"), scale_names=[scale], query_ids=q_ids,
+                              gallery_ids=g_ids, **_metric_kwargs(protocol))
+    out: dict[str, Any] = dict(res[scale])
+    out.update({"gallery_size": int(gallery_emb.shape[0]), "query_in_gallery": protocol.query_in_gallery, **stats})
+    return out
+
+
+def evaluate_all_in_one(emb: torch.Tensor, labels: Any, protocol: DyMLProtocol, *,
+                        scale_names: Sequence[str] | None = None,
+                        digests: Sequence[str] | None = None) -> dict[str, Any]:
+    """All-in-one leave-one-out over every label column: ``{scale: {...}, "mean": {...}}``.
+
+    The query is excluded by index; with ``query_in_gallery=detect`` (``digests`` given) every other item
+    byte-identical to the query is excluded too, and the number of queries concerned is reported.
+    """
+    from dynametric.metrics import evaluate_embeddings
+
+    lab = torch.as_tensor(labels)
+    lab = lab.unsqueeze(1) if lab.dim() == 1 else lab
+    names = list(scale_names) if scale_names is not None else list(protocol.scales[: lab.shape[1]])
+    if len(names) != lab.shape[1]:
+        from dynametric.metrics import default_scale_names
+
+        names = list(default_scale_names(lab.shape[1]))
+    ids = None
+    stats = {"excluded_queries_with_match": 0, "excluded_gallery_items": 0}
+    if protocol.query_in_gallery == "detect":
+        if digests is None:
+            raise InputError("query_in_gallery=detect needs the image digests", key="digests")
+        counts: dict[str, int] = {}
+        for d in digests:
+            counts[d] = counts.get(d, 0) + 1
+        dup = np.fromiter((counts[d] - 1 for d in digests), dtype=np.int64, count=len(digests))
+        stats = {"excluded_queries_with_match": int((dup > 0).sum()), "excluded_gallery_items": int(dup.sum())}
+        ids = list(digests)
+    res = evaluate_embeddings(emb, lab, scale_names=names, query_ids=ids, **_metric_kwargs(protocol))
+    out: dict[str, Any] = {}
+    for name in names:
+        out[name] = dict(res[name]) | {"gallery_size": int(emb.shape[0]) - 1,
+                                       "query_in_gallery": protocol.query_in_gallery,
+                                       "self_excluded_by": "identity (index)", **stats}
+    out["mean"] = dict(res["mean"])
+    return out
+
+
+def _mean_over_scales(per_scale: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    keys = [k for k, v in per_scale[names[0]].items()
+            if isinstance(v, float) and k not in ("num_queries", "excluded_queries", "gallery_size")]
+    return {k: math.fsum(float(per_scale[n][k]) for n in names) / len(names) for k in keys}
+
+
+def run_protocol(protocol: DyMLProtocol, embed: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+                 load: Callable[[str], Any], *, test_split: str = "test",
+                 scale_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the whole protocol: ``load(split) -> dataset``, ``embed(dataset) -> (emb [N, D], labels [N, S])``.
+
+    Returns ``{scale: {...}, ..., "mean": {...}, "protocol": {name, tag, query_in_gallery, sizes, excluded}}``;
+    every scale dict also carries ``query_in_gallery`` and its exclusion counts.
+    """
+    header = protocol.header()
+    sizes: dict[str, dict[str, int]] = {}
+    excluded: dict[str, int] = {}
+    out: dict[str, Any] = {}
+    if protocol.is_per_scale:
+        for scale, q_split, g_split in protocol.splits(test_split):
+            assert g_split is not None
+            q_set, g_set = load(q_split), load(g_split)
+            q_emb, q_lab = embed(q_set)
+            g_emb, g_lab = embed(g_set)
+            keys: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)
+            if protocol.query_in_gallery == "contained":
+                keys = (image_identities(q_set), image_identities(g_set))
+            elif protocol.query_in_gallery == "detect":
+                keys = (image_digests(q_set), image_digests(g_set))
+            out[scale] = evaluate_query_gallery(q_emb, q_lab, g_emb, g_lab, protocol, scale=scale,
+                                                query_keys=keys[0], gallery_keys=keys[1])
+            sizes[scale] = {"queries": int(q_emb.shape[0]), "gallery": int(g_emb.shape[0])}
+            excluded[scale] = out[scale]["excluded_queries_with_match"]
+        names = [s for s, _, _ in protocol.splits(test_split)]
+        out["mean"] = _mean_over_scales(out, names)
+    else:
+        (_, split, _), = protocol.splits(test_split)
+        ds = load(split)
+        emb, lab = embed(ds)
+        digests = image_digests(ds) if protocol.query_in_gallery == "detect" else None
+        names_in = scale_names if scale_names is not None else getattr(ds, "scale_names", None)
+        out = evaluate_all_in_one(emb, lab, protocol, scale_names=list(names_in) if names_in else None,
+                                  digests=digests)
+        names = [n for n in out if n != "mean"]
+        sizes = {"all": {"images": int(emb.shape[0])}}
+        excluded = {n: out[n]["excluded_queries_with_match"] for n in names}
+    out["protocol"] = header | {"sizes": sizes, "excluded_identical_queries": excluded, "scales": names}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ engine glue
+def protocol_from_config(cfg: Any) -> DyMLProtocol | None:
+    """The DyML protocol of a config (``method.name: dyml``), validated; ``None`` for other configs."""
+    if cfg.method.name != "dyml":
+        return None
+    return DyMLProtocol.from_kwargs(cfg.method.kwargs, key="method.kwargs")
+
+
+@dataclass
+class EngineTest:
+    """Test-time DyML evaluation inside ``dynametric train``.
+
+    ``embed_with(dataset, ckpt_path)`` embeds a dataset with the engine (loading ``ckpt_path`` first when given,
+    sharded under DDP) and returns ``(emb, labels)``; ``load(split)`` loads a split with the evaluation transform.
+    After each call, :attr:`view` holds ``(emb, labels, dataset)`` of one set for the report's retrieval views
+    (the fine gallery, or the all-in-one set).
+    """
+
+    protocol: DyMLProtocol
+    embed_with: Callable[[Any, str | None], tuple[torch.Tensor, torch.Tensor]]
+    load: Callable[[str], Any]
+    test_split: str = "test"
+    scale_names: Sequence[str] | None = None
+    view: tuple[torch.Tensor, torch.Tensor, Any] | None = None
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def _load(self, split: str) -> Any:
+        if split not in self._cache:
+            self._cache[split] = self.load(split)
+        return self._cache[split]
+
+    def __call__(self, ckpt_path: str | None = None) -> dict[str, Any]:
+        pending = [ckpt_path]  # the checkpoint is loaded once, before the first embedding
+        view_split = self.protocol.splits(self.test_split)[0][2] or self.protocol.splits(self.test_split)[0][1]
+
+        def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            emb, lab = self.embed_with(ds, pending[0])
+            pending[0] = None
+            if ds is self._cache.get(view_split):
+                self.view = (emb, lab, ds)
+            return emb, lab
+
+        return run_protocol(self.protocol, embed, self._load, test_split=self.test_split,
+                            scale_names=self.scale_names)
