@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -199,6 +200,15 @@ def report(runs: list[dict], setup: Setup, methods: list[str], seeds: list[int],
     return "\n".join(lines) + "\n"
 
 
+def _git_revision() -> str:
+    """``git describe --always --dirty`` of the working tree (the code that produced the numbers)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
@@ -237,7 +247,8 @@ def main() -> None:
             if args.json:  # keep partial results if the run is cut short
                 atomic_write_json(args.json, {"setup": vars(setup), "runs": runs})
     command = "python " + " ".join(sys.argv)
-    env = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    env = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+           f"git {_git_revision()}")
     text = report(runs, setup, list(args.methods), list(args.seeds), command, env)
     print(text)
     if args.out:
