@@ -43,12 +43,18 @@ def example_input(in_chans: int, size: int, batch: int = 2, seed: int = 0) -> to
     return torch.randn(batch, in_chans, size, size, generator=g)
 
 
-def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None) -> Path:
-    """Trace ``model`` (eval mode) to TorchScript and save it atomically; load with ``torch.jit.load``."""
+def _frozen_trace(model: nn.Module, example: torch.Tensor, head: str | None) -> torch.jit.ScriptModule:
+    """Trace + freeze (parameters inlined: no submodule attribute access remains in the serialised code, so head
+    names that are Python keywords, e.g. ``class``, survive saving and loading)."""
     wrapped = SingleOutput(model, head).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapped, example, check_trace=False)
+        return torch.jit.freeze(torch.jit.trace(wrapped, example, check_trace=False))
+
+
+def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None) -> Path:
+    """Trace ``model`` (eval mode) to a frozen TorchScript module and save it atomically (``torch.jit.load``)."""
+    traced = _frozen_trace(model, example, head)
     out = Path(out)
 
     def write(tmp: str) -> None:
@@ -63,40 +69,59 @@ def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor,
 def _require_onnx() -> None:
     try:
         import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
     except ImportError:
-        raise DynametricError("ONNX export needs the 'onnx' and 'onnxscript' packages: "
-                              "pip install 'dynametric[export]'") from None
+        raise DynametricError("ONNX export needs the 'onnx' package (and 'onnxscript' for the torch.export-based "
+                              "exporter): pip install 'dynametric[export]'") from None
 
 
 def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None,
-                opset: int = 18) -> Path:
-    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis (input ``images``, output ``embeddings``)."""
+                opset: int = 18) -> str:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis (input ``images``, output ``embeddings``).
+
+    Uses the ``torch.export``-based exporter (needs ``onnxscript``); where it fails (e.g. a submodule named after
+    a Python keyword, which FX code generation rejects) or ``onnxscript`` is missing, the TorchScript-based
+    exporter on the frozen trace. Returns the exporter used (``"dynamo"`` or ``"torchscript"``).
+    """
+    import logging
+
     _require_onnx()
     wrapped = SingleOutput(model, head).eval()
     out = Path(out)
+    used = ["dynamo"]
 
     def write(tmp: str) -> None:
-        batch = torch.export.Dim("batch", min=1)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(wrapped, (example,), input_names=["images"], output_names=["embeddings"],
-                                        dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True,
-                                        external_data=False, verbose=False)
-            program.save(tmp)
+            try:
+                import onnxscript  # noqa: F401
 
-    import logging
+                batch = torch.export.Dim("batch", min=1)
+                program = torch.onnx.export(wrapped, (example,), input_names=["images"], output_names=["embeddings"],
+                                            dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True,
+                                            external_data=False, verbose=False)
+                program.save(tmp)
+                return
+            except Exception:  # noqa: BLE001 - any exporter failure: fall back to the TorchScript exporter
+                used[0] = "torchscript"
+            traced = _frozen_trace(model, example, head)
+            torch.onnx.export(traced, (example,), tmp, input_names=["images"], output_names=["embeddings"],
+                              dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
 
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch")]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
         lg.setLevel(logging.ERROR)
     try:
-        atomic_write_with(out, write)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
+            atomic_write_with(out, write)
     finally:
         for lg, lvl in zip(quiet, levels):
             lg.setLevel(lvl)
-    return out
+    return used[0]
 
 
 def run_exported(path: str | Path, images: torch.Tensor) -> np.ndarray:
@@ -143,11 +168,14 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
         raise InputError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}", key="--format")
     example = example_input(loaded.in_chans, loaded.input_size, batch)
     if fmt == "onnx":
-        export_onnx(loaded.model, out, example, loaded.head)
+        exporter = export_onnx(loaded.model, out, example, loaded.head)
     else:
         export_torchscript(loaded.model, out, example, loaded.head)
-    info: dict[str, Any] = {"format": fmt, "file": out.name, "input": {"name": "images", "shape": [
-        "batch", loaded.in_chans, loaded.input_size, loaded.input_size], "dtype": "float32"},
+        exporter = "torch.jit.trace+freeze"
+    shape = ["batch", loaded.in_chans, loaded.input_size, loaded.input_size]
+    info: dict[str, Any] = {
+        "format": fmt, "exporter": exporter, "file": out.name,
+        "input": {"name": "images", "shape": shape, "dtype": "float32"},
         "output": {"name": "embeddings", "shape": ["batch", "dim"]}, "preprocessing": repr(loaded.transform),
         "model": loaded.identity()}
     if check:

@@ -1,0 +1,68 @@
+"""Exported embedders (TorchScript, ONNX) give the eager model's embeddings within 1e-4 (max absolute difference),
+on a batch size other than the one used for export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynametric.cli import main
+from dynametric.errors import DynametricError
+from dynametric.models import build_embedder
+from dynametric.retrieval.export import (
+    SingleOutput,
+    check_export,
+    example_input,
+    export_onnx,
+    export_torchscript,
+    run_exported,
+)
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def two_head_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_embedder(backbone="simple_cnn", embedding_dim=8, num_heads=2, head_dims=[8, 4],
+                          backbone_kwargs={"width": 4, "depth": 2}).eval()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_model_matches_eager(two_head_model, tmp_path: Path, fmt: str) -> None:
+    """Two heads named ``class`` / ``shared`` (Sharing Matters): the frozen trace and the ONNX fallback handle the
+    keyword-named submodule; the concatenated head is exported."""
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    if fmt == "onnx":
+        assert export_onnx(two_head_model, out, example_input(3, 32, batch=2), head="concat") == "torchscript"
+    else:
+        export_torchscript(two_head_model, out, example_input(3, 32, batch=2), head="concat")
+    probe = example_input(3, 32, batch=5, seed=7)
+    got = run_exported(out, probe)
+    with torch.no_grad():
+        ref = SingleOutput(two_head_model, "concat")(probe).numpy()
+    assert got.shape == (5, 12)
+    assert np.max(np.abs(got - ref)) <= ATOL
+    assert check_export(two_head_model, out, probe, "concat", ATOL) <= ATOL
+    # a different model does not pass the check (the comparison can fail)
+    other = build_embedder(backbone="simple_cnn", embedding_dim=8, num_heads=2, head_dims=[8, 4],
+                           backbone_kwargs={"width": 4, "depth": 2}).eval()
+    with pytest.raises(DynametricError, match="differs from the eager model"):
+        check_export(other, out, probe, "concat", ATOL)
+
+
+@pytest.mark.parametrize(("name", "fmt", "exporter"), [("embedder.pt", "torchscript", "torch.jit.trace+freeze"),
+                                                     ("embedder.onnx", "onnx", "dynamo")])
+def test_export_command_writes_model_and_sidecar(run_ckpt: Path, tmp_path: Path, capsys, name, fmt, exporter) -> None:
+    out = tmp_path / name
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(out)]) == 0
+    info = json.loads((tmp_path / f"{name}.json").read_text())
+    assert info["format"] == fmt and info["exporter"] == exporter
+    assert info["input"]["shape"] == ["batch", 3, 32, 32]
+    assert info["max_abs_diff"] <= info["tolerance"] == ATOL
+    assert info["model"]["weights_hash"]
+    assert "max |diff|" in capsys.readouterr().out
