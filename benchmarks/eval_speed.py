@@ -74,7 +74,7 @@ def worker(args: argparse.Namespace) -> dict:
         from dynametric.metrics.engine import plan_chunk_rows
 
         xt = torch.from_numpy(x)
-        rows = plan_chunk_rows(len(x), len(x), args.budget, scales)
+        rows = plan_chunk_rows(len(x), len(x), args.budget)  # single-scale search-path chunking
         acc = 0.0
         for start in range(0, len(x), rows):
             s = xt[start:start + rows] @ xt.T

@@ -31,7 +31,12 @@ import torch.nn.functional as F
 DEFAULT_MEMORY_BUDGET = 768 * 2**20
 """Default working-memory budget of the engine in bytes (chunk buffers; the embeddings themselves are extra)."""
 
-_BYTES_PER_SCORE = 4 + 4 + 2  # score block, its sorted copy, slack for masks/temporaries
+PERMUTATION_PATH_FRACTION = 1 / 32
+"""Use the full-permutation ranking when a chunk's candidate sets exceed this fraction of the gallery."""
+
+
+_BYTES_PER_SCORE = 4 + 4 + 2  # search path: score block, its sorted copy, slack for masks/temporaries
+_BYTES_PER_SCORE_PERMUTATION = 4 + 8 + 4 + 2  # permutation path: scores, int64 keys, int32 temporaries
 _BYTES_PER_CANDIDATE = 96  # gathered scores, ranks, order, flags, float64 metric temporaries
 
 
@@ -39,13 +44,14 @@ def plan_chunk_rows(num_queries: int, num_gallery: int, memory_budget_bytes: int
                     num_scales: int = 1, max_candidates: int | None = None) -> int:
     """Number of query rows per chunk so that the chunk's buffers fit ``memory_budget_bytes``.
 
-    Per query row the engine holds about ``10 * Ng`` bytes of scores plus ``~96 * U`` bytes per candidate relevant
-    item (``U`` = largest candidate set, at most ``Ng``), plus ``8 * Ng`` per scale-independent temporaries.
-    At least one row is always processed.
+    Per query row the engine holds about ``10 * Ng`` bytes (``18 * Ng`` on the permutation path, used for large
+    candidate sets) plus ``~48 * U * S`` bytes for the ``U`` candidate relevant items (``U`` = largest candidate set,
+    at most ``Ng``) and ``S`` scales. At least one row is always processed.
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
     cand = num_gallery if max_candidates is None else max_candidates
-    per_row = _BYTES_PER_SCORE * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) * max(1, num_scales) // 2 + 64
+    per_score = _BYTES_PER_SCORE_PERMUTATION if cand > num_gallery * PERMUTATION_PATH_FRACTION else _BYTES_PER_SCORE
+    per_row = per_score * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) * max(1, num_scales) // 2 + 64
     rows = max(1, budget // per_row)
     return int(min(rows, max(1, num_queries), 4096))
 
@@ -174,10 +180,6 @@ def _drop_excluded(problem: RankingProblem, cols: torch.Tensor, valid: torch.Ten
         v &= c != np.arange(start, stop, dtype=np.int64)[:, None]
     if problem.query_codes is not None:
         v &= problem.gallery_codes.numpy()[c] != problem.query_codes[start:stop].numpy()[:, None]
-
-
-PERMUTATION_PATH_FRACTION = 1 / 32
-"""Use the full-permutation ranking when a chunk's candidate sets exceed this fraction of the gallery."""
 
 
 def _descending_keys(scores: np.ndarray) -> np.ndarray:
