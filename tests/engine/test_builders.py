@@ -1,0 +1,117 @@
+"""Config -> components: auto-filled loss arguments, per-scale losses, heads, groups, validation carve-out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynametric.config import load_config
+from dynametric.engine.builders import (
+    RandomBatchSampler,
+    build_model,
+    build_objectives,
+    carve_validation,
+    check_monitor,
+    optim_settings,
+)
+from dynametric.engine.module import parameter_groups
+from dynametric.errors import ConfigError
+
+SMALL = ["model.backbone=simple_cnn", "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 1}"]
+LABELS = torch.tensor([[f, f // 3, f // 6] for f in range(12) for _ in range(3)])
+
+
+class _DS:
+    def __init__(self, labels):
+        self.labels = labels
+        self.scale_names = ["fine", "middle", "coarse"]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 8, 8), self.labels[i]
+
+
+def test_proxy_loss_gets_num_classes_and_embedding_size_and_its_own_group():
+    cfg = load_config(None, [*SMALL, "loss.name=ProxyAnchorLoss", "optim.loss.lr=0.5"])
+    model = build_model(cfg)
+    [obj] = build_objectives(cfg, model, LABELS, 3)
+    proxies = obj.loss.loss_parameters()
+    assert [tuple(p.shape) for p in proxies] == [(12, 8)]
+    groups = {g["name"]: g for g in parameter_groups(model, [obj], optim_settings(cfg))}
+    assert groups["loss"]["lr"] == 0.5 and [id(p) for p in groups["loss"]["params"]] == [id(proxies[0])]
+    emb = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    assert torch.isfinite(obj.loss(emb, LABELS[:6]))
+
+
+def test_csl_built_from_training_label_paths():
+    cfg = load_config(None, [*SMALL, "loss.name=CSLLoss"])
+    [obj] = build_objectives(cfg, build_model(cfg), LABELS, 3)
+    assert obj.loss.loss_parameters()[0].shape[0] == 12  # one proxy per fine training class
+
+
+def test_multiscale_three_scale_chunks_and_per_scale_num_classes():
+    cfg = load_config(None, [*SMALL, "loss.name=NormalizedSoftmaxLoss", "loss.multiscale=true",
+                             "loss.scale_weights=[1.0, 0.5, 0.25]", "data.sampler=three_scale", "data.m=2",
+                             "data.batch_size=12"])
+    [obj] = build_objectives(cfg, build_model(cfg), LABELS, 3)
+    sizes = [tuple(p.shape) for p in obj.loss.loss_parameters()]
+    assert sorted(sizes) == sorted([(8, 12), (8, 4), (8, 2)]) or sorted(sizes) == sorted([(12, 8), (4, 8), (2, 8)])
+    emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
+    assert torch.isfinite(obj.loss(emb, LABELS[:12]))
+    with pytest.raises(ConfigError, match="loss.scale_weights"):
+        bad = load_config(None, [*SMALL, "loss.multiscale=true", "loss.scale_weights=[1.0, 0.5]"])
+        build_objectives(bad, build_model(bad), LABELS, 3)
+
+
+def test_two_heads_with_extra_loss_and_miners():
+    cfg = load_config(None, [*SMALL, "model.num_heads=2", "model.head_names=[class, shared]", "loss.head=class",
+                             "miner={name: TripletMarginMiner, kwargs: {margin: 0.2}}",
+                             "extra_losses=[{name: MarginLoss, head: shared, weight: 0.3}]"])
+    model = build_model(cfg)
+    objs = build_objectives(cfg, model, LABELS, 3)
+    assert [(o.head, o.weight, type(o.miner).__name__ if o.miner else None) for o in objs] == [
+        ("class", 1.0, "TripletMarginMiner"), ("shared", 0.3, None)]
+    assert [o.name for o in objs] == ["TripletMarginLoss@class", "MarginLoss@shared"]
+    with pytest.raises(ConfigError, match="head"):
+        bad = load_config(None, [*SMALL, "loss.head=nope"])
+        build_objectives(bad, build_model(bad), LABELS, 3)
+
+
+def test_bad_loss_kwarg_names_the_key():
+    cfg = load_config(None, [*SMALL, "loss.kwargs={margn: 0.1}"])
+    with pytest.raises(ConfigError, match=r"loss\.kwargs\.margn"):
+        build_objectives(cfg, build_model(cfg), LABELS, 3)
+
+
+def test_monitor_must_exist():
+    cfg = load_config(None, ["trainer.monitor=tiny/map@r"])
+    with pytest.raises(ConfigError, match="trainer.monitor"):
+        check_monitor(cfg, ["fine", "middle", "coarse"])
+    cfg = load_config(None, ["eval.metrics=[recall@1]"])
+    with pytest.raises(ConfigError, match="not computed"):
+        check_monitor(cfg, ["fine", "middle", "coarse"])
+
+
+def test_carve_validation_is_class_disjoint_and_seeded():
+    ds = _DS(LABELS)
+    train, val = carve_validation(ds, 0.25, seed=3)
+    tr, va = set(train.labels[:, 0].tolist()), set(val.labels[:, 0].tolist())
+    assert len(va) == 3 and not tr & va and len(tr) + len(va) == 12
+    assert len(train) + len(val) == len(ds)
+    assert torch.equal(train.labels, LABELS[train.indices])
+    train2, val2 = carve_validation(ds, 0.25, seed=3)
+    assert val2.indices == val.indices
+    _, val3 = carve_validation(ds, 0.25, seed=4)
+    assert val3.indices != val.indices
+    folds = [set(carve_validation(ds, 0.0, seed=0, folds=4, fold=k)[1].labels[:, 0].tolist()) for k in range(4)]
+    assert set().union(*folds) == set(range(12)) and sum(len(f) for f in folds) == 12
+
+
+def test_random_batch_sampler_shards_without_overlap():
+    a = list(RandomBatchSampler(40, 5, seed=1, rank=0, world_size=2))
+    b = list(RandomBatchSampler(40, 5, seed=1, rank=1, world_size=2))
+    assert len(a) == len(b) == 4
+    flat_a, flat_b = sum(a, []), sum(b, [])
+    assert not set(flat_a) & set(flat_b) and len(set(flat_a) | set(flat_b)) == 40
