@@ -69,7 +69,7 @@ def write_release(root: Path, variant: str, *, fine_per_middle: int = 2, middles
         write_png(root / "train" / "imgs" / r[0], seed=int(r[0][:-4]))
     (root / "train" / "label.csv").write_text(csv(rows, "fname, coarse_id, middle_id, fine_id"))
     if variant == "product":
-        test = [(f"{5000 + i}.jpg", 10 + 5 * (i % 2), 100 + (i % 4), 7000 + (i % 6)) for i in range(18)]
+        test = [(f"{5000 + i}.jpg", 10 + 5 * ((i % 6) // 4), 100 + (i % 6) // 2, 7000 + (i % 6)) for i in range(18)]
         for r in test:
             write_png(root / "mini-bmk_all_in_one" / "imgs" / r[0], seed=int(r[0][:-4]))
         dup = (f"{5100}.jpg", *test[0][1:])  # byte-identical copy of the first image under another name

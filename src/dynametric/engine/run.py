@@ -50,6 +50,16 @@ class RunResult:
     info: dict[str, Any]
 
 
+def quiet_lightning() -> None:
+    """Hide Lightning's informational banners and the warnings that do not apply to our runs (CLI use)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (r"Be aware that when using `ckpt_path`", r"Checkpoint directory .* exists and is not empty",
+                    r".*isinstance\(treespec, LeafSpec\)", r"The number of training batches .* is smaller than",
+                    r"Experiment logs directory .* exists and is not empty"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def default_run_dir(cfg: Any) -> Path:
     from dynametric.config import config_hash
 
@@ -197,7 +207,12 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     metrics["test"] = test_eval(test_ckpt)
     emb_labels = module.last_embeddings
     report_set = datasets.test
-    if dyml_test is not None and dyml_test.view is not None:
+    if dyml is not None and dyml.is_per_scale and datasets.val is not None:
+        # Vehicle/Animal test sets carry one label each: the report's (multi-scale) retrieval views use the
+        # validation images (all three labels), embedded by the tested weights
+        emb_labels, report_set = dyml_test.embed_with(datasets.val, None), datasets.val
+        info["report_view_set"] = "validation (the per-scale test sets carry one label each)"
+    elif dyml_test is not None and dyml_test.view is not None:
         emb_labels, report_set = dyml_test.view[:2], dyml_test.view[2]
     heads = {} if dyml is not None else _head_results(cfg, module, dm, datasets.test, settings, progress)
     if heads:
