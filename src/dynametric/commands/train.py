@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
         cfg = load_config(args.config, args.overrides)
-    from dynametric.engine.run import default_run_dir, dry_run, run_training
+    from dynametric.engine.run import default_run_dir, dry_run, quiet_lightning, run_training
+
+    quiet_lightning()
 
     if args.dry_run:
         dry_run(cfg)
