@@ -1,0 +1,151 @@
+"""Search speed and accuracy of the approximate indexes (ivf, hnsw) against the exact flat index, side by side.
+
+Synthetic 128-d data shaped like embeddings: a mixture of Gaussian clusters (``--clusters`` centres, unit-norm
+after normalisation), cosine metric, queries drawn fresh from the same mixture (not in the database). For every
+database size the exact flat index gives the ground truth; recall@10 = |approx top-10 ∩ exact top-10| / 10,
+averaged over queries. Queries/s = queries / wall time of one batched ``search`` call, after one warm-up call,
+best of ``--repeats``. Indexes are built with :func:`dynametric.retrieval.index.build_faiss_index` (the code
+``dynametric index build`` runs) and freed before the next one (peak memory about 3 x N x 512 bytes).
+
+    python benchmarks/search.py                      # 100k and 1M, 1 thread
+    python benchmarks/search.py --sizes 20000 --queries 200   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+
+def make_data(n: int, q: int, dim: int, clusters: int, seed: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """``clusters`` centres ~ N(0, I); points = centre + ``spread`` * N(0, I), L2-normalised."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+
+    def draw(m: int) -> np.ndarray:
+        out = np.empty((m, dim), np.float32)
+        for lo in range(0, m, 100_000):
+            hi = min(m, lo + 100_000)
+            c = rng.integers(0, clusters, hi - lo)
+            out[lo:hi] = centres[c] + spread * rng.standard_normal((hi - lo, dim), dtype=np.float32)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+    return draw(n), draw(q)
+
+
+def timed_search(index: Any, queries: np.ndarray, k: int, repeats: int) -> tuple[np.ndarray, float]:
+    index.search(queries[: min(len(queries), 50)], k)  # warm-up
+    best = float("inf")
+    ids = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        _, ids = index.search(queries, k)
+        best = min(best, time.perf_counter() - t)
+    return ids, best
+
+
+def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
+    k = exact.shape[1]
+    hits = (approx[:, :, None] == exact[:, None, :]).any(axis=2).sum(axis=1)
+    return float(hits.mean() / k)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--spread", type=float, default=1.0,
+                    help="within-cluster std (centres ~ N(0, I)); larger = harder neighbours")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="faiss OpenMP threads for searching (default 1: stable on shared CPUs)")
+    ap.add_argument("--build-threads", type=int, default=1, help="faiss OpenMP threads for building (default 1)")
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64])
+    ap.add_argument("--m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=64)
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", dest="json_out", default=None, help="also write the rows as JSON")
+    args = ap.parse_args()
+
+    import faiss
+
+    from dynametric.retrieval.index import build_faiss_index
+
+    build_threads = args.build_threads
+
+    def building() -> None:
+        faiss.omp_set_num_threads(build_threads)
+
+    def searching() -> None:
+        faiss.omp_set_num_threads(args.threads)
+    print(f"# search benchmark: faiss {faiss.__version__}, search {args.threads} thread(s), build {build_threads}, "
+          f"load average {os.getloadavg()[0]:.1f}, {platform.processor() or platform.machine()}; dim {args.dim}, "
+          f"{args.queries} queries, k={args.k}, {args.clusters} clusters, spread {args.spread}, cosine")
+    rows: list[dict[str, Any]] = []
+    for n in args.sizes:
+        x, q = make_data(n, args.queries, args.dim, args.clusters, args.seed, args.spread)
+        building()
+        t = time.perf_counter()
+        flat, _ = build_faiss_index(x, "flat", "cosine")
+        build = time.perf_counter() - t
+        searching()
+        exact, secs = timed_search(flat, q, args.k, args.repeats)
+        flat_qps = len(q) / secs
+        rows.append({"n": n, "kind": "flat", "params": "exact", "build_s": build, "qps": flat_qps, "recall": 1.0})
+        del flat
+        gc.collect()
+        nlist = max(1, int(round(np.sqrt(n))))
+        building()
+        t = time.perf_counter()
+        ivf, _ = build_faiss_index(x, "ivf", "cosine", nlist=nlist, nprobe=1, train_size=min(n, 50 * nlist),
+                                   seed=args.seed)
+        build = time.perf_counter() - t
+        searching()
+        for nprobe in args.nprobe:
+            ivf.nprobe = nprobe
+            ids, secs = timed_search(ivf, q, args.k, args.repeats)
+            rows.append({"n": n, "kind": "ivf", "params": f"nlist={nlist} nprobe={nprobe}", "build_s": build,
+                         "qps": len(q) / secs, "recall": recall_at(ids, exact)})
+        del ivf
+        gc.collect()
+        building()
+        t = time.perf_counter()
+        hnsw, _ = build_faiss_index(x, "hnsw", "cosine", m=args.m, ef_construction=args.ef_construction)
+        build = time.perf_counter() - t
+        searching()
+        for ef in args.ef_search:
+            hnsw.hnsw.efSearch = ef
+            ids, secs = timed_search(hnsw, q, args.k, args.repeats)
+            rows.append({"n": n, "kind": "hnsw", "params": f"M={args.m} efC={args.ef_construction} ef={ef}",
+                         "build_s": build, "qps": len(q) / secs, "recall": recall_at(ids, exact)})
+        del hnsw, x
+        gc.collect()
+        for r in rows:
+            if r["n"] == n:
+                r["speedup"] = r["qps"] / flat_qps
+        print(f"# done n={n}", flush=True)
+    print()
+    print("| vectors | index | parameters | build s | queries/s | speed-up vs flat | recall@10 |")
+    print("|---:|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['kind']} | {r['params']} | {r['build_s']:.1f} | {r['qps']:,.0f} | "
+              f"{r['speedup']:.1f}x | {r['recall']:.3f} |")
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
