@@ -222,11 +222,10 @@ def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tenso
         keys = _descending_keys(s_np)
         _sort_rows(keys, pool, threads)
         _check_finite_sorted(s_np, keys)
-        perm = (keys & 0xFFFFFFFF).astype(np.int32)
-        del keys
+        keys &= 0xFFFFFFFF  # in place: keys now hold the gallery index at each rank position
         inv = np.empty((c, n), dtype=np.int32)
-        np.put_along_axis(inv, perm, np.arange(1, n + 1, dtype=np.int32)[None, :], axis=1)
-        del perm
+        np.put_along_axis(inv, keys, np.arange(1, n + 1, dtype=np.int32)[None, :], axis=1)
+        del keys
         ranks_np = np.take_along_axis(inv, cols.numpy(), axis=1).astype(np.int64)
         ranks_np[~valid.numpy()] = 0
         return torch.from_numpy(ranks_np)
