@@ -142,8 +142,7 @@ def test_torn_shard_is_recomputed_and_foreign_job_refused(image_root: Path, tmp_
 
 
 KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys, torch
-    from torchvision import transforms as T
+    import os, signal, sys, numpy as np, torch
     from dynametric.retrieval.embed import embed_items, list_image_folder
     items = list_image_folder(sys.argv[1])
     proj = torch.randn(3 * 8 * 8, 6, generator=torch.Generator().manual_seed(0))
@@ -154,8 +153,9 @@ KILL_SCRIPT = textwrap.dedent("""
         if calls[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally blocks
         return x.flatten(1) @ proj
-    res = embed_items(items, f, T.Compose([T.Resize((8, 8)), T.ToTensor()]), sys.argv[2], model_identity={"m": 1},
-                      batch_size=2, shard_size=4)
+    def to_tensor(img):  # plain PIL -> tensor (no torchvision import: faster subprocess start)
+        return torch.from_numpy(np.asarray(img.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1) / 255
+    res = embed_items(items, f, to_tensor, sys.argv[2], model_identity={"m": 1}, batch_size=2, shard_size=4)
     print("computed", res.computed_shards, "calls", calls[0])
 """)
 
