@@ -76,12 +76,12 @@ def test_regressor_learns_and_heads_decorrelate() -> None:
     c = F.normalize(base + 0.1 * torch.randn(64, 8), dim=1)
     s = F.normalize(base, dim=1)
     opt = torch.optim.Adam(dec.parameters(), lr=3e-2)
-    first = float(dec(c, s))
+    first = float(dec(c, s).detach())
     for _ in range(50):
         opt.zero_grad()
         dec(c, s).backward()
         opt.step()
-    learned = float(dec(c, s))
+    learned = float(dec(c, s).detach())
     assert learned < first - 0.02  # R predicts the class embedding from the shared one
     for p in dec.parameters():
         p.requires_grad_(False)
@@ -93,7 +93,7 @@ def test_regressor_learns_and_heads_decorrelate() -> None:
             opt_e.zero_grad()
             loss_fn(c_var, s_var).backward()  # type: ignore[operator]
             opt_e.step()
-        return float(dec(c_var, s_var))
+        return float(dec(c_var, s_var).detach())
 
     reversed_step = move(dec)  # through the GRL: the embeddings remove the correlation
     plain_step = move(lambda a, b: _no_grl(dec, a, b))  # without GRL they would increase it
