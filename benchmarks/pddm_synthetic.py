@@ -23,6 +23,7 @@ This is a plain PyTorch loop over library components (the Lightning engine is no
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import subprocess
@@ -226,7 +227,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="Markdown report path")
     parser.add_argument("--json", default=None, help="raw results path")
+    parser.add_argument("--from-json", default=None,
+                        help="do not train: rebuild the report from a (possibly partial) --json file")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        runs = saved["runs"]
+        methods = list(dict.fromkeys(r["method"] for r in runs))
+        seeds = sorted({r["seed"] for r in runs})
+        complete = [m for m in methods if {r["seed"] for r in runs if r["method"] == m} == set(seeds)]
+        text = report([r for r in runs if r["method"] in complete], Setup(**saved["setup"]), complete, seeds,
+                      saved.get("command", "(command not recorded)"), saved.get("env", "(not recorded)"))
+        print(text)
+        if args.out:
+            atomic_write_text(args.out, text)
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setup = Setup(args.steps, args.eval_every, args.batch_size, args.m, args.dim, args.lr, args.margin,
@@ -240,15 +256,15 @@ def main() -> None:
 
     log(f"train {len(train)} images / {int(train.labels[:, 0].unique().numel())} fine classes; "
         f"test {len(test)} / {int(test_labels[:, 0].unique().numel())}")
+    command = "python " + " ".join(sys.argv)
+    env = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+           f"git {_git_revision()}")
     runs = []
     for seed in args.seeds:
         for method in args.methods:
             runs.append(train_one(method, seed, setup, train, test_images, test_labels, log))
             if args.json:  # keep partial results if the run is cut short
-                atomic_write_json(args.json, {"setup": vars(setup), "runs": runs})
-    command = "python " + " ".join(sys.argv)
-    env = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-           f"git {_git_revision()}")
+                atomic_write_json(args.json, {"setup": vars(setup), "command": command, "env": env, "runs": runs})
     text = report(runs, setup, list(args.methods), list(args.seeds), command, env)
     print(text)
     if args.out:
