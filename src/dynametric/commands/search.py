@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
     index = RetrievalIndex.load(args.index)
     for opt, name in (("--scale", args.scale), ("--same", args.same)):
         if name is not None and index.labels is None:
-            raise InputError(f"{opt} {name!r}: this index has no labels", key=opt)
+            raise InputError(f"scale {name!r} asked for, but this index has no labels", key=opt)
         if name is not None and name not in index.scale_names:
-            raise InputError(f"{opt}: unknown scale {name!r}; this index has scales {index.scale_names}", key=opt)
+            raise InputError(f"unknown scale {name!r}; this index has scales {index.scale_names}", key=opt)
     qlabels = None
     exclude = None
     if args.image is not None:
