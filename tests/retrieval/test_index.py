@@ -90,6 +90,35 @@ def test_scale_grouping_and_same_filter_match_reference_loops() -> None:
         assert [i for i in res.ids[r] if i >= 0] == reference_grouped(ref[r], None, 6, s.labels[:, 1] == r % 3)
 
 
+def test_many_queries_and_k_beyond_the_classes_stop_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More queries than one chunk; k larger than the classes at the scale / the class sizes: exact results, and
+    the candidate list does not grow to the whole index just because k cannot be reached."""
+    import dynametric.retrieval.index as mod
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    fine = rng.integers(0, 300, n)
+    s = EmbeddingSet(x, [str(i) for i in range(n)], [""] * n, np.stack([fine, fine % 3], 1), ["fine", "coarse"],
+                     None, [], {}, Path("mem"))
+    idx = RetrievalIndex.build(s, "flat", "cosine")
+    asked: list[int] = []
+    real = mod.faiss_search
+    monkeypatch.setattr(mod, "faiss_search", lambda index, q, k: asked.append(k) or real(index, q, k))
+    q = x[:150] + 0.01
+    res = idx.search(q, 5, scale="coarse", exclude=np.arange(150))
+    assert max(asked) < n and (res.ids[:, 3:] == -1).all()
+    plain = brute(x, q, "cosine")
+    ref = plain.copy()
+    ref[np.arange(150), np.arange(150)] = np.inf  # excluded
+    for r in range(150):
+        assert [i for i in res.ids[r] if i >= 0] == reference_grouped(ref[r], s.labels[:, 1], 5)
+    res = idx.search(q, 12, same="fine", query_labels=s.labels[:150])  # classes hold ~10 items: k unreachable
+    for r in range(150):
+        members = s.labels[:, 0] == s.labels[r, 0]
+        assert [i for i in res.ids[r] if i >= 0] == reference_grouped(plain[r], None, 12, members)
+
+
 def test_exclude_drops_the_query_itself() -> None:
     s = make_set()
     idx = RetrievalIndex.build(s, "flat", "cosine")

@@ -33,6 +33,7 @@ KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
 INDEX_FORMAT = "dynametric-index"
 INDEX_VERSION = 1
+QUERY_CHUNK = 64
 
 
 def require_faiss() -> Any:
@@ -179,6 +180,7 @@ class RetrievalIndex:
     model: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    _direct_map: bool = field(default=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -303,8 +305,9 @@ class RetrievalIndex:
 
     def reconstruct(self, i: int) -> np.ndarray:
         """The stored (prepared) vector of item ``i``."""
-        if self.kind == "ivf":
+        if self.kind == "ivf" and not self._direct_map:
             self.index.make_direct_map()
+            self._direct_map = True
         return self.index.reconstruct(int(i))
 
     def search(self, q: np.ndarray, k: int = 10, *, scale: str | None = None, same: str | None = None,
@@ -318,7 +321,9 @@ class RetrievalIndex:
           category"); the query's label is ``query_labels[:, scale]`` when given, else the label of its nearest
           item (the predicted class).
         ``exclude`` (``[Q]`` item positions, ``-1`` for none) drops one item per query (the query itself).
-        The candidate list grows geometrically until every row has ``k`` results or the whole index is searched.
+        Queries go in chunks of ``QUERY_CHUNK``; per chunk the candidate list grows 4x at a time until every row
+        has ``k`` results, or as many as it can have (the number of classes at the scale, the size of its class),
+        or the whole index is searched: the results are exact for a ``flat`` index.
         """
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}", key="-k")
@@ -340,22 +345,54 @@ class RetrievalIndex:
                 _, nn = faiss_search(self.index, qs, 2 if exclude is not None else 1)
                 pick = nn[:, 0] if exclude is None else np.where(nn[:, 0] == exclude, nn[:, -1], nn[:, 0])
                 target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
+        ex = None if exclude is None else np.asarray(exclude, dtype=np.int64).reshape(-1)
+        if ex is not None and len(ex) != len(qs):
+            raise InputError(f"exclude has {len(ex)} entries for {len(qs)} queries", key="exclude")
+        # the most results a query can have: classes at the scale / items of its class (minus an excluded item)
+        achievable = np.full(len(qs), self.size - (0 if ex is None else 1), dtype=np.int64)
+        if si is not None or same is not None:
+            col = self.labels[:, si if si is not None else sa_idx]  # type: ignore[index]
+            uniq, inverse, counts = np.unique(col, return_inverse=True, return_counts=True)
+            ex_ok = None if ex is None else ex >= 0
+            ex_group = None if ex is None else inverse[np.maximum(ex, 0)]
+            if si is not None:
+                achievable[:] = len(uniq)
+                if ex is not None:
+                    achievable -= (ex_ok & (counts[ex_group] == 1)).astype(np.int64)
+            else:
+                where = np.searchsorted(uniq, target)
+                found = (where < len(uniq)) & (uniq[np.minimum(where, len(uniq) - 1)] == target)
+                achievable = np.where(found, counts[np.minimum(where, len(uniq) - 1)], 0).astype(np.int64)
+                if ex is not None:
+                    achievable -= (ex_ok & found & (col[np.maximum(ex, 0)] == target)).astype(np.int64)
+        ids = np.full((len(qs), k), -1, dtype=np.int64)
+        dist = np.full((len(qs), k), np.nan, dtype=np.float64)
+        for lo in range(0, len(qs), QUERY_CHUNK):  # bounded memory: chunk x candidates
+            sl = slice(lo, lo + QUERY_CHUNK)
+            ids[sl], dist[sl] = self._search_block(
+                qs[sl], k, np.minimum(achievable[sl], k), si, sa_idx if same is not None else None,
+                None if same is None else target[sl], None if ex is None else ex[sl])
+        mode = "classes" if si is not None else "same" if same is not None else "items"
+        return SearchResult(ids, dist, mode, scale if si is not None else same, target if same is not None else None)
+
+    def _search_block(self, qs: np.ndarray, k: int, need: np.ndarray, si: int | None, sa: int | None,
+                      target: np.ndarray | None, ex: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Grow the candidate list 4x at a time until every row has ``need`` kept results (or all items)."""
         n = self.size
         cand = min(n, max(4 * k, 32))
         while True:
             scores, nn = faiss_search(self.index, qs, cand)
             valid = nn >= 0
-            if exclude is not None:
-                valid &= nn != np.asarray(exclude).reshape(-1, 1)
+            if ex is not None:
+                valid &= nn != ex[:, None]
             safe = np.maximum(nn, 0)
             if si is not None:
                 keep = first_per_group(self.labels[safe, si], valid)  # type: ignore[index]
-            elif same is not None:
-                keep = valid & (self.labels[safe, sa_idx] == target[:, None])  # type: ignore[index]
+            elif sa is not None:
+                keep = valid & (self.labels[safe, sa] == target[:, None])  # type: ignore[index]
             else:
                 keep = valid
-            enough = keep.sum(axis=1) >= k
-            if enough.all() or cand >= n:
+            if (keep.sum(axis=1) >= need).all() or cand >= n:
                 break
             cand = min(n, cand * 4)
         pos = take_first_k(keep, k)
@@ -363,9 +400,7 @@ class RetrievalIndex:
         got = pos >= 0
         ids = np.where(got, nn[rows, np.maximum(pos, 0)], -1)
         dist = np.where(got, to_distance(scores[rows, np.maximum(pos, 0)], self.metric), np.nan)
-        mode = "classes" if si is not None else "same" if same is not None else "items"
-        return SearchResult(ids, dist.astype(np.float64), mode, scale if si is not None else same,
-                            target if same is not None else None)
+        return ids, dist
 
     def label_name(self, scale: int, label: int) -> str:
         names = self.class_names[scale] if self.class_names and scale < len(self.class_names) else []
