@@ -154,7 +154,7 @@ def run_one(method: str, seed: int, a: Args, train: SyntheticHierarchy, val: Syn
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = {"method": method, "seed": seed, "seconds": seconds,
                               "shared_steps": trainer.shared_steps if method != "baseline" else 0}
-    if isinstance(shared_miner, InterClassTripletMiner):
+    if isinstance(shared_miner, InterClassTripletMiner) and method != "baseline":
         result["tstar_skipped"] = [shared_miner.total_skipped, shared_miner.total_anchors]
     if labeler is not None:
         result["reclusterings"] = [e for e, _ in labeler.history]
