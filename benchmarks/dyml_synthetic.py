@@ -67,9 +67,11 @@ def _per_scale(name: str, num_classes: list[int], dim: int) -> Callable[[int], t
     return make
 
 
-def build_method(method: str, train_labels: torch.Tensor, dim: int, k: int) -> tuple[torch.nn.Module, str]:
-    """``(loss, sampler kind)`` for a method name; sampler kind is ``pxk`` or ``chunk``."""
+def build_method(method: str, train_labels: torch.Tensor, dim: int, k: int) -> tuple[torch.nn.Module | None, str]:
+    """``(loss, sampler kind)`` for a method name; sampler kind is ``pxk`` or ``chunk``; ``untrained``: no loss."""
     num_classes = [int(train_labels[:, s].max()) + 1 for s in range(3)]
+    if method == "untrained":
+        return None, "pxk"
     if method == "fine-only":
         return MultiSimilarityLoss(scale=0), "pxk"
     if method == "coarse-only":
@@ -82,7 +84,7 @@ def build_method(method: str, train_labels: torch.Tensor, dim: int, k: int) -> t
     return MultiScaleLoss(_per_scale(base, num_classes, dim), chunks=chunks, num_scales=3), sampler
 
 
-METHODS = ["fine-only", "coarse-only",
+METHODS = ["untrained", "fine-only", "coarse-only",
            *[f"{b} ({lay})" for b in ("Triplet", "N-pair", "MS", "CosFace", "Circle") for lay in ("3-chunk", "PxK")],
            "CSL (3-chunk)", "CSL (PxK)"]
 
@@ -98,8 +100,10 @@ def run_one(method: str, seed: int, steps: int, items: int, k: int, dim: int, lr
         sampler = ThreeScaleSampler(labels, k=k, items_per_batch=items, seed=seed, iterations_per_epoch=steps)
     else:
         sampler = MPerClassSampler(labels, m=k, batch_size=batch, scale=0, seed=seed, iterations_per_epoch=steps)
+    if loss is None:
+        steps = 0
     groups = [{"params": list(model.parameters()), "lr": lr}]
-    loss_params = list(loss.parameters())
+    loss_params = [] if loss is None else list(loss.parameters())
     if loss_params:
         groups.append({"params": loss_params, "lr": proxy_lr})
     opt = torch.optim.Adam(groups, weight_decay=1e-4)
@@ -107,8 +111,10 @@ def run_one(method: str, seed: int, steps: int, items: int, k: int, dim: int, lr
     t0 = time.perf_counter()
     model.train()
     done = 0
+    value = torch.zeros(())
     sampler.set_epoch(0)
-    for idx in sampler:
+    for idx in sampler if steps > 0 else []:
+        assert loss is not None
         idx_t = torch.as_tensor(idx)
         x = images[idx_t]
         x = torch.where(torch.rand(len(idx), 1, 1, 1) < 0.5, x, x.flip(3))  # horizontal flip augmentation

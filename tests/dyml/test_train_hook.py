@@ -107,3 +107,36 @@ def test_dataset_labels_are_contiguous_even_with_gapped_raw_ids(tmp_path: Path) 
     ds = build_dataset("dyml-vehicle", root, "train")
     assert ds.class_ids[0][:2] == [1000, 1037]
     assert torch.equal(torch.unique(ds.labels[:, 0]), torch.arange(8))
+
+
+def test_generic_query_gallery_protocol_in_train(tmp_path: Path) -> None:
+    root = write_release(tmp_path / "dyml_vehicle", "vehicle")
+    cfg_path = tmp_path / "cfg.yaml"
+    text = TINY.format(fmt="dyml-vehicle", root=root, variant="vehicle", mode="detect", loss="{name: CSLLoss}")
+    text = text.replace("method: {name: dyml, kwargs: {variant: vehicle, query_in_gallery: detect, protocol: "
+                        "released-files}}", "")
+    text = text.replace("eval: {metrics: [recall@K, map, asi], k_values: [1, 10, 20]}",
+                        "eval: {metrics: [recall@K, map, asi], k_values: [1, 10], protocol: query_gallery, "
+                        "query_split: query_middle, gallery_split: gallery_middle, query_in_gallery: true}")
+    cfg_path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert list(test) == ["middle", "mean", "protocol"]
+    assert test["protocol"] == {"name": "query_gallery", "query_split": "query_middle",
+                                "gallery_split": "gallery_middle", "queries": 6, "gallery": 10,
+                                "query_in_gallery": True}
+    cfg = load_config(cfg_path)
+    model = build_model(cfg)
+    load_embedder_weights(model, out / "best.ckpt")
+    from dynametric.metrics import evaluate_embeddings
+
+    q = load_split(cfg, "query_middle", train=False)
+    g = load_split(cfg, "gallery_middle", train=False)
+    (qe, ql), (ge, gl) = embed_dataset(model, q), embed_dataset(model, g)
+    names_q = [Path(p).name for p in q.paths]
+    names_g = [Path(p).name for p in g.paths]
+    ref = evaluate_embeddings(qe, ql, ge, gl, metrics=["recall@K", "map", "asi"], k_values=(1, 10),
+                              scale_names=["middle"], query_ids=names_q, gallery_ids=names_g)
+    for k in ("recall@1", "map", "asi"):
+        assert test["middle"][k] == pytest.approx(ref["middle"][k], abs=1e-5)

@@ -385,17 +385,13 @@ def eval_head(cfg: Any) -> str | None:
 
 def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | None = None,
                      progress_bar: bool | None = None) -> Components:
-    dyml = None
     if cfg.method.name == "dyml":  # the DyML test protocol (engine/dyml.py); validates method.kwargs
         from dynametric.engine.dyml import protocol_from_config
 
-        dyml = protocol_from_config(cfg)
+        protocol_from_config(cfg)
     elif cfg.method.name is not None:
         raise ConfigError(f"method {cfg.method.name!r}: this engine has no method hooks; methods are configured "
                           "through loss/miner/model keys", key="method.name")
-    if dyml is None and cfg.eval.protocol != "leave_one_out":
-        raise ConfigError("dynametric train evaluates leave-one-out on the test split; run `dynametric evaluate` "
-                          "for query/gallery protocols", key="eval.protocol")
     torch.manual_seed(int(cfg.trainer.seed))
     embedder = build_model(cfg)
     if datasets is not None:

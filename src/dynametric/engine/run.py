@@ -116,11 +116,12 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
 
 def _test_evaluator(cfg: Any, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
                     settings: Any, progress: bool) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
-    """``test(ckpt_path) -> metrics`` for the run: leave-one-out on the test split, or the DyML protocol."""
-    if dyml is None:
+    """``test(ckpt_path) -> metrics`` for the run: leave-one-out on the test split, query -> gallery
+    (``eval.protocol: query_gallery``), or the DyML protocol (``method.name: dyml``)."""
+    if dyml is None and cfg.eval.protocol == "leave_one_out":
         return (lambda ckpt: evaluate_split(module, dm, datasets.test, settings, progress, ckpt_path=ckpt)), None
-    from dynametric.engine.builders import load_split
-    from dynametric.engine.dyml import EngineTest
+    from dynametric.engine.builders import eval_kwargs, load_split
+    from dynametric.engine.dyml import EngineTest, image_identities
 
     def embed_with(dataset: Any, ckpt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         keep = module.evaluator
@@ -132,6 +133,27 @@ def _test_evaluator(cfg: Any, dyml: Any, module: MetricLearningModule, dm: Metri
         assert module.last_embeddings is not None
         return module.last_embeddings
 
+    if dyml is None:  # query -> gallery; a query's own gallery copy (same file name) excluded if it may be there
+        sets: dict[str, Any] = {}
+
+        def query_gallery(ckpt: str | None) -> dict[str, Any]:
+            from dynametric.metrics import evaluate_embeddings
+
+            for split in (cfg.eval.query_split, cfg.eval.gallery_split):
+                sets.setdefault(split, load_split(cfg, split, train=False))
+            q, g = sets[cfg.eval.query_split], sets[cfg.eval.gallery_split]
+            q_emb, q_lab = embed_with(q, ckpt)
+            g_emb, g_lab = embed_with(g, None)
+            ids = (image_identities(q), image_identities(g)) if cfg.eval.query_in_gallery else (None, None)
+            names = list(getattr(q, "scale_names", None) or []) or None
+            res = evaluate_embeddings(q_emb, q_lab, g_emb, g_lab, scale_names=names, query_ids=ids[0],
+                                      gallery_ids=ids[1], **eval_kwargs(cfg))
+            res["protocol"] = {"name": "query_gallery", "query_split": cfg.eval.query_split,
+                               "gallery_split": cfg.eval.gallery_split, "queries": len(q), "gallery": len(g),
+                               "query_in_gallery": bool(cfg.eval.query_in_gallery)}
+            return res
+
+        return query_gallery, None
     test = EngineTest(dyml, embed_with, lambda split: load_split(cfg, split, train=False),
                       test_split=cfg.data.test_split, scale_names=datasets.scale_names)
     return test, test
@@ -156,7 +178,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     from dynametric.engine.dyml import protocol_from_config
 
     dyml = protocol_from_config(cfg)  # DyML configs test with their own protocol and splits (engine/dyml.py)
-    datasets = build_datasets(cfg, with_test=dyml is None)
+    datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     module, settings = comps.module, comps.trainer
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
@@ -176,7 +198,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
         save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
         log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
-            f"{info['test_images'] if dyml is None else dyml.header()['name']} test images; "
+            f"{info['test_images'] if datasets.test is not None else 'protocol'} test images; "
             f"scales {comps.scale_names}")
         log("evaluating the untrained model on the test split ...")
         untrained = test_eval(None)
@@ -214,7 +236,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
         info["report_view_set"] = "validation (the per-scale test sets carry one label each)"
     elif dyml_test is not None and dyml_test.view is not None:
         emb_labels, report_set = dyml_test.view[:2], dyml_test.view[2]
-    heads = {} if dyml is not None else _head_results(cfg, module, dm, datasets.test, settings, progress)
+    heads = {} if datasets.test is None else _head_results(cfg, module, dm, datasets.test, settings, progress)
     if heads:
         info["test_by_head"] = heads
     info["skipped_nonfinite_steps"] = module.skipped_steps
