@@ -101,3 +101,39 @@ def test_index_metadata_records_the_model(built: dict[str, Path]) -> None:
     assert meta["scale_names"] == ["fine", "coarse"] and meta["class_names"][1] == ["animal", "plant", "rock"]
     assert len(meta["model"]["config_hash"]) == 16 and len(meta["model"]["weights_hash"]) == 16
     assert meta["image_roots"] == [str(built["root"].resolve())]
+
+
+def test_explore_command_serves_the_index(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`dynametric explore`: prints its URL, serves the index with uploads enabled (the checkpoint recorded in the
+    index is found and matches), stops cleanly on Ctrl-C. In process: serve_forever is wrapped to make one request
+    from this thread while the real loop runs in another, then raise KeyboardInterrupt."""
+    import threading
+    import urllib.request
+
+    import dynametric.retrieval.explorer as explorer_mod
+
+    real_make = explorer_mod.make_server
+    seen: dict = {}
+
+    def make(explorer, host, port):
+        server = real_make(explorer, host, port)
+        real_serve = server.serve_forever
+
+        def serve() -> None:
+            thread = threading.Thread(target=real_serve, daemon=True)
+            thread.start()
+            url = f"http://{host}:{server.server_address[1]}/api/info"
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                seen["info"] = json.loads(resp.read())
+            server.shutdown()
+            thread.join()
+            raise KeyboardInterrupt
+
+        server.serve_forever = serve
+        return server
+
+    monkeypatch.setattr(explorer_mod, "make_server", make)
+    assert main(["explore", "--index", str(built["index"]), "--port", "0"]) == 0
+    assert capsys.readouterr().out.startswith("dynametric explorer: http://127.0.0.1:")
+    assert seen["info"]["count"] == 12 and seen["info"]["upload"] is True
+    assert seen["info"]["scales"] == ["fine", "coarse"]
