@@ -135,7 +135,8 @@ def main() -> None:
         for r in rows:
             if r["n"] == n:
                 r["speedup"] = r["qps"] / flat_qps
-        print(f"# done n={n}", flush=True)
+                print(f"# n={n} {r['kind']} {r['params']}: build {r['build_s']:.1f} s, {r['qps']:,.0f} queries/s, "
+                      f"recall@10 {r['recall']:.3f}", flush=True)
     print()
     print("| vectors | index | parameters | build s | queries/s | speed-up vs flat | recall@10 |")
     print("|---:|---|---|---:|---:|---:|---:|")
