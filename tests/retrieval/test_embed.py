@@ -139,6 +139,13 @@ def test_torn_shard_is_recomputed_and_foreign_job_refused(image_root: Path, tmp_
     res = embed_items(items, Counting(), _transform(), out, model_identity={"m": 2}, batch_size=4, shard_size=4,
                       overwrite=True)
     assert res.computed_shards == [0, 1, 2]
+    # the same weights from a moved run folder are the same job
+    c = Counting()
+    res = embed_items(items, c, _transform(), out, model_identity={"m": 2, "checkpoint": "/moved/best.ckpt"},
+                      batch_size=4, shard_size=4)
+    assert c.calls == 0 and res.skipped_shards == [0, 1, 2]
+    with pytest.raises(InputError, match=r"differs in \['num_shards', 'shard_size'\]"):
+        embed_items(items, Counting(), _transform(), out, model_identity={"m": 2}, batch_size=4, shard_size=3)
 
 
 KILL_SCRIPT = textwrap.dedent("""

@@ -166,6 +166,14 @@ class ImageFiles(Dataset):
         return self.transform(img)
 
 
+def _comparable(key: str, value: Any) -> Any:
+    """Job fields as compared on resume: the model by what it computes (hashes, head, input size), not by where
+    its files are (a moved run folder resumes)."""
+    if key == "model" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ("checkpoint", "config")}
+    return value
+
+
 def shard_path(out: Path, s: int) -> Path:
     return out / "shards" / f"shard_{s:05d}.npy"
 
@@ -227,9 +235,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
             old = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"unreadable job file ({exc}); use --overwrite to start again", file=meta_path) from None
-        same = {k: old.get(k) for k in job} == {k: v for k, v in job.items()}
-        if not same:
-            changed = sorted(k for k in job if old.get(k) != job[k])
+        changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k]))
+        if changed:
             raise InputError(f"the folder holds a different embedding job (differs in {changed}); use another --out "
                              "or --overwrite", file=meta_path)
         if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
