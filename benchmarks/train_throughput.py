@@ -76,6 +76,28 @@ def pipeline_rate(embedder: torch.nn.Module, data: SyntheticHierarchy,
     return timer.n / (timer.t1 - timer.t0), timer.n / (timer.c1 - timer.c0)
 
 
+def overhead_breakdown(data: SyntheticHierarchy, args: argparse.Namespace, reps: int = 30) -> dict[str, float]:
+    """CPU milliseconds per batch of the pipeline's parts outside the model: fetching a batch through
+    MetricDataModule (sampler, seeded per-sample RNG, to-tensor, collate) and the miner + loss forward/backward."""
+    dm = MetricDataModule(data, batch_sampler_factory=lambda labels, r, w: MPerClassSampler(
+        labels, args.m, args.batch_size, seed=0, iterations_per_epoch=10_000), num_workers=0)
+    it = iter(dm.train_dataloader())
+    batch = next(it)
+    c0 = time.process_time()
+    for _ in range(reps):
+        batch = next(it)
+    fetch = (time.process_time() - c0) / reps * 1000
+    loss = build_loss(args.loss)
+    miner = build_miner(args.miner) if args.miner else None
+    leaf = torch.randn(args.batch_size, args.embedding_dim, requires_grad=True)
+    c0 = time.process_time()
+    for _ in range(reps):
+        emb = torch.nn.functional.normalize(leaf, dim=1)
+        idx = miner(emb, batch[1]) if miner is not None else None
+        (loss(emb, batch[1], idx) if idx is not None else loss(emb, batch[1])).backward()
+    return {"fetch_ms": fetch, "loss_miner_ms": (time.process_time() - c0) / reps * 1000}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
@@ -97,6 +119,9 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, image {args.image_size}px, batch {args.batch_size}, "
           f"loss {args.loss}, miner {args.miner}, {args.steps} timed steps after {args.warmup}, "
           f"median of {args.repeats}")
+    parts = overhead_breakdown(data, args)
+    print(f"outside the model, CPU ms per batch: data fetch {parts['fetch_ms']:.1f}, miner + loss fwd/bwd "
+          f"{parts['loss_miner_ms']:.1f}")
     rows = []
     for name in args.backbones:
         torch.manual_seed(0)
@@ -109,6 +134,9 @@ def main() -> None:
         f, p = statistics.median(x[0] for x in floors), statistics.median(x[0] for x in pipes)
         fc, pc = statistics.median(x[1] for x in floors), statistics.median(x[1] for x in pipes)
         rows.append((name, f, p, fc, pc))
+        step_ms = args.batch_size / fc * 1000
+        print(f"{name}: model-only step {step_ms:.0f} CPU ms; data + miner + loss add "
+              f"{(parts['fetch_ms'] + parts['loss_miner_ms']) / step_ms:.1%}", flush=True)
         print(f"{name}: wall floor {[round(x[0], 1) for x in floors]} pipeline {[round(x[0], 1) for x in pipes]}; "
               f"cpu floor {[round(x[1], 1) for x in floors]} pipeline {[round(x[1], 1) for x in pipes]}", flush=True)
     print("\n| backbone | floor img/s (wall) | pipeline img/s (wall) | ratio (wall) | floor img/CPU-s | "
