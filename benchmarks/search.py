@@ -1,11 +1,12 @@
 """Search speed and accuracy of the approximate indexes (ivf, hnsw) against the exact flat index, side by side.
 
-Synthetic 128-d data shaped like embeddings: a mixture of Gaussian clusters (``--clusters`` centres, unit-norm
-after normalisation), cosine metric, queries drawn fresh from the same mixture (not in the database). For every
-database size the exact flat index gives the ground truth; recall@10 = |approx top-10 ∩ exact top-10| / 10,
-averaged over queries. Queries/s = queries / wall time of one batched ``search`` call, after one warm-up call,
-best of ``--repeats``. Indexes are built with :func:`dynametric.retrieval.index.build_faiss_index` (the code
-``dynametric index build`` runs) and freed before the next one (peak memory about 3 x N x 512 bytes).
+Synthetic 128-d data shaped like embeddings (see :func:`make_data`: 100 coarse x 100 fine classes, within-class
+variation in a 16-d subspace), cosine metric, queries drawn fresh from the same distribution (not in the
+database). For every database size the exact flat index gives the ground truth; recall@10 = |approx top-10 ∩
+exact top-10| / 10, averaged over queries. Queries/s = queries / wall time of one batched ``search`` call, after
+one warm-up call, best of ``--repeats``. Indexes are built with
+:func:`dynametric.retrieval.index.build_faiss_index` (the code ``dynametric index build`` runs) and freed before
+the next one (peak memory about 3 x N x 512 bytes).
 
     python benchmarks/search.py                      # 100k and 1M, 1 thread
     python benchmarks/search.py --sizes 20000 --queries 200   # quick check
@@ -24,8 +25,36 @@ from typing import Any
 import numpy as np
 
 
-def make_data(n: int, q: int, dim: int, clusters: int, seed: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
-    """``clusters`` centres ~ N(0, I); points = centre + ``spread`` * N(0, I), L2-normalised."""
+def make_data(n: int, q: int, dim: int, coarse: int, fine_per_coarse: int, latent: int, seed: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding-like vectors: a two-level hierarchy of class centres plus low-dimensional within-class variation.
+
+    coarse centres ~ 0.5 N(0, I); fine centres = coarse + 0.5 N(0, I) (``fine_per_coarse`` each); a point = its fine
+    centre + 0.5 W z (z ~ N(0, I_latent), W a random [latent, dim] map scaled by 1/sqrt(latent), so the
+    within-class spread lives in a ``latent``-d subspace, as in trained embeddings) + 0.1 N(0, I); L2-normalised.
+    """
+    rng = np.random.default_rng(seed)
+    c = 0.5 * rng.standard_normal((coarse, dim), dtype=np.float32)
+    f = (np.repeat(c, fine_per_coarse, axis=0)
+         + 0.5 * rng.standard_normal((coarse * fine_per_coarse, dim), dtype=np.float32))
+    w = rng.standard_normal((latent, dim), dtype=np.float32) / np.sqrt(latent)
+
+    def draw(m: int) -> np.ndarray:
+        out = np.empty((m, dim), np.float32)
+        for lo in range(0, m, 100_000):
+            hi = min(m, lo + 100_000)
+            cls = rng.integers(0, len(f), hi - lo)
+            z = rng.standard_normal((hi - lo, latent), dtype=np.float32)
+            out[lo:hi] = f[cls] + 0.5 * (z @ w) + 0.1 * rng.standard_normal((hi - lo, dim), dtype=np.float32)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+    return draw(n), draw(q)
+
+
+def make_clusters(n: int, q: int, dim: int, clusters: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Isotropic mixture: ``clusters`` centres ~ N(0, I), a point = centre + ``spread`` N(0, I), L2-normalised
+    (within-class variation in all 128 dimensions: a hard case for graph search)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
 
@@ -63,9 +92,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--clusters", type=int, default=1000)
-    ap.add_argument("--spread", type=float, default=1.0,
-                    help="within-cluster std (centres ~ N(0, I)); larger = harder neighbours")
+    ap.add_argument("--data", choices=["hierarchy", "clusters"], default="hierarchy",
+                    help="hierarchy: make_data (default); clusters: make_clusters (isotropic)")
+    ap.add_argument("--clusters", type=int, default=1000, help="--data clusters: number of clusters")
+    ap.add_argument("--spread", type=float, default=1.0, help="--data clusters: within-cluster std")
+    ap.add_argument("--coarse", type=int, default=100, help="coarse classes")
+    ap.add_argument("--fine-per-coarse", type=int, default=100, help="fine classes per coarse class")
+    ap.add_argument("--latent", type=int, default=16, help="dimension of the within-class variation")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1,
                     help="faiss OpenMP threads for searching (default 1: stable on shared CPUs)")
@@ -92,10 +125,15 @@ def main() -> None:
         faiss.omp_set_num_threads(args.threads)
     print(f"# search benchmark: faiss {faiss.__version__}, search {args.threads} thread(s), build {build_threads}, "
           f"load average {os.getloadavg()[0]:.1f}, {platform.processor() or platform.machine()}; dim {args.dim}, "
-          f"{args.queries} queries, k={args.k}, {args.clusters} clusters, spread {args.spread}, cosine")
+          f"{args.queries} queries, k={args.k}, cosine; data: " + (
+              f"{args.clusters} isotropic clusters, spread {args.spread}" if args.data == "clusters" else
+              f"{args.coarse}x{args.fine_per_coarse} classes, latent {args.latent}"))
     rows: list[dict[str, Any]] = []
     for n in args.sizes:
-        x, q = make_data(n, args.queries, args.dim, args.clusters, args.seed, args.spread)
+        if args.data == "clusters":
+            x, q = make_clusters(n, args.queries, args.dim, args.clusters, args.spread, args.seed)
+        else:
+            x, q = make_data(n, args.queries, args.dim, args.coarse, args.fine_per_coarse, args.latent, args.seed)
         building()
         t = time.perf_counter()
         flat, _ = build_faiss_index(x, "flat", "cosine")
