@@ -56,7 +56,7 @@ def test_memory_budget_does_not_change_results():
     x[10] = x[20]  # exact duplicates
     fine = rng.integers(0, 30, 150)
     labels = np.stack([fine, fine % 5, fine % 2], 1)
-    ref = evaluate_embeddings(x, labels, metrics=["all"], kmeans_backend="torch")
+    ref = evaluate_embeddings(x, labels)
     for budget in (1, 5000, 123457, 10**8):
-        out = evaluate_embeddings(x, labels, metrics=["all"], memory_budget_bytes=budget, kmeans_backend="torch")
-        assert out == ref
+        out = evaluate_embeddings(x, labels, memory_budget_bytes=budget)
+        assert out == ref  # bit-identical: per-query values are summed exactly (math.fsum)
