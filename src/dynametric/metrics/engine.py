@@ -120,14 +120,12 @@ class CandidateSets:
 def build_candidate_sets(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> CandidateSets:
     """Use contiguous coarsest-class ranges when every scale's label determines the coarsest label."""
     allrows = torch.cat([query_labels, gallery_labels])
-    last = allrows[:, -1]
     nested = True
     for s in range(allrows.shape[1] - 1):
         pairs = torch.unique(allrows[:, [s, allrows.shape[1] - 1]], dim=0)
         if pairs.shape[0] != torch.unique(allrows[:, s]).shape[0]:
             nested = False
             break
-    del last
     if not nested:
         # Upper bound of the union size: sum over scales of the largest class (capped by Ng).
         bound = 0
