@@ -233,7 +233,7 @@ def main() -> None:
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as fh:
             saved = json.load(fh)
-        runs = saved["runs"]
+        runs = [r for r in saved["runs"] if r["seed"] in args.seeds]  # --seeds selects saved runs here
         methods = list(dict.fromkeys(r["method"] for r in runs))
         seeds = sorted({r["seed"] for r in runs})
         complete = [m for m in methods if {r["seed"] for r in runs if r["method"] == m} == set(seeds)]
