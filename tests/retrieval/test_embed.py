@@ -178,3 +178,16 @@ def test_killed_process_resumes(image_root: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "computed [2] calls 2" in done.stdout  # shard 2 only: two batches of 2
     assert np.load(out / "embeddings.npy").shape == (12, 6)
+
+
+def test_undecodable_image_is_an_error_naming_the_file(image_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    src = tmp_path / "imgs"
+    shutil.copytree(image_root / "imgs" / "animal", src)
+    (src / "zz_broken.png").write_bytes(b"not a png")
+    items = list_image_folder(src)
+    with pytest.raises(InputError, match=r"zz_broken.png: cannot decode image"):
+        embed_items(items, Counting(), _transform(), tmp_path / "emb", model_identity={"m": 1}, batch_size=2,
+                    shard_size=2)
+    assert shard_path(tmp_path / "emb", 0).is_file()  # finished shards are kept for a rerun

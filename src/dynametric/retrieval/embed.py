@@ -174,6 +174,15 @@ def _comparable(key: str, value: Any) -> Any:
     return value
 
 
+def _worker_error(exc: InputError) -> InputError:
+    """A DataLoader worker's InputError arrives with the worker's traceback in its message: keep the last line."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return InputError(last.split("InputError: ", 1)[-1])
+
+
 def shard_path(out: Path, s: int) -> Path:
     return out / "shards" / f"shard_{s:05d}.npy"
 
@@ -265,10 +274,13 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
             loader = DataLoader(torch.utils.data.Subset(dataset, range(lo, hi)), batch_size=batch_size,
                                 shuffle=False, num_workers=num_workers)
             parts = []
-            with torch.no_grad():
-                for batch in loader:
-                    parts.append(embed_batch(batch).detach().float().cpu().numpy())
-                    bar.update(len(batch))
+            try:
+                with torch.no_grad():
+                    for batch in loader:
+                        parts.append(embed_batch(batch).detach().float().cpu().numpy())
+                        bar.update(len(batch))
+            except InputError as exc:
+                raise _worker_error(exc) from None
             arr = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
             if not np.isfinite(arr).all():
                 bad = lo + int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
