@@ -142,3 +142,48 @@ def test_layer_features_mic_pooling() -> None:
     assert small.shape == (3, 32 * 16) and torch.allclose(small.norm(dim=1), torch.ones(3), atol=1e-5)
     with pytest.raises(ConfigError, match="unknown layer"):
         layer_features(emb, torch.randn(1, 3, 32, 32), "nope")
+
+
+MIC_TABLE = {"cub": (30, 2500.0, 0.8, [50], 100), "cars": (150, 500.0, 0.8, [60], 110),
+             "sop": (50, 250.0, 0.5, [20, 35], 45)}
+
+
+@pytest.mark.parametrize("name", sorted(MIC_TABLE))
+def test_mic_configs_match_methods_table(name: str) -> None:
+    from pathlib import Path
+
+    from dynametric.config import load_config
+    from dynametric.methods.mic import MICSettings
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mic" / f"{name}.yaml")
+    mic = MICSettings.from_kwargs(cfg.method.kwargs)
+    k, rho, p_aux, steps, epochs = MIC_TABLE[name]
+    assert cfg.method.name == "mic" and mic.combination == "alternating" and mic.num_clusters == k
+    assert mic.p_aux == p_aux and mic.label_noise == 0.2 and mic.recluster_every == 3 and mic.m_shared == 4
+    shared, adv = cfg.extra_losses
+    assert shared.head == "shared" and shared.kwargs["num_classes"] == k
+    assert adv.name == "DecorrelationLoss" and adv.weight == rho and adv.head == "concat"
+    assert cfg.optim.scheduler.milestones == steps and cfg.trainer.max_epochs == epochs
+    assert cfg.data.val_split is None and cfg.data.val_fraction > 0  # selection never on the test split
+    assert cfg.eval.heads and cfg.eval.heads[0] == "class"  # MIC's test embedding
+
+
+def test_mic_settings_errors_name_the_key() -> None:
+    from dynametric.methods.mic import MICSettings
+
+    with pytest.raises(ConfigError, match="unknown MIC option") as err:
+        MICSettings.from_kwargs({"clusters": 3})
+    assert err.value.key == "method.kwargs.clusters"
+    with pytest.raises(ConfigError) as err:
+        MICSettings.from_kwargs({"p_aux": 1.5})
+    assert err.value.key == "method.kwargs.p_aux"
+    with pytest.raises(ConfigError):
+        MICSettings.from_kwargs({"standardise": "zscore"})
+
+
+def test_resnet_feature_layer_of_the_configs() -> None:
+    names = {n for n, _ in build_embedder("resnet50", embedding_dim=8, num_heads=2).named_modules()}
+    assert "backbone.body.layer1" in names  # the configs' feature_layer
+    small = build_embedder("resnet18", embedding_dim=8, num_heads=2)
+    feats = layer_features(small, torch.rand(1, 3, 224, 224), "backbone.body.layer1")
+    assert feats.shape == (1, 64 * 16)  # 64 x 56 x 56 -> 18/12 pooling -> 64 x 4 x 4 (ResNet-50: 256 -> 4096-d)

@@ -14,7 +14,9 @@ Learning", ICCV 2019; METHODS §2.7): surrogate classes for the shared head.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -209,3 +211,43 @@ def sample_surrogate_batch(cluster_labels: torch.Tensor, clusters_per_batch: int
     offs = (torch.rand(clusters_per_batch, m, generator=generator) * count.unsqueeze(1)).long()
     idx = order[(start.unsqueeze(1) + offs).flatten()]
     return idx, slots.repeat_interleave(m), noisy
+
+
+@dataclass
+class MICSettings:
+    """The ``method.kwargs`` of ``configs/mic/*.yaml`` (METHODS §2.7-2.8), validated by :meth:`from_kwargs`."""
+
+    combination: str = "alternating"
+    p_aux: float = 0.8
+    adv_step: str = "shared"
+    num_clusters: int = 30
+    recluster_every: int = 3
+    label_noise: float = 0.2
+    standardise: str = "mean"
+    feature_layer: str = "backbone.body.layer1"
+    m_shared: int = 4
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], key: str = "method.kwargs") -> MICSettings:
+        """Build from a mapping; unknown keys and out-of-range values raise :class:`ConfigError` naming the key."""
+        names = {f.name for f in fields(cls)}
+        for name in kwargs:
+            if name not in names:
+                raise ConfigError(f"unknown MIC option {name!r}; expected one of {sorted(names)}", key=f"{key}.{name}")
+        out = cls(**dict(kwargs))
+        checks = [
+            ("combination", out.combination in ("alternating", "summed"), "'alternating' or 'summed'"),
+            ("p_aux", 0.0 <= float(out.p_aux) <= 1.0, "a probability in [0, 1]"),
+            ("adv_step", out.adv_step in ("shared", "class"), "'shared' or 'class'"),
+            ("num_clusters", isinstance(out.num_clusters, int) and out.num_clusters >= 2, "an integer >= 2"),
+            ("recluster_every", isinstance(out.recluster_every, int) and out.recluster_every >= 0,
+             "an integer >= 0 (0: never)"),
+            ("label_noise", 0.0 <= float(out.label_noise) <= 1.0, "a probability in [0, 1]"),
+            ("standardise", out.standardise in STANDARDISATIONS, f"one of {list(STANDARDISATIONS)}"),
+            ("feature_layer", isinstance(out.feature_layer, str) and bool(out.feature_layer), "a module name"),
+            ("m_shared", isinstance(out.m_shared, int) and out.m_shared >= 2, "an integer >= 2"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"expected {expected}, got {getattr(out, name)!r}", key=f"{key}.{name}")
+        return out
