@@ -67,7 +67,8 @@ def _per_scale(name: str, num_classes: list[int], dim: int) -> Callable[[int], t
     return make
 
 
-def build_method(method: str, train_labels: torch.Tensor, dim: int, k: int) -> tuple[torch.nn.Module | None, str]:
+def build_method(method: str, train_labels: torch.Tensor, dim: int, k: int,
+                 gamma: float = 32.0) -> tuple[torch.nn.Module | None, str]:
     """``(loss, sampler kind)`` for a method name; sampler kind is ``pxk`` or ``chunk``; ``untrained``: no loss."""
     num_classes = [int(train_labels[:, s].max()) + 1 for s in range(3)]
     if method == "untrained":
@@ -79,7 +80,9 @@ def build_method(method: str, train_labels: torch.Tensor, dim: int, k: int) -> t
     base, _, layout = method.partition(" (")
     sampler = "chunk" if layout.startswith("3-chunk") else "pxk"
     if base == "CSL":
-        return CSLLoss.from_labels(train_labels, embedding_size=dim), sampler
+        return CSLLoss.from_labels(train_labels, embedding_size=dim, gamma=gamma), sampler
+    if base == "CSL pairs":  # in-batch samples in place of proxies (METHODS §3.8, csl_mode: pairs)
+        return CSLLoss(None, embedding_size=dim, gamma=gamma, mode="pairs"), sampler
     chunks = ThreeScaleChunks(k, 3) if sampler == "chunk" else None
     return MultiScaleLoss(_per_scale(base, num_classes, dim), chunks=chunks, num_scales=3), sampler
 
@@ -90,11 +93,11 @@ METHODS = ["untrained", "fine-only", "coarse-only",
 
 
 def run_one(method: str, seed: int, steps: int, items: int, k: int, dim: int, lr: float, proxy_lr: float,
-            train: SyntheticHierarchy, test: SyntheticHierarchy, test_digests: list[str]) -> dict:
+            train: SyntheticHierarchy, test: SyntheticHierarchy, test_digests: list[str], gamma: float = 32.0) -> dict:
     torch.manual_seed(seed)
     model = build_embedder(backbone="simple_cnn", embedding_dim=dim, pooling="max", normalize=True)
     labels = train.labels
-    loss, sampler_kind = build_method(method, labels, dim, k)
+    loss, sampler_kind = build_method(method, labels, dim, k, gamma)
     batch = items * 3 * k  # identical images per step for every method
     if sampler_kind == "chunk":
         sampler = ThreeScaleSampler(labels, k=k, items_per_batch=items, seed=seed, iterations_per_epoch=steps)
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--proxy-lr", type=float, default=1e-2)
     ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--csl-gamma", type=float, default=32.0)
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="markdown results file")
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(r["method"] == method and r["seed"] == seed for r in runs):
                 continue
             r = run_one(method, seed, args.steps, args.items, args.k, args.dim, args.lr, args.proxy_lr, train, test,
-                        digests)
+                        digests, args.csl_gamma)
             runs.append(r)
             m = r["result"]["mean"]
             print(f"seed {seed} {method:<18} mean ASI {m['asi']:.3f} mAP {m['map']:.3f} R@1 {m['recall@1']:.3f} "

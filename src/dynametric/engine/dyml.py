@@ -81,7 +81,6 @@ class DyMLProtocol:
     k_values: tuple[int, ...] = (1, 10, 20)
     distance: str = "cosine"
     scales: tuple[str, ...] = ("fine", "middle", "coarse")
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
