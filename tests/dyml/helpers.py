@@ -37,6 +37,8 @@ def brute_force(q: torch.Tensor, ql: list[int], g: torch.Tensor, gl: list[int],
         sums["asi"] += asi / r
         for k in ks:
             sums[f"recall@{k}"] += 1.0 if any(rel[:k]) else 0.0
+    if n == 0:
+        return {"num_queries": 0}
     return {k: v / n for k, v in sums.items()} | {"num_queries": n}
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dynametric.data import build_dataset
 from dynametric.engine.dyml import (
@@ -170,3 +172,26 @@ def test_identities_and_digests(tmp_path: Path) -> None:
 
     syn = SyntheticHierarchy(split="test", images_per_class=2, image_size=8, fine_per_shape={"test": 1})
     assert len(set(image_digests(syn))) == len(syn)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 9), st.integers(2, 12), st.integers(1, 4))
+def test_detect_excludes_exactly_the_identical_items_property(seed: int, nq: int, ng: int, n_hash: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    q, gal = torch.randn(nq, 3, generator=g), torch.randn(ng, 3, generator=g)
+    ql = torch.randint(0, 3, (nq,), generator=g)
+    gl = torch.randint(0, 3, (ng,), generator=g)
+    qk = [f"h{int(v)}" for v in torch.randint(0, n_hash + 3, (nq,), generator=g)]
+    gk = [f"h{int(v)}" for v in torch.randint(0, n_hash + 3, (ng,), generator=g)]
+    res = evaluate_query_gallery(q, ql, gal, gl, DyMLProtocol("animal", "detect", k_values=(1, 2)), scale="fine",
+                                 query_keys=qk, gallery_keys=gk)
+    excluded = [{j for j in range(ng) if gk[j] == qk[i]} for i in range(nq)]
+    ref = brute_force(q, ql.tolist(), gal, gl.tolist(), excluded=excluded, ks=(1, 2))
+    if ref["num_queries"] == 0:
+        assert res["num_queries"] == 0
+    else:
+        for k in ("asi", "map", "recall@1", "recall@2"):
+            assert res[k] == pytest.approx(ref[k], abs=1e-6)
+        assert res["num_queries"] == ref["num_queries"]
+    assert res["excluded_queries_with_match"] == sum(1 for e in excluded if e)
+    assert res["excluded_gallery_items"] == sum(len(e) for e in excluded)
