@@ -76,6 +76,12 @@ def test_vehicle_run_uses_the_per_scale_protocol(tmp_path: Path) -> None:
             assert metrics["test"][level][k] == pytest.approx(ref[level][k], abs=1e-5)
     info = json.loads((out / "run_info.json").read_text())
     assert info["test_protocol"]["name"] == "dyml-vehicle" and info["test_images"] is None
+    # `dynametric evaluate --checkpoint` reruns the same protocol
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--json", str(tmp_path / "ev.json")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["protocol"]["query_in_gallery"] == "detect"
+    for level in ("fine", "middle", "coarse", "mean"):
+        assert ev[level]["map"] == pytest.approx(metrics["test"][level]["map"], abs=1e-5)
     assert "Multi-scale retrieval" in (out / "report.html").read_text()
 
 

@@ -211,6 +211,19 @@ def run(args: argparse.Namespace) -> int:
         if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
             raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
                               key="--checkpoint")
+        if not args.split:  # a DyML run config: its own test protocol (docs/dyml.md)
+            from dynametric.engine.dyml import evaluate_checkpoint
+
+            dyml = evaluate_checkpoint(args.checkpoint, args.config, overrides=args.overrides)
+            if dyml is not None:
+                info = dyml.pop("protocol")
+                print(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
+                      f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
+                print(format_table(dyml))
+                if args.json_out:
+                    atomic_write_json(args.json_out, {**_jsonable(dyml), "protocol": info})
+                    print(f"wrote {args.json_out}", file=sys.stderr)
+                return 0
         from dynametric.engine.inference import embed_from_checkpoint
 
         ce = embed_from_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides)

@@ -373,3 +373,33 @@ class EngineTest:
 
         return run_protocol(self.protocol, embed, self._load, test_split=self.test_split,
                             scale_names=self.scale_names)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),
+                        progress: bool = False) -> dict[str, Any] | None:
+    """The DyML protocol for a trained checkpoint (``dynametric evaluate --checkpoint``), or ``None`` when the
+    config is not a DyML config. ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint)."""
+    from pathlib import Path
+
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_model, eval_head, load_split
+    from dynametric.engine.checkpoint import load_embedder_weights
+    from dynametric.engine.inference import embed_dataset
+
+    path = Path(config) if config is not None else Path(checkpoint).parent / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}", key="--config")
+    cfg = load_config(path, overrides)
+    protocol = protocol_from_config(cfg)
+    if protocol is None:
+        return None
+    model = build_model(cfg)
+    load_embedder_weights(model, checkpoint)
+    head = eval_head(cfg)
+
+    def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return embed_dataset(model, ds, head=head, batch_size=cfg.data.eval_batch_size,
+                             num_workers=cfg.data.workers, progress=progress)
+
+    return run_protocol(protocol, embed, lambda split: load_split(cfg, split, train=False),
+                        test_split=cfg.data.test_split)
