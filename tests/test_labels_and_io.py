@@ -38,3 +38,18 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_writes_respect_umask(tmp_path):
+    import os
+
+    from dynametric.utils.io import atomic_write_with
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {})
+        atomic_write_with(tmp_path / "b.bin", lambda p: open(p, "wb").close())
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
