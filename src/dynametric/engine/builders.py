@@ -389,9 +389,15 @@ def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | N
         from dynametric.engine.dyml import protocol_from_config
 
         protocol_from_config(cfg)
-    elif cfg.method.name is not None:
-        raise ConfigError(f"method {cfg.method.name!r}: this engine has no method hooks; methods are configured "
-                          "through loss/miner/model keys", key="method.name")
+    plan = None
+    if cfg.method.name in ("sharing_alternating", "mic"):  # alternating class/shared steps (engine/sharing.py)
+        from dynametric.engine.sharing import plan_from_config
+
+        plan = plan_from_config(cfg)
+    elif cfg.method.name not in (None, "dyml"):
+        raise ConfigError(f"unknown method {cfg.method.name!r}; the engine's method hooks are dyml, "
+                          "sharing_alternating and mic (other methods are configured through loss/miner/model keys)",
+                          key="method.name")
     torch.manual_seed(int(cfg.trainer.seed))
     embedder = build_model(cfg)
     if datasets is not None:
@@ -405,8 +411,14 @@ def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | N
 
         scale_names = list(default_scale_names(num_scales or 3))
     objectives = build_objectives(cfg, embedder, train_labels, len(scale_names))
-    module = MetricLearningModule(embedder, objectives, optim_settings(cfg), eval_kwargs=eval_kwargs(cfg),
-                                  eval_head=eval_head(cfg), scale_names=scale_names, nonfinite=cfg.trainer.nonfinite)
+    common: dict[str, Any] = {"eval_kwargs": eval_kwargs(cfg), "eval_head": eval_head(cfg),
+                              "scale_names": scale_names, "nonfinite": cfg.trainer.nonfinite}
+    if plan is None:
+        module = MetricLearningModule(embedder, objectives, optim_settings(cfg), **common)
+    else:
+        from dynametric.engine.sharing import AlternatingSharingModule
+
+        module = AlternatingSharingModule(embedder, objectives, optim_settings(cfg), plan=plan, **common)
     return Components(embedder, objectives, module, trainer_settings(cfg, progress_bar=progress_bar), datasets,
                       scale_names)
 

@@ -1,0 +1,131 @@
+"""`dynametric train` with the alternating hooks (engine/sharing.py): `method.name: sharing_alternating` (t* on its
+own class-balanced batch) and `method.name: mic` (surrogate labels, re-clustering on schedule) on tiny synthetic
+data; which parameters each step moves; config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynametric.cli import main
+from dynametric.config import load_config
+from dynametric.engine.builders import build_components
+from dynametric.engine.checkpoint import load_checkpoint_file
+from dynametric.engine.sharing import AlternatingSharingModule, plan_from_config
+from dynametric.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+ALT = ROOT / "configs" / "sharing" / "synthetic-alternating.yaml"
+MIC = ROOT / "configs" / "mic" / "synthetic.yaml"
+# 18 train fine classes x 4 images (72), 16x16 images, a 2-block CNN; 2 iterations per epoch
+TINY = ["data.options={images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 1}}",
+        "model.backbone_kwargs={width: 8, depth: 2}", "model.embedding_dim=8", "data.batch_size=16",
+        "data.iterations_per_epoch=2", "data.eval_batch_size=64", "trainer.log_every_n_steps=1", "run.report=false"]
+HEADS = ("class", "shared", "concat")
+
+
+def _train(config: Path, out: Path, overrides: list[str]) -> tuple[dict, dict, dict]:
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress", *TINY, *overrides]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    info = json.loads((out / "run_info.json").read_text())
+    return metrics, info, load_checkpoint_file(out / "last.ckpt")
+
+
+class _Spy:
+    """Records, after every optimizer step of the hook, which parameter groups received a non-zero gradient."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, set[str], torch.Tensor]] = []
+        original = AlternatingSharingModule._step
+
+        def step(module, images, labels, terms, where, batch_idx):
+            out = original(module, images, labels, terms, where, batch_idx)
+            moved = set()
+            for name, p in module.named_parameters():
+                if p.grad is not None and bool(p.grad.abs().sum() > 0):
+                    moved.add("regressor" if "regressor" in name else name.split(".")[1] if "heads" not in name
+                              else name.split(".")[2])
+            self.calls.append((where, moved, labels.detach().cpu().clone()))
+            return out
+
+        monkeypatch.setattr(AlternatingSharingModule, "_step", step)
+
+
+def test_sharing_alternating_runs_end_to_end_and_each_step_moves_its_parameters(tmp_path, monkeypatch):
+    spy = _Spy(monkeypatch)
+    metrics, info, last = _train(ALT, tmp_path / "alt", ["trainer.max_epochs=2", "method.kwargs.p_aux=1.0"])
+    assert set(metrics) == {"untrained", "validation", "test"} and len(metrics["validation"]) == 2
+    assert set(info["test_by_head"]) == set(HEADS)
+    for head in HEADS:
+        assert 0.0 <= info["test_by_head"][head]["fine"]["recall@1"] <= 1.0
+    # p_aux = 1: every iteration is a class step then a shared step, each its own optimizer step
+    state = last["dynametric_sharing"]
+    assert state["class_steps"] == 4 and state["shared_steps"] == 4 and info["global_step"] == 8
+    assert [w for w, _, _ in spy.calls] == ["class", "shared"] * 4
+    for where, moved, labels in spy.calls:
+        if where == "class":  # class loss only (decorrelation rides on the shared step)
+            assert {"class", "backbone"} <= moved and "shared" not in moved and "regressor" not in moved
+        else:  # shared loss + rho * L_adv: shared head, R, and (reversed gradient) the class head
+            assert {"shared", "backbone", "regressor", "class"} <= moved
+            # its own class-balanced batch: 16 / m_shared = 4 classes x 4 images, true [B, 3] label rows
+            assert labels.shape == (16, 3)
+            _, counts = torch.unique(labels[:, 0], return_counts=True)
+            assert counts.tolist() == [4, 4, 4, 4]
+
+
+def test_p_aux_zero_leaves_the_shared_head_untouched(tmp_path):
+    cfg = load_config(ALT, [*TINY, "method.kwargs.p_aux=0.0"])
+    comps = build_components(cfg, datasets=None)
+    before = {k: v.clone() for k, v in comps.module.state_dict().items()}
+    _, info, last = _train(ALT, tmp_path / "p0", ["trainer.max_epochs=1", "method.kwargs.p_aux=0.0"])
+    after = last["state_dict"]
+    assert last["dynametric_sharing"]["shared_steps"] == 0 and info["global_step"] == 2
+    groups = {g: [k for k in before if g in k and "running" not in k and "num_batches" not in k]
+              for g in ("heads.shared", "heads.class", "regressor", "backbone")}
+    assert all(groups.values())
+    # same seed -> same initial weights; no shared step ran, and the decorrelation rides on the shared step
+    for k in groups["heads.shared"] + groups["regressor"]:
+        assert torch.equal(after[k], before[k]), k
+    for g in ("heads.class", "backbone"):
+        assert any(not torch.equal(after[k], before[k]) for k in groups[g]), g
+
+
+def test_mic_reclusters_on_schedule_inside_training(tmp_path, monkeypatch):
+    spy = _Spy(monkeypatch)
+    metrics, info, last = _train(MIC, tmp_path / "mic", [
+        "trainer.max_epochs=5", "method.kwargs.recluster_every=2", "method.kwargs.p_aux=1.0"])
+    assert set(info["test_by_head"]) == set(HEADS) and len(metrics["validation"]) == 5
+    state = last["dynametric_sharing"]
+    # initial clustering before epoch 0, shared-embedding re-clustering at the start of epochs 2 and 4
+    assert state["clustering_history"] == [[0, "initial"], [2, "shared_embedding"], [4, "shared_embedding"]]
+    surrogate = state["surrogate_labels"]
+    assert surrogate.shape == (72,) and sorted(torch.unique(surrogate).tolist()) == list(range(12))
+    shared_labels = [lab for w, _, lab in spy.calls if w == "shared"]
+    assert len(shared_labels) == 10 and state["shared_steps"] == 10
+    for lab in shared_labels:  # surrogate-labelled batches: 4 clusters x m_shared 4, labels are cluster ids
+        assert lab.shape == (16, 1) and int(lab.max()) < 12
+        assert sorted(torch.unique(lab, return_counts=True)[1].tolist()) == [4, 4, 4, 4]
+
+
+def test_hook_config_errors():
+    base = load_config(MIC, TINY)
+    assert plan_from_config(base).mic.num_clusters == 12
+    for override, key in [("method.kwargs.combination=summed", "method.kwargs.combination"),
+                          ("optim.grad_clip=1.0", "optim.grad_clip"),
+                          ("trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches"),
+                          ("method.kwargs.p_aux=1.5", "method.kwargs.p_aux")]:
+        with pytest.raises(ConfigError) as err:
+            plan_from_config(load_config(MIC, [*TINY, override]))
+        assert err.value.key == key, override
+    with pytest.raises(ConfigError) as err:
+        plan_from_config(load_config(ALT, [*TINY, "method.kwargs.typo=1"]))
+    assert err.value.key == "method.kwargs.typo"
+    with pytest.raises(ConfigError) as err:
+        build_components(load_config(ALT, [*TINY, "method.name=nonsense"]), datasets=None)
+    assert err.value.key == "method.name"
+    with pytest.raises(ConfigError) as err:  # a term on no known head
+        build_components(load_config(ALT, [*TINY, "method.kwargs.shared_head=other"]), datasets=None)
+    assert err.value.key == "extra_losses"
