@@ -129,3 +129,39 @@ def test_hook_config_errors():
     with pytest.raises(ConfigError) as err:  # a term on no known head
         build_components(load_config(ALT, [*TINY, "method.kwargs.shared_head=other"]), datasets=None)
     assert err.value.key == "extra_losses"
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_mic_resume_after_crash_matches_straight_run(tmp_path, monkeypatch):
+    """Crash in epoch 2 (a re-clustering epoch), resume from the mid-epoch last.ckpt (every optimizer step): same
+    weights, surrogate labels, clustering history and step counts as the straight run (the hook's RNG, labels and
+    history are checkpointed; the re-clustering is not repeated on resume)."""
+    args = ["trainer.max_epochs=4", "method.kwargs.recluster_every=2", "method.kwargs.p_aux=0.5",
+            "trainer.checkpoint_every_n_steps=1"]
+    _, _, straight = _train(MIC, tmp_path / "straight", args)
+    original = AlternatingSharingModule.training_step
+
+    def crashing(module, batch, batch_idx):
+        if module.current_epoch == 2 and batch_idx == 1:
+            raise _Crash("killed")
+        return original(module, batch, batch_idx)
+
+    monkeypatch.setattr(AlternatingSharingModule, "training_step", crashing)
+    run = tmp_path / "crashed"
+    with pytest.raises(_Crash):
+        main(["train", "--config", str(MIC), "--out", str(run), "--no-progress", *TINY, *args])
+    assert load_checkpoint_file(run / "last.ckpt")["dynametric_sharing"]["clustering_history"] == [
+        [0, "initial"], [2, "shared_embedding"]]
+    monkeypatch.setattr(AlternatingSharingModule, "training_step", original)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    resumed = load_checkpoint_file(run / "last.ckpt")
+    a, b = straight["dynametric_sharing"], resumed["dynametric_sharing"]
+    assert a["clustering_history"] == b["clustering_history"] == [[0, "initial"], [2, "shared_embedding"]]
+    assert torch.equal(a["surrogate_labels"], b["surrogate_labels"])
+    assert (a["class_steps"], a["shared_steps"]) == (b["class_steps"], b["shared_steps"])
+    assert 0 < a["shared_steps"] < a["class_steps"] == 8
+    for k, v in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
