@@ -165,3 +165,16 @@ def test_mic_resume_after_crash_matches_straight_run(tmp_path, monkeypatch):
     assert 0 < a["shared_steps"] < a["class_steps"] == 8
     for k, v in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_unaugmented_view_matches_a_carved_training_set():
+    from dynametric.engine.builders import LabeledSubset, build_datasets
+    from dynametric.engine.sharing import unaugmented_view
+
+    cfg = load_config(MIC, [*TINY, "data.val_split=null", "data.val_fraction=0.25"])
+    datasets = build_datasets(cfg, with_test=False)
+    assert isinstance(datasets.train, LabeledSubset)
+    view = unaugmented_view(cfg)(datasets.train)
+    assert len(view) == len(datasets.train) < 72 and torch.equal(view.labels, datasets.train.labels)
+    for i in (0, len(view) - 1):
+        assert torch.equal(view[i][0], datasets.train[i][0])  # synthetic: to_tensor in both views

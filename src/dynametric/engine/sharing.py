@@ -23,8 +23,11 @@ The loss terms come from the config as usual and are assigned by their ``head``:
 One optimizer (the engine's parameter groups) takes both steps; a step-interval LR schedule advances once per
 iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration).
 
-Resume: a checkpoint stores the hook's RNG state (p_aux draws and shared batches), the surrogate labels and the
-clustering history; the default path's exact-resume machinery (sampler position, global RNG) is unchanged. The
+Resume: a checkpoint stores the hook's RNG state (p_aux draws and shared batches), the surrogate labels, the
+clustering history and the step counters; the default path's exact-resume machinery (sampler position, global RNG)
+is unchanged. A resume from a mid-epoch ``last.ckpt`` reproduces the straight run exactly (tested); a re-clustering
+already done in the interrupted epoch is not repeated. MIC's features and re-clustering embeddings use the training
+images with the evaluation transform (:func:`unaugmented_view`). The
 hooks run on one process (DDP refused), without gradient clipping or gradient accumulation, and without the
 ``plateau`` schedule (Lightning does not combine them with manual optimisation here).
 """
@@ -32,7 +35,7 @@ hooks run on one process (DDP refused), without gradient clipping or gradient ac
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -100,6 +103,22 @@ class HookPlan:
     shared_batch_size: int
     seed: int
     mic: Any = None  # MICSettings for ``mic``
+    unaugmented: Callable[[Any], Any] | None = None  # train set -> the same images with the evaluation transform
+
+
+def unaugmented_view(cfg: Any) -> Callable[[Any], Any]:
+    """``train_set -> same items in the same order, evaluation transform`` (MIC clusters un-augmented images)."""
+
+    def make(train: Any) -> Any:
+        from dynametric.engine.builders import LabeledSubset, load_split
+
+        full = load_split(cfg, cfg.data.train_split, train=False)
+        view = LabeledSubset(full, train.indices, "train") if hasattr(train, "indices") else full
+        if len(view) != len(train) or not torch.equal(torch.as_tensor(view.labels), torch.as_tensor(train.labels)):
+            raise ConfigError("the un-augmented training set does not match the training set", key="data")
+        return view
+
+    return make
 
 
 def plan_from_config(cfg: Any) -> HookPlan | None:
@@ -129,7 +148,7 @@ def plan_from_config(cfg: Any) -> HookPlan | None:
             raise ConfigError("method 'mic' runs the alternating combination; for a summed shared term use "
                               "extra_losses with method.name null", key="method.kwargs.combination")
         return HookPlan(name, float(mic.p_aux), mic.adv_step, "class", "shared", int(mic.m_shared),
-                        int(cfg.data.batch_size), int(t.seed), mic)
+                        int(cfg.data.batch_size), int(t.seed), mic, unaugmented_view(cfg))
     s = AlternatingSettings.from_kwargs(cfg.method.kwargs)
     return HookPlan(name, float(s.p_aux), s.adv_step, s.class_head, s.shared_head,
                     int(s.m_shared if s.m_shared is not None else cfg.data.m),
@@ -179,6 +198,7 @@ class AlternatingSharingModule(MetricLearningModule):
         self.class_steps = 0
         self.shared_steps = 0
         self.labeler: Any = None
+        self._unaugmented: Any = None
         if plan.mic is not None:
             from dynametric.methods.mic import SurrogateLabeler
 
@@ -198,16 +218,24 @@ class AlternatingSharingModule(MetricLearningModule):
         labels = torch.as_tensor(self._train_set().labels)
         return labels.unsqueeze(1) if labels.dim() == 1 else labels
 
-    def _images(self, indices: torch.Tensor) -> torch.Tensor:
-        ds = self._train_set()
+    def _images(self, indices: torch.Tensor, dataset: Any = None) -> torch.Tensor:
+        ds = self._train_set() if dataset is None else dataset
         return torch.stack([ds[int(i)][0] for i in indices]).to(self.device)
 
+    def _feature_set(self) -> Any:
+        """The training set with the evaluation transform (cached; not part of the checkpoint)."""
+        if self._unaugmented is None:
+            train = self._train_set()
+            self._unaugmented = train if self.plan.unaugmented is None else self.plan.unaugmented(train)
+        return self._unaugmented
+
     def _embed_train(self, which: str) -> torch.Tensor:
-        """Training-set features in dataset order, eval mode, no grad: ``which`` = ``"layer"`` (MIC's initial
-        features at ``feature_layer``) or ``"shared"`` (the shared head)."""
+        """Training-set features in dataset order (un-augmented images, eval mode, no grad): ``which`` =
+        ``"layer"`` (MIC's initial features at ``feature_layer``) or ``"shared"`` (the shared head)."""
         from dynametric.methods.mic import layer_features
 
-        n = len(self._train_set())
+        dataset = self._feature_set()
+        n = len(dataset)
         bs = max(1, int(getattr(self.trainer.datamodule, "eval_batch_size", 128)))
         was = self.embedder.training
         self.embedder.eval()
@@ -215,7 +243,7 @@ class AlternatingSharingModule(MetricLearningModule):
         try:
             with torch.no_grad():
                 for start in range(0, n, bs):
-                    images = self._images(torch.arange(start, min(n, start + bs)))
+                    images = self._images(torch.arange(start, min(n, start + bs)), dataset)
                     if which == "layer":
                         out.append(layer_features(self.embedder, images, self.plan.mic.feature_layer).cpu())
                     else:
