@@ -18,8 +18,8 @@ Per training iteration (Lightning manual optimisation, :class:`AlternatingSharin
    forward, backward, optimizer step.
 
 The loss terms come from the config as usual and are assigned by their ``head``: terms on the class head
-(``class_head``, default ``class``) form the class step, terms on the shared head the shared step, and
-:class:`~dynametric.models.sharing.DecorrelationLoss` terms (``head: concat``) ride on ``adv_step``.
+(``class_head``, default ``class``) form the class step, terms on the shared head the shared step, and terms on
+the ``concat`` head (:class:`~dynametric.models.sharing.DecorrelationLoss`) ride on ``adv_step``.
 One optimizer (the engine's parameter groups) takes both steps; a step-interval LR schedule advances once per
 iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration).
 
@@ -158,12 +158,11 @@ def plan_from_config(cfg: Any) -> HookPlan | None:
 
 def split_objectives(objectives: Sequence[Objective], plan: HookPlan
                      ) -> tuple[list[Objective], list[Objective], list[Objective]]:
-    """``(class terms, shared terms, decorrelation terms)`` by head / type; anything else is a ConfigError."""
-    from dynametric.models.sharing import DecorrelationLoss
-
+    """``(class-head terms, shared-head terms, concat-head terms)``; the last (the decorrelation term) ride on
+    ``adv_step``. A term on any other head is a ConfigError."""
     cls_terms, shared_terms, adv_terms = [], [], []
     for o in objectives:
-        if isinstance(o.loss, DecorrelationLoss):
+        if o.head == "concat":
             adv_terms.append(o)
         elif o.head == plan.class_head:
             cls_terms.append(o)
@@ -171,8 +170,8 @@ def split_objectives(objectives: Sequence[Objective], plan: HookPlan
             shared_terms.append(o)
         else:
             raise ConfigError(f"loss term {o.name!r} is on head {o.head!r}; method {plan.name!r} assigns terms to "
-                              f"the class head {plan.class_head!r}, the shared head {plan.shared_head!r} or a "
-                              "DecorrelationLoss", key="extra_losses")
+                              f"the class head {plan.class_head!r}, the shared head {plan.shared_head!r} or the "
+                              "concat head (decorrelation, on adv_step)", key="extra_losses")
     if not cls_terms or not shared_terms:
         raise ConfigError(f"method {plan.name!r} needs at least one loss term on head {plan.class_head!r} and one "
                           f"on head {plan.shared_head!r}", key="extra_losses")
