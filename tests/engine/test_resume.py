@@ -81,6 +81,31 @@ def test_resume_after_crash_matches_straight_run(tmp_path, accumulate):
     assert epochs == sorted(set(epochs)) and len(epochs) >= 2
 
 
+def test_resume_from_end_of_epoch_checkpoint_matches_straight_run(tmp_path):
+    # last.ckpt only at epoch ends (every=0) and an epoch budget: the crash at step 7 resumes from the end of
+    # epoch 0 (5 batches). Lightning builds the resumed epoch's iterator while its current_epoch still names the
+    # finished epoch; the sampler must continue with the next epoch's batches, not replay the finished one.
+    def setup():
+        module, dm, settings = _setup(tmp_path, -1, every=0)
+        settings.max_epochs = 3
+        return module, dm, settings
+
+    module, dm, settings = setup()
+    build_trainer(settings, dm, tmp_path / "straight").fit(module, datamodule=dm)
+    straight = _weights(module)
+
+    module, dm, settings = setup()
+    run = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        build_trainer(settings, dm, run, callbacks=[CrashAt(7).callback]).fit(module, datamodule=dm)
+
+    module, dm, settings = setup()
+    build_trainer(settings, dm, run).fit(module, datamodule=dm, ckpt_path=str(run / "last.ckpt"))
+    assert module.global_step == 15
+    for k, v in _weights(module).items():
+        torch.testing.assert_close(v, straight[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_resumable_sampler_skips_and_counts_epochs():
     labels = ToyData().labels
     full = ResumableBatchSampler(ToySampler(labels), seed=5)

@@ -55,6 +55,7 @@ class ResumableBatchSampler:
         self.current_epoch = -1
         self._skip = 0
         self._skip_epoch = -1
+        self._resume_pending = False
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -64,9 +65,13 @@ class ResumableBatchSampler:
         if batches_done >= len(self):
             epoch, batches_done = epoch + 1, 0
         self.next_epoch, self._skip, self._skip_epoch = int(epoch), int(batches_done), int(epoch)
+        self._resume_pending = True
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch = self.next_epoch if self.epoch_fn is None else int(self.epoch_fn())
+        # The first iter() after resume() continues the resumed epoch: when Lightning resumes from an
+        # end-of-epoch checkpoint it builds the iterator while its current_epoch still names the finished epoch.
+        resuming, self._resume_pending = self._resume_pending, False
+        epoch = self.next_epoch if (resuming or self.epoch_fn is None) else int(self.epoch_fn())
         skip = self._skip if epoch == self._skip_epoch else 0
         self.current_epoch, self.next_epoch = epoch, epoch + 1
         if hasattr(self.inner, "set_epoch"):
