@@ -60,3 +60,28 @@ def test_memory_budget_does_not_change_results():
     for budget in (1, 5000, 123457, 10**8):
         out = evaluate_embeddings(x, labels, memory_budget_bytes=budget)
         assert out == ref  # bit-identical: per-query values are summed exactly (math.fsum)
+
+
+@pytest.mark.parametrize("cap", [1, 3, 7])
+def test_top_path_is_exact_up_to_the_cap_with_many_ties(cap):
+    rng = np.random.default_rng(cap)
+    scores = (rng.integers(-4, 5, (13, 50)) / 4.0).astype(np.float32)  # heavy ties at the top-k boundary
+    scores[1, 3] = -np.inf
+    cols = np.stack([rng.permutation(50)[:20] for _ in range(13)])
+    valid = rng.random((13, 20)) < 0.9
+    got = rank_candidates(torch.from_numpy(scores), torch.from_numpy(cols), torch.from_numpy(valid), path="top",
+                          rank_cap=cap)
+    want = np.minimum(_brute_ranks(scores + 0.0, cols), cap + 1)
+    assert np.array_equal(got.numpy(), np.where(valid, want, 0))
+
+
+def test_metrics_without_full_map_use_the_top_path_and_agree():
+    rng = np.random.default_rng(3)
+    x = np.round(rng.standard_normal((120, 4)), 1).astype(np.float32)  # rounded: tied scores
+    labels = np.stack([rng.integers(0, 40, 120), rng.integers(0, 40, 120) // 10], 1)
+    fast_metrics = ["recall@1", "recall@4", "r_precision", "map@r", "asi"]
+    fast = evaluate_embeddings(x, labels, metrics=fast_metrics + [], k_values=(1, 4))
+    full = evaluate_embeddings(x, labels, metrics=fast_metrics + ["map"], k_values=(1, 4))
+    for scale in ("fine", "coarse", "mean"):
+        for m in fast_metrics:
+            assert fast[scale][m] == full[scale][m], (scale, m)

@@ -200,21 +200,62 @@ def _descending_keys(scores: np.ndarray) -> np.ndarray:
     return keys
 
 
+TOPK_PATH_MAX_CAP = 64
+
+
+def _ranks_within_top(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, cap: int) -> torch.Tensor:
+    """Exact ranks of candidates that rank within the best ``cap`` items; ``cap + 1`` for every other one.
+
+    One linear ``topk`` per row instead of a sort. Items scoring above the k-th best value ``t`` are all in the
+    top-k set, so their ranks (ties by gallery index) are counted inside it; a candidate scoring below ``t`` has
+    more than ``cap`` better items; a candidate tied with ``t`` is counted against its whole row.
+    """
+    c, n = scores.shape
+    k = min(cap, n)
+    vals, idx = torch.topk(scores, k, dim=1)
+    if bool(torch.isnan(vals).any()) or bool(torch.isposinf(vals[:, 0]).any()):
+        _raise_overflow()
+    t = vals[:, -1:]
+    v = scores.gather(1, cols)
+    better = (vals.unsqueeze(1) > v.unsqueeze(2)).sum(2)
+    better += ((vals.unsqueeze(1) == v.unsqueeze(2)) & (idx.unsqueeze(1) < cols.unsqueeze(2))).sum(2)
+    ranks = better + 1
+    ranks = torch.where(v < t, torch.full_like(ranks, cap + 1), ranks)
+    boundary = valid & (v == t)
+    if bool(boundary.any()):
+        r, j = boundary.nonzero(as_tuple=True)
+        positions = torch.arange(n)
+        for a in range(0, r.numel(), 256):
+            rr, jj = r[a:a + 256], j[a:a + 256]
+            row, vv, cc = scores[rr], v[rr, jj].unsqueeze(1), cols[rr, jj].unsqueeze(1)
+            exact = (row > vv).sum(1) + ((row == vv) & (positions.unsqueeze(0) < cc)).sum(1) + 1
+            ranks[rr, jj] = exact.clamp_max(cap + 1)
+    return torch.where(valid, ranks, torch.zeros_like(ranks))
+
+
 def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
-                    pool: ThreadPoolExecutor | None = None, threads: int = 1, path: str = "auto") -> torch.Tensor:
+                    pool: ThreadPoolExecutor | None = None, threads: int = 1, path: str = "auto",
+                    rank_cap: int | None = None) -> torch.Tensor:
     """1-based ranks of ``cols`` in each score row: descending score, ties by ascending gallery index.
 
     ``scores``: ``[C, Ng]`` (excluded items ``-inf``); ``cols``/``valid``: ``[C, U]``. Invalid slots get rank 0.
     Exact: ``rank = #{s > v} + #{s == v and index < col} + 1``. Small candidate sets: sort the float scores and
     binary-search each candidate (ties counted directly); large ones (``U > Ng * PERMUTATION_PATH_FRACTION``):
     sort unique (score, index) keys and read every item's rank from the inverse permutation. ``path`` forces one
-    (``"search"`` or ``"permutation"``); both give identical ranks.
+    (``"search"``, ``"permutation"`` or ``"top"``); all give identical ranks up to ``rank_cap``.
+    ``rank_cap``: when only ranks up to the cap matter (every metric but the full-ranking ``map``), ranks above it
+    may be reported as ``rank_cap + 1``; small caps then use one ``topk`` per row instead of a sort.
     """
-    if path not in ("auto", "search", "permutation"):
+    if path not in ("auto", "search", "permutation", "top"):
         raise ValueError(f"unknown ranking path {path!r}")
     c, n = scores.shape
     if cols.shape[1] == 0:
         return torch.zeros(cols.shape, dtype=torch.long)
+    if path == "top" or (path == "auto" and rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP
+                         and cols.shape[1] <= TOPK_PATH_MAX_CAP and rank_cap < n):
+        if rank_cap is None:
+            raise ValueError("the 'top' ranking path needs rank_cap")
+        return _ranks_within_top(scores, cols, valid, rank_cap)
     s_np = scores.numpy()
     if path == "permutation" or (path == "auto" and cols.shape[1] > n * PERMUTATION_PATH_FRACTION):
         keys = _descending_keys(s_np)
@@ -327,7 +368,9 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
             _drop_excluded(problem, cols, valid, start, stop)
             with torch.no_grad():
                 scores = scores_block(problem, start, stop)
-                ranks = rank_candidates(scores, cols, valid, pool, threads)
+                # every metric but the full-ranking map only reads ranks up to max(R_q, K, asi cut-off)
+                cap = None if "map" in metrics else max(cols.shape[1], max(k_values, default=1), asi_cutoff or 0)
+                ranks = rank_candidates(scores, cols, valid, pool, threads, rank_cap=cap)
             del scores
             base = ng + 1
             c = stop - start
