@@ -56,3 +56,14 @@ def test_protocol_configs_state_their_published_target(path: Path) -> None:
     if path.parent.name == "roth2020":  # margin loss with one global learnable beta, its own learning rate
         loss = validate_components(cfg, data_args={"num_classes": 8})["loss"]
         assert [p.numel() for p in loss.parameters()] == [1] and cfg.optim.group_lr("loss") == 5e-4
+
+
+def test_cli_default_run_is_packaged_and_hierarchy_aware() -> None:
+    from dynametric.commands.train import DEFAULT_RUN_CONFIG
+
+    assert DEFAULT_RUN_CONFIG.is_file()  # shipped as package data (CI installs the wheel, not the tree)
+    cfg = load_config(DEFAULT_RUN_CONFIG)
+    assert cfg.data.format == "synthetic" and cfg.loss.multiscale and cfg.loss.kwargs == {"margin": 0.1}
+    assert (cfg.data.batch_size, cfg.model.pooling, cfg.trainer.max_epochs) == (96, "max", 20)
+    # overrides apply on top of the file, as for any --config file
+    assert load_config(DEFAULT_RUN_CONFIG, ["loss.kwargs.margin=0.2"]).loss.multiscale

@@ -7,13 +7,17 @@ from pathlib import Path
 
 from dynametric.errors import ConfigError
 
+#: The run ``dynametric train`` performs without ``--config`` (a packaged YAML file; overrides apply on top).
+DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default_run.yaml"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train an embedding model (default: the synthetic hierarchy, a few minutes on CPU)",
         description="Train, validate on class-disjoint held-out classes, test the best checkpoint at every "
                     "scale, and write a run folder (config.yaml, last/best.ckpt, metrics.json, report.html).")
-    p.add_argument("--config", type=Path, default=None, help="YAML config (default: the built-in default run)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config (default: the packaged default run, dynametric/configs/default_run.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. trainer.max_epochs=3 loss.name=MultiSimilarityLoss")
     p.add_argument("--dry-run", action="store_true",
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         for item in args.overrides:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
     from dynametric.engine.run import default_run_dir, dry_run, quiet_lightning, run_training
 
     quiet_lightning()
