@@ -18,7 +18,7 @@ from dynametric.distances import CosineSimilarity, Distance
 from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, masked_logsumexp
-from dynametric.losses.tuples import check_indices_tuple, distance_matrix, pair_masks
+from dynametric.losses.tuples import check_miner_output, distance_matrix, pair_masks
 
 
 class CircleLoss(MetricLoss):
@@ -40,9 +40,7 @@ class CircleLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
-        if indices_tuple is not None:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
         pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
         if num_pos <= 1 and num_neg <= 1:
             return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from dynametric.distances import Distance, LpDistance
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import avg_nonzero_reduce
-from dynametric.losses.tuples import check_indices_tuple, convert_to_pairs, distance_matrix, match_masks
+from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, match_masks
 
 
 class ContrastiveLoss(MetricLoss):
@@ -37,12 +37,11 @@ class ContrastiveLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
         if indices_tuple is None:
             pos_mask, neg_mask = match_masks(labels, ref_labels)
             num_pos, num_neg = int(pos_mask.sum()), int(neg_mask.sum())
         else:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
             num_pos, num_neg = a1.numel(), a2.numel()
         if num_pos <= 1 and num_neg <= 1:  # pytorch-metric-learning's GenericPairLoss rule

@@ -17,7 +17,7 @@ import torch
 from dynametric.distances import Distance, LpDistance
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import grouped_logsumexp, masked_logsumexp
-from dynametric.losses.tuples import check_indices_tuple, convert_to_pairs, distance_matrix, pair_masks
+from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, pair_masks
 
 
 class LiftedStructureLoss(MetricLoss):
@@ -39,9 +39,7 @@ class LiftedStructureLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
-        if indices_tuple is not None:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
         a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
         if (a1.numel() <= 1 and a2.numel() <= 1) or a1.numel() == 0 or a2.numel() == 0:
             return self.zero_loss(embeddings, "no positive pair or no negative pair")
@@ -76,9 +74,7 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
-        if indices_tuple is not None:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
         pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
         if num_pos <= 1 and num_neg <= 1:
             return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")

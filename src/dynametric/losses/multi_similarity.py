@@ -15,7 +15,7 @@ import torch
 from dynametric.distances import CosineSimilarity, Distance
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import masked_logsumexp
-from dynametric.losses.tuples import check_indices_tuple, distance_matrix, pair_masks
+from dynametric.losses.tuples import check_miner_output, distance_matrix, pair_masks
 
 
 class MultiSimilarityLoss(MetricLoss):
@@ -43,9 +43,7 @@ class MultiSimilarityLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
-        if indices_tuple is not None:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
+        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
         pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
         if num_pos <= 1 and num_neg <= 1:
             return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")

@@ -20,7 +20,7 @@ from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, graph_zero
 from dynametric.losses.tuples import (
     anchor_chunks,
-    check_indices_tuple,
+    check_miner_output,
     convert_to_triplets,
     distance_matrix,
     match_masks,
@@ -65,11 +65,9 @@ class TripletMarginLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+        indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
         if indices_tuple is None and self.triplets_per_anchor == "all":
             return self._all_triplets(embeddings, labels, ref_emb, ref_labels)
-        if indices_tuple is not None:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs)
         a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
         if a.numel() == 0:
             return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")

@@ -147,6 +147,16 @@ def check_indices_tuple(
     return tuple(out)
 
 
+def check_miner_output(
+    indices_tuple: IndicesTuple | None, embeddings: torch.Tensor, ref_emb: torch.Tensor | None
+) -> tuple[IndicesTuple | None, int]:
+    """``(validated indices_tuple or None, number of reference rows)``: the common start of a tuple loss."""
+    num_refs = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+    if indices_tuple is None:
+        return None, num_refs
+    return check_indices_tuple(indices_tuple, embeddings.shape[0], num_refs), num_refs
+
+
 def convert_to_pairs(
     indices_tuple: IndicesTuple | None, labels: torch.Tensor, ref_labels: torch.Tensor | None = None
 ) -> IndicesTuple:
