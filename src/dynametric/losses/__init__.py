@@ -32,6 +32,7 @@ from dynametric.losses.proxies import (
 )
 from dynametric.losses.triplet import TripletMarginLoss
 from dynametric.models.sharing import DecorrelationLoss
+from dynametric.utils.registry import build_registered
 
 LOSSES: dict[str, type[MetricLoss]] = {
     "ContrastiveLoss": ContrastiveLoss,
@@ -77,24 +78,14 @@ def build_distance(spec: Any, key: str = "distance") -> _distances.Distance | No
         name = kwargs.pop("name")
     else:
         raise ConfigError(f"distance must be a name, a {{'name': ...}} mapping or a Distance, got {spec!r}", key=key)
-    if name not in DISTANCES:
-        raise ConfigError(f"unknown distance {name!r}; expected one of {sorted(DISTANCES)}", key=key)
-    try:
-        return DISTANCES[name](**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"bad arguments for distance {name!r}: {err}", key=key) from err
+    return build_registered(DISTANCES, "distance", name, kwargs, name_key=key, args_key=key)
 
 
 def build_loss(name: str, **kwargs: Any) -> MetricLoss:
     """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}", key="loss.name")
-    if "distance" in kwargs:
+    if name in LOSSES and "distance" in kwargs:
         kwargs["distance"] = build_distance(kwargs["distance"], key=f"loss.{name}.distance")
-    try:
-        return LOSSES[name](**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"bad arguments for loss {name!r}: {err}", key=f"loss.{name}") from err
+    return build_registered(LOSSES, "loss", name, kwargs, name_key="loss.name", args_key=f"loss.{name}")
 
 
 __all__ = [

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynametric.errors import ConfigError
 from dynametric.losses.base import Miner
 from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
 from dynametric.miners.inter_class import InterClassTripletMiner
 from dynametric.miners.multi_similarity import MultiSimilarityMiner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
+from dynametric.utils.registry import build_registered
 
 MINERS: dict[str, type[Miner]] = {
     "TripletMarginMiner": TripletMarginMiner,
@@ -25,16 +25,11 @@ MINERS: dict[str, type[Miner]] = {
 
 def build_miner(name: str, **kwargs: Any) -> Miner:
     """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
-    if name not in MINERS:
-        raise ConfigError(f"unknown miner {name!r}; expected one of {sorted(MINERS)}", key="miner.name")
-    if "distance" in kwargs:
+    if name in MINERS and "distance" in kwargs:
         from dynametric.losses import build_distance
 
         kwargs["distance"] = build_distance(kwargs["distance"], key=f"miner.{name}.distance")
-    try:
-        return MINERS[name](**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"bad arguments for miner {name!r}: {err}", key=f"miner.{name}") from err
+    return build_registered(MINERS, "miner", name, kwargs, name_key="miner.name", args_key=f"miner.{name}")
 
 
 __all__ = [
