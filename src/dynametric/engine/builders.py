@@ -70,14 +70,17 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
     return LabeledSubset(dataset, train_idx, "train"), LabeledSubset(dataset, val_idx, "val")
 
 
-def _transform_for(cfg: Any, train: bool) -> Any:
+def transform_for(cfg: Any, train: bool, size: int | None = None) -> Any:
+    """The config's transform (``data.transform``; ``default`` = ``standard``, or the synthetic data's own
+    ``"to_tensor"``), cropping to ``size`` if given, else ``data.image_size``."""
     data = cfg.data
     if data.format == "synthetic" and data.transform == "default":
         return "to_tensor"
     from dynametric.data import build_transform
 
     preset = "standard" if data.transform == "default" else data.transform
-    overrides = {} if data.image_size is None else {"size": data.image_size}
+    size = size if size is not None else data.image_size
+    overrides = {} if size is None else {"size": int(size)}
     try:
         return build_transform(preset, train, **overrides)
     except ConfigError as exc:
@@ -87,7 +90,7 @@ def _transform_for(cfg: Any, train: bool) -> Any:
 def load_split(cfg: Any, split: str, train: bool) -> Any:
     from dynametric.data import build_dataset
 
-    return build_dataset(cfg.data.format, cfg.data.root, split, transform=_transform_for(cfg, train),
+    return build_dataset(cfg.data.format, cfg.data.root, split, transform=transform_for(cfg, train),
                          **dict(cfg.data.options))
 
 

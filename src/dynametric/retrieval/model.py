@@ -46,14 +46,9 @@ def eval_transform(cfg: Any, image_size: int | None = None) -> Callable[[Any], t
     if data.format == "synthetic" and data.transform == "default":
         side = int(size if size is not None else dict(data.options).get("image_size", 32))
         return T.Compose([T.Resize((side, side)), T.ToTensor()])
-    from dynametric.data import build_transform
+    from dynametric.engine.builders import transform_for
 
-    preset = "standard" if data.transform == "default" else data.transform
-    overrides = {} if size is None else {"size": int(size)}
-    try:
-        return build_transform(preset, False, **overrides)
-    except ConfigError as exc:
-        raise ConfigError(str(exc.message), key="data.transform") from None
+    return transform_for(cfg, False, size)
 
 
 @dataclass
