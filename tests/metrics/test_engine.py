@@ -22,7 +22,7 @@ def _brute_ranks(scores, cols):
     return out
 
 
-@pytest.mark.parametrize("path", ["search", "permutation", "auto"])
+@pytest.mark.parametrize("path", ["search", "tagged", "auto"])
 def test_rank_paths_are_exact_with_many_ties(path):
     rng = np.random.default_rng(0)
     scores = (rng.integers(-4, 5, (13, 50)) / 4.0).astype(np.float32)  # heavy ties, incl. -0.0 below
@@ -37,7 +37,7 @@ def test_rank_paths_are_exact_with_many_ties(path):
 
 def test_overflowing_scores_raise():
     scores = torch.tensor([[1.0, float("inf"), 0.5]])
-    for path in ("search", "permutation"):
+    for path in ("search", "tagged"):
         with pytest.raises(InputError, match="overflow"):
             rank_candidates(scores, torch.tensor([[0]]), torch.tensor([[True]]), path=path)
 

@@ -20,6 +20,7 @@ from a memory budget (:func:`plan_chunk_rows`).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,27 +32,27 @@ import torch.nn.functional as F
 DEFAULT_MEMORY_BUDGET = 768 * 2**20
 """Default working-memory budget of the engine in bytes (chunk buffers; the embeddings themselves are extra)."""
 
-PERMUTATION_PATH_FRACTION = 1 / 32
-"""Use the full-permutation ranking when a chunk's candidate sets exceed this fraction of the gallery."""
+TAGGED_PATH_FRACTION = 1 / 32
+"""Use the tagged-key sort when a chunk's candidate sets exceed this fraction of the gallery."""
 
 
-_BYTES_PER_SCORE = 4 + 4 + 2  # search path: score block, its sorted copy, slack for masks/temporaries
-_BYTES_PER_SCORE_PERMUTATION = 4 + 8 + 4 + 2  # permutation path: scores, int64 keys, int32 temporaries
-_BYTES_PER_CANDIDATE = 96  # gathered scores, ranks, order, flags, float64 metric temporaries
+_BYTES_PER_SCORE = 4 + 4 + 2  # search/top paths: score block, its sorted copy, slack for masks/temporaries
+_BYTES_PER_SCORE_TAGGED = 4 + 1  # tagged path: the score block (keys live in small per-thread buffers)
+_BYTES_PER_CANDIDATE = 136  # columns, flags, flat ranks/indices/rows, per-scale gathers, float64 metric temporaries
 
 
 def plan_chunk_rows(num_queries: int, num_gallery: int, memory_budget_bytes: int | None = None,
                     num_scales: int = 1, max_candidates: int | None = None) -> int:
     """Number of query rows per chunk so that the chunk's buffers fit ``memory_budget_bytes``.
 
-    Per query row the engine holds about ``10 * Ng`` bytes (``18 * Ng`` on the permutation path, used for large
-    candidate sets) plus ``~48 * U * S`` bytes for the ``U`` candidate relevant items (``U`` = largest candidate set,
-    at most ``Ng``) and ``S`` scales. At least one row is always processed.
+    Per query row the engine holds about ``10 * Ng`` bytes (``5 * Ng`` on the tagged path, used for large
+    candidate sets) plus ``~136 * U`` bytes for the ``U`` candidate relevant items (``U`` = largest candidate set,
+    at most ``Ng``; scales are processed one after the other). At least one row is always processed.
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
     cand = num_gallery if max_candidates is None else max_candidates
-    per_score = _BYTES_PER_SCORE_PERMUTATION if cand > num_gallery * PERMUTATION_PATH_FRACTION else _BYTES_PER_SCORE
-    per_row = per_score * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) * max(1, num_scales) // 2 + 64
+    per_score = _BYTES_PER_SCORE_TAGGED if cand > num_gallery * TAGGED_PATH_FRACTION else _BYTES_PER_SCORE
+    per_row = per_score * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) + 64
     rows = max(1, budget // per_row)
     return int(min(rows, max(1, num_queries), 4096))
 
@@ -180,27 +181,83 @@ def _drop_excluded(problem: RankingProblem, cols: torch.Tensor, valid: torch.Ten
         v &= problem.gallery_codes.numpy()[c] != problem.query_codes[start:stop].numpy()[:, None]
 
 
-def _descending_keys(scores: np.ndarray) -> np.ndarray:
-    """Unique int64 sort keys per row, ascending = better: (descending score, ascending gallery index).
+_TAG_GROUP_ROWS = 2  # rows per sort group: keys of 2 rows stay in cache through build, sort and scan
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7
 
-    The float32 bits are mapped to an order-preserving int32 (``i ^ ((i >> 31) & 0x7FFFFFFF)``), inverted for
-    descending order, and the gallery index fills the low 32 bits, so equal scores order by index (``-0.0`` is
-    mapped to ``+0.0``, the two are equal scores).
+
+def _tagged_sort_ranks(scores: np.ndarray, cols: np.ndarray, valid: np.ndarray, counts: np.ndarray,
+                       pool: ThreadPoolExecutor | None, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of tagged candidates from one sort of unique int64 keys per row.
+
+    ``scores``: float32 ``[C, Ng]``; ``cols``/``valid``: ``[C, U]`` candidates (unique per row) and which slots are
+    used; ``counts`` = ``valid.sum(1)``. Each row's key is ``(descending-order score bits) << 32 | index << 1 | tag``:
+    the float32 bits are mapped to an order-preserving int32 (``i ^ ((i >> 31) & 0x7FFFFFFF)``, after ``+ 0.0`` so
+    that ``-0.0`` equals ``+0.0``) and inverted, so ascending keys are the ranking (descending score, ties by
+    ascending index) and the tag bit marks candidates without changing the order. After the sort the tags are
+    read off in rank order: no inverse permutation, no per-candidate search, ties exact. Returns ``(ranks,
+    gallery_index)``, flat, grouped by row and ascending in rank within a row. Rows are processed two at a time
+    per thread so a row's keys stay in cache from build to scan.
     """
-    bits = scores.view(np.int32)
-    key32 = bits >> 31
-    key32 &= 0x7FFFFFFF
-    key32 ^= bits
-    np.putmask(key32, key32 == -1, 0)  # -0.0 maps to -1: make it equal to +0.0
-    np.invert(key32, out=key32)
-    keys = key32.astype(np.int64)
-    del key32
-    keys <<= 32
-    keys |= np.arange(scores.shape[1], dtype=np.int64)
-    return keys
+    c, n = scores.shape
+    if n >= 2**31:
+        raise ValueError(f"the tagged ranking path supports up to 2**31 - 1 gallery items, got {n}")
+    starts = np.zeros(c + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    ranks = np.empty(int(starts[-1]), dtype=np.int64)
+    gidx = np.empty(int(starts[-1]), dtype=np.int64)
+    ends = np.empty((c, 2), dtype=np.int64)
+    idx2 = np.arange(n, dtype=np.int64) * 2
+
+    def work(x: int, y: int) -> None:
+        g = _TAG_GROUP_ROWS
+        fbuf = np.empty((g, n), dtype=np.float32)
+        kbuf = np.empty((g, n), dtype=np.int32)
+        keys = np.empty((g, n), dtype=np.int64)
+        for r0 in range(x, y, g):
+            r1 = min(y, r0 + g)
+            m = r1 - r0
+            f = fbuf[:m]
+            np.add(scores[r0:r1], 0.0, out=f)  # -0.0 + 0.0 = +0.0
+            bits = f.view(np.int32)
+            k = kbuf[:m]
+            np.right_shift(bits, 31, out=k)
+            k &= 0x7FFFFFFF
+            k ^= bits
+            np.invert(k, out=k)
+            kb = keys[:m]
+            np.left_shift(k, 32, out=kb, dtype=np.int64)
+            kb |= idx2
+            a, z = int(starts[r0]), int(starts[r1])
+            flat = kb.reshape(-1)
+            flat[(np.arange(m, dtype=np.int64)[:, None] * n + cols[r0:r1])[valid[r0:r1]]] |= 1
+            kb.sort(axis=1)
+            nz = np.flatnonzero(kb.view(np.uint8)[:, _LOW_BYTE::8] & 1)
+            if nz.shape[0] != z - a:  # pragma: no cover - a duplicate candidate would be a caller bug
+                raise RuntimeError("tagged ranking lost candidates (duplicate candidate columns?)")
+            ranks[a:z] = nz % n + 1
+            sel = flat[nz]
+            sel &= 0xFFFFFFFF
+            sel >>= 1
+            gidx[a:z] = sel
+            ends[r0:r1, 0] = (kb[:, 0] & 0xFFFFFFFF) >> 1
+            ends[r0:r1, 1] = (kb[:, -1] & 0xFFFFFFFF) >> 1
+
+    parts = max(1, min(threads, c))
+    if pool is None or parts < 2:
+        work(0, c)
+    else:
+        bounds = np.linspace(0, c, parts + 1).astype(int)
+        for fut in [pool.submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]:
+            fut.result()
+    best = np.take_along_axis(scores, ends[:, :1], axis=1)
+    worst = np.take_along_axis(scores, ends[:, 1:], axis=1)
+    if np.isnan(worst).any() or np.isnan(best).any() or np.isposinf(best).any():
+        _raise_overflow()
+    return ranks, gidx
 
 
 TOPK_PATH_MAX_CAP = 64
+_METRIC_BLOCK_ITEMS = 1 << 18  # candidates per metric block (row blocks run in the thread pool, in cache)
 
 
 def _ranks_within_top(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, cap: int) -> torch.Tensor:
@@ -233,41 +290,70 @@ def _ranks_within_top(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Ten
     return torch.where(valid, ranks, torch.zeros_like(ranks))
 
 
+def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
+                         pool: ThreadPoolExecutor | None = None, threads: int = 1, path: str = "auto",
+                         rank_cap: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks of each row's valid candidates as flat arrays ``(counts[C], ranks[M], gallery_index[M])``.
+
+    Row ``r``'s entries are ``ranks[starts[r]:starts[r+1]]`` (``starts`` = cumulative ``counts``), ascending in rank,
+    with the candidates' gallery indices alongside. Ranks are 1-based: descending score, ties by ascending gallery
+    index, exact: ``rank = #{s > v} + #{s == v and index < col} + 1``. Paths (``path="auto"`` picks):
+
+    * ``"top"``: when only ranks up to ``rank_cap`` matter and the cap and candidate sets are small, one linear
+      ``topk`` per row; ranks above the cap are reported as ``rank_cap + 1``;
+    * ``"search"``: small candidate sets; sort the float scores and binary-search each candidate (ties counted
+      directly);
+    * ``"tagged"``: large candidate sets (``U > Ng * TAGGED_PATH_FRACTION``); one sort of unique (score, index,
+      tag) keys per row, candidates read off in rank order (:func:`_tagged_sort_ranks`).
+    """
+    if path not in ("auto", "search", "tagged", "top"):
+        raise ValueError(f"unknown ranking path {path!r}")
+    c, n = scores.shape
+    valid_np = valid.numpy()
+    counts = valid_np.sum(1).astype(np.int64)
+    if cols.shape[1] == 0 or not counts.any():
+        return counts, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    use_top = path == "top" or (path == "auto" and rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP
+                                and cols.shape[1] <= TOPK_PATH_MAX_CAP and rank_cap < n)
+    if not use_top and (path == "tagged" or (path == "auto" and cols.shape[1] > n * TAGGED_PATH_FRACTION)):
+        ranks, gidx = _tagged_sort_ranks(scores.numpy(), cols.numpy(), valid_np, counts, pool, threads)
+        return counts, ranks, gidx
+    if use_top:
+        if rank_cap is None:
+            raise ValueError("the 'top' ranking path needs rank_cap")
+        padded = _ranks_within_top(scores, cols, valid, rank_cap).numpy()
+    else:
+        padded = _ranks_by_search(scores, cols, valid, pool, threads).numpy()
+    rows = np.repeat(np.arange(c, dtype=np.int64), counts)
+    rk = padded[valid_np]
+    g = cols.numpy()[valid_np]
+    order = np.argsort(rows * (n + 2) + rk, kind="stable")
+    return counts, rk[order], g[order]
+
+
 def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
                     pool: ThreadPoolExecutor | None = None, threads: int = 1, path: str = "auto",
                     rank_cap: int | None = None) -> torch.Tensor:
-    """1-based ranks of ``cols`` in each score row: descending score, ties by ascending gallery index.
-
-    ``scores``: ``[C, Ng]`` (excluded items ``-inf``); ``cols``/``valid``: ``[C, U]``. Invalid slots get rank 0.
-    Exact: ``rank = #{s > v} + #{s == v and index < col} + 1``. Small candidate sets: sort the float scores and
-    binary-search each candidate (ties counted directly); large ones (``U > Ng * PERMUTATION_PATH_FRACTION``):
-    sort unique (score, index) keys and read every item's rank from the inverse permutation. ``path`` forces one
-    (``"search"``, ``"permutation"`` or ``"top"``); all give identical ranks up to ``rank_cap``.
-    ``rank_cap``: when only ranks up to the cap matter (every metric but the full-ranking ``map``), ranks above it
-    may be reported as ``rank_cap + 1``; small caps then use one ``topk`` per row instead of a sort.
-    """
-    if path not in ("auto", "search", "permutation", "top"):
-        raise ValueError(f"unknown ranking path {path!r}")
+    """Padded form of :func:`rank_candidates_flat`: ``LongTensor[C, U]`` ranks of ``cols``, 0 where not ``valid``."""
+    counts, ranks, gidx = rank_candidates_flat(scores, cols, valid, pool, threads, path, rank_cap)
     c, n = scores.shape
-    if cols.shape[1] == 0:
-        return torch.zeros(cols.shape, dtype=torch.long)
-    if path == "top" or (path == "auto" and rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP
-                         and cols.shape[1] <= TOPK_PATH_MAX_CAP and rank_cap < n):
-        if rank_cap is None:
-            raise ValueError("the 'top' ranking path needs rank_cap")
-        return _ranks_within_top(scores, cols, valid, rank_cap)
+    valid_np = valid.numpy()
+    out = np.zeros(cols.shape, dtype=np.int64)
+    if ranks.size:
+        rows = np.repeat(np.arange(c, dtype=np.int64), counts)
+        slot_keys = (np.arange(c, dtype=np.int64)[:, None] * n + cols.numpy())
+        flat_slots = np.flatnonzero(valid_np)
+        order = np.argsort(slot_keys.reshape(-1)[flat_slots], kind="stable")
+        found = np.searchsorted(slot_keys.reshape(-1)[flat_slots][order], rows * n + gidx)
+        out.reshape(-1)[flat_slots[order[found]]] = ranks
+    return torch.from_numpy(out)
+
+
+def _ranks_by_search(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
+                     pool: ThreadPoolExecutor | None, threads: int) -> torch.Tensor:
+    """Search path: sort the float scores of each row, binary-search each candidate, count ties exactly."""
+    n = scores.shape[1]
     s_np = scores.numpy()
-    if path == "permutation" or (path == "auto" and cols.shape[1] > n * PERMUTATION_PATH_FRACTION):
-        keys = _descending_keys(s_np)
-        _sort_rows(keys, pool, threads)
-        _check_finite_sorted(s_np, keys)
-        keys &= 0xFFFFFFFF  # in place: keys now hold the gallery index at each rank position
-        inv = np.empty((c, n), dtype=np.int32)
-        np.put_along_axis(inv, keys, np.arange(1, n + 1, dtype=np.int32)[None, :], axis=1)
-        del keys
-        ranks_np = np.take_along_axis(inv, cols.numpy(), axis=1).astype(np.int64)
-        ranks_np[~valid.numpy()] = 0
-        return torch.from_numpy(ranks_np)
     v = scores.gather(1, cols)
     srt = s_np.copy()
     _sort_rows(srt, pool, threads)
@@ -290,14 +376,6 @@ def _raise_overflow() -> None:
 
     raise InputError("similarity scores overflowed to inf/NaN; embeddings are too large in magnitude",
                      key="embeddings")
-
-
-def _check_finite_sorted(scores: np.ndarray, sorted_keys: np.ndarray) -> None:
-    """The worst-ranked item of each row must be finite or -inf (excluded); +inf/NaN mean overflow."""
-    worst = np.take_along_axis(scores, (sorted_keys[:, -1:] & 0xFFFFFFFF).astype(np.int64), axis=1)
-    best = np.take_along_axis(scores, (sorted_keys[:, :1] & 0xFFFFFFFF).astype(np.int64), axis=1)
-    if np.isnan(worst).any() or np.isnan(best).any() or np.isposinf(best).any():
-        _raise_overflow()
 
 
 def _tie_offsets(scores: torch.Tensor, cols: torch.Tensor, v: torch.Tensor, tied: torch.Tensor,
@@ -345,49 +423,91 @@ class ScaleAccumulator:
         return {name: math.fsum(arr[defined].tolist()) for name, arr in self.values.items()}
 
 
+@dataclass
+class _ChunkMetrics:
+    """Every scale's metrics for a block of a chunk's rows, from the flat ranks (blocks are small, so their arrays
+    stay in cache, and independent, so they run in the thread pool)."""
+
+    counts: np.ndarray  # [C] candidates per row
+    starts: np.ndarray  # [C + 1] cumulative counts
+    ranks: np.ndarray  # [M] per row ascending
+    gidx: np.ndarray  # [M] gallery index of each ranked candidate
+    query_labels: np.ndarray  # [C, S]
+    gallery_labels: list[np.ndarray]  # S arrays [Ng]
+    nested: bool
+    k_values: tuple[int, ...]
+    metrics: tuple[str, ...]
+    asi_cutoff: int | None
+    harmonic: torch.Tensor
+
+    def __call__(self, lo: int, hi: int) -> list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
+        from dynametric.metrics.ranking import metrics_from_flat_ranks
+
+        a, z = int(self.starts[lo]), int(self.starts[hi])
+        rows = np.repeat(np.arange(hi - lo, dtype=np.int64), self.counts[lo:hi])
+        everything = (rows, self.ranks[a:z], self.gidx[a:z])
+        subset = everything
+        num_scales = len(self.gallery_labels)
+        out = []
+        # coarsest first: in a nested hierarchy each finer scale's relevant set is a subset of the next coarser
+        # one, so it is filtered from that (smaller) set instead of from every candidate
+        for s in reversed(range(num_scales)):
+            if not (self.nested and s == num_scales - 1):  # else: the candidates are exactly the coarsest class
+                r_all, k_all, g_all = subset if self.nested else everything
+                rel = self.gallery_labels[s][g_all] == self.query_labels[lo:hi, s][r_all]
+                subset = (r_all[rel], k_all[rel], g_all[rel])
+            r_count, vals = metrics_from_flat_ranks(subset[0], subset[1], hi - lo, k_values=self.k_values,
+                                                    metrics=self.metrics, asi_cutoff=self.asi_cutoff,
+                                                    harmonic=self.harmonic)
+            out.append((s, r_count, vals))
+        return out
+
+
 def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
                 asi_cutoff: int | None, memory_budget_bytes: int | None,
                 progress: Callable[[int, int], None] | None = None) -> list[ScaleAccumulator]:
     """Chunk over queries, rank once, and accumulate every requested metric at every scale."""
-    from dynametric.metrics.ranking import harmonic_numbers, metrics_from_flat_ranks
+    from dynametric.metrics.ranking import harmonic_numbers
 
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
     num_scales = problem.query_labels.shape[1]
     if problem.distance == "euclidean" and problem.gallery_sq_norms is None:
         problem.gallery_sq_norms = (problem.gallery * problem.gallery).sum(1)
     cs = build_candidate_sets(problem.query_labels, problem.gallery_labels)
-    rows = plan_chunk_rows(nq, ng, memory_budget_bytes, num_scales, cs.max_size)
+    chunk_rows = plan_chunk_rows(nq, ng, memory_budget_bytes, num_scales, cs.max_size)
     harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1))
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
+    gallery_labels = [problem.gallery_labels[:, s].contiguous().numpy() for s in range(num_scales)]
     threads = _ordered_threads()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
-        for start in range(0, nq, rows):
-            stop = min(nq, start + rows)
+        for start in range(0, nq, chunk_rows):
+            stop = min(nq, start + chunk_rows)
             cols, valid = _candidates_for_chunk(cs, problem, start, stop)
             _drop_excluded(problem, cols, valid, start, stop)
             with torch.no_grad():
                 scores = scores_block(problem, start, stop)
                 # every metric but the full-ranking map only reads ranks up to max(R_q, K, asi cut-off)
                 cap = None if "map" in metrics else max(cols.shape[1], max(k_values, default=1), asi_cutoff or 0)
-                ranks = rank_candidates(scores, cols, valid, pool, threads, rank_cap=cap)
-            del scores
-            base = ng + 1
+                counts, ranks, gidx = rank_candidates_flat(scores, cols, valid, pool, threads, rank_cap=cap)
+            del scores, cols, valid
             c = stop - start
-            valid_np = valid.numpy()
-            key_all = (np.arange(c, dtype=np.int64)[:, None] * base) + ranks.numpy()
-            cand_labels = problem.gallery_labels.numpy()[cols.numpy()]  # [C, U, S], one gather for all scales
             ql = problem.query_labels[start:stop].numpy()
-            for s in range(num_scales):
-                if cs.nested and s == num_scales - 1:
-                    rel = valid_np  # the candidate set is exactly the coarsest class
-                else:
-                    rel = valid_np & (cand_labels[:, :, s] == ql[:, s:s + 1])
-                key = key_all[rel]
-                key.sort()  # numpy SIMD sort: (row, rank) order
-                r_count, vals = metrics_from_flat_ranks(key // base, key % base, c, k_values=k_values,
-                                                        metrics=metrics, asi_cutoff=asi_cutoff, harmonic=harmonic)
-                accs[s].add(start, r_count, vals)
+            starts = np.zeros(c + 1, dtype=np.int64)
+            np.cumsum(counts, out=starts[1:])
+
+            step = max(1, _METRIC_BLOCK_ITEMS // max(1, int(counts.max()) if c else 1))
+            blocks = [(lo, min(c, lo + step)) for lo in range(0, c, step)]
+            job = _ChunkMetrics(counts, starts, ranks, gidx, ql, gallery_labels, cs.nested, k_values, metrics,
+                                asi_cutoff, harmonic)
+            if pool is None or len(blocks) < 2:
+                results = [job(lo, hi) for lo, hi in blocks]
+            else:
+                results = [f.result() for f in [pool.submit(job, lo, hi) for lo, hi in blocks]]
+            for (lo, _hi), res in zip(blocks, results):
+                for s, r_count, vals in res:
+                    accs[s].add(start + lo, r_count, vals)
+            del ranks, gidx, results, job
             if progress is not None:
                 progress(stop, nq)
     finally:

@@ -61,18 +61,24 @@ def metrics_from_flat_ranks(
         out[f"recall@{k}"] = torch.from_numpy((first <= k).astype(np.float64))
     if metrics:
         denom = np.maximum(r_count, 1).astype(np.float64)
-        r_row = r_count[rows]
-        j = (np.arange(rows.size, dtype=np.int64) - start[rows] + 1).astype(np.float64)
-        prec = j / rk
-        within_r = rk <= r_row
+        seg = start[has]
 
         def per_row(weights: np.ndarray) -> np.ndarray:
-            return np.bincount(rows, weights=weights, minlength=num_rows)
+            # segment sums over each row's contiguous run (a row's sum never depends on the other rows)
+            total = np.zeros(num_rows, dtype=np.float64)
+            if weights.size:
+                total[has] = np.add.reduceat(weights, seg)
+            return total
 
+        r_row = np.repeat(r_count, r_count)
+        j = np.arange(1, rows.size + 1, dtype=np.int64)
+        j -= np.repeat(start, r_count)
+        prec = j / rk
+        within_r = rk <= r_row
         if "r_precision" in metrics:
             out["r_precision"] = torch.from_numpy(per_row(within_r.astype(np.float64)) / denom)
         if "map@r" in metrics:
-            out["map@r"] = torch.from_numpy(per_row(np.where(within_r, prec, 0.0)) / denom)
+            out["map@r"] = torch.from_numpy(per_row(prec * within_r) / denom)
         if "map" in metrics:
             out["map"] = torch.from_numpy(per_row(prec) / denom)
         if "asi" in metrics:
@@ -80,8 +86,8 @@ def metrics_from_flat_ranks(
             h = harmonic.numpy() if harmonic is not None and harmonic.numel() > top else \
                 harmonic_numbers(top).numpy()
             cut = r_row if asi_cutoff is None else np.full_like(r_row, asi_cutoff)
-            inside = rk <= cut
-            terms = np.where(inside, h[cut] - h[np.where(inside, rk, 1) - 1], 0.0)
+            # H_N - H_{min(rank, N + 1) - 1}: zero for ranks beyond the cut-off N
+            terms = h[cut] - h[np.minimum(rk, cut + 1) - 1]
             cut_den = denom if asi_cutoff is None else np.full(num_rows, float(asi_cutoff))
             out["asi"] = torch.from_numpy(per_row(terms) / cut_den)
     return torch.from_numpy(r_count), out
