@@ -29,6 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dynametric.metrics.symmetric import (
+    STATE_ALWAYS_OK_BYTES,
+    exact_top_ranks,
+    scores_cannot_overflow,
+    state_bytes,
+    symmetric_top_lists,
+)
+
 DEFAULT_MEMORY_BUDGET = 768 * 2**20
 """Default working-memory budget of the engine in bytes (chunk buffers; the embeddings themselves are extra)."""
 
@@ -321,11 +329,19 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
     if use_top:
         if rank_cap is None:
             raise ValueError("the 'top' ranking path needs rank_cap")
-        padded = _ranks_within_top(scores, cols, valid, rank_cap).numpy()
+        padded = _ranks_within_top(scores, cols, valid, rank_cap)
     else:
-        padded = _ranks_by_search(scores, cols, valid, pool, threads).numpy()
-    rows = np.repeat(np.arange(c, dtype=np.int64), counts)
-    rk = padded[valid_np]
+        padded = _ranks_by_search(scores, cols, valid, pool, threads)
+    return _flatten_ranks(padded, cols, valid, n)
+
+
+def _flatten_ranks(padded: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
+                   n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Padded ``[C, U]`` ranks -> ``(counts, ranks, gallery_index)`` grouped by row, ascending in rank."""
+    valid_np = valid.numpy()
+    counts = valid_np.sum(1).astype(np.int64)
+    rows = np.repeat(np.arange(valid_np.shape[0], dtype=np.int64), counts)
+    rk = padded.numpy()[valid_np]
     g = cols.numpy()[valid_np]
     order = np.argsort(rows * (n + 2) + rk, kind="stable")
     return counts, rk[order], g[order]
@@ -463,6 +479,37 @@ class _ChunkMetrics:
         return out
 
 
+def use_symmetric_path(problem: RankingProblem, metrics: tuple[str, ...], cap: int,
+                       memory_budget_bytes: int | None) -> bool:
+    """Leave-one-out with only small-cap metrics (no full-ranking ``map``): compute each pair's score once
+    (:mod:`dynametric.metrics.symmetric`), when its running top lists fit the budget and scores cannot overflow."""
+    n = problem.gallery.shape[0]
+    if not problem.leave_one_out or "map" in metrics or cap > TOPK_PATH_MAX_CAP or cap >= n - 1:
+        return False
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
+    need = state_bytes(n, cap)
+    if need > max(budget // 2, STATE_ALWAYS_OK_BYTES):
+        return False
+    return scores_cannot_overflow(problem.gallery, problem.distance == "euclidean")
+
+
+def _ranks_from_top_lists(problem: RankingProblem, top_lists: tuple[torch.Tensor, torch.Tensor], cap: int,
+                          cols: torch.Tensor, valid: torch.Tensor, start: int,
+                          stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat ranks of a chunk's candidates from the symmetric path's top lists; rows whose ``cap``-th and
+    ``(cap+1)``-th scores tie are recomputed alone on the row path (exact tie counting over the whole row)."""
+    n = problem.gallery.shape[0]
+    if cols.shape[1] == 0:
+        return _flatten_ranks(torch.zeros(cols.shape, dtype=torch.long), cols, valid, n)
+    vals, idx = top_lists
+    ranks, tied = exact_top_ranks(vals[start:stop], idx[start:stop], cols, valid, cap)
+    for r in tied.nonzero().flatten().tolist():  # rare (ties straddling the cap); one row at a time, same product
+        with torch.no_grad():
+            row_scores = scores_block(problem, start + r, start + r + 1)
+            ranks[r] = _ranks_within_top(row_scores, cols[r:r + 1], valid[r:r + 1], cap)[0]
+    return _flatten_ranks(ranks, cols, valid, n)
+
+
 def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
                 asi_cutoff: int | None, memory_budget_bytes: int | None,
                 progress: Callable[[int, int], None] | None = None) -> list[ScaleAccumulator]:
@@ -479,18 +526,30 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     gallery_labels = [problem.gallery_labels[:, s].contiguous().numpy() for s in range(num_scales)]
     threads = _ordered_threads()
+    global_cap = max(cs.max_size, max(k_values, default=1), asi_cutoff or 0)
+    top_lists = None
+    if use_symmetric_path(problem, metrics, global_cap, memory_budget_bytes):
+        top_lists = symmetric_top_lists(problem.query, global_cap + 1, euclidean=problem.distance == "euclidean",
+                                        sq_norms=problem.gallery_sq_norms, codes=problem.query_codes)
+        best = top_lists[0][:, 0]
+        if bool(torch.isnan(top_lists[0]).any()) or bool(torch.isposinf(best).any()):
+            _raise_overflow()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         for start in range(0, nq, chunk_rows):
             stop = min(nq, start + chunk_rows)
             cols, valid = _candidates_for_chunk(cs, problem, start, stop)
             _drop_excluded(problem, cols, valid, start, stop)
-            with torch.no_grad():
-                scores = scores_block(problem, start, stop)
-                # every metric but the full-ranking map only reads ranks up to max(R_q, K, asi cut-off)
-                cap = None if "map" in metrics else max(cols.shape[1], max(k_values, default=1), asi_cutoff or 0)
-                counts, ranks, gidx = rank_candidates_flat(scores, cols, valid, pool, threads, rank_cap=cap)
-            del scores, cols, valid
+            if top_lists is not None:
+                counts, ranks, gidx = _ranks_from_top_lists(problem, top_lists, global_cap, cols, valid, start, stop)
+            else:
+                with torch.no_grad():
+                    scores = scores_block(problem, start, stop)
+                    # every metric but the full-ranking map only reads ranks up to max(R_q, K, asi cut-off)
+                    cap = None if "map" in metrics else max(cols.shape[1], max(k_values, default=1), asi_cutoff or 0)
+                    counts, ranks, gidx = rank_candidates_flat(scores, cols, valid, pool, threads, rank_cap=cap)
+                del scores
+            del cols, valid
             c = stop - start
             ql = problem.query_labels[start:stop].numpy()
             starts = np.zeros(c + 1, dtype=np.int64)
