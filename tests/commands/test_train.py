@@ -58,6 +58,7 @@ def test_run_folder_and_metrics_shape(finished_run):
     assert info["selected"]["epoch"] == scores.index(max(scores))
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "Multi-scale retrieval" in html
+    assert "<td>None</td>" not in html  # every table cell holds a value (counts are not listed as metrics)
 
 
 def test_resume_of_a_finished_run_continues_with_more_epochs(finished_run, tmp_path):

@@ -38,10 +38,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
+_COUNT_KEYS = ("num_queries", "excluded_queries", "empty_queries", "kmeans_seed", "kmeans_restarts")
+"""Per-scale bookkeeping in an evaluation result, not metrics (the ``mean`` block does not have them)."""
+
+
 def metrics_table(metrics: dict[str, Any], scale_names: Sequence[str]) -> str:
     test, untrained = metrics.get("test", {}), metrics.get("untrained", {})
     names = [m for m in (test.get(scale_names[0]) or untrained.get(scale_names[0]) or {})
-             if m not in ("num_queries", "excluded_queries", "kmeans_seed", "kmeans_restarts")]
+             if m not in _COUNT_KEYS]
     rows = ["<tr><th>scale</th><th>metric</th><th>untrained</th><th>trained (best ckpt)</th><th>gain</th></tr>"]
     for scale in [*scale_names, "mean"]:
         for m in names:

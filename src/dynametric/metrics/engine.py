@@ -1,20 +1,20 @@
 """The chunked, exact ranking engine: one similarity pass serves every retrieval metric at every scale.
 
-For a chunk of ``C`` queries the engine
+Every metric is a function of the ranks of each query's relevant items, so the engine finds, exactly, the ranks
+of each query's *candidate relevant set* (the union over scales of the gallery items sharing a label with it; in a
+nested hierarchy the query's coarsest class, a contiguous range of the gallery sorted by coarsest label) and hands
+them to :func:`dynametric.metrics.ranking.metrics_from_flat_ranks`, per scale. Ranking paths, all exact under the
+ranking of METHODS.md §4 (descending score, ties by ascending gallery index):
 
-1. computes the ``[C, Ng]`` score block once (higher = closer; excluded candidates get ``-inf``);
-2. collects each query's *candidate relevant set*: the union over scales of the gallery items sharing a label with
-   it. When every finer label determines the coarsest one (nested hierarchies, and always for one scale) this is the
-   query's coarsest class, a contiguous range of the gallery sorted by coarsest label, so no ``[C, Ng]`` mask is
-   built; otherwise the union of per-scale label masks is used;
-3. sorts a copy of the score rows (numpy's SIMD sort, rows split over threads) and locates each relevant score in
-   its sorted row by binary search: ``rank = #{better score} + #{equal score with smaller gallery index} + 1``;
-   the second term is only computed (exactly) for the rare scores that occur more than once in their row;
-4. hands ranks and per-scale relevance flags to :func:`dynametric.metrics.ranking.metrics_from_sorted_ranks`.
+* tagged sort (full ranking, large candidate sets): one sort of unique int64 (score, index, tag) keys per row,
+  the candidates read off in rank order (:func:`_tagged_sort_ranks`);
+* search (full ranking, small candidate sets): float sort + binary search, ties counted directly;
+* top (only ranks up to a small cap matter): one ``topk`` per row;
+* symmetric (the top case in leave-one-out): each pair's score computed once, running top lists
+  (:mod:`dynametric.metrics.symmetric`).
 
-The ranking is the one of METHODS.md §4: descending score, ties broken by ascending gallery index, so the results
-are deterministic and exact for the computed scores. No ``[Nq, Ng]`` matrix is ever held: the chunk size is chosen
-from a memory budget (:func:`plan_chunk_rows`).
+No ``[Nq, Ng]`` matrix is ever held: the chunk size is chosen from a memory budget (:func:`plan_chunk_rows`), and
+the budget never changes a computed score, so results are identical for any budget.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _tagged_sort_ranks(scores: np.ndarray, cols: np.ndarray, valid: np.ndarray, 
             flat = kb.reshape(-1)
             flat[(np.arange(m, dtype=np.int64)[:, None] * n + cols[r0:r1])[valid[r0:r1]]] |= 1
             kb.sort(axis=1)
-            nz = np.flatnonzero(kb.view(np.uint8)[:, _LOW_BYTE::8] & 1)
+            nz = np.flatnonzero((kb.view(np.uint8)[:, _LOW_BYTE::8] & 1).view(np.bool_))  # bool: fast nonzero
             if nz.shape[0] != z - a:  # pragma: no cover - a duplicate candidate would be a caller bug
                 raise RuntimeError("tagged ranking lost candidates (duplicate candidate columns?)")
             ranks[a:z] = nz % n + 1
