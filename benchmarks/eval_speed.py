@@ -4,7 +4,7 @@ Contenders, each run in its own subprocess on the same synthetic embeddings (see
 timed), wall time and the child's own peak RSS recorded:
 
 * ``floor``      – the bare chunked matrix product ``Q_chunk @ G.T`` over all query chunks (same chunk size as
-  dynametric under the same memory budget), nothing else;
+  dynametric's row path under the same memory budget, written into one reused output buffer), nothing else;
 * ``dynametric`` – :func:`dynametric.metrics.evaluate_embeddings`, leave-one-out;
 * ``pml``        – ``AccuracyCalculator(k="max_bin_count")`` (faiss kNN), once per scale.
 
@@ -76,8 +76,9 @@ def worker(args: argparse.Namespace) -> dict:
         xt = torch.from_numpy(x)
         rows = plan_chunk_rows(len(x), len(x), args.budget)  # single-scale search-path chunking
         acc = 0.0
+        buf = torch.empty((rows, len(x)), dtype=torch.float32)  # reused, as the engine does
         for start in range(0, len(x), rows):
-            s = xt[start:start + rows] @ xt.T
+            s = torch.matmul(xt[start:start + rows], xt.T, out=buf[:min(rows, len(x) - start)])
             acc += float(s[0, 0])
         result["chunk_rows"] = rows
     elif args.contender == "dynametric":

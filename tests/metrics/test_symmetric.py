@@ -25,9 +25,9 @@ def small_tiles(monkeypatch):
         calls["lists"] += 1
         return real_lists(*args, **kwargs)
 
-    def spy_block(problem, start, stop):
+    def spy_block(problem, start, stop, **kwargs):
         calls["recomputed_rows"] += stop - start
-        return real_block(problem, start, stop)
+        return real_block(problem, start, stop, **kwargs)
 
     monkeypatch.setattr(engine, "symmetric_top_lists", spy_lists)
     monkeypatch.setattr(engine, "scores_block", spy_block)

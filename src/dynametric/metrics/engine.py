@@ -96,14 +96,19 @@ def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, parts: int = 
         f.result()
 
 
-def scores_block(problem: RankingProblem, start: int, stop: int) -> torch.Tensor:
+def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Scores ``[stop-start, Ng]`` (float32, higher = closer) with excluded candidates set to ``-inf``.
 
     Cosine: ``<q, g>`` of L2-normalised rows. Euclidean: ``2<q, g> - ||g||^2``, which orders candidates exactly as
-    ``-||q - g||^2`` does (the dropped ``||q||^2`` is constant along a row).
+    ``-||q - g||^2`` does (the dropped ``||q||^2`` is constant along a row). ``out``: a reusable ``[>= C, Ng]``
+    float32 buffer (its first ``C`` rows are written and returned); reusing one buffer for every chunk avoids
+    faulting in a fresh block of pages per chunk, which costs about half as much as the product itself.
     """
     q = problem.query[start:stop]
-    s = q @ problem.gallery.T
+    if out is None:
+        s = q @ problem.gallery.T
+    else:
+        s = torch.matmul(q, problem.gallery.T, out=out[:stop - start])
     if problem.distance == "euclidean":
         s.mul_(2.0).sub_(problem.gallery_sq_norms.unsqueeze(0))
     if problem.leave_one_out:
@@ -193,12 +198,48 @@ _TAG_GROUP_ROWS = 2  # rows per sort group: keys of 2 rows stay in cache through
 _LOW_BYTE = 0 if sys.byteorder == "little" else 7
 
 
-def _tagged_sort_ranks(scores: np.ndarray, cols: np.ndarray, valid: np.ndarray, counts: np.ndarray,
+@dataclass
+class _TagColumns:
+    """Candidates given as padded columns: ``cols``/``valid`` ``[C, U]`` (unique per row)."""
+
+    cols: np.ndarray
+    valid: np.ndarray
+
+    def counts(self) -> np.ndarray:
+        return self.valid.sum(1).astype(np.int64)
+
+    def tag(self, flat: np.ndarray, r0: int, r1: int, n: int) -> None:
+        flat[(np.arange(r1 - r0, dtype=np.int64)[:, None] * n + self.cols[r0:r1])[self.valid[r0:r1]]] |= 1
+
+
+@dataclass
+class _TagRanges:
+    """Candidates given as ranges of a gallery order (a query's coarsest class, nested hierarchies): row ``r``'s
+    candidates are ``order[lo[r]:hi[r]]`` minus ``skip[r]`` (its own index in leave-one-out; ``-1`` for none).
+    Tagging from ranges never builds a padded ``[C, U]`` array."""
+
+    order: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    skip: np.ndarray
+
+    def counts(self) -> np.ndarray:
+        return (self.hi - self.lo - (self.skip >= 0)).astype(np.int64)
+
+    def tag(self, flat: np.ndarray, r0: int, r1: int, n: int) -> None:
+        for r in range(r0, r1):
+            base = (r - r0) * n
+            flat[self.order[self.lo[r]:self.hi[r]] + base] |= 1
+            if self.skip[r] >= 0:
+                flat[base + self.skip[r]] &= ~1
+
+
+def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, counts: np.ndarray,
                        pool: ThreadPoolExecutor | None, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of tagged candidates from one sort of unique int64 keys per row.
 
-    ``scores``: float32 ``[C, Ng]``; ``cols``/``valid``: ``[C, U]`` candidates (unique per row) and which slots are
-    used; ``counts`` = ``valid.sum(1)``. Each row's key is ``(descending-order score bits) << 32 | index << 1 | tag``:
+    ``scores``: float32 ``[C, Ng]``; ``tags``: each row's candidates; ``counts`` = ``tags.counts()``. Each row's
+    key is ``(descending-order score bits) << 32 | index << 1 | tag``:
     the float32 bits are mapped to an order-preserving int32 (``i ^ ((i >> 31) & 0x7FFFFFFF)``, after ``+ 0.0`` so
     that ``-0.0`` equals ``+0.0``) and inverted, so ascending keys are the ranking (descending score, ties by
     ascending index) and the tag bit marks candidates without changing the order. After the sort the tags are
@@ -237,7 +278,7 @@ def _tagged_sort_ranks(scores: np.ndarray, cols: np.ndarray, valid: np.ndarray, 
             kb |= idx2
             a, z = int(starts[r0]), int(starts[r1])
             flat = kb.reshape(-1)
-            flat[(np.arange(m, dtype=np.int64)[:, None] * n + cols[r0:r1])[valid[r0:r1]]] |= 1
+            tags.tag(flat, r0, r1, n)
             kb.sort(axis=1)
             nz = np.flatnonzero((kb.view(np.uint8)[:, _LOW_BYTE::8] & 1).view(np.bool_))  # bool: fast nonzero
             if nz.shape[0] != z - a:  # pragma: no cover - a duplicate candidate would be a caller bug
@@ -324,7 +365,7 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
     use_top = path == "top" or (path == "auto" and rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP
                                 and cols.shape[1] <= TOPK_PATH_MAX_CAP and rank_cap < n)
     if not use_top and (path == "tagged" or (path == "auto" and cols.shape[1] > n * TAGGED_PATH_FRACTION)):
-        ranks, gidx = _tagged_sort_ranks(scores.numpy(), cols.numpy(), valid_np, counts, pool, threads)
+        ranks, gidx = _tagged_sort_ranks(scores.numpy(), _TagColumns(cols.numpy(), valid_np), counts, pool, threads)
         return counts, ranks, gidx
     if use_top:
         if rank_cap is None:
@@ -469,9 +510,12 @@ class _ChunkMetrics:
         # one, so it is filtered from that (smaller) set instead of from every candidate
         for s in reversed(range(num_scales)):
             if not (self.nested and s == num_scales - 1):  # else: the candidates are exactly the coarsest class
-                r_all, k_all, g_all = subset if self.nested else everything
-                rel = self.gallery_labels[s][g_all] == self.query_labels[lo:hi, s][r_all]
-                subset = (r_all[rel], k_all[rel], g_all[rel])
+                from_all = subset is everything or not self.nested
+                r_all, k_all, g_all = everything if from_all else subset
+                q_lab = self.query_labels[lo:hi, s]
+                q_lab = np.repeat(q_lab, self.counts[lo:hi]) if from_all else q_lab[r_all]
+                keep = np.flatnonzero(self.gallery_labels[s][g_all] == q_lab)  # one index, three cheap takes
+                subset = (r_all[keep], k_all[keep], g_all[keep])
             r_count, vals = metrics_from_flat_ranks(subset[0], subset[1], hi - lo, k_values=self.k_values,
                                                     metrics=self.metrics, asi_cutoff=self.asi_cutoff,
                                                     harmonic=self.harmonic)
@@ -510,6 +554,37 @@ def _ranks_from_top_lists(problem: RankingProblem, top_lists: tuple[torch.Tensor
     return _flatten_ranks(ranks, cols, valid, n)
 
 
+def _accumulate_chunk(accs: list[ScaleAccumulator], start: int, counts: np.ndarray, ranks: np.ndarray,
+                      gidx: np.ndarray, problem: RankingProblem, gallery_labels: list[np.ndarray], nested: bool,
+                      k_values: tuple[int, ...], metrics: tuple[str, ...], asi_cutoff: int | None,
+                      harmonic: torch.Tensor, pool: ThreadPoolExecutor | None) -> None:
+    """Every scale's metrics for one chunk's flat ranks, per block of rows (in the thread pool), into ``accs``."""
+    c = counts.shape[0]
+    ql = problem.query_labels[start:start + c].numpy()
+    starts = np.zeros(c + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    step = max(1, _METRIC_BLOCK_ITEMS // max(1, int(counts.max()) if c else 1))
+    blocks = [(lo, min(c, lo + step)) for lo in range(0, c, step)]
+    job = _ChunkMetrics(counts, starts, ranks, gidx, ql, gallery_labels, nested, k_values, metrics, asi_cutoff,
+                        harmonic)
+    if pool is None or len(blocks) < 2:
+        results = [job(lo, hi) for lo, hi in blocks]
+    else:
+        results = [f.result() for f in [pool.submit(job, lo, hi) for lo, hi in blocks]]
+    for (lo, _hi), res in zip(blocks, results):
+        for s, r_count, vals in res:
+            accs[s].add(start + lo, r_count, vals)
+
+
+def _chunk_takes_tagged_path(cs: CandidateSets, start: int, stop: int, ng: int, metrics: tuple[str, ...],
+                             k_values: tuple[int, ...], asi_cutoff: int | None) -> bool:
+    """Whether :func:`rank_candidates_flat` (``path="auto"``) would pick the tagged path for this chunk."""
+    u = int((cs.hi[start:stop] - cs.lo[start:stop]).max()) if stop > start else 0
+    cap = None if "map" in metrics else max(u, max(k_values, default=1), asi_cutoff or 0)
+    use_top = cap is not None and cap <= TOPK_PATH_MAX_CAP and u <= TOPK_PATH_MAX_CAP and cap < ng
+    return not use_top and u > ng * TAGGED_PATH_FRACTION
+
+
 def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
                 asi_cutoff: int | None, memory_budget_bytes: int | None,
                 progress: Callable[[int, int], None] | None = None) -> list[ScaleAccumulator]:
@@ -535,38 +610,38 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         if bool(torch.isnan(top_lists[0]).any()) or bool(torch.isposinf(best).any()):
             _raise_overflow()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    # nested candidate sets with no shared-id exclusions can be tagged straight from the coarsest-class ranges
+    use_ranges = top_lists is None and cs.nested and problem.query_codes is None
+    buffer: list[torch.Tensor] = []  # one [chunk_rows, Ng] score buffer, reused by every chunk
+
+    def chunk_scores(start: int, stop: int) -> torch.Tensor:
+        if not buffer:
+            buffer.append(torch.empty((chunk_rows, ng), dtype=torch.float32))
+        with torch.no_grad():
+            return scores_block(problem, start, stop, out=buffer[0])
+
     try:
         for start in range(0, nq, chunk_rows):
             stop = min(nq, start + chunk_rows)
-            cols, valid = _candidates_for_chunk(cs, problem, start, stop)
-            _drop_excluded(problem, cols, valid, start, stop)
-            if top_lists is not None:
-                counts, ranks, gidx = _ranks_from_top_lists(problem, top_lists, global_cap, cols, valid, start, stop)
+            if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, metrics, k_values, asi_cutoff):
+                skip = np.arange(start, stop, dtype=np.int64) if problem.leave_one_out else \
+                    np.full(stop - start, -1, dtype=np.int64)
+                tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip)
+                counts = tags.counts()
+                ranks, gidx = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads)
             else:
-                with torch.no_grad():
-                    scores = scores_block(problem, start, stop)
+                cols, valid = _candidates_for_chunk(cs, problem, start, stop)
+                _drop_excluded(problem, cols, valid, start, stop)
+                if top_lists is not None:
+                    counts, ranks, gidx = _ranks_from_top_lists(problem, top_lists, global_cap, cols, valid, start,
+                                                                stop)
+                else:
                     # every metric but the full-ranking map only reads ranks up to max(R_q, K, asi cut-off)
                     cap = None if "map" in metrics else max(cols.shape[1], max(k_values, default=1), asi_cutoff or 0)
-                    counts, ranks, gidx = rank_candidates_flat(scores, cols, valid, pool, threads, rank_cap=cap)
-                del scores
-            del cols, valid
-            c = stop - start
-            ql = problem.query_labels[start:stop].numpy()
-            starts = np.zeros(c + 1, dtype=np.int64)
-            np.cumsum(counts, out=starts[1:])
-
-            step = max(1, _METRIC_BLOCK_ITEMS // max(1, int(counts.max()) if c else 1))
-            blocks = [(lo, min(c, lo + step)) for lo in range(0, c, step)]
-            job = _ChunkMetrics(counts, starts, ranks, gidx, ql, gallery_labels, cs.nested, k_values, metrics,
-                                asi_cutoff, harmonic)
-            if pool is None or len(blocks) < 2:
-                results = [job(lo, hi) for lo, hi in blocks]
-            else:
-                results = [f.result() for f in [pool.submit(job, lo, hi) for lo, hi in blocks]]
-            for (lo, _hi), res in zip(blocks, results):
-                for s, r_count, vals in res:
-                    accs[s].add(start + lo, r_count, vals)
-            del ranks, gidx, results, job
+                    counts, ranks, gidx = rank_candidates_flat(chunk_scores(start, stop), cols, valid, pool, threads,
+                                                               rank_cap=cap)
+            _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, k_values,
+                              metrics, asi_cutoff, harmonic, pool)
             if progress is not None:
                 progress(stop, nq)
     finally:

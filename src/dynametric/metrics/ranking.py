@@ -74,9 +74,16 @@ def metrics_from_flat_ranks(
         j = np.arange(1, rows.size + 1, dtype=np.int64)
         j -= np.repeat(start, r_count)
         prec = j / rk
-        within_r = rk <= r_row
+        within_r = rk <= r_row  # a prefix of each row: ranks ascend and rank_j >= j
+
+        def count_per_row(mask: np.ndarray) -> np.ndarray:
+            total = np.zeros(num_rows, dtype=np.int64)
+            if mask.size:
+                total[has] = np.add.reduceat(mask.view(np.int8), seg, dtype=np.int64)
+            return total
+
         if "r_precision" in metrics:
-            out["r_precision"] = torch.from_numpy(per_row(within_r.astype(np.float64)) / denom)
+            out["r_precision"] = torch.from_numpy(count_per_row(within_r) / denom)
         if "map@r" in metrics:
             out["map@r"] = torch.from_numpy(per_row(prec * within_r) / denom)
         if "map" in metrics:
@@ -85,11 +92,14 @@ def metrics_from_flat_ranks(
             top = max(int(rk.max()) if rk.size else 0, asi_cutoff or 0, int(r_count.max()) if num_rows else 0, 1)
             h = harmonic.numpy() if harmonic is not None and harmonic.numel() > top else \
                 harmonic_numbers(top).numpy()
-            cut = r_row if asi_cutoff is None else np.full_like(r_row, asi_cutoff)
-            # H_N - H_{min(rank, N + 1) - 1}: zero for ranks beyond the cut-off N
-            terms = h[cut] - h[np.minimum(rk, cut + 1) - 1]
+            # sum_{rank_j <= N} (H_N - H_{rank_j - 1}) = |{j : rank_j <= N}| * H_N - sum_{rank_j <= N} H_{rank_j - 1}
+            inside = within_r if asi_cutoff is None else rk <= asi_cutoff
+            cut = r_count if asi_cutoff is None else np.full(num_rows, asi_cutoff, dtype=np.int64)
+            h_prev = np.concatenate(([0.0], h[:-1]))  # h_prev[r] = H_{r-1}
+            h_before = h_prev[rk]
+            sums = count_per_row(inside) * h[cut] - per_row(h_before * inside)
             cut_den = denom if asi_cutoff is None else np.full(num_rows, float(asi_cutoff))
-            out["asi"] = torch.from_numpy(per_row(terms) / cut_den)
+            out["asi"] = torch.from_numpy(sums / cut_den)
     return torch.from_numpy(r_count), out
 
 

@@ -113,19 +113,22 @@ def symmetric_top_lists(x: torch.Tensor, k1: int, *, euclidean: bool = False, sq
     lists = _TopLists(n, k1)
     if euclidean and sq_norms is None:
         sq_norms = (x * x).sum(1)
+    # two reusable tile buffers (a fresh block per tile would fault in its pages every time)
+    buf = torch.empty((min(n, TILE), min(n, TILE)), dtype=torch.float32)
+    buf2 = torch.empty_like(buf) if euclidean else None
     with torch.no_grad():
         for a0 in range(0, n, TILE):
             a1 = min(n, a0 + TILE)
             xa = x[a0:a1]
             for b0 in range(a0, n, TILE):
                 b1 = min(n, b0 + TILE)
-                g = xa @ x[b0:b1].T
+                g = torch.matmul(xa, x[b0:b1].T, out=buf[:a1 - a0, :b1 - b0])
                 if a0 == b0:
                     g.diagonal().fill_(float("-inf"))
                 if codes is not None:
                     g.masked_fill_(codes[a0:a1].unsqueeze(1) == codes[b0:b1].unsqueeze(0), float("-inf"))
                 if euclidean:
-                    row_view = g.mul(2.0).sub_(sq_norms[b0:b1].unsqueeze(0))
+                    row_view = torch.mul(g, 2.0, out=buf2[:a1 - a0, :b1 - b0]).sub_(sq_norms[b0:b1].unsqueeze(0))
                     _offer(lists, row_view, a0, b0, transposed=False)
                     del row_view
                     if b0 != a0:
