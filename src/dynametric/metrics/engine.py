@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -235,7 +236,9 @@ class _TagRanges:
 
 
 def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, counts: np.ndarray,
-                       pool: ThreadPoolExecutor | None, threads: int) -> tuple[np.ndarray, np.ndarray]:
+                       pool: ThreadPoolExecutor | None, threads: int,
+                       on_block: Callable[[int, int, np.ndarray, np.ndarray], Any] | None = None,
+                       block_rows: int = 32) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, Any]]]:
     """Ranks of tagged candidates from one sort of unique int64 keys per row.
 
     ``scores``: float32 ``[C, Ng]``; ``tags``: each row's candidates; ``counts`` = ``tags.counts()``. Each row's
@@ -244,8 +247,11 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
     that ``-0.0`` equals ``+0.0``) and inverted, so ascending keys are the ranking (descending score, ties by
     ascending index) and the tag bit marks candidates without changing the order. After the sort the tags are
     read off in rank order: no inverse permutation, no per-candidate search, ties exact. Returns ``(ranks,
-    gallery_index)``, flat, grouped by row and ascending in rank within a row. Rows are processed two at a time
-    per thread so a row's keys stay in cache from build to scan.
+    gallery_index, block_results)``: ranks and indices flat, grouped by row and ascending in rank within a row.
+    Rows are processed two at a time per thread so a row's keys stay in cache from build to scan; with
+    ``on_block``, each thread calls ``on_block(lo, hi, ranks, gallery_index)`` as soon as rows ``[lo, hi)`` (about
+    ``block_rows`` of them) are ranked, while their output is still in cache, and ``block_results`` collects
+    ``(lo, hi, result)`` in row order.
     """
     c, n = scores.shape
     if n >= 2**31:
@@ -257,8 +263,11 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
     ends = np.empty((c, 2), dtype=np.int64)
     idx2 = np.arange(n, dtype=np.int64) * 2
 
+    block_results: list[tuple[int, int, Any]] = []
+
     def work(x: int, y: int) -> None:
         g = _TAG_GROUP_ROWS
+        block_start = x
         fbuf = np.empty((g, n), dtype=np.float32)
         kbuf = np.empty((g, n), dtype=np.int32)
         keys = np.empty((g, n), dtype=np.int64)
@@ -290,6 +299,9 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
             gidx[a:z] = sel
             ends[r0:r1, 0] = (kb[:, 0] & 0xFFFFFFFF) >> 1
             ends[r0:r1, 1] = (kb[:, -1] & 0xFFFFFFFF) >> 1
+            if on_block is not None and (r1 - block_start >= block_rows or r1 == y):
+                block_results.append((block_start, r1, on_block(block_start, r1, ranks, gidx)))
+                block_start = r1
 
     parts = max(1, min(threads, c))
     if pool is None or parts < 2:
@@ -302,7 +314,8 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
     worst = np.take_along_axis(scores, ends[:, 1:], axis=1)
     if np.isnan(worst).any() or np.isnan(best).any() or np.isposinf(best).any():
         _raise_overflow()
-    return ranks, gidx
+    block_results.sort(key=lambda item: item[0])
+    return ranks, gidx, block_results
 
 
 TOPK_PATH_MAX_CAP = 64
@@ -365,7 +378,8 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
     use_top = path == "top" or (path == "auto" and rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP
                                 and cols.shape[1] <= TOPK_PATH_MAX_CAP and rank_cap < n)
     if not use_top and (path == "tagged" or (path == "auto" and cols.shape[1] > n * TAGGED_PATH_FRACTION)):
-        ranks, gidx = _tagged_sort_ranks(scores.numpy(), _TagColumns(cols.numpy(), valid_np), counts, pool, threads)
+        ranks, gidx, _ = _tagged_sort_ranks(scores.numpy(), _TagColumns(cols.numpy(), valid_np), counts, pool,
+                                            threads)
         return counts, ranks, gidx
     if use_top:
         if rank_cap is None:
@@ -487,8 +501,6 @@ class _ChunkMetrics:
 
     counts: np.ndarray  # [C] candidates per row
     starts: np.ndarray  # [C + 1] cumulative counts
-    ranks: np.ndarray  # [M] per row ascending
-    gidx: np.ndarray  # [M] gallery index of each ranked candidate
     query_labels: np.ndarray  # [C, S]
     gallery_labels: list[np.ndarray]  # S arrays [Ng]
     nested: bool
@@ -497,12 +509,14 @@ class _ChunkMetrics:
     asi_cutoff: int | None
     harmonic: torch.Tensor
 
-    def __call__(self, lo: int, hi: int) -> list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
+    def __call__(self, lo: int, hi: int, ranks: np.ndarray,
+                 gidx: np.ndarray) -> list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
+        """Rows ``[lo, hi)``; ``ranks``/``gidx``: the chunk's flat ranks (per row ascending) and gallery indices."""
         from dynametric.metrics.ranking import metrics_from_flat_ranks
 
         a, z = int(self.starts[lo]), int(self.starts[hi])
         rows = np.repeat(np.arange(hi - lo, dtype=np.int64), self.counts[lo:hi])
-        everything = (rows, self.ranks[a:z], self.gidx[a:z])
+        everything = (rows, ranks[a:z], gidx[a:z])
         subset = everything
         num_scales = len(self.gallery_labels)
         out = []
@@ -521,6 +535,25 @@ class _ChunkMetrics:
                                                     harmonic=self.harmonic)
             out.append((s, r_count, vals))
         return out
+
+    @classmethod
+    def for_chunk(cls, counts: np.ndarray, query_labels: np.ndarray, gallery_labels: list[np.ndarray], nested: bool,
+                  k_values: tuple[int, ...], metrics: tuple[str, ...], asi_cutoff: int | None,
+                  harmonic: torch.Tensor) -> _ChunkMetrics:
+        starts = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        return cls(counts, starts, query_labels, gallery_labels, nested, k_values, metrics, asi_cutoff, harmonic)
+
+    def block_rows(self) -> int:
+        """Rows per block: about ``_METRIC_BLOCK_ITEMS`` candidates, so a block's arrays stay in cache."""
+        return max(1, _METRIC_BLOCK_ITEMS // max(1, int(self.counts.max()) if self.counts.size else 1))
+
+    @staticmethod
+    def add_to(accs: list[ScaleAccumulator], start: int,
+               blocks: list[tuple[int, int, list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]]]) -> None:
+        for lo, _hi, res in blocks:
+            for s, r_count, vals in res:
+                accs[s].add(start + lo, r_count, vals)
 
 
 def use_symmetric_path(problem: RankingProblem, metrics: tuple[str, ...], cap: int,
@@ -560,20 +593,15 @@ def _accumulate_chunk(accs: list[ScaleAccumulator], start: int, counts: np.ndarr
                       harmonic: torch.Tensor, pool: ThreadPoolExecutor | None) -> None:
     """Every scale's metrics for one chunk's flat ranks, per block of rows (in the thread pool), into ``accs``."""
     c = counts.shape[0]
-    ql = problem.query_labels[start:start + c].numpy()
-    starts = np.zeros(c + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    step = max(1, _METRIC_BLOCK_ITEMS // max(1, int(counts.max()) if c else 1))
+    job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:start + c].numpy(), gallery_labels, nested,
+                                  k_values, metrics, asi_cutoff, harmonic)
+    step = job.block_rows()
     blocks = [(lo, min(c, lo + step)) for lo in range(0, c, step)]
-    job = _ChunkMetrics(counts, starts, ranks, gidx, ql, gallery_labels, nested, k_values, metrics, asi_cutoff,
-                        harmonic)
     if pool is None or len(blocks) < 2:
-        results = [job(lo, hi) for lo, hi in blocks]
+        results = [job(lo, hi, ranks, gidx) for lo, hi in blocks]
     else:
-        results = [f.result() for f in [pool.submit(job, lo, hi) for lo, hi in blocks]]
-    for (lo, _hi), res in zip(blocks, results):
-        for s, r_count, vals in res:
-            accs[s].add(start + lo, r_count, vals)
+        results = [f.result() for f in [pool.submit(job, lo, hi, ranks, gidx) for lo, hi in blocks]]
+    job.add_to(accs, start, [(lo, hi, res) for (lo, hi), res in zip(blocks, results)])
 
 
 def _chunk_takes_tagged_path(cs: CandidateSets, start: int, stop: int, ng: int, metrics: tuple[str, ...],
@@ -628,7 +656,15 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                     np.full(stop - start, -1, dtype=np.int64)
                 tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip)
                 counts = tags.counts()
-                ranks, gidx = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads)
+                # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
+                job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
+                                              cs.nested, k_values, metrics, asi_cutoff, harmonic)
+                _, _, blocks = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads,
+                                                  on_block=job, block_rows=job.block_rows())
+                job.add_to(accs, start, blocks)
+                if progress is not None:
+                    progress(stop, nq)
+                continue
             else:
                 cols, valid = _candidates_for_chunk(cs, problem, start, stop)
                 _drop_excluded(problem, cols, valid, start, stop)
