@@ -85,3 +85,46 @@ def test_metrics_without_full_map_use_the_top_path_and_agree():
     for scale in ("fine", "coarse", "mean"):
         for m in fast_metrics:
             assert fast[scale][m] == full[scale][m], (scale, m)
+
+
+def test_tagged_path_with_the_wide_gallery_key_layout(monkeypatch):
+    # galleries of 2**24+ items keep the index at bit 1 (tag read through a mask); force that layout here
+    import dynametric.metrics.engine as engine
+
+    monkeypatch.setattr(engine, "_index_shift", lambda n: 1)
+    rng = np.random.default_rng(5)
+    scores = (rng.integers(-4, 5, (9, 40)) / 4.0).astype(np.float32)
+    scores[0, :6] = -0.0
+    cols = np.stack([rng.permutation(40)[:15] for _ in range(9)])
+    valid = rng.random((9, 15)) < 0.8
+    got = rank_candidates(torch.from_numpy(scores), torch.from_numpy(cols), torch.from_numpy(valid), path="tagged")
+    want = _brute_ranks(scores + 0.0, cols)
+    assert np.array_equal(got.numpy(), np.where(valid, want, 0))
+
+
+def test_class_patterns_tag_each_class_and_respect_the_memory_cap(monkeypatch):
+    import dynametric.metrics.engine as engine
+
+    order = np.array([3, 0, 4, 1, 2])  # gallery sorted by class: class A = {3, 0}, class B = {4, 1, 2}
+    lo, hi = np.array([0, 2, 0]), np.array([2, 5, 2])
+    pats = engine.class_patterns(order, lo, hi, 5)
+    shift = engine._index_shift(5)
+    assert sorted(pats) == [0, 2]
+    assert (pats[0] & 1).tolist() == [1, 0, 0, 1, 0] and (pats[2] & 1).tolist() == [0, 1, 1, 0, 1]
+    assert (pats[0] >> shift).tolist() == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(engine, "_PATTERN_BYTES", 8 * 5)  # room for one class only
+    assert engine.class_patterns(order, lo, hi, 5) is None
+
+
+def test_range_tagging_with_and_without_class_patterns_agree(monkeypatch):
+    import dynametric.metrics.engine as engine
+
+    rng = np.random.default_rng(8)
+    x = np.round(rng.standard_normal((120, 3)), 1).astype(np.float32)  # ties
+    fine = rng.integers(0, 30, 120)
+    labels = np.stack([fine, fine % 6, fine % 3], 1)
+    with_patterns = evaluate_embeddings(x, labels)
+    monkeypatch.setattr(engine, "_PATTERN_BYTES", 0)
+    assert evaluate_embeddings(x, labels) == with_patterns
+    monkeypatch.setattr(engine, "TAGGED_PATH_FRACTION", 1.0)  # the search path instead: the same exact ranks
+    assert evaluate_embeddings(x, labels) == with_patterns

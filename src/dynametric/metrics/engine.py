@@ -199,6 +199,12 @@ _TAG_GROUP_ROWS = 2  # rows per sort group: keys of 2 rows stay in cache through
 _LOW_BYTE = 0 if sys.byteorder == "little" else 7
 
 
+def _index_shift(n: int) -> int:
+    """Bit position of the gallery index in a key's low 32 bits: 8 (the low byte is then exactly the tag, read as a
+    bool without masking) for galleries below 2**24 items, 1 above."""
+    return 8 if n < 2**24 else 1
+
+
 @dataclass
 class _TagColumns:
     """Candidates given as padded columns: ``cols``/``valid`` ``[C, U]`` (unique per row)."""
@@ -209,30 +215,57 @@ class _TagColumns:
     def counts(self) -> np.ndarray:
         return self.valid.sum(1).astype(np.int64)
 
-    def tag(self, flat: np.ndarray, r0: int, r1: int, n: int) -> None:
-        flat[(np.arange(r1 - r0, dtype=np.int64)[:, None] * n + self.cols[r0:r1])[self.valid[r0:r1]]] |= 1
+    def fill(self, keys: np.ndarray, r0: int, r1: int, low: np.ndarray) -> None:
+        """OR each row's low bits (``index << shift``, plus the tag for candidates) into ``keys`` (rows r0..r1)."""
+        keys |= low
+        n = keys.shape[1]
+        keys.reshape(-1)[(np.arange(r1 - r0, dtype=np.int64)[:, None] * n + self.cols[r0:r1])[self.valid[r0:r1]]] |= 1
 
 
 @dataclass
 class _TagRanges:
     """Candidates given as ranges of a gallery order (a query's coarsest class, nested hierarchies): row ``r``'s
     candidates are ``order[lo[r]:hi[r]]`` minus ``skip[r]`` (its own index in leave-one-out; ``-1`` for none).
-    Tagging from ranges never builds a padded ``[C, U]`` array."""
+    Tagging from ranges never builds a padded ``[C, U]`` array; with ``patterns`` (``lo`` -> the class's full low
+    bits, index and tags, precomputed when there are few classes) a row's low bits are one OR."""
 
     order: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     skip: np.ndarray
+    patterns: dict[int, np.ndarray] | None = None
 
     def counts(self) -> np.ndarray:
         return (self.hi - self.lo - (self.skip >= 0)).astype(np.int64)
 
-    def tag(self, flat: np.ndarray, r0: int, r1: int, n: int) -> None:
+    def fill(self, keys: np.ndarray, r0: int, r1: int, low: np.ndarray) -> None:
         for r in range(r0, r1):
-            base = (r - r0) * n
-            flat[self.order[self.lo[r]:self.hi[r]] + base] |= 1
+            row = keys[r - r0]
+            pattern = None if self.patterns is None else self.patterns.get(int(self.lo[r]))
+            if pattern is None:
+                row |= low
+                row[self.order[self.lo[r]:self.hi[r]]] |= 1
+            else:
+                row |= pattern
             if self.skip[r] >= 0:
-                flat[base + self.skip[r]] &= ~1
+                row[self.skip[r]] &= ~1
+
+
+_PATTERN_BYTES = 64 * 2**20  # precomputed class tag patterns are used while they take at most this much memory
+
+
+def class_patterns(order: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int) -> dict[int, np.ndarray] | None:
+    """Low key bits (``index << shift | tag``) of every distinct candidate range, or None if they would not fit."""
+    starts, first = np.unique(lo, return_index=True)
+    if starts.size * n * 8 > _PATTERN_BYTES:
+        return None
+    low = np.arange(n, dtype=np.int64) << _index_shift(n)
+    out = {}
+    for a, i in zip(starts.tolist(), first.tolist()):
+        pat = low.copy()
+        pat[order[a:hi[i]]] |= 1
+        out[a] = pat
+    return out
 
 
 def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, counts: np.ndarray,
@@ -242,16 +275,16 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
     """Ranks of tagged candidates from one sort of unique int64 keys per row.
 
     ``scores``: float32 ``[C, Ng]``; ``tags``: each row's candidates; ``counts`` = ``tags.counts()``. Each row's
-    key is ``(descending-order score bits) << 32 | index << 1 | tag``:
-    the float32 bits are mapped to an order-preserving int32 (``i ^ ((i >> 31) & 0x7FFFFFFF)``, after ``+ 0.0`` so
-    that ``-0.0`` equals ``+0.0``) and inverted, so ascending keys are the ranking (descending score, ties by
-    ascending index) and the tag bit marks candidates without changing the order. After the sort the tags are
-    read off in rank order: no inverse permutation, no per-candidate search, ties exact. Returns ``(ranks,
-    gallery_index, block_results)``: ranks and indices flat, grouped by row and ascending in rank within a row.
-    Rows are processed two at a time per thread so a row's keys stay in cache from build to scan; with
-    ``on_block``, each thread calls ``on_block(lo, hi, ranks, gallery_index)`` as soon as rows ``[lo, hi)`` (about
-    ``block_rows`` of them) are ranked, while their output is still in cache, and ``block_results`` collects
-    ``(lo, hi, result)`` in row order.
+    key is ``order(-score) << 32 | index << shift | tag``, where ``order`` maps float32 bits to an order-preserving
+    int32 (``i ^ ((i >> 31) & 0x7FFFFFFF)``) and ``-score`` is computed as ``0.0 - score`` (so ``-0.0`` and
+    ``+0.0`` are one score). Ascending keys are exactly the ranking (descending score, ties by ascending index)
+    and the tag bit marks candidates without changing the order. After the sort the tags are read off in rank
+    order: no inverse permutation, no per-candidate search, ties exact. Returns ``(ranks, gallery_index,
+    block_results)``: ranks and indices flat, grouped by row and ascending in rank within a row. Rows are
+    processed two at a time per thread so a row's keys stay in cache from build to scan; with ``on_block``, each
+    thread calls ``on_block(lo, hi, ranks, gallery_index)`` as soon as rows ``[lo, hi)`` (about ``block_rows`` of
+    them) are ranked, while their output is still in cache, and ``block_results`` collects ``(lo, hi, result)`` in
+    row order.
     """
     c, n = scores.shape
     if n >= 2**31:
@@ -261,8 +294,9 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
     ranks = np.empty(int(starts[-1]), dtype=np.int64)
     gidx = np.empty(int(starts[-1]), dtype=np.int64)
     ends = np.empty((c, 2), dtype=np.int64)
-    idx2 = np.arange(n, dtype=np.int64) * 2
-
+    shift = _index_shift(n)
+    low = np.arange(n, dtype=np.int64) << shift
+    mask = (1 << 32) - 1
     block_results: list[tuple[int, int, Any]] = []
 
     def work(x: int, y: int) -> None:
@@ -275,30 +309,30 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
             r1 = min(y, r0 + g)
             m = r1 - r0
             f = fbuf[:m]
-            np.add(scores[r0:r1], 0.0, out=f)  # -0.0 + 0.0 = +0.0
+            np.subtract(0.0, scores[r0:r1], out=f)  # descending score = ascending -score; 0.0 - (-0.0) = +0.0
             bits = f.view(np.int32)
             k = kbuf[:m]
             np.right_shift(bits, 31, out=k)
             k &= 0x7FFFFFFF
             k ^= bits
-            np.invert(k, out=k)
             kb = keys[:m]
             np.left_shift(k, 32, out=kb, dtype=np.int64)
-            kb |= idx2
-            a, z = int(starts[r0]), int(starts[r1])
-            flat = kb.reshape(-1)
-            tags.tag(flat, r0, r1, n)
+            tags.fill(kb, r0, r1, low)
             kb.sort(axis=1)
-            nz = np.flatnonzero((kb.view(np.uint8)[:, _LOW_BYTE::8] & 1).view(np.bool_))  # bool: fast nonzero
+            if shift == 8:  # the low byte is the tag itself
+                nz = np.flatnonzero(kb.view(np.bool_)[:, _LOW_BYTE::8])
+            else:
+                nz = np.flatnonzero((kb.view(np.uint8)[:, _LOW_BYTE::8] & 1).view(np.bool_))
+            a, z = int(starts[r0]), int(starts[r1])
             if nz.shape[0] != z - a:  # pragma: no cover - a duplicate candidate would be a caller bug
                 raise RuntimeError("tagged ranking lost candidates (duplicate candidate columns?)")
             ranks[a:z] = nz % n + 1
-            sel = flat[nz]
-            sel &= 0xFFFFFFFF
-            sel >>= 1
+            sel = kb.reshape(-1)[nz]
+            sel &= mask
+            sel >>= shift
             gidx[a:z] = sel
-            ends[r0:r1, 0] = (kb[:, 0] & 0xFFFFFFFF) >> 1
-            ends[r0:r1, 1] = (kb[:, -1] & 0xFFFFFFFF) >> 1
+            ends[r0:r1, 0] = (kb[:, 0] & mask) >> shift
+            ends[r0:r1, 1] = (kb[:, -1] & mask) >> shift
             if on_block is not None and (r1 - block_start >= block_rows or r1 == y):
                 block_results.append((block_start, r1, on_block(block_start, r1, ranks, gidx)))
                 block_start = r1
@@ -640,6 +674,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     # nested candidate sets with no shared-id exclusions can be tagged straight from the coarsest-class ranges
     use_ranges = top_lists is None and cs.nested and problem.query_codes is None
+    patterns = class_patterns(cs.order.numpy(), cs.lo.numpy(), cs.hi.numpy(), ng) if use_ranges else None
     buffer: list[torch.Tensor] = []  # one [chunk_rows, Ng] score buffer, reused by every chunk
 
     def chunk_scores(start: int, stop: int) -> torch.Tensor:
@@ -654,7 +689,8 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
             if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, metrics, k_values, asi_cutoff):
                 skip = np.arange(start, stop, dtype=np.int64) if problem.leave_one_out else \
                     np.full(stop - start, -1, dtype=np.int64)
-                tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip)
+                tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip,
+                                  patterns)
                 counts = tags.counts()
                 # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
                 job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
