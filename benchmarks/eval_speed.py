@@ -74,7 +74,8 @@ def worker(args: argparse.Namespace) -> dict:
         from dynametric.metrics.engine import plan_chunk_rows
 
         xt = torch.from_numpy(x)
-        rows = plan_chunk_rows(len(x), len(x), args.budget)  # single-scale search-path chunking
+        # the row path's chunking for small candidate sets (score block + sorted copy, ~10 bytes per score)
+        rows = plan_chunk_rows(len(x), len(x), args.budget, max_candidates=16)
         acc = 0.0
         buf = torch.empty((rows, len(x)), dtype=torch.float32)  # reused, as the engine does
         for start in range(0, len(x), rows):
