@@ -17,7 +17,8 @@ Usage (full size, every contender)::
 
     python benchmarks/eval_speed.py --parts a,b --contenders floor,dynametric,pml
 
-The peer's part (b) peaks near 20 GB: leave it out with ``--skip-peer-b`` on a small machine.
+The peer's part (b) peaks near 20 GB: leave it out with ``--skip-peer-b`` on a small machine, or run it in query
+slices with ``--peer-query-splits 3`` (the same leave-one-out work, each slice of queries against every item).
 """
 
 from __future__ import annotations
@@ -97,9 +98,22 @@ def worker(args: argparse.Namespace) -> dict:
                                   k="max_bin_count", device=torch.device("cpu"))
         values = {}
         per_scale = {}
+        splits = max(1, args.peer_query_splits)
         for s in range(scales):
             ts = time.perf_counter()
-            values[str(s)] = calc.get_accuracy(x, labels[:, s])
+            if splits == 1:
+                values[str(s)] = calc.get_accuracy(x, labels[:, s])
+            else:
+                # the same leave-one-out computation in query slices (each slice against every item, the slice
+                # first as the peer requires for ref_includes_query): same work, about 1/splits of the peak memory
+                parts = np.array_split(np.arange(len(x)), splits)
+                got = []
+                for idx in parts:
+                    rest = np.setdiff1d(np.arange(len(x)), idx)
+                    ref = np.concatenate([x[idx], x[rest]])
+                    ref_labels = np.concatenate([labels[idx, s], labels[rest, s]])
+                    got.append(calc.get_accuracy(x[idx], labels[idx, s], ref, ref_labels, ref_includes_query=True))
+                values[str(s)] = {m: sum(g[m] * len(idx) for g, idx in zip(got, parts)) / len(x) for m in got[0]}
             per_scale[str(s)] = time.perf_counter() - ts
         result["values"] = values
         result["per_scale_s"] = per_scale
@@ -122,6 +136,8 @@ def main() -> int:
     p.add_argument("--parts", default="a,b")
     p.add_argument("--contenders", default="floor,dynametric,pml")
     p.add_argument("--skip-peer-b", action="store_true", help="do not run pytorch-metric-learning on part (b)")
+    p.add_argument("--peer-query-splits", type=int, default=1,
+                   help="run the peer in this many query slices (same work, ~1/splits of its peak memory)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--worker", nargs=3, metavar=("PART", "CONTENDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -141,7 +157,8 @@ def main() -> int:
                 out = os.path.join(tmp, "r.json")
                 cmd = [sys.executable, __file__, "--n", str(args.n), "--dim", str(args.dim), "--classes",
                        str(args.classes), "--middle", str(args.middle), "--coarse", str(args.coarse), "--seed",
-                       str(args.seed), "--worker", part, contender, out]
+                       str(args.seed), "--peer-query-splits", str(args.peer_query_splits), "--worker", part, contender,
+                       out]
                 if args.budget is not None:
                     cmd[2:2] = ["--budget", str(args.budget)]
                 t0 = time.perf_counter()
