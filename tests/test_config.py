@@ -333,3 +333,14 @@ def test_an_extra_loss_needs_a_name() -> None:
     with pytest.raises(ConfigError, match="missing required key") as info:
         load_config(overrides=["model.num_heads=2", "extra_losses=[{head: shared}]"])
     assert info.value.key == "extra_losses[0].name"
+
+
+def test_strings_with_unicode_line_breaks_round_trip(tmp_path):
+    # found by the round-trip property: PyYAML folds a NEL (U+0085) in a single-quoted scalar into a space
+    kwargs = {"a": "\x85", "b": "x\x85y", "c": "p\u2028q\u2029", "d": "plain", "e": "0E0"}
+    cfg = config_from_dict({"loss": {"kwargs": kwargs}, "run": {"name": "run\x85one"}})
+    path = tmp_path / "c.yaml"
+    save_config(cfg, path)
+    again = load_config(path)
+    assert again.loss.kwargs == kwargs and again.run.name == "run\x85one"
+    assert config_hash(again) == config_hash(cfg)

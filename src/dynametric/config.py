@@ -419,6 +419,18 @@ _FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+
 for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
 
+_YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    """Strings holding a Unicode line break (NEL, LS, PS) are written double-quoted, where YAML escapes them;
+    PyYAML's single-quoted form would fold a NEL into a space and the value would not load back."""
+    style = '"' if any(ch in value for ch in _YAML_LINE_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     """YAML text → (python object, {dotted key: 1-based line})."""
