@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import dynametric.metrics.engine as engine
 import dynametric.metrics.symmetric as symmetric
@@ -107,3 +109,20 @@ def test_full_map_or_large_caps_use_the_row_path(small_tiles):
     q = rng.standard_normal((10, 4)).astype(np.float32)
     evaluate_embeddings(q, labels[:10], x, labels)  # query -> gallery
     assert small_tiles["lists"] == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(2, 40), classes=st.integers(1, 6), seed=st.integers(0, 10**6), dup=st.booleans())
+def test_symmetric_path_property_tiny_sets_with_ties(monkeypatch, n, classes, seed, dup):
+    # integer coordinates in {-1, 0, 1}^2 + euclidean: exact scores, massive ties, tiny and degenerate sets
+    monkeypatch.setattr(symmetric, "TILE", 7)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-1, 2, (n, 2)).astype(np.float32)
+    if dup:
+        x[:] = x[0]  # every item identical: every score ties
+    labels = rng.integers(0, classes, n)
+    ref = brute_force(x, labels, distance="euclidean")
+    out = evaluate_embeddings(x, labels, metrics=FAST, distance="euclidean")
+    for m in FAST:
+        got, want = out["fine"][m], ref[0][m]
+        assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, abs=1e-9), m
