@@ -6,13 +6,17 @@ import numpy as np
 
 
 def brute_force(query, query_labels, gallery=None, gallery_labels=None, *, distance="cosine", k_values=(1, 2, 4, 8),
-                query_ids=None, gallery_ids=None, asi_cutoff=None, empty="exclude"):
+                query_ids=None, gallery_ids=None, asi_cutoff=None, empty="exclude", score=None):
+    """``score``: an optional precomputed ``[Nq, Ng]`` score matrix (higher = closer) used instead of the float64
+    one, e.g. the float32 scores the engine computes, to check exactness without float64-vs-float32 near-ties."""
     q = np.asarray(query, dtype=np.float64)
     ql = np.asarray(query_labels).reshape(len(q), -1)
     loo = gallery is None
     g = q if loo else np.asarray(gallery, dtype=np.float64)
     gl = ql if loo else np.asarray(gallery_labels).reshape(len(g), -1)
-    if distance == "cosine":
+    if score is not None:
+        score = np.asarray(score, dtype=np.float64)
+    elif distance == "cosine":
         qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
         score = qn @ gn.T

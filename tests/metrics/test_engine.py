@@ -44,10 +44,27 @@ def test_overflowing_scores_raise():
 
 def test_plan_chunk_rows_respects_budget():
     assert plan_chunk_rows(60502, 60502) * 10 * 60502 <= 768 * 2**20
+    assert plan_chunk_rows(60502, 60502, max_candidates=16) % 64 == 0  # whole score-grid blocks
     assert plan_chunk_rows(100, 60502, memory_budget_bytes=1) == 1
     assert plan_chunk_rows(5, 10, memory_budget_bytes=10**9) == 5
     big_u = plan_chunk_rows(60502, 60502, max_candidates=7000, num_scales=3)
     assert big_u < plan_chunk_rows(60502, 60502, max_candidates=10, num_scales=3)
+
+
+@pytest.mark.parametrize("metrics", [None, ["recall@K", "r_precision", "map@r", "asi"]])
+def test_budget_never_changes_a_score_bit(metrics):
+    # 700 x 2 embeddings: many near-ties, so a score computed with other bits (BLAS kernels differ for products of
+    # a few rows) would flip rankings; scores come from a fixed 64-row grid whatever the chunk size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((700, 2)).astype(np.float32)
+    fine = rng.integers(0, 100, 700)
+    labels = np.stack([fine, fine % 7, fine % 3], 1)
+    ref = evaluate_embeddings(x, labels, metrics=metrics)
+    for budget in (1, 3000, 100_000, 10**6):
+        assert evaluate_embeddings(x, labels, metrics=metrics, memory_budget_bytes=budget) == ref
+    ref_qg = evaluate_embeddings(x[:90], labels[:90], x, labels, metrics=metrics)
+    for budget in (1, 50_000):
+        assert evaluate_embeddings(x[:90], labels[:90], x, labels, metrics=metrics, memory_budget_bytes=budget) == ref_qg
 
 
 def test_memory_budget_does_not_change_results():

@@ -41,6 +41,12 @@ from dynametric.metrics.symmetric import (
 DEFAULT_MEMORY_BUDGET = 768 * 2**20
 """Default working-memory budget of the engine in bytes (chunk buffers; the embeddings themselves are extra)."""
 
+SCORE_ROW_BLOCK = 64
+"""Query rows per matrix product. BLAS picks different kernels (and summation orders) for products with few rows,
+so scores are always computed in blocks of this many rows aligned to a global grid: a score's bits never depend on
+the chunk it was computed in, and results are identical for any memory budget."""
+
+
 TAGGED_PATH_FRACTION = 1 / 32
 """Use the tagged-key sort when a chunk's candidate sets exceed this fraction of the gallery."""
 
@@ -63,6 +69,8 @@ def plan_chunk_rows(num_queries: int, num_gallery: int, memory_budget_bytes: int
     per_score = _BYTES_PER_SCORE_TAGGED if cand > num_gallery * TAGGED_PATH_FRACTION else _BYTES_PER_SCORE
     per_row = per_score * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) + 64
     rows = max(1, budget // per_row)
+    if rows >= SCORE_ROW_BLOCK:  # whole grid blocks per chunk: no block is computed twice
+        rows -= rows % SCORE_ROW_BLOCK
     return int(min(rows, max(1, num_queries), 4096))
 
 
@@ -97,6 +105,19 @@ def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, parts: int = 
         f.result()
 
 
+def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> None:
+    """``out[:] = query[start:stop] @ gallery.T``, computed block by block on the global ``SCORE_ROW_BLOCK`` grid."""
+    b = SCORE_ROW_BLOCK
+    nq = query.shape[0]
+    for b0 in range(start - start % b, stop, b):
+        b1 = min(b0 + b, nq)
+        if b0 >= start and b1 <= stop:
+            torch.matmul(query[b0:b1], gallery.T, out=out[b0 - start:b1 - start])
+        else:  # a grid block only partly inside [start, stop): compute it whole, keep the overlap
+            lo, hi = max(b0, start), min(b1, stop)
+            out[lo - start:hi - start] = (query[b0:b1] @ gallery.T)[lo - b0:hi - b0]
+
+
 def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Scores ``[stop-start, Ng]`` (float32, higher = closer) with excluded candidates set to ``-inf``.
 
@@ -105,11 +126,9 @@ def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tens
     float32 buffer (its first ``C`` rows are written and returned); reusing one buffer for every chunk avoids
     faulting in a fresh block of pages per chunk, which costs about half as much as the product itself.
     """
-    q = problem.query[start:stop]
-    if out is None:
-        s = q @ problem.gallery.T
-    else:
-        s = torch.matmul(q, problem.gallery.T, out=out[:stop - start])
+    s = torch.empty((stop - start, problem.gallery.shape[0]), dtype=torch.float32) if out is None \
+        else out[:stop - start]
+    _grid_product(problem.query, problem.gallery, start, stop, s)
     if problem.distance == "euclidean":
         s.mul_(2.0).sub_(problem.gallery_sq_norms.unsqueeze(0))
     if problem.leave_one_out:
