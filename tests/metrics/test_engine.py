@@ -64,7 +64,8 @@ def test_budget_never_changes_a_score_bit(metrics):
         assert evaluate_embeddings(x, labels, metrics=metrics, memory_budget_bytes=budget) == ref
     ref_qg = evaluate_embeddings(x[:90], labels[:90], x, labels, metrics=metrics)
     for budget in (1, 50_000):
-        assert evaluate_embeddings(x[:90], labels[:90], x, labels, metrics=metrics, memory_budget_bytes=budget) == ref_qg
+        got = evaluate_embeddings(x[:90], labels[:90], x, labels, metrics=metrics, memory_budget_bytes=budget)
+        assert got == ref_qg
 
 
 def test_memory_budget_does_not_change_results():
@@ -145,3 +146,33 @@ def test_range_tagging_with_and_without_class_patterns_agree(monkeypatch):
     assert evaluate_embeddings(x, labels) == with_patterns
     monkeypatch.setattr(engine, "TAGGED_PATH_FRACTION", 1.0)  # the search path instead: the same exact ranks
     assert evaluate_embeddings(x, labels) == with_patterns
+
+
+@pytest.mark.parametrize("distance,nested,with_ids,fast", [("cosine", True, False, False),
+                                                         ("euclidean", False, True, True),
+                                                         ("cosine", False, False, True)])
+def test_exact_for_the_engines_own_float32_scores_on_near_tied_data(distance, nested, with_ids, fast):
+    # low-dimensional data: many float32 near-ties; the reference ranks the engine's own float32 scores (same
+    # 64-row product grid) by brute force, so any difference would be a ranking or metric error, not rounding
+    from dynametric.metrics.engine import _grid_product, normalize_for
+    from tests.metrics.reference import brute_force
+
+    rng = np.random.default_rng(17)
+    n = 450
+    x = rng.standard_normal((n, 2)).astype(np.float32)
+    fine = rng.integers(0, 60, n)
+    labels = np.stack([fine, fine % 7, fine % 3], 1) if nested else np.stack(
+        [fine, rng.integers(0, 5, n), rng.integers(0, 2, n)], 1)
+    ids = [f"o{i % 300}" for i in range(n)] if with_ids else None
+    xt = normalize_for(distance, torch.from_numpy(x))
+    scores = torch.empty(n, n)
+    _grid_product(xt, xt, 0, n, scores)
+    if distance == "euclidean":
+        scores.mul_(2.0).sub_((xt * xt).sum(1).unsqueeze(0))
+    ref = brute_force(x, labels, distance=distance, query_ids=ids, score=scores.numpy())
+    metrics = ["recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r", "asi"] + ([] if fast
+                                                                                              else ["map"])
+    out = evaluate_embeddings(x, labels, metrics=metrics, distance=distance, query_ids=ids)
+    for s, name in enumerate(["fine", "middle", "coarse"]):
+        for m in metrics:
+            assert out[name][m] == pytest.approx(ref[s][m], abs=1e-12), (name, m)
