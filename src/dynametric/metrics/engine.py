@@ -717,9 +717,6 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                 _, _, blocks = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads,
                                                   on_block=job, block_rows=job.block_rows())
                 job.add_to(accs, start, blocks)
-                if progress is not None:
-                    progress(stop, nq)
-                continue
             else:
                 cols, valid = _candidates_for_chunk(cs, problem, start, stop)
                 _drop_excluded(problem, cols, valid, start, stop)
@@ -731,8 +728,8 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                     cap = None if "map" in metrics else max(cols.shape[1], max(k_values, default=1), asi_cutoff or 0)
                     counts, ranks, gidx = rank_candidates_flat(chunk_scores(start, stop), cols, valid, pool, threads,
                                                                rank_cap=cap)
-            _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, k_values,
-                              metrics, asi_cutoff, harmonic, pool)
+                _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, k_values,
+                                  metrics, asi_cutoff, harmonic, pool)
             if progress is not None:
                 progress(stop, nq)
     finally:
