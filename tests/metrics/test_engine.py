@@ -176,3 +176,22 @@ def test_exact_for_the_engines_own_float32_scores_on_near_tied_data(distance, ne
     for s, name in enumerate(["fine", "middle", "coarse"]):
         for m in metrics:
             assert out[name][m] == pytest.approx(ref[s][m], abs=1e-12), (name, m)
+
+
+def test_query_classes_absent_from_the_gallery_with_range_tagging():
+    # query coarse class 0 is absent from the gallery: its empty range starts where class 1's range starts, and the
+    # first query belongs to it (a pattern keyed by range start must not be the empty one)
+    from tests.metrics.reference import brute_force
+
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((200, 4)).astype(np.float32)
+    gc = rng.integers(1, 3, 200)
+    gl = np.stack([gc * 10 + rng.integers(0, 5, 200), gc], 1)
+    q = rng.standard_normal((30, 4)).astype(np.float32)
+    qc = np.where(np.arange(30) < 5, 0, rng.integers(1, 3, 30))
+    ql = np.stack([qc * 10 + rng.integers(0, 5, 30), qc], 1)
+    out = evaluate_embeddings(q, ql, g, gl)
+    ref = brute_force(q, ql, g, gl)
+    for s, name in enumerate(["fine", "coarse"]):
+        assert out[name]["map"] == pytest.approx(ref[s]["map"], abs=1e-9)
+        assert out[name]["empty_queries"] == ref[s]["empty"] >= 5

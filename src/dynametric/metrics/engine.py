@@ -260,7 +260,9 @@ class _TagRanges:
     def fill(self, keys: np.ndarray, r0: int, r1: int, low: np.ndarray) -> None:
         for r in range(r0, r1):
             row = keys[r - r0]
-            pattern = None if self.patterns is None else self.patterns.get(int(self.lo[r]))
+            # an empty range (a query class absent from the gallery) can share its start with the next class
+            nonempty = self.hi[r] > self.lo[r]
+            pattern = None if self.patterns is None or not nonempty else self.patterns.get(int(self.lo[r]))
             if pattern is None:
                 row |= low
                 row[self.order[self.lo[r]:self.hi[r]]] |= 1
@@ -274,8 +276,11 @@ _PATTERN_BYTES = 64 * 2**20  # precomputed class tag patterns are used while the
 
 
 def class_patterns(order: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int) -> dict[int, np.ndarray] | None:
-    """Low key bits (``index << shift | tag``) of every distinct candidate range, or None if they would not fit."""
-    starts, first = np.unique(lo, return_index=True)
+    """Low key bits (``index << shift | tag``) of every distinct non-empty candidate range (keyed by its start), or
+    None if they would not fit."""
+    nonempty = np.flatnonzero(hi > lo)
+    starts, first = np.unique(lo[nonempty], return_index=True)
+    first = nonempty[first]
     if starts.size * n * 8 > _PATTERN_BYTES:
         return None
     low = np.arange(n, dtype=np.int64) << _index_shift(n)
