@@ -55,34 +55,29 @@ def all_triplets_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0
     return total
 
 
-def test_tiny_cnn_learns_synthetic_hierarchy():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        train = SyntheticHierarchy("train", seed=0)
-        test = SyntheticHierarchy("test", seed=0, images_per_class=8)
-        x_train, y_train = train.tensors(), train.labels
-        x_test, y_test = test.tensors(), test.labels
-        model = tiny_cnn()
-        model.eval()
-        with torch.no_grad():
-            before = leave_one_out_r1(model(x_test), y_test)
-        chance = chance_r1(y_test)
+def test_tiny_cnn_learns_synthetic_hierarchy(one_torch_thread):
+    torch.manual_seed(0)
+    train = SyntheticHierarchy("train", seed=0)
+    test = SyntheticHierarchy("test", seed=0, images_per_class=8)
+    x_train, y_train = train.tensors(), train.labels
+    x_test, y_test = test.tensors(), test.labels
+    model = tiny_cnn()
+    model.eval()
+    with torch.no_grad():
+        before = leave_one_out_r1(model(x_test), y_test)
+    chance = chance_r1(y_test)
 
-        sampler = MPerClassSampler(y_train, m=4, batch_size=64, iterations_per_epoch=STEPS, seed=0)
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        model.train()
-        for batch in sampler:
-            loss = all_triplets_loss(model(x_train[batch]), y_train[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            after = leave_one_out_r1(model(x_test), y_test)
-    finally:
-        torch.set_num_threads(threads)
+    sampler = MPerClassSampler(y_train, m=4, batch_size=64, iterations_per_epoch=STEPS, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for batch in sampler:
+        loss = all_triplets_loss(model(x_train[batch]), y_train[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = leave_one_out_r1(model(x_test), y_test)
 
     # hard for an untrained network (scales: fine, middle, coarse)
     assert before[0] < 0.2 and before[1] < 0.3 and before[2] < 0.5, before

@@ -18,14 +18,6 @@ from dynametric.losses.csl import CSLLoss
 PATHS = torch.tensor([[103, 9, 4], [100, 7, 3], [105, 10, 4], [101, 7, 3], [104, 9, 4], [102, 8, 3]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _reference(emb, labels, others, other_labels, gamma, margins, weights, exclude_self=False):
     """``sum_l w_l mean_i log(1 + sum_{c in N_l(i)} sum_{p in P(i)} exp(gamma (s_ic - s_ip + m_l)))`` by loops.

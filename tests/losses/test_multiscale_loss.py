@@ -18,15 +18,6 @@ from dynametric.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on the shared, loaded CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hierarchy_batch(seed: int, n: int = 24, d: int = 8):
     """Labels [n, 3]: fine, middle, coarse (coarser classes are unions of finer ones)."""
     g = torch.Generator().manual_seed(seed)

@@ -34,14 +34,6 @@ LINE = torch.tensor([[0.0], [1.0], [3.0], [3.5]])  # classes {0, 1} and {2, 3}
 LINE_Y = torch.tensor([4, 4, -9, -9])
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on the shared, loaded CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def value(loss, emb=LINE, labels=LINE_Y, **kw) -> float:
     return float(loss(emb, labels, **kw).detach())

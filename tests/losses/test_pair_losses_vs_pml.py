@@ -17,15 +17,6 @@ from dynametric.losses.multi_similarity import MultiSimilarityLoss
 from dynametric.losses.npairs import NPairsLoss
 from dynametric.losses.triplet import TripletMarginLoss
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on the shared, loaded CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 DISTANCES = {
     "l2": (dm_dist.LpDistance, pml_dist.LpDistance, {}),
     "sq": (dm_dist.LpDistance, pml_dist.LpDistance, {"power": 2}),

@@ -12,16 +12,6 @@ from dynametric.distances import CosineSimilarity, LpDistance
 from dynametric.losses import MarginLoss, TripletMarginLoss
 from dynametric.losses.tuples import get_all_triplets_indices, pairs_to_triplets, random_triplets
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on the shared, loaded CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 labels_st = st.lists(st.integers(-3, 3), min_size=1, max_size=14)
 
 

@@ -43,14 +43,6 @@ CASES = [
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _pair(name: str, cls: type, attr: str, kwargs: dict, ours_extra: dict | None = None, pml_extra: dict | None = None,
           num_classes: int = C, dim: int = D, seed: int = 0):

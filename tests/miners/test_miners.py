@@ -23,15 +23,6 @@ from dynametric.miners import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on the shared, loaded CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def as_set(indices) -> set:
     return set(zip(*[t.tolist() for t in indices], strict=True))
 
