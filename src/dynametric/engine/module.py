@@ -209,20 +209,28 @@ class MetricLearningModule(L.LightningModule):
         """The evaluation embedding (``eval_head`` of a multi-head model)."""
         return select_head(self.embedder(images), self.eval_head)
 
+    def _skip_nonfinite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_idx: int,
+                        step: str = "") -> bool:
+        """False for a finite loss. Otherwise raise :class:`NonFiniteLossError` (``nonfinite="stop"``) or count and
+        log the step as skipped and return True (``"skip"``). ``step`` names the step kind in the messages."""
+        if torch.isfinite(total.detach()).all():
+            return False
+        where = f"{step + ' step, ' if step else ''}global step {self.global_step} (epoch {self.current_epoch}, " \
+                f"batch {batch_idx})"
+        bad = {k: float(v) for k, v in terms.items()}
+        if self.nonfinite == "stop":
+            raise NonFiniteLossError(f"non-finite loss at {where}: {bad}; lower the learning rate, check the "
+                                     "data, or set trainer.nonfinite=skip")
+        self.skipped_steps += 1
+        logger.warning("non-finite loss at %s: %s; step skipped (%d skipped so far)", where, bad, self.skipped_steps)
+        return True
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         images, labels = batch[0], batch[1]
         outputs = self.embedder(images)
         gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
         total, terms = compute_objective(outputs, labels, self.objectives, gather=gather)
-        if not torch.isfinite(total.detach()).all():
-            where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
-            bad = {k: float(v) for k, v in terms.items()}
-            if self.nonfinite == "stop":
-                raise NonFiniteLossError(f"non-finite loss at {where}: {bad}; lower the learning rate, check the "
-                                         "data, or set trainer.nonfinite=skip")
-            self.skipped_steps += 1
-            logger.warning("non-finite loss at %s: %s; step skipped (%d skipped so far)", where, bad,
-                           self.skipped_steps)
+        if self._skip_nonfinite(total, terms, batch_idx):
             if world_info()[1] > 1:  # every rank must still take part in DDP's gradient reduction
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
             return None

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynametric.engine.module import MetricLearningModule, NonFiniteLossError
+from dynametric.engine.module import MetricLearningModule
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError
 
@@ -282,14 +282,7 @@ class AlternatingSharingModule(MetricLearningModule):
               batch_idx: int) -> dict[str, torch.Tensor] | None:
         opt = self.optimizers()
         total, terms = compute_objective(self.embedder(images), labels, terms_list)
-        if not torch.isfinite(total.detach()).all():
-            at = f"{where} step at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
-            bad = {k: float(v) for k, v in terms.items()}
-            if self.nonfinite == "stop":
-                raise NonFiniteLossError(f"non-finite loss in the {at}: {bad}; lower the learning rate, check the "
-                                         "data, or set trainer.nonfinite=skip")
-            self.skipped_steps += 1
-            logger.warning("non-finite loss in the %s: %s; step skipped", at, bad)
+        if self._skip_nonfinite(total, terms, batch_idx, step=where):
             return None
         opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
         self.manual_backward(total)
