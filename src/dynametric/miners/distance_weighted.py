@@ -52,6 +52,16 @@ def inverse_q_log_weights(
     return log_w
 
 
+def unit_sphere_l2(distance: Distance | None, owner: str) -> LpDistance:
+    """``distance`` (default ``LpDistance()``) if it is the Euclidean distance between L2-normalised embeddings,
+    which the sphere-density weights assume; a :class:`ConfigError` naming ``owner`` otherwise."""
+    d = distance if distance is not None else LpDistance()
+    if not (isinstance(d, LpDistance) and d.p == 2 and d.power == 1 and d.normalize_embeddings):
+        raise ConfigError(f"{owner} needs LpDistance(p=2, power=1, normalize_embeddings=True), got {d!r}",
+                          key="distance")
+    return d
+
+
 class DistanceWeightedMiner(Miner):
     """Distance-weighted negative sampling (Wu et al. 2017), one negative per positive pair.
 
@@ -75,13 +85,7 @@ class DistanceWeightedMiner(Miner):
         scale: int = 0,
     ) -> None:
         super().__init__(scale)
-        self.distance = distance if distance is not None else LpDistance()
-        d = self.distance
-        if not (isinstance(d, LpDistance) and d.p == 2 and d.power == 1 and d.normalize_embeddings):
-            raise ConfigError(
-                f"DistanceWeightedMiner needs LpDistance(p=2, power=1, normalize_embeddings=True), got {d!r}",
-                key="distance",
-            )
+        self.distance = unit_sphere_l2(distance, "DistanceWeightedMiner")
         # validate the cutoffs once, here
         inverse_q_log_weights(torch.zeros(1), 3, cutoff, nonzero_loss_cutoff)
         self.cutoff = float(cutoff)

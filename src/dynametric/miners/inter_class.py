@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from dynametric.distances import Distance, LpDistance
+from dynametric.distances import Distance
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, Miner
-from dynametric.miners.distance_weighted import inverse_q_log_weights
+from dynametric.miners.distance_weighted import inverse_q_log_weights, unit_sphere_l2
 
 VARIANTS = ("standard", "full", "random", "random_groups")
 
@@ -77,13 +77,7 @@ class InterClassTripletMiner(Miner):
             raise ConfigError(f"unknown t* variant {variant!r}; expected one of {list(VARIANTS)}", key="variant")
         if isinstance(group_size, bool) or int(group_size) < 2:
             raise ConfigError(f"group_size must be an integer >= 2, got {group_size!r}", key="group_size")
-        self.distance = distance if distance is not None else LpDistance()
-        d = self.distance
-        if not (isinstance(d, LpDistance) and d.p == 2 and d.power == 1 and d.normalize_embeddings):
-            raise ConfigError(
-                f"InterClassTripletMiner needs LpDistance(p=2, power=1, normalize_embeddings=True), got {d!r}",
-                key="distance",
-            )
+        self.distance = unit_sphere_l2(distance, "InterClassTripletMiner")
         inverse_q_log_weights(torch.zeros(1), 3, lower_cutoff, upper_cutoff)  # validates the cutoffs
         self.variant = variant
         self.lower_cutoff = float(lower_cutoff)
