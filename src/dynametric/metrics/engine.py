@@ -410,6 +410,14 @@ def _ranks_within_top(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Ten
     return torch.where(valid, ranks, torch.zeros_like(ranks))
 
 
+def auto_path(u: int, n: int, rank_cap: int | None) -> str:
+    """The ranking path for candidate sets of up to ``u`` items in a gallery of ``n``: ``"top"`` when only ranks up
+    to a small cap matter, else ``"tagged"`` for large candidate sets and ``"search"`` for small ones."""
+    if rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP and u <= TOPK_PATH_MAX_CAP and rank_cap < n:
+        return "top"
+    return "tagged" if u > n * TAGGED_PATH_FRACTION else "search"
+
+
 def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
                          pool: ThreadPoolExecutor | None = None, threads: int = 1, path: str = "auto",
                          rank_cap: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -433,13 +441,13 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
     counts = valid_np.sum(1).astype(np.int64)
     if cols.shape[1] == 0 or not counts.any():
         return counts, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    use_top = path == "top" or (path == "auto" and rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP
-                                and cols.shape[1] <= TOPK_PATH_MAX_CAP and rank_cap < n)
-    if not use_top and (path == "tagged" or (path == "auto" and cols.shape[1] > n * TAGGED_PATH_FRACTION)):
+    if path == "auto":
+        path = auto_path(cols.shape[1], n, rank_cap)
+    if path == "tagged":
         ranks, gidx, _ = _tagged_sort_ranks(scores.numpy(), _TagColumns(cols.numpy(), valid_np), counts, pool,
                                             threads)
         return counts, ranks, gidx
-    if use_top:
+    if path == "top":
         if rank_cap is None:
             raise ValueError("the 'top' ranking path needs rank_cap")
         padded = _ranks_within_top(scores, cols, valid, rank_cap)
@@ -666,9 +674,12 @@ def _chunk_takes_tagged_path(cs: CandidateSets, start: int, stop: int, ng: int, 
                              k_values: tuple[int, ...], asi_cutoff: int | None) -> bool:
     """Whether :func:`rank_candidates_flat` (``path="auto"``) would pick the tagged path for this chunk."""
     u = int((cs.hi[start:stop] - cs.lo[start:stop]).max()) if stop > start else 0
-    cap = None if "map" in metrics else max(u, max(k_values, default=1), asi_cutoff or 0)
-    use_top = cap is not None and cap <= TOPK_PATH_MAX_CAP and u <= TOPK_PATH_MAX_CAP and cap < ng
-    return not use_top and u > ng * TAGGED_PATH_FRACTION
+    return auto_path(u, ng, _rank_cap(u, metrics, k_values, asi_cutoff)) == "tagged"
+
+
+def _rank_cap(u: int, metrics: tuple[str, ...], k_values: tuple[int, ...], asi_cutoff: int | None) -> int | None:
+    """Every metric but the full-ranking ``map`` only reads ranks up to ``max(R_q, K, asi cut-off)`` (None: all)."""
+    return None if "map" in metrics else max(u, max(k_values, default=1), asi_cutoff or 0)
 
 
 def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
@@ -687,7 +698,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     gallery_labels = [problem.gallery_labels[:, s].contiguous().numpy() for s in range(num_scales)]
     threads = _ordered_threads()
-    global_cap = max(cs.max_size, max(k_values, default=1), asi_cutoff or 0)
+    global_cap = max(cs.max_size, max(k_values, default=1), asi_cutoff or 0)  # _rank_cap without the "map" rule
     top_lists = None
     if use_symmetric_path(problem, metrics, global_cap, memory_budget_bytes):
         top_lists = symmetric_top_lists(problem.query, global_cap + 1, euclidean=problem.distance == "euclidean",
@@ -729,8 +740,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                     counts, ranks, gidx = _ranks_from_top_lists(problem, top_lists, global_cap, cols, valid, start,
                                                                 stop)
                 else:
-                    # every metric but the full-ranking map only reads ranks up to max(R_q, K, asi cut-off)
-                    cap = None if "map" in metrics else max(cols.shape[1], max(k_values, default=1), asi_cutoff or 0)
+                    cap = _rank_cap(cols.shape[1], metrics, k_values, asi_cutoff)
                     counts, ranks, gidx = rank_candidates_flat(chunk_scores(start, stop), cols, valid, pool, threads,
                                                                rank_cap=cap)
                 _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, k_values,
