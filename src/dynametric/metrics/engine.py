@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dynametric.metrics.symmetric import (
     STATE_ALWAYS_OK_BYTES,
