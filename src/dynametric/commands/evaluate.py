@@ -208,8 +208,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --checkpoint: dotted config override (repeatable)")
     p.add_argument("--metrics", nargs="+", default=None,
-                   help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, r_precision, "
-                        "map@r, map, asi, nmi, f1, all; default: every retrieval metric")
+                   help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, precision@K, "
+                        "precision@<int>, map@K, map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, "
+                        "f1, all; default: recall@K r_precision map@r map asi")
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8], help="K values for recall@K (default 1 2 4 8)")
     p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
     p.add_argument("--empty-queries", choices=["exclude", "count_as_zero"], default="exclude",

@@ -14,6 +14,7 @@ from dynametric.labels import as_label_matrix
 from dynametric.metrics.clustering import kmeans_assign, nmi_score, pairwise_f1
 from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
 from dynametric.metrics.ranking import AT_K_FAMILIES
+from dynametric.metrics.verification import fnmr_at_fmr, parse_fmr
 
 RANK_METRICS = ("r_precision", "map@r", "map", "asi")
 CLUSTER_METRICS = ("nmi", "f1")
@@ -34,10 +35,12 @@ def default_scale_names(num_scales: int) -> list[str]:
 
 
 def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tuple[list[str], tuple[int, ...],
-                                                                                       tuple[str, ...], bool, bool]:
-    """Returns ``(ordered names, recall ks, rank metrics, want nmi, want f1)``; the rank metrics are the fixed
-    :data:`RANK_METRICS` plus ``precision@<k>`` / ``map@<k>`` (``precision@K`` / ``map@K`` expand over
-    ``k_values``)."""
+                                                                                       tuple[str, ...], bool, bool,
+                                                                                       list[float]]:
+    """Returns ``(ordered names, recall ks, rank metrics, want nmi, want f1, fmr percentages)``; the rank metrics are
+    the fixed :data:`RANK_METRICS` plus ``precision@<k>`` / ``map@<k>`` (``precision@K`` / ``map@K`` expand over
+    ``k_values``); ``fnmr@fmr=<p>`` asks for the pooled verification metric (:mod:`dynametric.metrics.verification`).
+    """
     requested = list(DEFAULT_METRICS if metrics is None else metrics)
     if isinstance(metrics, str):
         raise ConfigError("metrics must be a list of names, not a string", key="metrics")
@@ -48,11 +51,20 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tu
             raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
     at: dict[str, list[int]] = {"recall": [], **{f: [] for f in AT_K_FAMILIES}}
     rank: list[str] = []
+    fmr: list[float] = []
     want_nmi = want_f1 = False
     for name in requested:
         if not isinstance(name, str):
             raise ConfigError(f"metric names must be strings, got {name!r}", key="metrics")
         key = name.strip().lower()
+        try:
+            p = parse_fmr(key)
+        except ValueError as exc:
+            raise ConfigError(f"bad metric {name!r}: {exc}", key="metrics") from None
+        if p is not None:
+            if p not in fmr:
+                fmr.append(p)
+            continue
         family, sep, tail = key.partition("@")
         if sep and family in at and key != "map@r":
             if tail == "k":
@@ -73,15 +85,16 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tu
             want_f1 = True
         else:
             raise ConfigError(f"unknown metric {name!r}; expected one of recall@K, recall@<int>, precision@K, "
-                              f"precision@<int>, map@K, map@<int>, {', '.join(RANK_METRICS + CLUSTER_METRICS)} "
+                              f"precision@<int>, map@K, map@<int>, fnmr@fmr=<percent>, {', '.join(RANK_METRICS + CLUSTER_METRICS)} "
                               "or all", key="metrics")
     ks = tuple(at["recall"])
     rank_names = [f"{f}@{k}" for f in AT_K_FAMILIES for k in at[f]] + [m for m in RANK_METRICS if m in rank]
     names = [f"recall@{k}" for k in ks] + rank_names
     names += [m for m, w in (("nmi", want_nmi), ("f1", want_f1)) if w]
+    names += [f"fnmr@fmr={format(p, 'g')}" for p in fmr]
     if not names:
         raise ConfigError("no metric requested", key="metrics")
-    return names, ks, tuple(rank_names), want_nmi, want_f1
+    return names, ks, tuple(rank_names), want_nmi, want_f1, fmr
 
 
 def _as_embeddings(x: Any, name: str) -> torch.Tensor:
@@ -184,7 +197,7 @@ def evaluate_embeddings(
         dev = torch.device("cpu")
     elif ranking_engine == "cpu":
         dev = None
-    names, ks, rank_metrics, want_nmi, want_f1 = _parse_metrics(metrics, k_values)
+    names, ks, rank_metrics, want_nmi, want_f1, fmr = _parse_metrics(metrics, k_values)
     q = _as_embeddings(query_emb, "query_emb")
     ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0])
     loo = gallery_emb is None
@@ -249,6 +262,14 @@ def evaluate_embeddings(
             result[name]["num_queries"] = denom
             result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
             result[name]["empty_queries"] = acc.num_empty
+    if fmr:
+        qn, gn = prepare_for_ranking(distance, q, None if loo else g)
+        problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=distance,
+                                 leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
+        with full_fp32_matmul():
+            per_scale = fnmr_at_fmr(problem, fmr, dev, memory_budget_bytes)
+        for name, vals in zip(names_s, per_scale):
+            result[name].update(vals)
     if want_nmi or want_f1:
         xq = normalize_for(distance, q)
         for s, name in enumerate(names_s):
