@@ -85,8 +85,8 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tu
             want_f1 = True
         else:
             raise ConfigError(f"unknown metric {name!r}; expected one of recall@K, recall@<int>, precision@K, "
-                              f"precision@<int>, map@K, map@<int>, fnmr@fmr=<percent>, {', '.join(RANK_METRICS + CLUSTER_METRICS)} "
-                              "or all", key="metrics")
+                              "precision@<int>, map@K, map@<int>, fnmr@fmr=<percent>, "
+                              f"{', '.join(RANK_METRICS + CLUSTER_METRICS)} or all", key="metrics")
     ks = tuple(at["recall"])
     rank_names = [f"{f}@{k}" for f in AT_K_FAMILIES for k in at[f]] + [m for m in RANK_METRICS if m in rank]
     names = [f"recall@{k}" for k in ks] + rank_names
