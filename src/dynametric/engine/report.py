@@ -3,7 +3,8 @@
 Sections: summary table (untrained vs trained test metrics per scale), training curves (loss per step,
 validation metrics per epoch), per-scale metric bars, a 2-D PCA map of the test embeddings coloured by the
 coarsest and the finest class, a retrieval gallery (random queries and their top neighbours, green = same fine
-class), the worst queries (lowest finest-scale map@r) with their neighbours, and a multi-scale retrieval view (the same neighbours judged at every scale, one row per scale).
+class), the worst queries (lowest finest-scale map@r) with their neighbours, and a multi-scale retrieval view (the
+same neighbours judged at every scale, one row per scale).
 """
 
 from __future__ import annotations
