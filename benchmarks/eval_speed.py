@@ -96,6 +96,24 @@ def full_sort_floor(x: np.ndarray, labels: np.ndarray, device: str = "cpu", chun
     return {sc: dict(zip(("recall@1", "map@r", "map"), means[sc])) for sc in range(num_scales)}
 
 
+def machine_description() -> str:
+    """CPU model, logical CPUs and torch threads (and the GPU name when CUDA is available), for the tables."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    text = f"CPU {model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -216,6 +234,7 @@ def main() -> int:
                 print(f"[{part}/{contender}] wall {res['wall_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB "
                       f"(data alone {res['rss_before_mb']:.0f} MB)", flush=True)
     print()
+    print(f"machine: {machine_description()}; load average at the end {os.getloadavg()[0]:.1f}")
     print("| part | contender | wall s | peak RSS MB | x vs floor | peer / contender |")
     print("|---|---|---|---|---|---|")
     for res in results:
