@@ -237,10 +237,11 @@ def evaluate_embeddings(
 
     result: dict[str, dict[str, float | int]] = {n: {} for n in names_s}
     table: dict[str, dict[str, np.ndarray]] = {}
-    if ks or rank_metrics:
+    if ks or rank_metrics or fmr:
         qn, gn = prepare_for_ranking(distance, q, None if loo else g)
         problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=distance,
                                  leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
+    if ks or rank_metrics:
         with full_fp32_matmul():
             if dev is None:
                 accs = run_ranking(problem, k_values=ks, metrics=rank_metrics, asi_cutoff=cutoff,
@@ -263,9 +264,6 @@ def evaluate_embeddings(
             result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
             result[name]["empty_queries"] = acc.num_empty
     if fmr:
-        qn, gn = prepare_for_ranking(distance, q, None if loo else g)
-        problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=distance,
-                                 leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
         with full_fp32_matmul():
             per_scale = fnmr_at_fmr(problem, fmr, dev, memory_budget_bytes)
         for name, vals in zip(names_s, per_scale):
