@@ -80,7 +80,7 @@ def test_torch_engine_one_row_chunks():
 @pytest.mark.parametrize("metrics", [["recall@K", "r_precision", "map@r", "asi"], ["recall@K", "precision@K"]])
 def test_torch_top_path_with_ties_equals_cpu(metrics):
     # no `map`: the top-k path; duplicates and a coarse grid make the cap-th and (cap+1)-th scores tie often
-    x, lab = _data(3, 160, 2, True, levels=2)
+    x, lab = _data(3, 100, 2, True, levels=2)
     lab = lab[:, :1]  # small classes: a small cap
     for k in [(1, 2), (1, 7, 40)]:
         want = evaluate_embeddings(x, lab, metrics=metrics, k_values=k)
