@@ -231,7 +231,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dynametric.metrics import evaluate_embeddings
+    from dynametric.metrics.torch_engine import resolve_device
 
+    resolve_device(args.device)  # `--device cuda` without CUDA: one clear error before any work
     if args.checkpoint:
         if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
             raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
