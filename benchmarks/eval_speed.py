@@ -58,6 +58,62 @@ def make_data(n: int, dim: int, fine: int, middle: int, coarse: int, seed: int) 
     return np.ascontiguousarray(x, dtype=np.float32), labels
 
 
+def full_sort_floor(x: np.ndarray, labels: np.ndarray, device: str = "cpu", chunk_rows: int = 1024) -> dict:
+    """The plain full-sort floor of a leave-one-out evaluation on a torch device: per chunk of query rows one matmul
+    and one stable descending sort (ties by index), then recall@1, map@r and full-ranking map per scale from dense
+    cumulative sums. Nothing else (no memory planning, no exclusion by ids, no empty-query bookkeeping beyond
+    skipping ``R_q = 0``). Returns ``{scale index: {metric: mean}}``; used as the floor the torch engine is compared
+    with (it should agree with :func:`dynametric.metrics.evaluate_embeddings` to float rounding)."""
+    import torch
+
+    dev = torch.device(device)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(len(x), -1)).to(dev)
+    n, num_scales = lab.shape
+    sums = torch.zeros((num_scales, 3), dtype=torch.float64, device=dev)
+    defined = torch.zeros(num_scales, dtype=torch.float64, device=dev)
+    pos = torch.arange(1, n + 1, device=dev, dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            s = xt[start:stop] @ xt.T
+            ar = torch.arange(stop - start, device=dev)
+            s[ar, ar + start] = float("-inf")
+            _, order = torch.sort(s, dim=1, descending=True, stable=True)
+            del s
+            for sc in range(num_scales):
+                rel = lab[order, sc] == lab[start:stop, sc].unsqueeze(1)
+                rel[:, -1] = False  # the query itself sorts last (-inf)
+                r = rel.sum(1)
+                prec = torch.where(rel, rel.cumsum(1) / pos, 0.0)
+                ok = r > 0
+                rr = r.clamp_min(1).to(torch.float64)
+                sums[sc, 0] += rel[:, 0][ok].sum()
+                sums[sc, 1] += (torch.where(pos <= r.unsqueeze(1), prec, 0.0).sum(1) / rr)[ok].sum()
+                sums[sc, 2] += (prec.sum(1) / rr)[ok].sum()
+                defined[sc] += ok.sum()
+    means = (sums / defined.clamp_min(1).unsqueeze(1)).cpu().tolist()
+    return {sc: dict(zip(("recall@1", "map@r", "map"), means[sc])) for sc in range(num_scales)}
+
+
+def machine_description() -> str:
+    """CPU model, logical CPUs and torch threads (and the GPU name when CUDA is available), for the tables."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    text = f"CPU {model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -89,7 +145,7 @@ def worker(args: argparse.Namespace) -> dict:
         metrics = ["recall@1", "r_precision", "map@r"] if args.part == "a" else [
             "recall@K", "r_precision", "map@r", "map", "asi"]
         out = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels), metrics=metrics,
-                                  memory_budget_bytes=args.budget)
+                                  memory_budget_bytes=args.budget, device=args.device)
         result["values"] = out
     elif args.contender == "pml":
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -134,6 +190,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=int, default=None, help="dynametric memory budget in bytes (default: engine's)")
     p.add_argument("--parts", default="a,b")
+    p.add_argument("--device", default=None, help="device for the dynametric contender (default: the CPU engine)")
     p.add_argument("--contenders", default="floor,dynametric,pml")
     p.add_argument("--skip-peer-b", action="store_true", help="do not run pytorch-metric-learning on part (b)")
     p.add_argument("--peer-query-splits", type=int, default=1,
@@ -161,6 +218,8 @@ def main() -> int:
                        out]
                 if args.budget is not None:
                     cmd[2:2] = ["--budget", str(args.budget)]
+                if args.device is not None:
+                    cmd[2:2] = ["--device", args.device]
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, check=False)
                 total = time.perf_counter() - t0
@@ -175,6 +234,7 @@ def main() -> int:
                 print(f"[{part}/{contender}] wall {res['wall_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB "
                       f"(data alone {res['rss_before_mb']:.0f} MB)", flush=True)
     print()
+    print(f"machine: {machine_description()}; load average at the end {os.getloadavg()[0]:.1f}")
     print("| part | contender | wall s | peak RSS MB | x vs floor | peer / contender |")
     print("|---|---|---|---|---|---|")
     for res in results:

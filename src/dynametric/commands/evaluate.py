@@ -169,6 +169,26 @@ def _jsonable(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for s, d in result.items()}
 
 
+def write_per_query_csv(path: str | Path, table: dict[str, dict[str, np.ndarray]]) -> None:
+    """One row per (query, scale): ``query`` (0-based row), ``scale``, ``num_relevant`` (R_q), then each retrieval
+    metric (empty where undefined, i.e. R_q = 0 under ``--empty-queries exclude``). Written atomically."""
+    from dynametric.utils.io import atomic_open
+
+    if not table:
+        raise ConfigError("--per-query needs at least one retrieval metric", key="--per-query")
+    scales = list(table)
+    metrics = [m for m in table[scales[0]] if m != "num_relevant"]
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["query", "scale", "num_relevant", *metrics])
+        n = len(table[scales[0]]["num_relevant"])
+        cols = {s: [table[s][m].tolist() for m in metrics] for s in scales}
+        for i in range(n):
+            for s in scales:
+                vals = ["" if math.isnan(c[i]) else repr(c[i]) for c in cols[s]]
+                w.writerow([i, s, int(table[s]["num_relevant"][i]), *vals])
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="retrieval/clustering metrics of saved embeddings, per label scale",
@@ -188,8 +208,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --checkpoint: dotted config override (repeatable)")
     p.add_argument("--metrics", nargs="+", default=None,
-                   help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, r_precision, "
-                        "map@r, map, asi, nmi, f1, all; default: every retrieval metric")
+                   help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, precision@K, "
+                        "precision@<int>, map@K, map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, "
+                        "f1, all; default: recall@K r_precision map@r map asi")
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8], help="K values for recall@K (default 1 2 4 8)")
     p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
     p.add_argument("--empty-queries", choices=["exclude", "count_as_zero"], default="exclude",
@@ -201,12 +222,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget-mb", type=float, default=None,
                    help="working-memory budget of the ranking engine in MiB (default 768)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this path (atomically)")
+    p.add_argument("--device", default="auto",
+                   help="where rankings are computed: auto (CUDA when available, default), cpu, cuda, cuda:<index>")
+    p.add_argument("--per-query", dest="per_query_out", metavar="OUT.csv",
+                   help="also write each query's retrieval metrics per scale to this CSV (atomically)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dynametric.metrics import evaluate_embeddings
+    from dynametric.metrics.torch_engine import resolve_device
 
+    resolve_device(args.device)  # `--device cuda` without CUDA: one clear error before any work
     if args.checkpoint:
         if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
             raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
@@ -281,7 +308,12 @@ def run(args: argparse.Namespace) -> int:
         q, ql, g, gl, metrics=_parse_metric_list(args.metrics), k_values=tuple(args.k), distance=args.distance,
         scale_names=names, query_ids=query_ids, gallery_ids=gallery_ids, memory_budget_bytes=budget,
         empty_queries=args.empty_queries, asi_cutoff=cutoff, nmi_normalizer=args.nmi_normalizer,
-        kmeans_seed=args.kmeans_seed, kmeans_restarts=args.kmeans_restarts)
+        kmeans_seed=args.kmeans_seed, kmeans_restarts=args.kmeans_restarts, device=args.device,
+        per_query=bool(args.per_query_out))
+    if args.per_query_out:
+        result, table = result
+        write_per_query_csv(args.per_query_out, table)
+        print(f"wrote {args.per_query_out}", file=sys.stderr)
     protocol = "leave-one-out" if g is None else "query -> gallery"
     print(f"{source}: {protocol}, distance {args.distance}, {len(q)} queries")
     print(format_table(result))

@@ -297,10 +297,11 @@ class MetricLearningModule(L.LightningModule):
             labels = all_gather_no_grad(labels.to(self.device)).cpu()
         self.last_embeddings = (emb, labels)
         evaluator = self.evaluator
-        if evaluator is None:
+        if evaluator is None:  # the built-in engine ranks on the module's device (a GPU when training on one)
             from dynametric.metrics import evaluate_embeddings
 
-            evaluator = evaluate_embeddings
+            return evaluate_embeddings(emb, labels, scale_names=self.scale_names,
+                                       **{"device": self.device, **self.eval_kwargs})
         return evaluator(emb, labels, scale_names=self.scale_names, **self.eval_kwargs)
 
     def _log_results(self, prefix: str, results: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 Sections: summary table (untrained vs trained test metrics per scale), training curves (loss per step,
 validation metrics per epoch), per-scale metric bars, a 2-D PCA map of the test embeddings coloured by the
-coarsest and the finest class, a retrieval gallery (queries and their top neighbours, green = same fine class),
-and a multi-scale retrieval view (the same neighbours judged at every scale, one row per scale).
+coarsest and the finest class, a retrieval gallery (random queries and their top neighbours, green = same fine
+class), the worst queries (lowest finest-scale map@r) with their neighbours, and a multi-scale retrieval view (the
+same neighbours judged at every scale, one row per scale).
 """
 
 from __future__ import annotations
@@ -81,6 +82,38 @@ def _neighbours(emb: torch.Tensor, queries: Sequence[int], k: int, distance: str
     return score.topk(k, dim=1).indices
 
 
+def worst_queries(emb: torch.Tensor, labels: torch.Tensor, distance: str, n: int) -> list[int]:
+    """The ``n`` queries with the lowest finest-scale map@r (leave-one-out), worst first, ties by index; queries
+    without a relevant item are skipped."""
+    from dynametric.metrics import evaluate_embeddings
+
+    _, table = evaluate_embeddings(emb, labels[:, :1], metrics=["map@r"], distance=distance, per_query=True,
+                                   scale_names=["s"])
+    v = table["s"]["map@r"]
+    idx = np.flatnonzero(~np.isnan(v))
+    return idx[np.lexsort((idx, v[idx]))][:n].tolist()
+
+
+def _gallery_figure(plt: Any, dataset: Any, labels: torch.Tensor, queries: Sequence[int],
+                    nn_idx: torch.Tensor) -> Any:
+    """One row per query: the query (black frame) and its neighbours (green = same fine class, red = different)."""
+    k = nn_idx.shape[1]
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(queries)), squeeze=False)
+    for r, q in enumerate(queries):
+        row = [q, *nn_idx[r].tolist()]
+        for c, i in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(_image_array(dataset[i][0]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            colour = "black" if c == 0 else ("green" if labels[i, 0] == labels[q, 0] else "red")
+            for side in ax.spines.values():
+                side.set_color(colour)
+                side.set_linewidth(3)
+            ax.set_title("query" if c == 0 else f"#{c}", fontsize=7)
+    return fig
+
+
 def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequence[float]],
                          scale_names: Sequence[str], emb: torch.Tensor | None, labels: torch.Tensor | None,
                          dataset: Any, distance: str, monitor: str, seed: int) -> list[str]:
@@ -137,26 +170,19 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     out.append("<h2>Embedding map</h2>" + _png(fig))
     if dataset is None:
         return out
-    # retrieval gallery
+    # retrieval gallery: random queries, then the worst ones
     rng = np.random.default_rng(seed)
     n_q, k = min(6, len(emb)), min(8, len(emb) - 1)
     queries = sorted(rng.choice(len(emb), size=n_q, replace=False).tolist())
     nn_idx = _neighbours(emb, queries, k, distance)
-    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.3 * (k + 1), 1.45 * n_q), squeeze=False)
-    for r, q in enumerate(queries):
-        row = [q, *nn_idx[r].tolist()]
-        for c, i in enumerate(row):
-            ax = axes[r][c]
-            ax.imshow(_image_array(dataset[i][0]))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            colour = "black" if c == 0 else ("green" if labels[i, 0] == labels[q, 0] else "red")
-            for side in ax.spines.values():
-                side.set_color(colour)
-                side.set_linewidth(3)
-            ax.set_title("query" if c == 0 else f"#{c}", fontsize=7)
-    out.append("<h2>Retrieval gallery</h2><p class='note'>Each row: a test query and its top neighbours "
-               "(green = same fine class, red = different).</p>" + _png(fig))
+    out.append("<h2>Retrieval gallery</h2><p class='note'>Each row: a random test query and its top neighbours "
+               "(green = same fine class, red = different).</p>"
+               + _png(_gallery_figure(plt, dataset, labels, queries, nn_idx)))
+    worst = worst_queries(emb, labels, distance, n_q)
+    if worst:
+        out.append("<h2>Worst queries</h2><p class='note'>The test queries with the lowest map@r at the finest scale "
+                   f"({scale_names[0]}; leave-one-out), worst first, and their top neighbours.</p>"
+                   + _png(_gallery_figure(plt, dataset, labels, worst, _neighbours(emb, worst, k, distance))))
     # multi-scale view
     if labels.shape[1] > 1:
         n_q2 = min(3, n_q)

@@ -147,7 +147,7 @@ def _test_evaluator(cfg: Any, dyml: Any, module: MetricLearningModule, dm: Metri
             ids = (image_identities(q), image_identities(g)) if cfg.eval.query_in_gallery else (None, None)
             names = list(getattr(q, "scale_names", None) or []) or None
             res = evaluate_embeddings(q_emb, q_lab, g_emb, g_lab, scale_names=names, query_ids=ids[0],
-                                      gallery_ids=ids[1], **eval_kwargs(cfg))
+                                      gallery_ids=ids[1], device=module.device, **eval_kwargs(cfg))
             res["protocol"] = {"name": "query_gallery", "query_split": cfg.eval.query_split,
                                "gallery_split": cfg.eval.gallery_split, "queries": len(q), "gallery": len(g),
                                "query_in_gallery": bool(cfg.eval.query_in_gallery)}

@@ -9,9 +9,11 @@ from dynametric.metrics.evaluate import (
     evaluate_embeddings,
 )
 from dynametric.metrics.ranking import harmonic_numbers, metrics_from_sorted_ranks
+from dynametric.metrics.torch_engine import DEFAULT_DEVICE_MEMORY_BUDGET
 
 __all__ = [
     "ALL_METRICS",
+    "DEFAULT_DEVICE_MEMORY_BUDGET",
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_METRICS",
     "contingency",

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dynametric.metrics.symmetric import (
     STATE_ALWAYS_OK_BYTES,
@@ -679,14 +678,16 @@ def _chunk_takes_tagged_path(cs: CandidateSets, start: int, stop: int, ng: int, 
 
 def _rank_cap(u: int, metrics: tuple[str, ...], k_values: tuple[int, ...], asi_cutoff: int | None) -> int | None:
     """Every metric but the full-ranking ``map`` only reads ranks up to ``max(R_q, K, asi cut-off)`` (None: all)."""
-    return None if "map" in metrics else max(u, max(k_values, default=1), asi_cutoff or 0)
+    from dynametric.metrics.ranking import max_rank_needed
+
+    return None if "map" in metrics else max(u, max_rank_needed(k_values, metrics, asi_cutoff))
 
 
 def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
                 asi_cutoff: int | None, memory_budget_bytes: int | None,
                 progress: Callable[[int, int], None] | None = None) -> list[ScaleAccumulator]:
     """Chunk over queries, rank once, and accumulate every requested metric at every scale."""
-    from dynametric.metrics.ranking import harmonic_numbers
+    from dynametric.metrics.ranking import harmonic_numbers, max_rank_needed
 
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
     num_scales = problem.query_labels.shape[1]
@@ -698,7 +699,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     gallery_labels = [problem.gallery_labels[:, s].contiguous().numpy() for s in range(num_scales)]
     threads = _ordered_threads()
-    global_cap = max(cs.max_size, max(k_values, default=1), asi_cutoff or 0)  # _rank_cap without the "map" rule
+    global_cap = max(cs.max_size, max_rank_needed(k_values, metrics, asi_cutoff))  # _rank_cap without "map"
     top_lists = None
     if use_symmetric_path(problem, metrics, global_cap, memory_budget_bytes):
         top_lists = symmetric_top_lists(problem.query, global_cap + 1, euclidean=problem.distance == "euclidean",
@@ -753,7 +754,82 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     return accs
 
 
+_PREP_ROWS = 1 << 16  # rows per float64 block when preparing embeddings (bounded extra memory)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised float32 rows, computed in float64 after dividing each row by its largest absolute value: exact
+    for every finite float32 row (a squared norm of ``1e19``-scaled rows would overflow float32, and rows below
+    ``F.normalize``'s epsilon would not be normalised). All-zero rows stay zero."""
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for a in range(0, x.shape[0], _PREP_ROWS):
+        y = x[a:a + _PREP_ROWS].to(torch.float64)
+        peak = y.abs().amax(1, keepdim=True)
+        y /= torch.where(peak > 0, peak, torch.ones_like(peak))
+        y /= torch.where(peak > 0, torch.linalg.vector_norm(y, dim=1, keepdim=True), torch.ones_like(peak))
+        out[a:a + _PREP_ROWS] = y
+    return out
+
+
+def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor) -> list[torch.Tensor]:
+    """Euclidean inputs: every set translated by a centre ``c`` and multiplied by a power of two, as float32.
+
+    Neither changes any Euclidean ranking. ``c`` is the float64 mean of ``centre_of`` rounded to a multiple of
+    ``Q = 2**floor(log2(spread))`` (``spread``: the largest per-dimension standard deviation), so the offset left
+    is below ``Q / 2`` and ``x - c`` is exact for every coordinate within about ``|x|`` of ``c`` (``c`` has no bits
+    below ``Q``); integer-valued embeddings with a spread of 1 or more stay integers (their exact score ties stay
+    exact). The power of two brings the largest absolute coordinate into ``[0.5, 1)`` (exact), ruling out overflow
+    and underflow of the squared norms. Without centring, the float32 score ``2<q, g> - ||g||^2`` of embeddings far
+    from the origin loses the distance differences in the cancellation and misorders candidates."""
+    n, dim = centre_of.shape
+    total = torch.zeros(dim, dtype=torch.float64)
+    for a in range(0, n, _PREP_ROWS):
+        total += centre_of[a:a + _PREP_ROWS].to(torch.float64).sum(0)
+    mean = total / max(1, n)
+    sq = torch.zeros(dim, dtype=torch.float64)
+    for a in range(0, n, _PREP_ROWS):
+        sq += ((centre_of[a:a + _PREP_ROWS].to(torch.float64) - mean) ** 2).sum(0)
+    spread = math.sqrt(float(sq.max()) / max(1, n))
+    if spread > 0.0 and math.isfinite(spread):
+        quantum = math.ldexp(1.0, math.frexp(spread)[1] - 1)  # 2**floor(log2(spread))
+        centre = torch.round(mean / quantum) * quantum
+    else:
+        centre = torch.zeros(dim, dtype=torch.float64)
+    peak = 0.0
+    for x in sets:
+        for a in range(0, x.shape[0], _PREP_ROWS):
+            peak = max(peak, float((x[a:a + _PREP_ROWS].to(torch.float64) - centre).abs().max()))
+    factor = 1.0 if peak == 0.0 else math.ldexp(1.0, -math.frexp(peak)[1])
+    outs = []
+    for x in sets:
+        out = torch.empty(x.shape, dtype=torch.float32)
+        for a in range(0, x.shape[0], _PREP_ROWS):
+            out[a:a + _PREP_ROWS] = (x[a:a + _PREP_ROWS].to(torch.float64) - centre) * factor
+        outs.append(out)
+    return outs
+
+
+def prepare_for_ranking(distance: str, query: torch.Tensor,
+                        gallery: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(query, gallery)`` as the engine scores them (``gallery=None``: leave-one-out, the same tensor twice).
+
+    Cosine: rows L2-normalised exactly (:func:`_unit_rows`). Euclidean: both sets centred on the gallery mean and
+    scaled by a power of two (:func:`_centred_scaled`); neither changes the exact ranking, both keep float32 scores
+    accurate whatever the embeddings' offset and magnitude."""
+    query = query.detach().cpu()
+    gallery = None if gallery is None else gallery.detach().cpu()
+    if distance == "cosine":
+        q = _unit_rows(query)
+        return q, (q if gallery is None else _unit_rows(gallery))
+    if gallery is None:
+        (q,) = _centred_scaled([query], query)
+        return q, q
+    q, g = _centred_scaled([query, gallery], gallery)
+    return q, g
+
+
 def normalize_for(distance: str, x: torch.Tensor) -> torch.Tensor:
-    """Embeddings as the engine scores them: L2-normalised for cosine, unchanged for euclidean."""
-    x = x.detach().to(torch.float32).cpu().contiguous()
-    return F.normalize(x, p=2, dim=1) if distance == "cosine" else x
+    """Embeddings of one set as the clustering metrics use them: L2-normalised (exactly, :func:`_unit_rows`) for
+    cosine, unchanged float32 for euclidean."""
+    x = x.detach().cpu()
+    return _unit_rows(x) if distance == "cosine" else x.to(torch.float32).contiguous()

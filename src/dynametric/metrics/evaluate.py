@@ -12,11 +12,13 @@ import torch
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix
 from dynametric.metrics.clustering import kmeans_assign, nmi_score, pairwise_f1
-from dynametric.metrics.engine import RankingProblem, normalize_for, run_ranking
+from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
+from dynametric.metrics.ranking import AT_K_FAMILIES
+from dynametric.metrics.verification import fnmr_at_fmr, parse_fmr
 
 RANK_METRICS = ("r_precision", "map@r", "map", "asi")
 CLUSTER_METRICS = ("nmi", "f1")
-ALL_METRICS = ("recall@K", *RANK_METRICS, *CLUSTER_METRICS)
+ALL_METRICS = ("recall@K", "precision@K", "map@K", *RANK_METRICS, *CLUSTER_METRICS)
 DEFAULT_METRICS = ("recall@K", *RANK_METRICS)
 """Default metric set: every retrieval metric (clustering metrics run k-means and must be asked for)."""
 
@@ -33,34 +35,46 @@ def default_scale_names(num_scales: int) -> list[str]:
 
 
 def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tuple[list[str], tuple[int, ...],
-                                                                                       tuple[str, ...], bool, bool]:
-    """Returns ``(ordered names, recall ks, rank metrics, want nmi, want f1)``."""
+                                                                                       tuple[str, ...], bool, bool,
+                                                                                       list[float]]:
+    """Returns ``(ordered names, recall ks, rank metrics, want nmi, want f1, fmr percentages)``; the rank metrics are
+    the fixed :data:`RANK_METRICS` plus ``precision@<k>`` / ``map@<k>`` (``precision@K`` / ``map@K`` expand over
+    ``k_values``); ``fnmr@fmr=<p>`` asks for the pooled verification metric (:mod:`dynametric.metrics.verification`).
+    """
     requested = list(DEFAULT_METRICS if metrics is None else metrics)
     if isinstance(metrics, str):
         raise ConfigError("metrics must be a list of names, not a string", key="metrics")
     if "all" in requested:
         requested = [m for m in requested if m != "all"] + [m for m in ALL_METRICS if m not in requested]
-    ks: list[int] = []
+    for k in k_values:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
+    at: dict[str, list[int]] = {"recall": [], **{f: [] for f in AT_K_FAMILIES}}
     rank: list[str] = []
-    names: list[str] = []
+    fmr: list[float] = []
     want_nmi = want_f1 = False
     for name in requested:
         if not isinstance(name, str):
             raise ConfigError(f"metric names must be strings, got {name!r}", key="metrics")
         key = name.strip().lower()
-        if key == "recall@k":
-            for k in k_values:
-                if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                    raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
-                if k not in ks:
-                    ks.append(k)
+        try:
+            p = parse_fmr(key)
+        except ValueError as exc:
+            raise ConfigError(f"bad metric {name!r}: {exc}", key="metrics") from None
+        if p is not None:
+            if p not in fmr:
+                fmr.append(p)
             continue
-        if key.startswith("recall@"):
-            tail = key.split("@", 1)[1]
-            if not tail.isdigit() or int(tail) < 1:
-                raise ConfigError(f"bad metric {name!r}: expected recall@K with a positive integer K", key="metrics")
-            if int(tail) not in ks:
-                ks.append(int(tail))
+        family, sep, tail = key.partition("@")
+        if sep and family in at and key != "map@r":
+            if tail == "k":
+                new = list(k_values)
+            elif tail.isdigit() and int(tail) >= 1:
+                new = [int(tail)]
+            else:
+                raise ConfigError(f"bad metric {name!r}: expected {family}@K or {family}@<positive int>",
+                                  key="metrics")
+            at[family] += [k for k in new if k not in at[family]]
             continue
         if key in RANK_METRICS:
             if key not in rank:
@@ -70,13 +84,17 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tu
         elif key == "f1":
             want_f1 = True
         else:
-            raise ConfigError(f"unknown metric {name!r}; expected one of recall@K, recall@<int>, "
+            raise ConfigError(f"unknown metric {name!r}; expected one of recall@K, recall@<int>, precision@K, "
+                              "precision@<int>, map@K, map@<int>, fnmr@fmr=<percent>, "
                               f"{', '.join(RANK_METRICS + CLUSTER_METRICS)} or all", key="metrics")
-    names = [f"recall@{k}" for k in ks] + [m for m in RANK_METRICS if m in rank]
+    ks = tuple(at["recall"])
+    rank_names = [f"{f}@{k}" for f in AT_K_FAMILIES for k in at[f]] + [m for m in RANK_METRICS if m in rank]
+    names = [f"recall@{k}" for k in ks] + rank_names
     names += [m for m, w in (("nmi", want_nmi), ("f1", want_f1)) if w]
+    names += [f"fnmr@fmr={format(p, 'g')}" for p in fmr]
     if not names:
         raise ConfigError("no metric requested", key="metrics")
-    return names, tuple(ks), tuple(m for m in RANK_METRICS if m in rank), want_nmi, want_f1
+    return names, ks, tuple(rank_names), want_nmi, want_f1, fmr
 
 
 def _as_embeddings(x: Any, name: str) -> torch.Tensor:
@@ -91,12 +109,13 @@ def _as_embeddings(x: Any, name: str) -> torch.Tensor:
     if not (x.dtype.is_floating_point or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
                                                        torch.uint8)):
         raise InputError(f"expected numbers, got dtype {x.dtype}", key=name)
-    x = x.detach().cpu().to(torch.float32)
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        row = int(bad.any(1).nonzero()[0])
-        raise InputError(f"contains NaN or Inf (first at row {row}, {int(bad.any(1).sum())} bad rows)", key=name)
-    return x
+    x = x.detach().cpu()
+    for what, y in (("NaN or Inf", x), ("values beyond the float32 range (|x| > 3.4e38)", x.to(torch.float32))):
+        bad = ~torch.isfinite(y)
+        if bool(bad.any()):
+            row = int(bad.any(1).nonzero()[0])
+            raise InputError(f"contains {what} (first at row {row}, {int(bad.any(1).sum())} bad rows)", key=name)
+    return x.to(torch.float32)
 
 
 def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
@@ -133,7 +152,10 @@ def evaluate_embeddings(
     kmeans_restarts: int = 1,
     kmeans_iters: int = 20,
     kmeans_backend: str = "auto",
-) -> dict[str, dict[str, float | int]]:
+    device: str | torch.device | None = None,
+    ranking_engine: str = "auto",
+    per_query: bool = False,
+) -> dict[str, dict[str, float | int]] | tuple[dict[str, dict[str, float | int]], dict[str, dict[str, np.ndarray]]]:
     """Evaluate embeddings at every label scale; returns ``{scale: {metric: value, ...}, ..., "mean": {...}}``.
 
     Protocols: leave-one-out when ``gallery_emb is None`` (query ``i`` is excluded from its own ranking by index;
@@ -145,6 +167,14 @@ def evaluate_embeddings(
     Each scale's dict holds the metric values (fractions in [0, 1]; NaN when no query is defined), ``num_queries``
     (queries averaged over), ``excluded_queries`` and, with ``nmi``/``f1``, ``kmeans_seed``/``kmeans_restarts``.
     ``"mean"`` holds the plain mean over scales of each metric.
+
+    ``device``: where the rankings are computed. ``None`` or ``"cpu"``: the CPU engine
+    (:mod:`dynametric.metrics.engine`); ``"cuda"`` (``"cuda:1"``, a ``torch.device``) or ``"auto"`` (CUDA when
+    available, else the CPU engine): the torch engine (:mod:`dynametric.metrics.torch_engine`), same metrics, ties and
+    exclusions, with ``memory_budget_bytes`` then the device budget (default 2 GiB). ``ranking_engine="torch"`` runs
+    the torch engine even on the CPU (``"cpu"`` forces the CPU engine). With ``per_query=True`` the return value is
+    ``(result, per_query)``, ``per_query[scale]`` holding ``num_relevant`` (``R_q``, int64 ``[Nq]``) and one float64
+    ``[Nq]`` array per retrieval metric (NaN where ``R_q = 0`` unless ``empty_queries="count_as_zero"``).
     """
     if distance not in ("cosine", "euclidean"):
         raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")
@@ -157,7 +187,17 @@ def evaluate_embeddings(
         cutoff = asi_cutoff
     else:
         raise ConfigError(f"asi_cutoff must be 'R_q' or a positive integer, got {asi_cutoff!r}", key="asi_cutoff")
-    names, ks, rank_metrics, want_nmi, want_f1 = _parse_metrics(metrics, k_values)
+    if ranking_engine not in ("auto", "cpu", "torch"):
+        raise ConfigError(f"unknown ranking_engine {ranking_engine!r}; expected 'auto', 'cpu' or 'torch'",
+                          key="ranking_engine")
+    from dynametric.metrics.torch_engine import full_fp32_matmul, resolve_device, run_ranking_torch
+
+    dev = resolve_device(device)
+    if ranking_engine == "torch" and dev is None:
+        dev = torch.device("cpu")
+    elif ranking_engine == "cpu":
+        dev = None
+    names, ks, rank_metrics, want_nmi, want_f1, fmr = _parse_metrics(metrics, k_values)
     q = _as_embeddings(query_emb, "query_emb")
     ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0])
     loo = gallery_emb is None
@@ -196,14 +236,26 @@ def evaluate_embeddings(
             q_codes, g_codes = _id_codes(query_ids, gallery_ids, q.shape[0], g.shape[0])
 
     result: dict[str, dict[str, float | int]] = {n: {} for n in names_s}
-    if ks or rank_metrics:
-        qn = normalize_for(distance, q)
-        gn = qn if loo else normalize_for(distance, g)
+    table: dict[str, dict[str, np.ndarray]] = {}
+    if ks or rank_metrics or fmr:
+        qn, gn = prepare_for_ranking(distance, q, None if loo else g)
         problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=distance,
                                  leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
-        accs = run_ranking(problem, k_values=ks, metrics=rank_metrics, asi_cutoff=cutoff,
-                           memory_budget_bytes=memory_budget_bytes)
+    if ks or rank_metrics:
+        with full_fp32_matmul():
+            if dev is None:
+                accs = run_ranking(problem, k_values=ks, metrics=rank_metrics, asi_cutoff=cutoff,
+                                   memory_budget_bytes=memory_budget_bytes)
+            else:
+                accs = run_ranking_torch(problem, dev, k_values=ks, metrics=rank_metrics, asi_cutoff=cutoff,
+                                         memory_budget_bytes=memory_budget_bytes)
         for name, acc in zip(names_s, accs):
+            if per_query:
+                empty = acc.r_count == 0
+                fill = 0.0 if empty_queries == "count_as_zero" else float("nan")
+                table[name] = {"num_relevant": acc.r_count.copy()}
+                for m in [f"recall@{k}" for k in ks] + list(rank_metrics):
+                    table[name][m] = np.where(empty, fill, acc.values.get(m, np.zeros(len(empty))))
             denom = acc.num_defined + (acc.num_empty if empty_queries == "count_as_zero" else 0)
             sums = acc.sums
             for m in [f"recall@{k}" for k in ks] + list(rank_metrics):
@@ -211,6 +263,11 @@ def evaluate_embeddings(
             result[name]["num_queries"] = denom
             result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
             result[name]["empty_queries"] = acc.num_empty
+    if fmr:
+        with full_fp32_matmul():
+            per_scale = fnmr_at_fmr(problem, fmr, dev, memory_budget_bytes)
+        for name, vals in zip(names_s, per_scale):
+            result[name].update(vals)
     if want_nmi or want_f1:
         xq = normalize_for(distance, q)
         for s, name in enumerate(names_s):
@@ -236,4 +293,4 @@ def evaluate_embeddings(
         d = result[n]
         ordered[n] = {m: d[m] for m in names} | {k: v for k, v in d.items() if k not in names}
     ordered["mean"] = mean
-    return ordered
+    return (ordered, table) if per_query else ordered

@@ -9,6 +9,8 @@ For a query ``q`` with candidate set ``G_q`` ranked best first, let ``rank_1 < r
 * ``map``       = (1/R) * sum_j j / rank_j                                (AP over the full ranking)
 * ``asi``       = (1/N) * sum_{n <= N} hits(n) / n  with N = R (default) or a fixed int
                 = (1/N) * sum_{j : rank_j <= N} (H_N - H_{rank_j - 1})    (H = harmonic numbers)
+* ``precision@k`` = |{j : rank_j <= k}| / min(k, R)                       (open-metric-learning's precision@k)
+* ``map@k``     = (1/min(k, R)) * sum_{j : rank_j <= k} j / rank_j        (open-metric-learning's map@k)
 
 because ``hits(n) = |{j : rank_j <= n}|`` and ``sum_{n=r}^{N} 1/n = H_N - H_{r-1}``.
 
@@ -22,6 +24,23 @@ import numpy as np
 import torch
 
 RETRIEVAL_METRICS = ("r_precision", "map@r", "map", "asi")
+AT_K_FAMILIES = ("precision", "map")
+"""Metrics with a cut-off ``k`` in their name (``precision@5``, ``map@10``), besides ``recall@k``."""
+
+
+def at_k(name: str) -> tuple[str, int] | None:
+    """``("precision", 5)`` for ``"precision@5"``, ``("map", 10)`` for ``"map@10"``; None for any other name."""
+    family, _, tail = name.partition("@")
+    if family in AT_K_FAMILIES and tail.isdigit() and int(tail) >= 1:
+        return family, int(tail)
+    return None
+
+
+def max_rank_needed(k_values: tuple[int, ...], metrics: tuple[str, ...], asi_cutoff: int | None) -> int:
+    """The largest rank a cut-off metric reads besides ``R_q``: max of the recall ks, the ``@k`` metrics' ks and the
+    fixed ASI cut-off (at least 1)."""
+    ks = [k for k in k_values] + [p[1] for p in map(at_k, metrics) if p is not None]
+    return max([1, asi_cutoff or 0, *ks])
 
 
 def harmonic_numbers(n: int) -> torch.Tensor:
@@ -100,6 +119,17 @@ def metrics_from_flat_ranks(
             sums = count_per_row(inside) * h[cut] - per_row(h_before * inside)
             cut_den = denom if asi_cutoff is None else np.full(num_rows, float(asi_cutoff))
             out["asi"] = torch.from_numpy(sums / cut_den)
+        for name in metrics:
+            spec = at_k(name)
+            if spec is None:
+                continue
+            family, k = spec
+            top_k = rk <= k  # a prefix of each row
+            den = np.maximum(np.minimum(r_count, k), 1).astype(np.float64)
+            if family == "precision":
+                out[name] = torch.from_numpy(count_per_row(top_k) / den)
+            else:
+                out[name] = torch.from_numpy(per_row(prec * top_k) / den)
     return torch.from_numpy(r_count), out
 
 

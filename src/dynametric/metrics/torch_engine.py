@@ -1,0 +1,259 @@
+"""The exact ranking engine on a torch device (CUDA, or the CPU for tests): one sort per query row, every metric at
+every scale from it.
+
+Same problem, same answers as :mod:`dynametric.metrics.engine` (the CPU engine): candidates ranked by descending
+score, ties by ascending gallery index; excluded candidates (the query itself in leave-one-out, items sharing the
+query's id) are scored ``-inf``, so they rank after every real candidate and change no other rank; ``R_q`` counts
+the relevant items that are not excluded. Per chunk of query rows:
+
+* scores ``[C, Ng]`` are multiplied on the fixed 64-row grid of the CPU engine (so the chunk size never changes a
+  score's bits) and ``-0.0`` is turned into ``+0.0`` (a radix sort would order them);
+* **full path** (``map`` requested, or a cut-off above :data:`TOP_PATH_MAX_CAP`): one stable descending sort per
+  row. The row is in gallery-index order, so a stable sort leaves equal scores in ascending index order: the
+  sorted order *is* the ranking;
+* **top path** (only ranks up to ``cap = max(R_q, k, ASI cut-off)`` matter): ``topk(cap + 1)`` per row, the kept
+  ``cap`` items ordered by (descending score, ascending index) with two stable sorts. When the ``cap``-th and
+  ``(cap+1)``-th scores differ, the kept items are exactly those scoring at least the ``cap``-th score, so their
+  order is the exact top of the ranking; rows where they tie are redone on the full path.
+
+Each scale then reads its relevant items' positions off the ranked gallery labels, and
+:func:`metrics_from_rank_rows` turns them into per-query values (float64, one dense reduction per row, so the
+result is deterministic on any device). The per-query values go to the CPU engine's accumulators, so sums,
+exclusions and the empty-query policy are shared code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.metrics.engine import SCORE_ROW_BLOCK, RankingProblem, ScaleAccumulator, _grid_product
+from dynametric.metrics.ranking import at_k, harmonic_numbers, max_rank_needed
+
+DEFAULT_DEVICE_MEMORY_BUDGET = 2 * 2**30
+"""Default working-memory budget on the device in bytes (score, sort and metric buffers of one chunk; the
+embeddings and labels are extra). 2 GiB leaves most of any training GPU to the model that is being validated."""
+
+TOP_PATH_MAX_CAP = 1024
+"""The top path is used when no metric needs ranks beyond this (and ``map``, which needs all ranks, is not asked)."""
+
+_BYTES_PER_SCORE_FULL = 40  # scores 4, sorted values 4, int64 order 8, sort scratch ~16, gathered labels 4 + masks
+_BYTES_PER_SCORE_TOP = 12  # scores 4, masks and top-k scratch
+_BYTES_PER_SLOT = 64  # per relevant item in a row: positions, padded ranks, float64 metric temporaries
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``None`` / ``"cpu"`` -> None (the CPU engine); ``"auto"`` -> CUDA when available, else None; a CUDA device
+    must be available (one-line :class:`ConfigError` otherwise). Any other torch device is returned as is."""
+    if device is None:
+        return None
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}; expected auto, cpu, cuda or cuda:<index>",
+                          key="device") from None
+    if dev.type == "cpu":
+        return None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available on this machine "
+                              "(use --device cpu or auto)", key="device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
+                              "device(s) exist", key="device")
+    return dev
+
+
+@contextlib.contextmanager
+def full_fp32_matmul() -> Iterator[None]:
+    """Scores must be true float32 products: disable TF32 / reduced-precision matmuls (e.g. set by
+    ``torch.set_float32_matmul_precision("high")`` for training) while ranking, and restore the setting after."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: bool,
+                     memory_budget_bytes: int | None) -> int:
+    """Query rows per chunk so that one chunk's device buffers fit the budget (whole 64-row grid blocks)."""
+    budget = DEFAULT_DEVICE_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
+    per_row = (_BYTES_PER_SCORE_FULL if full else _BYTES_PER_SCORE_TOP) * num_gallery \
+        + _BYTES_PER_SLOT * (max_slots + 1) + 64
+    rows = max(1, budget // per_row)
+    if rows >= SCORE_ROW_BLOCK:
+        rows -= rows % SCORE_ROW_BLOCK
+    return int(min(rows, max(1, num_queries), 1 << 16))
+
+
+def metrics_from_rank_rows(ranks: torch.Tensor, found: torch.Tensor, r_count: torch.Tensor, *,
+                           k_values: tuple[int, ...], metrics: tuple[str, ...], asi_cutoff: int | None,
+                           harmonic: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-query metrics from the ascending 1-based ranks of each query's first ``found`` relevant items.
+
+    ``ranks``: ``[C, U]`` (row ``r``'s entries ``[:found[r]]`` are its relevant items' ranks in rank order, the rest
+    padding); ``r_count``: ``R_q``. Every relevant item ranking within the metrics' cut-offs (and, for ``map``,
+    every relevant item) must be among the found ones. Values are float64 ``[C]``, 0 where ``R_q = 0``; same
+    formulas as :func:`dynametric.metrics.ranking.metrics_from_flat_ranks`.
+    """
+    c, u = ranks.shape
+    dev = ranks.device
+    j = torch.arange(1, u + 1, device=dev, dtype=torch.int64).unsqueeze(0)
+    valid = j <= found.unsqueeze(1)
+    big = torch.iinfo(torch.int64).max
+    rk = torch.where(valid, ranks, torch.full_like(ranks, big))
+    r = r_count.unsqueeze(1)
+    denom = r_count.clamp_min(1).to(torch.float64)
+    prec = torch.where(valid, j.to(torch.float64) / rk.clamp_max(2**52).to(torch.float64),
+                       torch.zeros((), dtype=torch.float64, device=dev))
+    out: dict[str, torch.Tensor] = {}
+    first = rk[:, 0] if u else torch.full((c,), big, dtype=torch.int64, device=dev)
+    for k in k_values:
+        out[f"recall@{k}"] = (first <= k).to(torch.float64)
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    within_r = rk <= r
+    if "r_precision" in metrics:
+        out["r_precision"] = within_r.sum(1).to(torch.float64) / denom
+    if "map@r" in metrics:
+        out["map@r"] = torch.where(within_r, prec, zero).sum(1) / denom
+    if "map" in metrics:
+        out["map"] = prec.sum(1) / denom
+    if "asi" in metrics:
+        cut = r_count if asi_cutoff is None else torch.full_like(r_count, asi_cutoff)
+        inside = rk <= cut.unsqueeze(1)
+        h_prev = harmonic[(torch.where(inside, rk, torch.ones_like(rk)) - 1)]
+        sums = inside.sum(1).to(torch.float64) * harmonic[cut] - torch.where(inside, h_prev, zero).sum(1)
+        out["asi"] = sums / cut.clamp_min(1).to(torch.float64)
+    for name in metrics:
+        spec = at_k(name)
+        if spec is None:
+            continue
+        family, k = spec
+        top_k = rk <= k
+        den = r_count.clamp_max(k).clamp_min(1).to(torch.float64)
+        if family == "precision":
+            out[name] = top_k.sum(1).to(torch.float64) / den
+        else:
+            out[name] = torch.where(top_k, prec, zero).sum(1) / den
+    return {name: torch.where(r_count > 0, v, zero) for name, v in out.items()}
+
+
+def _compact_codes(query_col: torch.Tensor, gallery_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Labels of one scale as int64 codes ``0..L-1`` shared by queries and gallery."""
+    both = torch.cat([query_col, gallery_col])
+    uniq, inv = torch.unique(both, return_inverse=True)
+    return inv[:query_col.shape[0]], inv[query_col.shape[0]:], int(uniq.numel())
+
+
+def relevant_counts(problem: RankingProblem) -> torch.Tensor:
+    """``R_q`` per query and scale (``LongTensor[Nq, S]``, on the CPU): gallery items sharing the query's label,
+    minus the excluded ones (itself in leave-one-out; items with the query's id)."""
+    ql, gl = problem.query_labels, problem.gallery_labels
+    out = torch.zeros(ql.shape, dtype=torch.long)
+    for s in range(ql.shape[1]):
+        qc, gc, num = _compact_codes(ql[:, s], gl[:, s])
+        counts = torch.bincount(gc, minlength=num)[qc]
+        if problem.query_codes is not None:
+            # items sharing both the id and the label are excluded relevant items (in leave-one-out: self too)
+            gkey = problem.gallery_codes * num + gc
+            keys, kcount = torch.unique(gkey, return_counts=True)
+            qkey = problem.query_codes * num + qc
+            pos = torch.searchsorted(keys, qkey).clamp_max(max(keys.numel() - 1, 0))
+            counts = counts - torch.where(keys[pos] == qkey, kcount[pos], torch.zeros_like(qkey))
+        elif problem.leave_one_out:
+            counts = counts - 1
+        out[:, s] = counts
+    return out
+
+
+def _raise_overflow() -> None:
+    raise InputError("similarity scores overflowed to inf/NaN; embeddings are too large in magnitude",
+                     key="embeddings")
+
+
+def _ranked_top(scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order, score)`` ``[C, cap]``: each row's best ``cap`` gallery indices, exactly ranked (see module doc)."""
+    vals, idx = torch.topk(scores, cap + 1, dim=1)
+    if bool((torch.isnan(vals[:, 0]) | torch.isposinf(vals[:, 0])).any()):
+        _raise_overflow()
+    o1 = torch.argsort(idx[:, :cap], dim=1)
+    i1, v1 = idx[:, :cap].gather(1, o1), vals[:, :cap].gather(1, o1)
+    v2, o2 = torch.sort(v1, dim=1, descending=True, stable=True)
+    order = i1.gather(1, o2)
+    tied = torch.isfinite(vals[:, cap - 1]) & (vals[:, cap - 1] == vals[:, cap])
+    if bool(tied.any()):
+        rows = tied.nonzero().flatten()
+        fv, fo = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        order[rows], v2[rows] = fo[:, :cap], fv[:, :cap]
+    return order, v2
+
+
+def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values: tuple[int, ...],
+                      metrics: tuple[str, ...], asi_cutoff: int | None,
+                      memory_budget_bytes: int | None) -> list[ScaleAccumulator]:
+    """The torch-device counterpart of :func:`dynametric.metrics.engine.run_ranking` (same inputs and outputs)."""
+    nq, ng = problem.query.shape[0], problem.gallery.shape[0]
+    num_scales = problem.query_labels.shape[1]
+    r_all = relevant_counts(problem)
+    accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
+    max_r = int(r_all.max()) if r_all.numel() else 0
+    cap = max(max_r, max_rank_needed(k_values, metrics, asi_cutoff))
+    full = "map" in metrics or cap > TOP_PATH_MAX_CAP or cap + 1 > ng
+    rows = plan_device_rows(nq, ng, max_r if full else cap, full, memory_budget_bytes)
+    with torch.no_grad():
+        q = problem.query.to(device)
+        g = q if problem.gallery is problem.query else problem.gallery.to(device)
+        sq = (g * g).sum(1) if problem.distance == "euclidean" else None
+        codes = [_compact_codes(problem.query_labels[:, s], problem.gallery_labels[:, s]) for s in range(num_scales)]
+        qcodes = [c[0].to(device) for c in codes]
+        gcodes = [c[1].to(device=device, dtype=torch.int32 if c[2] < 2**31 else torch.int64) for c in codes]
+        id_q = None if problem.query_codes is None else problem.query_codes.to(device)
+        id_g = None if problem.gallery_codes is None else problem.gallery_codes.to(device)
+        r_dev = r_all.to(device)
+        harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1)).to(device)
+        buf = torch.empty((rows, ng), dtype=torch.float32, device=device)
+        for start in range(0, nq, rows):
+            stop = min(nq, start + rows)
+            c = stop - start
+            s = buf[:c]
+            _grid_product(q, g, start, stop, s)
+            if sq is not None:
+                s.mul_(2.0).sub_(sq.unsqueeze(0))
+            if problem.leave_one_out:
+                ar = torch.arange(c, device=device)
+                s[ar, ar + start] = float("-inf")
+            if id_q is not None:
+                s.masked_fill_(id_g.unsqueeze(0) == id_q[start:stop].unsqueeze(1), float("-inf"))
+            s.add_(0.0)  # -0.0 + 0.0 = +0.0: one zero score
+            if full:
+                vals, order = torch.sort(s, dim=1, descending=True, stable=True)
+                if bool((torch.isnan(vals[:, 0]) | torch.isposinf(vals[:, 0])).any()):
+                    _raise_overflow()
+            else:
+                order, vals = _ranked_top(s, cap)
+            kept = vals > float("-inf")  # excluded items sit at the end of a full row
+            del vals
+            for sc in range(num_scales):
+                rel = (gcodes[sc][order] == qcodes[sc][start:stop].unsqueeze(1).to(gcodes[sc].dtype)) & kept
+                found = rel.sum(1)
+                width = int(found.max()) if c else 0
+                rr, pos = rel.nonzero(as_tuple=True)
+                del rel
+                first = torch.cumsum(found, 0) - found
+                ranks = torch.zeros((c, width), dtype=torch.int64, device=device)
+                ranks[rr, torch.arange(rr.numel(), device=device) - first[rr]] = pos + 1
+                r_count = r_dev[start:stop, sc]
+                if full and not torch.equal(found, r_count):  # pragma: no cover - an exclusion bookkeeping bug
+                    raise RuntimeError("torch ranking engine: relevant counts disagree with the label counts")
+                vals_s = metrics_from_rank_rows(ranks, found, r_count, k_values=k_values, metrics=metrics,
+                                                asi_cutoff=asi_cutoff, harmonic=harmonic)
+                accs[sc].add(start, r_count.cpu(), {n: v.cpu() for n, v in vals_s.items()})
+            del order, kept
+    return accs

@@ -1,0 +1,70 @@
+"""fnmr@fmr=<p> (open-metric-learning's definition) on both engines: a hand-computed case and a numpy reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dynametric.errors import ConfigError
+from dynametric.metrics import evaluate_embeddings
+
+
+def test_fnmr_hand_computed():
+    # one query at 0; positive distances 0 0 1 1 2 2 5 5 9 9, negative distances 3 3 4 4 6 6 7 7 8 8:
+    # the 10th percentile of the negatives is 3 (4 of 10 positives >= 3), the 50th is 6 (2 of 10)
+    pos = [0, 0, 1, 1, 2, 2, 5, 5, 9, 9]
+    neg = [3, 3, 4, 4, 6, 6, 7, 7, 8, 8]
+    g = np.array(pos + neg, dtype=np.float32)[:, None]
+    gl = np.array([1] * 10 + [0] * 10)
+    for engine in ("cpu", "torch"):
+        out = evaluate_embeddings(np.zeros((1, 1), np.float32), np.array([1]), g, gl, distance="euclidean",
+                                  metrics=["fnmr@fmr=10", "fnmr@fmr=50"], ranking_engine=engine)["fine"]
+        assert out["fnmr@fmr=10"] == pytest.approx(0.4) and out["fnmr@fmr=50"] == pytest.approx(0.2), engine
+
+
+def _reference(q, ql, g, gl, distance, fmr, loo, qids=None, gids=None):
+    if distance == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - g[None, :, :]) ** 2).sum(-1))
+    keep = np.ones(d.shape, dtype=bool)
+    if loo:
+        np.fill_diagonal(keep, False)
+    if qids is not None:
+        keep &= np.asarray(qids)[:, None] != np.asarray(gids)[None, :]
+    same = ql[:, None] == gl[None, :]
+    pos, neg = d[same & keep], d[~same & keep]
+    return {p: float((pos >= np.percentile(neg, p)).mean()) for p in fmr}
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("loo", [True, False])
+def test_fnmr_matches_numpy_reference(distance, loo):
+    rng = np.random.default_rng(4)
+    fine = rng.integers(0, 8, 150)
+    x = (rng.standard_normal((8, 5))[fine] + 0.9 * rng.standard_normal((150, 5)) + 3.0).astype(np.float32)
+    labels = np.stack([fine, fine % 3], 1)
+    fmr = [0.1, 1, 10, 50, 100]
+    names = [f"fnmr@fmr={p:g}" for p in fmr]
+    if loo:
+        args, kw = (x, labels), {}
+        refs = [_reference(x, labels[:, s], x, labels[:, s], distance, fmr, True) for s in range(2)]
+    else:
+        qids, gids = list(rng.integers(0, 30, 50)), list(rng.integers(0, 30, 100))
+        args, kw = (x[:50], labels[:50], x[50:], labels[50:]), {"query_ids": qids, "gallery_ids": gids}
+        refs = [_reference(x[:50], labels[:50, s], x[50:], labels[50:, s], distance, fmr, False, qids, gids)
+                for s in range(2)]
+    for engine in ("cpu", "torch"):
+        out = evaluate_embeddings(*args, **kw, distance=distance, metrics=["recall@1", *names],
+                                  ranking_engine=engine, memory_budget_bytes=200_000)
+        for s, scale in enumerate(("fine", "coarse")):
+            for p, name in zip(fmr, names):
+                assert out[scale][name] == pytest.approx(refs[s][p], abs=1e-12), (engine, scale, name)
+    assert not math.isnan(out["mean"][names[0]])
+
+
+def test_fnmr_bad_percentage():
+    with pytest.raises(ConfigError, match="percentage"):
+        evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], metrics=["fnmr@fmr=120"])

@@ -1,0 +1,24 @@
+"""The benchmarks' plain full-sort floor (what the GPU suite compares the torch engine with) agrees with the engine."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from dynametric.metrics import evaluate_embeddings
+
+
+def test_full_sort_floor_matches_engine():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_speed.py"
+    spec = importlib.util.spec_from_file_location("eval_speed_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x, labels = mod.make_data(400, 16, 60, 10, 3, seed=1)
+    floor = mod.full_sort_floor(x, labels, chunk_rows=150)
+    ours = evaluate_embeddings(x, labels, metrics=["recall@1", "map@r", "map"], ranking_engine="torch",
+                               scale_names=["a", "b", "c"])
+    for sc, name in enumerate(["a", "b", "c"]):
+        for m in ("recall@1", "map@r", "map"):
+            assert floor[sc][m] == pytest.approx(ours[name][m], abs=1e-6)

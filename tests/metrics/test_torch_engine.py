@@ -1,0 +1,198 @@
+"""The torch-device ranking engine (run here on the CPU) equals the CPU engine; device selection and errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dynametric.errors import ConfigError
+from dynametric.metrics import evaluate_embeddings
+from dynametric.metrics.torch_engine import plan_device_rows, resolve_device
+
+ALL_RANK = ["recall@K", "precision@K", "map@K", "r_precision", "map@r", "map", "asi"]
+
+
+def _data(seed: int, n: int, dim: int, nested: bool, levels: int = 4):
+    """Embeddings on a coarse integer grid (heavy exact score ties, duplicates) and 3-scale labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-levels, levels + 1, (n, dim)).astype(np.float32)
+    x[5:9] = x[0]  # exact duplicates
+    fine = rng.integers(0, n // 4, n)
+    if nested:
+        mid = fine % 7
+        coarse = mid % 3
+    else:
+        mid = rng.integers(0, 6, n)
+        coarse = rng.integers(0, 3, n)
+    return x, np.stack([fine, mid, coarse], 1)
+
+
+def _same(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for scale in a:
+        assert list(a[scale]) == list(b[scale]), scale
+        for key, va in a[scale].items():
+            vb = b[scale][key]
+            if isinstance(va, float) and math.isnan(va):
+                assert math.isnan(vb), (scale, key)
+            else:
+                assert va == pytest.approx(vb, rel=1e-12, abs=1e-14), (scale, key, va, vb)
+
+
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("protocol", ["loo", "loo_ids", "qg", "qg_ids"])
+def test_torch_engine_equals_cpu_engine(nested, distance, protocol):
+    x, lab = _data(len(protocol) + 10 * nested + 100 * (distance == "cosine"), 200, 3, nested)
+    kw = dict(metrics=ALL_RANK, k_values=(1, 3, 10), distance=distance,
+              empty_queries="count_as_zero" if protocol.endswith("ids") else "exclude")
+    rng = np.random.default_rng(1)
+    if protocol.startswith("loo"):
+        args = (x, lab)
+        if protocol == "loo_ids":
+            kw["query_ids"] = list(rng.integers(0, 80, len(x)))
+    else:
+        args = (x[:80], lab[:80], x[80:], lab[80:])
+        if protocol == "qg_ids":
+            kw["query_ids"] = list(rng.integers(0, 40, 80))
+            kw["gallery_ids"] = list(rng.integers(0, 40, 120))
+    want, want_pq = evaluate_embeddings(*args, **kw, per_query=True)
+    for budget in (None, 900_000):  # everything in one chunk; 64-row chunks and a partial last one
+        got, got_pq = evaluate_embeddings(*args, **kw, memory_budget_bytes=budget, ranking_engine="torch",
+                                          per_query=True)
+        _same(want, got)
+        for scale in want_pq:
+            assert np.array_equal(want_pq[scale]["num_relevant"], got_pq[scale]["num_relevant"])
+            for m, arr in want_pq[scale].items():
+                np.testing.assert_allclose(got_pq[scale][m], arr, rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+def test_torch_engine_one_row_chunks():
+    x, lab = _data(7, 40, 2, False)
+    want = evaluate_embeddings(x, lab, metrics=ALL_RANK, k_values=(1, 3), distance="euclidean")
+    _same(want, evaluate_embeddings(x, lab, metrics=ALL_RANK, k_values=(1, 3), distance="euclidean",
+                                    ranking_engine="torch", memory_budget_bytes=1))
+
+
+@pytest.mark.parametrize("metrics", [["recall@K", "r_precision", "map@r", "asi"], ["recall@K", "precision@K"]])
+def test_torch_top_path_with_ties_equals_cpu(metrics):
+    # no `map`: the top-k path; duplicates and a coarse grid make the cap-th and (cap+1)-th scores tie often
+    x, lab = _data(3, 100, 2, True, levels=2)
+    lab = lab[:, :1]  # small classes: a small cap
+    for k in [(1, 2), (1, 7, 40)]:
+        want = evaluate_embeddings(x, lab, metrics=metrics, k_values=k)
+        got = evaluate_embeddings(x, lab, metrics=metrics, k_values=k, ranking_engine="torch",
+                                  memory_budget_bytes=400_000)
+        _same(want, got)
+
+
+def test_torch_engine_tie_rule_by_hand():
+    # distances 1,1,1,2,3 from the query -> ranking g0, g1, g2, g3, g4 by index; relevant at ranks 1, 4, 5
+    q = np.array([[0.0]], dtype=np.float32)
+    g = np.array([[1.0], [-1.0], [1.0], [-2.0], [3.0]], dtype=np.float32)
+    gl = np.array([5, 6, 6, 5, 5])
+    for engine in ("cpu", "torch"):
+        out = evaluate_embeddings(q, np.array([5]), g, gl, distance="euclidean", k_values=(1, 2, 4),
+                                  metrics=["recall@K", "precision@K", "map@K", "map"], ranking_engine=engine)["fine"]
+        assert out["recall@1"] == 1.0 and out["recall@4"] == 1.0
+        assert out["precision@2"] == 0.5 and out["precision@4"] == pytest.approx(2 / 3)  # 2 hits / min(4, R=3)
+        assert out["map@2"] == pytest.approx(1 / 2)  # (1/min(2, 3)) * (1/1)
+        assert out["map@4"] == pytest.approx((1 + 2 / 4) / 3)
+        assert out["map"] == pytest.approx((1 + 2 / 4 + 3 / 5) / 3)
+
+
+def test_zero_scores_tie_by_index():
+    # several candidates score exactly 0 (one of them possibly -0.0): one score, ties by gallery index
+    q = np.array([[0.6, 0.8]], dtype=np.float32)
+    g = np.array([[0.8, -0.6], [-0.0, -0.0], [-0.8, 0.6], [0.6, 0.8]], dtype=np.float32)
+    gl = np.array([0, 1, 1, 2])
+    for engine in ("cpu", "torch"):
+        out = evaluate_embeddings(q, np.array([1]), g, gl, metrics=["map"], ranking_engine=engine)["fine"]
+        assert out["map"] == pytest.approx((1 / 3 + 2 / 4) / 2), engine  # ranks: g3, g0, g1, g2
+
+
+def test_device_resolution():
+    assert resolve_device(None) is None and resolve_device("cpu") is None
+    assert resolve_device(torch.device("cpu")) is None
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") is None
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], device="cuda")
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("gpu7")
+    with pytest.raises(ConfigError, match="ranking_engine"):
+        evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], ranking_engine="faiss")
+
+
+def test_device_plan_fits_budget():
+    rows = plan_device_rows(60502, 60502, 7000, True, None)
+    assert rows % 64 == 0 and rows * 40 * 60502 <= 2 * 2**30
+    assert plan_device_rows(10, 10**6, 50, False, 1) == 1
+
+
+def _brute_metrics(q, ql, g, gl, distance, k_values=(1, 4)):
+    """Float64 brute force on the raw embeddings (one scale): recall@k, map@r, map, precision@k, map@k."""
+    q64, g64 = q.astype(np.float64), g.astype(np.float64)
+    if distance == "cosine":
+        q64 /= np.linalg.norm(q64, axis=1, keepdims=True)
+        g64 /= np.linalg.norm(g64, axis=1, keepdims=True)
+        score = q64 @ g64.T
+    else:
+        score = -((q64[:, None, :] - g64[None, :, :]) ** 2).sum(-1)
+    out: dict[str, list[float]] = {}
+    for i in range(len(q)):
+        order = np.lexsort((np.arange(len(g)), -score[i]))
+        rel = (gl[order] == ql[i]).astype(np.float64)
+        r = rel.sum()
+        prec = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+        vals = {"map@r": (rel[:int(r)] * prec[:int(r)]).sum() / r, "map": (rel * prec).sum() / r}
+        for k in k_values:
+            vals[f"recall@{k}"] = float(rel[:k].any())
+            vals[f"precision@{k}"] = rel[:k].sum() / min(k, r)
+            vals[f"map@{k}"] = (rel[:k] * prec[:k]).sum() / min(k, r)
+        for key, v in vals.items():
+            out.setdefault(key, []).append(v)
+    return {key: float(np.mean(v)) for key, v in out.items()}
+
+
+@pytest.mark.parametrize("offset", [10.0, 100.0, 1000.0])
+def test_euclidean_far_from_origin_matches_float64(offset):
+    rng = np.random.default_rng(int(offset))
+    centres = rng.standard_normal((12, 8))
+    fine = rng.integers(0, 12, 240)
+    x = (offset + centres[fine] + 0.7 * rng.standard_normal((240, 8))).astype(np.float32)
+    q, g, ql, gl = x[:80], x[80:], fine[:80], fine[80:]
+    want = _brute_metrics(q, ql, g, gl, "euclidean")
+    metrics = ["recall@K", "precision@K", "map@K", "map@r", "map"]
+    for engine in ("cpu", "torch"):
+        got = evaluate_embeddings(q, ql, g, gl, distance="euclidean", metrics=metrics, k_values=(1, 4),
+                                  ranking_engine=engine)["fine"]
+        for key, v in want.items():
+            assert got[key] == pytest.approx(v, abs=1e-12), (engine, key)
+    if offset == 1000.0:  # the test can fail: float32 2<q,g> - ||g||^2 on the raw embeddings misorders here
+        s = 2.0 * (q @ g.T) - (g * g).sum(1)[None, :]
+        rank1 = np.lexsort((np.broadcast_to(np.arange(len(g)), s.shape), -s), axis=1)[:, 0]
+        assert float((gl[rank1] == ql).mean()) != want["recall@1"]
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-13, 1e-30])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_extreme_magnitudes_are_exact(scale, distance):
+    rng = np.random.default_rng(5)
+    fine = rng.integers(0, 10, 160)
+    base = (rng.standard_normal((10, 6))[fine] + 0.5 * rng.standard_normal((160, 6)))
+    base *= rng.uniform(0.2, 5.0, (160, 1))  # different norms: cosine must really normalise
+    x = (base * scale).astype(np.float32)
+    assert np.isfinite(x).all() and (np.abs(x) > 0).all()
+    q, g, ql, gl = x[:60], x[60:], fine[:60], fine[60:]
+    want = _brute_metrics(q, ql, g, gl, distance)
+    for engine in ("cpu", "torch"):
+        got = evaluate_embeddings(q, ql, g, gl, distance=distance, metrics=["recall@K", "map@r", "map"],
+                                  k_values=(1, 4), ranking_engine=engine)["fine"]
+        for key in ("recall@1", "recall@4", "map@r", "map"):
+            assert got[key] == pytest.approx(want[key], abs=1e-12), (engine, key)
