@@ -274,8 +274,9 @@ class TrainerConfig:
     """Validate every N epochs."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A non-finite loss stops the run with the step named (``stop``) or skips the step with a counted warning."""
-    monitor: str = "fine/map@r"
-    """``<scale>/<metric>`` (or ``mean/<metric>``) of the validation metrics that selects the best checkpoint."""
+    monitor: str = "finest/map@r"
+    """``<scale>/<metric>`` (or ``mean/<metric>``) of the validation metrics that selects the best checkpoint;
+    ``finest`` / ``coarsest`` stand for the dataset's first / last scale, whatever its name."""
     monitor_mode: Literal["max", "min"] = "max"
     patience: int | None = None
     """Early stopping after this many validation rounds without improvement (``None`` = off)."""
