@@ -347,6 +347,11 @@ class RunConfig:
     """Run folder name; ``None`` = a timestamp plus the config hash."""
     report: bool = True
     """Write ``report.html`` with curves, metric bars, embedding map and a retrieval gallery."""
+    logger: Literal["csv", "tensorboard", "wandb", "mlflow"] = "csv"
+    """Experiment logger (``tensorboard``, ``wandb``, ``mlflow`` need the extra of that name); it receives the loss,
+    per-scale validation/test metrics and the report's figures."""
+    logger_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the Lightning logger (e.g. wandb ``project``, ``offline``; mlflow ``tracking_uri``)."""
 
 
 @dataclass

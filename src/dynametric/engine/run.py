@@ -34,6 +34,7 @@ from dynametric.engine.builders import (
 )
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
+from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import write_report
@@ -187,6 +188,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
         "training classes"))  # before the untrained evaluation spends time
+    exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
                           eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.workers,
@@ -209,6 +211,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
             f"scales {comps.scale_names}")
         log("evaluating the untrained model on the test split ...")
         untrained = test_eval(None)
+        log_results(exp_logger, "untrained", untrained, step=0)
         metrics: dict[str, Any] = {"untrained": untrained, "validation": [], "test": {}}
         atomic_write_json(metrics_path, metrics)
     else:
@@ -219,7 +222,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
         log(f"resuming {run_dir} from {last}")
-    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None)
+    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     metrics["validation"] = module.validation_history
@@ -234,6 +237,8 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
         test_ckpt = None
     log(f"testing {info['selected']['checkpoint']} on the test split ...")
     metrics["test"] = test_eval(test_ckpt)
+    if trainer.is_global_zero:
+        log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
     emb_labels = module.last_embeddings
     report_set = datasets.test
     if dyml is not None and dyml.is_per_scale and datasets.val is not None:
@@ -251,13 +256,18 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     info["wall_time_s"] = round(time.time() - t0, 1)
     if trainer.is_global_zero:
         atomic_write_json(metrics_path, metrics)
-        atomic_write_json(run_dir / "run_info.json", info)
         if cfg.run.report:
             emb, labels = emb_labels if emb_labels is not None else (None, None)
             write_report(run_dir / "report.html", metrics=metrics, loss_history=module.loss_history,
                          scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
                          dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
                          seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}")
+            info["logged_figures"] = log_figures(exp_logger, report_figures(
+                (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
+        info["logger"] = cfg.run.logger
+        atomic_write_json(run_dir / "run_info.json", info)
+        if exp_logger is not None:
+            exp_logger.finalize("success")
         _summary(metrics, comps.scale_names, log)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
