@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import dynametric
 from dynametric.config import (
     Config,
     ExtraLossConfig,
@@ -40,7 +41,7 @@ def test_default_config_is_the_synthetic_cpu_run() -> None:
     cfg = load_config()
     assert cfg == Config()
     assert cfg.data.format == "synthetic" and cfg.model.backbone == "simple_cnn"
-    assert cfg.trainer.monitor == "fine/map@r" and cfg.miner is None and cfg.extra_losses == []
+    assert cfg.trainer.monitor == "finest/map@r" and cfg.miner is None and cfg.extra_losses == []
 
 
 def test_overrides_are_parsed_as_yaml() -> None:
@@ -172,7 +173,8 @@ def test_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
     # Same digest in a fresh interpreter with a different string-hash seed.
     code = "from dynametric.config import Config, config_hash; print(config_hash(Config()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
+                         env={"PYTHONHASHSEED": "123", "PATH": "",  # the same source tree as this process
+                              "PYTHONPATH": str(Path(dynametric.__file__).parents[1])}).stdout.strip()
     assert out == config_hash(Config())
 
 

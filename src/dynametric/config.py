@@ -274,8 +274,9 @@ class TrainerConfig:
     """Validate every N epochs."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A non-finite loss stops the run with the step named (``stop``) or skips the step with a counted warning."""
-    monitor: str = "fine/map@r"
-    """``<scale>/<metric>`` (or ``mean/<metric>``) of the validation metrics that selects the best checkpoint."""
+    monitor: str = "finest/map@r"
+    """``<scale>/<metric>`` (or ``mean/<metric>``) of the validation metrics that selects the best checkpoint;
+    ``finest`` / ``coarsest`` stand for the dataset's first / last scale, whatever its name."""
     monitor_mode: Literal["max", "min"] = "max"
     patience: int | None = None
     """Early stopping after this many validation rounds without improvement (``None`` = off)."""
@@ -346,6 +347,11 @@ class RunConfig:
     """Run folder name; ``None`` = a timestamp plus the config hash."""
     report: bool = True
     """Write ``report.html`` with curves, metric bars, embedding map and a retrieval gallery."""
+    logger: Literal["csv", "tensorboard", "wandb", "mlflow"] = "csv"
+    """Experiment logger (``tensorboard``, ``wandb``, ``mlflow`` need the extra of that name); it receives the loss,
+    per-scale validation/test metrics and the report's figures."""
+    logger_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the Lightning logger (e.g. wandb ``project``, ``offline``; mlflow ``tracking_uri``)."""
 
 
 @dataclass

@@ -59,6 +59,15 @@ def test_run_folder_and_metrics_shape(finished_run):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "Multi-scale retrieval" in html
     assert "<td>None</td>" not in html  # every table cell holds a value (counts are not listed as metrics)
+    # the default csv logger got the per-scale metrics of every stage (the same values as metrics.json)
+    import csv
+
+    rows = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    for stage, block in (("untrained", metrics["untrained"]), ("test", metrics["test"])):
+        for scale in [*scales, "mean"]:
+            logged = [float(r[f"{stage}/{scale}/map@r"]) for r in rows if r.get(f"{stage}/{scale}/map@r")]
+            assert logged == [pytest.approx(block[scale]["map@r"], rel=1e-6)]
+    assert info["logger"] == "csv"
 
 
 def test_resume_of_a_finished_run_continues_with_more_epochs(finished_run, tmp_path):

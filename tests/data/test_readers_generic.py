@@ -107,7 +107,7 @@ def test_check_hierarchy_brute_force() -> None:
 
 def test_registry_errors_and_synthetic(tmp_path: Path) -> None:
     assert FORMAT_NAMES == ("cub200", "cars196", "sop", "inshop", "dyml-vehicle", "dyml-animal", "dyml-product",
-                            "csv", "folder", "synthetic")
+                            "csv", "folder", "oml", "synthetic")
     with pytest.raises(ConfigError, match="unknown dataset format 'cub'; valid formats: cub200, cars196"):
         build_dataset("cub", tmp_path, "train")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['swap'\] for format 'sop'.*'swap_rb'"):

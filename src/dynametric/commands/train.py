@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue an interrupted run exactly from RUN_DIR/last.ckpt (uses RUN_DIR/config.yaml)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="run folder (default: <run.output_dir>/<run.name or timestamp-hash>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on/off (default: the config's trainer.progress_bar)")
     p.set_defaults(func=run)
 
 
@@ -54,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
         dry_run(cfg)
         return 0
     run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
-    run_training(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    run_training(cfg, run_dir, resume=args.resume is not None, progress=args.progress)
     return 0

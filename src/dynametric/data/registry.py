@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from dynametric.data.base import HierarchicalImageDataset, SplitRecords
 from dynametric.data.dyml import DyMLFormat
 from dynametric.data.generic import CSVFormat, FolderFormat
+from dynametric.data.oml import CroppedImageDataset, OMLFormat
 from dynametric.data.standard import Cars196Format, CUB200Format, InShopFormat, SOPFormat
 from dynametric.errors import ConfigError
 
@@ -48,6 +49,7 @@ FORMATS: dict[str, DatasetFormat] = {
     "dyml-product": DyMLFormat("product"),
     "csv": CSVFormat(),
     "folder": FolderFormat(),
+    "oml": OMLFormat(),
 }
 SYNTHETIC = "synthetic"
 FORMAT_NAMES: tuple[str, ...] = (*FORMATS, SYNTHETIC)
@@ -115,6 +117,12 @@ def build_dataset(format: str, root: str | Path | None, split: str,
     fmt = get_format(format)
     common, reader = split_options(fmt, options)
     records = fmt.read(root, split, **reader)
-    return HierarchicalImageDataset.from_records(
+    boxes = getattr(records, "boxes", None)  # crop boxes (oml); None or all-None: whole images
+    cropped = boxes is not None and any(b is not None for b in boxes)
+    cls = CroppedImageDataset if cropped else HierarchicalImageDataset
+    dataset = cls.from_records(
         records, transform=transform, mode=common["mode"], check_hierarchy=common["check_hierarchy"],
         swap_rb=common["swap_rb"], skip_corrupt=common["skip_corrupt"], name=fmt.name)
+    if cropped:
+        dataset.boxes = list(boxes)
+    return dataset

@@ -356,11 +356,13 @@ def eval_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def check_monitor(cfg: Any, scale_names: Sequence[str]) -> None:
-    scale, _, metric = cfg.trainer.monitor.partition("/")
+    from dynametric.engine.preflight import resolve_monitor
+
+    scale, _, metric = resolve_monitor(cfg.trainer.monitor, scale_names).partition("/")
     valid = [*scale_names, "mean"]
     if scale not in valid:
-        raise ConfigError(f"monitor scale {scale!r} is not one of the dataset's scales {valid}",
-                          key="trainer.monitor")
+        raise ConfigError(f"monitor scale {scale!r} is not one of the dataset's scales {valid} (or 'finest', "
+                          "'coarsest')", key="trainer.monitor")
     if cfg.eval.metrics is not None and metric not in cfg.eval.metrics:
         raise ConfigError(f"monitor metric {metric!r} is not computed; eval.metrics = {cfg.eval.metrics}",
                           key="trainer.monitor")
@@ -413,6 +415,9 @@ def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | N
         from dynametric.metrics import default_scale_names
 
         scale_names = list(default_scale_names(num_scales or 3))
+    from dynametric.engine.preflight import with_resolved_monitor
+
+    cfg = with_resolved_monitor(cfg, scale_names)  # `finest/map@r` -> `<first scale>/map@r`
     objectives = build_objectives(cfg, embedder, train_labels, len(scale_names))
     common: dict[str, Any] = {"eval_kwargs": eval_kwargs(cfg), "eval_head": eval_head(cfg),
                               "scale_names": scale_names, "nonfinite": cfg.trainer.nonfinite}

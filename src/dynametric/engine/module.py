@@ -311,7 +311,9 @@ class MetricLearningModule(L.LightningModule):
             for metric, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     # identical on every rank (computed from gathered embeddings): the sync is a no-op average
-                    self.log(f"{prefix}/{scale}/{metric}", float(value), sync_dist=world_info()[1] > 1)
+                    name = f"{prefix}/{scale}/{metric}"
+                    self.log(name, float(value), sync_dist=world_info()[1] > 1,
+                             prog_bar=name == self.optim_settings.monitor)  # the bar: loss + monitored metric
 
     def on_validation_epoch_end(self) -> None:
         results = self._evaluate_buffer()

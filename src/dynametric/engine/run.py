@@ -34,7 +34,9 @@ from dynametric.engine.builders import (
 )
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
+from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
+from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import write_report
 from dynametric.engine.trainer import build_trainer
 from dynametric.errors import ConfigError, InputError
@@ -159,12 +161,16 @@ def _test_evaluator(cfg: Any, dyml: Any, module: MetricLearningModule, dm: Metri
     return test, test
 
 
-def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] = print) -> RunResult:
-    """Train, select on validation, test the best checkpoint, write metrics.json and report.html."""
+    """Train, select on validation, test the best checkpoint, write metrics.json and report.html.
+
+    ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
+    ``--no-progress``) override it."""
     from dynametric.config import config_to_yaml, save_config
 
     t0 = time.time()
+    progress = bool(cfg.trainer.progress_bar) if progress is None else bool(progress)
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
@@ -180,6 +186,9 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     dyml = protocol_from_config(cfg)  # DyML configs test with their own protocol and splits (engine/dyml.py)
     datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
+    check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
+        "training classes"))  # before the untrained evaluation spends time
+    exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
                           eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.workers,
@@ -202,6 +211,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
             f"scales {comps.scale_names}")
         log("evaluating the untrained model on the test split ...")
         untrained = test_eval(None)
+        log_results(exp_logger, "untrained", untrained, step=0)
         metrics: dict[str, Any] = {"untrained": untrained, "validation": [], "test": {}}
         atomic_write_json(metrics_path, metrics)
     else:
@@ -212,7 +222,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
         log(f"resuming {run_dir} from {last}")
-    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None)
+    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     metrics["validation"] = module.validation_history
@@ -220,13 +230,15 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     if best.is_file():
         ckpt = load_checkpoint_file(best)
         info["selected"] = {"checkpoint": "best.ckpt", "epoch": int(ckpt.get("epoch", -1)),
-                            "global_step": int(ckpt.get("global_step", -1)), "monitor": cfg.trainer.monitor}
+                            "global_step": int(ckpt.get("global_step", -1)), "monitor": settings.monitor}
         test_ckpt: str | None = str(best)
     else:
         info["selected"] = {"checkpoint": "final weights (no validation split)"}
         test_ckpt = None
     log(f"testing {info['selected']['checkpoint']} on the test split ...")
     metrics["test"] = test_eval(test_ckpt)
+    if trainer.is_global_zero:
+        log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
     emb_labels = module.last_embeddings
     report_set = datasets.test
     if dyml is not None and dyml.is_per_scale and datasets.val is not None:
@@ -244,22 +256,43 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     info["wall_time_s"] = round(time.time() - t0, 1)
     if trainer.is_global_zero:
         atomic_write_json(metrics_path, metrics)
-        atomic_write_json(run_dir / "run_info.json", info)
         if cfg.run.report:
             emb, labels = emb_labels if emb_labels is not None else (None, None)
             write_report(run_dir / "report.html", metrics=metrics, loss_history=module.loss_history,
                          scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
-                         dataset=report_set, distance=cfg.eval.distance, monitor=cfg.trainer.monitor,
+                         dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
                          seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}")
+            info["logged_figures"] = log_figures(exp_logger, report_figures(
+                (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
+        info["logger"] = cfg.run.logger
+        atomic_write_json(run_dir / "run_info.json", info)
+        if exp_logger is not None:
+            exp_logger.finalize("success")
         _summary(metrics, comps.scale_names, log)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
 
 
 def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
-    """Validate the config and build model, losses, miners and optimizer; no training, no dataset required."""
+    """Validate the config and build model, losses, miners and optimizer; no training, no dataset required.
+
+    Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
+    whether the pretrained weights are already cached (else where a real run would fetch them from)."""
+    import dataclasses
+
     from dynametric.config import config_to_yaml
 
+    shown = cfg
+    weights_note = None
+    if cfg.model.pretrained:
+        from dynametric.models.backbones import pretrained_weights_status
+
+        cached, where = pretrained_weights_status(cfg.model.backbone)
+        weights_note = (f"pretrained weights: cached ({where})" if cached else
+                        f"pretrained weights: NOT cached; a real run downloads them from {where} (offline: put the "
+                        "file in the cache or set model.pretrained=false and model.pretrained_path)"
+                        if cached is False else f"pretrained weights: {where}")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
     datasets = None
     if root_missing(cfg):
         warnings.warn(f"dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will "
@@ -268,13 +301,18 @@ def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
     else:
         datasets = build_datasets(cfg, with_test=False)
     comps = build_components(cfg, datasets=datasets, progress_bar=False)
+    if datasets is not None:
+        check_batches(cfg, datasets.train, scale_names=comps.scale_names,
+                      carved=datasets.val_source.endswith("training classes"))
     optimizer = comps.module.configure_optimizers()
     opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     log("# resolved configuration")
-    log(config_to_yaml(cfg).rstrip())
+    log(config_to_yaml(shown).rstrip())
     log("# components")
     n_params = sum(p.numel() for p in comps.embedder.parameters())
     log(f"model: {cfg.model.backbone}, {n_params:,} parameters")
+    if weights_note is not None:
+        log(weights_note)
     for obj in comps.objectives:
         log(f"loss term {obj.name!r}: {type(obj.loss).__name__} (head={obj.head}, weight={obj.weight}), "
             f"miner={type(obj.miner).__name__ if obj.miner is not None else None}")

@@ -83,6 +83,10 @@ def build_trainer(
                                  patience=settings.patience, check_on_train_epoch_end=False))
     if logger is None and run_dir is not None:
         logger = CSVLogger(save_dir=run_dir, name="", version="logs")
+    if settings.progress_bar:
+        from dynametric.engine.loggers import MetricProgressBar
+
+        cbs.append(MetricProgressBar())
     return L.Trainer(
         max_epochs=settings.max_epochs if settings.max_steps < 1 else -1,
         max_steps=settings.max_steps,

@@ -124,8 +124,68 @@ def _unknown_backbone(name: str) -> ConfigError:
                        key="model.backbone")
 
 
+TIMM_SOURCE_PREFIXES = ("hf-hub:", "local-dir:")
+"""timm's model sources: ``hf-hub:<org>/<repo>`` (a Hugging Face Hub repository holding a timm ``config.json`` and
+weights) and ``local-dir:<folder>`` (the same files in a local folder, e.g. written by ``timm.models.save_for_hf``).
+The architecture comes from ``config.json``; the weights are loaded when ``pretrained`` is true."""
+
+
+def _check_prefixed_name(name: str) -> None:
+    prefix, _, ident = name.partition(":")
+    if not ident:
+        raise ConfigError(f"{prefix}: needs a {'repository id' if prefix == 'hf-hub' else 'folder'} after the "
+                          "colon", key="model.backbone")
+    if prefix == "local-dir":
+        from pathlib import Path
+
+        folder = Path(ident).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{folder} is not a timm model folder (expected config.json and model weights in it, "
+                              "as timm.models.save_for_hf writes them)", key="model.backbone")
+
+
+def pretrained_weights_status(name: str) -> tuple[bool | None, str]:
+    """Whether ``create_backbone(name, pretrained=True)`` would find its weights on disk, without downloading:
+    ``(True, where)``, ``(False, where it would download from)``, or ``(None, why unknown)``."""
+    import os
+    from pathlib import Path
+
+    if name == "simple_cnn":
+        return None, "simple_cnn has no pretrained weights"
+    if name == "bninception":
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(BNINCEPTION_URL)
+        return (True, str(cached)) if cached.is_file() else (False, BNINCEPTION_URL)
+    if name.startswith("local-dir:"):
+        folder = Path(name.partition(":")[2]).expanduser()
+        found = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).is_file()]
+        return (True, str(folder / found[0])) if found else (False, f"no weight file in {folder}")
+    import timm
+
+    repo, url = None, None
+    if name.startswith("hf-hub:"):
+        repo = name.partition(":")[2]
+    else:
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False) if timm.is_model(name) else None
+        if cfg is None:
+            return None, f"timm has no pretrained weights registered for {name!r}"
+        repo, url = cfg.hf_hub_id or None, cfg.url or None
+    if repo:  # timm prefers the Hub copy when huggingface_hub is installed (it is a timm dependency)
+        from huggingface_hub import try_to_load_from_cache
+
+        for fname in ("model.safetensors", "pytorch_model.bin"):
+            hit = try_to_load_from_cache(repo, fname)
+            if isinstance(hit, str):
+                return True, hit
+        return False, f"https://huggingface.co/{repo}"
+    if url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+        return (True, str(cached)) if cached.is_file() else (False, url)
+    return None, f"no download source known for {name!r}"
+
+
 def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, **kwargs: Any) -> Backbone:
-    """Build backbone ``name``: one of :data:`BACKBONES` or any timm model.
+    """Build backbone ``name``: one of :data:`BACKBONES`, any timm model, or a timm ``hf-hub:<repo>`` /
+    ``local-dir:<folder>`` name (:data:`TIMM_SOURCE_PREFIXES`).
 
     timm models are created with ``timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="",
     in_chans=in_chans, **kwargs)`` (timm's normal weight loading and cache when ``pretrained``); pooling is ours.
@@ -136,7 +196,10 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
                         classifier_prefixes=tuple(getattr(body, "classifier_prefixes", ())))
     import timm
 
-    if not timm.is_model(name):
+    hub_name = name.startswith(TIMM_SOURCE_PREFIXES)
+    if hub_name:
+        _check_prefixed_name(name)
+    elif not timm.is_model(name):
         raise _unknown_backbone(name)
     try:
         body = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans,
@@ -144,7 +207,7 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
     except TypeError as exc:
         raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}", key="model.backbone_kwargs") from exc
     except Exception as exc:
-        if not pretrained:
+        if not pretrained and not hub_name:
             raise
         raise _download_error(name, exc) from exc  # offline, hub errors, missing cache entry
     classifier = body.pretrained_cfg.get("classifier") if getattr(body, "pretrained_cfg", None) else None

@@ -94,6 +94,27 @@ class Embedder(nn.Module):
             return self.heads[self.head_names[0]](pooled)
         return {name: self.heads[name](pooled) for name in self.head_names}
 
+    # ---------------------------------------------------------------- sharing (dynametric.models.hub)
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **kwargs: Any) -> Embedder:
+        """An embedder with its weights from a model folder, a run folder or a Hugging Face repository id
+        (:func:`dynametric.models.hub.from_pretrained`)."""
+        from dynametric.models.hub import from_pretrained
+
+        return from_pretrained(source, **kwargs)
+
+    def save_pretrained(self, folder: str | Path, **kwargs: Any) -> Path:
+        """Write a model folder (weights, description, model card): :func:`dynametric.models.hub.save_pretrained`."""
+        from dynametric.models.hub import save_pretrained
+
+        return save_pretrained(self, folder, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload to the Hugging Face Hub (``hub`` extra): :func:`dynametric.models.hub.push_to_hub`."""
+        from dynametric.models.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group: ``{"backbone": [...], "head": [...]}`` (frozen ones left out)."""
         return {
@@ -244,4 +265,10 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
     pool = GlobalPool(pooling, num_prefix_tokens=body.num_prefix_tokens)
     in_dim = pool.output_dim(body.feature_dim)
     heads = {name: EmbeddingHead(in_dim, dim, normalize=normalize) for name, dim in zip(names, dims, strict=True)}
-    return Embedder(body, pool, heads, freeze_bn=freeze_bn)
+    model = Embedder(body, pool, heads, freeze_bn=freeze_bn)
+    model.build_kwargs = {  # what save_pretrained records to rebuild this model (models/hub.py)
+        "backbone": backbone, "pretrained": pretrained, "pretrained_path": pretrained_path,
+        "embedding_dim": embedding_dim, "pooling": pooling, "normalize": normalize, "freeze_bn": freeze_bn,
+        "num_heads": num_heads, "head_dims": None if head_dims is None else list(head_dims), "in_chans": in_chans,
+        "head_names": None if head_names is None else list(head_names), "backbone_kwargs": dict(backbone_kwargs or {})}
+    return model

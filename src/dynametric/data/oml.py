@@ -1,0 +1,265 @@
+"""open-metric-learning's dataset CSV (``oml`` format).
+
+OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
+
+    label,path,split,is_query,is_gallery,category,x_1,x_2,y_1,y_2
+    0,images/0001.jpg,train,,,bird,,,,
+    7,images/0100.jpg,validation,True,False,bird,12,80,5,60
+    7,images/0101.jpg,validation,False,True,bird,,,,
+
+* required columns ``label`` (an integer class id), ``path`` (relative to the CSV's folder, or ``image_root``),
+  ``split`` (``train`` or ``validation``), ``is_query``, ``is_gallery`` (empty on ``train`` rows; on
+  ``validation`` rows true/false, ``1``/``0`` also accepted, and at least one of them true);
+* optional ``category``: a coarser class of the label; when the column is present it becomes a second scale
+  (scales ``label`` then ``category``, finest first, checked to be a hierarchy);
+* optional bounding box ``x_1, x_2, y_1, y_2`` (all four columns or none): pixel coordinates with ``x_1 < x_2``,
+  ``y_1 < y_2``, all ``>= 0``; the item is the crop ``(x_1, y_1, x_2, y_2)`` of the image (PIL's box, as OML crops);
+  a row with the four cells empty uses the whole image. The same image may appear on several rows with different
+  boxes (one item per box).
+
+Splits offered: ``train``; ``validation`` (every validation row); ``query`` and ``gallery`` (the validation rows
+flagged ``is_query`` / ``is_gallery``; a row flagged both is in both, and ``eval.query_in_gallery: true`` then keeps
+a query from retrieving its own copy). ``query`` and ``gallery`` share one class-id space. As in OML, every query
+label must have a gallery item. Other columns (OML's ``category_int``, ``sequence``, ...) are ignored and listed in
+the load report's notes. Every problem names the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dynametric.data.base import HierarchicalImageDataset, LoadReport, SplitRecords, contiguous_ids
+from dynametric.data.readers import DuplicateTracker, image_exists, read_lines, require_file, resolve_root
+from dynametric.errors import InputError
+
+REQUIRED = ("label", "path", "split", "is_query", "is_gallery")
+BOX = ("x_1", "x_2", "y_1", "y_2")
+SPLITS = ("train", "validation", "query", "gallery")
+_TRUE, _FALSE = {"true", "1", "1.0", "yes"}, {"false", "0", "0.0", "no"}
+
+Box = tuple[int, int, int, int]  # PIL order: (left, upper, right, lower) = (x_1, y_1, x_2, y_2)
+
+
+@dataclass
+class OMLRecords(SplitRecords):
+    """:class:`SplitRecords` plus one crop box (or ``None``) per record."""
+
+    boxes: list[Box | None] | None = None
+
+
+class CroppedImageDataset(HierarchicalImageDataset):
+    """A :class:`HierarchicalImageDataset` whose items are crops: ``boxes[i]`` (``(x_1, y_1, x_2, y_2)`` pixels, or
+    ``None`` for the whole image) is applied right after decoding, before the transform."""
+
+    boxes: list[Box | None]
+
+    def load_image(self, index: int) -> Image.Image:
+        image = super().load_image(index)
+        box = self.boxes[int(index)] if getattr(self, "boxes", None) is not None else None
+        return image if box is None else image.crop(box)
+
+    def subset(self, indices: Any, split: str | None = None, remap: bool = True) -> CroppedImageDataset:
+        import torch
+
+        out = super().subset(indices, split, remap)
+        out.__class__ = CroppedImageDataset
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
+        out.boxes = [self.boxes[i] for i in idx]
+        return out
+
+
+def _flag(text: str) -> bool | None:
+    """``True`` / ``False`` for a flag cell, ``None`` for an empty one; raises ``ValueError`` otherwise."""
+    t = text.strip().lower()
+    if t in ("", "nan", "none"):
+        return None
+    if t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def _coordinate(text: str) -> float | None:
+    t = text.strip()
+    if t.lower() in ("", "nan", "none"):
+        return None
+    value = float(t)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+class OMLFormat:
+    name = "oml"
+    options: dict[str, object] = {"csv_file": "df.csv", "image_root": None}
+
+    def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
+        base = resolve_root(root, "an OML dataset CSV (label, path, split, is_query, is_gallery) or its folder")
+        return base if base.is_file() else base / csv_file
+
+    def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:
+        require_file(path, "an OML dataset CSV with columns " + ", ".join(REQUIRED))
+        lines = read_lines(path, report)
+        if not lines:
+            raise InputError("empty CSV (expected a header naming " + ", ".join(REQUIRED) + ")", file=path)
+        rows = [(n, next(csv.reader(io.StringIO(t)))) for n, t in lines]
+        header = [h.strip() for h in rows[0][1]]
+        report.header[str(path)] = "own_line"
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise InputError(f"missing column(s) {missing}; an OML CSV needs {list(REQUIRED)} (optional: category, "
+                             f"{', '.join(BOX)}); got {header}", file=path, line=rows[0][0])
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise InputError(f"column(s) {dup} appear more than once", file=path, line=rows[0][0])
+        boxes = [c for c in BOX if c in header]
+        if boxes and len(boxes) != len(BOX):
+            raise InputError(f"bounding boxes need all four columns {list(BOX)}; missing "
+                             f"{[c for c in BOX if c not in header]}", file=path, line=rows[0][0])
+        extra = [h for h in header if h not in (*REQUIRED, *BOX, "category")]
+        if extra:
+            report.notes.append(f"column(s) {extra} of {path.name} ignored")
+        return header, [(n, [f.strip() for f in r]) for n, r in rows[1:]]
+
+    def splits(self, root: str | Path | None, csv_file: str = "df.csv", **_: object) -> list[str]:
+        header, rows = self._parse(self._csv_path(root, csv_file), LoadReport(split="*"))
+        col = header.index("split")
+        found = {r[col] for _, r in rows if len(r) == len(header)}
+        out = ["train"] if "train" in found else []
+        return out + (["validation", "query", "gallery"] if "validation" in found else [])
+
+    def _check_row(self, header: list[str], r: list[str], path: Path, number: int,
+                   report: LoadReport) -> tuple[Any, ...] | None:
+        """Validate one row; ``(label, category, split, is_query, is_gallery, box)`` or ``None`` (problem added)."""
+        col = {h: i for i, h in enumerate(header)}
+
+        def bad(column: str, message: str) -> None:
+            report.add(f"column '{column}': {message}", path, number)
+
+        if len(r) != len(header):
+            report.add(f"expected {len(header)} fields {header}, got {len(r)}", path, number)
+            return None
+        label_text = r[col["label"]]
+        try:
+            label = int(label_text)
+        except ValueError:
+            bad("label", f"expected an integer class id, got {label_text!r}")
+            return None
+        if not r[col["path"]]:
+            bad("path", "empty path")
+            return None
+        split = r[col["split"]]
+        if split not in ("train", "validation"):
+            bad("split", f"expected 'train' or 'validation', got {split!r}")
+            return None
+        flags = []
+        for name in ("is_query", "is_gallery"):
+            try:
+                flags.append(_flag(r[col[name]]))
+            except ValueError:
+                bad(name, f"expected True/False (or 1/0, empty on train rows), got {r[col[name]]!r}")
+                return None
+        is_query, is_gallery = flags
+        if split == "train" and (is_query or is_gallery):
+            bad("is_query" if is_query else "is_gallery", "train rows are neither query nor gallery; leave it empty")
+            return None
+        if split == "validation":
+            if is_query is None or is_gallery is None:
+                bad("is_query" if is_query is None else "is_gallery", "empty on a validation row; expected True/False")
+                return None
+            if not (is_query or is_gallery):
+                bad("is_query", "a validation row must be a query, a gallery item or both (both flags are False)")
+                return None
+        category: Hashable | None = None
+        if "category" in col:
+            category = r[col["category"]]
+            if not category:
+                bad("category", "empty; give every row its category (or drop the column)")
+                return None
+            category = int(category) if category.lstrip("-").isdigit() else category
+        box: Box | None = None
+        if "x_1" in col:
+            values = {}
+            for name in BOX:
+                try:
+                    values[name] = _coordinate(r[col[name]])
+                except ValueError:
+                    bad(name, f"expected a pixel coordinate, got {r[col[name]]!r}")
+                    return None
+            given = [n for n in BOX if values[n] is not None]
+            if given and len(given) != len(BOX):
+                bad(next(n for n in BOX if values[n] is None), "a box needs all four of x_1, x_2, y_1, y_2 (or none)")
+                return None
+            if given:
+                x1, x2, y1, y2 = (int(values[n]) for n in BOX)  # type: ignore[arg-type]
+                for n, v in zip(BOX, (x1, x2, y1, y2)):
+                    if v < 0:
+                        bad(n, f"expected >= 0, got {v}")
+                        return None
+                if not x1 < x2:
+                    bad("x_2", f"expected x_1 < x_2, got x_1={x1}, x_2={x2}")
+                    return None
+                if not y1 < y2:
+                    bad("y_2", f"expected y_1 < y_2, got y_1={y1}, y_2={y2}")
+                    return None
+                box = (x1, y1, x2, y2)
+        return label, category, split, is_query, is_gallery, box
+
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "df.csv",
+             image_root: str | Path | None = None) -> OMLRecords:
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r} for oml; expected one of {list(SPLITS)}", key="split")
+        path = self._csv_path(root, csv_file)
+        report = LoadReport(split=split)
+        header, rows = self._parse(path, report)
+        img_root = Path(image_root) if image_root is not None else path.parent
+        i_path = header.index("path")
+        has_category = "category" in header
+        scales = ("label", "category") if has_category else ("label",)
+        checked = []
+        for number, r in rows:
+            row = self._check_row(header, r, path, number, report)
+            if row is not None:
+                checked.append((number, r, row))
+        # OML's rule: every query label has at least one gallery item
+        gallery_labels = {row[0] for _, _, row in checked if row[2] == "validation" and row[4]}
+        for number, _, row in checked:
+            if row[2] == "validation" and row[3] and row[0] not in gallery_labels:
+                report.add(f"column 'label': query label {row[0]} has no gallery item", path, number)
+        shared = split in ("query", "gallery")
+        ids: list[set[Hashable]] = [set() for _ in scales]
+        out_paths, raw, locs, boxes = [], [], [], []
+        dup = DuplicateTracker(report)
+        for number, r, (label, category, row_split, is_query, is_gallery, box) in checked:
+            labels = (label, category) if has_category else (label,)
+            if shared and row_split == "validation":
+                for s, v in enumerate(labels):
+                    ids[s].add(v)
+            keep = {"train": row_split == "train", "validation": row_split == "validation",
+                    "query": row_split == "validation" and is_query,
+                    "gallery": row_split == "validation" and is_gallery}[split]
+            if not keep:
+                continue
+            full = os.path.join(str(img_root), r[i_path])
+            if not image_exists(full, report, path, number, check_files):
+                continue
+            if not dup.accept(f"{r[i_path]}" + ("" if box is None else f" box {box}"), labels, path, number):
+                continue
+            out_paths.append(full)
+            raw.append(labels)
+            locs.append((str(path), number))
+            boxes.append(box)
+        report.records = len(out_paths)
+        class_ids = [contiguous_ids(list(s))[1] for s in ids] if shared else None
+        return OMLRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids, boxes=boxes)
+

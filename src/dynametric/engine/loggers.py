@@ -1,0 +1,139 @@
+"""Experiment loggers for ``dynametric train`` (``run.logger``): ``csv`` (default, no extra dependency),
+``tensorboard``, ``wandb``, ``mlflow``, all Lightning loggers writing under the run folder.
+
+Every logger receives the training loss, the per-scale validation metrics of every round (``val/<scale>/<metric>``),
+the untrained and final test metrics (``untrained/<scale>/<metric>``, ``test/<scale>/<metric>``) and, when
+``run.report`` is on, the report's figures: as images for TensorBoard (``add_image``), Weights & Biases
+(``log_image``) and MLflow (``log_image`` artifacts); the CSV logger has no image support (the figures stay in
+``report.html``). ``run.logger_options`` are keyword arguments of the Lightning logger (e.g. ``{project: x,
+offline: true}`` for wandb, ``{tracking_uri: http://...}`` for mlflow). A logger whose package is missing is a
+:class:`~dynametric.errors.ConfigError` naming the extra to install, raised before any work is done.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from dynametric.errors import ConfigError
+
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+_NEEDS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_logger_available(name: str) -> None:
+    """Raise a :class:`ConfigError` if the package behind ``run.logger: name`` is not installed."""
+    if name not in LOGGERS:
+        raise ConfigError(f"unknown logger {name!r}; expected one of {list(LOGGERS)}", key="run.logger")
+    modules = _NEEDS.get(name, ())
+    if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+        raise ConfigError(f"run.logger {name!r} needs the {name} package: pip install 'dynametric[{name}]' "
+                          "(or set run.logger=csv)", key="run.logger")
+
+
+def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | None = None) -> Any:
+    """The Lightning logger for ``run.logger``, writing under ``run_dir`` (CSV: ``run_dir/logs/metrics.csv``)."""
+    check_logger_available(name)
+    run_dir = Path(run_dir)
+    opts = dict(options or {})
+    try:
+        if name == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            return CSVLogger(save_dir=run_dir, name="", version="logs", **opts)
+        if name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            opts.setdefault("default_hp_metric", False)
+            return TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard", **opts)
+        if name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            opts.setdefault("name", run_dir.name)
+            return WandbLogger(save_dir=run_dir, **opts)
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        opts.setdefault("run_name", run_dir.name)
+        if "tracking_uri" not in opts:
+            opts.setdefault("save_dir", str(run_dir / "mlruns"))
+        return MLFlowLogger(**opts)
+    except TypeError as exc:
+        raise ConfigError(f"bad option for the {name} logger: {exc}", key="run.logger_options") from None
+
+
+def flat_metrics(prefix: str, results: Mapping[str, Any]) -> dict[str, float]:
+    """``{"<prefix>/<scale>/<metric>": value}`` for the numeric entries of an evaluation result."""
+    out = {}
+    for scale, values in results.items():
+        if not isinstance(values, Mapping):
+            continue
+        for metric, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{prefix}/{scale}/{metric}"] = float(value)
+    return out
+
+
+def log_results(logger: Any, prefix: str, results: Mapping[str, Any], step: int) -> None:
+    metrics = flat_metrics(prefix, results)
+    if logger is not None and metrics:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+
+
+_FIGURE = re.compile(r"<h2>(.*?)</h2>|<img src=\"data:image/png;base64,([A-Za-z0-9+/=]+)\"")
+
+
+def report_figures(report_html: str) -> list[tuple[str, bytes]]:
+    """The PNG figures of a ``report.html`` as ``(tag, png bytes)``; the tag is the section title (numbered when a
+    section holds several figures)."""
+    out: list[tuple[str, bytes]] = []
+    section, count = "report", 0
+    for m in _FIGURE.finditer(report_html):
+        if m.group(1) is not None:
+            section, count = re.sub(r"<[^>]+>", "", html.unescape(m.group(1))).strip() or "report", 0
+            continue
+        count += 1
+        slug = re.sub(r"[^a-z0-9]+", "_", section.lower()).strip("_") or "figure"
+        out.append((slug if count == 1 else f"{slug}_{count}", base64.b64decode(m.group(2))))
+    return out
+
+
+def log_figures(logger: Any, figures: list[tuple[str, bytes]], step: int) -> int:
+    """Send the figures to the loggers that take images; returns how many were logged."""
+    if logger is None or not figures:
+        return 0
+    import numpy as np
+    from PIL import Image
+
+    kind = type(logger).__name__
+    if kind not in ("TensorBoardLogger", "WandbLogger", "MLFlowLogger"):
+        return 0
+    for tag, png in figures:
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        if kind == "TensorBoardLogger":
+            logger.experiment.add_image(f"report/{tag}", np.asarray(image), step, dataformats="HWC")
+        elif kind == "WandbLogger":
+            logger.log_image(key=f"report/{tag}", images=[image], step=step)
+        else:
+            logger.experiment.log_image(logger.run_id, image, f"report/{tag}.png")
+    if kind == "TensorBoardLogger":
+        logger.experiment.flush()
+    return len(figures)
+
+
+class MetricProgressBar(TQDMProgressBar):
+    """Lightning's bar without the logger's version number (``v_num``): it shows the loss and the monitored
+    validation metric (logged with ``prog_bar=True``)."""
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        items = dict(super().get_metrics(trainer, pl_module))
+        items.pop("v_num", None)
+        return items

@@ -1,0 +1,91 @@
+"""Checks a run makes before it spends time: the monitor's scale alias, whether a training batch fits the data,
+and whether pretrained weights are already on disk (a dry run never downloads them).
+
+* ``trainer.monitor`` may name a scale by position: ``finest/<metric>`` (the default, ``finest/map@r``) is the
+  first label column whatever the dataset calls it (``fine``, ``digit``, ``species``), ``coarsest/<metric>`` the
+  last. :func:`resolve_monitor` turns the alias into the dataset's own scale name.
+* :func:`check_batches` builds the configured batch sampler on the training labels once, before the untrained
+  evaluation, and turns "too few classes for the batch" into a :class:`~dynametric.errors.ConfigError` that
+  suggests ``data.batch_size`` / ``data.m`` values that fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from dynametric.errors import ConfigError
+
+SCALE_ALIASES = ("finest", "coarsest")
+
+
+def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
+    """``finest/<metric>`` -> ``<first scale>/<metric>``, ``coarsest/<metric>`` -> ``<last scale>/<metric>``;
+    any other monitor is returned unchanged (a real scale name wins over an alias of the same spelling)."""
+    scale, sep, metric = monitor.partition("/")
+    names = list(scale_names)
+    if not sep or not names or scale in names or scale not in SCALE_ALIASES:
+        return monitor
+    return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
+
+
+def with_resolved_monitor(cfg: Any, scale_names: Sequence[str]) -> Any:
+    """A shallow copy of ``cfg`` whose ``trainer.monitor`` names a real scale (``cfg`` itself is unchanged)."""
+    resolved = resolve_monitor(cfg.trainer.monitor, scale_names)
+    if resolved == cfg.trainer.monitor:
+        return cfg
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, monitor=resolved))
+
+
+def _label_matrix(dataset: Any) -> torch.Tensor:
+    labels = torch.as_tensor(dataset.labels)
+    return labels.unsqueeze(1) if labels.dim() == 1 else labels
+
+
+def _fitting_values(batch_size: int, m: int, classes: int) -> list[str]:
+    """Overrides that make ``batch_size / m`` distinct classes fit into ``classes`` classes."""
+    out = []
+    if classes >= 2:  # at least two classes per batch, else there is no negative
+        out.append(f"data.batch_size={m * classes}")
+        # the smallest m that divides batch_size and needs at most `classes` classes (>= 2)
+        for cand in range(m + 1, batch_size // 2 + 1):
+            if batch_size % cand == 0 and 2 <= batch_size // cand <= classes:
+                out.append(f"data.m={cand}")
+                break
+    return out
+
+
+def check_batches(cfg: Any, train: Any, *, scale_names: Sequence[str] | None = None,
+                  carved: bool = False) -> None:
+    """Build the configured batch sampler on the training labels (one process) and re-raise a batch that cannot
+    be drawn as a :class:`ConfigError` with values that work. ``carved``: validation classes were taken out of
+    the training split (the message says so, since they are not available to batches)."""
+    from dynametric.engine.builders import sampler_factory
+
+    labels = _label_matrix(train)
+    data = cfg.data
+    if data.sampler == "m_per_class":
+        col = data.sampler_scale
+        if not 0 <= col < labels.shape[1]:
+            raise ConfigError(f"label column {col} does not exist; the training labels have {labels.shape[1]} "
+                              "scale(s)", key="data.sampler_scale")
+        classes = int(torch.unique(labels[:, col]).numel())
+        needed = data.batch_size // data.m
+        if classes < needed:
+            name = list(scale_names)[col] if scale_names and col < len(scale_names) else f"scale {col}"
+            where = " (after the validation classes were set aside)" if carved else ""
+            fixes = _fitting_values(data.batch_size, data.m, classes)
+            hint = ("; try " + " or ".join(fixes)) if fixes else \
+                "; a metric-learning batch needs at least 2 classes: add training classes"
+            if carved and fixes:
+                hint += ", or fewer validation classes (data.val_fraction)"
+            raise ConfigError(f"a batch needs {needed} distinct {name} classes (batch_size {data.batch_size} / "
+                              f"m {data.m}) but the training split has only {classes}{where}{hint}",
+                              key="data.batch_size")
+    sampler = sampler_factory(cfg)(labels, 0, 1)  # other samplers: their own checks, raised as ConfigError
+    if len(sampler) < 1:
+        raise ConfigError(f"the training split ({len(labels)} images) gives no batch of {data.batch_size}; lower "
+                          "data.batch_size", key="data.batch_size")

@@ -1,0 +1,244 @@
+"""Sharing trained embedders: a self-describing model folder, the Hugging Face Hub, ``torch.hub``.
+
+A **model folder** holds
+
+* ``model.safetensors``: the embedder's weights (``Embedder.state_dict()``);
+* ``dynametric.json``: what rebuilds it: the :func:`~dynametric.models.build_embedder` arguments (``pretrained`` off),
+  the scale names, the evaluated head, the input size, the dynametric version, and the test metrics if known;
+* ``config.yaml``: the full training config when the model came from a run (transforms, data, loss, ...);
+* ``README.md``: a model card (model, data, per-scale metrics, config, usage) with Hub metadata.
+
+:func:`save_pretrained` writes one (from an embedder, or :func:`export_run` from a ``dynametric train`` run folder);
+:func:`from_pretrained` rebuilds the embedder from a model folder, a run folder, or a Hub repository id (downloaded
+through ``huggingface_hub``, the ``hub`` extra); :func:`push_to_hub` uploads a model folder.
+``Embedder.from_pretrained`` / ``.save_pretrained`` / ``.push_to_hub`` are the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.utils.io import atomic_write_json, atomic_write_text
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "dynametric.json"
+CONFIG_FILE = "config.yaml"
+CARD_FILE = "README.md"
+FORMAT = "dynametric-embedder"
+
+
+def _require_hub() -> Any:
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise ConfigError("sharing through the Hugging Face Hub needs huggingface_hub: pip install "
+                          "'dynametric[hub]'", key="hub") from None
+    return huggingface_hub
+
+
+def _build_kwargs(embedder: Any, model_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    kwargs = dict(model_kwargs if model_kwargs is not None else getattr(embedder, "build_kwargs", None) or {})
+    if not kwargs:
+        raise InputError("the embedder does not record how it was built; pass model_kwargs (the build_embedder "
+                         "arguments) or build it with dynametric.models.build_embedder", key="model_kwargs")
+    kwargs["pretrained"] = False  # the saved weights replace any pretrained download
+    kwargs["pretrained_path"] = None
+    return kwargs
+
+
+def _metrics_table(metrics: Mapping[str, Any], scale_names: Sequence[str]) -> list[str]:
+    scales = [s for s in [*scale_names, "mean"] if isinstance(metrics.get(s), Mapping)]
+    if not scales:
+        return []
+    names = [m for m, v in metrics[scales[0]].items() if isinstance(v, float)]
+    lines = ["| scale | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for s in scales:
+        lines.append(f"| {s} | " + " | ".join(f"{metrics[s].get(m, float('nan')):.4f}" for m in names) + " |")
+    return lines
+
+
+def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id: str | None = None) -> str:
+    """The ``README.md`` of a model folder (Hugging Face model-card front matter + sections)."""
+    model = meta["model"]
+    heads = model.get("head_names") or (["embedding"] if model.get("num_heads", 1) == 1 else None)
+    lines = ["---", "library_name: dynametric", "tags:", "- metric-learning", "- image-retrieval", "- dynametric",
+             "---", "", f"# {repo_id or meta.get('name') or 'dynametric embedder'}", "",
+             "An image embedding model trained with [dynametric](https://github.com/) (hierarchy-aware deep metric "
+             "learning): nearby embeddings mean similar images at every label scale.", "", "## Model", "",
+             f"* backbone: `{model['backbone']}`, pooling `{model.get('pooling', 'avg')}`, "
+             f"{'L2-normalised ' if model.get('normalize', True) else ''}embedding"
+             f" width {meta.get('embedding_dims')}",
+             f"* heads: {heads if heads else model.get('num_heads')}; evaluated head: {meta.get('eval_head')}",
+             f"* input: {model.get('in_chans', 3)} channels, {meta.get('input_size')} px",
+             f"* dynametric {meta.get('dynametric_version')}", ""]
+    data = meta.get("data") or {}
+    lines += ["## Data", ""]
+    if data:
+        lines += [f"* {k}: {v}" for k, v in data.items()]
+    lines += [f"* label scales (finest first): {', '.join(meta.get('scale_names') or []) or 'unknown'}", ""]
+    metrics = meta.get("metrics") or {}
+    table = _metrics_table(metrics, meta.get("scale_names") or [])
+    lines += ["## Metrics", ""] + (["Test split, per label scale:", "", *table] if table else ["Not recorded."])
+    lines += ["", "## Usage", "", "```python", "from dynametric.models import Embedder", "",
+              f"model = Embedder.from_pretrained({(repo_id or 'path/to/this/folder')!r}).eval()",
+              "emb = model(images)   # [B, D] (a dict of heads for multi-head models)", "```", ""]
+    if config_yaml:
+        lines += ["## Training config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwargs: Mapping[str, Any] | None = None,
+                    scale_names: Sequence[str] | None = None, metrics: Mapping[str, Any] | None = None,
+                    data: Mapping[str, Any] | None = None, config_yaml: str | None = None,
+                    eval_head: str | None = None, input_size: int | None = None,
+                    repo_id: str | None = None) -> Path:
+    """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card). Files the
+    folder already holds under these names are replaced (atomically); nothing else in it is touched."""
+    from safetensors.torch import save_file
+
+    from dynametric import __version__
+    from dynametric.utils.io import atomic_write_with
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    kwargs = _build_kwargs(embedder, model_kwargs)
+    state = {k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}
+    atomic_write_with(folder / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    dims = getattr(embedder, "embedding_dims", None)
+    meta = {"format": FORMAT, "format_version": 1, "dynametric_version": __version__, "model": kwargs,
+            "embedding_dims": dict(dims) if dims is not None else None, "scale_names": list(scale_names or []),
+            "eval_head": eval_head, "input_size": input_size, "metrics": dict(metrics or {}), "data": dict(data or {})}
+    atomic_write_json(folder / META_FILE, meta)
+    if config_yaml is not None:
+        atomic_write_text(folder / CONFIG_FILE, config_yaml)
+    atomic_write_text(folder / CARD_FILE, model_card(meta, config_yaml, repo_id))
+    return folder
+
+
+def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "best.ckpt",
+               repo_id: str | None = None) -> Path:
+    """A model folder from a ``dynametric train`` run folder: its ``checkpoint`` (default ``best.ckpt``, else
+    ``last.ckpt``), config, test metrics and data description."""
+    from dynametric.config import config_to_yaml, embedder_kwargs
+    from dynametric.engine.builders import eval_head
+    from dynametric.retrieval.model import load_embedder
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / checkpoint
+    if not ckpt.is_file() and checkpoint == "best.ckpt":
+        ckpt = run_dir / "last.ckpt"
+    loaded = load_embedder(ckpt)
+    from dynametric.config import load_config
+
+    cfg = load_config(loaded.config_path)
+    metrics, info = {}, {}
+    for name, target in (("metrics.json", metrics), ("run_info.json", info)):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                target.update(json.loads(path.read_text(encoding="utf-8")))
+            except ValueError as exc:
+                raise InputError(f"cannot read ({exc})", file=path) from None
+    data = {"format": cfg.data.format, "root": cfg.data.root, "train images": info.get("train_images"),
+            "test images": info.get("test_images"), "validation": info.get("validation_source")}
+    return save_pretrained(loaded.model, folder, model_kwargs=embedder_kwargs(cfg.model),
+                           scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
+                           data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
+                           eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id)
+
+
+def _resolve(source: str | Path, *, revision: str | None, cache_dir: str | Path | None,
+             local_files_only: bool, token: str | None) -> Path:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    text = str(source)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise InputError("not a dynametric model folder, a run folder, or a Hugging Face repository id "
+                         "('<owner>/<name>')", file=text)
+    hub = _require_hub()
+    try:
+        return Path(hub.snapshot_download(repo_id=text, revision=revision, cache_dir=cache_dir,
+                                          local_files_only=local_files_only, token=token,
+                                          allow_patterns=[MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE]))
+    except Exception as exc:  # offline, unknown repository, no access ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot fetch the model from the Hugging Face Hub ({type(exc).__name__}: {first})",
+                         file=text) from None
+
+
+def from_pretrained(source: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                    local_files_only: bool = False, token: str | None = None) -> Any:
+    """Rebuild an :class:`~dynametric.models.Embedder` with its weights from a model folder, a ``dynametric
+    train`` run folder (``config.yaml`` + ``best.ckpt``), or a Hugging Face repository id. Eval mode."""
+    from safetensors.torch import load_file
+
+    from dynametric.models.embedder import build_embedder
+
+    folder = _resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                      token=token)
+    if not (folder / META_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+        from dynametric.retrieval.model import load_embedder
+
+        ckpt = folder / "best.ckpt" if (folder / "best.ckpt").is_file() else folder / "last.ckpt"
+        return load_embedder(ckpt).model  # a run folder
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise InputError(f"no {META_FILE} (is this a dynametric model folder?)", file=folder)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"not valid JSON ({exc})", file=meta_path) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
+        raise InputError(f"expected a {FORMAT} description with a 'model' entry", file=meta_path)
+    try:
+        model = build_embedder(**meta["model"])
+    except TypeError as exc:
+        raise InputError(f"'model' holds arguments build_embedder does not take ({exc})", file=meta_path) from None
+    weights = folder / MODEL_FILE
+    if not weights.is_file():
+        raise InputError("weight file not found", file=weights)
+    try:
+        state = load_file(str(weights))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, OSError) as exc:  # shape mismatch, corrupt file
+        first = str(exc).strip().splitlines()
+        raise InputError(f"weights do not match the described model ({first[-1].strip() if first else exc})",
+                         file=weights) from None
+    if missing or unexpected:
+        raise InputError(f"weights do not match the described model: missing {sorted(missing)[:5]}, unexpected "
+                         f"{sorted(unexpected)[:5]}", file=weights)
+    model.eval()
+    model.hub_meta = meta
+    return model
+
+
+def push_to_hub(model_or_run: torch.nn.Module | str | Path, repo_id: str, *, private: bool = False,
+                token: str | None = None, commit_message: str = "Upload dynametric embedder",
+                **save_kwargs: Any) -> str:
+    """Upload an embedder (``save_pretrained`` arguments in ``save_kwargs``), a model folder or a run folder to
+    the Hub repository ``repo_id`` (created if needed); returns the commit URL."""
+    hub = _require_hub()
+    api = hub.HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="dynametric-hub-") as tmp:
+        if isinstance(model_or_run, torch.nn.Module):
+            folder = save_pretrained(model_or_run, tmp, repo_id=repo_id, **save_kwargs)
+        else:
+            src = Path(model_or_run)
+            if (src / META_FILE).is_file():
+                folder = src
+            elif (src / CONFIG_FILE).is_file():
+                folder = export_run(src, tmp, repo_id=repo_id)
+            else:
+                raise InputError("neither a model folder nor a dynametric run folder", file=src)
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 allow_patterns=[MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE])
+    return str(getattr(info, "commit_url", info))

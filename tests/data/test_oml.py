@@ -1,0 +1,165 @@
+"""The `oml` format: open-metric-learning's dataset CSV (splits, query/gallery flags, category as a coarser scale,
+bounding-box crops, errors naming file, line and column), and a training run on it with the query -> gallery test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dynametric.data import build_dataset, list_splits
+from dynametric.errors import InputError
+
+HEADER = "label,path,split,is_query,is_gallery,category,x_1,x_2,y_1,y_2"
+
+
+def two_tone(path: Path, left: tuple[int, int, int], right: tuple[int, int, int]) -> None:
+    """A 20x12 image: columns 0-9 `left`, columns 10-19 `right`."""
+    arr = np.zeros((12, 20, 3), np.uint8)
+    arr[:, :10], arr[:, 10:] = left, right
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+RED, BLUE, GREEN = (250, 0, 0), (0, 0, 250), (0, 250, 0)
+
+
+def write_oml(root: Path, rows: list[str], header: str = HEADER) -> Path:
+    for r in rows:
+        rel = r.split(",")[1]
+        if rel and not (root / rel).exists():
+            two_tone(root / rel, RED, BLUE)
+    (root / "df.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root / "df.csv"
+
+
+ROWS = [
+    "0,img/a0.png,train,,,bird,,,,",
+    "0,img/a1.png,train,,,bird,,,,",
+    "1,img/b0.png,train,,,bird,,,,",
+    "2,img/c0.png,train,,,fish,0,10,0,12",       # left half: red
+    "10,img/q0.png,validation,True,False,cat,10,20,0,12",   # right half: blue
+    "10,img/g0.png,validation,False,True,cat,,,,",
+    "10,img/g1.png,validation,1,1,cat,,,,",       # query and gallery at once
+    "11,img/g2.png,validation,False,True,dog,,,,",
+    "12,img/g3.png,validation,false,true,dog,,,,",
+]
+
+
+def test_splits_scales_flags_and_shared_ids(tmp_path):
+    csv = write_oml(tmp_path, ROWS)
+    assert list_splits("oml", tmp_path) == ["train", "validation", "query", "gallery"]
+    train = build_dataset("oml", csv, "train")  # root: the CSV itself or its folder
+    assert train.scale_names == ("label", "category") and len(train) == 4
+    assert train.labels.tolist() == [[0, 0], [0, 0], [1, 0], [2, 1]]  # contiguous, finest first
+    assert train.class_ids == [[0, 1, 2], ["bird", "fish"]]
+    val = build_dataset("oml", tmp_path, "validation")
+    assert len(val) == 5
+    query, gallery = build_dataset("oml", tmp_path, "query"), build_dataset("oml", tmp_path, "gallery")
+    assert [Path(p).name for p in query.paths] == ["q0.png", "g1.png"]
+    assert [Path(p).name for p in gallery.paths] == ["g0.png", "g1.png", "g2.png", "g3.png"]
+    assert query.class_ids == gallery.class_ids == [[10, 11, 12], ["cat", "dog"]]  # one id space
+    assert query.labels.tolist() == [[0, 0], [0, 0]] and gallery.labels[:, 0].tolist() == [0, 0, 1, 2]
+
+
+def test_boxes_crop_the_image_before_the_transform(tmp_path):
+    write_oml(tmp_path, ROWS)
+    train = build_dataset("oml", tmp_path, "train")
+    whole, crop = train.load_image(0), train.load_image(3)
+    assert whole.size == (20, 12) and crop.size == (10, 12)
+    assert np.asarray(crop)[:, :, 0].min() == 250 and np.asarray(crop)[:, :, 2].max() == 0  # all red
+    query = build_dataset("oml", tmp_path, "query", transform=lambda im: torch.as_tensor(np.array(im)))
+    image, labels = query[0]
+    assert tuple(image.shape) == (12, 10, 3) and int(image[..., 2].min()) == 250  # all blue
+    sub = train.subset([3, 0])
+    assert sub.load_image(0).size == (10, 12) and sub.load_image(1).size == (20, 12)
+
+
+def test_without_category_and_boxes_one_scale_whole_images(tmp_path):
+    rows = ["3,img/a.png,train,,", "4,img/b.png,train,,", "3,img/c.png,validation,True,True"]
+    write_oml(tmp_path, rows, header="label,path,split,is_query,is_gallery")
+    train = build_dataset("oml", tmp_path, "train")
+    assert train.scale_names == ("label",) and train.labels.tolist() == [[0], [1]]
+    assert type(train).__name__ == "HierarchicalImageDataset"
+    assert list_splits("oml", tmp_path) == ["train", "validation", "query", "gallery"]
+
+
+def test_extra_columns_are_ignored_and_noted(tmp_path):
+    write_oml(tmp_path, ["0,img/a.png,train,,,x,5"], header="label,path,split,is_query,is_gallery,category_int,seq")
+    ds = build_dataset("oml", tmp_path, "train")
+    assert any("category_int" in n and "seq" in n for n in ds.report.notes)
+
+
+@pytest.mark.parametrize("row,column,message", [
+    ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
+    ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),
+    ("0,img/a0.png,train,True,,bird,,,,", "is_query", "train rows are neither query nor gallery"),
+    ("0,img/a0.png,validation,maybe,True,bird,,,,", "is_query", "expected True/False"),
+    ("0,img/a0.png,validation,,True,bird,,,,", "is_query", "empty on a validation row"),
+    ("0,img/a0.png,validation,False,False,bird,,,,", "is_query", "must be a query, a gallery item or both"),
+    ("0,img/a0.png,train,,,,,,,", "category", "empty"),
+    ("0,img/a0.png,train,,,bird,1,5,,", "y_1", "needs all four"),
+    ("0,img/a0.png,train,,,bird,5,5,0,3", "x_2", "expected x_1 < x_2"),
+    ("0,img/a0.png,train,,,bird,0,5,4,2", "y_2", "expected y_1 < y_2"),
+    ("0,img/a0.png,train,,,bird,-1,5,0,3", "x_1", "expected >= 0"),
+    ("0,img/a0.png,train,,,bird,a,5,0,3", "x_1", "expected a pixel coordinate"),
+    ("7,img/a0.png,validation,True,False,bird,,,,", "label", "query label 7 has no gallery item"),
+])
+def test_row_errors_name_file_line_and_column(tmp_path, row, column, message):
+    csv = write_oml(tmp_path, ["1,img/ok.png,validation,True,True,bird,,,,", row])
+    with pytest.raises(InputError) as err:
+        build_dataset("oml", tmp_path, "train" if ",train," in row else "validation")
+    text = str(err.value)
+    assert f"{csv}:3:" in text and f"column '{column}'" in text and message in text
+
+
+def test_header_errors(tmp_path):
+    write_oml(tmp_path, ["0,img/a.png,train,,"], header="label,path,split,is_query,flag")
+    with pytest.raises(InputError, match=r"df.csv:1: missing column\(s\) \['is_gallery'\]"):
+        build_dataset("oml", tmp_path, "train")
+    write_oml(tmp_path, ["0,img/a.png,train,,,1,2,3"], header="label,path,split,is_query,is_gallery,x_1,x_2,y_1")
+    with pytest.raises(InputError, match=r"all four columns .* missing \['y_2'\]"):
+        build_dataset("oml", tmp_path, "train")
+    with pytest.raises(InputError, match="unknown split 'test' for oml"):
+        build_dataset("oml", tmp_path, "test")
+
+
+def test_missing_image_names_the_line_and_lenient_mode_skips_it(tmp_path):
+    csv = write_oml(tmp_path, ["0,img/a.png,train,,,bird,,,,", "1,img/b.png,train,,,bird,,,,"])
+    (tmp_path / "img" / "b.png").unlink()
+    with pytest.raises(InputError, match=rf"{csv}:3: image file not found"):
+        build_dataset("oml", tmp_path, "train")
+    ds = build_dataset("oml", tmp_path, "train", mode="lenient")
+    assert len(ds) == 1 and len(ds.report.problems) == 1
+
+
+def test_training_on_an_oml_csv_tests_query_to_gallery(tmp_path, capsys):
+    from dynametric.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(12):
+        split = "train" if c < 8 else "validation"
+        colour = ((c * 41) % 256, (c * 83) % 256, (c * 17) % 256)
+        for i in range(4):
+            rel = f"img/{c}_{i}.png"
+            two_tone(tmp_path / rel, colour, tuple(int(v) for v in rng.integers(0, 255, 3)))
+            flags = ",," if split == "train" else (",True,False" if i == 0 else ",False,True")
+            rows.append(f"{c},{rel},{split}{flags},{'warm' if c % 2 else 'cold'},0,10,0,12")
+    write_oml(tmp_path, rows)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "data.format=oml", f"data.root={tmp_path}", "data.image_size=8",
+                 "data.batch_size=8", "data.m=2", "model.embedding_dim=8",
+                 "model.backbone_kwargs={width: 4, depth: 2}", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                 "run.report=false", "eval.protocol=query_gallery", "eval.query_split=query",
+                 "eval.gallery_split=gallery", "eval.query_in_gallery=true"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["protocol"]["queries"] == 4 and metrics["test"]["protocol"]["gallery"] == 12
+    assert set(metrics["test"]) >= {"label", "category", "mean"}
+    assert metrics["test"]["label"]["num_queries"] == 4
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["scale_names"] == ["label", "category"] and info["selected"]["monitor"] == "label/map@r"

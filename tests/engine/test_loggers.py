@@ -1,0 +1,107 @@
+"""run.logger: TensorBoard receives the per-scale metrics (validation, untrained, test) and the report's figures
+as images; the progress bar shows the loss and the monitored metric, not `v_num`; a missing extra is a clear
+error before any work; figures are routed to wandb / mlflow through their image APIs."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynametric.cli import main
+from dynametric.engine import loggers
+
+TINY = ["data.options={images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}",
+        "data.batch_size=16", "model.embedding_dim=16", "model.backbone_kwargs={width: 8, depth: 2}",
+        "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed")
+def test_tensorboard_gets_scalars_per_scale_and_report_images(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "run.logger=tensorboard", *TINY, "--progress"]) == 0
+    captured = capsys.readouterr()
+    bar = captured.out + captured.err
+    assert "train/loss_step=" in bar and "val/fine/map@r=" in bar and "v_num" not in bar
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for scale in ("fine", "middle", "coarse", "mean"):
+        assert {f"val/{scale}/map@r", f"untrained/{scale}/map@r", f"test/{scale}/recall@1"} <= scalars
+    metrics = json.loads((out / "metrics.json").read_text())
+    logged = acc.Scalars("test/coarse/map@r")[-1].value
+    assert logged == pytest.approx(metrics["test"]["coarse"]["map@r"], rel=1e-6)
+    assert acc.Scalars("val/fine/map@r")[-1].value == pytest.approx(metrics["validation"][-1]["fine"]["map@r"])
+    images = acc.Tags()["images"]
+    assert "report/training_curves" in images and len(images) >= 4
+    assert json.loads((out / "run_info.json").read_text())["logged_figures"] == len(images)
+    png = acc.Images("report/training_curves")[-1].encoded_image_string
+    assert Image.open(io.BytesIO(png)).size[0] > 100
+
+
+def test_missing_extra_is_an_error_before_any_work(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "run.logger=wandb", *TINY]) == 2
+    captured = capsys.readouterr()
+    assert "pip install 'dynametric[wandb]'" in captured.err and "run.logger" in captured.err
+    assert "evaluating the untrained model" not in captured.out and not (out / "metrics.json").exists()
+    assert main(["train", "--dry-run", "run.logger=neptune"]) == 2
+    assert "expected one of ['csv', 'tensorboard', 'wandb', 'mlflow']" in capsys.readouterr().err
+
+
+def _png(colour: tuple[int, int, int]) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 4), colour).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_report_figures_are_tagged_by_section():
+    page = (f"<h1>x</h1><h2>Training curves</h2><img src=\"data:image/png;base64,{_png((255, 0, 0))}\"/>"
+            f"<h2>Retrieval &amp; gallery</h2><p>n</p><img src=\"data:image/png;base64,{_png((0, 255, 0))}\"/>"
+            f"<img src=\"data:image/png;base64,{_png((0, 0, 255))}\"/><h2>Config</h2><pre>a</pre>")
+    figs = loggers.report_figures(page)
+    assert [t for t, _ in figs] == ["training_curves", "retrieval_gallery", "retrieval_gallery_2"]
+    assert np.asarray(Image.open(io.BytesIO(figs[2][1])))[0, 0].tolist() == [0, 0, 255]
+
+
+def test_figures_go_to_wandb_and_mlflow_image_apis():
+    figs = [("a", base64.b64decode(_png((1, 2, 3))))]
+    calls = []
+
+    class WandbLogger:
+        def log_image(self, key, images, step):
+            calls.append(("wandb", key, images[0].size, step))
+
+    class Experiment:
+        def log_image(self, run_id, image, artifact_file):
+            calls.append(("mlflow", run_id, image.size, artifact_file))
+
+    class MLFlowLogger:
+        run_id = "r1"
+        experiment = Experiment()
+
+    class CSVLogger:
+        pass
+
+    assert loggers.log_figures(WandbLogger(), figs, 7) == 1
+    assert loggers.log_figures(MLFlowLogger(), figs, 7) == 1
+    assert loggers.log_figures(CSVLogger(), figs, 7) == 0  # no image support: the figures stay in report.html
+    assert calls == [("wandb", "report/a", (6, 4), 7), ("mlflow", "r1", (6, 4), "report/a.png")]
+
+
+def test_logger_options_reach_the_logger_and_bad_ones_are_config_errors(tmp_path):
+    from dynametric.errors import ConfigError
+
+    csv = loggers.build_logger("csv", tmp_path, {"flush_logs_every_n_steps": 5})
+    assert csv.log_dir == str(tmp_path / "logs")
+    with pytest.raises(ConfigError, match="bad option for the csv logger"):
+        loggers.build_logger("csv", tmp_path, {"nonsense": 1})
