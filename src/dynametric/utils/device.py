@@ -90,8 +90,9 @@ def check_loader_options(batch_size: int, workers: int, *, batch_key: str = "--b
 
 def auto_workers(device: torch.device | str | None = None) -> int:
     """Data-loading worker processes for ``workers: auto``: ``min(8, CPUs - 1)`` when the model runs on a CUDA
-    device (decoding must keep up with a GPU), else ``min(2, CPUs - 1)`` (a laptop keeps its cores), never below 0.
-    The CPU count is the process's affinity where the OS reports it."""
+    device (decoding must keep up with a GPU), else 0 (on the CPU the model's own threads use the cores and worker
+    processes only compete with them; a laptop starts no extra processes). The CPU count is the process's
+    affinity where the OS reports it."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -100,4 +101,4 @@ def auto_workers(device: torch.device | str | None = None) -> int:
         cuda = torch.cuda.is_available()
     else:
         cuda = torch.device(device).type == "cuda"
-    return max(0, min(8 if cuda else 2, cpus - 1))
+    return max(0, min(8, cpus - 1)) if cuda else 0
