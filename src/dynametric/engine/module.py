@@ -199,10 +199,33 @@ class MetricLearningModule(L.LightningModule):
         self.gather = gather
         self.skipped_steps = 0
         self.validation_history: list[dict[str, Any]] = []
-        self.loss_history: list[list[float]] = []  # [global step, loss] pairs for the report's curve
+        self.loss_history = []  # [global step, loss] pairs for the report's curve
         self.last_eval: dict[str, Any] | None = None
         self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    channels_last = False  # batches in the channels_last memory format (model.channels_last; the builders set it)
+
+    @property
+    def loss_history(self) -> list[list[float]]:
+        """``[global step, loss]`` pairs for the report's curve. The training step keeps the loss as a tensor (no
+        host synchronisation per step); it becomes a float here, when the history is read."""
+        if self._pending_losses:
+            self._loss_history.extend([float(step), float(loss)] for step, loss in self._pending_losses)
+            self._pending_losses = []
+        return self._loss_history
+
+    @loss_history.setter
+    def loss_history(self, value: list[list[float]]) -> None:
+        self._loss_history = value
+        self._pending_losses: list[tuple[int, torch.Tensor]] = []
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last and isinstance(batch, (list, tuple)) and isinstance(batch[0], torch.Tensor) \
+                and batch[0].dim() == 4:
+            images = batch[0].contiguous(memory_format=torch.channels_last)
+            batch = [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
+        return batch
 
     # ----------------------------------------------------------------- forward / training
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -237,7 +260,7 @@ class MetricLearningModule(L.LightningModule):
         bs = labels.shape[0]
         every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
         if batch_idx % every == 0:
-            self.loss_history.append([float(self.global_step), float(total.detach())])
+            self._pending_losses.append((int(self.global_step), total.detach()))
         self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=world_info()[1] > 1)
         if len(terms) > 1:
