@@ -73,8 +73,10 @@ def test_channels_last_rule_and_batches(monkeypatch) -> None:
     module = MetricLearningModule(cnn, [])
     module.channels_last = True
     images = torch.randn(2, 3, 8, 8)
-    out = module.on_after_batch_transfer([images, torch.zeros(2, 3)], 0)
-    assert out[0].is_contiguous(memory_format=torch.channels_last) and torch.equal(out[0], images)
+    out = module.batch_images([images, torch.zeros(2, 3)])
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, images)
+    module.channels_last = False
+    assert module.batch_images([images]) is images
 
 
 def test_compile_keeps_checkpoint_keys() -> None:

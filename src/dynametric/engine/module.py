@@ -220,12 +220,12 @@ class MetricLearningModule(L.LightningModule):
         self._loss_history = value
         self._pending_losses: list[tuple[int, torch.Tensor]] = []
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.channels_last and isinstance(batch, (list, tuple)) and isinstance(batch[0], torch.Tensor) \
-                and batch[0].dim() == 4:
-            images = batch[0].contiguous(memory_format=torch.channels_last)
-            batch = [images, *batch[1:]] if isinstance(batch, list) else (images, *batch[1:])
-        return batch
+    def batch_images(self, batch: Any) -> torch.Tensor:
+        """The images of a batch, in the channels_last memory format when :attr:`channels_last` is set."""
+        images = batch[0]
+        if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     # ----------------------------------------------------------------- forward / training
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -249,7 +249,7 @@ class MetricLearningModule(L.LightningModule):
         return True
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        images, labels = batch[0], batch[1]
+        images, labels = self.batch_images(batch), batch[1]
         outputs = self.embedder(images)
         gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
         total, terms = compute_objective(outputs, labels, self.objectives, gather=gather)
@@ -292,7 +292,7 @@ class MetricLearningModule(L.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def _collect(self, batch: Any) -> None:
-        images, labels = batch[0], batch[1]
+        images, labels = self.batch_images(batch), batch[1]
         emb = self(images)
         labels = labels.unsqueeze(1) if labels.dim() == 1 else labels
         self._eval_buffer.append((emb.detach().float().cpu(), labels.detach().cpu()))
