@@ -62,7 +62,10 @@ def test_loader_options_and_auto_workers(monkeypatch):
     with pytest.raises(ConfigError, match="key '--workers'.*>= 0, got -1"):
         D.check_loader_options(4, -1)
     monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
-    assert D.auto_workers("cuda") == 8 and D.auto_workers("cpu") == 0
+    assert D.auto_workers("cuda") == 15 and D.auto_workers("cpu") == 0
+    assert D.auto_workers("cuda", processes=4) == 3
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: set(range(64)), raising=False)
+    assert D.auto_workers("cuda") == 16 and D.auto_workers("cuda", processes=8) == 7
     monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
     assert D.auto_workers("cuda") == 1 and D.auto_workers("cpu") == 0
     monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: {0}, raising=False)

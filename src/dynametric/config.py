@@ -75,7 +75,8 @@ class DataConfig:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 128
     workers: int | str = "auto"
-    """DataLoader worker processes, or ``auto``: ``min(8, CPUs - 1)`` when training on a CUDA GPU, else 0."""
+    """DataLoader worker processes, or ``auto``: ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
+    ``trainer.devices`` on this machine), else 0."""
     pin_memory: bool | None = None
     """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU."""
     persistent_workers: bool = True

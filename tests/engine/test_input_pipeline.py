@@ -41,7 +41,8 @@ def test_loader_settings_cpu_and_gpu_host(monkeypatch) -> None:
                                     "prefetch_factor": 4}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
-    assert loader_settings(cfg)["num_workers"] == 8 and loader_settings(cfg)["pin_memory"] is True
+    assert loader_settings(cfg)["num_workers"] == 15 and loader_settings(cfg)["pin_memory"] is True
+    assert loader_settings(load_config(None, ["trainer.devices=4"]))["num_workers"] == 3  # 4 processes share 16
     cpu = load_config(None, ["trainer.accelerator=cpu", "data.workers=3", "data.pin_memory=true"])
     assert loader_settings(cpu) == {"num_workers": 3, "pin_memory": True, "persistent_workers": True,
                                     "prefetch_factor": 4}

@@ -33,7 +33,7 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
                        help=f"{prefix}images per forward pass (default {batch_size or 'data.eval_batch_size'})")
     if workers:
         p.add_argument("--workers", type=_workers, default=None if batch_size is None else "auto",
-                       help=f"{prefix}image-decoding worker processes, or auto (min(8, CPUs-1) on CUDA, 0 on the "
+                       help=f"{prefix}image-decoding worker processes, or auto (min(16, CPUs-1) on CUDA, 0 on the "
                             f"CPU; default {'data.workers' if batch_size is None else 'auto'})")
 
 

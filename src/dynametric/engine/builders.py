@@ -451,6 +451,18 @@ def use_channels_last(cfg: Any, embedder: nn.Module) -> bool:
     return trains_on_cuda(cfg) and is_convolutional(embedder)
 
 
+def _local_processes(cfg: Any) -> int:
+    """Training processes on this machine: the number of ``trainer.devices`` (``auto`` / ``-1``: every GPU)."""
+    devices = cfg.trainer.devices
+    if isinstance(devices, (list, tuple)):
+        return max(1, len(devices))
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit() and int(devices) > 0:
+        return int(devices)
+    return max(1, torch.cuda.device_count())
+
+
 def loader_settings(cfg: Any) -> dict[str, Any]:
     """The DataLoader keywords of ``data.workers`` (``auto`` resolved), ``data.pin_memory`` (``None``: on for a
     CUDA GPU), ``data.persistent_workers`` and ``data.prefetch_factor``, for :class:`MetricDataModule`."""
@@ -458,7 +470,8 @@ def loader_settings(cfg: Any) -> dict[str, Any]:
 
     cuda = trains_on_cuda(cfg)
     d = cfg.data
-    workers = auto_workers("cuda" if cuda else "cpu") if d.workers == "auto" else int(d.workers)
+    workers = auto_workers("cuda" if cuda else "cpu", _local_processes(cfg)) if d.workers == "auto" \
+        else int(d.workers)
     return {"num_workers": workers, "pin_memory": cuda if d.pin_memory is None else bool(d.pin_memory),
             "persistent_workers": bool(d.persistent_workers), "prefetch_factor": int(d.prefetch_factor)}
 
