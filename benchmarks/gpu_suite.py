@@ -318,12 +318,12 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
     loaded = load_embedder(run / "m.ckpt", options=opts)
     items = read_image_csv(root / "labels.csv")
     # warm-up (cudnn autotune, worker start) on a few batches, then the timed run
-    embed_items(read_image_csv(root / "labels.csv"), loaded.embed, loaded.transform, work / "emb_warm",
+    embed_items(read_image_csv(root / "labels.csv"), loaded.embed, loaded.loader_transform, work / "emb_warm",
                 model_identity=loaded.identity(), batch_size=cfg["embed_batch"], shard_size=cfg["embed_batch"] * 2,
                 num_workers=loaded.run.workers, pin_memory=loaded.run.pin_memory, overwrite=True)
     sync(device)
     t = time.perf_counter()
-    embed_items(items, loaded.embed, loaded.transform, work / "emb", model_identity=loaded.identity(),
+    embed_items(items, loaded.embed, loaded.loader_transform, work / "emb", model_identity=loaded.identity(),
                 batch_size=cfg["embed_batch"], shard_size=max(cfg["embed_batch"], 8192),
                 num_workers=loaded.run.workers, pin_memory=loaded.run.pin_memory, overwrite=True)
     sync(device)

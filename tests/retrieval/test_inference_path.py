@@ -172,3 +172,24 @@ def test_embed_cli_bf16_and_workers(run_ckpt: Path, tmp_path: Path, capsys) -> N
     a, b = np.load(out32 / "embeddings.npy"), np.load(out16 / "embeddings.npy")
     assert a.shape == b.shape == (6, 16) and np.isfinite(b).all()
     assert 0 < np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+def test_split_transform_gives_the_same_values(run_ckpt: Path, image_root: Path) -> None:
+    from torchvision import transforms as T
+
+    from dynametric.data.base import load_rgb
+    from dynametric.data.transforms import build_transform
+    from dynametric.engine.inference import split_transform
+
+    img = load_rgb(sorted(image_root.glob("imgs/*/*.png"))[0])
+    for full in (build_transform("standard", train=False, size=24), T.Compose([T.Resize((20, 20)), T.ToTensor()])):
+        loader, finish = split_transform(full)
+        part = loader(img)
+        assert part.dtype == torch.uint8 and finish is not None
+        assert torch.equal(finish(part[None])[0], full(img))  # bit-identical
+    assert split_transform(T.Compose([T.ToTensor(), T.Resize(8)]))[1] is None  # not ending with ToTensor
+    loaded = load_embedder(run_ckpt, options=InferenceOptions(device="cpu"))
+    assert loaded.loader_transform is loaded.transform  # the uint8 path is for GPUs only
+    x = torch.stack([loaded.transform(img), loaded.transform(img.transpose(0))])
+    u8 = torch.stack([loaded._loader_transform(img), loaded._loader_transform(img.transpose(0))])
+    assert u8.dtype == torch.uint8 and torch.equal(loaded.embed(u8), loaded.embed(x))

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynametric.engine.inference import InferenceOptions, ResolvedInference, embed_batch, load_trained, prepare_model
+from dynametric.engine.inference import (
+    InferenceOptions,
+    ResolvedInference,
+    embed_batch,
+    load_trained,
+    prepare_model,
+    split_transform,
+)
 from dynametric.errors import InputError
 
 
@@ -68,11 +75,20 @@ class LoadedEmbedder:
     input_size: int
     run: ResolvedInference
 
+    def __post_init__(self) -> None:
+        self._loader_transform, self._finish = split_transform(self.transform)
+
+    @property
+    def loader_transform(self) -> Callable[[Any], torch.Tensor]:
+        """What the loader workers apply: on a GPU, :attr:`transform` up to ``uint8`` tensors (conversion to float
+        and normalisation run on the device in :meth:`embed`, with the same values); on the CPU, :attr:`transform`."""
+        return self._loader_transform if self.run.device.type == "cuda" and self._finish else self.transform
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> ``[B, D]`` float32 on the CPU (the evaluated head), computed on ``run.device`` under
-        ``run``'s precision."""
-        return embed_batch(self.model, images, self.run, self.head)
+        """``[B, C, H, W]`` (float, or ``uint8`` from :attr:`loader_transform`) -> ``[B, D]`` float32 on the CPU (the
+        evaluated head), computed on ``run.device`` under ``run``'s precision."""
+        return embed_batch(self.model, images, self.run, self.head, self._finish)
 
     def identity(self) -> dict[str, Any]:
         """What an embeddings file / index records about the model that produced it (``precision`` only when it
@@ -141,7 +157,7 @@ def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path]) -> np
 
     parts = []
     try:
-        for batch in loaded.run.loader(ImageFiles([Path(p) for p in paths], loaded.transform)):
+        for batch in loaded.run.loader(ImageFiles([Path(p) for p in paths], loaded.loader_transform)):
             parts.append(loaded.embed(batch))
     except InputError as exc:
         raise _worker_error(exc) from None
