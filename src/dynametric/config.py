@@ -784,8 +784,12 @@ def config_hash(cfg: Config, length: int = 16) -> str:
 
 
 def embedder_kwargs(model: ModelConfig) -> dict[str, Any]:
-    """``build_embedder(**embedder_kwargs(cfg.model))`` (every model key but the training-only ``channels_last``)."""
-    return {k: v for k, v in dataclasses.asdict(model).items() if k != "channels_last"}
+    """``build_embedder(**embedder_kwargs(cfg.model))`` (every model key but the training-only ones)."""
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_TRAINING_KEYS}
+
+
+MODEL_TRAINING_KEYS = ("channels_last",)
+"""``model`` keys that say how the model is trained, not how it is built (not ``build_embedder`` arguments)."""
 
 
 # ------------------------------------------------------------------------------------- component validation
