@@ -421,7 +421,8 @@ def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
         step()
     sync(device)
     floor = cfg["floor_steps"] * cfg["train_batch"] / (time.perf_counter() - t)
-    return {"backbone": cfg["backbone"], "size": cfg["size"], "precision": precision, "batch": cfg["train_batch"],
+    return {"backbone": cfg["backbone"], "size": cfg["size"], "precision": "fp32" if precision == "32" else precision,
+            "batch": cfg["train_batch"],
             "m": cfg["m"], "steps_timed": len(stamps) - 1 - w, "workers": loader["num_workers"],
             "pinned": loader["pin_memory"], "channels_last": cl, "ours_img_s": ours, "floor_img_s": floor,
             "fraction": ours / floor}
@@ -515,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="tiny sizes on the CPU (< 1 minute)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu with --small, else auto)")
     p.add_argument("--parts", default="a,b,c,d")
-    p.add_argument("--json", type=Path, default=None, help="JSON results (default docs/results/gpu_suite.json)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="JSON results (default docs/results/gpu_suite.json; with --small gpu_suite_small.json)")
     p.add_argument("--docs", type=Path, default=None, help="markdown file to update (default docs/benchmarks.md)")
     p.add_argument("--data", type=Path, default=None, help="folder for the generated JPEGs (default: a temp folder)")
     args = p.parse_args(argv)
@@ -529,11 +531,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     cfg = SMALL if args.small else FULL
     parts = {s.strip() for s in args.parts.split(",") if s.strip()}
-    json_path = args.json or ROOT / "docs" / "results" / "gpu_suite.json"
+    json_path = args.json or ROOT / "docs" / "results" / ("gpu_suite_small.json" if args.small else "gpu_suite.json")
     docs_path = args.docs or ROOT / "docs" / "benchmarks.md"
     notes: list[str] = []
     if device.type != "cuda":
         notes.append("no CUDA device: the figures are CPU figures and the #13 GPU targets are not assessed by them")
+    if args.small:
+        notes.append("--small sizes are tiny (they keep the suite from rotting); on a shared CPU their timings are "
+                     "noise, only the value checks mean something")
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
     res: dict[str, Any] = {"small": args.small, "machine": machine(device), "config": config}
     t0 = time.perf_counter()
