@@ -74,8 +74,15 @@ class DataConfig:
     """Label column (scale) whose classes the m-per-class sampler balances."""
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 128
-    workers: int = 0
-    """DataLoader worker processes."""
+    workers: int | str = "auto"
+    """DataLoader worker processes, or ``auto``: ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
+    ``trainer.devices`` on this machine), else 0."""
+    pin_memory: bool | None = None
+    """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU."""
+    persistent_workers: bool = True
+    """Keep the worker processes between epochs (no start-up stall per epoch; only with workers > 0)."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead (only with workers > 0)."""
 
     def _validate(self, key: str) -> None:
         from dynametric.data.registry import FORMAT_NAMES
@@ -91,7 +98,13 @@ class DataConfig:
         _positive(self.batch_size, f"{key}.batch_size")
         _positive(self.m, f"{key}.m")
         _positive(self.eval_batch_size, f"{key}.eval_batch_size")
-        _non_negative(self.workers, f"{key}.workers")
+        if isinstance(self.workers, str):
+            if self.workers != "auto":
+                raise ConfigError(f"expected a non-negative integer or 'auto', got {self.workers!r}",
+                                  key=f"{key}.workers")
+        else:
+            _non_negative(self.workers, f"{key}.workers")
+        _positive(self.prefetch_factor, f"{key}.prefetch_factor")
         _non_negative(self.sampler_scale, f"{key}.sampler_scale")
         if self.image_size is not None:
             _positive(self.image_size, f"{key}.image_size")
@@ -127,6 +140,9 @@ class ModelConfig:
     in_chans: int = 3
     head_names: list[str] | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool | None = None
+    """Train in the channels_last memory format; ``None``: on for convolutional backbones on a CUDA GPU (not a
+    :func:`~dynametric.models.build_embedder` argument)."""
 
     def _validate(self, key: str) -> None:
         _positive(self.num_heads, f"{key}.num_heads")
@@ -284,6 +300,8 @@ class TrainerConfig:
     """Also write ``last.ckpt`` every N steps (``None``: at the end of every epoch only)."""
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    compile: bool = False
+    """``torch.compile`` the embedder for training (in place: checkpoints keep their keys)."""
 
     def _validate(self, key: str) -> None:
         _positive(self.max_epochs, f"{key}.max_epochs")
@@ -772,8 +790,12 @@ def config_hash(cfg: Config, length: int = 16) -> str:
 
 
 def embedder_kwargs(model: ModelConfig) -> dict[str, Any]:
-    """``build_embedder(**embedder_kwargs(cfg.model))``."""
-    return dataclasses.asdict(model)
+    """``build_embedder(**embedder_kwargs(cfg.model))`` (every model key but the training-only ones)."""
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_TRAINING_KEYS}
+
+
+MODEL_TRAINING_KEYS = ("channels_last",)
+"""``model`` keys that say how the model is trained, not how it is built (not ``build_embedder`` arguments)."""
 
 
 # ------------------------------------------------------------------------------------- component validation

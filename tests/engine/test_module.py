@@ -82,6 +82,26 @@ def test_nonfinite_loss_stops_naming_the_step():
         build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
 
 
+class DeferredCheck(MetricLearningModule):
+    """The accelerator behaviour on the CPU: ``stop`` reads the finiteness flags for a window of steps at once."""
+
+    def _defer_nonfinite_check(self, total):
+        return self.nonfinite == "stop"
+
+
+@pytest.mark.parametrize("log_every, bad_step", [(2, 3), (50, 4)])
+def test_nonfinite_stop_deferred_names_the_same_step(tmp_path, log_every, bad_step):
+    module = DeferredCheck(ToyEmbedder(), [Objective(NaNAfter(bad_step, once=True))], evaluator=toy_evaluator)
+    dm = _dm(val=False)
+    trainer = build_trainer(_settings(log_every_n_steps=log_every, checkpoint_every_n_steps=2), dm, tmp_path,
+                            enable_validation=False)
+    with pytest.raises(NonFiniteLossError, match=rf"global step {bad_step} \(epoch 0, batch {bad_step}\)"):
+        trainer.fit(module, datamodule=dm)
+    assert module.losses[0].calls <= bad_step + log_every  # found within the window (or at the next checkpoint)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] <= bad_step  # no checkpoint holds weights updated by the bad step
+
+
 def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(caplog):
     module = MetricLearningModule(ToyEmbedder(), [Objective(NaNAfter(2, once=True))], nonfinite="skip",
                                   evaluator=toy_evaluator)

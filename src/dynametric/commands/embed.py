@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError
 
 
@@ -36,9 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", type=Path, default=None,
                    help="with --csv: folder relative paths are resolved against (default: the CSV's folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=64)
+    add_inference_arguments(p, batch_size=64)
     p.add_argument("--shard-size", type=int, default=4096, help="images per shard (the unit of resumption)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
     p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.image_root is not None and args.csv is None:
         raise ConfigError("--image-root goes with --csv", key="--image-root")
+    options = inference_options(args)
+    run_opts = options.resolve()  # flag errors before the images are listed
     items = list_image_folder(args.images) if args.images is not None else read_image_csv(args.csv, args.image_root)
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
-                           image_size=args.image_size)
-    res = embed_items(items, loaded.embed, loaded.transform, args.out, model_identity=loaded.identity(),
-                      batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.workers,
+                           image_size=args.image_size, options=options)
+    res = embed_items(items, loaded.embed, loaded.loader_transform, args.out, model_identity=loaded.identity(),
+                      batch_size=args.batch_size, shard_size=args.shard_size, num_workers=run_opts.workers,
+                      pin_memory=run_opts.pin_memory,
                       progress=not args.no_progress, keep_shards=args.keep_shards, overwrite=args.overwrite)
     print(f"{res.count} images -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
           f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)")

@@ -207,6 +207,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="with --checkpoint: dataset split to embed (default: data.test_split)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --checkpoint: dotted config override (repeatable)")
+    from dynametric.commands.options import add_inference_arguments
+
+    add_inference_arguments(p, batch_size=None, device=False, prefix="with --checkpoint: ")
     p.add_argument("--metrics", nargs="+", default=None,
                    help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, precision@K, "
                         "precision@<int>, map@K, map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, "
@@ -238,10 +241,14 @@ def run(args: argparse.Namespace) -> int:
         if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
             raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
                               key="--checkpoint")
+        from dynametric.commands.options import inference_options
+
+        options = inference_options(args)  # --device (when the command has it), --precision, --batch-size, --workers
+        options.resolve()  # flag errors before anything is loaded
         if not args.split:  # a DyML run config: its own test protocol (docs/dyml.md)
             from dynametric.engine.dyml import evaluate_checkpoint
 
-            dyml = evaluate_checkpoint(args.checkpoint, args.config, overrides=args.overrides)
+            dyml = evaluate_checkpoint(args.checkpoint, args.config, overrides=args.overrides, options=options)
             if dyml is not None:
                 info = dyml.pop("protocol")
                 print(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
@@ -253,9 +260,12 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         from dynametric.engine.inference import embed_from_checkpoint
 
-        ce = embed_from_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides)
+        ce = embed_from_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides,
+                                   options=options)
         q, ql, g, gl = ce.query, ce.query_labels, ce.gallery, ce.gallery_labels
         names, source = ce.scale_names or None, ce.description
+    elif args.precision or args.batch_size is not None or args.workers is not None:
+        raise ConfigError("--precision, --batch-size and --workers need --checkpoint", key="--checkpoint")
     elif args.config or args.split or args.overrides:
         raise ConfigError("--config, --split and --set need --checkpoint", key="--checkpoint")
     elif args.example:

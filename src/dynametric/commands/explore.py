@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynametric.commands.options import add_inference_arguments, inference_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -21,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
                         "it is missing)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
+    add_inference_arguments(p, batch=False, workers=False, prefix="uploads: ")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
 
@@ -31,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.retrieval.explorer import Explorer, make_server
     from dynametric.retrieval.index import RetrievalIndex
 
+    options = inference_options(args)
+    options.resolve()  # a bad --device / --precision is an error, not "uploads disabled"
     index = RetrievalIndex.load(args.index)
     embedder = None
     try:
-        embedder = load_index_model(index, args.checkpoint, args.config)
+        embedder = load_index_model(index, args.checkpoint, args.config, options)
     except DynametricError as exc:
         if args.checkpoint is not None:
             raise

@@ -24,11 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dynametric.engine.inference import InferenceOptions
     from dynametric.retrieval.export import export_embedder
     from dynametric.retrieval.model import load_embedder
 
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
-                           image_size=args.image_size)
+                           image_size=args.image_size, options=InferenceOptions(device="cpu"))  # exported on the CPU
     info = export_embedder(loaded, args.out, args.format, atol=args.atol, check=not args.no_check)
     shape = "x".join(str(s) for s in info["input"]["shape"])
     check = f", max |diff| {info['max_abs_diff']:.2e} <= {info['tolerance']:g}" if "max_abs_diff" in info else ""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError, InputError
 
 
@@ -40,12 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --image: checkpoint to embed with (default: the one recorded in the index; must have "
                         "the same weights)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
+    add_inference_arguments(p, batch_size=64, prefix="with --image: ")
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
-def load_index_model(index: Any, checkpoint: Path | None, config: Path | None) -> Any:
-    """The index's embedder (or ``checkpoint``), checked to have the weights the index was built with."""
+def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, options: Any = None) -> Any:
+    """The index's embedder (or ``checkpoint``), checked to have the weights the index was built with, placed
+    where ``options`` (:class:`~dynametric.engine.inference.InferenceOptions`) say."""
     from dynametric.retrieval.model import load_embedder
 
     model = index.model or {}
@@ -56,7 +59,8 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None) -
         checkpoint = Path(model["checkpoint"])
         if config is None and model.get("config"):
             config = Path(model["config"])
-    loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"))
+    loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
+                           options=options)
     want = model.get("weights_hash")
     if want and loaded.weights_hash != want:
         raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"-k must be >= 1, got {args.k}", key="-k")
     if args.checkpoint is not None and args.image is None:
         raise ConfigError("--checkpoint goes with --image", key="--checkpoint")
+    inference_options(args).resolve()  # --device / --precision / --batch-size / --workers errors come first
     index = RetrievalIndex.load(args.index)
     for opt, name in (("--scale", args.scale), ("--same", args.same)):
         if name is not None and index.labels is None:
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.image is not None:
         from dynametric.retrieval.model import embed_image_files
 
-        loaded = load_index_model(index, args.checkpoint, args.config)
+        loaded = load_index_model(index, args.checkpoint, args.config, inference_options(args))
         q = embed_image_files(loaded, args.image)
         names = [str(p) for p in args.image]
     else:

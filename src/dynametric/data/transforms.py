@@ -13,6 +13,9 @@ preset             train                                            eval
 ``eval_only``      as eval (no augmentation)                         Resize(256) → CenterCrop(224)
 =================  ===============================================  ======================================
 
+``RandomResizedCrop`` is torchvision's (same parameters, same random draws) but crops and resizes a PIL image in
+one ``Image.resize(size, box=...)`` call, without copying the crop first.
+
 Every preset ends with ``ToTensor`` and ``Normalize(mean, std)`` (ImageNet statistics unless given). ``size``,
 ``resize``, ``scale``, ``ratio``, ``flip``, ``mean``, ``std`` and ``normalize`` override the preset's values; a
 new ``size`` without a ``resize`` keeps the preset's resize:crop ratio (``standard``, ``size=112`` → Resize(128),
@@ -78,6 +81,41 @@ def resolve_transform_spec(preset: str, **overrides: Any) -> TransformSpec:
     return spec
 
 
+def _one_step_crop_class() -> type:
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    pil_modes = {InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
+                 InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
+                 InterpolationMode.NEAREST: Image.Resampling.NEAREST,
+                 InterpolationMode.LANCZOS: Image.Resampling.LANCZOS}
+
+    class RandomResizedCrop(T.RandomResizedCrop):
+        """torchvision's ``RandomResizedCrop`` (same ``get_params`` draws from torch's RNG, so seeded runs pick the
+        same boxes); a PIL image is cropped and resized by one ``Image.resize(size, box=...)`` call, which reads
+        the box straight from the decoded image. Tensors take torchvision's path."""
+
+        def forward(self, img: Any) -> Any:
+            if not isinstance(img, Image.Image) or self.interpolation not in pil_modes:
+                return super().forward(img)
+            top, left, h, w = self.get_params(img, self.scale, self.ratio)
+            return img.resize((self.size[1], self.size[0]), pil_modes[self.interpolation],
+                              box=(left, top, left + w, top + h))
+
+    return RandomResizedCrop
+
+
+_CROP_CLASS: list[type] = []
+
+
+def one_step_random_resized_crop(size: int, **kwargs: Any) -> Any:
+    """A :class:`RandomResizedCrop` (see the module docstring) of side ``size``."""
+    if not _CROP_CLASS:
+        _CROP_CLASS.append(_one_step_crop_class())
+    return _CROP_CLASS[0](size, **kwargs)
+
+
 def build_transform(preset: str = "standard", train: bool = False, **overrides: Any) -> Callable[[Any], Any]:
     """A torchvision transform for ``preset`` (see the module table); ``train`` selects the augmenting branch.
 
@@ -91,7 +129,7 @@ def build_transform(preset: str = "standard", train: bool = False, **overrides: 
     if train and spec.augment:
         if spec.resize_before_train_crop and spec.resize is not None:
             steps.append(T.Resize(spec.resize))
-        steps.append(T.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio))
+        steps.append(one_step_random_resized_crop(spec.size, scale=spec.scale, ratio=spec.ratio))
         if spec.flip:
             steps.append(T.RandomHorizontalFlip(0.5))
     elif spec.resize is None:

@@ -427,8 +427,58 @@ def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | N
         from dynametric.engine.sharing import AlternatingSharingModule
 
         module = AlternatingSharingModule(embedder, objectives, optim_settings(cfg), plan=plan, **common)
+    module.channels_last = use_channels_last(cfg, embedder)
+    if module.channels_last:
+        embedder.to(memory_format=torch.channels_last)  # kept by the later move to the device
+    if cfg.trainer.compile:
+        embedder.compile()  # in place: the state dict keeps its keys, checkpoints stay interchangeable
     return Components(embedder, objectives, module, trainer_settings(cfg, progress_bar=progress_bar), datasets,
                       scale_names)
+
+
+def trains_on_cuda(cfg: Any) -> bool:
+    """Whether ``trainer.accelerator`` puts training on a CUDA GPU here (``auto`` / ``gpu`` / ``cuda`` with CUDA
+    available)."""
+    return str(cfg.trainer.accelerator).lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """At least half of the parameters sit in 2-D convolutions (ResNets, BN-Inception, simple_cnn; not ViTs)."""
+    conv = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False))
+    total = sum(p.numel() for p in model.parameters())
+    return total > 0 and conv * 2 >= total
+
+
+def use_channels_last(cfg: Any, embedder: nn.Module) -> bool:
+    """``model.channels_last``, or (``None``) convolutional backbones when training on a CUDA GPU."""
+    if cfg.model.channels_last is not None:
+        return bool(cfg.model.channels_last)
+    return trains_on_cuda(cfg) and is_convolutional(embedder)
+
+
+def _local_processes(cfg: Any) -> int:
+    """Training processes on this machine: the number of ``trainer.devices`` (``auto`` / ``-1``: every GPU)."""
+    devices = cfg.trainer.devices
+    if isinstance(devices, (list, tuple)):
+        return max(1, len(devices))
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit() and int(devices) > 0:
+        return int(devices)
+    return max(1, torch.cuda.device_count())
+
+
+def loader_settings(cfg: Any) -> dict[str, Any]:
+    """The DataLoader keywords of ``data.workers`` (``auto`` resolved), ``data.pin_memory`` (``None``: on for a
+    CUDA GPU), ``data.persistent_workers`` and ``data.prefetch_factor``, for :class:`MetricDataModule`."""
+    from dynametric.utils.device import auto_workers
+
+    cuda = trains_on_cuda(cfg)
+    d = cfg.data
+    workers = auto_workers("cuda" if cuda else "cpu", _local_processes(cfg)) if d.workers == "auto" \
+        else int(d.workers)
+    return {"num_workers": workers, "pin_memory": cuda if d.pin_memory is None else bool(d.pin_memory),
+            "persistent_workers": bool(d.persistent_workers), "prefetch_factor": int(d.prefetch_factor)}
 
 
 def root_missing(cfg: Any) -> bool:

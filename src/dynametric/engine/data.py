@@ -163,6 +163,8 @@ class MetricDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
         self.train_set, self.val_set, self.test_set = train, val, test
@@ -171,6 +173,8 @@ class MetricDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.pin_memory = pin_memory
+        self.persistent_workers = bool(persistent_workers)
+        self.prefetch_factor = prefetch_factor
         self.train_batch_sampler: ResumableBatchSampler | None = None
         self._pending_resume: tuple[int, int] | None = None
 
@@ -210,14 +214,24 @@ class MetricDataModule(L.LightningDataModule):
                 self.train_batch_sampler.resume(*self._pending_resume)
                 self._pending_resume = None
         return _TrainLoader(SeededDataset(self.train_set), batch_sampler=self.train_batch_sampler,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=False, generator=self._generator())
+                            num_workers=self.num_workers, pin_memory=self.pin_memory, generator=self._generator(),
+                            **self._worker_options())
+
+    def _worker_options(self) -> dict[str, Any]:
+        """Persistent workers and prefetching (only meaningful, and only allowed by torch, with workers). The
+        data order and every augmentation stay a function of the batch tokens, so neither affects the results."""
+        if self.num_workers == 0:
+            return {}
+        out: dict[str, Any] = {"persistent_workers": self.persistent_workers}
+        if self.prefetch_factor is not None:
+            out["prefetch_factor"] = int(self.prefetch_factor)
+        return out
 
     def eval_dataloader(self, dataset: Any) -> DataLoader:
         rank, world = self._rank_world()
         return DataLoader(_shard(dataset, rank, world), batch_size=self.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          generator=self._generator())
+                          generator=self._generator(), **self._worker_options())
 
     def val_dataloader(self) -> DataLoader | list:
         return [] if self.val_set is None else self.eval_dataloader(self.val_set)

@@ -376,30 +376,27 @@ class EngineTest:
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),
-                        progress: bool = False) -> dict[str, Any] | None:
+                        progress: bool = False, options: Any = None) -> dict[str, Any] | None:
     """The DyML protocol for a trained checkpoint (``dynametric evaluate --checkpoint``), or ``None`` when the
-    config is not a DyML config. ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint)."""
-    from pathlib import Path
-
+    config is not a DyML config. ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint);
+    ``options``: :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on
+    the ``auto`` device)."""
     from dynametric.config import load_config
-    from dynametric.engine.builders import build_model, eval_head, load_split
-    from dynametric.engine.checkpoint import load_embedder_weights
-    from dynametric.engine.inference import embed_dataset
+    from dynametric.engine.builders import load_split
+    from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
 
-    path = Path(config) if config is not None else Path(checkpoint).parent / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}", key="--config")
-    cfg = load_config(path, overrides)
+    cfg = load_config(config_beside(checkpoint, config), overrides)
     protocol = protocol_from_config(cfg)
     if protocol is None:
         return None
-    model = build_model(cfg)
-    load_embedder_weights(model, checkpoint)
-    head = eval_head(cfg)
+    trained = load_trained(checkpoint, config, cfg=cfg)
+    opts = checkpoint_options(cfg, options)
+    if progress:
+        opts.progress = True
+    run = opts.resolve()
 
     def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return embed_dataset(model, ds, head=head, batch_size=cfg.data.eval_batch_size,
-                             num_workers=cfg.data.workers, progress=progress)
+        return embed_dataset(trained.model, ds, head=trained.head, options=run)
 
     return run_protocol(protocol, embed, lambda split: load_split(cfg, split, train=False),
                         test_split=cfg.data.test_split)

@@ -1,8 +1,21 @@
-"""Embedding a dataset split with a trained checkpoint (``dynametric evaluate --checkpoint``)."""
+"""The one inference path: a trained embedder from checkpoint + config, and embedding images with it.
+
+* :func:`load_trained` rebuilds the configured model and loads a ``dynametric train`` checkpoint into it
+  (``weights_only``; eval mode, no grad). ``dynametric evaluate --checkpoint``, the DyML protocol, ``embed``,
+  ``search --image``, ``explore`` and ``export`` all load through it.
+* :class:`InferenceOptions` says where and how to run: ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``,
+  :func:`dynametric.utils.device.resolve_device`), ``precision`` (``fp32``, or ``bf16`` / ``fp16`` autocast),
+  batch size, loader workers (``auto``: :func:`dynametric.utils.device.auto_workers`), pinned memory (default: on
+  for CUDA) and a progress bar.
+* :func:`embed_dataset` embeds a labelled dataset, :func:`embed_batch` one image batch; ``dynametric embed``
+  streams folders and CSV lists through :func:`dynametric.retrieval.embed.embed_items` with the same batch function.
+
+Embeddings always come back as float32 on the CPU, in dataset order.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,30 +24,198 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dynametric.engine.checkpoint import load_embedder_weights
 from dynametric.engine.objective import select_head
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
+from dynametric.utils.device import auto_workers, autocast, check_loader_options, resolve_device, resolve_precision
+
+
+@dataclass
+class InferenceOptions:
+    """Where and how to run a model over images (validated by :meth:`resolve`)."""
+
+    device: str | torch.device | None = "auto"
+    precision: str = "fp32"
+    batch_size: int | None = 128  # None: 128 (or, for a checkpoint's dataset, data.eval_batch_size)
+    workers: int | str | None = 0  # None: 0 (or data.workers)
+    pin_memory: bool | None = None  # None: pinned when the device is CUDA
+    progress: bool = False
+
+    def resolve(self) -> ResolvedInference:
+        device = resolve_device(self.device)
+        dtype = resolve_precision(self.precision, device)
+        batch_size = 128 if self.batch_size is None else self.batch_size
+        if self.workers is None:
+            workers = 0
+        elif isinstance(self.workers, str):
+            if self.workers.strip().lower() != "auto":
+                raise ConfigError(f"worker count must be an integer >= 0 or 'auto', got {self.workers!r}",
+                                  key="--workers")
+            workers = auto_workers(device)
+        else:
+            workers = int(self.workers)
+        check_loader_options(batch_size, workers)
+        pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
+        return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress))
+
+
+@dataclass(frozen=True)
+class ResolvedInference:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None = fp32
+    batch_size: int
+    workers: int
+    pin_memory: bool
+    progress: bool
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def loader(self, dataset: Any) -> DataLoader:
+        """An in-order loader of ``dataset`` with these options (prefetch 4 batches per worker)."""
+        extra: dict[str, Any] = {"prefetch_factor": 4} if self.workers > 0 else {}
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                          pin_memory=self.pin_memory, **extra)
+
+
+def _resolved(options: InferenceOptions | ResolvedInference | None) -> ResolvedInference:
+    if isinstance(options, ResolvedInference):
+        return options
+    return (options or InferenceOptions()).resolve()
+
+
+def prepare_model(model: nn.Module, run: ResolvedInference) -> nn.Module:
+    """``model`` in eval mode on ``run.device`` (channels_last for 4-D inputs on CUDA)."""
+    model.eval()
+    if next(iter(model.parameters()), torch.empty(0)).device != run.device:
+        model.to(run.device)
+    if run.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # only 4-D weights change; faster convolutions under autocast
+    return model
+
+
+def split_transform(transform: Any) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """``(loader_transform, finish)`` for a ``Compose`` that ends with ``ToTensor`` (and optionally ``Normalize``):
+    the loader part yields ``uint8`` ``[C, H, W]`` tensors (``PILToTensor``: a quarter of the bytes to copy, no
+    float work in the workers) and ``finish`` does the ``/ 255`` and the normalisation on the batch, on the device,
+    with the same float32 operations (the same values). Other transforms: ``(transform, None)``."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    norm = steps.pop() if steps and isinstance(steps[-1], T.Normalize) else None
+    if not steps or not isinstance(steps[-1], T.ToTensor):
+        return transform, None
+    steps[-1] = T.PILToTensor()
+    mean = std = None
+    if norm is not None:
+        mean, std = torch.as_tensor(norm.mean, dtype=torch.float32), torch.as_tensor(norm.std, dtype=torch.float32)
+
+    def finish(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32).div(255)
+        if mean is not None and std is not None:
+            x = x.sub_(mean.to(x.device).view(1, -1, 1, 1)).div_(std.to(x.device).view(1, -1, 1, 1))
+        return x
+
+    return T.Compose(steps), finish
+
+
+@torch.no_grad()
+def embed_batch(model: nn.Module, images: torch.Tensor, run: ResolvedInference, head: str | None = None,
+                finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, D]`` float32 on the CPU: moved to ``run.device`` (non-blocking from pinned memory),
+    ``finish`` applied there to ``uint8`` batches (:func:`split_transform`), forward under ``run``'s autocast, head
+    selected. ``model`` must already be on the device (:func:`prepare_model`)."""
+    x = images.to(run.device, non_blocking=run.pin_memory)
+    if x.dtype == torch.uint8:
+        if finish is None:
+            raise InputError("uint8 image batch without the transform's device part (see split_transform)")
+        x = finish(x)
+    if run.device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(run.device, run.dtype):
+        out = select_head(model(x), head)
+    return out.float().cpu()
 
 
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, batch_size: int = 128,
-                  num_workers: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(embeddings [N, D] float32, labels [N, S])`` of every item of ``dataset``, in order (eval mode)."""
+                  num_workers: int | str = 0, progress: bool = False, device: str | torch.device | None = None,
+                  precision: str = "fp32", pin_memory: bool | None = None,
+                  options: InferenceOptions | ResolvedInference | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embeddings [N, D] float32, labels [N, S])`` of every ``(image, label)`` item of ``dataset``, in order.
+
+    ``options`` (when given) replaces the keyword options. ``device=None`` runs where the model's parameters are;
+    otherwise the model is moved to the device. The model's train/eval mode is restored afterwards.
+    """
+    if options is None:
+        if device is None:
+            param = next(iter(model.parameters()), None)
+            device = param.device if param is not None else "cpu"
+        options = InferenceOptions(device=device, precision=precision, batch_size=batch_size, workers=num_workers,
+                                   pin_memory=pin_memory, progress=progress)
+    run = _resolved(options)
     was = model.training
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    if progress:
+    prepare_model(model, run)
+    loader: Iterable[Any] = run.loader(dataset)
+    if run.progress:
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="embedding", unit="batch")
     embs, labs = [], []
     try:
         for images, labels in loader:
-            embs.append(select_head(model(images), head).float().cpu())
+            embs.append(embed_batch(model, images, run, head))
             labs.append(labels.reshape(len(labels), -1).cpu())
     finally:
         model.train(was)
     return torch.cat(embs), torch.cat(labs)
+
+
+@dataclass
+class TrainedModel:
+    """A configured model with a checkpoint's weights (CPU, eval mode, no grad) and where it came from."""
+
+    cfg: Any
+    model: nn.Module
+    checkpoint: Path
+    config_path: Path
+    state: dict[str, Any]  # the checkpoint file's content
+    head: str | None  # the head the engine evaluates (or the one asked for)
+
+
+def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
+    """``config``, or ``config.yaml`` beside the checkpoint (a run folder); ConfigError when missing."""
+    checkpoint = Path(checkpoint)
+    path = Path(config) if config is not None else checkpoint.parent / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}" if config is None
+                          else f"config file not found: {path}", key="--config")
+    return path
+
+
+def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
+                 head: str | None = None, cfg: Any = None) -> TrainedModel:
+    """Build the configured embedder and load ``checkpoint`` into it (eval mode, parameters frozen).
+
+    ``config`` defaults to ``config.yaml`` beside the checkpoint; an already loaded ``cfg`` may be passed instead.
+    ``head`` defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
+    """
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_model, eval_head
+    from dynametric.engine.checkpoint import load_embedder_weights
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise InputError("checkpoint file not found", file=checkpoint)
+    config_path = config_beside(checkpoint, config)
+    if cfg is None:
+        cfg = load_config(config_path, overrides)
+    model = build_model(cfg)
+    state = load_embedder_weights(model, checkpoint)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return TrainedModel(cfg, model, checkpoint, config_path, state, head if head is not None else eval_head(cfg))
 
 
 @dataclass
@@ -47,37 +228,42 @@ class CheckpointEmbeddings:
     description: str
 
 
+def checkpoint_options(cfg: Any, options: InferenceOptions | None) -> InferenceOptions:
+    """``options`` (default: ``auto`` device, fp32) with an unset batch size / worker count taken from the config's
+    evaluation loader (``data.eval_batch_size``, ``data.workers``)."""
+    from dataclasses import replace
+
+    opts = options if options is not None else InferenceOptions(batch_size=None, workers=None)
+    return replace(opts, batch_size=opts.batch_size if opts.batch_size is not None else int(cfg.data.eval_batch_size),
+                   workers=opts.workers if opts.workers is not None else cfg.data.workers)
+
+
 def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = None, *, split: str | None = None,
-                          overrides: Sequence[str] = (), head: str | None = None,
-                          progress: bool = False) -> CheckpointEmbeddings:
-    """Build the configured model, load ``checkpoint`` (weights_only), embed a split.
+                          overrides: Sequence[str] = (), head: str | None = None, progress: bool = False,
+                          options: InferenceOptions | None = None) -> CheckpointEmbeddings:
+    """Load ``checkpoint`` (:func:`load_trained`) and embed a split of its configured dataset.
 
-    ``config`` defaults to ``config.yaml`` beside the checkpoint (a run folder). With ``eval.protocol:
-    query_gallery`` (and no ``split``) the ``eval.query_split`` and ``eval.gallery_split`` are embedded.
+    With ``eval.protocol: query_gallery`` (and no ``split``) the ``eval.query_split`` and ``eval.gallery_split``
+    are embedded. ``options`` default to the config's evaluation batch size and workers on the ``auto`` device.
     """
-    from dynametric.config import load_config
-    from dynametric.engine.builders import build_model, eval_head, load_split
+    from dynametric.engine.builders import load_split
 
-    checkpoint = Path(checkpoint)
-    if config is None:
-        config = checkpoint.parent / "config.yaml"
-        if not config.is_file():
-            raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}", key="--config")
-    cfg = load_config(config, overrides)
-    model = build_model(cfg)
-    load_embedder_weights(model, checkpoint)
-    head = head if head is not None else eval_head(cfg)
-    bs, workers = cfg.data.eval_batch_size, cfg.data.workers
+    trained = load_trained(checkpoint, config, overrides=overrides, head=head)
+    cfg, model = trained.cfg, trained.model
+    opts = checkpoint_options(cfg, options)
+    if progress:
+        opts.progress = True
+    run = opts.resolve()
     if split is None and cfg.eval.protocol == "query_gallery":
         qd = load_split(cfg, cfg.eval.query_split, train=False)
         gd = load_split(cfg, cfg.eval.gallery_split, train=False)
-        q, ql = embed_dataset(model, qd, head=head, batch_size=bs, num_workers=workers, progress=progress)
-        g, gl = embed_dataset(model, gd, head=head, batch_size=bs, num_workers=workers, progress=progress)
+        q, ql = embed_dataset(model, qd, head=trained.head, options=run)
+        g, gl = embed_dataset(model, gd, head=trained.head, options=run)
         names = list(getattr(qd, "scale_names", []) or [])
-        desc = f"{checkpoint}: {cfg.data.format} {cfg.eval.query_split} -> {cfg.eval.gallery_split}"
+        desc = f"{trained.checkpoint}: {cfg.data.format} {cfg.eval.query_split} -> {cfg.eval.gallery_split}"
         return CheckpointEmbeddings(q, ql, g, gl, names, desc)
     split = split or cfg.data.test_split
     ds = load_split(cfg, split, train=False)
-    q, ql = embed_dataset(model, ds, head=head, batch_size=bs, num_workers=workers, progress=progress)
+    q, ql = embed_dataset(model, ds, head=trained.head, options=run)
     names = list(getattr(ds, "scale_names", []) or [])
-    return CheckpointEmbeddings(q, ql, None, None, names, f"{checkpoint}: {cfg.data.format} split {split!r}")
+    return CheckpointEmbeddings(q, ql, None, None, names, f"{trained.checkpoint}: {cfg.data.format} split {split!r}")

@@ -199,34 +199,99 @@ class MetricLearningModule(L.LightningModule):
         self.gather = gather
         self.skipped_steps = 0
         self.validation_history: list[dict[str, Any]] = []
-        self.loss_history: list[list[float]] = []  # [global step, loss] pairs for the report's curve
+        self.loss_history = []  # [global step, loss] pairs for the report's curve
         self.last_eval: dict[str, Any] | None = None
         self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._deferred_checks: list[tuple[torch.Tensor, dict[str, torch.Tensor], str]] = []
+
+    channels_last = False  # batches in the channels_last memory format (model.channels_last; the builders set it)
+
+    @property
+    def loss_history(self) -> list[list[float]]:
+        """``[global step, loss]`` pairs for the report's curve. The training step keeps the loss as a tensor (no
+        host synchronisation per step); it becomes a float here, when the history is read."""
+        if self._pending_losses:
+            self._loss_history.extend([float(step), float(loss)] for step, loss in self._pending_losses)
+            self._pending_losses = []
+        return self._loss_history
+
+    @loss_history.setter
+    def loss_history(self, value: list[list[float]]) -> None:
+        self._loss_history = value
+        self._pending_losses: list[tuple[int, torch.Tensor]] = []
+
+    def batch_images(self, batch: Any) -> torch.Tensor:
+        """The images of a batch, in the channels_last memory format when :attr:`channels_last` is set."""
+        images = batch[0]
+        if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     # ----------------------------------------------------------------- forward / training
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The evaluation embedding (``eval_head`` of a multi-head model)."""
         return select_head(self.embedder(images), self.eval_head)
 
+    def _defer_nonfinite_check(self, total: torch.Tensor) -> bool:
+        """Whether ``nonfinite="stop"`` checks this step later, with a window of steps: on an accelerator, reading
+        the flag every step would make the host wait for the GPU at every step. On the CPU the check is immediate."""
+        return self.nonfinite == "stop" and total.device.type != "cpu"
+
+    def _where(self, batch_idx: int, step: str) -> str:
+        return f"{step + ' step, ' if step else ''}global step {self.global_step} (epoch {self.current_epoch}, " \
+               f"batch {batch_idx})"
+
+    @staticmethod
+    def _stop(where: str, bad: dict[str, float]) -> NonFiniteLossError:
+        return NonFiniteLossError(f"non-finite loss at {where}: {bad}; lower the learning rate, check the data, or "
+                                  "set trainer.nonfinite=skip")
+
     def _skip_nonfinite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_idx: int,
                         step: str = "") -> bool:
         """False for a finite loss. Otherwise raise :class:`NonFiniteLossError` (``nonfinite="stop"``) or count and
-        log the step as skipped and return True (``"skip"``). ``step`` names the step kind in the messages."""
+        log the step as skipped and return True (``"skip"``). ``step`` names the step kind in the messages.
+
+        With ``stop`` on an accelerator the flag is read for ``log_every_n_steps`` steps at once, and at every epoch
+        end, validation and checkpoint (:meth:`check_deferred_nonfinite`): the error names the first bad step as
+        before, and no checkpoint is written after it."""
+        if self._defer_nonfinite_check(total):
+            self._deferred_checks.append((total.detach(), {k: v.detach() for k, v in terms.items()},
+                                          self._where(batch_idx, step)))
+            every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
+            if len(self._deferred_checks) >= every:
+                self.check_deferred_nonfinite()
+            return False
         if torch.isfinite(total.detach()).all():
             return False
-        where = f"{step + ' step, ' if step else ''}global step {self.global_step} (epoch {self.current_epoch}, " \
-                f"batch {batch_idx})"
+        where = self._where(batch_idx, step)
         bad = {k: float(v) for k, v in terms.items()}
         if self.nonfinite == "stop":
-            raise NonFiniteLossError(f"non-finite loss at {where}: {bad}; lower the learning rate, check the "
-                                     "data, or set trainer.nonfinite=skip")
+            raise self._stop(where, bad)
         self.skipped_steps += 1
         logger.warning("non-finite loss at %s: %s; step skipped (%d skipped so far)", where, bad, self.skipped_steps)
         return True
 
+    def check_deferred_nonfinite(self) -> None:
+        """Read the finiteness of the losses queued by :meth:`_skip_nonfinite` (one host synchronisation) and raise
+        for the first non-finite one."""
+        pending, self._deferred_checks = getattr(self, "_deferred_checks", []), []
+        if not pending:
+            return
+        ok = torch.stack([torch.isfinite(t).all() for t, _, _ in pending]).cpu()
+        if bool(ok.all()):
+            return
+        _, terms, where = pending[int((~ok).nonzero()[0, 0])]
+        raise self._stop(where, {k: float(v) for k, v in terms.items()})
+
+    def on_train_epoch_end(self) -> None:
+        self.check_deferred_nonfinite()
+
+    def on_train_end(self) -> None:
+        self.check_deferred_nonfinite()
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        images, labels = batch[0], batch[1]
+        images, labels = self.batch_images(batch), batch[1]
         outputs = self.embedder(images)
         gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
         total, terms = compute_objective(outputs, labels, self.objectives, gather=gather)
@@ -237,7 +302,7 @@ class MetricLearningModule(L.LightningModule):
         bs = labels.shape[0]
         every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
         if batch_idx % every == 0:
-            self.loss_history.append([float(self.global_step), float(total.detach())])
+            self._pending_losses.append((int(self.global_step), total.detach()))
         self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=world_info()[1] > 1)
         if len(terms) > 1:
@@ -269,7 +334,7 @@ class MetricLearningModule(L.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def _collect(self, batch: Any) -> None:
-        images, labels = batch[0], batch[1]
+        images, labels = self.batch_images(batch), batch[1]
         emb = self(images)
         labels = labels.unsqueeze(1) if labels.dim() == 1 else labels
         self._eval_buffer.append((emb.detach().float().cpu(), labels.detach().cpu()))
@@ -281,6 +346,7 @@ class MetricLearningModule(L.LightningModule):
         self._collect(batch)
 
     def on_validation_epoch_start(self) -> None:
+        self.check_deferred_nonfinite()
         self._eval_buffer = []
 
     def on_test_epoch_start(self) -> None:
@@ -329,6 +395,7 @@ class MetricLearningModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_deferred_nonfinite()  # never save weights updated by a non-finite step
         checkpoint["dynametric"] = {"validation_history": self.validation_history,
                                     "loss_history": self.loss_history,
                                     "skipped_steps": self.skipped_steps,

@@ -29,6 +29,7 @@ from dynametric.engine.builders import (
     Components,
     build_components,
     build_datasets,
+    loader_settings,
     root_missing,
     sampler_factory,
 )
@@ -191,8 +192,8 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
-                          eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.workers,
-                          seed=int(cfg.trainer.seed))
+                          eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
+                          **loader_settings(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
     info: dict[str, Any] = {

@@ -291,7 +291,7 @@ class AlternatingSharingModule(MetricLearningModule):
         return terms
 
     def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
-        images, labels = batch[0], batch[1]
+        images, labels = self.batch_images(batch), batch[1]
         adv_class = self.adv_terms if self.plan.adv_step == "class" else []
         adv_shared = self.adv_terms if self.plan.adv_step == "shared" else []
         logged: dict[str, torch.Tensor] = {}

@@ -161,6 +161,8 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
             img = load_rgb(self.paths[i])
+        except FileNotFoundError:
+            raise InputError("image file not found", file=self.paths[i]) from None
         except Exception as exc:  # PIL raises many types for bad files
             raise InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=self.paths[i]) from None
         return self.transform(img)
@@ -218,11 +220,13 @@ class EmbedResult:
 def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
                 transform: Callable[[Any], torch.Tensor], out: str | Path, *, model_identity: dict[str, Any],
                 batch_size: int = 64, shard_size: int = 4096, num_workers: int = 0, progress: bool = False,
-                keep_shards: bool = False, overwrite: bool = False) -> EmbedResult:
+                keep_shards: bool = False, overwrite: bool = False, pin_memory: bool = False) -> EmbedResult:
     """Embed ``items`` into the folder ``out`` shard by shard (see the module docstring); resumable.
 
     ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings (e.g.
-    :meth:`LoadedEmbedder.embed`); ``model_identity`` is recorded and must match when resuming.
+    :meth:`LoadedEmbedder.embed`, which runs on the loaded model's device and precision); ``model_identity`` is
+    recorded and must match when resuming. One loader serves every shard still to compute (``num_workers``
+    decoding processes, ``pin_memory`` for a non-blocking copy to a GPU).
     """
     if batch_size < 1 or shard_size < 1:
         raise InputError(f"batch size and shard size must be >= 1, got {batch_size}, {shard_size}",
@@ -263,21 +267,28 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     computed, skipped = [], []
     dim: int | None = None
     bar = tqdm(total=n, unit="img", desc="embedding", disable=not progress)
+    pending: list[tuple[int, int, int]] = []
+    for s in range(num_shards):
+        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+        if _shard_ok(shard_path(out, s), hi - lo):
+            skipped.append(s)
+            bar.update(hi - lo)
+        else:
+            pending.append((s, lo, hi))
+    # one loader over every pending shard (workers start once); no batch crosses a shard boundary
+    batches = [list(range(b, min(hi, b + batch_size))) for _, lo, hi in pending for b in range(lo, hi, batch_size)]
+    extra: dict[str, Any] = {"prefetch_factor": 4} if num_workers > 0 else {}
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory, **extra)
     try:
-        for s in range(num_shards):
-            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-            sp = shard_path(out, s)
-            if _shard_ok(sp, hi - lo):
-                skipped.append(s)
-                bar.update(hi - lo)
-                continue
-            loader = DataLoader(torch.utils.data.Subset(dataset, range(lo, hi)), batch_size=batch_size,
-                                shuffle=False, num_workers=num_workers)
-            parts = []
+        it = iter(loader)
+        for s, lo, hi in pending:
+            parts, rows = [], 0
             try:
                 with torch.no_grad():
-                    for batch in loader:
+                    while rows < hi - lo:
+                        batch = next(it)
                         parts.append(embed_batch(batch).detach().float().cpu().numpy())
+                        rows += len(batch)
                         bar.update(len(batch))
             except InputError as exc:
                 raise _worker_error(exc) from None
@@ -285,7 +296,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
             if not np.isfinite(arr).all():
                 bad = lo + int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
                 raise InputError(f"the model produced a non-finite embedding for item {bad}", file=items.paths[bad])
-            with atomic_open(sp, "wb") as fh:
+            with atomic_open(shard_path(out, s), "wb") as fh:
                 np.save(fh, arr)
             computed.append(s)
     finally:

@@ -1,9 +1,10 @@
 """Rebuild a trained embedder from a ``dynametric train`` checkpoint for inference (embed, search, export).
 
 A run folder holds ``config.yaml`` and ``best.ckpt`` / ``last.ckpt``; the checkpoint's ``state_dict`` carries the
-embedder's weights under ``embedder.*`` (:mod:`dynametric.engine.checkpoint`). The model is rebuilt from the
-config (:func:`dynametric.engine.builders.build_model`), the weights are loaded with ``weights_only=True`` and the
-evaluation transform is the one the engine evaluates with.
+embedder's weights under ``embedder.*`` (:mod:`dynametric.engine.checkpoint`). The model is loaded by the one
+inference path (:func:`dynametric.engine.inference.load_trained`) and runs where
+:class:`~dynametric.engine.inference.InferenceOptions` say (device, precision, batch size); the evaluation
+transform is the one the engine evaluates with.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynametric.errors import ConfigError, InputError
+from dynametric.engine.inference import (
+    InferenceOptions,
+    ResolvedInference,
+    embed_batch,
+    load_trained,
+    prepare_model,
+    split_transform,
+)
+from dynametric.errors import InputError
 
 
 def weights_digest(state: dict[str, torch.Tensor], length: int = 16) -> str:
@@ -64,19 +73,32 @@ class LoadedEmbedder:
     weights_hash: str
     in_chans: int
     input_size: int
+    run: ResolvedInference
+
+    def __post_init__(self) -> None:
+        self._loader_transform, self._finish = split_transform(self.transform)
+
+    @property
+    def loader_transform(self) -> Callable[[Any], torch.Tensor]:
+        """What the loader workers apply: on a GPU, :attr:`transform` up to ``uint8`` tensors (conversion to float
+        and normalisation run on the device in :meth:`embed`, with the same values); on the CPU, :attr:`transform`."""
+        return self._loader_transform if self.run.device.type == "cuda" and self._finish else self.transform
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> ``[B, D]`` float32 (the evaluated head)."""
-        from dynametric.engine.objective import select_head
-
-        return select_head(self.model(images), self.head).float()
+        """``[B, C, H, W]`` (float, or ``uint8`` from :attr:`loader_transform`) -> ``[B, D]`` float32 on the CPU (the
+        evaluated head), computed on ``run.device`` under ``run``'s precision."""
+        return embed_batch(self.model, images, self.run, self.head, self._finish)
 
     def identity(self) -> dict[str, Any]:
-        """What an embeddings file / index records about the model that produced it."""
-        return {"checkpoint": str(self.checkpoint.resolve()), "config": str(self.config_path.resolve()),
-                "config_hash": self.config_hash, "weights_hash": self.weights_hash, "head": self.head,
-                "in_chans": self.in_chans, "input_size": self.input_size}
+        """What an embeddings file / index records about the model that produced it (``precision`` only when it
+        is not fp32, so fp32 jobs written before the option existed still resume)."""
+        out = {"checkpoint": str(self.checkpoint.resolve()), "config": str(self.config_path.resolve()),
+               "config_hash": self.config_hash, "weights_hash": self.weights_hash, "head": self.head,
+               "in_chans": self.in_chans, "input_size": self.input_size}
+        if self.run.precision != "fp32":
+            out["precision"] = self.run.precision
+        return out
 
 
 def _input_size(transform: Any, default: int) -> int:
@@ -93,34 +115,26 @@ def _input_size(transform: Any, default: int) -> int:
 
 
 def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
-                  head: str | None = None, image_size: int | None = None) -> LoadedEmbedder:
-    """Build the configured embedder and load ``checkpoint`` into it (eval mode).
+                  head: str | None = None, image_size: int | None = None,
+                  options: InferenceOptions | None = None) -> LoadedEmbedder:
+    """Load ``checkpoint`` through :func:`dynametric.engine.inference.load_trained` and place it on the device of
+    ``options`` (default: ``auto`` device, fp32, batch 128, no workers).
 
     ``config`` defaults to ``config.yaml`` beside the checkpoint (a ``dynametric train`` run folder); ``head``
     defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
     """
-    from dynametric.config import config_hash, load_config
-    from dynametric.engine.builders import build_model, eval_head
-    from dynametric.engine.checkpoint import embedder_state_dict, load_embedder_weights
+    from dynametric.config import config_hash
+    from dynametric.engine.checkpoint import embedder_state_dict
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise InputError("checkpoint file not found", file=checkpoint)
-    config_path = Path(config) if config is not None else checkpoint.parent / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}" if config is None
-                          else f"config file not found: {config_path}", key="--config")
-    cfg = load_config(config_path, overrides)
-    model = build_model(cfg)
-    ckpt = load_embedder_weights(model, checkpoint)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    run = (options or InferenceOptions()).resolve()
+    trained = load_trained(checkpoint, config, overrides=overrides, head=head)
+    cfg = trained.cfg
+    prepare_model(trained.model, run)
     transform = eval_transform(cfg, image_size)
-    return LoadedEmbedder(model=model, head=head if head is not None else eval_head(cfg), transform=transform,
-                          checkpoint=checkpoint, config_path=config_path, config_hash=config_hash(cfg),
-                          weights_hash=weights_digest(embedder_state_dict(ckpt)), in_chans=int(cfg.model.in_chans),
-                          input_size=_input_size(transform, 224))
+    return LoadedEmbedder(model=trained.model, head=trained.head, transform=transform,
+                          checkpoint=trained.checkpoint, config_path=trained.config_path, config_hash=config_hash(cfg),
+                          weights_hash=weights_digest(embedder_state_dict(trained.state)),
+                          in_chans=int(cfg.model.in_chans), input_size=_input_size(transform, 224), run=run)
 
 
 def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
@@ -137,6 +151,14 @@ def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
 
 
 def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path]) -> np.ndarray:
-    """Embeddings ``[len(paths), D]`` float32 of a few image files (queries)."""
-    batch = torch.stack([image_tensor(loaded, p) for p in paths])
-    return loaded.embed(batch).numpy()
+    """Embeddings ``[len(paths), D]`` float32 of image files (queries), in batches of ``loaded.run.batch_size``
+    decoded by ``loaded.run.workers`` loader workers; errors name the file."""
+    from dynametric.retrieval.embed import ImageFiles, _worker_error
+
+    parts = []
+    try:
+        for batch in loaded.run.loader(ImageFiles([Path(p) for p in paths], loaded.loader_transform)):
+            parts.append(loaded.embed(batch))
+    except InputError as exc:
+        raise _worker_error(exc) from None
+    return torch.cat(parts).numpy()

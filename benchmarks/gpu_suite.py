@@ -1,0 +1,628 @@
+"""dynametric on a GPU, side by side with its peer and with the floors, in one command.
+
+    python benchmarks/gpu_suite.py                 # one CUDA GPU, < 6 minutes; writes docs/benchmarks.md + JSON
+    python benchmarks/gpu_suite.py --small         # CPU, < 1 minute, tiny sizes (what the test runs)
+
+Parts (``--parts a,b,c,d``):
+
+(a) evaluation of 60,502 x 128 embeddings with three nested label scales and every retrieval metric:
+    ``evaluate_embeddings(..., device=...)`` vs pytorch-metric-learning's ``AccuracyCalculator`` on the same
+    device (torch kNN through ``CustomKNN``, ``k="max_bin_count"``, once per scale, its three metrics) vs a plain
+    torch full-sort ranking (stable sort: ties by gallery index) computing the same metrics; plus 1,000,000 x 128
+    at one scale (recall@K, map@r) on a GPU, reported without a target. Where ``evaluate_embeddings`` has no
+    ``device`` argument yet, the CPU engine is timed and the table says so.
+(b) the tuple and proxy losses, forward + backward at batch 1024, dim 512, vs PML on the same device
+    (the cases of ``benchmarks/loss_speed.py``).
+(c) embedding JPEG files (photo-like, about 500 x 375) through the inference path (``load_embedder`` +
+    ``embed_items``: loader workers, pinned memory, bf16 autocast, channels_last) vs the model-only forward floor
+    (the same model, precision and memory format on batches already on the device).
+(d) training through the engine (``build_components`` + ``MetricDataModule`` + the Lightning trainer, ``csv``
+    data of JPEG files) vs the model-only training floor (same model, loss, optimizer, precision and memory
+    format on a batch already on the device): resnet50, 224 px, bf16, batch 128 (m = 4).
+
+The #13 targets are checked on a CUDA device and printed as pass / fail: (a) >= 5x faster than PML, within 1.2x of
+the full-sort floor, device memory peak <= 4 GB; (c) >= 90 % of the forward floor; (d) >= 90 % of the training
+floor. With ``--small`` (or on a CPU) the checks are printed for information only.
+
+Results: JSON (``--json``) and a markdown section in ``--docs`` between the markers
+``<!-- gpu_suite:begin -->`` and ``<!-- gpu_suite:end -->`` (only that section is replaced; appended if absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(1, str(ROOT / "src"))
+
+BEGIN, END = "<!-- gpu_suite:begin -->", "<!-- gpu_suite:end -->"
+
+FULL = {"eval_n": 60502, "eval_dim": 128, "eval_classes": (11316, 100, 12), "big_n": 1_000_000,
+        "loss_batch": 1024, "loss_dim": 512, "loss_rounds": 5,
+        "images": 8192, "image_wh": (500, 375), "backbone": "resnet50", "size": 224, "precision": "bf16",
+        "embed_batch": 256, "train_batch": 128, "m": 4, "train_steps": 60, "train_warmup": 15, "floor_steps": 30}
+SMALL = {"eval_n": 1200, "eval_dim": 32, "eval_classes": (200, 20, 4), "big_n": 0,
+         "loss_batch": 64, "loss_dim": 32, "loss_rounds": 2,
+         "images": 32, "image_wh": (96, 72), "backbone": "simple_cnn", "size": 32, "precision": "bf16",
+         "embed_batch": 16, "train_batch": 16, "m": 4, "train_steps": 6, "train_warmup": 2, "floor_steps": 4}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    info["shm_gb"] = shm_gb()
+    return info
+
+
+def shm_gb() -> float | None:
+    """Size of /dev/shm (where DataLoader workers hand batches over), or None where there is none."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_frsize * st.f_blocks / 2**30
+
+
+# ---------------------------------------------------------------------------------------------- (a) evaluation
+ALL_RETRIEVAL = ["recall@K", "r_precision", "map@r", "map", "asi"]
+
+
+def floor_metrics(x: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...], chunk: int) -> dict[str, dict]:
+    """Leave-one-out cosine ranking by a plain stable full sort (ties by index), every scale from one sort."""
+    n, s = labels.shape
+    xn = torch.nn.functional.normalize(x, dim=1)
+    counts = [torch.bincount(labels[:, j]) for j in range(s)]
+    sums = [{f"recall@{k}": 0.0 for k in ks} | {"r_precision": 0.0, "map@r": 0.0, "map": 0.0, "asi": 0.0}
+            for _ in range(s)]
+    valid = [0] * s
+    ar = torch.arange(1, n, device=x.device, dtype=torch.float32)
+    for start in range(0, n, chunk):
+        q = xn[start:start + chunk]
+        rows = torch.arange(start, start + len(q), device=x.device)
+        sims = q @ xn.T
+        sims[torch.arange(len(q), device=x.device), rows] = -float("inf")
+        order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, : n - 1]
+        for j in range(s):
+            ql = labels[rows, j]
+            rel = (labels[:, j][order] == ql[:, None]).float()
+            r = (counts[j][ql] - 1).float()
+            ok = r > 0
+            rel, r = rel[ok], r[ok]
+            cum = rel.cumsum(1)
+            prec = cum / ar
+            within = ar[None, :] <= r[:, None]
+            for k in ks:
+                sums[j][f"recall@{k}"] += float((cum[:, k - 1] > 0).sum())
+            sums[j]["r_precision"] += float((cum.gather(1, (r - 1).long()[:, None]).squeeze(1) / r).sum())
+            sums[j]["map@r"] += float(((prec * rel * within).sum(1) / r).sum())
+            sums[j]["map"] += float(((prec * rel).sum(1) / r).sum())
+            sums[j]["asi"] += float(((prec * within).sum(1) / r).sum())
+            valid[j] += int(ok.sum())
+    return {str(j): {k: v / max(valid[j], 1) for k, v in sums[j].items()} for j in range(s)}
+
+
+def part_a(cfg: dict, device: torch.device, notes: list[str]) -> dict[str, Any]:
+    from eval_speed import make_data
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    from dynametric.metrics import evaluate_embeddings
+
+    fine, middle, coarse = cfg["eval_classes"]
+    x_np, lab_np = make_data(cfg["eval_n"], cfg["eval_dim"], fine, middle, coarse, seed=0)
+    x, labels = torch.from_numpy(x_np), torch.from_numpy(lab_np)
+    has_device = "device" in inspect.signature(evaluate_embeddings).parameters
+    kw: dict[str, Any] = {"device": device} if has_device else {}
+    if not has_device:
+        notes.append("(a): evaluate_embeddings has no device argument in this build: the CPU engine was timed")
+    out: dict[str, Any] = {"n": len(x), "dim": x.shape[1], "scales": 3, "engine_device": str(device) if has_device
+                           else "cpu", "metrics": ALL_RETRIEVAL}
+    # dynametric (one warm-up on a slice, then timed)
+    evaluate_embeddings(x[:512], labels[:512], metrics=ALL_RETRIEVAL, **kw)
+    reset_peak(device)
+    sync(device)
+    t = time.perf_counter()
+    ours = evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, **kw)
+    sync(device)
+    out["dynametric_s"] = time.perf_counter() - t
+    out["dynametric_peak_gb"] = peak_gb(device) if has_device else None
+    # PML, torch kNN on the same device, once per scale
+    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                              k="max_bin_count", device=device,
+                              knn_func=CustomKNN(CosineSimilarity(),
+                                                 batch_size=8192 if device.type == "cuda" else 1024))
+    xd = x.to(device)
+    calc.get_accuracy(xd[:512], labels[:512, 0].to(device))
+    reset_peak(device)
+    sync(device)
+    t = time.perf_counter()
+    pml = {str(j): calc.get_accuracy(xd, labels[:, j].to(device)) for j in range(3)}
+    sync(device)
+    out["pml_s"] = time.perf_counter() - t
+    out["pml_peak_gb"] = peak_gb(device)
+    # plain full-sort floor on the device
+    ld = labels.to(device)
+    chunk = 4096 if device.type == "cuda" else 512
+    floor_metrics(xd[:512], ld[:512], (1, 2, 4, 8), chunk)
+    reset_peak(device)
+    sync(device)
+    t = time.perf_counter()
+    floor = floor_metrics(xd, ld, (1, 2, 4, 8), chunk)
+    sync(device)
+    out["floor_s"] = time.perf_counter() - t
+    out["floor_peak_gb"] = peak_gb(device)
+    names = list(ours.keys())[:3]
+    diffs = [abs(float(ours[names[j]][m]) - floor[str(j)][m]) for j in range(3)
+             for m in ("recall@1", "r_precision", "map@r", "map", "asi") if m in ours[names[j]]]
+    out["max_diff_vs_floor"] = max(diffs) if diffs else None
+    out["max_diff_vs_pml"] = max(abs(float(ours[names[j]][a]) - float(pml[str(j)][b])) for j in range(3)
+                                 for a, b in (("recall@1", "precision_at_1"), ("r_precision", "r_precision"),
+                                              ("map@r", "mean_average_precision_at_r")))
+    out["speedup_vs_pml"] = out["pml_s"] / out["dynametric_s"]
+    out["ratio_to_floor"] = out["dynametric_s"] / out["floor_s"]
+    return out
+
+
+def part_a_big(cfg: dict, device: torch.device) -> dict[str, Any]:
+    """1,000,000 x 128 at one scale (recall@K, map@r) on the device: time and device memory peak (no target)."""
+    from dynametric.metrics import evaluate_embeddings
+
+    rng = torch.Generator().manual_seed(1)
+    big = torch.nn.functional.normalize(torch.randn(cfg["big_n"], cfg["eval_dim"], generator=rng), dim=1)
+    big_labels = torch.randint(0, cfg["big_n"] // 8, (cfg["big_n"], 1), generator=rng)
+    reset_peak(device)
+    sync(device)
+    t = time.perf_counter()
+    evaluate_embeddings(big, big_labels, metrics=["recall@K", "map@r"], device=device)
+    sync(device)
+    return {"n": cfg["big_n"], "s": time.perf_counter() - t, "peak_gb": peak_gb(device)}
+
+
+# ---------------------------------------------------------------------------------------------- (b) losses
+def part_b(cfg: dict, device: torch.device) -> list[dict[str, Any]]:
+    from loss_speed import CASES, PROXY_CASES, _proxy_pair
+
+    rows = []
+    batch, dim = cfg["loss_batch"], cfg["loss_dim"]
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(batch, dim, generator=g).to(device)
+    labels = (torch.arange(batch) // 4).to(device)
+
+    def once(loss: torch.nn.Module) -> float:
+        e = emb.clone().requires_grad_(True)
+        sync(device)
+        t = time.perf_counter()
+        loss(e, labels).backward()
+        sync(device)
+        return time.perf_counter() - t
+
+    for name, (ours_cls, pml_cls, feasible) in CASES.items():
+        if name in PROXY_CASES:
+            ours, theirs = _proxy_pair(name, int(labels.max()) + 1, dim)
+        else:
+            ours, theirs = ours_cls(), pml_cls()
+        ours, theirs = ours.to(device), theirs.to(device)
+        run_pml = feasible(batch)
+        once(ours)
+        if run_pml:
+            once(theirs)
+        t_o, t_p = [], []
+        for _ in range(cfg["loss_rounds"]):
+            t_o.append(once(ours))
+            if run_pml:
+                t_p.append(once(theirs))
+        o, p = statistics.median(t_o) * 1e3, (statistics.median(t_p) * 1e3 if t_p else float("nan"))
+        rows.append({"loss": name, "ours_ms": o, "pml_ms": p, "speedup": p / o if t_p else float("nan")})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _photo(args: tuple[int, int, int, str]) -> None:
+    """A photo-like JPEG: smooth colour gradients, a few soft blobs and edges, sensor noise."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    i, w, h, path = args
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(40, 215, 3)
+    grad = rng.uniform(-0.25, 0.25, (2, 3))
+    arr = base + xx[..., None] * grad[0] + yy[..., None] * grad[1]
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(4, 9))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = int(rng.integers(min(w, h) // 12, min(w, h) // 3))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0 - r, y0 - r, x0 + r, y0 + r), fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(1.0, 3.0))))
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 6, (h, w, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def make_jpegs(root: Path, n: int, wh: tuple[int, int], classes: int) -> Path:
+    """``n`` JPEGs under ``root/imgs`` and ``root/labels.csv`` (path,split,fine,coarse; every image in train)."""
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    todo = [(i, wh[0], wh[1], str(root / "imgs" / f"{i:06d}.jpg")) for i in range(n)
+            if not (root / "imgs" / f"{i:06d}.jpg").is_file()]
+    if todo:
+        workers = max(1, min(16, (os.cpu_count() or 2)))
+        if workers > 1 and len(todo) > 64:
+            with ProcessPoolExecutor(workers) as pool:
+                list(pool.map(_photo, todo, chunksize=32))
+        else:
+            for t in todo:
+                _photo(t)
+    lines = ["path,split,fine,coarse"] + [f"imgs/{i:06d}.jpg,train,{i % classes},{(i % classes) % 4}"
+                                          for i in range(n)]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def model_overrides(cfg: dict, root: Path) -> list[str]:
+    out = ["data.format=csv", f"data.root={root}", f"data.image_size={cfg['size']}", "data.transform=standard",
+           f"model.backbone={cfg['backbone']}", "model.embedding_dim=128", "data.val_split=null",
+           "data.val_fraction=0"]
+    if cfg["backbone"] == "simple_cnn":
+        out.append("model.backbone_kwargs={width: 8, depth: 2}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- (c) embedding
+def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str, Any]:
+    from dynametric.config import load_config, save_config
+    from dynametric.engine.builders import build_model
+    from dynametric.engine.checkpoint import save_checkpoint_file
+    from dynametric.engine.inference import InferenceOptions
+    from dynametric.retrieval.embed import embed_items, read_image_csv
+    from dynametric.retrieval.model import load_embedder
+
+    run = work / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    mcfg = load_config(None, model_overrides(cfg, root))
+    save_config(mcfg, run / "config.yaml")
+    torch.manual_seed(0)
+    model = build_model(mcfg)
+    save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}}, run / "m.ckpt")
+    opts = InferenceOptions(device=device, precision=cfg["precision"], batch_size=cfg["embed_batch"],
+                            workers="auto")
+    loaded = load_embedder(run / "m.ckpt", options=opts)
+    items = read_image_csv(root / "labels.csv")
+    # warm-up (cudnn autotune) on a few batches, then the timed run over every image
+    warm = read_image_csv(root / "labels.csv")
+    k = min(len(warm.ids), 4 * cfg["embed_batch"])
+    warm.ids, warm.paths, warm.labels = warm.ids[:k], warm.paths[:k], None if warm.labels is None else warm.labels[:k]
+    embed_items(warm, loaded.embed, loaded.loader_transform, work / "emb_warm", model_identity=loaded.identity(),
+                batch_size=cfg["embed_batch"], shard_size=k, num_workers=loaded.run.workers,
+                pin_memory=loaded.run.pin_memory, overwrite=True)
+    first: list[float] = []
+
+    def timed_embed(batch: torch.Tensor) -> torch.Tensor:
+        if not first:  # the first batch has arrived: worker start-up is over
+            first.append(time.perf_counter())
+        return loaded.embed(batch)
+
+    sync(device)
+    t = time.perf_counter()
+    embed_items(items, timed_embed, loaded.loader_transform, work / "emb", model_identity=loaded.identity(),
+                batch_size=cfg["embed_batch"], shard_size=max(cfg["embed_batch"], len(items.ids)),
+                num_workers=loaded.run.workers, pin_memory=loaded.run.pin_memory, overwrite=True)
+    sync(device)
+    end = time.perf_counter()
+    wall = end - t
+    steady = (len(items.ids) - cfg["embed_batch"]) / max(end - first[0], 1e-9)
+    # floor: the same model, precision and memory format on a batch already on the device
+    x = torch.randn(cfg["embed_batch"], 3, cfg["size"], cfg["size"], device=device)
+    steps = max(3, math.ceil(len(items.ids) / cfg["embed_batch"]))
+    for _ in range(2):
+        loaded.embed(x)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        loaded.embed(x)
+    sync(device)
+    floor = steps * cfg["embed_batch"] / (time.perf_counter() - t)
+    rate = steady
+    return {"images": len(items.ids), "image_wh": list(cfg["image_wh"]), "backbone": cfg["backbone"],
+            "size": cfg["size"], "precision": cfg["precision"], "batch": cfg["embed_batch"],
+            "workers": loaded.run.workers, "pinned": loaded.run.pin_memory,
+            "channels_last": device.type == "cuda", "ours_img_s": rate, "end_to_end_img_s": len(items.ids) / wall,
+            "end_to_end_s": wall, "floor_img_s": floor, "fraction": rate / floor}
+
+
+# ---------------------------------------------------------------------------------------------- (d) training
+def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
+    import lightning as L
+
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_components, build_datasets, loader_settings, sampler_factory
+    from dynametric.engine.data import MetricDataModule
+    from dynametric.engine.run import quiet_lightning
+    from dynametric.engine.trainer import build_trainer
+
+    quiet_lightning()
+    cuda = device.type == "cuda"
+    precision = ("bf16-mixed" if cfg["precision"] == "bf16" else "32") if cuda else "32"
+    steps = cfg["train_steps"]
+    over = model_overrides(cfg, root) + [
+        f"data.batch_size={cfg['train_batch']}", f"data.m={cfg['m']}", "loss.name=TripletMarginLoss",
+        "loss.multiscale=false", f"trainer.precision={precision}", f"trainer.max_steps={steps}",
+        "trainer.max_epochs=1000", "trainer.progress_bar=false", "trainer.log_every_n_steps=10",
+        f"trainer.accelerator={'gpu' if cuda else 'cpu'}", "run.report=false"]
+    if cuda and device.index is not None:
+        over.append(f"trainer.devices=[{device.index}]")
+    shm = shm_gb()
+    if shm is not None and shm < 8:  # workers x prefetch x a float batch must fit in /dev/shm
+        over.append("data.prefetch_factor=2")
+    tcfg = load_config(None, over)
+    datasets = build_datasets(tcfg, with_test=False)
+    comps = build_components(tcfg, datasets=datasets, progress_bar=False)
+    loader = loader_settings(tcfg)
+    dm = MetricDataModule(datasets.train, None, None, batch_sampler_factory=sampler_factory(tcfg),
+                          eval_batch_size=tcfg.data.eval_batch_size, seed=0, **loader)
+    stamps: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            if len(stamps) in (cfg["train_warmup"], steps - 1):
+                sync(device)
+            stamps.append(time.perf_counter())
+
+    trainer = build_trainer(comps.trainer, dm, None, callbacks=[Clock()], enable_validation=False)
+    trainer.fit(comps.module, datamodule=dm)
+    w = cfg["train_warmup"]
+    ours = (len(stamps) - 1 - w) * cfg["train_batch"] / (stamps[-1] - stamps[w])
+    # floor: the same embedder, loss, optimizer, precision and memory format; one batch already on the device
+    from dynametric.engine.builders import build_model, use_channels_last
+    from dynametric.losses import TripletMarginLoss
+
+    torch.manual_seed(0)
+    model = build_model(tcfg).to(device)
+    cl = use_channels_last(tcfg, model)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = TripletMarginLoss().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(cfg["train_batch"], 3, cfg["size"], cfg["size"], device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.arange(cfg["train_batch"], device=device) // cfg["m"])
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        if dtype is not None:
+            with torch.autocast(device.type, dtype=dtype):
+                emb = model(x)
+        else:
+            emb = model(x)
+        loss_fn(emb.float(), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(cfg["floor_steps"]):
+        step()
+    sync(device)
+    floor = cfg["floor_steps"] * cfg["train_batch"] / (time.perf_counter() - t)
+    return {"backbone": cfg["backbone"], "size": cfg["size"], "precision": "fp32" if precision == "32" else precision,
+            "batch": cfg["train_batch"],
+            "m": cfg["m"], "steps_timed": len(stamps) - 1 - w, "workers": loader["num_workers"],
+            "pinned": loader["pin_memory"], "channels_last": cl, "ours_img_s": ours, "floor_img_s": floor,
+            "fraction": ours / floor}
+
+
+# ---------------------------------------------------------------------------------------------- report
+def checks(res: dict[str, Any], device: torch.device) -> list[tuple[str, bool]]:
+    out = []
+    a = res.get("a")
+    if a:
+        out.append(("(a) >= 5x faster than PML on the same device", a["speedup_vs_pml"] >= 5))
+        out.append(("(a) within 1.2x of the full-sort floor", a["ratio_to_floor"] <= 1.2))
+        if a.get("dynametric_peak_gb") is not None:
+            out.append(("(a) device memory peak <= 4 GB", a["dynametric_peak_gb"] <= 4))
+        if a.get("max_diff_vs_floor") is not None:
+            out.append(("(a) same values as the full-sort floor (max diff <= 1e-5)", a["max_diff_vs_floor"] <= 1e-5))
+    if res.get("c"):
+        out.append(("(c) embedding >= 90 % of the forward floor", res["c"]["fraction"] >= 0.9))
+    if res.get("d"):
+        out.append(("(d) training >= 90 % of the model-only floor", res["d"]["fraction"] >= 0.9))
+    return out
+
+
+def _f(v: Any, fmt: str = ".2f") -> str:
+    return "—" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+
+def markdown(res: dict[str, Any], command: str) -> str:
+    m = res["machine"]
+    lines = [BEGIN, "## GPU suite (`benchmarks/gpu_suite.py`)", "",
+             f"`{command}` — {m.get('gpu', 'no GPU')}; CPU {m['cpu']} ({m['cpus']} CPUs); torch {m['torch']}; "
+             f"device `{m['device']}`; total {res['total_s']:.0f} s" + (" (**--small**: tiny sizes, for the test; "
+                                                                      "not the #13 figures)" if res["small"] else ""),
+             ""]
+    if res.get("a"):
+        a = res["a"]
+        lines += [f"**(a) evaluation**, {a['n']:,} x {a['dim']}, 3 scales, metrics {', '.join(a['metrics'])} "
+                  f"(dynametric engine on `{a['engine_device']}`):", "",
+                  "| contender | seconds | device peak GB | vs dynametric |", "|---|---:|---:|---:|",
+                  f"| dynametric `evaluate_embeddings` | {a['dynametric_s']:.2f} | "
+                  f"{_f(a['dynametric_peak_gb'])} | 1.00x |",
+                  f"| PML AccuracyCalculator (torch kNN, k=max_bin_count, 3 metrics, once per scale) | "
+                  f"{a['pml_s']:.2f} | {_f(a['pml_peak_gb'])} | {a['speedup_vs_pml']:.2f}x slower |",
+                  f"| plain torch full-sort floor | {a['floor_s']:.2f} | {_f(a['floor_peak_gb'])} | "
+                  f"{a['ratio_to_floor']:.2f}x (ours / floor) |", "",
+                  f"Max |difference| vs the floor {_f(a['max_diff_vs_floor'], '.1e')}, vs PML "
+                  f"{_f(a['max_diff_vs_pml'], '.1e')}."]
+        if res.get("a_big"):
+            b = res["a_big"]
+            lines += [f"1,000,000 x 128, one scale (recall@K, map@r): {b['s']:.2f} s, device peak "
+                      f"{_f(b['peak_gb'])} GB."]
+        lines.append("")
+    if res.get("b"):
+        lines += [f"**(b) losses**, forward + backward, batch {res['b_batch']}, dim {res['b_dim']}, median ms:", "",
+                  "| loss | dynametric ms | PML ms | PML / dynametric |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['loss']} | {r['ours_ms']:.2f} | {_f(r['pml_ms'])} | {_f(r['speedup'])}x |" for r in res["b"]]
+        lines.append("")
+    for part, title in (("c", "embedding JPEG files"), ("d", "training on JPEG files")):
+        r = res.get(part)
+        if r:
+            extra = f", {r['images']} images of {r['image_wh'][0]}x{r['image_wh'][1]} (steady rate from the first " \
+                f"batch on; end to end with worker start-up and writing: {r['end_to_end_img_s']:.0f} img/s)" \
+                if part == "c" else f", m {r['m']}, {r['steps_timed']} timed steps"
+            lines += [f"**({part}) {title}**: {r['backbone']} {r['size']} px, {r['precision']}, batch {r['batch']}"
+                      f"{extra}, {r['workers']} workers, pinned {r['pinned']}, channels_last {r['channels_last']}: "
+                      f"dynametric {r['ours_img_s']:.0f} img/s vs model-only floor {r['floor_img_s']:.0f} img/s = "
+                      f"**{100 * r['fraction']:.0f} %**.", ""]
+    lines += ["Targets (#13, on one CUDA GPU):", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'} {name}" for name, ok in res["checks"]]
+    if res["notes"]:
+        lines += ["", *[f"Note: {n}" for n in res["notes"]]]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(path: Path, section: str) -> None:
+    from dynametric.utils.io import atomic_write_text
+
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    atomic_write_text(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="tiny sizes on the CPU (< 1 minute)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu with --small, else auto)")
+    p.add_argument("--parts", default="a,b,c,d")
+    p.add_argument("--json", type=Path, default=None,
+                   help="JSON results (default docs/results/gpu_suite.json; with --small gpu_suite_small.json)")
+    p.add_argument("--docs", type=Path, default=None, help="markdown file to update (default docs/benchmarks.md)")
+    p.add_argument("--data", type=Path, default=None, help="folder for the generated JPEGs (default: a temp folder)")
+    p.add_argument("--big-after-s", type=float, default=240.0,
+                   help="skip the 1,000,000 x 128 report when the other parts took longer than this (keeps the "
+                        "suite under 6 minutes)")
+    args = p.parse_args(argv)
+
+    from dynametric.utils.device import resolve_device
+
+    device = resolve_device(args.device or ("cpu" if args.small else "auto"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # (matmuls stay float32: TF32 would change the rankings of (a))
+    cfg = SMALL if args.small else FULL
+    parts = {s.strip() for s in args.parts.split(",") if s.strip()}
+    json_path = args.json or ROOT / "docs" / "results" / ("gpu_suite_small.json" if args.small else "gpu_suite.json")
+    docs_path = args.docs or ROOT / "docs" / "benchmarks.md"
+    notes: list[str] = []
+    if device.type != "cuda":
+        notes.append("no CUDA device: the figures are CPU figures and the #13 GPU targets are not assessed by them")
+    if args.small:
+        notes.append("--small sizes are tiny (they keep the suite from rotting); on a shared CPU their timings are "
+                     "noise, only the value checks mean something")
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+    res: dict[str, Any] = {"small": args.small, "machine": machine(device), "config": config}
+    t0 = time.perf_counter()
+
+    def stage(name: str, fn: Callable[[], Any]) -> None:
+        t = time.perf_counter()
+        print(f"[gpu_suite] ({name}) ...", flush=True)
+        res[name] = fn()
+        print(f"[gpu_suite] ({name}) done in {time.perf_counter() - t:.1f} s", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
+        work = Path(tmp)
+        data_root = args.data or work / "data"
+        if "a" in parts:
+            stage("a", lambda: part_a(cfg, device, notes))
+        if "b" in parts:
+            res["b_batch"], res["b_dim"] = cfg["loss_batch"], cfg["loss_dim"]
+            stage("b", lambda: part_b(cfg, device))
+        if parts & {"c", "d"}:
+            t = time.perf_counter()
+            make_jpegs(data_root, cfg["images"], cfg["image_wh"], classes=max(8, cfg["images"] // 16))
+            res["data_s"] = time.perf_counter() - t
+        if "c" in parts:
+            stage("c", lambda: part_c(cfg, device, data_root, work))
+        if "d" in parts:
+            stage("d", lambda: part_d(cfg, device, data_root))
+        if "a" in parts and cfg["big_n"] and device.type == "cuda":
+            from dynametric.metrics import evaluate_embeddings
+
+            if "device" not in inspect.signature(evaluate_embeddings).parameters:
+                notes.append("1,000,000 x 128 not run: evaluate_embeddings has no device argument in this build")
+            elif time.perf_counter() - t0 > args.big_after_s:
+                notes.append(f"1,000,000 x 128 skipped: the suite had run {time.perf_counter() - t0:.0f} s "
+                             f"(> --big-after-s {args.big_after_s:g})")
+            else:
+                stage("a_big", lambda: part_a_big(cfg, device))
+    res["total_s"] = time.perf_counter() - t0
+    res["checks"] = checks(res, device)
+    res["notes"] = notes
+    command = "python benchmarks/gpu_suite.py" + (" --small" if args.small else "") + \
+        (f" --device {args.device}" if args.device else "") + \
+        (f" --parts {args.parts}" if args.parts != "a,b,c,d" else "")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+    write_docs(docs_path, markdown(res, command))
+    for name, ok in res["checks"]:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}" + ("" if device.type == "cuda" else "  (CPU: for information)"))
+    for n in notes:
+        print(f"note: {n}")
+    print(f"[gpu_suite] total {res['total_s']:.1f} s; wrote {json_path} and {docs_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Command-line options shared by every command that runs a model over images (``embed``, ``evaluate
+--checkpoint``, ``search --image``, ``explore``): ``--device``, ``--precision``, ``--batch-size``, ``--workers``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dynametric.utils.device import PRECISIONS
+
+
+def _workers(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text!r}") from None
+
+
+def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = 128, batch: bool = True,
+                            workers: bool = True, device: bool = True, prefix: str = "") -> None:
+    """Add ``--device``, ``--precision`` and (unless disabled) ``--batch-size`` / ``--workers`` to ``p``.
+    ``batch_size=None`` leaves batch size and workers to the config (``None`` defaults); ``prefix`` starts each
+    help text."""
+    if device:
+        p.add_argument("--device", default="auto",
+                       help=f"{prefix}auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default=None if batch_size is None else "fp32", choices=PRECISIONS,
+                   help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default fp32)")
+    if batch:
+        p.add_argument("--batch-size", type=int, default=batch_size,
+                       help=f"{prefix}images per forward pass (default {batch_size or 'data.eval_batch_size'})")
+    if workers:
+        p.add_argument("--workers", type=_workers, default=None if batch_size is None else "auto",
+                       help=f"{prefix}image-decoding worker processes, or auto (min(16, CPUs-1) on CUDA, 0 on the "
+                            f"CPU; default {'data.workers' if batch_size is None else 'auto'})")
+
+
+def inference_options(args: argparse.Namespace, *, batch_size: int | None = None, workers: Any = None,
+                      progress: bool = False) -> Any:
+    """:class:`~dynametric.engine.inference.InferenceOptions` from the parsed options (``batch_size`` /
+    ``workers``: fallbacks where the command has no such option or it was left to the config)."""
+    from dynametric.engine.inference import InferenceOptions
+
+    bs = getattr(args, "batch_size", None)
+    w = getattr(args, "workers", None)
+    return InferenceOptions(device=getattr(args, "device", None) or "auto", precision=args.precision or "fp32",
+                            batch_size=bs if bs is not None else batch_size,
+                            workers=w if w is not None else workers, progress=progress)

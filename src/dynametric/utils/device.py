@@ -1,0 +1,108 @@
+"""Devices and inference precision, resolved once for every command that runs a model or ranks on a device.
+
+``resolve_device("auto" | "cpu" | "cuda" | "cuda:1" | "mps" | torch.device | None)`` returns a
+:class:`torch.device` or raises a one-line :class:`~dynametric.errors.ConfigError` naming the option (``--device``
+by default): ``auto`` (and ``None``) is the first CUDA device when CUDA is available, else the CPU; ``cuda`` without
+a usable CUDA device, or ``cuda:N`` past the device count, is an error, never a silent fallback to the CPU.
+
+``resolve_precision("fp32" | "bf16" | "fp16")`` names the autocast dtype of inference (``None`` for fp32);
+:func:`autocast` is the matching context manager (a no-op for fp32). fp16 autocast needs a CUDA device; bf16 runs
+on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from dynametric.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_PRECISION_ALIASES = {"fp32": "fp32", "32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+                      "fp16": "fp16", "16": "fp16", "float16": "fp16", "half": "fp16"}
+
+
+def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "--device") -> torch.device:
+    """The :class:`torch.device` for ``spec``; a one-line ConfigError (naming ``key``) when it cannot be used."""
+    if isinstance(spec, torch.device):
+        text = str(spec)
+    else:
+        text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N", key=key) from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {text!r} asked for, but no CUDA GPU is available here (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu "
+                              "or auto", key=key)
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {text!r} asked for, but only {count} CUDA device(s) are visible "
+                              f"(cuda:0..cuda:{count - 1})", key=key)
+        return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {text!r} asked for, but MPS is not available here", key=key)
+        return dev
+    raise ConfigError(f"unsupported device {text!r}; expected auto, cpu, cuda or cuda:N", key=key)
+
+
+def resolve_precision(spec: str | None, device: torch.device | None = None, *,
+                      key: str = "--precision") -> torch.dtype | None:
+    """The autocast dtype of inference precision ``spec`` (``None`` = fp32, no autocast) on ``device``."""
+    name = _PRECISION_ALIASES.get("fp32" if spec is None else str(spec).strip().lower())
+    if name is None:
+        raise ConfigError(f"unknown precision {spec!r}; expected one of {list(PRECISIONS)}", key=key)
+    if name == "fp32":
+        return None
+    if name == "fp16" and device is not None and device.type == "cpu":
+        raise ConfigError("fp16 autocast needs a CUDA device; on the CPU use bf16 or fp32", key=key)
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """``torch.autocast(device.type, dtype)`` when ``dtype`` is set, else nothing."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def check_loader_options(batch_size: int, workers: int, *, batch_key: str = "--batch-size",
+                         workers_key: str = "--workers") -> None:
+    """One-line errors for a batch size below 1 or a negative worker count."""
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}", key=batch_key)
+    if int(workers) < 0:
+        raise ConfigError(f"worker count must be >= 0, got {workers}", key=workers_key)
+
+
+def auto_workers(device: torch.device | str | None = None, processes: int = 1) -> int:
+    """Data-loading worker processes for ``workers: auto``.
+
+    On a CUDA device: ``min(16, CPUs // processes - 1)`` — JPEG decoding and augmentation must keep up with a GPU
+    (a ResNet-50 step in bf16 consumes thousands of images per second), one core is left to the main process, and
+    ``processes`` (the training processes on this machine, e.g. one per GPU under DDP) share the cores. On the CPU:
+    0 (the model's own threads use the cores and worker processes only compete with them; a laptop starts no extra
+    processes). The CPU count is the process's affinity where the OS reports it.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if device is None:
+        cuda = torch.cuda.is_available()
+    else:
+        cuda = torch.device(device).type == "cuda"
+    return max(0, min(16, cpus // max(1, int(processes)) - 1)) if cuda else 0

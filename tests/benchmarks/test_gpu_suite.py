@@ -1,0 +1,46 @@
+"""benchmarks/gpu_suite.py --small runs end to end on the CPU (so the one-command GPU suite never rots): every
+part produces figures, dynametric's metrics equal the plain full-sort floor's, and only the suite's own section of
+the markdown file is replaced."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytorch_metric_learning")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks" / "gpu_suite.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
+    suite = _suite()
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# Benchmarks\n\nkept above\n\n{suite.BEGIN}\nold figures\n{suite.END}\n\nkept below\n")
+    out = tmp_path / "suite.json"
+    assert suite.main(["--small", "--json", str(out), "--docs", str(docs), "--data", str(tmp_path / "jpegs")]) == 0
+    res = json.loads(out.read_text())
+    a, c, d = res["a"], res["c"], res["d"]
+    assert a["n"] == 1200 and a["max_diff_vs_floor"] <= 1e-5 and a["max_diff_vs_pml"] <= 1e-5
+    assert all(math.isfinite(a[k]) and a[k] > 0 for k in ("dynametric_s", "pml_s", "floor_s"))
+    assert len(res["b"]) == 14 and all(r["ours_ms"] > 0 for r in res["b"])
+    assert c["images"] == 32 and c["ours_img_s"] > 0 and c["floor_img_s"] > 0
+    assert d["steps_timed"] == 3 and d["ours_img_s"] > 0 and d["floor_img_s"] > 0
+    assert len(list((tmp_path / "jpegs" / "imgs").glob("*.jpg"))) == 32
+    names = [name for name, _ in res["checks"]]
+    assert any(n.startswith("(a) >= 5x") for n in names) and any(n.startswith("(d)") for n in names)
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nkept above\n\n") and text.endswith("\n\nkept below\n")
+    assert "old figures" not in text and text.count(suite.BEGIN) == 1 and "**(c) embedding JPEG files**" in text
+    assert "--small" in text and "no CUDA device" in text

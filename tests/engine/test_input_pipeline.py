@@ -1,0 +1,126 @@
+"""The training input pipeline settings: data.workers auto, pin_memory, persistent workers, prefetch factor,
+model.channels_last, trainer.compile, the one-step random-resized-crop and the loss history kept on the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from torch import nn
+from torchvision import transforms as T
+
+from dynametric.config import load_config
+from dynametric.engine.builders import build_model, is_convolutional, loader_settings, use_channels_last
+from dynametric.engine.data import MetricDataModule
+from dynametric.engine.module import MetricLearningModule
+from dynametric.errors import ConfigError
+from dynametric.utils import device as D
+
+TINY = ["model.backbone_kwargs={width: 4, depth: 2}", "model.embedding_dim=8"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.workers=many", "key 'data.workers': expected a non-negative integer or 'auto', got 'many'"),
+    ("data.workers=-1", "key 'data.workers': expected a non-negative integer, got -1"),
+    ("data.prefetch_factor=0", "key 'data.prefetch_factor': expected a positive integer, got 0"),
+    ("data.pin_memory=sometimes", "key 'data.pin_memory'"),
+    ("model.channels_last=maybe", "key 'model.channels_last'"),
+    ("trainer.compile=2", "key 'trainer.compile'"),
+])
+def test_bad_pipeline_keys(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, [override])
+
+
+def test_loader_settings_cpu_and_gpu_host(monkeypatch) -> None:
+    cfg = load_config(None, [])
+    assert cfg.data.workers == "auto" and cfg.data.pin_memory is None and cfg.model.channels_last is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loader_settings(cfg) == {"num_workers": 0, "pin_memory": False, "persistent_workers": True,
+                                    "prefetch_factor": 4}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert loader_settings(cfg)["num_workers"] == 15 and loader_settings(cfg)["pin_memory"] is True
+    assert loader_settings(load_config(None, ["trainer.devices=4"]))["num_workers"] == 3  # 4 processes share 16
+    cpu = load_config(None, ["trainer.accelerator=cpu", "data.workers=3", "data.pin_memory=true"])
+    assert loader_settings(cpu) == {"num_workers": 3, "pin_memory": True, "persistent_workers": True,
+                                    "prefetch_factor": 4}
+
+
+def test_datamodule_keeps_workers_and_prefetches() -> None:
+    from dynametric.data.synthetic import SyntheticHierarchy
+
+    ds = SyntheticHierarchy("test", images_per_class=1)
+    dm = MetricDataModule(ds, ds, batch_sampler_factory=lambda labels, r, w: [[0, 1], [2, 3]], num_workers=1,
+                          persistent_workers=True, prefetch_factor=3)
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert train.persistent_workers and train.prefetch_factor == 3 and val.persistent_workers
+    dm0 = MetricDataModule(ds, ds, batch_sampler_factory=lambda labels, r, w: [[0, 1]], num_workers=0,
+                           persistent_workers=True, prefetch_factor=3)
+    assert not dm0.train_dataloader().persistent_workers  # no workers: the options do not apply
+
+
+def test_channels_last_rule_and_batches(monkeypatch) -> None:
+    cfg = load_config(None, TINY)
+    cnn = build_model(cfg)
+    assert is_convolutional(cnn) and not is_convolutional(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 4096)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not use_channels_last(cfg, cnn)  # the CPU default: unchanged memory format
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert use_channels_last(cfg, cnn)
+    assert not use_channels_last(load_config(None, [*TINY, "trainer.accelerator=cpu"]), cnn)
+    assert not use_channels_last(load_config(None, [*TINY, "model.channels_last=false"]), cnn)
+    module = MetricLearningModule(cnn, [])
+    module.channels_last = True
+    images = torch.randn(2, 3, 8, 8)
+    out = module.batch_images([images, torch.zeros(2, 3)])
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, images)
+    module.channels_last = False
+    assert module.batch_images([images]) is images
+
+
+def test_compile_keeps_checkpoint_keys() -> None:
+    from dynametric.engine.builders import build_components
+
+    cfg = load_config(None, [*TINY, "trainer.compile=true"])
+    plain = build_components(load_config(None, TINY), datasets=None).embedder.state_dict()
+    compiled = build_components(cfg, datasets=None).embedder
+    assert list(compiled.state_dict()) == list(plain)
+
+
+def test_loss_history_is_read_lazily() -> None:
+    module = MetricLearningModule(nn.Linear(2, 2), [])
+    module.loss_history.append([0.0, 1.5])
+    module._pending_losses.append((10, torch.tensor(0.25)))
+    module._pending_losses.append((20, torch.tensor(0.125)))
+    assert module.loss_history == [[0.0, 1.5], [10.0, 0.25], [20.0, 0.125]]
+    assert module._pending_losses == [] and module.loss_history == [[0.0, 1.5], [10.0, 0.25], [20.0, 0.125]]
+    module.loss_history = [[1.0, 2.0]]
+    assert module.loss_history == [[1.0, 2.0]]
+
+
+def test_one_step_crop_draws_like_torchvision() -> None:
+    from dynametric.data.transforms import build_transform, one_step_random_resized_crop
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((75, 100, 3)) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    ours, theirs = one_step_random_resized_crop(32, scale=(0.16, 1.0)), T.RandomResizedCrop(32, scale=(0.16, 1.0))
+    for seed in range(20):
+        torch.manual_seed(seed)
+        a = np.asarray(ours(img)).astype(int)
+        after_a = torch.rand(1)
+        torch.manual_seed(seed)
+        b = np.asarray(theirs(img)).astype(int)
+        assert torch.equal(after_a, torch.rand(1))  # the same number of draws
+        assert a.shape == b.shape == (32, 32, 3)
+        assert np.abs(a - b)[2:-2, 2:-2].max() <= 1  # the same box; only the border may read past the crop
+        assert np.abs(a - b).max() <= 8
+    tensor = torch.rand(3, 40, 50)
+    torch.manual_seed(0)
+    x = ours(tensor)
+    torch.manual_seed(0)
+    assert torch.equal(x, theirs(tensor))  # tensors: torchvision's own path
+    steps = [type(t).__name__ for t in build_transform("standard", train=True).transforms]
+    assert steps[0] == "RandomResizedCrop" and isinstance(build_transform("dyml", train=True).transforms[0],
+                                                          T.RandomResizedCrop)

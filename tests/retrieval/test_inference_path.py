@@ -1,0 +1,195 @@
+"""The one inference path (engine/inference.py): every caller loads through ``load_trained`` and embeds through
+``embed_batch``; the embeddings equal the plain eval-mode forward the callers used before; bf16 autocast on the
+CPU is finite and close to fp32; the device / precision / batch / worker options fail with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dynametric.cli import main
+from dynametric.config import load_config, save_config
+from dynametric.engine.builders import build_model, eval_head, load_split
+from dynametric.engine.checkpoint import load_embedder_weights, save_checkpoint_file
+from dynametric.engine.dyml import DyMLProtocol, evaluate_checkpoint, run_protocol
+from dynametric.engine.inference import InferenceOptions, embed_dataset, embed_from_checkpoint, load_trained
+from dynametric.engine.objective import select_head
+from dynametric.errors import ConfigError, InputError
+from dynametric.retrieval.model import embed_image_files, load_embedder
+from tests.dyml.helpers import write_release
+from tests.retrieval.conftest import make_images, make_run
+
+
+def _plain_forward(model: torch.nn.Module, dataset, head, batch_size: int = 7):
+    """What the three loaders did before there was one: eval mode, a plain DataLoader, fp32 forward on the CPU."""
+    model.eval()
+    embs, labs = [], []
+    with torch.no_grad():
+        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            embs.append(select_head(model(images), head).float())
+            labs.append(labels.reshape(len(labels), -1))
+    return torch.cat(embs), torch.cat(labs)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("inference_run"), seed=3)
+
+
+SMALL = ["data.options={images_per_class: 2}"]  # a small synthetic test split
+
+
+def test_embed_from_checkpoint_equals_plain_forward(run: Path) -> None:
+    cfg = load_config(run.parent / "config.yaml", SMALL)
+    model = build_model(cfg)
+    load_embedder_weights(model, run)
+    ds = load_split(cfg, cfg.data.test_split, train=False)
+    ref, ref_lab = _plain_forward(model, ds, eval_head(cfg))
+    ce = embed_from_checkpoint(run, overrides=SMALL, options=InferenceOptions(device="cpu", batch_size=5))
+    assert torch.equal(ce.query, ref) and torch.equal(ce.query_labels, ref_lab)
+    assert ce.query.dtype == torch.float32 and ce.query.shape[0] == len(ds)
+
+
+def test_bf16_autocast_on_cpu_is_finite_and_close(run: Path) -> None:
+    trained = load_trained(run, overrides=SMALL)
+    cfg = trained.cfg
+    ds = load_split(cfg, cfg.data.test_split, train=False)
+    fp32, _ = embed_dataset(trained.model, ds, head=trained.head, device="cpu", precision="fp32", batch_size=16)
+    bf16, _ = embed_dataset(trained.model, ds, head=trained.head, device="cpu", precision="bf16", batch_size=16)
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    assert not torch.equal(bf16, fp32)  # autocast really ran in bf16
+    cos = torch.nn.functional.cosine_similarity(bf16, fp32, dim=1)
+    assert cos.min() > 0.99, cos.min()
+    rel = (bf16 - fp32).norm(dim=1) / fp32.norm(dim=1)
+    assert rel.max() < 0.08, rel.max()
+
+
+def test_load_embedder_and_image_files_equal_plain_forward(run_ckpt: Path, image_root: Path) -> None:
+    from dynametric.data.base import load_rgb
+
+    loaded = load_embedder(run_ckpt, options=InferenceOptions(device="cpu", batch_size=5))
+    paths = sorted(image_root.glob("imgs/*/*.png"))
+    cfg = load_config(run_ckpt.parent / "config.yaml")
+    model = build_model(cfg)
+    load_embedder_weights(model, run_ckpt)
+    model.eval()
+    with torch.no_grad():
+        ref = select_head(model(torch.stack([loaded.transform(load_rgb(p)) for p in paths])), loaded.head).float()
+    got = embed_image_files(loaded, paths)  # 12 images in batches of 5
+    np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-6)
+    assert "precision" not in loaded.identity()  # fp32 jobs keep the identity they had before the option
+    bf = load_embedder(run_ckpt, options=InferenceOptions(device="cpu", precision="bf16"))
+    assert bf.identity()["precision"] == "bf16"
+
+
+def test_dyml_protocol_from_checkpoint_equals_plain_forward(tmp_path: Path) -> None:
+    root = write_release(tmp_path / "rel", "vehicle")
+    cfg = load_config(None, ["data.format=dyml-vehicle", f"data.root={root}", "data.transform=small",
+                             "data.image_size=16", "model.embedding_dim=8",
+                             "model.backbone_kwargs={width: 4, depth: 2}", "method.name=dyml",
+                             "method.kwargs={variant: vehicle, query_in_gallery: contained, "
+                             "protocol: released-files}"])
+    save_config(cfg, tmp_path / "config.yaml")
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}, "epoch": 0},
+                         tmp_path / "best.ckpt")
+    got = evaluate_checkpoint(tmp_path / "best.ckpt", None, options=InferenceOptions(device="cpu", precision="fp32"))
+    ref = run_protocol(DyMLProtocol.from_kwargs(cfg.method.kwargs), lambda ds: _plain_forward(model, ds, None),
+                       lambda split: load_split(cfg, split, train=False), test_split=cfg.data.test_split)
+    assert got == ref
+
+
+def test_missing_files_and_options(run: Path, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(InputError, match="checkpoint file not found"):
+        load_trained(tmp_path / "nope.ckpt")
+    (tmp_path / "lonely.ckpt").write_bytes(run.read_bytes())
+    with pytest.raises(ConfigError, match="no --config given and no config.yaml beside"):
+        load_trained(tmp_path / "lonely.ckpt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="key '--device'.*no CUDA GPU"):
+        InferenceOptions(device="cuda").resolve()
+    with pytest.raises(ConfigError, match="key '--workers'.*'auto'"):
+        InferenceOptions(workers="many").resolve()
+    r = InferenceOptions(device="cpu", workers="auto").resolve()
+    assert r.workers == 0 and r.pin_memory is False and r.dtype is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "key '--device': device 'cuda' asked for, but no CUDA GPU is available"),
+    (["--device", "gpu0"], "key '--device': unknown device 'gpu0'"),
+    (["--precision", "fp16", "--device", "cpu"], "key '--precision': fp16 autocast needs a CUDA device"),
+    (["--batch-size", "0"], "key '--batch-size': batch size must be >= 1, got 0"),
+    (["--workers", "-2"], "key '--workers': worker count must be >= 0, got -2"),
+])
+def test_cli_flags_are_validated(run_ckpt: Path, image_root: Path, tmp_path: Path, monkeypatch, capsys, argv,
+                                 message) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    embed = ["embed", "--checkpoint", str(run_ckpt), "--images", str(image_root / "imgs"), "--out",
+             str(tmp_path / "emb"), "--no-progress"]
+    evaluate = ["evaluate", "--checkpoint", str(run_ckpt)]
+    search = ["search", "--index", str(tmp_path / "no-index"), "--image", str(image_root / "imgs/rock/img_02.png")]
+    for cmd in (embed, evaluate, search):
+        if cmd is evaluate and "--device" in argv and "--device" not in _evaluate_options():
+            continue  # evaluate's --device comes with the ranking engine's device option
+        capsys.readouterr()
+        assert main([*cmd, *argv]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (cmd[0], err)
+    assert not (tmp_path / "emb").exists()  # nothing written
+
+
+def _evaluate_options() -> set[str]:
+    import argparse
+
+    from dynametric.commands import evaluate
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    evaluate.register(sub)
+    return {o for a in sub.choices["evaluate"]._actions for o in a.option_strings}
+
+
+def test_cli_worker_argument_and_checkpoint_only_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["embed", "--checkpoint", "x", "--images", "y", "--out", "z", "--workers", "lots"])
+    assert "expected an integer >= 0 or 'auto'" in capsys.readouterr().err
+    assert main(["evaluate", "--example", "--precision", "bf16"]) != 0
+    assert "--precision, --batch-size and --workers need --checkpoint" in capsys.readouterr().err
+
+
+def test_embed_cli_bf16_and_workers(run_ckpt: Path, tmp_path: Path, capsys) -> None:
+    root = make_images(tmp_path / "data", n=6)
+    out32, out16 = tmp_path / "e32", tmp_path / "e16"
+    assert main(["embed", "--checkpoint", str(run_ckpt), "--images", str(root / "imgs"), "--out", str(out32),
+                 "--device", "cpu", "--batch-size", "4", "--shard-size", "4", "--no-progress"]) == 0
+    assert main(["embed", "--checkpoint", str(run_ckpt), "--images", str(root / "imgs"), "--out", str(out16),
+                 "--device", "cpu", "--precision", "bf16", "--batch-size", "3", "--workers", "1",
+                 "--no-progress"]) == 0
+    a, b = np.load(out32 / "embeddings.npy"), np.load(out16 / "embeddings.npy")
+    assert a.shape == b.shape == (6, 16) and np.isfinite(b).all()
+    assert 0 < np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+def test_split_transform_gives_the_same_values(run_ckpt: Path, image_root: Path) -> None:
+    from torchvision import transforms as T
+
+    from dynametric.data.base import load_rgb
+    from dynametric.data.transforms import build_transform
+    from dynametric.engine.inference import split_transform
+
+    img = load_rgb(sorted(image_root.glob("imgs/*/*.png"))[0])
+    for full in (build_transform("standard", train=False, size=24), T.Compose([T.Resize((20, 20)), T.ToTensor()])):
+        loader, finish = split_transform(full)
+        part = loader(img)
+        assert part.dtype == torch.uint8 and finish is not None
+        assert torch.equal(finish(part[None])[0], full(img))  # bit-identical
+    assert split_transform(T.Compose([T.ToTensor(), T.Resize(8)]))[1] is None  # not ending with ToTensor
+    loaded = load_embedder(run_ckpt, options=InferenceOptions(device="cpu"))
+    assert loaded.loader_transform is loaded.transform  # the uint8 path is for GPUs only
+    x = torch.stack([loaded.transform(img), loaded.transform(img.transpose(0))])
+    u8 = torch.stack([loaded._loader_transform(img), loaded._loader_transform(img.transpose(0))])
+    assert u8.dtype == torch.uint8 and torch.equal(loaded.embed(u8), loaded.embed(x))

@@ -1,0 +1,72 @@
+"""The shared device / precision resolver (dynametric.utils.device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynametric.errors import ConfigError
+from dynametric.utils import device as D
+
+
+def test_resolve_device_cpu_and_auto(monkeypatch):
+    assert D.resolve_device("cpu") == torch.device("cpu")
+    assert D.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert D.resolve_device("auto") == torch.device("cpu")
+    assert D.resolve_device(None) == torch.device("cpu")
+
+
+def test_resolve_device_cuda_without_gpu_is_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for spec in ("cuda", "cuda:1", "CUDA"):
+        with pytest.raises(ConfigError, match=r"key '--device'.*no CUDA GPU is available") as err:
+            D.resolve_device(spec)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="key 'eval.device'"):
+        D.resolve_device("cuda", key="eval.device")
+
+
+def test_resolve_device_cuda_index_past_count(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert D.resolve_device("auto") == torch.device("cuda", 0)
+    assert D.resolve_device("cuda") == torch.device("cuda", 0)
+    assert D.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"only 2 CUDA device\(s\)"):
+        D.resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "tpu:0", "cuda:x", ""])
+def test_resolve_device_unknown(spec):
+    with pytest.raises(ConfigError, match="device"):
+        D.resolve_device(spec)
+
+
+def test_resolve_precision():
+    cpu = torch.device("cpu")
+    assert D.resolve_precision("fp32", cpu) is None and D.resolve_precision(None) is None
+    assert D.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert D.resolve_precision("fp16", torch.device("cuda")) is torch.float16
+    with pytest.raises(ConfigError, match="fp16 autocast needs a CUDA device"):
+        D.resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match=r"key '--precision'.*unknown precision 'int8'"):
+        D.resolve_precision("int8", cpu)
+
+
+def test_loader_options_and_auto_workers(monkeypatch):
+    D.check_loader_options(1, 0)
+    with pytest.raises(ConfigError, match="key '--batch-size'.*>= 1, got 0"):
+        D.check_loader_options(0, 0)
+    with pytest.raises(ConfigError, match="key '--workers'.*>= 0, got -1"):
+        D.check_loader_options(4, -1)
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert D.auto_workers("cuda") == 15 and D.auto_workers("cpu") == 0
+    assert D.auto_workers("cuda", processes=4) == 3
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: set(range(64)), raising=False)
+    assert D.auto_workers("cuda") == 16 and D.auto_workers("cuda", processes=8) == 7
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert D.auto_workers("cuda") == 1 and D.auto_workers("cpu") == 0
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: {0}, raising=False)
+    assert D.auto_workers("cuda") == 0
