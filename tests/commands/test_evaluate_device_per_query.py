@@ -60,7 +60,7 @@ def test_device_flag(data, capsys):
     if not torch.cuda.is_available():
         assert main(["evaluate", "--embeddings", e, "--labels", lab, "--device", "cuda"]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "CUDA is not available" in err
+        assert len(err.splitlines()) == 1 and "no CUDA GPU is available" in err
 
 
 @pytest.mark.parametrize("scale", [1e19, 1e-13])

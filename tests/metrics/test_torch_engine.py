@@ -119,9 +119,9 @@ def test_device_resolution():
     assert resolve_device(torch.device("cpu")) is None
     if not torch.cuda.is_available():
         assert resolve_device("auto") is None
-        with pytest.raises(ConfigError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="no CUDA GPU is available"):
             resolve_device("cuda")
-        with pytest.raises(ConfigError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="no CUDA GPU is available"):
             evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], device="cuda")
     with pytest.raises(ConfigError, match="unknown device"):
         resolve_device("gpu7")

@@ -234,7 +234,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dynametric.metrics import evaluate_embeddings
-    from dynametric.metrics.torch_engine import resolve_device
+    from dynametric.utils.device import resolve_device
 
     resolve_device(args.device)  # `--device cuda` without CUDA: one clear error before any work
     if args.checkpoint:

@@ -29,9 +29,10 @@ from collections.abc import Iterator
 
 import torch
 
-from dynametric.errors import ConfigError, InputError
+from dynametric.errors import InputError
 from dynametric.metrics.engine import SCORE_ROW_BLOCK, RankingProblem, ScaleAccumulator, _grid_product
 from dynametric.metrics.ranking import at_k, harmonic_numbers, max_rank_needed
+from dynametric.utils.device import resolve_device as _resolve_device
 
 DEFAULT_DEVICE_MEMORY_BUDGET = 2 * 2**30
 """Default working-memory budget on the device in bytes (score, sort and metric buffers of one chunk; the
@@ -46,27 +47,13 @@ _BYTES_PER_SLOT = 64  # per relevant item in a row: positions, padded ranks, flo
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
-    """``None`` / ``"cpu"`` -> None (the CPU engine); ``"auto"`` -> CUDA when available, else None; a CUDA device
-    must be available (one-line :class:`ConfigError` otherwise). Any other torch device is returned as is."""
+    """The ranking device: ``None`` / ``"cpu"`` -> None (the CPU engine); anything else as
+    :func:`dynametric.utils.device.resolve_device` (``"auto"`` -> CUDA when available; an unavailable CUDA device
+    is a one-line :class:`ConfigError`), with a CPU result mapped to None."""
     if device is None:
         return None
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}: {exc}; expected auto, cpu, cuda or cuda:<index>",
-                          key="device") from None
-    if dev.type == "cpu":
-        return None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available on this machine "
-                              "(use --device cpu or auto)", key="device")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
-                              "device(s) exist", key="device")
-    return dev
+    dev = _resolve_device(device, key="device")
+    return None if dev.type == "cpu" else dev
 
 
 @contextlib.contextmanager
