@@ -58,19 +58,27 @@ def make_data(n: int, dim: int, fine: int, middle: int, coarse: int, seed: int) 
     return np.ascontiguousarray(x, dtype=np.float32), labels
 
 
-def full_sort_floor(x: np.ndarray, labels: np.ndarray, device: str = "cpu", chunk_rows: int = 1024) -> dict:
+def full_sort_floor(x, labels, device: str = "cpu", chunk_rows: int = 1024, ks: tuple[int, ...] = (1,),
+                    normalize: bool = False) -> dict:
     """The plain full-sort floor of a leave-one-out evaluation on a torch device: per chunk of query rows one matmul
-    and one stable descending sort (ties by index), then recall@1, map@r and full-ranking map per scale from dense
-    cumulative sums. Nothing else (no memory planning, no exclusion by ids, no empty-query bookkeeping beyond
-    skipping ``R_q = 0``). Returns ``{scale index: {metric: mean}}``; used as the floor the torch engine is compared
-    with (it should agree with :func:`dynametric.metrics.evaluate_embeddings` to float rounding)."""
+    and one stable descending sort (ties by index), then every retrieval metric (recall@k for ``ks``, r_precision,
+    map@r, full-ranking map, asi) per scale from dense cumulative sums, accumulated on the device. Nothing else (no
+    memory planning, no exclusion by ids, no empty-query bookkeeping beyond skipping ``R_q = 0``). ``x`` and
+    ``labels`` are arrays or tensors (already on ``device`` for a fair timing); ``normalize`` L2-normalises first
+    (cosine). Returns ``{scale index: {metric: mean}}``; the GPU suite's floor, and it agrees with
+    :func:`dynametric.metrics.evaluate_embeddings` to float rounding (a test)."""
     import torch
 
     dev = torch.device(device)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(len(x), -1)).to(dev)
+    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x,
+                         dtype=torch.float32).to(dev)
+    if normalize:
+        xt = torch.nn.functional.normalize(xt, dim=1)
+    lab = torch.as_tensor(np.asarray(labels, dtype=np.int64) if isinstance(labels, np.ndarray) else labels,
+                          dtype=torch.int64).to(dev).reshape(len(xt), -1)
     n, num_scales = lab.shape
-    sums = torch.zeros((num_scales, 3), dtype=torch.float64, device=dev)
+    names = [f"recall@{k}" for k in ks] + ["r_precision", "map@r", "map", "asi"]
+    sums = torch.zeros((num_scales, len(names)), dtype=torch.float64, device=dev)
     defined = torch.zeros(num_scales, dtype=torch.float64, device=dev)
     pos = torch.arange(1, n + 1, device=dev, dtype=torch.float64)
     with torch.no_grad():
@@ -85,15 +93,20 @@ def full_sort_floor(x: np.ndarray, labels: np.ndarray, device: str = "cpu", chun
                 rel = lab[order, sc] == lab[start:stop, sc].unsqueeze(1)
                 rel[:, -1] = False  # the query itself sorts last (-inf)
                 r = rel.sum(1)
-                prec = torch.where(rel, rel.cumsum(1) / pos, 0.0)
+                cum = rel.cumsum(1)
+                prec = cum / pos
                 ok = r > 0
                 rr = r.clamp_min(1).to(torch.float64)
-                sums[sc, 0] += rel[:, 0][ok].sum()
-                sums[sc, 1] += (torch.where(pos <= r.unsqueeze(1), prec, 0.0).sum(1) / rr)[ok].sum()
-                sums[sc, 2] += (prec.sum(1) / rr)[ok].sum()
+                within = pos <= r.unsqueeze(1)
+                cols = [(cum[:, k - 1] > 0).to(torch.float64) for k in ks]
+                cols.append(cum.gather(1, (r.clamp_min(1) - 1).unsqueeze(1)).squeeze(1) / rr)
+                cols.append(torch.where(rel & within, prec, 0.0).sum(1) / rr)
+                cols.append(torch.where(rel, prec, 0.0).sum(1) / rr)
+                cols.append(torch.where(within, prec, 0.0).sum(1) / rr)
+                sums[sc] += torch.stack(cols, 1)[ok].sum(0)
                 defined[sc] += ok.sum()
     means = (sums / defined.clamp_min(1).unsqueeze(1)).cpu().tolist()
-    return {sc: dict(zip(("recall@1", "map@r", "map"), means[sc])) for sc in range(num_scales)}
+    return {sc: dict(zip(names, means[sc])) for sc in range(num_scales)}
 
 
 def machine_description() -> str:

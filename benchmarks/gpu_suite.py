@@ -31,7 +31,6 @@ Results: JSON (``--json``) and a markdown section in ``--docs`` between the mark
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -111,42 +110,8 @@ def shm_gb() -> float | None:
 ALL_RETRIEVAL = ["recall@K", "r_precision", "map@r", "map", "asi"]
 
 
-def floor_metrics(x: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...], chunk: int) -> dict[str, dict]:
-    """Leave-one-out cosine ranking by a plain stable full sort (ties by index), every scale from one sort."""
-    n, s = labels.shape
-    xn = torch.nn.functional.normalize(x, dim=1)
-    counts = [torch.bincount(labels[:, j]) for j in range(s)]
-    sums = [{f"recall@{k}": 0.0 for k in ks} | {"r_precision": 0.0, "map@r": 0.0, "map": 0.0, "asi": 0.0}
-            for _ in range(s)]
-    valid = [0] * s
-    ar = torch.arange(1, n, device=x.device, dtype=torch.float32)
-    for start in range(0, n, chunk):
-        q = xn[start:start + chunk]
-        rows = torch.arange(start, start + len(q), device=x.device)
-        sims = q @ xn.T
-        sims[torch.arange(len(q), device=x.device), rows] = -float("inf")
-        order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, : n - 1]
-        for j in range(s):
-            ql = labels[rows, j]
-            rel = (labels[:, j][order] == ql[:, None]).float()
-            r = (counts[j][ql] - 1).float()
-            ok = r > 0
-            rel, r = rel[ok], r[ok]
-            cum = rel.cumsum(1)
-            prec = cum / ar
-            within = ar[None, :] <= r[:, None]
-            for k in ks:
-                sums[j][f"recall@{k}"] += float((cum[:, k - 1] > 0).sum())
-            sums[j]["r_precision"] += float((cum.gather(1, (r - 1).long()[:, None]).squeeze(1) / r).sum())
-            sums[j]["map@r"] += float(((prec * rel * within).sum(1) / r).sum())
-            sums[j]["map"] += float(((prec * rel).sum(1) / r).sum())
-            sums[j]["asi"] += float(((prec * within).sum(1) / r).sum())
-            valid[j] += int(ok.sum())
-    return {str(j): {k: v / max(valid[j], 1) for k, v in sums[j].items()} for j in range(s)}
-
-
 def part_a(cfg: dict, device: torch.device, notes: list[str]) -> dict[str, Any]:
-    from eval_speed import make_data
+    from eval_speed import full_sort_floor, make_data
     from pytorch_metric_learning.distances import CosineSimilarity
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     from pytorch_metric_learning.utils.inference import CustomKNN
@@ -156,12 +121,9 @@ def part_a(cfg: dict, device: torch.device, notes: list[str]) -> dict[str, Any]:
     fine, middle, coarse = cfg["eval_classes"]
     x_np, lab_np = make_data(cfg["eval_n"], cfg["eval_dim"], fine, middle, coarse, seed=0)
     x, labels = torch.from_numpy(x_np), torch.from_numpy(lab_np)
-    has_device = "device" in inspect.signature(evaluate_embeddings).parameters
-    kw: dict[str, Any] = {"device": device} if has_device else {}
-    if not has_device:
-        notes.append("(a): evaluate_embeddings has no device argument in this build: the CPU engine was timed")
-    out: dict[str, Any] = {"n": len(x), "dim": x.shape[1], "scales": 3, "engine_device": str(device) if has_device
-                           else "cpu", "metrics": ALL_RETRIEVAL}
+    kw: dict[str, Any] = {"device": device}
+    out: dict[str, Any] = {"n": len(x), "dim": x.shape[1], "scales": 3, "engine_device": str(device),
+                           "metrics": ALL_RETRIEVAL}
     # dynametric (one warm-up on a slice, then timed)
     evaluate_embeddings(x[:512], labels[:512], metrics=ALL_RETRIEVAL, **kw)
     reset_peak(device)
@@ -170,7 +132,7 @@ def part_a(cfg: dict, device: torch.device, notes: list[str]) -> dict[str, Any]:
     ours = evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, **kw)
     sync(device)
     out["dynametric_s"] = time.perf_counter() - t
-    out["dynametric_peak_gb"] = peak_gb(device) if has_device else None
+    out["dynametric_peak_gb"] = peak_gb(device)
     # PML, torch kNN on the same device, once per scale
     calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
                               k="max_bin_count", device=device,
@@ -188,16 +150,16 @@ def part_a(cfg: dict, device: torch.device, notes: list[str]) -> dict[str, Any]:
     # plain full-sort floor on the device
     ld = labels.to(device)
     chunk = 4096 if device.type == "cuda" else 512
-    floor_metrics(xd[:512], ld[:512], (1, 2, 4, 8), chunk)
+    full_sort_floor(xd[:512], ld[:512], device, chunk, ks=(1, 2, 4, 8), normalize=True)
     reset_peak(device)
     sync(device)
     t = time.perf_counter()
-    floor = floor_metrics(xd, ld, (1, 2, 4, 8), chunk)
+    floor = full_sort_floor(xd, ld, device, chunk, ks=(1, 2, 4, 8), normalize=True)
     sync(device)
     out["floor_s"] = time.perf_counter() - t
     out["floor_peak_gb"] = peak_gb(device)
     names = list(ours.keys())[:3]
-    diffs = [abs(float(ours[names[j]][m]) - floor[str(j)][m]) for j in range(3)
+    diffs = [abs(float(ours[names[j]][m]) - floor[j][m]) for j in range(3)
              for m in ("recall@1", "r_precision", "map@r", "map", "asi") if m in ours[names[j]]]
     out["max_diff_vs_floor"] = max(diffs) if diffs else None
     out["max_diff_vs_pml"] = max(abs(float(ours[names[j]][a]) - float(pml[str(j)][b])) for j in range(3)
@@ -598,11 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         if "d" in parts:
             stage("d", lambda: part_d(cfg, device, data_root))
         if "a" in parts and cfg["big_n"] and device.type == "cuda":
-            from dynametric.metrics import evaluate_embeddings
-
-            if "device" not in inspect.signature(evaluate_embeddings).parameters:
-                notes.append("1,000,000 x 128 not run: evaluate_embeddings has no device argument in this build")
-            elif time.perf_counter() - t0 > args.big_after_s:
+            if time.perf_counter() - t0 > args.big_after_s:
                 notes.append(f"1,000,000 x 128 skipped: the suite had run {time.perf_counter() - t0:.0f} s "
                              f"(> --big-after-s {args.big_after_s:g})")
             else:

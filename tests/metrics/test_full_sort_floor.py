@@ -16,9 +16,10 @@ def test_full_sort_floor_matches_engine():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     x, labels = mod.make_data(400, 16, 60, 10, 3, seed=1)
-    floor = mod.full_sort_floor(x, labels, chunk_rows=150)
-    ours = evaluate_embeddings(x, labels, metrics=["recall@1", "map@r", "map"], ranking_engine="torch",
-                               scale_names=["a", "b", "c"])
+    floor = mod.full_sort_floor(x, labels, chunk_rows=150, ks=(1, 4))
+    metrics = ["recall@1", "recall@4", "r_precision", "map@r", "map", "asi"]
+    ours = evaluate_embeddings(x, labels, metrics=metrics, ranking_engine="torch", scale_names=["a", "b", "c"])
     for sc, name in enumerate(["a", "b", "c"]):
-        for m in ("recall@1", "map@r", "map"):
+        assert set(floor[sc]) == set(metrics)
+        for m in metrics:
             assert floor[sc][m] == pytest.approx(ours[name][m], abs=1e-6)
