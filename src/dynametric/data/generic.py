@@ -147,7 +147,12 @@ class FolderFormat:
         report = LoadReport(split=split, files=[str(top)])
         entries: list[tuple[str, ...]] = []
         ignored = 0
-        for dirpath, dirnames, filenames in os.walk(top):
+
+        def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
+            report.add(f"cannot read folder ({exc.strerror or exc}); its images are missing", exc.filename, None,
+                       "unreadable_folder")
+
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if fn.startswith("."):

@@ -38,7 +38,7 @@ from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.report import write_report
 from dynametric.engine.trainer import build_trainer
 from dynametric.errors import ConfigError, InputError
-from dynametric.utils.io import atomic_write_json
+from dynametric.utils.io import atomic_write_json, require_new_folder
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -172,6 +172,8 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     if not resume and (run_dir / "last.ckpt").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key="run.output_dir")
+    if not resume:
+        require_new_folder(run_dir, "--out", "dynametric run (last.ckpt)")
     if root_missing(cfg):
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)

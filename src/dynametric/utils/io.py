@@ -72,3 +72,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def require_new_folder(path: str | Path, key: str, hint: str) -> Path:
+    """Refuse an output folder that would mix this tool's files with others': ``path`` must not exist, or be an
+    empty folder. Nothing is created here. (A folder holding this tool's own earlier output is the caller's case.)
+    """
+    from dynametric.errors import InputError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"exists and is not a folder ({key} names a folder)", file=path, key=key)
+    if path.is_dir() and any(path.iterdir()):
+        raise InputError(f"output folder is not empty and holds no {hint}; its files are not overwritten: "
+                         f"use another {key} or an empty folder", file=path, key=key)
+    return path
