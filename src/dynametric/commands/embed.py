@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynametric.commands import non_negative_int, positive_int
 from dynametric.errors import ConfigError
 
 
@@ -19,7 +20,7 @@ def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override (repeatable)")
     p.add_argument("--head", default=None, help="head to use for multi-head models (default: the evaluated head)")
-    p.add_argument("--image-size", type=int, default=None, help="override the evaluation crop size")
+    p.add_argument("--image-size", type=positive_int, default=None, help="override the evaluation crop size")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", type=Path, default=None,
                    help="with --csv: folder relative paths are resolved against (default: the CSV's folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=4096, help="images per shard (the unit of resumption)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--shard-size", type=positive_int, default=4096, help="images per shard (the unit of resumption)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data loader worker processes")
     p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
     p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

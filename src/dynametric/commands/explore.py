@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynametric.commands import positive_float, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,12 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    p.add_argument("--k", type=int, default=8, help="neighbours per column (default 8)")
+    p.add_argument("--k", type=positive_int, default=8, help="neighbours per column (default 8)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
                         "it is missing)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
-    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MiB)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
 
 

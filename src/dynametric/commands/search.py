@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dynametric.commands import positive_int
 from dynametric.errors import ConfigError, InputError
 
 
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", type=Path, nargs="+", help="query image file(s), embedded with the index's model")
     q.add_argument("--embeddings", type=Path, help="query embeddings: an .npy [Q, D] or a `dynametric embed` folder")
-    p.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("-k", "--k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--scale", default=None, help="group by this scale: the k nearest classes at the scale")
     p.add_argument("--same", default=None, help="only items with the query's label at this scale")
     p.add_argument("--query-labels", type=Path, default=None,

@@ -18,14 +18,24 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _file_target(path: str | Path) -> Path:
+    """``path`` as the target of a file write: its folder is created; a folder at ``path`` is an InputError."""
+    from dynametric.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; expected the path of a file to write", file=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
     On an exception the temporary file is removed and any existing ``path`` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _file_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
@@ -47,8 +57,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
 
     For libraries that insist on writing to a path themselves (``torch.save``, ``np.save``, faiss).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _file_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
