@@ -467,6 +467,8 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = None if mark is None else mark.line + 1
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=line) from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot construct
+        raise ConfigError(f"invalid YAML value ({type(exc).__name__}: {str(exc)[:120]})", file=file) from None
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node | None, prefix: str) -> None:
