@@ -134,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
         qlabels = _query_labels_csv(args.query_labels, index.scale_names, len(q))
     res = index.search(q, args.k, scale=args.scale, same=args.same, query_labels=qlabels, exclude=exclude)
     entries = index.describe(res, names)
+    if res.short_queries:
+        how = {"ivf": f"it ranks only the items of the nprobe={index.params.get('nprobe')} cells it visits "
+                      f"(of nlist={index.params.get('nlist')}); build it with a larger --nprobe",
+               "hnsw": "its graph search stops at the ef_search beam; build it with a larger --ef-search"}
+        print(f"note: {res.short_queries} of {len(q)} queries got fewer than -k {args.k} results from this "
+              f"{index.kind} index: {how.get(index.kind, 'the index returned fewer')}", file=sys.stderr)
     if args.as_json:
         json.dump({"index": str(args.index), "metric": index.metric, "kind": index.kind, "k": args.k,
                    "queries": entries}, sys.stdout, indent=2)
