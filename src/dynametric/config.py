@@ -398,8 +398,9 @@ class Config:
         metric = self.trainer.monitor.split("/", 1)[1]
         computed, *_ = _parse_metrics(self.eval.metrics, self.eval.k_values)
         if metric not in computed:
-            raise ConfigError(f"validation computes no metric {metric!r}; expected one of {computed} after the "
-                              "scale (eval.metrics and eval.k_values choose them)" + _suggest(metric, computed),
+            raise ConfigError(f"monitor metric {metric!r} is not computed by validation; expected one of {computed} "
+                              "after the scale (eval.metrics and eval.k_values choose them)"
+                              + _suggest(metric, computed),
                               key="trainer.monitor")
 
 

@@ -3,7 +3,10 @@ config values it would otherwise accept silently are one-line errors naming the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from dynametric.cli import main
 from tests.commands.test_train import TINY
@@ -33,3 +36,59 @@ def test_out_onto_a_regular_file_is_one_line(tmp_path, capsys) -> None:
     out.write_text("x")
     assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
     assert "not a folder" in capsys.readouterr().err and out.read_text() == "x"
+
+
+def _dry(capsys, *argv: str) -> str:
+    assert main(["train", "--dry-run", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lr=-0.1", "key 'optim.lr': learning rate must be a finite number >= 0, got -0.1"),
+    ("optim.lr=.nan", "key 'optim.lr': learning rate must be a finite number >= 0, got nan"),
+    ("optim.lr=.inf", "key 'optim.lr': learning rate must be a finite number >= 0, got inf"),
+    ("optim.head.lr=-1", "key 'optim.head.lr': learning rate must be a finite number >= 0, got -1.0"),
+    ("optim.weight_decay=-1e-4", "key 'optim.weight_decay': weight decay must be a finite number >= 0"),
+    ("optim.backbone.weight_decay=-1", "key 'optim.backbone.weight_decay': weight decay must be"),
+    ("optim.grad_clip=-1", "key 'optim.grad_clip': gradient clipping norm must be a positive finite number"),
+    ("trainer.monitor=fine/mapr", "key 'trainer.monitor': monitor metric 'mapr'"),
+    ("trainer.monitor=fine/nmi", "key 'trainer.monitor': monitor metric 'nmi'"),
+    ("eval.memory_budget_bytes=-5", "key 'eval.memory_budget_bytes': expected a positive integer, got -5"),
+])
+def test_values_that_were_accepted_silently(capsys, override, expected) -> None:
+    assert expected in _dry(capsys, override)
+
+
+def test_monitor_of_a_metric_validation_computes_is_fine(capsys) -> None:
+    assert main(["train", "--dry-run", "trainer.monitor=mean/recall@4", "eval.metrics=[recall@K, nmi]",
+                 "trainer.max_epochs=1"]) == 0
+    assert main(["train", "--dry-run", "trainer.monitor=fine/nmi", "eval.metrics=[map@r, nmi]"]) == 0
+
+
+def test_monitor_scale_unknown_to_the_data_is_refused_before_training(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress",
+                 "trainer.monitor=fin/map@r"]) == 2
+    err = capsys.readouterr().err
+    assert "monitor scale 'fin' is not one of the dataset's scales ['fine', 'middle', 'coarse', 'mean']" in err
+    assert not (out / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)) * 2, b"0000-00-00", b"[" * 5000, b"a: !!python/object:os.system x"])
+def test_config_file_of_random_bytes(tmp_path, capsys, data) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(data)
+    assert str(cfg) in _dry(capsys, "--config", str(cfg))
+
+
+def test_resume_from_a_checkpoint_of_random_bytes(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(TINY)
+    (run / "metrics.json").write_text('{"untrained": {}, "validation": [], "test": {}}')
+    (run / "last.ckpt").write_bytes(os.urandom(4096))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and f"{run / 'last.ckpt'}: not a checkpoint" in err.splitlines()[-1]

@@ -183,10 +183,6 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     module, settings = comps.module, comps.trainer
-    scale = str(cfg.trainer.monitor).split("/", 1)[0]
-    if datasets.val is not None and scale not in [*comps.scale_names, "mean"]:
-        raise ConfigError(f"unknown scale {scale!r} in {cfg.trainer.monitor!r}; the data's scales are "
-                          f"{[*comps.scale_names, 'mean']}", key="trainer.monitor")
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
                           eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.workers,
                           seed=int(cfg.trainer.seed))
