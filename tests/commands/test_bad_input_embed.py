@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
+import pytest
+import torch
+
 from dynametric.cli import main
+from dynametric.engine.checkpoint import save_checkpoint_file
+from tests.retrieval.conftest import make_run
 
 
 def _embed(ckpt: Path, images: Path, out: Path, *extra: str) -> int:
@@ -41,3 +48,50 @@ def test_overwrite_of_a_missing_or_empty_folder_just_embeds(tiny_ckpt, tiny_imag
     assert _embed(tiny_ckpt, tiny_images, tmp_path / "new", "--overwrite") == 0
     (tmp_path / "empty").mkdir()
     assert _embed(tiny_ckpt, tiny_images, tmp_path / "empty", "--overwrite") == 0
+
+
+def _checkpoint_commands(ckpt: Path, cfg: Path, images: Path, tmp: Path) -> dict[str, list[str]]:
+    model = ["--checkpoint", str(ckpt), "--config", str(cfg)]
+    return {"embed": ["embed", *model, "--images", str(images / "imgs"), "--out", str(tmp / "emb"), "--no-progress"],
+            "export": ["export", *model, "--out", str(tmp / "m.pt")],
+            "evaluate": ["evaluate", "--checkpoint", str(ckpt), "--config", str(cfg), "--split", "test"]}
+
+
+@pytest.mark.parametrize("command", ["embed", "export", "evaluate"])
+@pytest.mark.parametrize("case", ["random bytes", "no state_dict", "other width"])
+def test_bad_checkpoints(tiny_ckpt, tiny_images, tmp_path, capsys, command, case) -> None:
+    ckpt = tmp_path / "x.ckpt"
+    if case == "random bytes":
+        ckpt.write_bytes(os.urandom(2048))
+        expected = f"{ckpt}: not a checkpoint: the file does not start like a torch.save file"
+    elif case == "no state_dict":
+        save_checkpoint_file({"epoch": 3, "weights": torch.zeros(2)}, ckpt)
+        expected = f"{ckpt} key 'state_dict': checkpoint has no 'state_dict'"
+    else:
+        ckpt = make_run(tmp_path / "wide", dim=32)
+        expected = (f"{ckpt}: checkpoint does not match the configured model (2 tensor(s) of another shape; first: "
+                    "size mismatch for heads.embedding.proj.weight")
+    argv = _checkpoint_commands(ckpt, tiny_ckpt.parent / "config.yaml", tiny_images, tmp_path)[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and expected in err.splitlines()[-1]
+
+
+def test_a_full_disk_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "emb"
+    real, calls = os.fsync, [0]
+
+    def fill_up(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] > 3:  # embed.json, items.csv and the first shard fit; then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fill_up)
+    assert _embed(tiny_ckpt, tiny_images, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "No space left on device" in err.splitlines()[-1]
+    assert not list(out.rglob("*.tmp"))  # no half-written file left behind
+    monkeypatch.setattr(os, "fsync", real)
+    assert _embed(tiny_ckpt, tiny_images, out) == 0
+    assert "(2 shard(s) computed, 1 already done)" in capsys.readouterr().out

@@ -3,6 +3,7 @@ config values it would otherwise accept silently are one-line errors naming the 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -92,3 +93,15 @@ def test_resume_from_a_checkpoint_of_random_bytes(tmp_path, capsys) -> None:
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and f"{run / 'last.ckpt'}: not a checkpoint" in err.splitlines()[-1]
+
+
+def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "No space left on device" in err.splitlines()[-1]
+    assert not list(out.rglob("*.tmp"))
