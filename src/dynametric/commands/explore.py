@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dynametric.commands.search import load_index_model
     from dynametric.errors import DynametricError
-    from dynametric.retrieval.explorer import Explorer, make_server
+    from dynametric.retrieval.explorer import Explorer, exposure_warning, make_server
     from dynametric.retrieval.index import RetrievalIndex
 
     index = RetrievalIndex.load(args.index)
@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"uploads disabled: {exc}", file=sys.stderr)
     explorer = Explorer(index, embedder, k=args.k, max_upload_bytes=int(args.max_upload_mb * 2**20))
     server = make_server(explorer, args.host, args.port)
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     host, port = server.server_address[:2]
     print(f"dynametric explorer: http://{host}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
     try:
