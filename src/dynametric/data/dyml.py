@@ -106,7 +106,7 @@ def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadRepor
             continue
         labels = tuple(reversed(ints)) if n_fields == 4 else tuple(ints)  # file is coarsest first
         full = prefix + fname
-        real = guard.resolve(full)
+        real = guard.resolve_rel(fname)
         if not guard.admit(real, fname, report, path, number):
             continue
         if not image_exists(full, report, path, number, check_files):

@@ -123,7 +123,7 @@ class CSVFormat:
             if r[i_split] != split:
                 continue
             full = os.path.join(str(img_root), r[i_path])
-            real = guard.resolve(full)
+            real = guard.resolve_rel(r[i_path])
             if not guard.admit(real, r[i_path], report, path, number):
                 continue
             if not image_exists(full, report, path, number, check_files):
