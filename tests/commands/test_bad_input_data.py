@@ -96,14 +96,16 @@ def test_csv_symlink_to_a_file_outside_the_root_is_refused(csv_root) -> None:
     assert len(build_dataset("csv", csv_root, "train")) == 2
 
 
-def test_dyml_rows_leaving_the_root_are_refused(tmp_path) -> None:
+@pytest.mark.parametrize("absolute", [False, True])
+def test_dyml_rows_leaving_the_root_are_refused(tmp_path, absolute) -> None:
     root = write_dyml(tmp_path / "dyml_vehicle")
     write_image(tmp_path / "secret.jpg")
     with open(root / "train" / "label.csv", "a") as fh:
-        fh.write("../../../secret.jpg, 9, 40, 300\n")
+        fh.write(f"{tmp_path / 'secret.jpg' if absolute else '../../../secret.jpg'}, 9, 40, 300\n")
     with pytest.raises(InputError, match=r"label\.csv:6: image path leaves the dataset root .*secret\.jpg"):
         build_dataset("dyml-vehicle", root, "train")
-    assert len(build_dataset("dyml-vehicle", root, "train", allow_outside_root=True)) == 6
+    if not absolute:  # DyML names are relative to the image folder: an absolute one is never a file there
+        assert len(build_dataset("dyml-vehicle", root, "train", allow_outside_root=True)) == 6
 
 
 def test_folder_links_leaving_the_tree_are_reported(tree, tmp_path) -> None:
