@@ -95,3 +95,14 @@ def test_a_full_disk_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp
     monkeypatch.setattr(os, "fsync", real)
     assert _embed(tiny_ckpt, tiny_images, out) == 0
     assert "(2 shard(s) computed, 1 already done)" in capsys.readouterr().out
+
+
+def test_images_folder_with_an_unreadable_subfolder_is_an_error(tiny_ckpt, tiny_images, tmp_path, capsys,
+                                                                 monkeypatch) -> None:
+    from tests.commands.test_bad_input_data import _deny
+
+    _deny(monkeypatch, tiny_images / "imgs" / "plant")
+    assert _embed(tiny_ckpt, tiny_images, tmp_path / "emb") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tiny_images / 'imgs' / 'plant'}: cannot read folder (Permission denied)" in err.splitlines()[-1]
+    assert not (tmp_path / "emb").exists()

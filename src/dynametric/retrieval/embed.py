@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,13 @@ def list_image_folder(root: str | Path) -> ImageItems:
     if not root.is_dir():
         raise InputError("image folder not found" if not root.exists() else "not a folder", file=root)
     base = root.resolve()
-    files = sorted((p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+
+    def unreadable(exc: OSError) -> None:  # Path.rglob / os.walk would skip the folder without a word
+        raise InputError(f"cannot read folder ({exc.strerror or exc}); its images would be missing",
+                         file=exc.filename)
+
+    found = (Path(d, f) for d, _, names in os.walk(base, onerror=unreadable) for f in names)
+    files = sorted((p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
                    key=lambda p: p.relative_to(base).as_posix())
     if not files:
         raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the folder", file=root)
