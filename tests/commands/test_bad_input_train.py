@@ -105,3 +105,15 @@ def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and "No space left on device" in err.splitlines()[-1]
     assert not list(out.rglob("*.tmp"))
+
+
+def test_other_ddp_ranks_join_the_folder_rank_zero_started(tmp_path, monkeypatch) -> None:
+    from dynametric.engine.run import _launched_worker
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert not _launched_worker()  # a plain run (or rank 0) checks the folder
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not _launched_worker()
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's launcher starts rank 1 after rank 0 wrote config.yaml
+    assert _launched_worker()
