@@ -2,12 +2,14 @@
 
 A command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 ``func(args) -> int`` (the exit status). Errors derived from :class:`DynametricError` are printed as one
-clear line (exit status 2); anything else is a bug and keeps its traceback.
+clear line (exit status 2), and so are errors of the file system (``OSError``: permissions, a full disk, a folder
+where a file goes: ``<path>: <reason>``); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -46,6 +48,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DynametricError as exc:
         print(f"dynametric {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
+        print(f"dynametric {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<file>: <reason>`` for an error of the file system, naming the user's path (not a temporary one)."""
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason += " (nothing was left half-written: outputs are written to a temporary file and renamed)"
+    return f"{name}: {reason}" if name is not None else reason
 
 
 if __name__ == "__main__":  # pragma: no cover

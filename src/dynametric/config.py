@@ -21,6 +21,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -249,13 +250,18 @@ class OptimConfig:
     """Clip the global gradient norm to this value (``None`` = off)."""
 
     def _validate(self, key: str) -> None:
+        _finite_non_negative(self.lr, f"{key}.lr", "learning rate")
+        _finite_non_negative(self.weight_decay, f"{key}.weight_decay", "weight decay")
+        _finite_non_negative(self.momentum, f"{key}.momentum", "momentum")
         for name in ("backbone", "head", "loss"):
             group: ParamGroupConfig = getattr(self, name)
-            lr = self.lr if group.lr is None else group.lr
-            if lr < 0:
-                raise ConfigError(f"learning rate must be >= 0, got {lr}", key=f"{key}.{name}.lr")
-        if self.lr < 0:
-            raise ConfigError(f"learning rate must be >= 0, got {self.lr}", key=f"{key}.lr")
+            if group.lr is not None:
+                _finite_non_negative(group.lr, f"{key}.{name}.lr", "learning rate")
+            if group.weight_decay is not None:
+                _finite_non_negative(group.weight_decay, f"{key}.{name}.weight_decay", "weight decay")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ConfigError(f"gradient clipping norm must be a positive finite number (or null = off), got "
+                              f"{self.grad_clip}", key=f"{key}.grad_clip")
 
     def group_lr(self, group: Literal["backbone", "head", "loss"]) -> float:
         value = getattr(self, group).lr
@@ -345,6 +351,8 @@ class EvalConfig:
     def _validate(self, key: str) -> None:
         if not self.k_values or any(k < 1 for k in self.k_values):
             raise ConfigError(f"expected positive k values, got {self.k_values}", key=f"{key}.k_values")
+        if self.memory_budget_bytes is not None:
+            _positive(self.memory_budget_bytes, f"{key}.memory_budget_bytes")
 
 
 @dataclass
@@ -404,6 +412,20 @@ class Config:
             if term.head not in heads:
                 raise ConfigError(f"unknown head {term.head!r}; the model's heads are {heads}"
                                   + _suggest(term.head, heads), key=f"{where}.head")
+        self._validate_monitor()
+
+    def _validate_monitor(self) -> None:
+        """``trainer.monitor``'s metric must be one the validation rounds compute (eval.metrics, eval.k_values);
+        its scale is checked against the data's scale names when the run starts."""
+        from dynametric.metrics.evaluate import _parse_metrics
+
+        metric = self.trainer.monitor.split("/", 1)[1]
+        computed, *_ = _parse_metrics(self.eval.metrics, self.eval.k_values)
+        if metric not in computed:
+            raise ConfigError(f"monitor metric {metric!r} is not computed by validation; expected one of {computed} "
+                              "after the scale (eval.metrics and eval.k_values choose them)"
+                              + _suggest(metric, computed),
+                              key="trainer.monitor")
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -412,6 +434,11 @@ class Config:
 def _positive(value: int, key: str) -> None:
     if value < 1:
         raise ConfigError(f"expected a positive integer, got {value}", key=key)
+
+
+def _finite_non_negative(value: float, key: str, what: str) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value}", key=key)
 
 
 def _non_negative(value: int, key: str) -> None:
@@ -465,6 +492,8 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = None if mark is None else mark.line + 1
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=line) from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot construct
+        raise ConfigError(f"invalid YAML value ({type(exc).__name__}: {str(exc)[:120]})", file=file) from None
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node | None, prefix: str) -> None:
@@ -528,7 +557,11 @@ def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dic
                           key="extends")
     if not path.is_file():
         raise ConfigError("config file not found", file=path)
-    data, lines = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a UTF-8 YAML file ({exc.reason} at byte {exc.start})", file=path) from None
+    data, lines = _parse_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

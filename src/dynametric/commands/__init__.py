@@ -1,1 +1,38 @@
-"""Subcommands of the ``dynametric`` CLI; each module has ``register(subparsers)``."""
+"""Subcommands of the ``dynametric`` CLI; each module has ``register(subparsers)``.
+
+The ``type=`` checkers below make argparse refuse a count or size that cannot be meant (``--kmeans-restarts 0``,
+``--memory-budget-mb -5``) with its one-line usage error instead of passing it on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a positive number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _number(text: str, kind: type, what: str) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynametric.commands import positive_int
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError
 
@@ -20,7 +21,7 @@ def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override (repeatable)")
     p.add_argument("--head", default=None, help="head to use for multi-head models (default: the evaluated head)")
-    p.add_argument("--image-size", type=int, default=None, help="override the evaluation crop size")
+    p.add_argument("--image-size", type=positive_int, default=None, help="override the evaluation crop size")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --csv: folder relative paths are resolved against (default: the CSV's folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_inference_arguments(p, batch_size=64)
-    p.add_argument("--shard-size", type=int, default=4096, help="images per shard (the unit of resumption)")
+    p.add_argument("--shard-size", type=positive_int, default=4096, help="images per shard (the unit of resumption)")
     p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
     p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

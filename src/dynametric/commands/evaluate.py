@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.io import atomic_write_json
 
@@ -90,35 +92,53 @@ def load_labels_csv(path: str | Path) -> tuple[np.ndarray, list[str]]:
     """Read ``[N, S]`` integer labels and the ``S`` column names from a CSV with a header (finest scale first)."""
     path = Path(path)
     _check_file(path)
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError("file is empty", file=path) from None
-        names = [h.strip() for h in header]
-        if not names or any(not n for n in names):
-            raise InputError(f"header must name every column, got {header}", file=path, line=1)
-        if len(set(names)) != len(names):
-            raise InputError(f"duplicate column names in header {names}", file=path, line=1)
-        if any(n.lstrip("-").isdigit() for n in names):
-            raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
-                             file=path, line=1)
-        rows: list[list[int]] = []
-        for lineno, row in enumerate(reader, start=2):
-            if not row or all(not f.strip() for f in row):
-                raise InputError("empty line", file=path, line=lineno)
-            if len(row) != len(names):
-                raise InputError(f"expected {len(names)} fields, got {len(row)}", file=path, line=lineno)
-            vals = []
-            for name, field in zip(names, row):
-                text = field.strip()
-                try:
-                    vals.append(int(text))
-                except ValueError:
-                    raise InputError(f"column '{name}': expected an integer label, got {field!r}", file=path,
-                                     line=lineno) from None
-            rows.append(vals)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # an Excel export starts with a byte order mark
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+    if "\0" in text:
+        raise InputError("contains NUL bytes: not a text CSV", file=path)
+    try:
+        return _parse_labels_csv(csv.reader(io.StringIO(text, newline="")), path)
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV ({exc})", file=path) from None
+
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError("file is empty", file=path) from None
+    names = [h.strip() for h in header]
+    if not names or any(not n for n in names):
+        raise InputError(f"header must name every column, got {header}", file=path, line=1)
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate column names in header {names}", file=path, line=1)
+    if any(n.lstrip("-").isdigit() for n in names):
+        raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
+                         file=path, line=1)
+    rows: list[list[int]] = []
+    for lineno, row in enumerate(reader, start=2):
+        if not row or all(not f.strip() for f in row):
+            raise InputError("empty line", file=path, line=lineno)
+        if len(row) != len(names):
+            raise InputError(f"expected {len(names)} fields, got {len(row)}", file=path, line=lineno)
+        vals = []
+        for name, field in zip(names, row):
+            text = field.strip()
+            try:
+                value = int(text)
+            except ValueError:
+                raise InputError(f"column '{name}': expected an integer label, got {field!r}", file=path,
+                                 line=lineno) from None
+            if not _INT64.min <= value <= _INT64.max:
+                raise InputError(f"column '{name}': label {text} does not fit in 64 bits", file=path,
+                                 line=lineno)
+            vals.append(value)
+        rows.append(vals)
     if not rows:
         raise InputError("no label rows after the header", file=path)
     return np.asarray(rows, dtype=np.int64), names
@@ -214,15 +234,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, precision@K, "
                         "precision@<int>, map@K, map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, "
                         "f1, all; default: recall@K r_precision map@r map asi")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8], help="K values for recall@K (default 1 2 4 8)")
+    p.add_argument("--k", type=positive_int, nargs="+", default=[1, 2, 4, 8],
+                   help="K values for recall@K (default 1 2 4 8)")
     p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
     p.add_argument("--empty-queries", choices=["exclude", "count_as_zero"], default="exclude",
                    help="queries without a relevant item: excluded and counted (default), or scored 0")
     p.add_argument("--asi-cutoff", default="R_q", help="ASI cut-off N: R_q (default) or a positive integer")
     p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default="arithmetic")
     p.add_argument("--kmeans-seed", type=int, default=0)
-    p.add_argument("--kmeans-restarts", type=int, default=1)
-    p.add_argument("--memory-budget-mb", type=float, default=None,
+    p.add_argument("--kmeans-restarts", type=positive_int, default=1)
+    p.add_argument("--memory-budget-mb", type=positive_float, default=None,
                    help="working-memory budget of the ranking engine in MiB (default 768)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this path (atomically)")
     p.add_argument("--device", default="auto",

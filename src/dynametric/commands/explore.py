@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynametric.commands import positive_float, positive_int
 from dynametric.commands.options import add_inference_arguments, inference_options
 
 
@@ -18,20 +19,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    p.add_argument("--k", type=int, default=8, help="neighbours per column (default 8)")
+    p.add_argument("--k", type=positive_int, default=8, help="neighbours per column (default 8)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
                         "it is missing)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
     add_inference_arguments(p, batch=False, workers=False, prefix="uploads: ")
-    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MiB)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dynametric.commands.search import load_index_model
     from dynametric.errors import DynametricError
-    from dynametric.retrieval.explorer import Explorer, make_server
+    from dynametric.retrieval.explorer import Explorer, exposure_warning, make_server
     from dynametric.retrieval.index import RetrievalIndex
 
     options = inference_options(args)
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"uploads disabled: {exc}", file=sys.stderr)
     explorer = Explorer(index, embedder, k=args.k, max_upload_bytes=int(args.max_upload_mb * 2**20))
     server = make_server(explorer, args.host, args.port)
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     host, port = server.server_address[:2]
     print(f"dynametric explorer: http://{host}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
     try:

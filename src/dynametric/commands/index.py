@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dynametric.commands import positive_int
 from dynametric.errors import ConfigError
 
 
@@ -19,11 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--embeddings", type=Path, required=True, help="`dynametric embed` --out folder or an .npy file")
     b.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
     b.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine")
-    b.add_argument("--nlist", type=int, default=None, help="ivf: number of cells (default round(4 sqrt(N)))")
-    b.add_argument("--nprobe", type=int, default=8, help="ivf: cells visited per query")
-    b.add_argument("--m", type=int, default=32, help="hnsw: links per node")
-    b.add_argument("--ef-construction", type=int, default=80, help="hnsw: build-time beam width")
-    b.add_argument("--ef-search", type=int, default=64, help="hnsw: search-time beam width")
+    b.add_argument("--nlist", type=positive_int, default=None, help="ivf: number of cells (default round(4 sqrt(N)))")
+    b.add_argument("--nprobe", type=positive_int, default=8, help="ivf: cells visited per query")
+    b.add_argument("--m", type=positive_int, default=32, help="hnsw: links per node")
+    b.add_argument("--ef-construction", type=positive_int, default=80, help="hnsw: build-time beam width")
+    b.add_argument("--ef-search", type=positive_int, default=64, help="hnsw: search-time beam width")
     b.add_argument("--seed", type=int, default=0, help="ivf: k-means seed")
     b.add_argument("--out", type=Path, required=True, help="index folder")
     b.set_defaults(func=run_build)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dynametric.commands import non_negative_int, positive_int
 from dynametric.utils.device import PRECISIONS
 
 
@@ -13,8 +14,8 @@ def _workers(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        return int(text)
-    except ValueError:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text!r}") from None
 
 
@@ -29,7 +30,7 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
     p.add_argument("--precision", default=None if batch_size is None else "fp32", choices=PRECISIONS,
                    help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default fp32)")
     if batch:
-        p.add_argument("--batch-size", type=int, default=batch_size,
+        p.add_argument("--batch-size", type=positive_int, default=batch_size,
                        help=f"{prefix}images per forward pass (default {batch_size or 'data.eval_batch_size'})")
     if workers:
         p.add_argument("--workers", type=_workers, default=None if batch_size is None else "auto",

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dynametric.commands import positive_int
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError, InputError
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", type=Path, nargs="+", help="query image file(s), embedded with the index's model")
     q.add_argument("--embeddings", type=Path, help="query embeddings: an .npy [Q, D] or a `dynametric embed` folder")
-    p.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("-k", "--k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--scale", default=None, help="group by this scale: the k nearest classes at the scale")
     p.add_argument("--same", default=None, help="only items with the query's label at this scale")
     p.add_argument("--query-labels", type=Path, default=None,
@@ -138,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
         qlabels = _query_labels_csv(args.query_labels, index.scale_names, len(q))
     res = index.search(q, args.k, scale=args.scale, same=args.same, query_labels=qlabels, exclude=exclude)
     entries = index.describe(res, names)
+    if res.short_queries:
+        how = {"ivf": f"it ranks only the items of the nprobe={index.params.get('nprobe')} cells it visits "
+                      f"(of nlist={index.params.get('nlist')}); build it with a larger --nprobe",
+               "hnsw": "its graph search stops at the ef_search beam; build it with a larger --ef-search"}
+        print(f"note: {res.short_queries} of {len(q)} queries got fewer than -k {args.k} results from this "
+              f"{index.kind} index: {how.get(index.kind, 'the index returned fewer')}", file=sys.stderr)
     if args.as_json:
         json.dump({"index": str(args.index), "metric": index.metric, "kind": index.kind, "k": args.k,
                    "queries": entries}, sys.stdout, indent=2)

@@ -38,7 +38,7 @@ class Problem:
     """One problem found while reading a dataset: where (file, 1-based line) and what.
 
     ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
-    ``hierarchy``, ``duplicate``, ``count_mismatch``.
+    ``unreadable_folder``, ``outside_root``, ``hierarchy``, ``duplicate``, ``count_mismatch``.
     """
 
     message: str

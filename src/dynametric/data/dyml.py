@@ -28,7 +28,14 @@ from collections.abc import Hashable
 from pathlib import Path
 
 from dynametric.data.base import LoadReport, SplitRecords, contiguous_ids
-from dynametric.data.readers import DuplicateTracker, image_exists, read_lines, require_file, resolve_root
+from dynametric.data.readers import (
+    DuplicateTracker,
+    RootGuard,
+    image_exists,
+    read_lines,
+    require_file,
+    resolve_root,
+)
 from dynametric.errors import InputError
 
 SCALES: tuple[str, str, str] = ("fine", "middle", "coarse")
@@ -67,13 +74,14 @@ def strip_header(first_line: str, n_fields: int) -> tuple[str, str]:
     return ("own_line", "") if not rest.strip() else ("glued", rest)
 
 
-def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadReport, check_files: bool = True
-                   ) -> list[tuple[int, str, tuple[int, ...]]]:
+def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadReport, check_files: bool = True,
+                   allow_outside_root: bool = False) -> list[tuple[int, str, tuple[int, ...]]]:
     """Parse a DyML csv into ``(line, image path, labels finest first)`` records; bad rows go to ``report``."""
     require_file(path, f"a DyML csv with {n_fields} fields '{_FIELDS[n_fields]}'")
     lines = read_lines(path, report)
     out: list[tuple[int, str, tuple[int, ...]]] = []
     dup = DuplicateTracker(report)
+    guard = RootGuard(image_dir, allow_outside_root, check_links=check_files)
     report.header[str(path)] = "none"
     prefix = os.path.join(str(image_dir), "")  # plain string joins: pathlib costs ~10 µs per row
     for k, (number, text) in enumerate(lines):
@@ -98,9 +106,12 @@ def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadRepor
             continue
         labels = tuple(reversed(ints)) if n_fields == 4 else tuple(ints)  # file is coarsest first
         full = prefix + fname
+        real = guard.resolve_rel(fname)
+        if not guard.admit(real, fname, report, path, number):
+            continue
         if not image_exists(full, report, path, number, check_files):
             continue
-        if not dup.accept(fname, labels, path, number):
+        if not dup.accept(fname, labels, path, number, identity=real):
             continue
         out.append((number, full, labels))  # type: ignore[arg-type]
     return out
@@ -109,7 +120,7 @@ def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadRepor
 class DyMLFormat:
     """Reader for one DyML variant (``vehicle``, ``animal`` or ``product``)."""
 
-    options: dict[str, object] = {}
+    options: dict[str, object] = {"allow_outside_root": False}
 
     def __init__(self, variant: str) -> None:
         if variant not in VARIANTS:
@@ -134,7 +145,8 @@ class DyMLFormat:
         base = resolve_root(root, f"the {self.name} release with train/label.csv")
         return [s for s, (csv, _, _) in self._split_files(base).items() if s == "train" or csv.is_file()]
 
-    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
+             allow_outside_root: bool = False) -> SplitRecords:
         base = resolve_root(root, f"the {self.name} release with train/label.csv")
         files = self._split_files(base)
         if split not in files:
@@ -144,7 +156,7 @@ class DyMLFormat:
         named = re.fullmatch(r".*dyml[_-](vehicle|animal|product)", base.resolve().name, re.IGNORECASE)
         if named and named.group(1).lower() != self.variant:
             report.notes.append(f"the root is named {base.name!r} but is read as {self.name}")
-        rows = parse_dyml_csv(csv, n_fields, image_dir, report, check_files)
+        rows = parse_dyml_csv(csv, n_fields, image_dir, report, check_files, allow_outside_root)
         report.records = len(rows)
         locations = [(str(csv), number) for number, _, _ in rows]
         paths = [full for _, full, _ in rows]

@@ -32,7 +32,15 @@ from collections.abc import Hashable
 from pathlib import Path
 
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, SplitRecords, contiguous_ids
-from dynametric.data.readers import DuplicateTracker, image_exists, parse_int, read_lines, require_file, resolve_root
+from dynametric.data.readers import (
+    DuplicateTracker,
+    RootGuard,
+    image_exists,
+    parse_int,
+    read_lines,
+    require_file,
+    resolve_root,
+)
 from dynametric.errors import InputError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "query", "gallery")
@@ -52,7 +60,7 @@ def _typed(values: list[str]) -> list[Hashable]:
 
 class CSVFormat:
     name = "csv"
-    options: dict[str, object] = {"csv_file": "labels.csv", "image_root": None}
+    options: dict[str, object] = {"csv_file": "labels.csv", "image_root": None, "allow_outside_root": False}
 
     def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
         base = resolve_root(root, "a CSV file with columns path, split, <scales...> or a folder holding it")
@@ -81,7 +89,7 @@ class CSVFormat:
         return [s for s in SPLIT_NAMES if s in found]
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "labels.csv",
-             image_root: str | Path | None = None) -> SplitRecords:
+             image_root: str | Path | None = None, allow_outside_root: bool = False) -> SplitRecords:
         if split not in SPLIT_NAMES:
             raise InputError(f"unknown split {split!r} for csv; expected one of {list(SPLIT_NAMES)}", key="split")
         path = self._csv_path(root, csv_file)
@@ -106,6 +114,7 @@ class CSVFormat:
         out_paths, raw, locs = [], [], []
         ids: list[set[Hashable]] = [set() for _ in scale_cols]
         dup = DuplicateTracker(report)
+        guard = RootGuard(img_root, allow_outside_root, check_links=check_files)
         for k, (number, r) in enumerate(good):
             labels = tuple(col[k] for col in typed)
             if r[i_split] in group:
@@ -114,9 +123,12 @@ class CSVFormat:
             if r[i_split] != split:
                 continue
             full = os.path.join(str(img_root), r[i_path])
+            real = guard.resolve_rel(r[i_path])
+            if not guard.admit(real, r[i_path], report, path, number):
+                continue
             if not image_exists(full, report, path, number, check_files):
                 continue
-            if not dup.accept(r[i_path], labels, path, number):
+            if not dup.accept(r[i_path], labels, path, number, identity=real):
                 continue
             out_paths.append(full)
             raw.append(labels)
@@ -128,7 +140,7 @@ class CSVFormat:
 
 class FolderFormat:
     name = "folder"
-    options: dict[str, object] = {"class_key": "path", "scale_names": None}
+    options: dict[str, object] = {"class_key": "path", "scale_names": None, "allow_outside_root": False}
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         base = resolve_root(root, "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>")
@@ -136,7 +148,7 @@ class FolderFormat:
         return found or ["all"]
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, class_key: str = "path",
-             scale_names: list[str] | None = None) -> SplitRecords:
+             scale_names: list[str] | None = None, allow_outside_root: bool = False) -> SplitRecords:
         if class_key not in ("path", "name"):
             raise InputError(f"class_key must be 'path' or 'name', got {class_key!r}", key="class_key")
         base = resolve_root(root, "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>")
@@ -147,8 +159,19 @@ class FolderFormat:
         report = LoadReport(split=split, files=[str(top)])
         entries: list[tuple[str, ...]] = []
         ignored = 0
-        for dirpath, dirnames, filenames in os.walk(top):
+
+        def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
+            report.add(f"cannot read folder ({exc.strerror or exc}); its images are missing", exc.filename, None,
+                       "unreadable_folder")
+
+        guard = RootGuard(top, allow_outside_root)
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=allow_outside_root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for d in [d for d in dirnames if not allow_outside_root and os.path.islink(os.path.join(dirpath, d))]:
+                dirnames.remove(d)  # a linked folder may lead anywhere (or loop): reported, not followed
+                report.add(f"symbolic link to a folder, not followed: -> {os.path.realpath(os.path.join(dirpath, d))} "
+                           "(set the format option allow_outside_root: true to follow links)",
+                           os.path.join(dirpath, d), None, "outside_root")
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
@@ -181,6 +204,8 @@ class FolderFormat:
             else:
                 labels = tuple(dirs[depth - 1 - s] for s in range(depth))
             full = str(top / rel)
+            if not guard.admit(guard.resolve(full), rel, report, top / rel, None):
+                continue
             if not image_exists(full, report, top / rel, None, check_files):
                 continue
             out_paths.append(full)

@@ -57,24 +57,70 @@ def image_exists(path: str, report: LoadReport, file: Path, line: int | None, ch
     return False
 
 
+class RootGuard:
+    """Keeps a reader's image paths inside the dataset root (one check shared by the csv, folder and DyML readers).
+
+    :meth:`resolve` follows ``..``, absolute paths and symbolic links (folders resolved once and cached, so the cost
+    per image is one ``lstat``; with ``check_links=False``, i.e. ``check_files=False``, links of the files themselves
+    are not looked at). :meth:`admit` reports a path that ends outside ``root`` as a problem of kind
+    ``outside_root`` and refuses it, unless the format option ``allow_outside_root`` is set.
+    """
+
+    def __init__(self, root: str | Path, allow: bool = False, check_links: bool = True) -> None:
+        self.root = os.path.realpath(root)
+        self.allow = bool(allow)
+        self.check_links = check_links
+        self._prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
+        self._dirs: dict[str, str] = {}
+
+    def resolve(self, path: str) -> str:
+        head, name = os.path.split(path)
+        real = self._dirs.get(head)
+        if real is None:
+            real = self._dirs[head] = os.path.realpath(head or ".")
+        full = os.path.join(real, name)
+        if name in ("", ".", "..") or (self.check_links and os.path.islink(full)):
+            full = os.path.realpath(full)
+        return full
+
+    def resolve_rel(self, rel: str) -> str:
+        """``root/rel`` resolved like :meth:`resolve`; a plain file name costs one string concatenation (DyML)."""
+        if rel and "/" not in rel and os.sep not in rel and rel not in (".", ".."):
+            full = self._prefix + rel
+            return os.path.realpath(full) if self.check_links and os.path.islink(full) else full
+        return self.resolve(os.path.join(self.root, rel))
+
+    def admit(self, real: str, shown: str, report: LoadReport, file: Path, line: int | None) -> bool:
+        if self.allow or real.startswith(self._prefix) or real == self.root:
+            return True
+        report.add(f"image path leaves the dataset root {self.root}: {shown} -> {real} (set the format option "
+                   "allow_outside_root: true to allow it)", file, line, "outside_root")
+        return False
+
+
 class DuplicateTracker:
     """Notes repeated file names; a repeat with different labels is a problem (the row is then skipped)."""
 
     def __init__(self, report: LoadReport) -> None:
         self.report = report
-        self.seen: dict[str, tuple[int | None, tuple[Hashable, ...]]] = {}
+        self.seen: dict[str, tuple[int | None, tuple[Hashable, ...], str]] = {}
 
-    def accept(self, key: str, labels: Sequence[Hashable], file: Path, line: int | None) -> bool:
+    def accept(self, key: str, labels: Sequence[Hashable], file: Path, line: int | None,
+               identity: str | None = None) -> bool:
+        """``identity`` (default: ``key`` normalised) decides what is the same image: a resolved path catches one
+        file listed under two names (``a.png``, ``./a.png``, a link)."""
         labels = tuple(labels)
-        first = self.seen.get(key)
+        ident = os.path.normpath(key) if identity is None else identity
+        first = self.seen.get(ident)
         if first is None:
-            self.seen[key] = (line, labels)
+            self.seen[ident] = (line, labels, key)
             return True
         if first[1] == labels:
             self.report.duplicates.append(f"{file}:{line}: {key} repeats line {first[0]} (same labels; kept)")
             return True
-        self.report.add(f"{key} listed again with labels {list(labels)} but line {first[0]} gives {list(first[1])}",
-                        file, line, "duplicate")
+        same = "" if first[2] == key else f" (the same file as {first[2]!r})"
+        self.report.add(f"{key}{same} listed again with labels {list(labels)} but line {first[0]} gives "
+                        f"{list(first[1])}", file, line, "duplicate")
         return False
 
 

@@ -356,16 +356,15 @@ def eval_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def check_monitor(cfg: Any, scale_names: Sequence[str]) -> None:
+    """The monitor's scale ('finest' / 'coarsest' resolved) must be one of the data's (its metric is checked when
+    the config loads)."""
     from dynametric.engine.preflight import resolve_monitor
 
-    scale, _, metric = resolve_monitor(cfg.trainer.monitor, scale_names).partition("/")
+    scale = resolve_monitor(cfg.trainer.monitor, scale_names).partition("/")[0]
     valid = [*scale_names, "mean"]
     if scale not in valid:
         raise ConfigError(f"monitor scale {scale!r} is not one of the dataset's scales {valid} (or 'finest', "
                           "'coarsest')", key="trainer.monitor")
-    if cfg.eval.metrics is not None and metric not in cfg.eval.metrics:
-        raise ConfigError(f"monitor metric {metric!r} is not computed; eval.metrics = {cfg.eval.metrics}",
-                          key="trainer.monitor")
 
 
 @dataclass

@@ -30,6 +30,11 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint file not found", file=path)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch.save: a zip file (or legacy pickle)
+        raise InputError(f"not a checkpoint: the file does not start like a torch.save file (first bytes {magic!r})",
+                         file=path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -67,8 +72,15 @@ def embedder_state_dict(checkpoint: dict[str, Any], prefix: str = "embedder.") -
 def load_embedder_weights(embedder: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load ``path`` (a ``dynametric train`` checkpoint) into ``embedder``; returns the checkpoint dict."""
     ckpt = load_checkpoint_file(path)
-    state = embedder_state_dict(ckpt)
-    missing, unexpected = embedder.load_state_dict(state, strict=False)
+    try:
+        state = embedder_state_dict(ckpt)
+        missing, unexpected = embedder.load_state_dict(state, strict=False)
+    except InputError as exc:
+        raise InputError(exc.message, file=path, key=exc.key) from None
+    except RuntimeError as exc:  # same names, other shapes: another width or backbone than the config's
+        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise InputError(f"checkpoint does not match the configured model ({len(sizes)} tensor(s) of another shape; "
+                         f"first: {sizes[0] if sizes else str(exc)[:200]})", file=path) from None
     if missing or unexpected:
         raise InputError(f"checkpoint does not match the configured model: missing {list(missing)[:5]}, "
                          f"unexpected {list(unexpected)[:5]}", file=path)

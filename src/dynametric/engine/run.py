@@ -15,6 +15,7 @@ Run folder layout::
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import write_report
 from dynametric.engine.trainer import build_trainer
 from dynametric.errors import ConfigError, InputError
-from dynametric.utils.io import atomic_write_json
+from dynametric.utils.io import atomic_write_json, require_new_folder
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -61,6 +62,12 @@ def quiet_lightning() -> None:
                     r".*isinstance\(treespec, LeafSpec\)", r"The number of training batches .* is smaller than",
                     r"Experiment logs directory .* exists and is not empty"):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def _launched_worker() -> bool:
+    """True in a DDP process other than global rank 0 (torchrun sets RANK; Lightning's script launcher starts the
+    other ranks with LOCAL_RANK / NODE_RANK): it joins the folder rank 0 has already started to fill."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def default_run_dir(cfg: Any) -> Path:
@@ -179,6 +186,8 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     if not resume and (run_dir / "last.ckpt").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key="run.output_dir")
+    if not resume and not _launched_worker():
+        require_new_folder(run_dir, "--out", "dynametric run (last.ckpt)")
     if root_missing(cfg):
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)

@@ -20,7 +20,7 @@ import csv
 import hashlib
 import io
 import json
-import shutil
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +64,13 @@ def list_image_folder(root: str | Path) -> ImageItems:
     if not root.is_dir():
         raise InputError("image folder not found" if not root.exists() else "not a folder", file=root)
     base = root.resolve()
-    files = sorted((p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+
+    def unreadable(exc: OSError) -> None:  # Path.rglob / os.walk would skip the folder without a word
+        raise InputError(f"cannot read folder ({exc.strerror or exc}); its images would be missing",
+                         file=exc.filename)
+
+    found = (Path(d, f) for d, _, names in os.walk(base, onerror=unreadable) for f in names)
+    files = sorted((p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
                    key=lambda p: p.relative_to(base).as_posix())
     if not files:
         raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the folder", file=root)
@@ -242,7 +248,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
            "image_roots": [str(r) for r in items.roots]}
     meta_path = out / "embed.json"
     if overwrite and out.exists():
-        shutil.rmtree(out)
+        discard_job(out)
     if meta_path.is_file():
         try:
             old = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -255,7 +261,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
             dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
             return EmbedResult(out, n, dim, [], list(range(num_shards)))
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError("output folder is not empty and holds no embedding job (embed.json)", file=out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, {**job, "status": "in_progress"})
@@ -307,8 +313,42 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
             np.save(fh, np.ascontiguousarray(items.labels, dtype=np.int64))
     atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
     if not keep_shards:
-        shutil.rmtree(out / "shards", ignore_errors=True)
+        for s in range(num_shards):
+            shard_path(out, s).unlink(missing_ok=True)
+        if (out / "shards").is_dir() and not any((out / "shards").iterdir()):
+            (out / "shards").rmdir()
     return EmbedResult(out, n, dim, computed, skipped)
+
+
+def discard_job(out: Path) -> None:
+    """``--overwrite``: remove the files of the embedding job in ``out`` and nothing else.
+
+    The job's own ``embed.json`` says it is one (``format: dynametric-embeddings``); its files are ``embed.json``,
+    ``items.csv``, ``embeddings.npy``, ``labels.npy`` and ``shards/shard_NNNNN.npy`` (plus their ``.*.tmp``
+    leftovers). Any other file stays. An empty folder is fine; a non-empty folder that is not a job is refused.
+    """
+    if not any(out.iterdir()):
+        return
+    meta_path = out / "embed.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        is_job = isinstance(meta, dict) and meta.get("format") == "dynametric-embeddings"
+    except (OSError, ValueError):
+        is_job = False
+    if not is_job:
+        raise InputError("not an embedding job (no dynametric embed.json): --overwrite only replaces a job this "
+                         "tool wrote; use another --out or empty the folder yourself", file=out)
+    names = ("items.csv", "embeddings.npy", "labels.npy", "embed.json")  # embed.json last: a crash keeps the job
+    shards = out / "shards"
+    victims = sorted(shards.glob("shard_[0-9][0-9][0-9][0-9][0-9].npy")) if shards.is_dir() else []
+    for folder, stems in ((shards, ("shard_",)), (out, names)):
+        if folder.is_dir():
+            victims += [p for p in folder.glob(".*.tmp") if p.name[1:].startswith(stems)]
+    victims += [out / n for n in names if (out / n).is_file()]
+    for p in victims:
+        p.unlink(missing_ok=True)
+    if shards.is_dir() and not any(shards.iterdir()):
+        shards.rmdir()
 
 
 def _assemble(out: Path, num_shards: int, n: int) -> int:

@@ -32,6 +32,30 @@ DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
+def ascii_number(text: str, max_digits: int = 18) -> int | None:
+    """``text`` as a non-negative integer if it is 1..``max_digits`` ASCII digits, else None (``str.isdigit`` also
+    accepts '²' or Arabic-Indic digits, and ``int()`` of thousands of digits raises)."""
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when ``host`` makes the page reachable from other machines (anything but a loopback address)."""
+    import ipaddress
+
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    where = "every network interface" if host in ("0.0.0.0", "::", "") else f"the address {host}"
+    return (f"warning: serving on {where}: anyone who can reach this machine can browse the index and its images "
+            "and upload queries (no authentication). Use the default --host 127.0.0.1 for this machine only.")
+
+
 def path_inside_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | None:
     """``path`` resolved (symlinks followed) if it is an existing image file inside one of ``roots``, else None."""
     text = str(path)
@@ -168,10 +192,14 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
             self._json({"error": message}, status)
 
         def _int(self, params: dict[str, list[str]], name: str, default: int) -> int:
-            try:
-                return int(params.get(name, [default])[0])
-            except ValueError:
-                raise InputError(f"expected an integer for {name!r}", key=name) from None
+            if name not in params:
+                return default
+            text = params[name][0]
+            value = ascii_number(text.removeprefix("-"))
+            if value is None:
+                raise InputError(f"expected an integer of at most 18 ASCII digits for {name!r}, got {text[:40]!r}",
+                                 key=name)
+            return -value if text.startswith("-") else value
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             url = urlsplit(self.path)
@@ -196,10 +224,14 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
         do_HEAD = do_GET
 
         def _image(self, tail: str) -> None:
-            if not tail.isdigit():  # only item numbers: never a path from the request
-                self._error(404, "not found")
+            number = ascii_number(tail)  # only item numbers: never a path from the request
+            if number is None:
+                self._error(404, "no such image: expected /image/<item number> (ASCII digits, at most 18)")
                 return
-            path = explorer.image_file(int(tail))
+            path = explorer.image_file(number)
+            if path is None and number >= explorer.index.size:
+                self._error(404, f"no item {number}: the index has {explorer.index.size} items")
+                return
             if path is None:
                 self._error(403, "refused: the item's file is not an image inside the index's image roots")
                 return
@@ -211,11 +243,11 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
             if url.path != "/api/upload":
                 self._error(404, "not found")
                 return
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                self._error(411, "Content-Length required")
+            length = ascii_number(self.headers.get("Content-Length") or "")
+            if length is None:
+                self._error(411, "Content-Length required (ASCII digits)")
                 return
-            if int(length) > explorer.max_upload_bytes:
+            if length > explorer.max_upload_bytes:
                 self._error(413, f"upload larger than {explorer.max_upload_bytes} bytes")
                 self.close_connection = True
                 return
@@ -224,7 +256,7 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
                 self._error(415, f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}")
                 self.close_connection = True
                 return
-            data = self.rfile.read(int(length))
+            data = self.rfile.read(length)
             try:
                 k = self._int(parse_qs(url.query), "k", explorer.k)
                 self._json(explorer.neighbours_of_upload(data, ctype, k))

@@ -17,6 +17,7 @@ Yashunin 2018).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -27,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from dynametric.errors import ConfigError, DynametricError, InputError
-from dynametric.utils.io import atomic_open, atomic_write_json, atomic_write_text, atomic_write_with
+from dynametric.utils.io import (
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    require_new_folder,
+)
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -152,6 +159,91 @@ def take_first_k(keep: np.ndarray, k: int) -> np.ndarray:
     return pos
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {"kind": (str,), "metric": (str,), "dim": (int,), "count": (int,)}
+
+
+def _is_index_folder(out: Path) -> bool:
+    try:
+        return json.loads((out / "index.json").read_text(encoding="utf-8")).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """``index.json``, with every field the loader relies on present and of the right type."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable index metadata ({exc})", file=meta_path) from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InputError(f"not a dynametric index (format {found!r})", file=meta_path, key="format")
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise InputError(f"expected {types[0].__name__}, found {value!r}", file=meta_path, key=key)
+    if meta["kind"] not in KINDS or meta["metric"] not in METRICS:
+        raise InputError(f"unknown kind/metric {meta['kind']!r}/{meta['metric']!r}; expected one of {list(KINDS)} / "
+                         f"{list(METRICS)}", file=meta_path, key="kind")
+    return meta
+
+
+def _check_kind(index: Any, meta: dict[str, Any], fpath: Path, faiss: Any) -> None:
+    """The faiss file must be the kind and metric ``index.json`` names (a swapped file is not searched as another)."""
+    if isinstance(index, faiss.IndexHNSW):
+        found = "hnsw"
+    elif isinstance(index, faiss.IndexIVF):
+        found = "ivf"
+    elif isinstance(index, faiss.IndexFlat):
+        found = "flat"
+    else:
+        found = type(index).__name__
+    metric = "l2" if index.metric_type == faiss.METRIC_L2 else "ip"
+    want_metric = "l2" if meta["metric"] == "l2" else "ip"
+    if found != meta["kind"] or metric != want_metric:
+        raise InputError(f"index.faiss holds a {found} index ({metric}), but index.json says {meta['kind']} "
+                         f"({meta['metric']})", file=fpath)
+
+
+def _read_items(path: Path) -> tuple[list[str], list[str]]:
+    """``items.csv``: header ``index,id,path``, then one row of three fields per item."""
+    if not path.is_file():
+        raise InputError("items.csv missing (the index folder is incomplete)", file=path)
+    ids, paths = [], []
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for row in reader:
+            if len(row) != 3:
+                raise InputError(f"expected 3 fields (index,id,path), got {len(row)}", file=path,
+                                 line=reader.line_num)
+            ids.append(row[1])
+            paths.append(row[2])
+    return ids, paths
+
+
+def _read_labels(path: Path, n: int) -> np.ndarray:
+    """``labels.npy``: an ``[N, S]`` integer array (never unpickled)."""
+    if not path.is_file():
+        raise InputError("labels.npy missing, but index.json says the index has labels", file=path)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"not a plain integer array ({str(exc)[:120]})", file=path) from None
+    if labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise InputError(f"expected an [N, S] integer array, found {labels.dtype} {labels.shape}", file=path)
+    return labels.astype(np.int64, copy=False)
+
+
 @dataclass
 class SearchResult:
     """Ranked results per query: item positions ``[Q, k]`` (``-1``: no result) and distances (``nan`` there)."""
@@ -161,6 +253,9 @@ class SearchResult:
     mode: str = "items"
     scale: str | None = None
     query_groups: np.ndarray | None = None
+    short_queries: int = 0
+    """Queries with fewer results than the index holds for them (an ``ivf`` index ranks only the items of the
+    ``nprobe`` cells it visits; ``hnsw`` only what its beam reaches)."""
 
 
 @dataclass
@@ -207,10 +302,11 @@ class RetrievalIndex:
         """Write the index folder atomically file by file (``index.json`` last, so it marks a complete index)."""
         faiss = require_faiss()
         out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise InputError("output exists and is not a folder (--out names a folder)", file=out)
+        if not _is_index_folder(out):  # an earlier index is replaced; any other non-empty folder is refused
+            require_new_folder(out, "--out", "dynametric index (index.json)")
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_with(out / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
+        digest = file_sha256(out / "index.faiss")
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["index", "id", "path"])
@@ -226,7 +322,7 @@ class RetrievalIndex:
             "format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": self.kind, "metric": self.metric,
             "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
             "has_labels": self.labels is not None, "class_names": self.class_names, "image_roots": self.image_roots,
-            "model": self.model, "source": self.source})
+            "model": self.model, "source": self.source, "faiss_sha256": digest})
         return out
 
     @classmethod
@@ -241,30 +337,22 @@ class RetrievalIndex:
         if not meta_path.is_file():
             raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
                              file=path)
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"unreadable index metadata ({exc})", file=meta_path) from None
-        if meta.get("format") != INDEX_FORMAT:
-            raise InputError(f"not a dynametric index (format {meta.get('format')!r})", file=meta_path, key="format")
+        meta = _read_meta(meta_path)
         faiss = require_faiss()
         fpath = path / "index.faiss"
         if not fpath.is_file():
             raise InputError("index file missing", file=fpath)
+        want = meta.get("faiss_sha256")
+        if want is not None and file_sha256(fpath) != want:
+            raise InputError("index.faiss is not the file this index was built with (its SHA-256 differs from "
+                             "index.json's faiss_sha256); rebuild the index", file=fpath)
         try:
             index = faiss.read_index(str(fpath))
         except RuntimeError as exc:
             raise InputError(f"cannot read the faiss index ({str(exc).splitlines()[0][:200]})", file=fpath) from None
-        ids, paths = [], []
-        with open(path / "items.csv", encoding="utf-8", newline="") as fh:
-            reader = csv.reader(fh)
-            next(reader, None)
-            for row in reader:
-                ids.append(row[1])
-                paths.append(row[2])
-        labels = None
-        if meta.get("has_labels"):
-            labels = np.load(path / "labels.npy", allow_pickle=False)
+        _check_kind(index, meta, fpath, faiss)
+        ids, paths = _read_items(path / "items.csv")
+        labels = _read_labels(path / "labels.npy", len(ids)) if meta.get("has_labels") else None
         n = int(meta["count"])
         if index.ntotal != n or len(ids) != n or (labels is not None and len(labels) != n):
             raise InputError(f"inconsistent index: index.json says {n} items, index.faiss has {index.ntotal}, "
@@ -373,7 +461,9 @@ class RetrievalIndex:
                 qs[sl], k, np.minimum(achievable[sl], k), si, sa_idx if same is not None else None,
                 None if same is None else target[sl], None if ex is None else ex[sl])
         mode = "classes" if si is not None else "same" if same is not None else "items"
-        return SearchResult(ids, dist, mode, scale if si is not None else same, target if same is not None else None)
+        short = int(((ids >= 0).sum(axis=1) < np.minimum(achievable, k)).sum())
+        return SearchResult(ids, dist, mode, scale if si is not None else same, target if same is not None else None,
+                            short)
 
     def _search_block(self, qs: np.ndarray, k: int, need: np.ndarray, si: int | None, sa: int | None,
                       target: np.ndarray | None, ex: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

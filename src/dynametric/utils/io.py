@@ -18,14 +18,24 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _file_target(path: str | Path) -> Path:
+    """``path`` as the target of a file write: its folder is created; a folder at ``path`` is an InputError."""
+    from dynametric.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; expected the path of a file to write", file=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
     On an exception the temporary file is removed and any existing ``path`` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _file_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
@@ -47,8 +57,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
 
     For libraries that insist on writing to a path themselves (``torch.save``, ``np.save``, faiss).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _file_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -72,3 +81,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def require_new_folder(path: str | Path, key: str, hint: str) -> Path:
+    """Refuse an output folder that would mix this tool's files with others': ``path`` must not exist, or be an
+    empty folder. Nothing is created here. (A folder holding this tool's own earlier output is the caller's case.)
+    """
+    from dynametric.errors import InputError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"exists and is not a folder ({key} names a folder)", file=path, key=key)
+    if path.is_dir() and any(path.iterdir()):
+        raise InputError(f"output folder is not empty and holds no {hint}; its files are not overwritten: "
+                         f"use another {key} or an empty folder", file=path, key=key)
+    return path

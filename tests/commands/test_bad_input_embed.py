@@ -1,0 +1,108 @@
+"""`dynametric embed` under bad input: --overwrite only ever removes the files of its own job."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynametric.cli import main
+from dynametric.engine.checkpoint import save_checkpoint_file
+from tests.retrieval.conftest import make_run
+
+
+def _embed(ckpt: Path, images: Path, out: Path, *extra: str) -> int:
+    return main(["embed", "--checkpoint", str(ckpt), "--images", str(images / "imgs"), "--out", str(out),
+                 "--batch-size", "4", "--shard-size", "5", "--no-progress", *extra])
+
+
+def test_overwrite_refuses_a_folder_that_is_not_an_embed_job(tiny_ckpt, tiny_images, tmp_path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.csv").write_text("a,b\n")
+    assert _embed(tiny_ckpt, tiny_images, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "not an embedding job" in err and str(out) in err and len(err.strip().splitlines()) == 1
+    assert (out / "thesis.tex").read_text() == "years of work" and (out / "sub" / "data.csv").is_file()
+
+
+def test_overwrite_removes_only_the_files_of_its_own_job(tiny_ckpt, tiny_images, tmp_path) -> None:
+    out = tmp_path / "emb"
+    assert _embed(tiny_ckpt, tiny_images, out, "--keep-shards") == 0
+    (out / "notes.txt").write_text("mine")  # the user's file next to the job
+    (out / "shards" / "README").write_text("mine too")
+    written = {p.name for p in out.iterdir()}
+    assert {"embed.json", "items.csv", "embeddings.npy", "shards"} <= written
+    assert _embed(tiny_ckpt, tiny_images, out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "shards" / "README").read_text() == "mine too"
+    assert (out / "embed.json").is_file() and (out / "embeddings.npy").is_file()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["README"]  # finished job: its shards removed
+
+
+def test_overwrite_of_a_missing_or_empty_folder_just_embeds(tiny_ckpt, tiny_images, tmp_path) -> None:
+    assert _embed(tiny_ckpt, tiny_images, tmp_path / "new", "--overwrite") == 0
+    (tmp_path / "empty").mkdir()
+    assert _embed(tiny_ckpt, tiny_images, tmp_path / "empty", "--overwrite") == 0
+
+
+def _checkpoint_commands(ckpt: Path, cfg: Path, images: Path, tmp: Path) -> dict[str, list[str]]:
+    model = ["--checkpoint", str(ckpt), "--config", str(cfg)]
+    return {"embed": ["embed", *model, "--images", str(images / "imgs"), "--out", str(tmp / "emb"), "--no-progress"],
+            "export": ["export", *model, "--out", str(tmp / "m.pt")],
+            "evaluate": ["evaluate", "--checkpoint", str(ckpt), "--config", str(cfg), "--split", "test"]}
+
+
+@pytest.mark.parametrize("command", ["embed", "export", "evaluate"])
+@pytest.mark.parametrize("case", ["random bytes", "no state_dict", "other width"])
+def test_bad_checkpoints(tiny_ckpt, tiny_images, tmp_path, capsys, command, case) -> None:
+    ckpt = tmp_path / "x.ckpt"
+    if case == "random bytes":
+        ckpt.write_bytes(os.urandom(2048))
+        expected = f"{ckpt}: not a checkpoint: the file does not start like a torch.save file"
+    elif case == "no state_dict":
+        save_checkpoint_file({"epoch": 3, "weights": torch.zeros(2)}, ckpt)
+        expected = f"{ckpt} key 'state_dict': checkpoint has no 'state_dict'"
+    else:
+        ckpt = make_run(tmp_path / "wide", dim=32)
+        expected = (f"{ckpt}: checkpoint does not match the configured model (2 tensor(s) of another shape; first: "
+                    "size mismatch for heads.embedding.proj.weight")
+    argv = _checkpoint_commands(ckpt, tiny_ckpt.parent / "config.yaml", tiny_images, tmp_path)[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and expected in err.splitlines()[-1]
+
+
+def test_a_full_disk_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "emb"
+    real, calls = os.fsync, [0]
+
+    def fill_up(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] > 3:  # embed.json, items.csv and the first shard fit; then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fill_up)
+    assert _embed(tiny_ckpt, tiny_images, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "No space left on device" in err.splitlines()[-1]
+    assert not list(out.rglob("*.tmp"))  # no half-written file left behind
+    monkeypatch.setattr(os, "fsync", real)
+    assert _embed(tiny_ckpt, tiny_images, out) == 0
+    assert "(2 shard(s) computed, 1 already done)" in capsys.readouterr().out
+
+
+def test_images_folder_with_an_unreadable_subfolder_is_an_error(tiny_ckpt, tiny_images, tmp_path, capsys,
+                                                                 monkeypatch) -> None:
+    from tests.commands.test_bad_input_data import _deny
+
+    _deny(monkeypatch, tiny_images / "imgs" / "plant")
+    assert _embed(tiny_ckpt, tiny_images, tmp_path / "emb") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tiny_images / 'imgs' / 'plant'}: cannot read folder (Permission denied)" in err.splitlines()[-1]
+    assert not (tmp_path / "emb").exists()

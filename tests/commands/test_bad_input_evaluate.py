@@ -1,0 +1,101 @@
+"""`dynametric evaluate` under bad input: every case is exit status 2 with one line naming the file (and line or
+option) and what was expected, never a traceback or a silently accepted value."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynametric.cli import main
+
+
+@pytest.fixture
+def emb(tmp_path: Path) -> Path:
+    path = tmp_path / "e.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    return path
+
+
+def _labels(tmp_path: Path, data: bytes | str, name: str = "labels.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+GOOD = "fine,coarse\n" + "".join(f"{i % 4},{i % 2}\n" for i in range(12))
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(["evaluate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("fine\n" + "1\n" * 11 + "1" + "0" * 30 + "\n", r"labels.csv:13: column 'fine': label 10{30} does not fit in 64"),
+    (b"fine\n\xe9\xff\n", r"labels.csv: not UTF-8 text \(invalid continuation byte at byte 5\)"),
+    ("fine\n", r"labels.csv: no label rows after the header"),
+    ("fine\n1\x002\n", r"labels.csv: contains NUL bytes"),
+    ("fine\n" + "x\n" * 12, r"labels.csv:2: column 'fine': expected an integer label, got 'x'"),
+])
+def test_bad_label_files(tmp_path, emb, capsys, body, expected) -> None:
+    lab = _labels(tmp_path, body)
+
+    assert re.search(expected, _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(lab)))
+
+
+def test_utf8_bom_is_not_part_of_the_first_scale_name(tmp_path, emb, capsys) -> None:
+    lab = _labels(tmp_path, b"\xef\xbb\xbf" + GOOD.encode())
+    assert main(["evaluate", "--embeddings", str(emb), "--labels", str(lab)]) == 0
+    table = capsys.readouterr().out
+    assert "\ufeff" not in table and "\nfine " in table
+
+
+def test_unreadable_labels_file(tmp_path, emb, capsys, monkeypatch) -> None:
+    lab = _labels(tmp_path, GOOD)
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:  # what a 000 permission gives a non-root user
+        if self == lab:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    assert _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(lab)).endswith(
+        f"{lab}: Permission denied")
+
+
+def test_json_onto_a_folder_and_onto_a_full_disk(tmp_path, emb, capsys, monkeypatch) -> None:
+    lab = _labels(tmp_path, GOOD)
+    (tmp_path / "out").mkdir()
+    line = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(lab), "--json", str(tmp_path / "out"))
+    assert line.endswith(f"{tmp_path / 'out'}: is a folder; expected the path of a file to write")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "r.json"
+    line = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(lab), "--json", str(target))
+    assert "No space left on device" in line and "nothing was left half-written" in line
+    assert not target.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--memory-budget-mb", "-5"], "argument --memory-budget-mb: expected a positive finite number, got '-5'"),
+    (["--memory-budget-mb", "nan"], "argument --memory-budget-mb: expected a positive finite number, got 'nan'"),
+    (["--kmeans-restarts", "0"], "argument --kmeans-restarts: expected a positive integer, got '0'"),
+    (["--k", "1", "0"], "argument --k: expected a positive integer, got '0'"),
+])
+def test_impossible_option_values(tmp_path, emb, capsys, argv, expected) -> None:
+    lab = _labels(tmp_path, GOOD)
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--embeddings", str(emb), "--labels", str(lab), *argv])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)

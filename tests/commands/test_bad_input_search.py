@@ -1,0 +1,112 @@
+"""`dynametric index build` / `dynametric search` under bad input: damaged or swapped index folders are one-line
+errors naming the file and key; an approximate index that returns fewer than -k results says so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynametric.cli import main
+from dynametric.errors import InputError
+from dynametric.retrieval.embed import EmbeddingSet
+from dynametric.retrieval.index import RetrievalIndex
+
+pytest.importorskip("faiss")
+
+
+def _set(n: int, d: int = 8, seed: int = 0) -> EmbeddingSet:
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    labels = np.stack([np.arange(n) % 5, np.arange(n) % 2], 1).astype(np.int64)
+    return EmbeddingSet(x, [f"i{j}" for j in range(n)], [""] * n, labels, ["fine", "coarse"], None, [], {},
+                        Path("mem"))
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path) -> Path:
+    RetrievalIndex.build(_set(40), "flat").save(tmp_path / "idx")
+    np.save(tmp_path / "q.npy", _set(3, seed=1).embeddings)
+    return tmp_path / "idx"
+
+
+def _search_error(capsys, index: Path, *extra: str) -> str:
+    assert main(["search", "--index", str(index), "--embeddings", str(index.parent / "q.npy"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
+def _edit_meta(index: Path, **change: object) -> None:
+    meta = json.loads((index / "index.json").read_text())
+    for k, v in change.items():
+        if v is None:
+            meta.pop(k)
+        else:
+            meta[k] = v
+    (index / "index.json").write_text(json.dumps(meta))
+
+
+def test_index_json_without_count(index_dir, capsys) -> None:
+    _edit_meta(index_dir, count=None)
+    assert f"{index_dir / 'index.json'} key 'count': expected int, found None" in _search_error(capsys, index_dir)
+
+
+def test_items_csv_missing_or_with_a_short_row(index_dir, capsys) -> None:
+    keep = (index_dir / "items.csv").read_text()
+    lines = keep.splitlines()
+    lines[3] = "x"
+    (index_dir / "items.csv").write_text("\n".join(lines) + "\n")
+    assert f"{index_dir / 'items.csv'}:4: expected 3 fields (index,id,path), got 1" in _search_error(capsys, index_dir)
+    (index_dir / "items.csv").unlink()
+    assert f"{index_dir / 'items.csv'}: items.csv missing" in _search_error(capsys, index_dir)
+
+
+def test_labels_npy_missing_or_an_object_array(index_dir, capsys) -> None:
+    np.save(index_dir / "labels.npy", np.array([{"a": 1}] * 40, dtype=object), allow_pickle=True)
+    assert "labels.npy: not a plain integer array (Object arrays cannot be loaded" in _search_error(capsys, index_dir)
+    np.save(index_dir / "labels.npy", np.zeros(40, dtype=np.float32))
+    assert "expected an [N, S] integer array, found float32 (40,)" in _search_error(capsys, index_dir)
+    (index_dir / "labels.npy").unlink()
+    assert "labels.npy missing, but index.json says the index has labels" in _search_error(capsys, index_dir)
+
+
+def test_index_kind_that_does_not_match_the_file(index_dir, capsys) -> None:
+    _edit_meta(index_dir, kind="hnsw", faiss_sha256=None)
+    assert "index.faiss holds a flat index (ip), but index.json says hnsw (cosine)" in _search_error(capsys, index_dir)
+
+
+def test_swapped_faiss_file_of_the_same_size_and_width_is_detected(index_dir, tmp_path, capsys) -> None:
+    RetrievalIndex.build(_set(40, seed=7), "flat").save(tmp_path / "other")  # same N, D, kind, metric
+    shutil.copy(tmp_path / "other" / "index.faiss", index_dir / "index.faiss")
+    err = _search_error(capsys, index_dir)
+    assert f"{index_dir / 'index.faiss'}: index.faiss is not the file this index was built with" in err
+
+
+def test_ivf_returning_fewer_than_k_results_says_so(tmp_path, capsys) -> None:
+    RetrievalIndex.build(_set(400), "ivf", nlist=10, nprobe=1).save(tmp_path / "ivf")
+    np.save(tmp_path / "q.npy", _set(4, seed=1).embeddings)
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "ivf"), "--embeddings", str(tmp_path / "q.npy"), "-k", "300",
+                 "--json"]) == 0
+    out, err = capsys.readouterr()
+    got = [len(q["results"]) for q in json.loads(out)["queries"]]
+    assert max(got) < 300
+    assert "note: 4 of 4 queries got fewer than -k 300 results from this ivf index" in err
+    assert "nprobe=1 cells it visits (of nlist=10)" in err
+    assert main(["search", "--index", str(tmp_path / "ivf"), "--embeddings", str(tmp_path / "q.npy"), "-k", "3"]) == 0
+    assert "note:" not in capsys.readouterr().err  # enough results: no notice
+
+
+def test_index_build_refuses_a_folder_it_did_not_write(tmp_path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "items.csv").write_text("my own items\n")
+    with pytest.raises(InputError, match="not empty and holds no dynametric index"):
+        RetrievalIndex.build(_set(10), "flat").save(out)
+    assert (out / "items.csv").read_text() == "my own items\n"
+    RetrievalIndex.build(_set(10), "flat").save(tmp_path / "idx")
+    RetrievalIndex.build(_set(12), "flat").save(tmp_path / "idx")  # its own earlier index is replaced
+    assert RetrievalIndex.load(tmp_path / "idx").size == 12

@@ -1,0 +1,119 @@
+"""`dynametric train` under bad input: it never writes into a folder holding files it did not write, and the
+config values it would otherwise accept silently are one-line errors naming the key."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from dynametric.cli import main
+from tests.commands.test_train import TINY
+
+
+def _cfg(tmp_path: Path) -> Path:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    return cfg
+
+
+def test_out_into_a_non_empty_folder_that_is_not_a_run_is_refused(tmp_path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: own config\n")
+    (out / "metrics.json").write_text('{"mine": 1}\n')
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and str(out) in err and len(err.strip().splitlines()) == 1
+    assert (out / "config.yaml").read_text() == "my: own config\n"
+    assert (out / "metrics.json").read_text() == '{"mine": 1}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json"]
+
+
+def test_out_onto_a_regular_file_is_one_line(tmp_path, capsys) -> None:
+    out = tmp_path / "afile"
+    out.write_text("x")
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    assert "not a folder" in capsys.readouterr().err and out.read_text() == "x"
+
+
+def _dry(capsys, *argv: str) -> str:
+    assert main(["train", "--dry-run", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lr=-0.1", "key 'optim.lr': learning rate must be a finite number >= 0, got -0.1"),
+    ("optim.lr=.nan", "key 'optim.lr': learning rate must be a finite number >= 0, got nan"),
+    ("optim.lr=.inf", "key 'optim.lr': learning rate must be a finite number >= 0, got inf"),
+    ("optim.head.lr=-1", "key 'optim.head.lr': learning rate must be a finite number >= 0, got -1.0"),
+    ("optim.weight_decay=-1e-4", "key 'optim.weight_decay': weight decay must be a finite number >= 0"),
+    ("optim.backbone.weight_decay=-1", "key 'optim.backbone.weight_decay': weight decay must be"),
+    ("optim.grad_clip=-1", "key 'optim.grad_clip': gradient clipping norm must be a positive finite number"),
+    ("trainer.monitor=fine/mapr", "key 'trainer.monitor': monitor metric 'mapr'"),
+    ("trainer.monitor=fine/nmi", "key 'trainer.monitor': monitor metric 'nmi'"),
+    ("eval.memory_budget_bytes=-5", "key 'eval.memory_budget_bytes': expected a positive integer, got -5"),
+])
+def test_values_that_were_accepted_silently(capsys, override, expected) -> None:
+    assert expected in _dry(capsys, override)
+
+
+def test_monitor_of_a_metric_validation_computes_is_fine(capsys) -> None:
+    assert main(["train", "--dry-run", "trainer.monitor=mean/recall@4", "eval.metrics=[recall@K, nmi]",
+                 "trainer.max_epochs=1"]) == 0
+    assert main(["train", "--dry-run", "trainer.monitor=fine/nmi", "eval.metrics=[map@r, nmi]"]) == 0
+
+
+def test_monitor_scale_unknown_to_the_data_is_refused_before_training(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress",
+                 "trainer.monitor=fin/map@r"]) == 2
+    err = capsys.readouterr().err
+    assert "monitor scale 'fin' is not one of the dataset's scales ['fine', 'middle', 'coarse', 'mean']" in err
+    assert not (out / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)) * 2, b"0000-00-00", b"[" * 5000, b"a: !!python/object:os.system x"])
+def test_config_file_of_random_bytes(tmp_path, capsys, data) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(data)
+    assert str(cfg) in _dry(capsys, "--config", str(cfg))
+
+
+def test_resume_from_a_checkpoint_of_random_bytes(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(TINY)
+    (run / "metrics.json").write_text('{"untrained": {}, "validation": [], "test": {}}')
+    (run / "last.ckpt").write_bytes(os.urandom(4096))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and f"{run / 'last.ckpt'}: not a checkpoint" in err.splitlines()[-1]
+
+
+def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "No space left on device" in err.splitlines()[-1]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_other_ddp_ranks_join_the_folder_rank_zero_started(tmp_path, monkeypatch) -> None:
+    from dynametric.engine.run import _launched_worker
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert not _launched_worker()  # a plain run (or rank 0) checks the folder
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not _launched_worker()
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's launcher starts rank 1 after rank 0 wrote config.yaml
+    assert _launched_worker()
