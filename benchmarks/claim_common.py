@@ -83,12 +83,16 @@ def curve_table(curves: dict[str, list[tuple[int, float]]], label: str = "step")
     return "\n".join(lines)
 
 
-def mean_curve(runs: Sequence[dict[str, Any]], key: str = "curve", metric: str = "val") -> list[tuple[int, float]]:
-    """Mean over runs of ``run[key] = [{"step": s, metric: v, ...}, ...]`` at the steps all runs share."""
+def mean_curve(runs: Sequence[dict[str, Any]], key: str = "curve", metric: str = "val",
+               bin_size: int = 1) -> list[tuple[int, float]]:
+    """Mean over runs of ``run[key] = [{"step": s, metric: v, ...}, ...]`` at the steps all runs share; with
+    ``bin_size`` > 1 a step is first rounded to the nearest multiple of it (for runs whose evaluation steps are
+    off by one, e.g. two updates per iteration)."""
     per_step: dict[int, list[float]] = {}
     for r in runs:
         for point in r[key]:
-            per_step.setdefault(int(point["step"]), []).append(float(point[metric]))
+            step = int(round(int(point["step"]) / bin_size) * bin_size)
+            per_step.setdefault(step, []).append(float(point[metric]))
     return [(s, statistics.fmean(v)) for s, v in sorted(per_step.items()) if len(v) == len(runs)]
 
 
@@ -122,6 +126,16 @@ def write_results(out: Path, markdown: str, payload: dict[str, Any]) -> None:
     out = Path(out)
     atomic_write_text(out, markdown if markdown.endswith("\n") else markdown + "\n")
     atomic_write_json(out.with_suffix(".json"), payload)
+
+
+def previous_wall(path: Path | None) -> float:
+    """``wall_s`` recorded by an earlier invocation (``--resume`` adds its own time to it); 0 if none."""
+    if path is None or not Path(path).is_file():
+        return 0.0
+    try:
+        return float(json.loads(Path(path).read_text(encoding="utf-8")).get("wall_s", 0.0))
+    except ValueError:
+        return 0.0
 
 
 def load_runs(path: Path | None) -> list[dict[str, Any]]:

@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     body, verdicts = analyse(runs, a)
     cmd = command_line("claim_dyml.py", argv)
     head = (f"# DyML claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
-            f"Wall time of this invocation: {wall / 60:.1f} min (nice 19, 1 thread, shared machine: "
+            f"Wall time of this invocation: {wall / 60:.1f} min; sum over the {len(runs)} runs of their training + "
+            f"evaluation time: {sum(r['train_s'] for r in runs) / 60:.1f} min (nice 19, 1 thread, shared machine: "
             f"{environment()}).\n\nSetup: SyntheticHierarchy {a.image_size}x{a.image_size}, "
             f"{a.train_per_shape} train / {per_shape['val']} val / {per_shape['test']} test fine classes per shape, "
             f"{a.images_per_class} images per class, coarse_coherence {a.coherence}; simple_cnn width {a.width} "

@@ -50,6 +50,7 @@ from claim_common import (  # noqa: E402
     mean_curve,
     mean_sd,
     paired_ci,
+    previous_wall,
     sign,
     write_results,
 )
@@ -228,7 +229,8 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
             lines.append(f"* {m}: gain on the held-out split minus gain on today's split: {fmt_ci(d)} pp.")
     lines.append("\n## Curves (val R@1 of the class head, %, mean over seeds, by update)\n")
     curves = {f"{s} {m}": mean_curve([r for r in runs if r["method"] == m and r["split"] == s
-                                      and r.get("selected", True)]) for s in a.splits for m in a.methods}
+                                      and r.get("selected", True)], bin_size=a.eval_every)
+              for s in a.splits for m in a.methods}
     lines.append(curve_table(curves, "update"))
     return "\n".join(lines), verdicts
 
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
+    earlier = previous_wall(a.out.with_suffix(".json")) if a.resume else 0.0
     rhos = a.rho_grid if a.rho_grid else [a.rho]
     for seed in a.seeds:
         for split in a.splits:
@@ -288,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
                 best = max(cands, key=lambda r: r["val"]["class"]["recall@1"])
                 for r in cands:
                     r["selected"] = r is best
-    wall = time.perf_counter() - t_start
+    wall = time.perf_counter() - t_start + earlier
     body, verdicts = analyse(runs, a)
     cmd = command_line("claim_sharing.py", argv)
     head = (f"# Sharing / MIC claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
-            f"Wall time of this invocation: {wall / 60:.1f} min (nice 19, 1 thread, shared machine: {environment()})."
+            f"Wall time: {wall / 60:.1f} min (summed over invocations when --resume was used; nice 19, 1 thread, "
+            f"shared machine: {environment()})."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
             f"in both splits; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
             f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: {a.steps} iterations, p_aux "
