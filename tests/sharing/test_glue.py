@@ -69,7 +69,8 @@ def test_summed_step_is_one_update_on_the_weighted_sum() -> None:
         assert torch.allclose(p_new, p_old - 0.1 * gr, atol=1e-6)
 
 
-@pytest.mark.parametrize(("p_aux", "adv_step"), [(0.0, "shared"), (1.0, "shared"), (1.0, "class"), (0.5, "shared")])
+@pytest.mark.parametrize(("p_aux", "adv_step"), [(0.0, "shared"), (1.0, "shared"), (1.0, "class"), (0.5, "shared"),
+                                                 (0.5, "both")])
 def test_alternating_steps(p_aux: float, adv_step: str) -> None:
     torch.manual_seed(1)
     model = TwoHeads()
@@ -84,6 +85,17 @@ def test_alternating_steps(p_aux: float, adv_step: str) -> None:
         drawn.append(1)
         return torch.randn(12, 6), torch.arange(3).repeat(4)  # surrogate labels
 
+    trainer_log_adv_counts: list[int] = []
+    calls = {"class": trainer.class_step, "shared": trainer.shared_step}
+
+    def counting(kind: str):
+        def step(*args):
+            out = calls[kind](*args)
+            trainer_log_adv_counts.append(int("adv" in out))
+            return out
+        return step
+
+    trainer.class_step, trainer.shared_step = counting("class"), counting("shared")  # type: ignore[method-assign]
     logs = [trainer.alternating_step((x, y), shared_batch) for _ in range(200)]
     assert trainer.class_steps == 200 and trainer.shared_steps == len(drawn)
     if p_aux == 0.0:
@@ -96,6 +108,9 @@ def test_alternating_steps(p_aux: float, adv_step: str) -> None:
     with_adv = [log for log in logs if "adv" in log]
     if adv_step == "class":
         assert len(with_adv) == 200
+    elif adv_step == "both":  # MIC's code: the class and the shared step both carry it (one log entry per iteration)
+        assert len(with_adv) == 200
+        assert sum(trainer_log_adv_counts) == 200 + trainer.shared_steps
     else:
         assert len(with_adv) == trainer.shared_steps and all("shared" in log for log in with_adv)
 

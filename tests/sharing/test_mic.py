@@ -122,6 +122,31 @@ def test_label_noise_fraction_and_slot_content() -> None:
         sample_surrogate_batch(clusters, 11, 4)
 
 
+def test_label_noise_per_image() -> None:
+    """MIC's code: each image independently comes from a random cluster with probability ``noise``."""
+    g = torch.Generator().manual_seed(1)
+    k = 10
+    clusters = torch.randint(k, (500,), generator=g)
+    foreign, images, mixed_slots = 0, 0, 0
+    for _ in range(300):
+        idx, lab, noisy = sample_surrogate_batch(clusters, 8, 4, noise=0.3, generator=g, noise_per="image")
+        assert idx.shape == (32,) and torch.unique(lab.view(8, 4)[:, 0]).numel() == 8
+        src = clusters[idx].view(8, 4)
+        own = src == lab.view(8, 4)
+        assert own[~noisy].all()  # slots without a replaced image hold only their own cluster
+        foreign += int((~own).sum())
+        images += 32
+        mixed_slots += int((own.any(1) & ~own.all(1)).sum())  # clean and foreign images in one slot
+    # a replaced image comes from a uniform cluster, its own with probability 1/k: P(foreign) = 0.3 * (1 - 1/k)
+    p = 0.3 * (1 - 1 / k)
+    assert abs(foreign / images - p) < 4 * math.sqrt(p * (1 - p) / images)
+    assert mixed_slots > 100  # impossible with per-slot noise
+    _, _, none = sample_surrogate_batch(clusters, 8, 4, noise=0.0, generator=g, noise_per="image")
+    assert not none.any()
+    with pytest.raises(ConfigError, match="noise_per"):
+        sample_surrogate_batch(clusters, 8, 4, noise_per="batch")
+
+
 def test_layer_features_mic_pooling() -> None:
     class Toy(nn.Module):
         def __init__(self) -> None:
@@ -179,6 +204,12 @@ def test_mic_settings_errors_name_the_key() -> None:
     assert err.value.key == "method.kwargs.p_aux"
     with pytest.raises(ConfigError):
         MICSettings.from_kwargs({"standardise": "zscore"})
+    with pytest.raises(ConfigError) as err:
+        MICSettings.from_kwargs({"label_noise_per": "batch"})
+    assert err.value.key == "method.kwargs.label_noise_per"
+    faithful = MICSettings.from_kwargs({"adv_step": "both", "label_noise_per": "image"})
+    assert (faithful.adv_step, faithful.label_noise_per) == ("both", "image")
+    assert (MICSettings().adv_step, MICSettings().label_noise_per) == ("shared", "slot")  # defaults unchanged
 
 
 def test_resnet_feature_layer_of_the_configs() -> None:

@@ -83,13 +83,59 @@ def _unit_polygon(shape: str) -> np.ndarray:
 _POLYGONS = {name: _unit_polygon(name) for name, _ in SHAPES}
 
 
-def _variant_table(seed: int, counts: dict[str, int]) -> list[dict[str, Any]]:
-    """All fine classes of one seed: per shape, distinct (colour, texture, size) variants dealt to the splits."""
+def coarse_groups(seed: int, coherence: float) -> list[int]:
+    """Coarse group of each of the 9 shapes (middle classes) for a ``coarse_coherence``.
+
+    ``n = floor(3 * coherence + 0.5)`` groups are *coherent* (their three shapes are one visual family); the other
+    groups hold *unrelated* shapes. Two coherent groups would force the third to be coherent as well, so ``n = 2``
+    is realised as ``n = 1`` (achievable fractions: 0, 1/3, 1). Which families stay coherent is drawn from the
+    seed. Incoherent groups: with 3 of them, group ``g`` holds the ``g``-th shape of every family (no two members
+    share a family, "coarse := shape mod 3"); with 2, the 6 remaining shapes are dealt so that each group mixes both
+    families. ``coherence = 1`` is the identity (group = family), today's hierarchy.
+    """
+    if not 0.0 <= coherence <= 1.0:
+        raise InputError(f"coarse_coherence must be in [0, 1], got {coherence}", key="coarse_coherence")
+    n = int(math.floor(3 * coherence + 0.5))
+    if n == 3:
+        return [family for _, family in SHAPES]
+    n = min(n, 1)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0A5E]))
+    families = [int(f) for f in rng.permutation(len(FAMILIES))]
+    groups = [-1] * len(SHAPES)
+    members = {f: [i for i, (_, fam) in enumerate(SHAPES) if fam == f] for f in range(len(FAMILIES))}
+    for f in families[:n]:  # coherent: the group keeps its family's label
+        for i in members[f]:
+            groups[i] = f
+    rest = sorted(families[n:])
+    if len(rest) == 3:  # fully incoherent: group g = the g-th shape of each family
+        for f in rest:
+            for j, i in enumerate(members[f]):
+                groups[i] = j
+    else:  # two mixed groups out of two families a, b: {a0, a1, b2} and {b0, b1, a2}
+        a, b = rest
+        for j in range(3):
+            groups[members[a][j]] = a if j < 2 else b
+            groups[members[b][j]] = b if j < 2 else a
+    return groups
+
+
+def _variant_table(seed: int, counts: dict[str, int], groups: list[int] | None = None,
+                   test_only_middle: int = 0) -> list[dict[str, Any]]:
+    """All fine classes of one seed: per shape, distinct (colour, texture, size) variants dealt to the splits.
+
+    ``test_only_middle`` shapes (drawn from the seed) get no train/val classes: their fine classes (``counts["test"]``
+    of them) exist only in the test split.
+    """
     combos = [(c, t, s) for c in COLOURS for t in TEXTURES for s in SIZES]
     per_shape = sum(counts.values())
     if per_shape > len(combos):
         raise InputError(f"at most {len(combos)} fine variants per shape, asked for {per_shape}",
                          key="fine_per_shape")
+    groups = groups if groups is not None else [family for _, family in SHAPES]
+    held = set()
+    if test_only_middle:
+        hrng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E57]))
+        held = {int(i) for i in hrng.permutation(len(SHAPES))[:test_only_middle]}
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     table: list[dict[str, Any]] = []
     for shape_id, (shape, family) in enumerate(SHAPES):
@@ -99,12 +145,48 @@ def _variant_table(seed: int, counts: dict[str, int]) -> list[dict[str, Any]]:
             for _ in range(counts[split]):
                 colour, texture, size = combos[order[pos]]
                 pos += 1
-                table.append({"split": split, "shape": shape, "middle": shape_id, "coarse": family,
-                              "family": FAMILIES[family], "colour": colour, "texture": texture, "size": size})
+                if shape_id in held and split != "test":
+                    continue
+                table.append({"split": split, "shape": shape, "middle": shape_id, "coarse": groups[shape_id],
+                              "family": FAMILIES[family], "colour": colour, "texture": texture, "size": size,
+                              "test_only_middle": shape_id in held})
     # fine ids: grouped by split (train first), then by shape, so ids are disjoint between splits
     table.sort(key=lambda v: (SPLITS.index(v["split"]), v["middle"]))
     for fine_id, v in enumerate(table):
         v["fine"] = fine_id
+    return table
+
+
+FACTORS: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "texture": TEXTURES, "size": tuple(SIZES)}
+# held-out-factor split: the factor that defines the fine classes of each split (with the shape)
+FACTOR_SPLITS: dict[str, dict[str, str]] = {
+    "texture": {"train": "colour", "val": "size", "test": "texture"},
+    "colour": {"train": "texture", "val": "size", "test": "colour"},
+}
+
+
+def _factor_table(split: str, held_out: str, groups: list[int]) -> list[dict[str, Any]]:
+    """Fine classes of a held-out-factor split: one class per (shape, value of the split's class factor).
+
+    The factors not named by the class vary per image (``None`` in the table). Fine ids are disjoint between splits
+    (train ids first, then val, then test).
+    """
+    plan = FACTOR_SPLITS[held_out]
+    table: list[dict[str, Any]] = []
+    offset = 0
+    for sp in SPLITS:
+        factor = plan[sp]
+        values = FACTORS[factor]
+        for shape_id, (shape, family) in enumerate(SHAPES):
+            for j, value in enumerate(values):
+                v: dict[str, Any] = {"split": sp, "shape": shape, "middle": shape_id, "coarse": groups[shape_id],
+                                     "family": FAMILIES[family], "colour": None, "texture": None, "size": None,
+                                     "test_only_middle": False, "class_factor": factor,
+                                     "fine": offset + shape_id * len(values) + j}
+                v[factor] = value
+                if sp == split:
+                    table.append(v)
+        offset += len(SHAPES) * len(values)
     return table
 
 
@@ -120,15 +202,23 @@ class _Renderer:
         self.xx, self.yy = xx, yy
         self.palette = np.array(list(COLOURS.values()), dtype=np.float32)
 
-    def _jitter_colour(self, rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
-        return np.clip(rgb * rng.uniform(0.8, 1.1) + rng.normal(0.0, 12.0, 3), 0, 255)
+    def _jitter_colour(self, rng: np.random.Generator, rgb: np.ndarray, spread: float = 1.0) -> np.ndarray:
+        gain, shift = rng.uniform(0.8, 1.1), rng.normal(0.0, 12.0, 3)
+        if spread != 1.0:
+            gain, shift = 0.95 + spread * (gain - 0.95), spread * shift
+        return np.clip(rgb * gain + shift, 0, 255)
 
     def render(self, variant: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        """One image; ``variant["spread"]`` (default 1) scales every nuisance range of the class (see the class)."""
         big = self.big
+        s = float(variant.get("spread", 1.0))
         bg = rng.uniform(40, 150) + rng.normal(0, 15, 3)
+        if s != 1.0:
+            bg = 95 + s * (bg - 95)
         canvas = Image.new("RGB", (big, big), tuple(int(v) for v in np.clip(bg, 0, 255)))
         draw = ImageDraw.Draw(canvas)
-        n_clutter = int(rng.integers(self.clutter // 2, self.clutter + 1))
+        clutter = self.clutter if s == 1.0 else int(round(self.clutter * min(s, 2.0)))
+        n_clutter = int(rng.integers(clutter // 2, clutter + 1))
         for _ in range(n_clutter):
             col = tuple(int(v) for v in self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))]))
             if rng.random() < 0.6:
@@ -140,9 +230,13 @@ class _Renderer:
                 draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=col)
 
         # the shape: rotation, position and scale jitter
-        radius = SIZES[variant["size"]] * big * rng.uniform(0.85, 1.15)
-        angle = rng.uniform(0, 2 * math.pi)
-        centre = big / 2 + rng.uniform(-0.12, 0.12, 2) * big
+        scale_jit, angle, shift = rng.uniform(0.85, 1.15), rng.uniform(0, 2 * math.pi), rng.uniform(-0.12, 0.12, 2)
+        if s != 1.0:  # tight classes: less of each range (rotation about the class's own orientation)
+            scale_jit = 1.0 + s * (scale_jit - 1.0)
+            angle = float(variant.get("angle", 0.0)) + min(s, 1.0) * (angle - math.pi)
+            shift = np.clip(s * shift, -0.2, 0.2)
+        radius = SIZES[variant["size"]] * big * scale_jit
+        centre = big / 2 + shift * big
         rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         pts = _POLYGONS[variant["shape"]] @ rot.T * radius + centre
         mask_img = Image.new("L", (big, big), 0)
@@ -151,7 +245,7 @@ class _Renderer:
         mdraw.polygon(poly, fill=255)
         if variant["texture"] == "hollow":
             mdraw.polygon(poly, fill=0, outline=255, width=max(2, int(round(0.07 * big))))
-        colour = self._jitter_colour(rng, np.array(COLOURS[variant["colour"]], dtype=np.float32))
+        colour = self._jitter_colour(rng, np.array(COLOURS[variant["colour"]], dtype=np.float32), s)
         if variant["texture"] in ("striped", "two_tone"):
             u = (self.xx - centre[0]) * math.cos(angle) + (self.yy - centre[1]) * math.sin(angle)
             if variant["texture"] == "striped":
@@ -172,7 +266,7 @@ class _Renderer:
                                         width=_SUPERSAMPLE)
 
         out = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
-        out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(self.noise_std)
+        out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(self.noise_std * s)
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -191,6 +285,19 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             callable applied to the PIL image.
         noise_std: std of the Gaussian pixel noise (0–255 scale).
         clutter: maximum number of distractor strokes/blobs per image.
+        coarse_coherence: fraction of coarse groups whose three shapes are one visual family (1, the default, is
+            today's hierarchy; 0 gives groups of unrelated shapes, "coarse := shape mod 3"); see
+            :func:`coarse_groups` for the achievable fractions (0, 1/3, 1). Only the coarse labels change.
+        test_only_middle: number of shapes (middle classes, drawn from the seed) whose fine classes appear only in
+            the ``test`` split (no train/val classes of that shape). Default 0.
+        class_spread: ``None`` (default: every class has today's intra-class variation) or ``(low, high)``: each
+            fine class gets a spread factor drawn log-uniformly from ``[low, high]`` (from the seed) that scales its
+            rotation range (capped at a full turn, about a per-class orientation), position, scale and colour
+            jitter, background contrast, clutter (capped at 2x) and pixel noise. ``classes[i]["spread"]`` holds it.
+        held_out_factor: ``None`` (default) or ``"texture"`` / ``"colour"``: the held-out-factor split for Sharing.
+            With ``"texture"``: train classes are (shape, colour) with texture and size varying per image, val
+            classes (shape, size) with colour and texture varying, test classes (shape, texture) with colour and
+            size varying; ``"colour"`` swaps colour and texture. ``fine_per_shape`` does not apply.
 
     Items are ``(image, labels)`` with ``labels = LongTensor[3]`` (fine, middle, coarse).
     """
@@ -198,7 +305,9 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
     def __init__(self, split: str = "train", seed: int = 0, image_size: int = 32, images_per_class: int = 10,
                  fine_per_shape: dict[str, int] | None = None,
                  transform: str | Callable[[Image.Image], Any] | None = "to_tensor",
-                 noise_std: float = 8.0, clutter: int = 4) -> None:
+                 noise_std: float = 8.0, clutter: int = 4, coarse_coherence: float = 1.0,
+                 test_only_middle: int = 0, class_spread: tuple[float, float] | None = None,
+                 held_out_factor: str | None = None) -> None:
         if split not in SPLITS:
             raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}", key="split")
         if image_size < 8:
@@ -216,29 +325,69 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
                              key="fine_per_shape")
         if transform is not None and transform != "to_tensor" and not callable(transform):
             raise InputError(f"transform must be 'to_tensor', None or a callable, got {transform!r}", key="transform")
+        if not 0 <= int(test_only_middle) < len(SHAPES):
+            raise InputError(f"test_only_middle must be in [0, {len(SHAPES) - 1}], got {test_only_middle}",
+                             key="test_only_middle")
+        if class_spread is not None:
+            lo, hi = (float(v) for v in class_spread)
+            if not 0 < lo <= hi:
+                raise InputError(f"class_spread must be (low, high) with 0 < low <= high, got {class_spread}",
+                                 key="class_spread")
+        if held_out_factor is not None:
+            if held_out_factor not in FACTOR_SPLITS:
+                raise InputError(f"held_out_factor must be one of {sorted(FACTOR_SPLITS)} or None, got "
+                                 f"{held_out_factor!r}", key="held_out_factor")
+            if fine_per_shape is not None or test_only_middle:
+                raise InputError("held_out_factor defines the classes itself; do not combine it with "
+                                 "fine_per_shape or test_only_middle", key="held_out_factor")
         self.split = split
         self.seed = int(seed)
+        self.coarse_coherence = float(coarse_coherence)
+        self.test_only_middle = int(test_only_middle)
+        self.class_spread = None if class_spread is None else (lo, hi)
+        self.held_out_factor = held_out_factor
         self.image_size = int(image_size)
         self.images_per_class = int(images_per_class)
         self.fine_per_shape = dict(counts)
         self.transform = transform
         self.scale_names: tuple[str, ...] = SCALE_NAMES
-        self.classes = [v for v in _variant_table(self.seed, counts) if v["split"] == split]
+        groups = coarse_groups(self.seed, self.coarse_coherence)
+        self.coarse_groups = groups
+        if held_out_factor is None:
+            self.classes = [v for v in _variant_table(self.seed, counts, groups, self.test_only_middle)
+                            if v["split"] == split]
+        else:
+            self.classes = _factor_table(split, held_out_factor, groups)
+        if self.class_spread is not None:  # per fine class, from the seed and the fine id (split-independent)
+            for v in self.classes:
+                crng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5B4EAD, v["fine"]]))
+                v["spread"] = float(math.exp(crng.uniform(math.log(lo), math.log(hi))))
+                v["angle"] = float(crng.uniform(0, 2 * math.pi))
 
         renderer = _Renderer(self.image_size, float(noise_std), int(clutter))
         n = len(self.classes) * self.images_per_class
         images = np.empty((n, self.image_size, self.image_size, 3), dtype=np.uint8)
         labels = np.empty((n, 3), dtype=np.int64)
+        drawn_attrs: list[tuple[str, str, str]] = []
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS.index(split), self.image_size]))
         for c, variant in enumerate(self.classes):
+            free = [f for f in FACTORS if variant[f] is None]
             for j in range(self.images_per_class):
                 i = c * self.images_per_class + j
-                images[i] = renderer.render(variant, rng)
+                drawn = variant
+                if free:  # held-out-factor split: the factors that do not define the class vary per image
+                    drawn = dict(variant)
+                    for f in free:
+                        drawn[f] = FACTORS[f][int(rng.integers(len(FACTORS[f])))]
+                images[i] = renderer.render(drawn, rng)
+                drawn_attrs.append((drawn["colour"], drawn["texture"], drawn["size"]))
                 labels[i] = (variant["fine"], variant["middle"], variant["coarse"])
         order = rng.permutation(n)  # interleave classes so that a prefix is not class-sorted
         self.images = images[order]
         self.images.setflags(write=False)
         self.labels = torch.from_numpy(labels[order])
+        #: per image, the (colour, texture, size) actually drawn (in the held-out-factor split some vary per image)
+        self.attributes: list[tuple[str, str, str]] = [drawn_attrs[int(i)] for i in order]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -266,10 +415,13 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
         counts = self.class_counts()
         lines = [f"SyntheticHierarchy(split={self.split!r}, seed={self.seed}, image_size={self.image_size}): "
                  f"{len(self)} images, " + ", ".join(f"{counts[n]} {n}" for n in self.scale_names) + " classes",
-                 f"  coarse: {', '.join(FAMILIES)}",
+                 "  coarse: " + ", ".join(
+                     "+".join(sh for (sh, _), g in zip(SHAPES, self.coarse_groups, strict=True) if g == k)
+                     for k in range(len(FAMILIES))) + f" (coherence {self.coarse_coherence:g})",
                  f"  middle: {', '.join(s for s, _ in SHAPES)}"]
         for v in self.classes:
-            lines.append(f"  fine {v['fine']:3d}: {v['shape']:<9} {v['colour']:<7} {v['texture']:<8} {v['size']}")
+            lines.append(f"  fine {v['fine']:3d}: {v['shape']:<9} {v['colour'] or '*':<7} {v['texture'] or '*':<8} "
+                         f"{v['size'] or '*'}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

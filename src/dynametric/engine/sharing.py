@@ -76,7 +76,7 @@ class AlternatingSettings:
         out = cls(**dict(kwargs))
         checks = [
             ("p_aux", isinstance(out.p_aux, (int, float)) and 0.0 <= float(out.p_aux) <= 1.0, "a probability"),
-            ("adv_step", out.adv_step in ("shared", "class"), "'shared' or 'class'"),
+            ("adv_step", out.adv_step in ("shared", "class", "both"), "'shared', 'class' or 'both'"),
             ("m_shared", out.m_shared is None or (isinstance(out.m_shared, int) and out.m_shared >= 2),
              "an integer >= 2 or null"),
             ("shared_batch_size", out.shared_batch_size is None
@@ -259,7 +259,7 @@ class AlternatingSharingModule(MetricLearningModule):
         if self.labeler is not None:
             assert self.labeler.labels is not None
             idx, lab, _ = sample_surrogate_batch(self.labeler.labels, groups, per, self.plan.mic.label_noise,
-                                                 generator=self.rng)
+                                                 generator=self.rng, noise_per=self.plan.mic.label_noise_per)
             return self._images(idx), lab.unsqueeze(1).to(self.device)
         labels = self._train_labels()
         idx, _, _ = sample_surrogate_batch(labels[:, 0], groups, per, 0.0, generator=self.rng)
@@ -292,8 +292,8 @@ class AlternatingSharingModule(MetricLearningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
         images, labels = self.batch_images(batch), batch[1]
-        adv_class = self.adv_terms if self.plan.adv_step == "class" else []
-        adv_shared = self.adv_terms if self.plan.adv_step == "shared" else []
+        adv_class = self.adv_terms if self.plan.adv_step in ("class", "both") else []
+        adv_shared = self.adv_terms if self.plan.adv_step in ("shared", "both") else []
         logged: dict[str, torch.Tensor] = {}
         out = self._step(images, labels, self.class_terms + adv_class, "class", batch_idx)
         if out is not None:

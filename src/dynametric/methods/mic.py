@@ -9,7 +9,9 @@ Learning", ICCV 2019; METHODS §2.7): surrogate classes for the shared head.
 4. re-clustering of the current shared embeddings (not standardised) every ``recluster_every`` epochs
    (:class:`SurrogateLabeler`);
 5. label noise: with probability 0.2 a surrogate-class slot of a batch is filled from a uniformly random cluster
-   while the slot keeps its label (:func:`sample_surrogate_batch`).
+   while the slot keeps its label (:func:`sample_surrogate_batch`, ``noise_per="slot"``, the default), or, as MIC's
+   code does, each image independently is replaced by an image of a uniformly random cluster (``noise_per="image"``,
+   ``label_noise_per: image`` in the MIC options).
 """
 
 from __future__ import annotations
@@ -188,24 +190,37 @@ class SurrogateLabeler:
 
 
 def sample_surrogate_batch(cluster_labels: torch.Tensor, clusters_per_batch: int, m: int, noise: float = 0.2,
-                           generator: torch.Generator | None = None
+                           generator: torch.Generator | None = None, noise_per: str = "slot"
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One shared-step batch: ``clusters_per_batch`` distinct clusters (uniform), ``m`` images each (with replacement
-    when a cluster is small). With probability ``noise`` a slot's images come from a uniformly random cluster while
-    the slot keeps its label (MIC's label noise). Returns ``(indices [P*m], labels [P*m], noisy_slots [P] bool)``."""
+    when a cluster is small). Label noise (the slot keeps its label): ``noise_per="slot"``: with probability
+    ``noise`` all of a slot's images come from one uniformly random cluster; ``noise_per="image"`` (MIC's code):
+    each image independently, with probability ``noise``, comes from its own uniformly random cluster. Returns
+    ``(indices [P*m], labels [P*m], noisy [P] bool)`` (``noisy[i]``: slot ``i`` has at least one replaced image)."""
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}", key="noise")
+    if noise_per not in ("slot", "image"):
+        raise ConfigError(f"noise_per must be 'slot' or 'image', got {noise_per!r}", key="label_noise_per")
     labels = cluster_labels.long().cpu()
     present = torch.unique(labels)
     if clusters_per_batch > present.numel():
         raise ConfigError(f"clusters_per_batch={clusters_per_batch} exceeds the {present.numel()} non-empty clusters",
                           key="clusters_per_batch")
     slots = present[torch.randperm(present.numel(), generator=generator)[:clusters_per_batch]]
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    if noise_per == "image":
+        per_image = torch.rand(clusters_per_batch, m, generator=generator) < noise
+        random_src = present[torch.randint(present.numel(), (clusters_per_batch, m), generator=generator)]
+        src = torch.where(per_image, random_src, slots.unsqueeze(1))
+        start = torch.searchsorted(sorted_labels, src)
+        count = torch.searchsorted(sorted_labels, src, right=True) - start
+        offs = (torch.rand(clusters_per_batch, m, generator=generator) * count).long()
+        idx = order[(start + offs).flatten()]
+        return idx, slots.repeat_interleave(m), per_image.any(1)
     noisy = torch.rand(clusters_per_batch, generator=generator) < noise
     source = torch.where(noisy, present[torch.randint(present.numel(), (clusters_per_batch,), generator=generator)],
                          slots)
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
     start = torch.searchsorted(sorted_labels, source)
     count = torch.searchsorted(sorted_labels, source, right=True) - start
     offs = (torch.rand(clusters_per_batch, m, generator=generator) * count.unsqueeze(1)).long()
@@ -223,6 +238,7 @@ class MICSettings:
     num_clusters: int = 30
     recluster_every: int = 3
     label_noise: float = 0.2
+    label_noise_per: str = "slot"
     standardise: str = "mean"
     feature_layer: str = "backbone.body.layer1"
     m_shared: int = 4
@@ -238,11 +254,12 @@ class MICSettings:
         checks = [
             ("combination", out.combination in ("alternating", "summed"), "'alternating' or 'summed'"),
             ("p_aux", 0.0 <= float(out.p_aux) <= 1.0, "a probability in [0, 1]"),
-            ("adv_step", out.adv_step in ("shared", "class"), "'shared' or 'class'"),
+            ("adv_step", out.adv_step in ("shared", "class", "both"), "'shared', 'class' or 'both'"),
             ("num_clusters", isinstance(out.num_clusters, int) and out.num_clusters >= 2, "an integer >= 2"),
             ("recluster_every", isinstance(out.recluster_every, int) and out.recluster_every >= 0,
              "an integer >= 0 (0: never)"),
             ("label_noise", 0.0 <= float(out.label_noise) <= 1.0, "a probability in [0, 1]"),
+            ("label_noise_per", out.label_noise_per in ("slot", "image"), "'slot' or 'image'"),
             ("standardise", out.standardise in STANDARDISATIONS, f"one of {list(STANDARDISATIONS)}"),
             ("feature_layer", isinstance(out.feature_layer, str) and bool(out.feature_layer), "a module name"),
             ("m_shared", isinstance(out.m_shared, int) and out.m_shared >= 2, "an integer >= 2"),

@@ -25,6 +25,8 @@ from dynametric.errors import ConfigError, InputError
 
 COMBINATIONS = ("summed", "alternating")
 AUX_SOURCES = ("t_star", "clustering", "random_groups")
+# the alternating step(s) carrying rho * L_adv; "both": class and shared steps (as MIC's code does)
+ADV_STEPS = ("shared", "class", "both")
 
 
 @dataclass
@@ -44,8 +46,8 @@ class SharingSettings:
         if self.combination not in COMBINATIONS:
             raise ConfigError(f"unknown combination {self.combination!r}; expected one of {list(COMBINATIONS)}",
                               key="combination")
-        if self.adv_step not in ("shared", "class"):
-            raise ConfigError(f"adv_step must be 'shared' or 'class', got {self.adv_step!r}", key="adv_step")
+        if self.adv_step not in ADV_STEPS:
+            raise ConfigError(f"adv_step must be 'shared', 'class' or 'both', got {self.adv_step!r}", key="adv_step")
         if not 0.0 <= self.p_aux <= 1.0:
             raise ConfigError(f"p_aux must be in [0, 1], got {self.p_aux}", key="p_aux")
         if self.alpha_shared < 0 or self.rho < 0:
@@ -156,7 +158,7 @@ class SharingTrainer:
         c, s = _heads(self.embedder(images), self.settings)
         loss = _term(self.parts.class_loss, self.parts.class_miner, c, labels)
         out = {"class": float(loss.detach())}
-        if self.use_adv and self.settings.adv_step == "class":
+        if self.use_adv and self.settings.adv_step in ("class", "both"):
             l_adv = _adv(self.parts, c, s)
             loss = loss + self.settings.rho * l_adv
             out["adv"] = float(l_adv.detach())
@@ -168,7 +170,7 @@ class SharingTrainer:
         c, s = _heads(self.embedder(images), self.settings)
         loss = _term(self.parts.shared_loss, self.parts.shared_miner, s, shared_labels)
         out = {"shared": float(loss.detach())}
-        if self.use_adv and self.settings.adv_step == "shared":
+        if self.use_adv and self.settings.adv_step in ("shared", "both"):
             l_adv = _adv(self.parts, c, s)
             loss = loss + self.settings.rho * l_adv
             out["adv"] = float(l_adv.detach())

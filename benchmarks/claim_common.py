@@ -1,0 +1,145 @@
+"""Shared helpers of the claim benchmarks (``benchmarks/claim_*.py``): paired differences with 95 % confidence
+intervals, verdicts, curves and atomic writing of the Markdown + JSON results.
+
+A *paired difference* compares two methods run on the same seed (same data draw, same initial network, same batch
+order where the methods allow it): ``d_i = metric(B, seed i) - metric(A, seed i)``. Its 95 % confidence interval is
+the Student-t interval ``mean(d) ± t_{0.975, n-1} · sd(d) / sqrt(n)`` over the ``n`` seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dynametric.utils.io import atomic_write_json, atomic_write_text
+
+# two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30 (larger df: 1.96 is used)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (``df >= 1``)."""
+    if df < 1:
+        raise ValueError(f"need at least 2 paired values for an interval, got df={df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Paired difference ``b - a`` over seeds: mean, 95 % t-interval, n and the per-seed differences.
+
+    With a single pair the interval is undefined (``lo = hi = nan``)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired values must have the same, non-zero length, got {len(a)} and {len(b)}")
+    d = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = statistics.fmean(d)
+    if n < 2:
+        return {"mean": mean, "lo": math.nan, "hi": math.nan, "n": n, "diffs": d}
+    half = t975(n - 1) * statistics.stdev(d) / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "diffs": d}
+
+
+def sign(ci: dict[str, Any]) -> int:
+    """+1 if the interval lies above 0, -1 below, 0 if it contains 0 (or is undefined)."""
+    if math.isnan(ci["lo"]):
+        return 0
+    return 1 if ci["lo"] > 0 else -1 if ci["hi"] < 0 else 0
+
+
+def fmt_ci(ci: dict[str, Any], scale: float = 100.0) -> str:
+    """``+1.23 [+0.40, +2.06]`` (in percentage points by default)."""
+    if math.isnan(ci["lo"]):
+        return f"{scale * ci['mean']:+.2f} [n={ci['n']}]"
+    return f"{scale * ci['mean']:+.2f} [{scale * ci['lo']:+.2f}, {scale * ci['hi']:+.2f}]"
+
+
+def mean_sd(values: Sequence[float], scale: float = 100.0) -> str:
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{scale * m:.1f}"
+    return f"{scale * m:.1f} ± {scale * statistics.stdev(values):.1f}"
+
+
+def curve_table(curves: dict[str, list[tuple[int, float]]], label: str = "step") -> str:
+    """Markdown table of metric-vs-step curves (one column per curve, mean over seeds already taken)."""
+    steps = sorted({s for c in curves.values() for s, _ in c})
+    names = list(curves)
+    lines = [f"| {label} | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s in steps:
+        row = []
+        for n in names:
+            v = dict(curves[n]).get(s)
+            row.append("" if v is None else f"{100 * v:.1f}")
+        lines.append(f"| {s} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def mean_curve(runs: Sequence[dict[str, Any]], key: str = "curve", metric: str = "val",
+               bin_size: int = 1) -> list[tuple[int, float]]:
+    """Mean over runs of ``run[key] = [{"step": s, metric: v, ...}, ...]`` at the steps all runs share; with
+    ``bin_size`` > 1 a step is first rounded to the nearest multiple of it (for runs whose evaluation steps are
+    off by one, e.g. two updates per iteration)."""
+    per_step: dict[int, list[float]] = {}
+    for r in runs:
+        for point in r[key]:
+            step = int(round(int(point["step"]) / bin_size) * bin_size)
+            per_step.setdefault(step, []).append(float(point[metric]))
+    return [(s, statistics.fmean(v)) for s, v in sorted(per_step.items()) if len(v) == len(runs)]
+
+
+def environment() -> str:
+    """One line: CPU model, core count, torch version, git revision."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=False).stdout.strip() or "unknown"
+    except OSError:
+        rev = "unknown"
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, git {rev}"
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def write_results(out: Path, markdown: str, payload: dict[str, Any]) -> None:
+    """Write ``out`` (``.md``) and its ``.json`` sibling atomically."""
+    out = Path(out)
+    atomic_write_text(out, markdown if markdown.endswith("\n") else markdown + "\n")
+    atomic_write_json(out.with_suffix(".json"), payload)
+
+
+def previous_wall(path: Path | None) -> float:
+    """``wall_s`` recorded by an earlier invocation (``--resume`` adds its own time to it); 0 if none."""
+    if path is None or not Path(path).is_file():
+        return 0.0
+    try:
+        return float(json.loads(Path(path).read_text(encoding="utf-8")).get("wall_s", 0.0))
+    except ValueError:
+        return 0.0
+
+
+def load_runs(path: Path | None) -> list[dict[str, Any]]:
+    """Runs kept from an earlier invocation (``--resume``); ``[]`` if there is no file."""
+    if path is None or not Path(path).is_file():
+        return []
+    return list(json.loads(Path(path).read_text(encoding="utf-8")).get("runs", []))

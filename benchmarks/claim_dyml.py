@@ -1,0 +1,313 @@
+"""DyML claim on the controlled synthetic benchmark: does summing a loss over scales hurt the fine scale once the
+coarse groups stop being visually coherent, while CSL does not, and does CSL improve its own fine-level baseline?
+
+Within each loss *family* three objectives are trained from the same initial network, on the same data and the
+same batches (P x K fine-level batches, one sampler seed per seed):
+
+* ``fine``: the family's loss on the fine labels only (CSL's own fine-level baseline for the CSL families);
+* ``summed``: the same loss applied at every scale and summed (scale ``l`` uses its own labels and margin ``m_l``);
+* ``csl``: Cross-Scale Learning (fine positives, negatives graded by scale, margins ``m_l``) in the family's form.
+
+Families: ``proxy`` (CSL's proxy form: fine = CSL with weights (1, 0, 0); summed = one single-scale CSL-form proxy
+loss per scale, proxies per class of that scale; csl = ``CSLLoss``), ``pairs`` (the same with in-batch samples in
+place of proxies, ``mode="pairs"``), ``triplet`` (fine / summed Triplet, margins m_l; no CSL form) and ``ms``
+(Multi-Similarity fine / summed; no CSL form). Data: ``SyntheticHierarchy`` with ``coarse_coherence`` c in
+{1, 0.5, 0} (0.5 is realised as one coherent group of three, see docs/data.md); a seed redraws the data (fine
+variants, pixels, which group stays coherent), the initial network and the batches.
+
+Model selection: every ``--eval-every`` steps the class-disjoint ``val`` split is evaluated (DyML all-in-one
+leave-one-out, ASI per scale); the checkpoint with the best val mean ASI is reported on ``test`` (the test value at
+that step; test never chooses anything). Claims are paired differences over seeds with 95 % t-intervals
+(``benchmarks/claim_common.py``).
+
+    python benchmarks/claim_dyml.py --out docs/results/claim-dyml.md          # full (see the results file)
+    python benchmarks/claim_dyml.py --small --out /tmp/claim-dyml.md          # seconds; used by the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from claim_common import (  # noqa: E402
+    command_line,
+    curve_table,
+    environment,
+    fmt_ci,
+    load_runs,
+    mean_curve,
+    mean_sd,
+    paired_ci,
+    sign,
+    write_results,
+)
+
+from dynametric.data import SyntheticHierarchy  # noqa: E402
+from dynametric.data.samplers import MPerClassSampler  # noqa: E402
+from dynametric.engine.dyml import DyMLProtocol, evaluate_all_in_one, image_digests  # noqa: E402
+from dynametric.losses import CSLLoss, MultiSimilarityLoss, TripletMarginLoss  # noqa: E402
+from dynametric.models import build_embedder  # noqa: E402
+
+SCALES = ("fine", "middle", "coarse")
+MARGINS = (0.25, 0.35, 0.45)
+FAMILIES: dict[str, tuple[str, ...]] = {"proxy": ("fine", "summed", "csl"), "pairs": ("fine", "summed", "csl"),
+                                        "triplet": ("fine", "summed"), "ms": ("fine", "summed")}
+
+
+class PerScaleSum(torch.nn.Module):
+    """``sum_l loss_l(emb, labels[:, l])`` with one single-scale loss per scale (``None``: scale not used)."""
+
+    def __init__(self, losses: list[torch.nn.Module | None], columns: list[int]) -> None:
+        super().__init__()
+        self.losses = torch.nn.ModuleList([x for x in losses if x is not None])
+        self.columns = [c for x, c in zip(losses, columns, strict=True) if x is not None]
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sum(loss(emb, labels[:, c:c + 1]) for loss, c in zip(self.losses, self.columns, strict=True))
+
+
+def build_loss(family: str, variant: str, train_labels: torch.Tensor, dim: int, gamma: float) -> torch.nn.Module:
+    scales = [0] if variant == "fine" else [0, 1, 2]
+    if variant == "csl":
+        if family == "proxy":
+            return CSLLoss.from_labels(train_labels, embedding_size=dim, gamma=gamma, margins=MARGINS)
+        return CSLLoss(None, embedding_size=dim, gamma=gamma, margins=MARGINS, mode="pairs")
+    losses: list[torch.nn.Module | None] = []
+    for s in scales:
+        if family == "proxy":
+            ids = train_labels[:, s].unique().unsqueeze(1)
+            losses.append(CSLLoss(ids, embedding_size=dim, gamma=gamma, margins=(MARGINS[s],)))
+        elif family == "pairs":
+            losses.append(CSLLoss(None, embedding_size=dim, gamma=gamma, margins=(MARGINS[s],), mode="pairs"))
+        elif family == "triplet":
+            losses.append(TripletMarginLoss(margin=MARGINS[s] / 2.5))  # 0.1 / 0.14 / 0.18
+        elif family == "ms":
+            losses.append(MultiSimilarityLoss())
+        else:
+            raise SystemExit(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
+    return PerScaleSum(losses, scales)
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, digests: list[str]) -> dict:
+    model.eval()
+    with torch.no_grad():
+        emb = torch.cat([model(images[i:i + 512]) for i in range(0, len(images), 512)])
+    model.train()
+    res = evaluate_all_in_one(emb, labels, DyMLProtocol("all_in_one", "detect"), scale_names=list(SCALES),
+                              digests=digests)
+    return {s: {m: float(res[s][m]) for m in ("asi", "map", "recall@1")} for s in (*SCALES, "mean")}
+
+
+def run_one(family: str, variant: str, seed: int, c: float, a: argparse.Namespace, data: dict) -> dict[str, Any]:
+    train, (vx, vl, vd), (tx, tl, td) = data["train"], data["val"], data["test"]
+    torch.manual_seed(seed)
+    model = build_embedder(backbone="simple_cnn", embedding_dim=a.dim, pooling="max", normalize=True,
+                           backbone_kwargs={"width": a.width, "depth": a.depth})
+    loss = build_loss(family, variant, train.labels, a.dim, a.gamma)
+    groups = [{"params": list(model.parameters()), "lr": a.lr}]
+    if list(loss.parameters()):
+        groups.append({"params": list(loss.parameters()), "lr": a.lr * 10})
+    opt = torch.optim.Adam(groups, weight_decay=1e-4)
+    sampler = MPerClassSampler(train.labels, m=a.k, batch_size=a.p * a.k, scale=0, seed=seed,
+                               iterations_per_epoch=a.steps)
+    sampler.set_epoch(0)
+    images, labels = data["train_x"], train.labels
+    gen = torch.Generator().manual_seed(seed)
+    curve: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    step = 0
+    for idx in sampler:
+        idx_t = torch.as_tensor(idx)
+        x = images[idx_t]
+        x = torch.where(torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5, x, x.flip(3))
+        value = loss(model(x), labels[idx_t])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        step += 1
+        if step % a.eval_every == 0 or step == a.steps:
+            v, t = evaluate(model, vx, vl, vd), evaluate(model, tx, tl, td)
+            curve.append({"step": step, "val": v["mean"]["asi"], "val_fine": v["fine"]["asi"],
+                          "test": t["mean"]["asi"], "test_fine": t["fine"]["asi"], "val_result": v, "result": t,
+                          "loss": float(value.detach())})
+        if step >= a.steps:
+            break
+    best = max(curve, key=lambda p: p["val"])
+    return {"family": family, "variant": variant, "seed": seed, "coherence": c, "best_step": best["step"],
+            "val": best["val_result"], "test": best["result"], "train_s": round(time.perf_counter() - t0, 1),
+            "curve": [{k: p[k] for k in ("step", "val", "val_fine", "test", "test_fine", "loss")} for p in curve]}
+
+
+def _get(runs: list[dict], family: str, variant: str, c: float, seeds: list[int], scale: str) -> list[float]:
+    by_seed = {r["seed"]: r["test"][scale]["asi"] for r in runs
+               if r["family"] == family and r["variant"] == variant and r["coherence"] == c}
+    return [by_seed[s] for s in seeds]
+
+
+def _within(ci: dict[str, Any], bound: float) -> bool:
+    """The whole interval lies within ``±bound``: no effect of that size (an equivalence test)."""
+    return -bound < ci["lo"] and ci["hi"] < bound
+
+
+def _minus(x: list[float], y: list[float]) -> list[float]:
+    return [a - b for a, b in zip(x, y, strict=True)]
+
+
+def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    seeds, cs = a.seeds, a.coherence
+    lines: list[str] = []
+    verdicts: dict[str, Any] = {}
+    lines.append("## Test ASI at the val-selected step (%, mean ± sd over seeds)\n")
+    lines.append("| family | objective | coherence | fine ASI | middle ASI | coarse ASI | mean ASI | mean R@1 | "
+                 "val-best step |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for fam in a.families:
+        for var in FAMILIES[fam]:
+            for c in cs:
+                rs = [r for r in runs if r["family"] == fam and r["variant"] == var and r["coherence"] == c]
+                if not rs:
+                    continue
+                cells = [mean_sd([r["test"][s]["asi"] for r in rs]) for s in (*SCALES, "mean")]
+                cells.append(mean_sd([r["test"]["mean"]["recall@1"] for r in rs]))
+                steps = statistics.median(r["best_step"] for r in rs)
+                lines.append(f"| {fam} | {var} | {c:g} | " + " | ".join(cells) + f" | {steps:g} |")
+    lines.append("\n## Paired differences (test ASI, percentage points, 95 % t-interval over "
+                 f"{len(seeds)} seeds)\n")
+    lines.append("| family | coherence | summed − fine (fine ASI) | csl − fine (fine ASI) | csl − summed (fine ASI) "
+                 "| summed − fine (mean ASI) | csl − fine (mean ASI) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    cis: dict[str, Any] = {}
+    for fam in a.families:
+        has_csl = "csl" in FAMILIES[fam]
+        for c in cs:
+            fine_f, sum_f = (_get(runs, fam, v, c, seeds, "fine") for v in ("fine", "summed"))
+            fine_m, sum_m = (_get(runs, fam, v, c, seeds, "mean") for v in ("fine", "summed"))
+            row = {"summed-fine/fine": paired_ci(fine_f, sum_f), "summed-fine/mean": paired_ci(fine_m, sum_m)}
+            if has_csl:
+                csl_f, csl_m = _get(runs, fam, "csl", c, seeds, "fine"), _get(runs, fam, "csl", c, seeds, "mean")
+                row |= {"csl-fine/fine": paired_ci(fine_f, csl_f), "csl-summed/fine": paired_ci(sum_f, csl_f),
+                        "csl-fine/mean": paired_ci(fine_m, csl_m)}
+            cis[f"{fam}@{c:g}"] = row
+            cell = [fmt_ci(row[k]) if k in row else "—" for k in
+                    ("summed-fine/fine", "csl-fine/fine", "csl-summed/fine", "summed-fine/mean", "csl-fine/mean")]
+            lines.append(f"| {fam} | {c:g} | " + " | ".join(cell) + " |")
+    hi, lo = max(cs), min(cs)
+    lines.append("\n## Verdicts\n")
+    for fam in a.families:
+        # claim 1: the summed loss falls below single-scale (fine ASI) as coherence drops
+        d_hi = _minus(_get(runs, fam, "summed", hi, seeds, "fine"), _get(runs, fam, "fine", hi, seeds, "fine"))
+        d_lo = _minus(_get(runs, fam, "summed", lo, seeds, "fine"), _get(runs, fam, "fine", lo, seeds, "fine"))
+        drop = paired_ci(d_hi, d_lo)
+        at_lo = cis[f"{fam}@{lo:g}"]["summed-fine/fine"]
+        v1 = ("reproduced" if sign(drop) < 0 and sign(at_lo) < 0 else
+              "not reproduced" if sign(drop) > 0 or sign(at_lo) > 0 or _within(drop, 0.01) else "inconclusive")
+        verdicts[f"{fam}/summed-penalty"] = {"verdict": v1, "change_of_gap": drop, "gap_at_lowest": at_lo}
+        lines.append(f"* **{fam}: summed falls below fine-only on the fine scale as coherence drops** — **{v1}**. "
+                     f"(summed − fine) fine ASI at c={lo:g} minus at c={hi:g}: {fmt_ci(drop)} pp; "
+                     f"at c={lo:g}: {fmt_ci(at_lo)} pp.")
+        if "csl" not in FAMILIES[fam]:
+            continue
+        e_lo = cis[f"{fam}@{lo:g}"]["csl-fine/fine"]
+        vs_sum = cis[f"{fam}@{lo:g}"]["csl-summed/fine"]
+        v2 = ("reproduced" if sign(e_lo) >= 0 and sign(vs_sum) > 0 else
+              "not reproduced" if sign(e_lo) < 0 else "inconclusive")
+        verdicts[f"{fam}/csl-no-penalty"] = {"verdict": v2, "csl_minus_fine_at_lowest": e_lo,
+                                            "csl_minus_summed_at_lowest": vs_sum}
+        lines.append(f"* **{fam}: CSL pays no such penalty** — **{v2}**. At c={lo:g}, fine ASI csl − fine "
+                     f"{fmt_ci(e_lo)} pp, csl − summed {fmt_ci(vs_sum)} pp.")
+        own = [cis[f"{fam}@{c:g}"]["csl-fine/mean"] for c in cs]
+        v3 = ("reproduced" if all(sign(x) > 0 for x in own) else
+              "not reproduced" if any(sign(x) < 0 for x in own) or all(_within(x, 0.01) for x in own)
+              else "inconclusive")
+        verdicts[f"{fam}/csl-beats-own-baseline"] = {"verdict": v3, "mean_asi_gain": dict(
+            zip([f"{c:g}" for c in cs], own, strict=True))}
+        lines.append(f"* **{fam}: CSL improves its own fine-level baseline (mean ASI)** — **{v3}**. csl − fine: "
+                     + ", ".join(f"c={c:g} {fmt_ci(x)}" for c, x in zip(cs, own, strict=True)) + " pp.")
+    lines.append("\n## Curves (val mean ASI, %, mean over seeds; every objective, coherence "
+                 f"{lo:g})\n")
+    curves = {f"{r_f} {r_v}": mean_curve([r for r in runs if r["family"] == r_f and r["variant"] == r_v
+                                          and r["coherence"] == lo])
+              for r_f in a.families for r_v in FAMILIES[r_f]}
+    lines.append(curve_table(curves))
+    return "\n".join(lines), verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--coherence", type=float, nargs="+", default=[1.0, 0.5, 0.0])
+    ap.add_argument("--families", nargs="+", default=["proxy", "pairs", "triplet"], choices=sorted(FAMILIES))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--width", type=int, default=8, help="simple_cnn base width")
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--train-per-shape", type=int, default=8, help="fine training classes per shape")
+    ap.add_argument("--images-per-class", type=int, default=8)
+    ap.add_argument("--p", type=int, default=12, help="classes per batch")
+    ap.add_argument("--k", type=int, default=4, help="images per class in a batch")
+    ap.add_argument("--lr", type=float, default=3e-3, help="network lr (learnable proxies: 10x)")
+    ap.add_argument("--gamma", type=float, default=32.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--small", action="store_true", help="a seconds-long smoke run (2 seeds, tiny everything)")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in the --out .json")
+    ap.add_argument("--out", type=Path, required=True, help="Markdown results; the .json goes next to it")
+    a = ap.parse_args(argv)
+    if a.small:
+        a.seeds, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = [0, 1], 6, 3, 8, 4, 2, 8
+        a.train_per_shape, a.images_per_class, a.p, a.k, a.coherence = 2, 3, 6, 2, [1.0, 0.0]
+    torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
+    runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
+    per_shape = {"train": a.train_per_shape, "val": max(1, a.train_per_shape // 3),
+                 "test": max(1, a.train_per_shape // 2)}
+    for seed in a.seeds:
+        for c in a.coherence:
+            todo = [(f, v) for f in a.families for v in FAMILIES[f]
+                    if not any(r["family"] == f and r["variant"] == v and r["seed"] == seed and r["coherence"] == c
+                               for r in runs)]
+            if not todo:
+                continue
+            kw = {"seed": seed, "image_size": a.image_size, "images_per_class": a.images_per_class,
+                  "fine_per_shape": per_shape, "coarse_coherence": c}
+            train = SyntheticHierarchy("train", **kw)
+            data: dict[str, Any] = {"train": train, "train_x": train.tensors()}
+            for split in ("val", "test"):
+                ds = SyntheticHierarchy(split, **kw)
+                data[split] = (ds.tensors(), ds.labels, image_digests(ds))
+            for fam, var in todo:
+                r = run_one(fam, var, seed, c, a, data)
+                runs.append(r)
+                print(f"seed {seed} c={c:g} {fam:<8} {var:<7} test fine ASI {r['test']['fine']['asi']:.3f} "
+                      f"mean ASI {r['test']['mean']['asi']:.3f} (step {r['best_step']}, {r['train_s']}s)",
+                      flush=True)
+                write_results(a.out, "(in progress)\n", {"runs": runs})
+    wall = time.perf_counter() - t_start
+    body, verdicts = analyse(runs, a)
+    cmd = command_line("claim_dyml.py", argv)
+    head = (f"# DyML claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
+            f"Wall time of this invocation: {wall / 60:.1f} min; sum over the {len(runs)} runs of their training + "
+            f"evaluation time: {sum(r['train_s'] for r in runs) / 60:.1f} min (nice 19, 1 thread, shared machine: "
+            f"{environment()}).\n\nSetup: SyntheticHierarchy {a.image_size}x{a.image_size}, "
+            f"{a.train_per_shape} train / {per_shape['val']} val / {per_shape['test']} test fine classes per shape, "
+            f"{a.images_per_class} images per class, coarse_coherence {a.coherence}; simple_cnn width {a.width} "
+            f"depth {a.depth}, max pooling, {a.dim}-d L2-normalised; Adam lr {a.lr:g} (proxies {10 * a.lr:g}), "
+            f"weight decay 1e-4, {a.steps} steps of P x K = {a.p} x {a.k} fine-level batches, flips; margins "
+            f"{MARGINS}, gamma {a.gamma:g}; seeds {a.seeds} (each redraws data, init and batches). Val-selected "
+            f"checkpoint (best val mean ASI, evaluated every {a.eval_every} steps), reported on test.\n")
+    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(wall, 1), "args": vars(a) | {
+        "out": str(a.out)}, "verdicts": verdicts, "runs": runs})
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

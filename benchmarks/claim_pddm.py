@@ -1,0 +1,316 @@
+"""PDDM claims on the controlled synthetic benchmark: do quadruplets mined by the learned PDDM score ("local
+similarity") beat quadruplets mined by Euclidean distance under the same loss, does PDDM converge faster, and does
+its advantage grow when classes have heterogeneous intra-class spread (the feature-density differences PDDM
+targets)?
+
+Protocol (every method of a seed and condition starts from the **same** network):
+
+1. *Pretraining* on disjoint synthetic classes: the ``train`` split of another data seed (``1000 + seed``), with every
+   fine variant (shape, colour, texture, size) that occurs in this seed's train/val/test splits removed; triplet loss
+   + semihard mining, ``--pretrain-steps`` steps.
+2. *Fine-tuning* on this seed's ``train`` split for ``--steps`` steps (P x K batches), one of:
+
+   * ``pddm``: ``PDDMLoss`` (E_m + 0.5 E_e, double header), one hard quadruplet per batch mined by the PDDM score
+     (the paper's procedure);
+   * ``euclid``: the same loss and unit, the quadruplet mined by squared Euclidean distance (hardest positive pair,
+     nearest negatives) instead of the PDDM score;
+   * ``triplet``: continued triplet loss + semihard mining (the pretraining objective; a reference).
+
+3. Each method's learning rate is picked per seed on the class-disjoint ``val`` split (R@1 at the val-best step)
+   from ``--lrs``; test (unseen classes, leave-one-out, fine scale, Euclidean on L2-normalised embeddings) is
+   reported at that lr and step. Curves: test R@1 against step and against cumulative training wall time.
+
+Conditions: ``uniform`` (today's data, every class the same spread) and ``heterogeneous``
+(``class_spread=(0.25, 2.0)``: per-class spread factors drawn log-uniformly). Paired differences over seeds (each
+redraws data, pretraining and batches) with 95 % t-intervals (``benchmarks/claim_common.py``).
+
+    python benchmarks/claim_pddm.py --out docs/results/claim-pddm.md
+    python benchmarks/claim_pddm.py --small --out /tmp/claim-pddm.md          # seconds; used by the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from claim_common import (  # noqa: E402
+    command_line,
+    curve_table,
+    environment,
+    fmt_ci,
+    load_runs,
+    mean_curve,
+    mean_sd,
+    paired_ci,
+    sign,
+    write_results,
+)
+
+from dynametric.data import SyntheticHierarchy  # noqa: E402
+from dynametric.data.samplers import MPerClassSampler  # noqa: E402
+from dynametric.losses import PDDMLoss, TripletMarginLoss  # noqa: E402
+from dynametric.metrics import evaluate_embeddings  # noqa: E402
+from dynametric.miners import TripletMarginMiner  # noqa: E402
+from dynametric.miners.pddm import mine_hard_quadruplets  # noqa: E402
+from dynametric.models import build_embedder  # noqa: E402
+
+METHODS = ("pddm", "euclid", "triplet")
+CONDITIONS = {"uniform": None, "heterogeneous": (0.25, 2.0)}
+
+
+class EuclidMinedPDDMLoss(PDDMLoss):
+    """``PDDMLoss`` whose quadruplet is mined by (negative squared) Euclidean distance instead of the PDDM score."""
+
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor):  # type: ignore[override]
+        with torch.no_grad():
+            f = embeddings.detach()
+            scores = -torch.cdist(f, f).pow(2)
+        return mine_hard_quadruplets(scores, labels, self.mode)
+
+
+def _variant_key(v: dict) -> tuple:
+    return (v["shape"], v["colour"], v["texture"], v["size"])
+
+
+def build_data(seed: int, spread: tuple[float, float] | None, a: argparse.Namespace) -> dict[str, Any]:
+    kw = {"image_size": a.image_size, "images_per_class": a.images_per_class, "class_spread": spread,
+          "fine_per_shape": {"train": a.train_per_shape, "val": max(1, a.train_per_shape // 2),
+                             "test": max(1, a.train_per_shape // 2)}}
+    out: dict[str, Any] = {}
+    used: set[tuple] = set()
+    for split in ("train", "val", "test"):
+        ds = SyntheticHierarchy(split, seed=seed, **kw)
+        used |= {_variant_key(v) for v in ds.classes}
+        out[split] = (ds.tensors(), ds.labels[:, :1].clone())
+    pre = SyntheticHierarchy("train", seed=1000 + seed, **kw)
+    keep_fine = torch.tensor([v["fine"] for v in pre.classes if _variant_key(v) not in used])
+    mask = torch.isin(pre.labels[:, 0], keep_fine)
+    out["pretrain"] = (pre.tensors()[mask], pre.labels[mask, :1].clone())
+    out["pretrain_classes"] = int(keep_fine.numel())
+    return out
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        emb = torch.cat([model(x[i:i + 512]) for i in range(0, len(x), 512)])
+    model.train()
+    res = evaluate_embeddings(emb, y[:, 0], metrics=["recall@1", "map@r"], k_values=(1,), distance="euclidean")
+    return {k: float(res["fine"][k]) for k in ("recall@1", "map@r")}
+
+
+def _objective(method: str, dim: int, margin: float) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    if method == "pddm":
+        return PDDMLoss(dim, mode="faithful_one_per_batch"), None
+    if method == "euclid":
+        return EuclidMinedPDDMLoss(dim, mode="faithful_one_per_batch"), None
+    return TripletMarginLoss(margin=margin), TripletMarginMiner(margin=margin, type_of_triplets="semihard")
+
+
+def train(model: torch.nn.Module, method: str, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int,
+          a: argparse.Namespace, evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+          ) -> list[dict[str, Any]]:
+    torch.manual_seed(seed)
+    loss, miner = _objective(method, a.dim, a.margin)
+    groups = [{"params": list(model.parameters())}]
+    if list(loss.parameters()):
+        groups.append({"params": list(loss.parameters())})
+    opt = torch.optim.Adam(groups, lr=lr)
+    sampler = MPerClassSampler(y, m=a.k, batch_size=a.p * a.k, scale=0, seed=seed, iterations_per_epoch=steps)
+    sampler.set_epoch(0)
+    curve: list[dict[str, Any]] = []
+    if evals:
+        curve.append({"step": 0, "seconds": 0.0, **{k: evaluate(model, *v) for k, v in evals.items()}})
+    spent, step = 0.0, 0
+    for idx in sampler:
+        t0 = time.perf_counter()
+        idx_t = torch.as_tensor(idx)
+        emb, lab = model(x[idx_t]), y[idx_t]
+        value = loss(emb, lab, miner(emb, lab)) if miner is not None else loss(emb, lab)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        spent += time.perf_counter() - t0
+        step += 1
+        if evals and (step % a.eval_every == 0 or step == steps):
+            curve.append({"step": step, "seconds": round(spent, 2), **{k: evaluate(model, *v) for k, v in
+                                                                      evals.items()}})
+        if step >= steps:
+            break
+    return curve
+
+
+def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    seeds = a.seeds
+    sel = [r for r in runs if r.get("selected")]
+
+    def vals(method: str, cond: str, key: str = "test", metric: str = "recall@1") -> list[float]:
+        by = {r["seed"]: (r[key][metric] if key == "test" else r[key]) for r in sel
+              if r["method"] == method and r["condition"] == cond}
+        return [by[s] for s in seeds]
+
+    lines = ["## Test at the val-selected lr and step (%, mean ± sd over seeds)\n",
+             "| condition | method | R@1 | MAP@R | mean test R@1 over the curve | picked lrs | val-best step | "
+             "s / step |", "|---|---|---|---|---|---|---|---|"]
+    for cond in a.conditions:
+        for m in a.methods:
+            rs = [r for r in sel if r["method"] == m and r["condition"] == cond]
+            if not rs:
+                continue
+            lines.append(f"| {cond} | {m} | {mean_sd([r['test']['recall@1'] for r in rs])} | "
+                         f"{mean_sd([r['test']['map@r'] for r in rs])} | {mean_sd([r['auc'] for r in rs])} | "
+                         f"{', '.join(format(r['lr'], 'g') for r in rs)} | "
+                         f"{statistics.median(r['best_step'] for r in rs):g} | "
+                         f"{statistics.fmean(r['s_per_step'] for r in rs):.3f} |")
+    lines += [f"\n## Paired differences (percentage points, 95 % t-interval over {len(seeds)} seeds)\n",
+              "| condition | comparison | test R@1 | test MAP@R | mean test R@1 over the curve |",
+              "|---|---|---|---|---|"]
+    cis: dict[str, Any] = {}
+    for cond in a.conditions:
+        for x, y in (("euclid", "pddm"), ("triplet", "pddm"), ("triplet", "euclid")):
+            if x not in a.methods or y not in a.methods:
+                continue
+            row = {"r1": paired_ci(vals(x, cond), vals(y, cond)),
+                   "map": paired_ci(vals(x, cond, metric="map@r"), vals(y, cond, metric="map@r")),
+                   "auc": paired_ci(vals(x, cond, "auc"), vals(y, cond, "auc"))}
+            cis[f"{cond}/{y}-{x}"] = row
+            lines.append(f"| {cond} | {y} − {x} | {fmt_ci(row['r1'])} | {fmt_ci(row['map'])} | "
+                         f"{fmt_ci(row['auc'])} |")
+    verdicts: dict[str, Any] = {}
+    lines.append("\n## Verdicts\n")
+
+    def verdict(ci: dict) -> str:
+        return "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else "inconclusive"
+
+    for cond in a.conditions:
+        if f"{cond}/pddm-euclid" in cis:
+            ci = cis[f"{cond}/pddm-euclid"]["r1"]
+            verdicts[f"local-similarity/{cond}"] = {"verdict": verdict(ci), "ci": ci}
+            lines.append(f"* **PDDM-mined beats Euclidean-mined quadruplets under the same loss ({cond})** — "
+                         f"**{verdict(ci)}**: test R@1 {fmt_ci(ci)} pp.")
+        if f"{cond}/pddm-triplet" in cis:
+            ci = cis[f"{cond}/pddm-triplet"]["auc"]
+            verdicts[f"convergence/{cond}"] = {"verdict": verdict(ci), "ci": ci}
+            lines.append(f"* **PDDM converges faster than the triplet baseline ({cond}; mean test R@1 over the "
+                         f"{a.steps}-step curve)** — **{verdict(ci)}**: {fmt_ci(ci)} pp (final: "
+                         f"{fmt_ci(cis[f'{cond}/pddm-triplet']['r1'])} pp).")
+    if len(a.conditions) == 2 and all(f"{c}/pddm-euclid" in cis for c in a.conditions):
+        g = {c: [p - e for p, e in zip(vals("pddm", c), vals("euclid", c), strict=True)] for c in a.conditions}
+        ci = paired_ci(g["uniform"], g["heterogeneous"])
+        verdicts["density"] = {"verdict": verdict(ci), "ci": ci}
+        lines.append(f"* **PDDM's advantage over Euclidean mining grows with heterogeneous class spread** — "
+                     f"**{verdict(ci)}**: (pddm − euclid) heterogeneous minus uniform {fmt_ci(ci)} pp.")
+    for cond in a.conditions:
+        lines.append(f"\n## Curves, {cond}: test R@1 (%) against step, mean over seeds (val-selected lr)\n")
+        curves = {m: mean_curve([r for r in sel if r["method"] == m and r["condition"] == cond], metric="test_r1")
+                  for m in a.methods}
+        lines.append(curve_table(curves))
+        secs = {m: statistics.fmean(r["s_per_step"] for r in sel if r["method"] == m and r["condition"] == cond)
+                for m in a.methods}
+        lines.append("\nAgainst wall time: multiply the step by the method's training seconds per step ("
+                     + ", ".join(f"{m} {s:.3f} s" for m, s in secs.items()) + "; per-run curves with cumulative "
+                     "seconds are in the JSON).")
+    return "\n".join(lines), verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3])
+    ap.add_argument("--pretrain-steps", type=int, default=200)
+    ap.add_argument("--pretrain-lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--train-per-shape", type=int, default=8)
+    ap.add_argument("--images-per-class", type=int, default=8)
+    ap.add_argument("--p", type=int, default=8)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--margin", type=float, default=0.2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    if a.small:
+        a.seeds, a.pretrain_steps, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = \
+            [0, 1], 3, 4, 2, 8, 4, 2, 8
+        a.train_per_shape, a.images_per_class, a.p, a.k = 2, 3, 4, 2
+    torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
+    runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
+    info: dict[str, Any] = {}
+    for seed in a.seeds:
+        for cond in a.conditions:
+            if all(any(r["seed"] == seed and r["condition"] == cond and r["method"] == m and r["lr"] == lr
+                       for r in runs) for m in a.methods for lr in a.lrs):
+                continue
+            data = build_data(seed, CONDITIONS[cond], a)
+            torch.manual_seed(seed)
+            start = build_embedder(backbone="simple_cnn", embedding_dim=a.dim, pooling="max", normalize=True,
+                                   backbone_kwargs={"width": a.width, "depth": a.depth})
+            t0 = time.perf_counter()
+            train(start, "triplet", *data["pretrain"], a.pretrain_steps, a.pretrain_lr, seed + 500, a)
+            start_eval = {"val": evaluate(start, *data["val"]), "test": evaluate(start, *data["test"])}
+            info[f"{seed}/{cond}"] = {"pretrain_classes": data["pretrain_classes"],
+                                      "pretrain_s": round(time.perf_counter() - t0, 1), **start_eval}
+            for m in a.methods:
+                for lr in a.lrs:
+                    if any(r["seed"] == seed and r["condition"] == cond and r["method"] == m and r["lr"] == lr
+                           for r in runs):
+                        continue
+                    model = copy.deepcopy(start)
+                    t1 = time.perf_counter()
+                    curve = train(model, m, *data["train"], a.steps, lr, seed, a,
+                                  evals={"val": data["val"], "test": data["test"]})
+                    best = max(curve, key=lambda p: p["val"]["recall@1"])
+                    r = {"method": m, "condition": cond, "seed": seed, "lr": lr, "best_step": best["step"],
+                         "val": best["val"], "test": best["test"], "start": start_eval,
+                         "auc": statistics.fmean(p["test"]["recall@1"] for p in curve),
+                         "s_per_step": curve[-1]["seconds"] / max(1, curve[-1]["step"]),
+                         "run_s": round(time.perf_counter() - t1, 1),
+                         "curve": [{"step": p["step"], "seconds": p["seconds"], "val": p["val"]["recall@1"],
+                                    "test_r1": p["test"]["recall@1"]} for p in curve]}
+                    runs.append(r)
+                    print(f"seed {seed} {cond:<13} {m:<7} lr {lr:g}: val R@1 {best['val']['recall@1']:.3f} test "
+                          f"R@1 {best['test']['recall@1']:.3f} (start {start_eval['test']['recall@1']:.3f}, step "
+                          f"{best['step']}, {r['run_s']}s)", flush=True)
+                    write_results(a.out, "(in progress)\n", {"runs": runs})
+                cands = [r for r in runs if r["seed"] == seed and r["condition"] == cond and r["method"] == m]
+                best_r = max(cands, key=lambda r: r["val"]["recall@1"])
+                for r in cands:
+                    r["selected"] = r is best_r
+    wall = time.perf_counter() - t_start
+    body, verdicts = analyse(runs, a)
+    cmd = command_line("claim_pddm.py", argv)
+    head = (f"# PDDM claims on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
+            f"Wall time of this invocation: {wall / 60:.1f} min (nice 19, 1 thread, shared machine: {environment()})."
+            f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.train_per_shape} train / "
+            f"{max(1, a.train_per_shape // 2)} val / {max(1, a.train_per_shape // 2)} test fine classes per shape, "
+            f"{a.images_per_class} images per class; simple_cnn width {a.width} depth {a.depth}, {a.dim}-d "
+            f"L2-normalised; pretraining {a.pretrain_steps} steps triplet (margin {a.margin:g}) + semihard, Adam "
+            f"{a.pretrain_lr:g}, on another seed's classes minus every variant of this seed; fine-tuning {a.steps} "
+            f"steps of P x K = {a.p} x {a.k}, Adam, lr picked per seed and method on val from {a.lrs}; seeds "
+            f"{a.seeds}.\n")
+    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(wall, 1),
+                                              "args": vars(a) | {"out": str(a.out)}, "verdicts": verdicts,
+                                              "pretraining": info, "runs": runs})
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,315 @@
+"""Sharing Matters / MIC claim on the controlled synthetic benchmark: does learning what classes *share* (MIC's
+clustering route, or DiVA-style t* sharing) improve retrieval of unseen classes at a matched number of updates, and
+does it need a split where a factor that varies *within* training classes defines the test classes?
+
+Two data splits, same number of training classes (54) and images per class:
+
+* ``held-out``: ``SyntheticHierarchy(held_out_factor="texture")``: train classes (shape, colour) with texture and
+  size varying per image; val classes (shape, size); test classes (shape, texture) with colour varying;
+* ``today``: the default split (fine classes are (shape, colour, texture, size) variants; disjoint per split).
+
+Methods, same network (simple_cnn, two L2-normalised heads "class" and "shared"), optimiser (Adam, weight decay
+4e-4; margin-loss betas lr 5e-4), class batches of 8 classes x 4 images, margin loss (beta learnt) + distance-weighted
+sampling, and the **same number of parameter updates** ``U = round(steps * (1 + p_aux))``:
+
+* ``baseline``: U class steps on the class head (its shared head stays at initialisation);
+* ``sharing``: U ``summed`` steps, L_class + alpha * L_share(t* standard triplets) + rho * L_adv;
+* ``mic``: ``steps`` alternating iterations (a class step, then with probability p_aux a shared step on surrogate
+  classes: k-means of per-class-standardised first-block features, re-clustered on the shared embedding every 3
+  epochs), made faithful to MIC's code: the decorrelation term on **both** steps (``adv_step="both"``) and label
+  noise 0.2 **per image** (``noise_per="image"``). Its actual number of updates is recorded.
+
+Model selection: every ``--eval-every`` updates the val split is evaluated (leave-one-out, fine scale, cosine) and
+the update with the best val R@1 of the class head is reported on test for the class head, the shared head and their
+concatenation. Paired differences over seeds (each redraws data, initial network and batches) with 95 %
+t-intervals (``benchmarks/claim_common.py``). alpha and rho are fixed (``--alpha``, ``--rho``), not tuned, unless
+``--rho-grid`` is given (then each method's rho is picked on val per seed).
+
+    python benchmarks/claim_sharing.py --out docs/results/claim-sharing.md
+    python benchmarks/claim_sharing.py --small --out /tmp/claim-sharing.md      # seconds; used by the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from claim_common import (  # noqa: E402
+    command_line,
+    curve_table,
+    environment,
+    fmt_ci,
+    load_runs,
+    mean_curve,
+    mean_sd,
+    paired_ci,
+    previous_wall,
+    sign,
+    write_results,
+)
+
+from dynametric.data import SyntheticHierarchy  # noqa: E402
+from dynametric.losses import MarginLoss  # noqa: E402
+from dynametric.methods.mic import SurrogateLabeler, layer_features, sample_surrogate_batch  # noqa: E402
+from dynametric.methods.sharing import (  # noqa: E402
+    SharingParts,
+    SharingSettings,
+    SharingTrainer,
+    evaluate_heads,
+    sharing_param_groups,
+)
+from dynametric.miners import DistanceWeightedMiner, InterClassTripletMiner  # noqa: E402
+from dynametric.models import build_embedder  # noqa: E402
+from dynametric.models.sharing import Decorrelation  # noqa: E402
+
+METHODS = ("baseline", "sharing", "mic")
+SPLITS = ("held-out", "today")
+HEADS = ("class", "shared", "concat")
+
+
+def class_batch(labels: torch.Tensor, classes: torch.Tensor, p: int, m: int, gen: torch.Generator) -> torch.Tensor:
+    """``p`` random classes x ``m`` random images each (indices into the training set)."""
+    chosen = classes[torch.randperm(classes.numel(), generator=gen)[:p]]
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    start = torch.searchsorted(sorted_labels, chosen)
+    count = torch.searchsorted(sorted_labels, chosen, right=True) - start
+    offs = torch.stack([torch.randperm(int(c), generator=gen)[:m] for c in count])
+    return order[(start.unsqueeze(1) + offs).flatten()]
+
+
+@torch.no_grad()
+def embed_all(model: torch.nn.Module, images: torch.Tensor, bs: int = 512) -> dict[str, torch.Tensor]:
+    was = model.training
+    model.eval()
+    outs = [model(images[i:i + bs]) for i in range(0, images.shape[0], bs)]
+    model.train(was)
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+
+def _eval(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, float]]:
+    res = evaluate_heads(embed_all(model, x), y, metrics=["recall@1", "map@r"], k_values=(1,))
+    return {h: {k: float(r["fine"][k]) for k in ("recall@1", "map@r")} for h, r in res.items()}
+
+
+def run_one(method: str, split: str, seed: int, rho: float, a: argparse.Namespace, data: dict) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_train, y_train = data["train"]
+    classes = torch.unique(y_train)
+    n_classes = int(y_train.max()) + 1
+    model = build_embedder("simple_cnn", embedding_dim=a.dim, num_heads=2,
+                           backbone_kwargs={"width": a.width, "depth": a.depth})
+    class_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
+    class_miner = DistanceWeightedMiner(cutoff=0.5, seed=seed)
+    if method == "mic":
+        shared_loss = MarginLoss(learn_beta=True, num_classes=a.clusters)
+        shared_miner: torch.nn.Module = DistanceWeightedMiner(cutoff=0.5, seed=seed + 1)
+        settings = SharingSettings(combination="alternating", p_aux=a.p_aux, rho=rho, adv_step="both")
+    else:
+        shared_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
+        shared_miner = InterClassTripletMiner("standard", seed=seed + 1)
+        settings = SharingSettings(combination="summed", alpha_shared=a.alpha, rho=rho)
+    dec = Decorrelation(a.dim, a.dim, hidden=128) if method != "baseline" and rho > 0 else None
+    parts = SharingParts(class_loss, shared_loss, class_miner, shared_miner, dec)
+    opt = torch.optim.Adam(sharing_param_groups(model, parts, lr=a.lr, weight_decay=4e-4, loss_lr=5e-4))
+    trainer = SharingTrainer(model, parts, settings, opt, generator=gen)
+    budget = round(a.steps * (1 + a.p_aux))
+    labeler: SurrogateLabeler | None = None
+    if method == "mic":
+        labeler = SurrogateLabeler(a.clusters, 3, standardise="mean", seed=seed)
+        model.eval()
+        labeler.initial(layer_features(model, x_train, "backbone.body.features.3"), y_train)
+        model.train()
+    steps_per_epoch = max(1, x_train.shape[0] // 32)
+    curve: list[dict[str, Any]] = []
+    next_eval = a.eval_every
+    t0 = time.perf_counter()
+    it = epoch = 0
+    while True:
+        updates = trainer.class_steps + (trainer.shared_steps if method == "mic" else 0)
+        if updates >= next_eval or updates >= budget:
+            curve.append({"step": updates, "val": _eval(model, *data["val"]), "test": _eval(model, *data["test"])})
+            next_eval += a.eval_every
+        if updates >= budget:
+            break
+        idx = class_batch(y_train, classes, 8, 4, gen)
+        if method == "baseline":
+            trainer.use_adv = False
+            out = model(x_train[idx])
+            loss = class_loss(out["class"], y_train[idx], class_miner(out["class"], y_train[idx]))
+            trainer._update(loss)
+            trainer.class_steps += 1
+        elif method == "sharing":
+            trainer.summed_step(x_train[idx], y_train[idx])
+        else:
+            assert labeler is not None
+            if it > 0 and it % steps_per_epoch == 0:
+                epoch += 1
+                labeler.maybe_recluster(epoch, lambda: embed_all(model, x_train)["shared"])
+            surrogate = labeler.labels
+            assert surrogate is not None
+
+            def shared_batch(surrogate: torch.Tensor = surrogate) -> tuple[torch.Tensor, torch.Tensor]:
+                cp = min(8, a.clusters)  # 8 surrogate classes x 4 images (fewer clusters: more images each)
+                sidx, slab, _ = sample_surrogate_batch(surrogate, cp, 32 // cp, noise=0.2, generator=gen,
+                                                       noise_per="image")
+                return x_train[sidx], slab
+
+            if updates + 1 >= budget:  # the last update: a class step only, so that the count matches exactly
+                trainer.class_step(x_train[idx], y_train[idx])
+            else:
+                trainer.alternating_step((x_train[idx], y_train[idx]), shared_batch)
+        it += 1
+    best = max(curve, key=lambda p: p["val"]["class"]["recall@1"])
+    return {"method": method, "split": split, "seed": seed, "rho": rho, "best_step": best["step"],
+            "updates": trainer.class_steps + (trainer.shared_steps if method == "mic" else 0),
+            "shared_steps": trainer.shared_steps if method != "baseline" else 0,
+            "val": best["val"], "test": best["test"], "train_s": round(time.perf_counter() - t0, 1),
+            "curve": [{"step": p["step"], "val": p["val"]["class"]["recall@1"],
+                       "test": p["test"]["class"]["recall@1"]} for p in curve]}
+
+
+def _values(runs: list[dict], method: str, split: str, seeds: list[int], head: str, metric: str = "recall@1",
+            where: str = "test") -> list[float]:
+    by = {r["seed"]: r[where][head][metric] for r in runs if r["method"] == method and r["split"] == split
+          and r.get("selected", True)}
+    return [by[s] for s in seeds]
+
+
+def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    seeds = a.seeds
+    lines = ["## Test at the val-selected update (%, mean ± sd over seeds)\n",
+             "| split | method | class R@1 | class MAP@R | shared R@1 | shared MAP@R | concat R@1 | concat MAP@R | "
+             "updates | val-best update |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for split in a.splits:
+        for m in a.methods:
+            rs = [r for r in runs if r["method"] == m and r["split"] == split and r.get("selected", True)]
+            if not rs:
+                continue
+            cells = [mean_sd([r["test"][h][k] for r in rs]) for h in HEADS for k in ("recall@1", "map@r")]
+            lines.append(f"| {split} | {m} | " + " | ".join(cells)
+                         + f" | {statistics.median(r['updates'] for r in rs):g} | "
+                         f"{statistics.median(r['best_step'] for r in rs):g} |")
+    lines += ["\n## Paired differences against the baseline's class head (test R@1, percentage points, 95 % "
+              f"t-interval over {len(seeds)} seeds)\n",
+              "| split | method | class head | shared head | concat |", "|---|---|---|---|---|"]
+    cis: dict[str, Any] = {}
+    for split in a.splits:
+        base = _values(runs, "baseline", split, seeds, "class")
+        for m in a.methods:
+            row = {h: paired_ci(base, _values(runs, m, split, seeds, h)) for h in HEADS}
+            cis[f"{split}/{m}"] = row
+            lines.append(f"| {split} | {m} | " + " | ".join(fmt_ci(row[h]) for h in HEADS) + " |")
+    verdicts: dict[str, Any] = {}
+    lines.append("\n## Verdicts\n")
+    for m in [x for x in a.methods if x != "baseline"]:
+        for split in a.splits:
+            best_head = max(HEADS, key=lambda h: cis[f"{split}/{m}"][h]["mean"])
+            ci = cis[f"{split}/{m}"]["class"]
+            v = "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else "inconclusive"
+            verdicts[f"{m}/{split}"] = {"verdict": v, "class_head_gain": ci, "best_head": best_head}
+            lines.append(f"* **{m} improves unseen-class R@1 over the baseline at matched updates ({split} split, "
+                         f"class head)** — **{v}**: {fmt_ci(ci)} pp; shared {fmt_ci(cis[f'{split}/{m}']['shared'])}, "
+                         f"concat {fmt_ci(cis[f'{split}/{m}']['concat'])}.")
+    if "held-out" in a.splits and "today" in a.splits:
+        for m in [x for x in a.methods if x != "baseline"]:
+            gain = {s: [x - y for x, y in zip(_values(runs, m, s, seeds, "class"),
+                                              _values(runs, "baseline", s, seeds, "class"), strict=True)]
+                    for s in ("held-out", "today")}
+            d = paired_ci(gain["today"], gain["held-out"])
+            verdicts[f"{m}/split-effect"] = d
+            lines.append(f"* {m}: gain on the held-out split minus gain on today's split: {fmt_ci(d)} pp.")
+    lines.append("\n## Curves (val R@1 of the class head, %, mean over seeds, by update)\n")
+    curves = {f"{s} {m}": mean_curve([r for r in runs if r["method"] == m and r["split"] == s
+                                      and r.get("selected", True)], bin_size=a.eval_every)
+              for s in a.splits for m in a.methods}
+    lines.append(curve_table(curves, "update"))
+    return "\n".join(lines), verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--steps", type=int, default=300, help="MIC iterations; every method gets steps*(1+p_aux) updates")
+    ap.add_argument("--eval-every", type=int, default=60, help="updates between val evaluations")
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--images-per-class", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--alpha", type=float, default=0.3)
+    ap.add_argument("--rho", type=float, default=100.0)
+    ap.add_argument("--rho-grid", type=float, nargs="*", default=None,
+                    help="pick rho per seed and method on val from these values (default: fixed --rho)")
+    ap.add_argument("--p-aux", type=float, default=0.8)
+    ap.add_argument("--clusters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    if a.small:
+        a.seeds, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = [0, 1], 5, 4, 8, 4, 2, 8
+        a.images_per_class, a.clusters = 4, 4
+    torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
+    runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
+    earlier = previous_wall(a.out.with_suffix(".json")) if a.resume else 0.0
+    rhos = a.rho_grid if a.rho_grid else [a.rho]
+    for seed in a.seeds:
+        for split in a.splits:
+            kw: dict[str, Any] = {"seed": seed, "image_size": a.image_size, "images_per_class": a.images_per_class}
+            kw |= {"held_out_factor": "texture"} if split == "held-out" else {
+                "fine_per_shape": {"train": 6, "val": 2, "test": 4}}
+            data = {}
+            for name in ("train", "val", "test"):
+                ds = SyntheticHierarchy(name, **kw)
+                data[name] = (ds.tensors(), ds.labels[:, 0] if name == "train" else ds.labels[:, :1])
+            for m in a.methods:
+                for rho in (rhos if m != "baseline" else [0.0]):
+                    if any(r["method"] == m and r["split"] == split and r["seed"] == seed and r["rho"] == rho
+                           for r in runs):
+                        continue
+                    r = run_one(m, split, seed, rho, a, data)
+                    runs.append(r)
+                    print(f"seed {seed} {split:<8} {m:<8} rho {rho:g} test class R@1 "
+                          f"{r['test']['class']['recall@1']:.3f} concat {r['test']['concat']['recall@1']:.3f} "
+                          f"(update {r['best_step']}/{r['updates']}, {r['train_s']}s)", flush=True)
+                    write_results(a.out, "(in progress)\n", {"runs": runs})
+                cands = [r for r in runs if r["method"] == m and r["split"] == split and r["seed"] == seed]
+                best = max(cands, key=lambda r: r["val"]["class"]["recall@1"])
+                for r in cands:
+                    r["selected"] = r is best
+    wall = time.perf_counter() - t_start + earlier
+    body, verdicts = analyse(runs, a)
+    cmd = command_line("claim_sharing.py", argv)
+    head = (f"# Sharing / MIC claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
+            f"Wall time: {wall / 60:.1f} min (summed over invocations when --resume was used; nice 19, 1 thread, "
+            f"shared machine: {environment()})."
+            f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
+            f"in both splits; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
+            f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: {a.steps} iterations, p_aux "
+            f"{a.p_aux:g}); alpha {a.alpha:g}, rho {rhos if a.rho_grid else a.rho} "
+            f"({'picked on val' if a.rho_grid else 'fixed, not tuned'}); MIC K={a.clusters}, decorrelation on both "
+            f"steps, label noise 0.2 per image; seeds {a.seeds}. Checkpoint: best val class-head R@1 "
+            f"(every {a.eval_every} updates).\n")
+    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(wall, 1),
+                                              "args": vars(a) | {"out": str(a.out)}, "verdicts": verdicts,
+                                              "runs": runs})
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
