@@ -9,6 +9,12 @@
 * ``ref_emb``/``ref_labels``: positives/negatives come from this reference set instead of the batch.
 * Losses with learnable parameters are ``nn.Module`` s; :meth:`MetricLoss.loss_parameters` lists them
   so the engine can give them their own optimizer group.
+* As in pytorch-metric-learning, every loss takes ``reducer=`` (a dynametric or PML reducer object; the loss then
+  builds its dictionary of per-element losses, :meth:`MetricLoss.compute_loss_dict`, and returns
+  ``reducer(loss_dict, embeddings, labels)``), ``embedding_regularizer=`` / ``embedding_reg_weight=`` (any callable
+  ``embeddings -> scalar``, e.g. PML's ``LpRegularizer()``; its weighted value is added to the loss) and
+  ``collect_stats=`` (record counts such as ``num_pairs`` on the object after each call). Without a reducer the
+  loss uses its built-in, memory-bounded reduction, which equals PML's default reducer.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import nn
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
+from dynametric.losses.reducers import apply_reducer, check_reducer
 
 logger = logging.getLogger("dynametric.losses")
 
@@ -43,10 +50,25 @@ class MetricLoss(nn.Module):
 
     uses_all_scales: bool = False
 
-    def __init__(self, scale: int = 0) -> None:
+    def __init__(
+        self,
+        scale: int = 0,
+        *,
+        reducer=None,
+        embedding_regularizer=None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
+    ) -> None:
         super().__init__()
         self.scale = scale
         self._log_once = _LogOnce()
+        self.reducer = check_reducer(reducer)
+        if embedding_regularizer is not None and not callable(embedding_regularizer):
+            raise InputError(f"embedding_regularizer must be callable, got {embedding_regularizer!r}",
+                             key="embedding_regularizer")
+        self.embedding_regularizer = embedding_regularizer
+        self.embedding_reg_weight = embedding_reg_weight
+        self.collect_stats = bool(collect_stats)
 
     def forward(
         self,
@@ -63,7 +85,19 @@ class MetricLoss(nn.Module):
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
         if ref_emb is not None:
             ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
-        return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if self.reducer is None:
+            loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            if self.embedding_regularizer is not None:
+                loss = loss + self.embedding_reg_weight * self.embedding_regularizer(embeddings)
+            return loss
+        loss_dict = self.compute_loss_dict(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if self.embedding_regularizer is not None:
+            loss_dict["embedding_reg_loss"] = {
+                "losses": self.embedding_reg_weight * self.embedding_regularizer(embeddings),
+                "indices": None,
+                "reduction_type": "already_reduced",
+            }
+        return apply_reducer(self.reducer, loss_dict, embeddings, labels if labels.dim() == 1 else None)
 
     def prepare_labels(self, labels: torch.Tensor, num_rows: int, name: str) -> torch.Tensor:
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)
@@ -82,6 +116,23 @@ class MetricLoss(nn.Module):
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def compute_loss_dict(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> dict:
+        """The unreduced losses as pytorch-metric-learning's loss dictionary (used when ``reducer`` is given)."""
+        raise InputError(f"{type(self).__name__} does not support reducer=", key="reducer")
+
+    def record(self, **stats) -> None:
+        """Store ``stats`` as attributes when ``collect_stats`` is on."""
+        if self.collect_stats:
+            for name, value in stats.items():
+                setattr(self, name, value)
 
     def zero_loss(self, embeddings: torch.Tensor, reason: str) -> torch.Tensor:
         """A zero that is still connected to the graph (backward works, gradients are 0, never NaN)."""

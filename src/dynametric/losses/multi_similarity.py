@@ -10,11 +10,13 @@ defaults and reduction as pytorch-metric-learning's ``MultiSimilarityLoss``: ``a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dynametric.distances import CosineSimilarity, Distance
+from dynametric.distances import CosineSimilarity, Distance, as_distance
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.reducers import masked_logsumexp
+from dynametric.losses.reducers import masked_logsumexp, zero_entry
 from dynametric.losses.tuples import check_miner_output, distance_matrix, pair_masks
 
 
@@ -28,12 +30,13 @@ class MultiSimilarityLoss(MetricLoss):
         base: float = 0.5,
         distance: Distance | None = None,
         scale: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, **kwargs)
         self.alpha = alpha
         self.beta = beta
         self.base = base
-        self.distance = distance if distance is not None else CosineSimilarity()
+        self.distance = as_distance(distance) or CosineSimilarity()
 
     def compute_loss(
         self,
@@ -52,3 +55,15 @@ class MultiSimilarityLoss(MetricLoss):
         pos_loss = masked_logsumexp(self.alpha * self.distance.margin(mat, base), pos, add_one=True) / self.alpha
         neg_loss = masked_logsumexp(self.beta * self.distance.margin(base, mat), neg, add_one=True) / self.beta
         return (pos_loss + neg_loss).mean()
+
+    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
+        pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
+        if num_pos <= 1 and num_neg <= 1:
+            return {"loss": zero_entry()}
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        base = torch.full_like(mat, self.base)
+        pos_loss = masked_logsumexp(self.alpha * self.distance.margin(mat, base), pos, add_one=True) / self.alpha
+        neg_loss = masked_logsumexp(self.beta * self.distance.margin(base, mat), neg, add_one=True) / self.beta
+        rows = torch.arange(mat.shape[0], device=mat.device)
+        return {"loss": {"losses": pos_loss + neg_loss, "indices": rows, "reduction_type": "element"}}
