@@ -151,12 +151,21 @@ class Miner(nn.Module):
     """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
 
     Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
-    ``self.scale`` is used.
+    ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
+    near-ties are decided exactly as pytorch-metric-learning decides them). ``collect_stats=True`` records
+    ``num_triplets`` / ``num_pos_pairs`` / ``num_neg_pairs`` (and miner-specific values) after each call.
     """
 
-    def __init__(self, scale: int = 0) -> None:
+    def __init__(self, scale: int = 0, *, collect_stats: bool = False) -> None:
         super().__init__()
         self.scale = scale
+        self.collect_stats = bool(collect_stats)
+
+    def record(self, **stats) -> None:
+        """Store ``stats`` as attributes when ``collect_stats`` is on (PML's recordable stats)."""
+        if self.collect_stats:
+            for name, value in stats.items():
+                setattr(self, name, value)
 
     def forward(
         self,
@@ -178,7 +187,13 @@ class Miner(nn.Module):
             ref_lab = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
             ref, ref_lab = ref_emb.detach(), ref_lab.to(embeddings.device)
         with torch.no_grad():
-            return self.mine(emb, labels, ref, ref_lab)
+            out = self.mine(emb, labels, ref, ref_lab)
+        if self.collect_stats:
+            if len(out) == 3:
+                self.record(num_triplets=int(out[0].numel()))
+            elif len(out) == 4:
+                self.record(num_pos_pairs=int(out[0].numel()), num_neg_pairs=int(out[2].numel()))
+        return out
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
