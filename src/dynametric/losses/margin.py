@@ -96,8 +96,8 @@ class MarginLoss(MetricLoss):
         if a.numel() == 0:
             return None
         beta = self.beta if self.beta.numel() == 1 else self.beta[labels[a]]
-        beta = beta.to(device=embeddings.device, dtype=torch.float32)
         mat = distance_matrix(self.distance, embeddings, ref_emb)
+        beta = beta.to(device=embeddings.device, dtype=mat.dtype)
         d_ap, d_an = mat[a, p], mat[a, n]
         pos_loss = F.relu(self.distance.margin(d_ap, beta) + self.margin)
         neg_loss = F.relu(self.distance.margin(beta, d_an) + self.margin)
@@ -138,9 +138,9 @@ class MarginLoss(MetricLoss):
         if int(n_triplets.sum()) == 0:
             return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
         beta = self.beta if self.beta.numel() == 1 else self.beta[labels]
-        beta = beta.to(device=embeddings.device, dtype=torch.float32)
-        beta_col = beta.unsqueeze(1) if beta.numel() > 1 else beta
         mat = distance_matrix(self.distance, embeddings, ref_emb)
+        beta = beta.to(device=embeddings.device, dtype=mat.dtype)
+        beta_col = beta.unsqueeze(1) if beta.numel() > 1 else beta
         pos_loss = F.relu(self.distance.margin(mat, beta_col) + self.margin)
         neg_loss = F.relu(self.distance.margin(beta_col, mat) + self.margin)
         pos_w = torch.where(pos, num_neg.unsqueeze(1), 0).to(mat.dtype)  # times each (a, p) appears

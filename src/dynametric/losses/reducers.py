@@ -219,5 +219,6 @@ def apply_reducer(reducer, loss_dict: dict, embeddings: torch.Tensor, labels: to
     total = None
     for name, info in loss_dict.items():
         value = reducer({name: info}, embeddings, labels)
+        value = value.reshape(()) if value.numel() == 1 else value  # a [1]-shaped already-reduced term
         total = value if total is None else total + value
     return total
