@@ -55,14 +55,22 @@ def test_triplet_margin_miner_float64_ties_equal_pml():
 
 
 def test_pair_margin_miner_float64_ties_equal_pml():
+    differs_in_float32 = 0
     for seed in SEEDS:
         emb, labels = batch(seed)
         mat = pml_dist.LpDistance()(emb)
-        for pos_margin, neg_margin in [(float(mat[0, 1]), float(mat[2, 3])), (float(mat[1, 4]), float(mat[1, 4])),
-                                       (0.2, 0.8)]:
+        same = labels[:, None] == labels[None, :]
+        pos = torch.nonzero(same & ~torch.eye(len(labels), dtype=torch.bool))
+        neg = torch.nonzero(~same)
+        # margins equal to actual positive / negative pair distances: those pairs sit on the boundary
+        for i in range(4):
+            pos_margin, neg_margin = float(mat[tuple(pos[3 * i])]), float(mat[tuple(neg[5 * i])])
             ours = PairMarginMiner(pos_margin, neg_margin)(emb, labels)
             theirs = pml_miners.PairMarginMiner(pos_margin=pos_margin, neg_margin=neg_margin)(emb, labels)
             assert as_lists(ours) == as_lists(theirs), (seed, pos_margin, neg_margin)
+            f32 = pml_miners.PairMarginMiner(pos_margin=pos_margin, neg_margin=neg_margin)(emb.float(), labels)
+            differs_in_float32 += as_lists(f32) != as_lists(theirs)
+    assert differs_in_float32 > 0
 
 
 def test_batch_hard_miner_breaks_float64_near_ties_as_pml():
@@ -82,15 +90,25 @@ def test_batch_hard_miner_breaks_float64_near_ties_as_pml():
 
 
 def test_multi_similarity_miner_float64_ties_equal_pml():
+    differs_in_float32 = 0
     for seed in SEEDS:
         emb, labels = batch(seed)
         s = pml_dist.CosineSimilarity()(emb)
-        for eps in [float(s[0, 1] - s[2, 3]), float(abs(s[1, 2] - s[4, 5])), 0.1]:
+        same = labels[:, None] == labels[None, :]
+        hardest_neg = s.masked_fill(same, -2).amax(1)
+        pos = torch.nonzero(same & ~torch.eye(len(labels), dtype=torch.bool))
+        # epsilon = s_ip - max_n s_in: the positive pair (i, p) sits exactly on the keep/drop boundary
+        for i, p in pos[::5].tolist()[:4]:
+            eps = float(s[i, p] - hardest_neg[i])
             ours = MultiSimilarityMiner(epsilon=eps)(emb, labels)
             theirs = pml_miners.MultiSimilarityMiner(epsilon=eps)(emb, labels)
-            # PML sorts each row's pairs by similarity; the sets are the same
-            for o, t in ((ours[:2], theirs[:2]), (ours[2:], theirs[2:])):
-                assert set(zip(*as_lists(o), strict=True)) == set(zip(*as_lists(t), strict=True)), (seed, eps)
+            f32 = pml_miners.MultiSimilarityMiner(epsilon=eps)(emb.float(), labels)
+            # PML sorts each row's pairs by similarity; compare the sets
+            for o, t, h in ((ours[:2], theirs[:2], f32[:2]), (ours[2:], theirs[2:], f32[2:])):
+                want = set(zip(*as_lists(t), strict=True))
+                assert set(zip(*as_lists(o), strict=True)) == want, (seed, eps)
+                differs_in_float32 += set(zip(*as_lists(h), strict=True)) != want
+    assert differs_in_float32 > 0
 
 
 def test_miners_keep_float32_and_mine_half_in_float32():
