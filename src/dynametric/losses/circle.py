@@ -27,9 +27,14 @@ class CircleLoss(MetricLoss):
     """Circle loss on cosine similarities (needs a normalising similarity such as :class:`CosineSimilarity`)."""
 
     def __init__(self, m: float = 0.4, gamma: float = 80.0, distance: Distance | None = None, scale: int = 0,
-        **kwargs: Any
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.distance = as_distance(distance) or CosineSimilarity()
         if not (self.distance.higher_is_closer and self.distance.normalize_embeddings):
             raise ConfigError(f"CircleLoss needs cosine similarity, got {self.distance!r}", key="distance")

@@ -25,9 +25,14 @@ class ContrastiveLoss(MetricLoss):
 
     def __init__(
         self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: Distance | None = None, scale: int = 0,
-        **kwargs: Any,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
         self.distance = as_distance(distance) or LpDistance()

@@ -27,9 +27,14 @@ class LiftedStructureLoss(MetricLoss):
 
     def __init__(
         self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
-        **kwargs: Any,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.neg_margin = neg_margin
         self.pos_margin = pos_margin
         self.distance = as_distance(distance) or LpDistance()
@@ -77,9 +82,14 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
 
     def __init__(
         self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
-        **kwargs: Any,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.neg_margin = neg_margin
         self.pos_margin = pos_margin
         self.distance = as_distance(distance) or LpDistance()

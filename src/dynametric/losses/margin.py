@@ -38,9 +38,14 @@ class MarginLoss(MetricLoss):
         num_classes: int | None = None,
         distance: Distance | None = None,
         scale: int = 0,
-        **kwargs: Any,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
             raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}", key="num_classes")
         self.margin = margin

@@ -30,9 +30,14 @@ class MultiSimilarityLoss(MetricLoss):
         base: float = 0.5,
         distance: Distance | None = None,
         scale: int = 0,
-        **kwargs: Any,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.alpha = alpha
         self.beta = beta
         self.base = base

@@ -26,9 +26,14 @@ class NPairsLoss(MetricLoss):
     """Multi-class N-pair loss (softmax over one positive per class)."""
 
     def __init__(self, distance: Distance | None = None, scale: int = 0,
-        **kwargs: Any
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.distance = as_distance(distance) or DotProductSimilarity(normalize_embeddings=True)
 
     def compute_loss(

@@ -51,9 +51,14 @@ class TripletMarginLoss(MetricLoss):
         triplets_per_anchor: int | str = "all",
         distance: Distance | None = None,
         scale: int = 0,
-        **kwargs: Any,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale, **kwargs)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.margin = margin
         self.swap = swap
         self.smooth_loss = smooth_loss
