@@ -195,6 +195,26 @@ def pml_miner(miner: str | type | nn.Module, scale: int = 0, **kwargs: Any) -> P
     return PMLMiner(_instantiate("miners", miner, kwargs), scale=scale)
 
 
+def _init_parameters(cls: type) -> list[inspect.Parameter]:
+    """The named constructor parameters of ``cls`` as keyword-only parameters, including those its ``__init__``
+    forwards through ``*args, **kwargs`` to base classes (e.g. ``num_classes`` of ``SubCenterArcFaceLoss``)."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())[1:]  # drop self
+        except (TypeError, ValueError):
+            break
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in out:
+                out[p.name] = p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            break
+    return list(out.values())
+
+
 def pml_registry_entry(kind: str, name: str) -> Callable[..., Any] | None:
     """The registry factory of a ``pml:<ClassName>`` name (``None`` for other names or a class PML lacks).
 
@@ -211,12 +231,9 @@ def pml_registry_entry(kind: str, name: str) -> Callable[..., Any] | None:
     def factory(*, label_scale: int = 0, **kwargs: Any) -> Any:
         return wrap(_instantiate(kind, cls, kwargs), scale=label_scale)
 
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.POSITIONAL_OR_KEYWORD else p
-              for p in inspect.signature(cls).parameters.values()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     extra = [inspect.Parameter("label_scale", inspect.Parameter.KEYWORD_ONLY, default=0),
              inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
-    factory.__signature__ = inspect.Signature(params + extra)  # type: ignore[attr-defined]
+    factory.__signature__ = inspect.Signature(_init_parameters(cls) + extra)  # type: ignore[attr-defined]
     factory.__name__ = name
     return factory
 
