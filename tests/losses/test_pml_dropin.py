@@ -335,3 +335,22 @@ def test_config_builds_pml_loss_with_num_classes_per_scale():
     with pytest.raises(ConfigError):
         build_loss_term(LossConfig(name="pml:ArcFaceLoss", kwargs={"margn": 3}), "loss", labels, dim=D, num_scales=3)
     assert Config is not None
+
+
+@pytest.mark.parametrize("name,kwargs", PAIR_LOSSES, ids=PAIR_IDS)
+def test_losses_from_an_indices_tuple_alone(name, kwargs):
+    emb, labels = batch(13)
+    loss = LOSSES[name](**kwargs).double()
+    tuples = [pml_miners.TripletMarginMiner(margin=0.5)(emb, labels), pml_miners.MultiSimilarityMiner()(emb, labels)]
+    for mined in tuples:
+        if name == "NPairsLoss" or kwargs.get("num_classes"):  # they need the labels themselves
+            with pytest.raises(InputError, match="needs labels"):
+                loss(emb, indices_tuple=mined)
+            continue
+        with_labels = loss(emb, labels, mined)
+        assert loss(emb, indices_tuple=mined).item() == pytest.approx(with_labels.item(), rel=1e-12)
+        assert loss(emb, indices_tuple=mined, ref_emb=emb).item() == pytest.approx(with_labels.item(), rel=1e-12)
+        theirs = getattr(pml_losses, name)(**kwargs).double()
+        assert with_labels.item() == pytest.approx(theirs(emb, indices_tuple=mined).item(), rel=1e-9)
+    with pytest.raises(InputError, match="labels or an indices_tuple"):
+        loss(emb)

@@ -30,8 +30,8 @@ def tie_margins(emb, labels, seed: int, k: int = 3) -> list[float]:
     sits exactly on a decision boundary of the miner."""
     mat = pml_dist.LpDistance()(emb)
     same = labels[:, None] == labels[None, :]
-    a, p, n = torch.nonzero(same[:, :, None] & ~same[:, None, :] & ~torch.eye(len(labels), dtype=torch.bool)[:, :, None],
-                            as_tuple=True)
+    not_self = ~torch.eye(len(labels), dtype=torch.bool)
+    a, p, n = torch.nonzero(same[:, :, None] & ~same[:, None, :] & not_self[:, :, None], as_tuple=True)
     pick = torch.randperm(a.numel(), generator=torch.Generator().manual_seed(seed))[:k]
     return [float(mat[a[i], n[i]] - mat[a[i], p[i]]) for i in pick]
 

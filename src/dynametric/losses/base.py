@@ -13,7 +13,8 @@
   builds its dictionary of per-element losses, :meth:`MetricLoss.compute_loss_dict`, and returns
   ``reducer(loss_dict, embeddings, labels)``), ``embedding_regularizer=`` / ``embedding_reg_weight=`` (any callable
   ``embeddings -> scalar``, e.g. PML's ``LpRegularizer()``; its weighted value is added to the loss) and
-  ``collect_stats=`` (record counts such as ``num_pairs`` on the object after each call). Without a reducer the
+  ``collect_stats=`` (record counts such as ``num_pairs`` on the object after each call). Pair and triplet losses
+  also accept ``labels=None`` with an ``indices_tuple`` (the tuple alone defines the loss). Without a reducer the
   loss uses its built-in, memory-bounded reduction, which equals PML's default reducer.
 """
 
@@ -73,18 +74,21 @@ class MetricLoss(nn.Module):
     def forward(
         self,
         embeddings: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None = None,
         indices_tuple: IndicesTuple | None = None,
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if embeddings.dim() != 2:
             raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
-        labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
-        if (ref_emb is None) != (ref_labels is None):
-            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-        if ref_emb is not None:
-            ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        if labels is None:
+            labels, ref_labels = self._labels_from_indices(embeddings, indices_tuple, ref_emb, ref_labels)
+        else:
+            labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
+            if (ref_emb is None) != (ref_labels is None):
+                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+            if ref_emb is not None:
+                ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
         if self.reducer is None:
             loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
             if self.embedding_regularizer is not None:
@@ -98,6 +102,24 @@ class MetricLoss(nn.Module):
                 "reduction_type": "already_reduced",
             }
         return apply_reducer(self.reducer, loss_dict, embeddings, labels if labels.dim() == 1 else None)
+
+    #: Whether the loss is defined by an ``indices_tuple`` alone (``labels=None``), as PML's pair/triplet losses.
+    works_without_labels: bool = False
+
+    def _labels_from_indices(self, embeddings, indices_tuple, ref_emb, ref_labels):
+        """Stand-in labels for a call with ``labels=None``: allowed, as in PML, when the loss needs only the
+        miner's ``indices_tuple`` (the stand-ins are never compared; they only give the batch size)."""
+        if indices_tuple is None:
+            raise InputError(f"{type(self).__name__} needs labels or an indices_tuple", key="labels")
+        if not self.works_without_labels:
+            raise InputError(f"{type(self).__name__} needs labels (an indices_tuple alone is not enough)",
+                             key="labels")
+        if ref_labels is not None:
+            raise InputError("ref_labels without labels", key="ref_labels")
+        labels = torch.arange(embeddings.shape[0], device=embeddings.device)
+        if ref_emb is not None:
+            ref_labels = torch.arange(ref_emb.shape[0], device=embeddings.device)
+        return labels, ref_labels
 
     def prepare_labels(self, labels: torch.Tensor, num_rows: int, name: str) -> torch.Tensor:
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)

@@ -26,6 +26,8 @@ from dynametric.losses.tuples import check_miner_output, distance_matrix, pair_m
 class CircleLoss(MetricLoss):
     """Circle loss on cosine similarities (needs a normalising similarity such as :class:`CosineSimilarity`)."""
 
+    works_without_labels = True
+
     def __init__(self, m: float = 0.4, gamma: float = 80.0, distance: Distance | None = None, scale: int = 0,
         *,
         reducer: Any = None,

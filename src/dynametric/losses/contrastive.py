@@ -23,6 +23,8 @@ from dynametric.losses.tuples import check_miner_output, convert_to_pairs, dista
 class ContrastiveLoss(MetricLoss):
     """Pair loss with a positive and a negative margin (PML-compatible; see module docstring)."""
 
+    works_without_labels = True
+
     def __init__(
         self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: Distance | None = None, scale: int = 0,
         *,

@@ -25,6 +25,8 @@ from dynametric.losses.tuples import check_miner_output, convert_to_pairs, dista
 class LiftedStructureLoss(MetricLoss):
     """The original lifted structured loss over positive pairs (see module docstring)."""
 
+    works_without_labels = True
+
     def __init__(
         self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
         *,
@@ -79,6 +81,8 @@ class LiftedStructureLoss(MetricLoss):
 
 class GeneralizedLiftedStructureLoss(MetricLoss):
     """Per-anchor log-sum-exp form of the lifted loss (Hermans et al. 2017, p. 4)."""
+
+    works_without_labels = True
 
     def __init__(
         self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,

@@ -60,6 +60,10 @@ class MarginLoss(MetricLoss):
         else:
             self.register_buffer("beta", init)
 
+    @property
+    def works_without_labels(self) -> bool:  # per-class beta is indexed by the anchor's label
+        return not self.num_classes
+
     def _check_label_range(self, labels: torch.Tensor) -> None:
         if self.num_classes and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise InputError(

@@ -23,6 +23,8 @@ from dynametric.losses.tuples import check_miner_output, distance_matrix, pair_m
 class MultiSimilarityLoss(MetricLoss):
     """Soft weighting of positive and negative pairs by self- and relative similarity."""
 
+    works_without_labels = True
+
     def __init__(
         self,
         alpha: float = 2.0,

@@ -43,6 +43,8 @@ def check_triplets_per_anchor(value: int | str) -> int | str:
 class TripletMarginLoss(MetricLoss):
     """Hinge (or softplus) on the triplet margin; PML-compatible (see module docstring)."""
 
+    works_without_labels = True
+
     def __init__(
         self,
         margin: float = 0.05,
