@@ -354,3 +354,17 @@ def test_losses_from_an_indices_tuple_alone(name, kwargs):
         assert with_labels.item() == pytest.approx(theirs(emb, indices_tuple=mined).item(), rel=1e-9)
     with pytest.raises(InputError, match="labels or an indices_tuple"):
         loss(emb)
+
+
+@pytest.mark.parametrize("name,attr,kwargs", PROXY, ids=PROXY_IDS)
+def test_class_weights_follow_float_dtype_as_pml(name, attr, kwargs):
+    ours = LOSSES[name](C, D, **kwargs)  # float32 weights
+    theirs = getattr(pml_losses, name)(num_classes=C, embedding_size=D, **kwargs)
+    getattr(theirs, attr).data.copy_(getattr(ours, attr).data)
+    emb, labels = batch(14, classes=C)
+    assert_same(ours, theirs, emb, labels)
+    assert getattr(ours, attr).dtype == getattr(theirs, attr).dtype == torch.float64
+    ours(emb.float(), labels)
+    assert getattr(ours, attr).dtype == torch.float32
+    ours(emb.half(), labels)  # half precision: the weights stay float32 (the maths runs in float32)
+    assert getattr(ours, attr).dtype == torch.float32

@@ -21,8 +21,9 @@ attribute ``.scale`` is the label column for every loss) and must lie in ``[0, n
 
 Differences from PML (documented, deliberate):
 
-* the maths always runs in float32 (float64 for float64 inputs) with autocast disabled (PML casts its weights
-  to the embeddings' dtype and overwrites ``.data``); the result is float32, which keeps fp16/bf16 finite;
+* the maths always runs in float32 (float64 for float64 inputs) with autocast disabled; the result is float32
+  for fp16/bf16 inputs, which keeps them finite. Like PML, float32/float64 embeddings convert the class weights
+  to their dtype in place; unlike PML, half-precision embeddings leave the weights in float32;
 * ``ProxyNCALoss`` keeps every sample, PML drops samples whose own-class probability underflows to exactly 0;
 * ``ArcFaceLoss`` computes ``cos(theta + m)`` as ``cos(theta) cos(m) - sin(theta) sin(m)`` with a clamped
   ``sin``, so the gradient stays finite at ``cos(theta) = +-1`` (same value and gradient elsewhere);
@@ -162,12 +163,26 @@ class _ClassWeightLoss(MetricLoss):
             )
 
     def _check_call(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None) -> None:
+        self._follow_dtype(embeddings)
         if ref_emb is not None:
             raise InputError(f"{type(self).__name__} does not support ref_emb/ref_labels", key="ref_emb")
         if embeddings.shape[1] != self.embedding_size:
             raise InputError(f"embeddings have dimension {embeddings.shape[1]}, {type(self).__name__} was built "
                              f"with embedding_size={self.embedding_size}", key="embeddings")
         self._check_labels(labels.to(embeddings.device))
+
+    def _follow_dtype(self, embeddings: torch.Tensor) -> None:
+        """float32 and float64 embeddings: the class weights take their dtype (in place, as PML's ``cast_types``),
+        so ``loss.W`` can be used with the embeddings afterwards. Half-precision embeddings leave the weights alone
+        (the maths then runs in float32)."""
+        dtype = embeddings.dtype
+        if dtype not in (torch.float32, torch.float64):
+            return
+        for param in self.parameters(recurse=False):
+            if param.dtype in (torch.float32, torch.float64) and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                if param.grad is not None:
+                    param.grad = param.grad.to(dtype)
 
     def compute_loss(
         self,
@@ -203,6 +218,7 @@ class _ClassWeightLoss(MetricLoss):
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The ``[B, C]`` class scores of ``embeddings`` (PML's ``get_logits``: what the loss's softmax or
         proxy terms see, before margins)."""
+        self._follow_dtype(embeddings)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             return self._logits(_compute_dtype(embeddings))
 
