@@ -46,7 +46,19 @@ class _LogOnce:
             logger.debug(message)
 
 
-class MetricLoss(nn.Module):
+class _RecordsStats:
+    """``collect_stats`` support shared by losses and miners (PML's recordable statistics)."""
+
+    collect_stats: bool = False
+
+    def record(self, **stats) -> None:
+        """Store ``stats`` as attributes when ``collect_stats`` is on."""
+        if self.collect_stats:
+            for name, value in stats.items():
+                setattr(self, name, value)
+
+
+class MetricLoss(_RecordsStats, nn.Module):
     """Base class of every loss. Subclasses implement :meth:`compute_loss` on 1-D labels."""
 
     uses_all_scales: bool = False
@@ -150,12 +162,6 @@ class MetricLoss(nn.Module):
         """The unreduced losses as pytorch-metric-learning's loss dictionary (used when ``reducer`` is given)."""
         raise InputError(f"{type(self).__name__} does not support reducer=", key="reducer")
 
-    def record(self, **stats) -> None:
-        """Store ``stats`` as attributes when ``collect_stats`` is on."""
-        if self.collect_stats:
-            for name, value in stats.items():
-                setattr(self, name, value)
-
     def zero_loss(self, embeddings: torch.Tensor, reason: str) -> torch.Tensor:
         """A zero that is still connected to the graph (backward works, gradients are 0, never NaN)."""
         self._log_once(reason, f"{type(self).__name__}: {reason}; returning a zero loss")
@@ -169,7 +175,7 @@ class MetricLoss(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-class Miner(nn.Module):
+class Miner(_RecordsStats, nn.Module):
     """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
 
     Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
@@ -182,12 +188,6 @@ class Miner(nn.Module):
         super().__init__()
         self.scale = scale
         self.collect_stats = bool(collect_stats)
-
-    def record(self, **stats) -> None:
-        """Store ``stats`` as attributes when ``collect_stats`` is on (PML's recordable stats)."""
-        if self.collect_stats:
-            for name, value in stats.items():
-                setattr(self, name, value)
 
     def forward(
         self,
