@@ -49,6 +49,7 @@ class NPairsLoss(MetricLoss):
         if indices_tuple is not None:
             indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], embeddings.shape[0])
         a, p = first_positive_pair_per_label(indices_tuple, labels)
+        self.record(num_pairs=int(a.numel()))
         if a.numel() <= 1:  # a 1 x 1 softmax is exactly 0
             return self.zero_loss(embeddings, "fewer than two classes with a positive pair")
         sim = distance_matrix(self.distance, embeddings[a], embeddings[p])
