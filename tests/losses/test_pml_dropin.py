@@ -130,7 +130,7 @@ def test_embedding_regularizer_with_and_without_reducer(name, kwargs):
         theirs = getattr(pml_losses, name)(**kwargs, **reg).double()
         value = assert_same(ours, theirs, emb, labels)
         plain = LOSSES[name](**kwargs, **extra).double()(emb, labels)
-        assert value == pytest.approx(float(plain) + 0.3 * float((emb**2).sum(1).mean()), rel=1e-9)
+        assert value == pytest.approx(plain.item() + 0.3 * (emb**2).sum(1).mean().item(), rel=1e-9)
 
 
 PML_DISTANCES = {
