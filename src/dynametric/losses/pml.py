@@ -247,13 +247,13 @@ class PMLAwareRegistry(dict):
         self.kind = kind
 
     def __contains__(self, name: object) -> bool:
-        return super().__contains__(name) or (isinstance(name, str) and self.__missing_entry(name) is not None)
+        return super().__contains__(name) or (isinstance(name, str) and self._pml_entry(name) is not None)
 
-    def __missing_entry(self, name: str) -> Callable[..., Any] | None:
+    def _pml_entry(self, name: str) -> Callable[..., Any] | None:
         return pml_registry_entry(self.kind, name)
 
     def __missing__(self, name: str) -> Callable[..., Any]:
-        entry = self.__missing_entry(name)
+        entry = self._pml_entry(name)
         if entry is None:
             raise KeyError(name)
         return entry
