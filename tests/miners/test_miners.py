@@ -138,8 +138,13 @@ def test_registry_and_errors():
         TripletMarginMiner(type_of_triplets="medium")
     with pytest.raises(ConfigError, match="LpDistance"):
         DistanceWeightedMiner(distance=dm_dist.CosineSimilarity())
-    with pytest.raises(InputError, match="upper_cutoff"):
-        DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=0.4)
+    # an upper cutoff at or below the lower one leaves nothing to sample: empty triplets, as in PML
+    emb = torch.nn.functional.normalize(torch.randn(12, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    for low, high in [(0.5, 0.4), (0.0, -0.01)]:
+        out = DistanceWeightedMiner(cutoff=low, nonzero_loss_cutoff=high)(emb, torch.arange(12) % 3)
+        assert len(out) == 3 and all(t.numel() == 0 and t.dtype == torch.long for t in out)
+    with pytest.raises(InputError, match="lower_cutoff"):
+        DistanceWeightedMiner(cutoff=2.5)
 
 
 def test_inverse_q_log_weights_formula():

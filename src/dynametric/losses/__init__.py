@@ -22,6 +22,7 @@ from dynametric.losses.multi_similarity import MultiSimilarityLoss
 from dynametric.losses.multiscale import MultiScaleLoss, ThreeScaleChunks, three_scale_chunks
 from dynametric.losses.npairs import NPairsLoss
 from dynametric.losses.pddm import PDDMLoss
+from dynametric.losses.pml import PMLAwareRegistry, PMLLoss, PMLMiner, pml_loss, pml_miner
 from dynametric.losses.proxies import (
     ArcFaceLoss,
     CosFaceLoss,
@@ -30,11 +31,22 @@ from dynametric.losses.proxies import (
     ProxyNCALoss,
     SoftTripleLoss,
 )
+from dynametric.losses.reducers import (
+    AvgNonZeroReducer,
+    ClassWeightedReducer,
+    DivisorReducer,
+    DoNothingReducer,
+    MeanReducer,
+    MultipleReducers,
+    Reducer,
+    SumReducer,
+    ThresholdReducer,
+)
 from dynametric.losses.triplet import TripletMarginLoss
 from dynametric.models.sharing import DecorrelationLoss
 from dynametric.utils.registry import build_registered
 
-LOSSES: dict[str, type[MetricLoss]] = {
+LOSSES: dict[str, type[MetricLoss]] = PMLAwareRegistry("losses", {
     "ContrastiveLoss": ContrastiveLoss,
     "TripletMarginLoss": TripletMarginLoss,
     "NPairsLoss": NPairsLoss,
@@ -53,7 +65,9 @@ LOSSES: dict[str, type[MetricLoss]] = {
     "CSLLoss": CSLLoss,
     "PDDMLoss": PDDMLoss,
     "DecorrelationLoss": DecorrelationLoss,
-}
+})
+"""Native losses by name; ``pml:<ClassName>`` names resolve to pytorch-metric-learning's loss of that name wrapped
+in :class:`PMLLoss` (see :mod:`dynametric.losses.pml`)."""
 
 DISTANCES: dict[str, type[_distances.Distance]] = {
     "LpDistance": _distances.LpDistance,
@@ -71,6 +85,8 @@ def build_distance(spec: Any, key: str = "distance") -> _distances.Distance | No
     """A distance object from an object, a registry name or ``{"name": ..., **kwargs}`` (``None`` passes)."""
     if spec is None or isinstance(spec, _distances.Distance):
         return spec
+    if hasattr(spec, "is_inverted"):  # a pytorch-metric-learning distance object
+        return _distances.as_distance(spec, key=key)
     if isinstance(spec, str):
         name, kwargs = spec, {}
     elif isinstance(spec, dict) and "name" in spec:
@@ -111,6 +127,19 @@ __all__ = [
     "MultiSimilarityLoss",
     "NPairsLoss",
     "PDDMLoss",
+    "PMLLoss",
+    "PMLMiner",
+    "pml_loss",
+    "pml_miner",
+    "AvgNonZeroReducer",
+    "ClassWeightedReducer",
+    "DivisorReducer",
+    "DoNothingReducer",
+    "MeanReducer",
+    "MultipleReducers",
+    "Reducer",
+    "SumReducer",
+    "ThresholdReducer",
     "ThreeScaleChunks",
     "TripletMarginLoss",
     "build_distance",

@@ -9,6 +9,13 @@
 * ``ref_emb``/``ref_labels``: positives/negatives come from this reference set instead of the batch.
 * Losses with learnable parameters are ``nn.Module`` s; :meth:`MetricLoss.loss_parameters` lists them
   so the engine can give them their own optimizer group.
+* As in pytorch-metric-learning, every loss takes ``reducer=`` (a dynametric or PML reducer object; the loss then
+  builds its dictionary of per-element losses, :meth:`MetricLoss.compute_loss_dict`, and returns
+  ``reducer(loss_dict, embeddings, labels)``), ``embedding_regularizer=`` / ``embedding_reg_weight=`` (any callable
+  ``embeddings -> scalar``, e.g. PML's ``LpRegularizer()``; its weighted value is added to the loss) and
+  ``collect_stats=`` (record counts such as ``num_pairs`` on the object after each call). Pair and triplet losses
+  also accept ``labels=None`` with an ``indices_tuple`` (the tuple alone defines the loss). Without a reducer the
+  loss uses its built-in, memory-bounded reduction, which equals PML's default reducer.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from torch import nn
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
+from dynametric.losses.reducers import apply_reducer, check_reducer
 
 logger = logging.getLogger("dynametric.losses")
 
@@ -38,32 +46,92 @@ class _LogOnce:
             logger.debug(message)
 
 
-class MetricLoss(nn.Module):
+class _RecordsStats:
+    """``collect_stats`` support shared by losses and miners (PML's recordable statistics)."""
+
+    collect_stats: bool = False
+
+    def record(self, **stats) -> None:
+        """Store ``stats`` as attributes when ``collect_stats`` is on."""
+        if self.collect_stats:
+            for name, value in stats.items():
+                setattr(self, name, value)
+
+
+class MetricLoss(_RecordsStats, nn.Module):
     """Base class of every loss. Subclasses implement :meth:`compute_loss` on 1-D labels."""
 
     uses_all_scales: bool = False
 
-    def __init__(self, scale: int = 0) -> None:
+    def __init__(
+        self,
+        scale: int = 0,
+        *,
+        reducer=None,
+        embedding_regularizer=None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
+    ) -> None:
         super().__init__()
         self.scale = scale
         self._log_once = _LogOnce()
+        self.reducer = check_reducer(reducer)
+        if embedding_regularizer is not None and not callable(embedding_regularizer):
+            raise InputError(f"embedding_regularizer must be callable, got {embedding_regularizer!r}",
+                             key="embedding_regularizer")
+        self.embedding_regularizer = embedding_regularizer
+        self.embedding_reg_weight = embedding_reg_weight
+        self.collect_stats = bool(collect_stats)
 
     def forward(
         self,
         embeddings: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None = None,
         indices_tuple: IndicesTuple | None = None,
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if embeddings.dim() != 2:
             raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
-        labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
-        if (ref_emb is None) != (ref_labels is None):
-            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        if labels is None:
+            labels, ref_labels = self._labels_from_indices(embeddings, indices_tuple, ref_emb, ref_labels)
+        else:
+            labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
+            if (ref_emb is None) != (ref_labels is None):
+                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+            if ref_emb is not None:
+                ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        if self.reducer is None:
+            loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            if self.embedding_regularizer is not None:
+                loss = loss + self.embedding_reg_weight * self.embedding_regularizer(embeddings)
+            return loss
+        loss_dict = self.compute_loss_dict(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if self.embedding_regularizer is not None:
+            loss_dict["embedding_reg_loss"] = {
+                "losses": self.embedding_reg_weight * self.embedding_regularizer(embeddings),
+                "indices": None,
+                "reduction_type": "already_reduced",
+            }
+        return apply_reducer(self.reducer, loss_dict, embeddings, labels if labels.dim() == 1 else None)
+
+    #: Whether the loss is defined by an ``indices_tuple`` alone (``labels=None``), as PML's pair/triplet losses.
+    works_without_labels: bool = False
+
+    def _labels_from_indices(self, embeddings, indices_tuple, ref_emb, ref_labels):
+        """Stand-in labels for a call with ``labels=None``: allowed, as in PML, when the loss needs only the
+        miner's ``indices_tuple`` (the stand-ins are never compared; they only give the batch size)."""
+        if indices_tuple is None:
+            raise InputError(f"{type(self).__name__} needs labels or an indices_tuple", key="labels")
+        if not self.works_without_labels:
+            raise InputError(f"{type(self).__name__} needs labels (an indices_tuple alone is not enough)",
+                             key="labels")
+        if ref_labels is not None:
+            raise InputError("ref_labels without labels", key="ref_labels")
+        labels = torch.arange(embeddings.shape[0], device=embeddings.device)
         if ref_emb is not None:
-            ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
-        return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            ref_labels = torch.arange(ref_emb.shape[0], device=embeddings.device)
+        return labels, ref_labels
 
     def prepare_labels(self, labels: torch.Tensor, num_rows: int, name: str) -> torch.Tensor:
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)
@@ -83,6 +151,17 @@ class MetricLoss(nn.Module):
     ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def compute_loss_dict(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> dict:
+        """The unreduced losses as pytorch-metric-learning's loss dictionary (used when ``reducer`` is given)."""
+        raise InputError(f"{type(self).__name__} does not support reducer=", key="reducer")
+
     def zero_loss(self, embeddings: torch.Tensor, reason: str) -> torch.Tensor:
         """A zero that is still connected to the graph (backward works, gradients are 0, never NaN)."""
         self._log_once(reason, f"{type(self).__name__}: {reason}; returning a zero loss")
@@ -96,16 +175,19 @@ class MetricLoss(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-class Miner(nn.Module):
+class Miner(_RecordsStats, nn.Module):
     """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
 
     Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
-    ``self.scale`` is used.
+    ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
+    near-ties are decided exactly as pytorch-metric-learning decides them). ``collect_stats=True`` records
+    ``num_triplets`` / ``num_pos_pairs`` / ``num_neg_pairs`` (and miner-specific values) after each call.
     """
 
-    def __init__(self, scale: int = 0) -> None:
+    def __init__(self, scale: int = 0, *, collect_stats: bool = False) -> None:
         super().__init__()
         self.scale = scale
+        self.collect_stats = bool(collect_stats)
 
     def forward(
         self,
@@ -127,7 +209,13 @@ class Miner(nn.Module):
             ref_lab = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
             ref, ref_lab = ref_emb.detach(), ref_lab.to(embeddings.device)
         with torch.no_grad():
-            return self.mine(emb, labels, ref, ref_lab)
+            out = self.mine(emb, labels, ref, ref_lab)
+        if self.collect_stats:
+            if len(out) == 3:
+                self.record(num_triplets=int(out[0].numel()))
+            elif len(out) == 4:
+                self.record(num_pos_pairs=int(out[0].numel()), num_neg_pairs=int(out[2].numel()))
+        return out
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor

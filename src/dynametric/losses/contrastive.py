@@ -9,25 +9,35 @@ for the ``d^2`` form of the positive term.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from dynametric.distances import Distance, LpDistance
+from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.reducers import avg_nonzero_reduce
+from dynametric.losses.reducers import avg_nonzero_reduce, zero_entry
 from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, match_masks
 
 
 class ContrastiveLoss(MetricLoss):
     """Pair loss with a positive and a negative margin (PML-compatible; see module docstring)."""
 
+    works_without_labels = True
+
     def __init__(
-        self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: Distance | None = None, scale: int = 0
+        self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: Distance | None = None, scale: int = 0,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
-        self.distance = distance if distance is not None else LpDistance()
+        self.distance = as_distance(distance) or LpDistance()
 
     def compute_loss(
         self,
@@ -56,3 +66,16 @@ class ContrastiveLoss(MetricLoss):
         pos_loss = F.relu(self.distance.margin(pos_d, torch.full_like(pos_d, self.pos_margin)))
         neg_loss = F.relu(self.distance.margin(torch.full_like(neg_d, self.neg_margin), neg_d))
         return avg_nonzero_reduce(pos_loss, mat) + avg_nonzero_reduce(neg_loss, mat)
+
+    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
+        a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
+        if a1.numel() <= 1 and a2.numel() <= 1:
+            return {"pos_loss": zero_entry(), "neg_loss": zero_entry()}
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        pos_loss = F.relu(self.distance.margin(mat[a1, p], self.pos_margin)) if a1.numel() else 0
+        neg_loss = F.relu(self.distance.margin(self.neg_margin, mat[a2, n])) if a2.numel() else 0
+        return {
+            "pos_loss": {"losses": pos_loss, "indices": (a1, p), "reduction_type": "pos_pair"},
+            "neg_loss": {"losses": neg_loss, "indices": (a2, n), "reduction_type": "neg_pair"},
+        }

@@ -12,24 +12,34 @@ Embedding", CVPR 2016) and its generalised form (Hermans, Beyer, Leibe, "In Defe
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dynametric.distances import Distance, LpDistance
+from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.reducers import grouped_logsumexp, masked_logsumexp
+from dynametric.losses.reducers import grouped_logsumexp, masked_logsumexp, zero_entry
 from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, pair_masks
 
 
 class LiftedStructureLoss(MetricLoss):
     """The original lifted structured loss over positive pairs (see module docstring)."""
 
+    works_without_labels = True
+
     def __init__(
-        self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0
+        self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.neg_margin = neg_margin
         self.pos_margin = pos_margin
-        self.distance = distance if distance is not None else LpDistance()
+        self.distance = as_distance(distance) or LpDistance()
 
     def compute_loss(
         self,
@@ -54,17 +64,39 @@ class LiftedStructureLoss(MetricLoss):
         per_pair = torch.relu(neg_term + self.distance.margin(pos_d, torch.full_like(pos_d, self.pos_margin)))
         return (per_pair**2 / 2).mean()
 
+    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
+        a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
+        if (a1.numel() <= 1 and a2.numel() <= 1) or a1.numel() == 0 or a2.numel() == 0:
+            return {"loss": zero_entry()}
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        remaining_neg = self.distance.margin(torch.full_like(mat[a2, n], self.neg_margin), mat[a2, n])
+        per_anchor = grouped_logsumexp(remaining_neg, a2, max(embeddings.shape[0], num_refs))
+        neg_term = torch.where(a1 == p, per_anchor[a1], torch.logaddexp(per_anchor[a1], per_anchor[p]))
+        neg_term = torch.where(torch.isfinite(neg_term), neg_term, torch.zeros_like(neg_term))
+        pos_d = mat[a1, p]
+        per_pair = torch.relu(neg_term + self.distance.margin(pos_d, torch.full_like(pos_d, self.pos_margin)))
+        return {"loss": {"losses": per_pair**2 / 2, "indices": (a1, p), "reduction_type": "pos_pair"}}
+
 
 class GeneralizedLiftedStructureLoss(MetricLoss):
     """Per-anchor log-sum-exp form of the lifted loss (Hermans et al. 2017, p. 4)."""
 
+    works_without_labels = True
+
     def __init__(
-        self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0
+        self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.neg_margin = neg_margin
         self.pos_margin = pos_margin
-        self.distance = distance if distance is not None else LpDistance()
+        self.distance = as_distance(distance) or LpDistance()
 
     def compute_loss(
         self,
@@ -82,3 +114,14 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
         pos_term = masked_logsumexp(self.distance.margin(mat, torch.full_like(mat, self.pos_margin)), pos)
         neg_term = masked_logsumexp(self.distance.margin(torch.full_like(mat, self.neg_margin), mat), neg)
         return torch.relu(pos_term + neg_term).mean()
+
+    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
+        pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
+        if num_pos <= 1 and num_neg <= 1:
+            return {"loss": zero_entry()}
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        pos_term = masked_logsumexp(self.distance.margin(mat, torch.full_like(mat, self.pos_margin)), pos)
+        neg_term = masked_logsumexp(self.distance.margin(torch.full_like(mat, self.neg_margin), mat), neg)
+        rows = torch.arange(mat.shape[0], device=mat.device)
+        return {"loss": {"losses": torch.relu(pos_term + neg_term), "indices": rows, "reduction_type": "element"}}

@@ -11,14 +11,16 @@ in ``[0, num_classes)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynametric.distances import Distance, LpDistance
+from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.reducers import divisor_reduce, graph_zero
+from dynametric.losses.reducers import divisor_reduce, graph_zero, zero_entry
 from dynametric.losses.triplet import check_triplets_per_anchor
 from dynametric.losses.tuples import check_miner_output, convert_to_triplets, distance_matrix, match_masks
 
@@ -36,8 +38,14 @@ class MarginLoss(MetricLoss):
         num_classes: int | None = None,
         distance: Distance | None = None,
         scale: int = 0,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
             raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}", key="num_classes")
         self.margin = margin
@@ -45,12 +53,24 @@ class MarginLoss(MetricLoss):
         self.learn_beta = learn_beta
         self.num_classes = num_classes
         self.triplets_per_anchor = check_triplets_per_anchor(triplets_per_anchor)
-        self.distance = distance if distance is not None else LpDistance()
+        self.distance = as_distance(distance) or LpDistance()
         init = torch.full((int(num_classes) if num_classes else 1,), float(beta))
         if learn_beta:
             self.beta = nn.Parameter(init)
         else:
             self.register_buffer("beta", init)
+
+    @property
+    def works_without_labels(self) -> bool:  # per-class beta is indexed by the anchor's label
+        return not self.num_classes
+
+    def _check_label_range(self, labels: torch.Tensor) -> None:
+        if self.num_classes and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise InputError(
+                f"MarginLoss(num_classes={self.num_classes}) needs labels in [0, {self.num_classes}), got values in "
+                f"[{int(labels.min())}, {int(labels.max())}]",
+                key="labels",
+            )
 
     def compute_loss(
         self,
@@ -60,25 +80,14 @@ class MarginLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        if self.num_classes and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise InputError(
-                f"MarginLoss(num_classes={self.num_classes}) needs labels in [0, {self.num_classes}), got values in "
-                f"[{int(labels.min())}, {int(labels.max())}]",
-                key="labels",
-            )
+        self._check_label_range(labels)
         indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
         if indices_tuple is None and self.triplets_per_anchor == "all":
             return self._all_triplets(embeddings, labels, ref_emb, ref_labels)
-        a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
-        if a.numel() == 0:
+        terms = self._triplet_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if terms is None:
             return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
-        beta = self.beta if self.beta.numel() == 1 else self.beta[labels[a]]
-        beta = beta.to(device=embeddings.device, dtype=torch.float32)
-        mat = distance_matrix(self.distance, embeddings, ref_emb)
-        d_ap, d_an = mat[a, p], mat[a, n]
-        pos_loss = F.relu(self.distance.margin(d_ap, beta) + self.margin)
-        neg_loss = F.relu(self.distance.margin(beta, d_an) + self.margin)
-        divisor = (pos_loss > 0).sum() + (neg_loss > 0).sum()
+        pos_loss, neg_loss, beta, divisor, mat, _ = terms
         loss = divisor_reduce(pos_loss + neg_loss, divisor, mat)
         if self.learn_beta:
             if self.beta.numel() == 1:
@@ -88,6 +97,39 @@ class MarginLoss(MetricLoss):
         else:
             loss = loss + graph_zero(mat)
         return loss
+
+    def _triplet_terms(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        """Per-triplet ``(pos_loss, neg_loss, beta, divisor, distance matrix, (a, p, n))``; ``None`` without
+        triplets. ``indices_tuple`` is already validated."""
+        a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
+        if a.numel() == 0:
+            return None
+        beta = self.beta if self.beta.numel() == 1 else self.beta[labels[a]]
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        beta = beta.to(device=embeddings.device, dtype=mat.dtype)
+        d_ap, d_an = mat[a, p], mat[a, n]
+        pos_loss = F.relu(self.distance.margin(d_ap, beta) + self.margin)
+        neg_loss = F.relu(self.distance.margin(beta, d_an) + self.margin)
+        divisor = (pos_loss > 0).sum() + (neg_loss > 0).sum()
+        return pos_loss, neg_loss, beta, divisor, mat, (a, p, n)
+
+    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        self._check_label_range(labels)
+        indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
+        terms = self._triplet_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if terms is None:
+            return {"margin_loss": zero_entry(), "beta_reg_loss": zero_entry()}
+        pos_loss, neg_loss, beta, divisor, _, triplets = terms
+        out = {"margin_loss": {"losses": pos_loss + neg_loss, "indices": triplets, "reduction_type": "triplet",
+                               "divisor": divisor}}
+        if not self.learn_beta:
+            out["beta_reg_loss"] = zero_entry()
+        elif self.beta.numel() == 1:
+            out["beta_reg_loss"] = {"losses": beta * self.nu, "indices": None, "reduction_type": "already_reduced"}
+        else:
+            out["beta_reg_loss"] = {"losses": beta * self.nu, "indices": triplets[0], "reduction_type": "element",
+                                    "divisor": divisor}
+        return out
 
     def _all_triplets(
         self,
@@ -105,9 +147,9 @@ class MarginLoss(MetricLoss):
         if int(n_triplets.sum()) == 0:
             return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
         beta = self.beta if self.beta.numel() == 1 else self.beta[labels]
-        beta = beta.to(device=embeddings.device, dtype=torch.float32)
-        beta_col = beta.unsqueeze(1) if beta.numel() > 1 else beta
         mat = distance_matrix(self.distance, embeddings, ref_emb)
+        beta = beta.to(device=embeddings.device, dtype=mat.dtype)
+        beta_col = beta.unsqueeze(1) if beta.numel() > 1 else beta
         pos_loss = F.relu(self.distance.margin(mat, beta_col) + self.margin)
         neg_loss = F.relu(self.distance.margin(beta_col, mat) + self.margin)
         pos_w = torch.where(pos, num_neg.unsqueeze(1), 0).to(mat.dtype)  # times each (a, p) appears

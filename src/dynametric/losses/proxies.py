@@ -21,8 +21,9 @@ attribute ``.scale`` is the label column for every loss) and must lie in ``[0, n
 
 Differences from PML (documented, deliberate):
 
-* the maths always runs in float32 (float64 for float64 inputs) with autocast disabled (PML casts its weights
-  to the embeddings' dtype and overwrites ``.data``); the result is float32, which keeps fp16/bf16 finite;
+* the maths always runs in float32 (float64 for float64 inputs) with autocast disabled; the result is float32
+  for fp16/bf16 inputs, which keeps them finite. Like PML, float32/float64 embeddings convert the class weights
+  to their dtype in place; unlike PML, half-precision embeddings leave the weights in float32;
 * ``ProxyNCALoss`` keeps every sample, PML drops samples whose own-class probability underflows to exactly 0;
 * ``ArcFaceLoss`` computes ``cos(theta + m)`` as ``cos(theta) cos(m) - sin(theta) sin(m)`` with a clamped
   ``sin``, so the gradient stays finite at ``cos(theta) = +-1`` (same value and gradient elsewhere);
@@ -39,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynametric.distances import Distance, LpDistance, SquaredL2Distance
-from dynametric.errors import InputError
+from dynametric.distances import CosineSimilarity, Distance, LpDistance, SquaredL2Distance, as_distance
+from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.reducers import DivisorReducer, MeanReducer, apply_reducer, zero_entry
 
 WeightInit = Callable[[torch.Tensor], Any]
 WeightRegularizer = Callable[[torch.Tensor], torch.Tensor]
@@ -131,8 +133,9 @@ class _ClassWeightLoss(MetricLoss):
         weight_regularizer: WeightRegularizer | None = None,
         weight_reg_weight: float = 1.0,
         weight_init_func: WeightInit | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(scale=label_scale)
+        super().__init__(scale=label_scale, **kwargs)
         if int(num_classes) < 1:
             raise InputError(f"num_classes must be >= 1, got {num_classes}", key="num_classes")
         if int(embedding_size) < 1:
@@ -159,6 +162,28 @@ class _ClassWeightLoss(MetricLoss):
                 key="labels",
             )
 
+    def _check_call(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None) -> None:
+        self._follow_dtype(embeddings)
+        if ref_emb is not None:
+            raise InputError(f"{type(self).__name__} does not support ref_emb/ref_labels", key="ref_emb")
+        if embeddings.shape[1] != self.embedding_size:
+            raise InputError(f"embeddings have dimension {embeddings.shape[1]}, {type(self).__name__} was built "
+                             f"with embedding_size={self.embedding_size}", key="embeddings")
+        self._check_labels(labels.to(embeddings.device))
+
+    def _follow_dtype(self, embeddings: torch.Tensor) -> None:
+        """float32 and float64 embeddings: the class weights take their dtype (in place, as PML's ``cast_types``),
+        so ``loss.W`` can be used with the embeddings afterwards. Half-precision embeddings leave the weights alone
+        (the maths then runs in float32)."""
+        dtype = embeddings.dtype
+        if dtype not in (torch.float32, torch.float64):
+            return
+        for param in self.parameters(recurse=False):
+            if param.dtype in (torch.float32, torch.float64) and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                if param.grad is not None:
+                    param.grad = param.grad.to(dtype)
+
     def compute_loss(
         self,
         embeddings: torch.Tensor,
@@ -167,22 +192,49 @@ class _ClassWeightLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        if ref_emb is not None:
-            raise InputError(f"{type(self).__name__} does not support ref_emb/ref_labels", key="ref_emb")
-        if embeddings.shape[1] != self.embedding_size:
-            raise InputError(f"embeddings have dimension {embeddings.shape[1]}, {type(self).__name__} was built "
-                             f"with embedding_size={self.embedding_size}", key="embeddings")
+        self._check_call(embeddings, labels, ref_emb)
         labels = labels.to(embeddings.device)
-        self._check_labels(labels)
         if embeddings.shape[0] == 0:
             return self.zero_loss(embeddings, "empty batch")
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            loss = self._loss(_compute_dtype(embeddings), labels, indices_tuple)
+            emb = _compute_dtype(embeddings)
+            loss = apply_reducer(self._default_reducer(), self._loss(emb, labels, indices_tuple), emb, labels)
             if self.weight_regularizer is not None:
                 loss = loss + self.weight_reg_weight * self.weight_regularizer(self._regularized_weights())
         return loss
 
-    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
+    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        self._check_call(embeddings, labels, ref_emb)
+        if embeddings.shape[0] == 0:
+            return {"loss": zero_entry()}
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            out = self._loss(_compute_dtype(embeddings), labels.to(embeddings.device), indices_tuple)
+            if self.weight_regularizer is not None:
+                out["weight_reg_loss"] = {
+                    "losses": self.weight_reg_weight * self.weight_regularizer(self._regularized_weights()),
+                    "indices": None, "reduction_type": "already_reduced"}
+        return out
+
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The ``[B, C]`` class scores of ``embeddings`` (PML's ``get_logits``: what the loss's softmax or
+        proxy terms see, before margins)."""
+        self._follow_dtype(embeddings)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return self._logits(_compute_dtype(embeddings))
+
+    def _logits(self, emb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _default_reducer(self):
+        """The reduction used without ``reducer=`` (PML's default reducer of the loss)."""
+        return MeanReducer()
+
+    def _element(self, losses: torch.Tensor) -> dict:
+        rows = torch.arange(losses.shape[0], device=losses.device)
+        return {"loss": {"losses": losses, "indices": rows, "reduction_type": "element"}}
+
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
+        """The loss dictionary (PML layout) of ``emb`` (float32/float64, autocast off)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _regularized_weights(self) -> torch.Tensor:
@@ -210,7 +262,7 @@ class ProxyNCALoss(_ClassWeightLoss):
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=scale, **kwargs)
         self.softmax_scale = softmax_scale
-        self.distance = distance if distance is not None else SquaredL2Distance()
+        self.distance = as_distance(distance) or SquaredL2Distance()
         self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
         self._init_weight(self.proxies, nn.init.normal_)
 
@@ -225,7 +277,10 @@ class ProxyNCALoss(_ClassWeightLoss):
             logits = self.softmax_scale * (mat if dist.higher_is_closer else -mat)
         nll = -F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, anchors_only=True, dtype=emb.dtype)
-        return (nll * w).mean()
+        return self._element(nll * w)
+
+    def _logits(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.distance(emb, self.proxies.to(emb.dtype))
 
     def _regularized_weights(self) -> torch.Tensor:
         return self.proxies
@@ -248,23 +303,36 @@ class ProxyAnchorLoss(_ClassWeightLoss):
         margin: float = 0.1,
         alpha: float = 32,
         *,
+        distance: Distance | None = None,
         scale: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=scale, **kwargs)
         self.margin = margin
         self.alpha = alpha
+        self.distance = as_distance(distance) or CosineSimilarity()
         self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
         self._init_weight(self.proxies, lambda t: nn.init.kaiming_normal_(t, mode="fan_out"))
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
-        cos = F.normalize(emb, dim=1) @ F.normalize(self.proxies.to(emb.dtype), dim=1).t()
+        cos = self._logits(emb)
         w = (miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype) - 1.0)[:, None]
         pos_mask = F.one_hot(labels, self.num_classes).bool()
-        pos = masked_log1p_sum_exp(-self.alpha * (cos - self.margin) + w, pos_mask, dim=0)
-        neg = masked_log1p_sum_exp(self.alpha * (cos + self.margin) + w, ~pos_mask, dim=0)
+        pos_exp = self.distance.margin(cos, torch.full_like(cos, self.margin))  # margin - cos for similarities
+        neg_exp = self.distance.margin(torch.full_like(cos, -self.margin), cos)  # cos + margin
+        pos = masked_log1p_sum_exp(self.alpha * pos_exp + w, pos_mask, dim=0)
+        neg = masked_log1p_sum_exp(self.alpha * neg_exp + w, ~pos_mask, dim=0)
         num_with_pos = int(pos_mask.any(dim=0).sum())
-        return pos.sum() / num_with_pos + neg.sum() / self.num_classes
+        rows = torch.arange(self.num_classes, device=emb.device)
+        return {"pos_loss": {"losses": pos, "indices": rows, "reduction_type": "element", "divisor": num_with_pos},
+                "neg_loss": {"losses": neg, "indices": rows, "reduction_type": "element",
+                             "divisor": self.num_classes}}
+
+    def _logits(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.distance(emb, self.proxies.to(emb.dtype))
+
+    def _default_reducer(self):
+        return DivisorReducer()
 
     def _regularized_weights(self) -> torch.Tensor:
         return self.proxies
@@ -283,18 +351,26 @@ class NormalizedSoftmaxLoss(_ClassWeightLoss):
         embedding_size: int,
         temperature: float = 0.05,
         *,
+        distance: Distance | None = None,
         scale: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=scale, **kwargs)
         self.temperature = temperature
+        # PML's default DotProductSimilarity() normalises, i.e. the cosine
+        self.distance = as_distance(distance) or CosineSimilarity()
         self.W = nn.Parameter(torch.empty(self.embedding_size, self.num_classes))
         self._init_weight(self.W, nn.init.normal_)
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
-        logits = F.normalize(emb, dim=1) @ F.normalize(self.W.to(emb.dtype), dim=0) / self.temperature
+        logits = self._logits(emb)
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
-        return (F.cross_entropy(logits, labels, reduction="none") * w).mean()
+        return self._element(F.cross_entropy(logits, labels, reduction="none") * w)
+
+    def _logits(self, emb: torch.Tensor) -> torch.Tensor:
+        # the class vectors are always normalised (with the distance's p-norm), as in PML
+        logits = self.distance(emb, self.distance.normalize(self.W.to(emb.dtype), dim=0).t()) / self.temperature
+        return logits if self.distance.higher_is_closer else -logits
 
     def _regularized_weights(self) -> torch.Tensor:
         return self.W.t()
@@ -311,9 +387,13 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
         scale: float,
         *,
         label_scale: int = 0,
+        distance: Distance | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=label_scale, **kwargs)
+        self.distance = as_distance(distance) or CosineSimilarity()
+        if not (self.distance.higher_is_closer and self.distance.normalize_embeddings):
+            raise ConfigError(f"{type(self).__name__} needs cosine similarity, got {self.distance!r}", key="distance")
         # ``scale`` is the logit scale (PML's keyword); it is stored as ``logit_scale`` because the attribute
         # ``self.scale`` is the label column of the base contract (set from ``label_scale``).
         self.logit_scale = scale
@@ -325,11 +405,14 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
-        cos = F.normalize(emb, dim=1) @ F.normalize(self.W.to(emb.dtype), dim=0)
+        cos = self.distance(emb, self.W.to(emb.dtype).t())
         target = cos.gather(1, labels[:, None])
         logits = cos.scatter(1, labels[:, None], self._target_logit(target)) * self.logit_scale
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
-        return (F.cross_entropy(logits, labels, reduction="none") * w).mean()
+        return self._element(F.cross_entropy(logits, labels, reduction="none") * w)
+
+    def _logits(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.distance(emb, self.W.to(emb.dtype).t()) * self.logit_scale
 
     def _regularized_weights(self) -> torch.Tensor:
         return self.W.t()
@@ -411,10 +494,14 @@ class SoftTripleLoss(_ClassWeightLoss):
         margin: float = 0.01,
         *,
         centers_reg_weight: float = 0.0,
+        distance: Distance | None = None,
         scale: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=scale, **kwargs)
+        self.distance = as_distance(distance) or CosineSimilarity()
+        if not self.distance.higher_is_closer:
+            raise ConfigError(f"SoftTripleLoss needs a similarity, got {self.distance!r}", key="distance")
         if int(centers_per_class) < 1:
             raise InputError(f"centers_per_class must be >= 1, got {centers_per_class}", key="centers_per_class")
         if centers_reg_weight and centers_per_class < 2:
@@ -429,7 +516,7 @@ class SoftTripleLoss(_ClassWeightLoss):
 
     def class_similarities(self, emb: torch.Tensor) -> torch.Tensor:
         """``S [B, C]``: the softmax(``1/gamma``)-weighted mix of each class's centre cosines."""
-        sim = (F.normalize(emb, dim=1) @ F.normalize(self.fc.to(emb.dtype), dim=0))
+        sim = self.distance(emb, self.fc.to(emb.dtype).t())
         sim = sim.view(-1, self.num_classes, self.centers_per_class)
         prob = F.softmax(sim / self.gamma, dim=2)
         return (prob * sim).sum(dim=2)
@@ -438,11 +525,15 @@ class SoftTripleLoss(_ClassWeightLoss):
         sim = self.class_similarities(emb)
         margin = torch.zeros_like(sim).scatter(1, labels[:, None], self.margin)
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
-        loss = (F.cross_entropy(self.la * (sim - margin), labels, reduction="none") * w).mean()
+        out = self._element(F.cross_entropy(self.la * (sim - margin), labels, reduction="none") * w)
         if self.centers_reg_weight:
-            loss = loss + self.centers_reg_weight * sparse_centers_regularizer(
+            reg = self.centers_reg_weight * sparse_centers_regularizer(
                 self.fc.t(), self.num_classes, self.centers_per_class)
-        return loss
+            out["centers_reg_loss"] = {"losses": reg, "indices": None, "reduction_type": "already_reduced"}
+        return out
+
+    def _logits(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.class_similarities(emb)
 
     def _regularized_weights(self) -> torch.Tensor:
         return self.fc.t()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from dynametric.errors import ConfigError, InputError
+
 
 def graph_zero(like: torch.Tensor) -> torch.Tensor:
     """A scalar zero connected to ``like``'s graph (its gradient is zero, never NaN)."""
@@ -65,3 +67,158 @@ def grouped_logsumexp(values: torch.Tensor, groups: torch.Tensor, num_groups: in
         0, groups, torch.exp(values - shift[groups])
     )
     return torch.log(sums) + shift
+
+
+# ------------------------------------------------------------------------------------------ reducer objects
+# A loss given ``reducer=`` returns ``reducer(loss_dict, embeddings, labels)`` instead of its built-in reduction.
+# ``loss_dict`` maps each sub-loss name to ``{"losses": tensor | 0, "indices": ..., "reduction_type": ...}`` with
+# ``reduction_type`` one of ``element`` (indices: the row of each loss), ``pos_pair`` / ``neg_pair`` (indices
+# ``(anchors, others)``), ``triplet`` (``(a, p, n)``) or ``already_reduced`` (a scalar), and for the divisor
+# reduction a ``divisor`` entry: the protocol of pytorch-metric-learning's reducers, so theirs and these are
+# interchangeable.
+
+REDUCTION_TYPES = ("element", "pos_pair", "neg_pair", "triplet", "already_reduced")
+
+
+def zero_entry() -> dict:
+    """A sub-loss that is exactly zero (PML's ``zero_loss``)."""
+    return {"losses": 0, "indices": None, "reduction_type": "already_reduced"}
+
+
+def is_zero_losses(losses) -> bool:
+    return not isinstance(losses, torch.Tensor) and losses == 0
+
+
+class Reducer(torch.nn.Module):
+    """Base class: reduces a one-entry ``loss_dict`` to a scalar (see the protocol above)."""
+
+    def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if len(loss_dict) != 1:
+            raise InputError(f"{type(self).__name__} reduces one sub-loss, got {sorted(loss_dict)}; "
+                             "wrap it in MultipleReducers", key="reducer")
+        (info,) = loss_dict.values()
+        losses, rtype = info["losses"], info["reduction_type"]
+        if rtype not in REDUCTION_TYPES:
+            raise InputError(f"unknown reduction_type {rtype!r}; expected one of {REDUCTION_TYPES}", key="reducer")
+        if is_zero_losses(losses):
+            return graph_zero(embeddings)
+        if rtype == "already_reduced":
+            return losses.reshape(()) if losses.numel() == 1 else losses
+        return self.reduce(losses, info, embeddings, labels)
+
+    def reduce(self, losses: torch.Tensor, info: dict, embeddings: torch.Tensor,
+               labels: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class MeanReducer(Reducer):
+    """Mean of all per-element losses."""
+
+    def reduce(self, losses, info, embeddings, labels):
+        return mean_reduce(losses, embeddings)
+
+
+class SumReducer(Reducer):
+    """Sum of all per-element losses."""
+
+    def reduce(self, losses, info, embeddings, labels):
+        return losses.sum() if losses.numel() else graph_zero(embeddings)
+
+
+class ThresholdReducer(Reducer):
+    """Mean over the losses with ``low < loss < high`` (either bound may be omitted); zero if none is left."""
+
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        super().__init__()
+        if low is None and high is None:
+            raise ConfigError("ThresholdReducer needs low or high", key="reducer")
+        self.low, self.high = low, high
+
+    def reduce(self, losses, info, embeddings, labels):
+        if self.low is not None:
+            losses = losses[losses > self.low]
+        if self.high is not None:
+            losses = losses[losses < self.high]
+        return losses.mean() if losses.numel() else graph_zero(embeddings)
+
+
+class AvgNonZeroReducer(ThresholdReducer):
+    """Mean over the strictly positive losses (zero if there are none)."""
+
+    def __init__(self) -> None:
+        super().__init__(low=0)
+
+
+class DivisorReducer(Reducer):
+    """``sum(losses) / info["divisor"]`` (zero when the divisor is 0)."""
+
+    def reduce(self, losses, info, embeddings, labels):
+        if "divisor" not in info:
+            raise InputError("DivisorReducer needs a 'divisor' in the loss dict (this loss does not give one)",
+                             key="reducer")
+        return divisor_reduce(losses, info["divisor"], embeddings)
+
+
+class ClassWeightedReducer(Reducer):
+    """Mean of ``loss * weights[label of its anchor]`` (the anchor of a pair or triplet, the row of an element)."""
+
+    def __init__(self, weights) -> None:
+        super().__init__()
+        self.weights = torch.as_tensor(weights)
+
+    def reduce(self, losses, info, embeddings, labels):
+        if labels is None:
+            raise InputError("ClassWeightedReducer needs labels", key="reducer")
+        idx = info["indices"] if info["reduction_type"] == "element" else info["indices"][0]
+        w = self.weights.to(device=losses.device, dtype=losses.dtype)
+        return (losses * w[labels[idx]]).mean()
+
+
+class DoNothingReducer(Reducer):
+    """Returns the loss dictionary itself (for inspecting per-element losses)."""
+
+    def forward(self, loss_dict, embeddings, labels):
+        return loss_dict
+
+
+class MultipleReducers(Reducer):
+    """One reducer per sub-loss name (``default_reducer``, a :class:`MeanReducer` unless given, for the others);
+    the sub-loss values are summed."""
+
+    def __init__(self, reducers: dict, default_reducer=None) -> None:
+        super().__init__()
+        self.reducers = torch.nn.ModuleDict(reducers)
+        self.default_reducer = MeanReducer() if default_reducer is None else default_reducer
+
+    def forward(self, loss_dict, embeddings, labels):
+        total = graph_zero(embeddings)
+        for name, info in loss_dict.items():
+            reducer = self.reducers[name] if name in self.reducers else self.default_reducer
+            total = total + reducer({name: info}, embeddings, labels)
+        return total
+
+
+#: Reducer classes that take the whole multi-entry dictionary (ours and PML's, matched by class name).
+_WHOLE_DICT_REDUCERS = ("MultipleReducers", "DoNothingReducer")
+
+
+def check_reducer(reducer, key: str = "reducer"):
+    """``reducer`` if it can reduce a loss dictionary (a dynametric or pytorch-metric-learning reducer, or any
+    callable ``(loss_dict, embeddings, labels)``); ``None`` passes."""
+    if reducer is not None and not callable(reducer):
+        raise ConfigError(f"{key} must be a reducer object (e.g. MeanReducer()), got {reducer!r}", key=key)
+    return reducer
+
+
+def apply_reducer(reducer, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None):
+    """Reduce ``loss_dict`` as pytorch-metric-learning does: a whole-dictionary reducer (``MultipleReducers``,
+    ``DoNothingReducer``) gets all of it; any other reducer reduces each sub-loss separately and the results are
+    summed."""
+    if type(reducer).__name__ in _WHOLE_DICT_REDUCERS or len(loss_dict) == 1:
+        return reducer(loss_dict, embeddings, labels)
+    total = None
+    for name, info in loss_dict.items():
+        value = reducer({name: info}, embeddings, labels)
+        value = value.reshape(()) if value.numel() == 1 else value  # a [1]-shaped already-reduced term
+        total = value if total is None else total + value
+    return total

@@ -11,13 +11,15 @@ the two reference embeddings (PML indexes the query-reference matrix with refere
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from dynametric.distances import Distance, LpDistance
+from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.reducers import avg_nonzero_reduce, graph_zero
+from dynametric.losses.reducers import avg_nonzero_reduce, graph_zero, zero_entry
 from dynametric.losses.tuples import (
     anchor_chunks,
     check_miner_output,
@@ -41,6 +43,8 @@ def check_triplets_per_anchor(value: int | str) -> int | str:
 class TripletMarginLoss(MetricLoss):
     """Hinge (or softplus) on the triplet margin; PML-compatible (see module docstring)."""
 
+    works_without_labels = True
+
     def __init__(
         self,
         margin: float = 0.05,
@@ -49,13 +53,19 @@ class TripletMarginLoss(MetricLoss):
         triplets_per_anchor: int | str = "all",
         distance: Distance | None = None,
         scale: int = 0,
+        *,
+        reducer: Any = None,
+        embedding_regularizer: Any = None,
+        embedding_reg_weight: float = 1.0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
+                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
         self.margin = margin
         self.swap = swap
         self.smooth_loss = smooth_loss
         self.triplets_per_anchor = check_triplets_per_anchor(triplets_per_anchor)
-        self.distance = distance if distance is not None else LpDistance()
+        self.distance = as_distance(distance) or LpDistance()
 
     def compute_loss(
         self,
@@ -119,6 +129,21 @@ class TripletMarginLoss(MetricLoss):
             count += int(active.sum())
             total = total + torch.where(active, loss, torch.zeros_like(loss)).sum()
         return total / count if count else graph_zero(mat)
+
+    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
+        a, p, n = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
+        self.record(num_triplets=int(a.numel()))
+        if a.numel() == 0:
+            return {"loss": zero_entry()}
+        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        ap, an = mat[a, p], mat[a, n]
+        if self.swap:
+            ref_mat = mat if ref_emb is None else distance_matrix(self.distance, ref_emb, None)
+            an = self.distance.smallest_dist(an, ref_mat[p, n])
+        violation = self.distance.margin(ap, an) + self.margin
+        loss = F.softplus(violation) if self.smooth_loss else F.relu(violation)
+        return {"loss": {"losses": loss, "indices": (a, p, n), "reduction_type": "triplet"}}
 
 
 def _triplet_blocks(

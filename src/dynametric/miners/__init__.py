@@ -7,20 +7,22 @@ from __future__ import annotations
 from typing import Any
 
 from dynametric.losses.base import Miner
+from dynametric.losses.pml import PMLAwareRegistry
 from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
 from dynametric.miners.inter_class import InterClassTripletMiner
 from dynametric.miners.multi_similarity import MultiSimilarityMiner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
 from dynametric.utils.registry import build_registered
 
-MINERS: dict[str, type[Miner]] = {
+MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
     "TripletMarginMiner": TripletMarginMiner,
     "BatchHardMiner": BatchHardMiner,
     "DistanceWeightedMiner": DistanceWeightedMiner,
     "MultiSimilarityMiner": MultiSimilarityMiner,
     "PairMarginMiner": PairMarginMiner,
     "InterClassTripletMiner": InterClassTripletMiner,
-}
+})
+"""Native miners by name; ``pml:<ClassName>`` resolves to pytorch-metric-learning's miner in :class:`PMLMiner`."""
 
 
 def build_miner(name: str, **kwargs: Any) -> Miner:

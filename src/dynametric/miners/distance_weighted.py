@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from dynametric.distances import Distance, LpDistance
+from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, Miner
+from dynametric.losses.base import IndicesTuple, Miner, logger
 from dynametric.losses.tuples import match_masks
 
 #: Largest distance used inside the log (distances between unit vectors are at most 2; ``1 - d^2/4`` must stay > 0).
@@ -55,7 +55,7 @@ def inverse_q_log_weights(
 def unit_sphere_l2(distance: Distance | None, owner: str) -> LpDistance:
     """``distance`` (default ``LpDistance()``) if it is the Euclidean distance between L2-normalised embeddings,
     which the sphere-density weights assume; a :class:`ConfigError` naming ``owner`` otherwise."""
-    d = distance if distance is not None else LpDistance()
+    d = as_distance(distance) or LpDistance()
     if not (isinstance(d, LpDistance) and d.p == 2 and d.power == 1 and d.normalize_embeddings):
         raise ConfigError(f"{owner} needs LpDistance(p=2, power=1, normalize_embeddings=True), got {d!r}",
                           key="distance")
@@ -83,13 +83,20 @@ class DistanceWeightedMiner(Miner):
         distance: Distance | None = None,
         seed: int | None = None,
         scale: int = 0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, collect_stats=collect_stats)
         self.distance = unit_sphere_l2(distance, "DistanceWeightedMiner")
-        # validate the cutoffs once, here
-        inverse_q_log_weights(torch.zeros(1), 3, cutoff, nonzero_loss_cutoff)
         self.cutoff = float(cutoff)
         self.nonzero_loss_cutoff = None if nonzero_loss_cutoff is None else float(nonzero_loss_cutoff)
+        #: ``nonzero_loss_cutoff <= cutoff`` leaves no distance to sample from: the miner returns no triplets
+        #: (as pytorch-metric-learning does, e.g. ``DistanceWeightedMiner(0, -0.01)``).
+        self.mines_nothing = self.nonzero_loss_cutoff is not None and self.nonzero_loss_cutoff <= self.cutoff
+        # validate the cutoffs once, here
+        inverse_q_log_weights(torch.zeros(1), 3, cutoff, None if self.mines_nothing else nonzero_loss_cutoff)
+        if self.mines_nothing:
+            logger.warning("DistanceWeightedMiner: nonzero_loss_cutoff %s <= cutoff %s, so no negative can be "
+                           "drawn; every call returns empty triplets", nonzero_loss_cutoff, cutoff)
         self.generator: torch.Generator | None = None
         if seed is not None:
             self.generator = torch.Generator().manual_seed(int(seed))
@@ -114,6 +121,9 @@ class DistanceWeightedMiner(Miner):
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
         ref = None if ref_emb is embeddings else ref_labels
+        if self.mines_nothing:
+            empty = torch.empty(0, dtype=torch.long, device=labels.device)
+            return empty, empty.clone(), empty.clone()
         pos, neg = match_masks(labels, ref)
         probs = self.sampling_probabilities(embeddings, labels, ref_emb, ref)
         anchors = torch.nonzero(pos.any(1) & neg.any(1)).flatten()

@@ -71,8 +71,9 @@ class InterClassTripletMiner(Miner):
         distance: Distance | None = None,
         seed: int | None = None,
         scale: int = 0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, collect_stats=collect_stats)
         if variant not in VARIANTS:
             raise ConfigError(f"unknown t* variant {variant!r}; expected one of {list(VARIANTS)}", key="variant")
         if isinstance(group_size, bool) or int(group_size) < 2:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import torch
 
-from dynametric.distances import CosineSimilarity, Distance
+from dynametric.distances import CosineSimilarity, Distance, as_distance
 from dynametric.losses.base import IndicesTuple, Miner
 from dynametric.losses.tuples import match_masks
+from dynametric.miners.triplet_margin import mining_matrix
 
 
 class MultiSimilarityMiner(Miner):
     """Hard positive/negative pairs relative to the hardest pair of the other kind (see module docstring)."""
 
-    def __init__(self, epsilon: float = 0.1, distance: Distance | None = None, scale: int = 0) -> None:
-        super().__init__(scale)
+    def __init__(self, epsilon: float = 0.1, distance: Distance | None = None, scale: int = 0,
+        collect_stats: bool = False
+    ) -> None:
+        super().__init__(scale, collect_stats=collect_stats)
         self.epsilon = epsilon
-        self.distance = distance if distance is not None else CosineSimilarity()
+        self.distance = as_distance(distance) or CosineSimilarity()
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
@@ -30,7 +33,7 @@ class MultiSimilarityMiner(Miner):
         if not bool(pos.any()) or not bool(neg.any()):
             empty = torch.empty(0, dtype=torch.long, device=labels.device)
             return empty, empty.clone(), empty.clone(), empty.clone()
-        mat = self.distance(embeddings, ref_emb).float()
+        mat = mining_matrix(self.distance, embeddings, ref_emb)
         s = mat if self.distance.higher_is_closer else -mat  # larger = closer from here on
         eps = self.epsilon
         big = torch.finfo(s.dtype).max

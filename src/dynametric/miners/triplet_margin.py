@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import torch
 
-from dynametric.distances import Distance, LpDistance
+from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, Miner
 from dynametric.losses.tuples import get_all_pairs_indices, get_all_triplets_indices, match_masks
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
+
+
+def mining_matrix(distance: Distance, embeddings: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+    """The distance matrix in the embeddings' dtype (float16/bfloat16 are compared in float32): float64 input is
+    mined in float64, so near-ties are decided as pytorch-metric-learning decides them."""
+    mat = distance(embeddings, ref_emb)
+    return mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat
 
 
 def _ref_labels_or_none(
@@ -32,23 +39,27 @@ class TripletMarginMiner(Miner):
     """Triplets by their margin: all violating, hard, semihard or easy (see module docstring)."""
 
     def __init__(
-        self, margin: float = 0.2, type_of_triplets: str = "all", distance: Distance | None = None, scale: int = 0
+        self, margin: float = 0.2, type_of_triplets: str = "all", distance: Distance | None = None, scale: int = 0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, collect_stats=collect_stats)
         if type_of_triplets not in TRIPLET_TYPES:
             raise ConfigError(f"type_of_triplets must be one of {TRIPLET_TYPES}, got {type_of_triplets!r}",
                               key="type_of_triplets")
         self.margin = margin
         self.type_of_triplets = type_of_triplets
-        self.distance = distance if distance is not None else LpDistance()
+        self.distance = as_distance(distance) or LpDistance()
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
         a, p, n = get_all_triplets_indices(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
-        mat = self.distance(embeddings, ref_emb).float()
+        mat = mining_matrix(self.distance, embeddings, ref_emb)
         ap, an = mat[a, p], mat[a, n]
         mu = ap - an if self.distance.higher_is_closer else an - ap
+        if self.collect_stats and a.numel():
+            self.record(pos_pair_dist=float(ap.mean()), neg_pair_dist=float(an.mean()),
+                        avg_triplet_margin=float(mu.mean()))
         if self.type_of_triplets == "easy":
             keep = mu > self.margin
         else:
@@ -63,15 +74,17 @@ class TripletMarginMiner(Miner):
 class BatchHardMiner(Miner):
     """Hardest positive and hardest negative per anchor (batch-hard triplets)."""
 
-    def __init__(self, distance: Distance | None = None, scale: int = 0) -> None:
-        super().__init__(scale)
-        self.distance = distance if distance is not None else LpDistance()
+    def __init__(self, distance: Distance | None = None, scale: int = 0,
+        collect_stats: bool = False
+    ) -> None:
+        super().__init__(scale, collect_stats=collect_stats)
+        self.distance = as_distance(distance) or LpDistance()
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
         pos, neg = match_masks(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
-        mat = self.distance(embeddings, ref_emb).float()
+        mat = mining_matrix(self.distance, embeddings, ref_emb)
         big = torch.finfo(mat.dtype).max
         # "harder" = farther positive / closer negative; flip the sign of similarities to use distances' rule.
         d = -mat if self.distance.higher_is_closer else mat
@@ -79,6 +92,12 @@ class BatchHardMiner(Miner):
         hard_n = d.masked_fill(~neg, big).argmin(1)
         keep = pos.any(1) & neg.any(1)
         anchors = torch.nonzero(keep).flatten()
+        if self.collect_stats and anchors.numel():
+            # PML's stats: the hardest positive and negative values over the batch
+            pick = torch.amin if self.distance.higher_is_closer else torch.amax
+            other = torch.amax if self.distance.higher_is_closer else torch.amin
+            self.record(hardest_pos_pair=float(pick(mat[anchors, hard_p[keep]])),
+                        hardest_neg_pair=float(other(mat[anchors, hard_n[keep]])))
         return anchors, hard_p[keep], hard_n[keep]
 
 
@@ -86,19 +105,23 @@ class PairMarginMiner(Miner):
     """Positive pairs beyond ``pos_margin`` and negative pairs within ``neg_margin``."""
 
     def __init__(
-        self, pos_margin: float = 0.2, neg_margin: float = 0.8, distance: Distance | None = None, scale: int = 0
+        self, pos_margin: float = 0.2, neg_margin: float = 0.8, distance: Distance | None = None, scale: int = 0,
+        collect_stats: bool = False,
     ) -> None:
-        super().__init__(scale)
+        super().__init__(scale, collect_stats=collect_stats)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
-        self.distance = distance if distance is not None else LpDistance()
+        self.distance = as_distance(distance) or LpDistance()
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
         a1, p, a2, n = get_all_pairs_indices(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
-        mat = self.distance(embeddings, ref_emb).float()
+        mat = mining_matrix(self.distance, embeddings, ref_emb)
         pd, nd = mat[a1, p], mat[a2, n]
+        if self.collect_stats:
+            self.record(pos_pair_dist=float(pd.mean()) if pd.numel() else 0.0,
+                        neg_pair_dist=float(nd.mean()) if nd.numel() else 0.0)
         if self.distance.higher_is_closer:
             pk, nk = pd < self.pos_margin, nd > self.neg_margin
         else:

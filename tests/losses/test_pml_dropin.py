@@ -1,0 +1,370 @@
+"""dynametric's losses as drop-ins for pytorch-metric-learning's (test-only oracle): the same constructor call with
+PML's reducers, regularizers and distance objects gives the same value and gradient (float64), and the PML
+adapter gives any PML loss on [B, S] labels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pytorch_metric_learning import distances as pml_dist
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
+from pytorch_metric_learning import reducers as pml_red
+from pytorch_metric_learning import regularizers as pml_reg
+
+import dynametric.losses as dl
+from dynametric import distances as dm_dist
+from dynametric.errors import ConfigError, InputError
+from dynametric.losses import LOSSES, MultiScaleLoss, PMLLoss, PMLMiner, build_loss, pml_loss, pml_miner
+from dynametric.losses import reducers as dm_red
+from dynametric.miners import MINERS, TripletMarginMiner
+
+B, D = 20, 6
+
+PAIR_LOSSES = [
+    ("ContrastiveLoss", {"pos_margin": 0.1, "neg_margin": 0.9}),
+    ("TripletMarginLoss", {"margin": 0.3}),
+    ("TripletMarginLoss", {"margin": 0.2, "swap": True, "smooth_loss": True}),
+    ("NPairsLoss", {}),
+    ("LiftedStructureLoss", {"neg_margin": 0.8}),
+    ("GeneralizedLiftedStructureLoss", {"neg_margin": 0.8}),
+    ("MarginLoss", {"margin": 0.1, "nu": 0.2, "beta": 0.9, "learn_beta": True}),
+    ("MarginLoss", {"num_classes": 5, "learn_beta": True, "nu": 0.1}),
+    ("MultiSimilarityLoss", {"alpha": 1.5, "beta": 20, "base": 0.6}),
+    ("CircleLoss", {"m": 0.3, "gamma": 40}),
+]
+PAIR_IDS = [f"{n}-{i}" for i, (n, _) in enumerate(PAIR_LOSSES)]
+
+KEEPDIM_IN_PML = {"LiftedStructureLoss", "GeneralizedLiftedStructureLoss", "MultiSimilarityLoss", "CircleLoss"}
+
+# reducer factories: (PML's, ours); the PML object goes to both libraries as well (mixing is allowed)
+REDUCERS = {
+    "mean": (pml_red.MeanReducer, dm_red.MeanReducer),
+    "sum": (pml_red.SumReducer, dm_red.SumReducer),
+    "avg_nonzero": (pml_red.AvgNonZeroReducer, dm_red.AvgNonZeroReducer),
+    "threshold": (lambda: pml_red.ThresholdReducer(low=0.05, high=1.5),
+                  lambda: dm_red.ThresholdReducer(low=0.05, high=1.5)),
+    "class_weighted": (lambda: pml_red.ClassWeightedReducer(torch.arange(1.0, 6.0)),
+                       lambda: dm_red.ClassWeightedReducer(torch.arange(1.0, 6.0))),
+}
+
+
+def batch(seed: int, n: int = B, d: int = D, classes: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(n, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return emb, labels
+
+
+def value_and_grad(loss, emb, labels, *args):
+    e = emb.clone().requires_grad_(True)
+    value = loss(e, labels, *args)
+    value.backward()
+    return value.detach(), e.grad
+
+
+def assert_same(ours, theirs, emb, labels, *args):
+    v1, g1 = value_and_grad(ours, emb, labels, *args)
+    v2, g2 = value_and_grad(theirs, emb, labels, *args)
+    torch.testing.assert_close(v1, v2.to(v1.dtype).reshape(()), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-10)
+    return v1
+
+
+@pytest.mark.parametrize("reducer", sorted(REDUCERS))
+@pytest.mark.parametrize("name,kwargs", PAIR_LOSSES, ids=PAIR_IDS)
+def test_pair_losses_with_reducers_equal_pml(name, kwargs, reducer):
+    pml_make, ours_make = REDUCERS[reducer]
+    emb, labels = batch(3)
+    if name in KEEPDIM_IN_PML and reducer == "class_weighted":
+        # PML's per-element losses of these have shape [N, 1], so its ClassWeightedReducer broadcasts them against
+        # the [N] weights (an [N, N] product); dynametric's are [N]: check against the definition instead
+        losses = LOSSES[name](**kwargs, reducer=dm_red.DoNothingReducer()).double()(emb, labels)["loss"]
+        rows = losses["indices"] if losses["reduction_type"] == "element" else losses["indices"][0]
+        expected = (losses["losses"] * torch.arange(1.0, 6.0, dtype=torch.float64)[labels[rows]]).mean()
+        value = LOSSES[name](**kwargs, reducer=pml_make()).double()(emb, labels)
+        torch.testing.assert_close(value, expected)
+        return
+    theirs = getattr(pml_losses, name)(**kwargs, reducer=pml_make()).double()
+    for red in (pml_make(), ours_make()):
+        ours = LOSSES[name](**kwargs, reducer=red).double()
+        assert_same(ours, theirs, emb, labels)
+
+
+@pytest.mark.parametrize("name,kwargs", PAIR_LOSSES, ids=PAIR_IDS)
+def test_default_reduction_equals_explicit_default_reducer(name, kwargs):
+    """The built-in (memory-bounded) reduction and the loss-dict path with PML's default reducer agree."""
+    emb, labels = batch(4)
+    default = getattr(pml_losses, name)(**kwargs).reducer
+    assert_same(LOSSES[name](**kwargs).double(), LOSSES[name](**kwargs, reducer=default).double(), emb, labels)
+
+
+@pytest.mark.parametrize("name,kwargs", PAIR_LOSSES, ids=PAIR_IDS)
+def test_do_nothing_reducer_gives_pml_loss_dict(name, kwargs):
+    emb, labels = batch(5)
+    mined = pml_miners.TripletMarginMiner(margin=0.5)(emb, labels)
+    ours = LOSSES[name](**kwargs, reducer=dm_red.DoNothingReducer()).double()(emb, labels, mined)
+    theirs = getattr(pml_losses, name)(**kwargs, reducer=pml_red.DoNothingReducer()).double()(emb, labels, mined)
+    assert sorted(ours) == sorted(theirs)
+    for key, info in theirs.items():
+        assert ours[key]["reduction_type"] == info["reduction_type"], key
+        if torch.is_tensor(info["losses"]):
+            torch.testing.assert_close(ours[key]["losses"], info["losses"].to(torch.float64).reshape(
+                ours[key]["losses"].shape), rtol=1e-9, atol=1e-12)
+        if info["reduction_type"] == "already_reduced":
+            continue
+        got = ours[key]["indices"]
+        want = info["indices"]
+        if torch.is_tensor(want):
+            assert got.tolist() == want.tolist(), key
+        else:
+            assert [t.tolist() for t in got] == [t.tolist() for t in want], key
+
+
+@pytest.mark.parametrize("name,kwargs", PAIR_LOSSES, ids=PAIR_IDS)
+def test_embedding_regularizer_with_and_without_reducer(name, kwargs):
+    emb, labels = batch(6)
+    for extra in ({}, {"reducer": pml_red.MeanReducer()}):
+        reg = {"embedding_regularizer": pml_reg.LpRegularizer(power=2), "embedding_reg_weight": 0.3, **extra}
+        ours = LOSSES[name](**kwargs, **reg).double()
+        theirs = getattr(pml_losses, name)(**kwargs, **reg).double()
+        value = assert_same(ours, theirs, emb, labels)
+        plain = LOSSES[name](**kwargs, **extra).double()(emb, labels)
+        assert value == pytest.approx(plain.item() + 0.3 * (emb**2).sum(1).mean().item(), rel=1e-9)
+
+
+PML_DISTANCES = {
+    "lp": lambda: pml_dist.LpDistance(),
+    "lp_power2": lambda: pml_dist.LpDistance(power=2),
+    "lp_p1": lambda: pml_dist.LpDistance(p=1),
+    "lp_unnormalized": lambda: pml_dist.LpDistance(normalize_embeddings=False),
+    "cosine": lambda: pml_dist.CosineSimilarity(),
+    "cosine_power2": lambda: pml_dist.CosineSimilarity(power=2),
+    "dot": lambda: pml_dist.DotProductSimilarity(),
+    "dot_unnormalized": lambda: pml_dist.DotProductSimilarity(normalize_embeddings=False),
+    "snr": lambda: pml_dist.SNRDistance(),  # no dynametric equivalent: used through its own __call__
+}
+
+
+@pytest.mark.parametrize("dist", sorted(PML_DISTANCES))
+@pytest.mark.parametrize("name,kwargs", [c for c in PAIR_LOSSES if c[0] != "CircleLoss"],
+                         ids=[i for i, c in zip(PAIR_IDS, PAIR_LOSSES, strict=True) if c[0] != "CircleLoss"])
+def test_pml_distance_objects_accepted(name, kwargs, dist):
+    emb, labels = batch(7)
+    ours = LOSSES[name](**kwargs, distance=PML_DISTANCES[dist]()).double()
+    theirs = getattr(pml_losses, name)(**kwargs, distance=PML_DISTANCES[dist]()).double()
+    assert ours.distance.higher_is_closer == theirs.distance.is_inverted
+    assert_same(ours, theirs, emb, labels)
+
+
+def test_as_distance_maps_pml_objects_to_equivalents():
+    d = dm_dist.as_distance(pml_dist.LpDistance(p=1, power=2, normalize_embeddings=False))
+    assert type(d) is dm_dist.LpDistance and (d.p, d.power, d.normalize_embeddings) == (1, 2, False)
+    assert type(dm_dist.as_distance(pml_dist.CosineSimilarity())) is dm_dist.CosineSimilarity
+    # PML's DotProductSimilarity normalises by default: that is the cosine
+    assert type(dm_dist.as_distance(pml_dist.DotProductSimilarity())) is dm_dist.CosineSimilarity
+    assert isinstance(dm_dist.as_distance(pml_dist.SNRDistance()), dm_dist.ForeignDistance)
+    with pytest.raises(ConfigError, match="distance"):
+        dm_dist.as_distance("cosine")
+    # and dynametric distances answer to PML's interface
+    ours = dm_dist.CosineSimilarity()
+    assert ours.is_inverted and ours.smallest_dist(torch.tensor(1.0), torch.tensor(2.0)) == 2.0
+
+
+def test_circle_loss_rejects_non_cosine_pml_distance():
+    with pytest.raises(ConfigError, match="cosine"):
+        dl.CircleLoss(distance=pml_dist.LpDistance())
+    emb, labels = batch(8)
+    assert_same(dl.CircleLoss(distance=pml_dist.CosineSimilarity()).double(), pml_losses.CircleLoss().double(),
+                 emb, labels)
+
+
+def test_bad_reducer_and_regularizer_are_errors():
+    with pytest.raises(ConfigError, match="reducer"):
+        dl.ContrastiveLoss(reducer="mean")
+    with pytest.raises(InputError, match="embedding_regularizer"):
+        dl.ContrastiveLoss(embedding_regularizer=3)
+    emb, labels = batch(9)
+    with pytest.raises(InputError, match="divisor"):
+        dl.TripletMarginLoss(reducer=dm_red.DivisorReducer())(emb, labels)
+    with pytest.raises(InputError, match="does not support reducer"):
+        dl.MetricLoss(reducer=dm_red.MeanReducer())(emb, labels)  # a loss without a loss-dict form
+
+
+# ------------------------------------------------------------------ proxy / classification losses
+C = 5
+PROXY = [
+    ("ProxyNCALoss", "proxies", {"softmax_scale": 2.0}),
+    ("ProxyAnchorLoss", "proxies", {"margin": 0.2, "alpha": 16}),
+    ("NormalizedSoftmaxLoss", "W", {"temperature": 0.2}),
+    ("CosFaceLoss", "W", {"margin": 0.3, "scale": 16}),
+    ("ArcFaceLoss", "W", {"margin": 20.0, "scale": 16}),
+    ("SoftTripleLoss", "fc", {"centers_per_class": 3, "la": 8}),
+]
+PROXY_IDS = [p[0] for p in PROXY]
+
+
+def proxy_pair(name, attr, kwargs, **extra):
+    ours = LOSSES[name](C, D, **kwargs, **extra).double()
+    theirs = getattr(pml_losses, name)(num_classes=C, embedding_size=D, **kwargs, **extra).double()
+    getattr(theirs, attr).data.copy_(getattr(ours, attr).data)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("name,attr,kwargs", PROXY, ids=PROXY_IDS)
+def test_proxy_losses_reducers_regularizers_logits_equal_pml(name, attr, kwargs):
+    emb, labels = batch(10, classes=C)
+    mined = pml_miners.MultiSimilarityMiner(epsilon=0.2)(emb, labels)
+    for extra in ({"reducer": pml_red.MeanReducer()}, {"reducer": pml_red.SumReducer()},
+                  {"weight_regularizer": pml_reg.LpRegularizer(), "weight_reg_weight": 0.5},
+                  {"embedding_regularizer": pml_reg.LpRegularizer(), "reducer": dm_red.MeanReducer()}):
+        if name == "ProxyAnchorLoss" and isinstance(extra.get("reducer"), pml_red.SumReducer):
+            extra = {"reducer": pml_red.DivisorReducer()}
+        pml_extra = {k: (pml_red.MeanReducer() if isinstance(v, dm_red.Reducer) else v) for k, v in extra.items()}
+        ours, theirs = proxy_pair(name, attr, kwargs, **extra)
+        theirs = getattr(pml_losses, name)(num_classes=C, embedding_size=D, **kwargs, **pml_extra).double()
+        getattr(theirs, attr).data.copy_(getattr(ours, attr).data)
+        assert_same(ours, theirs, emb, labels, mined)
+    torch.testing.assert_close(ours.get_logits(emb), theirs.get_logits(emb), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dist", ["dot_unnormalized", "lp", "cosine"])
+def test_normalized_softmax_takes_a_distance(dist):
+    emb, labels = batch(11, classes=C)
+    ours, theirs = proxy_pair("NormalizedSoftmaxLoss", "W", {"temperature": 0.5}, distance=PML_DISTANCES[dist]())
+    assert_same(ours, theirs, emb, labels)
+    torch.testing.assert_close(ours.get_logits(emb), theirs.get_logits(emb))
+    if dist == "dot_unnormalized":  # the class vectors are normalised, the embeddings not: logits scale with |x|
+        torch.testing.assert_close(ours.get_logits(3 * emb), 3 * ours.get_logits(emb))
+
+
+def test_collect_stats_records_counts():
+    emb, labels = batch(12)
+    loss = dl.NPairsLoss(collect_stats=True, reducer=dm_red.MeanReducer())
+    loss(emb, labels)
+    assert loss.num_pairs == len(set(labels.tolist()) & {int(x) for x in labels if (labels == x).sum() > 1})
+    miner = TripletMarginMiner(margin=0.2, collect_stats=True)
+    a, _, _ = miner(emb, labels)
+    assert miner.num_triplets == a.numel() and isinstance(miner.avg_triplet_margin, float)
+    quiet = TripletMarginMiner(margin=0.2)
+    quiet(emb, labels)
+    assert not hasattr(quiet, "num_triplets")
+
+
+# ------------------------------------------------------------------ the PML adapter
+def hier_batch(seed: int, n: int = 24):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(n, D, generator=g, dtype=torch.float64)
+    fine = torch.randint(0, 6, (n,), generator=g)
+    return emb, torch.stack([fine, fine // 2, fine // 3], dim=1)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("TupletMarginLoss", {}), ("FastAPLoss", {}), ("SupConLoss", {"temperature": 0.2}),
+    ("IntraPairVarianceLoss", {}), ("ContrastiveLoss", {"pos_margin": 0.1})])
+@pytest.mark.parametrize("scale", [0, 1, 2])
+def test_pml_loss_one_scale_equals_pml_on_that_column(name, kwargs, scale):
+    emb, labels = hier_batch(scale)
+    ours = pml_loss(name, scale=scale, **kwargs)
+    assert isinstance(ours, PMLLoss) and ours.loss_parameters() == []
+    v1, g1 = value_and_grad(ours, emb, labels)
+    v2, g2 = value_and_grad(getattr(pml_losses, name)(**kwargs), emb, labels[:, scale])
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_pml_loss_weighted_sum_over_scales_with_proxies_per_scale():
+    emb, labels = hier_batch(4)
+    num_classes = [int(labels[:, s].max()) + 1 for s in range(3)]
+    weights = [1.0, 0.5, 0.25]
+    ours = pml_loss("ArcFaceLoss", weights=weights, num_classes=num_classes, embedding_size=D, margin=20.0)
+    assert isinstance(ours, MultiScaleLoss)
+    assert [m.loss.W.shape[1] for m in ours.losses] == num_classes  # one weight matrix per scale
+    assert len(ours.loss_parameters()) == 3
+    ours.double()
+    e = emb.clone().requires_grad_(True)
+    total = ours(e, labels)
+    expected = sum(w * ours.losses[s].loss(emb, labels[:, s]) for s, w in enumerate(weights))
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(p.grad is not None for p in ours.loss_parameters())
+    with pytest.raises(ConfigError, match="num_classes"):
+        pml_loss("ArcFaceLoss", weights=[1, 1], num_classes=[3, 2, 1], embedding_size=D)
+    with pytest.raises(ConfigError, match="parameters"):
+        pml_loss(pml_losses.ArcFaceLoss(3, D), weights=[1, 1])
+
+
+def test_pml_miner_on_a_scale_and_with_pml_loss():
+    emb, labels = hier_batch(5)
+    ours = pml_miner("BatchEasyHardMiner", scale=1)
+    assert isinstance(ours, PMLMiner)
+    got = ours(emb, labels)
+    want = pml_miners.BatchEasyHardMiner()(emb, labels[:, 1])
+    assert [t.tolist() for t in got] == [t.tolist() for t in want]
+    loss = pml_loss("TupletMarginLoss", scale=1)
+    torch.testing.assert_close(loss(emb, labels, got), pml_losses.TupletMarginLoss()(emb, labels[:, 1], want))
+    # a dynametric loss and a PML miner mix as well
+    torch.testing.assert_close(dl.TripletMarginLoss(scale=1)(emb, labels, got),
+                               pml_losses.TripletMarginLoss()(emb, labels[:, 1], want))
+
+
+def test_pml_names_in_the_registries_and_build_loss():
+    assert "pml:ArcFaceLoss" in LOSSES and "pml:BatchEasyHardMiner" in MINERS
+    assert "pml:NoSuchLoss" not in LOSSES and "ArcFaceLoss" in LOSSES
+    loss = build_loss("pml:CosFaceLoss", num_classes=4, embedding_size=D, scale=8, label_scale=2,
+                      distance="cosine")
+    assert isinstance(loss, PMLLoss) and loss.scale == 2 and loss.loss.scale == 8
+    assert type(loss.loss.distance).__module__.startswith("pytorch_metric_learning")  # converted for PML's checks
+    with pytest.raises(ConfigError, match="unknown loss"):
+        build_loss("pml:NoSuchLoss")
+
+
+def test_config_builds_pml_loss_with_num_classes_per_scale():
+    from dynametric.config import Config, LossConfig
+    from dynametric.engine.builders import build_loss_term
+
+    _, labels = hier_batch(6)
+    term = LossConfig(name="pml:ProxyAnchorLoss", kwargs={"margin": 0.2}, multiscale=True,
+                      scale_weights=[1.0, 0.0, 2.0])
+    loss = build_loss_term(term, "loss", labels, dim=D, num_scales=3)
+    assert isinstance(loss, MultiScaleLoss) and loss.weights == [1.0, 0.0, 2.0]
+    assert [m.loss.proxies.shape for m in loss.losses] == [(int(labels[:, s].max()) + 1, D) for s in range(3)]
+    single = build_loss_term(LossConfig(name="pml:NormalizedSoftmaxLoss", kwargs={"label_scale": 1}), "loss",
+                             labels, dim=D, num_scales=3)
+    assert single.scale == 1 and single.loss.W.shape == (D, int(labels[:, 1].max()) + 1)
+    with pytest.raises(ConfigError):
+        build_loss_term(LossConfig(name="pml:ArcFaceLoss", kwargs={"margn": 3}), "loss", labels, dim=D, num_scales=3)
+    assert Config is not None
+
+
+@pytest.mark.parametrize("name,kwargs", PAIR_LOSSES, ids=PAIR_IDS)
+def test_losses_from_an_indices_tuple_alone(name, kwargs):
+    emb, labels = batch(13)
+    loss = LOSSES[name](**kwargs).double()
+    tuples = [pml_miners.TripletMarginMiner(margin=0.5)(emb, labels), pml_miners.MultiSimilarityMiner()(emb, labels)]
+    for mined in tuples:
+        if name == "NPairsLoss" or kwargs.get("num_classes"):  # they need the labels themselves
+            with pytest.raises(InputError, match="needs labels"):
+                loss(emb, indices_tuple=mined)
+            continue
+        with_labels = loss(emb, labels, mined)
+        assert loss(emb, indices_tuple=mined).item() == pytest.approx(with_labels.item(), rel=1e-12)
+        assert loss(emb, indices_tuple=mined, ref_emb=emb).item() == pytest.approx(with_labels.item(), rel=1e-12)
+        theirs = getattr(pml_losses, name)(**kwargs).double()
+        assert with_labels.item() == pytest.approx(theirs(emb, indices_tuple=mined).item(), rel=1e-9)
+    with pytest.raises(InputError, match="labels or an indices_tuple"):
+        loss(emb)
+
+
+@pytest.mark.parametrize("name,attr,kwargs", PROXY, ids=PROXY_IDS)
+def test_class_weights_follow_float_dtype_as_pml(name, attr, kwargs):
+    ours = LOSSES[name](C, D, **kwargs)  # float32 weights
+    theirs = getattr(pml_losses, name)(num_classes=C, embedding_size=D, **kwargs)
+    getattr(theirs, attr).data.copy_(getattr(ours, attr).data)
+    emb, labels = batch(14, classes=C)
+    assert_same(ours, theirs, emb, labels)
+    assert getattr(ours, attr).dtype == getattr(theirs, attr).dtype == torch.float64
+    ours(emb.float(), labels)
+    assert getattr(ours, attr).dtype == torch.float32
+    ours(emb.half(), labels)  # half precision: the weights stay float32 (the maths runs in float32)
+    assert getattr(ours, attr).dtype == torch.float32
