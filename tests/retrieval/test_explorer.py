@@ -1,5 +1,6 @@
 """The explorer over HTTP: items, neighbours per scale, image serving confined to the index's image roots (path
-traversal, symlinks, items outside the roots), upload limits; headless Chromium end to end where available."""
+traversal, symlinks, items outside the roots), upload limits; headless Chromium end to end (required in CI:
+``.ci/run`` installs Chromium, and a skip of the browser test fails it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +21,9 @@ from dynametric.retrieval.embed import EmbeddingSet, embed_items, list_image_fol
 from dynametric.retrieval.explorer import Explorer, make_server, path_inside_roots
 from dynametric.retrieval.index import RetrievalIndex
 from dynametric.retrieval.model import load_embedder
+from tests.browser import INSTALL_HINT, find_chromium, run_headless
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = find_chromium()
 SECRET = b"TOP-SECRET-CONTENT"
 
 
@@ -177,13 +178,12 @@ def test_upload_finds_the_same_image_and_enforces_limits(setup) -> None:
     assert status == 404
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless browser test needs {CHROMIUM} (install the "
-                    "system package 'chromium' to run it); the HTTP API it drives is tested above")
+@pytest.mark.ci_required
+@pytest.mark.skipif(CHROMIUM is None, reason=f"headless browser test needs Chromium ({INSTALL_HINT}); the HTTP API "
+                    "it drives is tested above")
 def test_browser_click_shows_neighbours(setup, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{setup['port']}/?autoclick=1"
-    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                          "--virtual-time-budget=15000", "--dump-dom", url], capture_output=True, text=True,
-                         timeout=90)
+    out = run_headless(["--virtual-time-budget=15000", "--dump-dom", url], binary=CHROMIUM, profile_dir=tmp_path)
     dom = out.stdout
     assert 'data-state="results"' in dom, out.stderr[-2000:]
     assert dom.count('class="hit"') >= 3 * 4 - 1  # three columns of neighbours
