@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -421,9 +422,15 @@ def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def measured(res: dict[str, Any], part: str) -> Any:
+    """A part's results, or None where it was not run or failed (``{"error": ...}``)."""
+    r = res.get(part)
+    return None if not r or (isinstance(r, dict) and "error" in r) else r
+
+
 def checks(res: dict[str, Any], device: torch.device) -> list[tuple[str, bool]]:
     out = []
-    a = res.get("a")
+    a = measured(res, "a")
     if a:
         out.append(("(a) >= 5x faster than PML on the same device", a["speedup_vs_pml"] >= 5))
         out.append(("(a) within 1.2x of the full-sort floor", a["ratio_to_floor"] <= 1.2))
@@ -431,10 +438,12 @@ def checks(res: dict[str, Any], device: torch.device) -> list[tuple[str, bool]]:
             out.append(("(a) device memory peak <= 4 GB", a["dynametric_peak_gb"] <= 4))
         if a.get("max_diff_vs_floor") is not None:
             out.append(("(a) same values as the full-sort floor (max diff <= 1e-5)", a["max_diff_vs_floor"] <= 1e-5))
-    if res.get("c"):
+    if measured(res, "c"):
         out.append(("(c) embedding >= 90 % of the forward floor", res["c"]["fraction"] >= 0.9))
-    if res.get("d"):
+    if measured(res, "d"):
         out.append(("(d) training >= 90 % of the model-only floor", res["d"]["fraction"] >= 0.9))
+    out += [(f"({part}) ran without an error", False) for part in ("a", "a_big", "b", "c", "d")
+            if isinstance(res.get(part), dict) and "error" in res[part]]
     return out
 
 
@@ -449,7 +458,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
              f"device `{m['device']}`; total {res['total_s']:.0f} s" + (" (**--small**: tiny sizes, for the test; "
                                                                       "not the #13 figures)" if res["small"] else ""),
              ""]
-    if res.get("a"):
+    if measured(res, "a"):
         a = res["a"]
         lines += [f"**(a) evaluation**, {a['n']:,} x {a['dim']}, 3 scales, metrics {', '.join(a['metrics'])} "
                   f"(dynametric engine on `{a['engine_device']}`):", "",
@@ -462,18 +471,18 @@ def markdown(res: dict[str, Any], command: str) -> str:
                   f"{a['ratio_to_floor']:.2f}x (ours / floor) |", "",
                   f"Max |difference| vs the floor {_f(a['max_diff_vs_floor'], '.1e')}, vs PML "
                   f"{_f(a['max_diff_vs_pml'], '.1e')}."]
-        if res.get("a_big"):
+        if measured(res, "a_big"):
             b = res["a_big"]
             lines += [f"1,000,000 x 128, one scale (recall@K, map@r): {b['s']:.2f} s, device peak "
                       f"{_f(b['peak_gb'])} GB."]
         lines.append("")
-    if res.get("b"):
+    if measured(res, "b"):
         lines += [f"**(b) losses**, forward + backward, batch {res['b_batch']}, dim {res['b_dim']}, median ms:", "",
                   "| loss | dynametric ms | PML ms | PML / dynametric |", "|---|---:|---:|---:|"]
         lines += [f"| {r['loss']} | {r['ours_ms']:.2f} | {_f(r['pml_ms'])} | {_f(r['speedup'])}x |" for r in res["b"]]
         lines.append("")
     for part, title in (("c", "embedding JPEG files"), ("d", "training on JPEG files")):
-        r = res.get(part)
+        r = measured(res, part)
         if r:
             extra = f", {r['images']} images of {r['image_wh'][0]}x{r['image_wh'][1]} (steady rate from the first " \
                 f"batch on; end to end with worker start-up and writing: {r['end_to_end_img_s']:.0f} img/s)" \
@@ -482,7 +491,9 @@ def markdown(res: dict[str, Any], command: str) -> str:
                       f"{extra}, {r['workers']} workers, pinned {r['pinned']}, channels_last {r['channels_last']}: "
                       f"dynametric {r['ours_img_s']:.0f} img/s vs model-only floor {r['floor_img_s']:.0f} img/s = "
                       f"**{100 * r['fraction']:.0f} %**.", ""]
-    lines += ["Targets (#13, on one CUDA GPU):", ""]
+    lines += [f"**({part}) failed**: `{res[part]['error']}`" for part in ("a", "a_big", "b", "c", "d")
+              if isinstance(res.get(part), dict) and "error" in res[part]]
+    lines += ["", "Targets (#13, on one CUDA GPU):", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name}" for name, ok in res["checks"]]
     if res["notes"]:
         lines += ["", *[f"Note: {n}" for n in res["notes"]]]
@@ -536,12 +547,22 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
     res: dict[str, Any] = {"small": args.small, "machine": machine(device), "config": config}
     t0 = time.perf_counter()
+    failed: list[str] = []
 
     def stage(name: str, fn: Callable[[], Any]) -> None:
+        """Run one part; a part that fails is recorded (and the run exits non-zero) but the others still run, and
+        the JSON so far is written after every part, so one long run on a lent GPU loses nothing it measured."""
         t = time.perf_counter()
         print(f"[gpu_suite] ({name}) ...", flush=True)
-        res[name] = fn()
+        try:
+            res[name] = fn()
+        except Exception as exc:  # noqa: BLE001 - recorded, reported and turned into the exit status
+            res[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            failed.append(name)
+            traceback.print_exc()
         print(f"[gpu_suite] ({name}) done in {time.perf_counter() - t:.1f} s", flush=True)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
 
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
         work = Path(tmp)
@@ -579,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(f"note: {n}")
     print(f"[gpu_suite] total {res['total_s']:.1f} s; wrote {json_path} and {docs_path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
