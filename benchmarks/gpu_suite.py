@@ -111,7 +111,7 @@ def shm_gb() -> float | None:
 ALL_RETRIEVAL = ["recall@K", "r_precision", "map@r", "map", "asi"]
 
 
-def part_a(cfg: dict, device: torch.device, notes: list[str]) -> dict[str, Any]:
+def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[float, ...] = ()) -> dict[str, Any]:
     from eval_speed import full_sort_floor, make_data
     from pytorch_metric_learning.distances import CosineSimilarity
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -168,6 +168,15 @@ def part_a(cfg: dict, device: torch.device, notes: list[str]) -> dict[str, Any]:
                                               ("map@r", "mean_average_precision_at_r")))
     out["speedup_vs_pml"] = out["pml_s"] / out["dynametric_s"]
     out["ratio_to_floor"] = out["dynametric_s"] / out["floor_s"]
+    # optional: the same evaluation at other device memory budgets (how the chunk size trades speed for memory)
+    out["budget_sweep"] = []
+    for gb in budgets_gb:
+        reset_peak(device)
+        sync(device)
+        t = time.perf_counter()
+        evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, memory_budget_bytes=int(gb * 2**30), **kw)
+        sync(device)
+        out["budget_sweep"].append({"budget_gb": gb, "s": time.perf_counter() - t, "peak_gb": peak_gb(device)})
     return out
 
 
@@ -471,6 +480,10 @@ def markdown(res: dict[str, Any], command: str) -> str:
                   f"{a['ratio_to_floor']:.2f}x (ours / floor) |", "",
                   f"Max |difference| vs the floor {_f(a['max_diff_vs_floor'], '.1e')}, vs PML "
                   f"{_f(a['max_diff_vs_pml'], '.1e')}."]
+        for row in a.get("budget_sweep", []):
+            lines.append(f"dynametric at a {row['budget_gb']:g} GiB device budget: {row['s']:.2f} s, peak "
+                         f"{_f(row['peak_gb'])} GB ({a['pml_s'] / row['s']:.2f}x PML, {row['s'] / a['floor_s']:.2f}x "
+                         "the floor).")
         if measured(res, "a_big"):
             b = res["a_big"]
             lines += [f"1,000,000 x 128, one scale (recall@K, map@r): {b['s']:.2f} s, device peak "
@@ -524,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON results (default docs/results/gpu_suite.json; with --small gpu_suite_small.json)")
     p.add_argument("--docs", type=Path, default=None, help="markdown file to update (default docs/benchmarks.md)")
     p.add_argument("--data", type=Path, default=None, help="folder for the generated JPEGs (default: a temp folder)")
+    p.add_argument("--eval-budgets-gb", type=lambda t: tuple(float(v) for v in t.split(",") if v), default=(),
+                   help="(a): also time dynametric at these device memory budgets, comma-separated GiB")
     p.add_argument("--big-after-s", type=float, default=240.0,
                    help="skip the 1,000,000 x 128 report when the other parts took longer than this (keeps the "
                         "suite under 6 minutes)")
@@ -568,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         data_root = args.data or work / "data"
         if "a" in parts:
-            stage("a", lambda: part_a(cfg, device, notes))
+            stage("a", lambda: part_a(cfg, device, notes, args.eval_budgets_gb))
         if "b" in parts:
             res["b_batch"], res["b_dim"] = cfg["loss_batch"], cfg["loss_dim"]
             stage("b", lambda: part_b(cfg, device))
