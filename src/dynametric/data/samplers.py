@@ -272,7 +272,7 @@ class MPerClassSampler(_EpochBatchSampler):
 
 
 class ThreeScaleSampler(_EpochBatchSampler):
-    """DyML's three-scale sampler (Sun et al., CVPR 2021; METHODS §3.6).
+    """DyML's three-scale sampler (Sun et al., CVPR 2021).
 
     Item ``i`` holds ``K`` images of class ``i mod C_s`` at every scale ``s`` (classes of each scale in first-seen
     order of ``labels``); the items of an epoch are shuffled, so an item's classes are unrelated. An epoch has

@@ -1,5 +1,5 @@
 """Sharing Matters (Milbich et al., TPAMI 2020) / MIC (Roth et al., ICCV 2019): combining the class loss, the shared
-loss and the decorrelation term (METHODS §2.6), and evaluating the class head, the shared head and their
+loss and the decorrelation term (Milbich et al., TPAMI 2020), and evaluating the class head, the shared head and their
 concatenation.
 
 * ``summed`` (DiVA): ``L = L_class + alpha_shared * L_share + rho * L_adv`` on one batch, one step. Through the
@@ -31,7 +31,7 @@ ADV_STEPS = ("shared", "class", "both")
 
 @dataclass
 class SharingSettings:
-    """Options of METHODS §5 rows 5-11 (defaults: the [L] choices there)."""
+    """The choices the Sharing Matters paper and its code leave open, as options (defaults: the authors' code)."""
 
     combination: str = "summed"
     alpha_shared: float = 0.3
