@@ -35,5 +35,6 @@ def test_no_references_outside_the_repository():
 def test_the_pattern_catches_the_old_wording():
     for text in ("(METHODS.md §3.9)", "METHODS §2.4", "LANDSCAPE.md §4.3", "part B's module", "(part A)"):
         assert PATTERN.search(text), text
-    for text in ("METHODS = (\"pddm\", \"euclid\")", "default=list(METHODS)", "a part of the batch", "in one piece (part a)"):
+    for text in ("METHODS = (\"pddm\", \"euclid\")", "default=list(METHODS)", "a part of the batch",
+                 "in one piece (part a)"):
         assert not PATTERN.search(text), text
