@@ -287,7 +287,13 @@ def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required.
 
     Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
-    whether the pretrained weights are already cached (else where a real run would fetch them from)."""
+    whether the pretrained weights are already cached (else where a real run would fetch them from). The caller's
+    grad mode is the same afterwards (also after an error)."""
+    with torch.set_grad_enabled(torch.is_grad_enabled()):  # restores the mode on the way out
+        return _dry_run(cfg, log)
+
+
+def _dry_run(cfg: Any, log: Callable[[str], None]) -> Components:
     import dataclasses
 
     from dynametric.config import config_to_yaml
@@ -333,5 +339,4 @@ def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")
-    torch.set_grad_enabled(True)
     return comps
