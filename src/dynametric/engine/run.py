@@ -55,7 +55,10 @@ class RunResult:
 
 
 def quiet_lightning() -> None:
-    """Hide Lightning's informational banners and the warnings that do not apply to our runs (CLI use)."""
+    """Hide Lightning's informational banners and the warnings that do not apply to our runs.
+
+    Changes process-wide logger levels and warning filters, so only the CLI calls it (``dynametric train``); a
+    library caller opts in by calling it. :func:`run_training` and :func:`dry_run` never do."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (r"Be aware that when using `ckpt_path`", r"Checkpoint directory .* exists and is not empty",
