@@ -315,7 +315,7 @@ def _dry_run(cfg: Any, log: Callable[[str], None]) -> Components:
     datasets = None
     if root_missing(cfg):
         warnings.warn(f"dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will "
-                      "fail; class counts are placeholders in this dry run", stacklevel=2)
+                      "fail; class counts are placeholders in this dry run", stacklevel=3)  # the caller of dry_run
         log(f"warning: dataset root {cfg.data.root!r} not found; continuing the dry run without data")
     else:
         datasets = build_datasets(cfg, with_test=False)
