@@ -5,7 +5,7 @@ optimiser steps on batches of the same size, then is tested with the DyML all-in
 (:func:`dynametric.engine.dyml.evaluate_all_in_one`: leave-one-out on the class-disjoint ``test`` split, relevance
 per scale, ``query_in_gallery=detect``) reporting ASI / mAP / R@1 per scale and their mean.
 
-Methods (METHODS.md §3.6-3.8):
+Methods (Sun et al., CVPR 2021):
 
 * ``fine-only`` / ``coarse-only``: Multi-Similarity on one label column, fine-level P x K batches;
 * ``<loss> (3-chunk)``: ``MultiScaleLoss`` of the loss per scale on DyML's three-scale sampler, each scale's loss on
@@ -81,7 +81,7 @@ def build_method(method: str, train_labels: torch.Tensor, dim: int, k: int,
     sampler = "chunk" if layout.startswith("3-chunk") else "pxk"
     if base == "CSL":
         return CSLLoss.from_labels(train_labels, embedding_size=dim, gamma=gamma), sampler
-    if base == "CSL pairs":  # in-batch samples in place of proxies (METHODS §3.8, csl_mode: pairs)
+    if base == "CSL pairs":  # in-batch samples in place of proxies (Sun et al., CVPR 2021, csl_mode: pairs)
         return CSLLoss(None, embedding_size=dim, gamma=gamma, mode="pairs"), sampler
     chunks = ThreeScaleChunks(k, 3) if sampler == "chunk" else None
     return MultiScaleLoss(_per_scale(base, num_classes, dim), chunks=chunks, num_scales=3), sampler

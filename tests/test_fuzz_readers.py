@@ -13,9 +13,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynametric.commands.evaluate import load_labels_csv
 from dynametric.config import Config, load_config
 from dynametric.errors import InputError
+from dynametric.utils.readers import load_labels_csv
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -18,7 +18,7 @@ from dynametric.losses import CosFaceLoss, CSLLoss, MultiScaleLoss, ThreeScaleCh
 ROOT = Path(__file__).resolve().parents[2] / "configs" / "dyml"
 DATASETS = ("vehicle", "animal", "product")
 METHODS = ("csl", "triplet", "npair", "ms", "cosface", "circle")
-# METHODS.md §3.10 (ASI, mAP, R@1, R@10, R@20 per dataset: Vehicle, Animal, Product)
+# Sun et al., CVPR 2021 (ASI, mAP, R@1, R@10, R@20 per dataset: Vehicle, Animal, Product)
 PUBLISHED = {
     "triplet": ((18.3, 10.0, 13.8, 52.6, 65.1), (19.3, 11.0, 18.2, 55.5, 66.3), (9.2, 9.3, 11.2, 43.6, 53.3)),
     "npair": ((19.4, 10.5, 16.4, 55.7, 68.1), (45.7, 30.3, 39.6, 69.6, 78.8), (15.7, 15.3, 20.3, 55.5, 65.6)),

@@ -1,4 +1,4 @@
-"""Gradient reversal and the decorrelation term L_adv (METHODS §2.5)."""
+"""Gradient reversal and the decorrelation term L_adv (Milbich et al., TPAMI 2020)."""
 
 from __future__ import annotations
 

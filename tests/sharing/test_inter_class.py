@@ -53,7 +53,7 @@ def test_random_permutes_labels() -> None:
         own_neg += int((lab[n] == lab[a]).sum())
         # positives are NOT the true class in general (the surrogate label is a permuted one)
         assert (lab[p] != lab[a]).any()
-    # the true class is not kept out of the negatives in `random` (DiVA's default, METHODS §2.4)
+    # the true class is not kept out of the negatives in `random` (DiVA's default, Milbich et al., TPAMI 2020)
     assert own_neg > 0
 
 

@@ -10,18 +10,8 @@ import sys
 from pathlib import Path
 
 from dynametric.commands import positive_int
-from dynametric.commands.options import add_inference_arguments, inference_options
+from dynametric.commands.options import add_inference_arguments, add_model_arguments, inference_options
 from dynametric.errors import ConfigError
-
-
-def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--checkpoint", type=Path, required=required,
-                   help="a `dynametric train` checkpoint (RUN/best.ckpt or RUN/last.ckpt)")
-    p.add_argument("--config", type=Path, default=None, help="the run config (default: config.yaml beside it)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted config override (repeatable)")
-    p.add_argument("--head", default=None, help="head to use for multi-head models (default: the evaluated head)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="override the evaluation crop size")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -30,10 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynametric.commands.search import load_index_model
     from dynametric.errors import DynametricError
     from dynametric.retrieval.explorer import Explorer, exposure_warning, make_server
     from dynametric.retrieval.index import RetrievalIndex
+    from dynametric.retrieval.model import load_index_model
 
     options = inference_options(args)
     options.resolve()  # a bad --device / --precision is an error, not "uploads disabled"

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from dynametric.commands import positive_float
-from dynametric.commands.embed import add_model_arguments
+from dynametric.commands.options import add_model_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,9 +1,11 @@
 """Command-line options shared by every command that runs a model over images (``embed``, ``evaluate
---checkpoint``, ``search --image``, ``explore``): ``--device``, ``--precision``, ``--batch-size``, ``--workers``."""
+--checkpoint``, ``search --image``, ``explore``): ``--device``, ``--precision``, ``--batch-size``, ``--workers``;
+and the model options of ``embed`` and ``export``."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from dynametric.commands import non_negative_int, positive_int
@@ -49,3 +51,15 @@ def inference_options(args: argparse.Namespace, *, batch_size: int | None = None
     return InferenceOptions(device=getattr(args, "device", None) or "auto", precision=args.precision or "fp32",
                             batch_size=bs if bs is not None else batch_size,
                             workers=w if w is not None else workers, progress=progress)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """Add the options naming a trained model: ``--checkpoint``, ``--config``, ``--set``, ``--head``,
+    ``--image-size`` (``embed``, ``export``)."""
+    p.add_argument("--checkpoint", type=Path, required=required,
+                   help="a `dynametric train` checkpoint (RUN/best.ckpt or RUN/last.ckpt)")
+    p.add_argument("--config", type=Path, default=None, help="the run config (default: config.yaml beside it)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override (repeatable)")
+    p.add_argument("--head", default=None, help="head to use for multi-head models (default: the evaluated head)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="override the evaluation crop size")

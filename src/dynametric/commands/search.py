@@ -20,6 +20,7 @@ import numpy as np
 from dynametric.commands import positive_int
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError, InputError
+from dynametric.utils.readers import load_labels_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,31 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, options: Any = None) -> Any:
-    """The index's embedder (or ``checkpoint``), checked to have the weights the index was built with, placed
-    where ``options`` (:class:`~dynametric.engine.inference.InferenceOptions`) say."""
-    from dynametric.retrieval.model import load_embedder
-
-    model = index.model or {}
-    if checkpoint is None:
-        if not model.get("checkpoint"):
-            raise InputError("the index records no checkpoint (built from a bare .npy); give --checkpoint",
-                             key="--checkpoint")
-        checkpoint = Path(model["checkpoint"])
-        if config is None and model.get("config"):
-            config = Path(model["config"])
-    loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
-                           options=options)
-    want = model.get("weights_hash")
-    if want and loaded.weights_hash != want:
-        raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
-                         f"with (hash {want}); its embeddings are not comparable", file=checkpoint)
-    return loaded
-
-
 def _query_labels_csv(path: Path, names: list[str], rows: int) -> np.ndarray:
-    from dynametric.commands.evaluate import load_labels_csv
-
     labels, cols = load_labels_csv(path)
     if list(cols) != list(names):
         raise InputError(f"columns {list(cols)} differ from the index's scales {names}", file=path, line=1)
@@ -118,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     qlabels = None
     exclude = None
     if args.image is not None:
-        from dynametric.retrieval.model import embed_image_files
+        from dynametric.retrieval.model import embed_image_files, load_index_model
 
         loaded = load_index_model(index, args.checkpoint, args.config, inference_options(args))
         q = embed_image_files(loaded, args.image)

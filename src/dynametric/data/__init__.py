@@ -1,4 +1,4 @@
-"""dynametric.data: dataset readers, generic formats, transforms (part A); synthetic data, samplers, splits (part B)."""
+"""dynametric.data: dataset readers, generic formats and transforms; synthetic data, samplers and splits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dynametric.data.base import HierarchicalImageDataset, LoadReport, Problem, 
 from dynametric.data.registry import FORMAT_NAMES, build_dataset, list_splits
 from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, build_transform
 
-# Part B's names, imported on first use (their modules may import this package).
+# Synthetic data, samplers and splits, imported on first use (their modules may import this package).
 _LAZY: dict[str, str] = {
     "SyntheticHierarchy": "dynametric.data.synthetic",
     "MPerClassSampler": "dynametric.data.samplers",

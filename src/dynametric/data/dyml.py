@@ -1,4 +1,4 @@
-"""DyML-Vehicle, DyML-Animal and DyML-Product in their released layout (METHODS.md §3.3–3.4).
+"""DyML-Vehicle, DyML-Animal and DyML-Product in their released layout (Sun et al., CVPR 2021).
 
 Layout::
 
@@ -50,7 +50,7 @@ _FIELDS = {4: "fname, coarse, middle, fine", 2: "fname, label"}
 
 
 def benchmark_protocol(variant: str) -> list[tuple[str, str, str | None]]:
-    """The DyML test protocol (METHODS.md §3.9) as ``(scale, query split, gallery split)`` triples.
+    """The DyML test protocol (Sun et al., CVPR 2021) as ``(scale, query split, gallery split)`` triples.
 
     Vehicle/Animal: per scale, ``query_<scale>`` ranks ``gallery_<scale>``. Product: one leave-one-out run over
     ``test`` at all three scales (gallery ``None``).

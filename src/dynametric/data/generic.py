@@ -40,6 +40,7 @@ from dynametric.data.readers import (
     read_lines,
     require_file,
     resolve_root,
+    start_csv_read,
 )
 from dynametric.errors import InputError
 
@@ -90,12 +91,7 @@ class CSVFormat:
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "labels.csv",
              image_root: str | Path | None = None, allow_outside_root: bool = False) -> SplitRecords:
-        if split not in SPLIT_NAMES:
-            raise InputError(f"unknown split {split!r} for csv; expected one of {list(SPLIT_NAMES)}", key="split")
-        path = self._csv_path(root, csv_file)
-        report = LoadReport(split=split)
-        header, rows = self._parse(path, report)
-        img_root = Path(image_root) if image_root is not None else path.parent
+        path, report, header, rows, img_root = start_csv_read(self, root, split, SPLIT_NAMES, csv_file, image_root)
         i_path, i_split = header.index("path"), header.index("split")
         scale_cols = [i for i, h in enumerate(header) if h not in ("path", "split")]
         scales = tuple(header[i] for i in scale_cols)

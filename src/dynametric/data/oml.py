@@ -38,7 +38,14 @@ from typing import Any
 from PIL import Image
 
 from dynametric.data.base import HierarchicalImageDataset, LoadReport, SplitRecords, contiguous_ids
-from dynametric.data.readers import DuplicateTracker, image_exists, read_lines, require_file, resolve_root
+from dynametric.data.readers import (
+    DuplicateTracker,
+    image_exists,
+    read_lines,
+    require_file,
+    resolve_root,
+    start_csv_read,
+)
 from dynametric.errors import InputError
 
 REQUIRED = ("label", "path", "split", "is_query", "is_gallery")
@@ -217,12 +224,7 @@ class OMLFormat:
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "df.csv",
              image_root: str | Path | None = None) -> OMLRecords:
-        if split not in SPLITS:
-            raise InputError(f"unknown split {split!r} for oml; expected one of {list(SPLITS)}", key="split")
-        path = self._csv_path(root, csv_file)
-        report = LoadReport(split=split)
-        header, rows = self._parse(path, report)
-        img_root = Path(image_root) if image_root is not None else path.parent
+        path, report, header, rows, img_root = start_csv_read(self, root, split, SPLITS, csv_file, image_root)
         i_path = header.index("path")
         has_category = "category" in header
         scales = ("label", "category") if has_category else ("label",)

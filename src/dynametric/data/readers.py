@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dynametric.data.base import LoadReport
 from dynametric.errors import InputError
@@ -138,3 +139,17 @@ def resolve_root(root: str | Path | None, what: str) -> Path:
     if not path.exists():
         raise InputError(f"dataset root not found (expected {what})", file=path)
     return path
+
+
+def start_csv_read(fmt: Any, root: str | Path | None, split: str, splits: Sequence[str], csv_file: str,
+                   image_root: str | Path | None) -> tuple[Path, LoadReport, list[str], list[tuple[int, list[str]]],
+                                                           Path]:
+    """The start every CSV format's ``read`` shares: ``split`` checked against ``splits``, the CSV found
+    (``fmt._csv_path``) and parsed (``fmt._parse``, problems into a fresh report), the image root resolved (default:
+    the CSV's folder). Returns ``(csv path, report, header, numbered rows, image root)``."""
+    if split not in splits:
+        raise InputError(f"unknown split {split!r} for {fmt.name}; expected one of {list(splits)}", key="split")
+    path = fmt._csv_path(root, csv_file)
+    report = LoadReport(split=split)
+    header, rows = fmt._parse(path, report)
+    return path, report, header, rows, Path(image_root) if image_root is not None else path.parent

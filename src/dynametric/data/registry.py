@@ -65,7 +65,7 @@ def get_format(name: str) -> DatasetFormat:
 
 
 def _synthetic_class() -> type:
-    from dynametric.data.synthetic import SyntheticHierarchy  # part B's module; imported lazily
+    from dynametric.data.synthetic import SyntheticHierarchy  # imported on first use (keeps PIL drawing out of import)
 
     return SyntheticHierarchy
 

@@ -76,8 +76,18 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def _num_batches(self) -> int:
+    def _batches_per_pass(self) -> int:
+        """Batches per rank in one epoch when ``iterations_per_epoch`` is not set."""
         raise NotImplementedError
+
+    def _set_iterations(self, iterations_per_epoch: int | None) -> None:
+        self.iterations_per_epoch = (None if iterations_per_epoch is None
+                                     else _positive_int(iterations_per_epoch, "iterations_per_epoch"))
+
+    def _num_batches(self) -> int:
+        if self.iterations_per_epoch is not None:
+            return self.iterations_per_epoch
+        return self._batches_per_pass()
 
     # public contract ------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -245,13 +255,9 @@ class MPerClassSampler(_EpochBatchSampler):
         if len(self.classes) < self.classes_per_batch:
             raise InputError(f"a batch needs {self.classes_per_batch} distinct classes (batch_size {batch_size} / "
                              f"m {self.m}) but scale {self.scale} has only {len(self.classes)}", key="batch_size")
-        if iterations_per_epoch is not None:
-            iterations_per_epoch = _positive_int(iterations_per_epoch, "iterations_per_epoch")
-        self.iterations_per_epoch = iterations_per_epoch
+        self._set_iterations(iterations_per_epoch)
 
-    def _num_batches(self) -> int:
-        if self.iterations_per_epoch is not None:
-            return self.iterations_per_epoch
+    def _batches_per_pass(self) -> int:
         return max(1, _chunks_per_pass(self.members, self.m) // self.classes_per_batch // self.world_size)
 
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
@@ -272,7 +278,7 @@ class MPerClassSampler(_EpochBatchSampler):
 
 
 class ThreeScaleSampler(_EpochBatchSampler):
-    """DyML's three-scale sampler (Sun et al., CVPR 2021; METHODS §3.6).
+    """DyML's three-scale sampler (Sun et al., CVPR 2021).
 
     Item ``i`` holds ``K`` images of class ``i mod C_s`` at every scale ``s`` (classes of each scale in first-seen
     order of ``labels``); the items of an epoch are shuffled, so an item's classes are unrelated. An epoch has
@@ -304,9 +310,7 @@ class ThreeScaleSampler(_EpochBatchSampler):
             classes, members = _class_members(mat[:, s].numpy())
             self.scale_classes.append(classes)
             self.scale_members.append(members)
-        if iterations_per_epoch is not None:
-            iterations_per_epoch = _positive_int(iterations_per_epoch, "iterations_per_epoch")
-        self.iterations_per_epoch = iterations_per_epoch
+        self._set_iterations(iterations_per_epoch)
         if self._num_batches() < 1:
             raise InputError(f"{self.num_samples} images give {self.num_samples // self.k} items per epoch, fewer than "
                              f"one batch of {self.items_per_batch} items per rank ({self.world_size} rank(s))",
@@ -316,9 +320,7 @@ class ThreeScaleSampler(_EpochBatchSampler):
     def num_scales(self) -> int:
         return len(self.scales)
 
-    def _num_batches(self) -> int:
-        if self.iterations_per_epoch is not None:
-            return self.iterations_per_epoch
+    def _batches_per_pass(self) -> int:
         return self.num_samples // self.k // self.items_per_batch // self.world_size
 
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
@@ -422,13 +424,9 @@ class HierarchicalSampler(_EpochBatchSampler):
         if len(self.parents) < self.parents_per_batch:
             raise InputError(f"a batch needs {self.parents_per_batch} distinct parents but scale {self.parent_scale} "
                              f"has only {len(self.parents)}", key="parents_per_batch")
-        if iterations_per_epoch is not None:
-            iterations_per_epoch = _positive_int(iterations_per_epoch, "iterations_per_epoch")
-        self.iterations_per_epoch = iterations_per_epoch
+        self._set_iterations(iterations_per_epoch)
 
-    def _num_batches(self) -> int:
-        if self.iterations_per_epoch is not None:
-            return self.iterations_per_epoch
+    def _batches_per_pass(self) -> int:
         per_batch = self.classes_per_parent * self.parents_per_batch
         return max(1, _chunks_per_pass(self.members, self.k) // per_batch // self.world_size)
 

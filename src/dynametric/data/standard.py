@@ -1,4 +1,4 @@
-"""Readers for the four standard class-disjoint retrieval benchmarks (LANDSCAPE.md §1).
+"""Readers for the four standard class-disjoint retrieval benchmarks (Musgrave et al., ECCV 2020).
 
 * **CUB-200-2011** (``cub200``): ``images.txt`` (``image_id path``), ``image_class_labels.txt``
   (``image_id class_id``), optional ``classes.txt`` (``class_id name``); images under ``images/``. Classes 1–100

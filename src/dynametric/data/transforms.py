@@ -1,4 +1,5 @@
-"""Image transform presets for the standard protocols (LANDSCAPE.md §2), ImageNet normalisation.
+"""Image transform presets for the standard protocols (Musgrave et al., ECCV 2020; Roth et al., ICML 2020), ImageNet
+normalisation.
 
 =================  ===============================================  ======================================
 preset             train                                            eval

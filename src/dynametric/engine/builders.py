@@ -387,22 +387,8 @@ def eval_head(cfg: Any) -> str | None:
     return cfg.eval.heads[0] if cfg.eval.heads else "concat"
 
 
-def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | None = None,
-                     progress_bar: bool | None = None) -> Components:
-    if cfg.method.name == "dyml":  # the DyML test protocol (engine/dyml.py); validates method.kwargs
-        from dynametric.engine.dyml import protocol_from_config
-
-        protocol_from_config(cfg)
-    plan = None
-    if cfg.method.name in ("sharing_alternating", "mic"):  # alternating class/shared steps (engine/sharing.py)
-        from dynametric.engine.sharing import plan_from_config
-
-        plan = plan_from_config(cfg)
-    elif cfg.method.name not in (None, "dyml"):
-        raise ConfigError(f"unknown method {cfg.method.name!r}; the engine's method hooks are dyml, "
-                          "sharing_alternating and mic (other methods are configured through loss/miner/model keys)",
-                          key="method.name")
-    torch.manual_seed(int(cfg.trainer.seed))
+def _assemble(cfg: Any, datasets: Datasets | None, num_scales: int | None, plan: Any) -> tuple[Any, ...]:
+    """Embedder, objectives and LightningModule of ``cfg`` (the random draws come from the global torch RNG)."""
     embedder = build_model(cfg)
     if datasets is not None:
         train_labels = torch.as_tensor(datasets.train.labels)
@@ -431,6 +417,28 @@ def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | N
         embedder.to(memory_format=torch.channels_last)  # kept by the later move to the device
     if cfg.trainer.compile:
         embedder.compile()  # in place: the state dict keeps its keys, checkpoints stay interchangeable
+    return embedder, objectives, module, scale_names, cfg
+
+
+def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | None = None,
+                     progress_bar: bool | None = None) -> Components:
+    if cfg.method.name == "dyml":  # the DyML test protocol (engine/dyml.py); validates method.kwargs
+        from dynametric.engine.dyml import protocol_from_config
+
+        protocol_from_config(cfg)
+    plan = None
+    if cfg.method.name in ("sharing_alternating", "mic"):  # alternating class/shared steps (engine/sharing.py)
+        from dynametric.engine.sharing import plan_from_config
+
+        plan = plan_from_config(cfg)
+    elif cfg.method.name not in (None, "dyml"):
+        raise ConfigError(f"unknown method {cfg.method.name!r}; the engine's method hooks are dyml, "
+                          "sharing_alternating and mic (other methods are configured through loss/miner/model keys)",
+                          key="method.name")
+    # The weights are drawn from trainer.seed on a forked RNG: the caller's global torch RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(cfg.trainer.seed))
+        embedder, objectives, module, scale_names, cfg = _assemble(cfg, datasets, num_scales, plan)
     return Components(embedder, objectives, module, trainer_settings(cfg, progress_bar=progress_bar), datasets,
                       scale_names)
 

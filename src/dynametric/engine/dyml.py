@@ -1,4 +1,4 @@
-"""The DyML test protocols (Sun et al., "Dynamic Metric Learning", CVPR 2021; METHODS.md §3.9-3.10, §5 rows 19-23).
+"""The DyML test protocols (Sun et al., "Dynamic Metric Learning", CVPR 2021).
 
 * **Per-scale query -> gallery** (DyML-Vehicle, DyML-Animal): for every scale ``s`` the queries of
   ``bmk_<s>/query.csv`` rank ``bmk_<s>/gallery.csv``; relevant = same label at ``s``; every scale has its own
@@ -64,7 +64,7 @@ class DyMLProtocol:
     Args:
         variant: ``vehicle`` / ``animal`` (per-scale query -> gallery), ``product`` (all-in-one leave-one-out on
             split ``test``) or ``all_in_one`` (leave-one-out on the config's ``data.test_split``, e.g. synthetic).
-        query_in_gallery: ``disjoint`` | ``contained`` | ``detect``; required (METHODS §5 row 19).
+        query_in_gallery: ``disjoint`` | ``contained`` | ``detect``; required (the paper does not say which).
         protocol: result tag, ``released-files`` (default: the files as published) or ``paper``.
         asi_cutoff: ``"R_q"`` or a positive integer ``N``.
         empty_queries: ``exclude`` (default, counted) or ``count_as_zero`` for queries without a relevant item.

@@ -55,7 +55,10 @@ class RunResult:
 
 
 def quiet_lightning() -> None:
-    """Hide Lightning's informational banners and the warnings that do not apply to our runs (CLI use)."""
+    """Hide Lightning's informational banners and the warnings that do not apply to our runs.
+
+    Changes process-wide logger levels and warning filters, so only the CLI calls it (``dynametric train``); a
+    library caller opts in by calling it. :func:`run_training` and :func:`dry_run` never do."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (r"Be aware that when using `ckpt_path`", r"Checkpoint directory .* exists and is not empty",
@@ -287,7 +290,13 @@ def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required.
 
     Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
-    whether the pretrained weights are already cached (else where a real run would fetch them from)."""
+    whether the pretrained weights are already cached (else where a real run would fetch them from). The caller's
+    grad mode is the same afterwards (also after an error)."""
+    with torch.set_grad_enabled(torch.is_grad_enabled()):  # restores the mode on the way out
+        return _dry_run(cfg, log)
+
+
+def _dry_run(cfg: Any, log: Callable[[str], None]) -> Components:
     import dataclasses
 
     from dynametric.config import config_to_yaml
@@ -306,7 +315,7 @@ def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
     datasets = None
     if root_missing(cfg):
         warnings.warn(f"dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will "
-                      "fail; class counts are placeholders in this dry run", stacklevel=2)
+                      "fail; class counts are placeholders in this dry run", stacklevel=3)  # the caller of dry_run
         log(f"warning: dataset root {cfg.data.root!r} not found; continuing the dry run without data")
     else:
         datasets = build_datasets(cfg, with_test=False)
@@ -333,5 +342,4 @@ def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")
-    torch.set_grad_enabled(True)
     return comps

@@ -1,5 +1,5 @@
 """Alternating class / shared steps in the engine: Sharing Matters' ``alternating`` combination and the MIC
-clustering route (Milbich et al., TPAMI 2020; Roth, Brattoli, Ommer, ICCV 2019; METHODS §2.6-2.8).
+clustering route (Milbich et al., TPAMI 2020; Roth, Brattoli, Ommer, ICCV 2019).
 
 Two method hooks (``method.name`` in a config):
 

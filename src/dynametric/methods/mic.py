@@ -1,5 +1,5 @@
 """MIC clustering route (Roth, Brattoli, Ommer, "MIC: Mining Interclass Characteristics for Improved Metric
-Learning", ICCV 2019; METHODS §2.7): surrogate classes for the shared head.
+Learning", ICCV 2019): surrogate classes for the shared head.
 
 1. initial features from a low backbone layer (:func:`layer_features`: ResNet stem + first stage, average-pooled
    with kernel 18 / stride 12 to 4x4, flattened, L2-normalised);
@@ -230,7 +230,7 @@ def sample_surrogate_batch(cluster_labels: torch.Tensor, clusters_per_batch: int
 
 @dataclass
 class MICSettings:
-    """The ``method.kwargs`` of ``configs/mic/*.yaml`` (METHODS §2.7-2.8), validated by :meth:`from_kwargs`."""
+    """The ``method.kwargs`` of ``configs/mic/*.yaml`` (MIC's clustering route), validated by :meth:`from_kwargs`."""
 
     combination: str = "alternating"
     p_aux: float = 0.8

@@ -1,5 +1,5 @@
 """Sharing Matters (Milbich et al., TPAMI 2020) / MIC (Roth et al., ICCV 2019): combining the class loss, the shared
-loss and the decorrelation term (METHODS §2.6), and evaluating the class head, the shared head and their
+loss and the decorrelation term (Milbich et al., TPAMI 2020), and evaluating the class head, the shared head and their
 concatenation.
 
 * ``summed`` (DiVA): ``L = L_class + alpha_shared * L_share + rho * L_adv`` on one batch, one step. Through the
@@ -31,7 +31,7 @@ ADV_STEPS = ("shared", "class", "both")
 
 @dataclass
 class SharingSettings:
-    """Options of METHODS §5 rows 5-11 (defaults: the [L] choices there)."""
+    """The choices the Sharing Matters paper and its code leave open, as options (defaults: the authors' code)."""
 
     combination: str = "summed"
     alpha_shared: float = 0.3
@@ -155,27 +155,28 @@ class SharingTrainer:
         return out
 
     def class_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        c, s = _heads(self.embedder(images), self.settings)
-        loss = _term(self.parts.class_loss, self.parts.class_miner, c, labels)
-        out = {"class": float(loss.detach())}
-        if self.use_adv and self.settings.adv_step in ("class", "both"):
-            l_adv = _adv(self.parts, c, s)
-            loss = loss + self.settings.rho * l_adv
-            out["adv"] = float(l_adv.detach())
-        self._update(loss)
-        self.class_steps += 1
-        return out
+        return self._head_step("class", images, labels)
 
     def shared_step(self, images: torch.Tensor, shared_labels: torch.Tensor) -> dict[str, float]:
+        return self._head_step("shared", images, shared_labels)
+
+    def _head_step(self, head: str, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One update of the ``class`` or ``shared`` head's loss (plus ``rho * L_adv`` on the steps it is set for)."""
         c, s = _heads(self.embedder(images), self.settings)
-        loss = _term(self.parts.shared_loss, self.parts.shared_miner, s, shared_labels)
-        out = {"shared": float(loss.detach())}
-        if self.use_adv and self.settings.adv_step in ("shared", "both"):
+        if head == "class":
+            loss = _term(self.parts.class_loss, self.parts.class_miner, c, labels)
+        else:
+            loss = _term(self.parts.shared_loss, self.parts.shared_miner, s, labels)
+        out = {head: float(loss.detach())}
+        if self.use_adv and self.settings.adv_step in (head, "both"):
             l_adv = _adv(self.parts, c, s)
             loss = loss + self.settings.rho * l_adv
             out["adv"] = float(l_adv.detach())
         self._update(loss)
-        self.shared_steps += 1
+        if head == "class":
+            self.class_steps += 1
+        else:
+            self.shared_steps += 1
         return out
 
     def alternating_step(self, class_batch: tuple[torch.Tensor, torch.Tensor],

@@ -2,7 +2,7 @@
 
 k-means uses faiss when it is importable and a seeded torch implementation (k-means++ seeding, Lloyd iterations,
 chunked distance computation) otherwise; both are seeded and the seed/restarts are recorded by the caller.
-NMI and F1 are computed from the contingency table, never by enumerating pairs (METHODS.md §4).
+NMI and F1 are computed from the contingency table, never by enumerating pairs (docs/metrics.md).
 """
 
 from __future__ import annotations

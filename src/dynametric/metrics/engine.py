@@ -4,7 +4,7 @@ Every metric is a function of the ranks of each query's relevant items, so the e
 of each query's *candidate relevant set* (the union over scales of the gallery items sharing a label with it; in a
 nested hierarchy the query's coarsest class, a contiguous range of the gallery sorted by coarsest label) and hands
 them to :func:`dynametric.metrics.ranking.metrics_from_flat_ranks`, per scale. Ranking paths, all exact under the
-ranking of METHODS.md §4 (descending score, ties by ascending gallery index):
+ranking of docs/metrics.md (descending score, ties by ascending gallery index):
 
 * tagged sort (full ranking, large candidate sets): one sort of unique int64 (score, index, tag) keys per row,
   the candidates read off in rank order (:func:`_tagged_sort_ranks`);

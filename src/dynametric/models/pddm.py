@@ -1,6 +1,6 @@
 """The PDDM unit: a Position-Dependent Deep Metric that scores a pair of embeddings.
 
-Huang, Loy, Tang, "Local Similarity-Aware Deep Feature Embedding", NIPS 2016 (METHODS.md §1.2-1.3).
+Huang, Loy, Tang, "Local Similarity-Aware Deep Feature Embedding", NIPS 2016.
 For a pair ``(i, j)``::
 
     u = |f_i - f_j|,  v = (f_i + f_j) / 2
@@ -28,7 +28,7 @@ DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
 def default_hidden_dim(embedding_dim: int, cap: int = 1024) -> int:
-    """Hidden width ``H``: 1024, or the embedding size when that is smaller (METHODS §5 row 2, [U])."""
+    """Hidden width ``H``: 1024, or the embedding size when that is smaller (our choice: the paper leaves it open)."""
     return min(cap, embedding_dim)
 
 
@@ -38,8 +38,8 @@ class PDDM(nn.Module):
     Args:
         embedding_dim: ``D``, the size of the embeddings it scores.
         hidden_dim: ``H``; ``None`` gives :func:`default_hidden_dim` (``min(1024, D)``).
-        dropout: dropout probability after each hidden fc + ReLU (default 0.5, "on" per METHODS §5 row 2
-            [U]; ``0`` turns it off). Applied only in
+        dropout: dropout probability after each hidden fc + ReLU (default 0.5, "on": the paper leaves it open;
+            ``0`` turns it off). Applied only in
             training mode and never when scores are asked for with ``deterministic=True`` (used for mining).
         max_chunk_bytes: memory cap for one chunk of pairs in the all-pairs scoring (float32 estimate of
             the per-pair intermediates).

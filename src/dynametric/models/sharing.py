@@ -1,4 +1,5 @@
-"""Decorrelation of the class and shared heads with gradient reversal (Sharing Matters / MIC; METHODS §2.5).
+"""Decorrelation of the class and shared heads with gradient reversal (Sharing Matters, Milbich et al.,
+TPAMI 2020; MIC).
 
 ``L_adv = -1/(B D) sum_{b,k} (c^[b,k] * normalise(R(s^))[b,k])^2`` with ``x^ = normalise(GRL(x))``.
 

@@ -393,7 +393,7 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     if not path.exists():
         raise InputError("embeddings not found", file=path)
     if path.is_file():
-        from dynametric.commands.evaluate import load_embeddings
+        from dynametric.utils.readers import load_embeddings
 
         emb = load_embeddings(path)
         n = len(emb)

@@ -162,3 +162,23 @@ def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path]) -> np
     except InputError as exc:
         raise _worker_error(exc) from None
     return torch.cat(parts).numpy()
+
+
+def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, options: Any = None) -> Any:
+    """The index's embedder (or ``checkpoint``), checked to have the weights the index was built with, placed
+    where ``options`` (:class:`~dynametric.engine.inference.InferenceOptions`) say."""
+    model = index.model or {}
+    if checkpoint is None:
+        if not model.get("checkpoint"):
+            raise InputError("the index records no checkpoint (built from a bare .npy); give --checkpoint",
+                             key="--checkpoint")
+        checkpoint = Path(model["checkpoint"])
+        if config is None and model.get("config"):
+            config = Path(model["config"])
+    loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
+                           options=options)
+    want = model.get("weights_hash")
+    if want and loaded.weights_hash != want:
+        raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
+                         f"with (hash {want}); its embeddings are not comparable", file=checkpoint)
+    return loaded

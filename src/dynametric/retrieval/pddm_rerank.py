@@ -1,4 +1,5 @@
-"""Optional PDDM re-ranking at test time (METHODS.md §1.5, §5 row 4: ``euclidean`` | ``pddm_rerank``).
+"""Optional PDDM re-ranking at test time (Huang et al., NIPS 2016), chosen by
+``euclidean`` | ``pddm_rerank``.
 
 Retrieval uses the Euclidean distance on the embedding; with re-ranking, each query's top-``k`` Euclidean
 neighbours are re-ordered by the PDDM score ``S(q, g)`` (higher first; ties keep the Euclidean order).
@@ -84,7 +85,7 @@ def recall_at_k_from_ranking(
     gallery_labels: torch.Tensor | None = None,
     k_values: Sequence[int] = (1, 2, 4, 8),
 ) -> dict[str, float]:
-    """Recall@K as a hit rate from a ranking ``[nq, k]`` of gallery indices (METHODS §4): the fraction of queries
+    """Recall@K as a hit rate from a ranking ``[nq, k]`` of gallery indices (docs/metrics.md): the fraction of queries
     with a same-label item among their first ``K``. Labels ``[N]`` or ``[N, 1]`` (one scale)."""
     ql = as_label_matrix(query_labels, name="query_labels", num_rows=ranking.shape[0])[:, 0]
     gl = ql if gallery_labels is None else as_label_matrix(gallery_labels, name="gallery_labels")[:, 0]

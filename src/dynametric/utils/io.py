@@ -30,18 +30,13 @@ def _file_target(path: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
-
-    On an exception the temporary file is removed and any existing ``path`` is left untouched.
-    """
-    path = _file_target(path)
+def _replacing(path: Path) -> Iterator[tuple[int, str]]:
+    """A temporary file beside ``path`` (open descriptor, name): when the block ends it gets the mode a plain
+    ``open`` would give and atomically replaces ``path``; when the block raises it is removed and ``path`` is
+    left untouched."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield fd, tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -50,6 +45,18 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
+
+    On an exception the temporary file is removed and any existing ``path`` is left untouched.
+    """
+    with _replacing(_file_target(path)) as (fd, _tmp), os.fdopen(fd, mode, **kwargs) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
@@ -57,21 +64,11 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
 
     For libraries that insist on writing to a path themselves (``torch.save``, ``np.save``, faiss).
     """
-    path = _file_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(_file_target(path)) as (fd, tmp):
+        os.close(fd)
         writer(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,0 +1,150 @@
+"""Readers of the files users hand to the tools: embeddings (``.npy``, ``.pt``/``.pth``, ``.safetensors``), integer
+label CSVs (a header of scale names, one column per scale, finest first) and id lists. Every error names the file
+(and line) and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynametric.errors import InputError
+
+EMBEDDING_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+
+
+def check_file(path: Path) -> None:
+    """An InputError naming ``path`` unless it is an existing, non-empty regular file."""
+    if not path.exists():
+        raise InputError("file not found", file=path)
+    if not path.is_file():
+        raise InputError("not a regular file", file=path)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty", file=path)
+
+
+def _pick_tensor(obj: Any, path: Path) -> Any:
+    if isinstance(obj, dict):
+        if "embeddings" in obj:
+            return obj["embeddings"]
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) != 1:
+            raise InputError(f"expected one tensor or an 'embeddings' key, found keys {sorted(map(str, obj))}",
+                             file=path)
+        return tensors[0]
+    return obj
+
+
+def load_embeddings(path: str | Path) -> np.ndarray:
+    """Load a 2-D float32 ``[N, D]`` array, naming ``path`` in every error (missing, empty, shape, NaN/Inf)."""
+    path = Path(path)
+    check_file(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr: Any = np.load(path, allow_pickle=False)
+        elif suffix in (".pt", ".pth"):
+            arr = _pick_tensor(torch.load(path, map_location="cpu", weights_only=True), path)
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            arr = _pick_tensor(load_file(str(path)), path)
+        else:
+            raise InputError(f"unknown embeddings format {suffix!r}; expected one of {', '.join(EMBEDDING_SUFFIXES)}",
+                             file=path)
+    except InputError:
+        raise
+    except Exception as exc:  # numpy/torch/safetensors raise many types for corrupt files
+        raise InputError(f"cannot read embeddings: {exc}", file=path) from exc
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().cpu()
+        if arr.dtype in (torch.bfloat16, torch.float16):
+            arr = arr.float()
+        arr = arr.numpy()
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"expected an array of embeddings, got {type(arr).__name__}", file=path)
+    if arr.ndim != 2:
+        raise InputError(f"expected a 2-D [N, D] array, got shape {arr.shape}", file=path)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"no embeddings (shape {arr.shape})", file=path)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"expected numeric embeddings, got dtype {arr.dtype}", file=path)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise InputError(f"NaN or Inf in {int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])} "
+                         "(0-based)", file=path)
+    return arr
+
+
+def load_labels_csv(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read ``[N, S]`` integer labels and the ``S`` column names from a CSV with a header (finest scale first)."""
+    path = Path(path)
+    check_file(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # an Excel export starts with a byte order mark
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+    if "\0" in text:
+        raise InputError("contains NUL bytes: not a text CSV", file=path)
+    try:
+        return _parse_labels_csv(csv.reader(io.StringIO(text, newline="")), path)
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV ({exc})", file=path) from None
+
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError("file is empty", file=path) from None
+    names = [h.strip() for h in header]
+    if not names or any(not n for n in names):
+        raise InputError(f"header must name every column, got {header}", file=path, line=1)
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate column names in header {names}", file=path, line=1)
+    if any(n.lstrip("-").isdigit() for n in names):
+        raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
+                         file=path, line=1)
+    rows: list[list[int]] = []
+    for lineno, row in enumerate(reader, start=2):
+        if not row or all(not f.strip() for f in row):
+            raise InputError("empty line", file=path, line=lineno)
+        if len(row) != len(names):
+            raise InputError(f"expected {len(names)} fields, got {len(row)}", file=path, line=lineno)
+        vals = []
+        for name, field in zip(names, row):
+            text = field.strip()
+            try:
+                value = int(text)
+            except ValueError:
+                raise InputError(f"column '{name}': expected an integer label, got {field!r}", file=path,
+                                 line=lineno) from None
+            if not _INT64.min <= value <= _INT64.max:
+                raise InputError(f"column '{name}': label {text} does not fit in 64 bits", file=path,
+                                 line=lineno)
+            vals.append(value)
+        rows.append(vals)
+    if not rows:
+        raise InputError("no label rows after the header", file=path)
+    return np.asarray(rows, dtype=np.int64), names
+
+
+def load_ids(path: str | Path, expected: int) -> list[str]:
+    """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed)."""
+    path = Path(path)
+    check_file(path)
+    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if ids and ids[-1] == "":
+        ids.pop()
+    if len(ids) != expected:
+        raise InputError(f"expected {expected} ids (one per line), got {len(ids)}", file=path)
+    return ids
