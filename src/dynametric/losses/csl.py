@@ -1,5 +1,5 @@
 """Cross-Scale Learning (CSL), the loss of Dynamic Metric Learning (Sun et al., "Dynamic Metric Learning: Towards a
-Scalable Metric Space to Accommodate Multiple Semantic Scales", CVPR 2021). Specification: METHODS.md section 3.8.
+Scalable Metric Space to Accommodate Multiple Semantic Scales", CVPR 2021).
 
 The paper's exact equation is not public [U]; this follows the only public implementation, which matches the
 stated idea. One learnable proxy ``P_c`` per **fine** training class ``c`` carries the class's full label path

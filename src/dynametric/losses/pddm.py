@@ -1,6 +1,7 @@
 """PDDM loss: hard quadruplet mining by a learned PDDM unit plus the joint objective ``E_m + lambda * E_e``.
 
-Huang, Loy, Tang, "Local Similarity-Aware Deep Feature Embedding", NIPS 2016 (METHODS.md §1.4-1.5).
+Huang, Loy, Tang, "Local Similarity-Aware Deep Feature Embedding", NIPS 2016 (the
+paper's PDDM unit, hard quadruplet mining and double-header hinge loss).
 For a mined quadruplet ``(i, j, k, l)`` (``(i, j)`` positive, ``k`` / ``l`` the hardest negatives of ``i`` / ``j``
 by PDDM score)::
 

@@ -1,4 +1,5 @@
-"""Hard quadruplet mining by PDDM score (Huang, Loy, Tang, NIPS 2016; METHODS.md §1.4).
+"""Hard quadruplet mining by PDDM score (Huang, Loy, Tang, "Local Similarity-Aware Deep Feature Embedding",
+NIPS 2016).
 
 Given the all-pairs PDDM scores ``S`` of a batch (higher = more similar) and its labels:
 
