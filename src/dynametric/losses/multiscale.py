@@ -1,4 +1,4 @@
-"""Multi-scale baseline loss (DyML, Sun et al., "Dynamic Metric Learning", CVPR 2021; METHODS §3.6-3.7).
+"""Multi-scale baseline loss (DyML, Sun et al., "Dynamic Metric Learning", CVPR 2021).
 
 ``L_MS = sum_s w_s L_s({f}_{chunk s}, y^(s))``: a single-scale loss per scale ``s`` with that scale's labels
 (``labels[:, s]``, finest first), weights ``w_s`` (default 1). With ``chunks`` each scale's loss sees only its
@@ -25,7 +25,7 @@ ChunksLike = Sequence[ChunkSpec] | Callable[[int], Sequence[ChunkSpec]]
 
 
 def three_scale_chunks(batch_size: int, images_per_class: int = 4, num_scales: int = 3) -> list[torch.Tensor]:
-    """Per-scale row indices of a batch from DyML's three-scale sampler (METHODS §3.6).
+    """Per-scale row indices of a batch from DyML's three-scale sampler.
 
     Each item contributes ``num_scales * K`` consecutive rows: ``K`` for scale 0 (fine), then ``K`` for scale 1,
     ... . Returns ``[idx_scale0, idx_scale1, ...]``; ``batch_size`` must be a multiple of ``num_scales * K``.

@@ -40,7 +40,7 @@ class PDDMLoss(MetricLoss):
     Args:
         embedding_dim: ``D`` of the embeddings (sizes the PDDM unit).
         hidden_dim: PDDM width ``H`` (``None``: ``min(1024, D)``).
-        dropout: PDDM dropout after each hidden fc (METHODS §5 row 2 [U]).
+        dropout: PDDM dropout after each hidden fc (a value the paper leaves open).
         mode: ``"faithful_one_per_batch"`` (the paper's, one quadruplet per batch) or ``"per_positive_pair"``
             (library option: one quadruplet per positive pair, losses averaged).
         variant: ``"quadruplet"`` (double header, the paper's main method) or ``"triplet"`` (one header).

@@ -3,7 +3,7 @@ ICCV 2017).
 
 For points uniform on the unit sphere in ``R^D`` pairwise distances have density
 ``q(d) ∝ d^(D-2) (1 - d^2/4)^((D-3)/2)``. A negative is drawn with probability ``∝ 1/q(max(d, cutoff))``.
-This module works in log space (METHODS §2.3):
+This module works in log space:
 
 ``log w = (2 - D) log d~ - (D - 3)/2 log(1 - d~^2/4)``, ``d~ = clamp(d, lower_cutoff, 2 - 1e-4)``.
 
@@ -71,7 +71,7 @@ class DistanceWeightedMiner(Miner):
     over their negatives (the authors' code falls back to a uniform draw over the whole batch).
 
     Differences from pytorch-metric-learning's ``DistanceWeightedMiner`` (documented in ``docs/losses.md``): PML
-    turns the upper cutoff 1.4 on by default (here off, as in the authors' runs, METHODS §2.3), normalises by the
+    turns the upper cutoff 1.4 on by default (here off, as in the authors' runs), normalises by the
     global rather than the row maximum, and draws ``|class|`` triplets per anchor with random positives instead of
     one per positive pair. Needs the Euclidean distance of L2-normalised embeddings (``LpDistance()``).
     """

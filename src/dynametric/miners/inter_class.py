@@ -1,5 +1,5 @@
 """Inter-class triplets t* (Milbich, Roth, Brattoli, Ommer, "Sharing Matters for Generalization in Deep Metric
-Learning", TPAMI 2020; METHODS §2.4).
+Learning", TPAMI 2020).
 
 Every batch element is an anchor ``a`` with one triplet ``(a, p, n)``:
 
@@ -55,7 +55,7 @@ class InterClassTripletMiner(Miner):
 
     Args:
         variant: ``standard`` (default), ``full``, ``random`` or ``random_groups``.
-        lower_cutoff / upper_cutoff: cutoffs of the distance weighting (0.5 and off, METHODS §2.3).
+        lower_cutoff / upper_cutoff: cutoffs of the distance weighting (0.5 and off, as in the authors' runs).
         group_size: images per surrogate group for ``random_groups`` (4 in the first author's code).
         distance: must be the Euclidean distance of L2-normalised embeddings (the default).
         seed: seed of a private generator (``None``: the global torch RNG).
