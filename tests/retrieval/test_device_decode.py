@@ -64,6 +64,7 @@ def test_decoded_batch_matches_pil_geometry_and_values(run_ckpt: Path, mixed: Pa
     batch = DeviceDecoder.collate([gpu.loader_transform.read_file(p) for p in paths])
     kinds = [t.dim() for t in batch.data]
     assert kinds == [1, 1, 3, 1, 1, 1, 3]  # JPEG bytes travel undecoded, PNGs decoded in the worker
+    assert batch.data[0].numel() == paths[0].stat().st_size and batch.blob.dim() == 1  # one buffer per batch
     got = gpu.loader_transform.decode(batch, "cpu")
     loader_part, _ = split_transform(gpu.transform)
     ref = torch.stack([loader_part(load_rgb(p)) for p in paths])
@@ -129,10 +130,11 @@ def test_jpeg_the_decoder_rejects_but_pil_reads_falls_back(run_ckpt: Path, mixed
     paths = [mixed / "im_00.jpg", mixed / "im_01.jpg"]
     batch = DeviceDecoder.collate([dec.read_file(p) for p in paths])
     real = torchvision.io.decode_jpeg
+    second = batch.data[1].clone()
 
     def picky(data, **kw):  # rejects any call that includes the second file
         items = data if isinstance(data, list) else [data]
-        if any(torch.equal(t, batch.data[1]) for t in items):
+        if any(torch.equal(t, second) for t in items):
             raise RuntimeError("unsupported JPEG")
         return real(data, **kw)
 

@@ -48,14 +48,26 @@ def is_plain_jpeg(data: bytes) -> bool:
 
 class EncodedImages:
     """A loader batch for :meth:`DeviceDecoder.decode`: per image its path and either the JPEG bytes (1-D
-    ``uint8``) or the image already decoded and transformed in the worker (``uint8`` ``[C, H, W]``)."""
+    ``uint8``) or the image already decoded and transformed in the worker (``uint8`` ``[C, H, W]``).
+
+    All of them live in one flat ``uint8`` buffer (one shared-memory handle per batch from a worker, not one per
+    image); :attr:`data` gives the per-image views."""
 
     def __init__(self, paths: Sequence[str], data: Sequence[torch.Tensor]) -> None:
         self.paths = list(paths)
-        self.data = list(data)
+        self.shapes = [tuple(t.shape) for t in data]
+        sizes = [t.numel() for t in data]
+        self.offsets = [0]
+        for n in sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        self.blob = torch.cat([t.reshape(-1) for t in data]) if data else torch.empty(0, dtype=torch.uint8)
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.shapes)
+
+    @property
+    def data(self) -> list[torch.Tensor]:
+        return [self.blob[a:b].view(shape) for a, b, shape in zip(self.offsets, self.offsets[1:], self.shapes)]
 
     def pin_memory(self) -> EncodedImages:  # DataLoader(pin_memory=True): decode_jpeg reads host memory anyway
         return self
@@ -153,18 +165,19 @@ class DeviceDecoder:
         device = torch.device(device)
         out: list[torch.Tensor | None] = [None] * len(batch)
         raw: dict[int, torch.Tensor] = {}
-        jpegs = [i for i, t in enumerate(batch.data) if t.dim() == 1]
-        for i, t in enumerate(batch.data):
+        data = batch.data
+        jpegs = [i for i, t in enumerate(data) if t.dim() == 1]
+        for i, t in enumerate(data):
             if t.dim() != 1:
-                out[i] = t.to(device, non_blocking=True)
+                out[i] = t.to(device)
         if jpegs:
             try:
-                decoded = decode_jpeg([batch.data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+                decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
                 raw.update(zip(jpegs, decoded))
             except RuntimeError:  # find the file(s) the decoder rejects: alone, then PIL (which names a bad file)
                 for i in jpegs:
                     try:
-                        raw[i] = decode_jpeg(batch.data[i], mode=ImageReadMode.RGB, device=device)
+                        raw[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
                     except RuntimeError:
                         out[i] = _pil_uint8(batch.paths[i], self.cpu_transform).to(device)
         by_shape: dict[tuple[int, ...], list[int]] = {}
