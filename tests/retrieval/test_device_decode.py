@@ -160,3 +160,19 @@ def test_decode_option_resolution_and_cli(run_ckpt: Path) -> None:
         p.parse_args(["--decode", "fast"])
     # the default (synthetic) config's transform has no Normalize but is still Resize + ToTensor: supported
     assert load_embedder(run_ckpt, options=InferenceOptions(device="cpu", decode="gpu")).decode == "gpu"
+
+
+def test_embed_cli_decode_gpu_on_cpu_and_no_mixed_resume(run_ckpt: Path, mixed: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    from dynametric.cli import main
+
+    base = ["embed", "--checkpoint", str(run_ckpt), "--images", str(mixed), "--device", "cpu",
+            *[a for o in OVERRIDES for a in ("--set", o)], "--image-size", "48", "--batch-size", "4", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "c")]) == 0
+    assert main([*base, "--out", str(tmp_path / "g"), "--decode", "gpu"]) == 0
+    a, b = np.load(tmp_path / "c" / "embeddings.npy"), np.load(tmp_path / "g" / "embeddings.npy")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert a.shape == b.shape == (7, 16) and cos.min() > 0.99 and not np.array_equal(a, b)
+    # the cpu job's folder is not resumed with the other decoder (its embeddings differ slightly)
+    assert main([*base, "--out", str(tmp_path / "c"), "--decode", "gpu"]) != 0
+    assert "different embedding job" in capsys.readouterr().err
