@@ -14,7 +14,9 @@ Parts (``--parts a,b,c,d``):
 (b) the tuple and proxy losses, forward + backward at batch 1024, dim 512, vs PML on the same device
     (the cases of ``benchmarks/loss_speed.py``).
 (c) embedding JPEG files (photo-like, about 500 x 375) through the inference path (``load_embedder`` +
-    ``embed_items``: loader workers, pinned memory, bf16 autocast, channels_last) vs the model-only forward floor
+    ``embed_items``: loader workers, pinned memory, bf16 autocast, channels_last, ``decode="auto"``: on CUDA the
+    workers only read the files and the JPEGs are decoded and resized on the GPU; ``--small`` uses ``decode="gpu"``
+    on the CPU so the test runs that path) vs the model-only forward floor
     (the same model, precision and memory format on batches already on the device).
 (d) training through the engine (``build_components`` + ``MetricDataModule`` + the Lightning trainer, ``csv``
     data of JPEG files) vs the model-only training floor (same model, loss, optimizer, precision and memory
@@ -59,11 +61,13 @@ BEGIN, END = "<!-- gpu_suite:begin -->", "<!-- gpu_suite:end -->"
 FULL = {"eval_n": 60502, "eval_dim": 128, "eval_classes": (11316, 100, 12), "big_n": 1_000_000,
         "loss_batch": 1024, "loss_dim": 512, "loss_rounds": 5,
         "images": 8192, "image_wh": (500, 375), "backbone": "resnet50", "size": 224, "precision": "bf16",
-        "embed_batch": 256, "train_batch": 128, "m": 4, "train_steps": 60, "train_warmup": 15, "floor_steps": 30}
+        "embed_batch": 256, "train_batch": 128, "m": 4, "train_steps": 60, "train_warmup": 15, "floor_steps": 30,
+        "decode": "auto"}
 SMALL = {"eval_n": 1200, "eval_dim": 32, "eval_classes": (200, 20, 4), "big_n": 0,
          "loss_batch": 64, "loss_dim": 32, "loss_rounds": 2,
          "images": 32, "image_wh": (96, 72), "backbone": "simple_cnn", "size": 32, "precision": "bf16",
-         "embed_batch": 16, "train_batch": 16, "m": 4, "train_steps": 6, "train_warmup": 2, "floor_steps": 4}
+         "embed_batch": 16, "train_batch": 16, "m": 4, "train_steps": 6, "train_warmup": 2, "floor_steps": 4,
+         "decode": "gpu"}  # the device-decode path, run on the CPU, so the test exercises it
 
 
 def sync(device: torch.device) -> None:
@@ -301,7 +305,7 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
     model = build_model(mcfg)
     save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}}, run / "m.ckpt")
     opts = InferenceOptions(device=device, precision=cfg["precision"], batch_size=cfg["embed_batch"],
-                            workers="auto")
+                            workers="auto", decode=cfg["decode"])  # auto: JPEGs decoded + resized on a CUDA GPU
     loaded = load_embedder(run / "m.ckpt", options=opts)
     items = read_image_csv(root / "labels.csv")
     # warm-up (cudnn autotune) on a few batches, then the timed run over every image
@@ -341,7 +345,7 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
     rate = steady
     return {"images": len(items.ids), "image_wh": list(cfg["image_wh"]), "backbone": cfg["backbone"],
             "size": cfg["size"], "precision": cfg["precision"], "batch": cfg["embed_batch"],
-            "workers": loaded.run.workers, "pinned": loaded.run.pin_memory,
+            "workers": loaded.run.workers, "pinned": loaded.run.pin_memory, "decode": loaded.decode,
             "channels_last": device.type == "cuda", "ours_img_s": rate, "end_to_end_img_s": len(items.ids) / wall,
             "end_to_end_s": wall, "floor_img_s": floor, "fraction": rate / floor}
 
@@ -498,8 +502,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
         r = measured(res, part)
         if r:
             extra = f", {r['images']} images of {r['image_wh'][0]}x{r['image_wh'][1]} (steady rate from the first " \
-                f"batch on; end to end with worker start-up and writing: {r['end_to_end_img_s']:.0f} img/s)" \
-                if part == "c" else f", m {r['m']}, {r['steps_timed']} timed steps"
+                f"batch on; end to end with worker start-up and writing: {r['end_to_end_img_s']:.0f} img/s), " \
+                f"decode {r.get('decode', 'cpu')}" if part == "c" else f", m {r['m']}, {r['steps_timed']} timed steps"
             lines += [f"**({part}) {title}**: {r['backbone']} {r['size']} px, {r['precision']}, batch {r['batch']}"
                       f"{extra}, {r['workers']} workers, pinned {r['pinned']}, channels_last {r['channels_last']}: "
                       f"dynametric {r['ours_img_s']:.0f} img/s vs model-only floor {r['floor_img_s']:.0f} img/s = "

@@ -35,7 +35,7 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
     assert a["n"] == 1200 and a["max_diff_vs_floor"] <= 1e-5 and a["max_diff_vs_pml"] <= 1e-5
     assert all(math.isfinite(a[k]) and a[k] > 0 for k in ("dynametric_s", "pml_s", "floor_s"))
     assert len(res["b"]) == 14 and all(r["ours_ms"] > 0 for r in res["b"])
-    assert c["images"] == 32 and c["ours_img_s"] > 0 and c["floor_img_s"] > 0
+    assert c["images"] == 32 and c["ours_img_s"] > 0 and c["floor_img_s"] > 0 and c["decode"] == "gpu"
     assert d["steps_timed"] == 3 and d["ours_img_s"] > 0 and d["floor_img_s"] > 0
     assert len(list((tmp_path / "jpegs" / "imgs").glob("*.jpg"))) == 32
     names = [name for name, _ in res["checks"]]

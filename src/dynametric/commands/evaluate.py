@@ -96,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --checkpoint: dotted config override (repeatable)")
     from dynametric.commands.options import add_inference_arguments
 
-    add_inference_arguments(p, batch_size=None, device=False, prefix="with --checkpoint: ")
+    add_inference_arguments(p, batch_size=None, device=False, decode=False, prefix="with --checkpoint: ")
     p.add_argument("--metrics", nargs="+", default=None,
                    help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, precision@K, "
                         "precision@<int>, map@K, map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, "

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
                         "it is missing)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
-    add_inference_arguments(p, batch=False, workers=False, prefix="uploads: ")
+    add_inference_arguments(p, batch=False, workers=False, decode=False, prefix="uploads: ")
     p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
 

@@ -1,6 +1,6 @@
 """Command-line options shared by every command that runs a model over images (``embed``, ``evaluate
---checkpoint``, ``search --image``, ``explore``): ``--device``, ``--precision``, ``--batch-size``, ``--workers``;
-and the model options of ``embed`` and ``export``."""
+--checkpoint``, ``search --image``, ``explore``): ``--device``, ``--precision``, ``--batch-size``, ``--workers``,
+``--decode``; and the model options of ``embed`` and ``export``."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def _workers(text: str) -> int | str:
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = 128, batch: bool = True,
-                            workers: bool = True, device: bool = True, prefix: str = "") -> None:
-    """Add ``--device``, ``--precision`` and (unless disabled) ``--batch-size`` / ``--workers`` to ``p``.
+                            workers: bool = True, device: bool = True, decode: bool = True,
+                            prefix: str = "") -> None:
+    """Add ``--device``, ``--precision`` and (unless disabled) ``--batch-size`` / ``--workers`` / ``--decode`` to ``p``.
     ``batch_size=None`` leaves batch size and workers to the config (``None`` defaults); ``prefix`` starts each
     help text."""
     if device:
@@ -38,6 +39,11 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
         p.add_argument("--workers", type=_workers, default=None if batch_size is None else "auto",
                        help=f"{prefix}image-decoding worker processes, or auto (min(16, CPUs-1) on CUDA, 0 on the "
                             f"CPU; default {'data.workers' if batch_size is None else 'auto'})")
+    if decode:
+        p.add_argument("--decode", default="cpu", choices=("cpu", "gpu", "auto"),
+                       help=f"{prefix}where image files are decoded: cpu (PIL in the workers), gpu (JPEGs decoded and "
+                            "resized on the device; values differ slightly from PIL's), auto (gpu on CUDA when "
+                            "torchvision can, else cpu; default cpu)")
 
 
 def inference_options(args: argparse.Namespace, *, batch_size: int | None = None, workers: Any = None,
@@ -50,7 +56,8 @@ def inference_options(args: argparse.Namespace, *, batch_size: int | None = None
     w = getattr(args, "workers", None)
     return InferenceOptions(device=getattr(args, "device", None) or "auto", precision=args.precision or "fp32",
                             batch_size=bs if bs is not None else batch_size,
-                            workers=w if w is not None else workers, progress=progress)
+                            workers=w if w is not None else workers, progress=progress,
+                            decode=getattr(args, "decode", None) or "cpu")
 
 
 def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:

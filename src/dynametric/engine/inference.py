@@ -6,7 +6,10 @@
 * :class:`InferenceOptions` says where and how to run: ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``,
   :func:`dynametric.utils.device.resolve_device`), ``precision`` (``fp32``, or ``bf16`` / ``fp16`` autocast),
   batch size, loader workers (``auto``: :func:`dynametric.utils.device.auto_workers`), pinned memory (default: on
-  for CUDA) and a progress bar.
+  for CUDA), a progress bar and where image files are decoded (``decode``: ``cpu``, PIL in the loader workers;
+  ``gpu``, JPEGs decoded and resized on the device, :mod:`dynametric.engine.device_decode`; ``auto``, ``gpu`` on
+  CUDA when torchvision can decode there, else ``cpu``). ``decode`` applies to image files (``embed``, ``search
+  --image``); labelled datasets (:func:`embed_dataset`) decode in the workers.
 * :func:`embed_dataset` embeds a labelled dataset, :func:`embed_batch` one image batch; ``dynametric embed``
   streams folders and CSV lists through :func:`dynametric.retrieval.embed.embed_items` with the same batch function.
 
@@ -28,6 +31,8 @@ from dynametric.engine.objective import select_head
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import auto_workers, autocast, check_loader_options, resolve_device, resolve_precision
 
+DECODE_MODES = ("cpu", "gpu", "auto")
+
 
 @dataclass
 class InferenceOptions:
@@ -39,6 +44,7 @@ class InferenceOptions:
     workers: int | str | None = 0  # None: 0 (or data.workers)
     pin_memory: bool | None = None  # None: pinned when the device is CUDA
     progress: bool = False
+    decode: str = "cpu"  # cpu | gpu | auto (image files; see the module docstring)
 
     def resolve(self) -> ResolvedInference:
         device = resolve_device(self.device)
@@ -55,7 +61,14 @@ class InferenceOptions:
             workers = int(self.workers)
         check_loader_options(batch_size, workers)
         pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
-        return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress))
+        decode = str(self.decode).strip().lower()
+        if decode not in DECODE_MODES:
+            raise ConfigError(f"decode must be one of {list(DECODE_MODES)}, got {self.decode!r}", key="--decode")
+        if decode == "auto":
+            from dynametric.engine.device_decode import gpu_decode_available
+
+            decode = "gpu" if device.type == "cuda" and gpu_decode_available() else "cpu"
+        return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress), decode)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,7 @@ class ResolvedInference:
     workers: int
     pin_memory: bool
     progress: bool
+    decode: str = "cpu"  # cpu | gpu (resolved)
 
     @property
     def precision(self) -> str:
@@ -75,7 +89,7 @@ class ResolvedInference:
         """An in-order loader of ``dataset`` with these options (prefetch 4 batches per worker)."""
         extra: dict[str, Any] = {"prefetch_factor": 4} if self.workers > 0 else {}
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                          pin_memory=self.pin_memory, **extra)
+                          pin_memory=self.pin_memory, collate_fn=getattr(dataset, "collate_fn", None), **extra)
 
 
 def _resolved(options: InferenceOptions | ResolvedInference | None) -> ResolvedInference:

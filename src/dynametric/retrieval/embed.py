@@ -155,16 +155,24 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
 
 
 class ImageFiles(Dataset):
-    """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError."""
+    """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError.
+
+    A transform with a ``read_file`` method (:class:`dynametric.engine.device_decode.DeviceDecoder`) reads the
+    file itself (JPEG bytes for decoding on the device) and its ``collate`` method is the loader's
+    :attr:`collate_fn`."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor]) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self._read = getattr(transform, "read_file", None)
+        self.collate_fn = getattr(transform, "collate", None)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> Any:
+        if self._read is not None:
+            return self._read(self.paths[i])
         try:
             img = load_rgb(self.paths[i])
         except FileNotFoundError:
@@ -230,7 +238,9 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     """Embed ``items`` into the folder ``out`` shard by shard (see the module docstring); resumable.
 
     ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings (e.g.
-    :meth:`LoadedEmbedder.embed`, which runs on the loaded model's device and precision); ``model_identity`` is
+    :meth:`LoadedEmbedder.embed`, which runs on the loaded model's device and precision; with a
+    :class:`~dynametric.engine.device_decode.DeviceDecoder` as ``transform`` the batches are
+    :class:`~dynametric.engine.device_decode.EncodedImages` for it to decode); ``model_identity`` is
     recorded and must match when resuming. One loader serves every shard still to compute (``num_workers``
     decoding processes, ``pin_memory`` for a non-blocking copy to a GPU).
     """
@@ -284,7 +294,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     # one loader over every pending shard (workers start once); no batch crosses a shard boundary
     batches = [list(range(b, min(hi, b + batch_size))) for _, lo, hi in pending for b in range(lo, hi, batch_size)]
     extra: dict[str, Any] = {"prefetch_factor": 4} if num_workers > 0 else {}
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory, **extra)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                        collate_fn=dataset.collate_fn, **extra)
     try:
         it = iter(loader)
         for s, lo, hi in pending:

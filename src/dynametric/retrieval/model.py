@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynametric.engine.device_decode import EncodedImages
 from dynametric.engine.inference import (
     InferenceOptions,
     ResolvedInference,
@@ -27,7 +28,7 @@ from dynametric.engine.inference import (
     prepare_model,
     split_transform,
 )
-from dynametric.errors import InputError
+from dynametric.errors import ConfigError, InputError
 
 
 def weights_digest(state: dict[str, torch.Tensor], length: int = 16) -> str:
@@ -77,27 +78,52 @@ class LoadedEmbedder:
 
     def __post_init__(self) -> None:
         self._loader_transform, self._finish = split_transform(self.transform)
+        self._decoder = None
+        if self.run.decode == "gpu":
+            from dynametric.engine.device_decode import DeviceDecoder
+
+            if self._finish is not None:
+                self._decoder = DeviceDecoder.from_transform(self._loader_transform)
+            if self._decoder is None:
+                raise ConfigError("decode 'gpu' needs an evaluation transform of Resize / CenterCrop, ToTensor and "
+                                  "Normalize steps; use --decode cpu", key="--decode")
 
     @property
-    def loader_transform(self) -> Callable[[Any], torch.Tensor]:
-        """What the loader workers apply: on a GPU, :attr:`transform` up to ``uint8`` tensors (conversion to float
-        and normalisation run on the device in :meth:`embed`, with the same values); on the CPU, :attr:`transform`."""
+    def decode(self) -> str:
+        """Where image files are decoded: ``cpu`` (PIL in the loader workers) or ``gpu`` (on ``run.device``)."""
+        return "gpu" if self._decoder is not None else "cpu"
+
+    @property
+    def loader_transform(self) -> Callable[[Any], Any]:
+        """What the loader workers apply: with ``decode gpu``, a :class:`DeviceDecoder` (workers read JPEG bytes,
+        :meth:`embed` decodes and resizes them on the device); on a GPU, :attr:`transform` up to ``uint8`` tensors
+        (conversion to float and normalisation run on the device in :meth:`embed`, with the same values); on the
+        CPU, :attr:`transform`."""
+        if self._decoder is not None:
+            return self._decoder
         return self._loader_transform if self.run.device.type == "cuda" and self._finish else self.transform
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` (float, or ``uint8`` from :attr:`loader_transform`) -> ``[B, D]`` float32 on the CPU (the
-        evaluated head), computed on ``run.device`` under ``run``'s precision."""
+    def embed(self, images: Any) -> torch.Tensor:
+        """``[B, C, H, W]`` (float, or ``uint8`` from :attr:`loader_transform`) or :class:`EncodedImages` -> ``[B, D]``
+        float32 on the CPU (the evaluated head), computed on ``run.device`` under ``run``'s precision."""
+        if isinstance(images, EncodedImages):
+            if self._decoder is None:
+                raise InputError("encoded image batch without a device decoder (decode gpu)")
+            images = self._decoder.decode(images, self.run.device)
         return embed_batch(self.model, images, self.run, self.head, self._finish)
 
     def identity(self) -> dict[str, Any]:
         """What an embeddings file / index records about the model that produced it (``precision`` only when it
-        is not fp32, so fp32 jobs written before the option existed still resume)."""
+        is not fp32 and ``decode`` only when it is not cpu, so jobs written before the options existed still
+        resume)."""
         out = {"checkpoint": str(self.checkpoint.resolve()), "config": str(self.config_path.resolve()),
                "config_hash": self.config_hash, "weights_hash": self.weights_hash, "head": self.head,
                "in_chans": self.in_chans, "input_size": self.input_size}
         if self.run.precision != "fp32":
             out["precision"] = self.run.precision
+        if self.decode != "cpu":  # slightly different values: a resumed job must not mix decoders
+            out["decode"] = self.decode
         return out
 
 

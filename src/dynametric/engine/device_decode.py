@@ -1,0 +1,190 @@
+"""JPEG decoding on the inference device (``--decode gpu``): loader workers only read file bytes.
+
+With :class:`DeviceDecoder` as the loader transform of :class:`dynametric.retrieval.embed.ImageFiles`, a worker
+returns a JPEG file's bytes as a 1-D ``uint8`` tensor (no decoding, no resizing); the main process decodes the
+whole batch in one ``torchvision.io.decode_jpeg(list, device=...)`` call (nvjpeg on CUDA, libjpeg on the CPU) and
+applies the evaluation transform's geometry (``Resize`` / ``CenterCrop``, same sizes and interpolation,
+``antialias=True``) on the device, images of one size as one batch. Normalisation is the transform's device part
+(:func:`dynametric.engine.inference.split_transform`).
+
+Files that are not plain JPEGs (PNG, WebP, …, and JPEGs that do not end with the end-of-image marker, e.g.
+truncated ones) are decoded in the worker by PIL with the usual transform (to ``uint8``), so mixed folders work
+and a bad file gives the same error as the CPU path. A JPEG the device decoder rejects is decoded again alone,
+then by PIL; if PIL cannot decode it either the error names the file, as on the CPU path.
+
+Values differ slightly from the CPU path: PIL's and torchvision's antialiased resize are not bit-identical (and
+nvjpeg's IDCT may differ from libjpeg's in the last bit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynametric.errors import InputError
+
+JPEG_START = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
+
+
+def gpu_decode_available() -> bool:
+    """Whether this torchvision can decode JPEGs on a CUDA device (nvjpeg)."""
+    try:
+        import torchvision  # noqa: F401
+
+        return hasattr(torch.ops.image, "decode_jpegs_cuda")
+    except (ImportError, AttributeError, RuntimeError):
+        return False
+
+
+def is_plain_jpeg(data: bytes) -> bool:
+    """Starts with the JPEG start-of-image marker and (ignoring trailing padding) ends with end-of-image."""
+    return data.startswith(JPEG_START) and data.rstrip(b"\x00\r\n \t").endswith(JPEG_END)
+
+
+class EncodedImages:
+    """A loader batch for :meth:`DeviceDecoder.decode`: per image its path and either the JPEG bytes (1-D
+    ``uint8``) or the image already decoded and transformed in the worker (``uint8`` ``[C, H, W]``).
+
+    All of them live in one flat ``uint8`` buffer (one shared-memory handle per batch from a worker, not one per
+    image); :attr:`data` gives the per-image views."""
+
+    def __init__(self, paths: Sequence[str], data: Sequence[torch.Tensor]) -> None:
+        self.paths = list(paths)
+        self.shapes = [tuple(t.shape) for t in data]
+        sizes = [t.numel() for t in data]
+        self.offsets = [0]
+        for n in sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        self.blob = torch.cat([t.reshape(-1) for t in data]) if data else torch.empty(0, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def data(self) -> list[torch.Tensor]:
+        return [self.blob[a:b].view(shape) for a, b, shape in zip(self.offsets, self.offsets[1:], self.shapes)]
+
+    def pin_memory(self) -> EncodedImages:  # DataLoader(pin_memory=True): decode_jpeg reads host memory anyway
+        return self
+
+
+@dataclass(frozen=True)
+class _Resize:
+    size: Any
+    interpolation: Any
+    max_size: int | None
+
+
+@dataclass(frozen=True)
+class _Crop:
+    size: Any
+
+
+def _decode_error(path: Any, exc: Exception) -> InputError:
+    # the CPU path's message (retrieval.embed.ImageFiles), so both modes report a bad file the same way
+    return InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=path)
+
+
+def _pil_uint8(path: Any, cpu_transform: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    from dynametric.data.base import load_rgb
+
+    try:
+        img = load_rgb(path)
+    except FileNotFoundError:
+        raise InputError("image file not found", file=path) from None
+    except Exception as exc:  # PIL raises many types for bad files
+        raise _decode_error(path, exc) from None
+    return cpu_transform(img)
+
+
+class DeviceDecoder:
+    """The loader transform for device decoding (see the module docstring). Build with :meth:`from_transform`."""
+
+    def __init__(self, geometry: Sequence[_Resize | _Crop], cpu_transform: Callable[[Any], torch.Tensor]) -> None:
+        self.geometry = list(geometry)
+        self.cpu_transform = cpu_transform  # PIL -> uint8 [C, H, W] (the loader part of split_transform)
+
+    @classmethod
+    def from_transform(cls, cpu_transform: Any) -> DeviceDecoder | None:
+        """For a ``Compose`` of ``Resize`` / ``CenterCrop`` steps ending with ``PILToTensor`` (the loader part of
+        :func:`~dynametric.engine.inference.split_transform`); None for any other transform."""
+        from torchvision import transforms as T
+
+        steps = list(getattr(cpu_transform, "transforms", []))
+        if not steps or not isinstance(steps[-1], T.PILToTensor):
+            return None
+        geometry: list[_Resize | _Crop] = []
+        for step in steps[:-1]:
+            if isinstance(step, T.Resize):
+                geometry.append(_Resize(step.size, step.interpolation, step.max_size))
+            elif isinstance(step, T.CenterCrop):
+                geometry.append(_Crop(step.size))
+            else:
+                return None
+        return cls(geometry, cpu_transform)
+
+    # ------------------------------------------------------------------------------------- in the workers
+    def read_file(self, path: str | Path) -> tuple[str, torch.Tensor]:
+        """``(path, bytes as 1-D uint8)`` for a plain JPEG; ``(path, uint8 [C, H, W])`` decoded by PIL otherwise."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise InputError("image file not found", file=path) from None
+        except OSError as exc:
+            raise _decode_error(path, exc) from None
+        if is_plain_jpeg(data):
+            return str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return str(path), _pil_uint8(path, self.cpu_transform)
+
+    @staticmethod
+    def collate(items: list[tuple[str, torch.Tensor]]) -> EncodedImages:
+        return EncodedImages([p for p, _ in items], [t for _, t in items])
+
+    # ------------------------------------------------------------------------------------- main process
+    def _geometry(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import functional as F
+
+        for op in self.geometry:
+            if isinstance(op, _Resize):
+                x = F.resize(x, op.size, op.interpolation, op.max_size, antialias=True)
+            else:
+                x = F.center_crop(x, op.size)
+        return x
+
+    def decode(self, batch: EncodedImages, device: torch.device | str) -> torch.Tensor:
+        """``uint8 [B, 3, H, W]`` on ``device``: the batch's JPEGs decoded there (one call) and transformed there,
+        in batch order with the worker-decoded images."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        device = torch.device(device)
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        raw: dict[int, torch.Tensor] = {}
+        data = batch.data
+        jpegs = [i for i, t in enumerate(data) if t.dim() == 1]
+        for i, t in enumerate(data):
+            if t.dim() != 1:
+                out[i] = t.to(device)
+        if jpegs:
+            try:
+                decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+                raw.update(zip(jpegs, decoded))
+            except RuntimeError:  # find the file(s) the decoder rejects: alone, then PIL (which names a bad file)
+                for i in jpegs:
+                    try:
+                        raw[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
+                    except RuntimeError:
+                        out[i] = _pil_uint8(batch.paths[i], self.cpu_transform).to(device)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, img in raw.items():
+            by_shape.setdefault(tuple(img.shape), []).append(i)
+        for idx in by_shape.values():
+            done = self._geometry(torch.stack([raw[i] for i in idx]))
+            for k, i in enumerate(idx):
+                out[i] = done[k]
+        return torch.stack([t for t in out if t is not None])
