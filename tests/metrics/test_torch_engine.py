@@ -130,8 +130,12 @@ def test_device_resolution():
 
 
 def test_device_plan_fits_budget():
+    from dynametric.metrics import DEFAULT_DEVICE_MEMORY_BUDGET
+
+    assert DEFAULT_DEVICE_MEMORY_BUDGET <= 4 * 10**9  # the #13 device-peak target (4 GB) bounds the default
     rows = plan_device_rows(60502, 60502, 7000, True, None)
-    assert rows % 64 == 0 and rows * 40 * 60502 <= 2 * 2**30
+    per_row = 40 * 60502 + 64 * 7001 + 64
+    assert rows % 64 == 0 and rows * per_row <= DEFAULT_DEVICE_MEMORY_BUDGET < (rows + 64) * per_row
     assert plan_device_rows(10, 10**6, 50, False, 1) == 1
 
 
