@@ -127,7 +127,7 @@ def test_missing_metrics_fails_with_one_line(good_run: Path, tmp_path: Path) -> 
     (lambda m: m["untrained"].pop("coarse"), "scales differ between 'untrained'"),
     (lambda m: m["test"]["fine"].update({"map@r": None}), "fine/map@r is not a finite number"),
     (lambda m: m["test"]["coarse"].update({"recall@1": float("nan")}), "coarse/recall@1 is not a finite number"),
-])
+], ids=["no-untrained", "scales-differ", "null-value", "nan-value"])
 def test_malformed_metrics_fail(good_run: Path, tmp_path: Path, mutate, expected: str) -> None:
     metrics = json.loads((good_run / "metrics.json").read_text())
     mutate(metrics)
