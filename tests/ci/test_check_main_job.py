@@ -174,3 +174,13 @@ def test_report_missing_section_and_corrupted_plot_fail(good_run: Path, tmp_path
     assert rc == 1 and len(fails) == 2, fails
     assert any("report.html: rendered page lacks section(s) ['Embedding map']" in f for f in fails), fails
     assert any(f"report.html: {len(plots) - 1} of {len(plots)} images decoded" in f for f in fails), fails
+
+
+def test_protocol_block_is_not_a_scale(good_run: Path, tmp_path: Path) -> None:
+    """Query -> gallery runs record their protocol beside the scales under 'test'; it is not checked as a scale."""
+    metrics = json.loads((good_run / "metrics.json").read_text())
+    metrics["test"]["protocol"] = {"name": "query_gallery", "query_split": "query", "gallery_split": "gallery"}
+    run = _copy(good_run, tmp_path, metrics=metrics)
+    rc, fails, out = check(run, "--no-browser")
+    assert (rc, fails) == (0, []) and "metrics OK" in out
+    assert not any(line.split()[:1] == ["protocol"] for line in out.splitlines())
