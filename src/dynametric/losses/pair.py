@@ -39,10 +39,11 @@ _OPTIONS = [p for p in inspect.signature(MetricLoss.__init__).parameters.values(
 
 def _spell_out_options(init: Any) -> None:
     """Give ``init(self, ..., **options)`` the signature with the common options listed as keyword-only."""
-    params = list(inspect.signature(init).parameters.values())
+    sig = inspect.signature(init)
+    params = list(sig.parameters.values())
     if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD or params[-1].name != "options":
         return
-    init.__signature__ = inspect.Signature(params[:-1] + _OPTIONS)
+    init.__signature__ = sig.replace(parameters=params[:-1] + _OPTIONS)
 
 
 class PairLoss(MetricLoss):
