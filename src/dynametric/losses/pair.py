@@ -35,6 +35,7 @@ from dynametric.losses.tuples import check_miner_output, convert_to_pairs, dista
 TOO_FEW_PAIRS = "fewer than two positive and two negative pairs"
 
 _OPTIONS = [p for p in inspect.signature(MetricLoss.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
+_OPTION_NAMES = frozenset(p.name for p in _OPTIONS)
 
 
 def _spell_out_options(init: Any) -> None:
@@ -58,6 +59,9 @@ class PairLoss(MetricLoss):
             _spell_out_options(init)
 
     def __init__(self, distance: Distance | None = None, scale: int = 0, **options: Any) -> None:
+        for name in options:
+            if name not in _OPTION_NAMES:  # the message Python gives for the spelled-out signature
+                raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {name!r}")
         super().__init__(scale, **options)
         self.distance = as_distance(distance) or self.default_distance()
 
