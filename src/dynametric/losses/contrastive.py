@@ -9,35 +9,26 @@ for the ``d^2`` form of the positive term.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from dynametric.distances import Distance, LpDistance, as_distance
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.distances import Distance
+from dynametric.losses.base import IndicesTuple
+from dynametric.losses.pair import TOO_FEW_PAIRS, PairLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, zero_entry
 from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, match_masks
 
 
-class ContrastiveLoss(MetricLoss):
+class ContrastiveLoss(PairLoss):
     """Pair loss with a positive and a negative margin (PML-compatible; see module docstring)."""
-
-    works_without_labels = True
 
     def __init__(
         self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: Distance | None = None, scale: int = 0,
-        *,
-        reducer: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        collect_stats: bool = False,
+        **options,
     ) -> None:
-        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
-                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
+        super().__init__(distance, scale, **options)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
-        self.distance = as_distance(distance) or LpDistance()
 
     def compute_loss(
         self,
@@ -55,7 +46,7 @@ class ContrastiveLoss(MetricLoss):
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
             num_pos, num_neg = a1.numel(), a2.numel()
         if num_pos <= 1 and num_neg <= 1:  # pytorch-metric-learning's GenericPairLoss rule
-            return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")
+            return self.zero_loss(embeddings, TOO_FEW_PAIRS)
         mat = distance_matrix(self.distance, embeddings, ref_emb)
         if indices_tuple is None:
             pos_d = mat[pos_mask]  # few positives: gather them; the many negatives stay dense
@@ -68,8 +59,7 @@ class ContrastiveLoss(MetricLoss):
         return avg_nonzero_reduce(pos_loss, mat) + avg_nonzero_reduce(neg_loss, mat)
 
     def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
-        indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
-        a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
+        (a1, p, a2, n), _ = self.pair_indices(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         if a1.numel() <= 1 and a2.numel() <= 1:
             return {"pos_loss": zero_entry(), "neg_loss": zero_entry()}
         mat = distance_matrix(self.distance, embeddings, ref_emb)

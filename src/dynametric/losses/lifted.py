@@ -12,47 +12,31 @@ Embedding", CVPR 2016) and its generalised form (Hermans, Beyer, Leibe, "In Defe
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from dynametric.distances import Distance, LpDistance, as_distance
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.distances import Distance
+from dynametric.losses.base import IndicesTuple
+from dynametric.losses.pair import AnchorPairLoss, PairLoss
 from dynametric.losses.reducers import grouped_logsumexp, masked_logsumexp, zero_entry
-from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, pair_masks
+from dynametric.losses.tuples import distance_matrix
 
 
-class LiftedStructureLoss(MetricLoss):
+class LiftedStructureLoss(PairLoss):
     """The original lifted structured loss over positive pairs (see module docstring)."""
-
-    works_without_labels = True
 
     def __init__(
         self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
-        *,
-        reducer: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        collect_stats: bool = False,
+        **options,
     ) -> None:
-        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
-                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
+        super().__init__(distance, scale, **options)
         self.neg_margin = neg_margin
         self.pos_margin = pos_margin
-        self.distance = as_distance(distance) or LpDistance()
 
-    def compute_loss(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: torch.Tensor | None,
-        ref_labels: torch.Tensor | None,
-    ) -> torch.Tensor:
-        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
-        a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
+    def _pair_losses(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        """``(J_ij^2 / 2 per positive pair, (a1, p))``, or ``None`` without a positive or a negative pair."""
+        (a1, p, a2, n), num_refs = self.pair_indices(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         if (a1.numel() <= 1 and a2.numel() <= 1) or a1.numel() == 0 or a2.numel() == 0:
-            return self.zero_loss(embeddings, "no positive pair or no negative pair")
+            return None
         mat = distance_matrix(self.distance, embeddings, ref_emb)
         remaining_neg = self.distance.margin(torch.full_like(mat[a2, n], self.neg_margin), mat[a2, n])
         size = max(embeddings.shape[0], num_refs)
@@ -62,41 +46,7 @@ class LiftedStructureLoss(MetricLoss):
         neg_term = torch.where(torch.isfinite(neg_term), neg_term, torch.zeros_like(neg_term))
         pos_d = mat[a1, p]
         per_pair = torch.relu(neg_term + self.distance.margin(pos_d, torch.full_like(pos_d, self.pos_margin)))
-        return (per_pair**2 / 2).mean()
-
-    def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
-        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
-        a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
-        if (a1.numel() <= 1 and a2.numel() <= 1) or a1.numel() == 0 or a2.numel() == 0:
-            return {"loss": zero_entry()}
-        mat = distance_matrix(self.distance, embeddings, ref_emb)
-        remaining_neg = self.distance.margin(torch.full_like(mat[a2, n], self.neg_margin), mat[a2, n])
-        per_anchor = grouped_logsumexp(remaining_neg, a2, max(embeddings.shape[0], num_refs))
-        neg_term = torch.where(a1 == p, per_anchor[a1], torch.logaddexp(per_anchor[a1], per_anchor[p]))
-        neg_term = torch.where(torch.isfinite(neg_term), neg_term, torch.zeros_like(neg_term))
-        pos_d = mat[a1, p]
-        per_pair = torch.relu(neg_term + self.distance.margin(pos_d, torch.full_like(pos_d, self.pos_margin)))
-        return {"loss": {"losses": per_pair**2 / 2, "indices": (a1, p), "reduction_type": "pos_pair"}}
-
-
-class GeneralizedLiftedStructureLoss(MetricLoss):
-    """Per-anchor log-sum-exp form of the lifted loss (Hermans et al. 2017, p. 4)."""
-
-    works_without_labels = True
-
-    def __init__(
-        self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
-        *,
-        reducer: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        collect_stats: bool = False,
-    ) -> None:
-        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
-                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
-        self.neg_margin = neg_margin
-        self.pos_margin = pos_margin
-        self.distance = as_distance(distance) or LpDistance()
+        return per_pair**2 / 2, (a1, p)
 
     def compute_loss(
         self,
@@ -106,22 +56,30 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
-        pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
-        if num_pos <= 1 and num_neg <= 1:
-            return self.zero_loss(embeddings, "fewer than two positive and two negative pairs")
-        mat = distance_matrix(self.distance, embeddings, ref_emb)
-        pos_term = masked_logsumexp(self.distance.margin(mat, torch.full_like(mat, self.pos_margin)), pos)
-        neg_term = masked_logsumexp(self.distance.margin(torch.full_like(mat, self.neg_margin), mat), neg)
-        return torch.relu(pos_term + neg_term).mean()
+        out = self._pair_losses(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if out is None:
+            return self.zero_loss(embeddings, "no positive pair or no negative pair")
+        return out[0].mean()
 
     def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
-        indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
-        pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
-        if num_pos <= 1 and num_neg <= 1:
+        out = self._pair_losses(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if out is None:
             return {"loss": zero_entry()}
-        mat = distance_matrix(self.distance, embeddings, ref_emb)
+        return {"loss": {"losses": out[0], "indices": out[1], "reduction_type": "pos_pair"}}
+
+
+class GeneralizedLiftedStructureLoss(AnchorPairLoss):
+    """Per-anchor log-sum-exp form of the lifted loss (Hermans et al. 2017, p. 4)."""
+
+    def __init__(
+        self, neg_margin: float = 1.0, pos_margin: float = 0.0, distance: Distance | None = None, scale: int = 0,
+        **options,
+    ) -> None:
+        super().__init__(distance, scale, **options)
+        self.neg_margin = neg_margin
+        self.pos_margin = pos_margin
+
+    def anchor_losses(self, mat: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         pos_term = masked_logsumexp(self.distance.margin(mat, torch.full_like(mat, self.pos_margin)), pos)
         neg_term = masked_logsumexp(self.distance.margin(torch.full_like(mat, self.neg_margin), mat), neg)
-        rows = torch.arange(mat.shape[0], device=mat.device)
-        return {"loss": {"losses": torch.relu(pos_term + neg_term), "indices": rows, "reduction_type": "element"}}
+        return torch.relu(pos_term + neg_term)

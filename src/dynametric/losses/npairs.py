@@ -10,31 +10,40 @@ and regularise separately. ``ref_emb`` is not supported.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from dynametric.distances import Distance, DotProductSimilarity, as_distance
+from dynametric.distances import Distance, DotProductSimilarity
 from dynametric.errors import InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple
+from dynametric.losses.pair import PairLoss
 from dynametric.losses.reducers import zero_entry
 from dynametric.losses.tuples import check_indices_tuple, distance_matrix, first_positive_pair_per_label
 
 
-class NPairsLoss(MetricLoss):
+class NPairsLoss(PairLoss):
     """Multi-class N-pair loss (softmax over one positive per class)."""
 
-    def __init__(self, distance: Distance | None = None, scale: int = 0,
-        *,
-        reducer: Any = None,
-        embedding_regularizer: Any = None,
-        embedding_reg_weight: float = 1.0,
-        collect_stats: bool = False,
-    ) -> None:
-        super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
-                         embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
-        self.distance = as_distance(distance) or DotProductSimilarity(normalize_embeddings=True)
+    works_without_labels = False  # the one positive pair per class is chosen by label
+
+    def __init__(self, distance: Distance | None = None, scale: int = 0, **options) -> None:
+        super().__init__(distance, scale, **options)
+
+    def default_distance(self) -> Distance:
+        return DotProductSimilarity(normalize_embeddings=True)
+
+    def _logits(self, embeddings, labels, indices_tuple, ref_emb):
+        """``(anchor x positive similarity logits, anchors)`` with one positive pair per class."""
+        if ref_emb is not None:
+            raise InputError("NPairsLoss does not support ref_emb/ref_labels", key="ref_emb")
+        if indices_tuple is not None:
+            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], embeddings.shape[0])
+        a, p = first_positive_pair_per_label(indices_tuple, labels)
+        self.record(num_pairs=int(a.numel()))
+        if a.numel() == 0:
+            return None, a
+        sim = distance_matrix(self.distance, embeddings[a], embeddings[p])
+        return (sim if self.distance.higher_is_closer else -sim), a
 
     def compute_loss(
         self,
@@ -44,31 +53,15 @@ class NPairsLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        if ref_emb is not None:
-            raise InputError("NPairsLoss does not support ref_emb/ref_labels", key="ref_emb")
-        if indices_tuple is not None:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], embeddings.shape[0])
-        a, p = first_positive_pair_per_label(indices_tuple, labels)
-        self.record(num_pairs=int(a.numel()))
+        sim, a = self._logits(embeddings, labels, indices_tuple, ref_emb)
         if a.numel() <= 1:  # a 1 x 1 softmax is exactly 0
             return self.zero_loss(embeddings, "fewer than two classes with a positive pair")
-        sim = distance_matrix(self.distance, embeddings[a], embeddings[p])
-        if not self.distance.higher_is_closer:
-            sim = -sim
         return F.cross_entropy(sim, torch.arange(a.numel(), device=embeddings.device))
 
     def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
-        if ref_emb is not None:
-            raise InputError("NPairsLoss does not support ref_emb/ref_labels", key="ref_emb")
-        if indices_tuple is not None:
-            indices_tuple = check_indices_tuple(indices_tuple, embeddings.shape[0], embeddings.shape[0])
-        a, p = first_positive_pair_per_label(indices_tuple, labels)
-        self.record(num_pairs=int(a.numel()))
-        if a.numel() == 0:
+        sim, a = self._logits(embeddings, labels, indices_tuple, ref_emb)
+        if sim is None:
             return {"loss": zero_entry()}
-        sim = distance_matrix(self.distance, embeddings[a], embeddings[p])
-        if not self.distance.higher_is_closer:
-            sim = -sim
         target = torch.arange(a.numel(), device=embeddings.device)
         return {"loss": {"losses": F.cross_entropy(sim, target, reduction="none"), "indices": a,
                          "reduction_type": "element"}}
