@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
+from dynametric.data.splits import LabelledSubset
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
 from dynametric.engine.trainer import TrainerSettings
@@ -36,17 +36,6 @@ _AUTO_DIM_ARGS = ("embedding_size", "embedding_dim")
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-class LabeledSubset(Subset):
-    """A ``Subset`` that keeps ``labels`` / ``scale_names`` / ``split`` of its parent."""
-
-    def __init__(self, dataset: Any, indices: Sequence[int], split: str) -> None:
-        super().__init__(dataset, list(indices))
-        parent = torch.as_tensor(dataset.labels)
-        self.labels = parent[torch.as_tensor(list(indices), dtype=torch.long)]
-        self.scale_names = list(getattr(dataset, "scale_names", []))
-        self.split = split
-
-
 def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
                      folds: int | None = None, fold: int = 0) -> tuple[Any, Any | None]:
     """Class-disjoint (at ``scale``) train/val split of a training set: a seeded ``fraction`` of the classes,
@@ -67,7 +56,7 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
         val_classes = perm[:n_val]
     is_val = np.isin(labels[:, scale].numpy(), val_classes)
     train_idx, val_idx = np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
-    return LabeledSubset(dataset, train_idx, "train"), LabeledSubset(dataset, val_idx, "val")
+    return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
 def transform_for(cfg: Any, train: bool, size: int | None = None) -> Any:
@@ -127,7 +116,7 @@ def build_datasets(cfg: Any, *, with_test: bool = True) -> Datasets:
         train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=0,
                                            folds=data.val_folds, fold=data.val_fold)
         if val is not None:
-            train = LabeledSubset(train, train_part.indices, data.train_split)
+            train = LabelledSubset(train, train_part.indices, data.train_split)
         source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
                                              if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
     test = load_split(cfg, data.test_split, train=False) if with_test else None
