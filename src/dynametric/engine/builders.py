@@ -59,12 +59,23 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
     return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
-def transform_for(cfg: Any, train: bool, size: int | None = None) -> Any:
-    """The config's transform (``data.transform``; ``default`` = ``standard``, or the synthetic data's own
-    ``"to_tensor"``), cropping to ``size`` if given, else ``data.image_size``."""
+def transform_for(cfg: Any, train: bool, size: int | None = None, *, for_images: bool = False) -> Any:
+    """The config's transform (``data.transform``; ``default`` = ``standard``), cropping to ``size`` if given, else
+    ``data.image_size``.
+
+    The one place for the synthetic data's rule: with ``transform: default`` a ``synthetic`` dataset renders its own
+    tensors (``"to_tensor"``); ``for_images=True`` asks instead for the callable that turns image files of that data
+    into the same tensors: ``Resize`` to ``size`` (else ``data.image_size``, else the generator's ``image_size``
+    option, default 32) square, then ``ToTensor``."""
     data = cfg.data
     if data.format == "synthetic" and data.transform == "default":
-        return "to_tensor"
+        if not for_images:
+            return "to_tensor"
+        from torchvision import transforms as T
+
+        side = int(size if size is not None else data.image_size if data.image_size is not None
+                   else dict(data.options).get("image_size", 32))
+        return T.Compose([T.Resize((side, side)), T.ToTensor()])
     from dynametric.data import build_transform
 
     preset = "standard" if data.transform == "default" else data.transform
