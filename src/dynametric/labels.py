@@ -46,3 +46,14 @@ def select_scale(labels: LabelsLike, scale: int = 0, *, name: str = "labels") ->
     if not -mat.shape[1] <= scale < mat.shape[1]:
         raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
     return mat[:, scale]
+
+
+def default_scale_names(num_scales: int) -> list[str]:
+    """``fine`` / ``fine, coarse`` / ``fine, middle, coarse``; ``scale0..scale{S-1}`` otherwise."""
+    if num_scales == 1:
+        return ["fine"]
+    if num_scales == 2:
+        return ["fine", "coarse"]
+    if num_scales == 3:
+        return ["fine", "middle", "coarse"]
+    return [f"scale{i}" for i in range(num_scales)]

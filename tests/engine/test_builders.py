@@ -101,9 +101,9 @@ def test_carve_validation_is_class_disjoint_and_seeded():
     assert len(train) + len(val) == len(ds)
     assert torch.equal(train.labels, LABELS[train.indices])
     train2, val2 = carve_validation(ds, 0.25, seed=3)
-    assert val2.indices == val.indices
+    assert val2.indices.tolist() == val.indices.tolist()
     _, val3 = carve_validation(ds, 0.25, seed=4)
-    assert val3.indices != val.indices
+    assert val3.indices.tolist() != val.indices.tolist()
     folds = [set(carve_validation(ds, 0.0, seed=0, folds=4, fold=k)[1].labels[:, 0].tolist()) for k in range(4)]
     assert set().union(*folds) == set(range(12)) and sum(len(f) for f in folds) == 12
 

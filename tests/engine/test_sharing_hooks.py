@@ -168,12 +168,13 @@ def test_mic_resume_after_crash_matches_straight_run(tmp_path, monkeypatch):
 
 
 def test_unaugmented_view_matches_a_carved_training_set():
-    from dynametric.engine.builders import LabeledSubset, build_datasets
+    from dynametric.data.splits import LabelledSubset
+    from dynametric.engine.builders import build_datasets
     from dynametric.engine.sharing import unaugmented_view
 
     cfg = load_config(MIC, [*TINY, "data.val_split=null", "data.val_fraction=0.25"])
     datasets = build_datasets(cfg, with_test=False)
-    assert isinstance(datasets.train, LabeledSubset)
+    assert isinstance(datasets.train, LabelledSubset)
     view = unaugmented_view(cfg)(datasets.train)
     assert len(view) == len(datasets.train) < 72 and torch.equal(view.labels, datasets.train.labels)
     for i in (0, len(view) - 1):

@@ -43,14 +43,9 @@ from dynametric.data.readers import (
     start_csv_read,
 )
 from dynametric.errors import InputError
+from dynametric.labels import default_scale_names
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "query", "gallery")
-
-
-def default_scale_names(num_scales: int) -> list[str]:
-    """``fine`` / ``fine, coarse`` / ``fine, middle, coarse`` / ``scale0..`` (the metrics' convention)."""
-    names = {1: ["fine"], 2: ["fine", "coarse"], 3: ["fine", "middle", "coarse"]}
-    return names.get(num_scales, [f"scale{i}" for i in range(num_scales)])
 
 
 def _typed(values: list[str]) -> list[Hashable]:

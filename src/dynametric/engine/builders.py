@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
+from dynametric.data.splits import LabelledSubset
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
 from dynametric.engine.trainer import TrainerSettings
@@ -36,17 +36,6 @@ _AUTO_DIM_ARGS = ("embedding_size", "embedding_dim")
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-class LabeledSubset(Subset):
-    """A ``Subset`` that keeps ``labels`` / ``scale_names`` / ``split`` of its parent."""
-
-    def __init__(self, dataset: Any, indices: Sequence[int], split: str) -> None:
-        super().__init__(dataset, list(indices))
-        parent = torch.as_tensor(dataset.labels)
-        self.labels = parent[torch.as_tensor(list(indices), dtype=torch.long)]
-        self.scale_names = list(getattr(dataset, "scale_names", []))
-        self.split = split
-
-
 def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
                      folds: int | None = None, fold: int = 0) -> tuple[Any, Any | None]:
     """Class-disjoint (at ``scale``) train/val split of a training set: a seeded ``fraction`` of the classes,
@@ -67,15 +56,26 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
         val_classes = perm[:n_val]
     is_val = np.isin(labels[:, scale].numpy(), val_classes)
     train_idx, val_idx = np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
-    return LabeledSubset(dataset, train_idx, "train"), LabeledSubset(dataset, val_idx, "val")
+    return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
-def transform_for(cfg: Any, train: bool, size: int | None = None) -> Any:
-    """The config's transform (``data.transform``; ``default`` = ``standard``, or the synthetic data's own
-    ``"to_tensor"``), cropping to ``size`` if given, else ``data.image_size``."""
+def transform_for(cfg: Any, train: bool, size: int | None = None, *, for_images: bool = False) -> Any:
+    """The config's transform (``data.transform``; ``default`` = ``standard``), cropping to ``size`` if given, else
+    ``data.image_size``.
+
+    The one place for the synthetic data's rule: with ``transform: default`` a ``synthetic`` dataset renders its own
+    tensors (``"to_tensor"``); ``for_images=True`` asks instead for the callable that turns image files of that data
+    into the same tensors: ``Resize`` to ``size`` (else ``data.image_size``, else the generator's ``image_size``
+    option, default 32) square, then ``ToTensor``."""
     data = cfg.data
     if data.format == "synthetic" and data.transform == "default":
-        return "to_tensor"
+        if not for_images:
+            return "to_tensor"
+        from torchvision import transforms as T
+
+        side = int(size if size is not None else data.image_size if data.image_size is not None
+                   else dict(data.options).get("image_size", 32))
+        return T.Compose([T.Resize((side, side)), T.ToTensor()])
     from dynametric.data import build_transform
 
     preset = "standard" if data.transform == "default" else data.transform
@@ -127,7 +127,7 @@ def build_datasets(cfg: Any, *, with_test: bool = True) -> Datasets:
         train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=0,
                                            folds=data.val_folds, fold=data.val_fold)
         if val is not None:
-            train = LabeledSubset(train, train_part.indices, data.train_split)
+            train = LabelledSubset(train, train_part.indices, data.train_split)
         source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
                                              if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
     test = load_split(cfg, data.test_split, train=False) if with_test else None

@@ -110,10 +110,11 @@ def unaugmented_view(cfg: Any) -> Callable[[Any], Any]:
     """``train_set -> same items in the same order, evaluation transform`` (MIC clusters un-augmented images)."""
 
     def make(train: Any) -> Any:
-        from dynametric.engine.builders import LabeledSubset, load_split
+        from dynametric.data.splits import LabelledSubset
+        from dynametric.engine.builders import load_split
 
         full = load_split(cfg, cfg.data.train_split, train=False)
-        view = LabeledSubset(full, train.indices, "train") if hasattr(train, "indices") else full
+        view = LabelledSubset(full, train.indices, "train") if hasattr(train, "indices") else full
         if len(view) != len(train) or not torch.equal(torch.as_tensor(view.labels), torch.as_tensor(train.labels)):
             raise ConfigError("the un-augmented training set does not match the training set", key="data")
         return view

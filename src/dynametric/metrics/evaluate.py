@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.labels import as_label_matrix
+from dynametric.labels import as_label_matrix, default_scale_names
 from dynametric.metrics.clustering import kmeans_assign, nmi_score, pairwise_f1
 from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
 from dynametric.metrics.ranking import AT_K_FAMILIES
@@ -21,17 +21,6 @@ CLUSTER_METRICS = ("nmi", "f1")
 ALL_METRICS = ("recall@K", "precision@K", "map@K", *RANK_METRICS, *CLUSTER_METRICS)
 DEFAULT_METRICS = ("recall@K", *RANK_METRICS)
 """Default metric set: every retrieval metric (clustering metrics run k-means and must be asked for)."""
-
-
-def default_scale_names(num_scales: int) -> list[str]:
-    """``fine`` / ``fine, coarse`` / ``fine, middle, coarse``; ``scale0..scale{S-1}`` otherwise."""
-    if num_scales == 1:
-        return ["fine"]
-    if num_scales == 2:
-        return ["fine", "coarse"]
-    if num_scales == 3:
-        return ["fine", "middle", "coarse"]
-    return [f"scale{i}" for i in range(num_scales)]
 
 
 def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tuple[list[str], tuple[int, ...],

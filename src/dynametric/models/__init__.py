@@ -7,7 +7,7 @@ from dynametric.models.backbones import BACKBONES, Backbone, SimpleCNN, availabl
 from dynametric.models.bninception import BNInception
 from dynametric.models.embedder import (
     Embedder,
-    LoadReport,
+    WeightLoadReport,
     build_embedder,
     concat_heads,
     default_head_names,
@@ -15,6 +15,10 @@ from dynametric.models.embedder import (
 )
 from dynametric.models.heads import POOLING_MODES, EmbeddingHead, GlobalPool
 from dynametric.models.pddm import PDDM
+
+LoadReport = WeightLoadReport
+"""Former name of :class:`WeightLoadReport` (kept so ``from dynametric.models import LoadReport`` still works;
+not the data readers' :class:`dynametric.data.LoadReport`)."""
 
 __all__ = [
     "BACKBONES",
@@ -27,6 +31,7 @@ __all__ = [
     "PDDM",
     "POOLING_MODES",
     "SimpleCNN",
+    "WeightLoadReport",
     "available_backbones",
     "build_embedder",
     "concat_heads",

@@ -131,7 +131,7 @@ def concat_heads(output: Tensor | Mapping[str, Tensor]) -> Tensor:
 
 
 @dataclass
-class LoadReport:
+class WeightLoadReport:
     """What :func:`load_backbone_weights` did."""
 
     file: str
@@ -184,7 +184,7 @@ def _listing(keys: Sequence[str], limit: int = 5) -> str:
     return shown + (f" … ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_backbone_weights(backbone: Backbone, path: str | Path) -> LoadReport:
+def load_backbone_weights(backbone: Backbone, path: str | Path) -> WeightLoadReport:
     """Load a local backbone weight file (``torch.load(..., weights_only=True)``, or ``.safetensors``).
 
     Accepts a plain state dict, one wrapped under ``state_dict``/``model``/``model_state_dict``, and DDP's
@@ -199,7 +199,7 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> LoadReport:
     if callable(adapt):
         state = adapt(state)
     own = body.state_dict()
-    report = LoadReport(file=str(path))
+    report = WeightLoadReport(file=str(path))
     report.ignored_classifier = sorted(k for k in state if k not in own and k.startswith(backbone.classifier_prefixes))
     unexpected = sorted(k for k in state if k not in own and k not in report.ignored_classifier)
     missing_all = [k for k in own if k not in state]

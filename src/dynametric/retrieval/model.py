@@ -49,16 +49,9 @@ def eval_transform(cfg: Any, image_size: int | None = None) -> Callable[[Any], t
     synthetic generator's ``image_size`` option, default 32); other data use ``build_transform(preset,
     train=False)`` (``default`` = ``standard``) with ``data.image_size`` / ``image_size`` as the crop size.
     """
-    from torchvision import transforms as T
-
-    data = cfg.data
-    size = image_size if image_size is not None else data.image_size
-    if data.format == "synthetic" and data.transform == "default":
-        side = int(size if size is not None else dict(data.options).get("image_size", 32))
-        return T.Compose([T.Resize((side, side)), T.ToTensor()])
     from dynametric.engine.builders import transform_for
 
-    return transform_for(cfg, False, size)
+    return transform_for(cfg, False, image_size, for_images=True)
 
 
 @dataclass
