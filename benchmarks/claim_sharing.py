@@ -54,6 +54,7 @@ from claim_common import (  # noqa: E402
     sign,
     write_results,
 )
+from sharing_synthetic import class_batch, embed_all  # noqa: E402  (the same sampling and embedding as there)
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
 from dynametric.losses import MarginLoss  # noqa: E402
@@ -74,28 +75,8 @@ SPLITS = ("held-out", "today")
 HEADS = ("class", "shared", "concat")
 
 
-def class_batch(labels: torch.Tensor, classes: torch.Tensor, p: int, m: int, gen: torch.Generator) -> torch.Tensor:
-    """``p`` random classes x ``m`` random images each (indices into the training set)."""
-    chosen = classes[torch.randperm(classes.numel(), generator=gen)[:p]]
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
-    start = torch.searchsorted(sorted_labels, chosen)
-    count = torch.searchsorted(sorted_labels, chosen, right=True) - start
-    offs = torch.stack([torch.randperm(int(c), generator=gen)[:m] for c in count])
-    return order[(start.unsqueeze(1) + offs).flatten()]
-
-
-@torch.no_grad()
-def embed_all(model: torch.nn.Module, images: torch.Tensor, bs: int = 512) -> dict[str, torch.Tensor]:
-    was = model.training
-    model.eval()
-    outs = [model(images[i:i + bs]) for i in range(0, images.shape[0], bs)]
-    model.train(was)
-    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-
-
 def _eval(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, float]]:
-    res = evaluate_heads(embed_all(model, x), y, metrics=["recall@1", "map@r"], k_values=(1,))
+    res = evaluate_heads(embed_all(model, x, bs=512), y, metrics=["recall@1", "map@r"], k_values=(1,))
     return {h: {k: float(r["fine"][k]) for k in ("recall@1", "map@r")} for h, r in res.items()}
 
 
@@ -153,7 +134,7 @@ def run_one(method: str, split: str, seed: int, rho: float, a: argparse.Namespac
             assert labeler is not None
             if it > 0 and it % steps_per_epoch == 0:
                 epoch += 1
-                labeler.maybe_recluster(epoch, lambda: embed_all(model, x_train)["shared"])
+                labeler.maybe_recluster(epoch, lambda: embed_all(model, x_train, bs=512)["shared"])
             surrogate = labeler.labels
             assert surrogate is not None
 
