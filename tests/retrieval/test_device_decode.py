@@ -176,3 +176,17 @@ def test_embed_cli_decode_gpu_on_cpu_and_no_mixed_resume(run_ckpt: Path, mixed: 
     # the cpu job's folder is not resumed with the other decoder (its embeddings differ slightly)
     assert main([*base, "--out", str(tmp_path / "c"), "--decode", "gpu"]) != 0
     assert "different embedding job" in capsys.readouterr().err
+
+
+def test_decoder_pickles_without_its_streams_and_embed_on_device_equals_embed(run_ckpt: Path, mixed: Path) -> None:
+    import pickle
+
+    gpu = _loaded(run_ckpt, "gpu")
+    dec = gpu.loader_transform
+    dec._streams[torch.device("cuda", 0)] = object()  # what a CUDA run leaves there: not for the loader workers
+    copy = pickle.loads(pickle.dumps(dec))
+    assert copy._streams == {} and len(dec._streams) == 1 and copy.geometry == dec.geometry
+    batch = DeviceDecoder.collate([copy.read_file(p) for p in sorted(mixed.iterdir())])
+    on_device = gpu.embed_on_device(batch)
+    assert on_device.dtype == torch.float32 and on_device.shape[0] == 7
+    assert torch.equal(on_device, gpu.embed(batch))

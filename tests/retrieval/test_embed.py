@@ -191,3 +191,48 @@ def test_undecodable_image_is_an_error_naming_the_file(image_root: Path, tmp_pat
         embed_items(items, Counting(), _transform(), tmp_path / "emb", model_identity={"m": 1}, batch_size=2,
                     shard_size=2)
     assert shard_path(tmp_path / "emb", 0).is_file()  # finished shards are kept for a rerun
+
+
+class _Pending:
+    """A batch's embeddings as a GPU would hand them out: usable later; logs when they are copied to the host."""
+
+    def __init__(self, value: torch.Tensor, index: int, log: list[str]) -> None:
+        self.value, self.index, self.log = value, index, log
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def detach(self) -> torch.Tensor:
+        self.log.append(f"host {self.index}")
+        return self.value
+
+
+def test_each_batch_reaches_the_host_after_the_next_one_was_handed_over(image_root: Path, tmp_path: Path) -> None:
+    """The overlap of ``embed_items``: batch i's result is read only after batch i + 1 was given to the model (on a
+    GPU its forward pass runs while the next batch is loaded / decoded); the output is unchanged."""
+    items = list_image_folder(image_root / "imgs")
+    ref = Counting()
+    embed_items(items, ref, _transform(), tmp_path / "ref", model_identity={"m": 1}, batch_size=3, shard_size=7)
+    log: list[str] = []
+    inner = Counting()
+
+    def lazy(batch: torch.Tensor) -> _Pending:
+        log.append(f"embed {inner.calls}")
+        return _Pending(inner(batch), inner.calls - 1, log)
+
+    embed_items(items, lazy, _transform(), tmp_path / "lazy", model_identity={"m": 1}, batch_size=3, shard_size=7)
+    np.testing.assert_array_equal(np.load(tmp_path / "lazy" / "embeddings.npy"),
+                                  np.load(tmp_path / "ref" / "embeddings.npy"))
+    n = len(items.ids)
+    shards = [(lo, min(n, lo + 7)) for lo in range(0, n, 7)]
+    expected: list[str] = []
+    b = 0
+    for lo, hi in shards:  # within a shard: embed 0, embed 1, host 0, embed 2, host 1, ..., host last
+        count = len(range(lo, hi, 3))
+        for j in range(count):
+            expected.append(f"embed {b + j}")
+            if j:
+                expected.append(f"host {b + j - 1}")
+        expected.append(f"host {b + count - 1}")
+        b += count
+    assert log == expected and n > 7  # more than one shard, several batches per shard

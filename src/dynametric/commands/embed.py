@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     items = list_image_folder(args.images) if args.images is not None else read_image_csv(args.csv, args.image_root)
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
                            image_size=args.image_size, options=options)
-    res = embed_items(items, loaded.embed, loaded.loader_transform, args.out, model_identity=loaded.identity(),
+    res = embed_items(items, loaded.embed_on_device, loaded.loader_transform, args.out,
+                      model_identity=loaded.identity(),
                       batch_size=args.batch_size, shard_size=args.shard_size, num_workers=run_opts.workers,
                       pin_memory=run_opts.pin_memory,
                       progress=not args.no_progress, keep_shards=args.keep_shards, overwrite=args.overwrite)

@@ -108,6 +108,12 @@ class DeviceDecoder:
     def __init__(self, geometry: Sequence[_Resize | _Crop], cpu_transform: Callable[[Any], torch.Tensor]) -> None:
         self.geometry = list(geometry)
         self.cpu_transform = cpu_transform  # PIL -> uint8 [C, H, W] (the loader part of split_transform)
+        self._streams: dict[torch.device, Any] = {}  # CUDA side stream per device (main process only)
+
+    def __getstate__(self) -> dict[str, Any]:  # loader workers get the decoder without its CUDA streams
+        state = dict(self.__dict__)
+        state["_streams"] = {}
+        return state
 
     @classmethod
     def from_transform(cls, cpu_transform: Any) -> DeviceDecoder | None:
@@ -159,10 +165,27 @@ class DeviceDecoder:
 
     def decode(self, batch: EncodedImages, device: torch.device | str) -> torch.Tensor:
         """``uint8 [B, 3, H, W]`` on ``device``: the batch's JPEGs decoded there (one call) and transformed there,
-        in batch order with the worker-decoded images."""
+        in batch order with the worker-decoded images.
+
+        On CUDA the work is queued on a side stream of this decoder, so it does not wait for kernels already queued
+        on the current stream (the previous batch's forward pass) and the two overlap; the current stream waits
+        for the side stream before it uses the result."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            return self._decode(batch, device)
+        side = self._streams.get(device)
+        if side is None:
+            side = self._streams[device] = torch.cuda.Stream(device)
+        current = torch.cuda.current_stream(device)
+        with torch.cuda.stream(side):
+            out = self._decode(batch, device)
+        current.wait_stream(side)
+        out.record_stream(current)  # the caching allocator must not hand its memory out before `current` is done
+        return out
+
+    def _decode(self, batch: EncodedImages, device: torch.device) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        device = torch.device(device)
         out: list[torch.Tensor | None] = [None] * len(batch)
         raw: dict[int, torch.Tensor] = {}
         data = batch.data

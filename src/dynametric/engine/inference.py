@@ -135,10 +135,14 @@ def split_transform(transform: Any) -> tuple[Any, Callable[[torch.Tensor], torch
 
 @torch.no_grad()
 def embed_batch(model: nn.Module, images: torch.Tensor, run: ResolvedInference, head: str | None = None,
-                finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                finish: Callable[[torch.Tensor], torch.Tensor] | None = None, *, to_cpu: bool = True) -> torch.Tensor:
     """``[B, C, H, W]`` -> ``[B, D]`` float32 on the CPU: moved to ``run.device`` (non-blocking from pinned memory),
     ``finish`` applied there to ``uint8`` batches (:func:`split_transform`), forward under ``run``'s autocast, head
-    selected. ``model`` must already be on the device (:func:`prepare_model`)."""
+    selected. ``model`` must already be on the device (:func:`prepare_model`).
+
+    ``to_cpu=False`` returns the embeddings on ``run.device`` without waiting for the forward pass to finish (a GPU
+    runs it while the caller prepares the next batch; :func:`dynametric.retrieval.embed.embed_items` copies each
+    batch to the host one batch later)."""
     x = images.to(run.device, non_blocking=run.pin_memory)
     if x.dtype == torch.uint8:
         if finish is None:
@@ -148,7 +152,8 @@ def embed_batch(model: nn.Module, images: torch.Tensor, run: ResolvedInference, 
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(run.device, run.dtype):
         out = select_head(model(x), head)
-    return out.float().cpu()
+    out = out.float()
+    return out.cpu() if to_cpu else out
 
 
 @torch.no_grad()

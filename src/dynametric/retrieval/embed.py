@@ -237,8 +237,10 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
                 keep_shards: bool = False, overwrite: bool = False, pin_memory: bool = False) -> EmbedResult:
     """Embed ``items`` into the folder ``out`` shard by shard (see the module docstring); resumable.
 
-    ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings (e.g.
-    :meth:`LoadedEmbedder.embed`, which runs on the loaded model's device and precision; with a
+    ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings on any device (e.g.
+    :meth:`LoadedEmbedder.embed_on_device`, which runs on the loaded model's device and precision and does not wait
+    for the forward pass: each batch is copied to the host after the next one was handed over, so on a GPU the
+    loading / decoding of batch ``i + 1`` overlaps the forward pass of batch ``i``; with a
     :class:`~dynametric.engine.device_decode.DeviceDecoder` as ``transform`` the batches are
     :class:`~dynametric.engine.device_decode.EncodedImages` for it to decode); ``model_identity`` is
     recorded and must match when resuming. One loader serves every shard still to compute (``num_workers``
@@ -300,13 +302,21 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         it = iter(loader)
         for s, lo, hi in pending:
             parts, rows = [], 0
+            ahead: torch.Tensor | None = None  # the previous batch's embeddings, maybe still being computed
             try:
                 with torch.no_grad():
                     while rows < hi - lo:
                         batch = next(it)
-                        parts.append(embed_batch(batch).detach().float().cpu().numpy())
+                        result = embed_batch(batch)
+                        # copy the previous batch to the host only now: a GPU computes this batch meanwhile
+                        if ahead is not None:
+                            parts.append(ahead.detach().float().cpu().numpy())
+                            bar.update(len(ahead))
+                        ahead = result
                         rows += len(batch)
-                        bar.update(len(batch))
+                    if ahead is not None:
+                        parts.append(ahead.detach().float().cpu().numpy())
+                        bar.update(len(ahead))
             except InputError as exc:
                 raise _worker_error(exc) from None
             arr = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)

@@ -100,11 +100,18 @@ class LoadedEmbedder:
     def embed(self, images: Any) -> torch.Tensor:
         """``[B, C, H, W]`` (float, or ``uint8`` from :attr:`loader_transform`) or :class:`EncodedImages` -> ``[B, D]``
         float32 on the CPU (the evaluated head), computed on ``run.device`` under ``run``'s precision."""
+        return self.embed_on_device(images).cpu()
+
+    @torch.no_grad()
+    def embed_on_device(self, images: Any) -> torch.Tensor:
+        """As :meth:`embed`, but the embeddings stay on ``run.device`` and the call does not wait for the forward
+        pass (the batch function :func:`~dynametric.retrieval.embed.embed_items` uses: on a GPU the next batch is
+        decoded while this one runs)."""
         if isinstance(images, EncodedImages):
             if self._decoder is None:
                 raise InputError("encoded image batch without a device decoder (decode gpu)")
             images = self._decoder.decode(images, self.run.device)
-        return embed_batch(self.model, images, self.run, self.head, self._finish)
+        return embed_batch(self.model, images, self.run, self.head, self._finish, to_cpu=False)
 
     def identity(self) -> dict[str, Any]:
         """What an embeddings file / index records about the model that produced it (``precision`` only when it
