@@ -240,6 +240,23 @@ def _values(chosen: dict[tuple[str, str, int], dict], method: str, split: str, s
     return [chosen[(method, split, s)][where][head][metric] for s in seeds]
 
 
+def _within_seed_corr(runs: list[dict]) -> float | None:
+    """Pearson correlation of val and test class-head R@1 over ``runs``, each centred on its seed's mean."""
+    by: dict[int, list[dict]] = {}
+    for r in runs:
+        by.setdefault(int(r["seed"]), []).append(r)
+    v: list[float] = []
+    t: list[float] = []
+    for rs in by.values():
+        mv = statistics.fmean(r["val"]["class"]["recall@1"] for r in rs)
+        mt = statistics.fmean(r["test"]["class"]["recall@1"] for r in rs)
+        v += [r["val"]["class"]["recall@1"] - mv for r in rs]
+        t += [r["test"]["class"]["recall@1"] - mt for r in rs]
+    if len(v) < 3 or statistics.pstdev(v) == 0 or statistics.pstdev(t) == 0:
+        return None
+    return statistics.correlation(v, t)
+
+
 def _hp(r: dict[str, Any]) -> str:
     if r["method"] == "baseline":
         return "–"
@@ -303,6 +320,18 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
                                                        for r in rs]) for w, h in (("val", "c"), ("test", "c"),
                                                                                   ("test", "x")))
                                  + f" | {n_pick} of {len(rs)} |")
+        agree = []
+        for split in a.splits:
+            for m in a.methods:
+                r_vt = _within_seed_corr([r for r in runs if r["method"] == m and r["split"] == split
+                                          and r["seed"] in seeds and (r["alpha"], float(r["rho"])) in grids[m]])
+                if len(grids[m]) > 1 and r_vt is not None:
+                    agree.append(f"{split} {m} {r_vt:+.2f}")
+                    verdicts[f"{m}/{split}/val-test-corr"] = r_vt
+        if agree:
+            lines.append("\nDoes val predict test across the grid? Pearson correlation of val and test class-head R@1 "
+                         "over the grid's runs, each centred on its seed's mean (near 0 or below: picking on val "
+                         "cannot find what helps test): " + "; ".join(agree) + ".")
     if "baseline" not in a.methods:
         return "\n".join(lines), verdicts
     lines += ["\n## Paired differences against the baseline's class head (test R@1, percentage points, 95 % "

@@ -100,6 +100,8 @@ def test_alpha_grid_reuses_earlier_runs_and_reports_summed_run_time(tmp_path: Pa
     sel = chosen[("sharing", "held-out", 1)]
     assert f"| held-out | sharing | {b._hp(chosen[('sharing', 'held-out', 0)])} | {b._hp(sel)} |" in text
     assert "jointly" in text and "## Sensitivity: α fixed" in text and "validation classes only" in text
+    assert p["verdicts"]["sharing/held-out/val-test-corr"] == pytest.approx(
+        b._within_seed_corr([r for r in runs if r["method"] == "sharing"]))
     assert p["verdicts"]["sharing/held-out/selected"]["1"] == {"alpha": sel["alpha"], "rho": sel["rho"]}
     assert p["verdicts"]["sharing/held-out"]["verdict"] in {"reproduced", "not reproduced", "inconclusive"}
     total = sum(r["train_s"] for r in runs)
@@ -112,6 +114,15 @@ def test_alpha_grid_reuses_earlier_runs_and_reports_summed_run_time(tmp_path: Pa
     assert "(update " not in capsys.readouterr().out  # no progress line: nothing re-run
     again = json.loads(grid_md.with_suffix(".json").read_text())
     assert again["wall_s"] == p["wall_s"] and len(again["runs"]) == 10
+
+
+def test_within_seed_correlation_removes_the_seed_means():
+    b = _bench()
+    # seed 1 sits 0.5 higher on both splits: raw correlation would be near +1; within seed, val and test disagree
+    runs = [_run("sharing", 0.1, 0.0, v + off, 0.0, t + off, seed=s)
+            for s, off in ((0, 0.0), (1, 0.5)) for v, t in ((0.1, 0.3), (0.2, 0.2), (0.3, 0.1))]
+    assert b._within_seed_corr(runs) == pytest.approx(-1.0)
+    assert b._within_seed_corr(runs[:2]) is None
 
 
 def test_runs_of_another_setup_are_refused(tmp_path: Path):
