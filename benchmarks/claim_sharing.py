@@ -453,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     body, verdicts = analyse(runs, a, grids)
     cmd = command_line("claim_sharing.py", argv)
     if a.alpha_grid or a.rho_grid:
-        hp = (f"t* sharing: alpha ∈ {alphas} × rho ∈ {rhos} picked jointly; MIC: rho ∈ {rhos} (MIC's separate shared "
+        share_hp = (f"alpha ∈ {alphas} × rho ∈ {rhos} picked jointly" if len(alphas) > 1
+                    else f"alpha {alphas[0]:g} fixed, rho ∈ {rhos} picked")
+        hp = (f"t* sharing: {share_hp}; MIC: rho ∈ {rhos} (MIC's separate shared "
               f"updates have no alpha); the baseline has neither. Selection, per seed, split and method, on the "
               f"validation classes only: the highest val class-head R@1 at the run's val-best update; ties go to "
               f"the higher val class-head MAP@R, then to the smaller alpha, then the smaller rho")
