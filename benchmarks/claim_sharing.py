@@ -23,15 +23,25 @@ Model selection: every ``--eval-every`` updates the val split is evaluated (leav
 the update with the best val R@1 of the class head is reported on test for the class head, the shared head and their
 concatenation. Paired differences over seeds (each redraws data, initial network and batches) with 95 %
 t-intervals (``benchmarks/claim_common.py``). alpha and rho are fixed (``--alpha``, ``--rho``), not tuned, unless
-``--rho-grid`` is given (then each method's rho is picked on val per seed).
+``--alpha-grid`` / ``--rho-grid`` are given: then each method's hyper-parameters are picked on val per seed and split
+(:func:`select`): t* sharing's (alpha, rho) jointly, MIC's rho (alpha, the weight of the shared loss inside one summed
+step, has no counterpart in MIC's separate shared updates), the baseline has neither.
+
+Each run records the alpha and rho it was trained with (``alpha`` is ``null`` for the baseline and MIC), so
+``--resume`` (this file's runs) and ``--resume-from`` (another results file's runs, e.g. an alpha = 0.3 rho grid) skip
+the (method, split, seed, alpha, rho) combinations already run; runs written before ``alpha`` was recorded take the
+``args.alpha`` of their file. Files whose setup (steps, sizes, lr, ...) differs are refused.
 
     python benchmarks/claim_sharing.py --out docs/results/claim-sharing.md
     python benchmarks/claim_sharing.py --small --out /tmp/claim-sharing.md      # seconds; used by the tests
+    python benchmarks/claim_sharing.py --alpha-grid 0.1 0.3 1 --rho-grid 0 100 500 1500 \
+        --resume-from docs/results/claim-sharing-rho.json --out docs/results/claim-sharing-grid.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -46,11 +56,9 @@ from claim_common import (  # noqa: E402
     curve_table,
     environment,
     fmt_ci,
-    load_runs,
     mean_curve,
     mean_sd,
     paired_ci,
-    previous_wall,
     sign,
     write_results,
 )
@@ -73,6 +81,9 @@ from dynametric.models.sharing import Decorrelation  # noqa: E402
 METHODS = ("baseline", "sharing", "mic")
 SPLITS = ("held-out", "today")
 HEADS = ("class", "shared", "concat")
+# the arguments that define a run's setup: runs merged by --resume / --resume-from must agree on all of them
+SETUP_KEYS = ("steps", "eval_every", "image_size", "width", "depth", "dim", "images_per_class", "lr", "p_aux",
+              "clusters")
 
 
 def _eval(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -80,7 +91,8 @@ def _eval(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     return {h: {k: float(r["fine"][k]) for k in ("recall@1", "map@r")} for h, r in res.items()}
 
 
-def run_one(method: str, split: str, seed: int, rho: float, a: argparse.Namespace, data: dict) -> dict[str, Any]:
+def run_one(method: str, split: str, seed: int, alpha: float | None, rho: float, a: argparse.Namespace,
+            data: dict) -> dict[str, Any]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_train, y_train = data["train"]
@@ -97,7 +109,8 @@ def run_one(method: str, split: str, seed: int, rho: float, a: argparse.Namespac
     else:
         shared_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
         shared_miner = InterClassTripletMiner("standard", seed=seed + 1)
-        settings = SharingSettings(combination="summed", alpha_shared=a.alpha, rho=rho)
+        settings = SharingSettings(combination="summed", alpha_shared=alpha if alpha is not None else a.alpha,
+                                   rho=rho)
     dec = Decorrelation(a.dim, a.dim, hidden=128) if method != "baseline" and rho > 0 else None
     parts = SharingParts(class_loss, shared_loss, class_miner, shared_miner, dec)
     opt = torch.optim.Adam(sharing_param_groups(model, parts, lr=a.lr, weight_decay=4e-4, loss_lr=5e-4))
@@ -150,7 +163,8 @@ def run_one(method: str, split: str, seed: int, rho: float, a: argparse.Namespac
                 trainer.alternating_step((x_train[idx], y_train[idx]), shared_batch)
         it += 1
     best = max(curve, key=lambda p: p["val"]["class"]["recall@1"])
-    return {"method": method, "split": split, "seed": seed, "rho": rho, "best_step": best["step"],
+    return {"method": method, "split": split, "seed": seed, "alpha": alpha if method == "sharing" else None,
+            "rho": rho, "best_step": best["step"],
             "updates": trainer.class_steps + (trainer.shared_steps if method == "mic" else 0),
             "shared_steps": trainer.shared_steps if method != "baseline" else 0,
             "val": best["val"], "test": best["test"], "train_s": round(time.perf_counter() - t0, 1),
@@ -158,59 +172,204 @@ def run_one(method: str, split: str, seed: int, rho: float, a: argparse.Namespac
                        "test": p["test"]["class"]["recall@1"]} for p in curve]}
 
 
-def _values(runs: list[dict], method: str, split: str, seeds: list[int], head: str, metric: str = "recall@1",
-            where: str = "test") -> list[float]:
-    by = {r["seed"]: r[where][head][metric] for r in runs if r["method"] == method and r["split"] == split
-          and r.get("selected", True)}
-    return [by[s] for s in seeds]
+Candidate = tuple[float | None, float]  # (alpha, rho); alpha None where the method has none
 
 
-def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def candidates(method: str, alphas: list[float], rhos: list[float]) -> list[Candidate]:
+    """The (alpha, rho) grid of a method, in tie-break order (ascending alpha, then rho): the baseline has neither,
+    MIC only rho."""
+    rs = sorted({float(r) for r in rhos})
+    if method == "baseline":
+        return [(None, 0.0)]
+    if method == "mic":
+        return [(None, r) for r in rs]
+    return [(al, r) for al in sorted({float(v) for v in alphas}) for r in rs]
+
+
+def run_key(r: dict[str, Any]) -> tuple[str, str, int, float | None, float]:
+    return r["method"], r["split"], int(r["seed"]), r["alpha"], float(r["rho"])
+
+
+def select(runs: list[dict], grids: dict[str, list[Candidate]]) -> dict[tuple[str, str, int], dict]:
+    """The validation-only selection: for each (method, split, seed), among the runs whose (alpha, rho) is in
+    ``grids[method]``, the one with the highest val class-head R@1 (at its own val-best update); ties go to the higher
+    val class-head MAP@R, then to the earlier grid entry (smaller alpha, then smaller rho). Test figures are never
+    read. Runs outside the grid are ignored. Returns ``{(method, split, seed): run}``; ``runs`` is not modified."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for r in runs:
+        grid = grids.get(r["method"])
+        if grid is not None and (r["alpha"], float(r["rho"])) in grid:
+            groups.setdefault((r["method"], r["split"], int(r["seed"])), []).append(r)
+    chosen = {}
+    for k, cands in groups.items():
+        grid = grids[k[0]]
+        chosen[k] = max(cands, key=lambda r: (r["val"]["class"]["recall@1"], r["val"]["class"]["map@r"],
+                                              -grid.index((r["alpha"], float(r["rho"])))))
+    return chosen
+
+
+def import_runs(path: Path, a: argparse.Namespace, required: bool) -> list[dict]:
+    """The runs of an earlier results file, checked against this invocation's setup (:data:`SETUP_KEYS`); runs
+    written before ``alpha`` was recorded take the file's ``args.alpha`` (t* sharing) or ``None``."""
+    if not path.is_file():
+        if required:
+            raise SystemExit(f"error: --resume-from {path}: no such file")
+        return []
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise SystemExit(f"error: {path}: not a results JSON file ({e})") from None
+    args = payload.get("args", {})
+    for k in SETUP_KEYS:
+        if k in args and args[k] != getattr(a, k):
+            raise SystemExit(f"error: {path}: args.{k} is {args[k]!r} but this invocation uses {getattr(a, k)!r}; "
+                             "runs of a different setup cannot be merged")
+    out = []
+    for i, r in enumerate(payload.get("runs", [])):
+        r = dict(r)
+        if "alpha" not in r:
+            if r["method"] == "sharing" and "alpha" not in args:
+                raise SystemExit(f"error: {path}: runs[{i}] has no 'alpha' and the file has no args.alpha")
+            r["alpha"] = float(args["alpha"]) if r["method"] == "sharing" else None
+        out.append(r)
+    return out
+
+
+def _values(chosen: dict[tuple[str, str, int], dict], method: str, split: str, seeds: list[int], head: str,
+            metric: str = "recall@1", where: str = "test") -> list[float]:
+    return [chosen[(method, split, s)][where][head][metric] for s in seeds]
+
+
+def _within_seed_corr(runs: list[dict]) -> float | None:
+    """Pearson correlation of val and test class-head R@1 over ``runs``, each centred on its seed's mean."""
+    by: dict[int, list[dict]] = {}
+    for r in runs:
+        by.setdefault(int(r["seed"]), []).append(r)
+    v: list[float] = []
+    t: list[float] = []
+    for rs in by.values():
+        mv = statistics.fmean(r["val"]["class"]["recall@1"] for r in rs)
+        mt = statistics.fmean(r["test"]["class"]["recall@1"] for r in rs)
+        v += [r["val"]["class"]["recall@1"] - mv for r in rs]
+        t += [r["test"]["class"]["recall@1"] - mt for r in rs]
+    if len(v) < 3 or statistics.pstdev(v) == 0 or statistics.pstdev(t) == 0:
+        return None
+    return statistics.correlation(v, t)
+
+
+def _hp(r: dict[str, Any]) -> str:
+    if r["method"] == "baseline":
+        return "–"
+    return (f"α {r['alpha']:g}, " if r["alpha"] is not None else "") + f"ρ {r['rho']:g}"
+
+
+def _paired_rows(chosen: dict, a: argparse.Namespace, methods: list[str]) -> tuple[list[str], dict[str, Any]]:
+    lines, cis = [], {}
+    for split in a.splits:
+        base = _values(chosen, "baseline", split, a.seeds, "class")
+        for m in methods:
+            row = {h: paired_ci(base, _values(chosen, m, split, a.seeds, h)) for h in HEADS}
+            cis[f"{split}/{m}"] = row
+            lines.append(f"| {split} | {m} | " + " | ".join(fmt_ci(row[h]) for h in HEADS) + " |")
+    return lines, cis
+
+
+def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candidate]]) -> tuple[str, dict[str, Any]]:
     seeds = a.seeds
+    chosen = select(runs, grids)
     lines = ["## Test at the val-selected update (%, mean ± sd over seeds)\n",
              "| split | method | class R@1 | class MAP@R | shared R@1 | shared MAP@R | concat R@1 | concat MAP@R | "
              "updates | val-best update |", "|---|---|---|---|---|---|---|---|---|---|"]
     for split in a.splits:
         for m in a.methods:
-            rs = [r for r in runs if r["method"] == m and r["split"] == split and r.get("selected", True)]
+            rs = [chosen[(m, split, s)] for s in seeds if (m, split, s) in chosen]
             if not rs:
                 continue
             cells = [mean_sd([r["test"][h][k] for r in rs]) for h in HEADS for k in ("recall@1", "map@r")]
             lines.append(f"| {split} | {m} | " + " | ".join(cells)
                          + f" | {statistics.median(r['updates'] for r in rs):g} | "
                          f"{statistics.median(r['best_step'] for r in rs):g} |")
+    verdicts: dict[str, Any] = {}
+    if any(len(g) > 1 for g in grids.values()):
+        lines += ["\n## Hyper-parameters picked on val, per seed\n",
+                  "| split | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                  "|---|---|" + "---|" * len(seeds)]
+        for split in a.splits:
+            for m in a.methods:
+                if len(grids[m]) > 1:
+                    lines.append(f"| {split} | {m} | " + " | ".join(_hp(chosen[(m, split, s)]) for s in seeds)
+                                 + " |")
+                    verdicts[f"{m}/{split}/selected"] = {
+                        str(s): {"alpha": chosen[(m, split, s)]["alpha"], "rho": chosen[(m, split, s)]["rho"]}
+                        for s in seeds}
+        lines += ["\n## The grid (mean over seeds; test shown for information, the choice reads val only)\n",
+                  "| split | method | α | ρ | val class R@1 | test class R@1 | test concat R@1 | picked (seeds) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for split in a.splits:
+            for m in a.methods:
+                if len(grids[m]) < 2:
+                    continue
+                for al, rho in grids[m]:
+                    rs = [r for r in runs if r["method"] == m and r["split"] == split and r["seed"] in seeds
+                          and (r["alpha"], float(r["rho"])) == (al, rho)]
+                    if not rs:
+                        continue
+                    n_pick = sum(chosen.get((m, split, s)) is r for r in rs for s in seeds)
+                    lines.append(f"| {split} | {m} | {'–' if al is None else f'{al:g}'} | {rho:g} | "
+                                 + " | ".join(mean_sd([r[w]["class" if h == "c" else "concat"]["recall@1"]
+                                                       for r in rs]) for w, h in (("val", "c"), ("test", "c"),
+                                                                                  ("test", "x")))
+                                 + f" | {n_pick} of {len(rs)} |")
+        agree = []
+        for split in a.splits:
+            for m in a.methods:
+                r_vt = _within_seed_corr([r for r in runs if r["method"] == m and r["split"] == split
+                                          and r["seed"] in seeds and (r["alpha"], float(r["rho"])) in grids[m]])
+                if len(grids[m]) > 1 and r_vt is not None:
+                    agree.append(f"{split} {m} {r_vt:+.2f}")
+                    verdicts[f"{m}/{split}/val-test-corr"] = r_vt
+        if agree:
+            lines.append("\nDoes val predict test across the grid? Pearson correlation of val and test class-head R@1 "
+                         "over the grid's runs, each centred on its seed's mean (near 0 or below: picking on val "
+                         "cannot find what helps test): " + "; ".join(agree) + ".")
+    if "baseline" not in a.methods:
+        return "\n".join(lines), verdicts
     lines += ["\n## Paired differences against the baseline's class head (test R@1, percentage points, 95 % "
               f"t-interval over {len(seeds)} seeds)\n",
               "| split | method | class head | shared head | concat |", "|---|---|---|---|---|"]
-    cis: dict[str, Any] = {}
-    for split in a.splits:
-        base = _values(runs, "baseline", split, seeds, "class")
-        for m in a.methods:
-            row = {h: paired_ci(base, _values(runs, m, split, seeds, h)) for h in HEADS}
-            cis[f"{split}/{m}"] = row
-            lines.append(f"| {split} | {m} | " + " | ".join(fmt_ci(row[h]) for h in HEADS) + " |")
-    verdicts: dict[str, Any] = {}
+    rows, cis = _paired_rows(chosen, a, list(a.methods))
+    lines += rows
     lines.append("\n## Verdicts\n")
     for m in [x for x in a.methods if x != "baseline"]:
         for split in a.splits:
             best_head = max(HEADS, key=lambda h: cis[f"{split}/{m}"][h]["mean"])
             ci = cis[f"{split}/{m}"]["class"]
             v = "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else "inconclusive"
-            verdicts[f"{m}/{split}"] = {"verdict": v, "class_head_gain": ci, "best_head": best_head}
+            verdicts[f"{m}/{split}"] = {"verdict": v, "class_head_gain": ci, "best_head": best_head,
+                                        "shared_head_gain": cis[f"{split}/{m}"]["shared"],
+                                        "concat_gain": cis[f"{split}/{m}"]["concat"]}
             lines.append(f"* **{m} improves unseen-class R@1 over the baseline at matched updates ({split} split, "
                          f"class head)** — **{v}**: {fmt_ci(ci)} pp; shared {fmt_ci(cis[f'{split}/{m}']['shared'])}, "
                          f"concat {fmt_ci(cis[f'{split}/{m}']['concat'])}.")
     if "held-out" in a.splits and "today" in a.splits:
         for m in [x for x in a.methods if x != "baseline"]:
-            gain = {s: [x - y for x, y in zip(_values(runs, m, s, seeds, "class"),
-                                              _values(runs, "baseline", s, seeds, "class"), strict=True)]
+            gain = {s: [x - y for x, y in zip(_values(chosen, m, s, seeds, "class"),
+                                              _values(chosen, "baseline", s, seeds, "class"), strict=True)]
                     for s in ("held-out", "today")}
             d = paired_ci(gain["today"], gain["held-out"])
             verdicts[f"{m}/split-effect"] = d
             lines.append(f"* {m}: gain on the held-out split minus gain on today's split: {fmt_ci(d)} pp.")
+    alphas = sorted({al for al, _ in grids.get("sharing", []) if al is not None})
+    if len(alphas) > 1:
+        lines += ["\n## Sensitivity: α fixed, ρ picked on val (not the verdicts; paired differences as above)\n",
+                  "| split | method | class head | shared head | concat |", "|---|---|---|---|---|"]
+        for al in alphas:
+            sub = select(runs, grids | {"sharing": [c for c in grids["sharing"] if c[0] == al]})
+            rows, cis_al = _paired_rows(sub, a, ["sharing"])
+            lines += [row.replace("| sharing |", f"| sharing, α = {al:g} |") for row in rows]
+            verdicts[f"sharing/alpha={al:g}"] = {k: v["class"] for k, v in cis_al.items()}
     lines.append("\n## Curves (val R@1 of the class head, %, mean over seeds, by update)\n")
-    curves = {f"{s} {m}": mean_curve([r for r in runs if r["method"] == m and r["split"] == s
-                                      and r.get("selected", True)], bin_size=a.eval_every)
+    curves = {f"{s} {m}": mean_curve([chosen[(m, s, sd)] for sd in seeds], bin_size=a.eval_every)
               for s in a.splits for m in a.methods}
     lines.append(curve_table(curves, "update"))
     return "\n".join(lines), verdicts
@@ -230,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images-per-class", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--alpha", type=float, default=0.3)
+    ap.add_argument("--alpha-grid", type=float, nargs="*", default=None,
+                    help="pick t* sharing's alpha (jointly with rho) per seed and split on val from these values "
+                         "(default: fixed --alpha)")
     ap.add_argument("--rho", type=float, default=100.0)
     ap.add_argument("--rho-grid", type=float, nargs="*", default=None,
                     help="pick rho per seed and method on val from these values (default: fixed --rho)")
@@ -237,19 +399,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clusters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
-    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in --out's .json")
+    ap.add_argument("--resume-from", type=Path, nargs="+", default=[],
+                    help="also reuse the runs of these results .json files (same setup required)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.small:
         a.seeds, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = [0, 1], 5, 4, 8, 4, 2, 8
         a.images_per_class, a.clusters = 4, 4
+    for name in ("alpha_grid", "rho_grid"):
+        if any(v < 0 for v in getattr(a, name) or []):
+            ap.error(f"--{name.replace('_', '-')} values must be >= 0")
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
-    runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
-    earlier = previous_wall(a.out.with_suffix(".json")) if a.resume else 0.0
-    rhos = a.rho_grid if a.rho_grid else [a.rho]
+    runs = import_runs(a.out.with_suffix(".json"), a, required=False) if a.resume else []
+    done = {run_key(r) for r in runs}
+    for path in a.resume_from:
+        for r in import_runs(path, a, required=True):
+            if run_key(r) not in done:
+                done.add(run_key(r))
+                runs.append(r | {"source": r.get("source", str(path))})
+    alphas = sorted({float(v) for v in a.alpha_grid}) if a.alpha_grid else [a.alpha]
+    rhos = sorted({float(v) for v in a.rho_grid}) if a.rho_grid else [a.rho]
+    grids = {m: candidates(m, alphas, rhos) for m in METHODS}
+    args_json = vars(a) | {"out": str(a.out), "resume_from": [str(p) for p in a.resume_from]}
     for seed in a.seeds:
         for split in a.splits:
+            todo = [(m, al, rho) for m in a.methods for al, rho in grids[m]
+                    if (m, split, seed, al, rho) not in done]
+            if not todo:
+                continue
             kw: dict[str, Any] = {"seed": seed, "image_size": a.image_size, "images_per_class": a.images_per_class}
             kw |= {"held_out_factor": "texture"} if split == "held-out" else {
                 "fine_per_shape": {"train": 6, "val": 2, "test": 4}}
@@ -257,37 +436,46 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("train", "val", "test"):
                 ds = SyntheticHierarchy(name, **kw)
                 data[name] = (ds.tensors(), ds.labels[:, 0] if name == "train" else ds.labels[:, :1])
-            for m in a.methods:
-                for rho in (rhos if m != "baseline" else [0.0]):
-                    if any(r["method"] == m and r["split"] == split and r["seed"] == seed and r["rho"] == rho
-                           for r in runs):
-                        continue
-                    r = run_one(m, split, seed, rho, a, data)
-                    runs.append(r)
-                    print(f"seed {seed} {split:<8} {m:<8} rho {rho:g} test class R@1 "
-                          f"{r['test']['class']['recall@1']:.3f} concat {r['test']['concat']['recall@1']:.3f} "
-                          f"(update {r['best_step']}/{r['updates']}, {r['train_s']}s)", flush=True)
-                    write_results(a.out, "(in progress)\n", {"runs": runs})
-                cands = [r for r in runs if r["method"] == m and r["split"] == split and r["seed"] == seed]
-                best = max(cands, key=lambda r: r["val"]["class"]["recall@1"])
-                for r in cands:
-                    r["selected"] = r is best
-    wall = time.perf_counter() - t_start + earlier
-    body, verdicts = analyse(runs, a)
+            for m, al, rho in todo:
+                r = run_one(m, split, seed, al, rho, a, data)
+                runs.append(r)
+                done.add(run_key(r))
+                print(f"seed {seed} {split:<8} {m:<8} {_hp(r)} test class R@1 "
+                      f"{r['test']['class']['recall@1']:.3f} concat {r['test']['concat']['recall@1']:.3f} "
+                      f"(update {r['best_step']}/{r['updates']}, {r['train_s']}s)", flush=True)
+                write_results(a.out, "(in progress)\n", {"args": args_json, "runs": runs})
+    chosen = select(runs, grids)
+    for r in runs:
+        r["selected"] = any(c is r for c in chosen.values())
+    run_s = sum(float(r["train_s"]) for r in runs)
+    n_imported = sum("source" in r for r in runs)
+    invocation_s = time.perf_counter() - t_start
+    body, verdicts = analyse(runs, a, grids)
     cmd = command_line("claim_sharing.py", argv)
+    if a.alpha_grid or a.rho_grid:
+        share_hp = (f"alpha ∈ {alphas} × rho ∈ {rhos} picked jointly" if len(alphas) > 1
+                    else f"alpha {alphas[0]:g} fixed, rho ∈ {rhos} picked")
+        hp = (f"t* sharing: {share_hp}; MIC: rho ∈ {rhos} (MIC's separate shared "
+              f"updates have no alpha); the baseline has neither. Selection, per seed, split and method, on the "
+              f"validation classes only: the highest val class-head R@1 at the run's val-best update; ties go to "
+              f"the higher val class-head MAP@R, then to the smaller alpha, then the smaller rho")
+    else:
+        hp = f"alpha {a.alpha:g}, rho {a.rho:g} (fixed, not tuned)"
+    src = (f"; {n_imported} of them reused from {', '.join(sorted({r['source'] for r in runs if 'source' in r}))}"
+           if n_imported else "")
     head = (f"# Sharing / MIC claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
-            f"Wall time: {wall / 60:.1f} min (summed over invocations when --resume was used; nice 19, 1 thread, "
-            f"shared machine: {environment()})."
+            f"Wall time: {run_s / 60:.1f} min, the sum of the {len(runs)} runs' own timers (training and the "
+            f"val/test evaluations{src}; this invocation {invocation_s / 60:.1f} min); nice 19, 1 thread, "
+            f"shared machine: {environment()}."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
             f"in both splits; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
             f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: {a.steps} iterations, p_aux "
-            f"{a.p_aux:g}); alpha {a.alpha:g}, rho {rhos if a.rho_grid else a.rho} "
-            f"({'picked on val' if a.rho_grid else 'fixed, not tuned'}); MIC K={a.clusters}, decorrelation on both "
+            f"{a.p_aux:g}); {hp}; MIC K={a.clusters}, decorrelation on both "
             f"steps, label noise 0.2 per image; seeds {a.seeds}. Checkpoint: best val class-head R@1 "
             f"(every {a.eval_every} updates).\n")
-    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(wall, 1),
-                                              "args": vars(a) | {"out": str(a.out)}, "verdicts": verdicts,
-                                              "runs": runs})
+    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(run_s, 1),
+                                              "invocation_s": round(invocation_s, 1), "args": args_json,
+                                              "verdicts": verdicts, "runs": runs})
     print(body)
     return 0
 
