@@ -41,6 +41,7 @@ that step; test never chooses anything). Claims are paired differences over seed
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -377,6 +378,38 @@ def analyse(runs: list[dict], a: argparse.Namespace,
     return "\n".join(lines), verdicts
 
 
+_FAMILY_TEXT = (
+    "Objectives per family: `fine` = the family's loss on fine labels only; `summed` = the same loss at every scale "
+    "(that scale's labels, margin and, for proxy losses, its own proxies), summed; `csl` = the CSL form (one proxy "
+    "per fine class or in-batch samples, fine-level positives, negatives graded by scale, margins growing with the "
+    "scale). `proxy` = CSL's proxy form (its `fine` is CSL with weights (1, 0, 0), which is also CosFace at scale "
+    "gamma and margin m_0); `pairs` = CSL's in-batch form; `triplet`, `ms` (Multi-Similarity): no CSL form; "
+    "`panchor` = Proxy Anchor (margins d_l = 0.1 / 0.14 / 0.18, alpha = gamma) whose `csl` form (ours: no published "
+    "one) keeps Proxy Anchor's positive term on fine proxies and adds one negative term per scale (negatives of a "
+    "proxy at scale l: the samples whose scale-l label differs from the proxy's; margin d_l).")
+OBJECTIVES = {
+    "pxk": _FAMILY_TEXT + " Sampler: P x K fine-level batches; every term sees the whole batch.",
+    "three-chunk": _FAMILY_TEXT + " Sampler: DyML's three-scale sampler (every item holds K images of a fine, K of a "
+    "middle and K of a coarse class; P / 3 items per batch, so the same number of images per step as P x K). Every "
+    "objective embeds the whole batch (same BatchNorm statistics); each term sees only its own chunk with its own "
+    "labels (the paper's `negatives: chunk`): `fine` = the fine term on the fine chunk (a third of the batch), "
+    "`summed` = scale l's term on chunk l, `csl` = CSL's level-l term (fine positives, level-l negatives) on chunk "
+    "l, summed over l.",
+}
+
+
+def previous_invocations(path: Path) -> list[dict[str, Any]]:
+    """The invocations recorded in an earlier results ``.json`` (``[]`` if none or not recorded)."""
+    if not path.is_file():
+        return []
+    prev = json.loads(path.read_text(encoding="utf-8"))
+    if "invocations" in prev:
+        return list(prev["invocations"])
+    if "new_runs" in prev:  # written before the history was kept: its own invocation only
+        return [{"command": prev["command"], "wall_s": prev["wall_s"], "new_runs": prev["new_runs"]}]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -416,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{a.out.with_suffix('.json')} holds {sorted(other)} runs; --resume needs runs of "
                          f"--sampler {a.sampler} only (one results file per sampler, compare with --compare)")
     kept = len(runs)
+    history = previous_invocations(a.out.with_suffix(".json")) if a.resume else []
     per_shape = {"train": a.train_per_shape, "val": max(1, a.train_per_shape // 3),
                  "test": max(1, a.train_per_shape // 2)}
     for seed in a.seeds:
@@ -447,12 +481,20 @@ def main(argv: list[str] | None = None) -> int:
     batches = (f"P x K = {a.p} x {a.k} fine-level batches" if a.sampler == "pxk" else
                f"DyML three-chunk batches of {a.p // 3} items x 3 scales x {a.k} images (each scale's term on its "
                f"own chunk)")
+    history.append({"command": cmd, "wall_s": round(wall, 1), "new_runs": len(runs) - kept})
+    unrecorded = len(runs) - sum(h["new_runs"] for h in history)
+    calls = "; ".join(f"{h['new_runs']} runs in {h['wall_s'] / 60:.1f} min"
+                      + ("" if h["command"] == cmd else f" by `{h['command']}`") for h in history if h["new_runs"])
+    if not history[-1]["new_runs"]:
+        calls += ("; " if calls else "") + "this invocation trained none (it rendered the runs kept in the .json)"
     head = (f"# DyML claim on the controlled synthetic benchmark ({a.sampler} sampler)\n\nCommand: `{cmd}`  \n"
             f"Run time: the {len(runs)} runs took {runs_s / 60:.1f} min together (each run's own training + "
-            f"evaluation time, summed: what one process needs to reproduce the file). Wall time of this "
-            f"invocation: {wall / 60:.1f} min for the {len(runs) - kept} runs it trained; the other {kept} were kept "
-            f"from earlier invocations (`--resume`). Nice 19, 1 thread, shared machine: "
-            f"{environment()}.\n\nSetup: SyntheticHierarchy {a.image_size}x{a.image_size}, "
+            f"evaluation time, summed: what one process needs to reproduce the file).  \nWall time per invocation "
+            f"(`--resume` keeps the runs already in the file and trains the missing ones; the command above unless "
+            f"named): {calls}"
+            + (f"; {unrecorded} runs from earlier invocations whose wall time was not recorded" if unrecorded else "")
+            + f".  \nNice 19, 1 thread, shared machine: {environment()}.\n\n"
+            f"{OBJECTIVES[a.sampler]}\n\nSetup: SyntheticHierarchy {a.image_size}x{a.image_size}, "
             f"{a.train_per_shape} train / {per_shape['val']} val / {per_shape['test']} test fine classes per shape, "
             f"{a.images_per_class} images per class, coarse_coherence {a.coherence}; simple_cnn width {a.width} "
             f"depth {a.depth}, max pooling, {a.dim}-d L2-normalised; Adam lr {a.lr:g} (proxies {10 * a.lr:g}), "
@@ -461,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             f"checkpoint (best val mean ASI, evaluated every {a.eval_every} steps), reported on test.\n")
     write_results(a.out, head + "\n" + body, {
         "command": cmd, "wall_s": round(wall, 1), "runs_s": round(runs_s, 1), "new_runs": len(runs) - kept,
+        "invocations": history,
         "args": vars(a) | {"out": str(a.out), "compare": None if a.compare is None else str(a.compare)},
         "verdicts": verdicts, "runs": runs})
     print(body)

@@ -134,11 +134,14 @@ def test_small_runs_of_both_samplers_and_their_comparison(tmp_path):
     assert cells["panchor/csl@0"]["mean"]["diffs"][1] == pytest.approx(want)  # chunk - pxk, paired by seed
     text = chunk.read_text()
     assert "three-chunk sampler" in text and "## Sampler: three-chunk − pxk" in text
-    assert "Run time: the 12 runs took" in text and "for the 12 runs it trained; the other 0 were kept" in text
-    # resuming renders again without training; kept runs are counted as such
+    assert "Run time: the 12 runs took" in text and "--compare" in text and ": 12 runs in " in text
+    assert "not recorded" not in text
+    # resuming renders again without training; the header lists both invocations
     assert mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--resume",
                      "--out", str(chunk)]) == 0
-    assert "for the 0 runs it trained; the other 12 were kept" in chunk.read_text()
+    again = json.loads(chunk.with_suffix(".json").read_text())
+    assert [h["new_runs"] for h in again["invocations"]] == [12, 0]
+    assert ": 12 runs in " in chunk.read_text() and "--resume --out" in chunk.read_text()
     # a results file holds one sampler only
     with pytest.raises(SystemExit, match="one results file per sampler"):
         mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--resume", "--out", str(pxk)])
