@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--train-per-shape", type=int, default=8, help="fine training classes per shape")
     ap.add_argument("--images-per-class", type=int, default=8)
-    ap.add_argument("--p", type=int, default=12, help="classes per batch (three-chunk: P / 3 items, P % 3 == 0)")
+    ap.add_argument("--p", type=int, default=12, help="classes per batch (three-chunk: P / 3 items; P divisible by 3)")
     ap.add_argument("--k", type=int, default=4, help="images per class in a batch")
     ap.add_argument("--lr", type=float, default=3e-3, help="network lr (learnable proxies: 10x)")
     ap.add_argument("--gamma", type=float, default=32.0)
