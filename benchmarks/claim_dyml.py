@@ -34,10 +34,10 @@ leave-one-out, ASI per scale); the checkpoint with the best val mean ASI is repo
 that step; test never chooses anything). Claims are paired differences over seeds with 95 % t-intervals
 (``benchmarks/claim_common.py``).
 
-    python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor \
-        --out docs/results/claim-dyml.md                                      # P x K (see the results file)
-    python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --sampler three-chunk \
-        --compare docs/results/claim-dyml.json --out docs/results/claim-dyml-sampler.md
+    # P x K (docs/results/claim-dyml.md), then DyML's three-chunk sampler paired with it:
+    python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --out RESULTS.md
+    python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --sampler three-chunk
+        --compare RESULTS.json --out SAMPLER.md                              # (one command line)
     python benchmarks/claim_dyml.py --small --out /tmp/claim-dyml.md          # seconds; used by the tests
 """
 
