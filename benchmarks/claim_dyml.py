@@ -2,7 +2,7 @@
 coarse groups stop being visually coherent, while CSL does not, and does CSL improve its own fine-level baseline?
 
 Within each loss *family* three objectives are trained from the same initial network, on the same data and the
-same batches (P x K fine-level batches, one sampler seed per seed):
+same batches (one sampler seed per seed):
 
 * ``fine``: the family's loss on the fine labels only (CSL's own fine-level baseline for the CSL families);
 * ``summed``: the same loss applied at every scale and summed (scale ``l`` uses its own labels and margin ``m_l``);
@@ -10,8 +10,22 @@ same batches (P x K fine-level batches, one sampler seed per seed):
 
 Families: ``proxy`` (CSL's proxy form: fine = CSL with weights (1, 0, 0); summed = one single-scale CSL-form proxy
 loss per scale, proxies per class of that scale; csl = ``CSLLoss``), ``pairs`` (the same with in-batch samples in
-place of proxies, ``mode="pairs"``), ``triplet`` (fine / summed Triplet, margins m_l; no CSL form) and ``ms``
-(Multi-Similarity fine / summed; no CSL form). Data: ``SyntheticHierarchy`` with ``coarse_coherence`` c in
+place of proxies, ``mode="pairs"``), ``triplet`` (fine / summed Triplet, margins m_l; no CSL form), ``ms``
+(Multi-Similarity fine / summed; no CSL form) and ``panchor`` (Proxy Anchor, Kim et al. 2020: fine = Proxy Anchor on
+fine labels, margin d_0; summed = one Proxy Anchor per scale with its own proxies and margin d_l; csl =
+:class:`GradedProxyAnchorLoss`, Proxy Anchor's positive term on fine proxies plus one negative term per scale with
+margin d_l; d_l = m_l / 2.5 = 0.1 / 0.14 / 0.18, alpha = gamma). CosFace is not a separate family: at CSL's scale
+and margins CosFace *is* the ``proxy`` family (CSL's fine term with the own proxy as the only positive is CosFace's
+cross-entropy, see ``tests/benchmarks/test_claim_dyml.py``), so a proxy loss of a different form was added instead.
+
+Samplers (``--sampler``): ``pxk`` (P x K fine-level batches; every term sees the whole batch) or ``three-chunk``
+(DyML's three-scale sampler, ``ThreeScaleSampler``: every item holds K images of a fine, of a middle and of a coarse
+class, P / 3 items per batch, so both samplers feed the same number of images per step). With ``three-chunk`` every
+objective embeds the whole batch (same BatchNorm statistics) and each scale's term uses only its own chunk with its
+own labels (the paper's ``negatives: chunk``): fine = the fine term on the fine chunk; summed = the scale-l term on
+chunk l, summed; csl = CSL's level-l term (fine positives, level-l negatives) on chunk l, summed.
+
+Data: ``SyntheticHierarchy`` with ``coarse_coherence`` c in
 {1, 0.5, 0} (0.5 is realised as one coherent group of three, see docs/data.md); a seed redraws the data (fine
 variants, pixels, which group stays coherent), the initial network and the batches.
 
@@ -20,13 +34,17 @@ leave-one-out, ASI per scale); the checkpoint with the best val mean ASI is repo
 that step; test never chooses anything). Claims are paired differences over seeds with 95 % t-intervals
 (``benchmarks/claim_common.py``).
 
-    python benchmarks/claim_dyml.py --out docs/results/claim-dyml.md          # full (see the results file)
+    # P x K (docs/results/claim-dyml.md), then DyML's three-chunk sampler paired with it:
+    python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --out RESULTS.md
+    python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --sampler three-chunk
+        --compare RESULTS.json --out SAMPLER.md                              # (one command line)
     python benchmarks/claim_dyml.py --small --out /tmp/claim-dyml.md          # seconds; used by the tests
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -50,35 +68,108 @@ from claim_common import (  # noqa: E402
 )
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
-from dynametric.data.samplers import MPerClassSampler  # noqa: E402
+from dynametric.data.samplers import MPerClassSampler, ThreeScaleSampler  # noqa: E402
 from dynametric.engine.dyml import DyMLProtocol, evaluate_all_in_one, image_digests  # noqa: E402
-from dynametric.losses import CSLLoss, MultiSimilarityLoss, TripletMarginLoss  # noqa: E402
+from dynametric.losses import CSLLoss, MultiSimilarityLoss, ProxyAnchorLoss, TripletMarginLoss  # noqa: E402
+from dynametric.losses.proxies import masked_log1p_sum_exp  # noqa: E402
 from dynametric.models import build_embedder  # noqa: E402
 
 SCALES = ("fine", "middle", "coarse")
 MARGINS = (0.25, 0.35, 0.45)
 FAMILIES: dict[str, tuple[str, ...]] = {"proxy": ("fine", "summed", "csl"), "pairs": ("fine", "summed", "csl"),
-                                        "triplet": ("fine", "summed"), "ms": ("fine", "summed")}
+                                        "triplet": ("fine", "summed"), "ms": ("fine", "summed"),
+                                        "panchor": ("fine", "summed", "csl")}
+SAMPLERS = ("pxk", "three-chunk")
+
+
+def _pa_margin(s: int) -> float:
+    return MARGINS[s] / 2.5  # Proxy Anchor / triplet margins 0.1 / 0.14 / 0.18
+
+
+class GradedProxyAnchorLoss(torch.nn.Module):
+    """Proxy Anchor in CSL's form (benchmark-local; no published counterpart): one proxy per *fine* class, Proxy
+    Anchor's positive term on fine labels, and one negative term per scale ``l`` whose negatives of proxy ``c`` are
+    the samples whose scale-``l`` label differs from ``c``'s, with margin ``d_l``::
+
+        L = 1/|P+| sum_{c in P+} log(1 + sum_{i: y0_i = c} e^{-alpha (s_ic - d_0)})
+            + sum_l 1/C sum_c log(1 + sum_{i: yl_i != yl_c} e^{alpha (s_ic + d_l)})
+
+    With a single scale this is Proxy Anchor exactly. Fine ids must be ``0 .. C-1`` (the synthetic hierarchy's).
+    :meth:`terms` gives ``[pos + neg_0, neg_1, neg_2]`` so that a term can be evaluated on its own batch chunk.
+    """
+
+    def __init__(self, train_labels: torch.Tensor, embedding_size: int, alpha: float,
+                 margins: tuple[float, ...]) -> None:
+        super().__init__()
+        paths = torch.unique(train_labels, dim=0)  # one row per fine class, sorted by fine id
+        if not torch.equal(paths[:, 0], torch.arange(len(paths))):
+            raise ValueError("GradedProxyAnchorLoss needs fine ids 0 .. C-1, each with one label path")
+        self.register_buffer("paths", paths)
+        self.alpha, self.margins = float(alpha), tuple(float(m) for m in margins)
+        self.proxies = torch.nn.Parameter(torch.empty(len(paths), embedding_size))
+        with torch.no_grad():  # Proxy Anchor's initialisation (same draw as ProxyAnchorLoss of the same shape)
+            torch.nn.init.kaiming_normal_(self.proxies, mode="fan_out")
+
+    def terms(self, emb: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        norm = torch.nn.functional.normalize
+        cos = norm(emb, dim=1) @ norm(self.proxies.to(emb.dtype), dim=1).t()
+        pos_mask = labels[:, :1] == self.paths[:, 0][None, :]  # [B, C]
+        pos = masked_log1p_sum_exp(self.alpha * (self.margins[0] - cos), pos_mask, dim=0)
+        out = [pos.sum() / pos_mask.any(dim=0).sum().clamp_min(1)]
+        for s, m in enumerate(self.margins):
+            neg_mask = labels[:, s:s + 1] != self.paths[:, s][None, :]
+            out.append(masked_log1p_sum_exp(self.alpha * (cos + m), neg_mask, dim=0).sum() / len(self.paths))
+        return [out[0] + out[1], *out[2:]]
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sum(self.terms(emb, labels))
 
 
 class PerScaleSum(torch.nn.Module):
-    """``sum_l loss_l(emb, labels[:, l])`` with one single-scale loss per scale (``None``: scale not used)."""
+    """``sum_l loss_l(emb, labels[:, l])`` with one single-scale loss per scale (``None``: scale not used); with
+    ``chunks`` (row indices per scale, DyML's three-chunk batches) scale ``l``'s loss sees only chunk ``l``."""
 
     def __init__(self, losses: list[torch.nn.Module | None], columns: list[int]) -> None:
         super().__init__()
         self.losses = torch.nn.ModuleList([x for x in losses if x is not None])
         self.columns = [c for x, c in zip(losses, columns, strict=True) if x is not None]
 
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sum(loss(emb, labels[:, c:c + 1]) for loss, c in zip(self.losses, self.columns, strict=True))
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor,
+                chunks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if chunks is None:
+            return sum(loss(emb, labels[:, c:c + 1]) for loss, c in zip(self.losses, self.columns, strict=True))
+        return sum(loss(emb[chunks[c]], labels[chunks[c], c:c + 1])
+                   for loss, c in zip(self.losses, self.columns, strict=True))
+
+
+class ChunkedCSL(torch.nn.Module):
+    """A CSL-form loss on three-chunk batches: level ``l``'s term (fine positives, level-``l`` negatives) on chunk
+    ``l`` only, summed over levels; on the whole batch without ``chunks``."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor,
+                chunks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if chunks is None:
+            return self.loss(emb, labels)
+        total = emb.new_zeros(())
+        for s, rows in enumerate(chunks):
+            t = self.loss.terms(emb[rows], labels[rows])
+            if t is not None:  # CSL pairs mode: no anchor of the chunk has an in-batch positive
+                total = total + t[s]
+        return total
 
 
 def build_loss(family: str, variant: str, train_labels: torch.Tensor, dim: int, gamma: float) -> torch.nn.Module:
     scales = [0] if variant == "fine" else [0, 1, 2]
     if variant == "csl":
         if family == "proxy":
-            return CSLLoss.from_labels(train_labels, embedding_size=dim, gamma=gamma, margins=MARGINS)
-        return CSLLoss(None, embedding_size=dim, gamma=gamma, margins=MARGINS, mode="pairs")
+            return ChunkedCSL(CSLLoss.from_labels(train_labels, embedding_size=dim, gamma=gamma, margins=MARGINS))
+        if family == "panchor":
+            return ChunkedCSL(GradedProxyAnchorLoss(train_labels, dim, gamma, tuple(_pa_margin(s) for s in range(3))))
+        return ChunkedCSL(CSLLoss(None, embedding_size=dim, gamma=gamma, margins=MARGINS, mode="pairs"))
     losses: list[torch.nn.Module | None] = []
     for s in scales:
         if family == "proxy":
@@ -90,6 +181,8 @@ def build_loss(family: str, variant: str, train_labels: torch.Tensor, dim: int, 
             losses.append(TripletMarginLoss(margin=MARGINS[s] / 2.5))  # 0.1 / 0.14 / 0.18
         elif family == "ms":
             losses.append(MultiSimilarityLoss())
+        elif family == "panchor":
+            losses.append(ProxyAnchorLoss(int(train_labels[:, s].max()) + 1, dim, margin=_pa_margin(s), alpha=gamma))
         else:
             raise SystemExit(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
     return PerScaleSum(losses, scales)
@@ -115,8 +208,15 @@ def run_one(family: str, variant: str, seed: int, c: float, a: argparse.Namespac
     if list(loss.parameters()):
         groups.append({"params": list(loss.parameters()), "lr": a.lr * 10})
     opt = torch.optim.Adam(groups, weight_decay=1e-4)
-    sampler = MPerClassSampler(train.labels, m=a.k, batch_size=a.p * a.k, scale=0, seed=seed,
-                               iterations_per_epoch=a.steps)
+    sampler: MPerClassSampler | ThreeScaleSampler
+    chunks: list[torch.Tensor] | None = None
+    if a.sampler == "pxk":
+        sampler = MPerClassSampler(train.labels, m=a.k, batch_size=a.p * a.k, scale=0, seed=seed,
+                                   iterations_per_epoch=a.steps)
+    else:  # same images per step: P x K = (P / 3 items) x 3 scales x K
+        sampler = ThreeScaleSampler(train.labels, k=a.k, items_per_batch=a.p // 3, seed=seed,
+                                    iterations_per_epoch=a.steps)
+        chunks = sampler.chunk_layout()
     sampler.set_epoch(0)
     images, labels = data["train_x"], train.labels
     gen = torch.Generator().manual_seed(seed)
@@ -127,7 +227,7 @@ def run_one(family: str, variant: str, seed: int, c: float, a: argparse.Namespac
         idx_t = torch.as_tensor(idx)
         x = images[idx_t]
         x = torch.where(torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5, x, x.flip(3))
-        value = loss(model(x), labels[idx_t])
+        value = loss(model(x), labels[idx_t]) if chunks is None else loss(model(x), labels[idx_t], chunks)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
@@ -140,7 +240,8 @@ def run_one(family: str, variant: str, seed: int, c: float, a: argparse.Namespac
         if step >= a.steps:
             break
     best = max(curve, key=lambda p: p["val"])
-    return {"family": family, "variant": variant, "seed": seed, "coherence": c, "best_step": best["step"],
+    return {"family": family, "variant": variant, "sampler": a.sampler, "seed": seed, "coherence": c,
+            "best_step": best["step"],
             "val": best["val_result"], "test": best["result"], "train_s": round(time.perf_counter() - t0, 1),
             "curve": [{k: p[k] for k in ("step", "val", "val_fine", "test", "test_fine", "loss")} for p in curve]}
 
@@ -160,7 +261,45 @@ def _minus(x: list[float], y: list[float]) -> list[float]:
     return [a - b for a, b in zip(x, y, strict=True)]
 
 
-def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def _by_seed(runs: list[dict], family: str, variant: str, c: float, scale: str) -> dict[int, float]:
+    return {r["seed"]: r["test"][scale]["asi"] for r in runs
+            if r["family"] == family and r["variant"] == variant and r["coherence"] == c}
+
+
+def sampler_section(runs: list[dict], compare: list[dict], a: argparse.Namespace) -> tuple[list[str], dict]:
+    """Paired ``this sampler - the other`` test ASI per family / objective / coherence, over the seeds both files
+    hold (a seed fixes the data and the initial network, so only the batches differ)."""
+    other = sorted({r.get("sampler", "pxk") for r in compare})
+    name = f"{a.sampler} − {'/'.join(other)}"
+    lines = [f"\n## Sampler: {name} (paired by seed: same data, same initial network; test ASI, percentage "
+             "points, 95 % t-interval)\n",
+             "| family | objective | coherence | seeds | fine ASI | mean ASI |", "|---|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    for fam in a.families:
+        for var in FAMILIES[fam]:
+            for c in a.coherence:
+                mine_f, theirs_f = _by_seed(runs, fam, var, c, "fine"), _by_seed(compare, fam, var, c, "fine")
+                seeds = sorted(set(mine_f) & set(theirs_f))
+                if len(seeds) < 2:
+                    continue
+                mine_m, theirs_m = _by_seed(runs, fam, var, c, "mean"), _by_seed(compare, fam, var, c, "mean")
+                row = {"fine": paired_ci([theirs_f[s] for s in seeds], [mine_f[s] for s in seeds]),
+                       "mean": paired_ci([theirs_m[s] for s in seeds], [mine_m[s] for s in seeds])}
+                out[f"{fam}/{var}@{c:g}"] = row
+                lines.append(f"| {fam} | {var} | {c:g} | {len(seeds)} | {fmt_ci(row['fine'])} | "
+                             f"{fmt_ci(row['mean'])} |")
+    if not out:
+        return [f"\n## Sampler: {name}\n", "No family / objective / coherence has at least two seeds in both "
+                "files."], {}
+    ups = sum(sign(r["mean"]) > 0 for r in out.values())
+    downs = sum(sign(r["mean"]) < 0 for r in out.values())
+    lines.append(f"\nMean ASI: {a.sampler} is significantly above the other sampler in {ups}, below in {downs} and "
+                 f"level within noise in {len(out) - ups - downs} of the {len(out)} cells.")
+    return lines, {"difference": name, "cells": out, "above": ups, "below": downs}
+
+
+def analyse(runs: list[dict], a: argparse.Namespace,
+            compare: list[dict] | None = None) -> tuple[str, dict[str, Any]]:
     seeds, cs = a.seeds, a.coherence
     lines: list[str] = []
     verdicts: dict[str, Any] = {}
@@ -230,6 +369,9 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
             zip([f"{c:g}" for c in cs], own, strict=True))}
         lines.append(f"* **{fam}: CSL improves its own fine-level baseline (mean ASI)** — **{v3}**. csl − fine: "
                      + ", ".join(f"c={c:g} {fmt_ci(x)}" for c, x in zip(cs, own, strict=True)) + " pp.")
+    if compare:
+        extra, verdicts["sampler"] = sampler_section(runs, compare, a)
+        lines.extend(extra)
     lines.append("\n## Curves (val mean ASI, %, mean over seeds; every objective, coherence "
                  f"{lo:g})\n")
     curves = {f"{r_f} {r_v}": mean_curve([r for r in runs if r["family"] == r_f and r["variant"] == r_v
@@ -239,11 +381,47 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
     return "\n".join(lines), verdicts
 
 
+_FAMILY_TEXT = (
+    "Objectives per family: `fine` = the family's loss on fine labels only; `summed` = the same loss at every scale "
+    "(that scale's labels, margin and, for proxy losses, its own proxies), summed; `csl` = the CSL form (one proxy "
+    "per fine class or in-batch samples, fine-level positives, negatives graded by scale, margins growing with the "
+    "scale). `proxy` = CSL's proxy form (its `fine` is CSL with weights (1, 0, 0), which is also CosFace at scale "
+    "gamma and margin m_0); `pairs` = CSL's in-batch form; `triplet`, `ms` (Multi-Similarity): no CSL form; "
+    "`panchor` = Proxy Anchor (margins d_l = 0.1 / 0.14 / 0.18, alpha = gamma) whose `csl` form (ours: no published "
+    "one) keeps Proxy Anchor's positive term on fine proxies and adds one negative term per scale (negatives of a "
+    "proxy at scale l: the samples whose scale-l label differs from the proxy's; margin d_l).")
+OBJECTIVES = {
+    "pxk": _FAMILY_TEXT + " Sampler: P x K fine-level batches; every term sees the whole batch.",
+    "three-chunk": _FAMILY_TEXT + " Sampler: DyML's three-scale sampler (every item holds K images of a fine, K of a "
+    "middle and K of a coarse class; P / 3 items per batch, so the same number of images per step as P x K). Every "
+    "objective embeds the whole batch (same BatchNorm statistics); each term sees only its own chunk with its own "
+    "labels (the paper's `negatives: chunk`): `fine` = the fine term on the fine chunk (a third of the batch), "
+    "`summed` = scale l's term on chunk l, `csl` = CSL's level-l term (fine positives, level-l negatives) on chunk "
+    "l, summed over l.",
+}
+
+
+def previous_invocations(path: Path) -> list[dict[str, Any]]:
+    """The invocations recorded in an earlier results ``.json`` (``[]`` if none or not recorded)."""
+    if not path.is_file():
+        return []
+    prev = json.loads(path.read_text(encoding="utf-8"))
+    if "invocations" in prev:
+        return list(prev["invocations"])
+    if "new_runs" in prev:  # written before the history was kept: its own invocation only
+        return [{"command": prev["command"], "wall_s": prev["wall_s"], "new_runs": prev["new_runs"]}]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--coherence", type=float, nargs="+", default=[1.0, 0.5, 0.0])
     ap.add_argument("--families", nargs="+", default=["proxy", "pairs", "triplet"], choices=sorted(FAMILIES))
+    ap.add_argument("--sampler", default="pxk", choices=SAMPLERS,
+                    help="pxk: P x K fine-level batches; three-chunk: DyML's three-scale sampler (P / 3 items)")
+    ap.add_argument("--compare", type=Path, default=None, metavar="JSON",
+                    help="results .json of the other sampler (same setup and seeds): adds paired sampler differences")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--image-size", type=int, default=16)
@@ -252,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--train-per-shape", type=int, default=8, help="fine training classes per shape")
     ap.add_argument("--images-per-class", type=int, default=8)
-    ap.add_argument("--p", type=int, default=12, help="classes per batch")
+    ap.add_argument("--p", type=int, default=12, help="classes per batch (three-chunk: P / 3 items; P divisible by 3)")
     ap.add_argument("--k", type=int, default=4, help="images per class in a batch")
     ap.add_argument("--lr", type=float, default=3e-3, help="network lr (learnable proxies: 10x)")
     ap.add_argument("--gamma", type=float, default=32.0)
@@ -264,9 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.small:
         a.seeds, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = [0, 1], 6, 3, 8, 4, 2, 8
         a.train_per_shape, a.images_per_class, a.p, a.k, a.coherence = 2, 3, 6, 2, [1.0, 0.0]
+    if a.sampler == "three-chunk" and (a.p % 3 or a.p < 3):
+        ap.error(f"--p {a.p}: the three-chunk sampler needs P divisible by 3 (P / 3 items of 3 x K images)")
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
+    other = {r.get("sampler", "pxk") for r in runs} - {a.sampler}
+    if other:
+        raise SystemExit(f"{a.out.with_suffix('.json')} holds {sorted(other)} runs; --resume needs runs of "
+                         f"--sampler {a.sampler} only (one results file per sampler, compare with --compare)")
+    kept = len(runs)
+    history = previous_invocations(a.out.with_suffix(".json")) if a.resume else []
     per_shape = {"train": a.train_per_shape, "val": max(1, a.train_per_shape // 3),
                  "test": max(1, a.train_per_shape // 2)}
     for seed in a.seeds:
@@ -291,20 +477,38 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 write_results(a.out, "(in progress)\n", {"runs": runs})
     wall = time.perf_counter() - t_start
-    body, verdicts = analyse(runs, a)
+    compare = [r for r in load_runs(a.compare) if r.get("sampler", "pxk") != a.sampler] if a.compare else []
+    body, verdicts = analyse(runs, a, compare)
     cmd = command_line("claim_dyml.py", argv)
-    head = (f"# DyML claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
-            f"Wall time of this invocation: {wall / 60:.1f} min; sum over the {len(runs)} runs of their training + "
-            f"evaluation time: {sum(r['train_s'] for r in runs) / 60:.1f} min (nice 19, 1 thread, shared machine: "
-            f"{environment()}).\n\nSetup: SyntheticHierarchy {a.image_size}x{a.image_size}, "
+    runs_s = sum(r["train_s"] for r in runs)
+    batches = (f"P x K = {a.p} x {a.k} fine-level batches" if a.sampler == "pxk" else
+               f"DyML three-chunk batches of {a.p // 3} items x 3 scales x {a.k} images (each scale's term on its "
+               f"own chunk)")
+    history.append({"command": cmd, "wall_s": round(wall, 1), "new_runs": len(runs) - kept})
+    unrecorded = len(runs) - sum(h["new_runs"] for h in history)
+    calls = "; ".join(f"{h['new_runs']} runs in {h['wall_s'] / 60:.1f} min"
+                      + ("" if h["command"] == cmd else f" by `{h['command']}`") for h in history if h["new_runs"])
+    if not history[-1]["new_runs"]:
+        calls += ("; " if calls else "") + "this invocation trained none (it rendered the runs kept in the .json)"
+    head = (f"# DyML claim on the controlled synthetic benchmark ({a.sampler} sampler)\n\nCommand: `{cmd}`  \n"
+            f"Run time: the {len(runs)} runs took {runs_s / 60:.1f} min together (each run's own training + "
+            f"evaluation time, summed: what one process needs to reproduce the file).  \nWall time per invocation "
+            f"(`--resume` keeps the runs already in the file and trains the missing ones; the command above unless "
+            f"named): {calls}"
+            + (f"; {unrecorded} runs from earlier invocations whose wall time was not recorded" if unrecorded else "")
+            + f".  \nNice 19, 1 thread, shared machine: {environment()}.\n\n"
+            f"{OBJECTIVES[a.sampler]}\n\nSetup: SyntheticHierarchy {a.image_size}x{a.image_size}, "
             f"{a.train_per_shape} train / {per_shape['val']} val / {per_shape['test']} test fine classes per shape, "
             f"{a.images_per_class} images per class, coarse_coherence {a.coherence}; simple_cnn width {a.width} "
             f"depth {a.depth}, max pooling, {a.dim}-d L2-normalised; Adam lr {a.lr:g} (proxies {10 * a.lr:g}), "
-            f"weight decay 1e-4, {a.steps} steps of P x K = {a.p} x {a.k} fine-level batches, flips; margins "
+            f"weight decay 1e-4, {a.steps} steps of {batches}, flips; margins "
             f"{MARGINS}, gamma {a.gamma:g}; seeds {a.seeds} (each redraws data, init and batches). Val-selected "
             f"checkpoint (best val mean ASI, evaluated every {a.eval_every} steps), reported on test.\n")
-    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(wall, 1), "args": vars(a) | {
-        "out": str(a.out)}, "verdicts": verdicts, "runs": runs})
+    write_results(a.out, head + "\n" + body, {
+        "command": cmd, "wall_s": round(wall, 1), "runs_s": round(runs_s, 1), "new_runs": len(runs) - kept,
+        "invocations": history,
+        "args": vars(a) | {"out": str(a.out), "compare": None if a.compare is None else str(a.compare)},
+        "verdicts": verdicts, "runs": runs})
     print(body)
     return 0
 

@@ -1,0 +1,147 @@
+"""benchmarks/claim_dyml.py: the Proxy Anchor family's CSL form against a float64 brute force and against Proxy
+Anchor itself, the reason CosFace is not a separate family (it equals the proxy family's fine term), the
+three-chunk sampler's per-chunk objectives, and a ``--small`` run of both samplers with the paired comparison."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynametric.data.samplers import ThreeScaleSampler
+from dynametric.losses import CosFaceLoss, CSLLoss, MultiSimilarityLoss, ProxyAnchorLoss
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _v(t: torch.Tensor) -> float:
+    return float(t.detach())
+
+
+def _claim():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("_bench_claim_dyml", ROOT / "benchmarks" / "claim_dyml.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# 6 fine classes -> 3 middle -> 2 coarse (fine ids 0..5)
+PATHS = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 1, 0], [3, 1, 0], [4, 2, 1], [5, 2, 1]])
+
+
+def _brute_graded_pa(f, y, proxies, alpha, margins):
+    f = torch.nn.functional.normalize(f, dim=1)
+    p = torch.nn.functional.normalize(proxies, dim=1)
+    total, with_pos, pos = 0.0, 0, 0.0
+    for c in range(len(PATHS)):
+        members = [i for i in range(len(f)) if int(y[i, 0]) == c]
+        if members:
+            with_pos += 1
+            pos += math.log(1 + sum(math.exp(-alpha * (float(f[i] @ p[c]) - margins[0])) for i in members))
+    total += pos / with_pos
+    for s, m in enumerate(margins):
+        neg = 0.0
+        for c in range(len(PATHS)):
+            others = [i for i in range(len(f)) if int(y[i, s]) != int(PATHS[c, s])]
+            neg += math.log(1 + sum(math.exp(alpha * (float(f[i] @ p[c]) + m)) for i in others))
+        total += neg / len(PATHS)
+    return total
+
+
+def test_graded_proxy_anchor_matches_brute_force_and_reduces_to_proxy_anchor():
+    mod = _claim()
+    g = torch.Generator().manual_seed(0)
+    fine = torch.tensor([0, 0, 1, 2, 2, 3, 4, 5, 5, 1])
+    y = PATHS[fine]
+    f = torch.randn(len(y), 8, generator=g, dtype=torch.float64)
+    loss = mod.GradedProxyAnchorLoss(PATHS, 8, alpha=4.0, margins=(0.1, 0.14, 0.18))
+    got = _v(loss(f, y))
+    want = _brute_graded_pa(f, y, loss.proxies.detach().double(), 4.0, (0.1, 0.14, 0.18))
+    assert got == pytest.approx(want, rel=1e-9)
+    # the coarse term pushes only samples of the other coarse group: dropping it changes the value
+    terms = loss.terms(f, y)
+    assert _v(terms[2]) > 0 and _v(sum(terms)) == pytest.approx(got)
+    # one scale: Proxy Anchor itself (same proxies)
+    single = mod.GradedProxyAnchorLoss(PATHS[:, :1], 8, alpha=4.0, margins=(0.1,))
+    pa = ProxyAnchorLoss(6, 8, margin=0.1, alpha=4.0)
+    with torch.no_grad():
+        pa.proxies.copy_(single.proxies)
+    assert _v(single(f, y[:, :1])) == pytest.approx(_v(pa(f, y[:, 0])), rel=1e-9)
+    with pytest.raises(ValueError, match="0 .. C-1"):
+        mod.GradedProxyAnchorLoss(PATHS + 1, 8, alpha=4.0, margins=(0.1, 0.14, 0.18))
+
+
+def test_cosface_at_csl_scale_and_margin_is_the_proxy_familys_fine_term():
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (12,), generator=g)
+    csl = CSLLoss(torch.arange(5).unsqueeze(1), embedding_size=8, gamma=32.0, margins=(0.25,))
+    cos = CosFaceLoss(5, 8, margin=0.25, scale=32.0)
+    with torch.no_grad():
+        cos.W.copy_(csl.proxies.t())
+    assert _v(csl(f, y[:, None])) == pytest.approx(_v(cos(f, y)), rel=1e-9)
+
+
+def test_three_chunk_objectives_use_their_own_chunk():
+    mod = _claim()
+    labels = PATHS[torch.arange(6).repeat_interleave(4)]
+    sampler = ThreeScaleSampler(labels, k=2, items_per_batch=2, seed=0, iterations_per_epoch=1)
+    chunks = sampler.chunk_layout()  # rows [0:2] fine, [2:4] middle, [4:6] coarse of item 0, then item 1
+    assert [c.tolist() for c in chunks] == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]
+    sampler.set_epoch(0)
+    idx = torch.as_tensor(next(iter(sampler)))
+    y = labels[idx]
+    emb = torch.randn(len(idx), 8, dtype=torch.float64, requires_grad=True)
+    ms = MultiSimilarityLoss()
+    summed = mod.PerScaleSum([ms, ms, ms], [0, 1, 2])
+    want = sum(_v(ms(emb[c], y[c, s])) for s, c in enumerate(chunks))
+    assert _v(summed(emb, y, chunks)) == pytest.approx(want)
+    # the fine objective on three-chunk batches: no gradient reaches the middle and coarse chunks
+    fine = mod.build_loss("triplet", "fine", labels, 8, 32.0)
+    fine(emb, y, chunks).backward()
+    assert emb.grad is not None and emb.grad[chunks[0]].abs().sum() > 0
+    assert torch.all(emb.grad[torch.cat(chunks[1:])] == 0)
+    # CSL on chunks: level l's term on chunk l (the level-0 term does not see the middle chunk)
+    csl = mod.build_loss("proxy", "csl", labels, 8, 32.0)
+    want = sum(_v(csl.loss.terms(emb[c], y[c])[s]) for s, c in enumerate(chunks))
+    assert _v(csl(emb, y, chunks)) == pytest.approx(want)
+    assert _v(csl(emb, y, chunks)) != pytest.approx(_v(csl(emb, y)))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_small_runs_of_both_samplers_and_their_comparison(tmp_path):
+    mod = _claim()
+    pxk, chunk = tmp_path / "pxk.md", tmp_path / "chunk.md"
+    assert mod.main(["--small", "--families", "panchor", "--out", str(pxk)]) == 0
+    assert mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--compare",
+                     str(pxk.with_suffix(".json")), "--out", str(chunk)]) == 0
+    p = json.loads(chunk.with_suffix(".json").read_text())
+    assert {(r["variant"], r["sampler"]) for r in p["runs"]} == {(v, "three-chunk") for v in ("fine", "summed", "csl")}
+    assert {"panchor/summed-penalty", "panchor/csl-no-penalty", "panchor/csl-beats-own-baseline"} <= set(p["verdicts"])
+    cells = p["verdicts"]["sampler"]["cells"]
+    assert set(cells) == {f"panchor/{v}@{c}" for v in ("fine", "summed", "csl") for c in ("1", "0")}
+    first = json.loads(pxk.with_suffix(".json").read_text())["runs"]
+    run = next(r for r in p["runs"] if r["variant"] == "csl" and r["seed"] == 1 and r["coherence"] == 0.0)
+    other = next(r for r in first if r["variant"] == "csl" and r["seed"] == 1 and r["coherence"] == 0.0)
+    want = run["test"]["mean"]["asi"] - other["test"]["mean"]["asi"]
+    assert cells["panchor/csl@0"]["mean"]["diffs"][1] == pytest.approx(want)  # chunk - pxk, paired by seed
+    text = chunk.read_text()
+    assert "three-chunk sampler" in text and "## Sampler: three-chunk − pxk" in text
+    assert "Run time: the 12 runs took" in text and "--compare" in text and ": 12 runs in " in text
+    assert "not recorded" not in text
+    # resuming renders again without training; the header lists both invocations
+    assert mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--resume",
+                     "--out", str(chunk)]) == 0
+    again = json.loads(chunk.with_suffix(".json").read_text())
+    assert [h["new_runs"] for h in again["invocations"]] == [12, 0]
+    assert ": 12 runs in " in chunk.read_text() and "--resume --out" in chunk.read_text()
+    # a results file holds one sampler only
+    with pytest.raises(SystemExit, match="one results file per sampler"):
+        mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--resume", "--out", str(pxk)])
