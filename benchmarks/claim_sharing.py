@@ -41,6 +41,9 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
     python benchmarks/claim_sharing.py --small --out /tmp/claim-sharing.md      # seconds; used by the tests
     python benchmarks/claim_sharing.py --alpha-grid 0.1 0.3 1 --rho-grid 0 100 500 1500 \
         --resume-from docs/results/claim-sharing-rho.json --out docs/results/claim-sharing-grid.md
+    python benchmarks/claim_sharing.py --splits held-out-val held-out today --alpha-grid 0.1 0.3 1 \
+        --rho-grid 0 100 500 1500 --resume-from docs/results/claim-sharing-grid.json \
+        --out docs/results/claim-sharing-valfix.md     # only the held-out-val runs are new
 """
 
 from __future__ import annotations
