@@ -267,6 +267,23 @@ def _within_seed_corr(runs: list[dict]) -> float | None:
     return statistics.correlation(v, t)
 
 
+def _checkpoint_corr(runs: list[dict]) -> float | None:
+    """Pearson correlation of val and test class-head R@1 over the evaluated updates (``curve``) of ``runs``, each
+    centred on its run's mean: does val track test *during* training, whatever the hyper-parameters?"""
+    v: list[float] = []
+    t: list[float] = []
+    for r in runs:
+        if len(r["curve"]) < 2:
+            continue
+        mv = statistics.fmean(p["val"] for p in r["curve"])
+        mt = statistics.fmean(p["test"] for p in r["curve"])
+        v += [p["val"] - mv for p in r["curve"]]
+        t += [p["test"] - mt for p in r["curve"]]
+    if len(v) < 3 or statistics.pstdev(v) == 0 or statistics.pstdev(t) == 0:
+        return None
+    return statistics.correlation(v, t)
+
+
 def _hp(r: dict[str, Any]) -> str:
     if r["method"] == "baseline":
         return "–"
@@ -330,18 +347,26 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
                                                        for r in rs]) for w, h in (("val", "c"), ("test", "c"),
                                                                                   ("test", "x")))
                                  + f" | {n_pick} of {len(rs)} |")
-        agree = []
+        agree, track = [], []
         for split in a.splits:
             for m in a.methods:
-                r_vt = _within_seed_corr([r for r in runs if r["method"] == m and r["split"] == split
-                                          and r["seed"] in seeds and (r["alpha"], float(r["rho"])) in grids[m]])
+                grid_runs = [r for r in runs if r["method"] == m and r["split"] == split and r["seed"] in seeds
+                             and (r["alpha"], float(r["rho"])) in grids[m]]
+                r_vt = _within_seed_corr(grid_runs)
                 if len(grids[m]) > 1 and r_vt is not None:
                     agree.append(f"{split} {m} {r_vt:+.2f}")
                     verdicts[f"{m}/{split}/val-test-corr"] = r_vt
+                r_ck = _checkpoint_corr(grid_runs)
+                if r_ck is not None:
+                    track.append(f"{split} {m} {r_ck:+.2f}")
+                    verdicts[f"{m}/{split}/val-test-corr-checkpoints"] = r_ck
         if agree:
             lines.append("\nDoes val predict test across the grid? Pearson correlation of val and test class-head R@1 "
                          "over the grid's runs, each centred on its seed's mean (near 0 or below: picking on val "
                          "cannot find what helps test): " + "; ".join(agree) + ".")
+        if track:
+            lines.append("\nDoes val track test during training? The same correlation over every evaluated update "
+                         "of the grid's runs, each centred on its run's mean: " + "; ".join(track) + ".")
     if "baseline" not in a.methods:
         return "\n".join(lines), verdicts
     lines += ["\n## Paired differences against the baseline's class head (test R@1, percentage points, 95 % "

@@ -161,7 +161,23 @@ def test_held_out_val_split_builds_same_factor_validation(tmp_path: Path, monkey
     assert {(r["split"], r["method"]) for r in p["runs"]} == {
         (s, m) for s in ("held-out-val", "today") for m in ("baseline", "sharing")}
     assert "sharing/held-out-val/val-test-corr" in p["verdicts"] and "sharing/held-out-val" in p["verdicts"]
+    assert "Does val track test during training?" in out.read_text()
     assert "sharing/split-effect/held-out-val" in p["verdicts"]
     assert "gain on the held-out-val split minus gain on today's split" in out.read_text()
     # the default split choice is unchanged
     assert b.DEFAULT_SPLITS == ("held-out", "today")
+
+
+def test_checkpoint_corr_is_within_run():
+    b = _bench()
+
+    def run(vals, tests):
+        return {"curve": [{"step": i, "val": v, "test": t} for i, (v, t) in enumerate(zip(vals, tests))]}
+
+    # two runs with very different levels: centred per run, val and test move together (r = 1) although pooled
+    # raw values would anti-correlate
+    assert b._checkpoint_corr([run([0.1, 0.2, 0.3], [0.9, 1.0, 1.1]), run([0.8, 0.9, 1.0], [0.1, 0.2, 0.3])]) \
+        == pytest.approx(1.0)
+    assert b._checkpoint_corr([run([0.1, 0.3, 0.2], [0.3, 0.1, 0.2])]) == pytest.approx(-1.0)
+    assert b._checkpoint_corr([run([0.1, 0.2], [0.1, 0.1])]) is None  # no test variation
+    assert b._checkpoint_corr([run([0.1], [0.2])]) is None
