@@ -380,7 +380,6 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
         self.test_only_middle = int(test_only_middle)
         self.class_spread = None if class_spread is None else (lo, hi)
         self.held_out_factor = held_out_factor
-        self.val_classes = val_classes
         self.image_size = int(image_size)
         self.images_per_class = int(images_per_class)
         self.fine_per_shape = dict(counts)
@@ -388,6 +387,7 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
         self.scale_names: tuple[str, ...] = SCALE_NAMES
         groups = coarse_groups(self.seed, self.coarse_coherence)
         self.coarse_groups = groups
+        self.val_classes = val_classes  # how the val classes of a held-out-factor split are formed
         if held_out_factor is None:
             self.classes = [v for v in _variant_table(self.seed, counts, groups, self.test_only_middle)
                             if v["split"] == split]
