@@ -2,11 +2,16 @@
 clustering route, or DiVA-style t* sharing) improve retrieval of unseen classes at a matched number of updates, and
 does it need a split where a factor that varies *within* training classes defines the test classes?
 
-Two data splits, same number of training classes (54) and images per class:
+Three data splits, same number of training classes (54) and images per class (``--splits``; the default runs the
+first two):
 
 * ``held-out``: ``SyntheticHierarchy(held_out_factor="texture")``: train classes (shape, colour) with texture and
-  size varying per image; val classes (shape, size); test classes (shape, texture) with colour varying;
-* ``today``: the default split (fine classes are (shape, colour, texture, size) variants; disjoint per split).
+  size varying per image; val classes (shape, size); test classes (shape, texture) with colour varying. Validation
+  holds out a *different* factor (size) than test (texture);
+* ``today``: the default split (fine classes are (shape, colour, texture, size) variants; disjoint per split);
+* ``held-out-val``: ``SyntheticHierarchy(held_out_factor="texture", val_classes="same_factor")``: the same train
+  classes as ``held-out``, but val and test both hold out texture on disjoint shapes: val classes (shape, texture)
+  for one shape per family (12 classes), test classes (shape, texture) for the other 6 shapes (24 classes).
 
 Methods, same network (simple_cnn, two L2-normalised heads "class" and "shared"), optimiser (Adam, weight decay
 4e-4; margin-loss betas lr 5e-4), class batches of 8 classes x 4 images, margin loss (beta learnt) + distance-weighted
@@ -36,6 +41,9 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
     python benchmarks/claim_sharing.py --small --out /tmp/claim-sharing.md      # seconds; used by the tests
     python benchmarks/claim_sharing.py --alpha-grid 0.1 0.3 1 --rho-grid 0 100 500 1500 \
         --resume-from docs/results/claim-sharing-rho.json --out docs/results/claim-sharing-grid.md
+    python benchmarks/claim_sharing.py --splits held-out-val held-out today --alpha-grid 0.1 0.3 1 \
+        --rho-grid 0 100 500 1500 --resume-from docs/results/claim-sharing-grid.json \
+        --out docs/results/claim-sharing-valfix.md     # only the held-out-val runs are new
 """
 
 from __future__ import annotations
@@ -79,7 +87,9 @@ from dynametric.models import build_embedder  # noqa: E402
 from dynametric.models.sharing import Decorrelation  # noqa: E402
 
 METHODS = ("baseline", "sharing", "mic")
-SPLITS = ("held-out", "today")
+SPLITS = ("held-out", "today", "held-out-val")
+DEFAULT_SPLITS = ("held-out", "today")
+HELD_OUT_SPLITS = ("held-out", "held-out-val")  # each is compared with today's split when both are run
 HEADS = ("class", "shared", "concat")
 # the arguments that define a run's setup: runs merged by --resume / --resume-from must agree on all of them
 SETUP_KEYS = ("steps", "eval_every", "image_size", "width", "depth", "dim", "images_per_class", "lr", "p_aux",
@@ -257,6 +267,23 @@ def _within_seed_corr(runs: list[dict]) -> float | None:
     return statistics.correlation(v, t)
 
 
+def _checkpoint_corr(runs: list[dict]) -> float | None:
+    """Pearson correlation of val and test class-head R@1 over the evaluated updates (``curve``) of ``runs``, each
+    centred on its run's mean: does val track test *during* training, whatever the hyper-parameters?"""
+    v: list[float] = []
+    t: list[float] = []
+    for r in runs:
+        if len(r["curve"]) < 2:
+            continue
+        mv = statistics.fmean(p["val"] for p in r["curve"])
+        mt = statistics.fmean(p["test"] for p in r["curve"])
+        v += [p["val"] - mv for p in r["curve"]]
+        t += [p["test"] - mt for p in r["curve"]]
+    if len(v) < 3 or statistics.pstdev(v) == 0 or statistics.pstdev(t) == 0:
+        return None
+    return statistics.correlation(v, t)
+
+
 def _hp(r: dict[str, Any]) -> str:
     if r["method"] == "baseline":
         return "–"
@@ -320,18 +347,26 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
                                                        for r in rs]) for w, h in (("val", "c"), ("test", "c"),
                                                                                   ("test", "x")))
                                  + f" | {n_pick} of {len(rs)} |")
-        agree = []
+        agree, track = [], []
         for split in a.splits:
             for m in a.methods:
-                r_vt = _within_seed_corr([r for r in runs if r["method"] == m and r["split"] == split
-                                          and r["seed"] in seeds and (r["alpha"], float(r["rho"])) in grids[m]])
+                grid_runs = [r for r in runs if r["method"] == m and r["split"] == split and r["seed"] in seeds
+                             and (r["alpha"], float(r["rho"])) in grids[m]]
+                r_vt = _within_seed_corr(grid_runs)
                 if len(grids[m]) > 1 and r_vt is not None:
                     agree.append(f"{split} {m} {r_vt:+.2f}")
                     verdicts[f"{m}/{split}/val-test-corr"] = r_vt
+                r_ck = _checkpoint_corr(grid_runs)
+                if r_ck is not None:
+                    track.append(f"{split} {m} {r_ck:+.2f}")
+                    verdicts[f"{m}/{split}/val-test-corr-checkpoints"] = r_ck
         if agree:
             lines.append("\nDoes val predict test across the grid? Pearson correlation of val and test class-head R@1 "
                          "over the grid's runs, each centred on its seed's mean (near 0 or below: picking on val "
                          "cannot find what helps test): " + "; ".join(agree) + ".")
+        if track:
+            lines.append("\nDoes val track test during training? The same correlation over every evaluated update "
+                         "of the grid's runs, each centred on its run's mean: " + "; ".join(track) + ".")
     if "baseline" not in a.methods:
         return "\n".join(lines), verdicts
     lines += ["\n## Paired differences against the baseline's class head (test R@1, percentage points, 95 % "
@@ -351,14 +386,14 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
             lines.append(f"* **{m} improves unseen-class R@1 over the baseline at matched updates ({split} split, "
                          f"class head)** — **{v}**: {fmt_ci(ci)} pp; shared {fmt_ci(cis[f'{split}/{m}']['shared'])}, "
                          f"concat {fmt_ci(cis[f'{split}/{m}']['concat'])}.")
-    if "held-out" in a.splits and "today" in a.splits:
+    for held in [s for s in HELD_OUT_SPLITS if s in a.splits and "today" in a.splits]:
         for m in [x for x in a.methods if x != "baseline"]:
             gain = {s: [x - y for x, y in zip(_values(chosen, m, s, seeds, "class"),
                                               _values(chosen, "baseline", s, seeds, "class"), strict=True)]
-                    for s in ("held-out", "today")}
-            d = paired_ci(gain["today"], gain["held-out"])
-            verdicts[f"{m}/split-effect"] = d
-            lines.append(f"* {m}: gain on the held-out split minus gain on today's split: {fmt_ci(d)} pp.")
+                    for s in (held, "today")}
+            d = paired_ci(gain["today"], gain[held])
+            verdicts[f"{m}/split-effect" + ("" if held == "held-out" else f"/{held}")] = d
+            lines.append(f"* {m}: gain on the {held} split minus gain on today's split: {fmt_ci(d)} pp.")
     alphas = sorted({al for al, _ in grids.get("sharing", []) if al is not None})
     if len(alphas) > 1:
         lines += ["\n## Sensitivity: α fixed, ρ picked on val (not the verdicts; paired differences as above)\n",
@@ -378,7 +413,8 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    ap.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), choices=SPLITS,
+                    help="held-out-val: val and test hold out the same factor (default: held-out today)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--steps", type=int, default=300, help="MIC iterations; every method gets steps*(1+p_aux) updates")
     ap.add_argument("--eval-every", type=int, default=60, help="updates between val evaluations")
@@ -430,8 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             if not todo:
                 continue
             kw: dict[str, Any] = {"seed": seed, "image_size": a.image_size, "images_per_class": a.images_per_class}
-            kw |= {"held_out_factor": "texture"} if split == "held-out" else {
-                "fine_per_shape": {"train": 6, "val": 2, "test": 4}}
+            if split == "today":
+                kw |= {"fine_per_shape": {"train": 6, "val": 2, "test": 4}}
+            else:
+                kw |= {"held_out_factor": "texture",
+                       "val_classes": "same_factor" if split == "held-out-val" else "other_factor"}
             data = {}
             for name in ("train", "val", "test"):
                 ds = SyntheticHierarchy(name, **kw)
@@ -468,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             f"val/test evaluations{src}; this invocation {invocation_s / 60:.1f} min); nice 19, 1 thread, "
             f"shared machine: {environment()}."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
-            f"in both splits; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
+            f"in every split; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
             f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: {a.steps} iterations, p_aux "
             f"{a.p_aux:g}); {hp}; MIC K={a.clusters}, decorrelation on both "
             f"steps, label noise 0.2 per image; seeds {a.seeds}. Checkpoint: best val class-head R@1 "

@@ -138,3 +138,46 @@ def test_runs_of_another_setup_are_refused(tmp_path: Path):
     with pytest.raises(SystemExit, match=r"runs\[0\] has no 'alpha' and the file has no args.alpha"):
         b.main(["--small", "--resume-from", str(legacy), "--out", str(tmp_path / "x.md")])
     assert not (tmp_path / "x.md").exists()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_held_out_val_split_builds_same_factor_validation(tmp_path: Path, monkeypatch):
+    b = _bench()
+    built: list[tuple[str, dict]] = []
+    real = b.SyntheticHierarchy
+
+    def spy(split, **kw):
+        built.append((split, kw))
+        return real(split, **kw)
+
+    monkeypatch.setattr(b, "SyntheticHierarchy", spy)
+    out = tmp_path / "valfix.md"
+    assert b.main(["--small", "--splits", "held-out-val", "today", "--methods", "baseline", "sharing",
+                   "--alpha-grid", "0.1", "1", "--rho-grid", "0", "--out", str(out)]) == 0
+    held = [kw for _, kw in built if "held_out_factor" in kw]
+    assert len(held) == 2 * 3 and all(kw["held_out_factor"] == "texture" and kw["val_classes"] == "same_factor"
+                                      for kw in held)
+    p = json.loads(out.with_suffix(".json").read_text())
+    assert {(r["split"], r["method"]) for r in p["runs"]} == {
+        (s, m) for s in ("held-out-val", "today") for m in ("baseline", "sharing")}
+    assert "sharing/held-out-val/val-test-corr" in p["verdicts"] and "sharing/held-out-val" in p["verdicts"]
+    assert "Does val track test during training?" in out.read_text()
+    assert "sharing/split-effect/held-out-val" in p["verdicts"]
+    assert "gain on the held-out-val split minus gain on today's split" in out.read_text()
+    # the default split choice is unchanged
+    assert b.DEFAULT_SPLITS == ("held-out", "today")
+
+
+def test_checkpoint_corr_is_within_run():
+    b = _bench()
+
+    def run(vals, tests):
+        return {"curve": [{"step": i, "val": v, "test": t} for i, (v, t) in enumerate(zip(vals, tests))]}
+
+    # two runs with very different levels: centred per run, val and test move together (r = 1) although pooled
+    # raw values would anti-correlate
+    assert b._checkpoint_corr([run([0.1, 0.2, 0.3], [0.9, 1.0, 1.1]), run([0.8, 0.9, 1.0], [0.1, 0.2, 0.3])]) \
+        == pytest.approx(1.0)
+    assert b._checkpoint_corr([run([0.1, 0.3, 0.2], [0.3, 0.1, 0.2])]) == pytest.approx(-1.0)
+    assert b._checkpoint_corr([run([0.1, 0.2], [0.1, 0.1])]) is None  # no test variation
+    assert b._checkpoint_corr([run([0.1], [0.2])]) is None

@@ -1,5 +1,6 @@
 """SyntheticHierarchy knobs for the controlled claim benchmarks: coarse coherence, test-only middle classes,
-per-class spread, held-out-factor split. Defaults must stay today's data (negative control)."""
+per-class spread, held-out-factor split (and its same-factor validation). Defaults must stay today's data
+(negative control)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynametric.data.synthetic import SHAPES, SyntheticHierarchy, coarse_groups
+from dynametric.data.synthetic import SHAPES, SyntheticHierarchy, coarse_groups, val_shapes
 from dynametric.errors import InputError
 
 TINY = {"train": 2, "val": 1, "test": 1}
@@ -131,3 +132,57 @@ def test_held_out_factor_split(held_out, train_f, test_f):
         SyntheticHierarchy("train", held_out_factor="size")
     with pytest.raises(InputError, match="held_out_factor"):
         SyntheticHierarchy("train", held_out_factor="texture", fine_per_shape={"train": 2})
+
+
+def test_held_out_factor_default_val_is_unchanged():
+    # pinned from the generator before ``val_classes`` existed (val holds out size, test texture)
+    kw = {"seed": 2, "image_size": 8, "images_per_class": 2, "held_out_factor": "texture"}
+    pinned = {"train": "238eaa801188f19d30e427bbedc734208d99fbca9f135524ed99a4fbc4ffd7bc",
+              "val": "9be6e26001fc058fc8283c384b7196a6ac800caff155ec4fb57ad53cd6212bf7",
+              "test": "4d12470382829b885ba8a8fd989d4ffdf9f4fafd0bafb4ad2fe67225d6b3357d"}
+    for split, digest in pinned.items():
+        assert _digest(SyntheticHierarchy(split, **kw)) == digest
+    assert _digest(SyntheticHierarchy("val", val_classes="other_factor", **kw)) == pinned["val"]
+
+
+@pytest.mark.parametrize("held_out, train_f, seed", [("texture", "colour", 0), ("colour", "texture", 5)])
+def test_held_out_factor_same_factor_validation(held_out, train_f, seed):
+    kw = {"seed": seed, "image_size": 8, "images_per_class": 6, "held_out_factor": held_out}
+    same = {s: SyntheticHierarchy(s, val_classes="same_factor", **kw) for s in ("train", "val", "test")}
+    other = {s: SyntheticHierarchy(s, **kw) for s in ("train", "test")}
+    n_values = {"colour": 6, "texture": 4}[held_out]
+    idx = {"colour": 0, "texture": 1, "size": 2}
+    # train classes unchanged, bit for bit
+    assert same["train"].classes == other["train"].classes
+    assert np.array_equal(same["train"].images, other["train"].images)
+    assert torch.equal(same["train"].labels, other["train"].labels)
+    # shapes: one val shape per family (drawn from the seed), the other 6 shapes in test, all 9 in train
+    vs = val_shapes(seed)
+    assert sorted(SHAPES[i][1] for i in vs) == [0, 1, 2] and vs == val_shapes(seed)
+    assert set(same["val"].labels[:, 1].tolist()) == set(vs)
+    assert set(same["test"].labels[:, 1].tolist()) == set(range(9)) - set(vs)
+    assert set(same["train"].labels[:, 1].tolist()) == set(range(9))
+    assert same["val"].class_counts()["fine"] == 3 * n_values
+    assert same["test"].class_counts()["fine"] == 6 * n_values
+    # val and test share the class factor (the held-out one) and their class tables are disjoint
+    assert {v["class_factor"] for v in same["val"].classes} == {v["class_factor"] for v in same["test"].classes} \
+        == {held_out}
+    keys = [{(v["shape"], v[held_out]) for v in same[s].classes} for s in ("val", "test")]
+    assert len(keys[0]) == 3 * n_values and not keys[0] & keys[1]
+    # the test classes are the default's test classes restricted to the non-val shapes
+    assert {(v["shape"], v[held_out]) for v in same["test"].classes} == {
+        (v["shape"], v[held_out]) for v in other["test"].classes if v["middle"] not in vs}
+    ids = [set(same[s].labels[:, 0].tolist()) for s in ("train", "val", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for ds in (same["val"], same["test"]):
+        for f in ds.labels[:, 0].unique().tolist():
+            rows = [i for i in range(len(ds)) if int(ds.labels[i, 0]) == f]
+            assert len({ds.attributes[i][idx[held_out]] for i in rows}) == 1  # the held-out factor defines the class
+        # the training class factor varies within val/test classes (all its values occur in the split)
+        assert len({a[idx[train_f]] for a in ds.attributes}) == {"colour": 6, "texture": 4}[train_f]
+    assert np.array_equal(same["val"].images, SyntheticHierarchy("val", val_classes="same_factor", **kw).images)
+    assert [val_shapes(s) for s in range(6)] != [vs] * 6  # the seed does pick the shapes
+    with pytest.raises(InputError, match="val_classes"):
+        SyntheticHierarchy("val", val_classes="same", **kw)
+    with pytest.raises(InputError, match="val_classes.*needs held_out_factor"):
+        SyntheticHierarchy("val", val_classes="same_factor", seed=0, image_size=8, images_per_class=1)

@@ -163,21 +163,43 @@ FACTOR_SPLITS: dict[str, dict[str, str]] = {
     "texture": {"train": "colour", "val": "size", "test": "texture"},
     "colour": {"train": "texture", "val": "size", "test": "colour"},
 }
+# how the val classes of a held-out-factor split are formed (``SyntheticHierarchy(val_classes=...)``)
+VAL_CLASSES: tuple[str, ...] = ("other_factor", "same_factor")
 
 
-def _factor_table(split: str, held_out: str, groups: list[int]) -> list[dict[str, Any]]:
+def val_shapes(seed: int) -> list[int]:
+    """The 3 shapes (indices into :data:`SHAPES`, ascending) whose classes form the val split when
+    ``val_classes="same_factor"``: one shape per visual family, drawn from the seed."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A1D]))
+    picks = []
+    for f in range(len(FAMILIES)):
+        members = [i for i, (_, fam) in enumerate(SHAPES) if fam == f]
+        picks.append(members[int(rng.integers(len(members)))])
+    return sorted(picks)
+
+
+def _factor_table(split: str, held_out: str, groups: list[int], seed: int = 0,
+                  val_classes: str = "other_factor") -> list[dict[str, Any]]:
     """Fine classes of a held-out-factor split: one class per (shape, value of the split's class factor).
 
     The factors not named by the class vary per image (``None`` in the table). Fine ids are disjoint between splits
-    (train ids first, then val, then test).
+    (train ids first, then val, then test). With ``val_classes="same_factor"`` the val classes are (shape, held-out
+    factor) on the 3 shapes of :func:`val_shapes` and the test classes the same on the other 6 shapes.
     """
-    plan = FACTOR_SPLITS[held_out]
+    plan = dict(FACTOR_SPLITS[held_out])
+    shapes = {sp: set(range(len(SHAPES))) for sp in SPLITS}
+    if val_classes == "same_factor":
+        plan["val"] = plan["test"]
+        shapes["val"] = set(val_shapes(seed))
+        shapes["test"] -= shapes["val"]
     table: list[dict[str, Any]] = []
     offset = 0
     for sp in SPLITS:
         factor = plan[sp]
         values = FACTORS[factor]
         for shape_id, (shape, family) in enumerate(SHAPES):
+            if shape_id not in shapes[sp]:
+                continue
             for j, value in enumerate(values):
                 v: dict[str, Any] = {"split": sp, "shape": shape, "middle": shape_id, "coarse": groups[shape_id],
                                      "family": FAMILIES[family], "colour": None, "texture": None, "size": None,
@@ -298,6 +320,12 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             With ``"texture"``: train classes are (shape, colour) with texture and size varying per image, val
             classes (shape, size) with colour and texture varying, test classes (shape, texture) with colour and
             size varying; ``"colour"`` swaps colour and texture. ``fine_per_shape`` does not apply.
+        val_classes: only with ``held_out_factor``: how the val classes are formed. ``"other_factor"`` (the
+            default, the behaviour before this option existed): val classes are (shape, size) over all 9 shapes,
+            so validation holds out a *different* factor than test. ``"same_factor"``: val and test hold out the
+            same factor on disjoint shapes: val classes are (shape, held-out factor) for one shape per family (3
+            shapes drawn from the seed, :func:`val_shapes`; 12 classes), test classes (shape, held-out factor) for
+            the other 6 shapes (24 classes); the train classes are unchanged (all 9 shapes).
 
     Items are ``(image, labels)`` with ``labels = LongTensor[3]`` (fine, middle, coarse).
     """
@@ -307,7 +335,7 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
                  transform: str | Callable[[Image.Image], Any] | None = "to_tensor",
                  noise_std: float = 8.0, clutter: int = 4, coarse_coherence: float = 1.0,
                  test_only_middle: int = 0, class_spread: tuple[float, float] | None = None,
-                 held_out_factor: str | None = None) -> None:
+                 held_out_factor: str | None = None, val_classes: str = "other_factor") -> None:
         if split not in SPLITS:
             raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}", key="split")
         if image_size < 8:
@@ -340,6 +368,12 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             if fine_per_shape is not None or test_only_middle:
                 raise InputError("held_out_factor defines the classes itself; do not combine it with "
                                  "fine_per_shape or test_only_middle", key="held_out_factor")
+        if val_classes not in VAL_CLASSES:
+            raise InputError(f"val_classes must be one of {list(VAL_CLASSES)}, got {val_classes!r}",
+                             key="val_classes")
+        if val_classes != "other_factor" and held_out_factor is None:
+            raise InputError(f"val_classes={val_classes!r} needs held_out_factor (it only applies to the "
+                             "held-out-factor split)", key="val_classes")
         self.split = split
         self.seed = int(seed)
         self.coarse_coherence = float(coarse_coherence)
@@ -353,11 +387,12 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
         self.scale_names: tuple[str, ...] = SCALE_NAMES
         groups = coarse_groups(self.seed, self.coarse_coherence)
         self.coarse_groups = groups
+        self.val_classes = val_classes  # how the val classes of a held-out-factor split are formed
         if held_out_factor is None:
             self.classes = [v for v in _variant_table(self.seed, counts, groups, self.test_only_middle)
                             if v["split"] == split]
         else:
-            self.classes = _factor_table(split, held_out_factor, groups)
+            self.classes = _factor_table(split, held_out_factor, groups, self.seed, val_classes)
         if self.class_spread is not None:  # per fine class, from the seed and the fine id (split-independent)
             for v in self.classes:
                 crng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5B4EAD, v["fine"]]))
