@@ -30,12 +30,15 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dynametric.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 __all__ = [
     "DYML_METRICS",
@@ -330,7 +333,7 @@ def run_protocol(protocol: DyMLProtocol, embed: Callable[[Any], tuple[torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------ engine glue
-def protocol_from_config(cfg: Any) -> DyMLProtocol | None:
+def protocol_from_config(cfg: Config) -> DyMLProtocol | None:
     """The DyML protocol of a config (``method.name: dyml``), validated; ``None`` for other configs."""
     if cfg.method.name != "dyml":
         return None

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -45,6 +45,9 @@ from torch import nn
 from dynametric.engine.module import MetricLearningModule
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -106,7 +109,7 @@ class HookPlan:
     unaugmented: Callable[[Any], Any] | None = None  # train set -> the same images with the evaluation transform
 
 
-def unaugmented_view(cfg: Any) -> Callable[[Any], Any]:
+def unaugmented_view(cfg: Config) -> Callable[[Any], Any]:
     """``train_set -> same items in the same order, evaluation transform`` (MIC clusters un-augmented images)."""
 
     def make(train: Any) -> Any:
@@ -122,7 +125,7 @@ def unaugmented_view(cfg: Any) -> Callable[[Any], Any]:
     return make
 
 
-def plan_from_config(cfg: Any) -> HookPlan | None:
+def plan_from_config(cfg: Config) -> HookPlan | None:
     """The hook plan of a config (``None`` unless ``method.name`` is one of :data:`HOOKS`), validated."""
     name = cfg.method.name
     if name not in HOOKS:
