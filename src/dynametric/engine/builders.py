@@ -530,7 +530,7 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, pl
     if plan is None:
         module = MetricLearningModule(embedder, objectives, optim_settings(cfg), **common)
     else:
-        from dynametric.engine.sharing import AlternatingSharingModule
+        from dynametric.methods.sharing.alternating import AlternatingSharingModule
 
         module = AlternatingSharingModule(embedder, objectives, optim_settings(cfg), plan=plan, **common)
     module.channels_last = use_channels_last(cfg, embedder)
@@ -543,19 +543,10 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, pl
 
 def build_components(cfg: Config, *, datasets: Datasets | None, num_scales: int | None = None,
                      progress_bar: bool | None = None) -> Components:
-    if cfg.method.name == "dyml":  # the DyML test protocol (engine/dyml.py); validates method.kwargs
-        from dynametric.engine.dyml import protocol_from_config
+    from dynametric.methods import method_for
 
-        protocol_from_config(cfg)
-    plan = None
-    if cfg.method.name in ("sharing_alternating", "mic"):  # alternating class/shared steps (engine/sharing.py)
-        from dynametric.engine.sharing import plan_from_config
-
-        plan = plan_from_config(cfg)
-    elif cfg.method.name not in (None, "dyml"):
-        raise ConfigError(f"unknown method {cfg.method.name!r}; the engine's method hooks are dyml, "
-                          "sharing_alternating and mic (other methods are configured through loss/miner/model keys)",
-                          key="method.name")
+    method = method_for(cfg)  # the method plug-in (dynametric.methods): validates its keys, may ask for its module
+    plan = method.module_plan(cfg, method.validate(cfg))
     # The weights are drawn from trainer.seed on a forked RNG: the caller's global torch RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(int(cfg.trainer.seed))

@@ -334,10 +334,13 @@ def run_protocol(protocol: DyMLProtocol, embed: Callable[[Any], tuple[torch.Tens
 
 # ------------------------------------------------------------------------------------------------ engine glue
 def protocol_from_config(cfg: Config) -> DyMLProtocol | None:
-    """The DyML protocol of a config (``method.name: dyml``), validated; ``None`` for other configs."""
-    if cfg.method.name != "dyml":
-        return None
-    return DyMLProtocol.from_kwargs(cfg.method.kwargs, key="method.kwargs")
+    """The test protocol of a config's method (``method.name: dyml``: the DyML protocol), validated; ``None`` for a
+    method that tests with the ``eval`` section's protocol. Asks the method registry (:mod:`dynametric.methods`)."""
+    from dynametric.methods import method_for
+
+    method = method_for(cfg)
+    protocol: DyMLProtocol | None = method.test_protocol(method.validate(cfg))
+    return protocol
 
 
 @dataclass

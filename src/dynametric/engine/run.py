@@ -200,7 +200,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     from dynametric.engine.dyml import protocol_from_config
 
-    dyml = protocol_from_config(cfg)  # DyML configs test with their own protocol and splits (engine/dyml.py)
+    dyml = protocol_from_config(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
     datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
