@@ -5,21 +5,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dynametric.errors import ConfigError
-from dynametric.methods.base import Method
+from dynametric.methods.sharing.plugin import AlternatingMethod
 
 if TYPE_CHECKING:
     from dynametric.config import Config
 
 
-class MIC(Method):
+class MIC(AlternatingMethod):
+    """Shared steps on surrogate classes (k-means of per-class-standardised backbone features); ``method.kwargs``
+    are :class:`~dynametric.methods.mic.clustering.MICSettings`."""
+
     name = "mic"
     summary = "MIC: surrogate classes from clustering for the shared head, alternating steps"
 
-    def validate(self, cfg: Config) -> Any:
+    def options(self, cfg: Config) -> Any:
         from dynametric.methods.mic.clustering import MICSettings
-        from dynametric.methods.sharing.alternating import check_alternating
 
-        check_alternating(cfg, self.name)
         mic = MICSettings.from_kwargs(cfg.method.kwargs)
         if mic.combination != "alternating":
             raise ConfigError("method 'mic' runs the alternating combination; for a summed shared term use "

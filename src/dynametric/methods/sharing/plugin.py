@@ -1,5 +1,6 @@
 """The ``sharing_alternating`` method plug-in: Sharing Matters' alternating combination (t* or any miner on the
-true labels for the shared head). The ``summed`` combination needs no plug-in: it is three loss terms."""
+true labels for the shared head), and :class:`AlternatingMethod`, the base of every method that trains on the
+alternating module (MIC's too). The ``summed`` combination needs no plug-in: it is three loss terms."""
 
 from __future__ import annotations
 
@@ -11,14 +12,28 @@ if TYPE_CHECKING:
     from dynametric.config import Config
 
 
-class SharingAlternating(Method):
+class AlternatingMethod(Method):
+    """A method on the alternating class / shared module: :meth:`validate` checks what that module needs of the
+    config (:func:`~dynametric.methods.sharing.alternating.check_alternating`), then the method's own
+    ``method.kwargs`` (:meth:`options`)."""
+
+    def validate(self, cfg: Config) -> Any:
+        from dynametric.methods.sharing.alternating import check_alternating
+
+        check_alternating(cfg, str(self.name))
+        return self.options(cfg)
+
+    def options(self, cfg: Config) -> Any:
+        raise NotImplementedError
+
+
+class SharingAlternating(AlternatingMethod):
     name = "sharing_alternating"
     summary = "Sharing Matters, alternating class / shared steps"
 
-    def validate(self, cfg: Config) -> Any:
-        from dynametric.methods.sharing.alternating import AlternatingSettings, check_alternating
+    def options(self, cfg: Config) -> Any:
+        from dynametric.methods.sharing.alternating import AlternatingSettings
 
-        check_alternating(cfg, self.name)
         return AlternatingSettings.from_kwargs(cfg.method.kwargs)
 
     def module_plan(self, cfg: Config, settings: Any) -> Any:
