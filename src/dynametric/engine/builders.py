@@ -1,13 +1,17 @@
 """Config -> components: datasets, sampler factory, embedder, loss terms, module, trainer settings.
 
 The engine itself takes components by injection (:class:`~dynametric.engine.module.MetricLearningModule`,
-:class:`~dynametric.engine.data.MetricDataModule`); this module is the only place that reads a
-:class:`dynametric.config.Config`.
+:class:`~dynametric.engine.data.MetricDataModule`); this module (with the run, :mod:`dynametric.engine.run`, and the
+method plug-ins' config hooks, :mod:`dynametric.methods`) reads a :class:`dynametric.config.Config` and hands
+resolved objects down: components, :class:`~dynametric.engine.module.OptimSettings`,
+:class:`~dynametric.engine.trainer.TrainerSettings`.
 
-Loss construction fills three keyword arguments from the data and the model when the config leaves them out and
-the loss class accepts them: ``num_classes`` (``max label + 1`` at the loss's scale in the training split),
-``embedding_size`` / ``embedding_dim`` (the width of the head the term trains). A class with a ``from_labels``
-constructor and a required ``class_paths`` argument (CSL) is built from the training label matrix.
+:func:`build_component` is the one factory of configured losses and miners (names, keywords, data-dependent
+arguments, ``distance`` specs, errors keyed to the config). Loss construction (:func:`build_loss`) fills keyword
+arguments from the data and the model when the config leaves them out and the loss class requires them:
+``num_classes`` (``max label + 1`` at the loss's scale in the training split), ``embedding_size`` /
+``embedding_dim`` (the width of the head the term trains). A class with a ``from_labels`` constructor and a
+required ``class_paths`` argument (CSL) is built from the training label matrix.
 """
 
 from __future__ import annotations
