@@ -153,8 +153,9 @@ def test_bad_yaml_and_bad_overrides(tmp_path: Path) -> None:
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:
-    cfg = load_config(overrides=["model.num_heads=2", "model.head_dims=[64, 32]", "miner.name=X",
-                                 "miner.kwargs.epsilon=0.1", "extra_losses=[{name: A, head: shared, miner: {name: B}}]",
+    cfg = load_config(overrides=["model.num_heads=2", "model.head_dims=[64, 32]", "miner.name=BatchHardMiner",
+                                 "miner.kwargs.epsilon=0.1",
+                                 "extra_losses=[{name: MarginLoss, head: shared, miner: {name: MultiSimilarityMiner}}]",
                                  "optim.scheduler.name=multistep", "optim.scheduler.milestones=[3, 6]",
                                  "trainer.devices=[0, 1]", "data.options={images_per_class: 5}"])
     path = tmp_path / "run" / "config.yaml"
@@ -222,22 +223,46 @@ LOSSES = {"ProxyLoss": _Loss}
 MINERS = {"EpsMiner": _Miner}
 
 
+def _stand_in(*overrides: str, loss: str = "ProxyLoss", miner: str = "EpsMiner", **kwargs: object) -> Config:
+    """A config naming the stand-in registries' classes (built directly: load_config checks the names against the
+    real registries)."""
+    cfg = load_config(overrides=list(overrides))
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, name=loss, kwargs={**cfg.loss.kwargs, **kwargs}),
+                               miner=MinerConfig(miner, dict(cfg.miner.kwargs) if cfg.miner else {}))
+
+
 def test_component_validation_with_stand_in_registries() -> None:
-    cfg = load_config(overrides=["loss.name=ProxyLoss", "loss.kwargs.margin=0.3", "model.embedding_dim=64",
-                                 "miner.name=EpsMiner"])
+    cfg = _stand_in("loss.kwargs.margin=0.3", "model.embedding_dim=64")
     built = validate_components(cfg, losses=LOSSES, miners=MINERS, data_args={"num_classes": 10})
     assert built["loss"].args == (10, 64, 0.3) and built["miner"].epsilon == 0.1
     # Without the data, a loss needing num_classes is checked by name and keywords only.
     assert validate_components(cfg, losses=LOSSES, miners=MINERS)["loss"] is None
-    bad = [("loss.kwargs.marign=0.3", "loss.kwargs.marign", "did you mean 'margin'"),
-           ("loss.name=ProxyLos", "loss.name", "did you mean 'ProxyLoss'"),
-           ("loss.kwargs.margin=-1", "loss.kwargs", "margin must be >= 0"),
-           ("miner.kwargs.eps=1", "miner.kwargs.eps", "did you mean 'epsilon'")]
-    for override, key, hint in bad:
+    bad = [(_stand_in(marign=0.3), "loss.kwargs.marign", "did you mean 'margin'"),
+           (_stand_in(loss="ProxyLos"), "loss.name", "did you mean 'ProxyLoss'"),
+           (_stand_in(margin=-1), "loss.kwargs", "margin must be >= 0"),
+           (_stand_in("miner.name=MultiSimilarityMiner", "miner.kwargs.eps=1"), "miner.kwargs.eps",
+            "did you mean 'epsilon'")]
+    for bad_cfg, key, hint in bad:
         with pytest.raises(ConfigError) as info:
-            validate_components(load_config(overrides=["loss.name=ProxyLoss", "miner.name=EpsMiner", override]),
-                                losses=LOSSES, miners=MINERS, data_args={"num_classes": 3})
+            validate_components(bad_cfg, losses=LOSSES, miners=MINERS, data_args={"num_classes": 3})
         assert info.value.key == key and hint in str(info.value)
+
+
+@pytest.mark.parametrize(("override", "key", "hint"), [
+    ("loss.name=TripletMarginLos", "loss.name", "did you mean 'TripletMarginLoss'"),
+    ("miner.name=MultiSimilarityMiners", "miner.name", "did you mean 'MultiSimilarityMiner'"),
+    ("extra_losses=[{name: MarginLoss, miner: {name: NoMiner}}]", "extra_losses[0].miner.name", "available: "),
+    ("extra_losses=[{name: Margin}]", "extra_losses[0].name", "did you mean 'MarginLoss'"),
+])
+def test_loss_and_miner_names_are_checked_when_the_config_loads(tmp_path: Path, override: str, key: str,
+                                                                 hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert info.value.key == key and hint in str(info.value) and info.value.file == "<command line>"
+    path = _write(tmp_path / "c.yaml", "trainer:\n  max_epochs: 2\nloss:\n  name: TripletLoss\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == ("loss.name", 4) and "TripletMarginLoss" in str(info.value)
 
 
 def test_build_component_rekeys_input_errors() -> None:

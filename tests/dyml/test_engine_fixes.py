@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dynametric.config import config_from_dict
-from dynametric.engine.builders import _construct, build_components, build_datasets, carve_validation
+from dynametric.engine.builders import build_components, build_datasets, build_loss, carve_validation
 from dynametric.engine.module import parameter_groups
 from dynametric.errors import ConfigError
 from dynametric.losses import CSLLoss, MultiScaleLoss
@@ -26,22 +26,22 @@ def _cfg(loss: dict, **extra) -> object:
 
 @pytest.mark.parametrize("name", ["CosFaceLoss", "ArcFaceLoss"])
 def test_margin_softmax_num_classes_follow_label_scale_not_logit_scale(name: str) -> None:
-    loss = _construct(name, {"scale": 30.0}, "loss", LABELS, 4)  # logit scale 30: not a label column
+    loss = build_loss(name, {"scale": 30.0}, "loss", LABELS, 4)  # logit scale 30: not a label column
     assert loss.num_classes == 5 and loss.scale == 0 and loss.logit_scale == 30.0
-    loss = _construct(name, {"scale": 30.0, "label_scale": 2}, "loss", LABELS, 4)
+    loss = build_loss(name, {"scale": 30.0, "label_scale": 2}, "loss", LABELS, 4)
     assert loss.num_classes == 2 and loss.scale == 2
     value = loss(torch.nn.functional.normalize(torch.randn(5, 4), dim=1), LABELS)
     assert torch.isfinite(value)
     with pytest.raises(ConfigError) as err:
-        _construct(name, {"label_scale": 5}, "loss", LABELS, 4)
+        build_loss(name, {"label_scale": 5}, "loss", LABELS, 4)
     assert err.value.key == "loss.kwargs.label_scale"
 
 
 def test_optional_num_classes_keeps_its_default() -> None:
-    margin = _construct("MarginLoss", {"learn_beta": True}, "loss", LABELS, 4)
+    margin = build_loss("MarginLoss", {"learn_beta": True}, "loss", LABELS, 4)
     assert margin.num_classes is None  # one global beta, not one per class
     assert [p.numel() for p in margin.parameters()] == [1]
-    proxy = _construct("ProxyAnchorLoss", {"scale": 1}, "loss", LABELS, 4)
+    proxy = build_loss("ProxyAnchorLoss", {"scale": 1}, "loss", LABELS, 4)
     assert proxy.num_classes == 3  # required: filled from the loss's own label column
 
 
@@ -51,7 +51,7 @@ def test_gapped_training_ids_after_a_class_carve_out() -> None:
     train, val = carve_validation(full, 0.3, seed=1)
     ids = torch.unique(train.labels[:, 0])
     assert len(ids) == 7 and val is not None and set(ids.tolist()) != set(range(7))  # gaps: val classes removed
-    loss = _construct("CosFaceLoss", {}, "loss", train.labels, 4)
+    loss = build_loss("CosFaceLoss", {}, "loss", train.labels, 4)
     assert loss.num_classes == int(train.labels[:, 0].max()) + 1
     value = loss(torch.nn.functional.normalize(torch.randn(len(train.labels), 4), dim=1), train.labels)
     assert torch.isfinite(value)

@@ -114,3 +114,34 @@ def test_random_batch_sampler_shards_without_overlap():
     assert len(a) == len(b) == 4
     flat_a, flat_b = sum(a, []), sum(b, [])
     assert not set(flat_a) & set(flat_b) and len(set(flat_a) | set(flat_b)) == 40
+
+
+def test_runtime_settings_have_the_schema_defaults() -> None:
+    """OptimSettings / TrainerSettings built without a config mean what the default config means (they once
+    drifted: adamw vs adam, step vs epoch interval, step size 10 vs 30); only the monitor is stored resolved."""
+    from dataclasses import asdict
+
+    from dynametric.config import Config
+    from dynametric.engine.builders import optim_settings, trainer_settings
+    from dynametric.engine.module import OptimSettings
+    from dynametric.engine.trainer import TrainerSettings
+
+    from_config, plain = asdict(optim_settings(Config())), asdict(OptimSettings())
+    assert from_config.pop("monitor") == "val/finest/map@r" and plain.pop("monitor") == "val/fine/map@r"
+    assert from_config == plain and plain["optimizer"] == "adam" and plain["interval"] == "epoch"
+    from_config, plain = asdict(trainer_settings(Config())), asdict(TrainerSettings())
+    assert from_config.pop("monitor") == "finest/map@r" and plain.pop("monitor") == "fine/map@r"
+    assert from_config == plain and plain["precision"] == "32"
+
+
+def test_one_precision_check_for_config_and_settings() -> None:
+    from dynametric.engine.trainer import TrainerSettings, validate_settings
+
+    for value in ("64", 64, "bf16-mixed"):  # "64" used to pass the config and fail the trainer
+        load_config(overrides=[f"trainer.precision={value}"])
+        validate_settings(TrainerSettings(precision=str(value)))
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["trainer.precision=bf16"])
+    with pytest.raises(ConfigError) as again:
+        validate_settings(TrainerSettings(precision="bf16"))
+    assert info.value.message == again.value.message and again.value.key == "trainer.precision"

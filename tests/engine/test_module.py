@@ -66,7 +66,8 @@ def test_parameter_groups_have_their_own_lr_and_weight_decay():
 
 
 def test_lr_schedule_shapes():
-    f = lr_lambda(OptimSettings(scheduler="cosine", warmup_steps=4), total_steps=104, steps_per_epoch=10)
+    f = lr_lambda(OptimSettings(scheduler="cosine", warmup_steps=4, interval="step"), total_steps=104,
+                  steps_per_epoch=10)
     assert [f(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == pytest.approx(1.0) and f(54) == pytest.approx(0.5) and f(104) == pytest.approx(0.0, abs=1e-12)
     g = lr_lambda(OptimSettings(scheduler="step", step_size_epochs=2, gamma=0.5), total_steps=100, steps_per_epoch=10)
@@ -115,7 +116,7 @@ def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(caplog):
 
 
 def test_fit_writes_best_and_last_and_history(tmp_path):
-    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(lr=0.05),
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(optimizer="adamw", lr=0.05),
                                   evaluator=toy_evaluator, scale_names=["fine", "coarse"])
     dm = _dm()
     trainer = build_trainer(_settings(max_epochs=3), dm, tmp_path)
@@ -142,7 +143,7 @@ def _dm_with_test() -> MetricDataModule:
 
 def test_training_improves_the_toy_embedding():
     torch.manual_seed(0)
-    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(lr=0.05),
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(optimizer="adamw", lr=0.05),
                                   evaluator=toy_evaluator, scale_names=["fine", "coarse"])
     dm = MetricDataModule(ToyData(), ToyData(seed=0, augment=False),
                           batch_sampler_factory=lambda labels, r, w: ToySampler(labels), eval_batch_size=64)

@@ -35,7 +35,7 @@ def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1):
     embedder = ToyEmbedder()
     objectives = [Objective(PairLoss(), RandomPairMiner(), name="pair"),
                   Objective(ProxyLoss(6, 4), None, name="proxy", weight=0.5)]
-    optim = OptimSettings(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="cosine", warmup_steps=2,
+    optim = OptimSettings(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="cosine", warmup_steps=2, interval="step",
                           loss=GroupSettings(lr=0.2))
     module = MetricLearningModule(embedder, objectives, optim, evaluator=toy_evaluator, scale_names=["fine", "coarse"])
     dm = MetricDataModule(ToyData(), ToyData(seed=1, augment=False),

@@ -14,8 +14,8 @@ from dynametric.cli import main
 from dynametric.config import load_config
 from dynametric.engine.builders import build_components
 from dynametric.engine.checkpoint import load_checkpoint_file
-from dynametric.engine.sharing import AlternatingSharingModule, plan_from_config
 from dynametric.errors import ConfigError
+from dynametric.methods.sharing.alternating import AlternatingSharingModule, plan_from_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ALT = ROOT / "configs" / "sharing" / "synthetic-alternating.yaml"
@@ -170,7 +170,7 @@ def test_mic_resume_after_crash_matches_straight_run(tmp_path, monkeypatch):
 def test_unaugmented_view_matches_a_carved_training_set():
     from dynametric.data.splits import LabelledSubset
     from dynametric.engine.builders import build_datasets
-    from dynametric.engine.sharing import unaugmented_view
+    from dynametric.methods.sharing.alternating import unaugmented_view
 
     cfg = load_config(MIC, [*TINY, "data.val_split=null", "data.val_fraction=0.25"])
     datasets = build_datasets(cfg, with_test=False)

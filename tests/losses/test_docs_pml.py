@@ -10,7 +10,7 @@ import yaml
 from pytorch_metric_learning import losses as pml_losses
 
 from dynametric.config import LossConfig, MinerConfig
-from dynametric.engine.builders import _build_miner, build_loss_term
+from dynametric.engine.builders import build_loss_term, build_miner
 from dynametric.losses import MultiScaleLoss, PMLLoss, PMLMiner
 
 SECTION = Path(__file__).resolve().parents[2] / "docs" / "losses.md"
@@ -46,7 +46,7 @@ def test_yaml_example_builds():
     assert isinstance(loss, MultiScaleLoss) and loss.weights == [1.0, 0.5, 0.25]
     assert all(isinstance(m, PMLLoss) and m.loss.sub_centers == 3 for m in loss.losses)
     assert [m.loss.num_classes for m in loss.losses] == [6, 3, 2]
-    miner = _build_miner(MinerConfig(**cfg["miner"]), "miner")
+    miner = build_miner(MinerConfig(**cfg["miner"]), "miner")
     assert isinstance(miner, PMLMiner) and miner.miner.neg_strategy == "semihard"
     emb = torch.randn(12, 8)
     assert torch.isfinite(loss(emb, labels, [miner(emb, labels[:, s]) for s in range(3)]))

@@ -1,17 +1,22 @@
 """Config -> components: datasets, sampler factory, embedder, loss terms, module, trainer settings.
 
 The engine itself takes components by injection (:class:`~dynametric.engine.module.MetricLearningModule`,
-:class:`~dynametric.engine.data.MetricDataModule`); this module is the only place that reads a
-:class:`dynametric.config.Config`.
+:class:`~dynametric.engine.data.MetricDataModule`); this module (with the run, :mod:`dynametric.engine.run`, and the
+method plug-ins' config hooks, :mod:`dynametric.methods`) reads a :class:`dynametric.config.Config` and hands
+resolved objects down: components, :class:`~dynametric.engine.module.OptimSettings`,
+:class:`~dynametric.engine.trainer.TrainerSettings`.
 
-Loss construction fills three keyword arguments from the data and the model when the config leaves them out and
-the loss class accepts them: ``num_classes`` (``max label + 1`` at the loss's scale in the training split),
-``embedding_size`` / ``embedding_dim`` (the width of the head the term trains). A class with a ``from_labels``
-constructor and a required ``class_paths`` argument (CSL) is built from the training label matrix.
+:func:`build_component` is the one factory of configured losses and miners (names, keywords, data-dependent
+arguments, ``distance`` specs, errors keyed to the config). Loss construction (:func:`build_loss`) fills keyword
+arguments from the data and the model when the config leaves them out and the loss class requires them:
+``num_classes`` (``max label + 1`` at the loss's scale in the training split), ``embedding_size`` /
+``embedding_dim`` (the width of the head the term trains). A class with a ``from_labels`` constructor and a
+required ``class_paths`` argument (CSL) is built from the training label matrix.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import warnings
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynametric.config import Config, LossConfig, MinerConfig
 from dynametric.data.splits import LabelledSubset
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
@@ -31,8 +37,6 @@ from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError
 
 logger = logging.getLogger("dynametric.engine")
-
-_AUTO_DIM_ARGS = ("embedding_size", "embedding_dim")
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -59,7 +63,7 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
     return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
-def transform_for(cfg: Any, train: bool, size: int | None = None, *, for_images: bool = False) -> Any:
+def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_images: bool = False) -> Any:
     """The config's transform (``data.transform``; ``default`` = ``standard``), cropping to ``size`` if given, else
     ``data.image_size``.
 
@@ -87,14 +91,14 @@ def transform_for(cfg: Any, train: bool, size: int | None = None, *, for_images:
         raise ConfigError(str(exc.message), key="data.transform") from None
 
 
-def load_split(cfg: Any, split: str, train: bool) -> Any:
+def load_split(cfg: Config, split: str, train: bool) -> Any:
     from dynametric.data import build_dataset
 
     return build_dataset(cfg.data.format, cfg.data.root, split, transform=transform_for(cfg, train),
                          **dict(cfg.data.options))
 
 
-def available_splits(cfg: Any) -> list[str]:
+def available_splits(cfg: Config) -> list[str]:
     from dynametric.data import list_splits
 
     return list(list_splits(cfg.data.format, cfg.data.root, **dict(cfg.data.options)))
@@ -109,7 +113,7 @@ class Datasets:
     val_source: str
 
 
-def build_datasets(cfg: Any, *, with_test: bool = True) -> Datasets:
+def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
     """Train split (augmenting transform), validation (the format's own split or class-disjoint carve-out of the
     training classes; never the test split), test split (evaluation transform)."""
     data = cfg.data
@@ -165,7 +169,7 @@ class RandomBatchSampler:
             yield order[start:start + self.bs].tolist()
 
 
-def sampler_factory(cfg: Any) -> Callable[[torch.Tensor, int, int], Any]:
+def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
     data, seed = cfg.data, int(cfg.trainer.seed)
     opts = dict(data.sampler_options)
 
@@ -202,14 +206,14 @@ def sampler_factory(cfg: Any) -> Callable[[torch.Tensor, int, int], Any]:
 
 
 # ----------------------------------------------------------------------------------------------- model, losses
-def build_model(cfg: Any) -> nn.Module:
+def build_model(cfg: Config) -> nn.Module:
     from dynametric.config import embedder_kwargs
     from dynametric.models import build_embedder
 
     return build_embedder(**embedder_kwargs(cfg.model))
 
 
-def head_dims(cfg: Any, embedder: nn.Module) -> dict[str | None, int]:
+def head_dims(cfg: Config, embedder: nn.Module) -> dict[str | None, int]:
     """Output width of every head (``None``: the single output; ``"concat"``: all heads)."""
     was = embedder.training
     embedder.eval()
@@ -231,24 +235,92 @@ def head_dims(cfg: Any, embedder: nn.Module) -> dict[str | None, int]:
     return dims
 
 
-def _construct(name: str, kwargs: dict[str, Any], key: str, train_labels: torch.Tensor | None, dim: int,
+# ----------------------------------------------------------------------------------------------- the factory
+DATA_DEPENDENT_ARGS = ("num_classes", "embedding_size", "embedding_dim", "class_paths")
+"""Constructor arguments filled in from the data and the model when the config leaves them out (and the
+constructor requires them), not from the config."""
+
+
+def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwargs: Mapping[str, Any], key: str, *,
+                    construct: Callable[..., Any] | None = None, data_args: Mapping[str, Any] | None = None) -> Any:
+    """The one factory of configured components (losses, miners): check ``name`` and ``kwargs`` against
+    ``registry[name]`` and construct it; errors name ``<key>.name`` or ``<key>.kwargs.<arg>``.
+
+    Unknown names and keyword arguments are caught before construction (with the closest valid spelling).
+    Required arguments listed in :data:`DATA_DEPENDENT_ARGS` that ``kwargs`` lacks are taken from ``data_args``;
+    if one is still missing, nothing is constructed and ``None`` is returned (names and keywords were checked).
+    A ``distance`` given as a name or ``{name: ..., **kwargs}`` becomes a distance object
+    (``dynametric.losses.build_distance``). The object is built by ``construct(name, **kwargs)`` (default
+    ``registry[name](**kwargs)``); its errors (bad values) are re-raised as :class:`ConfigError` on
+    ``<key>.kwargs`` (``<key>.kwargs.<arg>`` when the error names one of the given arguments).
+    """
+    if name not in registry:
+        close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
+        hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
+                else f"; available: {', '.join(sorted(registry))}")
+        raise ConfigError(f"unknown name {name!r}{hint}", key=f"{key}.name")
+    factory = registry[name]
+    kwargs = dict(kwargs)
+    try:
+        sig: inspect.Signature | None = inspect.signature(factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        params = sig.parameters
+        named = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+        if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
+            for arg in kwargs:
+                if arg not in named:
+                    close = difflib.get_close_matches(arg, named, n=1, cutoff=0.6)
+                    raise ConfigError(f"{name} has no argument {arg!r}"
+                                      + (f"; did you mean {close[0]!r}?" if close
+                                         else f"; its arguments: {', '.join(named)}"),
+                                      key=f"{key}.kwargs.{arg}")
+        for arg in DATA_DEPENDENT_ARGS:
+            if arg in named and arg not in kwargs and params[arg].default is inspect.Parameter.empty:
+                if data_args is None or arg not in data_args:
+                    return None
+                kwargs[arg] = data_args[arg]
+    if isinstance(kwargs.get("distance"), (str, Mapping)):  # configs name distances: `cosine`, {name: ..., ...}
+        from dynametric.losses import build_distance
+
+        try:
+            kwargs["distance"] = build_distance(dict(kwargs["distance"]) if isinstance(kwargs["distance"], Mapping)
+                                                else kwargs["distance"], key=f"{key}.kwargs.distance")
+        except InputError as exc:
+            raise ConfigError(exc.message, key=f"{key}.kwargs.distance") from None
+    try:
+        if construct is None:
+            return factory(**kwargs)
+        return construct(name, **kwargs)
+    except InputError as exc:  # ConfigError included: re-key it under this config section
+        sub = exc.key.rsplit(".", 1)[-1] if exc.key else None
+        raise ConfigError(f"{name}: {exc.message}",
+                          key=f"{key}.kwargs.{sub}" if sub in kwargs else f"{key}.kwargs") from exc
+    except (TypeError, ValueError) as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in DATA_DEPENDENT_ARGS)
+        raise ConfigError(f"{name}({shown}) failed: {exc}", key=f"{key}.kwargs") from exc
+
+
+def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: torch.Tensor | None, dim: int | None,
                scale_offset: int | None = None) -> nn.Module:
-    from dynametric.config import build_component
+    """A configured loss through :func:`build_component`, its data-dependent arguments filled in: the head width
+    ``dim`` (``embedding_size`` / ``embedding_dim``), ``num_classes`` (``max label + 1`` in the training labels'
+    column: ``scale_offset``, else the loss's ``label_scale`` / ``scale`` keyword; a placeholder with a warning
+    when there are no labels, as in a dry run without data) and, for a class with a ``from_labels`` constructor
+    (CSL), ``class_paths`` from the training label matrix."""
     from dynametric.losses import LOSSES
 
     if name not in LOSSES:
         return build_component(LOSSES, name, kwargs, key)  # raises with a suggestion
     cls = LOSSES[name]
     params = inspect.signature(cls).parameters
-    kwargs = dict(kwargs)
-    for arg in _AUTO_DIM_ARGS:
-        if arg in params and arg not in kwargs and params[arg].default is inspect.Parameter.empty:
-            kwargs[arg] = dim
+    data_args: dict[str, Any] = {} if dim is None else {"embedding_size": dim, "embedding_dim": dim}
     # Only a *required* num_classes is filled: an optional one (MarginLoss: None = one global beta) keeps its default.
     if "num_classes" in params and "num_classes" not in kwargs and params["num_classes"].default is \
             inspect.Parameter.empty:
         if train_labels is None:
-            kwargs["num_classes"] = 2
+            data_args["num_classes"] = 2
             warnings.warn(f"{key}: num_classes unknown without the dataset; a placeholder is used (dry run only)",
                           stacklevel=2)
         else:
@@ -258,46 +330,99 @@ def _construct(name: str, kwargs: dict[str, Any], key: str, train_labels: torch.
             if not 0 <= col < train_labels.shape[1]:
                 raise ConfigError(f"label column {col} does not exist; the training labels have "
                                   f"{train_labels.shape[1]} scale(s)", key=f"{key}.kwargs.{col_arg}")
-            kwargs["num_classes"] = int(train_labels[:, col].max()) + 1
+            data_args["num_classes"] = int(train_labels[:, col].max()) + 1
+    construct = None
     if ("class_paths" in params and "class_paths" not in kwargs and hasattr(cls, "from_labels")
             and params["class_paths"].default is inspect.Parameter.empty):
         if train_labels is None:
-            fake = torch.tensor([[0, 0, 0], [1, 1, 1]])[:, : 3]
             warnings.warn(f"{key}: class paths unknown without the dataset; placeholder used (dry run only)",
                           stacklevel=2)
-            train_labels_for = fake
-        else:
-            train_labels_for = train_labels
-        size = kwargs.pop("embedding_size", dim)
-        return build_component({name: lambda **kw: cls.from_labels(train_labels_for, embedding_size=size, **kw)},
-                               name, kwargs, key)
-    return build_component(LOSSES, name, kwargs, key)
+            train_labels = torch.tensor([[0, 0, 0], [1, 1, 1]])
+        data_args["class_paths"] = train_labels  # from_labels turns the label matrix into the class paths
+
+        def construct(_name: str, class_paths: torch.Tensor, **kw: Any) -> nn.Module:
+            return cls.from_labels(class_paths, **kw)
+
+    return build_component(LOSSES, name, kwargs, key, construct=construct, data_args=data_args)
 
 
-def build_loss_term(term: Any, key: str, train_labels: torch.Tensor | None, dim: int, num_scales: int,
-                    chunks: Any = None) -> nn.Module:
-    if not term.multiscale:
-        return _construct(term.name, dict(term.kwargs), key, train_labels, dim)
-    from dynametric.losses import MultiScaleLoss
-
-    if term.scale_weights is not None and len(term.scale_weights) != num_scales:
-        raise ConfigError(f"expected {num_scales} weights (one per scale), got {len(term.scale_weights)}",
-                          key=f"{key}.scale_weights")
-    per_scale = [_construct(term.name, dict(term.kwargs), key, train_labels, dim, scale_offset=s)
-                 for s in range(num_scales)]
-    return MultiScaleLoss(per_scale, weights=term.scale_weights, chunks=chunks, num_scales=num_scales)
-
-
-def _build_miner(mcfg: Any, key: str) -> nn.Module | None:
+def build_miner(mcfg: MinerConfig | None, key: str) -> nn.Module | None:
+    """A configured miner through :func:`build_component` (``None`` when there is none)."""
     if mcfg is None:
         return None
-    from dynametric.config import build_component
     from dynametric.miners import MINERS
 
     return build_component(MINERS, mcfg.name, dict(mcfg.kwargs), key)
 
 
-def build_objectives(cfg: Any, embedder: nn.Module, train_labels: torch.Tensor | None,
+def build_loss_term(term: LossConfig, key: str, train_labels: torch.Tensor | None, dim: int | None,
+                    num_scales: int, chunks: Any = None) -> nn.Module:
+    """The loss of one ``loss`` / ``extra_losses[i]`` section (``multiscale``: one copy per scale)."""
+    if not term.multiscale:
+        return build_loss(term.name, dict(term.kwargs), key, train_labels, dim)
+    from dynametric.losses import MultiScaleLoss
+
+    if term.scale_weights is not None and len(term.scale_weights) != num_scales:
+        raise ConfigError(f"expected {num_scales} weights (one per scale), got {len(term.scale_weights)}",
+                          key=f"{key}.scale_weights")
+    per_scale = [build_loss(term.name, dict(term.kwargs), key, train_labels, dim, scale_offset=s)
+                 for s in range(num_scales)]
+    return MultiScaleLoss(per_scale, weights=term.scale_weights, chunks=chunks, num_scales=num_scales)
+
+
+def _head_dim(cfg: Config, head: str | None) -> int | None:
+    """The configured width of ``head`` (a pooled-feature head, ``embedding_dim: null``, has no static width)."""
+    from dynametric.models.embedder import default_head_names
+
+    model = cfg.model
+    dims = model.head_dims or [model.embedding_dim] * model.num_heads
+    names = model.head_names or list(default_head_names(model.num_heads))
+    if head == "concat":
+        return None if any(d is None for d in dims) else sum(d for d in dims if d is not None)
+    return dims[names.index(head)] if head in names else dims[0]
+
+
+def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]] | None = None,
+                        miners: Mapping[str, Callable[..., Any]] | None = None,
+                        data_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Construct every configured loss and miner once (through :func:`build_component`) to validate names and
+    free-form ``kwargs`` without a dataset or a model.
+
+    ``losses`` / ``miners`` default to ``dynametric.losses.LOSSES`` / ``dynametric.miners.MINERS`` (a
+    ``distance: cosine`` style value becomes a distance object). ``embedding_size`` / ``embedding_dim`` default to
+    the configured width of the term's head (a pooled-feature head, ``embedding_dim: null``, has no static
+    width); ``num_classes`` and ``class_paths`` come from ``data_args`` (without them, losses needing them are
+    checked by name and keywords only and map to ``None``). Returns the objects by dotted key (``loss``,
+    ``miner``, ``extra_losses[0]``, ``extra_losses[0].miner``); ``multiscale`` wrapping is left to the engine.
+    """
+    from dynametric.losses import LOSSES
+    from dynametric.miners import MINERS
+
+    losses = LOSSES if losses is None else losses
+    miners = MINERS if miners is None else miners
+
+    def loss_args(term: LossConfig) -> dict[str, Any]:
+        args = dict(data_args or {})
+        dim = _head_dim(cfg, term.head)
+        if dim is not None:
+            args.setdefault("embedding_size", dim)
+            args.setdefault("embedding_dim", dim)
+        return args
+
+    built: dict[str, Any] = {"loss": build_component(losses, cfg.loss.name, cfg.loss.kwargs, "loss",
+                                                     data_args=loss_args(cfg.loss))}
+    if cfg.miner is not None:
+        built["miner"] = build_component(miners, cfg.miner.name, cfg.miner.kwargs, "miner", data_args=data_args)
+    for i, term in enumerate(cfg.extra_losses):
+        key = f"extra_losses[{i}]"
+        built[key] = build_component(losses, term.name, term.kwargs, key, data_args=loss_args(term))
+        if term.miner is not None:
+            built[f"{key}.miner"] = build_component(miners, term.miner.name, term.miner.kwargs, f"{key}.miner",
+                                                    data_args=data_args)
+    return built
+
+
+def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tensor | None,
                      num_scales: int) -> list[Objective]:
     dims = head_dims(cfg, embedder)
     chunks = None
@@ -313,7 +438,7 @@ def build_objectives(cfg: Any, embedder: nn.Module, train_labels: torch.Tensor |
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks)
-        miner = _build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
+        miner = build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
         objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
     names = [o.name for o in objectives]
@@ -323,7 +448,7 @@ def build_objectives(cfg: Any, embedder: nn.Module, train_labels: torch.Tensor |
 
 
 # ----------------------------------------------------------------------------------------------- settings
-def optim_settings(cfg: Any) -> OptimSettings:
+def optim_settings(cfg: Config) -> OptimSettings:
     o = cfg.optim
     s = o.scheduler
     return OptimSettings(
@@ -336,7 +461,7 @@ def optim_settings(cfg: Any) -> OptimSettings:
         monitor=f"val/{cfg.trainer.monitor}", monitor_mode=cfg.trainer.monitor_mode)
 
 
-def trainer_settings(cfg: Any, *, progress_bar: bool | None = None) -> TrainerSettings:
+def trainer_settings(cfg: Config, *, progress_bar: bool | None = None) -> TrainerSettings:
     t = cfg.trainer
     return TrainerSettings(
         max_epochs=t.max_epochs, max_steps=-1 if t.max_steps is None else t.max_steps, precision=str(t.precision),
@@ -348,14 +473,14 @@ def trainer_settings(cfg: Any, *, progress_bar: bool | None = None) -> TrainerSe
         log_every_n_steps=t.log_every_n_steps, patience=t.patience)
 
 
-def eval_kwargs(cfg: Any) -> dict[str, Any]:
+def eval_kwargs(cfg: Config) -> dict[str, Any]:
     e = cfg.eval
     return {"metrics": None if e.metrics is None else list(e.metrics), "k_values": tuple(e.k_values),
             "distance": e.distance, "empty_queries": "count_as_zero" if e.empty_queries == "zero" else "exclude",
             "memory_budget_bytes": e.memory_budget_bytes}
 
 
-def check_monitor(cfg: Any, scale_names: Sequence[str]) -> None:
+def check_monitor(cfg: Config, scale_names: Sequence[str]) -> None:
     """The monitor's scale ('finest' / 'coarsest' resolved) must be one of the data's (its metric is checked when
     the config loads)."""
     from dynametric.engine.preflight import resolve_monitor
@@ -380,14 +505,14 @@ class Components:
     notes: list[str] = field(default_factory=list)
 
 
-def eval_head(cfg: Any) -> str | None:
+def eval_head(cfg: Config) -> str | None:
     """The head evaluated for model selection: the first of ``eval.heads``, else the single output / concat."""
     if cfg.model.num_heads == 1:
         return None
     return cfg.eval.heads[0] if cfg.eval.heads else "concat"
 
 
-def _assemble(cfg: Any, datasets: Datasets | None, num_scales: int | None, plan: Any) -> tuple[Any, ...]:
+def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, plan: Any) -> tuple[Any, ...]:
     """Embedder, objectives and LightningModule of ``cfg`` (the random draws come from the global torch RNG)."""
     embedder = build_model(cfg)
     if datasets is not None:
@@ -409,7 +534,7 @@ def _assemble(cfg: Any, datasets: Datasets | None, num_scales: int | None, plan:
     if plan is None:
         module = MetricLearningModule(embedder, objectives, optim_settings(cfg), **common)
     else:
-        from dynametric.engine.sharing import AlternatingSharingModule
+        from dynametric.methods.sharing.alternating import AlternatingSharingModule
 
         module = AlternatingSharingModule(embedder, objectives, optim_settings(cfg), plan=plan, **common)
     module.channels_last = use_channels_last(cfg, embedder)
@@ -420,21 +545,12 @@ def _assemble(cfg: Any, datasets: Datasets | None, num_scales: int | None, plan:
     return embedder, objectives, module, scale_names, cfg
 
 
-def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | None = None,
+def build_components(cfg: Config, *, datasets: Datasets | None, num_scales: int | None = None,
                      progress_bar: bool | None = None) -> Components:
-    if cfg.method.name == "dyml":  # the DyML test protocol (engine/dyml.py); validates method.kwargs
-        from dynametric.engine.dyml import protocol_from_config
+    from dynametric.methods import method_for
 
-        protocol_from_config(cfg)
-    plan = None
-    if cfg.method.name in ("sharing_alternating", "mic"):  # alternating class/shared steps (engine/sharing.py)
-        from dynametric.engine.sharing import plan_from_config
-
-        plan = plan_from_config(cfg)
-    elif cfg.method.name not in (None, "dyml"):
-        raise ConfigError(f"unknown method {cfg.method.name!r}; the engine's method hooks are dyml, "
-                          "sharing_alternating and mic (other methods are configured through loss/miner/model keys)",
-                          key="method.name")
+    method = method_for(cfg)  # the method plug-in (dynametric.methods): validates its keys, may ask for its module
+    plan = method.module_plan(cfg, method.validate(cfg))
     # The weights are drawn from trainer.seed on a forked RNG: the caller's global torch RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(int(cfg.trainer.seed))
@@ -443,7 +559,7 @@ def build_components(cfg: Any, *, datasets: Datasets | None, num_scales: int | N
                       scale_names)
 
 
-def trains_on_cuda(cfg: Any) -> bool:
+def trains_on_cuda(cfg: Config) -> bool:
     """Whether ``trainer.accelerator`` puts training on a CUDA GPU here (``auto`` / ``gpu`` / ``cuda`` with CUDA
     available)."""
     return str(cfg.trainer.accelerator).lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -456,14 +572,14 @@ def is_convolutional(model: nn.Module) -> bool:
     return total > 0 and conv * 2 >= total
 
 
-def use_channels_last(cfg: Any, embedder: nn.Module) -> bool:
+def use_channels_last(cfg: Config, embedder: nn.Module) -> bool:
     """``model.channels_last``, or (``None``) convolutional backbones when training on a CUDA GPU."""
     if cfg.model.channels_last is not None:
         return bool(cfg.model.channels_last)
     return trains_on_cuda(cfg) and is_convolutional(embedder)
 
 
-def _local_processes(cfg: Any) -> int:
+def _local_processes(cfg: Config) -> int:
     """Training processes on this machine: the number of ``trainer.devices`` (``auto`` / ``-1``: every GPU)."""
     devices = cfg.trainer.devices
     if isinstance(devices, (list, tuple)):
@@ -475,7 +591,7 @@ def _local_processes(cfg: Any) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def loader_settings(cfg: Any) -> dict[str, Any]:
+def loader_settings(cfg: Config) -> dict[str, Any]:
     """The DataLoader keywords of ``data.workers`` (``auto`` resolved), ``data.pin_memory`` (``None``: on for a
     CUDA GPU), ``data.persistent_workers`` and ``data.prefetch_factor``, for :class:`MetricDataModule`."""
     from dynametric.utils.device import auto_workers
@@ -488,5 +604,5 @@ def loader_settings(cfg: Any) -> dict[str, Any]:
             "persistent_workers": bool(d.persistent_workers), "prefetch_factor": int(d.prefetch_factor)}
 
 
-def root_missing(cfg: Any) -> bool:
+def root_missing(cfg: Config) -> bool:
     return cfg.data.format != "synthetic" and (cfg.data.root is None or not Path(cfg.data.root).exists())

@@ -30,12 +30,15 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dynametric.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 __all__ = [
     "DYML_METRICS",
@@ -330,11 +333,14 @@ def run_protocol(protocol: DyMLProtocol, embed: Callable[[Any], tuple[torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------ engine glue
-def protocol_from_config(cfg: Any) -> DyMLProtocol | None:
-    """The DyML protocol of a config (``method.name: dyml``), validated; ``None`` for other configs."""
-    if cfg.method.name != "dyml":
-        return None
-    return DyMLProtocol.from_kwargs(cfg.method.kwargs, key="method.kwargs")
+def protocol_from_config(cfg: Config) -> DyMLProtocol | None:
+    """The test protocol of a config's method (``method.name: dyml``: the DyML protocol), validated; ``None`` for a
+    method that tests with the ``eval`` section's protocol. Asks the method registry (:mod:`dynametric.methods`)."""
+    from dynametric.methods import method_for
+
+    method = method_for(cfg)
+    protocol: DyMLProtocol | None = method.test_protocol(method.validate(cfg))
+    return protocol
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from torch.utils.data import DataLoader
 from dynametric.engine.objective import select_head
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import auto_workers, autocast, check_loader_options, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 DECODE_MODES = ("cpu", "gpu", "auto")
 
@@ -194,7 +197,7 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
 class TrainedModel:
     """A configured model with a checkpoint's weights (CPU, eval mode, no grad) and where it came from."""
 
-    cfg: Any
+    cfg: Config
     model: nn.Module
     checkpoint: Path
     config_path: Path
@@ -213,7 +216,7 @@ def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
 
 
 def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
-                 head: str | None = None, cfg: Any = None) -> TrainedModel:
+                 head: str | None = None, cfg: Config | None = None) -> TrainedModel:
     """Build the configured embedder and load ``checkpoint`` into it (eval mode, parameters frozen).
 
     ``config`` defaults to ``config.yaml`` beside the checkpoint; an already loaded ``cfg`` may be passed instead.
@@ -247,7 +250,7 @@ class CheckpointEmbeddings:
     description: str
 
 
-def checkpoint_options(cfg: Any, options: InferenceOptions | None) -> InferenceOptions:
+def checkpoint_options(cfg: Config, options: InferenceOptions | None) -> InferenceOptions:
     """``options`` (default: ``auto`` device, fp32) with an unset batch size / worker count taken from the config's
     evaluation loader (``data.eval_batch_size``, ``data.workers``)."""
     from dataclasses import replace

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig
 from dynametric.engine.distributed import all_gather_no_grad, all_gather_with_grad, world_info
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError, DynametricError
@@ -30,12 +31,12 @@ class NonFiniteLossError(DynametricError):
     """The training loss became NaN/Inf (``trainer.nonfinite: stop``)."""
 
 
-@dataclass
-class GroupSettings:
-    """Learning rate / weight decay of one parameter group (``None``: use the optimizer-wide value)."""
+GroupSettings = ParamGroupConfig
+"""Learning rate / weight decay of one parameter group (``None``: use the optimizer-wide value): the schema's
+``optim.backbone`` / ``optim.head`` / ``optim.loss`` section itself."""
 
-    lr: float | None = None
-    weight_decay: float | None = None
+
+_OPTIM, _OPTIM_MONITOR_MODE = OptimConfig(), TrainerConfig().monitor_mode  # the schema's defaults, not our own
 
 
 @dataclass
@@ -48,26 +49,29 @@ class OptimSettings:
     ``step_size_epochs``); ``multistep`` (x ``gamma`` at each epoch in ``milestones``); ``plateau``
     (x ``gamma`` after ``step_size_epochs`` validations without improvement of ``monitor``).
     ``interval="epoch"`` makes cosine change once per epoch instead of every step.
+
+    Resolved from the ``optim`` config section by :func:`dynametric.engine.builders.optim_settings`; the defaults
+    are the schema's (``monitor`` holds the resolved scale name of the default data).
     """
 
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
+    optimizer: str = _OPTIM.name
+    lr: float = _OPTIM.lr
+    weight_decay: float = _OPTIM.weight_decay
+    momentum: float = _OPTIM.momentum
     kwargs: dict[str, Any] = field(default_factory=dict)
     backbone: GroupSettings = field(default_factory=GroupSettings)
     head: GroupSettings = field(default_factory=GroupSettings)
     loss: GroupSettings = field(default_factory=GroupSettings)
-    scheduler: str = "none"  # none | cosine | step | multistep | plateau
-    warmup_steps: int = 0
-    warmup_epochs: int = 0
-    step_size_epochs: int = 10
-    gamma: float = 0.1
+    scheduler: str = _OPTIM.scheduler.name  # none | cosine | step | multistep | plateau
+    warmup_steps: int = 0  # not a config key: for library callers
+    warmup_epochs: int = _OPTIM.scheduler.warmup_epochs
+    step_size_epochs: int = _OPTIM.scheduler.step_size
+    gamma: float = _OPTIM.scheduler.gamma
     milestones: list[int] = field(default_factory=list)
-    min_lr: float = 0.0
-    interval: str = "step"
+    min_lr: float = _OPTIM.scheduler.min_lr
+    interval: str = _OPTIM.scheduler.interval
     monitor: str = "val/fine/map@r"
-    monitor_mode: str = "max"
+    monitor_mode: str = _OPTIM_MONITOR_MODE
 
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,

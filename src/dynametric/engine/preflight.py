@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dynametric.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 SCALE_ALIASES = ("finest", "coarsest")
 
@@ -32,7 +35,7 @@ def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
     return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
 
 
-def with_resolved_monitor(cfg: Any, scale_names: Sequence[str]) -> Any:
+def with_resolved_monitor(cfg: Config, scale_names: Sequence[str]) -> Config:
     """A shallow copy of ``cfg`` whose ``trainer.monitor`` names a real scale (``cfg`` itself is unchanged)."""
     resolved = resolve_monitor(cfg.trainer.monitor, scale_names)
     if resolved == cfg.trainer.monitor:
@@ -58,7 +61,7 @@ def _fitting_values(batch_size: int, m: int, classes: int) -> list[str]:
     return out
 
 
-def check_batches(cfg: Any, train: Any, *, scale_names: Sequence[str] | None = None,
+def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None = None,
                   carved: bool = False) -> None:
     """Build the configured batch sampler on the training labels (one process) and re-raise a batch that cannot
     be drawn as a :class:`ConfigError` with values that work. ``carved``: validation classes were taken out of

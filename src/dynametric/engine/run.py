@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -40,9 +40,12 @@ from dynametric.engine.loggers import build_logger, log_figures, log_results, re
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import write_report
-from dynametric.engine.trainer import build_trainer
+from dynametric.engine.trainer import TrainerSettings, build_trainer, validate_settings
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.io import atomic_write_json, require_new_folder
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -73,21 +76,22 @@ def _launched_worker() -> bool:
     return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def default_run_dir(cfg: Any) -> Path:
+def default_run_dir(cfg: Config) -> Path:
     from dynametric.config import config_hash
 
     name = cfg.run.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg, 8)}"
     return Path(cfg.run.output_dir) / name
 
 
-def _eval_trainer(settings: Any, progress: bool) -> L.Trainer:
+def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
+    validate_settings(settings)
     return L.Trainer(accelerator=settings.accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
                      strategy=settings.strategy, precision=settings.precision, logger=False,
                      enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                      use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
 
 
-def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: Any,
+def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: TrainerSettings,
                    progress: bool, ckpt_path: str | None = None, trainer: L.Trainer | None = None) -> dict[str, Any]:
     """Embed ``dataset`` with ``module`` (optionally loading ``ckpt_path`` first) and evaluate it."""
     trainer = trainer or _eval_trainer(settings, progress)
@@ -97,8 +101,8 @@ def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: 
     return module.last_eval
 
 
-def _head_results(cfg: Any, module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: Any,
-                  progress: bool) -> dict[str, Any]:
+def _head_results(cfg: Config, module: MetricLearningModule, dm: MetricDataModule, dataset: Any,
+                  settings: TrainerSettings, progress: bool) -> dict[str, Any]:
     if cfg.model.num_heads == 1:
         return {}
     from dynametric.models import default_head_names
@@ -127,8 +131,8 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
         log(row)
 
 
-def _test_evaluator(cfg: Any, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
-                    settings: Any, progress: bool) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
+def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
+                    settings: TrainerSettings, progress: bool) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
     """``test(ckpt_path) -> metrics`` for the run: leave-one-out on the test split, query -> gallery
     (``eval.protocol: query_gallery``), or the DyML protocol (``method.name: dyml``)."""
     if dyml is None and cfg.eval.protocol == "leave_one_out":
@@ -172,7 +176,7 @@ def _test_evaluator(cfg: Any, dyml: Any, module: MetricLearningModule, dm: Metri
     return test, test
 
 
-def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
+def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] = print) -> RunResult:
     """Train, select on validation, test the best checkpoint, write metrics.json and report.html.
 
@@ -196,7 +200,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     from dynametric.engine.dyml import protocol_from_config
 
-    dyml = protocol_from_config(cfg)  # DyML configs test with their own protocol and splits (engine/dyml.py)
+    dyml = protocol_from_config(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
     datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
@@ -286,7 +290,7 @@ def run_training(cfg: Any, run_dir: str | Path, *, resume: bool = False, progres
     return RunResult(run_dir, metrics, info)
 
 
-def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
+def dry_run(cfg: Config, log: Callable[[str], None] = print) -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required.
 
     Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
@@ -296,7 +300,7 @@ def dry_run(cfg: Any, log: Callable[[str], None] = print) -> Components:
         return _dry_run(cfg, log)
 
 
-def _dry_run(cfg: Any, log: Callable[[str], None]) -> Components:
+def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     import dataclasses
 
     from dynametric.config import config_to_yaml

@@ -11,43 +11,47 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from dynametric.config.schema import OptimConfig, TrainerConfig, check_precision
 from dynametric.engine.callbacks import ResumeState
 from dynametric.engine.checkpoint import SafeCheckpointIO
 from dynametric.engine.data import MetricDataModule
 from dynametric.errors import ConfigError
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+_T, _O = TrainerConfig(), OptimConfig()  # the defaults below are the schema's: one default per choice
 
 
 @dataclass
 class TrainerSettings:
-    """Training-loop options (the ``trainer`` config section maps onto these)."""
+    """Training-loop options, resolved from the ``trainer`` config section (and ``optim.grad_clip``) by
+    :func:`dynametric.engine.builders.trainer_settings`. Defaults are the schema's; ``max_steps`` and
+    ``checkpoint_every_n_steps`` use Lightning's "off" values (``-1``, ``0``) where the schema says ``None``, and
+    ``monitor`` holds the resolved scale name (``finest`` -> ``fine`` for the default data)."""
 
-    max_epochs: int = 10
-    max_steps: int = -1
-    precision: str = "32-true"
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = None
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    val_every_n_epochs: int = 1
-    checkpoint_every_n_steps: int = 0
+    max_epochs: int = _T.max_epochs
+    max_steps: int = -1 if _T.max_steps is None else _T.max_steps
+    precision: str = str(_T.precision)
+    accumulate_grad_batches: int = _T.accumulate_grad_batches
+    gradient_clip_val: float | None = _O.grad_clip
+    accelerator: str = _T.accelerator
+    devices: int | str | list[int] = _T.devices  # type: ignore[assignment]
+    num_nodes: int = _T.num_nodes
+    strategy: str = _T.strategy
+    seed: int = _T.seed
+    deterministic: bool = _T.deterministic
+    val_every_n_epochs: int = _T.val_every
+    checkpoint_every_n_steps: int = _T.checkpoint_every_n_steps or 0
     monitor: str = "fine/map@r"
-    monitor_mode: str = "max"
-    nonfinite: str = "stop"
-    progress_bar: bool = True
-    log_every_n_steps: int = 10
-    patience: int | None = None
+    monitor_mode: str = _T.monitor_mode
+    nonfinite: str = _T.nonfinite
+    progress_bar: bool = _T.progress_bar
+    log_every_n_steps: int = _T.log_every_n_steps
+    patience: int | None = _T.patience
 
 
 def validate_settings(s: TrainerSettings) -> None:
-    if str(s.precision) not in PRECISIONS:
-        raise ConfigError(f"unknown precision {s.precision!r}; expected one of {list(PRECISIONS)}",
-                          key="trainer.precision")
+    """The checks of settings built without a config (a config's were made when it loaded), with the schema's
+    own rules (:func:`dynametric.config.schema.check_precision`)."""
+    s.precision = check_precision(s.precision, "trainer.precision")
     if s.accumulate_grad_batches < 1:
         raise ConfigError("must be >= 1", key="trainer.accumulate_grad_batches")
     if s.monitor_mode not in ("max", "min"):

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from dynametric.engine.inference import (
 )
 from dynametric.errors import ConfigError, InputError
 
+if TYPE_CHECKING:
+    from dynametric.config import Config
+
 
 def weights_digest(state: dict[str, torch.Tensor], length: int = 16) -> str:
     """SHA-256 over the sorted ``(name, dtype, shape, bytes)`` of a state dict: two checkpoints with the same
@@ -42,7 +45,7 @@ def weights_digest(state: dict[str, torch.Tensor], length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def eval_transform(cfg: Any, image_size: int | None = None) -> Callable[[Any], torch.Tensor]:
+def eval_transform(cfg: Config, image_size: int | None = None) -> Callable[[Any], torch.Tensor]:
     """The evaluation transform of a config (PIL image -> ``[C, H, W]`` tensor), as the engine evaluates.
 
     ``synthetic`` data with ``transform: default`` is a plain ``ToTensor`` of ``image_size`` square images (the

@@ -1,0 +1,64 @@
+"""Typed run configuration: the schema (:mod:`dynametric.config.schema`) and its loader
+(:mod:`dynametric.config.loader`: YAML files + dotted command-line overrides, validated section by section).
+
+A :class:`Config` is read once, at the top (``dynametric train``, :func:`load_config`); the engine's builders
+(:mod:`dynametric.engine.builders`) are the one place that turns it into components and runtime settings, and
+everything below them receives those resolved objects, not the config.
+
+``build_component`` and ``validate_components`` (the loss / miner factory) live in
+:mod:`dynametric.engine.builders`; they stay importable from here for existing callers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynametric.config.loader import (
+    apply_override,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    config_to_yaml,
+    load_config,
+    parse_value,
+    save_config,
+)
+from dynametric.config.schema import (
+    MODEL_TRAINING_KEYS,
+    PRECISIONS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    ExtraLossConfig,
+    LossConfig,
+    MethodConfig,
+    MinerConfig,
+    ModelConfig,
+    OptimConfig,
+    ParamGroupConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrainerConfig,
+    embedder_kwargs,
+    schema_keys,
+)
+
+_FACTORY = ("build_component", "validate_components", "DATA_DEPENDENT_ARGS")
+
+
+def __getattr__(name: str) -> Any:
+    """The component factory moved to the engine's builders; importing it from here still works (lazily, so that
+    the configuration layer does not import the engine)."""
+    if name in _FACTORY:
+        from dynametric.engine import builders
+
+        return getattr(builders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "MODEL_TRAINING_KEYS", "PRECISIONS", "Config", "DataConfig", "EvalConfig", "ExtraLossConfig", "LossConfig",
+    "MethodConfig", "MinerConfig", "ModelConfig", "OptimConfig", "ParamGroupConfig", "RunConfig", "SchedulerConfig",
+    "TrainerConfig", "apply_override", "config_from_dict", "config_hash", "config_to_dict", "config_to_yaml",
+    "embedder_kwargs", "load_config", "parse_value", "save_config", "schema_keys",
+]

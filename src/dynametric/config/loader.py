@@ -1,0 +1,380 @@
+"""Reading a run configuration: YAML files + dotted command-line overrides, validated against the schema.
+
+Resolution order: schema defaults ← YAML file (and the files it ``extends``) ← overrides such as
+``trainer.max_epochs=3 loss.name=TripletMarginLoss`` (values parsed as YAML: ``3`` is an int, ``[1, 10]`` a list,
+``null`` is None). An unknown key or a value of the wrong type raises :class:`~dynametric.errors.ConfigError`
+naming the dotted key (and the file and line when it came from a file) and suggesting the closest valid key; each
+section's own checks (:mod:`dynametric.config.schema`, loss and miner names included) run as it is read.
+
+The resolved :class:`Config` serialises to YAML (:func:`save_config`, :func:`config_to_yaml`) and back without loss,
+and :func:`config_hash` gives a stable hash of its content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from dynametric.config.schema import Config, _hints, _suggest, schema_keys
+from dynametric.errors import ConfigError
+from dynametric.utils.io import atomic_write_text
+
+# --------------------------------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as YAML 1.2 does."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that knows the loader's extra float form, so a string such as ``"0E0"`` is written quoted."""
+
+
+_FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X)
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+
+_YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    """Strings holding a Unicode line break (NEL, LS, PS) are written double-quoted, where YAML escapes them;
+    PyYAML's single-quoted form would fold a NEL into a space and the value would not load back."""
+    style = '"' if any(ch in value for ch in _YAML_LINE_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    """YAML text → (python object, {dotted key: 1-based line})."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=line) from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot construct
+        raise ConfigError(f"invalid YAML value ({type(exc).__name__}: {str(exc)[:120]})", file=file) from None
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node | None, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                if key in lines:  # PyYAML would silently keep the last value
+                    raise ConfigError(f"duplicate key (first given on line {lines[key]})", file=file,
+                                      line=k.start_mark.line + 1, key=key)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, f"{prefix}[{i}]")
+
+    walk(node, "")
+    return data, lines
+
+
+def parse_value(text: str) -> Any:
+    """Parse one override value as YAML (``3`` → 3, ``1e-5`` → 1e-05, ``[1, 2]`` → list, ``null`` → None)."""
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class _Source:
+    """Where raw values came from: per dotted key, a (file, line) pair for error messages."""
+
+    where: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+
+    def locate(self, key: str) -> tuple[str | None, int | None]:
+        probe = key
+        while probe:
+            if probe in self.where:
+                return self.where[probe]
+            parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+            probe = parent if parent != probe else ""
+        for known, loc in self.where.items():  # a section known only through one of its keys
+            if known.startswith((key + ".", key + "[")):
+                return loc
+        return None, None
+
+
+def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"'extends' cycle: {' -> '.join(str(p) for p in (*chain, path))}", file=path,
+                          key="extends")
+    if not path.is_file():
+        raise ConfigError("config file not found", file=path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a UTF-8 YAML file ({exc.reason} at byte {exc.start})", file=path) from None
+    data, lines = _parse_yaml(text, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of sections at the top level, got {type(data).__name__}", file=path)
+    base: dict[str, Any] = {}
+    parents = data.pop("extends", None)
+    if parents is not None:
+        if isinstance(parents, str):
+            parents = [parents]
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            raise ConfigError("expected a file path or a list of file paths", file=path, line=lines.get("extends"),
+                              key="extends")
+        for parent in parents:
+            base = _deep_merge(base, _read_file(path.parent / parent, source, (*chain, path)))
+    for key, line in lines.items():
+        source.where[key] = (str(path), line)
+    return _deep_merge(base, data)
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_@][A-Za-z0-9_@/\-]*)*$")
+
+
+def apply_override(raw: dict[str, Any], override: str, source: _Source | None = None) -> dict[str, Any]:
+    """Set ``a.b.c=value`` in the nested dict ``raw`` (in place; intermediate mappings are created)."""
+    if "=" not in override:
+        raise ConfigError(f"expected an override of the form section.key=value, got {override!r}",
+                          file="<command line>")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    if not _KEY_RE.match(key):
+        raise ConfigError(f"malformed dotted key in override {override!r}", file="<command line>", key=key)
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if child is not None and not isinstance(child, Mapping):
+                raise ConfigError(f"cannot set {key!r}: '{'.'.join(parts[:i + 1])}' is a value, not a section",
+                                  file="<command line>", key=key)
+            child = dict(child or {})
+            node[part] = child
+        node = child
+    node[parts[-1]] = parse_value(text)
+    if source is not None:
+        source.where[key] = ("<command line>", None)
+    return raw
+
+
+# --------------------------------------------------------------------------------------------------- typing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(arg)}"
+    if origin is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping (section)"
+    if tp is Any:
+        return "any value"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+class _Ctx:
+    def __init__(self, source: _Source) -> None:
+        self.source = source
+
+    def error(self, message: str, key: str) -> ConfigError:
+        file, line = self.source.locate(key)
+        return ConfigError(message, file=file, line=line, key=key)
+
+
+_NO_MATCH = object()
+
+
+def _coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
+    """Check ``value`` against type ``tp``; return it (ints widened to float, lists for tuples)."""
+    result = _try_coerce(value, tp, key, ctx)
+    if result is _NO_MATCH:
+        raise ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}", key)
+    return result
+
+
+def _try_coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        return None if value is None else _NO_MATCH
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        # Try exact-kind members first so that a section (dataclass) member reports its own inner errors.
+        for arg in args:
+            if dataclasses.is_dataclass(arg) and isinstance(value, Mapping):
+                return _build(arg, value, key, ctx)
+        for arg in args:
+            result = _try_coerce(value, arg, key, ctx)
+            if result is not _NO_MATCH:
+                return result
+        return _NO_MATCH
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, str) and value in choices:
+            return value
+        if isinstance(value, str):
+            raise ctx.error(f"expected one of {list(choices)}, got {value!r}" + _suggest(value, choices), key)
+        return _NO_MATCH
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, ctx) if isinstance(value, Mapping) else _NO_MATCH
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO_MATCH
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return _NO_MATCH
+        return float(value)
+    if tp is str:
+        return value if isinstance(value, str) else _NO_MATCH
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return _NO_MATCH
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, arg, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            return _NO_MATCH
+        key_tp, val_tp = typing.get_args(tp) or (str, Any)
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ctx.error(f"expected string keys, got {_describe(k)}", key)
+            out[k] = _coerce(v, val_tp, f"{key}.{k}", ctx)
+        return out
+    raise TypeError(f"unsupported schema type {tp!r} at {key}")  # a bug in the schema, not user input
+
+
+def _unknown_key_error(cls: type, name: str, key: str, ctx: _Ctx) -> ConfigError:
+    siblings = [f.name for f in dataclasses.fields(cls)]
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean '{parent}{close[0]}'?"
+    else:
+        # Maybe the key is valid in another section (e.g. optim.max_epochs → trainer.max_epochs).
+        all_keys = schema_keys()
+        by_leaf: dict[str, str] = {}
+        for k in all_keys:
+            by_leaf.setdefault(k.rsplit(".", 1)[-1], k)
+        leaf = name if name in by_leaf else next(iter(difflib.get_close_matches(name, list(by_leaf), n=1,
+                                                                                cutoff=0.75)), None)
+        hint = (f"did you mean '{by_leaf[leaf]}'?" if leaf is not None
+                else f"valid keys here: {', '.join(siblings)}")
+    return ctx.error(f"unknown key; {hint}", key)
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str, ctx: _Ctx) -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if not isinstance(name, str) or name not in names:
+            raise _unknown_key_error(cls, str(name), key, ctx)
+        kwargs[name] = _coerce(value, hints[name], key, ctx)
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            raise ctx.error(f"missing required key (expected {_type_name(hints[f.name])})", key)
+    obj = cls(**kwargs)
+    check = getattr(obj, "_validate", None)
+    if check is not None:
+        try:
+            check(prefix or "config")
+        except ConfigError as exc:
+            if exc.file is None and exc.key is not None:
+                raise ctx.error(exc.message, exc.key) from None
+            raise
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------- API
+
+
+def config_from_dict(raw: Mapping[str, Any], *, source: _Source | None = None) -> Config:
+    """Validate a nested dict (e.g. parsed YAML) against the schema; missing keys take their defaults."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a mapping of sections, got {type(raw).__name__}")
+    return _build(Config, raw, "", _Ctx(source or _Source()))
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults ← YAML file ``path`` (with its ``extends`` chain) ← dotted ``overrides``; validated."""
+    source = _Source()
+    raw: dict[str, Any] = {} if path is None else _read_file(Path(path), source)
+    for override in overrides:
+        apply_override(raw, override, source)
+    return config_from_dict(raw, source=source)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (lists, dicts, scalars) of a config: what :func:`save_config` writes."""
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically. ``load_config(path)`` gives back an equal config."""
+    atomic_write_text(path, config_to_yaml(cfg))
+
+
+def config_hash(cfg: Config, length: int = 16) -> str:
+    """Stable hex digest (SHA-256 of the canonical sorted-key JSON) of the resolved config.
+
+    Equal configs hash equally whatever the key order or the file they came from; any changed value changes it.
+    """
+    canonical = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
+

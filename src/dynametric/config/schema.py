@@ -1,0 +1,492 @@
+"""The run configuration's schema: one dataclass per section, each checking its own values (``_validate``).
+
+Every key and default is listed in ``docs/config.md``. Reading YAML files and overrides into these classes is
+:mod:`dynametric.config.loader`; turning a :class:`Config` into components is :mod:`dynametric.engine.builders`.
+The engine's runtime settings take their defaults from these sections (one default and one check per choice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dynametric.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class DataConfig:
+    """Dataset, transforms, sampler, validation split and loader settings."""
+
+    format: str = "synthetic"
+    """Dataset format for ``dynametric.data.build_dataset`` (``synthetic``, ``cub``, ``cars``, ``sop``, ``inshop``,
+    ``csv``, ``folder``, ``dyml``, … as the data layer registers them)."""
+    root: str | None = None
+    """Dataset root directory (not needed for ``synthetic``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Format-specific keyword arguments for ``build_dataset``."""
+    transform: str = "default"
+    """Transform preset for ``build_transform(preset, train)``; ``default`` lets the format choose."""
+    image_size: int | None = None
+    """Training/test crop size; ``None`` keeps the preset's own size."""
+    train_split: str = "train"
+    test_split: str = "test"
+    val_split: str | None = "auto"
+    """Validation data. A split name the format provides (``synthetic`` has ``val``) is used as is; ``auto`` uses
+    the format's own ``val`` split when it has one and otherwise behaves like ``None``; ``None`` carves validation
+    classes out of the training split: ``val_folds`` class-disjoint folds (fold ``val_fold`` validates, Reality
+    Check style) or else a ``val_fraction`` of the training classes (``0`` = no validation)."""
+    val_fraction: float = 0.2
+    val_folds: int | None = None
+    val_fold: int = 0
+    val_seed: int = 0
+    sampler: Literal["m_per_class", "three_scale", "hierarchical", "random"] = "m_per_class"
+    """Batch sampler: ``m_per_class`` | ``three_scale`` | ``hierarchical`` | ``random``."""
+    m: int = 4
+    """Samples per class in a batch (m_per_class / hierarchical); per-scale chunk size for three_scale."""
+    batch_size: int = 32
+    iterations_per_epoch: int | None = None
+    """Batches per epoch; ``None`` = the sampler's own epoch (every sample about once)."""
+    sampler_scale: int = 0
+    """Label column (scale) whose classes the m-per-class sampler balances."""
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    eval_batch_size: int = 128
+    workers: int | str = "auto"
+    """DataLoader worker processes, or ``auto``: ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
+    ``trainer.devices`` on this machine), else 0."""
+    pin_memory: bool | None = None
+    """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU."""
+    persistent_workers: bool = True
+    """Keep the worker processes between epochs (no start-up stall per epoch; only with workers > 0)."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead (only with workers > 0)."""
+
+    def _validate(self, key: str) -> None:
+        from dynametric.data.registry import FORMAT_NAMES
+        from dynametric.data.transforms import PRESETS
+
+        if self.format not in FORMAT_NAMES:
+            raise ConfigError(f"unknown dataset format {self.format!r}" + (_suggest(self.format, FORMAT_NAMES)
+                              or f"; valid formats: {', '.join(FORMAT_NAMES)}"), key=f"{key}.format")
+        presets = ["default", *PRESETS]
+        if self.transform not in presets:
+            raise ConfigError(f"unknown transform preset {self.transform!r}" + (_suggest(self.transform, presets)
+                              or f"; valid presets: {', '.join(presets)}"), key=f"{key}.transform")
+        _positive(self.batch_size, f"{key}.batch_size")
+        _positive(self.m, f"{key}.m")
+        _positive(self.eval_batch_size, f"{key}.eval_batch_size")
+        if isinstance(self.workers, str):
+            if self.workers != "auto":
+                raise ConfigError(f"expected a non-negative integer or 'auto', got {self.workers!r}",
+                                  key=f"{key}.workers")
+        else:
+            _non_negative(self.workers, f"{key}.workers")
+        _positive(self.prefetch_factor, f"{key}.prefetch_factor")
+        _non_negative(self.sampler_scale, f"{key}.sampler_scale")
+        if self.image_size is not None:
+            _positive(self.image_size, f"{key}.image_size")
+        if self.iterations_per_epoch is not None:
+            _positive(self.iterations_per_epoch, f"{key}.iterations_per_epoch")
+        if self.sampler in ("m_per_class", "hierarchical") and self.batch_size % self.m:
+            raise ConfigError(f"batch_size {self.batch_size} must be a multiple of m={self.m}",
+                              key=f"{key}.batch_size")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"expected a fraction in [0, 1), got {self.val_fraction}", key=f"{key}.val_fraction")
+        if self.val_folds is not None:
+            if self.val_folds < 2:
+                raise ConfigError(f"expected >= 2 folds or null, got {self.val_folds}", key=f"{key}.val_folds")
+            if not 0 <= self.val_fold < self.val_folds:
+                raise ConfigError(f"expected 0 <= val_fold < val_folds={self.val_folds}, got {self.val_fold}",
+                                  key=f"{key}.val_fold")
+
+
+@dataclass
+class ModelConfig:
+    """Keyword arguments of :func:`dynametric.models.build_embedder` (same names, same defaults except the
+    backbone: the default config trains ``simple_cnn`` on the synthetic data)."""
+
+    backbone: str = "simple_cnn"
+    pretrained: bool = False
+    pretrained_path: str | None = None
+    embedding_dim: int | None = 128
+    pooling: Literal["avg", "max", "avgmax", "catavgmax", "token"] = "avg"
+    normalize: bool = True
+    freeze_bn: bool = False
+    num_heads: int = 1
+    head_dims: list[int | None] | None = None
+    in_chans: int = 3
+    head_names: list[str] | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool | None = None
+    """Train in the channels_last memory format; ``None``: on for convolutional backbones on a CUDA GPU (not a
+    :func:`~dynametric.models.build_embedder` argument)."""
+
+    def _validate(self, key: str) -> None:
+        _positive(self.num_heads, f"{key}.num_heads")
+        _positive(self.in_chans, f"{key}.in_chans")
+        if self.embedding_dim is not None:
+            _positive(self.embedding_dim, f"{key}.embedding_dim")
+        if self.pretrained and self.pretrained_path is not None:
+            raise ConfigError("set either pretrained (download) or pretrained_path (local file), not both",
+                              key=f"{key}.pretrained_path")
+        for name, value in (("head_dims", self.head_dims), ("head_names", self.head_names)):
+            if value is not None and len(value) != self.num_heads:
+                raise ConfigError(f"expected {self.num_heads} entries (num_heads), got {len(value)}",
+                                  key=f"{key}.{name}")
+
+
+@dataclass
+class MinerConfig:
+    """A miner from ``dynametric.miners.MINERS`` and its constructor keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def _validate(self, key: str) -> None:
+        _known_name(self.name, "dynametric.miners", "MINERS", "miner", f"{key}.name")
+
+
+@dataclass
+class LossConfig:
+    """A loss from ``dynametric.losses.LOSSES``, its keyword arguments, and how it is applied.
+
+    ``multiscale: true`` wraps it in ``MultiScaleLoss`` (one copy per label scale, weighted by ``scale_weights``;
+    ``None`` = equal weights); otherwise the loss uses its own ``scale`` keyword (default 0, the finest).
+    ``head`` names the model head it trains (``None`` = the single output); ``weight`` multiplies the term.
+    """
+
+    name: str = "TripletMarginLoss"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    multiscale: bool = False
+    scale_weights: list[float] | None = None
+    head: str | None = None
+    weight: float = 1.0
+
+    def _validate(self, key: str) -> None:
+        _known_name(self.name, "dynametric.losses", "LOSSES", "loss", f"{key}.name")
+        if self.scale_weights is not None:
+            if not self.multiscale:
+                raise ConfigError("scale_weights needs multiscale: true", key=f"{key}.scale_weights")
+            if any(w < 0 for w in self.scale_weights) or not any(w > 0 for w in self.scale_weights):
+                raise ConfigError(f"expected non-negative weights, not all zero, got {self.scale_weights}",
+                                  key=f"{key}.scale_weights")
+
+
+@dataclass(kw_only=True)
+class ExtraLossConfig(LossConfig):
+    """An additional loss term (e.g. the shared-head loss of Sharing Matters) with its own miner; ``name`` is
+    required here (no default term is added silently)."""
+
+    name: str = field()  # explicit field(): a bare annotation would inherit LossConfig's default
+    miner: MinerConfig | None = None
+    term: str | None = None
+    """Name under which the term is logged (default: ``<name>@<head>``)."""
+
+
+@dataclass
+class ParamGroupConfig:
+    """Per-group overrides of ``optim.lr`` / ``optim.weight_decay`` (``None`` = inherit)."""
+
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule, stepped per epoch (or per optimisation step with ``interval: step``)."""
+
+    name: Literal["none", "step", "multistep", "cosine", "plateau"] = "none"
+    step_size: int = 30
+    gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    interval: Literal["epoch", "step"] = "epoch"
+
+    def _validate(self, key: str) -> None:
+        _positive(self.step_size, f"{key}.step_size")
+        _non_negative(self.warmup_epochs, f"{key}.warmup_epochs")
+        if self.name == "multistep" and not self.milestones:
+            raise ConfigError("scheduler 'multistep' needs milestones", key=f"{key}.milestones")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser with three parameter groups: ``backbone``, ``head`` and ``loss`` (learnable loss parameters:
+    proxies, margins β, class weights), each with its own lr / weight decay."""
+
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    """SGD / RMSprop momentum."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Further optimiser keyword arguments (``betas``, ``eps``, ``nesterov``, …)."""
+    backbone: ParamGroupConfig = field(default_factory=ParamGroupConfig)
+    head: ParamGroupConfig = field(default_factory=ParamGroupConfig)
+    loss: ParamGroupConfig = field(default_factory=ParamGroupConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value (``None`` = off)."""
+
+    def _validate(self, key: str) -> None:
+        _finite_non_negative(self.lr, f"{key}.lr", "learning rate")
+        _finite_non_negative(self.weight_decay, f"{key}.weight_decay", "weight decay")
+        _finite_non_negative(self.momentum, f"{key}.momentum", "momentum")
+        for name in ("backbone", "head", "loss"):
+            group: ParamGroupConfig = getattr(self, name)
+            if group.lr is not None:
+                _finite_non_negative(group.lr, f"{key}.{name}.lr", "learning rate")
+            if group.weight_decay is not None:
+                _finite_non_negative(group.weight_decay, f"{key}.{name}.weight_decay", "weight decay")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ConfigError(f"gradient clipping norm must be a positive finite number (or null = off), got "
+                              f"{self.grad_clip}", key=f"{key}.grad_clip")
+
+    def group_lr(self, group: Literal["backbone", "head", "loss"]) -> float:
+        value = getattr(self, group).lr
+        return self.lr if value is None else value
+
+    def group_weight_decay(self, group: Literal["backbone", "head", "loss"]) -> float:
+        value = getattr(self, group).weight_decay
+        return self.weight_decay if value is None else value
+
+
+PRECISIONS = ("32", "32-true", "64", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+
+
+def check_precision(value: int | str, key: str) -> str:
+    """``value`` as the string Lightning takes (YAML reads ``precision: 32`` as an int), if it is one of
+    :data:`PRECISIONS`: the one check of a training precision, for the config and for the engine's settings."""
+    text = str(value)
+    if text not in PRECISIONS:
+        raise ConfigError(f"expected one of {list(PRECISIONS)}, got {text!r}" + _suggest(text, PRECISIONS), key=key)
+    return text
+
+
+@dataclass
+class TrainerConfig:
+    """Training loop settings (Lightning ``Trainer`` arguments and dynametric's own)."""
+
+    max_epochs: int = 10
+    max_steps: int | None = None
+    """Stop after this many optimisation steps (``None`` = only ``max_epochs``)."""
+    precision: int | str = "32"
+    """``32`` | ``16-mixed`` | ``bf16-mixed`` | ``64`` | ``16-true`` | ``bf16-true`` (Lightning's names)."""
+    accumulate_grad_batches: int = 1
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    """``auto`` | ``ddp`` | ``ddp_spawn`` | … (Lightning strategy names)."""
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = 1
+    """Validate every N epochs."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A non-finite loss stops the run with the step named (``stop``) or skips the step with a counted warning."""
+    monitor: str = "finest/map@r"
+    """``<scale>/<metric>`` (or ``mean/<metric>``) of the validation metrics that selects the best checkpoint;
+    ``finest`` / ``coarsest`` stand for the dataset's first / last scale, whatever its name."""
+    monitor_mode: Literal["max", "min"] = "max"
+    patience: int | None = None
+    """Early stopping after this many validation rounds without improvement (``None`` = off)."""
+    checkpoint_every_n_steps: int | None = None
+    """Also write ``last.ckpt`` every N steps (``None``: at the end of every epoch only)."""
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    compile: bool = False
+    """``torch.compile`` the embedder for training (in place: checkpoints keep their keys)."""
+
+    def _validate(self, key: str) -> None:
+        _positive(self.max_epochs, f"{key}.max_epochs")
+        _positive(self.accumulate_grad_batches, f"{key}.accumulate_grad_batches")
+        _positive(self.val_every, f"{key}.val_every")
+        _positive(self.num_nodes, f"{key}.num_nodes")
+        _positive(self.log_every_n_steps, f"{key}.log_every_n_steps")
+        for name in ("max_steps", "patience", "checkpoint_every_n_steps"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"{key}.{name}")
+        self.precision = check_precision(self.precision, f"{key}.precision")
+        if "/" not in self.monitor:
+            raise ConfigError(f"expected '<scale>/<metric>' such as 'fine/map@r', got {self.monitor!r}",
+                              key=f"{key}.monitor")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings, passed to ``dynametric.metrics.evaluate_embeddings``."""
+
+    metrics: list[str] | None = None
+    """Metric names (``recall@K``, ``r_precision``, ``map@r``, ``map``, ``asi``, ``nmi``, ``f1``); ``None`` = the
+    evaluation engine's default set."""
+    k_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    distance: str = "cosine"
+    protocol: Literal["leave_one_out", "query_gallery"] = "leave_one_out"
+    """``leave_one_out``: every test item queries the rest (CUB, CARS, SOP); ``query_gallery``: fixed query and
+    gallery splits (In-Shop, DyML Vehicle/Animal)."""
+    query_split: str = "query"
+    gallery_split: str = "gallery"
+    query_in_gallery: bool = False
+    """``query_gallery`` only: whether a query may retrieve its own image from the gallery."""
+    heads: list[str] | None = None
+    """Heads to evaluate for multi-head models (plus ``concat``); ``None`` = every head and ``concat``."""
+    empty_queries: Literal["exclude", "zero"] = "exclude"
+    memory_budget_bytes: int | None = None
+
+    def _validate(self, key: str) -> None:
+        if not self.k_values or any(k < 1 for k in self.k_values):
+            raise ConfigError(f"expected positive k values, got {self.k_values}", key=f"{key}.k_values")
+        if self.memory_budget_bytes is not None:
+            _positive(self.memory_budget_bytes, f"{key}.memory_budget_bytes")
+
+
+@dataclass
+class MethodConfig:
+    """Method-specific options (PDDM, Sharing Matters / MIC, CSL …): ``name`` selects the engine's method hook,
+    ``kwargs`` are validated by that method."""
+
+    name: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """Where and under which name a run writes its folder (``<output_dir>/<name>``)."""
+
+    output_dir: str = "runs"
+    name: str | None = None
+    """Run folder name; ``None`` = a timestamp plus the config hash."""
+    report: bool = True
+    """Write ``report.html`` with curves, metric bars, embedding map and a retrieval gallery."""
+    logger: Literal["csv", "tensorboard", "wandb", "mlflow"] = "csv"
+    """Experiment logger (``tensorboard``, ``wandb``, ``mlflow`` need the extra of that name); it receives the loss,
+    per-scale validation/test metrics and the report's figures."""
+    logger_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the Lightning logger (e.g. wandb ``project``, ``offline``; mlflow ``tracking_uri``)."""
+
+
+@dataclass
+class Config:
+    """The whole run configuration. ``Config()`` is the default: ``simple_cnn`` on the synthetic hierarchy."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    miner: MinerConfig | None = None
+    extra_losses: list[ExtraLossConfig] = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def _validate(self, key: str) -> None:
+        heads = self.model.head_names or None
+        if self.model.num_heads > 1:
+            from dynametric.models.embedder import default_head_names
+
+            heads = heads or list(default_head_names(self.model.num_heads))
+        terms: list[tuple[str, LossConfig]] = [("loss", self.loss)]
+        terms += [(f"extra_losses[{i}]", t) for i, t in enumerate(self.extra_losses)]
+        for where, term in terms:
+            if term.head is None or term.head == "concat":
+                continue
+            if heads is None:
+                raise ConfigError(f"the model has a single head; head {term.head!r} needs model.num_heads > 1",
+                                  key=f"{where}.head")
+            if term.head not in heads:
+                raise ConfigError(f"unknown head {term.head!r}; the model's heads are {heads}"
+                                  + _suggest(term.head, heads), key=f"{where}.head")
+        self._validate_monitor()
+
+    def _validate_monitor(self) -> None:
+        """``trainer.monitor``'s metric must be one the validation rounds compute (eval.metrics, eval.k_values);
+        its scale is checked against the data's scale names when the run starts."""
+        from dynametric.metrics.evaluate import _parse_metrics
+
+        metric = self.trainer.monitor.split("/", 1)[1]
+        computed, *_ = _parse_metrics(self.eval.metrics, self.eval.k_values)
+        if metric not in computed:
+            raise ConfigError(f"monitor metric {metric!r} is not computed by validation; expected one of {computed} "
+                              "after the scale (eval.metrics and eval.k_values choose them)"
+                              + _suggest(metric, computed),
+                              key="trainer.monitor")
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _positive(value: int, key: str) -> None:
+    if value < 1:
+        raise ConfigError(f"expected a positive integer, got {value}", key=key)
+
+
+def _finite_non_negative(value: float, key: str, what: str) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value}", key=key)
+
+
+def _non_negative(value: int, key: str) -> None:
+    if value < 0:
+        raise ConfigError(f"expected a non-negative integer, got {value}", key=key)
+
+
+def _known_name(name: str, module: str, registry: str, kind: str, key: str) -> None:
+    """``name`` must be in the registry ``module.registry`` (``LOSSES``, ``MINERS``): checked when the config loads,
+    before any data is read; the keyword arguments are checked when the engine builds the component."""
+    import importlib
+
+    names = getattr(importlib.import_module(module), registry)
+    if name not in names:
+        close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+        hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
+                else f"; available: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown {kind} {name!r}{hint}", key=key)
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Resolved field types of a schema dataclass (memoised: the schema is fixed at import)."""
+    return typing.get_type_hints(cls)
+
+
+def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (sections and leaves), e.g. ``trainer.max_epochs``."""
+    cls = Config if cls is None else cls
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        tp = _hints(cls)[f.name]
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        if dataclasses.is_dataclass(tp):
+            inner = [tp]
+        for sub in inner:
+            keys += schema_keys(sub, key + ".")
+    return keys
+
+
+
+def embedder_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """``build_embedder(**embedder_kwargs(cfg.model))`` (every model key but the training-only ones)."""
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_TRAINING_KEYS}
+
+
+MODEL_TRAINING_KEYS = ("channels_last",)
+"""``model`` keys that say how the model is trained, not how it is built (not ``build_embedder`` arguments)."""
+
+

@@ -1,0 +1,53 @@
+"""What a method plug-in is: the hooks the engine's builders and run call for ``method.name``.
+
+A method is a small object in :data:`dynametric.methods.METHODS` (its key is the ``method.name`` a config gives);
+it checks its own keys (``method.kwargs`` and whatever it requires of the rest of the config), says which training
+module it needs (the standard :class:`~dynametric.engine.module.MetricLearningModule`, or the alternating module
+with a plan) and which test protocol it uses (the ``eval`` section's, or its own). Its losses, miners and models are
+ordinary components in ``losses/``, ``miners/`` and ``models/``, named by the config's ``loss`` / ``miner`` /
+``extra_losses`` / ``model`` keys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dynametric.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
+
+
+class Method:
+    """A method plug-in. Subclasses set :attr:`name` and override what they change; the defaults are the standard
+    run: no options, the standard module, the ``eval`` section's test protocol."""
+
+    name: str | None = None
+    summary: str = ""
+
+    def validate(self, cfg: Config) -> Any:
+        """Check ``method.kwargs`` (and the keys this method needs elsewhere in ``cfg``); return its resolved
+        settings, handed back to :meth:`module_plan` and :meth:`test_protocol`. Errors name the dotted key."""
+        for arg in cfg.method.kwargs:
+            raise ConfigError(f"method {self.name!r} takes no options", key=f"method.kwargs.{arg}")
+        return None
+
+    def module_plan(self, cfg: Config, settings: Any) -> Any:
+        """``None``: the standard module; else the plan of the alternating class / shared steps
+        (:class:`dynametric.methods.sharing.alternating.HookPlan`)."""
+        return None
+
+    def test_protocol(self, settings: Any) -> Any:
+        """``None``: the ``eval`` section's protocol (leave-one-out or query -> gallery); else the method's own
+        (:class:`dynametric.engine.dyml.DyMLProtocol`)."""
+        return None
+
+
+class Standard(Method):
+    """``method.name: null``: the standard run (every method-specific choice is a loss / miner / model key).
+    Its ``method.kwargs`` are not read."""
+
+    summary = "the standard engine path"
+
+    def validate(self, cfg: Config) -> Any:
+        return None

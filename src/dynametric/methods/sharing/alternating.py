@@ -1,0 +1,336 @@
+"""Alternating class / shared steps in the engine: Sharing Matters' ``alternating`` combination and the MIC
+clustering route (Milbich et al., TPAMI 2020; Roth, Brattoli, Ommer, ICCV 2019).
+
+Two method plug-ins (``method.name`` in a config; :mod:`dynametric.methods`) train on this module:
+
+* ``sharing_alternating``: t* (or any miner) on the TRUE labels for the shared head, drawn on its own
+  class-balanced batch;
+* ``mic``: surrogate labels for the shared head from k-means of per-class-standardised backbone-layer features
+  (:class:`dynametric.methods.mic.SurrogateLabeler`), re-clustered on the shared embedding every
+  ``recluster_every`` epochs; shared batches carry MIC's label noise.
+
+Per training iteration (Lightning manual optimisation, :class:`AlternatingSharingModule`):
+
+1. class step on the class-balanced batch of the data loader: ``L = sum_class w_i L_i (+ rho L_adv if
+   adv_step == "class")``; its own forward, backward, optimizer step;
+2. with probability ``p_aux`` a shared step on its own batch (``batch_size // m_shared`` classes or clusters x
+   ``m_shared`` images): ``L = sum_shared w_i L_i (+ rho L_adv if adv_step == "shared")``; its own
+   forward, backward, optimizer step.
+
+The loss terms come from the config as usual and are assigned by their ``head``: terms on the class head
+(``class_head``, default ``class``) form the class step, terms on the shared head the shared step, and terms on
+the ``concat`` head (:class:`~dynametric.models.sharing.DecorrelationLoss`) ride on ``adv_step``.
+One optimizer (the engine's parameter groups) takes both steps; a step-interval LR schedule advances once per
+iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration).
+
+Resume: a checkpoint stores the hook's RNG state (p_aux draws and shared batches), the surrogate labels, the
+clustering history and the step counters; the default path's exact-resume machinery (sampler position, global RNG)
+is unchanged. A resume from a mid-epoch ``last.ckpt`` reproduces the straight run exactly (tested); a re-clustering
+already done in the interrupted epoch is not repeated. MIC's features and re-clustering embeddings use the training
+images with the evaluation transform (:func:`unaugmented_view`). The
+hooks run on one process (DDP refused), without gradient clipping or gradient accumulation, and without the
+``plateau`` schedule (Lightning does not combine them with manual optimisation here).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from dynametric.engine.module import MetricLearningModule
+from dynametric.engine.objective import Objective, compute_objective, select_head
+from dynametric.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
+
+logger = logging.getLogger("dynametric.engine")
+
+@dataclass
+class AlternatingSettings:
+    """``method.kwargs`` of ``method.name: sharing_alternating`` (MIC: :class:`dynametric.methods.mic.MICSettings`).
+
+    ``p_aux``: probability of a shared step per iteration; ``adv_step``: the step carrying the decorrelation term;
+    ``m_shared``: images per class in a shared batch (``None``: ``data.m``); ``shared_batch_size`` (``None``:
+    ``data.batch_size``); ``class_head`` / ``shared_head``: the heads the two steps train."""
+
+    p_aux: float = 0.8
+    adv_step: str = "shared"
+    m_shared: int | None = None
+    shared_batch_size: int | None = None
+    class_head: str = "class"
+    shared_head: str = "shared"
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], key: str = "method.kwargs") -> AlternatingSettings:
+        names = {f.name for f in fields(cls)}
+        for name in kwargs:
+            if name not in names:
+                raise ConfigError(f"unknown sharing_alternating option {name!r}; expected one of {sorted(names)}",
+                                  key=f"{key}.{name}")
+        out = cls(**dict(kwargs))
+        checks = [
+            ("p_aux", isinstance(out.p_aux, (int, float)) and 0.0 <= float(out.p_aux) <= 1.0, "a probability"),
+            ("adv_step", out.adv_step in ("shared", "class", "both"), "'shared', 'class' or 'both'"),
+            ("m_shared", out.m_shared is None or (isinstance(out.m_shared, int) and out.m_shared >= 2),
+             "an integer >= 2 or null"),
+            ("shared_batch_size", out.shared_batch_size is None
+             or (isinstance(out.shared_batch_size, int) and out.shared_batch_size >= 4), "an integer >= 4 or null"),
+            ("class_head", isinstance(out.class_head, str) and bool(out.class_head), "a head name"),
+            ("shared_head", isinstance(out.shared_head, str) and bool(out.shared_head), "a head name"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"expected {expected}, got {getattr(out, name)!r}", key=f"{key}.{name}")
+        return out
+
+
+@dataclass
+class HookPlan:
+    """Everything :class:`AlternatingSharingModule` needs besides the usual module arguments."""
+
+    name: str
+    p_aux: float
+    adv_step: str
+    class_head: str
+    shared_head: str
+    m_shared: int
+    shared_batch_size: int
+    seed: int
+    mic: Any = None  # MICSettings for ``mic``
+    unaugmented: Callable[[Any], Any] | None = None  # train set -> the same images with the evaluation transform
+
+
+def unaugmented_view(cfg: Config) -> Callable[[Any], Any]:
+    """``train_set -> same items in the same order, evaluation transform`` (MIC clusters un-augmented images)."""
+
+    def make(train: Any) -> Any:
+        from dynametric.data.splits import LabelledSubset
+        from dynametric.engine.builders import load_split
+
+        full = load_split(cfg, cfg.data.train_split, train=False)
+        view = LabelledSubset(full, train.indices, "train") if hasattr(train, "indices") else full
+        if len(view) != len(train) or not torch.equal(torch.as_tensor(view.labels), torch.as_tensor(train.labels)):
+            raise ConfigError("the un-augmented training set does not match the training set", key="data")
+        return view
+
+    return make
+
+
+def check_alternating(cfg: Config, name: str) -> None:
+    """What the alternating module needs of the rest of the config (both ``sharing_alternating`` and ``mic``):
+    two heads, one process, no gradient clipping or accumulation, no plateau schedule."""
+    t = cfg.trainer
+    if cfg.model.num_heads != 2:
+        raise ConfigError(f"method {name!r} needs a two-head model (model.num_heads: 2), got {cfg.model.num_heads}",
+                          key="model.num_heads")
+    if str(t.devices) not in ("1", "cpu") or int(t.num_nodes) != 1:
+        raise ConfigError(f"method {name!r} runs on one process; set trainer.devices: 1", key="trainer.devices")
+    if cfg.optim.grad_clip is not None:
+        raise ConfigError(f"method {name!r} (manual optimisation) does not support gradient clipping",
+                          key="optim.grad_clip")
+    if int(t.accumulate_grad_batches) != 1:
+        raise ConfigError(f"method {name!r} (manual optimisation) needs accumulate_grad_batches: 1",
+                          key="trainer.accumulate_grad_batches")
+    if cfg.optim.scheduler.name == "plateau":
+        raise ConfigError(f"method {name!r} does not support the plateau schedule", key="optim.scheduler.name")
+
+
+def plan_from_config(cfg: Config) -> HookPlan | None:
+    """The alternating module's plan of a config, validated (``None``: the method, if any, trains on the standard
+    module); asks the method registry (:func:`dynametric.methods.method_for`)."""
+    from dynametric.methods import method_for
+
+    method = method_for(cfg)
+    plan: HookPlan | None = method.module_plan(cfg, method.validate(cfg))
+    return plan
+
+
+def split_objectives(objectives: Sequence[Objective], plan: HookPlan
+                     ) -> tuple[list[Objective], list[Objective], list[Objective]]:
+    """``(class-head terms, shared-head terms, concat-head terms)``; the last (the decorrelation term) ride on
+    ``adv_step``. A term on any other head is a ConfigError."""
+    cls_terms, shared_terms, adv_terms = [], [], []
+    for o in objectives:
+        if o.head == "concat":
+            adv_terms.append(o)
+        elif o.head == plan.class_head:
+            cls_terms.append(o)
+        elif o.head == plan.shared_head:
+            shared_terms.append(o)
+        else:
+            raise ConfigError(f"loss term {o.name!r} is on head {o.head!r}; method {plan.name!r} assigns terms to "
+                              f"the class head {plan.class_head!r}, the shared head {plan.shared_head!r} or the "
+                              "concat head (decorrelation, on adv_step)", key="extra_losses")
+    if not cls_terms or not shared_terms:
+        raise ConfigError(f"method {plan.name!r} needs at least one loss term on head {plan.class_head!r} and one "
+                          f"on head {plan.shared_head!r}", key="extra_losses")
+    return cls_terms, shared_terms, adv_terms
+
+
+class AlternatingSharingModule(MetricLearningModule):
+    """:class:`MetricLearningModule` with alternating class / shared steps (manual optimisation).
+
+    Counters: ``class_steps``, ``shared_steps``; MIC: ``labeler`` (:class:`~dynametric.methods.mic.SurrogateLabeler`,
+    its ``history`` lists ``(epoch, source)`` of every clustering)."""
+
+    def __init__(self, embedder: nn.Module, objectives: Sequence[Objective], optim: Any = None, *,
+                 plan: HookPlan, **kwargs: Any) -> None:
+        super().__init__(embedder, objectives, optim, **kwargs)
+        self.automatic_optimization = False
+        self.plan = plan
+        self.class_terms, self.shared_terms, self.adv_terms = split_objectives(self.objectives, plan)
+        if plan.shared_batch_size % plan.m_shared:
+            raise ConfigError(f"shared batch size {plan.shared_batch_size} must be a multiple of m_shared "
+                              f"{plan.m_shared}", key="method.kwargs.m_shared")
+        self.rng = torch.Generator().manual_seed(plan.seed + 7919)
+        self.class_steps = 0
+        self.shared_steps = 0
+        self.labeler: Any = None
+        self._unaugmented: Any = None
+        if plan.mic is not None:
+            from dynametric.methods.mic import SurrogateLabeler
+
+            self.labeler = SurrogateLabeler(plan.mic.num_clusters, plan.mic.recluster_every, plan.mic.standardise,
+                                            seed=plan.seed)
+
+    # ----------------------------------------------------------------- data access
+    def _train_set(self) -> Any:
+        dm = getattr(self.trainer, "datamodule", None)
+        ds = getattr(dm, "train_set", None)
+        if ds is None:
+            raise ConfigError(f"method {self.plan.name!r} needs the training set (MetricDataModule.train_set)",
+                              key="data")
+        return ds
+
+    def _train_labels(self) -> torch.Tensor:
+        labels = torch.as_tensor(self._train_set().labels)
+        return labels.unsqueeze(1) if labels.dim() == 1 else labels
+
+    def _images(self, indices: torch.Tensor, dataset: Any = None) -> torch.Tensor:
+        ds = self._train_set() if dataset is None else dataset
+        return torch.stack([ds[int(i)][0] for i in indices]).to(self.device)
+
+    def _feature_set(self) -> Any:
+        """The training set with the evaluation transform (cached; not part of the checkpoint)."""
+        if self._unaugmented is None:
+            train = self._train_set()
+            self._unaugmented = train if self.plan.unaugmented is None else self.plan.unaugmented(train)
+        return self._unaugmented
+
+    def _embed_train(self, which: str) -> torch.Tensor:
+        """Training-set features in dataset order (un-augmented images, eval mode, no grad): ``which`` =
+        ``"layer"`` (MIC's initial features at ``feature_layer``) or ``"shared"`` (the shared head)."""
+        from dynametric.methods.mic import layer_features
+
+        dataset = self._feature_set()
+        n = len(dataset)
+        bs = max(1, int(getattr(self.trainer.datamodule, "eval_batch_size", 128)))
+        was = self.embedder.training
+        self.embedder.eval()
+        out = []
+        try:
+            with torch.no_grad():
+                for start in range(0, n, bs):
+                    images = self._images(torch.arange(start, min(n, start + bs)), dataset)
+                    if which == "layer":
+                        out.append(layer_features(self.embedder, images, self.plan.mic.feature_layer).cpu())
+                    else:
+                        out.append(select_head(self.embedder(images), self.plan.shared_head).float().cpu())
+        finally:
+            self.embedder.train(was)
+        return torch.cat(out)
+
+    def _shared_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from dynametric.methods.mic import sample_surrogate_batch
+
+        per = self.plan.m_shared
+        groups = self.plan.shared_batch_size // per
+        if self.labeler is not None:
+            assert self.labeler.labels is not None
+            idx, lab, _ = sample_surrogate_batch(self.labeler.labels, groups, per, self.plan.mic.label_noise,
+                                                 generator=self.rng, noise_per=self.plan.mic.label_noise_per)
+            return self._images(idx), lab.unsqueeze(1).to(self.device)
+        labels = self._train_labels()
+        idx, _, _ = sample_surrogate_batch(labels[:, 0], groups, per, 0.0, generator=self.rng)
+        return self._images(idx), labels[idx].to(self.device)
+
+    # ----------------------------------------------------------------- clustering schedule
+    def on_train_epoch_start(self) -> None:
+        if self.labeler is None:
+            return
+        epoch = int(self.current_epoch)
+        if self.labeler.labels is None:
+            self.labeler.initial(self._embed_train("layer"), self._train_labels()[:, 0])
+            logger.info("MIC: initial clustering into %d surrogate classes", self.labeler.num_clusters)
+        done = {e for e, _ in self.labeler.history if e == epoch and epoch > 0}
+        if not done and self.labeler.maybe_recluster(epoch, lambda: self._embed_train("shared")):
+            logger.info("MIC: re-clustered the shared embedding at epoch %d", epoch)
+
+    # ----------------------------------------------------------------- training
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, terms_list: list[Objective], where: str,
+              batch_idx: int) -> dict[str, torch.Tensor] | None:
+        opt = self.optimizers()
+        total, terms = compute_objective(self.embedder(images), labels, terms_list)
+        if self._skip_nonfinite(total, terms, batch_idx, step=where):
+            return None
+        opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+        self.manual_backward(total)
+        opt.step()  # type: ignore[union-attr]
+        terms[f"{where}_total"] = total.detach()
+        return terms
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
+        images, labels = self.batch_images(batch), batch[1]
+        adv_class = self.adv_terms if self.plan.adv_step in ("class", "both") else []
+        adv_shared = self.adv_terms if self.plan.adv_step in ("shared", "both") else []
+        logged: dict[str, torch.Tensor] = {}
+        out = self._step(images, labels, self.class_terms + adv_class, "class", batch_idx)
+        if out is not None:
+            self.class_steps += 1
+            logged.update(out)
+        if float(torch.rand((), generator=self.rng)) < self.plan.p_aux:
+            s_images, s_labels = self._shared_batch()
+            out = self._step(s_images, s_labels, self.shared_terms + adv_shared, "shared", batch_idx)
+            if out is not None:
+                self.shared_steps += 1
+                logged.update(out)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()  # type: ignore[union-attr]
+        if "class_total" in logged:
+            value = logged["class_total"]
+            every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
+            if batch_idx % every == 0:
+                self.loss_history.append([float(self.global_step), float(value)])
+            self.log("train/loss", value, prog_bar=True, on_step=True, on_epoch=True, batch_size=labels.shape[0])
+        for name, value in logged.items():
+            if name != "class_total":
+                self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=labels.shape[0])
+
+    # ----------------------------------------------------------------- checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        state: dict[str, Any] = {"rng": self.rng.get_state(), "class_steps": self.class_steps,
+                                 "shared_steps": self.shared_steps}
+        if self.labeler is not None:
+            state["surrogate_labels"] = self.labeler.labels
+            state["clustering_history"] = [list(h) for h in self.labeler.history]
+        checkpoint["dynametric_sharing"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("dynametric_sharing")
+        if not state:
+            return
+        self.rng.set_state(state["rng"])
+        self.class_steps = int(state.get("class_steps", 0))
+        self.shared_steps = int(state.get("shared_steps", 0))
+        if self.labeler is not None:
+            self.labeler.labels = state.get("surrogate_labels")
+            self.labeler.history = [(int(e), str(s)) for e, s in state.get("clustering_history", [])]

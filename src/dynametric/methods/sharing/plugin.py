@@ -1,0 +1,47 @@
+"""The ``sharing_alternating`` method plug-in: Sharing Matters' alternating combination (t* or any miner on the
+true labels for the shared head), and :class:`AlternatingMethod`, the base of every method that trains on the
+alternating module (MIC's too). The ``summed`` combination needs no plug-in: it is three loss terms."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dynametric.methods.base import Method
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
+
+
+class AlternatingMethod(Method):
+    """A method on the alternating class / shared module: :meth:`validate` checks what that module needs of the
+    config (:func:`~dynametric.methods.sharing.alternating.check_alternating`), then the method's own
+    ``method.kwargs`` (:meth:`options`)."""
+
+    def validate(self, cfg: Config) -> Any:
+        from dynametric.methods.sharing.alternating import check_alternating
+
+        check_alternating(cfg, str(self.name))
+        return self.options(cfg)
+
+    def options(self, cfg: Config) -> Any:
+        raise NotImplementedError
+
+
+class SharingAlternating(AlternatingMethod):
+    name = "sharing_alternating"
+    summary = "Sharing Matters, alternating class / shared steps"
+
+    def options(self, cfg: Config) -> Any:
+        from dynametric.methods.sharing.alternating import AlternatingSettings
+
+        return AlternatingSettings.from_kwargs(cfg.method.kwargs)
+
+    def module_plan(self, cfg: Config, settings: Any) -> Any:
+        from dynametric.methods.sharing.alternating import HookPlan
+
+        return HookPlan(self.name, float(settings.p_aux), settings.adv_step, settings.class_head,
+                        settings.shared_head,
+                        int(settings.m_shared if settings.m_shared is not None else cfg.data.m),
+                        int(settings.shared_batch_size if settings.shared_batch_size is not None
+                            else cfg.data.batch_size),
+                        int(cfg.trainer.seed), None)
