@@ -19,7 +19,7 @@ Per training iteration (Lightning manual optimisation, :class:`AlternatingSharin
 
 The loss terms come from the config as usual and are assigned by their ``head``: terms on the class head
 (``class_head``, default ``class``) form the class step, terms on the shared head the shared step, and terms on
-the ``concat`` head (:class:`~dynametric.models.sharing.DecorrelationLoss`) ride on ``adv_step``.
+the ``concat`` head (:class:`~dynametric.losses.decorrelation.DecorrelationLoss`) ride on ``adv_step``.
 One optimizer (the engine's parameter groups) takes both steps; a step-interval LR schedule advances once per
 iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration).
 

@@ -20,7 +20,7 @@ from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, graph_zero, zero_entry
-from dynametric.losses.tuples import (
+from dynametric.tuples import (
     anchor_chunks,
     check_miner_output,
     convert_to_triplets,
