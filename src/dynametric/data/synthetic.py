@@ -299,8 +299,11 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             classes (shape, size) with colour and texture varying, test classes (shape, texture) with colour and
             size varying; ``"colour"`` swaps colour and texture. ``fine_per_shape`` does not apply.
 
-    Items are ``(image, labels)`` with ``labels = LongTensor[3]`` (fine, middle, coarse).
+    Items are ``(image, labels)`` with ``labels = LongTensor[3]`` (fine, middle, coarse). The images are in memory
+    (``images``, ``uint8[N, H, W, 3]``), so ``paths`` is ``None``.
     """
+
+    paths: None = None  # the LabeledDataset field: no image files
 
     def __init__(self, split: str = "train", seed: int = 0, image_size: int = 32, images_per_class: int = 10,
                  fine_per_shape: dict[str, int] | None = None,

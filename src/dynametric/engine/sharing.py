@@ -45,6 +45,7 @@ from torch import nn
 from dynametric.engine.module import MetricLearningModule
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError
+from dynametric.labels import as_label_matrix
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -215,8 +216,7 @@ class AlternatingSharingModule(MetricLearningModule):
         return ds
 
     def _train_labels(self) -> torch.Tensor:
-        labels = torch.as_tensor(self._train_set().labels)
-        return labels.unsqueeze(1) if labels.dim() == 1 else labels
+        return as_label_matrix(self._train_set().labels, name="train_set.labels")
 
     def _images(self, indices: torch.Tensor, dataset: Any = None) -> torch.Tensor:
         ds = self._train_set() if dataset is None else dataset
