@@ -16,7 +16,7 @@ both use it (it is re-exported from :mod:`dynametric.losses`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -71,10 +71,11 @@ class Distance:
         """PML's name of :meth:`pairwise` (without ``power``, as in PML)."""
         return self.pairwise(a, b)
 
-    def margin(self, closer: torch.Tensor, farther: torch.Tensor) -> torch.Tensor:
+    def margin(self, closer: torch.Tensor | float, farther: torch.Tensor | float) -> torch.Tensor:
         """How much ``closer`` is *worse* than ``farther``: ``closer - farther`` for distances,
-        ``farther - closer`` for similarities (so ``margin(d_ap, d_an) + m > 0`` is a triplet violation)."""
-        return farther - closer if self.higher_is_closer else closer - farther
+        ``farther - closer`` for similarities (so ``margin(d_ap, d_an) + m > 0`` is a triplet violation). One of
+        the two may be a number (a margin)."""
+        return cast(torch.Tensor, farther - closer if self.higher_is_closer else closer - farther)
 
     def smallest_dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Elementwise the value meaning "closer" of ``a`` and ``b``."""

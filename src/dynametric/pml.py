@@ -19,7 +19,7 @@ from dynametric.errors import ConfigError
 PML_PREFIX = "pml:"
 
 
-def _pml_module(kind: str):
+def _pml_module(kind: str) -> Any:
     try:
         return importlib.import_module(f"pytorch_metric_learning.{kind}")
     except ImportError as exc:

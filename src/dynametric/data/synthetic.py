@@ -260,9 +260,9 @@ class _Renderer:
         canvas = Image.composite(fill, canvas, mask_img)
 
         if n_clutter and rng.random() < 0.5:  # one distractor stroke over the shape
-            col = self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))])
+            stroke = self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))])
             p = rng.uniform(0, big, 4)
-            ImageDraw.Draw(canvas).line([(p[0], p[1]), (p[2], p[3])], fill=tuple(int(v) for v in col),
+            ImageDraw.Draw(canvas).line([(p[0], p[1]), (p[2], p[3])], fill=tuple(int(v) for v in stroke),
                                         width=_SUPERSAMPLE)
 
         out = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
@@ -401,7 +401,7 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             image: Any = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
         else:
             image = Image.fromarray(arr)
-            if self.transform is not None:
+            if callable(self.transform):  # not None and not "to_tensor" (checked in __init__)
                 image = self.transform(image)
         return image, self.labels[index].clone()
 

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,15 +55,8 @@ class MetricLoss(RecordsStats, nn.Module):
 
     uses_all_scales: bool = False
 
-    def __init__(
-        self,
-        scale: int = 0,
-        *,
-        reducer=None,
-        embedding_regularizer=None,
-        embedding_reg_weight: float = 1.0,
-        collect_stats: bool = False,
-    ) -> None:
+    def __init__(self, scale: int = 0, *, reducer: Any = None, embedding_regularizer: Any = None,
+                 embedding_reg_weight: float = 1.0, collect_stats: bool = False) -> None:
         super().__init__()
         self.scale = scale
         self._log_once = _LogOnce()
@@ -90,7 +84,7 @@ class MetricLoss(RecordsStats, nn.Module):
             labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
             if (ref_emb is None) != (ref_labels is None):
                 raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-            if ref_emb is not None:
+            if ref_emb is not None and ref_labels is not None:
                 ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
         if self.reducer is None:
             loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
@@ -109,7 +103,9 @@ class MetricLoss(RecordsStats, nn.Module):
     #: Whether the loss is defined by an ``indices_tuple`` alone (``labels=None``), as PML's pair/triplet losses.
     works_without_labels: bool = False
 
-    def _labels_from_indices(self, embeddings, indices_tuple, ref_emb, ref_labels):
+    def _labels_from_indices(self, embeddings: torch.Tensor, indices_tuple: IndicesTuple | None,
+                             ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stand-in labels for a call with ``labels=None``: allowed, as in PML, when the loss needs only the
         miner's ``indices_tuple`` (the stand-ins are never compared; they only give the batch size)."""
         if indices_tuple is None:

@@ -61,7 +61,7 @@ class MarginLoss(MetricLoss):
             self.register_buffer("beta", init)
 
     @property
-    def works_without_labels(self) -> bool:  # per-class beta is indexed by the anchor's label
+    def works_without_labels(self) -> bool:  # type: ignore[override]  # per-class beta is indexed by the anchor's label
         return not self.num_classes
 
     def _check_label_range(self, labels: torch.Tensor) -> None:

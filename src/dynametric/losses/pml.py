@@ -51,7 +51,7 @@ class PMLLoss(MetricLoss):
             raise ConfigError(f"PMLLoss wraps a pytorch-metric-learning loss object, got {loss!r}", key="loss")
         if isinstance(loss, MetricLoss):
             raise ConfigError(f"{type(loss).__name__} is a dynametric loss already; use it directly", key="loss")
-        self.loss = loss
+        self.loss: Any = loss  # a PML loss object (PML is untyped)
 
     def compute_loss(
         self,

@@ -174,7 +174,7 @@ class _AllTripletsHinge(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mat, pos_idx, valid, neg, margin, sign, smooth):  # type: ignore[override]
+    def forward(ctx, mat, pos_idx, valid, neg, margin, sign, smooth):
         total = mat.new_zeros(())
         count = 0
         for _, _, _, loss, active in _triplet_blocks(mat, pos_idx, valid, neg, margin, sign, smooth):
@@ -185,7 +185,7 @@ class _AllTripletsHinge(torch.autograd.Function):
         return total / count if count else total
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         mat, pos_idx, valid, neg = ctx.saved_tensors
         grad = torch.zeros_like(mat)
         if ctx.count == 0:

@@ -34,7 +34,7 @@ class PMLMiner(Miner):
         labels = labels.to(embeddings.device)
         if (ref_emb is None) != (ref_labels is None):
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-        if ref_labels is not None:
+        if ref_emb is not None and ref_labels is not None:
             ref_labels = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
             ref_labels = ref_labels.to(embeddings.device)
         return self.miner(embeddings, labels, ref_emb, ref_labels)

@@ -48,6 +48,12 @@ def _batchnorm_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNor
 class Embedder(nn.Module):
     """Backbone + pooling + heads. See the module docstring for the output convention."""
 
+    build_kwargs: dict[str, Any]
+    """The :func:`build_embedder` arguments that made it (set by :func:`build_embedder`; ``save_pretrained`` records
+    them)."""
+    hub_meta: dict[str, Any]
+    """The model folder's description, on an embedder loaded by ``from_pretrained`` from a model folder."""
+
     def __init__(self, backbone: Backbone, pool: GlobalPool, heads: Mapping[str, EmbeddingHead], *,
                  freeze_bn: bool = False) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -37,7 +38,8 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
         ckpt = run_dir / "last.ckpt"
     loaded = load_embedder(ckpt)
     cfg = load_config(loaded.config_path)
-    metrics, info = {}, {}
+    metrics: dict[str, Any] = {}
+    info: dict[str, Any] = {}
     for name, target in (("metrics.json", metrics), ("run_info.json", info)):
         path = run_dir / name
         if path.is_file():

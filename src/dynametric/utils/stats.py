@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RecordsStats:
     """Mixin: :meth:`record` stores statistics (``num_pairs``, ``num_triplets``, ...) as attributes when
@@ -9,7 +11,7 @@ class RecordsStats:
 
     collect_stats: bool = False
 
-    def record(self, **stats) -> None:
+    def record(self, **stats: Any) -> None:
         """Store ``stats`` as attributes when ``collect_stats`` is on."""
         if self.collect_stats:
             for name, value in stats.items():
