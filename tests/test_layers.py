@@ -1,12 +1,16 @@
-"""The package's layers point one way: the library never imports the CLI, and no command imports another command.
+"""The package's layers point one way: the library never imports the CLI, no command imports another command, and
+the packages import only the layers below them (the table in docs/architecture.md), with no import cycles.
 
-Shared CLI helpers live in ``dynametric/commands/__init__.py`` and ``dynametric/commands/options.py``.
+Shared CLI helpers live in ``dynametric/commands/__init__.py`` and ``dynametric/commands/options.py``. Imports
+inside functions count as much as those at the top of a module.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import dynametric
 
@@ -89,3 +93,179 @@ def test_the_check_sees_a_violation(tmp_path, monkeypatch):
     assert len(found) == 2, found
     assert found == ["command module dynametric/commands/explore.py:2 imports dynametric.commands.search",
                      "library module dynametric/retrieval/embed.py:1 imports dynametric.commands.evaluate"]
+
+
+# ------------------------------------------------------------------------------------------ layers and cycles
+
+LAYERS: list[set[str]] = [
+    {"errors", "examples"},
+    {"labels", "utils", ""},  # "" is the package itself (dynametric/__init__.py: errors, labels, __version__)
+    {"distances"},
+    {"tuples", "pml"},  # what a miner hands to a loss; pytorch-metric-learning lookup
+    {"metrics", "miners", "models"},
+    {"losses"},  # a loss may use a miner (MultiScaleLoss, PDDMLoss) and a model part (PDDM, Decorrelation)
+    {"data"},  # the DyML sampler hands the loss its chunk layout (losses.multiscale.ThreeScaleChunks)
+    {"config"},
+    {"engine", "methods"},
+    {"retrieval"},
+    {"commands"},
+    {"cli", "__main__"},
+]
+"""Bottom-up: a module may import its own package and the layers below it (``dynametric.<name>``, a package or a
+top-level module). Same-layer imports between packages are allowed but may not form a cycle."""
+
+ALLOWED_UPWARD = {
+    ("dynametric.models.hub", "dynametric.retrieval.hub"):
+        "Embedder.from_pretrained(run_dir) / push_to_hub(run_dir) hand a run folder (it needs the config and the "
+        "engine) to the application layer; only when a run folder is given (models.hub._run_folders)",
+}
+"""Imports that point up a layer on purpose: ``(importer, imported module) -> why``."""
+
+KNOWN_CYCLES: list[set[str]] = [
+    {"dynametric.engine", "dynametric.methods"},  # #17 item 2 (methods as plug-ins) removes it
+]
+"""Package cycles still to be untangled; a cycle not listed here fails the test."""
+
+
+def _modules(package: Path) -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(package.rglob("*.py"))}
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The module of the package that ``name`` (a module, or a name defined in one) belongs to."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _group(module: str) -> str:
+    """``dynametric.<name>``: the package or top-level module ``module`` belongs to (``dynametric`` for itself)."""
+    return ".".join(module.split(".")[:2])
+
+
+def _edges() -> list[tuple[str, int, str]]:
+    """``(importer, line, imported module)`` for every import of one package module by another."""
+    modules = _modules(PACKAGE)
+    out = []
+    for module, path in modules.items():
+        for line, name in _imports(path):
+            target = _resolve(name, modules)
+            if target is not None and target != module:
+                out.append((module, line, target))
+    return out
+
+
+def _rank(group: str) -> int:
+    name = group.partition(".")[2]
+    for rank, layer in enumerate(LAYERS):
+        if name in layer:
+            return rank
+    raise AssertionError(f"{group} is in no layer of tests/test_layers.py LAYERS (add it, and to docs/architecture.md)")
+
+
+def _upward_imports() -> list[str]:
+    bad = []
+    for module, line, target in _edges():
+        if _group(module) == _group(target) or (module, target) in ALLOWED_UPWARD:
+            continue
+        if _rank(_group(target)) > _rank(_group(module)):
+            bad.append(f"{module}:{line} imports {target} (a layer above)")
+    return sorted(set(bad))
+
+
+def _cycles(edges: list[tuple[str, str]]) -> list[set[str]]:
+    """The strongly connected components with more than one node (Tarjan, iterative)."""
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, set()).add(b)
+        graph.setdefault(b, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.add(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    found.append(component)
+    return found
+
+
+def _package_cycles() -> list[set[str]]:
+    return _cycles([(_group(a), _group(b)) for a, _, b in _edges()
+                    if _group(a) != _group(b) and (a, b) not in ALLOWED_UPWARD])
+
+
+def test_no_package_imports_a_layer_above():
+    assert _upward_imports() == []
+
+
+def test_no_import_cycles_between_packages_but_the_known_ones():
+    cycles = _package_cycles()
+    assert [c for c in cycles if c not in KNOWN_CYCLES] == []
+    # the cycles #17 removed stay removed: losses <-> miners, losses <-> models (DecorrelationLoss), and
+    # models -> config / engine / retrieval (the hub)
+    fixed = {"dynametric.losses", "dynametric.miners", "dynametric.models", "dynametric.tuples",
+             "dynametric.distances", "dynametric.pml", "dynametric.data"}
+    assert [c for c in cycles if c & fixed] == []
+
+
+def test_losses_and_miners_do_not_import_each_other_at_module_level():
+    """Miners never import a loss; what both need is below them (tuples, distances, pml, miners.base)."""
+    bad = [f"{a}:{line} imports {b}" for a, line, b in _edges()
+           if _group(a) == "dynametric.miners" and _group(b) == "dynametric.losses"]
+    assert bad == []
+    module_cycles = _cycles([(a, b) for a, _, b in _edges() if {_group(a), _group(b)} <= {"dynametric.losses",
+                                                                                         "dynametric.miners"}
+                             and _group(a) != _group(b)])
+    assert module_cycles == []
+
+
+def test_the_layer_checks_see_an_upward_import_and_a_cycle(tmp_path, monkeypatch):
+    fake = tmp_path / "dynametric"
+    for pkg in ("losses", "miners", "models", "engine", "methods"):
+        (fake / pkg).mkdir(parents=True)
+        (fake / pkg / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "miners" / "base.py").write_text("def f():\n    from dynametric.losses.base import MetricLoss\n")
+    (fake / "losses" / "base.py").write_text("from ..miners.base import f\n")
+    (fake / "models" / "hub.py").write_text("import dynametric.engine.builders\n")
+    (fake / "engine" / "builders.py").write_text("from dynametric.models import hub\n")
+    (fake / "engine" / "run.py").write_text("from dynametric.methods import x\n")
+    (fake / "methods" / "x.py").write_text("from dynametric.engine import run\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", fake)
+    assert _upward_imports() == ["dynametric.miners.base:2 imports dynametric.losses.base (a layer above)",
+                                 "dynametric.models.hub:1 imports dynametric.engine.builders (a layer above)"]
+    assert sorted(map(sorted, _package_cycles())) == [
+        ["dynametric.engine", "dynametric.methods", "dynametric.models"],  # engine <-> methods, engine <-> models
+        ["dynametric.losses", "dynametric.miners"]]
+    with pytest.raises(AssertionError, match="losses"):
+        test_losses_and_miners_do_not_import_each_other_at_module_level()

@@ -9,17 +9,20 @@ elementwise, for distances and similarities alike.
 The objects also answer to pytorch-metric-learning's names (``is_inverted``, ``margin``, ``smallest_dist``,
 ``largest_dist``, ``normalize``, ``maybe_normalize``, ``get_norm``, ``compute_mat``, ``pairwise_distance``), so they
 can be handed to PML code; :func:`as_distance` turns a PML distance object into the equivalent dynametric one (by
-its attributes; PML is never imported here).
+its attributes; PML is never imported here). :func:`build_distance` makes one from a name in :data:`DISTANCES`
+(``"l2"``, ``"cosine"``, ...), a ``{"name": ..., **kwargs}`` mapping (configs) or an object; losses and miners
+both use it (it is re-exported from :mod:`dynametric.losses`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from dynametric.errors import ConfigError
+from dynametric.utils.registry import build_registered
 
 
 class Distance:
@@ -68,10 +71,11 @@ class Distance:
         """PML's name of :meth:`pairwise` (without ``power``, as in PML)."""
         return self.pairwise(a, b)
 
-    def margin(self, closer: torch.Tensor, farther: torch.Tensor) -> torch.Tensor:
+    def margin(self, closer: torch.Tensor | float, farther: torch.Tensor | float) -> torch.Tensor:
         """How much ``closer`` is *worse* than ``farther``: ``closer - farther`` for distances,
-        ``farther - closer`` for similarities (so ``margin(d_ap, d_an) + m > 0`` is a triplet violation)."""
-        return farther - closer if self.higher_is_closer else closer - farther
+        ``farther - closer`` for similarities (so ``margin(d_ap, d_an) + m > 0`` is a triplet violation). One of
+        the two may be a number (a margin)."""
+        return cast(torch.Tensor, farther - closer if self.higher_is_closer else closer - farther)
 
     def smallest_dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Elementwise the value meaning "closer" of ``a`` and ``b``."""
@@ -199,3 +203,31 @@ def as_distance(obj: Any, key: str = "distance") -> Distance | None:
             return DotProductSimilarity(power=power)
         return ForeignDistance(obj)
     raise ConfigError(f"{key} must be a dynametric or pytorch-metric-learning distance object, got {obj!r}", key=key)
+
+
+DISTANCES: dict[str, type[Distance]] = {
+    "LpDistance": LpDistance,
+    "l2": LpDistance,
+    "SquaredL2Distance": SquaredL2Distance,
+    "squared_l2": SquaredL2Distance,
+    "CosineSimilarity": CosineSimilarity,
+    "cosine": CosineSimilarity,
+    "DotProductSimilarity": DotProductSimilarity,
+    "dot": DotProductSimilarity,
+}
+
+
+def build_distance(spec: Any, key: str = "distance") -> Distance | None:
+    """A distance object from an object, a registry name or ``{"name": ..., **kwargs}`` (``None`` passes)."""
+    if spec is None or isinstance(spec, Distance):
+        return spec
+    if hasattr(spec, "is_inverted"):  # a pytorch-metric-learning distance object
+        return as_distance(spec, key=key)
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, dict) and "name" in spec:
+        kwargs = dict(spec)
+        name = kwargs.pop("name")
+    else:
+        raise ConfigError(f"distance must be a name, a {{'name': ...}} mapping or a Distance, got {spec!r}", key=key)
+    return build_registered(DISTANCES, "distance", name, kwargs, name_key=key, args_key=key)

@@ -89,6 +89,29 @@ def test_two_heads_sharing_matters() -> None:
     assert model.heads["class"].proj.weight.data_ptr() != model.heads["shared"].proj.weight.data_ptr()
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"embedding_dim": 12},
+    {"embedding_dim": None, "pooling": "catavgmax"},  # no projection: the pooled width (2 x the feature width)
+    {"num_heads": 2, "head_dims": [16, 8]},
+    {"num_heads": 3, "head_dims": [5, None, 7], "head_names": ["a", "b", "c"]},
+])
+def test_output_dims_are_declared_and_match_the_forward(kwargs) -> None:
+    """The engine reads each head's width from ``output_dims`` (no dummy forward); it is what a forward gives."""
+    from dynametric.engine.builders import head_dims
+
+    model = build_embedder("simple_cnn", **kwargs).eval()
+    declared = model.output_dims
+    model.forward = None  # type: ignore[assignment]  # declared widths need no forward pass
+    assert head_dims(None, model) == declared
+    del model.forward
+    out = model(torch.randn(2, 3, 32, 32))
+    if isinstance(out, torch.Tensor):
+        assert declared == {None: out.shape[1], "concat": out.shape[1]}
+    else:
+        assert declared == {**{k: v.shape[1] for k, v in out.items()}, "concat": concat_heads(out).shape[1]}
+        assert list(declared)[:-1] == list(model.head_names)
+
+
 def test_custom_head_names_and_errors() -> None:
     model = build_embedder("simple_cnn", num_heads=3, head_names=["a", "b", "c"], embedding_dim=4)
     assert list(model(torch.randn(2, 3, 16, 16))) == ["a", "b", "c"]

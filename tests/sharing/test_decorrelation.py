@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from dynametric.engine.objective import Objective, compute_objective
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses import LOSSES, build_loss
-from dynametric.models.sharing import Decorrelation, DecorrelationLoss, GradientReversal, grad_reverse
+from dynametric.losses.decorrelation import DecorrelationLoss
+from dynametric.models.sharing import Decorrelation, GradientReversal, grad_reverse
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5, 3.0])

@@ -17,6 +17,7 @@ from dynametric.engine.module import parameter_groups
 from dynametric.engine.objective import compute_objective
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses import MarginLoss, TripletMarginLoss
+from dynametric.losses.decorrelation import DecorrelationLoss
 from dynametric.methods.sharing import (
     SharingParts,
     SharingSettings,
@@ -27,7 +28,7 @@ from dynametric.methods.sharing import (
 )
 from dynametric.metrics import evaluate_embeddings
 from dynametric.miners import InterClassTripletMiner
-from dynametric.models.sharing import Decorrelation, DecorrelationLoss
+from dynametric.models.sharing import Decorrelation
 
 ROOT = Path(__file__).resolve().parents[2]
 

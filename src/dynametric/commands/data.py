@@ -164,7 +164,7 @@ def write_sample_grid(format: str, root: str | Path | None, split: str, out: str
     grid = Image.new("RGB", (cols * cell, max(1, math.ceil(n / cols)) * cell), (0, 0, 0))
     swap = bool(opts.get("swap_rb", False))
     for i in range(n):
-        if hasattr(ds, "paths"):
+        if ds.paths is not None:
             try:
                 img = load_rgb(str(ds.paths[i]), swap)
             except _DECODE_ERRORS:

@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 from dynametric.data.base import HierarchicalImageDataset, LoadReport, Problem, SplitRecords
+from dynametric.data.protocol import LabeledDataset, check_labeled_dataset, dataset_fields, dataset_labels
 from dynametric.data.registry import FORMAT_NAMES, build_dataset, list_splits
 from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, build_transform
 
@@ -31,6 +32,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "FORMAT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "HierarchicalImageDataset", "LoadReport",
-    "Problem", "SplitRecords", "build_dataset", "build_transform", "list_splits", *_LAZY,
+    "FORMAT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "HierarchicalImageDataset", "LabeledDataset",
+    "LoadReport", "Problem", "SplitRecords", "build_dataset", "build_transform", "check_labeled_dataset",
+    "dataset_fields", "dataset_labels", "list_splits", *_LAZY,
 ]

@@ -94,9 +94,9 @@ class SplitRecords:
 
     split: str
     paths: list[str]
-    raw_labels: list[tuple[Hashable, ...]]  # one tuple per record, finest scale first
+    raw_labels: Sequence[tuple[Hashable, ...]]  # one tuple per record, finest scale first
     scale_names: tuple[str, ...]
-    locations: list[tuple[str, int | None]]  # (file, 1-based line) of each record, for error messages
+    locations: Sequence[tuple[str, int | None]]  # (file, 1-based line) of each record, for error messages
     report: LoadReport
     class_ids: list[list[Hashable]] | None = None  # shared id space (e.g. query + gallery); None = from records
     class_names: list[dict[Hashable, str]] | None = None  # optional human-readable names per scale
@@ -155,9 +155,9 @@ def _contiguous_matrix(raw_labels: Sequence[tuple[Hashable, ...]], s_count: int,
     columns = [[r[s] for r in raw_labels] for s in range(s_count)]
     mats, all_ids = [], []
     for s in range(s_count):
-        col, ids = contiguous_ids(columns[s], None if shared is None else shared[s])
+        col, id_list = contiguous_ids(columns[s], None if shared is None else shared[s])
         mats.append(col)
-        all_ids.append(ids)
+        all_ids.append(id_list)
     return np.stack(mats, 1), all_ids
 
 
@@ -318,7 +318,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
             log.warning("%s split %r: skipped %d bad record(s) (lenient mode); first: %s", name, records.split,
                         len(report.problems), report.problems[0])
         if not records.paths:
-            raise InputError(f"{name} split {records.split!r} has no records", file=(report.files or [None])[0])
+            raise InputError(f"{name} split {records.split!r} has no records",
+                             file=report.files[0] if report.files else None)
         s_count = len(records.scale_names)
         labels, all_ids = _contiguous_matrix(records.raw_labels, s_count, records.class_ids)
         if check_hierarchy and s_count > 1:

@@ -113,7 +113,7 @@ def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadRepor
             continue
         if not dup.accept(fname, labels, path, number, identity=real):
             continue
-        out.append((number, full, labels))  # type: ignore[arg-type]
+        out.append((number, full, labels))
     return out
 
 
@@ -170,5 +170,5 @@ class DyMLFormat:
         if other_csv.is_file():  # query and gallery of one level share one id space
             scratch = LoadReport(split=other)
             ids |= {labels[0] for _, _, labels in parse_dyml_csv(other_csv, 2, other_dir, scratch, False)}
-        _, class_ids = contiguous_ids(sorted(ids))
+        _, class_ids = contiguous_ids(sorted(ids))  # type: ignore[type-var]  # ids of one kind (str or int)
         return SplitRecords(split, paths, raw, (level,), locations, report, class_ids=[class_ids])

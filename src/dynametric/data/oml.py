@@ -33,7 +33,7 @@ import os
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -77,7 +77,7 @@ class CroppedImageDataset(HierarchicalImageDataset):
     def subset(self, indices: Any, split: str | None = None, remap: bool = True) -> CroppedImageDataset:
         import torch
 
-        out = super().subset(indices, split, remap)
+        out = cast(CroppedImageDataset, super().subset(indices, split, remap))
         out.__class__ = CroppedImageDataset
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
         out.boxes = [self.boxes[i] for i in idx]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from dynametric.data.base import HierarchicalImageDataset, SplitRecords
 from dynametric.data.dyml import DyMLFormat
@@ -31,12 +31,14 @@ from dynametric.errors import ConfigError
 
 
 class DatasetFormat(Protocol):
+    """A reader: ``splits(root, **options) -> [split, ...]`` and ``read(root, split, **options) -> SplitRecords``
+    (each format names its own keyword options)."""
+
     name: str
     options: dict[str, object]
+    def splits(self, *args: Any, **kwargs: Any) -> list[str]: ...  # (root, **options)
 
-    def splits(self, root: str | Path | None, **options: Any) -> list[str]: ...
-
-    def read(self, root: str | Path | None, split: str, **options: Any) -> SplitRecords: ...
+    def read(self, *args: Any, **kwargs: Any) -> SplitRecords: ...  # (root, split, **options)
 
 
 FORMATS: dict[str, DatasetFormat] = {
@@ -124,5 +126,5 @@ def build_dataset(format: str, root: str | Path | None, split: str,
         records, transform=transform, mode=common["mode"], check_hierarchy=common["check_hierarchy"],
         swap_rb=common["swap_rb"], skip_corrupt=common["skip_corrupt"], name=fmt.name)
     if cropped:
-        dataset.boxes = list(boxes)
+        cast(CroppedImageDataset, dataset).boxes = list(boxes or ())
     return dataset

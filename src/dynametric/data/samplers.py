@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -270,6 +270,7 @@ class MPerClassSampler(_EpochBatchSampler):
             if chosen is None:
                 pool.new_pass()
                 chosen = pool.pick(all_classes, self.classes_per_batch)
+                assert chosen is not None  # a fresh pass holds every class (classes_per_batch checked in __init__)
             batches.append(np.concatenate([pool.take(int(c)) for c in chosen]))
         return batches
 
@@ -454,6 +455,7 @@ class HierarchicalSampler(_EpochBatchSampler):
                 pool.new_pass()
                 left = np.bincount(self.parent_index, weights=pool.remaining, minlength=len(self.parents))
             parents = _weighted_pick(rng, parent_ids, left, self.parents_per_batch, self.classes_per_parent)
+            assert parents is not None  # a fresh pass holds every parent (parents_per_batch checked in __init__)
             rows = [pool.take(int(c)) for p in parents for c in self._pick_children(pool, int(p))]
             batches.append(np.concatenate(rows))
         return batches
@@ -463,7 +465,7 @@ class HierarchicalSampler(_EpochBatchSampler):
                 "parents_per_batch": self.parents_per_batch}
 
 
-SAMPLERS: dict[str, type[_EpochBatchSampler]] = {
+SAMPLERS: dict[str, Callable[..., _EpochBatchSampler]] = {
     "MPerClassSampler": MPerClassSampler,
     "ThreeScaleSampler": ThreeScaleSampler,
     "HierarchicalSampler": HierarchicalSampler,

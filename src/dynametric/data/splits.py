@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric.data.protocol import dataset_fields
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 
@@ -79,24 +80,34 @@ def class_disjoint_split(labels: LabelsLike, val_fraction: float = 0.2, seed: in
 
 
 class LabelledSubset(torch.utils.data.Dataset):
-    """A subset of a labelled dataset that keeps ``labels`` (``LongTensor[n, S]``), ``scale_names`` and a ``split``.
+    """A subset of a labelled dataset that keeps ``labels`` (``LongTensor[n, S]``), ``scale_names``, a ``split`` and
+    ``paths`` (a :class:`~dynametric.data.protocol.LabeledDataset`; the parent needs only ``labels``, missing scale
+    names become ``scale0..``).
 
     ``indices`` are row indices into ``dataset``; ``subset[i]`` is ``dataset[indices[i]]``.
     """
 
     def __init__(self, dataset: Any, indices: Sequence[int] | np.ndarray | torch.Tensor, split: str | None = None
                  ) -> None:
-        if not hasattr(dataset, "labels"):
-            raise InputError("dataset has no 'labels' attribute (LongTensor[N, S])", key="dataset")
+        fields = dataset_fields(dataset)
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
-        labels = as_label_matrix(dataset.labels, name="dataset.labels")
+        labels = fields.labels
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= labels.shape[0]):
             raise InputError(f"indices must lie in [0, {labels.shape[0]})", key="indices")
         self.dataset = dataset
         self.indices = idx
         self.labels = labels[idx]
-        self.scale_names = tuple(getattr(dataset, "scale_names", [f"scale{s}" for s in range(labels.shape[1])]))
-        self.split = split if split is not None else getattr(dataset, "split", None)
+        self.scale_names: tuple[str, ...] = (fields.scale_names if fields.scale_names is not None
+                                             else tuple(f"scale{s}" for s in range(labels.shape[1])))
+        self.split = split if split is not None else fields.split
+        self._parent_paths = fields.paths
+
+    @property
+    def paths(self) -> list[Any] | None:
+        """The image file of every item (the parent's ``paths`` at ``indices``), or ``None`` if it has none."""
+        if self._parent_paths is None:
+            return None
+        return [self._parent_paths[int(i)] for i in self.indices]
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -119,15 +130,14 @@ def validation_split(dataset: Any, *, val_fraction: float | None = None, k: int 
     Exactly one of ``val_fraction`` (one split) or ``k`` (fold ``fold`` of :func:`class_disjoint_folds`) is used;
     with neither, ``k=4, fold=0`` (the Reality Check's setting). The subsets are named ``"train"`` and ``"val"``.
     """
-    split = getattr(dataset, "split", None)
+    fields = dataset_fields(dataset)
+    split = fields.split
     if split in TEST_SPLITS:
         raise InputError(f"validation classes must come from the training split, got a {split!r} dataset",
                          key="split")
     if val_fraction is not None and k is not None:
         raise InputError("give either val_fraction or k (folds), not both", key="val_fraction")
-    if not hasattr(dataset, "labels"):
-        raise InputError("dataset has no 'labels' attribute (LongTensor[N, S])", key="dataset")
-    labels = as_label_matrix(dataset.labels, name="dataset.labels")
+    labels = fields.labels
     if val_fraction is not None:
         train_idx, val_idx = class_disjoint_split(labels, val_fraction, seed=seed, scale=scale, shuffle=shuffle)
     else:

@@ -122,9 +122,10 @@ def _load_struct(mat_path: Path, var: str, fields: tuple[str, ...]) -> tuple[dic
     if arr is None or getattr(arr, "dtype", None) is None or arr.dtype.names is None:
         raise InputError(f"expected a struct array {var!r}", file=mat_path, key=var)
     arr = np.atleast_1d(arr)
+    names = arr.dtype.names or ()  # not None: checked above
     for fld in fields:
-        if fld not in arr.dtype.names:
-            raise InputError(f"{var!r} lacks the field {fld!r} (has {list(arr.dtype.names)})", file=mat_path,
+        if fld not in names:
+            raise InputError(f"{var!r} lacks the field {fld!r} (has {list(names)})", file=mat_path,
                              key=f"{var}.{fld}")
     return mat, arr
 
@@ -236,7 +237,7 @@ class SOPFormat:
             full = prefix + parts[3]
             if not image_exists(full, report, path, number, check_files):
                 continue
-            if not dup.accept(parts[3], tuple(ints), path, number):  # type: ignore[arg-type]
+            if not dup.accept(parts[3], tuple(ints), path, number):
                 continue
             out_paths.append(full)
             raw.append((ints[0], ints[1]))
@@ -323,5 +324,5 @@ class InShopFormat:
             class_ids = [contiguous_ids(sorted({r[2] for r in pair}))[1]]
             if with_category:
                 cats = {self._category(r[1]) for r in pair} - {None}
-                class_ids.append(contiguous_ids(sorted(cats))[1])  # type: ignore[arg-type]
+                class_ids.append(contiguous_ids(sorted(cats))[1])  # type: ignore[type-var]  # None removed above
         return SplitRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids)

@@ -282,9 +282,9 @@ class _Renderer:
         canvas = Image.composite(fill, canvas, mask_img)
 
         if n_clutter and rng.random() < 0.5:  # one distractor stroke over the shape
-            col = self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))])
+            stroke = self._jitter_colour(rng, self.palette[rng.integers(len(self.palette))])
             p = rng.uniform(0, big, 4)
-            ImageDraw.Draw(canvas).line([(p[0], p[1]), (p[2], p[3])], fill=tuple(int(v) for v in col),
+            ImageDraw.Draw(canvas).line([(p[0], p[1]), (p[2], p[3])], fill=tuple(int(v) for v in stroke),
                                         width=_SUPERSAMPLE)
 
         out = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
@@ -327,8 +327,11 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             shapes drawn from the seed, :func:`val_shapes`; 12 classes), test classes (shape, held-out factor) for
             the other 6 shapes (24 classes); the train classes are unchanged (all 9 shapes).
 
-    Items are ``(image, labels)`` with ``labels = LongTensor[3]`` (fine, middle, coarse).
+    Items are ``(image, labels)`` with ``labels = LongTensor[3]`` (fine, middle, coarse). The images are in memory
+    (``images``, ``uint8[N, H, W, 3]``), so ``paths`` is ``None``.
     """
+
+    paths: None = None  # the LabeledDataset field: no image files
 
     def __init__(self, split: str = "train", seed: int = 0, image_size: int = 32, images_per_class: int = 10,
                  fine_per_shape: dict[str, int] | None = None,
@@ -433,7 +436,7 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             image: Any = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
         else:
             image = Image.fromarray(arr)
-            if self.transform is not None:
+            if callable(self.transform):  # not None and not "to_tensor" (checked in __init__)
                 image = self.transform(image)
         return image, self.labels[index].clone()
 

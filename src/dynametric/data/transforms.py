@@ -69,7 +69,7 @@ def resolve_transform_spec(preset: str, **overrides: Any) -> TransformSpec:
     if bad:
         raise ConfigError(f"unknown transform option(s) {bad}; expected some of {sorted(fields)}", key=bad[0])
     base = PRESETS[preset]
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
+    values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
     if "size" in values and "resize" not in values and base.resize is not None:
         values["resize"] = round(int(values["size"]) * base.resize / base.size)  # keep the preset's resize:crop ratio
     spec = replace(base, **values)
@@ -141,7 +141,7 @@ def build_transform(preset: str = "standard", train: bool = False, **overrides: 
     if spec.normalize:
         steps.append(T.Normalize(list(spec.mean), list(spec.std)))
     out = T.Compose(steps)
-    out.spec = spec  # type: ignore[attr-defined]
+    out.spec = spec
     return out
 
 

@@ -214,25 +214,9 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def head_dims(cfg: Config, embedder: nn.Module) -> dict[str | None, int]:
-    """Output width of every head (``None``: the single output; ``"concat"``: all heads)."""
-    was = embedder.training
-    embedder.eval()
-    size = 32
-    try:
-        with torch.no_grad():
-            x = torch.zeros(2, cfg.model.in_chans, size, size)
-            try:
-                out = embedder(x)
-            except RuntimeError:
-                out = embedder(torch.zeros(2, cfg.model.in_chans, 224, 224))
-    finally:
-        embedder.train(was)
-    if isinstance(out, torch.Tensor):
-        return {None: out.shape[1], "concat": out.shape[1]}
-    items = dict(out) if isinstance(out, Mapping) else {i: t for i, t in enumerate(out)}
-    dims: dict[Any, int] = {k: v.shape[1] for k, v in items.items()}
-    dims["concat"] = sum(dims.values())
-    return dims
+    """Output width of every head (``None``: the single output; ``"concat"``: all heads), as the embedder declares
+    them (:attr:`dynametric.models.Embedder.output_dims`)."""
+    return dict(embedder.output_dims)
 
 
 # ----------------------------------------------------------------------------------------------- the factory

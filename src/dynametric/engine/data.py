@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from dynametric.data.protocol import dataset_labels
 from dynametric.errors import ConfigError
 
 BatchSamplerFactory = Callable[[torch.Tensor, int, int], Any]
@@ -118,11 +119,7 @@ class _TrainLoader(DataLoader):
 
 
 def _labels_of(dataset: Any, name: str) -> torch.Tensor:
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        raise ConfigError(f"the {name} dataset has no .labels attribute (LongTensor[N, S] expected)", key="data")
-    labels = torch.as_tensor(labels)
-    return labels.unsqueeze(1) if labels.dim() == 1 else labels
+    return dataset_labels(dataset, f"the {name} dataset", key="data", error=ConfigError)
 
 
 def _shard(dataset: Any, rank: int, world: int) -> Any:

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dynametric.data.protocol import LabeledDataset
 from dynametric.errors import ConfigError, InputError
+from dynametric.labels import as_label_matrix
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -152,24 +154,24 @@ class DyMLProtocol:
 
 
 # ------------------------------------------------------------------------------------------------ identities
-def image_identities(dataset: Any) -> list[str]:
+def image_identities(dataset: LabeledDataset) -> list[str]:
     """The identity of every image: its file name (``basename``) for file datasets, else its index."""
-    paths = getattr(dataset, "paths", None)
+    paths = dataset.paths
     if paths is not None:
         return [os.path.basename(str(p)) for p in paths]
     return [f"#{i}" for i in range(len(dataset))]
 
 
-def image_digests(dataset: Any) -> list[str]:
+def image_digests(dataset: LabeledDataset) -> list[str]:
     """SHA-256 of every image's bytes: the file for datasets with ``paths``, the pixel array for in-memory ones
     with ``images`` (``uint8[N, ...]``, e.g. :class:`~dynametric.data.SyntheticHierarchy`)."""
-    paths = getattr(dataset, "paths", None)
+    paths = dataset.paths
     if paths is not None:
         out = []
         for p in paths:
             try:
                 with open(p, "rb") as fh:
-                    out.append(hashlib.file_digest(fh, "sha256").hexdigest())
+                    out.append(hashlib.sha256(fh.read()).hexdigest())  # file_digest needs Python 3.11
             except OSError as exc:
                 raise InputError(f"cannot read the image to hash it for query_in_gallery=detect ({exc})",
                                  file=p) from None
@@ -216,9 +218,8 @@ def _metric_kwargs(protocol: DyMLProtocol) -> dict[str, Any]:
 
 
 def _column(labels: Any, name: str) -> torch.Tensor:
-    lab = torch.as_tensor(labels)
-    lab = lab.unsqueeze(1) if lab.dim() == 1 else lab
-    if lab.dim() != 2 or lab.shape[1] != 1:
+    lab = as_label_matrix(labels, name=name)
+    if lab.shape[1] != 1:
         raise InputError(f"per-scale query/gallery labels must have one column, got shape {tuple(lab.shape)}",
                          key=name)
     return lab
@@ -254,8 +255,7 @@ def evaluate_all_in_one(emb: torch.Tensor, labels: Any, protocol: DyMLProtocol, 
     """
     from dynametric.metrics import evaluate_embeddings
 
-    lab = torch.as_tensor(labels)
-    lab = lab.unsqueeze(1) if lab.dim() == 1 else lab
+    lab = as_label_matrix(labels, name="labels")
     names = list(scale_names) if scale_names is not None else list(protocol.scales[: lab.shape[1]])
     if len(names) != lab.shape[1]:
         from dynametric.metrics import default_scale_names
@@ -289,7 +289,7 @@ def _mean_over_scales(per_scale: Mapping[str, Mapping[str, Any]], names: Sequenc
 
 
 def run_protocol(protocol: DyMLProtocol, embed: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
-                 load: Callable[[str], Any], *, test_split: str = "test",
+                 load: Callable[[str], LabeledDataset], *, test_split: str = "test",
                  scale_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the whole protocol: ``load(split) -> dataset``, ``embed(dataset) -> (emb [N, D], labels [N, S])``.
 
@@ -322,7 +322,7 @@ def run_protocol(protocol: DyMLProtocol, embed: Callable[[Any], tuple[torch.Tens
         ds = load(split)
         emb, lab = embed(ds)
         digests = image_digests(ds) if protocol.query_in_gallery == "detect" else None
-        names_in = scale_names if scale_names is not None else getattr(ds, "scale_names", None)
+        names_in = scale_names if scale_names is not None else ds.scale_names
         out = evaluate_all_in_one(emb, lab, protocol, scale_names=list(names_in) if names_in else None,
                                   digests=digests)
         names = [n for n in out if n != "mean"]

@@ -281,11 +281,11 @@ def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = No
         gd = load_split(cfg, cfg.eval.gallery_split, train=False)
         q, ql = embed_dataset(model, qd, head=trained.head, options=run)
         g, gl = embed_dataset(model, gd, head=trained.head, options=run)
-        names = list(getattr(qd, "scale_names", []) or [])
+        names = list(qd.scale_names)
         desc = f"{trained.checkpoint}: {cfg.data.format} {cfg.eval.query_split} -> {cfg.eval.gallery_split}"
         return CheckpointEmbeddings(q, ql, g, gl, names, desc)
     split = split or cfg.data.test_split
     ds = load_split(cfg, split, train=False)
     q, ql = embed_dataset(model, ds, head=trained.head, options=run)
-    names = list(getattr(ds, "scale_names", []) or [])
+    names = list(ds.scale_names)
     return CheckpointEmbeddings(q, ql, None, None, names, f"{trained.checkpoint}: {cfg.data.format} split {split!r}")

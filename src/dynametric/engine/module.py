@@ -21,6 +21,7 @@ from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfi
 from dynametric.engine.distributed import all_gather_no_grad, all_gather_with_grad, world_info
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError, DynametricError
+from dynametric.labels import as_label_matrix
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -340,7 +341,7 @@ class MetricLearningModule(L.LightningModule):
     def _collect(self, batch: Any) -> None:
         images, labels = self.batch_images(batch), batch[1]
         emb = self(images)
-        labels = labels.unsqueeze(1) if labels.dim() == 1 else labels
+        labels = as_label_matrix(labels, name="labels")
         self._eval_buffer.append((emb.detach().float().cpu(), labels.detach().cpu()))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dynametric.errors import ConfigError
+from dynametric.labels import as_label_matrix
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -44,8 +45,7 @@ def with_resolved_monitor(cfg: Config, scale_names: Sequence[str]) -> Config:
 
 
 def _label_matrix(dataset: Any) -> torch.Tensor:
-    labels = torch.as_tensor(dataset.labels)
-    return labels.unsqueeze(1) if labels.dim() == 1 else labels
+    return as_label_matrix(dataset.labels, name="train dataset labels")
 
 
 def _fitting_values(batch_size: int, m: int, classes: int) -> list[str]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynametric import distances as _distances
-from dynametric.errors import ConfigError
+from dynametric.distances import DISTANCES, build_distance
 from dynametric.losses.base import IndicesTuple, MetricLoss, Miner
 from dynametric.losses.circle import CircleLoss
 from dynametric.losses.contrastive import ContrastiveLoss
 from dynametric.losses.csl import CSLLoss
+from dynametric.losses.decorrelation import DecorrelationLoss
 from dynametric.losses.lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from dynametric.losses.margin import MarginLoss
 from dynametric.losses.multi_similarity import MultiSimilarityLoss
@@ -43,7 +43,6 @@ from dynametric.losses.reducers import (
     ThresholdReducer,
 )
 from dynametric.losses.triplet import TripletMarginLoss
-from dynametric.models.sharing import DecorrelationLoss
 from dynametric.utils.registry import build_registered
 
 LOSSES: dict[str, type[MetricLoss]] = PMLAwareRegistry("losses", {
@@ -65,37 +64,9 @@ LOSSES: dict[str, type[MetricLoss]] = PMLAwareRegistry("losses", {
     "CSLLoss": CSLLoss,
     "PDDMLoss": PDDMLoss,
     "DecorrelationLoss": DecorrelationLoss,
-})
+}, PMLLoss)
 """Native losses by name; ``pml:<ClassName>`` names resolve to pytorch-metric-learning's loss of that name wrapped
 in :class:`PMLLoss` (see :mod:`dynametric.losses.pml`)."""
-
-DISTANCES: dict[str, type[_distances.Distance]] = {
-    "LpDistance": _distances.LpDistance,
-    "l2": _distances.LpDistance,
-    "SquaredL2Distance": _distances.SquaredL2Distance,
-    "squared_l2": _distances.SquaredL2Distance,
-    "CosineSimilarity": _distances.CosineSimilarity,
-    "cosine": _distances.CosineSimilarity,
-    "DotProductSimilarity": _distances.DotProductSimilarity,
-    "dot": _distances.DotProductSimilarity,
-}
-
-
-def build_distance(spec: Any, key: str = "distance") -> _distances.Distance | None:
-    """A distance object from an object, a registry name or ``{"name": ..., **kwargs}`` (``None`` passes)."""
-    if spec is None or isinstance(spec, _distances.Distance):
-        return spec
-    if hasattr(spec, "is_inverted"):  # a pytorch-metric-learning distance object
-        return _distances.as_distance(spec, key=key)
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, dict) and "name" in spec:
-        kwargs = dict(spec)
-        name = kwargs.pop("name")
-    else:
-        raise ConfigError(f"distance must be a name, a {{'name': ...}} mapping or a Distance, got {spec!r}", key=key)
-    return build_registered(DISTANCES, "distance", name, kwargs, name_key=key, args_key=key)
-
 
 def build_loss(name: str, **kwargs: Any) -> MetricLoss:
     """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""

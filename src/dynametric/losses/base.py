@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,10 +29,13 @@ from torch import nn
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
 from dynametric.losses.reducers import apply_reducer, check_reducer
+from dynametric.miners.base import Miner
+from dynametric.tuples import IndicesTuple
+from dynametric.utils.stats import RecordsStats
 
 logger = logging.getLogger("dynametric.losses")
 
-IndicesTuple = tuple[torch.Tensor, ...]
+__all__ = ["IndicesTuple", "MetricLoss", "Miner", "logger"]  # Miner: re-exported from dynametric.miners.base
 
 
 class _LogOnce:
@@ -46,32 +50,13 @@ class _LogOnce:
             logger.debug(message)
 
 
-class _RecordsStats:
-    """``collect_stats`` support shared by losses and miners (PML's recordable statistics)."""
-
-    collect_stats: bool = False
-
-    def record(self, **stats) -> None:
-        """Store ``stats`` as attributes when ``collect_stats`` is on."""
-        if self.collect_stats:
-            for name, value in stats.items():
-                setattr(self, name, value)
-
-
-class MetricLoss(_RecordsStats, nn.Module):
+class MetricLoss(RecordsStats, nn.Module):
     """Base class of every loss. Subclasses implement :meth:`compute_loss` on 1-D labels."""
 
     uses_all_scales: bool = False
 
-    def __init__(
-        self,
-        scale: int = 0,
-        *,
-        reducer=None,
-        embedding_regularizer=None,
-        embedding_reg_weight: float = 1.0,
-        collect_stats: bool = False,
-    ) -> None:
+    def __init__(self, scale: int = 0, *, reducer: Any = None, embedding_regularizer: Any = None,
+                 embedding_reg_weight: float = 1.0, collect_stats: bool = False) -> None:
         super().__init__()
         self.scale = scale
         self._log_once = _LogOnce()
@@ -99,7 +84,7 @@ class MetricLoss(_RecordsStats, nn.Module):
             labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
             if (ref_emb is None) != (ref_labels is None):
                 raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-            if ref_emb is not None:
+            if ref_emb is not None and ref_labels is not None:
                 ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
         if self.reducer is None:
             loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
@@ -118,7 +103,9 @@ class MetricLoss(_RecordsStats, nn.Module):
     #: Whether the loss is defined by an ``indices_tuple`` alone (``labels=None``), as PML's pair/triplet losses.
     works_without_labels: bool = False
 
-    def _labels_from_indices(self, embeddings, indices_tuple, ref_emb, ref_labels):
+    def _labels_from_indices(self, embeddings: torch.Tensor, indices_tuple: IndicesTuple | None,
+                             ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stand-in labels for a call with ``labels=None``: allowed, as in PML, when the loss needs only the
         miner's ``indices_tuple`` (the stand-ins are never compared; they only give the batch size)."""
         if indices_tuple is None:
@@ -173,51 +160,3 @@ class MetricLoss(_RecordsStats, nn.Module):
     def loss_parameters(self) -> list[nn.Parameter]:
         """Learnable parameters of the loss itself (proxies, class weights, margins)."""
         return [p for p in self.parameters() if p.requires_grad]
-
-
-class Miner(_RecordsStats, nn.Module):
-    """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
-
-    Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
-    ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
-    near-ties are decided exactly as pytorch-metric-learning decides them). ``collect_stats=True`` records
-    ``num_triplets`` / ``num_pos_pairs`` / ``num_neg_pairs`` (and miner-specific values) after each call.
-    """
-
-    def __init__(self, scale: int = 0, *, collect_stats: bool = False) -> None:
-        super().__init__()
-        self.scale = scale
-        self.collect_stats = bool(collect_stats)
-
-    def forward(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        ref_emb: torch.Tensor | None = None,
-        ref_labels: torch.Tensor | None = None,
-    ) -> IndicesTuple:
-        labels = as_label_matrix(labels, name="labels", num_rows=embeddings.shape[0])[:, self.scale]
-        labels = labels.to(embeddings.device)
-        emb = embeddings.detach()
-        if ref_emb is None:
-            # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
-            # the batch (an item is then never its own positive).
-            ref, ref_lab = emb, labels
-        else:
-            if ref_labels is None:
-                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-            ref_lab = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
-            ref, ref_lab = ref_emb.detach(), ref_lab.to(embeddings.device)
-        with torch.no_grad():
-            out = self.mine(emb, labels, ref, ref_lab)
-        if self.collect_stats:
-            if len(out) == 3:
-                self.record(num_triplets=int(out[0].numel()))
-            elif len(out) == 4:
-                self.record(num_pos_pairs=int(out[0].numel()), num_neg_pairs=int(out[2].numel()))
-        return out
-
-    def mine(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
-    ) -> IndicesTuple:  # pragma: no cover - abstract
-        raise NotImplementedError

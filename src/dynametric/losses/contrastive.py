@@ -16,7 +16,7 @@ from dynametric.distances import Distance
 from dynametric.losses.base import IndicesTuple
 from dynametric.losses.pair import TOO_FEW_PAIRS, PairLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, zero_entry
-from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, match_masks
+from dynametric.tuples import check_miner_output, convert_to_pairs, distance_matrix, match_masks
 
 
 class ContrastiveLoss(PairLoss):

@@ -55,6 +55,10 @@ def _csl_term(neg_lse: torch.Tensor, pos_lse: torch.Tensor, gamma_margin: float)
 
 
 class CSLLoss(MetricLoss):
+    class_paths: torch.Tensor | None
+    _sorted_fine: torch.Tensor | None
+    _sorted_order: torch.Tensor | None
+    last_terms: torch.Tensor | None
     """Cross-Scale Learning loss (DyML, CVPR 2021; METHODS 3.8). ``uses_all_scales``: labels are ``[B, S]``.
 
     Args:
@@ -232,6 +236,7 @@ class CSLLoss(MetricLoss):
         if embeddings.shape[0] == 0:
             self.last_terms = None
             return None
+        out: torch.Tensor | None
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
             f = F.normalize(embeddings.to(dtype), dim=1)

@@ -18,7 +18,7 @@ from dynametric.distances import Distance
 from dynametric.losses.base import IndicesTuple
 from dynametric.losses.pair import AnchorPairLoss, PairLoss
 from dynametric.losses.reducers import grouped_logsumexp, masked_logsumexp, zero_entry
-from dynametric.losses.tuples import distance_matrix
+from dynametric.tuples import distance_matrix
 
 
 class LiftedStructureLoss(PairLoss):

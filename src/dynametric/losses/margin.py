@@ -22,7 +22,7 @@ from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import divisor_reduce, graph_zero, zero_entry
 from dynametric.losses.triplet import check_triplets_per_anchor
-from dynametric.losses.tuples import check_miner_output, convert_to_triplets, distance_matrix, match_masks
+from dynametric.tuples import check_miner_output, convert_to_triplets, distance_matrix, match_masks
 
 
 class MarginLoss(MetricLoss):
@@ -61,7 +61,7 @@ class MarginLoss(MetricLoss):
             self.register_buffer("beta", init)
 
     @property
-    def works_without_labels(self) -> bool:  # per-class beta is indexed by the anchor's label
+    def works_without_labels(self) -> bool:  # type: ignore[override]  # per-class beta is indexed by the anchor's label
         return not self.num_classes
 
     def _check_label_range(self, labels: torch.Tensor) -> None:

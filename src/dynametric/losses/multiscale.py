@@ -13,6 +13,7 @@ one entry per scale).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -200,7 +201,7 @@ class MultiScaleLoss(MetricLoss):
 
     def loss_at(self, scale: int) -> MetricLoss:
         """The loss applied at ``scale``."""
-        return self.losses[scale]
+        return cast(MetricLoss, self.losses[scale])
 
     def resolve_chunks(self, batch_size: int, device: torch.device) -> list[torch.Tensor | None]:
         """Row indices used at each scale (``None`` = the whole batch)."""

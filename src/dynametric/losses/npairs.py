@@ -18,7 +18,7 @@ from dynametric.errors import InputError
 from dynametric.losses.base import IndicesTuple
 from dynametric.losses.pair import PairLoss
 from dynametric.losses.reducers import zero_entry
-from dynametric.losses.tuples import check_indices_tuple, distance_matrix, first_positive_pair_per_label
+from dynametric.tuples import check_indices_tuple, distance_matrix, first_positive_pair_per_label
 
 
 class NPairsLoss(PairLoss):

@@ -29,7 +29,7 @@ import torch
 from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import zero_entry
-from dynametric.losses.tuples import check_miner_output, convert_to_pairs, distance_matrix, pair_masks
+from dynametric.tuples import check_miner_output, convert_to_pairs, distance_matrix, pair_masks
 
 #: The reason logged when PML's generic pair rule makes the loss zero.
 TOO_FEW_PAIRS = "fewer than two positive and two negative pairs"

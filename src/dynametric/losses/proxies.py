@@ -266,7 +266,7 @@ class ProxyNCALoss(_ClassWeightLoss):
         self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
         self._init_weight(self.proxies, nn.init.normal_)
 
-    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
         dist = self.distance
         if isinstance(dist, LpDistance) and dist.p == 2 and dist.power == 2 and dist.normalize_embeddings:
             # unit vectors: ||a - b||^2 = 2 - 2 <a, b>, and softmax ignores the constant, so one matmul suffices
@@ -314,7 +314,7 @@ class ProxyAnchorLoss(_ClassWeightLoss):
         self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
         self._init_weight(self.proxies, lambda t: nn.init.kaiming_normal_(t, mode="fan_out"))
 
-    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
         cos = self._logits(emb)
         w = (miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype) - 1.0)[:, None]
         pos_mask = F.one_hot(labels, self.num_classes).bool()
@@ -362,7 +362,7 @@ class NormalizedSoftmaxLoss(_ClassWeightLoss):
         self.W = nn.Parameter(torch.empty(self.embedding_size, self.num_classes))
         self._init_weight(self.W, nn.init.normal_)
 
-    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
         logits = self._logits(emb)
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)
         return self._element(F.cross_entropy(logits, labels, reduction="none") * w)
@@ -404,7 +404,7 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
         cos = self.distance(emb, self.W.to(emb.dtype).t())
         target = cos.gather(1, labels[:, None])
         logits = cos.scatter(1, labels[:, None], self._target_logit(target)) * self.logit_scale
@@ -521,7 +521,7 @@ class SoftTripleLoss(_ClassWeightLoss):
         prob = F.softmax(sim / self.gamma, dim=2)
         return (prob * sim).sum(dim=2)
 
-    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> torch.Tensor:
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
         sim = self.class_similarities(emb)
         margin = torch.zeros_like(sim).scatter(1, labels[:, None], self.margin)
         w = miner_weights(indices_tuple, emb.shape[0], device=emb.device, dtype=emb.dtype)

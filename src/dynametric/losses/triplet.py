@@ -20,7 +20,7 @@ from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, graph_zero, zero_entry
-from dynametric.losses.tuples import (
+from dynametric.tuples import (
     anchor_chunks,
     check_miner_output,
     convert_to_triplets,
@@ -174,7 +174,7 @@ class _AllTripletsHinge(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mat, pos_idx, valid, neg, margin, sign, smooth):  # type: ignore[override]
+    def forward(ctx, mat, pos_idx, valid, neg, margin, sign, smooth):
         total = mat.new_zeros(())
         count = 0
         for _, _, _, loss, active in _triplet_blocks(mat, pos_idx, valid, neg, margin, sign, smooth):
@@ -185,7 +185,7 @@ class _AllTripletsHinge(torch.autograd.Function):
         return total / count if count else total
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         mat, pos_idx, valid, neg = ctx.saved_tensors
         grad = torch.zeros_like(mat)
         if ctx.count == 0:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynametric.losses.base import Miner
-from dynametric.losses.pml import PMLAwareRegistry
+from dynametric.distances import build_distance
+from dynametric.miners.base import Miner
 from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
 from dynametric.miners.inter_class import InterClassTripletMiner
 from dynametric.miners.multi_similarity import MultiSimilarityMiner
+from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
+from dynametric.pml import PMLAwareRegistry
 from dynametric.utils.registry import build_registered
 
 MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
@@ -21,15 +23,13 @@ MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
     "MultiSimilarityMiner": MultiSimilarityMiner,
     "PairMarginMiner": PairMarginMiner,
     "InterClassTripletMiner": InterClassTripletMiner,
-})
+}, PMLMiner)
 """Native miners by name; ``pml:<ClassName>`` resolves to pytorch-metric-learning's miner in :class:`PMLMiner`."""
 
 
 def build_miner(name: str, **kwargs: Any) -> Miner:
     """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
     if name in MINERS and "distance" in kwargs:
-        from dynametric.losses import build_distance
-
         kwargs["distance"] = build_distance(kwargs["distance"], key=f"miner.{name}.distance")
     return build_registered(MINERS, "miner", name, kwargs, name_key="miner.name", args_key=f"miner.{name}")
 
@@ -39,9 +39,12 @@ __all__ = [
     "BatchHardMiner",
     "DistanceWeightedMiner",
     "InterClassTripletMiner",
+    "Miner",
+    "PMLMiner",
     "MultiSimilarityMiner",
     "PairMarginMiner",
     "TripletMarginMiner",
     "build_miner",
+    "pml_miner",
     "inverse_q_log_weights",
 ]

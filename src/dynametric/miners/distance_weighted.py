@@ -16,8 +16,8 @@ import torch
 
 from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, Miner, logger
-from dynametric.losses.tuples import match_masks
+from dynametric.miners.base import IndicesTuple, Miner, logger
+from dynametric.tuples import match_masks
 
 #: Largest distance used inside the log (distances between unit vectors are at most 2; ``1 - d^2/4`` must stay > 0).
 MAX_UNIT_SPHERE_DISTANCE = 2.0 - 1e-4

@@ -25,7 +25,7 @@ import torch
 
 from dynametric.distances import Distance
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, Miner
+from dynametric.miners.base import IndicesTuple, Miner
 from dynametric.miners.distance_weighted import inverse_q_log_weights, unit_sphere_l2
 
 VARIANTS = ("standard", "full", "random", "random_groups")

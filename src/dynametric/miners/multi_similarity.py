@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from dynametric.distances import CosineSimilarity, Distance, as_distance
-from dynametric.losses.base import IndicesTuple, Miner
-from dynametric.losses.tuples import match_masks
+from dynametric.miners.base import IndicesTuple, Miner
 from dynametric.miners.triplet_margin import mining_matrix
+from dynametric.tuples import match_masks
 
 
 class MultiSimilarityMiner(Miner):

@@ -15,8 +15,8 @@ import torch
 
 from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.errors import ConfigError
-from dynametric.losses.base import IndicesTuple, Miner
-from dynametric.losses.tuples import get_all_pairs_indices, get_all_triplets_indices, match_masks
+from dynametric.miners.base import IndicesTuple, Miner
+from dynametric.tuples import get_all_pairs_indices, get_all_triplets_indices, match_masks
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 

@@ -161,7 +161,8 @@ def pretrained_weights_status(name: str) -> tuple[bool | None, str]:
         return (True, str(folder / found[0])) if found else (False, f"no weight file in {folder}")
     import timm
 
-    repo, url = None, None
+    repo: str | None = None
+    url: Any = None  # timm's pretrained_cfg.url
     if name.startswith("hf-hub:"):
         repo = name.partition(":")[2]
     else:
@@ -191,7 +192,7 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
     in_chans=in_chans, **kwargs)`` (timm's normal weight loading and cache when ``pretrained``); pooling is ours.
     """
     if name in BACKBONES:
-        body = BACKBONES[name](pretrained=pretrained, in_chans=in_chans, **kwargs)
+        body: Any = BACKBONES[name](pretrained=pretrained, in_chans=in_chans, **kwargs)
         return Backbone(name, body, body.num_features,
                         classifier_prefixes=tuple(getattr(body, "classifier_prefixes", ())))
     import timm
@@ -210,7 +211,8 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
         if not pretrained and not hub_name:
             raise
         raise _download_error(name, exc) from exc  # offline, hub errors, missing cache entry
-    classifier = body.pretrained_cfg.get("classifier") if getattr(body, "pretrained_cfg", None) else None
+    pretrained_cfg: Any = getattr(body, "pretrained_cfg", None)
+    classifier = pretrained_cfg.get("classifier") if pretrained_cfg else None
     prefixes: tuple[str, ...] = ()
     if isinstance(classifier, str):
         prefixes = (classifier + ".",)

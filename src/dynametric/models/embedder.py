@@ -48,6 +48,12 @@ def _batchnorm_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNor
 class Embedder(nn.Module):
     """Backbone + pooling + heads. See the module docstring for the output convention."""
 
+    build_kwargs: dict[str, Any]
+    """The :func:`build_embedder` arguments that made it (set by :func:`build_embedder`; ``save_pretrained`` records
+    them)."""
+    hub_meta: dict[str, Any]
+    """The model folder's description, on an embedder loaded by ``from_pretrained`` from a model folder."""
+
     def __init__(self, backbone: Backbone, pool: GlobalPool, heads: Mapping[str, EmbeddingHead], *,
                  freeze_bn: bool = False) -> None:
         super().__init__()
@@ -71,6 +77,16 @@ class Embedder(nn.Module):
     def embedding_dim(self) -> int:
         """Total output width: the single head's width, or the sum over heads (the concatenated embedding)."""
         return sum(self.embedding_dims.values())
+
+    @property
+    def output_dims(self) -> dict[str | None, int]:
+        """The width of every output a loss term can read (its ``head``), as declared by the heads, no forward
+        pass needed: ``None`` (the single head's tensor) and ``"concat"`` for one head; every head name and
+        ``"concat"`` (all heads side by side, in :attr:`head_names` order) for several."""
+        if len(self.head_names) == 1:
+            width = self.embedding_dims[self.head_names[0]]
+            return {None: width, "concat": width}
+        return {**{name: self.embedding_dims[name] for name in self.head_names}, "concat": self.embedding_dim}
 
     def train(self, mode: bool = True) -> Embedder:
         """Set training mode; with ``freeze_bn`` the backbone's BatchNorm layers stay in eval mode."""

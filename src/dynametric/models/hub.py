@@ -12,6 +12,9 @@ A **model folder** holds
 :func:`from_pretrained` rebuilds the embedder from a model folder, a run folder, or a Hub repository id (downloaded
 through ``huggingface_hub``, the ``hub`` extra); :func:`push_to_hub` uploads a model folder.
 ``Embedder.from_pretrained`` / ``.save_pretrained`` / ``.push_to_hub`` are the same functions.
+
+Run folders are read by :mod:`dynametric.retrieval.hub` (they need the config and the engine, layers above the
+models); this module hands a run folder over to it and otherwise imports nothing above ``models/``.
 """
 
 from __future__ import annotations
@@ -122,36 +125,19 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     return folder
 
 
+def _run_folders() -> Any:
+    """:mod:`dynametric.retrieval.hub`, which reads ``dynametric train`` run folders (they need the config and the
+    engine). The one import of ``models/`` that points up a layer, and only when a run folder is given: it keeps
+    ``Embedder.from_pretrained(run_dir)`` and ``push_to_hub(run_dir, ...)`` working."""
+    import dynametric.retrieval.hub as run_hub
+
+    return run_hub
+
+
 def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "best.ckpt",
                repo_id: str | None = None) -> Path:
-    """A model folder from a ``dynametric train`` run folder: its ``checkpoint`` (default ``best.ckpt``, else
-    ``last.ckpt``), config, test metrics and data description."""
-    from dynametric.config import config_to_yaml, embedder_kwargs
-    from dynametric.engine.builders import eval_head
-    from dynametric.retrieval.model import load_embedder
-
-    run_dir = Path(run_dir)
-    ckpt = run_dir / checkpoint
-    if not ckpt.is_file() and checkpoint == "best.ckpt":
-        ckpt = run_dir / "last.ckpt"
-    loaded = load_embedder(ckpt)
-    from dynametric.config import load_config
-
-    cfg = load_config(loaded.config_path)
-    metrics, info = {}, {}
-    for name, target in (("metrics.json", metrics), ("run_info.json", info)):
-        path = run_dir / name
-        if path.is_file():
-            try:
-                target.update(json.loads(path.read_text(encoding="utf-8")))
-            except ValueError as exc:
-                raise InputError(f"cannot read ({exc})", file=path) from None
-    data = {"format": cfg.data.format, "root": cfg.data.root, "train images": info.get("train_images"),
-            "test images": info.get("test_images"), "validation": info.get("validation_source")}
-    return save_pretrained(loaded.model, folder, model_kwargs=embedder_kwargs(cfg.model),
-                           scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
-                           data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
-                           eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id)
+    """A model folder from a ``dynametric train`` run folder: :func:`dynametric.retrieval.hub.export_run`."""
+    return _run_folders().export_run(run_dir, folder, checkpoint=checkpoint, repo_id=repo_id)
 
 
 def _resolve(source: str | Path, *, revision: str | None, cache_dir: str | Path | None,
@@ -185,10 +171,7 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
     folder = _resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                       token=token)
     if not (folder / META_FILE).is_file() and (folder / CONFIG_FILE).is_file():
-        from dynametric.retrieval.model import load_embedder
-
-        ckpt = folder / "best.ckpt" if (folder / "best.ckpt").is_file() else folder / "last.ckpt"
-        return load_embedder(ckpt).model  # a run folder
+        return _run_folders().run_embedder(folder)  # a run folder
     meta_path = folder / META_FILE
     if not meta_path.is_file():
         raise InputError(f"no {META_FILE} (is this a dynametric model folder?)", file=folder)

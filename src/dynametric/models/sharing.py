@@ -9,9 +9,8 @@ TPAMI 2020; MIC).
 backbone remove that correlation. Direction ``shared_to_class`` (default, R maps shared -> class) or
 ``class_to_shared``.
 
-:class:`DecorrelationLoss` is the same term in the loss contract: it reads the concatenation ``[class; shared]`` of
-a two-head embedder (engine term with ``head: concat``), so ``dynametric train`` can combine it with the other
-terms (``summed``, weight ``rho``). Its ``R`` is returned by :meth:`loss_parameters` (the engine's ``loss`` group).
+The same term in the loss contract is :class:`dynametric.losses.decorrelation.DecorrelationLoss` (registered as
+``DecorrelationLoss``); it wraps :class:`Decorrelation` (models never import losses).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
 
 DIRECTIONS = ("shared_to_class", "class_to_shared")
 
@@ -103,30 +101,3 @@ class Decorrelation(nn.Module):
         else:
             target, pred = s, _normalise(self.regressor(c))
         return -(target * pred).pow(2).mean()
-
-
-class DecorrelationLoss(MetricLoss):
-    """:class:`Decorrelation` in the loss contract, on the concatenated embedding ``[class; shared]``.
-
-    ``embedding_size`` is the concatenation width (filled in by the engine); ``class_dim`` the width of the first
-    (class) part (default: half). Labels and ``indices_tuple`` are ignored (the term needs no labels).
-    """
-
-    def __init__(self, embedding_size: int, class_dim: int | None = None, hidden: int = 512,
-                 direction: str = "shared_to_class", grl_scale: float = 1.0) -> None:
-        super().__init__(0)
-        if class_dim is None:
-            if embedding_size % 2:
-                raise ConfigError(f"odd embedding_size {embedding_size}: set class_dim", key="class_dim")
-            class_dim = embedding_size // 2
-        if not 0 < class_dim < embedding_size:
-            raise ConfigError(f"class_dim must be in (0, {embedding_size}), got {class_dim}", key="class_dim")
-        self.class_dim = int(class_dim)
-        self.decorrelation = Decorrelation(self.class_dim, embedding_size - self.class_dim, hidden, direction,
-                                           grl_scale)
-
-    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None,
-                     ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None) -> torch.Tensor:
-        if ref_emb is not None:
-            raise InputError("DecorrelationLoss takes no reference set", key="ref_emb")
-        return self.decorrelation(embeddings[:, : self.class_dim], embeddings[:, self.class_dim:])

@@ -19,7 +19,7 @@ Per training iteration (Lightning manual optimisation, :class:`AlternatingSharin
 
 The loss terms come from the config as usual and are assigned by their ``head``: terms on the class head
 (``class_head``, default ``class``) form the class step, terms on the shared head the shared step, and terms on
-the ``concat`` head (:class:`~dynametric.models.sharing.DecorrelationLoss`) ride on ``adv_step``.
+the ``concat`` head (:class:`~dynametric.losses.decorrelation.DecorrelationLoss`) ride on ``adv_step``.
 One optimizer (the engine's parameter groups) takes both steps; a step-interval LR schedule advances once per
 iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration).
 
@@ -45,6 +45,7 @@ from torch import nn
 from dynametric.engine.module import MetricLearningModule
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError
+from dynametric.labels import as_label_matrix
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -209,8 +210,7 @@ class AlternatingSharingModule(MetricLearningModule):
         return ds
 
     def _train_labels(self) -> torch.Tensor:
-        labels = torch.as_tensor(self._train_set().labels)
-        return labels.unsqueeze(1) if labels.dim() == 1 else labels
+        return as_label_matrix(self._train_set().labels, name="train_set.labels")
 
     def _images(self, indices: torch.Tensor, dataset: Any = None) -> torch.Tensor:
         ds = self._train_set() if dataset is None else dataset

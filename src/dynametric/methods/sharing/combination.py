@@ -71,7 +71,7 @@ class SharingParts:
 
 def summed_objectives(parts: SharingParts, settings: SharingSettings) -> list[Objective]:
     """The ``summed`` combination as engine loss terms. ``parts.decorrelation`` must then be a
-    :class:`~dynametric.models.sharing.DecorrelationLoss` (it reads the ``concat`` head)."""
+    :class:`~dynametric.losses.decorrelation.DecorrelationLoss` (it reads the ``concat`` head)."""
     out = [Objective(parts.class_loss, parts.class_miner, settings.class_head, 1.0, "class"),
            Objective(parts.shared_loss, parts.shared_miner, settings.shared_head, settings.alpha_shared, "shared")]
     if parts.decorrelation is not None and settings.decorrelation:

@@ -1,0 +1,68 @@
+"""The miner contract: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
+
+Miners sit below the losses: a loss may use a miner (:class:`~dynametric.losses.MultiScaleLoss` builds one per
+scale, :class:`~dynametric.losses.PDDMLoss` mines quadruplets), a miner never imports a loss. What both share lives
+below them: index tuples in :mod:`dynametric.tuples`, distances in :mod:`dynametric.distances`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from dynametric.errors import InputError
+from dynametric.labels import as_label_matrix
+from dynametric.tuples import IndicesTuple
+from dynametric.utils.stats import RecordsStats
+
+logger = logging.getLogger("dynametric.losses")  # the logger name miners have always used (shared with the losses)
+
+
+class Miner(RecordsStats, nn.Module):
+    """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
+
+    Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
+    ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
+    near-ties are decided exactly as pytorch-metric-learning decides them). ``collect_stats=True`` records
+    ``num_triplets`` / ``num_pos_pairs`` / ``num_neg_pairs`` (and miner-specific values) after each call.
+    """
+
+    def __init__(self, scale: int = 0, *, collect_stats: bool = False) -> None:
+        super().__init__()
+        self.scale = scale
+        self.collect_stats = bool(collect_stats)
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> IndicesTuple:
+        labels = as_label_matrix(labels, name="labels", num_rows=embeddings.shape[0])[:, self.scale]
+        labels = labels.to(embeddings.device)
+        emb = embeddings.detach()
+        if ref_emb is None:
+            # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
+            # the batch (an item is then never its own positive).
+            ref, ref_lab = emb, labels
+        else:
+            if ref_labels is None:
+                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+            ref_lab = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
+            ref, ref_lab = ref_emb.detach(), ref_lab.to(embeddings.device)
+        with torch.no_grad():
+            out = self.mine(emb, labels, ref, ref_lab)
+        if self.collect_stats:
+            if len(out) == 3:
+                self.record(num_triplets=int(out[0].numel()))
+            elif len(out) == 4:
+                self.record(num_pos_pairs=int(out[0].numel()), num_neg_pairs=int(out[2].numel()))
+        return out
+
+    def mine(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
+    ) -> IndicesTuple:  # pragma: no cover - abstract
+        raise NotImplementedError

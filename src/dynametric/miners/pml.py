@@ -1,0 +1,48 @@
+"""Any pytorch-metric-learning miner on dynametric's ``[B, S]`` labels: :class:`PMLMiner` and :func:`pml_miner`
+(see :mod:`dynametric.losses.pml` for the loss side and the ``pml:<ClassName>`` config names)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynametric.errors import ConfigError, InputError
+from dynametric.labels import as_label_matrix
+from dynametric.miners.base import IndicesTuple, Miner
+from dynametric.pml import _instantiate
+
+
+class PMLMiner(Miner):
+    """A pytorch-metric-learning miner object applied to label column ``scale``."""
+
+    def __init__(self, miner: nn.Module, scale: int = 0) -> None:
+        super().__init__(scale)
+        if not isinstance(miner, nn.Module) or not callable(miner) or isinstance(miner, Miner):
+            raise ConfigError(f"PMLMiner wraps a pytorch-metric-learning miner object, got {miner!r}", key="miner")
+        self.miner = miner
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> IndicesTuple:
+        labels = as_label_matrix(labels, name="labels", num_rows=embeddings.shape[0])[:, self.scale]
+        labels = labels.to(embeddings.device)
+        if (ref_emb is None) != (ref_labels is None):
+            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        if ref_emb is not None and ref_labels is not None:
+            ref_labels = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
+            ref_labels = ref_labels.to(embeddings.device)
+        return self.miner(embeddings, labels, ref_emb, ref_labels)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+def pml_miner(miner: str | type | nn.Module, scale: int = 0, **kwargs: Any) -> PMLMiner:
+    """A PML miner (class name, class or object) on label column ``scale``."""
+    return PMLMiner(_instantiate("miners", miner, kwargs), scale=scale)

@@ -1,0 +1,55 @@
+"""Sharing a ``dynametric train`` run: its embedder, and a model folder made from it.
+
+The model-folder format (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``) is
+:mod:`dynametric.models.hub`; a run folder (``config.yaml`` + ``best.ckpt`` / ``last.ckpt``) needs the config and the
+engine to be rebuilt, so it is read here, a layer above. ``dynametric.models.hub`` hands run folders to this module,
+so ``Embedder.from_pretrained(run_dir)`` and ``push_to_hub(run_dir, ...)`` accept them as well.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dynametric.config import config_to_yaml, embedder_kwargs, load_config
+from dynametric.engine.builders import eval_head
+from dynametric.errors import InputError
+from dynametric.models.hub import save_pretrained
+from dynametric.retrieval.model import load_embedder
+
+
+def run_embedder(run_dir: str | Path) -> nn.Module:
+    """The embedder of a run folder (``best.ckpt``, else ``last.ckpt``), eval mode."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "best.ckpt" if (run_dir / "best.ckpt").is_file() else run_dir / "last.ckpt"
+    return load_embedder(ckpt).model
+
+
+def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "best.ckpt",
+               repo_id: str | None = None) -> Path:
+    """A model folder from a ``dynametric train`` run folder: its ``checkpoint`` (default ``best.ckpt``, else
+    ``last.ckpt``), config, test metrics and data description."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / checkpoint
+    if not ckpt.is_file() and checkpoint == "best.ckpt":
+        ckpt = run_dir / "last.ckpt"
+    loaded = load_embedder(ckpt)
+    cfg = load_config(loaded.config_path)
+    metrics: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    for name, target in (("metrics.json", metrics), ("run_info.json", info)):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                target.update(json.loads(path.read_text(encoding="utf-8")))
+            except ValueError as exc:
+                raise InputError(f"cannot read ({exc})", file=path) from None
+    data = {"format": cfg.data.format, "root": cfg.data.root, "train images": info.get("train_images"),
+            "test images": info.get("test_images"), "validation": info.get("validation_source")}
+    return save_pretrained(loaded.model, folder, model_kwargs=embedder_kwargs(cfg.model),
+                           scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
+                           data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
+                           eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id)
