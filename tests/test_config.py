@@ -17,7 +17,6 @@ from dynametric.config import (
     Config,
     ExtraLossConfig,
     MinerConfig,
-    build_component,
     config_from_dict,
     config_hash,
     config_to_dict,
@@ -25,8 +24,8 @@ from dynametric.config import (
     parse_value,
     save_config,
     schema_keys,
-    validate_components,
 )
+from dynametric.engine.builders import build_component, validate_components
 from dynametric.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dynametric.config import Config, config_hash, load_config, validate_components
+from dynametric.config import Config, config_hash, load_config
+from dynametric.engine.builders import validate_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dynametric.config import load_config, validate_components
+from dynametric.config import load_config
+from dynametric.engine.builders import validate_components
 from dynametric.losses import LOSSES, build_loss
 from dynametric.losses.pddm import PDDMLoss
 from dynametric.models import build_embedder

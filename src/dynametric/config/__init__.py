@@ -6,12 +6,10 @@ A :class:`Config` is read once, at the top (``dynametric train``, :func:`load_co
 everything below them receives those resolved objects, not the config.
 
 ``build_component`` and ``validate_components`` (the loss / miner factory) live in
-:mod:`dynametric.engine.builders`; they stay importable from here for existing callers.
+:mod:`dynametric.engine.builders` (the configuration layer never imports the engine).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from dynametric.config.loader import (
     apply_override,
@@ -42,19 +40,6 @@ from dynametric.config.schema import (
     embedder_kwargs,
     schema_keys,
 )
-
-_FACTORY = ("build_component", "validate_components", "DATA_DEPENDENT_ARGS")
-
-
-def __getattr__(name: str) -> Any:
-    """The component factory moved to the engine's builders; importing it from here still works (lazily, so that
-    the configuration layer does not import the engine)."""
-    if name in _FACTORY:
-        from dynametric.engine import builders
-
-        return getattr(builders, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "MODEL_TRAINING_KEYS", "PRECISIONS", "Config", "DataConfig", "EvalConfig", "ExtraLossConfig", "LossConfig",
