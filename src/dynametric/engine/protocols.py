@@ -25,6 +25,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -249,7 +250,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
     from dynametric.errors import InputError
 
-    if not os.path.isfile(checkpoint):
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
         raise InputError("checkpoint file not found", file=checkpoint)
     cfg = load_config(config_beside(checkpoint, config), overrides)
     protocol = protocol_from_config(cfg, split)

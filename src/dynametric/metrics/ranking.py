@@ -57,7 +57,8 @@ class RankRows:
     row; padding slots hold a rank beyond every cut-off), :attr:`prec` (``j / rank_j``, 0 on padding), :attr:`r`
     (the row's ``R_q``), :attr:`in_r` (``rank_j <= R_q``). Per row: :attr:`r_count` (``R_q``, int64),
     :attr:`first` (``rank_1``, beyond every cut-off when ``R_q = 0``), :attr:`denom` (``max(R_q, 1)``, float64).
-    Reductions :meth:`sum` (float per item -> float64 per row) and :meth:`count` (bool per item -> int64 per row),
+    Reductions :meth:`sum` (float per item -> float64 per row, optionally only ``where`` a mask holds) and
+    :meth:`count` (bool per item -> int64 per row),
     and :attr:`asi_cutoff` (``None``: ``N = R_q``). A formula returns float64 values per row; rows with ``R_q = 0``
     are excluded (or counted as zero) by the caller, whatever the formula gives there.
     """
@@ -71,7 +72,7 @@ class RankRows:
     denom: Any
     asi_cutoff: int | None
 
-    def sum(self, values: Any) -> Any:
+    def sum(self, values: Any, where: Any = None) -> Any:
         raise NotImplementedError
 
     def count(self, mask: Any) -> Any:
@@ -136,7 +137,7 @@ def _precision_at_k(v: RankRows, k: int | None) -> Any:
 
 
 def _map_at_k(v: RankRows, k: int | None) -> Any:
-    return v.sum(v.prec * (v.rank <= k)) / v.denom_at(k)  # type: ignore[arg-type]
+    return v.sum(v.prec, where=v.rank <= k) / v.denom_at(k)  # type: ignore[arg-type]
 
 
 def _r_precision(v: RankRows, k: int | None) -> Any:
@@ -144,7 +145,7 @@ def _r_precision(v: RankRows, k: int | None) -> Any:
 
 
 def _map_at_r(v: RankRows, k: int | None) -> Any:
-    return v.sum(v.prec * v.in_r) / v.denom
+    return v.sum(v.prec, where=v.in_r) / v.denom
 
 
 def _average_precision(v: RankRows, k: int | None) -> Any:
@@ -278,8 +279,10 @@ class FlatRankRows(RankRows):
         h = self._harmonic_in
         return h.numpy() if h is not None and h.numel() > top else harmonic_numbers(top).numpy()
 
-    def sum(self, values: np.ndarray) -> np.ndarray:
+    def sum(self, values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         # segment sums over each row's contiguous run (a row's sum never depends on the other rows)
+        if where is not None:
+            values = values * where
         total = np.zeros(self.num_rows, dtype=np.float64)
         if values.size:
             total[self.has] = np.add.reduceat(values, self._seg)

@@ -117,8 +117,8 @@ class PaddedRankRows(RankRows):
     def in_r(self) -> torch.Tensor:  # type: ignore[override]
         return self.rank <= self.r
 
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        return values.sum(1)
+    def sum(self, values: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        return (values if where is None else torch.where(where, values, self.zero)).sum(1)
 
     def count(self, mask: torch.Tensor) -> torch.Tensor:
         return mask.sum(1)
