@@ -125,75 +125,6 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.utils.device import resolve_device
 
     resolve_device(args.device)  # `--device cuda` without CUDA: one clear error before any work
-    if args.checkpoint:
-        if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
-            raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
-                              key="--checkpoint")
-        from dynametric.commands.options import inference_options
-
-        options = inference_options(args)  # --device (when the command has it), --precision, --batch-size, --workers
-        options.resolve()  # flag errors before anything is loaded
-        if not args.split:  # a DyML run config: its own test protocol (docs/dyml.md)
-            from dynametric.engine.dyml import evaluate_checkpoint
-
-            dyml = evaluate_checkpoint(args.checkpoint, args.config, overrides=args.overrides, options=options)
-            if dyml is not None:
-                info = dyml.pop("protocol")
-                print(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
-                      f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
-                print(format_table(dyml))
-                if args.json_out:
-                    atomic_write_json(args.json_out, {**_jsonable(dyml), "protocol": info})
-                    print(f"wrote {args.json_out}", file=sys.stderr)
-                return 0
-        from dynametric.engine.inference import embed_from_checkpoint
-
-        ce = embed_from_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides,
-                                   options=options)
-        q, ql, g, gl = ce.query, ce.query_labels, ce.gallery, ce.gallery_labels
-        names, source = ce.scale_names or None, ce.description
-    elif args.precision or args.batch_size is not None or args.workers is not None:
-        raise ConfigError("--precision, --batch-size and --workers need --checkpoint", key="--checkpoint")
-    elif args.config or args.split or args.overrides:
-        raise ConfigError("--config, --split and --set need --checkpoint", key="--checkpoint")
-    elif args.example:
-        if args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
-            raise ConfigError("--example cannot be combined with embedding/label files", key="--example")
-        from dynametric.examples import make_example
-
-        q, ql, names = make_example()
-        g = gl = None
-        source = "bundled example (1200 items, 3 scales)"
-    else:
-        if not args.embeddings or not args.labels:
-            raise ConfigError("--embeddings and --labels are required (or use --example)", key="--embeddings")
-        q = load_embeddings(args.embeddings)
-        ql, names = load_labels_csv(args.labels)
-        if len(ql) != len(q):
-            raise InputError(f"{len(ql)} label rows but {len(q)} embeddings in {args.embeddings}", file=args.labels)
-        g = gl = None
-        if (args.gallery_embeddings is None) != (args.gallery_labels is None):
-            raise ConfigError("--gallery-embeddings and --gallery-labels go together", key="--gallery-embeddings")
-        if args.gallery_embeddings is not None:
-            g = load_embeddings(args.gallery_embeddings)
-            gl, gnames = load_labels_csv(args.gallery_labels)
-            if len(gl) != len(g):
-                raise InputError(f"{len(gl)} label rows but {len(g)} embeddings in {args.gallery_embeddings}",
-                                 file=args.gallery_labels)
-            if gnames != names:
-                raise InputError(f"columns {gnames} differ from the query labels' columns {names}",
-                                 file=args.gallery_labels, line=1)
-            if g.shape[1] != q.shape[1]:
-                raise InputError(f"dimension {g.shape[1]} differs from the query embeddings' {q.shape[1]}",
-                                 file=args.gallery_embeddings)
-        source = args.embeddings if g is None else f"{args.embeddings} -> {args.gallery_embeddings}"
-    query_ids = gallery_ids = None
-    if args.query_ids:
-        query_ids = load_ids(args.query_ids, len(q))
-    if args.gallery_ids:
-        if g is None:
-            raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
-        gallery_ids = load_ids(args.gallery_ids, len(g))
     cutoff: str | int = args.asi_cutoff
     if cutoff not in ("R_q", "r_q"):
         try:
@@ -202,20 +133,106 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"expected R_q or a positive integer, got {args.asi_cutoff!r}",
                               key="--asi-cutoff") from None
     budget = None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20)
-    result = evaluate_embeddings(
-        q, ql, g, gl, metrics=_parse_metric_list(args.metrics), k_values=tuple(args.k), distance=args.distance,
-        scale_names=names, query_ids=query_ids, gallery_ids=gallery_ids, memory_budget_bytes=budget,
-        empty_queries=args.empty_queries, asi_cutoff=cutoff, nmi_normalizer=args.nmi_normalizer,
-        kmeans_seed=args.kmeans_seed, kmeans_restarts=args.kmeans_restarts, device=args.device,
-        per_query=bool(args.per_query_out))
+    options = dict(metrics=_parse_metric_list(args.metrics), k_values=tuple(args.k), distance=args.distance,
+                   memory_budget_bytes=budget, empty_queries=args.empty_queries, asi_cutoff=cutoff,
+                   nmi_normalizer=args.nmi_normalizer, kmeans_seed=args.kmeans_seed,
+                   kmeans_restarts=args.kmeans_restarts, device=args.device, per_query=bool(args.per_query_out))
+
+    def evaluate(q: Any, ql: Any, g: Any = None, gl: Any = None, **kw: Any) -> Any:
+        """The metrics with the command's options (a protocol's own choices in ``kw`` take precedence, the id files
+        over both)."""
+        if args.query_ids:
+            kw["query_ids"] = load_ids(args.query_ids, len(q))
+        if args.gallery_ids:
+            if g is None:
+                raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
+            kw["gallery_ids"] = load_ids(args.gallery_ids, len(g))
+        return evaluate_embeddings(q, ql, g, gl, **(options | kw))
+
+    info = None
+    if args.checkpoint:
+        if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
+            raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
+                              key="--checkpoint")
+        from dynametric.commands.options import inference_options
+        from dynametric.engine.protocols import LeaveOneOut, QueryGallery, evaluate_checkpoint
+
+        inference = inference_options(args)  # --device (when the command has it), --precision, --batch-size, ...
+        inference.resolve()  # flag errors before anything is loaded
+
+        def check(protocol: Any) -> None:
+            generic = isinstance(protocol, (LeaveOneOut, QueryGallery))
+            if not generic and (args.query_ids or args.gallery_ids or args.per_query_out):
+                raise ConfigError(f"--query-ids, --gallery-ids and --per-query apply to leave-one-out and query -> "
+                                  f"gallery evaluations, not to the {protocol.name} protocol (docs/dyml.md)",
+                                  key="--checkpoint")
+
+        # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; engine/protocols.py)
+        ce = evaluate_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides,
+                                 options=inference, evaluate=evaluate, check=check)
+        result, source = ce.result, ce.description
+        info = (result[0] if isinstance(result, tuple) else result).pop("protocol", None)
+        if not isinstance(ce.protocol, (LeaveOneOut, QueryGallery)):  # a method's own protocol (DyML)
+            print(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
+                  f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
+            print(format_table(result))
+            if args.json_out:
+                atomic_write_json(args.json_out, {**_jsonable(result), "protocol": info})
+                print(f"wrote {args.json_out}", file=sys.stderr)
+            return 0
+        sets = list(ce.sets.values())
+        num_queries, protocol = len(sets[0].emb), "leave-one-out" if len(sets) == 1 else "query -> gallery"
+    elif args.precision or args.batch_size is not None or args.workers is not None:
+        raise ConfigError("--precision, --batch-size and --workers need --checkpoint", key="--checkpoint")
+    elif args.config or args.split or args.overrides:
+        raise ConfigError("--config, --split and --set need --checkpoint", key="--checkpoint")
+    else:
+        if args.example:
+            if args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
+                raise ConfigError("--example cannot be combined with embedding/label files", key="--example")
+            from dynametric.examples import make_example
+
+            q, ql, names = make_example()
+            g = gl = None
+            source = "bundled example (1200 items, 3 scales)"
+        else:
+            q, ql, g, gl, names, source = _read_files(args)
+        num_queries, protocol = len(q), "leave-one-out" if g is None else "query -> gallery"
+        result = evaluate(q, ql, g, gl, scale_names=names)
     if args.per_query_out:
         result, table = result
         write_per_query_csv(args.per_query_out, table)
         print(f"wrote {args.per_query_out}", file=sys.stderr)
-    protocol = "leave-one-out" if g is None else "query -> gallery"
-    print(f"{source}: {protocol}, distance {args.distance}, {len(q)} queries")
+    print(f"{source}: {protocol}, distance {args.distance}, {num_queries} queries")
     print(format_table(result))
     if args.json_out:
-        atomic_write_json(args.json_out, _jsonable(result))
+        atomic_write_json(args.json_out, _jsonable(result) | ({} if info is None else {"protocol": info}))
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
+
+
+def _read_files(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, list[str], str]:
+    """``(query, query labels, gallery or None, gallery labels or None, scale names, source)`` from the files."""
+    if not args.embeddings or not args.labels:
+        raise ConfigError("--embeddings and --labels are required (or use --example)", key="--embeddings")
+    q = load_embeddings(args.embeddings)
+    ql, names = load_labels_csv(args.labels)
+    if len(ql) != len(q):
+        raise InputError(f"{len(ql)} label rows but {len(q)} embeddings in {args.embeddings}", file=args.labels)
+    g = gl = None
+    if (args.gallery_embeddings is None) != (args.gallery_labels is None):
+        raise ConfigError("--gallery-embeddings and --gallery-labels go together", key="--gallery-embeddings")
+    if args.gallery_embeddings is not None:
+        g = load_embeddings(args.gallery_embeddings)
+        gl, gnames = load_labels_csv(args.gallery_labels)
+        if len(gl) != len(g):
+            raise InputError(f"{len(gl)} label rows but {len(g)} embeddings in {args.gallery_embeddings}",
+                             file=args.gallery_labels)
+        if gnames != names:
+            raise InputError(f"columns {gnames} differ from the query labels' columns {names}",
+                             file=args.gallery_labels, line=1)
+        if g.shape[1] != q.shape[1]:
+            raise InputError(f"dimension {g.shape[1]} differs from the query embeddings' {q.shape[1]}",
+                             file=args.gallery_embeddings)
+    source = args.embeddings if g is None else f"{args.embeddings} -> {args.gallery_embeddings}"
+    return q, ql, g, gl, names, source

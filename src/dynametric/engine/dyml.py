@@ -29,13 +29,14 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dynametric.data.protocol import LabeledDataset
+from dynametric.engine.protocols import EmbeddedSet, Evaluate, EvaluationProtocol, ProtocolTest
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix
 
@@ -63,8 +64,9 @@ DYML_METRICS: tuple[str, ...] = ("asi", "map", "recall@1", "recall@10", "recall@
 
 
 @dataclass(frozen=True)
-class DyMLProtocol:
-    """Options of the DyML test protocol (``method: {name: dyml, kwargs: {...}}`` in a config).
+class DyMLProtocol(EvaluationProtocol):
+    """Options of the DyML test protocol (``method: {name: dyml, kwargs: {...}}`` in a config); an
+    :class:`~dynametric.engine.protocols.EvaluationProtocol`.
 
     Args:
         variant: ``vehicle`` / ``animal`` (per-scale query -> gallery), ``product`` (all-in-one leave-one-out on
@@ -76,6 +78,8 @@ class DyMLProtocol:
         k_values: recall cut-offs (1, 10, 20).
         distance: ``cosine`` (L2-normalised embeddings) or ``euclidean``.
         scales: scale names of the per-scale protocol, finest first.
+        test_split: the split of the ``all_in_one`` variant (set from ``data.test_split`` by :meth:`bind`).
+        scale_names: scale names of the leave-one-out variants (default: the dataset's).
     """
 
     variant: str
@@ -86,6 +90,8 @@ class DyMLProtocol:
     k_values: tuple[int, ...] = (1, 10, 20)
     distance: str = "cosine"
     scales: tuple[str, ...] = ("fine", "middle", "coarse")
+    test_split: str = "test"
+    scale_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -138,6 +144,27 @@ class DyMLProtocol:
         return ["recall@K", "map", "asi"]
 
     @property
+    def name(self) -> str:
+        return f"dyml-{self.variant}"
+
+    def bind(self, *, test_split: str | None = None, scale_names: Sequence[str] | None = None) -> DyMLProtocol:
+        """A copy with the run's test split and (leave-one-out variants) scale names."""
+        return replace(self, test_split=self.test_split if test_split is None else test_split,
+                       scale_names=self.scale_names if scale_names is None else tuple(scale_names))
+
+    def required_splits(self) -> list[str]:
+        return [s for _, q, g in self.splits(self.test_split) for s in (q, g) if s is not None]
+
+    def view_split(self) -> str | None:
+        """The fine gallery (per-scale variants) or the all-in-one set."""
+        _, q, g = self.splits(self.test_split)[0]
+        return g or q
+
+    def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> dict[str, Any]:
+        """The whole protocol from the embedded splits; see :func:`run_protocol`."""
+        return _evaluate_protocol(self, sets, evaluate)
+
+    @property
     def is_per_scale(self) -> bool:
         return self.variant in ("vehicle", "animal")
 
@@ -148,7 +175,7 @@ class DyMLProtocol:
         return [("all", "test" if self.variant == "product" else test_split, None)]
 
     def header(self) -> dict[str, Any]:
-        return {"name": f"dyml-{self.variant}", "tag": self.protocol, "query_in_gallery": self.query_in_gallery,
+        return {"name": self.name, "tag": self.protocol, "query_in_gallery": self.query_in_gallery,
                 "asi_cutoff": self.asi_cutoff, "empty_queries": self.empty_queries,
                 "layout": "per_scale_query_gallery" if self.is_per_scale else "all_in_one_leave_one_out"}
 
@@ -228,16 +255,19 @@ def _column(labels: Any, name: str) -> torch.Tensor:
 def evaluate_query_gallery(query_emb: torch.Tensor, query_labels: Any, gallery_emb: torch.Tensor,
                            gallery_labels: Any, protocol: DyMLProtocol, *, scale: str,
                            query_keys: Sequence[str] | None = None,
-                           gallery_keys: Sequence[str] | None = None) -> dict[str, Any]:
+                           gallery_keys: Sequence[str] | None = None,
+                           evaluate: Evaluate | None = None) -> dict[str, Any]:
     """One scale of the per-scale protocol: ``{metric: value, num_queries, excluded_queries, gallery_size,
     query_in_gallery, excluded_queries_with_match, excluded_gallery_items, ...}``.
 
-    ``query_keys``/``gallery_keys``: identities (``contained``) or byte digests (``detect``) of the images.
+    ``query_keys``/``gallery_keys``: identities (``contained``) or byte digests (``detect``) of the images;
+    ``evaluate``: :func:`~dynametric.metrics.evaluate_embeddings` with the caller's options bound (the protocol's
+    metric options take precedence).
     """
     from dynametric.metrics import evaluate_embeddings
 
     q_ids, g_ids, stats = exclusion_ids(protocol.query_in_gallery, query_keys, gallery_keys)
-    res = evaluate_embeddings(query_emb, _column(query_labels, "query_labels"), gallery_emb,
+    res = (evaluate or evaluate_embeddings)(query_emb, _column(query_labels, "query_labels"), gallery_emb,
                               _column(gallery_labels, "gallery_labels"), scale_names=[scale], query_ids=q_ids,
                               gallery_ids=g_ids, **_metric_kwargs(protocol))
     out: dict[str, Any] = dict(res[scale])
@@ -247,11 +277,12 @@ def evaluate_query_gallery(query_emb: torch.Tensor, query_labels: Any, gallery_e
 
 def evaluate_all_in_one(emb: torch.Tensor, labels: Any, protocol: DyMLProtocol, *,
                         scale_names: Sequence[str] | None = None,
-                        digests: Sequence[str] | None = None) -> dict[str, Any]:
+                        digests: Sequence[str] | None = None, evaluate: Evaluate | None = None) -> dict[str, Any]:
     """All-in-one leave-one-out over every label column: ``{scale: {...}, "mean": {...}}``.
 
     The query is excluded by index; with ``query_in_gallery=detect`` (``digests`` given) every other item
-    byte-identical to the query is excluded too, and the number of queries concerned is reported.
+    byte-identical to the query is excluded too, and the number of queries concerned is reported. ``evaluate``: as
+    in :func:`evaluate_query_gallery`.
     """
     from dynametric.metrics import evaluate_embeddings
 
@@ -272,7 +303,7 @@ def evaluate_all_in_one(emb: torch.Tensor, labels: Any, protocol: DyMLProtocol, 
         dup = np.fromiter((counts[d] - 1 for d in digests), dtype=np.int64, count=len(digests))
         stats = {"excluded_queries_with_match": int((dup > 0).sum()), "excluded_gallery_items": int(dup.sum())}
         ids = list(digests)
-    res = evaluate_embeddings(emb, lab, scale_names=names, query_ids=ids, **_metric_kwargs(protocol))
+    res = (evaluate or evaluate_embeddings)(emb, lab, scale_names=names, query_ids=ids, **_metric_kwargs(protocol))
     out: dict[str, Any] = {}
     for name in names:
         out[name] = dict(res[name]) | {"gallery_size": int(emb.shape[0]) - 1,
@@ -290,41 +321,44 @@ def _mean_over_scales(per_scale: Mapping[str, Mapping[str, Any]], names: Sequenc
 
 def run_protocol(protocol: DyMLProtocol, embed: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
                  load: Callable[[str], LabeledDataset], *, test_split: str = "test",
-                 scale_names: Sequence[str] | None = None) -> dict[str, Any]:
+                 scale_names: Sequence[str] | None = None, evaluate: Evaluate | None = None) -> dict[str, Any]:
     """Run the whole protocol: ``load(split) -> dataset``, ``embed(dataset) -> (emb [N, D], labels [N, S])``.
 
     Returns ``{scale: {...}, ..., "mean": {...}, "protocol": {name, tag, query_in_gallery, sizes, excluded}}``;
-    every scale dict also carries ``query_in_gallery`` and its exclusion counts.
+    every scale dict also carries ``query_in_gallery`` and its exclusion counts. The same as
+    ``protocol.bind(test_split=..., scale_names=...).run(load, embed, evaluate)``.
     """
+    return protocol.bind(test_split=test_split, scale_names=scale_names).run(load, embed, evaluate)
+
+
+def _evaluate_protocol(protocol: DyMLProtocol, sets: Mapping[str, EmbeddedSet],
+                       evaluate: Evaluate | None) -> dict[str, Any]:
     header = protocol.header()
     sizes: dict[str, dict[str, int]] = {}
     excluded: dict[str, int] = {}
     out: dict[str, Any] = {}
     if protocol.is_per_scale:
-        for scale, q_split, g_split in protocol.splits(test_split):
+        for scale, q_split, g_split in protocol.splits(protocol.test_split):
             assert g_split is not None
-            q_set, g_set = load(q_split), load(g_split)
-            q_emb, q_lab = embed(q_set)
-            g_emb, g_lab = embed(g_set)
+            q, g = sets[q_split], sets[g_split]
             keys: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)
             if protocol.query_in_gallery == "contained":
-                keys = (image_identities(q_set), image_identities(g_set))
+                keys = (image_identities(q.dataset), image_identities(g.dataset))
             elif protocol.query_in_gallery == "detect":
-                keys = (image_digests(q_set), image_digests(g_set))
-            out[scale] = evaluate_query_gallery(q_emb, q_lab, g_emb, g_lab, protocol, scale=scale,
-                                                query_keys=keys[0], gallery_keys=keys[1])
-            sizes[scale] = {"queries": int(q_emb.shape[0]), "gallery": int(g_emb.shape[0])}
+                keys = (image_digests(q.dataset), image_digests(g.dataset))
+            out[scale] = evaluate_query_gallery(q.emb, q.labels, g.emb, g.labels, protocol, scale=scale,
+                                                query_keys=keys[0], gallery_keys=keys[1], evaluate=evaluate)
+            sizes[scale] = {"queries": int(q.emb.shape[0]), "gallery": int(g.emb.shape[0])}
             excluded[scale] = out[scale]["excluded_queries_with_match"]
-        names = [s for s, _, _ in protocol.splits(test_split)]
+        names = [s for s, _, _ in protocol.splits(protocol.test_split)]
         out["mean"] = _mean_over_scales(out, names)
     else:
-        (_, split, _), = protocol.splits(test_split)
-        ds = load(split)
-        emb, lab = embed(ds)
+        (_, split, _), = protocol.splits(protocol.test_split)
+        ds, emb, lab = sets[split].dataset, sets[split].emb, sets[split].labels
         digests = image_digests(ds) if protocol.query_in_gallery == "detect" else None
-        names_in = scale_names if scale_names is not None else ds.scale_names
+        names_in = protocol.scale_names if protocol.scale_names is not None else ds.scale_names
         out = evaluate_all_in_one(emb, lab, protocol, scale_names=list(names_in) if names_in else None,
-                                  digests=digests)
+                                  digests=digests, evaluate=evaluate)
         names = [n for n in out if n != "mean"]
         sizes = {"all": {"images": int(emb.shape[0])}}
         excluded = {n: out[n]["excluded_queries_with_match"] for n in names}
@@ -343,66 +377,22 @@ def protocol_from_config(cfg: Config) -> DyMLProtocol | None:
     return protocol
 
 
-@dataclass
-class EngineTest:
-    """Test-time DyML evaluation inside ``dynametric train``.
-
-    ``embed_with(dataset, ckpt_path)`` embeds a dataset with the engine (loading ``ckpt_path`` first when given,
-    sharded under DDP) and returns ``(emb, labels)``; ``load(split)`` loads a split with the evaluation transform.
-    After each call, :attr:`view` holds ``(emb, labels, dataset)`` of one set for the report's retrieval views
-    (the fine gallery, or the all-in-one set).
-    """
-
-    protocol: DyMLProtocol
-    embed_with: Callable[[Any, str | None], tuple[torch.Tensor, torch.Tensor]]
-    load: Callable[[str], Any]
-    test_split: str = "test"
-    scale_names: Sequence[str] | None = None
-    view: tuple[torch.Tensor, torch.Tensor, Any] | None = None
-    _cache: dict[str, Any] = field(default_factory=dict)
-
-    def _load(self, split: str) -> Any:
-        if split not in self._cache:
-            self._cache[split] = self.load(split)
-        return self._cache[split]
-
-    def __call__(self, ckpt_path: str | None = None) -> dict[str, Any]:
-        pending = [ckpt_path]  # the checkpoint is loaded once, before the first embedding
-        view_split = self.protocol.splits(self.test_split)[0][2] or self.protocol.splits(self.test_split)[0][1]
-
-        def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            emb, lab = self.embed_with(ds, pending[0])
-            pending[0] = None
-            if ds is self._cache.get(view_split):
-                self.view = (emb, lab, ds)
-            return emb, lab
-
-        return run_protocol(self.protocol, embed, self._load, test_split=self.test_split,
-                            scale_names=self.scale_names)
+EngineTest = ProtocolTest
+"""Former name of :class:`dynametric.engine.protocols.ProtocolTest` (the DyML test inside ``dynametric train``)."""
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),
-                        progress: bool = False, options: Any = None) -> dict[str, Any] | None:
+                        progress: bool = False, options: Any = None,
+                        evaluate: Evaluate | None = None) -> dict[str, Any] | None:
     """The DyML protocol for a trained checkpoint (``dynametric evaluate --checkpoint``), or ``None`` when the
     config is not a DyML config. ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint);
     ``options``: :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on
-    the ``auto`` device)."""
+    the ``auto`` device). Any config: :func:`dynametric.engine.protocols.evaluate_checkpoint`."""
     from dynametric.config import load_config
-    from dynametric.engine.builders import load_split
-    from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
+    from dynametric.engine.inference import config_beside
+    from dynametric.engine.protocols import evaluate_checkpoint as evaluate_with_protocol
 
-    cfg = load_config(config_beside(checkpoint, config), overrides)
-    protocol = protocol_from_config(cfg)
-    if protocol is None:
+    if protocol_from_config(load_config(config_beside(checkpoint, config), overrides)) is None:
         return None
-    trained = load_trained(checkpoint, config, cfg=cfg)
-    opts = checkpoint_options(cfg, options)
-    if progress:
-        opts.progress = True
-    run = opts.resolve()
-
-    def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return embed_dataset(trained.model, ds, head=trained.head, options=run)
-
-    return run_protocol(protocol, embed, lambda split: load_split(cfg, split, train=False),
-                        test_split=cfg.data.test_split)
+    return evaluate_with_protocol(checkpoint, config, overrides=overrides, progress=progress, options=options,
+                                  evaluate=evaluate).result

@@ -7,6 +7,7 @@ Everything is injected: the module never builds a dataset, a model or a loss fro
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -168,7 +169,9 @@ class MetricLearningModule(L.LightningModule):
         objectives: loss terms (:class:`Objective`).
         optim: :class:`OptimSettings`.
         evaluator: ``evaluator(emb, labels, scale_names=...) -> {"<scale>": {...}, "mean": {...}}``; default
-            :func:`dynametric.metrics.evaluate_embeddings` with ``eval_kwargs``.
+            :func:`dynametric.metrics.evaluate_embeddings` with ``eval_kwargs`` on the module's device. The module's
+            validation and test rounds evaluate the gathered embeddings with the leave-one-out protocol
+            (:class:`dynametric.engine.protocols.LeaveOneOut`).
         eval_head: which output to evaluate for multi-head models (a head name or ``"concat"``).
         nonfinite: ``"stop"`` raises :class:`NonFiniteLossError` naming the step; ``"skip"`` skips the step
             and counts it (``self.skipped_steps``) with a warning.
@@ -367,13 +370,16 @@ class MetricLearningModule(L.LightningModule):
             emb = all_gather_no_grad(emb.to(self.device)).cpu()
             labels = all_gather_no_grad(labels.to(self.device)).cpu()
         self.last_embeddings = (emb, labels)
-        evaluator = self.evaluator
-        if evaluator is None:  # the built-in engine ranks on the module's device (a GPU when training on one)
+        from dynametric.engine.protocols import LeaveOneOut
+
+        if self.evaluator is None:  # the built-in engine ranks on the module's device (a GPU when training on one)
             from dynametric.metrics import evaluate_embeddings
 
-            return evaluate_embeddings(emb, labels, scale_names=self.scale_names,
-                                       **{"device": self.device, **self.eval_kwargs})
-        return evaluator(emb, labels, scale_names=self.scale_names, **self.eval_kwargs)
+            evaluate = functools.partial(evaluate_embeddings, **{"device": self.device, **self.eval_kwargs})
+        else:
+            evaluate = functools.partial(self.evaluator, **self.eval_kwargs)
+        # the gathered split (validation, or the test split of a leave-one-out run), every item querying the rest
+        return LeaveOneOut("evaluated", scale_names=self.scale_names).evaluate_embeddings(emb, labels, evaluate)
 
     def _log_results(self, prefix: str, results: dict[str, Any]) -> None:
         for scale, values in results.items():

@@ -133,12 +133,19 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
 
 def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
                     settings: TrainerSettings, progress: bool) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
-    """``test(ckpt_path) -> metrics`` for the run: leave-one-out on the test split, query -> gallery
-    (``eval.protocol: query_gallery``), or the DyML protocol (``method.name: dyml``)."""
-    if dyml is None and cfg.eval.protocol == "leave_one_out":
-        return (lambda ckpt: evaluate_split(module, dm, datasets.test, settings, progress, ckpt_path=ckpt)), None
+    """``test(ckpt_path) -> metrics`` for the run, with the config's test protocol (:mod:`dynametric.engine.protocols`):
+    leave-one-out on the test split (the module's own test loop), query -> gallery (``eval.protocol:
+    query_gallery``), or the DyML protocol (``method.name: dyml``). The second value is the
+    :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view."""
+    import functools
+
     from dynametric.engine.builders import eval_kwargs, load_split
-    from dynametric.engine.dyml import EngineTest, image_identities
+    from dynametric.engine.protocols import LeaveOneOut, ProtocolTest, protocol_from_config
+    from dynametric.metrics import evaluate_embeddings
+
+    protocol = protocol_from_config(cfg, scale_names=datasets.scale_names)
+    if isinstance(protocol, LeaveOneOut):
+        return (lambda ckpt: evaluate_split(module, dm, datasets.test, settings, progress, ckpt_path=ckpt)), None
 
     def embed_with(dataset: Any, ckpt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         keep = module.evaluator
@@ -150,30 +157,10 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
         assert module.last_embeddings is not None
         return module.last_embeddings
 
-    if dyml is None:  # query -> gallery; a query's own gallery copy (same file name) excluded if it may be there
-        sets: dict[str, Any] = {}
-
-        def query_gallery(ckpt: str | None) -> dict[str, Any]:
-            from dynametric.metrics import evaluate_embeddings
-
-            for split in (cfg.eval.query_split, cfg.eval.gallery_split):
-                sets.setdefault(split, load_split(cfg, split, train=False))
-            q, g = sets[cfg.eval.query_split], sets[cfg.eval.gallery_split]
-            q_emb, q_lab = embed_with(q, ckpt)
-            g_emb, g_lab = embed_with(g, None)
-            ids = (image_identities(q), image_identities(g)) if cfg.eval.query_in_gallery else (None, None)
-            names = list(getattr(q, "scale_names", None) or []) or None
-            res = evaluate_embeddings(q_emb, q_lab, g_emb, g_lab, scale_names=names, query_ids=ids[0],
-                                      gallery_ids=ids[1], device=module.device, **eval_kwargs(cfg))
-            res["protocol"] = {"name": "query_gallery", "query_split": cfg.eval.query_split,
-                               "gallery_split": cfg.eval.gallery_split, "queries": len(q), "gallery": len(g),
-                               "query_in_gallery": bool(cfg.eval.query_in_gallery)}
-            return res
-
-        return query_gallery, None
-    test = EngineTest(dyml, embed_with, lambda split: load_split(cfg, split, train=False),
-                      test_split=cfg.data.test_split, scale_names=datasets.scale_names)
-    return test, test
+    # the metrics rank on the module's device with the config's eval options (DyML sets its own metric options)
+    evaluate = functools.partial(evaluate_embeddings, device=module.device, **eval_kwargs(cfg))
+    test = ProtocolTest(protocol, embed_with, lambda split: load_split(cfg, split, train=False), evaluate)
+    return test, (test if protocol.view_split() is not None else None)
 
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,

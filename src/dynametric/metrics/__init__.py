@@ -1,6 +1,6 @@
 """dynametric.metrics: exact, chunked, multi-scale retrieval and clustering metrics (see ``docs/metrics.md``)."""
 
-from dynametric.metrics.clustering import contingency, kmeans_assign, nmi_score, pairwise_f1
+from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, contingency, kmeans_assign, nmi_score, pairwise_f1
 from dynametric.metrics.engine import DEFAULT_MEMORY_BUDGET, plan_chunk_rows
 from dynametric.metrics.evaluate import (
     ALL_METRICS,
@@ -8,14 +8,16 @@ from dynametric.metrics.evaluate import (
     default_scale_names,
     evaluate_embeddings,
 )
-from dynametric.metrics.ranking import harmonic_numbers, metrics_from_sorted_ranks
+from dynametric.metrics.ranking import METRIC_TABLE, RankMetric, harmonic_numbers, metrics_from_sorted_ranks
 from dynametric.metrics.torch_engine import DEFAULT_DEVICE_MEMORY_BUDGET
 
 __all__ = [
     "ALL_METRICS",
+    "CLUSTER_METRIC_TABLE",
     "DEFAULT_DEVICE_MEMORY_BUDGET",
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_METRICS",
+    "METRIC_TABLE",
     "contingency",
     "default_scale_names",
     "evaluate_embeddings",
@@ -25,4 +27,5 @@ __all__ = [
     "nmi_score",
     "pairwise_f1",
     "plan_chunk_rows",
+    "RankMetric",
 ]

@@ -7,6 +7,8 @@ NMI and F1 are computed from the contingency table, never by enumerating pairs (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -152,3 +154,12 @@ def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, re
             _, assign = km.index.search(xs, 1)
             return assign.reshape(-1).astype(np.int64), "faiss"
     return _kmeans_torch(x.detach().cpu(), k, seed, iters, restarts), "torch"
+
+
+CLUSTER_METRIC_TABLE: dict[str, Callable[..., float]] = {
+    "nmi": lambda labels, clusters, *, nmi_normalizer="arithmetic", **_: nmi_score(labels, clusters, nmi_normalizer),
+    "f1": lambda labels, clusters, **_: pairwise_f1(labels, clusters),
+}
+"""Every clustering metric: ``{name: f(labels, k-means assignments, **options) -> float}`` (one scale's labels;
+options: ``nmi_normalizer``). :func:`dynametric.metrics.evaluate_embeddings` runs k-means once per scale and calls
+each requested entry; the order is the order of the results' keys."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric.metrics.ranking import (
+    MetricSpec,
+    RankMetric,
+    harmonic_numbers,
+    max_rank_needed,
+    metrics_from_flat_ranks,
+    needs_full_ranking,
+    resolve_metrics,
+)
 from dynametric.metrics.symmetric import (
     STATE_ALWAYS_OK_BYTES,
     exact_top_ranks,
@@ -569,16 +578,13 @@ class _ChunkMetrics:
     query_labels: np.ndarray  # [C, S]
     gallery_labels: list[np.ndarray]  # S arrays [Ng]
     nested: bool
-    k_values: tuple[int, ...]
-    metrics: tuple[str, ...]
+    metrics: tuple[MetricSpec, ...]
     asi_cutoff: int | None
     harmonic: torch.Tensor
 
     def __call__(self, lo: int, hi: int, ranks: np.ndarray,
                  gidx: np.ndarray) -> list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
         """Rows ``[lo, hi)``; ``ranks``/``gidx``: the chunk's flat ranks (per row ascending) and gallery indices."""
-        from dynametric.metrics.ranking import metrics_from_flat_ranks
-
         a, z = int(self.starts[lo]), int(self.starts[hi])
         rows = np.repeat(np.arange(hi - lo, dtype=np.int64), self.counts[lo:hi])
         everything = (rows, ranks[a:z], gidx[a:z])
@@ -595,19 +601,18 @@ class _ChunkMetrics:
                 q_lab = np.repeat(q_lab, self.counts[lo:hi]) if from_all else q_lab[r_all]
                 keep = np.flatnonzero(self.gallery_labels[s][g_all] == q_lab)  # one index, three cheap takes
                 subset = (r_all[keep], k_all[keep], g_all[keep])
-            r_count, vals = metrics_from_flat_ranks(subset[0], subset[1], hi - lo, k_values=self.k_values,
-                                                    metrics=self.metrics, asi_cutoff=self.asi_cutoff,
+            r_count, vals = metrics_from_flat_ranks(subset[0], subset[1], hi - lo, metrics=self.metrics,
+                                                    asi_cutoff=self.asi_cutoff,
                                                     harmonic=self.harmonic)
             out.append((s, r_count, vals))
         return out
 
     @classmethod
     def for_chunk(cls, counts: np.ndarray, query_labels: np.ndarray, gallery_labels: list[np.ndarray], nested: bool,
-                  k_values: tuple[int, ...], metrics: tuple[str, ...], asi_cutoff: int | None,
-                  harmonic: torch.Tensor) -> _ChunkMetrics:
+                  metrics: tuple[MetricSpec, ...], asi_cutoff: int | None, harmonic: torch.Tensor) -> _ChunkMetrics:
         starts = np.zeros(counts.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts, out=starts[1:])
-        return cls(counts, starts, query_labels, gallery_labels, nested, k_values, metrics, asi_cutoff, harmonic)
+        return cls(counts, starts, query_labels, gallery_labels, nested, metrics, asi_cutoff, harmonic)
 
     def block_rows(self) -> int:
         """Rows per block: about ``_METRIC_BLOCK_ITEMS`` candidates, so a block's arrays stay in cache."""
@@ -621,12 +626,14 @@ class _ChunkMetrics:
                 accs[s].add(start + lo, r_count, vals)
 
 
-def use_symmetric_path(problem: RankingProblem, metrics: tuple[str, ...], cap: int,
+def use_symmetric_path(problem: RankingProblem, metrics: tuple[str | MetricSpec, ...], cap: int,
                        memory_budget_bytes: int | None) -> bool:
-    """Leave-one-out with only small-cap metrics (no full-ranking ``map``): compute each pair's score once
-    (:mod:`dynametric.metrics.symmetric`), when its running top lists fit the budget and scores cannot overflow."""
+    """Leave-one-out with only small-cap metrics (none that needs the full ranking, such as ``map``): compute each
+    pair's score once (:mod:`dynametric.metrics.symmetric`), when its running top lists fit the budget and scores
+    cannot overflow."""
     n = problem.gallery.shape[0]
-    if not problem.leave_one_out or "map" in metrics or cap > TOPK_PATH_MAX_CAP or cap >= n - 1:
+    if not problem.leave_one_out or needs_full_ranking(resolve_metrics((), metrics)) or cap > TOPK_PATH_MAX_CAP \
+            or cap >= n - 1:
         return False
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
     need = state_bytes(n, cap)
@@ -654,12 +661,12 @@ def _ranks_from_top_lists(problem: RankingProblem, top_lists: tuple[torch.Tensor
 
 def _accumulate_chunk(accs: list[ScaleAccumulator], start: int, counts: np.ndarray, ranks: np.ndarray,
                       gidx: np.ndarray, problem: RankingProblem, gallery_labels: list[np.ndarray], nested: bool,
-                      k_values: tuple[int, ...], metrics: tuple[str, ...], asi_cutoff: int | None,
+                      metrics: tuple[MetricSpec, ...], asi_cutoff: int | None,
                       harmonic: torch.Tensor, pool: ThreadPoolExecutor | None) -> None:
     """Every scale's metrics for one chunk's flat ranks, per block of rows (in the thread pool), into ``accs``."""
     c = counts.shape[0]
     job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:start + c].numpy(), gallery_labels, nested,
-                                  k_values, metrics, asi_cutoff, harmonic)
+                                  metrics, asi_cutoff, harmonic)
     step = job.block_rows()
     blocks = [(lo, min(c, lo + step)) for lo in range(0, c, step)]
     if pool is None or len(blocks) < 2:
@@ -669,26 +676,28 @@ def _accumulate_chunk(accs: list[ScaleAccumulator], start: int, counts: np.ndarr
     job.add_to(accs, start, [(lo, hi, res) for (lo, hi), res in zip(blocks, results)])
 
 
-def _chunk_takes_tagged_path(cs: CandidateSets, start: int, stop: int, ng: int, metrics: tuple[str, ...],
-                             k_values: tuple[int, ...], asi_cutoff: int | None) -> bool:
+def _chunk_takes_tagged_path(cs: CandidateSets, start: int, stop: int, ng: int,
+                             metrics: tuple[MetricSpec, ...], asi_cutoff: int | None) -> bool:
     """Whether :func:`rank_candidates_flat` (``path="auto"``) would pick the tagged path for this chunk."""
     u = int((cs.hi[start:stop] - cs.lo[start:stop]).max()) if stop > start else 0
-    return auto_path(u, ng, _rank_cap(u, metrics, k_values, asi_cutoff)) == "tagged"
+    return auto_path(u, ng, _rank_cap(u, metrics, asi_cutoff)) == "tagged"
 
 
-def _rank_cap(u: int, metrics: tuple[str, ...], k_values: tuple[int, ...], asi_cutoff: int | None) -> int | None:
-    """Every metric but the full-ranking ``map`` only reads ranks up to ``max(R_q, K, asi cut-off)`` (None: all)."""
-    from dynametric.metrics.ranking import max_rank_needed
+def _rank_cap(u: int, metrics: tuple[MetricSpec, ...], asi_cutoff: int | None) -> int | None:
+    """Metrics that do not need the full ranking (every one but ``map`` today) only read ranks up to
+    ``max(R_q, K, asi cut-off)`` (None: all ranks)."""
+    return None if needs_full_ranking(metrics) else max(u, max_rank_needed((), metrics, asi_cutoff))
 
-    return None if "map" in metrics else max(u, max_rank_needed(k_values, metrics, asi_cutoff))
 
-
-def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str, ...],
+def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: tuple[str | MetricSpec, ...],
                 asi_cutoff: int | None, memory_budget_bytes: int | None,
-                progress: Callable[[int, int], None] | None = None) -> list[ScaleAccumulator]:
-    """Chunk over queries, rank once, and accumulate every requested metric at every scale."""
-    from dynametric.metrics.ranking import harmonic_numbers, max_rank_needed
+                progress: Callable[[int, int], None] | None = None,
+                table: Mapping[str, RankMetric] | None = None) -> list[ScaleAccumulator]:
+    """Chunk over queries, rank once, and accumulate every requested metric at every scale.
 
+    ``metrics``: names of ``table`` (default :data:`~dynametric.metrics.ranking.METRIC_TABLE`) or resolved
+    :class:`~dynametric.metrics.ranking.MetricSpec`; ``recall@k`` for every ``k_values`` entry as well."""
+    specs = resolve_metrics(k_values, metrics, table)
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
     num_scales = problem.query_labels.shape[1]
     if problem.distance == "euclidean" and problem.gallery_sq_norms is None:
@@ -699,9 +708,9 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     gallery_labels = [problem.gallery_labels[:, s].contiguous().numpy() for s in range(num_scales)]
     threads = _ordered_threads()
-    global_cap = max(cs.max_size, max_rank_needed(k_values, metrics, asi_cutoff))  # _rank_cap without "map"
+    global_cap = max(cs.max_size, max_rank_needed((), specs, asi_cutoff))  # _rank_cap without full ranking
     top_lists = None
-    if use_symmetric_path(problem, metrics, global_cap, memory_budget_bytes):
+    if use_symmetric_path(problem, specs, global_cap, memory_budget_bytes):
         top_lists = symmetric_top_lists(problem.query, global_cap + 1, euclidean=problem.distance == "euclidean",
                                         sq_norms=problem.gallery_sq_norms, codes=problem.query_codes)
         best = top_lists[0][:, 0]
@@ -722,7 +731,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     try:
         for start in range(0, nq, chunk_rows):
             stop = min(nq, start + chunk_rows)
-            if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, metrics, k_values, asi_cutoff):
+            if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, specs, asi_cutoff):
                 skip = np.arange(start, stop, dtype=np.int64) if problem.leave_one_out else \
                     np.full(stop - start, -1, dtype=np.int64)
                 tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip,
@@ -730,7 +739,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                 counts = tags.counts()
                 # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
                 job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
-                                              cs.nested, k_values, metrics, asi_cutoff, harmonic)
+                                              cs.nested, specs, asi_cutoff, harmonic)
                 _, _, blocks = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads,
                                                   on_block=job, block_rows=job.block_rows())
                 job.add_to(accs, start, blocks)
@@ -741,11 +750,11 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                     counts, ranks, gidx = _ranks_from_top_lists(problem, top_lists, global_cap, cols, valid, start,
                                                                 stop)
                 else:
-                    cap = _rank_cap(cols.shape[1], metrics, k_values, asi_cutoff)
+                    cap = _rank_cap(cols.shape[1], specs, asi_cutoff)
                     counts, ranks, gidx = rank_candidates_flat(chunk_scores(start, stop), cols, valid, pool, threads,
                                                                rank_cap=cap)
-                _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, k_values,
-                                  metrics, asi_cutoff, harmonic, pool)
+                _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, specs,
+                                  asi_cutoff, harmonic, pool)
             if progress is not None:
                 progress(stop, nq)
     finally:

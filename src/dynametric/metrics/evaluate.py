@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,37 +12,60 @@ import torch
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix, default_scale_names
-from dynametric.metrics.clustering import kmeans_assign, nmi_score, pairwise_f1
+from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, kmeans_assign
 from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
-from dynametric.metrics.ranking import AT_K_FAMILIES
+from dynametric.metrics.ranking import METRIC_TABLE, RETRIEVAL_METRICS, MetricSpec, RankMetric
 from dynametric.metrics.verification import fnmr_at_fmr, parse_fmr
 
-RANK_METRICS = ("r_precision", "map@r", "map", "asi")
-CLUSTER_METRICS = ("nmi", "f1")
-ALL_METRICS = ("recall@K", "precision@K", "map@K", *RANK_METRICS, *CLUSTER_METRICS)
-DEFAULT_METRICS = ("recall@K", *RANK_METRICS)
-"""Default metric set: every retrieval metric (clustering metrics run k-means and must be asked for)."""
+RANK_METRICS = RETRIEVAL_METRICS
+"""The retrieval metrics without a cut-off in their name, in table order (``r_precision``, ``map@r``, ``map``,
+``asi``)."""
+CLUSTER_METRICS = tuple(CLUSTER_METRIC_TABLE)
+ALL_METRICS = (*(name[:-1] + "K" if m.at_k else name for name, m in METRIC_TABLE.items()), *CLUSTER_METRICS)
+DEFAULT_METRICS = tuple(name[:-1] + "K" if m.at_k else name for name, m in METRIC_TABLE.items() if m.default)
+"""Default metric set: every retrieval metric marked ``default`` in the table (clustering metrics run k-means and
+must be asked for)."""
 
 
-def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tuple[list[str], tuple[int, ...],
-                                                                                       tuple[str, ...], bool, bool,
-                                                                                       list[float]]:
-    """Returns ``(ordered names, recall ks, rank metrics, want nmi, want f1, fmr percentages)``; the rank metrics are
-    the fixed :data:`RANK_METRICS` plus ``precision@<k>`` / ``map@<k>`` (``precision@K`` / ``map@K`` expand over
-    ``k_values``); ``fnmr@fmr=<p>`` asks for the pooled verification metric (:mod:`dynametric.metrics.verification`).
+@dataclass(frozen=True)
+class ParsedMetrics:
+    """A validated metric request: ``names`` (the result's metric keys, in order), the retrieval metrics to rank
+    for (``retrieval``, table order), the clustering metrics and the ``fnmr@fmr`` percentages."""
+
+    names: list[str]
+    retrieval: tuple[MetricSpec, ...]
+    clustering: tuple[str, ...]
+    fmr: list[float]
+
+    def __iter__(self) -> Iterator[Any]:  # ``names, *_ = _parse_metrics(...)``
+        return iter((self.names, self.retrieval, self.clustering, self.fmr))
+
+
+def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
+                   table: Mapping[str, RankMetric] | None = None) -> ParsedMetrics:
+    """Validate a metric request against the retrieval table (default :data:`METRIC_TABLE`) and
+    :data:`CLUSTER_METRIC_TABLE`: ``<family>@K`` of an ``@k`` entry expands over ``k_values``, ``<family>@<int>``
+    names one cut-off, ``fnmr@fmr=<p>`` asks for the pooled verification metric
+    (:mod:`dynametric.metrics.verification`), ``all`` adds every table metric. Results are ordered as the tables.
     """
-    requested = list(DEFAULT_METRICS if metrics is None else metrics)
+    table = METRIC_TABLE if table is None else table
     if isinstance(metrics, str):
         raise ConfigError("metrics must be a list of names, not a string", key="metrics")
+    if metrics is None:
+        requested = [name[:-1] + "K" if m.at_k else name for name, m in table.items() if m.default]
+    else:
+        requested = list(metrics)
     if "all" in requested:
-        requested = [m for m in requested if m != "all"] + [m for m in ALL_METRICS if m not in requested]
+        every = [*(name[:-1] + "K" if m.at_k else name for name, m in table.items()), *CLUSTER_METRIC_TABLE]
+        requested = [m for m in requested if m != "all"] + [m for m in every if m not in requested]
     for k in k_values:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
-    at: dict[str, list[int]] = {"recall": [], **{f: [] for f in AT_K_FAMILIES}}
-    rank: list[str] = []
+    families = {name[:-2] for name, m in table.items() if m.at_k}
+    cut: dict[str, list[int]] = {f: [] for f in families}  # the cut-offs asked for, per @k family
+    fixed: set[str] = set()
+    clusters: set[str] = set()
     fmr: list[float] = []
-    want_nmi = want_f1 = False
     for name in requested:
         if not isinstance(name, str):
             raise ConfigError(f"metric names must be strings, got {name!r}", key="metrics")
@@ -54,8 +78,12 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tu
             if p not in fmr:
                 fmr.append(p)
             continue
+        entry = table.get(key)
+        if entry is not None and not entry.at_k:
+            fixed.add(key)
+            continue
         family, sep, tail = key.partition("@")
-        if sep and family in at and key != "map@r":
+        if sep and family in families:
             if tail == "k":
                 new = list(k_values)
             elif tail.isdigit() and int(tail) >= 1:
@@ -63,27 +91,25 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int]) -> tu
             else:
                 raise ConfigError(f"bad metric {name!r}: expected {family}@K or {family}@<positive int>",
                                   key="metrics")
-            at[family] += [k for k in new if k not in at[family]]
-            continue
-        if key in RANK_METRICS:
-            if key not in rank:
-                rank.append(key)
-        elif key == "nmi":
-            want_nmi = True
-        elif key == "f1":
-            want_f1 = True
+            cut[family] += [k for k in new if k not in cut[family]]
+        elif key in CLUSTER_METRIC_TABLE:
+            clusters.add(key)
         else:
-            raise ConfigError(f"unknown metric {name!r}; expected one of recall@K, recall@<int>, precision@K, "
-                              "precision@<int>, map@K, map@<int>, fnmr@fmr=<percent>, "
-                              f"{', '.join(RANK_METRICS + CLUSTER_METRICS)} or all", key="metrics")
-    ks = tuple(at["recall"])
-    rank_names = [f"{f}@{k}" for f in AT_K_FAMILIES for k in at[f]] + [m for m in RANK_METRICS if m in rank]
-    names = [f"recall@{k}" for k in ks] + rank_names
-    names += [m for m, w in (("nmi", want_nmi), ("f1", want_f1)) if w]
-    names += [f"fnmr@fmr={format(p, 'g')}" for p in fmr]
+            at = [f"{name[:-2]}@K, {name[:-2]}@<int>" for name, m in table.items() if m.at_k]
+            plain = [name for name, m in table.items() if not m.at_k] + list(CLUSTER_METRIC_TABLE)
+            raise ConfigError(f"unknown metric {name!r}; expected one of {', '.join(at)}, fnmr@fmr=<percent>, "
+                              f"{', '.join(plain)} or all", key="metrics")
+    specs: list[MetricSpec] = []
+    for name, m in table.items():
+        if m.at_k:
+            specs += [MetricSpec(f"{name[:-2]}@{k}", m, k) for k in cut[name[:-2]]]
+        elif name in fixed:
+            specs.append(MetricSpec(name, m))
+    clustering = tuple(c for c in CLUSTER_METRIC_TABLE if c in clusters)
+    names = [s.name for s in specs] + list(clustering) + [f"fnmr@fmr={format(p, 'g')}" for p in fmr]
     if not names:
         raise ConfigError("no metric requested", key="metrics")
-    return names, ks, tuple(rank_names), want_nmi, want_f1, fmr
+    return ParsedMetrics(names, tuple(specs), clustering, fmr)
 
 
 def _as_embeddings(x: Any, name: str) -> torch.Tensor:
@@ -144,6 +170,7 @@ def evaluate_embeddings(
     device: str | torch.device | None = None,
     ranking_engine: str = "auto",
     per_query: bool = False,
+    metric_table: Mapping[str, RankMetric] | None = None,
 ) -> dict[str, dict[str, float | int]] | tuple[dict[str, dict[str, float | int]], dict[str, dict[str, np.ndarray]]]:
     """Evaluate embeddings at every label scale; returns ``{scale: {metric: value, ...}, ..., "mean": {...}}``.
 
@@ -164,6 +191,8 @@ def evaluate_embeddings(
     the torch engine even on the CPU (``"cpu"`` forces the CPU engine). With ``per_query=True`` the return value is
     ``(result, per_query)``, ``per_query[scale]`` holding ``num_relevant`` (``R_q``, int64 ``[Nq]``) and one float64
     ``[Nq]`` array per retrieval metric (NaN where ``R_q = 0`` unless ``empty_queries="count_as_zero"``).
+    ``metric_table``: the retrieval metrics' table (default :data:`~dynametric.metrics.ranking.METRIC_TABLE`; pass
+    an extended copy to compute a metric of your own with either engine).
     """
     if distance not in ("cosine", "euclidean"):
         raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")
@@ -186,7 +215,8 @@ def evaluate_embeddings(
         dev = torch.device("cpu")
     elif ranking_engine == "cpu":
         dev = None
-    names, ks, rank_metrics, want_nmi, want_f1, fmr = _parse_metrics(metrics, k_values)
+    parsed = _parse_metrics(metrics, k_values, metric_table)
+    names, specs, fmr = parsed.names, parsed.retrieval, parsed.fmr
     q = _as_embeddings(query_emb, "query_emb")
     ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0])
     loo = gallery_emb is None
@@ -226,28 +256,29 @@ def evaluate_embeddings(
 
     result: dict[str, dict[str, float | int]] = {n: {} for n in names_s}
     table: dict[str, dict[str, np.ndarray]] = {}
-    if ks or rank_metrics or fmr:
+    if specs or fmr:
         qn, gn = prepare_for_ranking(distance, q, None if loo else g)
         problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=distance,
                                  leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
-    if ks or rank_metrics:
+    if specs:
+        rank_names = [s.name for s in specs]
         with full_fp32_matmul():
             if dev is None:
-                accs = run_ranking(problem, k_values=ks, metrics=rank_metrics, asi_cutoff=cutoff,
+                accs = run_ranking(problem, k_values=(), metrics=specs, asi_cutoff=cutoff,
                                    memory_budget_bytes=memory_budget_bytes)
             else:
-                accs = run_ranking_torch(problem, dev, k_values=ks, metrics=rank_metrics, asi_cutoff=cutoff,
+                accs = run_ranking_torch(problem, dev, k_values=(), metrics=specs, asi_cutoff=cutoff,
                                          memory_budget_bytes=memory_budget_bytes)
         for name, acc in zip(names_s, accs):
             if per_query:
                 empty = acc.r_count == 0
                 fill = 0.0 if empty_queries == "count_as_zero" else float("nan")
                 table[name] = {"num_relevant": acc.r_count.copy()}
-                for m in [f"recall@{k}" for k in ks] + list(rank_metrics):
+                for m in rank_names:
                     table[name][m] = np.where(empty, fill, acc.values.get(m, np.zeros(len(empty))))
             denom = acc.num_defined + (acc.num_empty if empty_queries == "count_as_zero" else 0)
             sums = acc.sums
-            for m in [f"recall@{k}" for k in ks] + list(rank_metrics):
+            for m in rank_names:
                 result[name][m] = sums.get(m, 0.0) / denom if denom else float("nan")
             result[name]["num_queries"] = denom
             result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
@@ -257,16 +288,14 @@ def evaluate_embeddings(
             per_scale = fnmr_at_fmr(problem, fmr, dev, memory_budget_bytes)
         for name, vals in zip(names_s, per_scale):
             result[name].update(vals)
-    if want_nmi or want_f1:
+    if parsed.clustering:
         xq = normalize_for(distance, q)
         for s, name in enumerate(names_s):
             k = int(torch.unique(ql[:, s]).numel())
             assign, _backend = kmeans_assign(xq, k, seed=kmeans_seed, iters=kmeans_iters,
                                              restarts=kmeans_restarts, backend=kmeans_backend)
-            if want_nmi:
-                result[name]["nmi"] = nmi_score(ql[:, s], assign, nmi_normalizer)
-            if want_f1:
-                result[name]["f1"] = pairwise_f1(ql[:, s], assign)
+            for c in parsed.clustering:
+                result[name][c] = CLUSTER_METRIC_TABLE[c](ql[:, s], assign, nmi_normalizer=nmi_normalizer)
             result[name]["kmeans_seed"] = kmeans_seed
             result[name]["kmeans_restarts"] = kmeans_restarts
             result[name].setdefault("num_queries", q.shape[0])

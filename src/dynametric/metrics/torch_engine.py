@@ -8,9 +8,9 @@ the relevant items that are not excluded. Per chunk of query rows:
 
 * scores ``[C, Ng]`` are multiplied on the fixed 64-row grid of the CPU engine (so the chunk size never changes a
   score's bits) and ``-0.0`` is turned into ``+0.0`` (a radix sort would order them);
-* **full path** (``map`` requested, or a cut-off above :data:`TOP_PATH_MAX_CAP`): one stable descending sort per
-  row. The row is in gallery-index order, so a stable sort leaves equal scores in ascending index order: the
-  sorted order *is* the ranking;
+* **full path** (a metric that needs the full ranking requested, such as ``map``, or a cut-off above
+  :data:`TOP_PATH_MAX_CAP`): one stable descending sort per row. The row is in gallery-index order, so a stable
+  sort leaves equal scores in ascending index order: the sorted order *is* the ranking;
 * **top path** (only ranks up to ``cap = max(R_q, k, ASI cut-off)`` matter): ``topk(cap + 1)`` per row, the kept
   ``cap`` items ordered by (descending score, ascending index) with two stable sorts. When the ``cap``-th and
   ``(cap+1)``-th scores differ, the kept items are exactly those scoring at least the ``cap``-th score, so their
@@ -25,13 +25,22 @@ exclusions and the empty-query policy are shared code.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from functools import cached_property
 
 import torch
 
 from dynametric.errors import InputError
 from dynametric.metrics.engine import SCORE_ROW_BLOCK, RankingProblem, ScaleAccumulator, _grid_product
-from dynametric.metrics.ranking import at_k, harmonic_numbers, max_rank_needed
+from dynametric.metrics.ranking import (
+    MetricSpec,
+    RankMetric,
+    RankRows,
+    harmonic_numbers,
+    max_rank_needed,
+    needs_full_ranking,
+    resolve_metrics,
+)
 from dynametric.utils.device import resolve_device as _resolve_device
 
 DEFAULT_DEVICE_MEMORY_BUDGET = 7 * 2**29
@@ -40,7 +49,8 @@ embeddings and labels are extra). 3.5 GiB: measured on an H200 at 60,502 x 128 (
 of 2.84 GB and 0.77 s, against 1.59 GB and 1.09 s at 2 GiB; it leaves most of any training GPU to the model."""
 
 TOP_PATH_MAX_CAP = 1024
-"""The top path is used when no metric needs ranks beyond this (and ``map``, which needs all ranks, is not asked)."""
+"""The top path is used when no metric needs ranks beyond this (and no metric that needs all ranks, such as
+``map``, is asked)."""
 
 _BYTES_PER_SCORE_FULL = 40  # scores 4, sorted values 4, int64 order 8, sort scratch ~16, gathered labels 4 + masks
 _BYTES_PER_SCORE_TOP = 12  # scores 4, masks and top-k scratch
@@ -81,56 +91,69 @@ def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: b
     return int(min(rows, max(1, num_queries), 1 << 16))
 
 
+class PaddedRankRows(RankRows):
+    """:class:`~dynametric.metrics.ranking.RankRows` over padded ``[C, U]`` device tensors (the torch engine): row
+    ``r``'s first ``found[r]`` slots hold its relevant items' ranks in rank order; padding slots get a rank beyond
+    every cut-off and ``prec = 0``, so each row reduction is one dense sum (deterministic on any device)."""
+
+    def __init__(self, ranks: torch.Tensor, found: torch.Tensor, r_count: torch.Tensor, asi_cutoff: int | None,
+                 harmonic: torch.Tensor) -> None:
+        c, u = ranks.shape
+        dev = ranks.device
+        j = torch.arange(1, u + 1, device=dev, dtype=torch.int64).unsqueeze(0)
+        valid = j <= found.unsqueeze(1)
+        big = torch.iinfo(torch.int64).max
+        self.rank = torch.where(valid, ranks, torch.full_like(ranks, big))
+        self.r = r_count.unsqueeze(1)
+        self.r_count = r_count
+        self.denom = r_count.clamp_min(1).to(torch.float64)
+        self.zero = torch.zeros((), dtype=torch.float64, device=dev)
+        self.prec = torch.where(valid, j.to(torch.float64) / self.rank.clamp_max(2**52).to(torch.float64), self.zero)
+        self.first = self.rank[:, 0] if u else torch.full((c,), big, dtype=torch.int64, device=dev)
+        self.asi_cutoff = asi_cutoff
+        self._h = harmonic
+
+    @cached_property
+    def in_r(self) -> torch.Tensor:  # type: ignore[override]
+        return self.rank <= self.r
+
+    def sum(self, values: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        return (values if where is None else torch.where(where, values, self.zero)).sum(1)
+
+    def count(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask.sum(1)
+
+    def as_float(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(torch.float64)
+
+    def full(self, value: int | float) -> torch.Tensor:
+        return torch.full_like(self.r_count, value, dtype=torch.float64 if isinstance(value, float) else torch.int64)
+
+    def denom_at(self, k: int) -> torch.Tensor:
+        return self.r_count.clamp_max(k).clamp_min(1).to(torch.float64)
+
+    def harmonic(self, n: torch.Tensor) -> torch.Tensor:
+        return self._h[n]
+
+    def harmonic_before(self, mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, self._h[torch.where(mask, self.rank, torch.ones_like(self.rank)) - 1], self.zero)
+
+
 def metrics_from_rank_rows(ranks: torch.Tensor, found: torch.Tensor, r_count: torch.Tensor, *,
-                           k_values: tuple[int, ...], metrics: tuple[str, ...], asi_cutoff: int | None,
-                           harmonic: torch.Tensor) -> dict[str, torch.Tensor]:
+                           k_values: tuple[int, ...], metrics: tuple[str | MetricSpec, ...], asi_cutoff: int | None,
+                           harmonic: torch.Tensor,
+                           table: Mapping[str, RankMetric] | None = None) -> dict[str, torch.Tensor]:
     """Per-query metrics from the ascending 1-based ranks of each query's first ``found`` relevant items.
 
     ``ranks``: ``[C, U]`` (row ``r``'s entries ``[:found[r]]`` are its relevant items' ranks in rank order, the rest
-    padding); ``r_count``: ``R_q``. Every relevant item ranking within the metrics' cut-offs (and, for ``map``,
-    every relevant item) must be among the found ones. Values are float64 ``[C]``, 0 where ``R_q = 0``; same
-    formulas as :func:`dynametric.metrics.ranking.metrics_from_flat_ranks`.
+    padding); ``r_count``: ``R_q``. Every relevant item ranking within the metrics' cut-offs (and, for a
+    full-ranking metric such as ``map``, every relevant item) must be among the found ones. Values are float64
+    ``[C]``, 0 where ``R_q = 0``; the formulas are those of :data:`~dynametric.metrics.ranking.METRIC_TABLE`, as on
+    the CPU engine (:func:`dynametric.metrics.ranking.metrics_from_flat_ranks`).
     """
-    c, u = ranks.shape
-    dev = ranks.device
-    j = torch.arange(1, u + 1, device=dev, dtype=torch.int64).unsqueeze(0)
-    valid = j <= found.unsqueeze(1)
-    big = torch.iinfo(torch.int64).max
-    rk = torch.where(valid, ranks, torch.full_like(ranks, big))
-    r = r_count.unsqueeze(1)
-    denom = r_count.clamp_min(1).to(torch.float64)
-    prec = torch.where(valid, j.to(torch.float64) / rk.clamp_max(2**52).to(torch.float64),
-                       torch.zeros((), dtype=torch.float64, device=dev))
-    out: dict[str, torch.Tensor] = {}
-    first = rk[:, 0] if u else torch.full((c,), big, dtype=torch.int64, device=dev)
-    for k in k_values:
-        out[f"recall@{k}"] = (first <= k).to(torch.float64)
-    zero = torch.zeros((), dtype=torch.float64, device=dev)
-    within_r = rk <= r
-    if "r_precision" in metrics:
-        out["r_precision"] = within_r.sum(1).to(torch.float64) / denom
-    if "map@r" in metrics:
-        out["map@r"] = torch.where(within_r, prec, zero).sum(1) / denom
-    if "map" in metrics:
-        out["map"] = prec.sum(1) / denom
-    if "asi" in metrics:
-        cut = r_count if asi_cutoff is None else torch.full_like(r_count, asi_cutoff)
-        inside = rk <= cut.unsqueeze(1)
-        h_prev = harmonic[(torch.where(inside, rk, torch.ones_like(rk)) - 1)]
-        sums = inside.sum(1).to(torch.float64) * harmonic[cut] - torch.where(inside, h_prev, zero).sum(1)
-        out["asi"] = sums / cut.clamp_min(1).to(torch.float64)
-    for name in metrics:
-        spec = at_k(name)
-        if spec is None:
-            continue
-        family, k = spec
-        top_k = rk <= k
-        den = r_count.clamp_max(k).clamp_min(1).to(torch.float64)
-        if family == "precision":
-            out[name] = top_k.sum(1).to(torch.float64) / den
-        else:
-            out[name] = torch.where(top_k, prec, zero).sum(1) / den
-    return {name: torch.where(r_count > 0, v, zero) for name, v in out.items()}
+    specs = resolve_metrics(k_values, metrics, table)
+    v = PaddedRankRows(ranks, found, r_count, asi_cutoff, harmonic)
+    return {s.name: torch.where(r_count > 0, s.metric.compute(v, s.k), v.zero) for s in specs}
 
 
 def _compact_codes(query_col: torch.Tensor, gallery_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -184,16 +207,18 @@ def _ranked_top(scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values: tuple[int, ...],
-                      metrics: tuple[str, ...], asi_cutoff: int | None,
-                      memory_budget_bytes: int | None) -> list[ScaleAccumulator]:
+                      metrics: tuple[str | MetricSpec, ...], asi_cutoff: int | None,
+                      memory_budget_bytes: int | None,
+                      table: Mapping[str, RankMetric] | None = None) -> list[ScaleAccumulator]:
     """The torch-device counterpart of :func:`dynametric.metrics.engine.run_ranking` (same inputs and outputs)."""
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
     num_scales = problem.query_labels.shape[1]
+    specs = resolve_metrics(k_values, metrics, table)
     r_all = relevant_counts(problem)
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     max_r = int(r_all.max()) if r_all.numel() else 0
-    cap = max(max_r, max_rank_needed(k_values, metrics, asi_cutoff))
-    full = "map" in metrics or cap > TOP_PATH_MAX_CAP or cap + 1 > ng
+    cap = max(max_r, max_rank_needed((), specs, asi_cutoff))
+    full = needs_full_ranking(specs) or cap > TOP_PATH_MAX_CAP or cap + 1 > ng
     rows = plan_device_rows(nq, ng, max_r if full else cap, full, memory_budget_bytes)
     with torch.no_grad():
         q = problem.query.to(device)
@@ -240,7 +265,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
                 r_count = r_dev[start:stop, sc]
                 if full and not torch.equal(found, r_count):  # pragma: no cover - an exclusion bookkeeping bug
                     raise RuntimeError("torch ranking engine: relevant counts disagree with the label counts")
-                vals_s = metrics_from_rank_rows(ranks, found, r_count, k_values=k_values, metrics=metrics,
+                vals_s = metrics_from_rank_rows(ranks, found, r_count, k_values=(), metrics=specs,
                                                 asi_cutoff=asi_cutoff, harmonic=harmonic)
                 accs[sc].add(start, r_count.cpu(), {n: v.cpu() for n, v in vals_s.items()})
             del order, kept
