@@ -375,7 +375,8 @@ class MetricLearningModule(L.LightningModule):
         if self.evaluator is None:  # the built-in engine ranks on the module's device (a GPU when training on one)
             from dynametric.metrics import evaluate_embeddings
 
-            evaluate = functools.partial(evaluate_embeddings, **{"device": self.device, **self.eval_kwargs})
+            evaluate: Callable[..., Any] = functools.partial(evaluate_embeddings,
+                                                             **{"device": self.device, **self.eval_kwargs})
         else:
             evaluate = functools.partial(self.evaluator, **self.eval_kwargs)
         # the gathered split (validation, or the test split of a leave-one-out run), every item querying the rest
