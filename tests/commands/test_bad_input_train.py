@@ -89,7 +89,7 @@ def test_resume_from_a_checkpoint_of_random_bytes(tmp_path, capsys) -> None:
     run.mkdir()
     (run / "config.yaml").write_text(TINY)
     (run / "metrics.json").write_text('{"untrained": {}, "validation": [], "test": {}}')
-    (run / "last.ckpt").write_bytes(os.urandom(4096))
+    (run / "last.ckpt").write_bytes(b"\x00" + os.urandom(4095))  # not a pickle/zip start by chance
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and f"{run / 'last.ckpt'}: not a checkpoint" in err.splitlines()[-1]
