@@ -26,9 +26,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from dynametric.data.protocol import dataset_fields
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 __all__ = [
     "CheckpointEvaluation",
@@ -65,7 +70,7 @@ def _default_evaluate() -> Evaluate:
 
 def dataset_scale_names(dataset: Any) -> list[str] | None:
     """A dataset's scale names, or ``None`` (the metrics' defaults) when it has none."""
-    return list(getattr(dataset, "scale_names", None) or []) or None
+    return list(dataset_fields(dataset).scale_names or []) or None
 
 
 def with_protocol_info(result: Any, info: dict[str, Any]) -> Any:
@@ -168,7 +173,7 @@ class QueryGallery(EvaluationProtocol):
                                         "gallery": len(g.emb), "query_in_gallery": bool(self.query_in_gallery)})
 
 
-def protocol_from_config(cfg: Any, split: str | None = None,
+def protocol_from_config(cfg: Config, split: str | None = None,
                          scale_names: Sequence[str] | None = None) -> EvaluationProtocol:
     """The test protocol of a config: leave-one-out on ``split`` when one is given; else the DyML protocol of a
     DyML config (``method.name: dyml``), query -> gallery for ``eval.protocol: query_gallery``, leave-one-out on
