@@ -38,6 +38,10 @@ that step; test never chooses anything). Claims are paired differences over seed
     python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --out RESULTS.md
     python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --sampler three-chunk
         --compare RESULTS.json --out SAMPLER.md                              # (one command line)
+    # converged budget (docs/results/claim-dyml-long.md): one part per family and coherence set, then merged:
+    python benchmarks/claim_dyml.py --steps 800 --eval-every 100 --coherence 1.0 0.0 --families ms --out PART.md
+    python benchmarks/claim_dyml.py --steps 800 --eval-every 100 --families proxy pairs triplet ms panchor
+        --merge PART.json ... --versus RESULTS.json --out LONG.md            # (one command line)
     python benchmarks/claim_dyml.py --small --out /tmp/claim-dyml.md          # seconds; used by the tests
 """
 
