@@ -38,6 +38,10 @@ that step; test never chooses anything). Claims are paired differences over seed
     python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --out RESULTS.md
     python benchmarks/claim_dyml.py --steps 400 --families proxy pairs triplet ms panchor --sampler three-chunk
         --compare RESULTS.json --out SAMPLER.md                              # (one command line)
+    # converged budget (docs/results/claim-dyml-long.md): one part per family and coherence set, then merged:
+    python benchmarks/claim_dyml.py --steps 800 --eval-every 100 --coherence 1.0 0.0 --families ms --out PART.md
+    python benchmarks/claim_dyml.py --steps 800 --eval-every 100 --families proxy pairs triplet ms panchor
+        --merge PART.json ... --versus RESULTS.json --out LONG.md            # (one command line)
     python benchmarks/claim_dyml.py --small --out /tmp/claim-dyml.md          # seconds; used by the tests
 """
 
@@ -298,8 +302,8 @@ def sampler_section(runs: list[dict], compare: list[dict], a: argparse.Namespace
     return lines, {"difference": name, "cells": out, "above": ups, "below": downs}
 
 
-def analyse(runs: list[dict], a: argparse.Namespace,
-            compare: list[dict] | None = None) -> tuple[str, dict[str, Any]]:
+def analyse(runs: list[dict], a: argparse.Namespace, compare: list[dict] | None = None,
+            versus: Path | None = None) -> tuple[str, dict[str, Any]]:
     seeds, cs = a.seeds, a.coherence
     lines: list[str] = []
     verdicts: dict[str, Any] = {}
@@ -372,13 +376,67 @@ def analyse(runs: list[dict], a: argparse.Namespace,
     if compare:
         extra, verdicts["sampler"] = sampler_section(runs, compare, a)
         lines.extend(extra)
-    lines.append("\n## Curves (val mean ASI, %, mean over seeds; every objective, coherence "
-                 f"{lo:g})\n")
-    curves = {f"{r_f} {r_v}": mean_curve([r for r in runs if r["family"] == r_f and r["variant"] == r_v
-                                          and r["coherence"] == lo])
-              for r_f in a.families for r_v in FAMILIES[r_f]}
-    lines.append(curve_table(curves))
+    if versus:
+        extra, verdicts["versus"] = versus_section(verdicts, versus)
+        lines.extend(extra)
+    extra, verdicts["convergence"] = convergence_section(runs, a)
+    lines.extend(extra)
+    for c in sorted(cs, reverse=True):
+        lines.append(f"\n## Curves (val mean ASI, %, mean over seeds; every objective, coherence {c:g})\n")
+        curves = {f"{r_f} {r_v}": mean_curve([r for r in runs if r["family"] == r_f and r["variant"] == r_v
+                                              and r["coherence"] == c])
+                  for r_f in a.families for r_v in FAMILIES[r_f]}
+        lines.append(curve_table({k: v for k, v in curves.items() if v}))
     return "\n".join(lines), verdicts
+
+
+PLATEAU_PP = 0.5  # a cell has converged when the last quarter of the budget adds less than this to its best val
+
+
+def convergence_section(runs: list[dict], a: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Per family / objective / coherence: how much the last quarter of the step budget adds to the val-selected
+    model, i.e. the mean over seeds of (best val mean ASI at steps <= budget) - (best at steps <= 3/4 budget)."""
+    quarter = 0.75 * a.steps
+    lines = [f"\n## Convergence (val mean ASI, pp, mean over seeds: best over all {a.steps} steps minus best over "
+             f"the first {quarter:g}; converged if below {PLATEAU_PP:g} pp)\n",
+             "| family | objective | coherence | best val mean ASI | gain in the last quarter | converged |",
+             "|---|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    for fam in a.families:
+        for var in FAMILIES[fam]:
+            for c in a.coherence:
+                rs = [r for r in runs if r["family"] == fam and r["variant"] == var and r["coherence"] == c]
+                if not rs or not all(any(p["step"] <= quarter for p in r["curve"]) for r in rs):
+                    continue
+                best = [max(p["val"] for p in r["curve"]) for r in rs]
+                early = [max(p["val"] for p in r["curve"] if p["step"] <= quarter) for r in rs]
+                gain = 100 * statistics.fmean(_minus(best, early))
+                out[f"{fam}/{var}@{c:g}"] = {"best_val": statistics.fmean(best), "gain_pp": gain,
+                                             "converged": gain < PLATEAU_PP}
+                lines.append(f"| {fam} | {var} | {c:g} | {100 * statistics.fmean(best):.1f} | {gain:.2f} | "
+                             f"{'yes' if gain < PLATEAU_PP else '**no**'} |")
+    done = sum(v["converged"] for v in out.values())
+    lines.append(f"\n{done} of {len(out)} cells meet the criterion.")
+    return lines, {"criterion_pp": PLATEAU_PP, "converged": done, "cells": out}
+
+
+def versus_section(verdicts: dict[str, Any], versus: Path) -> tuple[list[str], dict[str, Any]]:
+    """Each verdict here next to the same verdict in another results file (e.g. the same grid at another budget)."""
+    theirs = json.loads(versus.read_text(encoding="utf-8"))
+    other = theirs.get("verdicts", {})
+    steps = theirs.get("args", {}).get("steps", "?")
+    lines = [f"\n## Verdicts here vs `{versus.name}` ({steps} steps)\n", "| claim | here | there | changed |",
+             "|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    for key, v in verdicts.items():
+        if not isinstance(v, dict) or "verdict" not in v:
+            continue
+        there = other.get(key, {}).get("verdict", "—")
+        out[key] = {"here": v["verdict"], "there": there, "changed": there != v["verdict"]}
+        lines.append(f"| {key} | {v['verdict']} | {there} | {'**yes**' if out[key]['changed'] else 'no'} |")
+    changed = sum(v["changed"] for v in out.values())
+    lines.append(f"\n{changed} of {len(out)} verdicts differ.")
+    return lines, {"file": versus.name, "steps": steps, "changed": changed, "cells": out}
 
 
 _FAMILY_TEXT = (
@@ -413,6 +471,32 @@ def previous_invocations(path: Path) -> list[dict[str, Any]]:
     return []
 
 
+_SETUP = ("sampler", "steps", "eval_every", "image_size", "width", "depth", "dim", "train_per_shape",
+          "images_per_class", "p", "k", "lr", "gamma")
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, int, float]:
+    return r["family"], r["variant"], r["seed"], r["coherence"]
+
+
+def _check_setup(path: Path, a: argparse.Namespace, finished: bool) -> None:
+    """Runs kept or merged from ``path`` must come from the same training setup as this invocation."""
+    if not path.is_file():
+        if finished:
+            raise SystemExit(f"{path}: no such results file")
+        return
+    args = json.loads(path.read_text(encoding="utf-8")).get("args")
+    if args is None:
+        if finished:
+            raise SystemExit(f"{path}: not a finished results file (no 'args'; its invocation is still running or "
+                             f"was interrupted: finish it with --resume first)")
+        return
+    for name in _SETUP:
+        if name in args and args[name] != getattr(a, name):
+            raise SystemExit(f"{path}: was run with --{name.replace('_', '-')} {args[name]}, this invocation has "
+                             f"{getattr(a, name)}; runs of different setups cannot be combined")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -437,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--small", action="store_true", help="a seconds-long smoke run (2 seeds, tiny everything)")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in the --out .json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
+                    help="add the runs and invocation history of other finished results .json files of the same "
+                         "sampler and setup (e.g. invocations that ran disjoint --seeds in parallel)")
+    ap.add_argument("--versus", type=Path, default=None, metavar="JSON",
+                    help="a results .json of the same grid (e.g. at another --steps): list which verdicts differ")
     ap.add_argument("--out", type=Path, required=True, help="Markdown results; the .json goes next to it")
     a = ap.parse_args(argv)
     if a.small:
@@ -451,8 +540,22 @@ def main(argv: list[str] | None = None) -> int:
     if other:
         raise SystemExit(f"{a.out.with_suffix('.json')} holds {sorted(other)} runs; --resume needs runs of "
                          f"--sampler {a.sampler} only (one results file per sampler, compare with --compare)")
-    kept = len(runs)
     history = previous_invocations(a.out.with_suffix(".json")) if a.resume else []
+    if a.resume:
+        _check_setup(a.out.with_suffix(".json"), a, finished=False)
+    for path in a.merge:
+        _check_setup(path, a, finished=True)
+        theirs = load_runs(path)
+        if {r.get("sampler", "pxk") for r in theirs} - {a.sampler}:
+            raise SystemExit(f"{path}: holds runs of another sampler than --sampler {a.sampler}")
+        have = {_key(r) for r in runs}
+        twice = sorted({_key(r) for r in theirs} & have)
+        if twice:
+            raise SystemExit(f"{path}: run {twice[0]} (family, objective, seed, coherence) is already in the runs "
+                             f"being merged; merge files of disjoint seeds or coherences")
+        runs.extend(theirs)
+        history.extend(previous_invocations(path))
+    kept = len(runs)
     per_shape = {"train": a.train_per_shape, "val": max(1, a.train_per_shape // 3),
                  "test": max(1, a.train_per_shape // 2)}
     for seed in a.seeds:
@@ -478,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_results(a.out, "(in progress)\n", {"runs": runs})
     wall = time.perf_counter() - t_start
     compare = [r for r in load_runs(a.compare) if r.get("sampler", "pxk") != a.sampler] if a.compare else []
-    body, verdicts = analyse(runs, a, compare)
+    body, verdicts = analyse(runs, a, compare, a.versus)
     cmd = command_line("claim_dyml.py", argv)
     runs_s = sum(r["train_s"] for r in runs)
     batches = (f"P x K = {a.p} x {a.k} fine-level batches" if a.sampler == "pxk" else
@@ -507,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     write_results(a.out, head + "\n" + body, {
         "command": cmd, "wall_s": round(wall, 1), "runs_s": round(runs_s, 1), "new_runs": len(runs) - kept,
         "invocations": history,
-        "args": vars(a) | {"out": str(a.out), "compare": None if a.compare is None else str(a.compare)},
+        "args": vars(a) | {"out": str(a.out), "compare": None if a.compare is None else str(a.compare),
+                           "merge": [str(m) for m in a.merge], "versus": None if a.versus is None else str(a.versus)},
         "verdicts": verdicts, "runs": runs})
     print(body)
     return 0

@@ -145,3 +145,42 @@ def test_small_runs_of_both_samplers_and_their_comparison(tmp_path):
     # a results file holds one sampler only
     with pytest.raises(SystemExit, match="one results file per sampler"):
         mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--resume", "--out", str(pxk)])
+
+
+def test_merging_parallel_invocations_convergence_and_versus(tmp_path):
+    mod = _claim()
+    a, b, merged = tmp_path / "a.md", tmp_path / "b.md", tmp_path / "merged.md"
+    assert mod.main(["--small", "--families", "panchor", "--out", str(a)]) == 0
+    assert mod.main(["--small", "--families", "ms", "--out", str(b)]) == 0
+    # rendering the union trains nothing and keeps both invocations in the history
+    assert mod.main(["--small", "--families", "ms", "panchor", "--merge", str(a.with_suffix(".json")),
+                     str(b.with_suffix(".json")), "--versus", str(a.with_suffix(".json")), "--out", str(merged)]) == 0
+    p = json.loads(merged.with_suffix(".json").read_text())
+    assert len(p["runs"]) == 20 and p["new_runs"] == 0
+    assert [h["new_runs"] for h in p["invocations"]] == [12, 8, 0]
+    text = merged.read_text()
+    assert "12 runs in " in text and "8 runs in " in text and "not recorded" not in text
+    assert "--families panchor --out" in text and "--families ms --out" in text  # both named: not this command
+    assert {"ms/summed-penalty", "panchor/csl-beats-own-baseline"} <= set(p["verdicts"])
+    # versus: the panchor verdicts equal the file's own; the ms ones are absent there
+    vs = p["verdicts"]["versus"]["cells"]
+    assert vs["panchor/csl-no-penalty"]["there"] == vs["panchor/csl-no-penalty"]["here"]
+    assert vs["ms/summed-penalty"]["there"] == "—" and p["verdicts"]["versus"]["changed"] == 1
+    # convergence: mean over seeds of best val over all steps minus best over the first 3/4 (small: 6 steps, eval 3)
+    rs = [r for r in p["runs"] if r["family"] == "ms" and r["variant"] == "fine" and r["coherence"] == 0.0]
+    want = sum(max(q["val"] for q in r["curve"]) - next(q["val"] for q in r["curve"] if q["step"] == 3)
+               for r in rs) / len(rs)
+    cell = p["verdicts"]["convergence"]["cells"]["ms/fine@0"]
+    assert cell["gain_pp"] == pytest.approx(100 * want) and cell["converged"] == (100 * want < 0.5)
+    assert "## Convergence" in text and "## Curves (val mean ASI, %, mean over seeds; every objective, coherence 1)" \
+        in text and "## Verdicts here vs `a.json`" in text
+    # the same run twice, another setup, an unfinished file: refused
+    with pytest.raises(SystemExit, match="already in the runs"):
+        mod.main(["--small", "--families", "panchor", "--merge", str(a.with_suffix(".json")),
+                  str(a.with_suffix(".json")), "--out", str(tmp_path / "twice.md")])
+    with pytest.raises(SystemExit, match="--lr 0.003, this invocation has 0.01"):
+        mod.main(["--small", "--families", "panchor", "--lr", "0.01", "--merge", str(a.with_suffix(".json")),
+                  "--out", str(tmp_path / "lr.md")])
+    (tmp_path / "half.json").write_text(json.dumps({"runs": []}))
+    with pytest.raises(SystemExit, match="not a finished results file"):
+        mod.main(["--small", "--merge", str(tmp_path / "half.json"), "--out", str(tmp_path / "h.md")])
