@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from dynametric.config import Config, LossConfig, MinerConfig
-from dynametric.data.splits import LabelledSubset
+from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError
+from dynametric.labels import as_label_matrix
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -43,23 +44,28 @@ logger = logging.getLogger("dynametric.engine")
 def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
                      folds: int | None = None, fold: int = 0) -> tuple[Any, Any | None]:
     """Class-disjoint (at ``scale``) train/val split of a training set: a seeded ``fraction`` of the classes,
-    or fold ``fold`` of ``folds`` class-disjoint folds (Reality Check). Never touches the test split."""
-    labels = torch.as_tensor(dataset.labels)
-    labels = labels.unsqueeze(1) if labels.dim() == 1 else labels
-    classes = torch.unique(labels[:, scale]).numpy()
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(classes)
-    if folds is not None:
-        val_classes = np.array_split(perm, folds)[fold]
-    else:
-        n_val = int(round(fraction * len(classes)))
-        if n_val == 0:
-            return dataset, None
-        if n_val >= len(classes):
-            raise ConfigError(f"val_fraction {fraction} leaves no training class", key="data.val_fraction")
-        val_classes = perm[:n_val]
-    is_val = np.isin(labels[:, scale].numpy(), val_classes)
-    train_idx, val_idx = np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
+    or fold ``fold`` of ``folds`` class-disjoint folds (Reality Check). Never touches the test split.
+
+    The classes are chosen by the data layer (:func:`dynametric.data.splits.class_disjoint_split` /
+    :func:`~dynametric.data.splits.class_disjoint_folds`); the config's rules are added here: a fraction that
+    rounds to no class means no validation set (``(dataset, None)``), one that leaves no training class is a
+    :class:`ConfigError` on ``data.val_fraction``."""
+    labels = as_label_matrix(dataset.labels, name="dataset.labels")
+    try:
+        if folds is not None:
+            train_idx, val_idx = class_disjoint_folds(labels, folds, seed=seed, scale=scale)[fold]
+        else:
+            n_classes = int(torch.unique(labels[:, scale]).numel())
+            n_val = int(round(fraction * n_classes))
+            if n_val == 0:
+                return dataset, None
+            if n_val >= n_classes:
+                raise ConfigError(f"val_fraction {fraction} leaves no training class", key="data.val_fraction")
+            train_idx, val_idx = class_disjoint_split(labels, fraction, seed=seed, scale=scale)
+    except InputError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(exc.message, key="data.val_folds" if exc.key == "k" else "data.val_fraction") from None
     return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
