@@ -72,6 +72,24 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self._position = 0
         self._resume_from = 0
 
+    # the run's settings ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
+                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
+                      options: dict[str, Any] | None = None) -> _EpochBatchSampler:
+        """The sampler of a run's settings (``data.batch_size``, ``data.m``, ``data.sampler_scale``, the seed, the
+        rank, ``data.iterations_per_epoch`` and ``data.sampler_options``); each sampler maps them onto its own
+        arguments. Bad values raise :class:`InputError` keyed by the setting (``batch_size``, ``m``, ...)."""
+        raise NotImplementedError
+
+    #: ``batch_size`` must be a multiple of ``m`` (checked when the config loads).
+    m_divides_batch: bool = False
+
+    @classmethod
+    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
+        """What ``MultiScaleLoss(chunks=...)`` needs for this sampler's batch layout (``None``: whole batches)."""
+        return None
+
     # subclasses -----------------------------------------------------------------------------------------------
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
         raise NotImplementedError
@@ -257,6 +275,16 @@ class MPerClassSampler(_EpochBatchSampler):
                              f"m {self.m}) but scale {self.scale} has only {len(self.classes)}", key="batch_size")
         self._set_iterations(iterations_per_epoch)
 
+    m_divides_batch = True
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
+                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
+                      options: dict[str, Any] | None = None) -> MPerClassSampler:
+        """``m`` images of each of ``batch_size / m`` classes of column ``scale``."""
+        return cls(labels, m, batch_size, scale=scale, seed=seed, rank=rank, world_size=world_size,
+                   iterations_per_epoch=iterations_per_epoch, **(options or {}))
+
     def _batches_per_pass(self) -> int:
         return max(1, _chunks_per_pass(self.members, self.m) // self.classes_per_batch // self.world_size)
 
@@ -315,6 +343,26 @@ class ThreeScaleSampler(_EpochBatchSampler):
             raise InputError(f"{self.num_samples} images give {self.num_samples // self.k} items per epoch, fewer than "
                              f"one batch of {self.items_per_batch} items per rank ({self.world_size} rank(s))",
                              key="items_per_batch")
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
+                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
+                      options: dict[str, Any] | None = None) -> ThreeScaleSampler:
+        """Items of ``m`` images per scale (``k = m``), ``batch_size / (m x scales)`` items per batch (``scale``
+        is not used: every scale is sampled)."""
+        per_item = m * labels.shape[1]
+        if batch_size % per_item:
+            raise InputError(f"batch_size {batch_size} must be a multiple of m x scales = {per_item}",
+                             key="batch_size")
+        return cls(labels, k=m, items_per_batch=batch_size // per_item, seed=seed, rank=rank, world_size=world_size,
+                   iterations_per_epoch=iterations_per_epoch, **(options or {}))
+
+    @classmethod
+    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
+        """Each scale's loss sees only its own chunk of every item (``ThreeScaleChunks(m, num_scales)``)."""
+        from dynametric.losses.multiscale import ThreeScaleChunks
+
+        return ThreeScaleChunks(m, num_scales)
 
     @property
     def num_scales(self) -> int:
@@ -426,6 +474,16 @@ class HierarchicalSampler(_EpochBatchSampler):
                              f"has only {len(self.parents)}", key="parents_per_batch")
         self._set_iterations(iterations_per_epoch)
 
+    m_divides_batch = True
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
+                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
+                      options: dict[str, Any] | None = None) -> HierarchicalSampler:
+        """``m`` images per class (``samples_per_class``) of column ``scale``, grouped under shared parents."""
+        return cls(labels, batch_size, samples_per_class=m, scale=scale, seed=seed, rank=rank,
+                   world_size=world_size, iterations_per_epoch=iterations_per_epoch, **(options or {}))
+
     def _batches_per_pass(self) -> int:
         per_batch = self.classes_per_parent * self.parents_per_batch
         return max(1, _chunks_per_pass(self.members, self.k) // per_batch // self.world_size)
@@ -463,11 +521,57 @@ class HierarchicalSampler(_EpochBatchSampler):
                 "parents_per_batch": self.parents_per_batch}
 
 
-SAMPLERS: dict[str, type[_EpochBatchSampler]] = {
-    "MPerClassSampler": MPerClassSampler,
-    "ThreeScaleSampler": ThreeScaleSampler,
-    "HierarchicalSampler": HierarchicalSampler,
+class RandomBatchSampler:
+    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank, last batch dropped."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 iterations_per_epoch: int | None = None) -> None:
+        self.n, self.bs, self.seed, self.rank, self.world = num_samples, batch_size, seed, rank, world_size
+        self.iterations = iterations_per_epoch
+        self.epoch = 0
+
+    m_divides_batch = False
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
+                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
+                      options: dict[str, Any] | None = None) -> RandomBatchSampler:
+        """Batches of ``batch_size`` rows (``m`` and ``scale`` are not used)."""
+        return cls(len(labels), batch_size, seed=seed, rank=rank, world_size=world_size,
+                   iterations_per_epoch=iterations_per_epoch, **(options or {}))
+
+    @classmethod
+    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        full = self.n // (self.bs * self.world)
+        return self.iterations if self.iterations is not None else full
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        per_pass = self.n // (self.bs * self.world)
+        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-len(self) // max(1, per_pass)))])
+        for b in range(len(self)):
+            start = (b * self.world + self.rank) * self.bs
+            yield order[start:start + self.bs].tolist()
+
+
+BATCH_SAMPLERS: dict[str, Any] = {
+    "m_per_class": MPerClassSampler,
+    "three_scale": ThreeScaleSampler,
+    "hierarchical": HierarchicalSampler,
+    "random": RandomBatchSampler,
 }
+"""The samplers a config names (``data.sampler``), in the order error messages list them: a class with the
+``from_settings`` / ``m_divides_batch`` / ``loss_chunks_for`` hooks. Adding a sampler means adding it here."""
+
+SAMPLERS: dict[str, type[_EpochBatchSampler]] = {
+    cls.__name__: cls for cls in BATCH_SAMPLERS.values() if issubclass(cls, _EpochBatchSampler)}
+"""The resumable samplers of :data:`BATCH_SAMPLERS` by class name (for :func:`build_sampler`)."""
 
 
 def build_sampler(name: str, labels: LabelsLike, **kwargs: Any) -> _EpochBatchSampler:
