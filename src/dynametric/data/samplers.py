@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,28 @@ def _class_members(column: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return values[order], [groups[i] for i in order]
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What a training run asks of its batch sampler (the config's ``data`` section, resolved): each sampler's
+    ``from_settings`` maps these onto its own arguments (``m`` is images per class, or per scale chunk for the
+    three-scale sampler; ``scale`` the label column to balance, where the sampler has one)."""
+
+    batch_size: int
+    m: int
+    scale: int = 0
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    iterations_per_epoch: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Further keyword arguments of the sampler (``data.sampler_options``)."""
+
+    def common(self) -> dict[str, Any]:
+        """The arguments every sampler takes: ``seed``, ``rank``, ``world_size``, ``iterations_per_epoch``."""
+        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "iterations_per_epoch": self.iterations_per_epoch}
+
+
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
 
@@ -74,12 +97,9 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     # the run's settings ---------------------------------------------------------------------------------------
     @classmethod
-    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
-                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
-                      options: dict[str, Any] | None = None) -> _EpochBatchSampler:
-        """The sampler of a run's settings (``data.batch_size``, ``data.m``, ``data.sampler_scale``, the seed, the
-        rank, ``data.iterations_per_epoch`` and ``data.sampler_options``); each sampler maps them onto its own
-        arguments. Bad values raise :class:`InputError` keyed by the setting (``batch_size``, ``m``, ...)."""
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> _EpochBatchSampler:
+        """The sampler of a run's :class:`SamplerSettings`; each sampler maps them onto its own arguments. Bad
+        values raise :class:`InputError` keyed by the argument (``batch_size``, ``m``, ...)."""
         raise NotImplementedError
 
     #: ``batch_size`` must be a multiple of ``m`` (checked when the config loads).
@@ -278,12 +298,10 @@ class MPerClassSampler(_EpochBatchSampler):
     m_divides_batch = True
 
     @classmethod
-    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
-                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
-                      options: dict[str, Any] | None = None) -> MPerClassSampler:
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> MPerClassSampler:
         """``m`` images of each of ``batch_size / m`` classes of column ``scale``."""
-        return cls(labels, m, batch_size, scale=scale, seed=seed, rank=rank, world_size=world_size,
-                   iterations_per_epoch=iterations_per_epoch, **(options or {}))
+        st = settings
+        return cls(labels, st.m, st.batch_size, scale=st.scale, **st.common(), **st.options)
 
     def _batches_per_pass(self) -> int:
         return max(1, _chunks_per_pass(self.members, self.m) // self.classes_per_batch // self.world_size)
@@ -345,17 +363,15 @@ class ThreeScaleSampler(_EpochBatchSampler):
                              key="items_per_batch")
 
     @classmethod
-    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
-                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
-                      options: dict[str, Any] | None = None) -> ThreeScaleSampler:
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> ThreeScaleSampler:
         """Items of ``m`` images per scale (``k = m``), ``batch_size / (m x scales)`` items per batch (``scale``
         is not used: every scale is sampled)."""
-        per_item = m * labels.shape[1]
-        if batch_size % per_item:
-            raise InputError(f"batch_size {batch_size} must be a multiple of m x scales = {per_item}",
+        st = settings
+        per_item = st.m * labels.shape[1]
+        if st.batch_size % per_item:
+            raise InputError(f"batch_size {st.batch_size} must be a multiple of m x scales = {per_item}",
                              key="batch_size")
-        return cls(labels, k=m, items_per_batch=batch_size // per_item, seed=seed, rank=rank, world_size=world_size,
-                   iterations_per_epoch=iterations_per_epoch, **(options or {}))
+        return cls(labels, k=st.m, items_per_batch=st.batch_size // per_item, **st.common(), **st.options)
 
     @classmethod
     def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
@@ -477,12 +493,10 @@ class HierarchicalSampler(_EpochBatchSampler):
     m_divides_batch = True
 
     @classmethod
-    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
-                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
-                      options: dict[str, Any] | None = None) -> HierarchicalSampler:
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> HierarchicalSampler:
         """``m`` images per class (``samples_per_class``) of column ``scale``, grouped under shared parents."""
-        return cls(labels, batch_size, samples_per_class=m, scale=scale, seed=seed, rank=rank,
-                   world_size=world_size, iterations_per_epoch=iterations_per_epoch, **(options or {}))
+        st = settings
+        return cls(labels, st.batch_size, samples_per_class=st.m, scale=st.scale, **st.common(), **st.options)
 
     def _batches_per_pass(self) -> int:
         per_batch = self.classes_per_parent * self.parents_per_batch
@@ -533,12 +547,9 @@ class RandomBatchSampler:
     m_divides_batch = False
 
     @classmethod
-    def from_settings(cls, labels: torch.Tensor, *, batch_size: int, m: int, scale: int = 0, seed: int = 0,
-                      rank: int = 0, world_size: int = 1, iterations_per_epoch: int | None = None,
-                      options: dict[str, Any] | None = None) -> RandomBatchSampler:
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> RandomBatchSampler:
         """Batches of ``batch_size`` rows (``m`` and ``scale`` are not used)."""
-        return cls(len(labels), batch_size, seed=seed, rank=rank, world_size=world_size,
-                   iterations_per_epoch=iterations_per_epoch, **(options or {}))
+        return cls(len(labels), settings.batch_size, **settings.common(), **settings.options)
 
     @classmethod
     def loss_chunks_for(cls, m: int, num_scales: int) -> Any:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from dynametric.config import Config, LossConfig, MinerConfig
-from dynametric.data.samplers import RandomBatchSampler  # noqa: F401  (its former home; tests import it here)
+from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
 from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
@@ -160,9 +160,9 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
     def make(labels: torch.Tensor, rank: int, world: int) -> Any:
         cls = sampler_class(cfg)
         try:
-            return cls.from_settings(labels, batch_size=data.batch_size, m=data.m, scale=data.sampler_scale,
-                                     seed=seed, rank=rank, world_size=world,
-                                     iterations_per_epoch=data.iterations_per_epoch, options=opts)
+            return cls.from_settings(labels, SamplerSettings(
+                batch_size=data.batch_size, m=data.m, scale=data.sampler_scale, seed=seed, rank=rank, world_size=world,
+                iterations_per_epoch=data.iterations_per_epoch, options=opts))
         except InputError as exc:
             if isinstance(exc, ConfigError):
                 raise
