@@ -47,8 +47,9 @@ class DataConfig:
     val_folds: int | None = None
     val_fold: int = 0
     val_seed: int = 0
-    sampler: Literal["m_per_class", "three_scale", "hierarchical", "random"] = "m_per_class"
-    """Batch sampler: ``m_per_class`` | ``three_scale`` | ``hierarchical`` | ``random``."""
+    sampler: str = "m_per_class"
+    """Batch sampler, a name in ``dynametric.data.samplers.BATCH_SAMPLERS``: ``m_per_class`` | ``three_scale`` |
+    ``hierarchical`` | ``random``."""
     m: int = 4
     """Samples per class in a batch (m_per_class / hierarchical); per-scale chunk size for three_scale."""
     batch_size: int = 32
@@ -75,6 +76,11 @@ class DataConfig:
         if self.format not in FORMAT_NAMES:
             raise ConfigError(f"unknown dataset format {self.format!r}" + (_suggest(self.format, FORMAT_NAMES)
                               or f"; valid formats: {', '.join(FORMAT_NAMES)}"), key=f"{key}.format")
+        from dynametric.data.samplers import BATCH_SAMPLERS
+
+        if self.sampler not in BATCH_SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}" + (_suggest(self.sampler, BATCH_SAMPLERS)
+                              or f"; valid samplers: {', '.join(BATCH_SAMPLERS)}"), key=f"{key}.sampler")
         presets = ["default", *PRESETS]
         if self.transform not in presets:
             raise ConfigError(f"unknown transform preset {self.transform!r}" + (_suggest(self.transform, presets)
@@ -94,7 +100,7 @@ class DataConfig:
             _positive(self.image_size, f"{key}.image_size")
         if self.iterations_per_epoch is not None:
             _positive(self.iterations_per_epoch, f"{key}.iterations_per_epoch")
-        if self.sampler in ("m_per_class", "hierarchical") and self.batch_size % self.m:
+        if BATCH_SAMPLERS[self.sampler].m_divides_batch and self.batch_size % self.m:
             raise ConfigError(f"batch_size {self.batch_size} must be a multiple of m={self.m}",
                               key=f"{key}.batch_size")
         if not 0.0 <= self.val_fraction < 1.0:

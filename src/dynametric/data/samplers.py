@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,28 @@ def _class_members(column: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return values[order], [groups[i] for i in order]
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What a training run asks of its batch sampler (the config's ``data`` section, resolved): each sampler's
+    ``from_settings`` maps these onto its own arguments (``m`` is images per class, or per scale chunk for the
+    three-scale sampler; ``scale`` the label column to balance, where the sampler has one)."""
+
+    batch_size: int
+    m: int
+    scale: int = 0
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    iterations_per_epoch: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Further keyword arguments of the sampler (``data.sampler_options``)."""
+
+    def common(self) -> dict[str, Any]:
+        """The arguments every sampler takes: ``seed``, ``rank``, ``world_size``, ``iterations_per_epoch``."""
+        return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "iterations_per_epoch": self.iterations_per_epoch}
+
+
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
 
@@ -71,6 +94,21 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = 0
         self._position = 0
         self._resume_from = 0
+
+    # the run's settings ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> _EpochBatchSampler:
+        """The sampler of a run's :class:`SamplerSettings`; each sampler maps them onto its own arguments. Bad
+        values raise :class:`InputError` keyed by the argument (``batch_size``, ``m``, ...)."""
+        raise NotImplementedError
+
+    #: ``batch_size`` must be a multiple of ``m`` (checked when the config loads).
+    m_divides_batch: bool = False
+
+    @classmethod
+    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
+        """What ``MultiScaleLoss(chunks=...)`` needs for this sampler's batch layout (``None``: whole batches)."""
+        return None
 
     # subclasses -----------------------------------------------------------------------------------------------
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
@@ -257,6 +295,14 @@ class MPerClassSampler(_EpochBatchSampler):
                              f"m {self.m}) but scale {self.scale} has only {len(self.classes)}", key="batch_size")
         self._set_iterations(iterations_per_epoch)
 
+    m_divides_batch = True
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> MPerClassSampler:
+        """``m`` images of each of ``batch_size / m`` classes of column ``scale``."""
+        st = settings
+        return cls(labels, st.m, st.batch_size, scale=st.scale, **st.common(), **st.options)
+
     def _batches_per_pass(self) -> int:
         return max(1, _chunks_per_pass(self.members, self.m) // self.classes_per_batch // self.world_size)
 
@@ -316,6 +362,24 @@ class ThreeScaleSampler(_EpochBatchSampler):
             raise InputError(f"{self.num_samples} images give {self.num_samples // self.k} items per epoch, fewer than "
                              f"one batch of {self.items_per_batch} items per rank ({self.world_size} rank(s))",
                              key="items_per_batch")
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> ThreeScaleSampler:
+        """Items of ``m`` images per scale (``k = m``), ``batch_size / (m x scales)`` items per batch (``scale``
+        is not used: every scale is sampled)."""
+        st = settings
+        per_item = st.m * labels.shape[1]
+        if st.batch_size % per_item:
+            raise InputError(f"batch_size {st.batch_size} must be a multiple of m x scales = {per_item}",
+                             key="batch_size")
+        return cls(labels, k=st.m, items_per_batch=st.batch_size // per_item, **st.common(), **st.options)
+
+    @classmethod
+    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
+        """Each scale's loss sees only its own chunk of every item (``ThreeScaleChunks(m, num_scales)``)."""
+        from dynametric.losses.multiscale import ThreeScaleChunks
+
+        return ThreeScaleChunks(m, num_scales)
 
     @property
     def num_scales(self) -> int:
@@ -427,6 +491,14 @@ class HierarchicalSampler(_EpochBatchSampler):
                              f"has only {len(self.parents)}", key="parents_per_batch")
         self._set_iterations(iterations_per_epoch)
 
+    m_divides_batch = True
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> HierarchicalSampler:
+        """``m`` images per class (``samples_per_class``) of column ``scale``, grouped under shared parents."""
+        st = settings
+        return cls(labels, st.batch_size, samples_per_class=st.m, scale=st.scale, **st.common(), **st.options)
+
     def _batches_per_pass(self) -> int:
         per_batch = self.classes_per_parent * self.parents_per_batch
         return max(1, _chunks_per_pass(self.members, self.k) // per_batch // self.world_size)
@@ -465,11 +537,54 @@ class HierarchicalSampler(_EpochBatchSampler):
                 "parents_per_batch": self.parents_per_batch}
 
 
-SAMPLERS: dict[str, Callable[..., _EpochBatchSampler]] = {
-    "MPerClassSampler": MPerClassSampler,
-    "ThreeScaleSampler": ThreeScaleSampler,
-    "HierarchicalSampler": HierarchicalSampler,
+class RandomBatchSampler:
+    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank, last batch dropped."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 iterations_per_epoch: int | None = None) -> None:
+        self.n, self.bs, self.seed, self.rank, self.world = num_samples, batch_size, seed, rank, world_size
+        self.iterations = iterations_per_epoch
+        self.epoch = 0
+
+    m_divides_batch = False
+
+    @classmethod
+    def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> RandomBatchSampler:
+        """Batches of ``batch_size`` rows (``m`` and ``scale`` are not used)."""
+        return cls(len(labels), settings.batch_size, **settings.common(), **settings.options)
+
+    @classmethod
+    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        full = self.n // (self.bs * self.world)
+        return self.iterations if self.iterations is not None else full
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        per_pass = self.n // (self.bs * self.world)
+        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-len(self) // max(1, per_pass)))])
+        for b in range(len(self)):
+            start = (b * self.world + self.rank) * self.bs
+            yield order[start:start + self.bs].tolist()
+
+
+BATCH_SAMPLERS: dict[str, Any] = {
+    "m_per_class": MPerClassSampler,
+    "three_scale": ThreeScaleSampler,
+    "hierarchical": HierarchicalSampler,
+    "random": RandomBatchSampler,
 }
+"""The samplers a config names (``data.sampler``), in the order error messages list them: a class with the
+``from_settings`` / ``m_divides_batch`` / ``loss_chunks_for`` hooks. Adding a sampler means adding it here."""
+
+SAMPLERS: dict[str, Callable[..., _EpochBatchSampler]] = {
+    cls.__name__: cls for cls in BATCH_SAMPLERS.values() if issubclass(cls, _EpochBatchSampler)}
+"""The resumable samplers of :data:`BATCH_SAMPLERS` by class name (for :func:`build_sampler`)."""
 
 
 def build_sampler(name: str, labels: LabelsLike, **kwargs: Any) -> _EpochBatchSampler:

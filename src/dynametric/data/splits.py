@@ -1,8 +1,10 @@
 """Class-disjoint validation splits carved from the training classes (model selection never sees test classes).
 
 Following the Reality Check (Musgrave, Belongie, Lim, ECCV 2020), validation classes are disjoint from the
-training classes of a fold: the classes of one scale (fine by default) are shuffled with ``seed`` and dealt into
-``k`` folds of (nearly) equal class counts; fold ``i`` validates on its classes and trains on the others. Splitting
+training classes of a fold: the classes of one scale (fine by default) are shuffled with ``seed``
+(``numpy.random.default_rng(seed).permutation`` of the sorted class ids) and dealt into ``k`` folds of (nearly)
+equal class counts (``numpy.array_split``), or the first ``round(val_fraction * C)`` of them validate; fold ``i``
+validates on its classes and trains on the others. Splitting
 at a coarser scale moves whole subtrees (every fine class under a held-out middle class goes to validation), so
 the split is class-disjoint at that scale and at every finer one. ``shuffle=False`` gives contiguous ranges of
 the sorted class ids instead.
@@ -34,7 +36,8 @@ def _scale_column(labels: LabelsLike, scale: int) -> np.ndarray:
 
 
 def _shuffled(classes: np.ndarray, seed: int) -> np.ndarray:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), 0xF01D])).permutation(classes)
+    """The seeded class order every split here deals from (``numpy`` PCG64 seeded with ``seed``)."""
+    return np.random.default_rng(int(seed)).permutation(classes)
 
 
 def _class_groups(classes: np.ndarray, k: int, seed: int, shuffle: bool) -> list[np.ndarray]:
@@ -65,7 +68,8 @@ def class_disjoint_folds(labels: LabelsLike, k: int = 4, seed: int = 0, scale: i
 def class_disjoint_split(labels: LabelsLike, val_fraction: float = 0.2, seed: int = 0, scale: int = 0,
                          shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One class-disjoint ``(train_idx, val_idx)``: ``round(val_fraction * C)`` classes (at least 1, at most
-    ``C - 1``) of scale ``scale`` validate."""
+    ``C - 1``) of scale ``scale`` validate: the first ones of the seeded class order (of the sorted class ids with
+    ``shuffle=False``)."""
     col = _scale_column(labels, scale)
     classes = np.unique(col)
     if not 0.0 < float(val_fraction) < 1.0:
@@ -75,7 +79,7 @@ def class_disjoint_split(labels: LabelsLike, val_fraction: float = 0.2, seed: in
                          key="scale")
     n_val = min(max(1, round(float(val_fraction) * len(classes))), len(classes) - 1)
     order = _shuffled(classes, seed) if shuffle else classes
-    is_val = np.isin(col, order[len(order) - n_val:])  # the last classes (of the shuffled or sorted order)
+    is_val = np.isin(col, order[:n_val])  # the first classes (of the shuffled or sorted order)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 

@@ -25,16 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from dynametric.config import Config, LossConfig, MinerConfig
-from dynametric.data.splits import LabelledSubset
+from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
+from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError
+from dynametric.labels import as_label_matrix
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -43,23 +44,28 @@ logger = logging.getLogger("dynametric.engine")
 def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
                      folds: int | None = None, fold: int = 0) -> tuple[Any, Any | None]:
     """Class-disjoint (at ``scale``) train/val split of a training set: a seeded ``fraction`` of the classes,
-    or fold ``fold`` of ``folds`` class-disjoint folds (Reality Check). Never touches the test split."""
-    labels = torch.as_tensor(dataset.labels)
-    labels = labels.unsqueeze(1) if labels.dim() == 1 else labels
-    classes = torch.unique(labels[:, scale]).numpy()
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(classes)
-    if folds is not None:
-        val_classes = np.array_split(perm, folds)[fold]
-    else:
-        n_val = int(round(fraction * len(classes)))
-        if n_val == 0:
-            return dataset, None
-        if n_val >= len(classes):
-            raise ConfigError(f"val_fraction {fraction} leaves no training class", key="data.val_fraction")
-        val_classes = perm[:n_val]
-    is_val = np.isin(labels[:, scale].numpy(), val_classes)
-    train_idx, val_idx = np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
+    or fold ``fold`` of ``folds`` class-disjoint folds (Reality Check). Never touches the test split.
+
+    The classes are chosen by the data layer (:func:`dynametric.data.splits.class_disjoint_split` /
+    :func:`~dynametric.data.splits.class_disjoint_folds`); the config's rules are added here: a fraction that
+    rounds to no class means no validation set (``(dataset, None)``), one that leaves no training class is a
+    :class:`ConfigError` on ``data.val_fraction``."""
+    labels = as_label_matrix(dataset.labels, name="dataset.labels")
+    try:
+        if folds is not None:
+            train_idx, val_idx = class_disjoint_folds(labels, folds, seed=seed, scale=scale)[fold]
+        else:
+            n_classes = int(torch.unique(labels[:, scale]).numel())
+            n_val = int(round(fraction * n_classes))
+            if n_val == 0:
+                return dataset, None
+            if n_val >= n_classes:
+                raise ConfigError(f"val_fraction {fraction} leaves no training class", key="data.val_fraction")
+            train_idx, val_idx = class_disjoint_split(labels, fraction, seed=seed, scale=scale)
+    except InputError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(exc.message, key="data.val_folds" if exc.key == "k" else "data.val_fraction") from None
     return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
@@ -144,65 +150,38 @@ def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-class RandomBatchSampler:
-    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank, last batch dropped."""
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 iterations_per_epoch: int | None = None) -> None:
-        self.n, self.bs, self.seed, self.rank, self.world = num_samples, batch_size, seed, rank, world_size
-        self.iterations = iterations_per_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        full = self.n // (self.bs * self.world)
-        return self.iterations if self.iterations is not None else full
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        per_pass = self.n // (self.bs * self.world)
-        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-len(self) // max(1, per_pass)))])
-        for b in range(len(self)):
-            start = (b * self.world + self.rank) * self.bs
-            yield order[start:start + self.bs].tolist()
-
-
 def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
+    """``make(labels, rank, world_size)``: the batch sampler ``data.sampler`` names in
+    :data:`dynametric.data.samplers.BATCH_SAMPLERS`, built by its ``from_settings`` from the ``data`` section;
+    its errors are re-keyed to the config (``data.<setting>``, ``data.sampler_options``)."""
     data, seed = cfg.data, int(cfg.trainer.seed)
     opts = dict(data.sampler_options)
 
     def make(labels: torch.Tensor, rank: int, world: int) -> Any:
-        from dynametric.data import samplers
-
-        common = {"seed": seed, "rank": rank, "world_size": world, "iterations_per_epoch": data.iterations_per_epoch}
+        cls = sampler_class(cfg)
         try:
-            if data.sampler == "m_per_class":
-                return samplers.MPerClassSampler(labels, data.m, data.batch_size, scale=data.sampler_scale,
-                                                 **common, **opts)
-            if data.sampler == "three_scale":
-                per_item = data.m * labels.shape[1]
-                if data.batch_size % per_item:
-                    raise ConfigError(f"batch_size {data.batch_size} must be a multiple of m x scales = {per_item}",
-                                      key="data.batch_size")
-                return samplers.ThreeScaleSampler(labels, k=data.m, items_per_batch=data.batch_size // per_item,
-                                                  **common, **opts)
-            if data.sampler == "hierarchical":
-                return samplers.HierarchicalSampler(labels, data.batch_size, samples_per_class=data.m,
-                                                    scale=data.sampler_scale, **common, **opts)
-            if data.sampler == "random":
-                return RandomBatchSampler(len(labels), data.batch_size, **common, **opts)
+            return cls.from_settings(labels, SamplerSettings(
+                batch_size=data.batch_size, m=data.m, scale=data.sampler_scale, seed=seed, rank=rank, world_size=world,
+                iterations_per_epoch=data.iterations_per_epoch, options=opts))
         except InputError as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(exc.message, key=f"data.{exc.key}" if exc.key else "data.sampler") from None
         except TypeError as exc:
             raise ConfigError(f"bad sampler option: {exc}", key="data.sampler_options") from None
-        raise ConfigError(f"unknown sampler {data.sampler!r}; expected m_per_class, three_scale, hierarchical or "
-                          "random", key="data.sampler")
 
     return make
+
+
+def sampler_class(cfg: Config) -> Any:
+    """The class of ``data.sampler`` in :data:`dynametric.data.samplers.BATCH_SAMPLERS`."""
+    from dynametric.data.samplers import BATCH_SAMPLERS
+
+    if cfg.data.sampler not in BATCH_SAMPLERS:
+        names = list(BATCH_SAMPLERS)
+        raise ConfigError(f"unknown sampler {cfg.data.sampler!r}; expected {', '.join(names[:-1])} or {names[-1]}",
+                          key="data.sampler")
+    return BATCH_SAMPLERS[cfg.data.sampler]
 
 
 # ----------------------------------------------------------------------------------------------- model, losses
@@ -409,11 +388,7 @@ def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]]
 def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tensor | None,
                      num_scales: int) -> list[Objective]:
     dims = head_dims(cfg, embedder)
-    chunks = None
-    if cfg.data.sampler == "three_scale":
-        from dynametric.losses import ThreeScaleChunks
-
-        chunks = ThreeScaleChunks(cfg.data.m, num_scales)
+    chunks = sampler_class(cfg).loss_chunks_for(cfg.data.m, num_scales)  # the sampler's batch layout, if any
     terms: list[tuple[str, Any, Any]] = [("loss", cfg.loss, cfg.miner)]
     terms += [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(cfg.extra_losses)]
     objectives = []

@@ -1,0 +1,86 @@
+"""The engine's validation carve-out goes through the data layer's class-disjoint split and keeps, index for index,
+the split the engine made before the two were merged (a frozen copy of that algorithm is the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dynametric.data.splits import class_disjoint_folds, class_disjoint_split
+from dynametric.engine.builders import carve_validation
+from dynametric.errors import ConfigError
+
+
+def _frozen_engine_split(labels: torch.Tensor, fraction: float, seed: int, scale: int = 0,
+                         folds: int | None = None, fold: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The engine's carve-out as it was (row indices; ``None`` = no validation set)."""
+    classes = torch.unique(labels[:, scale]).numpy()
+    perm = np.random.default_rng(seed).permutation(classes)
+    if folds is not None:
+        val_classes = np.array_split(perm, folds)[fold]
+    else:
+        n_val = int(round(fraction * len(classes)))
+        if n_val == 0:
+            return None
+        val_classes = perm[:n_val]
+    is_val = np.isin(labels[:, scale].numpy(), val_classes)
+    return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
+
+
+class _DS:
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _labels(n_fine: int, seed: int) -> torch.Tensor:
+    fine = torch.arange(n_fine).repeat_interleave(3) * 7 + 5  # gapped ids
+    fine = fine[torch.randperm(len(fine), generator=torch.Generator().manual_seed(seed))]
+    return torch.stack([fine, fine // 20, fine // 60], 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123, 2024])
+@pytest.mark.parametrize("n_fine", [5, 12, 37])
+def test_carve_validation_matches_the_frozen_engine_split(seed: int, n_fine: int) -> None:
+    labels = _labels(n_fine, seed)
+    ds = _DS(labels)
+    for fraction in (0.1, 0.2, 0.25, 0.5, 0.75):
+        for scale in (0, 1):
+            n_classes = int(torch.unique(labels[:, scale]).numel())
+            if round(fraction * n_classes) >= n_classes:
+                continue
+            expected = _frozen_engine_split(labels, fraction, seed, scale)
+            train, val = carve_validation(ds, fraction, seed, scale=scale)
+            if expected is None:
+                assert val is None and train is ds
+                continue
+            assert train.indices.tolist() == expected[0].tolist()
+            assert val.indices.tolist() == expected[1].tolist()
+            tr_idx, va_idx = class_disjoint_split(labels, fraction, seed=seed, scale=scale)
+            assert va_idx.tolist() == expected[1].tolist() and tr_idx.tolist() == expected[0].tolist()
+    for k in (2, 3, 4):
+        if k > n_fine:
+            continue
+        for fold in range(k):
+            expected = _frozen_engine_split(labels, 0.2, seed, folds=k, fold=fold)
+            train, val = carve_validation(ds, 0.2, seed, folds=k, fold=fold)
+            assert train.indices.tolist() == expected[0].tolist()
+            assert val.indices.tolist() == expected[1].tolist()
+            assert class_disjoint_folds(labels, k, seed=seed)[fold][1].tolist() == expected[1].tolist()
+
+
+def test_carve_validation_rules_of_the_config() -> None:
+    ds = _DS(_labels(10, 0))
+    train, val = carve_validation(ds, 0.04, seed=0)  # rounds to no class: no validation set
+    assert train is ds and val is None
+    train, val = carve_validation(ds, 0.0, seed=3)
+    assert train is ds and val is None
+    with pytest.raises(ConfigError, match="leaves no training class") as info:
+        carve_validation(ds, 0.96, seed=0)
+    assert info.value.key == "data.val_fraction"
+    with pytest.raises(ConfigError) as info:
+        carve_validation(ds, 0.2, seed=0, folds=11)
+    assert info.value.key == "data.val_folds"

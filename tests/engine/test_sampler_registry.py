@@ -1,0 +1,78 @@
+"""The engine builds its batch sampler through the data layer's registry (``BATCH_SAMPLERS``): the constructor
+arguments each config name maps to, the errors re-keyed to the config, and a new sampler registered in one place."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynametric.config import load_config
+from dynametric.data import samplers
+from dynametric.engine.builders import build_model, build_objectives, sampler_factory
+from dynametric.errors import ConfigError
+
+LABELS = torch.tensor([[f, f // 3, f // 6] for f in range(12) for _ in range(4)])
+
+
+def _make(*overrides: str, rank: int = 0, world: int = 1):
+    return sampler_factory(load_config(None, ["trainer.seed=5", *overrides]))(LABELS, rank, world)
+
+
+def test_each_config_name_builds_its_class_with_the_data_settings() -> None:
+    s = _make("data.sampler=m_per_class", "data.m=3", "data.batch_size=12", "data.sampler_scale=1",
+              "data.iterations_per_epoch=7", rank=1, world=2)
+    assert type(s) is samplers.MPerClassSampler
+    assert (s.m, s.batch_size, s.scale, s.seed, s.rank, s.world_size, len(s)) == (3, 12, 1, 5, 1, 2, 7)
+    t = _make("data.sampler=three_scale", "data.m=2", "data.batch_size=12")
+    assert type(t) is samplers.ThreeScaleSampler and (t.k, t.items_per_batch, t.seed) == (2, 2, 5)
+    h = _make("data.sampler=hierarchical", "data.m=2", "data.batch_size=8",
+              "data.sampler_options={parents_per_batch: 2}")
+    assert type(h) is samplers.HierarchicalSampler and (h.k, h.classes_per_parent, h.scale) == (2, 2, 0)
+    r = _make("data.sampler=random", "data.batch_size=6", rank=1, world=2)
+    assert type(r) is samplers.RandomBatchSampler and (r.n, r.bs, r.seed, r.rank, r.world) == (48, 6, 5, 1, 2)
+    # the same batches as the class built directly
+    direct = samplers.MPerClassSampler(LABELS, 3, 12, scale=1, seed=5, rank=1, world_size=2, iterations_per_epoch=7)
+    assert list(s) == list(direct)
+
+
+def test_errors_keep_their_config_keys() -> None:
+    with pytest.raises(ConfigError, match="multiple of m x scales = 6") as info:
+        _make("data.sampler=three_scale", "data.m=2", "data.batch_size=8")
+    assert info.value.key == "data.batch_size"
+    with pytest.raises(ConfigError, match="bad sampler option") as info:
+        _make("data.sampler_options={nope: 1}")
+    assert info.value.key == "data.sampler_options"
+    with pytest.raises(ConfigError) as info:
+        _make("data.sampler=hierarchical", "data.batch_size=8", "data.m=2", "data.sampler_options={parent_scale: 0}")
+    assert info.value.key == "data.parent_scale"
+    with pytest.raises(ConfigError, match="did you mean 'three_scale'") as info:
+        load_config(None, ["data.sampler=three_scal"])
+    assert info.value.key == "data.sampler"
+
+
+def test_the_sampler_declares_its_loss_chunks() -> None:
+    small = ["model.backbone=simple_cnn", "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 1}",
+             "loss.multiscale=true", "data.m=2", "data.batch_size=12"]
+    for name, chunked in (("three_scale", True), ("m_per_class", False), ("random", False)):
+        cfg = load_config(None, [*small, f"data.sampler={name}"])
+        [obj] = build_objectives(cfg, build_model(cfg), LABELS, 3)
+        chunks = obj.loss.chunks
+        assert (chunks is not None) == chunked
+        if chunked:
+            assert (chunks.images_per_class, chunks.num_scales) == (2, 3)
+
+
+def test_a_new_sampler_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    class FirstRows(samplers.RandomBatchSampler):
+        m_divides_batch = True
+
+        def __iter__(self):
+            for b in range(len(self)):
+                yield list(range(b * self.bs, (b + 1) * self.bs))
+
+    monkeypatch.setitem(samplers.BATCH_SAMPLERS, "first_rows", FirstRows)
+    with pytest.raises(ConfigError, match="multiple of m=5"):  # its declared batch rule, checked at load
+        load_config(None, ["data.sampler=first_rows", "data.m=5", "data.batch_size=12"])
+    s = _make("data.sampler=first_rows", "data.m=4", "data.batch_size=12")
+    assert type(s) is FirstRows and next(iter(s)) == list(range(12))
+    assert "FirstRows" not in samplers.SAMPLERS  # the by-class-name view lists the resumable samplers
