@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dynametric.config import Config, LossConfig, MinerConfig
+from dynametric.data.protocol import dataset_fields, dataset_labels
 from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
 from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
@@ -141,11 +142,12 @@ def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
         source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
                                              if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
     test = load_split(cfg, data.test_split, train=False) if with_test else None
-    names = list(getattr(train, "scale_names", None) or [])
+    fields = dataset_fields(train, "the training split")  # a registered format's dataset may lack scale names
+    names = list(fields.scale_names or [])
     if not names:
         from dynametric.metrics import default_scale_names
 
-        names = list(default_scale_names(torch.as_tensor(train.labels).reshape(len(train), -1).shape[1]))
+        names = list(default_scale_names(fields.labels.shape[1]))
     return Datasets(train, val, test, names, source)
 
 
@@ -475,8 +477,7 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, pl
     """Embedder, objectives and LightningModule of ``cfg`` (the random draws come from the global torch RNG)."""
     embedder = build_model(cfg)
     if datasets is not None:
-        train_labels = torch.as_tensor(datasets.train.labels)
-        train_labels = train_labels.unsqueeze(1) if train_labels.dim() == 1 else train_labels
+        train_labels = dataset_labels(datasets.train, "the training split")
         scale_names = datasets.scale_names
         check_monitor(cfg, scale_names)
     else:
