@@ -76,3 +76,24 @@ def test_a_new_sampler_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) ->
     s = _make("data.sampler=first_rows", "data.m=4", "data.batch_size=12")
     assert type(s) is FirstRows and next(iter(s)) == list(range(12))
     assert "FirstRows" not in samplers.SAMPLERS  # the by-class-name view lists the resumable samplers
+
+
+def test_the_preflight_class_count_check_follows_the_samplers_declaration(monkeypatch) -> None:
+    """`engine.preflight.check_batches` asks the sampler class (`distinct_classes_per_batch`), not its name: P×K
+    declares it and gets the message with values that fit; without the declaration the sampler's own error comes."""
+    from dynametric.engine.preflight import check_batches
+
+    class Train:
+        labels = LABELS[:, :1][LABELS[:, 0] < 3]  # 3 fine classes x 4 images
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+    assert [n for n, c in samplers.BATCH_SAMPLERS.items() if c.distinct_classes_per_batch] == ["m_per_class"]
+    cfg = load_config(None, ["data.sampler=m_per_class", "data.m=2", "data.batch_size=8"])  # needs 4 classes
+    with pytest.raises(ConfigError, match=r"needs 4 distinct .* only 3; try data\.batch_size=6") as declared:
+        check_batches(cfg, Train(), scale_names=["fine"])
+    monkeypatch.setattr(samplers.MPerClassSampler, "distinct_classes_per_batch", False)
+    with pytest.raises(ConfigError) as undeclared:
+        check_batches(cfg, Train(), scale_names=["fine"])
+    assert "try data." not in str(undeclared.value) and str(undeclared.value) != str(declared.value)

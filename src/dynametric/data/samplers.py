@@ -104,6 +104,9 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     #: ``batch_size`` must be a multiple of ``m`` (checked when the config loads).
     m_divides_batch: bool = False
+    #: every batch holds ``batch_size // m`` distinct classes of the ``sampler_scale`` column (the run's preflight
+    #: checks the training split has that many and suggests values that fit when it has not).
+    distinct_classes_per_batch: bool = False
 
     @classmethod
     def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
@@ -296,6 +299,7 @@ class MPerClassSampler(_EpochBatchSampler):
         self._set_iterations(iterations_per_epoch)
 
     m_divides_batch = True
+    distinct_classes_per_batch = True
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> MPerClassSampler:
@@ -547,6 +551,7 @@ class RandomBatchSampler:
         self.epoch = 0
 
     m_divides_batch = False
+    distinct_classes_per_batch = False
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> RandomBatchSampler:

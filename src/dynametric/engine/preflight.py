@@ -70,7 +70,10 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
 
     labels = _label_matrix(train)
     data = cfg.data
-    if data.sampler == "m_per_class":
+    from dynametric.data.samplers import BATCH_SAMPLERS
+
+    sampler_cls = BATCH_SAMPLERS.get(data.sampler)
+    if sampler_cls is not None and sampler_cls.distinct_classes_per_batch:  # the sampler declares it (P×K)
         col = data.sampler_scale
         if not 0 <= col < labels.shape[1]:
             raise ConfigError(f"label column {col} does not exist; the training labels have {labels.shape[1]} "
