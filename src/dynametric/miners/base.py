@@ -34,6 +34,11 @@ class Miner(RecordsStats, nn.Module):
         self.scale = scale
         self.collect_stats = bool(collect_stats)
 
+    def label_column(self, labels: torch.Tensor, num_rows: int, name: str, device: torch.device) -> torch.Tensor:
+        """Column :attr:`scale` of ``labels`` (``[B]`` or ``[B, S]``, checked to have ``num_rows`` rows; errors name
+        ``name``) on ``device``."""
+        return as_label_matrix(labels, name=name, num_rows=num_rows)[:, self.scale].to(device)
+
     def forward(
         self,
         embeddings: torch.Tensor,
@@ -41,8 +46,7 @@ class Miner(RecordsStats, nn.Module):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
-        labels = as_label_matrix(labels, name="labels", num_rows=embeddings.shape[0])[:, self.scale]
-        labels = labels.to(embeddings.device)
+        labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
         emb = embeddings.detach()
         if ref_emb is None:
             # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
@@ -51,8 +55,8 @@ class Miner(RecordsStats, nn.Module):
         else:
             if ref_labels is None:
                 raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-            ref_lab = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
-            ref, ref_lab = ref_emb.detach(), ref_lab.to(embeddings.device)
+            ref_lab = self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)
+            ref = ref_emb.detach()
         with torch.no_grad():
             out = self.mine(emb, labels, ref, ref_lab)
         if self.collect_stats:

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.labels import as_label_matrix
 from dynametric.miners.base import IndicesTuple, Miner
 from dynametric.pml import _instantiate
 
@@ -30,13 +29,11 @@ class PMLMiner(Miner):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
-        labels = as_label_matrix(labels, name="labels", num_rows=embeddings.shape[0])[:, self.scale]
-        labels = labels.to(embeddings.device)
+        labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
         if (ref_emb is None) != (ref_labels is None):
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
         if ref_emb is not None and ref_labels is not None:
-            ref_labels = as_label_matrix(ref_labels, name="ref_labels", num_rows=ref_emb.shape[0])[:, self.scale]
-            ref_labels = ref_labels.to(embeddings.device)
+            ref_labels = self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)
         return self.miner(embeddings, labels, ref_emb, ref_labels)
 
     def extra_repr(self) -> str:
