@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dynametric.data.samplers import BATCH_SAMPLERS
 from dynametric.errors import ConfigError
 from dynametric.labels import as_label_matrix
 
@@ -70,8 +71,6 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
 
     labels = _label_matrix(train)
     data = cfg.data
-    from dynametric.data.samplers import BATCH_SAMPLERS
-
     sampler_cls = BATCH_SAMPLERS.get(data.sampler)
     if sampler_cls is not None and sampler_cls.distinct_classes_per_batch:  # the sampler declares it (P×K)
         col = data.sampler_scale

@@ -298,10 +298,16 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     extra: dict[str, Any] = {"prefetch_factor": 4} if num_workers > 0 else {}
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                         collate_fn=dataset.collate_fn, **extra)
+
+    def to_host(emb: torch.Tensor, parts: list[np.ndarray]) -> None:
+        parts.append(emb.detach().float().cpu().numpy())
+        bar.update(len(emb))
+
     try:
         it = iter(loader)
         for s, lo, hi in pending:
-            parts, rows = [], 0
+            parts: list[np.ndarray] = []
+            rows = 0
             ahead: torch.Tensor | None = None  # the previous batch's embeddings, maybe still being computed
             try:
                 with torch.no_grad():
@@ -310,13 +316,11 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
                         result = embed_batch(batch)
                         # copy the previous batch to the host only now: a GPU computes this batch meanwhile
                         if ahead is not None:
-                            parts.append(ahead.detach().float().cpu().numpy())
-                            bar.update(len(ahead))
+                            to_host(ahead, parts)
                         ahead = result
                         rows += len(batch)
-                    if ahead is not None:
-                        parts.append(ahead.detach().float().cpu().numpy())
-                        bar.update(len(ahead))
+                    if ahead is not None:  # a shard has at least one batch
+                        to_host(ahead, parts)
             except InputError as exc:
                 raise _worker_error(exc) from None
             arr = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
