@@ -84,8 +84,15 @@ def test_claim_sharing_small(tmp_path):
     p = _run_small("claim_sharing", tmp_path, "--splits", "held-out", "--methods", "baseline", "mic")
     runs = p["runs"]
     assert {r["method"] for r in runs} == {"baseline", "mic"}
-    assert len({r["updates"] for r in runs}) == 1  # matched numbers of updates
+    # matched numbers of updates: exactly round(5 * (1 + 0.8)) = 9 optimizer steps each (MIC's module skips a shared
+    # step that would pass max_steps), evaluated at the first iteration end past 4 and 8 updates and at the end
+    assert {r["updates"] for r in runs} == {9}
     assert all(r["shared_steps"] > 0 for r in runs if r["method"] == "mic")
+    for r in runs:
+        steps = [p["step"] for p in r["curve"]]
+        assert steps[-1] == 9 and 4 <= steps[0] <= 5 and steps == sorted(set(steps))
+        if r["method"] == "baseline":  # one update per iteration: every multiple of --eval-every exactly
+            assert steps == [4, 8, 9]
 
 
 @pytest.mark.usefixtures("one_torch_thread")
