@@ -51,6 +51,9 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
     python benchmarks/claim_sharing.py --splits held-out-val held-out today --alpha-grid 0.1 0.3 1 \
         --rho-grid 0 100 500 1500 --resume-from docs/results/claim-sharing-grid.json \
         --out docs/results/claim-sharing-valfix.md     # only the held-out-val runs are new
+    python benchmarks/claim_sharing.py --splits held-out-val today --alpha 0.3 --rho 100 --threads 1 \
+        --versus docs/results/claim-sharing-valfix.json --out docs/results/claim-sharing-port.md
+        # the port to the engine's modules against the former trainer's runs (a parity table heads the file)
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ from claim_common import (  # noqa: E402
 from sharing_engine import EvalEvery, build_module, fit  # noqa: E402  (the engine wiring shared with sharing_synthetic)
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
+from dynametric.data.protocol import check_labeled_dataset  # noqa: E402
 from dynametric.losses import MarginLoss  # noqa: E402
 from dynametric.losses.decorrelation import DecorrelationLoss  # noqa: E402
 from dynametric.methods.mic import MICSettings  # noqa: E402
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("train", "val", "test"):
                 ds = SyntheticHierarchy(name, **kw)
                 if name == "train":  # the engine's training set: the in-memory dataset itself (a LabeledDataset)
-                    data["train_set"] = ds
+                    data["train_set"] = check_labeled_dataset(ds, "train")
                 else:
                     data[name] = (ds.tensors(), ds.labels[:, :1])
             for m, al, rho in todo:
