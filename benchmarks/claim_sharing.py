@@ -14,17 +14,24 @@ first two):
   for one shape per family (12 classes), test classes (shape, texture) for the other 6 shapes (24 classes).
 
 Methods, same network (simple_cnn, two L2-normalised heads "class" and "shared"), optimiser (Adam, weight decay
-4e-4; margin-loss betas lr 5e-4), class batches of 8 classes x 4 images, margin loss (beta learnt) + distance-weighted
-sampling, and the **same number of parameter updates** ``U = round(steps * (1 + p_aux))``:
+4e-4; margin-loss betas lr 5e-4 without weight decay; decorrelation regressor weight decay 1e-6), class batches of 8
+classes x 4 images (the engine's ``m_per_class`` sampler), margin loss (beta learnt) + distance-weighted sampling, and
+the **same number of parameter updates** ``U = round(steps * (1 + p_aux))``. Every method trains on the engine's
+modules, driven by a Lightning ``Trainer`` with ``max_steps = U`` (``sharing_engine.py``):
 
-* ``baseline``: U class steps on the class head (its shared head stays at initialisation);
-* ``sharing``: U ``summed`` steps, L_class + alpha * L_share(t* standard triplets) + rho * L_adv;
-* ``mic``: ``steps`` alternating iterations (a class step, then with probability p_aux a shared step on surrogate
-  classes: k-means of per-class-standardised first-block features, re-clustered on the shared embedding every 3
-  epochs), made faithful to MIC's code: the decorrelation term on **both** steps (``adv_step="both"``) and label
-  noise 0.2 **per image** (``noise_per="image"``). Its actual number of updates is recorded.
+* ``baseline``: U class steps on the class head (its shared head stays at initialisation):
+  ``MetricLearningModule`` with the class-head term only;
+* ``sharing``: U ``summed`` steps, L_class + alpha * L_share(t* standard triplets) + rho * L_adv:
+  ``MetricLearningModule`` with ``summed_objectives`` (L_adv: ``DecorrelationLoss`` on the ``concat`` head);
+* ``mic``: alternating iterations on ``AlternatingSharingModule`` (a class step, then with probability p_aux a shared
+  step on 8 surrogate classes x 4 images: k-means of per-class-standardised first-block features, re-clustered on the
+  shared embedding every 3 epochs), made faithful to MIC's code: the decorrelation term on **both** steps
+  (``adv_step="both"``) and label noise 0.2 **per image** (``label_noise_per="image"``). About ``steps``
+  iterations: the run stops at U optimizer steps, the module skipping the shared step of an iteration whose class
+  step reached U, so the count matches exactly. Its number of shared steps is recorded.
 
-Model selection: every ``--eval-every`` updates the val split is evaluated (leave-one-out, fine scale, cosine) and
+Model selection: at the first iteration end at or past every multiple of ``--eval-every`` updates (a Lightning
+callback, ``sharing_engine.EvalEvery``) the val split is evaluated (leave-one-out, fine scale, cosine) and
 the update with the best val R@1 of the class head is reported on test for the class head, the shared head and their
 concatenation. Paired differences over seeds (each redraws data, initial network and batches) with 95 %
 t-intervals (``benchmarks/claim_common.py``). alpha and rho are fixed (``--alpha``, ``--rho``), not tuned, unless
@@ -44,6 +51,9 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
     python benchmarks/claim_sharing.py --splits held-out-val held-out today --alpha-grid 0.1 0.3 1 \
         --rho-grid 0 100 500 1500 --resume-from docs/results/claim-sharing-grid.json \
         --out docs/results/claim-sharing-valfix.md     # only the held-out-val runs are new
+    python benchmarks/claim_sharing.py --splits held-out-val today --alpha 0.3 --rho 100 --threads 1 \
+        --versus docs/results/claim-sharing-valfix.json --out docs/results/claim-sharing-port.md
+        # the port to the engine's modules against the former trainer's runs (a parity table heads the file)
 """
 
 from __future__ import annotations
@@ -70,21 +80,17 @@ from claim_common import (  # noqa: E402
     sign,
     write_results,
 )
-from sharing_synthetic import class_batch, embed_all  # noqa: E402  (the same sampling and embedding as there)
+from sharing_engine import EvalEvery, build_module, fit  # noqa: E402  (the engine wiring shared with sharing_synthetic)
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
+from dynametric.data.protocol import check_labeled_dataset  # noqa: E402
 from dynametric.losses import MarginLoss  # noqa: E402
-from dynametric.methods.mic import SurrogateLabeler, layer_features, sample_surrogate_batch  # noqa: E402
-from dynametric.methods.sharing import (  # noqa: E402
-    SharingParts,
-    SharingSettings,
-    SharingTrainer,
-    evaluate_heads,
-    sharing_param_groups,
-)
+from dynametric.losses.decorrelation import DecorrelationLoss  # noqa: E402
+from dynametric.methods.mic import MICSettings  # noqa: E402
+from dynametric.methods.sharing import SharingParts  # noqa: E402
+from dynametric.methods.sharing.alternating import HookPlan  # noqa: E402
 from dynametric.miners import DistanceWeightedMiner, InterClassTripletMiner  # noqa: E402
 from dynametric.models import build_embedder  # noqa: E402
-from dynametric.models.sharing import Decorrelation  # noqa: E402
 
 METHODS = ("baseline", "sharing", "mic")
 SPLITS = ("held-out", "today", "held-out-val")
@@ -96,87 +102,47 @@ SETUP_KEYS = ("steps", "eval_every", "image_size", "width", "depth", "dim", "ima
               "clusters")
 
 
-def _eval(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, float]]:
-    res = evaluate_heads(embed_all(model, x, bs=512), y, metrics=["recall@1", "map@r"], k_values=(1,))
-    return {h: {k: float(r["fine"][k]) for k in ("recall@1", "map@r")} for h, r in res.items()}
-
-
 def run_one(method: str, split: str, seed: int, alpha: float | None, rho: float, a: argparse.Namespace,
             data: dict) -> dict[str, Any]:
+    """One run on the engine's modules (:mod:`sharing_engine`), trained by a Lightning trainer for exactly
+    ``U = round(steps * (1 + p_aux))`` optimizer steps (``max_steps``; MIC's module skips the shared step of an
+    iteration whose class step reached it), evaluated every ``--eval-every`` updates (:class:`EvalEvery`)."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x_train, y_train = data["train"]
-    classes = torch.unique(y_train)
-    n_classes = int(y_train.max()) + 1
+    train_set = data["train_set"]
+    n_classes = int(train_set.labels[:, 0].max()) + 1
     model = build_embedder("simple_cnn", embedding_dim=a.dim, num_heads=2,
                            backbone_kwargs={"width": a.width, "depth": a.depth})
     class_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
     class_miner = DistanceWeightedMiner(cutoff=0.5, seed=seed)
+    plan = None
     if method == "mic":
         shared_loss = MarginLoss(learn_beta=True, num_classes=a.clusters)
         shared_miner: torch.nn.Module = DistanceWeightedMiner(cutoff=0.5, seed=seed + 1)
-        settings = SharingSettings(combination="alternating", p_aux=a.p_aux, rho=rho, adv_step="both")
+        groups = min(8, a.clusters)  # 8 surrogate classes x 4 images (fewer clusters: more images each)
+        per = 32 // groups
+        mic = MICSettings.from_kwargs({
+            "p_aux": a.p_aux, "adv_step": "both", "num_clusters": a.clusters, "recluster_every": 3,
+            "label_noise": 0.2, "label_noise_per": "image", "standardise": "mean",
+            "feature_layer": "backbone.body.features.3", "m_shared": per})
+        plan = HookPlan("mic", mic.p_aux, mic.adv_step, "class", "shared", per, groups * per, seed, mic)
     else:
         shared_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
         shared_miner = InterClassTripletMiner("standard", seed=seed + 1)
-        settings = SharingSettings(combination="summed", alpha_shared=alpha if alpha is not None else a.alpha,
-                                   rho=rho)
-    dec = Decorrelation(a.dim, a.dim, hidden=128) if method != "baseline" and rho > 0 else None
+    dec = DecorrelationLoss(2 * a.dim, hidden=128) if method != "baseline" and rho > 0 else None
     parts = SharingParts(class_loss, shared_loss, class_miner, shared_miner, dec)
-    opt = torch.optim.Adam(sharing_param_groups(model, parts, lr=a.lr, weight_decay=4e-4, loss_lr=5e-4))
-    trainer = SharingTrainer(model, parts, settings, opt, generator=gen)
+    kind = {"baseline": "baseline", "sharing": "summed", "mic": "alternating"}[method]
+    module = build_module(kind, model, parts, lr=a.lr, alpha=alpha if alpha is not None else a.alpha, rho=rho,
+                          plan=plan)
     budget = round(a.steps * (1 + a.p_aux))
-    labeler: SurrogateLabeler | None = None
-    if method == "mic":
-        labeler = SurrogateLabeler(a.clusters, 3, standardise="mean", seed=seed)
-        model.eval()
-        labeler.initial(layer_features(model, x_train, "backbone.body.features.3"), y_train)
-        model.train()
-    steps_per_epoch = max(1, x_train.shape[0] // 32)
-    curve: list[dict[str, Any]] = []
-    next_eval = a.eval_every
+    evals = EvalEvery(a.eval_every, {"val": data["val"], "test": data["test"]})
     t0 = time.perf_counter()
-    it = epoch = 0
-    while True:
-        updates = trainer.class_steps + (trainer.shared_steps if method == "mic" else 0)
-        if updates >= next_eval or updates >= budget:
-            curve.append({"step": updates, "val": _eval(model, *data["val"]), "test": _eval(model, *data["test"])})
-            next_eval += a.eval_every
-        if updates >= budget:
-            break
-        idx = class_batch(y_train, classes, 8, 4, gen)
-        if method == "baseline":
-            trainer.use_adv = False
-            out = model(x_train[idx])
-            loss = class_loss(out["class"], y_train[idx], class_miner(out["class"], y_train[idx]))
-            trainer._update(loss)
-            trainer.class_steps += 1
-        elif method == "sharing":
-            trainer.summed_step(x_train[idx], y_train[idx])
-        else:
-            assert labeler is not None
-            if it > 0 and it % steps_per_epoch == 0:
-                epoch += 1
-                labeler.maybe_recluster(epoch, lambda: embed_all(model, x_train, bs=512)["shared"])
-            surrogate = labeler.labels
-            assert surrogate is not None
-
-            def shared_batch(surrogate: torch.Tensor = surrogate) -> tuple[torch.Tensor, torch.Tensor]:
-                cp = min(8, a.clusters)  # 8 surrogate classes x 4 images (fewer clusters: more images each)
-                sidx, slab, _ = sample_surrogate_batch(surrogate, cp, 32 // cp, noise=0.2, generator=gen,
-                                                       noise_per="image")
-                return x_train[sidx], slab
-
-            if updates + 1 >= budget:  # the last update: a class step only, so that the count matches exactly
-                trainer.class_step(x_train[idx], y_train[idx])
-            else:
-                trainer.alternating_step((x_train[idx], y_train[idx]), shared_batch)
-        it += 1
+    trainer = fit(module, train_set, seed=seed, max_steps=budget, callbacks=[evals])
+    updates = int(trainer.global_step)
+    curve = evals.curve
     best = max(curve, key=lambda p: p["val"]["class"]["recall@1"])
+    shared_steps = {"baseline": 0, "sharing": updates}.get(method, getattr(module, "shared_steps", 0))
     return {"method": method, "split": split, "seed": seed, "alpha": alpha if method == "sharing" else None,
-            "rho": rho, "best_step": best["step"],
-            "updates": trainer.class_steps + (trainer.shared_steps if method == "mic" else 0),
-            "shared_steps": trainer.shared_steps if method != "baseline" else 0,
+            "rho": rho, "best_step": best["step"], "updates": updates, "shared_steps": shared_steps,
             "val": best["val"], "test": best["test"], "train_s": round(time.perf_counter() - t0, 1),
             "curve": [{"step": p["step"], "val": p["val"]["class"]["recall@1"],
                        "test": p["test"]["class"]["recall@1"]} for p in curve]}
@@ -410,6 +376,37 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
     return "\n".join(lines), verdicts
 
 
+def versus(runs: list[dict], old_path: Path, a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Parity of this file's runs against ``old_path``'s (an earlier trainer's results, same setup): per split and
+    method, test class-head R@1 mean ± sd of the new and the old runs with the same (method, split, seed, alpha,
+    rho), the paired difference new - old with a 95 % t-interval, and the mean run time (``train_s``) of each."""
+    old = {run_key(r): r for r in import_runs(old_path, a, required=True)}
+    lines = [f"## Parity with the runs of {old_path}\n",
+             "Test class-head R@1 at the val-selected update (%, mean ± sd over seeds) of the runs here and of the "
+             f"runs of {old_path} with the same (method, split, seed, α, ρ); new − old paired over seeds (percentage "
+             "points, 95 % t-interval); mean run time (s, training and the val/test evaluations).\n",
+             "| split | method | α | ρ | seeds | new | old | new − old | new s/run | old s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    groups: dict[tuple[str, str, float | None, float], list[dict]] = {}
+    for r in runs:
+        if "source" not in r and run_key(r) in old:
+            groups.setdefault((r["split"], r["method"], r["alpha"], float(r["rho"])), []).append(r)
+    for (split, m, al, rho), rs in sorted(groups.items(), key=lambda kv: (a.splits.index(kv[0][0]),
+                                                                             METHODS.index(kv[0][1]))):
+        rs = sorted(rs, key=lambda r: int(r["seed"]))
+        olds = [old[run_key(r)] for r in rs]
+        new_v = [r["test"]["class"]["recall@1"] for r in rs]
+        old_v = [o["test"]["class"]["recall@1"] for o in olds]
+        ci = paired_ci(old_v, new_v)
+        t_new = statistics.fmean(float(r["train_s"]) for r in rs)
+        t_old = statistics.fmean(float(o["train_s"]) for o in olds)
+        out[f"{split}/{m}"] = {"new": new_v, "old": old_v, "diff": ci, "new_s": t_new, "old_s": t_old}
+        lines.append(f"| {split} | {m} | {'–' if al is None else f'{al:g}'} | {rho:g} | {len(rs)} | "
+                     f"{mean_sd(new_v)} | {mean_sd(old_v)} | {fmt_ci(ci)} | {t_new:.1f} | {t_old:.1f} |")
+    return "\n".join(lines) + "\n", out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -438,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out's .json")
     ap.add_argument("--resume-from", type=Path, nargs="+", default=[],
                     help="also reuse the runs of these results .json files (same setup required)")
+    ap.add_argument("--versus", type=Path, default=None,
+                    help="an earlier results .json of the same setup: a parity table (this file's runs against its "
+                         "runs with the same method, split, seed, alpha and rho) heads the results")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.small:
@@ -458,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     alphas = sorted({float(v) for v in a.alpha_grid}) if a.alpha_grid else [a.alpha]
     rhos = sorted({float(v) for v in a.rho_grid}) if a.rho_grid else [a.rho]
     grids = {m: candidates(m, alphas, rhos) for m in METHODS}
-    args_json = vars(a) | {"out": str(a.out), "resume_from": [str(p) for p in a.resume_from]}
+    args_json = vars(a) | {"out": str(a.out), "resume_from": [str(p) for p in a.resume_from],
+                           "versus": None if a.versus is None else str(a.versus)}
     for seed in a.seeds:
         for split in a.splits:
             todo = [(m, al, rho) for m in a.methods for al, rho in grids[m]
@@ -471,10 +472,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 kw |= {"held_out_factor": "texture",
                        "val_classes": "same_factor" if split == "held-out-val" else "other_factor"}
-            data = {}
+            data: dict[str, Any] = {}
             for name in ("train", "val", "test"):
                 ds = SyntheticHierarchy(name, **kw)
-                data[name] = (ds.tensors(), ds.labels[:, 0] if name == "train" else ds.labels[:, :1])
+                if name == "train":  # the engine's training set: the in-memory dataset itself (a LabeledDataset)
+                    data["train_set"] = check_labeled_dataset(ds, "train")
+                else:
+                    data[name] = (ds.tensors(), ds.labels[:, :1])
             for m, al, rho in todo:
                 r = run_one(m, split, seed, al, rho, a, data)
                 runs.append(r)
@@ -490,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     n_imported = sum("source" in r for r in runs)
     invocation_s = time.perf_counter() - t_start
     body, verdicts = analyse(runs, a, grids)
+    if a.versus is not None:
+        parity, verdicts["versus"] = versus(runs, a.versus, a)
+        body = parity + "\n" + body
     cmd = command_line("claim_sharing.py", argv)
     if a.alpha_grid or a.rho_grid:
         share_hp = (f"alpha ∈ {alphas} × rho ∈ {rhos} picked jointly" if len(alphas) > 1
@@ -508,8 +515,9 @@ def main(argv: list[str] | None = None) -> int:
             f"shared machine: {environment()}."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
             f"in every split; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
-            f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: {a.steps} iterations, p_aux "
-            f"{a.p_aux:g}); {hp}; MIC K={a.clusters}, decorrelation on both "
+            f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: about {a.steps} iterations, p_aux "
+            f"{a.p_aux:g}), trained on the engine's modules by a Lightning trainer; {hp}; MIC K={a.clusters}, "
+            f"decorrelation on both "
             f"steps, label noise 0.2 per image; seeds {a.seeds}. Checkpoint: best val class-head R@1 "
             f"(every {a.eval_every} updates).\n")
     write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(run_s, 1),
@@ -520,4 +528,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from dynametric.engine.run import quiet_lightning
+
+    quiet_lightning()  # Lightning's banners and inapplicable warnings, as `dynametric train` hides them
     raise SystemExit(main())

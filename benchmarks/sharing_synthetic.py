@@ -12,6 +12,11 @@ images; the alternating MIC route adds its shared steps on top, as in the paper)
   per-class-standardised low-level features (first conv block, 4x4 pooled), re-clustered on the shared embedding
   every ``--recluster-every`` epochs, label noise 0.2, rho * L_adv on the shared step.
 
+Every method trains on the engine's modules (the baseline and the ``summed`` variants on ``MetricLearningModule``,
+MIC on ``AlternatingSharingModule``), driven by a Lightning ``Trainer`` over the engine's class-balanced sampler
+(``sharing_engine.py``, shared with ``claim_sharing.py``). The results in ``docs/results/sharing-synthetic.md`` were
+produced with the former plain-PyTorch trainer (git commit c67aef0).
+
 Evaluation: leave-one-out on the test split (fine scale, classes never seen in training), Recall@1 and MAP@R of the
 class head, the shared head and their concatenation, at the end of the budget (no checkpoint selection; the
 validation split is evaluated too and reported next to it). Writes a Markdown table (``--out``) and raw JSON.
@@ -34,20 +39,18 @@ from typing import Any
 
 import torch
 
-from dynametric.data import SyntheticHierarchy
-from dynametric.losses import MarginLoss
-from dynametric.methods.mic import SurrogateLabeler, layer_features, sample_surrogate_batch
-from dynametric.methods.sharing import (
-    SharingParts,
-    SharingSettings,
-    SharingTrainer,
-    evaluate_heads,
-    sharing_param_groups,
-)
-from dynametric.miners import DistanceWeightedMiner, InterClassTripletMiner
-from dynametric.models import build_embedder
-from dynametric.models.sharing import Decorrelation
-from dynametric.utils.io import atomic_write_json, atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sharing_engine import StopAfterIterations, build_module, fit, head_metrics  # noqa: E402
+
+from dynametric.data import SyntheticHierarchy  # noqa: E402
+from dynametric.losses import MarginLoss  # noqa: E402
+from dynametric.losses.decorrelation import DecorrelationLoss  # noqa: E402
+from dynametric.methods.mic import MICSettings  # noqa: E402
+from dynametric.methods.sharing import SharingParts  # noqa: E402
+from dynametric.methods.sharing.alternating import HookPlan  # noqa: E402
+from dynametric.miners import DistanceWeightedMiner, InterClassTripletMiner  # noqa: E402
+from dynametric.models import build_embedder  # noqa: E402
+from dynametric.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 METHODS = ("baseline", "sharing-standard", "sharing-full", "sharing-random", "sharing-standard-noadv", "mic")
 METRICS = ("recall@1", "map@r")
@@ -71,97 +74,44 @@ class Args:
     json_out: Path | None
 
 
-def class_batch(labels: torch.Tensor, classes: torch.Tensor, p: int, m: int,
-                gen: torch.Generator) -> torch.Tensor:
-    """``p`` random classes x ``m`` random images each (indices into the training set)."""
-    chosen = classes[torch.randperm(classes.numel(), generator=gen)[:p]]
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
-    start = torch.searchsorted(sorted_labels, chosen)
-    count = torch.searchsorted(sorted_labels, chosen, right=True) - start
-    offs = torch.stack([torch.randperm(int(c), generator=gen)[:m] for c in count])
-    return order[(start.unsqueeze(1) + offs).flatten()]
-
-
-@torch.no_grad()
-def embed_all(model: torch.nn.Module, images: torch.Tensor, bs: int = 256) -> dict[str, torch.Tensor]:
-    was = model.training
-    model.eval()
-    outs = [model(images[i:i + bs]) for i in range(0, images.shape[0], bs)]
-    model.train(was)
-    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-
-
 def run_one(method: str, seed: int, a: Args, train: SyntheticHierarchy, val: SyntheticHierarchy,
             test: SyntheticHierarchy) -> dict[str, Any]:
+    """One method on the engine's modules (:mod:`sharing_engine`) for ``a.steps`` class-batch iterations (MIC's
+    shared steps come on top), evaluated on the last iterate."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x_train, y_train = train.tensors(), train.labels[:, 0]
-    n_classes = int(y_train.max()) + 1
-    classes = torch.unique(y_train)
+    n_classes = int(train.labels[:, 0].max()) + 1
     model = build_embedder("simple_cnn", embedding_dim=a.dim, num_heads=2, backbone_kwargs={"width": a.width})
     class_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
     class_miner = DistanceWeightedMiner(cutoff=0.5, seed=seed)
+    plan = None
     if method == "mic":
         shared_loss = MarginLoss(learn_beta=True, num_classes=a.clusters)
         shared_miner: torch.nn.Module = DistanceWeightedMiner(cutoff=0.5, seed=seed + 1)
-        settings = SharingSettings(combination="alternating", p_aux=a.p_aux, rho=a.rho, adv_step="shared")
+        mic = MICSettings.from_kwargs({
+            "p_aux": a.p_aux, "adv_step": "shared", "num_clusters": a.clusters, "recluster_every": a.recluster_every,
+            "label_noise": 0.2, "standardise": "mean", "feature_layer": "backbone.body.features.3", "m_shared": 4})
+        plan = HookPlan("mic", mic.p_aux, mic.adv_step, "class", "shared", 4, 32, seed, mic)
     else:
         shared_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
         variant = method.split("-")[1] if method.startswith("sharing-") else "standard"
         shared_miner = InterClassTripletMiner(variant, seed=seed + 1)
-        settings = SharingSettings(combination="summed", alpha_shared=a.alpha, rho=a.rho)
     use_adv = method not in ("baseline", "sharing-standard-noadv")
-    dec = Decorrelation(a.dim, a.dim, hidden=512) if use_adv else None
+    dec = DecorrelationLoss(2 * a.dim, hidden=512) if use_adv else None
     parts = SharingParts(class_loss, shared_loss, class_miner, shared_miner, dec)
-    opt = torch.optim.Adam(sharing_param_groups(model, parts, lr=1e-3, weight_decay=4e-4, loss_lr=5e-4))
-    trainer = SharingTrainer(model, parts, settings, opt, generator=gen)
-    steps_per_epoch = max(1, x_train.shape[0] // 32)
-    labeler: SurrogateLabeler | None = None
-    if method == "mic":
-        labeler = SurrogateLabeler(a.clusters, a.recluster_every, standardise="mean", seed=seed)
-        model.eval()
-        feats = torch.cat([layer_features(model, x_train[i:i + 256], "backbone.body.features.3")
-                           for i in range(0, x_train.shape[0], 256)])
-        model.train()
-        labeler.initial(feats, y_train)
-    model.train()
+    kind = "baseline" if method == "baseline" else "alternating" if method == "mic" else "summed"
+    module = build_module(kind, model, parts, lr=1e-3, alpha=a.alpha, rho=a.rho, plan=plan)
     t0 = time.perf_counter()
-    epoch = 0
-    for step in range(a.steps):
-        idx = class_batch(y_train, classes, 8, 4, gen)
-        if method == "baseline":
-            out = model(x_train[idx])
-            loss = class_loss(out["class"], y_train[idx], class_miner(out["class"], y_train[idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        elif method == "mic":
-            assert labeler is not None
-            if step > 0 and step % steps_per_epoch == 0:
-                epoch += 1
-                labeler.maybe_recluster(epoch, lambda: embed_all(model, x_train)["shared"])
-            surrogate = labeler.labels
-            assert surrogate is not None
-
-            def shared_batch(surrogate: torch.Tensor = surrogate) -> tuple[torch.Tensor, torch.Tensor]:
-                sidx, slab, _ = sample_surrogate_batch(surrogate, 8, 4, noise=0.2, generator=gen)
-                return x_train[sidx], slab
-
-            trainer.alternating_step((x_train[idx], y_train[idx]), shared_batch)
-        else:
-            trainer.summed_step(x_train[idx], y_train[idx])
+    fit(module, train, seed=seed, callbacks=[StopAfterIterations(a.steps)])
     seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {"method": method, "seed": seed, "seconds": seconds,
-                              "shared_steps": trainer.shared_steps if method != "baseline" else 0}
+    shared_steps = {"baseline": 0, "mic": getattr(module, "shared_steps", 0)}.get(method, a.steps)
+    result: dict[str, Any] = {"method": method, "seed": seed, "seconds": seconds, "shared_steps": shared_steps}
     if isinstance(shared_miner, InterClassTripletMiner) and method != "baseline":
         result["tstar_skipped"] = [shared_miner.total_skipped, shared_miner.total_anchors]
+    labeler = getattr(module, "labeler", None)
     if labeler is not None:
         result["reclusterings"] = [e for e, _ in labeler.history]
     for split_name, ds in (("test", test), ("val", val)):
-        emb = embed_all(model, ds.tensors())
-        res = evaluate_heads(emb, ds.labels[:, :1], metrics=list(METRICS), k_values=(1,))
-        result[split_name] = {head: {k: r["fine"][k] for k in METRICS} for head, r in res.items()}
+        result[split_name] = head_metrics(module.embedder, ds.tensors(), ds.labels[:, :1], METRICS)
     return result
 
 
@@ -259,4 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from dynametric.engine.run import quiet_lightning
+
+    quiet_lightning()  # Lightning's banners and inapplicable warnings, as `dynametric train` hides them
     raise SystemExit(main())

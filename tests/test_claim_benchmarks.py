@@ -84,8 +84,15 @@ def test_claim_sharing_small(tmp_path):
     p = _run_small("claim_sharing", tmp_path, "--splits", "held-out", "--methods", "baseline", "mic")
     runs = p["runs"]
     assert {r["method"] for r in runs} == {"baseline", "mic"}
-    assert len({r["updates"] for r in runs}) == 1  # matched numbers of updates
+    # matched numbers of updates: exactly round(5 * (1 + 0.8)) = 9 optimizer steps each (MIC's module skips a shared
+    # step that would pass max_steps), evaluated at the first iteration end past 4 and 8 updates and at the end
+    assert {r["updates"] for r in runs} == {9}
     assert all(r["shared_steps"] > 0 for r in runs if r["method"] == "mic")
+    for r in runs:
+        steps = [p["step"] for p in r["curve"]]
+        assert steps[-1] == 9 and 4 <= steps[0] <= 5 and steps == sorted(set(steps))
+        if r["method"] == "baseline":  # one update per iteration: every multiple of --eval-every exactly
+            assert steps == [4, 8, 9]
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -98,3 +105,31 @@ def test_claim_pddm_small(tmp_path):
         # every method starts from the same pretrained network
         assert len({json.dumps(r["start"]) for r in mine if r["seed"] == 0}) == 1
     assert len({json.dumps(r["start"]) for r in runs if r["seed"] == 0}) == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sharing_engine_evaluates_every_n_updates_in_eval_mode():
+    """benchmarks/sharing_engine.EvalEvery: evaluates the three heads at the first batch end at or past each multiple
+    of ``every`` updates and at max_steps, in eval mode (BatchNorm statistics untouched), and leaves train mode on."""
+    from types import SimpleNamespace
+
+    from dynametric.models import build_embedder
+
+    se = _load("sharing_engine")
+    torch.manual_seed(0)
+    model = build_embedder("simple_cnn", embedding_dim=4, num_heads=2, backbone_kwargs={"width": 4, "depth": 2})
+    model.train()
+    x, y = torch.rand(12, 3, 8, 8), torch.arange(4).repeat(3).unsqueeze(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = se.EvalEvery(4, {"val": (x, y)})
+    trainer = SimpleNamespace(global_step=0, max_steps=9)
+    for step in (1, 3, 5, 6, 8, 9):  # MIC-like jumps: 3 -> 5 crosses 4, 6 -> 8 reaches 8, 9 is max_steps
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, SimpleNamespace(embedder=model), None, None, 0)
+    assert [p["step"] for p in cb.curve] == [5, 8, 9]
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model.eval()
+    assert cb.curve[-1]["val"] == se.head_metrics(model, x, y)
+    assert set(cb.curve[0]["val"]) == {"class", "shared", "concat"}

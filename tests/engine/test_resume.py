@@ -125,3 +125,6 @@ def test_seeded_dataset_is_reproducible_and_leaves_global_rng_alone():
     c = ds[(3, 124)][0]
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(torch.get_rng_state(), state)
+    with torch.random.fork_rng(devices=[]):  # the item's draws are those after torch.manual_seed(token)
+        torch.manual_seed(123)
+        assert torch.equal(ToyData()[3][0], a)

@@ -1,11 +1,16 @@
-"""summed / alternating combinations, engine wiring of the sharing configs, evaluation of the three embeddings."""
+"""The summed and alternating combinations on the engine's modules (``MetricLearningModule`` with
+``summed_objectives``; ``AlternatingSharingModule``), each driven by a Lightning trainer: what a step updates, the
+adv term on the configured step, p_aux, the step counts (``max_steps`` never exceeded), errors; engine wiring of the
+sharing configs; the optimizer groups; evaluation of the three embeddings."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,24 +18,28 @@ from torch import nn
 
 from dynametric.config import load_config
 from dynametric.engine.builders import Datasets, build_components
-from dynametric.engine.module import parameter_groups
+from dynametric.engine.data import MetricDataModule
+from dynametric.engine.module import MetricLearningModule, OptimSettings, parameter_groups
 from dynametric.engine.objective import compute_objective
-from dynametric.errors import ConfigError, InputError
+from dynametric.engine.trainer import TrainerSettings, build_trainer
+from dynametric.errors import ConfigError
+from dynametric.labels import as_label_matrix
 from dynametric.losses import MarginLoss, TripletMarginLoss
 from dynametric.losses.decorrelation import DecorrelationLoss
+from dynametric.methods.mic import MICSettings
 from dynametric.methods.sharing import (
     SharingParts,
     SharingSettings,
-    SharingTrainer,
     evaluate_heads,
     sharing_param_groups,
     summed_objectives,
 )
+from dynametric.methods.sharing.alternating import AlternatingSettings, AlternatingSharingModule, HookPlan
 from dynametric.metrics import evaluate_embeddings
 from dynametric.miners import InterClassTripletMiner
-from dynametric.models.sharing import Decorrelation
 
 ROOT = Path(__file__).resolve().parents[2]
+SGD = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0}
 
 
 class TwoHeads(nn.Module):
@@ -44,26 +53,77 @@ class TwoHeads(nn.Module):
         return {k: F.normalize(m(h), dim=1) for k, m in self.heads.items()}
 
 
+class Points(torch.utils.data.Dataset):
+    """An in-memory LabeledDataset of feature vectors."""
+
+    scale_names = ("fine",)
+    split = "train"
+    paths = None
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.labels = x, as_label_matrix(y)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.labels[i]
+
+
+def _fit(module: L.LightningModule, x: torch.Tensor, y: torch.Tensor, iterations: int,
+         max_steps: int = -1) -> L.Trainer:
+    """``iterations`` training batches of the whole of ``(x, y)`` in order (one epoch), through the engine's
+    trainer and data module."""
+    batches = [list(range(x.shape[0]))] * iterations
+    dm = MetricDataModule(Points(x, y), batch_sampler_factory=lambda labels, rank, world: batches)
+    settings = TrainerSettings(max_epochs=1, max_steps=max_steps, accelerator="cpu", progress_bar=False,
+                               log_every_n_steps=1)
+    trainer = build_trainer(settings, dm, None, enable_validation=False)
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
 def _parts(dec: nn.Module | None) -> SharingParts:
     return SharingParts(class_loss=TripletMarginLoss(margin=0.2), shared_loss=MarginLoss(), decorrelation=dec)
+
+
+class Recording(AlternatingSharingModule):
+    """Records ``(step kind, whether the adv term was in it)`` of every optimizer step."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record: list[tuple[str, bool]] = []
+
+    def _step(self, images, labels, terms_list, where, batch_idx):  # type: ignore[no-untyped-def]
+        out = super()._step(images, labels, terms_list, where, batch_idx)
+        assert out is not None
+        self.record.append((where, "adv" in out))
+        return out
+
+
+def _alternating(p_aux: float, adv_step: str, lr: float = 0.01) -> Recording:
+    parts = _parts(DecorrelationLoss(8, hidden=8))
+    objectives = summed_objectives(parts, SharingSettings(alpha_shared=1.0, rho=1.0))
+    plan = HookPlan("sharing_alternating", p_aux, adv_step, "class", "shared", m_shared=3, shared_batch_size=12,
+                    seed=0)
+    return Recording(TwoHeads(), objectives, OptimSettings(lr=lr, **SGD), plan=plan)
 
 
 def test_summed_step_is_one_update_on_the_weighted_sum() -> None:
     torch.manual_seed(0)
     model = TwoHeads()
-    dec = Decorrelation(4, 4, hidden=8)
-    settings = SharingSettings(alpha_shared=0.3, rho=5.0)
+    dec = DecorrelationLoss(8, hidden=8)
     x, y = torch.randn(12, 6), torch.arange(4).repeat(3)
     ref_model, ref_dec = copy.deepcopy(model), copy.deepcopy(dec)
-    parts = _parts(dec)
-    trainer = SharingTrainer(model, parts, settings, torch.optim.SGD(list(model.parameters()) + list(dec.parameters()),
-                                                                     lr=0.1))
-    out = trainer.summed_step(x, y)
-    assert set(out) == {"class", "shared", "adv"}
+    module = MetricLearningModule(model, summed_objectives(_parts(dec), SharingSettings(alpha_shared=0.3, rho=5.0)),
+                                  OptimSettings(lr=0.1, **SGD))
+    trainer = _fit(module, x, y, iterations=1)
+    assert trainer.global_step == 1
+    assert {"train/class", "train/shared", "train/adv"} <= set(trainer.callback_metrics)
     # reference: the same sum written out, one SGD step
     o = ref_model(x)
     total = (TripletMarginLoss(margin=0.2)(o["class"], y) + 0.3 * MarginLoss()(o["shared"], y)
-             + 5.0 * ref_dec(o["class"], o["shared"]))
+             + 5.0 * ref_dec.decorrelation(o["class"], o["shared"]))
     params = list(ref_model.parameters()) + list(ref_dec.parameters())
     grads = torch.autograd.grad(total, params)
     for p_new, p_old, gr in zip(list(model.parameters()) + list(dec.parameters()), params, grads, strict=True):
@@ -74,46 +134,41 @@ def test_summed_step_is_one_update_on_the_weighted_sum() -> None:
                                                  (0.5, "both")])
 def test_alternating_steps(p_aux: float, adv_step: str) -> None:
     torch.manual_seed(1)
-    model = TwoHeads()
-    parts = _parts(Decorrelation(4, 4, hidden=8))
-    settings = SharingSettings(combination="alternating", p_aux=p_aux, rho=1.0, adv_step=adv_step)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    trainer = SharingTrainer(model, parts, settings, opt, generator=torch.Generator().manual_seed(0))
+    module = _alternating(p_aux, adv_step)
     x, y = torch.randn(12, 6), torch.arange(4).repeat(3)
-    drawn = []
-
-    def shared_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        drawn.append(1)
-        return torch.randn(12, 6), torch.arange(3).repeat(4)  # surrogate labels
-
-    trainer_log_adv_counts: list[int] = []
-    calls = {"class": trainer.class_step, "shared": trainer.shared_step}
-
-    def counting(kind: str):
-        def step(*args):
-            out = calls[kind](*args)
-            trainer_log_adv_counts.append(int("adv" in out))
-            return out
-        return step
-
-    trainer.class_step, trainer.shared_step = counting("class"), counting("shared")  # type: ignore[method-assign]
-    logs = [trainer.alternating_step((x, y), shared_batch) for _ in range(200)]
-    assert trainer.class_steps == 200 and trainer.shared_steps == len(drawn)
+    trainer = _fit(module, x, y, iterations=100)
+    kinds = [w for w, _ in module.record]
+    # every iteration starts with a class step; a shared step only ever follows one
+    assert kinds.count("class") == module.class_steps == 100
+    assert kinds.count("shared") == module.shared_steps
+    assert all(kinds[i - 1] == "class" for i, k in enumerate(kinds) if k == "shared")
+    assert trainer.global_step == module.class_steps + module.shared_steps  # one optimizer step each
     if p_aux == 0.0:
-        assert trainer.shared_steps == 0
+        assert module.shared_steps == 0
     elif p_aux == 1.0:
-        assert trainer.shared_steps == 200
+        assert module.shared_steps == 100
     else:
-        assert 70 < trainer.shared_steps < 130
+        assert 30 < module.shared_steps < 70
     # rho * L_adv rides on the configured step only
-    with_adv = [log for log in logs if "adv" in log]
+    with_adv = [w for w, adv in module.record if adv]
     if adv_step == "class":
-        assert len(with_adv) == 200
-    elif adv_step == "both":  # MIC's code: the class and the shared step both carry it (one log entry per iteration)
-        assert len(with_adv) == 200
-        assert sum(trainer_log_adv_counts) == 200 + trainer.shared_steps
+        assert with_adv == ["class"] * 100
+    elif adv_step == "both":  # MIC's code: the class and the shared step both carry it
+        assert with_adv == kinds and len(with_adv) == 100 + module.shared_steps
     else:
-        assert len(with_adv) == trainer.shared_steps and all("shared" in log for log in with_adv)
+        assert with_adv == ["shared"] * module.shared_steps
+
+
+@pytest.mark.parametrize("max_steps", [6, 7])
+def test_alternating_never_exceeds_max_steps(max_steps: int) -> None:
+    """p_aux = 1 takes two steps per iteration: with an odd max_steps the last iteration's shared step is skipped, so
+    the run ends at exactly max_steps optimizer steps (as the matched-updates benchmark needs)."""
+    torch.manual_seed(2)
+    module = _alternating(1.0, "shared")
+    trainer = _fit(module, torch.randn(12, 6), torch.arange(4).repeat(3), iterations=20, max_steps=max_steps)
+    assert trainer.global_step == max_steps
+    assert (module.class_steps, module.shared_steps) == ((max_steps + 1) // 2, max_steps // 2)
+    assert [w for w, _ in module.record][-1] == ("class" if max_steps % 2 else "shared")
 
 
 def test_summed_objectives_match_the_engine_sum() -> None:
@@ -131,17 +186,38 @@ def test_summed_objectives_match_the_engine_sum() -> None:
 def test_param_groups_and_settings_errors() -> None:
     model = TwoHeads()
     parts = SharingParts(MarginLoss(learn_beta=True), MarginLoss(learn_beta=True, num_classes=5),
-                         decorrelation=Decorrelation(4, 4, hidden=8))
+                         decorrelation=DecorrelationLoss(8, hidden=8))
     groups = {g["name"]: g for g in sharing_param_groups(model, parts, lr=1e-5, weight_decay=4e-4)}
     assert groups["loss"]["lr"] == 5e-4 and len(groups["loss"]["params"]) == 2
     assert groups["decorrelation"]["weight_decay"] == 1e-6
+    # the same groups reach the engine's optimizer through the module's group_builder
+    module = MetricLearningModule(model, summed_objectives(parts, SharingSettings()), OptimSettings(lr=1e-5),
+                                  group_builder=lambda e, _o, s: sharing_param_groups(e, parts, s.lr, 4e-4))
+    opt = module.configure_optimizers()
+    built = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups}
+    n_embedder = len(list(model.parameters()))
+    assert built == {"embedder": (1e-5, 4e-4, n_embedder), "loss": (5e-4, 0.0, 2), "decorrelation": (1e-5, 1e-6, 4)}
     with pytest.raises(ConfigError):
-        SharingSettings(combination="both")
-    with pytest.raises(ConfigError):
-        SharingSettings(p_aux=2.0)
-    with pytest.raises(InputError, match="two-head"):
-        SharingTrainer(nn.Linear(6, 4), parts, SharingSettings(), torch.optim.SGD(model.parameters(), lr=0.1)
-                       ).summed_step(torch.randn(4, 6), torch.arange(4))
+        SharingSettings(rho=-1.0)
+    with pytest.raises(ConfigError) as err:
+        MICSettings.from_kwargs({"combination": "both"})
+    assert err.value.key == "method.kwargs.combination"
+    with pytest.raises(ConfigError) as err:
+        AlternatingSettings.from_kwargs({"p_aux": 2.0})
+    assert err.value.key == "method.kwargs.p_aux"
+    with pytest.raises(ConfigError) as err:
+        AlternatingSettings.from_kwargs({"adv_step": "neither"})
+    assert err.value.key == "method.kwargs.adv_step"
+    # a one-output model has no class / shared heads: both modules refuse at the first step, naming the head
+    x, y = torch.randn(4, 6), torch.arange(4)
+    for module in (MetricLearningModule(nn.Linear(6, 4), summed_objectives(parts, SharingSettings()),
+                                        OptimSettings(lr=0.1, **SGD)),
+                   AlternatingSharingModule(nn.Linear(6, 4), summed_objectives(parts, SharingSettings()),
+                                            OptimSettings(lr=0.1, **SGD), plan=HookPlan(
+                                                "sharing_alternating", 1.0, "shared", "class", "shared", 2, 4, 0))):
+        with pytest.raises(ConfigError, match="single output, but head 'class'") as err:
+            _fit(module, x, y, iterations=1)
+        assert err.value.key == "head"
 
 
 def test_evaluate_heads_reports_class_shared_and_concat() -> None:

@@ -87,10 +87,12 @@ class ResumableBatchSampler:
 
 
 class SeededDataset(Dataset):
-    """``dataset[index]`` evaluated under ``torch.manual_seed(token)`` for ``(index, token)`` keys.
+    """``dataset[index]`` evaluated with torch's CPU generator seeded from ``token`` for ``(index, token)`` keys.
 
-    Plain integer keys pass through unchanged (evaluation). The global RNG state is restored afterwards.
-    """
+    Plain integer keys pass through unchanged (evaluation). The CPU generator's state is restored afterwards. Only
+    the CPU generator is seeded (``torch.default_generator``; transforms draw from it): ``torch.manual_seed`` would
+    also seed, and not restore, every accelerator's generator, and costs a stack capture per device kind per item
+    while CUDA is not initialised."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -102,7 +104,7 @@ class SeededDataset(Dataset):
         if isinstance(key, tuple):
             index, token = key
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(token)
+                torch.default_generator.manual_seed(token)
                 return self.dataset[index]
         return self.dataset[key]
 

@@ -27,6 +27,8 @@ from dynametric.labels import as_label_matrix
 logger = logging.getLogger("dynametric.engine")
 
 Evaluator = Callable[..., dict]
+GroupBuilder = Callable[[nn.Module, Sequence[Objective], "OptimSettings"], list[dict[str, Any]]]
+"""``builder(embedder, objectives, optim_settings) -> optimizer parameter groups`` (:func:`parameter_groups`)."""
 
 
 class NonFiniteLossError(DynametricError):
@@ -176,6 +178,9 @@ class MetricLearningModule(L.LightningModule):
         nonfinite: ``"stop"`` raises :class:`NonFiniteLossError` naming the step; ``"skip"`` skips the step
             and counts it (``self.skipped_steps``) with a warning.
         gather: all-gather embeddings across DDP ranks before the loss (default on; a no-op on one process).
+        group_builder: the optimizer's parameter groups (:data:`GroupBuilder`; default :func:`parameter_groups`,
+            the ``backbone`` / ``head`` / ``loss`` groups of ``optim``). A library caller with its own grouping
+            passes it here (``benchmarks/claim_sharing.py``: :func:`dynametric.methods.sharing.sharing_param_groups`).
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class MetricLearningModule(L.LightningModule):
         scale_names: Sequence[str] | None = None,
         nonfinite: str = "stop",
         gather: bool = True,
+        group_builder: GroupBuilder | None = None,
     ) -> None:
         super().__init__()
         if nonfinite not in ("stop", "skip"):
@@ -205,6 +211,7 @@ class MetricLearningModule(L.LightningModule):
         self.scale_names = list(scale_names) if scale_names is not None else None
         self.nonfinite = nonfinite
         self.gather = gather
+        self.group_builder: GroupBuilder = group_builder or parameter_groups
         self.skipped_steps = 0
         self.validation_history: list[dict[str, Any]] = []
         self.loss_history = []  # [global step, loss] pairs for the report's curve
@@ -320,7 +327,7 @@ class MetricLearningModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         s = self.optim_settings
-        groups = parameter_groups(self.embedder, self.objectives, s)
+        groups = self.group_builder(self.embedder, self.objectives, s)
         optimizer = build_optimizer(groups, s)
         if s.scheduler == "none" and s.warmup_steps <= 0 and s.warmup_epochs <= 0:
             return optimizer

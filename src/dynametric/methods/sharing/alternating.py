@@ -21,7 +21,10 @@ The loss terms come from the config as usual and are assigned by their ``head``:
 (``class_head``, default ``class``) form the class step, terms on the shared head the shared step, and terms on
 the ``concat`` head (:class:`~dynametric.losses.decorrelation.DecorrelationLoss`) ride on ``adv_step``.
 One optimizer (the engine's parameter groups) takes both steps; a step-interval LR schedule advances once per
-iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration).
+iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration), and the trainer's ``max_steps``
+is never exceeded: when the class step reaches it, the iteration's shared step is skipped (no ``p_aux`` draw), so a
+run with ``max_steps = U`` ends after exactly ``U`` optimizer steps (``benchmarks/claim_sharing.py`` matches the
+number of updates of every method that way).
 
 Resume: a checkpoint stores the hook's RNG state (p_aux draws and shared batches), the surrogate labels, the
 clustering history and the step counters; the default path's exact-resume machinery (sampler position, global RNG)
@@ -178,7 +181,8 @@ class AlternatingSharingModule(MetricLearningModule):
     """:class:`MetricLearningModule` with alternating class / shared steps (manual optimisation).
 
     Counters: ``class_steps``, ``shared_steps``; MIC: ``labeler`` (:class:`~dynametric.methods.mic.SurrogateLabeler`,
-    its ``history`` lists ``(epoch, source)`` of every clustering)."""
+    its ``history`` lists ``(epoch, source)`` of every clustering). A shared step that would take the run past the
+    trainer's ``max_steps`` is skipped, so ``trainer.global_step`` ends at exactly ``max_steps``."""
 
     def __init__(self, embedder: nn.Module, objectives: Sequence[Objective], optim: Any = None, *,
                  plan: HookPlan, **kwargs: Any) -> None:
@@ -285,6 +289,11 @@ class AlternatingSharingModule(MetricLearningModule):
         terms[f"{where}_total"] = total.detach()
         return terms
 
+    def _at_max_steps(self) -> bool:
+        """Whether the trainer's ``max_steps`` is reached (a shared step now would exceed it)."""
+        limit = -1 if self._trainer is None else self.trainer.max_steps
+        return limit is not None and limit >= 0 and int(self.global_step) >= limit
+
     def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
         images, labels = self.batch_images(batch), batch[1]
         adv_class = self.adv_terms if self.plan.adv_step in ("class", "both") else []
@@ -294,7 +303,7 @@ class AlternatingSharingModule(MetricLearningModule):
         if out is not None:
             self.class_steps += 1
             logged.update(out)
-        if float(torch.rand((), generator=self.rng)) < self.plan.p_aux:
+        if not self._at_max_steps() and float(torch.rand((), generator=self.rng)) < self.plan.p_aux:
             s_images, s_labels = self._shared_batch()
             out = self._step(s_images, s_labels, self.shared_terms + adv_shared, "shared", batch_idx)
             if out is not None:

@@ -3,17 +3,22 @@ loss and the decorrelation term (Milbich et al., TPAMI 2020), and evaluating the
 concatenation.
 
 * ``summed`` (DiVA): ``L = L_class + alpha_shared * L_share + rho * L_adv`` on one batch, one step. Through the
-  engine this is three loss terms (:func:`summed_objectives`; ``configs/sharing/*.yaml``).
+  engine this is three loss terms (:func:`summed_objectives`; ``configs/sharing/*.yaml``) on
+  :class:`~dynametric.engine.module.MetricLearningModule`.
 * ``alternating`` (MIC): per iteration a class step on a class-balanced batch, then with probability ``p_aux`` a
   shared step on its own batch (t* triplets on true labels, or surrogate labels from
   :mod:`dynametric.methods.mic`), each its own forward/backward/update; ``rho * L_adv`` rides on the shared step by
-  default (``adv_step``). :class:`SharingTrainer` implements both combinations as plain PyTorch steps (the engine's
-  ``dynametric train`` runs ``summed`` only).
+  default (``adv_step``). This is the engine's
+  :class:`~dynametric.methods.sharing.alternating.AlternatingSharingModule` (method ``sharing_alternating`` or
+  ``mic``); its loss terms are the same three, assigned to the steps by their head.
+
+Both combinations train through a Lightning ``Trainer`` (``dynametric train``, or a library caller such as
+``benchmarks/claim_sharing.py``); :func:`sharing_param_groups` gives the papers' optimizer groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,33 +28,20 @@ from torch import nn
 from dynametric.engine.objective import Objective
 from dynametric.errors import ConfigError, InputError
 
-COMBINATIONS = ("summed", "alternating")
-AUX_SOURCES = ("t_star", "clustering", "random_groups")
-# the alternating step(s) carrying rho * L_adv; "both": class and shared steps (as MIC's code does)
-ADV_STEPS = ("shared", "class", "both")
-
 
 @dataclass
 class SharingSettings:
-    """The choices the Sharing Matters paper and its code leave open, as options (defaults: the authors' code)."""
+    """The weights of the combined loss and the two head names (defaults: the authors' code). The alternating
+    combination's own options (``p_aux``, ``adv_step``, shared batches) are
+    :class:`~dynametric.methods.sharing.alternating.AlternatingSettings` / the MIC settings."""
 
-    combination: str = "summed"
     alpha_shared: float = 0.3
     rho: float = 1500.0
-    p_aux: float = 0.8
     decorrelation: bool = True
-    adv_step: str = "shared"
     class_head: str = "class"
     shared_head: str = "shared"
 
     def __post_init__(self) -> None:
-        if self.combination not in COMBINATIONS:
-            raise ConfigError(f"unknown combination {self.combination!r}; expected one of {list(COMBINATIONS)}",
-                              key="combination")
-        if self.adv_step not in ADV_STEPS:
-            raise ConfigError(f"adv_step must be 'shared', 'class' or 'both', got {self.adv_step!r}", key="adv_step")
-        if not 0.0 <= self.p_aux <= 1.0:
-            raise ConfigError(f"p_aux must be in [0, 1], got {self.p_aux}", key="p_aux")
         if self.alpha_shared < 0 or self.rho < 0:
             raise ConfigError("alpha_shared and rho must be >= 0", key="alpha_shared")
 
@@ -100,92 +92,6 @@ def _heads(outputs: Any, settings: SharingSettings) -> tuple[torch.Tensor, torch
         raise InputError(f"expected a two-head output with {settings.class_head!r} and {settings.shared_head!r}, "
                          f"got {got}", key="model.num_heads")
     return outputs[settings.class_head], outputs[settings.shared_head]
-
-
-def _term(loss: nn.Module, miner: nn.Module | None, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if miner is None:
-        return loss(emb, labels)
-    return loss(emb, labels, miner(emb, labels))
-
-
-def _adv(parts: SharingParts, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    dec = parts.decorrelation
-    assert dec is not None
-    if hasattr(dec, "decorrelation"):  # DecorrelationLoss wraps a Decorrelation
-        dec = dec.decorrelation
-    return dec(c, s)
-
-
-class SharingTrainer:
-    """Plain-PyTorch steps of the two combinations (used by ``benchmarks/sharing_synthetic.py`` and the tests).
-
-    ``shared_labels`` of a step are the true labels for t* miners and the surrogate labels for the clustering route.
-    Every step returns ``{term: float}``."""
-
-    def __init__(self, embedder: nn.Module, parts: SharingParts, settings: SharingSettings,
-                 optimizer: torch.optim.Optimizer, generator: torch.Generator | None = None) -> None:
-        self.embedder = embedder
-        self.parts = parts
-        self.settings = settings
-        self.optimizer = optimizer
-        self.generator = generator
-        self.use_adv = settings.decorrelation and parts.decorrelation is not None and settings.rho > 0
-        self.shared_steps = 0
-        self.class_steps = 0
-
-    def _update(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-    def summed_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """``L_class + alpha * L_share + rho * L_adv`` on one batch (t* on the true labels)."""
-        c, s = _heads(self.embedder(images), self.settings)
-        l_class = _term(self.parts.class_loss, self.parts.class_miner, c, labels)
-        l_share = _term(self.parts.shared_loss, self.parts.shared_miner, s, labels)
-        total = l_class + self.settings.alpha_shared * l_share
-        out = {"class": float(l_class.detach()), "shared": float(l_share.detach())}
-        if self.use_adv:
-            l_adv = _adv(self.parts, c, s)
-            total = total + self.settings.rho * l_adv
-            out["adv"] = float(l_adv.detach())
-        self._update(total)
-        self.class_steps += 1
-        self.shared_steps += 1
-        return out
-
-    def class_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        return self._head_step("class", images, labels)
-
-    def shared_step(self, images: torch.Tensor, shared_labels: torch.Tensor) -> dict[str, float]:
-        return self._head_step("shared", images, shared_labels)
-
-    def _head_step(self, head: str, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One update of the ``class`` or ``shared`` head's loss (plus ``rho * L_adv`` on the steps it is set for)."""
-        c, s = _heads(self.embedder(images), self.settings)
-        if head == "class":
-            loss = _term(self.parts.class_loss, self.parts.class_miner, c, labels)
-        else:
-            loss = _term(self.parts.shared_loss, self.parts.shared_miner, s, labels)
-        out = {head: float(loss.detach())}
-        if self.use_adv and self.settings.adv_step in (head, "both"):
-            l_adv = _adv(self.parts, c, s)
-            loss = loss + self.settings.rho * l_adv
-            out["adv"] = float(l_adv.detach())
-        self._update(loss)
-        if head == "class":
-            self.class_steps += 1
-        else:
-            self.shared_steps += 1
-        return out
-
-    def alternating_step(self, class_batch: tuple[torch.Tensor, torch.Tensor],
-                         shared_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        """A class step, then with probability ``p_aux`` a shared step on ``shared_batch()`` (drawn lazily)."""
-        out = self.class_step(*class_batch)
-        if float(torch.rand((), generator=self.generator)) < self.settings.p_aux:
-            out.update(self.shared_step(*shared_batch()))
-        return out
 
 
 EVAL_HEADS = ("class", "shared", "concat")
