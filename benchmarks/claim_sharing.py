@@ -2,8 +2,8 @@
 clustering route, or DiVA-style t* sharing) improve retrieval of unseen classes at a matched number of updates, and
 does it need a split where a factor that varies *within* training classes defines the test classes?
 
-Three data splits, same number of training classes (54) and images per class (``--splits``; the default runs the
-first two):
+Four data splits, the same images per class and 54 training classes (36 on ``held-out-val-colour``) (``--splits``;
+the default runs the first two):
 
 * ``held-out``: ``SyntheticHierarchy(held_out_factor="texture")``: train classes (shape, colour) with texture and
   size varying per image; val classes (shape, size); test classes (shape, texture) with colour varying. Validation
@@ -14,8 +14,8 @@ first two):
   for one shape per family (12 classes), test classes (shape, texture) for the other 6 shapes (24 classes).
 * ``held-out-val-colour``: ``SyntheticHierarchy(held_out_factor="colour", val_classes="same_factor")``: colour and
   texture swap roles: train classes (shape, texture) with colour and size varying per image; val classes (shape,
-  colour) for one shape per family, test classes (shape, colour) for the other shapes. Colour is visible at 16 px,
-  texture barely is.
+  colour) for one shape per family (18 classes), test classes (shape, colour) for the other 6 shapes (36 classes;
+  36 training classes, 9 shapes x 4 textures). Colour is visible at 16 px, texture barely is.
 
 Pretrained start (``--pretrain-steps N``, default 0: every method starts from a fresh network): as the paper's
 networks start from ImageNet, every method of a (seed, split) starts from a deep copy of one network pretrained on
@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             f"val/test evaluations{src}; this invocation {invocation_s / 60:.1f} min); nice 19, 1 thread, "
             f"shared machine: {environment()}."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
-            f"in every split; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
+            f"in every split{' but held-out-val-colour (36)' if 'held-out-val-colour' in a.splits else ''}; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
             f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: about {a.steps} iterations, p_aux "
             f"{a.p_aux:g}), trained on the engine's modules by a Lightning trainer; {pre}; {hp}; MIC K={a.clusters}, "
             f"decorrelation on both "
