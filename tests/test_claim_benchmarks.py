@@ -144,6 +144,13 @@ def test_claim_sharing_pretrained_start_two_processes_and_merge(tmp_path):
     rec = next(r["start"] for r in runs if (r["split"], r["seed"]) == ("today", 0))
     assert start["digest"] == rec["digest"]
     assert cs.head_metrics(start["model"], ds.tensors(), ds.labels[:, :1])["class"] == rec["test"]["class"]
+    # runs of one (split, seed) that start from different networks are flagged, not silently averaged
+    pa = json.loads(files["today"].with_suffix(".json").read_text())
+    next(r for r in pa["runs"] if r["seed"] == 1 and r["method"] == "sharing")["start"]["digest"] = "0" * 16
+    files["today"].with_suffix(".json").write_text(json.dumps(pa))
+    assert cs.main([*common, "--splits", "today", "--resume", "--out", str(files["today"])]) == 0
+    assert "today/1/start-digests" in json.loads(files["today"].with_suffix(".json").read_text())["verdicts"]
+    assert "start from different networks" in files["today"].read_text()
     with pytest.raises(SystemExit, match="pretrain_steps"):
         cs.main(["--small", "--splits", "today", "--resume-from", str(files["today"].with_suffix(".json")),
                  "--out", str(tmp_path / "scratch.md")])
