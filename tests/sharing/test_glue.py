@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynametric.config import load_config
-from dynametric.engine.builders import Datasets, build_components
+from dynametric.engine.builders import Datasets
 from dynametric.engine.module import parameter_groups
 from dynametric.engine.objective import compute_objective
 from dynametric.errors import ConfigError, InputError
@@ -29,6 +29,7 @@ from dynametric.methods.sharing import (
 from dynametric.metrics import evaluate_embeddings
 from dynametric.miners import InterClassTripletMiner
 from dynametric.models.sharing import Decorrelation
+from dynametric.pipeline import build_components
 
 ROOT = Path(__file__).resolve().parents[2]
 
