@@ -1,6 +1,6 @@
-"""`dynametric train` with the alternating hooks (engine/sharing.py): `method.name: sharing_alternating` (t* on its
-own class-balanced batch) and `method.name: mic` (surrogate labels, re-clustering on schedule) on tiny synthetic
-data; which parameters each step moves; config errors."""
+"""`dynametric train` with the alternating hooks (methods/sharing/alternating.py): `method.name:
+sharing_alternating` (t* on its own class-balanced batch) and `method.name: mic` (surrogate labels, re-clustering on
+schedule) on tiny synthetic data; which parameters each step moves; config errors."""
 
 from __future__ import annotations
 
