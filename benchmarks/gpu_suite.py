@@ -358,10 +358,11 @@ def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
     import lightning as L
 
     from dynametric.config import load_config
-    from dynametric.engine.builders import build_components, build_datasets, loader_settings, sampler_factory
+    from dynametric.engine.builders import build_datasets, loader_settings, sampler_factory
     from dynametric.engine.data import MetricDataModule
-    from dynametric.engine.run import quiet_lightning
     from dynametric.engine.trainer import build_trainer
+    from dynametric.pipeline import build_components
+    from dynametric.pipeline.run import quiet_lightning
 
     quiet_lightning()
     cuda = device.type == "cuda"

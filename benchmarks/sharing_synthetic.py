@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dynametric.engine.run import quiet_lightning
+    from dynametric.pipeline.run import quiet_lightning
 
     quiet_lightning()  # Lightning's banners and inapplicable warnings, as `dynametric train` hides them
     raise SystemExit(main())

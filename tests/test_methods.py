@@ -10,12 +10,12 @@ import pytest
 
 import dynametric
 from dynametric.config import load_config
-from dynametric.engine.builders import build_components
-from dynametric.engine.dyml import DyMLProtocol, protocol_from_config
+from dynametric.engine.dyml import DyMLProtocol
 from dynametric.engine.module import MetricLearningModule
 from dynametric.errors import ConfigError
-from dynametric.methods import METHODS, STANDARD, Method, method_for
-from dynametric.methods.sharing.alternating import AlternatingSharingModule, plan_from_config
+from dynametric.methods import METHODS, STANDARD, Method, method_for, plan_from_config
+from dynametric.methods.sharing.alternating import AlternatingSharingModule
+from dynametric.pipeline import build_components, method_test_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(dynametric.__file__).parent
@@ -35,7 +35,7 @@ def test_plugins_give_their_module_plan_and_test_protocol() -> None:
     method = method_for(dyml)
     protocol = method.test_protocol(method.validate(dyml))
     assert protocol == DyMLProtocol.from_kwargs(dyml.method.kwargs) and method.module_plan(dyml, protocol) is None
-    assert protocol_from_config(dyml) == protocol and protocol_from_config(load_config()) is None
+    assert method_test_protocol(dyml) == protocol and method_test_protocol(load_config()) is None
     sharing = load_config(ROOT / "configs" / "sharing" / "synthetic-alternating.yaml",
                           ["method.kwargs={p_aux: 0.5, m_shared: null}"])
     plan = plan_from_config(sharing)

@@ -59,7 +59,7 @@ def test_digit_csv_trains_with_default_monitor_and_config_progress_bar_off(tmp_p
 
 
 def test_progress_flag_overrides_the_config_only_when_given(monkeypatch, tmp_path):
-    import dynametric.engine.run as run_mod
+    import dynametric.pipeline.run as run_mod
 
     seen = []
 
@@ -76,7 +76,7 @@ def test_progress_flag_overrides_the_config_only_when_given(monkeypatch, tmp_pat
 
 def test_progress_none_follows_the_config(monkeypatch, tmp_path):
     """run_training(progress=None) hands trainer.progress_bar to the trainer (and True/False override it)."""
-    import dynametric.engine.run as run_mod
+    import dynametric.pipeline.run as run_mod
     from dynametric.config import load_config
 
     seen = []

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from dynametric.config import config_from_dict
-from dynametric.engine.builders import build_components, build_datasets, build_loss, carve_validation
+from dynametric.engine.builders import build_datasets, build_loss, carve_validation
 from dynametric.engine.module import parameter_groups
 from dynametric.errors import ConfigError
 from dynametric.losses import CSLLoss, MultiScaleLoss
+from dynametric.pipeline import build_components
 
 LABELS = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 1, 0], [3, 1, 1], [4, 2, 1]])
 

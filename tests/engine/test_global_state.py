@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dynametric.config import load_config
-from dynametric.engine.builders import build_components
-from dynametric.engine.run import dry_run, quiet_lightning, run_training
+from dynametric.pipeline import build_components
+from dynametric.pipeline.run import dry_run, quiet_lightning, run_training
 
 TINY = ["model.backbone_kwargs={width: 4, depth: 2}", "model.embedding_dim=8"]
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")

@@ -81,7 +81,7 @@ def test_channels_last_rule_and_batches(monkeypatch) -> None:
 
 
 def test_compile_keeps_checkpoint_keys() -> None:
-    from dynametric.engine.builders import build_components
+    from dynametric.pipeline import build_components
 
     cfg = load_config(None, [*TINY, "trainer.compile=true"])
     plain = build_components(load_config(None, TINY), datasets=None).embedder.state_dict()

@@ -15,13 +15,9 @@ import torch
 
 from dynametric.cli import main
 from dynametric.engine.dyml import DyMLProtocol, run_protocol
-from dynametric.engine.protocols import (
-    EvaluationProtocol,
-    LeaveOneOut,
-    QueryGallery,
-    protocol_from_config,
-)
+from dynametric.engine.protocols import EvaluationProtocol, LeaveOneOut, QueryGallery
 from dynametric.metrics import evaluate_embeddings
+from dynametric.pipeline import protocol_from_config
 from tests.dyml.helpers import write_release
 
 

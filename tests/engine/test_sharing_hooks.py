@@ -1,6 +1,6 @@
-"""`dynametric train` with the alternating hooks (engine/sharing.py): `method.name: sharing_alternating` (t* on its
-own class-balanced batch) and `method.name: mic` (surrogate labels, re-clustering on schedule) on tiny synthetic
-data; which parameters each step moves; config errors."""
+"""`dynametric train` with the alternating hooks (methods/sharing/alternating.py): `method.name:
+sharing_alternating` (t* on its own class-balanced batch) and `method.name: mic` (surrogate labels, re-clustering on
+schedule) on tiny synthetic data; which parameters each step moves; config errors."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 
 from dynametric.cli import main
 from dynametric.config import load_config
-from dynametric.engine.builders import build_components
 from dynametric.engine.checkpoint import load_checkpoint_file
 from dynametric.errors import ConfigError
-from dynametric.methods.sharing.alternating import AlternatingSharingModule, plan_from_config
+from dynametric.methods import plan_from_config
+from dynametric.methods.sharing.alternating import AlternatingSharingModule
+from dynametric.pipeline import build_components
 
 ROOT = Path(__file__).resolve().parents[2]
 ALT = ROOT / "configs" / "sharing" / "synthetic-alternating.yaml"

@@ -15,10 +15,11 @@ from dynametric.cli import main
 from dynametric.config import load_config, save_config
 from dynametric.engine.builders import build_model, eval_head, load_split
 from dynametric.engine.checkpoint import load_embedder_weights, save_checkpoint_file
-from dynametric.engine.dyml import DyMLProtocol, evaluate_checkpoint, run_protocol
+from dynametric.engine.dyml import DyMLProtocol, run_protocol
 from dynametric.engine.inference import InferenceOptions, embed_dataset, embed_from_checkpoint, load_trained
 from dynametric.engine.objective import select_head
 from dynametric.errors import ConfigError, InputError
+from dynametric.pipeline import evaluate_dyml_checkpoint
 from dynametric.retrieval.model import embed_image_files, load_embedder
 from tests.dyml.helpers import write_release
 from tests.retrieval.conftest import make_images, make_run
@@ -98,7 +99,8 @@ def test_dyml_protocol_from_checkpoint_equals_plain_forward(tmp_path: Path) -> N
     model = build_model(cfg)
     save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}, "epoch": 0},
                          tmp_path / "best.ckpt")
-    got = evaluate_checkpoint(tmp_path / "best.ckpt", None, options=InferenceOptions(device="cpu", precision="fp32"))
+    got = evaluate_dyml_checkpoint(tmp_path / "best.ckpt", None,
+                                   options=InferenceOptions(device="cpu", precision="fp32"))
     ref = run_protocol(DyMLProtocol.from_kwargs(cfg.method.kwargs), lambda ds: _plain_forward(model, ds, None),
                        lambda split: load_split(cfg, split, train=False), test_split=cfg.data.test_split)
     assert got == ref

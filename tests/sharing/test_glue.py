@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynametric.config import load_config
-from dynametric.engine.builders import Datasets, build_components
+from dynametric.engine.builders import Datasets
 from dynametric.engine.data import MetricDataModule
 from dynametric.engine.module import MetricLearningModule, OptimSettings, parameter_groups
 from dynametric.engine.objective import compute_objective
@@ -37,6 +37,7 @@ from dynametric.methods.sharing import (
 from dynametric.methods.sharing.alternating import AlternatingSettings, AlternatingSharingModule, HookPlan
 from dynametric.metrics import evaluate_embeddings
 from dynametric.miners import InterClassTripletMiner
+from dynametric.pipeline import build_components
 
 ROOT = Path(__file__).resolve().parents[2]
 SGD = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0}

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
                               key="--checkpoint")
         from dynametric.commands.options import inference_options
-        from dynametric.engine.protocols import LeaveOneOut, QueryGallery, evaluate_checkpoint
+        from dynametric.engine.protocols import LeaveOneOut, QueryGallery
+        from dynametric.pipeline import evaluate_checkpoint
 
         inference = inference_options(args)  # --device (when the command has it), --precision, --batch-size, ...
         inference.resolve()  # flag errors before anything is loaded
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                                   f"gallery evaluations, not to the {protocol.name} protocol (docs/dyml.md)",
                                   key="--checkpoint")
 
-        # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; engine/protocols.py)
+        # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; pipeline/protocols.py)
         ce = evaluate_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides,
                                  options=inference, evaluate=evaluate, check=check)
         result, source = ce.result, ce.description

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
         cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
-    from dynametric.engine.run import default_run_dir, dry_run, quiet_lightning, run_training
+    from dynametric.pipeline.run import default_run_dir, dry_run, quiet_lightning, run_training
 
     quiet_lightning()
 

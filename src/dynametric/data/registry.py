@@ -73,7 +73,7 @@ def _synthetic_class() -> type:
 
 
 def synthetic_splits() -> list[str]:
-    from dynametric.data import synthetic
+    import dynametric.data.synthetic as synthetic
 
     return list(getattr(synthetic, "SPLITS", ("train", "val", "test")))
 

@@ -1,4 +1,6 @@
-"""Training engine (Lightning glue): module, data module, DDP gathering, checkpoints, runs. See docs/training.md."""
+"""Training engine (Lightning glue): module, data module, DDP gathering, checkpoints, builders, evaluation protocols.
+The run that resolves the method plug-in (``dynametric train``) is :mod:`dynametric.pipeline`, a layer above. See
+docs/training.md."""
 
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file, load_embedder_weights
 from dynametric.engine.data import MetricDataModule, ResumableBatchSampler, SeededDataset

@@ -1,7 +1,7 @@
 """Config -> components: datasets, sampler factory, embedder, loss terms, module, trainer settings.
 
 The engine itself takes components by injection (:class:`~dynametric.engine.module.MetricLearningModule`,
-:class:`~dynametric.engine.data.MetricDataModule`); this module (with the run, :mod:`dynametric.engine.run`, and the
+:class:`~dynametric.engine.data.MetricDataModule`); this module (with the run, :mod:`dynametric.pipeline`, and the
 method plug-ins' config hooks, :mod:`dynametric.methods`) reads a :class:`dynametric.config.Config` and hands
 resolved objects down: components, :class:`~dynametric.engine.module.OptimSettings`,
 :class:`~dynametric.engine.trainer.TrainerSettings`.
@@ -16,6 +16,7 @@ required ``class_paths`` argument (CSL) is built from the training label matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -441,11 +442,30 @@ def eval_kwargs(cfg: Config) -> dict[str, Any]:
             "memory_budget_bytes": e.memory_budget_bytes}
 
 
+SCALE_ALIASES = ("finest", "coarsest")
+
+
+def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
+    """``finest/<metric>`` -> ``<first scale>/<metric>``, ``coarsest/<metric>`` -> ``<last scale>/<metric>``;
+    any other monitor is returned unchanged (a real scale name wins over an alias of the same spelling)."""
+    scale, sep, metric = monitor.partition("/")
+    names = list(scale_names)
+    if not sep or not names or scale in names or scale not in SCALE_ALIASES:
+        return monitor
+    return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
+
+
+def with_resolved_monitor(cfg: Config, scale_names: Sequence[str]) -> Config:
+    """A shallow copy of ``cfg`` whose ``trainer.monitor`` names a real scale (``cfg`` itself is unchanged)."""
+    resolved = resolve_monitor(cfg.trainer.monitor, scale_names)
+    if resolved == cfg.trainer.monitor:
+        return cfg
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, monitor=resolved))
+
+
 def check_monitor(cfg: Config, scale_names: Sequence[str]) -> None:
     """The monitor's scale ('finest' / 'coarsest' resolved) must be one of the data's (its metric is checked when
     the config loads)."""
-    from dynametric.engine.preflight import resolve_monitor
-
     scale = resolve_monitor(cfg.trainer.monitor, scale_names).partition("/")[0]
     valid = [*scale_names, "mean"]
     if scale not in valid:
@@ -473,7 +493,14 @@ def eval_head(cfg: Config) -> str | None:
     return cfg.eval.heads[0] if cfg.eval.heads else "concat"
 
 
-def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, plan: Any) -> tuple[Any, ...]:
+ModuleFactory = Callable[..., MetricLearningModule]
+"""``make_module(embedder, objectives, optim_settings, **common) -> module``: the standard
+:class:`~dynametric.engine.module.MetricLearningModule`, or a method's subclass with its plan bound (the caller,
+:func:`dynametric.pipeline.build_components`, asks the method plug-in which)."""
+
+
+def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None,
+              make_module: ModuleFactory) -> tuple[Any, ...]:
     """Embedder, objectives and LightningModule of ``cfg`` (the random draws come from the global torch RNG)."""
     embedder = build_model(cfg)
     if datasets is not None:
@@ -485,18 +512,11 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, pl
         from dynametric.metrics import default_scale_names
 
         scale_names = list(default_scale_names(num_scales or 3))
-    from dynametric.engine.preflight import with_resolved_monitor
-
     cfg = with_resolved_monitor(cfg, scale_names)  # `finest/map@r` -> `<first scale>/map@r`
     objectives = build_objectives(cfg, embedder, train_labels, len(scale_names))
     common: dict[str, Any] = {"eval_kwargs": eval_kwargs(cfg), "eval_head": eval_head(cfg),
                               "scale_names": scale_names, "nonfinite": cfg.trainer.nonfinite}
-    if plan is None:
-        module = MetricLearningModule(embedder, objectives, optim_settings(cfg), **common)
-    else:
-        from dynametric.methods.sharing.alternating import AlternatingSharingModule
-
-        module = AlternatingSharingModule(embedder, objectives, optim_settings(cfg), plan=plan, **common)
+    module = make_module(embedder, objectives, optim_settings(cfg), **common)
     module.channels_last = use_channels_last(cfg, embedder)
     if module.channels_last:
         embedder.to(memory_format=torch.channels_last)  # kept by the later move to the device
@@ -505,16 +525,14 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, pl
     return embedder, objectives, module, scale_names, cfg
 
 
-def build_components(cfg: Config, *, datasets: Datasets | None, num_scales: int | None = None,
-                     progress_bar: bool | None = None) -> Components:
-    from dynametric.methods import method_for
-
-    method = method_for(cfg)  # the method plug-in (dynametric.methods): validates its keys, may ask for its module
-    plan = method.module_plan(cfg, method.validate(cfg))
+def assemble(cfg: Config, *, datasets: Datasets | None, make_module: ModuleFactory, num_scales: int | None = None,
+             progress_bar: bool | None = None) -> Components:
+    """The components of ``cfg`` with the training module ``make_module`` builds (no method registry here: the
+    method's choice is the caller's, :func:`dynametric.pipeline.build_components`)."""
     # The weights are drawn from trainer.seed on a forked RNG: the caller's global torch RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(int(cfg.trainer.seed))
-        embedder, objectives, module, scale_names, cfg = _assemble(cfg, datasets, num_scales, plan)
+        embedder, objectives, module, scale_names, cfg = _assemble(cfg, datasets, num_scales, make_module)
     return Components(embedder, objectives, module, trainer_settings(cfg, progress_bar=progress_bar), datasets,
                       scale_names)
 

@@ -27,21 +27,23 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from dynametric.data.protocol import LabeledDataset
-from dynametric.engine.protocols import EmbeddedSet, Evaluate, EvaluationProtocol, ProtocolTest
+from dynametric.engine.protocols import (  # image_identities: its former home
+    EmbeddedSet,
+    Evaluate,
+    EvaluationProtocol,
+    ProtocolTest,
+    image_identities,
+)
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix
-
-if TYPE_CHECKING:
-    from dynametric.config import Config
 
 __all__ = [
     "DYML_METRICS",
@@ -181,14 +183,6 @@ class DyMLProtocol(EvaluationProtocol):
 
 
 # ------------------------------------------------------------------------------------------------ identities
-def image_identities(dataset: LabeledDataset) -> list[str]:
-    """The identity of every image: its file name (``basename``) for file datasets, else its index."""
-    paths = dataset.paths
-    if paths is not None:
-        return [os.path.basename(str(p)) for p in paths]
-    return [f"#{i}" for i in range(len(dataset))]
-
-
 def image_digests(dataset: LabeledDataset) -> list[str]:
     """SHA-256 of every image's bytes: the file for datasets with ``paths``, the pixel array for in-memory ones
     with ``images`` (``uint8[N, ...]``, e.g. :class:`~dynametric.data.SyntheticHierarchy`)."""
@@ -366,33 +360,5 @@ def _evaluate_protocol(protocol: DyMLProtocol, sets: Mapping[str, EmbeddedSet],
     return out
 
 
-# ------------------------------------------------------------------------------------------------ engine glue
-def protocol_from_config(cfg: Config) -> DyMLProtocol | None:
-    """The test protocol of a config's method (``method.name: dyml``: the DyML protocol), validated; ``None`` for a
-    method that tests with the ``eval`` section's protocol. Asks the method registry (:mod:`dynametric.methods`)."""
-    from dynametric.methods import method_for
-
-    method = method_for(cfg)
-    protocol: DyMLProtocol | None = method.test_protocol(method.validate(cfg))
-    return protocol
-
-
 EngineTest = ProtocolTest
 """Former name of :class:`dynametric.engine.protocols.ProtocolTest` (the DyML test inside ``dynametric train``)."""
-
-
-def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),
-                        progress: bool = False, options: Any = None,
-                        evaluate: Evaluate | None = None) -> dict[str, Any] | None:
-    """The DyML protocol for a trained checkpoint (``dynametric evaluate --checkpoint``), or ``None`` when the
-    config is not a DyML config. ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint);
-    ``options``: :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on
-    the ``auto`` device). Any config: :func:`dynametric.engine.protocols.evaluate_checkpoint`."""
-    from dynametric.config import load_config
-    from dynametric.engine.inference import config_beside
-    from dynametric.engine.protocols import evaluate_checkpoint as evaluate_with_protocol
-
-    if protocol_from_config(load_config(config_beside(checkpoint, config), overrides)) is None:
-        return None
-    return evaluate_with_protocol(checkpoint, config, overrides=overrides, progress=progress, options=options,
-                                  evaluate=evaluate).result

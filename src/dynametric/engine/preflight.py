@@ -3,7 +3,8 @@ and whether pretrained weights are already on disk (a dry run never downloads th
 
 * ``trainer.monitor`` may name a scale by position: ``finest/<metric>`` (the default, ``finest/map@r``) is the
   first label column whatever the dataset calls it (``fine``, ``digit``, ``species``), ``coarsest/<metric>`` the
-  last. :func:`resolve_monitor` turns the alias into the dataset's own scale name.
+  last. :func:`resolve_monitor` turns the alias into the dataset's own scale name (it lives in
+  :mod:`dynametric.engine.builders`, which resolves the config; importable from here too).
 * :func:`check_batches` builds the configured batch sampler on the training labels once, before the untrained
   evaluation, and turns "too few classes for the batch" into a :class:`~dynametric.errors.ConfigError` that
   suggests ``data.batch_size`` / ``data.m`` values that fit.
@@ -11,39 +12,23 @@ and whether pretrained weights are already on disk (a dry run never downloads th
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dynametric.data.samplers import BATCH_SAMPLERS
+from dynametric.engine.builders import (  # noqa: F401  (the monitor alias: resolved by the builders)
+    SCALE_ALIASES,
+    resolve_monitor,
+    sampler_factory,
+    with_resolved_monitor,
+)
 from dynametric.errors import ConfigError
 from dynametric.labels import as_label_matrix
 
 if TYPE_CHECKING:
     from dynametric.config import Config
-
-SCALE_ALIASES = ("finest", "coarsest")
-
-
-def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
-    """``finest/<metric>`` -> ``<first scale>/<metric>``, ``coarsest/<metric>`` -> ``<last scale>/<metric>``;
-    any other monitor is returned unchanged (a real scale name wins over an alias of the same spelling)."""
-    scale, sep, metric = monitor.partition("/")
-    names = list(scale_names)
-    if not sep or not names or scale in names or scale not in SCALE_ALIASES:
-        return monitor
-    return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
-
-
-def with_resolved_monitor(cfg: Config, scale_names: Sequence[str]) -> Config:
-    """A shallow copy of ``cfg`` whose ``trainer.monitor`` names a real scale (``cfg`` itself is unchanged)."""
-    resolved = resolve_monitor(cfg.trainer.monitor, scale_names)
-    if resolved == cfg.trainer.monitor:
-        return cfg
-    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, monitor=resolved))
-
 
 def _label_matrix(dataset: Any) -> torch.Tensor:
     return as_label_matrix(dataset.labels, name="train dataset labels")
@@ -67,8 +52,6 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
     """Build the configured batch sampler on the training labels (one process) and re-raise a batch that cannot
     be drawn as a :class:`ConfigError` with values that work. ``carved``: validation classes were taken out of
     the training split (the message says so, since they are not available to batches)."""
-    from dynametric.engine.builders import sampler_factory
-
     labels = _label_matrix(train)
     data = cfg.data
     sampler_cls = BATCH_SAMPLERS.get(data.sampler)

@@ -15,8 +15,10 @@ decides (the sets, their ids, the scale names, and for DyML its own metric optio
   leave-one-out).
 
 The same objects serve training (validation in :class:`~dynametric.engine.module.MetricLearningModule`, the test
-in :func:`dynametric.engine.run.run_training` through :class:`ProtocolTest`), ``dynametric evaluate --checkpoint``
-(:func:`evaluate_checkpoint`) and the DyML runs.
+in :func:`dynametric.pipeline.run_training` through :class:`ProtocolTest`), ``dynametric evaluate --checkpoint``
+(:func:`dynametric.pipeline.evaluate_checkpoint`) and the DyML runs. Which protocol a config asks for (the method's
+own, else the ``eval`` section's) is decided above the method plug-ins, by
+:func:`dynametric.pipeline.protocol_from_config`; this module knows no config and no method.
 """
 
 from __future__ import annotations
@@ -25,15 +27,11 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from dynametric.data.protocol import dataset_fields
-
-if TYPE_CHECKING:
-    from dynametric.config import Config
 
 __all__ = [
     "CheckpointEvaluation",
@@ -42,8 +40,7 @@ __all__ = [
     "LeaveOneOut",
     "ProtocolTest",
     "QueryGallery",
-    "evaluate_checkpoint",
-    "protocol_from_config",
+    "image_identities",
 ]
 
 Evaluate = Callable[..., Any]
@@ -66,6 +63,14 @@ def _default_evaluate() -> Evaluate:
     from dynametric.metrics import evaluate_embeddings
 
     return evaluate_embeddings
+
+
+def image_identities(dataset: Any) -> list[str]:
+    """The identity of every image: its file name (``basename``) for file datasets, else its index."""
+    paths = dataset.paths
+    if paths is not None:
+        return [os.path.basename(str(p)) for p in paths]
+    return [f"#{i}" for i in range(len(dataset))]
 
 
 def dataset_scale_names(dataset: Any) -> list[str] | None:
@@ -161,8 +166,6 @@ class QueryGallery(EvaluationProtocol):
         return [self.query_split, self.gallery_split]
 
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
-        from dynametric.engine.dyml import image_identities
-
         q, g = sets[self.query_split], sets[self.gallery_split]
         ids = (image_identities(q.dataset), image_identities(g.dataset)) if self.query_in_gallery else (None, None)
         res = (evaluate or _default_evaluate())(q.emb, q.labels, g.emb, g.labels,
@@ -171,24 +174,6 @@ class QueryGallery(EvaluationProtocol):
         return with_protocol_info(res, {"name": self.name, "query_split": self.query_split,
                                         "gallery_split": self.gallery_split, "queries": len(q.emb),
                                         "gallery": len(g.emb), "query_in_gallery": bool(self.query_in_gallery)})
-
-
-def protocol_from_config(cfg: Config, split: str | None = None,
-                         scale_names: Sequence[str] | None = None) -> EvaluationProtocol:
-    """The test protocol of a config: leave-one-out on ``split`` when one is given; else the DyML protocol of a
-    DyML config (``method.name: dyml``), query -> gallery for ``eval.protocol: query_gallery``, leave-one-out on
-    ``data.test_split`` otherwise. ``scale_names``: the run's, for the leave-one-out protocols (default: the
-    dataset's); query -> gallery takes the query split's."""
-    if split is not None:
-        return LeaveOneOut(split, scale_names)
-    from dynametric.engine.dyml import protocol_from_config as dyml_protocol
-
-    dyml = dyml_protocol(cfg)  # the method wiring: a method's own test protocol
-    if dyml is not None:
-        return dyml.bind(test_split=cfg.data.test_split, scale_names=scale_names)
-    if cfg.eval.protocol == "query_gallery":
-        return QueryGallery(cfg.eval.query_split, cfg.eval.gallery_split, bool(cfg.eval.query_in_gallery))
-    return LeaveOneOut(cfg.data.test_split, scale_names)
 
 
 @dataclass
@@ -230,49 +215,10 @@ class ProtocolTest:
 
 @dataclass
 class CheckpointEvaluation:
-    """What :func:`evaluate_checkpoint` returns: the results, the protocol, the embedded splits by name and a
-    one-line description (checkpoint, dataset format, splits)."""
+    """What :func:`dynametric.pipeline.evaluate_checkpoint` returns: the results, the protocol, the embedded splits
+    by name and a one-line description (checkpoint, dataset format, splits)."""
 
     result: Any
     protocol: EvaluationProtocol
     sets: dict[str, EmbeddedSet]
     description: str
-
-
-def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, *, split: str | None = None,
-                        overrides: Sequence[str] = (), progress: bool = False, options: Any = None,
-                        evaluate: Evaluate | None = None,
-                        check: Callable[[EvaluationProtocol], None] | None = None) -> CheckpointEvaluation:
-    """Evaluate a trained checkpoint with its config's test protocol (:func:`protocol_from_config`; ``split``:
-    leave-one-out on that split instead), as ``dynametric evaluate --checkpoint`` does.
-
-    ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint); ``options``:
-    :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on the ``auto``
-    device); ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks,
-    run before anything is loaded or embedded."""
-    from dynametric.config import load_config
-    from dynametric.engine.builders import load_split
-    from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
-    from dynametric.errors import InputError
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise InputError("checkpoint file not found", file=checkpoint)
-    cfg = load_config(config_beside(checkpoint, config), overrides)
-    protocol = protocol_from_config(cfg, split)
-    if check is not None:
-        check(protocol)
-    trained = load_trained(checkpoint, config, cfg=cfg)
-    opts = checkpoint_options(cfg, options)
-    if progress:
-        opts.progress = True
-    run = opts.resolve()
-
-    def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return embed_dataset(trained.model, ds, head=trained.head, options=run)
-
-    sets = protocol.embed_splits(lambda name: load_split(cfg, name, train=False), embed)
-    splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
-        f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
-    return CheckpointEvaluation(protocol.evaluate(sets, evaluate), protocol, sets,
-                                f"{trained.checkpoint}: {cfg.data.format} {splits}")

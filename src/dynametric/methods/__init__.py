@@ -2,13 +2,14 @@
 
 Each method has its own package here: ``dyml/`` (the DyML test protocol), ``sharing/`` (Sharing Matters: the
 summed combination, the alternating class / shared module), ``mic/`` (MIC's clustering route on the alternating
-module) and ``pddm/`` (PDDM's pieces and its config check). The engine's builders and run ask :func:`method_for`
-and call the plug-in's hooks; nothing else compares method names.
+module) and ``pddm/`` (PDDM's pieces and its config check). The run (:mod:`dynametric.pipeline`, the layer above)
+asks :func:`method_for` and calls the plug-in's hooks; the engine below never imports this package, and nothing
+else compares method names.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dynametric.errors import ConfigError
 from dynametric.methods.base import Method, Standard
@@ -39,4 +40,11 @@ def method_for(cfg: Config) -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "STANDARD", "Method", "method_for"]
+def plan_from_config(cfg: Config) -> Any:
+    """The alternating module's plan of a config (:class:`dynametric.methods.sharing.alternating.HookPlan`),
+    validated; ``None``: the method, if any, trains on the standard module."""
+    method = method_for(cfg)
+    return method.module_plan(cfg, method.validate(cfg))
+
+
+__all__ = ["METHODS", "STANDARD", "Method", "method_for", "plan_from_config"]

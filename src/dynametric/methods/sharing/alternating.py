@@ -145,16 +145,6 @@ def check_alternating(cfg: Config, name: str) -> None:
         raise ConfigError(f"method {name!r} does not support the plateau schedule", key="optim.scheduler.name")
 
 
-def plan_from_config(cfg: Config) -> HookPlan | None:
-    """The alternating module's plan of a config, validated (``None``: the method, if any, trains on the standard
-    module); asks the method registry (:func:`dynametric.methods.method_for`)."""
-    from dynametric.methods import method_for
-
-    method = method_for(cfg)
-    plan: HookPlan | None = method.module_plan(cfg, method.validate(cfg))
-    return plan
-
-
 def split_objectives(objectives: Sequence[Objective], plan: HookPlan
                      ) -> tuple[list[Objective], list[Objective], list[Objective]]:
     """``(class-head terms, shared-head terms, concat-head terms)``; the last (the decorrelation term) ride on
@@ -199,7 +189,7 @@ class AlternatingSharingModule(MetricLearningModule):
         self.labeler: Any = None
         self._unaugmented: Any = None
         if plan.mic is not None:
-            from dynametric.methods.mic import SurrogateLabeler
+            from dynametric.methods.mic.clustering import SurrogateLabeler
 
             self.labeler = SurrogateLabeler(plan.mic.num_clusters, plan.mic.recluster_every, plan.mic.standardise,
                                             seed=plan.seed)
@@ -230,7 +220,7 @@ class AlternatingSharingModule(MetricLearningModule):
     def _embed_train(self, which: str) -> torch.Tensor:
         """Training-set features in dataset order (un-augmented images, eval mode, no grad): ``which`` =
         ``"layer"`` (MIC's initial features at ``feature_layer``) or ``"shared"`` (the shared head)."""
-        from dynametric.methods.mic import layer_features
+        from dynametric.methods.mic.clustering import layer_features
 
         dataset = self._feature_set()
         n = len(dataset)
@@ -251,7 +241,7 @@ class AlternatingSharingModule(MetricLearningModule):
         return torch.cat(out)
 
     def _shared_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        from dynametric.methods.mic import sample_surrogate_batch
+        from dynametric.methods.mic.clustering import sample_surrogate_batch
 
         per = self.plan.m_shared
         groups = self.plan.shared_batch_size // per

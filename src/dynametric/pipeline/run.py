@@ -1,5 +1,6 @@
 """A whole training run: run folder, untrained evaluation, fit with validation, test of the best checkpoint,
-``metrics.json``, ``report.html``. Used by ``dynametric train``.
+``metrics.json``, ``report.html``. Used by ``dynametric train``. (Formerly ``dynametric.engine.run``: the run
+resolves the method plug-in, so it sits above :mod:`dynametric.methods`.)
 
 Run folder layout::
 
@@ -26,14 +27,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 
-from dynametric.engine.builders import (
-    Components,
-    build_components,
-    build_datasets,
-    loader_settings,
-    root_missing,
-    sampler_factory,
-)
+from dynametric.engine.builders import Components, build_datasets, loader_settings, root_missing, sampler_factory
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
@@ -42,6 +36,8 @@ from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import write_report
 from dynametric.engine.trainer import TrainerSettings, build_trainer, validate_settings
 from dynametric.errors import ConfigError, InputError
+from dynametric.pipeline.components import build_components
+from dynametric.pipeline.protocols import method_test_protocol, protocol_from_config
 from dynametric.utils.io import atomic_write_json, require_new_folder
 
 if TYPE_CHECKING:
@@ -133,14 +129,14 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
 
 def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
                     settings: TrainerSettings, progress: bool) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
-    """``test(ckpt_path) -> metrics`` for the run, with the config's test protocol (:mod:`dynametric.engine.protocols`):
+    """``test(ckpt_path) -> metrics`` for the run, with the config's test protocol (:func:`protocol_from_config`):
     leave-one-out on the test split (the module's own test loop), query -> gallery (``eval.protocol:
     query_gallery``), or the DyML protocol (``method.name: dyml``). The second value is the
     :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view."""
     import functools
 
     from dynametric.engine.builders import eval_kwargs, load_split
-    from dynametric.engine.protocols import LeaveOneOut, ProtocolTest, protocol_from_config
+    from dynametric.engine.protocols import LeaveOneOut, ProtocolTest
     from dynametric.metrics import evaluate_embeddings
 
     protocol = protocol_from_config(cfg, scale_names=datasets.scale_names)
@@ -185,9 +181,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     if root_missing(cfg):
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
-    from dynametric.engine.dyml import protocol_from_config
-
-    dyml = protocol_from_config(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
+    dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
     datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(

@@ -1,0 +1,22 @@
+"""The run, above the method plug-ins: a config's method is resolved here (:func:`dynametric.methods.method_for`)
+and its choices handed down to the engine, which never imports :mod:`dynametric.methods`.
+
+* :func:`build_components`: the engine's builders with the method's training module (:mod:`.components`);
+* :func:`protocol_from_config` / :func:`method_test_protocol`: the config's test protocol, the method's own first;
+  :func:`evaluate_checkpoint`: a trained checkpoint under it (``dynametric evaluate --checkpoint``)
+  (:mod:`.protocols`);
+* :func:`run_training` / :func:`dry_run`: a whole training run, ``dynametric train`` (:mod:`.run`).
+"""
+
+from dynametric.pipeline.components import build_components, module_factory
+from dynametric.pipeline.protocols import (
+    evaluate_checkpoint,
+    evaluate_dyml_checkpoint,
+    method_test_protocol,
+    protocol_from_config,
+)
+from dynametric.pipeline.run import RunResult, default_run_dir, dry_run, quiet_lightning, run_training
+
+__all__ = ["RunResult", "build_components", "default_run_dir", "dry_run", "evaluate_checkpoint",
+           "evaluate_dyml_checkpoint", "method_test_protocol", "module_factory", "protocol_from_config",
+           "quiet_lightning", "run_training"]

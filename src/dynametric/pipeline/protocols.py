@@ -1,0 +1,100 @@
+"""Which test protocol a config asks for (its method's own, else the ``eval`` section's) and the evaluation of a
+trained checkpoint with it (``dynametric evaluate --checkpoint``). The protocols themselves are the engine's
+(:mod:`dynametric.engine.protocols`, :mod:`dynametric.engine.dyml`); choosing one needs the method registry, so the
+choice is made here, above :mod:`dynametric.methods`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dynametric.engine.dyml import DyMLProtocol
+from dynametric.engine.protocols import CheckpointEvaluation, Evaluate, EvaluationProtocol, LeaveOneOut, QueryGallery
+from dynametric.errors import InputError
+from dynametric.methods import method_for
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
+
+
+def method_test_protocol(cfg: Config) -> DyMLProtocol | None:
+    """The test protocol of a config's method (``method.name: dyml``: the DyML protocol), validated; ``None`` for a
+    method that tests with the ``eval`` section's protocol (formerly
+    ``dynametric.engine.dyml.protocol_from_config``)."""
+    method = method_for(cfg)
+    protocol: DyMLProtocol | None = method.test_protocol(method.validate(cfg))
+    return protocol
+
+
+def protocol_from_config(cfg: Config, split: str | None = None,
+                         scale_names: Sequence[str] | None = None) -> EvaluationProtocol:
+    """The test protocol of a config: leave-one-out on ``split`` when one is given; else the DyML protocol of a
+    DyML config (``method.name: dyml``), query -> gallery for ``eval.protocol: query_gallery``, leave-one-out on
+    ``data.test_split`` otherwise. ``scale_names``: the run's, for the leave-one-out protocols (default: the
+    dataset's); query -> gallery takes the query split's."""
+    if split is not None:
+        return LeaveOneOut(split, scale_names)
+    own = method_test_protocol(cfg)  # the method wiring: a method's own test protocol
+    if own is not None:
+        return own.bind(test_split=cfg.data.test_split, scale_names=scale_names)
+    if cfg.eval.protocol == "query_gallery":
+        return QueryGallery(cfg.eval.query_split, cfg.eval.gallery_split, bool(cfg.eval.query_in_gallery))
+    return LeaveOneOut(cfg.data.test_split, scale_names)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, *, split: str | None = None,
+                        overrides: Sequence[str] = (), progress: bool = False, options: Any = None,
+                        evaluate: Evaluate | None = None,
+                        check: Callable[[EvaluationProtocol], None] | None = None) -> CheckpointEvaluation:
+    """Evaluate a trained checkpoint with its config's test protocol (:func:`protocol_from_config`; ``split``:
+    leave-one-out on that split instead), as ``dynametric evaluate --checkpoint`` does.
+
+    ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint); ``options``:
+    :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on the ``auto``
+    device); ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks,
+    run before anything is loaded or embedded."""
+    from dynametric.config import load_config
+    from dynametric.engine.builders import load_split
+    from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise InputError("checkpoint file not found", file=checkpoint)
+    cfg = load_config(config_beside(checkpoint, config), overrides)
+    protocol = protocol_from_config(cfg, split)
+    if check is not None:
+        check(protocol)
+    trained = load_trained(checkpoint, config, cfg=cfg)
+    opts = checkpoint_options(cfg, options)
+    if progress:
+        opts.progress = True
+    run = opts.resolve()
+
+    def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return embed_dataset(trained.model, ds, head=trained.head, options=run)
+
+    sets = protocol.embed_splits(lambda name: load_split(cfg, name, train=False), embed)
+    splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
+        f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
+    return CheckpointEvaluation(protocol.evaluate(sets, evaluate), protocol, sets,
+                                f"{trained.checkpoint}: {cfg.data.format} {splits}")
+
+
+def evaluate_dyml_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),
+                             progress: bool = False, options: Any = None,
+                             evaluate: Evaluate | None = None) -> dict[str, Any] | None:
+    """The DyML protocol for a trained checkpoint, or ``None`` when the config is not a DyML config (formerly
+    ``dynametric.engine.dyml.evaluate_checkpoint``). ``config``: the run config path (``None``: ``config.yaml``
+    beside the checkpoint); ``options``: :class:`dynametric.engine.inference.InferenceOptions` (default: the
+    config's evaluation loader on the ``auto`` device). Any config: :func:`evaluate_checkpoint`."""
+    from dynametric.config import load_config
+    from dynametric.engine.inference import config_beside
+
+    if method_test_protocol(load_config(config_beside(Path(checkpoint), config), overrides)) is None:
+        return None
+    return evaluate_checkpoint(checkpoint, config, overrides=overrides, progress=progress, options=options,
+                               evaluate=evaluate).result
