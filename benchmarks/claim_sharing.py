@@ -2,8 +2,8 @@
 clustering route, or DiVA-style t* sharing) improve retrieval of unseen classes at a matched number of updates, and
 does it need a split where a factor that varies *within* training classes defines the test classes?
 
-Three data splits, same number of training classes (54) and images per class (``--splits``; the default runs the
-first two):
+Four data splits, the same images per class and 54 training classes (36 on ``held-out-val-colour``) (``--splits``;
+the default runs the first two):
 
 * ``held-out``: ``SyntheticHierarchy(held_out_factor="texture")``: train classes (shape, colour) with texture and
   size varying per image; val classes (shape, size); test classes (shape, texture) with colour varying. Validation
@@ -12,6 +12,25 @@ first two):
 * ``held-out-val``: ``SyntheticHierarchy(held_out_factor="texture", val_classes="same_factor")``: the same train
   classes as ``held-out``, but val and test both hold out texture on disjoint shapes: val classes (shape, texture)
   for one shape per family (12 classes), test classes (shape, texture) for the other 6 shapes (24 classes).
+* ``held-out-val-colour``: ``SyntheticHierarchy(held_out_factor="colour", val_classes="same_factor")``: colour and
+  texture swap roles: train classes (shape, texture) with colour and size varying per image; val classes (shape,
+  colour) for one shape per family (18 classes), test classes (shape, colour) for the other 6 shapes (36 classes;
+  36 training classes, 9 shapes x 4 textures). Colour is visible at 16 px, texture barely is.
+
+Pretrained start (``--pretrain-steps N``, default 0: every method starts from a fresh network): as the paper's
+networks start from ImageNet, every method of a (seed, split) starts from a deep copy of one network pretrained on
+*disjoint* synthetic classes: the ``train`` split of ``SyntheticHierarchy(seed=1000 + seed)`` with the default
+(shape, colour, texture, size) fine classes, ``--pretrain-per-shape`` of them per shape (val 1, test 1), at the
+benchmark's image size and images per class; margin loss (beta learnt) + distance-weighted sampling on *both* heads
+(the sum of the two terms; ``sharing_engine.build_module("pretrain")``), Adam lr ``--lr`` (weight decay 4e-4, betas
+lr 5e-4), 8 classes x 4 images, N steps, on the engine's trainer. Every factor is class-defining there, so the start
+knows all of them; fine-tuning on the training classes then suppresses the factor that varies within them, which is
+what sharing claims to preserve. On ``today``'s split every pretraining variant that is a train/val/test class of the
+seed is removed; on the held-out-factor splits nothing can be removed (every (shape, held-out factor) pair of the
+test shapes is a test class, so any variant of a test shape overlaps one) and the pretraining classes are used as
+drawn. The start is pretrained once per (seed, removed variants) in an invocation; its val/test metrics are recorded
+in every run (``start``) and reported as a reference row with each method's paired difference against it. Model
+selection reads only the fine-tuning updates (the start itself is never a candidate).
 
 Methods, same network (simple_cnn, two L2-normalised heads "class" and "shared"), optimiser (Adam, weight decay
 4e-4; margin-loss betas lr 5e-4 without weight decay; decorrelation regressor weight decay 1e-6), class batches of 8
@@ -45,6 +64,8 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
 ``args.alpha`` of their file. Files whose setup (steps, sizes, lr, ...) differs are refused.
 
     python benchmarks/claim_sharing.py --out docs/results/claim-sharing.md
+    python benchmarks/claim_sharing.py --splits held-out-val-colour today --pretrain-steps 1500 \
+        --alpha-grid 0.1 0.3 1 --rho-grid 0 100 500 1500 --threads 1 --out docs/results/claim-sharing-pretrained.md
     python benchmarks/claim_sharing.py --small --out /tmp/claim-sharing.md      # seconds; used by the tests
     python benchmarks/claim_sharing.py --alpha-grid 0.1 0.3 1 --rho-grid 0 100 500 1500 \
         --resume-from docs/results/claim-sharing-rho.json --out docs/results/claim-sharing-grid.md
@@ -59,6 +80,8 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import statistics
 import sys
@@ -80,10 +103,11 @@ from claim_common import (  # noqa: E402
     sign,
     write_results,
 )
-from sharing_engine import EvalEvery, build_module, fit  # noqa: E402  (the engine wiring shared with sharing_synthetic)
+from sharing_engine import EvalEvery, build_module, fit, head_metrics  # noqa: E402  (the engine wiring shared with sharing_synthetic)
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
 from dynametric.data.protocol import check_labeled_dataset  # noqa: E402
+from dynametric.data.splits import LabelledSubset  # noqa: E402
 from dynametric.losses import MarginLoss  # noqa: E402
 from dynametric.losses.decorrelation import DecorrelationLoss  # noqa: E402
 from dynametric.methods.mic import MICSettings  # noqa: E402
@@ -93,25 +117,96 @@ from dynametric.miners import DistanceWeightedMiner, InterClassTripletMiner  # n
 from dynametric.models import build_embedder  # noqa: E402
 
 METHODS = ("baseline", "sharing", "mic")
-SPLITS = ("held-out", "today", "held-out-val")
+SPLITS = ("held-out", "today", "held-out-val", "held-out-val-colour")
 DEFAULT_SPLITS = ("held-out", "today")
-HELD_OUT_SPLITS = ("held-out", "held-out-val")  # each is compared with today's split when both are run
+HELD_OUT_SPLITS = ("held-out", "held-out-val", "held-out-val-colour")  # each compared with today's when both run
 HEADS = ("class", "shared", "concat")
 # the arguments that define a run's setup: runs merged by --resume / --resume-from must agree on all of them
 SETUP_KEYS = ("steps", "eval_every", "image_size", "width", "depth", "dim", "images_per_class", "lr", "p_aux",
-              "clusters")
+              "clusters", "pretrain_steps", "pretrain_per_shape")
+# the value a setup key takes in files written before it existed
+SETUP_DEFAULTS = {"pretrain_steps": 0, "pretrain_per_shape": 16}
+START_ROW = "pretrained start (no fine-tuning)"
+
+
+def split_kwargs(split: str, seed: int, a: argparse.Namespace) -> dict[str, Any]:
+    """The ``SyntheticHierarchy`` keyword arguments of a benchmark split."""
+    kw: dict[str, Any] = {"seed": seed, "image_size": a.image_size, "images_per_class": a.images_per_class}
+    if split == "today":
+        return kw | {"fine_per_shape": {"train": 6, "val": 2, "test": 4}}
+    return kw | {"held_out_factor": "colour" if split == "held-out-val-colour" else "texture",
+                 "val_classes": "other_factor" if split == "held-out" else "same_factor"}
+
+
+def variant_key(v: dict[str, Any]) -> tuple:
+    return v["shape"], v["colour"], v["texture"], v["size"]
+
+
+def excluded_variants(split: str, seed: int, a: argparse.Namespace) -> frozenset[tuple]:
+    """The (shape, colour, texture, size) variants removed from the pretraining classes for ``split``: on ``today``
+    every variant of the seed's train/val/test classes; on a held-out-factor split none (its classes leave a factor
+    free, so every variant of a test shape overlaps a test class: nothing disjoint could be removed)."""
+    if split != "today":
+        return frozenset()
+    return frozenset(variant_key(v) for name in ("train", "val", "test")
+                     for v in SyntheticHierarchy(name, **split_kwargs(split, seed, a)).classes)
+
+
+def pretrain_set(seed: int, exclude: frozenset[tuple], a: argparse.Namespace) -> tuple[LabelledSubset, int, int]:
+    """The pretraining images: the ``train`` split of ``SyntheticHierarchy(seed=1000 + seed)`` (default variant
+    classes, ``--pretrain-per-shape`` per shape) without the classes in ``exclude``; returns (dataset, classes kept,
+    classes drawn)."""
+    pre = SyntheticHierarchy("train", seed=1000 + seed, image_size=a.image_size, images_per_class=a.images_per_class,
+                             fine_per_shape={"train": a.pretrain_per_shape, "val": 1, "test": 1})
+    keep = torch.tensor([v["fine"] for v in pre.classes if variant_key(v) not in exclude], dtype=torch.long)
+    idx = torch.isin(pre.labels[:, 0], keep).nonzero().flatten()
+    return LabelledSubset(pre, idx, split="pretrain"), int(keep.numel()), len(pre.classes)
+
+
+def digest(model: torch.nn.Module) -> str:
+    """A SHA-256 digest of a network's parameters and buffers (in ``state_dict`` order), 16 hex digits."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def pretrain(seed: int, exclude: frozenset[tuple], a: argparse.Namespace) -> dict[str, Any]:
+    """The start network of a seed: ``--pretrain-steps`` steps of the ``pretrain`` module (margin loss + distance
+    weighted miner on both heads) on :func:`pretrain_set`, on the engine's trainer; deterministic from ``seed``."""
+    torch.manual_seed(seed)
+    ds, kept, drawn = pretrain_set(seed, exclude, a)
+    model = build_embedder("simple_cnn", embedding_dim=a.dim, num_heads=2,
+                           backbone_kwargs={"width": a.width, "depth": a.depth})
+    n = int(ds.labels[:, 0].max()) + 1
+    parts = SharingParts(MarginLoss(learn_beta=True, num_classes=n), MarginLoss(learn_beta=True, num_classes=n),
+                         DistanceWeightedMiner(cutoff=0.5, seed=seed), DistanceWeightedMiner(cutoff=0.5, seed=seed + 1))
+    t0 = time.perf_counter()
+    trainer = fit(build_module("pretrain", model, parts, lr=a.lr), ds, seed=seed, max_steps=a.pretrain_steps)
+    if int(trainer.global_step) != a.pretrain_steps:
+        raise RuntimeError(f"pretraining ran {trainer.global_step} steps, expected {a.pretrain_steps}")
+    model.train()
+    return {"model": model, "digest": digest(model), "pretrain_classes": kept, "pretrain_drawn": drawn,
+            "pretrain_excluded": drawn - kept, "pretrain_s": round(time.perf_counter() - t0, 1)}
 
 
 def run_one(method: str, split: str, seed: int, alpha: float | None, rho: float, a: argparse.Namespace,
             data: dict) -> dict[str, Any]:
     """One run on the engine's modules (:mod:`sharing_engine`), trained by a Lightning trainer for exactly
     ``U = round(steps * (1 + p_aux))`` optimizer steps (``max_steps``; MIC's module skips the shared step of an
-    iteration whose class step reached it), evaluated every ``--eval-every`` updates (:class:`EvalEvery`)."""
+    iteration whose class step reached it), evaluated every ``--eval-every`` updates (:class:`EvalEvery`). With
+    ``data["start"]`` (a pretrained start, :func:`pretrain`) the network is a deep copy of ``data["start"]["model"]``
+    and the run records ``start`` (its digest, pretraining classes, val/test metrics)."""
     torch.manual_seed(seed)
     train_set = data["train_set"]
     n_classes = int(train_set.labels[:, 0].max()) + 1
     model = build_embedder("simple_cnn", embedding_dim=a.dim, num_heads=2,
                            backbone_kwargs={"width": a.width, "depth": a.depth})
+    start = data.get("start")
+    if start is not None:  # built above anyway, so that the random stream after it is the same as from scratch
+        model = copy.deepcopy(start["model"])
+        start_digest = digest(model)
     class_loss = MarginLoss(learn_beta=True, num_classes=n_classes)
     class_miner = DistanceWeightedMiner(cutoff=0.5, seed=seed)
     plan = None
@@ -141,11 +236,16 @@ def run_one(method: str, split: str, seed: int, alpha: float | None, rho: float,
     curve = evals.curve
     best = max(curve, key=lambda p: p["val"]["class"]["recall@1"])
     shared_steps = {"baseline": 0, "sharing": updates}.get(method, getattr(module, "shared_steps", 0))
-    return {"method": method, "split": split, "seed": seed, "alpha": alpha if method == "sharing" else None,
-            "rho": rho, "best_step": best["step"], "updates": updates, "shared_steps": shared_steps,
-            "val": best["val"], "test": best["test"], "train_s": round(time.perf_counter() - t0, 1),
-            "curve": [{"step": p["step"], "val": p["val"]["class"]["recall@1"],
-                       "test": p["test"]["class"]["recall@1"]} for p in curve]}
+    out = {"method": method, "split": split, "seed": seed, "alpha": alpha if method == "sharing" else None,
+           "rho": rho, "best_step": best["step"], "updates": updates, "shared_steps": shared_steps,
+           "val": best["val"], "test": best["test"], "train_s": round(time.perf_counter() - t0, 1),
+           "curve": [{"step": p["step"], "val": p["val"]["class"]["recall@1"],
+                      "test": p["test"]["class"]["recall@1"]} for p in curve]}
+    if start is not None:
+        out["start"] = {"digest": start_digest, **{k: start[k] for k in ("pretrain_classes", "pretrain_drawn",
+                                                                          "pretrain_excluded", "pretrain_s", "val",
+                                                                          "test")}}
+    return out
 
 
 Candidate = tuple[float | None, float]  # (alpha, rho); alpha None where the method has none
@@ -197,9 +297,10 @@ def import_runs(path: Path, a: argparse.Namespace, required: bool) -> list[dict]
         raise SystemExit(f"error: {path}: not a results JSON file ({e})") from None
     args = payload.get("args", {})
     for k in SETUP_KEYS:
-        if k in args and args[k] != getattr(a, k):
-            raise SystemExit(f"error: {path}: args.{k} is {args[k]!r} but this invocation uses {getattr(a, k)!r}; "
-                             "runs of a different setup cannot be merged")
+        have = args.get(k, SETUP_DEFAULTS.get(k))  # keys newer than the file: their default (e.g. no pretraining)
+        if (k in args or k in SETUP_DEFAULTS) and have != getattr(a, k):
+            raise SystemExit(f"error: {path}: args.{k} is {have!r}{'' if k in args else ' (absent: the default)'} "
+                             f"but this invocation uses {getattr(a, k)!r}; runs of a different setup cannot be merged")
     out = []
     for i, r in enumerate(payload.get("runs", [])):
         r = dict(r)
@@ -267,9 +368,18 @@ def _paired_rows(chosen: dict, a: argparse.Namespace, methods: list[str]) -> tup
     return lines, cis
 
 
+def start_of(chosen: dict[tuple[str, str, int], dict], split: str, seed: int) -> dict[str, Any] | None:
+    """The pretrained start's record (``run["start"]``) of a (split, seed), taken from the first method's run (every
+    method's run carries the same one; :func:`analyse` reports digests that disagree); ``None`` for from-scratch
+    runs."""
+    recs = [r["start"] for (m, sp, sd), r in chosen.items() if sp == split and sd == seed and "start" in r]
+    return recs[0] if recs else None
+
+
 def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candidate]]) -> tuple[str, dict[str, Any]]:
     seeds = a.seeds
     chosen = select(runs, grids)
+    starts = {(sp, sd): start_of(chosen, sp, sd) for sp in a.splits for sd in seeds}
     lines = ["## Test at the val-selected update (%, mean ± sd over seeds)\n",
              "| split | method | class R@1 | class MAP@R | shared R@1 | shared MAP@R | concat R@1 | concat MAP@R | "
              "updates | val-best update |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -282,7 +392,31 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
             lines.append(f"| {split} | {m} | " + " | ".join(cells)
                          + f" | {statistics.median(r['updates'] for r in rs):g} | "
                          f"{statistics.median(r['best_step'] for r in rs):g} |")
+        st = [starts[(split, s)] for s in seeds]
+        if all(x is not None for x in st):
+            cells = [mean_sd([x["test"][h][k] for x in st if x is not None]) for h in HEADS
+                     for k in ("recall@1", "map@r")]
+            lines.append(f"| {split} | {START_ROW} | " + " | ".join(cells) + " | 0 | – |")
     verdicts: dict[str, Any] = {}
+    for split in a.splits:
+        for s in seeds:
+            ds = sorted({r["start"]["digest"] for (m, sp, sd), r in chosen.items()
+                         if (sp, sd) == (split, s) and "start" in r})
+            if len(ds) > 1:  # e.g. runs merged from processes whose pretraining was not bit-identical
+                lines.append(f"\n**Warning:** the selected runs of split {split}, seed {s} start from different "
+                             f"networks (digests {', '.join(ds)}); the start row uses the first method's.")
+                verdicts[f"{split}/{s}/start-digests"] = ds
+    if all(x is not None for x in starts.values()):
+        lines += ["\n## Paired differences against the pretrained start (test R@1, percentage points, 95 % "
+                  f"t-interval over {len(seeds)} seeds; each head against the same head of the start)\n",
+                  "Below 0: fine-tuning on the training classes loses what the start knew about the test classes.\n",
+                  "| split | method | class head | shared head | concat |", "|---|---|---|---|---|"]
+        for split in a.splits:
+            for m in a.methods:
+                row = {h: paired_ci([starts[(split, s)]["test"][h]["recall@1"] for s in seeds],  # type: ignore[index]
+                                    _values(chosen, m, split, seeds, h)) for h in HEADS}
+                verdicts[f"{m}/{split}/vs-start"] = row
+                lines.append(f"| {split} | {m} | " + " | ".join(fmt_ci(row[h]) for h in HEADS) + " |")
     if any(len(g) > 1 for g in grids.values()):
         lines += ["\n## Hyper-parameters picked on val, per seed\n",
                   "| split | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
@@ -430,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="pick rho per seed and method on val from these values (default: fixed --rho)")
     ap.add_argument("--p-aux", type=float, default=0.8)
     ap.add_argument("--clusters", type=int, default=10)
+    ap.add_argument("--pretrain-steps", type=int, default=0,
+                    help="start every method from a network pretrained this many steps on disjoint synthetic "
+                         "classes (default 0: from scratch)")
+    ap.add_argument("--pretrain-per-shape", type=int, default=16,
+                    help="pretraining fine classes per shape (SyntheticHierarchy(seed=1000 + seed) train split)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out's .json")
@@ -446,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("alpha_grid", "rho_grid"):
         if any(v < 0 for v in getattr(a, name) or []):
             ap.error(f"--{name.replace('_', '-')} values must be >= 0")
+    if a.pretrain_steps < 0 or a.pretrain_per_shape < 1:
+        ap.error("--pretrain-steps must be >= 0 and --pretrain-per-shape >= 1")
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = import_runs(a.out.with_suffix(".json"), a, required=False) if a.resume else []
@@ -460,18 +601,14 @@ def main(argv: list[str] | None = None) -> int:
     grids = {m: candidates(m, alphas, rhos) for m in METHODS}
     args_json = vars(a) | {"out": str(a.out), "resume_from": [str(p) for p in a.resume_from],
                            "versus": None if a.versus is None else str(a.versus)}
+    starts: dict[tuple[int, frozenset[tuple]], dict[str, Any]] = {}  # pretrained once per (seed, removed variants)
     for seed in a.seeds:
         for split in a.splits:
             todo = [(m, al, rho) for m in a.methods for al, rho in grids[m]
                     if (m, split, seed, al, rho) not in done]
             if not todo:
                 continue
-            kw: dict[str, Any] = {"seed": seed, "image_size": a.image_size, "images_per_class": a.images_per_class}
-            if split == "today":
-                kw |= {"fine_per_shape": {"train": 6, "val": 2, "test": 4}}
-            else:
-                kw |= {"held_out_factor": "texture",
-                       "val_classes": "same_factor" if split == "held-out-val" else "other_factor"}
+            kw = split_kwargs(split, seed, a)
             data: dict[str, Any] = {}
             for name in ("train", "val", "test"):
                 ds = SyntheticHierarchy(name, **kw)
@@ -479,6 +616,16 @@ def main(argv: list[str] | None = None) -> int:
                     data["train_set"] = check_labeled_dataset(ds, "train")
                 else:
                     data[name] = (ds.tensors(), ds.labels[:, :1])
+            if a.pretrain_steps > 0:
+                key = (seed, excluded_variants(split, seed, a))
+                if key not in starts:
+                    starts[key] = pretrain(seed, key[1], a)
+                    print(f"seed {seed} pretrained start for {split}: {starts[key]['pretrain_classes']} classes "
+                          f"({starts[key]['pretrain_excluded']} removed), {starts[key]['pretrain_s']}s", flush=True)
+                start = dict(starts[key])
+                for name in ("val", "test"):
+                    start[name] = head_metrics(start["model"], *data[name])
+                data["start"] = start
             for m, al, rho in todo:
                 r = run_one(m, split, seed, al, rho, a, data)
                 runs.append(r)
@@ -490,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select(runs, grids)
     for r in runs:
         r["selected"] = any(c is r for c in chosen.values())
-    run_s = sum(float(r["train_s"]) for r in runs)
+    pre_s = {(int(r["seed"]), r["start"]["digest"]): float(r["start"]["pretrain_s"]) for r in runs if "start" in r}
+    run_s = sum(float(r["train_s"]) for r in runs) + sum(pre_s.values())
     n_imported = sum("source" in r for r in runs)
     invocation_s = time.perf_counter() - t_start
     body, verdicts = analyse(runs, a, grids)
@@ -507,6 +655,19 @@ def main(argv: list[str] | None = None) -> int:
               f"the higher val class-head MAP@R, then to the smaller alpha, then the smaller rho")
     else:
         hp = f"alpha {a.alpha:g}, rho {a.rho:g} (fixed, not tuned)"
+    if a.pretrain_steps > 0:
+        kept = {s: sorted({(r["start"]["pretrain_classes"], r["start"]["pretrain_drawn"]) for r in runs
+                           if r["split"] == s and "start" in r}) for s in a.splits}
+        pre = (f"every method of a (seed, split) starts from a copy of one network pretrained {a.pretrain_steps} steps "
+               f"on disjoint synthetic classes (the train split of SyntheticHierarchy(seed=1000 + seed), "
+               f"{a.pretrain_per_shape} (shape, colour, texture, size) classes per shape; margin loss + "
+               f"distance-weighted sampling on both heads, Adam lr {a.lr:g}, 8 x 4 class batches); removed from "
+               "them: on today's split every variant that is a train/val/test class of the seed, on the "
+               "held-out-factor splits none (every variant of a test shape overlaps a test class); pretraining "
+               "classes kept of drawn: " + "; ".join(f"{s} " + ", ".join(f"{k}/{d}" for k, d in kept[s])
+                                                     for s in a.splits) + " (wall time includes the pretraining)")
+    else:
+        pre = "every method starts from a freshly initialised network (no pretraining)"
     src = (f"; {n_imported} of them reused from {', '.join(sorted({r['source'] for r in runs if 'source' in r}))}"
            if n_imported else "")
     head = (f"# Sharing / MIC claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
@@ -514,9 +675,10 @@ def main(argv: list[str] | None = None) -> int:
             f"val/test evaluations{src}; this invocation {invocation_s / 60:.1f} min); nice 19, 1 thread, "
             f"shared machine: {environment()}."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
-            f"in every split; simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
+            f"in every split{' but held-out-val-colour (36)' if 'held-out-val-colour' in a.splits else ''}; "
+            f"simple_cnn width {a.width} depth {a.depth}, two {a.dim}-d heads; Adam lr {a.lr:g}; "
             f"{round(a.steps * (1 + a.p_aux))} updates for every method (MIC: about {a.steps} iterations, p_aux "
-            f"{a.p_aux:g}), trained on the engine's modules by a Lightning trainer; {hp}; MIC K={a.clusters}, "
+            f"{a.p_aux:g}), trained on the engine's modules by a Lightning trainer; {pre}; {hp}; MIC K={a.clusters}, "
             f"decorrelation on both "
             f"steps, label noise 0.2 per image; seeds {a.seeds}. Checkpoint: best val class-head R@1 "
             f"(every {a.eval_every} updates).\n")

@@ -6,6 +6,8 @@ method trains on the engine's modules, driven by a Lightning ``Trainer`` built a
 * t* sharing (``summed``): the same module with :func:`~dynametric.methods.sharing.summed_objectives` (class term,
   ``alpha * L_share`` on the shared head, ``rho * L_adv`` as :class:`~dynametric.losses.DecorrelationLoss` on the
   ``concat`` head);
+* the pretraining of a start network (``pretrain``): the same module with the class term on the class head and the
+  shared loss/miner on the shared head, both on the training labels, weight 1 each (``claim_sharing --pretrain-steps``);
 * MIC (``alternating``): :class:`~dynametric.methods.sharing.alternating.AlternatingSharingModule` with a
   :class:`~dynametric.methods.sharing.alternating.HookPlan` carrying the MIC settings; the same three terms, assigned
   to the class and shared steps by their head.
@@ -40,7 +42,7 @@ from dynametric.methods.sharing import (
 )
 from dynametric.methods.sharing.alternating import AlternatingSharingModule, HookPlan
 
-KINDS = ("baseline", "summed", "alternating")
+KINDS = ("baseline", "summed", "alternating", "pretrain")
 CLASSES_PER_BATCH, IMAGES_PER_CLASS = 8, 4
 
 
@@ -66,7 +68,9 @@ def head_metrics(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
 
 def build_module(kind: str, model: torch.nn.Module, parts: SharingParts, *, lr: float, alpha: float = 0.3,
                  rho: float = 0.0, plan: HookPlan | None = None) -> MetricLearningModule:
-    """The engine module of a method: ``baseline`` (class term only), ``summed`` (class + ``alpha`` shared +
+    """The engine module of a method: ``baseline`` (class term only), ``pretrain`` (``parts.class_loss`` /
+    ``class_miner`` on the class head plus ``parts.shared_loss`` / ``shared_miner`` on the shared head, both on the
+    class labels, weight 1 each), ``summed`` (class + ``alpha`` shared +
     ``rho`` adv) or ``alternating`` (``plan``; the shared term unweighted, ``rho`` adv on ``plan.adv_step``).
     ``parts.decorrelation`` is a ``DecorrelationLoss`` or ``None`` (no adv term)."""
     if kind not in KINDS:
@@ -79,6 +83,10 @@ def build_module(kind: str, model: torch.nn.Module, parts: SharingParts, *, lr: 
     common: dict[str, Any] = {"eval_head": "class", "scale_names": ["fine"], "group_builder": groups}
     if kind == "baseline":
         return MetricLearningModule(model, [Objective(parts.class_loss, parts.class_miner, "class", 1.0, "class")],
+                                    optim, **common)
+    if kind == "pretrain":
+        return MetricLearningModule(model, [Objective(parts.class_loss, parts.class_miner, "class", 1.0, "class"),
+                                            Objective(parts.shared_loss, parts.shared_miner, "shared", 1.0, "shared")],
                                     optim, **common)
     if kind == "summed":
         return MetricLearningModule(model, summed_objectives(parts, SharingSettings(alpha_shared=alpha, rho=rho)),

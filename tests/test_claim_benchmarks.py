@@ -93,6 +93,99 @@ def test_claim_sharing_small(tmp_path):
         assert steps[-1] == 9 and 4 <= steps[0] <= 5 and steps == sorted(set(steps))
         if r["method"] == "baseline":  # one update per iteration: every multiple of --eval-every exactly
             assert steps == [4, 8, 9]
+    # the default (no pretraining) output keeps its structure: no start record, row or comparison
+    assert p["args"]["pretrain_steps"] == 0
+    assert all(set(r) == {"method", "split", "seed", "alpha", "rho", "best_step", "updates", "shared_steps", "val",
+                          "test", "train_s", "curve", "selected"} for r in runs)
+    assert not any("vs-start" in k for k in p["verdicts"])
+    assert set(p["verdicts"]) == {"mic/held-out"}
+    text = (tmp_path / "claim_sharing.md").read_text()
+    assert "pretrained start" not in text and "no pretraining" in text
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_claim_sharing_pretrained_start_two_processes_and_merge(tmp_path):
+    """--pretrain-steps: every method of a (seed, split) starts from the same pretrained network (one digest per
+    seed and split; the held-out-factor split and today's differ, as do the seeds); the start row and the paired
+    differences against it appear; two processes (one split each) merge with --resume-from into one file without
+    training anything, and a from-scratch invocation refuses to merge them."""
+    cs = _load("claim_sharing")
+    common = ["--small", "--pretrain-steps", "3", "--methods", "baseline", "sharing"]
+    files = {}
+    for split in ("held-out-val-colour", "today"):
+        files[split] = tmp_path / f"{split}.md"
+        assert cs.main([*common, "--splits", split, "--out", str(files[split])]) == 0
+    merged = tmp_path / "merged.md"
+    assert cs.main([*common, "--splits", "held-out-val-colour", "today", "--resume-from",
+                    *(str(f.with_suffix(".json")) for f in files.values()), "--out", str(merged)]) == 0
+    p = json.loads(merged.with_suffix(".json").read_text())
+    runs = p["runs"]
+    assert len(runs) == 8 and all("source" in r for r in runs)  # 2 methods x 2 splits x 2 seeds, none retrained
+    digests: dict[tuple, set] = {}
+    for r in runs:
+        digests.setdefault((r["split"], r["seed"]), set()).add(r["start"]["digest"])
+    assert len(digests) == 4
+    assert all(len(d) == 1 for d in digests.values())  # one start per (split, seed), shared by every method
+    assert len({next(iter(d)) for d in digests.values()}) == 4  # seeds differ; today's removed variants differ
+    for r in runs:
+        assert r["start"]["pretrain_excluded"] == (0 if r["split"] != "today" else 144 - r["start"]["pretrain_classes"])
+        assert set(r["start"]["test"]) == {"class", "shared", "concat"}
+        assert r["best_step"] > 0  # the start is a reference, never a selected checkpoint
+    assert {r["start"]["pretrain_excluded"] > 0 for r in runs if r["split"] == "today"} == {True}
+    text = merged.read_text()
+    assert text.count(f"| {cs.START_ROW} |") == 2 and "pretrained 3 steps" in text
+    assert {f"{m}/{s}/vs-start" for m in ("baseline", "sharing") for s in ("held-out-val-colour", "today")} <= set(
+        p["verdicts"])
+    assert "sharing/split-effect/held-out-val-colour" in p["verdicts"]
+    # the start's recorded test metrics are the start network's: pretraining is deterministic from the seed
+    a = cs.main.__globals__["argparse"].Namespace(**(p["args"] | {"out": merged}))
+    start = cs.pretrain(0, cs.excluded_variants("today", 0, a), a)
+    ds = cs.SyntheticHierarchy("test", **cs.split_kwargs("today", 0, a))
+    rec = next(r["start"] for r in runs if (r["split"], r["seed"]) == ("today", 0))
+    assert start["digest"] == rec["digest"]
+    assert cs.head_metrics(start["model"], ds.tensors(), ds.labels[:, :1])["class"] == rec["test"]["class"]
+    # runs of one (split, seed) that start from different networks are flagged, not silently averaged
+    pa = json.loads(files["today"].with_suffix(".json").read_text())
+    next(r for r in pa["runs"] if r["seed"] == 1 and r["method"] == "sharing")["start"]["digest"] = "0" * 16
+    files["today"].with_suffix(".json").write_text(json.dumps(pa))
+    assert cs.main([*common, "--splits", "today", "--resume", "--out", str(files["today"])]) == 0
+    assert "today/1/start-digests" in json.loads(files["today"].with_suffix(".json").read_text())["verdicts"]
+    assert "start from different networks" in files["today"].read_text()
+    with pytest.raises(SystemExit, match="pretrain_steps"):
+        cs.main(["--small", "--splits", "today", "--resume-from", str(files["today"].with_suffix(".json")),
+                 "--out", str(tmp_path / "scratch.md")])
+
+
+def test_claim_sharing_pretraining_removes_exactly_the_seed_variants(tmp_path):
+    """The today-split exclusion: the pretraining classes lose exactly the variants of the seed's train/val/test
+    classes (and nothing else); the held-out-factor splits remove none; the old files (no pretraining keys) merge
+    only with from-scratch invocations."""
+    from types import SimpleNamespace
+
+    cs = _load("claim_sharing")
+    a = SimpleNamespace(image_size=8, images_per_class=2, pretrain_per_shape=16)
+    for seed in (0, 1):
+        used = set()
+        for name, n in (("train", 6), ("val", 2), ("test", 4)):
+            ds = cs.SyntheticHierarchy(name, seed=seed, image_size=8, images_per_class=2,
+                                       fine_per_shape={"train": 6, "val": 2, "test": 4})
+            keys = {(v["shape"], v["colour"], v["texture"], v["size"]) for v in ds.classes}
+            assert len(keys) == 9 * n
+            used |= keys
+        assert cs.excluded_variants("today", seed, a) == used and len(used) == 108
+        pre = cs.SyntheticHierarchy("train", seed=1000 + seed, image_size=8, images_per_class=2,
+                                    fine_per_shape={"train": 16, "val": 1, "test": 1})
+        sub, kept, drawn = cs.pretrain_set(seed, frozenset(used), a)
+        want = {v["fine"] for v in pre.classes if (v["shape"], v["colour"], v["texture"], v["size"]) not in used}
+        assert drawn == 144 and kept == len(want) < 144 and set(sub.labels[:, 0].tolist()) == want
+        assert len(sub) == 2 * kept and torch.equal(sub.labels, pre.labels[sub.indices])
+        for split in ("held-out", "held-out-val", "held-out-val-colour"):
+            assert cs.excluded_variants(split, seed, a) == frozenset()
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"args": {"steps": 5}, "runs": []}))
+    assert cs.import_runs(old, SimpleNamespace(steps=5, pretrain_steps=0, pretrain_per_shape=16), True) == []
+    with pytest.raises(SystemExit, match="absent: the default"):
+        cs.import_runs(old, SimpleNamespace(steps=5, pretrain_steps=1500, pretrain_per_shape=16), True)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
