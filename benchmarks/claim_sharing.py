@@ -22,8 +22,9 @@ networks start from ImageNet, every method of a (seed, split) starts from a deep
 *disjoint* synthetic classes: the ``train`` split of ``SyntheticHierarchy(seed=1000 + seed)`` with the default
 (shape, colour, texture, size) fine classes, ``--pretrain-per-shape`` of them per shape (val 1, test 1), at the
 benchmark's image size and images per class; margin loss (beta learnt) + distance-weighted sampling on *both* heads
-(the sum of the two terms; ``sharing_engine.build_module("pretrain")``), Adam lr ``--lr`` (weight decay 4e-4, betas
-lr 5e-4), 8 classes x 4 images, N steps, on the engine's trainer. Every factor is class-defining there, so the start
+(the sum of the two terms; ``sharing_engine.build_module("pretrain")``), Adam lr ``--pretrain-lr`` (default
+``--lr``; weight decay 4e-4, betas lr 5e-4), 8 classes x 4 images, N steps, on the engine's
+trainer. Every factor is class-defining there, so the start
 knows all of them; fine-tuning on the training classes then suppresses the factor that varies within them, which is
 what sharing claims to preserve. On ``today``'s split every pretraining variant that is a train/val/test class of the
 seed is removed; on the held-out-factor splits nothing can be removed (every (shape, held-out factor) pair of the
@@ -123,9 +124,9 @@ HELD_OUT_SPLITS = ("held-out", "held-out-val", "held-out-val-colour")  # each co
 HEADS = ("class", "shared", "concat")
 # the arguments that define a run's setup: runs merged by --resume / --resume-from must agree on all of them
 SETUP_KEYS = ("steps", "eval_every", "image_size", "width", "depth", "dim", "images_per_class", "lr", "p_aux",
-              "clusters", "pretrain_steps", "pretrain_per_shape")
+              "clusters", "pretrain_steps", "pretrain_per_shape", "pretrain_lr")
 # the value a setup key takes in files written before it existed
-SETUP_DEFAULTS = {"pretrain_steps": 0, "pretrain_per_shape": 16}
+SETUP_DEFAULTS = {"pretrain_steps": 0, "pretrain_per_shape": 16, "pretrain_lr": None}
 START_ROW = "pretrained start (no fine-tuning)"
 
 
@@ -183,7 +184,8 @@ def pretrain(seed: int, exclude: frozenset[tuple], a: argparse.Namespace) -> dic
     parts = SharingParts(MarginLoss(learn_beta=True, num_classes=n), MarginLoss(learn_beta=True, num_classes=n),
                          DistanceWeightedMiner(cutoff=0.5, seed=seed), DistanceWeightedMiner(cutoff=0.5, seed=seed + 1))
     t0 = time.perf_counter()
-    trainer = fit(build_module("pretrain", model, parts, lr=a.lr), ds, seed=seed, max_steps=a.pretrain_steps)
+    lr = a.lr if a.pretrain_lr is None else a.pretrain_lr
+    trainer = fit(build_module("pretrain", model, parts, lr=lr), ds, seed=seed, max_steps=a.pretrain_steps)
     if int(trainer.global_step) != a.pretrain_steps:
         raise RuntimeError(f"pretraining ran {trainer.global_step} steps, expected {a.pretrain_steps}")
     model.train()
@@ -567,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=0,
                     help="start every method from a network pretrained this many steps on disjoint synthetic "
                          "classes (default 0: from scratch)")
+    ap.add_argument("--pretrain-lr", type=float, default=None,
+                    help="Adam lr of the pretraining (default: --lr, the fine-tuning lr)")
     ap.add_argument("--pretrain-per-shape", type=int, default=16,
                     help="pretraining fine classes per shape (SyntheticHierarchy(seed=1000 + seed) train split)")
     ap.add_argument("--threads", type=int, default=1)
@@ -656,12 +660,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         hp = f"alpha {a.alpha:g}, rho {a.rho:g} (fixed, not tuned)"
     if a.pretrain_steps > 0:
+        pre_lr = a.lr if a.pretrain_lr is None else a.pretrain_lr
         kept = {s: sorted({(r["start"]["pretrain_classes"], r["start"]["pretrain_drawn"]) for r in runs
                            if r["split"] == s and "start" in r}) for s in a.splits}
         pre = (f"every method of a (seed, split) starts from a copy of one network pretrained {a.pretrain_steps} steps "
                f"on disjoint synthetic classes (the train split of SyntheticHierarchy(seed=1000 + seed), "
                f"{a.pretrain_per_shape} (shape, colour, texture, size) classes per shape; margin loss + "
-               f"distance-weighted sampling on both heads, Adam lr {a.lr:g}, 8 x 4 class batches); removed from "
+               f"distance-weighted sampling on both heads, Adam lr {pre_lr:g}, "
+               "8 x 4 class batches); removed from "
                "them: on today's split every variant that is a train/val/test class of the seed, on the "
                "held-out-factor splits none (every variant of a test shape overlaps a test class); pretraining "
                "classes kept of drawn: " + "; ".join(f"{s} " + ", ".join(f"{k}/{d}" for k, d in kept[s])

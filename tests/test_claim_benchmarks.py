@@ -226,3 +226,22 @@ def test_sharing_engine_evaluates_every_n_updates_in_eval_mode():
     model.eval()
     assert cb.curve[-1]["val"] == se.head_metrics(model, x, y)
     assert set(cb.curve[0]["val"]) == {"class", "shared", "concat"}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_claim_sharing_pretrain_lr_defaults_to_lr(tmp_path):
+    """--pretrain-lr: absent, the pretraining uses --lr (the same start as before the option existed); given, a
+    different start; a file pretrained at another lr is refused by --resume-from."""
+    cs = _load("claim_sharing")
+    common = ["--small", "--pretrain-steps", "3", "--methods", "baseline", "--seeds", "0", "--splits", "today"]
+
+    def start(name: str, *extra: str) -> str:
+        out = tmp_path / f"{name}.md"
+        assert cs.main([*common, *extra, "--out", str(out)]) == 0
+        return json.loads(out.with_suffix(".json").read_text())["runs"][0]["start"]["digest"]
+
+    default = start("default")
+    assert start("same", "--pretrain-lr", "1e-3") == default  # --small keeps --lr at 1e-3
+    assert start("other", "--pretrain-lr", "1e-2") != default
+    with pytest.raises(SystemExit):
+        cs.main([*common, "--resume-from", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.md")])
