@@ -1,7 +1,8 @@
 """Clustering metrics: NMI and pairwise F1 of a k-means partition against the class labels.
 
 k-means uses faiss when it is importable and the seeded torch implementation of :mod:`dynametric.metrics.kmeans`
-(k-means++ seeding, Lloyd iterations, chunked distance computation; float32) otherwise; both are seeded and the seed/restarts are recorded by the caller.
+(k-means++ seeding, Lloyd iterations, chunked distance computation; float32) otherwise; both are seeded and the
+seed/restarts are recorded by the caller.
 NMI and F1 are computed from the contingency table, never by enumerating pairs (docs/metrics.md).
 """
 
