@@ -199,3 +199,18 @@ def test_bad_policy_names_are_refused():
         lloyd_kmeans(x, 2, seed=0, iters=1, restarts=1, empty="drop")
     with pytest.raises(ValueError, match="stopping rule 'never'"):
         lloyd_kmeans(x, 2, seed=0, iters=1, restarts=1, stop="never")
+
+
+def test_the_stopping_rules_on_a_hand_computed_case(monkeypatch):
+    """1-D points 1e6 + (0, 1, 2, 3, 20), seeds forced to the first two. Assignment 0 | 1 2 3 20 -> centres
+    1e6 + (0, 6.5): within ``allclose``'s relative tolerance (1e-5 * 1e6 = 10) of the seeds, so ``centres`` stops
+    there (labels 0 0 0 0 1 from the new centres); ``labels`` goes on to centres 1e6 + (1.5, 20), where the
+    assignment no longer changes."""
+    import dynametric.metrics.kmeans as km
+
+    x = 1e6 + torch.tensor([[0.0], [1.0], [2.0], [3.0], [20.0]], dtype=torch.float64)
+    monkeypatch.setattr(km, "_seed", lambda x, k, gen: x[[0, 1]].clone())
+    labels, centres, _ = km.lloyd_kmeans(x, 2, seed=0, iters=10, restarts=1, dtype=torch.float64, stop="centres")
+    assert labels.tolist() == [0, 0, 0, 0, 1] and (centres[:, 0] - 1e6).tolist() == [0.0, 6.5]
+    labels, centres, _ = km.lloyd_kmeans(x, 2, seed=0, iters=10, restarts=1, dtype=torch.float64, stop="labels")
+    assert labels.tolist() == [0, 0, 0, 0, 1] and (centres[:, 0] - 1e6).tolist() == [1.5, 20.0]
