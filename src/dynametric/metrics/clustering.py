@@ -1,7 +1,8 @@
 """Clustering metrics: NMI and pairwise F1 of a k-means partition against the class labels.
 
-k-means uses faiss when it is importable and a seeded torch implementation (k-means++ seeding, Lloyd iterations,
-chunked distance computation) otherwise; both are seeded and the seed/restarts are recorded by the caller.
+k-means uses faiss when it is importable and the seeded torch implementation of :mod:`dynametric.metrics.kmeans`
+(k-means++ seeding, Lloyd iterations, chunked distance computation; float32) otherwise; both are seeded and the
+seed/restarts are recorded by the caller.
 NMI and F1 are computed from the contingency table, never by enumerating pairs (docs/metrics.md).
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from dynametric.errors import ConfigError
+from dynametric.metrics.kmeans import lloyd_kmeans
 
 
 def _codes(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -79,54 +81,6 @@ def pairwise_f1(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.
     return float(2 * prec * rec / (prec + rec))
 
 
-def _kmeans_torch(x: torch.Tensor, k: int, seed: int, iters: int, restarts: int) -> np.ndarray:
-    """Seeded k-means++ + Lloyd in torch; returns the assignment with the lowest inertia over restarts."""
-    gen = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    x = x.to(torch.float32)
-    x_sq = (x * x).sum(1)
-    best, best_inertia = None, float("inf")
-    chunk = max(1, min(n, (64 * 2**20) // max(4 * k, 1)))
-
-    def assign(centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c_sq = (centers * centers).sum(1)
-        labels = torch.empty(n, dtype=torch.long)
-        dist = torch.empty(n, dtype=torch.float32)
-        for a in range(0, n, chunk):  # chunks of points, bounded memory
-            d = x_sq[a:a + chunk, None] - 2 * x[a:a + chunk] @ centers.T + c_sq[None, :]
-            m = d.min(1)
-            labels[a:a + chunk], dist[a:a + chunk] = m.indices, m.values.clamp_min(0)
-        return labels, dist
-
-    for _ in range(max(1, restarts)):
-        first = int(torch.randint(n, (1,), generator=gen))
-        centers = x[first:first + 1].clone()
-        closest = ((x - centers[0]) ** 2).sum(1)
-        # k-means++ seeding (one new centre per step; k steps of O(n D))
-        for _c in range(1, k):
-            total = float(closest.sum())
-            if total <= 0:
-                idx = int(torch.randint(n, (1,), generator=gen))
-            else:
-                idx = int(torch.multinomial(closest / total, 1, generator=gen))
-            centers = torch.cat([centers, x[idx:idx + 1]])
-            closest = torch.minimum(closest, ((x - x[idx]) ** 2).sum(1))
-        labels, dist = assign(centers)
-        for _it in range(iters):
-            sums = torch.zeros_like(centers).index_add_(0, labels, x)
-            counts = torch.bincount(labels, minlength=k).to(torch.float32)
-            nonempty = counts > 0
-            centers = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None], centers)
-            new_labels, dist = assign(centers)
-            if torch.equal(new_labels, labels):
-                break
-            labels = new_labels
-        inertia = float(dist.sum())
-        if inertia < best_inertia:
-            best, best_inertia = labels, inertia
-    return best.numpy()
-
-
 def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
                   backend: str = "auto") -> tuple[np.ndarray, str]:
     """Cluster ``x`` into ``k`` clusters; returns ``(assignment[N], backend used)``.
@@ -153,7 +107,9 @@ def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, re
             km.train(xs)
             _, assign = km.index.search(xs, 1)
             return assign.reshape(-1).astype(np.int64), "faiss"
-    return _kmeans_torch(x.detach().cpu(), k, seed, iters, restarts), "torch"
+    labels, _, _ = lloyd_kmeans(x.detach().cpu(), k, seed=seed, iters=iters, restarts=max(1, restarts),
+                                dtype=torch.float32, empty="keep", stop="labels", clamp_inertia=True)
+    return labels.numpy(), "torch"
 
 
 CLUSTER_METRIC_TABLE: dict[str, Callable[..., float]] = {

@@ -5,7 +5,8 @@ Learning", ICCV 2019): surrogate classes for the shared head.
    with kernel 18 / stride 12 to 4x4, flattened, L2-normalised);
 2. per-class standardisation ``z~_i = z_i - mu_{y_i}`` (option: also divide by the class std,
    :func:`standardise_per_class`), leaving the intra-class variation;
-3. k-means into ``K`` surrogate classes (:func:`kmeans`: faiss when importable, else a torch implementation);
+3. k-means into ``K`` surrogate classes (:func:`kmeans`: faiss when importable, else the torch implementation of
+   :mod:`dynametric.metrics.kmeans` in float64);
 4. re-clustering of the current shared embeddings (not standardised) every ``recluster_every`` epochs
    (:class:`SurrogateLabeler`);
 5. label noise: with probability 0.2 a surrogate-class slot of a batch is filled from a uniformly random cluster
@@ -26,6 +27,7 @@ from torch import nn
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix
+from dynametric.metrics.kmeans import lloyd_kmeans
 
 STANDARDISATIONS = ("mean", "mean_std", "none")
 
@@ -51,40 +53,6 @@ def standardise_per_class(features: torch.Tensor, labels: torch.Tensor, mode: st
         var = torch.zeros_like(mean).index_add_(0, inv, out * out) / counts.unsqueeze(1).to(x.dtype)
         out = out / (var.sqrt()[inv] + eps)
     return out.to(features.dtype)
-
-
-def _kmeans_torch(x: torch.Tensor, k: int, n_iter: int, seed: int, n_init: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    best: tuple[float, torch.Tensor, torch.Tensor] | None = None
-    x2 = (x * x).sum(1, keepdim=True)
-    for _ in range(n_init):
-        # k-means++ seeding
-        centres = x[torch.randint(x.shape[0], (1,), generator=gen)]
-        for _ in range(1, k):
-            d = (x2 - 2 * x @ centres.T + (centres * centres).sum(1)).clamp_min(0).min(1).values
-            probs = d / d.sum() if float(d.sum()) > 0 else torch.full_like(d, 1.0 / d.numel())
-            centres = torch.cat([centres, x[torch.multinomial(probs, 1, generator=gen)]])
-        for _ in range(n_iter):
-            dist = x2 - 2 * x @ centres.T + (centres * centres).sum(1)
-            assign = dist.argmin(1)
-            sums = torch.zeros_like(centres).index_add_(0, assign, x)
-            counts = torch.bincount(assign, minlength=k).to(x.dtype)
-            empty = counts == 0
-            new = sums / counts.clamp_min(1).unsqueeze(1)
-            if bool(empty.any()):  # re-seed empty clusters with the points farthest from their centre
-                far = dist.gather(1, assign.unsqueeze(1)).squeeze(1).topk(int(empty.sum())).indices
-                new[empty] = x[far]
-            if torch.allclose(new, centres):
-                centres = new
-                break
-            centres = new
-        dist = x2 - 2 * x @ centres.T + (centres * centres).sum(1)
-        assign = dist.argmin(1)
-        inertia = float(dist.gather(1, assign.unsqueeze(1)).sum())
-        if best is None or inertia < best[0]:
-            best = (inertia, assign, centres)
-    assert best is not None
-    return best[1], best[2]
 
 
 def kmeans(x: torch.Tensor, k: int, *, n_iter: int = 50, seed: int = 0, n_init: int = 1,
@@ -116,7 +84,8 @@ def kmeans(x: torch.Tensor, k: int, *, n_iter: int = 50, seed: int = 0, n_init: 
             assign = torch.from_numpy(idx[:, 0]).long()
             if int(torch.unique(assign).numel()) == int(k) or backend == "faiss":
                 return assign, torch.from_numpy(km.centroids).float()
-    assign, centres = _kmeans_torch(xf.double(), int(k), int(n_iter), int(seed), int(n_init))
+    assign, centres, _ = lloyd_kmeans(xf.double(), int(k), seed=int(seed), iters=int(n_iter), restarts=int(n_init),
+                                      dtype=torch.float64, empty="reseed", stop="centres", clamp_inertia=False)
     return assign, centres.float()
 
 
