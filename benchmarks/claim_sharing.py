@@ -505,11 +505,57 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
             rows, cis_al = _paired_rows(sub, a, ["sharing"])
             lines += [row.replace("| sharing |", f"| sharing, α = {al:g} |") for row in rows]
             verdicts[f"sharing/alpha={al:g}"] = {k: v["class"] for k, v in cis_al.items()}
+    end_lines, verdicts["end-of-budget"] = end_of_budget(runs, a, grids, starts)
+    lines += end_lines
     lines.append("\n## Curves (val R@1 of the class head, %, mean over seeds, by update)\n")
     curves = {f"{s} {m}": mean_curve([chosen[(m, s, sd)] for sd in seeds], bin_size=a.eval_every)
               for s in a.splits for m in a.methods}
     lines.append(curve_table(curves, "update"))
     return "\n".join(lines), verdicts
+
+
+def end_of_budget(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candidate]],
+                  starts: dict[tuple[str, int], dict[str, Any] | None]) -> tuple[list[str], dict[str, Any]]:
+    """The secondary comparison, without checkpoint selection: every method's class head after its whole budget of
+    updates (the last curve point), its (alpha, rho) picked on the val class-head R@1 at that same final update (ties:
+    the earlier grid entry). Paired differences against the baseline and, with a pretrained start, against the
+    start: does sharing slow down what fine-tuning on the training classes loses?"""
+    best: dict[tuple[str, str, int], tuple[tuple[float, int], dict[str, float]]] = {}
+    for r in runs:
+        grid = grids.get(r["method"])
+        if grid is None or (r["alpha"], float(r["rho"])) not in grid or not r.get("curve"):
+            continue
+        k = (r["method"], r["split"], int(r["seed"]))
+        last = r["curve"][-1]
+        rank = (float(last["val"]), -grid.index((r["alpha"], float(r["rho"]))))
+        if k not in best or rank > best[k][0]:
+            best[k] = (rank, last)
+    final = {k: point for k, (_, point) in best.items()}
+    seeds = a.seeds
+    if not all((m, sp, s) in final for m in a.methods for sp in a.splits for s in seeds):
+        return [], {}
+    has_start = all(starts.get((sp, s)) is not None for sp in a.splits for s in seeds)
+    lines = ["\n## At the end of the budget, without checkpoint selection (class head, test R@1; (α, ρ) picked on "
+             "val at the final update; a secondary comparison, not the verdicts)\n",
+             "| split | method | test R@1 (%) | − baseline (pp) |" + (" − start (pp) |" if has_start else ""),
+             "|---|---|---|---|" + ("---|" if has_start else "")]
+    out: dict[str, Any] = {}
+    for sp in a.splits:
+        base = [final[("baseline", sp, s)]["test"] for s in seeds] if "baseline" in a.methods else None
+        for m in a.methods:
+            vals = [final[(m, sp, s)]["test"] for s in seeds]
+            row: dict[str, Any] = {"test": vals}
+            cells = [mean_sd(vals)]
+            if base is not None:
+                row["vs_baseline"] = paired_ci(base, vals)
+                cells.append("–" if m == "baseline" else fmt_ci(row["vs_baseline"]))
+            if has_start:
+                start_r1 = [starts[(sp, s)]["test"]["class"]["recall@1"] for s in seeds]  # type: ignore[index]
+                row["vs_start"] = paired_ci(start_r1, vals)
+                cells.append(fmt_ci(row["vs_start"]))
+            out[f"{m}/{sp}"] = row
+            lines.append(f"| {sp} | {m} | " + " | ".join(cells) + " |")
+    return lines, out
 
 
 def versus(runs: list[dict], old_path: Path, a: argparse.Namespace) -> tuple[str, dict[str, Any]]:

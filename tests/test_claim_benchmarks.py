@@ -245,3 +245,30 @@ def test_claim_sharing_pretrain_lr_defaults_to_lr(tmp_path):
     assert start("other", "--pretrain-lr", "1e-2") != default
     with pytest.raises(SystemExit):
         cs.main([*common, "--resume-from", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.md")])
+
+
+def test_claim_sharing_end_of_budget_reads_the_final_update_only():
+    """The secondary comparison picks (alpha, rho) on the val R@1 of the *final* update (not the val-best one),
+    and its paired differences are final test R@1 minus the baseline's (and minus the start's)."""
+    import argparse
+
+    cs = _load("claim_sharing")
+
+    def run(m, seed, alpha, rho, curve):
+        return {"method": m, "split": "today", "seed": seed, "alpha": alpha, "rho": rho,
+                "curve": [{"step": s, "val": v, "test": t} for s, v, t in curve]}
+
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        runs.append(run("baseline", seed, None, 0.0, [(60, 0.9, 0.9), (120, 0.2, 0.30 + shift)]))
+        # the second candidate wins at the end (val 0.5 > 0.4) although the first had the best val overall
+        runs.append(run("sharing", seed, 0.1, 0.0, [(60, 0.99, 0.99), (120, 0.4, 0.10)]))
+        runs.append(run("sharing", seed, 0.3, 0.0, [(60, 0.1, 0.1), (120, 0.5, 0.35 + 2 * shift)]))
+    a = argparse.Namespace(methods=["baseline", "sharing"], splits=["today"], seeds=[0, 1])
+    grids = {"baseline": [(None, 0.0)], "sharing": [(0.1, 0.0), (0.3, 0.0)]}
+    starts = {("today", s): {"test": {"class": {"recall@1": r1}}} for s, r1 in ((0, 0.40), (1, 0.44))}
+    lines, out = cs.end_of_budget(runs, a, grids, starts)
+    assert out["sharing/today"]["test"] == pytest.approx([0.35, 0.39])
+    assert out["sharing/today"]["vs_baseline"]["mean"] == pytest.approx(0.06)  # (0.05 + 0.07) / 2
+    assert out["baseline/today"]["vs_start"]["mean"] == pytest.approx(-0.11)  # (-0.10 - 0.12) / 2
+    assert any("| today | sharing | 37.0 ± 2.8 |" in line for line in lines)
