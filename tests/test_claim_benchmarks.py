@@ -98,7 +98,7 @@ def test_claim_sharing_small(tmp_path):
     assert all(set(r) == {"method", "split", "seed", "alpha", "rho", "best_step", "updates", "shared_steps", "val",
                           "test", "train_s", "curve", "selected"} for r in runs)
     assert not any("vs-start" in k for k in p["verdicts"])
-    assert set(p["verdicts"]) == {"mic/held-out"}
+    assert set(p["verdicts"]) == {"mic/held-out", "end-of-budget"}
     text = (tmp_path / "claim_sharing.md").read_text()
     assert "pretrained start" not in text and "no pretraining" in text
 
@@ -183,9 +183,10 @@ def test_claim_sharing_pretraining_removes_exactly_the_seed_variants(tmp_path):
             assert cs.excluded_variants(split, seed, a) == frozenset()
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"args": {"steps": 5}, "runs": []}))
-    assert cs.import_runs(old, SimpleNamespace(steps=5, pretrain_steps=0, pretrain_per_shape=16), True) == []
+    scratch = {"steps": 5, "pretrain_per_shape": 16, "pretrain_lr": None}
+    assert cs.import_runs(old, SimpleNamespace(pretrain_steps=0, **scratch), True) == []
     with pytest.raises(SystemExit, match="absent: the default"):
-        cs.import_runs(old, SimpleNamespace(steps=5, pretrain_steps=1500, pretrain_per_shape=16), True)
+        cs.import_runs(old, SimpleNamespace(pretrain_steps=1500, **scratch), True)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
