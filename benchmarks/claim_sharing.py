@@ -22,8 +22,9 @@ networks start from ImageNet, every method of a (seed, split) starts from a deep
 *disjoint* synthetic classes: the ``train`` split of ``SyntheticHierarchy(seed=1000 + seed)`` with the default
 (shape, colour, texture, size) fine classes, ``--pretrain-per-shape`` of them per shape (val 1, test 1), at the
 benchmark's image size and images per class; margin loss (beta learnt) + distance-weighted sampling on *both* heads
-(the sum of the two terms; ``sharing_engine.build_module("pretrain")``), Adam lr ``--lr`` (weight decay 4e-4, betas
-lr 5e-4), 8 classes x 4 images, N steps, on the engine's trainer. Every factor is class-defining there, so the start
+(the sum of the two terms; ``sharing_engine.build_module("pretrain")``), Adam lr ``--pretrain-lr`` (default
+``--lr``; weight decay 4e-4, betas lr 5e-4), 8 classes x 4 images, N steps, on the engine's
+trainer. Every factor is class-defining there, so the start
 knows all of them; fine-tuning on the training classes then suppresses the factor that varies within them, which is
 what sharing claims to preserve. On ``today``'s split every pretraining variant that is a train/val/test class of the
 seed is removed; on the held-out-factor splits nothing can be removed (every (shape, held-out factor) pair of the
@@ -123,9 +124,9 @@ HELD_OUT_SPLITS = ("held-out", "held-out-val", "held-out-val-colour")  # each co
 HEADS = ("class", "shared", "concat")
 # the arguments that define a run's setup: runs merged by --resume / --resume-from must agree on all of them
 SETUP_KEYS = ("steps", "eval_every", "image_size", "width", "depth", "dim", "images_per_class", "lr", "p_aux",
-              "clusters", "pretrain_steps", "pretrain_per_shape")
+              "clusters", "pretrain_steps", "pretrain_per_shape", "pretrain_lr")
 # the value a setup key takes in files written before it existed
-SETUP_DEFAULTS = {"pretrain_steps": 0, "pretrain_per_shape": 16}
+SETUP_DEFAULTS = {"pretrain_steps": 0, "pretrain_per_shape": 16, "pretrain_lr": None}
 START_ROW = "pretrained start (no fine-tuning)"
 
 
@@ -183,7 +184,8 @@ def pretrain(seed: int, exclude: frozenset[tuple], a: argparse.Namespace) -> dic
     parts = SharingParts(MarginLoss(learn_beta=True, num_classes=n), MarginLoss(learn_beta=True, num_classes=n),
                          DistanceWeightedMiner(cutoff=0.5, seed=seed), DistanceWeightedMiner(cutoff=0.5, seed=seed + 1))
     t0 = time.perf_counter()
-    trainer = fit(build_module("pretrain", model, parts, lr=a.lr), ds, seed=seed, max_steps=a.pretrain_steps)
+    lr = a.lr if a.pretrain_lr is None else a.pretrain_lr
+    trainer = fit(build_module("pretrain", model, parts, lr=lr), ds, seed=seed, max_steps=a.pretrain_steps)
     if int(trainer.global_step) != a.pretrain_steps:
         raise RuntimeError(f"pretraining ran {trainer.global_step} steps, expected {a.pretrain_steps}")
     model.train()
@@ -503,11 +505,57 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
             rows, cis_al = _paired_rows(sub, a, ["sharing"])
             lines += [row.replace("| sharing |", f"| sharing, α = {al:g} |") for row in rows]
             verdicts[f"sharing/alpha={al:g}"] = {k: v["class"] for k, v in cis_al.items()}
+    end_lines, verdicts["end-of-budget"] = end_of_budget(runs, a, grids, starts)
+    lines += end_lines
     lines.append("\n## Curves (val R@1 of the class head, %, mean over seeds, by update)\n")
     curves = {f"{s} {m}": mean_curve([chosen[(m, s, sd)] for sd in seeds], bin_size=a.eval_every)
               for s in a.splits for m in a.methods}
     lines.append(curve_table(curves, "update"))
     return "\n".join(lines), verdicts
+
+
+def end_of_budget(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candidate]],
+                  starts: dict[tuple[str, int], dict[str, Any] | None]) -> tuple[list[str], dict[str, Any]]:
+    """The secondary comparison, without checkpoint selection: every method's class head after its whole budget of
+    updates (the last curve point), its (alpha, rho) picked on the val class-head R@1 at that same final update (ties:
+    the earlier grid entry). Paired differences against the baseline and, with a pretrained start, against the
+    start: does sharing slow down what fine-tuning on the training classes loses?"""
+    best: dict[tuple[str, str, int], tuple[tuple[float, int], dict[str, float]]] = {}
+    for r in runs:
+        grid = grids.get(r["method"])
+        if grid is None or (r["alpha"], float(r["rho"])) not in grid or not r.get("curve"):
+            continue
+        k = (r["method"], r["split"], int(r["seed"]))
+        last = r["curve"][-1]
+        rank = (float(last["val"]), -grid.index((r["alpha"], float(r["rho"]))))
+        if k not in best or rank > best[k][0]:
+            best[k] = (rank, last)
+    final = {k: point for k, (_, point) in best.items()}
+    seeds = a.seeds
+    if not all((m, sp, s) in final for m in a.methods for sp in a.splits for s in seeds):
+        return [], {}
+    has_start = all(starts.get((sp, s)) is not None for sp in a.splits for s in seeds)
+    lines = ["\n## At the end of the budget, without checkpoint selection (class head, test R@1; (α, ρ) picked on "
+             "val at the final update; a secondary comparison, not the verdicts)\n",
+             "| split | method | test R@1 (%) | − baseline (pp) |" + (" − start (pp) |" if has_start else ""),
+             "|---|---|---|---|" + ("---|" if has_start else "")]
+    out: dict[str, Any] = {}
+    for sp in a.splits:
+        base = [final[("baseline", sp, s)]["test"] for s in seeds] if "baseline" in a.methods else None
+        for m in a.methods:
+            vals = [final[(m, sp, s)]["test"] for s in seeds]
+            row: dict[str, Any] = {"test": vals}
+            cells = [mean_sd(vals)]
+            if base is not None:
+                row["vs_baseline"] = paired_ci(base, vals)
+                cells.append("–" if m == "baseline" else fmt_ci(row["vs_baseline"]))
+            if has_start:
+                start_r1 = [starts[(sp, s)]["test"]["class"]["recall@1"] for s in seeds]  # type: ignore[index]
+                row["vs_start"] = paired_ci(start_r1, vals)
+                cells.append(fmt_ci(row["vs_start"]))
+            out[f"{m}/{sp}"] = row
+            lines.append(f"| {sp} | {m} | " + " | ".join(cells) + " |")
+    return lines, out
 
 
 def versus(runs: list[dict], old_path: Path, a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -567,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=0,
                     help="start every method from a network pretrained this many steps on disjoint synthetic "
                          "classes (default 0: from scratch)")
+    ap.add_argument("--pretrain-lr", type=float, default=None,
+                    help="Adam lr of the pretraining (default: --lr, the fine-tuning lr)")
     ap.add_argument("--pretrain-per-shape", type=int, default=16,
                     help="pretraining fine classes per shape (SyntheticHierarchy(seed=1000 + seed) train split)")
     ap.add_argument("--threads", type=int, default=1)
@@ -656,12 +706,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         hp = f"alpha {a.alpha:g}, rho {a.rho:g} (fixed, not tuned)"
     if a.pretrain_steps > 0:
+        pre_lr = a.lr if a.pretrain_lr is None else a.pretrain_lr
         kept = {s: sorted({(r["start"]["pretrain_classes"], r["start"]["pretrain_drawn"]) for r in runs
                            if r["split"] == s and "start" in r}) for s in a.splits}
         pre = (f"every method of a (seed, split) starts from a copy of one network pretrained {a.pretrain_steps} steps "
                f"on disjoint synthetic classes (the train split of SyntheticHierarchy(seed=1000 + seed), "
                f"{a.pretrain_per_shape} (shape, colour, texture, size) classes per shape; margin loss + "
-               f"distance-weighted sampling on both heads, Adam lr {a.lr:g}, 8 x 4 class batches); removed from "
+               f"distance-weighted sampling on both heads, Adam lr {pre_lr:g}, "
+               "8 x 4 class batches); removed from "
                "them: on today's split every variant that is a train/val/test class of the seed, on the "
                "held-out-factor splits none (every variant of a test shape overlaps a test class); pretraining "
                "classes kept of drawn: " + "; ".join(f"{s} " + ", ".join(f"{k}/{d}" for k, d in kept[s])

@@ -98,7 +98,7 @@ def test_claim_sharing_small(tmp_path):
     assert all(set(r) == {"method", "split", "seed", "alpha", "rho", "best_step", "updates", "shared_steps", "val",
                           "test", "train_s", "curve", "selected"} for r in runs)
     assert not any("vs-start" in k for k in p["verdicts"])
-    assert set(p["verdicts"]) == {"mic/held-out"}
+    assert set(p["verdicts"]) == {"mic/held-out", "end-of-budget"}
     text = (tmp_path / "claim_sharing.md").read_text()
     assert "pretrained start" not in text and "no pretraining" in text
 
@@ -183,9 +183,10 @@ def test_claim_sharing_pretraining_removes_exactly_the_seed_variants(tmp_path):
             assert cs.excluded_variants(split, seed, a) == frozenset()
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"args": {"steps": 5}, "runs": []}))
-    assert cs.import_runs(old, SimpleNamespace(steps=5, pretrain_steps=0, pretrain_per_shape=16), True) == []
+    scratch = {"steps": 5, "pretrain_per_shape": 16, "pretrain_lr": None}
+    assert cs.import_runs(old, SimpleNamespace(pretrain_steps=0, **scratch), True) == []
     with pytest.raises(SystemExit, match="absent: the default"):
-        cs.import_runs(old, SimpleNamespace(steps=5, pretrain_steps=1500, pretrain_per_shape=16), True)
+        cs.import_runs(old, SimpleNamespace(pretrain_steps=1500, **scratch), True)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -226,3 +227,49 @@ def test_sharing_engine_evaluates_every_n_updates_in_eval_mode():
     model.eval()
     assert cb.curve[-1]["val"] == se.head_metrics(model, x, y)
     assert set(cb.curve[0]["val"]) == {"class", "shared", "concat"}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_claim_sharing_pretrain_lr_defaults_to_lr(tmp_path):
+    """--pretrain-lr: absent, the pretraining uses --lr (the same start as before the option existed); given, a
+    different start; a file pretrained at another lr is refused by --resume-from."""
+    cs = _load("claim_sharing")
+    common = ["--small", "--pretrain-steps", "3", "--methods", "baseline", "--seeds", "0", "--splits", "today"]
+
+    def start(name: str, *extra: str) -> str:
+        out = tmp_path / f"{name}.md"
+        assert cs.main([*common, *extra, "--out", str(out)]) == 0
+        return json.loads(out.with_suffix(".json").read_text())["runs"][0]["start"]["digest"]
+
+    default = start("default")
+    assert start("same", "--pretrain-lr", "1e-3") == default  # --small keeps --lr at 1e-3
+    assert start("other", "--pretrain-lr", "1e-2") != default
+    with pytest.raises(SystemExit):
+        cs.main([*common, "--resume-from", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.md")])
+
+
+def test_claim_sharing_end_of_budget_reads_the_final_update_only():
+    """The secondary comparison picks (alpha, rho) on the val R@1 of the *final* update (not the val-best one),
+    and its paired differences are final test R@1 minus the baseline's (and minus the start's)."""
+    import argparse
+
+    cs = _load("claim_sharing")
+
+    def run(m, seed, alpha, rho, curve):
+        return {"method": m, "split": "today", "seed": seed, "alpha": alpha, "rho": rho,
+                "curve": [{"step": s, "val": v, "test": t} for s, v, t in curve]}
+
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        runs.append(run("baseline", seed, None, 0.0, [(60, 0.9, 0.9), (120, 0.2, 0.30 + shift)]))
+        # the second candidate wins at the end (val 0.5 > 0.4) although the first had the best val overall
+        runs.append(run("sharing", seed, 0.1, 0.0, [(60, 0.99, 0.99), (120, 0.4, 0.10)]))
+        runs.append(run("sharing", seed, 0.3, 0.0, [(60, 0.1, 0.1), (120, 0.5, 0.35 + 2 * shift)]))
+    a = argparse.Namespace(methods=["baseline", "sharing"], splits=["today"], seeds=[0, 1])
+    grids = {"baseline": [(None, 0.0)], "sharing": [(0.1, 0.0), (0.3, 0.0)]}
+    starts = {("today", s): {"test": {"class": {"recall@1": r1}}} for s, r1 in ((0, 0.40), (1, 0.44))}
+    lines, out = cs.end_of_budget(runs, a, grids, starts)
+    assert out["sharing/today"]["test"] == pytest.approx([0.35, 0.39])
+    assert out["sharing/today"]["vs_baseline"]["mean"] == pytest.approx(0.06)  # (0.05 + 0.07) / 2
+    assert out["baseline/today"]["vs_start"]["mean"] == pytest.approx(-0.11)  # (-0.10 - 0.12) / 2
+    assert any("| today | sharing | 37.0 ± 2.8 |" in line for line in lines)
