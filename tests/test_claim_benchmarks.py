@@ -98,3 +98,39 @@ def test_claim_pddm_small(tmp_path):
         # every method starts from the same pretrained network
         assert len({json.dumps(r["start"]) for r in mine if r["seed"] == 0}) == 1
     assert len({json.dumps(r["start"]) for r in runs if r["seed"] == 0}) == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_claim_pddm_merge_of_per_condition_files(tmp_path):
+    """Two per-condition files merged give the cross-condition verdict, the same selected runs as each file, the
+    convergence check and the summed wall time; a file with another setup is refused."""
+    pddm = _load("claim_pddm")
+    (tmp_path / "u").mkdir()
+    (tmp_path / "h").mkdir()
+    u = _run_small("claim_pddm", tmp_path / "u", "--conditions", "uniform")
+    h = _run_small("claim_pddm", tmp_path / "h", "--conditions", "heterogeneous")
+    out = tmp_path / "m.md"
+    assert pddm.main(["--small", "--merge", str(tmp_path / "u" / "claim_pddm.json"), str(tmp_path / "h" / "claim_pddm.json"),
+                      "--out", str(out)]) == 0
+    m = json.loads(out.with_suffix(".json").read_text())
+    assert len(m["runs"]) == len(u["runs"]) + len(h["runs"])
+    picked = {(r["seed"], r["condition"], r["method"], r["lr"]) for r in m["runs"] if r["selected"]}
+    assert picked == {(r["seed"], r["condition"], r["method"], r["lr"]) for r in u["runs"] + h["runs"]
+                      if r["selected"]}
+    assert m["verdicts"]["density"]["verdict"] in VERDICTS
+    assert set(m["verdicts"]["convergence_check"]["cells"]) == {f"{c}/{x}" for c in ("uniform", "heterogeneous")
+                                                               for x in ("pddm", "euclid", "triplet")}
+    assert m["wall_s"] == pytest.approx(sum(i["wall_s"] for i in m["invocations"]), abs=0.2)
+    assert len(m["invocations"]) == 3
+    with pytest.raises(SystemExit, match="setup differs"):
+        pddm.main(["--small", "--margin", "0.3", "--merge", str(tmp_path / "u" / "claim_pddm.json"), "--out",
+                   str(tmp_path / "x.md")])
+
+
+def test_last_quarter_gain_by_hand():
+    common = _load("claim_common")
+    # seed 1: best 0.5 by step 75 of 100, 0.6 at 100 -> gain 0.1; seed 2: no gain
+    curves = [[(0, 0.1), (50, 0.5), (100, 0.6)], [(0, 0.3), (75, 0.4), (100, 0.35)]]
+    best, gain = common.last_quarter_gain(curves, 100)
+    assert best == pytest.approx(0.5) and gain == pytest.approx(0.05)
+    assert common.last_quarter_gain([[(80, 0.1)]], 100) is None
