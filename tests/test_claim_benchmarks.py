@@ -110,8 +110,8 @@ def test_claim_pddm_merge_of_per_condition_files(tmp_path):
     u = _run_small("claim_pddm", tmp_path / "u", "--conditions", "uniform")
     h = _run_small("claim_pddm", tmp_path / "h", "--conditions", "heterogeneous")
     out = tmp_path / "m.md"
-    assert pddm.main(["--small", "--merge", str(tmp_path / "u" / "claim_pddm.json"), str(tmp_path / "h" / "claim_pddm.json"),
-                      "--out", str(out)]) == 0
+    files = [str(tmp_path / c / "claim_pddm.json") for c in ("u", "h")]
+    assert pddm.main(["--small", "--merge", *files, "--out", str(out)]) == 0
     m = json.loads(out.with_suffix(".json").read_text())
     assert len(m["runs"]) == len(u["runs"]) + len(h["runs"])
     picked = {(r["seed"], r["condition"], r["method"], r["lr"]) for r in m["runs"] if r["selected"]}
