@@ -128,6 +128,22 @@ def write_results(out: Path, markdown: str, payload: dict[str, Any]) -> None:
     atomic_write_json(out.with_suffix(".json"), payload)
 
 
+PLATEAU_PP = 0.5  # a cell has converged when the last quarter of the budget adds less than this to its best val
+
+
+def last_quarter_gain(curves: Sequence[Sequence[tuple[float, float]]], steps: float) -> tuple[float, float] | None:
+    """The convergence check of the claim files: ``curves`` are per-seed ``(step, val metric)`` lists of one cell.
+    Returns ``(mean best val, gain)`` where gain is the mean over seeds of (best val at steps <= ``steps``) minus
+    (best val at steps <= 3/4 ``steps``), both in the metric's units; ``None`` if a curve has no point in the first
+    three quarters. A cell counts as converged when ``100 * gain < PLATEAU_PP``."""
+    quarter = 0.75 * steps
+    if not curves or not all(any(s <= quarter for s, _ in c) for c in curves):
+        return None
+    best = [max(v for s, v in c if s <= steps) for c in curves]
+    early = [max(v for s, v in c if s <= quarter) for c in curves]
+    return statistics.fmean(best), statistics.fmean(b - e for b, e in zip(best, early, strict=True))
+
+
 def previous_wall(path: Path | None) -> float:
     """``wall_s`` recorded by an earlier invocation (``--resume`` adds its own time to it); 0 if none."""
     if path is None or not Path(path).is_file():

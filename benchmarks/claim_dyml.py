@@ -59,10 +59,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
+    PLATEAU_PP,
     command_line,
     curve_table,
     environment,
     fmt_ci,
+    last_quarter_gain,
     load_runs,
     mean_curve,
     mean_sd,
@@ -390,9 +392,6 @@ def analyse(runs: list[dict], a: argparse.Namespace, compare: list[dict] | None 
     return "\n".join(lines), verdicts
 
 
-PLATEAU_PP = 0.5  # a cell has converged when the last quarter of the budget adds less than this to its best val
-
-
 def convergence_section(runs: list[dict], a: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """Per family / objective / coherence: how much the last quarter of the step budget adds to the val-selected
     model, i.e. the mean over seeds of (best val mean ASI at steps <= budget) - (best at steps <= 3/4 budget)."""
@@ -406,14 +405,12 @@ def convergence_section(runs: list[dict], a: argparse.Namespace) -> tuple[list[s
         for var in FAMILIES[fam]:
             for c in a.coherence:
                 rs = [r for r in runs if r["family"] == fam and r["variant"] == var and r["coherence"] == c]
-                if not rs or not all(any(p["step"] <= quarter for p in r["curve"]) for r in rs):
+                res = last_quarter_gain([[(p["step"], p["val"]) for p in r["curve"]] for r in rs], a.steps)
+                if res is None:
                     continue
-                best = [max(p["val"] for p in r["curve"]) for r in rs]
-                early = [max(p["val"] for p in r["curve"] if p["step"] <= quarter) for r in rs]
-                gain = 100 * statistics.fmean(_minus(best, early))
-                out[f"{fam}/{var}@{c:g}"] = {"best_val": statistics.fmean(best), "gain_pp": gain,
-                                             "converged": gain < PLATEAU_PP}
-                lines.append(f"| {fam} | {var} | {c:g} | {100 * statistics.fmean(best):.1f} | {gain:.2f} | "
+                best, gain = res[0], 100 * res[1]
+                out[f"{fam}/{var}@{c:g}"] = {"best_val": best, "gain_pp": gain, "converged": gain < PLATEAU_PP}
+                lines.append(f"| {fam} | {var} | {c:g} | {100 * best:.1f} | {gain:.2f} | "
                              f"{'yes' if gain < PLATEAU_PP else '**no**'} |")
     done = sum(v["converged"] for v in out.values())
     lines.append(f"\n{done} of {len(out)} cells meet the criterion.")

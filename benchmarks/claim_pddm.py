@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
@@ -42,10 +43,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
+    PLATEAU_PP,
     command_line,
     curve_table,
     environment,
     fmt_ci,
+    last_quarter_gain,
     load_runs,
     mean_curve,
     mean_sd,
@@ -96,6 +99,22 @@ def build_data(seed: int, spread: tuple[float, float] | None, a: argparse.Namesp
     out["pretrain"] = (pre.tensors()[mask], pre.labels[mask, :1].clone())
     out["pretrain_classes"] = int(keep_fine.numel())
     return out
+
+
+SETUP_KEYS = ("steps", "eval_every", "lrs", "pretrain_steps", "pretrain_lr", "image_size", "width", "depth", "dim",
+              "train_per_shape", "images_per_class", "p", "k", "margin")
+
+
+def select(runs: list[dict[str, Any]]) -> None:
+    """Mark, per seed, condition and method, the run of the lr with the best val R@1 (``selected``; ties: the
+    first lr run)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["seed"], r["condition"], r["method"]), []).append(r)
+    for cands in groups.values():
+        best_r = max(cands, key=lambda r: r["val"]["recall@1"])
+        for r in cands:
+            r["selected"] = r is best_r
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -208,6 +227,8 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
         verdicts["density"] = {"verdict": verdict(ci), "ci": ci}
         lines.append(f"* **PDDM's advantage over Euclidean mining grows with heterogeneous class spread** — "
                      f"**{verdict(ci)}**: (pddm − euclid) heterogeneous minus uniform {fmt_ci(ci)} pp.")
+    conv_lines, verdicts["convergence_check"] = convergence_section(sel, a)
+    lines += conv_lines
     for cond in a.conditions:
         lines.append(f"\n## Curves, {cond}: test R@1 (%) against step, mean over seeds (val-selected lr)\n")
         curves = {m: mean_curve([r for r in sel if r["method"] == m and r["condition"] == cond], metric="test_r1")
@@ -219,6 +240,29 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
                      + ", ".join(f"{m} {s:.3f} s" for m, s in secs.items()) + "; per-run curves with cumulative "
                      "seconds are in the JSON).")
     return "\n".join(lines), verdicts
+
+
+def convergence_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Per condition and method, at the val-selected lr: how much the last quarter of the fine-tuning budget adds to
+    the best val R@1 (mean over seeds of best over all steps minus best over the first three quarters)."""
+    quarter = 0.75 * a.steps
+    lines = [f"\n## Convergence (val R@1 at the selected lr, pp, mean over seeds: best over all {a.steps} steps "
+             f"minus best over the first {quarter:g}; converged if below {PLATEAU_PP:g} pp)\n",
+             "| condition | method | best val R@1 | gain in the last quarter | converged |", "|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    for cond in a.conditions:
+        for m in a.methods:
+            rs = [r for r in sel if r["method"] == m and r["condition"] == cond]
+            res = last_quarter_gain([[(p["step"], p["val"]) for p in r["curve"]] for r in rs], a.steps)
+            if res is None:
+                continue
+            best, gain = res[0], 100 * res[1]
+            out[f"{cond}/{m}"] = {"best_val": best, "gain_pp": gain, "converged": gain < PLATEAU_PP}
+            ok = "yes" if gain < PLATEAU_PP else "**no**"
+            lines.append(f"| {cond} | {m} | {100 * best:.1f} | {gain:.2f} | {ok} |")
+    done = sum(v["converged"] for v in out.values())
+    lines.append(f"\n{done} of {len(out)} cells meet the criterion.")
+    return lines, {"criterion_pp": PLATEAU_PP, "converged": done, "cells": out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
+                    help="add the runs of these results files (e.g. one per condition, run in parallel) before the "
+                         "analysis; their setup must equal this invocation's")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.small:
@@ -253,6 +300,21 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
     info: dict[str, Any] = {}
+    invocations: list[dict[str, Any]] = []
+    if a.resume and a.out.with_suffix(".json").is_file():
+        previous = json.loads(a.out.with_suffix(".json").read_text(encoding="utf-8"))
+        invocations += [i for i in previous.get("invocations", []) if i.get("wall_s")]
+        info.update(previous.get("pretraining", {}))
+    for path in a.merge:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        other = payload.get("args", {})
+        differ = [k for k in SETUP_KEYS if other.get(k) != getattr(a, k)]
+        if differ:
+            raise SystemExit(f"{path}: setup differs from this invocation in {differ}")
+        runs += payload.get("runs", [])
+        info.update(payload.get("pretraining", {}))
+        invocations += payload.get("invocations", [{"command": payload.get("command"),
+                                                    "wall_s": payload.get("wall_s")}])
     for seed in a.seeds:
         for cond in a.conditions:
             if all(any(r["seed"] == seed and r["condition"] == cond and r["method"] == m and r["lr"] == lr
@@ -288,16 +350,18 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"seed {seed} {cond:<13} {m:<7} lr {lr:g}: val R@1 {best['val']['recall@1']:.3f} test "
                           f"R@1 {best['test']['recall@1']:.3f} (start {start_eval['test']['recall@1']:.3f}, step "
                           f"{best['step']}, {r['run_s']}s)", flush=True)
-                    write_results(a.out, "(in progress)\n", {"runs": runs})
-                cands = [r for r in runs if r["seed"] == seed and r["condition"] == cond and r["method"] == m]
-                best_r = max(cands, key=lambda r: r["val"]["recall@1"])
-                for r in cands:
-                    r["selected"] = r is best_r
+                    write_results(a.out, "(in progress)\n", {"runs": runs, "invocations": invocations,
+                                                              "pretraining": info})
+    select(runs)
     wall = time.perf_counter() - t_start
     body, verdicts = analyse(runs, a)
     cmd = command_line("claim_pddm.py", argv)
+    invocations.append({"command": cmd, "wall_s": round(wall, 1)})
+    total = sum(float(i.get("wall_s") or 0) for i in invocations)
     head = (f"# PDDM claims on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
-            f"Wall time of this invocation: {wall / 60:.1f} min (nice 19, 1 thread, shared machine: {environment()})."
+            f"Wall time: {total / 60:.1f} min, the sum of {len(invocations)} invocation(s) (" +
+            "; ".join(f"`{i['command']}` {float(i.get('wall_s') or 0) / 60:.1f} min" for i in invocations) +
+            f"; nice 19, 1 thread, shared machine: {environment()})."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.train_per_shape} train / "
             f"{max(1, a.train_per_shape // 2)} val / {max(1, a.train_per_shape // 2)} test fine classes per shape, "
             f"{a.images_per_class} images per class; simple_cnn width {a.width} depth {a.depth}, {a.dim}-d "
@@ -305,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.pretrain_lr:g}, on another seed's classes minus every variant of this seed; fine-tuning {a.steps} "
             f"steps of P x K = {a.p} x {a.k}, Adam, lr picked per seed and method on val from {a.lrs}; seeds "
             f"{a.seeds}.\n")
-    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(wall, 1),
-                                              "args": vars(a) | {"out": str(a.out)}, "verdicts": verdicts,
+    write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(total, 1), "invocations": invocations,
+                                              "args": vars(a) | {"out": str(a.out), "merge": [str(p) for p in a.merge]},
+                                              "verdicts": verdicts,
                                               "pretraining": info, "runs": runs})
     print(body)
     return 0

@@ -273,3 +273,38 @@ def test_claim_sharing_end_of_budget_reads_the_final_update_only():
     assert out["sharing/today"]["vs_baseline"]["mean"] == pytest.approx(0.06)  # (0.05 + 0.07) / 2
     assert out["baseline/today"]["vs_start"]["mean"] == pytest.approx(-0.11)  # (-0.10 - 0.12) / 2
     assert any("| today | sharing | 37.0 ± 2.8 |" in line for line in lines)
+
+
+def test_claim_pddm_merge_of_per_condition_files(tmp_path):
+    """Two per-condition files merged give the cross-condition verdict, the same selected runs as each file, the
+    convergence check and the summed wall time; a file with another setup is refused."""
+    pddm = _load("claim_pddm")
+    (tmp_path / "u").mkdir()
+    (tmp_path / "h").mkdir()
+    u = _run_small("claim_pddm", tmp_path / "u", "--conditions", "uniform")
+    h = _run_small("claim_pddm", tmp_path / "h", "--conditions", "heterogeneous")
+    out = tmp_path / "m.md"
+    files = [str(tmp_path / c / "claim_pddm.json") for c in ("u", "h")]
+    assert pddm.main(["--small", "--merge", *files, "--out", str(out)]) == 0
+    m = json.loads(out.with_suffix(".json").read_text())
+    assert len(m["runs"]) == len(u["runs"]) + len(h["runs"])
+    picked = {(r["seed"], r["condition"], r["method"], r["lr"]) for r in m["runs"] if r["selected"]}
+    assert picked == {(r["seed"], r["condition"], r["method"], r["lr"]) for r in u["runs"] + h["runs"]
+                      if r["selected"]}
+    assert m["verdicts"]["density"]["verdict"] in VERDICTS
+    assert set(m["verdicts"]["convergence_check"]["cells"]) == {f"{c}/{x}" for c in ("uniform", "heterogeneous")
+                                                               for x in ("pddm", "euclid", "triplet")}
+    assert m["wall_s"] == pytest.approx(sum(i["wall_s"] for i in m["invocations"]), abs=0.2)
+    assert len(m["invocations"]) == 3
+    with pytest.raises(SystemExit, match="setup differs"):
+        pddm.main(["--small", "--margin", "0.3", "--merge", str(tmp_path / "u" / "claim_pddm.json"), "--out",
+                   str(tmp_path / "x.md")])
+
+
+def test_last_quarter_gain_by_hand():
+    common = _load("claim_common")
+    # seed 1: best 0.5 by step 75 of 100, 0.6 at 100 -> gain 0.1; seed 2: no gain
+    curves = [[(0, 0.1), (50, 0.5), (100, 0.6)], [(0, 0.3), (75, 0.4), (100, 0.35)]]
+    best, gain = common.last_quarter_gain(curves, 100)
+    assert best == pytest.approx(0.5) and gain == pytest.approx(0.05)
+    assert common.last_quarter_gain([[(80, 0.1)]], 100) is None
