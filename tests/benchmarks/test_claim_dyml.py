@@ -98,17 +98,19 @@ def test_three_chunk_objectives_use_their_own_chunk():
     sampler.set_epoch(0)
     idx = torch.as_tensor(next(iter(sampler)))
     y = labels[idx]
-    # small and seeded: every fine-chunk triplet then lies inside the 0.1 margin, so the fine term has a gradient
-    # (an unseeded unit-scale draw can meet every margin, and the check below then failed for the wrong reason)
-    gen = torch.Generator().manual_seed(0)
-    emb = (0.01 * torch.randn(len(idx), 8, dtype=torch.float64, generator=gen)).requires_grad_()
+    # a seeded draw on which some fine-chunk triplet violates the margin (an unseeded draw can meet every margin,
+    # leaving no gradient at all; the test then failed for the wrong reason when the test order changed the RNG)
+    gen = torch.Generator().manual_seed(1)
+    emb = torch.randn(len(idx), 8, dtype=torch.float64, generator=gen).requires_grad_()
     ms = MultiSimilarityLoss()
     summed = mod.PerScaleSum([ms, ms, ms], [0, 1, 2])
     want = sum(_v(ms(emb[c], y[c, s])) for s, c in enumerate(chunks))
     assert _v(summed(emb, y, chunks)) == pytest.approx(want)
     # the fine objective on three-chunk batches: no gradient reaches the middle and coarse chunks
     fine = mod.build_loss("triplet", "fine", labels, 8, 32.0)
-    fine(emb, y, chunks).backward()
+    value = fine(emb, y, chunks)
+    assert _v(value) > 0  # the precondition of the gradient check
+    value.backward()
     assert emb.grad is not None and emb.grad[chunks[0]].abs().sum() > 0
     assert torch.all(emb.grad[torch.cat(chunks[1:])] == 0)
     # CSL on chunks: level l's term on chunk l (the level-0 term does not see the middle chunk)
