@@ -39,6 +39,17 @@ class Miner(RecordsStats, nn.Module):
         ``name``) on ``device``."""
         return as_label_matrix(labels, name=name, num_rows=num_rows)[:, self.scale].to(device)
 
+    def label_columns(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None,
+                      ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`label_column` of ``labels`` and, when a reference set ``ref_emb`` is given, of ``ref_labels``
+        (then required): ``(labels, ref_labels or None)``, both on the embeddings' device."""
+        labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
+        if ref_emb is None:
+            return labels, None
+        if ref_labels is None:
+            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        return labels, self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)
+
     def forward(
         self,
         embeddings: torch.Tensor,
@@ -46,16 +57,13 @@ class Miner(RecordsStats, nn.Module):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
-        labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
+        labels, ref_lab = self.label_columns(embeddings, labels, ref_emb, ref_labels)
         emb = embeddings.detach()
-        if ref_emb is None:
+        if ref_emb is None or ref_lab is None:
             # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
             # the batch (an item is then never its own positive).
             ref, ref_lab = emb, labels
         else:
-            if ref_labels is None:
-                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-            ref_lab = self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)
             ref = ref_emb.detach()
         with torch.no_grad():
             out = self.mine(emb, labels, ref, ref_lab)

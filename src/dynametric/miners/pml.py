@@ -29,12 +29,10 @@ class PMLMiner(Miner):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
-        labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
-        if (ref_emb is None) != (ref_labels is None):
+        labels, ref_col = self.label_columns(embeddings, labels, ref_emb, ref_labels)
+        if ref_emb is None and ref_labels is not None:  # ref_labels without a reference set: refused here too
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-        if ref_emb is not None and ref_labels is not None:
-            ref_labels = self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)
-        return self.miner(embeddings, labels, ref_emb, ref_labels)
+        return self.miner(embeddings, labels, ref_emb, ref_col)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
