@@ -6,7 +6,11 @@ timed), wall time and the child's own peak RSS recorded:
 * ``floor``      – the bare chunked matrix product ``Q_chunk @ G.T`` over all query chunks (same chunk size as
   dynametric's row path under the same memory budget, written into one reused output buffer), nothing else;
 * ``dynametric`` – :func:`dynametric.metrics.evaluate_embeddings`, leave-one-out;
-* ``pml``        – ``AccuracyCalculator(k="max_bin_count")`` (faiss kNN), once per scale.
+* ``pml``        – ``AccuracyCalculator(k="max_bin_count")`` (faiss kNN), once per scale;
+* ``dynametric-avx2`` – ``dynametric`` with numpy's AVX-512 kernels switched off in the child
+  (``NPY_DISABLE_CPU_FEATURES``), so numpy sorts with its AVX2 kernel. The engine's full-ranking path is one
+  int64 sort per query row, and on some CPUs (AMD Zen 4) numpy's AVX-512 sort is several times slower than its
+  AVX2 one; the machine line under the table gives the rate of both on the machine that ran it.
 
 Parts: (a) one scale (the finest, SOP-sized: 60,502 x 128, 11,316 classes), metrics recall@1, r_precision, map@r
 (what the peer computes); (b) the same items with three nested scales (11,316 / 100 / 12 classes), dynametric
@@ -121,10 +125,40 @@ def machine_description() -> str:
             model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
     except OSError:
         pass
-    text = f"CPU {model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    text = f"CPU {model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, {sort_rates()}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text
+
+
+def numpy_avx512_features() -> str:
+    """numpy's names of the AVX-512 feature groups it can dispatch to (they differ between numpy versions)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+
+    return " ".join(sorted(f for f in features if f.startswith("AVX512") or f == "X86_V4"))
+
+
+_SORT_PROBE = """
+import time, numpy as np
+keys = np.random.default_rng(0).integers(-2**62, 2**62, (4, 60502), dtype=np.int64)
+best = min((lambda b: (lambda t0: (b.sort(axis=1), time.perf_counter() - t0)[1])(time.perf_counter()))(keys.copy())
+           for _ in range(5))
+print(round(best * 1e6 / 4))
+"""
+
+
+def sort_rates() -> str:
+    """numpy's int64 sort of a 60,502-key row, in microseconds, with its default SIMD kernels and with AVX-512 off
+    (each in a fresh interpreter: numpy picks its kernels at import)."""
+    out = []
+    for label, env in (("default", {}), ("AVX-512 off", {"NPY_DISABLE_CPU_FEATURES": numpy_avx512_features()})):
+        proc = subprocess.run([sys.executable, "-c", _SORT_PROBE], capture_output=True, text=True, check=False,
+                              env={**os.environ, **env})
+        out.append(f"{label} {proc.stdout.strip() or '?'} us")
+    return "numpy int64 sort of a 60,502-key row: " + ", ".join(out)
 
 
 def _peak_rss_mb() -> float:
@@ -152,7 +186,7 @@ def worker(args: argparse.Namespace) -> dict:
             s = torch.matmul(xt[start:start + rows], xt.T, out=buf[:min(rows, len(x) - start)])
             acc += float(s[0, 0])
         result["chunk_rows"] = rows
-    elif args.contender == "dynametric":
+    elif args.contender in ("dynametric", "dynametric-avx2"):
         from dynametric.metrics import evaluate_embeddings
 
         metrics = ["recall@1", "r_precision", "map@r"] if args.part == "a" else [
@@ -233,8 +267,11 @@ def main() -> int:
                     cmd[2:2] = ["--budget", str(args.budget)]
                 if args.device is not None:
                     cmd[2:2] = ["--device", args.device]
+                env = dict(os.environ)
+                if contender == "dynametric-avx2":
+                    env["NPY_DISABLE_CPU_FEATURES"] = numpy_avx512_features()
                 t0 = time.perf_counter()
-                proc = subprocess.run(cmd, check=False)
+                proc = subprocess.run(cmd, check=False, env=env)
                 total = time.perf_counter() - t0
                 if proc.returncode != 0:
                     print(f"[{part}/{contender}] failed with exit status {proc.returncode}", flush=True)
