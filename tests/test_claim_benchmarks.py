@@ -285,6 +285,10 @@ def test_claim_pddm_merge_of_per_condition_files(tmp_path):
     h = _run_small("claim_pddm", tmp_path / "h", "--conditions", "heterogeneous")
     out = tmp_path / "m.md"
     files = [str(tmp_path / c / "claim_pddm.json") for c in ("u", "h")]
+    for path, minutes in zip(files, (10, 20)):  # as if the parts had run 10 and 20 minutes, side by side
+        payload = json.loads(Path(path).read_text())
+        payload["invocations"][0]["wall_s"] = payload["wall_s"] = 60.0 * minutes
+        Path(path).write_text(json.dumps(payload))
     assert pddm.main(["--small", "--merge", *files, "--out", str(out)]) == 0
     m = json.loads(out.with_suffix(".json").read_text())
     assert len(m["runs"]) == len(u["runs"]) + len(h["runs"])
@@ -296,6 +300,8 @@ def test_claim_pddm_merge_of_per_condition_files(tmp_path):
                                                                for x in ("pddm", "euclid", "triplet")}
     assert m["wall_s"] == pytest.approx(sum(i["wall_s"] for i in m["invocations"]), abs=0.2)
     assert len(m["invocations"]) == 3
+    # the header sums the invocations (30 min and the merge) and says the side-by-side time: the longer part + merge
+    assert "reproduces in 20.0 min" in out.read_text() and "Wall time: 30.0 min" in out.read_text()
     with pytest.raises(SystemExit, match="setup differs"):
         pddm.main(["--small", "--margin", "0.3", "--merge", str(tmp_path / "u" / "claim_pddm.json"), "--out",
                    str(tmp_path / "x.md")])
