@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
+
 
 def write_label_csv(path: Path, rows: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             "paths_list_of_str_MB": round(list_bytes / 2**20, 1),
             "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+    out["machine"] = machine_line()
     print(json.dumps(out, indent=2))
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
 
 
 def write_jpegs(folder: Path, n: int, width: int, height: int, seed: int = 0) -> list[str]:
@@ -142,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from dynametric.data.synthetic import SyntheticHierarchy
     from dynametric.data.transforms import build_transform
 
-    print(f"# data_throughput: {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"main-process threads {args.threads}, load average at start {load[0]:.1f}")
+    print(f"# data_throughput: {machine_line()}; main-process threads {args.threads}, load average at start "
+          f"{load[0]:.1f}")
     results: dict[str, object] = {"load_average": load[0], "threads": args.threads}
     if not args.skip_pipeline:
         rows = []

@@ -38,6 +38,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_info import machine_line  # noqa: E402
+
 
 def make_data(n: int, dim: int, fine: int, middle: int, coarse: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Clustered, L2-normalised embeddings with three nested label scales ``[n, 3]`` (finest first)."""
@@ -114,21 +117,8 @@ def full_sort_floor(x, labels, device: str = "cpu", chunk_rows: int = 1024, ks: 
 
 
 def machine_description() -> str:
-    """CPU model, logical CPUs and torch threads (and the GPU name when CUDA is available), for the tables."""
-    import platform
-
-    import torch
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
-    except OSError:
-        pass
-    text = f"CPU {model}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, {sort_rates()}"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name()}"
-    return text
+    """The machine line of ``benchmarks/machine_info.py`` plus numpy's int64 sort rates (part (b) moves with them)."""
+    return f"{machine_line()}, {sort_rates()}"
 
 
 def numpy_avx512_features() -> str:
@@ -288,7 +278,7 @@ def main() -> int:
                 print(f"[{part}/{contender}] wall {res['wall_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB "
                       f"(data alone {res['rss_before_mb']:.0f} MB)", flush=True)
     print()
-    print(f"machine: {machine_description()}; load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine_description()}")
     print("| part | contender | wall s | peak RSS MB | x vs floor | peer / contender |")
     print("|---|---|---|---|---|---|")
     for res in results:

@@ -21,6 +21,9 @@ from pytorch_metric_learning import losses as pml
 
 from dynametric import losses as dm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
+
 # name -> (dynametric factory, PML factory, PML feasible at this batch size?)
 CASES: dict[str, tuple[Callable, Callable, Callable[[int], bool]]] = {
     "ContrastiveLoss": (dm.ContrastiveLoss, pml.ContrastiveLoss, lambda b: True),
@@ -91,7 +94,7 @@ def bench(name: str, batch: int, dim: int, repeats: int, min_time: float = 2.0, 
 
 
 def to_markdown(rows: list[dict], command: str, repeats: int) -> str:
-    lines = [f"`{command}`", "", f"torch {torch.__version__}, {torch.get_num_threads()} threads, embedding 512, "
+    lines = [f"`{command}`", "", f"{machine_line()}; embedding 512, "
              f"4 images per class, median of >= {repeats} alternating rounds (more for fast cases), "
              "ms per forward + backward.", "",
              "| loss | batch | rounds | dynametric ms | PML ms | PML / dynametric (median) | (best of rounds) | "

@@ -17,10 +17,11 @@ numbers atomically.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -28,6 +29,9 @@ from dynametric.losses.pddm import PDDMLoss
 from dynametric.miners.pddm import mine_hard_quadruplets
 from dynametric.models.pddm import PDDM
 from dynametric.utils.io import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -113,9 +117,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = run(args.dim, args.hidden, args.batches, args.repeats, device, args.seed)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
-    print(f"PDDM D={args.dim} H={args.hidden}, {where}, torch {torch.__version__}, median of {args.repeats}")
+    print(f"PDDM D={args.dim} H={args.hidden}, device {device}, median of {args.repeats}; {machine_line()}")
     print()
     print("| batch | pairs (i<j) | score_matrix ms | pairs/s | naive pairs/s | speed-up | mine faithful ms "
           "| mine per-pair ms | loss fwd+bwd faithful ms | loss fwd+bwd per-pair ms |")
@@ -126,7 +128,8 @@ def main() -> None:
               f"| {1e3 * r['mine_faithful_s']:.2f} | {1e3 * r['mine_per_pair_s']:.2f} "
               f"| {1e3 * r['loss_faithful_s']:.2f} | {1e3 * r['loss_per_pair_s']:.2f} |")
     if args.json:
-        atomic_write_json(args.json, {"dim": args.dim, "hidden": args.hidden, "device": where, "rows": rows})
+        atomic_write_json(args.json, {"dim": args.dim, "hidden": args.hidden, "device": str(device),
+                                      "machine": machine_line(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
 
 
 def make_data(n: int, q: int, dim: int, coarse: int, fine_per_coarse: int, latent: int, seed: int
@@ -124,7 +127,7 @@ def main() -> None:
     def searching() -> None:
         faiss.omp_set_num_threads(args.threads)
     print(f"# search benchmark: faiss {faiss.__version__}, search {args.threads} thread(s), build {build_threads}, "
-          f"load average {os.getloadavg()[0]:.1f}, {platform.processor() or platform.machine()}; dim {args.dim}, "
+          f"{machine_line()}; dim {args.dim}, "
           f"{args.queries} queries, k={args.k}, cosine; data: " + (
               f"{args.clusters} isotropic clusters, spread {args.spread}" if args.data == "clusters" else
               f"{args.coarse}x{args.fine_per_coarse} classes, latent {args.latent}"))

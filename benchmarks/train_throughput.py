@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -31,6 +33,9 @@ from dynametric.engine.trainer import TrainerSettings, build_trainer
 from dynametric.losses import build_loss
 from dynametric.miners import build_miner
 from dynametric.models import build_embedder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
 
 
 def floor_rate(embedder: torch.nn.Module, images: torch.Tensor, steps: int, warmup: int) -> tuple[float, float]:
@@ -116,7 +121,7 @@ def main() -> None:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data = SyntheticHierarchy("train", image_size=args.image_size, images_per_class=8)
-    print(f"torch threads {torch.get_num_threads()}, image {args.image_size}px, batch {args.batch_size}, "
+    print(f"{machine_line()}; image {args.image_size}px, batch {args.batch_size}, "
           f"loss {args.loss}, miner {args.miner}, {args.steps} timed steps after {args.warmup}, "
           f"median of {args.repeats}")
     parts = overhead_breakdown(data, args)

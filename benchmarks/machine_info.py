@@ -1,0 +1,40 @@
+"""The machine a benchmark ran on, as one line to print under its table: CPU model, logical CPUs, torch version and
+threads, the GPU when CUDA is available, and the load average (absolute times on shared machines are noisy, and
+which CPU ran a figure matters: see docs/benchmarks.md, *The CPU's sort kernel decides part (b)*)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine_line() -> str:
+    """``CPU <model>, <n> logical CPUs, torch <version> (<t> threads)[, GPU <name>], load average <x>``."""
+    import torch
+
+    text = f"CPU {cpu_model()}, {usable_cpus()} logical CPUs, torch {torch.__version__} " \
+           f"({torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    if hasattr(os, "getloadavg"):
+        text += f", load average {os.getloadavg()[0]:.1f}"
+    return text
