@@ -229,6 +229,8 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
                      f"**{verdict(ci)}**: (pddm − euclid) heterogeneous minus uniform {fmt_ci(ci)} pp.")
     conv_lines, verdicts["convergence_check"] = convergence_section(sel, a)
     lines += conv_lines
+    speed_lines, verdicts["time_to_level"] = time_to_level_section(sel, a)
+    lines += speed_lines
     for cond in a.conditions:
         lines.append(f"\n## Curves, {cond}: test R@1 (%) against step, mean over seeds (val-selected lr)\n")
         curves = {m: mean_curve([r for r in sel if r["method"] == m and r["condition"] == cond], metric="test_r1")
@@ -240,6 +242,51 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
                      + ", ".join(f"{m} {s:.3f} s" for m, s in secs.items()) + "; per-run curves with cumulative "
                      "seconds are in the JSON).")
     return "\n".join(lines), verdicts
+
+
+def reach(curve: list[dict], level: float) -> tuple[int, float]:
+    """The first evaluated (step, cumulative training seconds) at which val R@1 is at least ``level``."""
+    point = next(p for p in curve if p["val"] >= level - 1e-12)
+    return point["step"], point["seconds"]
+
+
+def time_to_level_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Convergence speed measured directly: per seed, the common level is the lower of PDDM's and triplet's best val
+    R@1 minus :data:`PLATEAU_PP`; each method's steps and training seconds to first reach it (val-selected lr), and
+    their paired difference (positive = PDDM faster)."""
+    lines = [f"\n## Time to a common level (val R@1 at the selected lr; per seed the level is the lower of PDDM's "
+             f"and triplet's best minus {PLATEAU_PP:g} pp; evaluated every {a.eval_every} steps)\n",
+             "| condition | level (val R@1 %) | PDDM steps | triplet steps | triplet − PDDM steps | PDDM s | "
+             "triplet s | triplet − PDDM s | verdict: PDDM faster |", "|---|---|---|---|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    if not {"pddm", "triplet"} <= set(a.methods):
+        return [], out
+    for cond in a.conditions:
+        runs = {(r["method"], r["seed"]): r for r in sel if r["condition"] == cond}
+        seeds = [s for s in a.seeds if ("pddm", s) in runs and ("triplet", s) in runs]
+        if len(seeds) < 2:
+            continue
+        levels, steps, secs = [], {"pddm": [], "triplet": []}, {"pddm": [], "triplet": []}
+        for s in seeds:
+            level = min(max(p["val"] for p in runs[(m, s)]["curve"]) for m in ("pddm", "triplet")) - PLATEAU_PP / 100
+            levels.append(level)
+            for m in ("pddm", "triplet"):
+                st, sec = reach(runs[(m, s)]["curve"], level)
+                steps[m].append(float(st))
+                secs[m].append(float(sec))
+        ci_steps = paired_ci(steps["pddm"], steps["triplet"])
+        ci_secs = paired_ci(secs["pddm"], secs["triplet"])
+        v = "reproduced" if sign(ci_steps) > 0 else "not reproduced" if sign(ci_steps) < 0 else "inconclusive"
+        out[cond] = {"verdict": v, "steps": ci_steps, "seconds": ci_secs, "levels": levels,
+                     "pddm_steps": steps["pddm"], "triplet_steps": steps["triplet"]}
+        def fmt(ci: dict[str, Any], digits: int) -> str:
+            return f"{ci['mean']:+.{digits}f} [{ci['lo']:+.{digits}f}, {ci['hi']:+.{digits}f}]"
+
+        lines.append(f"| {cond} | {100 * statistics.fmean(levels):.1f} | {statistics.fmean(steps['pddm']):.0f} | "
+                     f"{statistics.fmean(steps['triplet']):.0f} | {fmt(ci_steps, 0)} | "
+                     f"{statistics.fmean(secs['pddm']):.1f} | {statistics.fmean(secs['triplet']):.1f} | "
+                     f"{fmt(ci_secs, 1)} | {v} |")
+    return lines, out
 
 
 def convergence_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:

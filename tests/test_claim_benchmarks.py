@@ -314,3 +314,29 @@ def test_last_quarter_gain_by_hand():
     best, gain = common.last_quarter_gain(curves, 100)
     assert best == pytest.approx(0.5) and gain == pytest.approx(0.05)
     assert common.last_quarter_gain([[(80, 0.1)]], 100) is None
+
+
+def test_pddm_time_to_a_common_level_by_hand():
+    """Per seed the level is the lower of PDDM's and triplet's best val R@1 minus PLATEAU_PP; each method's first
+    evaluated step (and cumulative seconds) at or above it, paired as triplet − PDDM (positive = PDDM faster)."""
+    from types import SimpleNamespace
+
+    pddm = _load("claim_pddm")
+    drop = pddm.PLATEAU_PP / 100
+
+    def run(method, seed, vals):
+        return {"method": method, "seed": seed, "condition": "uniform", "selected": True,
+                "curve": [{"step": 100 * i, "seconds": 2.0 * i, "val": v} for i, v in enumerate(vals)]}
+
+    sel = [run("pddm", 0, [0.1, 0.2, 0.3, 0.5]), run("triplet", 0, [0.1, 0.45, 0.6, 0.6]),
+           run("pddm", 1, [0.1, 0.4, 0.4, 0.4]), run("triplet", 1, [0.1, 0.2, 0.5, 0.5]),
+           run("euclid", 0, [0.9, 0.9, 0.9, 0.9])]  # not part of the comparison
+    a = SimpleNamespace(methods=("pddm", "euclid", "triplet"), conditions=("uniform",), seeds=[0, 1], eval_every=100)
+    lines, out = pddm.time_to_level_section(sel, a)
+    res = out["uniform"]
+    # seed 0: level 0.5 - drop; pddm first reaches it at step 300, triplet at 200 (0.45 at step 100 is below it)
+    assert res["levels"] == pytest.approx([0.5 - drop, 0.4 - drop])
+    assert res["pddm_steps"] == [300.0, 100.0] and res["triplet_steps"] == [200.0, 200.0]
+    assert res["steps"]["diffs"] == [-100.0, 100.0] and res["seconds"]["diffs"] == [-2.0, 2.0]
+    assert res["verdict"] == "inconclusive"
+    assert any(line.startswith("| uniform | ") for line in lines)
