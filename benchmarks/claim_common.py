@@ -54,11 +54,17 @@ def sign(ci: dict[str, Any]) -> int:
     return 1 if ci["lo"] > 0 else -1 if ci["hi"] < 0 else 0
 
 
-def fmt_ci(ci: dict[str, Any], scale: float = 100.0) -> str:
-    """``+1.23 [+0.40, +2.06]`` (in percentage points by default)."""
+def verdict(ci: dict[str, Any]) -> str:
+    """A claim's verdict from the interval of its effect (positive = the claim's direction): ``reproduced`` when it
+    lies above 0, ``not reproduced`` below, ``inconclusive`` when it contains 0."""
+    return "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else "inconclusive"
+
+
+def fmt_ci(ci: dict[str, Any], scale: float = 100.0, digits: int = 2) -> str:
+    """``+1.23 [+0.40, +2.06]`` (in percentage points by default; ``digits`` decimals)."""
     if math.isnan(ci["lo"]):
-        return f"{scale * ci['mean']:+.2f} [n={ci['n']}]"
-    return f"{scale * ci['mean']:+.2f} [{scale * ci['lo']:+.2f}, {scale * ci['hi']:+.2f}]"
+        return f"{scale * ci['mean']:+.{digits}f} [n={ci['n']}]"
+    return f"{scale * ci['mean']:+.{digits}f} [{scale * ci['lo']:+.{digits}f}, {scale * ci['hi']:+.{digits}f}]"
 
 
 def mean_sd(values: Sequence[float], scale: float = 100.0) -> str:

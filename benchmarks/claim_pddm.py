@@ -53,7 +53,7 @@ from claim_common import (  # noqa: E402
     mean_curve,
     mean_sd,
     paired_ci,
-    sign,
+    verdict,
     write_results,
 )
 
@@ -206,9 +206,6 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
     verdicts: dict[str, Any] = {}
     lines.append("\n## Verdicts\n")
 
-    def verdict(ci: dict) -> str:
-        return "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else "inconclusive"
-
     for cond in a.conditions:
         if f"{cond}/pddm-euclid" in cis:
             ci = cis[f"{cond}/pddm-euclid"]["r1"]
@@ -276,16 +273,13 @@ def time_to_level_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[
                 secs[m].append(float(sec))
         ci_steps = paired_ci(steps["pddm"], steps["triplet"])
         ci_secs = paired_ci(secs["pddm"], secs["triplet"])
-        v = "reproduced" if sign(ci_steps) > 0 else "not reproduced" if sign(ci_steps) < 0 else "inconclusive"
+        v = verdict(ci_steps)
         out[cond] = {"verdict": v, "steps": ci_steps, "seconds": ci_secs, "levels": levels,
                      "pddm_steps": steps["pddm"], "triplet_steps": steps["triplet"]}
-        def fmt(ci: dict[str, Any], digits: int) -> str:
-            return f"{ci['mean']:+.{digits}f} [{ci['lo']:+.{digits}f}, {ci['hi']:+.{digits}f}]"
-
         lines.append(f"| {cond} | {100 * statistics.fmean(levels):.1f} | {statistics.fmean(steps['pddm']):.0f} | "
-                     f"{statistics.fmean(steps['triplet']):.0f} | {fmt(ci_steps, 0)} | "
+                     f"{statistics.fmean(steps['triplet']):.0f} | {fmt_ci(ci_steps, 1.0, 0)} | "
                      f"{statistics.fmean(secs['pddm']):.1f} | {statistics.fmean(secs['triplet']):.1f} | "
-                     f"{fmt(ci_secs, 1)} | {v} |")
+                     f"{fmt_ci(ci_secs, 1.0, 1)} | {v} |")
     return lines, out
 
 

@@ -101,7 +101,7 @@ from claim_common import (  # noqa: E402
     mean_curve,
     mean_sd,
     paired_ci,
-    sign,
+    verdict,
     write_results,
 )
 from sharing_engine import EvalEvery, build_module, fit, head_metrics  # noqa: E402  (the engine wiring shared with sharing_synthetic)
@@ -481,7 +481,7 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
         for split in a.splits:
             best_head = max(HEADS, key=lambda h: cis[f"{split}/{m}"][h]["mean"])
             ci = cis[f"{split}/{m}"]["class"]
-            v = "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else "inconclusive"
+            v = verdict(ci)
             verdicts[f"{m}/{split}"] = {"verdict": v, "class_head_gain": ci, "best_head": best_head,
                                         "shared_head_gain": cis[f"{split}/{m}"]["shared"],
                                         "concat_gain": cis[f"{split}/{m}"]["concat"]}
