@@ -3,32 +3,21 @@ PDDM control, and a seconds-long ``--small`` run of every command so that they n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmarks.loader import load_benchmark
+
 VERDICTS = {"reproduced", "not reproduced", "inconclusive"}
-
-
-def _load(name: str):
-    path = ROOT / "benchmarks" / f"{name}.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_paired_ci_matches_the_t_interval():
     stats = pytest.importorskip("scipy.stats")
-    common = _load("claim_common")
+    common = load_benchmark("claim_common")
     a = [0.50, 0.52, 0.47, 0.55, 0.49, 0.51]
     b = [0.53, 0.52, 0.50, 0.58, 0.50, 0.56]
     ci = common.paired_ci(a, b)
@@ -47,7 +36,7 @@ def test_paired_ci_matches_the_t_interval():
 
 
 def test_euclid_mined_quadruplet_is_the_hardest_by_distance():
-    pddm = _load("claim_pddm")
+    pddm = load_benchmark("claim_pddm")
     loss = pddm.EuclidMinedPDDMLoss(2)
     # class 0: points 0, 1, 2 (0 and 2 farthest apart, 1.2); class 1: point 3 next to 2, point 4 next to 0 (1.0 apart)
     f = torch.tensor([[0.0, 0.0], [0.6, 0.0], [1.2, 0.0], [1.1, 0.1], [0.1, 0.1]], dtype=torch.float64)
@@ -58,7 +47,7 @@ def test_euclid_mined_quadruplet_is_the_hardest_by_distance():
 
 
 def _run_small(name: str, tmp_path: Path, *extra: str) -> dict:
-    mod = _load(name)
+    mod = load_benchmark(name)
     out = tmp_path / f"{name}.md"
     assert mod.main(["--small", "--out", str(out), *extra]) == 0
     text = out.read_text()
@@ -109,7 +98,7 @@ def test_claim_sharing_pretrained_start_two_processes_and_merge(tmp_path):
     seed and split; the held-out-factor split and today's differ, as do the seeds); the start row and the paired
     differences against it appear; two processes (one split each) merge with --resume-from into one file without
     training anything, and a from-scratch invocation refuses to merge them."""
-    cs = _load("claim_sharing")
+    cs = load_benchmark("claim_sharing")
     common = ["--small", "--pretrain-steps", "3", "--methods", "baseline", "sharing"]
     files = {}
     for split in ("held-out-val-colour", "today"):
@@ -162,7 +151,7 @@ def test_claim_sharing_pretraining_removes_exactly_the_seed_variants(tmp_path):
     only with from-scratch invocations."""
     from types import SimpleNamespace
 
-    cs = _load("claim_sharing")
+    cs = load_benchmark("claim_sharing")
     a = SimpleNamespace(image_size=8, images_per_class=2, pretrain_per_shape=16)
     for seed in (0, 1):
         used = set()
@@ -209,7 +198,7 @@ def test_sharing_engine_evaluates_every_n_updates_in_eval_mode():
 
     from dynametric.models import build_embedder
 
-    se = _load("sharing_engine")
+    se = load_benchmark("sharing_engine")
     torch.manual_seed(0)
     model = build_embedder("simple_cnn", embedding_dim=4, num_heads=2, backbone_kwargs={"width": 4, "depth": 2})
     model.train()
@@ -233,7 +222,7 @@ def test_sharing_engine_evaluates_every_n_updates_in_eval_mode():
 def test_claim_sharing_pretrain_lr_defaults_to_lr(tmp_path):
     """--pretrain-lr: absent, the pretraining uses --lr (the same start as before the option existed); given, a
     different start; a file pretrained at another lr is refused by --resume-from."""
-    cs = _load("claim_sharing")
+    cs = load_benchmark("claim_sharing")
     common = ["--small", "--pretrain-steps", "3", "--methods", "baseline", "--seeds", "0", "--splits", "today"]
 
     def start(name: str, *extra: str) -> str:
@@ -253,7 +242,7 @@ def test_claim_sharing_end_of_budget_reads_the_final_update_only():
     and its paired differences are final test R@1 minus the baseline's (and minus the start's)."""
     import argparse
 
-    cs = _load("claim_sharing")
+    cs = load_benchmark("claim_sharing")
 
     def run(m, seed, alpha, rho, curve):
         return {"method": m, "split": "today", "seed": seed, "alpha": alpha, "rho": rho,
@@ -278,7 +267,7 @@ def test_claim_sharing_end_of_budget_reads_the_final_update_only():
 def test_claim_pddm_merge_of_per_condition_files(tmp_path):
     """Two per-condition files merged give the cross-condition verdict, the same selected runs as each file, the
     convergence check and the summed wall time; a file with another setup is refused."""
-    pddm = _load("claim_pddm")
+    pddm = load_benchmark("claim_pddm")
     (tmp_path / "u").mkdir()
     (tmp_path / "h").mkdir()
     u = _run_small("claim_pddm", tmp_path / "u", "--conditions", "uniform")
@@ -308,7 +297,7 @@ def test_claim_pddm_merge_of_per_condition_files(tmp_path):
 
 
 def test_last_quarter_gain_by_hand():
-    common = _load("claim_common")
+    common = load_benchmark("claim_common")
     # seed 1: best 0.5 by step 75 of 100, 0.6 at 100 -> gain 0.1; seed 2: no gain
     curves = [[(0, 0.1), (50, 0.5), (100, 0.6)], [(0, 0.3), (75, 0.4), (100, 0.35)]]
     best, gain = common.last_quarter_gain(curves, 100)
@@ -321,7 +310,7 @@ def test_pddm_time_to_a_common_level_by_hand():
     evaluated step (and cumulative seconds) at or above it, paired as triplet − PDDM (positive = PDDM faster)."""
     from types import SimpleNamespace
 
-    pddm = _load("claim_pddm")
+    pddm = load_benchmark("claim_pddm")
     drop = pddm.PLATEAU_PP / 100
 
     def run(method, seed, vals):

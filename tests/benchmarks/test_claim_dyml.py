@@ -4,32 +4,19 @@ three-chunk sampler's per-chunk objectives, and a ``--small`` run of both sample
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from dynametric.data.samplers import ThreeScaleSampler
 from dynametric.losses import CosFaceLoss, CSLLoss, MultiSimilarityLoss, ProxyAnchorLoss
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.loader import load_benchmark
 
 
 def _v(t: torch.Tensor) -> float:
     return float(t.detach())
-
-
-def _claim():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("_bench_claim_dyml", ROOT / "benchmarks" / "claim_dyml.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # 6 fine classes -> 3 middle -> 2 coarse (fine ids 0..5)
@@ -56,7 +43,7 @@ def _brute_graded_pa(f, y, proxies, alpha, margins):
 
 
 def test_graded_proxy_anchor_matches_brute_force_and_reduces_to_proxy_anchor():
-    mod = _claim()
+    mod = load_benchmark("claim_dyml")
     g = torch.Generator().manual_seed(0)
     fine = torch.tensor([0, 0, 1, 2, 2, 3, 4, 5, 5, 1])
     y = PATHS[fine]
@@ -90,7 +77,7 @@ def test_cosface_at_csl_scale_and_margin_is_the_proxy_familys_fine_term():
 
 
 def test_three_chunk_objectives_use_their_own_chunk():
-    mod = _claim()
+    mod = load_benchmark("claim_dyml")
     labels = PATHS[torch.arange(6).repeat_interleave(4)]
     sampler = ThreeScaleSampler(labels, k=2, items_per_batch=2, seed=0, iterations_per_epoch=1)
     chunks = sampler.chunk_layout()  # rows [0:2] fine, [2:4] middle, [4:6] coarse of item 0, then item 1
@@ -122,7 +109,7 @@ def test_three_chunk_objectives_use_their_own_chunk():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_small_runs_of_both_samplers_and_their_comparison(tmp_path):
-    mod = _claim()
+    mod = load_benchmark("claim_dyml")
     pxk, chunk = tmp_path / "pxk.md", tmp_path / "chunk.md"
     assert mod.main(["--small", "--families", "panchor", "--out", str(pxk)]) == 0
     assert mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--compare",
@@ -153,7 +140,7 @@ def test_small_runs_of_both_samplers_and_their_comparison(tmp_path):
 
 
 def test_merging_parallel_invocations_convergence_and_versus(tmp_path):
-    mod = _claim()
+    mod = load_benchmark("claim_dyml")
     a, b, merged = tmp_path / "a.md", tmp_path / "b.md", tmp_path / "merged.md"
     assert mod.main(["--small", "--families", "panchor", "--out", str(a)]) == 0
     assert mod.main(["--small", "--families", "ms", "--out", str(b)]) == 0

@@ -4,24 +4,12 @@ refused, and the reported run time summed over the runs, so a resumed invocation
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    path = ROOT / "benchmarks" / "claim_sharing.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("_bench_claim_sharing_grid", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.benchmarks.loader import load_benchmark
 
 
 def _run(method, alpha, rho, val_r1, val_map, test_r1, seed=0, split="held-out"):
@@ -31,7 +19,7 @@ def _run(method, alpha, rho, val_r1, val_map, test_r1, seed=0, split="held-out")
 
 
 def test_select_reads_validation_only_and_breaks_ties_in_grid_order():
-    b = _bench()
+    b = load_benchmark("claim_sharing")
     grids = {m: b.candidates(m, [1.0, 0.1, 0.3], [100, 0]) for m in b.METHODS}
     assert grids["sharing"][:2] == [(0.1, 0.0), (0.1, 100.0)] and len(grids["sharing"]) == 6
     assert grids["mic"] == [(None, 0.0), (None, 100.0)] and grids["baseline"] == [(None, 0.0)]
@@ -64,7 +52,7 @@ def test_select_reads_validation_only_and_breaks_ties_in_grid_order():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_alpha_grid_reuses_earlier_runs_and_reports_summed_run_time(tmp_path: Path, capsys):
-    b = _bench()
+    b = load_benchmark("claim_sharing")
     common = ["--small", "--splits", "held-out", "--methods", "baseline", "sharing"]
     rho_md = tmp_path / "rho.md"
     assert b.main([*common, "--alpha", "0.3", "--rho-grid", "0", "100", "--out", str(rho_md)]) == 0
@@ -117,7 +105,7 @@ def test_alpha_grid_reuses_earlier_runs_and_reports_summed_run_time(tmp_path: Pa
 
 
 def test_within_seed_correlation_removes_the_seed_means():
-    b = _bench()
+    b = load_benchmark("claim_sharing")
     # seed 1 sits 0.5 higher on both splits: raw correlation would be near +1; within seed, val and test disagree
     runs = [_run("sharing", 0.1, 0.0, v + off, 0.0, t + off, seed=s)
             for s, off in ((0, 0.0), (1, 0.5)) for v, t in ((0.1, 0.3), (0.2, 0.2), (0.3, 0.1))]
@@ -126,7 +114,7 @@ def test_within_seed_correlation_removes_the_seed_means():
 
 
 def test_runs_of_another_setup_are_refused(tmp_path: Path):
-    b = _bench()
+    b = load_benchmark("claim_sharing")
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"args": {"steps": 300, "alpha": 0.3}, "runs": []}))
     with pytest.raises(SystemExit, match=r"other.json: args.steps is 300 but this invocation uses 5"):
@@ -142,7 +130,7 @@ def test_runs_of_another_setup_are_refused(tmp_path: Path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_held_out_val_split_builds_same_factor_validation(tmp_path: Path, monkeypatch):
-    b = _bench()
+    b = load_benchmark("claim_sharing")
     built: list[tuple[str, dict]] = []
     real = b.SyntheticHierarchy
 
@@ -169,7 +157,7 @@ def test_held_out_val_split_builds_same_factor_validation(tmp_path: Path, monkey
 
 
 def test_checkpoint_corr_is_within_run():
-    b = _bench()
+    b = load_benchmark("claim_sharing")
 
     def run(vals, tests):
         return {"curve": [{"step": i, "val": v, "test": t} for i, (v, t) in enumerate(zip(vals, tests))]}

@@ -4,28 +4,20 @@ the markdown file is replaced."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.loader import load_benchmark
+
 pytest.importorskip("pytorch_metric_learning")
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _suite():
-    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks" / "gpu_suite.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
-    suite = _suite()
+    suite = load_benchmark("gpu_suite")
     docs = tmp_path / "benchmarks.md"
     docs.write_text(f"# Benchmarks\n\nkept above\n\n{suite.BEGIN}\nold figures\n{suite.END}\n\nkept below\n")
     out = tmp_path / "suite.json"

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks"
+from tests.benchmarks.loader import BENCHMARKS, load_benchmark
+
 SPEED_BENCHMARKS = ("data_readers", "data_throughput", "eval_speed", "loss_speed", "pddm_mining", "search",
                     "train_throughput")
 
 
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_machine_line_names_the_cpu_model(tmp_path, monkeypatch):
-    info = _load("machine_info")
+    info = load_benchmark("machine_info")
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU 9000 @ 3.0GHz\n"
                        "flags\t: avx\n")
@@ -40,13 +28,13 @@ def test_machine_line_names_the_cpu_model(tmp_path, monkeypatch):
 
 
 def test_data_readers_reports_the_machine(capsys):
-    info = _load("machine_info")
-    assert _load("data_readers").main(["--rows", "300", "--repeats", "1"]) == 0
+    info = load_benchmark("machine_info")
+    assert load_benchmark("data_readers").main(["--rows", "300", "--repeats", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 300 and out["machine"].startswith(f"CPU {info.cpu_model()}, ")
 
 
 @pytest.mark.parametrize("name", SPEED_BENCHMARKS)
 def test_every_speed_benchmark_prints_the_machine_line(name):
-    source = (BENCH / f"{name}.py").read_text(encoding="utf-8")
+    source = (BENCHMARKS / f"{name}.py").read_text(encoding="utf-8")
     assert "from machine_info import machine_line" in source and "machine_line()" in source

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from dynametric.metrics import evaluate_embeddings
+from tests.benchmarks.loader import load_benchmark
 
 
 def test_full_sort_floor_matches_engine():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_speed.py"
-    spec = importlib.util.spec_from_file_location("eval_speed_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("eval_speed")
     x, labels = mod.make_data(400, 16, 60, 10, 3, seed=1)
     floor = mod.full_sort_floor(x, labels, chunk_rows=150, ks=(1, 4))
     metrics = ["recall@1", "recall@4", "r_precision", "map@r", "map", "asi"]

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.benchmarks.loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,15 +31,8 @@ json.dump({"metrics": out, "tagged_calls": len(calls)}, sys.stdout)
 """
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("eval_speed_bench", ROOT / "benchmarks" / "eval_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_same_results_with_numpy_avx512_sort_kernels_switched_off():
-    features = _bench().numpy_avx512_features()
+    features = load_benchmark("eval_speed").numpy_avx512_features()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     runs = []
     for extra in ({}, {"NPY_DISABLE_CPU_FEATURES": features}):
@@ -52,7 +46,7 @@ def test_same_results_with_numpy_avx512_sort_kernels_switched_off():
 
 
 def test_machine_line_reports_both_sort_rates():
-    line = _bench().sort_rates()
+    line = load_benchmark("eval_speed").sort_rates()
     assert line.startswith("numpy int64 sort of a 60,502-key row: default ")
     rates = [part.rsplit(" ", 2)[-2] for part in line.split(": ", 1)[1].split(", ")]
     assert len(rates) == 2 and all(r.isdigit() and int(r) > 0 for r in rates)
