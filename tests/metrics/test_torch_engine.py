@@ -105,9 +105,11 @@ def test_torch_engine_tie_rule_by_hand():
 
 
 def test_zero_scores_tie_by_index():
-    # several candidates score exactly 0 (one of them possibly -0.0): one score, ties by gallery index
-    q = np.array([[0.6, 0.8]], dtype=np.float32)
-    g = np.array([[0.8, -0.6], [-0.0, -0.0], [-0.8, 0.6], [0.6, 0.8]], dtype=np.float32)
+    # several candidates score exactly 0 (+0.0 or -0.0, as the BLAS sums them): one score, ties by gallery index.
+    # The products are exact in float32 under any summation order (0.6 * 0.8 - 0.8 * 0.6 is not: a BLAS that
+    # fuses the multiply-add returns +-7e-9 for it, and whether it does depends on the BLAS and the product's shape)
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    g = np.array([[0.0, 1.0], [-0.0, -0.0], [-0.0, -1.0], [1.0, 0.0]], dtype=np.float32)
     gl = np.array([0, 1, 1, 2])
     for engine in ("cpu", "torch"):
         out = evaluate_embeddings(q, np.array([1]), g, gl, metrics=["map"], ranking_engine=engine)["fine"]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric.metrics.blas import blas_threads
 from dynametric.metrics.ranking import (
     MetricSpec,
     RankMetric,
@@ -95,6 +96,7 @@ class RankingProblem:
     query_codes: torch.Tensor | None = None  # [Nq] long id codes; gallery items with the same code are excluded
     gallery_codes: torch.Tensor | None = None
     gallery_sq_norms: torch.Tensor | None = field(default=None, repr=False)
+    gallery_t: np.ndarray | None = field(default=None, repr=False)  # gallery.T for CPU products
 
 
 def _ordered_threads() -> int:
@@ -113,11 +115,39 @@ def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, parts: int = 
         f.result()
 
 
-def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> None:
-    """``out[:] = query[start:stop] @ gallery.T``, computed block by block on the global ``SCORE_ROW_BLOCK`` grid."""
+def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: int, out: torch.Tensor,
+                  gallery_t: np.ndarray | None = None, pool: ThreadPoolExecutor | None = None,
+                  threads: int = 1) -> None:
+    """``out[:] = query[start:stop] @ gallery.T``, computed block by block on the global ``SCORE_ROW_BLOCK`` grid.
+
+    With ``gallery_t`` (the gallery transposed, ``[D, Ng]`` float32 numpy, from :func:`gallery_for_products`) the
+    CPU products go through numpy's BLAS instead of torch's, spread over ``threads`` threads of ``pool``; the caller
+    holds numpy's BLAS at one thread (:func:`~dynametric.metrics.blas.blas_threads`), see
+    :mod:`dynametric.metrics.blas` for why."""
     b = SCORE_ROW_BLOCK
     nq = query.shape[0]
-    for b0 in range(start - start % b, stop, b):
+    grid = list(range(start - start % b, stop, b))
+    if gallery_t is not None and out.device.type == "cpu":
+        q, o = query.detach().numpy(), out.detach().numpy()
+
+        def blocks(starts: list[int]) -> None:
+            for b0 in starts:
+                b1 = min(b0 + b, nq)
+                if b0 >= start and b1 <= stop:
+                    np.matmul(q[b0:b1], gallery_t, out=o[b0 - start:b1 - start])
+                else:  # a grid block only partly inside [start, stop): compute it whole, keep the overlap
+                    lo, hi = max(b0, start), min(b1, stop)
+                    o[lo - start:hi - start] = np.matmul(q[b0:b1], gallery_t)[lo - b0:hi - b0]
+
+        parts = min(threads, len(grid)) if pool is not None else 1
+        if parts < 2:
+            blocks(grid)
+            return
+        cuts = np.linspace(0, len(grid), parts + 1).astype(int)
+        for fut in [pool.submit(blocks, grid[i:j]) for i, j in zip(cuts[:-1], cuts[1:]) if j > i]:
+            fut.result()
+        return
+    for b0 in grid:
         b1 = min(b0 + b, nq)
         if b0 >= start and b1 <= stop:
             torch.matmul(query[b0:b1], gallery.T, out=out[b0 - start:b1 - start])
@@ -126,7 +156,18 @@ def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: 
             out[lo - start:hi - start] = (query[b0:b1] @ gallery.T)[lo - b0:hi - b0]
 
 
-def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def gallery_for_products(gallery: torch.Tensor, memory_budget_bytes: int | None) -> np.ndarray | None:
+    """``gallery.T`` as float32 numpy for :func:`_grid_product`'s CPU products (None for a tensor on another
+    device): a contiguous copy when it takes at most a quarter of the budget (faster), else the strided view."""
+    if gallery.device.type != "cpu" or gallery.dtype != torch.float32:
+        return None
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
+    view = gallery.detach().numpy().T
+    return np.ascontiguousarray(view) if gallery.numel() * 4 <= budget // 4 else view
+
+
+def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tensor | None = None,
+                 pool: ThreadPoolExecutor | None = None, threads: int = 1) -> torch.Tensor:
     """Scores ``[stop-start, Ng]`` (float32, higher = closer) with excluded candidates set to ``-inf``.
 
     Cosine: ``<q, g>`` of L2-normalised rows. Euclidean: ``2<q, g> - ||g||^2``, which orders candidates exactly as
@@ -136,7 +177,7 @@ def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tens
     """
     s = torch.empty((stop - start, problem.gallery.shape[0]), dtype=torch.float32) if out is None \
         else out[:stop - start]
-    _grid_product(problem.query, problem.gallery, start, stop, s)
+    _grid_product(problem.query, problem.gallery, start, stop, s, problem.gallery_t, pool, threads)
     if problem.distance == "euclidean":
         s.mul_(2.0).sub_(problem.gallery_sq_norms.unsqueeze(0))
     if problem.leave_one_out:
@@ -716,6 +757,8 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         best = top_lists[0][:, 0]
         if bool(torch.isnan(top_lists[0]).any()) or bool(torch.isposinf(best).any()):
             _raise_overflow()
+    if problem.gallery_t is None and top_lists is None:
+        problem.gallery_t = gallery_for_products(problem.gallery, memory_budget_bytes)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     # nested candidate sets with no shared-id exclusions can be tagged straight from the coarsest-class ranges
     use_ranges = top_lists is None and cs.nested and problem.query_codes is None
@@ -726,37 +769,40 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         if not buffer:
             buffer.append(torch.empty((chunk_rows, ng), dtype=torch.float32))
         with torch.no_grad():
-            return scores_block(problem, start, stop, out=buffer[0])
+            return scores_block(problem, start, stop, out=buffer[0], pool=pool, threads=threads)
+
+    def rank_chunk(start: int, stop: int) -> None:
+        if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, specs, asi_cutoff):
+            skip = np.arange(start, stop, dtype=np.int64) if problem.leave_one_out else \
+                np.full(stop - start, -1, dtype=np.int64)
+            tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip,
+                              patterns)
+            counts = tags.counts()
+            # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
+            job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
+                                          cs.nested, specs, asi_cutoff, harmonic)
+            _, _, blocks = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads,
+                                              on_block=job, block_rows=job.block_rows())
+            job.add_to(accs, start, blocks)
+            return
+        cols, valid = _candidates_for_chunk(cs, problem, start, stop)
+        _drop_excluded(problem, cols, valid, start, stop)
+        if top_lists is not None:
+            counts, ranks, gidx = _ranks_from_top_lists(problem, top_lists, global_cap, cols, valid, start, stop)
+        else:
+            cap = _rank_cap(cols.shape[1], specs, asi_cutoff)
+            counts, ranks, gidx = rank_candidates_flat(chunk_scores(start, stop), cols, valid, pool, threads,
+                                                       rank_cap=cap)
+        _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, specs, asi_cutoff,
+                          harmonic, pool)
 
     try:
-        for start in range(0, nq, chunk_rows):
-            stop = min(nq, start + chunk_rows)
-            if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, specs, asi_cutoff):
-                skip = np.arange(start, stop, dtype=np.int64) if problem.leave_one_out else \
-                    np.full(stop - start, -1, dtype=np.int64)
-                tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip,
-                                  patterns)
-                counts = tags.counts()
-                # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
-                job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
-                                              cs.nested, specs, asi_cutoff, harmonic)
-                _, _, blocks = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads,
-                                                  on_block=job, block_rows=job.block_rows())
-                job.add_to(accs, start, blocks)
-            else:
-                cols, valid = _candidates_for_chunk(cs, problem, start, stop)
-                _drop_excluded(problem, cols, valid, start, stop)
-                if top_lists is not None:
-                    counts, ranks, gidx = _ranks_from_top_lists(problem, top_lists, global_cap, cols, valid, start,
-                                                                stop)
-                else:
-                    cap = _rank_cap(cols.shape[1], specs, asi_cutoff)
-                    counts, ranks, gidx = rank_candidates_flat(chunk_scores(start, stop), cols, valid, pool, threads,
-                                                               rank_cap=cap)
-                _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, specs,
-                                  asi_cutoff, harmonic, pool)
-            if progress is not None:
-                progress(stop, nq)
+        with blas_threads(1):  # products run in the engine's own threads (_grid_product)
+            for start in range(0, nq, chunk_rows):
+                stop = min(nq, start + chunk_rows)
+                rank_chunk(start, stop)
+                if progress is not None:
+                    progress(stop, nq)
     finally:
         if pool is not None:
             pool.shutdown()

@@ -1,0 +1,32 @@
+"""numpy's BLAS for the CPU engine's score products, and a limit on its threads.
+
+numpy's wheels ship OpenBLAS and torch's CPU wheels ship MKL. For the engine's products (64 query rows against the
+whole gallery) MKL's single-precision kernels run at about half of OpenBLAS's speed on AMD CPUs (measured on a
+Zen 4 machine, one thread: 42 against 72 GFLOP/s; docs/benchmarks.md), so the CPU ranking engine multiplies with
+numpy. It holds OpenBLAS at one thread and runs the blocks in its own ranking threads: OpenBLAS's own workers keep
+spinning for a while after each product and then slow down the sorting threads that share the cores. Both
+libraries give the same bits for these block products on the machines we measured (tested on small data: the
+engines agree exactly); a product's bits never depend on how a run is chunked, because every block of the fixed
+grid is computed whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def blas_threads(threads: int | None = None) -> Iterator[None]:
+    """Limit numpy's BLAS to ``threads`` threads (default: torch's setting, ``torch.get_num_threads()``) for the
+    duration; restored on exit."""
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - a declared dependency; without it numpy's BLAS keeps its own setting
+        yield
+        return
+    n = torch.get_num_threads() if threads is None else threads
+    with threadpool_limits(limits=max(1, int(n)), user_api="blas"):
+        yield
