@@ -7,6 +7,10 @@ timed), wall time and the child's own peak RSS recorded:
   dynametric's row path under the same memory budget, written into one reused output buffer), nothing else;
 * ``dynametric`` – :func:`dynametric.metrics.evaluate_embeddings`, leave-one-out;
 * ``pml``        – ``AccuracyCalculator(k="max_bin_count")`` (faiss kNN), once per scale;
+* ``dynametric-cli`` – the same evaluation through the command, ``python -m dynametric evaluate`` on a ``.npy``
+  and a labels CSV written beforehand (untimed): interpreter start, imports and file reading count, as they do
+  for a user; the command chooses numpy's sort kernel itself (``dynametric.cpu_kernels``); peak RSS is the
+  command's;
 * ``dynametric-avx2`` – ``dynametric`` with numpy's AVX-512 kernels switched off in the child
   (``NPY_DISABLE_CPU_FEATURES``), so numpy sorts with its AVX2 kernel. The engine's full-ranking path is one
   int64 sort per query row, and on some CPUs (AMD Zen 4) numpy's AVX-512 sort is several times slower than its
@@ -122,13 +126,10 @@ def machine_description() -> str:
 
 
 def numpy_avx512_features() -> str:
-    """numpy's names of the AVX-512 feature groups it can dispatch to (they differ between numpy versions)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # numpy 1.x
-        from numpy.core._multiarray_umath import __cpu_features__ as features
+    """numpy's names of its AVX-512 dispatch targets for the installed numpy (they differ between versions)."""
+    from dynametric.cpu_kernels import numpy_avx512_names
 
-    return " ".join(sorted(f for f in features if f.startswith("AVX512") or f == "X86_V4"))
+    return numpy_avx512_names(np.__version__)
 
 
 _SORT_PROBE = """
@@ -188,6 +189,10 @@ def worker(args: argparse.Namespace) -> dict:
         out = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels), metrics=metrics,
                                   memory_budget_bytes=args.budget, device=args.device)
         result["values"] = out
+    elif args.contender == "dynametric-cli":
+        # what a user of the command gets: a fresh `dynametric evaluate` process on files (written untimed), its
+        # interpreter start, imports and file reading included; it chooses numpy's sort kernel itself
+        t0 = _cli_evaluate(x, labels, args, result)
     elif args.contender == "pml":
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
@@ -217,8 +222,34 @@ def worker(args: argparse.Namespace) -> dict:
     else:  # pragma: no cover - argparse restricts choices
         raise SystemExit(f"unknown contender {args.contender}")
     result["wall_s"] = time.perf_counter() - t0
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = result.get("child_peak_rss_mb", _peak_rss_mb())
     return result
+
+
+def _cli_evaluate(x: np.ndarray, labels: np.ndarray, args: argparse.Namespace, result: dict) -> float:
+    """Run ``python -m dynametric evaluate`` on ``x``/``labels`` saved to files; returns the timer's start (set
+    after the files are written) and fills ``result`` (values, the child's peak RSS)."""
+    tmp = tempfile.mkdtemp(prefix="eval_speed_cli_")
+    emb, lab, out = (os.path.join(tmp, name) for name in ("emb.npy", "labels.csv", "out.json"))
+    np.save(emb, x)
+    np.savetxt(lab, labels, fmt="%d", delimiter=",", header=",".join(f"s{i}" for i in range(labels.shape[1])),
+               comments="")
+    metrics = ["recall@1", "r_precision", "map@r"] if args.part == "a" else [
+        "recall@K", "r_precision", "map@r", "map", "asi"]
+    cmd = [sys.executable, "-m", "dynametric", "evaluate", "--embeddings", emb, "--labels", lab, "--metrics",
+           *metrics, "--device", args.device or "cpu", "--json", out]
+    if args.budget is not None:
+        cmd += ["--memory-budget-mb", str(max(1, args.budget // 2**20))]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    result["wall_s_cli"] = time.perf_counter() - t0
+    with open(out, encoding="utf-8") as fh:
+        result["values"] = json.load(fh)
+    result["child_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    for path in (emb, lab, out):
+        os.remove(path)
+    os.rmdir(tmp)
+    return t0
 
 
 def main() -> int:

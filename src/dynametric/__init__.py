@@ -2,11 +2,28 @@
 
 Labels everywhere are ``LongTensor[N, S]``: one column per semantic scale, finest first
 (a 1-D label tensor is treated as ``S = 1``). See :mod:`dynametric.labels`.
+
+Importing the package itself imports neither torch nor numpy (the label helpers below load on first use), so the
+``dynametric`` command can choose numpy's sort kernel before numpy starts (:mod:`dynametric.cpu_kernels`).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from dynametric.errors import DynametricError, InputError
-from dynametric.labels import as_label_matrix, select_scale
+
+if TYPE_CHECKING:
+    from dynametric.labels import as_label_matrix, select_scale
 
 __version__ = "0.1.0"
 
 __all__ = ["DynametricError", "InputError", "as_label_matrix", "select_scale", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("as_label_matrix", "select_scale"):
+        from dynametric import labels
+
+        return getattr(labels, name)
+    raise AttributeError(f"module 'dynametric' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from dynametric import __version__
+from dynametric.cpu_kernels import choose_numpy_sort_kernel
 from dynametric.errors import DynametricError
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    choose_numpy_sort_kernel()  # before any command module imports numpy (docs/metrics.md, Speed on your CPU)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -1,0 +1,97 @@
+"""numpy's sort kernel for the ``dynametric`` command on CPUs where numpy's AVX-512 sort is slow.
+
+The exact ranking engine's full-ranking path is one int64 sort per query row, and numpy picks that sort's SIMD
+kernel when it is imported. On AMD Zen 4 CPUs (vendor ``AuthenticAMD``, CPU family 25, with AVX-512) the AVX-512
+kernel is several times slower than numpy's own AVX2 kernel: it stores each partition step with a compress-store
+instruction that Zen 4 executes in microcode (measured: 2,087 against 478 us per 60,502-key row; Zen 5, family 26,
+does not have the problem). numpy reads ``NPY_DISABLE_CPU_FEATURES`` only when it is imported, so a library cannot
+switch for itself; the ``dynametric`` command can, because it runs this before anything imports numpy.
+
+:func:`choose_numpy_sort_kernel` sets ``NPY_DISABLE_CPU_FEATURES`` to numpy's AVX-512 groups on such a CPU unless
+numpy is already imported, the user set ``NPY_DISABLE_CPU_FEATURES`` or ``NPY_ENABLE_CPU_FEATURES`` themselves, or
+``DYNAMETRIC_KEEP_NUMPY_AVX512=1`` is set. Results do not change (the engine's results are identical under both
+kernels: tests/metrics/test_sort_kernels.py); only the speed does. This module imports neither numpy nor torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, MutableMapping
+
+CPUINFO = "/proc/cpuinfo"
+OPT_OUT = "DYNAMETRIC_KEEP_NUMPY_AVX512"
+_USER_SETTINGS = ("NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES")
+
+# numpy's names of its AVX-512 dispatch targets. numpy warns about a name that is not one of its dispatch targets,
+# and the targets changed: 2.4 groups the first AVX-512 levels as X86_V4, 2.0 added AVX512_SPR
+_AVX512_NAMES_2_4 = ("X86_V4", "AVX512_ICL", "AVX512_SPR")
+_AVX512_NAMES_1 = ("AVX512F", "AVX512CD", "AVX512_KNL", "AVX512_KNM", "AVX512_SKX", "AVX512_CLX", "AVX512_CNL",
+                   "AVX512_ICL")
+
+
+def first_cpu(cpuinfo: str) -> dict[str, str]:
+    """The ``key: value`` fields of the first processor block of ``/proc/cpuinfo`` text."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def slow_avx512_sort(cpuinfo: str) -> bool:
+    """Whether the CPU described by ``cpuinfo`` is an AMD Zen 4 with AVX-512 (family 25 and the ``avx512f``
+    flag; Zen 3, also family 25, has no AVX-512)."""
+    cpu = first_cpu(cpuinfo)
+    return (cpu.get("vendor_id") == "AuthenticAMD" and cpu.get("cpu family") == "25"
+            and "avx512f" in cpu.get("flags", "").split())
+
+
+def numpy_avx512_names(numpy_version: str) -> str:
+    """The ``NPY_DISABLE_CPU_FEATURES`` value that turns off numpy's AVX-512 kernels for this numpy version."""
+    parts = numpy_version.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        major, minor = 0, 0
+    if (major, minor) >= (2, 4):
+        names: tuple[str, ...] = _AVX512_NAMES_2_4
+    else:
+        names = _AVX512_NAMES_1 + (("AVX512_SPR",) if major >= 2 else ())
+    return " ".join(names)
+
+
+def sort_kernel_setting(environ: Mapping[str, str], cpuinfo: str, numpy_version: str,
+                        numpy_imported: bool) -> dict[str, str]:
+    """The environment to add (empty: leave numpy as it is) for the given state; pure, for tests."""
+    if numpy_imported or environ.get(OPT_OUT, "") not in ("", "0") or any(k in environ for k in _USER_SETTINGS):
+        return {}
+    if not slow_avx512_sort(cpuinfo):
+        return {}
+    return {"NPY_DISABLE_CPU_FEATURES": numpy_avx512_names(numpy_version)}
+
+
+def choose_numpy_sort_kernel(environ: MutableMapping[str, str] | None = None, cpuinfo_path: str = CPUINFO) -> bool:
+    """Apply :func:`sort_kernel_setting` to this process (before numpy is imported); True if it set anything."""
+    env = os.environ if environ is None else environ
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            cpuinfo = f.read()
+    except OSError:  # not Linux: nothing to choose
+        return False
+    if not slow_avx512_sort(cpuinfo):
+        return False
+    from importlib import metadata
+
+    try:
+        numpy_version = metadata.version("numpy")
+    except metadata.PackageNotFoundError:
+        return False
+    update = sort_kernel_setting(env, cpuinfo, numpy_version, "numpy" in sys.modules)
+    env.update(update)
+    return bool(update)

@@ -1,0 +1,92 @@
+"""The command's choice of numpy's sort kernel (dynametric.cpu_kernels)."""
+
+import json
+import subprocess
+import sys
+
+from dynametric.cpu_kernels import (
+    choose_numpy_sort_kernel,
+    numpy_avx512_names,
+    slow_avx512_sort,
+    sort_kernel_setting,
+)
+
+
+def _cpuinfo(vendor: str, family: int, flags: str) -> str:
+    block = (f"processor\t: {{i}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: 17\n"
+             f"model name\t: some CPU\nflags\t\t: fpu sse2 avx2 {flags}\n\n")
+    return block.format(i=0) + block.format(i=1)
+
+
+ZEN4 = _cpuinfo("AuthenticAMD", 25, "avx512f avx512dq avx512bw")
+ZEN3 = _cpuinfo("AuthenticAMD", 25, "")
+ZEN5 = _cpuinfo("AuthenticAMD", 26, "avx512f avx512dq")
+XEON = _cpuinfo("GenuineIntel", 6, "avx512f avx512dq avx512bw")
+
+
+def test_only_zen4_with_avx512_counts_as_slow():
+    assert slow_avx512_sort(ZEN4)
+    assert not slow_avx512_sort(ZEN3) and not slow_avx512_sort(ZEN5) and not slow_avx512_sort(XEON)
+    assert not slow_avx512_sort("") and not slow_avx512_sort("garbage without fields\n")
+    # a flag that merely starts with avx512f is not avx512f
+    assert not slow_avx512_sort(_cpuinfo("AuthenticAMD", 25, "avx512fx"))
+
+
+def test_names_follow_the_numpy_version():
+    assert numpy_avx512_names("2.4.6").split() == ["X86_V4", "AVX512_ICL", "AVX512_SPR"]
+    assert numpy_avx512_names("3.1.0") == numpy_avx512_names("2.4.0")
+    older = set(numpy_avx512_names("2.3.1").split())
+    assert {"AVX512F", "AVX512_SKX", "AVX512_ICL", "AVX512_SPR"} <= older and "X86_V4" not in older
+    assert "AVX512_SPR" not in numpy_avx512_names("1.26.4").split()
+    assert numpy_avx512_names("not-a-version") == numpy_avx512_names("1.26.4")
+
+
+def test_setting_respects_the_user_and_an_imported_numpy():
+    want = {"NPY_DISABLE_CPU_FEATURES": numpy_avx512_names("2.4.6")}
+    assert sort_kernel_setting({}, ZEN4, "2.4.6", numpy_imported=False) == want
+    assert sort_kernel_setting({"DYNAMETRIC_KEEP_NUMPY_AVX512": "0"}, ZEN4, "2.4.6", False) == want
+    assert sort_kernel_setting({}, XEON, "2.4.6", False) == {}
+    assert sort_kernel_setting({}, ZEN4, "2.4.6", numpy_imported=True) == {}
+    assert sort_kernel_setting({"DYNAMETRIC_KEEP_NUMPY_AVX512": "1"}, ZEN4, "2.4.6", False) == {}
+    assert sort_kernel_setting({"NPY_DISABLE_CPU_FEATURES": ""}, ZEN4, "2.4.6", False) == {}
+    assert sort_kernel_setting({"NPY_ENABLE_CPU_FEATURES": "AVX2"}, ZEN4, "2.4.6", False) == {}
+
+
+def test_in_this_process_numpy_is_imported_so_nothing_changes(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(ZEN4)
+    env: dict[str, str] = {}
+    assert not choose_numpy_sort_kernel(env, str(info)) and env == {}
+    assert not choose_numpy_sort_kernel({}, str(tmp_path / "missing"))
+
+
+_FRESH = """
+import json, sys, warnings
+import dynametric.cli  # the command's module: must not have imported numpy or torch yet
+before = sorted(m for m in ("numpy", "torch") if m in sys.modules)
+from dynametric.cpu_kernels import choose_numpy_sort_kernel
+env = {}
+chose = choose_numpy_sort_kernel(env, sys.argv[1])
+import os
+os.environ.update(env)
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    import numpy as np
+try:
+    from numpy._core._multiarray_umath import __cpu_features__ as feats
+except ImportError:
+    from numpy.core._multiarray_umath import __cpu_features__ as feats
+names = env.get("NPY_DISABLE_CPU_FEATURES", "").split()
+print(json.dumps({"before": before, "chose": chose, "env": env, "on": [n for n in names if feats.get(n)]}))
+"""
+
+
+def test_a_fresh_command_process_can_still_choose(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(ZEN4)
+    proc = subprocess.run([sys.executable, "-c", _FRESH, str(info)], capture_output=True, text=True, check=True)
+    got = json.loads(proc.stdout)
+    assert got["before"] == [] and got["chose"]
+    assert got["env"]["NPY_DISABLE_CPU_FEATURES"]
+    assert got["on"] == []  # numpy took every name: its AVX-512 dispatch is off
+    assert proc.stderr == ""  # and did not warn about any of them (warnings are errors there)
