@@ -241,8 +241,10 @@ def _cli_evaluate(x: np.ndarray, labels: np.ndarray, args: argparse.Namespace, r
     if args.budget is not None:
         cmd += ["--memory-budget-mb", str(max(1, args.budget // 2**20))]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     result["wall_s_cli"] = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"dynametric evaluate failed (exit status {proc.returncode}): {proc.stderr.strip()}")
     with open(out, encoding="utf-8") as fh:
         result["values"] = json.load(fh)
     result["child_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
