@@ -3,12 +3,19 @@
 import json
 import subprocess
 import sys
+import warnings
+
+import numpy as np
+import pytest
 
 from dynametric.cpu_kernels import (
+    SlowSortWarning,
     choose_numpy_sort_kernel,
     numpy_avx512_names,
     slow_avx512_sort,
+    sort_kernel_hint,
     sort_kernel_setting,
+    warn_if_slow_sort,
 )
 
 
@@ -77,7 +84,9 @@ try:
 except ImportError:
     from numpy.core._multiarray_umath import __cpu_features__ as feats
 names = env.get("NPY_DISABLE_CPU_FEATURES", "").split()
-print(json.dumps({"before": before, "chose": chose, "env": env, "on": [n for n in names if feats.get(n)]}))
+from dynametric.cpu_kernels import numpy_avx512_active
+print(json.dumps({"before": before, "chose": chose, "env": env, "on": [n for n in names if feats.get(n)],
+                  "active": numpy_avx512_active()}))
 """
 
 
@@ -88,5 +97,48 @@ def test_a_fresh_command_process_can_still_choose(tmp_path):
     got = json.loads(proc.stdout)
     assert got["before"] == [] and got["chose"]
     assert got["env"]["NPY_DISABLE_CPU_FEATURES"]
-    assert got["on"] == []  # numpy took every name: its AVX-512 dispatch is off
+    assert got["on"] == [] and not got["active"]  # numpy took every name: its AVX-512 dispatch is off
     assert proc.stderr == ""  # and did not warn about any of them (warnings are errors there)
+
+
+def test_hint_for_python_programs():
+    hint = sort_kernel_hint({}, ZEN4, avx512_active=True, numpy_version="2.4.6")
+    assert hint is not None and 'NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"' in hint
+    assert "DYNAMETRIC_KEEP_NUMPY_AVX512=1" in hint
+    assert sort_kernel_hint({}, ZEN4, avx512_active=False, numpy_version="2.4.6") is None  # already AVX2
+    assert sort_kernel_hint({}, XEON, avx512_active=True, numpy_version="2.4.6") is None
+    assert sort_kernel_hint({"DYNAMETRIC_KEEP_NUMPY_AVX512": "1"}, ZEN4, True, "2.4.6") is None
+
+
+def test_warning_points_at_the_caller(tmp_path, monkeypatch):
+    import dynametric.cpu_kernels as ck
+
+    zen4, xeon = tmp_path / "zen4", tmp_path / "xeon"
+    zen4.write_text(ZEN4)
+    xeon.write_text(XEON)
+    monkeypatch.delenv("DYNAMETRIC_KEEP_NUMPY_AVX512", raising=False)
+    monkeypatch.setattr(ck, "numpy_avx512_active", lambda: True)
+    with pytest.warns(SlowSortWarning, match="AVX2 kernel") as record:
+        assert warn_if_slow_sort(cpuinfo_path=str(zen4))
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_slow_sort(cpuinfo_path=str(xeon))
+        monkeypatch.setattr(ck, "numpy_avx512_active", lambda: False)
+        assert not warn_if_slow_sort(cpuinfo_path=str(zen4))
+
+
+def test_engine_asks_for_the_hint_only_when_it_sorts_rows(monkeypatch):
+    import dynametric.metrics.engine as engine
+    from dynametric.metrics import evaluate_embeddings
+
+    calls = []
+    monkeypatch.setattr(engine, "_SORT_HINT_PAIRS", 1)
+    monkeypatch.setattr(engine, "warn_if_slow_sort", lambda stacklevel=1: calls.append(stacklevel))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    labels = np.arange(60) // 3
+    evaluate_embeddings(x, labels, metrics=["recall@1"])  # leave-one-out, small ranks: symmetric top lists
+    assert calls == []
+    evaluate_embeddings(x, labels, metrics=["map"])  # full ranking: rows are sorted
+    assert calls == [3]

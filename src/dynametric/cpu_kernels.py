@@ -95,3 +95,54 @@ def choose_numpy_sort_kernel(environ: MutableMapping[str, str] | None = None, cp
     update = sort_kernel_setting(env, cpuinfo, numpy_version, "numpy" in sys.modules)
     env.update(update)
     return bool(update)
+
+
+class SlowSortWarning(UserWarning):
+    """numpy sorts with its AVX-512 kernel on a CPU where that kernel is slow (see :func:`warn_if_slow_sort`)."""
+
+
+def numpy_avx512_active() -> bool:
+    """Whether the imported numpy dispatches to any of its AVX-512 targets (imports numpy)."""
+    import importlib
+
+    import numpy
+
+    try:
+        umath = importlib.import_module("numpy._core._multiarray_umath")
+    except ImportError:  # numpy 1.x
+        umath = importlib.import_module("numpy.core._multiarray_umath")
+    features: dict[str, bool] = umath.__cpu_features__
+    return any(features.get(name, False) for name in numpy_avx512_names(numpy.__version__).split())
+
+
+def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bool,
+                     numpy_version: str) -> str | None:
+    """The hint for a Python program that sorts with numpy's slow AVX-512 kernel, or None; pure, for tests."""
+    if environ.get(OPT_OUT, "") not in ("", "0") or not avx512_active or not slow_avx512_sort(cpuinfo):
+        return None
+    names = numpy_avx512_names(numpy_version)
+    return (f"numpy sorts with its AVX-512 kernel, which is about 4x slower than its AVX2 kernel on this CPU "
+            f"(AMD Zen 4); full-ranking evaluation runs about 2x faster with NPY_DISABLE_CPU_FEATURES=\"{names}\" "
+            f"set before Python starts (the dynametric command does this itself; docs/metrics.md, Speed on your "
+            f"CPU). Set {OPT_OUT}=1 to silence this.")
+
+
+def warn_if_slow_sort(stacklevel: int = 1, cpuinfo_path: str = CPUINFO) -> bool:
+    """Warn (:class:`SlowSortWarning`) when numpy's slow AVX-512 sort is in use on this CPU; True if it warned.
+    ``stacklevel`` counts from the caller: 1 names the caller's line, 2 its caller's, and so on."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            cpuinfo = f.read()
+    except OSError:
+        return False
+    if not slow_avx512_sort(cpuinfo):
+        return False
+    import numpy
+
+    hint = sort_kernel_hint(os.environ, cpuinfo, numpy_avx512_active(), numpy.__version__)
+    if hint is None:
+        return False
+    import warnings
+
+    warnings.warn(hint, SlowSortWarning, stacklevel=stacklevel + 1)
+    return True

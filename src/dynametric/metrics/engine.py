@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric.cpu_kernels import warn_if_slow_sort
 from dynametric.metrics.blas import blas_threads
 from dynametric.metrics.ranking import (
     MetricSpec,
@@ -427,6 +428,7 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
 
 TOPK_PATH_MAX_CAP = 64
 _METRIC_BLOCK_ITEMS = 1 << 18  # candidates per metric block (row blocks run in the thread pool, in cache)
+_SORT_HINT_PAIRS = 10**8  # query x gallery pairs from which the sort kernel hint is given (seconds of sorting)
 
 
 def _ranks_within_top(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, cap: int) -> torch.Tensor:
@@ -759,6 +761,8 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
             _raise_overflow()
     if problem.gallery_t is None and top_lists is None:
         problem.gallery_t = gallery_for_products(problem.gallery, memory_budget_bytes)
+    if top_lists is None and nq * ng >= _SORT_HINT_PAIRS:  # rows are sorted: is numpy's sort the slow one?
+        warn_if_slow_sort(stacklevel=3)  # points at the caller of evaluate_embeddings
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     # nested candidate sets with no shared-id exclusions can be tagged straight from the coarsest-class ranges
     use_ranges = top_lists is None and cs.nested and problem.query_codes is None
