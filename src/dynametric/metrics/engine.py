@@ -128,7 +128,7 @@ def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: 
     b = SCORE_ROW_BLOCK
     nq = query.shape[0]
     grid = list(range(start - start % b, stop, b))
-    if gallery_t is not None and out.device.type == "cpu":
+    if gallery_t is not None and out.device.type == "cpu" and query.dtype == torch.float32:
         q, o = query.detach().numpy(), out.detach().numpy()
 
         def blocks(starts: list[int]) -> None:
