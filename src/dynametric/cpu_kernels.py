@@ -46,6 +46,15 @@ def numpy_has_avx2_sort(numpy_version: str) -> bool:
     return _major_minor(numpy_version) >= (2, 0)
 
 
+def _read(path: str) -> str | None:
+    """The text of ``/proc/cpuinfo`` (or a stand-in), None where there is none (not Linux)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def first_cpu(cpuinfo: str) -> dict[str, str]:
     """The ``key: value`` fields of the first processor block of ``/proc/cpuinfo`` text."""
     fields: dict[str, str] = {}
@@ -86,12 +95,8 @@ def sort_kernel_setting(environ: Mapping[str, str], cpuinfo: str, numpy_version:
 def choose_numpy_sort_kernel(environ: MutableMapping[str, str] | None = None, cpuinfo_path: str = CPUINFO) -> bool:
     """Apply :func:`sort_kernel_setting` to this process (before numpy is imported); True if it set anything."""
     env = os.environ if environ is None else environ
-    try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
-            cpuinfo = f.read()
-    except OSError:  # not Linux: nothing to choose
-        return False
-    if not slow_avx512_sort(cpuinfo):
+    cpuinfo = _read(cpuinfo_path)
+    if cpuinfo is None or not slow_avx512_sort(cpuinfo):
         return False
     from importlib import metadata
 
@@ -138,12 +143,8 @@ def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bo
 def warn_if_slow_sort(stacklevel: int = 1, cpuinfo_path: str = CPUINFO) -> bool:
     """Warn (:class:`SlowSortWarning`) when numpy's slow AVX-512 sort is in use on this CPU; True if it warned.
     ``stacklevel`` counts from the caller: 1 names the caller's line, 2 its caller's, and so on."""
-    try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
-            cpuinfo = f.read()
-    except OSError:
-        return False
-    if not slow_avx512_sort(cpuinfo):
+    cpuinfo = _read(cpuinfo_path)
+    if cpuinfo is None or not slow_avx512_sort(cpuinfo):
         return False
     import numpy
 
