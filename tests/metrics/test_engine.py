@@ -195,3 +195,23 @@ def test_query_classes_absent_from_the_gallery_with_range_tagging():
     for s, name in enumerate(["fine", "coarse"]):
         assert out[name]["map"] == pytest.approx(ref[s]["map"], abs=1e-9)
         assert out[name]["empty_queries"] == ref[s]["empty"] >= 5
+
+
+@pytest.mark.parametrize("group_bytes", [1, 3 * 8 * 97, 64 * 2**20])
+def test_tagged_rows_in_any_group_size_give_the_same_results(group_bytes, monkeypatch):
+    # groups of 2 (the minimum), 3 and 8 rows over 97 rows: partial last groups, every row ranked once
+    import dynametric.metrics.engine as engine
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, (97, 6)).astype(np.float32)  # heavy ties
+    fine = rng.integers(0, 20, 97)
+    labels = np.stack([fine, fine % 5, fine % 2], 1)
+    metrics = ["recall@K", "r_precision", "map@r", "map", "asi"]
+    want = evaluate_embeddings(x, labels, metrics=metrics)
+    monkeypatch.setattr(engine, "_TAG_GROUP_KEY_BYTES", group_bytes)
+    calls = []
+    real = engine._tagged_sort_ranks
+    monkeypatch.setattr(engine, "_tagged_sort_ranks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert engine._tag_group_rows(97) == {1: 2, 3 * 8 * 97: 3, 64 * 2**20: 8}[group_bytes]
+    assert evaluate_embeddings(x, labels, metrics=metrics) == want
+    assert calls  # the tagged path ran
