@@ -5,7 +5,7 @@ whole gallery) MKL's single-precision kernels run at about half of OpenBLAS's sp
 Zen 4 machine, one thread: 42 against 72 GFLOP/s; docs/benchmarks.md), so the CPU ranking engine multiplies with
 numpy. It holds OpenBLAS at one thread and runs the blocks in its own ranking threads: OpenBLAS's own workers keep
 spinning for a while after each product and then slow down the sorting threads that share the cores. Both
-libraries give the same bits for these block products on the machines we measured (tested on small data: the
+libraries gave the same bits for these block products on the machine we measured (tested on small data: the
 engines agree exactly); a product's bits never depend on how a run is chunked, because every block of the fixed
 grid is computed whole.
 """
