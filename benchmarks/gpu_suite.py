@@ -3,7 +3,7 @@
     python benchmarks/gpu_suite.py                 # one CUDA GPU, < 6 minutes; writes docs/benchmarks.md + JSON
     python benchmarks/gpu_suite.py --small         # CPU, < 1 minute, tiny sizes (what the test runs)
 
-Parts (``--parts a,b,c,d``):
+Parts (``--parts a,b,c,d,e``):
 
 (a) evaluation of 60,502 x 128 embeddings with three nested label scales and every retrieval metric:
     ``evaluate_embeddings(..., device=...)`` vs pytorch-metric-learning's ``AccuracyCalculator`` on the same
@@ -21,6 +21,10 @@ Parts (``--parts a,b,c,d``):
 (d) training through the engine (``build_components`` + ``MetricDataModule`` + the Lightning trainer, ``csv``
     data of JPEG files) vs the model-only training floor (same model, loss, optimizer, precision and memory
     format on a batch already on the device): resnet50, 224 px, bf16, batch 128 (m = 4).
+
+(e) the CPU ranking engine on the same host (no target): part (a)'s evaluation at half size (30,251 x 128, three
+    scales, every retrieval metric) with torch at 2, 4, 8 and 16 threads (those the host has), and numpy's int64
+    sort rate. #13 reported that 16 cores did not make the CPU engine faster than 2; this measures it.
 
 The #13 targets are checked on a CUDA device and printed as pass / fail: (a) >= 5x faster than PML, within 1.2x of
 the full-sort floor, device memory peak <= 4 GB; (c) >= 90 % of the forward floor; (d) >= 90 % of the training
@@ -61,12 +65,13 @@ FULL = {"eval_n": 60502, "eval_dim": 128, "eval_classes": (11316, 100, 12), "big
         "loss_batch": 1024, "loss_dim": 512, "loss_rounds": 5,
         "images": 8192, "image_wh": (500, 375), "backbone": "resnet50", "size": 224, "precision": "bf16",
         "embed_batch": 256, "train_batch": 128, "m": 4, "train_steps": 60, "train_warmup": 15, "floor_steps": 30,
-        "decode": "auto"}
+        "decode": "auto", "cpu_n": 30251, "cpu_classes": (5658, 100, 12), "cpu_threads": (2, 4, 8, 16)}
 SMALL = {"eval_n": 1200, "eval_dim": 32, "eval_classes": (200, 20, 4), "big_n": 0,
          "loss_batch": 64, "loss_dim": 32, "loss_rounds": 2,
          "images": 32, "image_wh": (96, 72), "backbone": "simple_cnn", "size": 32, "precision": "bf16",
          "embed_batch": 16, "train_batch": 16, "m": 4, "train_steps": 6, "train_warmup": 2, "floor_steps": 4,
-         "decode": "gpu"}  # the device-decode path, run on the CPU, so the test exercises it
+         "decode": "gpu",  # the device-decode path, run on the CPU, so the test exercises it
+         "cpu_n": 1200, "cpu_classes": (200, 20, 4), "cpu_threads": (1, 2)}
 
 
 def sync(device: torch.device) -> None:
@@ -432,6 +437,34 @@ def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------------- (e) CPU engine threads
+def part_e(cfg: dict) -> dict[str, Any]:
+    """The CPU ranking engine's wall time at several torch thread counts (no target)."""
+    from eval_speed import make_data, sort_rates
+
+    from dynametric.metrics import evaluate_embeddings
+
+    fine, middle, coarse = cfg["cpu_classes"]
+    x_np, lab_np = make_data(cfg["cpu_n"], 128 if cfg["cpu_n"] > 10_000 else 32, fine, middle, coarse, seed=0)
+    x, labels = torch.from_numpy(x_np), torch.from_numpy(lab_np)
+    before = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    rows = []
+    want = None
+    try:
+        for threads in [t for t in cfg["cpu_threads"] if t <= cores]:
+            torch.set_num_threads(threads)
+            t = time.perf_counter()
+            got = evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, device="cpu")
+            rows.append({"threads": threads, "s": time.perf_counter() - t})
+            want = want or got
+            if got != want:
+                raise AssertionError(f"the CPU engine's results changed with {threads} threads")
+    finally:
+        torch.set_num_threads(before)
+    return {"n": len(x), "dim": x.shape[1], "rows": rows, "sort_rates": sort_rates()}
+
+
 def measured(res: dict[str, Any], part: str) -> Any:
     """A part's results, or None where it was not run or failed (``{"error": ...}``)."""
     r = res.get(part)
@@ -452,7 +485,7 @@ def checks(res: dict[str, Any], device: torch.device) -> list[tuple[str, bool]]:
         out.append(("(c) embedding >= 90 % of the forward floor", res["c"]["fraction"] >= 0.9))
     if measured(res, "d"):
         out.append(("(d) training >= 90 % of the model-only floor", res["d"]["fraction"] >= 0.9))
-    out += [(f"({part}) ran without an error", False) for part in ("a", "a_big", "b", "c", "d")
+    out += [(f"({part}) ran without an error", False) for part in ("a", "a_big", "b", "c", "d", "e")
             if isinstance(res.get(part), dict) and "error" in res[part]]
     return out
 
@@ -505,7 +538,15 @@ def markdown(res: dict[str, Any], command: str) -> str:
                       f"{extra}, {r['workers']} workers, pinned {r['pinned']}, channels_last {r['channels_last']}: "
                       f"dynametric {r['ours_img_s']:.0f} img/s vs model-only floor {r['floor_img_s']:.0f} img/s = "
                       f"**{100 * r['fraction']:.0f} %**.", ""]
-    lines += [f"**({part}) failed**: `{res[part]['error']}`" for part in ("a", "a_big", "b", "c", "d")
+    e = measured(res, "e")
+    if e:
+        base = e["rows"][0]["s"] if e["rows"] else float("nan")
+        lines += [f"**(e) CPU ranking engine, threads** (no target): {e['n']:,} x {e['dim']}, 3 scales, every retrieval "
+                  f"metric, `device=\"cpu\"`; {e['sort_rates']}:", "",
+                  "| torch threads | seconds | vs the first row |", "|---:|---:|---:|"]
+        lines += [f"| {r['threads']} | {r['s']:.2f} | {base / r['s']:.2f}x |" for r in e["rows"]]
+        lines.append("")
+    lines += [f"**({part}) failed**: `{res[part]['error']}`" for part in ("a", "a_big", "b", "c", "d", "e")
               if isinstance(res.get(part), dict) and "error" in res[part]]
     lines += ["", "Targets (#13, on one CUDA GPU):", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name}" for name, ok in res["checks"]]
@@ -533,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny sizes on the CPU (< 1 minute)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu with --small, else auto)")
-    p.add_argument("--parts", default="a,b,c,d")
+    p.add_argument("--parts", default="a,b,c,d,e")
     p.add_argument("--json", type=Path, default=None,
                    help="JSON results (default docs/results/gpu_suite.json; with --small gpu_suite_small.json)")
     p.add_argument("--docs", type=Path, default=None, help="markdown file to update (default docs/benchmarks.md)")
@@ -602,12 +643,14 @@ def main(argv: list[str] | None = None) -> int:
                              f"(> --big-after-s {args.big_after_s:g})")
             else:
                 stage("a_big", lambda: part_a_big(cfg, device))
+        if "e" in parts:  # last: the GPU parts (and the 1,000,000-item report's time check) come first
+            stage("e", lambda: part_e(cfg))
     res["total_s"] = time.perf_counter() - t0
     res["checks"] = checks(res, device)
     res["notes"] = notes
     command = "python benchmarks/gpu_suite.py" + (" --small" if args.small else "") + \
         (f" --device {args.device}" if args.device else "") + \
-        (f" --parts {args.parts}" if args.parts != "a,b,c,d" else "")
+        (f" --parts {args.parts}" if args.parts != "a,b,c,d,e" else "")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
     write_docs(docs_path, markdown(res, command))

@@ -30,9 +30,13 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
     assert c["images"] == 32 and c["ours_img_s"] > 0 and c["floor_img_s"] > 0 and c["decode"] == "gpu"
     assert d["steps_timed"] == 3 and d["ours_img_s"] > 0 and d["floor_img_s"] > 0
     assert len(list((tmp_path / "jpegs" / "imgs").glob("*.jpg"))) == 32
+    e = res["e"]  # the CPU engine at 1 and 2 threads (same results, checked inside the part)
+    assert e["n"] == 1200 and [r["threads"] for r in e["rows"]] == [1, 2] and all(r["s"] > 0 for r in e["rows"])
+    assert "numpy int64 sort" in e["sort_rates"]
     names = [name for name, _ in res["checks"]]
     assert any(n.startswith("(a) >= 5x") for n in names) and any(n.startswith("(d)") for n in names)
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nkept above\n\n") and text.endswith("\n\nkept below\n")
     assert "old figures" not in text and text.count(suite.BEGIN) == 1 and "**(c) embedding JPEG files**" in text
+    assert "**(e) CPU ranking engine, threads**" in text
     assert "--small" in text and "no CUDA device" in text
