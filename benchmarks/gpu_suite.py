@@ -541,8 +541,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
     e = measured(res, "e")
     if e:
         base = e["rows"][0]["s"] if e["rows"] else float("nan")
-        lines += [f"**(e) CPU ranking engine, threads** (no target): {e['n']:,} x {e['dim']}, 3 scales, every retrieval "
-                  f"metric, `device=\"cpu\"`; {e['sort_rates']}:", "",
+        lines += [f"**(e) CPU ranking engine, threads** (no target): {e['n']:,} x {e['dim']}, 3 scales, every "
+                  f"retrieval metric, `device=\"cpu\"`; {e['sort_rates']}:", "",
                   "| torch threads | seconds | vs the first row |", "|---:|---:|---:|"]
         lines += [f"| {r['threads']} | {r['s']:.2f} | {base / r['s']:.2f}x |" for r in e["rows"]]
         lines.append("")
