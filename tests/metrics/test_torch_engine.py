@@ -202,3 +202,19 @@ def test_extreme_magnitudes_are_exact(scale, distance):
                                   k_values=(1, 4), ranking_engine=engine)["fine"]
         for key in ("recall@1", "recall@4", "map@r", "map"):
             assert got[key] == pytest.approx(want[key], abs=1e-12), (engine, key)
+
+
+def test_torch_engine_on_the_cpu_ranks_the_cpu_engines_products():
+    # 512-d embeddings: torch's BLAS (MKL) and numpy's (OpenBLAS, the CPU engine's) round some products of this
+    # length differently, which flipped near-tied rankings (4.6e-8 apart on this data) while the torch engine on the
+    # CPU still multiplied with torch; it now uses the CPU engine's products, so the per-query values agree
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1500, 512)).astype(np.float32)
+    fine = rng.integers(0, 150, 1500)
+    labels = np.stack([fine, fine // 10, fine // 50], 1)
+    want, want_pq = evaluate_embeddings(x, labels, metrics=ALL_RANK, per_query=True, ranking_engine="cpu")
+    got, got_pq = evaluate_embeddings(x, labels, metrics=ALL_RANK, per_query=True, ranking_engine="torch")
+    _same(want, got)
+    for scale in want_pq:
+        for m, arr in want_pq[scale].items():
+            np.testing.assert_allclose(got_pq[scale][m], arr, rtol=1e-12, atol=1e-14, equal_nan=True)
