@@ -154,7 +154,7 @@ def test_range_tagging_with_and_without_class_patterns_agree(monkeypatch):
 def test_exact_for_the_engines_own_float32_scores_on_near_tied_data(distance, nested, with_ids, fast):
     # low-dimensional data: many float32 near-ties; the reference ranks the engine's own float32 scores (same
     # 64-row product grid) by brute force, so any difference would be a ranking or metric error, not rounding
-    from dynametric.metrics.engine import _grid_product, gallery_for_products, normalize_for
+    from dynametric.metrics.engine import _grid_product, normalize_for
     from tests.metrics.reference import brute_force
 
     rng = np.random.default_rng(17)
@@ -166,7 +166,7 @@ def test_exact_for_the_engines_own_float32_scores_on_near_tied_data(distance, ne
     ids = [f"o{i % 300}" for i in range(n)] if with_ids else None
     xt = normalize_for(distance, torch.from_numpy(x))
     scores = torch.empty(n, n)
-    _grid_product(xt, xt, 0, n, scores, gallery_for_products(xt, None))  # the engine's own product (numpy's BLAS)
+    _grid_product(xt, xt, 0, n, scores)
     if distance == "euclidean":
         scores.mul_(2.0).sub_((xt * xt).sum(1).unsqueeze(0))
     ref = brute_force(x, labels, distance=distance, query_ids=ids, score=scores.numpy())

@@ -204,10 +204,10 @@ def test_extreme_magnitudes_are_exact(scale, distance):
             assert got[key] == pytest.approx(want[key], abs=1e-12), (engine, key)
 
 
-def test_torch_engine_on_the_cpu_ranks_the_cpu_engines_products():
-    # 512-d embeddings: torch's BLAS (MKL) and numpy's (OpenBLAS, the CPU engine's) round some products of this
-    # length differently, which flipped near-tied rankings (4.6e-8 apart on this data) while the torch engine on the
-    # CPU still multiplied with torch; it now uses the CPU engine's products, so the per-query values agree
+def test_engines_on_the_cpu_rank_the_same_products_at_512_dimensions():
+    # 512-d embeddings: two BLAS libraries round some products of this length differently (MKL and OpenBLAS did on
+    # the machine that wrote this), which flips near-tied rankings (values 4.6e-8 apart on this data when the CPU
+    # engine multiplied with numpy's OpenBLAS for a while); every CPU path multiplies with torch's, so they agree
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1500, 512)).astype(np.float32)
     fine = rng.integers(0, 150, 1500)

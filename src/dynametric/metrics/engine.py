@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from dynametric.cpu_kernels import warn_if_slow_sort
-from dynametric.metrics.blas import blas_threads
 from dynametric.metrics.ranking import (
     MetricSpec,
     RankMetric,
@@ -97,7 +96,6 @@ class RankingProblem:
     query_codes: torch.Tensor | None = None  # [Nq] long id codes; gallery items with the same code are excluded
     gallery_codes: torch.Tensor | None = None
     gallery_sq_norms: torch.Tensor | None = field(default=None, repr=False)
-    gallery_t: np.ndarray | None = field(default=None, repr=False)  # gallery.T for CPU products
 
 
 def _ordered_threads() -> int:
@@ -116,39 +114,15 @@ def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, parts: int = 
         f.result()
 
 
-def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: int, out: torch.Tensor,
-                  gallery_t: np.ndarray | None = None, pool: ThreadPoolExecutor | None = None,
-                  threads: int = 1) -> None:
+def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> None:
     """``out[:] = query[start:stop] @ gallery.T``, computed block by block on the global ``SCORE_ROW_BLOCK`` grid.
 
-    With ``gallery_t`` (the gallery transposed, ``[D, Ng]`` float32 numpy, from :func:`gallery_for_products`) the
-    CPU products go through numpy's BLAS instead of torch's, spread over ``threads`` threads of ``pool``; the caller
-    holds numpy's BLAS at one thread (:func:`~dynametric.metrics.blas.blas_threads`), see
-    :mod:`dynametric.metrics.blas` for why."""
+    Every CPU product of the engines goes through torch's BLAS (MKL in torch's wheels), the symmetric path's tiles
+    too: one library, so the same pair gets the same score on every path (numpy's OpenBLAS was faster on an AMD
+    CPU but rounds some products of 512-dimensional embeddings differently; docs/benchmarks.md)."""
     b = SCORE_ROW_BLOCK
     nq = query.shape[0]
-    grid = list(range(start - start % b, stop, b))
-    if gallery_t is not None and out.device.type == "cpu" and query.dtype == torch.float32:
-        q, o = query.detach().numpy(), out.detach().numpy()
-
-        def blocks(starts: list[int]) -> None:
-            for b0 in starts:
-                b1 = min(b0 + b, nq)
-                if b0 >= start and b1 <= stop:
-                    np.matmul(q[b0:b1], gallery_t, out=o[b0 - start:b1 - start])
-                else:  # a grid block only partly inside [start, stop): compute it whole, keep the overlap
-                    lo, hi = max(b0, start), min(b1, stop)
-                    o[lo - start:hi - start] = np.matmul(q[b0:b1], gallery_t)[lo - b0:hi - b0]
-
-        parts = min(threads, len(grid)) if pool is not None else 1
-        if parts < 2:
-            blocks(grid)
-            return
-        cuts = np.linspace(0, len(grid), parts + 1).astype(int)
-        for fut in [pool.submit(blocks, grid[i:j]) for i, j in zip(cuts[:-1], cuts[1:]) if j > i]:
-            fut.result()
-        return
-    for b0 in grid:
+    for b0 in range(start - start % b, stop, b):
         b1 = min(b0 + b, nq)
         if b0 >= start and b1 <= stop:
             torch.matmul(query[b0:b1], gallery.T, out=out[b0 - start:b1 - start])
@@ -157,18 +131,7 @@ def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: 
             out[lo - start:hi - start] = (query[b0:b1] @ gallery.T)[lo - b0:hi - b0]
 
 
-def gallery_for_products(gallery: torch.Tensor, memory_budget_bytes: int | None) -> np.ndarray | None:
-    """``gallery.T`` as float32 numpy for :func:`_grid_product`'s CPU products (None for a tensor on another
-    device): a contiguous copy when it takes at most a quarter of the budget (faster), else the strided view."""
-    if gallery.device.type != "cpu" or gallery.dtype != torch.float32:
-        return None
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
-    view = gallery.detach().numpy().T
-    return np.ascontiguousarray(view) if gallery.numel() * 4 <= budget // 4 else view
-
-
-def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tensor | None = None,
-                 pool: ThreadPoolExecutor | None = None, threads: int = 1) -> torch.Tensor:
+def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Scores ``[stop-start, Ng]`` (float32, higher = closer) with excluded candidates set to ``-inf``.
 
     Cosine: ``<q, g>`` of L2-normalised rows. Euclidean: ``2<q, g> - ||g||^2``, which orders candidates exactly as
@@ -178,7 +141,7 @@ def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tens
     """
     s = torch.empty((stop - start, problem.gallery.shape[0]), dtype=torch.float32) if out is None \
         else out[:stop - start]
-    _grid_product(problem.query, problem.gallery, start, stop, s, problem.gallery_t, pool, threads)
+    _grid_product(problem.query, problem.gallery, start, stop, s)
     if problem.distance == "euclidean":
         s.mul_(2.0).sub_(problem.gallery_sq_norms.unsqueeze(0))
     if problem.leave_one_out:
@@ -272,9 +235,11 @@ def _tag_group_rows(n: int) -> int:
 
     Each group costs about twenty numpy calls, each of which takes and gives back the GIL; more rows per call means
     fewer hand-overs between the ranking threads. Measured on 2 cores (AMD Zen 4, numpy's AVX2 sort, part (b) of
-    eval_speed): 8 rows instead of 2 took 7.5-7.7 s instead of 7.9-8.1 s at 30,251 items and the same at 60,502
-    (32.2 vs 32.1 s); with 8 threads on the 2 cores 8.5 s instead of 9.5 s."""
+    eval_speed, products through OpenBLAS at the time): 8 rows instead of 2 took 7.5-7.7 s instead of 7.9-8.1 s at
+    30,251 items and the same at 60,502 (32.2 vs 32.1 s); with 8 threads on the 2 cores 8.5 s instead of 9.5 s."""
     return max(2, min(8, _TAG_GROUP_KEY_BYTES // (8 * max(1, n))))
+
+
 _LOW_BYTE = 0 if sys.byteorder == "little" else 7
 
 
@@ -769,8 +734,6 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         best = top_lists[0][:, 0]
         if bool(torch.isnan(top_lists[0]).any()) or bool(torch.isposinf(best).any()):
             _raise_overflow()
-    if problem.gallery_t is None and top_lists is None:
-        problem.gallery_t = gallery_for_products(problem.gallery, memory_budget_bytes)
     if top_lists is None and nq * ng >= _SORT_HINT_PAIRS:  # rows are sorted: is numpy's sort the slow one?
         warn_if_slow_sort(stacklevel=3)  # points at the caller of evaluate_embeddings
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -783,7 +746,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         if not buffer:
             buffer.append(torch.empty((chunk_rows, ng), dtype=torch.float32))
         with torch.no_grad():
-            return scores_block(problem, start, stop, out=buffer[0], pool=pool, threads=threads)
+            return scores_block(problem, start, stop, out=buffer[0])
 
     def rank_chunk(start: int, stop: int) -> None:
         if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, specs, asi_cutoff):
@@ -811,12 +774,11 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
                           harmonic, pool)
 
     try:
-        with blas_threads(1):  # products run in the engine's own threads (_grid_product)
-            for start in range(0, nq, chunk_rows):
-                stop = min(nq, start + chunk_rows)
-                rank_chunk(start, stop)
-                if progress is not None:
-                    progress(stop, nq)
+        for start in range(0, nq, chunk_rows):
+            stop = min(nq, start + chunk_rows)
+            rank_chunk(start, stop)
+            if progress is not None:
+                progress(stop, nq)
     finally:
         if pool is not None:
             pool.shutdown()

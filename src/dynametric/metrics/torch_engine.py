@@ -31,14 +31,7 @@ from functools import cached_property
 import torch
 
 from dynametric.errors import InputError
-from dynametric.metrics.blas import blas_threads
-from dynametric.metrics.engine import (
-    SCORE_ROW_BLOCK,
-    RankingProblem,
-    ScaleAccumulator,
-    _grid_product,
-    gallery_for_products,
-)
+from dynametric.metrics.engine import SCORE_ROW_BLOCK, RankingProblem, ScaleAccumulator, _grid_product
 from dynametric.metrics.ranking import (
     MetricSpec,
     RankMetric,
@@ -227,12 +220,9 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
     cap = max(max_r, max_rank_needed((), specs, asi_cutoff))
     full = needs_full_ranking(specs) or cap > TOP_PATH_MAX_CAP or cap + 1 > ng
     rows = plan_device_rows(nq, ng, max_r if full else cap, full, memory_budget_bytes)
-    # on the CPU, the CPU engine's products (numpy's BLAS, one thread here), so that both engines rank the same
-    # scores; on a GPU, torch's
-    with torch.no_grad(), blas_threads(1):
+    with torch.no_grad():
         q = problem.query.to(device)
         g = q if problem.gallery is problem.query else problem.gallery.to(device)
-        gt = gallery_for_products(g, memory_budget_bytes)
         sq = (g * g).sum(1) if problem.distance == "euclidean" else None
         codes = [_compact_codes(problem.query_labels[:, s], problem.gallery_labels[:, s]) for s in range(num_scales)]
         qcodes = [c[0].to(device) for c in codes]
@@ -246,7 +236,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
             stop = min(nq, start + rows)
             c = stop - start
             s = buf[:c]
-            _grid_product(q, g, start, stop, s, gt)
+            _grid_product(q, g, start, stop, s)
             if sq is not None:
                 s.mul_(2.0).sub_(sq.unsqueeze(0))
             if problem.leave_one_out:
