@@ -156,6 +156,11 @@ def sort_rates() -> str:
     return "numpy int64 sort of a 60,502-key row: " + ", ".join(out)
 
 
+def part_metrics(part: str) -> list[str]:
+    """dynametric's metrics in part (a) (the peer's three) and part (b) (every retrieval metric)."""
+    return ["recall@1", "r_precision", "map@r"] if part == "a" else ["recall@K", "r_precision", "map@r", "map", "asi"]
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -184,9 +189,7 @@ def worker(args: argparse.Namespace) -> dict:
     elif args.contender in ("dynametric", "dynametric-avx2"):
         from dynametric.metrics import evaluate_embeddings
 
-        metrics = ["recall@1", "r_precision", "map@r"] if args.part == "a" else [
-            "recall@K", "r_precision", "map@r", "map", "asi"]
-        out = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels), metrics=metrics,
+        out = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels), metrics=part_metrics(args.part),
                                   memory_budget_bytes=args.budget, device=args.device)
         result["values"] = out
     elif args.contender == "dynametric-cli":
@@ -229,28 +232,23 @@ def worker(args: argparse.Namespace) -> dict:
 def _cli_evaluate(x: np.ndarray, labels: np.ndarray, args: argparse.Namespace, result: dict) -> float:
     """Run ``python -m dynametric evaluate`` on ``x``/``labels`` saved to files; returns the timer's start (set
     after the files are written) and fills ``result`` (values, the child's peak RSS)."""
-    tmp = tempfile.mkdtemp(prefix="eval_speed_cli_")
-    emb, lab, out = (os.path.join(tmp, name) for name in ("emb.npy", "labels.csv", "out.json"))
-    np.save(emb, x)
-    np.savetxt(lab, labels, fmt="%d", delimiter=",", header=",".join(f"s{i}" for i in range(labels.shape[1])),
-               comments="")
-    metrics = ["recall@1", "r_precision", "map@r"] if args.part == "a" else [
-        "recall@K", "r_precision", "map@r", "map", "asi"]
-    cmd = [sys.executable, "-m", "dynametric", "evaluate", "--embeddings", emb, "--labels", lab, "--metrics",
-           *metrics, "--device", args.device or "cpu", "--json", out]
-    if args.budget is not None:
-        cmd += ["--memory-budget-mb", str(max(1, args.budget // 2**20))]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    result["wall_s_cli"] = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"dynametric evaluate failed (exit status {proc.returncode}): {proc.stderr.strip()}")
-    with open(out, encoding="utf-8") as fh:
-        result["values"] = json.load(fh)
+    with tempfile.TemporaryDirectory(prefix="eval_speed_cli_") as tmp:
+        emb, lab, out = (os.path.join(tmp, name) for name in ("emb.npy", "labels.csv", "out.json"))
+        np.save(emb, x)
+        np.savetxt(lab, labels, fmt="%d", delimiter=",", header=",".join(f"s{i}" for i in range(labels.shape[1])),
+                   comments="")
+        cmd = [sys.executable, "-m", "dynametric", "evaluate", "--embeddings", emb, "--labels", lab, "--metrics",
+               *part_metrics(args.part), "--device", args.device or "cpu", "--json", out]
+        if args.budget is not None:
+            cmd += ["--memory-budget-mb", str(max(1, args.budget // 2**20))]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result["wall_s_cli"] = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"dynametric evaluate failed (exit status {proc.returncode}): {proc.stderr.strip()}")
+        with open(out, encoding="utf-8") as fh:
+            result["values"] = json.load(fh)
     result["child_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-    for path in (emb, lab, out):
-        os.remove(path)
-    os.rmdir(tmp)
     return t0
 
 

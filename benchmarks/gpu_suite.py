@@ -436,11 +436,11 @@ def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
             "fraction": ours / floor}
 
 
-# ---------------------------------------------------------------------------------------------- report
 # ------------------------------------------------------------------------------------- (e) CPU engine threads
 def part_e(cfg: dict) -> dict[str, Any]:
     """The CPU ranking engine's wall time at several torch thread counts (no target)."""
     from eval_speed import make_data, sort_rates
+    from machine_info import usable_cpus
 
     from dynametric.metrics import evaluate_embeddings
 
@@ -448,11 +448,10 @@ def part_e(cfg: dict) -> dict[str, Any]:
     x_np, lab_np = make_data(cfg["cpu_n"], 128 if cfg["cpu_n"] > 10_000 else 32, fine, middle, coarse, seed=0)
     x, labels = torch.from_numpy(x_np), torch.from_numpy(lab_np)
     before = torch.get_num_threads()
-    cores = os.cpu_count() or 1
     rows = []
     want = None
     try:
-        for threads in [t for t in cfg["cpu_threads"] if t <= cores]:
+        for threads in [t for t in cfg["cpu_threads"] if t <= usable_cpus()]:
             torch.set_num_threads(threads)
             t = time.perf_counter()
             got = evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, device="cpu")
@@ -465,6 +464,7 @@ def part_e(cfg: dict) -> dict[str, Any]:
     return {"n": len(x), "dim": x.shape[1], "rows": rows, "sort_rates": sort_rates()}
 
 
+# ---------------------------------------------------------------------------------------------- report
 def measured(res: dict[str, Any], part: str) -> Any:
     """A part's results, or None where it was not run or failed (``{"error": ...}``)."""
     r = res.get(part)

@@ -9,15 +9,12 @@ import platform
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name from /proc/cpuinfo (Linux; read as the ``dynametric`` command reads it), else what
+    :mod:`platform` knows."""
+    from dynametric.cpu_kernels import first_cpu, read_cpuinfo
+
+    text = read_cpuinfo()
+    return (first_cpu(text).get("model name") if text else None) or platform.processor() or platform.machine()
 
 
 def usable_cpus() -> int:

@@ -9,9 +9,9 @@ switch for itself; the ``dynametric`` command can, because it runs this before a
 
 :func:`choose_numpy_sort_kernel` sets ``NPY_DISABLE_CPU_FEATURES`` to numpy's AVX-512 groups on such a CPU unless
 numpy is already imported, the user set ``NPY_DISABLE_CPU_FEATURES`` or ``NPY_ENABLE_CPU_FEATURES`` themselves, or
-``DYNAMETRIC_KEEP_NUMPY_AVX512=1`` is set, or numpy is older than 2.0 (no AVX2 sort kernel to switch to).
-Results do not change (the engine's results are identical under both
-kernels: tests/metrics/test_sort_kernels.py); only the speed does. This module imports neither numpy nor torch.
+``DYNAMETRIC_KEEP_NUMPY_AVX512=1`` is set, or numpy is older than 2.0 (no AVX2 sort kernel to switch to). Results
+do not change (the engine's results are identical under both kernels: tests/metrics/test_sort_kernels.py); only the
+speed does. This module imports neither numpy nor torch.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def numpy_has_avx2_sort(numpy_version: str) -> bool:
     return _major_minor(numpy_version) >= (2, 0)
 
 
-def _read(path: str) -> str | None:
+def read_cpuinfo(path: str = CPUINFO) -> str | None:
     """The text of ``/proc/cpuinfo`` (or a stand-in), None where there is none (not Linux)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -95,7 +95,7 @@ def sort_kernel_setting(environ: Mapping[str, str], cpuinfo: str, numpy_version:
 def choose_numpy_sort_kernel(environ: MutableMapping[str, str] | None = None, cpuinfo_path: str = CPUINFO) -> bool:
     """Apply :func:`sort_kernel_setting` to this process (before numpy is imported); True if it set anything."""
     env = os.environ if environ is None else environ
-    cpuinfo = _read(cpuinfo_path)
+    cpuinfo = read_cpuinfo(cpuinfo_path)
     if cpuinfo is None or not slow_avx512_sort(cpuinfo):
         return False
     from importlib import metadata
@@ -143,7 +143,7 @@ def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bo
 def warn_if_slow_sort(stacklevel: int = 1, cpuinfo_path: str = CPUINFO) -> bool:
     """Warn (:class:`SlowSortWarning`) when numpy's slow AVX-512 sort is in use on this CPU; True if it warned.
     ``stacklevel`` counts from the caller: 1 names the caller's line, 2 its caller's, and so on."""
-    cpuinfo = _read(cpuinfo_path)
+    cpuinfo = read_cpuinfo(cpuinfo_path)
     if cpuinfo is None or not slow_avx512_sort(cpuinfo):
         return False
     import numpy
