@@ -22,7 +22,7 @@ def _brute_ranks(scores, cols):
     return out
 
 
-@pytest.mark.parametrize("path", ["search", "tagged", "auto"])
+@pytest.mark.parametrize("path", ["search", "merge", "auto"])
 def test_rank_paths_are_exact_with_many_ties(path):
     rng = np.random.default_rng(0)
     scores = (rng.integers(-4, 5, (13, 50)) / 4.0).astype(np.float32)  # heavy ties, incl. -0.0 below
@@ -35,11 +35,54 @@ def test_rank_paths_are_exact_with_many_ties(path):
     assert np.array_equal(got.numpy(), np.where(valid, want, 0))
 
 
-def test_overflowing_scores_raise():
-    scores = torch.tensor([[1.0, float("inf"), 0.5]])
-    for path in ("search", "tagged"):
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -float("nan")])
+def test_overflowing_scores_raise(bad):
+    scores = torch.tensor([[1.0, 0.25, 0.5], [0.0, bad, 0.5]])  # NaN of either sign: one end of the merge sort
+    for path in ("search", "merge"):
         with pytest.raises(InputError, match="overflow"):
-            rank_candidates(scores, torch.tensor([[0]]), torch.tensor([[True]]), path=path)
+            rank_candidates(scores, torch.tensor([[0], [0]]), torch.tensor([[True], [True]]), path=path)
+
+
+def test_excluded_items_at_minus_infinity_do_not_raise():
+    scores = torch.tensor([[1.0, -float("inf"), 0.5, -float("inf")]])
+    for path in ("search", "merge"):
+        got = rank_candidates(scores, torch.tensor([[2, 0]]), torch.tensor([[True, True]]), path=path)
+        assert got.tolist() == [[2, 1]]
+
+
+def test_score_keys_order_exactly_and_decode_back():
+    import dynametric.metrics.engine as engine
+
+    rng = np.random.default_rng(3)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.0, -1.0], np.float32)
+    s = np.concatenate([specials, rng.standard_normal(500).astype(np.float32),
+                        rng.integers(-3, 4, 90).astype(np.float32)])[None, :]
+    keys = engine._score_keys(s, np.empty(s.shape, np.float32), np.empty(s.shape, np.int32))[0].copy()
+    f = s[0].astype(np.float64) + 0.0
+    i, j = rng.integers(0, s.shape[1], (2, 20000))
+    assert np.array_equal(keys[i] < keys[j], f[i] > f[j])  # ascending key = descending score
+    assert np.array_equal(keys[i] == keys[j], f[i] == f[j])  # -0.0 and +0.0 are one key
+    assert np.array_equal(engine._key_scores(keys), s[0] + np.float32(0.0))
+
+
+@pytest.mark.parametrize("scans,packed_bits", [(0, 24), (16, 24), (10**6, 24), (16, 4)])
+def test_merge_path_counts_ties_with_other_items_by_index(scans, packed_bits, monkeypatch):
+    # candidates tied with non-candidates on both sides in index, both ways of counting ties: a scan per tied
+    # candidate, one int64 sort of a row (scans 0, or rows with more than 16 tied candidates); candidates sorted as
+    # packed keys of a whole group, or row by row (packed_bits too small for the gallery)
+    import dynametric.metrics.engine as engine
+
+    monkeypatch.setattr(engine, "_TIE_SCANS", scans)
+    monkeypatch.setattr(engine, "_PACKED_INDEX_BITS", packed_bits)
+    rng = np.random.default_rng(11)
+    scores = rng.standard_normal((40, 300)).astype(np.float32)
+    scores[:, 100:160] = 0.5  # one long run of equal scores, candidates and not
+    scores[::3, 200:230] = rng.integers(-3, 4, (14, 30)) / 8  # a few short runs in some rows
+    scores[5] = 0.0  # a row of one score
+    cols = np.stack([rng.permutation(300)[:80] for _ in range(40)])
+    valid = rng.random((40, 80)) < 0.95
+    got = rank_candidates(torch.from_numpy(scores), torch.from_numpy(cols), torch.from_numpy(valid), path="merge")
+    assert np.array_equal(got.numpy(), np.where(valid, _brute_ranks(scores, cols), 0))
 
 
 def test_plan_chunk_rows_respects_budget():
@@ -105,47 +148,20 @@ def test_metrics_without_full_map_use_the_top_path_and_agree():
             assert fast[scale][m] == full[scale][m], (scale, m)
 
 
-def test_tagged_path_with_the_wide_gallery_key_layout(monkeypatch):
-    # galleries of 2**24+ items keep the index at bit 1 (tag read through a mask); force that layout here
-    import dynametric.metrics.engine as engine
-
-    monkeypatch.setattr(engine, "_index_shift", lambda n: 1)
-    rng = np.random.default_rng(5)
-    scores = (rng.integers(-4, 5, (9, 40)) / 4.0).astype(np.float32)
-    scores[0, :6] = -0.0
-    cols = np.stack([rng.permutation(40)[:15] for _ in range(9)])
-    valid = rng.random((9, 15)) < 0.8
-    got = rank_candidates(torch.from_numpy(scores), torch.from_numpy(cols), torch.from_numpy(valid), path="tagged")
-    want = _brute_ranks(scores + 0.0, cols)
-    assert np.array_equal(got.numpy(), np.where(valid, want, 0))
-
-
-def test_class_patterns_tag_each_class_and_respect_the_memory_cap(monkeypatch):
-    import dynametric.metrics.engine as engine
-
-    order = np.array([3, 0, 4, 1, 2])  # gallery sorted by class: class A = {3, 0}, class B = {4, 1, 2}
-    lo, hi = np.array([0, 2, 0]), np.array([2, 5, 2])
-    pats = engine.class_patterns(order, lo, hi, 5)
-    shift = engine._index_shift(5)
-    assert sorted(pats) == [0, 2]
-    assert (pats[0] & 1).tolist() == [1, 0, 0, 1, 0] and (pats[2] & 1).tolist() == [0, 1, 1, 0, 1]
-    assert (pats[0] >> shift).tolist() == [0, 1, 2, 3, 4]
-    monkeypatch.setattr(engine, "_PATTERN_BYTES", 8 * 5)  # room for one class only
-    assert engine.class_patterns(order, lo, hi, 5) is None
-
-
-def test_range_tagging_with_and_without_class_patterns_agree(monkeypatch):
+def test_range_candidates_and_the_search_path_agree(monkeypatch):
     import dynametric.metrics.engine as engine
 
     rng = np.random.default_rng(8)
     x = np.round(rng.standard_normal((120, 3)), 1).astype(np.float32)  # ties
     fine = rng.integers(0, 30, 120)
     labels = np.stack([fine, fine % 6, fine % 3], 1)
-    with_patterns = evaluate_embeddings(x, labels)
-    monkeypatch.setattr(engine, "_PATTERN_BYTES", 0)
-    assert evaluate_embeddings(x, labels) == with_patterns
-    monkeypatch.setattr(engine, "TAGGED_PATH_FRACTION", 1.0)  # the search path instead: the same exact ranks
-    assert evaluate_embeddings(x, labels) == with_patterns
+    calls = []
+    real = engine._merged_ranks
+    monkeypatch.setattr(engine, "_merged_ranks", lambda *a, **k: calls.append(type(a[1]).__name__) or real(*a, **k))
+    from_ranges = evaluate_embeddings(x, labels)
+    assert set(calls) == {"_RangeCandidates"}
+    monkeypatch.setattr(engine, "MERGE_PATH_FRACTION", 1.0)  # the search path instead: the same exact ranks
+    assert evaluate_embeddings(x, labels) == from_ranges
 
 
 @pytest.mark.parametrize("distance,nested,with_ids,fast", [("cosine", True, False, False),
@@ -178,7 +194,7 @@ def test_exact_for_the_engines_own_float32_scores_on_near_tied_data(distance, ne
             assert out[name][m] == pytest.approx(ref[s][m], abs=1e-12), (name, m)
 
 
-def test_query_classes_absent_from_the_gallery_with_range_tagging():
+def test_query_classes_absent_from_the_gallery_with_range_candidates():
     # query coarse class 0 is absent from the gallery: its empty range starts where class 1's range starts, and the
     # first query belongs to it (a pattern keyed by range start must not be the empty one)
     from tests.metrics.reference import brute_force
@@ -197,8 +213,8 @@ def test_query_classes_absent_from_the_gallery_with_range_tagging():
         assert out[name]["empty_queries"] == ref[s]["empty"] >= 5
 
 
-@pytest.mark.parametrize("group_bytes", [1, 3 * 8 * 97, 64 * 2**20])
-def test_tagged_rows_in_any_group_size_give_the_same_results(group_bytes, monkeypatch):
+@pytest.mark.parametrize("group_bytes", [1, 3 * 4 * 97, 64 * 2**20])
+def test_merge_rows_in_any_group_size_give_the_same_results(group_bytes, monkeypatch):
     # groups of 2 (the minimum), 3 and 8 rows over 97 rows: partial last groups, every row ranked once
     import dynametric.metrics.engine as engine
 
@@ -208,10 +224,10 @@ def test_tagged_rows_in_any_group_size_give_the_same_results(group_bytes, monkey
     labels = np.stack([fine, fine % 5, fine % 2], 1)
     metrics = ["recall@K", "r_precision", "map@r", "map", "asi"]
     want = evaluate_embeddings(x, labels, metrics=metrics)
-    monkeypatch.setattr(engine, "_TAG_GROUP_KEY_BYTES", group_bytes)
+    monkeypatch.setattr(engine, "_GROUP_KEY_BYTES", group_bytes)
     calls = []
-    real = engine._tagged_sort_ranks
-    monkeypatch.setattr(engine, "_tagged_sort_ranks", lambda *a, **k: calls.append(1) or real(*a, **k))
-    assert engine._tag_group_rows(97) == {1: 2, 3 * 8 * 97: 3, 64 * 2**20: 8}[group_bytes]
+    real = engine._merged_ranks
+    monkeypatch.setattr(engine, "_merged_ranks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert engine._group_rows(97) == {1: 2, 3 * 4 * 97: 3, 64 * 2**20: 8}[group_bytes]
     assert evaluate_embeddings(x, labels, metrics=metrics) == want
-    assert calls  # the tagged path ran
+    assert calls  # the merge path ran

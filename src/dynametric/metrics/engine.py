@@ -6,8 +6,8 @@ nested hierarchy the query's coarsest class, a contiguous range of the gallery s
 them to :func:`dynametric.metrics.ranking.metrics_from_flat_ranks`, per scale. Ranking paths, all exact under the
 ranking of docs/metrics.md (descending score, ties by ascending gallery index):
 
-* tagged sort (full ranking, large candidate sets): one sort of unique int64 (score, index, tag) keys per row,
-  the candidates read off in rank order (:func:`_tagged_sort_ranks`);
+* merge (full ranking, large candidate sets): one sort of each row's scores as int32 keys, the candidates,
+  sorted by (score, index), located in it by a monotone binary search, ties counted (:func:`_merged_ranks`);
 * search (full ranking, small candidate sets): float sort + binary search, ties counted directly;
 * top (only ranks up to a small cap matter): one ``topk`` per row;
 * symmetric (the top case in leave-one-out): each pair's score computed once, running top lists
@@ -20,7 +20,6 @@ the budget never changes a computed score, so results are identical for any budg
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,12 +55,12 @@ so scores are always computed in blocks of this many rows aligned to a global gr
 the chunk it was computed in, and results are identical for any memory budget."""
 
 
-TAGGED_PATH_FRACTION = 1 / 32
-"""Use the tagged-key sort when a chunk's candidate sets exceed this fraction of the gallery."""
+MERGE_PATH_FRACTION = 1 / 32
+"""Use the merge path when a chunk's candidate sets exceed this fraction of the gallery."""
 
 
 _BYTES_PER_SCORE = 4 + 4 + 2  # search/top paths: score block, its sorted copy, slack for masks/temporaries
-_BYTES_PER_SCORE_TAGGED = 4 + 1  # tagged path: the score block (keys live in small per-thread buffers)
+_BYTES_PER_SCORE_MERGE = 4 + 1  # merge path: the score block (keys live in small per-thread buffers)
 _BYTES_PER_CANDIDATE = 136  # columns, flags, flat ranks/indices/rows, per-scale gathers, float64 metric temporaries
 
 
@@ -69,13 +68,13 @@ def plan_chunk_rows(num_queries: int, num_gallery: int, memory_budget_bytes: int
                     num_scales: int = 1, max_candidates: int | None = None) -> int:
     """Number of query rows per chunk so that the chunk's buffers fit ``memory_budget_bytes``.
 
-    Per query row the engine holds about ``10 * Ng`` bytes (``5 * Ng`` on the tagged path, used for large
+    Per query row the engine holds about ``10 * Ng`` bytes (``5 * Ng`` on the merge path, used for large
     candidate sets) plus ``~136 * U`` bytes for the ``U`` candidate relevant items (``U`` = largest candidate set,
     at most ``Ng``; scales are processed one after the other). At least one row is always processed.
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
     cand = num_gallery if max_candidates is None else max_candidates
-    per_score = _BYTES_PER_SCORE_TAGGED if cand > num_gallery * TAGGED_PATH_FRACTION else _BYTES_PER_SCORE
+    per_score = _BYTES_PER_SCORE_MERGE if cand > num_gallery * MERGE_PATH_FRACTION else _BYTES_PER_SCORE
     per_row = per_score * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) + 64
     rows = max(1, budget // per_row)
     if rows >= SCORE_ROW_BLOCK:  # whole grid blocks per chunk: no block is computed twice
@@ -227,30 +226,21 @@ def _drop_excluded(problem: RankingProblem, cols: torch.Tensor, valid: torch.Ten
         v &= problem.gallery_codes.numpy()[c] != problem.query_codes[start:stop].numpy()[:, None]
 
 
-_TAG_GROUP_KEY_BYTES = 4 * 2**20  # int64 keys built, sorted and read off together per thread (2..8 rows)
+_GROUP_KEY_BYTES = 2 * 2**20  # int32 keys built and sorted together per thread (2..8 rows)
 
 
-def _tag_group_rows(n: int) -> int:
-    """Rows per group on the tagged path: up to 8 rows of ``n`` keys in ``_TAG_GROUP_KEY_BYTES`` (at least 2).
+def _group_rows(n: int) -> int:
+    """Rows per group on the merge path: up to 8 rows of ``n`` int32 keys in ``_GROUP_KEY_BYTES`` (at least 2).
 
-    Each group costs about twenty numpy calls, each of which takes and gives back the GIL; more rows per call means
-    fewer hand-overs between the ranking threads. Measured on 2 cores (AMD Zen 4, numpy's AVX2 sort, part (b) of
-    eval_speed, products through OpenBLAS at the time): 8 rows instead of 2 took 7.5-7.7 s instead of 7.9-8.1 s at
-    30,251 items and the same at 60,502 (32.2 vs 32.1 s); with 8 threads on the 2 cores 8.5 s instead of 9.5 s."""
-    return max(2, min(8, _TAG_GROUP_KEY_BYTES // (8 * max(1, n))))
+    A group's keys are built and sorted in one numpy call each (fewer calls, fewer GIL hand-overs between the
+    ranking threads) and stay in cache until its rows' candidates are located."""
+    return max(2, min(8, _GROUP_KEY_BYTES // (4 * max(1, n))))
 
 
-_LOW_BYTE = 0 if sys.byteorder == "little" else 7
-
-
-def _index_shift(n: int) -> int:
-    """Bit position of the gallery index in a key's low 32 bits: 8 (the low byte is then exactly the tag, read as a
-    bool without masking) for galleries below 2**24 items, 1 above."""
-    return 8 if n < 2**24 else 1
 
 
 @dataclass
-class _TagColumns:
+class _ColumnCandidates:
     """Candidates given as padded columns: ``cols``/``valid`` ``[C, U]`` (unique per row)."""
 
     cols: np.ndarray
@@ -259,129 +249,197 @@ class _TagColumns:
     def counts(self) -> np.ndarray:
         return self.valid.sum(1).astype(np.int64)
 
-    def fill(self, keys: np.ndarray, r0: int, r1: int, low: np.ndarray) -> None:
-        """OR each row's low bits (``index << shift``, plus the tag for candidates) into ``keys`` (rows r0..r1)."""
-        keys |= low
-        n = keys.shape[1]
-        keys.reshape(-1)[(np.arange(r1 - r0, dtype=np.int64)[:, None] * n + self.cols[r0:r1])[self.valid[r0:r1]]] |= 1
+    def group(self, r0: int, r1: int) -> np.ndarray:
+        """The candidates of rows ``r0..r1``, flat, grouped by row."""
+        return self.cols[r0:r1][self.valid[r0:r1]]
 
 
 @dataclass
-class _TagRanges:
+class _RangeCandidates:
     """Candidates given as ranges of a gallery order (a query's coarsest class, nested hierarchies): row ``r``'s
-    candidates are ``order[lo[r]:hi[r]]`` minus ``skip[r]`` (its own index in leave-one-out; ``-1`` for none).
-    Tagging from ranges never builds a padded ``[C, U]`` array; with ``patterns`` (``lo`` -> the class's full low
-    bits, index and tags, precomputed when there are few classes) a row's low bits are one OR."""
+    candidates are ``order[lo[r]:hi[r]]`` minus ``skip[r]`` (its own index in leave-one-out; ``-1`` for none), so
+    no padded ``[C, U]`` array is ever built."""
 
     order: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     skip: np.ndarray
-    patterns: dict[int, np.ndarray] | None = None
 
     def counts(self) -> np.ndarray:
         return (self.hi - self.lo - (self.skip >= 0)).astype(np.int64)
 
-    def fill(self, keys: np.ndarray, r0: int, r1: int, low: np.ndarray) -> None:
-        for r in range(r0, r1):
-            row = keys[r - r0]
-            # an empty range (a query class absent from the gallery) can share its start with the next class
-            nonempty = self.hi[r] > self.lo[r]
-            pattern = None if self.patterns is None or not nonempty else self.patterns.get(int(self.lo[r]))
-            if pattern is None:
-                row |= low
-                row[self.order[self.lo[r]:self.hi[r]]] |= 1
-            else:
-                row |= pattern
-            if self.skip[r] >= 0:
-                row[self.skip[r]] &= ~1
+    def group(self, r0: int, r1: int) -> np.ndarray:
+        """The candidates of rows ``r0..r1``, flat, grouped by row."""
+        lo, hi = self.lo[r0:r1], self.hi[r0:r1]
+        c = np.concatenate([self.order[a:b] for a, b in zip(lo.tolist(), hi.tolist())])
+        skip = self.skip[r0:r1]
+        return c[c != np.repeat(skip, hi - lo)] if (skip >= 0).any() else c
 
 
-_PATTERN_BYTES = 64 * 2**20  # precomputed class tag patterns are used while they take at most this much memory
+def _score_keys(scores: np.ndarray, fbuf: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """int32 keys, ascending in the ranking's order: ``order(0.0 - score)`` with ``order(i) = i ^ ((i >> 31) &
+    0x7FFFFFFF)`` on the float32 bits (order-preserving; ``0.0 - score`` makes ``-0.0`` and ``+0.0`` one key).
+    Equal keys are exactly equal scores. NaN keys sort to one end or the other, never between finite scores."""
+    m = scores.shape[0]
+    f = fbuf[:m]
+    np.subtract(0.0, scores, out=f)
+    bits = f.view(np.int32)
+    k = out[:m]
+    np.right_shift(bits, 31, out=k)
+    k &= 0x7FFFFFFF
+    k ^= bits
+    return k
 
 
-def class_patterns(order: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int) -> dict[int, np.ndarray] | None:
-    """Low key bits (``index << shift | tag``) of every distinct non-empty candidate range (keyed by its start), or
-    None if they would not fit."""
-    nonempty = np.flatnonzero(hi > lo)
-    starts, first = np.unique(lo[nonempty], return_index=True)
-    first = nonempty[first]
-    if starts.size * n * 8 > _PATTERN_BYTES:
-        return None
-    low = np.arange(n, dtype=np.int64) << _index_shift(n)
-    out = {}
-    for a, i in zip(starts.tolist(), first.tolist()):
-        pat = low.copy()
-        pat[order[a:hi[i]]] |= 1
-        out[a] = pat
-    return out
+def _key_scores(keys: np.ndarray) -> np.ndarray:
+    """The scores of int32 keys of :func:`_score_keys` (``order`` is its own inverse)."""
+    bits = keys ^ ((keys >> 31) & 0x7FFFFFFF)
+    return 0.0 - bits.astype(np.int32).view(np.float32)
 
 
-def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, counts: np.ndarray,
-                       pool: ThreadPoolExecutor | None, threads: int,
-                       on_block: Callable[[int, int, np.ndarray, np.ndarray], Any] | None = None,
-                       block_rows: int = 32) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, Any]]]:
-    """Ranks of tagged candidates from one sort of unique int64 keys per row.
+_PACKED_INDEX_BITS = 24  # galleries up to 2**24 items: a group's candidates are sorted as one array of packed keys
 
-    ``scores``: float32 ``[C, Ng]``; ``tags``: each row's candidates; ``counts`` = ``tags.counts()``. Each row's
-    key is ``order(-score) << 32 | index << shift | tag``, where ``order`` maps float32 bits to an order-preserving
-    int32 (``i ^ ((i >> 31) & 0x7FFFFFFF)``) and ``-score`` is computed as ``0.0 - score`` (so ``-0.0`` and
-    ``+0.0`` are one score). Ascending keys are exactly the ranking (descending score, ties by ascending index)
-    and the tag bit marks candidates without changing the order. After the sort the tags are read off in rank
-    order: no inverse permutation, no per-candidate search, ties exact. Returns ``(ranks, gallery_index,
-    block_results)``: ranks and indices flat, grouped by row and ascending in rank within a row. Rows are
-    processed a few at a time per thread (:func:`_tag_group_rows`) so their keys stay in cache from build to
-    scan; with ``on_block``, each thread calls ``on_block(lo, hi, ranks, gallery_index)`` as soon as rows
-    ``[lo, hi)`` (about ``block_rows`` of them) are ranked, while their output is still in cache, and
-    ``block_results`` collects ``(lo, hi, result)`` in row order.
+
+def _sorted_candidates(keys: np.ndarray, cand: np.ndarray, rows: np.ndarray,
+                       bounds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A group's candidates sorted by (row, key, index): their int32 keys and gallery indices, flat.
+
+    ``keys``: the group's ``[m, n]`` keys; ``cand``: the candidates' gallery indices, grouped by row; ``rows``: each
+    one's row; ``bounds``: where each row's candidates start and end. With ``n <= 2**_PACKED_INDEX_BITS`` (and at
+    most 128 rows) one sort of ``row << 56 | (key + 2**31) << 24 | index`` orders every row at once; else one sort
+    of ``key << 32 | index`` per row."""
+    m, n = keys.shape
+    ck = keys.reshape(-1)[rows * n + cand]
+    b = _PACKED_INDEX_BITS
+    if n <= 2**b and m <= 2**(31 - b):
+        packed = ck.astype(np.int64)
+        packed += 2**31
+        packed <<= b
+        packed |= rows << (32 + b)
+        packed |= cand
+        packed.sort()
+        idx = packed & (2**b - 1)
+        packed >>= b
+        packed &= 0xFFFFFFFF
+        packed -= 2**31
+        return packed.astype(np.int32), idx
+    pairs = np.left_shift(ck, 32, dtype=np.int64)
+    pairs |= cand
+    for a, z in zip(bounds[:-1], bounds[1:]):
+        pairs[a:z].sort()
+    return (pairs >> 32).astype(np.int32), pairs & 0xFFFFFFFF
+
+
+_TIE_SCANS = 16  # a row with more tied candidates is ranked by one int64 sort instead of a scan per candidate
+
+
+def _rank_by_full_sort(keys: np.ndarray, ck: np.ndarray, idx: np.ndarray, out_rank: np.ndarray,
+                       index: list[np.ndarray]) -> None:
+    """One row's candidate ranks from one sort of unique int64 (key, index) pairs of the whole row (``index``: a
+    per-thread cache of ``arange(n)``)."""
+    n = keys.shape[0]
+    if not index or index[0].shape[0] != n:
+        index[:] = [np.arange(n, dtype=np.int64)]
+    full = np.left_shift(keys, 32, dtype=np.int64)
+    full |= index[0]
+    full.sort()
+    wanted = np.left_shift(ck, 32, dtype=np.int64)
+    wanted |= idx
+    np.add(np.searchsorted(full, wanted), 1, out=out_rank)
+
+
+def _add_tie_counts(keys: np.ndarray, rows: np.ndarray, bounds: list[int], ck: np.ndarray, idx: np.ndarray,
+                    tied: np.ndarray, out_rank: np.ndarray, index: list[np.ndarray]) -> None:
+    """Add to the ranks of a group's tied candidates the number of items with the same key and a smaller index.
+
+    ``keys``: the group's ``[m, n]`` keys; ``rows``/``ck``/``idx``: each candidate's row, key and index, ``bounds``
+    each row's span; ``tied``: candidates whose key occurs more than once in their row. Each tied candidate counts
+    the equal keys before its index in its row (one comparison of that prefix); a row with more than
+    ``_TIE_SCANS`` tied candidates (heavily tied scores) is ranked by :func:`_rank_by_full_sort` instead."""
+    t = np.flatnonzero(tied)
+    per_row = np.bincount(rows[t], minlength=keys.shape[0])
+    heavy = per_row > _TIE_SCANS
+    if heavy.any():
+        for i in np.flatnonzero(heavy).tolist():
+            a, z = bounds[i], bounds[i + 1]
+            _rank_by_full_sort(keys[i], ck[a:z], idx[a:z], out_rank[a:z], index)
+        t = t[~heavy[rows[t]]]
+    for j, r, k, x in zip(t.tolist(), rows[t].tolist(), ck[t].tolist(), idx[t].tolist()):
+        out_rank[j] += np.count_nonzero(keys[r, :x] == k)
+
+
+def _merge_group(keys: np.ndarray, sorted_keys: np.ndarray, cand: np.ndarray, sizes: np.ndarray,
+                 out_rank: np.ndarray, out_index: np.ndarray, index: list[np.ndarray]) -> None:
+    """Ranks (ascending within each row) and gallery indices of a group of rows' candidates.
+
+    ``keys``: the rows' keys (:func:`_score_keys`), ``sorted_keys`` the same sorted along each row; ``cand``: the
+    candidates' gallery indices, ``sizes[i]`` of them for row ``i``, grouped by row. The candidates are sorted by
+    (key, index), the ranking's order (:func:`_sorted_candidates`), and each one's rank is ``#{keys < its key} +
+    #{equal keys with a smaller index} + 1``: the first term is one binary search per candidate in its sorted row
+    (needles ascending, so each search starts where the last one ended), the second is non-zero only for a key
+    that occurs more than once in the row (:func:`_add_tie_counts`)."""
+    m, n = keys.shape
+    rows = np.repeat(np.arange(m, dtype=np.int64), sizes)
+    bounds = [0, *np.cumsum(sizes).tolist()]
+    ck, idx = _sorted_candidates(keys, cand, rows, bounds)
+    out_index[:] = idx
+    before = out_rank  # written in place: #{keys < key} first
+    for i in range(m):
+        before[bounds[i]:bounds[i + 1]] = np.searchsorted(sorted_keys[i], ck[bounds[i]:bounds[i + 1]])
+    nxt = before + 1
+    tied = sorted_keys.reshape(-1)[rows * n + np.minimum(nxt, n - 1)] == ck  # the key's run is longer than one
+    tied &= nxt < n
+    out_rank += 1
+    if tied.any():
+        _add_tie_counts(keys, rows, bounds, ck, idx, tied, out_rank, index)
+
+
+def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidates, counts: np.ndarray,
+                  pool: ThreadPoolExecutor | None, threads: int,
+                  on_block: Callable[[int, int, np.ndarray, np.ndarray], Any] | None = None,
+                  block_rows: int = 32) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, Any]]]:
+    """Ranks of each row's candidates from one int32 sort of the row's scores (the merge path).
+
+    ``scores``: float32 ``[C, Ng]``; ``cands``: each row's candidates; ``counts`` = ``cands.counts()``. Each row's
+    scores become order-preserving int32 keys (:func:`_score_keys`), sorted a group of rows at a time
+    (:func:`_group_rows`); the candidates are then located in the sorted rows (:func:`_merge_group`). Sorting 32-bit
+    keys instead of 64-bit (score, index) pairs halves the sort, by far the largest cost here. Returns ``(ranks,
+    gallery_index, block_results)``: ranks and indices flat, grouped by row and ascending in rank within a row;
+    with ``on_block``, each thread calls ``on_block(lo, hi, ranks, gallery_index)`` as soon as rows ``[lo, hi)``
+    (about ``block_rows`` of them) are ranked, while their output is still in cache, and ``block_results`` collects
+    ``(lo, hi, result)`` in row order. Raises if a row's scores reach NaN or ``+inf``.
     """
     c, n = scores.shape
     if n >= 2**31:
-        raise ValueError(f"the tagged ranking path supports up to 2**31 - 1 gallery items, got {n}")
+        raise ValueError(f"the merge ranking path supports up to 2**31 - 1 gallery items, got {n}")
     starts = np.zeros(c + 1, dtype=np.int64)
     np.cumsum(counts, out=starts[1:])
     ranks = np.empty(int(starts[-1]), dtype=np.int64)
     gidx = np.empty(int(starts[-1]), dtype=np.int64)
-    ends = np.empty((c, 2), dtype=np.int64)
-    shift = _index_shift(n)
-    low = np.arange(n, dtype=np.int64) << shift
-    mask = (1 << 32) - 1
+    ends = np.empty((c, 2), dtype=np.int32)  # each row's smallest and largest key
     block_results: list[tuple[int, int, Any]] = []
 
     def work(x: int, y: int) -> None:
-        g = _tag_group_rows(n)
-        block_start = x
+        g = _group_rows(n)
         fbuf = np.empty((g, n), dtype=np.float32)
         kbuf = np.empty((g, n), dtype=np.int32)
-        keys = np.empty((g, n), dtype=np.int64)
+        sbuf = np.empty((g, n), dtype=np.int32)
+        index: list[np.ndarray] = []  # arange(n), made once per thread if a row has many tied keys
+        block_start = x
         for r0 in range(x, y, g):
             r1 = min(y, r0 + g)
-            m = r1 - r0
-            f = fbuf[:m]
-            np.subtract(0.0, scores[r0:r1], out=f)  # descending score = ascending -score; 0.0 - (-0.0) = +0.0
-            bits = f.view(np.int32)
-            k = kbuf[:m]
-            np.right_shift(bits, 31, out=k)
-            k &= 0x7FFFFFFF
-            k ^= bits
-            kb = keys[:m]
-            np.left_shift(k, 32, out=kb, dtype=np.int64)
-            tags.fill(kb, r0, r1, low)
-            kb.sort(axis=1)
-            if shift == 8:  # the low byte is the tag itself
-                nz = np.flatnonzero(kb.view(np.bool_)[:, _LOW_BYTE::8])
-            else:
-                nz = np.flatnonzero((kb.view(np.uint8)[:, _LOW_BYTE::8] & 1).view(np.bool_))
+            keys = _score_keys(scores[r0:r1], fbuf, kbuf)
+            srt = sbuf[:r1 - r0]
+            np.copyto(srt, keys)
+            srt.sort(axis=1)
+            ends[r0:r1, 0] = srt[:, 0]
+            ends[r0:r1, 1] = srt[:, -1]
             a, z = int(starts[r0]), int(starts[r1])
-            if nz.shape[0] != z - a:  # pragma: no cover - a duplicate candidate would be a caller bug
-                raise RuntimeError("tagged ranking lost candidates (duplicate candidate columns?)")
-            ranks[a:z] = nz % n + 1
-            sel = kb.reshape(-1)[nz]
-            sel &= mask
-            sel >>= shift
-            gidx[a:z] = sel
-            ends[r0:r1, 0] = (kb[:, 0] & mask) >> shift
-            ends[r0:r1, 1] = (kb[:, -1] & mask) >> shift
+            if z > a:
+                cand = cands.group(r0, r1)
+                if cand.shape[0] != z - a:  # pragma: no cover - a duplicate or missing candidate: a caller bug
+                    raise RuntimeError("merge ranking: candidate lists do not match their counts")
+                _merge_group(keys, srt, cand, counts[r0:r1], ranks[a:z], gidx[a:z], index)
             if on_block is not None and (r1 - block_start >= block_rows or r1 == y):
                 block_results.append((block_start, r1, on_block(block_start, r1, ranks, gidx)))
                 block_start = r1
@@ -393,9 +451,8 @@ def _tagged_sort_ranks(scores: np.ndarray, tags: _TagColumns | _TagRanges, count
         bounds = np.linspace(0, c, parts + 1).astype(int)
         for fut in [pool.submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]:
             fut.result()
-    best = np.take_along_axis(scores, ends[:, :1], axis=1)
-    worst = np.take_along_axis(scores, ends[:, 1:], axis=1)
-    if np.isnan(worst).any() or np.isnan(best).any() or np.isposinf(best).any():
+    extremes = _key_scores(ends)  # [:, 0] the best score of each row, [:, 1] the worst
+    if np.isnan(extremes).any() or np.isposinf(extremes[:, 0]).any():
         _raise_overflow()
     block_results.sort(key=lambda item: item[0])
     return ranks, gidx, block_results
@@ -438,10 +495,10 @@ def _ranks_within_top(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Ten
 
 def auto_path(u: int, n: int, rank_cap: int | None) -> str:
     """The ranking path for candidate sets of up to ``u`` items in a gallery of ``n``: ``"top"`` when only ranks up
-    to a small cap matter, else ``"tagged"`` for large candidate sets and ``"search"`` for small ones."""
+    to a small cap matter, else ``"merge"`` for large candidate sets and ``"search"`` for small ones."""
     if rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP and u <= TOPK_PATH_MAX_CAP and rank_cap < n:
         return "top"
-    return "tagged" if u > n * TAGGED_PATH_FRACTION else "search"
+    return "merge" if u > n * MERGE_PATH_FRACTION else "search"
 
 
 def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
@@ -457,10 +514,10 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
       ``topk`` per row; ranks above the cap are reported as ``rank_cap + 1``;
     * ``"search"``: small candidate sets; sort the float scores and binary-search each candidate (ties counted
       directly);
-    * ``"tagged"``: large candidate sets (``U > Ng * TAGGED_PATH_FRACTION``); one sort of unique (score, index,
-      tag) keys per row, candidates read off in rank order (:func:`_tagged_sort_ranks`).
+    * ``"merge"``: large candidate sets (``U > Ng * MERGE_PATH_FRACTION``); one sort of each row's scores as
+      int32 keys, candidates located in it in rank order (:func:`_merged_ranks`).
     """
-    if path not in ("auto", "search", "tagged", "top"):
+    if path not in ("auto", "search", "merge", "top"):
         raise ValueError(f"unknown ranking path {path!r}")
     c, n = scores.shape
     valid_np = valid.numpy()
@@ -469,8 +526,8 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
         return counts, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if path == "auto":
         path = auto_path(cols.shape[1], n, rank_cap)
-    if path == "tagged":
-        ranks, gidx, _ = _tagged_sort_ranks(scores.numpy(), _TagColumns(cols.numpy(), valid_np), counts, pool,
+    if path == "merge":
+        ranks, gidx, _ = _merged_ranks(scores.numpy(), _ColumnCandidates(cols.numpy(), valid_np), counts, pool,
                                             threads)
         return counts, ranks, gidx
     if path == "top":
@@ -694,11 +751,11 @@ def _accumulate_chunk(accs: list[ScaleAccumulator], start: int, counts: np.ndarr
     job.add_to(accs, start, [(lo, hi, res) for (lo, hi), res in zip(blocks, results)])
 
 
-def _chunk_takes_tagged_path(cs: CandidateSets, start: int, stop: int, ng: int,
+def _chunk_takes_merge_path(cs: CandidateSets, start: int, stop: int, ng: int,
                              metrics: tuple[MetricSpec, ...], asi_cutoff: int | None) -> bool:
-    """Whether :func:`rank_candidates_flat` (``path="auto"``) would pick the tagged path for this chunk."""
+    """Whether :func:`rank_candidates_flat` (``path="auto"``) would pick the merge path for this chunk."""
     u = int((cs.hi[start:stop] - cs.lo[start:stop]).max()) if stop > start else 0
-    return auto_path(u, ng, _rank_cap(u, metrics, asi_cutoff)) == "tagged"
+    return auto_path(u, ng, _rank_cap(u, metrics, asi_cutoff)) == "merge"
 
 
 def _rank_cap(u: int, metrics: tuple[MetricSpec, ...], asi_cutoff: int | None) -> int | None:
@@ -737,9 +794,8 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     if top_lists is None and nq * ng >= _SORT_HINT_PAIRS:  # rows are sorted: is numpy's sort the slow one?
         warn_if_slow_sort(stacklevel=3)  # points at the caller of evaluate_embeddings
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    # nested candidate sets with no shared-id exclusions can be tagged straight from the coarsest-class ranges
+    # nested candidate sets with no shared-id exclusions are read straight from the coarsest-class ranges
     use_ranges = top_lists is None and cs.nested and problem.query_codes is None
-    patterns = class_patterns(cs.order.numpy(), cs.lo.numpy(), cs.hi.numpy(), ng) if use_ranges else None
     buffer: list[torch.Tensor] = []  # one [chunk_rows, Ng] score buffer, reused by every chunk
 
     def chunk_scores(start: int, stop: int) -> torch.Tensor:
@@ -749,17 +805,16 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
             return scores_block(problem, start, stop, out=buffer[0])
 
     def rank_chunk(start: int, stop: int) -> None:
-        if use_ranges and _chunk_takes_tagged_path(cs, start, stop, ng, specs, asi_cutoff):
+        if use_ranges and _chunk_takes_merge_path(cs, start, stop, ng, specs, asi_cutoff):
             skip = np.arange(start, stop, dtype=np.int64) if problem.leave_one_out else \
                 np.full(stop - start, -1, dtype=np.int64)
-            tags = _TagRanges(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip,
-                              patterns)
-            counts = tags.counts()
+            cands = _RangeCandidates(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip)
+            counts = cands.counts()
             # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
             job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
                                           cs.nested, specs, asi_cutoff, harmonic)
-            _, _, blocks = _tagged_sort_ranks(chunk_scores(start, stop).numpy(), tags, counts, pool, threads,
-                                              on_block=job, block_rows=job.block_rows())
+            _, _, blocks = _merged_ranks(chunk_scores(start, stop).numpy(), cands, counts, pool, threads,
+                                         on_block=job, block_rows=job.block_rows())
             job.add_to(accs, start, blocks)
             return
         cols, valid = _candidates_for_chunk(cs, problem, start, stop)
