@@ -13,7 +13,7 @@ timed), wall time and the child's own peak RSS recorded:
   command's;
 * ``dynametric-avx2`` – ``dynametric`` with numpy's AVX-512 kernels switched off in the child
   (``NPY_DISABLE_CPU_FEATURES``), so numpy sorts with its AVX2 kernel. The engine's full-ranking path is one
-  int64 sort per query row, and on some CPUs (AMD Zen 4) numpy's AVX-512 sort is several times slower than its
+  int32 sort per query row, and on some CPUs (AMD Zen 4) numpy's AVX-512 sort is several times slower than its
   AVX2 one; the machine line under the table gives the rate of both on the machine that ran it.
 
 Parts: (a) one scale (the finest, SOP-sized: 60,502 x 128, 11,316 classes), metrics recall@1, r_precision, map@r
@@ -121,7 +121,7 @@ def full_sort_floor(x, labels, device: str = "cpu", chunk_rows: int = 1024, ks: 
 
 
 def machine_description() -> str:
-    """The machine line of ``benchmarks/machine_info.py`` plus numpy's int64 sort rates (part (b) moves with them)."""
+    """The machine line of ``benchmarks/machine_info.py`` plus numpy's int32 sort rates (part (b) moves with them)."""
     return f"{machine_line()}, {sort_rates()}"
 
 
@@ -134,7 +134,7 @@ def numpy_avx512_features() -> str:
 
 _SORT_PROBE = """
 import time, numpy as np
-keys = np.random.default_rng(0).integers(-2**62, 2**62, (4, 60502), dtype=np.int64)
+keys = np.random.default_rng(0).integers(-2**31, 2**31, (4, 60502), dtype=np.int64).astype(np.int32)
 times = []
 for _ in range(5):
     block = keys.copy()
@@ -146,14 +146,14 @@ print(round(min(times) * 1e6 / 4))
 
 
 def sort_rates() -> str:
-    """numpy's int64 sort of a 60,502-key row, in microseconds, with its default SIMD kernels and with AVX-512 off
-    (each in a fresh interpreter: numpy picks its kernels at import)."""
+    """numpy's int32 sort of a 60,502-key row (the engine's score keys), in microseconds, with its default SIMD
+    kernels and with AVX-512 off (each in a fresh interpreter: numpy picks its kernels at import)."""
     out = []
     for label, env in (("default", {}), ("AVX-512 off", {"NPY_DISABLE_CPU_FEATURES": numpy_avx512_features()})):
         proc = subprocess.run([sys.executable, "-c", _SORT_PROBE], capture_output=True, text=True, check=False,
                               env={**os.environ, **env})
         out.append(f"{label} {proc.stdout.strip() or '?'} us")
-    return "numpy int64 sort of a 60,502-key row: " + ", ".join(out)
+    return "numpy int32 sort of a 60,502-key row: " + ", ".join(out)
 
 
 def part_metrics(part: str) -> list[str]:

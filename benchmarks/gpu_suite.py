@@ -23,7 +23,7 @@ Parts (``--parts a,b,c,d,e``):
     format on a batch already on the device): resnet50, 224 px, bf16, batch 128 (m = 4).
 
 (e) the CPU ranking engine on the same host (no target): part (a)'s evaluation at half size (30,251 x 128, three
-    scales, every retrieval metric) with torch at 2, 4, 8 and 16 threads (those the host has), and numpy's int64
+    scales, every retrieval metric) with torch at 2, 4, 8 and 16 threads (those the host has), and numpy's int32
     sort rate. #13 reported that 16 cores did not make the CPU engine faster than 2; this measures it.
 
 The #13 targets are checked on a CUDA device and printed as pass / fail: (a) >= 5x faster than PML, within 1.2x of

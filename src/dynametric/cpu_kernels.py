@@ -1,11 +1,12 @@
 """numpy's sort kernel for the ``dynametric`` command on CPUs where numpy's AVX-512 sort is slow.
 
-The exact ranking engine's full-ranking path is one int64 sort per query row, and numpy picks that sort's SIMD
+The exact ranking engine's full-ranking path is one int32 sort per query row, and numpy picks that sort's SIMD
 kernel when it is imported. On AMD Zen 4 CPUs (vendor ``AuthenticAMD``, CPU family 25, with AVX-512) the AVX-512
 kernel is several times slower than numpy's own AVX2 kernel: it stores each partition step with a compress-store
-instruction that Zen 4 executes in microcode (measured: 2,087 against 478 us per 60,502-key row; Zen 5, family 26,
-does not have the problem). numpy reads ``NPY_DISABLE_CPU_FEATURES`` only when it is imported, so a library cannot
-switch for itself; the ``dynametric`` command can, because it runs this before anything imports numpy.
+instruction that Zen 4 executes in microcode (measured: 1,204 against 211 us per 60,502-key int32 row, 2,081
+against 479 us for int64; Zen 5, family 26, does not have the problem). numpy reads ``NPY_DISABLE_CPU_FEATURES``
+only when it is imported, so a library cannot switch for itself; the ``dynametric`` command can, because it runs
+this before anything imports numpy.
 
 :func:`choose_numpy_sort_kernel` sets ``NPY_DISABLE_CPU_FEATURES`` to numpy's AVX-512 groups on such a CPU unless
 numpy is already imported, the user set ``NPY_DISABLE_CPU_FEATURES`` or ``NPY_ENABLE_CPU_FEATURES`` themselves, or
@@ -41,8 +42,9 @@ def _major_minor(numpy_version: str) -> tuple[int, int]:
 
 
 def numpy_has_avx2_sort(numpy_version: str) -> bool:
-    """numpy 2.0 added an AVX2 kernel to its int64 sort; before, switching AVX-512 off falls back to a scalar sort
-    that is no faster (numpy 1.26.4 on the Zen 4 machine: 2,632 against 2,400 us per 60,502-key row)."""
+    """numpy 2.0 added AVX2 kernels to its 32- and 64-bit sorts; before, switching AVX-512 off falls back to a
+    scalar sort that is slower still (numpy 1.26.4 on the Zen 4 machine, 60,502-key rows: int32 2,670 against
+    1,687 us, int64 2,677 against 2,432 us)."""
     return _major_minor(numpy_version) >= (2, 0)
 
 
@@ -134,8 +136,8 @@ def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bo
             or not numpy_has_avx2_sort(numpy_version):
         return None
     names = numpy_avx512_names(numpy_version)
-    return (f"numpy sorts with its AVX-512 kernel, which is about 4x slower than its AVX2 kernel on this CPU "
-            f"(AMD Zen 4); full-ranking evaluation runs about 2x faster with NPY_DISABLE_CPU_FEATURES=\"{names}\" "
+    return (f"numpy sorts with its AVX-512 kernel, which is about 5x slower than its AVX2 kernel on this CPU "
+            f"(AMD Zen 4); full-ranking evaluation runs about 1.7x faster with NPY_DISABLE_CPU_FEATURES=\"{names}\" "
             f"set before Python starts (the dynametric command does this itself; docs/metrics.md, Speed on your "
             f"CPU). Set {OPT_OUT}=1 to silence this.")
 

@@ -148,6 +148,16 @@ def test_metrics_without_full_map_use_the_top_path_and_agree():
             assert fast[scale][m] == full[scale][m], (scale, m)
 
 
+def test_range_candidates_of_a_group_leave_out_the_query_itself():
+    import dynametric.metrics.engine as engine
+
+    order = np.array([3, 0, 4, 1, 2])  # gallery sorted by class: class A = {3, 0}, class B = {4, 1, 2}
+    cands = engine._RangeCandidates(order, np.array([0, 2, 2, 0]), np.array([2, 5, 5, 2]), np.array([1, 3, -1, 0]))
+    assert cands.counts().tolist() == [1, 2, 3, 1]
+    assert cands.group(0, 4).tolist() == [3, 4, 2, 4, 1, 2, 0]
+    assert cands.group(1, 3).tolist() == [4, 2, 4, 1, 2]
+
+
 def test_range_candidates_and_the_search_path_agree(monkeypatch):
     import dynametric.metrics.engine as engine
 

@@ -40,13 +40,13 @@ def test_same_results_with_numpy_avx512_sort_kernels_switched_off():
                               env={**env, **extra}, timeout=300)
         runs.append(json.loads(proc.stdout))
     assert runs[0] == runs[1]
-    # the coarse scale has 3 classes of 200 items: its candidate sets were ranked by the int64 key sort
+    # the coarse scale has 3 classes of 200 items: its candidate sets were ranked on the merge path
     assert runs[0]["merge_calls"] > 0
     assert 0.0 < runs[0]["metrics"]["coarse"]["map"] < 1.0
 
 
 def test_machine_line_reports_both_sort_rates():
     line = load_benchmark("eval_speed").sort_rates()
-    assert line.startswith("numpy int64 sort of a 60,502-key row: default ")
+    assert line.startswith("numpy int32 sort of a 60,502-key row: default ")
     rates = [part.rsplit(" ", 2)[-2] for part in line.split(": ", 1)[1].split(", ")]
     assert len(rates) == 2 and all(r.isdigit() and int(r) > 0 for r in rates)

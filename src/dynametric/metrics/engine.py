@@ -257,23 +257,29 @@ class _ColumnCandidates:
 @dataclass
 class _RangeCandidates:
     """Candidates given as ranges of a gallery order (a query's coarsest class, nested hierarchies): row ``r``'s
-    candidates are ``order[lo[r]:hi[r]]`` minus ``skip[r]`` (its own index in leave-one-out; ``-1`` for none), so
-    no padded ``[C, U]`` array is ever built."""
+    candidates are ``order[lo[r]:hi[r]]`` without ``order[skip_at[r]]`` (the query itself in leave-one-out, at that
+    position of ``order``, inside the range; ``-1`` for none), so no padded ``[C, U]`` array is ever built."""
 
     order: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    skip: np.ndarray
+    skip_at: np.ndarray
 
     def counts(self) -> np.ndarray:
-        return (self.hi - self.lo - (self.skip >= 0)).astype(np.int64)
+        return (self.hi - self.lo - (self.skip_at >= 0)).astype(np.int64)
 
     def group(self, r0: int, r1: int) -> np.ndarray:
-        """The candidates of rows ``r0..r1``, flat, grouped by row."""
-        lo, hi = self.lo[r0:r1], self.hi[r0:r1]
-        c = np.concatenate([self.order[a:b] for a, b in zip(lo.tolist(), hi.tolist())])
-        skip = self.skip[r0:r1]
-        return c[c != np.repeat(skip, hi - lo)] if (skip >= 0).any() else c
+        """The candidates of rows ``r0..r1``, flat, grouped by row: copies of slices of ``order`` (numpy's
+        ``concatenate`` and ``repeat`` hold the GIL while they copy; a slice assignment does not)."""
+        spans = []
+        for a, b, s in zip(self.lo[r0:r1].tolist(), self.hi[r0:r1].tolist(), self.skip_at[r0:r1].tolist()):
+            spans += [(a, b)] if s < 0 else [(a, s), (s + 1, b)]
+        out = np.empty(sum(b - a for a, b in spans), dtype=self.order.dtype)
+        p = 0
+        for a, b in spans:
+            out[p:p + b - a] = self.order[a:b]
+            p += b - a
+        return out
 
 
 def _score_keys(scores: np.ndarray, fbuf: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -379,8 +385,10 @@ def _merge_group(keys: np.ndarray, sorted_keys: np.ndarray, cand: np.ndarray, si
     (needles ascending, so each search starts where the last one ended), the second is non-zero only for a key
     that occurs more than once in the row (:func:`_add_tie_counts`)."""
     m, n = keys.shape
-    rows = np.repeat(np.arange(m, dtype=np.int64), sizes)
     bounds = [0, *np.cumsum(sizes).tolist()]
+    rows = np.empty(bounds[-1], dtype=np.int64)  # filled slice by slice: np.repeat holds the GIL while it copies
+    for i in range(m):
+        rows[bounds[i]:bounds[i + 1]] = i
     ck, idx = _sorted_candidates(keys, cand, rows, bounds)
     out_index[:] = idx
     before = out_rank  # written in place: #{keys < key} first
@@ -796,6 +804,10 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     # nested candidate sets with no shared-id exclusions are read straight from the coarsest-class ranges
     use_ranges = top_lists is None and cs.nested and problem.query_codes is None
+    order_position = np.empty(0, dtype=np.int64)  # leave-one-out: each gallery item's position in `cs.order`
+    if use_ranges and problem.leave_one_out:
+        order_position = np.empty(ng, dtype=np.int64)
+        order_position[cs.order.numpy()] = np.arange(ng, dtype=np.int64)
     buffer: list[torch.Tensor] = []  # one [chunk_rows, Ng] score buffer, reused by every chunk
 
     def chunk_scores(start: int, stop: int) -> torch.Tensor:
@@ -806,9 +818,14 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
 
     def rank_chunk(start: int, stop: int) -> None:
         if use_ranges and _chunk_takes_merge_path(cs, start, stop, ng, specs, asi_cutoff):
-            skip = np.arange(start, stop, dtype=np.int64) if problem.leave_one_out else \
-                np.full(stop - start, -1, dtype=np.int64)
-            cands = _RangeCandidates(cs.order.numpy(), cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy(), skip)
+            lo, hi = cs.lo[start:stop].numpy(), cs.hi[start:stop].numpy()
+            if problem.leave_one_out:  # the query is gallery item `start + r`, inside its own class's range
+                skip_at = order_position[start:stop]
+                if not ((lo <= skip_at) & (skip_at < hi)).all():  # pragma: no cover - labels differ from gallery's
+                    raise RuntimeError("leave-one-out query outside its own class range")
+            else:
+                skip_at = np.full(stop - start, -1, dtype=np.int64)
+            cands = _RangeCandidates(cs.order.numpy(), lo, hi, skip_at)
             counts = cands.counts()
             # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
             job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
