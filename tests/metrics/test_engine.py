@@ -43,6 +43,29 @@ def test_overflowing_scores_raise(bad):
             rank_candidates(scores, torch.tensor([[0], [0]]), torch.tensor([[True], [True]]), path=path)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_merge_path_equals_brute_force_on_random_tie_patterns(seed, monkeypatch):
+    # random sizes, tie densities (a few distinct values up to none), signed zeros, -inf exclusions, candidate
+    # fractions and group sizes; every route of the merge path against a float64 lexsort
+    import dynametric.metrics.engine as engine
+
+    rng = np.random.default_rng(100 + seed)
+    c, n = int(rng.integers(1, 30)), int(rng.integers(1, 400))
+    levels = [3, 17, 1000, 0][seed % 4]
+    scores = (rng.integers(-levels, levels + 1, (c, n)) / 7.0 if levels else rng.standard_normal((c, n)))
+    scores = scores.astype(np.float32)
+    scores[rng.random((c, n)) < 0.05] = -0.0
+    scores[rng.random((c, n)) < 0.05] = -np.inf
+    u = int(rng.integers(1, n + 1))
+    cols = np.stack([rng.permutation(n)[:u] for _ in range(c)])
+    valid = rng.random((c, u)) < rng.uniform(0.3, 1.0)
+    valid &= np.take_along_axis(scores, cols, 1) > -np.inf  # excluded items are never candidates
+    monkeypatch.setattr(engine, "_GROUP_KEY_BYTES", int(rng.integers(1, 64)) * 4 * n)
+    monkeypatch.setattr(engine, "_TIE_SCANS", int(rng.integers(0, 20)))
+    got = rank_candidates(torch.from_numpy(scores), torch.from_numpy(cols), torch.from_numpy(valid), path="merge")
+    assert np.array_equal(got.numpy(), np.where(valid, _brute_ranks(scores + 0.0, cols), 0))
+
+
 def test_excluded_items_at_minus_infinity_do_not_raise():
     scores = torch.tensor([[1.0, -float("inf"), 0.5, -float("inf")]])
     for path in ("search", "merge"):
