@@ -22,7 +22,7 @@ def _brute_ranks(scores, cols):
     return out
 
 
-@pytest.mark.parametrize("path", ["search", "merge", "auto"])
+@pytest.mark.parametrize("path", ["merge", "auto"])
 def test_rank_paths_are_exact_with_many_ties(path):
     rng = np.random.default_rng(0)
     scores = (rng.integers(-4, 5, (13, 50)) / 4.0).astype(np.float32)  # heavy ties, incl. -0.0 below
@@ -38,9 +38,9 @@ def test_rank_paths_are_exact_with_many_ties(path):
 @pytest.mark.parametrize("bad", [float("inf"), float("nan"), -float("nan")])
 def test_overflowing_scores_raise(bad):
     scores = torch.tensor([[1.0, 0.25, 0.5], [0.0, bad, 0.5]])  # NaN of either sign: one end of the merge sort
-    for path in ("search", "merge"):
+    for path in ("merge", "top"):
         with pytest.raises(InputError, match="overflow"):
-            rank_candidates(scores, torch.tensor([[0], [0]]), torch.tensor([[True], [True]]), path=path)
+            rank_candidates(scores, torch.tensor([[0], [0]]), torch.tensor([[True], [True]]), path=path, rank_cap=2)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -68,8 +68,8 @@ def test_merge_path_equals_brute_force_on_random_tie_patterns(seed, monkeypatch)
 
 def test_excluded_items_at_minus_infinity_do_not_raise():
     scores = torch.tensor([[1.0, -float("inf"), 0.5, -float("inf")]])
-    for path in ("search", "merge"):
-        got = rank_candidates(scores, torch.tensor([[2, 0]]), torch.tensor([[True, True]]), path=path)
+    for path in ("merge", "top"):
+        got = rank_candidates(scores, torch.tensor([[2, 0]]), torch.tensor([[True, True]]), path=path, rank_cap=3)
         assert got.tolist() == [[2, 1]]
 
 
@@ -181,8 +181,9 @@ def test_range_candidates_of_a_group_leave_out_the_query_itself():
     assert cands.group(1, 3).tolist() == [4, 2, 4, 1, 2]
 
 
-def test_range_candidates_and_the_search_path_agree(monkeypatch):
+def test_range_and_column_candidates_agree_with_brute_force(monkeypatch):
     import dynametric.metrics.engine as engine
+    from tests.metrics.reference import brute_force
 
     rng = np.random.default_rng(8)
     x = np.round(rng.standard_normal((120, 3)), 1).astype(np.float32)  # ties
@@ -193,8 +194,17 @@ def test_range_candidates_and_the_search_path_agree(monkeypatch):
     monkeypatch.setattr(engine, "_merged_ranks", lambda *a, **k: calls.append(type(a[1]).__name__) or real(*a, **k))
     from_ranges = evaluate_embeddings(x, labels)
     assert set(calls) == {"_RangeCandidates"}
-    monkeypatch.setattr(engine, "MERGE_PATH_FRACTION", 1.0)  # the search path instead: the same exact ranks
-    assert evaluate_embeddings(x, labels) == from_ranges
+    calls.clear()
+    ids = [f"i{i}" for i in range(120)]  # ids that exclude only the query itself: columns instead of ranges
+    from_columns = evaluate_embeddings(x, labels, query_ids=ids)
+    assert set(calls) == {"_ColumnCandidates"}
+    xt = engine.normalize_for("cosine", torch.from_numpy(x))
+    scores = torch.empty(120, 120)
+    engine._grid_product(xt, xt, 0, 120, scores)  # the engine's own float32 scores: exact comparison
+    ref = brute_force(x, labels, score=scores.numpy())
+    for s, name in enumerate(["fine", "middle", "coarse"]):
+        for m in ("map", "map@r", "r_precision", "recall@1", "asi"):
+            assert from_ranges[name][m] == from_columns[name][m] == pytest.approx(ref[s][m], abs=1e-12), (name, m)
 
 
 @pytest.mark.parametrize("distance,nested,with_ids,fast", [("cosine", True, False, False),

@@ -6,9 +6,8 @@ nested hierarchy the query's coarsest class, a contiguous range of the gallery s
 them to :func:`dynametric.metrics.ranking.metrics_from_flat_ranks`, per scale. Ranking paths, all exact under the
 ranking of docs/metrics.md (descending score, ties by ascending gallery index):
 
-* merge (full ranking, large candidate sets): one sort of each row's scores as int32 keys, the candidates,
+* merge (the full ranking, any candidate set): one sort of each row's scores as int32 keys, the candidates,
   sorted by (score, index), located in it by a monotone binary search, ties counted (:func:`_merged_ranks`);
-* search (full ranking, small candidate sets): float sort + binary search, ties counted directly;
 * top (only ranks up to a small cap matter): one ``topk`` per row;
 * symmetric (the top case in leave-one-out): each pair's score computed once, running top lists
   (:mod:`dynametric.metrics.symmetric`).
@@ -55,11 +54,7 @@ so scores are always computed in blocks of this many rows aligned to a global gr
 the chunk it was computed in, and results are identical for any memory budget."""
 
 
-MERGE_PATH_FRACTION = 1 / 32
-"""Use the merge path when a chunk's candidate sets exceed this fraction of the gallery."""
-
-
-_BYTES_PER_SCORE = 4 + 4 + 2  # search/top paths: score block, its sorted copy, slack for masks/temporaries
+_BYTES_PER_SCORE_TOP = 4 + 4 + 2  # top path: score block, top-k values and indices, slack for masks/temporaries
 _BYTES_PER_SCORE_MERGE = 4 + 1  # merge path: the score block (keys live in small per-thread buffers)
 _BYTES_PER_CANDIDATE = 136  # columns, flags, flat ranks/indices/rows, per-scale gathers, float64 metric temporaries
 
@@ -68,13 +63,14 @@ def plan_chunk_rows(num_queries: int, num_gallery: int, memory_budget_bytes: int
                     num_scales: int = 1, max_candidates: int | None = None) -> int:
     """Number of query rows per chunk so that the chunk's buffers fit ``memory_budget_bytes``.
 
-    Per query row the engine holds about ``10 * Ng`` bytes (``5 * Ng`` on the merge path, used for large
-    candidate sets) plus ``~136 * U`` bytes for the ``U`` candidate relevant items (``U`` = largest candidate set,
-    at most ``Ng``; scales are processed one after the other). At least one row is always processed.
+    Per query row the engine holds about ``5 * Ng`` bytes on the merge path (``10 * Ng`` where the top path may be
+    taken: candidate sets of at most ``TOPK_PATH_MAX_CAP`` items) plus ``~136 * U`` bytes for the ``U`` candidate
+    relevant items (``U`` = largest candidate set, at most ``Ng``; scales are processed one after the other). At
+    least one row is always processed.
     """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
     cand = num_gallery if max_candidates is None else max_candidates
-    per_score = _BYTES_PER_SCORE_MERGE if cand > num_gallery * MERGE_PATH_FRACTION else _BYTES_PER_SCORE
+    per_score = _BYTES_PER_SCORE_TOP if cand <= TOPK_PATH_MAX_CAP else _BYTES_PER_SCORE_MERGE
     per_row = per_score * num_gallery + _BYTES_PER_CANDIDATE * (cand + 1) + 64
     rows = max(1, budget // per_row)
     if rows >= SCORE_ROW_BLOCK:  # whole grid blocks per chunk: no block is computed twice
@@ -99,18 +95,6 @@ class RankingProblem:
 
 def _ordered_threads() -> int:
     return max(1, min(torch.get_num_threads(), 8))
-
-
-def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, parts: int = 1) -> None:
-    """Sort every row of ``block`` in place (numpy releases the GIL, so row slabs run in parallel)."""
-    if pool is None or parts < 2 or block.shape[0] < 2:
-        block.sort(axis=1)
-        return
-    n = block.shape[0]
-    bounds = np.linspace(0, n, parts + 1).astype(int)
-    futures = [pool.submit(block[a:b].sort, 1) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    for f in futures:
-        f.result()
 
 
 def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> None:
@@ -503,10 +487,10 @@ def _ranks_within_top(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Ten
 
 def auto_path(u: int, n: int, rank_cap: int | None) -> str:
     """The ranking path for candidate sets of up to ``u`` items in a gallery of ``n``: ``"top"`` when only ranks up
-    to a small cap matter, else ``"merge"`` for large candidate sets and ``"search"`` for small ones."""
+    to a small cap matter, else ``"merge"`` (the full ranking)."""
     if rank_cap is not None and rank_cap <= TOPK_PATH_MAX_CAP and u <= TOPK_PATH_MAX_CAP and rank_cap < n:
         return "top"
-    return "merge" if u > n * MERGE_PATH_FRACTION else "search"
+    return "merge"
 
 
 def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
@@ -520,12 +504,10 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
 
     * ``"top"``: when only ranks up to ``rank_cap`` matter and the cap and candidate sets are small, one linear
       ``topk`` per row; ranks above the cap are reported as ``rank_cap + 1``;
-    * ``"search"``: small candidate sets; sort the float scores and binary-search each candidate (ties counted
-      directly);
-    * ``"merge"``: large candidate sets (``U > Ng * MERGE_PATH_FRACTION``); one sort of each row's scores as
-      int32 keys, candidates located in it in rank order (:func:`_merged_ranks`).
+    * ``"merge"``: the full ranking, any candidate set; one sort of each row's scores as int32 keys, the
+      candidates located in it in rank order (:func:`_merged_ranks`).
     """
-    if path not in ("auto", "search", "merge", "top"):
+    if path not in ("auto", "merge", "top"):
         raise ValueError(f"unknown ranking path {path!r}")
     c, n = scores.shape
     valid_np = valid.numpy()
@@ -536,15 +518,11 @@ def rank_candidates_flat(scores: torch.Tensor, cols: torch.Tensor, valid: torch.
         path = auto_path(cols.shape[1], n, rank_cap)
     if path == "merge":
         ranks, gidx, _ = _merged_ranks(scores.numpy(), _ColumnCandidates(cols.numpy(), valid_np), counts, pool,
-                                            threads)
+                                       threads)
         return counts, ranks, gidx
-    if path == "top":
-        if rank_cap is None:
-            raise ValueError("the 'top' ranking path needs rank_cap")
-        padded = _ranks_within_top(scores, cols, valid, rank_cap)
-    else:
-        padded = _ranks_by_search(scores, cols, valid, pool, threads)
-    return _flatten_ranks(padded, cols, valid, n)
+    if rank_cap is None:
+        raise ValueError("the 'top' ranking path needs rank_cap")
+    return _flatten_ranks(_ranks_within_top(scores, cols, valid, rank_cap), cols, valid, n)
 
 
 def _flatten_ranks(padded: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
@@ -577,49 +555,11 @@ def rank_candidates(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tenso
     return torch.from_numpy(out)
 
 
-def _ranks_by_search(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor,
-                     pool: ThreadPoolExecutor | None, threads: int) -> torch.Tensor:
-    """Search path: sort the float scores of each row, binary-search each candidate, count ties exactly."""
-    n = scores.shape[1]
-    s_np = scores.numpy()
-    v = scores.gather(1, cols)
-    srt = s_np.copy()
-    _sort_rows(srt, pool, threads)
-    if not np.isfinite(srt[:, -1]).all():
-        _raise_overflow()
-    sorted_t = torch.from_numpy(srt)
-    right = torch.searchsorted(sorted_t, v, right=True)
-    # v itself sits at right - 1; another equal score exists iff the sorted value before it equals v as well
-    before = sorted_t.gather(1, (right - 2).clamp_min(0))
-    tied = valid & (right >= 2) & (before == v)
-    del sorted_t, srt
-    ranks = (n - right) + 1
-    if bool(tied.any()):
-        ranks += _tie_offsets(scores, cols, v, tied)
-    return torch.where(valid, ranks, torch.zeros_like(ranks))
-
-
 def _raise_overflow() -> None:
     from dynametric.errors import InputError
 
     raise InputError("similarity scores overflowed to inf/NaN; embeddings are too large in magnitude",
                      key="embeddings")
-
-
-def _tie_offsets(scores: torch.Tensor, cols: torch.Tensor, v: torch.Tensor, tied: torch.Tensor,
-                 max_elems: int = 2**24) -> torch.Tensor:
-    """For tied slots, the number of candidates with an equal score and a smaller gallery index."""
-    out = torch.zeros(cols.shape, dtype=torch.long)
-    r, k = tied.nonzero(as_tuple=True)
-    n = scores.shape[1]
-    step = max(1, max_elems // max(n, 1))
-    idx = torch.arange(n)
-    for a in range(0, r.shape[0], step):  # batches of tied pairs, bounded memory; not a per-query loop
-        rr, kk = r[a:a + step], k[a:a + step]
-        eq = scores[rr] == v[rr, kk].unsqueeze(1)
-        eq &= idx.unsqueeze(0) < cols[rr, kk].unsqueeze(1)
-        out[rr, kk] = eq.sum(1)
-    return out
 
 
 class ScaleAccumulator:
