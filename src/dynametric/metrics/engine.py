@@ -221,8 +221,6 @@ def _group_rows(n: int) -> int:
     return max(2, min(8, _GROUP_KEY_BYTES // (4 * max(1, n))))
 
 
-
-
 @dataclass
 class _ColumnCandidates:
     """Candidates given as padded columns: ``cols``/``valid`` ``[C, U]`` (unique per row)."""
@@ -700,7 +698,7 @@ def _accumulate_chunk(accs: list[ScaleAccumulator], start: int, counts: np.ndarr
 
 
 def _chunk_takes_merge_path(cs: CandidateSets, start: int, stop: int, ng: int,
-                             metrics: tuple[MetricSpec, ...], asi_cutoff: int | None) -> bool:
+                            metrics: tuple[MetricSpec, ...], asi_cutoff: int | None) -> bool:
     """Whether :func:`rank_candidates_flat` (``path="auto"``) would pick the merge path for this chunk."""
     u = int((cs.hi[start:stop] - cs.lo[start:stop]).max()) if stop > start else 0
     return auto_path(u, ng, _rank_cap(u, metrics, asi_cutoff)) == "merge"
