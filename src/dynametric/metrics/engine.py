@@ -288,6 +288,13 @@ def _key_scores(keys: np.ndarray) -> np.ndarray:
 _PACKED_INDEX_BITS = 24  # galleries up to 2**24 items: a group's candidates are sorted as one array of packed keys
 
 
+def _key_index_pairs(keys: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Unique int64 ``key << 32 | index`` values: ascending in the ranking's order (score, then index)."""
+    pairs = np.left_shift(keys, 32, dtype=np.int64)
+    pairs |= index
+    return pairs
+
+
 def _sorted_candidates(keys: np.ndarray, cand: np.ndarray, rows: np.ndarray,
                        bounds: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """A group's candidates sorted by (row, key, index): their int32 keys and gallery indices, flat.
@@ -311,8 +318,7 @@ def _sorted_candidates(keys: np.ndarray, cand: np.ndarray, rows: np.ndarray,
         packed &= 0xFFFFFFFF
         packed -= 2**31
         return packed.astype(np.int32), idx
-    pairs = np.left_shift(ck, 32, dtype=np.int64)
-    pairs |= cand
+    pairs = _key_index_pairs(ck, cand)
     for a, z in zip(bounds[:-1], bounds[1:]):
         pairs[a:z].sort()
     return (pairs >> 32).astype(np.int32), pairs & 0xFFFFFFFF
@@ -321,23 +327,15 @@ def _sorted_candidates(keys: np.ndarray, cand: np.ndarray, rows: np.ndarray,
 _TIE_SCANS = 16  # a row with more tied candidates is ranked by one int64 sort instead of a scan per candidate
 
 
-def _rank_by_full_sort(keys: np.ndarray, ck: np.ndarray, idx: np.ndarray, out_rank: np.ndarray,
-                       index: list[np.ndarray]) -> None:
-    """One row's candidate ranks from one sort of unique int64 (key, index) pairs of the whole row (``index``: a
-    per-thread cache of ``arange(n)``)."""
-    n = keys.shape[0]
-    if not index or index[0].shape[0] != n:
-        index[:] = [np.arange(n, dtype=np.int64)]
-    full = np.left_shift(keys, 32, dtype=np.int64)
-    full |= index[0]
+def _rank_by_full_sort(keys: np.ndarray, ck: np.ndarray, idx: np.ndarray, out_rank: np.ndarray) -> None:
+    """One row's candidate ranks from one sort of unique int64 (key, index) pairs of the whole row."""
+    full = _key_index_pairs(keys, np.arange(keys.shape[0], dtype=np.int64))
     full.sort()
-    wanted = np.left_shift(ck, 32, dtype=np.int64)
-    wanted |= idx
-    np.add(np.searchsorted(full, wanted), 1, out=out_rank)
+    np.add(np.searchsorted(full, _key_index_pairs(ck, idx)), 1, out=out_rank)
 
 
 def _add_tie_counts(keys: np.ndarray, rows: np.ndarray, bounds: list[int], ck: np.ndarray, idx: np.ndarray,
-                    tied: np.ndarray, out_rank: np.ndarray, index: list[np.ndarray]) -> None:
+                    tied: np.ndarray, out_rank: np.ndarray) -> None:
     """Add to the ranks of a group's tied candidates the number of items with the same key and a smaller index.
 
     ``keys``: the group's ``[m, n]`` keys; ``rows``/``ck``/``idx``: each candidate's row, key and index, ``bounds``
@@ -350,14 +348,14 @@ def _add_tie_counts(keys: np.ndarray, rows: np.ndarray, bounds: list[int], ck: n
     if heavy.any():
         for i in np.flatnonzero(heavy).tolist():
             a, z = bounds[i], bounds[i + 1]
-            _rank_by_full_sort(keys[i], ck[a:z], idx[a:z], out_rank[a:z], index)
+            _rank_by_full_sort(keys[i], ck[a:z], idx[a:z], out_rank[a:z])
         t = t[~heavy[rows[t]]]
     for j, r, k, x in zip(t.tolist(), rows[t].tolist(), ck[t].tolist(), idx[t].tolist()):
         out_rank[j] += np.count_nonzero(keys[r, :x] == k)
 
 
 def _merge_group(keys: np.ndarray, sorted_keys: np.ndarray, cand: np.ndarray, sizes: np.ndarray,
-                 out_rank: np.ndarray, out_index: np.ndarray, index: list[np.ndarray]) -> None:
+                 out_rank: np.ndarray, out_index: np.ndarray) -> None:
     """Ranks (ascending within each row) and gallery indices of a group of rows' candidates.
 
     ``keys``: the rows' keys (:func:`_score_keys`), ``sorted_keys`` the same sorted along each row; ``cand``: the
@@ -381,7 +379,7 @@ def _merge_group(keys: np.ndarray, sorted_keys: np.ndarray, cand: np.ndarray, si
     tied &= nxt < n
     out_rank += 1
     if tied.any():
-        _add_tie_counts(keys, rows, bounds, ck, idx, tied, out_rank, index)
+        _add_tie_counts(keys, rows, bounds, ck, idx, tied, out_rank)
 
 
 def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidates, counts: np.ndarray,
@@ -414,7 +412,6 @@ def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidate
         fbuf = np.empty((g, n), dtype=np.float32)
         kbuf = np.empty((g, n), dtype=np.int32)
         sbuf = np.empty((g, n), dtype=np.int32)
-        index: list[np.ndarray] = []  # arange(n), made once per thread if a row has many tied keys
         block_start = x
         for r0 in range(x, y, g):
             r1 = min(y, r0 + g)
@@ -429,7 +426,7 @@ def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidate
                 cand = cands.group(r0, r1)
                 if cand.shape[0] != z - a:  # pragma: no cover - a duplicate or missing candidate: a caller bug
                     raise RuntimeError("merge ranking: candidate lists do not match their counts")
-                _merge_group(keys, srt, cand, counts[r0:r1], ranks[a:z], gidx[a:z], index)
+                _merge_group(keys, srt, cand, counts[r0:r1], ranks[a:z], gidx[a:z])
             if on_block is not None and (r1 - block_start >= block_rows or r1 == y):
                 block_results.append((block_start, r1, on_block(block_start, r1, ranks, gidx)))
                 block_start = r1
