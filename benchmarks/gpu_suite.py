@@ -59,6 +59,8 @@ sys.path.insert(0, str(HERE))
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(1, str(ROOT / "src"))
 
+from eval_speed import part_metrics  # noqa: E402
+
 BEGIN, END = "<!-- gpu_suite:begin -->", "<!-- gpu_suite:end -->"
 
 FULL = {"eval_n": 60502, "eval_dim": 128, "eval_classes": (11316, 100, 12), "big_n": 1_000_000,
@@ -109,8 +111,12 @@ def shm_gb() -> float | None:
     return st.f_frsize * st.f_blocks / 2**30
 
 
+DEFAULT_PARTS = "a,b,c,d,e"
+STAGES = ("a", "a_big", "b", "c", "d", "e")  # what a run records, each as results or {"error": ...}
+
+
 # ---------------------------------------------------------------------------------------------- (a) evaluation
-ALL_RETRIEVAL = ["recall@K", "r_precision", "map@r", "map", "asi"]
+ALL_RETRIEVAL = part_metrics("b")  # every retrieval metric, as in eval_speed's part (b)
 
 
 def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[float, ...] = ()) -> dict[str, Any]:
@@ -485,7 +491,7 @@ def checks(res: dict[str, Any], device: torch.device) -> list[tuple[str, bool]]:
         out.append(("(c) embedding >= 90 % of the forward floor", res["c"]["fraction"] >= 0.9))
     if measured(res, "d"):
         out.append(("(d) training >= 90 % of the model-only floor", res["d"]["fraction"] >= 0.9))
-    out += [(f"({part}) ran without an error", False) for part in ("a", "a_big", "b", "c", "d", "e")
+    out += [(f"({part}) ran without an error", False) for part in STAGES
             if isinstance(res.get(part), dict) and "error" in res[part]]
     return out
 
@@ -546,7 +552,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
                   "| torch threads | seconds | vs the first row |", "|---:|---:|---:|"]
         lines += [f"| {r['threads']} | {r['s']:.2f} | {base / r['s']:.2f}x |" for r in e["rows"]]
         lines.append("")
-    lines += [f"**({part}) failed**: `{res[part]['error']}`" for part in ("a", "a_big", "b", "c", "d", "e")
+    lines += [f"**({part}) failed**: `{res[part]['error']}`" for part in STAGES
               if isinstance(res.get(part), dict) and "error" in res[part]]
     lines += ["", "Targets (#13, on one CUDA GPU):", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name}" for name, ok in res["checks"]]
@@ -574,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny sizes on the CPU (< 1 minute)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu with --small, else auto)")
-    p.add_argument("--parts", default="a,b,c,d,e")
+    p.add_argument("--parts", default=DEFAULT_PARTS)
     p.add_argument("--json", type=Path, default=None,
                    help="JSON results (default docs/results/gpu_suite.json; with --small gpu_suite_small.json)")
     p.add_argument("--docs", type=Path, default=None, help="markdown file to update (default docs/benchmarks.md)")
@@ -650,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     res["notes"] = notes
     command = "python benchmarks/gpu_suite.py" + (" --small" if args.small else "") + \
         (f" --device {args.device}" if args.device else "") + \
-        (f" --parts {args.parts}" if args.parts != "a,b,c,d,e" else "")
+        (f" --parts {args.parts}" if args.parts != DEFAULT_PARTS else "")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
     write_docs(docs_path, markdown(res, command))

@@ -84,10 +84,15 @@ def numpy_avx512_names(numpy_version: str) -> str:
     return " ".join(_AVX512_NAMES_2_4 if _major_minor(numpy_version) >= (2, 4) else _AVX512_NAMES_1)
 
 
+def _opted_out(environ: Mapping[str, str]) -> bool:
+    """``DYNAMETRIC_KEEP_NUMPY_AVX512`` set to anything but empty or ``0``."""
+    return environ.get(OPT_OUT, "") not in ("", "0")
+
+
 def sort_kernel_setting(environ: Mapping[str, str], cpuinfo: str, numpy_version: str,
                         numpy_imported: bool) -> dict[str, str]:
     """The environment to add (empty: leave numpy as it is) for the given state; pure, for tests."""
-    if numpy_imported or environ.get(OPT_OUT, "") not in ("", "0") or any(k in environ for k in _USER_SETTINGS):
+    if numpy_imported or _opted_out(environ) or any(k in environ for k in _USER_SETTINGS):
         return {}
     if not slow_avx512_sort(cpuinfo) or not numpy_has_avx2_sort(numpy_version):
         return {}
@@ -132,7 +137,7 @@ def numpy_avx512_active() -> bool:
 def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bool,
                      numpy_version: str) -> str | None:
     """The hint for a Python program that sorts with numpy's slow AVX-512 kernel, or None; pure, for tests."""
-    if environ.get(OPT_OUT, "") not in ("", "0") or not avx512_active or not slow_avx512_sort(cpuinfo) \
+    if _opted_out(environ) or not avx512_active or not slow_avx512_sort(cpuinfo) \
             or not numpy_has_avx2_sort(numpy_version):
         return None
     names = numpy_avx512_names(numpy_version)
