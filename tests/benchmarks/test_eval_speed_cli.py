@@ -15,7 +15,7 @@ def test_cli_contender_gives_the_library_values():
     result: dict = {}
     eval_speed._cli_evaluate(x, labels, args, result)
     want = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels),
-                               metrics=["recall@K", "r_precision", "map@r", "map", "asi"])
+                               metrics=eval_speed.part_metrics("b"))
     got = result["values"]
     assert [got[f"s{i}"] for i in range(3)] == [want[name] for name in ("fine", "middle", "coarse")]
     assert result["wall_s_cli"] > 0 and result["child_peak_rss_mb"] > 0
