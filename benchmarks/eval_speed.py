@@ -4,7 +4,8 @@ Contenders, each run in its own subprocess on the same synthetic embeddings (see
 timed), wall time and the child's own peak RSS recorded:
 
 * ``floor``      – the bare chunked matrix product ``Q_chunk @ G.T`` over all query chunks (same chunk size as
-  dynametric's row path under the same memory budget, written into one reused output buffer), nothing else;
+  dynametric's row path under the same memory budget, the engine's product library and 64-row grid, written into
+  one reused output buffer), nothing else;
 * ``dynametric`` – :func:`dynametric.metrics.evaluate_embeddings`, leave-one-out;
 * ``pml``        – ``AccuracyCalculator(k="max_bin_count")`` (faiss kNN), once per scale;
 * ``dynametric-cli`` – the same evaluation through the command, ``python -m dynametric evaluate`` on a ``.npy``
@@ -121,8 +122,11 @@ def full_sort_floor(x, labels, device: str = "cpu", chunk_rows: int = 1024, ks: 
 
 
 def machine_description() -> str:
-    """The machine line of ``benchmarks/machine_info.py`` plus numpy's int32 sort rates (part (b) moves with them)."""
-    return f"{machine_line()}, {sort_rates()}"
+    """The machine line of ``benchmarks/machine_info.py`` plus the library of the engine's CPU score products and
+    numpy's int32 sort rates (part (b) moves with both)."""
+    from dynametric.metrics.products import cpu_matmul_library
+
+    return f"{machine_line()}, CPU score products: {cpu_matmul_library()}, {sort_rates()}"
 
 
 def numpy_avx512_features() -> str:
@@ -175,16 +179,19 @@ def worker(args: argparse.Namespace) -> dict:
     result: dict = {"part": args.part, "contender": args.contender, "rss_before_mb": base_rss}
     t0 = time.perf_counter()
     if args.contender == "floor":
-        from dynametric.metrics.engine import plan_chunk_rows
+        from dynametric.metrics.engine import _grid_product, plan_chunk_rows
+        from dynametric.metrics.products import GalleryProducts
 
         xt = torch.from_numpy(x)
         # the row path's chunking for small candidate sets (score block + sorted copy, ~10 bytes per score)
         rows = plan_chunk_rows(len(x), len(x), args.budget, max_candidates=16)
         acc = 0.0
         buf = torch.empty((rows, len(x)), dtype=torch.float32)  # reused, as the engine does
+        products = GalleryProducts(xt)  # the engine's product library (oneDNN where it works) and 64-row grid
         for start in range(0, len(x), rows):
-            s = torch.matmul(xt[start:start + rows], xt.T, out=buf[:min(rows, len(x) - start)])
-            acc += float(s[0, 0])
+            stop = min(len(x), start + rows)
+            _grid_product(xt, products, start, stop, buf[:stop - start])
+            acc += float(buf[0, 0])
         result["chunk_rows"] = rows
     elif args.contender in ("dynametric", "dynametric-avx2"):
         from dynametric.metrics import evaluate_embeddings

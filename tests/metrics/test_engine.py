@@ -9,6 +9,7 @@ import torch
 from dynametric.errors import InputError
 from dynametric.metrics import evaluate_embeddings, plan_chunk_rows
 from dynametric.metrics.engine import rank_candidates
+from dynametric.metrics.products import GalleryProducts
 
 
 def _brute_ranks(scores, cols):
@@ -200,7 +201,7 @@ def test_range_and_column_candidates_agree_with_brute_force(monkeypatch):
     assert set(calls) == {"_ColumnCandidates"}
     xt = engine.normalize_for("cosine", torch.from_numpy(x))
     scores = torch.empty(120, 120)
-    engine._grid_product(xt, xt, 0, 120, scores)  # the engine's own float32 scores: exact comparison
+    engine._grid_product(xt, GalleryProducts(xt), 0, 120, scores)  # the engine's own float32 scores: exact
     ref = brute_force(x, labels, score=scores.numpy())
     for s, name in enumerate(["fine", "middle", "coarse"]):
         for m in ("map", "map@r", "r_precision", "recall@1", "asi"):
@@ -225,7 +226,7 @@ def test_exact_for_the_engines_own_float32_scores_on_near_tied_data(distance, ne
     ids = [f"o{i % 300}" for i in range(n)] if with_ids else None
     xt = normalize_for(distance, torch.from_numpy(x))
     scores = torch.empty(n, n)
-    _grid_product(xt, xt, 0, n, scores)
+    _grid_product(xt, GalleryProducts(xt), 0, n, scores)
     if distance == "euclidean":
         scores.mul_(2.0).sub_((xt * xt).sum(1).unsqueeze(0))
     ref = brute_force(x, labels, distance=distance, query_ids=ids, score=scores.numpy())

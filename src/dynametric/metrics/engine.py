@@ -22,12 +22,14 @@ import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
 from dynametric.cpu_kernels import warn_if_slow_sort
+from dynametric.metrics.products import GalleryProducts
 from dynametric.metrics.ranking import (
     MetricSpec,
     RankMetric,
@@ -92,26 +94,31 @@ class RankingProblem:
     gallery_codes: torch.Tensor | None = None
     gallery_sq_norms: torch.Tensor | None = field(default=None, repr=False)
 
+    @cached_property
+    def products(self) -> GalleryProducts:
+        """The gallery's score products (on the CPU: packed once for oneDNN, :mod:`dynametric.metrics.products`)."""
+        return GalleryProducts(self.gallery)
+
 
 def _ordered_threads() -> int:
     return max(1, min(torch.get_num_threads(), 8))
 
 
-def _grid_product(query: torch.Tensor, gallery: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> None:
+def _grid_product(query: torch.Tensor, products: GalleryProducts, start: int, stop: int, out: torch.Tensor) -> None:
     """``out[:] = query[start:stop] @ gallery.T``, computed block by block on the global ``SCORE_ROW_BLOCK`` grid.
 
-    Every CPU product of the engines goes through torch's BLAS (MKL in torch's wheels), the symmetric path's tiles
-    too: one library, so the same pair gets the same score on every path (numpy's OpenBLAS was faster on an AMD
-    CPU but rounds some products of 512-dimensional embeddings differently; docs/benchmarks.md)."""
+    Every CPU product of the engines goes through :class:`~dynametric.metrics.products.GalleryProducts` (oneDNN or
+    torch's BLAS, one library per process), the symmetric path's tiles too, so the same pair gets the same score on
+    every path. The grid keeps BLAS's small-row kernels (another summation order) out of the scores."""
     b = SCORE_ROW_BLOCK
     nq = query.shape[0]
     for b0 in range(start - start % b, stop, b):
         b1 = min(b0 + b, nq)
         if b0 >= start and b1 <= stop:
-            torch.matmul(query[b0:b1], gallery.T, out=out[b0 - start:b1 - start])
+            products(query[b0:b1], out=out[b0 - start:b1 - start])
         else:  # a grid block only partly inside [start, stop): compute it whole, keep the overlap
             lo, hi = max(b0, start), min(b1, stop)
-            out[lo - start:hi - start] = (query[b0:b1] @ gallery.T)[lo - b0:hi - b0]
+            out[lo - start:hi - start] = products(query[b0:b1])[lo - b0:hi - b0]
 
 
 def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,7 +131,7 @@ def scores_block(problem: RankingProblem, start: int, stop: int, out: torch.Tens
     """
     s = torch.empty((stop - start, problem.gallery.shape[0]), dtype=torch.float32) if out is None \
         else out[:stop - start]
-    _grid_product(problem.query, problem.gallery, start, stop, s)
+    _grid_product(problem.query, problem.products, start, stop, s)
     if problem.distance == "euclidean":
         s.mul_(2.0).sub_(problem.gallery_sq_norms.unsqueeze(0))
     if problem.leave_one_out:

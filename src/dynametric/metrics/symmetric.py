@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from dynametric.metrics.products import GalleryProducts
+
 TILE = 2048
 """Tile edge. Fixed (not derived from the memory budget) so that every score is produced by the same matrix
 product whatever the budget, and results are bit-identical for any budget."""
@@ -122,7 +124,8 @@ def symmetric_top_lists(x: torch.Tensor, k1: int, *, euclidean: bool = False, sq
             xa = x[a0:a1]
             for b0 in range(a0, n, TILE):
                 b1 = min(n, b0 + TILE)
-                g = torch.matmul(xa, x[b0:b1].T, out=buf[:a1 - a0, :b1 - b0])
+                # the engine's one product library (the row path's scores of a pair are these bits)
+                g = GalleryProducts(x[b0:b1])(xa, out=buf[:a1 - a0, :b1 - b0])
                 if a0 == b0:
                     g.diagonal().fill_(float("-inf"))
                 if codes is not None:

@@ -32,6 +32,7 @@ import torch
 
 from dynametric.errors import InputError
 from dynametric.metrics.engine import SCORE_ROW_BLOCK, RankingProblem, ScaleAccumulator, _grid_product
+from dynametric.metrics.products import GalleryProducts
 from dynametric.metrics.ranking import (
     MetricSpec,
     RankMetric,
@@ -223,6 +224,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
     with torch.no_grad():
         q = problem.query.to(device)
         g = q if problem.gallery is problem.query else problem.gallery.to(device)
+        products = problem.products if g is problem.gallery else GalleryProducts(g)  # on the CPU: packed once
         sq = (g * g).sum(1) if problem.distance == "euclidean" else None
         codes = [_compact_codes(problem.query_labels[:, s], problem.gallery_labels[:, s]) for s in range(num_scales)]
         qcodes = [c[0].to(device) for c in codes]
@@ -236,7 +238,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
             stop = min(nq, start + rows)
             c = stop - start
             s = buf[:c]
-            _grid_product(q, g, start, stop, s)
+            _grid_product(q, products, start, stop, s)
             if sq is not None:
                 s.mul_(2.0).sub_(sq.unsqueeze(0))
             if problem.leave_one_out:

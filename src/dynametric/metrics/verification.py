@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dynametric.metrics.engine import DEFAULT_MEMORY_BUDGET, SCORE_ROW_BLOCK, RankingProblem, _grid_product
+from dynametric.metrics.products import GalleryProducts
 
 _BYTES_PER_PAIR = 32  # scores, keys (int64), per-scale masks and selections
 
@@ -49,6 +50,7 @@ def _pairs(problem: RankingProblem, device: torch.device, budget: int | None
     rows = min(rows, nq)
     q = problem.query.to(device)
     g = q if problem.gallery is problem.query else problem.gallery.to(device)
+    products = problem.products if g is problem.gallery else GalleryProducts(g)  # on the CPU: packed once
     sq_q, sq_g = (q * q).sum(1), (g * g).sum(1)
     ql, gl = problem.query_labels.to(device), problem.gallery_labels.to(device)
     id_q = None if problem.query_codes is None else problem.query_codes.to(device)
@@ -57,7 +59,7 @@ def _pairs(problem: RankingProblem, device: torch.device, budget: int | None
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
         v = buf[:stop - start]
-        _grid_product(q, g, start, stop, v)
+        _grid_product(q, products, start, stop, v)
         if problem.distance == "cosine":
             torch.neg(v, out=v)
         else:  # ||q||^2 + ||g||^2 - 2<q, g>, clamped at 0
