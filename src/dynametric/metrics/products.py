@@ -85,14 +85,15 @@ def cpu_matmul_library() -> str:
     ``DYNAMETRIC_CPU_MATMUL`` and whether oneDNN works here)."""
     choice = os.environ.get(CPU_MATMUL_ENV, "").strip().lower() or "auto"
     if choice not in ("auto", "onednn", "blas"):
-        raise InputError(f"{CPU_MATMUL_ENV}={choice!r}: expected auto, onednn or blas", key=CPU_MATMUL_ENV)
+        raise InputError(f"got {choice!r}; expected auto, onednn or blas (environment variable)",
+                         key=CPU_MATMUL_ENV)
     if choice == "blas":
         return "blas"
     if _onednn_works():
         return "onednn"
     if choice == "onednn":
-        raise InputError(f"{CPU_MATMUL_ENV}=onednn, but torch's oneDNN matrix product does not work in this torch "
-                         f"build ({torch.__version__}); use auto or blas", key=CPU_MATMUL_ENV)
+        raise InputError(f"onednn required, but torch's oneDNN matrix product does not work in this torch build "
+                         f"({torch.__version__}); use auto or blas (environment variable)", key=CPU_MATMUL_ENV)
     return "blas"
 
 
@@ -133,7 +134,7 @@ class GalleryProducts:
         """``query_rows @ gallery.T`` as float32 ``[m, Ng]``, written into ``out`` when given (and returned)."""
         m = query_rows.shape[0]
         with torch.no_grad():
-            if self._packed is not None:
+            if self._packed is not None and query_rows.dtype == torch.float32:
                 full = _onednn_product(self._ops, _pad_rows(query_rows.detach()), self._packed)  # type: ignore
             elif self.num_items >= PAD_ROWS:  # self._padded is the gallery
                 if out is not None:
