@@ -18,10 +18,10 @@ def cpu_model() -> str:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under ``taskset``)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """CPUs this process may run on (``dynametric.utils.device.usable_cpus``, which ``workers: auto`` counts too)."""
+    from dynametric.utils.device import usable_cpus as cpus
+
+    return cpus()
 
 
 def machine_line() -> str:

@@ -70,3 +70,15 @@ def test_loader_options_and_auto_workers(monkeypatch):
     assert D.auto_workers("cuda") == 1 and D.auto_workers("cpu") == 0
     monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: {0}, raising=False)
     assert D.auto_workers("cuda") == 0
+
+
+def test_usable_cpus_is_the_affinity_where_the_os_reports_one(monkeypatch):
+    import dynametric.utils.device as D
+
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: {0, 3, 5}, raising=False)
+    assert D.usable_cpus() == 3
+    monkeypatch.delattr(D.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(D.os, "cpu_count", lambda: 7)
+    assert D.usable_cpus() == 7
+    monkeypatch.setattr(D.os, "cpu_count", lambda: None)
+    assert D.usable_cpus() == 1

@@ -88,6 +88,15 @@ def check_loader_options(batch_size: int, workers: int, *, batch_key: str = "--b
         raise ConfigError(f"worker count must be >= 0, got {workers}", key=workers_key)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS reports one (e.g. under ``taskset`` or a
+    container's CPU set), else the machine's CPU count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def auto_workers(device: torch.device | str | None = None, processes: int = 1) -> int:
     """Data-loading worker processes for ``workers: auto``.
 
@@ -97,10 +106,7 @@ def auto_workers(device: torch.device | str | None = None, processes: int = 1) -
     0 (the model's own threads use the cores and worker processes only compete with them; a laptop starts no extra
     processes). The CPU count is the process's affinity where the OS reports it.
     """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if device is None:
         cuda = torch.cuda.is_available()
     else:
