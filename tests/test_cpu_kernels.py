@@ -1,6 +1,7 @@
 """The command's choice of numpy's sort kernel (dynametric.cpu_kernels)."""
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -148,3 +149,25 @@ def test_engine_asks_for_the_hint_only_when_it_sorts_rows(monkeypatch):
     assert calls == []
     evaluate_embeddings(x, labels, metrics=["map"])  # full ranking: rows are sorted
     assert calls == [3]
+
+
+_PROGRAM = """
+import json, os, sys
+from dynametric.cpu_kernels import choose_numpy_sort_kernel  # the two documented first lines of a program
+chose = choose_numpy_sort_kernel(cpuinfo_path=sys.argv[1])
+import torch  # imports numpy
+from dynametric.cpu_kernels import numpy_avx512_active
+print(json.dumps({"chose": chose, "var": os.environ.get("NPY_DISABLE_CPU_FEATURES"), "active": numpy_avx512_active()}))
+"""
+
+
+def test_a_python_program_can_choose_with_its_first_lines(tmp_path):
+    # docs/metrics.md, Speed on your CPU: the documented call sets numpy's variable in the program's own environment
+    info = tmp_path / "cpuinfo"
+    info.write_text(ZEN4)
+    env = {k: v for k, v in os.environ.items() if k not in ("NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES",
+                                                                "DYNAMETRIC_KEEP_NUMPY_AVX512")}
+    proc = subprocess.run([sys.executable, "-c", _PROGRAM, str(info)], capture_output=True, text=True, check=True,
+                          env=env)
+    got = json.loads(proc.stdout)
+    assert got["chose"] and got["var"] and not got["active"]

@@ -143,7 +143,8 @@ def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bo
     names = numpy_avx512_names(numpy_version)
     return (f"numpy sorts with its AVX-512 kernel, which is about 5x slower than its AVX2 kernel on this CPU "
             f"(AMD Zen 4); full-ranking evaluation runs about 1.9x faster with NPY_DISABLE_CPU_FEATURES=\"{names}\" "
-            f"set before Python starts (the dynametric command does this itself; docs/metrics.md, Speed on your "
+            f"set before Python starts, or with dynametric.cpu_kernels.choose_numpy_sort_kernel() called before "
+            f"anything imports numpy (the dynametric command does this itself; docs/metrics.md, Speed on your "
             f"CPU). Set {OPT_OUT}=1 to silence this.")
 
 
