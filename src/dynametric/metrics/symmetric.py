@@ -124,8 +124,10 @@ def symmetric_top_lists(x: torch.Tensor, k1: int, *, euclidean: bool = False, sq
             xa = x[a0:a1]
             for b0 in range(a0, n, TILE):
                 b1 = min(n, b0 + TILE)
-                # the engine's one product library (the row path's scores of a pair are these bits)
-                g = GalleryProducts(x[b0:b1])(xa, out=buf[:a1 - a0, :b1 - b0])
+                # the engine's one product library (the row path's scores of a pair are these bits); oneDNN
+                # returns its own block (copying it into the buffer would cost more than the fresh block)
+                prods = GalleryProducts(x[b0:b1])
+                g = prods(xa) if prods.library == "onednn" else prods(xa, out=buf[:a1 - a0, :b1 - b0])
                 if a0 == b0:
                     g.diagonal().fill_(float("-inf"))
                 if codes is not None:
