@@ -66,6 +66,22 @@ def test_a_pairs_bits_do_not_depend_on_the_block_on_onednn(fresh_library, d):
     assert torch.equal(one, whole[:256])
 
 
+def test_slabs_of_the_packed_gallery_change_no_bits(fresh_library, monkeypatch):
+    # large galleries are packed (and multiplied) in slabs of SLAB_ITEMS items; a short last slab is padded
+    if cpu_matmul_library() != "onednn":
+        assert GalleryProducts(_data(10, 4)).library == "matmul"
+        return
+    x = _data(1234, 300, seed=3)
+    whole = GalleryProducts(x)(x[:200])
+    monkeypatch.setattr(products, "SLAB_ITEMS", 100)
+    slabbed = GalleryProducts(x)
+    assert len(slabbed._slabs) == 13 and slabbed._slabs[-1][:2] == (1200, 1234)
+    assert torch.equal(slabbed(x[:200]), whole)
+    out = torch.full((70, 1234), float("nan"))
+    assert slabbed(x[130:200], out=out) is out and torch.equal(out, whole[130:])
+    assert torch.equal(slabbed(x[:1]), whole[:1])
+
+
 @pytest.mark.parametrize("library", ["auto", "blas"])
 def test_grid_products_do_not_depend_on_the_chunk(fresh_library, library):
     fresh_library.setenv(CPU_MATMUL_ENV, library)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -46,20 +47,23 @@ PAD_ROWS = 64
 (a single query, a one-item gallery) sum in another order."""
 
 
-def _onednn_ops() -> tuple[object, object] | None:
+_Ops = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
+
+
+def _onednn_ops() -> _Ops | None:
     """torch's oneDNN linear operators (pack the weight once, multiply), None where this torch has none."""
     if not torch.backends.mkldnn.is_available():
         return None
     ops = getattr(torch.ops, "mkldnn", None)
     try:
-        return ops._reorder_linear_weight, ops._linear_pointwise  # type: ignore[union-attr]
+        return ops._reorder_linear_weight, ops._linear_pointwise  # type: ignore[union-attr,return-value]
     except (AttributeError, RuntimeError):
         return None
 
 
-def _onednn_product(ops: tuple[object, object], query: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+def _onednn_product(ops: _Ops, query: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     _, linear = ops
-    return linear(query, packed, None, "none", [None], "")  # type: ignore[operator]
+    return linear(query, packed, None, "none", [None], "")
 
 
 def _onednn_works() -> bool:
@@ -72,7 +76,7 @@ def _onednn_works() -> bool:
     b = torch.randn(PAD_ROWS + 5, 24, generator=gen)
     try:
         with torch.no_grad():
-            got = _onednn_product(ops, a, ops[0](b, None))  # type: ignore[operator]
+            got = _onednn_product(ops, a, ops[0](b, None))
     except Exception:  # noqa: BLE001 - any failure of a private operator means: do not use it
         return False
     want = a.double() @ b.double().T
@@ -105,43 +109,62 @@ def _pad_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+SLAB_ITEMS = 1 << 16
+"""oneDNN packs the gallery in slabs of this many items, and each product writes one slab's columns at a time: a
+block's transient output is at most ``64 x SLAB_ITEMS`` floats (16 MiB) whatever the gallery's size (a pair's bits
+do not depend on the slab: column slices give the same bits)."""
+
+
 class GalleryProducts:
     """``query_rows @ gallery.T`` for one gallery (float32 ``[Ng, D]``), on the gallery's device.
 
-    On the CPU with oneDNN (:func:`cpu_matmul_library`) the gallery is packed once, at construction; any block of
-    query rows then gets the same bits per pair as any other block containing them."""
+    On the CPU with oneDNN (:func:`cpu_matmul_library`) the gallery is packed once, at construction, in slabs of
+    :data:`SLAB_ITEMS` items; any block of query rows then gets the same bits per pair as any other block
+    containing them."""
 
     def __init__(self, gallery: torch.Tensor) -> None:
         self.gallery = gallery
         self.num_items = gallery.shape[0]
-        self._ops = None
-        self._packed: torch.Tensor | None = None
+        self._ops: _Ops | None = None
+        self._slabs: list[tuple[int, int, torch.Tensor]] = []  # (first item, end, packed slab)
         # a gallery of fewer than PAD_ROWS items is padded on either library (torch's BLAS on the CPU also sums
         # products against fewer than 12 items in another order; a narrow last tile of the symmetric path is one)
         self._padded = _pad_rows(gallery.detach()) if self.num_items < PAD_ROWS else gallery.detach()
         if gallery.device.type == "cpu" and gallery.dtype == torch.float32 and gallery.shape[1] > 0 \
                 and cpu_matmul_library() == "onednn":
-            self._ops = _onednn_ops()
+            ops = self._ops = _onednn_ops()
+            if ops is None:  # pragma: no cover - cpu_matmul_library() found them a moment ago
+                raise RuntimeError("torch's oneDNN operators disappeared")
+            g = gallery.detach()
             with torch.no_grad():
-                self._packed = self._ops[0](self._padded, None)  # type: ignore[index,operator]
+                for c0 in range(0, max(self.num_items, 1), SLAB_ITEMS):
+                    c1 = min(self.num_items, c0 + SLAB_ITEMS)
+                    self._slabs.append((c0, c1, ops[0](_pad_rows(g[c0:c1]), None)))
 
     @property
     def library(self) -> str:
         """``"onednn"`` or ``"matmul"`` (torch's BLAS on the CPU, or the device's)."""
-        return "onednn" if self._packed is not None else "matmul"
+        return "onednn" if self._ops is not None else "matmul"
 
     def __call__(self, query_rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``query_rows @ gallery.T`` as float32 ``[m, Ng]``, written into ``out`` when given (and returned)."""
         m = query_rows.shape[0]
         with torch.no_grad():
-            if self._packed is not None and query_rows.dtype == torch.float32:
-                full = _onednn_product(self._ops, _pad_rows(query_rows.detach()), self._packed)  # type: ignore
-            elif self.num_items >= PAD_ROWS:  # self._padded is the gallery
+            if self._ops is not None and query_rows.dtype == torch.float32:
+                q = _pad_rows(query_rows.detach())
+                if len(self._slabs) == 1 and out is None:  # one slab: oneDNN's own block is the result
+                    res = _onednn_product(self._ops, q, self._slabs[0][2])[:m, :self.num_items]
+                    return res if res.is_contiguous() else res.contiguous()
+                if out is None:
+                    out = torch.empty((m, self.num_items), dtype=torch.float32)
+                for c0, c1, packed in self._slabs:
+                    out[:, c0:c1] = _onednn_product(self._ops, q, packed)[:m, :c1 - c0]
+                return out
+            if self.num_items >= PAD_ROWS:  # self._padded is the gallery
                 if out is not None:
                     return torch.matmul(query_rows.detach(), self._padded.T, out=out)
                 return torch.matmul(query_rows.detach(), self._padded.T)
-            else:
-                full = torch.matmul(query_rows.detach(), self._padded.T)
+            full = torch.matmul(query_rows.detach(), self._padded.T)
         res = full[:m, :self.num_items]
         if out is None:
             return res if res.is_contiguous() else res.contiguous()
