@@ -23,8 +23,9 @@ Parts (``--parts a,b,c,d,e``):
     format on a batch already on the device): resnet50, 224 px, bf16, batch 128 (m = 4).
 
 (e) the CPU ranking engine on the same host (no target): part (a)'s evaluation at half size (30,251 x 128, three
-    scales, every retrieval metric) with torch at 2, 4, 8 and 16 threads (those the host has), and numpy's int32
-    sort rate. #13 reported that 16 cores did not make the CPU engine faster than 2; this measures it.
+    scales, every retrieval metric) with torch at 2, 4, 8 and 16 threads (those the host has), at 2 threads once
+    more with the score products through torch's BLAS instead of oneDNN, and numpy's int32 sort rate. #13
+    reported that 16 cores did not make the CPU engine faster than 2; this measures it.
 
 The #13 targets are checked on a CUDA device and printed as pass / fail: (a) >= 5x faster than PML, within 1.2x of
 the full-sort floor, device memory peak <= 4 GB; (c) >= 90 % of the forward floor; (d) >= 90 % of the training
@@ -444,27 +445,51 @@ def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- (e) CPU engine threads
 def part_e(cfg: dict) -> dict[str, Any]:
-    """The CPU ranking engine's wall time at several torch thread counts (no target)."""
+    """The CPU ranking engine's wall time at several torch thread counts, and at the first thread count once more
+    with its score products through torch's BLAS instead of oneDNN (no target)."""
     from eval_speed import make_data, sort_rates
     from machine_info import usable_cpus
 
-    from dynametric.metrics import evaluate_embeddings
+    from dynametric.metrics import evaluate_embeddings, products
 
     fine, middle, coarse = cfg["cpu_classes"]
     x_np, lab_np = make_data(cfg["cpu_n"], 128 if cfg["cpu_n"] > 10_000 else 32, fine, middle, coarse, seed=0)
     x, labels = torch.from_numpy(x_np), torch.from_numpy(lab_np)
     before = torch.get_num_threads()
-    rows = []
+    rows: list[dict[str, Any]] = []
     want = None
+
+    def run(threads: int) -> dict[str, Any]:
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        got = evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, device="cpu")
+        return {"threads": threads, "library": products.cpu_matmul_library(), "s": time.perf_counter() - t,
+                "values": got}
+
     try:
         for threads in [t for t in cfg["cpu_threads"] if t <= usable_cpus()]:
-            torch.set_num_threads(threads)
-            t = time.perf_counter()
-            got = evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, device="cpu")
-            rows.append({"threads": threads, "s": time.perf_counter() - t})
+            row = run(threads)
+            got = row.pop("values")
             want = want or got
             if got != want:
                 raise AssertionError(f"the CPU engine's results changed with {threads} threads")
+            rows.append(row)
+        if rows and rows[0]["library"] != "blas":  # the same run with torch's BLAS (the library before oneDNN)
+            previous = os.environ.get(products.CPU_MATMUL_ENV)
+            os.environ[products.CPU_MATMUL_ENV] = "blas"
+            products.cpu_matmul_library.cache_clear()
+            try:
+                row = run(rows[0]["threads"])
+            finally:
+                if previous is None:
+                    os.environ.pop(products.CPU_MATMUL_ENV, None)
+                else:
+                    os.environ[products.CPU_MATMUL_ENV] = previous
+                products.cpu_matmul_library.cache_clear()
+            got = row.pop("values")  # the libraries may round 256+-dimensional products differently; 128 here
+            row["max_diff"] = max(abs(v - want[s][m]) for s in got for m, v in got[s].items()
+                                  if isinstance(v, float))
+            rows.append(row)
     finally:
         torch.set_num_threads(before)
     return {"n": len(x), "dim": x.shape[1], "rows": rows, "sort_rates": sort_rates()}
@@ -549,8 +574,10 @@ def markdown(res: dict[str, Any], command: str) -> str:
         base = e["rows"][0]["s"] if e["rows"] else float("nan")
         lines += [f"**(e) CPU ranking engine, threads** (no target): {e['n']:,} x {e['dim']}, 3 scales, every "
                   f"retrieval metric, `device=\"cpu\"`; {e['sort_rates']}:", "",
-                  "| torch threads | seconds | vs the first row |", "|---:|---:|---:|"]
-        lines += [f"| {r['threads']} | {r['s']:.2f} | {base / r['s']:.2f}x |" for r in e["rows"]]
+                  "| torch threads | score products | seconds | vs the first row | largest metric difference |",
+                  "|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['threads']} | {r.get('library', '—')} | {r['s']:.2f} | {base / r['s']:.2f}x | "
+                  f"{format(r['max_diff'], '.1e') if 'max_diff' in r else '0 (checked)'} |" for r in e["rows"]]
         lines.append("")
     lines += [f"**({part}) failed**: `{res[part]['error']}`" for part in STAGES
               if isinstance(res.get(part), dict) and "error" in res[part]]
