@@ -171,3 +171,13 @@ def test_a_python_program_can_choose_with_its_first_lines(tmp_path):
                           env=env)
     got = json.loads(proc.stdout)
     assert got["chose"] and got["var"] and not got["active"]
+
+
+def test_numpy_sort_is_slow_only_on_zen4_with_numpy_avx512_active(tmp_path):
+    from dynametric.cpu_kernels import numpy_avx512_active, numpy_sort_is_slow
+
+    for name, text, want in (("zen4", ZEN4, numpy_avx512_active()), ("xeon", XEON, False), ("zen5", ZEN5, False)):
+        info = tmp_path / name
+        info.write_text(text)
+        assert numpy_sort_is_slow(str(info)) is want, name
+    assert numpy_sort_is_slow(str(tmp_path / "missing")) is False

@@ -17,6 +17,7 @@ speed does. This module imports neither numpy nor torch.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -134,6 +135,14 @@ def numpy_avx512_active() -> bool:
     return any(features.get(name, False) for name in numpy_avx512_names(numpy.__version__).split())
 
 
+@functools.cache
+def numpy_sort_is_slow(cpuinfo_path: str = CPUINFO) -> bool:
+    """Whether the imported numpy sorts with its AVX-512 kernel on a CPU where that kernel is slow (Zen 4), any numpy
+    version (imports numpy; decided once per process: numpy's kernels cannot change after its import)."""
+    cpuinfo = read_cpuinfo(cpuinfo_path)
+    return cpuinfo is not None and slow_avx512_sort(cpuinfo) and numpy_avx512_active()
+
+
 def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bool,
                      numpy_version: str) -> str | None:
     """The hint for a Python program that sorts with numpy's slow AVX-512 kernel, or None; pure, for tests."""
@@ -142,7 +151,7 @@ def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bo
         return None
     names = numpy_avx512_names(numpy_version)
     return (f"numpy sorts with its AVX-512 kernel, which is about 5x slower than its AVX2 kernel on this CPU "
-            f"(AMD Zen 4); full-ranking evaluation runs about 1.9x faster with NPY_DISABLE_CPU_FEATURES=\"{names}\" "
+            f"(AMD Zen 4); full-ranking evaluation runs about 1.5x faster with NPY_DISABLE_CPU_FEATURES=\"{names}\" "
             f"set before Python starts, or with dynametric.cpu_kernels.choose_numpy_sort_kernel() called before "
             f"anything imports numpy (the dynametric command does this itself; docs/metrics.md, Speed on your "
             f"CPU). Set {OPT_OUT}=1 to silence this.")

@@ -275,3 +275,43 @@ def test_merge_rows_in_any_group_size_give_the_same_results(group_bytes, monkeyp
     assert engine._group_rows(97) == {1: 2, 3 * 4 * 97: 3, 64 * 2**20: 8}[group_bytes]
     assert evaluate_embeddings(x, labels, metrics=metrics) == want
     assert calls  # the merge path ran
+
+
+def test_row_sorter_choice(monkeypatch):
+    from dynametric.metrics import engine
+
+    monkeypatch.setattr(engine, "numpy_sort_is_slow", lambda: True)
+    assert engine._row_sorter(19_999) == "numpy" and engine._row_sorter(20_000) == "torch"
+    monkeypatch.setattr(engine, "numpy_sort_is_slow", lambda: False)
+    assert engine._row_sorter(20_000) == "numpy" and engine._row_sorter(10**6) == "numpy"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_row_sorter_ranks_exactly_like_numpy(monkeypatch, threads):
+    # the radix-sort route of slow-numpy CPUs (forced here at any size) must give the same sorted keys, hence the same
+    # metrics per query, on heavily tied data (integer embeddings), and give torch its thread count back
+    from dynametric.metrics import engine
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(-3, 4, size=(900, 6)).astype(np.float32)
+    fine = rng.integers(0, 60, 900)
+    labels = np.stack([fine, fine // 6, fine // 20], 1)
+    metrics = ("recall@1", "recall@4", "map@r", "map", "asi", "r_precision")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        want = {}
+        for sorter in ("numpy", "torch"):
+            monkeypatch.setattr(engine, "_row_sorter", lambda n, s=sorter: s)
+            for distance in ("cosine", "euclidean"):
+                got = evaluate_embeddings(x, labels, metrics=metrics, distance=distance, per_query=True)
+                assert torch.get_num_threads() == threads
+                if sorter == "numpy":
+                    want[distance] = got
+                    continue
+                assert got[0] == want[distance][0]
+                for scale, values in want[distance][1].items():
+                    for m, arr in values.items():
+                        np.testing.assert_array_equal(got[1][scale][m], arr)
+    finally:
+        torch.set_num_threads(before)
