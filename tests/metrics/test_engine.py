@@ -281,7 +281,11 @@ def test_row_sorter_choice(monkeypatch):
     from dynametric.metrics import engine
 
     monkeypatch.setattr(engine, "numpy_sort_is_slow", lambda: True)
+    monkeypatch.setattr(engine, "_torch_has_radix_sort", lambda: True)
     assert engine._row_sorter(19_999) == "numpy" and engine._row_sorter(20_000) == "torch"
+    monkeypatch.setattr(engine, "_torch_has_radix_sort", lambda: False)  # torch would compare: slower than numpy
+    assert engine._row_sorter(20_000) == "numpy"
+    monkeypatch.setattr(engine, "_torch_has_radix_sort", lambda: True)
     monkeypatch.setattr(engine, "numpy_sort_is_slow", lambda: False)
     assert engine._row_sorter(20_000) == "numpy" and engine._row_sorter(10**6) == "numpy"
 

@@ -226,11 +226,18 @@ _RADIX_MIN_KEYS = 20_000
 _RADIX_PAD = 32_768  # torch sorts 1-D integer tensors of at least this many elements with fbgemm's radix sort
 
 
+def _torch_has_radix_sort() -> bool:
+    """Whether torch was built with what its radix sort needs (fbgemm and OpenMP; torch's x86 wheels are); without
+    them ``torch.sort`` compares, slower than numpy's sort."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and torch.backends.openmp.is_available()
+
+
 def _row_sorter(n: int) -> str:
     """How the merge path sorts rows of ``n`` int32 keys: ``"numpy"`` (``ndarray.sort``), or ``"torch"`` (torch's
     radix sort, one row at a time, padded to 32,768 keys) for long rows where numpy's sort is the slow AVX-512 kernel
-    of a Zen 4 CPU (:func:`dynametric.cpu_kernels.numpy_sort_is_slow`). Either gives the same sorted keys."""
-    return "torch" if n >= _RADIX_MIN_KEYS and numpy_sort_is_slow() else "numpy"
+    of a Zen 4 CPU (:func:`dynametric.cpu_kernels.numpy_sort_is_slow`) and torch has its radix sort. Either gives the
+    same sorted keys."""
+    return "torch" if n >= _RADIX_MIN_KEYS and numpy_sort_is_slow() and _torch_has_radix_sort() else "numpy"
 
 
 class _TorchRowSorter:
