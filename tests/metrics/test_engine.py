@@ -277,6 +277,17 @@ def test_merge_rows_in_any_group_size_give_the_same_results(group_bytes, monkeyp
     assert calls  # the merge path ran
 
 
+def _count_in_a_new_thread() -> int:
+    """torch's thread count as a thread started now sees it (its first torch call)."""
+    import threading
+
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
 def test_row_sorter_choice(monkeypatch):
     from dynametric.metrics import engine
 
@@ -309,7 +320,7 @@ def test_torch_row_sorter_ranks_exactly_like_numpy(monkeypatch, threads):
             monkeypatch.setattr(engine, "_row_sorter", lambda n, s=sorter: s)
             for distance in ("cosine", "euclidean"):
                 got = evaluate_embeddings(x, labels, metrics=metrics, distance=distance, per_query=True)
-                assert torch.get_num_threads() == threads
+                assert torch.get_num_threads() == threads and _count_in_a_new_thread() == threads
                 if sorter == "numpy":
                     want[distance] = got
                     continue
@@ -317,5 +328,45 @@ def test_torch_row_sorter_ranks_exactly_like_numpy(monkeypatch, threads):
                 for scale, values in want[distance][1].items():
                     for m, arr in values.items():
                         np.testing.assert_array_equal(got[1][scale][m], arr)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_row_sorter_gives_the_thread_count_back_when_a_ranking_thread_fails(monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dynametric.metrics import engine
+
+    started = []
+    real_sorter = engine._TorchRowSorter
+
+    class SlowSecondSorter(real_sorter):  # the second ranking thread sets torch's count late
+        def __init__(self, n):
+            with lock:
+                started.append(n)
+                late = len(started) == 2
+            if late:
+                time.sleep(0.3)
+            super().__init__(n)
+
+    def failing_merge(*args, **kwargs):
+        raise RuntimeError("ranking thread failed")
+
+    lock = threading.Lock()
+    monkeypatch.setattr(engine, "_row_sorter", lambda n: "torch")
+    monkeypatch.setattr(engine, "_TorchRowSorter", SlowSecondSorter)
+    monkeypatch.setattr(engine, "_merge_group", failing_merge)
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((16, 50)).astype(np.float32)
+    cands = engine._ColumnCandidates(np.tile(np.arange(5), (16, 1)), np.ones((16, 5), dtype=bool))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with ThreadPoolExecutor(2) as pool, pytest.raises(RuntimeError, match="ranking thread failed"):
+            engine._merged_ranks(scores, cands, cands.counts(), pool, 2)
+        assert len(started) == 2 and torch.get_num_threads() == 2
+        assert _count_in_a_new_thread() == 2  # a thread started later does not inherit the ranking threads' 1
     finally:
         torch.set_num_threads(before)

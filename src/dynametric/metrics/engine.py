@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -244,7 +244,8 @@ class _TorchRowSorter:
     """Sorts rows of int32 keys one at a time with torch's radix sort (a reusable padded buffer per thread).
 
     torch sorts a 1-D integer tensor of at least 32,768 elements with fbgemm's radix sort, which runs OpenMP threads
-    of its own: each ranking thread therefore sets torch to one thread (the caller restores the count)."""
+    of its own: each ranking thread therefore sets its own torch thread count to one (the caller sets its count
+    again afterwards, which is also the count that threads started later begin with)."""
 
     def __init__(self, n: int) -> None:
         torch.set_num_threads(1)
@@ -487,16 +488,22 @@ def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidate
                 block_start = r1
 
     parts = max(1, min(threads, c))
-    torch_threads = torch.get_num_threads()  # the torch sorter sets one thread in each ranking thread
+    torch_threads = torch.get_num_threads()  # the torch sorter sets one torch thread in each ranking thread
+    futures = []
     try:
         if pool is None or parts < 2:
             work(0, c)
         else:
             bounds = np.linspace(0, c, parts + 1).astype(int)
-            for fut in [pool.submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]:
+            futures = [pool.submit(work, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            for fut in futures:
                 fut.result()
     finally:
-        if torch.get_num_threads() != torch_threads:
+        wait(futures)  # every ranking thread has finished (even when one failed) before torch's count is restored
+        if sorter == "torch":
+            # torch keeps a thread count per thread, and a thread's first torch call starts from the count set last
+            # by any thread: the ranking threads set 1, so set this thread's count again (threads started later
+            # start from it)
             torch.set_num_threads(torch_threads)
     extremes = _key_scores(ends)  # [:, 0] the best score of each row, [:, 1] the worst
     if np.isnan(extremes).any() or np.isposinf(extremes[:, 0]).any():
