@@ -122,11 +122,14 @@ def full_sort_floor(x, labels, device: str = "cpu", chunk_rows: int = 1024, ks: 
 
 
 def machine_description() -> str:
-    """The machine line of ``benchmarks/machine_info.py`` plus the library of the engine's CPU score products and
-    numpy's int32 sort rates (part (b) moves with both)."""
+    """The machine line of ``benchmarks/machine_info.py`` plus the library of the engine's CPU score products, how
+    it sorts long rows in this process, and numpy's int32 sort rates (part (b) moves with all three)."""
+    from dynametric.metrics.engine import _RADIX_MIN_KEYS, _row_sorter
     from dynametric.metrics.products import cpu_matmul_library
 
-    return f"{machine_line()}, CPU score products: {cpu_matmul_library()}, {sort_rates()}"
+    sorter = "torch radix" if _row_sorter(_RADIX_MIN_KEYS) == "torch" else "numpy"
+    return (f"{machine_line()}, CPU score products: {cpu_matmul_library()}, rows of {_RADIX_MIN_KEYS:,}+ keys sorted "
+            f"by {sorter} (numpy's defaults), {sort_rates()}")
 
 
 def numpy_avx512_features() -> str:
