@@ -141,3 +141,20 @@ def test_symmetric_tiles_score_a_pair_as_the_row_path_does(fresh_library, librar
     rows = torch.empty(4100, 4100)
     _grid_product(x, GalleryProducts(x), 0, 4100, rows)
     assert torch.equal(vals, rows.gather(1, idx))
+
+
+@pytest.mark.parametrize("library", ["auto", "blas"])
+def test_products_stay_float32_inside_autocast(fresh_library, library):
+    # validation under bf16-mixed training runs inside an autocast region, where torch.matmul would be bfloat16
+    fresh_library.setenv(CPU_MATMUL_ENV, library)
+    x = _data(200, 96, seed=11)
+    prods = GalleryProducts(x)
+    want = prods(x[:70])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = prods(x[:70])
+        out = torch.empty(70, 200)
+        prods(x[:70], out=out)
+        small = GalleryProducts(x[:5])(x[:70])  # a padded gallery (fewer than 64 items)
+    assert got.dtype == torch.float32 and torch.equal(got, want) and torch.equal(out, want)
+    assert small.dtype == torch.float32 and torch.equal(small, GalleryProducts(x[:5])(x[:70]))
+

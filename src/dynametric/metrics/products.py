@@ -30,6 +30,7 @@ themselves (which the engine's memory budget does not count either).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -101,6 +102,14 @@ def cpu_matmul_library() -> str:
     return "blas"
 
 
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Scores are float32 products even inside a caller's autocast region (validation under bf16-mixed training):
+    autocast would multiply ``torch.matmul`` in bfloat16."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _pad_rows(x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] >= PAD_ROWS:
         return x.contiguous()
@@ -149,7 +158,7 @@ class GalleryProducts:
     def __call__(self, query_rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``query_rows @ gallery.T`` as float32 ``[m, Ng]``, written into ``out`` when given (and returned)."""
         m = query_rows.shape[0]
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(self.gallery.device):
             if self._ops is not None and query_rows.dtype == torch.float32:
                 q = _pad_rows(query_rows.detach())
                 if len(self._slabs) == 1 and out is None:  # one slab: oneDNN's own block is the result
