@@ -99,3 +99,23 @@ def test_impossible_option_values(tmp_path, emb, capsys, argv, expected) -> None
         main(["evaluate", "--embeddings", str(emb), "--labels", str(lab), *argv])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)
+
+
+@pytest.mark.parametrize("value, works, expected", [
+    ("openblas", True, "key 'DYNAMETRIC_CPU_MATMUL': got 'openblas'; expected auto, onednn or blas (environment "
+                       "variable)"),
+    ("onednn", False, "key 'DYNAMETRIC_CPU_MATMUL': onednn required, but torch's oneDNN matrix product does not work "
+                      "in this torch build"),
+])
+def test_bad_cpu_matmul_variable(tmp_path, emb, capsys, monkeypatch, value, works, expected) -> None:
+    from dynametric.metrics import products
+
+    monkeypatch.setenv(products.CPU_MATMUL_ENV, value)
+    monkeypatch.setattr(products, "_onednn_works", lambda: works)
+    products.cpu_matmul_library.cache_clear()  # the library is chosen once per process: choose again here
+    try:
+        err = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(_labels(tmp_path, GOOD)))
+    finally:
+        monkeypatch.undo()
+        products.cpu_matmul_library.cache_clear()
+    assert err.startswith(f"dynametric evaluate: error: {expected}")
