@@ -3,7 +3,8 @@
 A command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 ``func(args) -> int`` (the exit status). Errors derived from :class:`DynametricError` are printed as one
 clear line (exit status 2), and so are errors of the file system (``OSError``: permissions, a full disk, a folder
-where a file goes: ``<path>: <reason>``); anything else is a bug and keeps its traceback.
+where a file goes: ``<path>: <reason>``); Ctrl-C prints ``interrupted`` (exit status 130, as a shell reports
+SIGINT); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
         print(f"dynametric {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
+        print(f"dynametric {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def os_error_line(exc: OSError) -> str:

@@ -107,3 +107,27 @@ def test_images_folder_with_an_unreadable_subfolder_is_an_error(tiny_ckpt, tiny_
     err = capsys.readouterr().err.strip()
     assert f"{tiny_images / 'imgs' / 'plant'}: cannot read folder (Permission denied)" in err.splitlines()[-1]
     assert not (tmp_path / "emb").exists()
+
+
+def test_ctrl_c_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp_path, capsys, monkeypatch) -> None:
+    """Ctrl-C (KeyboardInterrupt) in the middle of a job: `interrupted` on one line, exit status 130, no traceback;
+    the same command afterwards finishes the job from its finished shards."""
+    import dynametric.retrieval.embed as embed_mod
+
+    out = tmp_path / "emb"
+    real_save = embed_mod.np.save
+    calls = {"n": 0}
+
+    def save_then_interrupt(fh, arr):  # the second shard's write is interrupted
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real_save(fh, arr)
+
+    monkeypatch.setattr(embed_mod.np, "save", save_then_interrupt)
+    assert _embed(tiny_ckpt, tiny_images, out) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "dynametric embed: interrupted"
+    monkeypatch.setattr(embed_mod.np, "save", real_save)
+    assert _embed(tiny_ckpt, tiny_images, out) == 0
+    assert "1 already done" in capsys.readouterr().out

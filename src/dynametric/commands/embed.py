@@ -1,4 +1,5 @@
-"""``dynametric embed``: embed a folder of images or a CSV list with a trained checkpoint (streaming, resumable).
+"""``dynametric embed``: embed a folder of images or a CSV list with a trained checkpoint (streaming, resumable);
+``dynametric merge-embeddings``: join the parts of ``embed --part K/N`` jobs (one process per GPU).
 
 See :mod:`dynametric.retrieval.embed` for the output folder and docs/retrieval.md for the workflow.
 """
@@ -28,12 +29,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", type=Path, default=None,
                    help="with --csv: folder relative paths are resolved against (default: the CSV's folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--part", type=part_of, default=None, metavar="K/N",
+                   help="embed only the K-th of N contiguous parts of the list (K = 0..N-1), e.g. one process per "
+                        "GPU; labels keep the whole list's ids; join the parts with `dynametric merge-embeddings`")
     add_inference_arguments(p, batch_size=64)
     p.add_argument("--shard-size", type=positive_int, default=4096, help="images per shard (the unit of resumption)")
     p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
     p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    register_merge(subparsers)
+
+
+def part_of(text: str) -> tuple[int, int]:
+    """``K/N`` -> ``(K, N)`` with ``0 <= K < N``."""
+    k, sep, n = text.partition("/")
+    try:
+        kk, nn = int(k), int(n)
+    except ValueError:
+        kk, nn = -1, 0
+    if not sep or not (nn >= 1 and 0 <= kk < nn):
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+    return kk, nn
+
+
+def register_merge(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "merge-embeddings", help="join the folders of `embed --part K/N` jobs into one embeddings folder",
+        description="Join the output folders of `dynametric embed --part K/N` (all N parts of one list, any order) "
+                    "into --out, equal to one `dynametric embed` run over the whole list: embeddings.npy, "
+                    "labels.npy, items.csv, embed.json. The parts must come from one list and one model; a missing, "
+                    "repeated or unfinished part is an error.")
+    p.add_argument("parts", nargs="+", type=Path, metavar="PART", help="output folders of the part jobs")
+    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an embedding job already in --out")
+    p.set_defaults(func=run_merge)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from dynametric.retrieval.embed import merge_embedding_parts
+
+    res = merge_embedding_parts(args.parts, args.out, overwrite=args.overwrite)
+    print(f"{len(args.parts)} parts, {res.count} images -> {res.out}/embeddings.npy [{res.count}, {res.dim}]")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     options = inference_options(args)
     run_opts = options.resolve()  # flag errors before the images are listed
     items = list_image_folder(args.images) if args.images is not None else read_image_csv(args.csv, args.image_root)
+    if args.part is not None:
+        items = items.select_part(*args.part)
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
                            image_size=args.image_size, options=options)
     res = embed_items(items, loaded.embed_on_device, loaded.loader_transform, args.out,
@@ -52,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, shard_size=args.shard_size, num_workers=run_opts.workers,
                       pin_memory=run_opts.pin_memory,
                       progress=not args.no_progress, keep_shards=args.keep_shards, overwrite=args.overwrite)
-    print(f"{res.count} images -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
+    part = "" if args.part is None else f" (part {args.part[0]}/{args.part[1]} of {items.source_count} images)"
+    print(f"{res.count} images{part} -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
           f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)")
     if items.labels is not None:
         print(f"labels: {', '.join(items.scale_names)}", file=sys.stderr)

@@ -49,6 +49,27 @@ class ImageItems:
     scale_names: list[str] = field(default_factory=list)
     class_names: list[list[str]] | None = None
 
+    part: tuple[int, int] | None = None  # (k, n): this is the k-th of n contiguous parts of a longer list
+    source_count: int | None = None  # with ``part``: the whole list's length
+    source_fingerprint: str | None = None  # with ``part``: the whole list's fingerprint
+
+    def select_part(self, k: int, n: int) -> ImageItems:
+        """The ``k``-th of ``n`` contiguous parts (``k = 0..n-1``; rows ``k*N//n`` to ``(k+1)*N//n``), for one
+        ``dynametric embed`` process per GPU. Labels keep the whole list's ids (text labels are numbered over every
+        row, not per part), so :func:`merge_embedding_parts` of the parts equals one run over the list."""
+        total = len(self.ids)
+        if self.part is not None:
+            raise ValueError("already a part of a list")
+        if not (n >= 1 and 0 <= k < n):
+            raise InputError(f"expected K/N with 0 <= K < N, got {k}/{n}", key="--part")
+        lo, hi = k * total // n, (k + 1) * total // n
+        if hi == lo:
+            raise InputError(f"part {k}/{n} of {total} images is empty (use at most {total} parts)", key="--part")
+        return ImageItems(ids=self.ids[lo:hi], paths=self.paths[lo:hi], roots=self.roots,
+                          labels=None if self.labels is None else self.labels[lo:hi], scale_names=self.scale_names,
+                          class_names=self.class_names, part=(k, n), source_count=total,
+                          source_fingerprint=self.fingerprint())
+
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for i, p in zip(self.ids, self.paths):
@@ -258,6 +279,9 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
            "num_shards": num_shards, "fingerprint": items.fingerprint(), "model": model_identity,
            "scale_names": items.scale_names, "class_names": items.class_names,
            "image_roots": [str(r) for r in items.roots]}
+    if items.part is not None:
+        job.update({"part": list(items.part), "source_count": items.source_count,
+                    "source_fingerprint": items.source_fingerprint})
     meta_path = out / "embed.json"
     if overwrite and out.exists():
         discard_job(out)
@@ -374,6 +398,128 @@ def discard_job(out: Path) -> None:
         p.unlink(missing_ok=True)
     if shards.is_dir() and not any(shards.iterdir()):
         shards.rmdir()
+
+
+def _read_part(path: Path) -> dict[str, Any]:
+    """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked."""
+    meta_path = path / "embed.json"
+    if not meta_path.is_file():
+        raise InputError("not an embeddings folder (no embed.json)", file=path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable job file ({exc})", file=meta_path) from None
+    if not isinstance(meta, dict) or meta.get("format") != "dynametric-embeddings":
+        raise InputError("not a dynametric embed job file", file=meta_path)
+    if meta.get("status") != "complete" or not (path / "embeddings.npy").is_file():
+        raise InputError("this part is not finished; run its `dynametric embed` command again to resume",
+                         file=meta_path, key="status")
+    if not isinstance(meta.get("part"), list) or len(meta["part"]) != 2:
+        raise InputError("not a part job (embedded without --part K/N)", file=meta_path, key="part")
+    return meta
+
+
+_SAME_IN_EVERY_PART = ("source_fingerprint", "source_count", "model", "scale_names", "class_names", "image_roots")
+
+
+def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> EmbedResult:
+    """Join the folders of ``dynametric embed --part K/N`` jobs (all ``N`` parts of one list, any order) into one
+    embed output folder ``out``, equal to what one ``dynametric embed`` run over the whole list writes
+    (``embeddings.npy``, ``labels.npy``, ``items.csv``, ``embed.json``); memory stays bounded by one part.
+
+    The parts must come from the same list (its fingerprint), the same model (its identity: weights, config, head,
+    input size, precision, decoder) and the same labels (scale and class names); a missing, repeated, unfinished or
+    foreign part is an error naming it. ``out`` must be new or empty (``overwrite``: replace an earlier embedding
+    job there, as ``embed --overwrite`` does)."""
+    out = Path(out)
+    paths = [Path(p) for p in parts]
+    if not paths:
+        raise InputError("no part folders given", key="parts")
+    metas = [_read_part(p) for p in paths]
+    first = metas[0]
+    num = int(first["part"][1])
+    for p, meta in zip(paths, metas):
+        for key in _SAME_IN_EVERY_PART:
+            if _comparable(key, meta.get(key)) != _comparable(key, first.get(key)):
+                raise InputError(f"differs from {paths[0]} in {key!r}: the parts must come from one list embedded "
+                                 "by one model", file=p / "embed.json", key=key)
+        if int(meta["part"][1]) != num:
+            raise InputError(f"is part {meta['part'][0]}/{meta['part'][1]}, but {paths[0]} is one of {num} parts",
+                             file=p / "embed.json", key="part")
+    by_k: dict[int, Path] = {}
+    for p, meta in zip(paths, metas):
+        k = int(meta["part"][0])
+        if k in by_k:
+            raise InputError(f"part {k}/{num} given twice (also {by_k[k]})", file=p, key="part")
+        by_k[k] = p
+    missing = [k for k in range(num) if k not in by_k]
+    if missing:
+        raise InputError(f"missing part(s) {', '.join(f'{k}/{num}' for k in missing)}", key="parts")
+    order = [by_k[k] for k in range(num)]
+    meta_of = {p: m for p, m in zip(paths, metas)}
+    total = int(first["source_count"])
+    if sum(int(meta_of[p]["count"]) for p in order) != total:
+        raise InputError(f"the parts hold {sum(int(meta_of[p]['count']) for p in order)} images, the list {total}",
+                         key="parts")
+    arrays = [np.load(p / "embeddings.npy", mmap_mode="r", allow_pickle=False) for p in order]
+    for p, arr in zip(order, arrays):
+        if arr.ndim != 2 or arr.shape[0] != int(meta_of[p]["count"]) or arr.shape[1] != arrays[0].shape[1]:
+            raise InputError(f"embeddings.npy has shape {tuple(arr.shape)}, expected [{meta_of[p]['count']}, "
+                             f"{arrays[0].shape[1]}]", file=p / "embeddings.npy")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    index = 0
+    for i, p in enumerate(order):
+        with open(p / "items.csv", encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if i == 0 and header is not None:
+                writer.writerow(header)
+            for row in reader:
+                writer.writerow([index, *row[1:]])
+                index += 1
+    if index != total:
+        raise InputError(f"the parts' items.csv hold {index} rows, the list {total} images", key="parts")
+    has_labels = [(p / "labels.npy").is_file() for p in order]
+    if any(has_labels) and not all(has_labels):
+        raise InputError("labels.npy is missing", file=order[has_labels.index(False)])
+    resolved = out.resolve()
+    if any(p.resolve() == resolved for p in paths):
+        raise InputError("--out is one of the parts; merge into a new folder", file=out)
+    if out.exists() and not out.is_dir():
+        raise InputError("output exists and is not a folder (--out names a folder)", file=out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError("output folder is not empty (use another --out, or --overwrite to replace an embedding "
+                             "job there)", file=out)
+        discard_job(out)
+    dim = int(arrays[0].shape[1])
+    shard_size = int(first["shard_size"])
+    job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
+           "num_shards": (total + shard_size - 1) // shard_size, "fingerprint": first["source_fingerprint"],
+           "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
+           "image_roots": first["image_roots"], "merged_parts": num}
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "embed.json"
+    atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
+    atomic_write_text(out / "items.csv", buf.getvalue())
+
+    def write(tmp: str) -> None:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
+        row = 0
+        for arr in arrays:
+            mm[row:row + len(arr)] = arr
+            row += len(arr)
+        mm.flush()
+        del mm
+
+    atomic_write_with(out / "embeddings.npy", write)
+    if all(has_labels):
+        labels = np.concatenate([np.load(p / "labels.npy", allow_pickle=False) for p in order])
+        with atomic_open(out / "labels.npy", "wb") as label_file:
+            np.save(label_file, np.ascontiguousarray(labels, dtype=np.int64))
+    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
+    return EmbedResult(out, total, dim, [], [])
 
 
 def _assemble(out: Path, num_shards: int, n: int) -> int:

@@ -1,0 +1,141 @@
+"""``dynametric embed --part K/N`` (one process per GPU) and ``dynametric merge-embeddings``: the merged parts equal
+one run over the whole list, text labels included; a wrong set of parts is a one-line error naming the part."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynametric.cli import main
+from dynametric.errors import InputError
+from dynametric.retrieval.embed import load_embedding_set, merge_embedding_parts, read_image_csv
+
+from .conftest import make_run
+
+
+@pytest.fixture(scope="module")
+def grouped_csv(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 12 images listed grouped by their text coarse label, so that a part of the list misses some classes
+    (a part numbered on its own would call 'plant' class 0)."""
+    rows = (image_root / "labels.csv").read_text(encoding="utf-8").splitlines()
+    body = sorted(rows[1:], key=lambda r: r.split(",")[3])
+    path = tmp_path_factory.mktemp("lists") / "grouped.csv"
+    path.write_text("\n".join([rows[0], *body]) + "\n", encoding="utf-8")
+    return path
+
+
+def _embed(ckpt: Path, csv_path: Path, image_root: Path, out: Path, *extra: str) -> int:
+    return main(["embed", "--checkpoint", str(ckpt), "--csv", str(csv_path), "--image-root", str(image_root),
+                 "--out", str(out), "--device", "cpu", "--batch-size", "4", "--shard-size", "3", "--no-progress",
+                 *extra])
+
+
+@pytest.fixture(scope="module")
+def jobs(run_ckpt: Path, image_root: Path, grouped_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("jobs")
+    assert _embed(run_ckpt, grouped_csv, image_root, root / "whole") == 0
+    parts = []
+    for k in range(3):
+        assert _embed(run_ckpt, grouped_csv, image_root, root / f"part{k}", "--part", f"{k}/3") == 0
+        parts.append(root / f"part{k}")
+    return {"root": root, "whole": root / "whole", "parts": parts}
+
+
+def test_parts_keep_the_whole_lists_label_ids(image_root: Path, grouped_csv: Path) -> None:
+    items = read_image_csv(grouped_csv, image_root=image_root)
+    assert items.class_names == [[], ["animal", "plant", "rock"]]
+    seen = []
+    for k in range(3):
+        part = items.select_part(k, 3)
+        lo, hi = k * 12 // 3, (k + 1) * 12 // 3
+        assert part.ids == items.ids[lo:hi]
+        np.testing.assert_array_equal(part.labels, items.labels[lo:hi])
+        assert part.class_names == items.class_names and part.source_count == 12
+        assert part.source_fingerprint == items.fingerprint() != part.fingerprint()
+        seen += part.ids
+    assert seen == items.ids
+    # the second part holds only 'plant' and 'rock': still ids 1 and 2, not 0 and 1
+    assert sorted(set(items.select_part(1, 3).labels[:, 1].tolist())) == [1]
+    assert sorted(set(items.select_part(2, 3).labels[:, 1].tolist())) == [2]
+
+
+def test_merged_parts_equal_one_run(jobs: dict) -> None:
+    merged = jobs["root"] / "merged"
+    res = merge_embedding_parts([jobs["parts"][2], jobs["parts"][0], jobs["parts"][1]], merged)  # any order
+    assert res.count == 12
+    whole, got = jobs["whole"], merged
+    np.testing.assert_allclose(np.load(got / "embeddings.npy"), np.load(whole / "embeddings.npy"), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.load(got / "labels.npy"), np.load(whole / "labels.npy"))
+    assert (got / "items.csv").read_text(encoding="utf-8") == (whole / "items.csv").read_text(encoding="utf-8")
+    a = json.loads((got / "embed.json").read_text(encoding="utf-8"))
+    b = json.loads((whole / "embed.json").read_text(encoding="utf-8"))
+    for key in ("count", "fingerprint", "model", "scale_names", "class_names", "image_roots", "dim", "status"):
+        assert a[key] == b[key], key
+    assert a["merged_parts"] == 3
+    loaded = load_embedding_set(got)
+    assert loaded.class_names == [[], ["animal", "plant", "rock"]] and loaded.labels.shape == (12, 2)
+    # the same job: re-running the whole-list command on the merged folder finds it complete
+    assert a["shard_size"] == b["shard_size"] and a["num_shards"] == b["num_shards"]
+
+
+def test_the_cli_merges_and_a_part_job_resumes(jobs: dict, run_ckpt: Path, image_root: Path, grouped_csv: Path,
+                                               capsys) -> None:
+    assert _embed(run_ckpt, grouped_csv, image_root, jobs["parts"][1], "--part", "1/3") == 0
+    assert "(part 1/3 of 12 images)" in capsys.readouterr().out  # resumed: nothing computed
+    out = jobs["root"] / "merged_cli"
+    assert main(["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out)]) == 0
+    assert "3 parts, 12 images" in capsys.readouterr().out
+    assert main(["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out)]) == 2
+    assert "output folder is not empty" in capsys.readouterr().err
+    assert main(["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out), "--overwrite"]) == 0
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_wrong_set_of_parts_is_one_line_naming_it(jobs: dict, run_ckpt: Path, image_root: Path,
+                                                    grouped_csv: Path, tmp_path: Path) -> None:
+    p0, p1, p2 = jobs["parts"]
+    cases = [
+        ([p0, p2], "missing part(s) 1/3"),
+        ([p0, p1, p1, p2], "part 1/3 given twice"),
+        ([p0, p1, p2, jobs["whole"]], "not a part job"),
+        ([p0, p1, tmp_path], "no embed.json"),
+    ]
+    unfinished = _copy(p2, tmp_path / "unfinished")
+    meta = json.loads((unfinished / "embed.json").read_text(encoding="utf-8"))
+    (unfinished / "embed.json").write_text(json.dumps({**meta, "status": "in_progress"}), encoding="utf-8")
+    cases.append(([p0, p1, unfinished], "not finished"))
+    other_model = make_run(tmp_path / "other_run", seed=1)
+    assert _embed(other_model, grouped_csv, image_root, tmp_path / "other2", "--part", "2/3") == 0
+    cases.append(([p0, p1, tmp_path / "other2"], "in 'model'"))
+    assert _embed(run_ckpt, grouped_csv, image_root, tmp_path / "four1", "--part", "1/4") == 0
+    cases.append(([p0, tmp_path / "four1", p2], "one of 3 parts"))
+    for k, (parts, needle) in enumerate(cases):
+        with pytest.raises(InputError) as err:
+            merge_embedding_parts(parts, tmp_path / f"out{k}")
+        assert needle in str(err.value), (needle, str(err.value))
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / f"out{k}").exists()  # nothing written before the parts were checked
+    with pytest.raises(InputError, match="one of the parts"):
+        merge_embedding_parts([p0, p1, p2], p1)
+
+
+def test_part_flag_errors(run_ckpt: Path, image_root: Path, grouped_csv: Path, tmp_path: Path, capsys) -> None:
+    for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
+        with pytest.raises(SystemExit):
+            _embed(run_ckpt, grouped_csv, image_root, tmp_path / "bad", f"--part={bad}")
+        assert "expected K/N with 0 <= K < N" in capsys.readouterr().err
+    assert _embed(run_ckpt, grouped_csv, image_root, tmp_path / "empty", "--part", "0/20") == 2
+    assert "part 0/20 of 12 images is empty" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+    # a part job in a folder of the whole list's job is another job
+    assert _embed(run_ckpt, grouped_csv, image_root, tmp_path / "job") == 0
+    assert _embed(run_ckpt, grouped_csv, image_root, tmp_path / "job", "--part", "0/2") == 2
+    assert "holds a different embedding job" in capsys.readouterr().err
