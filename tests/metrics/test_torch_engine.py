@@ -218,3 +218,76 @@ def test_engines_on_the_cpu_rank_the_same_products_at_512_dimensions():
     for scale in want_pq:
         for m, arr in want_pq[scale].items():
             np.testing.assert_allclose(got_pq[scale][m], arr, rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+@pytest.mark.parametrize("loo", [False, True])
+def test_cosine_in_a_narrow_cone_matches_float64(loo):
+    """Directions in a narrow cone (offset 1,000, spread 0.01): float32 cosines of near neighbours round to the same
+    values next to 1; the engine ranks the centred unit rows by Euclidean distance instead (the same ranking)."""
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((12, 8))
+    fine = rng.integers(0, 12, 240)
+    x = (1000.0 + 0.01 * (centres[fine] + 0.7 * rng.standard_normal((240, 8)))).astype(np.float32)
+    metrics = ["recall@K", "precision@K", "map@K", "map@r", "map"]
+    if loo:
+        q64 = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+        score = q64 @ q64.T
+        np.fill_diagonal(score, -np.inf)
+        want = {}
+        for k in (1, 4):  # leave-one-out recall@k from the float64 ranking (self last, ties by index)
+            order = np.lexsort((np.broadcast_to(np.arange(len(x)), score.shape), -score), axis=1)
+            want[f"recall@{k}"] = float((fine[order[:, :k]] == fine[:, None]).any(1).mean())
+        args: tuple = (x, fine)
+    else:
+        q, g, ql, gl = x[:80], x[80:], fine[:80], fine[80:]
+        want = _brute_metrics(q, ql, g, gl, "cosine")
+        args = (q, ql, g, gl)
+    for engine in ("cpu", "torch"):
+        got = evaluate_embeddings(*args, distance="cosine", metrics=metrics, k_values=(1, 4),
+                                  ranking_engine=engine)["fine"]
+        for key, v in want.items():
+            assert got[key] == pytest.approx(v, abs=1e-12), (engine, key)
+    # the test can fail: ranked by float32 cosines of the unit rows, recall@1 is far off
+    from dynametric.metrics.engine import prepare_for_ranking
+
+    qn, gn, scoring = prepare_for_ranking("cosine", torch.from_numpy(x[:80]), torch.from_numpy(x[80:]),
+                                          narrow_cone=False)
+    assert scoring == "cosine"
+    s = (qn @ gn.T).numpy()
+    rank1 = np.lexsort((np.broadcast_to(np.arange(160), s.shape), -s), axis=1)[:, 0]
+    assert abs(float((fine[80:][rank1] == fine[:80]).mean()) - _brute_metrics(
+        x[:80], fine[:80], x[80:], fine[80:], "cosine")["recall@1"]) > 0.05
+
+
+def test_narrow_cone_switch_only_where_needed():
+    from dynametric.metrics.engine import NARROW_CONE_SPREAD, _unit_rows, prepare_for_ranking
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((300, 16)).astype(np.float32))
+    q, g, scoring = prepare_for_ranking("cosine", x)
+    assert scoring == "cosine" and q is g and torch.equal(q, _unit_rows(x))  # ordinary data: unchanged
+    narrow = 100.0 + 0.01 * x
+    q, g, scoring = prepare_for_ranking("cosine", narrow)
+    assert scoring == "euclidean" and q is g
+    u = narrow.double() / narrow.double().norm(dim=1, keepdim=True)
+    assert float(u.std(0).max()) < NARROW_CONE_SPREAD and float(q.abs().max()) >= 0.5  # centred, scaled
+    assert prepare_for_ranking("cosine", torch.cat([narrow, torch.zeros(1, 16)]))[2] == "cosine"  # a zero row
+    assert prepare_for_ranking("cosine", narrow, narrow[:50])[2] == "euclidean"
+    assert prepare_for_ranking("cosine", narrow, narrow[:50], narrow_cone=False)[2] == "cosine"
+
+
+def test_fnmr_in_a_narrow_cone_reports_the_unit_rows_distances():
+    rng = np.random.default_rng(4)
+    fine = rng.integers(0, 6, 120)
+    x = (50.0 + 0.01 * (rng.standard_normal((6, 8))[fine] + rng.standard_normal((120, 8)))).astype(np.float32)
+    u = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    d = np.sqrt(np.maximum(((u[:, None, :] - u[None, :, :]) ** 2).sum(-1), 0))
+    same = fine[:, None] == fine[None, :]
+    off = ~np.eye(len(x), dtype=bool)
+    for p in (1, 10, 50):  # float32 cosines (all next to 1) gave 1.0 at every p here
+        thr = np.percentile(d[~same & off], p)
+        want = float((d[same & off] >= thr).mean())
+        for engine in ("cpu", "torch"):
+            got = evaluate_embeddings(x, fine, distance="cosine", metrics=[f"fnmr@fmr={p}"],
+                                      ranking_engine=engine)["fine"][f"fnmr@fmr={p}"]
+            assert got == pytest.approx(want, abs=1e-12), (p, engine)

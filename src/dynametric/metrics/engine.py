@@ -862,39 +862,59 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
 _PREP_ROWS = 1 << 16  # rows per float64 block when preparing embeddings (bounded extra memory)
 
 
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised float32 rows, computed in float64 after dividing each row by its largest absolute value: exact
-    for every finite float32 row (a squared norm of ``1e19``-scaled rows would overflow float32, and rows below
+def _float64_rows(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float64)
+
+
+def _unit_rows64(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows in float64, computed after dividing each row by its largest absolute value: exact for every
+    finite float32 row (a squared norm of ``1e19``-scaled rows would overflow float32, and rows below
     ``F.normalize``'s epsilon would not be normalised). All-zero rows stay zero."""
+    y = x.to(torch.float64)
+    peak = y.abs().amax(1, keepdim=True)
+    y /= torch.where(peak > 0, peak, torch.ones_like(peak))
+    y /= torch.where(peak > 0, torch.linalg.vector_norm(y, dim=1, keepdim=True), torch.ones_like(peak))
+    return y
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_unit_rows64` rounded to float32, in blocks of ``_PREP_ROWS`` rows (bounded extra memory)."""
     out = torch.empty(x.shape, dtype=torch.float32)
     for a in range(0, x.shape[0], _PREP_ROWS):
-        y = x[a:a + _PREP_ROWS].to(torch.float64)
-        peak = y.abs().amax(1, keepdim=True)
-        y /= torch.where(peak > 0, peak, torch.ones_like(peak))
-        y /= torch.where(peak > 0, torch.linalg.vector_norm(y, dim=1, keepdim=True), torch.ones_like(peak))
-        out[a:a + _PREP_ROWS] = y
+        out[a:a + _PREP_ROWS] = _unit_rows64(x[a:a + _PREP_ROWS])
     return out
 
 
-def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor) -> list[torch.Tensor]:
-    """Euclidean inputs: every set translated by a centre ``c`` and multiplied by a power of two, as float32.
+def _centre_and_spread(centre_of: torch.Tensor,
+                       rows: Callable[[torch.Tensor], torch.Tensor] = _float64_rows) -> tuple[torch.Tensor, float]:
+    """The float64 mean of ``rows(centre_of)`` and its spread (the largest per-dimension standard deviation)."""
+    n, dim = centre_of.shape
+    total = torch.zeros(dim, dtype=torch.float64)
+    for a in range(0, n, _PREP_ROWS):
+        total += rows(centre_of[a:a + _PREP_ROWS]).sum(0)
+    mean = total / max(1, n)
+    sq = torch.zeros(dim, dtype=torch.float64)
+    for a in range(0, n, _PREP_ROWS):
+        sq += ((rows(centre_of[a:a + _PREP_ROWS]) - mean) ** 2).sum(0)
+    return mean, math.sqrt(float(sq.max()) / max(1, n)) if dim else 0.0
 
-    Neither changes any Euclidean ranking. ``c`` is the float64 mean of ``centre_of`` rounded to a multiple of
+
+def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
+                    rows: Callable[[torch.Tensor], torch.Tensor] = _float64_rows,
+                    stats: tuple[torch.Tensor, float] | None = None) -> list[torch.Tensor]:
+    """Euclidean inputs: every set (as float64 ``rows(block)``) translated by a centre ``c`` and multiplied by a power
+    of two, as float32.
+
+    Neither changes any Euclidean ranking. ``c`` is the float64 mean of ``rows(centre_of)`` rounded to a multiple of
     ``Q = 2**floor(log2(spread))`` (``spread``: the largest per-dimension standard deviation), so the offset left
     is below ``Q / 2`` and ``x - c`` is exact for every coordinate within about ``|x|`` of ``c`` (``c`` has no bits
     below ``Q``); integer-valued embeddings with a spread of 1 or more stay integers (their exact score ties stay
     exact). The power of two brings the largest absolute coordinate into ``[0.5, 1)`` (exact), ruling out overflow
     and underflow of the squared norms. Without centring, the float32 score ``2<q, g> - ||g||^2`` of embeddings far
-    from the origin loses the distance differences in the cancellation and misorders candidates."""
-    n, dim = centre_of.shape
-    total = torch.zeros(dim, dtype=torch.float64)
-    for a in range(0, n, _PREP_ROWS):
-        total += centre_of[a:a + _PREP_ROWS].to(torch.float64).sum(0)
-    mean = total / max(1, n)
-    sq = torch.zeros(dim, dtype=torch.float64)
-    for a in range(0, n, _PREP_ROWS):
-        sq += ((centre_of[a:a + _PREP_ROWS].to(torch.float64) - mean) ** 2).sum(0)
-    spread = math.sqrt(float(sq.max()) / max(1, n))
+    from the origin loses the distance differences in the cancellation and misorders candidates. ``stats``: the
+    ``(mean, spread)`` of :func:`_centre_and_spread` when already computed."""
+    dim = centre_of.shape[1]
+    mean, spread = _centre_and_spread(centre_of, rows) if stats is None else stats
     if spread > 0.0 and math.isfinite(spread):
         quantum = math.ldexp(1.0, math.frexp(spread)[1] - 1)  # 2**floor(log2(spread))
         centre = torch.round(mean / quantum) * quantum
@@ -903,34 +923,57 @@ def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor) -> list[t
     peak = 0.0
     for x in sets:
         for a in range(0, x.shape[0], _PREP_ROWS):
-            peak = max(peak, float((x[a:a + _PREP_ROWS].to(torch.float64) - centre).abs().max()))
+            peak = max(peak, float((rows(x[a:a + _PREP_ROWS]) - centre).abs().max()))
     factor = 1.0 if peak == 0.0 else math.ldexp(1.0, -math.frexp(peak)[1])
     outs = []
     for x in sets:
         out = torch.empty(x.shape, dtype=torch.float32)
         for a in range(0, x.shape[0], _PREP_ROWS):
-            out[a:a + _PREP_ROWS] = (x[a:a + _PREP_ROWS].to(torch.float64) - centre) * factor
+            out[a:a + _PREP_ROWS] = (rows(x[a:a + _PREP_ROWS]) - centre) * factor
         outs.append(out)
     return outs
 
 
-def prepare_for_ranking(distance: str, query: torch.Tensor,
-                        gallery: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(query, gallery)`` as the engine scores them (``gallery=None``: leave-one-out, the same tensor twice).
+NARROW_CONE_SPREAD = 2.0 ** -7
+"""Cosine inputs whose unit rows spread less than this (largest per-dimension standard deviation) are ranked by the
+Euclidean distance of their centred unit rows (:func:`prepare_for_ranking`): in so narrow a cone, float32 cosines
+of near neighbours round to the same few values next to 1 and tie (vectors at an offset of 1,000 with a spread of
+0.01 lost half their recall@1 that way)."""
 
-    Cosine: rows L2-normalised exactly (:func:`_unit_rows`). Euclidean: both sets centred on the gallery mean and
-    scaled by a power of two (:func:`_centred_scaled`); neither changes the exact ranking, both keep float32 scores
-    accurate whatever the embeddings' offset and magnitude."""
+
+def _has_zero_row(x: torch.Tensor) -> bool:
+    return any(bool((x[a:a + _PREP_ROWS] == 0).all(1).any()) for a in range(0, x.shape[0], _PREP_ROWS))
+
+
+def prepare_for_ranking(distance: str, query: torch.Tensor, gallery: torch.Tensor | None = None, *,
+                        narrow_cone: bool = True) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``(query, gallery, scoring)`` as the engine scores them (``gallery=None``: leave-one-out, the same tensor
+    twice); ``scoring`` is the distance the engine computes, which ranks exactly as ``distance`` does.
+
+    Cosine: rows L2-normalised exactly (:func:`_unit_rows`). When the unit rows lie in a narrow cone (spread below
+    :data:`NARROW_CONE_SPREAD`, no all-zero row; ``narrow_cone=False`` turns this off), they are instead centred
+    and scaled in float64 as Euclidean inputs and ranked by Euclidean distance (``scoring = "euclidean"``): for unit
+    vectors ``||q - g||^2 = 2 - 2 cos``, the same ranking, and the centred coordinates keep the differences that
+    float32 cosines near 1 round away. Euclidean: both sets centred on the gallery mean and scaled by a power of two
+    (:func:`_centred_scaled`); neither changes the exact ranking, both keep float32 scores accurate whatever the
+    embeddings' offset and magnitude."""
     query = query.detach().cpu()
     gallery = None if gallery is None else gallery.detach().cpu()
     if distance == "cosine":
+        centre_of = query if gallery is None else gallery
+        stats = _centre_and_spread(centre_of, _unit_rows64) if narrow_cone else None
+        if stats is not None and stats[1] < NARROW_CONE_SPREAD and centre_of.shape[0] > 1 \
+                and not _has_zero_row(query) and (gallery is None or not _has_zero_row(gallery)):
+            sets = [query] if gallery is None else [query, gallery]
+            out = _centred_scaled(sets, centre_of, _unit_rows64, stats)
+            return out[0], out[-1], "euclidean"
         q = _unit_rows(query)
-        return q, (q if gallery is None else _unit_rows(gallery))
+        return q, (q if gallery is None else _unit_rows(gallery)), "cosine"
     if gallery is None:
         (q,) = _centred_scaled([query], query)
-        return q, q
+        return q, q, distance
     q, g = _centred_scaled([query, gallery], gallery)
-    return q, g
+    return q, g, distance
 
 
 def normalize_for(distance: str, x: torch.Tensor) -> torch.Tensor:

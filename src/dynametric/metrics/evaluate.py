@@ -257,8 +257,10 @@ def evaluate_embeddings(
     result: dict[str, dict[str, float | int]] = {n: {} for n in names_s}
     table: dict[str, dict[str, np.ndarray]] = {}
     if specs or fmr:
-        qn, gn = prepare_for_ranking(distance, q, None if loo else g)
-        problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=distance,
+        # scoring: the distance the engine computes; a narrow cone of cosine inputs is ranked (and its fnmr@fmr
+        # distances measured, up to one power-of-two factor, which no fraction depends on) as centred unit rows
+        qn, gn, scoring = prepare_for_ranking(distance, q, None if loo else g)
+        problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=scoring,
                                  leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
     if specs:
         rank_names = [s.name for s in specs]
