@@ -260,7 +260,7 @@ def test_cosine_in_a_narrow_cone_matches_float64(loo):
 
 
 def test_narrow_cone_switch_only_where_needed():
-    from dynametric.metrics.engine import NARROW_CONE_SPREAD, _unit_rows, prepare_for_ranking
+    from dynametric.metrics.engine import NARROW_CONE_SPREAD, _cone_spread, _unit_rows, prepare_for_ranking
 
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.standard_normal((300, 16)).astype(np.float32))
@@ -270,7 +270,16 @@ def test_narrow_cone_switch_only_where_needed():
     q, g, scoring = prepare_for_ranking("cosine", narrow)
     assert scoring == "euclidean" and q is g
     u = narrow.double() / narrow.double().norm(dim=1, keepdim=True)
-    assert float(u.std(0).max()) < NARROW_CONE_SPREAD and float(q.abs().max()) >= 0.5  # centred, scaled
+    spread = float((u - u.mean(0)).norm(dim=1).pow(2).mean().sqrt())
+    assert spread < NARROW_CONE_SPREAD and float(q.abs().max()) >= 0.5  # centred, scaled
+    assert _cone_spread(_unit_rows(narrow)) < NARROW_CONE_SPREAD / 10  # float32 column sums: coarse next to 0
+    for width in (0.5, 1.0, 2.0):  # but accurate to a few percent near the threshold
+        near = (3.0 + width * NARROW_CONE_SPREAD * torch.randn(300, 16)).double()
+        un = near / near.norm(dim=1, keepdim=True)
+        exact = float((un - un.mean(0)).norm(dim=1).pow(2).mean().sqrt())
+        assert _cone_spread(_unit_rows(near.float())) == pytest.approx(exact, rel=0.03)
+    assert _cone_spread(_unit_rows(x)) == pytest.approx(float((_unit_rows(x).double() - _unit_rows(x).double().mean(0))
+                                                              .norm(dim=1).pow(2).mean().sqrt()), rel=1e-5)
     assert prepare_for_ranking("cosine", torch.cat([narrow, torch.zeros(1, 16)]))[2] == "cosine"  # a zero row
     assert prepare_for_ranking("cosine", narrow, narrow[:50])[2] == "euclidean"
     assert prepare_for_ranking("cosine", narrow, narrow[:50], narrow_cone=False)[2] == "cosine"

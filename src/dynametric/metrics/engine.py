@@ -935,10 +935,17 @@ def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
 
 
 NARROW_CONE_SPREAD = 2.0 ** -7
-"""Cosine inputs whose unit rows spread less than this (largest per-dimension standard deviation) are ranked by the
+"""Cosine inputs whose unit rows spread less than this (root mean square distance from their mean) are ranked by the
 Euclidean distance of their centred unit rows (:func:`prepare_for_ranking`): in so narrow a cone, float32 cosines
 of near neighbours round to the same few values next to 1 and tie (vectors at an offset of 1,000 with a spread of
 0.01 lost half their recall@1 that way)."""
+
+
+def _cone_spread(unit: torch.Tensor) -> float:
+    """The root mean square distance of unit rows from their mean, ``sqrt(1 - ||mean||^2)`` (rows of norm 1; an
+    all-zero row makes it an overestimate, and such inputs are never switched anyway): one column sum."""
+    mean = unit.sum(0, dtype=torch.float32).double() / max(1, unit.shape[0])
+    return math.sqrt(max(0.0, 1.0 - float((mean * mean).sum())))
 
 
 def _has_zero_row(x: torch.Tensor) -> bool:
@@ -950,8 +957,9 @@ def prepare_for_ranking(distance: str, query: torch.Tensor, gallery: torch.Tenso
     """``(query, gallery, scoring)`` as the engine scores them (``gallery=None``: leave-one-out, the same tensor
     twice); ``scoring`` is the distance the engine computes, which ranks exactly as ``distance`` does.
 
-    Cosine: rows L2-normalised exactly (:func:`_unit_rows`). When the unit rows lie in a narrow cone (spread below
-    :data:`NARROW_CONE_SPREAD`, no all-zero row; ``narrow_cone=False`` turns this off), they are instead centred
+    Cosine: rows L2-normalised exactly (:func:`_unit_rows`). When the gallery's unit rows lie in a narrow cone
+    (:func:`_cone_spread` below :data:`NARROW_CONE_SPREAD`, no all-zero row; ``narrow_cone=False`` turns this off),
+    they are instead centred
     and scaled in float64 as Euclidean inputs and ranked by Euclidean distance (``scoring = "euclidean"``): for unit
     vectors ``||q - g||^2 = 2 - 2 cos``, the same ranking, and the centred coordinates keep the differences that
     float32 cosines near 1 round away. Euclidean: both sets centred on the gallery mean and scaled by a power of two
@@ -960,15 +968,14 @@ def prepare_for_ranking(distance: str, query: torch.Tensor, gallery: torch.Tenso
     query = query.detach().cpu()
     gallery = None if gallery is None else gallery.detach().cpu()
     if distance == "cosine":
-        centre_of = query if gallery is None else gallery
-        stats = _centre_and_spread(centre_of, _unit_rows64) if narrow_cone else None
-        if stats is not None and stats[1] < NARROW_CONE_SPREAD and centre_of.shape[0] > 1 \
-                and not _has_zero_row(query) and (gallery is None or not _has_zero_row(gallery)):
-            sets = [query] if gallery is None else [query, gallery]
-            out = _centred_scaled(sets, centre_of, _unit_rows64, stats)
-            return out[0], out[-1], "euclidean"
         q = _unit_rows(query)
-        return q, (q if gallery is None else _unit_rows(gallery)), "cosine"
+        g = q if gallery is None else _unit_rows(gallery)
+        if narrow_cone and g.shape[0] > 1 and _cone_spread(g) < NARROW_CONE_SPREAD \
+                and not _has_zero_row(q) and (gallery is None or not _has_zero_row(g)):
+            centre_of = query if gallery is None else gallery
+            out = _centred_scaled([query] if gallery is None else [query, gallery], centre_of, _unit_rows64)
+            return out[0], out[-1], "euclidean"
+        return q, g, "cosine"
     if gallery is None:
         (q,) = _centred_scaled([query], query)
         return q, q, distance
