@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.metrics import evaluate_embeddings
     from dynametric.utils.device import resolve_device
 
-    resolve_device(args.device)  # `--device cuda` without CUDA: one clear error before any work
+    resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
     cutoff: str | int = args.asi_cutoff
     if cutoff not in ("R_q", "r_q"):
         try:

@@ -57,7 +57,7 @@ def inference_options(args: argparse.Namespace, *, batch_size: int | None = None
     return InferenceOptions(device=getattr(args, "device", None) or "auto", precision=args.precision or "fp32",
                             batch_size=bs if bs is not None else batch_size,
                             workers=w if w is not None else workers, progress=progress,
-                            decode=getattr(args, "decode", None) or "cpu")
+                            decode=getattr(args, "decode", None) or "cpu", flags=True)
 
 
 def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:

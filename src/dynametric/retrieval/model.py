@@ -29,6 +29,7 @@ from dynametric.engine.inference import (
     split_transform,
 )
 from dynametric.errors import ConfigError, InputError
+from dynametric.utils.device import choice_hint
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -81,8 +82,9 @@ class LoadedEmbedder:
             if self._finish is not None:
                 self._decoder = DeviceDecoder.from_transform(self._loader_transform)
             if self._decoder is None:
+                key = self.run.key("decode")
                 raise ConfigError("decode 'gpu' needs an evaluation transform of Resize / CenterCrop, ToTensor and "
-                                  "Normalize steps; use --decode cpu", key="--decode")
+                                  f"Normalize steps; use {choice_hint(key, 'cpu')}", key=key)
 
     @property
     def decode(self) -> str:
