@@ -137,3 +137,22 @@ def test_explore_command_serves_the_index(built: dict[str, Path], monkeypatch: p
     assert capsys.readouterr().out.startswith("dynametric explorer: http://127.0.0.1:")
     assert seen["info"]["count"] == 12 and seen["info"]["upload"] is True
     assert seen["info"]["scales"] == ["fine", "coarse"]
+
+
+def test_evaluate_reads_an_embed_folder_directly(built: dict[str, Path], capsys) -> None:
+    """docs/retrieval.md: `dynametric evaluate --embeddings EMB/embeddings.npy` reads an embed folder, labels and
+    scale names included (the folder itself works too)."""
+    from dynametric.metrics import evaluate_embeddings
+
+    emb = np.load(built["emb"] / "embeddings.npy")
+    labels = np.load(built["emb"] / "labels.npy")
+    ref = evaluate_embeddings(emb, labels, scale_names=["fine", "coarse"])
+    for target in (built["emb"] / "embeddings.npy", built["emb"]):
+        capsys.readouterr()
+        assert main(["evaluate", "--embeddings", str(target), "--metrics", "map", "r_precision"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"{target}: leave-one-out, distance cosine, 12 queries")
+        assert lines[1].split()[:3] == ["scale", "r_precision", "map"]
+        rows = {line.split()[0]: line.split()[1:3] for line in lines[2:5]}
+        assert rows == {s: [f"{ref[s][m]:.4f}" for m in ("r_precision", "map")] for s in ("fine", "coarse", "mean")}
+    assert ref["coarse"]["map"] > 0
