@@ -20,11 +20,14 @@ def test_resolve_device_cpu_and_auto(monkeypatch):
 def test_resolve_device_cuda_without_gpu_is_one_line_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for spec in ("cuda", "cuda:1", "CUDA"):
-        with pytest.raises(ConfigError, match=r"key '--device'.*no CUDA GPU is available") as err:
+        with pytest.raises(ConfigError, match=r"key 'device'.*no CUDA GPU is available") as err:
             D.resolve_device(spec)
         assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="key 'eval.device'"):
+        assert str(err.value).endswith("; use device='cpu' or 'auto'")  # the library names its argument
+    with pytest.raises(ConfigError, match="key 'eval.device'.*; use eval.device: cpu or auto$"):
         D.resolve_device("cuda", key="eval.device")
+    with pytest.raises(ConfigError, match="key '--device'.*; use --device cpu or auto$"):
+        D.resolve_device("cuda", key="--device")
 
 
 def test_resolve_device_cuda_index_past_count(monkeypatch):
@@ -49,17 +52,21 @@ def test_resolve_precision():
     assert D.resolve_precision("fp32", cpu) is None and D.resolve_precision(None) is None
     assert D.resolve_precision("bf16", cpu) is torch.bfloat16
     assert D.resolve_precision("fp16", torch.device("cuda")) is torch.float16
-    with pytest.raises(ConfigError, match="fp16 autocast needs a CUDA device"):
+    with pytest.raises(ConfigError, match="key 'precision': fp16 autocast needs a CUDA device; on the CPU use "
+                                          "precision='bf16' or 'fp32'$"):
         D.resolve_precision("fp16", cpu)
-    with pytest.raises(ConfigError, match=r"key '--precision'.*unknown precision 'int8'"):
+    with pytest.raises(ConfigError, match="key '--precision': .* use --precision bf16 or fp32$"):
+        D.resolve_precision("fp16", cpu, key="--precision")
+    with pytest.raises(ConfigError, match=r"key 'precision'.*unknown precision 'int8'"):
         D.resolve_precision("int8", cpu)
+    assert [D.precision_name(s) for s in (None, "FP32", "bfloat16", "half")] == ["fp32", "fp32", "bf16", "fp16"]
 
 
 def test_loader_options_and_auto_workers(monkeypatch):
     D.check_loader_options(1, 0)
-    with pytest.raises(ConfigError, match="key '--batch-size'.*>= 1, got 0"):
+    with pytest.raises(ConfigError, match="key 'batch_size'.*>= 1, got 0"):
         D.check_loader_options(0, 0)
-    with pytest.raises(ConfigError, match="key '--workers'.*>= 0, got -1"):
+    with pytest.raises(ConfigError, match="key 'workers'.*>= 0, got -1"):
         D.check_loader_options(4, -1)
     monkeypatch.setattr(D.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
     assert D.auto_workers("cuda") == 15 and D.auto_workers("cpu") == 0

@@ -123,7 +123,8 @@ def test_device_resolution():
         assert resolve_device("auto") is None
         with pytest.raises(ConfigError, match="no CUDA GPU is available"):
             resolve_device("cuda")
-        with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        with pytest.raises(ConfigError, match="key 'device': .*no CUDA GPU is available.*; use device='cpu' or "
+                                              "'auto'$"):  # the library's argument, not the CLI's --device
             evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], device="cuda")
     with pytest.raises(ConfigError, match="unknown device"):
         resolve_device("gpu7")

@@ -137,3 +137,167 @@ def test_explore_command_serves_the_index(built: dict[str, Path], monkeypatch: p
     assert capsys.readouterr().out.startswith("dynametric explorer: http://127.0.0.1:")
     assert seen["info"]["count"] == 12 and seen["info"]["upload"] is True
     assert seen["info"]["scales"] == ["fine", "coarse"]
+
+
+def test_evaluate_reads_an_embed_folder_directly(built: dict[str, Path], capsys) -> None:
+    """docs/retrieval.md: `dynametric evaluate --embeddings EMB/embeddings.npy` reads an embed folder, labels and
+    scale names included (the folder itself works too)."""
+    from dynametric.metrics import evaluate_embeddings
+
+    emb = np.load(built["emb"] / "embeddings.npy")
+    labels = np.load(built["emb"] / "labels.npy")
+    ref = evaluate_embeddings(emb, labels, scale_names=["fine", "coarse"])
+    for target in (built["emb"] / "embeddings.npy", built["emb"]):
+        capsys.readouterr()
+        assert main(["evaluate", "--embeddings", str(target), "--metrics", "map", "r_precision"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"{target}: leave-one-out, distance cosine, 12 queries")
+        assert lines[1].split()[:3] == ["scale", "r_precision", "map"]
+        rows = {line.split()[0]: line.split()[1:3] for line in lines[2:5]}
+        assert rows == {s: [f"{ref[s][m]:.4f}" for m in ("r_precision", "map")] for s in ("fine", "coarse", "mean")}
+    assert ref["coarse"]["map"] > 0
+
+
+def test_table_prints_no_negative_zero(built: dict[str, Path], capsys) -> None:
+    from dynametric.commands.search import format_distance, format_results
+
+    assert [format_distance(d) for d in (-1.1920929e-07, -4e-5, 0.0, 0.25, -0.0002, -1.5)] == \
+        ["0.0000", "0.0000", "0.0000", "0.2500", "-0.0002", "-1.5000"]  # negative ip distances keep their sign
+    text = format_results([{"query": "q", "mode": "items", "results": [
+        {"rank": 1, "distance": -1.1920929e-07, "id": "a"}]}], [])
+    assert text.splitlines()[2].split() == ["1", "0.0000", "a"]
+    # end to end: each item's own hit (1 - cos, a few roundings around 0) reads 0.0000; JSON keeps the raw values
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--embeddings", str(built["emb"]), "-k", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "-0.0000" not in table and table.count(" 0.0000 ") == 12
+    raw = [q["results"][0]["distance"] for q in _search(capsys, "--index", str(built["index"]), "--embeddings",
+                                                         str(built["emb"]), "-k", "1")["queries"]]
+    assert all(abs(d) < 1e-5 for d in raw)
+
+
+def test_exclude_self_with_image_files_matches_the_indexed_file(built: dict[str, Path], tmp_path: Path,
+                                                                capsys) -> None:
+    import shutil
+
+    own = built["root"] / "imgs/rock/img_05.png"
+    roundabout = built["root"] / "imgs/animal/../rock/img_05.png"  # the same file by another name
+    copy = tmp_path / "copy.png"  # the same pixels, but not an indexed file
+    shutil.copy(own, copy)
+    out = _search(capsys, "--index", str(built["index"]), "--image", str(roundabout), str(copy), "-k", "3")
+    assert [q["results"][0]["id"] for q in out["queries"]] == ["item05", "item05"]
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--image", str(roundabout), str(copy), "-k", "3",
+                 "--exclude-self", "--json"]) == 0
+    captured = capsys.readouterr()
+    res = json.loads(captured.out)["queries"]
+    assert "item05" not in [h["id"] for h in res[0]["results"]] and len(res[0]["results"]) == 3
+    assert res[1]["results"][0]["id"] == "item05"  # not an item of the index: nothing excluded, and it says so
+    assert captured.err.strip() == ("note: --exclude-self: 1 of 2 queries are not items of this index (no indexed "
+                                    "item has their file); nothing is excluded for them")
+
+
+def test_exclude_self_without_file_paths_is_an_error(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "q.npy", np.load(built["emb"] / "embeddings.npy")[:2])
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "q.npy"),
+                 "--exclude-self"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric search: error: key '--exclude-self': queries are matched to indexed items by file path, but the "
+        f"query embeddings {tmp_path / 'q.npy'} name no files (a bare .npy); use --image files or a `dynametric "
+        "embed` folder")
+    assert main(["index", "build", "--embeddings", str(built["emb"] / "embeddings.npy"), "--out",
+                 str(tmp_path / "bare")]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "bare"), "--image", str(built["root"] / "imgs/rock/img_05.png"),
+                 "--checkpoint", str(built["ckpt"]), "--exclude-self"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "key '--exclude-self': queries are matched to indexed items by file path, but this index records no paths "
+        "(built from a bare .npy)")
+
+
+@pytest.fixture(scope="module")
+def built_bf16(built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("bf16")
+    assert main(["embed", "--checkpoint", str(built["ckpt"]), "--csv", str(built["root"] / "labels.csv"), "--out",
+                 str(out / "emb"), "--batch-size", "4", "--no-progress", "--device", "cpu",
+                 "--precision", "bf16"]) == 0
+    assert main(["index", "build", "--embeddings", str(out / "emb"), "--out", str(out / "index")]) == 0
+    return {"emb": out / "emb", "index": out / "index"}
+
+
+def test_image_search_follows_the_precision_of_the_index(built: dict[str, Path], built_bf16: dict[str, Path],
+                                                         capsys) -> None:
+    assert json.loads((built_bf16["index"] / "index.json").read_text())["model"]["precision"] == "bf16"
+    imgs = [str(built["root"] / f"imgs/{c}/img_{i:02d}.png") for i, c in ((0, "animal"), (4, "plant"))]
+
+    def search(*extra: str) -> tuple[list[list[float]], str]:
+        capsys.readouterr()
+        assert main(["search", "--index", str(built_bf16["index"]), "--image", *imgs, "-k", "4", "--device", "cpu",
+                     "--json", *extra]) == 0
+        captured = capsys.readouterr()
+        return [[h["distance"] for h in q["results"]] for q in json.loads(captured.out)["queries"]], captured.err
+
+    default, err_default = search()
+    bf16, err_bf16 = search("--precision", "bf16")
+    fp32, err_fp32 = search("--precision", "fp32")
+    assert default == bf16 and err_default == err_bf16 == ""  # the index's precision, silently: they agree
+    assert fp32 != bf16  # fp32 queries are other vectors, so an fp32 default would have shown here
+    assert err_fp32.strip() == ("note: the index's embeddings were computed in bf16, the query images are embedded in "
+                                "fp32 as asked: distances differ slightly from the index's own (a query's own item "
+                                "may not come first)")
+    # query embeddings from an embed folder of another precision: the same note
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--embeddings", str(built_bf16["emb"]), "-k", "1"]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"note: the index's embeddings were computed in fp32, the query embeddings ({built_bf16['emb']}) were "
+        "computed in bf16: distances differ slightly from the index's own (a query's own item may not come first)")
+
+
+def test_query_precision_rules() -> None:
+    import torch
+
+    from dynametric.retrieval.model import query_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert query_precision({}, None, cpu) == ("fp32", None)  # an index from before precisions were recorded
+    assert query_precision({"precision": "bf16"}, None, cpu) == ("bf16", None)
+    assert query_precision({"precision": "fp16"}, None, cuda) == ("fp16", None)
+    precision, note = query_precision({"precision": "fp16"}, None, cpu)
+    assert precision == "fp32" and note is not None and "in fp32 (fp16 needs CUDA, this runs on cpu)" in note
+    precision, note = query_precision({"precision": "bf16"}, "float32", cpu)
+    assert precision == "fp32" and note is not None and "computed in bf16" in note
+    assert query_precision({}, "fp32", cpu) == ("fp32", None)
+    from dynametric.errors import InputError
+
+    with pytest.raises(InputError, match=r"key 'model.precision': index.json records an unknown precision 'int8'"):
+        query_precision({"precision": "int8"}, None, cpu)
+
+
+def test_explore_uploads_follow_the_precision_of_the_index(built_bf16: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import dynametric.retrieval.explorer as explorer_mod
+
+    seen: list[str] = []
+
+    class Server:
+        server_address = ("127.0.0.1", 1)
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt
+
+        def server_close(self) -> None:
+            pass
+
+    def make(explorer, host, port):
+        seen.append(explorer.embedder.run.precision)
+        return Server()
+
+    monkeypatch.setattr(explorer_mod, "make_server", make)
+    for extra, note in (([], ""), (["--precision", "fp32"], "note: uploads: the index's embeddings were computed in "
+                                                            "bf16, the query images are embedded in fp32 as asked")):
+        capsys.readouterr()
+        assert main(["explore", "--index", str(built_bf16["index"]), "--device", "cpu", *extra]) == 0
+        err = capsys.readouterr().err
+        assert err.startswith(note) if note else err == ""
+    assert seen == ["bf16", "fp32"]

@@ -113,10 +113,21 @@ def test_missing_files_and_options(run: Path, tmp_path: Path, monkeypatch) -> No
     with pytest.raises(ConfigError, match="no --config given and no config.yaml beside"):
         load_trained(tmp_path / "lonely.ckpt")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="key '--device'.*no CUDA GPU"):
+    # the library names its fields; the commands (flags=True) their flags
+    with pytest.raises(ConfigError, match="key 'device'.*no CUDA GPU.*; use device='cpu' or 'auto'$"):
         InferenceOptions(device="cuda").resolve()
-    with pytest.raises(ConfigError, match="key '--workers'.*'auto'"):
+    with pytest.raises(ConfigError, match="key '--device'.*no CUDA GPU.*; use --device cpu or auto$"):
+        InferenceOptions(device="cuda", flags=True).resolve()
+    with pytest.raises(ConfigError, match="key 'workers'.*'auto'"):
         InferenceOptions(workers="many").resolve()
+    with pytest.raises(ConfigError, match="key 'precision': unknown precision 'int8'"):
+        InferenceOptions(device="cpu", precision="int8").resolve()
+    with pytest.raises(ConfigError, match="key 'batch_size'.*>= 1, got 0"):
+        InferenceOptions(device="cpu", batch_size=0).resolve()
+    with pytest.raises(ConfigError, match="key '--batch-size'.*>= 1, got 0"):
+        InferenceOptions(device="cpu", batch_size=0, flags=True).resolve()
+    with pytest.raises(ConfigError, match="key 'decode'"):
+        InferenceOptions(device="cpu", decode="fpga").resolve()
     r = InferenceOptions(device="cpu", workers="auto").resolve()
     assert r.workers == 0 and r.pin_memory is False and r.dtype is None
 

@@ -1,8 +1,10 @@
 """``dynametric evaluate``: retrieval and clustering metrics of saved embeddings, per label scale plus the mean.
 
 Embeddings come from ``.npy``, ``.pt`` (a tensor, or a dict with one tensor / an ``embeddings`` key) or
-``.safetensors`` (one tensor or an ``embeddings`` key); labels from a CSV file with a header, one integer column
-per scale, finest first (the column names become the scale names). ``--example`` evaluates the bundled example.
+``.safetensors`` (one tensor or an ``embeddings`` key), or from a ``dynametric embed`` output folder (or its
+``embeddings.npy``), whose ``labels.npy`` and scale names are used unless labels are given; labels from a CSV file
+with a header, one integer column per scale, finest first (the column names become the scale names), or from an
+``.npy`` integer array ``[N]`` / ``[N, S]``. ``--example`` evaluates the bundled example.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import csv
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import numpy as np
 from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.io import atomic_write_json
-from dynametric.utils.readers import load_embeddings, load_ids, load_labels_csv
+from dynametric.utils.readers import load_embeddings, load_ids, load_labels
 
 
 def _parse_metric_list(values: list[str] | None) -> list[str] | None:
@@ -81,10 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="retrieval/clustering metrics of saved embeddings, per label scale",
         description="Evaluate embeddings: leave-one-out on --embeddings, or query -> gallery with "
                     "--gallery-embeddings. Prints a table (rows = scales + mean) and optionally writes JSON.")
-    p.add_argument("--embeddings", help="query (or leave-one-out) embeddings: .npy, .pt or .safetensors")
-    p.add_argument("--labels", help="labels CSV with a header, one integer column per scale, finest first")
-    p.add_argument("--gallery-embeddings", help="gallery embeddings (query -> gallery protocol)")
-    p.add_argument("--gallery-labels", help="gallery labels CSV (same columns as --labels)")
+    p.add_argument("--embeddings", help="query (or leave-one-out) embeddings: .npy, .pt, .safetensors, or a "
+                   "`dynametric embed` folder (or its embeddings.npy), whose labels.npy is used without --labels")
+    p.add_argument("--labels", help="labels: a CSV with a header, one integer column per scale, finest first, or an "
+                   ".npy integer array [N] or [N, S]")
+    p.add_argument("--gallery-embeddings", help="gallery embeddings (query -> gallery protocol); an embed folder "
+                   "brings its labels.npy")
+    p.add_argument("--gallery-labels", help="gallery labels: CSV (same columns as --labels) or .npy")
     p.add_argument("--query-ids", help="text file, one id per query row: gallery items with the same id are excluded")
     p.add_argument("--gallery-ids", help="text file, one id per gallery row")
     p.add_argument("--example", action="store_true", help="evaluate the bundled example (no files needed)")
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.metrics import evaluate_embeddings
     from dynametric.utils.device import resolve_device
 
-    resolve_device(args.device)  # `--device cuda` without CUDA: one clear error before any work
+    resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
     cutoff: str | int = args.asi_cutoff
     if cutoff not in ("R_q", "r_q"):
         try:
@@ -212,28 +218,119 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class _Side:
+    """One side of an evaluation read from files: embeddings, labels and what names them."""
+
+    emb: np.ndarray
+    labels: np.ndarray
+    names: list[str] | None  # scale names (None: an .npy array names none)
+    class_names: list[list[str]] | None  # per scale, the text class of each label id (an embed folder's own labels)
+    labels_file: str  # the file the labels came from (named in errors)
+    names_file: str  # the file the scale names came from: the labels CSV (its line 1) or embed.json (scale_names)
+    names_line: int | None = 1
+    names_key: str | None = None
+
+
+def _job_names(meta: dict[str, Any], folder: Path, scales: int) -> tuple[list[str], list[list[str]] | None]:
+    """Scale names and text class names of an embed job's ``labels.npy`` with ``scales`` columns."""
+    names = meta.get("scale_names")
+    if not (isinstance(names, list) and len(names) == scales and all(isinstance(n, str) and n for n in names)):
+        raise InputError(f"expected {scales} scale names (the columns of labels.npy), got {names!r}",
+                         file=folder / "embed.json", key="scale_names")
+    classes = meta.get("class_names")
+    if classes is not None and not (isinstance(classes, list) and len(classes) == scales
+                                    and all(isinstance(c, list) for c in classes)):
+        raise InputError(f"expected null or one list of class names per scale ({scales}), got {classes!r}",
+                         file=folder / "embed.json", key="class_names")
+    return list(names), classes
+
+
+def _read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: str) -> _Side:
+    """Embeddings from a file or a `dynametric embed` folder (or its ``embeddings.npy``), labels from
+    ``labels_arg`` (a CSV or an ``.npy``) or else the folder's ``labels.npy``."""
+    from dynametric.retrieval.embed import embed_folder_of, read_finished_job
+
+    folder = embed_folder_of(emb_arg)
+    if folder is None:
+        if labels_arg is None:
+            raise ConfigError(f"{labels_opt} is required with embeddings from a file ({emb_arg}); a `dynametric "
+                              "embed` folder brings its own labels.npy", key=labels_opt)
+        emb_file, meta = Path(emb_arg), None
+    else:
+        meta = read_finished_job(folder)
+        emb_file = folder / "embeddings.npy"
+    emb = load_embeddings(emb_file)
+    own = None if folder is None else folder / "labels.npy"
+    if labels_arg is None:
+        assert own is not None
+        if not own.is_file():
+            raise InputError(f"this embed folder has no labels.npy (its images came without label columns); give "
+                             f"{labels_opt} (a labels CSV or an .npy integer array)", file=folder)
+        labels_file = own
+    else:
+        labels_file = Path(labels_arg)
+    labels, names = load_labels(labels_file)
+    if len(labels) != len(emb):
+        raise InputError(f"{len(labels)} label rows but {len(emb)} embeddings in {emb_file}", file=labels_file)
+    if meta is not None and own is not None and own.is_file() and own.resolve() == labels_file.resolve():
+        assert folder is not None
+        names, class_names = _job_names(meta, folder, labels.shape[1])  # the folder's own labels: its scale names
+        return _Side(emb, labels, names, class_names, str(labels_file), str(folder / "embed.json"), None,
+                     "scale_names")
+    return _Side(emb, labels, names, None, str(labels_file), str(labels_file))
+
+
+def _common_class_ids(q: _Side, g: _Side, names: list[str]) -> np.ndarray:
+    """The query labels in the gallery's label ids: an embed job numbers text classes by sorted name within its
+    own images, so the same id can be another class in another job; ids of text scales are matched by class
+    name (a query class absent from the gallery gets an id no gallery item has)."""
+    out = q.labels.copy()
+    for s, name in enumerate(names):
+        qc = q.class_names[s] if q.class_names else []
+        gc = g.class_names[s] if g.class_names else []
+        if not qc and not gc:
+            continue
+        if not qc or not gc:
+            text, plain = (q.labels_file, g.labels_file) if qc else (g.labels_file, q.labels_file)
+            raise InputError(f"scale {name!r}: the labels of {text} are ids of text class names (from its embed "
+                             f"job), those of {plain} are not; they cannot be matched", file=plain)
+        col = q.labels[:, s]
+        if col.min() < 0 or col.max() >= len(qc):
+            raise InputError(f"scale {name!r}: label ids outside the {len(qc)} class names of embed.json",
+                             file=q.labels_file)
+        gid = {str(c): i for i, c in enumerate(gc)}
+        unseen = sorted({str(c) for c in qc} - set(gid))
+        gid.update({c: len(gc) + j for j, c in enumerate(unseen)})
+        out[:, s] = np.array([gid[str(c)] for c in qc], dtype=np.int64)[col]
+    return out
+
+
 def _read_files(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, list[str], str]:
     """``(query, query labels, gallery or None, gallery labels or None, scale names, source)`` from the files."""
-    if not args.embeddings or not args.labels:
-        raise ConfigError("--embeddings and --labels are required (or use --example)", key="--embeddings")
-    q = load_embeddings(args.embeddings)
-    ql, names = load_labels_csv(args.labels)
-    if len(ql) != len(q):
-        raise InputError(f"{len(ql)} label rows but {len(q)} embeddings in {args.embeddings}", file=args.labels)
-    g = gl = None
-    if (args.gallery_embeddings is None) != (args.gallery_labels is None):
-        raise ConfigError("--gallery-embeddings and --gallery-labels go together", key="--gallery-embeddings")
+    from dynametric.labels import default_scale_names
+
+    if not args.embeddings:
+        raise ConfigError("--embeddings is required (or use --example or --checkpoint)", key="--embeddings")
+    if args.gallery_labels is not None and args.gallery_embeddings is None:
+        raise ConfigError("--gallery-labels needs --gallery-embeddings", key="--gallery-labels")
+    q = _read_side(args.embeddings, args.labels, "--embeddings", "--labels")
+    names = q.names
+    ql, g, gl = q.labels, None, None
     if args.gallery_embeddings is not None:
-        g = load_embeddings(args.gallery_embeddings)
-        gl, gnames = load_labels_csv(args.gallery_labels)
-        if len(gl) != len(g):
-            raise InputError(f"{len(gl)} label rows but {len(g)} embeddings in {args.gallery_embeddings}",
-                             file=args.gallery_labels)
-        if gnames != names:
-            raise InputError(f"columns {gnames} differ from the query labels' columns {names}",
-                             file=args.gallery_labels, line=1)
-        if g.shape[1] != q.shape[1]:
-            raise InputError(f"dimension {g.shape[1]} differs from the query embeddings' {q.shape[1]}",
+        gs = _read_side(args.gallery_embeddings, args.gallery_labels, "--gallery-embeddings", "--gallery-labels")
+        if gs.emb.shape[1] != q.emb.shape[1]:
+            raise InputError(f"dimension {gs.emb.shape[1]} differs from the query embeddings' {q.emb.shape[1]}",
                              file=args.gallery_embeddings)
+        if gs.labels.shape[1] != q.labels.shape[1]:
+            raise InputError(f"{gs.labels.shape[1]} label scale(s), but the query labels ({q.labels_file}) have "
+                             f"{q.labels.shape[1]}", file=gs.labels_file)
+        if q.names is not None and gs.names is not None and gs.names != q.names:
+            raise InputError(f"scale names {gs.names} differ from the query labels' {q.names} ({q.names_file})",
+                             file=gs.names_file, line=gs.names_line, key=gs.names_key)
+        names = q.names or gs.names
+        g, gl = gs.emb, gs.labels
+        ql = _common_class_ids(q, gs, names or default_scale_names(q.labels.shape[1]))
+    names = names or default_scale_names(q.labels.shape[1])
     source = args.embeddings if g is None else f"{args.embeddings} -> {args.gallery_embeddings}"
-    return q, ql, g, gl, names, source
+    return q.emb, ql, g, gl, names, source

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from dynametric.commands import positive_float, positive_int
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
                         "it is missing)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
-    add_inference_arguments(p, batch=False, workers=False, decode=False, prefix="uploads: ")
+    add_inference_arguments(p, batch=False, workers=False, decode=False, prefix="uploads: ", follow_index=True)
     p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
 
@@ -33,14 +34,17 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.errors import DynametricError
     from dynametric.retrieval.explorer import Explorer, exposure_warning, make_server
     from dynametric.retrieval.index import RetrievalIndex
-    from dynametric.retrieval.model import load_index_model
+    from dynametric.retrieval.model import load_index_model, query_precision
 
     options = inference_options(args)
-    options.resolve()  # a bad --device / --precision is an error, not "uploads disabled"
+    run = options.resolve()  # a bad --device / --precision is an error, not "uploads disabled"
     index = RetrievalIndex.load(args.index)
+    precision, note = query_precision(index.model, args.precision, run.device)  # default: the index's
     embedder = None
     try:
-        embedder = load_index_model(index, args.checkpoint, args.config, options)
+        embedder = load_index_model(index, args.checkpoint, args.config, replace(options, precision=precision))
+        if note:
+            print(f"note: uploads: {note}", file=sys.stderr)
     except DynametricError as exc:
         if args.checkpoint is not None:
             raise

@@ -23,15 +23,21 @@ def _workers(text: str) -> int | str:
 
 def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = 128, batch: bool = True,
                             workers: bool = True, device: bool = True, decode: bool = True,
-                            prefix: str = "") -> None:
+                            prefix: str = "", follow_index: bool = False) -> None:
     """Add ``--device``, ``--precision`` and (unless disabled) ``--batch-size`` / ``--workers`` / ``--decode`` to ``p``.
     ``batch_size=None`` leaves batch size and workers to the config (``None`` defaults); ``prefix`` starts each
-    help text."""
+    help text; ``follow_index``: ``--precision`` defaults to ``None``, the precision the index was built with
+    (:func:`dynametric.retrieval.model.query_precision`)."""
     if device:
         p.add_argument("--device", default="auto",
                        help=f"{prefix}auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--precision", default=None if batch_size is None else "fp32", choices=PRECISIONS,
-                   help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default fp32)")
+    if follow_index:
+        p.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default: the precision the "
+                            "index's embeddings were computed in, fp32 where fp16 cannot run)")
+    else:
+        p.add_argument("--precision", default=None if batch_size is None else "fp32", choices=PRECISIONS,
+                       help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default fp32)")
     if batch:
         p.add_argument("--batch-size", type=positive_int, default=batch_size,
                        help=f"{prefix}images per forward pass (default {batch_size or 'data.eval_batch_size'})")
@@ -57,7 +63,7 @@ def inference_options(args: argparse.Namespace, *, batch_size: int | None = None
     return InferenceOptions(device=getattr(args, "device", None) or "auto", precision=args.precision or "fp32",
                             batch_size=bs if bs is not None else batch_size,
                             workers=w if w is not None else workers, progress=progress,
-                            decode=getattr(args, "decode", None) or "cpu")
+                            decode=getattr(args, "decode", None) or "cpu", flags=True)
 
 
 def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:

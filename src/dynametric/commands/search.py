@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--query-labels", type=Path, default=None,
                    help="CSV with a header of the index's scale names, one row per query (for --same)")
     p.add_argument("--exclude-self", action="store_true",
-                   help="with --embeddings from the indexed embed folder: drop each query's own item")
+                   help="drop each query's own item: the indexed item with the query's file (--image files, or "
+                        "the items of an --embeddings embed folder), matched by path")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="with --image: checkpoint to embed with (default: the one recorded in the index; must have "
                         "the same weights)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
-    add_inference_arguments(p, batch_size=64, prefix="with --image: ")
+    add_inference_arguments(p, batch_size=64, prefix="with --image: ", follow_index=True)
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -57,6 +60,38 @@ def _query_labels_csv(path: Path, names: list[str], rows: int) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64).reshape(rows, -1)
 
 
+def format_distance(d: float) -> str:
+    """A distance with 4 decimals; one that rounds to zero is ``0.0000``, never ``-0.0000`` (a query's own item
+    is at ``1 - cos`` a few float32 roundings below 0)."""
+    text = f"{d:.4f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def self_items(index: Any, query_paths: list[str], what: str) -> tuple[np.ndarray, int]:
+    """``--exclude-self``: for each query the indexed item with the same file (``-1`` for none) and how many
+    queries have none. ``what`` names the queries in errors.
+
+    ``embed`` records absolute paths (resolved for ``--csv`` items; under the resolved folder for ``--images``), so
+    a query file matches by its absolute path (``..`` removed) or its resolved path (links followed); the index's
+    paths are taken as recorded (no file-system call per indexed item)."""
+    if not any(index.paths):
+        raise InputError("queries are matched to indexed items by file path, but this index records no "
+                         "paths (built from a bare .npy)", key="--exclude-self")
+    if not all(query_paths):
+        raise InputError(f"queries are matched to indexed items by file path, but {what} name no files "
+                         "(a bare .npy); use --image files or a `dynametric embed` folder", key="--exclude-self")
+    pos: dict[str, int] = {}
+    for i, p in enumerate(index.paths):
+        if p:
+            pos.setdefault(p, i)
+    found = []
+    for p in query_paths:
+        hit = pos.get(p, pos.get(os.path.abspath(p), -1))
+        found.append(hit if hit >= 0 else pos.get(str(Path(p).resolve()), -1))
+    exclude = np.array(found, dtype=np.int64)
+    return exclude, int((exclude < 0).sum())
+
+
 def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str:
     lines: list[str] = []
     for e in entries:
@@ -67,7 +102,7 @@ def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str
             head += f": same {e['scale']} ({e.get('query_label', '?')})"
         lines.append(head)
         cols = ["rank", "distance", "id", *scale_names]
-        rows = [[str(h["rank"]), f"{h['distance']:.4f}", h["id"], *[h.get("labels", {}).get(s, "") for s in
+        rows = [[str(h["rank"]), format_distance(h["distance"]), h["id"], *[h.get("labels", {}).get(s, "") for s in
                                                                     scale_names]] for h in e["results"]]
         if not rows:
             lines.append("  (no results)")
@@ -85,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"-k must be >= 1, got {args.k}", key="-k")
     if args.checkpoint is not None and args.image is None:
         raise ConfigError("--checkpoint goes with --image", key="--checkpoint")
-    inference_options(args).resolve()  # --device / --precision / --batch-size / --workers errors come first
+    run_opts = inference_options(args).resolve()  # --device / --precision / --batch-size / --workers errors first
     index = RetrievalIndex.load(args.index)
     for opt, name in (("--scale", args.scale), ("--same", args.same)):
         if name is not None and index.labels is None:
@@ -93,15 +128,22 @@ def run(args: argparse.Namespace) -> int:
         if name is not None and name not in index.scale_names:
             raise InputError(f"unknown scale {name!r}; this index has scales {index.scale_names}", key=opt)
     qlabels = None
-    exclude = None
+    exclude, unmatched = None, 0
+    notes: list[str] = []
     if args.image is not None:
-        from dynametric.retrieval.model import embed_image_files, load_index_model
+        from dynametric.retrieval.model import embed_image_files, load_index_model, query_precision
 
-        loaded = load_index_model(index, args.checkpoint, args.config, inference_options(args))
+        if args.exclude_self:  # before the model is loaded: an index without paths is an error
+            exclude, unmatched = self_items(index, [str(p) for p in args.image], "--image files")
+        precision, note = query_precision(index.model, args.precision, run_opts.device)
+        notes += [note] if note else []
+        loaded = load_index_model(index, args.checkpoint, args.config,
+                                  replace(inference_options(args), precision=precision))
         q = embed_image_files(loaded, args.image)
         names = [str(p) for p in args.image]
     else:
         from dynametric.retrieval.embed import load_embedding_set
+        from dynametric.retrieval.model import precision_note
 
         qs = load_embedding_set(args.embeddings)
         q = np.asarray(qs.embeddings, dtype=np.float32)
@@ -109,9 +151,17 @@ def run(args: argparse.Namespace) -> int:
         names = qs.ids
         if qs.labels is not None and list(qs.scale_names) == list(index.scale_names):
             qlabels = qs.labels
+        if qs.model:  # an embed folder: the precision its embeddings were computed in
+            note = precision_note(index.model, str(qs.model.get("precision") or "fp32"),
+                                  f"the query embeddings ({args.embeddings}) were computed")
+            notes += [note] if note else []
         if args.exclude_self:
-            pos = {p: i for i, p in enumerate(index.paths) if p}
-            exclude = np.array([pos.get(p, -1) for p in qs.paths], dtype=np.int64)
+            exclude, unmatched = self_items(index, list(qs.paths), f"the query embeddings {args.embeddings}")
+    if exclude is not None and unmatched:
+        notes.append(f"--exclude-self: {unmatched} of {len(exclude)} queries are not items of this index (no indexed "
+                     "item has their file); nothing is excluded for them")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.query_labels is not None:
         qlabels = _query_labels_csv(args.query_labels, index.scale_names, len(q))
     res = index.search(q, args.k, scale=args.scale, same=args.same, query_labels=qlabels, exclude=exclude)

@@ -48,30 +48,37 @@ class InferenceOptions:
     pin_memory: bool | None = None  # None: pinned when the device is CUDA
     progress: bool = False
     decode: str = "cpu"  # cpu | gpu | auto (image files; see the module docstring)
+    flags: bool = False  # errors name the command-line flags (--device, ...) instead of the fields (device, ...)
+
+    def key(self, name: str) -> str:
+        """How errors name the option ``name`` (a field): the field, or with ``flags`` the command-line flag."""
+        return "--" + name.replace("_", "-") if self.flags else name
 
     def resolve(self) -> ResolvedInference:
-        device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device)
+        device = resolve_device(self.device, key=self.key("device"))
+        dtype = resolve_precision(self.precision, device, key=self.key("precision"))
         batch_size = 128 if self.batch_size is None else self.batch_size
         if self.workers is None:
             workers = 0
         elif isinstance(self.workers, str):
             if self.workers.strip().lower() != "auto":
                 raise ConfigError(f"worker count must be an integer >= 0 or 'auto', got {self.workers!r}",
-                                  key="--workers")
+                                  key=self.key("workers"))
             workers = auto_workers(device)
         else:
             workers = int(self.workers)
-        check_loader_options(batch_size, workers)
+        check_loader_options(batch_size, workers, batch_key=self.key("batch_size"), workers_key=self.key("workers"))
         pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
         decode = str(self.decode).strip().lower()
         if decode not in DECODE_MODES:
-            raise ConfigError(f"decode must be one of {list(DECODE_MODES)}, got {self.decode!r}", key="--decode")
+            raise ConfigError(f"decode must be one of {list(DECODE_MODES)}, got {self.decode!r}",
+                              key=self.key("decode"))
         if decode == "auto":
             from dynametric.engine.device_decode import gpu_decode_available
 
             decode = "gpu" if device.type == "cuda" and gpu_decode_available() else "cpu"
-        return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress), decode)
+        return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress), decode,
+                                 self.flags)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,11 @@ class ResolvedInference:
     pin_memory: bool
     progress: bool
     decode: str = "cpu"  # cpu | gpu (resolved)
+    flags: bool = False  # errors name the command-line flags (InferenceOptions.flags)
+
+    def key(self, name: str) -> str:
+        """How errors name the option ``name``: the field, or with ``flags`` the command-line flag."""
+        return "--" + name.replace("_", "-") if self.flags else name
 
     @property
     def precision(self) -> str:

@@ -558,6 +558,37 @@ class EmbeddingSet:
     source: Path
 
 
+def embed_folder_of(path: str | Path) -> Path | None:
+    """The ``dynametric embed`` output folder ``path`` names: the folder itself, or the folder of its
+    ``embeddings.npy`` (a file of that name beside an ``embed.json``); ``None`` for any other file."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.name == "embeddings.npy" and (path.parent / "embed.json").is_file():
+        return path.parent
+    return None
+
+
+def read_finished_job(folder: str | Path) -> dict[str, Any]:
+    """The ``embed.json`` of a finished ``dynametric embed`` folder; one-line errors for a folder that is not one,
+    an unreadable job file or an unfinished job."""
+    folder = Path(folder)
+    meta_path = folder / "embed.json"
+    if not meta_path.is_file():
+        raise InputError("not an embeddings folder (no embed.json); give a `dynametric embed` --out folder or an "
+                         ".npy file", file=folder)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable job file ({exc})", file=meta_path) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"expected a JSON object, got {type(meta).__name__}", file=meta_path)
+    if meta.get("status") != "complete":
+        raise InputError("embedding job is not finished; run the same `dynametric embed` command again to resume",
+                         file=meta_path, key="status")
+    return meta
+
+
 def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     """Read an embed output folder (its ``embed.json`` must say ``complete``) or a bare ``[N, D]`` ``.npy``."""
     path = Path(path)
@@ -569,17 +600,7 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
         emb = load_embeddings(path)
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
-    meta_path = path / "embed.json"
-    if not meta_path.is_file():
-        raise InputError("not an embeddings folder (no embed.json); give a `dynametric embed` --out folder or an "
-                         ".npy file", file=path)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"unreadable job file ({exc})", file=meta_path) from None
-    if meta.get("status") != "complete":
-        raise InputError("embedding job is not finished; run the same `dynametric embed` command again to resume",
-                         file=meta_path, key="status")
+    meta = read_finished_job(path)
     emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
     ids, paths = [], []
     with open(path / "items.csv", encoding="utf-8", newline="") as fh:

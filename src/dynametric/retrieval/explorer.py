@@ -305,6 +305,7 @@ body{font-family:system-ui,sans-serif;margin:1em;background:#fafafa}
 const $ = (id) => document.getElementById(id);
 function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text;
   if (cls) e.className = cls; return e; }
+function distText(d) { const t = d.toFixed(4); return t === "-0.0000" ? "0.0000" : t; }  // as `search` prints it
 function labelsText(labels) { return labels ? Object.entries(labels).map(([s, v]) => s + ": " + v).join(", ") : ""; }
 function show(data) {
   const q = $("query"); q.replaceChildren();
@@ -318,7 +319,7 @@ function show(data) {
     for (const h of c.results) {
       const row = el("div", undefined, "hit"); row.dataset.rank = h.rank; row.dataset.index = h.index;
       const img = el("img"); img.src = h.image; img.alt = h.id; row.appendChild(img);
-      row.appendChild(el("span", "#" + h.rank + " " + h.id + " d=" + h.distance.toFixed(4) + " " +
+      row.appendChild(el("span", "#" + h.rank + " " + h.id + " d=" + distText(h.distance) + " " +
         labelsText(h.labels)));
       col.appendChild(row);
     }

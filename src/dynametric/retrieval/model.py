@@ -29,6 +29,7 @@ from dynametric.engine.inference import (
     split_transform,
 )
 from dynametric.errors import ConfigError, InputError
+from dynametric.utils.device import choice_hint, precision_name
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -81,8 +82,9 @@ class LoadedEmbedder:
             if self._finish is not None:
                 self._decoder = DeviceDecoder.from_transform(self._loader_transform)
             if self._decoder is None:
+                key = self.run.key("decode")
                 raise ConfigError("decode 'gpu' needs an evaluation transform of Resize / CenterCrop, ToTensor and "
-                                  "Normalize steps; use --decode cpu", key="--decode")
+                                  f"Normalize steps; use {choice_hint(key, 'cpu')}", key=key)
 
     @property
     def decode(self) -> str:
@@ -211,3 +213,40 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
         raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
                          f"with (hash {want}); its embeddings are not comparable", file=checkpoint)
     return loaded
+
+
+def _index_precision(index_model: dict[str, Any]) -> str:
+    """The precision an index's embeddings were computed in (``model.precision`` of ``index.json``; fp32 when
+    absent, as ``embed`` records only other precisions)."""
+    try:
+        return precision_name(index_model.get("precision"))
+    except ConfigError:
+        raise InputError(f"index.json records an unknown precision {index_model.get('precision')!r}; expected one "
+                         "of fp32, bf16, fp16", key="model.precision") from None
+
+
+def precision_note(index_model: dict[str, Any], precision: str, what: str, why: str = "") -> str | None:
+    """A note when ``what`` (queries) is computed in another precision than the index's embeddings were
+    (``index_model["precision"]``, fp32 when absent; ``why`` says why): distances then differ slightly from the
+    index's own."""
+    built = _index_precision(index_model)
+    if precision == built:
+        return None
+    return (f"the index's embeddings were computed in {built}, {what} in {precision}{why}: distances differ "
+            "slightly from the index's own (a query's own item may not come first)")
+
+
+def query_precision(index_model: dict[str, Any], requested: str | None, device: torch.device) -> tuple[str, str | None]:
+    """``(precision, note)``: the precision to embed query images with for an index built by ``index_model``.
+
+    ``requested`` (a precision name) wins; ``None`` follows the index (``index_model["precision"]``, fp32 when
+    absent), except fp16 on a device other than CUDA, which embeds in fp32. The note (``None`` when the
+    precisions agree) says that the queries are embedded in another precision than the index's embeddings."""
+    built = _index_precision(index_model)
+    if requested is not None:
+        chosen = precision_name(requested)
+        return chosen, precision_note(index_model, chosen, "the query images are embedded", " as asked")
+    if built == "fp16" and device.type != "cuda":
+        return "fp32", precision_note(index_model, "fp32", "the query images are embedded",
+                                      f" (fp16 needs CUDA, this runs on {device.type})")
+    return built, None

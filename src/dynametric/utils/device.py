@@ -1,9 +1,10 @@
 """Devices and inference precision, resolved once for every command that runs a model or ranks on a device.
 
 ``resolve_device("auto" | "cpu" | "cuda" | "cuda:1" | "mps" | torch.device | None)`` returns a
-:class:`torch.device` or raises a one-line :class:`~dynametric.errors.ConfigError` naming the option (``--device``
-by default): ``auto`` (and ``None``) is the first CUDA device when CUDA is available, else the CPU; ``cuda`` without
-a usable CUDA device, or ``cuda:N`` past the device count, is an error, never a silent fallback to the CPU.
+:class:`torch.device` or raises a one-line :class:`~dynametric.errors.ConfigError` naming the option (``key``:
+the Python argument ``device`` by default; the commands pass their flag ``--device``, configs their dotted key):
+``auto`` (and ``None``) is the first CUDA device when CUDA is available, else the CPU; ``cuda`` without a usable
+CUDA device, or ``cuda:N`` past the device count, is an error, never a silent fallback to the CPU.
 
 ``resolve_precision("fp32" | "bf16" | "fp16")`` names the autocast dtype of inference (``None`` for fp32);
 :func:`autocast` is the matching context manager (a no-op for fp32). fp16 autocast needs a CUDA device; bf16 runs
@@ -25,7 +26,17 @@ _PRECISION_ALIASES = {"fp32": "fp32", "32": "fp32", "float32": "fp32", "bf16": "
                       "fp16": "fp16", "16": "fp16", "float16": "fp16", "half": "fp16"}
 
 
-def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "--device") -> torch.device:
+def choice_hint(key: str, *values: str) -> str:
+    """How to set option ``key`` to one of ``values``, in the words of where it comes from: a flag (``--device cpu
+    or auto``), a Python argument (``device='cpu' or 'auto'``) or a config key (``eval.device: cpu or auto``)."""
+    if key.startswith("-"):
+        return f"{key} {' or '.join(values)}"
+    if key.isidentifier():
+        return f"{key}={' or '.join(repr(v) for v in values)}"
+    return f"{key}: {' or '.join(values)}"
+
+
+def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "device") -> torch.device:
     """The :class:`torch.device` for ``spec``; a one-line ConfigError (naming ``key``) when it cannot be used."""
     if isinstance(spec, torch.device):
         text = str(spec)
@@ -42,8 +53,8 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "--de
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {text!r} asked for, but no CUDA GPU is available here (torch "
-                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu "
-                              "or auto", key=key)
+                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
+                              f"{choice_hint(key, 'cpu', 'auto')}", key=key)
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise ConfigError(f"device {text!r} asked for, but only {count} CUDA device(s) are visible "
@@ -56,16 +67,23 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "--de
     raise ConfigError(f"unsupported device {text!r}; expected auto, cpu, cuda or cuda:N", key=key)
 
 
-def resolve_precision(spec: str | None, device: torch.device | None = None, *,
-                      key: str = "--precision") -> torch.dtype | None:
-    """The autocast dtype of inference precision ``spec`` (``None`` = fp32, no autocast) on ``device``."""
+def precision_name(spec: str | None, *, key: str = "precision") -> str:
+    """The canonical name (``fp32``, ``bf16``, ``fp16``) of a precision or one of its aliases (``None`` = fp32)."""
     name = _PRECISION_ALIASES.get("fp32" if spec is None else str(spec).strip().lower())
     if name is None:
         raise ConfigError(f"unknown precision {spec!r}; expected one of {list(PRECISIONS)}", key=key)
+    return name
+
+
+def resolve_precision(spec: str | None, device: torch.device | None = None, *,
+                      key: str = "precision") -> torch.dtype | None:
+    """The autocast dtype of inference precision ``spec`` (``None`` = fp32, no autocast) on ``device``."""
+    name = precision_name(spec, key=key)
     if name == "fp32":
         return None
     if name == "fp16" and device is not None and device.type == "cpu":
-        raise ConfigError("fp16 autocast needs a CUDA device; on the CPU use bf16 or fp32", key=key)
+        raise ConfigError(f"fp16 autocast needs a CUDA device; on the CPU use {choice_hint(key, 'bf16', 'fp32')}",
+                          key=key)
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
@@ -79,8 +97,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
-def check_loader_options(batch_size: int, workers: int, *, batch_key: str = "--batch-size",
-                         workers_key: str = "--workers") -> None:
+def check_loader_options(batch_size: int, workers: int, *, batch_key: str = "batch_size",
+                         workers_key: str = "workers") -> None:
     """One-line errors for a batch size below 1 or a negative worker count."""
     if int(batch_size) < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}", key=batch_key)

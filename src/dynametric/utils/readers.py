@@ -1,6 +1,6 @@
 """Readers of the files users hand to the tools: embeddings (``.npy``, ``.pt``/``.pth``, ``.safetensors``), integer
-label CSVs (a header of scale names, one column per scale, finest first) and id lists. Every error names the file
-(and line) and what was expected.
+labels (a CSV with a header of scale names, one column per scale, finest first; or an ``.npy`` integer array
+``[N]`` / ``[N, S]``) and id lists. Every error names the file (and line) and what was expected.
 """
 
 from __future__ import annotations
@@ -111,6 +111,10 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
         raise InputError(f"header must name every column, got {header}", file=path, line=1)
     if len(set(names)) != len(names):
         raise InputError(f"duplicate column names in header {names}", file=path, line=1)
+    if names[:3] == ["index", "id", "path"]:
+        raise InputError("this is the items.csv of a `dynametric embed` folder (index,id,path,<scales>), not a labels "
+                         "CSV; give the folder itself (evaluate --embeddings EMB reads its labels.npy) or "
+                         "EMB/labels.npy", file=path, line=1)
     if any(n.lstrip("-").isdigit() for n in names):
         raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
                          file=path, line=1)
@@ -136,6 +140,59 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
     if not rows:
         raise InputError("no label rows after the header", file=path)
     return np.asarray(rows, dtype=np.int64), names
+
+
+def load_labels_npy(path: str | Path) -> np.ndarray:
+    """Read ``[N]`` or ``[N, S]`` integer labels from an ``.npy`` file (never unpickled) as int64 ``[N, S]``."""
+    path = Path(path)
+    check_file(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic.startswith(b"PK\x03\x04"):
+        raise InputError("an .npz archive (or another zip file); expected one .npy integer array [N] or [N, S]",
+                         file=path)
+    if magic != b"\x93NUMPY":
+        raise InputError("not an .npy file (no NumPy header); expected an integer array [N] or [N, S]", file=path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise InputError("an array of Python objects (would need unpickling); expected a plain integer "
+                             "array", file=path) from None
+        raise InputError(f"cannot read the .npy array ({str(exc)[:120]})", file=path) from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read the .npy array ({str(exc)[:120]})", file=path) from None
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"expected integer labels, got dtype {arr.dtype}", file=path)
+    if arr.ndim not in (1, 2):
+        raise InputError(f"expected labels of shape [N] or [N, S], got shape {arr.shape}", file=path)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"no labels (shape {arr.shape})", file=path)
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT64.max:
+        raise InputError(f"label {int(arr.max())} does not fit in 64 bits", file=path)
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _is_npy(path: Path) -> bool:
+    if path.suffix.lower() == ".npy":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(6) == b"\x93NUMPY"
+    except OSError:
+        return False  # the CSV reader names the problem
+
+
+def load_labels(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
+    """``[N, S]`` int64 labels and their scale names from a labels CSV, or ``(labels, None)`` from an ``.npy``
+    integer array (``[N]`` or ``[N, S]``; a file named ``*.npy`` or starting with the NumPy header; an array names
+    no scales)."""
+    path = Path(path)
+    if _is_npy(path):
+        return load_labels_npy(path), None
+    return load_labels_csv(path)
 
 
 def load_ids(path: str | Path, expected: int) -> list[str]:
