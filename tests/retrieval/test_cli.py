@@ -301,3 +301,19 @@ def test_explore_uploads_follow_the_precision_of_the_index(built_bf16: dict[str,
         err = capsys.readouterr().err
         assert err.startswith(note) if note else err == ""
     assert seen == ["bf16", "fp32"]
+
+
+def test_query_embeddings_of_another_model_are_refused(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """An embed folder made by other weights than the index's: its distances to the items mean nothing."""
+    from .conftest import make_run
+
+    other = make_run(tmp_path / "other", seed=3)
+    assert main(["embed", "--checkpoint", str(other), "--csv", str(built["root"] / "labels.csv"), "--out",
+                 str(tmp_path / "emb"), "--batch-size", "4", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "emb"), "-k", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "come from another model than the index: weights (hash" in err and str(tmp_path / "emb") in err
+    assert len(err.splitlines()) == 1
+    np.save(tmp_path / "bare.npy", np.load(tmp_path / "emb" / "embeddings.npy"))  # no identity: cannot be checked
+    assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "bare.npy"), "-k", "2"]) == 0

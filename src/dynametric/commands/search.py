@@ -143,9 +143,10 @@ def run(args: argparse.Namespace) -> int:
         names = [str(p) for p in args.image]
     else:
         from dynametric.retrieval.embed import load_embedding_set
-        from dynametric.retrieval.model import precision_note
+        from dynametric.retrieval.model import check_same_model, precision_note
 
         qs = load_embedding_set(args.embeddings)
+        check_same_model(index.model, qs.model, args.embeddings)
         q = np.asarray(qs.embeddings, dtype=np.float32)
         index.check_queries(q, f"query embeddings {args.embeddings}")
         names = qs.ids
