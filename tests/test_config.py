@@ -370,3 +370,15 @@ def test_strings_with_unicode_line_breaks_round_trip(tmp_path):
     again = load_config(path)
     assert again.loss.kwargs == kwargs and again.run.name == "run\x85one"
     assert config_hash(again) == config_hash(cfg)
+
+
+def test_workers_auto_in_any_case_in_the_config_as_on_the_command_line() -> None:
+    from dynametric.commands.options import _workers
+
+    for text in ("AUTO", "Auto", " auto "):
+        assert load_config(overrides=[f"data.workers={text}"]).data.workers == "auto"
+        assert _workers(text) == "auto"
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["data.workers=many"])
+    assert info.value.key == "data.workers"
+    assert "expected a non-negative integer or 'auto', got 'many'" in str(info.value)

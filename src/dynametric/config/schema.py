@@ -60,7 +60,7 @@ class DataConfig:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 128
     workers: int | str = "auto"
-    """DataLoader worker processes, or ``auto``: ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
+    """DataLoader worker processes, or ``auto`` (any case): ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
     ``trainer.devices`` on this machine), else 0."""
     pin_memory: bool | None = None
     """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU."""
@@ -88,10 +88,11 @@ class DataConfig:
         _positive(self.batch_size, f"{key}.batch_size")
         _positive(self.m, f"{key}.m")
         _positive(self.eval_batch_size, f"{key}.eval_batch_size")
-        if isinstance(self.workers, str):
-            if self.workers != "auto":
+        if isinstance(self.workers, str):  # any case, as the commands' --workers takes it
+            if self.workers.strip().lower() != "auto":
                 raise ConfigError(f"expected a non-negative integer or 'auto', got {self.workers!r}",
                                   key=f"{key}.workers")
+            self.workers = "auto"
         else:
             _non_negative(self.workers, f"{key}.workers")
         _positive(self.prefetch_factor, f"{key}.prefetch_factor")
