@@ -62,7 +62,9 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (r"Be aware that when using `ckpt_path`", r"Checkpoint directory .* exists and is not empty",
                     r".*isinstance\(treespec, LeafSpec\)", r"The number of training batches .* is smaller than",
-                    r"Experiment logs directory .* exists and is not empty"):
+                    r"Experiment logs directory .* exists and is not empty",
+                    # training stopped before the first validation: the run says so itself (the selected weights)
+                    r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -231,9 +233,18 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                             "global_step": int(ckpt.get("global_step", -1)), "monitor": settings.monitor}
         test_ckpt: str | None = str(best)
     else:
-        info["selected"] = {"checkpoint": "final weights (no validation split)"}
+        if datasets.val is None:
+            reason = "no validation split"
+        elif not module.validation_history:
+            reason = (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
+                      f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
+        else:
+            reason = "validation wrote no best.ckpt"
+        info["selected"] = {"checkpoint": "final weights", "reason": reason}
         test_ckpt = None
-    log(f"testing {info['selected']['checkpoint']} on the test split ...")
+    selected = info["selected"]
+    log(f"testing {selected['checkpoint']}" + (f" ({selected['reason']})" if "reason" in selected else "")
+        + " on the test split ...")
     metrics["test"] = test_eval(test_ckpt)
     if trainer.is_global_zero:
         log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
