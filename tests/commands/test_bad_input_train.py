@@ -117,3 +117,59 @@ def test_other_ddp_ranks_join_the_folder_rank_zero_started(tmp_path, monkeypatch
     assert not _launched_worker()
     monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's launcher starts rank 1 after rank 0 wrote config.yaml
     assert _launched_worker()
+
+
+# ----------------------------------------------------------------------------- trainer settings on this machine
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without a CUDA GPU, whatever the test runs on."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.accelerator=banana", "<command line> key 'trainer.accelerator': unknown accelerator 'banana'; expected "
+                                   "one of auto, gpu, cpu, cuda, mps, tpu"),
+    ("trainer.strategy=banana", "<command line> key 'trainer.strategy': unknown strategy 'banana'; expected one of "
+                                "auto, ddp, ddp_spawn"),
+    ("trainer.strategy=dp", "key 'trainer.strategy': unknown strategy 'dp'; expected one of auto, ddp"),
+    ("trainer.accelerator=cuda", "key 'trainer.accelerator': accelerator 'cuda' asked for, but no CUDA GPU is "
+                                 "available here"),
+    ("trainer.accelerator=gpu", "key 'trainer.accelerator': accelerator 'gpu' asked for, but no CUDA GPU is "
+                                "available here"),
+    ("trainer.precision=16-mixed", "key 'trainer.precision': '16-mixed' trains in float16, which needs a CUDA GPU"),
+    ("trainer.precision=16-true", "key 'trainer.precision': '16-true' trains in float16, which needs a CUDA GPU"),
+])
+def test_trainer_settings_this_machine_cannot_run_are_one_line_in_a_dry_run(capsys, no_gpu, override,
+                                                                             expected) -> None:
+    assert expected in _dry(capsys, override)
+
+
+def test_a_strategy_lightning_refuses_here_names_lightnings_reason(capsys) -> None:
+    err = _dry(capsys, "trainer.strategy=fsdp", "trainer.accelerator=cpu")  # a name Lightning knows, not on a CPU
+    assert err.startswith("dynametric train: error: key 'trainer': Lightning ")
+    assert "accelerator='cpu', strategy='fsdp'" in err and "requires a GPU accelerator" in err
+
+
+def test_names_in_any_case_and_bf16_on_the_cpu_are_fine(capsys, no_gpu) -> None:
+    assert main(["train", "--dry-run", "trainer.accelerator=CPU", "trainer.strategy=Auto",
+                 "trainer.precision=bf16-mixed", "data.workers=AUTO"]) == 0
+    out = capsys.readouterr().out
+    assert "accelerator: cpu" in out and "workers: auto" in out
+    assert "trainer: accelerator cpu (trains on cpu here), strategy auto, devices 1, precision bf16-mixed" in out
+
+
+@pytest.mark.parametrize("overrides", [["trainer.accelerator=cuda"], ["trainer.precision=16-mixed"],
+                                       ["trainer.strategy=fsdp", "trainer.accelerator=cpu"]])
+def test_a_trainer_this_machine_cannot_run_stops_before_data_and_files(tmp_path, capsys, no_gpu, overrides) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress", *overrides]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "key 'trainer" in captured.err
+    assert captured.out == ""  # no untrained evaluation, no "run folder" line
+    assert not out.exists()
+

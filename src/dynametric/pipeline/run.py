@@ -27,14 +27,27 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 
-from dynametric.engine.builders import Components, build_datasets, loader_settings, root_missing, sampler_factory
+from dynametric.engine.builders import (
+    Components,
+    build_datasets,
+    loader_settings,
+    root_missing,
+    sampler_factory,
+    trainer_settings,
+)
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import write_report
-from dynametric.engine.trainer import TrainerSettings, build_trainer, validate_settings
+from dynametric.engine.trainer import (
+    TrainerSettings,
+    build_trainer,
+    check_trainer,
+    lightning_trainer,
+    validate_settings,
+)
 from dynametric.errors import ConfigError, InputError
 from dynametric.pipeline.components import build_components
 from dynametric.pipeline.protocols import method_test_protocol, protocol_from_config
@@ -83,10 +96,8 @@ def default_run_dir(cfg: Config) -> Path:
 
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
     validate_settings(settings)
-    return L.Trainer(accelerator=settings.accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
-                     strategy=settings.strategy, precision=settings.precision, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                     use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
+    return lightning_trainer(settings, logger=False, enable_checkpointing=False, enable_progress_bar=progress,
+                             enable_model_summary=False, use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
 
 
 def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: TrainerSettings,
@@ -180,6 +191,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                           key="run.output_dir")
     if not resume and not _launched_worker():
         require_new_folder(run_dir, "--out", "dynametric run (last.ckpt)")
+    # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
+    check_trainer(trainer_settings(cfg, progress_bar=progress))
     if root_missing(cfg):
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
@@ -308,6 +321,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         "file in the cache or set model.pretrained=false and model.pretrained_path)"
                         if cached is False else f"pretrained weights: {where}")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    settings = trainer_settings(cfg, progress_bar=False)
+    trains_on = check_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     datasets = None
     if root_missing(cfg):
         warnings.warn(f"dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will "
@@ -335,6 +350,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         log(f"param group {g['name']}: {sum(p.numel() for p in g['params']):,} parameters, lr={g['lr']}, "
             f"weight_decay={g['weight_decay']}")
     log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
+    log(f"trainer: accelerator {settings.accelerator} (trains on {trains_on} here), strategy {settings.strategy}, "
+        f"devices {settings.devices}, precision {settings.precision}")
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")
