@@ -173,3 +173,75 @@ def test_a_trainer_this_machine_cannot_run_stops_before_data_and_files(tmp_path,
     assert captured.out == ""  # no untrained evaluation, no "run folder" line
     assert not out.exists()
 
+
+# ------------------------------------------------------------------- a run that stopped before its first checkpoint
+
+
+def _interrupted_run(tmp_path: Path, monkeypatch) -> Path:
+    """A run stopped (Ctrl-C) after its untrained evaluation, before its first checkpoint."""
+    import lightning as L
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "fit", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress", "run.report=false"])
+    assert not (out / "last.ckpt").exists() and (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
+    return out
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path, capsys, monkeypatch) -> None:
+    out = _interrupted_run(tmp_path, monkeypatch)
+    capsys.readouterr()
+    # --resume has nothing to resume and says how to start again
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no last.ckpt to resume from (the run stopped before its first checkpoint; start it again with " \
+           f"dynametric train --config {out / 'config.yaml'} --out {out})" in err
+    # the same --out starts the run again (with a changed setting), replacing the earlier start's files
+    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(out), "--no-progress",
+                 "trainer.max_steps=2", "run.report=false"]) == 0
+    text = capsys.readouterr().out
+    assert f"run folder {out}: replacing the files of an earlier start that stopped before its first checkpoint " \
+           "(config.yaml, " in text
+    assert (out / "last.ckpt").is_file() and (out / "run_info.json").is_file()
+    from dynametric.config import load_config
+
+    assert load_config(out / "config.yaml").trainer.max_steps == 2
+    assert (out / "config.yaml").read_text().startswith(
+        f"# written by dynametric train for the run folder {out.resolve()} (process {os.getpid()} on host ")
+
+
+def test_files_beside_an_unstarted_run_or_a_copied_config_are_never_replaced(tmp_path, capsys, monkeypatch) -> None:
+    out = _interrupted_run(tmp_path, monkeypatch)
+    (out / "notes.txt").write_text("mine\n")  # the user's file beside the run's
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    assert "not empty and holds no dynametric run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # the run's config.yaml copied into another folder: written for another folder, so not recognised there
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_bytes(before["config.yaml"])
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(other), "--no-progress"]) == 2
+    assert "not empty and holds no dynametric run" in capsys.readouterr().err
+    assert (other / "config.yaml").read_bytes() == before["config.yaml"]
+
+
+def test_a_run_whose_process_still_runs_is_not_replaced(tmp_path, capsys) -> None:
+    import socket
+
+    from dynametric.config import load_config, save_config
+
+    out = tmp_path / "run"
+    header = (f"written by dynametric train for the run folder {out.resolve()} (process {os.getppid()} on host "
+              f"{socket.gethostname()})")  # the process that started pytest: running, and not this one
+    save_config(load_config(_cfg(tmp_path)), out / "config.yaml", header=header)
+    before = (out / "config.yaml").read_bytes()
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"key '--out': run folder {out} holds a run started by process {os.getppid()}, which is still running" in err
+    assert (out / "config.yaml").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["config.yaml"]
