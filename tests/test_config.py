@@ -370,3 +370,45 @@ def test_strings_with_unicode_line_breaks_round_trip(tmp_path):
     again = load_config(path)
     assert again.loss.kwargs == kwargs and again.run.name == "run\x85one"
     assert config_hash(again) == config_hash(cfg)
+
+
+def test_accelerator_and_strategy_are_the_names_lightning_accepts(tmp_path: Path) -> None:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path / "c.yaml", "trainer:\n  max_epochs: 2\n  accelerator: banana\n"))
+    err = info.value
+    assert (err.key, err.line, Path(str(err.file)).name) == ("trainer.accelerator", 3, "c.yaml")
+    assert err.message.startswith("unknown accelerator 'banana'; expected one of auto, gpu, ")
+    assert all(name in err.message for name in AcceleratorRegistry.available_accelerators())
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["trainer.strategy=ddpp"])
+    err = info.value
+    assert err.key == "trainer.strategy" and err.message.startswith("unknown strategy 'ddpp'; expected one of auto, ")
+    assert all(name in err.message for name in StrategyRegistry.available_strategies())
+    assert err.message.endswith("did you mean 'ddp'?") and "\n" not in str(err)
+    cfg = load_config(overrides=["trainer.accelerator=CPU", "trainer.strategy=DDP_Spawn"])
+    assert (cfg.trainer.accelerator, cfg.trainer.strategy) == ("cpu", "ddp_spawn")
+
+
+def test_a_gpu_config_loads_on_a_machine_without_one(monkeypatch) -> None:
+    """Whether this machine can run the trainer is checked when training starts, not when a config loads:
+    `evaluate --checkpoint` of a GPU run reads its config.yaml on a laptop."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(overrides=["trainer.accelerator=cuda", "trainer.precision=16-mixed", "trainer.strategy=ddp"])
+    assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("cuda", "16-mixed")
+
+
+def test_workers_auto_in_any_case_in_the_config_as_on_the_command_line() -> None:
+    from dynametric.commands.options import _workers
+
+    for text in ("AUTO", "Auto", " auto "):
+        assert load_config(overrides=[f"data.workers={text}"]).data.workers == "auto"
+        assert _workers(text) == "auto"
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["data.workers=many"])
+    assert info.value.key == "data.workers"
+    assert "expected a non-negative integer or 'auto', got 'many'" in str(info.value)

@@ -117,3 +117,131 @@ def test_other_ddp_ranks_join_the_folder_rank_zero_started(tmp_path, monkeypatch
     assert not _launched_worker()
     monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's launcher starts rank 1 after rank 0 wrote config.yaml
     assert _launched_worker()
+
+
+# ----------------------------------------------------------------------------- trainer settings on this machine
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without a CUDA GPU, whatever the test runs on."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.accelerator=banana", "<command line> key 'trainer.accelerator': unknown accelerator 'banana'; expected "
+                                   "one of auto, gpu, cpu, cuda, mps, tpu"),
+    ("trainer.strategy=banana", "<command line> key 'trainer.strategy': unknown strategy 'banana'; expected one of "
+                                "auto, ddp, ddp_spawn"),
+    ("trainer.strategy=dp", "key 'trainer.strategy': unknown strategy 'dp'; expected one of auto, ddp"),
+    ("trainer.accelerator=cuda", "key 'trainer.accelerator': accelerator 'cuda' asked for, but no CUDA GPU is "
+                                 "available here"),
+    ("trainer.accelerator=gpu", "key 'trainer.accelerator': accelerator 'gpu' asked for, but no CUDA GPU is "
+                                "available here"),
+    ("trainer.precision=16-mixed", "key 'trainer.precision': '16-mixed' trains in float16, which needs a CUDA GPU"),
+    ("trainer.precision=16-true", "key 'trainer.precision': '16-true' trains in float16, which needs a CUDA GPU"),
+])
+def test_trainer_settings_this_machine_cannot_run_are_one_line_in_a_dry_run(capsys, no_gpu, override,
+                                                                             expected) -> None:
+    assert expected in _dry(capsys, override)
+
+
+def test_a_strategy_lightning_refuses_here_names_lightnings_reason(capsys) -> None:
+    err = _dry(capsys, "trainer.strategy=fsdp", "trainer.accelerator=cpu")  # a name Lightning knows, not on a CPU
+    assert err.startswith("dynametric train: error: key 'trainer': Lightning ")
+    assert "accelerator='cpu', strategy='fsdp'" in err and "requires a GPU accelerator" in err
+
+
+def test_names_in_any_case_and_bf16_on_the_cpu_are_fine(capsys, no_gpu) -> None:
+    assert main(["train", "--dry-run", "trainer.accelerator=CPU", "trainer.strategy=Auto",
+                 "trainer.precision=bf16-mixed", "data.workers=AUTO"]) == 0
+    out = capsys.readouterr().out
+    assert "accelerator: cpu" in out and "workers: auto" in out
+    assert "trainer: accelerator cpu (trains on cpu here), strategy auto, devices 1, precision bf16-mixed" in out
+
+
+@pytest.mark.parametrize("overrides", [["trainer.accelerator=cuda"], ["trainer.precision=16-mixed"],
+                                       ["trainer.strategy=fsdp", "trainer.accelerator=cpu"]])
+def test_a_trainer_this_machine_cannot_run_stops_before_data_and_files(tmp_path, capsys, no_gpu, overrides) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress", *overrides]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "key 'trainer" in captured.err
+    assert captured.out == ""  # no untrained evaluation, no "run folder" line
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------- a run that stopped before its first checkpoint
+
+
+def _interrupted_run(tmp_path: Path, monkeypatch) -> Path:
+    """A run stopped (Ctrl-C) after its untrained evaluation, before its first checkpoint."""
+    import lightning as L
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "fit", interrupt)
+        assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress",
+                     "run.report=false"]) == 130  # Ctrl-C: `interrupted`, no traceback
+    assert not (out / "last.ckpt").exists() and (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
+    return out
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path, capsys, monkeypatch) -> None:
+    out = _interrupted_run(tmp_path, monkeypatch)
+    capsys.readouterr()
+    # --resume has nothing to resume and says how to start again
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no last.ckpt to resume from (the run stopped before its first checkpoint; start it again with " \
+           f"dynametric train --config {out / 'config.yaml'} --out {out})" in err
+    # the same --out starts the run again (with a changed setting), replacing the earlier start's files
+    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(out), "--no-progress",
+                 "trainer.max_steps=2", "run.report=false"]) == 0
+    text = capsys.readouterr().out
+    assert f"run folder {out}: replacing the files of an earlier start that stopped before its first checkpoint " \
+           "(config.yaml, " in text
+    assert (out / "last.ckpt").is_file() and (out / "run_info.json").is_file()
+    from dynametric.config import load_config
+
+    assert load_config(out / "config.yaml").trainer.max_steps == 2
+    assert (out / "config.yaml").read_text().startswith(
+        f"# written by dynametric train for the run folder {out.resolve()} (process {os.getpid()} on host ")
+
+
+def test_files_beside_an_unstarted_run_or_a_copied_config_are_never_replaced(tmp_path, capsys, monkeypatch) -> None:
+    out = _interrupted_run(tmp_path, monkeypatch)
+    (out / "notes.txt").write_text("mine\n")  # the user's file beside the run's
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    assert "not empty and holds no dynametric run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # the run's config.yaml copied into another folder: written for another folder, so not recognised there
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_bytes(before["config.yaml"])
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(other), "--no-progress"]) == 2
+    assert "not empty and holds no dynametric run" in capsys.readouterr().err
+    assert (other / "config.yaml").read_bytes() == before["config.yaml"]
+
+
+def test_a_run_whose_process_still_runs_is_not_replaced(tmp_path, capsys) -> None:
+    import socket
+
+    from dynametric.config import load_config, save_config
+
+    out = tmp_path / "run"
+    header = (f"written by dynametric train for the run folder {out.resolve()} (process {os.getppid()} on host "
+              f"{socket.gethostname()})")  # the process that started pytest: running, and not this one
+    save_config(load_config(_cfg(tmp_path)), out / "config.yaml", header=header)
+    before = (out / "config.yaml").read_bytes()
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"key '--out': run folder {out} holds a run started by process {os.getppid()}, which is still running" in err
+    assert (out / "config.yaml").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["config.yaml"]

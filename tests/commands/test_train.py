@@ -116,3 +116,23 @@ def test_evaluate_checkpoint_reproduces_the_run_test_metrics(finished_run, tmp_p
             assert got[scale][metric] == pytest.approx(expected[scale][metric], abs=1e-6)
     assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--split", "val"]) == 0
     assert main(["evaluate", "--split", "val"]) == 2  # --split needs --checkpoint
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (["trainer.max_steps=3"],  # an epoch is 4 batches: training stops before the first validation
+     "no validation ran before training stopped at step 3; validation runs at the end of every "
+     "trainer.val_every=1 epoch(s)"),
+    (["trainer.max_epochs=1", "data.val_split=null", "data.val_fraction=0"], "no validation split"),
+])
+def test_final_weights_are_tested_for_the_true_reason(tmp_path, capsys, overrides, reason):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 *overrides]) == 0
+    captured = capsys.readouterr()
+    assert f"testing final weights ({reason}) on the test split ..." in captured.out
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["selected"] == {"checkpoint": "final weights", "reason": reason}
+    assert not (out / "best.ckpt").exists()
+    assert "could not find the monitored key" not in captured.err  # Lightning's hint at a bug in user code

@@ -145,3 +145,43 @@ def test_one_precision_check_for_config_and_settings() -> None:
     with pytest.raises(ConfigError) as again:
         validate_settings(TrainerSettings(precision="bf16"))
     assert info.value.message == again.value.message and again.value.key == "trainer.precision"
+
+
+def test_the_machine_checks_of_the_trainer_settings(monkeypatch) -> None:
+    """trainer.accelerator asking for a GPU this machine lacks, or a float16 precision on the CPU: one-line errors
+    naming the key; the CUDA check is the one of `--device cuda`."""
+    from dynametric.engine.trainer import TrainerSettings, check_machine, validate_settings
+    from dynametric.utils.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for asked in ("cuda", "gpu"):
+        with pytest.raises(ConfigError) as info:
+            validate_settings(TrainerSettings(accelerator=asked))
+        assert info.value.key == "trainer.accelerator" and "\n" not in str(info.value)
+        assert info.value.message.startswith(f"accelerator '{asked}' asked for, but no CUDA GPU is available here (")
+        assert info.value.message.endswith("; use trainer.accelerator: cpu or auto")
+    with pytest.raises(ConfigError) as device:
+        resolve_device("cuda")
+    assert device.value.message.split(" asked for")[1].split(";")[0] == \
+        info.value.message.split(" asked for")[1].split(";")[0]  # the same check and wording
+    assert device.value.message.endswith("; use device='cpu' or 'auto'")  # a Python argument: its own wording
+    for precision in ("16-mixed", "16-true"):
+        for accelerator in ("auto", "cpu"):
+            with pytest.raises(ConfigError) as info:
+                validate_settings(TrainerSettings(accelerator=accelerator, precision=precision))
+            assert info.value.key == "trainer.precision"
+            assert info.value.message == (f"'{precision}' trains in float16, which needs a CUDA GPU, and this run "
+                                          f"trains on the CPU (trainer.accelerator={accelerator}); on the CPU use "
+                                          "bf16-mixed or 32")
+    for precision in ("32", "bf16-mixed", "bf16-true", "64"):
+        assert check_machine(TrainerSettings(precision=precision)) == "cpu"
+    with pytest.raises(ConfigError, match="key 'trainer.accelerator': unknown accelerator 'banana'"):
+        validate_settings(TrainerSettings(accelerator="banana"))  # settings built without a config
+    with pytest.raises(ConfigError, match="key 'trainer.strategy': unknown strategy 'banana'"):
+        validate_settings(TrainerSettings(strategy="banana"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine: the same settings are fine
+    for accelerator in ("auto", "gpu", "cuda"):
+        assert check_machine(TrainerSettings(accelerator=accelerator, precision="16-mixed")) == "cuda"
+    assert check_machine(TrainerSettings(accelerator="cpu")) == "cpu"
+    with pytest.raises(ConfigError, match="key 'trainer.precision'"):
+        check_machine(TrainerSettings(accelerator="cpu", precision="16-mixed"))

@@ -365,9 +365,11 @@ def config_to_yaml(cfg: Config) -> str:
     return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically. ``load_config(path)`` gives back an equal config."""
-    atomic_write_text(path, config_to_yaml(cfg))
+def save_config(cfg: Config, path: str | Path, *, header: str | None = None) -> None:
+    """Write the resolved config as YAML, atomically, after ``header`` as ``#`` comment lines (if given).
+    ``load_config(path)`` gives back an equal config."""
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) if header else ""
+    atomic_write_text(path, comment + config_to_yaml(cfg))
 
 
 def config_hash(cfg: Config, length: int = 16) -> str:

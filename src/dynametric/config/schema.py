@@ -12,7 +12,7 @@ import difflib
 import functools
 import math
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ class DataConfig:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 128
     workers: int | str = "auto"
-    """DataLoader worker processes, or ``auto``: ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
+    """DataLoader worker processes, or ``auto`` (any case): ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
     ``trainer.devices`` on this machine), else 0."""
     pin_memory: bool | None = None
     """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU."""
@@ -88,10 +88,11 @@ class DataConfig:
         _positive(self.batch_size, f"{key}.batch_size")
         _positive(self.m, f"{key}.m")
         _positive(self.eval_batch_size, f"{key}.eval_batch_size")
-        if isinstance(self.workers, str):
-            if self.workers != "auto":
+        if isinstance(self.workers, str):  # any case, as the commands' --workers takes it
+            if self.workers.strip().lower() != "auto":
                 raise ConfigError(f"expected a non-negative integer or 'auto', got {self.workers!r}",
                                   key=f"{key}.workers")
+            self.workers = "auto"
         else:
             _non_negative(self.workers, f"{key}.workers")
         _positive(self.prefetch_factor, f"{key}.prefetch_factor")
@@ -277,6 +278,52 @@ def check_precision(value: int | str, key: str) -> str:
     return text
 
 
+FP16_PRECISIONS = ("16-mixed", "16-true")
+"""The training precisions that compute in float16: they need a CUDA GPU (as ``--precision fp16`` does)."""
+
+
+def accelerator_names() -> list[str]:
+    """The ``trainer.accelerator`` values the installed Lightning accepts: ``auto``, ``gpu`` (CUDA or Apple MPS,
+    whichever is here) and the names in its ``AcceleratorRegistry``."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+
+
+def strategy_names() -> list[str]:
+    """The ``trainer.strategy`` values the installed Lightning accepts: ``auto`` and the names in its
+    ``StrategyRegistry`` (in its order: ``ddp``, ``ddp_spawn``, …)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *StrategyRegistry.available_strategies()]
+
+
+def check_accelerator(value: str, key: str) -> str:
+    """``value`` in lower case if the installed Lightning accepts it as an accelerator name
+    (:func:`accelerator_names`); whether it is usable on this machine is checked when training starts
+    (:func:`dynametric.engine.trainer.check_trainer`), not when a config loads."""
+    return _check_lightning_name(value, key, "accelerator", accelerator_names)
+
+
+def check_strategy(value: str, key: str) -> str:
+    """``value`` in lower case if it is ``auto`` or a strategy registered with the installed Lightning
+    (:func:`strategy_names`)."""
+    return _check_lightning_name(value, key, "strategy", strategy_names)
+
+
+def _check_lightning_name(value: str, key: str, kind: str, names: Callable[[], list[str]]) -> str:
+    text = str(value).strip().lower()
+    if text == "auto":  # the default: no Lightning import when a config loads
+        return text
+    valid = names()
+    if text not in valid:
+        import lightning
+
+        raise ConfigError(f"unknown {kind} {value!r}; expected one of {', '.join(valid)} (Lightning "
+                          f"{lightning.__version__})" + _suggest(text, valid), key=key)
+    return text
+
+
 @dataclass
 class TrainerConfig:
     """Training loop settings (Lightning ``Trainer`` arguments and dynametric's own)."""
@@ -285,13 +332,16 @@ class TrainerConfig:
     max_steps: int | None = None
     """Stop after this many optimisation steps (``None`` = only ``max_epochs``)."""
     precision: int | str = "32"
-    """``32`` | ``16-mixed`` | ``bf16-mixed`` | ``64`` | ``16-true`` | ``bf16-true`` (Lightning's names)."""
+    """``32`` | ``16-mixed`` | ``bf16-mixed`` | ``64`` | ``16-true`` | ``bf16-true`` (Lightning's names); the float16
+    ones (:data:`FP16_PRECISIONS`) need a CUDA GPU and are refused when training starts on the CPU."""
     accumulate_grad_batches: int = 1
     accelerator: str = "auto"
+    """``auto`` | ``cpu`` | ``gpu`` | ``cuda`` | ``mps`` | ``tpu`` (the names the installed Lightning accepts, any
+    case); one that is not usable on this machine is refused when training (or a dry run) starts."""
     devices: int | str | list[int] = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    """``auto`` | ``ddp`` | ``ddp_spawn`` | … (Lightning strategy names)."""
+    """``auto`` | ``ddp`` | ``ddp_spawn`` | … (the strategies registered with the installed Lightning, any case)."""
     seed: int = 0
     deterministic: bool = False
     val_every: int = 1
@@ -321,6 +371,8 @@ class TrainerConfig:
             if getattr(self, name) is not None:
                 _positive(getattr(self, name), f"{key}.{name}")
         self.precision = check_precision(self.precision, f"{key}.precision")
+        self.accelerator = check_accelerator(self.accelerator, f"{key}.accelerator")
+        self.strategy = check_strategy(self.strategy, f"{key}.strategy")
         if "/" not in self.monitor:
             raise ConfigError(f"expected '<scale>/<metric>' such as 'fine/map@r', got {self.monitor!r}",
                               key=f"{key}.monitor")

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from dynametric.config.schema import OptimConfig, TrainerConfig, check_precision
+from dynametric.config.schema import (
+    FP16_PRECISIONS,
+    OptimConfig,
+    TrainerConfig,
+    check_accelerator,
+    check_precision,
+    check_strategy,
+)
 from dynametric.engine.callbacks import ResumeState
 from dynametric.engine.checkpoint import SafeCheckpointIO
 from dynametric.engine.data import MetricDataModule
@@ -50,8 +61,11 @@ class TrainerSettings:
 
 def validate_settings(s: TrainerSettings) -> None:
     """The checks of settings built without a config (a config's were made when it loaded), with the schema's
-    own rules (:func:`dynametric.config.schema.check_precision`)."""
+    own rules (:func:`~dynametric.config.schema.check_precision`, ``check_accelerator``, ``check_strategy``), and
+    the checks against this machine (:func:`check_machine`) that a config cannot make when it loads."""
     s.precision = check_precision(s.precision, "trainer.precision")
+    s.accelerator = check_accelerator(s.accelerator, "trainer.accelerator")
+    s.strategy = check_strategy(s.strategy, "trainer.strategy")
     if s.accumulate_grad_batches < 1:
         raise ConfigError("must be >= 1", key="trainer.accumulate_grad_batches")
     if s.monitor_mode not in ("max", "min"):
@@ -60,6 +74,102 @@ def validate_settings(s: TrainerSettings) -> None:
         raise ConfigError(f"expected 'stop' or 'skip', got {s.nonfinite!r}", key="trainer.nonfinite")
     if s.max_epochs < 1 and s.max_steps < 1:
         raise ConfigError("set trainer.max_epochs or trainer.max_steps to a positive value", key="trainer.max_epochs")
+    check_machine(s)
+
+
+_AVAILABILITY_ERRORS = (ImportError, RuntimeError, ValueError, OSError, AssertionError)
+
+
+def _available(name: str) -> bool:
+    """Whether Lightning's accelerator ``name`` can run here (CUDA: torch's own check, as ``--device cuda``)."""
+    if name == "cpu":
+        return True
+    if name == "cuda":
+        return torch.cuda.is_available()
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    try:
+        return name in AcceleratorRegistry and bool(AcceleratorRegistry[name]["accelerator"].is_available())
+    except _AVAILABILITY_ERRORS:  # e.g. XLA installed but not configured
+        return False
+
+
+def check_machine(s: TrainerSettings) -> str:
+    """The accelerator the run trains on here (``cpu``, ``cuda``, ``mps``, ``tpu``: Lightning's choice for
+    ``auto`` and ``gpu``), or a one-line ConfigError: ``trainer.accelerator`` asking for a device this machine does
+    not have (CUDA: the check of ``--device cuda``, :func:`dynametric.utils.device.require_cuda`), or a float16
+    ``trainer.precision`` on the CPU (Lightning would only warn and train in bfloat16; inference's ``--precision
+    fp16`` is refused on the CPU too)."""
+    from dynametric.utils.device import require_cuda
+
+    asked = s.accelerator
+    if asked in ("auto", "gpu"):  # Lightning's order: tpu (auto only), mps, cuda, else cpu (auto) or an error (gpu)
+        candidates = ("mps", "cuda") if asked == "gpu" else ("tpu", "mps", "cuda")
+        where = next((n for n in candidates if _available(n)), None)
+        if where is None:
+            if asked == "gpu":
+                require_cuda("accelerator 'gpu'", key="trainer.accelerator")
+            where = "cpu"
+    elif asked == "cuda":
+        require_cuda("accelerator 'cuda'", key="trainer.accelerator")
+        where = "cuda"
+    elif not _available(asked):
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+
+        usable = [n for n in sorted(AcceleratorRegistry.available_accelerators()) if _available(n)]
+        raise ConfigError(f"accelerator {asked!r} asked for, but it is not available here (usable: "
+                          f"{', '.join(usable)}); use trainer.accelerator: cpu or auto", key="trainer.accelerator")
+    else:
+        where = asked
+    if s.precision in FP16_PRECISIONS and where == "cpu":
+        raise ConfigError(f"{s.precision!r} trains in float16, which needs a CUDA GPU, and this run trains on the CPU "
+                          f"(trainer.accelerator={asked}); on the CPU use bf16-mixed or 32", key="trainer.precision")
+    return where
+
+
+# Lightning's refusals of trainer arguments: MisconfigurationException (a strategy's missing package, more devices
+# than the machine has), ValueError (a strategy that needs a GPU), ImportError (torch_xla), TypeError (a registered
+# strategy that cannot be named by a string alone, e.g. single_xla)
+_LIGHTNING_REFUSALS = (MisconfigurationException, ValueError, TypeError, ImportError)
+
+
+def lightning_trainer(s: TrainerSettings, **kwargs: Any) -> L.Trainer:
+    """``L.Trainer`` on the accelerator, devices, nodes, strategy and precision of ``s`` (and ``kwargs``); Lightning
+    refusing them is a one-line ConfigError naming the ``trainer`` keys and Lightning's reason."""
+    try:
+        return L.Trainer(accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
+                         precision=s.precision, **kwargs)  # type: ignore[arg-type]
+    except _LIGHTNING_REFUSALS as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"Lightning {L.__version__} cannot train with accelerator={s.accelerator!r}, "
+                          f"strategy={s.strategy!r}, devices={s.devices!r}, num_nodes={s.num_nodes}, "
+                          f"precision={s.precision!r}: {reason}", key="trainer") from None
+
+
+@contextlib.contextmanager
+def _lightning_quiet() -> Iterator[None]:
+    """Lightning's informational lines (``GPU available: ...``) off for a trainer built only to be checked."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def check_trainer(s: TrainerSettings) -> str:
+    """Everything about ``s`` that can fail before training, checked without writing anything: the settings
+    (:func:`validate_settings`, this machine included) and a Lightning ``Trainer`` built from them and thrown
+    away (a strategy whose package is missing, more devices than here, …). Returns :func:`check_machine`'s
+    accelerator. ``dynametric train`` calls it before it reads data or writes a file; ``--dry-run`` calls it too."""
+    validate_settings(s)
+    with _lightning_quiet():
+        lightning_trainer(s, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, use_distributed_sampler=False)
+    return check_machine(s)
 
 
 def build_trainer(
@@ -91,16 +201,12 @@ def build_trainer(
         from dynametric.engine.loggers import MetricProgressBar
 
         cbs.append(MetricProgressBar())
-    return L.Trainer(
+    return lightning_trainer(
+        settings,
         max_epochs=settings.max_epochs if settings.max_steps < 1 else -1,
         max_steps=settings.max_steps,
-        precision=settings.precision,  # type: ignore[arg-type]
         accumulate_grad_batches=settings.accumulate_grad_batches,
         gradient_clip_val=settings.gradient_clip_val,
-        accelerator=settings.accelerator,
-        devices=settings.devices,
-        num_nodes=settings.num_nodes,
-        strategy=settings.strategy,
         deterministic=settings.deterministic,
         check_val_every_n_epoch=settings.val_every_n_epochs,
         num_sanity_val_steps=0,

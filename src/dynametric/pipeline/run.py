@@ -4,7 +4,8 @@ resolves the method plug-in, so it sits above :mod:`dynametric.methods`.)
 
 Run folder layout::
 
-    config.yaml     resolved configuration (what --resume reads back)
+    config.yaml     resolved configuration (what --resume reads back), after a comment naming the folder and
+                    the process that started the run
     last.ckpt       latest state (every trainer.checkpoint_every_n_steps optimizer steps and every epoch)
     best.ckpt       best validation ``trainer.monitor`` so far
     metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -27,14 +30,27 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 
-from dynametric.engine.builders import Components, build_datasets, loader_settings, root_missing, sampler_factory
+from dynametric.engine.builders import (
+    Components,
+    build_datasets,
+    loader_settings,
+    root_missing,
+    sampler_factory,
+    trainer_settings,
+)
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import write_report
-from dynametric.engine.trainer import TrainerSettings, build_trainer, validate_settings
+from dynametric.engine.trainer import (
+    TrainerSettings,
+    build_trainer,
+    check_trainer,
+    lightning_trainer,
+    validate_settings,
+)
 from dynametric.errors import ConfigError, InputError
 from dynametric.pipeline.components import build_components
 from dynametric.pipeline.protocols import method_test_protocol, protocol_from_config
@@ -62,7 +78,9 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (r"Be aware that when using `ckpt_path`", r"Checkpoint directory .* exists and is not empty",
                     r".*isinstance\(treespec, LeafSpec\)", r"The number of training batches .* is smaller than",
-                    r"Experiment logs directory .* exists and is not empty"):
+                    r"Experiment logs directory .* exists and is not empty",
+                    # training stopped before the first validation: the run says so itself (the selected weights)
+                    r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -79,12 +97,74 @@ def default_run_dir(cfg: Config) -> Path:
     return Path(cfg.run.output_dir) / name
 
 
+# ----------------------------------------------------------------------------------- a run that never trained
+# config.yaml starts with this line. A folder holding only what a run writes before its first last.ckpt
+# (config.yaml with this line naming the folder, metrics.json, the CSV log) is recognised as a run that failed or
+# was stopped before it trained; `train --out` with that folder starts again and replaces those files.
+
+_HEADER = "written by dynametric train for the run folder {folder} (process {pid} on host {host})"
+_HEADER_RE = re.compile(r"# written by dynametric train for the run folder (?P<folder>.+) "
+                        r"\(process (?P<pid>\d+) on host (?P<host>.*)\)")
+_BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json"), "logs": ("metrics.csv", "hparams.yaml")}
+
+
+def _own_file(entry: Path, names: tuple[str, ...]) -> bool:
+    """A regular file named in ``names``, or the temporary file of an atomic write of one (left by a kill)."""
+    if entry.is_symlink() or not entry.is_file():
+        return False
+    return entry.name in names or any(entry.name.startswith(f".{n}.") and entry.name.endswith(".tmp")
+                                      for n in names)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def unstarted_run_files(run_dir: Path) -> list[Path] | None:
+    """The files in ``run_dir`` of a run that dynametric started there and that never wrote ``last.ckpt`` (it
+    failed or was stopped before its first checkpoint), when the folder holds nothing else; ``None`` for any other
+    folder. A ConfigError when the process that started that run may still be running on this machine."""
+    config = run_dir / "config.yaml"
+    try:
+        with config.open(encoding="utf-8") as f:
+            match = _HEADER_RE.fullmatch(f.readline().rstrip("\n"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    if match is None or match["folder"] != str(run_dir.resolve()):
+        return None
+    files: list[Path] = []
+    for entry in run_dir.iterdir():
+        if entry.name in _BEFORE_FIRST_CHECKPOINT and entry.is_dir() and not entry.is_symlink():
+            subs = list(entry.iterdir())
+            if not all(_own_file(sub, _BEFORE_FIRST_CHECKPOINT[entry.name]) for sub in subs):
+                return None
+            files += subs
+        elif _own_file(entry, _BEFORE_FIRST_CHECKPOINT[""]):
+            files.append(entry)
+        else:
+            return None
+    pid = int(match["pid"])
+    if match["host"] == socket.gethostname() and pid != os.getpid() and _process_alive(pid):
+        raise ConfigError(f"run folder {run_dir} holds a run started by process {pid}, which is still running "
+                          "and has not written its first checkpoint; wait for it or stop it, or use another --out",
+                          key="--out")
+    return sorted(files)
+
+
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
     validate_settings(settings)
-    return L.Trainer(accelerator=settings.accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
-                     strategy=settings.strategy, precision=settings.precision, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                     use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
+    return lightning_trainer(settings, logger=False, enable_checkpointing=False, enable_progress_bar=progress,
+                             enable_model_summary=False, use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
 
 
 def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: TrainerSettings,
@@ -172,12 +252,19 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
-        raise InputError("no last.ckpt to resume from", file=last)
+        again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
+                 f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
+        raise InputError("no last.ckpt to resume from" + again, file=last)
     if not resume and (run_dir / "last.ckpt").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key="run.output_dir")
+    leftovers: list[Path] = []  # files of an earlier start of a run in run_dir that never trained
     if not resume and not _launched_worker():
-        require_new_folder(run_dir, "--out", "dynametric run (last.ckpt)")
+        leftovers = unstarted_run_files(run_dir) or []
+        if not leftovers:
+            require_new_folder(run_dir, "--out", "dynametric run (last.ckpt)")
+    # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
+    check_trainer(trainer_settings(cfg, progress_bar=progress))
     if root_missing(cfg):
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
@@ -191,7 +278,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
                           eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
                           **loader_settings(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # built before anything is written: a trainer Lightning refuses leaves no file behind
+    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger)
     metrics_path = run_dir / "metrics.json"
     info: dict[str, Any] = {
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
@@ -202,7 +290,15 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     if dyml is not None:
         info["test_protocol"] = dyml.header()
     if not resume:
-        save_config(cfg, run_dir / "config.yaml")
+        if leftovers:
+            log(f"run folder {run_dir}: replacing the files of an earlier start that stopped before its first "
+                f"checkpoint ({', '.join(p.relative_to(run_dir).as_posix() for p in leftovers)})")
+            for path in leftovers:
+                if path.name != "config.yaml":  # replaced atomically below
+                    path.unlink(missing_ok=True)
+        if not _launched_worker():
+            header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
+            save_config(cfg, run_dir / "config.yaml", header=header)
         log(f"run folder: {run_dir}")
         log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
             f"{info['test_images'] if datasets.test is not None else 'protocol'} test images; "
@@ -220,7 +316,6 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
         log(f"resuming {run_dir} from {last}")
-    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     metrics["validation"] = module.validation_history
@@ -231,9 +326,18 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                             "global_step": int(ckpt.get("global_step", -1)), "monitor": settings.monitor}
         test_ckpt: str | None = str(best)
     else:
-        info["selected"] = {"checkpoint": "final weights (no validation split)"}
+        if datasets.val is None:
+            reason = "no validation split"
+        elif not module.validation_history:
+            reason = (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
+                      f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
+        else:
+            reason = "validation wrote no best.ckpt"
+        info["selected"] = {"checkpoint": "final weights", "reason": reason}
         test_ckpt = None
-    log(f"testing {info['selected']['checkpoint']} on the test split ...")
+    selected = info["selected"]
+    log(f"testing {selected['checkpoint']}" + (f" ({selected['reason']})" if "reason" in selected else "")
+        + " on the test split ...")
     metrics["test"] = test_eval(test_ckpt)
     if trainer.is_global_zero:
         log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
@@ -297,6 +401,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         "file in the cache or set model.pretrained=false and model.pretrained_path)"
                         if cached is False else f"pretrained weights: {where}")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    settings = trainer_settings(cfg, progress_bar=False)
+    trains_on = check_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     datasets = None
     if root_missing(cfg):
         warnings.warn(f"dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will "
@@ -324,6 +430,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         log(f"param group {g['name']}: {sum(p.numel() for p in g['params']):,} parameters, lr={g['lr']}, "
             f"weight_decay={g['weight_decay']}")
     log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
+    log(f"trainer: accelerator {settings.accelerator} (trains on {trains_on} here), strategy {settings.strategy}, "
+        f"devices {settings.devices}, precision {settings.precision}")
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")

@@ -51,10 +51,7 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "devi
     if dev.type == "cpu":
         return torch.device("cpu")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {text!r} asked for, but no CUDA GPU is available here (torch "
-                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
-                              f"{choice_hint(key, 'cpu', 'auto')}", key=key)
+        require_cuda(f"device {text!r}", key=key)
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise ConfigError(f"device {text!r} asked for, but only {count} CUDA device(s) are visible "
@@ -65,6 +62,14 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "devi
             raise ConfigError(f"device {text!r} asked for, but MPS is not available here", key=key)
         return dev
     raise ConfigError(f"unsupported device {text!r}; expected auto, cpu, cuda or cuda:N", key=key)
+
+
+def require_cuda(asked: str, *, key: str) -> None:
+    """A one-line ConfigError naming ``key`` unless a usable CUDA GPU is here: the one check behind ``--device cuda``
+    and ``trainer.accelerator: cuda`` / ``gpu``. ``asked`` says what asked for it (``"device 'cuda'"``)."""
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{asked} asked for, but no CUDA GPU is available here (torch {torch.__version__}, CUDA "
+                          f"build {torch.version.cuda or 'none'}); use {choice_hint(key, 'cpu', 'auto')}", key=key)
 
 
 def precision_name(spec: str | None, *, key: str = "precision") -> str:
