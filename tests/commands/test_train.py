@@ -89,6 +89,20 @@ def test_dry_run_prints_config_and_components(finished_run, capsys):
     assert "max_epochs: 5" in text and "param group backbone" in text and "TripletMarginLoss" in text
 
 
+def test_set_overrides_as_on_the_other_commands(finished_run, capsys):
+    cfg, _ = finished_run
+    assert main(["train", "--config", str(cfg), "--dry-run", "--set", "trainer.max_epochs=7",
+                 "--set", "model.embedding_dim=24"]) == 0
+    text = capsys.readouterr().out
+    assert "max_epochs: 7" in text and "embedding_dim: 24" in text
+    # positional first, then --set: the later one wins
+    assert main(["train", "--config", str(cfg), "--dry-run", "trainer.max_epochs=3", "--set",
+                 "trainer.max_epochs=9"]) == 0
+    assert "max_epochs: 9" in capsys.readouterr().out
+    assert main(["train", "--config", str(cfg), "--dry-run", "--set", "max_epochs"]) == 2
+    assert "expected KEY=VALUE, got 'max_epochs'" in capsys.readouterr().err
+
+
 def test_dry_run_without_dataset_root_warns(tmp_path, capsys):
     assert main(["train", "--dry-run", "data.format=cub200", f"data.root={tmp_path / 'missing'}",
                  "loss.name=ProxyAnchorLoss"]) == 0

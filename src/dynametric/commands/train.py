@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="YAML config (default: the packaged default run, dynametric/configs/default_run.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. trainer.max_epochs=3 loss.name=MultiSimilarityLoss")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dotted override, as the other commands take them (repeatable; same as a positional "
+                        "KEY=VALUE)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config, build model/losses/miners/optimizer, print the resolved config")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
@@ -33,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dynametric.config import load_config
+
+    args.overrides = [*args.overrides, *args.set_overrides]  # positional first, then --set, in the order given
 
     if args.resume is not None:
         if args.config is not None or args.overrides or args.out is not None:
