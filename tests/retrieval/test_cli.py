@@ -317,3 +317,18 @@ def test_query_embeddings_of_another_model_are_refused(built: dict[str, Path], t
     assert len(err.splitlines()) == 1
     np.save(tmp_path / "bare.npy", np.load(tmp_path / "emb" / "embeddings.npy"))  # no identity: cannot be checked
     assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "bare.npy"), "-k", "2"]) == 0
+
+
+def test_queries_decoded_otherwise_than_the_index_get_a_note(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    img = built["root"] / "imgs/rock/img_05.png"
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--image", str(img), "-k", "1"]) == 0
+    assert "note:" not in capsys.readouterr().err  # same decoder: no note
+    assert main(["search", "--index", str(built["index"]), "--image", str(img), "-k", "1", "--decode", "gpu"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the index's images were decoded with --decode cpu, the query images with --decode gpu" in err
+    assert main(["embed", "--checkpoint", str(built["ckpt"]), "--csv", str(built["root"] / "labels.csv"), "--out",
+                 str(tmp_path / "emb"), "--batch-size", "4", "--no-progress", "--decode", "gpu"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "emb"), "-k", "1"]) == 0
+    assert f"the query embeddings' ({tmp_path / 'emb'}) with --decode gpu" in capsys.readouterr().err

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     exclude, unmatched = None, 0
     notes: list[str] = []
     if args.image is not None:
-        from dynametric.retrieval.model import embed_image_files, load_index_model, query_precision
+        from dynametric.retrieval.model import decoder_note, embed_image_files, load_index_model, query_precision
 
         if args.exclude_self:  # before the model is loaded: an index without paths is an error
             exclude, unmatched = self_items(index, [str(p) for p in args.image], "--image files")
@@ -139,14 +139,20 @@ def run(args: argparse.Namespace) -> int:
         notes += [note] if note else []
         loaded = load_index_model(index, args.checkpoint, args.config,
                                   replace(inference_options(args), precision=precision))
+        note = decoder_note(index.model, loaded.decode, "the query images")
+        notes += [note] if note else []
         q = embed_image_files(loaded, args.image)
         names = [str(p) for p in args.image]
     else:
         from dynametric.retrieval.embed import load_embedding_set
-        from dynametric.retrieval.model import check_same_model, precision_note
+        from dynametric.retrieval.model import check_same_model, decoder_note, precision_note
 
         qs = load_embedding_set(args.embeddings)
         check_same_model(index.model, qs.model, args.embeddings)
+        if qs.model:
+            note = decoder_note(index.model, str(qs.model.get("decode") or "cpu"),
+                                f"the query embeddings' ({args.embeddings})")
+            notes += [note] if note else []
         q = np.asarray(qs.embeddings, dtype=np.float32)
         index.check_queries(q, f"query embeddings {args.embeddings}")
         names = qs.ids

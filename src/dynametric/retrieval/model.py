@@ -247,6 +247,18 @@ def precision_note(index_model: dict[str, Any], precision: str, what: str, why: 
             "slightly from the index's own (a query's own item may not come first)")
 
 
+def decoder_note(index_model: dict[str, Any], decode: str, what: str) -> str | None:
+    """A note when ``what`` (queries) was decoded by another image decoder than the index's embeddings
+    (``index_model["decode"]``, ``cpu`` when absent): PIL's and torchvision's resizes differ by up to one level of
+    255, so distances differ slightly from the index's own."""
+    built = str(index_model.get("decode") or "cpu")
+    if decode == built:
+        return None
+    return (f"the index's images were decoded with --decode {built}, {what} with --decode {decode}: pixels differ "
+            f"by up to one level of 255, so distances differ slightly from the index's own (--decode {built} "
+            "matches)")
+
+
 def query_precision(index_model: dict[str, Any], requested: str | None, device: torch.device) -> tuple[str, str | None]:
     """``(precision, note)``: the precision to embed query images with for an index built by ``index_model``.
 
