@@ -66,3 +66,30 @@ def test_export_command_writes_model_and_sidecar(run_ckpt: Path, tmp_path: Path,
     assert info["max_abs_diff"] <= info["tolerance"] == ATOL
     assert info["model"]["weights_hash"]
     assert "max |diff|" in capsys.readouterr().out
+
+
+def test_export_never_overwrites_a_file_it_did_not_write(run_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """--out onto the user's own file (or beside the user's own .json) is refused and both stay as they were; an
+    earlier export of the same file is replaced; a suffix that does not fit the format is one line."""
+    mine = tmp_path / "mine.pt"
+    mine.write_text("MYDATA")
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists and is not an earlier export of dynametric" in err and str(mine) in err and "\n" not in err
+    assert mine.read_text() == "MYDATA" and not (tmp_path / "mine.pt.json").exists()
+    side = tmp_path / "other.onnx.json"
+    side.write_text("MYJSON")
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(tmp_path / "other.onnx")]) == 2
+    assert str(side) in capsys.readouterr().err
+    assert side.read_text() == "MYJSON" and not (tmp_path / "other.onnx").exists()
+    out = tmp_path / "model.pt"
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(out)]) == 0
+    assert "max_abs_diff" in json.loads((tmp_path / "model.pt.json").read_text())
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(out), "--no-check"]) == 0  # its own: replaced
+    assert "max_abs_diff" not in json.loads((tmp_path / "model.pt.json").read_text()) and out.stat().st_size > 0
+    for name, extra, needle in (("emb.txt", [], "a torchscript export is written to a .pt / .pth / .ts file"),
+                                ("emb.pt", ["--format", "onnx"], "an onnx export is written to a .onnx file")):
+        capsys.readouterr()
+        assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(tmp_path / name), *extra]) == 2
+        assert needle in capsys.readouterr().err
+        assert not (tmp_path / name).exists()

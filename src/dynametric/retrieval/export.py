@@ -10,6 +10,7 @@ summation order).
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,40 @@ def check_export(model: nn.Module, path: str | Path, images: torch.Tensor, head:
     return err
 
 
+SUFFIXES = {"torchscript": (".pt", ".pth", ".ts"), "onnx": (".onnx",)}
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def _earlier_export(out: Path) -> bool:
+    """Whether ``out`` / ``<out>.json`` are an earlier export of this tool: its sidecar names the file."""
+    try:
+        info = json.loads(sidecar_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") in FORMATS and info.get("file") == out.name \
+        and isinstance(info.get("model"), dict) and "exporter" in info
+
+
+def check_export_target(out: Path, fmt: str) -> None:
+    """``out`` must name a file with the format's suffix; it and its sidecar ``<out>.json`` are written only where
+    nothing is, or over an earlier export of this tool (its sidecar names the file) — never over a file the tool
+    did not write."""
+    if out.suffix.lower() not in SUFFIXES[fmt]:
+        article = "an" if fmt[0] in "aeiou" else "a"
+        raise InputError(f"{article} {fmt} export is written to a {' / '.join(SUFFIXES[fmt])} file, got "
+                         f"{out.name!r}", key="--out")
+    for target in (out, sidecar_path(out)):
+        if target.is_dir() or target.is_symlink():
+            raise InputError("exists and is not a regular file (--out names the exported file)", file=target)
+    if (out.exists() or sidecar_path(out).exists()) and not _earlier_export(out):
+        raise InputError(f"exists and is not an earlier export of dynametric (no sidecar {sidecar_path(out).name} "
+                         "naming it); choose another --out, or remove the file yourself", file=out if out.exists()
+                         else sidecar_path(out))
+
+
 def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, batch: int = 2,
                     atol: float = DEFAULT_ATOL, check: bool = True) -> dict[str, Any]:
     """Export a :class:`~dynametric.retrieval.model.LoadedEmbedder` to ``out`` and verify it; writes
@@ -166,6 +201,7 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
     fmt = fmt or ("onnx" if out.suffix == ".onnx" else "torchscript")
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}", key="--format")
+    check_export_target(out, fmt)
     example = example_input(loaded.in_chans, loaded.input_size, batch)
     if fmt == "onnx":
         exporter = export_onnx(loaded.model, out, example, loaded.head)
