@@ -4,7 +4,8 @@ A command module exposes ``register(subparsers)``, which adds its parser and set
 ``func(args) -> int`` (the exit status). Errors derived from :class:`DynametricError` are printed as one
 clear line (exit status 2), and so are errors of the file system (``OSError``: permissions, a full disk, a folder
 where a file goes: ``<path>: <reason>``); Ctrl-C prints ``interrupted`` (exit status 130, as a shell reports
-SIGINT); anything else is a bug and keeps its traceback.
+SIGINT); a reader that closes the pipe early (``dynametric search --json | head``) ends it quietly (exit
+status 141); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -51,12 +52,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DynametricError as exc:
         print(f"dynametric {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `dynametric search --json | head`: the reader left; stop quietly, as `yes | head` does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, the status a shell gives a program killed by a broken pipe
     except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
         print(f"dynametric {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
         print(f"dynametric {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still buffered for the closed pipe
+    does not raise again at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (e.g. captured by a test)
+        pass
 
 
 def os_error_line(exc: OSError) -> str:

@@ -332,3 +332,23 @@ def test_queries_decoded_otherwise_than_the_index_get_a_note(built: dict[str, Pa
     capsys.readouterr()
     assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "emb"), "-k", "1"]) == 0
     assert f"the query embeddings' ({tmp_path / 'emb'}) with --decode gpu" in capsys.readouterr().err
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`dynametric search --json | head`: no `error: Broken pipe` line, the status a shell gives SIGPIPE."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((3000, 8)).astype(np.float32))
+    assert main(["index", "build", "--embeddings", str(tmp_path / "x.npy"), "--kind", "flat", "--out",
+                 str(tmp_path / "index")]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "dynametric", "search", "--index", str(tmp_path / "index"),
+                             "--embeddings", str(tmp_path / "x.npy"), "-k", "5", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(100).startswith(b"{")  # output is ~1 MB: far more than the pipe holds
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err
