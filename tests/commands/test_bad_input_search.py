@@ -110,3 +110,24 @@ def test_index_build_refuses_a_folder_it_did_not_write(tmp_path, capsys) -> None
     RetrievalIndex.build(_set(10), "flat").save(tmp_path / "idx")
     RetrievalIndex.build(_set(12), "flat").save(tmp_path / "idx")  # its own earlier index is replaced
     assert RetrievalIndex.load(tmp_path / "idx").size == 12
+
+
+def test_index_build_options_of_another_kind_are_refused(tmp_path, capsys) -> None:
+    """`--kind flat --nlist 5` used to build a flat index and ignore --nlist without a word."""
+    np.save(tmp_path / "x.npy", _set(60).embeddings)
+    for kind, extra, flag in (("flat", ["--nlist", "5"], "--nlist"), ("flat", ["--m", "8"], "--m"),
+                              ("hnsw", ["--nprobe", "4"], "--nprobe"), ("ivf", ["--ef-search", "9"], "--ef-search"),
+                              ("hnsw", ["--seed", "3"], "--seed")):
+        capsys.readouterr()
+        assert main(["index", "build", "--embeddings", str(tmp_path / "x.npy"), "--kind", kind, *extra, "--out",
+                     str(tmp_path / f"idx_{kind}")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"key '{flag}': {flag} applies to --kind" in err and f"not to --kind {kind}" in err
+        assert not (tmp_path / f"idx_{kind}").exists()
+    assert main(["index", "build", "--embeddings", str(tmp_path / "x.npy"), "--kind", "ivf", "--nlist", "4",
+                 "--seed", "1", "--out", str(tmp_path / "ivf")]) == 0
+    params = RetrievalIndex.load(tmp_path / "ivf").params
+    assert params["nlist"] == 4 and params["nprobe"] == 4  # the default 8, clamped to nlist as before
+    assert main(["index", "build", "--embeddings", str(tmp_path / "x.npy"), "--kind", "hnsw", "--out",
+                 str(tmp_path / "hnsw")]) == 0
+    assert RetrievalIndex.load(tmp_path / "hnsw").params["ef_search"] == 64

@@ -21,11 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
     b.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine")
     b.add_argument("--nlist", type=positive_int, default=None, help="ivf: number of cells (default round(4 sqrt(N)))")
-    b.add_argument("--nprobe", type=positive_int, default=8, help="ivf: cells visited per query")
-    b.add_argument("--m", type=positive_int, default=32, help="hnsw: links per node")
-    b.add_argument("--ef-construction", type=positive_int, default=80, help="hnsw: build-time beam width")
-    b.add_argument("--ef-search", type=positive_int, default=64, help="hnsw: search-time beam width")
-    b.add_argument("--seed", type=int, default=0, help="ivf: k-means seed")
+    b.add_argument("--nprobe", type=positive_int, default=None, help="ivf: cells visited per query (default 8)")
+    b.add_argument("--m", type=positive_int, default=None, help="hnsw: links per node (default 32)")
+    b.add_argument("--ef-construction", type=positive_int, default=None,
+                   help="hnsw: build-time beam width (default 80)")
+    b.add_argument("--ef-search", type=positive_int, default=None, help="hnsw: search-time beam width (default 64)")
+    b.add_argument("--seed", type=int, default=None, help="ivf: k-means seed (default 0)")
     b.add_argument("--out", type=Path, required=True, help="index folder")
     b.set_defaults(func=run_build)
     p.set_defaults(func=run_group, _parser=p)
@@ -42,9 +43,19 @@ def run_build(args: argparse.Namespace) -> int:
 
     if args.out.resolve() == args.embeddings.resolve():
         raise ConfigError("--out must differ from --embeddings", key="--out")
+    options = {"ivf": {"--nlist": args.nlist, "--nprobe": args.nprobe, "--seed": args.seed},
+               "hnsw": {"--m": args.m, "--ef-construction": args.ef_construction, "--ef-search": args.ef_search}}
+    for kind, given in options.items():
+        for flag, value in given.items():
+            if value is not None and kind != args.kind:  # an option the index kind would ignore
+                raise ConfigError(f"{flag} applies to --kind {kind} indexes, not to --kind {args.kind}", key=flag)
     emb = load_embedding_set(args.embeddings)
-    kwargs = {"flat": {}, "ivf": {"nlist": args.nlist, "nprobe": args.nprobe, "seed": args.seed},
-              "hnsw": {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}}
+    kwargs = {"flat": {},
+              "ivf": {"nlist": args.nlist, "nprobe": 8 if args.nprobe is None else args.nprobe,
+                      "seed": 0 if args.seed is None else args.seed},
+              "hnsw": {"m": 32 if args.m is None else args.m,
+                       "ef_construction": 80 if args.ef_construction is None else args.ef_construction,
+                       "ef_search": 64 if args.ef_search is None else args.ef_search}}
     idx = RetrievalIndex.build(emb, args.kind, args.metric, **kwargs[args.kind])
     idx.save(args.out)
     params = ", ".join(f"{k}={v}" for k, v in idx.params.items())
