@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dynametric.errors import InputError
 from dynametric.retrieval.embed import EmbeddingSet, embed_items, list_image_folder
 from dynametric.retrieval.explorer import Explorer, make_server, path_inside_roots
 from dynametric.retrieval.index import RetrievalIndex
@@ -118,6 +119,18 @@ def test_neighbours_per_scale_match_the_index(setup) -> None:
     assert len({h["labels"]["coarse"] for h in coarse}) == len(coarse) == 3
     status, body, _ = request(setup["port"], "GET", "/api/neighbours?item=99")
     assert status == 400 and b"out of range" in body
+    # out-of-range parameters are a 400 naming them, never clamped without a word
+    for path, needle in (("/api/neighbours?item=4&k=0", "expected 'k' from 1 to 100, got 0"),
+                         ("/api/neighbours?item=4&k=-5", "expected 'k' from 1 to 100, got -5"),
+                         ("/api/neighbours?item=4&k=101", "expected 'k' from 1 to 100, got 101"),
+                         ("/api/items?offset=-5", "expected 'offset' of at least 0, got -5"),
+                         ("/api/items?limit=0", "expected 'limit' from 1 to 500, got 0"),
+                         ("/api/items?limit=501", "expected 'limit' from 1 to 500, got 501")):
+        status, body, _ = request(setup["port"], "GET", path)
+        assert status == 400 and needle in json.loads(body)["error"], (path, body)
+    assert len(get_json(setup["port"], "/api/neighbours?item=4&k=100")["columns"]) == 3
+    with pytest.raises(InputError, match="neighbours per column must be from 1 to 100, got 101"):
+        Explorer(setup["index"], None, k=101)
 
 
 def test_images_are_served_only_inside_the_roots(setup) -> None:

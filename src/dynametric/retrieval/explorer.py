@@ -77,6 +77,17 @@ def path_inside_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | N
     return None
 
 
+
+MAX_K = 100  # neighbours per column (the page's k field allows 1..100)
+MAX_ITEMS_PAGE = 500  # items per /api/items page
+
+
+def _in_range(name: str, value: int, lo: int, hi: int | None) -> None:
+    """A request parameter outside ``[lo, hi]`` is a 400 naming it (never clamped without a word)."""
+    if value < lo or (hi is not None and value > hi):
+        bound = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
+        raise InputError(f"expected {name!r} {bound}, got {value}", key=name)
+
 class Explorer:
     """The explorer's state: an index, an optional model (uploads), limits. Methods return JSON-ready dicts."""
 
@@ -85,6 +96,8 @@ class Explorer:
                  roots: Sequence[str | Path] | None = None) -> None:
         self.index = index
         self.embedder = embedder
+        if not 1 <= k <= MAX_K:
+            raise InputError(f"neighbours per column must be from 1 to {MAX_K}, got {k}", key="--k")
         self.k = k
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -104,14 +117,14 @@ class Explorer:
         return out
 
     def items(self, offset: int, limit: int) -> dict[str, Any]:
-        offset = max(0, offset)
-        limit = max(1, min(limit, 500))
+        _in_range("offset", offset, 0, None)
+        _in_range("limit", limit, 1, MAX_ITEMS_PAGE)
         stop = min(self.index.size, offset + limit)
         return {"total": self.index.size, "offset": offset, "items": [self.item(i) for i in range(offset, stop)]}
 
     def neighbours(self, q: np.ndarray, k: int, exclude: int | None = None) -> dict[str, Any]:
         """Columns: nearest items, then for every scale the nearest classes at that scale (coarsest last)."""
-        k = max(1, min(k, 100))
+        _in_range("k", k, 1, MAX_K)
         ex = None if exclude is None else np.array([exclude])
         columns = []
         modes: list[tuple[str, str | None]] = [("nearest items", None)]
