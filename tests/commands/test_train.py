@@ -150,3 +150,41 @@ def test_final_weights_are_tested_for_the_true_reason(tmp_path, capsys, override
     assert info["selected"] == {"checkpoint": "final weights", "reason": reason}
     assert not (out / "best.ckpt").exists()
     assert "could not find the monitored key" not in captured.err  # Lightning's hint at a bug in user code
+
+
+def test_evaluate_split_val_reaches_the_validation_carved_from_train(tmp_path):
+    """A dataset without a 'val' split validates on a class-disjoint carve-out of the training classes; `evaluate
+    --checkpoint best.ckpt --split val` evaluates that same carve-out (it used to say 'unknown split')."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,split,fine,coarse"]
+    for split, classes in (("train", range(12)), ("test", range(12, 18))):
+        for c in classes:
+            base = rng.integers(0, 256, 3)
+            for j in range(4):
+                rel = f"imgs/{c}_{j}.png"
+                (tmp_path / "imgs").mkdir(exist_ok=True)
+                arr = np.clip(base + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(tmp_path / rel)
+                rows.append(f"{rel},{split},f{c},c{c % 3}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = tmp_path / "carve.yaml"
+    cfg.write_text(TINY.replace("format: synthetic", f"format: csv\n  root: {tmp_path / 'labels.csv'}")
+                   .replace("  options: {images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, "
+                            "test: 2}}\n", "  image_size: 16\n  val_fraction: 0.5\n"))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false"]) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert "training classes" in info["validation_source"]
+    best_epoch = info["selected"]["epoch"]
+    expected = next(v for v in json.loads((out / "metrics.json").read_text())["validation"]
+                    if v["epoch"] == best_epoch)
+    result = tmp_path / "val.json"
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--split", "val", "--json", str(result)]) == 0
+    got = json.loads(result.read_text())
+    for scale in ("fine", "coarse"):
+        for metric in ("recall@1", "map@r"):
+            assert got[scale][metric] == pytest.approx(expected[scale][metric], abs=1e-6), (scale, metric)
+        assert got[scale]["num_queries"] == expected[scale]["num_queries"] == 6 * 4

@@ -106,6 +106,20 @@ def load_split(cfg: Config, split: str, train: bool) -> Any:
                          **dict(cfg.data.options))
 
 
+def load_eval_split(cfg: Config, split: str) -> Any:
+    """Split ``split`` with the evaluation transform, as the commands that evaluate a trained run read it: ``val``
+    of a dataset without a ``val`` split (``data.val_split: auto``) is the run's own validation set, carved from the
+    training classes exactly as training carved it (same fraction, seed and folds)."""
+    data = cfg.data
+    if split == "val" and data.val_split == "auto" and data.test_split != "val" and "val" not in available_splits(cfg):
+        val = build_datasets(cfg, with_test=False).val
+        if val is None:
+            raise InputError(f"the run had no validation set: {cfg.data.format!r} has no 'val' split and "
+                             f"data.val_fraction is {data.val_fraction}", key="split")
+        return val
+    return load_split(cfg, split, train=False)
+
+
 def available_splits(cfg: Config) -> list[str]:
     from dynametric.data import list_splits
 

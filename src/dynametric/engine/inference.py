@@ -280,7 +280,7 @@ def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = No
     With ``eval.protocol: query_gallery`` (and no ``split``) the ``eval.query_split`` and ``eval.gallery_split``
     are embedded. ``options`` default to the config's evaluation batch size and workers on the ``auto`` device.
     """
-    from dynametric.engine.builders import load_split
+    from dynametric.engine.builders import load_eval_split, load_split
 
     trained = load_trained(checkpoint, config, overrides=overrides, head=head)
     cfg, model = trained.cfg, trained.model
@@ -297,7 +297,7 @@ def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = No
         desc = f"{trained.checkpoint}: {cfg.data.format} {cfg.eval.query_split} -> {cfg.eval.gallery_split}"
         return CheckpointEmbeddings(q, ql, g, gl, names, desc)
     split = split or cfg.data.test_split
-    ds = load_split(cfg, split, train=False)
+    ds = load_eval_split(cfg, split)
     q, ql = embed_dataset(model, ds, head=trained.head, options=run)
     names = list(ds.scale_names)
     return CheckpointEmbeddings(q, ql, None, None, names, f"{trained.checkpoint}: {cfg.data.format} split {split!r}")

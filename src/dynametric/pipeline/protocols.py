@@ -58,7 +58,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     device); ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks,
     run before anything is loaded or embedded."""
     from dynametric.config import load_config
-    from dynametric.engine.builders import load_split
+    from dynametric.engine.builders import load_eval_split
     from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
 
     checkpoint = Path(checkpoint)
@@ -77,7 +77,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return embed_dataset(trained.model, ds, head=trained.head, options=run)
 
-    sets = protocol.embed_splits(lambda name: load_split(cfg, name, train=False), embed)
+    sets = protocol.embed_splits(lambda name: load_eval_split(cfg, name), embed)
     splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
         f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
     return CheckpointEvaluation(protocol.evaluate(sets, evaluate), protocol, sets,
