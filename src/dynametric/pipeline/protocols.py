@@ -57,7 +57,7 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
     if not missing:
         return
     fmt = cfg.data.format
-    offered = f"the {fmt} data has the splits {', '.join(splits)}"
+    offered = f"the {fmt} data has the splits {', '.join(splits)}" if splits else f"the {fmt} data lists no split"
     if isinstance(protocol, DyMLProtocol):
         fits = fmt.removeprefix("dyml-") if fmt.startswith("dyml-") else "all_in_one"
         tests_on = (f"data.test_split {missing[0]!r}" if protocol.variant == "all_in_one"

@@ -163,6 +163,14 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
     return sorted(files)
 
 
+def _check_test_splits(cfg: Config) -> None:
+    """:func:`~dynametric.pipeline.protocols.check_test_splits` against the data's splits, once the training split
+    is among them (a data set without it is reported by the training split's own error, which says more)."""
+    splits = available_splits(cfg)
+    if cfg.data.train_split in splits:
+        check_test_splits(cfg, splits)
+
+
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
     validate_settings(settings)
     return lightning_trainer(settings, logger=False, enable_checkpointing=False, enable_progress_bar=progress,
@@ -272,7 +280,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
-    check_test_splits(cfg, available_splits(cfg))  # the test's splits are there: else it fails after training
+    _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
@@ -426,7 +434,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         log(f"warning: dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
     else:
-        check_test_splits(cfg, available_splits(cfg))  # as a real run does before it writes anything
+        _check_test_splits(cfg)  # as a real run does before it writes anything
         datasets = build_datasets(cfg, with_test=False)
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
