@@ -245,3 +245,205 @@ def test_a_run_whose_process_still_runs_is_not_replaced(tmp_path, capsys) -> Non
     err = capsys.readouterr().err
     assert f"key '--out': run folder {out} holds a run started by process {os.getppid()}, which is still running" in err
     assert (out / "config.yaml").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+# ------------------------------------------------------------------------ seeds, the range every consumer takes
+
+
+@pytest.mark.parametrize("override", ["trainer.seed=99999999999999999999", "trainer.seed=-1",
+                                      "trainer.seed=4294967296", "data.val_seed=-1", "data.val_seed=4294967296"])
+def test_a_seed_out_of_range_is_refused_when_the_config_loads(capsys, override) -> None:
+    key, value = override.split("=")
+    assert _dry(capsys, override) == (
+        f"dynametric train: error: <command line> key '{key}': expected a seed, an integer in [0, 4294967295] "
+        f"(2**32 - 1, what numpy, torch and Lightning all accept), got {value}")
+
+
+def test_a_seed_out_of_range_in_a_file_names_its_line_and_writes_nothing(tmp_path, capsys) -> None:
+    cfg = tmp_path / "seed.yaml"
+    cfg.write_text(TINY.replace("trainer: {", "trainer: {seed: -1, "))
+    line = TINY.splitlines().index(next(x for x in TINY.splitlines() if x.startswith("trainer:"))) + 1
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert f"{cfg}:{line} key 'trainer.seed': expected a seed" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_synthetic_data_seed_option_is_checked_and_keyed_to_data_options(capsys) -> None:
+    err = _dry(capsys, "data.options.seed=-1")
+    assert "<command line> key 'data.options.seed': expected a seed, an integer in [0, 4294967295]" in err
+    err = _dry(capsys, "data.options.images_per_class=0")
+    assert err.endswith("<command line> key 'data.options.images_per_class': images_per_class must be >= 1, got 0")
+
+
+def test_the_largest_seed_trains(tmp_path, capsys) -> None:
+    """2**32 - 1 goes through every consumer: Lightning's seed_everything, torch, the samplers, the class split."""
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress", "trainer.max_steps=2",
+                 "trainer.seed=4294967295", "data.val_split=null", "data.val_seed=4294967295",
+                 "run.report=false"]) == 0
+    assert (out / "last.ckpt").is_file()
+
+
+# ------------------------------------------------------------- the test protocol's splits, before anything is written
+
+DYML_CFG = """
+data: {{format: {fmt}, root: {root}, transform: small, image_size: 16, sampler: three_scale, m: 2, batch_size: 12,
+        val_split: null, val_fraction: 0.25, eval_batch_size: 64}}
+model: {{backbone: simple_cnn, embedding_dim: 8, pooling: max, backbone_kwargs: {{width: 4, depth: 2}}}}
+loss: {{name: CSLLoss}}
+eval: {{metrics: [recall@K, map, asi], k_values: [1, 10, 20]}}
+trainer: {{max_epochs: 1, progress_bar: false, monitor: mean/map}}
+method: {{name: dyml, kwargs: {{variant: vehicle, query_in_gallery: detect}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def dyml_vehicle(tmp_path_factory) -> Path:
+    from tests.dyml.helpers import write_release
+
+    root = write_release(tmp_path_factory.mktemp("dyml") / "dyml_vehicle", "vehicle")
+    cfg = root.parent / "vehicle.yaml"
+    cfg.write_text(DYML_CFG.format(fmt="dyml-vehicle", root=root))
+    return cfg
+
+
+def test_a_dyml_variant_of_another_release_is_refused_by_the_dry_run(dyml_vehicle, capsys) -> None:
+    assert main(["train", "--config", str(dyml_vehicle), "--dry-run"]) == 0  # the variant that fits
+    capsys.readouterr()
+    assert _dry(capsys, "--config", str(dyml_vehicle), "method.kwargs.variant=product").endswith(
+        "<command line> key 'method.kwargs.variant': variant 'product' is the test protocol of dyml-product data, "
+        "but data.format is 'dyml-vehicle'; use variant: vehicle")
+
+
+def test_the_all_in_one_variant_on_per_scale_data_is_refused_before_anything_is_written(dyml_vehicle, tmp_path,
+                                                                                       capsys) -> None:
+    expected = ("<command line> key 'method.kwargs.variant': the DyML 'all_in_one' protocol tests on "
+                "data.test_split 'test', but the dyml-vehicle data has the splits train, query_fine, gallery_fine, "
+                "query_middle, gallery_middle, query_coarse, gallery_coarse; with dyml-vehicle data use "
+                "method.kwargs.variant: vehicle")
+    assert _dry(capsys, "--config", str(dyml_vehicle), "method.kwargs.variant=all_in_one").endswith(expected)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(dyml_vehicle), "--out", str(out), "--no-progress",
+                 "method.kwargs.variant=all_in_one"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().endswith(expected) and captured.out == ""
+    assert not out.exists()
+
+
+def test_a_per_scale_variant_on_data_without_its_splits_names_the_variant_that_fits(capsys) -> None:
+    err = _dry(capsys, "method.name=dyml", "method.kwargs={variant: vehicle, query_in_gallery: detect}")
+    assert err.endswith("<command line> key 'method.kwargs.variant': the DyML 'vehicle' protocol tests on the "
+                        "split(s) query_fine, gallery_fine, query_middle, gallery_middle, query_coarse, "
+                        "gallery_coarse, but the synthetic data has the splits train, val, test; with synthetic data "
+                        "use method.kwargs.variant: all_in_one")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["data.test_split=tset"], "<command line> key 'data.test_split': the test split 'tset' is not in the data: the "
+                               "synthetic data has the splits train, val, test; did you mean 'test'?"),
+    (["method.name=dyml", "method.kwargs={variant: all_in_one, query_in_gallery: detect}", "data.test_split=tset"],
+     "<command line> key 'data.test_split': the DyML 'all_in_one' protocol tests on data.test_split 'tset', but the "
+     "synthetic data has the splits train, val, test; did you mean 'test'?"),
+    (["eval.protocol=query_gallery", "eval.query_split=val", "eval.gallery_split=galery"],
+     "<command line> key 'eval.gallery_split': the gallery split 'galery' of eval.protocol query_gallery is not in "
+     "the data: the synthetic data has the splits train, val, test"),
+])
+def test_a_test_split_the_data_lacks_is_refused_by_the_dry_run(capsys, overrides, expected) -> None:
+    assert _dry(capsys, *overrides).endswith(expected)
+
+
+# ----------------------------------------------------------------- a loss sized for other embeddings than the model's
+
+
+def test_pddm_sized_for_another_width_is_refused_by_the_dry_run(capsys) -> None:
+    pddm = Path(__file__).resolve().parents[2] / "configs" / "pddm" / "synthetic.yaml"
+    assert _dry(capsys, "--config", str(pddm), "loss.kwargs.embedding_dim=64").endswith(
+        "<command line> key 'loss.kwargs.embedding_dim': PDDMLoss is sized for 64-d embeddings, but the model's "
+        "embeddings are 128-d (model.embedding_dim); set loss.kwargs.embedding_dim=128 or leave it out (the engine "
+        "fills in the width of the term's head)")
+
+
+def test_a_proxy_loss_sized_for_another_head_width_names_the_head(tmp_path, capsys) -> None:
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(TINY.replace("loss: {name: TripletMarginLoss}",
+                                "loss: {name: ProxyAnchorLoss, head: b, kwargs: {embedding_size: 16}}")
+                   .replace("embedding_dim: 16,", "num_heads: 2, head_names: [a, b], head_dims: [16, 8],"))
+    line = next(i for i, x in enumerate(TINY.splitlines(), 1) if x.startswith("loss:"))
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:{line} key 'loss.kwargs.embedding_size': ProxyAnchorLoss is sized for 16-d embeddings, but the "
+        "model's embeddings are 8-d (head 'b', model.head_dims); set loss.kwargs.embedding_size=8 or leave it out "
+        "(the engine fills in the width of the term's head)")
+    assert main(["train", "--config", str(cfg), "--dry-run", "loss.kwargs.embedding_size=8"]) == 0
+
+
+# ------------------------------------------------------------------ errors found after loading name the file and line
+
+
+def test_loss_and_miner_kwargs_errors_name_the_file_and_line(tmp_path, capsys) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    cfg = tmp_path / "kw.yaml"
+    cfg.write_text("extends: tiny.yaml\nloss:\n  name: TripletMarginLoss\n  kwargs: {margn: 0.1}\n"
+                   "miner:\n  name: TripletMarginMiner\n  kwargs:\n    margn: 0.2\n")
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:4 key 'loss.kwargs.margn': TripletMarginLoss has no argument 'margn'; did you mean 'margin'?")
+    assert _dry(capsys, "--config", str(cfg), "loss.kwargs={}").endswith(
+        f"{cfg}:8 key 'miner.kwargs.margn': TripletMarginMiner has no argument 'margn'; did you mean 'margin'?")
+    # a mapping replaced on the command line: its keys are no longer where the file set them
+    assert _dry(capsys, "--config", str(cfg), "loss.kwargs={margn: 1}").endswith(
+        "<command line> key 'loss.kwargs.margn': TripletMarginLoss has no argument 'margn'; did you mean 'margin'?")
+
+
+def test_extends_of_a_missing_file_or_a_folder_names_the_line_that_refers_to_it(tmp_path, capsys) -> None:
+    cfg = tmp_path / "child.yaml"
+    cfg.write_text("trainer: {max_epochs: 1}\nextends: nope.yaml\n")
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:2 key 'extends': config file not found: {tmp_path / 'nope.yaml'}")
+    (tmp_path / "sub").mkdir()
+    cfg.write_text("extends: [sub]\n")
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:1 key 'extends': {tmp_path / 'sub'} is a folder, not a YAML config file")
+
+
+def test_config_that_is_a_folder_says_so(tmp_path, capsys) -> None:
+    assert _dry(capsys, "--config", str(tmp_path)) == \
+        f"dynametric train: error: {tmp_path}: is a folder, not a YAML config file"
+
+
+# ------------------------------------------------------------------------------------- devices, the run folder, notes
+
+
+def test_more_cpu_processes_than_cores_are_allowed_and_said(capsys, monkeypatch) -> None:
+    """On the CPU trainer.devices counts processes (Lightning starts that many DDP processes whatever the cores)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main(["train", "--dry-run", "trainer.accelerator=cpu", "trainer.devices=3"]) == 0
+    assert ("trainer: accelerator cpu (trains on cpu here), strategy auto, devices 3, precision 32; 3 training "
+            "processes (DDPStrategy), more than the 2 CPU cores here: they share them") in capsys.readouterr().out
+
+
+def test_a_run_folder_holding_a_run_names_what_chose_it(tmp_path, capsys) -> None:
+    out = tmp_path / "r1"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes(b"")
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: key '--out': run folder {out} already holds a run; use --resume {out} or "
+        "another --out")
+    cfg = tmp_path / "named.yaml"
+    cfg.write_text(TINY.replace("run: {report: true}", f"run: {{output_dir: {tmp_path}, name: r1}}"))
+    line = next(i for i, x in enumerate(TINY.splitlines(), 1) if x.startswith("run:"))
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    assert f"{cfg}:{line} key 'run.name': run folder {out} already holds a run" in capsys.readouterr().err
+
+
+def test_a_dry_run_without_its_data_prints_each_warning_once_as_its_own_line(tmp_path, capsys) -> None:
+    missing = tmp_path / "missing"
+    assert main(["train", "--dry-run", "data.format=cub200", f"data.root={missing}", "loss.name=ProxyAnchorLoss",
+                 "loss.multiscale=true"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no raw `file.py:60: UserWarning:` lines
+    warnings_ = [x for x in captured.out.splitlines() if x.startswith("warning:")]
+    assert warnings_ == [
+        f"warning: dataset root '{missing}' not found (format 'cub200'): a real run will fail; continuing the dry run "
+        "without data (class counts are placeholders)",
+        "warning: loss: num_classes unknown without the dataset; a placeholder is used (dry run only)"]

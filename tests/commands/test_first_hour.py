@@ -63,7 +63,7 @@ def test_progress_flag_overrides_the_config_only_when_given(monkeypatch, tmp_pat
 
     seen = []
 
-    def fake_run_training(cfg, run_dir, *, resume=False, progress=None, log=print):
+    def fake_run_training(cfg, run_dir, *, resume=False, progress=None, log=print, **_):
         seen.append((bool(cfg.trainer.progress_bar), progress))
 
     monkeypatch.setattr(run_mod, "run_training", fake_run_training)

@@ -52,13 +52,18 @@ def run(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
         cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
+    from dynametric.config import errors_located
     from dynametric.pipeline.run import default_run_dir, dry_run, quiet_lightning, run_training
 
     quiet_lightning()
 
-    if args.dry_run:
-        dry_run(cfg)
-        return 0
-    run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
-    run_training(cfg, run_dir, resume=args.resume is not None, progress=args.progress)
+    # a config error found while building or running names the file and line (or <command line>) of its key
+    with errors_located(cfg):
+        if args.dry_run:
+            dry_run(cfg)
+            return 0
+        run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
+        folder_key = "--resume" if args.resume is not None else "--out" if args.out is not None else \
+            "run.name" if cfg.run.name else "run.output_dir"
+        run_training(cfg, run_dir, resume=args.resume is not None, progress=args.progress, folder_key=folder_key)
     return 0

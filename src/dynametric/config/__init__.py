@@ -17,7 +17,9 @@ from dynametric.config.loader import (
     config_hash,
     config_to_dict,
     config_to_yaml,
+    errors_located,
     load_config,
+    locate_error,
     parse_value,
     save_config,
 )
@@ -45,5 +47,5 @@ __all__ = [
     "MODEL_TRAINING_KEYS", "PRECISIONS", "Config", "DataConfig", "EvalConfig", "ExtraLossConfig", "LossConfig",
     "MethodConfig", "MinerConfig", "ModelConfig", "OptimConfig", "ParamGroupConfig", "RunConfig", "SchedulerConfig",
     "TrainerConfig", "apply_override", "config_from_dict", "config_hash", "config_to_dict", "config_to_yaml",
-    "embedder_kwargs", "load_config", "parse_value", "save_config", "schema_keys",
+    "embedder_kwargs", "errors_located", "load_config", "locate_error", "parse_value", "save_config", "schema_keys",
 ]

@@ -12,6 +12,7 @@ and :func:`config_hash` gives a stable hash of its content.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -19,7 +20,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -121,12 +122,19 @@ class _Source:
         while probe:
             if probe in self.where:
                 return self.where[probe]
-            parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+            parent = _parent_key(probe)
             probe = parent if parent != probe else ""
         for known, loc in self.where.items():  # a section known only through one of its keys
             if known.startswith((key + ".", key + "[")):
                 return loc
         return None, None
+
+
+def _not_a_file(path: Path, named: bool = False) -> str:
+    """Why ``path`` cannot be read as a config file (``named``: the message names it)."""
+    if path.is_dir():
+        return f"{path} is a folder, not a YAML config file" if named else "is a folder, not a YAML config file"
+    return f"config file not found: {path}" if named else "config file not found"
 
 
 def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -135,7 +143,7 @@ def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dic
         raise ConfigError(f"'extends' cycle: {' -> '.join(str(p) for p in (*chain, path))}", file=path,
                           key="extends")
     if not path.is_file():
-        raise ConfigError("config file not found", file=path)
+        raise ConfigError(_not_a_file(path), file=path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -154,7 +162,11 @@ def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dic
             raise ConfigError("expected a file path or a list of file paths", file=path, line=lines.get("extends"),
                               key="extends")
         for parent in parents:
-            base = _deep_merge(base, _read_file(path.parent / parent, source, (*chain, path)))
+            target = path.parent / parent
+            if not target.is_file():  # named where the file refers to it
+                raise ConfigError(_not_a_file(target, named=True), file=path, line=lines.get("extends"),
+                                  key="extends")
+            base = _deep_merge(base, _read_file(target, source, (*chain, path)))
     for key, line in lines.items():
         source.where[key] = (str(path), line)
     return _deep_merge(base, data)
@@ -185,6 +197,8 @@ def apply_override(raw: dict[str, Any], override: str, source: _Source | None = 
         node = child
     node[parts[-1]] = parse_value(text)
     if source is not None:
+        for known in [k for k in source.where if k.startswith((key + ".", key + "["))]:
+            del source.where[known]  # replaced by this value: no longer set where the file set them
         source.where[key] = ("<command line>", None)
     return raw
 
@@ -340,11 +354,65 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, ctx: _Ctx) -> Any:
 # --------------------------------------------------------------------------------------------------- API
 
 
+_SOURCE_ATTR = "_dynametric_source"  # not a dataclass field: equality, hashing and serialisation ignore it
+
+
 def config_from_dict(raw: Mapping[str, Any], *, source: _Source | None = None) -> Config:
     """Validate a nested dict (e.g. parsed YAML) against the schema; missing keys take their defaults."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"expected a mapping of sections, got {type(raw).__name__}")
-    return _build(Config, raw, "", _Ctx(source or _Source()))
+    source = source or _Source()
+    cfg: Config = _build(Config, raw, "", _Ctx(source))
+    setattr(cfg, _SOURCE_ATTR, source)  # where each key was set, for errors raised after loading (locate_error)
+    return cfg
+
+
+def locate_error(cfg: Config, exc: ConfigError) -> ConfigError:
+    """``exc`` with the place its key was set, as the loader's own errors have it: ``file.yaml:LINE`` (the file of
+    the ``extends`` chain that sets it) or ``<command line>``, for an error that names only a dotted key and is
+    raised after the config loaded (a loss's keyword checked when the loss is built, a split the data lacks, ...).
+    ``exc`` itself when it already names a file or no key, when its key names a whole section (``trainer``: which
+    of its values is wrong is not known), or when nothing set the key (a default), nor a mapping or list above it
+    given as a whole."""
+    source = getattr(cfg, _SOURCE_ATTR, None)
+    if exc.file is not None or exc.key is None or not isinstance(source, _Source):
+        return exc
+    probe = exc.key
+    while probe:
+        if probe in source.where and not _is_section(cfg, probe):  # a section's line would not say which value
+            file, line = source.where[probe]
+            return ConfigError(exc.message, file=file, line=line, key=exc.key)
+        parent = _parent_key(probe)  # a value inside a mapping or list given as a whole (loss.kwargs={...})
+        probe = parent if parent != probe else ""
+    return exc
+
+
+def _parent_key(key: str) -> str:
+    return re.sub(r"(\.[^.\[]*|\[\d+\])$", "", key)
+
+
+def _is_section(cfg: Config, key: str) -> bool:
+    """Whether the dotted ``key`` names a section of ``cfg`` (``trainer``, ``optim.scheduler``,
+    ``extra_losses[0]``), not a value."""
+    node: Any = cfg
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
+        try:
+            node = node[int(index)] if index else getattr(node, name)
+        except (AttributeError, IndexError, TypeError, KeyError):
+            return False
+    return dataclasses.is_dataclass(node)
+
+
+@contextlib.contextmanager
+def errors_located(cfg: Config) -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` of the block with the file and line of its key (:func:`locate_error`)."""
+    try:
+        yield
+    except ConfigError as exc:
+        located = locate_error(cfg, exc)
+        if located is exc:
+            raise
+        raise located from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

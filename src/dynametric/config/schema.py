@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dynametric.errors import ConfigError
+from dynametric.utils.seeds import check_seed
 
 # --------------------------------------------------------------------------------------------------- schema
 
@@ -97,6 +98,7 @@ class DataConfig:
             _non_negative(self.workers, f"{key}.workers")
         _positive(self.prefetch_factor, f"{key}.prefetch_factor")
         _non_negative(self.sampler_scale, f"{key}.sampler_scale")
+        check_seed(self.val_seed, f"{key}.val_seed")
         if self.image_size is not None:
             _positive(self.image_size, f"{key}.image_size")
         if self.iterations_per_epoch is not None:
@@ -370,6 +372,7 @@ class TrainerConfig:
         for name in ("max_steps", "patience", "checkpoint_every_n_steps"):
             if getattr(self, name) is not None:
                 _positive(getattr(self, name), f"{key}.{name}")
+        check_seed(self.seed, f"{key}.seed")
         self.precision = check_precision(self.precision, f"{key}.precision")
         self.accelerator = check_accelerator(self.accelerator, f"{key}.accelerator")
         self.strategy = check_strategy(self.strategy, f"{key}.strategy")

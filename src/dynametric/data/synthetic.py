@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dynametric.errors import InputError
+from dynametric.utils.seeds import check_seed
 
 SCALE_NAMES: tuple[str, str, str] = ("fine", "middle", "coarse")
 FAMILIES: tuple[str, ...] = ("polygons", "round", "stars")
@@ -343,6 +344,7 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}", key="split")
         if image_size < 8:
             raise InputError(f"image_size must be >= 8, got {image_size}", key="image_size")
+        check_seed(seed, "seed")
         if images_per_class < 1:
             raise InputError(f"images_per_class must be >= 1, got {images_per_class}", key="images_per_class")
         counts = {"train": 20, "val": 6, "test": 10}

@@ -16,12 +16,13 @@ required ``class_paths`` argument (CSL) is built from the training label matrix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import inspect
 import logging
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,24 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
         raise ConfigError(str(exc.message), key="data.transform") from None
 
 
+@contextlib.contextmanager
+def _data_options_keyed(cfg: Config) -> Iterator[None]:
+    """An error of the data layer about one of the format's options (``key`` = the option's name, no file) is
+    re-raised naming the config key, ``data.options.<name>``, so it carries the file and line that set it."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.file is None and exc.key is not None and exc.key in cfg.data.options:
+            raise ConfigError(exc.message, key=f"data.options.{exc.key}") from None
+        raise
+
+
 def load_split(cfg: Config, split: str, train: bool) -> Any:
     from dynametric.data import build_dataset
 
-    return build_dataset(cfg.data.format, cfg.data.root, split, transform=transform_for(cfg, train),
-                         **dict(cfg.data.options))
+    with _data_options_keyed(cfg):
+        return build_dataset(cfg.data.format, cfg.data.root, split, transform=transform_for(cfg, train),
+                             **dict(cfg.data.options))
 
 
 def load_eval_split(cfg: Config, split: str) -> Any:
@@ -123,7 +137,8 @@ def load_eval_split(cfg: Config, split: str) -> Any:
 def available_splits(cfg: Config) -> list[str]:
     from dynametric.data import list_splits
 
-    return list(list_splits(cfg.data.format, cfg.data.root, **dict(cfg.data.options)))
+    with _data_options_keyed(cfg):
+        return list(list_splits(cfg.data.format, cfg.data.root, **dict(cfg.data.options)))
 
 
 @dataclass
@@ -283,19 +298,34 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
 
 
 def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: torch.Tensor | None, dim: int | None,
-               scale_offset: int | None = None) -> nn.Module:
+               scale_offset: int | None = None, width: str | None = None) -> nn.Module:
     """A configured loss through :func:`build_component`, its data-dependent arguments filled in: the head width
     ``dim`` (``embedding_size`` / ``embedding_dim``), ``num_classes`` (``max label + 1`` in the training labels'
     column: ``scale_offset``, else the loss's ``label_scale`` / ``scale`` keyword; a placeholder with a warning
     when there are no labels, as in a dry run without data) and, for a class with a ``from_labels`` constructor
-    (CSL), ``class_paths`` from the training label matrix."""
+    (CSL), ``class_paths`` from the training label matrix.
+
+    An ``embedding_size`` / ``embedding_dim`` given in ``kwargs`` must equal ``dim``: the embeddings would not fit
+    the loss's proxies or unit, and the run would fail at its first step. ``width`` names the config key that sets
+    ``dim`` in that error (default ``model.embedding_dim``). (A given ``num_classes`` is not checked against the
+    data: a method may train a term on other labels, as MIC's shared term on its cluster ids.)"""
     from dynametric.losses import LOSSES
 
     if name not in LOSSES:
         return build_component(LOSSES, name, kwargs, key)  # raises with a suggestion
     cls = LOSSES[name]
     params = inspect.signature(cls).parameters
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for arg in ("embedding_size", "embedding_dim"):
+        given = kwargs.get(arg)
+        if (dim is not None and (arg in params or open_kwargs) and isinstance(given, int)
+                and not isinstance(given, bool) and given != dim):
+            raise ConfigError(f"{name} is sized for {given}-d embeddings, but the model's embeddings are {dim}-d "
+                              f"({width or 'model.embedding_dim'}); set {key}.kwargs.{arg}={dim} or leave it out "
+                              "(the engine fills in the width of the term's head)", key=f"{key}.kwargs.{arg}")
     data_args: dict[str, Any] = {} if dim is None else {"embedding_size": dim, "embedding_dim": dim}
+    # the label column: CosFace/ArcFace name it ``label_scale`` (their ``scale`` is the logit scale)
+    col_arg = "label_scale" if "label_scale" in params else "scale"
     # Only a *required* num_classes is filled: an optional one (MarginLoss: None = one global beta) keeps its default.
     if "num_classes" in params and "num_classes" not in kwargs and params["num_classes"].default is \
             inspect.Parameter.empty:
@@ -304,13 +334,7 @@ def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: tor
             warnings.warn(f"{key}: num_classes unknown without the dataset; a placeholder is used (dry run only)",
                           stacklevel=2)
         else:
-            # the label column: CosFace/ArcFace name it ``label_scale`` (their ``scale`` is the logit scale)
-            col_arg = "label_scale" if "label_scale" in params else "scale"
-            col = scale_offset if scale_offset is not None else int(kwargs.get(col_arg, 0))
-            if not 0 <= col < train_labels.shape[1]:
-                raise ConfigError(f"label column {col} does not exist; the training labels have "
-                                  f"{train_labels.shape[1]} scale(s)", key=f"{key}.kwargs.{col_arg}")
-            data_args["num_classes"] = int(train_labels[:, col].max()) + 1
+            data_args["num_classes"] = _classes_in(train_labels, key, col_arg, kwargs, scale_offset)
     construct = None
     if ("class_paths" in params and "class_paths" not in kwargs and hasattr(cls, "from_labels")
             and params["class_paths"].default is inspect.Parameter.empty):
@@ -326,6 +350,16 @@ def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: tor
     return build_component(LOSSES, name, kwargs, key, construct=construct, data_args=data_args)
 
 
+def _classes_in(train_labels: torch.Tensor, key: str, col_arg: str, kwargs: Mapping[str, Any],
+                scale_offset: int | None) -> int:
+    """``max label + 1`` in the loss's label column (``scale_offset``, else its ``label_scale`` / ``scale``)."""
+    col = scale_offset if scale_offset is not None else int(kwargs.get(col_arg, 0))
+    if not 0 <= col < train_labels.shape[1]:
+        raise ConfigError(f"label column {col} does not exist; the training labels have "
+                          f"{train_labels.shape[1]} scale(s)", key=f"{key}.kwargs.{col_arg}")
+    return int(train_labels[:, col].max()) + 1
+
+
 def build_miner(mcfg: MinerConfig | None, key: str) -> nn.Module | None:
     """A configured miner through :func:`build_component` (``None`` when there is none)."""
     if mcfg is None:
@@ -336,16 +370,17 @@ def build_miner(mcfg: MinerConfig | None, key: str) -> nn.Module | None:
 
 
 def build_loss_term(term: LossConfig, key: str, train_labels: torch.Tensor | None, dim: int | None,
-                    num_scales: int, chunks: Any = None) -> nn.Module:
-    """The loss of one ``loss`` / ``extra_losses[i]`` section (``multiscale``: one copy per scale)."""
+                    num_scales: int, chunks: Any = None, width: str | None = None) -> nn.Module:
+    """The loss of one ``loss`` / ``extra_losses[i]`` section (``multiscale``: one copy per scale); ``width``: the
+    config key of the head's width ``dim``, for :func:`build_loss`'s errors."""
     if not term.multiscale:
-        return build_loss(term.name, dict(term.kwargs), key, train_labels, dim)
+        return build_loss(term.name, dict(term.kwargs), key, train_labels, dim, width=width)
     from dynametric.losses import MultiScaleLoss
 
     if term.scale_weights is not None and len(term.scale_weights) != num_scales:
         raise ConfigError(f"expected {num_scales} weights (one per scale), got {len(term.scale_weights)}",
                           key=f"{key}.scale_weights")
-    per_scale = [build_loss(term.name, dict(term.kwargs), key, train_labels, dim, scale_offset=s)
+    per_scale = [build_loss(term.name, dict(term.kwargs), key, train_labels, dim, scale_offset=s, width=width)
                  for s in range(num_scales)]
     return MultiScaleLoss(per_scale, weights=term.scale_weights, chunks=chunks, num_scales=num_scales)
 
@@ -360,6 +395,18 @@ def _head_dim(cfg: Config, head: str | None) -> int | None:
     if head == "concat":
         return None if any(d is None for d in dims) else sum(d for d in dims if d is not None)
     return dims[names.index(head)] if head in names else dims[0]
+
+
+def _width_key(cfg: Config, head: str | None) -> str:
+    """Where the config sets the width of ``head``'s embeddings, for error messages."""
+    model = cfg.model
+    if head is None or model.num_heads == 1:
+        return "model.embedding_dim" if model.embedding_dim is not None else \
+            "the backbone's pooled features, model.embedding_dim: null"
+    if head == "concat":
+        return "the heads side by side, model.head_dims" if model.head_dims else \
+            "the heads side by side, model.num_heads x model.embedding_dim"
+    return f"head {head!r}, model.head_dims" if model.head_dims else f"head {head!r}, model.embedding_dim"
 
 
 def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]] | None = None,
@@ -413,7 +460,8 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
         if term.head not in dims:
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")
-        loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks)
+        loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
+                               width=_width_key(cfg, term.head))
         miner = build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
         objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))

@@ -27,6 +27,7 @@ from dynametric.engine.callbacks import ResumeState
 from dynametric.engine.checkpoint import SafeCheckpointIO
 from dynametric.engine.data import MetricDataModule
 from dynametric.errors import ConfigError
+from dynametric.utils.seeds import check_seed
 
 _T, _O = TrainerConfig(), OptimConfig()  # the defaults below are the schema's: one default per choice
 
@@ -66,6 +67,7 @@ def validate_settings(s: TrainerSettings) -> None:
     s.precision = check_precision(s.precision, "trainer.precision")
     s.accelerator = check_accelerator(s.accelerator, "trainer.accelerator")
     s.strategy = check_strategy(s.strategy, "trainer.strategy")
+    check_seed(s.seed, "trainer.seed")
     if s.accumulate_grad_batches < 1:
         raise ConfigError("must be >= 1", key="trainer.accumulate_grad_batches")
     if s.monitor_mode not in ("max", "min"):
@@ -160,16 +162,36 @@ def _lightning_quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def check_trainer(s: TrainerSettings) -> str:
+@dataclass
+class TrainerPlan:
+    """How a run trains here, as Lightning resolved the settings (:func:`plan_trainer`)."""
+
+    accelerator: str
+    """:func:`check_machine`'s accelerator: ``cpu``, ``cuda``, ``mps``, ``tpu``."""
+    strategy: str
+    """Lightning's strategy class (``SingleDeviceStrategy``, ``DDPStrategy``, …)."""
+    processes: int
+    """Training processes on this machine (Lightning's ``num_devices``)."""
+
+
+def plan_trainer(s: TrainerSettings) -> TrainerPlan:
     """Everything about ``s`` that can fail before training, checked without writing anything: the settings
     (:func:`validate_settings`, this machine included) and a Lightning ``Trainer`` built from them and thrown
-    away (a strategy whose package is missing, more devices than here, …). Returns :func:`check_machine`'s
-    accelerator. ``dynametric train`` calls it before it reads data or writes a file; ``--dry-run`` calls it too."""
+    away (a strategy whose package is missing, more GPUs than here, …); returns what Lightning made of them.
+
+    On the CPU ``trainer.devices: N`` is a number of processes, not of cores: Lightning starts N DDP processes
+    whatever the core count (they share the cores), so more than the machine's cores is not an error."""
     validate_settings(s)
     with _lightning_quiet():
-        lightning_trainer(s, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, use_distributed_sampler=False)
-    return check_machine(s)
+        trainer = lightning_trainer(s, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                    enable_model_summary=False, use_distributed_sampler=False)
+    return TrainerPlan(check_machine(s), type(trainer.strategy).__name__, int(trainer.num_devices))
+
+
+def check_trainer(s: TrainerSettings) -> str:
+    """:func:`plan_trainer`'s checks; returns :func:`check_machine`'s accelerator. ``dynametric train`` calls it
+    before it reads data or writes a file; ``--dry-run`` calls it too."""
+    return plan_trainer(s).accelerator
 
 
 def build_trainer(

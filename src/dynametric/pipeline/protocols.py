@@ -5,6 +5,7 @@ choice is made here, above :mod:`dynametric.methods`."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from dynametric.engine.dyml import DyMLProtocol
 from dynametric.engine.protocols import CheckpointEvaluation, Evaluate, EvaluationProtocol, LeaveOneOut, QueryGallery
-from dynametric.errors import InputError
+from dynametric.errors import ConfigError, InputError
 from dynametric.methods import method_for
 
 if TYPE_CHECKING:
@@ -44,6 +45,39 @@ def protocol_from_config(cfg: Config, split: str | None = None,
     if cfg.eval.protocol == "query_gallery":
         return QueryGallery(cfg.eval.query_split, cfg.eval.gallery_split, bool(cfg.eval.query_in_gallery))
     return LeaveOneOut(cfg.data.test_split, scale_names)
+
+
+def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
+    """The splits the config's test protocol embeds (:func:`protocol_from_config`) must be among ``splits``, the
+    splits the data offers (:func:`dynametric.engine.builders.available_splits`); else a ConfigError naming the key
+    that chose the missing split and what fits. ``dynametric train`` (and its dry run, when the data is there)
+    checks this before anything is written: a run would otherwise fail only at its untrained evaluation."""
+    protocol = protocol_from_config(cfg)
+    missing = [s for s in protocol.required_splits() if s not in splits]
+    if not missing:
+        return
+    fmt = cfg.data.format
+    offered = f"the {fmt} data has the splits {', '.join(splits)}" if splits else f"the {fmt} data lists no split"
+    if isinstance(protocol, DyMLProtocol):
+        fits = fmt.removeprefix("dyml-") if fmt.startswith("dyml-") else "all_in_one"
+        tests_on = (f"data.test_split {missing[0]!r}" if protocol.variant == "all_in_one"
+                    else f"the split(s) {', '.join(missing)}")
+        if fits == protocol.variant:  # the variant fits the data: the split is wrong
+            raise ConfigError(f"the DyML {protocol.variant!r} protocol tests on {tests_on}, but {offered}"
+                              + _suggest(missing[0], splits), key="data.test_split")
+        raise ConfigError(f"the DyML {protocol.variant!r} protocol tests on {tests_on}, but {offered}; with {fmt} "
+                          f"data use method.kwargs.variant: {fits}", key="method.kwargs.variant")
+    if isinstance(protocol, QueryGallery):
+        role = "query" if protocol.query_split in missing else "gallery"
+        key, what = f"eval.{role}_split", f"the {role} split {missing[0]!r} of eval.protocol query_gallery"
+    else:
+        key, what = "data.test_split", f"the test split {missing[0]!r}"
+    raise ConfigError(f"{what} is not in the data: {offered}" + _suggest(missing[0], splits), key=key)
+
+
+def _suggest(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, *, split: str | None = None,

@@ -32,6 +32,7 @@ import torch
 
 from dynametric.engine.builders import (
     Components,
+    available_splits,
     build_datasets,
     loader_settings,
     root_missing,
@@ -49,11 +50,12 @@ from dynametric.engine.trainer import (
     build_trainer,
     check_trainer,
     lightning_trainer,
+    plan_trainer,
     validate_settings,
 )
 from dynametric.errors import ConfigError, InputError
 from dynametric.pipeline.components import build_components
-from dynametric.pipeline.protocols import method_test_protocol, protocol_from_config
+from dynametric.pipeline.protocols import check_test_splits, method_test_protocol, protocol_from_config
 from dynametric.utils.io import atomic_write_json, require_new_folder
 
 if TYPE_CHECKING:
@@ -130,7 +132,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def unstarted_run_files(run_dir: Path) -> list[Path] | None:
+def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] | None:
     """The files in ``run_dir`` of a run that dynametric started there and that never wrote ``last.ckpt`` (it
     failed or was stopped before its first checkpoint), when the folder holds nothing else; ``None`` for any other
     folder. A ConfigError when the process that started that run may still be running on this machine."""
@@ -156,9 +158,17 @@ def unstarted_run_files(run_dir: Path) -> list[Path] | None:
     pid = int(match["pid"])
     if match["host"] == socket.gethostname() and pid != os.getpid() and _process_alive(pid):
         raise ConfigError(f"run folder {run_dir} holds a run started by process {pid}, which is still running "
-                          "and has not written its first checkpoint; wait for it or stop it, or use another --out",
-                          key="--out")
+                          f"and has not written its first checkpoint; wait for it or stop it, or use another "
+                          f"{folder_key}", key=folder_key)
     return sorted(files)
+
+
+def _check_test_splits(cfg: Config) -> None:
+    """:func:`~dynametric.pipeline.protocols.check_test_splits` against the data's splits, once the training split
+    is among them (a data set without it is reported by the training split's own error, which says more)."""
+    splits = available_splits(cfg)
+    if cfg.data.train_split in splits:
+        check_test_splits(cfg, splits)
 
 
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
@@ -240,11 +250,12 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
 
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
-                 log: Callable[[str], None] = print) -> RunResult:
+                 log: Callable[[str], None] = print, folder_key: str = "run_dir") -> RunResult:
     """Train, select on validation, test the best checkpoint, write metrics.json and report.html.
 
     ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
-    ``--no-progress``) override it."""
+    ``--no-progress``) override it. ``folder_key`` is what chose ``run_dir``, named by the errors about the folder
+    (the CLI passes ``--out``, or ``run.output_dir`` / ``run.name`` for the default folder)."""
     from dynametric.config import config_to_yaml, save_config
 
     t0 = time.time()
@@ -257,18 +268,19 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         raise InputError("no last.ckpt to resume from" + again, file=last)
     if not resume and (run_dir / "last.ckpt").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
-                          key="run.output_dir")
+                          key=folder_key)
     leftovers: list[Path] = []  # files of an earlier start of a run in run_dir that never trained
     if not resume and not _launched_worker():
-        leftovers = unstarted_run_files(run_dir) or []
+        leftovers = unstarted_run_files(run_dir, folder_key) or []
         if not leftovers:
-            require_new_folder(run_dir, "--out", "dynametric run (last.ckpt)")
+            require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     check_trainer(trainer_settings(cfg, progress_bar=progress))
     if root_missing(cfg):
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
+    _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
@@ -375,6 +387,20 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     return RunResult(run_dir, metrics, info)
 
 
+def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) -> None:
+    """dynametric's own warnings of a dry run as the dry run's ``warning:`` lines (each once); others are
+    re-issued as they were."""
+    package = str(Path(__file__).resolve().parent.parent)
+    seen: set[str] = set()
+    for w in caught:
+        text = str(w.message)
+        if not str(Path(w.filename).resolve()).startswith(package):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif text not in seen:
+            seen.add(text)
+            log(f"warning: {text}")
+
+
 def dry_run(cfg: Config, log: Callable[[str], None] = print) -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required.
 
@@ -402,15 +428,18 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         if cached is False else f"pretrained weights: {where}")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
     settings = trainer_settings(cfg, progress_bar=False)
-    trains_on = check_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
+    plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     datasets = None
     if root_missing(cfg):
-        warnings.warn(f"dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will "
-                      "fail; class counts are placeholders in this dry run", stacklevel=3)  # the caller of dry_run
-        log(f"warning: dataset root {cfg.data.root!r} not found; continuing the dry run without data")
+        log(f"warning: dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will fail; "
+            "continuing the dry run without data (class counts are placeholders)")
     else:
+        _check_test_splits(cfg)  # as a real run does before it writes anything
         datasets = build_datasets(cfg, with_test=False)
-    comps = build_components(cfg, datasets=datasets, progress_bar=False)
+    with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
+        warnings.simplefilter("always")
+        comps = build_components(cfg, datasets=datasets, progress_bar=False)
+    _relay(caught, log)
     if datasets is not None:
         check_batches(cfg, datasets.train, scale_names=comps.scale_names,
                       carved=datasets.val_source.endswith("training classes"))
@@ -430,8 +459,14 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         log(f"param group {g['name']}: {sum(p.numel() for p in g['params']):,} parameters, lr={g['lr']}, "
             f"weight_decay={g['weight_decay']}")
     log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
-    log(f"trainer: accelerator {settings.accelerator} (trains on {trains_on} here), strategy {settings.strategy}, "
-        f"devices {settings.devices}, precision {settings.precision}")
+    processes = ""
+    if plan.processes > 1:
+        cores = os.cpu_count() or 1
+        processes = (f"; {plan.processes} training processes ({plan.strategy})"
+                     + (f", more than the {cores} CPU cores here: they share them"
+                        if plan.accelerator == "cpu" and plan.processes > cores else ""))
+    log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
+        f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dynametric.errors import ConfigError
 from dynametric.methods.base import Method
 
 if TYPE_CHECKING:
@@ -17,7 +18,14 @@ class DyML(Method):
     def validate(self, cfg: Config) -> Any:
         from dynametric.engine.dyml import DyMLProtocol
 
-        return DyMLProtocol.from_kwargs(cfg.method.kwargs, key="method.kwargs")
+        protocol = DyMLProtocol.from_kwargs(cfg.method.kwargs, key="method.kwargs")
+        fmt = cfg.data.format
+        if fmt.startswith("dyml-") and protocol.variant != "all_in_one" and fmt != protocol.name:
+            # dyml-vehicle / -animal test per scale on query_<s> / gallery_<s>, dyml-product on its all-in-one set
+            raise ConfigError(f"variant {protocol.variant!r} is the test protocol of {protocol.name} data, but "
+                              f"data.format is {fmt!r}; use variant: {fmt.removeprefix('dyml-')}",
+                              key="method.kwargs.variant")
+        return protocol
 
     def test_protocol(self, settings: Any) -> Any:
         return settings

@@ -77,7 +77,8 @@ def kmeans(x: torch.Tensor, k: int, *, n_iter: int = 50, seed: int = 0, n_init: 
             if backend == "faiss":
                 raise ConfigError("backend 'faiss' requested but faiss is not installed", key="backend") from None
         else:
-            km = faiss.Kmeans(xf.shape[1], int(k), niter=int(n_iter), nredo=int(n_init), seed=int(seed),
+            km = faiss.Kmeans(xf.shape[1], int(k), niter=int(n_iter), nredo=int(n_init),
+                              seed=int(seed) & 0x7FFFFFFF,  # faiss takes a C int; seeds go up to 2**32 - 1
                               verbose=False, min_points_per_centroid=1, max_points_per_centroid=10**9)
             km.train(xf.numpy())
             _, idx = km.index.search(xf.numpy(), 1)
