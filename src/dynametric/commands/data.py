@@ -2,11 +2,11 @@
 
 ``dynametric data inspect --format NAME --root DIR [--split S ...] [--json]`` reads every split (or those named),
 reports images and classes per scale, and lists every problem: missing index files, missing images, unreadable
-images, malformed rows (with line numbers), conflicting duplicates and hierarchy violations. The exit status is 1
-when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). ``--json`` prints
-``{"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line", "message"}],
-"details": {...}}``; ``details`` holds each split's load report, nesting notes and the raw-id overlap between
-splits per scale (reported, not interpreted).
+images, malformed rows (with line numbers), conflicting duplicates, empty splits and hierarchy violations. The
+exit status is 1 when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). ``--json``
+prints ``{"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line",
+"message"}], "details": {...}}``; ``details`` holds each split's load report, nesting notes and the raw-id overlap
+between splits per scale (reported, not interpreted).
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 problems.append(Problem(exc.message, exc.file, exc.line, "missing_file"))
                 continue
             problems += rec.report.problems
+            if not rec.paths:  # build_dataset refuses an empty split
+                where = rec.report.files[0] if rec.report.files else None
+                problems.append(Problem(f"split {split!r} has no records", where, None, "empty_split"))
             columns = list(zip(*rec.raw_labels)) if rec.raw_labels else [() for _ in rec.scale_names]
             result["splits"][split] = {"images": len(rec.paths),
                                        "classes": {n: len(set(columns[s])) for s, n in enumerate(rec.scale_names)}}
