@@ -1,6 +1,6 @@
 """Dataset readers (`dynametric data inspect`, `train`) under bad input: unreadable folders, paths leaving the
 dataset root, BOMs, header-only files, one image under two names with different labels, CSVs whose every row is
-bad, quoted line breaks, problems of one split listed with another and empty splits."""
+bad, quoted line breaks, problems of one split listed with another, empty splits and crop boxes past the image."""
 
 from __future__ import annotations
 
@@ -264,3 +264,27 @@ def test_inspect_reports_an_empty_split(tmp_path, capsys) -> None:
     with pytest.raises(InputError, match="split 'test' has no records"):
         build_dataset("sop", sop_root, "test")
 
+
+def test_oml_box_past_the_image_edge(tmp_path, capsys, caplog) -> None:
+    img = write_image(tmp_path / "img" / "a.png", size=32)
+    write_image(tmp_path / "img" / "b.png", size=32)
+    write_image(tmp_path / "img" / "c.png", size=32)
+    (tmp_path / "df.csv").write_text("label,path,split,is_query,is_gallery,x_1,x_2,y_1,y_2\n"
+                                     "0,img/c.png,train,,,0,32,0,32\n"  # the whole image: fits
+                                     "0,img/a.png,train,,,4,99,0,10\n"  # line 3: x_2 past the right edge
+                                     "1,img/b.png,train,,,0,8,30,33\n")  # line 4: y_2 past the bottom edge
+    code, doc = _inspect(tmp_path, capsys, "oml")
+    assert code == 1
+    assert [(p["file"], p["line"], p["message"]) for p in doc["problems"]] == [
+        (str(tmp_path / "df.csv"), 3, "column 'x_2': the box (x_1, y_1, x_2, y_2) = (4, 0, 99, 10) reaches x_2=99, "
+                                      f"past the image's width 32 (a 32x32 image): {img}"),
+        (str(tmp_path / "df.csv"), 4, "column 'y_2': the box (x_1, y_1, x_2, y_2) = (0, 30, 8, 33) reaches y_2=33, "
+                                      f"past the image's height 32 (a 32x32 image): {tmp_path / 'img' / 'b.png'}")]
+    ds = build_dataset("oml", tmp_path, "train")  # the reader does not open images; loading the item does
+    assert ds.load_image(0).size == (32, 32)
+    with pytest.raises(InputError, match=rf"{img}: column 'x_2': the box .* reaches x_2=99, past the image's width "
+                                         r"32 \(a 32x32 image\) \(item 1\)"):
+        ds[1]
+    skipping = build_dataset("oml", tmp_path, "train", skip_corrupt=True)
+    assert skipping.load_image(0).size == skipping[1][0].size == (32, 32)  # replaced by the good crop of label 0
+    assert skipping.skipped_corrupt == 1 and "reaches x_2=99" in caplog.text

@@ -374,20 +374,20 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         index = int(index)
         try:
             image = self.load_image(index)
-        except InputError:
+        except InputError as exc:
             if not self.skip_corrupt:
                 raise
-            image, index = self._substitute(index)
+            image, index = self._substitute(index, exc.message)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index].clone()
 
-    def _substitute(self, index: int) -> tuple[Image.Image, int]:
+    def _substitute(self, index: int, reason: str = "corrupt") -> tuple[Image.Image, int]:
         path = self._paths[index]
         self.skipped_corrupt += 1
         self.corrupt_paths.add(path)
-        log.warning("%s split %r: skipping corrupt image %s (skip #%d); using another image of its class",
-                    self.name, self.split, path, self.skipped_corrupt)
+        log.warning("%s split %r: skipping image %s (%s; skip #%d); using another image of its class",
+                    self.name, self.split, path, reason, self.skipped_corrupt)
         if self._by_fine is None:
             fine = self.labels[:, 0].numpy()
             order = np.argsort(fine, kind="stable")

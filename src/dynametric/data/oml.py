@@ -15,7 +15,8 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
 * optional bounding box ``x_1, x_2, y_1, y_2`` (all four columns or none): pixel coordinates with ``x_1 < x_2``,
   ``y_1 < y_2``, all ``>= 0``; the item is the crop ``(x_1, y_1, x_2, y_2)`` of the image (PIL's box, as OML crops);
   a row with the four cells empty uses the whole image. The same image may appear on several rows with different
-  boxes (one item per box).
+  boxes (one item per box). The reader does not open images: a box past the image's edge is reported by
+  ``dynametric data inspect`` (which decodes them) and raises when the item is loaded (:func:`box_problem`).
 
 Splits offered: ``train``; ``validation`` (every validation row); ``query`` and ``gallery`` (the validation rows
 flagged ``is_query`` / ``is_gallery``; a row flagged both is in both, and ``eval.query_in_gallery: true`` then keeps
@@ -73,7 +74,12 @@ class CroppedImageDataset(HierarchicalImageDataset):
     def load_image(self, index: int) -> Image.Image:
         image = super().load_image(index)
         box = self.boxes[int(index)] if getattr(self, "boxes", None) is not None else None
-        return image if box is None else image.crop(box)
+        if box is None:
+            return image
+        problem = box_problem(box, image.size)
+        if problem is not None:  # PIL would pad the crop with black
+            raise InputError(f"{problem} (item {int(index)})", file=self.paths[int(index)])
+        return image.crop(box)
 
     def subset(self, indices: Any, split: str | None = None, remap: bool = True) -> CroppedImageDataset:
         import torch
@@ -83,6 +89,17 @@ class CroppedImageDataset(HierarchicalImageDataset):
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
         out.boxes = [self.boxes[i] for i in idx]
         return out
+
+
+def box_problem(box: Box, size: tuple[int, int]) -> str | None:
+    """Why the crop ``box`` ``(x_1, y_1, x_2, y_2)`` does not fit an image of ``size`` ``(width, height)``, else
+    ``None`` (the reader checks ``0 <= x_1 < x_2`` and ``0 <= y_1 < y_2``; the size needs the image)."""
+    (_, _, x2, y2), (w, h) = box, size
+    if x2 <= w and y2 <= h:
+        return None
+    column, value, edge = ("x_2", x2, f"width {w}") if x2 > w else ("y_2", y2, f"height {h}")
+    return (f"column '{column}': the box (x_1, y_1, x_2, y_2) = {tuple(box)} reaches {column}={value}, past the "
+            f"image's {edge} (a {w}x{h} image)")
 
 
 def _flag(text: str) -> bool | None:
