@@ -1,8 +1,10 @@
 """Dataset readers (`dynametric data inspect`, `train`) under bad input: unreadable folders, paths leaving the
-dataset root, BOMs, header-only files and one image under two names with different labels."""
+dataset root, BOMs, header-only files, one image under two names with different labels, CSVs whose every row is
+bad, quoted line breaks, problems of one split listed with another, empty splits and crop boxes past the image."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from dynametric.cli import main
 from dynametric.data import build_dataset
 from dynametric.errors import InputError
-from tests.data.conftest import write_csv_dataset, write_dyml, write_folder, write_image
+from tests.data.conftest import write_csv_dataset, write_dyml, write_folder, write_image, write_inshop, write_sop
 
 
 def _deny(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
@@ -148,3 +150,141 @@ def test_utf8_bom_is_not_part_of_the_first_column_name(csv_root) -> None:
     (csv_root / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text)  # as Excel writes it: header 'path' stays 'path'
     ds = build_dataset("csv", csv_root, "train")
     assert ds.scale_names == ("fine", "middle", "coarse") and len(ds) == 2
+
+
+# ----------------------------------------------------------- CSV rows that inspect never read, quoting, attribution
+def _inspect(root: Path, capsys: pytest.CaptureFixture[str], fmt: str = "csv", *extra: str) -> tuple[int, dict]:
+    code = main(["data", "inspect", "--format", fmt, "--root", str(root), "--json", *extra])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("imgs/0000.png,train\nimgs/0001.png,train\n",  # every row has 2 fields of 3
+     [(2, "expected 3 fields ['path', 'split', 'fine'], got 2: ['imgs/0000.png', 'train']"),
+      (3, "expected 3 fields ['path', 'split', 'fine'], got 2: ['imgs/0001.png', 'train']")]),
+    ('"imgs/0000.png,train,f0\n',  # a quote never closed
+     [(2, "unterminated quoted field: a quote opened in this record is never closed")]),
+    ("", []),  # header only
+])
+def test_inspect_reports_a_csv_whose_rows_are_all_bad(tmp_path, capsys, body, expected) -> None:
+    write_image(tmp_path / "imgs" / "0000.png")
+    (tmp_path / "labels.csv").write_text("path,split,fine\n" + body)
+    code, doc = _inspect(tmp_path, capsys)
+    assert code == 1
+    csv = str(tmp_path / "labels.csv")
+    rows = [(p["line"], p["message"]) for p in doc["problems"] if p["kind"] == "malformed_row"]
+    assert rows == expected
+    assert {"file": csv, "line": None, "message": "split 'train' has no records", "kind": "empty_split"} \
+        in doc["problems"]
+    assert doc["splits"]["train"]["images"] == 0
+
+
+def test_csv_quoted_line_breaks_are_one_record_numbered_by_its_first_line(tmp_path) -> None:
+    root = write_csv_dataset(tmp_path / "d", [("imgs/a.png", "train", "a", "x", "m"),
+                                              ("imgs/b.png", "train", "b", "x", "m")])
+    (root / "labels.csv").write_text('path,split,fine,middle,coarse\n'
+                                     'imgs/a.png,train,"two\nlines, ""quoted""",x,m\n'  # lines 2-3
+                                     'imgs/b.png,train,b,x,m\n'  # line 4
+                                     '\n'  # line 5: blank
+                                     'imgs/nope.png,train,c,x,m\n')  # line 6: no such image
+    with pytest.raises(InputError) as err:
+        build_dataset("csv", root, "train")
+    assert str(err.value).startswith(f"{root / 'labels.csv'}:6: 1 problem(s) in csv split 'train': image file "
+                                     "not found")
+    ds = build_dataset("csv", root, "train", mode="lenient")
+    assert [ds.raw_label(i)[0] for i in range(len(ds))] == ['two\nlines, "quoted"', "b"]
+    assert [p.line for p in ds.report.problems] == [6] and ds.report.blank_lines == 1
+    # a quote opened in the middle of the file swallows the rest of it: one problem where the record starts
+    (root / "labels.csv").write_text('path,split,fine,middle,coarse\nimgs/a.png,train,a,x,m\n'
+                                     'imgs/b.png,train,"b,x,m\nimgs/c.png,train,c,x,m\n')
+    with pytest.raises(InputError, match=r"labels\.csv:3: 1 problem\(s\) .* unterminated quoted field: a quote "
+                                         r"opened in this record is never closed; lines 3-4 \(the end of the file\) "
+                                         "are one record"):
+        build_dataset("csv", root, "train")
+    # a quote left open on the header line: the header cannot be read
+    (root / "labels.csv").write_text('path,"split,fine,middle,coarse\nimgs/a.png,train,a,x,m\n')
+    with pytest.raises(InputError, match=r"labels\.csv:1: cannot read the header \(unterminated quoted field"):
+        build_dataset("csv", root, "train")
+
+
+def test_csv_problems_belong_to_their_own_split(tmp_path, caplog) -> None:
+    root = write_csv_dataset(tmp_path / "d", [("imgs/a.png", "train", "a", "x", "m"),
+                                              ("imgs/b.png", "train", "b", "x", "m"),
+                                              ("imgs/c.png", "test", "c", "y", "m"),
+                                              ("imgs/d.png", "test", "d", "y", "m")])
+    with open(root / "labels.csv", "a") as fh:
+        fh.write("imgs/e.png,train,e,x\n"  # line 6: a train row with a field missing
+                 "imgs/f.png,test,,y,m\n"  # line 7: a test row with an empty label
+                 "imgs/g.png,trian,g,x,m\n"  # line 8: no readable split
+                 "imgs/h,1.png,test,h,y,m\n")  # line 9: shifted fields, no readable split
+    train = build_dataset("csv", root, "train", mode="lenient")
+    test = build_dataset("csv", root, "test", mode="lenient")
+    assert [p.line for p in train.report.problems] == [6, 8, 9]  # its own row and the two of no split
+    assert [p.line for p in test.report.problems] == [7, 8, 9]
+    assert [p.split_unknown for p in test.report.problems] == [False, True, True]
+    assert "its split cannot be read" in test.report.problems[2].message
+    warnings = [r.getMessage() for r in caplog.records if "lenient mode" in r.getMessage()]
+    assert warnings[1].startswith("csv split 'test': skipped 1 bad record(s) of this split and 2 whose split cannot "
+                                  "be read (left out of every split) (lenient mode); first: ")
+    assert warnings[1].endswith("labels.csv:7: empty path or label in ['imgs/f.png', 'test', '', 'y', 'm']")
+    with pytest.raises(InputError) as err:  # strict: the train split lists its own row and those of no split
+        build_dataset("csv", root, "train")
+    assert "3 problem(s) in csv split 'train'" in str(err.value) and "labels.csv:7" not in str(err.value)
+
+
+def test_oml_and_inshop_problems_belong_to_their_own_split(tmp_path) -> None:
+    from tests.data.test_oml import write_oml
+
+    write_oml(tmp_path / "oml", ["0,img/a.png,train,,,bird", "1,img/b.png,validation,True,True,bird",
+                                 "x,img/c.png,train,,,bird",  # line 4: a train row's label
+                                 "1,img/d.png,validation,True,False,",  # line 5: a query row's category
+                                 "1,img/e.png,valdation,True,True,bird"],  # line 6: no readable split
+              header="label,path,split,is_query,is_gallery,category")
+    problems = {s: build_dataset("oml", tmp_path / "oml", s, mode="lenient").report.problems
+                for s in ("train", "validation", "query", "gallery")}
+    assert {s: [p.line for p in found] for s, found in problems.items()} == {
+        "train": [4, 6], "validation": [5, 6], "query": [5, 6], "gallery": [6]}
+    assert [p.split_unknown for p in problems["query"]] == [False, True]
+    root = write_inshop(tmp_path / "inshop")
+    with open(root / "Eval" / "list_eval_partition.txt", "a") as fh:
+        fh.write("img/MEN/Pants/id_1/a b.jpg id_1 train\n"  # line 10: a train row (a space in the name)
+                 "img/MEN/Pants/id_1/c.jpg id_1 testing\n")  # line 11: no readable split
+    found = {s: [(p.line, p.kind) for p in build_dataset("inshop", root, s, mode="lenient").report.problems]
+             for s in ("train", "query")}
+    assert found == {"train": [(10, "malformed_row"), (11, "malformed_row")], "query": [(11, "malformed_row")]}
+
+
+def test_inspect_reports_an_empty_split(tmp_path, capsys) -> None:
+    sop_root = write_sop(tmp_path / "sop")
+    (sop_root / "Ebay_test.txt").write_text("image_id class_id super_class_id path\n")
+    code, doc = _inspect(sop_root, capsys, "sop", "--no-verify-images")
+    assert code == 1 and doc["splits"]["test"]["images"] == 0
+    assert doc["problems"] == [{"file": str(sop_root / "Ebay_test.txt"), "line": None,
+                                "message": "split 'test' has no records", "kind": "empty_split"}]
+    with pytest.raises(InputError, match="split 'test' has no records"):
+        build_dataset("sop", sop_root, "test")
+
+
+def test_oml_box_past_the_image_edge(tmp_path, capsys, caplog) -> None:
+    img = write_image(tmp_path / "img" / "a.png", size=32)
+    write_image(tmp_path / "img" / "b.png", size=32)
+    write_image(tmp_path / "img" / "c.png", size=32)
+    (tmp_path / "df.csv").write_text("label,path,split,is_query,is_gallery,x_1,x_2,y_1,y_2\n"
+                                     "0,img/c.png,train,,,0,32,0,32\n"  # the whole image: fits
+                                     "0,img/a.png,train,,,4,99,0,10\n"  # line 3: x_2 past the right edge
+                                     "1,img/b.png,train,,,0,8,30,33\n")  # line 4: y_2 past the bottom edge
+    code, doc = _inspect(tmp_path, capsys, "oml")
+    assert code == 1
+    assert [(p["file"], p["line"], p["message"]) for p in doc["problems"]] == [
+        (str(tmp_path / "df.csv"), 3, "column 'x_2': the box (x_1, y_1, x_2, y_2) = (4, 0, 99, 10) reaches x_2=99, "
+                                      f"past the image's width 32 (a 32x32 image): {img}"),
+        (str(tmp_path / "df.csv"), 4, "column 'y_2': the box (x_1, y_1, x_2, y_2) = (0, 30, 8, 33) reaches y_2=33, "
+                                      f"past the image's height 32 (a 32x32 image): {tmp_path / 'img' / 'b.png'}")]
+    ds = build_dataset("oml", tmp_path, "train")  # the reader does not open images; loading the item does
+    assert ds.load_image(0).size == (32, 32)
+    with pytest.raises(InputError, match=rf"{img}: column 'x_2': the box .* reaches x_2=99, past the image's width "
+                                         r"32 \(a 32x32 image\) \(item 1\)"):
+        ds[1]
+    skipping = build_dataset("oml", tmp_path, "train", skip_corrupt=True)
+    assert skipping.load_image(0).size == skipping[1][0].size == (32, 32)  # replaced by the good crop of label 0
+    assert skipping.skipped_corrupt == 1 and "reaches x_2=99" in caplog.text

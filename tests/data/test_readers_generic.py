@@ -204,3 +204,37 @@ def test_direct_construction_validates(tmp_path: Path) -> None:
         HierarchicalImageDataset([str(img)], torch.tensor([[2]]), ("fine",), "train", class_ids=[["a", "b"]])
     with pytest.raises(InputError, match="do not match 1 paths and 2 scale names"):
         HierarchicalImageDataset([str(img)], torch.tensor([[0]]), ("fine", "coarse"), "train")
+
+
+def test_parse_csv_numbers_records_by_their_first_line() -> None:
+    from dynametric.data.base import LoadReport
+    from dynametric.data.readers import parse_csv
+
+    report = LoadReport(split="*")
+    text = 'h1,h2\n\n"a\nb",1\n  \nc,"x ""y""\n\nz"\nd,2'  # no newline at the end
+    assert parse_csv(text, "f.csv", report) == [(1, ["h1", "h2"]), (3, ["a\nb", "1"]), (6, ["c", 'x "y"\n\nz']),
+                                               (9, ["d", "2"])]
+    assert report.blank_lines == 2 and report.problems == []
+    report = LoadReport(split="*")
+    rows = parse_csv('a,b\r\nc\rd,e\r\nf,"g\n', "f.csv", report)  # a carriage return inside a field; an open quote
+    assert rows == [(1, ["a", "b"])]
+    assert [(str(p), p.split_unknown) for p in report.problems] == [
+        ("f.csv:2: a line break (\\r) inside an unquoted field on line 2 (quote the field)", True),
+        ("f.csv:3: unterminated quoted field: a quote opened in this record is never closed", True)]
+
+
+def test_parse_csv_goes_on_after_a_field_past_the_csv_limit() -> None:
+    import csv
+
+    from dynametric.data.base import LoadReport
+    from dynametric.data.readers import parse_csv
+
+    old = csv.field_size_limit(40)
+    try:
+        report = LoadReport(split="*")
+        rows = parse_csv('a,b\nc,"' + "x" * 30 + "\n" + "y" * 30 + "\nd,e\n", "f.csv", report)
+    finally:
+        csv.field_size_limit(old)
+    assert rows == [(1, ["a", "b"]), (4, ["d", "e"])]
+    assert [str(p) for p in report.problems] == ["f.csv:2: a field longer than 40 characters on lines 2-3; is a "
+                                                 "quote left open?"]

@@ -60,6 +60,47 @@ def test_csv_errors_name_file_and_line(image_root: Path, tmp_path: Path, text: s
     assert f"bad.csv:{line}" in str(err.value) or f"line {line}" in str(err.value)
 
 
+def test_csv_lists_every_bad_row_in_one_error(image_root: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("path,id,fine\n"
+                        "imgs/animal/img_00.png,a,1\n"
+                        "imgs/plant/img_01.png,a,2\n"  # line 3: duplicate id
+                        "imgs/nope.png,b,3\n"  # line 4: no such image
+                        "imgs/rock/img_02.png,c,\n"  # line 5: empty label
+                        "imgs/animal/img_03.png,d,4\n", encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_image_csv(csv_path, image_root=image_root)
+    lines = str(err.value).split("\n")
+    assert lines[0] == f"{csv_path}:3: 3 problem(s) in the image list bad.csv: duplicate id 'a' (first on line 2)"
+    assert lines[1:] == [f"  {csv_path}:3: duplicate id 'a' (first on line 2)",
+                         f"  {csv_path}:4: image file not found: {image_root.resolve() / 'imgs' / 'nope.png'}",
+                         f"  {csv_path}:5: empty label in column 'fine'"]
+    many = "path,id\n" + "".join(f"imgs/nope{i}.png,{i}\n" for i in range(25))  # 20 spelled out, then a count
+    csv_path.write_text(many, encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_image_csv(csv_path, image_root=image_root)
+    text = str(err.value)
+    assert "25 problem(s)" in text and f"{csv_path}:21: image file not found" in text
+    assert f"{csv_path}:22:" not in text and text.endswith("... and 5 more")
+
+
+def test_csv_quoted_line_breaks_keep_line_numbers(image_root: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "quoted.csv"
+    csv_path.write_text('path,id,coarse\n'
+                        'imgs/animal/img_00.png,"one\nid",animal\n'  # lines 2-3: one record
+                        'imgs/plant/img_01.png,b,plant\n'
+                        'imgs/nope.png,c,rock\n'  # line 5
+                        'imgs/rock/img_02.png,"d,rock\n', encoding="utf-8")  # line 6: a quote never closed
+    with pytest.raises(InputError) as err:
+        read_image_csv(csv_path, image_root=image_root)
+    assert [ln.strip().split(": ")[0] for ln in str(err.value).split("\n")[1:]] == [f"{csv_path}:5", f"{csv_path}:6"]
+    assert "unterminated quoted field" in str(err.value)
+    csv_path.write_text('path,id,coarse\nimgs/animal/img_00.png,"one\nid",animal\nimgs/plant/img_01.png,b,plant\n',
+                        encoding="utf-8")
+    items = read_image_csv(csv_path, image_root=image_root)
+    assert items.ids == ["one\nid", "b"] and items.class_names == [["animal", "plant"]]
+
+
 def test_embeddings_match_the_model_image_by_image(run_ckpt: Path, image_root: Path, tmp_path: Path) -> None:
     loaded = load_embedder(run_ckpt)
     items = read_image_csv(image_root / "labels.csv")

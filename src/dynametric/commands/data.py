@@ -2,11 +2,11 @@
 
 ``dynametric data inspect --format NAME --root DIR [--split S ...] [--json]`` reads every split (or those named),
 reports images and classes per scale, and lists every problem: missing index files, missing images, unreadable
-images, malformed rows (with line numbers), conflicting duplicates and hierarchy violations. The exit status is 1
-when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). ``--json`` prints
-``{"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line", "message"}],
-"details": {...}}``; ``details`` holds each split's load report, nesting notes and the raw-id overlap between
-splits per scale (reported, not interpreted).
+images, malformed rows (with line numbers), conflicting duplicates, empty splits and hierarchy violations. The
+exit status is 1 when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). ``--json``
+prints ``{"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line",
+"message"}], "details": {...}}``; ``details`` holds each split's load report, nesting notes and the raw-id overlap
+between splits per scale (reported, not interpreted).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from PIL import Image
 
 from dynametric.commands import non_negative_int, positive_int
 from dynametric.data.base import Problem, check_hierarchy, contiguous_ids, load_rgb
+from dynametric.data.oml import box_problem
 from dynametric.data.readers import resolve_root
 from dynametric.data.registry import FORMAT_NAMES, SYNTHETIC, get_format, list_splits, split_options
 from dynametric.errors import ConfigError, InputError
@@ -33,13 +34,14 @@ from dynametric.utils.io import atomic_write_with
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def _decode_error(path: str) -> str | None:
+def _decode(path: str) -> tuple[str | None, tuple[int, int] | None]:
+    """``(None, (width, height))`` for an image that decodes, else ``(the error, None)``."""
     try:
         with Image.open(path) as img:
             img.load()
+            return None, img.size
     except _DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", None
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -88,6 +90,9 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 problems.append(Problem(exc.message, exc.file, exc.line, "missing_file"))
                 continue
             problems += rec.report.problems
+            if not rec.paths:  # build_dataset refuses an empty split
+                where = rec.report.files[0] if rec.report.files else None
+                problems.append(Problem(f"split {split!r} has no records", where, None, "empty_split"))
             columns = list(zip(*rec.raw_labels)) if rec.raw_labels else [() for _ in rec.scale_names]
             result["splits"][split] = {"images": len(rec.paths),
                                        "classes": {n: len(set(columns[s])) for s, n in enumerate(rec.scale_names)}}
@@ -100,11 +105,14 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 notes += nest
             if verify_images and rec.paths:
                 with ThreadPoolExecutor(max(1, workers)) as pool:
-                    errors = list(pool.map(_decode_error, rec.paths))
-                for path, loc, err in zip(rec.paths, rec.locations, errors):
+                    decoded = list(pool.map(_decode, rec.paths))
+                boxes = getattr(rec, "boxes", None) or [None] * len(rec.paths)  # oml crop boxes
+                for path, loc, (err, size), box in zip(rec.paths, rec.locations, decoded, boxes):
                     if err is not None:
                         listed = f" (listed at {loc[0]}:{loc[1]})" if loc[1] is not None else ""
                         problems.append(Problem(f"unreadable image: {err}{listed}", path, None, "unreadable_image"))
+                    elif box is not None and size is not None and (bad := box_problem(box, size)) is not None:
+                        problems.append(Problem(f"{bad}: {path}", loc[0], loc[1]))
             details = rec.report.as_dict()
             details.pop("problems")
             details["notes"] = notes

@@ -38,13 +38,16 @@ class Problem:
     """One problem found while reading a dataset: where (file, 1-based line) and what.
 
     ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
-    ``unreadable_folder``, ``outside_root``, ``hierarchy``, ``duplicate``, ``count_mismatch``.
+    ``unreadable_folder``, ``outside_root``, ``hierarchy``, ``duplicate``, ``count_mismatch``, ``empty_split``.
+    ``split_unknown`` marks a record of a file shared by several splits whose split cannot be read (the split cell is
+    unknown, the fields are shifted, a quote is left open): it may belong to any split, so every split lists it.
     """
 
     message: str
     file: str | None = None
     line: int | None = None
     kind: str = "malformed_row"
+    split_unknown: bool = False
 
     def __str__(self) -> str:
         if self.file is None:
@@ -69,8 +72,8 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
 
     def add(self, message: str, file: str | Path | None = None, line: int | None = None,
-            kind: str = "malformed_row") -> None:
-        self.problems.append(Problem(message, None if file is None else str(file), line, kind))
+            kind: str = "malformed_row", *, split_unknown: bool = False) -> None:
+        self.problems.append(Problem(message, None if file is None else str(file), line, kind, split_unknown))
 
     def as_dict(self) -> dict[str, Any]:
         return {"split": self.split, "files": list(self.files), "records": self.records, "header": dict(self.header),
@@ -315,8 +318,14 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         if mode == "strict":
             raise_problems(report.problems, f"{name} split {records.split!r}")
         elif report.problems:
-            log.warning("%s split %r: skipped %d bad record(s) (lenient mode); first: %s", name, records.split,
-                        len(report.problems), report.problems[0])
+            own = [p for p in report.problems if not p.split_unknown]
+            unknown = len(report.problems) - len(own)
+            skipped = [f"{len(own)} bad record(s) of this split"] if own else []
+            if unknown:
+                skipped.append(f"{unknown}{'' if own else ' bad record(s)'} whose split cannot be read (left out of "
+                               "every split)")
+            log.warning("%s split %r: skipped %s (lenient mode); first: %s", name, records.split,
+                        " and ".join(skipped), (own or report.problems)[0])
         if not records.paths:
             raise InputError(f"{name} split {records.split!r} has no records",
                              file=report.files[0] if report.files else None)
@@ -365,20 +374,20 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         index = int(index)
         try:
             image = self.load_image(index)
-        except InputError:
+        except InputError as exc:
             if not self.skip_corrupt:
                 raise
-            image, index = self._substitute(index)
+            image, index = self._substitute(index, exc.message)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index].clone()
 
-    def _substitute(self, index: int) -> tuple[Image.Image, int]:
+    def _substitute(self, index: int, reason: str = "corrupt") -> tuple[Image.Image, int]:
         path = self._paths[index]
         self.skipped_corrupt += 1
         self.corrupt_paths.add(path)
-        log.warning("%s split %r: skipping corrupt image %s (skip #%d); using another image of its class",
-                    self.name, self.split, path, self.skipped_corrupt)
+        log.warning("%s split %r: skipping image %s (%s; skip #%d); using another image of its class",
+                    self.name, self.split, path, reason, self.skipped_corrupt)
         if self._by_fine is None:
             fine = self.labels[:, 0].numpy()
             order = np.argsort(fine, kind="stable")

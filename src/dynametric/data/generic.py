@@ -9,7 +9,9 @@
 A header row naming ``path``, ``split`` and one column per scale, **finest first** (the column names become the
 scale names). Splits are ``train``, ``val``, ``test``, ``query``, ``gallery``. Class ids may be integers or any
 text. Relative paths are resolved against ``image_root`` (default: the CSV's folder). ``root`` is the CSV file, or
-a folder holding ``csv_file`` (default ``labels.csv``). ``query`` and ``gallery`` share one id map.
+a folder holding ``csv_file`` (default ``labels.csv``). ``query`` and ``gallery`` share one id map. Standard CSV
+quoting, line breaks inside quotes included (a record is numbered by the line it starts on). A bad row is a problem
+of the split its ``split`` cell names; one whose split cannot be read is a problem of every split.
 
 **Folder** (``folder``)::
 
@@ -24,8 +26,6 @@ name under two parents is a hierarchy violation.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections import Counter
 from collections.abc import Hashable
@@ -37,8 +37,9 @@ from dynametric.data.readers import (
     RootGuard,
     image_exists,
     parse_int,
-    read_lines,
+    read_csv_rows,
     require_file,
+    require_header,
     resolve_root,
     start_csv_read,
 )
@@ -64,10 +65,8 @@ class CSVFormat:
 
     def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:
         require_file(path, "a CSV with a header 'path,split,<finest scale>,...,<coarsest scale>'")
-        lines = read_lines(path, report)
-        if not lines:
-            raise InputError("empty CSV (expected a header 'path,split,<scales...>')", file=path)
-        rows = [(n, next(csv.reader(io.StringIO(t), skipinitialspace=True))) for n, t in lines]
+        rows = read_csv_rows(path, report, skipinitialspace=True)
+        require_header(rows, report, path, "a header 'path,split,<scales...>'")
         header = [h.strip() for h in rows[0][1]]
         report.header[str(path)] = "own_line"
         missing = [c for c in ("path", "split") if c not in header]
@@ -78,11 +77,13 @@ class CSVFormat:
         return header, [(n, [f.strip() for f in r]) for n, r in rows[1:]]
 
     def splits(self, root: str | Path | None, csv_file: str = "labels.csv", **_: object) -> list[str]:
+        """The splits the rows name (a malformed row too, where its split cell can be read); ``["train"]`` when no
+        row names one (a header-only file, every split cell unreadable), so that reading it reports why."""
         path = self._csv_path(root, csv_file)
         header, rows = self._parse(path, LoadReport(split="*"))
         col = header.index("split")
-        found = {r[col] for _, r in rows if len(r) == len(header)}
-        return [s for s in SPLIT_NAMES if s in found]
+        found = {r[col] for _, r in rows if len(r) > col}
+        return [s for s in SPLIT_NAMES if s in found] or ["train"]
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "labels.csv",
              image_root: str | Path | None = None, allow_outside_root: bool = False) -> SplitRecords:
@@ -91,13 +92,19 @@ class CSVFormat:
         scale_cols = [i for i, h in enumerate(header) if h not in ("path", "split")]
         scales = tuple(header[i] for i in scale_cols)
         good: list[tuple[int, list[str]]] = []
-        for number, r in rows:
+        for number, r in rows:  # a bad row is a problem of its own split, or of every split if that is unknown
             if len(r) != len(header):
-                report.add(f"expected {len(header)} fields {header}, got {len(r)}: {r}", path, number)
-            elif not r[i_path] or any(not r[i] for i in scale_cols):
-                report.add(f"empty path or label in {r}", path, number)
+                owner = r[i_split] if len(r) > i_split and r[i_split] in SPLIT_NAMES else None
+                if owner is None or owner == split:
+                    report.add(f"expected {len(header)} fields {header}, got {len(r)}: {r}"
+                               + (" (its split cannot be read)" if owner is None else ""), path, number,
+                               split_unknown=owner is None)
             elif r[i_split] not in SPLIT_NAMES:
-                report.add(f"split must be one of {list(SPLIT_NAMES)}, got {r[i_split]!r}", path, number)
+                report.add(f"split must be one of {list(SPLIT_NAMES)}, got {r[i_split]!r}", path, number,
+                           split_unknown=True)
+            elif not r[i_path] or any(not r[i] for i in scale_cols):
+                if r[i_split] == split:
+                    report.add(f"empty path or label in {r}", path, number)
             else:
                 good.append((number, r))
         typed = [_typed([r[i] for _, r in good]) for i in scale_cols]  # one type per column, over all splits

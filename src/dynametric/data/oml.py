@@ -15,19 +15,20 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
 * optional bounding box ``x_1, x_2, y_1, y_2`` (all four columns or none): pixel coordinates with ``x_1 < x_2``,
   ``y_1 < y_2``, all ``>= 0``; the item is the crop ``(x_1, y_1, x_2, y_2)`` of the image (PIL's box, as OML crops);
   a row with the four cells empty uses the whole image. The same image may appear on several rows with different
-  boxes (one item per box).
+  boxes (one item per box). The reader does not open images: a box past the image's edge is reported by
+  ``dynametric data inspect`` (which decodes them) and raises when the item is loaded (:func:`box_problem`).
 
 Splits offered: ``train``; ``validation`` (every validation row); ``query`` and ``gallery`` (the validation rows
 flagged ``is_query`` / ``is_gallery``; a row flagged both is in both, and ``eval.query_in_gallery: true`` then keeps
 a query from retrieving its own copy). ``query`` and ``gallery`` share one class-id space. As in OML, every query
 label must have a gallery item. Other columns (OML's ``category_int``, ``sequence``, ...) are ignored and listed in
-the load report's notes. Every problem names the file, the line and the column.
+the load report's notes. Every problem names the file, the line and the column; a bad row is a problem of the
+splits it belongs to (a validation row: ``validation`` and the ``query`` / ``gallery`` its flags name), one whose
+split cell cannot be read a problem of every split.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Hashable
@@ -41,8 +42,9 @@ from dynametric.data.base import HierarchicalImageDataset, LoadReport, SplitReco
 from dynametric.data.readers import (
     DuplicateTracker,
     image_exists,
-    read_lines,
+    read_csv_rows,
     require_file,
+    require_header,
     resolve_root,
     start_csv_read,
 )
@@ -72,7 +74,12 @@ class CroppedImageDataset(HierarchicalImageDataset):
     def load_image(self, index: int) -> Image.Image:
         image = super().load_image(index)
         box = self.boxes[int(index)] if getattr(self, "boxes", None) is not None else None
-        return image if box is None else image.crop(box)
+        if box is None:
+            return image
+        problem = box_problem(box, image.size)
+        if problem is not None:  # PIL would pad the crop with black
+            raise InputError(f"{problem} (item {int(index)})", file=self.paths[int(index)])
+        return image.crop(box)
 
     def subset(self, indices: Any, split: str | None = None, remap: bool = True) -> CroppedImageDataset:
         import torch
@@ -82,6 +89,17 @@ class CroppedImageDataset(HierarchicalImageDataset):
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
         out.boxes = [self.boxes[i] for i in idx]
         return out
+
+
+def box_problem(box: Box, size: tuple[int, int]) -> str | None:
+    """Why the crop ``box`` ``(x_1, y_1, x_2, y_2)`` does not fit an image of ``size`` ``(width, height)``, else
+    ``None`` (the reader checks ``0 <= x_1 < x_2`` and ``0 <= y_1 < y_2``; the size needs the image)."""
+    (_, _, x2, y2), (w, h) = box, size
+    if x2 <= w and y2 <= h:
+        return None
+    column, value, edge = ("x_2", x2, f"width {w}") if x2 > w else ("y_2", y2, f"height {h}")
+    return (f"column '{column}': the box (x_1, y_1, x_2, y_2) = {tuple(box)} reaches {column}={value}, past the "
+            f"image's {edge} (a {w}x{h} image)")
 
 
 def _flag(text: str) -> bool | None:
@@ -116,10 +134,8 @@ class OMLFormat:
 
     def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:
         require_file(path, "an OML dataset CSV with columns " + ", ".join(REQUIRED))
-        lines = read_lines(path, report)
-        if not lines:
-            raise InputError("empty CSV (expected a header naming " + ", ".join(REQUIRED) + ")", file=path)
-        rows = [(n, next(csv.reader(io.StringIO(t)))) for n, t in lines]
+        rows = read_csv_rows(path, report)
+        require_header(rows, report, path, "a header naming " + ", ".join(REQUIRED))
         header = [h.strip() for h in rows[0][1]]
         report.header[str(path)] = "own_line"
         missing = [c for c in REQUIRED if c not in header]
@@ -139,22 +155,53 @@ class OMLFormat:
         return header, [(n, [f.strip() for f in r]) for n, r in rows[1:]]
 
     def splits(self, root: str | Path | None, csv_file: str = "df.csv", **_: object) -> list[str]:
+        """The splits the rows name (a malformed row too, where its split cell can be read); ``["train"]`` when no
+        row names one (a header-only file, every split cell unreadable), so that reading it reports why."""
         header, rows = self._parse(self._csv_path(root, csv_file), LoadReport(split="*"))
         col = header.index("split")
-        found = {r[col] for _, r in rows if len(r) == len(header)}
-        out = ["train"] if "train" in found else []
+        found = {r[col] for _, r in rows if len(r) > col}
+        out = ["train"] if "train" in found or "validation" not in found else []
         return out + (["validation", "query", "gallery"] if "validation" in found else [])
 
+    @staticmethod
+    def _owners(header: list[str], r: list[str]) -> tuple[str, ...] | None:
+        """The splits a (bad) row belongs to; ``None`` when its split cell cannot be read. A validation row is in
+        ``query`` / ``gallery`` as its flags say; in both when they cannot be read or are both false."""
+        col = header.index("split")
+        split = r[col] if len(r) > col else None
+        if split == "train":
+            return ("train",)
+        if split != "validation":
+            return None
+        try:
+            flags = [_flag(r[header.index(n)]) for n in ("is_query", "is_gallery")] if len(r) == len(header) else []
+        except ValueError:
+            flags = []
+        if not any(flags):
+            return ("validation", "query", "gallery")
+        return ("validation", *(n for n, f in zip(("query", "gallery"), flags) if f))
+
     def _check_row(self, header: list[str], r: list[str], path: Path, number: int,
-                   report: LoadReport) -> tuple[Any, ...] | None:
-        """Validate one row; ``(label, category, split, is_query, is_gallery, box)`` or ``None`` (problem added)."""
+                   report: LoadReport, wanted: str | None = None) -> tuple[Any, ...] | None:
+        """Validate one row; ``(label, category, split, is_query, is_gallery, box)`` or ``None``. A problem is
+        added to ``report`` when the row belongs to split ``wanted`` (any split when ``None``) or its split cannot be
+        read (:meth:`_owners`)."""
         col = {h: i for i, h in enumerate(header)}
 
+        def problem(message: str) -> None:
+            owners = self._owners(header, r)
+            if owners is None:
+                report.add(message, path, number, split_unknown=True)
+            elif wanted is None or wanted in owners:
+                report.add(message, path, number)
+
         def bad(column: str, message: str) -> None:
-            report.add(f"column '{column}': {message}", path, number)
+            problem(f"column '{column}': {message}")
 
         if len(r) != len(header):
-            report.add(f"expected {len(header)} fields {header}, got {len(r)}", path, number)
+            readable = len(r) > col["split"] and r[col["split"]] in ("train", "validation")
+            problem(f"expected {len(header)} fields {header}, got {len(r)}"
+                    + ("" if readable else " (its split cannot be read)"))
             return None
         label_text = r[col["label"]]
         try:
@@ -230,13 +277,13 @@ class OMLFormat:
         scales = ("label", "category") if has_category else ("label",)
         checked = []
         for number, r in rows:
-            row = self._check_row(header, r, path, number, report)
+            row = self._check_row(header, r, path, number, report, split)
             if row is not None:
                 checked.append((number, r, row))
-        # OML's rule: every query label has at least one gallery item
+        # OML's rule: every query label has at least one gallery item (a problem of the query and validation splits)
         gallery_labels = {row[0] for _, _, row in checked if row[2] == "validation" and row[4]}
         for number, _, row in checked:
-            if row[2] == "validation" and row[3] and row[0] not in gallery_labels:
+            if split in ("validation", "query") and row[2] == "validation" and row[3] and row[0] not in gallery_labels:
                 report.add(f"column 'label': query label {row[0]} has no gallery item", path, number)
         shared = split in ("query", "gallery")
         ids: list[set[Hashable]] = [set() for _ in scales]

@@ -1,7 +1,11 @@
-"""Shared helpers of the file readers: line reading with blank-line counting, file checks, duplicate tracking."""
+"""Shared helpers of the file readers: line and CSV reading with blank-line counting, file checks, duplicate
+tracking."""
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import os
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -29,15 +33,7 @@ def read_lines(path: Path, report: LoadReport) -> list[tuple[int, str]]:
 
     Blank lines are counted in ``report.blank_lines``; the empty string after a final newline is not a line.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc})", file=path) from exc
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc})", file=path) from exc
-    if str(path) not in report.files:
-        report.files.append(str(path))
-    lines = text.split("\n")
+    lines = _read_text(path, report).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     out = []
@@ -50,11 +46,82 @@ def read_lines(path: Path, report: LoadReport) -> list[tuple[int, str]]:
     return out
 
 
+def _read_text(path: Path, report: LoadReport) -> str:
+    """The text of a UTF-8 file (byte order mark dropped, line ends made ``\\n``); the file is listed in the report."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc})", file=path) from exc
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc})", file=path) from exc
+    if str(path) not in report.files:
+        report.files.append(str(path))
+    return text
+
+
+def read_csv_rows(path: Path, report: LoadReport, *, skipinitialspace: bool = False) -> list[tuple[int, list[str]]]:
+    """The records of a UTF-8 CSV file as ``(1-based line where the record starts, fields)``: :func:`parse_csv`."""
+    return parse_csv(_read_text(path, report), path, report, skipinitialspace=skipinitialspace)
+
+
+def parse_csv(text: str, path: str | Path, report: LoadReport, *,
+              skipinitialspace: bool = False) -> list[tuple[int, list[str]]]:
+    """The records of CSV ``text`` (from ``path``) as ``(1-based line where the record starts, fields)``.
+
+    Standard CSV quoting: a quoted field may hold commas, doubled quotes and line breaks (the record then spans
+    several lines and carries the number of its first one; the lines after it keep their true numbers). Lines are
+    counted as :func:`read_lines` counts them. Blank lines (nothing but white space) are counted in
+    ``report.blank_lines``. A quote still open at the end of the file, and a record the ``csv`` module cannot parse,
+    are problems at the line where the record starts (marked ``split_unknown``: no field of them can be trusted);
+    reading goes on with the next line.
+    """
+    last = text.count("\n") + (1 if text and not text.endswith("\n") else 0)  # the file's last line
+    # one extra empty line after the file: it ends the last record, unless a quote is still open and swallows it
+    reader = csv.reader(itertools.chain(io.StringIO(text, newline="\n"), ("\n",)), skipinitialspace=skipinitialspace)
+    out: list[tuple[int, list[str]]] = []
+    end = 0  # the line the previous record ended on
+    while True:
+        try:
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if len(row) <= 1 and start == end and (not row or not row[0].strip()):
+                    if start <= last:  # (the extra line is no blank line of the file)
+                        report.blank_lines += 1
+                    continue
+                if end > last:
+                    rest = f"; lines {start}-{last} (the end of the file) are one record" if last > start else ""
+                    report.add(f"unterminated quoted field: a quote opened in this record is never closed{rest}", path,
+                               start, split_unknown=True)
+                    continue
+                out.append((start, row))
+            return out
+        except csv.Error as exc:
+            start, end = end + 1, reader.line_num
+            lines = f"line {start}" if end <= start else f"lines {start}-{min(end, last)}"
+            if "field limit" in str(exc):
+                message = f"a field longer than {csv.field_size_limit()} characters on {lines}; is a quote left open?"
+            elif "new-line character" in str(exc):
+                message = f"a line break (\\r) inside an unquoted field on {lines} (quote the field)"
+            else:
+                message = f"not a valid CSV record ({exc})"
+            report.add(message, path, start, split_unknown=True)
+
+
+def require_header(rows: Sequence[tuple[int, list[str]]], report: LoadReport, path: Path, expected: str) -> None:
+    """An :class:`InputError` unless :func:`parse_csv` found a first record to be the header: an empty file, or
+    a first record that cannot be parsed (a quote left open on the header line), stops the reader."""
+    first = next((p for p in report.problems if p.file == str(path)), None)
+    if first is not None and first.line is not None and (not rows or first.line < rows[0][0]):
+        raise InputError(f"cannot read the header ({first.message})", file=path, line=first.line)
+    if not rows:
+        raise InputError(f"empty CSV (expected {expected})", file=path)
+
+
 def image_exists(path: str, report: LoadReport, file: Path, line: int | None, check_files: bool) -> bool:
     """``True`` if ``path`` is a file (or checking is off); otherwise add a ``missing_image`` problem."""
     if not check_files or os.path.isfile(path):
         return True
-    report.add(f"image file not found: {path}", file, line, "missing_image")
+    report.add(f"image file not found: {path if path.isprintable() else repr(path)}", file, line, "missing_image")
     return False
 
 

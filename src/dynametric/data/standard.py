@@ -261,7 +261,10 @@ class InShopFormat:
         return require_file(base / "list_eval_partition.txt",
                             "line 1 = image count, line 2 = header, then 'image_name item_id evaluation_status'")
 
-    def _parse(self, base: Path, report: LoadReport) -> tuple[Path, list[tuple[int, str, str, str]]]:
+    def _parse(self, base: Path, report: LoadReport, split: str | None = None
+               ) -> tuple[Path, list[tuple[int, str, str, str]]]:
+        """The partition file and its well-formed rows; a malformed row is a problem of the split its last field
+        names (of ``split`` only when that is the one), or of every split when it names none."""
         path = self._partition_file(base)
         lines = read_lines(path, report)
         rows: list[tuple[int, str, str, str]] = []
@@ -276,8 +279,10 @@ class InShopFormat:
                 report.header[str(path)] = "own_line"
                 continue
             if len(parts) != 3 or parts[2] not in self.SPLITS:
-                report.add(f"expected 'image_name item_id evaluation_status' with status in {list(self.SPLITS)}, "
-                           f"got {text.strip()!r}", path, number)
+                owner = parts[-1] if parts[-1] in self.SPLITS else None
+                if owner is None or split in (None, owner):
+                    report.add(f"expected 'image_name item_id evaluation_status' with status in {list(self.SPLITS)}, "
+                               f"got {text.strip()!r}", path, number, split_unknown=owner is None)
                 continue
             rows.append((number, parts[0], parts[1], parts[2]))
         if declared is not None and declared != len(rows):
@@ -296,7 +301,7 @@ class InShopFormat:
             raise _unknown_split(self.name, split, list(self.SPLITS))
         base = resolve_root(root, "In-Shop Clothes with list_eval_partition.txt and img/")
         report = LoadReport(split=split)
-        path, rows = self._parse(base, report)
+        path, rows = self._parse(base, report, split)
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report)
         for number, name, item, status in rows:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dynametric.data.base import IMAGE_EXTENSIONS, contiguous_ids, load_rgb
+from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
+from dynametric.data.readers import parse_csv, require_header
 from dynametric.errors import InputError
 from dynametric.utils.io import atomic_open, atomic_write_json, atomic_write_text, atomic_write_with
 
@@ -101,7 +102,10 @@ def list_image_folder(root: str | Path) -> ImageItems:
 def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> ImageItems:
     """A CSV with a header: ``path`` (required), optional ``id`` (default: the path as written) and ``split``
     (ignored), every other column a label scale, finest first (integers, or any text mapped to ids by sorted
-    name). Relative paths are resolved against ``image_root`` (default: the CSV's folder)."""
+    name). Relative paths are resolved against ``image_root`` (default: the CSV's folder). Standard CSV quoting
+    (line breaks inside quotes too; a record is numbered by the line it starts on). Every bad row is found before
+    anything is raised: one :class:`InputError` lists them all (``file:line: message``, the first 20 spelled out,
+    as the dataset readers' strict mode does)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("CSV file not found" if not path.exists() else "not a regular file", file=path)
@@ -109,15 +113,18 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or not any(c.strip() for c in rows[0]):
-        raise InputError("empty CSV; expected a header with a 'path' column", file=path, line=1)
-    header = [c.strip() for c in rows[0]]
+    report = LoadReport(split="*")
+    rows = parse_csv(text, path, report)
+    require_header(rows, report, path, "a header with a 'path' column")
+    header_line, first = rows[0]
+    if not any(c.strip() for c in first):
+        raise InputError("empty CSV; expected a header with a 'path' column", file=path, line=header_line)
+    header = [c.strip() for c in first]
     if "path" not in header:
-        raise InputError(f"header has no 'path' column (found {header})", file=path, line=1)
+        raise InputError(f"header has no 'path' column (found {header})", file=path, line=header_line)
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
-        raise InputError(f"duplicate column(s) {dup} in the header", file=path, line=1)
+        raise InputError(f"duplicate column(s) {dup} in the header", file=path, line=header_line)
     root = Path(image_root) if image_root is not None else path.parent
     if not root.is_dir():
         raise InputError("image root folder not found", file=root)
@@ -128,34 +135,47 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
     paths: list[Path] = []
     raw: list[list[str]] = [[] for _ in scales]
     seen: dict[str, int] = {}
-    for lineno, row in enumerate(rows[1:], start=2):
-        if not row or not any(c.strip() for c in row):
+    problems = list(report.problems)  # records the csv module could not read (a quote left open)
+
+    def bad(message: str, lineno: int) -> None:
+        problems.append(Problem(message, str(path), lineno))
+
+    for lineno, row in rows[1:]:
+        if not any(c.strip() for c in row):
             continue
         if len(row) != len(header):
-            raise InputError(f"expected {len(header)} fields ({','.join(header)}), found {len(row)}",
-                             file=path, line=lineno)
+            bad(f"expected {len(header)} fields ({','.join(header)}), found {len(row)}", lineno)
+            continue
         values = [c.strip() for c in row]
         rel = values[col["path"]]
         if not rel:
-            raise InputError("empty 'path'", file=path, line=lineno, key="path")
+            bad("empty 'path'", lineno)
+            continue
         item_id = values[col["id"]] if "id" in col else rel
         if not item_id:
-            raise InputError("empty 'id'", file=path, line=lineno, key="id")
+            bad("empty 'id'", lineno)
+            continue
         if item_id in seen:
-            raise InputError(f"duplicate id {item_id!r} (first on line {seen[item_id]})", file=path, line=lineno,
-                             key="id")
+            bad(f"duplicate id {item_id!r} (first on line {seen[item_id]})", lineno)
+            continue
         seen[item_id] = lineno
         full = Path(rel) if Path(rel).is_absolute() else root / rel
         if not full.is_file():
-            raise InputError(f"image file not found: {full}", file=path, line=lineno, key="path")
+            bad(f"image file not found: {full if str(full).isprintable() else repr(str(full))}",
+                lineno)
+            continue
+        empty = next((s for s in scales if not values[col[s]]), None)
+        if empty is not None:
+            bad(f"empty label in column {empty!r}", lineno)
+            continue
         for j, s in enumerate(scales):
-            if not values[col[s]]:
-                raise InputError(f"empty label in column {s!r}", file=path, line=lineno, key=s)
             raw[j].append(values[col[s]])
         ids.append(item_id)
         paths.append(full.resolve())
+    problems.sort(key=lambda p: p.line or 0)
+    raise_problems(problems, f"the image list {path.name}")
     if not ids:
-        raise InputError("no rows after the header", file=path, line=2)
+        raise InputError("no rows after the header", file=path, line=header_line + 1)
     labels = None
     class_names = None
     if scales:
