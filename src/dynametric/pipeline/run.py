@@ -34,6 +34,7 @@ from dynametric.engine.builders import (
     Components,
     available_splits,
     build_datasets,
+    load_split,
     loader_settings,
     root_missing,
     sampler_factory,
@@ -225,7 +226,7 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
     :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view."""
     import functools
 
-    from dynametric.engine.builders import eval_kwargs, load_split
+    from dynametric.engine.builders import eval_kwargs
     from dynametric.engine.protocols import LeaveOneOut, ProtocolTest
     from dynametric.metrics import evaluate_embeddings
 
@@ -280,8 +281,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
+    datasets = build_datasets(cfg, with_test=False)  # the training split's own errors first: they say more
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
-    datasets = build_datasets(cfg, with_test=dyml is None and cfg.eval.protocol == "leave_one_out")
+    if dyml is None and cfg.eval.protocol == "leave_one_out":
+        datasets.test = load_split(cfg, cfg.data.test_split, train=False)
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
         "training classes"))  # before the untrained evaluation spends time
@@ -434,8 +437,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         log(f"warning: dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
     else:
+        datasets = build_datasets(cfg, with_test=False)  # the training split's own errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
-        datasets = build_datasets(cfg, with_test=False)
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
