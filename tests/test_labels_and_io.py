@@ -53,3 +53,22 @@ def test_atomic_writes_respect_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("bad", [np.array(["a", "b", "a"]), ["cat", "dog"], np.array([b"x", b"y"]),
+                                 np.array([1, None], dtype=object)])
+def test_text_labels_are_one_line_naming_the_fix(bad):
+    """Text (or object) labels: one line saying to map them to integer ids (torch's own error listed its types)."""
+    with pytest.raises(InputError) as err:
+        as_label_matrix(bad, name="query_labels")
+    text = str(err.value)
+    assert "key 'query_labels'" in text and "labels must be integer class ids" in text
+    assert "numpy.unique(labels, return_inverse=True)" in text and "\n" not in text
+
+
+def test_evaluate_with_text_labels_says_so():
+    from dynametric.metrics import evaluate_embeddings
+
+    emb = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    with pytest.raises(InputError, match="labels must be integer class ids, got <U1 values"):
+        evaluate_embeddings(emb, np.array(["a", "b"] * 25))

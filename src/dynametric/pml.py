@@ -32,9 +32,11 @@ def pml_class(kind: str, name: str) -> type:
     module = _pml_module(kind)
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
-        available = sorted(n for n in dir(module) if n[:1].isupper() and isinstance(getattr(module, n), type))
-        raise ConfigError(f"pytorch-metric-learning has no {kind[:-1]} {name!r}; available: {', '.join(available)}",
-                          key=f"{kind[:-2]}.name")
+        singular = {"losses": "loss", "miners": "miner"}.get(kind, kind)
+        available = sorted(n for n in dir(module) if n[:1].isupper() and not n.startswith("Base")
+                           and isinstance(getattr(module, n), type))
+        raise ConfigError(f"pytorch-metric-learning has no {singular} {name!r}; available: {', '.join(available)}",
+                          key=f"{singular}.name")
     return cls
 
 

@@ -262,3 +262,17 @@ def test_large_batch_triplet_enumeration_memory():
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.strip().splitlines()[-1])
     assert peak_mb < 1500, f"peak RSS {peak_mb} MB"
+
+
+def test_triplet_loss_does_not_hide_nan_embeddings():
+    """With every triplet inactive (default margin 0.05, well-separated classes) a NaN embedding used to give 0.0;
+    like PML it gives NaN (and finite embeddings still give exactly 0)."""
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert TripletMarginLoss()(emb, labels).item() == 0.0
+    want = pml_losses.TripletMarginLoss()(emb, labels).item()
+    assert want == 0.0
+    bad = emb.clone()
+    bad[1, 0] = float("nan")
+    got = TripletMarginLoss()(bad, labels)
+    assert math.isnan(got.item()) and math.isnan(pml_losses.TripletMarginLoss()(bad, labels).item())

@@ -368,3 +368,21 @@ def test_class_weights_follow_float_dtype_as_pml(name, attr, kwargs):
     assert getattr(ours, attr).dtype == torch.float32
     ours(emb.half(), labels)  # half precision: the weights stay float32 (the maths runs in float32)
     assert getattr(ours, attr).dtype == torch.float32
+
+
+def test_unknown_pml_names_are_one_line_in_plain_words():
+    """`pml_loss("NoSuchLoss")` said 'no losse' with key 'loss.name' only by accident of slicing, and `pml_miner`
+    named key 'mine.name'; the list of names offered left out nothing abstract."""
+    from dynametric.errors import ConfigError
+    from dynametric.losses import pml_loss, pml_miner
+
+    with pytest.raises(ConfigError) as err:
+        pml_loss("NoSuchLoss")
+    text = str(err.value)
+    assert "key 'loss.name': pytorch-metric-learning has no loss 'NoSuchLoss'; available: " in text
+    assert "SupConLoss" in text and "BaseMetricLossFunction" not in text and "\n" not in text
+    with pytest.raises(ConfigError) as err:
+        pml_miner("NoSuchMiner")
+    text = str(err.value)
+    assert "key 'miner.name': pytorch-metric-learning has no miner 'NoSuchMiner'" in text
+    assert "BatchEasyHardMiner" in text and "BaseMiner" not in text

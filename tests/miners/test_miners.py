@@ -123,6 +123,10 @@ def test_empty_outputs_and_single_class():
     assert len(ms) == 4 and all(t.numel() == 0 for t in ms)
     pm = PairMarginMiner()(emb, all_distinct)
     assert pm[0].numel() == 0
+    # an empty batch: no triplets or pairs (BatchHardMiner's argmax over an empty row used to raise)
+    for miner in [TripletMarginMiner(), BatchHardMiner(), MultiSimilarityMiner(), PairMarginMiner()]:
+        out = miner(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))
+        assert all(t.numel() == 0 and t.dtype == torch.long for t in out), miner
 
 
 def test_registry_and_errors():

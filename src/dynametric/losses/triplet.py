@@ -182,7 +182,8 @@ class _AllTripletsHinge(torch.autograd.Function):
             total = total + torch.where(active, loss, torch.zeros_like(loss)).sum()
         ctx.save_for_backward(mat, pos_idx, valid, neg)
         ctx.margin, ctx.sign, ctx.smooth, ctx.count = margin, sign, smooth, count
-        return total / count if count else total
+        # no active triplet: zero, or NaN when a distance is NaN (as PML; a NaN embedding is never hidden as 0.0)
+        return total / count if count else (mat * 0.0).sum()
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -88,6 +88,9 @@ class BatchHardMiner(Miner):
         big = torch.finfo(mat.dtype).max
         # "harder" = farther positive / closer negative; flip the sign of similarities to use distances' rule.
         d = -mat if self.distance.higher_is_closer else mat
+        if d.shape[1] == 0:  # no reference items (an empty batch): no triplets, as the other miners give
+            empty = torch.zeros(0, dtype=torch.long, device=embeddings.device)
+            return empty, empty.clone(), empty.clone()
         hard_p = d.masked_fill(~pos, -big).argmax(1)
         hard_n = d.masked_fill(~neg, big).argmin(1)
         keep = pos.any(1) & neg.any(1)
