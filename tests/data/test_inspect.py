@@ -14,8 +14,8 @@ from dynametric.errors import DynametricError
 from tests.data.conftest import write_corrupt, write_image
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Parse and run like ``dynametric.cli.main`` does (DynametricError → exit 2)."""
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str], errs: list[str] | None = None) -> tuple[int, str]:
+    """Parse and run like ``dynametric.cli.main`` does (DynametricError → exit 2); stderr goes to ``errs``."""
     parser = argparse.ArgumentParser(prog="dynametric")
     data_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
@@ -24,7 +24,10 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     except DynametricError as exc:
         print(f"error: {exc}")
         code = 2
-    return code, capsys.readouterr().out
+    captured = capsys.readouterr()
+    if errs is not None:
+        errs.append(captured.err)
+    return code, captured.out
 
 
 def test_clean_dataset_counts_and_exit_zero(dyml_vehicle: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,9 +127,11 @@ def test_sample_grid_honours_swap_rb(dyml_vehicle: Path, tmp_path: Path, capsys:
         write_image(dyml_vehicle / "train" / "imgs" / f"{i}.jpg", (250, 0, 0), size=8)
     for swap, expect_red in ((False, True), (True, False)):
         grid = tmp_path / f"grid_{swap}.png"
+        errs: list[str] = []
         code, _ = _run(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle), "--split",
-                        "train", "--grid", str(grid), "-o", f"swap_rb={str(swap).lower()}"], capsys)
+                        "train", "--grid", str(grid), "-o", f"swap_rb={str(swap).lower()}"], capsys, errs)
         assert code == 0
+        assert f"wrote {grid}: a grid of 5 image(s) of split 'train'" in errs[0]  # said, not silent
         with Image.open(grid) as im:
             assert im.size == (3 * 96, 2 * 96)  # 5 images → 3 columns, 2 rows
             r, _, b = im.convert("RGB").getpixel((48, 48))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -210,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
     if args.grid and result["splits"]:
         split = next(iter(result["splits"]))
         grid_opts = {k: v for k, v in options.items() if k != "mode"}
-        write_sample_grid(args.format, args.root, split, args.grid, args.grid_count, grid_opts)
+        drawn = write_sample_grid(args.format, args.root, split, args.grid, args.grid_count, grid_opts)
+        print(f"wrote {args.grid}: a grid of {drawn} image(s) of split {split!r}", file=sys.stderr)
+    elif args.grid:
+        print(f"no grid written to {args.grid}: no split to draw from", file=sys.stderr)
     print(json.dumps(result, indent=2, default=str) if args.json else format_report(result))
     return 1 if result["problems"] else 0
