@@ -7,7 +7,9 @@ Writes a DyML-style ``train/label.csv`` (glued header, comma + space, coarsest f
 * ``read``     – ``DyMLFormat.read`` (header handling, validation, duplicate tracking, load report);
 * ``build``    – ``HierarchicalImageDataset.from_records`` (contiguous id maps, hierarchy check, PathTable);
 
-and the memory of the image paths held by the dataset (PathTable) against a Python list of ``str``.
+and the memory of the image paths held by the dataset (PathTable) against a Python list of ``str``. Then the
+``csv`` format on the same records (``path,split,fine,middle,coarse``) through ``build_dataset`` (which pauses the
+cyclic garbage collector while reading) against the same read + build with the collector on, alternated.
 
 Usage::
 
@@ -52,6 +54,37 @@ def floor(path: Path) -> int:
             int(f[1]), int(f[2]), int(f[3])
             n += 1
     return n
+
+
+def _csv_with_and_without_collector(root: Path, rows: int, repeats: int) -> dict[str, float]:
+    """``build_dataset("csv")`` (collector paused) against ``CSVFormat.read`` + ``from_records`` with the
+    collector on, alternated, best of ``repeats`` each."""
+    import gc
+
+    from dynametric.data import build_dataset
+    from dynametric.data.base import HierarchicalImageDataset
+    from dynametric.data.generic import CSVFormat
+
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, max(1, rows // 20), rows)
+    root.mkdir(parents=True)
+    lines = ["path,split,fine,middle,coarse"]
+    lines += [f"imgs/{i:07d}.jpg,train,{f},{f // 20},{f // 400}" for i, f in enumerate(fine.tolist())]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    paused, on = [], []
+    for _ in range(repeats):
+        assert gc.isenabled()
+        t0 = time.perf_counter()
+        ds = build_dataset("csv", root, "train", check_files=False)
+        t1 = time.perf_counter()
+        ds2 = HierarchicalImageDataset.from_records(CSVFormat().read(root, "train", check_files=False), name="csv")
+        t2 = time.perf_counter()
+        assert len(ds) == len(ds2) == rows and gc.isenabled()
+        paused.append(t1 - t0)
+        on.append(t2 - t1)
+        del ds, ds2
+    return {"csv_build_dataset_s": round(min(paused), 3), "csv_collector_on_s": round(min(on), 3),
+            "csv_collector_on_over_paused": round(min(on) / min(paused), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "paths_list_of_str_MB": round(list_bytes / 2**20, 1),
             "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+        out.update(_csv_with_and_without_collector(Path(tmp) / "csv", args.rows, args.repeats))
     out["machine"] = machine_line()
     print(json.dumps(out, indent=2))
     return 0

@@ -17,8 +17,10 @@ Format-specific options are listed in :data:`FORMATS` (``<format>.options``). ``
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -101,6 +103,21 @@ def list_splits(format: str, root: str | Path | None, **options: Any) -> list[st
     return fmt.splits(root, **reader)
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a reader builds its records: a CSV of 200,000 rows allocates
+    a list per row, and the collector's repeated passes over the growing, acyclic containers took ~40 % of the
+    read (docs/benchmarks.md, *data_readers*). Reference counting still frees everything; the collector is switched
+    back on afterwards (if it was on), also when the read fails."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def build_dataset(format: str, root: str | Path | None, split: str,
                   transform: Callable[[Any], Any] | None = None, **options: Any) -> Any:
     """Build split ``split`` of the dataset at ``root`` in format ``format`` (see the module docstring).
@@ -118,13 +135,14 @@ def build_dataset(format: str, root: str | Path | None, split: str,
         return cls(split=split, transform=transform, **options)
     fmt = get_format(format)
     common, reader = split_options(fmt, options)
-    records = fmt.read(root, split, **reader)
-    boxes = getattr(records, "boxes", None)  # crop boxes (oml); None or all-None: whole images
-    cropped = boxes is not None and any(b is not None for b in boxes)
-    cls = CroppedImageDataset if cropped else HierarchicalImageDataset
-    dataset = cls.from_records(
-        records, transform=transform, mode=common["mode"], check_hierarchy=common["check_hierarchy"],
-        swap_rb=common["swap_rb"], skip_corrupt=common["skip_corrupt"], name=fmt.name)
+    with cyclic_gc_paused():  # millions of small lists, none of them cyclic: the collector's passes cost ~40 %
+        records = fmt.read(root, split, **reader)
+        boxes = getattr(records, "boxes", None)  # crop boxes (oml); None or all-None: whole images
+        cropped = boxes is not None and any(b is not None for b in boxes)
+        cls = CroppedImageDataset if cropped else HierarchicalImageDataset
+        dataset = cls.from_records(
+            records, transform=transform, mode=common["mode"], check_hierarchy=common["check_hierarchy"],
+            swap_rb=common["swap_rb"], skip_corrupt=common["skip_corrupt"], name=fmt.name)
     if cropped:
         cast(CroppedImageDataset, dataset).boxes = list(boxes or ())
     return dataset
