@@ -25,9 +25,9 @@ def as_label_matrix(labels: LabelsLike, *, name: str = "labels", num_rows: int |
     if not isinstance(labels, torch.Tensor):
         arr = np.asarray(labels)
         if arr.dtype.kind not in "biuf":  # text, bytes, objects: torch's own error would be a long type list
-            raise InputError(f"labels must be integer class ids, got {arr.dtype} values (e.g. {arr.flat[0]!r}); "
-                             "map them to ids first, e.g. numpy.unique(labels, return_inverse=True)[1]"
-                             if arr.size else f"labels must be integer class ids, got dtype {arr.dtype}", key=name)
+            example = f" values (e.g. {repr(arr.flat[0])[:40]})" if arr.size else ""
+            raise InputError(f"labels must be integer class ids, got {arr.dtype}{example}; map them to ids first, "
+                             "e.g. numpy.unique(labels, return_inverse=True)[1]", key=name)
         labels = torch.as_tensor(arr)
     if labels.dtype.is_floating_point:
         if not torch.isfinite(labels).all() or not torch.equal(labels, labels.round()):
