@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -422,16 +422,11 @@ def discard_job(out: Path) -> None:
 
 def _read_part(path: Path) -> dict[str, Any]:
     """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked."""
+    meta = read_finished_job(path)
     meta_path = path / "embed.json"
-    if not meta_path.is_file():
-        raise InputError("not an embeddings folder (no embed.json)", file=path)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"unreadable job file ({exc})", file=meta_path) from None
-    if not isinstance(meta, dict) or meta.get("format") != "dynametric-embeddings":
+    if meta.get("format") != "dynametric-embeddings":
         raise InputError("not a dynametric embed job file", file=meta_path)
-    if meta.get("status") != "complete" or not (path / "embeddings.npy").is_file():
+    if not (path / "embeddings.npy").is_file():
         raise InputError("this part is not finished; run its `dynametric embed` command again to resume",
                          file=meta_path, key="status")
     if not isinstance(meta.get("part"), list) or len(meta["part"]) != 2:
@@ -524,16 +519,7 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
     atomic_write_text(out / "items.csv", buf.getvalue())
 
-    def write(tmp: str) -> None:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
-        row = 0
-        for arr in arrays:
-            mm[row:row + len(arr)] = arr
-            row += len(arr)
-        mm.flush()
-        del mm
-
-    atomic_write_with(out / "embeddings.npy", write)
+    _write_rows(out / "embeddings.npy", arrays, total, dim)
     if all(has_labels):
         labels = np.concatenate([np.load(p / "labels.npy", allow_pickle=False) for p in order])
         with atomic_open(out / "labels.npy", "wb") as label_file:
@@ -542,24 +528,34 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     return EmbedResult(out, total, dim, [], [])
 
 
-def _assemble(out: Path, num_shards: int, n: int) -> int:
-    """Concatenate the shards into ``embeddings.npy`` through a memory map (one shard in memory at a time)."""
-    first = np.load(shard_path(out, 0), mmap_mode="r")
-    dim = int(first.shape[1])
+def _write_rows(path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> None:
+    """``path`` = the ``[n, dim]`` float32 concatenation of ``blocks``, written atomically through a memory map
+    (one block in memory at a time)."""
 
     def write(tmp: str) -> None:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         row = 0
+        for block in blocks:
+            mm[row:row + len(block)] = block
+            row += len(block)
+        mm.flush()
+        del mm
+
+    atomic_write_with(path, write)
+
+
+def _assemble(out: Path, num_shards: int, n: int) -> int:
+    """Concatenate the shards into ``embeddings.npy`` (:func:`_write_rows`)."""
+    dim = int(np.load(shard_path(out, 0), mmap_mode="r").shape[1])
+
+    def shards() -> Iterator[np.ndarray]:
         for s in range(num_shards):
             shard = np.load(shard_path(out, s), mmap_mode="r")
             if shard.shape[1] != dim:
                 raise InputError(f"shard has dimension {shard.shape[1]}, expected {dim}", file=shard_path(out, s))
-            mm[row:row + len(shard)] = shard
-            row += len(shard)
-        mm.flush()
-        del mm
+            yield shard
 
-    atomic_write_with(out / "embeddings.npy", write)
+    _write_rows(out / "embeddings.npy", shards(), n, dim)
     return dim
 
 

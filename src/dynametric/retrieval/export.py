@@ -218,5 +218,5 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
         probe = example_input(loaded.in_chans, loaded.input_size, batch + 1, seed=1)  # another batch size
         info["max_abs_diff"] = check_export(loaded.model, out, probe, loaded.head, atol)
         info["tolerance"] = atol
-    atomic_write_json(out.with_name(out.name + ".json"), info)
+    atomic_write_json(sidecar_path(out), info)
     return info
