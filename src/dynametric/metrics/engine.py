@@ -885,23 +885,8 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _centre_and_spread(centre_of: torch.Tensor,
-                       rows: Callable[[torch.Tensor], torch.Tensor] = _float64_rows) -> tuple[torch.Tensor, float]:
-    """The float64 mean of ``rows(centre_of)`` and its spread (the largest per-dimension standard deviation)."""
-    n, dim = centre_of.shape
-    total = torch.zeros(dim, dtype=torch.float64)
-    for a in range(0, n, _PREP_ROWS):
-        total += rows(centre_of[a:a + _PREP_ROWS]).sum(0)
-    mean = total / max(1, n)
-    sq = torch.zeros(dim, dtype=torch.float64)
-    for a in range(0, n, _PREP_ROWS):
-        sq += ((rows(centre_of[a:a + _PREP_ROWS]) - mean) ** 2).sum(0)
-    return mean, math.sqrt(float(sq.max()) / max(1, n)) if dim else 0.0
-
-
 def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
-                    rows: Callable[[torch.Tensor], torch.Tensor] = _float64_rows,
-                    stats: tuple[torch.Tensor, float] | None = None) -> list[torch.Tensor]:
+                    rows: Callable[[torch.Tensor], torch.Tensor] = _float64_rows) -> list[torch.Tensor]:
     """Euclidean inputs: every set (as float64 ``rows(block)``) translated by a centre ``c`` and multiplied by a power
     of two, as float32.
 
@@ -911,10 +896,16 @@ def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
     below ``Q``); integer-valued embeddings with a spread of 1 or more stay integers (their exact score ties stay
     exact). The power of two brings the largest absolute coordinate into ``[0.5, 1)`` (exact), ruling out overflow
     and underflow of the squared norms. Without centring, the float32 score ``2<q, g> - ||g||^2`` of embeddings far
-    from the origin loses the distance differences in the cancellation and misorders candidates. ``stats``: the
-    ``(mean, spread)`` of :func:`_centre_and_spread` when already computed."""
-    dim = centre_of.shape[1]
-    mean, spread = _centre_and_spread(centre_of, rows) if stats is None else stats
+    from the origin loses the distance differences in the cancellation and misorders candidates."""
+    n, dim = centre_of.shape
+    total = torch.zeros(dim, dtype=torch.float64)
+    for a in range(0, n, _PREP_ROWS):
+        total += rows(centre_of[a:a + _PREP_ROWS]).sum(0)
+    mean = total / max(1, n)
+    sq = torch.zeros(dim, dtype=torch.float64)
+    for a in range(0, n, _PREP_ROWS):
+        sq += ((rows(centre_of[a:a + _PREP_ROWS]) - mean) ** 2).sum(0)
+    spread = math.sqrt(float(sq.max()) / max(1, n))
     if spread > 0.0 and math.isfinite(spread):
         quantum = math.ldexp(1.0, math.frexp(spread)[1] - 1)  # 2**floor(log2(spread))
         centre = torch.round(mean / quantum) * quantum
