@@ -43,20 +43,19 @@ def run_build(args: argparse.Namespace) -> int:
 
     if args.out.resolve() == args.embeddings.resolve():
         raise ConfigError("--out must differ from --embeddings", key="--out")
-    options = {"ivf": {"--nlist": args.nlist, "--nprobe": args.nprobe, "--seed": args.seed},
-               "hnsw": {"--m": args.m, "--ef-construction": args.ef_construction, "--ef-search": args.ef_search}}
-    for kind, given in options.items():
-        for flag, value in given.items():
-            if value is not None and kind != args.kind:  # an option the index kind would ignore
+    options = {"ivf": ("nlist", "nprobe", "seed"), "hnsw": ("m", "ef_construction", "ef_search")}
+    kwargs = {}  # the options given; the others take build_faiss_index's defaults
+    for kind, names in options.items():
+        for name in names:
+            value = getattr(args, name)
+            if value is None:
+                continue
+            if kind != args.kind:  # an option the index kind would ignore
+                flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} applies to --kind {kind} indexes, not to --kind {args.kind}", key=flag)
+            kwargs[name] = value
     emb = load_embedding_set(args.embeddings)
-    kwargs = {"flat": {},
-              "ivf": {"nlist": args.nlist, "nprobe": 8 if args.nprobe is None else args.nprobe,
-                      "seed": 0 if args.seed is None else args.seed},
-              "hnsw": {"m": 32 if args.m is None else args.m,
-                       "ef_construction": 80 if args.ef_construction is None else args.ef_construction,
-                       "ef_search": 64 if args.ef_search is None else args.ef_search}}
-    idx = RetrievalIndex.build(emb, args.kind, args.metric, **kwargs[args.kind])
+    idx = RetrievalIndex.build(emb, args.kind, args.metric, **kwargs)
     idx.save(args.out)
     params = ", ".join(f"{k}={v}" for k, v in idx.params.items())
     print(f"{args.kind} index ({args.metric}{', ' + params if params else ''}) of {idx.size} x {idx.dim} "
