@@ -174,8 +174,8 @@ def test_inspect_reports_a_csv_whose_rows_are_all_bad(tmp_path, capsys, body, ex
     csv = str(tmp_path / "labels.csv")
     rows = [(p["line"], p["message"]) for p in doc["problems"] if p["kind"] == "malformed_row"]
     assert rows == expected
-    assert {"file": csv, "line": None, "message": "split 'train' has no records", "kind": "empty_split"} \
-        in doc["problems"]
+    assert {"file": csv, "line": None, "message": "split 'train' has no records", "kind": "empty_split",
+            "split_unknown": False, "splits": ["train"]} in doc["problems"]
     assert doc["splits"]["train"]["images"] == 0
 
 
@@ -232,6 +232,20 @@ def test_csv_problems_belong_to_their_own_split(tmp_path, caplog) -> None:
     assert "3 problem(s) in csv split 'train'" in str(err.value) and "labels.csv:7" not in str(err.value)
 
 
+def test_inspect_json_says_which_splits_a_problem_belongs_to(tmp_path, capsys) -> None:
+    root = write_csv_dataset(tmp_path / "d", [("imgs/a.png", "train", "a", "x", "m"),
+                                              ("imgs/b.png", "train", "b", "x", "m"),
+                                              ("imgs/c.png", "test", "c", "y", "m"),
+                                              ("imgs/d.png", "test", "d", "y", "m")])
+    with open(root / "labels.csv", "a") as fh:
+        fh.write("imgs/e.png,train,e,x\n"  # line 6: a train row with a field missing
+                 "imgs/g.png,trian,g,x,m\n")  # line 7: no readable split
+    code, doc = _inspect(root, capsys, "csv", "--no-verify-images")
+    assert code == 1
+    assert [(p["line"], p["split_unknown"], p["splits"]) for p in doc["problems"]] == [
+        (6, False, ["train"]), (7, True, ["train", "test"])]  # the shared bad row once, found by both splits
+
+
 def test_oml_and_inshop_problems_belong_to_their_own_split(tmp_path) -> None:
     from tests.data.test_oml import write_oml
 
@@ -260,7 +274,8 @@ def test_inspect_reports_an_empty_split(tmp_path, capsys) -> None:
     code, doc = _inspect(sop_root, capsys, "sop", "--no-verify-images")
     assert code == 1 and doc["splits"]["test"]["images"] == 0
     assert doc["problems"] == [{"file": str(sop_root / "Ebay_test.txt"), "line": None,
-                                "message": "split 'test' has no records", "kind": "empty_split"}]
+                                "message": "split 'test' has no records", "kind": "empty_split",
+                                "split_unknown": False, "splits": ["test"]}]
     with pytest.raises(InputError, match="split 'test' has no records"):
         build_dataset("sop", sop_root, "test")
 

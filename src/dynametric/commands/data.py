@@ -5,7 +5,9 @@ reports images and classes per scale, and lists every problem: missing index fil
 images, malformed rows (with line numbers), conflicting duplicates, empty splits and hierarchy violations. The
 exit status is 1 when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). ``--json``
 prints ``{"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line",
-"message"}], "details": {...}}``; ``details`` holds each split's load report, nesting notes and the raw-id overlap
+"message", "kind", "split_unknown", "splits"}], "details": {...}}`` (``splits``: the splits whose reading found the
+problem; ``split_unknown``: a row of a file shared by several splits whose split cannot be read, a problem of every
+split); ``details`` holds each split's load report, nesting notes and the raw-id overlap
 between splits per scale (reported, not interpreted).
 """
 
@@ -65,7 +67,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     names = list(splits) if splits else list_splits(format, root, **options)
     result: dict[str, Any] = {"format": format, "root": None if root is None else str(root), "splits": {},
                               "problems": [], "details": {}}
-    problems: list[Problem] = []
+    problems: list[tuple[Problem, str]] = []  # (problem, the split whose reading found it)
     raw_ids: dict[str, dict[str, set[Hashable]]] = {}  # split -> scale -> raw ids
     if format == SYNTHETIC:
         from dynametric.data.registry import build_dataset
@@ -76,7 +78,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             result["splits"][split] = {"images": len(ds), "classes": ds.class_counts()}
             ids = [sorted(set(labels[:, s].tolist())) for s in range(labels.shape[1])]
             found, notes = check_hierarchy(labels, ds.scale_names, ids)
-            problems += found
+            problems += [(p, split) for p in found]
             result["details"][split] = {"notes": notes}
             raw_ids[split] = {n: set(labels[:, s].tolist()) for s, n in enumerate(ds.scale_names)}
     else:
@@ -88,12 +90,12 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             except InputError as exc:
                 if exc.file is None:  # a usage error (unknown split, bad option value): exit status 2
                     raise
-                problems.append(Problem(exc.message, exc.file, exc.line, "missing_file"))
+                problems.append((Problem(exc.message, exc.file, exc.line, "missing_file"), split))
                 continue
-            problems += rec.report.problems
+            problems += [(p, split) for p in rec.report.problems]
             if not rec.paths:  # build_dataset refuses an empty split
                 where = rec.report.files[0] if rec.report.files else None
-                problems.append(Problem(f"split {split!r} has no records", where, None, "empty_split"))
+                problems.append((Problem(f"split {split!r} has no records", where, None, "empty_split"), split))
             columns = list(zip(*rec.raw_labels)) if rec.raw_labels else [() for _ in rec.scale_names]
             result["splits"][split] = {"images": len(rec.paths),
                                        "classes": {n: len(set(columns[s])) for s, n in enumerate(rec.scale_names)}}
@@ -102,7 +104,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             if rec.paths and len(rec.scale_names) > 1 and common["check_hierarchy"]:
                 mats, ids = zip(*(contiguous_ids(columns[s]) for s in range(len(rec.scale_names))))
                 found, nest = check_hierarchy(np.stack(mats, 1), rec.scale_names, ids, rec.locations)
-                problems += found
+                problems += [(p, split) for p in found]
                 notes += nest
             if verify_images and rec.paths:
                 with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -111,9 +113,10 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 for path, loc, (err, size), box in zip(rec.paths, rec.locations, decoded, boxes):
                     if err is not None:
                         listed = f" (listed at {loc[0]}:{loc[1]})" if loc[1] is not None else ""
-                        problems.append(Problem(f"unreadable image: {err}{listed}", path, None, "unreadable_image"))
+                        problems.append((Problem(f"unreadable image: {err}{listed}", path, None,
+                                                 "unreadable_image"), split))
                     elif box is not None and size is not None and (bad := box_problem(box, size)) is not None:
-                        problems.append(Problem(f"{bad}: {path}", loc[0], loc[1]))
+                        problems.append((Problem(f"{bad}: {path}", loc[0], loc[1]), split))
             details = rec.report.as_dict()
             details.pop("problems")
             details["notes"] = notes
@@ -124,8 +127,13 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             for scale in sorted(set(raw_ids.get(a, {})) & set(raw_ids.get(b, {}))):
                 overlap.setdefault(scale, {})[f"{a} & {b}"] = len(raw_ids[a][scale] & raw_ids[b][scale])
     result["details"]["raw_id_overlap"] = overlap
-    unique = list(dict.fromkeys(problems))  # a file shared by several splits reports its bad rows once
-    result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind} for p in unique]
+    found_in: dict[Problem, list[str]] = {}  # a file shared by several splits reports its bad rows once
+    for problem, split in problems:
+        found_in.setdefault(problem, [])
+        if split not in found_in[problem]:
+            found_in[problem].append(split)
+    result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind,
+                           "split_unknown": p.split_unknown, "splits": splits} for p, splits in found_in.items()]
     return result
 
 
