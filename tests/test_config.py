@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,28 @@ def test_bad_yaml_and_bad_overrides(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="top level"):
         load_config(_write(tmp_path / "list.yaml", "- 1\n"))
+
+
+def test_overrides_address_list_entries_by_index(tmp_path: Path) -> None:
+    path = _write(tmp_path / "two.yaml", "extra_losses:\n  - {name: MarginLoss, kwargs: {margin: 0.2}, head: null}\n"
+                                         "  - {name: TripletMarginLoss, weight: 0.5}\n")
+    cfg = load_config(path, ["extra_losses[0].kwargs.margin=0.3", "extra_losses[1].weight=2",
+                             "extra_losses[1].miner={name: BatchHardMiner}"])
+    assert cfg.extra_losses[0].kwargs == {"margin": 0.3} and cfg.extra_losses[0].name == "MarginLoss"
+    assert cfg.extra_losses[1].weight == 2.0 and cfg.extra_losses[1].miner.name == "BatchHardMiner"
+    assert load_config(path, ["model.num_heads=2", "model.head_dims=[8, 4]", "model.head_dims[1]=16"]).model.head_dims \
+        == [8, 16]
+    for override, message in [("extra_losses[2].weight=1", "'extra_losses' has 2 entries, no index 2"),
+                              ("extra_losses[0].name[0]=X", "'extra_losses[0].name' is not a list"),
+                              ("extra_losses[0][1]=3", "'extra_losses[0]' is not a list"),
+                              ("extra_losses[x].weight=1", "malformed dotted key")]:
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            load_config(path, [override])
+        assert info.value.file == "<command line>"
+    # a later error in an entry set from the command line is attributed to it
+    with pytest.raises(ConfigError, match="extra_losses\\[1\\].weight") as info:
+        load_config(path, ["extra_losses[1].weight=heavy"])
+    assert info.value.file == "<command line>"
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:

@@ -185,3 +185,61 @@ def test_the_machine_checks_of_the_trainer_settings(monkeypatch) -> None:
     assert check_machine(TrainerSettings(accelerator="cpu")) == "cpu"
     with pytest.raises(ConfigError, match="key 'trainer.precision'"):
         check_machine(TrainerSettings(accelerator="cpu", precision="16-mixed"))
+
+
+@pytest.mark.parametrize(("name", "extra"), [("ProxyAnchorLoss", []), ("NormalizedSoftmaxLoss", []),
+                                             ("MarginLoss", ["loss.kwargs.learn_beta=true"])])
+def test_a_given_num_classes_must_cover_the_training_labels(name, extra):
+    # fine ids 0..11: num_classes=11 would stop the run at its first step, after the untrained evaluation
+    cfg = load_config(None, [*SMALL, f"loss.name={name}", "loss.kwargs.num_classes=11", *extra])
+    with pytest.raises(ConfigError, match=rf"{name}\(num_classes=11\) is too small: the training labels' column 0 "
+                                          r"has ids 0\.\.11; set loss\.kwargs\.num_classes=12") as err:
+        build_objectives(cfg, build_model(cfg), LABELS, 3)
+    assert err.value.key == "loss.kwargs.num_classes"
+    assert ("leave it out" in str(err.value)) == (name != "MarginLoss")  # MarginLoss's is optional (one beta)
+    ok = load_config(None, [*SMALL, f"loss.name={name}", "loss.kwargs.num_classes=12", *extra])
+    build_objectives(ok, build_model(ok), LABELS, 3)  # enough, and more is allowed (unused classes)
+    more = load_config(None, [*SMALL, f"loss.name={name}", "loss.kwargs.num_classes=20", *extra])
+    build_objectives(more, build_model(more), LABELS, 3)
+
+
+def _mic_config(*overrides: str):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "mic" / "synthetic.yaml"
+    return load_config(path, [*SMALL, "model.num_heads=2", "model.head_names=[class, shared]", *overrides])
+
+
+def test_mic_shared_terms_are_sized_by_the_clusters_not_the_data():
+    from dynametric.pipeline import build_components
+
+    # a proxy loss on the shared head needs one proxy per cluster (5), not per fine training class (12)
+    cfg = _mic_config("method.kwargs.num_clusters=5", "extra_losses[0].name=ProxyAnchorLoss",
+                      "extra_losses[0].kwargs={}")
+    from dynametric.methods import method_for
+
+    method = method_for(cfg)
+    surrogate = method.surrogate_classes(cfg, method.validate(cfg))
+    assert surrogate == {"extra_losses[0]": (5, "method.kwargs.num_clusters")}  # the only term on the shared head
+    objs = build_objectives(cfg, build_model(cfg), LABELS, 3, surrogate)
+    shared = next(o for o in objs if o.head == "shared")
+    assert tuple(shared.loss.loss_parameters()[0].shape) == (5, 8)
+    # and through the pipeline (without data: the method's count is known, no placeholder)
+    comps = build_components(cfg, datasets=None, num_scales=3)
+    shared = next(o for o in comps.objectives if o.head == "shared")
+    assert tuple(shared.loss.loss_parameters()[0].shape) == (5, 8)
+
+
+def test_mic_shared_term_with_fewer_classes_than_clusters_is_refused():
+    cfg = _mic_config("method.kwargs.num_clusters=12", "extra_losses[0].kwargs.num_classes=5")
+    from dynametric.methods import method_for
+
+    method = method_for(cfg)
+    surrogate = method.surrogate_classes(cfg, method.validate(cfg))
+    with pytest.raises(ConfigError, match=r"MarginLoss\(num_classes=5\) is too small: the method trains this term "
+                                          r"on 12 surrogate classes \(method\.kwargs\.num_clusters\)") as err:
+        build_objectives(cfg, build_model(cfg), LABELS, 3, surrogate)
+    assert err.value.key == "extra_losses[0].kwargs.num_classes"
+    # the same term without the method's clusters is checked against the data (12 fine classes): refused as well
+    with pytest.raises(ConfigError, match="training labels' column 0"):
+        build_objectives(cfg, build_model(cfg), LABELS, 3)

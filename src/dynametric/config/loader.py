@@ -172,30 +172,70 @@ def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dic
     return _deep_merge(base, data)
 
 
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_@][A-Za-z0-9_@/\-]*)*$")
+_INDEX = r"(?:\[\d+\])*"  # list entries: extra_losses[0].kwargs.margin
+_KEY_RE = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]*{_INDEX}(\.[A-Za-z_@][A-Za-z0-9_@/\-]*{_INDEX})*$")
+
+
+def _key_steps(key: str) -> list[str | int]:
+    """``a.b[1].c`` -> ``["a", "b", 1, "c"]`` (the key already matched :data:`_KEY_RE`)."""
+    steps: list[str | int] = []
+    for part in key.split("."):
+        name, _, rest = part.partition("[")
+        steps.append(name)
+        steps += [int(i) for i in re.findall(r"\[(\d+)\]", "[" + rest)] if rest else []
+    return steps
+
+
+def _shown(steps: Sequence[str | int]) -> str:
+    """The dotted spelling of the first ``steps`` of a key (``extra_losses[0].kwargs``)."""
+    out = ""
+    for step in steps:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
 
 
 def apply_override(raw: dict[str, Any], override: str, source: _Source | None = None) -> dict[str, Any]:
-    """Set ``a.b.c=value`` in the nested dict ``raw`` (in place; intermediate mappings are created)."""
+    """Set ``a.b.c=value`` in the nested dict ``raw`` (in place; intermediate mappings are created); a list entry
+    is addressed by its index, ``extra_losses[0].kwargs.margin=0.3`` (the entry must exist)."""
     if "=" not in override:
         raise ConfigError(f"expected an override of the form section.key=value, got {override!r}",
                           file="<command line>")
     key, text = override.split("=", 1)
     key = key.strip()
     if not _KEY_RE.match(key):
-        raise ConfigError(f"malformed dotted key in override {override!r}", file="<command line>", key=key)
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
+        raise ConfigError(f"malformed dotted key in override {override!r} (sections and keys joined by '.', list "
+                          "entries by their index: extra_losses[0].kwargs.margin=0.3)", file="<command line>",
+                          key=key)
+    steps = _key_steps(key)
+    node: Any = raw
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        if isinstance(step, int):
+            if not isinstance(node, list):
+                raise ConfigError(f"cannot set {key!r}: '{_shown(steps[:i])}' is not a list", file="<command line>",
+                                  key=key)
+            if step >= len(node):
+                raise ConfigError(f"cannot set {key!r}: '{_shown(steps[:i])}' has {len(node)} entr"
+                                  f"{'y' if len(node) == 1 else 'ies'}, no index {step} (add entries in the config "
+                                  "file)", file="<command line>", key=key)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key!r}: '{_shown(steps[:i])}' is a value, not a section",
+                              file="<command line>", key=key)
+        if last:
+            node[step] = parse_value(text)
+            break
+        child = node[step] if isinstance(step, int) else node.get(step)
+        if isinstance(steps[i + 1], int):  # indexing into it: it must be a list already
+            if child is None:
+                raise ConfigError(f"cannot set {key!r}: '{_shown(steps[:i + 1])}' is not set (no list to index)",
+                                  file="<command line>", key=key)
+        elif not isinstance(child, dict):
             if child is not None and not isinstance(child, Mapping):
-                raise ConfigError(f"cannot set {key!r}: '{'.'.join(parts[:i + 1])}' is a value, not a section",
+                raise ConfigError(f"cannot set {key!r}: '{_shown(steps[:i + 1])}' is a value, not a section",
                                   file="<command line>", key=key)
             child = dict(child or {})
-            node[part] = child
+            node[step] = child
         node = child
-    node[parts[-1]] = parse_value(text)
     if source is not None:
         for known in [k for k in source.where if k.startswith((key + ".", key + "["))]:
             del source.where[known]  # replaced by this value: no longer set where the file set them

@@ -298,7 +298,8 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
 
 
 def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: torch.Tensor | None, dim: int | None,
-               scale_offset: int | None = None, width: str | None = None) -> nn.Module:
+               scale_offset: int | None = None, width: str | None = None,
+               surrogate: tuple[int, str] | None = None) -> nn.Module:
     """A configured loss through :func:`build_component`, its data-dependent arguments filled in: the head width
     ``dim`` (``embedding_size`` / ``embedding_dim``), ``num_classes`` (``max label + 1`` in the training labels'
     column: ``scale_offset``, else the loss's ``label_scale`` / ``scale`` keyword; a placeholder with a warning
@@ -307,8 +308,13 @@ def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: tor
 
     An ``embedding_size`` / ``embedding_dim`` given in ``kwargs`` must equal ``dim``: the embeddings would not fit
     the loss's proxies or unit, and the run would fail at its first step. ``width`` names the config key that sets
-    ``dim`` in that error (default ``model.embedding_dim``). (A given ``num_classes`` is not checked against the
-    data: a method may train a term on other labels, as MIC's shared term on its cluster ids.)"""
+    ``dim`` in that error (default ``model.embedding_dim``).
+
+    ``surrogate``: ``(classes, config key)`` when the method trains this term on labels of its own instead of the
+    data's (MIC's shared term on its cluster ids, counted by ``method.kwargs.num_clusters``); a required
+    ``num_classes`` is then filled with that count. A ``num_classes`` given in ``kwargs`` must cover the labels the
+    term trains on (the data's column, or the surrogate classes): a smaller one would stop the run at its first step,
+    after the untrained evaluation."""
     from dynametric.losses import LOSSES
 
     if name not in LOSSES:
@@ -327,14 +333,28 @@ def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: tor
     # the label column: CosFace/ArcFace name it ``label_scale`` (their ``scale`` is the logit scale)
     col_arg = "label_scale" if "label_scale" in params else "scale"
     # Only a *required* num_classes is filled: an optional one (MarginLoss: None = one global beta) keeps its default.
-    if "num_classes" in params and "num_classes" not in kwargs and params["num_classes"].default is \
-            inspect.Parameter.empty:
-        if train_labels is None:
-            data_args["num_classes"] = 2
-            warnings.warn(f"{key}: num_classes unknown without the dataset; a placeholder is used (dry run only)",
-                          stacklevel=2)
-        else:
-            data_args["num_classes"] = _classes_in(train_labels, key, col_arg, kwargs, scale_offset)
+    if "num_classes" in params:
+        needed: int | None = None  # classes of the labels this term trains on, where known
+        if surrogate is not None:
+            needed = surrogate[0]
+        elif train_labels is not None:
+            needed = _classes_in(train_labels, key, col_arg, kwargs, scale_offset)
+        given = kwargs.get("num_classes")
+        if "num_classes" not in kwargs and params["num_classes"].default is inspect.Parameter.empty:
+            if needed is None:
+                data_args["num_classes"] = 2
+                warnings.warn(f"{key}: num_classes unknown without the dataset; a placeholder is used (dry run only)",
+                              stacklevel=2)
+            else:
+                data_args["num_classes"] = needed
+        elif isinstance(given, int) and not isinstance(given, bool) and needed is not None and given < needed:
+            fill = (" or leave it out (the engine fills it in)"
+                    if params["num_classes"].default is inspect.Parameter.empty else "")
+            col = scale_offset if scale_offset is not None else kwargs.get(col_arg, 0)
+            where = (f"the method trains this term on {needed} surrogate classes ({surrogate[1]})"
+                     if surrogate is not None else f"the training labels' column {col} has ids 0..{needed - 1}")
+            raise ConfigError(f"{name}(num_classes={given}) is too small: {where}; set {key}.kwargs.num_classes="
+                              f"{needed}{fill}", key=f"{key}.kwargs.num_classes")
     construct = None
     if ("class_paths" in params and "class_paths" not in kwargs and hasattr(cls, "from_labels")
             and params["class_paths"].default is inspect.Parameter.empty):
@@ -370,11 +390,13 @@ def build_miner(mcfg: MinerConfig | None, key: str) -> nn.Module | None:
 
 
 def build_loss_term(term: LossConfig, key: str, train_labels: torch.Tensor | None, dim: int | None,
-                    num_scales: int, chunks: Any = None, width: str | None = None) -> nn.Module:
+                    num_scales: int, chunks: Any = None, width: str | None = None,
+                    surrogate: tuple[int, str] | None = None) -> nn.Module:
     """The loss of one ``loss`` / ``extra_losses[i]`` section (``multiscale``: one copy per scale); ``width``: the
-    config key of the head's width ``dim``, for :func:`build_loss`'s errors."""
+    config key of the head's width ``dim``, ``surrogate``: the method's own classes for this term (both for
+    :func:`build_loss`)."""
     if not term.multiscale:
-        return build_loss(term.name, dict(term.kwargs), key, train_labels, dim, width=width)
+        return build_loss(term.name, dict(term.kwargs), key, train_labels, dim, width=width, surrogate=surrogate)
     from dynametric.losses import MultiScaleLoss
 
     if term.scale_weights is not None and len(term.scale_weights) != num_scales:
@@ -450,7 +472,10 @@ def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]]
 
 
 def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tensor | None,
-                     num_scales: int) -> list[Objective]:
+                     num_scales: int, surrogate: Mapping[str, tuple[int, str]] | None = None) -> list[Objective]:
+    """One :class:`Objective` per loss term; ``surrogate`` maps a term's key (``extra_losses[0]``) to the classes of
+    the labels its method trains it on instead of the data's (:meth:`dynametric.methods.Method.surrogate_classes`)."""
+    surrogate = surrogate or {}
     dims = head_dims(cfg, embedder)
     chunks = sampler_class(cfg).loss_chunks_for(cfg.data.m, num_scales)  # the sampler's batch layout, if any
     terms: list[tuple[str, Any, Any]] = [("loss", cfg.loss, cfg.miner)]
@@ -461,7 +486,7 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
-                               width=_width_key(cfg, term.head))
+                               width=_width_key(cfg, term.head), surrogate=surrogate.get(key))
         miner = build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
         objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
@@ -561,8 +586,8 @@ ModuleFactory = Callable[..., MetricLearningModule]
 :func:`dynametric.pipeline.build_components`, asks the method plug-in which)."""
 
 
-def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None,
-              make_module: ModuleFactory) -> tuple[Any, ...]:
+def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, make_module: ModuleFactory,
+              surrogate: Mapping[str, tuple[int, str]] | None) -> tuple[Any, ...]:
     """Embedder, objectives and LightningModule of ``cfg`` (the random draws come from the global torch RNG)."""
     embedder = build_model(cfg)
     if datasets is not None:
@@ -575,7 +600,7 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None,
 
         scale_names = list(default_scale_names(num_scales or 3))
     cfg = with_resolved_monitor(cfg, scale_names)  # `finest/map@r` -> `<first scale>/map@r`
-    objectives = build_objectives(cfg, embedder, train_labels, len(scale_names))
+    objectives = build_objectives(cfg, embedder, train_labels, len(scale_names), surrogate)
     common: dict[str, Any] = {"eval_kwargs": eval_kwargs(cfg), "eval_head": eval_head(cfg),
                               "scale_names": scale_names, "nonfinite": cfg.trainer.nonfinite}
     module = make_module(embedder, objectives, optim_settings(cfg), **common)
@@ -588,13 +613,14 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None,
 
 
 def assemble(cfg: Config, *, datasets: Datasets | None, make_module: ModuleFactory, num_scales: int | None = None,
-             progress_bar: bool | None = None) -> Components:
+             progress_bar: bool | None = None, surrogate: Mapping[str, tuple[int, str]] | None = None) -> Components:
     """The components of ``cfg`` with the training module ``make_module`` builds (no method registry here: the
-    method's choice is the caller's, :func:`dynametric.pipeline.build_components`)."""
+    method's choice is the caller's, :func:`dynametric.pipeline.build_components`, and so are ``surrogate``, the
+    method's own label classes per loss term, see :func:`build_objectives`)."""
     # The weights are drawn from trainer.seed on a forked RNG: the caller's global torch RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(int(cfg.trainer.seed))
-        embedder, objectives, module, scale_names, cfg = _assemble(cfg, datasets, num_scales, make_module)
+        embedder, objectives, module, scale_names, cfg = _assemble(cfg, datasets, num_scales, make_module, surrogate)
     return Components(embedder, objectives, module, trainer_settings(cfg, progress_bar=progress_bar), datasets,
                       scale_names)
 

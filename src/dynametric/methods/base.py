@@ -37,6 +37,13 @@ class Method:
         (:class:`dynametric.methods.sharing.alternating.HookPlan`)."""
         return None
 
+    def surrogate_classes(self, cfg: Config, settings: Any) -> dict[str, tuple[int, str]]:
+        """Loss terms this method trains on labels of its own instead of the data's: ``{term key: (number of
+        classes, the config key that sets it)}``, term keys as ``loss`` / ``extra_losses[0]``. The builders fill a
+        required ``num_classes`` of those terms with that count and check a given one against it (the data's
+        classes for every other term). Default: none."""
+        return {}
+
     def test_protocol(self, settings: Any) -> Any:
         """``None``: the ``eval`` section's protocol (leave-one-out or query -> gallery); else the method's own
         (:class:`dynametric.engine.dyml.DyMLProtocol`)."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from dynametric.engine.builders import Components, Datasets, ModuleFactory, assemble
 from dynametric.engine.module import MetricLearningModule
-from dynametric.methods import plan_from_config
+from dynametric.methods import method_for, plan_from_config
 from dynametric.methods.sharing.alternating import AlternatingSharingModule
 
 if TYPE_CHECKING:
@@ -28,6 +28,10 @@ def module_factory(cfg: Config) -> ModuleFactory:
 def build_components(cfg: Config, *, datasets: Datasets | None, num_scales: int | None = None,
                      progress_bar: bool | None = None) -> Components:
     """Embedder, loss terms, training module and trainer settings of ``cfg`` (the method's module), the weights
-    drawn from ``trainer.seed`` without touching the caller's global RNG."""
+    drawn from ``trainer.seed`` without touching the caller's global RNG. Loss terms that the method trains on
+    labels of its own (MIC's clusters) get their class count from the method
+    (:meth:`dynametric.methods.Method.surrogate_classes`)."""
+    method = method_for(cfg)
+    surrogate = method.surrogate_classes(cfg, method.validate(cfg))
     return assemble(cfg, datasets=datasets, make_module=module_factory(cfg), num_scales=num_scales,
-                    progress_bar=progress_bar)
+                    progress_bar=progress_bar, surrogate=surrogate)

@@ -27,6 +27,12 @@ class MIC(AlternatingMethod):
                               "extra_losses with method.name null", key="method.kwargs.combination")
         return mic
 
+    def surrogate_classes(self, cfg: Config, settings: Any) -> dict[str, tuple[int, str]]:
+        """Every term on the shared head trains on the cluster ids: ``num_clusters`` classes."""
+        terms = [("loss", cfg.loss)] + [(f"extra_losses[{i}]", t) for i, t in enumerate(cfg.extra_losses)]
+        count = (int(settings.num_clusters), "method.kwargs.num_clusters")
+        return {key: count for key, term in terms if term.head == "shared"}
+
     def module_plan(self, cfg: Config, settings: Any) -> Any:
         from dynametric.methods.sharing.alternating import HookPlan, unaugmented_view
 
