@@ -264,12 +264,17 @@ def pair_masks(
     return pos, neg, a1.numel(), a2.numel()
 
 
-def padded_positives(pos_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_positives(pos_mask: torch.Tensor, most: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row the column indices of its positives, left-aligned in ``[B, P_max]`` (``P_max`` = most positives of
     any row), and a validity mask of the same shape. Lets "all triplets" losses work on dense ``[B, P_max, R]``
-    blocks (exactly the triplet count plus padding on the positive axis) instead of enumerating indices."""
+    blocks (exactly the triplet count plus padding on the positive axis) instead of enumerating indices.
+
+    ``most``: the most positives of any row when the caller has already read it to the host (the one host
+    synchronisation this needs on an accelerator: ``P_max`` is a shape)."""
     counts = pos_mask.sum(1)
-    p_max = max(int(counts.max()) if counts.numel() else 0, 1)
+    if most is None:
+        most = int(counts.max()) if counts.numel() else 0
+    p_max = max(most, 1)
     order = torch.sort(pos_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :p_max]
     valid = torch.arange(p_max, device=pos_mask.device).unsqueeze(0) < counts.unsqueeze(1)
     return order, valid

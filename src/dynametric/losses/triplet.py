@@ -101,20 +101,24 @@ class TripletMarginLoss(MetricLoss):
     ) -> torch.Tensor:
         """All triplets without enumerating indices: dense ``[chunk, P_max, R]`` blocks of violations."""
         pos, neg = match_masks(labels, ref_labels)
-        if not bool((pos.any(1) & neg.any(1)).any()):
+        # one read to the host for both the "no triplet" exit and the positives' padding (a shape): on a GPU each
+        # read waits for the queued work, so one per call instead of one each
+        most, has_triplets = torch.stack([pos.sum(1).max(), (pos.any(1) & neg.any(1)).any().long()]).tolist() \
+            if pos.numel() else (0, 0)
+        if not has_triplets:
             return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
         mat = distance_matrix(self.distance, embeddings, ref_emb)
         ref_mat = None
         if self.swap:
             ref_mat = mat if ref_emb is None else distance_matrix(self.distance, ref_emb, None)
-        pos_idx, valid = padded_positives(pos)
+        pos_idx, valid = padded_positives(pos, most)
         if ref_mat is None:
             # memory O(B R) whatever the number of triplets: the gradient w.r.t. the distance matrix is recomputed
             # chunk by chunk in backward instead of keeping a [B, P_max, R] graph
             sign = -1.0 if self.distance.higher_is_closer else 1.0
             return _AllTripletsHinge.apply(mat, pos_idx, valid, neg, float(self.margin), sign, self.smooth_loss)
         total = graph_zero(mat)
-        count = 0
+        count = torch.zeros((), dtype=torch.long, device=mat.device)
         for start, stop in anchor_chunks(mat.shape[0], pos_idx.shape[1] * mat.shape[1]):
             rows = mat[start:stop]
             ap = rows.gather(1, pos_idx[start:stop]).unsqueeze(2)  # [c, P, 1]
@@ -126,9 +130,9 @@ class TripletMarginLoss(MetricLoss):
             loss = F.softplus(violation) if self.smooth_loss else F.relu(violation)
             keep = valid[start:stop].unsqueeze(2) & neg[start:stop].unsqueeze(1)
             active = keep & (loss > 0)
-            count += int(active.sum())
+            count = count + active.sum()
             total = total + torch.where(active, loss, torch.zeros_like(loss)).sum()
-        return total / count if count else graph_zero(mat)
+        return torch.where(count > 0, total / count.clamp(min=1), graph_zero(mat))
 
     def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
         indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
@@ -176,22 +180,20 @@ class _AllTripletsHinge(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mat, pos_idx, valid, neg, margin, sign, smooth):
         total = mat.new_zeros(())
-        count = 0
+        count = torch.zeros((), dtype=torch.long, device=mat.device)  # kept on the device: no host read per call
         for _, _, _, loss, active in _triplet_blocks(mat, pos_idx, valid, neg, margin, sign, smooth):
-            count += int(active.sum())
+            count = count + active.sum()
             total = total + torch.where(active, loss, torch.zeros_like(loss)).sum()
         ctx.save_for_backward(mat, pos_idx, valid, neg)
         ctx.margin, ctx.sign, ctx.smooth, ctx.count = margin, sign, smooth, count
         # no active triplet: zero, or NaN when a distance is NaN (as PML; a NaN embedding is never hidden as 0.0)
-        return total / count if count else (mat * 0.0).sum()
+        return torch.where(count > 0, total / count.clamp(min=1), (mat * 0.0).sum())
 
     @staticmethod
     def backward(ctx, grad_out):
         mat, pos_idx, valid, neg = ctx.saved_tensors
         grad = torch.zeros_like(mat)
-        if ctx.count == 0:
-            return grad, None, None, None, None, None, None
-        g = grad_out / ctx.count
+        g = grad_out / ctx.count.clamp(min=1)  # no active triplet: every weight below is 0, the gradient stays 0
         blocks = _triplet_blocks(mat, pos_idx, valid, neg, ctx.margin, ctx.sign, ctx.smooth)
         for start, stop, violation, _, active in blocks:
             w = torch.sigmoid(violation) if ctx.smooth else torch.ones_like(violation)
