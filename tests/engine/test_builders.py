@@ -243,3 +243,24 @@ def test_mic_shared_term_with_fewer_classes_than_clusters_is_refused():
     # the same term without the method's clusters is checked against the data (12 fine classes): refused as well
     with pytest.raises(ConfigError, match="training labels' column 0"):
         build_objectives(cfg, build_model(cfg), LABELS, 3)
+
+
+def test_datasets_say_whether_validation_was_carved_from_the_training_classes() -> None:
+    """Datasets.val_carved (what the batch preflight's message depends on) is True exactly when the validation
+    classes were set aside from the training split, whatever the display string val_source says."""
+    from dynametric.engine.builders import build_datasets
+
+    small = ["data.options={images_per_class: 2}"]
+    official = build_datasets(load_config(overrides=small), with_test=False)  # synthetic has its own val split
+    assert official.val is not None and official.val_carved is False and official.val_source == "split 'val'"
+    assert len(official.train) == 2 * 180  # the whole training split
+    carved = build_datasets(load_config(overrides=[*small, "data.val_split=null", "data.val_fraction=0.2"]),
+                            with_test=False)
+    assert carved.val is not None and carved.val_carved is True
+    train_classes = set(carved.train.labels[:, 0].tolist())
+    val_classes = set(carved.val.labels[:, 0].tolist())
+    assert len(val_classes) == 36 and len(train_classes) == 144 and not train_classes & val_classes
+    assert len(carved.train) + len(carved.val) == 2 * 180
+    none = build_datasets(load_config(overrides=[*small, "data.val_split=null", "data.val_fraction=0"]),
+                          with_test=False)
+    assert none.val is None and none.val_carved is False and none.val_source == "none"
