@@ -134,6 +134,33 @@ def test_runtime_settings_have_the_schema_defaults() -> None:
     assert from_config == plain and plain["precision"] == "32"
 
 
+def test_the_stored_monitor_is_the_schema_default_resolved() -> None:
+    """The settings' monitor default is derived from the schema's, resolved as a run resolves it for the default
+    (synthetic) data: a different schema default would move it along instead of leaving a stale copy behind."""
+    from dynametric.config import Config
+    from dynametric.data.synthetic import SCALE_NAMES
+    from dynametric.engine import module
+    from dynametric.engine.builders import resolve_monitor
+
+    resolved = resolve_monitor(Config().trainer.monitor, SCALE_NAMES)
+    assert module.DEFAULT_MONITOR == resolved == "fine/map@r"
+    assert module.OptimSettings().monitor == f"val/{resolved}"
+    for other, expected in (("coarsest/recall@1", "coarse/recall@1"), ("finest/asi", "fine/asi"),
+                            ("mean/map", "mean/map"), ("middle/map@r", "middle/map@r")):
+        assert module._for_default_data(other) == expected == resolve_monitor(other, SCALE_NAMES)
+
+
+def test_the_data_modules_evaluate_in_batches_of_the_schema_default() -> None:
+    """MetricDataModule / EvalDataModule built without a config evaluate in data.eval_batch_size's default batches
+    (they once said 256 where the schema says 128)."""
+    from dynametric.config import Config
+    from dynametric.engine.data import EvalDataModule, MetricDataModule
+
+    assert Config().data.eval_batch_size == 128
+    assert MetricDataModule(None).eval_batch_size == 128
+    assert EvalDataModule([]).batch_size == 128
+
+
 def test_one_precision_check_for_config_and_settings() -> None:
     from dynametric.engine.trainer import TrainerSettings, validate_settings
 
