@@ -399,7 +399,10 @@ class EvalConfig:
     """``query_gallery`` only: whether a query may retrieve its own image from the gallery."""
     heads: list[str] | None = None
     """Heads to evaluate for multi-head models (plus ``concat``); ``None`` = every head and ``concat``."""
-    empty_queries: Literal["exclude", "zero"] = "exclude"
+    empty_queries: Literal["exclude", "count_as_zero", "zero"] = "exclude"
+    """Queries without a relevant item: ``exclude`` (left out of the means and counted) or ``count_as_zero`` (scored
+    0), the spellings of ``evaluate_embeddings(empty_queries=...)`` and ``dynametric evaluate --empty-queries``;
+    ``zero`` is an older spelling of ``count_as_zero``, still accepted."""
     memory_budget_bytes: int | None = None
 
     def _validate(self, key: str) -> None:

@@ -527,7 +527,7 @@ def trainer_settings(cfg: Config, *, progress_bar: bool | None = None) -> Traine
 def eval_kwargs(cfg: Config) -> dict[str, Any]:
     e = cfg.eval
     return {"metrics": None if e.metrics is None else list(e.metrics), "k_values": tuple(e.k_values),
-            "distance": e.distance, "empty_queries": "count_as_zero" if e.empty_queries == "zero" else "exclude",
+            "distance": e.distance, "empty_queries": "exclude" if e.empty_queries == "exclude" else "count_as_zero",
             "memory_budget_bytes": e.memory_budget_bytes}
 
 
