@@ -386,8 +386,9 @@ class EvalConfig:
     """Evaluation settings, passed to ``dynametric.metrics.evaluate_embeddings``."""
 
     metrics: list[str] | None = None
-    """Metric names (``recall@K``, ``r_precision``, ``map@r``, ``map``, ``asi``, ``nmi``, ``f1``); ``None`` = the
-    evaluation engine's default set."""
+    """Metric names as ``evaluate_embeddings`` takes them (``recall@K``, ``precision@K``, ``map@K`` or one ``@<int>``
+    cut-off of each, ``r_precision``, ``map@r``, ``map``, ``asi``, ``fnmr@fmr=<percent>``, ``nmi``, ``f1``, ``all``);
+    ``None`` = the evaluation engine's default set."""
     k_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     distance: str = "cosine"
     protocol: Literal["leave_one_out", "query_gallery"] = "leave_one_out"
