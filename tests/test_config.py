@@ -435,3 +435,33 @@ def test_workers_auto_in_any_case_in_the_config_as_on_the_command_line() -> None
         load_config(overrides=["data.workers=many"])
     assert info.value.key == "data.workers"
     assert "expected a non-negative integer or 'auto', got 'many'" in str(info.value)
+
+
+@pytest.mark.parametrize("spelling,policy", [("exclude", "exclude"), ("count_as_zero", "count_as_zero"),
+                                             ("zero", "count_as_zero")])
+def test_eval_empty_queries_takes_the_evaluation_spelling_and_the_old_one(spelling, policy):
+    """eval.empty_queries accepts count_as_zero, the spelling of evaluate_embeddings and `--empty-queries`, and
+    still the older zero; the run hands evaluate_embeddings the policy, which changes what an empty query counts."""
+    import numpy as np
+
+    from dynametric.engine.builders import eval_kwargs
+    from dynametric.metrics import evaluate_embeddings
+
+    cfg = load_config(overrides=[f"eval.empty_queries={spelling}"])
+    assert cfg.eval.empty_queries == spelling
+    kwargs = eval_kwargs(cfg)
+    assert kwargs["empty_queries"] == policy
+    emb = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], dtype=np.float32)
+    labels = np.array([0, 0, 1])  # item 2 is alone in its class: a query without a relevant item
+    fine = evaluate_embeddings(emb, labels, metrics=["recall@1"], k_values=(1,),
+                               empty_queries=kwargs["empty_queries"])["fine"]
+    assert fine["empty_queries"] == 1
+    assert fine["excluded_queries"] == (1 if policy == "exclude" else 0)
+    assert fine["recall@1"] == pytest.approx(1.0 if policy == "exclude" else 2 / 3)
+
+
+def test_eval_empty_queries_rejects_other_spellings():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["eval.empty_queries=count_as_0"])
+    assert info.value.key == "eval.empty_queries"
+    assert "'exclude', 'count_as_zero', 'zero'" in str(info.value) and "did you mean 'count_as_zero'" in str(info.value)

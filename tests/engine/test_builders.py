@@ -134,6 +134,33 @@ def test_runtime_settings_have_the_schema_defaults() -> None:
     assert from_config == plain and plain["precision"] == "32"
 
 
+def test_the_stored_monitor_is_the_schema_default_resolved() -> None:
+    """The settings' monitor default is derived from the schema's, resolved as a run resolves it for the default
+    (synthetic) data: a different schema default would move it along instead of leaving a stale copy behind."""
+    from dynametric.config import Config
+    from dynametric.data.synthetic import SCALE_NAMES
+    from dynametric.engine import module
+    from dynametric.engine.builders import resolve_monitor
+
+    resolved = resolve_monitor(Config().trainer.monitor, SCALE_NAMES)
+    assert module.DEFAULT_MONITOR == resolved == "fine/map@r"
+    assert module.OptimSettings().monitor == f"val/{resolved}"
+    for other, expected in (("coarsest/recall@1", "coarse/recall@1"), ("finest/asi", "fine/asi"),
+                            ("mean/map", "mean/map"), ("middle/map@r", "middle/map@r")):
+        assert module._for_default_data(other) == expected == resolve_monitor(other, SCALE_NAMES)
+
+
+def test_the_data_modules_evaluate_in_batches_of_the_schema_default() -> None:
+    """MetricDataModule / EvalDataModule built without a config evaluate in data.eval_batch_size's default batches
+    (they once said 256 where the schema says 128)."""
+    from dynametric.config import Config
+    from dynametric.engine.data import EvalDataModule, MetricDataModule
+
+    assert Config().data.eval_batch_size == 128
+    assert MetricDataModule(None).eval_batch_size == 128
+    assert EvalDataModule([]).batch_size == 128
+
+
 def test_one_precision_check_for_config_and_settings() -> None:
     from dynametric.engine.trainer import TrainerSettings, validate_settings
 
@@ -243,3 +270,24 @@ def test_mic_shared_term_with_fewer_classes_than_clusters_is_refused():
     # the same term without the method's clusters is checked against the data (12 fine classes): refused as well
     with pytest.raises(ConfigError, match="training labels' column 0"):
         build_objectives(cfg, build_model(cfg), LABELS, 3)
+
+
+def test_datasets_say_whether_validation_was_carved_from_the_training_classes() -> None:
+    """Datasets.val_carved (what the batch preflight's message depends on) is True exactly when the validation
+    classes were set aside from the training split, whatever the display string val_source says."""
+    from dynametric.engine.builders import build_datasets
+
+    small = ["data.options={images_per_class: 2}"]
+    official = build_datasets(load_config(overrides=small), with_test=False)  # synthetic has its own val split
+    assert official.val is not None and official.val_carved is False and official.val_source == "split 'val'"
+    assert len(official.train) == 2 * 180  # the whole training split
+    carved = build_datasets(load_config(overrides=[*small, "data.val_split=null", "data.val_fraction=0.2"]),
+                            with_test=False)
+    assert carved.val is not None and carved.val_carved is True
+    train_classes = set(carved.train.labels[:, 0].tolist())
+    val_classes = set(carved.val.labels[:, 0].tolist())
+    assert len(val_classes) == 36 and len(train_classes) == 144 and not train_classes & val_classes
+    assert len(carved.train) + len(carved.val) == 2 * 180
+    none = build_datasets(load_config(overrides=[*small, "data.val_split=null", "data.val_fraction=0"]),
+                          with_test=False)
+    assert none.val is None and none.val_carved is False and none.val_source == "none"

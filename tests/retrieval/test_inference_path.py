@@ -211,3 +211,28 @@ def test_split_transform_gives_the_same_values(run_ckpt: Path, image_root: Path)
     x = torch.stack([loaded.transform(img), loaded.transform(img.transpose(0))])
     u8 = torch.stack([loaded._loader_transform(img), loaded._loader_transform(img.transpose(0))])
     assert u8.dtype == torch.uint8 and torch.equal(loaded.embed(u8), loaded.embed(x))
+
+
+def test_one_inference_batch_size_default_for_the_commands_and_the_library() -> None:
+    """`embed` and `search --image` default to the documented 64 images per forward pass, as InferenceOptions,
+    embed_dataset and embed_items do (the commands once said 64 and the library 128); `evaluate --checkpoint`
+    leaves it to the config's data.eval_batch_size."""
+    import inspect
+
+    from dynametric.cli import build_parser
+    from dynametric.retrieval.embed import embed_items
+    from dynametric.utils.device import INFERENCE_BATCH_SIZE
+
+    assert INFERENCE_BATCH_SIZE == 64
+    parser = build_parser()
+    embed = parser.parse_args(["embed", "--checkpoint", "c.ckpt", "--images", "d", "--out", "o"])
+    search = parser.parse_args(["search", "--index", "i", "--image", "q.png"])
+    evaluate = parser.parse_args(["evaluate", "--checkpoint", "c.ckpt"])
+    assert embed.batch_size == search.batch_size == 64 and evaluate.batch_size is None
+    assert InferenceOptions().batch_size == 64
+    assert InferenceOptions(device="cpu", batch_size=None).resolve().batch_size == 64
+    assert inspect.signature(embed_dataset).parameters["batch_size"].default == 64
+    assert inspect.signature(embed_items).parameters["batch_size"].default == 64
+    for command in ("embed", "search"):
+        help_text = " ".join(parser._subparsers._group_actions[0].choices[command].format_help().split())
+        assert "images per forward pass (default 64)" in help_text

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "files inside the index's image roots are served.")
     p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
     p.add_argument("--k", type=positive_int, default=8, help="neighbours per column, 1 to 100 (default 8)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "

@@ -18,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write INDEX/ (index.faiss, index.json with kind, metric, dimension, scale names, the model's "
                     "config and weights hashes, image roots; items.csv; labels.npy).")
     b.add_argument("--embeddings", type=Path, required=True, help="`dynametric embed` --out folder or an .npy file")
-    b.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
-    b.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine")
+    b.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat",
+                   help="flat (exact), ivf (inverted lists) or hnsw (graph) (default flat)")
+    b.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine",
+                   help="cosine (L2-normalised inner product), l2 or ip (default cosine)")
     b.add_argument("--nlist", type=positive_int, default=None, help="ivf: number of cells (default round(4 sqrt(N)))")
     b.add_argument("--nprobe", type=positive_int, default=None, help="ivf: cells visited per query (default 8)")
     b.add_argument("--m", type=positive_int, default=None, help="hnsw: links per node (default 32)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dynametric.commands import non_negative_int, positive_int
-from dynametric.utils.device import PRECISIONS
+from dynametric.utils.device import INFERENCE_BATCH_SIZE, PRECISIONS
 
 
 def _workers(text: str) -> int | str:
@@ -21,8 +21,8 @@ def _workers(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text!r}") from None
 
 
-def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = 128, batch: bool = True,
-                            workers: bool = True, device: bool = True, decode: bool = True,
+def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = INFERENCE_BATCH_SIZE,
+                            batch: bool = True, workers: bool = True, device: bool = True, decode: bool = True,
                             prefix: str = "", follow_index: bool = False) -> None:
     """Add ``--device``, ``--precision`` and (unless disabled) ``--batch-size`` / ``--workers`` / ``--decode`` to ``p``.
     ``batch_size=None`` leaves batch size and workers to the config (``None`` defaults); ``prefix`` starts each

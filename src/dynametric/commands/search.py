@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --image: checkpoint to embed with (default: the one recorded in the index; must have "
                         "the same weights)")
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
-    add_inference_arguments(p, batch_size=64, prefix="with --image: ", follow_index=True)
+    add_inference_arguments(p, prefix="with --image: ", follow_index=True)
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -386,8 +386,9 @@ class EvalConfig:
     """Evaluation settings, passed to ``dynametric.metrics.evaluate_embeddings``."""
 
     metrics: list[str] | None = None
-    """Metric names (``recall@K``, ``r_precision``, ``map@r``, ``map``, ``asi``, ``nmi``, ``f1``); ``None`` = the
-    evaluation engine's default set."""
+    """Metric names as ``evaluate_embeddings`` takes them (``recall@K``, ``precision@K``, ``map@K`` or one ``@<int>``
+    cut-off of each, ``r_precision``, ``map@r``, ``map``, ``asi``, ``fnmr@fmr=<percent>``, ``nmi``, ``f1``, ``all``);
+    ``None`` = the evaluation engine's default set."""
     k_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     distance: str = "cosine"
     protocol: Literal["leave_one_out", "query_gallery"] = "leave_one_out"
@@ -399,7 +400,10 @@ class EvalConfig:
     """``query_gallery`` only: whether a query may retrieve its own image from the gallery."""
     heads: list[str] | None = None
     """Heads to evaluate for multi-head models (plus ``concat``); ``None`` = every head and ``concat``."""
-    empty_queries: Literal["exclude", "zero"] = "exclude"
+    empty_queries: Literal["exclude", "count_as_zero", "zero"] = "exclude"
+    """Queries without a relevant item: ``exclude`` (left out of the means and counted) or ``count_as_zero`` (scored
+    0), the spellings of ``evaluate_embeddings(empty_queries=...)`` and ``dynametric evaluate --empty-queries``;
+    ``zero`` is an older spelling of ``count_as_zero``, still accepted."""
     memory_budget_bytes: int | None = None
 
     def _validate(self, key: str) -> None:

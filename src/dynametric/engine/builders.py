@@ -148,6 +148,7 @@ class Datasets:
     test: Any | None
     scale_names: list[str]
     val_source: str
+    val_carved: bool = False  # the validation classes were set aside from the training split (train is the rest)
 
 
 def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
@@ -158,6 +159,7 @@ def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
         raise ConfigError("the validation split must not be the test split", key="data.val_split")
     train = load_split(cfg, data.train_split, train=True)
     val: Any | None = None
+    carved = False
     splits = available_splits(cfg) if data.val_split == "auto" else []
     if data.val_split == "auto" and "val" in splits and data.test_split != "val":
         val, source = load_split(cfg, "val", train=False), "split 'val'"
@@ -168,7 +170,7 @@ def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
         train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=0,
                                            folds=data.val_folds, fold=data.val_fold)
         if val is not None:
-            train = LabelledSubset(train, train_part.indices, data.train_split)
+            train, carved = LabelledSubset(train, train_part.indices, data.train_split), True
         source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
                                              if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
     test = load_split(cfg, data.test_split, train=False) if with_test else None
@@ -178,7 +180,7 @@ def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
         from dynametric.metrics import default_scale_names
 
         names = list(default_scale_names(fields.labels.shape[1]))
-    return Datasets(train, val, test, names, source)
+    return Datasets(train, val, test, names, source, carved)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -525,7 +527,7 @@ def trainer_settings(cfg: Config, *, progress_bar: bool | None = None) -> Traine
 def eval_kwargs(cfg: Config) -> dict[str, Any]:
     e = cfg.eval
     return {"metrics": None if e.metrics is None else list(e.metrics), "k_values": tuple(e.k_values),
-            "distance": e.distance, "empty_queries": "count_as_zero" if e.empty_queries == "zero" else "exclude",
+            "distance": e.distance, "empty_queries": "exclude" if e.empty_queries == "exclude" else "count_as_zero",
             "memory_budget_bytes": e.memory_budget_bytes}
 
 

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from dynametric.config.schema import DataConfig
 from dynametric.data.protocol import dataset_labels
 from dynametric.errors import ConfigError
 
@@ -124,6 +125,9 @@ def _labels_of(dataset: Any, name: str) -> torch.Tensor:
     return dataset_labels(dataset, f"the {name} dataset", key="data", error=ConfigError)
 
 
+_EVAL_BATCH_SIZE = DataConfig().eval_batch_size  # the schema's data.eval_batch_size: one default per choice
+
+
 def _shard(dataset: Any, rank: int, world: int) -> Any:
     """Contiguous shard ``rank`` of ``world`` (concatenating the shards in rank order restores the order)."""
     if world == 1:
@@ -137,7 +141,7 @@ class EvalDataModule(L.LightningDataModule):
     """One evaluation set as the test stage of a DataModule: sharded by the rank of the trainer that runs it
     (known only once the trainer's strategy is set up, which is why this is not a plain DataLoader)."""
 
-    def __init__(self, dataset: Any, batch_size: int = 256, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, dataset: Any, batch_size: int = _EVAL_BATCH_SIZE, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.dataset, self.batch_size, self.num_workers, self.seed = dataset, int(batch_size), int(num_workers), seed
 
@@ -158,7 +162,7 @@ class MetricDataModule(L.LightningDataModule):
         test: Dataset | None = None,
         *,
         batch_sampler_factory: BatchSamplerFactory | None = None,
-        eval_batch_size: int = 256,
+        eval_batch_size: int = _EVAL_BATCH_SIZE,
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,

@@ -29,7 +29,14 @@ from torch.utils.data import DataLoader
 
 from dynametric.engine.objective import select_head
 from dynametric.errors import ConfigError, InputError
-from dynametric.utils.device import auto_workers, autocast, check_loader_options, resolve_device, resolve_precision
+from dynametric.utils.device import (
+    INFERENCE_BATCH_SIZE,
+    auto_workers,
+    autocast,
+    check_loader_options,
+    resolve_device,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -43,7 +50,7 @@ class InferenceOptions:
 
     device: str | torch.device | None = "auto"
     precision: str = "fp32"
-    batch_size: int | None = 128  # None: 128 (or, for a checkpoint's dataset, data.eval_batch_size)
+    batch_size: int | None = INFERENCE_BATCH_SIZE  # None: the same (for a checkpoint's dataset, data.eval_batch_size)
     workers: int | str | None = 0  # None: 0 (or data.workers)
     pin_memory: bool | None = None  # None: pinned when the device is CUDA
     progress: bool = False
@@ -57,7 +64,7 @@ class InferenceOptions:
     def resolve(self) -> ResolvedInference:
         device = resolve_device(self.device, key=self.key("device"))
         dtype = resolve_precision(self.precision, device, key=self.key("precision"))
-        batch_size = 128 if self.batch_size is None else self.batch_size
+        batch_size = INFERENCE_BATCH_SIZE if self.batch_size is None else self.batch_size
         if self.workers is None:
             workers = 0
         elif isinstance(self.workers, str):
@@ -172,7 +179,7 @@ def embed_batch(model: nn.Module, images: torch.Tensor, run: ResolvedInference, 
 
 
 @torch.no_grad()
-def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, batch_size: int = 128,
+def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, batch_size: int = INFERENCE_BATCH_SIZE,
                   num_workers: int | str = 0, progress: bool = False, device: str | torch.device | None = None,
                   precision: str = "fp32", pin_memory: bool | None = None,
                   options: InferenceOptions | ResolvedInference | None = None) -> tuple[torch.Tensor, torch.Tensor]:

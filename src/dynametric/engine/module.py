@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig
+from dynametric.data.synthetic import SCALE_NAMES as DEFAULT_DATA_SCALES
 from dynametric.engine.distributed import all_gather_no_grad, all_gather_with_grad, world_info
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError, DynametricError
@@ -41,6 +42,20 @@ GroupSettings = ParamGroupConfig
 
 
 _OPTIM, _OPTIM_MONITOR_MODE = OptimConfig(), TrainerConfig().monitor_mode  # the schema's defaults, not our own
+
+
+def _for_default_data(monitor: str) -> str:
+    """``monitor`` with its scale alias (``finest`` / ``coarsest``) resolved for the default data's scales (the
+    synthetic hierarchy's ``fine, middle, coarse``), as a run resolves it (:func:`dynametric.engine.builders.
+    resolve_monitor`, which this module cannot import: the builders import this module)."""
+    scale, _, metric = monitor.partition("/")
+    scale = {"finest": DEFAULT_DATA_SCALES[0], "coarsest": DEFAULT_DATA_SCALES[-1]}.get(scale, scale)
+    return f"{scale}/{metric}"
+
+
+DEFAULT_MONITOR = _for_default_data(TrainerConfig().monitor)
+"""``TrainerSettings.monitor`` / ``OptimSettings.monitor`` (with ``val/``) by default: the schema's default,
+``finest/map@r``, stored resolved (``fine/map@r``) because the settings hold the logged metric's own name."""
 
 
 @dataclass
@@ -74,7 +89,7 @@ class OptimSettings:
     milestones: list[int] = field(default_factory=list)
     min_lr: float = _OPTIM.scheduler.min_lr
     interval: str = _OPTIM.scheduler.interval
-    monitor: str = "val/fine/map@r"
+    monitor: str = f"val/{DEFAULT_MONITOR}"
     monitor_mode: str = _OPTIM_MONITOR_MODE
 
 

@@ -26,6 +26,7 @@ from dynametric.config.schema import (
 from dynametric.engine.callbacks import ResumeState
 from dynametric.engine.checkpoint import SafeCheckpointIO
 from dynametric.engine.data import MetricDataModule
+from dynametric.engine.module import DEFAULT_MONITOR
 from dynametric.errors import ConfigError
 from dynametric.utils.seeds import check_seed
 
@@ -52,7 +53,7 @@ class TrainerSettings:
     deterministic: bool = _T.deterministic
     val_every_n_epochs: int = _T.val_every
     checkpoint_every_n_steps: int = _T.checkpoint_every_n_steps or 0
-    monitor: str = "fine/map@r"
+    monitor: str = DEFAULT_MONITOR
     monitor_mode: str = _T.monitor_mode
     nonfinite: str = _T.nonfinite
     progress_bar: bool = _T.progress_bar

@@ -9,6 +9,8 @@ Zero results stay connected to the graph through ``like`` so backward always wor
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from dynametric.errors import ConfigError, InputError
@@ -90,7 +92,10 @@ def is_zero_losses(losses) -> bool:
 
 
 class Reducer(torch.nn.Module):
-    """Base class: reduces a one-entry ``loss_dict`` to a scalar (see the protocol above)."""
+    """Base class: reduces a one-entry ``loss_dict`` to a scalar (see the protocol above). A subclass that takes the
+    whole multi-entry dictionary itself sets ``whole_dict = True`` (:func:`apply_reducer` then hands it all)."""
+
+    whole_dict: bool = False
 
     def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if len(loss_dict) != 1:
@@ -177,6 +182,8 @@ class ClassWeightedReducer(Reducer):
 class DoNothingReducer(Reducer):
     """Returns the loss dictionary itself (for inspecting per-element losses)."""
 
+    whole_dict = True
+
     def forward(self, loss_dict, embeddings, labels):
         return loss_dict
 
@@ -184,6 +191,8 @@ class DoNothingReducer(Reducer):
 class MultipleReducers(Reducer):
     """One reducer per sub-loss name (``default_reducer``, a :class:`MeanReducer` unless given, for the others);
     the sub-loss values are summed."""
+
+    whole_dict = True
 
     def __init__(self, reducers: dict, default_reducer=None) -> None:
         super().__init__()
@@ -198,8 +207,22 @@ class MultipleReducers(Reducer):
         return total
 
 
-#: Reducer classes that take the whole multi-entry dictionary (ours and PML's, matched by class name).
-_WHOLE_DICT_REDUCERS = ("MultipleReducers", "DoNothingReducer")
+#: pytorch-metric-learning's reducer classes that take the whole multi-entry dictionary (subclasses included).
+_PML_WHOLE_DICT_REDUCERS = ("MultipleReducers", "DoNothingReducer")
+
+
+def takes_whole_dict(reducer) -> bool:
+    """Whether ``reducer`` reduces a multi-entry loss dictionary itself: a dynametric reducer declaring
+    ``whole_dict`` (``MultipleReducers``, ``DoNothingReducer`` and their subclasses), or an instance of PML's
+    ``MultipleReducers`` / ``DoNothingReducer`` (or a subclass). PML is not imported for the check: a PML reducer
+    object exists only once PML is."""
+    if isinstance(reducer, Reducer):
+        return bool(reducer.whole_dict)
+    pml = sys.modules.get("pytorch_metric_learning.reducers")
+    if pml is None:
+        return False
+    classes = tuple(c for c in (getattr(pml, n, None) for n in _PML_WHOLE_DICT_REDUCERS) if isinstance(c, type))
+    return isinstance(reducer, classes)
 
 
 def check_reducer(reducer, key: str = "reducer"):
@@ -211,10 +234,10 @@ def check_reducer(reducer, key: str = "reducer"):
 
 
 def apply_reducer(reducer, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None):
-    """Reduce ``loss_dict`` as pytorch-metric-learning does: a whole-dictionary reducer (``MultipleReducers``,
-    ``DoNothingReducer``) gets all of it; any other reducer reduces each sub-loss separately and the results are
-    summed."""
-    if type(reducer).__name__ in _WHOLE_DICT_REDUCERS or len(loss_dict) == 1:
+    """Reduce ``loss_dict`` as pytorch-metric-learning does: a whole-dictionary reducer (:func:`takes_whole_dict`:
+    ``MultipleReducers``, ``DoNothingReducer``, ours or PML's, and their subclasses) gets all of it; any other
+    reducer reduces each sub-loss separately and the results are summed."""
+    if takes_whole_dict(reducer) or len(loss_dict) == 1:
         return reducer(loss_dict, embeddings, labels)
     total = None
     for name, info in loss_dict.items():

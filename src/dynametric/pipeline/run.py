@@ -286,8 +286,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = load_split(cfg, cfg.data.test_split, train=False)
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
-    check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_source.endswith(
-        "training classes"))  # before the untrained evaluation spends time
+    check_batches(cfg, datasets.train, scale_names=comps.scale_names,
+                  carved=datasets.val_carved)  # before the untrained evaluation spends time
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
@@ -444,8 +444,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
     _relay(caught, log)
     if datasets is not None:
-        check_batches(cfg, datasets.train, scale_names=comps.scale_names,
-                      carved=datasets.val_source.endswith("training classes"))
+        check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved)
     optimizer = comps.module.configure_optimizers()
     opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     log("# resolved configuration")

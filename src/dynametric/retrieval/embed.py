@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
 from dynametric.data.readers import parse_csv, require_header
 from dynametric.errors import InputError
+from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import atomic_open, atomic_write_json, atomic_write_text, atomic_write_with
 
 FORMAT_VERSION = 1
@@ -274,8 +275,9 @@ class EmbedResult:
 
 def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
                 transform: Callable[[Any], torch.Tensor], out: str | Path, *, model_identity: dict[str, Any],
-                batch_size: int = 64, shard_size: int = 4096, num_workers: int = 0, progress: bool = False,
-                keep_shards: bool = False, overwrite: bool = False, pin_memory: bool = False) -> EmbedResult:
+                batch_size: int = INFERENCE_BATCH_SIZE, shard_size: int = 4096, num_workers: int = 0,
+                progress: bool = False, keep_shards: bool = False, overwrite: bool = False,
+                pin_memory: bool = False) -> EmbedResult:
     """Embed ``items`` into the folder ``out`` shard by shard (see the module docstring); resumable.
 
     ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings on any device (e.g.

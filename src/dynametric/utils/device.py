@@ -22,6 +22,11 @@ import torch
 from dynametric.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+INFERENCE_BATCH_SIZE = 64
+"""Images per forward pass when running a trained model over images (``embed``, ``search --image``, explorer
+uploads, :class:`~dynametric.engine.inference.InferenceOptions`, :func:`~dynametric.engine.inference.embed_dataset`)
+unless a batch size is given; ``evaluate --checkpoint`` takes the config's ``data.eval_batch_size`` instead."""
 _PRECISION_ALIASES = {"fp32": "fp32", "32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
                       "fp16": "fp16", "16": "fp16", "float16": "fp16", "half": "fp16"}
 
