@@ -120,6 +120,8 @@ def test_unknown_key_in_file_names_file_and_line(tmp_path: Path) -> None:
     ("data.batch_size=30", "data.batch_size", "multiple of m=4"),
     ("data.val_fraction=1.5", "data.val_fraction", "fraction"),
     ("loss.head=shared", "loss.head", "single head"),
+    ("eval.metrics=[bogus]", "eval.metrics", "unknown metric 'bogus'"),
+    ("eval.metrics=[recall@x]", "eval.metrics", "expected recall@K or recall@<positive int>"),
 ])
 def test_wrong_values_name_the_key(override: str, key: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -478,7 +478,10 @@ class Config:
         from dynametric.metrics.evaluate import _parse_metrics
 
         metric = self.trainer.monitor.split("/", 1)[1]
-        computed, *_ = _parse_metrics(self.eval.metrics, self.eval.k_values)
+        try:
+            computed, *_ = _parse_metrics(self.eval.metrics, self.eval.k_values)
+        except ConfigError as exc:  # the library names its argument (metrics); a config names its key
+            raise ConfigError(exc.message, key="eval.metrics") from None
         if metric not in computed:
             raise ConfigError(f"monitor metric {metric!r} is not computed by validation; expected one of {computed} "
                               "after the scale (eval.metrics and eval.k_values choose them)"
