@@ -1,0 +1,63 @@
+"""`dynametric train --dry-run` on the method configs (Sharing Matters, MIC, PDDM, DyML) with a wrong value: the
+config is refused before training, in one line naming the config key that is wrong and what was expected; values the
+engine derives from the model (the decorrelation term's split) follow the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dynametric.cli import main
+from dynametric.config import load_config
+from dynametric.engine.builders import Datasets
+from dynametric.pipeline import build_components
+
+ROOT = Path(__file__).resolve().parents[2]
+SYN = ["--set", "data.options.images_per_class=4", "--set", "data.options.image_size=16", "--set",
+       "data.workers=0", "--set", "trainer.max_epochs=2", "--set", "model.backbone_kwargs.width=8"]
+
+
+def _dry(capsys: pytest.CaptureFixture[str], config: str, *overrides: str) -> str:
+    argv = ["train", "--dry-run", "--config", str(ROOT / "configs" / config), *SYN]
+    for o in overrides:
+        argv += ["--set", o]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def _labels() -> Datasets:
+    labels = torch.stack([torch.arange(8).repeat(2), torch.arange(8).repeat(2) // 2,
+                          torch.arange(8).repeat(2) // 4], 1)
+    return Datasets(train=SimpleNamespace(labels=labels), val=None, test=None,
+                    scale_names=["fine", "middle", "coarse"], val_source="none")
+
+
+# ----------------------------------------------------------------------------- the decorrelation term's split
+def test_decorrelation_splits_the_concat_at_the_heads_widths() -> None:
+    cfg = load_config(ROOT / "configs" / "sharing" / "synthetic.yaml", ["model.head_dims=[64,32]"])
+    dec = build_components(cfg, datasets=_labels()).objectives[2].loss
+    assert (dec.decorrelation.class_dim, dec.decorrelation.shared_dim) == (64, 32)
+
+
+def test_decorrelation_split_follows_the_head_order() -> None:
+    cfg = load_config(ROOT / "configs" / "sharing" / "synthetic.yaml",
+                      ["model.head_dims=[16,48]", "model.head_names=[shared,class]"])
+    dec = build_components(cfg, datasets=_labels()).objectives[2].loss
+    assert (dec.decorrelation.class_dim, dec.decorrelation.shared_dim) == (16, 48)
+
+
+def test_decorrelation_class_dim_that_disagrees_with_the_heads_is_refused(capsys) -> None:
+    err = _dry(capsys, "sharing/synthetic.yaml", "extra_losses[1].kwargs.class_dim=100")
+    assert ("key 'extra_losses[1].kwargs.class_dim': DecorrelationLoss(class_dim=100) does not fit the model: the "
+            "concat head is [class: 64-d; shared: 64-d]; set extra_losses[1].kwargs.class_dim=64") in err
+
+
+def test_decorrelation_on_one_head_is_refused(capsys) -> None:
+    err = _dry(capsys, "sharing/synthetic.yaml", "extra_losses[1].head=class")
+    assert "key 'extra_losses[1].head': DecorrelationLoss splits the two heads side by side" in err
+    assert "got head 'class'; set extra_losses[1].head=concat" in err
