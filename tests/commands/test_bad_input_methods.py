@@ -61,3 +61,15 @@ def test_decorrelation_on_one_head_is_refused(capsys) -> None:
     err = _dry(capsys, "sharing/synthetic.yaml", "extra_losses[1].head=class")
     assert "key 'extra_losses[1].head': DecorrelationLoss splits the two heads side by side" in err
     assert "got head 'class'; set extra_losses[1].head=concat" in err
+
+
+# ----------------------------------------------------------------------------- backbone options
+@pytest.mark.parametrize("override, expected", [
+    ("model.backbone_kwargs.widht=8",
+     "key 'model.backbone_kwargs.widht': backbone 'simple_cnn' has no option 'widht'; did you mean 'width'?"),
+    ("model.backbone_kwargs={width:8}",
+     "key 'model.backbone_kwargs.width:8': backbone 'simple_cnn' has no option 'width:8'; did you mean 'width'? "
+     "(a YAML flow mapping needs a space after the colon: {width: 8})"),
+])
+def test_unknown_backbone_option_is_one_line_naming_it(capsys, override: str, expected: str) -> None:
+    assert expected in _dry(capsys, "pddm/synthetic.yaml", override)
