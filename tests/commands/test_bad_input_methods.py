@@ -73,3 +73,10 @@ def test_decorrelation_on_one_head_is_refused(capsys) -> None:
 ])
 def test_unknown_backbone_option_is_one_line_naming_it(capsys, override: str, expected: str) -> None:
     assert expected in _dry(capsys, "pddm/synthetic.yaml", override)
+
+
+# ----------------------------------------------------------------------------- evaluated heads
+def test_unknown_eval_head_is_refused_when_the_config_loads(capsys) -> None:
+    err = _dry(capsys, "sharing/synthetic.yaml", "eval.heads=[concat,klass]")
+    assert ("key 'eval.heads': unknown head 'klass'; expected the model's heads ['class', 'shared'] or 'concat'; "
+            "did you mean 'class'?") in err
