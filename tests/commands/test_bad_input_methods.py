@@ -80,3 +80,22 @@ def test_unknown_eval_head_is_refused_when_the_config_loads(capsys) -> None:
     err = _dry(capsys, "sharing/synthetic.yaml", "eval.heads=[concat,klass]")
     assert ("key 'eval.heads': unknown head 'klass'; expected the model's heads ['class', 'shared'] or 'concat'; "
             "did you mean 'class'?") in err
+
+
+# ----------------------------------------------------------------------------- checks a dry run used to miss
+@pytest.mark.parametrize("config, override, expected", [
+    ("pddm/synthetic.yaml", "loss.kwargs.scale=3",
+     "key 'loss.kwargs.scale': PDDMLoss(scale=3) trains on a label scale the data does not have: expected 0..2 "
+     "(the labels have 3 scale(s))"),
+    ("pddm/synthetic.yaml", "miner.name=TripletMarginMiner",
+     "key 'miner.name': PDDMLoss mines its own tuples from the batch; a miner would be ignored or clash with it: "
+     "remove miner (set miner: null)"),
+    ("mic/synthetic.yaml", "method.kwargs.feature_layer=backbone.body.nope",
+     "key 'method.kwargs.feature_layer': the model has no module 'backbone.body.nope' (expected a name from the "
+     "embedder's named_modules()); did you mean 'backbone.body'?"),
+    # the cluster count is blamed before the shared term's num_classes (which would ask for 100000 classes)
+    ("mic/synthetic.yaml", "method.kwargs.num_clusters=100000",
+     "key 'method.kwargs.num_clusters': 100000 clusters of 720 training images: expected at most 720"),
+])
+def test_method_values_are_checked_when_the_run_is_built(capsys, config: str, override: str, expected: str) -> None:
+    assert expected in _dry(capsys, config, override)

@@ -471,6 +471,29 @@ def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]]
     return built
 
 
+def _loss_class(name: str) -> Any:
+    from dynametric.losses import LOSSES
+
+    return LOSSES.get(name)
+
+
+def _check_label_column(term: LossConfig, key: str, num_scales: int) -> None:
+    """A loss's label column (its ``label_scale`` / ``scale`` keyword) must be one of the data's ``num_scales``
+    (``multiscale`` terms take every column)."""
+    cls = _loss_class(term.name)
+    if cls is None or term.multiscale:
+        return
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    col_arg = "label_scale" if "label_scale" in params else "scale"
+    col = term.kwargs.get(col_arg)
+    if col_arg in params and isinstance(col, int) and not isinstance(col, bool) and not 0 <= col < num_scales:
+        raise ConfigError(f"{term.name}({col_arg}={col}) trains on a label scale the data does not have: expected "
+                          f"0..{num_scales - 1} (the labels have {num_scales} scale(s))", key=f"{key}.kwargs.{col_arg}")
+
+
 def _head_pair_term(term: LossConfig, key: str, embedder: nn.Module, dims: Mapping[str | None, int]) -> LossConfig:
     """``term`` with the widths of the model's two heads filled in (``class_dim`` / ``shared_dim``, in the concat's
     order, :attr:`dynametric.models.Embedder.head_names`) when its loss reads the concat of a head pair
@@ -515,6 +538,12 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")
         term = _head_pair_term(term, key, embedder, dims)
+        if train_labels is not None:  # without data the scale count is a placeholder
+            _check_label_column(term, key, int(train_labels.shape[1]))
+        if mcfg is not None and getattr(_loss_class(term.name), "mines_own_tuples", False):
+            mkey = "miner" if key == "loss" else f"{key}.miner"
+            raise ConfigError(f"{term.name} mines its own tuples from the batch; a miner would be ignored or clash "
+                              f"with it: remove {mkey} (set {mkey}: null)", key=f"{mkey}.name")
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
                                width=_width_key(cfg, term.head), surrogate=surrogate.get(key))
         miner = build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
