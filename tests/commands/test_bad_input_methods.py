@@ -99,3 +99,34 @@ def test_unknown_eval_head_is_refused_when_the_config_loads(capsys) -> None:
 ])
 def test_method_values_are_checked_when_the_run_is_built(capsys, config: str, override: str, expected: str) -> None:
     assert expected in _dry(capsys, config, override)
+
+
+# ----------------------------------------------------------------------------- method options
+def test_method_kwargs_without_a_method_are_refused(capsys) -> None:
+    err = _dry(capsys, "pddm/synthetic.yaml", "method.kwargs.foo=1")
+    assert ("key 'method.kwargs.foo': method.name is null (the standard run), which takes no method.kwargs; set "
+            "method.name or remove the option") in err
+
+
+def test_dyml_scales_on_the_all_in_one_protocol_are_refused() -> None:
+    from dynametric.errors import ConfigError
+    from dynametric.methods import method_for
+
+    cfg = load_config(ROOT / "configs" / "dyml" / "product-csl.yaml", ["method.kwargs.scales=[a,b,c]"])
+    with pytest.raises(ConfigError) as info:
+        method_for(cfg).validate(cfg)
+    assert info.value.key == "method.kwargs.scales"
+    assert "the 'product' variant tests all in one and takes its scale names from the data" in info.value.message
+
+
+def test_dyml_scale_without_its_splits_names_the_scales_key() -> None:
+    from dynametric.errors import ConfigError
+    from dynametric.pipeline.protocols import check_test_splits
+
+    cfg = load_config(ROOT / "configs" / "dyml" / "vehicle-csl.yaml", ["method.kwargs.scales=[fine,mid,coarse]"])
+    splits = ["train", *(f"{r}_{s}" for s in ("fine", "middle", "coarse") for r in ("query", "gallery"))]
+    with pytest.raises(ConfigError) as info:
+        check_test_splits(cfg, splits)
+    assert info.value.key == "method.kwargs.scales"
+    assert info.value.message == ("scale 'mid' has no query_mid / gallery_mid split; expected scale names of the "
+                                  "data: fine, middle, coarse; did you mean 'middle'?")

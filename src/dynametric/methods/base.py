@@ -59,10 +59,13 @@ class Method:
 
 
 class Standard(Method):
-    """``method.name: null``: the standard run (every method-specific choice is a loss / miner / model key).
-    Its ``method.kwargs`` are not read."""
+    """``method.name: null``: the standard run (every method-specific choice is a loss / miner / model key). It
+    takes no ``method.kwargs``: one given is refused (it would be ignored)."""
 
     summary = "the standard engine path"
 
     def validate(self, cfg: Config) -> Any:
+        for arg in cfg.method.kwargs:
+            raise ConfigError("method.name is null (the standard run), which takes no method.kwargs; set "
+                              "method.name or remove the option", key=f"method.kwargs.{arg}")
         return None
