@@ -127,9 +127,10 @@ def test_hook_config_errors():
     with pytest.raises(ConfigError) as err:
         build_components(load_config(ALT, [*TINY, "method.name=nonsense"]), datasets=None)
     assert err.value.key == "method.name"
-    with pytest.raises(ConfigError) as err:  # a term on no known head
-        build_components(load_config(ALT, [*TINY, "method.kwargs.shared_head=other"]), datasets=None)
-    assert err.value.key == "extra_losses"
+    with pytest.raises(ConfigError) as err:  # a step on no known head
+        build_components(load_config(ALT, [*TINY, "method.kwargs.shared_head=klass"]), datasets=None)
+    assert err.value.key == "method.kwargs.shared_head"
+    assert err.value.message == "unknown head 'klass'; expected one of the model's heads ['class', 'shared']"
 
 
 class _Crash(RuntimeError):

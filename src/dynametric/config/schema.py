@@ -470,6 +470,11 @@ class Config:
             if term.head not in heads:
                 raise ConfigError(f"unknown head {term.head!r}; the model's heads are {heads}"
                                   + _suggest(term.head, heads), key=f"{where}.head")
+        if self.model.num_heads > 1 and heads is not None:  # the heads the test evaluates (a single output: none)
+            for name in self.eval.heads or []:
+                if name not in [*heads, "concat"]:
+                    raise ConfigError(f"unknown head {name!r}; expected the model's heads {heads} or 'concat'"
+                                      + _suggest(name, [*heads, "concat"]), key="eval.heads")
         self._validate_monitor()
 
     def _validate_monitor(self) -> None:

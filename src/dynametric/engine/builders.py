@@ -473,6 +473,58 @@ def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]]
     return built
 
 
+def _loss_class(name: str) -> Any:
+    from dynametric.losses import LOSSES
+
+    return LOSSES.get(name)
+
+
+def _check_label_column(term: LossConfig, key: str, num_scales: int) -> None:
+    """A loss's label column (its ``label_scale`` / ``scale`` keyword) must be one of the data's ``num_scales``
+    (``multiscale`` terms take every column)."""
+    cls = _loss_class(term.name)
+    if cls is None or term.multiscale:
+        return
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    col_arg = "label_scale" if "label_scale" in params else "scale"
+    col = term.kwargs.get(col_arg)
+    if col_arg in params and isinstance(col, int) and not isinstance(col, bool) and not 0 <= col < num_scales:
+        raise ConfigError(f"{term.name}({col_arg}={col}) trains on a label scale the data does not have: expected "
+                          f"0..{num_scales - 1} (the labels have {num_scales} scale(s))", key=f"{key}.kwargs.{col_arg}")
+
+
+def _head_pair_term(term: LossConfig, key: str, embedder: nn.Module, dims: Mapping[str | None, int]) -> LossConfig:
+    """``term`` with the widths of the model's two heads filled in (``class_dim`` / ``shared_dim``, in the concat's
+    order, :attr:`dynametric.models.Embedder.head_names`) when its loss reads the concat of a head pair
+    (:attr:`dynametric.losses.base.MetricLoss.reads_head_pair`: ``DecorrelationLoss``); a loss of that kind on
+    another head, on a model without exactly two heads, or with a width that disagrees is a :class:`ConfigError`."""
+    from dynametric.losses import LOSSES
+
+    if not getattr(LOSSES.get(term.name), "reads_head_pair", False):
+        return term
+    if term.head != "concat":
+        raise ConfigError(f"{term.name} splits the two heads side by side [class; shared]; it must train the concat "
+                          f"head, got head {term.head!r}; set {key}.head=concat", key=f"{key}.head")
+    names = [n for n in dims if n not in (None, "concat")]
+    names = [n for n in getattr(embedder, "head_names", names) if n in dims]
+    if len(names) != 2:
+        raise ConfigError(f"{term.name} needs a model with two heads (class and shared), the model has "
+                          f"{len(names) or 1} (model.num_heads)", key=f"{key}.name")
+    kwargs = dict(term.kwargs)
+    for arg, head in (("class_dim", names[0]), ("shared_dim", names[1])):
+        given, width = kwargs.get(arg), int(dims[head])
+        if given is not None and given != width:
+            raise ConfigError(f"{term.name}({arg}={given}) does not fit the model: the concat head is "
+                              f"[{names[0]}: {dims[names[0]]}-d; {names[1]}: {dims[names[1]]}-d]; set "
+                              f"{key}.kwargs.{arg}={width} or leave it out (the engine fills it in)",
+                              key=f"{key}.kwargs.{arg}")
+        kwargs[arg] = width
+    return dataclasses.replace(term, kwargs=kwargs)
+
+
 def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tensor | None,
                      num_scales: int, surrogate: Mapping[str, tuple[int, str]] | None = None) -> list[Objective]:
     """One :class:`Objective` per loss term; ``surrogate`` maps a term's key (``extra_losses[0]``) to the classes of
@@ -487,6 +539,13 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
         if term.head not in dims:
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")
+        term = _head_pair_term(term, key, embedder, dims)
+        if train_labels is not None:  # without data the scale count is a placeholder
+            _check_label_column(term, key, int(train_labels.shape[1]))
+        if mcfg is not None and getattr(_loss_class(term.name), "mines_own_tuples", False):
+            mkey = "miner" if key == "loss" else f"{key}.miner"
+            raise ConfigError(f"{term.name} mines its own tuples from the batch; a miner would be ignored or clash "
+                              f"with it: remove {mkey} (set {mkey}: null)", key=f"{mkey}.name")
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
                                width=_width_key(cfg, term.head), surrogate=surrogate.get(key))
         miner = build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")

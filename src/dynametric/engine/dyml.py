@@ -133,6 +133,10 @@ class DyMLProtocol(EvaluationProtocol):
                 extra = (f" ({' | '.join(QUERY_IN_GALLERY_MODES)}; no default: state whether query images are also "
                          "in the gallery)") if required == "query_in_gallery" else f" ({' | '.join(VARIANTS)})"
                 raise ConfigError(f"the DyML protocol needs {required!r}{extra}", key=f"{key}.{required}")
+        if "scales" in kwargs and kwargs["variant"] not in ("vehicle", "animal"):
+            raise ConfigError(f"scales names the per-scale query/gallery splits of the vehicle and animal variants; "
+                              f"the {kwargs['variant']!r} variant tests all in one and takes its scale names from "
+                              "the data: remove it", key=f"{key}.scales")
         for name in ("k_values", "scales"):
             if name in kwargs:
                 kwargs[name] = tuple(kwargs[name])

@@ -55,6 +55,14 @@ class MetricLoss(RecordsStats, nn.Module):
 
     uses_all_scales: bool = False
 
+    #: Whether the loss reads the concatenation ``[first head; second head]`` of a two-head model (engine term with
+    #: ``head: concat``) and splits it into the two heads (``DecorrelationLoss``): the engine refuses it on any other
+    #: head and fills its ``class_dim`` / ``shared_dim`` with the two heads' widths.
+    reads_head_pair: bool = False
+
+    #: Whether the loss chooses its own tuples from the batch (``PDDMLoss``): a configured miner would be refused.
+    mines_own_tuples: bool = False
+
     def __init__(self, scale: int = 0, *, reducer: Any = None, embedding_regularizer: Any = None,
                  embedding_reg_weight: float = 1.0, collect_stats: bool = False) -> None:
         super().__init__()

@@ -18,19 +18,27 @@ from dynametric.models.sharing import Decorrelation
 class DecorrelationLoss(MetricLoss):
     """:class:`Decorrelation` in the loss contract, on the concatenated embedding ``[class; shared]``.
 
-    ``embedding_size`` is the concatenation width (filled in by the engine); ``class_dim`` the width of the first
-    (class) part (default: half). Labels and ``indices_tuple`` are ignored (the term needs no labels).
+    ``embedding_size`` is the concatenation width; ``class_dim`` / ``shared_dim`` the widths of the first (class)
+    and second (shared) part (default: the other's complement, else half each). The engine fills all three from the
+    model's two heads (:attr:`reads_head_pair`). Labels and ``indices_tuple`` are ignored (the term needs no labels).
     """
 
+    reads_head_pair = True
+
     def __init__(self, embedding_size: int, class_dim: int | None = None, hidden: int = 512,
-                 direction: str = "shared_to_class", grl_scale: float = 1.0) -> None:
+                 direction: str = "shared_to_class", grl_scale: float = 1.0, shared_dim: int | None = None) -> None:
         super().__init__(0)
+        if class_dim is None and shared_dim is not None:
+            class_dim = embedding_size - shared_dim
         if class_dim is None:
             if embedding_size % 2:
                 raise ConfigError(f"odd embedding_size {embedding_size}: set class_dim", key="class_dim")
             class_dim = embedding_size // 2
         if not 0 < class_dim < embedding_size:
             raise ConfigError(f"class_dim must be in (0, {embedding_size}), got {class_dim}", key="class_dim")
+        if shared_dim is not None and class_dim + shared_dim != embedding_size:
+            raise ConfigError(f"class_dim + shared_dim must be embedding_size {embedding_size}, got "
+                              f"{class_dim} + {shared_dim}", key="shared_dim")
         self.class_dim = int(class_dim)
         self.decorrelation = Decorrelation(self.class_dim, embedding_size - self.class_dim, hidden, direction,
                                            grl_scale)

@@ -56,6 +56,8 @@ class PDDMLoss(MetricLoss):
     last batch's ``E_m`` and ``E_e``.
     """
 
+    mines_own_tuples = True
+
     def __init__(
         self,
         embedding_dim: int,

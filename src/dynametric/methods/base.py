@@ -44,6 +44,14 @@ class Method:
         classes for every other term). Default: none."""
         return {}
 
+    def check_data(self, cfg: Config, settings: Any, datasets: Any) -> None:
+        """Check the method's keys against the data (:class:`~dynametric.engine.builders.Datasets`, ``None`` in a
+        dry run without data) before the loss terms are built; errors name the dotted key. Default: nothing."""
+
+    def check_model(self, cfg: Config, settings: Any, embedder: Any) -> None:
+        """Check the method's keys against the built model (the embedder); errors name the dotted key. Default:
+        nothing."""
+
     def test_protocol(self, settings: Any) -> Any:
         """``None``: the ``eval`` section's protocol (leave-one-out or query -> gallery); else the method's own
         (:class:`dynametric.engine.dyml.DyMLProtocol`)."""
@@ -51,10 +59,13 @@ class Method:
 
 
 class Standard(Method):
-    """``method.name: null``: the standard run (every method-specific choice is a loss / miner / model key).
-    Its ``method.kwargs`` are not read."""
+    """``method.name: null``: the standard run (every method-specific choice is a loss / miner / model key). It
+    takes no ``method.kwargs``: one given is refused (it would be ignored)."""
 
     summary = "the standard engine path"
 
     def validate(self, cfg: Config) -> Any:
+        for arg in cfg.method.kwargs:
+            raise ConfigError("method.name is null (the standard run), which takes no method.kwargs; set "
+                              "method.name or remove the option", key=f"method.kwargs.{arg}")
         return None

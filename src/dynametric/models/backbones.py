@@ -10,7 +10,9 @@ a classifier that a backbone-only weight file may carry).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -85,6 +87,31 @@ BACKBONES: dict[str, BackboneFactory] = {
 }
 """Backbones defined in dynametric; every other name is looked up in timm. Factories take
 ``(pretrained: bool, in_chans: int, **backbone_kwargs)`` and return a module with ``num_features``."""
+
+BACKBONE_OPTIONS: dict[str, Callable[..., Any]] = {"simple_cnn": SimpleCNN, "bninception": BNInception}
+"""The class whose keyword arguments (but ``in_chans``) are the options (``model.backbone_kwargs``) of each of
+:data:`BACKBONES`: an unknown option is refused, naming it, before anything is built."""
+
+
+def _unknown_option(name: str, arg: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(arg, list(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; its options: {', '.join(valid) or 'none'}"
+    if ":" in arg:
+        hint += " (a YAML flow mapping needs a space after the colon: {width: 8})"
+    return ConfigError(f"backbone {name!r} has no option {arg!r}{hint}", key=f"model.backbone_kwargs.{arg}")
+
+
+def _check_options(name: str, kwargs: Mapping[str, Any]) -> None:
+    cls = BACKBONE_OPTIONS.get(name)
+    if cls is None:
+        return
+    params = inspect.signature(cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [p for p, v in params.items() if p != "in_chans" and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    for arg in kwargs:
+        if arg not in valid:
+            raise _unknown_option(name, str(arg), valid)
 
 
 class Backbone(nn.Module):
@@ -192,6 +219,7 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
     in_chans=in_chans, **kwargs)`` (timm's normal weight loading and cache when ``pretrained``); pooling is ours.
     """
     if name in BACKBONES:
+        _check_options(name, kwargs)
         body: Any = BACKBONES[name](pretrained=pretrained, in_chans=in_chans, **kwargs)
         return Backbone(name, body, body.num_features,
                         classifier_prefixes=tuple(getattr(body, "classifier_prefixes", ())))
@@ -206,6 +234,12 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
         body = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans,
                                  **kwargs)
     except TypeError as exc:
+        bad = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if bad and bad.group(1) in kwargs:
+            raise ConfigError(f"timm model {name!r} has no option {bad.group(1)!r}"
+                              + (" (a YAML flow mapping needs a space after the colon: {width: 8})"
+                                 if ":" in bad.group(1) else ""),
+                              key=f"model.backbone_kwargs.{bad.group(1)}") from exc
         raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}", key="model.backbone_kwargs") from exc
     except Exception as exc:
         if not pretrained and not hub_name:

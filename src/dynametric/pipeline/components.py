@@ -32,6 +32,10 @@ def build_components(cfg: Config, *, datasets: Datasets | None, num_scales: int 
     labels of its own (MIC's clusters) get their class count from the method
     (:meth:`dynametric.methods.Method.surrogate_classes`)."""
     method = method_for(cfg)
-    surrogate = method.surrogate_classes(cfg, method.validate(cfg))
-    return assemble(cfg, datasets=datasets, make_module=module_factory(cfg), num_scales=num_scales,
-                    progress_bar=progress_bar, surrogate=surrogate)
+    settings = method.validate(cfg)
+    method.check_data(cfg, settings, datasets)  # before the loss terms: their class counts may follow from it
+    surrogate = method.surrogate_classes(cfg, settings)
+    comps = assemble(cfg, datasets=datasets, make_module=module_factory(cfg), num_scales=num_scales,
+                     progress_bar=progress_bar, surrogate=surrogate)
+    method.check_model(cfg, settings, comps.embedder)
+    return comps

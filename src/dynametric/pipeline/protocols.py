@@ -60,6 +60,13 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
     offered = f"the {fmt} data has the splits {', '.join(splits)}" if splits else f"the {fmt} data lists no split"
     if isinstance(protocol, DyMLProtocol):
         fits = fmt.removeprefix("dyml-") if fmt.startswith("dyml-") else "all_in_one"
+        if protocol.is_per_scale and "scales" in cfg.method.kwargs:  # the scale names chose the splits
+            bad = [sc for sc in protocol.scales if f"query_{sc}" in missing or f"gallery_{sc}" in missing]
+            have = [x.removeprefix("query_") for x in splits if x.startswith("query_")
+                    and f"gallery_{x.removeprefix('query_')}" in splits]
+            raise ConfigError(f"scale {bad[0]!r} has no query_{bad[0]} / gallery_{bad[0]} split; expected scale "
+                              f"names of the data: {', '.join(have) or 'none'}" + _suggest(bad[0], have),
+                              key="method.kwargs.scales")
         tests_on = (f"data.test_split {missing[0]!r}" if protocol.variant == "all_in_one"
                     else f"the split(s) {', '.join(missing)}")
         if fits == protocol.variant:  # the variant fits the data: the split is wrong

@@ -33,6 +33,26 @@ class MIC(AlternatingMethod):
         count = (int(settings.num_clusters), "method.kwargs.num_clusters")
         return {key: count for key, term in terms if term.head == "shared"}
 
+    def check_data(self, cfg: Config, settings: Any, datasets: Any) -> None:
+        """k-means clusters the training images: ``num_clusters`` can be at most their number."""
+        if datasets is None:
+            return
+        n = len(datasets.train)
+        if int(settings.num_clusters) > n:
+            raise ConfigError(f"{settings.num_clusters} clusters of {n} training images: expected at most {n} "
+                              "(k-means clusters the training images)", key="method.kwargs.num_clusters")
+
+    def check_model(self, cfg: Config, settings: Any, embedder: Any) -> None:
+        """``feature_layer`` must name a module of the built model (its features start the clustering)."""
+        import difflib
+
+        names = [n for n, _ in embedder.named_modules() if n]
+        if settings.feature_layer not in names:
+            close = difflib.get_close_matches(settings.feature_layer, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; e.g. {', '.join(names[:8])}"
+            raise ConfigError(f"the model has no module {settings.feature_layer!r} (expected a name from the "
+                              f"embedder's named_modules()){hint}", key="method.kwargs.feature_layer")
+
     def module_plan(self, cfg: Config, settings: Any) -> Any:
         from dynametric.methods.sharing.alternating import HookPlan, unaugmented_view
 

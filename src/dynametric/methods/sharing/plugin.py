@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dynametric.errors import ConfigError
 from dynametric.methods.base import Method
 
 if TYPE_CHECKING:
@@ -33,8 +34,16 @@ class SharingAlternating(AlternatingMethod):
 
     def options(self, cfg: Config) -> Any:
         from dynametric.methods.sharing.alternating import AlternatingSettings
+        from dynametric.models.embedder import default_head_names
 
-        return AlternatingSettings.from_kwargs(cfg.method.kwargs)
+        settings = AlternatingSettings.from_kwargs(cfg.method.kwargs)
+        heads = list(cfg.model.head_names or default_head_names(cfg.model.num_heads))
+        for arg in ("class_head", "shared_head"):
+            head = getattr(settings, arg)
+            if head not in heads:
+                raise ConfigError(f"unknown head {head!r}; expected one of the model's heads {heads}",
+                                  key=f"method.kwargs.{arg}")
+        return settings
 
     def module_plan(self, cfg: Config, settings: Any) -> Any:
         from dynametric.methods.sharing.alternating import HookPlan
