@@ -447,3 +447,26 @@ def test_a_dry_run_without_its_data_prints_each_warning_once_as_its_own_line(tmp
         f"warning: dataset root '{missing}' not found (format 'cub200'): a real run will fail; continuing the dry run "
         "without data (class counts are placeholders)",
         "warning: loss: num_classes unknown without the dataset; a placeholder is used (dry run only)"]
+
+
+# ------------------------------------------------------------------ weights and loss arguments outside their range
+
+_SHARING = Path(__file__).resolve().parents[2] / "configs" / "sharing" / "synthetic.yaml"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--config", str(_SHARING), "extra_losses[0].weight=-0.3"],
+     "<command line> key 'extra_losses[0].weight': expected a non-negative weight, got -0.3"),
+    (["--config", str(_SHARING), "extra_losses[1].weight=-100"],  # rho: the GRL makes the term adversarial
+     "<command line> key 'extra_losses[1].weight': expected a non-negative weight, got -100.0"),
+    (["loss.weight=-1"], "<command line> key 'loss.weight': expected a non-negative weight, got -1.0"),
+    (["loss.name=CSLLoss", "loss.multiscale=false", "loss.kwargs={gamma: -5}"],
+     "<command line> key 'loss.kwargs.gamma': CSLLoss: gamma (the cosine scale) must be a number > 0, got -5"),
+])
+def test_negative_weights_and_csl_gamma_are_refused_by_the_dry_run(capsys, argv, expected) -> None:
+    assert _dry(capsys, *argv).endswith(expected)
+
+
+def test_no_shipped_config_uses_a_negative_weight() -> None:
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    assert not [p for p in configs.rglob("*.yaml") if "weight: -" in p.read_text()]

@@ -188,3 +188,17 @@ def test_evaluate_split_val_reaches_the_validation_carved_from_train(tmp_path):
         for metric in ("recall@1", "map@r"):
             assert got[scale][metric] == pytest.approx(expected[scale][metric], abs=1e-6), (scale, metric)
         assert got[scale]["num_queries"] == expected[scale]["num_queries"] == 6 * 4
+
+
+def test_the_summary_table_names_the_head_of_a_multi_head_run() -> None:
+    from dynametric.pipeline.run import _summary
+
+    metrics = {"untrained": {"fine": {"recall@1": 0.1}, "mean": {"recall@1": 0.1}},
+               "test": {"fine": {"recall@1": 0.5}, "mean": {"recall@1": 0.5}}}
+    lines: list[str] = []
+    _summary(metrics, ["fine"], lines.append, "concat", True)
+    assert lines[0] == "test metrics of head concat (every head: run_info.json test_by_head)"
+    assert lines[1].split() == ["scale", "recall@1", "untrained", "recall@1", "trained"]
+    lines.clear()
+    _summary(metrics, ["fine"], lines.append)  # a single-head run: the table alone, as before
+    assert lines[0].startswith("scale")

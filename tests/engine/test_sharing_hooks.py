@@ -55,9 +55,13 @@ class _Spy:
         monkeypatch.setattr(AlternatingSharingModule, "_step", step)
 
 
-def test_sharing_alternating_runs_end_to_end_and_each_step_moves_its_parameters(tmp_path, monkeypatch):
+def test_sharing_alternating_runs_end_to_end_and_each_step_moves_its_parameters(tmp_path, monkeypatch, capsys):
     spy = _Spy(monkeypatch)
+    capsys.readouterr()
     metrics, info, last = _train(ALT, tmp_path / "alt", ["trainer.max_epochs=2", "method.kwargs.p_aux=1.0"])
+    printed = "".join(capsys.readouterr())
+    # the end-of-run table says which of the two heads (or their concatenation) it shows
+    assert "test metrics of head concat (every head: run_info.json test_by_head)\nscale " in printed
     assert set(metrics) == {"untrained", "validation", "test"} and len(metrics["validation"]) == 2
     assert set(info["test_by_head"]) == set(HEADS)
     for head in HEADS:

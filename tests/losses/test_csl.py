@@ -296,3 +296,30 @@ def test_training_with_csl_reaches_every_margin():
             neg = labels[:, level, None] != PATHS[:, level][None, :]
             hardest = s.masked_fill(~neg, -2).max(dim=1).values
             assert bool((own - hardest > m).float().mean() >= 0.95), level
+
+
+# ------------------------------------------------------------------------------ arguments outside the paper's ranges
+
+_PATHS = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 1, 0], [3, 1, 1]])
+
+
+@pytest.mark.parametrize("kwargs, key, words", [
+    ({"gamma": 0}, "gamma", "gamma (the cosine scale) must be a number > 0, got 0"),
+    ({"gamma": -1}, "gamma", "gamma (the cosine scale) must be a number > 0, got -1"),
+    ({"gamma": float("nan")}, "gamma", "must be a number > 0"),
+    ({"weights": [1, -1, 1]}, "weights", "weights must be non-negative, not all zero, got [1.0, -1.0, 1.0]"),
+    ({"weights": [0, 0, 0]}, "weights", "not all zero"),
+])
+def test_gamma_and_weights_outside_their_range_are_refused(kwargs, key, words) -> None:
+    with pytest.raises(InputError) as info:
+        CSLLoss.from_labels(_PATHS, 8, **kwargs)
+    assert info.value.key == key and words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_zero_weight_at_one_scale_is_fine_and_float_labels_follow_the_other_losses() -> None:
+    loss = CSLLoss.from_labels(_PATHS, 8, weights=[1, 0, 1])
+    emb = torch.randn(4, 8)
+    assert torch.isfinite(loss(emb, _PATHS))
+    assert torch.equal(loss(emb, _PATHS.float()), loss(emb, _PATHS))  # integral floats: as every loss takes them
+    with pytest.raises(InputError, match="labels must be integers, found non-integer values"):
+        loss(emb, _PATHS.float() + 0.5)

@@ -149,3 +149,19 @@ def test_errors():
         MultiScaleLoss(TripletMarginLoss(), chunks=[(0, 4), (4, 8), (8, 20)])(emb, labels)
     with pytest.raises(ConfigError, match="expected 0"):
         MultiScaleLoss(TripletMarginLoss(scale=1), num_scales=3)
+
+
+@pytest.mark.parametrize("weights", [[1, -1, 1], [0, 0, 0], [1, float("nan"), 1]])
+def test_negative_nan_or_all_zero_scale_weights_are_refused(weights) -> None:
+    with pytest.raises(ConfigError) as info:
+        MultiScaleLoss(TripletMarginLoss(), weights=weights)
+    assert info.value.key == "weights" and "expected non-negative weights, not all zero" in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, key", [({"images_per_class": 0}, "images_per_class"),
+                                         ({"images_per_class": -2}, "images_per_class"),
+                                         ({"num_scales": 0}, "num_scales")])
+def test_three_scale_chunks_refuses_a_non_positive_layout_when_built(kwargs, key) -> None:
+    with pytest.raises(ConfigError) as info:
+        ThreeScaleChunks(**kwargs)
+    assert info.value.key == key and "must be a positive integer" in str(info.value)

@@ -193,3 +193,20 @@ def test_validation() -> None:
         loss(emb, labels, indices_tuple=(torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
     with pytest.raises(InputError, match="ref_emb"):
         loss(emb, labels, ref_emb=emb, ref_labels=labels)
+
+
+def test_a_negative_scale_is_refused_not_read_as_the_last_column() -> None:
+    with pytest.raises(ConfigError) as info:
+        PDDMLoss(6, scale=-1)
+    assert info.value.key == "scale" and "0..S-1" in str(info.value)
+
+
+def test_an_empty_batch_gives_a_graph_connected_zero() -> None:
+    loss = PDDMLoss(6)
+    x = torch.randn(0, 6, requires_grad=True)
+    value = loss(x, torch.zeros(0, dtype=torch.long))
+    assert value.item() == 0.0 and value.requires_grad
+    value.backward()
+    assert x.grad is not None and x.grad.shape == (0, 6)
+    assert all(p.grad is not None and not p.grad.any() for p in loss.unit.parameters())
+    assert loss.num_degenerate_batches == 1

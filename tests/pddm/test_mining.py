@@ -106,3 +106,11 @@ def test_mining_validation() -> None:
     s[0, 1] = s[1, 0] = float("nan")
     with pytest.raises(InputError, match="NaN"):
         mine_hard_quadruplets(s, torch.tensor([0, 0, 1]))
+
+
+def test_an_empty_batch_mines_nothing() -> None:
+    scores, labels = torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    idx, has = hardest_negatives(scores, labels)
+    assert idx.shape == (0,) and has.shape == (0,)
+    for mode in ("faithful_one_per_batch", "per_positive_pair"):
+        assert all(t.numel() == 0 for t in mine_hard_quadruplets(scores, labels, mode))

@@ -60,3 +60,14 @@ def test_euclidean_topk_chunks_and_ties() -> None:
 def test_recall_from_ranking_validation() -> None:
     with pytest.raises(InputError, match="ranking depth"):
         recall_at_k_from_ranking(torch.zeros(2, 2, dtype=torch.long), torch.tensor([0, 1]), k_values=(4,))
+
+
+@pytest.mark.parametrize("query, gallery, key, words", [
+    ((5, 8), (6, 7), "gallery_emb", "query_emb and gallery_emb must have the same width D, got 8 and 7"),
+    ((5, 8), (6,), "gallery_emb", "gallery_emb must be [M, D], got shape (6,)"),
+    ((5, 7), (6, 7), "query_emb", "query_emb has width 7 but the PDDM unit was built for 8"),
+])
+def test_mismatched_widths_are_one_line_errors_naming_the_argument(query, gallery, key, words) -> None:
+    with pytest.raises(InputError) as info:
+        pddm_rerank(PDDM(8), torch.randn(*query), torch.randn(*gallery), k=3)
+    assert info.value.key == key and words in str(info.value) and "\n" not in str(info.value)

@@ -173,7 +173,18 @@ def test_table_prints_no_negative_zero(built: dict[str, Path], capsys) -> None:
     assert "-0.0000" not in table and table.count(" 0.0000 ") == 12
     raw = [q["results"][0]["distance"] for q in _search(capsys, "--index", str(built["index"]), "--embeddings",
                                                          str(built["emb"]), "-k", "1")["queries"]]
-    assert all(abs(d) < 1e-5 for d in raw)
+    assert all(0.0 <= d < 1e-5 for d in raw)  # cosine distances are clamped at 0, not -1e-7
+
+
+def test_cosine_and_l2_distances_are_clamped_at_zero_and_keep_their_order() -> None:
+    from dynametric.retrieval.index import to_distance
+
+    scores = np.array([[1.0000001, 1.0, 0.5, -0.2]], dtype=np.float32)
+    cos = to_distance(scores, "cosine")
+    assert cos.min() == 0.0 and (np.diff(cos[0]) >= 0).all()
+    assert cos[0, 2] == np.float32(0.5) and cos[0, 3] == np.float32(1.2)
+    assert (to_distance(np.array([[-1e-7, 0.25]], dtype=np.float32), "l2") == np.array([[0.0, 0.5]])).all()
+    assert to_distance(np.array([[0.5]]), "ip")[0, 0] == -0.5  # -ip keeps its sign
 
 
 def test_exclude_self_with_image_files_matches_the_indexed_file(built: dict[str, Path], tmp_path: Path,
@@ -313,7 +324,7 @@ def test_query_embeddings_of_another_model_are_refused(built: dict[str, Path], t
     capsys.readouterr()
     assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "emb"), "-k", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "come from another model than the index: weights (hash" in err and str(tmp_path / "emb") in err
+    assert "come from another model than the index: weights hash " in err and str(tmp_path / "emb") in err
     assert len(err.splitlines()) == 1
     np.save(tmp_path / "bare.npy", np.load(tmp_path / "emb" / "embeddings.npy"))  # no identity: cannot be checked
     assert main(["search", "--index", str(built["index"]), "--embeddings", str(tmp_path / "bare.npy"), "-k", "2"]) == 0
@@ -352,3 +363,17 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path) 
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err
+
+
+def test_another_head_than_the_index_is_named_in_balanced_words(tmp_path: Path) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.model import check_same_model
+
+    with pytest.raises(InputError) as info:
+        check_same_model({"weights_hash": "abc", "head": "concat"}, {"weights_hash": "abc", "head": "class"},
+                         tmp_path / "emb")
+    msg = str(info.value)
+    assert "from another model than the index: head class against the index's concat; embed the queries" in msg
+    assert msg.count("(") == msg.count(")") and "\n" not in msg
+    with pytest.raises(InputError, match=r"weights hash def against the index's abc;"):
+        check_same_model({"weights_hash": "abc"}, {"weights_hash": "def"}, tmp_path / "emb")

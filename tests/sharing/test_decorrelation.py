@@ -117,3 +117,15 @@ def test_decorrelation_loss_on_the_concat_head_through_the_engine_objective() ->
         loss.decorrelation(torch.randn(3, 10), torch.randn(3, 9))
     with pytest.raises(ConfigError):
         Decorrelation(direction="sideways")
+
+
+def test_an_empty_batch_gives_a_graph_connected_zero_not_nan() -> None:
+    loss = DecorrelationLoss(8)
+    x = torch.randn(0, 8, requires_grad=True)
+    value = loss(x, torch.zeros(0))
+    assert value.item() == 0.0 and not torch.isnan(value) and value.requires_grad
+    value.backward()
+    assert x.grad is not None and x.grad.shape == (0, 8)
+    assert all(p.grad is None or not p.grad.any() for p in loss.parameters())
+    with pytest.raises(InputError, match="built for widths"):  # the width is still checked on an empty batch
+        loss(torch.randn(0, 7), torch.zeros(0))

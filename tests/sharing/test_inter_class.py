@@ -187,3 +187,17 @@ def test_bad_arguments() -> None:
     emb = _sphere(6, 4, 0).float()
     with pytest.raises(InputError, match="ref_emb"):
         InterClassTripletMiner("random")(emb, torch.arange(6), emb.clone(), torch.arange(6))
+
+
+@pytest.mark.parametrize("variant", ["standard", "full", "random", "random_groups"])
+def test_an_empty_batch_mines_no_triplet(variant) -> None:
+    miner = InterClassTripletMiner(variant, seed=0)
+    a, p, n = miner(torch.randn(0, 16), torch.zeros(0, dtype=torch.long))
+    assert a.numel() == p.numel() == n.numel() == 0 and a.dtype == torch.long
+    assert miner.last_skipped == 0 and miner.total_anchors == 0
+
+
+def test_an_empty_reference_set_skips_every_anchor() -> None:
+    miner = InterClassTripletMiner("standard", seed=0)
+    a, _, _ = miner(torch.randn(3, 16), torch.tensor([0, 1, 2]), torch.randn(0, 16), torch.zeros(0, dtype=torch.long))
+    assert a.numel() == 0 and miner.last_skipped == 3

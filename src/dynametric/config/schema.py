@@ -180,6 +180,9 @@ class LossConfig:
 
     def _validate(self, key: str) -> None:
         _known_name(self.name, "dynametric.losses", "LOSSES", "loss", f"{key}.name")
+        # Also the decorrelation term's rho: its gradient-reversal layer, not the weight's sign, makes it adversarial.
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(f"expected a non-negative weight, got {self.weight}", key=f"{key}.weight")
         if self.scale_weights is not None:
             if not self.multiscale:
                 raise ConfigError("scale_weights needs multiscale: true", key=f"{key}.scale_weights")

@@ -50,7 +50,8 @@ def select_head(outputs: torch.Tensor | Mapping[str, torch.Tensor] | Sequence[to
         raise ConfigError(f"the model has several heads {names}; name one (or 'concat')", key="head")
     if isinstance(outputs, Mapping):
         if head not in outputs:
-            raise ConfigError(f"unknown head {head!r}; the model has {list(outputs.keys())}", key="head")
+            raise ConfigError(f"unknown head {head!r}; expected one of {[*outputs.keys(), 'concat']} (the model's "
+                              "heads, or 'concat' for all of them)", key="head")
         return outputs[head]  # type: ignore[index]
     if not isinstance(head, int) or not 0 <= head < len(items):
         raise ConfigError(f"head {head!r} out of range for {len(items)} heads", key="head")

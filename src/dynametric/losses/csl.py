@@ -66,9 +66,9 @@ class CSLLoss(MetricLoss):
             first, raw ids). Fine ids must be unique. Batch labels are raw ids, mapped to proxies by the fine
             column. May be ``None`` only in ``mode="pairs"`` (then no proxies exist).
         embedding_size: ``D`` of the proxies.
-        gamma: scale of the cosine similarities (32).
+        gamma: scale of the cosine similarities (32; must be > 0).
         margins: one margin per scale, finest first, usually growing ((0.25, 0.35, 0.45)).
-        weights: per-scale weights of the summed terms (all 1).
+        weights: per-scale weights of the summed terms (all 1; non-negative, not all zero).
         mode: ``"proxy"`` (default) or ``"pairs"`` (in-batch samples in place of proxies).
         weight_init_func: initialiser of the ``[C, D]`` proxies (default uniform in ``±1/sqrt(D)``).
     """
@@ -90,6 +90,8 @@ class CSLLoss(MetricLoss):
         if mode not in _MODES:
             raise InputError(f"mode must be one of {list(_MODES)}, got {mode!r}", key="mode")
         self.mode = mode
+        if isinstance(gamma, bool) or not (math.isfinite(float(gamma)) and float(gamma) > 0):
+            raise InputError(f"gamma (the cosine scale) must be a number > 0, got {gamma!r}", key="gamma")
         self.gamma = float(gamma)
         self.margins = tuple(float(m) for m in margins)
         if not self.margins:
@@ -98,6 +100,8 @@ class CSLLoss(MetricLoss):
         self.weights = tuple(float(w) for w in weights) if weights is not None else (1.0,) * num_scales
         if len(self.weights) != num_scales:
             raise InputError(f"weights has {len(self.weights)} entries but margins has {num_scales}", key="weights")
+        if not all(math.isfinite(w) and w >= 0 for w in self.weights) or not any(w > 0 for w in self.weights):
+            raise InputError(f"weights must be non-negative, not all zero, got {list(self.weights)}", key="weights")
         if int(embedding_size) < 1:
             raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
         self.embedding_size = int(embedding_size)

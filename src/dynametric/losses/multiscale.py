@@ -12,6 +12,7 @@ one entry per scale).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -49,6 +50,9 @@ class ThreeScaleChunks:
     :func:`three_scale_chunks` (so the last, smaller batch of an epoch works too)."""
 
     def __init__(self, images_per_class: int = 4, num_scales: int = 3) -> None:
+        for key, value in (("images_per_class", images_per_class), ("num_scales", num_scales)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}", key=key)
         self.images_per_class = images_per_class
         self.num_scales = num_scales
 
@@ -150,6 +154,8 @@ class MultiScaleLoss(MetricLoss):
         if len(weights) != num_scales:
             raise ConfigError(f"{len(weights)} weights for {num_scales} scales", key="weights")
         self.weights = [float(w) for w in weights]
+        if not all(math.isfinite(w) and w >= 0 for w in self.weights) or not any(w > 0 for w in self.weights):
+            raise ConfigError(f"expected non-negative weights, not all zero, got {self.weights}", key="weights")
         if chunks is not None and not callable(chunks) and len(chunks) != num_scales:
             raise ConfigError(f"{len(chunks)} chunks for {num_scales} scales", key="chunks")
         self.chunks = chunks

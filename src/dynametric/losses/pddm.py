@@ -74,6 +74,8 @@ class PDDMLoss(MetricLoss):
         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         scale: int = 0,
     ) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
+            raise ConfigError(f"scale must be a label column index 0..S-1 (0 = finest), got {scale!r}", key="scale")
         super().__init__(scale=scale)
         if mode not in MINING_MODES:
             raise ConfigError(f"unknown PDDM mode {mode!r}; expected one of {MINING_MODES}", key="mode")

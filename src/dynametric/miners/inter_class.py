@@ -107,6 +107,12 @@ class InterClassTripletMiner(Miner):
             raise InputError(f"t* variant {self.variant!r} permutes the batch and needs ref_emb=None", key="ref_emb")
         b, r = embeddings.shape[0], ref_emb.shape[0]
         device = labels.device
+        if b == 0 or r == 0:  # nothing to draw from: every anchor (if any) is skipped, as other miners do
+            self.last_skipped = b
+            self.total_skipped += b
+            self.total_anchors += b
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return empty, empty.clone(), empty.clone()
         log_w = self.log_weights(embeddings, ref_emb)
         not_self = ~torch.eye(b, r, dtype=torch.bool, device=device) if in_batch else torch.ones(
             b, r, dtype=torch.bool, device=device)

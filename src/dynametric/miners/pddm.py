@@ -43,6 +43,8 @@ def hardest_negatives(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     """Row-wise most similar negative: ``(index [m], has_negative [m] bool)``; ties to the lowest index."""
     labels = _check(scores, labels)
     neg = labels[:, None] != labels[None, :]
+    if scores.shape[0] == 0:  # argmax over an empty row would raise; an empty batch has no negative
+        return torch.zeros(0, dtype=torch.long, device=scores.device), neg.any(dim=1)
     masked = scores.detach().masked_fill(~neg, float("-inf"))
     return masked.argmax(dim=1), neg.any(dim=1)
 

@@ -87,7 +87,7 @@ class Decorrelation(nn.Module):
         self.regressor = nn.Sequential(nn.Linear(src, hidden), nn.ReLU(), nn.Linear(hidden, dst))
 
     def forward(self, class_emb: torch.Tensor, shared_emb: torch.Tensor) -> torch.Tensor:
-        """``L_adv`` (a scalar; more negative = more correlated)."""
+        """``L_adv`` (a scalar; more negative = more correlated; 0, graph-connected, for an empty batch)."""
         if class_emb.dim() != 2 or shared_emb.dim() != 2 or class_emb.shape[0] != shared_emb.shape[0]:
             raise InputError(f"expected [B, D_c] and [B, D_s] embeddings, got {tuple(class_emb.shape)} and "
                              f"{tuple(shared_emb.shape)}", key="embeddings")
@@ -100,4 +100,7 @@ class Decorrelation(nn.Module):
             target, pred = c, _normalise(self.regressor(s))
         else:
             target, pred = s, _normalise(self.regressor(c))
-        return -(target * pred).pow(2).mean()
+        sq = (target * pred).pow(2)
+        if sq.numel() == 0:  # empty batch: a zero still connected to the graph (the mean would be NaN)
+            return sq.sum()
+        return -sq.mean()

@@ -206,9 +206,14 @@ def _head_results(cfg: Config, module: MetricLearningModule, dm: MetricDataModul
     return out
 
 
-def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str], None]) -> None:
+def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str], None],
+             head: str | None = None, other_heads: bool = False) -> None:
+    """The end-of-run table: untrained vs trained test metrics. A multi-head run names the head it shows (the
+    evaluation head, ``concat`` by default) and where the other heads' results are."""
     untrained, test = metrics["untrained"], metrics["test"]
     keys = [k for k in ("recall@1", "map@r") if k in test.get(scale_names[0], {})]
+    if head is not None:
+        log(f"test metrics of head {head}" + (" (every head: run_info.json test_by_head)" if other_heads else ""))
     log(f"{'scale':<10}" + "".join(f"{k + ' untrained':>20}{k + ' trained':>18}" for k in keys))
     for scale in [*scale_names, "mean"]:
         row = f"{scale:<10}"
@@ -385,7 +390,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         atomic_write_json(run_dir / "run_info.json", info)
         if exp_logger is not None:
             exp_logger.finalize("success")
-        _summary(metrics, comps.scale_names, log)
+        _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads))
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
 

@@ -124,9 +124,12 @@ def faiss_search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 
 
 def to_distance(scores: np.ndarray, metric: str) -> np.ndarray:
-    """faiss scores -> reported distances (smaller is closer): ``1 - cos``, Euclidean, ``-ip``."""
+    """faiss scores -> reported distances (smaller is closer): ``1 - cos``, Euclidean, ``-ip``.
+
+    ``1 - cos`` and the Euclidean distance cannot be negative: float rounding below 0 (a query's own item at about
+    ``-1e-7``) is clamped to 0, which keeps the order (the clamp is monotone); ``-ip`` keeps its sign."""
     if metric == "cosine":
-        return 1.0 - scores
+        return np.maximum(1.0 - scores, 0.0)
     if metric == "l2":
         return np.sqrt(np.maximum(scores, 0.0))
     return -scores

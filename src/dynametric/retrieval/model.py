@@ -219,11 +219,11 @@ def check_same_model(index_model: dict[str, Any], query_model: dict[str, Any], q
     """Query embeddings from an embed folder must come from the model the index was built with: the same weights
     (hash) and head; else their distances to the index's items mean nothing. Either side without a recorded
     model (a bare ``.npy``) cannot be checked."""
-    for key, what in (("weights_hash", "weights (hash"), ("head", "head (")):
+    for key, what in (("weights_hash", "weights hash"), ("head", "head")):
         want, got = index_model.get(key), query_model.get(key)
         if want and got and want != got:
-            raise InputError(f"the query embeddings come from another model than the index: {what} {got}) against "
-                             f"{want}); embed the queries with the index's checkpoint", file=queries)
+            raise InputError(f"the query embeddings come from another model than the index: {what} {got} against "
+                             f"the index's {want}; embed the queries with the index's checkpoint", file=queries)
 
 
 def _index_precision(index_model: dict[str, Any]) -> str:

@@ -66,6 +66,15 @@ def pddm_rerank(
     """
     if query_emb.dim() != 2:
         raise InputError(f"query_emb must be [N, D], got shape {tuple(query_emb.shape)}", key="query_emb")
+    if query_emb.shape[1] != unit.embedding_dim:
+        raise InputError(f"query_emb has width {query_emb.shape[1]} but the PDDM unit was built for "
+                         f"{unit.embedding_dim}", key="query_emb")
+    if gallery_emb is not None:
+        if gallery_emb.dim() != 2:
+            raise InputError(f"gallery_emb must be [M, D], got shape {tuple(gallery_emb.shape)}", key="gallery_emb")
+        if gallery_emb.shape[1] != query_emb.shape[1]:
+            raise InputError(f"query_emb and gallery_emb must have the same width D, got {query_emb.shape[1]} and "
+                             f"{gallery_emb.shape[1]}", key="gallery_emb")
     exclude_self = gallery_emb is None
     gallery = query_emb if gallery_emb is None else gallery_emb
     with torch.no_grad():
