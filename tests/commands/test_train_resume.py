@@ -4,6 +4,7 @@ is refused while another process trains into the folder, and gets over the tempo
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import socket
@@ -163,3 +164,22 @@ def test_a_kill_while_the_first_checkpoint_was_written(tmp_path, capsys, monkeyp
     assert ".last.ckpt.q8w7e6r5.tmp" in capsys.readouterr().out  # named among the replaced files
     assert not (run / ".last.ckpt.q8w7e6r5.tmp").exists() and (run / "last.ckpt").is_file()
 
+
+def test_metrics_json_holds_every_validation_round_of_a_killed_run(tmp_path) -> None:
+    from dynametric.engine.callbacks import ValidationToMetrics
+    from dynametric.engine.trainer import build_trainer
+    from tests.engine.test_resume import Crash, CrashAt, _setup
+
+    module, dm, settings = _setup(tmp_path, -1, every=0)
+    settings.max_epochs = 3
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"untrained": {"fine": {"map@r": 0.1}}, "validation": [],
+                                                  "test": {}}))
+    with pytest.raises(Crash):  # killed in the second epoch (5 batches per epoch)
+        build_trainer(settings, dm, run, callbacks=[ValidationToMetrics(run / "metrics.json"),
+                                                    CrashAt(7).callback]).fit(module, datamodule=dm)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics) == ["untrained", "validation", "test"] and metrics["untrained"] == {"fine": {"map@r": 0.1}}
+    assert [v["epoch"] for v in metrics["validation"]] == [0]
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []

@@ -40,6 +40,7 @@ from dynametric.engine.builders import (
     sampler_factory,
     trainer_settings,
 )
+from dynametric.engine.callbacks import ValidationToMetrics
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
@@ -403,7 +404,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                           eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
                           **loader_settings(cfg))
     # built before anything is written: a trainer Lightning refuses leaves no file behind
-    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger)
+    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
+                            callbacks=[ValidationToMetrics(run_dir / "metrics.json")])
     if resume:
         claim_resumed_run(run_dir, log)
     metrics_path = run_dir / "metrics.json"
