@@ -105,3 +105,29 @@ def test_logger_options_reach_the_logger_and_bad_ones_are_config_errors(tmp_path
     assert csv.log_dir == str(tmp_path / "logs")
     with pytest.raises(ConfigError, match="bad option for the csv logger"):
         loggers.build_logger("csv", tmp_path, {"nonsense": 1})
+
+
+def test_the_csv_logger_keeps_the_rows_already_in_the_file(tmp_path):
+    # a resumed run's logger: Lightning's CSVLogger deleted metrics.csv when it started and wrote only its own rows
+    csv_path = tmp_path / "logs" / "metrics.csv"
+    first = loggers.build_logger("csv", tmp_path)
+    first.log_metrics({"untrained/fine/map@r": 0.25}, step=0)
+    first.log_metrics({"train/loss": 1.5}, step=1)
+    first.save()
+    before = csv_path.read_text()
+    assert before.splitlines()[0] == "step,train/loss,untrained/fine/map@r"
+
+    second = loggers.build_logger("csv", tmp_path)  # the resumed process
+    second.log_metrics({"train/loss": 1.25}, step=2)
+    second.log_metrics({"test/fine/map@r": 0.5}, step=2)  # a column the earlier rows lack
+    second.save()
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0]) == ["step", "test/fine/map@r", "train/loss", "untrained/fine/map@r"]
+    assert [(r["step"], r["train/loss"], r["untrained/fine/map@r"], r["test/fine/map@r"]) for r in rows] == [
+        ("0", "", "0.25", ""), ("1", "1.5", "", ""), ("2", "1.25", "", ""), ("2", "", "", "0.5")]
+    second.log_metrics({"train/loss": 1.0}, step=3)
+    second.save()  # a later write of the same process keeps everything and leaves no temporary file
+    assert len(list(csv.DictReader(csv_path.open()))) == 5
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == ["metrics.csv"]

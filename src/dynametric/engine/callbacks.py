@@ -91,3 +91,26 @@ class ResumeState(L.Callback):
         if self.last_path is not None:
             trainer.save_checkpoint(self.last_path, weights_only=False)
             self._last_saved_step = trainer.global_step
+
+
+class ValidationToMetrics(L.Callback):
+    """After every validation round of ``fit``, the run's ``metrics.json`` (once the run wrote it) gets the validation
+    rounds so far, rewritten atomically with its other entries as they were: the folder of a run that is killed
+    shows how far it got (the rounds are in ``last.ckpt`` too, and a resumed run writes them again)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.path.is_file():
+            return
+        import json
+
+        from dynametric.utils.io import atomic_write_json
+
+        try:
+            metrics = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # not the run's file as it wrote it: left as it is (the run's end rewrites it)
+        if isinstance(metrics, dict):
+            atomic_write_json(self.path, {**metrics, "validation": list(getattr(pl_module, "validation_history", []))})

@@ -69,19 +69,33 @@ def embedder_state_dict(checkpoint: dict[str, Any], prefix: str = "embedder.") -
     return out
 
 
+def model_mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """Why the weights ``state`` (names -> tensors) cannot be loaded into ``model``, in one line, or ``None`` when
+    they fit: tensors of another shape (another width or backbone than the config's), missing or unexpected names.
+    Nothing is loaded. The wording of ``evaluate --checkpoint`` / ``embed`` and of ``train --resume``."""
+    own = model.state_dict()
+    sizes = [f"size mismatch for {name}: copying a param with shape {value.shape} from checkpoint, the shape "
+             f"in current model is {own[name].shape}."
+             for name, value in state.items()
+             if name in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[name].shape)]
+    if sizes:
+        return (f"checkpoint does not match the configured model ({len(sizes)} tensor(s) of another shape; first: "
+                f"{sizes[0]})")
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:
+        return f"checkpoint does not match the configured model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+    return None
+
+
 def load_embedder_weights(embedder: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load ``path`` (a ``dynametric train`` checkpoint) into ``embedder``; returns the checkpoint dict."""
     ckpt = load_checkpoint_file(path)
     try:
         state = embedder_state_dict(ckpt)
-        missing, unexpected = embedder.load_state_dict(state, strict=False)
     except InputError as exc:
         raise InputError(exc.message, file=path, key=exc.key) from None
-    except RuntimeError as exc:  # same names, other shapes: another width or backbone than the config's
-        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        raise InputError(f"checkpoint does not match the configured model ({len(sizes)} tensor(s) of another shape; "
-                         f"first: {sizes[0] if sizes else str(exc)[:200]})", file=path) from None
-    if missing or unexpected:
-        raise InputError(f"checkpoint does not match the configured model: missing {list(missing)[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}", file=path)
+    problem = model_mismatch(embedder, state)
+    if problem is not None:
+        raise InputError(problem, file=path)
+    embedder.load_state_dict(state)
     return ckpt

@@ -5,7 +5,12 @@ Every logger receives the training loss, the per-scale validation metrics of eve
 the untrained and final test metrics (``untrained/<scale>/<metric>``, ``test/<scale>/<metric>``) and, when
 ``run.report`` is on, the report's figures: as images for TensorBoard (``add_image``), Weights & Biases
 (``log_image``) and MLflow (``log_image`` artifacts); the CSV logger has no image support (the figures stay in
-``report.html``). ``run.logger_options`` are keyword arguments of the Lightning logger (e.g. ``{project: x,
+``report.html``). The ``csv`` logger keeps what ``logs/metrics.csv`` already holds: a resumed run adds its rows
+after the earlier ones (the untrained row, the rounds before a kill, the test row of a finished run), one header
+for all columns (a column that appears later is added, with empty cells in the earlier rows), and every write
+replaces the file atomically (Lightning's own CSV logger deletes an existing file when it starts and appends in
+place).
+``run.logger_options`` are keyword arguments of the Lightning logger (e.g. ``{project: x,
 offline: true}`` for wandb, ``{tracking_uri: http://...}`` for mlflow). A logger whose package is missing is a
 :class:`~dynametric.errors.ConfigError` naming the extra to install, raised before any work is done.
 """
@@ -13,6 +18,7 @@ offline: true}`` for wandb, ``{tracking_uri: http://...}`` for mlflow). A logger
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import importlib.util
 import io
@@ -22,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from dynametric.errors import ConfigError
+from dynametric.utils.io import atomic_open
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -46,9 +55,7 @@ def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | No
     opts = dict(options or {})
     try:
         if name == "csv":
-            from lightning.pytorch.loggers import CSVLogger
-
-            return CSVLogger(save_dir=run_dir, name="", version="logs", **opts)
+            return KeepingCSVLogger(save_dir=run_dir, name="", version="logs", **opts)
         if name == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -67,6 +74,45 @@ def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | No
         return MLFlowLogger(**opts)
     except TypeError as exc:
         raise ConfigError(f"bad option for the {name} logger: {exc}", key="run.logger_options") from None
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, keeping the rows an earlier process wrote (see :class:`KeepingCSVLogger`)."""
+
+    def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here; a resumed run keeps its rows
+        self._rows: list[dict[str, Any]] | None = None
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        path = Path(self.metrics_file_path)
+        if self._rows is None:  # the rows already in the file (an earlier process of this run), read once
+            self._rows = []
+            if path.is_file():
+                with path.open(newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    self._rows = list(reader)
+                    self.metrics_keys = sorted({*(reader.fieldnames or []), *self.metrics_keys})
+        self._record_new_keys()
+        self._rows += self.metrics
+        with atomic_open(path, "w", newline="", encoding="utf-8") as fh:  # every row, under the merged header
+            writer = csv.DictWriter(fh, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        self.metrics = []
+
+
+class KeepingCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` (``<save_dir>/<version>/metrics.csv``) that keeps the rows already in the file: a
+    resumed run adds its rows after them, a column that appears later is added to the header (empty in the earlier
+    rows), and every write replaces the file atomically (:func:`dynametric.utils.io.atomic_open`)."""
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def flat_metrics(prefix: str, results: Mapping[str, Any]) -> dict[str, float]:

@@ -230,6 +230,10 @@ class MetricLearningModule(L.LightningModule):
         self.skipped_steps = 0
         self.validation_history: list[dict[str, Any]] = []
         self.loss_history = []  # [global step, loss] pairs for the report's curve
+        # the run's resolved config (``config_to_dict``) and its ``config_hash``, stored in every checkpoint so a
+        # resume can tell whether the run folder's config.yaml is still the one the run trained with
+        self.run_config: dict[str, Any] | None = None
+        self.run_config_hash: str | None = None
         self.last_eval: dict[str, Any] | None = None
         self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -434,6 +438,9 @@ class MetricLearningModule(L.LightningModule):
                                     "loss_history": self.loss_history,
                                     "skipped_steps": self.skipped_steps,
                                     "optim": asdict(self.optim_settings)}
+        if self.run_config_hash is not None:
+            checkpoint["dynametric"]["config_hash"] = self.run_config_hash
+            checkpoint["dynametric"]["config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("dynametric", {})

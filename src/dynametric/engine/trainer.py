@@ -12,7 +12,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dynametric.config.schema import (
@@ -26,6 +25,7 @@ from dynametric.config.schema import (
 from dynametric.engine.callbacks import ResumeState
 from dynametric.engine.checkpoint import SafeCheckpointIO
 from dynametric.engine.data import MetricDataModule
+from dynametric.engine.loggers import KeepingCSVLogger
 from dynametric.engine.module import DEFAULT_MONITOR
 from dynametric.errors import ConfigError
 from dynametric.utils.seeds import check_seed
@@ -219,7 +219,7 @@ def build_trainer(
         cbs.append(EarlyStopping(monitor=f"val/{settings.monitor}", mode=settings.monitor_mode,
                                  patience=settings.patience, check_on_train_epoch_end=False))
     if logger is None and run_dir is not None:
-        logger = CSVLogger(save_dir=run_dir, name="", version="logs")
+        logger = KeepingCSVLogger(save_dir=run_dir, name="", version="logs")
     if settings.progress_bar:
         from dynametric.engine.loggers import MetricProgressBar
 

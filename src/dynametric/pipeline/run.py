@@ -40,6 +40,7 @@ from dynametric.engine.builders import (
     sampler_factory,
     trainer_settings,
 )
+from dynametric.engine.callbacks import ValidationToMetrics
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
@@ -109,14 +110,23 @@ _HEADER = "written by dynametric train for the run folder {folder} (process {pid
 _HEADER_RE = re.compile(r"# written by dynametric train for the run folder (?P<folder>.+) "
                         r"\(process (?P<pid>\d+) on host (?P<host>.*)\)")
 _BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json"), "logs": ("metrics.csv", "hparams.yaml")}
+# the files of a run folder whose atomic writes (dynametric.utils.io: ".<name>.<random>.tmp") a kill can leave
+_RUN_FILES = {"": ("config.yaml", "metrics.json", "last.ckpt", "best.ckpt", "run_info.json", "report.html"),
+              "logs": ("metrics.csv", "hparams.yaml")}
+
+
+def _temporary_of(entry: Path, names: tuple[str, ...]) -> bool:
+    """A regular file named like the temporary file of an atomic write of one of ``names``."""
+    return (not entry.is_symlink() and entry.is_file()
+            and any(entry.name.startswith(f".{n}.") and entry.name.endswith(".tmp") for n in names))
 
 
 def _own_file(entry: Path, names: tuple[str, ...]) -> bool:
-    """A regular file named in ``names``, or the temporary file of an atomic write of one (left by a kill)."""
+    """A regular file named in ``names``, or the temporary file of an atomic write of one of the run's files (left
+    by a kill: a kill while the first last.ckpt was written leaves ``.last.ckpt.<random>.tmp``)."""
     if entry.is_symlink() or not entry.is_file():
         return False
-    return entry.name in names or any(entry.name.startswith(f".{n}.") and entry.name.endswith(".tmp")
-                                      for n in names)
+    return entry.name in names or _temporary_of(entry, _RUN_FILES["logs" if "metrics.csv" in names else ""])
 
 
 def _process_alive(pid: int) -> bool:
@@ -133,17 +143,28 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _run_header(run_dir: Path) -> re.Match[str] | None:
+    """The first line of ``run_dir/config.yaml`` when it says dynametric train wrote it for this folder."""
+    try:
+        with (run_dir / "config.yaml").open(encoding="utf-8") as f:
+            match = _HEADER_RE.fullmatch(f.readline().rstrip("\n"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return match if match is not None and match["folder"] == str(run_dir.resolve()) else None
+
+
+def _running_elsewhere(match: re.Match[str]) -> int | None:
+    """The process named by a config.yaml header when it is another process still running on this machine."""
+    pid = int(match["pid"])
+    return pid if match["host"] == socket.gethostname() and pid != os.getpid() and _process_alive(pid) else None
+
+
 def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] | None:
     """The files in ``run_dir`` of a run that dynametric started there and that never wrote ``last.ckpt`` (it
     failed or was stopped before its first checkpoint), when the folder holds nothing else; ``None`` for any other
     folder. A ConfigError when the process that started that run may still be running on this machine."""
-    config = run_dir / "config.yaml"
-    try:
-        with config.open(encoding="utf-8") as f:
-            match = _HEADER_RE.fullmatch(f.readline().rstrip("\n"))
-    except (OSError, UnicodeDecodeError):
-        return None
-    if match is None or match["folder"] != str(run_dir.resolve()):
+    match = _run_header(run_dir)
+    if match is None:
         return None
     files: list[Path] = []
     for entry in run_dir.iterdir():
@@ -156,12 +177,97 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
             files.append(entry)
         else:
             return None
-    pid = int(match["pid"])
-    if match["host"] == socket.gethostname() and pid != os.getpid() and _process_alive(pid):
+    pid = _running_elsewhere(match)
+    if pid is not None:
         raise ConfigError(f"run folder {run_dir} holds a run started by process {pid}, which is still running "
                           f"and has not written its first checkpoint; wait for it or stop it, or use another "
                           f"{folder_key}", key=folder_key)
     return sorted(files)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
+                 log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """The checks of ``train --resume`` before anything is read or written: no other process of this machine is
+    training into ``run_dir`` (its ``config.yaml`` header names the process that started or last resumed it); the
+    run's ``config.yaml`` is not empty and ``cfg`` is the config ``last.ckpt`` was saved with (the config hash every
+    checkpoint records; a checkpoint of an older version without one is accepted with a warning, and its weights are
+    still checked against the model by :func:`check_resume_weights`). Returns the checkpoint's weights as meta
+    tensors (names and shapes only)."""
+    from dynametric.config import config_hash, config_to_dict
+
+    header = _run_header(run_dir)
+    pid = None if header is None or _launched_worker() else _running_elsewhere(header)
+    if pid is not None:
+        raise ConfigError(f"run folder {run_dir} is being trained by process {pid}, which is still running; wait "
+                          f"for it or stop it before resuming", key=folder_key)
+    config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
+    new_run = f"restore it, or start a new run with dynametric train --config {config} --out NEW"
+    try:
+        text = config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = None  # read by the caller, or not there (a library caller's own config)
+    if text is not None and not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        raise InputError(f"is empty: it no longer holds the config the run was trained with (read as the defaults, "
+                         f"it would resume {last} with other settings); {new_run}", file=config)
+    ckpt = load_checkpoint_file(last)
+    extra = ckpt.get("dynametric")
+    extra = extra if isinstance(extra, dict) else {}
+    saved, now = extra.get("config_hash"), config_hash(cfg)
+    if saved is None:
+        log(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
+            "against it; resuming with it as it is")
+    elif saved != now:
+        differ = ""
+        if isinstance(extra.get("config"), dict):
+            old, new = _flat(extra["config"]), _flat(config_to_dict(cfg))
+            keys = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+            differ = "; changed: " + ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in keys[:4]) + \
+                (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config hash "
+                         f"{saved}, this config hashes to {now}{differ}); {new_run}", file=config)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
+    return {k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], last: Path) -> None:
+    """A one-line InputError naming ``last`` when its weights do not fit the model built from the run's config
+    (Lightning's loading would raise a multi-line ``size mismatch`` RuntimeError); the wording of ``evaluate
+    --checkpoint``."""
+    from dynametric.engine.checkpoint import model_mismatch
+
+    problem = model_mismatch(module, weights)
+    if problem is not None:
+        raise InputError(problem, file=last)
+
+
+def claim_resumed_run(run_dir: Path, log: Callable[[str], None] = print) -> None:
+    """A resumed run takes over its folder: the ``config.yaml`` header names this process (the check of a second
+    ``--resume`` or ``--out`` while it trains), rewritten atomically with the rest of the file as it was, and the
+    temporary files of atomic writes that a killed process of this run left behind are removed. Only in a folder
+    whose ``config.yaml`` says dynametric train wrote it for this folder."""
+    from dynametric.utils.io import atomic_write_text
+
+    if _launched_worker() or _run_header(run_dir) is None:
+        return
+    config = run_dir / "config.yaml"
+    rest = config.read_text(encoding="utf-8").split("\n", 1)[1]
+    header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
+    atomic_write_text(config, f"# {header}\n{rest}")
+    left = [entry for sub, names in _RUN_FILES.items() if (run_dir / sub).is_dir()
+            for entry in sorted((run_dir / sub).iterdir()) if _temporary_of(entry, names)]
+    for entry in left:
+        entry.unlink(missing_ok=True)
+    if left:
+        log(f"run folder {run_dir}: removed the temporary files a stopped process left "
+            f"({', '.join(p.relative_to(run_dir).as_posix() for p in left)})")
 
 
 def _check_test_splits(cfg: Config) -> None:
@@ -262,7 +368,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
     ``--no-progress``) override it. ``folder_key`` is what chose ``run_dir``, named by the errors about the folder
     (the CLI passes ``--out``, or ``run.output_dir`` / ``run.name`` for the default folder)."""
-    from dynametric.config import config_to_yaml, save_config
+    from dynametric.config import config_hash, config_to_dict, config_to_yaml, save_config
 
     t0 = time.time()
     progress = bool(cfg.trainer.progress_bar) if progress is None else bool(progress)
@@ -272,6 +378,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
+    resumed_weights = check_resume(cfg, run_dir, folder_key, log) if resume else None
     if not resume and (run_dir / "last.ckpt").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key=folder_key)
@@ -295,11 +402,17 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                   carved=datasets.val_carved)  # before the untrained evaluation spends time
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
+    module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
+    if resumed_weights is not None:
+        check_resume_weights(module, resumed_weights, last)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
                           eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
                           **loader_settings(cfg))
     # built before anything is written: a trainer Lightning refuses leaves no file behind
-    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger)
+    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
+                            callbacks=[ValidationToMetrics(run_dir / "metrics.json")])
+    if resume:
+        claim_resumed_run(run_dir, log)
     metrics_path = run_dir / "metrics.json"
     info: dict[str, Any] = {
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),

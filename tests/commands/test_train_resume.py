@@ -1,0 +1,185 @@
+"""`train --resume` never continues a run with a config it was not trained with, never deletes what the run logged,
+is refused while another process trains into the folder, and gets over the temporary files a kill leaves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynametric.cli import main
+from dynametric.config import config_hash, load_config, save_config
+from dynametric.engine.checkpoint import load_checkpoint_file
+from tests.commands.test_train import TINY
+
+CKPTS = ("last.ckpt", "best.ckpt")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume")
+    (root / "tiny.yaml").write_text(TINY)
+    out = root / "base"
+    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress",
+                 "run.report=false"]) == 0
+    return out
+
+
+def _copy(base: Path, dest: Path, *, pid: int | None = None) -> Path:
+    """The run copied to ``dest``; with ``pid``, its config.yaml header names ``dest`` and that process."""
+    shutil.copytree(base, dest)
+    if pid is not None:
+        text = (dest / "config.yaml").read_text().split("\n", 1)[1]
+        (dest / "config.yaml").write_text(f"# written by dynametric train for the run folder {dest.resolve()} "
+                                          f"(process {pid} on host {socket.gethostname()})\n{text}")
+    return dest
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def test_every_checkpoint_records_the_config_it_was_trained_with(base) -> None:
+    cfg = load_config(base / "config.yaml")
+    for name in CKPTS:
+        extra = load_checkpoint_file(base / name)["dynametric"]
+        assert extra["config_hash"] == config_hash(cfg)
+        assert extra["config"]["model"]["embedding_dim"] == 16
+
+
+def test_an_empty_config_yaml_is_refused_and_nothing_is_written(base, tmp_path, capsys) -> None:
+    run = _copy(base, tmp_path / "G4")
+    (run / "config.yaml").write_text("")
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"dynametric train: error: {run / 'config.yaml'}: is empty: ")
+    assert f"restore it, or start a new run with dynametric train --config {run / 'config.yaml'} --out NEW" in err
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize(("override", "changed"), [
+    ("data.batch_size=8", "data.batch_size (16 -> 8)"),
+    ("model.embedding_dim=24", "model.embedding_dim (16 -> 24)"),  # was a multi-line size-mismatch traceback
+])
+def test_an_edited_config_yaml_is_refused_naming_what_changed(base, tmp_path, capsys, override, changed) -> None:
+    run = _copy(base, tmp_path / "edited")
+    save_config(load_config(run / "config.yaml", [override]), run / "config.yaml")
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"dynametric train: error: {run / 'config.yaml'}: no longer matches the checkpoint it was "
+                          f"saved with ({run / 'last.ckpt'} was trained with config hash ")
+    assert f"; changed: {changed}); restore it, or start a new run with dynametric train --config " in err
+    assert _files(run) == before
+
+
+def _without_hash(run: Path) -> None:
+    """last.ckpt as an older dynametric wrote it: no config hash."""
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    del ckpt["dynametric"]["config_hash"], ckpt["dynametric"]["config"]
+    torch.save(ckpt, run / "last.ckpt")
+
+
+def test_an_old_checkpoint_of_another_width_is_one_line(base, tmp_path, capsys) -> None:
+    run = _copy(base, tmp_path / "old")
+    _without_hash(run)
+    save_config(load_config(run / "config.yaml", ["model.embedding_dim=24"]), run / "config.yaml")
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert f"warning: {run / 'last.ckpt'} records no config hash" in captured.out
+    assert captured.err.count("\n") == 1 and captured.err.startswith(
+        f"dynametric train: error: {run / 'last.ckpt'}: checkpoint does not match the configured model (")
+    assert "size mismatch for embedder." in captured.err
+    assert _files(run) == before
+
+
+def test_resume_keeps_the_csv_log_and_an_old_checkpoint_resumes_with_a_warning(base, tmp_path, capsys) -> None:
+    run = _copy(base, tmp_path / "finished")
+    _without_hash(run)
+    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
+    assert any(r.get("untrained/fine/map@r") for r in rows) and any(r.get("test/fine/map@r") for r in rows)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "records no config hash" in capsys.readouterr().out
+    after = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
+    assert [{k: v for k, v in r.items() if v} for r in after[:len(rows)]] == \
+        [{k: v for k, v in r.items() if v} for r in rows]  # every earlier row kept (was: header + the test row)
+    assert len(after) == len(rows) + 1 and after[-1]["test/fine/map@r"]  # the resumed run's own test row
+
+
+def test_a_second_resume_while_the_run_trains_is_refused(base, tmp_path, capsys) -> None:
+    # the header names a running process (the one that started pytest, not this one): the run is training
+    run = _copy(base, tmp_path / "busy", pid=os.getppid())
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dynametric train: error: key '--resume': run folder {run} is being trained by process "
+                   f"{os.getppid()}, which is still running; wait for it or stop it before resuming\n")
+    assert _files(run) == before
+
+
+def test_a_resumed_run_names_its_process_and_removes_a_killed_writes_temporary_files(base, tmp_path, capsys) -> None:
+    run = _copy(base, tmp_path / "killed", pid=_dead_pid())
+    (run / ".best.ckpt.k3j2x9_a.tmp").write_bytes(b"half a checkpoint")
+    (run / "logs" / ".metrics.csv.abc123.tmp").write_text("step\n")
+    (run / ".notes.txt.abc123.tmp").write_text("the user's\n")  # not a temporary file of the run's
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (f"run folder {run}: removed the temporary files a stopped process left (.best.ckpt.k3j2x9_a.tmp, "
+            "logs/.metrics.csv.abc123.tmp)") in out
+    assert not (run / ".best.ckpt.k3j2x9_a.tmp").exists() and not (run / "logs" / ".metrics.csv.abc123.tmp").exists()
+    assert (run / ".notes.txt.abc123.tmp").read_text() == "the user's\n"
+    assert (run / "config.yaml").read_text().startswith(
+        f"# written by dynametric train for the run folder {run.resolve()} (process {os.getpid()} on host ")
+    assert load_config(run / "config.yaml") == load_config(base / "config.yaml")
+
+
+def test_a_kill_while_the_first_checkpoint_was_written(tmp_path, capsys, monkeypatch) -> None:
+    from tests.commands.test_bad_input_train import _interrupted_run
+
+    run = _interrupted_run(tmp_path, monkeypatch)
+    (run / ".last.ckpt.q8w7e6r5.tmp").write_bytes(b"half a checkpoint")  # SIGKILL during the first save
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "no last.ckpt to resume from (the run stopped before its first checkpoint; start it again with " \
+           f"dynametric train --config {run / 'config.yaml'} --out {run})" in capsys.readouterr().err
+    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(run), "--no-progress",
+                 "trainer.max_steps=2"]) == 0
+    assert ".last.ckpt.q8w7e6r5.tmp" in capsys.readouterr().out  # named among the replaced files
+    assert not (run / ".last.ckpt.q8w7e6r5.tmp").exists() and (run / "last.ckpt").is_file()
+
+
+def test_metrics_json_holds_every_validation_round_of_a_killed_run(tmp_path) -> None:
+    from dynametric.engine.callbacks import ValidationToMetrics
+    from dynametric.engine.trainer import build_trainer
+    from tests.engine.test_resume import Crash, CrashAt, _setup
+
+    module, dm, settings = _setup(tmp_path, -1, every=0)
+    settings.max_epochs = 3
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"untrained": {"fine": {"map@r": 0.1}}, "validation": [],
+                                                  "test": {}}))
+    with pytest.raises(Crash):  # killed in the second epoch (5 batches per epoch)
+        build_trainer(settings, dm, run, callbacks=[ValidationToMetrics(run / "metrics.json"),
+                                                    CrashAt(7).callback]).fit(module, datamodule=dm)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics) == ["untrained", "validation", "test"] and metrics["untrained"] == {"fine": {"map@r": 0.1}}
+    assert [v["epoch"] for v in metrics["validation"]] == [0]
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
