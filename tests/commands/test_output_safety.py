@@ -1,0 +1,115 @@
+"""Outputs never replace a file the tool did not write, nor an input; write errors name the target and the option
+(never the temporary file beside it)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynametric.cli import main
+
+GOOD = "fine,coarse\n" + "".join(f"{i % 4},{i % 2}\n" for i in range(12))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    emb = tmp_path / "e.npy"
+    np.save(emb, np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    lab = tmp_path / "labels.csv"
+    lab.write_text(GOOD)
+    return emb, lab
+
+
+def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_evaluate_outputs_never_replace_a_file_they_did_not_write(tmp_path, files, capsys) -> None:
+    emb, lab = files
+    base = ["evaluate", "--embeddings", str(emb), "--labels", str(lab)]
+    mine = tmp_path / "mine.json"
+    mine.write_text("precious\n")
+    err = _error(capsys, *base, "--json", str(mine))
+    assert f"{mine} key '--json': exists and is not an earlier evaluate --json result" in err
+    assert mine.read_text() == "precious\n"
+    other = tmp_path / "other.json"
+    other.write_text('{"a": 1}')  # JSON, but not an evaluate result
+    assert "exists and is not" in _error(capsys, *base, "--json", str(other))
+    csv_mine = tmp_path / "mine.csv"
+    csv_mine.write_text("my,own,table\n")
+    err = _error(capsys, *base, "--per-query", str(csv_mine))
+    assert f"{csv_mine} key '--per-query': exists and is not an earlier evaluate --per-query CSV" in err
+    assert csv_mine.read_text() == "my,own,table\n"
+    # the command's inputs are never outputs
+    before = emb.read_bytes()
+    err = _error(capsys, *base, "--json", str(emb))
+    assert f"{emb} key '--json': is one of the command's inputs (--embeddings)" in err and emb.read_bytes() == before
+    err = _error(capsys, *base, "--per-query", str(lab))
+    assert "is one of the command's inputs (--labels)" in err and lab.read_text() == GOOD
+    both = tmp_path / "both.json"
+    assert "give two different files" in _error(capsys, *base, "--json", str(both), "--per-query", str(both))
+    # earlier outputs of the same option are replaced
+    res, per = tmp_path / "r.json", tmp_path / "q.csv"
+    for _ in range(2):
+        assert main([*base, "--json", str(res), "--per-query", str(per)]) == 0
+    assert "mean" in json.loads(res.read_text()) and per.read_text().startswith("query,scale,num_relevant")
+    assert "exists and is not" in _error(capsys, *base, "--json", str(per))  # the CSV is not a --json result
+
+
+def test_evaluate_json_in_an_embed_folder_never_replaces_its_files(tmp_path, capsys) -> None:
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    np.save(folder / "embeddings.npy", np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    np.save(folder / "labels.npy", np.arange(12)[:, None] % 3)
+    (folder / "items.csv").write_text("index,id,path,fine\n" + "".join(f"{i},{i},p{i},{i % 3}\n" for i in range(12)))
+    (folder / "embed.json").write_text(json.dumps({"format": "dynametric-embeddings", "status": "complete",
+                                                   "scale_names": ["fine"], "class_names": None}))
+    before = (folder / "embeddings.npy").read_bytes()
+    err = _error(capsys, "evaluate", "--embeddings", str(folder), "--json", str(folder / "embeddings.npy"))
+    assert "is one of the command's inputs (--embeddings (its embeddings.npy))" in err
+    assert (folder / "embeddings.npy").read_bytes() == before
+    assert main(["evaluate", "--embeddings", str(folder), "--json", str(folder / "result.json")]) == 0
+
+
+def _refuse_temp_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only folder (the tests may run as root, for whom chmod does not stop a write)."""
+    real = tempfile.mkstemp
+
+    def mkstemp(suffix=None, prefix=None, dir=None, text=False):  # noqa: A002 - tempfile's own parameter name
+        if prefix and prefix.startswith("."):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES),
+                                  os.path.join(dir, f"{prefix}j2ibi3ew{suffix}"))
+        return real(suffix, prefix, dir, text)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_write_errors_name_the_target_and_the_option(tmp_path, files, capsys, monkeypatch) -> None:
+    emb, lab = files
+    base = ["evaluate", "--embeddings", str(emb), "--labels", str(lab)]
+    (tmp_path / "dir").mkdir()
+    err = _error(capsys, *base, "--per-query", str(tmp_path / "dir"))
+    assert err.endswith(f"{tmp_path / 'dir'} key '--per-query': is a folder; expected the path of a file to write")
+    _refuse_temp_files(monkeypatch)
+    target = tmp_path / "ro" / "x.json"
+    err = _error(capsys, *base, "--json", str(target))
+    assert err.endswith(f"{target} key '--json': cannot write (Permission denied)") and ".tmp" not in err
+    err = _error(capsys, *base, "--per-query", str(target.with_suffix(".csv")))
+    assert err.endswith(f"{target.with_suffix('.csv')} key '--per-query': cannot write (Permission denied)")
+
+
+def test_export_write_error_names_the_target_and_the_option(tiny_ckpt, tmp_path, capsys, monkeypatch) -> None:
+    _refuse_temp_files(monkeypatch)
+    out = tmp_path / "ro" / "m.pt"
+    err = _error(capsys, "export", "--checkpoint", str(tiny_ckpt), "--out", str(out), "--no-check")
+    assert err.endswith(f"{out} key '--out': cannot write (Permission denied)") and ".tmp" not in err
