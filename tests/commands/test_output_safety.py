@@ -113,3 +113,39 @@ def test_export_write_error_names_the_target_and_the_option(tiny_ckpt, tmp_path,
     out = tmp_path / "ro" / "m.pt"
     err = _error(capsys, "export", "--checkpoint", str(tiny_ckpt), "--out", str(out), "--no-check")
     assert err.endswith(f"{out} key '--out': cannot write (Permission denied)") and ".tmp" not in err
+
+
+def test_stale_temp_files_of_killed_writes_are_removed_only_in_own_folders(tmp_path, tiny_images) -> None:
+    """What a SIGKILL leaves (``.NAME.<8 chars>.tmp`` of the tool's own files) goes when the command rewrites its
+    own folder; files of other names, or of another pattern, stay."""
+    import torch
+
+    from dynametric.retrieval.embed import embed_items, list_image_folder, load_embedding_set
+    from dynametric.retrieval.index import RetrievalIndex
+
+    items = list_image_folder(tiny_images / "imgs")
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :6]
+
+    def to_tensor(img):  # noqa: ANN001, ANN202
+        return torch.from_numpy(np.asarray(img.resize((4, 4)), dtype=np.float32)).permute(2, 0, 1)
+
+    emb = tmp_path / "emb"
+    embed_items(items, f, to_tensor, emb, model_identity={"m": 1}, batch_size=4, shard_size=4, keep_shards=True)
+    stale = [emb / ".embeddings.npy.ab12cd34.tmp", emb / ".items.csv.x_y_z_09.tmp",
+             emb / "shards" / ".shard_00001.npy.qwertyui.tmp"]
+    kept = [emb / ".mine.txt.ab12cd34.tmp", emb / ".embeddings.npy.MINE.tmp", emb / "shards" / "notes.tmp"]
+    for p in stale + kept:
+        p.write_text("x")
+    embed_items(items, f, to_tensor, emb, model_identity={"m": 1}, batch_size=4, shard_size=4, keep_shards=True)
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)
+    idx_dir = tmp_path / "idx"
+    index = RetrievalIndex.build(load_embedding_set(emb), "flat", "cosine")
+    index.save(idx_dir)
+    stale = [idx_dir / ".index.faiss.abcdefgh.tmp", idx_dir / ".index.json.12345678.tmp"]
+    kept = [idx_dir / ".index.faiss.tmp", idx_dir / ".other.bin.abcdefgh.tmp"]
+    for p in stale + kept:
+        p.write_text("x")
+    index.save(idx_dir)
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)

@@ -34,7 +34,13 @@ from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguo
 from dynametric.data.readers import parse_csv, require_header
 from dynametric.errors import InputError
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
-from dynametric.utils.io import atomic_open, atomic_write_json, atomic_write_text, atomic_write_with
+from dynametric.utils.io import (
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    remove_stale_temps,
+)
 
 FORMAT_VERSION = 1
 RESERVED_COLUMNS = ("path", "id", "split")
@@ -245,6 +251,21 @@ def shard_path(out: Path, s: int) -> Path:
     return out / "shards" / f"shard_{s:05d}.npy"
 
 
+JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy", "file_stats.npy")
+
+
+def _is_shard_name(name: str) -> bool:
+    return len(name) == 15 and name.startswith("shard_") and name.endswith(".npy") and name[6:11].isdigit()
+
+
+def remove_job_temps(out: Path) -> None:
+    """Remove what killed atomic writes of an embed job left in its folder ``out`` (a job folder: checked by the
+    caller): ``.<job file>.<8 characters>.tmp`` in ``out`` and ``.shard_NNNNN.npy.<8 characters>.tmp`` in
+    ``shards/``; nothing else."""
+    remove_stale_temps(out, lambda name: name in JOB_FILES)
+    remove_stale_temps(out / "shards", _is_shard_name)
+
+
 def _shard_ok(path: Path, rows: int) -> bool:
     """A finished shard: a readable ``.npy`` of ``rows`` float32 rows (a torn or foreign file is recomputed)."""
     try:
@@ -316,6 +337,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         if changed:
             raise InputError(f"the folder holds a different embedding job (differs in {changed}); use another --out "
                              "or --overwrite", file=meta_path)
+        remove_job_temps(out)  # the same job: what a killed write left is removed
         if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
             dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
             return EmbedResult(out, n, dim, [], list(range(num_shards)))
@@ -510,6 +532,7 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
             raise InputError("output folder is not empty (use another --out, or --overwrite to replace an embedding "
                              "job there)", file=out)
         discard_job(out)
+        remove_job_temps(out)
     dim = int(arrays[0].shape[1])
     shard_size = int(first["shard_size"])
     job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,

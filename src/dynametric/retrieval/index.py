@@ -33,6 +33,7 @@ from dynametric.utils.io import (
     atomic_write_json,
     atomic_write_text,
     atomic_write_with,
+    remove_stale_temps,
     require_new_folder,
 )
 
@@ -41,6 +42,7 @@ METRICS = ("cosine", "l2", "ip")
 INDEX_FORMAT = "dynametric-index"
 INDEX_VERSION = 1
 QUERY_CHUNK = 64
+INDEX_FILES = ("index.faiss", "items.csv", "labels.npy", "index.json")
 
 
 def require_faiss() -> Any:
@@ -305,6 +307,7 @@ class RetrievalIndex:
         if not _is_index_folder(out):  # an earlier index is replaced; any other non-empty folder is refused
             require_new_folder(out, "--out", "dynametric index (index.json)")
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out, lambda name: name in INDEX_FILES)  # left by a killed build of this index
         atomic_write_with(out / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
         digest = file_sha256(out / "index.faiss")
         buf = io.StringIO()
