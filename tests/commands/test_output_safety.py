@@ -149,3 +149,54 @@ def test_stale_temp_files_of_killed_writes_are_removed_only_in_own_folders(tmp_p
         p.write_text("x")
     index.save(idx_dir)
     assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)
+
+
+def _fake_embed(items, out: Path, **kw):  # noqa: ANN001, ANN003, ANN201
+    import torch
+
+    from dynametric.retrieval.embed import embed_items
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :6] + 1.0
+
+    def to_tensor(img):  # noqa: ANN001, ANN202
+        return torch.from_numpy(np.asarray(img.resize((4, 4)), dtype=np.float32)).permute(2, 0, 1)
+
+    return embed_items(items, f, to_tensor, out, **{"model_identity": {"m": 1}, "batch_size": 4, "shard_size": 4,
+                                                    **kw})
+
+
+def test_truncated_embeddings_npy_is_one_line_everywhere(tmp_path, tiny_images, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import list_image_folder, load_embedding_set
+
+    items = list_image_folder(tiny_images / "imgs")
+    emb = tmp_path / "emb"
+    _fake_embed(items, emb)
+    data = (emb / "embeddings.npy").read_bytes()
+    (emb / "embeddings.npy").write_bytes(data[:-40])
+    needle = (f"{emb / 'embeddings.npy'}: truncated .npy file: its header says float32 [12, 6] ({len(data)} bytes), "
+              f"the file has {len(data) - 40} bytes")
+    with pytest.raises(InputError) as exc:
+        load_embedding_set(emb)  # index build --embeddings, search --embeddings
+    assert str(exc.value) == needle
+    with pytest.raises(InputError, match="use --overwrite to embed again") as exc:
+        _fake_embed(items, emb)  # embed run again on the finished job
+    assert str(exc.value).startswith(needle)
+    assert _error(capsys, "index", "build", "--embeddings", str(emb), "--out", str(tmp_path / "idx")).endswith(needle)
+    assert _error(capsys, "evaluate", "--embeddings", str(emb)).endswith(needle)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_truncated_checkpoint_message_keeps_whole_sentences(tiny_ckpt, tmp_path, capsys) -> None:
+    from dynametric.errors import first_sentence
+
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(tiny_ckpt.read_bytes()[:-200])
+    (tmp_path / "config.yaml").write_bytes((tiny_ckpt.parent / "config.yaml").read_bytes())
+    err = _error(capsys, "evaluate", "--checkpoint", str(bad))
+    assert f"{bad}: truncated or corrupt checkpoint (torch could not read it: " in err
+    assert err.endswith(".)") or err.endswith("argument)"), err
+    assert first_sentence(RuntimeError("One. Two is long.\nthree")) == "One."
+    assert first_sentence("v1.5 is bad: x") == "v1.5 is bad: x"
+    assert first_sentence("word " * 100, limit=20) == "word word word word ..."

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from dynametric.errors import InputError
+from dynametric.errors import InputError, first_sentence
 from dynametric.utils.io import atomic_write_with
 
 
@@ -42,7 +42,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
                          f"(loaded with weights_only=True; {first})", file=path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})", file=path) from None
+        raise InputError(f"truncated or corrupt checkpoint (torch could not read it: {first_sentence(exc)})",
+                         file=path) from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a checkpoint dict, found {type(obj).__name__}", file=path)
     return obj
@@ -80,7 +81,7 @@ def load_embedder_weights(embedder: nn.Module, path: str | Path) -> dict[str, An
     except RuntimeError as exc:  # same names, other shapes: another width or backbone than the config's
         sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
         raise InputError(f"checkpoint does not match the configured model ({len(sizes)} tensor(s) of another shape; "
-                         f"first: {sizes[0] if sizes else str(exc)[:200]})", file=path) from None
+                         f"first: {sizes[0] if sizes else first_sentence(exc)})", file=path) from None
     if missing or unexpected:
         raise InputError(f"checkpoint does not match the configured model: missing {list(missing)[:5]}, "
                          f"unexpected {list(unexpected)[:5]}", file=path)

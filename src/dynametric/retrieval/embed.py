@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
 from dynametric.data.readers import parse_csv, require_header
-from dynametric.errors import InputError
+from dynametric.errors import InputError, first_sentence
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
     atomic_open,
@@ -41,6 +41,7 @@ from dynametric.utils.io import (
     atomic_write_with,
     remove_stale_temps,
 )
+from dynametric.utils.readers import check_file, check_npy_size
 
 FORMAT_VERSION = 1
 RESERVED_COLUMNS = ("path", "id", "split")
@@ -339,6 +340,11 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
                              "or --overwrite", file=meta_path)
         remove_job_temps(out)  # the same job: what a killed write left is removed
         if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
+            try:
+                check_npy_size(out / "embeddings.npy")
+            except InputError as exc:
+                raise InputError(f"{exc.message}; this job's output is damaged: use --overwrite to embed again",
+                                 file=exc.file) from None
             dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
             return EmbedResult(out, n, dim, [], list(range(num_shards)))
     elif out.exists() and any(out.iterdir()) and not overwrite:
@@ -500,6 +506,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     if sum(int(meta_of[p]["count"]) for p in order) != total:
         raise InputError(f"the parts hold {sum(int(meta_of[p]['count']) for p in order)} images, the list {total}",
                          key="parts")
+    for p in order:
+        check_npy_size(p / "embeddings.npy")
     arrays = [np.load(p / "embeddings.npy", mmap_mode="r", allow_pickle=False) for p in order]
     for p, arr in zip(order, arrays):
         if arr.ndim != 2 or arr.shape[0] != int(meta_of[p]["count"]) or arr.shape[1] != arrays[0].shape[1]:
@@ -642,7 +650,15 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
     meta = read_finished_job(path)
-    emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    emb_file = path / "embeddings.npy"
+    check_file(emb_file)
+    check_npy_size(emb_file)
+    try:
+        emb = np.load(emb_file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
+    if emb.ndim != 2 or emb.dtype.kind != "f":
+        raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
     ids, paths = [], []
     with open(path / "items.csv", encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)

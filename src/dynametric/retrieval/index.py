@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dynametric.errors import ConfigError, DynametricError, InputError
+from dynametric.errors import ConfigError, DynametricError, InputError, first_sentence
 from dynametric.utils.io import (
     atomic_open,
     atomic_write_json,
@@ -36,6 +36,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
+from dynametric.utils.readers import check_npy_size
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -237,10 +238,11 @@ def _read_labels(path: Path, n: int) -> np.ndarray:
     """``labels.npy``: an ``[N, S]`` integer array (never unpickled)."""
     if not path.is_file():
         raise InputError("labels.npy missing, but index.json says the index has labels", file=path)
+    check_npy_size(path)
     try:
         labels = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"not a plain integer array ({str(exc)[:120]})", file=path) from None
+        raise InputError(f"not a plain integer array ({first_sentence(exc)})", file=path) from None
     if labels.ndim != 2 or labels.dtype.kind not in "iu":
         raise InputError(f"expected an [N, S] integer array, found {labels.dtype} {labels.shape}", file=path)
     return labels.astype(np.int64, copy=False)
@@ -352,7 +354,7 @@ class RetrievalIndex:
         try:
             index = faiss.read_index(str(fpath))
         except RuntimeError as exc:
-            raise InputError(f"cannot read the faiss index ({str(exc).splitlines()[0][:200]})", file=fpath) from None
+            raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
         _check_kind(index, meta, fpath, faiss)
         ids, paths = _read_items(path / "items.csv")
         labels = _read_labels(path / "labels.npy", len(ids)) if meta.get("has_labels") else None
