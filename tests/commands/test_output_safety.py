@@ -200,3 +200,35 @@ def test_truncated_checkpoint_message_keeps_whole_sentences(tiny_ckpt, tmp_path,
     assert first_sentence(RuntimeError("One. Two is long.\nthree")) == "One."
     assert first_sentence("v1.5 is bad: x") == "v1.5 is bad: x"
     assert first_sentence("word " * 100, limit=20) == "word word word word ..."
+
+
+def test_index_labels_that_do_not_match_index_json(tmp_path, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import EmbeddingSet
+    from dynametric.retrieval.index import RetrievalIndex
+
+    rng = np.random.default_rng(0)
+    n = 30
+    s = EmbeddingSet(rng.normal(size=(n, 8)).astype(np.float32), [f"i{i}" for i in range(n)], [""] * n,
+                     np.stack([np.arange(n) % 5, np.arange(n) % 2], axis=1), ["fine", "coarse"], None, [], {},
+                     tmp_path / "e")
+    idx = tmp_path / "idx"
+    RetrievalIndex.build(s, "flat", "cosine").save(idx)
+    labels = np.load(idx / "labels.npy")
+    np.save(idx / "labels.npy", labels[:, :1])  # fewer columns than scale_names
+    with pytest.raises(InputError) as exc:
+        RetrievalIndex.load(idx)
+    assert str(exc.value) == (f"{idx / 'labels.npy'}: has 1 label column(s), but index.json names 2 scale(s) "
+                              "['fine', 'coarse']")
+    q = tmp_path / "q.npy"
+    np.save(q, rng.normal(size=(2, 8)).astype(np.float32))
+    assert "has 1 label column(s)" in _error(capsys, "search", "--index", str(idx), "--embeddings", str(q))
+    np.save(idx / "labels.npy", labels[:-1])  # one row short
+    with pytest.raises(InputError) as exc:
+        RetrievalIndex.load(idx)
+    assert str(exc.value) == (f"{idx / 'labels.npy'}: inconsistent index: index.json says {n} items; index.faiss "
+                              f"{n}, items.csv {n}, labels.npy {n - 1} (labels.npy does not match)")
+    data = (idx / "labels.npy").read_bytes()
+    (idx / "labels.npy").write_bytes(data[:-8])  # truncated
+    with pytest.raises(InputError, match=r"labels.npy: truncated .npy file: its header says int64 \[29, 2\]"):
+        RetrievalIndex.load(idx)

@@ -359,9 +359,18 @@ class RetrievalIndex:
         ids, paths = _read_items(path / "items.csv")
         labels = _read_labels(path / "labels.npy", len(ids)) if meta.get("has_labels") else None
         n = int(meta["count"])
-        if index.ntotal != n or len(ids) != n or (labels is not None and len(labels) != n):
-            raise InputError(f"inconsistent index: index.json says {n} items, index.faiss has {index.ntotal}, "
-                             f"items.csv {len(ids)}", file=path)
+        counts = {"index.faiss": int(index.ntotal), "items.csv": len(ids)}
+        if labels is not None:
+            counts["labels.npy"] = len(labels)
+        wrong = [name for name, c in counts.items() if c != n]
+        if wrong:
+            found = ", ".join(f"{name} {c}" for name, c in counts.items())
+            raise InputError(f"inconsistent index: index.json says {n} items; {found} ({' and '.join(wrong)} "
+                             f"{'does' if len(wrong) == 1 else 'do'} not match)", file=path / wrong[0])
+        names = list(meta.get("scale_names") or [])
+        if labels is not None and labels.shape[1] != len(names):
+            raise InputError(f"has {labels.shape[1]} label column(s), but index.json names {len(names)} scale(s) "
+                             f"{names}", file=path / "labels.npy")
         if index.d != int(meta["dim"]):
             raise InputError(f"index.faiss has dimension {index.d}, index.json says {meta['dim']}", file=path)
         params = dict(meta.get("params") or {})
