@@ -232,3 +232,35 @@ def test_index_labels_that_do_not_match_index_json(tmp_path, capsys) -> None:
     (idx / "labels.npy").write_bytes(data[:-8])  # truncated
     with pytest.raises(InputError, match=r"labels.npy: truncated .npy file: its header says int64 \[29, 2\]"):
         RetrievalIndex.load(idx)
+
+
+def test_a_folder_where_a_file_is_expected_is_named_as_such(tmp_path, tiny_images, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import EmbeddingSet, read_image_csv
+    from dynametric.retrieval.index import RetrievalIndex
+
+    folder = tmp_path / "best.ckpt"
+    folder.mkdir()
+    for argv in (["evaluate", "--checkpoint", str(folder)], ["export", "--checkpoint", str(folder), "--out",
+                                                            str(tmp_path / "m.pt")],
+                 ["embed", "--checkpoint", str(folder), "--images", str(tiny_images / "imgs"), "--out",
+                  str(tmp_path / "emb")]):
+        assert f"{folder}: is a folder; expected a checkpoint file" in _error(capsys, *argv)
+    (tiny_images / "dir.png").mkdir(exist_ok=True)
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path\n{tiny_images / 'imgs' / 'rock' / 'img_02.png'}\n{tiny_images / 'dir.png'}\n")
+    with pytest.raises(InputError, match=r"list.csv:3: .*dir.png is a folder; expected an image file"):
+        read_image_csv(csv)
+    n = 10
+    s = EmbeddingSet(np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32), [str(i) for i in range(n)],
+                     [""] * n, None, [], None, [], {}, tmp_path / "e")
+    idx = tmp_path / "idx"
+    RetrievalIndex.build(s, "flat", "cosine").save(idx)
+    (idx / "index.faiss").unlink()
+    (idx / "index.faiss").mkdir()
+    with pytest.raises(InputError, match=r"index.faiss: is a folder; expected the faiss index file"):
+        RetrievalIndex.load(idx)
+    emb_dir = tmp_path / "e.npy"
+    emb_dir.mkdir()
+    err = _error(capsys, "evaluate", "--embeddings", str(emb_dir), "--labels", str(tiny_images / "labels.csv"))
+    assert "e.npy: not an embeddings folder" in err  # a folder named like a file is read as an embed folder

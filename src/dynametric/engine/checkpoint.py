@@ -28,6 +28,8 @@ def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; expected a checkpoint file", file=path)
     if not path.is_file():
         raise InputError("checkpoint file not found", file=path)
     with open(path, "rb") as fh:

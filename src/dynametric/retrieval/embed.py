@@ -169,7 +169,8 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
         seen[item_id] = lineno
         full = Path(rel) if Path(rel).is_absolute() else root / rel
         if not full.is_file():
-            bad(f"image file not found: {full if str(full).isprintable() else repr(str(full))}",
+            shown = full if str(full).isprintable() else repr(str(full))
+            bad(f"{shown} is a folder; expected an image file" if full.is_dir() else f"image file not found: {shown}",
                 lineno)
             continue
         empty = next((s for s in scales if not values[col[s]]), None)
@@ -224,6 +225,8 @@ class ImageFiles(Dataset):
             return self._read(self.paths[i])
         try:
             img = load_rgb(self.paths[i])
+        except IsADirectoryError:
+            raise InputError("is a folder; expected an image file", file=self.paths[i]) from None
         except FileNotFoundError:
             raise InputError("image file not found", file=self.paths[i]) from None
         except Exception as exc:  # PIL raises many types for bad files

@@ -219,6 +219,8 @@ def _check_kind(index: Any, meta: dict[str, Any], fpath: Path, faiss: Any) -> No
 
 def _read_items(path: Path) -> tuple[list[str], list[str]]:
     """``items.csv``: header ``index,id,path``, then one row of three fields per item."""
+    if path.is_dir():
+        raise InputError("is a folder; expected a file", file=path)
     if not path.is_file():
         raise InputError("items.csv missing (the index folder is incomplete)", file=path)
     ids, paths = [], []
@@ -236,6 +238,8 @@ def _read_items(path: Path) -> tuple[list[str], list[str]]:
 
 def _read_labels(path: Path, n: int) -> np.ndarray:
     """``labels.npy``: an ``[N, S]`` integer array (never unpickled)."""
+    if path.is_dir():
+        raise InputError("is a folder; expected a file", file=path)
     if not path.is_file():
         raise InputError("labels.npy missing, but index.json says the index has labels", file=path)
     check_npy_size(path)
@@ -339,12 +343,16 @@ class RetrievalIndex:
         if not path.is_dir():
             raise InputError("not an index folder (expected the --out folder of `dynametric index build`)", file=path)
         meta_path = path / "index.json"
+        if meta_path.is_dir():
+            raise InputError("is a folder; expected a file", file=meta_path)
         if not meta_path.is_file():
             raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
                              file=path)
         meta = _read_meta(meta_path)
         faiss = require_faiss()
         fpath = path / "index.faiss"
+        if fpath.is_dir():
+            raise InputError("is a folder; expected the faiss index file", file=fpath)
         if not fpath.is_file():
             raise InputError("index file missing", file=fpath)
         want = meta.get("faiss_sha256")

@@ -22,6 +22,8 @@ def check_file(path: Path) -> None:
     """An InputError naming ``path`` unless it is an existing, non-empty regular file."""
     if not path.exists():
         raise InputError("file not found", file=path)
+    if path.is_dir():
+        raise InputError("is a folder; expected a file", file=path)
     if not path.is_file():
         raise InputError("not a regular file", file=path)
     if path.stat().st_size == 0:
