@@ -264,3 +264,31 @@ def test_a_folder_where_a_file_is_expected_is_named_as_such(tmp_path, tiny_image
     emb_dir.mkdir()
     err = _error(capsys, "evaluate", "--embeddings", str(emb_dir), "--labels", str(tiny_images / "labels.csv"))
     assert "e.npy: not an embeddings folder" in err  # a folder named like a file is read as an embed folder
+
+
+def test_unreadable_embed_json_advice_is_the_same_with_and_without_overwrite(tmp_path, tiny_images) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import list_image_folder
+
+    items = list_image_folder(tiny_images / "imgs")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "embed.json").write_text("")  # not provably the tool's: never replaced
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="this tool does not replace it .not even with --overwrite.: remove it "
+                                             "yourself or use another --out"):
+            _fake_embed(items, lone, overwrite=overwrite)
+        assert (lone / "embed.json").read_text() == ""
+    job = tmp_path / "job"
+    with pytest.raises(KeyboardInterrupt):
+        def boom(x):  # noqa: ANN001, ANN202
+            raise KeyboardInterrupt
+
+        from dynametric.retrieval.embed import embed_items
+        embed_items(items, boom, lambda img: np.zeros((3, 2, 2), np.float32), job, model_identity={"m": 1},
+                    batch_size=4, shard_size=4)
+    (job / "embed.json").write_text('{"format": "dynamet')  # torn beside the job's items.csv
+    with pytest.raises(InputError, match="beside this tool's items.csv or shards: use --overwrite"):
+        _fake_embed(items, job)
+    res = _fake_embed(items, job, overwrite=True)
+    assert res.count == 12 and json.loads((job / "embed.json").read_text())["status"] == "complete"

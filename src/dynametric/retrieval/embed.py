@@ -336,7 +336,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         try:
             old = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"unreadable job file ({exc}); use --overwrite to start again", file=meta_path) from None
+            raise InputError(f"unreadable job file ({first_sentence(exc)}); {_corrupt_job_advice(out)}",
+                             file=meta_path) from None
         changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k]))
         if changed:
             raise InputError(f"the folder holds a different embedding job (differs in {changed}); use another --out "
@@ -435,7 +436,12 @@ def discard_job(out: Path) -> None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         is_job = isinstance(meta, dict) and meta.get("format") == "dynametric-embeddings"
-    except (OSError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a torn or emptied job file
+        if not _holds_job_files(out):
+            raise InputError(f"unreadable job file ({first_sentence(exc)}); {_corrupt_job_advice(out)}",
+                             file=meta_path) from None
+        is_job = True
+    except OSError:
         is_job = False
     if not is_job:
         raise InputError("not an embedding job (no dynametric embed.json): --overwrite only replaces a job this "
@@ -451,6 +457,28 @@ def discard_job(out: Path) -> None:
         p.unlink(missing_ok=True)
     if shards.is_dir() and not any(shards.iterdir()):
         shards.rmdir()
+
+
+def _holds_job_files(out: Path) -> bool:
+    """Whether ``out`` holds files only an embed job writes: an ``items.csv`` with the header ``index,id,path...``
+    or ``shards/shard_NNNNN.npy``. Evidence that an unreadable ``embed.json`` beside them is the job's own."""
+    try:
+        with open(out / "items.csv", encoding="utf-8", newline="") as fh:
+            if fh.readline(4096).startswith("index,id,path"):
+                return True
+    except (OSError, ValueError):
+        pass
+    shards = out / "shards"
+    return shards.is_dir() and any(_is_shard_name(p.name) for p in shards.iterdir())
+
+
+def _corrupt_job_advice(out: Path) -> str:
+    """What to do about an unreadable ``embed.json`` in ``out``: ``--overwrite`` replaces it only beside the job's
+    own files (:func:`_holds_job_files`); otherwise it may be the user's file, which is never removed."""
+    if _holds_job_files(out):
+        return "it sits beside this tool's items.csv or shards: use --overwrite to start the job again"
+    return ("the folder holds no other file of an embed job, so this tool does not replace it (not even with "
+            "--overwrite): remove it yourself or use another --out")
 
 
 def _read_part(path: Path) -> dict[str, Any]:
