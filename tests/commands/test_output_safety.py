@@ -292,3 +292,43 @@ def test_unreadable_embed_json_advice_is_the_same_with_and_without_overwrite(tmp
         _fake_embed(items, job)
     res = _fake_embed(items, job, overwrite=True)
     assert res.count == 12 and json.loads((job / "embed.json").read_text())["status"] == "complete"
+
+
+def test_a_replaced_image_file_is_not_served_from_the_old_embeddings(tmp_path, tiny_images) -> None:
+    import shutil
+
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import list_image_folder
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(tiny_images / "imgs", imgs)
+    emb = tmp_path / "emb"
+    _fake_embed(list_image_folder(imgs), emb)
+    assert _fake_embed(list_image_folder(imgs), emb).skipped_shards == [0, 1, 2]  # unchanged: nothing recomputed
+    victim = imgs / "rock" / "img_02.png"
+    victim.write_bytes((imgs / "plant" / "img_01.png").read_bytes())  # other content under the same path
+    with pytest.raises(InputError, match=r"1 image file\(s\) changed since they were embedded \(size or "
+                                         r"modification time\): .*img_02.png; .*use --overwrite"):
+        _fake_embed(list_image_folder(imgs), emb)
+    assert _fake_embed(list_image_folder(imgs), emb, overwrite=True).computed_shards == [0, 1, 2]
+
+
+def test_all_zero_rows_are_refused_for_cosine(tmp_path, files, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import load_embedding_set
+    from dynametric.retrieval.index import RetrievalIndex
+
+    _, lab = files
+    zeros = tmp_path / "z.npy"
+    arr = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    arr[5] = 0
+    np.save(zeros, arr)
+    err = _error(capsys, "evaluate", "--embeddings", str(zeros), "--labels", str(lab))
+    assert err.endswith(f"{zeros}: 1 all-zero row(s), first at row 5 (0-based): a zero vector has no direction for "
+                        "cosine; fix the embeddings or use a Euclidean distance")
+    assert main(["evaluate", "--embeddings", str(zeros), "--labels", str(lab), "--distance", "euclidean"]) == 0
+    with pytest.raises(InputError, match=r"z.npy: 1 all-zero row\(s\), first at row 5"):
+        RetrievalIndex.build(load_embedding_set(zeros), "flat", "cosine")
+    assert RetrievalIndex.build(load_embedding_set(zeros), "flat", "l2").size == 12
+    assert "first at row 5" in _error(capsys, "index", "build", "--embeddings", str(zeros), "--out",
+                                      str(tmp_path / "idx"))

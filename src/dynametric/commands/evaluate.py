@@ -277,6 +277,12 @@ def run(args: argparse.Namespace) -> int:
             source = "bundled example (1200 items, 3 scales)"
         else:
             q, ql, g, gl, names, source = _read_files(args)
+            if args.distance == "cosine":
+                from dynametric.utils.readers import refuse_zero_rows
+
+                refuse_zero_rows(q, _emb_file(args.embeddings))
+                if g is not None:
+                    refuse_zero_rows(g, _emb_file(args.gallery_embeddings))
         num_queries, protocol = len(q), "leave-one-out" if g is None else "query -> gallery"
         result = evaluate(q, ql, g, gl, scale_names=names)
     if args.per_query_out:
@@ -378,6 +384,13 @@ def _common_class_ids(q: _Side, g: _Side, names: list[str]) -> np.ndarray:
         gid.update({c: len(gc) + j for j, c in enumerate(unseen)})
         out[:, s] = np.array([gid[str(c)] for c in qc], dtype=np.int64)[col]
     return out
+
+
+def _emb_file(arg: str) -> Path:
+    from dynametric.retrieval.embed import embed_folder_of
+
+    folder = embed_folder_of(arg)
+    return Path(arg) if folder is None else folder / "embeddings.npy"
 
 
 def _read_files(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, list[str], str]:

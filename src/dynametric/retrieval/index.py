@@ -36,7 +36,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
-from dynametric.utils.readers import check_npy_size
+from dynametric.utils.readers import check_npy_size, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -293,7 +293,11 @@ class RetrievalIndex:
     @classmethod
     def build(cls, emb: Any, kind: str = "flat", metric: str = "cosine", **kwargs: Any) -> RetrievalIndex:
         """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`)."""
-        x = _prepare(np.asarray(emb.embeddings), metric)
+        raw = np.asarray(emb.embeddings)
+        if metric == "cosine":
+            src = Path(emb.source)
+            refuse_zero_rows(raw, src / "embeddings.npy" if src.is_dir() else src)
+        x = _prepare(raw, metric)
         if not np.isfinite(x).all():
             raise InputError("embeddings contain NaN or Inf", file=emb.source)
         index, params = build_faiss_index(x, kind, metric, **kwargs)

@@ -234,3 +234,13 @@ def load_ids(path: str | Path, expected: int) -> list[str]:
     if len(ids) != expected:
         raise InputError(f"expected {expected} ids (one per line), got {len(ids)}", file=path)
     return ids
+
+
+def refuse_zero_rows(emb: np.ndarray, source: str | Path, key: str | None = None) -> None:
+    """For cosine: an all-zero row has no direction (the metrics library scores it 0 with everything, which ranks
+    it arbitrarily); the command line refuses such a file, naming it and the first zero row."""
+    zero = ~np.asarray(emb).any(axis=1)
+    if zero.any():
+        raise InputError(f"{int(zero.sum())} all-zero row(s), first at row {int(np.flatnonzero(zero)[0])} (0-based): "
+                         "a zero vector has no direction for cosine; fix the embeddings or use a Euclidean "
+                         "distance", file=source, key=key)
