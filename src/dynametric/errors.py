@@ -33,3 +33,21 @@ class InputError(DynametricError, ValueError):
 
 class ConfigError(InputError):
     """An invalid configuration key or value (names the dotted key and, where possible, the closest valid one)."""
+
+
+def first_sentence(exc: BaseException | str, limit: int = 300) -> str:
+    """The first sentence of an exception's message, whole: its first line up to the first ``.``, ``!`` or ``?``
+    followed by a space (a message of one long sentence is cut at a word boundary before ``limit`` characters and
+    ends with ``...``). For quoting a library's message inside one of ours without cutting it mid-word."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    line = text.splitlines()[0].strip()
+    for i, ch in enumerate(line[:-1]):
+        if ch in ".!?" and line[i + 1].isspace():
+            line = line[:i + 1]
+            break
+    if len(line) > limit:
+        cut = line.rfind(" ", 0, limit)
+        line = line[:cut if cut > 0 else limit].rstrip(" ,;:") + " ..."
+    return line

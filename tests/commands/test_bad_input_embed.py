@@ -84,7 +84,7 @@ def test_a_full_disk_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp
 
     def fill_up(fd: int) -> None:
         calls[0] += 1
-        if calls[0] > 3:  # embed.json, items.csv and the first shard fit; then the disk is full
+        if calls[0] > 4:  # embed.json, items.csv, file_stats.npy and the first shard fit; then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd)
 
@@ -118,9 +118,9 @@ def test_ctrl_c_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp_path
     real_save = embed_mod.np.save
     calls = {"n": 0}
 
-    def save_then_interrupt(fh, arr):  # the second shard's write is interrupted
+    def save_then_interrupt(fh, arr):  # the second shard's write is interrupted (file_stats.npy is the first save)
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:
             raise KeyboardInterrupt
         real_save(fh, arr)
 

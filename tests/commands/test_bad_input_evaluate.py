@@ -75,7 +75,7 @@ def test_json_onto_a_folder_and_onto_a_full_disk(tmp_path, emb, capsys, monkeypa
     lab = _labels(tmp_path, GOOD)
     (tmp_path / "out").mkdir()
     line = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(lab), "--json", str(tmp_path / "out"))
-    assert line.endswith(f"{tmp_path / 'out'}: is a folder; expected the path of a file to write")
+    assert line.endswith(f"{tmp_path / 'out'} key '--json': is a folder; expected the path of a file to write")
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -59,7 +60,11 @@ def _jsonable(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for s, d in result.items()}
 
 
-def write_per_query_csv(path: str | Path, table: dict[str, dict[str, np.ndarray]]) -> None:
+PER_QUERY_HEADER = ("query", "scale", "num_relevant")
+
+
+def write_per_query_csv(path: str | Path, table: dict[str, dict[str, np.ndarray]], *,
+                        key: str | None = None) -> None:
     """One row per (query, scale): ``query`` (0-based row), ``scale``, ``num_relevant`` (R_q), then each retrieval
     metric (empty where undefined, i.e. R_q = 0 under ``--empty-queries exclude``). Written atomically."""
     from dynametric.utils.io import atomic_open
@@ -68,15 +73,82 @@ def write_per_query_csv(path: str | Path, table: dict[str, dict[str, np.ndarray]
         raise ConfigError("--per-query needs at least one retrieval metric", key="--per-query")
     scales = list(table)
     metrics = [m for m in table[scales[0]] if m != "num_relevant"]
-    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, "w", newline="", encoding="utf-8", key=key) as fh:
         w = csv.writer(fh)
-        w.writerow(["query", "scale", "num_relevant", *metrics])
+        w.writerow([*PER_QUERY_HEADER, *metrics])
         n = len(table[scales[0]]["num_relevant"])
         cols = {s: [table[s][m].tolist() for m in metrics] for s in scales}
         for i in range(n):
             for s in scales:
                 vals = ["" if math.isnan(c[i]) else repr(c[i]) for c in cols[s]]
                 w.writerow([i, s, int(table[s]["num_relevant"][i]), *vals])
+
+
+def _is_earlier_json(path: Path) -> bool:
+    """Whether ``path`` is a results file ``evaluate --json`` wrote: a JSON object of objects with a ``mean``
+    entry (the metrics averaged over the scales, always present)."""
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            return False
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("mean"), dict) and all(isinstance(v, dict)
+                                                                                for v in obj.values())
+
+
+def _is_earlier_per_query(path: Path) -> bool:
+    """Whether ``path`` is a CSV ``evaluate --per-query`` wrote: its header starts ``query,scale,num_relevant``."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = fh.readline(4096)
+    except (OSError, ValueError):
+        return False
+    return tuple(header.rstrip("\r\n").split(",")[:3]) == PER_QUERY_HEADER
+
+
+_JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: ``--json`` / ``--per-query`` may name a new file or an earlier output of the same option
+    (recognised by its content), never a folder, a symbolic link, another existing file, or one of the command's
+    inputs (an embed folder's files included)."""
+    inputs: dict[Path, str] = {}
+    for opt, value in (("--embeddings", args.embeddings), ("--labels", args.labels),
+                       ("--gallery-embeddings", args.gallery_embeddings), ("--gallery-labels", args.gallery_labels),
+                       ("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids),
+                       ("--checkpoint", args.checkpoint), ("--config", args.config)):
+        if not value:
+            continue
+        path = Path(value)
+        inputs.setdefault(path.resolve(), opt)
+        if path.is_dir():
+            for name in _JOB_FILES:
+                inputs.setdefault((path / name).resolve(), f"{opt} (its {name})")
+    seen: dict[Path, str] = {}
+    for opt, value, ours, what in (
+            ("--json", args.json_out, _is_earlier_json, "an earlier evaluate --json result (a JSON object with a "
+                                                        "'mean' entry)"),
+            ("--per-query", args.per_query_out, _is_earlier_per_query, "an earlier evaluate --per-query CSV "
+                                                                       "(header query,scale,num_relevant,...)")):
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_symlink():
+            raise InputError(f"is a symbolic link; {opt} names a file to write", file=path, key=opt)
+        if path.is_dir():
+            raise InputError("is a folder; expected the path of a file to write", file=path, key=opt)
+        real = path.resolve()
+        if real in inputs:
+            raise InputError(f"is one of the command's inputs ({inputs[real]}); it is never overwritten: choose "
+                             f"another {opt}", file=path, key=opt)
+        if real in seen:
+            raise InputError(f"is also the {seen[real]} output; give two different files", file=path, key=opt)
+        seen[real] = opt
+        if path.exists() and not ours(path):
+            raise InputError(f"exists and is not {what}; it is not overwritten: choose another {opt}, or remove the "
+                             "file yourself", file=path, key=opt)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.utils.device import resolve_device
 
     resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
+    check_outputs(args)  # never overwrite an input or a file this command did not write
     cutoff: str | int = args.asi_cutoff
     if cutoff not in ("R_q", "r_q"):
         try:
@@ -184,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
                   f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
             print(format_table(result))
             if args.json_out:
-                atomic_write_json(args.json_out, {**_jsonable(result), "protocol": info})
+                atomic_write_json(args.json_out, {**_jsonable(result), "protocol": info}, key="--json")
                 print(f"wrote {args.json_out}", file=sys.stderr)
             return 0
         sets = list(ce.sets.values())
@@ -204,16 +277,23 @@ def run(args: argparse.Namespace) -> int:
             source = "bundled example (1200 items, 3 scales)"
         else:
             q, ql, g, gl, names, source = _read_files(args)
+            if args.distance == "cosine":
+                from dynametric.utils.readers import refuse_zero_rows
+
+                refuse_zero_rows(q, _emb_file(args.embeddings))
+                if g is not None:
+                    refuse_zero_rows(g, _emb_file(args.gallery_embeddings))
         num_queries, protocol = len(q), "leave-one-out" if g is None else "query -> gallery"
         result = evaluate(q, ql, g, gl, scale_names=names)
     if args.per_query_out:
         result, table = result
-        write_per_query_csv(args.per_query_out, table)
+        write_per_query_csv(args.per_query_out, table, key="--per-query")
         print(f"wrote {args.per_query_out}", file=sys.stderr)
     print(f"{source}: {protocol}, distance {args.distance}, {num_queries} queries")
     print(format_table(result))
     if args.json_out:
-        atomic_write_json(args.json_out, _jsonable(result) | ({} if info is None else {"protocol": info}))
+        atomic_write_json(args.json_out, _jsonable(result) | ({} if info is None else {"protocol": info}),
+                          key="--json")
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
 
@@ -304,6 +384,13 @@ def _common_class_ids(q: _Side, g: _Side, names: list[str]) -> np.ndarray:
         gid.update({c: len(gc) + j for j, c in enumerate(unseen)})
         out[:, s] = np.array([gid[str(c)] for c in qc], dtype=np.int64)[col]
     return out
+
+
+def _emb_file(arg: str) -> Path:
+    from dynametric.retrieval.embed import embed_folder_of
+
+    folder = embed_folder_of(arg)
+    return Path(arg) if folder is None else folder / "embeddings.npy"
 
 
 def _read_files(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, list[str], str]:

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
                            image_size=args.image_size, options=InferenceOptions(device="cpu"))  # exported on the CPU
-    info = export_embedder(loaded, args.out, args.format, atol=args.atol, check=not args.no_check)
+    info = export_embedder(loaded, args.out, args.format, atol=args.atol, check=not args.no_check,
+                           key="--out")
     shape = "x".join(str(s) for s in info["input"]["shape"])
     check = f", max |diff| {info['max_abs_diff']:.2e} <= {info['tolerance']:g}" if "max_abs_diff" in info else ""
     print(f"{info['format']} -> {args.out} (input {shape}{check})")

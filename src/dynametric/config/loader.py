@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from dynametric.config.schema import Config, _hints, _suggest, schema_keys
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, first_sentence
 from dynametric.utils.io import atomic_write_text
 
 # --------------------------------------------------------------------------------------------------- YAML
@@ -73,7 +73,7 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
         line = None if mark is None else mark.line + 1
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=line) from exc
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot construct
-        raise ConfigError(f"invalid YAML value ({type(exc).__name__}: {str(exc)[:120]})", file=file) from None
+        raise ConfigError(f"invalid YAML value ({type(exc).__name__}: {first_sentence(exc)})", file=file) from None
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node | None, prefix: str) -> None:

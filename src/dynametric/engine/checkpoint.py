@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from dynametric.errors import InputError
+from dynametric.errors import InputError, first_sentence
 from dynametric.utils.io import atomic_write_with
 
 
@@ -28,6 +28,8 @@ def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; expected a checkpoint file", file=path)
     if not path.is_file():
         raise InputError("checkpoint file not found", file=path)
     with open(path, "rb") as fh:
@@ -42,7 +44,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
                          f"(loaded with weights_only=True; {first})", file=path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})", file=path) from None
+        raise InputError(f"truncated or corrupt checkpoint (torch could not read it: {first_sentence(exc)})",
+                         file=path) from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a checkpoint dict, found {type(obj).__name__}", file=path)
     return obj

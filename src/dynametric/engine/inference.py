@@ -228,6 +228,8 @@ def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
     """``config``, or ``config.yaml`` beside the checkpoint (a run folder); ConfigError when missing."""
     checkpoint = Path(checkpoint)
     path = Path(config) if config is not None else checkpoint.parent / "config.yaml"
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; expected a config file", key="--config")
     if not path.is_file():
         raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}" if config is None
                           else f"config file not found: {path}", key="--config")
@@ -246,6 +248,8 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     from dynametric.engine.checkpoint import load_embedder_weights
 
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=checkpoint)
     if not checkpoint.is_file():
         raise InputError("checkpoint file not found", file=checkpoint)
     config_path = config_beside(checkpoint, config)

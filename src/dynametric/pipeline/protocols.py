@@ -103,6 +103,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
 
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=checkpoint)
     if not checkpoint.is_file():
         raise InputError("checkpoint file not found", file=checkpoint)
     cfg = load_config(config_beside(checkpoint, config), overrides)

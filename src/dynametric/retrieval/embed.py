@@ -4,7 +4,10 @@ Output folder ``EMB/``:
 
 * ``items.csv`` — ``index,id,path,<scale...>``: one row per image, in embedding order (labels as integer ids).
 * ``embed.json`` — the job: count, shard size, the model's identity (checkpoint, config hash, weights hash, head),
-  scale names, class names of text labels, image roots, a fingerprint of the item list, ``status``.
+  scale names, class names of text labels, image roots, a fingerprint of the item list, a ``file_stamp`` of the
+  files' sizes and modification times, ``status``.
+* ``file_stats.npy`` — ``[N, 2]`` int64: each image file's size and modification time (ns) when embedded; a
+  changed file (another size or time) refuses the resume and is named.
 * ``shards/shard_NNNNN.npy`` — ``[<=shard_size, D]`` float32, each written atomically when finished.
 * when every shard is done: ``embeddings.npy`` ``[N, D]`` float32 (assembled through a memory map, so memory stays
   bounded by one shard) and ``labels.npy`` ``[N, S]`` int64 when the source has labels; shards are then removed
@@ -32,9 +35,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
 from dynametric.data.readers import parse_csv, require_header
-from dynametric.errors import InputError
+from dynametric.errors import InputError, first_sentence
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
-from dynametric.utils.io import atomic_open, atomic_write_json, atomic_write_text, atomic_write_with
+from dynametric.utils.io import (
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    remove_stale_temps,
+)
+from dynametric.utils.readers import check_file, check_npy_size
 
 FORMAT_VERSION = 1
 RESERVED_COLUMNS = ("path", "id", "split")
@@ -54,6 +64,8 @@ class ImageItems:
     part: tuple[int, int] | None = None  # (k, n): this is the k-th of n contiguous parts of a longer list
     source_count: int | None = None  # with ``part``: the whole list's length
     source_fingerprint: str | None = None  # with ``part``: the whole list's fingerprint
+    source_file_stamp: str | None = None  # with ``part``: the whole list's file stamp
+    _stats: np.ndarray | None = field(default=None, repr=False)
 
     def select_part(self, k: int, n: int) -> ImageItems:
         """The ``k``-th of ``n`` contiguous parts (``k = 0..n-1``; rows ``k*N//n`` to ``(k+1)*N//n``), for one
@@ -70,7 +82,8 @@ class ImageItems:
         return ImageItems(ids=self.ids[lo:hi], paths=self.paths[lo:hi], roots=self.roots,
                           labels=None if self.labels is None else self.labels[lo:hi], scale_names=self.scale_names,
                           class_names=self.class_names, part=(k, n), source_count=total,
-                          source_fingerprint=self.fingerprint())
+                          source_fingerprint=self.fingerprint(), source_file_stamp=self.file_stamp(),
+                          _stats=self.file_stats()[lo:hi])
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -79,6 +92,25 @@ class ImageItems:
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
+
+
+    def file_stats(self) -> np.ndarray:
+        """``[N, 2]`` int64: each file's size in bytes and modification time (ns), read once."""
+        if self._stats is None:
+            stats = np.zeros((len(self.paths), 2), dtype=np.int64)
+            for i, p in enumerate(self.paths):
+                try:
+                    st = os.stat(p)
+                except OSError as exc:
+                    raise InputError(f"cannot read the image file ({exc.strerror or exc})", file=p) from None
+                stats[i] = (st.st_size, st.st_mtime_ns)
+            self._stats = stats
+        return self._stats
+
+    def file_stamp(self) -> str:
+        """A digest of every file's size and modification time: another file content under the same path (with
+        another size or time) gives another stamp. A change that keeps both is not seen."""
+        return hashlib.sha256(np.ascontiguousarray(self.file_stats()).tobytes()).hexdigest()[:16]
 
 
 def list_image_folder(root: str | Path) -> ImageItems:
@@ -162,7 +194,8 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
         seen[item_id] = lineno
         full = Path(rel) if Path(rel).is_absolute() else root / rel
         if not full.is_file():
-            bad(f"image file not found: {full if str(full).isprintable() else repr(str(full))}",
+            shown = full if str(full).isprintable() else repr(str(full))
+            bad(f"{shown} is a folder; expected an image file" if full.is_dir() else f"image file not found: {shown}",
                 lineno)
             continue
         empty = next((s for s in scales if not values[col[s]]), None)
@@ -217,6 +250,8 @@ class ImageFiles(Dataset):
             return self._read(self.paths[i])
         try:
             img = load_rgb(self.paths[i])
+        except IsADirectoryError:
+            raise InputError("is a folder; expected an image file", file=self.paths[i]) from None
         except FileNotFoundError:
             raise InputError("image file not found", file=self.paths[i]) from None
         except Exception as exc:  # PIL raises many types for bad files
@@ -243,6 +278,21 @@ def _worker_error(exc: InputError) -> InputError:
 
 def shard_path(out: Path, s: int) -> Path:
     return out / "shards" / f"shard_{s:05d}.npy"
+
+
+JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy", "file_stats.npy")
+
+
+def _is_shard_name(name: str) -> bool:
+    return len(name) == 15 and name.startswith("shard_") and name.endswith(".npy") and name[6:11].isdigit()
+
+
+def remove_job_temps(out: Path) -> None:
+    """Remove what killed atomic writes of an embed job left in its folder ``out`` (a job folder: checked by the
+    caller): ``.<job file>.<8 characters>.tmp`` in ``out`` and ``.shard_NNNNN.npy.<8 characters>.tmp`` in
+    ``shards/``; nothing else."""
+    remove_stale_temps(out, lambda name: name in JOB_FILES)
+    remove_stale_temps(out / "shards", _is_shard_name)
 
 
 def _shard_ok(path: Path, rows: int) -> bool:
@@ -298,12 +348,13 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     n = len(items.ids)
     num_shards = (n + shard_size - 1) // shard_size
     job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": n, "shard_size": shard_size,
-           "num_shards": num_shards, "fingerprint": items.fingerprint(), "model": model_identity,
+           "num_shards": num_shards, "fingerprint": items.fingerprint(), "file_stamp": items.file_stamp(),
+           "model": model_identity,
            "scale_names": items.scale_names, "class_names": items.class_names,
            "image_roots": [str(r) for r in items.roots]}
     if items.part is not None:
         job.update({"part": list(items.part), "source_count": items.source_count,
-                    "source_fingerprint": items.source_fingerprint})
+                    "source_fingerprint": items.source_fingerprint, "source_file_stamp": items.source_file_stamp})
     meta_path = out / "embed.json"
     if overwrite and out.exists():
         discard_job(out)
@@ -311,12 +362,23 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         try:
             old = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"unreadable job file ({exc}); use --overwrite to start again", file=meta_path) from None
-        changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k]))
+            raise InputError(f"unreadable job file ({first_sentence(exc)}); {_corrupt_job_advice(out)}",
+                             file=meta_path) from None
+        # a job written before file stamps were recorded has none: its files' times are unknown, not changed
+        changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k])
+                         and not (k in ("file_stamp", "source_file_stamp") and old.get(k) is None))
+        if changed == ["file_stamp"] or changed == ["file_stamp", "source_file_stamp"]:
+            raise InputError(_changed_files(out, items), file=meta_path)
         if changed:
             raise InputError(f"the folder holds a different embedding job (differs in {changed}); use another --out "
                              "or --overwrite", file=meta_path)
+        remove_job_temps(out)  # the same job: what a killed write left is removed
         if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
+            try:
+                check_npy_size(out / "embeddings.npy")
+            except InputError as exc:
+                raise InputError(f"{exc.message}; this job's output is damaged: use --overwrite to embed again",
+                                 file=exc.file) from None
             dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
             return EmbedResult(out, n, dim, [], list(range(num_shards)))
     elif out.exists() and any(out.iterdir()) and not overwrite:
@@ -324,6 +386,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, {**job, "status": "in_progress"})
     _write_items_csv(out, items)
+    with atomic_open(out / "file_stats.npy", "wb") as fh:
+        np.save(fh, items.file_stats())
 
     from tqdm import tqdm
 
@@ -395,8 +459,9 @@ def discard_job(out: Path) -> None:
     """``--overwrite``: remove the files of the embedding job in ``out`` and nothing else.
 
     The job's own ``embed.json`` says it is one (``format: dynametric-embeddings``); its files are ``embed.json``,
-    ``items.csv``, ``embeddings.npy``, ``labels.npy`` and ``shards/shard_NNNNN.npy`` (plus their ``.*.tmp``
-    leftovers). Any other file stays. An empty folder is fine; a non-empty folder that is not a job is refused.
+    ``items.csv``, ``file_stats.npy``, ``embeddings.npy``, ``labels.npy`` and ``shards/shard_NNNNN.npy`` (plus
+    their ``.*.tmp`` leftovers). Any other file stays. An empty folder is fine; a non-empty folder that is not a
+    job is refused.
     """
     if not any(out.iterdir()):
         return
@@ -404,12 +469,17 @@ def discard_job(out: Path) -> None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         is_job = isinstance(meta, dict) and meta.get("format") == "dynametric-embeddings"
-    except (OSError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a torn or emptied job file
+        if not _holds_job_files(out):
+            raise InputError(f"unreadable job file ({first_sentence(exc)}); {_corrupt_job_advice(out)}",
+                             file=meta_path) from None
+        is_job = True
+    except OSError:
         is_job = False
     if not is_job:
         raise InputError("not an embedding job (no dynametric embed.json): --overwrite only replaces a job this "
                          "tool wrote; use another --out or empty the folder yourself", file=out)
-    names = ("items.csv", "embeddings.npy", "labels.npy", "embed.json")  # embed.json last: a crash keeps the job
+    names = ("items.csv", "file_stats.npy", "embeddings.npy", "labels.npy", "embed.json")  # embed.json last
     shards = out / "shards"
     victims = sorted(shards.glob("shard_[0-9][0-9][0-9][0-9][0-9].npy")) if shards.is_dir() else []
     for folder, stems in ((shards, ("shard_",)), (out, names)):
@@ -420,6 +490,45 @@ def discard_job(out: Path) -> None:
         p.unlink(missing_ok=True)
     if shards.is_dir() and not any(shards.iterdir()):
         shards.rmdir()
+
+
+def _changed_files(out: Path, items: ImageItems) -> str:
+    """The message for a job whose image files changed since they were embedded (size or modification time),
+    naming the first few from the job's ``file_stats.npy``."""
+    now = items.file_stats()
+    try:
+        then = np.load(out / "file_stats.npy", allow_pickle=False)
+        rows = np.flatnonzero((then != now).any(axis=1)) if then.shape == now.shape else np.zeros(0, np.int64)
+    except (OSError, ValueError, EOFError):
+        rows = np.zeros(0, dtype=np.int64)
+    head = "the image files changed since they were embedded (size or modification time)"
+    if len(rows):
+        names = ", ".join(str(items.paths[i]) for i in rows[:3]) + (", ..." if len(rows) > 3 else "")
+        head = (f"{len(rows)} image file(s) changed since they were embedded (size or modification time): "
+                f"{names}")
+    return f"{head}; their embeddings would be stale: use --overwrite to embed again"
+
+
+def _holds_job_files(out: Path) -> bool:
+    """Whether ``out`` holds files only an embed job writes: an ``items.csv`` with the header ``index,id,path...``
+    or ``shards/shard_NNNNN.npy``. Evidence that an unreadable ``embed.json`` beside them is the job's own."""
+    try:
+        with open(out / "items.csv", encoding="utf-8", newline="") as fh:
+            if fh.readline(4096).startswith("index,id,path"):
+                return True
+    except (OSError, ValueError):
+        pass
+    shards = out / "shards"
+    return shards.is_dir() and any(_is_shard_name(p.name) for p in shards.iterdir())
+
+
+def _corrupt_job_advice(out: Path) -> str:
+    """What to do about an unreadable ``embed.json`` in ``out``: ``--overwrite`` replaces it only beside the job's
+    own files (:func:`_holds_job_files`); otherwise it may be the user's file, which is never removed."""
+    if _holds_job_files(out):
+        return "it sits beside this tool's items.csv or shards: use --overwrite to start the job again"
+    return ("the folder holds no other file of an embed job, so this tool does not replace it (not even with "
+            "--overwrite): remove it yourself or use another --out")
 
 
 def _read_part(path: Path) -> dict[str, Any]:
@@ -436,7 +545,8 @@ def _read_part(path: Path) -> dict[str, Any]:
     return meta
 
 
-_SAME_IN_EVERY_PART = ("source_fingerprint", "source_count", "model", "scale_names", "class_names", "image_roots")
+_SAME_IN_EVERY_PART = ("source_fingerprint", "source_file_stamp", "source_count", "model", "scale_names",
+                       "class_names", "image_roots")
 
 
 def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> EmbedResult:
@@ -478,6 +588,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     if sum(int(meta_of[p]["count"]) for p in order) != total:
         raise InputError(f"the parts hold {sum(int(meta_of[p]['count']) for p in order)} images, the list {total}",
                          key="parts")
+    for p in order:
+        check_npy_size(p / "embeddings.npy")
     arrays = [np.load(p / "embeddings.npy", mmap_mode="r", allow_pickle=False) for p in order]
     for p, arr in zip(order, arrays):
         if arr.ndim != 2 or arr.shape[0] != int(meta_of[p]["count"]) or arr.shape[1] != arrays[0].shape[1]:
@@ -510,10 +622,12 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
             raise InputError("output folder is not empty (use another --out, or --overwrite to replace an embedding "
                              "job there)", file=out)
         discard_job(out)
+        remove_job_temps(out)
     dim = int(arrays[0].shape[1])
     shard_size = int(first["shard_size"])
     job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
            "num_shards": (total + shard_size - 1) // shard_size, "fingerprint": first["source_fingerprint"],
+           "file_stamp": first.get("source_file_stamp"),
            "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
            "image_roots": first["image_roots"], "merged_parts": num}
     out.mkdir(parents=True, exist_ok=True)
@@ -522,6 +636,10 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     atomic_write_text(out / "items.csv", buf.getvalue())
 
     _write_rows(out / "embeddings.npy", arrays, total, dim)
+    if all((p / "file_stats.npy").is_file() for p in order):
+        stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
+        with atomic_open(out / "file_stats.npy", "wb") as stats_file:
+            np.save(stats_file, stats)
     if all(has_labels):
         labels = np.concatenate([np.load(p / "labels.npy", allow_pickle=False) for p in order])
         with atomic_open(out / "labels.npy", "wb") as label_file:
@@ -619,7 +737,15 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
     meta = read_finished_job(path)
-    emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    emb_file = path / "embeddings.npy"
+    check_file(emb_file)
+    check_npy_size(emb_file)
+    try:
+        emb = np.load(emb_file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
+    if emb.ndim != 2 or emb.dtype.kind != "f":
+        raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
     ids, paths = [], []
     with open(path / "items.csv", encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)

@@ -53,7 +53,8 @@ def _frozen_trace(model: nn.Module, example: torch.Tensor, head: str | None) -> 
         return torch.jit.freeze(torch.jit.trace(wrapped, example, check_trace=False))
 
 
-def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None) -> Path:
+def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None, *,
+                       key: str | None = None) -> Path:
     """Trace ``model`` (eval mode) to a frozen TorchScript module and save it atomically (``torch.jit.load``)."""
     traced = _frozen_trace(model, example, head)
     out = Path(out)
@@ -63,7 +64,7 @@ def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor,
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still supported
             torch.jit.save(traced, tmp)
 
-    atomic_write_with(out, write)
+    atomic_write_with(out, write, key=key)
     return out
 
 
@@ -76,7 +77,7 @@ def _require_onnx() -> None:
 
 
 def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None,
-                opset: int = 18) -> str:
+                opset: int = 18, *, key: str | None = None) -> str:
     """Export ``model`` (eval mode) to ONNX with a dynamic batch axis (input ``images``, output ``embeddings``).
 
     Uses the ``torch.export``-based exporter (needs ``onnxscript``); where it fails (e.g. a submodule named after
@@ -118,7 +119,7 @@ def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: 
         import io
 
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
-            atomic_write_with(out, write)
+            atomic_write_with(out, write, key=key)
     finally:
         for lg, lvl in zip(quiet, levels):
             lg.setLevel(lvl)
@@ -194,9 +195,10 @@ def check_export_target(out: Path, fmt: str) -> None:
 
 
 def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, batch: int = 2,
-                    atol: float = DEFAULT_ATOL, check: bool = True) -> dict[str, Any]:
+                    atol: float = DEFAULT_ATOL, check: bool = True, key: str | None = None) -> dict[str, Any]:
     """Export a :class:`~dynametric.retrieval.model.LoadedEmbedder` to ``out`` and verify it; writes
-    ``<out>.json`` (input size, channels, preprocessing, model identity, verified max difference)."""
+    ``<out>.json`` (input size, channels, preprocessing, model identity, verified max difference). ``key``: the
+    option that named ``out``, named in a write error."""
     out = Path(out)
     fmt = fmt or ("onnx" if out.suffix == ".onnx" else "torchscript")
     if fmt not in FORMATS:
@@ -204,9 +206,9 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
     check_export_target(out, fmt)
     example = example_input(loaded.in_chans, loaded.input_size, batch)
     if fmt == "onnx":
-        exporter = export_onnx(loaded.model, out, example, loaded.head)
+        exporter = export_onnx(loaded.model, out, example, loaded.head, key=key)
     else:
-        export_torchscript(loaded.model, out, example, loaded.head)
+        export_torchscript(loaded.model, out, example, loaded.head, key=key)
         exporter = "torch.jit.trace+freeze"
     shape = ["batch", loaded.in_chans, loaded.input_size, loaded.input_size]
     info: dict[str, Any] = {
@@ -218,5 +220,5 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
         probe = example_input(loaded.in_chans, loaded.input_size, batch + 1, seed=1)  # another batch size
         info["max_abs_diff"] = check_export(loaded.model, out, probe, loaded.head, atol)
         info["tolerance"] = atol
-    atomic_write_json(sidecar_path(out), info)
+    atomic_write_json(sidecar_path(out), info, key=key)
     return info

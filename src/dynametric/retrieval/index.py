@@ -27,20 +27,23 @@ from typing import Any
 
 import numpy as np
 
-from dynametric.errors import ConfigError, DynametricError, InputError
+from dynametric.errors import ConfigError, DynametricError, InputError, first_sentence
 from dynametric.utils.io import (
     atomic_open,
     atomic_write_json,
     atomic_write_text,
     atomic_write_with,
+    remove_stale_temps,
     require_new_folder,
 )
+from dynametric.utils.readers import check_npy_size, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
 INDEX_FORMAT = "dynametric-index"
 INDEX_VERSION = 1
 QUERY_CHUNK = 64
+INDEX_FILES = ("index.faiss", "items.csv", "labels.npy", "index.json")
 
 
 def require_faiss() -> Any:
@@ -219,6 +222,8 @@ def _check_kind(index: Any, meta: dict[str, Any], fpath: Path, faiss: Any) -> No
 
 def _read_items(path: Path) -> tuple[list[str], list[str]]:
     """``items.csv``: header ``index,id,path``, then one row of three fields per item."""
+    if path.is_dir():
+        raise InputError("is a folder; expected a file", file=path)
     if not path.is_file():
         raise InputError("items.csv missing (the index folder is incomplete)", file=path)
     ids, paths = [], []
@@ -236,12 +241,15 @@ def _read_items(path: Path) -> tuple[list[str], list[str]]:
 
 def _read_labels(path: Path, n: int) -> np.ndarray:
     """``labels.npy``: an ``[N, S]`` integer array (never unpickled)."""
+    if path.is_dir():
+        raise InputError("is a folder; expected a file", file=path)
     if not path.is_file():
         raise InputError("labels.npy missing, but index.json says the index has labels", file=path)
+    check_npy_size(path)
     try:
         labels = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"not a plain integer array ({str(exc)[:120]})", file=path) from None
+        raise InputError(f"not a plain integer array ({first_sentence(exc)})", file=path) from None
     if labels.ndim != 2 or labels.dtype.kind not in "iu":
         raise InputError(f"expected an [N, S] integer array, found {labels.dtype} {labels.shape}", file=path)
     return labels.astype(np.int64, copy=False)
@@ -288,7 +296,11 @@ class RetrievalIndex:
     @classmethod
     def build(cls, emb: Any, kind: str = "flat", metric: str = "cosine", **kwargs: Any) -> RetrievalIndex:
         """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`)."""
-        x = _prepare(np.asarray(emb.embeddings), metric)
+        raw = np.asarray(emb.embeddings)
+        if metric == "cosine":
+            src = Path(emb.source)
+            refuse_zero_rows(raw, src / "embeddings.npy" if src.is_dir() else src)
+        x = _prepare(raw, metric)
         if not np.isfinite(x).all():
             raise InputError("embeddings contain NaN or Inf", file=emb.source)
         index, params = build_faiss_index(x, kind, metric, **kwargs)
@@ -308,6 +320,7 @@ class RetrievalIndex:
         if not _is_index_folder(out):  # an earlier index is replaced; any other non-empty folder is refused
             require_new_folder(out, "--out", "dynametric index (index.json)")
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out, lambda name: name in INDEX_FILES)  # left by a killed build of this index
         atomic_write_with(out / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
         digest = file_sha256(out / "index.faiss")
         buf = io.StringIO()
@@ -337,12 +350,16 @@ class RetrievalIndex:
         if not path.is_dir():
             raise InputError("not an index folder (expected the --out folder of `dynametric index build`)", file=path)
         meta_path = path / "index.json"
+        if meta_path.is_dir():
+            raise InputError("is a folder; expected a file", file=meta_path)
         if not meta_path.is_file():
             raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
                              file=path)
         meta = _read_meta(meta_path)
         faiss = require_faiss()
         fpath = path / "index.faiss"
+        if fpath.is_dir():
+            raise InputError("is a folder; expected the faiss index file", file=fpath)
         if not fpath.is_file():
             raise InputError("index file missing", file=fpath)
         want = meta.get("faiss_sha256")
@@ -352,14 +369,23 @@ class RetrievalIndex:
         try:
             index = faiss.read_index(str(fpath))
         except RuntimeError as exc:
-            raise InputError(f"cannot read the faiss index ({str(exc).splitlines()[0][:200]})", file=fpath) from None
+            raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
         _check_kind(index, meta, fpath, faiss)
         ids, paths = _read_items(path / "items.csv")
         labels = _read_labels(path / "labels.npy", len(ids)) if meta.get("has_labels") else None
         n = int(meta["count"])
-        if index.ntotal != n or len(ids) != n or (labels is not None and len(labels) != n):
-            raise InputError(f"inconsistent index: index.json says {n} items, index.faiss has {index.ntotal}, "
-                             f"items.csv {len(ids)}", file=path)
+        counts = {"index.faiss": int(index.ntotal), "items.csv": len(ids)}
+        if labels is not None:
+            counts["labels.npy"] = len(labels)
+        wrong = [name for name, c in counts.items() if c != n]
+        if wrong:
+            found = ", ".join(f"{name} {c}" for name, c in counts.items())
+            raise InputError(f"inconsistent index: index.json says {n} items; {found} ({' and '.join(wrong)} "
+                             f"{'does' if len(wrong) == 1 else 'do'} not match)", file=path / wrong[0])
+        names = list(meta.get("scale_names") or [])
+        if labels is not None and labels.shape[1] != len(names):
+            raise InputError(f"has {labels.shape[1]} label column(s), but index.json names {len(names)} scale(s) "
+                             f"{names}", file=path / "labels.npy")
         if index.d != int(meta["dim"]):
             raise InputError(f"index.faiss has dimension {index.d}, index.json says {meta['dim']}", file=path)
         params = dict(meta.get("params") or {})

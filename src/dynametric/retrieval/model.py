@@ -174,6 +174,8 @@ def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
 
     try:
         img = load_rgb(path)
+    except IsADirectoryError:
+        raise InputError("is a folder; expected an image file", file=path) from None
     except FileNotFoundError:
         raise InputError("image file not found", file=path) from None
     except Exception as exc:  # PIL raises many types for bad files

@@ -18,66 +18,136 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def _file_target(path: str | Path) -> Path:
-    """``path`` as the target of a file write: its folder is created; a folder at ``path`` is an InputError."""
+def _file_target(path: str | Path, key: str | None = None) -> Path:
+    """``path`` as the target of a file write: its folder is created; a folder at ``path`` is an InputError
+    (naming ``key``, the option that named the path, when given)."""
     from dynametric.errors import InputError
 
     path = Path(path)
     if path.is_dir():
-        raise InputError("is a folder; expected the path of a file to write", file=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise InputError("is a folder; expected the path of a file to write", file=path, key=key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(exc, path, key) from None
     return path
 
 
+def _write_error(exc: OSError, path: Path, key: str | None) -> BaseException:
+    """An error of the file system while writing ``path``, naming ``path`` (never the temporary file beside it):
+    with ``key`` an InputError ``<path> key '<key>': cannot write (<reason>)``, else the OSError with
+    ``filename = path`` (the command line prints ``<path>: <reason>``)."""
+    import errno
+
+    from dynametric.errors import InputError
+
+    reason = exc.strerror or str(exc)
+    if key is None:
+        return type(exc)(exc.errno, reason, str(path)) if exc.errno is not None else exc
+    if exc.errno == errno.ENOSPC:
+        reason += "; nothing was left half-written: outputs are written to a temporary file and renamed"
+    return InputError(f"cannot write ({reason})", file=path, key=key)
+
+
+TEMP_SUFFIX = ".tmp"
+_TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's random names
+
+
+def is_temp_of(name: str, target: str) -> bool:
+    """Whether the file name ``name`` is a temporary file of an atomic write of ``target`` (a file name):
+    ``.<target>.<8 random characters>.tmp``, the pattern :func:`_replacing` uses."""
+    prefix = f".{target}."
+    middle = name[len(prefix):-len(TEMP_SUFFIX)]
+    return (name.startswith(prefix) and name.endswith(TEMP_SUFFIX) and len(middle) == 8
+            and all(c in _TEMP_CHARS for c in middle))
+
+
+def remove_stale_temps(folder: Path, targets: Callable[[str], bool]) -> list[Path]:
+    """Remove what a killed atomic write of this tool left in ``folder`` (a folder the tool owns): files named
+    ``.<target>.<8 characters>.tmp`` whose ``<target>`` satisfies ``targets``. Nothing else is touched; returns
+    the removed paths."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)) or len(name) < 15:
+            continue
+        target = name[1:-len(TEMP_SUFFIX) - 9]
+        if targets(target) and is_temp_of(name, target) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _is_own_failure(exc: OSError, path: Path, tmp: str | None) -> bool:
+    """Whether ``exc`` is about writing ``path`` (its temporary file, the folder, the rename), not another file."""
+    names = {exc.filename, exc.filename2} - {None}
+    if not names:
+        return True
+    for name in names:
+        base = os.path.basename(os.fspath(name))
+        if os.fspath(name) in (tmp, str(path)) or is_temp_of(base, path.name) or Path(name) == path.parent:
+            return True
+    return False
+
+
 @contextmanager
-def _replacing(path: Path) -> Iterator[tuple[int, str]]:
+def _replacing(path: Path, key: str | None = None) -> Iterator[tuple[int, str]]:
     """A temporary file beside ``path`` (open descriptor, name): when the block ends it gets the mode a plain
     ``open`` would give and atomically replaces ``path``; when the block raises it is removed and ``path`` is
-    left untouched."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    left untouched. An error of the file system about the write names ``path`` (see :func:`_write_error`)."""
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         yield fd, tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp = None
+    except OSError as exc:
+        if _is_own_failure(exc, path, tmp):
+            raise _write_error(exc, path, key) from None
         raise
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(path: str | Path, mode: str = "w", *, key: str | None = None, **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
-    On an exception the temporary file is removed and any existing ``path`` is left untouched.
+    On an exception the temporary file is removed and any existing ``path`` is left untouched. ``key``: the
+    option that named ``path``, named in a write error (an InputError then).
     """
-    with _replacing(_file_target(path)) as (fd, _tmp), os.fdopen(fd, mode, **kwargs) as fh:
+    with _replacing(_file_target(path, key), key) as (fd, _tmp), os.fdopen(fd, mode, **kwargs) as fh:
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
+def atomic_write_with(path: str | Path, writer: Callable[[str], None], *, key: str | None = None) -> None:
     """Call ``writer(tmp_path)`` to produce a file, then atomically move it to ``path``.
 
     For libraries that insist on writing to a path themselves (``torch.save``, ``np.save``, faiss).
     """
-    with _replacing(_file_target(path)) as (fd, tmp):
+    with _replacing(_file_target(path, key), key) as (fd, tmp):
         os.close(fd)
         writer(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
+def atomic_write_text(path: str | Path, text: str, *, key: str | None = None) -> None:
+    with atomic_open(path, "w", encoding="utf-8", key=key) as fh:
         fh.write(text)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, key: str | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", key=key)
 
 
 def require_new_folder(path: str | Path, key: str, hint: str) -> Path:

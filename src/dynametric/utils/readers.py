@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynametric.errors import InputError
+from dynametric.errors import InputError, first_sentence
 
 EMBEDDING_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 
@@ -22,10 +22,37 @@ def check_file(path: Path) -> None:
     """An InputError naming ``path`` unless it is an existing, non-empty regular file."""
     if not path.exists():
         raise InputError("file not found", file=path)
+    if path.is_dir():
+        raise InputError("is a folder; expected a file", file=path)
     if not path.is_file():
         raise InputError("not a regular file", file=path)
     if path.stat().st_size == 0:
         raise InputError("file is empty", file=path)
+
+
+def check_npy_size(path: str | Path) -> None:
+    """An InputError naming ``path`` when the ``.npy`` file is shorter than its header says (a torn copy, a
+    truncated download): ``np.load`` would fail with ``mmap length is greater than file size`` or a reshape error.
+    A file that is not an ``.npy`` (or has a header numpy cannot parse) is left to the loader to report."""
+    path = Path(path)
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read is None:
+                return
+            shape, _fortran, dtype = read(fh)
+            header = fh.tell()
+        actual = path.stat().st_size
+    except (OSError, ValueError, EOFError):
+        return
+    if dtype.hasobject:
+        return
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if actual < expected:
+        raise InputError(f"truncated .npy file: its header says {dtype} {list(shape)} ({expected} bytes), the file "
+                         f"has {actual} bytes", file=path)
 
 
 def _pick_tensor(obj: Any, path: Path) -> Any:
@@ -47,6 +74,7 @@ def load_embeddings(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            check_npy_size(path)
             arr: Any = np.load(path, allow_pickle=False)
         elif suffix in (".pt", ".pth"):
             arr = _pick_tensor(torch.load(path, map_location="cpu", weights_only=True), path)
@@ -60,7 +88,7 @@ def load_embeddings(path: str | Path) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:  # numpy/torch/safetensors raise many types for corrupt files
-        raise InputError(f"cannot read embeddings: {exc}", file=path) from exc
+        raise InputError(f"cannot read embeddings: {first_sentence(exc)}", file=path) from exc
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu()
         if arr.dtype in (torch.bfloat16, torch.float16):
@@ -153,15 +181,16 @@ def load_labels_npy(path: str | Path) -> np.ndarray:
                          file=path)
     if magic != b"\x93NUMPY":
         raise InputError("not an .npy file (no NumPy header); expected an integer array [N] or [N, S]", file=path)
+    check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise InputError("an array of Python objects (would need unpickling); expected a plain integer "
                              "array", file=path) from None
-        raise InputError(f"cannot read the .npy array ({str(exc)[:120]})", file=path) from None
+        raise InputError(f"cannot read the .npy array ({first_sentence(exc)})", file=path) from None
     except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read the .npy array ({str(exc)[:120]})", file=path) from None
+        raise InputError(f"cannot read the .npy array ({first_sentence(exc)})", file=path) from None
     if arr.dtype.kind not in "iu":
         raise InputError(f"expected integer labels, got dtype {arr.dtype}", file=path)
     if arr.ndim not in (1, 2):
@@ -205,3 +234,13 @@ def load_ids(path: str | Path, expected: int) -> list[str]:
     if len(ids) != expected:
         raise InputError(f"expected {expected} ids (one per line), got {len(ids)}", file=path)
     return ids
+
+
+def refuse_zero_rows(emb: np.ndarray, source: str | Path, key: str | None = None) -> None:
+    """For cosine: an all-zero row has no direction (the metrics library scores it 0 with everything, which ranks
+    it arbitrarily); the command line refuses such a file, naming it and the first zero row."""
+    zero = ~np.asarray(emb).any(axis=1)
+    if zero.any():
+        raise InputError(f"{int(zero.sum())} all-zero row(s), first at row {int(np.flatnonzero(zero)[0])} (0-based): "
+                         "a zero vector has no direction for cosine; fix the embeddings or use a Euclidean "
+                         "distance", file=source, key=key)

@@ -1,0 +1,334 @@
+"""Outputs never replace a file the tool did not write, nor an input; write errors name the target and the option
+(never the temporary file beside it)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynametric.cli import main
+
+GOOD = "fine,coarse\n" + "".join(f"{i % 4},{i % 2}\n" for i in range(12))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    emb = tmp_path / "e.npy"
+    np.save(emb, np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    lab = tmp_path / "labels.csv"
+    lab.write_text(GOOD)
+    return emb, lab
+
+
+def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_evaluate_outputs_never_replace_a_file_they_did_not_write(tmp_path, files, capsys) -> None:
+    emb, lab = files
+    base = ["evaluate", "--embeddings", str(emb), "--labels", str(lab)]
+    mine = tmp_path / "mine.json"
+    mine.write_text("precious\n")
+    err = _error(capsys, *base, "--json", str(mine))
+    assert f"{mine} key '--json': exists and is not an earlier evaluate --json result" in err
+    assert mine.read_text() == "precious\n"
+    other = tmp_path / "other.json"
+    other.write_text('{"a": 1}')  # JSON, but not an evaluate result
+    assert "exists and is not" in _error(capsys, *base, "--json", str(other))
+    csv_mine = tmp_path / "mine.csv"
+    csv_mine.write_text("my,own,table\n")
+    err = _error(capsys, *base, "--per-query", str(csv_mine))
+    assert f"{csv_mine} key '--per-query': exists and is not an earlier evaluate --per-query CSV" in err
+    assert csv_mine.read_text() == "my,own,table\n"
+    # the command's inputs are never outputs
+    before = emb.read_bytes()
+    err = _error(capsys, *base, "--json", str(emb))
+    assert f"{emb} key '--json': is one of the command's inputs (--embeddings)" in err and emb.read_bytes() == before
+    err = _error(capsys, *base, "--per-query", str(lab))
+    assert "is one of the command's inputs (--labels)" in err and lab.read_text() == GOOD
+    both = tmp_path / "both.json"
+    assert "give two different files" in _error(capsys, *base, "--json", str(both), "--per-query", str(both))
+    # earlier outputs of the same option are replaced
+    res, per = tmp_path / "r.json", tmp_path / "q.csv"
+    for _ in range(2):
+        assert main([*base, "--json", str(res), "--per-query", str(per)]) == 0
+    assert "mean" in json.loads(res.read_text()) and per.read_text().startswith("query,scale,num_relevant")
+    assert "exists and is not" in _error(capsys, *base, "--json", str(per))  # the CSV is not a --json result
+
+
+def test_evaluate_json_in_an_embed_folder_never_replaces_its_files(tmp_path, capsys) -> None:
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    np.save(folder / "embeddings.npy", np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    np.save(folder / "labels.npy", np.arange(12)[:, None] % 3)
+    (folder / "items.csv").write_text("index,id,path,fine\n" + "".join(f"{i},{i},p{i},{i % 3}\n" for i in range(12)))
+    (folder / "embed.json").write_text(json.dumps({"format": "dynametric-embeddings", "status": "complete",
+                                                   "scale_names": ["fine"], "class_names": None}))
+    before = (folder / "embeddings.npy").read_bytes()
+    err = _error(capsys, "evaluate", "--embeddings", str(folder), "--json", str(folder / "embeddings.npy"))
+    assert "is one of the command's inputs (--embeddings (its embeddings.npy))" in err
+    assert (folder / "embeddings.npy").read_bytes() == before
+    assert main(["evaluate", "--embeddings", str(folder), "--json", str(folder / "result.json")]) == 0
+
+
+def _refuse_temp_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only folder (the tests may run as root, for whom chmod does not stop a write)."""
+    real = tempfile.mkstemp
+
+    def mkstemp(suffix=None, prefix=None, dir=None, text=False):  # noqa: A002 - tempfile's own parameter name
+        if prefix and prefix.startswith("."):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES),
+                                  os.path.join(dir, f"{prefix}j2ibi3ew{suffix}"))
+        return real(suffix, prefix, dir, text)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_write_errors_name_the_target_and_the_option(tmp_path, files, capsys, monkeypatch) -> None:
+    emb, lab = files
+    base = ["evaluate", "--embeddings", str(emb), "--labels", str(lab)]
+    (tmp_path / "dir").mkdir()
+    err = _error(capsys, *base, "--per-query", str(tmp_path / "dir"))
+    assert err.endswith(f"{tmp_path / 'dir'} key '--per-query': is a folder; expected the path of a file to write")
+    _refuse_temp_files(monkeypatch)
+    target = tmp_path / "ro" / "x.json"
+    err = _error(capsys, *base, "--json", str(target))
+    assert err.endswith(f"{target} key '--json': cannot write (Permission denied)") and ".tmp" not in err
+    err = _error(capsys, *base, "--per-query", str(target.with_suffix(".csv")))
+    assert err.endswith(f"{target.with_suffix('.csv')} key '--per-query': cannot write (Permission denied)")
+
+
+def test_export_write_error_names_the_target_and_the_option(tiny_ckpt, tmp_path, capsys, monkeypatch) -> None:
+    _refuse_temp_files(monkeypatch)
+    out = tmp_path / "ro" / "m.pt"
+    err = _error(capsys, "export", "--checkpoint", str(tiny_ckpt), "--out", str(out), "--no-check")
+    assert err.endswith(f"{out} key '--out': cannot write (Permission denied)") and ".tmp" not in err
+
+
+def test_stale_temp_files_of_killed_writes_are_removed_only_in_own_folders(tmp_path, tiny_images) -> None:
+    """What a SIGKILL leaves (``.NAME.<8 chars>.tmp`` of the tool's own files) goes when the command rewrites its
+    own folder; files of other names, or of another pattern, stay."""
+    import torch
+
+    from dynametric.retrieval.embed import embed_items, list_image_folder, load_embedding_set
+    from dynametric.retrieval.index import RetrievalIndex
+
+    items = list_image_folder(tiny_images / "imgs")
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :6]
+
+    def to_tensor(img):  # noqa: ANN001, ANN202
+        return torch.from_numpy(np.asarray(img.resize((4, 4)), dtype=np.float32)).permute(2, 0, 1)
+
+    emb = tmp_path / "emb"
+    embed_items(items, f, to_tensor, emb, model_identity={"m": 1}, batch_size=4, shard_size=4, keep_shards=True)
+    stale = [emb / ".embeddings.npy.ab12cd34.tmp", emb / ".items.csv.x_y_z_09.tmp",
+             emb / "shards" / ".shard_00001.npy.qwertyui.tmp"]
+    kept = [emb / ".mine.txt.ab12cd34.tmp", emb / ".embeddings.npy.MINE.tmp", emb / "shards" / "notes.tmp"]
+    for p in stale + kept:
+        p.write_text("x")
+    embed_items(items, f, to_tensor, emb, model_identity={"m": 1}, batch_size=4, shard_size=4, keep_shards=True)
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)
+    idx_dir = tmp_path / "idx"
+    index = RetrievalIndex.build(load_embedding_set(emb), "flat", "cosine")
+    index.save(idx_dir)
+    stale = [idx_dir / ".index.faiss.abcdefgh.tmp", idx_dir / ".index.json.12345678.tmp"]
+    kept = [idx_dir / ".index.faiss.tmp", idx_dir / ".other.bin.abcdefgh.tmp"]
+    for p in stale + kept:
+        p.write_text("x")
+    index.save(idx_dir)
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)
+
+
+def _fake_embed(items, out: Path, **kw):  # noqa: ANN001, ANN003, ANN201
+    import torch
+
+    from dynametric.retrieval.embed import embed_items
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :6] + 1.0
+
+    def to_tensor(img):  # noqa: ANN001, ANN202
+        return torch.from_numpy(np.asarray(img.resize((4, 4)), dtype=np.float32)).permute(2, 0, 1)
+
+    return embed_items(items, f, to_tensor, out, **{"model_identity": {"m": 1}, "batch_size": 4, "shard_size": 4,
+                                                    **kw})
+
+
+def test_truncated_embeddings_npy_is_one_line_everywhere(tmp_path, tiny_images, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import list_image_folder, load_embedding_set
+
+    items = list_image_folder(tiny_images / "imgs")
+    emb = tmp_path / "emb"
+    _fake_embed(items, emb)
+    data = (emb / "embeddings.npy").read_bytes()
+    (emb / "embeddings.npy").write_bytes(data[:-40])
+    needle = (f"{emb / 'embeddings.npy'}: truncated .npy file: its header says float32 [12, 6] ({len(data)} bytes), "
+              f"the file has {len(data) - 40} bytes")
+    with pytest.raises(InputError) as exc:
+        load_embedding_set(emb)  # index build --embeddings, search --embeddings
+    assert str(exc.value) == needle
+    with pytest.raises(InputError, match="use --overwrite to embed again") as exc:
+        _fake_embed(items, emb)  # embed run again on the finished job
+    assert str(exc.value).startswith(needle)
+    assert _error(capsys, "index", "build", "--embeddings", str(emb), "--out", str(tmp_path / "idx")).endswith(needle)
+    assert _error(capsys, "evaluate", "--embeddings", str(emb)).endswith(needle)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_truncated_checkpoint_message_keeps_whole_sentences(tiny_ckpt, tmp_path, capsys) -> None:
+    from dynametric.errors import first_sentence
+
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(tiny_ckpt.read_bytes()[:-200])
+    (tmp_path / "config.yaml").write_bytes((tiny_ckpt.parent / "config.yaml").read_bytes())
+    err = _error(capsys, "evaluate", "--checkpoint", str(bad))
+    assert f"{bad}: truncated or corrupt checkpoint (torch could not read it: " in err
+    assert err.endswith(".)") or err.endswith("argument)"), err
+    assert first_sentence(RuntimeError("One. Two is long.\nthree")) == "One."
+    assert first_sentence("v1.5 is bad: x") == "v1.5 is bad: x"
+    assert first_sentence("word " * 100, limit=20) == "word word word word ..."
+
+
+def test_index_labels_that_do_not_match_index_json(tmp_path, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import EmbeddingSet
+    from dynametric.retrieval.index import RetrievalIndex
+
+    rng = np.random.default_rng(0)
+    n = 30
+    s = EmbeddingSet(rng.normal(size=(n, 8)).astype(np.float32), [f"i{i}" for i in range(n)], [""] * n,
+                     np.stack([np.arange(n) % 5, np.arange(n) % 2], axis=1), ["fine", "coarse"], None, [], {},
+                     tmp_path / "e")
+    idx = tmp_path / "idx"
+    RetrievalIndex.build(s, "flat", "cosine").save(idx)
+    labels = np.load(idx / "labels.npy")
+    np.save(idx / "labels.npy", labels[:, :1])  # fewer columns than scale_names
+    with pytest.raises(InputError) as exc:
+        RetrievalIndex.load(idx)
+    assert str(exc.value) == (f"{idx / 'labels.npy'}: has 1 label column(s), but index.json names 2 scale(s) "
+                              "['fine', 'coarse']")
+    q = tmp_path / "q.npy"
+    np.save(q, rng.normal(size=(2, 8)).astype(np.float32))
+    assert "has 1 label column(s)" in _error(capsys, "search", "--index", str(idx), "--embeddings", str(q))
+    np.save(idx / "labels.npy", labels[:-1])  # one row short
+    with pytest.raises(InputError) as exc:
+        RetrievalIndex.load(idx)
+    assert str(exc.value) == (f"{idx / 'labels.npy'}: inconsistent index: index.json says {n} items; index.faiss "
+                              f"{n}, items.csv {n}, labels.npy {n - 1} (labels.npy does not match)")
+    data = (idx / "labels.npy").read_bytes()
+    (idx / "labels.npy").write_bytes(data[:-8])  # truncated
+    with pytest.raises(InputError, match=r"labels.npy: truncated .npy file: its header says int64 \[29, 2\]"):
+        RetrievalIndex.load(idx)
+
+
+def test_a_folder_where_a_file_is_expected_is_named_as_such(tmp_path, tiny_images, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import EmbeddingSet, read_image_csv
+    from dynametric.retrieval.index import RetrievalIndex
+
+    folder = tmp_path / "best.ckpt"
+    folder.mkdir()
+    for argv in (["evaluate", "--checkpoint", str(folder)], ["export", "--checkpoint", str(folder), "--out",
+                                                            str(tmp_path / "m.pt")],
+                 ["embed", "--checkpoint", str(folder), "--images", str(tiny_images / "imgs"), "--out",
+                  str(tmp_path / "emb")]):
+        assert f"{folder}: is a folder; expected a checkpoint file" in _error(capsys, *argv)
+    (tiny_images / "dir.png").mkdir(exist_ok=True)
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path\n{tiny_images / 'imgs' / 'rock' / 'img_02.png'}\n{tiny_images / 'dir.png'}\n")
+    with pytest.raises(InputError, match=r"list.csv:3: .*dir.png is a folder; expected an image file"):
+        read_image_csv(csv)
+    n = 10
+    s = EmbeddingSet(np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32), [str(i) for i in range(n)],
+                     [""] * n, None, [], None, [], {}, tmp_path / "e")
+    idx = tmp_path / "idx"
+    RetrievalIndex.build(s, "flat", "cosine").save(idx)
+    (idx / "index.faiss").unlink()
+    (idx / "index.faiss").mkdir()
+    with pytest.raises(InputError, match=r"index.faiss: is a folder; expected the faiss index file"):
+        RetrievalIndex.load(idx)
+    emb_dir = tmp_path / "e.npy"
+    emb_dir.mkdir()
+    err = _error(capsys, "evaluate", "--embeddings", str(emb_dir), "--labels", str(tiny_images / "labels.csv"))
+    assert "e.npy: not an embeddings folder" in err  # a folder named like a file is read as an embed folder
+
+
+def test_unreadable_embed_json_advice_is_the_same_with_and_without_overwrite(tmp_path, tiny_images) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import list_image_folder
+
+    items = list_image_folder(tiny_images / "imgs")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "embed.json").write_text("")  # not provably the tool's: never replaced
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="this tool does not replace it .not even with --overwrite.: remove it "
+                                             "yourself or use another --out"):
+            _fake_embed(items, lone, overwrite=overwrite)
+        assert (lone / "embed.json").read_text() == ""
+    job = tmp_path / "job"
+    with pytest.raises(KeyboardInterrupt):
+        def boom(x):  # noqa: ANN001, ANN202
+            raise KeyboardInterrupt
+
+        from dynametric.retrieval.embed import embed_items
+        embed_items(items, boom, lambda img: np.zeros((3, 2, 2), np.float32), job, model_identity={"m": 1},
+                    batch_size=4, shard_size=4)
+    (job / "embed.json").write_text('{"format": "dynamet')  # torn beside the job's items.csv
+    with pytest.raises(InputError, match="beside this tool's items.csv or shards: use --overwrite"):
+        _fake_embed(items, job)
+    res = _fake_embed(items, job, overwrite=True)
+    assert res.count == 12 and json.loads((job / "embed.json").read_text())["status"] == "complete"
+
+
+def test_a_replaced_image_file_is_not_served_from_the_old_embeddings(tmp_path, tiny_images) -> None:
+    import shutil
+
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import list_image_folder
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(tiny_images / "imgs", imgs)
+    emb = tmp_path / "emb"
+    _fake_embed(list_image_folder(imgs), emb)
+    assert _fake_embed(list_image_folder(imgs), emb).skipped_shards == [0, 1, 2]  # unchanged: nothing recomputed
+    victim = imgs / "rock" / "img_02.png"
+    victim.write_bytes((imgs / "plant" / "img_01.png").read_bytes())  # other content under the same path
+    with pytest.raises(InputError, match=r"1 image file\(s\) changed since they were embedded \(size or "
+                                         r"modification time\): .*img_02.png; .*use --overwrite"):
+        _fake_embed(list_image_folder(imgs), emb)
+    assert _fake_embed(list_image_folder(imgs), emb, overwrite=True).computed_shards == [0, 1, 2]
+
+
+def test_all_zero_rows_are_refused_for_cosine(tmp_path, files, capsys) -> None:
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import load_embedding_set
+    from dynametric.retrieval.index import RetrievalIndex
+
+    _, lab = files
+    zeros = tmp_path / "z.npy"
+    arr = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    arr[5] = 0
+    np.save(zeros, arr)
+    err = _error(capsys, "evaluate", "--embeddings", str(zeros), "--labels", str(lab))
+    assert err.endswith(f"{zeros}: 1 all-zero row(s), first at row 5 (0-based): a zero vector has no direction for "
+                        "cosine; fix the embeddings or use a Euclidean distance")
+    assert main(["evaluate", "--embeddings", str(zeros), "--labels", str(lab), "--distance", "euclidean"]) == 0
+    with pytest.raises(InputError, match=r"z.npy: 1 all-zero row\(s\), first at row 5"):
+        RetrievalIndex.build(load_embedding_set(zeros), "flat", "cosine")
+    assert RetrievalIndex.build(load_embedding_set(zeros), "flat", "l2").size == 12
+    assert "first at row 5" in _error(capsys, "index", "build", "--embeddings", str(zeros), "--out",
+                                      str(tmp_path / "idx"))
