@@ -58,8 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
         print(f"dynametric {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
-        print(f"dynametric {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
+        next_step = getattr(exc, "next_step", None)  # dynametric.errors.Interrupted: e.g. how to resume
+        print(f"dynametric {args.command}: interrupted" + (f" ({next_step})" if next_step else ""), file=sys.stderr)
         return 130
 
 

@@ -33,3 +33,12 @@ class InputError(DynametricError, ValueError):
 
 class ConfigError(InputError):
     """An invalid configuration key or value (names the dotted key and, where possible, the closest valid one)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, stopped cleanly, with what the user can do next (``next_step``, e.g. how to resume); the CLI prints
+    ``dynametric <command>: interrupted (<next_step>)`` and exits with status 130."""
+
+    def __init__(self, next_step: str | None = None) -> None:
+        super().__init__(next_step or "")
+        self.next_step = next_step
