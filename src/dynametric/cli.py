@@ -4,8 +4,9 @@ A command module exposes ``register(subparsers)``, which adds its parser and set
 ``func(args) -> int`` (the exit status). Errors derived from :class:`DynametricError` are printed as one
 clear line (exit status 2), and so are errors of the file system (``OSError``: permissions, a full disk, a folder
 where a file goes: ``<path>: <reason>``); Ctrl-C prints ``interrupted`` (exit status 130, as a shell reports
-SIGINT); a reader that closes the pipe early (``dynametric search --json | head``) ends it quietly (exit
-status 141); anything else is a bug and keeps its traceback.
+SIGINT; :class:`~dynametric.errors.Interrupted` adds what to do next, e.g. how to resume); a reader that
+closes the pipe early (``dynametric search --json | head``) ends it quietly (exit status 141);
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Run folder layout::
                     the process that started the run
     last.ckpt       latest state (every trainer.checkpoint_every_n_steps optimizer steps and every epoch)
     best.ckpt       best validation ``trainer.monitor`` so far
-    metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}
+    metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}; "test" is {}
+                    until the run finishes (a Ctrl-C leaves the validation done so far and no test)
     run_info.json   data sizes, validation source, selected epoch, per-head results, wall time
     report.html     self-contained report
     logs/           Lightning CSV logs
