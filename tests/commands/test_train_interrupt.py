@@ -6,11 +6,13 @@ itself (and calls sys.exit(1)); these tests pin that the run still stops as docu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,19 @@ from dynametric.engine.callbacks import ResumeState
 from tests.commands.test_train import TINY
 
 FINISHED_ONLY = ("run_info.json", "report.html")  # written only by a run that finished
+
+
+@pytest.fixture(autouse=True)
+def _process_state():
+    """main() calls quiet_lightning(), which changes warning filters and logger levels for the whole process:
+    restored, so that tests/engine/test_global_state.py sees the same state in this worker whatever ran before."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
+                                              "lightning.pytorch.utilities.rank_zero")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        yield
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
 
 
 def _config(tmp_path: Path, epochs: int = 3) -> Path:
