@@ -4,8 +4,9 @@ A command module exposes ``register(subparsers)``, which adds its parser and set
 ``func(args) -> int`` (the exit status). Errors derived from :class:`DynametricError` are printed as one
 clear line (exit status 2), and so are errors of the file system (``OSError``: permissions, a full disk, a folder
 where a file goes: ``<path>: <reason>``); Ctrl-C prints ``interrupted`` (exit status 130, as a shell reports
-SIGINT); a reader that closes the pipe early (``dynametric search --json | head``) ends it quietly (exit
-status 141); anything else is a bug and keeps its traceback.
+SIGINT; :class:`~dynametric.errors.Interrupted` adds what to do next, e.g. how to resume); a reader that
+closes the pipe early (``dynametric search --json | head``) ends it quietly (exit status 141);
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
         print(f"dynametric {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
-        print(f"dynametric {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
+        next_step = getattr(exc, "next_step", None)  # dynametric.errors.Interrupted: e.g. how to resume
+        print(f"dynametric {args.command}: interrupted" + (f" ({next_step})" if next_step else ""), file=sys.stderr)
         return 130
 
 

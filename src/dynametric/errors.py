@@ -51,3 +51,12 @@ def first_sentence(exc: BaseException | str, limit: int = 300) -> str:
         cut = line.rfind(" ", 0, limit)
         line = line[:cut if cut > 0 else limit].rstrip(" ,;:") + " ..."
     return line
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, stopped cleanly, with what the user can do next (``next_step``, e.g. how to resume); the CLI prints
+    ``dynametric <command>: interrupted (<next_step>)`` and exits with status 130."""
+
+    def __init__(self, next_step: str | None = None) -> None:
+        super().__init__(next_step or "")
+        self.next_step = next_step

@@ -244,3 +244,22 @@ def build_trainer(
         default_root_dir=None if run_dir is None else str(run_dir),
         limit_val_batches=None if enable_validation else 0,
     )
+
+
+@contextlib.contextmanager
+def ctrl_c_passes_through(trainer: L.Trainer) -> Iterator[None]:
+    """Around ``trainer.fit`` / ``validate`` / ``test``: a Ctrl-C comes out as ``KeyboardInterrupt``.
+
+    Lightning catches ``KeyboardInterrupt`` in these calls itself: it ignores SIGINT while it shuts down (runs the
+    callbacks' ``on_exception``, tears down, which restores the SIGINT handler it found), then calls
+    ``sys.exit(1)`` (Lightning 2.x; older versions returned with ``trainer.interrupted`` set). Either way the
+    caller would go on as if the call had finished, or exit with status 1 and no message. Here both become a
+    ``KeyboardInterrupt`` (the CLI: ``interrupted``, exit status 130)."""
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code == 1 and isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's exit after a Ctrl-C
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:  # returned normally, but stopped by Ctrl-C (other errors are raised)
+        raise KeyboardInterrupt

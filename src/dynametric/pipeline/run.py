@@ -8,7 +8,8 @@ Run folder layout::
                     the process that started the run
     last.ckpt       latest state (every trainer.checkpoint_every_n_steps optimizer steps and every epoch)
     best.ckpt       best validation ``trainer.monitor`` so far
-    metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}
+    metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}; "test" is {}
+                    until the run finishes (a Ctrl-C leaves the validation done so far and no test)
     run_info.json   data sizes, validation source, selected epoch, per-head results, wall time
     report.html     self-contained report
     logs/           Lightning CSV logs
@@ -51,11 +52,12 @@ from dynametric.engine.trainer import (
     TrainerSettings,
     build_trainer,
     check_trainer,
+    ctrl_c_passes_through,
     lightning_trainer,
     plan_trainer,
     validate_settings,
 )
-from dynametric.errors import ConfigError, InputError
+from dynametric.errors import ConfigError, InputError, Interrupted
 from dynametric.pipeline.components import build_components
 from dynametric.pipeline.protocols import check_test_splits, method_test_protocol, protocol_from_config
 from dynametric.utils.io import atomic_write_json, require_new_folder
@@ -289,7 +291,8 @@ def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: 
     """Embed ``dataset`` with ``module`` (optionally loading ``ckpt_path`` first) and evaluate it."""
     trainer = trainer or _eval_trainer(settings, progress)
     eval_dm = EvalDataModule(dataset, dm.eval_batch_size, dm.num_workers, dm.seed)
-    trainer.test(module, datamodule=eval_dm, ckpt_path=ckpt_path, verbose=False)
+    with ctrl_c_passes_through(trainer):
+        trainer.test(module, datamodule=eval_dm, ckpt_path=ckpt_path, verbose=False)
     assert module.last_eval is not None
     return module.last_eval
 
@@ -361,6 +364,21 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
     return test, (test if protocol.view_split() is not None else None)
 
 
+def _interrupted(run_dir: Path, metrics: dict[str, Any] | None, history: list[dict[str, Any]],
+                 write: bool) -> Interrupted:
+    """A run stopped by Ctrl-C before it finished: ``metrics.json`` (once written) gets the validation done so far
+    and keeps ``"test": {}`` (the run was not tested); ``last.ckpt`` and ``best.ckpt`` stay as they were. The
+    returned exception says how to go on: ``--resume`` from ``last.ckpt``, or start again without one."""
+    if write and metrics is not None:
+        atomic_write_json(run_dir / "metrics.json", {**metrics, "validation": list(history), "test": {}})
+    if (run_dir / "last.ckpt").is_file():
+        return Interrupted(f"resume with: dynametric train --resume {run_dir}")
+    if (run_dir / "config.yaml").is_file():
+        return Interrupted(f"no checkpoint yet; start again with: dynametric train --config "
+                           f"{run_dir / 'config.yaml'} --out {run_dir}")
+    return Interrupted()
+
+
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] = print, folder_key: str = "run_dir") -> RunResult:
     """Train, select on validation, test the best checkpoint, write metrics.json and report.html.
@@ -422,70 +440,75 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress)
     if dyml is not None:
         info["test_protocol"] = dyml.header()
-    if not resume:
-        if leftovers:
-            log(f"run folder {run_dir}: replacing the files of an earlier start that stopped before its first "
-                f"checkpoint ({', '.join(p.relative_to(run_dir).as_posix() for p in leftovers)})")
-            for path in leftovers:
-                if path.name != "config.yaml":  # replaced atomically below
-                    path.unlink(missing_ok=True)
-        if not _launched_worker():
-            header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
-            save_config(cfg, run_dir / "config.yaml", header=header)
-        log(f"run folder: {run_dir}")
-        log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
-            f"{info['test_images'] if datasets.test is not None else 'protocol'} test images; "
-            f"scales {comps.scale_names}")
-        log("evaluating the untrained model on the test split ...")
-        untrained = test_eval(None)
-        log_results(exp_logger, "untrained", untrained, step=0)
-        metrics: dict[str, Any] = {"untrained": untrained, "validation": [], "test": {}}
-        atomic_write_json(metrics_path, metrics)
-    else:
-        try:
-            import json
-
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
-        log(f"resuming {run_dir} from {last}")
-    L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
-    metrics["validation"] = module.validation_history
-    best = run_dir / "best.ckpt"
-    if best.is_file():
-        ckpt = load_checkpoint_file(best)
-        info["selected"] = {"checkpoint": "best.ckpt", "epoch": int(ckpt.get("epoch", -1)),
-                            "global_step": int(ckpt.get("global_step", -1)), "monitor": settings.monitor}
-        test_ckpt: str | None = str(best)
-    else:
-        if datasets.val is None:
-            reason = "no validation split"
-        elif not module.validation_history:
-            reason = (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
-                      f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
+    metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
+    try:
+        if not resume:
+            if leftovers:
+                log(f"run folder {run_dir}: replacing the files of an earlier start that stopped before its first "
+                    f"checkpoint ({', '.join(p.relative_to(run_dir).as_posix() for p in leftovers)})")
+                for path in leftovers:
+                    if path.name != "config.yaml":  # replaced atomically below
+                        path.unlink(missing_ok=True)
+            if not _launched_worker():
+                header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
+                save_config(cfg, run_dir / "config.yaml", header=header)
+            log(f"run folder: {run_dir}")
+            log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
+                f"{info['test_images'] if datasets.test is not None else 'protocol'} test images; "
+                f"scales {comps.scale_names}")
+            log("evaluating the untrained model on the test split ...")
+            untrained = test_eval(None)
+            log_results(exp_logger, "untrained", untrained, step=0)
+            metrics = {"untrained": untrained, "validation": [], "test": {}}
+            atomic_write_json(metrics_path, metrics)
         else:
-            reason = "validation wrote no best.ckpt"
-        info["selected"] = {"checkpoint": "final weights", "reason": reason}
-        test_ckpt = None
-    selected = info["selected"]
-    log(f"testing {selected['checkpoint']}" + (f" ({selected['reason']})" if "reason" in selected else "")
-        + " on the test split ...")
-    metrics["test"] = test_eval(test_ckpt)
-    if trainer.is_global_zero:
-        log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
-    emb_labels = module.last_embeddings
-    report_set = datasets.test
-    if dyml is not None and dyml.is_per_scale and datasets.val is not None:
-        # Vehicle/Animal test sets carry one label each: the report's (multi-scale) retrieval views use the
-        # validation images (all three labels), embedded by the tested weights
-        emb_labels, report_set = dyml_test.embed_with(datasets.val, None), datasets.val
-        info["report_view_set"] = "validation (the per-scale test sets carry one label each)"
-    elif dyml_test is not None and dyml_test.view is not None:
-        emb_labels, report_set = dyml_test.view[:2], dyml_test.view[2]
-    heads = {} if datasets.test is None else _head_results(cfg, module, dm, datasets.test, settings, progress)
-    if heads:
-        info["test_by_head"] = heads
+            try:
+                import json
+
+                metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
+            log(f"resuming {run_dir} from {last}")
+        L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
+        with ctrl_c_passes_through(trainer):
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+        metrics["validation"] = module.validation_history
+        best = run_dir / "best.ckpt"
+        if best.is_file():
+            ckpt = load_checkpoint_file(best)
+            info["selected"] = {"checkpoint": "best.ckpt", "epoch": int(ckpt.get("epoch", -1)),
+                                "global_step": int(ckpt.get("global_step", -1)), "monitor": settings.monitor}
+            test_ckpt: str | None = str(best)
+        else:
+            if datasets.val is None:
+                reason = "no validation split"
+            elif not module.validation_history:
+                reason = (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
+                          f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
+            else:
+                reason = "validation wrote no best.ckpt"
+            info["selected"] = {"checkpoint": "final weights", "reason": reason}
+            test_ckpt = None
+        selected = info["selected"]
+        log(f"testing {selected['checkpoint']}" + (f" ({selected['reason']})" if "reason" in selected else "")
+            + " on the test split ...")
+        metrics["test"] = test_eval(test_ckpt)
+        if trainer.is_global_zero:
+            log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
+        emb_labels = module.last_embeddings
+        report_set = datasets.test
+        if dyml is not None and dyml.is_per_scale and datasets.val is not None:
+            # Vehicle/Animal test sets carry one label each: the report's (multi-scale) retrieval views use the
+            # validation images (all three labels), embedded by the tested weights
+            emb_labels, report_set = dyml_test.embed_with(datasets.val, None), datasets.val
+            info["report_view_set"] = "validation (the per-scale test sets carry one label each)"
+        elif dyml_test is not None and dyml_test.view is not None:
+            emb_labels, report_set = dyml_test.view[:2], dyml_test.view[2]
+        heads = {} if datasets.test is None else _head_results(cfg, module, dm, datasets.test, settings, progress)
+        if heads:
+            info["test_by_head"] = heads
+    except KeyboardInterrupt:  # Ctrl-C (Lightning's own handling undone): stop here, as if never run further
+        raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero) from None
     info["skipped_nonfinite_steps"] = module.skipped_steps
     info["global_step"] = int(trainer.global_step)
     info["wall_time_s"] = round(time.time() - t0, 1)
