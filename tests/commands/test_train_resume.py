@@ -183,3 +183,93 @@ def test_metrics_json_holds_every_validation_round_of_a_killed_run(tmp_path) -> 
     assert list(metrics) == ["untrained", "validation", "test"] and metrics["untrained"] == {"fine": {"map@r": 0.1}}
     assert [v["epoch"] for v in metrics["validation"]] == [0]
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# ------------------------------------------------------------------ a run folder that was copied or moved
+def _score(path: Path) -> tuple[int, float]:
+    """The epoch of ``path`` (best.ckpt) and the monitored score its ModelCheckpoint state records."""
+    ckpt = load_checkpoint_file(path)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    return int(ckpt["epoch"]), float(state["best_model_score"])
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> Path:
+    """A 3-epoch run killed (Ctrl-C) in its second epoch: best.ckpt holds epoch 0, last.ckpt a mid-epoch step."""
+    from dynametric.engine.module import MetricLearningModule
+
+    root = tmp_path_factory.mktemp("killed")
+    (root / "tiny.yaml").write_text(TINY)
+    out = root / "base"
+    step = MetricLearningModule.training_step
+
+    def stop_in_the_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(MetricLearningModule, "training_step", stop_in_the_second_epoch)
+        assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress",
+                     "run.report=false", "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1"]) == 130
+    ckpt = load_checkpoint_file(out / "last.ckpt")
+    assert ckpt["epoch"] == 1 and (out / "best.ckpt").is_file() and _score(out / "best.ckpt")[0] == 0
+    return out
+
+
+def _worse_validation(monkeypatch, score: float = 0.0) -> None:
+    """Every validation round of the resumed run scores ``score`` on the monitored metric (0: worse than
+    best.ckpt's)."""
+    from dynametric.engine.module import MetricLearningModule
+
+    evaluate = MetricLearningModule._evaluate_buffer
+
+    def worse(self):
+        results = evaluate(self)
+        if self.trainer.state.fn == "fit":
+            results["fine"]["map@r"] = score
+        return results
+
+    monkeypatch.setattr(MetricLearningModule, "_evaluate_buffer", worse)
+
+
+@pytest.mark.parametrize("how", ["copied", "moved"])
+def test_a_copied_or_moved_run_folder_keeps_its_best_checkpoint(killed, tmp_path, capsys, monkeypatch, how) -> None:
+    import warnings
+
+    source = _copy(killed, tmp_path / "source")
+    best_before = _score(source / "best.ckpt")
+    assert best_before[1] > 0.0
+    if how == "copied":
+        run = _copy(source, tmp_path / "G4")
+    else:
+        run = tmp_path / "renamed"
+        source.rename(run)
+    best_bytes = (run / "best.ckpt").read_bytes()
+    _worse_validation(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "best.ckpt").read_bytes() == best_bytes  # not replaced by a worse model
+    assert _score(run / "best.ckpt") == best_before
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    last = load_checkpoint_file(run / "last.ckpt")
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert float(state["best_model_score"]) == best_before[1]  # restored, and kept in every later checkpoint
+    assert state["dirpath"] == str(run.resolve()) and state["best_model_path"] == str(run.resolve() / "best.ckpt")
+    assert list(state["best_k_models"]) == [str(run.resolve() / "best.ckpt")]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["selected"]["epoch"] == 0  # the run was tested with the best epoch's weights
+    if how == "copied":
+        assert _score(source / "best.ckpt") == best_before and (source / "best.ckpt").is_file()
+    capsys.readouterr()
+
+
+def test_a_copied_run_folder_still_replaces_its_best_checkpoint_with_a_better_one(killed, tmp_path, monkeypatch,
+                                                                                  capsys) -> None:
+    run = _copy(killed, tmp_path / "G4")
+    _worse_validation(monkeypatch, 1.0)  # better than any score of the killed run
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert _score(run / "best.ckpt") == (1, 1.0)  # the first round after the resume
+    assert _score(killed / "best.ckpt")[0] == 0  # the folder it was copied from is left as it was
+    capsys.readouterr()

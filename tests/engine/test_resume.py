@@ -128,3 +128,45 @@ def test_seeded_dataset_is_reproducible_and_leaves_global_rng_alone():
     with torch.random.fork_rng(devices=[]):  # the item's draws are those after torch.manual_seed(token)
         torch.manual_seed(123)
         assert torch.equal(ToyData()[3][0], a)
+
+
+def test_run_checkpoint_restores_its_best_score_in_a_copied_or_moved_folder(tmp_path):
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dynametric.engine.callbacks import RunCheckpoint
+
+    def callback(folder):
+        return RunCheckpoint(dirpath=folder, filename="best", monitor="val/fine/map@r", mode="max", save_top_k=1)
+
+    old, new = tmp_path / "base", tmp_path / "G4"
+    written = ModelCheckpoint(dirpath=old, filename="best", monitor="val/fine/map@r", mode="max", save_top_k=1)
+    best = str(old.resolve() / "best.ckpt")
+    written.best_k_models, written.best_model_path = {best: torch.tensor(0.9)}, best
+    written.best_model_score, written.kth_value = torch.tensor(0.9), torch.tensor(0.9)
+    written.kth_best_model_path = best
+    state = written.state_dict()
+    assert callback(new).state_key == written.state_key  # checkpoints of either load into the other
+
+    moved = callback(new)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "dirpath has changed"
+        moved.load_state_dict(state)
+    here = str(new.resolve() / "best.ckpt")
+    assert moved.moved_from == str(old.resolve())
+    assert moved.best_model_path == here and moved.kth_best_model_path == here
+    assert moved.best_k_models == {here: torch.tensor(0.9)} and moved.best_model_score == torch.tensor(0.9)
+    assert moved.kth_value == torch.tensor(0.9)
+
+    # a path outside the old folder is never followed (nor deleted later as the k-th best)
+    outside = dict(state, best_k_models={"/elsewhere/best.ckpt": torch.tensor(0.9)}, best_model_path="/elsewhere/b",
+                   kth_best_model_path="/elsewhere/best.ckpt")
+    dropped = callback(new)
+    dropped.load_state_dict(outside)
+    assert dropped.best_k_models == {} and dropped.best_model_path == "" and dropped.best_model_score is None
+    assert dropped.kth_best_model_path == ""
+
+    same = callback(old)  # the folder where it was written: Lightning's own restore
+    same.load_state_dict(state)
+    assert same.moved_from is None and same.best_model_path == best and same.best_model_score == torch.tensor(0.9)

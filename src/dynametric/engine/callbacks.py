@@ -1,14 +1,17 @@
-"""Callbacks: exact-resume state (sampler position + RNG) and the ``last.ckpt`` writer."""
+"""Callbacks: exact-resume state (sampler position + RNG), the ``last.ckpt`` writer, and the ``best.ckpt`` writer
+that keeps its best score when the run folder was copied or moved."""
 
 from __future__ import annotations
 
+import os
 import random
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dynametric.engine.data import MetricDataModule
 
@@ -114,3 +117,58 @@ class ValidationToMetrics(L.Callback):
             return  # not the run's file as it wrote it: left as it is (the run's end rewrites it)
         if isinstance(metrics, dict):
             atomic_write_json(self.path, {**metrics, "validation": list(getattr(pl_module, "validation_history", []))})
+
+
+def _reroot(path: Any, old: str, new: str) -> str | None:
+    """``path`` (a file of the folder ``old``) at the same place in the folder ``new``; ``None`` when it is not
+    in ``old``."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        rel = PurePath(path).relative_to(old)
+    except ValueError:
+        return None
+    return os.path.join(new, rel)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (``best.ckpt``), resumable in a run folder that was copied or moved.
+
+    Its state in a checkpoint records absolute paths: the folder (``dirpath``), ``best_model_path`` and the
+    ``best_k_models`` scores. Lightning restores the best score only when the folder is where the checkpoint was
+    written; otherwise it warns ``The dirpath has changed`` and forgets the score, so the next validation round
+    of the resumed run replaces ``best.ckpt`` with whatever it scores, a worse model included. Here the state of
+    a run whose folder changed is restored with each path taken to the same place in the new folder (the folder's
+    own ``best.ckpt``, copied or moved with it); paths outside the old folder are dropped, never followed. The
+    state key is ``ModelCheckpoint``'s, so checkpoints written before this class load into it (and the other way
+    round)."""
+
+    moved_from: str | None = None
+    """The folder the resumed checkpoint was written in, when it is not this one (set by ``load_state_dict``)."""
+
+    @property
+    def state_key(self) -> str:
+        return f"ModelCheckpoint{super().state_key[len(type(self).__qualname__):]}"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath", self.dirpath)
+        new = self.dirpath
+        if old == new or not isinstance(old, str) or not isinstance(new, str):
+            super().load_state_dict(state_dict)
+            return
+        self.moved_from = old
+        best_k: dict[str, Any] = {}
+        for path, score in dict(state_dict.get("best_k_models") or {}).items():
+            moved = _reroot(path, old, new)
+            if moved is not None:
+                best_k[moved] = score
+        self.best_k_models = best_k
+        best = _reroot(state_dict.get("best_model_path"), old, new)
+        self.best_model_path = best or ""
+        if best is not None:
+            self.best_model_score = state_dict.get("best_model_score")
+        kth = _reroot(state_dict.get("kth_best_model_path"), old, new)
+        if kth is not None and kth in best_k:
+            self.kth_best_model_path = kth
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+        self.last_model_path = _reroot(state_dict.get("last_model_path"), old, new) or self.last_model_path

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dynametric.config.schema import (
@@ -22,7 +22,7 @@ from dynametric.config.schema import (
     check_precision,
     check_strategy,
 )
-from dynametric.engine.callbacks import ResumeState
+from dynametric.engine.callbacks import ResumeState, RunCheckpoint
 from dynametric.engine.checkpoint import SafeCheckpointIO
 from dynametric.engine.data import MetricDataModule
 from dynametric.engine.loggers import KeepingCSVLogger
@@ -212,9 +212,9 @@ def build_trainer(
     cbs.append(ResumeState(datamodule, None if run_dir is None else run_dir / "last.ckpt",
                            settings.checkpoint_every_n_steps))
     if run_dir is not None and enable_validation:
-        cbs.append(ModelCheckpoint(dirpath=run_dir, filename="best", monitor=f"val/{settings.monitor}",
-                                   mode=settings.monitor_mode, save_top_k=1, save_last=False,
-                                   auto_insert_metric_name=False, enable_version_counter=False))
+        cbs.append(RunCheckpoint(dirpath=run_dir, filename="best", monitor=f"val/{settings.monitor}",
+                                 mode=settings.monitor_mode, save_top_k=1, save_last=False,
+                                 auto_insert_metric_name=False, enable_version_counter=False))
     if settings.patience is not None and enable_validation:
         cbs.append(EarlyStopping(monitor=f"val/{settings.monitor}", mode=settings.monitor_mode,
                                  patience=settings.patience, check_on_train_epoch_end=False))
