@@ -202,3 +202,66 @@ def test_missing_faiss_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
     with pytest.raises(DynametricError, match=r"pip install 'dynametric\[faiss\]'"):
         require_faiss()
+
+
+_KILLED_BUILD = """
+import os, signal, sys
+import numpy as np
+import dynametric.retrieval.index as index_module
+from dynametric.cli import main
+
+def killed(index, tmp):  # SIGKILL while the first file (index.faiss) is written: its temporary file stays
+    with open(tmp, "wb") as fh:
+        fh.write(b"half an index")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+faiss = index_module.require_faiss()
+faiss.write_index = killed
+index_module.require_faiss = lambda: faiss
+sys.exit(main(["index", "build", "--embeddings", sys.argv[1], "--out", sys.argv[2]]))
+"""
+
+
+def _killed_first_build(tmp_path: Path) -> tuple[Path, Path]:
+    """``dynametric index build --embeddings EMB --out IDX`` killed (SIGKILL) before it wrote index.json."""
+    import os
+    import subprocess
+
+    emb, out = tmp_path / "x.npy", tmp_path / "idx"
+    np.save(emb, make_set(40).embeddings)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(emb), str(out)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    (temp,) = out.iterdir()
+    assert temp.name.startswith(".index.faiss.") and temp.name.endswith(".tmp") and len(temp.name) == 25
+    return emb, out
+
+
+def test_a_first_index_build_killed_before_index_json_builds_again(tmp_path: Path, capsys) -> None:
+    from dynametric.cli import main
+
+    emb, out = _killed_first_build(tmp_path)
+    assert main(["index", "build", "--embeddings", str(emb), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["index.faiss", "index.json", "items.csv"]  # the temp file gone
+    assert RetrievalIndex.load(out).size == 40
+
+
+@pytest.mark.parametrize("other", ["notes.txt", ".index.faiss.MINE.tmp", ".other.bin.abcdefgh.tmp",
+                                   ".index.json.abcdefgh.tmp/", "link:.items.csv.abcdefgh.tmp"])
+def test_a_killed_first_build_beside_any_other_file_stays_refused(tmp_path: Path, capsys, other: str) -> None:
+    from dynametric.cli import main
+
+    emb, out = _killed_first_build(tmp_path)
+    if other.endswith("/"):
+        (out / other[:-1]).mkdir()  # a folder named like a temporary file is not one
+    elif other.startswith("link:"):
+        (tmp_path / "mine.csv").write_text("my own items\n")
+        (out / other[5:]).symlink_to(tmp_path / "mine.csv")  # nor a link named like one
+    else:
+        (out / other).write_text("the user's\n")
+    before = {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["index", "build", "--embeddings", str(emb), "--out", str(out)]) == 2
+    assert "output folder is not empty and holds no dynametric index (index.json)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()} == before

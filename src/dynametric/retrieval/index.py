@@ -33,6 +33,7 @@ from dynametric.utils.io import (
     atomic_write_json,
     atomic_write_text,
     atomic_write_with,
+    holds_only_temps_of,
     remove_stale_temps,
     require_new_folder,
 )
@@ -177,6 +178,10 @@ def file_sha256(path: Path) -> str:
 _META_TYPES: dict[str, tuple[type, ...]] = {"kind": (str,), "metric": (str,), "dim": (int,), "count": (int,)}
 
 
+def _is_index_file(name: str) -> bool:
+    return name in INDEX_FILES
+
+
 def _is_index_folder(out: Path) -> bool:
     try:
         return json.loads((out / "index.json").read_text(encoding="utf-8")).get("format") == INDEX_FORMAT
@@ -317,10 +322,12 @@ class RetrievalIndex:
         """Write the index folder atomically file by file (``index.json`` last, so it marks a complete index)."""
         faiss = require_faiss()
         out = Path(out)
-        if not _is_index_folder(out):  # an earlier index is replaced; any other non-empty folder is refused
+        # an earlier index is replaced, and a folder holding only what a first build killed before index.json left
+        # (the temporary files of its atomic writes, removed below); any other non-empty folder is refused
+        if not _is_index_folder(out) and not holds_only_temps_of(out, _is_index_file):
             require_new_folder(out, "--out", "dynametric index (index.json)")
         out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out, lambda name: name in INDEX_FILES)  # left by a killed build of this index
+        remove_stale_temps(out, _is_index_file)  # left by a killed build of this index
         atomic_write_with(out / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
         digest = file_sha256(out / "index.faiss")
         buf = io.StringIO()

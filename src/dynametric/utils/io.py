@@ -80,6 +80,23 @@ def remove_stale_temps(folder: Path, targets: Callable[[str], bool]) -> list[Pat
     return removed
 
 
+def holds_only_temps_of(folder: Path, targets: Callable[[str], bool]) -> bool:
+    """Whether ``folder`` holds files and every one of them is what a killed atomic write of this tool leaves,
+    exactly the pattern :func:`remove_stale_temps` removes (``.<target>.<8 characters>.tmp``, ``<target>``
+    satisfying ``targets``, a regular file, not a link). Such a folder is one a first run of the command that
+    owns those names was killed in before it wrote its manifest: that command may start it again."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    found = False
+    for entry in folder.iterdir():
+        name = entry.name
+        target = name[1:-len(TEMP_SUFFIX) - 9]
+        if not (targets(target) and is_temp_of(name, target) and entry.is_file() and not entry.is_symlink()):
+            return False
+        found = True
+    return found
+
+
 def _is_own_failure(exc: OSError, path: Path, tmp: str | None) -> bool:
     """Whether ``exc`` is about writing ``path`` (its temporary file, the folder, the rename), not another file."""
     names = {exc.filename, exc.filename2} - {None}
