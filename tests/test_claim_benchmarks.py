@@ -355,3 +355,17 @@ def test_claim_pddm_resume_checks_setup_merge_rejects_duplicates_and_render_only
         assert start[f"uniform/{m}"]["ci"]["diffs"] == pytest.approx(want)
     text = out.read_text()
     assert text.count(pddm.RERENDERED) == 1 and "## Against the start" in text and "indicative only" in text
+
+
+def test_claim_sharing_pretraining_overlap_is_counted_per_split():
+    """On today's split the pretraining classes are disjoint from the test classes; on held-out-val-colour they are
+    not: seed 0 has 96 of 144 pretraining classes inside a test (shape, colour) class, covering all 36."""
+    import argparse
+
+    sharing = load_benchmark("claim_sharing")
+    a = argparse.Namespace(image_size=16, images_per_class=8, pretrain_per_shape=16, seeds=[0])
+    colour = sharing.pretrain_overlap("held-out-val-colour", 0, a)
+    assert colour == {"pretrain_classes": 144, "pretrain_overlapping": 96, "test_classes": 36, "test_covered": 36}
+    today = sharing.pretrain_overlap("today", 0, a)
+    assert today["pretrain_overlapping"] == 0 and today["test_covered"] == 0
+    assert "96 of 144" in sharing._overlap_text("held-out-val-colour", a)
