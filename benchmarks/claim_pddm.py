@@ -20,6 +20,12 @@ Protocol (every method of a seed and condition starts from the **same** network)
    from ``--lrs``; test (unseen classes, leave-one-out, fine scale, Euclidean on L2-normalised embeddings) is
    reported at that lr and step. Curves: test R@1 against step and against cumulative training wall time.
 
+   **Step 0 is a checkpoint candidate**: the pretrained start itself is evaluated and can be the val-best step, so
+   an arm that never improves on its start is reported as the start. (The Sharing benchmark excludes the start from
+   selection.) The analysis therefore also reports every arm minus the start, how many seeds select step 0, picked
+   lrs at the edge of ``--lrs``, and the main comparison re-selected with step 0 excluded (from the stored curves).
+   Training seconds come from a shared, uncontrolled machine: time-based results are indicative only.
+
 Conditions: ``uniform`` (today's data, every class the same spread) and ``heterogeneous``
 (``class_spread=(0.25, 2.0)``: per-class spread factors drawn log-uniformly). Paired differences over seeds (each
 redraws data, pretraining and batches) with 95 % t-intervals (``benchmarks/claim_common.py``).
@@ -53,6 +59,7 @@ from claim_common import (  # noqa: E402
     mean_curve,
     mean_sd,
     paired_ci,
+    sign,
     verdict,
     write_results,
 )
@@ -101,8 +108,28 @@ def build_data(seed: int, spread: tuple[float, float] | None, a: argparse.Namesp
     return out
 
 
+TIMING_CAVEAT = ("Training seconds (the seconds columns, s / step, curves against wall time) were measured on a "
+                 "shared machine under uncontrolled load (the same code's s / step varies over more than 10x across "
+                 "results files): they are indicative only; compare steps.")
+
 SETUP_KEYS = ("steps", "eval_every", "lrs", "pretrain_steps", "pretrain_lr", "image_size", "width", "depth", "dim",
               "train_per_shape", "images_per_class", "p", "k", "margin")
+
+
+def _run_key(r: dict[str, Any]) -> tuple[str, str, int, float]:
+    return r["method"], r["condition"], r["seed"], float(r["lr"])
+
+
+def check_setup(path: Path, args: dict[str, Any] | None, a: argparse.Namespace) -> None:
+    """Runs kept (``--resume``) or merged from ``path`` must come from this invocation's training setup: one-line
+    error naming the first setting that differs. A file without ``args`` (an interrupted invocation) passes; its
+    runs carry no setup to compare."""
+    if args is None:
+        return
+    for k in SETUP_KEYS:
+        if k in args and args[k] != getattr(a, k):
+            raise SystemExit(f"{path}: was run with --{k.replace('_', '-')} {args[k]}, this invocation has "
+                             f"{getattr(a, k)}; runs of different setups cannot be combined")
 
 
 def select(runs: list[dict[str, Any]]) -> None:
@@ -224,6 +251,16 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
         verdicts["density"] = {"verdict": verdict(ci), "ci": ci}
         lines.append(f"* **PDDM's advantage over Euclidean mining grows with heterogeneous class spread** — "
                      f"**{verdict(ci)}**: (pddm − euclid) heterogeneous minus uniform {fmt_ci(ci)} pp.")
+    start_lines, verdicts["versus_start"] = start_section(runs, sel, a)
+    lines += start_lines
+    for cond in a.conditions:
+        key = f"local-similarity/{cond}"
+        e = verdicts["versus_start"].get(f"{cond}/euclid")
+        if key in verdicts and e is not None and sign(e["ci"]) <= 0:
+            verdicts[key]["caveat"] = "euclid-does-not-improve-on-start"
+            lines.append(f"* **Caveat ({cond}):** the Euclidean-mined arm does not improve on its pretrained start "
+                         f"(euclid − start {fmt_ci(e['ci'])} pp), so PDDM − Euclidean shows that Euclidean mining "
+                         f"fails here, not that PDDM's local similarity beats a working Euclidean miner.")
     conv_lines, verdicts["convergence_check"] = convergence_section(sel, a)
     lines += conv_lines
     speed_lines, verdicts["time_to_level"] = time_to_level_section(sel, a)
@@ -237,8 +274,62 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
                 for m in a.methods}
         lines.append("\nAgainst wall time: multiply the step by the method's training seconds per step ("
                      + ", ".join(f"{m} {s:.3f} s" for m, s in secs.items()) + "; per-run curves with cumulative "
-                     "seconds are in the JSON).")
+                     f"seconds are in the JSON). {TIMING_CAVEAT}")
     return "\n".join(lines), verdicts
+
+
+def _best_after_start(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's val-best curve point among steps > 0 (the start excluded; ties: the earliest)."""
+    return max((p for p in run["curve"] if p["step"] > 0), key=lambda p: p["val"])
+
+
+def start_section(runs: list[dict], sel: list[dict], a: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Every arm against the pretrained start (test R@1 at the val-selected lr and step minus the start's, paired by
+    seed); seeds whose selected checkpoint is step 0; picked lrs at the edge of the grid; and PDDM − Euclidean
+    re-selected with step 0 excluded (the Sharing benchmark's policy), from the stored curves."""
+    seeds, lo_lr, hi_lr = a.seeds, min(a.lrs), max(a.lrs)
+    lines = ["\n## Against the start (step 0 is a checkpoint candidate here; test R@1, pp, 95 % t-interval)\n",
+             "| condition | method | − start | seeds selecting step 0 | picked lr at the grid edge | seeds with "
+             "best step 0 at lr ≥ 10 × smallest |", "|---|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    for cond in a.conditions:
+        for m in a.methods:
+            by = {r["seed"]: r for r in sel if r["method"] == m and r["condition"] == cond}
+            if any(s not in by for s in seeds):
+                continue
+            ci = paired_ci([by[s]["start"]["test"]["recall@1"] for s in seeds],
+                           [by[s]["test"]["recall@1"] for s in seeds])
+            zero = sum(by[s]["best_step"] == 0 for s in seeds)
+            edge = sum(by[s]["lr"] in (lo_lr, hi_lr) for s in seeds) if len(a.lrs) > 1 else 0
+            high = [r for r in runs if r["method"] == m and r["condition"] == cond and r["lr"] >= 10 * lo_lr]
+            high_zero = f"{sum(r['best_step'] == 0 for r in high)} of {len(high)}" if high else "—"
+            out[f"{cond}/{m}"] = {"ci": ci, "step0_selected": zero, "lr_at_edge": edge, "step0_at_high_lr": high_zero}
+            lines.append(f"| {cond} | {m} | {fmt_ci(ci)} | {zero} of {len(seeds)} | {edge} of {len(seeds)} | "
+                         f"{high_zero} |")
+    lines.append(f"\nThe lr grid is {a.lrs}; a picked lr at its edge means a smaller (or larger) lr was not tried.")
+    lines.append("\n### PDDM − Euclidean with step 0 excluded from selection (re-selected from the stored curves)\n")
+    lines += ["| condition | pddm − euclid, test R@1 (step 0 excluded) | as reported (step 0 allowed) |",
+              "|---|---|---|"]
+    for cond in a.conditions:
+        vals: dict[str, list[float]] = {}
+        for m in ("pddm", "euclid"):
+            per_seed = []
+            for s in seeds:
+                cands = [r for r in runs if r["method"] == m and r["condition"] == cond and r["seed"] == s]
+                if not cands or any(len(r["curve"]) < 2 for r in cands):
+                    break
+                best = max((_best_after_start(r) for r in cands), key=lambda p: p["val"])
+                per_seed.append(best["test_r1"])
+            vals[m] = per_seed
+        if len(vals["pddm"]) == len(seeds) == len(vals["euclid"]) and len(seeds) > 1:
+            ci = paired_ci(vals["euclid"], vals["pddm"])
+            both = paired_ci([r["test"]["recall@1"] for s in seeds for r in sel if r["seed"] == s
+                              and r["method"] == "euclid" and r["condition"] == cond],
+                             [r["test"]["recall@1"] for s in seeds for r in sel if r["seed"] == s
+                              and r["method"] == "pddm" and r["condition"] == cond])
+            out[f"{cond}/pddm-euclid-excluding-start"] = ci
+            lines.append(f"| {cond} | {fmt_ci(ci)} | {fmt_ci(both)} |")
+    return lines, out
 
 
 def reach(curve: list[dict], level: float) -> tuple[int, float]:
@@ -280,6 +371,8 @@ def time_to_level_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[
                      f"{statistics.fmean(steps['triplet']):.0f} | {fmt_ci(ci_steps, 1.0, 0)} | "
                      f"{statistics.fmean(secs['pddm']):.1f} | {statistics.fmean(secs['triplet']):.1f} | "
                      f"{fmt_ci(ci_secs, 1.0, 1)} | {v} |")
+    if out:
+        lines.append(f"\nThe verdict uses steps. {TIMING_CAVEAT}")
     return lines, out
 
 
@@ -304,6 +397,33 @@ def convergence_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[st
     done = sum(v["converged"] for v in out.values())
     lines.append(f"\n{done} of {len(out)} cells meet the criterion.")
     return lines, {"criterion_pp": PLATEAU_PP, "converged": done, "cells": out}
+
+
+RERENDERED = "Re-rendered from the stored runs with "
+
+
+def render_only(json_path: Path) -> int:
+    """Tables and verdicts of a finished results file re-derived from its stored runs (no training); the ``.md``
+    keeps its original header plus one line saying so, the ``.json`` keeps its runs and gets the new verdicts."""
+    if not json_path.is_file():
+        raise SystemExit(f"{json_path}: no such results file")
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    if "args" not in data:
+        raise SystemExit(f"{json_path}: not a finished results file (no 'args'): nothing to render")
+    a = argparse.Namespace(**data["args"])
+    runs = data["runs"]
+    select(runs)
+    body, verdicts = analyse(runs, a)
+    md_path = json_path.with_suffix(".md")
+    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+    head = old.split("\n## ", 1)[0] if "\n## " in old else f"# {json_path.stem}\n"
+    head = "\n".join(line for line in head.rstrip("\n").split("\n") if not line.startswith(RERENDERED))
+    note = (f"{RERENDERED}`python benchmarks/claim_pddm.py --render-only {json_path.name}`: the runs and the "
+            f"header above are the original invocation's, the tables and verdicts below are today's analysis of "
+            f"them (nothing was retrained).")
+    write_results(md_path, f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts, "runs": runs})
+    print(body)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,8 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
                     help="add the runs of these results files (e.g. one per condition, run in parallel) before the "
                          "analysis; their setup must equal this invocation's")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
+                    help="re-derive a finished results .json's analysis from its stored runs and rewrite its .md "
+                         "(original header kept) and the .json's verdicts; trains nothing, runs unchanged")
     a = ap.parse_args(argv)
+    if a.render_only is not None:
+        return render_only(a.render_only)
+    if a.out is None:
+        ap.error("--out is required (unless --render-only)")
     if a.small:
         a.seeds, a.pretrain_steps, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = \
             [0, 1], 3, 4, 2, 8, 4, 2, 8
@@ -344,14 +471,19 @@ def main(argv: list[str] | None = None) -> int:
     invocations: list[dict[str, Any]] = []
     if a.resume and a.out.with_suffix(".json").is_file():
         previous = json.loads(a.out.with_suffix(".json").read_text(encoding="utf-8"))
+        check_setup(a.out.with_suffix(".json"), previous.get("args"), a)
         invocations += [i for i in previous.get("invocations", []) if i.get("wall_s")]
         info.update(previous.get("pretraining", {}))
     for path in a.merge:
         payload = json.loads(path.read_text(encoding="utf-8"))
-        other = payload.get("args", {})
-        differ = [k for k in SETUP_KEYS if other.get(k) != getattr(a, k)]
-        if differ:
-            raise SystemExit(f"{path}: setup differs from this invocation in {differ}")
+        if "args" not in payload:
+            raise SystemExit(f"{path}: not a finished results file (no 'args'): finish it with --resume first")
+        check_setup(path, payload["args"], a)
+        have = {_run_key(r) for r in runs}
+        twice = sorted({_run_key(r) for r in payload.get("runs", [])} & have)
+        if twice:
+            raise SystemExit(f"{path}: run {twice[0]} (method, condition, seed, lr) is already in the runs being "
+                             f"merged; merge files of disjoint seeds or conditions")
         runs += payload.get("runs", [])
         info.update(payload.get("pretraining", {}))
         invocations += payload.get("invocations", [{"command": payload.get("command"),

@@ -291,7 +291,7 @@ def test_claim_pddm_merge_of_per_condition_files(tmp_path):
     assert len(m["invocations"]) == 3
     # the header sums the invocations (30 min and the merge) and says the side-by-side time: the longer part + merge
     assert "reproduces in 20.0 min" in out.read_text() and "Wall time: 30.0 min" in out.read_text()
-    with pytest.raises(SystemExit, match="setup differs"):
+    with pytest.raises(SystemExit, match="was run with --margin 0.2, this invocation has 0.3"):
         pddm.main(["--small", "--margin", "0.3", "--merge", str(tmp_path / "u" / "claim_pddm.json"), "--out",
                    str(tmp_path / "x.md")])
 
@@ -329,3 +329,43 @@ def test_pddm_time_to_a_common_level_by_hand():
     assert res["steps"]["diffs"] == [-100.0, 100.0] and res["seconds"]["diffs"] == [-2.0, 2.0]
     assert res["verdict"] == "inconclusive"
     assert any(line.startswith("| uniform | ") for line in lines)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_claim_pddm_resume_checks_setup_merge_rejects_duplicates_and_render_only(tmp_path):
+    """--resume over a file of another setup and --merge of a run that is already present both stop with a one-line
+    error; --render-only re-derives the analysis (every arm against the start, step 0 excluded) without training."""
+    pddm = load_benchmark("claim_pddm")
+    p = _run_small("claim_pddm", tmp_path, "--conditions", "uniform")
+    out = tmp_path / "claim_pddm.md"
+    with pytest.raises(SystemExit, match="was run with --margin 0.2, this invocation has 0.5"):
+        pddm.main(["--small", "--conditions", "uniform", "--resume", "--margin", "0.5", "--out", str(out)])
+    assert json.loads(out.with_suffix(".json").read_text())["runs"] == p["runs"]  # nothing relabelled
+    with pytest.raises(SystemExit, match="is already in the runs being merged"):
+        pddm.main(["--small", "--conditions", "uniform", "--merge", str(out.with_suffix(".json")),
+                   str(out.with_suffix(".json")), "--out", str(tmp_path / "twice.md")])
+    assert pddm.main(["--render-only", str(out.with_suffix(".json"))]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["runs"] == p["runs"] and again["invocations"] == p["invocations"]
+    start = again["verdicts"]["versus_start"]
+    assert {"uniform/pddm", "uniform/euclid", "uniform/triplet", "uniform/pddm-euclid-excluding-start"} <= set(start)
+    for m in ("pddm", "euclid", "triplet"):  # - start is the selected test R@1 minus the start's, per seed
+        sel = sorted((r for r in p["runs"] if r["method"] == m and r["selected"]), key=lambda r: r["seed"])
+        want = [r["test"]["recall@1"] - r["start"]["test"]["recall@1"] for r in sel]
+        assert start[f"uniform/{m}"]["ci"]["diffs"] == pytest.approx(want)
+    text = out.read_text()
+    assert text.count(pddm.RERENDERED) == 1 and "## Against the start" in text and "indicative only" in text
+
+
+def test_claim_sharing_pretraining_overlap_is_counted_per_split():
+    """On today's split the pretraining classes are disjoint from the test classes; on held-out-val-colour they are
+    not: seed 0 has 96 of 144 pretraining classes inside a test (shape, colour) class, covering all 36."""
+    import argparse
+
+    sharing = load_benchmark("claim_sharing")
+    a = argparse.Namespace(image_size=16, images_per_class=8, pretrain_per_shape=16, seeds=[0])
+    colour = sharing.pretrain_overlap("held-out-val-colour", 0, a)
+    assert colour == {"pretrain_classes": 144, "pretrain_overlapping": 96, "test_classes": 36, "test_covered": 36}
+    today = sharing.pretrain_overlap("today", 0, a)
+    assert today["pretrain_overlapping"] == 0 and today["test_covered"] == 0
+    assert "96 of 144" in sharing._overlap_text("held-out-val-colour", a)

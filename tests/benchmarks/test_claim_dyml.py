@@ -176,3 +176,42 @@ def test_merging_parallel_invocations_convergence_and_versus(tmp_path):
     (tmp_path / "half.json").write_text(json.dumps({"runs": []}))
     with pytest.raises(SystemExit, match="not a finished results file"):
         mod.main(["--small", "--merge", str(tmp_path / "half.json"), "--out", str(tmp_path / "h.md")])
+
+
+def test_no_penalty_verdict_is_a_non_inferiority_rule():
+    mod = load_benchmark("claim_dyml")
+    assert mod.NONINFERIORITY_PP == 1.0
+
+    def ci(lo_pp: float, hi_pp: float) -> dict:
+        return {"mean": (lo_pp + hi_pp) / 200, "lo": lo_pp / 100, "hi": hi_pp / 100, "n": 5, "diffs": []}
+
+    ok, penalty, unsure = mod.NO_PENALTY_VERDICTS
+    assert mod.no_penalty_verdict(ci(-0.8, 1.2)) == ok  # lower bound above -δ
+    assert mod.no_penalty_verdict(ci(-0.9, -0.1)) == ok  # significantly below 0, but by less than δ
+    assert mod.no_penalty_verdict(ci(-5.5, -1.0)) == penalty  # below 0 and reaching past -δ
+    assert mod.no_penalty_verdict(ci(-1.2, -0.2)) == penalty
+    # contains 0 but wide: the old rule called this "no penalty"; it is inconclusive
+    assert mod.no_penalty_verdict(ci(-6.57, 0.04)) == unsure
+    assert mod.no_penalty_verdict(ci(-2.0, 3.7)) == unsure
+    assert mod.no_penalty_verdict({"mean": 0.0, "lo": math.nan, "hi": math.nan, "n": 1, "diffs": []}) == unsure
+    assert mod.no_penalty_verdict(ci(-1.5, 1.0), delta_pp=2.0) == ok
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_render_only_rewrites_tables_and_verdicts_but_keeps_runs_and_header(tmp_path):
+    mod = load_benchmark("claim_dyml")
+    out = tmp_path / "r.md"
+    assert mod.main(["--small", "--families", "panchor", "--out", str(out)]) == 0
+    before = json.loads(out.with_suffix(".json").read_text())
+    head = out.read_text().split("\n## ", 1)[0]
+    before["verdicts"]["panchor/csl-no-penalty"]["verdict"] = "stale"
+    out.with_suffix(".json").write_text(json.dumps(before))
+    for _ in range(2):  # twice: the re-rendered note is not repeated
+        assert mod.main(["--render-only", str(out.with_suffix(".json"))]) == 0
+    after = json.loads(out.with_suffix(".json").read_text())
+    assert after["runs"] == before["runs"] and after["invocations"] == before["invocations"]
+    assert after["verdicts"]["panchor/csl-no-penalty"]["verdict"] in mod.NO_PENALTY_VERDICTS
+    text = out.read_text()
+    assert text.startswith(head) and text.count(mod.RERENDERED) == 1 and "δ = 1 pp" in text
+    with pytest.raises(SystemExit, match="no such results file"):
+        mod.main(["--render-only", str(tmp_path / "missing.json")])
