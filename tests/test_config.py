@@ -263,7 +263,7 @@ def test_component_validation_with_stand_in_registries() -> None:
     assert validate_components(cfg, losses=LOSSES, miners=MINERS)["loss"] is None
     bad = [(_stand_in(marign=0.3), "loss.kwargs.marign", "did you mean 'margin'"),
            (_stand_in(loss="ProxyLos"), "loss.name", "did you mean 'ProxyLoss'"),
-           (_stand_in(margin=-1), "loss.kwargs", "margin must be >= 0"),
+           (_stand_in(margin=-1), "loss.kwargs.margin", "margin must be >= 0"),  # the one argument it names
            (_stand_in("miner.name=MultiSimilarityMiner", "miner.kwargs.eps=1"), "miner.kwargs.eps",
             "did you mean 'epsilon'")]
     for bad_cfg, key, hint in bad:

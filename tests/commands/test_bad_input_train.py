@@ -470,3 +470,23 @@ def test_negative_weights_and_csl_gamma_are_refused_by_the_dry_run(capsys, argv,
 def test_no_shipped_config_uses_a_negative_weight() -> None:
     configs = Path(__file__).resolve().parents[2] / "configs"
     assert not [p for p in configs.rglob("*.yaml") if "weight: -" in p.read_text()]
+
+
+# ----------------------------------------- a loss keyword of the wrong type names the key that set it, not its file
+
+
+def test_a_loss_keyword_of_the_wrong_type_on_the_command_line_names_that_key(dyml_vehicle, capsys) -> None:
+    assert _dry(capsys, "--config", str(dyml_vehicle), "loss.kwargs.margins=0.3").endswith(
+        "<command line> key 'loss.kwargs.margins': CSLLoss: expected a list of numbers for margins, got 0.3 (float)")
+    pddm = Path(__file__).resolve().parents[2] / "configs" / "pddm" / "synthetic.yaml"
+    assert _dry(capsys, "--config", str(pddm), "loss.kwargs.beta=abc").endswith(
+        "<command line> key 'loss.kwargs.beta': PDDMLoss: expected a number for beta, got 'abc' (str)")
+
+
+def test_a_loss_keyword_of_the_wrong_type_in_a_file_names_its_line(tmp_path, capsys) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    cfg = tmp_path / "kw.yaml"
+    cfg.write_text("extends: tiny.yaml\nloss:\n  name: TripletMarginLoss\n  kwargs:\n    swap: false\n"
+                   "    margin: abc\n")
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:6 key 'loss.kwargs.margin': TripletMarginLoss: expected a number for margin, got 'abc' (str)")
