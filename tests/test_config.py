@@ -289,6 +289,22 @@ def test_loss_and_miner_names_are_checked_when_the_config_loads(tmp_path: Path, 
     assert (info.value.key, info.value.line) == ("loss.name", 4) and "TripletMarginLoss" in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["CSLLoss", "MultiScaleLoss"])
+def test_multiscale_on_a_loss_that_reads_every_scale_itself_is_refused_when_the_config_loads(tmp_path: Path,
+                                                                                             name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[f"loss.name={name}", "loss.multiscale=true"])
+    assert (info.value.file, info.value.key) == ("<command line>", "loss.multiscale")
+    assert info.value.message == (f"{name} is multi-scale by itself (it reads every label column); loss.multiscale "
+                                  "must be false")
+    path = _write(tmp_path / "c.yaml", "extra_losses:\n  - name: CSLLoss\n    multiscale: true\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == ("extra_losses[0].multiscale", 3)
+    assert info.value.message.endswith("extra_losses[0].multiscale must be false")
+    assert load_config(overrides=["loss.name=CSLLoss"]).loss.multiscale is False
+
+
 def test_build_component_rekeys_input_errors() -> None:
     from dynametric.errors import InputError
 

@@ -490,3 +490,10 @@ def test_a_loss_keyword_of_the_wrong_type_in_a_file_names_its_line(tmp_path, cap
                    "    margin: abc\n")
     assert _dry(capsys, "--config", str(cfg)).endswith(
         f"{cfg}:6 key 'loss.kwargs.margin': TripletMarginLoss: expected a number for margin, got 'abc' (str)")
+
+
+def test_multiscale_on_csl_names_loss_multiscale(capsys) -> None:
+    csl = Path(__file__).resolve().parents[2] / "configs" / "dyml" / "vehicle-csl.yaml"
+    assert _dry(capsys, "--config", str(csl), "loss.multiscale=true") == (
+        "dynametric train: error: <command line> key 'loss.multiscale': CSLLoss is multi-scale by itself (it reads "
+        "every label column); loss.multiscale must be false")
