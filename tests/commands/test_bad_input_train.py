@@ -497,3 +497,13 @@ def test_multiscale_on_csl_names_loss_multiscale(capsys) -> None:
     assert _dry(capsys, "--config", str(csl), "loss.multiscale=true") == (
         "dynametric train: error: <command line> key 'loss.multiscale': CSLLoss is multi-scale by itself (it reads "
         "every label column); loss.multiscale must be false")
+
+
+def test_a_keyword_no_class_of_a_loss_taking_kwargs_accepts_lists_its_arguments(capsys) -> None:
+    sharing = Path(__file__).resolve().parents[2] / "configs" / "sharing" / "synthetic.yaml"
+    line = next(i for i, x in enumerate(sharing.read_text().splitlines(), 1)
+                if x.strip().startswith("kwargs: {margin: 0.2, beta: 1.2") and i > 15)  # extra_losses[0]'s
+    assert _dry(capsys, "--config", str(sharing), "extra_losses[0].name=ProxyAnchorLoss").endswith(
+        f"{sharing}:{line} key 'extra_losses[0].kwargs.beta': ProxyAnchorLoss has no argument 'beta'; its arguments: "
+        "num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "
+        "weight_reg_weight, weight_init_func, reducer, embedding_regularizer, embedding_reg_weight, collect_stats")

@@ -338,3 +338,23 @@ def test_csl_and_pddm_check_the_type_of_their_numbers_themselves() -> None:
     with pytest.raises(InputError) as info:
         PDDMLoss(8, beta="abc")  # type: ignore[arg-type]
     assert info.value.key == "beta" and info.value.message == "expected a number >= 0 for beta, got 'abc' (str)"
+
+
+@pytest.mark.parametrize(("kwargs", "key", "message"), [
+    ({"marign": 0.1}, "loss.kwargs.marign", "ProxyAnchorLoss has no argument 'marign'; did you mean 'margin'?"),
+    # an argument of a base class the loss passes its **kwargs on to
+    ({"weight_reg_wieght": 2}, "loss.kwargs.weight_reg_wieght",
+     "ProxyAnchorLoss has no argument 'weight_reg_wieght'; did you mean 'weight_reg_weight'?"),
+    ({"embedding_reg_weight": "x"}, "loss.kwargs.embedding_reg_weight",
+     "ProxyAnchorLoss: expected a number for embedding_reg_weight, got 'x' (str)"),
+])
+def test_keywords_a_loss_passes_on_to_its_base_classes_are_checked_against_theirs(kwargs, key, message) -> None:
+    from dynametric.engine.builders import build_component
+    from dynametric.losses import LOSSES
+
+    with pytest.raises(ConfigError) as info:
+        build_component(LOSSES, "ProxyAnchorLoss", kwargs, "loss", data_args={"num_classes": 3, "embedding_size": 4})
+    assert info.value.key == key and info.value.message == message
+    loss = build_component(LOSSES, "ProxyAnchorLoss", {"weight_reg_weight": 2, "collect_stats": True}, "loss",
+                           data_args={"num_classes": 3, "embedding_size": 4})
+    assert loss.weight_reg_weight == 2 and loss.collect_stats

@@ -247,7 +247,9 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
     """The one factory of configured components (losses, miners): check ``name`` and ``kwargs`` against
     ``registry[name]`` and construct it; errors name ``<key>.name`` or ``<key>.kwargs.<arg>``.
 
-    Unknown names and keyword arguments are caught before construction (with the closest valid spelling), and so
+    Unknown names and keyword arguments are caught before construction (with the closest valid spelling; the
+    arguments of a class whose ``__init__`` passes ``**kwargs`` on to its bases include theirs, :func:`_init_chain`),
+    and so
     is a value of the wrong type for an argument the constructor annotates with a simple type (a number, an integer,
     a bool, a string, a list of one of these, a ``Literal``; :func:`_misfit`): ``expected a list of numbers for
     margins, got 0.3 (float)`` on ``<key>.kwargs.margins``.
@@ -271,10 +273,16 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
         sig: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):
         sig = None
+    chain = _init_chain(factory, sig)
     if sig is not None:
         params = sig.parameters
         named = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-        if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
+        open_kwargs = any(v.kind is v.VAR_KEYWORD for v in params.values())
+        if open_kwargs and chain:  # **kwargs passed on to the base classes' __init__: their arguments are the rest
+            named += [p for init in chain[1:] for p, v in _parameters(init).items()
+                      if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY) and p != "self" and p not in named]
+            open_kwargs = any(v.kind is v.VAR_KEYWORD for v in _parameters(chain[-1]).values())
+        if not open_kwargs:
             for arg in kwargs:
                 if arg not in named:
                     close = difflib.get_close_matches(arg, named, n=1, cutoff=0.6)
@@ -287,7 +295,9 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
                 if data_args is None or arg not in data_args:
                     return None
                 kwargs[arg] = data_args[arg]
-    hints = _annotations(factory)
+    hints: dict[str, Any] = {}
+    for init in reversed(chain or [factory]):  # a subclass's annotation of an argument wins over its base's
+        hints.update(_annotations(init))
     for arg in given:  # a value of the wrong type, caught before the constructor trips over it
         expected = _misfit(hints.get(arg), kwargs[arg])
         if expected is not None:
@@ -326,6 +336,37 @@ def _construction_error(name: str, kwargs: Mapping[str, Any], given: Sequence[st
 
 def _expected_message(name: str, arg: str, expected: str, value: Any) -> str:
     return f"{name}: expected {expected} for {arg}, got {value!r} ({type(value).__name__})"
+
+
+def _parameters(init: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(init).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _init_chain(factory: Callable[..., Any], sig: inspect.Signature | None) -> list[Callable[..., Any]]:
+    """The constructors that see a configured keyword argument: ``factory`` itself and, when it is a dynametric
+    class whose ``__init__`` takes ``**kwargs``, the ``__init__`` of each base class it passes them on to (next in
+    the MRO), as long as those take ``**kwargs`` too and are dynametric's own (``ProxyAnchorLoss`` ->
+    ``_ClassWeightLoss`` -> ``MetricLoss``). ``[]`` without a signature."""
+    if sig is None:
+        return []
+    chain: list[Callable[..., Any]] = [factory]
+    if not isinstance(factory, type):
+        return chain
+    params: Mapping[str, inspect.Parameter] = sig.parameters
+    for base in factory.__mro__[1:]:
+        if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
+            break
+        init = base.__dict__.get("__init__")
+        if init is None:
+            continue
+        if not base.__module__.startswith("dynametric."):
+            break  # whatever takes the keywords beyond this point is not known: the last one stays open
+        chain.append(init)
+        params = _parameters(init)
+    return chain
 
 
 def _annotations(factory: Callable[..., Any]) -> dict[str, Any]:
