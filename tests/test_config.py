@@ -263,7 +263,7 @@ def test_component_validation_with_stand_in_registries() -> None:
     assert validate_components(cfg, losses=LOSSES, miners=MINERS)["loss"] is None
     bad = [(_stand_in(marign=0.3), "loss.kwargs.marign", "did you mean 'margin'"),
            (_stand_in(loss="ProxyLos"), "loss.name", "did you mean 'ProxyLoss'"),
-           (_stand_in(margin=-1), "loss.kwargs", "margin must be >= 0"),
+           (_stand_in(margin=-1), "loss.kwargs.margin", "margin must be >= 0"),  # the one argument it names
            (_stand_in("miner.name=MultiSimilarityMiner", "miner.kwargs.eps=1"), "miner.kwargs.eps",
             "did you mean 'epsilon'")]
     for bad_cfg, key, hint in bad:
@@ -287,6 +287,22 @@ def test_loss_and_miner_names_are_checked_when_the_config_loads(tmp_path: Path, 
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert (info.value.key, info.value.line) == ("loss.name", 4) and "TripletMarginLoss" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["CSLLoss", "MultiScaleLoss"])
+def test_multiscale_on_a_loss_that_reads_every_scale_itself_is_refused_when_the_config_loads(tmp_path: Path,
+                                                                                             name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[f"loss.name={name}", "loss.multiscale=true"])
+    assert (info.value.file, info.value.key) == ("<command line>", "loss.multiscale")
+    assert info.value.message == (f"{name} is multi-scale by itself (it reads every label column); loss.multiscale "
+                                  "must be false")
+    path = _write(tmp_path / "c.yaml", "extra_losses:\n  - name: CSLLoss\n    multiscale: true\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == ("extra_losses[0].multiscale", 3)
+    assert info.value.message.endswith("extra_losses[0].multiscale must be false")
+    assert load_config(overrides=["loss.name=CSLLoss"]).loss.multiscale is False
 
 
 def test_build_component_rekeys_input_errors() -> None:

@@ -119,3 +119,25 @@ def test_bad_cpu_matmul_variable(tmp_path, emb, capsys, monkeypatch, value, work
         monkeypatch.undo()
         products.cpu_matmul_library.cache_clear()
     assert err.startswith(f"dynametric evaluate: error: {expected}")
+
+
+# ------------------------------------------------- --checkpoint: the run's test protocol checked as `train` checks it
+
+
+def test_dyml_scales_the_data_lacks_are_named_as_train_names_them(tmp_path, capsys) -> None:
+    from tests.dyml.helpers import write_release
+    from tests.dyml.test_train_hook import TINY
+
+    root = write_release(tmp_path / "dyml_vehicle", "vehicle")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(TINY.format(fmt="dyml-vehicle", root=root, variant="vehicle", mode="detect", loss="{name: CSLLoss}")
+                   .replace("max_epochs: 2", "max_epochs: 1").replace("report: true", "report: false"))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    capsys.readouterr()
+    scales = "method.kwargs.scales=[fine,mid,coarse]"
+    expected = ("<command line> key 'method.kwargs.scales': scale 'mid' has no query_mid / gallery_mid split; "
+                "expected scale names of the data: fine, middle, coarse; did you mean 'middle'?")
+    assert main(["train", "--config", str(cfg), "--dry-run", scales]) == 2
+    assert capsys.readouterr().err.strip() == f"dynametric train: error: {expected}"
+    assert _one_line_error(capsys, "--checkpoint", str(tmp_path / "run" / "best.ckpt"), "--set", scales) == (
+        f"dynametric evaluate: error: {expected}")

@@ -470,3 +470,40 @@ def test_negative_weights_and_csl_gamma_are_refused_by_the_dry_run(capsys, argv,
 def test_no_shipped_config_uses_a_negative_weight() -> None:
     configs = Path(__file__).resolve().parents[2] / "configs"
     assert not [p for p in configs.rglob("*.yaml") if "weight: -" in p.read_text()]
+
+
+# ----------------------------------------- a loss keyword of the wrong type names the key that set it, not its file
+
+
+def test_a_loss_keyword_of_the_wrong_type_on_the_command_line_names_that_key(dyml_vehicle, capsys) -> None:
+    assert _dry(capsys, "--config", str(dyml_vehicle), "loss.kwargs.margins=0.3").endswith(
+        "<command line> key 'loss.kwargs.margins': CSLLoss: expected a list of numbers for margins, got 0.3 (float)")
+    pddm = Path(__file__).resolve().parents[2] / "configs" / "pddm" / "synthetic.yaml"
+    assert _dry(capsys, "--config", str(pddm), "loss.kwargs.beta=abc").endswith(
+        "<command line> key 'loss.kwargs.beta': PDDMLoss: expected a number for beta, got 'abc' (str)")
+
+
+def test_a_loss_keyword_of_the_wrong_type_in_a_file_names_its_line(tmp_path, capsys) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    cfg = tmp_path / "kw.yaml"
+    cfg.write_text("extends: tiny.yaml\nloss:\n  name: TripletMarginLoss\n  kwargs:\n    swap: false\n"
+                   "    margin: abc\n")
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:6 key 'loss.kwargs.margin': TripletMarginLoss: expected a number for margin, got 'abc' (str)")
+
+
+def test_multiscale_on_csl_names_loss_multiscale(capsys) -> None:
+    csl = Path(__file__).resolve().parents[2] / "configs" / "dyml" / "vehicle-csl.yaml"
+    assert _dry(capsys, "--config", str(csl), "loss.multiscale=true") == (
+        "dynametric train: error: <command line> key 'loss.multiscale': CSLLoss is multi-scale by itself (it reads "
+        "every label column); loss.multiscale must be false")
+
+
+def test_a_keyword_no_class_of_a_loss_taking_kwargs_accepts_lists_its_arguments(capsys) -> None:
+    sharing = Path(__file__).resolve().parents[2] / "configs" / "sharing" / "synthetic.yaml"
+    line = next(i for i, x in enumerate(sharing.read_text().splitlines(), 1)
+                if x.strip().startswith("kwargs: {margin: 0.2, beta: 1.2") and i > 15)  # extra_losses[0]'s
+    assert _dry(capsys, "--config", str(sharing), "extra_losses[0].name=ProxyAnchorLoss").endswith(
+        f"{sharing}:{line} key 'extra_losses[0].kwargs.beta': ProxyAnchorLoss has no argument 'beta'; its arguments: "
+        "num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "
+        "weight_reg_weight, weight_init_func, reducer, embedding_regularizer, embedding_reg_weight, collect_stats")

@@ -291,3 +291,70 @@ def test_datasets_say_whether_validation_was_carved_from_the_training_classes() 
     none = build_datasets(load_config(overrides=[*small, "data.val_split=null", "data.val_fraction=0"]),
                           with_test=False)
     assert none.val is None and none.val_carved is False and none.val_source == "none"
+
+
+# ------------------------------------------------------------------ constructor errors keyed to the argument at fault
+
+
+class _Picky:
+    def __init__(self, margin: float = 0.1, scales: list[int] | None = None, name: str = "x", flag: bool = False):
+        if margin > 1:
+            raise ValueError(f"margin {margin} is too large for this loss")
+        if name == "boom":
+            raise TypeError("something went wrong")
+
+
+@pytest.mark.parametrize(("kwargs", "key", "message"), [
+    ({"margin": "abc"}, "loss.kwargs.margin", "Picky: expected a number for margin, got 'abc' (str)"),
+    ({"margin": True}, "loss.kwargs.margin", "Picky: expected a number for margin, got True (bool)"),
+    ({"scales": [1, "a"]}, "loss.kwargs.scales",
+     "Picky: expected a list of integers or null for scales, got [1, 'a'] (list)"),
+    ({"flag": 1}, "loss.kwargs.flag", "Picky: expected true or false for flag, got 1 (int)"),
+    # a constructor's own error: the one given argument its message names, else the section with every value
+    ({"margin": 2, "name": "y"}, "loss.kwargs.margin", "Picky(margin=2) failed: margin 2 is too large for this loss"),
+    ({"margin": 0.5, "name": "boom"}, "loss.kwargs",
+     "Picky(margin=0.5, name='boom') failed: something went wrong"),
+])
+def test_a_constructor_argument_of_the_wrong_type_or_value_is_keyed_to_it(kwargs, key, message) -> None:
+    from dynametric.engine.builders import build_component
+
+    with pytest.raises(ConfigError) as info:
+        build_component({"Picky": _Picky}, "Picky", kwargs, "loss")
+    assert info.value.key == key and info.value.message == message
+    assert build_component({"Picky": _Picky}, "Picky", {"margin": 1, "scales": [0, 2], "flag": True}, "loss")
+
+
+def test_csl_and_pddm_check_the_type_of_their_numbers_themselves() -> None:
+    from dynametric.errors import InputError
+    from dynametric.losses import CSLLoss, PDDMLoss
+
+    with pytest.raises(InputError) as info:
+        CSLLoss(None, 8, margins=0.3, mode="pairs")  # type: ignore[arg-type]
+    assert info.value.key == "margins" and info.value.message == (
+        "expected a list of numbers for margins (one margin per scale, finest first), got 0.3 (float)")
+    with pytest.raises(InputError) as info:
+        CSLLoss(None, 8, margins=(0.1, 0.2), weights=[1, "x"], mode="pairs")
+    assert info.value.key == "weights"
+    with pytest.raises(InputError) as info:
+        PDDMLoss(8, beta="abc")  # type: ignore[arg-type]
+    assert info.value.key == "beta" and info.value.message == "expected a number >= 0 for beta, got 'abc' (str)"
+
+
+@pytest.mark.parametrize(("kwargs", "key", "message"), [
+    ({"marign": 0.1}, "loss.kwargs.marign", "ProxyAnchorLoss has no argument 'marign'; did you mean 'margin'?"),
+    # an argument of a base class the loss passes its **kwargs on to
+    ({"weight_reg_wieght": 2}, "loss.kwargs.weight_reg_wieght",
+     "ProxyAnchorLoss has no argument 'weight_reg_wieght'; did you mean 'weight_reg_weight'?"),
+    ({"embedding_reg_weight": "x"}, "loss.kwargs.embedding_reg_weight",
+     "ProxyAnchorLoss: expected a number for embedding_reg_weight, got 'x' (str)"),
+])
+def test_keywords_a_loss_passes_on_to_its_base_classes_are_checked_against_theirs(kwargs, key, message) -> None:
+    from dynametric.engine.builders import build_component
+    from dynametric.losses import LOSSES
+
+    with pytest.raises(ConfigError) as info:
+        build_component(LOSSES, "ProxyAnchorLoss", kwargs, "loss", data_args={"num_classes": 3, "embedding_size": 4})
+    assert info.value.key == key and info.value.message == message
+    loss = build_component(LOSSES, "ProxyAnchorLoss", {"weight_reg_weight": 2, "collect_stats": True}, "loss",
+                           data_args={"num_classes": 3, "embedding_size": 4})
+    assert loss.weight_reg_weight == 2 and loss.collect_stats

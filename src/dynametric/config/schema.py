@@ -180,6 +180,8 @@ class LossConfig:
 
     def _validate(self, key: str) -> None:
         _known_name(self.name, "dynametric.losses", "LOSSES", "loss", f"{key}.name")
+        if self.multiscale:
+            _not_multiscale_by_itself(self.name, key)
         # Also the decorrelation term's rho: its gradient-reversal layer, not the weight's sign, makes it adversarial.
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ConfigError(f"expected a non-negative weight, got {self.weight}", key=f"{key}.weight")
@@ -526,6 +528,16 @@ def _known_name(name: str, module: str, registry: str, kind: str, key: str) -> N
         hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
                 else f"; available: {', '.join(sorted(names))}")
         raise ConfigError(f"unknown {kind} {name!r}{hint}", key=key)
+
+
+def _not_multiscale_by_itself(name: str, key: str) -> None:
+    """``multiscale: true`` wraps a per-scale loss; a loss that declares ``uses_all_scales`` (CSL, ``MultiScaleLoss``:
+    it reads every label column itself) cannot be wrapped."""
+    from dynametric.losses import LOSSES
+
+    if getattr(LOSSES.get(name), "uses_all_scales", False):
+        raise ConfigError(f"{name} is multi-scale by itself (it reads every label column); {key}.multiscale must be "
+                          "false", key=f"{key}.multiscale")
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> str:

@@ -16,11 +16,15 @@ required ``class_paths`` argument (CSL) is built from the training label matrix.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import difflib
 import inspect
 import logging
+import re
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +41,7 @@ from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_d
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective
 from dynametric.engine.trainer import TrainerSettings
-from dynametric.errors import ConfigError, InputError
+from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.labels import as_label_matrix
 
 logger = logging.getLogger("dynametric.engine")
@@ -243,13 +247,19 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
     """The one factory of configured components (losses, miners): check ``name`` and ``kwargs`` against
     ``registry[name]`` and construct it; errors name ``<key>.name`` or ``<key>.kwargs.<arg>``.
 
-    Unknown names and keyword arguments are caught before construction (with the closest valid spelling).
+    Unknown names and keyword arguments are caught before construction (with the closest valid spelling; the
+    arguments of a class whose ``__init__`` passes ``**kwargs`` on to its bases include theirs, :func:`_init_chain`),
+    and so
+    is a value of the wrong type for an argument the constructor annotates with a simple type (a number, an integer,
+    a bool, a string, a list of one of these, a ``Literal``; :func:`_misfit`): ``expected a list of numbers for
+    margins, got 0.3 (float)`` on ``<key>.kwargs.margins``.
     Required arguments listed in :data:`DATA_DEPENDENT_ARGS` that ``kwargs`` lacks are taken from ``data_args``;
     if one is still missing, nothing is constructed and ``None`` is returned (names and keywords were checked).
     A ``distance`` given as a name or ``{name: ..., **kwargs}`` becomes a distance object
     (``dynametric.losses.build_distance``). The object is built by ``construct(name, **kwargs)`` (default
     ``registry[name](**kwargs)``); its errors (bad values) are re-raised as :class:`ConfigError` on
-    ``<key>.kwargs`` (``<key>.kwargs.<arg>`` when the error names one of the given arguments).
+    ``<key>.kwargs.<arg>`` (an :class:`InputError` keyed ``<arg>``, or a ``TypeError`` / ``ValueError`` whose
+    message names exactly one of the given arguments), else on ``<key>.kwargs``.
     """
     if name not in registry:
         close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
@@ -258,14 +268,21 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
         raise ConfigError(f"unknown name {name!r}{hint}", key=f"{key}.name")
     factory = registry[name]
     kwargs = dict(kwargs)
+    given = [k for k in kwargs if k not in DATA_DEPENDENT_ARGS]  # the configured arguments, not the filled-in ones
     try:
         sig: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):
         sig = None
+    chain = _init_chain(factory, sig)
     if sig is not None:
         params = sig.parameters
         named = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-        if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
+        open_kwargs = any(v.kind is v.VAR_KEYWORD for v in params.values())
+        if open_kwargs and chain:  # **kwargs passed on to the base classes' __init__: their arguments are the rest
+            named += [p for init in chain[1:] for p, v in _parameters(init).items()
+                      if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY) and p != "self" and p not in named]
+            open_kwargs = any(v.kind is v.VAR_KEYWORD for v in _parameters(chain[-1]).values())
+        if not open_kwargs:
             for arg in kwargs:
                 if arg not in named:
                     close = difflib.get_close_matches(arg, named, n=1, cutoff=0.6)
@@ -278,6 +295,13 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
                 if data_args is None or arg not in data_args:
                     return None
                 kwargs[arg] = data_args[arg]
+    hints: dict[str, Any] = {}
+    for init in reversed(chain or [factory]):  # a subclass's annotation of an argument wins over its base's
+        hints.update(_annotations(init))
+    for arg in given:  # a value of the wrong type, caught before the constructor trips over it
+        expected = _misfit(hints.get(arg), kwargs[arg])
+        if expected is not None:
+            raise ConfigError(_expected_message(name, arg, expected, kwargs[arg]), key=f"{key}.kwargs.{arg}")
     if isinstance(kwargs.get("distance"), (str, Mapping)):  # configs name distances: `cosine`, {name: ..., ...}
         from dynametric.losses import build_distance
 
@@ -295,8 +319,125 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
         raise ConfigError(f"{name}: {exc.message}",
                           key=f"{key}.kwargs.{sub}" if sub in kwargs else f"{key}.kwargs") from exc
     except (TypeError, ValueError) as exc:
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in DATA_DEPENDENT_ARGS)
-        raise ConfigError(f"{name}({shown}) failed: {exc}", key=f"{key}.kwargs") from exc
+        raise _construction_error(name, kwargs, given, key, exc) from exc
+
+
+def _construction_error(name: str, kwargs: Mapping[str, Any], given: Sequence[str], key: str,
+                        exc: Exception) -> ConfigError:
+    """The :class:`ConfigError` of a constructor's ``TypeError`` / ``ValueError``: on ``<key>.kwargs.<arg>`` when
+    the message names exactly one of the given arguments, else on ``<key>.kwargs`` with every given value shown."""
+    named = [arg for arg in given if re.search(rf"(?<![\w.]){re.escape(arg)}(?!\w)", str(exc))]
+    if len(named) == 1:
+        arg = named[0]
+        return ConfigError(f"{name}({arg}={kwargs[arg]!r}) failed: {first_sentence(exc)}", key=f"{key}.kwargs.{arg}")
+    shown = ", ".join(f"{k}={kwargs[k]!r}" for k in given)
+    return ConfigError(f"{name}({shown}) failed: {first_sentence(exc)}", key=f"{key}.kwargs")
+
+
+def _expected_message(name: str, arg: str, expected: str, value: Any) -> str:
+    return f"{name}: expected {expected} for {arg}, got {value!r} ({type(value).__name__})"
+
+
+def _parameters(init: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(init).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _init_chain(factory: Callable[..., Any], sig: inspect.Signature | None) -> list[Callable[..., Any]]:
+    """The constructors that see a configured keyword argument: ``factory`` itself and, when it is a dynametric
+    class whose ``__init__`` takes ``**kwargs``, the ``__init__`` of each base class it passes them on to (next in
+    the MRO), as long as those take ``**kwargs`` too and are dynametric's own (``ProxyAnchorLoss`` ->
+    ``_ClassWeightLoss`` -> ``MetricLoss``). ``[]`` without a signature."""
+    if sig is None:
+        return []
+    chain: list[Callable[..., Any]] = [factory]
+    if not isinstance(factory, type):
+        return chain
+    params: Mapping[str, inspect.Parameter] = sig.parameters
+    for base in factory.__mro__[1:]:
+        if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
+            break
+        init = base.__dict__.get("__init__")
+        if init is None:
+            continue
+        if not base.__module__.startswith("dynametric."):
+            break  # whatever takes the keywords beyond this point is not known: the last one stays open
+        chain.append(init)
+        params = _parameters(init)
+    return chain
+
+
+def _annotations(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of ``factory``'s arguments (a class: of its ``__init__``); ``{}`` when they cannot
+    be resolved."""
+    target = factory.__init__ if isinstance(factory, type) else factory  # type: ignore[misc]
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - names only known to type checkers, odd callables: no annotations to check
+        return {}
+
+
+_NUMBER_TYPES = (int, float)
+
+
+def _misfit(annotation: Any, value: Any) -> str | None:
+    """What ``annotation`` expects (``a number``, ``a list of numbers``, ...) when ``value`` clearly does not fit
+    it, else ``None`` (fits, or an annotation this check does not read: ``Any``, classes, callables)."""
+    expected = _expected(annotation)
+    if expected is None or _fits(annotation, value):
+        return None
+    return expected
+
+
+def _expected(annotation: Any) -> str | None:
+    """Words for the simple annotations :func:`_fits` checks (``None`` for any other)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if annotation is str:
+        return "a string"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_expected(a) for a in args]
+        return None if any(p is None for p in parts) else " or ".join(dict.fromkeys(p for p in parts if p))
+    if origin in (list, tuple, collections.abc.Sequence) and args:
+        item = _expected(args[0])
+        if item is None or (origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)):
+            return None
+        plural = {"a number": "numbers", "an integer": "integers", "a string": "strings",
+                  "true or false": "true/false values"}.get(item)
+        return None if plural is None else f"a list of {plural}"
+    return None
+
+
+def _fits(annotation: Any, value: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_fits(args[0], v) for v in value)
+    return True
 
 
 def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: torch.Tensor | None, dim: int | None,

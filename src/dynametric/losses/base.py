@@ -53,6 +53,8 @@ class _LogOnce:
 class MetricLoss(RecordsStats, nn.Module):
     """Base class of every loss. Subclasses implement :meth:`compute_loss` on 1-D labels."""
 
+    #: Whether the loss reads every label column itself (``[B, S]`` labels; CSL, :class:`MultiScaleLoss`): such a loss
+    #: is multi-scale by itself, and a config term of it with ``multiscale: true`` is refused when the config loads.
     uses_all_scales: bool = False
 
     #: Whether the loss reads the concatenation ``[first head; second head]`` of a two-head model (engine term with

@@ -23,6 +23,7 @@ counted in :attr:`CSLLoss.last_skipped_anchors`. Per-scale terms of the last cal
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,16 @@ def _csl_term(neg_lse: torch.Tensor, pos_lse: torch.Tensor, gamma_margin: float)
     valid = torch.isfinite(neg_lse) & torch.isfinite(pos_lse)
     z = torch.where(valid, neg_lse + pos_lse + gamma_margin, torch.zeros_like(neg_lse))
     return torch.where(valid, F.softplus(z), torch.zeros_like(z))
+
+
+def _numbers(values: Any, arg: str, what: str) -> tuple[float, ...]:
+    """``values`` as a tuple of floats; anything but a list of numbers is an :class:`InputError` on ``arg``."""
+    if not isinstance(values, (Sequence, torch.Tensor)) or isinstance(values, str) or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in
+            (values.tolist() if isinstance(values, torch.Tensor) else values)):
+        raise InputError(f"expected a list of numbers for {arg} ({what}), got {values!r} ({type(values).__name__})",
+                         key=arg)
+    return tuple(float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values))
 
 
 class CSLLoss(MetricLoss):
@@ -93,11 +104,12 @@ class CSLLoss(MetricLoss):
         if isinstance(gamma, bool) or not (math.isfinite(float(gamma)) and float(gamma) > 0):
             raise InputError(f"gamma (the cosine scale) must be a number > 0, got {gamma!r}", key="gamma")
         self.gamma = float(gamma)
-        self.margins = tuple(float(m) for m in margins)
+        self.margins = _numbers(margins, "margins", "one margin per scale, finest first")
         if not self.margins:
             raise InputError("margins must name one margin per scale", key="margins")
         num_scales = len(self.margins)
-        self.weights = tuple(float(w) for w in weights) if weights is not None else (1.0,) * num_scales
+        self.weights = (_numbers(weights, "weights", "one weight per scale, finest first") if weights is not None
+                        else (1.0,) * num_scales)
         if len(self.weights) != num_scales:
             raise InputError(f"weights has {len(self.weights)} entries but margins has {num_scales}", key="weights")
         if not all(math.isfinite(w) and w >= 0 for w in self.weights) or not any(w > 0 for w in self.weights):

@@ -19,6 +19,8 @@ all-pairs matrix but costs ``O(Q)`` instead of ``O(m^2)`` memory in the backward
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -89,6 +91,9 @@ class PDDMLoss(MetricLoss):
         if reduction not in REDUCTIONS:
             raise ConfigError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}", key="reduction")
         for key, value in (("alpha", alpha), ("beta", beta), ("lambda_", lambda_)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"expected a number >= 0 for {key}, got {value!r} ({type(value).__name__})",
+                                  key=key)
             if not float(value) >= 0.0:
                 raise ConfigError(f"PDDMLoss {key} must be a number >= 0, got {value}", key=key)
         self.unit = PDDM(embedding_dim, hidden_dim=hidden_dim, dropout=dropout, max_chunk_bytes=max_chunk_bytes)

@@ -82,6 +82,18 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
     raise ConfigError(f"{what} is not in the data: {offered}" + _suggest(missing[0], splits), key=key)
 
 
+def _check_listed_test_splits(cfg: Config) -> None:
+    """:func:`check_test_splits` against the splits the data lists, when it lists them (a data set that cannot be
+    listed is left to the error of the split that is read)."""
+    from dynametric.engine.builders import available_splits
+
+    try:
+        splits = available_splits(cfg)
+    except (InputError, OSError):
+        return
+    check_test_splits(cfg, splits)
+
+
 def _suggest(word: str, candidates: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -98,7 +110,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on the ``auto``
     device); ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks,
     run before anything is loaded or embedded."""
-    from dynametric.config import load_config
+    from dynametric.config import errors_located, load_config
     from dynametric.engine.builders import load_eval_split
     from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
 
@@ -108,7 +120,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     if not checkpoint.is_file():
         raise InputError("checkpoint file not found", file=checkpoint)
     cfg = load_config(config_beside(checkpoint, config), overrides)
-    protocol = protocol_from_config(cfg, split)
+    with errors_located(cfg):  # `<command line> key 'method.kwargs.scales': ...`, as `dynametric train` says it
+        protocol = protocol_from_config(cfg, split)
+        if split is None:
+            _check_listed_test_splits(cfg)
     if check is not None:
         check(protocol)
     trained = load_trained(checkpoint, config, cfg=cfg)
