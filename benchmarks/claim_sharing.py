@@ -80,6 +80,9 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
     python benchmarks/claim_sharing.py --splits held-out-val today --alpha 0.3 --rho 100 --threads 1 \
         --versus docs/results/claim-sharing-valfix.json --out docs/results/claim-sharing-port.md
         # the port to the engine's modules against the former trainer's runs (a parity table heads the file)
+    python benchmarks/claim_sharing.py --render-only docs/results/claim-sharing-pretrained.json
+        # today's analysis of a finished file's stored runs (nothing retrained): the .md keeps its original header
+        # (a pretraining description that called the start "disjoint" is replaced by today's, and the note says so)
 """
 
 from __future__ import annotations
@@ -300,6 +303,14 @@ def candidates(method: str, alphas: list[float], rhos: list[float]) -> list[Cand
     return [(al, r) for al in sorted({float(v) for v in alphas}) for r in rs]
 
 
+def grids_of(a: argparse.Namespace) -> tuple[list[float], list[float], dict[str, list[Candidate]]]:
+    """The alpha and rho values of an invocation (``--alpha-grid`` / ``--rho-grid``, else the fixed ``--alpha`` /
+    ``--rho``) and every method's (alpha, rho) grid (:func:`candidates`)."""
+    alphas = sorted({float(v) for v in a.alpha_grid}) if a.alpha_grid else [a.alpha]
+    rhos = sorted({float(v) for v in a.rho_grid}) if a.rho_grid else [a.rho]
+    return alphas, rhos, {m: candidates(m, alphas, rhos) for m in METHODS}
+
+
 def run_key(r: dict[str, Any]) -> tuple[str, str, int, float | None, float]:
     return r["method"], r["split"], int(r["seed"]), r["alpha"], float(r["rho"])
 
@@ -339,8 +350,14 @@ def import_runs(path: Path, a: argparse.Namespace, required: bool) -> list[dict]
         if (k in args or k in SETUP_DEFAULTS) and have != getattr(a, k):
             raise SystemExit(f"error: {path}: args.{k} is {have!r}{'' if k in args else ' (absent: the default)'} "
                              f"but this invocation uses {getattr(a, k)!r}; runs of a different setup cannot be merged")
+    return with_alpha(payload.get("runs", []), args, path)
+
+
+def with_alpha(runs: list[dict], args: dict[str, Any], path: Path) -> list[dict]:
+    """Copies of ``runs``; a run written before ``alpha`` was recorded takes ``args.alpha`` (t* sharing) or
+    ``None`` (the baseline, MIC)."""
     out = []
-    for i, r in enumerate(payload.get("runs", [])):
+    for i, r in enumerate(runs):
         r = dict(r)
         if "alpha" not in r:
             if r["method"] == "sharing" and "alpha" not in args:
@@ -625,6 +642,118 @@ def versus(runs: list[dict], old_path: Path, a: argparse.Namespace) -> tuple[str
     return "\n".join(lines) + "\n", out
 
 
+PRETRAIN_FROM = "every method of a (seed, split) starts from a copy of one network pretrained "
+PRETRAIN_TO = " (wall time includes the pretraining)"
+
+
+def pretrain_text(runs: list[dict], a: argparse.Namespace) -> str:
+    """The header's description of the start: the pretraining (from :data:`PRETRAIN_FROM` to :data:`PRETRAIN_TO`),
+    with the pretraining / test overlap of every held-out-factor split (:func:`pretrain_overlap`) and the classes kept
+    of drawn per split, read from the runs' ``start`` records; without pretraining, one phrase saying so."""
+    if a.pretrain_steps <= 0:
+        return "every method starts from a freshly initialised network (no pretraining)"
+    pre_lr = a.lr if a.pretrain_lr is None else a.pretrain_lr
+    kept = {s: sorted({(r["start"]["pretrain_classes"], r["start"]["pretrain_drawn"]) for r in runs
+                       if r["split"] == s and "start" in r}) for s in a.splits}
+    return (f"{PRETRAIN_FROM}{a.pretrain_steps} steps "
+            f"on synthetic classes (the train split of SyntheticHierarchy(seed=1000 + seed), "
+            f"{a.pretrain_per_shape} (shape, colour, texture, size) classes per shape; margin loss + "
+            f"distance-weighted sampling on both heads, Adam lr {pre_lr:g}, "
+            "8 x 4 class batches); removed from "
+            "them: on today's split every variant that is a train/val/test class of the seed, on the "
+            "held-out-factor splits none (every variant of a test shape overlaps a test class, so there the "
+            "start is NOT disjoint from the test classes: " + "; ".join(
+                f"{s}: {_overlap_text(s, a)}" for s in a.splits if s != "today") + "); pretraining "
+            "classes kept of drawn: " + "; ".join(f"{s} " + ", ".join(f"{k}/{d}" for k, d in kept[s])
+                                                  for s in a.splits) + PRETRAIN_TO)
+
+
+RERENDERED = "Re-rendered from the stored runs with "
+FALSE_DISJOINT = "on disjoint synthetic classes"
+CORRECTED = "Corrected: the Setup line first said"
+
+
+READING = "Reading:"
+
+
+def keep_readings(old_body: str, body: str) -> str:
+    """``body`` with the hand-written paragraphs of ``old_body`` (those starting with :data:`READING`, written into a
+    results file after it was produced) put back at the end of the section of the same ``## `` heading (at the end
+    of ``body`` if that section is gone)."""
+    def sections(text: str) -> list[str]:
+        return text.split("\n## ")
+
+    readings: dict[str, list[str]] = {}
+    for sec in sections(old_body):
+        paras = [x.strip("\n") for x in sec.split("\n\n")]
+        kept = [x for x in paras if x.startswith(READING)]
+        if kept:
+            readings[sec.split("\n", 1)[0]] = kept
+    out = []
+    for sec in sections(body):
+        title = sec.split("\n", 1)[0]
+        extra = readings.pop(title, [])
+        out.append(sec if not extra else sec.rstrip("\n") + "\n\n" + "\n\n".join(extra) + "\n")
+    rest = [x for v in readings.values() for x in v]
+    return "\n## ".join(out) + ("\n\n" + "\n\n".join(rest) + "\n" if rest else "")
+
+
+def _sibling(path: str | None, json_path: Path) -> Path | None:
+    """A results path in ``args``: as recorded if it exists, else the file of that name beside ``json_path``."""
+    if not path:
+        return None
+    p = Path(path)
+    return p if p.is_file() else json_path.parent / p.name
+
+
+def render_only(json_path: Path) -> int:
+    """Re-derive a finished results file's tables and verdicts from its stored runs (no training; a ``--versus``
+    parity table from the file it names). The ``.md`` keeps its original header (command, timings, setup) with one
+    added line saying it was re-rendered, except that a pretraining description calling the start "disjoint"
+    (:data:`FALSE_DISJOINT`, true on today's split only) is replaced by today's (:func:`pretrain_text`, with the
+    overlap counts), which the added line says; hand-written ``Reading:`` paragraphs of the old ``.md`` are kept
+    (:func:`keep_readings`); the ``.json`` keeps its runs, arguments and command and gets the new
+    ``verdicts``."""
+    if not json_path.is_file():
+        raise SystemExit(f"{json_path}: no such results file")
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    if "args" not in data:
+        raise SystemExit(f"{json_path}: not a finished results file (no 'args'): nothing to render")
+    # keys newer than the file take their defaults (SETUP_DEFAULTS: no pretraining), as import_runs reads them
+    a = argparse.Namespace(**({"alpha_grid": None, "rho_grid": None, "versus": None} | SETUP_DEFAULTS
+                              | data["args"]))
+    _, _, grids = grids_of(a)
+    runs = with_alpha(data["runs"], data["args"], json_path)
+    body, verdicts = analyse(runs, a, grids)
+    versus_path = _sibling(a.versus, json_path)
+    if versus_path is not None:
+        parity, verdicts["versus"] = versus(runs, versus_path, a)
+        body = parity + "\n" + body
+    md_path = json_path.with_suffix(".md")
+    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+    head, _, old_body = old.partition("\n## ") if "\n## " in old else (f"# {json_path.stem}\n", "", "")
+    body = keep_readings("## " + old_body if old_body else "", body)
+    lines = head.rstrip("\n").split("\n")
+    corrected = any(line.startswith(RERENDERED) and CORRECTED in line for line in lines)  # by an earlier rendering
+    head = "\n".join(line for line in lines if not line.startswith(RERENDERED)).rstrip("\n")
+    if FALSE_DISJOINT in head:
+        i = head.index(PRETRAIN_FROM)
+        j = head.index(PRETRAIN_TO, i) + len(PRETRAIN_TO)
+        head = head[:i] + pretrain_text(runs, a) + head[j:]
+        corrected = True
+    fix = (f" {CORRECTED} the start was pretrained \"{FALSE_DISJOINT}\", which holds on "
+           f"today's split only; the pretraining description above is today's: the same pretraining, removals and "
+           f"classes kept of drawn, now with the overlap of the pretraining and test classes counted by "
+           f"pretrain_overlap.")
+    note = (f"{RERENDERED}`python benchmarks/claim_sharing.py --render-only {json_path.name}`: the runs and the "
+            f"header above are the original invocation's{' except one corrected statement' if corrected else ''}, "
+            f"the tables and verdicts below are today's analysis of them (nothing was retrained)."
+            f"{fix if corrected else ''}")
+    write_results(md_path, f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
+    print(body)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -663,8 +792,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--versus", type=Path, default=None,
                     help="an earlier results .json of the same setup: a parity table (this file's runs against its "
                          "runs with the same method, split, seed, alpha and rho) heads the results")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
+                    help="re-derive the analysis of a finished results .json from its stored runs and rewrite its "
+                         ".md (the original header kept, a 'disjoint' pretraining description corrected) and the "
+                         ".json's verdicts; trains nothing, runs unchanged")
     a = ap.parse_args(argv)
+    if a.render_only is not None:
+        return render_only(a.render_only)
+    if a.out is None:
+        ap.error("--out is required (unless --render-only)")
     if a.small:
         a.seeds, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = [0, 1], 5, 4, 8, 4, 2, 8
         a.images_per_class, a.clusters = 4, 4
@@ -682,9 +819,7 @@ def main(argv: list[str] | None = None) -> int:
             if run_key(r) not in done:
                 done.add(run_key(r))
                 runs.append(r | {"source": r.get("source", str(path))})
-    alphas = sorted({float(v) for v in a.alpha_grid}) if a.alpha_grid else [a.alpha]
-    rhos = sorted({float(v) for v in a.rho_grid}) if a.rho_grid else [a.rho]
-    grids = {m: candidates(m, alphas, rhos) for m in METHODS}
+    alphas, rhos, grids = grids_of(a)
     args_json = vars(a) | {"out": str(a.out), "resume_from": [str(p) for p in a.resume_from],
                            "versus": None if a.versus is None else str(a.versus)}
     starts: dict[tuple[int, frozenset[tuple]], dict[str, Any]] = {}  # pretrained once per (seed, removed variants)
@@ -741,23 +876,7 @@ def main(argv: list[str] | None = None) -> int:
               f"the higher val class-head MAP@R, then to the smaller alpha, then the smaller rho")
     else:
         hp = f"alpha {a.alpha:g}, rho {a.rho:g} (fixed, not tuned)"
-    if a.pretrain_steps > 0:
-        pre_lr = a.lr if a.pretrain_lr is None else a.pretrain_lr
-        kept = {s: sorted({(r["start"]["pretrain_classes"], r["start"]["pretrain_drawn"]) for r in runs
-                           if r["split"] == s and "start" in r}) for s in a.splits}
-        pre = (f"every method of a (seed, split) starts from a copy of one network pretrained {a.pretrain_steps} steps "
-               f"on synthetic classes (the train split of SyntheticHierarchy(seed=1000 + seed), "
-               f"{a.pretrain_per_shape} (shape, colour, texture, size) classes per shape; margin loss + "
-               f"distance-weighted sampling on both heads, Adam lr {pre_lr:g}, "
-               "8 x 4 class batches); removed from "
-               "them: on today's split every variant that is a train/val/test class of the seed, on the "
-               "held-out-factor splits none (every variant of a test shape overlaps a test class, so there the "
-               "start is NOT disjoint from the test classes: " + "; ".join(
-                   f"{s}: {_overlap_text(s, a)}" for s in a.splits if s != "today") + "); pretraining "
-               "classes kept of drawn: " + "; ".join(f"{s} " + ", ".join(f"{k}/{d}" for k, d in kept[s])
-                                                     for s in a.splits) + " (wall time includes the pretraining)")
-    else:
-        pre = "every method starts from a freshly initialised network (no pretraining)"
+    pre = pretrain_text(runs, a)
     src = (f"; {n_imported} of them reused from {', '.join(sorted({r['source'] for r in runs if 'source' in r}))}"
            if n_imported else "")
     head = (f"# Sharing / MIC claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"

@@ -369,3 +369,46 @@ def test_claim_sharing_pretraining_overlap_is_counted_per_split():
     today = sharing.pretrain_overlap("today", 0, a)
     assert today["pretrain_overlapping"] == 0 and today["test_covered"] == 0
     assert "96 of 144" in sharing._overlap_text("held-out-val-colour", a)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_claim_sharing_render_only_keeps_runs_and_header_and_corrects_disjoint(tmp_path):
+    """--render-only re-derives the tables and verdicts from the stored runs without training: runs, args and
+    command unchanged, the header kept with one re-rendered note (not repeated on a second rendering, which changes
+    nothing), a hand-written ``Reading:`` paragraph kept in its section; a header written before the overlap fix
+    ("on disjoint synthetic classes") gets today's pretraining description and a note saying what was corrected."""
+    cs = load_benchmark("claim_sharing")
+    out = tmp_path / "r.md"
+    assert cs.main(["--small", "--pretrain-steps", "3", "--splits", "held-out-val-colour", "--methods", "baseline",
+                    "sharing", "--out", str(out)]) == 0
+    before = json.loads(out.with_suffix(".json").read_text())
+    text = out.read_text()
+    head, body = text.split("\n## ", 1)
+    assert "NOT disjoint" in head and cs.FALSE_DISJOINT not in head
+    # the header and body as stored before the fix, with a hand-written reading and a stale verdict
+    old_head = head.replace(" steps on synthetic classes", " steps " + cs.FALSE_DISJOINT)
+    fixed = old_head[old_head.index(", so there the start is NOT"):old_head.index("); pretraining")]
+    old_head = old_head.replace(fixed, "")
+    reading = "Reading: written by hand."
+    body = body.replace("\n## Paired differences against the baseline",
+                        f"\n{reading}\n\n## Paired differences against the baseline", 1)
+    out.write_text(f"{old_head}\n## {body}")
+    stale = before | {"verdicts": before["verdicts"] | {"sharing/held-out-val-colour": {"verdict": "stale"}}}
+    out.with_suffix(".json").write_text(json.dumps(stale))
+    rendered = []
+    for _ in range(2):
+        assert cs.main(["--render-only", str(out.with_suffix(".json"))]) == 0
+        rendered.append(out.read_text())
+    assert rendered[0] == rendered[1]  # idempotent: the note is not repeated, no blank lines pile up
+    after = json.loads(out.with_suffix(".json").read_text())
+    assert {k: v for k, v in after.items() if k != "verdicts"} == {k: v for k, v in before.items() if k != "verdicts"}
+    assert after["verdicts"] == before["verdicts"]  # the same runs give the same verdicts
+    new = rendered[0]
+    assert new.split("\n## ", 1)[0].startswith(head.split("\n\nSetup:", 1)[0])  # command and wall time kept
+    assert head.split("\n\n")[-1].strip() in new  # today's pretraining description, overlap counts included
+    assert cs.FALSE_DISJOINT not in new.split(cs.RERENDERED, 1)[0]
+    assert new.count(cs.RERENDERED) == 1 and new.count(cs.CORRECTED) == 1 and new.count(reading) == 1
+    section = new.split("\n## Paired differences against the baseline", 1)[0].rsplit("\n## ", 1)[1]
+    assert section.rstrip().endswith(reading)  # back at the end of the section it was written in
+    with pytest.raises(SystemExit, match="no such results file"):
+        cs.main(["--render-only", str(tmp_path / "missing.json")])
