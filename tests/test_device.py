@@ -89,3 +89,21 @@ def test_usable_cpus_is_the_affinity_where_the_os_reports_one(monkeypatch):
     assert D.usable_cpus() == 7
     monkeypatch.setattr(D.os, "cpu_count", lambda: None)
     assert D.usable_cpus() == 1
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"batch_size": 2.5}, r"key 'batch_size': batch size must be an integer >= 1, got 2\.5 \(float\)$"),
+    ({"batch_size": True}, r"key 'batch_size': batch size must be an integer >= 1, got True \(bool\)$"),
+    ({"batch_size": "4"}, r"key 'batch_size': batch size must be an integer >= 1, got '4' \(str\)$"),
+    ({"workers": 1.7}, r"key 'workers': worker count must be an integer >= 0 or 'auto', got 1\.7 \(float\)$"),
+    ({"workers": True, "flags": True}, r"key '--workers': worker count must be .* got True \(bool\)$"),
+])
+def test_inference_options_refuse_non_integer_sizes(kwargs, message):
+    # InferenceOptions(batch_size=2.5) used to run with 2 and workers=True with 1 worker, in silence
+    from dynametric.engine.inference import InferenceOptions
+
+    with pytest.raises(ConfigError, match=message):
+        InferenceOptions(device="cpu", **kwargs).resolve()
+    import numpy as np
+
+    assert InferenceOptions(device="cpu", batch_size=np.int64(3), workers=np.int32(0)).resolve().batch_size == 3

@@ -44,8 +44,12 @@ def test_loader_settings_cpu_and_gpu_host(monkeypatch) -> None:
     assert loader_settings(cfg)["num_workers"] == 15 and loader_settings(cfg)["pin_memory"] is True
     assert loader_settings(load_config(None, ["trainer.devices=4"]))["num_workers"] == 3  # 4 processes share 16
     cpu = load_config(None, ["trainer.accelerator=cpu", "data.workers=3", "data.pin_memory=true"])
-    assert loader_settings(cpu) == {"num_workers": 3, "pin_memory": True, "persistent_workers": True,
+    # a CPU run pins nothing: pin_memory=True there only made torch warn "no accelerator is found"
+    assert loader_settings(cpu) == {"num_workers": 3, "pin_memory": False, "persistent_workers": True,
                                     "prefetch_factor": 4}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pinned = load_config(None, ["data.workers=0", "data.pin_memory=true"])  # auto accelerator on a CPU-only host
+    assert loader_settings(pinned)["pin_memory"] is False
 
 
 def test_datamodule_keeps_workers_and_prefetches() -> None:

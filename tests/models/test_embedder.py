@@ -256,3 +256,18 @@ def test_failed_download_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_hub)
     with pytest.raises(ConfigError, match=r"bninception.*urlopen error"):
         create_backbone("bninception", pretrained=True)
+
+
+def test_bf16_autocast_embeddings_are_unit_length_and_close_to_fp32() -> None:
+    # CPU autocast runs F.normalize in bfloat16, which left ||e|| up to ~0.5% off 1 (and the cosine to the fp32
+    # embedding ~0.997); the head now normalises in float32, as docs/retrieval.md states.
+    from dynametric.engine.inference import InferenceOptions, embed_batch
+
+    model = build_embedder("simple_cnn", embedding_dim=128).eval()
+    x = torch.randn(16, 3, 32, 32)
+    fp32 = embed_batch(model, x, InferenceOptions(device="cpu").resolve())
+    bf16 = embed_batch(model, x, InferenceOptions(device="cpu", precision="bf16").resolve())
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    torch.testing.assert_close(bf16.norm(dim=1), torch.ones(16), atol=1e-5, rtol=0)
+    assert (bf16 * fp32).sum(dim=1).min() > 0.999
+    assert (bf16 - fp32).abs().max() < 0.02

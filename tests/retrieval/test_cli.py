@@ -377,3 +377,15 @@ def test_another_head_than_the_index_is_named_in_balanced_words(tmp_path: Path) 
     assert msg.count("(") == msg.count(")") and "\n" not in msg
     with pytest.raises(InputError, match=r"weights hash def against the index's abc;"):
         check_same_model({"weights_hash": "abc"}, {"weights_hash": "def"}, tmp_path / "emb")
+
+
+@pytest.mark.parametrize("extra", [["--precision", "bf16"], ["--batch-size", "4"], ["--workers", "2"],
+                                   ["--decode", "gpu"], ["--device", "cpu"]])
+def test_search_embeddings_refuses_the_image_options(built: dict[str, Path], tmp_path: Path, capsys, extra) -> None:
+    # these say how query images are embedded; with --embeddings they used to be ignored in silence
+    emb = tmp_path / "q.npy"
+    np.save(emb, np.zeros((1, 8), np.float32) + 1)
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--embeddings", str(emb), "-k", "1", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"key '{extra[0]}'" in err and f"{extra[0]} goes with --image" in err

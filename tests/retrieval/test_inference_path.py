@@ -228,7 +228,12 @@ def test_one_inference_batch_size_default_for_the_commands_and_the_library() -> 
     embed = parser.parse_args(["embed", "--checkpoint", "c.ckpt", "--images", "d", "--out", "o"])
     search = parser.parse_args(["search", "--index", "i", "--image", "q.png"])
     evaluate = parser.parse_args(["evaluate", "--checkpoint", "c.ckpt"])
-    assert embed.batch_size == search.batch_size == 64 and evaluate.batch_size is None
+    assert embed.batch_size == 64 and evaluate.batch_size is None
+    # search keeps None for "not given" (refused with --embeddings); its --image run resolves to the same 64
+    from dynametric.commands.options import inference_options
+
+    assert search.batch_size is None
+    assert inference_options(search, workers="auto").resolve().batch_size == 64
     assert InferenceOptions().batch_size == 64
     assert InferenceOptions(device="cpu", batch_size=None).resolve().batch_size == 64
     assert inspect.signature(embed_dataset).parameters["batch_size"].default == 64

@@ -48,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
     add_inference_arguments(p, prefix="with --image: ", follow_index=True)
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run)
+    # None = not given (the defaults stay those in the help: auto, 64, auto, cpu), so that run() can refuse them
+    # with --embeddings, where no model runs
+    p.set_defaults(func=run, device=None, batch_size=None, workers=None, decode=None)
+
+
+_IMAGE_ONLY = ("--device", "--precision", "--batch-size", "--workers", "--decode")
 
 
 def _query_labels_csv(path: Path, names: list[str], rows: int) -> np.ndarray:
@@ -120,7 +125,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"-k must be >= 1, got {args.k}", key="-k")
     if args.checkpoint is not None and args.image is None:
         raise ConfigError("--checkpoint goes with --image", key="--checkpoint")
-    run_opts = inference_options(args).resolve()  # --device / --precision / --batch-size / --workers errors first
+    if args.image is None:
+        given = [flag for flag in _IMAGE_ONLY if getattr(args, flag[2:].replace("-", "_")) is not None]
+        if given:
+            verb = "goes" if len(given) == 1 else "go"
+            raise ConfigError(f"{' and '.join(given)} {verb} with --image (how query images are embedded); "
+                              "--embeddings are searched as they are", key=given[0])
+    run_opts = inference_options(args, workers="auto").resolve()  # --device / --precision / ... errors first
     index = RetrievalIndex.load(args.index)
     for opt, name in (("--scale", args.scale), ("--same", args.same)):
         if name is not None and index.labels is None:
@@ -138,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         precision, note = query_precision(index.model, args.precision, run_opts.device)
         notes += [note] if note else []
         loaded = load_index_model(index, args.checkpoint, args.config,
-                                  replace(inference_options(args), precision=precision))
+                                  replace(inference_options(args, workers="auto"), precision=precision))
         note = decoder_note(index.model, loaded.decode, "the query images")
         notes += [note] if note else []
         q = embed_image_files(loaded, args.image)

@@ -64,7 +64,8 @@ class DataConfig:
     """DataLoader worker processes, or ``auto`` (any case): ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
     ``trainer.devices`` on this machine), else 0."""
     pin_memory: bool | None = None
-    """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU."""
+    """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU; always off on
+    a CPU run (nothing to pin for)."""
     persistent_workers: bool = True
     """Keep the worker processes between epochs (no start-up stall per epoch; only with workers > 0)."""
     prefetch_factor: int = 4

@@ -833,6 +833,16 @@ def trains_on_cuda(cfg: Config) -> bool:
     return str(cfg.trainer.accelerator).lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def _trains_on_cpu(cfg: Config) -> bool:
+    """Whether training runs on the CPU here: ``trainer.accelerator: cpu``, or ``auto`` with neither CUDA nor MPS
+    (``gpu`` / ``cuda`` without CUDA are refused when training starts)."""
+    accel = str(cfg.trainer.accelerator).strip().lower()
+    if accel == "cpu":
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return accel == "auto" and not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
 def is_convolutional(model: nn.Module) -> bool:
     """At least half of the parameters sit in 2-D convolutions (ResNets, BN-Inception, simple_cnn; not ViTs)."""
     conv = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False))
@@ -868,7 +878,10 @@ def loader_settings(cfg: Config) -> dict[str, Any]:
     d = cfg.data
     workers = auto_workers("cuda" if cuda else "cpu", _local_processes(cfg)) if d.workers == "auto" \
         else int(d.workers)
-    return {"num_workers": workers, "pin_memory": cuda if d.pin_memory is None else bool(d.pin_memory),
+    # a CPU run has no device to pin for: data.pin_memory: true would only make torch warn ("no accelerator is
+    # found") and pin nothing, so it is off there
+    pin = False if _trains_on_cpu(cfg) else cuda if d.pin_memory is None else bool(d.pin_memory)
+    return {"num_workers": workers, "pin_memory": pin,
             "persistent_workers": bool(d.persistent_workers), "prefetch_factor": int(d.prefetch_factor)}
 
 

@@ -64,7 +64,8 @@ class InferenceOptions:
     def resolve(self) -> ResolvedInference:
         device = resolve_device(self.device, key=self.key("device"))
         dtype = resolve_precision(self.precision, device, key=self.key("precision"))
-        batch_size = INFERENCE_BATCH_SIZE if self.batch_size is None else self.batch_size
+        batch_size = INFERENCE_BATCH_SIZE if self.batch_size is None else _whole(self.batch_size, "batch size",
+                                                                                  self.key("batch_size"))
         if self.workers is None:
             workers = 0
         elif isinstance(self.workers, str):
@@ -73,7 +74,7 @@ class InferenceOptions:
                                   key=self.key("workers"))
             workers = auto_workers(device)
         else:
-            workers = int(self.workers)
+            workers = _whole(self.workers, "worker count", self.key("workers"), auto=True)
         check_loader_options(batch_size, workers, batch_key=self.key("batch_size"), workers_key=self.key("workers"))
         pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
         decode = str(self.decode).strip().lower()
@@ -86,6 +87,20 @@ class InferenceOptions:
             decode = "gpu" if device.type == "cuda" and gpu_decode_available() else "cpu"
         return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress), decode,
                                  self.flags)
+
+
+def _whole(value: Any, what: str, key: str, *, auto: bool = False) -> int:
+    """``value`` as an int; a one-line ConfigError naming ``key`` for a bool, a float (``2.5`` used to be truncated
+    to 2 in silence) or anything else that is not an integer."""
+    import operator
+
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    expected = "an integer >= 0 or 'auto'" if auto else "an integer >= 1"
+    raise ConfigError(f"{what} must be {expected}, got {value!r} ({type(value).__name__})", key=key)
 
 
 @dataclass(frozen=True)

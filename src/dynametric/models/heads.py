@@ -12,7 +12,9 @@ class/register tokens):
 
 An :class:`EmbeddingHead` maps the pooled feature ``f`` to ``e = W f + b`` (``embedding_dim`` outputs; with
 ``embedding_dim=None`` it is the identity, useful to evaluate the raw pretrained feature), then L2-normalises it
-when ``normalize`` is true: ``e / max(||e||_2, eps)``.
+when ``normalize`` is true: ``e / max(||e||_2, eps)``. Under fp16/bf16 autocast the normalisation runs in float32 (the
+output is float32), so reduced-precision embeddings are unit-length to float32 rounding as fp32 ones are (CPU autocast
+would otherwise normalise in bfloat16, leaving norms up to ~0.5% off 1).
 """
 
 from __future__ import annotations
@@ -83,4 +85,8 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         e = self.proj(pooled)
-        return F.normalize(e, p=2.0, dim=1, eps=self.eps) if self.normalize else e
+        if not self.normalize:
+            return e
+        if e.dtype in (torch.float16, torch.bfloat16):
+            e = e.float()  # normalise in float32: a bfloat16 norm and division leave ||e|| up to ~0.5% off 1
+        return F.normalize(e, p=2.0, dim=1, eps=self.eps)
