@@ -134,6 +134,21 @@ def test_a_second_resume_while_the_run_trains_is_refused(base, tmp_path, capsys)
     assert _files(run) == before
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times are read from /proc")
+def test_a_reused_process_number_does_not_block_the_resume(base, tmp_path, capsys) -> None:
+    # the run was killed and its process number now belongs to another process that started after config.yaml was
+    # written (a reboot, a new container): that process cannot be training the run, and the resume goes on
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = _copy(base, tmp_path / "reused", pid=other.pid)
+        os.utime(run / "config.yaml", (1_000_000_000, 1_000_000_000))  # the header was written long ago (2001)
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+        assert "being trained by process" not in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_resumed_run_names_its_process_and_removes_a_killed_writes_temporary_files(base, tmp_path, capsys) -> None:
     run = _copy(base, tmp_path / "killed", pid=_dead_pid())
     (run / ".best.ckpt.k3j2x9_a.tmp").write_bytes(b"half a checkpoint")

@@ -139,3 +139,26 @@ def test_part_flag_errors(run_ckpt: Path, image_root: Path, grouped_csv: Path, t
     assert _embed(run_ckpt, grouped_csv, image_root, tmp_path / "job") == 0
     assert _embed(run_ckpt, grouped_csv, image_root, tmp_path / "job", "--part", "0/2") == 2
     assert "holds a different embedding job" in capsys.readouterr().err
+
+
+def test_a_part_embedded_before_file_stamps_merges_with_newer_parts(jobs: dict, tmp_path: Path) -> None:
+    """A part job written by a dynametric older than file stamps (no ``source_file_stamp``, no ``file_stats.npy``)
+    merges with parts written by this version (a multi-part job that went on after an upgrade); parts that both
+    record a stamp must still agree on it."""
+    p0, p1, p2 = (_copy(p, tmp_path / f"p{k}") for k, p in enumerate(jobs["parts"]))
+    meta = json.loads((p0 / "embed.json").read_text(encoding="utf-8"))
+    stamp = meta.pop("source_file_stamp")
+    assert stamp and meta.pop("file_stamp", None) is not None
+    (p0 / "embed.json").write_text(json.dumps(meta), encoding="utf-8")
+    (p0 / "file_stats.npy").unlink()
+    res = merge_embedding_parts([p0, p1, p2], tmp_path / "merged")
+    assert res.count == 12
+    merged = json.loads((tmp_path / "merged" / "embed.json").read_text(encoding="utf-8"))
+    assert merged["file_stamp"] == stamp and merged["status"] == "complete"
+    np.testing.assert_allclose(np.load(tmp_path / "merged" / "embeddings.npy"),
+                               np.load(jobs["whole"] / "embeddings.npy"), rtol=0, atol=1e-6)
+    # two parts with stamps that disagree: the files changed between them
+    meta2 = json.loads((p2 / "embed.json").read_text(encoding="utf-8"))
+    (p2 / "embed.json").write_text(json.dumps({**meta2, "source_file_stamp": "0" * 16}), encoding="utf-8")
+    with pytest.raises(InputError, match="source_file_stamp"):
+        merge_embedding_parts([p0, p1, p2], tmp_path / "merged2")

@@ -155,10 +155,32 @@ def _run_header(run_dir: Path) -> re.Match[str] | None:
     return match if match is not None and match["folder"] == str(run_dir.resolve()) else None
 
 
-def _running_elsewhere(match: re.Match[str]) -> int | None:
-    """The process named by a config.yaml header when it is another process still running on this machine."""
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), where the system says (Linux ``/proc``), else
+    ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime (after the command in parentheses)
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:
+    """The process named by a config.yaml header when it is another process still running on this machine. A
+    process that started after ``config.yaml`` was last written is not the one that wrote it (its number was reused,
+    e.g. after a reboot or in a new container), so it does not count."""
     pid = int(match["pid"])
-    return pid if match["host"] == socket.gethostname() and pid != os.getpid() and _process_alive(pid) else None
+    if match["host"] != socket.gethostname() or pid == os.getpid() or not _process_alive(pid):
+        return None
+    started = _process_start(pid)
+    try:
+        written = (run_dir / "config.yaml").stat().st_mtime
+    except OSError:
+        return pid
+    return None if started is not None and started > written + 2.0 else pid  # 2 s: the clock ticks' rounding
 
 
 def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] | None:
@@ -179,7 +201,7 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
             files.append(entry)
         else:
             return None
-    pid = _running_elsewhere(match)
+    pid = _running_elsewhere(match, run_dir)
     if pid is not None:
         raise ConfigError(f"run folder {run_dir} holds a run started by process {pid}, which is still running "
                           f"and has not written its first checkpoint; wait for it or stop it, or use another "
@@ -204,7 +226,7 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     from dynametric.config import config_hash, config_to_dict
 
     header = _run_header(run_dir)
-    pid = None if header is None or _launched_worker() else _running_elsewhere(header)
+    pid = None if header is None or _launched_worker() else _running_elsewhere(header, run_dir)
     if pid is not None:
         raise ConfigError(f"run folder {run_dir} is being trained by process {pid}, which is still running; wait "
                           f"for it or stop it before resuming", key=folder_key)

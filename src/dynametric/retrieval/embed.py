@@ -555,9 +555,10 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     (``embeddings.npy``, ``labels.npy``, ``items.csv``, ``embed.json``); memory stays bounded by one part.
 
     The parts must come from the same list (its fingerprint), the same model (its identity: weights, config, head,
-    input size, precision, decoder) and the same labels (scale and class names); a missing, repeated, unfinished or
-    foreign part is an error naming it. ``out`` must be new or empty (``overwrite``: replace an earlier embedding
-    job there, as ``embed --overwrite`` does)."""
+    input size, precision, decoder) and the same labels (scale and class names); parts that both record the list's
+    file stamp must agree on it (a part embedded by a dynametric older than file stamps has none and is merged
+    with the others); a missing, repeated, unfinished or foreign part is an error naming it. ``out`` must be new
+    or empty (``overwrite``: replace an earlier embedding job there, as ``embed --overwrite`` does)."""
     out = Path(out)
     paths = [Path(p) for p in parts]
     if not paths:
@@ -565,10 +566,17 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     metas = [_read_part(p) for p in paths]
     first = metas[0]
     num = int(first["part"][1])
+    # a part embedded before file stamps existed has none: it is compared with the others in everything else
+    stamped = [(p, m) for p, m in zip(paths, metas) if m.get("source_file_stamp") is not None]
     for p, meta in zip(paths, metas):
         for key in _SAME_IN_EVERY_PART:
-            if _comparable(key, meta.get(key)) != _comparable(key, first.get(key)):
-                raise InputError(f"differs from {paths[0]} in {key!r}: the parts must come from one list embedded "
+            ref_path, ref = paths[0], first
+            if key == "source_file_stamp":
+                if meta.get(key) is None:
+                    continue
+                ref_path, ref = stamped[0]
+            if _comparable(key, meta.get(key)) != _comparable(key, ref.get(key)):
+                raise InputError(f"differs from {ref_path} in {key!r}: the parts must come from one list embedded "
                                  "by one model", file=p / "embed.json", key=key)
         if int(meta["part"][1]) != num:
             raise InputError(f"is part {meta['part'][0]}/{meta['part'][1]}, but {paths[0]} is one of {num} parts",
@@ -627,7 +635,7 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     shard_size = int(first["shard_size"])
     job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
            "num_shards": (total + shard_size - 1) // shard_size, "fingerprint": first["source_fingerprint"],
-           "file_stamp": first.get("source_file_stamp"),
+           "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
            "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
            "image_roots": first["image_roots"], "merged_parts": num}
     out.mkdir(parents=True, exist_ok=True)
