@@ -134,7 +134,7 @@ def test_missing_files_and_options(run: Path, tmp_path: Path, monkeypatch) -> No
 
 @pytest.mark.parametrize("argv, message", [
     (["--device", "cuda"], "key '--device': device 'cuda' asked for, but no CUDA GPU is available"),
-    (["--device", "gpu0"], "key '--device': unknown device 'gpu0'"),
+    (["--device", "gpu0"], "key '--device': unknown device 'gpu0'; expected auto, cpu, cuda, cuda:N or mps"),
     (["--precision", "fp16", "--device", "cpu"], "key '--precision': fp16 autocast needs a CUDA device"),
     (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
     (["--workers", "-2"], "argument --workers: expected an integer >= 0 or 'auto', got '-2'"),

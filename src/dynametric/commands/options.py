@@ -30,7 +30,7 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
     (:func:`dynametric.retrieval.model.query_precision`)."""
     if device:
         p.add_argument("--device", default="auto",
-                       help=f"{prefix}auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)")
+                       help=f"{prefix}auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps (default auto)")
     if follow_index:
         p.add_argument("--precision", default=None, choices=PRECISIONS,
                        help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default: the precision the "

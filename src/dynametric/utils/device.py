@@ -52,7 +52,8 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "devi
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N", key=key) from None
+        raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda, cuda:N or mps (Apple GPUs)",
+                          key=key) from None
     if dev.type == "cpu":
         return torch.device("cpu")
     if dev.type == "cuda":
@@ -66,7 +67,7 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "devi
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ConfigError(f"device {text!r} asked for, but MPS is not available here", key=key)
         return dev
-    raise ConfigError(f"unsupported device {text!r}; expected auto, cpu, cuda or cuda:N", key=key)
+    raise ConfigError(f"unsupported device {text!r}; expected auto, cpu, cuda, cuda:N or mps (Apple GPUs)", key=key)
 
 
 def require_cuda(asked: str, *, key: str) -> None:
