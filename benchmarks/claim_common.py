@@ -157,3 +157,43 @@ def load_runs(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not Path(path).is_file():
         return []
     return list(json.loads(Path(path).read_text(encoding="utf-8")).get("runs", []))
+
+
+# ------------------------------------------------------------------------------------------- --render-only
+RERENDERED = "Re-rendered from the stored runs with "
+
+
+def results_sibling(path: str | None, json_path: Path) -> Path | None:
+    """A results path in ``args``: as recorded if it exists, else the file of that name beside ``json_path``."""
+    if not path:
+        return None
+    p = Path(path)
+    return p if p.is_file() else json_path.parent / p.name
+
+
+def read_finished_results(json_path: Path) -> dict[str, Any]:
+    """The stored results of a finished invocation (``--render-only``); SystemExit with one line otherwise."""
+    if not json_path.is_file():
+        raise SystemExit(f"{json_path}: no such results file")
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    if "args" not in data:
+        raise SystemExit(f"{json_path}: not a finished results file (no 'args'): nothing to render")
+    return dict(data)
+
+
+def stored_header(json_path: Path) -> tuple[list[str], str]:
+    """The header lines of ``json_path``'s ``.md`` (everything before its first ``## `` section; ``# <stem>`` when
+    there is none) and the text after that first ``\n## `` (empty when there is none)."""
+    md_path = json_path.with_suffix(".md")
+    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+    head, _, old_body = old.partition("\n## ") if "\n## " in old else (f"# {json_path.stem}\n", "", "")
+    return head.rstrip("\n").split("\n"), old_body
+
+
+def rerender_note(script: str, json_path: Path, header_clause: str = "") -> str:
+    """The line a re-rendered ``.md`` gets below its original header; ``header_clause`` qualifies "the header above
+    is the original invocation's" (e.g. a corrected statement)."""
+    return (f"{RERENDERED}`python benchmarks/{script} --render-only {json_path.name}`: the runs and the header above "
+            f"are the original invocation's{header_clause}, the tables and verdicts below are today's analysis of "
+            f"them (nothing was retrained).")
+

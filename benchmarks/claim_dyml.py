@@ -68,6 +68,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
+    RERENDERED,
     command_line,
     curve_table,
     environment,
@@ -77,7 +78,11 @@ from claim_common import (  # noqa: E402
     mean_curve,
     mean_sd,
     paired_ci,
+    read_finished_results,
+    rerender_note,
+    results_sibling,
     sign,
+    stored_header,
     write_results,
 )
 
@@ -545,40 +550,21 @@ def _check_setup(path: Path, a: argparse.Namespace, finished: bool) -> None:
                              f"{getattr(a, name)}; runs of different setups cannot be combined")
 
 
-RERENDERED = "Re-rendered from the stored runs with "
-
-
-def _sibling(path: str | None, json_path: Path) -> Path | None:
-    """A results path in ``args``: as recorded if it exists, else the file of that name beside ``json_path``."""
-    if not path:
-        return None
-    p = Path(path)
-    return p if p.is_file() else json_path.parent / p.name
-
-
 def render_only(json_path: Path) -> int:
     """Re-derive a finished results file's tables and verdicts from its stored runs (no training). The ``.md`` keeps
     its original header (command, timings, setup) with one added line saying it was re-rendered; the ``.json`` keeps
     its runs, arguments and invocation history and gets the new ``verdicts``."""
-    if not json_path.is_file():
-        raise SystemExit(f"{json_path}: no such results file")
-    data = json.loads(json_path.read_text(encoding="utf-8"))
-    if "args" not in data:
-        raise SystemExit(f"{json_path}: not a finished results file (no 'args'): nothing to render")
+    data = read_finished_results(json_path)
     a = argparse.Namespace(**({"compare": None, "versus": None, "sampler": "pxk"} | data["args"]))
-    compare_path = _sibling(a.compare, json_path)
-    versus_path = _sibling(a.versus, json_path)
+    compare_path = results_sibling(a.compare, json_path)
+    versus_path = results_sibling(a.versus, json_path)
     compare = ([r for r in load_runs(compare_path) if r.get("sampler", "pxk") != a.sampler]
                if compare_path is not None else [])
     body, verdicts = analyse(data["runs"], a, compare, versus_path)
-    md_path = json_path.with_suffix(".md")
-    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    head = old.split("\n## ", 1)[0] if "\n## " in old else f"# {json_path.stem}\n"
-    head = "\n".join(line for line in head.rstrip("\n").split("\n") if not line.startswith(RERENDERED))
-    note = (f"{RERENDERED}`python benchmarks/claim_dyml.py --render-only {json_path.name}`: the runs and the "
-            f"header above are the original invocation's, the tables and verdicts below are today's analysis of "
-            f"them (nothing was retrained).")
-    write_results(md_path, f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
+    lines, _ = stored_header(json_path)
+    head = "\n".join(line for line in lines if not line.startswith(RERENDERED))
+    note = rerender_note("claim_dyml.py", json_path)
+    write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
     print(body)
     return 0
 

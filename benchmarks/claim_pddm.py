@@ -50,6 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
+    RERENDERED,
     command_line,
     curve_table,
     environment,
@@ -59,7 +60,10 @@ from claim_common import (  # noqa: E402
     mean_curve,
     mean_sd,
     paired_ci,
+    read_finished_results,
+    rerender_note,
     sign,
+    stored_header,
     verdict,
     write_results,
 )
@@ -399,29 +403,21 @@ def convergence_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[st
     return lines, {"criterion_pp": PLATEAU_PP, "converged": done, "cells": out}
 
 
-RERENDERED = "Re-rendered from the stored runs with "
 
 
 def render_only(json_path: Path) -> int:
     """Tables and verdicts of a finished results file re-derived from its stored runs (no training); the ``.md``
     keeps its original header plus one line saying so, the ``.json`` keeps its runs and gets the new verdicts."""
-    if not json_path.is_file():
-        raise SystemExit(f"{json_path}: no such results file")
-    data = json.loads(json_path.read_text(encoding="utf-8"))
-    if "args" not in data:
-        raise SystemExit(f"{json_path}: not a finished results file (no 'args'): nothing to render")
+    data = read_finished_results(json_path)
     a = argparse.Namespace(**data["args"])
     runs = data["runs"]
     select(runs)
     body, verdicts = analyse(runs, a)
-    md_path = json_path.with_suffix(".md")
-    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    head = old.split("\n## ", 1)[0] if "\n## " in old else f"# {json_path.stem}\n"
-    head = "\n".join(line for line in head.rstrip("\n").split("\n") if not line.startswith(RERENDERED))
-    note = (f"{RERENDERED}`python benchmarks/claim_pddm.py --render-only {json_path.name}`: the runs and the "
-            f"header above are the original invocation's, the tables and verdicts below are today's analysis of "
-            f"them (nothing was retrained).")
-    write_results(md_path, f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts, "runs": runs})
+    lines, _ = stored_header(json_path)
+    head = "\n".join(line for line in lines if not line.startswith(RERENDERED))
+    note = rerender_note("claim_pddm.py", json_path)
+    write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}",
+                  data | {"verdicts": verdicts, "runs": runs})
     print(body)
     return 0
 

@@ -101,6 +101,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
+    RERENDERED,
     command_line,
     curve_table,
     environment,
@@ -108,6 +109,10 @@ from claim_common import (  # noqa: E402
     mean_curve,
     mean_sd,
     paired_ci,
+    read_finished_results,
+    rerender_note,
+    results_sibling,
+    stored_header,
     verdict,
     write_results,
 )
@@ -668,7 +673,6 @@ def pretrain_text(runs: list[dict], a: argparse.Namespace) -> str:
                                                   for s in a.splits) + PRETRAIN_TO)
 
 
-RERENDERED = "Re-rendered from the stored runs with "
 FALSE_DISJOINT = "on disjoint synthetic classes"
 CORRECTED = "Corrected: the Setup line first said"
 
@@ -698,14 +702,6 @@ def keep_readings(old_body: str, body: str) -> str:
     return "\n## ".join(out) + ("\n\n" + "\n\n".join(rest) + "\n" if rest else "")
 
 
-def _sibling(path: str | None, json_path: Path) -> Path | None:
-    """A results path in ``args``: as recorded if it exists, else the file of that name beside ``json_path``."""
-    if not path:
-        return None
-    p = Path(path)
-    return p if p.is_file() else json_path.parent / p.name
-
-
 def render_only(json_path: Path) -> int:
     """Re-derive a finished results file's tables and verdicts from its stored runs (no training; a ``--versus``
     parity table from the file it names). The ``.md`` keeps its original header (command, timings, setup) with one
@@ -714,26 +710,19 @@ def render_only(json_path: Path) -> int:
     overlap counts), which the added line says; hand-written ``Reading:`` paragraphs of the old ``.md`` are kept
     (:func:`keep_readings`); the ``.json`` keeps its runs, arguments and command and gets the new
     ``verdicts``."""
-    if not json_path.is_file():
-        raise SystemExit(f"{json_path}: no such results file")
-    data = json.loads(json_path.read_text(encoding="utf-8"))
-    if "args" not in data:
-        raise SystemExit(f"{json_path}: not a finished results file (no 'args'): nothing to render")
+    data = read_finished_results(json_path)
     # keys newer than the file take their defaults (SETUP_DEFAULTS: no pretraining), as import_runs reads them
     a = argparse.Namespace(**({"alpha_grid": None, "rho_grid": None, "versus": None} | SETUP_DEFAULTS
                               | data["args"]))
     _, _, grids = grids_of(a)
     runs = with_alpha(data["runs"], data["args"], json_path)
     body, verdicts = analyse(runs, a, grids)
-    versus_path = _sibling(a.versus, json_path)
+    versus_path = results_sibling(a.versus, json_path)
     if versus_path is not None:
         parity, verdicts["versus"] = versus(runs, versus_path, a)
         body = parity + "\n" + body
-    md_path = json_path.with_suffix(".md")
-    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    head, _, old_body = old.partition("\n## ") if "\n## " in old else (f"# {json_path.stem}\n", "", "")
+    lines, old_body = stored_header(json_path)
     body = keep_readings("## " + old_body if old_body else "", body)
-    lines = head.rstrip("\n").split("\n")
     corrected = any(line.startswith(RERENDERED) and CORRECTED in line for line in lines)  # by an earlier rendering
     head = "\n".join(line for line in lines if not line.startswith(RERENDERED)).rstrip("\n")
     if FALSE_DISJOINT in head:
@@ -745,11 +734,9 @@ def render_only(json_path: Path) -> int:
            f"today's split only; the pretraining description above is today's: the same pretraining, removals and "
            f"classes kept of drawn, now with the overlap of the pretraining and test classes counted by "
            f"pretrain_overlap.")
-    note = (f"{RERENDERED}`python benchmarks/claim_sharing.py --render-only {json_path.name}`: the runs and the "
-            f"header above are the original invocation's{' except one corrected statement' if corrected else ''}, "
-            f"the tables and verdicts below are today's analysis of them (nothing was retrained)."
-            f"{fix if corrected else ''}")
-    write_results(md_path, f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
+    note = rerender_note("claim_sharing.py", json_path, " except one corrected statement" if corrected else "") \
+        + (fix if corrected else "")
+    write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
     print(body)
     return 0
 
