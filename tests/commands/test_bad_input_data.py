@@ -207,11 +207,16 @@ def test_csv_quoted_line_breaks_are_one_record_numbered_by_its_first_line(tmp_pa
         build_dataset("csv", root, "train")
 
 
-def test_csv_problems_belong_to_their_own_split(tmp_path, caplog) -> None:
-    root = write_csv_dataset(tmp_path / "d", [("imgs/a.png", "train", "a", "x", "m"),
+def _train_test_csv(tmp_path: Path) -> Path:
+    """A clean two-split CSV dataset (rows 2-5: two train, two test images); tests append bad rows to it."""
+    return write_csv_dataset(tmp_path / "d", [("imgs/a.png", "train", "a", "x", "m"),
                                               ("imgs/b.png", "train", "b", "x", "m"),
                                               ("imgs/c.png", "test", "c", "y", "m"),
                                               ("imgs/d.png", "test", "d", "y", "m")])
+
+
+def test_csv_problems_belong_to_their_own_split(tmp_path, caplog) -> None:
+    root = _train_test_csv(tmp_path)
     with open(root / "labels.csv", "a") as fh:
         fh.write("imgs/e.png,train,e,x\n"  # line 6: a train row with a field missing
                  "imgs/f.png,test,,y,m\n"  # line 7: a test row with an empty label
@@ -233,10 +238,7 @@ def test_csv_problems_belong_to_their_own_split(tmp_path, caplog) -> None:
 
 
 def test_inspect_json_says_which_splits_a_problem_belongs_to(tmp_path, capsys) -> None:
-    root = write_csv_dataset(tmp_path / "d", [("imgs/a.png", "train", "a", "x", "m"),
-                                              ("imgs/b.png", "train", "b", "x", "m"),
-                                              ("imgs/c.png", "test", "c", "y", "m"),
-                                              ("imgs/d.png", "test", "d", "y", "m")])
+    root = _train_test_csv(tmp_path)
     with open(root / "labels.csv", "a") as fh:
         fh.write("imgs/e.png,train,e,x\n"  # line 6: a train row with a field missing
                  "imgs/g.png,trian,g,x,m\n")  # line 7: no readable split

@@ -22,8 +22,9 @@ def _loss_dict() -> dict:
                          "reduction_type": "element"}}
 
 
-class RecordingReducers(MultipleReducers):
-    """A renamed subclass: the old class-name check handed it one entry at a time."""
+class _RecordsCalls:
+    """Mixed into a whole-dict reducer: records the entries of each call (the old class-name check handed a renamed
+    subclass one entry at a time)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -31,7 +32,11 @@ class RecordingReducers(MultipleReducers):
 
     def forward(self, loss_dict, embeddings, labels):
         self.seen.append(sorted(loss_dict))
-        return super().forward(loss_dict, embeddings, labels)
+        return super().forward(loss_dict, embeddings, labels)  # type: ignore[misc]
+
+
+class RecordingReducers(_RecordsCalls, MultipleReducers):
+    """A renamed subclass of ours."""
 
 
 class KeepEverything(DoNothingReducer):
@@ -63,14 +68,8 @@ def test_any_other_reducer_reduces_each_entry_and_the_results_are_summed() -> No
 def test_pml_whole_dict_reducers_and_their_subclasses() -> None:
     pml_reducers = pytest.importorskip("pytorch_metric_learning.reducers")
 
-    class PMLRecording(pml_reducers.MultipleReducers):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.seen: list[list[str]] = []
-
-        def forward(self, loss_dict, embeddings, labels):
-            self.seen.append(sorted(loss_dict))
-            return super().forward(loss_dict, embeddings, labels)
+    class PMLRecording(_RecordsCalls, pml_reducers.MultipleReducers):
+        pass
 
     recording = PMLRecording({"pos_loss": pml_reducers.SumReducer()})
     total = apply_reducer(recording, _loss_dict(), torch.zeros(5, 2), torch.arange(5))
