@@ -12,7 +12,7 @@ import difflib
 import functools
 import math
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -498,6 +498,19 @@ class Config:
                               "after the scale (eval.metrics and eval.k_values choose them)"
                               + _suggest(metric, computed),
                               key="trainer.monitor")
+
+
+SCALE_ALIASES = ("finest", "coarsest")
+
+
+def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
+    """``finest/<metric>`` -> ``<first scale>/<metric>``, ``coarsest/<metric>`` -> ``<last scale>/<metric>``;
+    any other monitor is returned unchanged (a real scale name wins over an alias of the same spelling)."""
+    scale, sep, metric = monitor.partition("/")
+    names = list(scale_names)
+    if not sep or not names or scale in names or scale not in SCALE_ALIASES:
+        return monitor
+    return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
 
 
 # --------------------------------------------------------------------------------------------------- checks

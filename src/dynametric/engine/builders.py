@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from dynametric.config import Config, LossConfig, MinerConfig
+from dynametric.config.schema import SCALE_ALIASES, resolve_monitor  # noqa: F401  (SCALE_ALIASES: re-exported)
 from dynametric.data.protocol import dataset_fields, dataset_labels
 from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
 from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
@@ -729,19 +730,6 @@ def eval_kwargs(cfg: Config) -> dict[str, Any]:
     return {"metrics": None if e.metrics is None else list(e.metrics), "k_values": tuple(e.k_values),
             "distance": e.distance, "empty_queries": "exclude" if e.empty_queries == "exclude" else "count_as_zero",
             "memory_budget_bytes": e.memory_budget_bytes}
-
-
-SCALE_ALIASES = ("finest", "coarsest")
-
-
-def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
-    """``finest/<metric>`` -> ``<first scale>/<metric>``, ``coarsest/<metric>`` -> ``<last scale>/<metric>``;
-    any other monitor is returned unchanged (a real scale name wins over an alias of the same spelling)."""
-    scale, sep, metric = monitor.partition("/")
-    names = list(scale_names)
-    if not sep or not names or scale in names or scale not in SCALE_ALIASES:
-        return monitor
-    return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
 
 
 def with_resolved_monitor(cfg: Config, scale_names: Sequence[str]) -> Config:

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig
+from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig, resolve_monitor
 from dynametric.data.synthetic import SCALE_NAMES as DEFAULT_DATA_SCALES
 from dynametric.engine.distributed import all_gather_no_grad, all_gather_with_grad, world_info
 from dynametric.engine.objective import Objective, compute_objective, select_head
@@ -46,11 +46,8 @@ _OPTIM, _OPTIM_MONITOR_MODE = OptimConfig(), TrainerConfig().monitor_mode  # the
 
 def _for_default_data(monitor: str) -> str:
     """``monitor`` with its scale alias (``finest`` / ``coarsest``) resolved for the default data's scales (the
-    synthetic hierarchy's ``fine, middle, coarse``), as a run resolves it (:func:`dynametric.engine.builders.
-    resolve_monitor`, which this module cannot import: the builders import this module)."""
-    scale, _, metric = monitor.partition("/")
-    scale = {"finest": DEFAULT_DATA_SCALES[0], "coarsest": DEFAULT_DATA_SCALES[-1]}.get(scale, scale)
-    return f"{scale}/{metric}"
+    synthetic hierarchy's ``fine, middle, coarse``), as a run resolves it."""
+    return resolve_monitor(monitor, DEFAULT_DATA_SCALES)
 
 
 DEFAULT_MONITOR = _for_default_data(TrainerConfig().monitor)
