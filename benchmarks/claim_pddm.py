@@ -131,9 +131,31 @@ def check_setup(path: Path, args: dict[str, Any] | None, a: argparse.Namespace) 
     if args is None:
         return
     for k in SETUP_KEYS:
+        if k == "lrs" and "lrs" in args:
+            # a file's lr grid may be part of this invocation's: the lr grid is extended by running only the new
+            # lrs (--lrs NEW) and merging (--lrs OLD... NEW --merge ...), or by --resume with the larger grid
+            extra = sorted(set(map(float, args["lrs"])) - set(map(float, a.lrs)))
+            if extra:
+                raise SystemExit(f"{path}: has runs at lr {extra[0]:g}, which this invocation's --lrs {a.lrs} "
+                                 f"does not include; give every lr of the files being combined")
+            continue
         if k in args and args[k] != getattr(a, k):
             raise SystemExit(f"{path}: was run with --{k.replace('_', '-')} {args[k]}, this invocation has "
                              f"{getattr(a, k)}; runs of different setups cannot be combined")
+
+
+def check_same_start(path: Path, key: str, have: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """Runs combined for one seed and condition must fine-tune the same pretrained start: the start's val and test
+    metrics (stored per ``seed/condition`` under ``pretraining``) must be equal, else a one-line error. Pretraining
+    is deterministic for a seed on one thread, so a difference means other code or another machine, whose runs
+    would not be paired."""
+    if have is None:
+        return
+    for split in ("val", "test"):
+        if split in have and split in new and have[split] != new[split]:
+            raise SystemExit(f"{path}: the pretrained start of seed/condition {key} differs ({split} R@1 "
+                             f"{have[split]['recall@1']:.4f} against {new[split]['recall@1']:.4f}): its runs cannot "
+                             f"be paired with the others (other code or another machine?)")
 
 
 def select(runs: list[dict[str, Any]]) -> None:
@@ -445,8 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
-                    help="add the runs of these results files (e.g. one per condition, run in parallel) before the "
-                         "analysis; their setup must equal this invocation's")
+                    help="add the runs of these results files (e.g. one per condition, run in parallel, or new lrs of "
+                         "a finished grid) before the analysis; their setup must equal this invocation's, their lrs "
+                         "be among its --lrs, their pretrained starts equal")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                     help="re-derive a finished results .json's analysis from its stored runs and rewrite its .md "
@@ -479,9 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         twice = sorted({_run_key(r) for r in payload.get("runs", [])} & have)
         if twice:
             raise SystemExit(f"{path}: run {twice[0]} (method, condition, seed, lr) is already in the runs being "
-                             f"merged; merge files of disjoint seeds or conditions")
+                             f"merged; merge files of disjoint seeds, conditions or lrs")
         runs += payload.get("runs", [])
-        info.update(payload.get("pretraining", {}))
+        for key, start in payload.get("pretraining", {}).items():
+            check_same_start(path, key, info.get(key), start)
+            info[key] = start
         invocations += payload.get("invocations", [{"command": payload.get("command"),
                                                     "wall_s": payload.get("wall_s")}])
     for seed in a.seeds:
@@ -496,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             train(start, "triplet", *data["pretrain"], a.pretrain_steps, a.pretrain_lr, seed + 500, a)
             start_eval = {"val": evaluate(start, *data["val"]), "test": evaluate(start, *data["test"])}
+            check_same_start(a.out.with_suffix(".json"), f"{seed}/{cond}", info.get(f"{seed}/{cond}"), start_eval)
             info[f"{seed}/{cond}"] = {"pretrain_classes": data["pretrain_classes"],
                                       "pretrain_s": round(time.perf_counter() - t0, 1), **start_eval}
             for m in a.methods:

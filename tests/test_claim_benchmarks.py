@@ -296,6 +296,44 @@ def test_claim_pddm_merge_of_per_condition_files(tmp_path):
                    str(tmp_path / "x.md")])
 
 
+def test_claim_pddm_lr_grid_extended_by_merging_a_run_of_the_new_lr(tmp_path):
+    """A finished grid plus a run of only the new lr, merged with the union grid, gives exactly the runs and picks of
+    running the whole grid at once (pretraining is deterministic); a file whose lr is outside --lrs, and a file
+    whose pretrained start differs, are refused with one line each."""
+    pddm = load_benchmark("claim_pddm")
+    for d in ("old", "new", "whole"):
+        (tmp_path / d).mkdir()
+    _run_small("claim_pddm", tmp_path / "old", "--conditions", "uniform", "--lrs", "1e-4")
+    _run_small("claim_pddm", tmp_path / "new", "--conditions", "uniform", "--lrs", "1e-3")
+    whole = _run_small("claim_pddm", tmp_path / "whole", "--conditions", "uniform", "--lrs", "1e-4", "1e-3")
+    old, new = (str(tmp_path / d / "claim_pddm.json") for d in ("old", "new"))
+    out = tmp_path / "merged.md"
+    assert pddm.main(["--small", "--conditions", "uniform", "--lrs", "1e-4", "1e-3", "--merge", old, new,
+                      "--out", str(out)]) == 0
+    merged = json.loads(out.with_suffix(".json").read_text())
+
+    def key(r):
+        return r["method"], r["seed"], r["lr"]
+
+    def strip(r):  # timings differ between invocations; everything else must not
+        return {k: v for k, v in r.items() if k not in ("run_s", "s_per_step", "curve")} | {
+            "curve": [(c["step"], c["val"], c["test_r1"]) for c in r["curve"]]}
+
+    assert sorted(map(strip, merged["runs"]), key=key) == sorted(map(strip, whole["runs"]), key=key)
+    for v in ("local-similarity/uniform", "convergence/uniform", "versus_start"):
+        assert merged["verdicts"][v] == whole["verdicts"][v]
+    assert "from [0.0001, 0.001]" in out.read_text()
+    with pytest.raises(SystemExit, match="has runs at lr 0.001, which this invocation's --lrs"):
+        pddm.main(["--small", "--conditions", "uniform", "--lrs", "1e-4", "--merge", old, new,
+                   "--out", str(tmp_path / "x.md")])
+    payload = json.loads(Path(new).read_text())
+    payload["pretraining"]["0/uniform"]["val"]["recall@1"] += 0.125
+    Path(new).write_text(json.dumps(payload))
+    with pytest.raises(SystemExit, match="the pretrained start of seed/condition 0/uniform differs"):
+        pddm.main(["--small", "--conditions", "uniform", "--lrs", "1e-4", "1e-3", "--merge", old, new,
+                   "--out", str(tmp_path / "y.md")])
+
+
 def test_last_quarter_gain_by_hand():
     common = load_benchmark("claim_common")
     # seed 1: best 0.5 by step 75 of 100, 0.6 at 100 -> gain 0.1; seed 2: no gain
