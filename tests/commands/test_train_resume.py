@@ -149,20 +149,58 @@ def test_a_reused_process_number_does_not_block_the_resume(base, tmp_path, capsy
         other.wait()
 
 
+def _writer_temp_name(target: str, scratch: Path) -> str:
+    """The name of a temporary file the atomic writer (dynametric.utils.io) really makes for a file named
+    ``target`` (what a kill during that write leaves), taken from a write of ``scratch/target``."""
+    from dynametric.utils.io import atomic_write_with
+
+    names: list[str] = []
+    atomic_write_with(scratch / target, lambda tmp: names.append(Path(tmp).name))
+    return names[0]
+
+
 def test_a_resumed_run_names_its_process_and_removes_a_killed_writes_temporary_files(base, tmp_path, capsys) -> None:
     run = _copy(base, tmp_path / "killed", pid=_dead_pid())
-    (run / ".best.ckpt.k3j2x9_a.tmp").write_bytes(b"half a checkpoint")
-    (run / "logs" / ".metrics.csv.abc123.tmp").write_text("step\n")
+    best_tmp, csv_tmp = _writer_temp_name("best.ckpt", tmp_path), _writer_temp_name("metrics.csv", tmp_path)
+    (run / best_tmp).write_bytes(b"half a checkpoint")
+    (run / "logs" / csv_tmp).write_text("step\n")
     (run / ".notes.txt.abc123.tmp").write_text("the user's\n")  # not a temporary file of the run's
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert (f"run folder {run}: removed the temporary files a stopped process left (.best.ckpt.k3j2x9_a.tmp, "
-            "logs/.metrics.csv.abc123.tmp)") in out
-    assert not (run / ".best.ckpt.k3j2x9_a.tmp").exists() and not (run / "logs" / ".metrics.csv.abc123.tmp").exists()
+    assert (f"run folder {run}: removed the temporary files a stopped process left ({best_tmp}, "
+            f"logs/{csv_tmp})") in out
+    assert not (run / best_tmp).exists() and not (run / "logs" / csv_tmp).exists()
     assert (run / ".notes.txt.abc123.tmp").read_text() == "the user's\n"
     assert (run / "config.yaml").read_text().startswith(
         f"# written by dynametric train for the run folder {run.resolve()} (process {os.getpid()} on host ")
     assert load_config(run / "config.yaml") == load_config(base / "config.yaml")
+
+
+def test_only_names_the_atomic_writer_makes_count_as_the_runs_temporary_files(tmp_path) -> None:
+    """A file named like a run file's temporary file but not in the writer's pattern (``.<name>.<8 random
+    characters>.tmp``), or one of a file the run never writes through a temporary file (Lightning writes
+    logs/hparams.yaml in place), is not the run's: a resume keeps it, and beside an unstarted run it keeps the
+    folder from being taken for that run's."""
+    from dynametric.pipeline.run import claim_resumed_run, unstarted_run_files
+
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"# written by dynametric train for the run folder {run.resolve()} (process "
+                                     f"{_dead_pid()} on host {socket.gethostname()})\nseed: 1\n")
+    (run / "metrics.json").write_text("{}\n")
+    real = _writer_temp_name("last.ckpt", tmp_path)
+    assert real.startswith(".last.ckpt.") and len(real) == len(".last.ckpt.") + 8 + len(".tmp")
+    look_alikes = [".metrics.json.abc123.tmp", ".last.ckpt.ABCDEFGH.tmp", ".best.ckpt.abcdefgh.old.tmp",
+                   "logs/" + _writer_temp_name("hparams.yaml", tmp_path)]
+    for name in look_alikes:
+        (run / name).write_text("the user's\n")
+    assert unstarted_run_files(run) is None  # the look-alikes are not the unstarted run's: nothing is replaced
+    (run / real).write_bytes(b"half a checkpoint")
+    lines: list[str] = []
+    claim_resumed_run(run, lines.append)
+    assert lines == [f"run folder {run}: removed the temporary files a stopped process left ({real})"]
+    assert not (run / real).exists()
+    assert all((run / name).read_text() == "the user's\n" for name in look_alikes)
 
 
 def test_a_kill_while_the_first_checkpoint_was_written(tmp_path, capsys, monkeypatch) -> None:

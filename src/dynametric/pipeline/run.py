@@ -60,7 +60,7 @@ from dynametric.engine.trainer import (
 from dynametric.errors import ConfigError, InputError, Interrupted
 from dynametric.pipeline.components import build_components
 from dynametric.pipeline.protocols import check_test_splits, method_test_protocol, protocol_from_config
-from dynametric.utils.io import atomic_write_json, require_new_folder
+from dynametric.utils.io import atomic_write_json, is_stale_temp, remove_stale_temps, require_new_folder
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -112,23 +112,21 @@ _HEADER = "written by dynametric train for the run folder {folder} (process {pid
 _HEADER_RE = re.compile(r"# written by dynametric train for the run folder (?P<folder>.+) "
                         r"\(process (?P<pid>\d+) on host (?P<host>.*)\)")
 _BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json"), "logs": ("metrics.csv", "hparams.yaml")}
-# the files of a run folder whose atomic writes (dynametric.utils.io: ".<name>.<random>.tmp") a kill can leave
+# the files of a run folder whose atomic writes (dynametric.utils.io, ".<name>.<8 random characters>.tmp") a kill
+# can leave: config.yaml, metrics.json, run_info.json, report.html (atomic_write_text / _json), the checkpoints
+# (SafeCheckpointIO: atomic_write_with), logs/metrics.csv (KeepingCSVLogger: atomic_open). logs/hparams.yaml is not
+# among them: Lightning writes it in place, never through a temporary file.
 _RUN_FILES = {"": ("config.yaml", "metrics.json", "last.ckpt", "best.ckpt", "run_info.json", "report.html"),
-              "logs": ("metrics.csv", "hparams.yaml")}
+              "logs": ("metrics.csv",)}
 
 
-def _temporary_of(entry: Path, names: tuple[str, ...]) -> bool:
-    """A regular file named like the temporary file of an atomic write of one of ``names``."""
-    return (not entry.is_symlink() and entry.is_file()
-            and any(entry.name.startswith(f".{n}.") and entry.name.endswith(".tmp") for n in names))
-
-
-def _own_file(entry: Path, names: tuple[str, ...]) -> bool:
-    """A regular file named in ``names``, or the temporary file of an atomic write of one of the run's files (left
-    by a kill: a kill while the first last.ckpt was written leaves ``.last.ckpt.<random>.tmp``)."""
+def _own_file(entry: Path, names: tuple[str, ...], sub: str) -> bool:
+    """A regular file named in ``names``, or the temporary file of an atomic write of one of the run's files in its
+    folder ``sub`` (left by a kill: a kill while the first last.ckpt was written leaves
+    ``.last.ckpt.<random>.tmp``)."""
     if entry.is_symlink() or not entry.is_file():
         return False
-    return entry.name in names or _temporary_of(entry, _RUN_FILES["logs" if "metrics.csv" in names else ""])
+    return entry.name in names or is_stale_temp(entry, _RUN_FILES[sub].__contains__)
 
 
 def _process_alive(pid: int) -> bool:
@@ -194,10 +192,10 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
     for entry in run_dir.iterdir():
         if entry.name in _BEFORE_FIRST_CHECKPOINT and entry.is_dir() and not entry.is_symlink():
             subs = list(entry.iterdir())
-            if not all(_own_file(sub, _BEFORE_FIRST_CHECKPOINT[entry.name]) for sub in subs):
+            if not all(_own_file(sub, _BEFORE_FIRST_CHECKPOINT[entry.name], entry.name) for sub in subs):
                 return None
             files += subs
-        elif _own_file(entry, _BEFORE_FIRST_CHECKPOINT[""]):
+        elif _own_file(entry, _BEFORE_FIRST_CHECKPOINT[""], ""):
             files.append(entry)
         else:
             return None
@@ -285,10 +283,8 @@ def claim_resumed_run(run_dir: Path, log: Callable[[str], None] = print) -> None
     rest = config.read_text(encoding="utf-8").split("\n", 1)[1]
     header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
     atomic_write_text(config, f"# {header}\n{rest}")
-    left = [entry for sub, names in _RUN_FILES.items() if (run_dir / sub).is_dir()
-            for entry in sorted((run_dir / sub).iterdir()) if _temporary_of(entry, names)]
-    for entry in left:
-        entry.unlink(missing_ok=True)
+    left = [entry for sub, names in _RUN_FILES.items()
+            for entry in remove_stale_temps(run_dir / sub, names.__contains__)]
     if left:
         log(f"run folder {run_dir}: removed the temporary files a stopped process left "
             f"({', '.join(p.relative_to(run_dir).as_posix() for p in left)})")

@@ -50,31 +50,44 @@ def _write_error(exc: OSError, path: Path, key: str | None) -> BaseException:
 
 
 TEMP_SUFFIX = ".tmp"
-_TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's random names
+_TEMP_RANDOM = 8  # the length of tempfile.mkstemp's random part
+_TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # and its characters
+
+
+def temp_target(name: str) -> str | None:
+    """The file name whose atomic write a temporary file named ``name`` belongs to, or ``None`` when ``name`` is not
+    such a temporary file: the one pattern :func:`_replacing` gets from ``tempfile.mkstemp``,
+    ``.<target>.<8 random characters>.tmp`` (lower-case letters, digits, ``_``)."""
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    stem = name[1:-len(TEMP_SUFFIX)]
+    target, dot, middle = stem[:-_TEMP_RANDOM - 1], stem[-_TEMP_RANDOM - 1:-_TEMP_RANDOM], stem[-_TEMP_RANDOM:]
+    if not target or dot != "." or len(middle) != _TEMP_RANDOM or not all(c in _TEMP_CHARS for c in middle):
+        return None
+    return target
 
 
 def is_temp_of(name: str, target: str) -> bool:
-    """Whether the file name ``name`` is a temporary file of an atomic write of ``target`` (a file name):
-    ``.<target>.<8 random characters>.tmp``, the pattern :func:`_replacing` uses."""
-    prefix = f".{target}."
-    middle = name[len(prefix):-len(TEMP_SUFFIX)]
-    return (name.startswith(prefix) and name.endswith(TEMP_SUFFIX) and len(middle) == 8
-            and all(c in _TEMP_CHARS for c in middle))
+    """Whether the file name ``name`` is a temporary file of an atomic write of ``target`` (a file name)."""
+    return temp_target(name) == target
+
+
+def is_stale_temp(entry: Path, targets: Callable[[str], bool]) -> bool:
+    """Whether ``entry`` is what a killed atomic write of this tool leaves for a file name satisfying ``targets``: a
+    regular file, not a link, named ``.<target>.<8 random characters>.tmp`` (:func:`temp_target`). The one test of
+    every command that removes such files (or recognises a folder by them)."""
+    target = temp_target(entry.name)
+    return target is not None and targets(target) and entry.is_file() and not entry.is_symlink()
 
 
 def remove_stale_temps(folder: Path, targets: Callable[[str], bool]) -> list[Path]:
-    """Remove what a killed atomic write of this tool left in ``folder`` (a folder the tool owns): files named
-    ``.<target>.<8 characters>.tmp`` whose ``<target>`` satisfies ``targets``. Nothing else is touched; returns
-    the removed paths."""
+    """Remove what a killed atomic write of this tool left in ``folder`` (a folder the tool owns): the files
+    :func:`is_stale_temp` names for ``targets``. Nothing else is touched; returns the removed paths, sorted."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for entry in folder.iterdir():
-        name = entry.name
-        if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)) or len(name) < 15:
-            continue
-        target = name[1:-len(TEMP_SUFFIX) - 9]
-        if targets(target) and is_temp_of(name, target) and entry.is_file() and not entry.is_symlink():
+    for entry in sorted(folder.iterdir()):
+        if is_stale_temp(entry, targets):
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -82,19 +95,13 @@ def remove_stale_temps(folder: Path, targets: Callable[[str], bool]) -> list[Pat
 
 def holds_only_temps_of(folder: Path, targets: Callable[[str], bool]) -> bool:
     """Whether ``folder`` holds files and every one of them is what a killed atomic write of this tool leaves,
-    exactly the pattern :func:`remove_stale_temps` removes (``.<target>.<8 characters>.tmp``, ``<target>``
-    satisfying ``targets``, a regular file, not a link). Such a folder is one a first run of the command that
-    owns those names was killed in before it wrote its manifest: that command may start it again."""
+    exactly what :func:`remove_stale_temps` removes (:func:`is_stale_temp`). Such a folder is one a first run of
+    the command that owns those names was killed in before it wrote its manifest: that command may start it
+    again."""
     if not folder.is_dir() or folder.is_symlink():
         return False
-    found = False
-    for entry in folder.iterdir():
-        name = entry.name
-        target = name[1:-len(TEMP_SUFFIX) - 9]
-        if not (targets(target) and is_temp_of(name, target) and entry.is_file() and not entry.is_symlink()):
-            return False
-        found = True
-    return found
+    entries = list(folder.iterdir())
+    return bool(entries) and all(is_stale_temp(entry, targets) for entry in entries)
 
 
 def _is_own_failure(exc: OSError, path: Path, tmp: str | None) -> bool:
