@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from dynametric.errors import DynametricError, InputError
 from dynametric.retrieval.embed import EmbeddingSet
-from dynametric.retrieval.index import RetrievalIndex, first_per_group, require_faiss, take_first_k
+from dynametric.retrieval.index import (
+    BUILD_MARKER,
+    INDEX_FILES,
+    RetrievalIndex,
+    first_per_group,
+    require_faiss,
+    take_first_k,
+)
 
 
 def make_set(n: int = 60, d: int = 8, seed: int = 0, labels: bool = True) -> EmbeddingSet:
@@ -233,7 +240,8 @@ def _killed_first_build(tmp_path: Path) -> tuple[Path, Path]:
     proc = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(emb), str(out)], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr
-    (temp,) = out.iterdir()
+    marker, temp = sorted(out.iterdir(), key=lambda p: p.name != BUILD_MARKER)
+    assert marker.name == BUILD_MARKER  # written before index.faiss
     assert temp.name.startswith(".index.faiss.") and temp.name.endswith(".tmp") and len(temp.name) == 25
     return emb, out
 
@@ -265,3 +273,113 @@ def test_a_killed_first_build_beside_any_other_file_stays_refused(tmp_path: Path
     assert main(["index", "build", "--embeddings", str(emb), "--out", str(out)]) == 2
     assert "output folder is not empty and holds no dynametric index (index.json)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()} == before
+
+
+class _Killed(BaseException):
+    """A kill of the build (not an Exception: nothing of the build's own error handling runs)."""
+
+
+_WRITERS = ("atomic_write_json", "atomic_write_text", "atomic_write_with", "atomic_open")
+_KILL_POINTS = (BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json", "after index.json")
+
+
+def _kill_build_at(monkeypatch: pytest.MonkeyPatch, point: str) -> list[str]:
+    """Make the next ``RetrievalIndex.save`` die while it writes the file ``point`` (the temporary file of that
+    atomic write stays, as after a SIGKILL), or right after it wrote ``index.json`` (``"after index.json"``).
+    Returns the files it writes, in order, as it writes them."""
+    import os
+    import tempfile
+
+    import dynametric.retrieval.index as index_module
+
+    written: list[str] = []
+
+    def wrap(real):  # noqa: ANN001, ANN202
+        def write(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            path = Path(path)
+            written.append(path.name)
+            if path.name == point:  # killed in the middle of this write: mkstemp's file, as _replacing makes it
+                fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                os.write(fd, b"half a file")
+                os.close(fd)
+                raise _Killed
+            result = real(path, *args, **kwargs)
+            if point == "after index.json" and path.name == "index.json":
+                raise _Killed
+            return result
+        return write
+
+    for name in _WRITERS:
+        monkeypatch.setattr(index_module, name, wrap(getattr(index_module, name)))
+    return written
+
+
+@pytest.mark.parametrize("point", _KILL_POINTS)
+def test_an_index_build_killed_at_any_write_is_built_again(tmp_path: Path, monkeypatch, point: str) -> None:
+    emb = make_set(40)
+    fresh = tmp_path / "fresh"
+    RetrievalIndex.build(emb, "flat", "cosine").save(fresh)
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(INDEX_FILES)  # no marker once complete
+    out = tmp_path / "idx"
+    with monkeypatch.context() as m:
+        written = _kill_build_at(m, point)
+        with pytest.raises(_Killed):
+            RetrievalIndex.build(emb, "flat", "cosine").save(out)
+    assert written[0] == BUILD_MARKER and written[-1] == point.removeprefix("after ")
+    left = {p.name for p in out.iterdir()}
+    if point == BUILD_MARKER:
+        assert [n.startswith(f".{BUILD_MARKER}.") and n.endswith(".tmp") for n in left] == [True]
+    else:
+        assert BUILD_MARKER in left  # whatever else the kill left, the marker says whose files they are
+    if point in ("index.json", "after index.json"):
+        assert {"index.faiss", "items.csv", "labels.npy"} <= left  # the case that needed a manual clear
+    if point == "after index.json":
+        assert RetrievalIndex.load(out).size == 40  # complete: only the marker is left over
+    RetrievalIndex.build(emb, "flat", "cosine").save(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(INDEX_FILES)  # marker and temporary file gone
+    for name in ("items.csv", "labels.npy", "index.json"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()
+    back = RetrievalIndex.load(out)
+    q = make_set(5, seed=3).embeddings
+    np.testing.assert_array_equal(back.search(q, 4).ids, RetrievalIndex.load(fresh).search(q, 4).ids)
+
+
+def test_a_killed_build_with_labels_rebuilt_without_them_removes_its_labels_npy(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "idx"
+    with monkeypatch.context() as m:
+        _kill_build_at(m, "index.json")
+        with pytest.raises(_Killed):
+            RetrievalIndex.build(make_set(40), "flat", "cosine").save(out)
+    assert (out / "labels.npy").is_file()
+    RetrievalIndex.build(make_set(40, labels=False), "flat", "cosine").save(out)
+    assert sorted(p.name for p in out.iterdir()) == ["index.faiss", "index.json", "items.csv"]
+    assert RetrievalIndex.load(out).labels is None
+
+
+@pytest.mark.parametrize("marker", [None, "not json", {"format": "someone-else", "files": list(INDEX_FILES)},
+                                    {"format": "dynametric-index-build", "files": ["index.json"]}])
+def test_a_folder_with_an_index_faiss_a_build_did_not_mark_as_its_own_is_refused(tmp_path: Path, marker) -> None:
+    """A foreign index.faiss (no marker, a marker that is not a build's, or one that does not list it) is never
+    replaced, even beside what looks like a killed build's temporary file."""
+    import json
+
+    out = tmp_path / "idx"
+    out.mkdir()
+    (out / "index.faiss").write_bytes(b"the user's own faiss index")
+    (out / ".items.csv.abcdefgh.tmp").write_text("x")
+    if marker is not None:
+        (out / BUILD_MARKER).write_text(marker if isinstance(marker, str) else json.dumps(marker))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(InputError, match="output folder is not empty and holds no dynametric index"):
+        RetrievalIndex.build(make_set(40), "flat", "cosine").save(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_file_named_like_the_build_marker_beside_an_earlier_index_is_not_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    RetrievalIndex.build(make_set(40), "flat", "cosine").save(out)
+    (out / BUILD_MARKER).write_text("the user's notes\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(InputError, match=r"index\.build\.json key '--out': is not the marker of a dynametric index"):
+        RetrievalIndex.build(make_set(30), "flat", "cosine").save(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

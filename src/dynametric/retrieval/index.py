@@ -3,7 +3,8 @@
 Index folder ``INDEX/``: ``index.faiss`` (the faiss index), ``items.csv`` (``index,id,path``), ``labels.npy``
 (``[N, S]`` int64, when the embeddings carry labels) and ``index.json``: kind and parameters, metric, dimension,
 count, scale names, class names of text labels, the image roots, and the producing model's identity (checkpoint,
-config hash, weights hash, head).
+config hash, weights hash, head). While a build runs (and after one was killed) the folder also holds
+``index.build.json``, the build's marker: written first, removed once ``index.json`` is written.
 
 Metrics: ``cosine`` (vectors L2-normalised, inner product; reported distance ``1 - cos``), ``l2`` (reported
 distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer
@@ -33,7 +34,7 @@ from dynametric.utils.io import (
     atomic_write_json,
     atomic_write_text,
     atomic_write_with,
-    holds_only_temps_of,
+    holds_only_own_files,
     remove_stale_temps,
     require_new_folder,
 )
@@ -45,6 +46,10 @@ INDEX_FORMAT = "dynametric-index"
 INDEX_VERSION = 1
 QUERY_CHUNK = 64
 INDEX_FILES = ("index.faiss", "items.csv", "labels.npy", "index.json")
+BUILD_MARKER = "index.build.json"
+"""Written first by every build (``format: dynametric-index-build``, the files it writes) and removed once
+``index.json`` is written: a folder a build was killed in is recognised by it, and built into again."""
+BUILD_FORMAT = "dynametric-index-build"
 
 
 def require_faiss() -> Any:
@@ -178,8 +183,24 @@ def file_sha256(path: Path) -> str:
 _META_TYPES: dict[str, tuple[type, ...]] = {"kind": (str,), "metric": (str,), "dim": (int,), "count": (int,)}
 
 
-def _is_index_file(name: str) -> bool:
-    return name in INDEX_FILES
+def _is_build_file(name: str) -> bool:
+    """A file a build writes atomically: the index's own files and its marker."""
+    return name in INDEX_FILES or name == BUILD_MARKER
+
+
+def _build_files(out: Path) -> set[str]:
+    """The files of an interrupted build in ``out`` by its marker (:data:`BUILD_MARKER`, a regular file saying
+    ``format: dynametric-index-build``): the marker and the index files it lists; empty without one."""
+    marker = out / BUILD_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return set()
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(meta, dict) or meta.get("format") != BUILD_FORMAT or not isinstance(meta.get("files"), list):
+        return set()
+    return {BUILD_MARKER, *(name for name in meta["files"] if name in INDEX_FILES)}
 
 
 def _is_index_folder(out: Path) -> bool:
@@ -319,15 +340,24 @@ class RetrievalIndex:
                    emb.class_names, list(emb.image_roots), dict(emb.model), params, str(emb.source))
 
     def save(self, out: str | Path) -> Path:
-        """Write the index folder atomically file by file (``index.json`` last, so it marks a complete index)."""
+        """Write the index folder atomically file by file: the build's marker (:data:`BUILD_MARKER`) first, then
+        the index files, ``index.json`` last (it marks a complete index), then the marker is removed."""
         faiss = require_faiss()
         out = Path(out)
         # an earlier index is replaced, and a folder holding only what a first build killed before index.json left
-        # (the temporary files of its atomic writes, removed below); any other non-empty folder is refused
-        if not _is_index_folder(out) and not holds_only_temps_of(out, _is_index_file):
+        # (its marker and the files it names, the temporary files of its atomic writes, removed below); any other
+        # non-empty folder is refused
+        if not _is_index_folder(out) and not holds_only_own_files(out, _build_files(out), _is_build_file):
             require_new_folder(out, "--out", "dynametric index (index.json)")
+        marker = out / BUILD_MARKER
+        if (marker.exists() or marker.is_symlink()) and not _build_files(out):  # beside an earlier index
+            raise InputError(f"is not the marker of a dynametric index build (format {BUILD_FORMAT!r}), and it is not "
+                             "overwritten: move it away or use another --out", file=marker, key="--out")
         out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out, _is_index_file)  # left by a killed build of this index
+        remove_stale_temps(out, _is_build_file)  # left by a killed build of this index
+        # first: the folder says that a build is under way and which files it writes (labels.npy: or removes), so
+        # a build killed before index.json leaves a folder the next build knows as its own
+        atomic_write_json(marker, {"format": BUILD_FORMAT, "version": INDEX_VERSION, "files": list(INDEX_FILES)})
         atomic_write_with(out / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
         digest = file_sha256(out / "index.faiss")
         buf = io.StringIO()
@@ -346,6 +376,7 @@ class RetrievalIndex:
             "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
             "has_labels": self.labels is not None, "class_names": self.class_names, "image_roots": self.image_roots,
             "model": self.model, "source": self.source, "faiss_sha256": digest})
+        marker.unlink(missing_ok=True)  # the index is complete
         return out
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -93,15 +93,16 @@ def remove_stale_temps(folder: Path, targets: Callable[[str], bool]) -> list[Pat
     return removed
 
 
-def holds_only_temps_of(folder: Path, targets: Callable[[str], bool]) -> bool:
-    """Whether ``folder`` holds files and every one of them is what a killed atomic write of this tool leaves,
-    exactly what :func:`remove_stale_temps` removes (:func:`is_stale_temp`). Such a folder is one a first run of
-    the command that owns those names was killed in before it wrote its manifest: that command may start it
-    again."""
+def holds_only_own_files(folder: Path, names: Collection[str], targets: Callable[[str], bool]) -> bool:
+    """Whether ``folder`` holds files and every one of them is this tool's: a regular file (not a link) named in
+    ``names``, or what a killed atomic write of a file satisfying ``targets`` leaves, exactly what
+    :func:`remove_stale_temps` removes (:func:`is_stale_temp`). With no ``names``: a folder a first run of the
+    command that owns those names was killed in before it wrote anything else, which that command may start again."""
     if not folder.is_dir() or folder.is_symlink():
         return False
     entries = list(folder.iterdir())
-    return bool(entries) and all(is_stale_temp(entry, targets) for entry in entries)
+    return bool(entries) and all((entry.name in names and entry.is_file() and not entry.is_symlink())
+                                 or is_stale_temp(entry, targets) for entry in entries)
 
 
 def _is_own_failure(exc: OSError, path: Path, tmp: str | None) -> bool:
