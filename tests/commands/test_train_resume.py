@@ -318,6 +318,37 @@ def test_a_copied_or_moved_run_folder_keeps_its_best_checkpoint(killed, tmp_path
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("how", ["copied", "moved"])
+def test_the_config_header_of_a_copied_or_moved_run_folder_names_its_new_folder_after_a_resume(base, tmp_path, capsys,
+                                                                                               how) -> None:
+    """config.yaml's first line names the run folder (what recognises the folder as the run's); a resume in the
+    folder's new place rewrites it, atomically and with the rest of the file as it was, and removes the temporary
+    files a kill left there; a copy's source is not touched."""
+    source = _copy(base, tmp_path / "source", pid=_dead_pid())
+    stale = _writer_temp_name("metrics.json", tmp_path)
+    (source / stale).write_text("{")
+    source_config = (source / "config.yaml").read_bytes()
+    body = source_config.decode().split("\n", 1)[1]
+    if how == "copied":
+        run = _copy(source, tmp_path / "G4")
+    else:
+        run = tmp_path / "renamed"
+        source.rename(run)
+    assert (run / "config.yaml").read_text().startswith(f"# written by dynametric train for the run folder "
+                                                        f"{source.resolve()} (process ")  # stale until the resume
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (f"run folder {run}: config.yaml named the run folder {source.resolve()} (the folder was moved or "
+            "copied); it now names this one") in out
+    assert f"removed the temporary files a stopped process left ({stale})" in out and not (run / stale).exists()
+    first, rest = (run / "config.yaml").read_text().split("\n", 1)
+    assert first == (f"# written by dynametric train for the run folder {run.resolve()} (process {os.getpid()} on "
+                     f"host {socket.gethostname()})")
+    assert rest == body
+    if how == "copied":
+        assert (source / "config.yaml").read_bytes() == source_config and (source / stale).read_text() == "{"
+
+
 def test_a_copied_run_folder_still_replaces_its_best_checkpoint_with_a_better_one(killed, tmp_path, monkeypatch,
                                                                                   capsys) -> None:
     run = _copy(killed, tmp_path / "G4")

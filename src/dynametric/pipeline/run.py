@@ -5,7 +5,7 @@ resolves the method plug-in, so it sits above :mod:`dynametric.methods`.)
 Run folder layout::
 
     config.yaml     resolved configuration (what --resume reads back), after a comment naming the folder and
-                    the process that started the run
+                    the process that started the run (a resume names itself and the folder's present place)
     last.ckpt       latest state (every trainer.checkpoint_every_n_steps optimizer steps and every epoch)
     best.ckpt       best validation ``trainer.monitor`` so far
     metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}; "test" is {}
@@ -143,14 +143,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _run_header(run_dir: Path) -> re.Match[str] | None:
-    """The first line of ``run_dir/config.yaml`` when it says dynametric train wrote it for this folder."""
+def _run_header(run_dir: Path, *, any_folder: bool = False) -> re.Match[str] | None:
+    """The first line of ``run_dir/config.yaml`` when it says dynametric train wrote it for this folder (with
+    ``any_folder``: for any folder, e.g. the one a run folder was moved or copied from)."""
     try:
         with (run_dir / "config.yaml").open(encoding="utf-8") as f:
             match = _HEADER_RE.fullmatch(f.readline().rstrip("\n"))
     except (OSError, UnicodeDecodeError):
         return None
-    return match if match is not None and match["folder"] == str(run_dir.resolve()) else None
+    return match if match is not None and (any_folder or match["folder"] == str(run_dir.resolve())) else None
 
 
 def _process_start(pid: int) -> float | None:
@@ -271,18 +272,23 @@ def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tenso
 
 
 def claim_resumed_run(run_dir: Path, log: Callable[[str], None] = print) -> None:
-    """A resumed run takes over its folder: the ``config.yaml`` header names this process (the check of a second
-    ``--resume`` or ``--out`` while it trains), rewritten atomically with the rest of the file as it was, and the
-    temporary files of atomic writes that a killed process of this run left behind are removed. Only in a folder
-    whose ``config.yaml`` says dynametric train wrote it for this folder."""
+    """A resumed run takes over its folder: the ``config.yaml`` header names this folder and this process (the
+    check of a second ``--resume`` or ``--out`` while it trains), rewritten atomically with the rest of the file as
+    it was, and the temporary files of atomic writes that a killed process of this run left behind are removed.
+    Only in a folder whose ``config.yaml`` says dynametric train wrote it; a header naming another folder (the run
+    folder was moved or copied since) is rewritten to name this one, and the output says so."""
     from dynametric.utils.io import atomic_write_text
 
-    if _launched_worker() or _run_header(run_dir) is None:
+    old = None if _launched_worker() else _run_header(run_dir, any_folder=True)
+    if old is None:
         return
     config = run_dir / "config.yaml"
     rest = config.read_text(encoding="utf-8").split("\n", 1)[1]
     header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
     atomic_write_text(config, f"# {header}\n{rest}")
+    if old["folder"] != str(run_dir.resolve()):
+        log(f"run folder {run_dir}: {config.name} named the run folder {old['folder']} (the folder was moved or "
+            "copied); it now names this one")
     left = [entry for sub, names in _RUN_FILES.items()
             for entry in remove_stale_temps(run_dir / sub, names.__contains__)]
     if left:
