@@ -24,6 +24,7 @@ from dynametric.config import (
     load_config,
     parse_value,
     save_config,
+    schema_default,
     schema_keys,
 )
 from dynametric.engine.builders import build_component, validate_components
@@ -483,3 +484,31 @@ def test_eval_empty_queries_rejects_other_spellings():
         load_config(overrides=["eval.empty_queries=count_as_0"])
     assert info.value.key == "eval.empty_queries"
     assert "'exclude', 'count_as_zero', 'zero'" in str(info.value) and "did you mean 'count_as_zero'" in str(info.value)
+
+
+def test_schema_default_is_the_default_config_s_value_of_every_key() -> None:
+    defaults = config_to_dict(Config())
+    checked = 0
+    for key in schema_keys():
+        node: object = defaults
+        for name in key.split("."):
+            node = node.get(name, KeyError) if isinstance(node, dict) else KeyError
+        if node is KeyError:  # inside an optional section that is None by default (miner) or a list (extra_losses)
+            continue
+        assert schema_default(key) == node, key
+        checked += 1
+    assert checked > 60
+    assert schema_default("trainer") == dataclasses.asdict(Config().trainer)
+    assert schema_default("extra_losses[0].weight") == 1.0  # an element of a list of sections
+    assert schema_default("extra_losses[1].miner.kwargs") == {}
+    assert schema_default("miner.kwargs") == {}  # an optional section's value
+
+
+@pytest.mark.parametrize("key", ["nope", "trainer.nope", "trainer.max_epochs.x", "loss.kwargs.margin",
+                                 "data.options.images_per_class", "miner.name", "extra_losses[0].name",
+                                 "extra_losses[0]", "extra_losses.weight", "extra_losses[x].weight",
+                                 "trainer[0].seed"])
+def test_schema_default_refuses_what_is_no_key_with_a_default(key: str) -> None:
+    """Not in the schema, inside a free mapping, required (no default), or a list element as a whole."""
+    with pytest.raises(KeyError):
+        schema_default(key)

@@ -89,6 +89,89 @@ def test_an_edited_config_yaml_is_refused_naming_what_changed(base, tmp_path, ca
     assert _files(run) == before
 
 
+def _saved_before_keys_existed(run: Path, keys: tuple[str, ...], **config_yaml: object) -> None:
+    """The run as an older dynametric, whose schema lacked ``keys`` (``section.name``), left it: last.ckpt's config
+    without them and the hash that version gave it, config.yaml without them (then ``config_yaml``'s
+    ``section.name`` values set, as an edit would)."""
+    import yaml
+
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    header, body = (run / "config.yaml").read_text().split("\n", 1)
+    body_dict = yaml.safe_load(body)
+    for key in keys:
+        section, name = key.split(".")
+        del ckpt["dynametric"]["config"][section][name], body_dict[section][name]
+    ckpt["dynametric"]["config_hash"] = "0123456789abcdef"  # what the older version hashed its config to
+    torch.save(ckpt, run / "last.ckpt")
+    for key, value in config_yaml.items():
+        section, name = key.split("__")
+        body_dict[section][name] = value
+    (run / "config.yaml").write_text(f"{header}\n{yaml.safe_dump(body_dict, sort_keys=False)}")
+
+
+def test_a_resume_after_an_upgrade_that_added_keys_goes_on_with_their_defaults(killed, tmp_path, capsys) -> None:
+    run = _copy(killed, tmp_path / "upgraded", pid=_dead_pid())
+    _saved_before_keys_existed(run, ("optim.grad_clip", "trainer.compile"))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "lacks keys" in line] == [
+        f"note: {run / 'config.yaml'} lacks keys this dynametric added after {run / 'last.ckpt'} was saved; "
+        "resuming with their defaults: optim.grad_clip=None, trainer.compile=False"]
+    cfg = load_config(run / "config.yaml")
+    assert cfg == load_config(killed / "config.yaml")  # the run's own config, the new keys at their defaults
+    last = load_checkpoint_file(run / "last.ckpt")
+    assert last["epoch"] == 2  # trained on to the end
+    extra = last["dynametric"]  # and its checkpoints record the config it has now
+    assert extra["config_hash"] == config_hash(cfg)
+    assert extra["config"]["optim"]["grad_clip"] is None and extra["config"]["trainer"]["compile"] is False
+
+
+@pytest.mark.parametrize(("edit", "changed"), [
+    ({"optim__grad_clip": 1.0}, "optim.grad_clip (absent -> 1.0)"),  # a new key, not at its default
+    ({"data__batch_size": 8}, "data.batch_size (16 -> 8)"),  # beside an edited key (the added one is no edit)
+])
+def test_a_resume_after_an_upgrade_with_an_edit_is_still_refused(base, tmp_path, capsys, edit, changed) -> None:
+    run = _copy(base, tmp_path / "edited", pid=_dead_pid())
+    _saved_before_keys_existed(run, ("optim.grad_clip",), **edit)
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "lacks keys" not in captured.out
+    assert captured.err.startswith(f"dynametric train: error: {run / 'config.yaml'}: no longer matches the checkpoint "
+                                   f"it was saved with ({run / 'last.ckpt'} was trained with config hash "
+                                   "0123456789abcdef, this config hashes to ")
+    assert f"; changed: {changed}); restore it, or start a new run with dynametric train --config " in captured.err
+    assert _files(run) == before
+
+
+def test_what_counts_as_keys_added_at_their_defaults() -> None:
+    """Nested sections and the sections of a list (extra_losses[0]) are compared key by key; a changed value, a key
+    the new config lacks, or an added key that is not the schema's (a loss keyword) or not at its default is an
+    edit (``None``)."""
+    import copy
+
+    from dynametric.config import config_from_dict, config_to_dict
+    from dynametric.pipeline.run import _added_defaults
+
+    new = config_to_dict(config_from_dict({"extra_losses": [{"name": "TripletMarginLoss"}],
+                                           "loss": {"kwargs": {"margin": 0.1}}}))
+    old = copy.deepcopy(new)
+    del old["extra_losses"][0]["weight"], old["optim"]["grad_clip"], old["optim"]["scheduler"]
+    scheduler = config_to_dict(config_from_dict({}))["optim"]["scheduler"]  # a whole section added
+    assert _added_defaults(old, new) == [("extra_losses[0].weight", 1.0), ("optim.scheduler", scheduler),
+                                         ("optim.grad_clip", None)]  # in the config's order
+    assert _added_defaults(new, new) == []
+    for edit in (lambda c: c["extra_losses"][0].update(weight=2.0), lambda c: c["optim"].update(grad_clip=1.0),
+                 lambda c: c["optim"]["scheduler"].update(gamma=0.5), lambda c: c["data"].update(batch_size=8),
+                 lambda c: c["trainer"].pop("seed"), lambda c: c["extra_losses"].append(c["extra_losses"][0])):
+        edited = copy.deepcopy(new)
+        edit(edited)
+        assert _added_defaults(old, edited) is None
+    old_kwargs = copy.deepcopy(old)
+    del old_kwargs["loss"]["kwargs"]["margin"]  # a loss keyword is no key of the schema: never an added default
+    assert _added_defaults(old_kwargs, new) is None
+
+
 def _without_hash(run: Path) -> None:
     """last.ckpt as an older dynametric wrote it: no config hash."""
     ckpt = torch.load(run / "last.ckpt", weights_only=True)

@@ -583,6 +583,49 @@ def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
 
 
 
+def _section_of(tp: Any) -> Any:
+    """The section (schema dataclass) a field of type ``tp`` holds: ``tp`` itself, or the dataclass of an optional
+    one (``MinerConfig | None``); ``None`` for anything else (a value, a mapping, a list)."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) is list:
+        return None
+    sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+    return sections[0] if len(sections) == 1 else None
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of the dotted ``key``, as :func:`~dynametric.config.config_to_dict` writes it: a value
+    of a section, of an optional section (``miner.name``) or of an element of a list of sections
+    (``extra_losses[0].weight``); a whole section gives its default's dict. A ``KeyError`` when ``key`` is not in
+    the schema, lies inside a free mapping (``loss.kwargs.margin``) or has no default (``extra_losses[0].name``)."""
+    tp: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        name, bracket, index = part.partition("[")
+        section = _section_of(tp)
+        found = [f for f in dataclasses.fields(section) if f.name == name] if section is not None else []
+        if not found:
+            raise KeyError(key)
+        tp = _hints(section)[name]
+        if bracket:  # name[N]: an element of a list of sections, never the last part (an element has no default)
+            if not (index[:-1].isdigit() and index.endswith("]")) or typing.get_origin(tp) is not list \
+                    or i == len(parts) - 1:
+                raise KeyError(key)
+            tp = typing.get_args(tp)[0]
+        elif i == len(parts) - 1:
+            f = found[0]
+            if f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                raise KeyError(key)
+            return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) \
+                else value
+    raise KeyError(key)
+
+
 def embedder_kwargs(model: ModelConfig) -> dict[str, Any]:
     """``build_embedder(**embedder_kwargs(cfg.model))`` (every model key but the training-only ones)."""
     return {k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_TRAINING_KEYS}

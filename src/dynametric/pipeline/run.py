@@ -214,6 +214,48 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _is_schema_default(key: str, value: Any) -> bool:
+    """Whether ``value`` is the schema's default of the dotted ``key`` (never for a key that is not in the schema,
+    lies in a free mapping or has no default)."""
+    from dynametric.config import schema_default
+
+    try:
+        return bool(value == schema_default(key))
+    except KeyError:
+        return False
+
+
+def _added_defaults(old: Any, new: Any, key: str = "") -> list[tuple[str, Any]] | None:
+    """The keys (with their values) of the config ``new`` that the config ``old`` lacks and that hold the schema's
+    default (:func:`~dynametric.config.schema_default`): keys a later dynametric added, when that is all that
+    differs (both as :func:`~dynametric.config.config_to_dict` gives them, ``old`` as a checkpoint stored it).
+    ``None`` when anything else differs: a changed value, a key ``new`` lacks, a new key with another value."""
+    added: list[tuple[str, Any]] = []
+    if isinstance(old, dict) and isinstance(new, dict):
+        if not set(old) <= set(new):
+            return None
+        for name, value in new.items():
+            sub = f"{key}.{name}" if key else str(name)
+            if name not in old:
+                if not _is_schema_default(sub, value):
+                    return None
+                added.append((sub, value))
+                continue
+            more = _added_defaults(old[name], value, sub)
+            if more is None:
+                return None
+            added += more
+        return added
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (was, now) in enumerate(zip(old, new)):
+            more = _added_defaults(was, now, f"{key}[{i}]")
+            if more is None:
+                return None
+            added += more
+        return added
+    return added if old == new else None
+
+
 def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
                  log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
     """The checks of ``train --resume`` before anything is read or written: no other process of this machine is
@@ -246,14 +288,22 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
         log(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
             "against it; resuming with it as it is")
     elif saved != now:
-        differ = ""
-        if isinstance(extra.get("config"), dict):
-            old, new = _flat(extra["config"]), _flat(config_to_dict(cfg))
-            keys = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
-            differ = "; changed: " + ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in keys[:4]) + \
-                (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
-        raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config hash "
-                         f"{saved}, this config hashes to {now}{differ}); {new_run}", file=config)
+        stored = extra.get("config")
+        added = _added_defaults(stored, config_to_dict(cfg)) if isinstance(stored, dict) else None
+        if not added:
+            differ = ""
+            if isinstance(stored, dict):
+                old, new = _flat(stored), _flat(config_to_dict(cfg))
+                keys = [k for k in sorted({*old, *new}) if (k in old) != (k in new) or old[k] != new[k]]
+                keys = [k for k in keys if k in old or not _is_schema_default(k, new[k])]  # an added key: no edit
+                differ = "; changed: " + ", ".join(
+                    f"{k} ({repr(old[k]) if k in old else 'absent'} -> {repr(new[k]) if k in new else 'absent'})"
+                    for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
+                             f"hash {saved}, this config hashes to {now}{differ}); {new_run}", file=config)
+        # only keys a later dynametric added, at their defaults: the run's own config, resumed
+        log(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their defaults: "
+            + ", ".join(f"{k}={v!r}" for k, v in added))
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
