@@ -103,6 +103,32 @@ def test_set_overrides_as_on_the_other_commands(finished_run, capsys):
     assert "expected KEY=VALUE, got 'max_epochs'" in capsys.readouterr().err
 
 
+def test_overrides_stand_anywhere_among_the_options(finished_run, capsys):
+    """KEY=VALUE words before, between and after options all apply, in the order given (argparse alone took only
+    the first run of them and refused the rest as unrecognized arguments)."""
+    cfg, _ = finished_run
+    assert main(["train", "trainer.max_epochs=3", "--config", str(cfg), "--dry-run", "model.embedding_dim=24",
+                 "--no-progress", "trainer.max_epochs=6", "trainer.seed=5"]) == 0
+    text = capsys.readouterr().out
+    assert "max_epochs: 6" in text and "embedding_dim: 24" in text and "  seed: 5" in text
+    # a word an option takes as its value stays the option's, even with "="; an unknown option is still refused
+    from pathlib import Path
+
+    from dynametric.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["train", "--out", "runs/a=b", "data.m=2", "--no-progress", "data.m=8",
+                                       "--set", "trainer.seed=1"])
+    assert args.out == Path("runs/a=b") and args.overrides == ["data.m=2", "data.m=8"]
+    assert args.set_overrides == ["trainer.seed=1"] and args.progress is False
+    with pytest.raises(SystemExit):
+        main(["train", "--dry-run", "data.m=2", "--bogus", "data.m=8"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    # a word without "=" between the options is the same one-line error as before them
+    assert main(["train", "--config", str(cfg), "--dry-run", "--no-progress", "max_epochs"]) == 2
+    assert capsys.readouterr().err.strip() == "dynametric train: error: key 'max_epochs': expected KEY=VALUE, got " \
+        "'max_epochs'"
+
+
 def test_dry_run_without_dataset_root_warns(tmp_path, capsys):
     assert main(["train", "--dry-run", "data.format=cub200", f"data.root={tmp_path / 'missing'}",
                  "loss.name=ProxyAnchorLoss"]) == 0
