@@ -436,7 +436,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     datasets = build_datasets(cfg, with_test=False)  # the training split's own errors first: they say more
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     if dyml is None and cfg.eval.protocol == "leave_one_out":
-        datasets.test = load_split(cfg, cfg.data.test_split, train=False)
+        datasets.test = load_split(cfg, cfg.data.test_split, train=False, key="data.test_split")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names,
                   carved=datasets.val_carved)  # before the untrained evaluation spends time
