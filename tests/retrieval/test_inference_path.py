@@ -137,7 +137,8 @@ def test_missing_files_and_options(run: Path, tmp_path: Path, monkeypatch) -> No
     (["--device", "gpu0"], "key '--device': unknown device 'gpu0'; expected auto, cpu, cuda, cuda:N or mps"),
     (["--precision", "fp16", "--device", "cpu"], "key '--precision': fp16 autocast needs a CUDA device"),
     (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
-    (["--workers", "-2"], "argument --workers: expected an integer >= 0 or 'auto', got '-2'"),
+    (["--workers", "-2"], "argument --workers: expected an integer from 0 to 128 or 'auto', got -2"),
+    (["--workers", "100000"], "argument --workers: expected an integer from 0 to 128 or 'auto', got 100000"),
 ])
 def test_cli_flags_are_validated(run_ckpt: Path, image_root: Path, tmp_path: Path, monkeypatch, capsys, argv,
                                  message) -> None:
@@ -174,7 +175,7 @@ def _evaluate_options() -> set[str]:
 def test_cli_worker_argument_and_checkpoint_only_options(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["embed", "--checkpoint", "x", "--images", "y", "--out", "z", "--workers", "lots"])
-    assert "expected an integer >= 0 or 'auto'" in capsys.readouterr().err
+    assert "argument --workers: expected an integer from 0 to 128 or 'auto', got 'lots'" in capsys.readouterr().err
     assert main(["evaluate", "--example", "--precision", "bf16"]) != 0
     assert "--precision, --batch-size and --workers need --checkpoint" in capsys.readouterr().err
 

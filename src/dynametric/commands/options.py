@@ -8,17 +8,28 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dynametric.commands import non_negative_int, positive_int
-from dynametric.utils.device import INFERENCE_BATCH_SIZE, PRECISIONS
+from dynametric.commands import positive_int
+from dynametric.errors import ConfigError
+from dynametric.utils.device import INFERENCE_BATCH_SIZE, MAX_WORKERS, PRECISIONS, check_workers
 
 
-def _workers(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
+def _workers(text: str, *, auto: bool = True) -> int | str:
+    """``--workers``: :func:`~dynametric.utils.device.check_workers` of the number or word given (the rule of the
+    config's ``data.workers``)."""
     try:
-        return non_negative_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text!r}") from None
+        value: int | str = int(text)
+    except ValueError:
+        value = text
+    try:
+        return check_workers(value, "--workers", auto=auto)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def worker_threads(text: str) -> int:
+    """``--workers`` of ``data inspect`` (threads decoding images): a count in the range of :func:`_workers`, no
+    ``auto``."""
+    return int(_workers(text, auto=False))
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = INFERENCE_BATCH_SIZE,
@@ -43,8 +54,8 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
                        help=f"{prefix}images per forward pass (default {batch_size or 'data.eval_batch_size'})")
     if workers:
         p.add_argument("--workers", type=_workers, default=None if batch_size is None else "auto",
-                       help=f"{prefix}image-decoding worker processes, or auto (min(16, CPUs-1) on CUDA, 0 on the "
-                            f"CPU; default {'data.workers' if batch_size is None else 'auto'})")
+                       help=f"{prefix}image-decoding worker processes, 0 to {MAX_WORKERS}, or auto (min(16, CPUs-1) "
+                            f"on CUDA, 0 on the CPU; default {'data.workers' if batch_size is None else 'auto'})")
     if decode:
         p.add_argument("--decode", default="cpu", choices=("cpu", "gpu", "auto"),
                        help=f"{prefix}where image files are decoded: cpu (PIL in the workers), gpu (JPEGs decoded and "

@@ -34,6 +34,7 @@ from dynametric.utils.device import (
     auto_workers,
     autocast,
     check_loader_options,
+    check_workers,
     resolve_device,
     resolve_precision,
 )
@@ -66,15 +67,8 @@ class InferenceOptions:
         dtype = resolve_precision(self.precision, device, key=self.key("precision"))
         batch_size = INFERENCE_BATCH_SIZE if self.batch_size is None else _whole(self.batch_size, "batch size",
                                                                                   self.key("batch_size"))
-        if self.workers is None:
-            workers = 0
-        elif isinstance(self.workers, str):
-            if self.workers.strip().lower() != "auto":
-                raise ConfigError(f"worker count must be an integer >= 0 or 'auto', got {self.workers!r}",
-                                  key=self.key("workers"))
-            workers = auto_workers(device)
-        else:
-            workers = _whole(self.workers, "worker count", self.key("workers"), auto=True)
+        spec = 0 if self.workers is None else check_workers(self.workers, self.key("workers"))
+        workers = auto_workers(device) if spec == "auto" else int(spec)
         check_loader_options(batch_size, workers, batch_key=self.key("batch_size"), workers_key=self.key("workers"))
         pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
         decode = str(self.decode).strip().lower()
@@ -89,7 +83,7 @@ class InferenceOptions:
                                  self.flags)
 
 
-def _whole(value: Any, what: str, key: str, *, auto: bool = False) -> int:
+def _whole(value: Any, what: str, key: str) -> int:
     """``value`` as an int; a one-line ConfigError naming ``key`` for a bool, a float (``2.5`` used to be truncated
     to 2 in silence) or anything else that is not an integer."""
     import operator
@@ -99,8 +93,7 @@ def _whole(value: Any, what: str, key: str, *, auto: bool = False) -> int:
             return operator.index(value)
         except TypeError:
             pass
-    expected = "an integer >= 0 or 'auto'" if auto else "an integer >= 1"
-    raise ConfigError(f"{what} must be {expected}, got {value!r} ({type(value).__name__})", key=key)
+    raise ConfigError(f"{what} must be an integer >= 1, got {value!r} ({type(value).__name__})", key=key)
 
 
 @dataclass(frozen=True)
