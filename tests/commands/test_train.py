@@ -89,6 +89,22 @@ def test_dry_run_prints_config_and_components(finished_run, capsys):
     assert "max_epochs: 5" in text and "param group backbone" in text and "TripletMarginLoss" in text
 
 
+def test_dry_run_prints_the_resolved_loader_settings(finished_run, capsys):
+    """The DataLoader settings a real run would use on this machine: data.workers (auto resolved), pin_memory
+    (never on a CPU run), persistent workers, prefetch factor, batch sizes and sampler."""
+    cfg, _ = finished_run
+    assert main(["train", "--config", str(cfg), "--dry-run", "trainer.accelerator=cpu"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("loader:")]
+    assert lines == ["loader: workers auto -> 0, pin_memory false, persistent_workers true, prefetch_factor 4 (unused "
+                     "without workers); batches of 16 per process (sampler m_per_class), evaluation batches of 64"]
+    assert main(["train", "--config", str(cfg), "--dry-run", "trainer.accelerator=cpu", "data.workers=2",
+                 "data.pin_memory=true", "data.persistent_workers=false", "data.prefetch_factor=3",
+                 "data.sampler=random", "data.batch_size=12", "data.eval_batch_size=32"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("loader:")]
+    assert lines == ["loader: workers 2, pin_memory false, persistent_workers false, prefetch_factor 3; batches of 12 "
+                     "per process (sampler random), evaluation batches of 32"]
+
+
 def test_set_overrides_as_on_the_other_commands(finished_run, capsys):
     cfg, _ = finished_run
     assert main(["train", "--config", str(cfg), "--dry-run", "--set", "trainer.max_epochs=7",

@@ -568,7 +568,9 @@ def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) ->
 
 
 def dry_run(cfg: Config, log: Callable[[str], None] = print) -> Components:
-    """Validate the config and build model, losses, miners and optimizer; no training, no dataset required.
+    """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
+    the resolved config, the components, the trainer and DataLoader settings on this machine (``loader:``, with
+    ``data.workers: auto`` resolved) and, when the data is there, its sizes.
 
     Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
     whether the pretrained weights are already cached (else where a real run would fetch them from). The caller's
@@ -632,6 +634,12 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
         f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
+    loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
+    d = cfg.data
+    log(f"loader: workers {'auto -> ' if d.workers == 'auto' else ''}{loader['num_workers']}, pin_memory "
+        f"{str(loader['pin_memory']).lower()}, persistent_workers {str(loader['persistent_workers']).lower()}, "
+        f"prefetch_factor {loader['prefetch_factor']}{'' if loader['num_workers'] else ' (unused without workers)'}"
+        f"; batches of {d.batch_size} per process (sampler {d.sampler}), evaluation batches of {d.eval_batch_size}")
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")
