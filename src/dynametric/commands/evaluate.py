@@ -255,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
             if args.split is None or exc.key != "split" or exc.file is not None:
                 raise
             raise ConfigError(exc.message, key="--split") from None
+        for note in ce.notes:
+            print(f"note: {note}", file=sys.stderr)
         result, source = ce.result, ce.description
         info = (result[0] if isinstance(result, tuple) else result).pop("protocol", None)
         if not isinstance(ce.protocol, (LeaveOneOut, QueryGallery)):  # a method's own protocol (DyML)

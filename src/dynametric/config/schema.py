@@ -286,6 +286,18 @@ FP16_PRECISIONS = ("16-mixed", "16-true")
 """The training precisions that compute in float16: they need a CUDA GPU (as ``--precision fp16`` does)."""
 
 
+def inference_precision(trainer_precision: int | str) -> str:
+    """The inference precision (``fp32``, ``bf16``, ``fp16``, as ``--precision`` names them) that computes as a run
+    with ``trainer.precision`` did when it validated and tested: ``bf16-mixed`` / ``bf16-true`` -> ``bf16``,
+    ``16-mixed`` / ``16-true`` -> ``fp16``, ``32`` / ``64`` -> ``fp32`` (inference has no float64). Under the
+    ``-true`` precisions the weights themselves were 16-bit, which autocast over float32 weights does not reproduce
+    exactly."""
+    text = str(trainer_precision)
+    if text in FP16_PRECISIONS:
+        return "fp16"
+    return "bf16" if text.startswith("bf16") else "fp32"
+
+
 def accelerator_names() -> list[str]:
     """The ``trainer.accelerator`` values the installed Lightning accepts: ``auto``, ``gpu`` (CUDA or Apple MPS,
     whichever is here) and the names in its ``AcceleratorRegistry``."""

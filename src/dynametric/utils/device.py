@@ -99,6 +99,13 @@ def resolve_precision(spec: str | None, device: torch.device | None = None, *,
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+def default_precision_on(precision: str, device: torch.device) -> str:
+    """A precision chosen by default (the one a run trained in, or an index was built in) as ``device`` can run it:
+    fp16 autocast needs CUDA, so ``fp32`` elsewhere. An fp16 asked for explicitly stays an error on the CPU
+    (:func:`resolve_precision`)."""
+    return "fp32" if precision == "fp16" and device.type != "cuda" else precision
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """``torch.autocast(device.type, dtype)`` when ``dtype`` is set, else nothing."""
