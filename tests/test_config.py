@@ -453,7 +453,37 @@ def test_workers_auto_in_any_case_in_the_config_as_on_the_command_line() -> None
     with pytest.raises(ConfigError) as info:
         load_config(overrides=["data.workers=many"])
     assert info.value.key == "data.workers"
-    assert "expected a non-negative integer or 'auto', got 'many'" in str(info.value)
+    assert "expected an integer from 0 to 128 or 'auto', got 'many'" in str(info.value)
+
+
+def test_workers_have_one_range_in_the_config_the_flags_and_the_library(capsys) -> None:
+    """data.workers, every command's --workers (and data inspect's decoding threads) and InferenceOptions.workers
+    accept 0 to MAX_WORKERS (128) or auto, and refuse more with one line naming the key or flag, the value and the
+    range (100000 was accepted everywhere)."""
+    from dynametric.cli import main
+    from dynametric.commands.options import _workers
+    from dynametric.engine.inference import InferenceOptions
+    from dynametric.utils.device import MAX_WORKERS
+
+    assert MAX_WORKERS == 128
+    assert load_config(overrides=["data.workers=128"]).data.workers == 128 and _workers("128") == 128
+    assert load_config(overrides=["data.workers=0"]).data.workers == 0 and _workers("auto") == "auto"
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["data.workers=100000"])
+    assert info.value.key == "data.workers"
+    assert info.value.message == "expected an integer from 0 to 128 or 'auto', got 100000"
+    with pytest.raises(ConfigError, match=r"^key 'workers': expected an integer from 0 to 128 or 'auto', got 129$"):
+        InferenceOptions(device="cpu", workers=129).resolve()
+    for argv in (["evaluate", "--checkpoint", "c.ckpt"], ["embed", "--checkpoint", "c", "--images", "d", "--out", "o"],
+                 ["search", "--index", "i", "--image", "q.png"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--workers", "100000"])
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+            "error: argument --workers: expected an integer from 0 to 128 or 'auto', got 100000")
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", "--format", "synthetic", "--workers", "129"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "dynametric data inspect: error: argument --workers: expected an integer from 0 to 128, got 129")
 
 
 @pytest.mark.parametrize("spelling,policy", [("exclude", "exclude"), ("count_as_zero", "count_as_zero"),

@@ -41,10 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, except that a command whose parser sets the default ``intermixed`` (the dest of
+    its positional ``KEY=VALUE`` words: ``train``'s overrides) takes those words between and after its options too.
+
+    argparse gives a positional only the words before the first option that follows them and leaves later ones over
+    as "unrecognized"; those left over that do not start with ``-`` are appended to the positional's list, in the
+    order given. A word an option takes as its value stays that option's (``--out a=b`` is the folder ``a=b``); an
+    unknown option is argparse's usual error."""
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "intermixed", None)
+    if dest is not None:
+        words = [w for w in extra if not w.startswith("-")]
+        setattr(args, dest, [*getattr(args, dest), *words])
+        extra = [w for w in extra if w.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     choose_numpy_sort_kernel()  # before any command module imports numpy (docs/metrics.md, Speed on your CPU)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

@@ -141,3 +141,12 @@ def test_dyml_scales_the_data_lacks_are_named_as_train_names_them(tmp_path, caps
     assert capsys.readouterr().err.strip() == f"dynametric train: error: {expected}"
     assert _one_line_error(capsys, "--checkpoint", str(tmp_path / "run" / "best.ckpt"), "--set", scales) == (
         f"dynametric evaluate: error: {expected}")
+
+
+def test_a_split_the_data_lacks_names_the_split_option(tmp_path, capsys) -> None:
+    """`--split` chose the split: the error names it (the data layer's word for it, `split`, was printed)."""
+    from tests.retrieval.conftest import make_run
+
+    ckpt = make_run(tmp_path / "run", dim=8)
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), "--split", "vall") == (
+        "dynametric evaluate: error: key '--split': split must be one of ['train', 'val', 'test'], got 'vall'")

@@ -353,6 +353,20 @@ def test_a_test_split_the_data_lacks_is_refused_by_the_dry_run(capsys, overrides
     assert _dry(capsys, *overrides).endswith(expected)
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("data.val_split=none", "<command line> key 'data.val_split': split must be one of ['train', 'val', 'test'], got "
+                            "'none'; null (not the word none) carves the validation classes from the training split"),
+    ("data.val_split=Val", "<command line> key 'data.val_split': split must be one of ['train', 'val', 'test'], got "
+                           "'Val'"),
+    ("data.train_split=none", "<command line> key 'data.train_split': split must be one of ['train', 'val', 'test'], "
+                              "got 'none'"),
+])
+def test_a_train_or_validation_split_the_data_lacks_names_its_key(capsys, override, expected) -> None:
+    """The data layer calls the split it was asked for ``split``; the error names the key the user wrote (it said
+    ``key 'split'``)."""
+    assert _dry(capsys, override).endswith(expected)
+
+
 # ----------------------------------------------------------------- a loss sized for other embeddings than the model's
 
 

@@ -89,6 +89,22 @@ def test_dry_run_prints_config_and_components(finished_run, capsys):
     assert "max_epochs: 5" in text and "param group backbone" in text and "TripletMarginLoss" in text
 
 
+def test_dry_run_prints_the_resolved_loader_settings(finished_run, capsys):
+    """The DataLoader settings a real run would use on this machine: data.workers (auto resolved), pin_memory
+    (never on a CPU run), persistent workers, prefetch factor, batch sizes and sampler."""
+    cfg, _ = finished_run
+    assert main(["train", "--config", str(cfg), "--dry-run", "trainer.accelerator=cpu"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("loader:")]
+    assert lines == ["loader: workers auto -> 0, pin_memory false, persistent_workers true, prefetch_factor 4 (unused "
+                     "without workers); batches of 16 per process (sampler m_per_class), evaluation batches of 64"]
+    assert main(["train", "--config", str(cfg), "--dry-run", "trainer.accelerator=cpu", "data.workers=2",
+                 "data.pin_memory=true", "data.persistent_workers=false", "data.prefetch_factor=3",
+                 "data.sampler=random", "data.batch_size=12", "data.eval_batch_size=32"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("loader:")]
+    assert lines == ["loader: workers 2, pin_memory false, persistent_workers false, prefetch_factor 3; batches of 12 "
+                     "per process (sampler random), evaluation batches of 32"]
+
+
 def test_set_overrides_as_on_the_other_commands(finished_run, capsys):
     cfg, _ = finished_run
     assert main(["train", "--config", str(cfg), "--dry-run", "--set", "trainer.max_epochs=7",
@@ -101,6 +117,32 @@ def test_set_overrides_as_on_the_other_commands(finished_run, capsys):
     assert "max_epochs: 9" in capsys.readouterr().out
     assert main(["train", "--config", str(cfg), "--dry-run", "--set", "max_epochs"]) == 2
     assert "expected KEY=VALUE, got 'max_epochs'" in capsys.readouterr().err
+
+
+def test_overrides_stand_anywhere_among_the_options(finished_run, capsys):
+    """KEY=VALUE words before, between and after options all apply, in the order given (argparse alone took only
+    the first run of them and refused the rest as unrecognized arguments)."""
+    cfg, _ = finished_run
+    assert main(["train", "trainer.max_epochs=3", "--config", str(cfg), "--dry-run", "model.embedding_dim=24",
+                 "--no-progress", "trainer.max_epochs=6", "trainer.seed=5"]) == 0
+    text = capsys.readouterr().out
+    assert "max_epochs: 6" in text and "embedding_dim: 24" in text and "  seed: 5" in text
+    # a word an option takes as its value stays the option's, even with "="; an unknown option is still refused
+    from pathlib import Path
+
+    from dynametric.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["train", "--out", "runs/a=b", "data.m=2", "--no-progress", "data.m=8",
+                                       "--set", "trainer.seed=1"])
+    assert args.out == Path("runs/a=b") and args.overrides == ["data.m=2", "data.m=8"]
+    assert args.set_overrides == ["trainer.seed=1"] and args.progress is False
+    with pytest.raises(SystemExit):
+        main(["train", "--dry-run", "data.m=2", "--bogus", "data.m=8"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    # a word without "=" between the options is the same one-line error as before them
+    assert main(["train", "--config", str(cfg), "--dry-run", "--no-progress", "max_epochs"]) == 2
+    assert capsys.readouterr().err.strip() == "dynametric train: error: key 'max_epochs': expected KEY=VALUE, got " \
+        "'max_epochs'"
 
 
 def test_dry_run_without_dataset_root_warns(tmp_path, capsys):

@@ -21,8 +21,8 @@ TINY = ["model.backbone_kwargs={width: 4, depth: 2}", "model.embedding_dim=8"]
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.workers=many", "key 'data.workers': expected a non-negative integer or 'auto', got 'many'"),
-    ("data.workers=-1", "key 'data.workers': expected a non-negative integer, got -1"),
+    ("data.workers=many", "key 'data.workers': expected an integer from 0 to 128 or 'auto', got 'many'"),
+    ("data.workers=-1", "key 'data.workers': expected an integer from 0 to 128 or 'auto', got -1"),
     ("data.prefetch_factor=0", "key 'data.prefetch_factor': expected a positive integer, got 0"),
     ("data.pin_memory=sometimes", "key 'data.pin_memory'"),
     ("model.channels_last=maybe", "key 'model.channels_last'"),

@@ -137,7 +137,8 @@ def test_missing_files_and_options(run: Path, tmp_path: Path, monkeypatch) -> No
     (["--device", "gpu0"], "key '--device': unknown device 'gpu0'; expected auto, cpu, cuda, cuda:N or mps"),
     (["--precision", "fp16", "--device", "cpu"], "key '--precision': fp16 autocast needs a CUDA device"),
     (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
-    (["--workers", "-2"], "argument --workers: expected an integer >= 0 or 'auto', got '-2'"),
+    (["--workers", "-2"], "argument --workers: expected an integer from 0 to 128 or 'auto', got -2"),
+    (["--workers", "100000"], "argument --workers: expected an integer from 0 to 128 or 'auto', got 100000"),
 ])
 def test_cli_flags_are_validated(run_ckpt: Path, image_root: Path, tmp_path: Path, monkeypatch, capsys, argv,
                                  message) -> None:
@@ -174,7 +175,7 @@ def _evaluate_options() -> set[str]:
 def test_cli_worker_argument_and_checkpoint_only_options(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["embed", "--checkpoint", "x", "--images", "y", "--out", "z", "--workers", "lots"])
-    assert "expected an integer >= 0 or 'auto'" in capsys.readouterr().err
+    assert "argument --workers: expected an integer from 0 to 128 or 'auto', got 'lots'" in capsys.readouterr().err
     assert main(["evaluate", "--example", "--precision", "bf16"]) != 0
     assert "--precision, --batch-size and --workers need --checkpoint" in capsys.readouterr().err
 
@@ -190,6 +191,72 @@ def test_embed_cli_bf16_and_workers(run_ckpt: Path, tmp_path: Path, capsys) -> N
     a, b = np.load(out32 / "embeddings.npy"), np.load(out16 / "embeddings.npy")
     assert a.shape == b.shape == (6, 16) and np.isfinite(b).all()
     assert 0 < np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+def _run_in(root: Path, precision: str) -> Path:
+    """A run folder whose config.yaml says trainer.precision ``precision`` (a small synthetic test split)."""
+    ckpt = make_run(root, seed=1)
+    save_config(load_config(root / "config.yaml", [f"trainer.precision={precision}", *SMALL]), root / "config.yaml")
+    return ckpt
+
+
+def test_checkpoint_commands_default_to_the_precision_of_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`evaluate --checkpoint` and `embed` embed in the precision the run validated and tested in (bf16 for a
+    bf16-mixed run; they used fp32 unless told), `--precision` still wins, and a 16-mixed run on a machine without
+    CUDA embeds in fp32 with a note instead of failing."""
+    import json
+
+    from dynametric.pipeline import evaluate_checkpoint
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bf16 = _run_in(tmp_path / "bf16", "bf16-mixed")
+
+    def test_embeddings(**options) -> torch.Tensor:
+        ce = evaluate_checkpoint(bf16, options=None if not options else InferenceOptions(**options, batch_size=None,
+                                                                                            workers=None))
+        return next(iter(ce.sets.values())).emb
+
+    default, as_bf16, as_fp32 = test_embeddings(), test_embeddings(precision="bf16"), test_embeddings(precision="fp32")
+    assert torch.equal(default, as_bf16) and not torch.equal(default, as_fp32)
+    assert torch.equal(test_embeddings(device="cpu"), as_bf16)  # options given, precision left unset
+
+    results = {}
+    for name, extra in (("default", []), ("bf16", ["--precision", "bf16"]), ("fp32", ["--precision", "fp32"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--checkpoint", str(bf16), "--metrics", "map@r", "--json", str(out)]
+                    + extra) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["default"] == results["bf16"] and results["default"] != results["fp32"]
+
+    images = make_images(tmp_path / "data", n=6) / "imgs"
+    embed = ["embed", "--checkpoint", str(bf16), "--images", str(images), "--device", "cpu", "--no-progress"]
+    assert main([*embed, "--out", str(tmp_path / "e_default")]) == 0
+    assert main([*embed, "--out", str(tmp_path / "e_fp32"), "--precision", "fp32"]) == 0
+    assert json.loads((tmp_path / "e_default" / "embed.json").read_text())["model"]["precision"] == "bf16"
+    assert "precision" not in json.loads((tmp_path / "e_fp32" / "embed.json").read_text())["model"]
+    assert not np.array_equal(np.load(tmp_path / "e_default" / "embeddings.npy"),
+                              np.load(tmp_path / "e_fp32" / "embeddings.npy"))
+    capsys.readouterr()
+
+    fp16 = _run_in(tmp_path / "fp16", "16-mixed")
+    note = ("note: the run trained in trainer.precision 16-mixed (fp16), which needs CUDA; this runs on cpu, so it "
+            "embeds in fp32")
+    assert main(["evaluate", "--checkpoint", str(fp16), "--metrics", "map@r"]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    assert main([*embed[:2], str(fp16), *embed[3:], "--out", str(tmp_path / "e_fp16")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    assert "precision" not in json.loads((tmp_path / "e_fp16" / "embed.json").read_text())["model"]
+    assert main(["evaluate", "--checkpoint", str(fp16), "--precision", "fp16"]) == 2  # asked for: still an error
+    assert "key '--precision': fp16 autocast needs a CUDA device" in capsys.readouterr().err
+
+
+def test_every_training_precision_has_its_inference_precision() -> None:
+    from dynametric.config.schema import PRECISIONS, inference_precision
+
+    assert {p: inference_precision(p) for p in PRECISIONS} == {
+        "32": "fp32", "32-true": "fp32", "64": "fp32", "64-true": "fp32", "16-mixed": "fp16", "bf16-mixed": "bf16",
+        "16-true": "fp16", "bf16-true": "bf16"}
+    assert inference_precision(32) == "fp32"  # YAML reads `precision: 32` as an int
 
 
 def test_split_transform_gives_the_same_values(run_ckpt: Path, image_root: Path) -> None:

@@ -26,12 +26,14 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from dynametric.commands import non_negative_int, positive_int
+from dynametric.commands import positive_int
+from dynametric.commands.options import worker_threads
 from dynametric.data.base import Problem, check_hierarchy, contiguous_ids, load_rgb
 from dynametric.data.oml import box_problem
 from dynametric.data.readers import resolve_root
 from dynametric.data.registry import FORMAT_NAMES, SYNTHETIC, get_format, list_splits, split_options
 from dynametric.errors import ConfigError, InputError
+from dynametric.utils.device import MAX_WORKERS
 from dynametric.utils.io import atomic_write_with
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -207,7 +209,8 @@ def register(subparsers: Any) -> None:
                    help="format option (repeatable), e.g. -o csv_file=my.csv -o swap_rb=true")
     p.add_argument("--no-verify-images", dest="verify_images", action="store_false",
                    help="do not decode every image (only check that the files exist)")
-    p.add_argument("--workers", type=non_negative_int, default=4, help="threads decoding images (default 4)")
+    p.add_argument("--workers", type=worker_threads, default=4,
+                   help=f"threads decoding images, 0 to {MAX_WORKERS} (default 4)")
     p.add_argument("--grid", metavar="PNG", help="also write a grid of sample images (visual colour check)")
     p.add_argument("--grid-count", type=positive_int, default=16, help="images in the sample grid (default 16)")
     p.set_defaults(func=run)

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         items = items.select_part(*args.part)
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
                            image_size=args.image_size, options=options)
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
     res = embed_items(items, loaded.embed_on_device, loaded.loader_transform, args.out,
                       model_identity=loaded.identity(),
                       batch_size=args.batch_size, shard_size=args.shard_size, num_workers=run_opts.workers,

@@ -248,8 +248,15 @@ def run(args: argparse.Namespace) -> int:
                                   key="--checkpoint")
 
         # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; pipeline/protocols.py)
-        ce = evaluate_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides,
-                                 options=inference, evaluate=evaluate, check=check)
+        try:
+            ce = evaluate_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides,
+                                     options=inference, evaluate=evaluate, check=check)
+        except InputError as exc:  # the data layer names the split it lacks `split`: here --split chose it
+            if args.split is None or exc.key != "split" or exc.file is not None:
+                raise
+            raise ConfigError(exc.message, key="--split") from None
+        for note in ce.notes:
+            print(f"note: {note}", file=sys.stderr)
         result, source = ce.result, ce.description
         info = (result[0] if isinstance(result, tuple) else result).pop("protocol", None)
         if not isinstance(ce.protocol, (LeaveOneOut, QueryGallery)):  # a method's own protocol (DyML)

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.retrieval.model import load_embedder
 
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
-                           image_size=args.image_size, options=InferenceOptions(device="cpu"))  # exported on the CPU
+                           image_size=args.image_size,  # exported on the CPU, as a float32 graph
+                           options=InferenceOptions(device="cpu", precision="fp32"))
     info = export_embedder(loaded, args.out, args.format, atol=args.atol, check=not args.no_check,
                            key="--out")
     shape = "x".join(str(s) for s in info["input"]["shape"])

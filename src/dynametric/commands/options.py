@@ -8,17 +8,28 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dynametric.commands import non_negative_int, positive_int
-from dynametric.utils.device import INFERENCE_BATCH_SIZE, PRECISIONS
+from dynametric.commands import positive_int
+from dynametric.errors import ConfigError
+from dynametric.utils.device import INFERENCE_BATCH_SIZE, MAX_WORKERS, PRECISIONS, check_workers
 
 
-def _workers(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
+def _workers(text: str, *, auto: bool = True) -> int | str:
+    """``--workers``: :func:`~dynametric.utils.device.check_workers` of the number or word given (the rule of the
+    config's ``data.workers``)."""
     try:
-        return non_negative_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text!r}") from None
+        value: int | str = int(text)
+    except ValueError:
+        value = text
+    try:
+        return check_workers(value, "--workers", auto=auto)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def worker_threads(text: str) -> int:
+    """``--workers`` of ``data inspect`` (threads decoding images): a count in the range of :func:`_workers`, no
+    ``auto``."""
+    return int(_workers(text, auto=False))
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | None = INFERENCE_BATCH_SIZE,
@@ -26,8 +37,9 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
                             prefix: str = "", follow_index: bool = False) -> None:
     """Add ``--device``, ``--precision`` and (unless disabled) ``--batch-size`` / ``--workers`` / ``--decode`` to ``p``.
     ``batch_size=None`` leaves batch size and workers to the config (``None`` defaults); ``prefix`` starts each
-    help text; ``follow_index``: ``--precision`` defaults to ``None``, the precision the index was built with
-    (:func:`dynametric.retrieval.model.query_precision`)."""
+    help text. ``--precision`` defaults to ``None``: the precision the checkpoint's run trained in
+    (:func:`dynametric.engine.inference.checkpoint_precision`), or with ``follow_index`` the one the index was built
+    with (:func:`dynametric.retrieval.model.query_precision`)."""
     if device:
         p.add_argument("--device", default="auto",
                        help=f"{prefix}auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps (default auto)")
@@ -36,15 +48,17 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
                        help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default: the precision the "
                             "index's embeddings were computed in, fp32 where fp16 cannot run)")
     else:
-        p.add_argument("--precision", default=None if batch_size is None else "fp32", choices=PRECISIONS,
-                       help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default fp32)")
+        p.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help=f"{prefix}fp32, or bf16 / fp16 autocast (fp16 needs CUDA; default: the precision the run "
+                            "trained in, trainer.precision: bf16 for bf16-mixed, fp16 for 16-mixed where CUDA runs "
+                            "it, else fp32)")
     if batch:
         p.add_argument("--batch-size", type=positive_int, default=batch_size,
                        help=f"{prefix}images per forward pass (default {batch_size or 'data.eval_batch_size'})")
     if workers:
         p.add_argument("--workers", type=_workers, default=None if batch_size is None else "auto",
-                       help=f"{prefix}image-decoding worker processes, or auto (min(16, CPUs-1) on CUDA, 0 on the "
-                            f"CPU; default {'data.workers' if batch_size is None else 'auto'})")
+                       help=f"{prefix}image-decoding worker processes, 0 to {MAX_WORKERS}, or auto (min(16, CPUs-1) "
+                            f"on CUDA, 0 on the CPU; default {'data.workers' if batch_size is None else 'auto'})")
     if decode:
         p.add_argument("--decode", default="cpu", choices=("cpu", "gpu", "auto"),
                        help=f"{prefix}where image files are decoded: cpu (PIL in the workers), gpu (JPEGs decoded and "
@@ -55,12 +69,13 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
 def inference_options(args: argparse.Namespace, *, batch_size: int | None = None, workers: Any = None,
                       progress: bool = False) -> Any:
     """:class:`~dynametric.engine.inference.InferenceOptions` from the parsed options (``batch_size`` /
-    ``workers``: fallbacks where the command has no such option or it was left to the config)."""
+    ``workers``: fallbacks where the command has no such option or it was left to the config; no ``--precision``
+    leaves it unset, for the run's or the index's)."""
     from dynametric.engine.inference import InferenceOptions
 
     bs = getattr(args, "batch_size", None)
     w = getattr(args, "workers", None)
-    return InferenceOptions(device=getattr(args, "device", None) or "auto", precision=args.precision or "fp32",
+    return InferenceOptions(device=getattr(args, "device", None) or "auto", precision=args.precision,
                             batch_size=bs if bs is not None else batch_size,
                             workers=w if w is not None else workers, progress=progress,
                             decode=getattr(args, "decode", None) or "cpu", flags=True)

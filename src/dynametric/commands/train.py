@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="YAML config (default: the packaged default run, dynametric/configs/default_run.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. trainer.max_epochs=3 loss.name=MultiSimilarityLoss")
+                   help="dotted overrides, before, between or after the options, e.g. trainer.max_epochs=3 "
+                        "loss.name=MultiSimilarityLoss (a word an option takes as its value stays its value: "
+                        "--out a=b is the folder a=b)")
     p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted override, as the other commands take them (repeatable; same as a positional "
                         "KEY=VALUE)")
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run folder (default: <run.output_dir>/<run.name or timestamp-hash>)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on/off (default: the config's trainer.progress_bar)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, intermixed="overrides")  # KEY=VALUE words anywhere among the options (cli.parse_args)
 
 
 def run(args: argparse.Namespace) -> int:

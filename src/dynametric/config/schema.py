@@ -61,8 +61,9 @@ class DataConfig:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 128
     workers: int | str = "auto"
-    """DataLoader worker processes, or ``auto`` (any case): ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P =
-    ``trainer.devices`` on this machine), else 0."""
+    """DataLoader worker processes, 0 to 128 (:func:`dynametric.utils.device.check_workers`, as ``--workers``), or
+    ``auto`` (any case): ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P = ``trainer.devices`` on this
+    machine), else 0."""
     pin_memory: bool | None = None
     """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU; always off on
     a CPU run (nothing to pin for)."""
@@ -79,6 +80,7 @@ class DataConfig:
             raise ConfigError(f"unknown dataset format {self.format!r}" + (_suggest(self.format, FORMAT_NAMES)
                               or f"; valid formats: {', '.join(FORMAT_NAMES)}"), key=f"{key}.format")
         from dynametric.data.samplers import BATCH_SAMPLERS
+        from dynametric.utils.device import check_workers
 
         if self.sampler not in BATCH_SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}" + (_suggest(self.sampler, BATCH_SAMPLERS)
@@ -90,13 +92,7 @@ class DataConfig:
         _positive(self.batch_size, f"{key}.batch_size")
         _positive(self.m, f"{key}.m")
         _positive(self.eval_batch_size, f"{key}.eval_batch_size")
-        if isinstance(self.workers, str):  # any case, as the commands' --workers takes it
-            if self.workers.strip().lower() != "auto":
-                raise ConfigError(f"expected a non-negative integer or 'auto', got {self.workers!r}",
-                                  key=f"{key}.workers")
-            self.workers = "auto"
-        else:
-            _non_negative(self.workers, f"{key}.workers")
+        self.workers = check_workers(self.workers, f"{key}.workers")  # auto in any case, as --workers takes it
         _positive(self.prefetch_factor, f"{key}.prefetch_factor")
         _non_negative(self.sampler_scale, f"{key}.sampler_scale")
         check_seed(self.val_seed, f"{key}.val_seed")
@@ -288,6 +284,18 @@ def check_precision(value: int | str, key: str) -> str:
 
 FP16_PRECISIONS = ("16-mixed", "16-true")
 """The training precisions that compute in float16: they need a CUDA GPU (as ``--precision fp16`` does)."""
+
+
+def inference_precision(trainer_precision: int | str) -> str:
+    """The inference precision (``fp32``, ``bf16``, ``fp16``, as ``--precision`` names them) that computes as a run
+    with ``trainer.precision`` did when it validated and tested: ``bf16-mixed`` / ``bf16-true`` -> ``bf16``,
+    ``16-mixed`` / ``16-true`` -> ``fp16``, ``32`` / ``64`` -> ``fp32`` (inference has no float64). Under the
+    ``-true`` precisions the weights themselves were 16-bit, which autocast over float32 weights does not reproduce
+    exactly."""
+    text = str(trainer_precision)
+    if text in FP16_PRECISIONS:
+        return "fp16"
+    return "bf16" if text.startswith("bf16") else "fp32"
 
 
 def accelerator_names() -> list[str]:

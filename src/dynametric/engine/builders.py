@@ -117,10 +117,27 @@ def _data_options_keyed(cfg: Config) -> Iterator[None]:
         raise
 
 
-def load_split(cfg: Config, split: str, train: bool) -> Any:
+@contextlib.contextmanager
+def _split_keyed(key: str | None, split: str) -> Iterator[None]:
+    """An error of the data layer about the split it was asked for (``key`` ``split``, no file) is re-raised naming
+    ``key``, the config key that chose the split (``data.val_split``), so it carries the file and line that set it;
+    ``key=None`` leaves it as it is."""
+    try:
+        yield
+    except InputError as exc:
+        if key is None or exc.file is not None or exc.key != "split":
+            raise
+        hint = ("; null (not the word none) carves the validation classes from the training split"
+                if key == "data.val_split" and str(split).strip().lower() == "none" else "")
+        raise ConfigError(exc.message + hint, key=key) from None
+
+
+def load_split(cfg: Config, split: str, train: bool, key: str | None = None) -> Any:
+    """Split ``split`` of the configured data; ``key``: the config key that named it, for the data layer's error
+    about a split it does not have (``key 'data.val_split': split must be one of [...], got 'none'``)."""
     from dynametric.data import build_dataset
 
-    with _data_options_keyed(cfg):
+    with _data_options_keyed(cfg), _split_keyed(key, split):
         return build_dataset(cfg.data.format, cfg.data.root, split, transform=transform_for(cfg, train),
                              **dict(cfg.data.options))
 
@@ -162,23 +179,23 @@ def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
     data = cfg.data
     if data.val_split not in (None, "auto") and data.val_split == data.test_split:
         raise ConfigError("the validation split must not be the test split", key="data.val_split")
-    train = load_split(cfg, data.train_split, train=True)
+    train = load_split(cfg, data.train_split, train=True, key="data.train_split")
     val: Any | None = None
     carved = False
     splits = available_splits(cfg) if data.val_split == "auto" else []
     if data.val_split == "auto" and "val" in splits and data.test_split != "val":
         val, source = load_split(cfg, "val", train=False), "split 'val'"
     elif data.val_split not in (None, "auto"):
-        val, source = load_split(cfg, data.val_split, train=False), f"split {data.val_split!r}"
+        val, source = load_split(cfg, data.val_split, train=False, key="data.val_split"), f"split {data.val_split!r}"
     else:
-        train_eval = load_split(cfg, data.train_split, train=False)
+        train_eval = load_split(cfg, data.train_split, train=False, key="data.train_split")
         train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=0,
                                            folds=data.val_folds, fold=data.val_fold)
         if val is not None:
             train, carved = LabelledSubset(train, train_part.indices, data.train_split), True
         source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
                                              if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
-    test = load_split(cfg, data.test_split, train=False) if with_test else None
+    test = load_split(cfg, data.test_split, train=False, key="data.test_split") if with_test else None
     fields = dataset_fields(train, "the training split")  # a registered format's dataset may lack scale names
     names = list(fields.scale_names or [])
     if not names:

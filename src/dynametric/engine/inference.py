@@ -4,7 +4,8 @@
   (``weights_only``; eval mode, no grad). ``dynametric evaluate --checkpoint``, the DyML protocol, ``embed``,
   ``search --image``, ``explore`` and ``export`` all load through it.
 * :class:`InferenceOptions` says where and how to run: ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``,
-  :func:`dynametric.utils.device.resolve_device`), ``precision`` (``fp32``, or ``bf16`` / ``fp16`` autocast),
+  :func:`dynametric.utils.device.resolve_device`), ``precision`` (``fp32``, or ``bf16`` / ``fp16`` autocast; unset:
+  the precision a loaded run trained in, :func:`checkpoint_precision`, else fp32),
   batch size, loader workers (``auto``: :func:`dynametric.utils.device.auto_workers`), pinned memory (default: on
   for CUDA), a progress bar and where image files are decoded (``decode``: ``cpu``, PIL in the loader workers;
   ``gpu``, JPEGs decoded and resized on the device, :mod:`dynametric.engine.device_decode`; ``auto``, ``gpu`` on
@@ -34,6 +35,8 @@ from dynametric.utils.device import (
     auto_workers,
     autocast,
     check_loader_options,
+    check_workers,
+    default_precision_on,
     resolve_device,
     resolve_precision,
 )
@@ -49,7 +52,7 @@ class InferenceOptions:
     """Where and how to run a model over images (validated by :meth:`resolve`)."""
 
     device: str | torch.device | None = "auto"
-    precision: str = "fp32"
+    precision: str | None = None  # None: the run's (checkpoint_precision) where a trained run is loaded, else fp32
     batch_size: int | None = INFERENCE_BATCH_SIZE  # None: the same (for a checkpoint's dataset, data.eval_batch_size)
     workers: int | str | None = 0  # None: 0 (or data.workers)
     pin_memory: bool | None = None  # None: pinned when the device is CUDA
@@ -66,15 +69,8 @@ class InferenceOptions:
         dtype = resolve_precision(self.precision, device, key=self.key("precision"))
         batch_size = INFERENCE_BATCH_SIZE if self.batch_size is None else _whole(self.batch_size, "batch size",
                                                                                   self.key("batch_size"))
-        if self.workers is None:
-            workers = 0
-        elif isinstance(self.workers, str):
-            if self.workers.strip().lower() != "auto":
-                raise ConfigError(f"worker count must be an integer >= 0 or 'auto', got {self.workers!r}",
-                                  key=self.key("workers"))
-            workers = auto_workers(device)
-        else:
-            workers = _whole(self.workers, "worker count", self.key("workers"), auto=True)
+        spec = 0 if self.workers is None else check_workers(self.workers, self.key("workers"))
+        workers = auto_workers(device) if spec == "auto" else int(spec)
         check_loader_options(batch_size, workers, batch_key=self.key("batch_size"), workers_key=self.key("workers"))
         pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
         decode = str(self.decode).strip().lower()
@@ -89,7 +85,7 @@ class InferenceOptions:
                                  self.flags)
 
 
-def _whole(value: Any, what: str, key: str, *, auto: bool = False) -> int:
+def _whole(value: Any, what: str, key: str) -> int:
     """``value`` as an int; a one-line ConfigError naming ``key`` for a bool, a float (``2.5`` used to be truncated
     to 2 in silence) or anything else that is not an integer."""
     import operator
@@ -99,8 +95,7 @@ def _whole(value: Any, what: str, key: str, *, auto: bool = False) -> int:
             return operator.index(value)
         except TypeError:
             pass
-    expected = "an integer >= 0 or 'auto'" if auto else "an integer >= 1"
-    raise ConfigError(f"{what} must be {expected}, got {value!r} ({type(value).__name__})", key=key)
+    raise ConfigError(f"{what} must be an integer >= 1, got {value!r} ({type(value).__name__})", key=key)
 
 
 @dataclass(frozen=True)
@@ -288,9 +283,30 @@ class CheckpointEmbeddings:
     description: str
 
 
+def checkpoint_precision(cfg: Config, options: InferenceOptions) -> tuple[InferenceOptions, str | None]:
+    """``(options, note)``: ``options`` with an unset precision (``None``) set to the one the run computed in when it
+    validated and tested, ``trainer.precision`` as an inference precision
+    (:func:`dynametric.config.schema.inference_precision`: ``bf16-mixed`` -> bf16, ``16-mixed`` -> fp16, ``32`` ->
+    fp32), so a checkpoint embeds as its run did; an explicit precision is kept. fp16 on a device other than CUDA
+    becomes fp32 (:func:`~dynametric.utils.device.default_precision_on`), and the note says so (else ``None``)."""
+    from dataclasses import replace
+
+    from dynametric.config.schema import inference_precision
+
+    if options.precision is not None:
+        return options, None
+    trained = inference_precision(cfg.trainer.precision)
+    device = resolve_device(options.device, key=options.key("device"))
+    chosen = default_precision_on(trained, device)
+    note = None if chosen == trained else (f"the run trained in trainer.precision {cfg.trainer.precision} ({trained}), "
+                                           f"which needs CUDA; this runs on {device.type}, so it embeds in {chosen}")
+    return replace(options, precision=chosen), note
+
+
 def checkpoint_options(cfg: Config, options: InferenceOptions | None) -> InferenceOptions:
-    """``options`` (default: ``auto`` device, fp32) with an unset batch size / worker count taken from the config's
-    evaluation loader (``data.eval_batch_size``, ``data.workers``)."""
+    """``options`` (default: ``auto`` device) with an unset batch size / worker count taken from the config's
+    evaluation loader (``data.eval_batch_size``, ``data.workers``); an unset precision is left to
+    :func:`checkpoint_precision`."""
     from dataclasses import replace
 
     opts = options if options is not None else InferenceOptions(batch_size=None, workers=None)
@@ -304,13 +320,14 @@ def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = No
     """Load ``checkpoint`` (:func:`load_trained`) and embed a split of its configured dataset.
 
     With ``eval.protocol: query_gallery`` (and no ``split``) the ``eval.query_split`` and ``eval.gallery_split``
-    are embedded. ``options`` default to the config's evaluation batch size and workers on the ``auto`` device.
+    are embedded. ``options`` default to the config's evaluation batch size and workers and the run's precision
+    (:func:`checkpoint_precision`) on the ``auto`` device.
     """
     from dynametric.engine.builders import load_eval_split, load_split
 
     trained = load_trained(checkpoint, config, overrides=overrides, head=head)
     cfg, model = trained.cfg, trained.model
-    opts = checkpoint_options(cfg, options)
+    opts, _ = checkpoint_precision(cfg, checkpoint_options(cfg, options))
     if progress:
         opts.progress = True
     run = opts.resolve()

@@ -222,3 +222,5 @@ class CheckpointEvaluation:
     protocol: EvaluationProtocol
     sets: dict[str, EmbeddedSet]
     description: str
+    notes: list[str] = field(default_factory=list)
+    """What the caller should be told: e.g. that the run's fp16 precision cannot run here and fp32 was used."""

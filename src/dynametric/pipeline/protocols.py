@@ -108,11 +108,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
 
     ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint); ``options``:
     :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on the ``auto``
-    device); ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks,
-    run before anything is loaded or embedded."""
+    device; an unset precision is the run's, :func:`~dynametric.engine.inference.checkpoint_precision`);
+    ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks, run before
+    anything is loaded or embedded."""
     from dynametric.config import errors_located, load_config
     from dynametric.engine.builders import load_eval_split
-    from dynametric.engine.inference import checkpoint_options, config_beside, embed_dataset, load_trained
+    from dynametric.engine.inference import (
+        checkpoint_options,
+        checkpoint_precision,
+        config_beside,
+        embed_dataset,
+        load_trained,
+    )
 
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
@@ -127,7 +134,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     if check is not None:
         check(protocol)
     trained = load_trained(checkpoint, config, cfg=cfg)
-    opts = checkpoint_options(cfg, options)
+    opts, note = checkpoint_precision(cfg, checkpoint_options(cfg, options))  # unset precision: the run's
     if progress:
         opts.progress = True
     run = opts.resolve()
@@ -139,7 +146,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
         f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
     return CheckpointEvaluation(protocol.evaluate(sets, evaluate), protocol, sets,
-                                f"{trained.checkpoint}: {cfg.data.format} {splits}")
+                                f"{trained.checkpoint}: {cfg.data.format} {splits}", [note] if note else [])
 
 
 def evaluate_dyml_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),

@@ -488,7 +488,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     datasets = build_datasets(cfg, with_test=False)  # the training split's own errors first: they say more
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     if dyml is None and cfg.eval.protocol == "leave_one_out":
-        datasets.test = load_split(cfg, cfg.data.test_split, train=False)
+        datasets.test = load_split(cfg, cfg.data.test_split, train=False, key="data.test_split")
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names,
                   carved=datasets.val_carved)  # before the untrained evaluation spends time
@@ -620,7 +620,9 @@ def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) ->
 
 
 def dry_run(cfg: Config, log: Callable[[str], None] = print) -> Components:
-    """Validate the config and build model, losses, miners and optimizer; no training, no dataset required.
+    """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
+    the resolved config, the components, the trainer and DataLoader settings on this machine (``loader:``, with
+    ``data.workers: auto`` resolved) and, when the data is there, its sizes.
 
     Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
     whether the pretrained weights are already cached (else where a real run would fetch them from). The caller's
@@ -684,6 +686,12 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
         f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
+    loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
+    d = cfg.data
+    log(f"loader: workers {'auto -> ' if d.workers == 'auto' else ''}{loader['num_workers']}, pin_memory "
+        f"{str(loader['pin_memory']).lower()}, persistent_workers {str(loader['persistent_workers']).lower()}, "
+        f"prefetch_factor {loader['prefetch_factor']}{'' if loader['num_workers'] else ' (unused without workers)'}"
+        f"; batches of {d.batch_size} per process (sampler {d.sampler}), evaluation batches of {d.eval_batch_size}")
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +23,14 @@ from dynametric.engine.device_decode import EncodedImages
 from dynametric.engine.inference import (
     InferenceOptions,
     ResolvedInference,
+    checkpoint_precision,
     embed_batch,
     load_trained,
     prepare_model,
     split_transform,
 )
 from dynametric.errors import ConfigError, InputError
-from dynametric.utils.device import choice_hint, precision_name
+from dynametric.utils.device import choice_hint, default_precision_on, precision_name
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -72,6 +73,8 @@ class LoadedEmbedder:
     in_chans: int
     input_size: int
     run: ResolvedInference
+    notes: list[str] = field(default_factory=list)
+    """What the caller should be told (e.g. that the run's fp16 precision cannot run here and fp32 is used)."""
 
     def __post_init__(self) -> None:
         self._loader_transform, self._finish = split_transform(self.transform)
@@ -149,7 +152,9 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
                   head: str | None = None, image_size: int | None = None,
                   options: InferenceOptions | None = None) -> LoadedEmbedder:
     """Load ``checkpoint`` through :func:`dynametric.engine.inference.load_trained` and place it on the device of
-    ``options`` (default: ``auto`` device, fp32, batch 128, no workers).
+    ``options`` (default: ``auto`` device, batch 64, no workers; an unset precision is the one the run trained in,
+    :func:`~dynametric.engine.inference.checkpoint_precision`, and :attr:`LoadedEmbedder.notes` says when that
+    cannot run here).
 
     ``config`` defaults to ``config.yaml`` beside the checkpoint (a ``dynametric train`` run folder); ``head``
     defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
@@ -157,15 +162,20 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
     from dynametric.config import config_hash
     from dynametric.engine.checkpoint import embedder_state_dict
 
-    run = (options or InferenceOptions()).resolve()
+    opts = options or InferenceOptions()
+    run = opts.resolve()  # a bad device, precision, ... before the checkpoint is read
     trained = load_trained(checkpoint, config, overrides=overrides, head=head)
     cfg = trained.cfg
+    opts, note = checkpoint_precision(cfg, opts)
+    if opts.precision != run.precision:
+        run = opts.resolve()
     prepare_model(trained.model, run)
     transform = eval_transform(cfg, image_size)
     return LoadedEmbedder(model=trained.model, head=trained.head, transform=transform,
                           checkpoint=trained.checkpoint, config_path=trained.config_path, config_hash=config_hash(cfg),
                           weights_hash=weights_digest(embedder_state_dict(trained.state)),
-                          in_chans=int(cfg.model.in_chans), input_size=_input_size(transform, 224), run=run)
+                          in_chans=int(cfg.model.in_chans), input_size=_input_size(transform, 224), run=run,
+                          notes=[note] if note else [])
 
 
 def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
@@ -271,7 +281,8 @@ def query_precision(index_model: dict[str, Any], requested: str | None, device: 
     if requested is not None:
         chosen = precision_name(requested)
         return chosen, precision_note(index_model, chosen, "the query images are embedded", " as asked")
-    if built == "fp16" and device.type != "cuda":
-        return "fp32", precision_note(index_model, "fp32", "the query images are embedded",
+    chosen = default_precision_on(built, device)
+    if chosen != built:
+        return chosen, precision_note(index_model, chosen, "the query images are embedded",
                                       f" (fp16 needs CUDA, this runs on {device.type})")
     return built, None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -98,6 +99,13 @@ def resolve_precision(spec: str | None, device: torch.device | None = None, *,
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+def default_precision_on(precision: str, device: torch.device) -> str:
+    """A precision chosen by default (the one a run trained in, or an index was built in) as ``device`` can run it:
+    fp16 autocast needs CUDA, so ``fp32`` elsewhere. An fp16 asked for explicitly stays an error on the CPU
+    (:func:`resolve_precision`)."""
+    return "fp32" if precision == "fp16" and device.type != "cuda" else precision
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """``torch.autocast(device.type, dtype)`` when ``dtype`` is set, else nothing."""
@@ -108,13 +116,42 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
+MAX_WORKERS = 128
+"""The most data-loading workers one loader may start (``data.workers``, ``--workers``, ``InferenceOptions``). A
+fixed ceiling, not one of this machine: a run config travels (``--resume`` and ``evaluate --checkpoint`` on another
+machine read the ``data.workers`` it trained with), so a value valid where it was written stays valid everywhere.
+``auto`` resolves to at most 16 (:func:`auto_workers`)."""
+
+
+def check_workers(value: Any, key: str, *, auto: bool = True) -> int | str:
+    """A worker count: an integer from 0 to :data:`MAX_WORKERS`, or (with ``auto``) ``"auto"`` in any case, returned
+    as ``"auto"``. The one check of ``data.workers``, the commands' ``--workers`` and ``InferenceOptions.workers``;
+    anything else (a bool, a float, a negative or larger number, another word) is a one-line ConfigError naming
+    ``key``, the value and what is allowed: ``key '--workers': expected an integer from 0 to 128 or 'auto', got
+    100000``."""
+    import operator
+
+    if auto and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    count = None
+    if not isinstance(value, (bool, str)):
+        try:
+            count = operator.index(value)
+        except TypeError:
+            pass
+    if count is not None and 0 <= count <= MAX_WORKERS:
+        return int(count)
+    kind = "" if count is not None or isinstance(value, str) else f" ({type(value).__name__})"
+    raise ConfigError(f"expected an integer from 0 to {MAX_WORKERS}{' or ' + repr('auto') if auto else ''}, got "
+                      f"{value!r}{kind}", key=key)
+
+
 def check_loader_options(batch_size: int, workers: int, *, batch_key: str = "batch_size",
                          workers_key: str = "workers") -> None:
-    """One-line errors for a batch size below 1 or a negative worker count."""
+    """One-line errors for a batch size below 1 or a worker count :func:`check_workers` refuses."""
     if int(batch_size) < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}", key=batch_key)
-    if int(workers) < 0:
-        raise ConfigError(f"worker count must be >= 0, got {workers}", key=workers_key)
+    check_workers(workers, workers_key, auto=False)
 
 
 def usable_cpus() -> int:
