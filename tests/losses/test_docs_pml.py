@@ -33,6 +33,8 @@ def test_python_examples_run():
     torch.testing.assert_close(second["supcon"](emb, labels), pml_losses.SupConLoss(temperature=0.1)(emb, labels[:, 1]))
     arc = second["arcface"]
     assert isinstance(arc, MultiScaleLoss) and [m.loss.W.shape[1] for m in arc.losses] == [6 * 3, 3 * 3, 2 * 3]
+    assert [m.loss.scale for m in arc.losses] == [30, 30, 30]  # PML's logit scale, given to every scale's loss
+    assert second["supcon"].scale == 1 and second["miner"].scale == 0  # label_scale: the column
     expected = sum(w * arc.losses[s].loss(emb, labels[:, s]) for s, w in enumerate([1.0, 0.5, 0.25]))
     torch.testing.assert_close(second["total"], expected)
 

@@ -265,7 +265,7 @@ def hier_batch(seed: int, n: int = 24):
 @pytest.mark.parametrize("scale", [0, 1, 2])
 def test_pml_loss_one_scale_equals_pml_on_that_column(name, kwargs, scale):
     emb, labels = hier_batch(scale)
-    ours = pml_loss(name, scale=scale, **kwargs)
+    ours = pml_loss(name, label_scale=scale, **kwargs)
     assert isinstance(ours, PMLLoss) and ours.loss_parameters() == []
     v1, g1 = value_and_grad(ours, emb, labels)
     v2, g2 = value_and_grad(getattr(pml_losses, name)(**kwargs), emb, labels[:, scale])
@@ -294,14 +294,61 @@ def test_pml_loss_weighted_sum_over_scales_with_proxies_per_scale():
         pml_loss(pml_losses.ArcFaceLoss(3, D), weights=[1, 1])
 
 
+@pytest.mark.parametrize("name", ["ArcFaceLoss", "CosFaceLoss", "SubCenterArcFaceLoss"])
+def test_pml_loss_scale_is_pmls_logit_scale_and_label_scale_the_column(name):
+    """The adapter's label column is label_scale; scale goes to PML. (It was the column: scale=30 raised "scale 30
+    out of range", scale=1 trained column 1 with PML's logit scale left at 64.)"""
+    emb, labels = hier_batch(7)
+    classes = int(labels[:, 1].max()) + 1
+    torch.manual_seed(1)
+    ours = pml_loss(name, num_classes=classes, embedding_size=D, scale=30, label_scale=1)
+    torch.manual_seed(1)
+    theirs = getattr(pml_losses, name)(num_classes=classes, embedding_size=D, scale=30)
+    assert ours.scale == 1 and ours.loss.scale == 30 and "label_scale=1" in repr(ours)
+    torch.testing.assert_close(ours.double()(emb, labels), theirs.double()(emb, labels[:, 1]))
+    torch.manual_seed(1)
+    column0 = pml_loss(name, num_classes=int(labels[:, 0].max()) + 1, embedding_size=D, scale=1)
+    assert column0.scale == 0 and column0.loss.scale == 1
+    assert PMLLoss(pml_losses.SupConLoss(), label_scale=2).scale == 2
+    assert PMLMiner(pml_miners.BatchHardMiner(), label_scale=2).scale == 2
+    assert pml_miner("BatchHardMiner", label_scale=1).scale == 1
+    with pytest.raises(TypeError, match="scale"):  # not a PML miner keyword, and no longer the column
+        pml_miner("BatchHardMiner", scale=1)
+
+
+def test_pml_loss_weighted_form_gives_every_keyword_to_every_scale():
+    """With weights=, scale (and every other keyword) reaches every scale's loss; it used to be dropped."""
+    emb, labels = hier_batch(8)
+    num_classes = [int(labels[:, s].max()) + 1 for s in range(3)]
+    weights = [1.0, 0.5, 0.25]
+    torch.manual_seed(2)
+    ours = pml_loss("CosFaceLoss", weights=weights, num_classes=num_classes, embedding_size=D, scale=30, margin=0.2)
+    assert [(m.loss.scale, m.loss.margin) for m in ours.losses] == [(30, 0.2)] * 3
+    torch.manual_seed(2)
+    theirs = [pml_losses.CosFaceLoss(num_classes=c, embedding_size=D, scale=30, margin=0.2).double()
+              for c in num_classes]
+    expected = sum(w * theirs[s](emb, labels[:, s]) for s, w in enumerate(weights))
+    torch.testing.assert_close(ours.double()(emb, labels), expected)
+    with pytest.raises(ConfigError, match="label_scale=1 with weights"):
+        pml_loss("CosFaceLoss", weights=[1, 1], num_classes=[4, 2], embedding_size=D, label_scale=1)
+    # a PML keyword named like one of the adapter's would be taken by the adapter: refused by name
+    with pytest.raises(ConfigError, match="MultipleLosses has its own 'weights'"):
+        pml_loss("MultipleLosses", losses=[pml_losses.TripletMarginLoss()], weights=[1.0])
+    with pytest.raises(ConfigError, match="MultipleLosses has its own 'miners'"):
+        pml_loss("MultipleLosses", losses=[pml_losses.TripletMarginLoss()], miners=[None])
+    # one object with state (a memory) shared by every scale would mix the scales' labels in it
+    with pytest.raises(ConfigError, match="buffers"):
+        pml_loss(pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), D, memory_size=8), weights=[1, 1])
+
+
 def test_pml_miner_on_a_scale_and_with_pml_loss():
     emb, labels = hier_batch(5)
-    ours = pml_miner("BatchEasyHardMiner", scale=1)
+    ours = pml_miner("BatchEasyHardMiner", label_scale=1)
     assert isinstance(ours, PMLMiner)
     got = ours(emb, labels)
     want = pml_miners.BatchEasyHardMiner()(emb, labels[:, 1])
     assert [t.tolist() for t in got] == [t.tolist() for t in want]
-    loss = pml_loss("TupletMarginLoss", scale=1)
+    loss = pml_loss("TupletMarginLoss", label_scale=1)
     torch.testing.assert_close(loss(emb, labels, got), pml_losses.TupletMarginLoss()(emb, labels[:, 1], want))
     # a dynametric loss and a PML miner mix as well
     torch.testing.assert_close(dl.TripletMarginLoss(scale=1)(emb, labels, got),

@@ -2,23 +2,26 @@
 
 dynametric implements the losses and miners it needs natively (same names, arguments and values as PML). For the
 rest of PML's catalogue this module wraps PML's own objects, so every one of them becomes hierarchy-aware without
-a port:
+a port. Everywhere in this adapter the label column is the keyword ``label_scale``; ``scale`` is never the column
+here: it is a PML keyword like any other (the logit scale of ArcFace/CosFace) and goes to PML.
 
-* :class:`PMLLoss` ``(loss, scale=0)``: a PML loss object applied to label column ``scale`` of ``[B, S]`` labels
-  (``[B]`` labels work too). It is a :class:`~dynametric.losses.MetricLoss`, so it goes wherever a dynametric loss
-  goes (``MultiScaleLoss``, the engine; PML parameters such as proxies are listed by ``loss_parameters()``).
-* :class:`PMLMiner` ``(miner, scale=0)``: the same for a PML miner.
-* :func:`pml_loss` ``(name_or_loss, scale=0, weights=None, num_classes=None, **kwargs)``: build from a class
-  name (``"ArcFaceLoss"``), a class or an object; with ``weights=[w_0, w_1, ...]`` one PML loss per scale, summed
-  with those weights (a :class:`~dynametric.losses.MultiScaleLoss`); ``num_classes`` may then be a list with one
-  entry per scale, for proxy and classification losses.
-* :func:`pml_miner` ``(name_or_miner, scale=0, **kwargs)``.
+* :class:`PMLLoss` ``(loss, label_scale=0)``: a PML loss object applied to label column ``label_scale`` of
+  ``[B, S]`` labels (``[B]`` labels work too). It is a :class:`~dynametric.losses.MetricLoss`, so it goes wherever a
+  dynametric loss goes (``MultiScaleLoss``, the engine; PML parameters such as proxies are listed by
+  ``loss_parameters()``); its attribute ``scale`` holds the column, as on every dynametric loss.
+* :class:`PMLMiner` ``(miner, label_scale=0)``: the same for a PML miner.
+* :func:`pml_loss` ``(name_or_loss, label_scale=0, weights=None, num_classes=None, **kwargs)``: build from a class
+  name (``"ArcFaceLoss"``), a class or an object; every other keyword goes to the PML class. With
+  ``weights=[w_0, w_1, ...]`` it builds one PML loss per scale (scale ``s`` reads column ``s``, so ``label_scale``
+  is refused), summed with those weights (a :class:`~dynametric.losses.MultiScaleLoss`): every keyword goes to
+  every scale's loss unchanged, except ``num_classes``, which may be a list with one entry per scale, for proxy and
+  classification losses.
+* :func:`pml_miner` ``(name_or_miner, label_scale=0, **kwargs)``.
 * Configs: ``loss: {name: "pml:ArcFaceLoss", kwargs: {...}}`` and ``miner: {name: "pml:BatchEasyHardMiner"}``
   (the registries :data:`dynametric.losses.LOSSES` / :data:`dynametric.miners.MINERS` resolve the ``pml:``
-  prefix through :func:`pml_registry_entry`). The label column is the keyword ``label_scale`` (PML's ``scale``
-  means the logit scale of ArcFace/CosFace); ``num_classes`` and ``embedding_size`` are filled by the engine as
-  for native losses; ``multiscale: true`` gives one PML loss per scale. A ``distance`` given by name in a config
-  becomes PML's own distance object.
+  prefix through :func:`pml_registry_entry`). The label column is ``label_scale`` there too; ``num_classes`` and
+  ``embedding_size`` are filled by the engine as for native losses; ``multiscale: true`` gives one PML loss per
+  scale. A ``distance`` given by name in a config becomes PML's own distance object.
 
 PML is an optional dependency: it is imported only when one of these is used (a :class:`ConfigError` says how to
 install it otherwise).
@@ -35,7 +38,15 @@ from torch import nn
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.miners.pml import PMLMiner, pml_miner
-from dynametric.pml import PML_PREFIX, PMLAwareRegistry, _instantiate, pml_class, to_pml_distance
+from dynametric.pml import (
+    PML_PREFIX,
+    PMLAwareRegistry,
+    _init_parameters,
+    _instantiate,
+    pml_class,
+    resolve_class,
+    to_pml_distance,
+)
 from dynametric.pml import pml_registry_entry as _registry_entry
 
 __all__ = ["PML_PREFIX", "PMLAwareRegistry", "PMLLoss", "PMLMiner", "pml_class", "pml_loss", "pml_miner",
@@ -43,10 +54,10 @@ __all__ = ["PML_PREFIX", "PMLAwareRegistry", "PMLLoss", "PMLMiner", "pml_class",
 
 
 class PMLLoss(MetricLoss):
-    """A pytorch-metric-learning loss object applied to label column ``scale`` (see the module docstring)."""
+    """A pytorch-metric-learning loss object applied to label column ``label_scale`` (see the module docstring)."""
 
-    def __init__(self, loss: nn.Module, scale: int = 0) -> None:
-        super().__init__(scale)
+    def __init__(self, loss: nn.Module, label_scale: int = 0) -> None:
+        super().__init__(label_scale)
         if not isinstance(loss, nn.Module) or not callable(loss):
             raise ConfigError(f"PMLLoss wraps a pytorch-metric-learning loss object, got {loss!r}", key="loss")
         if isinstance(loss, MetricLoss):
@@ -69,30 +80,44 @@ class PMLLoss(MetricLoss):
         return self.loss.get_logits(embeddings)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale}"
+        return f"label_scale={self.scale}"
 
 
 def pml_loss(
     loss: str | type | nn.Module,
-    scale: int = 0,
+    label_scale: int | None = None,
     weights: Sequence[float] | None = None,
     num_classes: int | Sequence[int] | None = None,
     chunks: Any = None,
     miners: Any = None,
     **kwargs: Any,
 ) -> MetricLoss:
-    """A PML loss on dynametric labels: one scale (``scale``) or, with ``weights``, the weighted sum over scales
-    ``sum_s weights[s] * L_s(embeddings, labels[:, s])`` with one PML loss per scale (``num_classes`` may be a
-    list, one per scale; ``chunks``/``miners`` as in :class:`~dynametric.losses.MultiScaleLoss`)."""
+    """A PML loss on dynametric labels: one loss on label column ``label_scale`` (default 0) or, with ``weights``,
+    the weighted sum over scales ``sum_s weights[s] * L_s(embeddings, labels[:, s])`` with one PML loss per scale
+    (``num_classes`` may be a list, one per scale; ``chunks``/``miners`` as in
+    :class:`~dynametric.losses.MultiScaleLoss`). ``kwargs`` go to the PML class (``scale`` is ArcFace's/CosFace's
+    logit scale), in the weighted form to every scale's loss."""
+    cls = resolve_class("losses", loss)
+    if isinstance(cls, type):  # a PML keyword of the same name as one of ours would be taken by the adapter
+        own = {p.name for p in _init_parameters(cls)}
+        clash = [k for k, v in (("weights", weights), ("chunks", chunks), ("miners", miners)) if v is not None
+                 and k in own]
+        if clash:
+            raise ConfigError(f"{cls.__name__} has its own {clash[0]!r}, which pml_loss's {clash[0]}= (one loss per "
+                              f"label scale) would take; build the object and pass it: pml_loss({cls.__name__}"
+                              f"(..., {clash[0]}=...))", key=clash[0])
     if weights is None:
         if isinstance(num_classes, Sequence):
             raise ConfigError("a list of num_classes needs weights (one per scale)", key="num_classes")
         kw = dict(kwargs) if num_classes is None else {**kwargs, "num_classes": num_classes}
         if chunks is not None or miners is not None:
             raise ConfigError("chunks/miners are per-scale options: give weights", key="weights")
-        return PMLLoss(_instantiate("losses", loss, kw), scale=scale)
+        return PMLLoss(_instantiate("losses", cls, kw), label_scale=label_scale or 0)
     from dynametric.losses.multiscale import MultiScaleLoss
 
+    if label_scale is not None:
+        raise ConfigError(f"label_scale={label_scale} with weights: with weights the loss of scale s reads label "
+                          "column s; give one or the other", key="label_scale")
     n = len(weights)
     if isinstance(num_classes, Sequence) and len(num_classes) != n:
         raise ConfigError(f"{len(num_classes)} num_classes for {n} scales", key="num_classes")
@@ -101,11 +126,11 @@ def pml_loss(
         kw = dict(kwargs)
         if num_classes is not None:
             kw["num_classes"] = num_classes[s] if isinstance(num_classes, Sequence) else num_classes
-        return PMLLoss(_instantiate("losses", loss, kw))
+        return PMLLoss(_instantiate("losses", cls, kw))
 
-    if isinstance(loss, nn.Module) and any(True for _ in loss.parameters()):
-        raise ConfigError(f"{type(loss).__name__} has parameters; give its class or name so that every scale gets "
-                          "its own", key="loss")
+    if isinstance(cls, nn.Module) and any(True for _ in [*cls.parameters(), *cls.buffers()]):
+        raise ConfigError(f"{type(cls).__name__} has parameters or buffers (state); give its class or name so that "
+                          "every scale gets its own", key="loss")
 
     return MultiScaleLoss(per_scale, weights=list(weights), num_scales=n, chunks=chunks, miners=miners)
 
