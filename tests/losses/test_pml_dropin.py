@@ -341,6 +341,20 @@ def test_pml_loss_weighted_form_gives_every_keyword_to_every_scale():
         pml_loss(pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), D, memory_size=8), weights=[1, 1])
 
 
+def test_pml_loss_passes_pmls_own_loss_keyword():
+    """The adapter's first parameter is positional-only: PML's wrappers take a keyword named loss ("got multiple
+    values for argument 'loss'" before)."""
+    inner = pml_losses.ContrastiveLoss()
+    cbm = pml_loss("CrossBatchMemory", loss=inner, embedding_size=D, memory_size=64)
+    assert isinstance(cbm.loss, pml_losses.CrossBatchMemory) and cbm.loss.loss is inner
+    ssl = pml_loss("SelfSupervisedLoss", loss=pml_losses.TripletMarginLoss(), symmetric=False)
+    assert isinstance(ssl.loss, pml_losses.SelfSupervisedLoss) and not ssl.loss.symmetric
+    assert build_loss("pml:CrossBatchMemory", loss=inner, embedding_size=D, memory_size=8).loss.loss is inner
+    with pytest.raises(TypeError):
+        pml_loss(loss="ContrastiveLoss")  # the name itself is positional only
+    assert isinstance(pml_miner("BatchHardMiner").miner, pml_miners.BatchHardMiner)
+
+
 def test_pml_miner_on_a_scale_and_with_pml_loss():
     emb, labels = hier_batch(5)
     ours = pml_miner("BatchEasyHardMiner", label_scale=1)

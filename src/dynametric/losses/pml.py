@@ -85,6 +85,7 @@ class PMLLoss(MetricLoss):
 
 def pml_loss(
     loss: str | type | nn.Module,
+    /,
     label_scale: int | None = None,
     weights: Sequence[float] | None = None,
     num_classes: int | Sequence[int] | None = None,
@@ -96,7 +97,8 @@ def pml_loss(
     the weighted sum over scales ``sum_s weights[s] * L_s(embeddings, labels[:, s])`` with one PML loss per scale
     (``num_classes`` may be a list, one per scale; ``chunks``/``miners`` as in
     :class:`~dynametric.losses.MultiScaleLoss`). ``kwargs`` go to the PML class (``scale`` is ArcFace's/CosFace's
-    logit scale), in the weighted form to every scale's loss."""
+    logit scale), in the weighted form to every scale's loss. The first argument is positional-only, so a PML
+    keyword named ``loss`` (``CrossBatchMemory``, ``SelfSupervisedLoss``) goes to PML too."""
     cls = resolve_class("losses", loss)
     if isinstance(cls, type):  # a PML keyword of the same name as one of ours would be taken by the adapter
         own = {p.name for p in _init_parameters(cls)}

@@ -39,6 +39,7 @@ class PMLMiner(Miner):
         return f"label_scale={self.scale}"
 
 
-def pml_miner(miner: str | type | nn.Module, label_scale: int = 0, **kwargs: Any) -> PMLMiner:
-    """A PML miner (class name, class or object) on label column ``label_scale``; ``kwargs`` go to the PML class."""
+def pml_miner(miner: str | type | nn.Module, /, label_scale: int = 0, **kwargs: Any) -> PMLMiner:
+    """A PML miner (class name, class or object; positional-only) on label column ``label_scale``; ``kwargs`` go to
+    the PML class."""
     return PMLMiner(_instantiate("miners", miner, kwargs), label_scale=label_scale)
