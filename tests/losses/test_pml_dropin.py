@@ -355,6 +355,88 @@ def test_pml_loss_passes_pmls_own_loss_keyword():
     assert isinstance(pml_miner("BatchHardMiner").miner, pml_miners.BatchHardMiner)
 
 
+def _value_and_grads(loss, emb, *args, **kwargs):
+    e = emb.clone().requires_grad_(True)
+    value = loss(e, *args, **kwargs)
+    value.backward()
+    return value.detach(), e.grad
+
+
+def test_pml_loss_wraps_cross_batch_memory_as_pml_calls_it():
+    """CrossBatchMemory.forward(embeddings, labels, indices_tuple=None, enqueue_mask=None) was called with five
+    positional arguments (a TypeError); now it gets what it takes, enqueue_mask included, on column label_scale."""
+    g = torch.Generator().manual_seed(20)
+
+    def arguments():
+        return {"loss": pml_losses.ContrastiveLoss(), "embedding_size": D, "memory_size": 40,
+                "miner": pml_miners.MultiSimilarityMiner(epsilon=0.2)}
+
+    ours = pml_loss("CrossBatchMemory", label_scale=1, **arguments())
+    theirs = pml_losses.CrossBatchMemory(**arguments())
+    for step in range(5):
+        emb = torch.randn(16, D, generator=g)
+        fine = torch.randint(0, 6, (16,), generator=g)
+        labels = torch.stack([fine, fine // 2], dim=1)
+        mask = {"enqueue_mask": torch.rand(16, generator=g) < 0.5} if step % 2 else {}
+        v1, g1 = _value_and_grads(ours, emb, labels, **mask)
+        v2, g2 = _value_and_grads(theirs, emb, labels[:, 1], **mask)
+        torch.testing.assert_close(v1, v2)
+        torch.testing.assert_close(g1, g2)
+        assert v1.item() > 0
+    torch.testing.assert_close(ours.loss.embedding_memory, theirs.embedding_memory)
+    assert torch.equal(ours.loss.label_memory, theirs.label_memory) and ours.loss.queue_idx == theirs.queue_idx
+    emb, labels = hier_batch(21)
+    for call, match in [(lambda: ours(emb, labels, ref_emb=emb, ref_labels=labels), "CrossBatchMemory takes no "
+                         r"ref_emb \(it takes embeddings, enqueue_mask, indices_tuple, labels\)"),
+                        (lambda: ours(emb), "CrossBatchMemory needs labels"),
+                        (lambda: ours(emb, labels, enqueue_msk=None), "takes no enqueue_msk")]:
+        with pytest.raises(InputError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert theirs.queue_idx == ours.loss.queue_idx  # a refused call changed nothing
+
+
+def test_pml_loss_wraps_self_supervised_multiple_and_label_free_losses():
+    emb, labels = hier_batch(22)
+    aug = emb + 0.1 * torch.randn(emb.shape, generator=torch.Generator().manual_seed(0), dtype=emb.dtype)
+    # SelfSupervisedLoss.forward(embeddings, ref_emb): no labels
+    ssl = pml_loss("SelfSupervisedLoss", loss=pml_losses.TripletMarginLoss())
+    v1, g1 = _value_and_grads(ssl, emb, ref_emb=aug)
+    v2, g2 = _value_and_grads(pml_losses.SelfSupervisedLoss(pml_losses.TripletMarginLoss()), emb, aug)
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(g1, g2)
+    with pytest.raises(InputError, match=r"SelfSupervisedLoss takes no labels \(it takes embeddings, ref_emb\)"):
+        ssl(emb, labels)
+    with pytest.raises(InputError, match="SelfSupervisedLoss needs ref_emb"):
+        ssl(emb)
+    # MultipleLosses.forward(embeddings, labels, indices_tuple=None)
+    mined = pml_miners.MultiSimilarityMiner()(emb, labels[:, 2])
+    parts = [pml_losses.TripletMarginLoss(margin=0.3), pml_losses.ContrastiveLoss()]
+    multi = pml_loss(pml_losses.MultipleLosses(parts, weights=[1.0, 0.5]), label_scale=2)
+    expected = parts[0](emb, labels[:, 2], mined) + 0.5 * parts[1](emb, labels[:, 2], mined)
+    torch.testing.assert_close(multi(emb, labels, mined), expected)
+    torch.testing.assert_close(multi(emb, labels), parts[0](emb, labels[:, 2]) + 0.5 * parts[1](emb, labels[:, 2]))
+    with pytest.raises(InputError, match="MultipleLosses takes no ref_emb"):
+        multi(emb, labels, ref_emb=aug, ref_labels=labels)
+    # VICRegLoss: its forward has labels, its compute_loss refuses them; it takes ref_emb alone
+    vicreg = pml_loss("VICRegLoss")
+    torch.testing.assert_close(vicreg(emb, ref_emb=aug), pml_losses.VICRegLoss()(emb, ref_emb=aug))
+    with pytest.raises(InputError, match=r"VICRegLoss takes no labels \(it takes embeddings, ref_emb\)"):
+        vicreg(emb, labels, ref_emb=aug, ref_labels=labels)
+    with pytest.raises(InputError, match="VICRegLoss takes no indices_tuple"):
+        vicreg(emb, indices_tuple=mined, ref_emb=aug)
+    # a plain PML loss still takes the labels' column, a miner's tuple and a labelled reference set
+    ntx = pml_loss("NTXentLoss", label_scale=1)
+    torch.testing.assert_close(ntx(emb, labels, None, aug, labels),
+                               pml_losses.NTXentLoss()(emb, labels[:, 1], None, aug, labels[:, 1]))
+    with pytest.raises(InputError, match="ref_emb and ref_labels must be given together"):
+        ntx(emb, labels, ref_emb=aug)
+    with pytest.raises(InputError, match="ref_labels without ref_emb"):
+        ntx(emb, labels, ref_labels=labels)
+    with pytest.raises(InputError, match="NPairsLoss takes no ref_emb"):  # PML's NPairs refuses a reference set
+        pml_loss("NPairsLoss")(emb, labels, ref_emb=aug, ref_labels=labels)
+
+
 def test_pml_miner_on_a_scale_and_with_pml_loss():
     emb, labels = hier_batch(5)
     ours = pml_miner("BatchEasyHardMiner", label_scale=1)

@@ -8,7 +8,9 @@ here: it is a PML keyword like any other (the logit scale of ArcFace/CosFace) an
 * :class:`PMLLoss` ``(loss, label_scale=0)``: a PML loss object applied to label column ``label_scale`` of
   ``[B, S]`` labels (``[B]`` labels work too). It is a :class:`~dynametric.losses.MetricLoss`, so it goes wherever a
   dynametric loss goes (``MultiScaleLoss``, the engine; PML parameters such as proxies are listed by
-  ``loss_parameters()``); its attribute ``scale`` holds the column, as on every dynametric loss.
+  ``loss_parameters()``); its attribute ``scale`` holds the column, as on every dynametric loss. A call passes the
+  PML loss only what was given and what its ``forward`` takes (``CrossBatchMemory``'s ``enqueue_mask``,
+  ``SelfSupervisedLoss``'s ``ref_emb`` without labels, ...); anything else is an :class:`InputError`.
 * :class:`PMLMiner` ``(miner, label_scale=0)``: the same for a PML miner.
 * :func:`pml_loss` ``(name_or_loss, label_scale=0, weights=None, num_classes=None, **kwargs)``: build from a class
   name (``"ArcFaceLoss"``), a class or an object; every other keyword goes to the PML class. With
@@ -29,6 +31,7 @@ install it otherwise).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,8 +56,39 @@ __all__ = ["PML_PREFIX", "PMLAwareRegistry", "PMLLoss", "PMLMiner", "pml_class",
            "pml_registry_entry", "to_pml_distance"]
 
 
+#: The helpers with which a PML loss's ``compute_loss`` refuses arguments its ``forward`` accepts (VICRegLoss takes
+#: no labels, NPairsLoss no ref_emb, ...; ``pytorch_metric_learning.utils.common_functions``), and what each refuses.
+_PML_REFUSALS = {"labels_not_supported": ("labels", "ref_labels"), "ref_not_supported": ("ref_emb", "ref_labels"),
+                 "indices_tuple_not_supported": ("indices_tuple",)}
+
+
+def _forward_arguments(loss: nn.Module) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """What ``loss`` takes after the embeddings: ``(names its forward accepts by keyword less those its
+    compute_loss refuses, or None for any (a **kwargs), names it requires)``."""
+    try:
+        params = list(inspect.signature(loss.forward).parameters.values())[1:]  # the embeddings come first
+    except (TypeError, ValueError):  # no signature to read: pass what is given and let the loss decide
+        return None, frozenset()
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None, frozenset()
+    code = getattr(getattr(type(loss), "compute_loss", None), "__code__", None)
+    refused = {arg for helper, args in _PML_REFUSALS.items() if code and helper in code.co_names for arg in args}
+    return (frozenset(p.name for p in named) - refused,
+            frozenset(p.name for p in named if p.default is p.empty))
+
+
 class PMLLoss(MetricLoss):
-    """A pytorch-metric-learning loss object applied to label column ``label_scale`` (see the module docstring)."""
+    """A pytorch-metric-learning loss object applied to label column ``label_scale`` (see the module docstring).
+
+    A call passes the wrapped loss what its ``forward`` takes (read once, here): the embeddings, then by keyword
+    only the arguments given (``labels`` as column ``label_scale``, ``indices_tuple``, ``ref_emb``, ``ref_labels``
+    as that column too, and extra keywords such as ``CrossBatchMemory``'s ``enqueue_mask``). So
+    ``CrossBatchMemory(emb, labels, indices_tuple=None, enqueue_mask=None)``, ``SelfSupervisedLoss(emb, ref_emb)``,
+    ``MultipleLosses(emb, labels, indices_tuple=None)`` and ``VICRegLoss`` (no labels: ``loss(emb, ref_emb=...)``)
+    are called as PML calls them. An argument given that the wrapped loss does not take (not in its ``forward``, or
+    refused by its ``compute_loss``, as VICReg refuses labels), or a required one missing, is an :class:`InputError`
+    naming it."""
 
     def __init__(self, loss: nn.Module, label_scale: int = 0) -> None:
         super().__init__(label_scale)
@@ -63,16 +97,38 @@ class PMLLoss(MetricLoss):
         if isinstance(loss, MetricLoss):
             raise ConfigError(f"{type(loss).__name__} is a dynametric loss already; use it directly", key="loss")
         self.loss: Any = loss  # a PML loss object (PML is untyped)
+        self._takes, self._needs = _forward_arguments(loss)
 
-    def compute_loss(
+    def forward(  # PML's extra keywords (enqueue_mask, ...) pass through as **kwargs
         self,
         embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: torch.Tensor | None,
-        ref_labels: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
+        indices_tuple: IndicesTuple | None = None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        name = type(self.loss).__name__
+        if embeddings.dim() != 2:
+            raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+        given = {k: v for k, v in {"labels": labels, "indices_tuple": indices_tuple, "ref_emb": ref_emb,
+                                   "ref_labels": ref_labels, **kwargs}.items() if v is not None}
+        takes = self._takes
+        for arg in {**given, **kwargs}:  # an extra keyword is checked even when None (a misspelt enqueue_mask)
+            if takes is not None and arg not in takes:
+                raise InputError(f"{name} takes no {arg} (it takes {', '.join(['embeddings', *sorted(takes)])})",
+                                 key=arg)
+        for arg in sorted(self._needs - given.keys()):
+            raise InputError(f"{name} needs {arg}", key=arg)
+        if ref_labels is not None and ref_emb is None:  # PML would ignore them
+            raise InputError("ref_labels without ref_emb", key="ref_labels")
+        if labels is not None:
+            if ref_emb is not None and ref_labels is None and (takes is None or "ref_labels" in takes):
+                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+            given["labels"] = self.prepare_labels(labels, embeddings.shape[0], "labels")
+        if ref_emb is not None and ref_labels is not None:
+            given["ref_labels"] = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        return self.loss(embeddings, **given)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.loss, "get_logits"):
