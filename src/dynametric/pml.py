@@ -27,16 +27,21 @@ def _pml_module(kind: str) -> Any:
                           key=kind) from exc
 
 
+def pml_catalogue(kind: str) -> list[str]:
+    """The names of the usable classes of ``pytorch_metric_learning.<kind>`` (``losses`` or ``miners``), sorted: its
+    public classes less the abstract bases and mixins (``Base*``, ``GenericPairLoss``, ``*Mixin``)."""
+    module = _pml_module(kind)
+    return sorted(n for n in dir(module) if n[:1].isupper() and isinstance(getattr(module, n), type)
+                  and not n.startswith(("Base", "Generic")) and not n.endswith("Mixin"))
+
+
 def pml_class(kind: str, name: str) -> type:
     """The class ``name`` of ``pytorch_metric_learning.<kind>`` (``kind``: ``losses`` or ``miners``)."""
-    module = _pml_module(kind)
-    cls = getattr(module, name, None)
+    cls = getattr(_pml_module(kind), name, None)
     if not isinstance(cls, type):
         singular = {"losses": "loss", "miners": "miner"}.get(kind, kind)
-        available = sorted(n for n in dir(module) if n[:1].isupper() and not n.startswith("Base")
-                           and isinstance(getattr(module, n), type))
-        raise ConfigError(f"pytorch-metric-learning has no {singular} {name!r}; available: {', '.join(available)}",
-                          key=f"{singular}.name")
+        raise ConfigError(f"pytorch-metric-learning has no {singular} {name!r}; available: "
+                          f"{', '.join(pml_catalogue(kind))}", key=f"{singular}.name")
     return cls
 
 

@@ -171,6 +171,25 @@ def test_as_distance_maps_pml_objects_to_equivalents():
     assert ours.is_inverted and ours.smallest_dist(torch.tensor(1.0), torch.tensor(2.0)) == 2.0
 
 
+@pytest.mark.parametrize("name,kwargs", [
+    ("LpDistance", {}), ("LpDistance", {"p": 1}), ("LpDistance", {"power": 2, "normalize_embeddings": False}),
+    ("CosineSimilarity", {}), ("CosineSimilarity", {"power": 2}),
+    ("DotProductSimilarity", {"normalize_embeddings": False, "power": 3})])
+def test_pairwise_distance_is_pmls_without_power_and_pairwise_the_matrix_diagonal(name, kwargs):
+    """pairwise_distance is PML's (no power: CosineSimilarity(power=2) squared it, against its docstring);
+    pairwise keeps the power, row by row equal to the matrix. (The losses with these distances equal PML's in
+    test_pml_distance_objects_accepted.)"""
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    ours, theirs = getattr(dm_dist, name)(**kwargs), getattr(pml_dist, name)(**kwargs)
+    assert torch.equal(ours.pairwise_distance(a, b), theirs.pairwise_distance(a, b))
+    na, nb = ours.maybe_normalize(a), ours.maybe_normalize(b)
+    torch.testing.assert_close(ours.pairwise(na, nb), theirs(a, b).diagonal(), rtol=1e-6, atol=1e-9)  # cdist
+    snr = dm_dist.as_distance(pml_dist.SNRDistance(power=2))  # a foreign distance: its own pairwise_distance
+    assert torch.equal(snr.pairwise_distance(a, b), pml_dist.SNRDistance(power=2).pairwise_distance(a, b))
+    torch.testing.assert_close(snr.pairwise(a, b), pml_dist.SNRDistance(power=2).pairwise_distance(a, b) ** 2)
+
+
 def test_circle_loss_rejects_non_cosine_pml_distance():
     with pytest.raises(ConfigError, match="cosine"):
         dl.CircleLoss(distance=pml_dist.LpDistance())
@@ -524,6 +543,7 @@ def test_unknown_pml_names_are_one_line_in_plain_words():
     text = str(err.value)
     assert "key 'loss.name': pytorch-metric-learning has no loss 'NoSuchLoss'; available: " in text
     assert "SupConLoss" in text and "BaseMetricLossFunction" not in text and "\n" not in text
+    assert "GenericPairLoss" not in text and "Mixin" not in text  # abstract bases and mixins are not offered
     with pytest.raises(ConfigError) as err:
         pml_miner("NoSuchMiner")
     text = str(err.value)
