@@ -63,13 +63,15 @@ class Distance:
         """PML's name of :meth:`matrix`."""
         return self.matrix(q, r)
 
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """Distance between ``a[i]`` and ``b[i]`` for every row ``i`` (inputs already normalised if needed)."""
-        raise NotImplementedError
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Distance between ``a[i]`` and ``b[i]`` for every row ``i`` (inputs already normalised if needed), with
+        ``power`` applied as in the matrix."""
+        d = self.pairwise_distance(a, b)
+        return d**self.power if self.power != 1 else d
 
-    def pairwise_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """PML's name of :meth:`pairwise` (without ``power``, as in PML)."""
-        return self.pairwise(a, b)
+    def pairwise_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """PML's ``pairwise_distance``: :meth:`pairwise` without ``power``, as in PML."""
+        raise NotImplementedError
 
     def margin(self, closer: torch.Tensor | float, farther: torch.Tensor | float) -> torch.Tensor:
         """How much ``closer`` is *worse* than ``farther``: ``closer - farther`` for distances,
@@ -114,7 +116,9 @@ class LpDistance(Distance):
         return (d**self.power if self.power != 1 else d).to(a.dtype)
 
     def pairwise_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(a - b, ord=self.p, dim=-1)
+        # PML's value exactly: torch's pairwise_distance, which adds its eps=1e-6 to the difference (pairwise does
+        # not, to equal the matrix)
+        return F.pairwise_distance(a, b, p=self.p)
 
     def __repr__(self) -> str:
         return f"LpDistance(p={self.p}, power={self.power}, normalize_embeddings={self.normalize_embeddings})"
@@ -139,9 +143,8 @@ class DotProductSimilarity(Distance):
     def matrix(self, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return q @ r.t()
 
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        s = (a * b).sum(-1)
-        return s**self.power if self.power != 1 else s
+    def pairwise_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(-1)
 
 
 class CosineSimilarity(DotProductSimilarity):
@@ -167,9 +170,8 @@ class ForeignDistance(Distance):
     def matrix(self, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return self.obj.compute_mat(q, r)
 
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        d = self.obj.pairwise_distance(a, b)
-        return d**self.power if self.power != 1 else d
+    def pairwise_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.obj.pairwise_distance(a, b))
 
     def __repr__(self) -> str:
         return f"ForeignDistance({self.obj!r})"

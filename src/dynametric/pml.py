@@ -27,16 +27,21 @@ def _pml_module(kind: str) -> Any:
                           key=kind) from exc
 
 
+def pml_catalogue(kind: str) -> list[str]:
+    """The names of the usable classes of ``pytorch_metric_learning.<kind>`` (``losses`` or ``miners``), sorted: its
+    public classes less the abstract bases and mixins (``Base*``, ``GenericPairLoss``, ``*Mixin``)."""
+    module = _pml_module(kind)
+    return sorted(n for n in dir(module) if n[:1].isupper() and isinstance(getattr(module, n), type)
+                  and not n.startswith(("Base", "Generic")) and not n.endswith("Mixin"))
+
+
 def pml_class(kind: str, name: str) -> type:
     """The class ``name`` of ``pytorch_metric_learning.<kind>`` (``kind``: ``losses`` or ``miners``)."""
-    module = _pml_module(kind)
-    cls = getattr(module, name, None)
+    cls = getattr(_pml_module(kind), name, None)
     if not isinstance(cls, type):
         singular = {"losses": "loss", "miners": "miner"}.get(kind, kind)
-        available = sorted(n for n in dir(module) if n[:1].isupper() and not n.startswith("Base")
-                           and isinstance(getattr(module, n), type))
-        raise ConfigError(f"pytorch-metric-learning has no {singular} {name!r}; available: {', '.join(available)}",
-                          key=f"{singular}.name")
+        raise ConfigError(f"pytorch-metric-learning has no {singular} {name!r}; available: "
+                          f"{', '.join(pml_catalogue(kind))}", key=f"{singular}.name")
     return cls
 
 
@@ -58,9 +63,16 @@ def to_pml_distance(distance: Any) -> Any:
     raise ConfigError(f"no pytorch-metric-learning equivalent of {distance!r}", key="distance")
 
 
-def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
+def resolve_class(kind: str, spec: Any) -> Any:
+    """``spec`` with a class name (``"ArcFaceLoss"`` or ``"pml:ArcFaceLoss"``) replaced by PML's class; a class or
+    an object passes through."""
     if isinstance(spec, str):
-        spec = pml_class(kind, spec.removeprefix(PML_PREFIX))
+        return pml_class(kind, spec.removeprefix(PML_PREFIX))
+    return spec
+
+
+def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
+    spec = resolve_class(kind, spec)
     if isinstance(spec, type):
         if "distance" in kwargs:
             kwargs = {**kwargs, "distance": to_pml_distance(kwargs["distance"])}
@@ -93,7 +105,7 @@ def _init_parameters(cls: type) -> list[inspect.Parameter]:
 
 def pml_registry_entry(kind: str, name: str, wrap: Callable[..., Any]) -> Callable[..., Any] | None:
     """The registry factory of a ``pml:<ClassName>`` name (``None`` for other names or a class PML lacks):
-    ``wrap(<the PML object>, scale=label_scale)``, ``wrap`` being ``PMLLoss`` or ``PMLMiner``.
+    ``wrap(<the PML object>, label_scale=label_scale)``, ``wrap`` being ``PMLLoss`` or ``PMLMiner``.
 
     The factory's signature is the PML class's plus ``label_scale`` (the label column), so config validation sees
     the real arguments (and fills ``num_classes`` / ``embedding_size`` like for native losses)."""
@@ -105,7 +117,7 @@ def pml_registry_entry(kind: str, name: str, wrap: Callable[..., Any]) -> Callab
         return None
 
     def factory(*, label_scale: int = 0, **kwargs: Any) -> Any:
-        return wrap(_instantiate(kind, cls, kwargs), scale=label_scale)
+        return wrap(_instantiate(kind, cls, kwargs), label_scale=label_scale)
 
     extra = [inspect.Parameter("label_scale", inspect.Parameter.KEYWORD_ONLY, default=0),
              inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]

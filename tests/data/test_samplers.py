@@ -459,3 +459,28 @@ def test_build_sampler_registry():
         build_sampler("RandomSampler", labels)
     with pytest.raises(ConfigError, match="items_per_batch"):
         build_sampler("MPerClassSampler", labels, m=4, batch_size=16, items_per_batch=3)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_a_batch_sampler_given_as_sampler_is_refused(drop_last):
+    """PML's MPerClassSampler is an index sampler, passed as sampler=; ours (same name) is a batch sampler: used the
+    PML way it silently gave one batch of shape [5, 8] (five of our batches as one). Now the loader's first
+    iteration raises, and batch_sampler= still gives P x K batches."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    labels = torch.arange(40) // 4  # 10 classes x 4
+    ds = TensorDataset(torch.randn(40, 3), labels)
+    hier = torch.stack([labels, labels // 2], dim=1)
+    samplers = [MPerClassSampler(labels, m=4, batch_size=8), HierarchicalSampler(hier, batch_size=8,
+                samples_per_class=2, parents_per_batch=2), ThreeScaleSampler(hierarchy_labels(), k=2,
+                items_per_batch=1)]
+    for sampler in samplers:
+        with pytest.raises(InputError, match=r"yields whole batches: pass it as DataLoader\(dataset, "
+                           r"batch_sampler=sampler\) without batch_size, not as sampler=") as err:
+            next(iter(DataLoader(ds, batch_size=8, sampler=sampler, drop_last=drop_last)))
+        assert "\n" not in str(err.value) and "key 'sampler'" in str(err.value)
+    sampler = samplers[0]
+    batches = [b[1].tolist() for b in DataLoader(ds, batch_sampler=sampler)]
+    assert len(batches) == len(sampler) == 5
+    assert all(len(b) == 8 and sorted(Counter(b).values()) == [4, 4] for b in batches)
+    assert list(iter(sampler)) == sampler.epoch_batches()  # iterating it directly is unchanged

@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+import pytorch_metric_learning
 import torch
 import yaml
 from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
 
 from dynametric.config import LossConfig, MinerConfig
 from dynametric.engine.builders import build_loss_term, build_miner
-from dynametric.losses import MultiScaleLoss, PMLLoss, PMLMiner
+from dynametric.losses import LOSSES, MultiScaleLoss, PMLLoss, PMLMiner, pml_loss, pml_miner
+from dynametric.miners import MINERS
+from dynametric.pml import pml_catalogue
 
 SECTION = Path(__file__).resolve().parents[2] / "docs" / "losses.md"
 
@@ -33,6 +38,8 @@ def test_python_examples_run():
     torch.testing.assert_close(second["supcon"](emb, labels), pml_losses.SupConLoss(temperature=0.1)(emb, labels[:, 1]))
     arc = second["arcface"]
     assert isinstance(arc, MultiScaleLoss) and [m.loss.W.shape[1] for m in arc.losses] == [6 * 3, 3 * 3, 2 * 3]
+    assert [m.loss.scale for m in arc.losses] == [30, 30, 30]  # PML's logit scale, given to every scale's loss
+    assert second["supcon"].scale == 1 and second["miner"].scale == 0  # label_scale: the column
     expected = sum(w * arc.losses[s].loss(emb, labels[:, s]) for s, w in enumerate([1.0, 0.5, 0.25]))
     torch.testing.assert_close(second["total"], expected)
 
@@ -50,3 +57,88 @@ def test_yaml_example_builds():
     assert isinstance(miner, PMLMiner) and miner.miner.neg_strategy == "semihard"
     emb = torch.randn(12, 8)
     assert torch.isfinite(loss(emb, labels, [miner(emb, labels[:, s]) for s in range(3)]))
+
+
+def non_native() -> tuple[set[str], set[str]]:
+    """PML's loss and miner classes that dynametric does not implement under the same name."""
+    return ({n for n in pml_catalogue("losses") if n not in LOSSES},
+            {n for n in pml_catalogue("miners") if n not in MINERS})
+
+
+def test_native_counts_and_the_table_of_other_pml_classes_match_both_libraries():
+    """The section's counts were wrong (16 of 34 losses, 6 miners; PML 2.9.0 has 38 and 10, 14 and 5 of them
+    native): recounted here from both libraries, with the table of the classes that are not native."""
+    losses, miners = pml_catalogue("losses"), pml_catalogue("miners")
+    other_losses, other_miners = non_native()
+    found = re.search(r"(\d+) of the (\d+) loss classes and (\d+) of the (\d+) miner classes of PML ([\d.]+)",
+                      " ".join(section().split()))
+    assert found is not None
+    assert found.groups() == (str(len(losses) - len(other_losses)), str(len(losses)),
+                              str(len(miners) - len(other_miners)), str(len(miners)),
+                              pytorch_metric_learning.__version__)
+    text = section()
+    start = text.index("| PML class |", text.index("**PML classes without a native port**"))
+    rows = text[start:text.index("\n\n", start)].splitlines()[2:]
+    listed = [name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert sorted(listed) == sorted(other_losses | other_miners)
+    assert {"CrossBatchMemory", "SupConLoss", "NTXentLoss", "SubCenterArcFaceLoss"} <= set(listed)
+
+
+def hier_batch():
+    """Three scales with equal class sizes at each (SmoothAPLoss needs them), a label-free augmented view."""
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(24, 6, generator=g)
+    fine = torch.arange(24) % 6
+    return emb, torch.stack([fine, fine // 2, fine // 3], dim=1), emb + 0.1 * torch.randn(24, 6, generator=g)
+
+
+# The table's recipe for each PML loss that is not native: (constructor keywords, how it is called); "labels" is
+# column 1 of the [B, S] labels for PML and the whole matrix for the adapter (label_scale=1).
+LOSS_RECIPES = {name: ({}, "labels") for name in [
+    "AngularLoss", "DynamicSoftMarginLoss", "FastAPLoss", "HistogramLoss", "InstanceLoss", "IntraPairVarianceLoss",
+    "NCALoss", "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss", "SupConLoss",
+    "ThresholdConsistentMarginLoss", "TupletMarginLoss"]}
+LOSS_RECIPES |= {
+    "RankedListLoss": ({"margin": 0.4, "Tn": 10}, "labels"),
+    "LargeMarginSoftmaxLoss": ({"num_classes": 3, "embedding_size": 6}, "labels"),
+    "SphereFaceLoss": ({"num_classes": 3, "embedding_size": 6}, "labels"),
+    "SubCenterArcFaceLoss": ({"num_classes": 3, "embedding_size": 6}, "labels"),
+    "P2SGradLoss": ({"descriptors_dim": 6, "num_classes": 3}, "labels"),
+    "ManifoldLoss": ({"l": 6, "K": 4}, "none"),
+    "VICRegLoss": ({}, "ref_emb"),
+    "SelfSupervisedLoss": ({"loss": pml_losses.TripletMarginLoss()}, "ref_emb"),
+    "CrossBatchMemory": ({"loss": pml_losses.ContrastiveLoss(), "embedding_size": 6, "memory_size": 48}, "labels"),
+    "MultipleLosses": ({"losses": [pml_losses.TripletMarginLoss(), pml_losses.NTXentLoss()]}, "labels"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_RECIPES))
+def test_each_non_native_pml_loss_runs_through_the_adapter_as_the_table_says(name):
+    assert set(LOSS_RECIPES) == non_native()[0]  # a class PML adds needs a row in the table and a recipe here
+    kwargs, call = LOSS_RECIPES[name]
+    emb, labels, aug = hier_batch()
+    torch.manual_seed(0)
+    theirs = getattr(pml_losses, name)(**kwargs)
+    torch.manual_seed(0)
+    if name == "MultipleLosses":  # the table: build it, then wrap it (its own weights= / miners= stay PML's)
+        ours = pml_loss(getattr(pml_losses, name)(**kwargs), label_scale=1)
+    else:
+        ours = pml_loss(name, label_scale=1 if call == "labels" else None, **kwargs)
+    args = {"labels": ((labels,), (labels[:, 1],)), "none": ((), ()), "ref_emb": ((), ())}[call]
+    extra = {"ref_emb": aug} if call == "ref_emb" else {}
+    torch.manual_seed(1)
+    want = theirs(emb, *args[1], **extra)
+    torch.manual_seed(1)
+    got = ours(emb, *args[0], **extra)
+    torch.testing.assert_close(got, want)
+    assert torch.isfinite(got)
+
+
+@pytest.mark.parametrize("name", sorted(non_native()[1]))
+def test_each_non_native_pml_miner_runs_through_the_adapter(name):
+    emb, labels, _ = hier_batch()
+    torch.manual_seed(2)
+    want = getattr(pml_miners, name)()(emb, labels[:, 2])
+    torch.manual_seed(2)
+    got = pml_miner(name, label_scale=2)(emb, labels)
+    assert [t.tolist() for t in got] == [t.tolist() for t in want]

@@ -151,3 +151,22 @@ def test_random_triplets_per_anchor_statistics():
     dist = dm_dist.LpDistance()(emb.float())
     lo = (dist[a, p] - dist.max() + 10.0).min()
     assert value > lo
+
+
+@pytest.mark.parametrize("cls", [TripletMarginLoss, MarginLoss])
+def test_random_triplets_per_anchor_draw_other_triplets_than_pml_under_one_seed(cls):
+    """As documented (docs/losses.md, the module docstrings): an integer triplets_per_anchor samples with torch's
+    generator in one vectorised draw, not PML's per-class loop, so one seed gives other triplets than PML's and
+    another value; on the same triplets (here: ours, given to PML as a miner's output) the values are equal."""
+    from dynametric.losses.tuples import convert_to_triplets
+
+    emb, labels = batch(12, n=30, classes=4)
+    ours = cls(triplets_per_anchor=3).double()
+    torch.manual_seed(0)
+    value = ours(emb, labels)
+    torch.manual_seed(0)
+    triplets = convert_to_triplets(None, labels, None, 3)  # the draw the loss made
+    theirs = getattr(pml_losses, cls.__name__)(triplets_per_anchor=3).double()
+    torch.testing.assert_close(value, theirs(emb, labels, triplets))
+    torch.manual_seed(0)
+    assert theirs(emb, labels).item() != pytest.approx(value.item(), rel=1e-6)

@@ -171,6 +171,25 @@ def test_as_distance_maps_pml_objects_to_equivalents():
     assert ours.is_inverted and ours.smallest_dist(torch.tensor(1.0), torch.tensor(2.0)) == 2.0
 
 
+@pytest.mark.parametrize("name,kwargs", [
+    ("LpDistance", {}), ("LpDistance", {"p": 1}), ("LpDistance", {"power": 2, "normalize_embeddings": False}),
+    ("CosineSimilarity", {}), ("CosineSimilarity", {"power": 2}),
+    ("DotProductSimilarity", {"normalize_embeddings": False, "power": 3})])
+def test_pairwise_distance_is_pmls_without_power_and_pairwise_the_matrix_diagonal(name, kwargs):
+    """pairwise_distance is PML's (no power: CosineSimilarity(power=2) squared it, against its docstring);
+    pairwise keeps the power, row by row equal to the matrix. (The losses with these distances equal PML's in
+    test_pml_distance_objects_accepted.)"""
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    ours, theirs = getattr(dm_dist, name)(**kwargs), getattr(pml_dist, name)(**kwargs)
+    assert torch.equal(ours.pairwise_distance(a, b), theirs.pairwise_distance(a, b))
+    na, nb = ours.maybe_normalize(a), ours.maybe_normalize(b)
+    torch.testing.assert_close(ours.pairwise(na, nb), theirs(a, b).diagonal(), rtol=1e-6, atol=1e-9)  # cdist
+    snr = dm_dist.as_distance(pml_dist.SNRDistance(power=2))  # a foreign distance: its own pairwise_distance
+    assert torch.equal(snr.pairwise_distance(a, b), pml_dist.SNRDistance(power=2).pairwise_distance(a, b))
+    torch.testing.assert_close(snr.pairwise(a, b), pml_dist.SNRDistance(power=2).pairwise_distance(a, b) ** 2)
+
+
 def test_circle_loss_rejects_non_cosine_pml_distance():
     with pytest.raises(ConfigError, match="cosine"):
         dl.CircleLoss(distance=pml_dist.LpDistance())
@@ -265,7 +284,7 @@ def hier_batch(seed: int, n: int = 24):
 @pytest.mark.parametrize("scale", [0, 1, 2])
 def test_pml_loss_one_scale_equals_pml_on_that_column(name, kwargs, scale):
     emb, labels = hier_batch(scale)
-    ours = pml_loss(name, scale=scale, **kwargs)
+    ours = pml_loss(name, label_scale=scale, **kwargs)
     assert isinstance(ours, PMLLoss) and ours.loss_parameters() == []
     v1, g1 = value_and_grad(ours, emb, labels)
     v2, g2 = value_and_grad(getattr(pml_losses, name)(**kwargs), emb, labels[:, scale])
@@ -294,14 +313,157 @@ def test_pml_loss_weighted_sum_over_scales_with_proxies_per_scale():
         pml_loss(pml_losses.ArcFaceLoss(3, D), weights=[1, 1])
 
 
+@pytest.mark.parametrize("name", ["ArcFaceLoss", "CosFaceLoss", "SubCenterArcFaceLoss"])
+def test_pml_loss_scale_is_pmls_logit_scale_and_label_scale_the_column(name):
+    """The adapter's label column is label_scale; scale goes to PML. (It was the column: scale=30 raised "scale 30
+    out of range", scale=1 trained column 1 with PML's logit scale left at 64.)"""
+    emb, labels = hier_batch(7)
+    classes = int(labels[:, 1].max()) + 1
+    torch.manual_seed(1)
+    ours = pml_loss(name, num_classes=classes, embedding_size=D, scale=30, label_scale=1)
+    torch.manual_seed(1)
+    theirs = getattr(pml_losses, name)(num_classes=classes, embedding_size=D, scale=30)
+    assert ours.scale == 1 and ours.loss.scale == 30 and "label_scale=1" in repr(ours)
+    torch.testing.assert_close(ours.double()(emb, labels), theirs.double()(emb, labels[:, 1]))
+    torch.manual_seed(1)
+    column0 = pml_loss(name, num_classes=int(labels[:, 0].max()) + 1, embedding_size=D, scale=1)
+    assert column0.scale == 0 and column0.loss.scale == 1
+    assert PMLLoss(pml_losses.SupConLoss(), label_scale=2).scale == 2
+    assert PMLMiner(pml_miners.BatchHardMiner(), label_scale=2).scale == 2
+    assert pml_miner("BatchHardMiner", label_scale=1).scale == 1
+    with pytest.raises(TypeError, match="scale"):  # not a PML miner keyword, and no longer the column
+        pml_miner("BatchHardMiner", scale=1)
+
+
+def test_pml_loss_weighted_form_gives_every_keyword_to_every_scale():
+    """With weights=, scale (and every other keyword) reaches every scale's loss; it used to be dropped."""
+    emb, labels = hier_batch(8)
+    num_classes = [int(labels[:, s].max()) + 1 for s in range(3)]
+    weights = [1.0, 0.5, 0.25]
+    torch.manual_seed(2)
+    ours = pml_loss("CosFaceLoss", weights=weights, num_classes=num_classes, embedding_size=D, scale=30, margin=0.2)
+    assert [(m.loss.scale, m.loss.margin) for m in ours.losses] == [(30, 0.2)] * 3
+    torch.manual_seed(2)
+    theirs = [pml_losses.CosFaceLoss(num_classes=c, embedding_size=D, scale=30, margin=0.2).double()
+              for c in num_classes]
+    expected = sum(w * theirs[s](emb, labels[:, s]) for s, w in enumerate(weights))
+    torch.testing.assert_close(ours.double()(emb, labels), expected)
+    with pytest.raises(ConfigError, match="label_scale=1 with weights"):
+        pml_loss("CosFaceLoss", weights=[1, 1], num_classes=[4, 2], embedding_size=D, label_scale=1)
+    # a PML keyword named like one of the adapter's would be taken by the adapter: refused by name
+    with pytest.raises(ConfigError, match="MultipleLosses has its own 'weights'"):
+        pml_loss("MultipleLosses", losses=[pml_losses.TripletMarginLoss()], weights=[1.0])
+    with pytest.raises(ConfigError, match="MultipleLosses has its own 'miners'"):
+        pml_loss("MultipleLosses", losses=[pml_losses.TripletMarginLoss()], miners=[None])
+    # one object with state (a memory) shared by every scale would mix the scales' labels in it
+    with pytest.raises(ConfigError, match="buffers"):
+        pml_loss(pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), D, memory_size=8), weights=[1, 1])
+
+
+def test_pml_loss_passes_pmls_own_loss_keyword():
+    """The adapter's first parameter is positional-only: PML's wrappers take a keyword named loss ("got multiple
+    values for argument 'loss'" before)."""
+    inner = pml_losses.ContrastiveLoss()
+    cbm = pml_loss("CrossBatchMemory", loss=inner, embedding_size=D, memory_size=64)
+    assert isinstance(cbm.loss, pml_losses.CrossBatchMemory) and cbm.loss.loss is inner
+    ssl = pml_loss("SelfSupervisedLoss", loss=pml_losses.TripletMarginLoss(), symmetric=False)
+    assert isinstance(ssl.loss, pml_losses.SelfSupervisedLoss) and not ssl.loss.symmetric
+    assert build_loss("pml:CrossBatchMemory", loss=inner, embedding_size=D, memory_size=8).loss.loss is inner
+    with pytest.raises(TypeError):
+        pml_loss(loss="ContrastiveLoss")  # the name itself is positional only
+    assert isinstance(pml_miner("BatchHardMiner").miner, pml_miners.BatchHardMiner)
+
+
+def _value_and_grads(loss, emb, *args, **kwargs):
+    e = emb.clone().requires_grad_(True)
+    value = loss(e, *args, **kwargs)
+    value.backward()
+    return value.detach(), e.grad
+
+
+def test_pml_loss_wraps_cross_batch_memory_as_pml_calls_it():
+    """CrossBatchMemory.forward(embeddings, labels, indices_tuple=None, enqueue_mask=None) was called with five
+    positional arguments (a TypeError); now it gets what it takes, enqueue_mask included, on column label_scale."""
+    g = torch.Generator().manual_seed(20)
+
+    def arguments():
+        return {"loss": pml_losses.ContrastiveLoss(), "embedding_size": D, "memory_size": 40,
+                "miner": pml_miners.MultiSimilarityMiner(epsilon=0.2)}
+
+    ours = pml_loss("CrossBatchMemory", label_scale=1, **arguments())
+    theirs = pml_losses.CrossBatchMemory(**arguments())
+    for step in range(5):
+        emb = torch.randn(16, D, generator=g)
+        fine = torch.randint(0, 6, (16,), generator=g)
+        labels = torch.stack([fine, fine // 2], dim=1)
+        mask = {"enqueue_mask": torch.rand(16, generator=g) < 0.5} if step % 2 else {}
+        v1, g1 = _value_and_grads(ours, emb, labels, **mask)
+        v2, g2 = _value_and_grads(theirs, emb, labels[:, 1], **mask)
+        torch.testing.assert_close(v1, v2)
+        torch.testing.assert_close(g1, g2)
+        assert v1.item() > 0
+    torch.testing.assert_close(ours.loss.embedding_memory, theirs.embedding_memory)
+    assert torch.equal(ours.loss.label_memory, theirs.label_memory) and ours.loss.queue_idx == theirs.queue_idx
+    emb, labels = hier_batch(21)
+    for call, match in [(lambda: ours(emb, labels, ref_emb=emb, ref_labels=labels), "CrossBatchMemory takes no "
+                         r"ref_emb \(it takes embeddings, enqueue_mask, indices_tuple, labels\)"),
+                        (lambda: ours(emb), "CrossBatchMemory needs labels"),
+                        (lambda: ours(emb, labels, enqueue_msk=None), "takes no enqueue_msk")]:
+        with pytest.raises(InputError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert theirs.queue_idx == ours.loss.queue_idx  # a refused call changed nothing
+
+
+def test_pml_loss_wraps_self_supervised_multiple_and_label_free_losses():
+    emb, labels = hier_batch(22)
+    aug = emb + 0.1 * torch.randn(emb.shape, generator=torch.Generator().manual_seed(0), dtype=emb.dtype)
+    # SelfSupervisedLoss.forward(embeddings, ref_emb): no labels
+    ssl = pml_loss("SelfSupervisedLoss", loss=pml_losses.TripletMarginLoss())
+    v1, g1 = _value_and_grads(ssl, emb, ref_emb=aug)
+    v2, g2 = _value_and_grads(pml_losses.SelfSupervisedLoss(pml_losses.TripletMarginLoss()), emb, aug)
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(g1, g2)
+    with pytest.raises(InputError, match=r"SelfSupervisedLoss takes no labels \(it takes embeddings, ref_emb\)"):
+        ssl(emb, labels)
+    with pytest.raises(InputError, match="SelfSupervisedLoss needs ref_emb"):
+        ssl(emb)
+    # MultipleLosses.forward(embeddings, labels, indices_tuple=None)
+    mined = pml_miners.MultiSimilarityMiner()(emb, labels[:, 2])
+    parts = [pml_losses.TripletMarginLoss(margin=0.3), pml_losses.ContrastiveLoss()]
+    multi = pml_loss(pml_losses.MultipleLosses(parts, weights=[1.0, 0.5]), label_scale=2)
+    expected = parts[0](emb, labels[:, 2], mined) + 0.5 * parts[1](emb, labels[:, 2], mined)
+    torch.testing.assert_close(multi(emb, labels, mined), expected)
+    torch.testing.assert_close(multi(emb, labels), parts[0](emb, labels[:, 2]) + 0.5 * parts[1](emb, labels[:, 2]))
+    with pytest.raises(InputError, match="MultipleLosses takes no ref_emb"):
+        multi(emb, labels, ref_emb=aug, ref_labels=labels)
+    # VICRegLoss: its forward has labels, its compute_loss refuses them; it takes ref_emb alone
+    vicreg = pml_loss("VICRegLoss")
+    torch.testing.assert_close(vicreg(emb, ref_emb=aug), pml_losses.VICRegLoss()(emb, ref_emb=aug))
+    with pytest.raises(InputError, match=r"VICRegLoss takes no labels \(it takes embeddings, ref_emb\)"):
+        vicreg(emb, labels, ref_emb=aug, ref_labels=labels)
+    with pytest.raises(InputError, match="VICRegLoss takes no indices_tuple"):
+        vicreg(emb, indices_tuple=mined, ref_emb=aug)
+    # a plain PML loss still takes the labels' column, a miner's tuple and a labelled reference set
+    ntx = pml_loss("NTXentLoss", label_scale=1)
+    torch.testing.assert_close(ntx(emb, labels, None, aug, labels),
+                               pml_losses.NTXentLoss()(emb, labels[:, 1], None, aug, labels[:, 1]))
+    with pytest.raises(InputError, match="ref_emb and ref_labels must be given together"):
+        ntx(emb, labels, ref_emb=aug)
+    with pytest.raises(InputError, match="ref_labels without ref_emb"):
+        ntx(emb, labels, ref_labels=labels)
+    with pytest.raises(InputError, match="NPairsLoss takes no ref_emb"):  # PML's NPairs refuses a reference set
+        pml_loss("NPairsLoss")(emb, labels, ref_emb=aug, ref_labels=labels)
+
+
 def test_pml_miner_on_a_scale_and_with_pml_loss():
     emb, labels = hier_batch(5)
-    ours = pml_miner("BatchEasyHardMiner", scale=1)
+    ours = pml_miner("BatchEasyHardMiner", label_scale=1)
     assert isinstance(ours, PMLMiner)
     got = ours(emb, labels)
     want = pml_miners.BatchEasyHardMiner()(emb, labels[:, 1])
     assert [t.tolist() for t in got] == [t.tolist() for t in want]
-    loss = pml_loss("TupletMarginLoss", scale=1)
+    loss = pml_loss("TupletMarginLoss", label_scale=1)
     torch.testing.assert_close(loss(emb, labels, got), pml_losses.TupletMarginLoss()(emb, labels[:, 1], want))
     # a dynametric loss and a PML miner mix as well
     torch.testing.assert_close(dl.TripletMarginLoss(scale=1)(emb, labels, got),
@@ -381,6 +543,7 @@ def test_unknown_pml_names_are_one_line_in_plain_words():
     text = str(err.value)
     assert "key 'loss.name': pytorch-metric-learning has no loss 'NoSuchLoss'; available: " in text
     assert "SupConLoss" in text and "BaseMetricLossFunction" not in text and "\n" not in text
+    assert "GenericPairLoss" not in text and "Mixin" not in text  # abstract bases and mixins are not offered
     with pytest.raises(ConfigError) as err:
         pml_miner("NoSuchMiner")
     text = str(err.value)

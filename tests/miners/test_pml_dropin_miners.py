@@ -132,19 +132,44 @@ def test_distance_weighted_miner_empty_cases_as_pml():
                                                  torch.nn.functional.normalize(emb[n])).diag() <= 1.2).all())
 
 
-@pytest.mark.parametrize("cls,pml_cls,kwargs,stats", [
-    (TripletMarginMiner, pml_miners.TripletMarginMiner, {"margin": 0.3},
-     ["num_triplets", "pos_pair_dist", "neg_pair_dist", "avg_triplet_margin"]),
-    (PairMarginMiner, pml_miners.PairMarginMiner, {"pos_margin": 0.3, "neg_margin": 0.9},
-     ["num_pos_pairs", "num_neg_pairs", "pos_pair_dist", "neg_pair_dist"]),
-    (BatchHardMiner, pml_miners.BatchHardMiner, {}, ["num_triplets", "hardest_pos_pair", "hardest_neg_pair"]),
-    (MultiSimilarityMiner, pml_miners.MultiSimilarityMiner, {}, ["num_pos_pairs", "num_neg_pairs"]),
+@pytest.mark.parametrize("cls,pml_cls,kwargs", [
+    (TripletMarginMiner, pml_miners.TripletMarginMiner, {"margin": 0.3}),
+    (PairMarginMiner, pml_miners.PairMarginMiner, {"pos_margin": 0.3, "neg_margin": 0.9}),
+    (BatchHardMiner, pml_miners.BatchHardMiner, {}),
+    (BatchHardMiner, pml_miners.BatchHardMiner, {"distance": pml_dist.CosineSimilarity()}),
+    (BatchHardMiner, pml_miners.BatchHardMiner, {"distance": pml_dist.DotProductSimilarity(normalize_embeddings=False,
+                                                                                           power=2)}),
+    (MultiSimilarityMiner, pml_miners.MultiSimilarityMiner, {}),
 ])
-def test_collect_stats_equal_pml(cls, pml_cls, kwargs, stats):
-    emb, labels = batch(2)
+def test_collect_stats_equal_pml(cls, pml_cls, kwargs):
+    """Every statistic PML records (its _record_these_stats), with PML's value: BatchHardMiner lacked
+    easiest_triplet, hardest_triplet, easiest_pos_pair and easiest_neg_pair, and triplet miners num_pos_pairs /
+    num_neg_pairs (which PML sets to 0), although the docs said every miner had them."""
     ours = cls(**kwargs, collect_stats=True)
     theirs = pml_cls(**kwargs, collect_stats=True)
+    for seed in (2, 3):
+        emb, labels = batch(seed)
+        torch.manual_seed(seed)
+        ours(emb, labels)
+        torch.manual_seed(seed)
+        theirs(emb, labels)
+        assert len(theirs._record_these_stats) >= 3
+        for name in theirs._record_these_stats:
+            assert getattr(ours, name) == pytest.approx(getattr(theirs, name), rel=1e-9), name
+
+
+def test_batch_hard_stats_reset_without_triplets_and_are_not_kept_without_collect_stats():
+    emb, labels = batch(4)
+    ours, theirs = BatchHardMiner(collect_stats=True), pml_miners.BatchHardMiner(collect_stats=True)
     ours(emb, labels)
-    theirs(emb, labels)
-    for name in stats:
-        assert getattr(ours, name) == pytest.approx(getattr(theirs, name), rel=1e-9), name
+    one_class = torch.zeros_like(labels)
+    ours(emb, one_class)  # no negatives, no triplets: every statistic back to 0, as PML's reset leaves them
+    theirs(emb, one_class)
+    for name in theirs._record_these_stats:
+        assert getattr(ours, name) == getattr(theirs, name) == 0, name
+    dwm = DistanceWeightedMiner(collect_stats=True)  # samples by its own law (docs), so only the counts' names
+    a, _, _ = dwm(emb, labels)
+    assert (dwm.num_triplets, dwm.num_pos_pairs, dwm.num_neg_pairs) == (a.numel(), 0, 0)
+    quiet = BatchHardMiner()
+    quiet(emb, labels)
+    assert not any(hasattr(quiet, name) for name in [*BatchHardMiner.STATS, "num_triplets", "num_pos_pairs"])

@@ -1,6 +1,9 @@
 """Batch samplers for metric learning: P×K, DyML's three-scale sampler, and a hierarchical hard-negative sampler.
 
-All three are *batch samplers* (pass them as ``DataLoader(dataset, batch_sampler=...)``) and share one contract:
+All three are *batch samplers* (pass them as ``DataLoader(dataset, batch_sampler=...)``) and share one contract.
+Passed as ``sampler=`` instead (``DataLoader(dataset, batch_size=8, sampler=...)``, the way of PML's
+``MPerClassSampler``, an index sampler), the loader's ``BatchSampler`` would group whole batches into batches of
+batches; the first iteration raises an :class:`~dynametric.errors.InputError` saying to pass ``batch_sampler=``.
 
 * **Deterministic**: epoch ``e`` is a pure function of ``(seed, e)`` (``numpy`` PCG64 seeded with
   ``SeedSequence([seed, e])``). Call :meth:`set_epoch` before each epoch (Lightning does this for you).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,7 +153,14 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         return [b.tolist() for b in batches[self.rank::self.world_size][:n]]
 
     def __iter__(self) -> Iterator[list[int]]:
-        # not a generator function: the position is reset (or restored) when the iterator is created
+        # not a generator function: the position is reset (or restored) when the iterator is created, and the
+        # caller of iter() is the frame above this one
+        caller = sys._getframe(1).f_locals.get("self")
+        if isinstance(caller, torch.utils.data.BatchSampler) and getattr(caller, "sampler", None) is self:
+            # DataLoader(dataset, batch_size=B, sampler=self), PML's way for its index sampler MPerClassSampler:
+            # each of our batches would reach the dataset as one index, giving batches of batches
+            raise InputError(f"{type(self).__name__} yields whole batches: pass it as DataLoader(dataset, "
+                             "batch_sampler=sampler) without batch_size, not as sampler=", key="sampler")
         batches = self.epoch_batches()
         start, self._resume_from = self._resume_from, 0
         self._position = start
@@ -274,6 +285,10 @@ def _chunks_per_pass(members: list[np.ndarray], k: int) -> int:
 
 class MPerClassSampler(_EpochBatchSampler):
     """P×K batches: ``batch_size // m`` distinct classes of scale ``scale`` with ``m`` images each.
+
+    A *batch* sampler, unlike PML's index sampler of the same name: ``DataLoader(dataset, batch_sampler=sampler)``
+    (passed as ``sampler=`` it raises an :class:`InputError` saying so); ``batch_size`` is required and
+    ``iterations_per_epoch`` counts batches (PML's ``length_before_new_iter`` counts indices).
 
     Within a batch the rows are grouped by class (``m`` consecutive rows per class). An epoch has
     ``iterations_per_epoch`` batches per rank, by default ``floor(chunks per pass / P / world_size)`` (≥ 1), so

@@ -6,7 +6,9 @@
 ``MarginLoss``: ``margin=0.2`` (alpha), ``nu=0``, ``beta=1.2``, ``triplets_per_anchor="all"``, ``learn_beta=False``,
 ``num_classes=None``. Wu et al. pair it with :class:`~dynametric.miners.DistanceWeightedMiner` and learn ``beta``
 (``learn_beta=True``, its own learning rate, see :meth:`loss_parameters`). With ``num_classes`` the labels must lie
-in ``[0, num_classes)``.
+in ``[0, num_classes)``. An integer ``triplets_per_anchor`` samples as
+:class:`~dynametric.losses.TripletMarginLoss` does (torch's generator, one vectorised draw): under one seed not
+PML's triplets, so not PML's value.
 """
 
 from __future__ import annotations

@@ -2,23 +2,28 @@
 
 dynametric implements the losses and miners it needs natively (same names, arguments and values as PML). For the
 rest of PML's catalogue this module wraps PML's own objects, so every one of them becomes hierarchy-aware without
-a port:
+a port. Everywhere in this adapter the label column is the keyword ``label_scale``; ``scale`` is never the column
+here: it is a PML keyword like any other (the logit scale of ArcFace/CosFace) and goes to PML.
 
-* :class:`PMLLoss` ``(loss, scale=0)``: a PML loss object applied to label column ``scale`` of ``[B, S]`` labels
-  (``[B]`` labels work too). It is a :class:`~dynametric.losses.MetricLoss`, so it goes wherever a dynametric loss
-  goes (``MultiScaleLoss``, the engine; PML parameters such as proxies are listed by ``loss_parameters()``).
-* :class:`PMLMiner` ``(miner, scale=0)``: the same for a PML miner.
-* :func:`pml_loss` ``(name_or_loss, scale=0, weights=None, num_classes=None, **kwargs)``: build from a class
-  name (``"ArcFaceLoss"``), a class or an object; with ``weights=[w_0, w_1, ...]`` one PML loss per scale, summed
-  with those weights (a :class:`~dynametric.losses.MultiScaleLoss`); ``num_classes`` may then be a list with one
-  entry per scale, for proxy and classification losses.
-* :func:`pml_miner` ``(name_or_miner, scale=0, **kwargs)``.
+* :class:`PMLLoss` ``(loss, label_scale=0)``: a PML loss object applied to label column ``label_scale`` of
+  ``[B, S]`` labels (``[B]`` labels work too). It is a :class:`~dynametric.losses.MetricLoss`, so it goes wherever a
+  dynametric loss goes (``MultiScaleLoss``, the engine; PML parameters such as proxies are listed by
+  ``loss_parameters()``); its attribute ``scale`` holds the column, as on every dynametric loss. A call passes the
+  PML loss only what was given and what its ``forward`` takes (``CrossBatchMemory``'s ``enqueue_mask``,
+  ``SelfSupervisedLoss``'s ``ref_emb`` without labels, ...); anything else is an :class:`InputError`.
+* :class:`PMLMiner` ``(miner, label_scale=0)``: the same for a PML miner.
+* :func:`pml_loss` ``(name_or_loss, label_scale=0, weights=None, num_classes=None, **kwargs)``: build from a class
+  name (``"ArcFaceLoss"``), a class or an object; every other keyword goes to the PML class. With
+  ``weights=[w_0, w_1, ...]`` it builds one PML loss per scale (scale ``s`` reads column ``s``, so ``label_scale``
+  is refused), summed with those weights (a :class:`~dynametric.losses.MultiScaleLoss`): every keyword goes to
+  every scale's loss unchanged, except ``num_classes``, which may be a list with one entry per scale, for proxy and
+  classification losses.
+* :func:`pml_miner` ``(name_or_miner, label_scale=0, **kwargs)``.
 * Configs: ``loss: {name: "pml:ArcFaceLoss", kwargs: {...}}`` and ``miner: {name: "pml:BatchEasyHardMiner"}``
   (the registries :data:`dynametric.losses.LOSSES` / :data:`dynametric.miners.MINERS` resolve the ``pml:``
-  prefix through :func:`pml_registry_entry`). The label column is the keyword ``label_scale`` (PML's ``scale``
-  means the logit scale of ArcFace/CosFace); ``num_classes`` and ``embedding_size`` are filled by the engine as
-  for native losses; ``multiscale: true`` gives one PML loss per scale. A ``distance`` given by name in a config
-  becomes PML's own distance object.
+  prefix through :func:`pml_registry_entry`). The label column is ``label_scale`` there too; ``num_classes`` and
+  ``embedding_size`` are filled by the engine as for native losses; ``multiscale: true`` gives one PML loss per
+  scale. A ``distance`` given by name in a config becomes PML's own distance object.
 
 PML is an optional dependency: it is imported only when one of these is used (a :class:`ConfigError` says how to
 install it otherwise).
@@ -26,6 +31,7 @@ install it otherwise).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,33 +41,94 @@ from torch import nn
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.miners.pml import PMLMiner, pml_miner
-from dynametric.pml import PML_PREFIX, PMLAwareRegistry, _instantiate, pml_class, to_pml_distance
+from dynametric.pml import (
+    PML_PREFIX,
+    PMLAwareRegistry,
+    _init_parameters,
+    _instantiate,
+    pml_class,
+    resolve_class,
+    to_pml_distance,
+)
 from dynametric.pml import pml_registry_entry as _registry_entry
 
 __all__ = ["PML_PREFIX", "PMLAwareRegistry", "PMLLoss", "PMLMiner", "pml_class", "pml_loss", "pml_miner",
            "pml_registry_entry", "to_pml_distance"]
 
 
-class PMLLoss(MetricLoss):
-    """A pytorch-metric-learning loss object applied to label column ``scale`` (see the module docstring)."""
+#: The helpers with which a PML loss's ``compute_loss`` refuses arguments its ``forward`` accepts (VICRegLoss takes
+#: no labels, NPairsLoss no ref_emb, ...; ``pytorch_metric_learning.utils.common_functions``), and what each refuses.
+_PML_REFUSALS = {"labels_not_supported": ("labels", "ref_labels"), "ref_not_supported": ("ref_emb", "ref_labels"),
+                 "indices_tuple_not_supported": ("indices_tuple",)}
 
-    def __init__(self, loss: nn.Module, scale: int = 0) -> None:
-        super().__init__(scale)
+
+def _forward_arguments(loss: nn.Module) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """What ``loss`` takes after the embeddings: ``(names its forward accepts by keyword less those its
+    compute_loss refuses, or None for any (a **kwargs), names it requires)``."""
+    try:
+        params = list(inspect.signature(loss.forward).parameters.values())[1:]  # the embeddings come first
+    except (TypeError, ValueError):  # no signature to read: pass what is given and let the loss decide
+        return None, frozenset()
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None, frozenset()
+    code = getattr(getattr(type(loss), "compute_loss", None), "__code__", None)
+    refused = {arg for helper, args in _PML_REFUSALS.items() if code and helper in code.co_names for arg in args}
+    return (frozenset(p.name for p in named) - refused,
+            frozenset(p.name for p in named if p.default is p.empty))
+
+
+class PMLLoss(MetricLoss):
+    """A pytorch-metric-learning loss object applied to label column ``label_scale`` (see the module docstring).
+
+    A call passes the wrapped loss what its ``forward`` takes (read once, here): the embeddings, then by keyword
+    only the arguments given (``labels`` as column ``label_scale``, ``indices_tuple``, ``ref_emb``, ``ref_labels``
+    as that column too, and extra keywords such as ``CrossBatchMemory``'s ``enqueue_mask``). So
+    ``CrossBatchMemory(emb, labels, indices_tuple=None, enqueue_mask=None)``, ``SelfSupervisedLoss(emb, ref_emb)``,
+    ``MultipleLosses(emb, labels, indices_tuple=None)`` and ``VICRegLoss`` (no labels: ``loss(emb, ref_emb=...)``)
+    are called as PML calls them. An argument given that the wrapped loss does not take (not in its ``forward``, or
+    refused by its ``compute_loss``, as VICReg refuses labels), or a required one missing, is an :class:`InputError`
+    naming it."""
+
+    def __init__(self, loss: nn.Module, label_scale: int = 0) -> None:
+        super().__init__(label_scale)
         if not isinstance(loss, nn.Module) or not callable(loss):
             raise ConfigError(f"PMLLoss wraps a pytorch-metric-learning loss object, got {loss!r}", key="loss")
         if isinstance(loss, MetricLoss):
             raise ConfigError(f"{type(loss).__name__} is a dynametric loss already; use it directly", key="loss")
         self.loss: Any = loss  # a PML loss object (PML is untyped)
+        self._takes, self._needs = _forward_arguments(loss)
 
-    def compute_loss(
+    def forward(  # PML's extra keywords (enqueue_mask, ...) pass through as **kwargs
         self,
         embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: torch.Tensor | None,
-        ref_labels: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
+        indices_tuple: IndicesTuple | None = None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        name = type(self.loss).__name__
+        if embeddings.dim() != 2:
+            raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+        given = {k: v for k, v in {"labels": labels, "indices_tuple": indices_tuple, "ref_emb": ref_emb,
+                                   "ref_labels": ref_labels, **kwargs}.items() if v is not None}
+        takes = self._takes
+        for arg in {**given, **kwargs}:  # an extra keyword is checked even when None (a misspelt enqueue_mask)
+            if takes is not None and arg not in takes:
+                raise InputError(f"{name} takes no {arg} (it takes {', '.join(['embeddings', *sorted(takes)])})",
+                                 key=arg)
+        for arg in sorted(self._needs - given.keys()):
+            raise InputError(f"{name} needs {arg}", key=arg)
+        if ref_labels is not None and ref_emb is None:  # PML would ignore them
+            raise InputError("ref_labels without ref_emb", key="ref_labels")
+        if labels is not None:
+            if ref_emb is not None and ref_labels is None and (takes is None or "ref_labels" in takes):
+                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+            given["labels"] = self.prepare_labels(labels, embeddings.shape[0], "labels")
+        if ref_emb is not None and ref_labels is not None:
+            given["ref_labels"] = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        return self.loss(embeddings, **given)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.loss, "get_logits"):
@@ -69,30 +136,46 @@ class PMLLoss(MetricLoss):
         return self.loss.get_logits(embeddings)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale}"
+        return f"label_scale={self.scale}"
 
 
 def pml_loss(
     loss: str | type | nn.Module,
-    scale: int = 0,
+    /,
+    label_scale: int | None = None,
     weights: Sequence[float] | None = None,
     num_classes: int | Sequence[int] | None = None,
     chunks: Any = None,
     miners: Any = None,
     **kwargs: Any,
 ) -> MetricLoss:
-    """A PML loss on dynametric labels: one scale (``scale``) or, with ``weights``, the weighted sum over scales
-    ``sum_s weights[s] * L_s(embeddings, labels[:, s])`` with one PML loss per scale (``num_classes`` may be a
-    list, one per scale; ``chunks``/``miners`` as in :class:`~dynametric.losses.MultiScaleLoss`)."""
+    """A PML loss on dynametric labels: one loss on label column ``label_scale`` (default 0) or, with ``weights``,
+    the weighted sum over scales ``sum_s weights[s] * L_s(embeddings, labels[:, s])`` with one PML loss per scale
+    (``num_classes`` may be a list, one per scale; ``chunks``/``miners`` as in
+    :class:`~dynametric.losses.MultiScaleLoss`). ``kwargs`` go to the PML class (``scale`` is ArcFace's/CosFace's
+    logit scale), in the weighted form to every scale's loss. The first argument is positional-only, so a PML
+    keyword named ``loss`` (``CrossBatchMemory``, ``SelfSupervisedLoss``) goes to PML too."""
+    cls = resolve_class("losses", loss)
+    if isinstance(cls, type):  # a PML keyword of the same name as one of ours would be taken by the adapter
+        own = {p.name for p in _init_parameters(cls)}
+        clash = [k for k, v in (("weights", weights), ("chunks", chunks), ("miners", miners)) if v is not None
+                 and k in own]
+        if clash:
+            raise ConfigError(f"{cls.__name__} has its own {clash[0]!r}, which pml_loss's {clash[0]}= (one loss per "
+                              f"label scale) would take; build the object and pass it: pml_loss({cls.__name__}"
+                              f"(..., {clash[0]}=...))", key=clash[0])
     if weights is None:
         if isinstance(num_classes, Sequence):
             raise ConfigError("a list of num_classes needs weights (one per scale)", key="num_classes")
         kw = dict(kwargs) if num_classes is None else {**kwargs, "num_classes": num_classes}
         if chunks is not None or miners is not None:
             raise ConfigError("chunks/miners are per-scale options: give weights", key="weights")
-        return PMLLoss(_instantiate("losses", loss, kw), scale=scale)
+        return PMLLoss(_instantiate("losses", cls, kw), label_scale=label_scale or 0)
     from dynametric.losses.multiscale import MultiScaleLoss
 
+    if label_scale is not None:
+        raise ConfigError(f"label_scale={label_scale} with weights: with weights the loss of scale s reads label "
+                          "column s; give one or the other", key="label_scale")
     n = len(weights)
     if isinstance(num_classes, Sequence) and len(num_classes) != n:
         raise ConfigError(f"{len(num_classes)} num_classes for {n} scales", key="num_classes")
@@ -101,11 +184,11 @@ def pml_loss(
         kw = dict(kwargs)
         if num_classes is not None:
             kw["num_classes"] = num_classes[s] if isinstance(num_classes, Sequence) else num_classes
-        return PMLLoss(_instantiate("losses", loss, kw))
+        return PMLLoss(_instantiate("losses", cls, kw))
 
-    if isinstance(loss, nn.Module) and any(True for _ in loss.parameters()):
-        raise ConfigError(f"{type(loss).__name__} has parameters; give its class or name so that every scale gets "
-                          "its own", key="loss")
+    if isinstance(cls, nn.Module) and any(True for _ in [*cls.parameters(), *cls.buffers()]):
+        raise ConfigError(f"{type(cls).__name__} has parameters or buffers (state); give its class or name so that "
+                          "every scale gets its own", key="loss")
 
     return MultiScaleLoss(per_scale, weights=list(weights), num_scales=n, chunks=chunks, miners=miners)
 

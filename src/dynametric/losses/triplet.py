@@ -3,10 +3,12 @@
 ``L = avg_nonzero_{(a,p,n)} [d_ap - d_an + margin]_+`` (for similarities ``s_an - s_ap + margin``). Keyword
 arguments, defaults and reduction as pytorch-metric-learning's ``TripletMarginLoss``: ``margin=0.05``,
 ``swap=False`` (use ``min(d_an, d_pn)``, Balntas et al. 2016), ``smooth_loss=False`` (``softplus`` instead of the
-hinge), ``triplets_per_anchor="all"`` (or an int: that many random triplets per anchor), Euclidean distance of
-L2-normalised embeddings. Many papers use squared distances (``distance=SquaredL2Distance()``, margin 0.2 for
-FaceNet). Difference from PML: with ``swap`` and ``ref_emb`` the positive-negative distance is computed between
-the two reference embeddings (PML indexes the query-reference matrix with reference indices).
+hinge), ``triplets_per_anchor="all"`` (or an int: that many random triplets per anchor, drawn with torch's
+generator in one vectorised draw, so under one seed not the triplets of PML's per-class sampling loop: the value
+differs from PML's, and equals it on the same triplets), Euclidean distance of L2-normalised embeddings. Many
+papers use squared distances (``distance=SquaredL2Distance()``, margin 0.2 for FaceNet). Difference from PML: with
+``swap`` and ``ref_emb`` the positive-negative distance is computed between the two reference embeddings (PML
+indexes the query-reference matrix with reference indices).
 """
 
 from __future__ import annotations

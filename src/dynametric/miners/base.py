@@ -26,7 +26,8 @@ class Miner(RecordsStats, nn.Module):
     Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
     ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
     near-ties are decided exactly as pytorch-metric-learning decides them). ``collect_stats=True`` records
-    ``num_triplets`` / ``num_pos_pairs`` / ``num_neg_pairs`` (and miner-specific values) after each call.
+    ``num_triplets``, ``num_pos_pairs`` and ``num_neg_pairs`` (0 for the kind of tuple the miner does not return, as
+    PML) and miner-specific values after each call.
     """
 
     def __init__(self, scale: int = 0, *, collect_stats: bool = False) -> None:
@@ -67,11 +68,11 @@ class Miner(RecordsStats, nn.Module):
             ref = ref_emb.detach()
         with torch.no_grad():
             out = self.mine(emb, labels, ref, ref_lab)
-        if self.collect_stats:
-            if len(out) == 3:
-                self.record(num_triplets=int(out[0].numel()))
-            elif len(out) == 4:
-                self.record(num_pos_pairs=int(out[0].numel()), num_neg_pairs=int(out[2].numel()))
+        if self.collect_stats and len(out) in (3, 4):  # all three counts, 0 for tuples it does not return (as PML)
+            triplets = len(out) == 3
+            self.record(num_triplets=int(out[0].numel()) if triplets else 0,
+                        num_pos_pairs=0 if triplets else int(out[0].numel()),
+                        num_neg_pairs=0 if triplets else int(out[2].numel()))
         return out
 
     def mine(

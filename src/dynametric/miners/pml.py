@@ -14,10 +14,11 @@ from dynametric.pml import _instantiate
 
 
 class PMLMiner(Miner):
-    """A pytorch-metric-learning miner object applied to label column ``scale``."""
+    """A pytorch-metric-learning miner object applied to label column ``label_scale`` (its attribute ``scale``, as
+    on every dynametric miner)."""
 
-    def __init__(self, miner: nn.Module, scale: int = 0) -> None:
-        super().__init__(scale)
+    def __init__(self, miner: nn.Module, label_scale: int = 0) -> None:
+        super().__init__(label_scale)
         if not isinstance(miner, nn.Module) or not callable(miner) or isinstance(miner, Miner):
             raise ConfigError(f"PMLMiner wraps a pytorch-metric-learning miner object, got {miner!r}", key="miner")
         self.miner = miner
@@ -35,9 +36,10 @@ class PMLMiner(Miner):
         return self.miner(embeddings, labels, ref_emb, ref_col)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale}"
+        return f"label_scale={self.scale}"
 
 
-def pml_miner(miner: str | type | nn.Module, scale: int = 0, **kwargs: Any) -> PMLMiner:
-    """A PML miner (class name, class or object) on label column ``scale``."""
-    return PMLMiner(_instantiate("miners", miner, kwargs), scale=scale)
+def pml_miner(miner: str | type | nn.Module, /, label_scale: int = 0, **kwargs: Any) -> PMLMiner:
+    """A PML miner (class name, class or object; positional-only) on label column ``label_scale``; ``kwargs`` go to
+    the PML class."""
+    return PMLMiner(_instantiate("miners", miner, kwargs), label_scale=label_scale)
