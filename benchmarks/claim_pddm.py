@@ -553,14 +553,17 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command_line("claim_pddm.py", argv)
     invocations.append({"command": cmd, "wall_s": round(wall, 1)})
     total = sum(float(i.get("wall_s") or 0) for i in invocations)
-    # merged parts (one per condition) run in parallel: the longest part, then this merging invocation
-    side_by_side = (max(float(i.get("wall_s") or 0) for i in invocations[:-1]) + wall) / 60 if a.merge else 0.0
+    # merged parts (one per condition) run in parallel: the longest part, then this merging invocation; stated only
+    # when every merged file is one part (a merged file that is itself a merge, e.g. an lr grid extended later, ran
+    # at another time: its parts did not run side by side with this merge's)
+    parts_only = bool(a.merge) and len(invocations) == len(a.merge) + 1
+    side_by_side = (max(float(i.get("wall_s") or 0) for i in invocations[:-1]) + wall) / 60 if parts_only else 0.0
     head = (f"# PDDM claims on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
             f"Wall time: {total / 60:.1f} min, the sum of {len(invocations)} invocation(s) (" +
             "; ".join(f"`{i['command']}` {float(i.get('wall_s') or 0) / 60:.1f} min" for i in invocations) +
             f"; nice 19, 1 thread, shared machine: {environment()})" +
             (f"; the parts ran side by side, one per core, so on 2 cores the file reproduces in {side_by_side:.1f} min"
-             if a.merge else "") + "."
+             if parts_only else "") + "."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.train_per_shape} train / "
             f"{max(1, a.train_per_shape // 2)} val / {max(1, a.train_per_shape // 2)} test fine classes per shape, "
             f"{a.images_per_class} images per class; simple_cnn width {a.width} depth {a.depth}, {a.dim}-d "
