@@ -156,7 +156,7 @@ def test_training_on_an_oml_csv_tests_query_to_gallery(tmp_path, capsys):
                  "data.batch_size=8", "data.m=2", "model.embedding_dim=8",
                  "model.backbone_kwargs={width: 4, depth: 2}", "trainer.max_epochs=1", "trainer.progress_bar=false",
                  "run.report=false", "eval.protocol=query_gallery", "eval.query_split=query",
-                 "eval.gallery_split=gallery", "eval.query_in_gallery=true"]) == 0
+                 "eval.gallery_split=gallery"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["protocol"]["queries"] == 4 and metrics["test"]["protocol"]["gallery"] == 12
     assert set(metrics["test"]) >= {"label", "category", "mean"}

@@ -15,10 +15,9 @@ import torch
 
 from dynametric.cli import main
 from dynametric.engine.dyml import DyMLProtocol, run_protocol
-from dynametric.engine.protocols import EvaluationProtocol, LeaveOneOut, QueryGallery
+from dynametric.engine.protocols import EmbeddedSet, EvaluationProtocol, LeaveOneOut, QueryGallery, image_identities
 from dynametric.metrics import evaluate_embeddings
 from dynametric.pipeline import protocol_from_config
-from tests.dyml.helpers import write_release
 
 
 @dataclass
@@ -45,9 +44,10 @@ def _splits(seed: int = 0) -> dict[str, _Set]:
         return _Set(emb, torch.stack([fine, fine // 3], 1), [f"/x/{prefix}{i}.jpg" for i in range(n)], names)
 
     q, g = make(12, "q"), make(30, "g")
-    # the first four queries also sit in the gallery: same file name, same embedding, same labels
-    g.emb[:4], g.labels[:4] = q.emb[:4], q.labels[:4]
-    g.paths[:4] = [p.replace("/x/q", "/y/q") for p in q.paths[:4]]
+    # the first four queries also sit in the gallery: the same files (same embedding, same labels)
+    g.emb[:4], g.labels[:4], g.paths[:4] = q.emb[:4], q.labels[:4], q.paths[:4]
+    # four other gallery files carry the next queries' file names in another folder: different images
+    g.paths[4:8] = [p.replace("/x/q", "/y/q") for p in q.paths[4:8]]
     return {"test": make(40, "t"), "query": q, "gallery": g}
 
 
@@ -78,15 +78,99 @@ def test_generic_protocols_equal_a_direct_evaluation(engine):
     q, g = sets["query"], sets["gallery"]
     for inside in (False, True):
         got = QueryGallery("query", "gallery", inside).run(sets.__getitem__, _embed, evaluate)
-        ids = ([Path(p).name for p in q.paths], [Path(p).name for p in g.paths]) if inside else (None, None)
+        ids = ([(p, None) for p in q.paths], [(p, None) for p in g.paths]) if inside else (None, None)
         want = evaluate(q.emb, q.labels, g.emb, g.labels, scale_names=["fine", "coarse"], query_ids=ids[0],
                         gallery_ids=ids[1])
         assert got.pop("protocol") == {"name": "query_gallery", "query_split": "query", "gallery_split": "gallery",
-                                       "queries": 12, "gallery": 30, "query_in_gallery": inside}
+                                       "queries": 12, "gallery": 30, "query_in_gallery": inside,
+                                       "queries_in_gallery": 4}
         assert got == want
     # the own copies are found at rank 1 unless excluded
     kept = QueryGallery("query", "gallery", False).run(sets.__getitem__, _embed, evaluate)
     assert kept["fine"]["recall@1"] > got["fine"]["recall@1"]
+
+
+def _png(path: Path, value: int = 0) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path)
+
+
+def test_query_in_gallery_excludes_the_item_itself_not_files_of_the_same_name(tmp_path: Path):
+    """OML's usual layout (every validation row both query and gallery, per-class file numbering): image k of class
+    c sits nearest image k of the other class. Each query loses only its own row: its nearest candidate is then the
+    other class's same-numbered image (recall@1 0, as OML's cmc@1), never dropped for sharing the name ``k.png``."""
+    from dynametric.data import build_dataset
+
+    rows = ["label,path,split,is_query,is_gallery"]
+    for c in range(2):
+        for k in range(2):
+            _png(tmp_path / f"cls{c}" / f"{k}.png", 10 * c + k)
+            rows.append(f"{c},cls{c}/{k}.png,validation,True,True")
+    (tmp_path / "df.csv").write_text("\n".join(rows) + "\n")
+    q, g = build_dataset("oml", tmp_path, "query"), build_dataset("oml", tmp_path, "gallery")
+    # e(c, k) = onehot(k) + 0.5 onehot(c): cos to (1-c, k) = 0.8, to (c, 1-k) = 0.2, to (1-c, 1-k) = 0
+    emb = torch.tensor([[1.0 * (j == k) for j in range(2)] + [0.5 * (j == c) for j in range(2)]
+                        for c in range(2) for k in range(2)])
+    sets = {"query": EmbeddedSet(q, emb, q.labels), "gallery": EmbeddedSet(g, emb, g.labels)}
+    res = QueryGallery("query", "gallery", query_in_gallery=True).evaluate(sets)
+    # every query: its own row excluded; ranks: other class (0.8), own class (0.2, the one relevant item), other
+    assert res["label"]["recall@1"] == 0.0 and res["label"]["recall@2"] == 1.0
+    assert res["label"]["map@r"] == 0.0 and res["label"]["map"] == pytest.approx(0.5)
+    assert res["label"]["num_queries"] == 4 and res["protocol"]["queries_in_gallery"] == 4
+
+
+def test_image_identities_are_resolved_paths_and_boxes(tmp_path: Path):
+    _png(tmp_path / "d" / "a.png")
+    _png(tmp_path / "e" / "a.png")
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    paths = [str(tmp_path / "d" / "a.png"), f"{tmp_path}/d/./a.png", str(tmp_path / "link" / "a.png"),
+             str(tmp_path / "e" / "a.png")]
+    ids = image_identities(_Set(torch.zeros(4, 1), torch.zeros(4, 1, dtype=torch.long), paths, ["fine"]))
+    assert ids is not None and ids[0] == ids[1] == ids[2] == (str((tmp_path / "d" / "a.png").resolve()), None)
+    assert ids[3] != ids[0]  # the same file name in another folder: another image
+    cropped = _Set(torch.zeros(2, 1), torch.zeros(2, 1, dtype=torch.long), paths[:2], ["fine"])
+    cropped.boxes = [(0, 0, 2, 2), (2, 2, 4, 4)]  # type: ignore[attr-defined]  # two boxes of one image
+    boxed = image_identities(cropped)
+    assert boxed is not None and boxed[0] != boxed[1]
+    assert image_identities(_Set(torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long), None, ["fine"])) is None
+
+
+def test_a_file_listed_as_query_and_gallery_in_a_csv_is_one_item(tmp_path: Path):
+    """CSV query / gallery rows: the same file (``imgs/a.png`` and ``./imgs/a.png``) is one item; ``other/a.png``
+    and ``other/b.png`` share the queries' file names but are other images and stay candidates."""
+    from dynametric.data import build_dataset
+
+    for name in ("imgs/a.png", "imgs/b.png", "other/a.png", "other/b.png", "imgs/c.png"):
+        _png(tmp_path / name)
+    (tmp_path / "labels.csv").write_text("path,split,fine\nimgs/a.png,query,0\nimgs/b.png,query,1\n"
+                                         "./imgs/a.png,gallery,0\nother/a.png,gallery,0\nother/b.png,gallery,1\n"
+                                         "imgs/c.png,gallery,1\n")
+    q, g = build_dataset("csv", tmp_path, "query"), build_dataset("csv", tmp_path, "gallery")
+    qe = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ge = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [-0.6, -0.8]])
+    res = QueryGallery("query", "gallery", True).evaluate({"query": EmbeddedSet(q, qe, q.labels),
+                                                           "gallery": EmbeddedSet(g, ge, g.labels)})
+    # query a: its own file excluded; other/a (0.8, relevant) first. query b (not in the gallery): other/b (0.8,
+    # relevant), other/a (0.6), imgs/a (0), imgs/c (-0.8, relevant): relevant ranks 1 and 4
+    assert res["fine"]["num_queries"] == 2 and res["fine"]["recall@1"] == 1.0
+    assert res["fine"]["map"] == pytest.approx((1 + (1 + 2 / 4) / 2) / 2)
+    assert res["fine"]["map@r"] == pytest.approx((1 + 1 / 2) / 2)
+    assert res["protocol"]["queries_in_gallery"] == 1
+
+
+def test_dyml_contained_excludes_the_same_file_only():
+    def one(paths: list[str], emb: list[list[float]], labels: list[int]) -> _Set:
+        return _Set(torch.tensor(emb), torch.tensor(labels).reshape(-1, 1), paths, ["fine"])
+
+    sets = {"query_fine": one(["/x/q0.jpg", "/x/q1.jpg"], [[1.0, 0.0], [0.0, 1.0]], [0, 1]),
+            "gallery_fine": one(["/x/q0.jpg", "/y/q1.jpg", "/x/g2.jpg"], [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]],
+                                [0, 1, 0])}
+    res = DyMLProtocol("vehicle", "contained", scales=("fine",)).run(sets.__getitem__, _embed)
+    # q0 loses its own file (/x/q0.jpg) and finds g2; q1 keeps /y/q1.jpg (same name, another file) at rank 1
+    assert res["fine"]["excluded_queries_with_match"] == 1 and res["fine"]["queries_without_gallery_copy"] == 1
+    assert res["fine"]["num_queries"] == 2 and res["fine"]["recall@1"] == 1.0
 
 
 def test_dyml_protocol_through_the_interface_on_both_engines():
@@ -110,38 +194,52 @@ def test_dyml_protocol_through_the_interface_on_both_engines():
 
 
 QG_CONFIG = """
-data: {{format: dyml-vehicle, root: {root}, transform: small, image_size: 16, sampler: three_scale, m: 2,
-        batch_size: 12, val_split: null, val_fraction: 0.25, eval_batch_size: 64}}
+data: {{format: oml, root: {root}, transform: small, image_size: 8, m: 2, batch_size: 8, val_split: null,
+        val_fraction: 0.25, eval_batch_size: 64}}
 model: {{backbone: simple_cnn, embedding_dim: 8, pooling: max, backbone_kwargs: {{width: 4, depth: 2}}}}
-loss: {{name: CSLLoss}}
 optim: {{lr: 0.003}}
-eval: {{metrics: [recall@K, map, asi], k_values: [1, 10], protocol: query_gallery, query_split: query_middle,
-        gallery_split: gallery_middle, query_in_gallery: true}}
+eval: {{metrics: [recall@K, map, asi], k_values: [1, 10], protocol: query_gallery, query_split: query,
+        gallery_split: gallery, query_in_gallery: true}}
 trainer: {{max_epochs: 1, progress_bar: false, log_every_n_steps: 1, monitor: mean/map}}
 run: {{report: false}}
 """
 
 
+def _oml_rows(root: Path) -> None:
+    """An OML CSV: 8 training classes; 3 validation classes of 3 images, the first of each both query and gallery
+    (its own item in the gallery), the others gallery only."""
+    rng = np.random.default_rng(0)
+    rows = ["label,path,split,is_query,is_gallery"]
+    for c in range(11):
+        for i in range(3 if c >= 8 else 4):
+            _png(root / f"c{c}" / f"{i}.png", int(rng.integers(0, 255)))
+            flags = ",," if c < 8 else (",True,True" if i == 0 else ",False,True")
+            rows.append(f"{c},c{c}/{i}.png,{'train' if c < 8 else 'validation'}{flags}")
+    (root / "df.csv").write_text("\n".join(rows) + "\n")
+
+
 def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Path):
-    root = write_release(tmp_path / "dyml_vehicle", "vehicle")
+    root = tmp_path / "oml"
+    _oml_rows(root)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(QG_CONFIG.format(root=root))
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
     test = json.loads((out / "metrics.json").read_text())["test"]
+    assert test["protocol"]["queries_in_gallery"] == 3 and test["label"]["num_queries"] == 3
     assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--metrics", "recall@K", "map", "asi", "--k",
                  "1", "10", "--device", "cpu", "--json", str(tmp_path / "ev.json")]) == 0
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["protocol"] == test["protocol"] and ev["protocol"]["query_in_gallery"] is True
     for m in ("recall@1", "recall@10", "map", "asi", "num_queries"):
-        assert ev["middle"][m] == pytest.approx(test["middle"][m], abs=1e-6), m
-    # the own copies are excluded: kept (eval.query_in_gallery=false), they rank first and raise the metrics
+        assert ev["label"][m] == pytest.approx(test["label"][m], abs=1e-6), m
+    # the own items are excluded: kept (eval.query_in_gallery=false), they rank first and raise the metrics
     assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--metrics", "recall@K", "map", "asi", "--k",
                  "1", "10", "--device", "cpu", "--set", "eval.query_in_gallery=false", "--json",
                  str(tmp_path / "kept.json")]) == 0
     kept = json.loads((tmp_path / "kept.json").read_text())
-    assert kept["protocol"]["query_in_gallery"] is False and kept["middle"]["map"] > ev["middle"]["map"]
+    assert kept["protocol"]["query_in_gallery"] is False and kept["label"]["map"] > ev["label"]["map"]
     from dynametric.config import load_config
 
-    assert protocol_from_config(load_config(cfg)) == QueryGallery("query_middle", "gallery_middle", True)
+    assert protocol_from_config(load_config(cfg)) == QueryGallery("query", "gallery", True)
     assert protocol_from_config(load_config(cfg), split="val") == LeaveOneOut("val")

@@ -9,8 +9,9 @@ decides (the sets, their ids, the scale names, and for DyML its own metric optio
 
 * :class:`LeaveOneOut`: every item of one split queries all the others (validation during training, the test split
   of CUB / CARS / SOP-style configs, ``evaluate --checkpoint --split``);
-* :class:`QueryGallery`: fixed query and gallery splits (``eval.protocol: query_gallery``), a query's own gallery
-  copy (same file name) excluded when ``eval.query_in_gallery`` is set;
+* :class:`QueryGallery`: fixed query and gallery splits (``eval.protocol: query_gallery``), a query's own item in
+  the gallery (same resolved path and crop box, :func:`image_identities`) excluded when ``eval.query_in_gallery`` is
+  set;
 * :class:`dynametric.engine.dyml.DyMLProtocol`: the DyML test protocols (per-scale query -> gallery, or all-in-one
   leave-one-out).
 
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from dynametric.data.protocol import dataset_fields
+from dynametric.errors import ConfigError
 
 __all__ = [
     "CheckpointEvaluation",
@@ -65,12 +67,17 @@ def _default_evaluate() -> Evaluate:
     return evaluate_embeddings
 
 
-def image_identities(dataset: Any) -> list[str]:
-    """The identity of every image: its file name (``basename``) for file datasets, else its index."""
-    paths = dataset.paths
-    if paths is not None:
-        return [os.path.basename(str(p)) for p in paths]
-    return [f"#{i}" for i in range(len(dataset))]
+def image_identities(dataset: Any) -> list[Hashable] | None:
+    """What makes an item of one split the same item as one of another split: ``(resolved path, crop box)``, the
+    file's ``os.path.realpath`` (one file listed as ``a.png``, ``./a.png`` or through a link is one image) and the
+    dataset's crop box (``boxes``, OML; ``None``: the whole image), so two boxes cut from one image are two items.
+    ``None`` when the items are not files (nothing tells two in-memory splits' items apart). Never the file name
+    alone: ``cls0/0.png`` and ``cls1/0.png`` are different images."""
+    paths = getattr(dataset, "paths", None)
+    if paths is None:
+        return None
+    boxes = getattr(dataset, "boxes", None)
+    return [(os.path.realpath(str(p)), None if boxes is None else boxes[i]) for i, p in enumerate(paths)]
 
 
 def dataset_scale_names(dataset: Any) -> list[str] | None:
@@ -150,9 +157,11 @@ class LeaveOneOut(EvaluationProtocol):
 
 @dataclass(frozen=True)
 class QueryGallery(EvaluationProtocol):
-    """The queries of ``query_split`` rank ``gallery_split``; with ``query_in_gallery`` a gallery item with the
-    query's file name (its own copy) is excluded. Scale names: the query dataset's. The results carry
-    ``"protocol": {name, query_split, gallery_split, queries, gallery, query_in_gallery}``."""
+    """The queries of ``query_split`` rank ``gallery_split``; with ``query_in_gallery`` a query's own item in the
+    gallery (the same :func:`image_identities`: resolved path and crop box) is excluded from its ranking. Scale names:
+    the query dataset's. The results carry ``"protocol": {name, query_split, gallery_split, queries, gallery,
+    query_in_gallery, queries_in_gallery}`` (the last: how many queries are themselves in the gallery, ``None`` when
+    the items are not files)."""
 
     query_split: str = "query"
     gallery_split: str = "gallery"
@@ -165,15 +174,44 @@ class QueryGallery(EvaluationProtocol):
     def required_splits(self) -> list[str]:
         return [self.query_split, self.gallery_split]
 
+    def exclusion_ids(self, query: Any, gallery: Any) -> tuple[list[Hashable] | None, list[Hashable] | None,
+                                                                int | None]:
+        """``(query_ids, gallery_ids, queries_in_gallery)`` for :func:`~dynametric.metrics.evaluate_embeddings`
+        from the query and gallery datasets: the items' identities when ``query_in_gallery`` (one split as both
+        query and gallery: its indices), else ``None``. ``query_in_gallery`` with no query in the gallery, or with
+        items that are not files, is a ConfigError naming ``eval.query_in_gallery``."""
+        if query is not None and query is gallery:  # one split queries itself: every item is in the gallery
+            keys_q: list[Hashable] | None = list(range(len(query)))
+            keys_g = keys_q
+        else:
+            keys_q, keys_g = image_identities(query), image_identities(gallery)
+        if keys_q is None or keys_g is None:
+            if self.query_in_gallery:
+                split = self.query_split if keys_q is None else self.gallery_split
+                raise ConfigError(f"is true, but the items of split {split!r} are not files, so nothing tells which "
+                                  "query is in the gallery", key="eval.query_in_gallery")
+            return None, None, None
+        in_gallery = set(keys_g)
+        inside = sum(k in in_gallery for k in keys_q)
+        if not self.query_in_gallery:
+            return None, None, inside
+        if not inside:
+            raise ConfigError(f"is true, but none of the {len(keys_q)} queries of split {self.query_split!r} is in "
+                              f"the gallery split {self.gallery_split!r} (the same item: the same resolved file path "
+                              "and crop box; a copy in another folder is another file); expected false",
+                              key="eval.query_in_gallery")
+        return keys_q, keys_g, inside
+
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
         q, g = sets[self.query_split], sets[self.gallery_split]
-        ids = (image_identities(q.dataset), image_identities(g.dataset)) if self.query_in_gallery else (None, None)
+        q_ids, g_ids, inside = self.exclusion_ids(q.dataset, g.dataset)
         res = (evaluate or _default_evaluate())(q.emb, q.labels, g.emb, g.labels,
-                                                 scale_names=dataset_scale_names(q.dataset), query_ids=ids[0],
-                                                 gallery_ids=ids[1])
+                                                 scale_names=dataset_scale_names(q.dataset), query_ids=q_ids,
+                                                 gallery_ids=g_ids)
         return with_protocol_info(res, {"name": self.name, "query_split": self.query_split,
                                         "gallery_split": self.gallery_split, "queries": len(q.emb),
-                                        "gallery": len(g.emb), "query_in_gallery": bool(self.query_in_gallery)})
+                                        "gallery": len(g.emb), "query_in_gallery": bool(self.query_in_gallery),
+                                        "queries_in_gallery": inside})
 
 
 @dataclass
