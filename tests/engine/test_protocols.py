@@ -76,18 +76,51 @@ def test_generic_protocols_equal_a_direct_evaluation(engine):
     t = sets["test"]
     assert loo == evaluate(t.emb, t.labels, scale_names=["fine", "coarse"])
     q, g = sets["query"], sets["gallery"]
-    for inside in (False, True):
-        got = QueryGallery("query", "gallery", inside).run(sets.__getitem__, _embed, evaluate)
-        ids = ([(p, None) for p in q.paths], [(p, None) for p in g.paths]) if inside else (None, None)
-        want = evaluate(q.emb, q.labels, g.emb, g.labels, scale_names=["fine", "coarse"], query_ids=ids[0],
-                        gallery_ids=ids[1])
-        assert got.pop("protocol") == {"name": "query_gallery", "query_split": "query", "gallery_split": "gallery",
-                                       "queries": 12, "gallery": 30, "query_in_gallery": inside,
-                                       "queries_in_gallery": 4}
-        assert got == want
-    # the own copies are found at rank 1 unless excluded
-    kept = QueryGallery("query", "gallery", False).run(sets.__getitem__, _embed, evaluate)
-    assert kept["fine"]["recall@1"] > got["fine"]["recall@1"]
+    got = QueryGallery("query", "gallery", True).run(sets.__getitem__, _embed, evaluate)
+    want = evaluate(q.emb, q.labels, g.emb, g.labels, scale_names=["fine", "coarse"],
+                    query_ids=[(p, None) for p in q.paths], gallery_ids=[(p, None) for p in g.paths])
+    assert got.pop("protocol") == {"name": "query_gallery", "query_split": "query", "gallery_split": "gallery",
+                                   "queries": 12, "gallery": 30, "query_in_gallery": True, "queries_in_gallery": 4}
+    assert got == want
+    # disjoint sets (the gallery without the four query files; its files named like queries in /y/ are other
+    # images): query_in_gallery false ranks exactly as a plain query -> gallery evaluation, nothing excluded
+    sets["gallery"] = _Set(g.emb[4:], g.labels[4:], g.paths[4:], g.scale_names)
+    got = QueryGallery("query", "gallery", False).run(sets.__getitem__, _embed, evaluate)
+    assert got.pop("protocol")["queries_in_gallery"] == 0
+    assert got == evaluate(q.emb, q.labels, g.emb[4:], g.labels[4:], scale_names=["fine", "coarse"])
+
+
+def test_queries_in_the_gallery_with_query_in_gallery_false_are_refused_before_embedding(tmp_path: Path):
+    """Every OML row both query and gallery, query_in_gallery left false: with random embeddings each query would
+    find itself at rank 1 (recall@1 1.0); refused, one line naming the key, the count and the first items."""
+    from dynametric.data import build_dataset
+    from dynametric.errors import ConfigError
+
+    rows = ["label,path,split,is_query,is_gallery"]
+    for c in range(3):
+        for k in range(2):
+            _png(tmp_path / f"cls{c}" / f"{k}.png", 10 * c + k)
+            rows.append(f"{c},cls{c}/{k}.png,validation,True,True")
+    (tmp_path / "df.csv").write_text("\n".join(rows) + "\n")
+    datasets = {s: build_dataset("oml", tmp_path, s) for s in ("query", "gallery")}
+    embedded: list[object] = []
+
+    def embed(ds):
+        embedded.append(ds)
+        return torch.randn(len(ds), 4, generator=torch.Generator().manual_seed(0)), ds.labels
+
+    with pytest.raises(ConfigError) as err:
+        QueryGallery("query", "gallery", False).run(datasets.__getitem__, embed)
+    assert not embedded  # refused before anything was embedded
+    message = str(err.value)
+    assert err.value.key == "eval.query_in_gallery" and "\n" not in message
+    assert "6 of the 6 queries of split 'query' are also in the gallery split 'gallery'" in message
+    assert f"'{tmp_path}/cls0/0.png'" in message and "expected true" in message
+    with pytest.raises(ConfigError, match="6 of the 6 queries"):  # evaluate() on embeddings checks it too
+        QueryGallery().evaluate({s: EmbeddedSet(d, *embed(d)) for s, d in datasets.items()})
+    # one split as both query and gallery is the same case
+    with pytest.raises(ConfigError, match="6 of the 6 queries"):
+        QueryGallery("query", "query").run(datasets.__getitem__, embed)
 
 
 def _png(path: Path, value: int = 0) -> None:
@@ -218,7 +251,7 @@ def _oml_rows(root: Path) -> None:
     (root / "df.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Path):
+def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Path, capsys):
     root = tmp_path / "oml"
     _oml_rows(root)
     cfg = tmp_path / "cfg.yaml"
@@ -233,12 +266,14 @@ def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Pa
     assert ev["protocol"] == test["protocol"] and ev["protocol"]["query_in_gallery"] is True
     for m in ("recall@1", "recall@10", "map", "asi", "num_queries"):
         assert ev["label"][m] == pytest.approx(test["label"][m], abs=1e-6), m
-    # the own items are excluded: kept (eval.query_in_gallery=false), they rank first and raise the metrics
-    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--metrics", "recall@K", "map", "asi", "--k",
-                 "1", "10", "--device", "cpu", "--set", "eval.query_in_gallery=false", "--json",
-                 str(tmp_path / "kept.json")]) == 0
-    kept = json.loads((tmp_path / "kept.json").read_text())
-    assert kept["protocol"]["query_in_gallery"] is False and kept["label"]["map"] > ev["label"]["map"]
+    # eval.query_in_gallery=false would let each query find its own item: refused, one line
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--device", "cpu", "--set",
+                 "eval.query_in_gallery=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "key 'eval.query_in_gallery'" in err
+    assert "3 of the 3 queries of split 'query' are also in the gallery split 'gallery'" in err
+    assert len(err.splitlines()) == 1
     from dynametric.config import load_config
 
     assert protocol_from_config(load_config(cfg)) == QueryGallery("query", "gallery", True)

@@ -403,7 +403,9 @@ class EvalConfig:
     query_split: str = "query"
     gallery_split: str = "gallery"
     query_in_gallery: bool = False
-    """``query_gallery`` only: whether a query may retrieve its own image from the gallery."""
+    """``query_gallery`` only: whether queries are themselves gallery items (the same resolved file path and crop
+    box); ``true`` excludes each query's own item from its ranking. It must state what the data is: ``false`` with a
+    query in the gallery (it would find itself) or ``true`` with none is refused before anything is embedded."""
     heads: list[str] | None = None
     """Heads to evaluate for multi-head models (plus ``concat``); ``None`` = every head and ``concat``."""
     empty_queries: Literal["exclude", "count_as_zero", "zero"] = "exclude"

@@ -19,12 +19,12 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
   ``dynametric data inspect`` (which decodes them) and raises when the item is loaded (:func:`box_problem`).
 
 Splits offered: ``train``; ``validation`` (every validation row); ``query`` and ``gallery`` (the validation rows
-flagged ``is_query`` / ``is_gallery``; a row flagged both is in both, and ``eval.query_in_gallery: true`` then keeps
-a query from retrieving its own copy). ``query`` and ``gallery`` share one class-id space. As in OML, every query
-label must have a gallery item. Other columns (OML's ``category_int``, ``sequence``, ...) are ignored and listed in
-the load report's notes. Every problem names the file, the line and the column; a bad row is a problem of the
-splits it belongs to (a validation row: ``validation`` and the ``query`` / ``gallery`` its flags name), one whose
-split cell cannot be read a problem of every split.
+flagged ``is_query`` / ``is_gallery``; a row flagged both is in both, and ``eval.query_in_gallery: true``, required
+then, keeps a query from retrieving its own row, as OML does). ``query`` and ``gallery`` share one class-id space.
+As in OML, every query label must have a gallery item. Other columns (OML's ``category_int``, ``sequence``, ...)
+are ignored and listed in the load report's notes. Every problem names the file, the line and the column; a bad
+row is a problem of the splits it belongs to (a validation row: ``validation`` and the ``query`` / ``gallery`` its
+flags name), one whose split cell cannot be read a problem of every split.
 """
 
 from __future__ import annotations

@@ -158,8 +158,9 @@ class LeaveOneOut(EvaluationProtocol):
 @dataclass(frozen=True)
 class QueryGallery(EvaluationProtocol):
     """The queries of ``query_split`` rank ``gallery_split``; with ``query_in_gallery`` a query's own item in the
-    gallery (the same :func:`image_identities`: resolved path and crop box) is excluded from its ranking. Scale names:
-    the query dataset's. The results carry ``"protocol": {name, query_split, gallery_split, queries, gallery,
+    gallery (the same :func:`image_identities`: resolved path and crop box) is excluded from its ranking; the flag
+    must match the data (:meth:`exclusion_ids`), checked before anything is embedded. Scale names: the query
+    dataset's. The results carry ``"protocol": {name, query_split, gallery_split, queries, gallery,
     query_in_gallery, queries_in_gallery}`` (the last: how many queries are themselves in the gallery, ``None`` when
     the items are not files)."""
 
@@ -178,8 +179,10 @@ class QueryGallery(EvaluationProtocol):
                                                                 int | None]:
         """``(query_ids, gallery_ids, queries_in_gallery)`` for :func:`~dynametric.metrics.evaluate_embeddings`
         from the query and gallery datasets: the items' identities when ``query_in_gallery`` (one split as both
-        query and gallery: its indices), else ``None``. ``query_in_gallery`` with no query in the gallery, or with
-        items that are not files, is a ConfigError naming ``eval.query_in_gallery``."""
+        query and gallery: its indices), else ``None``. The flag must state what the data is, else a ConfigError
+        naming ``eval.query_in_gallery``: ``false`` with queries that are also gallery items (each would find
+        itself; the error counts and names them), ``true`` with no query in the gallery or with items that are not
+        files. Items that are not files (no identity) cannot be checked: ``false`` then assumes disjoint sets."""
         if query is not None and query is gallery:  # one split queries itself: every item is in the gallery
             keys_q: list[Hashable] | None = list(range(len(query)))
             keys_g = keys_q
@@ -192,15 +195,29 @@ class QueryGallery(EvaluationProtocol):
                                   "query is in the gallery", key="eval.query_in_gallery")
             return None, None, None
         in_gallery = set(keys_g)
-        inside = sum(k in in_gallery for k in keys_q)
+        inside = [i for i, k in enumerate(keys_q) if k in in_gallery]
         if not self.query_in_gallery:
-            return None, None, inside
+            if inside:  # each of them would retrieve itself at rank 1
+                paths = getattr(query, "paths", None)
+                shown = ", ".join(repr(str(paths[i])) if paths is not None else f"item {i}" for i in inside[:3])
+                raise ConfigError(f"is false, but {len(inside)} of the {len(keys_q)} queries of split "
+                                  f"{self.query_split!r} are also in the gallery split {self.gallery_split!r} (e.g. "
+                                  f"{shown}{', ...' if len(inside) > 3 else ''}), so each would retrieve itself; "
+                                  "expected true (each query's own item excluded, as open-metric-learning does)",
+                                  key="eval.query_in_gallery")
+            return None, None, 0
         if not inside:
             raise ConfigError(f"is true, but none of the {len(keys_q)} queries of split {self.query_split!r} is in "
                               f"the gallery split {self.gallery_split!r} (the same item: the same resolved file path "
                               "and crop box; a copy in another folder is another file); expected false",
                               key="eval.query_in_gallery")
-        return keys_q, keys_g, inside
+        return keys_q, keys_g, len(inside)
+
+    def embed_splits(self, load: Load, embed: Embed) -> dict[str, EmbeddedSet]:
+        """Load both splits and check them (:meth:`exclusion_ids`) before anything is embedded, then embed them."""
+        datasets = {split: load(split) for split in self.required_splits()}
+        self.exclusion_ids(datasets[self.query_split], datasets[self.gallery_split])
+        return {split: EmbeddedSet(ds, *embed(ds)) for split, ds in datasets.items()}
 
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
         q, g = sets[self.query_split], sets[self.gallery_split]
