@@ -94,6 +94,23 @@ def test_extra_columns_are_ignored_and_noted(tmp_path):
     assert any("category_int" in n and "seq" in n for n in ds.report.notes)
 
 
+def test_sequence_ids_are_read_on_validation_rows(tmp_path):
+    header = "label,path,split,is_query,is_gallery,sequence"
+    csv = write_oml(tmp_path, ["0,img/a.png,train,,,", "0,img/b.png,train,,,7", "1,img/q.png,validation,True,True,7",
+                               "1,img/g.png,validation,False,True,cam2", "2,img/h.png,validation,False,True,-3"],
+                    header=header)
+    train = build_dataset("oml", tmp_path, "train")  # train rows' values are not read (an empty one is fine)
+    assert train.sequence_ids is None and not any("sequence" in n for n in train.report.notes)
+    gallery = build_dataset("oml", tmp_path, "gallery")
+    assert gallery.sequence_ids == [7, "cam2", -3]  # integers where they read as one, as OML's column
+    assert build_dataset("oml", tmp_path, "query").sequence_ids == [7]
+    assert gallery.subset([2, 0]).sequence_ids == [-3, 7]
+    write_oml(tmp_path, ["1,img/q.png,validation,True,True,7", "1,img/g.png,validation,False,True,"], header=header)
+    with pytest.raises(InputError) as err:
+        build_dataset("oml", tmp_path, "gallery")
+    assert f"{csv}:3: column 'sequence': empty on a validation row" in str(err.value)
+
+
 @pytest.mark.parametrize("row,column,message", [
     ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
     ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),

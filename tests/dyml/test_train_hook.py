@@ -131,7 +131,8 @@ def test_generic_query_gallery_protocol_in_train(tmp_path: Path) -> None:
     assert list(test) == ["middle", "mean", "protocol"]
     assert test["protocol"] == {"name": "query_gallery", "query_split": "query_middle",
                                 "gallery_split": "gallery_middle", "queries": 6, "gallery": 10,
-                                "query_in_gallery": False, "queries_in_gallery": 0}
+                                "query_in_gallery": False, "queries_in_gallery": 0,
+                                "same_sequence_excluded": False, "excluded_pairs": 0}
     cfg = load_config(cfg_path)
     model = build_model(cfg)
     load_embedder_weights(model, out / "best.ckpt")

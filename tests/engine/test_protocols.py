@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def test_generic_protocols_equal_a_direct_evaluation(engine):
     want = evaluate(q.emb, q.labels, g.emb, g.labels, scale_names=["fine", "coarse"],
                     query_ids=[(p, None) for p in q.paths], gallery_ids=[(p, None) for p in g.paths])
     assert got.pop("protocol") == {"name": "query_gallery", "query_split": "query", "gallery_split": "gallery",
-                                   "queries": 12, "gallery": 30, "query_in_gallery": True, "queries_in_gallery": 4}
+                                   "queries": 12, "gallery": 30, "query_in_gallery": True, "queries_in_gallery": 4,
+                                   "same_sequence_excluded": False, "excluded_pairs": 4}
     assert got == want
     # disjoint sets (the gallery without the four query files; its files named like queries in /y/ are other
     # images): query_in_gallery false ranks exactly as a plain query -> gallery evaluation, nothing excluded
@@ -191,6 +193,66 @@ def test_a_file_listed_as_query_and_gallery_in_a_csv_is_one_item(tmp_path: Path)
     assert res["fine"]["map"] == pytest.approx((1 + (1 + 2 / 4) / 2) / 2)
     assert res["fine"]["map@r"] == pytest.approx((1 + 1 / 2) / 2)
     assert res["protocol"]["queries_in_gallery"] == 1
+
+
+def _oml_sets(root: Path, rows: list[str], degrees: list[float]) -> dict[str, EmbeddedSet]:
+    """An OML CSV of ``rows`` (``label,path,is_query,is_gallery,sequence``, validation) and embeddings at the given
+    angles (``[cos, sin]``), one per row, as query and gallery ``EmbeddedSet``s."""
+    from dynametric.data import build_dataset
+
+    lines = ["label,path,split,is_query,is_gallery,sequence"]
+    for r in rows:
+        label, path, *rest = r.split(",")
+        _png(root / path)
+        lines.append(",".join([label, path, "validation", *rest]))
+    (root / "df.csv").write_text("\n".join(lines) + "\n")
+    emb = {Path(r.split(",")[1]).name: [math.cos(math.radians(d)), math.sin(math.radians(d))]
+           for r, d in zip(rows, degrees)}
+    out = {}
+    for split in ("query", "gallery"):
+        ds = build_dataset("oml", root, split)
+        out[split] = EmbeddedSet(ds, torch.tensor([emb[Path(p).name] for p in ds.paths]), ds.labels)
+    return out
+
+
+def test_oml_sequence_and_own_row_are_excluded_together(tmp_path: Path):
+    """OML's calc_mask_to_ignore: a query ignores its own row and every gallery row of its sequence."""
+    sets = _oml_sets(tmp_path, ["0,a0.png,True,True,s1",    # 0 deg
+                                "0,a1.png,False,True,s1",   # 2 deg: a0's near-duplicate frame, same sequence
+                                "0,a2.png,False,True,s2",   # 60 deg
+                                "1,b0.png,True,True,s3",    # 90 deg
+                                "1,b1.png,False,True,s4"],  # 30 deg
+                     [0, 2, 60, 90, 30])
+    res = QueryGallery("query", "gallery", True).evaluate(sets)
+    # a0: without a0, a1 (its sequence): b1 (30), a2 (60, relevant), b0 -> relevant at rank 2 of R = 1
+    # b0: without b0: a2 (30 deg away), b1 (60, relevant), a1, a0 -> relevant at rank 2 of R = 1
+    assert res["label"]["recall@1"] == 0.0 and res["label"]["recall@2"] == 1.0
+    assert res["label"]["map"] == pytest.approx(0.5) and res["label"]["num_queries"] == 2
+    info = res["protocol"]
+    assert info["queries_in_gallery"] == 2 and info["same_sequence_excluded"] is True
+    assert info["excluded_pairs"] == 3  # a0: a0, a1; b0: b0
+    assert sets["gallery"].dataset.sequence_ids == ["s1", "s1", "s2", "s3", "s4"]
+
+
+def test_oml_sequence_is_excluded_in_disjoint_query_and_gallery_sets(tmp_path: Path):
+    sets = _oml_sets(tmp_path, ["0,q.png,True,False,s1",    # 0 deg
+                                "0,g1.png,False,True,s1",   # 1 deg, the query's sequence
+                                "0,g2.png,False,True,s2",   # 50 deg
+                                "1,g3.png,False,True,s3"],  # 20 deg
+                     [0, 1, 50, 20])
+    res = QueryGallery("query", "gallery", False).evaluate(sets)
+    assert res["label"]["recall@1"] == 0.0 and res["label"]["map"] == pytest.approx(0.5)  # g3, then g2
+    assert res["protocol"]["queries_in_gallery"] == 0 and res["protocol"]["excluded_pairs"] == 1
+
+
+def test_one_item_in_two_sequences_is_refused(tmp_path: Path):
+    from dynametric.errors import InputError
+
+    # one image on two rows, a query of sequence s1 and a gallery item of sequence s2
+    sets = _oml_sets(tmp_path, ["0,a.png,True,False,s1", "0,a.png,False,True,s2", "0,b.png,False,True,s3"],
+                     [0, 0, 10])
+    with pytest.raises(InputError, match=r"a.png' is a query of sequence 's1' but a gallery item of sequence 's2'"):
+        QueryGallery("query", "gallery", True).evaluate(sets)
 
 
 def test_dyml_contained_excludes_the_same_file_only():
