@@ -10,8 +10,10 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
 * required columns ``label`` (an integer class id), ``path`` (relative to the CSV's folder, or ``image_root``),
   ``split`` (``train`` or ``validation``), ``is_query``, ``is_gallery`` (empty on ``train`` rows; on
   ``validation`` rows true/false, ``1``/``0`` also accepted, and at least one of them true);
-* optional ``category``: a coarser class of the label; when the column is present it becomes a second scale
-  (scales ``label`` then ``category``, finest first, checked to be a hierarchy);
+* optional ``category``: in OML it only splits the metrics report by the query's category, so by default it is not
+  read (noted in the load report) and a label may sit in several categories; the option ``category_as_scale=True``
+  makes it a second, coarser label scale (scales ``label`` then ``category``, finest first, checked to be a
+  hierarchy: every label in one category; ``multiscale`` training then uses it);
 * optional ``sequence``: an id (e.g. of the video or burst a frame comes from), required on every validation row
   when the column is present; as OML's ``calc_mask_to_ignore``, a query -> gallery evaluation excludes from each
   query's ranking the gallery items of its sequence (the validation splits' datasets carry ``sequence_ids``;
@@ -140,7 +142,7 @@ def _coordinate(text: str) -> float | None:
 
 class OMLFormat:
     name = "oml"
-    options: dict[str, object] = {"csv_file": "df.csv", "image_root": None}
+    options: dict[str, object] = {"csv_file": "df.csv", "image_root": None, "category_as_scale": False}
 
     def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
         base = resolve_root(root, "an OML dataset CSV (label, path, split, is_query, is_gallery) or its folder")
@@ -155,7 +157,7 @@ class OMLFormat:
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise InputError(f"missing column(s) {missing}; an OML CSV needs {list(REQUIRED)} (optional: category, "
-                             f"{', '.join(BOX)}); got {header}", file=path, line=rows[0][0])
+                             f"sequence, {', '.join(BOX)}); got {header}", file=path, line=rows[0][0])
         dup = sorted({h for h in header if header.count(h) > 1})
         if dup:
             raise InputError(f"column(s) {dup} appear more than once", file=path, line=rows[0][0])
@@ -196,9 +198,11 @@ class OMLFormat:
         return ("validation", *(n for n, f in zip(("query", "gallery"), flags) if f))
 
     def _check_row(self, header: list[str], r: list[str], path: Path, number: int,
-                   report: LoadReport, wanted: str | None = None) -> tuple[Any, ...] | None:
+                   report: LoadReport, wanted: str | None = None, category_as_scale: bool = False
+                   ) -> tuple[Any, ...] | None:
         """Validate one row; ``(label, category, split, is_query, is_gallery, box, sequence)`` or ``None``
-        (``sequence``: the id of a validation row where the column exists, else ``None``). A problem is
+        (``category``: read only with ``category_as_scale``, else ``None``; ``sequence``: the id of a validation row
+        where the column exists, else ``None``). A problem is
         added to ``report`` when the row belongs to split ``wanted`` (any split when ``None``) or its split cannot be
         read (:meth:`_owners`)."""
         col = {h: i for i, h in enumerate(header)}
@@ -250,7 +254,7 @@ class OMLFormat:
                 bad("is_query", "a validation row must be a query, a gallery item or both (both flags are False)")
                 return None
         category: Hashable | None = None
-        if "category" in col:
+        if category_as_scale and "category" in col:
             category = _id_cell(r[col["category"]])
             if category is None:
                 bad("category", "empty; give every row its category (or drop the column)")
@@ -291,14 +295,22 @@ class OMLFormat:
         return label, category, split, is_query, is_gallery, box, sequence
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "df.csv",
-             image_root: str | Path | None = None) -> OMLRecords:
+             image_root: str | Path | None = None, category_as_scale: bool = False) -> OMLRecords:
+        if not isinstance(category_as_scale, bool):
+            raise InputError(f"expected true or false, got {category_as_scale!r}", key="category_as_scale")
         path, report, header, rows, img_root = start_csv_read(self, root, split, SPLITS, csv_file, image_root)
         i_path = header.index("path")
-        has_category = "category" in header
+        has_category = category_as_scale
+        if category_as_scale and "category" not in header:
+            raise InputError(f"option category_as_scale is true, but the header has no 'category' column: {header}",
+                             file=path)
+        if "category" in header and not category_as_scale:
+            report.notes.append(f"column 'category' of {path.name} is not a label scale (as in OML; the option "
+                                "category_as_scale: true makes it the coarser scale)")
         scales = ("label", "category") if has_category else ("label",)
         checked = []
         for number, r in rows:
-            row = self._check_row(header, r, path, number, report, split)
+            row = self._check_row(header, r, path, number, report, split, category_as_scale)
             if row is not None:
                 checked.append((number, r, row))
         # OML's rule: every query label has at least one gallery item (a problem of the query and validation splits)
