@@ -256,8 +256,8 @@ def test_oml_and_inshop_problems_belong_to_their_own_split(tmp_path) -> None:
                                  "1,img/d.png,validation,True,False,",  # line 5: a query row's category
                                  "1,img/e.png,valdation,True,True,bird"],  # line 6: no readable split
               header="label,path,split,is_query,is_gallery,category")
-    problems = {s: build_dataset("oml", tmp_path / "oml", s, mode="lenient").report.problems
-                for s in ("train", "validation", "query", "gallery")}
+    problems = {s: build_dataset("oml", tmp_path / "oml", s, mode="lenient", category_as_scale=True).report.problems
+                for s in ("train", "validation", "query", "gallery")}  # category read: its empty cell is a problem
     assert {s: [p.line for p in found] for s, found in problems.items()} == {
         "train": [4, 6], "validation": [5, 6], "query": [5, 6], "gallery": [6]}
     assert [p.split_unknown for p in problems["query"]] == [False, True]

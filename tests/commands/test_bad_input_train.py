@@ -367,6 +367,29 @@ def test_a_train_or_validation_split_the_data_lacks_names_its_key(capsys, overri
     assert _dry(capsys, override).endswith(expected)
 
 
+def test_queries_in_the_gallery_without_query_in_gallery_are_refused_before_anything_is_written(tmp_path,
+                                                                                               capsys) -> None:
+    """OML's usual layout (validation rows both query and gallery) with eval.query_in_gallery left false: every
+    query would find itself; the dry run and a real run refuse it before training, no run folder."""
+    from tests.data.test_oml import write_oml
+
+    rows = [f"{c},img/{c}_{i}.png,train,," for c in range(6) for i in range(4)]
+    rows += [f"{c},img/{c}_{i}.png,validation,True,True" for c in range(6, 8) for i in range(2)]
+    write_oml(tmp_path / "oml", rows, header="label,path,split,is_query,is_gallery")
+    argv = ["data.format=oml", f"data.root={tmp_path / 'oml'}", "data.image_size=8", "data.batch_size=8", "data.m=2",
+            "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 2}", "eval.protocol=query_gallery"]
+    img = tmp_path / "oml" / "img"
+    expected = (f"error: key 'eval.query_in_gallery': is false, but 4 of the 4 queries of split 'query' are also in "
+                f"the gallery split 'gallery' (e.g. '{img}/6_0.png', '{img}/6_1.png', '{img}/7_0.png', ...), so each "
+                "would retrieve itself; expected true (each query's own item excluded, as open-metric-learning does)")
+    assert _dry(capsys, *argv).endswith(expected)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--no-progress", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().endswith(expected) and not out.exists()
+    assert main(["train", "--dry-run", *argv, "eval.query_in_gallery=true"]) == 0
+
+
 # ----------------------------------------------------------------- a loss sized for other embeddings than the model's
 
 

@@ -75,6 +75,15 @@ def test_example_runs(capsys):
     assert "fine" in out and "middle" in out and "coarse" in out and "mean" in out
 
 
+def test_cmc_is_accepted_as_recall(tmp_path, capsys):
+    assert main(["evaluate", "--example", "--metrics", "cmc@1", "recall@1", "cmc@K", "--k", "2", "--json",
+                 str(tmp_path / "cmc.json")]) == 0
+    got = json.loads((tmp_path / "cmc.json").read_text())
+    assert main(["evaluate", "--example", "--metrics", "recall@1", "recall@2", "--json",
+                 str(tmp_path / "recall.json")]) == 0
+    assert got == json.loads((tmp_path / "recall.json").read_text())
+
+
 def _err(capsys, argv):
     rc = main(["evaluate", *argv])
     assert rc == 2

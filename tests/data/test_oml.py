@@ -1,5 +1,6 @@
-"""The `oml` format: open-metric-learning's dataset CSV (splits, query/gallery flags, category as a coarser scale,
-bounding-box crops, errors naming file, line and column), and a training run on it with the query -> gallery test."""
+"""The `oml` format: open-metric-learning's dataset CSV (splits, query/gallery flags, category as a coarser scale
+only when asked, sequence ids, bounding-box crops, errors naming file, line and column), and a training run on it
+with the query -> gallery test."""
 
 from __future__ import annotations
 
@@ -54,16 +55,45 @@ def test_splits_scales_flags_and_shared_ids(tmp_path):
     csv = write_oml(tmp_path, ROWS)
     assert list_splits("oml", tmp_path) == ["train", "validation", "query", "gallery"]
     train = build_dataset("oml", csv, "train")  # root: the CSV itself or its folder
+    assert train.scale_names == ("label",) and len(train) == 4  # category is not a scale unless asked (OML)
+    assert train.labels.tolist() == [[0], [0], [1], [2]] and train.class_ids == [[0, 1, 2]]
+    assert any("column 'category'" in n and "category_as_scale" in n for n in train.report.notes)
+    train = build_dataset("oml", csv, "train", category_as_scale=True)
     assert train.scale_names == ("label", "category") and len(train) == 4
     assert train.labels.tolist() == [[0, 0], [0, 0], [1, 0], [2, 1]]  # contiguous, finest first
     assert train.class_ids == [[0, 1, 2], ["bird", "fish"]]
     val = build_dataset("oml", tmp_path, "validation")
     assert len(val) == 5
-    query, gallery = build_dataset("oml", tmp_path, "query"), build_dataset("oml", tmp_path, "gallery")
+    query, gallery = (build_dataset("oml", tmp_path, s, category_as_scale=True) for s in ("query", "gallery"))
     assert [Path(p).name for p in query.paths] == ["q0.png", "g1.png"]
     assert [Path(p).name for p in gallery.paths] == ["g0.png", "g1.png", "g2.png", "g3.png"]
     assert query.class_ids == gallery.class_ids == [[10, 11, 12], ["cat", "dog"]]  # one id space
     assert query.labels.tolist() == [[0, 0], [0, 0]] and gallery.labels[:, 0].tolist() == [0, 0, 1, 2]
+
+
+def test_category_is_a_scale_only_when_asked(tmp_path):
+    """OML only splits its report by category: a label in two categories is fine by default; as a scale
+    (category_as_scale) it is a hierarchy violation. The option is checked."""
+    from dynametric.config import load_config
+    from dynametric.engine.builders import load_split
+    from dynametric.errors import ConfigError
+
+    write_oml(tmp_path, ["5,img/a.png,train,,,bird,,,,", "5,img/b.png,train,,,fish,,,,",
+                         "6,img/c.png,train,,,fish,,,,"])
+    train = build_dataset("oml", tmp_path, "train")
+    assert train.scale_names == ("label",) and train.labels.tolist() == [[0], [0], [1]]
+    with pytest.raises(InputError, match="hierarchy violation: label class 5"):
+        build_dataset("oml", tmp_path, "train", category_as_scale=True)
+    with pytest.raises(InputError) as err:
+        build_dataset("oml", tmp_path, "train", category_as_scale="yes")
+    assert err.value.key == "category_as_scale" and "expected true or false, got 'yes'" in str(err.value)
+    cfg = load_config(None, ["data.format=oml", f"data.root={tmp_path}", "data.options={category_as_scale: 1}"])
+    with pytest.raises(ConfigError) as err:
+        load_split(cfg, "train", train=False)
+    assert err.value.key == "data.options.category_as_scale"
+    write_oml(tmp_path, ["5,img/a.png,train,,"], header="label,path,split,is_query,is_gallery")
+    with pytest.raises(InputError, match="category_as_scale is true, but the header has no 'category' column"):
+        build_dataset("oml", tmp_path, "train", category_as_scale=True)
 
 
 def test_boxes_crop_the_image_before_the_transform(tmp_path):
@@ -94,6 +124,23 @@ def test_extra_columns_are_ignored_and_noted(tmp_path):
     assert any("category_int" in n and "seq" in n for n in ds.report.notes)
 
 
+def test_sequence_ids_are_read_on_validation_rows(tmp_path):
+    header = "label,path,split,is_query,is_gallery,sequence"
+    csv = write_oml(tmp_path, ["0,img/a.png,train,,,", "0,img/b.png,train,,,7", "1,img/q.png,validation,True,True,7",
+                               "1,img/g.png,validation,False,True,cam2", "2,img/h.png,validation,False,True,-3"],
+                    header=header)
+    train = build_dataset("oml", tmp_path, "train")  # train rows' values are not read (an empty one is fine)
+    assert train.sequence_ids is None and not any("sequence" in n for n in train.report.notes)
+    gallery = build_dataset("oml", tmp_path, "gallery")
+    assert gallery.sequence_ids == [7, "cam2", -3]  # integers where they read as one, as OML's column
+    assert build_dataset("oml", tmp_path, "query").sequence_ids == [7]
+    assert gallery.subset([2, 0]).sequence_ids == [-3, 7]
+    write_oml(tmp_path, ["1,img/q.png,validation,True,True,7", "1,img/g.png,validation,False,True,"], header=header)
+    with pytest.raises(InputError) as err:
+        build_dataset("oml", tmp_path, "gallery")
+    assert f"{csv}:3: column 'sequence': empty on a validation row" in str(err.value)
+
+
 @pytest.mark.parametrize("row,column,message", [
     ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
     ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),
@@ -111,8 +158,8 @@ def test_extra_columns_are_ignored_and_noted(tmp_path):
 ])
 def test_row_errors_name_file_line_and_column(tmp_path, row, column, message):
     csv = write_oml(tmp_path, ["1,img/ok.png,validation,True,True,bird,,,,", row])
-    with pytest.raises(InputError) as err:
-        build_dataset("oml", tmp_path, "train" if ",train," in row else "validation")
+    with pytest.raises(InputError) as err:  # category read as the coarser scale: its cells are checked too
+        build_dataset("oml", tmp_path, "train" if ",train," in row else "validation", category_as_scale=True)
     text = str(err.value)
     assert f"{csv}:3:" in text and f"column '{column}'" in text and message in text
 
@@ -156,10 +203,10 @@ def test_training_on_an_oml_csv_tests_query_to_gallery(tmp_path, capsys):
                  "data.batch_size=8", "data.m=2", "model.embedding_dim=8",
                  "model.backbone_kwargs={width: 4, depth: 2}", "trainer.max_epochs=1", "trainer.progress_bar=false",
                  "run.report=false", "eval.protocol=query_gallery", "eval.query_split=query",
-                 "eval.gallery_split=gallery", "eval.query_in_gallery=true"]) == 0
+                 "eval.gallery_split=gallery"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["protocol"]["queries"] == 4 and metrics["test"]["protocol"]["gallery"] == 12
-    assert set(metrics["test"]) >= {"label", "category", "mean"}
+    assert set(metrics["test"]) == {"label", "mean", "protocol"}  # category: not a scale unless asked
     assert metrics["test"]["label"]["num_queries"] == 4
     info = json.loads((out / "run_info.json").read_text())
-    assert info["scale_names"] == ["label", "category"] and info["selected"]["monitor"] == "label/map@r"
+    assert info["scale_names"] == ["label"] and info["selected"]["monitor"] == "label/map@r"

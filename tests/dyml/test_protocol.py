@@ -138,7 +138,13 @@ def test_run_protocol_on_a_release_every_mode(tmp_path: Path) -> None:
             rows.append(torch.from_numpy(img.reshape(2, 6, 2, 6, 3).mean((1, 3)).reshape(-1)))
         return torch.stack(rows), torch.as_tensor(ds.labels)
 
-    results = {m: run_protocol(DyMLProtocol("vehicle", m), embed, load) for m in ("disjoint", "contained", "detect")}
+    results = {m: run_protocol(DyMLProtocol("vehicle", m), embed, load) for m in ("disjoint", "detect")}
+    # contained identifies items by resolved path: the released query/ and gallery/ folders hold different files
+    # (the copy has the query's file name in another folder), so no query is in the gallery, and that is refused
+    with pytest.raises(ConfigError) as err:
+        run_protocol(DyMLProtocol("vehicle", "contained"), embed, load)
+    assert err.value.key == "method.kwargs.query_in_gallery" and "none of the 6 queries" in str(err.value)
+    assert "detect" in str(err.value)
     for mode, res in results.items():
         assert list(res) == ["fine", "middle", "coarse", "mean", "protocol"]
         assert res["protocol"]["query_in_gallery"] == mode and res["protocol"]["tag"] == "released-files"
@@ -154,8 +160,7 @@ def test_run_protocol_on_a_release_every_mode(tmp_path: Path) -> None:
         qe, ql = embed(q)
         ge, gl = embed(g)
         excl = [{9} if i == 0 else set() for i in range(6)]
-        for mode in ("contained", "detect"):
-            _close(results[mode][level], brute_force(qe, ql[:, 0].tolist(), ge, gl[:, 0].tolist(), excluded=excl))
+        _close(results["detect"][level], brute_force(qe, ql[:, 0].tolist(), ge, gl[:, 0].tolist(), excluded=excl))
         _close(results["disjoint"][level], brute_force(qe, ql[:, 0].tolist(), ge, gl[:, 0].tolist()))
     assert results["disjoint"]["fine"]["recall@1"] > results["detect"]["fine"]["recall@1"] or \
         results["disjoint"]["fine"]["map"] > results["detect"]["fine"]["map"]
@@ -165,7 +170,9 @@ def test_identities_and_digests(tmp_path: Path) -> None:
     root = write_release(tmp_path / "dyml_vehicle", "vehicle")
     q = build_dataset("dyml-vehicle", root, "query_fine")
     g = build_dataset("dyml-vehicle", root, "gallery_fine")
-    assert image_identities(q)[0] == "6000.jpg" and image_identities(g)[-1] == "6000.jpg"
+    # the same file name in the query and gallery folders: two files, two identities (resolved path, no box)
+    assert image_identities(q)[0] == (str((root / "bmk_fine" / "query" / "6000.jpg").resolve()), None)
+    assert image_identities(g)[-1] == (str((root / "bmk_fine" / "gallery" / "6000.jpg").resolve()), None)
     dq, dg = image_digests(q), image_digests(g)
     assert dq[0] == dg[-1] and len(set(dq) | set(dg)) == 15
     from dynametric.data import SyntheticHierarchy

@@ -123,7 +123,7 @@ def test_generic_query_gallery_protocol_in_train(tmp_path: Path) -> None:
                         "released-files}}", "")
     text = text.replace("eval: {metrics: [recall@K, map, asi], k_values: [1, 10, 20]}",
                         "eval: {metrics: [recall@K, map, asi], k_values: [1, 10], protocol: query_gallery, "
-                        "query_split: query_middle, gallery_split: gallery_middle, query_in_gallery: true}")
+                        "query_split: query_middle, gallery_split: gallery_middle}")
     cfg_path.write_text(text)
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
@@ -131,7 +131,8 @@ def test_generic_query_gallery_protocol_in_train(tmp_path: Path) -> None:
     assert list(test) == ["middle", "mean", "protocol"]
     assert test["protocol"] == {"name": "query_gallery", "query_split": "query_middle",
                                 "gallery_split": "gallery_middle", "queries": 6, "gallery": 10,
-                                "query_in_gallery": True}
+                                "query_in_gallery": False, "queries_in_gallery": 0,
+                                "same_sequence_excluded": False, "excluded_pairs": 0}
     cfg = load_config(cfg_path)
     model = build_model(cfg)
     load_embedder_weights(model, out / "best.ckpt")
@@ -140,9 +141,8 @@ def test_generic_query_gallery_protocol_in_train(tmp_path: Path) -> None:
     q = load_split(cfg, "query_middle", train=False)
     g = load_split(cfg, "gallery_middle", train=False)
     (qe, ql), (ge, gl) = embed_dataset(model, q), embed_dataset(model, g)
-    names_q = [Path(p).name for p in q.paths]
-    names_g = [Path(p).name for p in g.paths]
+    # the released query/ and gallery/ folders hold different files (a byte copy is found: DyML's detect mode)
     ref = evaluate_embeddings(qe, ql, ge, gl, metrics=["recall@K", "map", "asi"], k_values=(1, 10),
-                              scale_names=["middle"], query_ids=names_q, gallery_ids=names_g)
+                              scale_names=["middle"])
     for k in ("recall@1", "map", "asi"):
         assert test["middle"][k] == pytest.approx(ref["middle"][k], abs=1e-5)

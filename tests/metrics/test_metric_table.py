@@ -12,7 +12,7 @@ import pytest
 
 from dynametric.errors import ConfigError
 from dynametric.metrics import ALL_METRICS, DEFAULT_METRICS, evaluate_embeddings
-from dynametric.metrics.ranking import METRIC_TABLE, RankMetric
+from dynametric.metrics.ranking import METRIC_TABLE, RankMetric, resolve_metrics
 
 
 def _recall(rel, hits, r, k):
@@ -153,6 +153,23 @@ def test_a_metric_of_ones_own_is_one_table_entry_passed_in():
     assert "mrr" not in METRIC_TABLE and "mrr" not in ALL_METRICS and "mrr" not in DEFAULT_METRICS
     with pytest.raises(ConfigError, match="unknown metric 'mrr'"):
         evaluate_embeddings(x, labels, metrics=["mrr"])
+
+
+def test_cmc_is_open_metric_learnings_name_of_recall():
+    """``cmc@k`` (OML) is ``recall@k``, named so in the results: query 0's relevant items rank 2 and 3, query 1's
+    first one rank 1 (cosine: q0 ranks g0 0.99, g1 0.8, g2 0.6, g3 0; q1 ranks g3 1.0 first)."""
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    g = np.array([[0.9, 0.1], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    ql, gl = [0, 1], [1, 0, 0, 1]
+    for engine in ("cpu", "torch"):
+        res = evaluate_embeddings(q, ql, g, gl, metrics=["cmc@1", "CMC@K", "recall@3"], k_values=(2,),
+                                  ranking_engine=engine)
+        assert list(res["fine"])[:3] == ["recall@1", "recall@2", "recall@3"]  # one entry each, table names
+        assert (res["fine"]["recall@1"], res["fine"]["recall@2"], res["fine"]["recall@3"]) == (0.5, 1.0, 1.0)
+    assert resolve_metrics((), ("cmc@4",)) == resolve_metrics((), ("recall@4",))
+    assert [s.name for s in resolve_metrics((), ("cmc@4",))] == ["recall@4"]
+    with pytest.raises(ConfigError, match="expected recall@K or recall@<positive int>"):
+        evaluate_embeddings(q, ql, g, gl, metrics=["cmc@x"])
 
 
 def test_the_rank_cap_follows_the_full_ranking_flag():

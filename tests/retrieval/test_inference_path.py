@@ -92,7 +92,7 @@ def test_dyml_protocol_from_checkpoint_equals_plain_forward(tmp_path: Path) -> N
     cfg = load_config(None, ["data.format=dyml-vehicle", f"data.root={root}", "data.transform=small",
                              "data.image_size=16", "model.embedding_dim=8",
                              "model.backbone_kwargs={width: 4, depth: 2}", "method.name=dyml",
-                             "method.kwargs={variant: vehicle, query_in_gallery: contained, "
+                             "method.kwargs={variant: vehicle, query_in_gallery: detect, "
                              "protocol: released-files}"])
     save_config(cfg, tmp_path / "config.yaml")
     torch.manual_seed(1)

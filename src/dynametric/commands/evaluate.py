@@ -176,9 +176,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_inference_arguments(p, batch_size=None, device=False, decode=False, prefix="with --checkpoint: ")
     p.add_argument("--metrics", nargs="+", default=None,
-                   help="metric names (space or comma separated): recall@K (uses --k), recall@<int>, precision@K, "
-                        "precision@<int>, map@K, map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, "
-                        "f1, all; default: recall@K r_precision map@r map asi")
+                   help="metric names (space or comma separated): recall@K (uses --k), recall@<int> (cmc@K, "
+                        "cmc@<int>: the same, open-metric-learning's name), precision@K, precision@<int>, map@K, "
+                        "map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, f1, all; default: recall@K "
+                        "r_precision map@r map asi")
     p.add_argument("--k", type=positive_int, nargs="+", default=[1, 2, 4, 8],
                    help="K values for recall@K (default 1 2 4 8)")
     p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")

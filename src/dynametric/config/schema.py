@@ -411,7 +411,9 @@ class EvalConfig:
     query_split: str = "query"
     gallery_split: str = "gallery"
     query_in_gallery: bool = False
-    """``query_gallery`` only: whether a query may retrieve its own image from the gallery."""
+    """``query_gallery`` only: whether queries are themselves gallery items (the same resolved file path and crop
+    box); ``true`` excludes each query's own item from its ranking. It must state what the data is: ``false`` with a
+    query in the gallery (it would find itself) or ``true`` with none is refused before anything is embedded."""
     heads: list[str] | None = None
     """Heads to evaluate for multi-head models (plus ``concat``); ``None`` = every head and ``concat``."""
     empty_queries: Literal["exclude", "count_as_zero", "zero"] = "exclude"
@@ -495,6 +497,7 @@ class Config:
         """``trainer.monitor``'s metric must be one the validation rounds compute (eval.metrics, eval.k_values);
         its scale is checked against the data's scale names when the run starts."""
         from dynametric.metrics.evaluate import _parse_metrics
+        from dynametric.metrics.ranking import canonical_metric_name
 
         metric = self.trainer.monitor.split("/", 1)[1]
         try:
@@ -502,9 +505,11 @@ class Config:
         except ConfigError as exc:  # the library names its argument (metrics); a config names its key
             raise ConfigError(exc.message, key="eval.metrics") from None
         if metric not in computed:
+            named = canonical_metric_name(metric)  # an alias (cmc@1): the results name it recall@1
+            hint = (f"; the results name {metric!r} {named!r}" if named != metric and named in computed
+                    else _suggest(metric, computed))
             raise ConfigError(f"monitor metric {metric!r} is not computed by validation; expected one of {computed} "
-                              "after the scale (eval.metrics and eval.k_values choose them)"
-                              + _suggest(metric, computed),
+                              "after the scale (eval.metrics and eval.k_values choose them)" + hint,
                               key="trainer.monitor")
 
 

@@ -269,7 +269,13 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
     counted in ``skipped_corrupt`` and replaced by the next readable image of the same finest class (so batch
     composition and labels stay right). With DataLoader workers each worker keeps its own count; the log is
     the complete record.
+
+    ``sequence_ids``: one id per item where the reader sets it (OML's ``sequence`` column), else ``None``; a query ->
+    gallery evaluation never ranks a gallery item of the query's sequence for it
+    (:class:`~dynametric.engine.protocols.QueryGallery`).
     """
+
+    sequence_ids: list[Hashable] | None = None
 
     def __init__(self, paths: Sequence[str], labels: torch.Tensor, scale_names: Sequence[str], split: str, *,
                  class_ids: Sequence[Sequence[Hashable]] | None = None,
@@ -426,6 +432,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
                                        split or self.split, class_ids=class_ids, transform=self.transform,
                                        swap_rb=self.swap_rb, skip_corrupt=self.skip_corrupt,
                                        class_names=self.class_names, name=self.name)
+        if self.sequence_ids is not None:
+            out.sequence_ids = [self.sequence_ids[i] for i in idx.tolist()]
         return out
 
     def __repr__(self) -> str:

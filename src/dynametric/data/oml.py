@@ -10,8 +10,14 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
 * required columns ``label`` (an integer class id), ``path`` (relative to the CSV's folder, or ``image_root``),
   ``split`` (``train`` or ``validation``), ``is_query``, ``is_gallery`` (empty on ``train`` rows; on
   ``validation`` rows true/false, ``1``/``0`` also accepted, and at least one of them true);
-* optional ``category``: a coarser class of the label; when the column is present it becomes a second scale
-  (scales ``label`` then ``category``, finest first, checked to be a hierarchy);
+* optional ``category``: in OML it only splits the metrics report by the query's category, so by default it is not
+  read (noted in the load report) and a label may sit in several categories; the option ``category_as_scale=True``
+  makes it a second, coarser label scale (scales ``label`` then ``category``, finest first, checked to be a
+  hierarchy: every label in one category; ``multiscale`` training then uses it);
+* optional ``sequence``: an id (e.g. of the video or burst a frame comes from), required on every validation row
+  when the column is present; as OML's ``calc_mask_to_ignore``, a query -> gallery evaluation excludes from each
+  query's ranking the gallery items of its sequence (the validation splits' datasets carry ``sequence_ids``;
+  :class:`~dynametric.engine.protocols.QueryGallery`). Train rows' values are not read (OML trains without them);
 * optional bounding box ``x_1, x_2, y_1, y_2`` (all four columns or none): pixel coordinates with ``x_1 < x_2``,
   ``y_1 < y_2``, all ``>= 0``; the item is the crop ``(x_1, y_1, x_2, y_2)`` of the image (PIL's box, as OML crops);
   a row with the four cells empty uses the whole image. The same image may appear on several rows with different
@@ -19,12 +25,12 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
   ``dynametric data inspect`` (which decodes them) and raises when the item is loaded (:func:`box_problem`).
 
 Splits offered: ``train``; ``validation`` (every validation row); ``query`` and ``gallery`` (the validation rows
-flagged ``is_query`` / ``is_gallery``; a row flagged both is in both, and ``eval.query_in_gallery: true`` then keeps
-a query from retrieving its own copy). ``query`` and ``gallery`` share one class-id space. As in OML, every query
-label must have a gallery item. Other columns (OML's ``category_int``, ``sequence``, ...) are ignored and listed in
-the load report's notes. Every problem names the file, the line and the column; a bad row is a problem of the
-splits it belongs to (a validation row: ``validation`` and the ``query`` / ``gallery`` its flags name), one whose
-split cell cannot be read a problem of every split.
+flagged ``is_query`` / ``is_gallery``; a row flagged both is in both, and ``eval.query_in_gallery: true``, required
+then, keeps a query from retrieving its own row, as OML does). ``query`` and ``gallery`` share one class-id space.
+As in OML, every query label must have a gallery item. Other columns (OML's ``category_int``, ...)
+are ignored and listed in the load report's notes. Every problem names the file, the line and the column; a bad
+row is a problem of the splits it belongs to (a validation row: ``validation`` and the ``query`` / ``gallery`` its
+flags name), one whose split cell cannot be read a problem of every split.
 """
 
 from __future__ import annotations
@@ -60,9 +66,11 @@ Box = tuple[int, int, int, int]  # PIL order: (left, upper, right, lower) = (x_1
 
 @dataclass
 class OMLRecords(SplitRecords):
-    """:class:`SplitRecords` plus one crop box (or ``None``) per record."""
+    """:class:`SplitRecords` plus one crop box (or ``None``) per record and, for the validation splits of a CSV with a
+    ``sequence`` column, one sequence id per record (else ``None``)."""
 
     boxes: list[Box | None] | None = None
+    sequences: list[Hashable] | None = None
 
 
 class CroppedImageDataset(HierarchicalImageDataset):
@@ -114,6 +122,14 @@ def _flag(text: str) -> bool | None:
     raise ValueError(text)
 
 
+def _id_cell(text: str) -> Hashable | None:
+    """An id cell (``category``, ``sequence``): an int where it reads as one (``7``), else the text; ``None`` when
+    empty."""
+    if not text:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _coordinate(text: str) -> float | None:
     t = text.strip()
     if t.lower() in ("", "nan", "none"):
@@ -126,7 +142,7 @@ def _coordinate(text: str) -> float | None:
 
 class OMLFormat:
     name = "oml"
-    options: dict[str, object] = {"csv_file": "df.csv", "image_root": None}
+    options: dict[str, object] = {"csv_file": "df.csv", "image_root": None, "category_as_scale": False}
 
     def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
         base = resolve_root(root, "an OML dataset CSV (label, path, split, is_query, is_gallery) or its folder")
@@ -141,7 +157,7 @@ class OMLFormat:
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise InputError(f"missing column(s) {missing}; an OML CSV needs {list(REQUIRED)} (optional: category, "
-                             f"{', '.join(BOX)}); got {header}", file=path, line=rows[0][0])
+                             f"sequence, {', '.join(BOX)}); got {header}", file=path, line=rows[0][0])
         dup = sorted({h for h in header if header.count(h) > 1})
         if dup:
             raise InputError(f"column(s) {dup} appear more than once", file=path, line=rows[0][0])
@@ -149,7 +165,7 @@ class OMLFormat:
         if boxes and len(boxes) != len(BOX):
             raise InputError(f"bounding boxes need all four columns {list(BOX)}; missing "
                              f"{[c for c in BOX if c not in header]}", file=path, line=rows[0][0])
-        extra = [h for h in header if h not in (*REQUIRED, *BOX, "category")]
+        extra = [h for h in header if h not in (*REQUIRED, *BOX, "category", "sequence")]
         if extra:
             report.notes.append(f"column(s) {extra} of {path.name} ignored")
         return header, [(n, [f.strip() for f in r]) for n, r in rows[1:]]
@@ -182,8 +198,11 @@ class OMLFormat:
         return ("validation", *(n for n, f in zip(("query", "gallery"), flags) if f))
 
     def _check_row(self, header: list[str], r: list[str], path: Path, number: int,
-                   report: LoadReport, wanted: str | None = None) -> tuple[Any, ...] | None:
-        """Validate one row; ``(label, category, split, is_query, is_gallery, box)`` or ``None``. A problem is
+                   report: LoadReport, wanted: str | None = None, category_as_scale: bool = False
+                   ) -> tuple[Any, ...] | None:
+        """Validate one row; ``(label, category, split, is_query, is_gallery, box, sequence)`` or ``None``
+        (``category``: read only with ``category_as_scale``, else ``None``; ``sequence``: the id of a validation row
+        where the column exists, else ``None``). A problem is
         added to ``report`` when the row belongs to split ``wanted`` (any split when ``None``) or its split cannot be
         read (:meth:`_owners`)."""
         col = {h: i for i, h in enumerate(header)}
@@ -235,12 +254,18 @@ class OMLFormat:
                 bad("is_query", "a validation row must be a query, a gallery item or both (both flags are False)")
                 return None
         category: Hashable | None = None
-        if "category" in col:
-            category = r[col["category"]]
-            if not category:
+        if category_as_scale and "category" in col:
+            category = _id_cell(r[col["category"]])
+            if category is None:
                 bad("category", "empty; give every row its category (or drop the column)")
                 return None
-            category = int(category) if category.lstrip("-").isdigit() else category
+        sequence: Hashable | None = None
+        if "sequence" in col and split == "validation":  # only the validation metrics read it, as in OML
+            sequence = _id_cell(r[col["sequence"]])
+            if sequence is None:
+                bad("sequence", "empty on a validation row; give every validation row its sequence id (or drop the "
+                                "column)")
+                return None
         box: Box | None = None
         if "x_1" in col:
             values = {}
@@ -267,17 +292,25 @@ class OMLFormat:
                     bad("y_2", f"expected y_1 < y_2, got y_1={y1}, y_2={y2}")
                     return None
                 box = (x1, y1, x2, y2)
-        return label, category, split, is_query, is_gallery, box
+        return label, category, split, is_query, is_gallery, box, sequence
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, csv_file: str = "df.csv",
-             image_root: str | Path | None = None) -> OMLRecords:
+             image_root: str | Path | None = None, category_as_scale: bool = False) -> OMLRecords:
+        if not isinstance(category_as_scale, bool):
+            raise InputError(f"expected true or false, got {category_as_scale!r}", key="category_as_scale")
         path, report, header, rows, img_root = start_csv_read(self, root, split, SPLITS, csv_file, image_root)
         i_path = header.index("path")
-        has_category = "category" in header
+        has_category = category_as_scale
+        if category_as_scale and "category" not in header:
+            raise InputError(f"option category_as_scale is true, but the header has no 'category' column: {header}",
+                             file=path)
+        if "category" in header and not category_as_scale:
+            report.notes.append(f"column 'category' of {path.name} is not a label scale (as in OML; the option "
+                                "category_as_scale: true makes it the coarser scale)")
         scales = ("label", "category") if has_category else ("label",)
         checked = []
         for number, r in rows:
-            row = self._check_row(header, r, path, number, report, split)
+            row = self._check_row(header, r, path, number, report, split, category_as_scale)
             if row is not None:
                 checked.append((number, r, row))
         # OML's rule: every query label has at least one gallery item (a problem of the query and validation splits)
@@ -287,9 +320,9 @@ class OMLFormat:
                 report.add(f"column 'label': query label {row[0]} has no gallery item", path, number)
         shared = split in ("query", "gallery")
         ids: list[set[Hashable]] = [set() for _ in scales]
-        out_paths, raw, locs, boxes = [], [], [], []
+        out_paths, raw, locs, boxes, sequences = [], [], [], [], []
         dup = DuplicateTracker(report)
-        for number, r, (label, category, row_split, is_query, is_gallery, box) in checked:
+        for number, r, (label, category, row_split, is_query, is_gallery, box, sequence) in checked:
             labels = (label, category) if has_category else (label,)
             if shared and row_split == "validation":
                 for s, v in enumerate(labels):
@@ -308,7 +341,10 @@ class OMLFormat:
             raw.append(labels)
             locs.append((str(path), number))
             boxes.append(box)
+            sequences.append(sequence)
         report.records = len(out_paths)
         class_ids = [contiguous_ids(list(s))[1] for s in ids] if shared else None
-        return OMLRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids, boxes=boxes)
+        has_sequence = "sequence" in header and split != "train"
+        return OMLRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids, boxes=boxes,
+                          sequences=sequences if has_sequence else None)
 

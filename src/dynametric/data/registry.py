@@ -145,4 +145,7 @@ def build_dataset(format: str, root: str | Path | None, split: str,
             swap_rb=common["swap_rb"], skip_corrupt=common["skip_corrupt"], name=fmt.name)
     if cropped:
         cast(CroppedImageDataset, dataset).boxes = list(boxes or ())
+    sequences = getattr(records, "sequences", None)  # oml: the validation rows' sequence ids
+    if sequences is not None:
+        dataset.sequence_ids = list(sequences)
     return dataset

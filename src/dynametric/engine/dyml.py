@@ -13,8 +13,10 @@ Whether a query image also sits in its gallery was never stated by the authors, 
 ``query_in_gallery`` has **no default**:
 
 * ``disjoint``: nothing is excluded (query and gallery are different images);
-* ``contained``: every query has its own copy in the gallery, identified by its file name (image identity); that
-  item, and only that item, is excluded from the query's ranking, never "whatever ranks first";
+* ``contained``: queries are themselves in the gallery, the same item being the same file (resolved path,
+  :func:`~dynametric.engine.protocols.image_identities`; never the file name alone, and a copy in another folder is
+  another file); that item, and only that item, is excluded from the query's ranking, never "whatever ranks first";
+  no query in the gallery at all is an error (use ``detect`` for copies);
 * ``detect``: the bytes of every image are hashed (SHA-256 of the file; of the pixel array for in-memory datasets);
   gallery items byte-identical to the query are excluded, exactly those, and counted.
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -209,8 +211,8 @@ def image_digests(dataset: LabeledDataset) -> list[str]:
                       "'paths' nor 'images'", key="query_in_gallery")
 
 
-def exclusion_ids(mode: str, query_keys: Sequence[str] | None, gallery_keys: Sequence[str] | None
-                  ) -> tuple[list[str] | None, list[str] | None, dict[str, int]]:
+def exclusion_ids(mode: str, query_keys: Sequence[Hashable] | None, gallery_keys: Sequence[Hashable] | None
+                  ) -> tuple[list[Hashable] | None, list[Hashable] | None, dict[str, int]]:
     """Ids for :func:`~dynametric.metrics.evaluate_embeddings` and the exclusion counts of a query -> gallery run.
 
     ``disjoint``: no ids, nothing excluded. ``contained`` (keys = identities) and ``detect`` (keys = byte digests):
@@ -225,7 +227,7 @@ def exclusion_ids(mode: str, query_keys: Sequence[str] | None, gallery_keys: Seq
         return None, None, {"excluded_queries_with_match": 0, "excluded_gallery_items": 0}
     if query_keys is None or gallery_keys is None:
         raise InputError(f"query_in_gallery={mode} needs query and gallery keys", key="query_in_gallery")
-    counts: dict[str, int] = {}
+    counts: dict[Hashable, int] = {}
     for k in gallery_keys:
         counts[k] = counts.get(k, 0) + 1
     per_query = np.fromiter((counts.get(k, 0) for k in query_keys), dtype=np.int64, count=len(query_keys))
@@ -233,6 +235,11 @@ def exclusion_ids(mode: str, query_keys: Sequence[str] | None, gallery_keys: Seq
              "excluded_gallery_items": int(per_query.sum())}
     if mode == "contained":
         stats["queries_without_gallery_copy"] = int((per_query == 0).sum())
+        if len(query_keys) and not stats["excluded_queries_with_match"]:
+            raise ConfigError(f"query_in_gallery=contained, but none of the {len(query_keys)} queries is in the "
+                              "gallery (the same item: the same resolved file path; a copy in another folder, as "
+                              "in the released bmk_<scale>/query and gallery folders, is another file): use detect "
+                              "to find byte-identical copies, or disjoint", key="method.kwargs.query_in_gallery")
     return list(query_keys), list(gallery_keys), stats
 
 
@@ -252,8 +259,8 @@ def _column(labels: Any, name: str) -> torch.Tensor:
 
 def evaluate_query_gallery(query_emb: torch.Tensor, query_labels: Any, gallery_emb: torch.Tensor,
                            gallery_labels: Any, protocol: DyMLProtocol, *, scale: str,
-                           query_keys: Sequence[str] | None = None,
-                           gallery_keys: Sequence[str] | None = None,
+                           query_keys: Sequence[Hashable] | None = None,
+                           gallery_keys: Sequence[Hashable] | None = None,
                            evaluate: Evaluate | None = None) -> dict[str, Any]:
     """One scale of the per-scale protocol: ``{metric: value, num_queries, excluded_queries, gallery_size,
     query_in_gallery, excluded_queries_with_match, excluded_gallery_items, ...}``.
@@ -339,9 +346,13 @@ def _evaluate_protocol(protocol: DyMLProtocol, sets: Mapping[str, EmbeddedSet],
         for scale, q_split, g_split in protocol.splits(protocol.test_split):
             assert g_split is not None
             q, g = sets[q_split], sets[g_split]
-            keys: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)
+            keys: tuple[Sequence[Hashable] | None, Sequence[Hashable] | None] = (None, None)
             if protocol.query_in_gallery == "contained":
                 keys = (image_identities(q.dataset), image_identities(g.dataset))
+                if keys[0] is None or keys[1] is None:
+                    raise ConfigError(f"query_in_gallery=contained needs files to tell a query's own gallery item, "
+                                      f"but the items of {q_split!r} / {g_split!r} are not files (detect compares "
+                                      "the pixels)", key="method.kwargs.query_in_gallery")
             elif protocol.query_in_gallery == "detect":
                 keys = (image_digests(q.dataset), image_digests(g.dataset))
             out[scale] = evaluate_query_gallery(q.emb, q.labels, g.emb, g.labels, protocol, scale=scale,

@@ -9,8 +9,9 @@ decides (the sets, their ids, the scale names, and for DyML its own metric optio
 
 * :class:`LeaveOneOut`: every item of one split queries all the others (validation during training, the test split
   of CUB / CARS / SOP-style configs, ``evaluate --checkpoint --split``);
-* :class:`QueryGallery`: fixed query and gallery splits (``eval.protocol: query_gallery``), a query's own gallery
-  copy (same file name) excluded when ``eval.query_in_gallery`` is set;
+* :class:`QueryGallery`: fixed query and gallery splits (``eval.protocol: query_gallery``), a query's own item in
+  the gallery (same resolved path and crop box, :func:`image_identities`) excluded when ``eval.query_in_gallery`` is
+  set;
 * :class:`dynametric.engine.dyml.DyMLProtocol`: the DyML test protocols (per-scale query -> gallery, or all-in-one
   leave-one-out).
 
@@ -25,13 +26,15 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from dynametric.data.protocol import dataset_fields
+from dynametric.errors import ConfigError, InputError
 
 __all__ = [
     "CheckpointEvaluation",
@@ -65,12 +68,23 @@ def _default_evaluate() -> Evaluate:
     return evaluate_embeddings
 
 
-def image_identities(dataset: Any) -> list[str]:
-    """The identity of every image: its file name (``basename``) for file datasets, else its index."""
-    paths = dataset.paths
-    if paths is not None:
-        return [os.path.basename(str(p)) for p in paths]
-    return [f"#{i}" for i in range(len(dataset))]
+def image_identities(dataset: Any) -> list[Hashable] | None:
+    """What makes an item of one split the same item as one of another split: ``(resolved path, crop box)``, the
+    file's ``os.path.realpath`` (one file listed as ``a.png``, ``./a.png`` or through a link is one image) and the
+    dataset's crop box (``boxes``, OML; ``None``: the whole image), so two boxes cut from one image are two items.
+    ``None`` when the items are not files (nothing tells two in-memory splits' items apart). Never the file name
+    alone: ``cls0/0.png`` and ``cls1/0.png`` are different images."""
+    paths = getattr(dataset, "paths", None)
+    if paths is None:
+        return None
+    boxes = getattr(dataset, "boxes", None)
+    return [(os.path.realpath(str(p)), None if boxes is None else boxes[i]) for i, p in enumerate(paths)]
+
+
+def _item_name(dataset: Any, index: int) -> str:
+    """An item in a message: its file path where it has one, else ``item <index>``."""
+    paths = getattr(dataset, "paths", None)
+    return repr(str(paths[index])) if paths is not None else f"item {index}"
 
 
 def dataset_scale_names(dataset: Any) -> list[str] | None:
@@ -150,9 +164,12 @@ class LeaveOneOut(EvaluationProtocol):
 
 @dataclass(frozen=True)
 class QueryGallery(EvaluationProtocol):
-    """The queries of ``query_split`` rank ``gallery_split``; with ``query_in_gallery`` a gallery item with the
-    query's file name (its own copy) is excluded. Scale names: the query dataset's. The results carry
-    ``"protocol": {name, query_split, gallery_split, queries, gallery, query_in_gallery}``."""
+    """The queries of ``query_split`` rank ``gallery_split``; with ``query_in_gallery`` a query's own item in the
+    gallery (the same :func:`image_identities`: resolved path and crop box) is excluded from its ranking; the flag
+    must match the data (:meth:`exclusion_ids`), checked before anything is embedded. Scale names: the query
+    dataset's. With ``sequence_ids`` on the datasets (OML's ``sequence`` column), a query never ranks a gallery item of
+    its own sequence. The results carry ``"protocol": {name, query_split, gallery_split, queries, gallery,
+    query_in_gallery, queries_in_gallery, same_sequence_excluded, excluded_pairs}`` (:meth:`exclusion_ids`)."""
 
     query_split: str = "query"
     gallery_split: str = "gallery"
@@ -165,15 +182,96 @@ class QueryGallery(EvaluationProtocol):
     def required_splits(self) -> list[str]:
         return [self.query_split, self.gallery_split]
 
+    def own_items(self, query: Any, gallery: Any) -> tuple[list[Hashable] | None, list[Hashable] | None,
+                                                            list[int] | None]:
+        """``(query identities, gallery identities, queries that are gallery items)`` (:func:`image_identities`;
+        one split as both query and gallery: its indices; ``None`` for items that are not files), checking the flag:
+        it must state what the data is, else a ConfigError naming ``eval.query_in_gallery`` — ``false`` with queries
+        that are also gallery items (each would find itself; the error counts and names them), ``true`` with no
+        query in the gallery or with items that are not files. Items that are not files cannot be checked:
+        ``false`` then assumes disjoint sets."""
+        if query is not None and query is gallery:  # one split queries itself: every item is in the gallery
+            keys_q: list[Hashable] | None = list(range(len(query)))
+            keys_g = keys_q
+        else:
+            keys_q, keys_g = image_identities(query), image_identities(gallery)
+        if keys_q is None or keys_g is None:
+            if self.query_in_gallery:
+                split = self.query_split if keys_q is None else self.gallery_split
+                raise ConfigError(f"is true, but the items of split {split!r} are not files, so nothing tells which "
+                                  "query is in the gallery", key="eval.query_in_gallery")
+            return keys_q, keys_g, None
+        in_gallery = set(keys_g)
+        inside = [i for i, k in enumerate(keys_q) if k in in_gallery]
+        if not self.query_in_gallery and inside:  # each of them would retrieve itself at rank 1
+            shown = ", ".join(_item_name(query, i) for i in inside[:3])
+            raise ConfigError(f"is false, but {len(inside)} of the {len(keys_q)} queries of split "
+                              f"{self.query_split!r} are also in the gallery split {self.gallery_split!r} (e.g. "
+                              f"{shown}{', ...' if len(inside) > 3 else ''}), so each would retrieve itself; "
+                              "expected true (each query's own item excluded, as open-metric-learning does)",
+                              key="eval.query_in_gallery")
+        if self.query_in_gallery and not inside:
+            raise ConfigError(f"is true, but none of the {len(keys_q)} queries of split {self.query_split!r} is in "
+                              f"the gallery split {self.gallery_split!r} (the same item: the same resolved file path "
+                              "and crop box; a copy in another folder is another file); expected false",
+                              key="eval.query_in_gallery")
+        return keys_q, keys_g, inside
+
+    def exclusion_ids(self, query: Any, gallery: Any) -> tuple[list[Hashable] | None, list[Hashable] | None,
+                                                                dict[str, Any]]:
+        """``(query_ids, gallery_ids, info)`` for :func:`~dynametric.metrics.evaluate_embeddings` from the query and
+        gallery datasets: a gallery item is excluded from a query's ranking iff their ids are equal. Excluded are the
+        query's own item (``query_in_gallery``; :meth:`own_items` checks the flag) and, when the datasets carry
+        ``sequence_ids`` (OML's ``sequence`` column), every gallery item of the query's sequence, as OML's
+        ``calc_mask_to_ignore``. Both at once are one id per item, its sequence: the query's own item is of its
+        sequence (checked). ``info``: ``queries_in_gallery`` (``None`` when unknown), ``same_sequence_excluded``,
+        ``excluded_pairs`` (query-gallery pairs excluded)."""
+        keys_q, keys_g, inside = self.own_items(query, gallery)
+        seq_q, seq_g = getattr(query, "sequence_ids", None), getattr(gallery, "sequence_ids", None)
+        if (seq_q is None) != (seq_g is None):
+            with_ids, without = ((self.query_split, self.gallery_split) if seq_g is None
+                                 else (self.gallery_split, self.query_split))
+            raise InputError(f"split {with_ids!r} carries sequence ids but split {without!r} does not; a query -> "
+                             "gallery evaluation needs them on both or neither", key="sequence_ids")
+        ids: tuple[list[Hashable] | None, list[Hashable] | None] = (None, None)
+        if seq_q is not None and seq_g is not None:
+            if inside and keys_q is not None and keys_g is not None:
+                sequences_of: dict[Hashable, set[Hashable]] = {}
+                for key, seq in zip(keys_g, seq_g):
+                    sequences_of.setdefault(key, set()).add(seq)
+                for i in inside:
+                    other = sequences_of[keys_q[i]] - {seq_q[i]}
+                    if other:
+                        raise InputError(f"{_item_name(query, i)} is a query of sequence {seq_q[i]!r} but a gallery "
+                                         f"item of sequence {sorted(map(str, other))[0]!r} (the CSV's sequence "
+                                         "column); one item belongs to one sequence", key="sequence")
+            ids = (list(seq_q), list(seq_g))
+        elif self.query_in_gallery:
+            ids = (keys_q, keys_g)
+        pairs = 0
+        if ids[0] is not None and ids[1] is not None:
+            in_gallery = Counter(ids[1])
+            pairs = sum(in_gallery[k] for k in ids[0])
+        info = {"queries_in_gallery": None if inside is None else len(inside),
+                "same_sequence_excluded": seq_q is not None, "excluded_pairs": pairs}
+        return ids[0], ids[1], info
+
+    def embed_splits(self, load: Load, embed: Embed) -> dict[str, EmbeddedSet]:
+        """Load both splits and check them (:meth:`exclusion_ids`) before anything is embedded, then embed them."""
+        datasets = {split: load(split) for split in self.required_splits()}
+        self.exclusion_ids(datasets[self.query_split], datasets[self.gallery_split])  # raises on a bad flag
+        return {split: EmbeddedSet(ds, *embed(ds)) for split, ds in datasets.items()}
+
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
         q, g = sets[self.query_split], sets[self.gallery_split]
-        ids = (image_identities(q.dataset), image_identities(g.dataset)) if self.query_in_gallery else (None, None)
+        q_ids, g_ids, info = self.exclusion_ids(q.dataset, g.dataset)
         res = (evaluate or _default_evaluate())(q.emb, q.labels, g.emb, g.labels,
-                                                 scale_names=dataset_scale_names(q.dataset), query_ids=ids[0],
-                                                 gallery_ids=ids[1])
+                                                 scale_names=dataset_scale_names(q.dataset), query_ids=q_ids,
+                                                 gallery_ids=g_ids)
         return with_protocol_info(res, {"name": self.name, "query_split": self.query_split,
                                         "gallery_split": self.gallery_split, "queries": len(q.emb),
-                                        "gallery": len(g.emb), "query_in_gallery": bool(self.query_in_gallery)})
+                                        "gallery": len(g.emb), "query_in_gallery": bool(self.query_in_gallery),
+                                        **info})
 
 
 @dataclass

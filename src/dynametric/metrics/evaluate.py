@@ -14,7 +14,13 @@ from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix, default_scale_names
 from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, kmeans_assign
 from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
-from dynametric.metrics.ranking import METRIC_TABLE, RETRIEVAL_METRICS, MetricSpec, RankMetric
+from dynametric.metrics.ranking import (
+    METRIC_TABLE,
+    RETRIEVAL_METRICS,
+    MetricSpec,
+    RankMetric,
+    canonical_metric_name,
+)
 from dynametric.metrics.verification import fnmr_at_fmr, parse_fmr
 
 RANK_METRICS = RETRIEVAL_METRICS
@@ -45,7 +51,8 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
                    table: Mapping[str, RankMetric] | None = None) -> ParsedMetrics:
     """Validate a metric request against the retrieval table (default :data:`METRIC_TABLE`) and
     :data:`CLUSTER_METRIC_TABLE`: ``<family>@K`` of an ``@k`` entry expands over ``k_values``, ``<family>@<int>``
-    names one cut-off, ``fnmr@fmr=<p>`` asks for the pooled verification metric
+    names one cut-off (``cmc@...``, open-metric-learning's name, is ``recall@...``:
+    :data:`~dynametric.metrics.ranking.METRIC_ALIASES`), ``fnmr@fmr=<p>`` asks for the pooled verification metric
     (:mod:`dynametric.metrics.verification`), ``all`` adds every table metric. Results are ordered as the tables.
     """
     table = METRIC_TABLE if table is None else table
@@ -69,7 +76,7 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
     for name in requested:
         if not isinstance(name, str):
             raise ConfigError(f"metric names must be strings, got {name!r}", key="metrics")
-        key = name.strip().lower()
+        key = canonical_metric_name(name.strip().lower())  # cmc@k (open-metric-learning) is recall@k
         try:
             p = parse_fmr(key)
         except ValueError as exc:

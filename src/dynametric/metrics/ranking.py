@@ -36,11 +36,13 @@ import numpy as np
 import torch
 
 __all__ = [
+    "METRIC_ALIASES",
     "METRIC_TABLE",
     "FlatRankRows",
     "MetricSpec",
     "RankMetric",
     "RankRows",
+    "canonical_metric_name",
     "harmonic_numbers",
     "max_rank_needed",
     "metrics_from_flat_ranks",
@@ -173,6 +175,20 @@ METRIC_TABLE: dict[str, RankMetric] = {
 """Every retrieval metric: ``{name: RankMetric(formula, needs full ranking, ...)}``; a name ending ``@k`` takes a
 cut-off (``recall@4``, ``map@10``). The order is the order of the results' keys."""
 
+METRIC_ALIASES: dict[str, str] = {"cmc": "recall"}
+"""Other libraries' names of an ``@k`` family of the table: open-metric-learning's ``cmc@k`` (its CMC at ``k``, the hit
+rate ``1[rank_1 <= k]``) is ``recall@k``. An alias is accepted wherever a metric is named and reported under the
+table's name."""
+
+
+def canonical_metric_name(name: str) -> str:
+    """The table's name of a metric named by an alias (:data:`METRIC_ALIASES`): ``cmc@5`` -> ``recall@5``,
+    ``cmc@K`` -> ``recall@K``; any other name unchanged."""
+    family, sep, tail = name.partition("@")
+    alias = METRIC_ALIASES.get(family.lower()) if sep else None
+    return name if alias is None else f"{alias}@{tail}"
+
+
 RETRIEVAL_METRICS = tuple(name for name, m in METRIC_TABLE.items() if not m.at_k)
 """The table's metrics without a cut-off (``r_precision``, ``map@r``, ``map``, ``asi``)."""
 AT_K_FAMILIES = tuple(name[:-2] for name, m in METRIC_TABLE.items() if m.at_k and name != "recall@k")
@@ -193,14 +209,16 @@ def at_k(name: str, table: Mapping[str, RankMetric] | None = None) -> tuple[str,
 def resolve_metrics(k_values: Iterable[int] = (), metrics: Iterable[str | MetricSpec] = RETRIEVAL_METRICS,
                     table: Mapping[str, RankMetric] | None = None) -> tuple[MetricSpec, ...]:
     """The :class:`MetricSpec` of each requested metric: ``recall@<k>`` for every ``k_values`` entry, then
-    ``metrics`` (table names, ``<family>@<int>`` for the ``@k`` entries, or specs already resolved).
-    Unknown names raise ``ValueError`` (:func:`dynametric.metrics.evaluate_embeddings` checks names first)."""
+    ``metrics`` (table names, ``<family>@<int>`` for the ``@k`` entries, an alias of :data:`METRIC_ALIASES`, or specs
+    already resolved). Unknown names raise ``ValueError`` (:func:`dynametric.metrics.evaluate_embeddings` checks
+    names first)."""
     table = METRIC_TABLE if table is None else table
     out = [MetricSpec(f"recall@{k}", table["recall@k"], k) for k in k_values]
     for name in metrics:
         if isinstance(name, MetricSpec):
             out.append(name)
             continue
+        name = canonical_metric_name(name)
         entry = table.get(name)
         if entry is not None and not entry.at_k:
             out.append(MetricSpec(name, entry))

@@ -348,10 +348,19 @@ def claim_resumed_run(run_dir: Path, log: Callable[[str], None] = print) -> None
 
 def _check_test_splits(cfg: Config) -> None:
     """:func:`~dynametric.pipeline.protocols.check_test_splits` against the data's splits, once the training split
-    is among them (a data set without it is reported by the training split's own error, which says more)."""
+    is among them (a data set without it is reported by the training split's own error, which says more); for a
+    query -> gallery test also ``eval.query_in_gallery`` against the query and gallery items
+    (:meth:`~dynametric.engine.protocols.QueryGallery.exclusion_ids`), which the test would refuse only after
+    training had started."""
+    from dynametric.engine.protocols import QueryGallery
+
     splits = available_splits(cfg)
     if cfg.data.train_split in splits:
         check_test_splits(cfg, splits)
+        protocol = protocol_from_config(cfg)
+        if isinstance(protocol, QueryGallery):
+            loaded = {s: load_split(cfg, s, train=False) for s in dict.fromkeys(protocol.required_splits())}
+            protocol.exclusion_ids(loaded[protocol.query_split], loaded[protocol.gallery_split])
 
 
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
