@@ -174,6 +174,35 @@ def test_evaluate_checkpoint_reproduces_the_run_test_metrics(finished_run, tmp_p
     assert main(["evaluate", "--split", "val"]) == 2  # --split needs --checkpoint
 
 
+def test_evaluate_checkpoint_defaults_to_the_run_s_eval_options(tmp_path, capsys):
+    """A run evaluated with eval.distance euclidean (unnormalised embeddings, where the distances rank differently),
+    its own k values and empty-query policy: `evaluate --checkpoint` without options reproduces its test metrics
+    (it ranked by cosine with k 1 2 4 8 before), and an option given still wins."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 "model.normalize=false", "eval.distance=euclidean", "eval.k_values=[1,3]",
+                 "eval.empty_queries=count_as_zero"]) == 0
+    capsys.readouterr()
+    expected = json.loads((out / "metrics.json").read_text())["test"]
+    result = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--json", str(result)]) == 0
+    assert ", distance euclidean," in capsys.readouterr().out
+    got = json.loads(result.read_text())
+    for scale in ("fine", "middle", "coarse"):
+        assert "recall@3" in got[scale] and "recall@2" not in got[scale]
+        for metric in ("recall@1", "recall@3", "map@r", "map"):
+            assert got[scale][metric] == pytest.approx(expected[scale][metric], abs=1e-6)
+    cosine = tmp_path / "cosine.json"
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--json", str(cosine), "--distance", "cosine",
+                 "--k", "1", "2"]) == 0
+    assert ", distance cosine," in capsys.readouterr().out
+    other = json.loads(cosine.read_text())
+    assert "recall@2" in other["fine"] and "recall@3" not in other["fine"]
+    assert any(other[s]["map"] != pytest.approx(expected[s]["map"], abs=1e-6) for s in ("fine", "middle", "coarse"))
+
+
 @pytest.mark.parametrize("overrides, reason", [
     (["trainer.max_steps=3"],  # an epoch is 4 batches: training stops before the first validation
      "no validation ran before training stopped at step 3; validation runs at the end of every "

@@ -180,17 +180,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "cmc@<int>: the same, open-metric-learning's name), precision@K, precision@<int>, map@K, "
                         "map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, f1, all; default: recall@K "
                         "r_precision map@r map asi")
-    p.add_argument("--k", type=positive_int, nargs="+", default=[1, 2, 4, 8],
-                   help="K values for recall@K (default 1 2 4 8)")
-    p.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
-    p.add_argument("--empty-queries", choices=["exclude", "count_as_zero"], default="exclude",
-                   help="queries without a relevant item: excluded and counted (default), or scored 0")
+    p.add_argument("--k", type=positive_int, nargs="+", default=None,
+                   help="K values for recall@K (default 1 2 4 8; with --checkpoint the run's eval.k_values)")
+    p.add_argument("--distance", choices=["cosine", "euclidean"], default=None,
+                   help="default cosine; with --checkpoint the run's eval.distance")
+    p.add_argument("--empty-queries", choices=["exclude", "count_as_zero"], default=None,
+                   help="queries without a relevant item: excluded and counted (default), or scored 0; with "
+                        "--checkpoint the run's eval.empty_queries")
     p.add_argument("--asi-cutoff", default="R_q", help="ASI cut-off N: R_q (default) or a positive integer")
     p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default="arithmetic")
     p.add_argument("--kmeans-seed", type=int, default=0)
     p.add_argument("--kmeans-restarts", type=positive_int, default=1)
     p.add_argument("--memory-budget-mb", type=positive_float, default=None,
-                   help="working-memory budget of the ranking engine in MiB (default 768)")
+                   help="working-memory budget of the ranking engine in MiB (default 768; with --checkpoint the "
+                        "run's eval.memory_budget_bytes when set)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this path (atomically)")
     p.add_argument("--device", default="auto",
                    help="where rankings are computed: auto (CUDA when available, default), cpu, cuda, cuda:<index>")
@@ -212,11 +215,18 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"expected R_q or a positive integer, got {args.asi_cutoff!r}",
                               key="--asi-cutoff") from None
-    budget = None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20)
-    options = dict(metrics=_parse_metric_list(args.metrics), k_values=tuple(args.k), distance=args.distance,
-                   memory_budget_bytes=budget, empty_queries=args.empty_queries, asi_cutoff=cutoff,
-                   nmi_normalizer=args.nmi_normalizer, kmeans_seed=args.kmeans_seed,
-                   kmeans_restarts=args.kmeans_restarts, device=args.device, per_query=bool(args.per_query_out))
+    # the options a user gave; the rest are the run's eval.* with --checkpoint (so its test metrics are reproduced),
+    # else the command's defaults
+    given = {k: v for k, v in (("metrics", _parse_metric_list(args.metrics)),
+                               ("k_values", None if args.k is None else tuple(args.k)),
+                               ("distance", args.distance), ("empty_queries", args.empty_queries),
+                               ("memory_budget_bytes",
+                                None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20)))
+             if v is not None}
+    options = dict(metrics=None, k_values=(1, 2, 4, 8), distance="cosine", memory_budget_bytes=None,
+                   empty_queries="exclude") | given | dict(
+        asi_cutoff=cutoff, nmi_normalizer=args.nmi_normalizer, kmeans_seed=args.kmeans_seed,
+        kmeans_restarts=args.kmeans_restarts, device=args.device, per_query=bool(args.per_query_out))
 
     def evaluate(q: Any, ql: Any, g: Any = None, gl: Any = None, **kw: Any) -> Any:
         """The metrics with the command's options (a protocol's own choices in ``kw`` take precedence, the id files
@@ -236,10 +246,11 @@ def run(args: argparse.Namespace) -> int:
                               key="--checkpoint")
         from dynametric.commands.options import inference_options
         from dynametric.engine.protocols import LeaveOneOut, QueryGallery
-        from dynametric.pipeline import evaluate_checkpoint
+        from dynametric.pipeline import evaluate_checkpoint, run_eval_options
 
         inference = inference_options(args)  # --device (when the command has it), --precision, --batch-size, ...
         inference.resolve()  # flag errors before anything is loaded
+        options.update(run_eval_options(args.checkpoint, args.config, args.overrides) | given)
 
         def check(protocol: Any) -> None:
             generic = isinstance(protocol, (LeaveOneOut, QueryGallery))
@@ -285,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
             source = "bundled example (1200 items, 3 scales)"
         else:
             q, ql, g, gl, names, source = _read_files(args)
-            if args.distance == "cosine":
+            if options["distance"] == "cosine":
                 from dynametric.utils.readers import refuse_zero_rows
 
                 refuse_zero_rows(q, _emb_file(args.embeddings))
@@ -297,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         result, table = result
         write_per_query_csv(args.per_query_out, table, key="--per-query")
         print(f"wrote {args.per_query_out}", file=sys.stderr)
-    print(f"{source}: {protocol}, distance {args.distance}, {num_queries} queries")
+    print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries")
     print(format_table(result))
     if args.json_out:
         atomic_write_json(args.json_out, _jsonable(result) | ({} if info is None else {"protocol": info}),

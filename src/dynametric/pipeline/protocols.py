@@ -99,6 +99,31 @@ def _suggest(word: str, candidates: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _checkpoint_config(checkpoint: str | os.PathLike[str], config: Any,
+                       overrides: Sequence[str]) -> tuple[Path, Any]:
+    """The checkpoint file (one-line errors for a folder or a missing file) and its run config (``config``, else
+    ``config.yaml`` beside it) with ``overrides``."""
+    from dynametric.config import load_config
+    from dynametric.engine.inference import config_beside
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=checkpoint)
+    if not checkpoint.is_file():
+        raise InputError("checkpoint file not found", file=checkpoint)
+    return checkpoint, load_config(config_beside(checkpoint, config), overrides)
+
+
+def run_eval_options(checkpoint: str | os.PathLike[str], config: Any = None,
+                     overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The evaluation options of the run a checkpoint comes from (its ``eval.metrics``, ``k_values``, ``distance``,
+    ``empty_queries``, ``memory_budget_bytes``), as its validation and test used them: the defaults of
+    ``dynametric evaluate --checkpoint``, so it reproduces the run's metrics unless an option says otherwise."""
+    from dynametric.engine.builders import eval_kwargs
+
+    return eval_kwargs(_checkpoint_config(checkpoint, config, overrides)[1])
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, *, split: str | None = None,
                         overrides: Sequence[str] = (), progress: bool = False, options: Any = None,
                         evaluate: Evaluate | None = None,
@@ -111,22 +136,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     device; an unset precision is the run's, :func:`~dynametric.engine.inference.checkpoint_precision`);
     ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks, run before
     anything is loaded or embedded."""
-    from dynametric.config import errors_located, load_config
+    from dynametric.config import errors_located
     from dynametric.engine.builders import load_eval_split
-    from dynametric.engine.inference import (
-        checkpoint_options,
-        checkpoint_precision,
-        config_beside,
-        embed_dataset,
-        load_trained,
-    )
+    from dynametric.engine.inference import checkpoint_options, checkpoint_precision, embed_dataset, load_trained
 
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=checkpoint)
-    if not checkpoint.is_file():
-        raise InputError("checkpoint file not found", file=checkpoint)
-    cfg = load_config(config_beside(checkpoint, config), overrides)
+    checkpoint, cfg = _checkpoint_config(checkpoint, config, overrides)
     with errors_located(cfg):  # `<command line> key 'method.kwargs.scales': ...`, as `dynametric train` says it
         protocol = protocol_from_config(cfg, split)
         if split is None:
