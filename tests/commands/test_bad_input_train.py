@@ -77,6 +77,24 @@ def test_monitor_scale_unknown_to_the_data_is_refused_before_training(tmp_path, 
     assert not (out / "last.ckpt").exists()
 
 
+@pytest.mark.parametrize("fmt, monitor, names", [
+    ("sop", "fine/recall@1", "['product', 'category', 'mean']"),
+    ("inshop", "fine/map@r", "['item', 'mean']"),
+])
+def test_a_dry_run_without_data_checks_the_monitor_against_the_formats_scale_names(tmp_path, capsys, fmt, monitor,
+                                                                                    names) -> None:
+    # without the data the dry run used placeholder scales (fine, middle, coarse) and let 'fine/...' through
+    err = _dry(capsys, f"data.format={fmt}", f"data.root={tmp_path / 'absent'}", f"trainer.monitor={monitor}")
+    assert f"<command line> key 'trainer.monitor': monitor scale '{monitor.split('/')[0]}' is not one of the " \
+           f"dataset's scales {names}" in err
+    # finest/coarsest resolve to the format's names; an option that adds a scale is honoured
+    for argv in (["trainer.monitor=finest/map@r"], ["trainer.monitor=coarsest/map@r"],
+                 ["trainer.monitor=category/map@r", "data.format=inshop", "data.options.with_category=true"]):
+        assert main(["train", "--dry-run", f"data.format={fmt}", f"data.root={tmp_path / 'absent'}", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "data: not read; scales ['item', 'category'] (the format's own)" in out
+
+
 @pytest.mark.parametrize("data", [bytes(range(256)) * 2, b"0000-00-00", b"[" * 5000, b"a: !!python/object:os.system x"])
 def test_config_file_of_random_bytes(tmp_path, capsys, data) -> None:
     cfg = tmp_path / "c.yaml"

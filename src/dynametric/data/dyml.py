@@ -140,6 +140,12 @@ class DyMLFormat:
                     files[f"{part}_{level}"] = (d / f"{part}.csv", 2, d / part)
         return files
 
+    @staticmethod
+    def declared_scales(**_: object) -> tuple[str, ...]:
+        """The scale names of the training split (known without reading the data; a ``query_<level>`` /
+        ``gallery_<level>`` split has the one scale ``<level>``)."""
+        return SCALES
+
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         """Splits whose csv exists under ``root`` (``train`` is always listed so a missing one is reported)."""
         base = resolve_root(root, f"the {self.name} release with train/label.csv")

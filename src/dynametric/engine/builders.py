@@ -139,6 +139,17 @@ def load_eval_split(cfg: Config, split: str) -> Any:
     return load_split(cfg, split, train=False)
 
 
+def declared_scale_names(cfg: Config) -> list[str] | None:
+    """The scale names of ``data.format``'s training split when the format fixes them without reading the data
+    (:func:`dynametric.data.registry.declared_scale_names`), else ``None``: what a run without its data (a dry run)
+    checks ``trainer.monitor`` against."""
+    from dynametric.data.registry import declared_scale_names as declared
+
+    with _data_options_keyed(cfg):
+        names = declared(cfg.data.format, **dict(cfg.data.options))
+    return None if names is None else list(names)
+
+
 def available_splits(cfg: Config) -> list[str]:
     from dynametric.data import list_splits
 
@@ -786,9 +797,14 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, ma
         check_monitor(cfg, scale_names)
     else:
         train_labels = None
-        from dynametric.metrics import default_scale_names
+        declared = declared_scale_names(cfg)  # the format's own names where it fixes them, else placeholders
+        if declared is not None:
+            scale_names = declared
+            check_monitor(cfg, scale_names)
+        else:
+            from dynametric.metrics import default_scale_names
 
-        scale_names = list(default_scale_names(num_scales or 3))
+            scale_names = list(default_scale_names(num_scales or 3))
     cfg = with_resolved_monitor(cfg, scale_names)  # `finest/map@r` -> `<first scale>/map@r`
     objectives = build_objectives(cfg, embedder, train_labels, len(scale_names), surrogate)
     common: dict[str, Any] = {"eval_kwargs": eval_kwargs(cfg), "eval_head": eval_head(cfg),

@@ -35,6 +35,7 @@ from dynametric.engine.builders import (
     Components,
     available_splits,
     build_datasets,
+    declared_scale_names,
     load_split,
     loader_settings,
     root_missing,
@@ -687,4 +688,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")
+    else:
+        named = "the format's own" if declared_scale_names(cfg) is not None else "placeholders"
+        log(f"data: not read; scales {comps.scale_names} ({named})")
     return comps
