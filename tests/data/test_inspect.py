@@ -145,3 +145,38 @@ def test_through_the_real_cli(csv_root: Path, tmp_path: Path, capsys: pytest.Cap
     assert "train: 4 images; classes: fine=3, middle=2, coarse=2" in capsys.readouterr().out
     assert main(["data", "inspect", "--format", "cub200", "--root", str(tmp_path / "none")]) == 2
     assert "dynametric data: error:" in capsys.readouterr().err
+
+
+def test_classes_or_files_shared_by_training_and_held_out_splits_are_problems(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.data.conftest import write_csv_dataset
+
+    rows = [("imgs/a.png", "train", "bear", "mammal"), ("imgs/b.png", "train", "owl", "bird"),
+            ("imgs/c.png", "val", "bear", "mammal"), ("imgs/d.png", "test", "bear", "mammal"),
+            ("imgs/e.png", "test", "wolf", "mammal"), ("imgs/b.png", "query", "owl", "bird"),
+            ("imgs/f.png", "gallery", "wolf", "mammal")]
+    root = write_csv_dataset(tmp_path / "csv", [(*r[:3], r[2], r[3]) for r in rows])
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(root), "--json", "--no-verify-images"],
+                     capsys)
+    doc = json.loads(out)
+    found = {(p["kind"], tuple(p["splits"])): p["message"] for p in doc["problems"]}
+    assert code == 1 and set(found) == {
+        ("class_overlap", ("train", "val")), ("class_overlap", ("train", "test")),
+        ("class_overlap", ("val", "test")), ("class_overlap", ("train", "query")),
+        ("shared_file", ("train", "query"))}  # test & query, query & gallery: the test set's own business
+    assert found[("class_overlap", ("train", "test"))].startswith("splits 'train' and 'test' share 1 fine class(es) "
+                                                                  "('bear')")
+    assert found[("shared_file", ("train", "query"))].startswith(
+        f"splits 'train' and 'query' list 1 of the same image file(s), e.g. {(root / 'imgs' / 'b.png').resolve()}")
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(root), "--no-verify-images"], capsys)
+    assert code == 1 and "no problems found" not in out and "5 problem(s):" in out
+
+
+@pytest.mark.parametrize("fixture, fmt", [("sop_root", "sop"), ("inshop_root", "inshop"), ("cub_root", "cub200"),
+                                          ("dyml_vehicle", "dyml-vehicle"), ("csv_root", "csv")])
+def test_class_disjoint_benchmarks_have_no_shared_class_problem(request: pytest.FixtureRequest, fixture: str, fmt: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # SOP shares its categories, DyML numbers its benchmark files on its own: neither is a problem
+    code, out = _run(["data", "inspect", "--format", fmt, "--root", str(request.getfixturevalue(fixture)), "--json"],
+                     capsys)
+    assert code == 0 and json.loads(out)["problems"] == []

@@ -121,6 +121,9 @@ class DyMLFormat:
     """Reader for one DyML variant (``vehicle``, ``animal`` or ``product``)."""
 
     options: dict[str, object] = {"allow_outside_root": False}
+    #: the benchmark files (``bmk_<level>``, ``mini-bmk_all_in_one``) number their classes on their own: a raw id
+    #: shared with ``train`` is not known to be the same class (:func:`dynametric.data.registry.class_ids_comparable`)
+    class_ids_comparable = False
 
     def __init__(self, variant: str) -> None:
         if variant not in VARIANTS:

@@ -121,6 +121,15 @@ def declared_scale_names(format: str, **options: Any) -> tuple[str, ...] | None:
     return None if declare is None else declare(**reader)
 
 
+def class_ids_comparable(format: str) -> bool:
+    """Whether a raw class id names the same class in every split of ``format`` (one id space for the dataset), so
+    that a class id found in two splits is one class in both. ``False`` for the DyML formats, whose benchmark files
+    number their classes on their own (a format says so with ``class_ids_comparable = False``)."""
+    if format == SYNTHETIC:
+        return True
+    return bool(getattr(get_format(format), "class_ids_comparable", True))
+
+
 @contextlib.contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a reader builds its records: a CSV of 200,000 rows allocates

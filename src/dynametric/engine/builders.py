@@ -167,17 +167,42 @@ class Datasets:
     val_carved: bool = False  # the validation classes were set aside from the training split (train is the rest)
 
 
-def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
-    """Train split (augmenting transform), validation (the format's own split or class-disjoint carve-out of the
-    training classes; never the test split), test split (evaluation transform)."""
+def check_split_roles(cfg: Config, test_splits: Mapping[str, str]) -> None:
+    """The splits a run trains, validates and tests on must differ: training on a split the test evaluates,
+    validating on one (model selection on test data) or validating on the training split is a one-line
+    :class:`ConfigError` naming both keys. ``test_splits``: each split the test protocol evaluates, with the key
+    that chose it (``{"test": "data.test_split"}``; ``query`` / ``gallery`` for ``eval.protocol: query_gallery``).
+    Checked before any data is read; the files and classes themselves: :func:`check_held_out_data`."""
     data = cfg.data
-    if data.val_split not in (None, "auto") and data.val_split == data.test_split:
-        raise ConfigError("the validation split must not be the test split", key="data.val_split")
+    if data.train_split in test_splits:
+        raise ConfigError(f"the training split {data.train_split!r} is also a split the test evaluates "
+                          f"({test_splits[data.train_split]}): the test would score images the model trained on; "
+                          "train and test on different splits", key="data.train_split")
+    if data.val_split in (None, "auto"):
+        return
+    if data.val_split == data.train_split:
+        raise ConfigError(f"the validation split {data.val_split!r} is the training split (data.train_split): model "
+                          "selection would score images the model trains on; set data.val_split: null to carve "
+                          "class-disjoint validation classes out of the training split", key="data.val_split")
+    if data.val_split in test_splits:
+        raise ConfigError(f"the validation split {data.val_split!r} is a split the test evaluates "
+                          f"({test_splits[data.val_split]}): model selection would peek at the test set; set "
+                          "data.val_split: null to carve validation classes out of the training split",
+                          key="data.val_split")
+
+
+def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[str, str] | None = None) -> Datasets:
+    """Train split (augmenting transform), validation (the format's own split or class-disjoint carve-out of the
+    training classes; never a test split), test split (evaluation transform). ``test_splits``: the splits the test
+    protocol evaluates with the keys that chose them (:func:`check_split_roles`; default: ``data.test_split``)."""
+    data = cfg.data
+    test_splits = {data.test_split: "data.test_split"} if test_splits is None else test_splits
+    check_split_roles(cfg, test_splits)
     train = load_split(cfg, data.train_split, train=True)
     val: Any | None = None
     carved = False
     splits = available_splits(cfg) if data.val_split == "auto" else []
-    if data.val_split == "auto" and "val" in splits and data.test_split != "val":
+    if data.val_split == "auto" and "val" in splits and "val" not in test_splits:
         val, source = load_split(cfg, "val", train=False), "split 'val'"
     elif data.val_split not in (None, "auto"):
         val, source = load_split(cfg, data.val_split, train=False), f"split {data.val_split!r}"
@@ -197,6 +222,48 @@ def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
 
         names = list(default_scale_names(fields.labels.shape[1]))
     return Datasets(train, val, test, names, source, carved)
+
+
+def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any],
+                        test_splits: Mapping[str, str]) -> list[str]:
+    """What the training, validation and test data hold, beyond their split names (:func:`check_split_roles`):
+    an image file (paths resolved) in the training or validation data that a test split (``tests``: split ->
+    dataset, chosen by ``test_splits[split]``) or the validation split also lists is a :class:`ConfigError` naming a
+    file, the count and the keys. Finest classes shared by training and validation or test data, or by validation
+    and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not unseen), where
+    the format's class ids mean the same class in every split
+    (:func:`~dynametric.data.registry.class_ids_comparable`)."""
+    from dynametric.data.registry import class_ids_comparable
+    from dynametric.data.splits import raw_class_ids, shared_files
+
+    data = cfg.data
+    train = (f"the training split {data.train_split!r} (data.train_split)", "data.train_split", datasets.train)
+    held = [(f"the test split {split!r} ({test_splits[split]})", test_splits[split], ds) for split, ds in tests.items()]
+    pairs = [(train, h) for h in held]
+    if datasets.val is not None:
+        val = ((f"the validation classes carved from {data.train_split!r}" if datasets.val_carved else
+                f"the validation split {dataset_fields(datasets.val).split!r} (data.val_split)"), "data.val_split",
+               datasets.val)
+        pairs = ([] if datasets.val_carved else [(train, val)]) + pairs + [(val, h) for h in held]
+    comparable = class_ids_comparable(data.format)
+    warnings_: list[str] = []
+    for (what_a, _, a), (what_b, key_b, b) in pairs:
+        files = shared_files(dataset_fields(a).paths, dataset_fields(b).paths)
+        if files:
+            raise ConfigError(f"{what_a} and {what_b} share {len(files)} image file(s), e.g. {files[0]}: "
+                              f"{'training' if a is datasets.train else 'model selection'} and "
+                              f"{'testing' if b is not datasets.val else 'model selection'} must use different "
+                              "images", key=key_b)
+        if not comparable:
+            continue
+        classes = sorted(raw_class_ids(a) & raw_class_ids(b), key=str)
+        if classes:
+            scale = (dataset_fields(a).scale_names or ("finest",))[0]
+            shown = ", ".join(repr(c) for c in classes[:3]) + (", ..." if len(classes) > 3 else "")
+            warnings_.append(f"{what_a} and {what_b} share {len(classes)} {scale} class(es) ({shown}): the "
+                             "protocols hold out whole classes (docs/data.md), so results on a shared class do not "
+                             "measure retrieval of unseen classes")
+    return warnings_
 
 
 # ----------------------------------------------------------------------------------------------- sampling
