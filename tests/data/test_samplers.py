@@ -243,6 +243,42 @@ def test_three_scale_resume_and_determinism():
     assert list(c) != full
 
 
+def _fine_chunk_classes(s: ThreeScaleSampler, labels: torch.Tensor, epoch: int) -> Counter:
+    rows = s.chunk_layout()[0]
+    return Counter(int(c) for b in s.epoch_batches(epoch) for c in labels[torch.tensor(b)[rows], 0].view(-1, s.k)[:, 0])
+
+
+def test_three_scale_every_class_gets_chunks_over_epochs():
+    # 100 fine classes of 3 images, K=4: an epoch has floor(300 / 4) = 75 items, fewer than the classes
+    fine = torch.arange(100).repeat_interleave(3)
+    labels = torch.stack([fine, fine // 10, fine // 50], 1)
+    s = ThreeScaleSampler(labels, k=4, items_per_batch=5, seed=3)
+    assert len(s) == 15  # 75 items, all in whole batches
+    per_epoch = [_fine_chunk_classes(s, labels, e) for e in range(4)]
+    assert sorted(per_epoch[0]) == list(range(75))  # epoch 0 as DyML: items 0..74 -> classes 0..74
+    assert sorted(per_epoch[1]) == sorted([*range(75, 100), *range(50)])  # items 75..149: the window moves on
+    for e in range(3):  # ceil(100 / 75) = 2 consecutive epochs give every class a chunk
+        assert set(per_epoch[e]) | set(per_epoch[e + 1]) == set(range(100))
+    total = sum(per_epoch, Counter())  # epochs 0..3 hold items 0..299: every class exactly 3 times
+    assert set(total.values()) == {3} and len(total) == 100
+    # the other scales: every middle and coarse class, every epoch
+    for e in range(4):
+        b = torch.tensor(s.epoch_batches(e))
+        mid, coarse = s.chunk_layout()[1], s.chunk_layout()[2]
+        assert set(labels[b[:, mid], 1].view(-1).tolist()) == set(range(10))
+        assert set(labels[b[:, coarse], 2].view(-1).tolist()) == {0, 1}
+    # deterministic per (seed, epoch) and exactly resumable in a later epoch
+    again = ThreeScaleSampler(labels, k=4, items_per_batch=5, seed=3)
+    again.set_epoch(6)
+    full = list(again)
+    assert full == s.epoch_batches(6) and full != s.epoch_batches(5)
+    it = iter(again)
+    head = [next(it) for _ in range(7)]
+    resumed = ThreeScaleSampler(labels, k=4, items_per_batch=5, seed=3)
+    resumed.load_state_dict(again.state_dict())
+    assert head + list(resumed) == full
+
+
 def test_three_scale_errors():
     labels = hierarchy_labels(per_fine=1)  # 18 images
     with pytest.raises(InputError, match="items_per_batch"):

@@ -117,6 +117,11 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def _epoch_global_batches(self, epoch: int, count: int) -> list[np.ndarray]:
+        """The ``count`` global batches of ``epoch``: :meth:`_global_batches` with the epoch's generator (a sampler
+        whose layout also moves with the epoch number overrides this)."""
+        return self._global_batches(_rng(self.seed, epoch), count)
+
     def _batches_per_pass(self) -> int:
         """Batches per rank in one epoch when ``iterations_per_epoch`` is not set."""
         raise NotImplementedError
@@ -145,7 +150,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         """All batches of this rank for ``epoch`` (default: the current one), without moving the position."""
         e = self.epoch if epoch is None else int(epoch)
         n = self._num_batches()
-        batches = self._global_batches(_rng(self.seed, e), n * self.world_size)
+        batches = self._epoch_global_batches(e, n * self.world_size)
         return [b.tolist() for b in batches[self.rank::self.world_size][:n]]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -333,10 +338,13 @@ class ThreeScaleSampler(_EpochBatchSampler):
 
     Item ``i`` holds ``K`` images of class ``i mod C_s`` at every scale ``s`` (classes of each scale in first-seen
     order of ``labels``); the items of an epoch are shuffled, so an item's classes are unrelated. An epoch has
-    ``floor(N / K)`` items (or ``iterations_per_epoch * items_per_batch * world_size``); a batch holds
-    ``items_per_batch`` items, the incomplete last batch is dropped. Images of a class are drawn without
-    replacement (a running permutation per class, so a class's images are all used before any repeats), or with
-    replacement when the class has fewer than ``K`` images.
+    ``D = floor(N / K)`` items (or ``iterations_per_epoch * items_per_batch * world_size`` when that is more); a
+    batch holds ``items_per_batch`` items, the incomplete last batch is dropped. Epoch ``e`` draws its items from
+    ``e * D ... (e + 1) * D - 1`` of an endless item stream (epoch 0: DyML's items ``0 ... D - 1``), so the window of
+    classes moves on by ``D`` every epoch: a scale with more classes than ``D`` (classes smaller than ``K`` on
+    average) still gives every class chunks, each within ``ceil(C_s / D)`` consecutive epochs. Images of a class are
+    drawn without replacement (a running permutation per class, so a class's images are all used before any
+    repeats), or with replacement when the class has fewer than ``K`` images.
 
     **Batch layout** (matches :func:`dynametric.losses.multiscale.three_scale_chunks`): each item contributes
     ``S * K`` consecutive rows, ``K`` for scale 0 (fine), then ``K`` for scale 1, ... . :meth:`chunk_layout`
@@ -392,11 +400,15 @@ class ThreeScaleSampler(_EpochBatchSampler):
     def _batches_per_pass(self) -> int:
         return self.num_samples // self.k // self.items_per_batch // self.world_size
 
-    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    def _epoch_global_batches(self, epoch: int, count: int) -> list[np.ndarray]:
+        return self._global_batches(_rng(self.seed, epoch), count, epoch)
+
+    def _global_batches(self, rng: np.random.Generator, count: int, epoch: int = 0) -> list[np.ndarray]:
         n_items = count * self.items_per_batch
-        default_items = self.num_samples // self.k
-        # a shuffled epoch of floor(N / K) items; the items beyond whole batches are dropped
-        items = rng.permutation(max(n_items, default_items))[:n_items]
+        per_epoch = max(n_items, self.num_samples // self.k)
+        # a shuffled epoch of floor(N / K) items, the epoch-th window of the item stream (so the classes' window moves
+        # on every epoch); the items beyond whole batches are dropped
+        items = epoch * per_epoch + rng.permutation(per_epoch)[:n_items]
         queues: list[list[np.ndarray]] = [[np.empty(0, dtype=np.int64) for _ in m] for m in self.scale_members]
         rows = np.empty((n_items, self.num_scales, self.k), dtype=np.int64)
         for j, item in enumerate(items.tolist()):
