@@ -631,3 +631,20 @@ def test_classes_shared_by_training_and_held_out_data_are_warned_about(tmp_path,
     out = tmp_path / "run"
     assert main(["train", *args, "trainer.max_epochs=1", "--out", str(out), "--no-progress"]) == 0
     assert [f"warning: {w}" for w in json.loads((out / "run_info.json").read_text())["data_warnings"]] == warned
+
+
+def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsys) -> None:
+    # the sampler's own argument names (items_per_batch, parent_scale) are not config keys
+    err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=three_scale", "data.batch_size=600", "data.m=4")
+    assert err.endswith("<command line> key 'data.batch_size': 72 images give 18 items per epoch, fewer than one "
+                        "batch of 50 items per rank (1 rank(s))")
+    err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=hierarchical", "data.m=2",
+               "data.sampler_options.parents_per_batch=20", "data.batch_size=40")
+    assert err.endswith("<command line> key 'data.sampler_options.parents_per_batch': a batch needs 20 distinct "
+                        "parents but scale 1 has only 9")
+    cfg = tmp_path / "hier.yaml"
+    cfg.write_text(TINY.replace("  m: 4\n", "  m: 4\n  sampler: hierarchical\n  sampler_options: {parent_scale: 7}\n"))
+    line = next(i for i, x in enumerate(cfg.read_text().splitlines(), 1) if "sampler_options" in x)
+    err = _dry(capsys, "--config", str(cfg))
+    assert err.endswith(f"{cfg}:{line} key 'data.sampler_options.parent_scale': parent_scale 7 out of range for labels "
+                        "with 3 scale(s)")

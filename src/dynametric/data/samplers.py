@@ -28,7 +28,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -79,6 +79,13 @@ class SamplerSettings:
                 "iterations_per_epoch": self.iterations_per_epoch}
 
 
+SETTING_OF: dict[str, str] = {name: name for name in ("batch_size", "m", "scale", "seed", "rank", "world_size",
+                                                      "iterations_per_epoch")}
+"""Which :class:`SamplerSettings` field decides a sampler argument of the same name (a sampler's ``setting_of``
+adds its own names, e.g. ``ThreeScaleSampler``'s ``k`` is ``m``); any other argument comes from
+``SamplerSettings.options``. An error keyed by an argument names the setting, or the option, that set it."""
+
+
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
 
@@ -102,6 +109,8 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         values raise :class:`InputError` keyed by the argument (``batch_size``, ``m``, ...)."""
         raise NotImplementedError
 
+    #: the :class:`SamplerSettings` field that decides each argument (:data:`SETTING_OF`); the others are options
+    setting_of: ClassVar[dict[str, str]] = SETTING_OF
     #: ``batch_size`` must be a multiple of ``m`` (checked when the config loads).
     m_divides_batch: bool = False
     #: every batch holds ``batch_size // m`` distinct classes of the ``sampler_scale`` column (the run's preflight
@@ -375,6 +384,8 @@ class ThreeScaleSampler(_EpochBatchSampler):
                              f"one batch of {self.items_per_batch} items per rank ({self.world_size} rank(s))",
                              key="items_per_batch")
 
+    setting_of: ClassVar[dict[str, str]] = {**SETTING_OF, "k": "m", "items_per_batch": "batch_size"}
+
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> ThreeScaleSampler:
         """Items of ``m`` images per scale (``k = m``), ``batch_size / (m x scales)`` items per batch (``scale``
@@ -494,7 +505,8 @@ class HierarchicalSampler(_EpochBatchSampler):
             parents = np.unique(parent_col[rows])
             if len(parents) != 1:
                 raise InputError(f"class {c} of scale {self.scale} has {len(parents)} parents at scale "
-                                 f"{self.parent_scale} ({parents[:5].tolist()}); expected exactly one", key="labels")
+                                 f"{self.parent_scale} ({parents[:5].tolist()}); expected exactly one",
+                                 key="parent_scale")
             parent_of.append(parents[0])
         parent_of_arr = np.asarray(parent_of)
         self.parents, first = np.unique(parent_of_arr, return_index=True)
@@ -508,6 +520,7 @@ class HierarchicalSampler(_EpochBatchSampler):
         self._set_iterations(iterations_per_epoch)
 
     m_divides_batch = True
+    setting_of: ClassVar[dict[str, str]] = {**SETTING_OF, "samples_per_class": "m"}
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> HierarchicalSampler:
@@ -564,6 +577,7 @@ class RandomBatchSampler:
 
     m_divides_batch = False
     distinct_classes_per_batch = False
+    setting_of: ClassVar[dict[str, str]] = SETTING_OF
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> RandomBatchSampler:

@@ -267,10 +267,27 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
 
 
 # ----------------------------------------------------------------------------------------------- sampling
+SETTING_KEYS: dict[str, str] = {"batch_size": "data.batch_size", "m": "data.m", "scale": "data.sampler_scale",
+                                "seed": "trainer.seed", "rank": "trainer.devices", "world_size": "trainer.devices",
+                                "iterations_per_epoch": "data.iterations_per_epoch"}
+"""The config key of each :class:`~dynametric.data.samplers.SamplerSettings` field (what :func:`sampler_factory`
+builds the settings from)."""
+
+
+def sampler_error_key(cls: Any, argument: str | None) -> str:
+    """The config key of the sampler argument ``argument`` an error names: the key of the setting that decides it
+    (``cls.setting_of``: ``ThreeScaleSampler``'s ``items_per_batch`` is ``data.batch_size``, its ``k`` ``data.m``),
+    else the option ``data.sampler_options.<argument>``; ``data.sampler`` when it names none."""
+    if argument is None:
+        return "data.sampler"
+    setting = getattr(cls, "setting_of", {}).get(argument)
+    return SETTING_KEYS[setting] if setting is not None else f"data.sampler_options.{argument}"
+
+
 def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
     """``make(labels, rank, world_size)``: the batch sampler ``data.sampler`` names in
     :data:`dynametric.data.samplers.BATCH_SAMPLERS`, built by its ``from_settings`` from the ``data`` section;
-    its errors are re-keyed to the config (``data.<setting>``, ``data.sampler_options``)."""
+    its errors are re-keyed to the config key that set the argument they name (:func:`sampler_error_key`)."""
     data, seed = cfg.data, int(cfg.trainer.seed)
     opts = dict(data.sampler_options)
 
@@ -283,7 +300,7 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
         except InputError as exc:
             if isinstance(exc, ConfigError):
                 raise
-            raise ConfigError(exc.message, key=f"data.{exc.key}" if exc.key else "data.sampler") from None
+            raise ConfigError(exc.message, key=sampler_error_key(cls, exc.key)) from None
         except TypeError as exc:
             raise ConfigError(f"bad sampler option: {exc}", key="data.sampler_options") from None
 
