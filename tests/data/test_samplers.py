@@ -495,3 +495,44 @@ def test_build_sampler_registry():
         build_sampler("RandomSampler", labels)
     with pytest.raises(ConfigError, match="items_per_batch"):
         build_sampler("MPerClassSampler", labels, m=4, batch_size=16, items_per_batch=3)
+
+
+# --------------------------------------------------------------------------------------------------- Random
+def test_random_sampler_refuses_fewer_items_than_one_step():
+    from dynametric.data.samplers import RandomBatchSampler
+
+    with pytest.raises(InputError, match=r"^key 'batch_size': 10 items give no batch: one step takes batch_size 32 x "
+                                         r"1 rank\(s\) = 32 items; lower the batch size$"):
+        RandomBatchSampler(10, 32)
+    with pytest.raises(InputError, match="10 items give no batch"):
+        RandomBatchSampler(10, 32, iterations_per_epoch=4)  # was [32, 8, 0, 0]: a short batch and empty ones
+    with pytest.raises(InputError, match=r"= 40 items"):
+        RandomBatchSampler(30, 20, world_size=2, rank=1)
+    for kwargs, key in (({"batch_size": 0}, "batch_size"), ({"rank": 2, "world_size": 2}, "rank"),
+                        ({"iterations_per_epoch": 0}, "iterations_per_epoch")):
+        with pytest.raises(InputError) as info:
+            RandomBatchSampler(**{"num_samples": 100, "batch_size": 4, **kwargs})
+        assert info.value.key == key
+    assert [len(b) for b in RandomBatchSampler(32, 32)] == [32]  # exactly one step
+
+
+@pytest.mark.parametrize("n, bs, world, iterations", [(100, 32, 2, 5), (10, 3, 1, 7), (50, 7, 3, 4), (64, 8, 2, 9)])
+def test_random_sampler_batches_are_full_and_never_repeat_an_item(n, bs, world, iterations):
+    from dynametric.data.samplers import RandomBatchSampler
+
+    ranks = [list(RandomBatchSampler(n, bs, seed=3, rank=r, world_size=world, iterations_per_epoch=iterations))
+             for r in range(world)]
+    per_pass = n // (bs * world)
+    for batches in ranks:
+        assert len(batches) == iterations and all(len(b) == bs and len(set(b)) == bs for b in batches)
+    for step in range(iterations):  # the ranks' batches of one step are disjoint and come from one pass
+        rows = [x for batches in ranks for x in batches[step]]
+        assert len(set(rows)) == bs * world
+    for start in range(0, iterations, per_pass):  # a pass uses each item at most once
+        rows = [x for batches in ranks for b in batches[start:start + per_pass] for x in b]
+        assert len(rows) == len(set(rows))
+    # the epoch's first pass is what it was (a seeded permutation of the items); later epochs differ
+    first = RandomBatchSampler(n, bs, seed=3, rank=0, world_size=world)
+    assert list(first) == ranks[0][:per_pass]
+    first.set_epoch(1)
+    assert list(first) != ranks[0][:per_pass]

@@ -68,6 +68,16 @@ def test_errors_keep_their_config_keys() -> None:
     assert info.value.key == "data.sampler"
 
 
+def test_a_random_batch_larger_than_the_data_is_one_error_on_the_batch_size() -> None:
+    with pytest.raises(ConfigError, match=r"^<command line> key 'data.batch_size': 48 items give no batch: one step "
+                                          r"takes batch_size 30 x 2 rank\(s\) = 60 items; lower the batch size$"):
+        from dynametric.config import errors_located
+
+        cfg = load_config(None, ["data.sampler=random", "data.batch_size=30"])
+        with errors_located(cfg):
+            sampler_factory(cfg)(LABELS, 1, 2)
+
+
 def test_the_sampler_declares_its_loss_chunks() -> None:
     small = ["model.backbone=simple_cnn", "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 1}",
              "loss.multiscale=true", "data.m=2", "data.batch_size=12"]
@@ -135,8 +145,9 @@ def test_every_key_a_sampler_error_names_is_a_config_key() -> None:
         parts = [cls.__init__, cls.from_settings]
         if issubclass(cls, samplers._EpochBatchSampler):
             parts += [samplers._EpochBatchSampler.__init__, samplers._EpochBatchSampler._set_iterations]
-        raised = set().union(*(_keys_raised(inspect.getsource(p)) for p in parts))
-        arguments = set(inspect.signature(cls).parameters) - {"labels", "num_samples"}
+        data = {"labels", "num_samples"}  # the training data itself (from_settings passes it), not a setting
+        raised = set().union(*(_keys_raised(inspect.getsource(p)) for p in parts)) - data
+        arguments = set(inspect.signature(cls).parameters) - data
         assert raised <= arguments | {"batch_size"}, (name, raised - arguments)
         for arg in raised | arguments:
             key = sampler_error_key(cls, arg)

@@ -567,12 +567,28 @@ class HierarchicalSampler(_EpochBatchSampler):
 
 
 class RandomBatchSampler:
-    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank, last batch dropped."""
+    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank.
+
+    A *pass* is one permutation of the items cut into ``num_samples // (batch_size * world_size)`` steps of
+    ``batch_size`` items per rank; its last ``num_samples % (batch_size * world_size)`` items are dropped. An epoch is
+    one pass, or ``iterations_per_epoch`` steps from as many passes as that takes (each a new permutation), so a
+    batch never holds an item twice; an item recurs only in another pass. Fewer items than one step
+    (``batch_size * world_size``) is an :class:`~dynametric.errors.InputError` (key ``batch_size``).
+    """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  iterations_per_epoch: int | None = None) -> None:
-        self.n, self.bs, self.seed, self.rank, self.world = num_samples, batch_size, seed, rank, world_size
-        self.iterations = iterations_per_epoch
+        self.world = _positive_int(world_size, "world_size")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world:
+            raise InputError(f"rank must be in [0, {self.world}), got {rank!r}", key="rank")
+        self.bs = _positive_int(batch_size, "batch_size")
+        self.n = _positive_int(num_samples, "num_samples", minimum=0)
+        if self.n < self.bs * self.world:
+            raise InputError(f"{self.n} items give no batch: one step takes batch_size {self.bs} x {self.world} "
+                             f"rank(s) = {self.bs * self.world} items; lower the batch size", key="batch_size")
+        self.seed, self.rank = int(seed), int(rank)
+        self.iterations = (None if iterations_per_epoch is None
+                           else _positive_int(iterations_per_epoch, "iterations_per_epoch"))
         self.epoch = 0
 
     m_divides_batch = False
@@ -597,8 +613,9 @@ class RandomBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        per_pass = self.n // (self.bs * self.world)
-        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-len(self) // max(1, per_pass)))])
+        per_pass = self.n // (self.bs * self.world)  # >= 1 (checked in __init__)
+        used = per_pass * self.bs * self.world  # a pass drops its last items rather than mix two passes in a batch
+        order = np.concatenate([rng.permutation(self.n)[:used] for _ in range(-(-len(self) // per_pass))])
         for b in range(len(self)):
             start = (b * self.world + self.rank) * self.bs
             yield order[start:start + self.bs].tolist()
