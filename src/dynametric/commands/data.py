@@ -85,6 +85,11 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     else:
         fmt = get_format(format)
         common, reader = split_options(fmt, options)
+        missing = getattr(fmt, "missing_splits", None)  # splits a format lists only when present (DyML's tests)
+        if missing is not None and not splits:
+            for split, where in missing(root, **{k: v for k, v in reader.items() if k != "check_files"}):
+                problems.append((Problem(f"not found: split {split!r} of the {format} release is missing (its test "
+                                         "protocol evaluates it)", str(where), None, "missing_file"), split))
         for split in names:
             try:
                 rec = fmt.read(root, split, **reader)

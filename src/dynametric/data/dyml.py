@@ -154,6 +154,13 @@ class DyMLFormat:
         base = resolve_root(root, f"the {self.name} release with train/label.csv")
         return [s for s, (csv, _, _) in self._split_files(base).items() if s == "train" or csv.is_file()]
 
+    def missing_splits(self, root: str | Path | None, **_: object) -> list[tuple[str, Path]]:
+        """The splits of the release that :meth:`splits` leaves out because their csv is not under ``root``
+        (``mini-bmk_all_in_one`` of Product, a ``bmk_<level>`` of Vehicle/Animal): ``(split, the missing csv)``.
+        The test protocol needs every one of them (``dynametric data inspect`` reports them)."""
+        base = resolve_root(root, f"the {self.name} release with train/label.csv")
+        return [(s, csv) for s, (csv, _, _) in self._split_files(base).items() if s != "train" and not csv.is_file()]
+
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
              allow_outside_root: bool = False) -> SplitRecords:
         base = resolve_root(root, f"the {self.name} release with train/label.csv")
