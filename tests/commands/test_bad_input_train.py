@@ -648,3 +648,12 @@ def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsy
     err = _dry(capsys, "--config", str(cfg))
     assert err.endswith(f"{cfg}:{line} key 'data.sampler_options.parent_scale': parent_scale 7 out of range for labels "
                         "with 3 scale(s)")
+
+
+def test_val_carve_scale_is_checked_against_the_formats_scale_names_without_data(tmp_path, capsys) -> None:
+    err = _dry(capsys, "data.format=sop", f"data.root={tmp_path / 'absent'}", "trainer.monitor=finest/map@r",
+               "data.val_split=null", "data.val_carve_scale=coarse")
+    assert err.endswith("<command line> key 'data.val_carve_scale': scale 'coarse' is not one of the data's scales "
+                        "['product', 'category'] (or 'finest', 'coarsest', a column index)")
+    assert main(["train", "--dry-run", "data.format=sop", f"data.root={tmp_path / 'absent'}", "data.val_split=null",
+                 "trainer.monitor=mean/map@r", "data.val_carve_scale=category"]) == 0

@@ -35,7 +35,11 @@ import torch
 from torch import nn
 
 from dynametric.config import Config, LossConfig, MinerConfig
-from dynametric.config.schema import SCALE_ALIASES, resolve_monitor  # noqa: F401  (SCALE_ALIASES: re-exported)
+from dynametric.config.schema import (  # noqa: F401  (SCALE_ALIASES: re-exported)
+    SCALE_ALIASES,
+    resolve_monitor,
+    scale_index,
+)
 from dynametric.data.protocol import dataset_fields, dataset_labels
 from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
 from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
@@ -73,7 +77,8 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
     except InputError as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(exc.message, key="data.val_folds" if exc.key == "k" else "data.val_fraction") from None
+        keys = {"k": "data.val_folds", "scale": "data.val_carve_scale"}
+        raise ConfigError(exc.message, key=keys.get(str(exc.key), "data.val_fraction")) from None
     return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
@@ -199,6 +204,13 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
     test_splits = {data.test_split: "data.test_split"} if test_splits is None else test_splits
     check_split_roles(cfg, test_splits)
     train = load_split(cfg, data.train_split, train=True)
+    fields = dataset_fields(train, "the training split")  # a registered format's dataset may lack scale names
+    names = list(fields.scale_names or [])
+    if not names:
+        from dynametric.metrics import default_scale_names
+
+        names = list(default_scale_names(fields.labels.shape[1]))
+    carve_scale = scale_index(data.val_carve_scale, names, "data.val_carve_scale")
     val: Any | None = None
     carved = False
     splits = available_splits(cfg) if data.val_split == "auto" else []
@@ -208,19 +220,18 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
         val, source = load_split(cfg, data.val_split, train=False), f"split {data.val_split!r}"
     else:
         train_eval = load_split(cfg, data.train_split, train=False)
-        train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=0,
+        train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=carve_scale,
                                            folds=data.val_folds, fold=data.val_fold)
         if val is not None:
             train, carved = LabelledSubset(train, train_part.indices, data.train_split), True
-        source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
-                                             if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
+        classes = "training classes" if carve_scale == 0 else f"training {names[carve_scale]} classes"
+        source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the {classes}"
+                                             if data.val_folds else f"{data.val_fraction:.0%} of the {classes}")
+    if carve_scale != 0 and not carved and val is not None:  # nothing is carved: the key would do nothing
+        raise ConfigError(f"the validation data is {source}, not carved from the training split; "
+                          f"data.val_carve_scale ({data.val_carve_scale!r}) applies to a carved validation set "
+                          "(data.val_split: null)", key="data.val_carve_scale")
     test = load_split(cfg, data.test_split, train=False) if with_test else None
-    fields = dataset_fields(train, "the training split")  # a registered format's dataset may lack scale names
-    names = list(fields.scale_names or [])
-    if not names:
-        from dynametric.metrics import default_scale_names
-
-        names = list(default_scale_names(fields.labels.shape[1]))
     return Datasets(train, val, test, names, source, carved)
 
 
@@ -885,6 +896,7 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, ma
         if declared is not None:
             scale_names = declared
             check_monitor(cfg, scale_names)
+            scale_index(cfg.data.val_carve_scale, scale_names, "data.val_carve_scale")
         else:
             from dynametric.metrics import default_scale_names
 
