@@ -11,6 +11,7 @@ from dynametric.engine.builders import validate_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+PACKAGED = sorted((ROOT / "src" / "dynametric" / "configs").rglob("*.yaml"))
 
 
 def test_configs_exist() -> None:
@@ -48,7 +49,7 @@ def test_protocol_configs_state_their_published_target(path: Path) -> None:
     if cfg.data.format == "inshop":
         assert cfg.eval.protocol == "query_gallery" and cfg.eval.k_values[:2] == [1, 10]
     elif path.parent.name == "reality_check":
-        assert cfg.trainer.monitor == "fine/map@r" and {"r_precision", "map@r"} <= set(cfg.eval.metrics or [])
+        assert cfg.trainer.monitor == "finest/map@r" and {"r_precision", "map@r"} <= set(cfg.eval.metrics or [])
         assert cfg.data.val_folds == 4 and cfg.data.batch_size == 32 and cfg.data.m == 4
     elif cfg.data.format == "sop":
         assert cfg.eval.k_values[:2] == [1, 10]
@@ -68,3 +69,38 @@ def test_cli_default_run_is_packaged_and_hierarchy_aware() -> None:
     assert (cfg.data.batch_size, cfg.model.pooling, cfg.trainer.max_epochs) == (96, "max", 20)
     # overrides apply on top of the file, as for any --config file
     assert load_config(DEFAULT_RUN_CONFIG, ["loss.kwargs.margin=0.2"]).loss.multiscale
+
+
+@pytest.fixture(scope="module")
+def real_scale_names(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, ...]]:
+    """The scale names each file format's reader gives a training split (read from tiny datasets in that layout)."""
+    from dynametric.data import build_dataset
+    from tests.data.conftest import write_cars, write_cub, write_dyml, write_inshop, write_sop
+
+    root = tmp_path_factory.mktemp("formats")
+    roots = {"cub200": write_cub(root / "cub"), "cars196": write_cars(root / "cars"), "sop": write_sop(root / "sop"),
+             "inshop": write_inshop(root / "inshop"), "dyml-vehicle": write_dyml(root / "vehicle", "vehicle"),
+             "dyml-animal": write_dyml(root / "animal", "animal"),
+             "dyml-product": write_dyml(root / "product", "product")}
+    names = {fmt: tuple(build_dataset(fmt, path, "train").scale_names) for fmt, path in roots.items()}
+    names["synthetic"] = tuple(build_dataset("synthetic", None, "train", images_per_class=1).scale_names)
+    return names
+
+
+@pytest.mark.parametrize("path", CONFIGS + PACKAGED, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_shipped_config_dry_runs_against_its_formats_real_scale_names(
+        path: Path, tmp_path: Path, real_scale_names: dict[str, tuple[str, ...]]) -> None:
+    """The monitor of every shipped config names a scale of its dataset (``finest``/``coarsest`` resolved), and a
+    dry run without the data checks it against the names the format's reader gives (not placeholders)."""
+    from dynametric.engine.builders import check_monitor
+    from dynametric.pipeline.run import dry_run
+
+    cfg = load_config(path)
+    names = real_scale_names[cfg.data.format]
+    check_monitor(cfg, names)  # e.g. 'fine/recall@1' on SOP (product, category) is refused
+    if cfg.data.format != "synthetic":  # no data on disk: the dry run uses the format's own scale names
+        cfg = load_config(path, [f"data.root={tmp_path / 'absent'}"])
+    out: list[str] = []
+    dry_run(cfg, log=out.append)
+    shown = next(line for line in out if line.startswith("data: "))
+    assert f"scales {list(names)}" in shown, shown

@@ -4,6 +4,7 @@ config values it would otherwise accept silently are one-line errors naming the 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -75,6 +76,24 @@ def test_monitor_scale_unknown_to_the_data_is_refused_before_training(tmp_path, 
     err = capsys.readouterr().err
     assert "monitor scale 'fin' is not one of the dataset's scales ['fine', 'middle', 'coarse', 'mean']" in err
     assert not (out / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("fmt, monitor, names", [
+    ("sop", "fine/recall@1", "['product', 'category', 'mean']"),
+    ("inshop", "fine/map@r", "['item', 'mean']"),
+])
+def test_a_dry_run_without_data_checks_the_monitor_against_the_formats_scale_names(tmp_path, capsys, fmt, monitor,
+                                                                                    names) -> None:
+    # without the data the dry run used placeholder scales (fine, middle, coarse) and let 'fine/...' through
+    err = _dry(capsys, f"data.format={fmt}", f"data.root={tmp_path / 'absent'}", f"trainer.monitor={monitor}")
+    assert f"<command line> key 'trainer.monitor': monitor scale '{monitor.split('/')[0]}' is not one of the " \
+           f"dataset's scales {names}" in err
+    # finest/coarsest resolve to the format's names; an option that adds a scale is honoured
+    for argv in (["trainer.monitor=finest/map@r"], ["trainer.monitor=coarsest/map@r"],
+                 ["trainer.monitor=category/map@r", "data.format=inshop", "data.options.with_category=true"]):
+        assert main(["train", "--dry-run", f"data.format={fmt}", f"data.root={tmp_path / 'absent'}", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "data: not read; scales ['item', 'category'] (the format's own)" in out
 
 
 @pytest.mark.parametrize("data", [bytes(range(256)) * 2, b"0000-00-00", b"[" * 5000, b"a: !!python/object:os.system x"])
@@ -544,3 +563,134 @@ def test_a_keyword_no_class_of_a_loss_taking_kwargs_accepts_lists_its_arguments(
         f"{sharing}:{line} key 'extra_losses[0].kwargs.beta': ProxyAnchorLoss has no argument 'beta'; its arguments: "
         "num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "
         "weight_reg_weight, weight_init_func, reducer, embedding_regularizer, embedding_reg_weight, collect_stats")
+
+
+# ------------------------------------------------------------------ training, validation and test data stay apart
+
+def _tiny_data(tmp_path: Path, fmt: str) -> Path:
+    from tests.data.conftest import write_cub, write_dyml, write_folder, write_inshop
+
+    writers = {"cub200": write_cub, "inshop": write_inshop, "folder": write_folder,
+               "dyml-vehicle": lambda root: write_dyml(root, "vehicle")}
+    return writers[fmt](tmp_path / fmt)
+
+
+@pytest.mark.parametrize("fmt, argv, expected", [
+    ("cub200", ["data.train_split=test"],
+     "<command line> key 'data.train_split': the training split 'test' is also a split the test evaluates "
+     "(data.test_split): the test would score images the model trained on"),
+    ("folder", ["data.train_split=all", "data.test_split=all"],  # a tree without split folders is one split
+     "<command line> key 'data.train_split': the training split 'all' is also a split the test evaluates "
+     "(data.test_split)"),
+    ("cub200", ["data.val_split=train"],
+     "<command line> key 'data.val_split': the validation split 'train' is the training split (data.train_split): "
+     "model selection would score images the model trains on; set data.val_split: null"),
+    ("cub200", ["data.val_split=test"],
+     "<command line> key 'data.val_split': the validation split 'test' is a split the test evaluates "
+     "(data.test_split): model selection would peek at the test set"),
+    ("inshop", ["eval.protocol=query_gallery", "data.val_split=query"],
+     "<command line> key 'data.val_split': the validation split 'query' is a split the test evaluates "
+     "(eval.query_split): model selection would peek at the test set"),
+    ("inshop", ["eval.protocol=query_gallery", "data.train_split=gallery"],
+     "<command line> key 'data.train_split': the training split 'gallery' is also a split the test evaluates "
+     "(eval.gallery_split)"),
+    ("dyml-vehicle", ["method.name=dyml", "method.kwargs={variant: vehicle, query_in_gallery: disjoint}",
+                      "data.val_split=gallery_middle"],
+     "<command line> key 'data.val_split': the validation split 'gallery_middle' is a split the test evaluates "
+     "(method.kwargs.variant)"),
+])
+def test_training_or_validating_on_a_test_split_is_refused(tmp_path, capsys, fmt, argv, expected) -> None:
+    root = _tiny_data(tmp_path, fmt)
+    args = ["--config", str(_cfg(tmp_path)), f"data.format={fmt}", "data.options={}", "data.batch_size=2",
+            "data.m=1", "data.transform=small", *argv]
+    assert expected in _dry(capsys, *args, f"data.root={root}")
+    assert expected in _dry(capsys, *args, f"data.root={tmp_path / 'absent'}")  # the names alone, without data
+    out = tmp_path / "run"
+    assert main(["train", *args, f"data.root={root}", "--out", str(out), "--no-progress"]) == 2
+    assert expected in capsys.readouterr().err and not out.exists()
+
+
+def _csv(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    from tests.data.conftest import write_csv_dataset
+
+    return write_csv_dataset(tmp_path / "csv", [(path, split, fine, fine, "all") for path, split, fine in rows])
+
+
+CLASSES = [("imgs/a0.png", "train", "a"), ("imgs/a1.png", "train", "a"), ("imgs/b0.png", "train", "b"),
+           ("imgs/b1.png", "train", "b"), ("imgs/c0.png", "train", "c"), ("imgs/c1.png", "train", "c")]
+
+
+@pytest.mark.parametrize("rows, argv, expected", [
+    (CLASSES + [("imgs/x0.png", "test", "x"), ("imgs/b1.png", "test", "b"), ("imgs/x1.png", "test", "x")], [],
+     "key 'data.test_split': the training split 'train' (data.train_split) and the test split 'test' "
+     "(data.test_split) share 1 image file(s), e.g. {root}/imgs/b1.png: training and testing must use different "
+     "images"),
+    (CLASSES + [("imgs/v0.png", "val", "v"), ("imgs/a0.png", "val", "v"), ("imgs/x0.png", "test", "x")],
+     ["data.val_split=val"],
+     "<command line> key 'data.val_split': the training split 'train' (data.train_split) and the validation split "
+     "'val' (data.val_split) share 1 image file(s), e.g. {root}/imgs/a0.png: training and model selection must use "
+     "different images"),
+    (CLASSES + [("imgs/v0.png", "val", "v"), ("imgs/x0.png", "val", "v"), ("imgs/x0.png", "test", "x"),
+                ("imgs/x1.png", "test", "x")], [],  # data.val_split: auto takes the csv's 'val'
+     "key 'data.test_split': the validation split 'val' (data.val_split) and the test split 'test' "
+     "(data.test_split) share 1 image file(s), e.g. {root}/imgs/x0.png: model selection and testing must use "
+     "different images"),
+])
+def test_an_image_file_in_training_or_validation_and_test_data_is_refused(tmp_path, capsys, rows, argv,
+                                                                          expected) -> None:
+    root = _csv(tmp_path, rows)
+    args = ["--config", str(_cfg(tmp_path)), "data.format=csv", f"data.root={root}", "data.options={}",
+            "data.batch_size=2", "data.m=1", "data.transform=small", *argv]
+    assert expected.format(root=root.resolve()) in _dry(capsys, *args)
+    out = tmp_path / "run"
+    assert main(["train", *args, "--out", str(out), "--no-progress"]) == 2
+    assert expected.format(root=root.resolve()) in capsys.readouterr().err and not out.exists()
+
+
+def test_classes_shared_by_training_and_held_out_data_are_warned_about(tmp_path, capsys) -> None:
+    rows = CLASSES + [("imgs/v0.png", "val", "a"), ("imgs/v1.png", "val", "v"), ("imgs/x0.png", "test", "x"),
+                      ("imgs/x1.png", "test", "a"), ("imgs/x2.png", "test", "v"), ("imgs/x3.png", "test", "x")]
+    root = _csv(tmp_path, rows)
+    args = ["--config", str(_cfg(tmp_path)), "data.format=csv", f"data.root={root}", "data.options={}",
+            "data.batch_size=2", "data.m=1", "data.transform=small"]
+    assert main(["train", "--dry-run", *args]) == 0
+    warned = [x for x in capsys.readouterr().out.splitlines() if x.startswith("warning:")]
+    tail = ": the protocols hold out whole classes (docs/data.md), so results on a shared class do not measure " \
+           "retrieval of unseen classes"
+    assert warned == [
+        "warning: the training split 'train' (data.train_split) and the validation split 'val' (data.val_split) share "
+        "1 fine class(es) ('a')" + tail,
+        "warning: the training split 'train' (data.train_split) and the test split 'test' (data.test_split) share 1 "
+        "fine class(es) ('a')" + tail,
+        "warning: the validation split 'val' (data.val_split) and the test split 'test' (data.test_split) share 2 "
+        "fine class(es) ('a', 'v')" + tail]
+    # a real run says the same and records it in run_info.json
+    out = tmp_path / "run"
+    assert main(["train", *args, "trainer.max_epochs=1", "--out", str(out), "--no-progress"]) == 0
+    assert [f"warning: {w}" for w in json.loads((out / "run_info.json").read_text())["data_warnings"]] == warned
+
+
+def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsys) -> None:
+    # the sampler's own argument names (items_per_batch, parent_scale) are not config keys
+    err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=three_scale", "data.batch_size=600", "data.m=4")
+    assert err.endswith("<command line> key 'data.batch_size': 72 images give 18 items per epoch, fewer than one "
+                        "batch of 50 items per rank (1 rank(s))")
+    err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=hierarchical", "data.m=2",
+               "data.sampler_options.parents_per_batch=20", "data.batch_size=40")
+    assert err.endswith("<command line> key 'data.sampler_options.parents_per_batch': a batch needs 20 distinct "
+                        "parents but scale 1 has only 9")
+    cfg = tmp_path / "hier.yaml"
+    cfg.write_text(TINY.replace("  m: 4\n", "  m: 4\n  sampler: hierarchical\n  sampler_options: {parent_scale: 7}\n"))
+    line = next(i for i, x in enumerate(cfg.read_text().splitlines(), 1) if "sampler_options" in x)
+    err = _dry(capsys, "--config", str(cfg))
+    assert err.endswith(f"{cfg}:{line} key 'data.sampler_options.parent_scale': parent_scale 7 out of range for labels "
+                        "with 3 scale(s)")
+
+
+def test_val_carve_scale_is_checked_against_the_formats_scale_names_without_data(tmp_path, capsys) -> None:
+    err = _dry(capsys, "data.format=sop", f"data.root={tmp_path / 'absent'}", "trainer.monitor=finest/map@r",
+               "data.val_split=null", "data.val_carve_scale=coarse")
+    assert err.endswith("<command line> key 'data.val_carve_scale': scale 'coarse' is not one of the data's scales "
+                        "['product', 'category'] (or 'finest', 'coarsest', a column index)")
+    assert main(["train", "--dry-run", "data.format=sop", f"data.root={tmp_path / 'absent'}", "data.val_split=null",
+                 "trainer.monitor=mean/map@r", "data.val_carve_scale=category"]) == 0

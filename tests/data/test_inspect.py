@@ -65,7 +65,8 @@ def test_every_problem_reported_with_file_and_line(dyml_vehicle: Path, capsys: p
     doc = json.loads(out)
     got = {(p["file"], p["line"], p["kind"]) for p in doc["problems"]}
     assert got == {(str(csv), 3, "malformed_row"), (str(csv), 4, "missing_image"), (str(csv), 6, "hierarchy"),
-                   (str(bad), None, "unreadable_image")}
+                   (str(bad), None, "unreadable_image"),
+                   (str(dyml_vehicle / "bmk_middle" / "query.csv"), None, "missing_file")}  # a test split is missing
     by_kind = {p["kind"]: p["message"] for p in doc["problems"]}
     assert "'2.jpg, 7, 31'" in by_kind["malformed_row"]
     assert f"listed at {csv}:2" in by_kind["unreadable_image"]
@@ -145,3 +146,67 @@ def test_through_the_real_cli(csv_root: Path, tmp_path: Path, capsys: pytest.Cap
     assert "train: 4 images; classes: fine=3, middle=2, coarse=2" in capsys.readouterr().out
     assert main(["data", "inspect", "--format", "cub200", "--root", str(tmp_path / "none")]) == 2
     assert "dynametric data: error:" in capsys.readouterr().err
+
+
+def test_classes_or_files_shared_by_training_and_held_out_splits_are_problems(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.data.conftest import write_csv_dataset
+
+    rows = [("imgs/a.png", "train", "bear", "mammal"), ("imgs/b.png", "train", "owl", "bird"),
+            ("imgs/c.png", "val", "bear", "mammal"), ("imgs/d.png", "test", "bear", "mammal"),
+            ("imgs/e.png", "test", "wolf", "mammal"), ("imgs/b.png", "query", "owl", "bird"),
+            ("imgs/f.png", "gallery", "wolf", "mammal")]
+    root = write_csv_dataset(tmp_path / "csv", [(*r[:3], r[2], r[3]) for r in rows])
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(root), "--json", "--no-verify-images"],
+                     capsys)
+    doc = json.loads(out)
+    found = {(p["kind"], tuple(p["splits"])): p["message"] for p in doc["problems"]}
+    assert code == 1 and set(found) == {
+        ("class_overlap", ("train", "val")), ("class_overlap", ("train", "test")),
+        ("class_overlap", ("val", "test")), ("class_overlap", ("train", "query")),
+        ("shared_file", ("train", "query"))}  # test & query, query & gallery: the test set's own business
+    assert found[("class_overlap", ("train", "test"))].startswith("splits 'train' and 'test' share 1 fine class(es) "
+                                                                  "('bear')")
+    assert found[("shared_file", ("train", "query"))].startswith(
+        f"splits 'train' and 'query' list 1 of the same image file(s), e.g. {(root / 'imgs' / 'b.png').resolve()}")
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(root), "--no-verify-images"], capsys)
+    assert code == 1 and "no problems found" not in out and "5 problem(s):" in out
+
+
+@pytest.mark.parametrize("fixture, fmt", [("sop_root", "sop"), ("inshop_root", "inshop"), ("cub_root", "cub200"),
+                                          ("dyml_vehicle", "dyml-vehicle"), ("csv_root", "csv")])
+def test_class_disjoint_benchmarks_have_no_shared_class_problem(request: pytest.FixtureRequest, fixture: str, fmt: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # SOP shares its categories, DyML numbers its benchmark files on its own: neither is a problem
+    code, out = _run(["data", "inspect", "--format", fmt, "--root", str(request.getfixturevalue(fixture)), "--json"],
+                     capsys)
+    assert code == 0 and json.loads(out)["problems"] == []
+
+
+@pytest.mark.parametrize("variant, remove, missing", [
+    ("product", ["mini-bmk_all_in_one"], [("test", "mini-bmk_all_in_one/label.csv")]),
+    ("vehicle", ["bmk_middle", "bmk_coarse/gallery.csv"],
+     [("query_middle", "bmk_middle/query.csv"), ("gallery_middle", "bmk_middle/gallery.csv"),
+      ("gallery_coarse", "bmk_coarse/gallery.csv")]),
+])
+def test_missing_dyml_test_splits_are_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str], variant: str,
+                                               remove: list[str], missing: list[tuple[str, str]]) -> None:
+    import shutil
+
+    from tests.data.conftest import write_dyml
+
+    root = write_dyml(tmp_path / variant, variant)
+    for rel in remove:
+        target = root / rel
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    code, out = _run(["data", "inspect", "--format", f"dyml-{variant}", "--root", str(root), "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 1 and [(p["splits"], p["file"], p["kind"], p["message"]) for p in doc["problems"]] == [
+        ([split], str(root / rel), "missing_file",
+         f"not found: split {split!r} of the dyml-{variant} release is missing (its test protocol evaluates it)")
+        for split, rel in missing]
+    code, out = _run(["data", "inspect", "--format", f"dyml-{variant}", "--root", str(root)], capsys)
+    assert code == 1 and f"{root / missing[0][1]}: not found: split {missing[0][0]!r}" in out
+    # asking for the splits that are there: nothing is missing from what was asked
+    code, _ = _run(["data", "inspect", "--format", f"dyml-{variant}", "--root", str(root), "--split", "train"], capsys)
+    assert code == 0

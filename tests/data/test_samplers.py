@@ -243,6 +243,42 @@ def test_three_scale_resume_and_determinism():
     assert list(c) != full
 
 
+def _fine_chunk_classes(s: ThreeScaleSampler, labels: torch.Tensor, epoch: int) -> Counter:
+    rows = s.chunk_layout()[0]
+    return Counter(int(c) for b in s.epoch_batches(epoch) for c in labels[torch.tensor(b)[rows], 0].view(-1, s.k)[:, 0])
+
+
+def test_three_scale_every_class_gets_chunks_over_epochs():
+    # 100 fine classes of 3 images, K=4: an epoch has floor(300 / 4) = 75 items, fewer than the classes
+    fine = torch.arange(100).repeat_interleave(3)
+    labels = torch.stack([fine, fine // 10, fine // 50], 1)
+    s = ThreeScaleSampler(labels, k=4, items_per_batch=5, seed=3)
+    assert len(s) == 15  # 75 items, all in whole batches
+    per_epoch = [_fine_chunk_classes(s, labels, e) for e in range(4)]
+    assert sorted(per_epoch[0]) == list(range(75))  # epoch 0 as DyML: items 0..74 -> classes 0..74
+    assert sorted(per_epoch[1]) == sorted([*range(75, 100), *range(50)])  # items 75..149: the window moves on
+    for e in range(3):  # ceil(100 / 75) = 2 consecutive epochs give every class a chunk
+        assert set(per_epoch[e]) | set(per_epoch[e + 1]) == set(range(100))
+    total = sum(per_epoch, Counter())  # epochs 0..3 hold items 0..299: every class exactly 3 times
+    assert set(total.values()) == {3} and len(total) == 100
+    # the other scales: every middle and coarse class, every epoch
+    for e in range(4):
+        b = torch.tensor(s.epoch_batches(e))
+        mid, coarse = s.chunk_layout()[1], s.chunk_layout()[2]
+        assert set(labels[b[:, mid], 1].view(-1).tolist()) == set(range(10))
+        assert set(labels[b[:, coarse], 2].view(-1).tolist()) == {0, 1}
+    # deterministic per (seed, epoch) and exactly resumable in a later epoch
+    again = ThreeScaleSampler(labels, k=4, items_per_batch=5, seed=3)
+    again.set_epoch(6)
+    full = list(again)
+    assert full == s.epoch_batches(6) and full != s.epoch_batches(5)
+    it = iter(again)
+    head = [next(it) for _ in range(7)]
+    resumed = ThreeScaleSampler(labels, k=4, items_per_batch=5, seed=3)
+    resumed.load_state_dict(again.state_dict())
+    assert head + list(resumed) == full
+
+
 def test_three_scale_errors():
     labels = hierarchy_labels(per_fine=1)  # 18 images
     with pytest.raises(InputError, match="items_per_batch"):
@@ -484,3 +520,44 @@ def test_a_batch_sampler_given_as_sampler_is_refused(drop_last):
     assert len(batches) == len(sampler) == 5
     assert all(len(b) == 8 and sorted(Counter(b).values()) == [4, 4] for b in batches)
     assert list(iter(sampler)) == sampler.epoch_batches()  # iterating it directly is unchanged
+
+
+# --------------------------------------------------------------------------------------------------- Random
+def test_random_sampler_refuses_fewer_items_than_one_step():
+    from dynametric.data.samplers import RandomBatchSampler
+
+    with pytest.raises(InputError, match=r"^key 'batch_size': 10 items give no batch: one step takes batch_size 32 x "
+                                         r"1 rank\(s\) = 32 items; lower the batch size$"):
+        RandomBatchSampler(10, 32)
+    with pytest.raises(InputError, match="10 items give no batch"):
+        RandomBatchSampler(10, 32, iterations_per_epoch=4)  # was [32, 8, 0, 0]: a short batch and empty ones
+    with pytest.raises(InputError, match=r"= 40 items"):
+        RandomBatchSampler(30, 20, world_size=2, rank=1)
+    for kwargs, key in (({"batch_size": 0}, "batch_size"), ({"rank": 2, "world_size": 2}, "rank"),
+                        ({"iterations_per_epoch": 0}, "iterations_per_epoch")):
+        with pytest.raises(InputError) as info:
+            RandomBatchSampler(**{"num_samples": 100, "batch_size": 4, **kwargs})
+        assert info.value.key == key
+    assert [len(b) for b in RandomBatchSampler(32, 32)] == [32]  # exactly one step
+
+
+@pytest.mark.parametrize("n, bs, world, iterations", [(100, 32, 2, 5), (10, 3, 1, 7), (50, 7, 3, 4), (64, 8, 2, 9)])
+def test_random_sampler_batches_are_full_and_never_repeat_an_item(n, bs, world, iterations):
+    from dynametric.data.samplers import RandomBatchSampler
+
+    ranks = [list(RandomBatchSampler(n, bs, seed=3, rank=r, world_size=world, iterations_per_epoch=iterations))
+             for r in range(world)]
+    per_pass = n // (bs * world)
+    for batches in ranks:
+        assert len(batches) == iterations and all(len(b) == bs and len(set(b)) == bs for b in batches)
+    for step in range(iterations):  # the ranks' batches of one step are disjoint and come from one pass
+        rows = [x for batches in ranks for x in batches[step]]
+        assert len(set(rows)) == bs * world
+    for start in range(0, iterations, per_pass):  # a pass uses each item at most once
+        rows = [x for batches in ranks for b in batches[start:start + per_pass] for x in b]
+        assert len(rows) == len(set(rows))
+    # the epoch's first pass is what it was (a seeded permutation of the items); later epochs differ
+    first = RandomBatchSampler(n, bs, seed=3, rank=0, world_size=world)
+    assert list(first) == ranks[0][:per_pass]
+    first.set_epoch(1)
+    assert list(first) != ranks[0][:per_pass]

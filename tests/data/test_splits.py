@@ -125,3 +125,31 @@ def test_errors():
         class_disjoint_split(labels, scale=3)
     with pytest.raises(InputError, match="indices"):
         LabelledSubset(Tiny(labels), [0, 999])
+
+
+# ------------------------------------------------------------------ what two datasets share (files, classes)
+def test_shared_files_compares_resolved_paths(tmp_path) -> None:
+    from dynametric.data.splits import shared_files
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / "imgs" / name).write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(tmp_path / "imgs" / "c.png")
+    train = [str(tmp_path / "imgs" / "a.png"), str(tmp_path / "imgs" / "b.png")]
+    test = [str(tmp_path / "imgs" / ".." / "imgs" / "b.png"), str(tmp_path / "link.png"), str(tmp_path / "x.png")]
+    assert shared_files(train, test) == [str((tmp_path / "imgs" / "b.png").resolve())]
+    assert shared_files(train + [str(tmp_path / "imgs" / "c.png")], test) == sorted(
+        str((tmp_path / "imgs" / n).resolve()) for n in ("b.png", "c.png"))  # the link is the file it points to
+    assert shared_files(None, test) == [] and shared_files(train, []) == []
+
+
+def test_raw_class_ids_follow_the_files_ids_through_subsets(tmp_path) -> None:
+    from dynametric.data import HierarchicalImageDataset
+    from dynametric.data.splits import raw_class_ids
+
+    ds = HierarchicalImageDataset([str(tmp_path / f"{i}.png") for i in range(4)], torch.tensor([[0], [1], [1], [2]]),
+                                  ("fine",), "train", class_ids=[["cat", "dog", "owl"]])
+    assert raw_class_ids(ds) == {"cat", "dog", "owl"}
+    sub = LabelledSubset(LabelledSubset(ds, [1, 2, 3]), [0, 1])  # contiguous ids are the parent's: dog, dog
+    assert raw_class_ids(sub) == {"dog"}
+    assert raw_class_ids(Tiny(nested_labels()), scale=1) == {0, 1, 2, 3}  # no class_ids: the labels themselves

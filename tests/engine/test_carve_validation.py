@@ -3,6 +3,8 @@ the split the engine made before the two were merged (a frozen copy of that algo
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,52 @@ def test_carve_validation_rules_of_the_config() -> None:
     with pytest.raises(ConfigError) as info:
         carve_validation(ds, 0.2, seed=0, folds=11)
     assert info.value.key == "data.val_folds"
+
+
+# ------------------------------------------------------------------ data.val_carve_scale: which classes are held out
+_SMALL = ["data.options={images_per_class: 2}", "data.val_split=null", "data.val_fraction=0.4"]
+
+
+@pytest.mark.parametrize("scale", ["coarse", "coarsest", "2"])
+def test_val_carve_scale_holds_out_whole_coarse_subtrees(scale: str) -> None:
+    from dynametric.config import load_config
+    from dynametric.data import build_dataset
+    from dynametric.data.splits import validation_split
+    from dynametric.engine.builders import build_datasets
+
+    ds = build_datasets(load_config(overrides=[*_SMALL, f"data.val_carve_scale={scale}"]), with_test=False)
+    assert ds.val_carved and ds.val_source == "40% of the training coarse classes"
+    for s in range(3):  # unseen at the coarse scale and at every finer one: mean/map@r validates on unseen classes
+        assert not set(ds.train.labels[:, s].tolist()) & set(ds.val.labels[:, s].tolist())
+    assert len(set(ds.val.labels[:, 2].tolist())) == 1 and len(set(ds.train.labels[:, 2].tolist())) == 2
+    # the same classes as the Python API's carve-out at that scale (round(0.4 * 3) = 1 of the 3 coarse classes)
+    train, val = validation_split(build_dataset("synthetic", None, "train", images_per_class=2), val_fraction=0.4,
+                                  scale=2)
+    assert ds.val.indices.tolist() == val.indices.tolist() and ds.train.indices.tolist() == train.indices.tolist()
+    # the default, 0 = finest, is what a run carved before the key existed: the middle classes stay shared
+    fine = build_datasets(load_config(overrides=_SMALL), with_test=False)
+    assert fine.val_source == "40% of the training classes"
+    assert set(fine.train.labels[:, 1].tolist()) & set(fine.val.labels[:, 1].tolist())
+
+
+def test_val_carve_scale_is_checked_against_the_data() -> None:
+    from dynametric.config import errors_located, load_config
+    from dynametric.engine.builders import build_datasets
+
+    for value, message in (("kingdom", "scale 'kingdom' is not one of the data's scales ['fine', 'middle', 'coarse'] "
+                                       "(or 'finest', 'coarsest', a column index)"),
+                           ("3", "scale column 3 does not exist: the data has 3 scale(s)"),
+                           ("midle", "did you mean 'middle'?")):
+        cfg = load_config(overrides=[*_SMALL, f"data.val_carve_scale={value}"])
+        with pytest.raises(ConfigError, match=r"^<command line> key 'data\.val_carve_scale': .*" + re.escape(message)):
+            with errors_located(cfg):
+                build_datasets(cfg, with_test=False)
+    # validation from a split of the data is not carved: a coarser carve scale would do nothing
+    cfg = load_config(overrides=["data.options={images_per_class: 2}", "data.val_carve_scale=middle"])
+    with pytest.raises(ConfigError, match="the validation data is split 'val', not carved from the training split; "
+                                          "data.val_carve_scale \\('middle'\\) applies to a carved validation set"):
+        build_datasets(cfg, with_test=False)
+    for bad, expected in (("-1", "expected a non-negative integer, got -1"), ("''", "expected a scale name"),
+                          ("[1]", "expected int | str")):
+        with pytest.raises(ConfigError, match=f"key 'data.val_carve_scale': {re.escape(expected)}"):
+            load_config(overrides=[f"data.val_carve_scale={bad}"])

@@ -3,6 +3,9 @@ arguments each config name maps to, the errors re-keyed to the config, and a new
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 import torch
 
@@ -42,12 +45,37 @@ def test_errors_keep_their_config_keys() -> None:
     with pytest.raises(ConfigError, match="bad sampler option") as info:
         _make("data.sampler_options={nope: 1}")
     assert info.value.key == "data.sampler_options"
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="parent_scale must differ from scale") as info:
         _make("data.sampler=hierarchical", "data.batch_size=8", "data.m=2", "data.sampler_options={parent_scale: 0}")
-    assert info.value.key == "data.parent_scale"
+    assert info.value.key == "data.sampler_options.parent_scale"  # not 'data.parent_scale': no such key
+    # the arguments a setting decides are named by that setting's key (not the sampler's own argument names)
+    with pytest.raises(ConfigError, match="48 images give 12 items per epoch, fewer than one batch of 50") as info:
+        _make("data.sampler=three_scale", "data.m=4", "data.batch_size=600")  # items_per_batch = 600 / (4 x 3)
+    assert info.value.key == "data.batch_size"
+    with pytest.raises(ConfigError, match="needs 5 distinct parents but scale 1 has only 4") as info:
+        _make("data.sampler=hierarchical", "data.batch_size=10", "data.m=2",
+              "data.sampler_options={parents_per_batch: 5}")
+    assert info.value.key == "data.sampler_options.parents_per_batch"
+    with pytest.raises(ConfigError, match="scales must be a non-empty list of columns in") as info:
+        _make("data.sampler=three_scale", "data.m=2", "data.batch_size=12", "data.sampler_options={scales: [0, 5]}")
+    assert info.value.key == "data.sampler_options.scales"
+    with pytest.raises(ConfigError, match="has 2 parents at scale 1") as info:  # fine class 0 under two parents
+        sampler_factory(load_config(None, ["data.sampler=hierarchical", "data.batch_size=8", "data.m=2"]))(
+            torch.tensor([[0, 0, 0], [0, 1, 0], [1, 1, 0], [2, 2, 0]] * 2), 0, 1)
+    assert info.value.key == "data.sampler_options.parent_scale"
     with pytest.raises(ConfigError, match="did you mean 'three_scale'") as info:
         load_config(None, ["data.sampler=three_scal"])
     assert info.value.key == "data.sampler"
+
+
+def test_a_random_batch_larger_than_the_data_is_one_error_on_the_batch_size() -> None:
+    with pytest.raises(ConfigError, match=r"^<command line> key 'data.batch_size': 48 items give no batch: one step "
+                                          r"takes batch_size 30 x 2 rank\(s\) = 60 items; lower the batch size$"):
+        from dynametric.config import errors_located
+
+        cfg = load_config(None, ["data.sampler=random", "data.batch_size=30"])
+        with errors_located(cfg):
+            sampler_factory(cfg)(LABELS, 1, 2)
 
 
 def test_the_sampler_declares_its_loss_chunks() -> None:
@@ -97,3 +125,33 @@ def test_the_preflight_class_count_check_follows_the_samplers_declaration(monkey
     with pytest.raises(ConfigError) as undeclared:
         check_batches(cfg, Train(), scale_names=["fine"])
     assert "try data." not in str(undeclared.value) and str(undeclared.value) != str(declared.value)
+
+
+def _keys_raised(source: str) -> set[str]:
+    """The argument names a sampler's construction errors are keyed by (``key="..."``, ``_positive_int(v, "...")``)."""
+    return set(re.findall(r'key="(\w+)"', source)) | set(re.findall(r'_positive_int\([^,]+, "(\w+)"', source))
+
+
+def test_every_key_a_sampler_error_names_is_a_config_key() -> None:
+    """Each key a sampler's construction can raise (read from its source) maps to a key of the schema (the setting
+    that decides the argument) or to ``data.sampler_options.<argument>`` for an argument no setting decides."""
+    from dynametric.config import schema_keys
+    from dynametric.engine.builders import SETTING_KEYS, sampler_error_key
+
+    schema = set(schema_keys())
+    assert set(SETTING_KEYS.values()) <= schema
+    assert set(SETTING_KEYS) == set(samplers.SamplerSettings.__dataclass_fields__) - {"options"}
+    for name, cls in samplers.BATCH_SAMPLERS.items():
+        parts = [cls.__init__, cls.from_settings]
+        if issubclass(cls, samplers._EpochBatchSampler):
+            parts += [samplers._EpochBatchSampler.__init__, samplers._EpochBatchSampler._set_iterations]
+        data = {"labels", "num_samples"}  # the training data itself (from_settings passes it), not a setting
+        raised = set().union(*(_keys_raised(inspect.getsource(p)) for p in parts)) - data
+        arguments = set(inspect.signature(cls).parameters) - data
+        assert raised <= arguments | {"batch_size"}, (name, raised - arguments)
+        for arg in raised | arguments:
+            key = sampler_error_key(cls, arg)
+            if key.startswith("data.sampler_options."):  # an option: no setting may decide it
+                assert arg not in cls.setting_of and "data.sampler_options" in schema, (name, arg)
+            else:
+                assert key in schema, (name, arg, key)

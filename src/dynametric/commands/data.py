@@ -71,6 +71,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                               "problems": [], "details": {}}
     problems: list[tuple[Problem, str]] = []  # (problem, the split whose reading found it)
     raw_ids: dict[str, dict[str, set[Hashable]]] = {}  # split -> scale -> raw ids
+    paths: dict[str, Sequence[str]] = {}  # split -> image files
     if format == SYNTHETIC:
         from dynametric.data.registry import build_dataset
 
@@ -86,6 +87,11 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     else:
         fmt = get_format(format)
         common, reader = split_options(fmt, options)
+        missing = getattr(fmt, "missing_splits", None)  # splits a format lists only when present (DyML's tests)
+        if missing is not None and not splits:
+            for split, where in missing(root, **{k: v for k, v in reader.items() if k != "check_files"}):
+                problems.append((Problem(f"not found: split {split!r} of the {format} release is missing (its test "
+                                         "protocol evaluates it)", str(where), None, "missing_file"), split))
         for split in names:
             try:
                 rec = fmt.read(root, split, **reader)
@@ -102,6 +108,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             result["splits"][split] = {"images": len(rec.paths),
                                        "classes": {n: len(set(columns[s])) for s, n in enumerate(rec.scale_names)}}
             raw_ids[split] = {n: set(columns[s]) for s, n in enumerate(rec.scale_names)}
+            paths[split] = rec.paths
             notes = list(rec.report.notes)
             if rec.paths and len(rec.scale_names) > 1 and common["check_hierarchy"]:
                 mats, ids = zip(*(contiguous_ids(columns[s]) for s in range(len(rec.scale_names))))
@@ -129,6 +136,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             for scale in sorted(set(raw_ids.get(a, {})) & set(raw_ids.get(b, {}))):
                 overlap.setdefault(scale, {})[f"{a} & {b}"] = len(raw_ids[a][scale] & raw_ids[b][scale])
     result["details"]["raw_id_overlap"] = overlap
+    problems += _held_out_problems(format, names, raw_ids, paths)
     found_in: dict[Problem, list[str]] = {}  # a file shared by several splits reports its bad rows once
     for problem, split in problems:
         found_in.setdefault(problem, [])
@@ -137,6 +145,44 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind,
                            "split_unknown": p.split_unknown, "splits": splits} for p, splits in found_in.items()]
     return result
+
+
+TRAINING_SPLIT, VALIDATION_SPLIT = "train", "val"
+
+
+def _held_out_problems(format: str, names: Sequence[str], raw_ids: dict[str, dict[str, set[Hashable]]],
+                       paths: dict[str, Sequence[str]]) -> list[tuple[Problem, str]]:
+    """Problems of the splits a run holds out from training: the same image file (paths resolved) in ``train`` and
+    another split, or in ``val`` and a test split (kind ``shared_file``); finest classes shared by those splits
+    (kind ``class_overlap``; the benchmarks' protocols are class-disjoint), where the format's class ids mean the
+    same class in every split. Test splits among themselves (``query`` and ``gallery``) may share anything."""
+    from dynametric.data.registry import class_ids_comparable
+    from dynametric.data.splits import shared_files
+
+    comparable = class_ids_comparable(format)
+    out: list[tuple[Problem, str]] = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            roles = {a, b}
+            if TRAINING_SPLIT not in roles and VALIDATION_SPLIT not in roles:
+                continue
+            files = shared_files(paths.get(a), paths.get(b))
+            if files:
+                problem = Problem(f"splits {a!r} and {b!r} list {len(files)} of the same image file(s), e.g. "
+                                  f"{files[0]}: training, validation and test images must differ", None, None,
+                                  "shared_file")
+                out += [(problem, a), (problem, b)]
+            scales_a, scales_b = list(raw_ids.get(a, {})), list(raw_ids.get(b, {}))
+            if not comparable or not scales_a or not scales_b or scales_a[0] != scales_b[0]:
+                continue
+            classes = sorted(raw_ids[a][scales_a[0]] & raw_ids[b][scales_b[0]], key=str)
+            if classes:
+                shown = ", ".join(repr(c) for c in classes[:3]) + (", ..." if len(classes) > 3 else "")
+                problem = Problem(f"splits {a!r} and {b!r} share {len(classes)} {scales_a[0]} class(es) ({shown}): "
+                                  "the protocols hold out whole classes, so a shared class is not unseen",
+                                  None, None, "class_overlap")
+                out += [(problem, a), (problem, b)]
+    return out
 
 
 def format_report(result: dict[str, Any]) -> str:

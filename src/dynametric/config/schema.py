@@ -48,6 +48,10 @@ class DataConfig:
     val_folds: int | None = None
     val_fold: int = 0
     val_seed: int = 0
+    val_carve_scale: int | str = 0
+    """The label scale whose classes a carved validation set holds out: a scale name of the data, ``finest`` /
+    ``coarsest``, or a column index (``0`` = finest). A coarser scale moves whole subtrees to validation, so its
+    classes are unseen at that scale and every finer one (for ``trainer.monitor: mean/...`` or a coarser scale)."""
     sampler: str = "m_per_class"
     """Batch sampler, a name in ``dynametric.data.samplers.BATCH_SAMPLERS``: ``m_per_class`` | ``three_scale`` |
     ``hierarchical`` | ``random``."""
@@ -96,6 +100,11 @@ class DataConfig:
         _positive(self.prefetch_factor, f"{key}.prefetch_factor")
         _non_negative(self.sampler_scale, f"{key}.sampler_scale")
         check_seed(self.val_seed, f"{key}.val_seed")
+        if isinstance(self.val_carve_scale, int):
+            _non_negative(self.val_carve_scale, f"{key}.val_carve_scale")
+        elif not self.val_carve_scale.strip():
+            raise ConfigError("expected a scale name, 'finest', 'coarsest' or a column index, got ''",
+                              key=f"{key}.val_carve_scale")
         if self.image_size is not None:
             _positive(self.image_size, f"{key}.image_size")
         if self.iterations_per_epoch is not None:
@@ -524,6 +533,24 @@ def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
     if not sep or not names or scale in names or scale not in SCALE_ALIASES:
         return monitor
     return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
+
+
+def scale_index(scale: int | str, scale_names: Sequence[str], key: str) -> int:
+    """The label column ``scale`` names among ``scale_names``: a column index, a scale name, or ``finest`` /
+    ``coarsest`` (the first / last column; a real scale name wins over an alias of the same spelling). Anything
+    else is a :class:`ConfigError` on ``key`` listing the valid values."""
+    names = list(scale_names)
+    if isinstance(scale, int) and not isinstance(scale, bool):
+        if 0 <= scale < len(names):
+            return scale
+        raise ConfigError(f"scale column {scale} does not exist: the data has {len(names)} scale(s) {names} "
+                          f"(columns 0..{len(names) - 1})", key=key)
+    if scale in names:
+        return names.index(scale)
+    if scale in SCALE_ALIASES and names:
+        return 0 if scale == "finest" else len(names) - 1
+    raise ConfigError(f"scale {scale!r} is not one of the data's scales {names} (or 'finest', 'coarsest', a column "
+                      "index)" + _suggest(str(scale), names), key=key)
 
 
 # --------------------------------------------------------------------------------------------------- checks

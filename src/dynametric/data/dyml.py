@@ -121,6 +121,9 @@ class DyMLFormat:
     """Reader for one DyML variant (``vehicle``, ``animal`` or ``product``)."""
 
     options: dict[str, object] = {"allow_outside_root": False}
+    #: the benchmark files (``bmk_<level>``, ``mini-bmk_all_in_one``) number their classes on their own: a raw id
+    #: shared with ``train`` is not known to be the same class (:func:`dynametric.data.registry.class_ids_comparable`)
+    class_ids_comparable = False
 
     def __init__(self, variant: str) -> None:
         if variant not in VARIANTS:
@@ -140,10 +143,23 @@ class DyMLFormat:
                     files[f"{part}_{level}"] = (d / f"{part}.csv", 2, d / part)
         return files
 
+    @staticmethod
+    def declared_scales(**_: object) -> tuple[str, ...]:
+        """The scale names of the training split (known without reading the data; a ``query_<level>`` /
+        ``gallery_<level>`` split has the one scale ``<level>``)."""
+        return SCALES
+
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         """Splits whose csv exists under ``root`` (``train`` is always listed so a missing one is reported)."""
         base = resolve_root(root, f"the {self.name} release with train/label.csv")
         return [s for s, (csv, _, _) in self._split_files(base).items() if s == "train" or csv.is_file()]
+
+    def missing_splits(self, root: str | Path | None, **_: object) -> list[tuple[str, Path]]:
+        """The splits of the release that :meth:`splits` leaves out because their csv is not under ``root``
+        (``mini-bmk_all_in_one`` of Product, a ``bmk_<level>`` of Vehicle/Animal): ``(split, the missing csv)``.
+        The test protocol needs every one of them (``dynametric data inspect`` reports them)."""
+        base = resolve_root(root, f"the {self.name} release with train/label.csv")
+        return [(s, csv) for s, (csv, _, _) in self._split_files(base).items() if s != "train" and not csv.is_file()]
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
              allow_outside_root: bool = False) -> SplitRecords:

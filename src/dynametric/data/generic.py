@@ -140,6 +140,13 @@ class FolderFormat:
     name = "folder"
     options: dict[str, object] = {"class_key": "path", "scale_names": None, "allow_outside_root": False}
 
+    @staticmethod
+    def declared_scales(scale_names: list[str] | None = None, **_: object) -> tuple[str, ...] | None:
+        """The option ``scale_names`` when given; otherwise the names follow from the tree's depth (``None``)."""
+        if isinstance(scale_names, (list, tuple)) and all(isinstance(n, str) for n in scale_names):
+            return tuple(scale_names)
+        return None
+
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         base = resolve_root(root, "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>")
         found = [s for s in SPLIT_NAMES if (base / s).is_dir()]

@@ -34,7 +34,8 @@ from dynametric.errors import ConfigError
 
 class DatasetFormat(Protocol):
     """A reader: ``splits(root, **options) -> [split, ...]`` and ``read(root, split, **options) -> SplitRecords``
-    (each format names its own keyword options)."""
+    (each format names its own keyword options). A format whose scale names do not depend on the data also has
+    ``declared_scales(**options) -> (name, ...)`` (:func:`declared_scale_names`)."""
 
     name: str
     options: dict[str, object]
@@ -101,6 +102,32 @@ def list_splits(format: str, root: str | Path | None, **options: Any) -> list[st
     _, reader = split_options(fmt, options)
     reader.pop("check_files")
     return fmt.splits(root, **reader)
+
+
+def declared_scale_names(format: str, **options: Any) -> tuple[str, ...] | None:
+    """The scale names the training split of ``format`` has, when the format fixes them without reading any data
+    (``cub200``: ``fine``; ``sop``: ``product``, ``category``; ``inshop``: ``item`` [, ``category``]; DyML and
+    ``synthetic``: ``fine``, ``middle``, ``coarse``; ``folder`` with the option ``scale_names``); ``None`` where
+    they come from the data (a ``csv`` header, an ``oml`` file's columns, a folder tree's depth). Unknown options
+    are refused as :func:`build_dataset` refuses them."""
+    if format == SYNTHETIC:
+        import dynametric.data.synthetic as synthetic
+
+        return tuple(synthetic.SCALE_NAMES)
+    fmt = get_format(format)
+    _, reader = split_options(fmt, options)
+    reader.pop("check_files")
+    declare = getattr(fmt, "declared_scales", None)
+    return None if declare is None else declare(**reader)
+
+
+def class_ids_comparable(format: str) -> bool:
+    """Whether a raw class id names the same class in every split of ``format`` (one id space for the dataset), so
+    that a class id found in two splits is one class in both. ``False`` for the DyML formats, whose benchmark files
+    number their classes on their own (a format says so with ``class_ids_comparable = False``)."""
+    if format == SYNTHETIC:
+        return True
+    return bool(getattr(get_format(format), "class_ids_comparable", True))
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -83,6 +83,13 @@ class SamplerSettings:
                 "iterations_per_epoch": self.iterations_per_epoch}
 
 
+SETTING_OF: dict[str, str] = {name: name for name in ("batch_size", "m", "scale", "seed", "rank", "world_size",
+                                                      "iterations_per_epoch")}
+"""Which :class:`SamplerSettings` field decides a sampler argument of the same name (a sampler's ``setting_of``
+adds its own names, e.g. ``ThreeScaleSampler``'s ``k`` is ``m``); any other argument comes from
+``SamplerSettings.options``. An error keyed by an argument names the setting, or the option, that set it."""
+
+
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
 
@@ -106,6 +113,8 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         values raise :class:`InputError` keyed by the argument (``batch_size``, ``m``, ...)."""
         raise NotImplementedError
 
+    #: the :class:`SamplerSettings` field that decides each argument (:data:`SETTING_OF`); the others are options
+    setting_of: ClassVar[dict[str, str]] = SETTING_OF
     #: ``batch_size`` must be a multiple of ``m`` (checked when the config loads).
     m_divides_batch: bool = False
     #: every batch holds ``batch_size // m`` distinct classes of the ``sampler_scale`` column (the run's preflight
@@ -120,6 +129,11 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     # subclasses -----------------------------------------------------------------------------------------------
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def _epoch_global_batches(self, epoch: int, count: int) -> list[np.ndarray]:
+        """The ``count`` global batches of ``epoch``: :meth:`_global_batches` with the epoch's generator (a sampler
+        whose layout also moves with the epoch number overrides this)."""
+        return self._global_batches(_rng(self.seed, epoch), count)
 
     def _batches_per_pass(self) -> int:
         """Batches per rank in one epoch when ``iterations_per_epoch`` is not set."""
@@ -149,7 +163,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         """All batches of this rank for ``epoch`` (default: the current one), without moving the position."""
         e = self.epoch if epoch is None else int(epoch)
         n = self._num_batches()
-        batches = self._global_batches(_rng(self.seed, e), n * self.world_size)
+        batches = self._epoch_global_batches(e, n * self.world_size)
         return [b.tolist() for b in batches[self.rank::self.world_size][:n]]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -348,10 +362,13 @@ class ThreeScaleSampler(_EpochBatchSampler):
 
     Item ``i`` holds ``K`` images of class ``i mod C_s`` at every scale ``s`` (classes of each scale in first-seen
     order of ``labels``); the items of an epoch are shuffled, so an item's classes are unrelated. An epoch has
-    ``floor(N / K)`` items (or ``iterations_per_epoch * items_per_batch * world_size``); a batch holds
-    ``items_per_batch`` items, the incomplete last batch is dropped. Images of a class are drawn without
-    replacement (a running permutation per class, so a class's images are all used before any repeats), or with
-    replacement when the class has fewer than ``K`` images.
+    ``D = floor(N / K)`` items (or ``iterations_per_epoch * items_per_batch * world_size`` when that is more); a
+    batch holds ``items_per_batch`` items, the incomplete last batch is dropped. Epoch ``e`` draws its items from
+    ``e * D ... (e + 1) * D - 1`` of an endless item stream (epoch 0: DyML's items ``0 ... D - 1``), so the window of
+    classes moves on by ``D`` every epoch: a scale with more classes than ``D`` (classes smaller than ``K`` on
+    average) still gives every class chunks, each within ``ceil(C_s / D)`` consecutive epochs. Images of a class are
+    drawn without replacement (a running permutation per class, so a class's images are all used before any
+    repeats), or with replacement when the class has fewer than ``K`` images.
 
     **Batch layout** (matches :func:`dynametric.losses.multiscale.three_scale_chunks`): each item contributes
     ``S * K`` consecutive rows, ``K`` for scale 0 (fine), then ``K`` for scale 1, ... . :meth:`chunk_layout`
@@ -382,6 +399,8 @@ class ThreeScaleSampler(_EpochBatchSampler):
                              f"one batch of {self.items_per_batch} items per rank ({self.world_size} rank(s))",
                              key="items_per_batch")
 
+    setting_of: ClassVar[dict[str, str]] = {**SETTING_OF, "k": "m", "items_per_batch": "batch_size"}
+
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> ThreeScaleSampler:
         """Items of ``m`` images per scale (``k = m``), ``batch_size / (m x scales)`` items per batch (``scale``
@@ -407,11 +426,15 @@ class ThreeScaleSampler(_EpochBatchSampler):
     def _batches_per_pass(self) -> int:
         return self.num_samples // self.k // self.items_per_batch // self.world_size
 
-    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    def _epoch_global_batches(self, epoch: int, count: int) -> list[np.ndarray]:
+        return self._global_batches(_rng(self.seed, epoch), count, epoch)
+
+    def _global_batches(self, rng: np.random.Generator, count: int, epoch: int = 0) -> list[np.ndarray]:
         n_items = count * self.items_per_batch
-        default_items = self.num_samples // self.k
-        # a shuffled epoch of floor(N / K) items; the items beyond whole batches are dropped
-        items = rng.permutation(max(n_items, default_items))[:n_items]
+        per_epoch = max(n_items, self.num_samples // self.k)
+        # a shuffled epoch of floor(N / K) items, the epoch-th window of the item stream (so the classes' window moves
+        # on every epoch); the items beyond whole batches are dropped
+        items = epoch * per_epoch + rng.permutation(per_epoch)[:n_items]
         queues: list[list[np.ndarray]] = [[np.empty(0, dtype=np.int64) for _ in m] for m in self.scale_members]
         rows = np.empty((n_items, self.num_scales, self.k), dtype=np.int64)
         for j, item in enumerate(items.tolist()):
@@ -497,7 +520,8 @@ class HierarchicalSampler(_EpochBatchSampler):
             parents = np.unique(parent_col[rows])
             if len(parents) != 1:
                 raise InputError(f"class {c} of scale {self.scale} has {len(parents)} parents at scale "
-                                 f"{self.parent_scale} ({parents[:5].tolist()}); expected exactly one", key="labels")
+                                 f"{self.parent_scale} ({parents[:5].tolist()}); expected exactly one",
+                                 key="parent_scale")
             parent_of.append(parents[0])
         parent_of_arr = np.asarray(parent_of)
         self.parents, first = np.unique(parent_of_arr, return_index=True)
@@ -511,6 +535,7 @@ class HierarchicalSampler(_EpochBatchSampler):
         self._set_iterations(iterations_per_epoch)
 
     m_divides_batch = True
+    setting_of: ClassVar[dict[str, str]] = {**SETTING_OF, "samples_per_class": "m"}
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> HierarchicalSampler:
@@ -557,16 +582,33 @@ class HierarchicalSampler(_EpochBatchSampler):
 
 
 class RandomBatchSampler:
-    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank, last batch dropped."""
+    """Uniformly shuffled batches (no class balancing), seeded per epoch, sharded by rank.
+
+    A *pass* is one permutation of the items cut into ``num_samples // (batch_size * world_size)`` steps of
+    ``batch_size`` items per rank; its last ``num_samples % (batch_size * world_size)`` items are dropped. An epoch is
+    one pass, or ``iterations_per_epoch`` steps from as many passes as that takes (each a new permutation), so a
+    batch never holds an item twice; an item recurs only in another pass. Fewer items than one step
+    (``batch_size * world_size``) is an :class:`~dynametric.errors.InputError` (key ``batch_size``).
+    """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  iterations_per_epoch: int | None = None) -> None:
-        self.n, self.bs, self.seed, self.rank, self.world = num_samples, batch_size, seed, rank, world_size
-        self.iterations = iterations_per_epoch
+        self.world = _positive_int(world_size, "world_size")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world:
+            raise InputError(f"rank must be in [0, {self.world}), got {rank!r}", key="rank")
+        self.bs = _positive_int(batch_size, "batch_size")
+        self.n = _positive_int(num_samples, "num_samples", minimum=0)
+        if self.n < self.bs * self.world:
+            raise InputError(f"{self.n} items give no batch: one step takes batch_size {self.bs} x {self.world} "
+                             f"rank(s) = {self.bs * self.world} items; lower the batch size", key="batch_size")
+        self.seed, self.rank = int(seed), int(rank)
+        self.iterations = (None if iterations_per_epoch is None
+                           else _positive_int(iterations_per_epoch, "iterations_per_epoch"))
         self.epoch = 0
 
     m_divides_batch = False
     distinct_classes_per_batch = False
+    setting_of: ClassVar[dict[str, str]] = SETTING_OF
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> RandomBatchSampler:
@@ -586,8 +628,9 @@ class RandomBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        per_pass = self.n // (self.bs * self.world)
-        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-len(self) // max(1, per_pass)))])
+        per_pass = self.n // (self.bs * self.world)  # >= 1 (checked in __init__)
+        used = per_pass * self.bs * self.world  # a pass drops its last items rather than mix two passes in a batch
+        order = np.concatenate([rng.permutation(self.n)[:used] for _ in range(-(-len(self) // per_pass))])
         for b in range(len(self)):
             start = (b * self.world + self.rank) * self.bs
             yield order[start:start + self.bs].tolist()

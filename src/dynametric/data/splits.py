@@ -10,18 +10,22 @@ the split is class-disjoint at that scale and at every finer one. ``shuffle=Fals
 the sorted class ids instead.
 
 These functions take the *training* split only; :func:`validation_split` refuses a dataset whose ``split`` is a
-test split (``test``, ``query``, ``gallery``).
+test split (``test``, ``query``, ``gallery``). :func:`shared_files` and :func:`raw_class_ids` tell whether two
+datasets hold the same image files or the same classes (what a run checks between its training, validation and
+test data).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from dynametric.data.protocol import dataset_fields
+from dynametric.data.protocol import dataset_fields, dataset_labels
+from dynametric.data.readers import RootGuard
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 
@@ -152,3 +156,27 @@ def validation_split(dataset: Any, *, val_fraction: float | None = None, k: int 
         train_idx, val_idx = folds[fold]
     return LabelledSubset(dataset, train_idx, split="train"), LabelledSubset(dataset, val_idx, split="val")
 
+
+
+def shared_files(a: Iterable[Any] | None, b: Iterable[Any] | None) -> list[str]:
+    """The image files that the path lists ``a`` and ``b`` (a dataset's ``paths``) both name, sorted: paths are
+    compared resolved (``..``, symbolic links, as the readers' :class:`~dynametric.data.readers.RootGuard` resolves
+    them), so one file under two names counts once. ``[]`` when either has no paths (in-memory images)."""
+    if a is None or b is None:
+        return []
+    resolve = RootGuard(os.sep, allow=True).resolve
+    first = {resolve(os.path.abspath(str(p))) for p in a}
+    return sorted(first & {resolve(os.path.abspath(str(p))) for p in b})
+
+
+def raw_class_ids(dataset: Any, scale: int = 0) -> set[Hashable]:
+    """The raw (file) ids of the classes present in ``dataset`` at ``scale``: its labels mapped through the
+    ``class_ids`` of the dataset (of the one a :class:`LabelledSubset` was cut from); the label values themselves
+    for a dataset without ``class_ids`` (the synthetic data numbers its classes across splits)."""
+    labels = dataset_labels(dataset)
+    base = dataset
+    while isinstance(base, LabelledSubset):
+        base = base.dataset
+    present = torch.unique(labels[:, scale]).tolist()
+    ids = getattr(base, "class_ids", None)
+    return set(present) if ids is None else {ids[scale][c] for c in present}

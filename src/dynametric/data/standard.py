@@ -45,6 +45,11 @@ class CUB200Format:
     name = "cub200"
     options: dict[str, object] = {}
     TRAIN_MAX_CLASS = 100
+    SCALES = ("fine",)
+
+    def declared_scales(self, **_: object) -> tuple[str, ...]:
+        """The scale names of every split (known without reading the data)."""
+        return self.SCALES
 
     def _base(self, root: str | Path | None) -> Path:
         base = resolve_root(root, "CUB_200_2011 with images.txt")
@@ -107,7 +112,7 @@ class CUB200Format:
             raw.append((cls,))
             locs.append((str(labels_txt), number))
         report.records = len(out_paths)
-        return SplitRecords(split, out_paths, raw, ("fine",), locs, report, class_names=[names] if names else None)
+        return SplitRecords(split, out_paths, raw, self.SCALES, locs, report, class_names=[names] if names else None)
 
 
 def _load_struct(mat_path: Path, var: str, fields: tuple[str, ...]) -> tuple[dict[str, Any], np.ndarray]:
@@ -138,6 +143,11 @@ class Cars196Format:
     name = "cars196"
     options: dict[str, object] = {}
     TRAIN_MAX_CLASS = 98
+    SCALES = ("fine",)
+
+    def declared_scales(self, **_: object) -> tuple[str, ...]:
+        """The scale names of every split (known without reading the data)."""
+        return self.SCALES
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return ["train", "test"]
@@ -202,7 +212,7 @@ class Cars196Format:
                 raw.append((cls,))
                 locs.append((f"{mat_path} annotation #{i}", None))
         report.records = len(out_paths)
-        return SplitRecords(split, out_paths, raw, ("fine",), locs, report, class_names=[names] if names else None)
+        return SplitRecords(split, out_paths, raw, self.SCALES, locs, report, class_names=[names] if names else None)
 
 
 class SOPFormat:
@@ -210,6 +220,10 @@ class SOPFormat:
     options: dict[str, object] = {}
     SCALES = ("product", "category")
     _FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
+
+    def declared_scales(self, **_: object) -> tuple[str, ...]:
+        """The scale names of every split (known without reading the data)."""
+        return self.SCALES
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return ["train", "test"]
@@ -253,6 +267,11 @@ class InShopFormat:
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return list(self.SPLITS)
+
+    @staticmethod
+    def declared_scales(with_category: bool = False, **_: object) -> tuple[str, ...]:
+        """The scale names of every split: ``item`` (and ``category`` with ``with_category``)."""
+        return ("item", "category") if with_category else ("item",)
 
     def _partition_file(self, base: Path) -> Path:
         for cand in (base / "list_eval_partition.txt", base / "Eval" / "list_eval_partition.txt"):
@@ -322,7 +341,7 @@ class InShopFormat:
             raw.append(labels)
             locs.append((str(path), number))
         report.records = len(out_paths)
-        scales = ("item", "category") if with_category else ("item",)
+        scales = self.declared_scales(with_category)
         class_ids = None
         if split in ("query", "gallery"):  # one id space for query and gallery
             pair = [r for r in rows if r[3] in ("query", "gallery")]

@@ -35,7 +35,11 @@ import torch
 from torch import nn
 
 from dynametric.config import Config, LossConfig, MinerConfig
-from dynametric.config.schema import SCALE_ALIASES, resolve_monitor  # noqa: F401  (SCALE_ALIASES: re-exported)
+from dynametric.config.schema import (  # noqa: F401  (SCALE_ALIASES: re-exported)
+    SCALE_ALIASES,
+    resolve_monitor,
+    scale_index,
+)
 from dynametric.data.protocol import dataset_fields, dataset_labels
 from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
 from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
@@ -73,7 +77,8 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
     except InputError as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(exc.message, key="data.val_folds" if exc.key == "k" else "data.val_fraction") from None
+        keys = {"k": "data.val_folds", "scale": "data.val_carve_scale"}
+        raise ConfigError(exc.message, key=keys.get(str(exc.key), "data.val_fraction")) from None
     return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
 
 
@@ -156,6 +161,17 @@ def load_eval_split(cfg: Config, split: str) -> Any:
     return load_split(cfg, split, train=False)
 
 
+def declared_scale_names(cfg: Config) -> list[str] | None:
+    """The scale names of ``data.format``'s training split when the format fixes them without reading the data
+    (:func:`dynametric.data.registry.declared_scale_names`), else ``None``: what a run without its data (a dry run)
+    checks ``trainer.monitor`` against."""
+    from dynametric.data.registry import declared_scale_names as declared
+
+    with _data_options_keyed(cfg):
+        names = declared(cfg.data.format, **dict(cfg.data.options))
+    return None if names is None else list(names)
+
+
 def available_splits(cfg: Config) -> list[str]:
     from dynametric.data import list_splits
 
@@ -173,43 +189,133 @@ class Datasets:
     val_carved: bool = False  # the validation classes were set aside from the training split (train is the rest)
 
 
-def build_datasets(cfg: Config, *, with_test: bool = True) -> Datasets:
-    """Train split (augmenting transform), validation (the format's own split or class-disjoint carve-out of the
-    training classes; never the test split), test split (evaluation transform)."""
+def check_split_roles(cfg: Config, test_splits: Mapping[str, str]) -> None:
+    """The splits a run trains, validates and tests on must differ: training on a split the test evaluates,
+    validating on one (model selection on test data) or validating on the training split is a one-line
+    :class:`ConfigError` naming both keys. ``test_splits``: each split the test protocol evaluates, with the key
+    that chose it (``{"test": "data.test_split"}``; ``query`` / ``gallery`` for ``eval.protocol: query_gallery``).
+    Checked before any data is read; the files and classes themselves: :func:`check_held_out_data`."""
     data = cfg.data
-    if data.val_split not in (None, "auto") and data.val_split == data.test_split:
-        raise ConfigError("the validation split must not be the test split", key="data.val_split")
+    if data.train_split in test_splits:
+        raise ConfigError(f"the training split {data.train_split!r} is also a split the test evaluates "
+                          f"({test_splits[data.train_split]}): the test would score images the model trained on; "
+                          "train and test on different splits", key="data.train_split")
+    if data.val_split in (None, "auto"):
+        return
+    if data.val_split == data.train_split:
+        raise ConfigError(f"the validation split {data.val_split!r} is the training split (data.train_split): model "
+                          "selection would score images the model trains on; set data.val_split: null to carve "
+                          "class-disjoint validation classes out of the training split", key="data.val_split")
+    if data.val_split in test_splits:
+        raise ConfigError(f"the validation split {data.val_split!r} is a split the test evaluates "
+                          f"({test_splits[data.val_split]}): model selection would peek at the test set; set "
+                          "data.val_split: null to carve validation classes out of the training split",
+                          key="data.val_split")
+
+
+def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[str, str] | None = None) -> Datasets:
+    """Train split (augmenting transform), validation (the format's own split or class-disjoint carve-out of the
+    training classes; never a test split), test split (evaluation transform). ``test_splits``: the splits the test
+    protocol evaluates with the keys that chose them (:func:`check_split_roles`; default: ``data.test_split``)."""
+    data = cfg.data
+    test_splits = {data.test_split: "data.test_split"} if test_splits is None else test_splits
+    check_split_roles(cfg, test_splits)
     train = load_split(cfg, data.train_split, train=True, key="data.train_split")
-    val: Any | None = None
-    carved = False
-    splits = available_splits(cfg) if data.val_split == "auto" else []
-    if data.val_split == "auto" and "val" in splits and data.test_split != "val":
-        val, source = load_split(cfg, "val", train=False), "split 'val'"
-    elif data.val_split not in (None, "auto"):
-        val, source = load_split(cfg, data.val_split, train=False, key="data.val_split"), f"split {data.val_split!r}"
-    else:
-        train_eval = load_split(cfg, data.train_split, train=False, key="data.train_split")
-        train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=0,
-                                           folds=data.val_folds, fold=data.val_fold)
-        if val is not None:
-            train, carved = LabelledSubset(train, train_part.indices, data.train_split), True
-        source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the training classes"
-                                             if data.val_folds else f"{data.val_fraction:.0%} of the training classes")
-    test = load_split(cfg, data.test_split, train=False, key="data.test_split") if with_test else None
     fields = dataset_fields(train, "the training split")  # a registered format's dataset may lack scale names
     names = list(fields.scale_names or [])
     if not names:
         from dynametric.metrics import default_scale_names
 
         names = list(default_scale_names(fields.labels.shape[1]))
+    carve_scale = scale_index(data.val_carve_scale, names, "data.val_carve_scale")
+    val: Any | None = None
+    carved = False
+    splits = available_splits(cfg) if data.val_split == "auto" else []
+    if data.val_split == "auto" and "val" in splits and "val" not in test_splits:
+        val, source = load_split(cfg, "val", train=False), "split 'val'"
+    elif data.val_split not in (None, "auto"):
+        val, source = load_split(cfg, data.val_split, train=False, key="data.val_split"), f"split {data.val_split!r}"
+    else:
+        train_eval = load_split(cfg, data.train_split, train=False, key="data.train_split")
+        train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=carve_scale,
+                                           folds=data.val_folds, fold=data.val_fold)
+        if val is not None:
+            train, carved = LabelledSubset(train, train_part.indices, data.train_split), True
+        classes = "training classes" if carve_scale == 0 else f"training {names[carve_scale]} classes"
+        source = "none" if val is None else (f"fold {data.val_fold}/{data.val_folds} of the {classes}"
+                                             if data.val_folds else f"{data.val_fraction:.0%} of the {classes}")
+    if carve_scale != 0 and not carved and val is not None:  # nothing is carved: the key would do nothing
+        raise ConfigError(f"the validation data is {source}, not carved from the training split; "
+                          f"data.val_carve_scale ({data.val_carve_scale!r}) applies to a carved validation set "
+                          "(data.val_split: null)", key="data.val_carve_scale")
+    test = load_split(cfg, data.test_split, train=False, key="data.test_split") if with_test else None
     return Datasets(train, val, test, names, source, carved)
 
 
+def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any],
+                        test_splits: Mapping[str, str]) -> list[str]:
+    """What the training, validation and test data hold, beyond their split names (:func:`check_split_roles`):
+    an image file (paths resolved) in the training or validation data that a test split (``tests``: split ->
+    dataset, chosen by ``test_splits[split]``) or the validation split also lists is a :class:`ConfigError` naming a
+    file, the count and the keys. Finest classes shared by training and validation or test data, or by validation
+    and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not unseen), where
+    the format's class ids mean the same class in every split
+    (:func:`~dynametric.data.registry.class_ids_comparable`)."""
+    from dynametric.data.registry import class_ids_comparable
+    from dynametric.data.splits import raw_class_ids, shared_files
+
+    data = cfg.data
+    train = (f"the training split {data.train_split!r} (data.train_split)", "data.train_split", datasets.train)
+    held = [(f"the test split {split!r} ({test_splits[split]})", test_splits[split], ds) for split, ds in tests.items()]
+    pairs = [(train, h) for h in held]
+    if datasets.val is not None:
+        val = ((f"the validation classes carved from {data.train_split!r}" if datasets.val_carved else
+                f"the validation split {dataset_fields(datasets.val).split!r} (data.val_split)"), "data.val_split",
+               datasets.val)
+        pairs = ([] if datasets.val_carved else [(train, val)]) + pairs + [(val, h) for h in held]
+    comparable = class_ids_comparable(data.format)
+    warnings_: list[str] = []
+    for (what_a, _, a), (what_b, key_b, b) in pairs:
+        files = shared_files(dataset_fields(a).paths, dataset_fields(b).paths)
+        if files:
+            raise ConfigError(f"{what_a} and {what_b} share {len(files)} image file(s), e.g. {files[0]}: "
+                              f"{'training' if a is datasets.train else 'model selection'} and "
+                              f"{'testing' if b is not datasets.val else 'model selection'} must use different "
+                              "images", key=key_b)
+        if not comparable:
+            continue
+        classes = sorted(raw_class_ids(a) & raw_class_ids(b), key=str)
+        if classes:
+            scale = (dataset_fields(a).scale_names or ("finest",))[0]
+            shown = ", ".join(repr(c) for c in classes[:3]) + (", ..." if len(classes) > 3 else "")
+            warnings_.append(f"{what_a} and {what_b} share {len(classes)} {scale} class(es) ({shown}): the "
+                             "protocols hold out whole classes (docs/data.md), so results on a shared class do not "
+                             "measure retrieval of unseen classes")
+    return warnings_
+
+
 # ----------------------------------------------------------------------------------------------- sampling
+SETTING_KEYS: dict[str, str] = {"batch_size": "data.batch_size", "m": "data.m", "scale": "data.sampler_scale",
+                                "seed": "trainer.seed", "rank": "trainer.devices", "world_size": "trainer.devices",
+                                "iterations_per_epoch": "data.iterations_per_epoch"}
+"""The config key of each :class:`~dynametric.data.samplers.SamplerSettings` field (what :func:`sampler_factory`
+builds the settings from)."""
+
+
+def sampler_error_key(cls: Any, argument: str | None) -> str:
+    """The config key of the sampler argument ``argument`` an error names: the key of the setting that decides it
+    (``cls.setting_of``: ``ThreeScaleSampler``'s ``items_per_batch`` is ``data.batch_size``, its ``k`` ``data.m``),
+    else the option ``data.sampler_options.<argument>``; ``data.sampler`` when it names none."""
+    if argument is None:
+        return "data.sampler"
+    setting = getattr(cls, "setting_of", {}).get(argument)
+    return SETTING_KEYS[setting] if setting is not None else f"data.sampler_options.{argument}"
+
+
 def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
     """``make(labels, rank, world_size)``: the batch sampler ``data.sampler`` names in
     :data:`dynametric.data.samplers.BATCH_SAMPLERS`, built by its ``from_settings`` from the ``data`` section;
-    its errors are re-keyed to the config (``data.<setting>``, ``data.sampler_options``)."""
+    its errors are re-keyed to the config key that set the argument they name (:func:`sampler_error_key`)."""
     data, seed = cfg.data, int(cfg.trainer.seed)
     opts = dict(data.sampler_options)
 
@@ -222,7 +328,7 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
         except InputError as exc:
             if isinstance(exc, ConfigError):
                 raise
-            raise ConfigError(exc.message, key=f"data.{exc.key}" if exc.key else "data.sampler") from None
+            raise ConfigError(exc.message, key=sampler_error_key(cls, exc.key)) from None
         except TypeError as exc:
             raise ConfigError(f"bad sampler option: {exc}", key="data.sampler_options") from None
 
@@ -803,9 +909,15 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, ma
         check_monitor(cfg, scale_names)
     else:
         train_labels = None
-        from dynametric.metrics import default_scale_names
+        declared = declared_scale_names(cfg)  # the format's own names where it fixes them, else placeholders
+        if declared is not None:
+            scale_names = declared
+            check_monitor(cfg, scale_names)
+            scale_index(cfg.data.val_carve_scale, scale_names, "data.val_carve_scale")
+        else:
+            from dynametric.metrics import default_scale_names
 
-        scale_names = list(default_scale_names(num_scales or 3))
+            scale_names = list(default_scale_names(num_scales or 3))
     cfg = with_resolved_monitor(cfg, scale_names)  # `finest/map@r` -> `<first scale>/map@r`
     objectives = build_objectives(cfg, embedder, train_labels, len(scale_names), surrogate)
     common: dict[str, Any] = {"eval_kwargs": eval_kwargs(cfg), "eval_head": eval_head(cfg),

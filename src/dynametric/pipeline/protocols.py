@@ -47,6 +47,22 @@ def protocol_from_config(cfg: Config, split: str | None = None,
     return LeaveOneOut(cfg.data.test_split, scale_names)
 
 
+def protocol_split_keys(cfg: Config) -> dict[str, str]:
+    """The splits the config's test protocol evaluates (:func:`protocol_from_config`), each with the key that chose
+    it: ``data.test_split`` (leave-one-out, DyML all-in-one), ``eval.query_split`` / ``eval.gallery_split``
+    (query -> gallery), ``method.kwargs.scales`` or ``method.kwargs.variant`` (the DyML per-scale splits). What
+    :func:`dynametric.engine.builders.check_split_roles` keeps training and validation away from."""
+    protocol = protocol_from_config(cfg)
+    if isinstance(protocol, QueryGallery):
+        keys = {protocol.gallery_split: "eval.gallery_split"}
+        keys[protocol.query_split] = "eval.query_split"
+        return keys
+    if isinstance(protocol, DyMLProtocol) and protocol.is_per_scale:
+        key = "method.kwargs.scales" if "scales" in cfg.method.kwargs else "method.kwargs.variant"
+        return {split: key for split in protocol.required_splits()}
+    return {split: "data.test_split" for split in protocol.required_splits()}
+
+
 def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
     """The splits the config's test protocol embeds (:func:`protocol_from_config`) must be among ``splits``, the
     splits the data offers (:func:`dynametric.engine.builders.available_splits`); else a ConfigError naming the key

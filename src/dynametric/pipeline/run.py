@@ -35,6 +35,9 @@ from dynametric.engine.builders import (
     Components,
     available_splits,
     build_datasets,
+    check_held_out_data,
+    check_split_roles,
+    declared_scale_names,
     load_split,
     loader_settings,
     root_missing,
@@ -59,7 +62,12 @@ from dynametric.engine.trainer import (
 )
 from dynametric.errors import ConfigError, InputError, Interrupted
 from dynametric.pipeline.components import build_components
-from dynametric.pipeline.protocols import check_test_splits, method_test_protocol, protocol_from_config
+from dynametric.pipeline.protocols import (
+    check_test_splits,
+    method_test_protocol,
+    protocol_from_config,
+    protocol_split_keys,
+)
 from dynametric.utils.io import atomic_write_json, is_stale_temp, remove_stale_temps, require_new_folder
 
 if TYPE_CHECKING:
@@ -363,6 +371,18 @@ def _check_test_splits(cfg: Config) -> None:
             protocol.exclusion_ids(loaded[protocol.query_split], loaded[protocol.gallery_split])
 
 
+def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callable[[str], None]
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """The test protocol's splits (``keys``: split -> the key that chose it), read with the evaluation transform, after
+    :func:`~dynametric.engine.builders.check_held_out_data` found no image file of them in the training or
+    validation data; its warnings about shared classes are logged and returned with them."""
+    tests = {split: load_split(cfg, split, train=False, key=keys[split]) for split in keys}
+    warnings_ = check_held_out_data(cfg, datasets, tests, keys)
+    for warning in warnings_:
+        log(f"warning: {warning}")
+    return tests, warnings_
+
+
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
     validate_settings(settings)
     return lightning_trainer(settings, logger=False, enable_checkpointing=False, enable_progress_bar=progress,
@@ -416,11 +436,13 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
 
 
 def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
-                    settings: TrainerSettings, progress: bool) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
+                    settings: TrainerSettings, progress: bool, tests: dict[str, Any] | None = None
+                    ) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
     """``test(ckpt_path) -> metrics`` for the run, with the config's test protocol (:func:`protocol_from_config`):
     leave-one-out on the test split (the module's own test loop), query -> gallery (``eval.protocol:
     query_gallery``), or the DyML protocol (``method.name: dyml``). The second value is the
-    :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view."""
+    :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view.
+    ``tests``: the protocol's splits already read (:func:`_held_out_data`), used instead of reading them again."""
     import functools
 
     from dynametric.engine.builders import eval_kwargs
@@ -443,7 +465,10 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
 
     # the metrics rank on the module's device with the config's eval options (DyML sets its own metric options)
     evaluate = functools.partial(evaluate_embeddings, device=module.device, **eval_kwargs(cfg))
-    test = ProtocolTest(protocol, embed_with, lambda split: load_split(cfg, split, train=False), evaluate)
+    loaded = dict(tests or {})
+    test = ProtocolTest(protocol, embed_with,
+                        lambda split: loaded[split] if split in loaded else load_split(cfg, split, train=False),
+                        evaluate)
     return test, (test if protocol.view_split() is not None else None)
 
 
@@ -494,10 +519,12 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
-    datasets = build_datasets(cfg, with_test=False)  # the training split's own errors first: they say more
+    test_keys = protocol_split_keys(cfg)  # the splits the test evaluates: never trained or validated on
+    datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
+    tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)  # no image of them in training or validation
     if dyml is None and cfg.eval.protocol == "leave_one_out":
-        datasets.test = load_split(cfg, cfg.data.test_split, train=False, key="data.test_split")
+        datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names,
                   carved=datasets.val_carved)  # before the untrained evaluation spends time
@@ -520,7 +547,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         "test_images": len(datasets.test) if datasets.test is not None else None,
         "validation_source": datasets.val_source, "scale_names": comps.scale_names, "eval_head": module.eval_head,
     }
-    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress)
+    if data_warnings:
+        info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
+    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress, tests)
     if dyml is not None:
         info["test_protocol"] = dyml.header()
     metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
@@ -659,12 +688,15 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     settings = trainer_settings(cfg, progress_bar=False)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     datasets = None
+    test_keys = protocol_split_keys(cfg)
     if root_missing(cfg):
+        check_split_roles(cfg, test_keys)  # the split names alone, as a run checks them before reading data
         log(f"warning: dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
     else:
-        datasets = build_datasets(cfg, with_test=False)  # the training split's own errors first
+        datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
+        _held_out_data(cfg, datasets, test_keys, log)
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
@@ -704,4 +736,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")
+    else:
+        named = "the format's own" if declared_scale_names(cfg) is not None else "placeholders"
+        log(f"data: not read; scales {comps.scale_names} ({named})")
     return comps
