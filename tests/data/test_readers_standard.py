@@ -40,6 +40,36 @@ def test_cub_bad_rows_name_file_and_line(cub_root: Path) -> None:
         build_dataset("cub200", cub_root, "train")
 
 
+def test_cub_class_ids_must_be_1_to_200(cub_root: Path) -> None:
+    base = cub_root / "CUB_200_2011"
+    labels = base / "image_class_labels.txt"
+    labels.write_text("1 1\n2 1\n3 2\n4 100\n5 250\n6 101\n7 200\n")  # line 5: no such class
+    for split in ("train", "test"):  # the split comes from the class: the bad line is a problem of both
+        with pytest.raises(InputError) as err:
+            build_dataset("cub200", cub_root, split)
+        assert str(err.value).splitlines()[1] == f"  {labels}:5: image_id 5: expected a class id in 1..200, got 250"
+    test = build_dataset("cub200", cub_root, "test", mode="lenient")
+    assert test.class_ids == [[101, 200]] and len(test) == 2  # 250 does not land in test
+    assert [(p.line, p.split_unknown) for p in test.report.problems] == [(5, True)]
+    # a 0-based file (0..199): class 0 is out of range, with a hint
+    labels.write_text("".join(f"{i} {c - 1}\n" for i, c in [(1, 1), (2, 1), (3, 2), (4, 100), (5, 101), (6, 101),
+                                                             (7, 200)]))
+    with pytest.raises(InputError) as err:
+        build_dataset("cub200", cub_root, "train")
+    assert str(err.value).splitlines()[1:] == [
+        f"  {labels}:1: image_id 1: expected a class id in 1..200, got 0 (the ids are 1-based; is the file 0-based?)",
+        f"  {labels}:2: image_id 2: expected a class id in 1..200, got 0 (the ids are 1-based; is the file 0-based?)"]
+
+
+def test_cars_class_ids_must_be_1_to_196(tmp_path: Path) -> None:
+    root = write_cars(tmp_path / "cars", [("car_ims/000001.jpg", 1), ("car_ims/000002.jpg", 197),
+                                          ("car_ims/000003.jpg", 196)])
+    with pytest.raises(InputError) as err:
+        build_dataset("cars196", root, "train")
+    assert str(err.value).splitlines()[1] == (f"  {root / 'cars_annos.mat'}: annotation #2: expected a class id in "
+                                              "1..196, got 197")
+
+
 def test_cars_mat_split_by_class(cars_root: Path) -> None:
     train = build_dataset("cars196", cars_root, "train")
     test = build_dataset("cars196", cars_root, "test")

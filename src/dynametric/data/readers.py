@@ -11,6 +11,8 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dynametric.data.base import LoadReport
 from dynametric.errors import InputError
 
@@ -190,6 +192,26 @@ class DuplicateTracker:
         self.report.add(f"{key}{same} listed again with labels {list(labels)} but line {first[0]} gives "
                         f"{list(first[1])}", file, line, "duplicate")
         return False
+
+
+def class_in_range(value: object, classes: int, report: LoadReport, file: str | Path, line: int | None,
+                   what: str) -> int | None:
+    """The class id ``value`` as an ``int`` if it is one in ``1..classes`` (the 1-based ids of the official CUB and
+    CARS files), else ``None`` with a problem at ``file:line`` (``what`` says which record, e.g. ``"image_id 7"``).
+
+    The problem is ``split_unknown``: these formats derive the split from the class id, so a record whose id is out
+    of range belongs to no split that could be named."""
+    try:
+        number = int(np.asarray(value).item()) if not isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None and 1 <= number <= classes:
+        return number
+    hint = " (the ids are 1-based; is the file 0-based?)" if number == 0 else ""
+    shown = repr(value) if isinstance(value, str) else str(value)
+    report.add(f"{what}: expected a class id in 1..{classes}, got {shown}{hint}", file, line,
+               split_unknown=True)
+    return None
 
 
 def parse_int(text: str) -> int | None:

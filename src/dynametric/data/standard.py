@@ -28,6 +28,7 @@ import numpy as np
 from dynametric.data.base import LoadReport, SplitRecords, contiguous_ids
 from dynametric.data.readers import (
     DuplicateTracker,
+    class_in_range,
     image_exists,
     parse_int,
     read_lines,
@@ -73,6 +74,7 @@ class CUB200Format:
             else:
                 paths[iid] = (parts[1].strip(), number)
         classes: dict[int, tuple[int, int]] = {}
+        out_of_range: set[int] = set()  # image ids whose class is reported as out of range (not also "no class")
         for number, text in read_lines(labels_txt, report):
             parts = text.split()
             ints = [parse_int(p) for p in parts]
@@ -82,10 +84,13 @@ class CUB200Format:
                 report.add(f"image_id {ints[0]} repeats line {classes[ints[0]][1]}", labels_txt, number, "duplicate")
             elif ints[0] not in paths:
                 report.add(f"image_id {ints[0]} is not in images.txt", labels_txt, number)
+            elif (cls := class_in_range(ints[1], 2 * self.TRAIN_MAX_CLASS, report, labels_txt, number,
+                                        f"image_id {ints[0]}")) is None:
+                out_of_range.add(ints[0])  # type: ignore[arg-type]
             else:
-                classes[ints[0]] = (ints[1], number)  # type: ignore[assignment]
+                classes[ints[0]] = (cls, number)  # type: ignore[index]
         for iid, (_, number) in paths.items():
-            if iid not in classes:
+            if iid not in classes and iid not in out_of_range:
                 report.add(f"image_id {iid} has no class in image_class_labels.txt", images_txt, number)
         names: dict[Hashable, str] = {}
         classes_txt = base / "classes.txt"
@@ -184,13 +189,12 @@ class Cars196Format:
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report)
         for mat_path, i, rel, cls_value, image_dir in entries:
-            try:
-                cls = int(np.asarray(cls_value).item())
-            except (TypeError, ValueError):
-                cls = -1
-            if not rel or not 1 <= cls <= 2 * self.TRAIN_MAX_CLASS:
-                report.add(f"annotation #{i}: expected an image path and a class in 1..{2 * self.TRAIN_MAX_CLASS}, "
-                           f"got {rel!r}, {cls_value!r}", mat_path, None)
+            if not rel:
+                report.add(f"annotation #{i}: expected an image path, got {rel!r}", mat_path, None,
+                           split_unknown=True)
+                continue
+            cls = class_in_range(cls_value, 2 * self.TRAIN_MAX_CLASS, report, mat_path, None, f"annotation #{i}")
+            if cls is None:
                 continue
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
