@@ -38,11 +38,10 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
 def _decode(path: str) -> tuple[str | None, tuple[int, int] | None]:
-    """``(None, (width, height))`` for an image that decodes, else ``(the error, None)``."""
+    """``(None, (width, height))`` for an image that loads as training and embedding load it (:func:`load_rgb`:
+    the size after EXIF orientation), else ``(the error, None)``."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return None, img.size
+        return None, load_rgb(path).size
     except _DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}", None
 

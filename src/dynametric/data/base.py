@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
@@ -215,10 +215,71 @@ def _loc(loc: tuple[str, int | None]) -> str:
     return f"{loc[0]}:{loc[1]}" if loc[1] is not None else loc[0]
 
 
+BACKGROUND = 255  # transparent pixels are composited onto white (R = G = B = 255)
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_TRANSPARENT = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def _round_div(values: np.ndarray, divisor: int) -> np.ndarray:
+    """``floor(values / divisor + 1/2)`` for non-negative integers, as ``uint8`` (the callers clip to 0..255)."""
+    return ((values * 2 + divisor) // (2 * divisor)).astype(np.uint8)
+
+
+def _grey_to_uint8(img: Image.Image) -> np.ndarray:
+    """A one-channel 16-bit, 32-bit integer or float image as ``uint8`` by its range convention (not by its
+    content): 16-bit (``I;16*``, and ``I``, which Pillow uses for 16-bit PGM/PPM) ``round(v / 257)``; ``I`` from a
+    TIFF of 32 bits per sample ``round(v / 16843009)`` (0..2**32-1 onto 0..255, negatives 0); float (``F``) taken
+    as 0..1: ``round(255 v)`` clipped to 0..255, NaN 0."""
+    values = np.asarray(img)
+    if img.mode == "F":
+        scaled = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+        return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
+    wide = values.astype(np.int64)
+    tiff_bits = getattr(img, "tag_v2", {}).get(258) if img.format == "TIFF" else None
+    bits = int(np.max(tiff_bits)) if tiff_bits is not None else 16
+    if img.mode == "I" and bits > 16:
+        return _round_div(wide.clip(0, 2**32 - 1), 16843009)
+    return _round_div(wide.clip(0, 65535), 257)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as 8-bit RGB, as it is meant to be seen (the one conversion of every image dynametric reads).
+
+    * **EXIF orientation** is applied (``ImageOps.exif_transpose``): a phone photo stored 40x20 with orientation 6
+      comes out 20x40, upright.
+    * **16-bit, 32-bit and float greyscale** are scaled by their range convention (:func:`_grey_to_uint8`:
+      16-bit ``v / 257``, float 0..1 clipped), never clipped at 255 (Pillow's ``convert`` turns a 16-bit
+      gradient 0..30000 into black and white). 16-bit colour PNGs Pillow reduces to 8 bits itself (high byte).
+    * **Transparency** (an alpha channel, a palette or colour key with transparency) is composited onto white
+      (:data:`BACKGROUND`): ``out = round((c * a + 255 * (255 - a)) / 255)``; a fully transparent pixel is white
+      whatever colour it stores.
+    * Every other mode (``L``, ``P``, ``1``, ``CMYK``, ``YCbCr``, ...) goes through Pillow's ``convert("RGB")``.
+
+    An 8-bit RGB image without transparency or orientation (the common JPEG) is returned as it is: no copy.
+    """
+    img.load()
+    orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    transparent = img.mode in _TRANSPARENT or "transparency" in img.info
+    if img.mode == "RGB" and orientation == 1 and not transparent:
+        return img
+    if orientation in range(2, 9):
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
+        return Image.fromarray(np.repeat(_grey_to_uint8(img)[:, :, None], 3, axis=2))
+    if transparent:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint32)
+        alpha = rgba[:, :, 3:]
+        out = (rgba[:, :, :3] * alpha + BACKGROUND * (255 - alpha) + 127) // 255
+        return Image.fromarray(out.astype(np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def load_rgb(path: str | Path, swap_rb: bool = False) -> Image.Image:
-    """Open and fully decode an image as RGB (``swap_rb`` exchanges the R and B channels after decoding)."""
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
+    """Open and fully decode an image as RGB with :func:`to_rgb` (EXIF orientation applied, 16-bit and float
+    images scaled, transparency on white); ``swap_rb`` exchanges the R and B channels after decoding."""
+    with Image.open(path) as img:  # leaving the block closes the file, not the decoded image
+        rgb = to_rgb(img)
     if swap_rb:
         r, g, b = rgb.split()
         rgb = Image.merge("RGB", (b, g, r))
