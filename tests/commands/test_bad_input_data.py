@@ -305,3 +305,26 @@ def test_oml_box_past_the_image_edge(tmp_path, capsys, caplog) -> None:
     skipping = build_dataset("oml", tmp_path, "train", skip_corrupt=True)
     assert skipping.load_image(0).size == skipping[1][0].size == (32, 32)  # replaced by the good crop of label 0
     assert skipping.skipped_corrupt == 1 and "reaches x_2=99" in caplog.text
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line_at_inspect_and_train(tmp_path, capsys) -> None:
+    root = write_folder(tmp_path / "tree", ["train/a/0.png", "train/a/1.png", "train/b/0.png", "train/b/1.png"])
+    latin1 = os.path.join(os.fsencode(root / "train" / "a"), b"caf\xe9.png")  # a Latin-1 name: not UTF-8
+    write_image(Path(os.fsdecode(latin1)))
+    shown = f"{root / 'train' / 'a'}/caf\\xe9.png"
+    message = "the file name is not UTF-8 text; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)"
+    problem = f"{shown}: {message}"
+    assert main(["data", "inspect", "--format", "folder", "--root", str(root)]) == 1  # was: counted, exit 0
+    out = capsys.readouterr().out
+    assert "  train: 4 images; classes: fine=2" in out and out.splitlines()[-2:] == ["1 problem(s):", f"  {problem}"]
+    with pytest.raises(InputError) as err:
+        build_dataset("folder", root, "train")
+    assert str(err.value).splitlines()[1] == f"  {problem}"
+    assert len(build_dataset("folder", root, "train", mode="lenient")) == 4
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("data: {transform: small, batch_size: 4, m: 2}\nmodel: {backbone: simple_cnn, embedding_dim: 8}\n"
+                   "trainer: {max_epochs: 1, progress_bar: false}\n")
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "data.format=folder",
+                 f"data.root={root}"])  # was: a 34-line UnicodeEncodeError traceback from PathTable
+    assert code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        f"dynametric train: error: {shown}: 1 problem(s) in folder split 'train': {message}", f"  {problem}"]

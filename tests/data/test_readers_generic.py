@@ -264,3 +264,18 @@ def test_the_collector_is_paused_while_reading_and_restored_after():
         assert not gc.isenabled()  # a caller who had it off keeps it off
     finally:
         gc.enable()
+
+
+def test_non_utf8_names_a_root_is_refused_and_path_tables_keep_them(tmp_path: Path) -> None:
+    import os
+
+    from dynametric.data.base import PathTable
+
+    table = PathTable(["a.png", "caf\udce9.png"])  # a Latin-1 file name as os.listdir returns it
+    assert table[1] == "caf\udce9.png" and os.fsencode(table[1]) == b"caf\xe9.png"  # was a UnicodeEncodeError
+    root = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"donn\xe9es"))
+    write_folder(Path(root), ["a/0.png", "b/0.png"])
+    with pytest.raises(InputError) as err:
+        build_dataset("folder", root, "all")
+    assert str(err.value) == (f"{tmp_path}/donn\\xe9es: dataset root: the file name is not UTF-8 text; rename it to "
+                              "UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")

@@ -38,7 +38,8 @@ class Problem:
     """One problem found while reading a dataset: where (file, 1-based line) and what.
 
     ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
-    ``unreadable_folder``, ``outside_root``, ``hierarchy``, ``duplicate``, ``count_mismatch``, ``empty_split``.
+    ``unreadable_folder``, ``non_utf8_name``, ``outside_root``, ``hierarchy``, ``duplicate``, ``count_mismatch``,
+    ``empty_split``.
     ``split_unknown`` marks a record of a file shared by several splits whose split cannot be read (the split cell is
     unknown, the fields are shifted, a quote is left open): it may belong to any split, so every split lists it.
     """
@@ -294,10 +295,12 @@ class PathTable(Sequence[str]):
 
     Unlike a Python list of ``str`` it costs about one byte per character and holds no per-item Python objects,
     so DataLoader workers forked from the main process do not copy it page by page through reference counts.
+    A file name that is not UTF-8 (held by Python as surrogate escapes) round-trips unchanged (``surrogateescape``,
+    as ``os.fsencode``); the readers report such names as problems before they get here.
     """
 
     def __init__(self, paths: Sequence[str]) -> None:
-        encoded = [p.encode("utf-8") for p in paths]
+        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         if encoded:
             np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
@@ -316,7 +319,7 @@ class PathTable(Sequence[str]):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"path index {index} out of range for {len(self)} paths")
-        return self._data[self._offsets[i]:self._offsets[i + 1]].tobytes().decode("utf-8")
+        return self._data[self._offsets[i]:self._offsets[i + 1]].tobytes().decode("utf-8", "surrogateescape")
 
     def __repr__(self) -> str:
         return f"PathTable({len(self)} paths)"

@@ -36,7 +36,9 @@ from dynametric.data.readers import (
     DuplicateTracker,
     RootGuard,
     image_exists,
+    non_utf8_name,
     parse_int,
+    printable_path,
     read_csv_rows,
     require_file,
     require_header,
@@ -159,8 +161,8 @@ class FolderFormat:
         ignored = 0
 
         def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
-            report.add(f"cannot read folder ({exc.strerror or exc}); its images are missing", exc.filename, None,
-                       "unreadable_folder")
+            report.add(f"cannot read folder ({exc.strerror or exc}); its images are missing",
+                       None if exc.filename is None else printable_path(exc.filename), None, "unreadable_folder")
 
         guard = RootGuard(top, allow_outside_root)
         for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=allow_outside_root):
@@ -175,6 +177,9 @@ class FolderFormat:
                     continue
                 if Path(fn).suffix.lower() not in IMAGE_EXTENSIONS:
                     ignored += 1
+                    continue
+                if (bad := non_utf8_name(os.path.join(dirpath, fn))) is not None:
+                    report.add(bad, printable_path(os.path.join(dirpath, fn)), None, "non_utf8_name")
                     continue
                 entries.append(Path(dirpath, fn).relative_to(top).parts)
         if ignored:

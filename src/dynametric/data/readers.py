@@ -221,9 +221,27 @@ def parse_int(text: str) -> int | None:
         return None
 
 
+def printable_path(path: str | Path) -> str:
+    """``path`` as text that can be printed and written: bytes of a file name that are not UTF-8 (which Python
+    holds as surrogate escapes) are shown as ``\\xNN`` (``caf\\xe9.png``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def non_utf8_name(path: str | Path) -> str | None:
+    """``None`` if ``path`` is UTF-8 text, else the problem (to be reported at :func:`printable_path` of it):
+    dynametric needs UTF-8 file names (paths are printed, logged and written to UTF-8 files)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not UTF-8 text; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)"
+    return None
+
+
 def resolve_root(root: str | Path | None, what: str) -> Path:
     if root is None:
         raise InputError(f"a dataset root directory is required ({what})", key="root")
+    if (bad := non_utf8_name(root)) is not None:
+        raise InputError(f"dataset root: {bad}", file=printable_path(root))
     path = Path(root).expanduser()
     if not path.exists():
         raise InputError(f"dataset root not found (expected {what})", file=path)
