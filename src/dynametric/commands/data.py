@@ -2,7 +2,7 @@
 
 ``dynametric data inspect --format NAME --root DIR [--split S ...] [--json]`` reads every split (or those named),
 reports images and classes per scale, and lists every problem: missing index files, missing images, unreadable
-images, malformed rows (with line numbers), conflicting duplicates, empty splits and hierarchy violations. The
+images, malformed rows (with line numbers), images listed twice in a split, empty splits and hierarchy violations. The
 exit status is 1 when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). ``--json``
 prints ``{"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line",
 "message", "kind", "split_unknown", "splits"}], "details": {...}}`` (``splits``: the splits whose reading found the
@@ -148,8 +148,6 @@ def format_report(result: dict[str, Any]) -> str:
             extra.append("header " + ", ".join(f"{Path(f).name}={m}" for f, m in det["header"].items()))
         if det.get("blank_lines"):
             extra.append(f"{det['blank_lines']} blank line(s) ignored")
-        if det.get("duplicates"):
-            extra.append(f"{len(det['duplicates'])} duplicate file name(s) (same labels, kept)")
         extra += det.get("notes", [])
         lines += [f"      {e}" for e in extra]
     overlap = result["details"].get("raw_id_overlap", {})

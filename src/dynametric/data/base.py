@@ -61,7 +61,7 @@ class Problem:
 
 @dataclass
 class LoadReport:
-    """What a reader met: records kept, header mode per file, blank lines, problems, duplicates, notes."""
+    """What a reader met: records kept, header mode per file, blank lines, problems, notes."""
 
     split: str
     files: list[str] = field(default_factory=list)
@@ -69,7 +69,6 @@ class LoadReport:
     header: dict[str, str] = field(default_factory=dict)  # file -> "glued" | "own_line" | "none"
     blank_lines: int = 0
     problems: list[Problem] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def add(self, message: str, file: str | Path | None = None, line: int | None = None,
@@ -79,7 +78,7 @@ class LoadReport:
     def as_dict(self) -> dict[str, Any]:
         return {"split": self.split, "files": list(self.files), "records": self.records, "header": dict(self.header),
                 "blank_lines": self.blank_lines, "problems": [p.as_dict() for p in self.problems],
-                "duplicates": list(self.duplicates), "notes": list(self.notes)}
+                "notes": list(self.notes)}
 
     def summary(self) -> str:
         parts = [f"split {self.split!r}: {self.records} records kept"]
@@ -87,8 +86,6 @@ class LoadReport:
             parts.append("header " + ", ".join(f"{Path(f).name}={m}" for f, m in self.header.items()))
         parts.append(f"{self.blank_lines} blank line(s) ignored")
         parts.append(f"{len(self.problems)} problem(s)")
-        if self.duplicates:
-            parts.append(f"{len(self.duplicates)} duplicate file name(s)")
         return "; ".join(parts)
 
 

@@ -195,6 +195,7 @@ class FolderFormat:
             raise InputError(f"{len(scale_names)} scale names given for a tree of depth {depth}", key="scale_names")
         names = tuple(scale_names) if scale_names is not None else tuple(default_scale_names(depth))
         out_paths, raw, locs = [], [], []
+        dup = DuplicateTracker(report)  # a link to an image already listed (allow_outside_root follows links)
         for e in entries:
             rel = "/".join(e)
             if len(e) - 1 != depth:
@@ -207,9 +208,12 @@ class FolderFormat:
             else:
                 labels = tuple(dirs[depth - 1 - s] for s in range(depth))
             full = str(top / rel)
-            if not guard.admit(guard.resolve(full), rel, report, top / rel, None):
+            real = guard.resolve(full)
+            if not guard.admit(real, rel, report, top / rel, None):
                 continue
             if not image_exists(full, report, top / rel, None, check_files):
+                continue
+            if not dup.accept(rel, labels, top / rel, None, identity=real):
                 continue
             out_paths.append(full)
             raw.append(labels)

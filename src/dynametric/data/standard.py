@@ -100,6 +100,7 @@ class CUB200Format:
                 if len(parts) == 2 and parse_int(parts[0]) is not None:
                     names[int(parts[0])] = parts[1].strip()
         out_paths, raw, locs = [], [], []
+        dup = DuplicateTracker(report, check_links=check_files)
         for iid in sorted(classes):
             cls, number = classes[iid]
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
@@ -107,6 +108,8 @@ class CUB200Format:
             rel, img_line = paths[iid]
             full = os.path.join(str(base), "images", rel)
             if not image_exists(full, report, images_txt, img_line, check_files):
+                continue
+            if not dup.accept(rel, (cls,), images_txt, img_line, path=full):
                 continue
             out_paths.append(full)
             raw.append((cls,))
@@ -187,7 +190,7 @@ class Cars196Format:
                 if classes is not None:
                     names = {i: str(n) for i, n in enumerate(np.atleast_1d(classes).tolist(), 1)}
         out_paths, raw, locs = [], [], []
-        dup = DuplicateTracker(report)
+        dup = DuplicateTracker(report, check_links=check_files)
         for mat_path, i, rel, cls_value, image_dir in entries:
             if not rel:
                 report.add(f"annotation #{i}: expected an image path, got {rel!r}", mat_path, None,
@@ -201,7 +204,7 @@ class Cars196Format:
             full = os.path.join(str(image_dir), rel)
             if check_files and not os.path.isfile(full):
                 report.add(f"annotation #{i}: image file not found: {full}", mat_path, None, "missing_image")
-            elif dup.accept(full, (cls,), mat_path, None):
+            elif dup.accept(rel, (cls,), mat_path, None, path=full, at=f"annotation #{i}"):
                 out_paths.append(full)
                 raw.append((cls,))
                 locs.append((f"{mat_path} annotation #{i}", None))
@@ -225,7 +228,7 @@ class SOPFormat:
         path = require_file(base / self._FILES[split], "'image_id class_id super_class_id path' rows after a header")
         report = LoadReport(split=split)
         out_paths, raw, locs = [], [], []
-        dup = DuplicateTracker(report)
+        dup = DuplicateTracker(report, check_links=check_files)
         prefix = os.path.join(str(base), "")
         lines = read_lines(path, report)
         report.header[str(path)] = "none"
@@ -241,7 +244,7 @@ class SOPFormat:
             full = prefix + parts[3]
             if not image_exists(full, report, path, number, check_files):
                 continue
-            if not dup.accept(parts[3], tuple(ints), path, number):
+            if not dup.accept(parts[3], tuple(ints), path, number, path=full):
                 continue
             out_paths.append(full)
             raw.append((ints[0], ints[1]))
@@ -307,7 +310,7 @@ class InShopFormat:
         report = LoadReport(split=split)
         path, rows = self._parse(base, report, split)
         out_paths, raw, locs = [], [], []
-        dup = DuplicateTracker(report)
+        dup = DuplicateTracker(report, check_links=check_files)
         for number, name, item, status in rows:
             if status != split:
                 continue
@@ -320,7 +323,8 @@ class InShopFormat:
                     continue
                 labels = (item, cat)
             full = os.path.join(str(base), name)
-            if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number):
+            if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number,
+                                                                                            path=full):
                 continue
             out_paths.append(full)
             raw.append(labels)
