@@ -148,6 +148,7 @@ def format_report(result: dict[str, Any]) -> str:
             extra.append("header " + ", ".join(f"{Path(f).name}={m}" for f, m in det["header"].items()))
         if det.get("blank_lines"):
             extra.append(f"{det['blank_lines']} blank line(s) ignored")
+        extra += [f"warning: {w}" for w in det.get("warnings", [])]
         extra += det.get("notes", [])
         lines += [f"      {e}" for e in extra]
     overlap = result["details"].get("raw_id_overlap", {})

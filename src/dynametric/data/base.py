@@ -28,7 +28,8 @@ from dynametric.labels import as_label_matrix
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
+                                              ".tiff"})  # .jpe, .jfif: the other JPEG names Pillow registers
 MODES: tuple[str, str] = ("strict", "lenient")
 _MAX_LISTED = 20  # problems spelled out in one exception message (all are in the report)
 
@@ -38,8 +39,8 @@ class Problem:
     """One problem found while reading a dataset: where (file, 1-based line) and what.
 
     ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
-    ``unreadable_folder``, ``non_utf8_name``, ``outside_root``, ``hierarchy``, ``duplicate``, ``count_mismatch``,
-    ``empty_split``.
+    ``unreadable_folder``, ``non_utf8_name``, ``outside_root``, ``outside_split``, ``hierarchy``, ``duplicate``,
+    ``count_mismatch``, ``empty_split``.
     ``split_unknown`` marks a record of a file shared by several splits whose split cannot be read (the split cell is
     unknown, the fields are shifted, a quote is left open): it may belong to any split, so every split lists it.
     """
@@ -61,7 +62,10 @@ class Problem:
 
 @dataclass
 class LoadReport:
-    """What a reader met: records kept, header mode per file, blank lines, problems, notes."""
+    """What a reader met: records kept, header mode per file, blank lines, problems, warnings, notes.
+
+    ``warnings`` are things the user should see although the data can be read (files a ``folder`` tree holds but
+    does not read): :meth:`HierarchicalImageDataset.from_records` logs them, ``data inspect`` prints them."""
 
     split: str
     files: list[str] = field(default_factory=list)
@@ -69,6 +73,7 @@ class LoadReport:
     header: dict[str, str] = field(default_factory=dict)  # file -> "glued" | "own_line" | "none"
     blank_lines: int = 0
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def add(self, message: str, file: str | Path | None = None, line: int | None = None,
@@ -78,7 +83,7 @@ class LoadReport:
     def as_dict(self) -> dict[str, Any]:
         return {"split": self.split, "files": list(self.files), "records": self.records, "header": dict(self.header),
                 "blank_lines": self.blank_lines, "problems": [p.as_dict() for p in self.problems],
-                "notes": list(self.notes)}
+                "warnings": list(self.warnings), "notes": list(self.notes)}
 
     def summary(self) -> str:
         parts = [f"split {self.split!r}: {self.records} records kept"]
@@ -86,6 +91,8 @@ class LoadReport:
             parts.append("header " + ", ".join(f"{Path(f).name}={m}" for f, m in self.header.items()))
         parts.append(f"{self.blank_lines} blank line(s) ignored")
         parts.append(f"{len(self.problems)} problem(s)")
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning(s)")
         return "; ".join(parts)
 
 
@@ -376,6 +383,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         if mode not in MODES:
             raise InputError(f"mode must be one of {list(MODES)}, got {mode!r}", key="mode")
         report = records.report
+        for warning in report.warnings:
+            log.warning("%s split %r: %s", name, records.split, warning)
         if mode == "strict":
             raise_problems(report.problems, f"{name} split {records.split!r}")
         elif report.problems:

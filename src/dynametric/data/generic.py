@@ -49,6 +49,7 @@ from dynametric.errors import InputError
 from dynametric.labels import default_scale_names
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "query", "gallery")
+_LISTED = 5  # file names a warning spells out
 
 
 def _typed(values: list[str]) -> list[Hashable]:
@@ -147,6 +148,26 @@ class FolderFormat:
         found = [s for s in SPLIT_NAMES if (base / s).is_dir()]
         return found or ["all"]
 
+    @staticmethod
+    def _beside_splits(base: Path, splits: list[str], report: LoadReport) -> None:
+        """A folder or image beside the split folders is in no split: a problem (of every split) naming it."""
+        try:
+            names = sorted(n for n in os.listdir(base) if not n.startswith(".") and n not in splits)
+        except OSError as exc:
+            report.add(f"cannot read folder ({exc.strerror or exc})", printable_path(base), None, "unreadable_folder")
+            return
+        where = f"beside the split folders {', '.join(s + '/' for s in splits)}"
+        for name in names:
+            path = base / name
+            if path.is_dir():
+                case = f"; split folders are lower case ({name.lower()}/)" if name.lower() in SPLIT_NAMES else ""
+                report.add(f"folder {printable_path(name)}/ {where} is in no split, so its images would be left out "
+                           f"(move it into a split folder{case})", printable_path(path), None, "outside_split",
+                           split_unknown=True)
+            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                report.add(f"image {printable_path(name)} {where} is in no split (move it into a split folder)",
+                           printable_path(path), None, "outside_split", split_unknown=True)
+
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, class_key: str = "path",
              scale_names: list[str] | None = None, allow_outside_root: bool = False) -> SplitRecords:
         if class_key not in ("path", "name"):
@@ -157,8 +178,10 @@ class FolderFormat:
             raise InputError(f"unknown split {split!r} for the folder tree {base}; found {valid}", key="split")
         top = base if split == "all" else base / split
         report = LoadReport(split=split, files=[str(top)])
+        if split != "all":
+            self._beside_splits(base, valid, report)
         entries: list[tuple[str, ...]] = []
-        ignored = 0
+        ignored: list[str] = []
 
         def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
             report.add(f"cannot read folder ({exc.strerror or exc}); its images are missing",
@@ -176,14 +199,17 @@ class FolderFormat:
                 if fn.startswith("."):
                     continue
                 if Path(fn).suffix.lower() not in IMAGE_EXTENSIONS:
-                    ignored += 1
+                    ignored.append(printable_path(os.path.relpath(os.path.join(dirpath, fn), top)))
                     continue
                 if (bad := non_utf8_name(os.path.join(dirpath, fn))) is not None:
                     report.add(bad, printable_path(os.path.join(dirpath, fn)), None, "non_utf8_name")
                     continue
                 entries.append(Path(dirpath, fn).relative_to(top).parts)
         if ignored:
-            report.notes.append(f"{ignored} non-image file(s) ignored (extensions {sorted(IMAGE_EXTENSIONS)})")
+            shown = ", ".join(ignored[:_LISTED]) + (f", ... ({len(ignored) - _LISTED} more)"
+                                                   if len(ignored) > _LISTED else "")
+            report.warnings.append(f"{len(ignored)} file(s) in {printable_path(top)} not read, their names lacking an "
+                                   f"image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}): {shown}")
         if not entries:
             return SplitRecords(split, [], [], tuple(scale_names or ["fine"]), [], report)
         counts = Counter(len(e) - 1 for e in entries if len(e) > 1)
