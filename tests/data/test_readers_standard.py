@@ -158,3 +158,38 @@ def test_inshop_count_mismatch_and_bad_status(tmp_path: Path) -> None:
     assert [(p.line, p.kind) for p in ds.report.problems] == [(10, "malformed_row"), (1, "count_mismatch")]
     with pytest.raises(InputError, match="unknown split 'test' for inshop"):
         build_dataset("inshop", root, "test")
+
+
+def test_inshop_images_extracted_into_img_are_found_and_said_so(tmp_path: Path) -> None:
+    root = write_inshop(tmp_path / "inshop")
+    (root / "Img").mkdir()
+    (root / "img").rename(root / "Img" / "img")  # the release's Img/img.zip extracted where it lies
+    ds = build_dataset("inshop", root, "query")  # was one "image file not found" per image
+    assert list(ds.paths) == [str(root / "Img" / "img/WOMEN/Skirts/id_00000010/01_1_front.jpg"),
+                              str(root / "Img" / "img/MEN/Pants/id_00000013/01_1_front.jpg")]
+    assert ds.report.notes == [
+        f"images read from {root / 'Img'} (the release's Img/img.zip extracted in Img/): the first listed image, "
+        f"img/WOMEN/Dresses/id_00000002/02_1_front.jpg, is there and not in {root} (set the option image_root to "
+        "choose another folder)"]
+    chosen = build_dataset("inshop", root, "train", image_root="Img")  # the option (was refused as unknown)
+    assert chosen.report.notes == []
+    assert chosen.paths[0] == str(root / "Img" / "img/WOMEN/Dresses/id_00000002/02_1_front.jpg")
+    with pytest.raises(InputError) as err:
+        build_dataset("inshop", root, "train", image_root="Images")
+    assert err.value.key == "image_root" and str(err.value) == (
+        f"key 'image_root': folder not found: {root / 'Images'} (image_root is the folder the listed image paths "
+        f"are relative to, itself relative to the dataset root {root})")
+
+
+def test_cub_and_sop_take_an_image_root(cub_root: Path, sop_root: Path) -> None:
+    base = cub_root / "CUB_200_2011"
+    (base / "images").rename(base / "pics")
+    with pytest.raises(InputError, match="image file not found"):
+        build_dataset("cub200", cub_root, "train")
+    ds = build_dataset("cub200", cub_root, "train", image_root="CUB_200_2011/pics")  # relative to the root given
+    assert Path(ds.paths[0]) == base / "pics" / "001.A" / "a1.jpg" and len(ds) == 4
+    (sop_root / "photos").mkdir()
+    for folder in ("bicycle_final", "cabinet_final"):
+        (sop_root / folder).rename(sop_root / "photos" / folder)
+    ds = build_dataset("sop", sop_root, "test", image_root=str(sop_root / "photos"))  # or absolute
+    assert Path(ds.paths[2]) == sop_root / "photos" / "cabinet_final" / "555_0.JPG"

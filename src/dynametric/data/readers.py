@@ -277,6 +277,32 @@ def resolve_root(root: str | Path | None, what: str) -> Path:
     return path
 
 
+def image_folder(root: Path, default: Path, image_root: str | Path | None, first: str | None,
+                 report: LoadReport, nested: Sequence[tuple[Path, str]] = ()) -> Path:
+    """The folder an index file's relative image paths are joined to (the ``image_root`` option of the ``cub200``,
+    ``sop`` and ``inshop`` readers).
+
+    ``image_root`` (relative to ``root``, the dataset root as given, or absolute) must be a folder, else a usage
+    error keyed ``image_root``. Without it the format's ``default`` is used, unless the first listed image
+    (``first``) is missing there but found under one of the ``nested`` candidates ``(folder, layout)``, a common way
+    an archive gets extracted (In-Shop's ``img.zip`` into ``Img/``): then that folder is used and one note in the
+    report says so."""
+    if image_root is not None:
+        folder = root / image_root
+        if not folder.is_dir():
+            raise InputError(f"folder not found: {folder} (image_root is the folder the listed image paths are "
+                             f"relative to, itself relative to the dataset root {root})", key="image_root")
+        return folder
+    if first is None or (default / first).is_file():
+        return default
+    for folder, layout in nested:
+        if (folder / first).is_file():
+            report.notes.append(f"images read from {folder} ({layout}): the first listed image, {first}, is there "
+                                f"and not in {default} (set the option image_root to choose another folder)")
+            return folder
+    return default
+
+
 def start_csv_read(fmt: Any, root: str | Path | None, split: str, splits: Sequence[str], csv_file: str,
                    image_root: str | Path | None) -> tuple[Path, LoadReport, list[str], list[tuple[int, list[str]]],
                                                            Path]:

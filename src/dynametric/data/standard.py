@@ -30,6 +30,7 @@ from dynametric.data.readers import (
     DuplicateTracker,
     class_in_range,
     image_exists,
+    image_folder,
     parse_int,
     read_lines,
     require_file,
@@ -44,7 +45,7 @@ def _unknown_split(name: str, split: str, valid: list[str]) -> InputError:
 
 class CUB200Format:
     name = "cub200"
-    options: dict[str, object] = {}
+    options: dict[str, object] = {"image_root": None}
     TRAIN_MAX_CLASS = 100
 
     def _base(self, root: str | Path | None) -> Path:
@@ -56,9 +57,11 @@ class CUB200Format:
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return ["train", "test"]
 
-    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
+             image_root: str | Path | None = None) -> SplitRecords:
         if split not in ("train", "test"):
             raise _unknown_split(self.name, split, ["train", "test"])
+        given = resolve_root(root, "CUB_200_2011 with images.txt")
         base = self._base(root)
         report = LoadReport(split=split)
         images_txt = require_file(base / "images.txt", "'image_id relative_path' per line")
@@ -99,6 +102,8 @@ class CUB200Format:
                 parts = text.split(None, 1)
                 if len(parts) == 2 and parse_int(parts[0]) is not None:
                     names[int(parts[0])] = parts[1].strip()
+        first = next(iter(paths.values()), None)
+        images = image_folder(given, base / "images", image_root, first and first[0], report)
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report, check_links=check_files)
         for iid in sorted(classes):
@@ -106,7 +111,7 @@ class CUB200Format:
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             rel, img_line = paths[iid]
-            full = os.path.join(str(base), "images", rel)
+            full = os.path.join(str(images), rel)
             if not image_exists(full, report, images_txt, img_line, check_files):
                 continue
             if not dup.accept(rel, (cls,), images_txt, img_line, path=full):
@@ -214,14 +219,15 @@ class Cars196Format:
 
 class SOPFormat:
     name = "sop"
-    options: dict[str, object] = {}
+    options: dict[str, object] = {"image_root": None}
     SCALES = ("product", "category")
     _FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return ["train", "test"]
 
-    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
+             image_root: str | Path | None = None) -> SplitRecords:
         if split not in self._FILES:
             raise _unknown_split(self.name, split, list(self._FILES))
         base = resolve_root(root, "Stanford_Online_Products with Ebay_train.txt")
@@ -229,8 +235,9 @@ class SOPFormat:
         report = LoadReport(split=split)
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report, check_links=check_files)
-        prefix = os.path.join(str(base), "")
         lines = read_lines(path, report)
+        first = next((p[3] for p in (t.split() for _, t in lines) if len(p) == 4 and p[3] != "path"), None)
+        prefix = os.path.join(str(image_folder(base, base, image_root, first, report)), "")
         report.header[str(path)] = "none"
         for k, (number, text) in enumerate(lines):
             parts = text.split()
@@ -255,7 +262,7 @@ class SOPFormat:
 
 class InShopFormat:
     name = "inshop"
-    options: dict[str, object] = {"with_category": False}
+    options: dict[str, object] = {"with_category": False, "image_root": None}
     SPLITS = ("train", "query", "gallery")
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
@@ -303,12 +310,14 @@ class InShopFormat:
         return "/".join(parts[1:3]) if len(parts) >= 5 else None  # img/<GENDER>/<Category>/<item>/<file>
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
-             with_category: bool = False) -> SplitRecords:
+             with_category: bool = False, image_root: str | Path | None = None) -> SplitRecords:
         if split not in self.SPLITS:
             raise _unknown_split(self.name, split, list(self.SPLITS))
         base = resolve_root(root, "In-Shop Clothes with list_eval_partition.txt and img/")
         report = LoadReport(split=split)
         path, rows = self._parse(base, report, split)
+        images = image_folder(base, base, image_root, rows[0][1] if rows else None, report,
+                              [(base / "Img", "the release's Img/img.zip extracted in Img/")])
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report, check_links=check_files)
         for number, name, item, status in rows:
@@ -322,7 +331,7 @@ class InShopFormat:
                                f"<file>)", path, number)
                     continue
                 labels = (item, cat)
-            full = os.path.join(str(base), name)
+            full = os.path.join(str(images), name)
             if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number,
                                                                                             path=full):
                 continue
