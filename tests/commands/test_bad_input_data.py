@@ -418,3 +418,61 @@ def test_different_files_with_one_base_name_are_no_duplicates(tmp_path) -> None:
     root = write_csv_dataset(tmp_path / "mydata", [("x/a.png", "test", "1"), ("y/a.png", "test", "1")])
     (root / "labels.csv").write_text("path,split,fine\nx/a.png,test,1\ny/a.png,test,1\n")
     assert len(build_dataset("csv", root, "test")) == 2
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_line_and_column(tmp_path) -> None:
+    root = write_csv_dataset(tmp_path / "mydata")
+    csv = root / "labels.csv"
+    lines = csv.read_bytes().split(b"\n")
+    lines[2] = b"imgs/b.png,train,caf\xe9,bear,mammal"  # a Latin-1 byte on line 3, after a BOM and CRLF line ends
+    csv.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines))
+    with pytest.raises(InputError) as err:
+        build_dataset("csv", root, "train")
+    assert str(err.value) == (f"{csv}:3: not UTF-8 text: byte 0xe9 at column 21 cannot be decoded (save the file as "
+                              "UTF-8)")
+    sop = write_sop(tmp_path / "sop")  # was "(... can't decode byte 0xe9 in position 93 ...)", no line
+    (sop / "Ebay_test.txt").write_bytes(b"image_id class_id super_class_id path\n5 11 1 bicycle_final/444_0.JPG\n"
+                                        b"6 11 1 bicycle_final/\xe94_1.JPG\n")
+    with pytest.raises(InputError, match=r"Ebay_test\.txt:3: not UTF-8 text: byte 0xe9 at column 22 cannot be"):
+        build_dataset("sop", sop, "test")
+
+
+def test_a_cub_image_that_cannot_be_read_is_cited_at_its_images_txt_line(tmp_path, capsys) -> None:
+    root = write_cub(tmp_path / "cub")
+    base = root / "CUB_200_2011"
+    image = base / "images" / "101.D" / "d2.jpg"
+    image.write_bytes(image.read_bytes()[:40])  # truncated
+    assert main(["data", "inspect", "--format", "cub200", "--root", str(root), "--split", "test"]) == 1
+    out = capsys.readouterr().out
+    assert f"(listed at {base / 'images.txt'}:6)" in out  # was image_class_labels.txt:6 (which holds no path)
+    assert "image_class_labels.txt" not in out
+
+
+def test_a_reversed_csv_hierarchy_says_label_columns_go_finest_first(tmp_path) -> None:
+    root = tmp_path / "rev"
+    rows = [("a.png", "mammal", "bear", "brown"), ("b.png", "mammal", "bear", "polar"),
+            ("c.png", "bird", "thrush", "robin"), ("d.png", "bird", "thrush", "wren")]
+    for name, *_ in rows:
+        write_image(root / name)
+    (root / "labels.csv").write_text("path,split,coarse,middle,fine\n"
+                                     + "".join(f"{p},train,{c},{m},{f}\n" for p, c, m, f in rows))
+    with pytest.raises(InputError) as err:
+        build_dataset("csv", root, "train")
+    csv = root / "labels.csv"
+    assert str(err.value).splitlines()[1] == (
+        f"  {csv}:4: hierarchy violation: coarse class 'bird' has 2 fine parents: fine 'robin' (e.g. {csv}:4); fine "
+        f"'wren' (e.g. {csv}:5) (the scales look reversed: every fine class lies in a single coarse class and there "
+        "are more fine classes; label columns go finest first, e.g. path,split,fine,middle,coarse)")
+    assert "look reversed" not in str(err.value).splitlines()[2]  # said once per pair of scales, on its first problem
+
+
+def test_a_missing_index_file_is_a_problem_of_every_format_in_inspect(tmp_path, capsys) -> None:
+    root = write_csv_dataset(tmp_path / "mydata")
+    assert main(["data", "inspect", "--format", "csv", "--root", str(root), "-o", "csv_file=other.csv"]) == 1
+    out = capsys.readouterr().out.splitlines()  # was exit status 2, while a missing SOP index was 1
+    assert out[-2:] == ["1 problem(s):", f"  {root / 'other.csv'}: file not found (expected a CSV with a header "
+                                         "'path,split,<finest scale>,...,<coarsest scale>')"]
+    (tmp_path / "sop").mkdir()
+    assert main(["data", "inspect", "--format", "sop", "--root", str(tmp_path / "sop")]) == 1
+    assert capsys.readouterr().out.splitlines()[-3] == "2 problem(s):"
+    assert main(["data", "inspect", "--format", "csv", "--root", str(tmp_path / "nowhere")]) == 2  # a usage error

@@ -172,7 +172,7 @@ def test_crlf_bom_and_no_final_newline(dyml_vehicle: Path) -> None:
     assert ds.labels.tolist() == [[0, 0, 0], [1, 0, 0], [2, 1, 0]]
     assert ds.report.header[str(csv)] == "glued" and ds.report.blank_lines == 1
     csv.write_bytes(b"fname, coarse_id, middle_id, fine_id0.jpg, 7, 30, \xff\n")
-    with pytest.raises(InputError, match=r"label\.csv: not UTF-8 text"):
+    with pytest.raises(InputError, match=r"label\.csv:1: not UTF-8 text: byte 0xff at column 51"):
         build_dataset("dyml-vehicle", dyml_vehicle, "train")
 
 

@@ -63,10 +63,16 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     options = dict(options or {})
     if format != SYNTHETIC:  # a missing root is a usage error (exit 2), not a dataset problem
         resolve_root(root, f"the {format} dataset root")
-    names = list(splits) if splits else list_splits(format, root, **options)
     result: dict[str, Any] = {"format": format, "root": None if root is None else str(root), "splits": {},
                               "problems": [], "details": {}}
-    problems: list[tuple[Problem, str]] = []  # (problem, the split whose reading found it)
+    problems: list[tuple[Problem, str | None]] = []  # (problem, the split whose reading found it: None if none)
+    try:
+        names = list(splits) if splits else list_splits(format, root, **options)
+    except InputError as exc:  # a missing or unreadable index file (csv, oml read theirs to list the splits): a
+        if exc.file is None:   # dataset problem (exit 1), as when a reader meets it; other errors are usage errors
+            raise
+        problems.append((Problem(exc.message, exc.file, exc.line, "missing_file"), None))
+        names = []
     raw_ids: dict[str, dict[str, set[Hashable]]] = {}  # split -> scale -> raw ids
     if format == SYNTHETIC:
         from dynametric.data.registry import build_dataset
@@ -127,10 +133,10 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 overlap.setdefault(scale, {})[f"{a} & {b}"] = len(raw_ids[a][scale] & raw_ids[b][scale])
     result["details"]["raw_id_overlap"] = overlap
     found_in: dict[Problem, list[str]] = {}  # a file shared by several splits reports its bad rows once
-    for problem, split in problems:
+    for problem, where in problems:
         found_in.setdefault(problem, [])
-        if split not in found_in[problem]:
-            found_in[problem].append(split)
+        if where is not None and where not in found_in[problem]:
+            found_in[problem].append(where)
     result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind,
                            "split_unknown": p.split_unknown, "splits": splits} for p, splits in found_in.items()]
     return result

@@ -193,6 +193,12 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
                 continue
             if bad.size == 0:
                 continue
+            hint = ""  # the scales given coarsest first (a CSV's label columns reversed): say so once
+            if np.unique(pairs % width, return_counts=True)[1].max() == 1 and \
+                    np.unique(labels[:, parent]).size > np.unique(labels[:, child]).size:
+                hint = (f" (the scales look reversed: every {scale_names[parent]} class lies in a single "
+                        f"{scale_names[child]} class and there are more {scale_names[parent]} classes; label columns "
+                        "go finest first, e.g. path,split,fine,middle,coarse)")
             order = np.argsort(labels[:, child], kind="stable")  # rows grouped by class, file order kept
             starts = np.searchsorted(labels[order, child], bad, side="left")
             ends = np.searchsorted(labels[order, child], bad, side="right")
@@ -210,7 +216,8 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
                         where = "rows " + ", ".join(str(r) for r in rows_cp.tolist())
                     parts.append(f"{scale_names[parent]} {class_ids[parent][p]!r} (e.g. {where})")
                 msg = (f"hierarchy violation: {scale_names[child]} class {class_ids[child][c]!r} has "
-                       f"{len(parts)} {scale_names[parent]} parents: " + "; ".join(parts))
+                       f"{len(parts)} {scale_names[parent]} parents: " + "; ".join(parts) + hint)
+                hint = ""
                 problems.append(Problem(msg, first_loc[0] if first_loc else None,
                                         first_loc[1] if first_loc else None, "hierarchy"))
     return problems, notes

@@ -15,6 +15,7 @@ import numpy as np
 
 from dynametric.data.base import LoadReport
 from dynametric.errors import InputError
+from dynametric.utils.readers import decode_utf8
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -51,11 +52,10 @@ def read_lines(path: Path, report: LoadReport) -> list[tuple[int, str]]:
 def _read_text(path: Path, report: LoadReport) -> str:
     """The text of a UTF-8 file (byte order mark dropped, line ends made ``\\n``); the file is listed in the report."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc})", file=path) from exc
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read ({exc})", file=path) from exc
+    text = decode_utf8(data, path)
     if str(path) not in report.files:
         report.files.append(str(path))
     return text

@@ -107,7 +107,7 @@ class CUB200Format:
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report, check_links=check_files)
         for iid in sorted(classes):
-            cls, number = classes[iid]
+            cls, _ = classes[iid]
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             rel, img_line = paths[iid]
@@ -118,7 +118,7 @@ class CUB200Format:
                 continue
             out_paths.append(full)
             raw.append((cls,))
-            locs.append((str(labels_txt), number))
+            locs.append((str(images_txt), img_line))  # the file that lists the image's path
         report.records = len(out_paths)
         return SplitRecords(split, out_paths, raw, ("fine",), locs, report, class_names=[names] if names else None)
 
