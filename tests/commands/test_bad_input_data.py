@@ -13,7 +13,16 @@ import pytest
 from dynametric.cli import main
 from dynametric.data import build_dataset
 from dynametric.errors import InputError
-from tests.data.conftest import write_csv_dataset, write_dyml, write_folder, write_image, write_inshop, write_sop
+from tests.data.conftest import (
+    write_cars,
+    write_csv_dataset,
+    write_cub,
+    write_dyml,
+    write_folder,
+    write_image,
+    write_inshop,
+    write_sop,
+)
 
 
 def _deny(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
@@ -120,7 +129,11 @@ def test_folder_links_leaving_the_tree_are_reported(tree, tmp_path) -> None:
     assert found == [("9.png", "outside_root"), ("linked", "outside_root")]
     with pytest.raises(InputError, match="symbolic link to a folder, not followed"):
         build_dataset("folder", tree, "all")
-    assert len(build_dataset("folder", tree, "all", allow_outside_root=True)) == 18
+    with pytest.raises(InputError, match=r"robin/9\.png \(the same file as 'bird/thrush/linked/1\.png'\) listed "
+                       "again with labels"):  # followed, the link and the linked folder list one file twice
+        build_dataset("folder", tree, "all", allow_outside_root=True)
+    (tree / "bird" / "thrush" / "robin" / "9.png").unlink()
+    assert len(build_dataset("folder", tree, "all", allow_outside_root=True)) == 17
 
 
 # ------------------------------------------------------------------------- inputs that look right but are not
@@ -305,3 +318,161 @@ def test_oml_box_past_the_image_edge(tmp_path, capsys, caplog) -> None:
     skipping = build_dataset("oml", tmp_path, "train", skip_corrupt=True)
     assert skipping.load_image(0).size == skipping[1][0].size == (32, 32)  # replaced by the good crop of label 0
     assert skipping.skipped_corrupt == 1 and "reaches x_2=99" in caplog.text
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line_at_inspect_and_train(tmp_path, capsys) -> None:
+    root = write_folder(tmp_path / "tree", ["train/a/0.png", "train/a/1.png", "train/b/0.png", "train/b/1.png"])
+    latin1 = os.path.join(os.fsencode(root / "train" / "a"), b"caf\xe9.png")  # a Latin-1 name: not UTF-8
+    write_image(Path(os.fsdecode(latin1)))
+    shown = f"{root / 'train' / 'a'}/caf\\xe9.png"
+    message = "the file name is not UTF-8 text; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)"
+    problem = f"{shown}: {message}"
+    assert main(["data", "inspect", "--format", "folder", "--root", str(root)]) == 1  # was: counted, exit 0
+    out = capsys.readouterr().out
+    assert "  train: 4 images; classes: fine=2" in out and out.splitlines()[-2:] == ["1 problem(s):", f"  {problem}"]
+    with pytest.raises(InputError) as err:
+        build_dataset("folder", root, "train")
+    assert str(err.value).splitlines()[1] == f"  {problem}"
+    assert len(build_dataset("folder", root, "train", mode="lenient")) == 4
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("data: {transform: small, batch_size: 4, m: 2}\nmodel: {backbone: simple_cnn, embedding_dim: 8}\n"
+                   "trainer: {max_epochs: 1, progress_bar: false}\n")
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "data.format=folder",
+                 f"data.root={root}"])  # was: a 34-line UnicodeEncodeError traceback from PathTable
+    assert code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        f"dynametric train: error: {shown}: 1 problem(s) in folder split 'train': {message}", f"  {problem}"]
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(text)
+
+
+def _listed_twice(fmt: str, tmp_path: Path) -> tuple[Path, str, str]:
+    """A dataset of ``fmt`` listing one image twice in one split with the same labels (under another name where
+    the format allows one); returns (root, split, the expected problem line)."""
+    if fmt == "cub200":
+        root = write_cub(tmp_path / "cub")
+        images = root / "CUB_200_2011" / "images.txt"
+        _append(images, "8 101.D/d1.jpg\n")  # image 5's file under a new image_id
+        _append(root / "CUB_200_2011" / "image_class_labels.txt", "8 101\n")
+        return root, "test", f"{images}:8: 101.D/d1.jpg listed again with the same labels as line 5"
+    if fmt == "sop":
+        root = write_sop(tmp_path / "sop")
+        _append(root / "Ebay_test.txt", "8 11 1 ./bicycle_final/444_0.JPG\n")
+        return root, "test", (f"{root / 'Ebay_test.txt'}:5: ./bicycle_final/444_0.JPG (the same file as "
+                              "'bicycle_final/444_0.JPG') listed again with the same labels as line 2")
+    if fmt == "inshop":
+        root = write_inshop(tmp_path / "inshop")
+        part = root / "Eval" / "list_eval_partition.txt"
+        part.write_text(part.read_text().replace("7\n", "8\n", 1)
+                        + "img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train\n")
+        return root, "train", (f"{part}:10: img/WOMEN/Dresses/id_00000002/02_1_front.jpg listed again with the same "
+                               "labels as line 3")
+    if fmt == "csv":
+        root = write_csv_dataset(tmp_path / "mydata")
+        _append(root / "labels.csv", "imgs/./b.png,train,brown_bear,bear,mammal\n")
+        return root, "train", (f"{root / 'labels.csv'}:9: imgs/./b.png (the same file as 'imgs/b.png') listed again "
+                               "with the same labels as line 3")
+    if fmt == "dyml-vehicle":
+        root = write_dyml(tmp_path / "dyml")
+        _append(root / "train" / "label.csv", "3.jpg, 9, 40, 300\n")
+        return root, "train", f"{root / 'train' / 'label.csv'}:6: 3.jpg listed again with the same labels as line 4"
+    root = write_folder(tmp_path / "tree", ["train/a/0.png", "train/a/1.png", "train/b/0.png"])
+    os.symlink(root / "train" / "a" / "0.png", root / "train" / "a" / "2.png")  # a link inside the tree
+    return root, "train", (f"{root / 'train' / 'a' / '2.png'}: a/2.png (the same file as 'a/0.png') listed again "
+                           f"with the same labels as {root / 'train' / 'a' / '0.png'}")
+
+
+@pytest.mark.parametrize("fmt", ["cub200", "sop", "inshop", "csv", "dyml-vehicle", "folder"])
+def test_an_image_listed_twice_in_a_split_is_a_problem_of_every_reader(tmp_path, capsys, fmt) -> None:
+    root, split, expected = _listed_twice(fmt, tmp_path)
+    expected += ": a split lists each image once (a second listing would be its own rank-1 match when evaluating)"
+    with pytest.raises(InputError) as err:
+        build_dataset(fmt, root, split)
+    assert str(err.value).splitlines()[1:] == [f"  {expected}"]  # was kept with a note (CUB: not even that)
+    kept = build_dataset(fmt, root, split, mode="lenient")  # lenient keeps the first listing only
+    assert len(kept) == len({os.path.realpath(p) for p in kept.paths})
+    assert [p.kind for p in kept.report.problems] == ["duplicate"]
+    assert main(["data", "inspect", "--format", fmt, "--root", str(root), "--split", split,
+                 "--no-verify-images"]) == 1
+    assert f"  {expected}" in capsys.readouterr().out.splitlines()
+
+
+def test_cars_annotations_listing_one_image_twice(tmp_path) -> None:
+    root = write_cars(tmp_path / "cars", [("car_ims/000001.jpg", 1), ("car_ims/000002.jpg", 1),
+                                          ("car_ims/../car_ims/000001.jpg", 1)])
+    with pytest.raises(InputError) as err:
+        build_dataset("cars196", root, "train")
+    assert str(err.value).splitlines()[1] == (
+        f"  {root / 'cars_annos.mat'}: annotation #3: car_ims/../car_ims/000001.jpg (the same file as "
+        "'car_ims/000001.jpg') listed again with the same labels as annotation #1: a split lists each image once (a "
+        "second listing would be its own rank-1 match when evaluating)")
+
+
+def test_different_files_with_one_base_name_are_no_duplicates(tmp_path) -> None:
+    root = write_sop(tmp_path / "sop")
+    write_image(root / "cabinet_final" / "444_0.JPG")  # the base name of bicycle_final/444_0.JPG, another file
+    _append(root / "Ebay_test.txt", "8 12 2 cabinet_final/444_0.JPG\n")
+    assert len(build_dataset("sop", root, "test")) == 4
+    root = write_csv_dataset(tmp_path / "mydata", [("x/a.png", "test", "1"), ("y/a.png", "test", "1")])
+    (root / "labels.csv").write_text("path,split,fine\nx/a.png,test,1\ny/a.png,test,1\n")
+    assert len(build_dataset("csv", root, "test")) == 2
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_line_and_column(tmp_path) -> None:
+    root = write_csv_dataset(tmp_path / "mydata")
+    csv = root / "labels.csv"
+    lines = csv.read_bytes().split(b"\n")
+    lines[2] = b"imgs/b.png,train,caf\xe9,bear,mammal"  # a Latin-1 byte on line 3, after a BOM and CRLF line ends
+    csv.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines))
+    with pytest.raises(InputError) as err:
+        build_dataset("csv", root, "train")
+    assert str(err.value) == (f"{csv}:3: not UTF-8 text: byte 0xe9 at column 21 cannot be decoded (save the file as "
+                              "UTF-8)")
+    sop = write_sop(tmp_path / "sop")  # was "(... can't decode byte 0xe9 in position 93 ...)", no line
+    (sop / "Ebay_test.txt").write_bytes(b"image_id class_id super_class_id path\n5 11 1 bicycle_final/444_0.JPG\n"
+                                        b"6 11 1 bicycle_final/\xe94_1.JPG\n")
+    with pytest.raises(InputError, match=r"Ebay_test\.txt:3: not UTF-8 text: byte 0xe9 at column 22 cannot be"):
+        build_dataset("sop", sop, "test")
+
+
+def test_a_cub_image_that_cannot_be_read_is_cited_at_its_images_txt_line(tmp_path, capsys) -> None:
+    root = write_cub(tmp_path / "cub")
+    base = root / "CUB_200_2011"
+    image = base / "images" / "101.D" / "d2.jpg"
+    image.write_bytes(image.read_bytes()[:40])  # truncated
+    assert main(["data", "inspect", "--format", "cub200", "--root", str(root), "--split", "test"]) == 1
+    out = capsys.readouterr().out
+    assert f"(listed at {base / 'images.txt'}:6)" in out  # was image_class_labels.txt:6 (which holds no path)
+    assert "image_class_labels.txt" not in out
+
+
+def test_a_reversed_csv_hierarchy_says_label_columns_go_finest_first(tmp_path) -> None:
+    root = tmp_path / "rev"
+    rows = [("a.png", "mammal", "bear", "brown"), ("b.png", "mammal", "bear", "polar"),
+            ("c.png", "bird", "thrush", "robin"), ("d.png", "bird", "thrush", "wren")]
+    for name, *_ in rows:
+        write_image(root / name)
+    (root / "labels.csv").write_text("path,split,coarse,middle,fine\n"
+                                     + "".join(f"{p},train,{c},{m},{f}\n" for p, c, m, f in rows))
+    with pytest.raises(InputError) as err:
+        build_dataset("csv", root, "train")
+    csv = root / "labels.csv"
+    assert str(err.value).splitlines()[1] == (
+        f"  {csv}:4: hierarchy violation: coarse class 'bird' has 2 fine parents: fine 'robin' (e.g. {csv}:4); fine "
+        f"'wren' (e.g. {csv}:5) (the scales look reversed: every fine class lies in a single coarse class and there "
+        "are more fine classes; label columns go finest first, e.g. path,split,fine,middle,coarse)")
+    assert "look reversed" not in str(err.value).splitlines()[2]  # said once per pair of scales, on its first problem
+
+
+def test_a_missing_index_file_is_a_problem_of_every_format_in_inspect(tmp_path, capsys) -> None:
+    root = write_csv_dataset(tmp_path / "mydata")
+    assert main(["data", "inspect", "--format", "csv", "--root", str(root), "-o", "csv_file=other.csv"]) == 1
+    out = capsys.readouterr().out.splitlines()  # was exit status 2, while a missing SOP index was 1
+    assert out[-2:] == ["1 problem(s):", f"  {root / 'other.csv'}: file not found (expected a CSV with a header "
+                                         "'path,split,<finest scale>,...,<coarsest scale>')"]
+    (tmp_path / "sop").mkdir()
+    assert main(["data", "inspect", "--format", "sop", "--root", str(tmp_path / "sop")]) == 1
+    assert capsys.readouterr().out.splitlines()[-3] == "2 problem(s):"
+    assert main(["data", "inspect", "--format", "csv", "--root", str(tmp_path / "nowhere")]) == 2  # a usage error

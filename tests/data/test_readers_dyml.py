@@ -105,16 +105,19 @@ def test_missing_image_and_missing_csv(dyml_vehicle: Path) -> None:
         build_dataset("dyml-vehicle", dyml_vehicle, "gallery_middle")
 
 
-def test_duplicates_noted_and_conflicts_are_problems(dyml_vehicle: Path) -> None:
+def test_repeats_and_conflicts_are_problems(dyml_vehicle: Path) -> None:
     csv = dyml_vehicle / "train" / "label.csv"
     _rewrite(csv, ["fname, coarse_id, middle_id, fine_id", "0.jpg, 7, 30, 100", "0.jpg, 7, 30, 100",
                    "1.jpg, 7, 30, 101", "1.jpg, 7, 30, 205"])
     ds = build_dataset("dyml-vehicle", dyml_vehicle, "train", mode="lenient")
-    assert len(ds) == 3  # the identical repeat is kept (noted), the conflicting one skipped (a problem)
-    assert len(ds.report.duplicates) == 1 and "repeats line 2" in ds.report.duplicates[0]
-    assert [(p.line, p.kind) for p in ds.report.problems] == [(5, "duplicate")]
-    with pytest.raises(InputError, match=r"label\.csv:5: .*1\.jpg listed again"):
+    assert len(ds) == 2  # an identical repeat is a problem too (it was kept with a note); lenient keeps the first
+    assert [(p.line, p.kind) for p in ds.report.problems] == [(3, "duplicate"), (5, "duplicate")]
+    with pytest.raises(InputError) as err:
         build_dataset("dyml-vehicle", dyml_vehicle, "train")
+    assert str(err.value).splitlines()[1:] == [
+        f"  {csv}:3: 0.jpg listed again with the same labels as line 2: a split lists each image once (a second "
+        "listing would be its own rank-1 match when evaluating)",
+        f"  {csv}:5: 1.jpg listed again with labels [205, 30, 7] but line 4 gives [101, 30, 7]"]
 
 
 def test_hierarchy_violation_names_lines_in_both_modes(dyml_vehicle: Path) -> None:
@@ -169,7 +172,7 @@ def test_crlf_bom_and_no_final_newline(dyml_vehicle: Path) -> None:
     assert ds.labels.tolist() == [[0, 0, 0], [1, 0, 0], [2, 1, 0]]
     assert ds.report.header[str(csv)] == "glued" and ds.report.blank_lines == 1
     csv.write_bytes(b"fname, coarse_id, middle_id, fine_id0.jpg, 7, 30, \xff\n")
-    with pytest.raises(InputError, match=r"label\.csv: not UTF-8 text"):
+    with pytest.raises(InputError, match=r"label\.csv:1: not UTF-8 text: byte 0xff at column 51"):
         build_dataset("dyml-vehicle", dyml_vehicle, "train")
 
 

@@ -74,7 +74,48 @@ def test_folder_depth_scales_and_splits(folder_root: Path) -> None:
     ds2 = build_dataset("folder", two, "all", scale_names=["species", "family"])
     assert list_splits("folder", two) == ["all"]
     assert ds2.scale_names == ("species", "family") and ds2.labels.tolist() == [[0, 0], [1, 0], [2, 1]]
-    assert any("1 non-image file(s) ignored" in n for n in ds2.report.notes)
+    assert ds2.report.warnings == [f"1 file(s) in {two} not read, their names lacking an image extension (.bmp .gif "
+                                   ".jfif .jpe .jpeg .jpg .png .tif .tiff .webp): dogs/wolf/notes.txt"]
+
+
+def test_folder_reads_jfif_and_warns_of_every_file_it_does_not_read(tmp_path: Path, caplog, capsys) -> None:
+    from dynametric.cli import main
+
+    root = write_folder(tmp_path / "tree", ["train/a/0.jpg", "train/a/1.jfif", "train/a/2.JPE", "train/b/0.png"])
+    for name in ("noext", "raw.cr2", "notes.txt", "x.psd", "y.heic", "z.svg"):
+        write_image(root / "train" / "b" / name)  # six files whose names lack an image extension (five are JPEGs)
+    with caplog.at_level("WARNING", logger="dynametric.data.base"):
+        ds = build_dataset("folder", root, "train")
+    assert sorted(Path(p).name for p in ds.paths) == ["0.jpg", "0.png", "1.jfif", "2.JPE"]  # .jfif was ignored
+    warning = (f"6 file(s) in {root / 'train'} not read, their names lacking an image extension (.bmp .gif .jfif .jpe "
+               ".jpeg .jpg .png .tif .tiff .webp): b/noext, b/notes.txt, b/raw.cr2, b/x.psd, b/y.heic, ... (1 more)")
+    assert ds.report.warnings == [warning]  # was a note: "2 non-image file(s) ignored"
+    assert caplog.messages == [f"folder split 'train': {warning}"]
+    assert main(["data", "inspect", "--format", "folder", "--root", str(root)]) == 0  # readable: a warning only
+    assert f"      warning: {warning}" in capsys.readouterr().out.splitlines()
+
+
+def test_folder_beside_the_split_folders_is_a_problem(tmp_path: Path, capsys) -> None:
+    from dynametric.cli import main
+
+    root = write_folder(tmp_path / "tree", ["train/a/0.png", "train/b/0.png", "test/c/0.png", "test/d/0.png",
+                                            "reptile/lizard/0.png", "Val/e/0.png", "stray.png"])
+    (root / "README.txt").write_text("a note beside the splits is no image: not reported")
+    expected = [
+        f"{root / 'Val'}: folder Val/ beside the split folders train/, test/ is in no split, so its images would be "
+        "left out (move it into a split folder; split folders are lower case (val/))",
+        f"{root / 'reptile'}: folder reptile/ beside the split folders train/, test/ is in no split, so its images "
+        "would be left out (move it into a split folder)",
+        f"{root / 'stray.png'}: image stray.png beside the split folders train/, test/ is in no split (move it into "
+        "a split folder)"]
+    for split in ("train", "test"):  # they belong to no split, so to every one
+        with pytest.raises(InputError) as err:
+            build_dataset("folder", root, split)
+        assert str(err.value).splitlines()[1:] == [f"  {e}" for e in expected]
+    assert len(build_dataset("folder", root, "test", mode="lenient")) == 2
+    assert main(["data", "inspect", "--format", "folder", "--root", str(root)]) == 1  # was "no problems found"
+    out = capsys.readouterr().out.splitlines()
+    assert out[-4:] == ["3 problem(s):"] + [f"  {e}" for e in expected]
 
 
 def test_folder_wrong_depth_and_name_key_violation(tmp_path: Path) -> None:
@@ -264,3 +305,18 @@ def test_the_collector_is_paused_while_reading_and_restored_after():
         assert not gc.isenabled()  # a caller who had it off keeps it off
     finally:
         gc.enable()
+
+
+def test_non_utf8_names_a_root_is_refused_and_path_tables_keep_them(tmp_path: Path) -> None:
+    import os
+
+    from dynametric.data.base import PathTable
+
+    table = PathTable(["a.png", "caf\udce9.png"])  # a Latin-1 file name as os.listdir returns it
+    assert table[1] == "caf\udce9.png" and os.fsencode(table[1]) == b"caf\xe9.png"  # was a UnicodeEncodeError
+    root = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"donn\xe9es"))
+    write_folder(Path(root), ["a/0.png", "b/0.png"])
+    with pytest.raises(InputError) as err:
+        build_dataset("folder", root, "all")
+    assert str(err.value) == (f"{tmp_path}/donn\\xe9es: dataset root: the file name is not UTF-8 text; rename it to "
+                              "UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")

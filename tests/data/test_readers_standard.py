@@ -40,6 +40,36 @@ def test_cub_bad_rows_name_file_and_line(cub_root: Path) -> None:
         build_dataset("cub200", cub_root, "train")
 
 
+def test_cub_class_ids_must_be_1_to_200(cub_root: Path) -> None:
+    base = cub_root / "CUB_200_2011"
+    labels = base / "image_class_labels.txt"
+    labels.write_text("1 1\n2 1\n3 2\n4 100\n5 250\n6 101\n7 200\n")  # line 5: no such class
+    for split in ("train", "test"):  # the split comes from the class: the bad line is a problem of both
+        with pytest.raises(InputError) as err:
+            build_dataset("cub200", cub_root, split)
+        assert str(err.value).splitlines()[1] == f"  {labels}:5: image_id 5: expected a class id in 1..200, got 250"
+    test = build_dataset("cub200", cub_root, "test", mode="lenient")
+    assert test.class_ids == [[101, 200]] and len(test) == 2  # 250 does not land in test
+    assert [(p.line, p.split_unknown) for p in test.report.problems] == [(5, True)]
+    # a 0-based file (0..199): class 0 is out of range, with a hint
+    labels.write_text("".join(f"{i} {c - 1}\n" for i, c in [(1, 1), (2, 1), (3, 2), (4, 100), (5, 101), (6, 101),
+                                                             (7, 200)]))
+    with pytest.raises(InputError) as err:
+        build_dataset("cub200", cub_root, "train")
+    assert str(err.value).splitlines()[1:] == [
+        f"  {labels}:1: image_id 1: expected a class id in 1..200, got 0 (the ids are 1-based; is the file 0-based?)",
+        f"  {labels}:2: image_id 2: expected a class id in 1..200, got 0 (the ids are 1-based; is the file 0-based?)"]
+
+
+def test_cars_class_ids_must_be_1_to_196(tmp_path: Path) -> None:
+    root = write_cars(tmp_path / "cars", [("car_ims/000001.jpg", 1), ("car_ims/000002.jpg", 197),
+                                          ("car_ims/000003.jpg", 196)])
+    with pytest.raises(InputError) as err:
+        build_dataset("cars196", root, "train")
+    assert str(err.value).splitlines()[1] == (f"  {root / 'cars_annos.mat'}: annotation #2: expected a class id in "
+                                              "1..196, got 197")
+
+
 def test_cars_mat_split_by_class(cars_root: Path) -> None:
     train = build_dataset("cars196", cars_root, "train")
     test = build_dataset("cars196", cars_root, "test")
@@ -128,3 +158,38 @@ def test_inshop_count_mismatch_and_bad_status(tmp_path: Path) -> None:
     assert [(p.line, p.kind) for p in ds.report.problems] == [(10, "malformed_row"), (1, "count_mismatch")]
     with pytest.raises(InputError, match="unknown split 'test' for inshop"):
         build_dataset("inshop", root, "test")
+
+
+def test_inshop_images_extracted_into_img_are_found_and_said_so(tmp_path: Path) -> None:
+    root = write_inshop(tmp_path / "inshop")
+    (root / "Img").mkdir()
+    (root / "img").rename(root / "Img" / "img")  # the release's Img/img.zip extracted where it lies
+    ds = build_dataset("inshop", root, "query")  # was one "image file not found" per image
+    assert list(ds.paths) == [str(root / "Img" / "img/WOMEN/Skirts/id_00000010/01_1_front.jpg"),
+                              str(root / "Img" / "img/MEN/Pants/id_00000013/01_1_front.jpg")]
+    assert ds.report.notes == [
+        f"images read from {root / 'Img'} (the release's Img/img.zip extracted in Img/): the first listed image, "
+        f"img/WOMEN/Dresses/id_00000002/02_1_front.jpg, is there and not in {root} (set the option image_root to "
+        "choose another folder)"]
+    chosen = build_dataset("inshop", root, "train", image_root="Img")  # the option (was refused as unknown)
+    assert chosen.report.notes == []
+    assert chosen.paths[0] == str(root / "Img" / "img/WOMEN/Dresses/id_00000002/02_1_front.jpg")
+    with pytest.raises(InputError) as err:
+        build_dataset("inshop", root, "train", image_root="Images")
+    assert err.value.key == "image_root" and str(err.value) == (
+        f"key 'image_root': folder not found: {root / 'Images'} (image_root is the folder the listed image paths "
+        f"are relative to, itself relative to the dataset root {root})")
+
+
+def test_cub_and_sop_take_an_image_root(cub_root: Path, sop_root: Path) -> None:
+    base = cub_root / "CUB_200_2011"
+    (base / "images").rename(base / "pics")
+    with pytest.raises(InputError, match="image file not found"):
+        build_dataset("cub200", cub_root, "train")
+    ds = build_dataset("cub200", cub_root, "train", image_root="CUB_200_2011/pics")  # relative to the root given
+    assert Path(ds.paths[0]) == base / "pics" / "001.A" / "a1.jpg" and len(ds) == 4
+    (sop_root / "photos").mkdir()
+    for folder in ("bicycle_final", "cabinet_final"):
+        (sop_root / folder).rename(sop_root / "photos" / folder)
+    ds = build_dataset("sop", sop_root, "test", image_root=str(sop_root / "photos"))  # or absolute
+    assert Path(ds.paths[2]) == sop_root / "photos" / "cabinet_final" / "555_0.JPG"

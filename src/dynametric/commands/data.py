@@ -2,7 +2,7 @@
 
 ``dynametric data inspect --format NAME --root DIR [--split S ...] [--json]`` reads every split (or those named),
 reports images and classes per scale, and lists every problem: missing index files, missing images, unreadable
-images, malformed rows (with line numbers), conflicting duplicates, empty splits and hierarchy violations. The
+images, malformed rows (with line numbers), images listed twice in a split, empty splits and hierarchy violations. The
 exit status is 1 when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). ``--json``
 prints ``{"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line",
 "message", "kind", "split_unknown", "splits"}], "details": {...}}`` (``splits``: the splits whose reading found the
@@ -40,11 +40,10 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
 def _decode(path: str) -> tuple[str | None, tuple[int, int] | None]:
-    """``(None, (width, height))`` for an image that decodes, else ``(the error, None)``."""
+    """``(None, (width, height))`` for an image that loads as training and embedding load it (:func:`load_rgb`:
+    the size after EXIF orientation), else ``(the error, None)``."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return None, img.size
+        return None, load_rgb(path).size
     except _DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}", None
 
@@ -66,10 +65,16 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     options = dict(options or {})
     if format != SYNTHETIC:  # a missing root is a usage error (exit 2), not a dataset problem
         resolve_root(root, f"the {format} dataset root")
-    names = list(splits) if splits else list_splits(format, root, **options)
     result: dict[str, Any] = {"format": format, "root": None if root is None else str(root), "splits": {},
                               "problems": [], "details": {}}
-    problems: list[tuple[Problem, str]] = []  # (problem, the split whose reading found it)
+    problems: list[tuple[Problem, str | None]] = []  # (problem, the split whose reading found it: None if none)
+    try:
+        names = list(splits) if splits else list_splits(format, root, **options)
+    except InputError as exc:  # a missing or unreadable index file (csv, oml read theirs to list the splits): a
+        if exc.file is None:   # dataset problem (exit 1), as when a reader meets it; other errors are usage errors
+            raise
+        problems.append((Problem(exc.message, exc.file, exc.line, "missing_file"), None))
+        names = []
     raw_ids: dict[str, dict[str, set[Hashable]]] = {}  # split -> scale -> raw ids
     paths: dict[str, Sequence[str]] = {}  # split -> image files
     if format == SYNTHETIC:
@@ -138,10 +143,10 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     result["details"]["raw_id_overlap"] = overlap
     problems += _held_out_problems(format, names, raw_ids, paths)
     found_in: dict[Problem, list[str]] = {}  # a file shared by several splits reports its bad rows once
-    for problem, split in problems:
+    for problem, where in problems:
         found_in.setdefault(problem, [])
-        if split not in found_in[problem]:
-            found_in[problem].append(split)
+        if where is not None and where not in found_in[problem]:
+            found_in[problem].append(where)
     result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind,
                            "split_unknown": p.split_unknown, "splits": splits} for p, splits in found_in.items()]
     return result
@@ -197,8 +202,7 @@ def format_report(result: dict[str, Any]) -> str:
             extra.append("header " + ", ".join(f"{Path(f).name}={m}" for f, m in det["header"].items()))
         if det.get("blank_lines"):
             extra.append(f"{det['blank_lines']} blank line(s) ignored")
-        if det.get("duplicates"):
-            extra.append(f"{len(det['duplicates'])} duplicate file name(s) (same labels, kept)")
+        extra += [f"warning: {w}" for w in det.get("warnings", [])]
         extra += det.get("notes", [])
         lines += [f"      {e}" for e in extra]
     overlap = result["details"].get("raw_id_overlap", {})

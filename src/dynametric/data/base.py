@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
+                                              ".tiff"})  # .jpe, .jfif: the other JPEG names Pillow registers
 MODES: tuple[str, str] = ("strict", "lenient")
 _MAX_LISTED = 20  # problems spelled out in one exception message (all are in the report)
 
@@ -38,7 +39,8 @@ class Problem:
     """One problem found while reading a dataset: where (file, 1-based line) and what.
 
     ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
-    ``unreadable_folder``, ``outside_root``, ``hierarchy``, ``duplicate``, ``count_mismatch``, ``empty_split``.
+    ``unreadable_folder``, ``non_utf8_name``, ``outside_root``, ``outside_split``, ``hierarchy``, ``duplicate``,
+    ``count_mismatch``, ``empty_split``.
     ``split_unknown`` marks a record of a file shared by several splits whose split cannot be read (the split cell is
     unknown, the fields are shifted, a quote is left open): it may belong to any split, so every split lists it.
     """
@@ -60,7 +62,10 @@ class Problem:
 
 @dataclass
 class LoadReport:
-    """What a reader met: records kept, header mode per file, blank lines, problems, duplicates, notes."""
+    """What a reader met: records kept, header mode per file, blank lines, problems, warnings, notes.
+
+    ``warnings`` are things the user should see although the data can be read (files a ``folder`` tree holds but
+    does not read): :meth:`HierarchicalImageDataset.from_records` logs them, ``data inspect`` prints them."""
 
     split: str
     files: list[str] = field(default_factory=list)
@@ -68,7 +73,7 @@ class LoadReport:
     header: dict[str, str] = field(default_factory=dict)  # file -> "glued" | "own_line" | "none"
     blank_lines: int = 0
     problems: list[Problem] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def add(self, message: str, file: str | Path | None = None, line: int | None = None,
@@ -78,7 +83,7 @@ class LoadReport:
     def as_dict(self) -> dict[str, Any]:
         return {"split": self.split, "files": list(self.files), "records": self.records, "header": dict(self.header),
                 "blank_lines": self.blank_lines, "problems": [p.as_dict() for p in self.problems],
-                "duplicates": list(self.duplicates), "notes": list(self.notes)}
+                "warnings": list(self.warnings), "notes": list(self.notes)}
 
     def summary(self) -> str:
         parts = [f"split {self.split!r}: {self.records} records kept"]
@@ -86,8 +91,8 @@ class LoadReport:
             parts.append("header " + ", ".join(f"{Path(f).name}={m}" for f, m in self.header.items()))
         parts.append(f"{self.blank_lines} blank line(s) ignored")
         parts.append(f"{len(self.problems)} problem(s)")
-        if self.duplicates:
-            parts.append(f"{len(self.duplicates)} duplicate file name(s)")
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning(s)")
         return "; ".join(parts)
 
 
@@ -188,6 +193,12 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
                 continue
             if bad.size == 0:
                 continue
+            hint = ""  # the scales given coarsest first (a CSV's label columns reversed): say so once
+            if np.unique(pairs % width, return_counts=True)[1].max() == 1 and \
+                    np.unique(labels[:, parent]).size > np.unique(labels[:, child]).size:
+                hint = (f" (the scales look reversed: every {scale_names[parent]} class lies in a single "
+                        f"{scale_names[child]} class and there are more {scale_names[parent]} classes; label columns "
+                        "go finest first, e.g. path,split,fine,middle,coarse)")
             order = np.argsort(labels[:, child], kind="stable")  # rows grouped by class, file order kept
             starts = np.searchsorted(labels[order, child], bad, side="left")
             ends = np.searchsorted(labels[order, child], bad, side="right")
@@ -205,7 +216,8 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
                         where = "rows " + ", ".join(str(r) for r in rows_cp.tolist())
                     parts.append(f"{scale_names[parent]} {class_ids[parent][p]!r} (e.g. {where})")
                 msg = (f"hierarchy violation: {scale_names[child]} class {class_ids[child][c]!r} has "
-                       f"{len(parts)} {scale_names[parent]} parents: " + "; ".join(parts))
+                       f"{len(parts)} {scale_names[parent]} parents: " + "; ".join(parts) + hint)
+                hint = ""
                 problems.append(Problem(msg, first_loc[0] if first_loc else None,
                                         first_loc[1] if first_loc else None, "hierarchy"))
     return problems, notes
@@ -215,10 +227,71 @@ def _loc(loc: tuple[str, int | None]) -> str:
     return f"{loc[0]}:{loc[1]}" if loc[1] is not None else loc[0]
 
 
+BACKGROUND = 255  # transparent pixels are composited onto white (R = G = B = 255)
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_TRANSPARENT = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def _round_div(values: np.ndarray, divisor: int) -> np.ndarray:
+    """``floor(values / divisor + 1/2)`` for non-negative integers, as ``uint8`` (the callers clip to 0..255)."""
+    return ((values * 2 + divisor) // (2 * divisor)).astype(np.uint8)
+
+
+def _grey_to_uint8(img: Image.Image) -> np.ndarray:
+    """A one-channel 16-bit, 32-bit integer or float image as ``uint8`` by its range convention (not by its
+    content): 16-bit (``I;16*``, and ``I``, which Pillow uses for 16-bit PGM/PPM) ``round(v / 257)``; ``I`` from a
+    TIFF of 32 bits per sample ``round(v / 16843009)`` (0..2**32-1 onto 0..255, negatives 0); float (``F``) taken
+    as 0..1: ``round(255 v)`` clipped to 0..255, NaN 0."""
+    values = np.asarray(img)
+    if img.mode == "F":
+        scaled = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+        return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
+    wide = values.astype(np.int64)
+    tiff_bits = getattr(img, "tag_v2", {}).get(258) if img.format == "TIFF" else None
+    bits = int(np.max(tiff_bits)) if tiff_bits is not None else 16
+    if img.mode == "I" and bits > 16:
+        return _round_div(wide.clip(0, 2**32 - 1), 16843009)
+    return _round_div(wide.clip(0, 65535), 257)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as 8-bit RGB, as it is meant to be seen (the one conversion of every image dynametric reads).
+
+    * **EXIF orientation** is applied (``ImageOps.exif_transpose``): a phone photo stored 40x20 with orientation 6
+      comes out 20x40, upright.
+    * **16-bit, 32-bit and float greyscale** are scaled by their range convention (:func:`_grey_to_uint8`:
+      16-bit ``v / 257``, float 0..1 clipped), never clipped at 255 (Pillow's ``convert`` turns a 16-bit
+      gradient 0..30000 into black and white). 16-bit colour PNGs Pillow reduces to 8 bits itself (high byte).
+    * **Transparency** (an alpha channel, a palette or colour key with transparency) is composited onto white
+      (:data:`BACKGROUND`): ``out = round((c * a + 255 * (255 - a)) / 255)``; a fully transparent pixel is white
+      whatever colour it stores.
+    * Every other mode (``L``, ``P``, ``1``, ``CMYK``, ``YCbCr``, ...) goes through Pillow's ``convert("RGB")``.
+
+    An 8-bit RGB image without transparency or orientation (the common JPEG) is returned as it is: no copy.
+    """
+    img.load()
+    orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    transparent = img.mode in _TRANSPARENT or "transparency" in img.info
+    if img.mode == "RGB" and orientation == 1 and not transparent:
+        return img
+    if orientation in range(2, 9):
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
+        return Image.fromarray(np.repeat(_grey_to_uint8(img)[:, :, None], 3, axis=2))
+    if transparent:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint32)
+        alpha = rgba[:, :, 3:]
+        out = (rgba[:, :, :3] * alpha + BACKGROUND * (255 - alpha) + 127) // 255
+        return Image.fromarray(out.astype(np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def load_rgb(path: str | Path, swap_rb: bool = False) -> Image.Image:
-    """Open and fully decode an image as RGB (``swap_rb`` exchanges the R and B channels after decoding)."""
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
+    """Open and fully decode an image as RGB with :func:`to_rgb` (EXIF orientation applied, 16-bit and float
+    images scaled, transparency on white); ``swap_rb`` exchanges the R and B channels after decoding."""
+    with Image.open(path) as img:  # leaving the block closes the file, not the decoded image
+        rgb = to_rgb(img)
     if swap_rb:
         r, g, b = rgb.split()
         rgb = Image.merge("RGB", (b, g, r))
@@ -233,10 +306,12 @@ class PathTable(Sequence[str]):
 
     Unlike a Python list of ``str`` it costs about one byte per character and holds no per-item Python objects,
     so DataLoader workers forked from the main process do not copy it page by page through reference counts.
+    A file name that is not UTF-8 (held by Python as surrogate escapes) round-trips unchanged (``surrogateescape``,
+    as ``os.fsencode``); the readers report such names as problems before they get here.
     """
 
     def __init__(self, paths: Sequence[str]) -> None:
-        encoded = [p.encode("utf-8") for p in paths]
+        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         if encoded:
             np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
@@ -255,7 +330,7 @@ class PathTable(Sequence[str]):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"path index {index} out of range for {len(self)} paths")
-        return self._data[self._offsets[i]:self._offsets[i + 1]].tobytes().decode("utf-8")
+        return self._data[self._offsets[i]:self._offsets[i + 1]].tobytes().decode("utf-8", "surrogateescape")
 
     def __repr__(self) -> str:
         return f"PathTable({len(self)} paths)"
@@ -321,6 +396,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         if mode not in MODES:
             raise InputError(f"mode must be one of {list(MODES)}, got {mode!r}", key="mode")
         report = records.report
+        for warning in report.warnings:
+            log.warning("%s split %r: %s", name, records.split, warning)
         if mode == "strict":
             raise_problems(report.problems, f"{name} split {records.split!r}")
         elif report.problems:

@@ -36,7 +36,9 @@ from dynametric.data.readers import (
     DuplicateTracker,
     RootGuard,
     image_exists,
+    non_utf8_name,
     parse_int,
+    printable_path,
     read_csv_rows,
     require_file,
     require_header,
@@ -47,6 +49,7 @@ from dynametric.errors import InputError
 from dynametric.labels import default_scale_names
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "query", "gallery")
+_LISTED = 5  # file names a warning spells out
 
 
 def _typed(values: list[str]) -> list[Hashable]:
@@ -152,6 +155,26 @@ class FolderFormat:
         found = [s for s in SPLIT_NAMES if (base / s).is_dir()]
         return found or ["all"]
 
+    @staticmethod
+    def _beside_splits(base: Path, splits: list[str], report: LoadReport) -> None:
+        """A folder or image beside the split folders is in no split: a problem (of every split) naming it."""
+        try:
+            names = sorted(n for n in os.listdir(base) if not n.startswith(".") and n not in splits)
+        except OSError as exc:
+            report.add(f"cannot read folder ({exc.strerror or exc})", printable_path(base), None, "unreadable_folder")
+            return
+        where = f"beside the split folders {', '.join(s + '/' for s in splits)}"
+        for name in names:
+            path = base / name
+            if path.is_dir():
+                case = f"; split folders are lower case ({name.lower()}/)" if name.lower() in SPLIT_NAMES else ""
+                report.add(f"folder {printable_path(name)}/ {where} is in no split, so its images would be left out "
+                           f"(move it into a split folder{case})", printable_path(path), None, "outside_split",
+                           split_unknown=True)
+            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                report.add(f"image {printable_path(name)} {where} is in no split (move it into a split folder)",
+                           printable_path(path), None, "outside_split", split_unknown=True)
+
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True, class_key: str = "path",
              scale_names: list[str] | None = None, allow_outside_root: bool = False) -> SplitRecords:
         if class_key not in ("path", "name"):
@@ -162,12 +185,14 @@ class FolderFormat:
             raise InputError(f"unknown split {split!r} for the folder tree {base}; found {valid}", key="split")
         top = base if split == "all" else base / split
         report = LoadReport(split=split, files=[str(top)])
+        if split != "all":
+            self._beside_splits(base, valid, report)
         entries: list[tuple[str, ...]] = []
-        ignored = 0
+        ignored: list[str] = []
 
         def unreadable(exc: OSError) -> None:  # os.walk would skip the folder without a word
-            report.add(f"cannot read folder ({exc.strerror or exc}); its images are missing", exc.filename, None,
-                       "unreadable_folder")
+            report.add(f"cannot read folder ({exc.strerror or exc}); its images are missing",
+                       None if exc.filename is None else printable_path(exc.filename), None, "unreadable_folder")
 
         guard = RootGuard(top, allow_outside_root)
         for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=allow_outside_root):
@@ -181,11 +206,17 @@ class FolderFormat:
                 if fn.startswith("."):
                     continue
                 if Path(fn).suffix.lower() not in IMAGE_EXTENSIONS:
-                    ignored += 1
+                    ignored.append(printable_path(os.path.relpath(os.path.join(dirpath, fn), top)))
+                    continue
+                if (bad := non_utf8_name(os.path.join(dirpath, fn))) is not None:
+                    report.add(bad, printable_path(os.path.join(dirpath, fn)), None, "non_utf8_name")
                     continue
                 entries.append(Path(dirpath, fn).relative_to(top).parts)
         if ignored:
-            report.notes.append(f"{ignored} non-image file(s) ignored (extensions {sorted(IMAGE_EXTENSIONS)})")
+            shown = ", ".join(ignored[:_LISTED]) + (f", ... ({len(ignored) - _LISTED} more)"
+                                                   if len(ignored) > _LISTED else "")
+            report.warnings.append(f"{len(ignored)} file(s) in {printable_path(top)} not read, their names lacking an "
+                                   f"image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}): {shown}")
         if not entries:
             return SplitRecords(split, [], [], tuple(scale_names or ["fine"]), [], report)
         counts = Counter(len(e) - 1 for e in entries if len(e) > 1)
@@ -197,6 +228,7 @@ class FolderFormat:
             raise InputError(f"{len(scale_names)} scale names given for a tree of depth {depth}", key="scale_names")
         names = tuple(scale_names) if scale_names is not None else tuple(default_scale_names(depth))
         out_paths, raw, locs = [], [], []
+        dup = DuplicateTracker(report)  # a link to an image already listed (allow_outside_root follows links)
         for e in entries:
             rel = "/".join(e)
             if len(e) - 1 != depth:
@@ -209,9 +241,12 @@ class FolderFormat:
             else:
                 labels = tuple(dirs[depth - 1 - s] for s in range(depth))
             full = str(top / rel)
-            if not guard.admit(guard.resolve(full), rel, report, top / rel, None):
+            real = guard.resolve(full)
+            if not guard.admit(real, rel, report, top / rel, None):
                 continue
             if not image_exists(full, report, top / rel, None, check_files):
+                continue
+            if not dup.accept(rel, labels, top / rel, None, identity=real):
                 continue
             out_paths.append(full)
             raw.append(labels)

@@ -1,5 +1,5 @@
-"""Shared helpers of the file readers: line and CSV reading with blank-line counting, file checks, duplicate
-tracking."""
+"""Shared helpers of the file readers: line and CSV reading with blank-line counting, file checks, path
+confinement, the duplicate check."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dynametric.data.base import LoadReport
 from dynametric.errors import InputError
+from dynametric.utils.readers import decode_utf8
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -49,11 +52,10 @@ def read_lines(path: Path, report: LoadReport) -> list[tuple[int, str]]:
 def _read_text(path: Path, report: LoadReport) -> str:
     """The text of a UTF-8 file (byte order mark dropped, line ends made ``\\n``); the file is listed in the report."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc})", file=path) from exc
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read ({exc})", file=path) from exc
+    text = decode_utf8(data, path)
     if str(path) not in report.files:
         report.files.append(str(path))
     return text
@@ -125,20 +127,12 @@ def image_exists(path: str, report: LoadReport, file: Path, line: int | None, ch
     return False
 
 
-class RootGuard:
-    """Keeps a reader's image paths inside the dataset root (one check shared by the csv, folder and DyML readers).
+class PathResolver:
+    """The file an image path names, resolved cheaply: folders are resolved once and cached, so the cost per image is
+    one ``lstat`` (for a link of the file itself; none with ``check_links=False``) and a string concatenation."""
 
-    :meth:`resolve` follows ``..``, absolute paths and symbolic links (folders resolved once and cached, so the cost
-    per image is one ``lstat``; with ``check_links=False``, i.e. ``check_files=False``, links of the files themselves
-    are not looked at). :meth:`admit` reports a path that ends outside ``root`` as a problem of kind
-    ``outside_root`` and refuses it, unless the format option ``allow_outside_root`` is set.
-    """
-
-    def __init__(self, root: str | Path, allow: bool = False, check_links: bool = True) -> None:
-        self.root = os.path.realpath(root)
-        self.allow = bool(allow)
+    def __init__(self, check_links: bool = True) -> None:
         self.check_links = check_links
-        self._prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
         self._dirs: dict[str, str] = {}
 
     def resolve(self, path: str) -> str:
@@ -150,6 +144,22 @@ class RootGuard:
         if name in ("", ".", "..") or (self.check_links and os.path.islink(full)):
             full = os.path.realpath(full)
         return full
+
+
+class RootGuard(PathResolver):
+    """Keeps a reader's image paths inside the dataset root (one check shared by the csv, folder and DyML readers).
+
+    :meth:`resolve` follows ``..``, absolute paths and symbolic links (:class:`PathResolver`; with
+    ``check_links=False``, i.e. ``check_files=False``, links of the files themselves are not looked at).
+    :meth:`admit` reports a path that ends outside ``root`` as a problem of kind ``outside_root`` and refuses it,
+    unless the format option ``allow_outside_root`` is set.
+    """
+
+    def __init__(self, root: str | Path, allow: bool = False, check_links: bool = True) -> None:
+        super().__init__(check_links)
+        self.root = os.path.realpath(root)
+        self.allow = bool(allow)
+        self._prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
 
     def resolve_rel(self, rel: str) -> str:
         """``root/rel`` resolved like :meth:`resolve`; a plain file name costs one string concatenation (DyML)."""
@@ -167,29 +177,70 @@ class RootGuard:
 
 
 class DuplicateTracker:
-    """Notes repeated file names; a repeat with different labels is a problem (the row is then skipped)."""
+    """The one duplicate check of every reader: an image file listed twice in one split is a problem of kind
+    ``duplicate`` naming both listings, and the repeat is skipped (lenient mode keeps the first listing).
 
-    def __init__(self, report: LoadReport) -> None:
+    With the same labels a repeat is no less wrong: in a leave-one-out evaluation the second listing is the first's
+    guaranteed rank-1 match, and in training it silently doubles the image's weight. Two listings are the same image
+    when they name the same file: :meth:`accept`'s ``identity`` (a resolved path the reader has already computed),
+    else ``path`` resolved here (``a.png``, ``./a.png``, ``x/../a.png`` and a link to it are one file), else
+    ``key`` normalised (``oml`` passes the path plus its crop box: two boxes of one image are two items). Different
+    files that share a base name are not duplicates.
+    """
+
+    def __init__(self, report: LoadReport, check_links: bool = True) -> None:
         self.report = report
-        self.seen: dict[str, tuple[int | None, tuple[Hashable, ...], str]] = {}
+        self.resolver = PathResolver(check_links)
+        self.seen: dict[str, tuple[str, int | None, tuple[Hashable, ...], str, str | None]] = {}
 
-    def accept(self, key: str, labels: Sequence[Hashable], file: Path, line: int | None,
-               identity: str | None = None) -> bool:
-        """``identity`` (default: ``key`` normalised) decides what is the same image: a resolved path catches one
-        file listed under two names (``a.png``, ``./a.png``, a link)."""
+    def accept(self, key: str, labels: Sequence[Hashable], file: str | Path, line: int | None,
+               identity: str | None = None, *, path: str | None = None, at: str | None = None) -> bool:
+        """``True`` for the first listing of an image in this split; ``False``, with a problem, for a repeat.
+
+        ``key`` is the path as the index file gives it (shown in the message); ``at`` names a record that has no
+        line (``annotation #7`` of a MATLAB file)."""
         labels = tuple(labels)
-        ident = os.path.normpath(key) if identity is None else identity
-        first = self.seen.get(ident)
+        if identity is None:
+            identity = self.resolver.resolve(path) if path is not None else os.path.normpath(key)
+        first = self.seen.get(identity)
         if first is None:
-            self.seen[ident] = (line, labels, key)
+            self.seen[identity] = (str(file), line, labels, key, at)
             return True
-        if first[1] == labels:
-            self.report.duplicates.append(f"{file}:{line}: {key} repeats line {first[0]} (same labels; kept)")
-            return True
-        same = "" if first[2] == key else f" (the same file as {first[2]!r})"
-        self.report.add(f"{key}{same} listed again with labels {list(labels)} but line {first[0]} gives "
-                        f"{list(first[1])}", file, line, "duplicate")
+        first_file, first_line, first_labels, first_key, first_at = first
+        if first_line is None:
+            where = first_at or first_file
+        else:
+            where = f"line {first_line}" if first_file == str(file) else f"{first_file}:{first_line}"
+        prefix = f"{at}: " if at is not None else ""
+        same = "" if first_key == key else f" (the same file as {first_key!r})"
+        if first_labels == labels:
+            self.report.add(f"{prefix}{key}{same} listed again with the same labels as {where}: a split lists each "
+                            "image once (a second listing would be its own rank-1 match when evaluating)", file,
+                            line, "duplicate")
+        else:
+            self.report.add(f"{prefix}{key}{same} listed again with labels {list(labels)} but {where} gives "
+                            f"{list(first_labels)}", file, line, "duplicate")
         return False
+
+
+def class_in_range(value: object, classes: int, report: LoadReport, file: str | Path, line: int | None,
+                   what: str) -> int | None:
+    """The class id ``value`` as an ``int`` if it is one in ``1..classes`` (the 1-based ids of the official CUB and
+    CARS files), else ``None`` with a problem at ``file:line`` (``what`` says which record, e.g. ``"image_id 7"``).
+
+    The problem is ``split_unknown``: these formats derive the split from the class id, so a record whose id is out
+    of range belongs to no split that could be named."""
+    try:
+        number = int(np.asarray(value).item()) if not isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None and 1 <= number <= classes:
+        return number
+    hint = " (the ids are 1-based; is the file 0-based?)" if number == 0 else ""
+    shown = repr(value) if isinstance(value, str) else str(value)
+    report.add(f"{what}: expected a class id in 1..{classes}, got {shown}{hint}", file, line,
+               split_unknown=True)
+    return None
 
 
 def parse_int(text: str) -> int | None:
@@ -199,13 +250,57 @@ def parse_int(text: str) -> int | None:
         return None
 
 
+def printable_path(path: str | Path) -> str:
+    """``path`` as text that can be printed and written: bytes of a file name that are not UTF-8 (which Python
+    holds as surrogate escapes) are shown as ``\\xNN`` (``caf\\xe9.png``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def non_utf8_name(path: str | Path) -> str | None:
+    """``None`` if ``path`` is UTF-8 text, else the problem (to be reported at :func:`printable_path` of it):
+    dynametric needs UTF-8 file names (paths are printed, logged and written to UTF-8 files)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not UTF-8 text; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)"
+    return None
+
+
 def resolve_root(root: str | Path | None, what: str) -> Path:
     if root is None:
         raise InputError(f"a dataset root directory is required ({what})", key="root")
+    if (bad := non_utf8_name(root)) is not None:
+        raise InputError(f"dataset root: {bad}", file=printable_path(root))
     path = Path(root).expanduser()
     if not path.exists():
         raise InputError(f"dataset root not found (expected {what})", file=path)
     return path
+
+
+def image_folder(root: Path, default: Path, image_root: str | Path | None, first: str | None,
+                 report: LoadReport, nested: Sequence[tuple[Path, str]] = ()) -> Path:
+    """The folder an index file's relative image paths are joined to (the ``image_root`` option of the ``cub200``,
+    ``sop`` and ``inshop`` readers).
+
+    ``image_root`` (relative to ``root``, the dataset root as given, or absolute) must be a folder, else a usage
+    error keyed ``image_root``. Without it the format's ``default`` is used, unless the first listed image
+    (``first``) is missing there but found under one of the ``nested`` candidates ``(folder, layout)``, a common way
+    an archive gets extracted (In-Shop's ``img.zip`` into ``Img/``): then that folder is used and one note in the
+    report says so."""
+    if image_root is not None:
+        folder = root / image_root
+        if not folder.is_dir():
+            raise InputError(f"folder not found: {folder} (image_root is the folder the listed image paths are "
+                             f"relative to, itself relative to the dataset root {root})", key="image_root")
+        return folder
+    if first is None or (default / first).is_file():
+        return default
+    for folder, layout in nested:
+        if (folder / first).is_file():
+            report.notes.append(f"images read from {folder} ({layout}): the first listed image, {first}, is there "
+                                f"and not in {default} (set the option image_root to choose another folder)")
+            return folder
+    return default
 
 
 def start_csv_read(fmt: Any, root: str | Path | None, split: str, splits: Sequence[str], csv_file: str,

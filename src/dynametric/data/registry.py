@@ -2,7 +2,7 @@
 
 Options understood by every file format:
 
-* ``mode``: ``"strict"`` (default; any malformed row, missing image or duplicate with conflicting labels raises
+* ``mode``: ``"strict"`` (default; any malformed row, missing image or image listed twice in a split raises
   one error listing all of them with file and line) or ``"lenient"`` (such records are skipped and listed in
   ``dataset.report``);
 * ``check_files`` (default ``True``): require every listed image to exist;

@@ -28,7 +28,9 @@ import numpy as np
 from dynametric.data.base import LoadReport, SplitRecords, contiguous_ids
 from dynametric.data.readers import (
     DuplicateTracker,
+    class_in_range,
     image_exists,
+    image_folder,
     parse_int,
     read_lines,
     require_file,
@@ -43,7 +45,7 @@ def _unknown_split(name: str, split: str, valid: list[str]) -> InputError:
 
 class CUB200Format:
     name = "cub200"
-    options: dict[str, object] = {}
+    options: dict[str, object] = {"image_root": None}
     TRAIN_MAX_CLASS = 100
     SCALES = ("fine",)
 
@@ -60,9 +62,11 @@ class CUB200Format:
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return ["train", "test"]
 
-    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
+             image_root: str | Path | None = None) -> SplitRecords:
         if split not in ("train", "test"):
             raise _unknown_split(self.name, split, ["train", "test"])
+        given = resolve_root(root, "CUB_200_2011 with images.txt")
         base = self._base(root)
         report = LoadReport(split=split)
         images_txt = require_file(base / "images.txt", "'image_id relative_path' per line")
@@ -78,6 +82,7 @@ class CUB200Format:
             else:
                 paths[iid] = (parts[1].strip(), number)
         classes: dict[int, tuple[int, int]] = {}
+        out_of_range: set[int] = set()  # image ids whose class is reported as out of range (not also "no class")
         for number, text in read_lines(labels_txt, report):
             parts = text.split()
             ints = [parse_int(p) for p in parts]
@@ -87,10 +92,13 @@ class CUB200Format:
                 report.add(f"image_id {ints[0]} repeats line {classes[ints[0]][1]}", labels_txt, number, "duplicate")
             elif ints[0] not in paths:
                 report.add(f"image_id {ints[0]} is not in images.txt", labels_txt, number)
+            elif (cls := class_in_range(ints[1], 2 * self.TRAIN_MAX_CLASS, report, labels_txt, number,
+                                        f"image_id {ints[0]}")) is None:
+                out_of_range.add(ints[0])  # type: ignore[arg-type]
             else:
-                classes[ints[0]] = (ints[1], number)  # type: ignore[assignment]
+                classes[ints[0]] = (cls, number)  # type: ignore[index]
         for iid, (_, number) in paths.items():
-            if iid not in classes:
+            if iid not in classes and iid not in out_of_range:
                 report.add(f"image_id {iid} has no class in image_class_labels.txt", images_txt, number)
         names: dict[Hashable, str] = {}
         classes_txt = base / "classes.txt"
@@ -99,18 +107,23 @@ class CUB200Format:
                 parts = text.split(None, 1)
                 if len(parts) == 2 and parse_int(parts[0]) is not None:
                     names[int(parts[0])] = parts[1].strip()
+        first = next(iter(paths.values()), None)
+        images = image_folder(given, base / "images", image_root, first and first[0], report)
         out_paths, raw, locs = [], [], []
+        dup = DuplicateTracker(report, check_links=check_files)
         for iid in sorted(classes):
-            cls, number = classes[iid]
+            cls, _ = classes[iid]
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             rel, img_line = paths[iid]
-            full = os.path.join(str(base), "images", rel)
+            full = os.path.join(str(images), rel)
             if not image_exists(full, report, images_txt, img_line, check_files):
+                continue
+            if not dup.accept(rel, (cls,), images_txt, img_line, path=full):
                 continue
             out_paths.append(full)
             raw.append((cls,))
-            locs.append((str(labels_txt), number))
+            locs.append((str(images_txt), img_line))  # the file that lists the image's path
         report.records = len(out_paths)
         return SplitRecords(split, out_paths, raw, self.SCALES, locs, report, class_names=[names] if names else None)
 
@@ -192,22 +205,21 @@ class Cars196Format:
                 if classes is not None:
                     names = {i: str(n) for i, n in enumerate(np.atleast_1d(classes).tolist(), 1)}
         out_paths, raw, locs = [], [], []
-        dup = DuplicateTracker(report)
+        dup = DuplicateTracker(report, check_links=check_files)
         for mat_path, i, rel, cls_value, image_dir in entries:
-            try:
-                cls = int(np.asarray(cls_value).item())
-            except (TypeError, ValueError):
-                cls = -1
-            if not rel or not 1 <= cls <= 2 * self.TRAIN_MAX_CLASS:
-                report.add(f"annotation #{i}: expected an image path and a class in 1..{2 * self.TRAIN_MAX_CLASS}, "
-                           f"got {rel!r}, {cls_value!r}", mat_path, None)
+            if not rel:
+                report.add(f"annotation #{i}: expected an image path, got {rel!r}", mat_path, None,
+                           split_unknown=True)
+                continue
+            cls = class_in_range(cls_value, 2 * self.TRAIN_MAX_CLASS, report, mat_path, None, f"annotation #{i}")
+            if cls is None:
                 continue
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             full = os.path.join(str(image_dir), rel)
             if check_files and not os.path.isfile(full):
                 report.add(f"annotation #{i}: image file not found: {full}", mat_path, None, "missing_image")
-            elif dup.accept(full, (cls,), mat_path, None):
+            elif dup.accept(rel, (cls,), mat_path, None, path=full, at=f"annotation #{i}"):
                 out_paths.append(full)
                 raw.append((cls,))
                 locs.append((f"{mat_path} annotation #{i}", None))
@@ -217,7 +229,7 @@ class Cars196Format:
 
 class SOPFormat:
     name = "sop"
-    options: dict[str, object] = {}
+    options: dict[str, object] = {"image_root": None}
     SCALES = ("product", "category")
     _FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
 
@@ -228,16 +240,18 @@ class SOPFormat:
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         return ["train", "test"]
 
-    def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
+    def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
+             image_root: str | Path | None = None) -> SplitRecords:
         if split not in self._FILES:
             raise _unknown_split(self.name, split, list(self._FILES))
         base = resolve_root(root, "Stanford_Online_Products with Ebay_train.txt")
         path = require_file(base / self._FILES[split], "'image_id class_id super_class_id path' rows after a header")
         report = LoadReport(split=split)
         out_paths, raw, locs = [], [], []
-        dup = DuplicateTracker(report)
-        prefix = os.path.join(str(base), "")
+        dup = DuplicateTracker(report, check_links=check_files)
         lines = read_lines(path, report)
+        first = next((p[3] for p in (t.split() for _, t in lines) if len(p) == 4 and p[3] != "path"), None)
+        prefix = os.path.join(str(image_folder(base, base, image_root, first, report)), "")
         report.header[str(path)] = "none"
         for k, (number, text) in enumerate(lines):
             parts = text.split()
@@ -251,7 +265,7 @@ class SOPFormat:
             full = prefix + parts[3]
             if not image_exists(full, report, path, number, check_files):
                 continue
-            if not dup.accept(parts[3], tuple(ints), path, number):
+            if not dup.accept(parts[3], tuple(ints), path, number, path=full):
                 continue
             out_paths.append(full)
             raw.append((ints[0], ints[1]))
@@ -262,7 +276,7 @@ class SOPFormat:
 
 class InShopFormat:
     name = "inshop"
-    options: dict[str, object] = {"with_category": False}
+    options: dict[str, object] = {"with_category": False, "image_root": None}
     SPLITS = ("train", "query", "gallery")
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
@@ -315,14 +329,16 @@ class InShopFormat:
         return "/".join(parts[1:3]) if len(parts) >= 5 else None  # img/<GENDER>/<Category>/<item>/<file>
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
-             with_category: bool = False) -> SplitRecords:
+             with_category: bool = False, image_root: str | Path | None = None) -> SplitRecords:
         if split not in self.SPLITS:
             raise _unknown_split(self.name, split, list(self.SPLITS))
         base = resolve_root(root, "In-Shop Clothes with list_eval_partition.txt and img/")
         report = LoadReport(split=split)
         path, rows = self._parse(base, report, split)
+        images = image_folder(base, base, image_root, rows[0][1] if rows else None, report,
+                              [(base / "Img", "the release's Img/img.zip extracted in Img/")])
         out_paths, raw, locs = [], [], []
-        dup = DuplicateTracker(report)
+        dup = DuplicateTracker(report, check_links=check_files)
         for number, name, item, status in rows:
             if status != split:
                 continue
@@ -334,8 +350,9 @@ class InShopFormat:
                                f"<file>)", path, number)
                     continue
                 labels = (item, cat)
-            full = os.path.join(str(base), name)
-            if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number):
+            full = os.path.join(str(images), name)
+            if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number,
+                                                                                            path=full):
                 continue
             out_paths.append(full)
             raw.append(labels)

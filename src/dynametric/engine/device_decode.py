@@ -7,10 +7,12 @@ applies the evaluation transform's geometry (``Resize`` / ``CenterCrop``, same s
 ``antialias=True``) on the device, images of one size as one batch. Normalisation is the transform's device part
 (:func:`dynametric.engine.inference.split_transform`).
 
-Files that are not plain JPEGs (PNG, WebP, …, and JPEGs that do not end with the end-of-image marker, e.g.
-truncated ones) are decoded in the worker by PIL with the usual transform (to ``uint8``), so mixed folders work
-and a bad file gives the same error as the CPU path. A JPEG the device decoder rejects is decoded again alone,
-then by PIL; if PIL cannot decode it either the error names the file, as on the CPU path.
+Files that are not plain JPEGs (PNG, WebP, …, JPEGs that do not end with the end-of-image marker, e.g.
+truncated ones, and JPEGs with an EXIF orientation other than 1, which nvjpeg would not apply) are decoded in the
+worker by PIL with the usual loader (:func:`dynametric.data.base.load_rgb`) and transform (to ``uint8``), so mixed
+folders work, phone photos come out upright as on the CPU path, and a bad file gives the same error as the CPU
+path. A JPEG the device decoder rejects is decoded again alone, then by PIL; if PIL cannot decode it either the
+error names the file, as on the CPU path.
 
 Values differ slightly from the CPU path: PIL's and torchvision's antialiased resize are not bit-identical (and
 nvjpeg's IDCT may differ from libjpeg's in the last bit).
@@ -18,6 +20,7 @@ nvjpeg's IDCT may differ from libjpeg's in the last bit).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from dynametric.errors import InputError
 
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
+EXIF_HEADER = b"Exif\x00\x00"
 
 
 def gpu_decode_available() -> bool:
@@ -42,8 +46,19 @@ def gpu_decode_available() -> bool:
 
 
 def is_plain_jpeg(data: bytes) -> bool:
-    """Starts with the JPEG start-of-image marker and (ignoring trailing padding) ends with end-of-image."""
-    return data.startswith(JPEG_START) and data.rstrip(b"\x00\r\n \t").endswith(JPEG_END)
+    """Starts with the JPEG start-of-image marker, (ignoring trailing padding) ends with end-of-image, and shows
+    its pixels as stored: no EXIF orientation other than 1 (the device decoder does not apply it)."""
+    if not (data.startswith(JPEG_START) and data.rstrip(b"\x00\r\n \t").endswith(JPEG_END)):
+        return False
+    if data.find(EXIF_HEADER, 0, 65536) < 0:  # the APP1 segment comes first and holds at most 64 KiB
+        return True
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            return img.getexif().get(0x0112, 1) == 1
+    except Exception:  # PIL raises many types for bad data; it names the problem on the PIL path
+        return False
 
 
 class EncodedImages:

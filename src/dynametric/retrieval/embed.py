@@ -44,7 +44,7 @@ from dynametric.utils.io import (
     atomic_write_with,
     remove_stale_temps,
 )
-from dynametric.utils.readers import check_file, check_npy_size
+from dynametric.utils.readers import check_file, check_npy_size, decode_utf8
 
 FORMAT_VERSION = 1
 RESERVED_COLUMNS = ("path", "id", "split")
@@ -142,10 +142,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
     path = Path(path)
     if not path.is_file():
         raise InputError("CSV file not found" if not path.exists() else "not a regular file", file=path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+    text = decode_utf8(path.read_bytes(), path)  # a byte that is not UTF-8: an error at its line and column
     report = LoadReport(split="*")
     rows = parse_csv(text, path, report)
     require_header(rows, report, path, "a header with a 'path' column")

@@ -156,13 +156,15 @@ class Explorer:
                              key="content-type")
         from PIL import Image
 
+        from dynametric.data.base import to_rgb
+
         try:
             with Image.open(io.BytesIO(data)) as img:
                 fmt = img.format
                 if img.width * img.height > self.max_pixels:
                     raise InputError(f"image has {img.width}x{img.height} pixels, more than {self.max_pixels}",
                                      key="upload")
-                rgb = img.convert("RGB")
+                rgb = to_rgb(img)  # the one conversion of every image read (EXIF orientation, 16-bit, alpha)
         except InputError:
             raise
         except Exception as exc:  # PIL raises many types for bad data

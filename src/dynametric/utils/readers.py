@@ -110,14 +110,25 @@ def load_embeddings(path: str | Path) -> np.ndarray:
     return arr
 
 
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """The text of a UTF-8 file's bytes as ``read_text`` gives it (byte order mark dropped, ``\\r\\n`` and ``\\r``
+    made ``\\n``); bytes that are not UTF-8 are an :class:`InputError` at their line and column (not a byte
+    offset), the line numbered as the dataset readers number it
+    (``dynametric.data.readers.read_lines``)."""
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        raise InputError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at column {len(before[-1]) + 1} cannot be "
+                         "decoded (save the file as UTF-8)", file=path, line=len(before)) from None
+
+
 def load_labels_csv(path: str | Path) -> tuple[np.ndarray, list[str]]:
     """Read ``[N, S]`` integer labels and the ``S`` column names from a CSV with a header (finest scale first)."""
     path = Path(path)
     check_file(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # an Excel export starts with a byte order mark
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+    text = decode_utf8(path.read_bytes(), path)  # an Excel export starts with a byte order mark
     if "\0" in text:
         raise InputError("contains NUL bytes: not a text CSV", file=path)
     try:
