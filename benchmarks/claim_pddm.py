@@ -487,12 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
     info: dict[str, Any] = {}
+    info_from: dict[str, Path] = {}  # the results file each stored pretrained start came from (named in errors)
     invocations: list[dict[str, Any]] = []
     if a.resume and a.out.with_suffix(".json").is_file():
         previous = json.loads(a.out.with_suffix(".json").read_text(encoding="utf-8"))
         check_setup(a.out.with_suffix(".json"), previous.get("args"), a)
         invocations += [i for i in previous.get("invocations", []) if i.get("wall_s")]
         info.update(previous.get("pretraining", {}))
+        info_from.update(dict.fromkeys(previous.get("pretraining", {}), a.out.with_suffix(".json")))
     for path in a.merge:
         payload = json.loads(path.read_text(encoding="utf-8"))
         if "args" not in payload:
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         runs += payload.get("runs", [])
         for key, start in payload.get("pretraining", {}).items():
             check_same_start(path, key, info.get(key), start)
-            info[key] = start
+            info[key], info_from[key] = start, path
         invocations += payload.get("invocations", [{"command": payload.get("command"),
                                                     "wall_s": payload.get("wall_s")}])
     for seed in a.seeds:
@@ -521,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             train(start, "triplet", *data["pretrain"], a.pretrain_steps, a.pretrain_lr, seed + 500, a)
             start_eval = {"val": evaluate(start, *data["val"]), "test": evaluate(start, *data["test"])}
-            check_same_start(a.out.with_suffix(".json"), f"{seed}/{cond}", info.get(f"{seed}/{cond}"), start_eval)
+            check_same_start(info_from.get(f"{seed}/{cond}", a.out.with_suffix(".json")), f"{seed}/{cond}",
+                             info.get(f"{seed}/{cond}"), start_eval)
             info[f"{seed}/{cond}"] = {"pretrain_classes": data["pretrain_classes"],
                                       "pretrain_s": round(time.perf_counter() - t0, 1), **start_eval}
             for m in a.methods:

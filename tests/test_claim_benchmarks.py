@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,10 @@ def test_claim_pddm_lr_grid_extended_by_merging_a_run_of_the_new_lr(tmp_path):
     with pytest.raises(SystemExit, match="the pretrained start of seed/condition 0/uniform differs"):
         pddm.main(["--small", "--conditions", "uniform", "--lrs", "1e-4", "1e-3", "--merge", old, new,
                    "--out", str(tmp_path / "y.md")])
+    # found while training the missing lr's runs: the error names the merged file the stored start came from
+    with pytest.raises(SystemExit, match=f"^{re.escape(new)}: the pretrained start of seed/condition 0/uniform"):
+        pddm.main(["--small", "--conditions", "uniform", "--lrs", "1e-3", "1e-2", "--merge", new,
+                   "--out", str(tmp_path / "z.md")])
 
 
 def test_last_quarter_gain_by_hand():
