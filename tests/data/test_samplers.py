@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynametric.data.samplers import HierarchicalSampler, MPerClassSampler, ThreeScaleSampler
+from dynametric.data.samplers import HierarchicalSampler, MPerClassSampler, RandomBatchSampler, ThreeScaleSampler
 from dynametric.errors import InputError
 
 
@@ -509,7 +509,7 @@ def test_a_batch_sampler_given_as_sampler_is_refused(drop_last):
     hier = torch.stack([labels, labels // 2], dim=1)
     samplers = [MPerClassSampler(labels, m=4, batch_size=8), HierarchicalSampler(hier, batch_size=8,
                 samples_per_class=2, parents_per_batch=2), ThreeScaleSampler(hierarchy_labels(), k=2,
-                items_per_batch=1)]
+                items_per_batch=1), RandomBatchSampler(40, 8)]
     for sampler in samplers:
         with pytest.raises(InputError, match=r"yields whole batches: pass it as DataLoader\(dataset, "
                            r"batch_sampler=sampler\) without batch_size, not as sampler=") as err:
@@ -520,6 +520,9 @@ def test_a_batch_sampler_given_as_sampler_is_refused(drop_last):
     assert len(batches) == len(sampler) == 5
     assert all(len(b) == 8 and sorted(Counter(b).values()) == [4, 4] for b in batches)
     assert list(iter(sampler)) == sampler.epoch_batches()  # iterating it directly is unchanged
+    random = samplers[3]  # the random sampler too: batch_sampler= gives its batches, iterating it directly as well
+    assert [b[1].shape[0] for b in DataLoader(ds, batch_sampler=random)] == [8] * 5
+    assert [len(b) for b in random] == [8] * 5
 
 
 # --------------------------------------------------------------------------------------------------- Random

@@ -90,6 +90,16 @@ adds its own names, e.g. ``ThreeScaleSampler``'s ``k`` is ``m``); any other argu
 ``SamplerSettings.options``. An error keyed by an argument names the setting, or the option, that set it."""
 
 
+def _refuse_as_index_sampler(sampler: Any, caller: Any) -> None:
+    """Raise when ``caller`` (the frame that called ``iter(sampler)``) is a torch ``BatchSampler`` wrapping
+    ``sampler``: ``DataLoader(dataset, batch_size=B, sampler=sampler)``, PML's way for its index sampler
+    ``MPerClassSampler``, would hand each of our batches to the dataset as one index, giving batches of batches."""
+    wrapper = caller.f_locals.get("self")
+    if isinstance(wrapper, torch.utils.data.BatchSampler) and getattr(wrapper, "sampler", None) is sampler:
+        raise InputError(f"{type(sampler).__name__} yields whole batches: pass it as DataLoader(dataset, "
+                         "batch_sampler=sampler) without batch_size, not as sampler=", key="sampler")
+
+
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
 
@@ -169,12 +179,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         # not a generator function: the position is reset (or restored) when the iterator is created, and the
         # caller of iter() is the frame above this one
-        caller = sys._getframe(1).f_locals.get("self")
-        if isinstance(caller, torch.utils.data.BatchSampler) and getattr(caller, "sampler", None) is self:
-            # DataLoader(dataset, batch_size=B, sampler=self), PML's way for its index sampler MPerClassSampler:
-            # each of our batches would reach the dataset as one index, giving batches of batches
-            raise InputError(f"{type(self).__name__} yields whole batches: pass it as DataLoader(dataset, "
-                             "batch_sampler=sampler) without batch_size, not as sampler=", key="sampler")
+        _refuse_as_index_sampler(self, sys._getframe(1))
         batches = self.epoch_batches()
         start, self._resume_from = self._resume_from, 0
         self._position = start
@@ -627,6 +632,11 @@ class RandomBatchSampler:
         return self.iterations if self.iterations is not None else full
 
     def __iter__(self) -> Iterator[list[int]]:
+        # not a generator function, so that the caller of iter() is the frame above this one
+        _refuse_as_index_sampler(self, sys._getframe(1))
+        return self._batches()
+
+    def _batches(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         per_pass = self.n // (self.bs * self.world)  # >= 1 (checked in __init__)
         used = per_pass * self.bs * self.world  # a pass drops its last items rather than mix two passes in a batch
