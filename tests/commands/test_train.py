@@ -95,8 +95,8 @@ def test_dry_run_prints_the_resolved_loader_settings(finished_run, capsys):
     cfg, _ = finished_run
     assert main(["train", "--config", str(cfg), "--dry-run", "trainer.accelerator=cpu"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("loader:")]
-    assert lines == ["loader: workers auto -> 0, pin_memory false, persistent_workers true, prefetch_factor 4 (unused "
-                     "without workers); batches of 16 per process (sampler m_per_class), evaluation batches of 64"]
+    assert lines == ["loader: workers auto -> 0, pin_memory false, persistent_workers and prefetch_factor unused (no "
+                     "workers); batches of 16 per process (sampler m_per_class), evaluation batches of 64"]
     assert main(["train", "--config", str(cfg), "--dry-run", "trainer.accelerator=cpu", "data.workers=2",
                  "data.pin_memory=true", "data.persistent_workers=false", "data.prefetch_factor=3",
                  "data.sampler=random", "data.batch_size=12", "data.eval_batch_size=32"]) == 0

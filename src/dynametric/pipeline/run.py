@@ -729,10 +729,11 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
     loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
     d = cfg.data
+    worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
+                   f"{loader['prefetch_factor']}" if loader["num_workers"] else
+                   "persistent_workers and prefetch_factor unused (no workers)")
     log(f"loader: workers {'auto -> ' if d.workers == 'auto' else ''}{loader['num_workers']}, pin_memory "
-        f"{str(loader['pin_memory']).lower()}, persistent_workers {str(loader['persistent_workers']).lower()}, "
-        f"prefetch_factor {loader['prefetch_factor']}{'' if loader['num_workers'] else ' (unused without workers)'}"
-        f"; batches of {d.batch_size} per process (sampler {d.sampler}), evaluation batches of {d.eval_batch_size}")
+        f"{str(loader['pin_memory']).lower()}, {worker_keys}; batches of {d.batch_size} per process (sampler {d.sampler}), evaluation batches of {d.eval_batch_size}")
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")
