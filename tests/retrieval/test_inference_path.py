@@ -237,6 +237,12 @@ def test_checkpoint_commands_default_to_the_precision_of_the_run(tmp_path: Path,
     assert not np.array_equal(np.load(tmp_path / "e_default" / "embeddings.npy"),
                               np.load(tmp_path / "e_fp32" / "embeddings.npy"))
     capsys.readouterr()
+    # a job an earlier version started in fp32 (its default then), run again with today's default: the one line says
+    # what differs and how to resume it
+    assert main([*embed, "--out", str(tmp_path / "e_fp32")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "differs in ['model']: model.precision fp32 -> bf16; --precision fp32 resumes the job as it was started); "
+        "use another --out or --overwrite")
 
     fp16 = _run_in(tmp_path / "fp16", "16-mixed")
     note = ("note: the run trained in trainer.precision 16-mixed (fp16), which needs CUDA; this runs on cpu, so it "

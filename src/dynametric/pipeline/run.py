@@ -733,7 +733,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                    f"{loader['prefetch_factor']}" if loader["num_workers"] else
                    "persistent_workers and prefetch_factor unused (no workers)")
     log(f"loader: workers {'auto -> ' if d.workers == 'auto' else ''}{loader['num_workers']}, pin_memory "
-        f"{str(loader['pin_memory']).lower()}, {worker_keys}; batches of {d.batch_size} per process (sampler {d.sampler}), evaluation batches of {d.eval_batch_size}")
+        f"{str(loader['pin_memory']).lower()}, {worker_keys}; batches of {d.batch_size} per process (sampler "
+        f"{d.sampler}), evaluation batches of {d.eval_batch_size}")
     if datasets is not None:
         log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
             f"({datasets.val_source}); scales {datasets.scale_names}")

@@ -264,6 +264,22 @@ def _comparable(key: str, value: Any) -> Any:
     return value
 
 
+def _model_change(old: Any, new: Any) -> str:
+    """What differs inside the job's ``model`` entry (``: model.precision fp32 -> bf16``), '' when nothing does; a
+    changed precision says how to resume the job as it was started (the default precision is the run's)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return ""
+    unrecorded = {"precision": "fp32", "decode": "cpu"}  # what an entry without the key means (identity())
+    old, new = ({**unrecorded, **_comparable("model", m)} for m in (old, new))
+    keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    if not keys:
+        return ""
+    text = ": " + ", ".join(f"model.{k} {old.get(k)} -> {new.get(k)}" for k in keys)
+    if "precision" in keys:
+        text += f"; --precision {old['precision']} resumes the job as it was started"
+    return text
+
+
 def _worker_error(exc: InputError) -> InputError:
     """A DataLoader worker's InputError arrives with the worker's traceback in its message: keep the last line."""
     text = str(exc)
@@ -367,8 +383,9 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         if changed == ["file_stamp"] or changed == ["file_stamp", "source_file_stamp"]:
             raise InputError(_changed_files(out, items), file=meta_path)
         if changed:
-            raise InputError(f"the folder holds a different embedding job (differs in {changed}); use another --out "
-                             "or --overwrite", file=meta_path)
+            raise InputError(f"the folder holds a different embedding job (differs in {changed}"
+                             f"{_model_change(old.get('model'), job['model'])}); use another --out or --overwrite",
+                             file=meta_path)
         remove_job_temps(out)  # the same job: what a killed write left is removed
         if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
             try:
