@@ -123,7 +123,7 @@ def test_unknown_key_in_file_names_file_and_line(tmp_path: Path) -> None:
     ("loss.head=shared", "loss.head", "single head"),
     ("eval.metrics=[bogus]", "eval.metrics", "unknown metric 'bogus'"),
     ("eval.metrics=[recall@x]", "eval.metrics", "expected recall@K or recall@<positive int>"),
-    ("trainer.monitor=fine/cmc@1", "trainer.monitor", "the results name 'cmc@1' 'recall@1'"),
+    ("trainer.monitor=fine/cmc@1", "trainer.monitor", "the results call 'cmc@1' 'recall@1'"),
 ])
 def test_wrong_values_name_the_key(override: str, key: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -515,7 +515,7 @@ class Config:
             raise ConfigError(exc.message, key="eval.metrics") from None
         if metric not in computed:
             named = canonical_metric_name(metric)  # an alias (cmc@1): the results name it recall@1
-            hint = (f"; the results name {metric!r} {named!r}" if named != metric and named in computed
+            hint = (f"; the results call {metric!r} {named!r}" if named != metric and named in computed
                     else _suggest(metric, computed))
             raise ConfigError(f"monitor metric {metric!r} is not computed by validation; expected one of {computed} "
                               "after the scale (eval.metrics and eval.k_values choose them)" + hint,
