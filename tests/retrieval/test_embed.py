@@ -175,7 +175,7 @@ def test_torn_shard_is_recomputed_and_foreign_job_refused(image_root: Path, tmp_
     c = Counting()
     res = embed_items(items, c, _transform(), out, model_identity={"m": 1}, batch_size=4, shard_size=4)
     assert res.computed_shards == [1, 2] and c.calls == 2
-    with pytest.raises(InputError, match=r"different embedding job \(differs in \['model'\]\)"):
+    with pytest.raises(InputError, match=r"different embedding job \(differs in \['model'\]: model.m 1 -> 2\)"):
         embed_items(items, Counting(), _transform(), out, model_identity={"m": 2}, batch_size=4, shard_size=4)
     res = embed_items(items, Counting(), _transform(), out, model_identity={"m": 2}, batch_size=4, shard_size=4,
                       overwrite=True)
