@@ -610,6 +610,17 @@ def test_training_or_validating_on_a_test_split_is_refused(tmp_path, capsys, fmt
     assert expected in capsys.readouterr().err and not out.exists()
 
 
+def test_training_on_the_split_val_split_auto_validates_on_is_refused(tmp_path, capsys) -> None:
+    # data.val_split: auto (the default) resolves to the format's 'val' split: training on it validates on it
+    expected = ("<command line> key 'data.train_split': the training split 'val' is the split data.val_split: auto "
+                "validates on: model selection would score images the model trains on; set data.val_split: null to "
+                "carve validation classes out of it, or name another validation split")
+    args = ["--config", str(_cfg(tmp_path)), "data.train_split=val"]
+    assert _dry(capsys, *args) == f"dynametric train: error: {expected}"
+    assert main(["train", "--dry-run", *args, "data.val_split=null"]) == 0  # carved from 'val': allowed
+    assert "validation (" in capsys.readouterr().out
+
+
 def _csv(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
     from tests.data.conftest import write_csv_dataset
 

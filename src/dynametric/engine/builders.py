@@ -189,17 +189,29 @@ class Datasets:
     val_carved: bool = False  # the validation classes were set aside from the training split (train is the rest)
 
 
-def check_split_roles(cfg: Config, test_splits: Mapping[str, str]) -> None:
+def auto_val_split(splits: Sequence[str], test_splits: Mapping[str, str]) -> str | None:
+    """The split ``data.val_split: auto`` validates on, of the splits the data offers (``splits``): the format's
+    ``val`` split unless the test evaluates it; ``None``: the validation classes are carved from the training split."""
+    return "val" if "val" in splits and "val" not in test_splits else None
+
+
+def check_split_roles(cfg: Config, test_splits: Mapping[str, str], splits: Sequence[str] | None = None) -> None:
     """The splits a run trains, validates and tests on must differ: training on a split the test evaluates,
-    validating on one (model selection on test data) or validating on the training split is a one-line
-    :class:`ConfigError` naming both keys. ``test_splits``: each split the test protocol evaluates, with the key
-    that chose it (``{"test": "data.test_split"}``; ``query`` / ``gallery`` for ``eval.protocol: query_gallery``).
-    Checked before any data is read; the files and classes themselves: :func:`check_held_out_data`."""
+    validating on one (model selection on test data) or validating on the training split (also the ``val`` split
+    ``data.val_split: auto`` resolves to, :func:`auto_val_split`, when ``splits``, the splits the data offers, are
+    known) is a one-line :class:`ConfigError` naming both keys. ``test_splits``: each split the test protocol
+    evaluates, with the key that chose it (``{"test": "data.test_split"}``; ``query`` / ``gallery`` for
+    ``eval.protocol: query_gallery``). Checked before any data is read; the files and classes themselves:
+    :func:`check_held_out_data`."""
     data = cfg.data
     if data.train_split in test_splits:
         raise ConfigError(f"the training split {data.train_split!r} is also a split the test evaluates "
                           f"({test_splits[data.train_split]}): the test would score images the model trained on; "
                           "train and test on different splits", key="data.train_split")
+    if data.val_split == "auto" and splits is not None and data.train_split == auto_val_split(splits, test_splits):
+        raise ConfigError(f"the training split {data.train_split!r} is the split data.val_split: auto validates on: "
+                          "model selection would score images the model trains on; set data.val_split: null to carve "
+                          "validation classes out of it, or name another validation split", key="data.train_split")
     if data.val_split in (None, "auto"):
         return
     if data.val_split == data.train_split:
@@ -219,7 +231,13 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
     protocol evaluates with the keys that chose them (:func:`check_split_roles`; default: ``data.test_split``)."""
     data = cfg.data
     test_splits = {data.test_split: "data.test_split"} if test_splits is None else test_splits
-    check_split_roles(cfg, test_splits)
+    listed = None
+    if data.val_split == "auto":  # what auto resolves to, checked before any data is read
+        try:
+            listed = available_splits(cfg)
+        except (InputError, OSError):
+            pass  # the training split's read says what is wrong
+    check_split_roles(cfg, test_splits, listed)
     train = load_split(cfg, data.train_split, train=True, key="data.train_split")
     fields = dataset_fields(train, "the training split")  # a registered format's dataset may lack scale names
     names = list(fields.scale_names or [])
@@ -230,8 +248,8 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
     carve_scale = scale_index(data.val_carve_scale, names, "data.val_carve_scale")
     val: Any | None = None
     carved = False
-    splits = available_splits(cfg) if data.val_split == "auto" else []
-    if data.val_split == "auto" and "val" in splits and "val" not in test_splits:
+    splits = (listed if listed is not None else available_splits(cfg)) if data.val_split == "auto" else []
+    if data.val_split == "auto" and auto_val_split(splits, test_splits) is not None:
         val, source = load_split(cfg, "val", train=False), "split 'val'"
     elif data.val_split not in (None, "auto"):
         val, source = load_split(cfg, data.val_split, train=False, key="data.val_split"), f"split {data.val_split!r}"
