@@ -273,8 +273,9 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
 def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any],
                         test_splits: Mapping[str, str]) -> list[str]:
     """What the training, validation and test data hold, beyond their split names (:func:`check_split_roles`):
-    an image file (paths resolved) in the training or validation data that a test split (``tests``: split ->
-    dataset, chosen by ``test_splits[split]``) or the validation split also lists is a :class:`ConfigError` naming a
+    an image (a resolved path and its crop box, :func:`~dynametric.data.splits.image_identities`) in the training or
+    validation data that a test split (``tests``: split -> dataset, chosen by ``test_splits[split]``) or the
+    validation split also lists is a :class:`ConfigError` naming a
     file, the count and the keys. Finest classes shared by training and validation or test data, or by validation
     and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not unseen), where
     the format's class ids mean the same class in every split
@@ -294,7 +295,7 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
     comparable = class_ids_comparable(data.format)
     warnings_: list[str] = []
     for (what_a, _, a), (what_b, key_b, b) in pairs:
-        files = shared_files(dataset_fields(a).paths, dataset_fields(b).paths)
+        files = shared_files(a, b)
         if files:
             raise ConfigError(f"{what_a} and {what_b} share {len(files)} image file(s), e.g. {files[0]}: "
                               f"{'training' if a is datasets.train else 'model selection'} and "
