@@ -582,6 +582,12 @@ def _tiny_data(tmp_path: Path, fmt: str) -> Path:
     ("folder", ["data.train_split=all", "data.test_split=all"],  # a tree without split folders is one split
      "<command line> key 'data.train_split': the training split 'all' is also a split the test evaluates "
      "(data.test_split)"),
+    ("cub200", ["data.test_split=train"],  # the key the user set, with its origin (was data.train_split, no origin)
+     "<command line> key 'data.test_split': the training split 'train' is also a split the test evaluates "
+     "(data.test_split)"),
+    ("inshop", ["eval.protocol=query_gallery", "eval.query_split=train"],
+     "<command line> key 'eval.query_split': the training split 'train' is also a split the test evaluates "
+     "(eval.query_split)"),
     ("cub200", ["data.val_split=train"],
      "<command line> key 'data.val_split': the validation split 'train' is the training split (data.train_split): "
      "model selection would score images the model trains on; set data.val_split: null"),

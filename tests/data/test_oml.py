@@ -254,3 +254,19 @@ def test_train_and_held_out_rows_of_one_file_with_other_boxes_are_other_items(tm
             "and testing must use different images") in capsys.readouterr().err
     assert main(["data", "inspect", "--format", "oml", "--root", str(tmp_path), "--no-verify-images"]) == 1
     assert "splits 'train' and 'validation' list 1 of the same image file(s)" in capsys.readouterr().out
+
+
+def test_validating_on_the_oml_validation_split_names_data_val_split(tmp_path, capsys):
+    # the validation split holds the query and gallery rows: the error names the key the user set, with its origin
+    from dynametric.cli import main
+
+    rows = ["0,img/a0.png,train,,,bird,,,,", "0,img/a1.png,train,,,bird,,,,",
+            "1,img/q0.png,validation,True,True,cat,,,,", "1,img/q1.png,validation,True,True,cat,,,,"]
+    write_oml(tmp_path, rows)
+    assert main(["train", "--dry-run", "data.format=oml", f"data.root={tmp_path}", "data.image_size=8",
+                 "data.batch_size=2", "data.m=1", "model.backbone=simple_cnn", "model.embedding_dim=8",
+                 "eval.protocol=query_gallery", "eval.query_in_gallery=true", "data.val_split=validation"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "dynametric train: error: <command line> key 'data.val_split': the validation split 'validation' "
+        "(data.val_split) and the test split 'gallery' (eval.gallery_split) share 2 image file(s), e.g. "
+        f"{(tmp_path / 'img' / 'q0.png').resolve()}: model selection and testing must use different images")

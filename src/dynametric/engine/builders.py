@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynametric.config import Config, LossConfig, MinerConfig
+from dynametric.config import Config, LossConfig, MinerConfig, key_set
 from dynametric.config.schema import (  # noqa: F401  (SCALE_ALIASES: re-exported)
     SCALE_ALIASES,
     resolve_monitor,
@@ -195,11 +195,18 @@ def auto_val_split(splits: Sequence[str], test_splits: Mapping[str, str]) -> str
     return "val" if "val" in splits and "val" not in test_splits else None
 
 
+def split_error_key(cfg: Config, key: str, other: str) -> str:
+    """The key an error about two split keys names: ``other`` when only it was set (by a file or the command line,
+    :func:`~dynametric.config.key_set`), else ``key``; the message names both. The origin comes with the key."""
+    return other if key_set(cfg, other) and not key_set(cfg, key) else key
+
+
 def check_split_roles(cfg: Config, test_splits: Mapping[str, str], splits: Sequence[str] | None = None) -> None:
     """The splits a run trains, validates and tests on must differ: training on a split the test evaluates,
     validating on one (model selection on test data) or validating on the training split (also the ``val`` split
     ``data.val_split: auto`` resolves to, :func:`auto_val_split`, when ``splits``, the splits the data offers, are
-    known) is a one-line :class:`ConfigError` naming both keys. ``test_splits``: each split the test protocol
+    known) is a one-line :class:`ConfigError` naming both keys, keyed on the one the user set
+    (:func:`split_error_key`). ``test_splits``: each split the test protocol
     evaluates, with the key that chose it (``{"test": "data.test_split"}``; ``query`` / ``gallery`` for
     ``eval.protocol: query_gallery``). Checked before any data is read; the files and classes themselves:
     :func:`check_held_out_data`."""
@@ -207,22 +214,25 @@ def check_split_roles(cfg: Config, test_splits: Mapping[str, str], splits: Seque
     if data.train_split in test_splits:
         raise ConfigError(f"the training split {data.train_split!r} is also a split the test evaluates "
                           f"({test_splits[data.train_split]}): the test would score images the model trained on; "
-                          "train and test on different splits", key="data.train_split")
+                          "train and test on different splits",
+                          key=split_error_key(cfg, "data.train_split", test_splits[data.train_split]))
     if data.val_split == "auto" and splits is not None and data.train_split == auto_val_split(splits, test_splits):
         raise ConfigError(f"the training split {data.train_split!r} is the split data.val_split: auto validates on: "
                           "model selection would score images the model trains on; set data.val_split: null to carve "
-                          "validation classes out of it, or name another validation split", key="data.train_split")
+                          "validation classes out of it, or name another validation split",
+                          key=split_error_key(cfg, "data.train_split", "data.val_split"))
     if data.val_split in (None, "auto"):
         return
     if data.val_split == data.train_split:
         raise ConfigError(f"the validation split {data.val_split!r} is the training split (data.train_split): model "
                           "selection would score images the model trains on; set data.val_split: null to carve "
-                          "class-disjoint validation classes out of the training split", key="data.val_split")
+                          "class-disjoint validation classes out of the training split",
+                          key=split_error_key(cfg, "data.val_split", "data.train_split"))
     if data.val_split in test_splits:
         raise ConfigError(f"the validation split {data.val_split!r} is a split the test evaluates "
                           f"({test_splits[data.val_split]}): model selection would peek at the test set; set "
                           "data.val_split: null to carve validation classes out of the training split",
-                          key="data.val_split")
+                          key=split_error_key(cfg, "data.val_split", test_splits[data.val_split]))
 
 
 def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[str, str] | None = None) -> Datasets:
@@ -275,10 +285,10 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
     """What the training, validation and test data hold, beyond their split names (:func:`check_split_roles`):
     an image (a resolved path and its crop box, :func:`~dynametric.data.splits.image_identities`) in the training or
     validation data that a test split (``tests``: split -> dataset, chosen by ``test_splits[split]``) or the
-    validation split also lists is a :class:`ConfigError` naming a
-    file, the count and the keys. Finest classes shared by training and validation or test data, or by validation
-    and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not unseen), where
-    the format's class ids mean the same class in every split
+    validation split also lists is a :class:`ConfigError` naming a file, the count and the keys (keyed on the one
+    the user set, :func:`split_error_key`). Finest classes shared by training and validation or test data, or by
+    validation and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not
+    unseen), where the format's class ids mean the same class in every split
     (:func:`~dynametric.data.registry.class_ids_comparable`)."""
     from dynametric.data.registry import class_ids_comparable
     from dynametric.data.splits import raw_class_ids, shared_files
@@ -294,13 +304,13 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
         pairs = ([] if datasets.val_carved else [(train, val)]) + pairs + [(val, h) for h in held]
     comparable = class_ids_comparable(data.format)
     warnings_: list[str] = []
-    for (what_a, _, a), (what_b, key_b, b) in pairs:
+    for (what_a, key_a, a), (what_b, key_b, b) in pairs:
         files = shared_files(a, b)
         if files:
             raise ConfigError(f"{what_a} and {what_b} share {len(files)} image file(s), e.g. {files[0]}: "
                               f"{'training' if a is datasets.train else 'model selection'} and "
                               f"{'testing' if b is not datasets.val else 'model selection'} must use different "
-                              "images", key=key_b)
+                              "images", key=split_error_key(cfg, key_b, key_a))
         if not comparable:
             continue
         classes = sorted(raw_class_ids(a) & raw_class_ids(b), key=str)
