@@ -687,6 +687,22 @@ def test_classes_shared_by_training_and_held_out_data_are_warned_about(tmp_path,
     assert [f"warning: {w}" for w in json.loads((out / "run_info.json").read_text())["data_warnings"]] == warned
 
 
+@pytest.mark.parametrize("option, expected", [
+    ("k=3", "key 'data.sampler_options.k': k is set by data.m (2); remove it from data.sampler_options"),
+    ("items_per_batch=3", "key 'data.sampler_options.items_per_batch': items_per_batch is set by data.batch_size "
+                          "(12); remove it from data.sampler_options"),
+    ("seed=3", "key 'data.sampler_options.seed': seed is set by trainer.seed (0); remove it from "
+               "data.sampler_options"),
+    ("bogus=1", "key 'data.sampler_options.bogus': ThreeScaleSampler takes no option 'bogus' (it takes scales)"),
+])
+def test_a_sampler_option_a_setting_decides_or_the_sampler_lacks_names_the_option(tmp_path, capsys, option,
+                                                                                   expected) -> None:
+    # was `key 'data.sampler_options': bad sampler option: ...got multiple values for keyword argument 'k'`
+    err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=three_scale", "data.batch_size=12", "data.m=2",
+               "trainer.seed=0", f"data.sampler_options.{option}")
+    assert err == f"dynametric train: error: <command line> {expected}"
+
+
 def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsys) -> None:
     # the sampler's own argument names (items_per_batch, parent_scale) are not config keys
     err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=three_scale", "data.batch_size=600", "data.m=4")

@@ -341,6 +341,25 @@ def sampler_error_key(cls: Any, argument: str | None) -> str:
     return SETTING_KEYS[setting] if setting is not None else f"data.sampler_options.{argument}"
 
 
+def check_sampler_options(cls: Any, settings: SamplerSettings) -> None:
+    """``data.sampler_options`` (``settings.options``) against the arguments of the sampler ``cls``: an option that
+    a setting decides (``cls.setting_of``: ``three_scale``'s ``k`` is ``data.m``) or one the sampler does not take
+    is a :class:`ConfigError` keyed by the option, naming the key that sets it or the options the sampler takes."""
+    params = inspect.signature(cls.__init__).parameters
+    setting_of = getattr(cls, "setting_of", {})
+    takes = [n for n, p in params.items() if n not in ("self", "labels", "num_samples")  # the data's own
+             and n not in setting_of and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for name in settings.options:
+        key = f"data.sampler_options.{name}"
+        setting = setting_of.get(name)
+        if setting is not None:
+            raise ConfigError(f"{name} is set by {SETTING_KEYS[setting]} ({getattr(settings, setting)}); remove it "
+                              "from data.sampler_options", key=key)
+        if name not in takes:
+            raise ConfigError(f"{cls.__name__} takes no option {name!r} "
+                              f"({'it takes ' + ', '.join(takes) if takes else 'it takes no options'})", key=key)
+
+
 def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
     """``make(labels, rank, world_size)``: the batch sampler ``data.sampler`` names in
     :data:`dynametric.data.samplers.BATCH_SAMPLERS`, built by its ``from_settings`` from the ``data`` section;
@@ -350,10 +369,12 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
 
     def make(labels: torch.Tensor, rank: int, world: int) -> Any:
         cls = sampler_class(cfg)
+        settings = SamplerSettings(batch_size=data.batch_size, m=data.m, scale=data.sampler_scale, seed=seed,
+                                   rank=rank, world_size=world, iterations_per_epoch=data.iterations_per_epoch,
+                                   options=opts)
+        check_sampler_options(cls, settings)
         try:
-            return cls.from_settings(labels, SamplerSettings(
-                batch_size=data.batch_size, m=data.m, scale=data.sampler_scale, seed=seed, rank=rank, world_size=world,
-                iterations_per_epoch=data.iterations_per_epoch, options=opts))
+            return cls.from_settings(labels, settings)
         except InputError as exc:
             if isinstance(exc, ConfigError):
                 raise
