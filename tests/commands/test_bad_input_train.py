@@ -582,6 +582,12 @@ def _tiny_data(tmp_path: Path, fmt: str) -> Path:
     ("folder", ["data.train_split=all", "data.test_split=all"],  # a tree without split folders is one split
      "<command line> key 'data.train_split': the training split 'all' is also a split the test evaluates "
      "(data.test_split)"),
+    ("cub200", ["data.test_split=train"],  # the key the user set, with its origin (was data.train_split, no origin)
+     "<command line> key 'data.test_split': the training split 'train' is also a split the test evaluates "
+     "(data.test_split)"),
+    ("inshop", ["eval.protocol=query_gallery", "eval.query_split=train"],
+     "<command line> key 'eval.query_split': the training split 'train' is also a split the test evaluates "
+     "(eval.query_split)"),
     ("cub200", ["data.val_split=train"],
      "<command line> key 'data.val_split': the validation split 'train' is the training split (data.train_split): "
      "model selection would score images the model trains on; set data.val_split: null"),
@@ -608,6 +614,17 @@ def test_training_or_validating_on_a_test_split_is_refused(tmp_path, capsys, fmt
     out = tmp_path / "run"
     assert main(["train", *args, f"data.root={root}", "--out", str(out), "--no-progress"]) == 2
     assert expected in capsys.readouterr().err and not out.exists()
+
+
+def test_training_on_the_split_val_split_auto_validates_on_is_refused(tmp_path, capsys) -> None:
+    # data.val_split: auto (the default) resolves to the format's 'val' split: training on it validates on it
+    expected = ("<command line> key 'data.train_split': the training split 'val' is the split data.val_split: auto "
+                "validates on: model selection would score images the model trains on; set data.val_split: null to "
+                "carve validation classes out of it, or name another validation split")
+    args = ["--config", str(_cfg(tmp_path)), "data.train_split=val"]
+    assert _dry(capsys, *args) == f"dynametric train: error: {expected}"
+    assert main(["train", "--dry-run", *args, "data.val_split=null"]) == 0  # carved from 'val': allowed
+    assert "validation (" in capsys.readouterr().out
 
 
 def _csv(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
@@ -668,6 +685,22 @@ def test_classes_shared_by_training_and_held_out_data_are_warned_about(tmp_path,
     out = tmp_path / "run"
     assert main(["train", *args, "trainer.max_epochs=1", "--out", str(out), "--no-progress"]) == 0
     assert [f"warning: {w}" for w in json.loads((out / "run_info.json").read_text())["data_warnings"]] == warned
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("k=3", "key 'data.sampler_options.k': k is set by data.m (2); remove it from data.sampler_options"),
+    ("items_per_batch=3", "key 'data.sampler_options.items_per_batch': items_per_batch is set by data.batch_size "
+                          "(12); remove it from data.sampler_options"),
+    ("seed=3", "key 'data.sampler_options.seed': seed is set by trainer.seed (0); remove it from "
+               "data.sampler_options"),
+    ("bogus=1", "key 'data.sampler_options.bogus': ThreeScaleSampler takes no option 'bogus' (it takes scales)"),
+])
+def test_a_sampler_option_a_setting_decides_or_the_sampler_lacks_names_the_option(tmp_path, capsys, option,
+                                                                                   expected) -> None:
+    # was `key 'data.sampler_options': bad sampler option: ...got multiple values for keyword argument 'k'`
+    err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=three_scale", "data.batch_size=12", "data.m=2",
+               "trainer.seed=0", f"data.sampler_options.{option}")
+    assert err == f"dynametric train: error: <command line> {expected}"
 
 
 def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsys) -> None:

@@ -210,3 +210,63 @@ def test_training_on_an_oml_csv_tests_query_to_gallery(tmp_path, capsys):
     assert metrics["test"]["label"]["num_queries"] == 4
     info = json.loads((out / "run_info.json").read_text())
     assert info["scale_names"] == ["label"] and info["selected"]["monitor"] == "label/map@r"
+
+
+def test_one_item_as_query_only_and_gallery_only_rows_is_one_validation_item(tmp_path, capsys):
+    from dynametric.cli import main
+
+    rows = ["0,img/a0.png,train,,,bird,,,,", "0,img/a1.png,train,,,bird,,,,",
+            "1,img/q0.png,validation,True,False,cat,,,,", "1,./img/q0.png,validation,False,True,cat,,,,",
+            "1,img/q1.png,validation,True,True,cat,,,,"]
+    write_oml(tmp_path, rows)
+    val = build_dataset("oml", tmp_path, "validation")  # one item per image: not a duplicate, not listed twice
+    assert len(val) == 2 and not val.report.problems
+    assert len(build_dataset("oml", tmp_path, "query")) == 2 and len(build_dataset("oml", tmp_path, "gallery")) == 2
+    assert main(["data", "inspect", "--format", "oml", "--root", str(tmp_path), "--no-verify-images"]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    # the same role twice is a true repeat
+    write_oml(tmp_path, [*rows, "1,./img/q0.png,validation,True,False,cat,,,,"])
+    with pytest.raises(InputError, match=r"df.csv:7: ./img/q0.png \(the same file as 'img/q0.png'\) listed again"):
+        build_dataset("oml", tmp_path, "validation")
+    write_oml(tmp_path, [*rows, "1,img/q1.png,validation,False,True,cat,,,,"])  # gallery again
+    with pytest.raises(InputError, match=r"df.csv:7: img/q1.png listed again with the same labels as line 6"):
+        build_dataset("oml", tmp_path, "validation")
+
+
+def test_train_and_held_out_rows_of_one_file_with_other_boxes_are_other_items(tmp_path, capsys):
+    # OML's item is the image and its crop box: two boxes of one file in train and validation are two items
+    from dynametric.cli import main
+
+    rows = ["0,img/a0.png,train,,,bird,0,10,0,12", "0,img/a1.png,train,,,bird,0,10,0,12",
+            "1,img/b0.png,train,,,bird,0,10,0,12", "1,img/b1.png,train,,,bird,0,10,0,12",
+            "2,img/a0.png,validation,True,True,cat,10,20,0,12", "2,img/c1.png,validation,True,True,cat,0,10,0,12"]
+    write_oml(tmp_path, rows)
+    args = ["train", "--dry-run", "data.format=oml", f"data.root={tmp_path}", "data.image_size=8",
+            "data.batch_size=2", "data.m=1", "model.backbone=simple_cnn", "model.embedding_dim=8",
+            "eval.protocol=query_gallery", "eval.query_in_gallery=true"]
+    assert main(args) == 0
+    assert main(["data", "inspect", "--format", "oml", "--root", str(tmp_path), "--no-verify-images"]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    # the same box is the same item: refused by both
+    write_oml(tmp_path, [*rows[:4], "2,img/a0.png,validation,True,True,cat,0,10,0,12", rows[5]])
+    assert main(args) == 2
+    assert (f"share 1 image file(s), e.g. {(tmp_path / 'img' / 'a0.png').resolve()} box (0, 0, 10, 12): training "
+            "and testing must use different images") in capsys.readouterr().err
+    assert main(["data", "inspect", "--format", "oml", "--root", str(tmp_path), "--no-verify-images"]) == 1
+    assert "splits 'train' and 'validation' list 1 of the same image file(s)" in capsys.readouterr().out
+
+
+def test_validating_on_the_oml_validation_split_names_data_val_split(tmp_path, capsys):
+    # the validation split holds the query and gallery rows: the error names the key the user set, with its origin
+    from dynametric.cli import main
+
+    rows = ["0,img/a0.png,train,,,bird,,,,", "0,img/a1.png,train,,,bird,,,,",
+            "1,img/q0.png,validation,True,True,cat,,,,", "1,img/q1.png,validation,True,True,cat,,,,"]
+    write_oml(tmp_path, rows)
+    assert main(["train", "--dry-run", "data.format=oml", f"data.root={tmp_path}", "data.image_size=8",
+                 "data.batch_size=2", "data.m=1", "model.backbone=simple_cnn", "model.embedding_dim=8",
+                 "eval.protocol=query_gallery", "eval.query_in_gallery=true", "data.val_split=validation"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "dynametric train: error: <command line> key 'data.val_split': the validation split 'validation' "
+        "(data.val_split) and the test split 'gallery' (eval.gallery_split) share 2 image file(s), e.g. "
+        f"{(tmp_path / 'img' / 'q0.png').resolve()}: model selection and testing must use different images")

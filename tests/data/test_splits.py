@@ -128,7 +128,9 @@ def test_errors():
 
 
 # ------------------------------------------------------------------ what two datasets share (files, classes)
-def test_shared_files_compares_resolved_paths(tmp_path) -> None:
+def test_shared_files_compares_resolved_paths_and_crop_boxes(tmp_path) -> None:
+    from types import SimpleNamespace
+
     from dynametric.data.splits import shared_files
 
     (tmp_path / "imgs").mkdir()
@@ -137,10 +139,20 @@ def test_shared_files_compares_resolved_paths(tmp_path) -> None:
     (tmp_path / "link.png").symlink_to(tmp_path / "imgs" / "c.png")
     train = [str(tmp_path / "imgs" / "a.png"), str(tmp_path / "imgs" / "b.png")]
     test = [str(tmp_path / "imgs" / ".." / "imgs" / "b.png"), str(tmp_path / "link.png"), str(tmp_path / "x.png")]
-    assert shared_files(train, test) == [str((tmp_path / "imgs" / "b.png").resolve())]
-    assert shared_files(train + [str(tmp_path / "imgs" / "c.png")], test) == sorted(
+
+    def items(paths, boxes=None):
+        return SimpleNamespace(paths=paths, boxes=boxes)
+
+    assert shared_files(items(train), items(test)) == [str((tmp_path / "imgs" / "b.png").resolve())]
+    assert shared_files(items(train + [str(tmp_path / "imgs" / "c.png")]), items(test)) == sorted(
         str((tmp_path / "imgs" / n).resolve()) for n in ("b.png", "c.png"))  # the link is the file it points to
-    assert shared_files(None, test) == [] and shared_files(train, []) == []
+    assert shared_files(None, items(test)) == [] and shared_files(items(train), items([])) == []
+    assert shared_files(items(None), items(test)) == []  # in-memory images
+    # crop boxes (OML): one file with other boxes holds other items; the same box is the same item
+    boxed = items(test[:1], [(0, 0, 5, 5)])
+    assert shared_files(items(train, [(5, 5, 9, 9), (5, 5, 9, 9)]), boxed) == []
+    assert shared_files(items(train, [None, (0, 0, 5, 5)]), boxed) == [
+        f"{(tmp_path / 'imgs' / 'b.png').resolve()} box (0, 0, 5, 5)"]
 
 
 def test_raw_class_ids_follow_the_files_ids_through_subsets(tmp_path) -> None:

@@ -76,7 +76,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
         problems.append((Problem(exc.message, exc.file, exc.line, "missing_file"), None))
         names = []
     raw_ids: dict[str, dict[str, set[Hashable]]] = {}  # split -> scale -> raw ids
-    paths: dict[str, Sequence[str]] = {}  # split -> image files
+    items: dict[str, Any] = {}  # split -> its records (paths, oml crop boxes)
     if format == SYNTHETIC:
         from dynametric.data.registry import build_dataset
 
@@ -113,7 +113,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             result["splits"][split] = {"images": len(rec.paths),
                                        "classes": {n: len(set(columns[s])) for s, n in enumerate(rec.scale_names)}}
             raw_ids[split] = {n: set(columns[s]) for s, n in enumerate(rec.scale_names)}
-            paths[split] = rec.paths
+            items[split] = rec  # its paths and crop boxes (image_identities)
             notes = list(rec.report.notes)
             if rec.paths and len(rec.scale_names) > 1 and common["check_hierarchy"]:
                 mats, ids = zip(*(contiguous_ids(columns[s]) for s in range(len(rec.scale_names))))
@@ -141,7 +141,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             for scale in sorted(set(raw_ids.get(a, {})) & set(raw_ids.get(b, {}))):
                 overlap.setdefault(scale, {})[f"{a} & {b}"] = len(raw_ids[a][scale] & raw_ids[b][scale])
     result["details"]["raw_id_overlap"] = overlap
-    problems += _held_out_problems(format, names, raw_ids, paths)
+    problems += _held_out_problems(format, names, raw_ids, items)
     found_in: dict[Problem, list[str]] = {}  # a file shared by several splits reports its bad rows once
     for problem, where in problems:
         found_in.setdefault(problem, [])
@@ -156,11 +156,13 @@ TRAINING_SPLIT, VALIDATION_SPLIT = "train", "val"
 
 
 def _held_out_problems(format: str, names: Sequence[str], raw_ids: dict[str, dict[str, set[Hashable]]],
-                       paths: dict[str, Sequence[str]]) -> list[tuple[Problem, str]]:
-    """Problems of the splits a run holds out from training: the same image file (paths resolved) in ``train`` and
-    another split, or in ``val`` and a test split (kind ``shared_file``); finest classes shared by those splits
-    (kind ``class_overlap``; the benchmarks' protocols are class-disjoint), where the format's class ids mean the
-    same class in every split. Test splits among themselves (``query`` and ``gallery``) may share anything."""
+                       items: dict[str, Any]) -> list[tuple[Problem, str]]:
+    """Problems of the splits a run holds out from training (``items``: split -> its records): the same image (a
+    resolved path and its crop box, :func:`~dynametric.data.splits.image_identities`, as a run checks it) in
+    ``train`` and another split, or in ``val`` and a test split (kind ``shared_file``); finest classes shared by
+    those splits (kind ``class_overlap``; the benchmarks' protocols are class-disjoint), where the format's class
+    ids mean the same class in every split. Test splits among themselves (``query`` and ``gallery``) may share
+    anything."""
     from dynametric.data.registry import class_ids_comparable
     from dynametric.data.splits import shared_files
 
@@ -171,7 +173,7 @@ def _held_out_problems(format: str, names: Sequence[str], raw_ids: dict[str, dic
             roles = {a, b}
             if TRAINING_SPLIT not in roles and VALIDATION_SPLIT not in roles:
                 continue
-            files = shared_files(paths.get(a), paths.get(b))
+            files = shared_files(items.get(a), items.get(b))
             if files:
                 problem = Problem(f"splits {a!r} and {b!r} list {len(files)} of the same image file(s), e.g. "
                                   f"{files[0]}: training, validation and test images must differ", None, None,

@@ -18,6 +18,7 @@ from dynametric.config.loader import (
     config_to_dict,
     config_to_yaml,
     errors_located,
+    key_set,
     load_config,
     locate_error,
     parse_value,
@@ -48,6 +49,6 @@ __all__ = [
     "MODEL_TRAINING_KEYS", "PRECISIONS", "Config", "DataConfig", "EvalConfig", "ExtraLossConfig", "LossConfig",
     "MethodConfig", "MinerConfig", "ModelConfig", "OptimConfig", "ParamGroupConfig", "RunConfig", "SchedulerConfig",
     "TrainerConfig", "apply_override", "config_from_dict", "config_hash", "config_to_dict", "config_to_yaml",
-    "embedder_kwargs", "errors_located", "load_config", "locate_error", "parse_value", "save_config", "schema_default",
-    "schema_keys",
+    "embedder_kwargs", "errors_located", "key_set", "load_config", "locate_error", "parse_value", "save_config",
+    "schema_default", "schema_keys",
 ]

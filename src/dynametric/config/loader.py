@@ -414,17 +414,25 @@ def locate_error(cfg: Config, exc: ConfigError) -> ConfigError:
     ``exc`` itself when it already names a file or no key, when its key names a whole section (``trainer``: which
     of its values is wrong is not known), or when nothing set the key (a default), nor a mapping or list above it
     given as a whole."""
-    source = getattr(cfg, _SOURCE_ATTR, None)
-    if exc.file is not None or exc.key is None or not isinstance(source, _Source):
+    where = None if exc.file is not None or exc.key is None else _set_at(cfg, exc.key)
+    if where is None:
         return exc
-    probe = exc.key
+    return ConfigError(exc.message, file=where[0], line=where[1], key=exc.key)
+
+
+def _set_at(cfg: Config, key: str) -> tuple[str, int | None] | None:
+    """Where a file (``(file, line)``) or the command line (``("<command line>", None)``) set ``key`` or a mapping
+    or list above it given as a whole; ``None``: nothing set it (a default), or it names a section."""
+    source = getattr(cfg, _SOURCE_ATTR, None)
+    if not isinstance(source, _Source):
+        return None
+    probe = key
     while probe:
         if probe in source.where and not _is_section(cfg, probe):  # a section's line would not say which value
-            file, line = source.where[probe]
-            return ConfigError(exc.message, file=file, line=line, key=exc.key)
+            return source.where[probe]
         parent = _parent_key(probe)  # a value inside a mapping or list given as a whole (loss.kwargs={...})
         probe = parent if parent != probe else ""
-    return exc
+    return None
 
 
 def _parent_key(key: str) -> str:
@@ -441,6 +449,12 @@ def _is_section(cfg: Config, key: str) -> bool:
         except (AttributeError, IndexError, TypeError, KeyError):
             return False
     return dataclasses.is_dataclass(node)
+
+
+def key_set(cfg: Config, key: str) -> bool:
+    """Whether a file or the command line set the dotted ``key`` of ``cfg`` (or a mapping or list above it given as a
+    whole): which of two keys an error about both names, the one the user set (:func:`locate_error` adds where)."""
+    return _set_at(cfg, key) is not None
 
 
 @contextlib.contextmanager

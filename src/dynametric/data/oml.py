@@ -322,6 +322,7 @@ class OMLFormat:
         ids: list[set[Hashable]] = [set() for _ in scales]
         out_paths, raw, locs, boxes, sequences = [], [], [], [], []
         dup = DuplicateTracker(report)
+        listed: set[str] = set()  # the validation split's items (path and box)
         for number, r, (label, category, row_split, is_query, is_gallery, box, sequence) in checked:
             labels = (label, category) if has_category else (label,)
             if shared and row_split == "validation":
@@ -335,7 +336,16 @@ class OMLFormat:
             full = os.path.join(str(img_root), r[i_path])
             if not image_exists(full, report, path, number, check_files):
                 continue
-            if not dup.accept(f"{r[i_path]}" + ("" if box is None else f" box {box}"), labels, path, number):
+            shown = f"{r[i_path]}" + ("" if box is None else f" box {box}")
+            if split == "validation":  # one item may be a query-only row plus a gallery-only row (OML's own CSVs):
+                item = os.path.normpath(shown)  # one item of the split; a repeat is the same role listed twice
+                roles = [n for n, f in (("query", is_query), ("gallery", is_gallery)) if f]
+                if not all(dup.accept(shown, labels, path, number, f"{item}\0{role}") for role in roles):
+                    continue
+                if item in listed:  # its other role: already the split's item
+                    continue
+                listed.add(item)
+            elif not dup.accept(shown, labels, path, number):
                 continue
             out_paths.append(full)
             raw.append(labels)

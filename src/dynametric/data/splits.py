@@ -10,22 +10,22 @@ the split is class-disjoint at that scale and at every finer one. ``shuffle=Fals
 the sorted class ids instead.
 
 These functions take the *training* split only; :func:`validation_split` refuses a dataset whose ``split`` is a
-test split (``test``, ``query``, ``gallery``). :func:`shared_files` and :func:`raw_class_ids` tell whether two
-datasets hold the same image files or the same classes (what a run checks between its training, validation and
+test split (``test``, ``query``, ``gallery``). :func:`shared_files` (items compared by
+:func:`image_identities`: resolved path and crop box) and :func:`raw_class_ids` tell whether two
+datasets hold the same images or the same classes (what a run checks between its training, validation and
 test data).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Iterable, Sequence
-from typing import Any
+from collections.abc import Hashable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from dynametric.data.protocol import dataset_fields, dataset_labels
-from dynametric.data.readers import RootGuard
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 
@@ -117,6 +117,12 @@ class LabelledSubset(torch.utils.data.Dataset):
             return None
         return [self._parent_paths[int(i)] for i in self.indices]
 
+    @property
+    def boxes(self) -> list[Any] | None:
+        """The crop box of every item (the parent's ``boxes`` at ``indices``, OML), or ``None`` if it has none."""
+        boxes = getattr(self.dataset, "boxes", None)
+        return None if boxes is None else [boxes[int(i)] for i in self.indices]
+
     def __len__(self) -> int:
         return int(self.indices.numel())
 
@@ -158,15 +164,31 @@ def validation_split(dataset: Any, *, val_fraction: float | None = None, k: int 
 
 
 
-def shared_files(a: Iterable[Any] | None, b: Iterable[Any] | None) -> list[str]:
-    """The image files that the path lists ``a`` and ``b`` (a dataset's ``paths``) both name, sorted: paths are
-    compared resolved (``..``, symbolic links, as the readers' :class:`~dynametric.data.readers.RootGuard` resolves
-    them), so one file under two names counts once. ``[]`` when either has no paths (in-memory images)."""
-    if a is None or b is None:
+def image_identities(dataset: Any) -> list[Hashable] | None:
+    """What makes an item of one split the same item as one of another split: ``(resolved path, crop box)``, the
+    file's ``os.path.realpath`` (one file listed as ``a.png``, ``./a.png`` or through a link is one image) and the
+    dataset's crop box (``boxes``, OML; ``None``: the whole image), so two boxes cut from one image are two items.
+    ``dataset``: anything with ``paths`` (and ``boxes``): a dataset, a :class:`LabelledSubset`, a reader's records.
+    ``None`` when the items are not files (nothing tells two in-memory splits' items apart). Never the file name
+    alone: ``cls0/0.png`` and ``cls1/0.png`` are different images. The one item identity of the query -> gallery
+    exclusion (:mod:`dynametric.engine.protocols`) and of :func:`shared_files`."""
+    paths = getattr(dataset, "paths", None)
+    if paths is None:
+        return None
+    boxes = getattr(dataset, "boxes", None)
+    return [(os.path.realpath(str(p)), None if boxes is None else boxes[i]) for i, p in enumerate(paths)]
+
+
+def shared_files(a: Any, b: Any) -> list[str]:
+    """The items (image files, with their crop box where the data has boxes) that the datasets ``a`` and ``b``
+    (anything with ``paths``, :func:`image_identities`) both hold, sorted, each as its resolved path (``path box
+    (x_1, y_1, x_2, y_2)`` for a crop): one file under two names is one item, two boxes cut from one file are two.
+    ``[]`` when either is ``None`` or has no paths (in-memory images)."""
+    ids_a, ids_b = image_identities(a), image_identities(b)
+    if ids_a is None or ids_b is None:
         return []
-    resolve = RootGuard(os.sep, allow=True).resolve
-    first = {resolve(os.path.abspath(str(p))) for p in a}
-    return sorted(first & {resolve(os.path.abspath(str(p))) for p in b})
+    both = cast(set[tuple[str, Any]], set(ids_a) & set(ids_b))
+    return sorted(path if box is None else f"{path} box {box}" for path, box in both)
 
 
 def raw_class_ids(dataset: Any, scale: int = 0) -> set[Hashable]:

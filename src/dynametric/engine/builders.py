@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynametric.config import Config, LossConfig, MinerConfig
+from dynametric.config import Config, LossConfig, MinerConfig, key_set
 from dynametric.config.schema import (  # noqa: F401  (SCALE_ALIASES: re-exported)
     SCALE_ALIASES,
     resolve_monitor,
@@ -189,28 +189,50 @@ class Datasets:
     val_carved: bool = False  # the validation classes were set aside from the training split (train is the rest)
 
 
-def check_split_roles(cfg: Config, test_splits: Mapping[str, str]) -> None:
+def auto_val_split(splits: Sequence[str], test_splits: Mapping[str, str]) -> str | None:
+    """The split ``data.val_split: auto`` validates on, of the splits the data offers (``splits``): the format's
+    ``val`` split unless the test evaluates it; ``None``: the validation classes are carved from the training split."""
+    return "val" if "val" in splits and "val" not in test_splits else None
+
+
+def split_error_key(cfg: Config, key: str, other: str) -> str:
+    """The key an error about two split keys names: ``other`` when only it was set (by a file or the command line,
+    :func:`~dynametric.config.key_set`), else ``key``; the message names both. The origin comes with the key."""
+    return other if key_set(cfg, other) and not key_set(cfg, key) else key
+
+
+def check_split_roles(cfg: Config, test_splits: Mapping[str, str], splits: Sequence[str] | None = None) -> None:
     """The splits a run trains, validates and tests on must differ: training on a split the test evaluates,
-    validating on one (model selection on test data) or validating on the training split is a one-line
-    :class:`ConfigError` naming both keys. ``test_splits``: each split the test protocol evaluates, with the key
-    that chose it (``{"test": "data.test_split"}``; ``query`` / ``gallery`` for ``eval.protocol: query_gallery``).
-    Checked before any data is read; the files and classes themselves: :func:`check_held_out_data`."""
+    validating on one (model selection on test data) or validating on the training split (also the ``val`` split
+    ``data.val_split: auto`` resolves to, :func:`auto_val_split`, when ``splits``, the splits the data offers, are
+    known) is a one-line :class:`ConfigError` naming both keys, keyed on the one the user set
+    (:func:`split_error_key`). ``test_splits``: each split the test protocol
+    evaluates, with the key that chose it (``{"test": "data.test_split"}``; ``query`` / ``gallery`` for
+    ``eval.protocol: query_gallery``). Checked before any data is read; the files and classes themselves:
+    :func:`check_held_out_data`."""
     data = cfg.data
     if data.train_split in test_splits:
         raise ConfigError(f"the training split {data.train_split!r} is also a split the test evaluates "
                           f"({test_splits[data.train_split]}): the test would score images the model trained on; "
-                          "train and test on different splits", key="data.train_split")
+                          "train and test on different splits",
+                          key=split_error_key(cfg, "data.train_split", test_splits[data.train_split]))
+    if data.val_split == "auto" and splits is not None and data.train_split == auto_val_split(splits, test_splits):
+        raise ConfigError(f"the training split {data.train_split!r} is the split data.val_split: auto validates on: "
+                          "model selection would score images the model trains on; set data.val_split: null to carve "
+                          "validation classes out of it, or name another validation split",
+                          key=split_error_key(cfg, "data.train_split", "data.val_split"))
     if data.val_split in (None, "auto"):
         return
     if data.val_split == data.train_split:
         raise ConfigError(f"the validation split {data.val_split!r} is the training split (data.train_split): model "
                           "selection would score images the model trains on; set data.val_split: null to carve "
-                          "class-disjoint validation classes out of the training split", key="data.val_split")
+                          "class-disjoint validation classes out of the training split",
+                          key=split_error_key(cfg, "data.val_split", "data.train_split"))
     if data.val_split in test_splits:
         raise ConfigError(f"the validation split {data.val_split!r} is a split the test evaluates "
                           f"({test_splits[data.val_split]}): model selection would peek at the test set; set "
                           "data.val_split: null to carve validation classes out of the training split",
-                          key="data.val_split")
+                          key=split_error_key(cfg, "data.val_split", test_splits[data.val_split]))
 
 
 def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[str, str] | None = None) -> Datasets:
@@ -219,7 +241,13 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
     protocol evaluates with the keys that chose them (:func:`check_split_roles`; default: ``data.test_split``)."""
     data = cfg.data
     test_splits = {data.test_split: "data.test_split"} if test_splits is None else test_splits
-    check_split_roles(cfg, test_splits)
+    listed = None
+    if data.val_split == "auto":  # what auto resolves to, checked before any data is read
+        try:
+            listed = available_splits(cfg)
+        except (InputError, OSError):
+            pass  # the training split's read says what is wrong
+    check_split_roles(cfg, test_splits, listed)
     train = load_split(cfg, data.train_split, train=True, key="data.train_split")
     fields = dataset_fields(train, "the training split")  # a registered format's dataset may lack scale names
     names = list(fields.scale_names or [])
@@ -230,8 +258,8 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
     carve_scale = scale_index(data.val_carve_scale, names, "data.val_carve_scale")
     val: Any | None = None
     carved = False
-    splits = available_splits(cfg) if data.val_split == "auto" else []
-    if data.val_split == "auto" and "val" in splits and "val" not in test_splits:
+    splits = (listed if listed is not None else available_splits(cfg)) if data.val_split == "auto" else []
+    if data.val_split == "auto" and auto_val_split(splits, test_splits) is not None:
         val, source = load_split(cfg, "val", train=False), "split 'val'"
     elif data.val_split not in (None, "auto"):
         val, source = load_split(cfg, data.val_split, train=False, key="data.val_split"), f"split {data.val_split!r}"
@@ -255,11 +283,12 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
 def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any],
                         test_splits: Mapping[str, str]) -> list[str]:
     """What the training, validation and test data hold, beyond their split names (:func:`check_split_roles`):
-    an image file (paths resolved) in the training or validation data that a test split (``tests``: split ->
-    dataset, chosen by ``test_splits[split]``) or the validation split also lists is a :class:`ConfigError` naming a
-    file, the count and the keys. Finest classes shared by training and validation or test data, or by validation
-    and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not unseen), where
-    the format's class ids mean the same class in every split
+    an image (a resolved path and its crop box, :func:`~dynametric.data.splits.image_identities`) in the training or
+    validation data that a test split (``tests``: split -> dataset, chosen by ``test_splits[split]``) or the
+    validation split also lists is a :class:`ConfigError` naming a file, the count and the keys (keyed on the one
+    the user set, :func:`split_error_key`). Finest classes shared by training and validation or test data, or by
+    validation and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not
+    unseen), where the format's class ids mean the same class in every split
     (:func:`~dynametric.data.registry.class_ids_comparable`)."""
     from dynametric.data.registry import class_ids_comparable
     from dynametric.data.splits import raw_class_ids, shared_files
@@ -275,13 +304,13 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
         pairs = ([] if datasets.val_carved else [(train, val)]) + pairs + [(val, h) for h in held]
     comparable = class_ids_comparable(data.format)
     warnings_: list[str] = []
-    for (what_a, _, a), (what_b, key_b, b) in pairs:
-        files = shared_files(dataset_fields(a).paths, dataset_fields(b).paths)
+    for (what_a, key_a, a), (what_b, key_b, b) in pairs:
+        files = shared_files(a, b)
         if files:
             raise ConfigError(f"{what_a} and {what_b} share {len(files)} image file(s), e.g. {files[0]}: "
                               f"{'training' if a is datasets.train else 'model selection'} and "
                               f"{'testing' if b is not datasets.val else 'model selection'} must use different "
-                              "images", key=key_b)
+                              "images", key=split_error_key(cfg, key_b, key_a))
         if not comparable:
             continue
         classes = sorted(raw_class_ids(a) & raw_class_ids(b), key=str)
@@ -312,6 +341,25 @@ def sampler_error_key(cls: Any, argument: str | None) -> str:
     return SETTING_KEYS[setting] if setting is not None else f"data.sampler_options.{argument}"
 
 
+def check_sampler_options(cls: Any, settings: SamplerSettings) -> None:
+    """``data.sampler_options`` (``settings.options``) against the arguments of the sampler ``cls``: an option that
+    a setting decides (``cls.setting_of``: ``three_scale``'s ``k`` is ``data.m``) or one the sampler does not take
+    is a :class:`ConfigError` keyed by the option, naming the key that sets it or the options the sampler takes."""
+    params = inspect.signature(cls.__init__).parameters
+    setting_of = getattr(cls, "setting_of", {})
+    takes = [n for n, p in params.items() if n not in ("self", "labels", "num_samples")  # the data's own
+             and n not in setting_of and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for name in settings.options:
+        key = f"data.sampler_options.{name}"
+        setting = setting_of.get(name)
+        if setting is not None:
+            raise ConfigError(f"{name} is set by {SETTING_KEYS[setting]} ({getattr(settings, setting)}); remove it "
+                              "from data.sampler_options", key=key)
+        if name not in takes:
+            raise ConfigError(f"{cls.__name__} takes no option {name!r} "
+                              f"({'it takes ' + ', '.join(takes) if takes else 'it takes no options'})", key=key)
+
+
 def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
     """``make(labels, rank, world_size)``: the batch sampler ``data.sampler`` names in
     :data:`dynametric.data.samplers.BATCH_SAMPLERS`, built by its ``from_settings`` from the ``data`` section;
@@ -321,10 +369,12 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
 
     def make(labels: torch.Tensor, rank: int, world: int) -> Any:
         cls = sampler_class(cfg)
+        settings = SamplerSettings(batch_size=data.batch_size, m=data.m, scale=data.sampler_scale, seed=seed,
+                                   rank=rank, world_size=world, iterations_per_epoch=data.iterations_per_epoch,
+                                   options=opts)
+        check_sampler_options(cls, settings)
         try:
-            return cls.from_settings(labels, SamplerSettings(
-                batch_size=data.batch_size, m=data.m, scale=data.sampler_scale, seed=seed, rank=rank, world_size=world,
-                iterations_per_epoch=data.iterations_per_epoch, options=opts))
+            return cls.from_settings(labels, settings)
         except InputError as exc:
             if isinstance(exc, ConfigError):
                 raise

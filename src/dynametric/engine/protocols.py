@@ -24,7 +24,6 @@ own, else the ``eval`` section's) is decided above the method plug-ins, by
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 
 from dynametric.data.protocol import dataset_fields
+from dynametric.data.splits import image_identities  # its former home: re-exported
 from dynametric.errors import ConfigError, InputError
 
 __all__ = [
@@ -66,19 +66,6 @@ def _default_evaluate() -> Evaluate:
     from dynametric.metrics import evaluate_embeddings
 
     return evaluate_embeddings
-
-
-def image_identities(dataset: Any) -> list[Hashable] | None:
-    """What makes an item of one split the same item as one of another split: ``(resolved path, crop box)``, the
-    file's ``os.path.realpath`` (one file listed as ``a.png``, ``./a.png`` or through a link is one image) and the
-    dataset's crop box (``boxes``, OML; ``None``: the whole image), so two boxes cut from one image are two items.
-    ``None`` when the items are not files (nothing tells two in-memory splits' items apart). Never the file name
-    alone: ``cls0/0.png`` and ``cls1/0.png`` are different images."""
-    paths = getattr(dataset, "paths", None)
-    if paths is None:
-        return None
-    boxes = getattr(dataset, "boxes", None)
-    return [(os.path.realpath(str(p)), None if boxes is None else boxes[i]) for i, p in enumerate(paths)]
 
 
 def _item_name(dataset: Any, index: int) -> str:
