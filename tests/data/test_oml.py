@@ -231,6 +231,11 @@ def test_one_item_as_query_only_and_gallery_only_rows_is_one_validation_item(tmp
     write_oml(tmp_path, [*rows, "1,img/q1.png,validation,False,True,cat,,,,"])  # gallery again
     with pytest.raises(InputError, match=r"df.csv:7: img/q1.png listed again with the same labels as line 6"):
         build_dataset("oml", tmp_path, "validation")
+    # the query row and the gallery row of one item with other labels: a problem, never a row silently dropped
+    write_oml(tmp_path, [*rows[:3], "2,./img/q0.png,validation,False,True,cat,,,,", rows[4]])
+    with pytest.raises(InputError, match=r"df.csv:5: ./img/q0.png: listed with labels \(1,\) at line 4 and \(2,\) "
+                                         r"here: one item of the validation split"):
+        build_dataset("oml", tmp_path, "validation")
 
 
 def test_train_and_held_out_rows_of_one_file_with_other_boxes_are_other_items(tmp_path, capsys):

@@ -322,7 +322,7 @@ class OMLFormat:
         ids: list[set[Hashable]] = [set() for _ in scales]
         out_paths, raw, locs, boxes, sequences = [], [], [], [], []
         dup = DuplicateTracker(report)
-        listed: set[str] = set()  # the validation split's items (path and box)
+        listed: dict[str, tuple[Any, int, Any]] = {}  # the validation split's items (path and box): labels, line, seq
         for number, r, (label, category, row_split, is_query, is_gallery, box, sequence) in checked:
             labels = (label, category) if has_category else (label,)
             if shared and row_split == "validation":
@@ -342,9 +342,16 @@ class OMLFormat:
                 roles = [n for n, f in (("query", is_query), ("gallery", is_gallery)) if f]
                 if not all(dup.accept(shown, labels, path, number, f"{item}\0{role}") for role in roles):
                     continue
-                if item in listed:  # its other role: already the split's item
+                if item in listed:  # its other role: already the split's item, with the same labels and sequence
+                    first_labels, first_line, first_sequence = listed[item]
+                    if (first_labels, first_sequence) != (labels, sequence):
+                        what = "labels" if first_labels != labels else "sequence"
+                        report.add(f"{shown}: listed with {what} {first_labels if what == 'labels' else first_sequence}"
+                                   f" at line {first_line} and {labels if what == 'labels' else sequence} here: one "
+                                   "item of the validation split (its query and gallery rows) has one label and "
+                                   "sequence", path, number, "duplicate")
                     continue
-                listed.add(item)
+                listed[item] = (labels, number, sequence)
             elif not dup.accept(shown, labels, path, number):
                 continue
             out_paths.append(full)
