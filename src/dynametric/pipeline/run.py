@@ -356,27 +356,25 @@ def claim_resumed_run(run_dir: Path, log: Callable[[str], None] = print) -> None
 
 def _check_test_splits(cfg: Config) -> None:
     """:func:`~dynametric.pipeline.protocols.check_test_splits` against the data's splits, once the training split
-    is among them (a data set without it is reported by the training split's own error, which says more); for a
-    query -> gallery test also ``eval.query_in_gallery`` against the query and gallery items
-    (:meth:`~dynametric.engine.protocols.QueryGallery.exclusion_ids`), which the test would refuse only after
-    training had started."""
-    from dynametric.engine.protocols import QueryGallery
-
+    is among them (a data set without it is reported by the training split's own error, which says more)."""
     splits = available_splits(cfg)
     if cfg.data.train_split in splits:
         check_test_splits(cfg, splits)
-        protocol = protocol_from_config(cfg)
-        if isinstance(protocol, QueryGallery):
-            loaded = {s: load_split(cfg, s, train=False) for s in dict.fromkeys(protocol.required_splits())}
-            protocol.exclusion_ids(loaded[protocol.query_split], loaded[protocol.gallery_split])
 
 
 def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callable[[str], None]
                    ) -> tuple[dict[str, Any], list[str]]:
-    """The test protocol's splits (``keys``: split -> the key that chose it), read with the evaluation transform, after
-    :func:`~dynametric.engine.builders.check_held_out_data` found no image file of them in the training or
-    validation data; its warnings about shared classes are logged and returned with them."""
+    """The test protocol's splits (``keys``: split -> the key that chose it), read with the evaluation transform,
+    after a query -> gallery test's ``eval.query_in_gallery`` was checked against their items
+    (:meth:`~dynametric.engine.protocols.QueryGallery.exclusion_ids`: the test would refuse it only after training
+    had started) and :func:`~dynametric.engine.builders.check_held_out_data` found no image file of them in the
+    training or validation data; its warnings about shared classes are logged and returned with them."""
+    from dynametric.engine.protocols import QueryGallery
+
     tests = {split: load_split(cfg, split, train=False, key=keys[split]) for split in keys}
+    protocol = protocol_from_config(cfg)
+    if isinstance(protocol, QueryGallery):
+        protocol.exclusion_ids(tests[protocol.query_split], tests[protocol.gallery_split])
     warnings_ = check_held_out_data(cfg, datasets, tests, keys)
     for warning in warnings_:
         log(f"warning: {warning}")
@@ -522,7 +520,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     test_keys = protocol_split_keys(cfg)  # the splits the test evaluates: never trained or validated on
     datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
-    tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)  # no image of them in training or validation
+    # read once: query_in_gallery against the test's items, no image of them in training or validation
+    tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
