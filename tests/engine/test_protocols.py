@@ -98,12 +98,7 @@ def test_queries_in_the_gallery_with_query_in_gallery_false_are_refused_before_e
     from dynametric.data import build_dataset
     from dynametric.errors import ConfigError
 
-    rows = ["label,path,split,is_query,is_gallery"]
-    for c in range(3):
-        for k in range(2):
-            _png(tmp_path / f"cls{c}" / f"{k}.png", 10 * c + k)
-            rows.append(f"{c},cls{c}/{k}.png,validation,True,True")
-    (tmp_path / "df.csv").write_text("\n".join(rows) + "\n")
+    _both_roles_oml(tmp_path, 3)
     datasets = {s: build_dataset("oml", tmp_path, s) for s in ("query", "gallery")}
     embedded: list[object] = []
 
@@ -125,6 +120,17 @@ def test_queries_in_the_gallery_with_query_in_gallery_false_are_refused_before_e
         QueryGallery("query", "query").run(datasets.__getitem__, embed)
 
 
+def _both_roles_oml(root: Path, classes: int) -> None:
+    """OML's usual layout: ``classes`` classes of images ``cls<c>/0.png`` and ``cls<c>/1.png`` (pixel value 10 c + k),
+    every validation row both query and gallery."""
+    rows = ["label,path,split,is_query,is_gallery"]
+    for c in range(classes):
+        for k in range(2):
+            _png(root / f"cls{c}" / f"{k}.png", 10 * c + k)
+            rows.append(f"{c},cls{c}/{k}.png,validation,True,True")
+    (root / "df.csv").write_text("\n".join(rows) + "\n")
+
+
 def _png(path: Path, value: int = 0) -> None:
     from PIL import Image
 
@@ -138,12 +144,7 @@ def test_query_in_gallery_excludes_the_item_itself_not_files_of_the_same_name(tm
     other class's same-numbered image (recall@1 0, as OML's cmc@1), never dropped for sharing the name ``k.png``."""
     from dynametric.data import build_dataset
 
-    rows = ["label,path,split,is_query,is_gallery"]
-    for c in range(2):
-        for k in range(2):
-            _png(tmp_path / f"cls{c}" / f"{k}.png", 10 * c + k)
-            rows.append(f"{c},cls{c}/{k}.png,validation,True,True")
-    (tmp_path / "df.csv").write_text("\n".join(rows) + "\n")
+    _both_roles_oml(tmp_path, 2)
     q, g = build_dataset("oml", tmp_path, "query"), build_dataset("oml", tmp_path, "gallery")
     # e(c, k) = onehot(k) + 0.5 onehot(c): cos to (1-c, k) = 0.8, to (c, 1-k) = 0.2, to (1-c, 1-k) = 0
     emb = torch.tensor([[1.0 * (j == k) for j in range(2)] + [0.5 * (j == c) for j in range(2)]
