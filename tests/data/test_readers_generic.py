@@ -61,6 +61,47 @@ def test_csv_errors_name_lines(tmp_path: Path) -> None:
         build_dataset("csv", root, "train")
 
 
+@pytest.mark.parametrize("fmt", ["csv", "oml"])
+def test_a_relative_image_root_is_relative_to_the_csvs_folder(tmp_path: Path, monkeypatch, fmt: str) -> None:
+    """As the cub200 / sop / inshop readers take it relative to the dataset root: a run started in another folder
+    reads the same images. Where only the working directory has such a folder (what image_root once meant), one
+    error names both; where both exist, the CSV's is read and a note says so."""
+    ds, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
+    write_image(ds / "pics" / "a.png", (200, 30, 30))
+    write_image(ds / "pics" / "b.png", (30, 200, 30))
+    name, text = (("labels.csv", "path,split,fine\na.png,train,0\nb.png,train,1\n") if fmt == "csv" else
+                  ("df.csv", "label,path,split,is_query,is_gallery\n0,a.png,train,,\n1,b.png,train,,\n"))
+    (ds / name).write_text(text)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ds, elsewhere = Path.cwd().parent / "ds", Path.cwd()  # as the messages show them (absolute)
+    train = build_dataset(fmt, "../ds", "train", image_root="pics")
+    assert [Path(p).resolve() for p in train.paths] == [(ds / "pics" / n).resolve() for n in ("a.png", "b.png")]
+    assert train.load_image(1).getpixel((0, 0)) == (30, 200, 30)
+    with pytest.raises(InputError) as err:  # the folder is nowhere
+        build_dataset(fmt, "../ds", "train", image_root="nope")
+    assert str(err.value) == (f"key 'image_root': folder not found: {ds / 'nope'} (image_root is the "
+                              "folder the listed image paths are relative to: an absolute path or one relative to "
+                              f"the CSV's folder {ds})")
+    write_image(elsewhere / "only_here" / "a.png")
+    with pytest.raises(InputError) as err:  # only under the working directory: not read from there, and said so
+        build_dataset(fmt, "../ds", "train", image_root="only_here")
+    message = str(err.value)
+    assert "\n" not in message and f"folder not found: {ds / 'only_here'} " in message
+    assert f"not to the working directory, where {elsewhere / 'only_here'} exists" in message
+    assert f"write the folder as an absolute path or as a path relative to {ds}" in message
+    write_image(elsewhere / "pics" / "a.png")  # both: the CSV's folder wins, and a note says so
+    rec = build_dataset(fmt, "../ds", "train", image_root="pics")
+    assert Path(rec.paths[0]).resolve() == (ds / "pics" / "a.png").resolve()
+    from dynametric.data.registry import get_format
+
+    notes = get_format(fmt).read("../ds", "train", image_root="pics").report.notes
+    assert f"image_root 'pics' is read as {ds / 'pics'} (relative to the CSV's folder), not as " \
+           f"{elsewhere / 'pics'} (relative to the working directory)" in notes
+    absolute = build_dataset(fmt, ds / name, "train", image_root=str(ds / "pics"))  # absolute: as it is
+    assert len(absolute) == 2
+
+
 def test_folder_depth_scales_and_splits(folder_root: Path) -> None:
     assert list_splits("folder", folder_root) == ["train", "test"]
     ds = build_dataset("folder", folder_root, "train")

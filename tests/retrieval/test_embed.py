@@ -101,6 +101,35 @@ def test_csv_quoted_line_breaks_keep_line_numbers(image_root: Path, tmp_path: Pa
     assert items.ids == ["one\nid", "b"] and items.class_names == [["animal", "plant"]]
 
 
+def test_csv_image_root_is_relative_to_the_csvs_folder(run_ckpt: Path, image_root: Path, tmp_path: Path,
+                                                       monkeypatch, capsys) -> None:
+    """--image-root / image_root as the csv and oml dataset formats take it: relative to the CSV's folder, not to
+    the working directory (docs/data.md); a folder only the working directory has is one error naming both."""
+    from dynametric.cli import main
+
+    lists, elsewhere = tmp_path / "lists", tmp_path / "elsewhere"
+    lists.mkdir()
+    elsewhere.mkdir()
+    csv_path = lists / "all.csv"
+    csv_path.write_text((image_root / "labels.csv").read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.chdir(elsewhere)
+    items = read_image_csv(csv_path, image_root=os.path.relpath(image_root, lists))
+    assert items.roots == [image_root.resolve()] and len(items.ids) == 12 and items.notes == []
+    (elsewhere / "imgs_here").mkdir()
+    with pytest.raises(InputError) as err:
+        read_image_csv(csv_path, image_root="imgs_here")
+    assert str(err.value) == (f"key '--image-root': folder not found: {lists / 'imgs_here'} (a relative --image-root "
+                              f"is relative to the CSV's folder {lists}, not to the working directory, where "
+                              f"{elsewhere / 'imgs_here'} exists); write the folder as an absolute path or as a path "
+                              f"relative to {lists}")
+    capsys.readouterr()
+    code = main(["embed", "--checkpoint", str(run_ckpt), "--csv", str(csv_path), "--image-root", "imgs_here",
+                 "--out", str(tmp_path / "emb"), "--no-progress"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and f"{lists / 'imgs_here'} (a relative --image-root is relative" in stderr
+    assert not (tmp_path / "emb").exists()
+
+
 def test_embeddings_match_the_model_image_by_image(run_ckpt: Path, image_root: Path, tmp_path: Path) -> None:
     loaded = load_embedder(run_ckpt)
     items = read_image_csv(image_root / "labels.csv")

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     src.add_argument("--csv", type=Path, help="CSV list of images with optional labels")
     p.add_argument("--image-root", type=Path, default=None,
-                   help="with --csv: folder relative paths are resolved against (default: the CSV's folder)")
+                   help="with --csv: folder the listed relative paths are resolved against (default: the CSV's "
+                        "folder); absolute, or relative to the CSV's folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--part", type=part_of, default=None, metavar="K/N",
                    help="embed only the K-th of N contiguous parts of the list (K = 0..N-1), e.g. one process per "
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     options = inference_options(args)
     run_opts = options.resolve()  # flag errors before the images are listed
     items = list_image_folder(args.images) if args.images is not None else read_image_csv(args.csv, args.image_root)
+    for note in items.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.part is not None:
         items = items.select_part(*args.part)
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,

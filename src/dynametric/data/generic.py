@@ -8,7 +8,8 @@
 
 A header row naming ``path``, ``split`` and one column per scale, **finest first** (the column names become the
 scale names). Splits are ``train``, ``val``, ``test``, ``query``, ``gallery``. Class ids may be integers or any
-text. Relative paths are resolved against ``image_root`` (default: the CSV's folder). ``root`` is the CSV file, or
+text. Relative paths are resolved against ``image_root`` (default: the CSV's folder; a relative ``image_root`` is
+relative to the CSV's folder, :func:`~dynametric.data.readers.csv_image_root`). ``root`` is the CSV file, or
 a folder holding ``csv_file`` (default ``labels.csv``). ``query`` and ``gallery`` share one id map. Standard CSV
 quoting, line breaks inside quotes included (a record is numbered by the line it starts on). A bad row is a problem
 of the split its ``split`` cell names; one whose split cannot be read is a problem of every split.

@@ -307,11 +307,43 @@ def start_csv_read(fmt: Any, root: str | Path | None, split: str, splits: Sequen
                    image_root: str | Path | None) -> tuple[Path, LoadReport, list[str], list[tuple[int, list[str]]],
                                                            Path]:
     """The start every CSV format's ``read`` shares: ``split`` checked against ``splits``, the CSV found
-    (``fmt._csv_path``) and parsed (``fmt._parse``, problems into a fresh report), the image root resolved (default:
-    the CSV's folder). Returns ``(csv path, report, header, numbered rows, image root)``."""
+    (``fmt._csv_path``) and parsed (``fmt._parse``, problems into a fresh report), the image root resolved
+    (:func:`csv_image_root`: the CSV's folder, or ``image_root`` relative to it). Returns ``(csv path, report,
+    header, numbered rows, image root)``."""
     if split not in splits:
         raise InputError(f"unknown split {split!r} for {fmt.name}; expected one of {list(splits)}", key="split")
     path = fmt._csv_path(root, csv_file)
     report = LoadReport(split=split)
     header, rows = fmt._parse(path, report)
-    return path, report, header, rows, Path(image_root) if image_root is not None else path.parent
+    return path, report, header, rows, csv_image_root(path, image_root, report.notes)
+
+
+def csv_image_root(csv_path: Path, image_root: str | Path | None, notes: list[str], key: str = "image_root") -> Path:
+    """The folder the relative image paths of the CSV ``csv_path`` are joined to: the CSV's folder, or
+    ``image_root`` (the option of the ``csv`` and ``oml`` formats, ``dynametric embed --image-root``), absolute or
+    relative to the CSV's folder (as the ``cub200`` / ``sop`` / ``inshop`` readers take it relative to the dataset
+    root), never to the working directory: a run started elsewhere reads the same images.
+
+    A folder that does not exist is a one-line :class:`InputError` keyed ``key``; when the same relative path does
+    exist under the working directory (where ``image_root`` was once resolved), the error names both folders and
+    what to write, so that such a config is not silently read from another folder. When both exist and differ, the
+    CSV's is used and ``notes`` gets one line naming both."""
+    if image_root is None:
+        return csv_path.parent
+    given = Path(image_root)
+    folder = csv_path.parent / given  # an absolute image_root stays as it is
+    cwd_folder = None if given.is_absolute() else os.path.abspath(given)
+    other = (cwd_folder is not None and os.path.isdir(cwd_folder)
+             and os.path.realpath(cwd_folder) != os.path.realpath(folder))
+    base = os.path.abspath(csv_path.parent)
+    if folder.is_dir():
+        if other:
+            notes.append(f"{key} {str(given)!r} is read as {os.path.abspath(folder)} (relative to the CSV's folder), "
+                         f"not as {cwd_folder} (relative to the working directory)")
+        return folder
+    if other:
+        raise InputError(f"folder not found: {os.path.abspath(folder)} (a relative {key} is relative to the CSV's "
+                         f"folder {base}, not to the working directory, where {cwd_folder} exists); write the folder "
+                         f"as an absolute path or as a path relative to {base}", key=key)
+    raise InputError(f"folder not found: {os.path.abspath(folder)} ({key} is the folder the listed image paths are "
+                     f"relative to: an absolute path or one relative to the CSV's folder {base})", key=key)

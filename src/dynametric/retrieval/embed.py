@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
-from dynametric.data.readers import parse_csv, require_header
+from dynametric.data.readers import csv_image_root, parse_csv, require_header
 from dynametric.errors import InputError, first_sentence
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
@@ -66,6 +66,7 @@ class ImageItems:
     source_fingerprint: str | None = None  # with ``part``: the whole list's fingerprint
     source_file_stamp: str | None = None  # with ``part``: the whole list's file stamp
     _stats: np.ndarray | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)  # for the user (read_image_csv: how --image-root was read)
 
     def select_part(self, k: int, n: int) -> ImageItems:
         """The ``k``-th of ``n`` contiguous parts (``k = 0..n-1``; rows ``k*N//n`` to ``(k+1)*N//n``), for one
@@ -135,7 +136,9 @@ def list_image_folder(root: str | Path) -> ImageItems:
 def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> ImageItems:
     """A CSV with a header: ``path`` (required), optional ``id`` (default: the path as written) and ``split``
     (ignored), every other column a label scale, finest first (integers, or any text mapped to ids by sorted
-    name). Relative paths are resolved against ``image_root`` (default: the CSV's folder). Standard CSV quoting
+    name). Relative paths are resolved against ``image_root`` (default: the CSV's folder; a relative
+    ``image_root`` is relative to the CSV's folder, not to the working directory: :func:`csv_image_root`, whose
+    note, when another folder of that name is under the working directory, is in ``notes``). Standard CSV quoting
     (line breaks inside quotes too; a record is numbered by the line it starts on). Every bad row is found before
     anything is raised: one :class:`InputError` lists them all (``file:line: message``, the first 20 spelled out,
     as the dataset readers' strict mode does)."""
@@ -155,10 +158,8 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
         raise InputError(f"duplicate column(s) {dup} in the header", file=path, line=header_line)
-    root = Path(image_root) if image_root is not None else path.parent
-    if not root.is_dir():
-        raise InputError("image root folder not found", file=root)
-    root = root.resolve()
+    notes: list[str] = []
+    root = csv_image_root(path, image_root, notes, key="--image-root").resolve()
     scales = [c for c in header if c not in RESERVED_COLUMNS]
     col = {c: header.index(c) for c in header}
     ids: list[str] = []
@@ -223,7 +224,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
         if not any(class_names):
             class_names = None
     return ImageItems(ids=ids, paths=paths, roots=[root], labels=labels, scale_names=scales,
-                      class_names=class_names)
+                      class_names=class_names, notes=notes)
 
 
 class ImageFiles(Dataset):
