@@ -130,6 +130,53 @@ def test_csv_image_root_is_relative_to_the_csvs_folder(run_ckpt: Path, image_roo
     assert not (tmp_path / "emb").exists()
 
 
+def _latin1_name(folder: Path, name: bytes) -> Path:
+    """``folder/name`` with ``name`` bytes that are not UTF-8 (a Latin-1 name), created as an empty file; the test
+    is skipped where the filesystem refuses such names (macOS APFS, some network shares)."""
+    path = Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except (OSError, UnicodeError) as exc:
+        pytest.skip(f"this filesystem refuses a file name that is not UTF-8 ({exc})")
+    return path
+
+
+def test_file_names_that_are_not_utf8_are_one_line(run_ckpt: Path, image_root: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    """As the dataset readers report them (problem non_utf8_name): --images listing such a name, a folder so
+    named, a --csv row whose file (through a link) is so named: one line naming it, bytes escaped (was a
+    UnicodeEncodeError traceback from the job's fingerprint)."""
+    from dynametric.cli import main
+
+    png = (image_root / "imgs" / "animal" / "img_00.png").read_bytes()
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "ok.png").write_bytes(png)
+    _latin1_name(folder, b"caf\xe9.png").write_bytes(png)
+    _latin1_name(folder, b"sub/d\xe9j\xe0.png").write_bytes(png)
+    hint = "the file name is not UTF-8 text; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)"
+    with pytest.raises(InputError) as err:
+        list_image_folder(folder)
+    assert str(err.value) == f"{folder}/caf\\xe9.png: {hint} (2 such file names under {folder})"
+    capsys.readouterr()
+    code = main(["embed", "--checkpoint", str(run_ckpt), "--images", str(folder), "--out", str(tmp_path / "emb"),
+                 "--no-progress"])
+    assert code == 2 and capsys.readouterr().err.strip() == f"dynametric embed: error: {err.value}"
+    assert not (tmp_path / "emb").exists()
+    odd = _latin1_name(tmp_path, b"r\xe9/x.png").parent  # the folder itself
+    (odd / "x.png").write_bytes(png)
+    with pytest.raises(InputError) as err:
+        list_image_folder(odd)
+    assert str(err.value) == (f"{tmp_path}/r\\xe9: the folder's path is not UTF-8 text (image paths are written to "
+                              "UTF-8 files); rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")
+    (folder / "link.png").symlink_to(Path(os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.png"))))
+    (folder / "list.csv").write_text("path\nok.png\nlink.png\n", encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_image_csv(folder / "list.csv")
+    assert str(err.value).splitlines()[1:] == [f"  {folder / 'list.csv'}:3: {folder}/caf\\xe9.png: {hint}"]
+
+
 def test_embeddings_match_the_model_image_by_image(run_ckpt: Path, image_root: Path, tmp_path: Path) -> None:
     loaded = load_embedder(run_ckpt)
     items = read_image_csv(image_root / "labels.csv")

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
-from dynametric.data.readers import csv_image_root, parse_csv, require_header
+from dynametric.data.readers import csv_image_root, non_utf8_name, parse_csv, printable_path, require_header
 from dynametric.errors import InputError, first_sentence
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
@@ -114,22 +114,37 @@ class ImageItems:
         return hashlib.sha256(np.ascontiguousarray(self.file_stats()).tobytes()).hexdigest()[:16]
 
 
+_NON_UTF8_FOLDER = ("the folder's path is not UTF-8 text (image paths are written to UTF-8 files); rename it to "
+                    "UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")
+
+
 def list_image_folder(root: str | Path) -> ImageItems:
-    """Every image file under ``root`` (recursive, sorted by relative path); ids are the relative POSIX paths."""
+    """Every image file under ``root`` (recursive, sorted by relative path); ids are the relative POSIX paths.
+
+    File names must be UTF-8 text, as the dataset readers require (ids and paths are written to UTF-8 files): a
+    folder whose path is not, or image files whose names are not, are one :class:`InputError` naming the folder or
+    the first such file (its bytes escaped, ``caf\\xe9.png``) and how many there are."""
     root = Path(root)
     if not root.is_dir():
-        raise InputError("image folder not found" if not root.exists() else "not a folder", file=root)
+        raise InputError("image folder not found" if not root.exists() else "not a folder", file=printable_path(root))
     base = root.resolve()
+    if non_utf8_name(base) is not None:
+        raise InputError(_NON_UTF8_FOLDER, file=printable_path(base))
 
     def unreadable(exc: OSError) -> None:  # Path.rglob / os.walk would skip the folder without a word
         raise InputError(f"cannot read folder ({exc.strerror or exc}); its images would be missing",
-                         file=exc.filename)
+                         file=None if exc.filename is None else printable_path(exc.filename))
 
     found = (Path(d, f) for d, _, names in os.walk(base, onerror=unreadable) for f in names)
     files = sorted((p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
                    key=lambda p: p.relative_to(base).as_posix())
     if not files:
-        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the folder", file=root)
+        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the folder",
+                         file=printable_path(root))
+    named = [p for p in files if non_utf8_name(p) is not None]
+    if named:
+        more = f" ({len(named)} such file names under {printable_path(root)})" if len(named) > 1 else ""
+        raise InputError(f"{non_utf8_name(named[0])}{more}", file=printable_path(named[0]))
     return ImageItems(ids=[p.relative_to(base).as_posix() for p in files], paths=files, roots=[base])
 
 
@@ -160,6 +175,8 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
         raise InputError(f"duplicate column(s) {dup} in the header", file=path, line=header_line)
     notes: list[str] = []
     root = csv_image_root(path, image_root, notes, key="--image-root").resolve()
+    if non_utf8_name(root) is not None:
+        raise InputError(_NON_UTF8_FOLDER, file=printable_path(root))
     scales = [c for c in header if c not in RESERVED_COLUMNS]
     col = {c: header.index(c) for c in header}
     ids: list[str] = []
@@ -200,10 +217,14 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
         if empty is not None:
             bad(f"empty label in column {empty!r}", lineno)
             continue
+        resolved = full.resolve()
+        if (name := non_utf8_name(resolved)) is not None:  # a link to such a file, or an absolute path
+            bad(f"{printable_path(resolved)}: {name}", lineno)
+            continue
         for j, s in enumerate(scales):
             raw[j].append(values[col[s]])
         ids.append(item_id)
-        paths.append(full.resolve())
+        paths.append(resolved)
     problems.sort(key=lambda p: p.line or 0)
     raise_problems(problems, f"the image list {path.name}")
     if not ids:
