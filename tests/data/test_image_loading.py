@@ -73,6 +73,20 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, expected:
     assert _pixels(tmp_path / "o.png") == [[list(c) for c in row] for row in expected]
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_box_is_cut_in_stored_pixels_then_oriented(tmp_path: Path, orientation: int) -> None:
+    """load_rgb(box=...): the stored pixels of the box, shown as the whole image is shown (OML's crop boxes)."""
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, (7, 11, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "o.png", exif=exif.tobytes())
+    for box in [(0, 0, 11, 7), (2, 1, 9, 4), (10, 6, 11, 7), (0, 3, 4, 7)]:
+        crop = tmp_path / "crop.png"
+        Image.fromarray(stored[box[1]:box[3], box[0]:box[2]]).save(crop, exif=exif.tobytes())
+        assert np.asarray(load_rgb(tmp_path / "o.png", box=box)).tolist() == _pixels(crop), box
+
+
 def test_a_phone_jpeg_with_orientation_6_loads_upright(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to show

@@ -109,6 +109,54 @@ def test_boxes_crop_the_image_before_the_transform(tmp_path):
     assert sub.load_image(0).size == (10, 12) and sub.load_image(1).size == (20, 12)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_boxes_are_in_stored_pixels_and_the_crop_is_shown_upright(tmp_path, suffix):
+    """OML crops the stored pixel array (it does not apply EXIF orientation): the box is cut there, then the crop is
+    shown upright, the same content as OML's crop. The edge check uses the stored size (was: the box was cut from
+    the rotated image, other pixels, and checked against its rotated size)."""
+    from PIL import ImageOps
+
+    from dynametric.commands.data import inspect_dataset
+
+    s = 1 if suffix == ".png" else 8  # JPEG: flat 8x8 blocks (its DCT blocks), so compression keeps each colour
+    grid = np.zeros((12, 20, 3), np.uint8)  # 20 wide, 12 high as stored; shown 12 wide, 20 high
+    grid[..., 0] = np.arange(20)[None, :] * 12  # red: the stored column, green: the stored row
+    grid[..., 1] = np.arange(12)[:, None] * 20
+    stored = grid.repeat(s, 0).repeat(s, 1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    path = tmp_path / "img" / f"p{suffix}"
+    path.parent.mkdir()
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=100, subsampling=0)
+    rows = [f"0,img/p{suffix},train,,,,{4 * s},{12 * s},0,{8 * s}",  # x_1, x_2, y_1, y_2 in stored pixels
+            f"1,img/p{suffix},train,,,,0,{20 * s},{4 * s},{12 * s}"]  # x_2: past the shown width, inside the stored
+    write_oml(tmp_path, rows)
+    train = build_dataset("oml", tmp_path, "train")
+    crop = np.asarray(train.load_image(0)).astype(int)
+    expected = np.rot90(stored[0:8 * s, 4 * s:12 * s], k=-1)  # the stored crop, turned 90 degrees clockwise
+    assert crop.shape == (8 * s, 8 * s, 3) and np.abs(crop - expected).max() <= (0 if s == 1 else 3)
+    # OML's crop of the stored pixels, shown upright by Pillow: the same pixels
+    oml_crop = Image.open(path).crop((4 * s, 0, 12 * s, 8 * s))
+    assert np.abs(crop - np.asarray(ImageOps.exif_transpose(_with_orientation(oml_crop, 6)))).max() == 0
+    assert np.asarray(train.load_image(1)).shape == (20 * s, 8 * s, 3)  # stored 20x8 (times s), shown 8 wide
+    assert inspect_dataset("oml", tmp_path)["problems"] == []
+    write_oml(tmp_path, [f"0,img/p{suffix},train,,,,0,{12 * s},0,{14 * s}"])  # y_2: past the stored height
+    message = (f"column 'y_2': the box (x_1, y_1, x_2, y_2) = (0, 0, {12 * s}, {14 * s}) reaches y_2={14 * s}, past "
+               f"the image's height {12 * s} (a {20 * s}x{12 * s} image as stored; boxes are in stored pixels, before "
+               "its EXIF orientation is applied)")
+    with pytest.raises(InputError) as err:
+        build_dataset("oml", tmp_path, "train").load_image(0)
+    assert str(err.value) == f"{path}: {message} (item 0)"
+    assert [p["message"] for p in inspect_dataset("oml", tmp_path)["problems"]] == [f"{message}: {path}"]
+
+
+def _with_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.info["exif"] = exif.tobytes()
+    return image
+
+
 def test_without_category_and_boxes_one_scale_whole_images(tmp_path):
     rows = ["3,img/a.png,train,,", "4,img/b.png,train,,", "3,img/c.png,validation,True,True"]
     write_oml(tmp_path, rows, header="label,path,split,is_query,is_gallery")

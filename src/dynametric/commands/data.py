@@ -28,7 +28,7 @@ from PIL import Image
 
 from dynametric.commands import positive_int
 from dynametric.commands.options import worker_threads
-from dynametric.data.base import Problem, check_hierarchy, contiguous_ids, load_rgb
+from dynametric.data.base import BoxOutsideImage, Problem, check_hierarchy, contiguous_ids, load_rgb
 from dynametric.data.oml import box_problem
 from dynametric.data.readers import resolve_root
 from dynametric.data.registry import FORMAT_NAMES, SYNTHETIC, get_format, list_splits, split_options
@@ -39,13 +39,17 @@ from dynametric.utils.io import atomic_write_with
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def _decode(path: str) -> tuple[str | None, tuple[int, int] | None]:
-    """``(None, (width, height))`` for an image that loads as training and embedding load it (:func:`load_rgb`:
-    the size after EXIF orientation), else ``(the error, None)``."""
+def _decode(path: str, box: Any = None) -> tuple[str | None, str | None]:
+    """``(None, None)`` for an image that loads as training and embedding load it (:func:`load_rgb`, with the oml
+    crop ``box`` if any); ``(the error, None)`` for one that cannot be decoded, ``(None, why)`` for a box past the
+    stored image's edge (:func:`~dynametric.data.oml.box_problem`)."""
     try:
-        return None, load_rgb(path).size
+        load_rgb(path, box=box)
+    except BoxOutsideImage as exc:
+        return None, box_problem(exc.box, exc.size, exc.oriented)
     except _DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}", None
+    return None, None
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -121,15 +125,15 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 problems += [(p, split) for p in found]
                 notes += nest
             if verify_images and rec.paths:
-                with ThreadPoolExecutor(max(1, workers)) as pool:
-                    decoded = list(pool.map(_decode, rec.paths))
                 boxes = getattr(rec, "boxes", None) or [None] * len(rec.paths)  # oml crop boxes
-                for path, loc, (err, size), box in zip(rec.paths, rec.locations, decoded, boxes):
+                with ThreadPoolExecutor(max(1, workers)) as pool:
+                    decoded = list(pool.map(_decode, rec.paths, boxes))
+                for path, loc, (err, bad) in zip(rec.paths, rec.locations, decoded):
                     if err is not None:
                         listed = f" (listed at {loc[0]}:{loc[1]})" if loc[1] is not None else ""
                         problems.append((Problem(f"unreadable image: {err}{listed}", path, None,
                                                  "unreadable_image"), split))
-                    elif box is not None and size is not None and (bad := box_problem(box, size)) is not None:
+                    elif bad is not None:
                         problems.append((Problem(f"{bad}: {path}", loc[0], loc[1]), split))
             details = rec.report.as_dict()
             details.pop("problems")

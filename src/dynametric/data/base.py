@@ -287,11 +287,39 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_rgb(path: str | Path, swap_rb: bool = False) -> Image.Image:
+class BoxOutsideImage(Exception):
+    """:func:`load_rgb`'s crop ``box`` reaches past the stored image (``size``: its stored width and height;
+    ``oriented``: whether EXIF orientation rotates or flips it for display)."""
+
+    def __init__(self, box: tuple[int, int, int, int], size: tuple[int, int], oriented: bool) -> None:
+        super().__init__(f"crop box {tuple(box)} past the edge of the stored {size[0]}x{size[1]} image")
+        self.box, self.size, self.oriented = box, size, oriented
+
+
+def _oriented_box(box: tuple[int, int, int, int], size: tuple[int, int],
+                  orientation: int) -> tuple[int, int, int, int]:
+    """Where the stored-pixel box ``(x_1, y_1, x_2, y_2)`` of a ``size`` image lands once EXIF ``orientation`` is
+    applied (``ImageOps.exif_transpose``'s transposition for 2..8)."""
+    (l, t, r, b), (w, h) = box, size
+    return {2: (w - r, t, w - l, b), 3: (w - r, h - b, w - l, h - t), 4: (l, h - b, r, h - t), 5: (t, l, b, r),
+            6: (h - b, l, h - t, r), 7: (h - b, w - r, h - t, w - l), 8: (t, w - r, b, w - l)}.get(orientation, box)
+
+
+def load_rgb(path: str | Path, swap_rb: bool = False, box: tuple[int, int, int, int] | None = None) -> Image.Image:
     """Open and fully decode an image as RGB with :func:`to_rgb` (EXIF orientation applied, 16-bit and float
-    images scaled, transparency on white); ``swap_rb`` exchanges the R and B channels after decoding."""
+    images scaled, transparency on white); ``swap_rb`` exchanges the R and B channels after decoding.
+
+    ``box`` ``(x_1, y_1, x_2, y_2)``: only that region, in the coordinates of the stored pixel array (before EXIF
+    orientation, as open-metric-learning crops: it does not rotate), shown upright: the crop of the converted image
+    where the box lands after orientation, i.e. the same pixels. A box past the stored image's edge raises
+    :class:`BoxOutsideImage` (PIL would pad the crop with black)."""
     with Image.open(path) as img:  # leaving the block closes the file, not the decoded image
         rgb = to_rgb(img)
+        if box is not None:
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            if box[2] > img.width or box[3] > img.height:
+                raise BoxOutsideImage(box, img.size, orientation in range(2, 9))
+            rgb = rgb.crop(_oriented_box(box, img.size, orientation))
     if swap_rb:
         r, g, b = rgb.split()
         rgb = Image.merge("RGB", (b, g, r))
@@ -447,9 +475,14 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         """The decoded RGB image of item ``index`` (no transform); raises :class:`InputError` naming the path."""
+        return self._load_rgb(index)
+
+    def _load_rgb(self, index: int, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+        """:func:`load_rgb` of item ``index`` (its crop ``box``: a box past the edge raises :class:`BoxOutsideImage`);
+        an image that cannot be decoded raises :class:`InputError` naming the path."""
         path = self._paths[index]
         try:
-            return load_rgb(path, self.swap_rb)
+            return load_rgb(path, self.swap_rb, box)
         except _DECODE_ERRORS as exc:
             raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", file=path) from exc
 

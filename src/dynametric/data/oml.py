@@ -19,7 +19,8 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
   query's ranking the gallery items of its sequence (the validation splits' datasets carry ``sequence_ids``;
   :class:`~dynametric.engine.protocols.QueryGallery`). Train rows' values are not read (OML trains without them);
 * optional bounding box ``x_1, x_2, y_1, y_2`` (all four columns or none): pixel coordinates with ``x_1 < x_2``,
-  ``y_1 < y_2``, all ``>= 0``; the item is the crop ``(x_1, y_1, x_2, y_2)`` of the image (PIL's box, as OML crops);
+  ``y_1 < y_2``, all ``>= 0``; the item is the crop ``(x_1, y_1, x_2, y_2)`` of the image (PIL's box, as OML crops:
+  of the stored pixels, before EXIF orientation, then shown upright, ``load_rgb``);
   a row with the four cells empty uses the whole image. The same image may appear on several rows with different
   boxes (one item per box). The reader does not open images: a box past the image's edge is reported by
   ``dynametric data inspect`` (which decodes them) and raises when the item is loaded (:func:`box_problem`).
@@ -44,7 +45,7 @@ from typing import Any, cast
 
 from PIL import Image
 
-from dynametric.data.base import HierarchicalImageDataset, LoadReport, SplitRecords, contiguous_ids
+from dynametric.data.base import BoxOutsideImage, HierarchicalImageDataset, LoadReport, SplitRecords, contiguous_ids
 from dynametric.data.readers import (
     DuplicateTracker,
     image_exists,
@@ -80,14 +81,12 @@ class CroppedImageDataset(HierarchicalImageDataset):
     boxes: list[Box | None]
 
     def load_image(self, index: int) -> Image.Image:
-        image = super().load_image(index)
         box = self.boxes[int(index)] if getattr(self, "boxes", None) is not None else None
-        if box is None:
-            return image
-        problem = box_problem(box, image.size)
-        if problem is not None:  # PIL would pad the crop with black
-            raise InputError(f"{problem} (item {int(index)})", file=self.paths[int(index)])
-        return image.crop(box)
+        try:  # the box is in stored pixels (OML does not rotate); the crop is then shown upright (load_rgb)
+            return self._load_rgb(int(index), box)
+        except BoxOutsideImage as exc:  # PIL would pad the crop with black
+            raise InputError(f"{box_problem(exc.box, exc.size, exc.oriented)} (item {int(index)})",
+                             file=self.paths[int(index)]) from None
 
     def subset(self, indices: Any, split: str | None = None, remap: bool = True) -> CroppedImageDataset:
         import torch
@@ -99,15 +98,18 @@ class CroppedImageDataset(HierarchicalImageDataset):
         return out
 
 
-def box_problem(box: Box, size: tuple[int, int]) -> str | None:
-    """Why the crop ``box`` ``(x_1, y_1, x_2, y_2)`` does not fit an image of ``size`` ``(width, height)``, else
-    ``None`` (the reader checks ``0 <= x_1 < x_2`` and ``0 <= y_1 < y_2``; the size needs the image)."""
+def box_problem(box: Box, size: tuple[int, int], oriented: bool = False) -> str | None:
+    """Why the crop ``box`` ``(x_1, y_1, x_2, y_2)`` does not fit an image whose stored pixel array is ``size``
+    ``(width, height)``, else ``None`` (the reader checks ``0 <= x_1 < x_2`` and ``0 <= y_1 < y_2``; the size needs
+    the image). ``oriented``: its EXIF orientation rotates or flips it for display (boxes are in stored pixels, as
+    OML's)."""
     (_, _, x2, y2), (w, h) = box, size
     if x2 <= w and y2 <= h:
         return None
     column, value, edge = ("x_2", x2, f"width {w}") if x2 > w else ("y_2", y2, f"height {h}")
+    stored = " as stored; boxes are in stored pixels, before its EXIF orientation is applied" if oriented else ""
     return (f"column '{column}': the box (x_1, y_1, x_2, y_2) = {tuple(box)} reaches {column}={value}, past the "
-            f"image's {edge} (a {w}x{h} image)")
+            f"image's {edge} (a {w}x{h} image{stored})")
 
 
 def _flag(text: str) -> bool | None:
