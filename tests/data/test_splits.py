@@ -155,6 +155,42 @@ def test_shared_files_compares_resolved_paths_and_crop_boxes(tmp_path) -> None:
         f"{(tmp_path / 'imgs' / 'b.png').resolve()} box (0, 0, 5, 5)"]
 
 
+def test_item_identities_are_computed_once_per_split_before_a_run_and_in_inspect(tmp_path, monkeypatch) -> None:
+    """image_identities (a realpath per item) of each split once: train's query_in_gallery check and held-out checks
+    share them (were 3 computations of the query and of the gallery split, 2 of train and of validation), and so do
+    data inspect's pairs of splits (train's were computed once per other split)."""
+    import dynametric.data.splits as splits
+    import dynametric.engine.protocols as protocols
+    from dynametric.commands.data import inspect_dataset
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_datasets
+    from dynametric.pipeline.protocols import protocol_split_keys
+    from dynametric.pipeline.run import _held_out_data
+    from tests.data.test_oml import write_oml
+
+    rows = [f"{c},img/{c}_{i}.png,train,,,0,10,0,12" for c in range(4) for i in range(2)]
+    rows += [f"{c},img/{c}_{i}.png,validation,{i == 0},{i != 0},0,10,0,12" for c in range(4, 7) for i in range(3)]
+    write_oml(tmp_path, rows, header="label,path,split,is_query,is_gallery,x_1,x_2,y_1,y_2")
+    seen: list[object] = []  # the datasets, kept alive so that their ids stay theirs
+    compute = splits.image_identities
+
+    def counting(dataset):
+        seen.append(dataset)
+        return compute(dataset)
+
+    monkeypatch.setattr(splits, "image_identities", counting)
+    monkeypatch.setattr(protocols, "image_identities", counting)
+    cfg = load_config(None, ["data.format=oml", f"data.root={tmp_path}", "eval.protocol=query_gallery",
+                             "eval.query_split=query", "eval.gallery_split=gallery"])
+    keys = protocol_split_keys(cfg)
+    datasets = build_datasets(cfg, with_test=False, test_splits=keys)
+    _held_out_data(cfg, datasets, keys, lambda _: None)
+    assert len(seen) == len({id(d) for d in seen}) == 4  # train, val, query, gallery
+    seen.clear()
+    assert inspect_dataset("oml", tmp_path, verify_images=False)["problems"] == []
+    assert len(seen) == len({id(d) for d in seen}) == 4  # train, validation, query, gallery
+
+
 def test_raw_class_ids_follow_the_files_ids_through_subsets(tmp_path) -> None:
     from dynametric.data import HierarchicalImageDataset
     from dynametric.data.splits import raw_class_ids

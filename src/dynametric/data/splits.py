@@ -184,7 +184,12 @@ def shared_files(a: Any, b: Any) -> list[str]:
     (anything with ``paths``, :func:`image_identities`) both hold, sorted, each as its resolved path (``path box
     (x_1, y_1, x_2, y_2)`` for a crop): one file under two names is one item, two boxes cut from one file are two.
     ``[]`` when either is ``None`` or has no paths (in-memory images)."""
-    ids_a, ids_b = image_identities(a), image_identities(b)
+    return shared_identities(image_identities(a), image_identities(b))
+
+
+def shared_identities(ids_a: Sequence[Hashable] | None, ids_b: Sequence[Hashable] | None) -> list[str]:
+    """:func:`shared_files` of two datasets whose :func:`image_identities` are already computed (a check that
+    compares one dataset with several computes them once: each is a ``realpath`` per item)."""
     if ids_a is None or ids_b is None:
         return []
     both = cast(set[tuple[str, Any]], set(ids_a) & set(ids_b))

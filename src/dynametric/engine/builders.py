@@ -26,7 +26,7 @@ import re
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,7 +281,8 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
 
 
 def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any],
-                        test_splits: Mapping[str, str]) -> list[str]:
+                        test_splits: Mapping[str, str],
+                        test_identities: Mapping[str, list[Hashable] | None] | None = None) -> list[str]:
     """What the training, validation and test data hold, beyond their split names (:func:`check_split_roles`):
     an image (a resolved path and its crop box, :func:`~dynametric.data.splits.image_identities`) in the training or
     validation data that a test split (``tests``: split -> dataset, chosen by ``test_splits[split]``) or the
@@ -289,9 +290,10 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
     the user set, :func:`split_error_key`). Finest classes shared by training and validation or test data, or by
     validation and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not
     unseen), where the format's class ids mean the same class in every split
-    (:func:`~dynametric.data.registry.class_ids_comparable`)."""
+    (:func:`~dynametric.data.registry.class_ids_comparable`). Each dataset's identities are computed once
+    (``test_identities``: those of the test splits, where the caller has them already)."""
     from dynametric.data.registry import class_ids_comparable
-    from dynametric.data.splits import raw_class_ids, shared_files
+    from dynametric.data.splits import image_identities, raw_class_ids, shared_identities
 
     data = cfg.data
     train = (f"the training split {data.train_split!r} (data.train_split)", "data.train_split", datasets.train)
@@ -303,9 +305,16 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
                datasets.val)
         pairs = ([] if datasets.val_carved else [(train, val)]) + pairs + [(val, h) for h in held]
     comparable = class_ids_comparable(data.format)
+    identities = {id(tests[s]): ids for s, ids in (test_identities or {}).items()}  # id(dataset) -> identities
+
+    def identities_of(ds: Any) -> list[Hashable] | None:  # once per dataset (the datasets outlive this call)
+        if id(ds) not in identities:
+            identities[id(ds)] = image_identities(ds)
+        return identities[id(ds)]
+
     warnings_: list[str] = []
     for (what_a, key_a, a), (what_b, key_b, b) in pairs:
-        files = shared_files(a, b)
+        files = shared_identities(identities_of(a), identities_of(b))
         if files:
             raise ConfigError(f"{what_a} and {what_b} share {len(files)} image file(s), e.g. {files[0]}: "
                               f"{'training' if a is datasets.train else 'model selection'} and "

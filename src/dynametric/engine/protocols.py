@@ -169,17 +169,20 @@ class QueryGallery(EvaluationProtocol):
     def required_splits(self) -> list[str]:
         return [self.query_split, self.gallery_split]
 
-    def own_items(self, query: Any, gallery: Any) -> tuple[list[Hashable] | None, list[Hashable] | None,
-                                                            list[int] | None]:
+    def own_items(self, query: Any, gallery: Any, identities: tuple[list[Hashable] | None, list[Hashable] | None]
+                  | None = None) -> tuple[list[Hashable] | None, list[Hashable] | None, list[int] | None]:
         """``(query identities, gallery identities, queries that are gallery items)`` (:func:`image_identities`;
         one split as both query and gallery: its indices; ``None`` for items that are not files), checking the flag:
         it must state what the data is, else a ConfigError naming ``eval.query_in_gallery`` — ``false`` with queries
         that are also gallery items (each would find itself; the error counts and names them), ``true`` with no
         query in the gallery or with items that are not files. Items that are not files cannot be checked:
-        ``false`` then assumes disjoint sets."""
+        ``false`` then assumes disjoint sets. ``identities``: both splits' :func:`image_identities`, where the caller
+        has computed them already."""
         if query is not None and query is gallery:  # one split queries itself: every item is in the gallery
             keys_q: list[Hashable] | None = list(range(len(query)))
             keys_g = keys_q
+        elif identities is not None:
+            keys_q, keys_g = identities
         else:
             keys_q, keys_g = image_identities(query), image_identities(gallery)
         if keys_q is None or keys_g is None:
@@ -204,16 +207,17 @@ class QueryGallery(EvaluationProtocol):
                               key="eval.query_in_gallery")
         return keys_q, keys_g, inside
 
-    def exclusion_ids(self, query: Any, gallery: Any) -> tuple[list[Hashable] | None, list[Hashable] | None,
-                                                                dict[str, Any]]:
+    def exclusion_ids(self, query: Any, gallery: Any,
+                      identities: tuple[list[Hashable] | None, list[Hashable] | None] | None = None
+                      ) -> tuple[list[Hashable] | None, list[Hashable] | None, dict[str, Any]]:
         """``(query_ids, gallery_ids, info)`` for :func:`~dynametric.metrics.evaluate_embeddings` from the query and
         gallery datasets: a gallery item is excluded from a query's ranking iff their ids are equal. Excluded are the
         query's own item (``query_in_gallery``; :meth:`own_items` checks the flag) and, when the datasets carry
         ``sequence_ids`` (OML's ``sequence`` column), every gallery item of the query's sequence, as OML's
         ``calc_mask_to_ignore``. Both at once are one id per item, its sequence: the query's own item is of its
         sequence (checked). ``info``: ``queries_in_gallery`` (``None`` when unknown), ``same_sequence_excluded``,
-        ``excluded_pairs`` (query-gallery pairs excluded)."""
-        keys_q, keys_g, inside = self.own_items(query, gallery)
+        ``excluded_pairs`` (query-gallery pairs excluded). ``identities``: as :meth:`own_items`'s."""
+        keys_q, keys_g, inside = self.own_items(query, gallery, identities)
         seq_q, seq_g = getattr(query, "sequence_ids", None), getattr(gallery, "sequence_ids", None)
         if (seq_q is None) != (seq_g is None):
             with_ids, without = ((self.query_split, self.gallery_split) if seq_g is None

@@ -368,14 +368,18 @@ def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callab
     after a query -> gallery test's ``eval.query_in_gallery`` was checked against their items
     (:meth:`~dynametric.engine.protocols.QueryGallery.exclusion_ids`: the test would refuse it only after training
     had started) and :func:`~dynametric.engine.builders.check_held_out_data` found no image file of them in the
-    training or validation data; its warnings about shared classes are logged and returned with them."""
+    training or validation data; its warnings about shared classes are logged and returned with them. Each split's
+    item identities (a ``realpath`` per item) are computed once for both checks."""
+    from dynametric.data.splits import image_identities
     from dynametric.engine.protocols import QueryGallery
 
     tests = {split: load_split(cfg, split, train=False, key=keys[split]) for split in keys}
+    identities = {split: image_identities(ds) for split, ds in tests.items()}
     protocol = protocol_from_config(cfg)
     if isinstance(protocol, QueryGallery):
-        protocol.exclusion_ids(tests[protocol.query_split], tests[protocol.gallery_split])
-    warnings_ = check_held_out_data(cfg, datasets, tests, keys)
+        q, g = protocol.query_split, protocol.gallery_split
+        protocol.exclusion_ids(tests[q], tests[g], (identities[q], identities[g]))
+    warnings_ = check_held_out_data(cfg, datasets, tests, keys, test_identities=identities)
     for warning in warnings_:
         log(f"warning: {warning}")
     return tests, warnings_
