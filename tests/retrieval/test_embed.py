@@ -103,8 +103,9 @@ def test_csv_quoted_line_breaks_keep_line_numbers(image_root: Path, tmp_path: Pa
 
 def test_csv_image_root_is_relative_to_the_csvs_folder(run_ckpt: Path, image_root: Path, tmp_path: Path,
                                                        monkeypatch, capsys) -> None:
-    """--image-root / image_root as the csv and oml dataset formats take it: relative to the CSV's folder, not to
-    the working directory (docs/data.md); a folder only the working directory has is one error naming both."""
+    """read_image_csv's image_root as the csv and oml dataset formats take it: relative to the CSV's folder, not to
+    the working directory (docs/data.md); a folder only the working directory has is one error naming both. The
+    command line's --image-root is a shell path, relative to the working directory."""
     from dynametric.cli import main
 
     lists, elsewhere = tmp_path / "lists", tmp_path / "elsewhere"
@@ -118,16 +119,27 @@ def test_csv_image_root_is_relative_to_the_csvs_folder(run_ckpt: Path, image_roo
     (elsewhere / "imgs_here").mkdir()
     with pytest.raises(InputError) as err:
         read_image_csv(csv_path, image_root="imgs_here")
-    assert str(err.value) == (f"key '--image-root': folder not found: {lists / 'imgs_here'} (a relative --image-root "
+    assert str(err.value) == (f"key 'image_root': folder not found: {lists / 'imgs_here'} (a relative image_root "
                               f"is relative to the CSV's folder {lists}, not to the working directory, where "
                               f"{elsewhere / 'imgs_here'} exists); write the folder as an absolute path or as a path "
                               f"relative to {lists}")
+    # on the command line a relative --image-root is a shell path: relative to the working directory
     capsys.readouterr()
     code = main(["embed", "--checkpoint", str(run_ckpt), "--csv", str(csv_path), "--image-root", "imgs_here",
                  "--out", str(tmp_path / "emb"), "--no-progress"])
     stderr = capsys.readouterr().err
-    assert code == 2 and f"{lists / 'imgs_here'} (a relative --image-root is relative" in stderr
+    assert code == 2 and f"{elsewhere / 'imgs_here'}/" in stderr and "image file not found" in stderr, stderr
     assert not (tmp_path / "emb").exists()
+    (elsewhere / "imgs_here").rmdir()
+    code = main(["embed", "--checkpoint", str(run_ckpt), "--csv", str(csv_path), "--image-root",
+                 os.path.relpath(image_root, elsewhere), "--out", str(tmp_path / "emb"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    code = main(["embed", "--checkpoint", str(run_ckpt), "--csv", str(csv_path), "--image-root", "nowhere",
+                 "--out", str(tmp_path / "emb2"), "--no-progress"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and f"key '--image-root': folder not found: {elsewhere / 'nowhere'} (--image-root is the " \
+        "folder the listed image paths are relative to)" in stderr, stderr
 
 
 def _latin1_name(folder: Path, name: bytes) -> Path:

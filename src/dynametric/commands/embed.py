@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--csv", type=Path, help="CSV list of images with optional labels")
     p.add_argument("--image-root", type=Path, default=None,
                    help="with --csv: folder the listed relative paths are resolved against (default: the CSV's "
-                        "folder); absolute, or relative to the CSV's folder")
+                        "folder); a relative --image-root is relative to the working directory, as any path on "
+                        "the command line")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--part", type=part_of, default=None, metavar="K/N",
                    help="embed only the K-th of N contiguous parts of the list (K = 0..N-1), e.g. one process per "
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--image-root goes with --csv", key="--image-root")
     options = inference_options(args)
     run_opts = options.resolve()  # flag errors before the images are listed
-    items = list_image_folder(args.images) if args.images is not None else read_image_csv(args.csv, args.image_root)
+    items = list_image_folder(args.images) if args.images is not None else read_image_csv(
+        args.csv, None if args.image_root is None else args.image_root.absolute(), key="--image-root")
     for note in items.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.part is not None:

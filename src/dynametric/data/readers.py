@@ -345,5 +345,6 @@ def csv_image_root(csv_path: Path, image_root: str | Path | None, notes: list[st
         raise InputError(f"folder not found: {os.path.abspath(folder)} (a relative {key} is relative to the CSV's "
                          f"folder {base}, not to the working directory, where {cwd_folder} exists); write the folder "
                          f"as an absolute path or as a path relative to {base}", key=key)
+    where = "" if given.is_absolute() else f": an absolute path or one relative to the CSV's folder {base}"
     raise InputError(f"folder not found: {os.path.abspath(folder)} ({key} is the folder the listed image paths are "
-                     f"relative to: an absolute path or one relative to the CSV's folder {base})", key=key)
+                     f"relative to{where})", key=key)

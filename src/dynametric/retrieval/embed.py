@@ -148,12 +148,14 @@ def list_image_folder(root: str | Path) -> ImageItems:
     return ImageItems(ids=[p.relative_to(base).as_posix() for p in files], paths=files, roots=[base])
 
 
-def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> ImageItems:
+def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, key: str = "image_root") -> ImageItems:
     """A CSV with a header: ``path`` (required), optional ``id`` (default: the path as written) and ``split``
     (ignored), every other column a label scale, finest first (integers, or any text mapped to ids by sorted
     name). Relative paths are resolved against ``image_root`` (default: the CSV's folder; a relative
     ``image_root`` is relative to the CSV's folder, not to the working directory: :func:`csv_image_root`, whose
-    note, when another folder of that name is under the working directory, is in ``notes``). Standard CSV quoting
+    note, when another folder of that name is under the working directory, is in ``notes``; ``key`` names the
+    option in its errors; ``dynametric embed --image-root`` passes its folder made absolute against the working
+    directory, as a command-line path). Standard CSV quoting
     (line breaks inside quotes too; a record is numbered by the line it starts on). Every bad row is found before
     anything is raised: one :class:`InputError` lists them all (``file:line: message``, the first 20 spelled out,
     as the dataset readers' strict mode does)."""
@@ -174,7 +176,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None) -> Im
     if dup:
         raise InputError(f"duplicate column(s) {dup} in the header", file=path, line=header_line)
     notes: list[str] = []
-    root = csv_image_root(path, image_root, notes, key="--image-root").resolve()
+    root = csv_image_root(path, image_root, notes, key=key).resolve()
     if non_utf8_name(root) is not None:
         raise InputError(_NON_UTF8_FOLDER, file=printable_path(root))
     scales = [c for c in header if c not in RESERVED_COLUMNS]
