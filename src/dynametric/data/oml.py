@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -134,7 +134,7 @@ def _id_cell(text: str) -> Hashable | None:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _split_categories(categories: list[Hashable | None], locations: list[tuple[str, int | None]], header: list[str],
+def _split_categories(categories: list[Hashable | None], locations: Sequence[tuple[str, int | None]], header: list[str],
                       path: Path, split: str, report: LoadReport) -> list[Hashable] | None:
     """The records' categories (the metrics' per-category report, :attr:`HierarchicalImageDataset.category_ids`);
     ``None`` without a ``category`` column, or with an empty cell on a record of the split (noted in the report: a
@@ -341,7 +341,8 @@ class OMLFormat:
                 report.add(f"column 'label': query label {row[0]} has no gallery item", path, number)
         shared = split in ("query", "gallery")
         ids: list[set[Hashable]] = [set() for _ in scales]
-        out_paths, raw, locs, boxes, sequences, categories = [], [], [], [], [], []
+        out_paths, raw, locs, boxes, sequences = [], [], [], [], []
+        categories: list[Hashable | None] = []
         position: dict[str, int] = {}  # the validation split's items: their index in the split
         dup = DuplicateTracker(report)
         listed: dict[str, tuple[Any, int, Any]] = {}  # the validation split's items (path and box): labels, line, seq
@@ -376,7 +377,7 @@ class OMLFormat:
                                    "sequence", path, number, "duplicate")
                     continue
                 listed[item] = (labels, number, sequence)
-                position[item] = len(out_paths)
+                position[item] = len(categories)  # its index: the records kept so far
             elif not dup.accept(shown, labels, path, number):
                 continue
             out_paths.append(full)

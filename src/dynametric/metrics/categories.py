@@ -101,7 +101,7 @@ def category_results(categories: CategoryCodes, scale_names: Sequence[str], metr
             entry["excluded_queries"] = 0 if count_empty_as_zero else int(empty[c])
             entry["empty_queries"] = int(empty[c])
             out[name][scale] = entry
-    for entry in out.values():
-        entry["mean"] = {m: math.fsum(float(entry[s][m]) for s in scale_names) / len(scale_names)
-                         for m in metric_names}
+    for result in out.values():
+        result["mean"] = {m: math.fsum(float(result[s][m]) for s in scale_names) / len(scale_names)
+                          for m in metric_names}
     return out
