@@ -189,6 +189,35 @@ def test_sequence_ids_are_read_on_validation_rows(tmp_path):
     assert f"{csv}:3: column 'sequence': empty on a validation row" in str(err.value)
 
 
+def test_category_ids_are_kept_whether_or_not_category_is_a_scale(tmp_path):
+    """Every split's dataset carries the category column as ``category_ids`` (OML's report split), a scale or not;
+    one validation item listed as a query row and a gallery row has its query row's category; a split with an
+    empty cell carries none (noted), and a CSV without the column none either."""
+    header = "label,path,split,is_query,is_gallery,category"
+    write_oml(tmp_path, ["0,img/a.png,train,,,bird", "1,img/b.png,train,,,7", "2,img/q.png,validation,True,False,fish",
+                         "2,img/q.png,validation,False,True,bird", "3,img/g.png,validation,False,True,"],
+              header=header)
+    train = build_dataset("oml", tmp_path, "train")
+    assert train.scale_names == ("label",) and train.category_ids == ["bird", 7]  # ints where they read as one
+    assert build_dataset("oml", tmp_path, "train", category_as_scale=True).category_ids == ["bird", 7]
+    assert train.subset([1, 0]).category_ids == [7, "bird"]
+    from dynametric.data.splits import LabelledSubset
+
+    assert LabelledSubset(train, [1]).category_ids == [7]  # a carved validation set keeps them
+    assert build_dataset("oml", tmp_path, "query").category_ids == ["fish"]
+    gallery = build_dataset("oml", tmp_path, "gallery")  # g.png has no category: the gallery split carries none
+    assert gallery.category_ids is None
+    assert any("'category' of df.csv is empty on 1 of the 2 records of split 'gallery' (first at line 6)" in n
+               for n in gallery.report.notes)
+    validation = build_dataset("oml", tmp_path, "validation", mode="lenient")
+    assert validation.category_ids is None and len(validation) == 2
+    write_oml(tmp_path, ["0,img/a.png,train,,,bird", "2,img/q.png,validation,False,True,bird",
+                         "2,img/q.png,validation,True,False,fish"], header=header)
+    assert build_dataset("oml", tmp_path, "validation").category_ids == ["fish"]  # the query row's, listed second
+    write_oml(tmp_path, ["0,img/a.png,train,,"], header="label,path,split,is_query,is_gallery")
+    assert build_dataset("oml", tmp_path, "train").category_ids is None
+
+
 @pytest.mark.parametrize("row,column,message", [
     ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
     ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),
@@ -254,8 +283,18 @@ def test_training_on_an_oml_csv_tests_query_to_gallery(tmp_path, capsys):
                  "eval.gallery_split=gallery"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["protocol"]["queries"] == 4 and metrics["test"]["protocol"]["gallery"] == 12
-    assert set(metrics["test"]) == {"label", "mean", "protocol"}  # category: not a scale unless asked
+    assert set(metrics["test"]) == {"label", "mean", "protocol", "by_category"}  # category: not a scale unless asked
     assert metrics["test"]["label"]["num_queries"] == 4
+    # ... but the report's split: the 4 queries (classes 8-11) are 2 cold and 2 warm, the carved validation's items
+    # (training rows) carry their categories too
+    by_category = metrics["test"]["by_category"]
+    assert list(by_category) == ["cold", "warm"]
+    assert [by_category[c]["label"]["num_queries"] for c in by_category] == [2, 2]
+    mean = sum(by_category[c]["label"]["map@r"] for c in by_category) / 2
+    assert mean == pytest.approx(metrics["test"]["label"]["map@r"])
+    for entry in metrics["validation"]:
+        assert set(entry["by_category"]) <= {"cold", "warm"} and set(entry) == {"epoch", "label", "mean",
+                                                                               "by_category"}
     info = json.loads((out / "run_info.json").read_text())
     assert info["scale_names"] == ["label"] and info["selected"]["monitor"] == "label/map@r"
 

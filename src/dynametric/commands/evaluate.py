@@ -55,9 +55,41 @@ def format_table(result: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {s: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-            for s, d in result.items()}
+def _jsonable(result: Any) -> Any:
+    """``result`` with NaN as ``None`` (JSON's null), at any depth (``by_category`` nests results)."""
+    if isinstance(result, dict):
+        return {k: _jsonable(v) for k, v in result.items()}
+    return None if isinstance(result, float) and math.isnan(result) else result
+
+
+def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], overall_only: list[str]) -> str:
+    """The ``by_category`` block as text: a title line, then one row per category and scale (and the category's
+    ``mean`` with several scales), columns as :func:`format_table` plus ``category`` and the category's query count
+    (``queries``: those averaged over plus those excluded). ``overall_only``: the requested metrics that have no
+    per-category value (named in the title)."""
+    metrics = list(next(iter(by_category.values()))["mean"])
+    header = ["category", "scale", *metrics, "queries", "num_queries", "excluded_queries"]
+    lines = []
+    for category, entry in by_category.items():
+        scales = [k for k in entry if k != "mean"]
+        for scale in scales + (["mean"] if len(scales) > 1 else []):
+            values = entry[scale]
+            cells = [category, scale]
+            for m in metrics:
+                v = values.get(m)
+                cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}")
+            if scale == "mean":
+                cells += ["", "", ""]
+            else:
+                counts = (values["num_queries"], values["excluded_queries"])
+                cells += [str(sum(counts)), *map(str, counts)]
+            lines.append(cells)
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    title = (f"by query category ({len(by_category)} categories; each value the mean over the category's queries"
+             + (f"; {', '.join(overall_only)}: overall only" if overall_only else "") + "):")
+    table = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *lines]]
+    return "\n".join([title, *table])
 
 
 PER_QUERY_HEADER = ("query", "scale", "num_relevant")
@@ -118,6 +150,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     for opt, value in (("--embeddings", args.embeddings), ("--labels", args.labels),
                        ("--gallery-embeddings", args.gallery_embeddings), ("--gallery-labels", args.gallery_labels),
                        ("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids),
+                       ("--query-categories", args.query_categories),
                        ("--checkpoint", args.checkpoint), ("--config", args.config)):
         if not value:
             continue
@@ -165,6 +198,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery-labels", help="gallery labels: CSV (same columns as --labels) or .npy")
     p.add_argument("--query-ids", help="text file, one id per query row: gallery items with the same id are excluded")
     p.add_argument("--gallery-ids", help="text file, one id per gallery row")
+    p.add_argument("--query-categories", help="text file, one category per query row: the retrieval metrics are "
+                   "also reported per query category (open-metric-learning's report split; with --checkpoint the "
+                   "categories come from the data, e.g. an oml CSV's category column, unless eval.per_category=false)")
     p.add_argument("--example", action="store_true", help="evaluate the bundled example (no files needed)")
     p.add_argument("--checkpoint", help="a `dynametric train` checkpoint (e.g. RUN/best.ckpt): embed a dataset split "
                    "with it instead of reading --embeddings (engine; see docs/training.md)")
@@ -233,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
         over both)."""
         if args.query_ids:
             kw["query_ids"] = load_ids(args.query_ids, len(q))
+        if args.query_categories:
+            kw["query_categories"] = _load_categories(args.query_categories, len(q))
         if args.gallery_ids:
             if g is None:
                 raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
@@ -244,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
         if args.example or args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
             raise ConfigError("--checkpoint cannot be combined with --example or embedding/label files",
                               key="--checkpoint")
+        if args.query_categories:
+            raise ConfigError("applies to embeddings from files; with --checkpoint the query categories come from "
+                              "the data (an oml CSV's category column; --set eval.per_category=false leaves them out)",
+                              key="--query-categories")
         from dynametric.commands.options import inference_options
         from dynametric.engine.protocols import LeaveOneOut, QueryGallery
         from dynametric.pipeline import evaluate_checkpoint, run_eval_options
@@ -308,13 +350,28 @@ def run(args: argparse.Namespace) -> int:
         result, table = result
         write_per_query_csv(args.per_query_out, table, key="--per-query")
         print(f"wrote {args.per_query_out}", file=sys.stderr)
+    by_category = result.pop("by_category", None)
     print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries")
     print(format_table(result))
+    if by_category:
+        split = [m for e in by_category.values() for m in e["mean"]]
+        print(format_category_table(by_category, [m for m in result["mean"] if m not in split]))
+        result["by_category"] = by_category
     if args.json_out:
         atomic_write_json(args.json_out, _jsonable(result) | ({} if info is None else {"protocol": info}),
                           key="--json")
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
+
+
+def _load_categories(path: str, expected: int) -> list[str]:
+    """``--query-categories``: one category per query row (:func:`load_ids`), none of them empty."""
+    categories = load_ids(path, expected)
+    if "" in categories:
+        line = categories.index("") + 1
+        raise InputError(f"line {line} is empty; expected one category per query row", file=path, line=line,
+                         key="--query-categories")
+    return categories
 
 
 @dataclass

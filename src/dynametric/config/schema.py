@@ -430,6 +430,10 @@ class EvalConfig:
     0), the spellings of ``evaluate_embeddings(empty_queries=...)`` and ``dynametric evaluate --empty-queries``;
     ``zero`` is an older spelling of ``count_as_zero``, still accepted."""
     memory_budget_bytes: int | None = None
+    per_category: bool = True
+    """Where the query split carries categories (an ``oml`` CSV's ``category`` column), report every retrieval
+    metric per query category as well (the results' ``by_category``, as open-metric-learning's report); ``false``
+    leaves it out."""
 
     def _validate(self, key: str) -> None:
         if not self.k_values or any(k < 1 for k in self.k_values):

@@ -375,10 +375,16 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
 
     ``sequence_ids``: one id per item where the reader sets it (OML's ``sequence`` column), else ``None``; a query ->
     gallery evaluation never ranks a gallery item of the query's sequence for it
-    (:class:`~dynametric.engine.protocols.QueryGallery`).
+    (:class:`~dynametric.engine.protocols.QueryGallery`; a leave-one-out evaluation never ranks an item of the query's
+    sequence either, :class:`~dynametric.engine.protocols.LeaveOneOut`).
+
+    ``category_ids``: one category id per item where the reader sets it (OML's ``category`` column, whether or not it
+    is also a label scale), else ``None``; an evaluation whose queries carry them reports its retrieval metrics per
+    query category as well (``by_category``, :mod:`dynametric.metrics.categories`).
     """
 
     sequence_ids: list[Hashable] | None = None
+    category_ids: list[Hashable] | None = None
 
     def __init__(self, paths: Sequence[str], labels: torch.Tensor, scale_names: Sequence[str], split: str, *,
                  class_ids: Sequence[Sequence[Hashable]] | None = None,
@@ -544,6 +550,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
                                        class_names=self.class_names, name=self.name)
         if self.sequence_ids is not None:
             out.sequence_ids = [self.sequence_ids[i] for i in idx.tolist()]
+        if self.category_ids is not None:
+            out.category_ids = [self.category_ids[i] for i in idx.tolist()]
         return out
 
     def __repr__(self) -> str:

@@ -11,9 +11,11 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
   ``split`` (``train`` or ``validation``), ``is_query``, ``is_gallery`` (empty on ``train`` rows; on
   ``validation`` rows true/false, ``1``/``0`` also accepted, and at least one of them true);
 * optional ``category``: in OML it only splits the metrics report by the query's category, so by default it is not
-  read (noted in the load report) and a label may sit in several categories; the option ``category_as_scale=True``
-  makes it a second, coarser label scale (scales ``label`` then ``category``, finest first, checked to be a
-  hierarchy: every label in one category; ``multiscale`` training then uses it);
+  a label (noted in the load report) and a label may sit in several categories; every split's dataset carries it as
+  ``category_ids`` (when no record of the split has an empty cell), from which the evaluations report their
+  retrieval metrics per query category (``by_category``; ``eval.per_category``). The option
+  ``category_as_scale=True`` makes it a second, coarser label scale too (scales ``label`` then ``category``, finest
+  first, checked to be a hierarchy: every label in one category; ``multiscale`` training then uses it);
 * optional ``sequence``: an id (e.g. of the video or burst a frame comes from), required on every validation row
   when the column is present; as OML's ``calc_mask_to_ignore``, a query -> gallery evaluation excludes from each
   query's ranking the gallery items of its sequence (the validation splits' datasets carry ``sequence_ids``;
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -68,10 +70,12 @@ Box = tuple[int, int, int, int]  # PIL order: (left, upper, right, lower) = (x_1
 @dataclass
 class OMLRecords(SplitRecords):
     """:class:`SplitRecords` plus one crop box (or ``None``) per record and, for the validation splits of a CSV with a
-    ``sequence`` column, one sequence id per record (else ``None``)."""
+    ``sequence`` column, one sequence id per record (else ``None``); with a ``category`` column filled on every record
+    of the split, one category id per record (else ``None``)."""
 
     boxes: list[Box | None] | None = None
     sequences: list[Hashable] | None = None
+    categories: list[Hashable] | None = None
 
 
 class CroppedImageDataset(HierarchicalImageDataset):
@@ -130,6 +134,21 @@ def _id_cell(text: str) -> Hashable | None:
     if not text:
         return None
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _split_categories(categories: list[Hashable | None], locations: Sequence[tuple[str, int | None]], header: list[str],
+                      path: Path, split: str, report: LoadReport) -> list[Hashable] | None:
+    """The records' categories (the metrics' per-category report, :attr:`HierarchicalImageDataset.category_ids`);
+    ``None`` without a ``category`` column, or with an empty cell on a record of the split (noted in the report: a
+    query without a category would fall in no part of it)."""
+    if "category" not in header:
+        return None
+    empty = [i for i, c in enumerate(categories) if c is None]
+    if not empty:
+        return list(categories)
+    report.notes.append(f"column 'category' of {path.name} is empty on {len(empty)} of the {len(categories)} records "
+                        f"of split {split!r} (first at line {locations[empty[0]][1]}): no per-category metrics for it")
+    return None
 
 
 def _coordinate(text: str) -> float | None:
@@ -203,7 +222,8 @@ class OMLFormat:
                    report: LoadReport, wanted: str | None = None, category_as_scale: bool = False
                    ) -> tuple[Any, ...] | None:
         """Validate one row; ``(label, category, split, is_query, is_gallery, box, sequence)`` or ``None``
-        (``category``: read only with ``category_as_scale``, else ``None``; ``sequence``: the id of a validation row
+        (``category``: the cell where the column exists, ``None`` when it is empty, an error then only with
+        ``category_as_scale``; ``sequence``: the id of a validation row
         where the column exists, else ``None``). A problem is
         added to ``report`` when the row belongs to split ``wanted`` (any split when ``None``) or its split cannot be
         read (:meth:`_owners`)."""
@@ -256,9 +276,9 @@ class OMLFormat:
                 bad("is_query", "a validation row must be a query, a gallery item or both (both flags are False)")
                 return None
         category: Hashable | None = None
-        if category_as_scale and "category" in col:
+        if "category" in col:  # a label scale with category_as_scale; in any case the query's report category
             category = _id_cell(r[col["category"]])
-            if category is None:
+            if category is None and category_as_scale:
                 bad("category", "empty; give every row its category (or drop the column)")
                 return None
         sequence: Hashable | None = None
@@ -307,8 +327,9 @@ class OMLFormat:
             raise InputError(f"option category_as_scale is true, but the header has no 'category' column: {header}",
                              file=path)
         if "category" in header and not category_as_scale:
-            report.notes.append(f"column 'category' of {path.name} is not a label scale (as in OML; the option "
-                                "category_as_scale: true makes it the coarser scale)")
+            report.notes.append(f"column 'category' of {path.name} is not a label scale (as in OML, it splits the "
+                                "metrics report by the query's category; the option category_as_scale: true makes it "
+                                "the coarser scale too)")
         scales = ("label", "category") if has_category else ("label",)
         checked = []
         for number, r in rows:
@@ -323,6 +344,8 @@ class OMLFormat:
         shared = split in ("query", "gallery")
         ids: list[set[Hashable]] = [set() for _ in scales]
         out_paths, raw, locs, boxes, sequences = [], [], [], [], []
+        categories: list[Hashable | None] = []
+        position: dict[str, int] = {}  # the validation split's items: their index in the split
         dup = DuplicateTracker(report)
         listed: dict[str, tuple[Any, int, Any]] = {}  # the validation split's items (path and box): labels, line, seq
         for number, r, (label, category, row_split, is_query, is_gallery, box, sequence) in checked:
@@ -345,6 +368,8 @@ class OMLFormat:
                 if not all(dup.accept(shown, labels, path, number, f"{item}\0{role}") for role in roles):
                     continue
                 if item in listed:  # its other role: already the split's item, with the same labels and sequence
+                    if is_query:  # the report goes by the query's category: its query row's
+                        categories[position[item]] = category
                     first_labels, first_line, first_sequence = listed[item]
                     if (first_labels, first_sequence) != (labels, sequence):
                         what = "labels" if first_labels != labels else "sequence"
@@ -354,6 +379,7 @@ class OMLFormat:
                                    "sequence", path, number, "duplicate")
                     continue
                 listed[item] = (labels, number, sequence)
+                position[item] = len(categories)  # its index: the records kept so far
             elif not dup.accept(shown, labels, path, number):
                 continue
             out_paths.append(full)
@@ -361,9 +387,11 @@ class OMLFormat:
             locs.append((str(path), number))
             boxes.append(box)
             sequences.append(sequence)
+            categories.append(category)
         report.records = len(out_paths)
         class_ids = [contiguous_ids(list(s))[1] for s in ids] if shared else None
         has_sequence = "sequence" in header and split != "train"
         return OMLRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids, boxes=boxes,
-                          sequences=sequences if has_sequence else None)
+                          sequences=sequences if has_sequence else None,
+                          categories=_split_categories(categories, locs, header, path, split, report))
 

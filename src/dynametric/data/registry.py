@@ -175,4 +175,7 @@ def build_dataset(format: str, root: str | Path | None, split: str,
     sequences = getattr(records, "sequences", None)  # oml: the validation rows' sequence ids
     if sequences is not None:
         dataset.sequence_ids = list(sequences)
+    categories = getattr(records, "categories", None)  # oml: the rows' category column (a scale or not)
+    if categories is not None:
+        dataset.category_ids = list(categories)
     return dataset

@@ -123,6 +123,18 @@ class LabelledSubset(torch.utils.data.Dataset):
         boxes = getattr(self.dataset, "boxes", None)
         return None if boxes is None else [boxes[int(i)] for i in self.indices]
 
+    @property
+    def sequence_ids(self) -> list[Any] | None:
+        """The sequence of every item (the parent's ``sequence_ids`` at ``indices``, OML), or ``None``."""
+        ids = getattr(self.dataset, "sequence_ids", None)
+        return None if ids is None else [ids[int(i)] for i in self.indices]
+
+    @property
+    def category_ids(self) -> list[Any] | None:
+        """The category of every item (the parent's ``category_ids`` at ``indices``, OML), or ``None``."""
+        ids = getattr(self.dataset, "category_ids", None)
+        return None if ids is None else [ids[int(i)] for i in self.indices]
+
     def __len__(self) -> int:
         return int(self.indices.numel())
 

@@ -983,6 +983,7 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, ma
                               "scale_names": scale_names, "nonfinite": cfg.trainer.nonfinite}
     module = make_module(embedder, objectives, optim_settings(cfg), **common)
     module.channels_last = use_channels_last(cfg, embedder)
+    module.per_category = bool(cfg.eval.per_category)
     if module.channels_last:
         embedder.to(memory_format=torch.channels_last)  # kept by the later move to the device
     if cfg.trainer.compile:

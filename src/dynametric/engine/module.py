@@ -182,7 +182,8 @@ class MetricLearningModule(L.LightningModule):
         embedder: ``forward(images)`` -> ``[B, D]`` or a dict/tuple of heads; ``.backbone`` for the backbone group.
         objectives: loss terms (:class:`Objective`).
         optim: :class:`OptimSettings`.
-        evaluator: ``evaluator(emb, labels, scale_names=...) -> {"<scale>": {...}, "mean": {...}}``; default
+        evaluator: ``evaluator(emb, labels, scale_names=...) -> {"<scale>": {...}, "mean": {...}}`` (plus
+            ``query_ids`` / ``query_categories`` where the evaluated dataset carries sequence / category ids); default
             :func:`dynametric.metrics.evaluate_embeddings` with ``eval_kwargs`` on the module's device. The module's
             validation and test rounds evaluate the gathered embeddings with the leave-one-out protocol
             (:class:`dynametric.engine.protocols.LeaveOneOut`).
@@ -237,6 +238,7 @@ class MetricLearningModule(L.LightningModule):
         self._deferred_checks: list[tuple[torch.Tensor, dict[str, torch.Tensor], str]] = []
 
     channels_last = False  # batches in the channels_last memory format (model.channels_last; the builders set it)
+    per_category = True  # report per query category where the evaluated data has categories (eval.per_category)
 
     @property
     def loss_history(self) -> list[list[float]]:
@@ -383,6 +385,21 @@ class MetricLearningModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._eval_buffer = []
 
+    def _evaluated_dataset(self, count: int) -> Any:
+        """The dataset of the gathered embeddings (the datamodule's validation set while validating, the evaluated
+        set of a test), which they follow in order (a DDP shard is a contiguous slice, gathered in rank order); its
+        sequence and category ids enter the evaluation. ``None`` when unknown or of another length."""
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if trainer is None or dm is None:
+            return None
+        if trainer.validating or trainer.sanity_checking:
+            ds = getattr(dm, "val_set", None)
+        else:
+            ds = getattr(dm, "dataset", None)
+            ds = getattr(dm, "test_set", None) if ds is None else ds
+        return ds if ds is not None and hasattr(ds, "__len__") and len(ds) == count else None
+
     def _evaluate_buffer(self) -> dict[str, Any]:
         if not self._eval_buffer:
             raise ConfigError("evaluation split is empty", key="data")
@@ -403,11 +420,14 @@ class MetricLearningModule(L.LightningModule):
         else:
             evaluate = functools.partial(self.evaluator, **self.eval_kwargs)
         # the gathered split (validation, or the test split of a leave-one-out run), every item querying the rest
-        return LeaveOneOut("evaluated", scale_names=self.scale_names).evaluate_embeddings(emb, labels, evaluate)
+        dataset = self._evaluated_dataset(len(emb))
+        split = getattr(dataset, "split", None)
+        return LeaveOneOut(split if isinstance(split, str) else "evaluated", scale_names=self.scale_names,
+                           per_category=self.per_category).evaluate_embeddings(emb, labels, evaluate, dataset)
 
     def _log_results(self, prefix: str, results: dict[str, Any]) -> None:
         for scale, values in results.items():
-            if not isinstance(values, dict):
+            if not isinstance(values, dict) or scale in ("protocol", "by_category"):
                 continue
             for metric, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -8,12 +8,17 @@ caller's options bound (device, metric names, k values, distance, memory budget)
 decides (the sets, their ids, the scale names, and for DyML its own metric options).
 
 * :class:`LeaveOneOut`: every item of one split queries all the others (validation during training, the test split
-  of CUB / CARS / SOP-style configs, ``evaluate --checkpoint --split``);
+  of CUB / CARS / SOP-style configs, ``evaluate --checkpoint --split``), the items of a query's own sequence
+  excluded where the split carries ``sequence_ids``;
 * :class:`QueryGallery`: fixed query and gallery splits (``eval.protocol: query_gallery``), a query's own item in
   the gallery (same resolved path and crop box, :func:`image_identities`) excluded when ``eval.query_in_gallery`` is
   set;
 * :class:`dynametric.engine.dyml.DyMLProtocol`: the DyML test protocols (per-scale query -> gallery, or all-in-one
   leave-one-out).
+
+Where the query split carries ``category_ids`` (an OML CSV's ``category`` column), the leave-one-out and query ->
+gallery results hold ``"by_category"`` too, open-metric-learning's report split by the query's category
+(:func:`query_categories`; off with ``per_category=False``, ``eval.per_category: false``).
 
 The same objects serve training (validation in :class:`~dynametric.engine.module.MetricLearningModule`, the test
 in :func:`dynametric.pipeline.run_training` through :class:`ProtocolTest`), ``dynametric evaluate --checkpoint``
@@ -44,6 +49,7 @@ __all__ = [
     "ProtocolTest",
     "QueryGallery",
     "image_identities",
+    "query_categories",
 ]
 
 Evaluate = Callable[..., Any]
@@ -77,6 +83,18 @@ def _item_name(dataset: Any, index: int) -> str:
 def dataset_scale_names(dataset: Any) -> list[str] | None:
     """A dataset's scale names, or ``None`` (the metrics' defaults) when it has none."""
     return list(dataset_fields(dataset).scale_names or []) or None
+
+
+def query_categories(dataset: Any, num_queries: int) -> list[Hashable] | None:
+    """The category of each item of ``dataset`` (its ``category_ids``: OML's ``category`` column), or ``None`` when
+    it carries none; the caller's evaluation then reports its retrieval metrics per query category as well
+    (``evaluate_embeddings(query_categories=...)``, :mod:`dynametric.metrics.categories`)."""
+    categories = getattr(dataset, "category_ids", None)
+    if categories is None:
+        return None
+    if len(categories) != num_queries:
+        raise InputError(f"{num_queries} queries but {len(categories)} category ids", key="category_ids")
+    return list(categories)
 
 
 def with_protocol_info(result: Any, info: dict[str, Any]) -> Any:
@@ -127,10 +145,15 @@ class EvaluationProtocol(ABC):
 @dataclass(frozen=True)
 class LeaveOneOut(EvaluationProtocol):
     """Every item of ``split`` queries all the others (excluded by index). Scale names: ``scale_names``, else the
-    dataset's, else the metrics' defaults."""
+    dataset's, else the metrics' defaults. With ``sequence_ids`` on the dataset (OML's ``sequence`` column), a query
+    never ranks an item of its own sequence either (:meth:`exclusion_ids`), and the results carry ``"protocol":
+    {name, split, queries, same_sequence_excluded, excluded_pairs}``; without them there is no ``"protocol"`` entry.
+    With ``category_ids`` on the dataset (OML's ``category`` column) and ``per_category``, the results carry
+    ``"by_category"`` too (:func:`query_categories`)."""
 
     split: str = "test"
     scale_names: Sequence[str] | None = None
+    per_category: bool = True
 
     @property
     def name(self) -> str:
@@ -139,14 +162,38 @@ class LeaveOneOut(EvaluationProtocol):
     def required_splits(self) -> list[str]:
         return [self.split]
 
+    def exclusion_ids(self, dataset: Any) -> tuple[list[Hashable] | None, dict[str, Any] | None]:
+        """``(query_ids, info)`` for :func:`~dynametric.metrics.evaluate_embeddings`: the dataset's ``sequence_ids``
+        (every item of a query's sequence is excluded from its ranking, as the query itself is) and ``info``
+        (``same_sequence_excluded``, ``excluded_pairs``: the ordered (query, item) pairs of one sequence excluded
+        besides each query itself); ``(None, None)`` when the dataset carries no sequence ids."""
+        seq = getattr(dataset, "sequence_ids", None)
+        if seq is None:
+            return None, None
+        if len(seq) != len(dataset):
+            raise InputError(f"split {self.split!r} has {len(dataset)} items but {len(seq)} sequence ids",
+                             key="sequence_ids")
+        pairs = sum(n * (n - 1) for n in Counter(seq).values())
+        return list(seq), {"same_sequence_excluded": True, "excluded_pairs": pairs}
+
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
         s = sets[self.split]
         names = list(self.scale_names) if self.scale_names is not None else dataset_scale_names(s.dataset)
-        return (evaluate or _default_evaluate())(s.emb, s.labels, scale_names=names)
+        ids, info = self.exclusion_ids(s.dataset)
+        kw: dict[str, Any] = {} if ids is None else {"query_ids": ids}
+        categories = query_categories(s.dataset, len(s.emb)) if self.per_category else None
+        if categories is not None:
+            kw["query_categories"] = categories
+        res = (evaluate or _default_evaluate())(s.emb, s.labels, scale_names=names, **kw)
+        if info is None:
+            return res
+        return with_protocol_info(res, {"name": self.name, "split": self.split, "queries": len(s.emb), **info})
 
-    def evaluate_embeddings(self, emb: torch.Tensor, labels: torch.Tensor, evaluate: Evaluate | None = None) -> Any:
-        """:meth:`evaluate` of embeddings without a dataset (e.g. gathered by the training module)."""
-        return self.evaluate({self.split: EmbeddedSet(None, emb, labels)}, evaluate)
+    def evaluate_embeddings(self, emb: torch.Tensor, labels: torch.Tensor, evaluate: Evaluate | None = None,
+                            dataset: Any = None) -> Any:
+        """:meth:`evaluate` of embeddings gathered without their dataset (e.g. by the training module); ``dataset``,
+        when given, is the one they are the embeddings of, in its order (its sequence and category ids are used)."""
+        return self.evaluate({self.split: EmbeddedSet(dataset, emb, labels)}, evaluate)
 
 
 @dataclass(frozen=True)
@@ -156,11 +203,14 @@ class QueryGallery(EvaluationProtocol):
     must match the data (:meth:`exclusion_ids`), checked before anything is embedded. Scale names: the query
     dataset's. With ``sequence_ids`` on the datasets (OML's ``sequence`` column), a query never ranks a gallery item of
     its own sequence. The results carry ``"protocol": {name, query_split, gallery_split, queries, gallery,
-    query_in_gallery, queries_in_gallery, same_sequence_excluded, excluded_pairs}`` (:meth:`exclusion_ids`)."""
+    query_in_gallery, queries_in_gallery, same_sequence_excluded, excluded_pairs}`` (:meth:`exclusion_ids`). With
+    ``category_ids`` on the query dataset (OML's ``category`` column) and ``per_category``, the results carry
+    ``"by_category"``: the retrieval metrics per query category (:func:`query_categories`)."""
 
     query_split: str = "query"
     gallery_split: str = "gallery"
     query_in_gallery: bool = False
+    per_category: bool = True
 
     @property
     def name(self) -> str:
@@ -256,9 +306,11 @@ class QueryGallery(EvaluationProtocol):
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
         q, g = sets[self.query_split], sets[self.gallery_split]
         q_ids, g_ids, info = self.exclusion_ids(q.dataset, g.dataset)
+        categories = query_categories(q.dataset, len(q.emb)) if self.per_category else None
         res = (evaluate or _default_evaluate())(q.emb, q.labels, g.emb, g.labels,
                                                  scale_names=dataset_scale_names(q.dataset), query_ids=q_ids,
-                                                 gallery_ids=g_ids)
+                                                 gallery_ids=g_ids,
+                                                 **({} if categories is None else {"query_categories": categories}))
         return with_protocol_info(res, {"name": self.name, "query_split": self.query_split,
                                         "gallery_split": self.gallery_split, "queries": len(q.emb),
                                         "gallery": len(g.emb), "query_in_gallery": bool(self.query_in_gallery),

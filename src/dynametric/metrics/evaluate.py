@@ -12,6 +12,7 @@ import torch
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix, default_scale_names
+from dynametric.metrics.categories import category_codes, category_results
 from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, kmeans_assign
 from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
 from dynametric.metrics.ranking import (
@@ -178,7 +179,8 @@ def evaluate_embeddings(
     ranking_engine: str = "auto",
     per_query: bool = False,
     metric_table: Mapping[str, RankMetric] | None = None,
-) -> dict[str, dict[str, float | int]] | tuple[dict[str, dict[str, float | int]], dict[str, dict[str, np.ndarray]]]:
+    query_categories: Sequence[Any] | None = None,
+) -> dict[str, dict[str, Any]] | tuple[dict[str, dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
     """Evaluate embeddings at every label scale; returns ``{scale: {metric: value, ...}, ..., "mean": {...}}``.
 
     Protocols: leave-one-out when ``gallery_emb is None`` (query ``i`` is excluded from its own ranking by index;
@@ -200,6 +202,13 @@ def evaluate_embeddings(
     ``[Nq]`` array per retrieval metric (NaN where ``R_q = 0`` unless ``empty_queries="count_as_zero"``).
     ``metric_table``: the retrieval metrics' table (default :data:`~dynametric.metrics.ranking.METRIC_TABLE`; pass
     an extended copy to compute a metric of your own with either engine).
+
+    ``query_categories``: one category id per query (ints or text; open-metric-learning's ``category`` column). The
+    result then also holds ``"by_category"``: ``{category: {scale: {...}, ..., "mean": {...}}}``, each entry shaped
+    as the overall result, its retrieval metrics the means over that category's queries
+    (:mod:`dynametric.metrics.categories`; ``num_queries`` + ``excluded_queries`` is the category's query count).
+    ``nmi``, ``f1`` and ``fnmr@fmr`` are not means of per-query values and are reported overall only; with no
+    retrieval metric requested there is no ``"by_category"``.
     """
     if distance not in ("cosine", "euclidean"):
         raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")
@@ -260,6 +269,7 @@ def evaluate_embeddings(
             if gallery_ids is None:
                 raise InputError("query_ids given without gallery_ids", key="gallery_ids")
             q_codes, g_codes = _id_codes(query_ids, gallery_ids, q.shape[0], g.shape[0])
+    categories = None if query_categories is None else category_codes(query_categories, q.shape[0])
 
     result: dict[str, dict[str, float | int]] = {n: {} for n in names_s}
     table: dict[str, dict[str, np.ndarray]] = {}
@@ -292,6 +302,9 @@ def evaluate_embeddings(
             result[name]["num_queries"] = denom
             result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
             result[name]["empty_queries"] = acc.num_empty
+        if categories is not None:
+            by_category = category_results(categories, names_s, rank_names, [(a.r_count, a.values) for a in accs],
+                                           empty_queries == "count_as_zero")
     if fmr:
         with full_fp32_matmul():
             per_scale = fnmr_at_fmr(problem, fmr, dev, memory_budget_bytes)
@@ -315,9 +328,11 @@ def evaluate_embeddings(
         mean[m] = math.fsum(vals) / len(vals)
     result["mean"] = mean
     # metric keys first, in the requested order, then the counts
-    ordered: dict[str, dict[str, float | int]] = {}
+    ordered: dict[str, dict[str, Any]] = {}
     for n in names_s:
         d = result[n]
         ordered[n] = {m: d[m] for m in names} | {k: v for k, v in d.items() if k not in names}
     ordered["mean"] = mean
+    if categories is not None and specs:
+        ordered["by_category"] = by_category
     return (ordered, table) if per_query else ordered

@@ -36,15 +36,18 @@ def protocol_from_config(cfg: Config, split: str | None = None,
     """The test protocol of a config: leave-one-out on ``split`` when one is given; else the DyML protocol of a
     DyML config (``method.name: dyml``), query -> gallery for ``eval.protocol: query_gallery``, leave-one-out on
     ``data.test_split`` otherwise. ``scale_names``: the run's, for the leave-one-out protocols (default: the
-    dataset's); query -> gallery takes the query split's."""
+    dataset's); query -> gallery takes the query split's. ``eval.per_category`` says whether the leave-one-out and
+    query -> gallery protocols report per query category where the data has categories."""
+    per_category = bool(cfg.eval.per_category)
     if split is not None:
-        return LeaveOneOut(split, scale_names)
+        return LeaveOneOut(split, scale_names, per_category)
     own = method_test_protocol(cfg)  # the method wiring: a method's own test protocol
     if own is not None:
         return own.bind(test_split=cfg.data.test_split, scale_names=scale_names)
     if cfg.eval.protocol == "query_gallery":
-        return QueryGallery(cfg.eval.query_split, cfg.eval.gallery_split, bool(cfg.eval.query_in_gallery))
-    return LeaveOneOut(cfg.data.test_split, scale_names)
+        return QueryGallery(cfg.eval.query_split, cfg.eval.gallery_split, bool(cfg.eval.query_in_gallery),
+                            per_category)
+    return LeaveOneOut(cfg.data.test_split, scale_names, per_category)
 
 
 def protocol_split_keys(cfg: Config) -> dict[str, str]:

@@ -1,0 +1,125 @@
+"""`dynametric evaluate` and `dynametric train` with OML's per-category report and sequences: the category table
+and the ``by_category`` JSON block (``--query-categories`` for embeddings from files, the data's category column
+with ``--checkpoint``, ``eval.per_category`` to switch it off), and a leave-one-out test of a split with sequence
+ids, the same in training and in ``evaluate --checkpoint``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynametric.cli import main
+
+
+def _angles(degrees: list[float]) -> np.ndarray:
+    return np.array([[math.cos(math.radians(d)), math.sin(math.radians(d))] for d in degrees], np.float32)
+
+
+def test_query_categories_file_prints_and_writes_the_split(tmp_path: Path, capsys):
+    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
+    np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
+    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
+    (tmp_path / "cat.txt").write_text("fish\nfish\nbird\nbird\nbird\n")
+    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
+            "--metrics", "recall@1", "map", "nmi", "--device", "cpu"]
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt"), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    at = out.index("by query category (2 categories; each value the mean over the category's queries; nmi: overall "
+                   "only):")
+    assert out[at + 1].split() == ["category", "scale", "recall@1", "map", "queries", "num_queries",
+                                   "excluded_queries"]
+    assert out[at + 2].split() == ["bird", "fine", "0.3333", "0.6667", "3", "3", "0"]  # by hand: test_oml_report
+    assert out[at + 3].split() == ["fish", "fine", "1.0000", f"{19 / 24:.4f}", "2", "2", "0"]
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert list(res) == ["fine", "mean", "by_category"]
+    assert res["by_category"]["bird"]["fine"]["map"] == pytest.approx(2 / 3)
+    assert "nmi" in res["fine"] and "nmi" not in res["by_category"]["bird"]["fine"]
+    # without the file: the output as before
+    assert main([*args, "--json", str(tmp_path / "r.json")]) == 0
+    assert "by query category" not in capsys.readouterr().out
+    assert list(json.loads((tmp_path / "r.json").read_text())) == ["fine", "mean"]
+    (tmp_path / "cat.txt").write_text("fish\n\nbird\nbird\nbird\n")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'cat.txt'}:2 key '--query-categories': line 2 is empty" in err
+    (tmp_path / "cat.txt").write_text("fish\nbird\n")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 2
+    assert "expected 5 ids (one per line), got 2" in capsys.readouterr().err
+
+
+def _oml_run_data(root: Path) -> None:
+    """8 training classes of 4 images; 4 validation classes of 3 images: image 0 query and gallery, images 0 and 1
+    one sequence, image 2 another; categories cold / warm by class."""
+    rng = np.random.default_rng(0)
+    rows = ["label,path,split,is_query,is_gallery,category,sequence"]
+    for c in range(12):
+        for i in range(4 if c < 8 else 3):
+            path = root / f"img/{c}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            arr = np.zeros((12, 12, 3), np.uint8)
+            arr[:, :6] = ((c * 41) % 256, (c * 83) % 256, (c * 17) % 256)
+            arr[:, 6:] = rng.integers(0, 255, 3)
+            Image.fromarray(arr).save(path)
+            category = "warm" if c % 2 else "cold"
+            if c < 8:
+                rows.append(f"{c},img/{c}_{i}.png,train,,,{category},")
+            else:
+                flags = "True,True" if i == 0 else "False,True"
+                rows.append(f"{c},img/{c}_{i}.png,validation,{flags},{category},s{c}{'a' if i < 2 else 'b'}")
+    (root / "df.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_oml_run_reports_categories_and_excludes_sequences_in_leave_one_out(tmp_path: Path, capsys):
+    root = tmp_path / "oml"
+    _oml_run_data(root)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "data.format=oml", f"data.root={root}", "data.image_size=8",
+                 "data.batch_size=8", "data.m=2", "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 2}",
+                 "trainer.max_epochs=1", "trainer.progress_bar=false", "run.report=false",
+                 "data.test_split=validation"]) == 0  # leave-one-out on OML's validation rows
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["test"]
+    # the training module's leave-one-out test: each item's sequence excluded, reported per category
+    assert test["protocol"] == {"name": "leave_one_out", "split": "validation", "queries": 12,
+                                "same_sequence_excluded": True, "excluded_pairs": 8}
+    assert list(test["by_category"]) == ["cold", "warm"]
+    assert [test["by_category"][c]["label"]["num_queries"] for c in ("cold", "warm")] == [6, 6]
+    assert (test["by_category"]["cold"]["label"]["map"] + test["by_category"]["warm"]["label"]["map"]) / 2 == \
+        pytest.approx(test["label"]["map"])
+    for entry in metrics["validation"]:  # the carved validation classes (training rows) carry their categories
+        assert "by_category" in entry and "protocol" not in entry
+    # evaluate --checkpoint reruns it, the same numbers
+    ckpt = str(out / "best.ckpt")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", ckpt, "--device", "cpu", "--json", str(tmp_path / "loo.json")]) == 0
+    assert "by query category (2 categories" in capsys.readouterr().out
+    loo = json.loads((tmp_path / "loo.json").read_text())
+    assert loo["protocol"] == test["protocol"]
+    for c in ("cold", "warm"):
+        for m in ("recall@1", "map@r", "map"):
+            assert loo["by_category"][c]["label"][m] == pytest.approx(test["by_category"][c]["label"][m], abs=1e-6)
+    # the query -> gallery test of the same checkpoint: OML's own protocol, reported per category
+    qg_args = ["evaluate", "--checkpoint", ckpt, "--device", "cpu", "--set", "eval.protocol=query_gallery",
+               "--set", "eval.query_in_gallery=true"]
+    assert main([*qg_args, "--json", str(tmp_path / "qg.json")]) == 0
+    qg = json.loads((tmp_path / "qg.json").read_text())
+    assert qg["protocol"]["excluded_pairs"] == 8 and qg["label"]["num_queries"] == 4
+    assert [qg["by_category"][c]["label"]["num_queries"] for c in ("cold", "warm")] == [2, 2]
+    # switched off: no block, no table; a bad value: one line naming the key
+    capsys.readouterr()
+    assert main([*qg_args, "--set", "eval.per_category=false", "--json", str(tmp_path / "off.json")]) == 0
+    assert "by query category" not in capsys.readouterr().out
+    off = json.loads((tmp_path / "off.json").read_text())
+    assert "by_category" not in off and off["label"] == qg["label"]
+    assert main([*qg_args, "--set", "eval.per_category=maybe"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "key 'eval.per_category': expected bool, got 'maybe'" in err and len(err.splitlines()) == 1
+    assert main(["evaluate", "--checkpoint", ckpt, "--query-categories", str(root / "df.csv")]) == 2
+    assert "key '--query-categories': applies to embeddings from files" in capsys.readouterr().err
