@@ -178,3 +178,37 @@ def test_leave_one_out_with_sequences_matches_a_brute_force_reference(engine, se
     assert res["fine"]["excluded_queries"] > 0  # a query whose class sits only in its own sequence
     plain = evaluate_embeddings(emb, labels, k_values=(1, 2, 4), ranking_engine=engine)
     assert plain["fine"]["recall@1"] > res["fine"]["recall@1"]  # the exclusion matters on this data
+
+
+def test_gathered_embeddings_of_another_length_than_a_sequenced_dataset_are_an_error():
+    """The module's evaluation takes sequence / category ids from the datamodule's dataset by position: a count that
+    differs is an error where the dataset has sequences (the exclusion would silently not apply: a wrong number),
+    a warning where it has only categories, and nothing for plain data."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from dynametric.engine.module import MetricLearningModule
+    from dynametric.errors import ConfigError
+
+    module = MetricLearningModule(nn.Linear(2, 2), [])
+
+    class Items(list):
+        sequence_ids = None
+        category_ids = None
+
+    for seq, cat in ((None, None), (None, ["a", "b", "c"]), ([1, 1, 2], None)):
+        ds = Items([0, 1, 2])
+        ds.sequence_ids, ds.category_ids = seq, cat
+        module._trainer = SimpleNamespace(datamodule=SimpleNamespace(val_set=ds), validating=True,
+                                          sanity_checking=False)
+        assert module._evaluated_dataset(3) is ds
+        if seq is not None:
+            with pytest.raises(ConfigError, match="4 embeddings were gathered for a dataset of 3 items that carries "
+                                                  "sequence ids"):
+                module._evaluated_dataset(4)
+        elif cat is not None:
+            with pytest.warns(UserWarning, match="its categories are not reported"):
+                assert module._evaluated_dataset(4) is None
+        else:
+            assert module._evaluated_dataset(4) is None

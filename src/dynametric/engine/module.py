@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -388,7 +389,9 @@ class MetricLearningModule(L.LightningModule):
     def _evaluated_dataset(self, count: int) -> Any:
         """The dataset of the gathered embeddings (the datamodule's validation set while validating, the evaluated
         set of a test), which they follow in order (a DDP shard is a contiguous slice, gathered in rank order); its
-        sequence and category ids enter the evaluation. ``None`` when unknown or of another length."""
+        sequence and category ids enter the evaluation. ``None`` when unknown; of another length, ``None`` with a
+        warning, or an error when that dataset carries sequence ids (without them a query would find the other
+        frames of its own sequence: a wrong number, not a smaller report)."""
         trainer = self._trainer
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         if trainer is None or dm is None:
@@ -398,7 +401,17 @@ class MetricLearningModule(L.LightningModule):
         else:
             ds = getattr(dm, "dataset", None)
             ds = getattr(dm, "test_set", None) if ds is None else ds
-        return ds if ds is not None and hasattr(ds, "__len__") and len(ds) == count else None
+        if ds is None or not hasattr(ds, "__len__"):
+            return None
+        if len(ds) == count:
+            return ds
+        what = f"{count} embeddings were gathered for a dataset of {len(ds)} items"
+        if getattr(ds, "sequence_ids", None) is not None:
+            raise ConfigError(f"{what} that carries sequence ids; the same-sequence exclusion needs one embedding "
+                              "per item in the dataset's order", key="data")
+        if getattr(ds, "category_ids", None) is not None:
+            warnings.warn(f"{what}; its categories are not reported (eval.per_category)", stacklevel=2)
+        return None
 
     def _evaluate_buffer(self) -> dict[str, Any]:
         if not self._eval_buffer:
