@@ -32,8 +32,34 @@ def test_config_file_validates(path: Path) -> None:
     assert len(config_hash(cfg)) == 16
 
 
+def _file_keys(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """Every dotted key of a loaded YAML mapping (sections and leaves) with its value."""
+    keys: dict[str, object] = {}
+    for name, value in mapping.items():
+        keys[prefix + name] = value
+        if isinstance(value, dict):
+            keys |= _file_keys(value, f"{prefix}{name}.")
+    return keys
+
+
 def test_synthetic_yaml_is_the_default() -> None:
     assert load_config(ROOT / "configs" / "synthetic.yaml") == Config()
+
+
+def test_synthetic_yaml_writes_out_every_key() -> None:
+    """Its header says it holds every key at its default: a key left out loads to the same Config (the default
+    fills it in), so equality alone would not notice; the file's keys must be the schema's, but for the keys inside
+    a section the defaults leave empty (``miner: null``, ``extra_losses: []``)."""
+    import yaml
+
+    from dynametric.config.schema import schema_keys
+
+    written = _file_keys(yaml.safe_load((ROOT / "configs" / "synthetic.yaml").read_text(encoding="utf-8")))
+    empty = [key for key, value in written.items() if value is None or value == []]
+    expected = {key for key in schema_keys() if not any(key.startswith(f"{e}.") for e in empty)}
+    assert sorted(expected - set(written)) == [], "configs/synthetic.yaml lacks these keys"
+    assert sorted(set(written) - expected) == []
+    assert "data.val_carve_scale" in written
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name in ("roth2020", "reality_check")

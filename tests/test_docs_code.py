@@ -1,4 +1,5 @@
-"""Every fenced code block of README.md and docs/*.md is checked, as the documentation promises.
+"""Every fenced code block of README.md and docs/*.md is checked, as the documentation promises. A fence may be
+indented (a block inside a list item); the block is then checked without that indentation.
 
 * ```` ```python ```` blocks run (each in a fresh namespace, from a scratch folder in which ``configs/`` is the
   repository's). A block that cannot run in a test (it needs a dataset on disk or a download) is preceded by
@@ -13,31 +14,38 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-_FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+# a fence may be indented (a block inside a list item); its closing fence has the same indentation, and the block's
+# lines lose that indentation
+_FENCE = re.compile(r"^([ \t]*)```(\w*)[ \t]*\n(.*?)^\1```[ \t]*$", re.S | re.M)
 _MARK = re.compile(r"<!--\s*docs-test:\s*(skip|run|dry-run)\s*(?::\s*(.*?))?\s*-->")
 
 
-def _blocks() -> list[tuple[str, str, str, str | None, str | None]]:
-    """(id, language, code, marker, reason) of every python / bash block."""
+def _page_blocks(name: str, text: str) -> list[tuple[str, str, str, str | None, str | None]]:
+    """(id, language, code, marker, reason) of every python / bash block of one page's ``text``."""
     out = []
-    for page in PAGES:
-        text = page.read_text(encoding="utf-8")
-        for m in _FENCE.finditer(text):
-            lang = m.group(1)
-            if lang not in ("python", "bash"):
-                continue
-            line = text.count("\n", 0, m.start()) + 1
-            before = text[: m.start()].rstrip().rsplit("\n", 1)[-1]
-            mark = _MARK.search(before)
-            out.append((f"{page.relative_to(REPO)}:{line}", lang, m.group(2),
-                        mark.group(1) if mark else None, mark.group(2) if mark else None))
+    for m in _FENCE.finditer(text):
+        lang = m.group(2)
+        if lang not in ("python", "bash"):
+            continue
+        line = text.count("\n", 0, m.start()) + 1
+        before = text[: m.start()].rstrip().rsplit("\n", 1)[-1]
+        mark = _MARK.search(before)
+        out.append((f"{name}:{line}", lang, textwrap.dedent(m.group(3)),
+                    mark.group(1) if mark else None, mark.group(2) if mark else None))
     return out
+
+
+def _blocks() -> list[tuple[str, str, str, str | None, str | None]]:
+    """(id, language, code, marker, reason) of every python / bash block of every page."""
+    return [block for page in PAGES
+            for block in _page_blocks(str(page.relative_to(REPO)), page.read_text(encoding="utf-8"))]
 
 
 BLOCKS = _blocks()
@@ -52,6 +60,19 @@ def test_the_pages_have_code_and_markers_are_well_formed():
             assert lang == "python" and reason, f"{where}: a skipped block needs a reason"
         if mark in ("run", "dry-run"):
             assert lang == "bash", f"{where}: run/dry-run markers are for bash blocks"
+
+
+def test_indented_blocks_are_collected_and_dedented():
+    """A fence inside a list item is indented; its block runs too, without the indentation."""
+    text = ("* an item:\n\n  <!-- docs-test: skip: an example -->\n"
+            "  ```python\n  x = 1\n  if x:\n      y = 2\n  ```\n\n"
+            "```python\nz = 3\n```\n")
+    assert _page_blocks("page.md", text) == [("page.md:4", "python", "x = 1\nif x:\n    y = 2\n", "skip", "an example"),
+                                             ("page.md:10", "python", "z = 3\n", None, None)]
+    # a known indented block of the docs (inside a list item of docs/metrics.md) is among the blocks that run
+    indented = [b for b in PYTHON if b[0].startswith("docs/metrics.md:") and "choose_numpy_sort_kernel()" in b[2]]
+    assert len(indented) == 1 and indented[0][3] is None
+    assert indented[0][2].startswith("from dynametric.cpu_kernels import")
 
 
 @pytest.fixture

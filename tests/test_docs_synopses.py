@@ -89,3 +89,24 @@ def test_a_synopsis_matches_the_parser(where: str, command: str, text: str) -> N
             assert set(value.split("|")) == {str(c) for c in action.choices}, f"{where}: {flag} {value}"
         elif re.fullmatch(r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?", value) and action.default is not None:
             assert float(value) == float(action.default), f"{where}: {flag} {value} but the default is {action.default}"
+
+
+def _section(text: str, heading: str) -> str:
+    """The text of the ``## heading`` section of a page, up to the next ``## `` heading."""
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start: end if end >= 0 else len(text)]
+
+
+def test_the_evaluate_section_of_metrics_md_lists_every_option() -> None:
+    """docs/metrics.md's CLI section is where the README sends a reader for every option of `dynametric
+    evaluate`: it names each option of the command's parser and no option the parser lacks."""
+    actions = [a for a in _parser("evaluate")._actions if a.option_strings and "--help" not in a.option_strings]
+    flags = {s for a in actions for s in a.option_strings}
+    section = _section((REPO / "docs" / "metrics.md").read_text(encoding="utf-8"), "## CLI: `dynametric evaluate`")
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", section))
+    missing = sorted(a.option_strings[-1] for a in actions if not set(a.option_strings) & named)
+    assert not missing, f"docs/metrics.md, CLI: `dynametric evaluate` lacks {missing}"
+    unknown = sorted(named - flags - {"--help"})
+    assert not unknown, f"docs/metrics.md, CLI: `dynametric evaluate` names options it does not have: {unknown}"
+    assert {"--config", "--split", "--set", "--precision", "--batch-size", "--workers"} <= flags  # the parser's

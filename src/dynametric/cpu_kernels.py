@@ -12,7 +12,8 @@ this before anything imports numpy.
 numpy is already imported, the user set ``NPY_DISABLE_CPU_FEATURES`` or ``NPY_ENABLE_CPU_FEATURES`` themselves, or
 ``DYNAMETRIC_KEEP_NUMPY_AVX512=1`` is set, or numpy is older than 2.0 (no AVX2 sort kernel to switch to). Results
 do not change (the engine's results are identical under both kernels: tests/metrics/test_sort_kernels.py); only the
-speed does. This module imports neither numpy nor torch.
+speed does. Importing this module imports neither numpy nor torch; numpy is imported only inside
+:func:`numpy_avx512_active` and :func:`warn_if_slow_sort` (and so by :func:`numpy_sort_is_slow`), torch never.
 """
 
 from __future__ import annotations

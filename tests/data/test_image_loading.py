@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from dynametric.commands.data import inspect_dataset
 from dynametric.data import build_dataset
 from dynametric.data.base import load_rgb, to_rgb
+from dynametric.data.inspect import inspect_dataset
 from dynametric.engine.device_decode import DeviceDecoder, is_plain_jpeg
 from dynametric.retrieval.embed import ImageFiles
 

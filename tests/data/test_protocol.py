@@ -138,6 +138,21 @@ def test_outside_datasets_need_only_labels():
     assert err.value.key == "data"
 
 
+def test_paths_are_read_in_one_place_also_without_labels():
+    """``dataset_paths`` is the one reader of ``paths``: a dataset's, or a reader's records' (paths, no labels), which
+    the item identity of the query -> gallery exclusion reads too; ``None`` where there are none."""
+    from types import SimpleNamespace
+
+    from dynametric.data.protocol import dataset_paths
+    from dynametric.data.splits import image_identities
+
+    records = SimpleNamespace(paths=["a.png", "b.png"])  # no labels
+    assert dataset_paths(records) == ["a.png", "b.png"] and len(image_identities(records)) == 2
+    assert dataset_paths(_Bare(torch.tensor([4, 5]))) is None and dataset_paths(_synthetic()) is None
+    images = _images()
+    assert dataset_paths(images) is images.paths and dataset_fields(images).paths is images.paths
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda ds: delattr(ds, "split"), r"not a LabeledDataset: missing \['split'\]"),
     (lambda ds: setattr(ds, "labels", ds.labels[:, 0]), r"LongTensor\[N, S\]"),

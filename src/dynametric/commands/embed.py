@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="embed only the K-th of N contiguous parts of the list (K = 0..N-1), e.g. one process per "
                         "GPU; labels keep the whole list's ids; join the parts with `dynametric merge-embeddings`")
     add_inference_arguments(p)
-    p.add_argument("--shard-size", type=positive_int, default=4096, help="images per shard (the unit of resumption)")
+    p.add_argument("--shard-size", type=positive_int, default=4096,
+                   help="images per shard (the unit of resumption; default 4096)")
     p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
     p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

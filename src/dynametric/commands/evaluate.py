@@ -228,11 +228,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kmeans-seed", type=int, default=0)
     p.add_argument("--kmeans-restarts", type=positive_int, default=1)
     p.add_argument("--memory-budget-mb", type=positive_float, default=None,
-                   help="working-memory budget of the ranking engine in MiB (default 768; with --checkpoint the "
-                        "run's eval.memory_budget_bytes when set)")
+                   help="working-memory budget of the ranking engine in MiB (default: 768 MiB on the CPU, 3.5 GiB "
+                        "on a GPU; with --checkpoint the run's eval.memory_budget_bytes when set)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this path (atomically)")
     p.add_argument("--device", default="auto",
-                   help="where rankings are computed: auto (CUDA when available, default), cpu, cuda, cuda:<index>")
+                   help="where rankings are computed and, with --checkpoint, where images are embedded: auto "
+                        "(CUDA when available, else the CPU; default), cpu, cuda, cuda:<index> or mps (Apple GPUs)")
     p.add_argument("--per-query", dest="per_query_out", metavar="OUT.csv",
                    help="also write each query's retrieval metrics per scale to this CSV (atomically)")
     p.set_defaults(func=run)

@@ -1,11 +1,12 @@
-"""``dynametric search``: ranked neighbours of query images or embeddings from an index, as a table or JSON.
+"""dynametric search: ranked neighbours of query images or embeddings from an index, as a table or JSON.
 
-``--scale NAME`` returns the k nearest *classes* at that scale (each shown by its nearest item): with scales
-``fine/middle/coarse`` = product/category/family, ``--scale coarse`` answers "which family is this?".
-``--same NAME`` keeps only items that share the query's label at that scale ("more from the same category"); the
+--scale NAME returns the k nearest classes at that scale (each shown by its nearest item): with scales
+fine/middle/coarse = product/category/family, --scale coarse answers "which family is this?".
+--same NAME keeps only items that share the query's label at that scale ("more from the same category"); the
 query's label is its own when the queries carry labels (an embed folder with the index's scales, or
-``--query-labels``), else the label of its nearest item.
+--query-labels), else the label of its nearest item.
 """
+# The docstring's paragraphs after the first are the command's --help description: plain text, no markup.
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ The readers' :class:`~dynametric.data.HierarchicalImageDataset` (and its subclas
 :class:`~dynametric.data.SyntheticHierarchy` and :class:`~dynametric.data.LabelledSubset` satisfy it, and the engine
 reads these attributes directly. A dataset from outside the package (passed to ``LabelledSubset``,
 ``validation_split`` or the engine's data module) needs at least ``labels``: :func:`dataset_labels` and
-:func:`dataset_fields` read such a dataset, with a clear error when ``labels`` are missing.
+:func:`dataset_fields` read such a dataset, with a clear error when ``labels`` are missing, and
+:func:`dataset_paths` reads ``paths`` alone (of a reader's records too, which have paths but no ``labels``).
 :func:`check_labeled_dataset` checks a dataset against the whole contract.
 """
 
@@ -27,7 +28,8 @@ import torch
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
 
-__all__ = ["DatasetFields", "LabeledDataset", "check_labeled_dataset", "dataset_fields", "dataset_labels"]
+__all__ = ["DatasetFields", "LabeledDataset", "check_labeled_dataset", "dataset_fields", "dataset_labels",
+           "dataset_paths"]
 
 
 @runtime_checkable
@@ -65,6 +67,13 @@ def dataset_labels(dataset: Any, name: str = "dataset", *, key: str | None = Non
     return as_label_matrix(dataset.labels, name=f"{name}.labels")
 
 
+def dataset_paths(dataset: Any) -> Sequence[Any] | None:
+    """``dataset.paths`` (one image file per item), or ``None`` where it has none (in-memory images, or a dataset
+    from outside the package without the attribute). Needs no ``labels``, so it also reads a reader's
+    :class:`~dynametric.data.base.SplitRecords`."""
+    return getattr(dataset, "paths", None)
+
+
 def dataset_fields(dataset: Any, name: str = "dataset") -> DatasetFields:
     """The :class:`LabeledDataset` fields of a dataset that may come from outside the package and lack the optional
     ones (``scale_names``, ``split``, ``paths`` are then ``None``); ``labels`` are required (:func:`dataset_labels`).
@@ -72,7 +81,7 @@ def dataset_fields(dataset: Any, name: str = "dataset") -> DatasetFields:
     labels = dataset_labels(dataset, name)
     names = getattr(dataset, "scale_names", None)
     return DatasetFields(labels, tuple(names) if names is not None else None, getattr(dataset, "split", None),
-                         getattr(dataset, "paths", None))
+                         dataset_paths(dataset))
 
 
 def check_labeled_dataset(dataset: Any, name: str = "dataset") -> LabeledDataset:

@@ -25,7 +25,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from dynametric.data.protocol import dataset_fields, dataset_labels
+from dynametric.data.protocol import dataset_fields, dataset_labels, dataset_paths
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 
@@ -184,7 +184,7 @@ def image_identities(dataset: Any) -> list[Hashable] | None:
     ``None`` when the items are not files (nothing tells two in-memory splits' items apart). Never the file name
     alone: ``cls0/0.png`` and ``cls1/0.png`` are different images. The one item identity of the query -> gallery
     exclusion (:mod:`dynametric.engine.protocols`) and of :func:`shared_files`."""
-    paths = getattr(dataset, "paths", None)
+    paths = dataset_paths(dataset)
     if paths is None:
         return None
     boxes = getattr(dataset, "boxes", None)

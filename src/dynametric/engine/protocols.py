@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from dynametric.data.protocol import dataset_fields
+from dynametric.data.protocol import dataset_fields, dataset_paths
 from dynametric.data.splits import image_identities  # its former home: re-exported
 from dynametric.errors import ConfigError, InputError
 
@@ -76,7 +76,7 @@ def _default_evaluate() -> Evaluate:
 
 def _item_name(dataset: Any, index: int) -> str:
     """An item in a message: its file path where it has one, else ``item <index>``."""
-    paths = getattr(dataset, "paths", None)
+    paths = dataset_paths(dataset)
     return repr(str(paths[index])) if paths is not None else f"item {index}"
 
 
