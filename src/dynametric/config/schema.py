@@ -413,7 +413,8 @@ class EvalConfig:
     cut-off of each, ``r_precision``, ``map@r``, ``map``, ``asi``, ``fnmr@fmr=<percent>``, ``nmi``, ``f1``, ``all``);
     ``None`` = the evaluation engine's default set."""
     k_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    distance: str = "cosine"
+    distance: Literal["cosine", "euclidean"] = "cosine"
+    """The retrieval distance (``evaluate_embeddings(distance=...)``, ``dynametric evaluate --distance``)."""
     protocol: Literal["leave_one_out", "query_gallery"] = "leave_one_out"
     """``leave_one_out``: every test item queries the rest (CUB, CARS, SOP); ``query_gallery``: fixed query and
     gallery splits (In-Shop, DyML Vehicle/Animal)."""

@@ -157,26 +157,29 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     from dynametric.engine.inference import checkpoint_options, checkpoint_precision, embed_dataset, load_trained
 
     checkpoint, cfg = _checkpoint_config(checkpoint, config, overrides)
-    with errors_located(cfg):  # `<command line> key 'method.kwargs.scales': ...`, as `dynametric train` says it
+    # an error about a config key, from the protocol's choice to the metrics, names where the key was set (`<command
+    # line> key 'eval.query_in_gallery': ...`, `config.yaml:12 key ...`), as `dynametric train` says it
+    with errors_located(cfg):
         protocol = protocol_from_config(cfg, split)
         if split is None:
             _check_listed_test_splits(cfg)
-    if check is not None:
-        check(protocol)
-    trained = load_trained(checkpoint, config, cfg=cfg)
-    opts, note = checkpoint_precision(cfg, checkpoint_options(cfg, options))  # unset precision: the run's
-    if progress:
-        opts.progress = True
-    run = opts.resolve()
+        if check is not None:
+            check(protocol)
+        trained = load_trained(checkpoint, config, cfg=cfg)
+        opts, note = checkpoint_precision(cfg, checkpoint_options(cfg, options))  # unset precision: the run's
+        if progress:
+            opts.progress = True
+        run = opts.resolve()
 
-    def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return embed_dataset(trained.model, ds, head=trained.head, options=run)
+        def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return embed_dataset(trained.model, ds, head=trained.head, options=run)
 
-    sets = protocol.embed_splits(lambda name: load_eval_split(cfg, name), embed)
+        sets = protocol.embed_splits(lambda name: load_eval_split(cfg, name), embed)
+        result = protocol.evaluate(sets, evaluate)
     splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
         f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
-    return CheckpointEvaluation(protocol.evaluate(sets, evaluate), protocol, sets,
-                                f"{trained.checkpoint}: {cfg.data.format} {splits}", [note] if note else [])
+    return CheckpointEvaluation(result, protocol, sets, f"{trained.checkpoint}: {cfg.data.format} {splits}",
+                                [note] if note else [])
 
 
 def evaluate_dyml_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),
