@@ -178,6 +178,37 @@ def test_overrides_address_list_entries_by_index(tmp_path: Path) -> None:
     assert info.value.file == "<command line>"
 
 
+def test_every_command_applies_overrides_in_one_order_the_last_winning(tmp_path: Path, monkeypatch) -> None:
+    """`train`'s KEY=VALUE words first, in the order given, then each `--set` in order, in every command that takes
+    overrides; of two that set one key the later wins (docs/config.md), a whole mapping replacing what an earlier
+    override set inside it."""
+    import dynametric.config as config
+    from dynametric.cli import main
+    from tests.retrieval.conftest import make_images, make_run
+
+    assert load_config(overrides=["trainer.max_epochs=1", "trainer.max_epochs=2"]).trainer.max_epochs == 2
+    assert load_config(overrides=["loss.kwargs.margin=0.1", "loss.kwargs={}"]).loss.kwargs == {}
+    ckpt, images = make_run(tmp_path / "run", dim=8), make_images(tmp_path / "data", n=3) / "imgs"
+    seen: list[list[str]] = []
+
+    def recorded(path: object = None, overrides: list[str] = ()) -> object:  # what each command hands the loader
+        seen.append(list(overrides))
+        raise ConfigError("recorded")
+
+    monkeypatch.setattr(config, "load_config", recorded)
+    a = ("--set", "trainer.max_epochs=3", "--set", "trainer.max_epochs=4")
+    model = ("--checkpoint", str(ckpt))
+    for argv in (["train", "--dry-run", "trainer.max_epochs=1", *a, "trainer.max_epochs=2"],
+                 ["evaluate", *model, *a], ["embed", *model, "--images", str(images), "--out", str(tmp_path / "e"),
+                                            *a],
+                 ["export", *model, "--out", str(tmp_path / "m.onnx"), *a]):
+        assert main(argv) == 2, argv
+    expected = ["trainer.max_epochs=3", "trainer.max_epochs=4"]
+    assert seen == [["trainer.max_epochs=1", "trainer.max_epochs=2", *expected], expected, expected, expected]
+    monkeypatch.undo()
+    assert load_config(overrides=seen[0]).trainer.max_epochs == 4
+
+
 def test_round_trip_through_yaml(tmp_path: Path) -> None:
     cfg = load_config(overrides=["model.num_heads=2", "model.head_dims=[64, 32]", "miner.name=BatchHardMiner",
                                  "miner.kwargs.epsilon=0.1",
