@@ -720,6 +720,21 @@ def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsy
                         "with 3 scale(s)")
 
 
+def test_a_blank_val_carve_scale_says_what_was_given_and_lists_the_formats_scales(tmp_path, capsys) -> None:
+    # was `expected a scale name, 'finest', 'coarsest' or a column index, got ''` whatever blank was given
+    assert _dry(capsys, "data.val_carve_scale=' '") == (
+        "dynametric train: error: <command line> key 'data.val_carve_scale': expected a scale name of the synthetic "
+        "data ['fine', 'middle', 'coarse'], 'finest', 'coarsest' or a column index (0..2), got ' ' (blank)")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  format: sop\n  root: {tmp_path / 'absent'}\n  val_carve_scale: \"\\t\"\n")
+    assert _dry(capsys, "--config", str(cfg)) == (
+        f"dynametric train: error: {cfg}:4 key 'data.val_carve_scale': expected a scale name of the sop data "
+        "['product', 'category'], 'finest', 'coarsest' or a column index (0..1), got '\\t' (blank)")
+    assert _dry(capsys, "data.format=csv", f"data.root={tmp_path}", "data.val_carve_scale=''").endswith(
+        "expected a scale name of the data (the csv format takes them from the data), 'finest', 'coarsest' or a "
+        "column index (0 = finest), got '' (blank)")
+
+
 def test_val_carve_scale_is_checked_against_the_formats_scale_names_without_data(tmp_path, capsys) -> None:
     err = _dry(capsys, "data.format=sop", f"data.root={tmp_path / 'absent'}", "trainer.monitor=finest/map@r",
                "data.val_split=null", "data.val_carve_scale=coarse")
