@@ -574,3 +574,28 @@ def test_schema_default_refuses_what_is_no_key_with_a_default(key: str) -> None:
     """Not in the schema, inside a free mapping, required (no default), or a list element as a whole."""
     with pytest.raises(KeyError):
         schema_default(key)
+
+
+@pytest.mark.parametrize("data, expected", [
+    # bytes that are not UTF-8: was "not a UTF-8 YAML file (invalid continuation byte at byte 36)"
+    (b"trainer:\r\n  max_epochs: 3\r\n  seed: caf\xe9\r\n",
+     ":3: not a UTF-8 YAML file: byte 0xe9 at column 12 cannot be decoded (save the file as UTF-8)"),
+    (b"\xef\xbb\xbftrainer:\n  seed: \xff\n", ":2: not a UTF-8 YAML file: byte 0xff at column 9 cannot be decoded"),
+    # syntax errors: were the line without the column
+    (b"trainer:\n  max_epochs: [1, 2\n  seed: 3\n", ":3: invalid YAML at column 7: expected ',' or ']', but got ':'"),
+    (b"trainer:\n  max_epochs: 3\n   seed: 3\n", ":3: invalid YAML at column 8: mapping values are not allowed here"),
+    # a character YAML refuses: was two lines ending 'in "<unicode string>", position 25', with no line
+    (b"run:\n  name: \"a\x01b\"\n", ":2: invalid YAML at column 11: character U+0001 is not allowed in YAML (it is "
+                                    "not printable)"),
+    # a value PyYAML cannot construct: was no line at all
+    (b"run:\n  name: x\n  output_dir: 2020-13-45\n",
+     ":3: invalid YAML value '2020-13-45' at column 15 (ValueError: month must be in 1..12)"),
+])
+def test_a_config_file_that_is_not_yaml_is_named_by_line_and_column(tmp_path: Path, data: bytes,
+                                                                     expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}{expected}")
+    assert "\n" not in str(info.value) and "byte 3" not in str(info.value)
