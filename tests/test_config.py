@@ -178,6 +178,37 @@ def test_overrides_address_list_entries_by_index(tmp_path: Path) -> None:
     assert info.value.file == "<command line>"
 
 
+def test_every_command_applies_overrides_in_one_order_the_last_winning(tmp_path: Path, monkeypatch) -> None:
+    """`train`'s KEY=VALUE words first, in the order given, then each `--set` in order, in every command that takes
+    overrides; of two that set one key the later wins (docs/config.md), a whole mapping replacing what an earlier
+    override set inside it."""
+    import dynametric.config as config
+    from dynametric.cli import main
+    from tests.retrieval.conftest import make_images, make_run
+
+    assert load_config(overrides=["trainer.max_epochs=1", "trainer.max_epochs=2"]).trainer.max_epochs == 2
+    assert load_config(overrides=["loss.kwargs.margin=0.1", "loss.kwargs={}"]).loss.kwargs == {}
+    ckpt, images = make_run(tmp_path / "run", dim=8), make_images(tmp_path / "data", n=3) / "imgs"
+    seen: list[list[str]] = []
+
+    def recorded(path: object = None, overrides: list[str] = ()) -> object:  # what each command hands the loader
+        seen.append(list(overrides))
+        raise ConfigError("recorded")
+
+    monkeypatch.setattr(config, "load_config", recorded)
+    a = ("--set", "trainer.max_epochs=3", "--set", "trainer.max_epochs=4")
+    model = ("--checkpoint", str(ckpt))
+    for argv in (["train", "--dry-run", "trainer.max_epochs=1", *a, "trainer.max_epochs=2"],
+                 ["evaluate", *model, *a], ["embed", *model, "--images", str(images), "--out", str(tmp_path / "e"),
+                                            *a],
+                 ["export", *model, "--out", str(tmp_path / "m.onnx"), *a]):
+        assert main(argv) == 2, argv
+    expected = ["trainer.max_epochs=3", "trainer.max_epochs=4"]
+    assert seen == [["trainer.max_epochs=1", "trainer.max_epochs=2", *expected], expected, expected, expected]
+    monkeypatch.undo()
+    assert load_config(overrides=seen[0]).trainer.max_epochs == 4
+
+
 def test_round_trip_through_yaml(tmp_path: Path) -> None:
     cfg = load_config(overrides=["model.num_heads=2", "model.head_dims=[64, 32]", "miner.name=BatchHardMiner",
                                  "miner.kwargs.epsilon=0.1",
@@ -543,3 +574,28 @@ def test_schema_default_refuses_what_is_no_key_with_a_default(key: str) -> None:
     """Not in the schema, inside a free mapping, required (no default), or a list element as a whole."""
     with pytest.raises(KeyError):
         schema_default(key)
+
+
+@pytest.mark.parametrize("data, expected", [
+    # bytes that are not UTF-8: was "not a UTF-8 YAML file (invalid continuation byte at byte 36)"
+    (b"trainer:\r\n  max_epochs: 3\r\n  seed: caf\xe9\r\n",
+     ":3: not a UTF-8 YAML file: byte 0xe9 at column 12 cannot be decoded (save the file as UTF-8)"),
+    (b"\xef\xbb\xbftrainer:\n  seed: \xff\n", ":2: not a UTF-8 YAML file: byte 0xff at column 9 cannot be decoded"),
+    # syntax errors: were the line without the column
+    (b"trainer:\n  max_epochs: [1, 2\n  seed: 3\n", ":3: invalid YAML at column 7: expected ',' or ']', but got ':'"),
+    (b"trainer:\n  max_epochs: 3\n   seed: 3\n", ":3: invalid YAML at column 8: mapping values are not allowed here"),
+    # a character YAML refuses: was two lines ending 'in "<unicode string>", position 25', with no line
+    (b"run:\n  name: \"a\x01b\"\n", ":2: invalid YAML at column 11: character U+0001 is not allowed in YAML (it is "
+                                    "not printable)"),
+    # a value PyYAML cannot construct: was no line at all
+    (b"run:\n  name: x\n  output_dir: 2020-13-45\n",
+     ":3: invalid YAML value '2020-13-45' at column 15 (ValueError: month must be in 1..12)"),
+])
+def test_a_config_file_that_is_not_yaml_is_named_by_line_and_column(tmp_path: Path, data: bytes,
+                                                                     expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}{expected}")
+    assert "\n" not in str(info.value) and "byte 3" not in str(info.value)

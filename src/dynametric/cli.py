@@ -1,7 +1,8 @@
 """The ``dynametric`` command line. Each subcommand lives in :mod:`dynametric.commands`.
 
 A command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
-``func(args) -> int`` (the exit status). Errors derived from :class:`DynametricError` are printed as one
+``func(args) -> int`` (the exit status), and ``command_name`` where the command has actions (``data inspect``): the
+name its messages start with. Errors derived from :class:`DynametricError` are printed as one
 clear line (exit status 2), and so are errors of the file system (``OSError``: permissions, a full disk, a folder
 where a file goes: ``<path>: <reason>``); Ctrl-C prints ``interrupted`` (exit status 130, as a shell reports
 SIGINT; :class:`~dynametric.errors.Interrupted` adds what to do next, e.g. how to resume); a reader that
@@ -67,20 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    command = getattr(args, "command_name", None) or args.command  # a command with actions names the action too
     try:
         return int(args.func(args) or 0)
     except DynametricError as exc:
-        print(f"dynametric {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dynametric {command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `dynametric search --json | head`: the reader left; stop quietly, as `yes | head` does
         _silence_stdout()
         return 141  # 128 + SIGPIPE, the status a shell gives a program killed by a broken pipe
     except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
-        print(f"dynametric {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"dynametric {command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
         next_step = getattr(exc, "next_step", None)  # dynametric.errors.Interrupted: e.g. how to resume
-        print(f"dynametric {args.command}: interrupted" + (f" ({next_step})" if next_step else ""), file=sys.stderr)
+        print(f"dynametric {command}: interrupted" + (f" ({next_step})" if next_step else ""), file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,15 @@ from dynametric.errors import ConfigError
 
 #: Config names with this prefix are looked up in pytorch-metric-learning.
 PML_PREFIX = "pml:"
+
+
+def check_label_scale(value: Any) -> int:
+    """``value`` as the label column of a PML loss or miner: an integer (a NumPy one too), never a bool (``True``
+    would be column 1) nor a float or string; else a one-line :class:`ConfigError` keyed ``label_scale``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"expected an integer label column (0 = the finest scale), got {value!r} "
+                          f"({type(value).__name__})", key="label_scale")
+    return int(value)
 
 
 def _pml_module(kind: str) -> Any:
@@ -117,7 +127,7 @@ def pml_registry_entry(kind: str, name: str, wrap: Callable[..., Any]) -> Callab
         return None
 
     def factory(*, label_scale: int = 0, **kwargs: Any) -> Any:
-        return wrap(_instantiate(kind, cls, kwargs), label_scale=label_scale)
+        return wrap(_instantiate(kind, cls, kwargs), label_scale=check_label_scale(label_scale))
 
     extra = [inspect.Parameter("label_scale", inspect.Parameter.KEYWORD_ONLY, default=0),
              inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]

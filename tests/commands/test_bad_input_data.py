@@ -476,3 +476,13 @@ def test_a_missing_index_file_is_a_problem_of_every_format_in_inspect(tmp_path, 
     assert main(["data", "inspect", "--format", "sop", "--root", str(tmp_path / "sop")]) == 1
     assert capsys.readouterr().out.splitlines()[-3] == "2 problem(s):"
     assert main(["data", "inspect", "--format", "csv", "--root", str(tmp_path / "nowhere")]) == 2  # a usage error
+
+
+def test_inspect_errors_name_the_command_with_its_action(tmp_path, capsys) -> None:
+    """`dynametric data inspect` errors start with the command the user ran: an image_root that is not a folder
+    said `dynametric data: error: ...`."""
+    root = write_cub(tmp_path / "cub")
+    assert main(["data", "inspect", "--format", "cub200", "--root", str(root), "-o", "image_root=pics"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dynametric data inspect: error: key 'image_root': folder not found: {root / 'pics'} (image_root "
+                   f"is the folder the listed image paths are relative to, itself relative to the dataset root {root})")

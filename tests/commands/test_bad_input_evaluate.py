@@ -151,3 +151,30 @@ def test_a_split_the_data_lacks_names_the_split_option(tmp_path, capsys) -> None
     ckpt = make_run(tmp_path / "run", dim=8)
     assert _one_line_error(capsys, "--checkpoint", str(ckpt), "--split", "vall") == (
         "dynametric evaluate: error: key '--split': split must be one of ['train', 'val', 'test'], got 'vall'")
+
+
+def test_protocol_and_eval_keys_given_with_set_name_the_command_line(tmp_path, capsys) -> None:
+    """A bad eval or protocol key given with `--set` is named with its origin, as `train KEY=VALUE` names it: the
+    query -> gallery checks (raised while the splits are read) and the distance (refused only by the metrics
+    before) said `key 'eval.query_in_gallery': ...` and `key 'distance': ...`."""
+    from tests.retrieval.conftest import make_run
+
+    ckpt = make_run(tmp_path / "run", dim=8)
+    qg = ("--set", "eval.protocol=query_gallery", "--set", "eval.query_split=test")
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), *qg, "--set", "eval.gallery_split=val", "--set",
+                           "eval.query_in_gallery=true") == (
+        "dynametric evaluate: error: <command line> key 'eval.query_in_gallery': is true, but the items of split "
+        "'test' are not files, so nothing tells which query is in the gallery")
+    # the key the check names was set by the run's config file: its file and line, as train names them
+    line = next(i for i, text in enumerate((tmp_path / "run" / "config.yaml").read_text().splitlines(), 1)
+                if "query_in_gallery" in text)
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), *qg, "--set", "eval.gallery_split=test").startswith(
+        f"dynametric evaluate: error: {tmp_path / 'run' / 'config.yaml'}:{line} key 'eval.query_in_gallery': is "
+        "false, but 900 of the 900 queries of split 'test' are also in the gallery split 'test'")
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), "--set", "eval.distance=manhattan") == (
+        "dynametric evaluate: error: <command line> key 'eval.distance': expected one of ['cosine', 'euclidean'], "
+        "got 'manhattan'")
+    assert main(["train", "--dry-run", "eval.distance=manhattan"]) == 2  # train refuses it as the config loads too
+    assert capsys.readouterr().err.strip() == (
+        "dynametric train: error: <command line> key 'eval.distance': expected one of ['cosine', 'euclidean'], got "
+        "'manhattan'")

@@ -720,6 +720,40 @@ def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsy
                         "with 3 scale(s)")
 
 
+def test_a_hierarchical_batch_that_parents_per_batch_does_not_divide_is_named_in_config_keys(tmp_path,
+                                                                                             capsys) -> None:
+    # was `<command line> key 'data.batch_size': batch_size (24) must be a multiple of samples_per_class x
+    # parents_per_batch (4 x 4)`: the sampler's own argument names, and the key of the value that was fine
+    err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=hierarchical", "data.batch_size=24",
+               "data.m=4", "data.sampler_options.parents_per_batch=4")
+    assert err == ("dynametric train: error: <command line> key 'data.sampler_options.parents_per_batch': "
+                   "data.batch_size (24) must be a multiple of data.m x data.sampler_options.parents_per_batch "
+                   "(4 x 4 = 16): a batch holds parents_per_batch parents with whole classes of m images under each")
+    # the option left at its default: the batch size the user set is the key, and the default is said
+    cfg = tmp_path / "hier.yaml"
+    cfg.write_text(TINY.replace("  batch_size: 16\n", "  batch_size: 12\n  sampler: hierarchical\n"))
+    line = next(i for i, x in enumerate(cfg.read_text().splitlines(), 1) if "batch_size: 12" in x)
+    assert _dry(capsys, "--config", str(cfg)) == (
+        f"dynametric train: error: {cfg}:{line} key 'data.batch_size': data.batch_size (12) must be a multiple of "
+        "data.m x data.sampler_options.parents_per_batch (4 x 2 = 8; parents_per_batch is 2 by default): a batch "
+        "holds parents_per_batch parents with whole classes of m images under each")
+
+
+def test_a_blank_val_carve_scale_says_what_was_given_and_lists_the_formats_scales(tmp_path, capsys) -> None:
+    # was `expected a scale name, 'finest', 'coarsest' or a column index, got ''` whatever blank was given
+    assert _dry(capsys, "data.val_carve_scale=' '") == (
+        "dynametric train: error: <command line> key 'data.val_carve_scale': expected a scale name of the synthetic "
+        "data ['fine', 'middle', 'coarse'], 'finest', 'coarsest' or a column index (0..2), got ' ' (blank)")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  format: sop\n  root: {tmp_path / 'absent'}\n  val_carve_scale: \"\\t\"\n")
+    assert _dry(capsys, "--config", str(cfg)) == (
+        f"dynametric train: error: {cfg}:4 key 'data.val_carve_scale': expected a scale name of the sop data "
+        "['product', 'category'], 'finest', 'coarsest' or a column index (0..1), got '\\t' (blank)")
+    assert _dry(capsys, "data.format=csv", f"data.root={tmp_path}", "data.val_carve_scale=''").endswith(
+        "expected a scale name of the data (the csv format takes them from the data), 'finest', 'coarsest' or a "
+        "column index (0 = finest), got '' (blank)")
+
+
 def test_val_carve_scale_is_checked_against_the_formats_scale_names_without_data(tmp_path, capsys) -> None:
     err = _dry(capsys, "data.format=sop", f"data.root={tmp_path / 'absent'}", "trainer.monitor=finest/map@r",
                "data.val_split=null", "data.val_carve_scale=coarse")

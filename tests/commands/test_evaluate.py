@@ -130,3 +130,29 @@ def test_clear_errors(data, capsys):
     assert "unknown metric 'bogus'" in _err(capsys, ["--embeddings", e, "--labels", lab, "--metrics", "bogus"])
     torch.save({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, tmp / "two.pt")
     assert "expected one tensor" in _err(capsys, ["--embeddings", str(tmp / "two.pt"), "--labels", lab])
+
+
+def test_evaluate_checkpoint_reads_the_run_config_once(tmp_path, capsys, monkeypatch):
+    """`--checkpoint` reads and resolves the run's config once (with the `--set` overrides) and hands that config to
+    the run's eval options and to the evaluation (it was read by both); the results are those of a library call."""
+    import dynametric.config as config
+    from dynametric.pipeline import checkpoint_config, evaluate_checkpoint, run_eval_options
+    from tests.retrieval.conftest import make_run
+
+    ckpt = make_run(tmp_path / "run", dim=8)
+    reads = []
+    real = config.load_config
+    monkeypatch.setattr(config, "load_config", lambda *a, **kw: reads.append(a) or real(*a, **kw))
+    out = tmp_path / "ev.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "cpu", "--set", "eval.k_values=[1,3]",
+                 "--json", str(out)]) == 0
+    assert len(reads) == 1
+    loaded = checkpoint_config(ckpt, overrides=["eval.k_values=[1,3]"])
+    assert loaded.config_path == ckpt.parent / "config.yaml" and list(loaded.cfg.eval.k_values) == [1, 3]
+    assert run_eval_options(loaded) == run_eval_options(ckpt, overrides=["eval.k_values=[1,3]"])
+    with pytest.raises(TypeError, match="apply when a CheckpointConfig is loaded"):
+        run_eval_options(loaded, overrides=["eval.k_values=[2]"])  # never silently ignored
+    got = json.loads(out.read_text())
+    assert set(got["mean"]) >= {"recall@1", "recall@3"} and "recall@2" not in got["mean"]
+    direct = evaluate_checkpoint(loaded, options=None).result
+    assert got["mean"]["map@r"] == pytest.approx(direct["mean"]["map@r"], abs=1e-6)

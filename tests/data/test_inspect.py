@@ -145,7 +145,7 @@ def test_through_the_real_cli(csv_root: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--split", "train"]) == 0
     assert "train: 4 images; classes: fine=3, middle=2, coarse=2" in capsys.readouterr().out
     assert main(["data", "inspect", "--format", "cub200", "--root", str(tmp_path / "none")]) == 2
-    assert "dynametric data: error:" in capsys.readouterr().err
+    assert "dynametric data inspect: error:" in capsys.readouterr().err
 
 
 def test_classes_or_files_shared_by_training_and_held_out_splits_are_problems(

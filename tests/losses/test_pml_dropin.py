@@ -4,6 +4,9 @@ adapter gives any PML loss on [B, S] labels."""
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning import distances as pml_dist
@@ -333,6 +336,38 @@ def test_pml_loss_scale_is_pmls_logit_scale_and_label_scale_the_column(name):
     assert pml_miner("BatchHardMiner", label_scale=1).scale == 1
     with pytest.raises(TypeError, match="scale"):  # not a PML miner keyword, and no longer the column
         pml_miner("BatchHardMiner", scale=1)
+
+
+@pytest.mark.parametrize("bad", [True, False, 1.0, "1", None])
+def test_label_scale_must_be_an_integer_column(bad):
+    """label_scale=True (a bool is an int) was taken as column 1 or reached PML's own `labels must be a 1D tensor`
+    error; a float or a string reached the indexing. Every way into the adapter refuses it, one line naming it."""
+    expected = (rf"^key 'label_scale': expected an integer label column \(0 = the finest scale\), got "
+                rf"{re.escape(repr(bad))} \({type(bad).__name__}\)$")
+    builders = [lambda: PMLLoss(pml_losses.ContrastiveLoss(), label_scale=bad),
+                lambda: PMLMiner(pml_miners.BatchHardMiner(), label_scale=bad),
+                lambda: pml_miner("BatchHardMiner", label_scale=bad),
+                lambda: LOSSES["pml:ContrastiveLoss"](label_scale=bad),
+                lambda: MINERS["pml:BatchHardMiner"](label_scale=bad)]
+    if bad is not None:  # pml_loss's None is its default, column 0 (or one loss per scale with weights)
+        builders += [lambda: pml_loss("ContrastiveLoss", label_scale=bad),
+                     lambda: pml_loss("ContrastiveLoss", label_scale=bad, weights=[1, 1])]
+    for build in builders:
+        with pytest.raises(ConfigError, match=expected):
+            build()
+    assert PMLLoss(pml_losses.ContrastiveLoss(), label_scale=np.int64(1)).scale == 1  # a NumPy int is one
+
+
+def test_a_pml_loss_s_label_scale_is_checked_against_the_data_as_a_native_loss_s_scale(capsys):
+    """`loss.kwargs.label_scale` of a `pml:` loss beyond the data's scales passed the dry run (the check looked the
+    name up with LOSSES.get, which does not answer `pml:` names)."""
+    from dynametric.cli import main
+
+    assert main(["train", "--dry-run", "loss.name=pml:ContrastiveLoss", "loss.multiscale=false",
+                 "loss.kwargs={label_scale: 5}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "dynametric train: error: <command line> key 'loss.kwargs.label_scale': pml:ContrastiveLoss(label_scale=5) "
+        "trains on a label scale the data does not have: expected 0..2 (the labels have 3 scale(s))")
 
 
 def test_pml_loss_weighted_form_gives_every_keyword_to_every_scale():

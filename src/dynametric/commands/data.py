@@ -88,7 +88,7 @@ def register(subparsers: Any) -> None:
                    help=f"threads decoding images, 0 to {MAX_WORKERS} (default 4)")
     p.add_argument("--grid", metavar="PNG", help="also write a grid of sample images (visual colour check)")
     p.add_argument("--grid-count", type=positive_int, default=16, help="images in the sample grid (default 16)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, command_name="data inspect")  # errors say `dynametric data inspect: error: ...`
 
 
 def run(args: argparse.Namespace) -> int:

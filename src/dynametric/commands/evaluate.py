@@ -289,11 +289,12 @@ def run(args: argparse.Namespace) -> int:
                               key="--query-categories")
         from dynametric.commands.options import inference_options
         from dynametric.engine.protocols import LeaveOneOut, QueryGallery
-        from dynametric.pipeline import evaluate_checkpoint, run_eval_options
+        from dynametric.pipeline import checkpoint_config, evaluate_checkpoint, run_eval_options
 
         inference = inference_options(args)  # --device (when the command has it), --precision, --batch-size, ...
         inference.resolve()  # flag errors before anything is loaded
-        options.update(run_eval_options(args.checkpoint, args.config, args.overrides) | given)
+        run_config = checkpoint_config(args.checkpoint, args.config, args.overrides)  # read and resolved once
+        options.update(run_eval_options(run_config) | given)
 
         def check(protocol: Any) -> None:
             generic = isinstance(protocol, (LeaveOneOut, QueryGallery))
@@ -304,8 +305,8 @@ def run(args: argparse.Namespace) -> int:
 
         # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; pipeline/protocols.py)
         try:
-            ce = evaluate_checkpoint(args.checkpoint, args.config, split=args.split, overrides=args.overrides,
-                                     options=inference, evaluate=evaluate, check=check)
+            ce = evaluate_checkpoint(run_config, split=args.split, options=inference, evaluate=evaluate,
+                                     check=check)
         except InputError as exc:  # the data layer names the split it lacks `split`: here --split chose it
             if args.split is None or exc.key != "split" or exc.file is not None:
                 raise

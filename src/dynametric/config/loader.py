@@ -63,17 +63,57 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """The 1-based line and column of the character at ``position`` of ``text``."""
+    line_start = text.rfind("\n", 0, position) + 1
+    return text.count("\n", 0, position) + 1, position - line_start + 1
+
+
+def _failing_scalar(node: yaml.Node | None) -> yaml.ScalarNode | None:
+    """The first scalar of the document ``node`` (in file order) that PyYAML cannot construct (a date such as
+    ``2020-13-45``), to name its line and column."""
+    constructor = _Loader("")
+    stack = [] if node is None else [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, yaml.ScalarNode):
+            try:
+                constructor.construct_object(n, deep=True)
+            except Exception:  # noqa: BLE001 - whatever the constructor raised is what load raised
+                return n
+        elif isinstance(n, yaml.MappingNode):
+            stack += [item for pair in reversed(n.value) for item in reversed(pair)]
+        elif isinstance(n, yaml.SequenceNode):
+            stack += reversed(n.value)
+    return None
+
+
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
-    """YAML text → (python object, {dotted key: 1-based line})."""
+    """YAML text → (python object, {dotted key: 1-based line}); an error names its line and column."""
+    node = None
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        if mark is None:
+            raise ConfigError(f"invalid YAML: {exc.problem or exc.context or exc}", file=file) from None
+        raise ConfigError(f"invalid YAML at column {mark.column + 1}: {exc.problem or exc.context}", file=file,
+                          line=mark.line + 1) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control character)
+        line, column = _line_column(text, exc.position)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"invalid YAML at column {column}: character U+{char:04X} is not allowed in YAML (it is "
+                          "not printable)", file=file, line=line) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = None if mark is None else mark.line + 1
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=line) from exc
+        raise ConfigError(f"invalid YAML: {first_sentence(exc)}", file=file) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot construct
-        raise ConfigError(f"invalid YAML value ({type(exc).__name__}: {first_sentence(exc)})", file=file) from None
+        bad = None if isinstance(exc, RecursionError) else _failing_scalar(node)
+        why = f"{type(exc).__name__}: {first_sentence(exc)}"
+        if bad is None:
+            raise ConfigError(f"invalid YAML value ({why})", file=file) from None
+        raise ConfigError(f"invalid YAML value {bad.value!r} at column {bad.start_mark.column + 1} ({why})",
+                          file=file, line=bad.start_mark.line + 1) from None
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node | None, prefix: str) -> None:
@@ -144,10 +184,15 @@ def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dic
                           key="extends")
     if not path.is_file():
         raise ConfigError(_not_a_file(path), file=path)
+    raw = path.read_bytes()
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a byte order mark is not part of the text
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not a UTF-8 YAML file ({exc.reason} at byte {exc.start})", file=path) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # named by line and column, as the line breaks of the text count them
+        before = raw[:exc.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        line, column = _line_column(before, len(before))
+        raise ConfigError(f"not a UTF-8 YAML file: byte 0x{raw[exc.start]:02x} at column {column} cannot be decoded "
+                          "(save the file as UTF-8)", file=path, line=line) from None
     data, lines = _parse_yaml(text, str(path))
     if data is None:
         data = {}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 from dynametric.utils.seeds import check_seed
 
 # --------------------------------------------------------------------------------------------------- schema
@@ -103,7 +103,7 @@ class DataConfig:
         if isinstance(self.val_carve_scale, int):
             _non_negative(self.val_carve_scale, f"{key}.val_carve_scale")
         elif not self.val_carve_scale.strip():
-            raise ConfigError("expected a scale name, 'finest', 'coarsest' or a column index, got ''",
+            raise ConfigError(f"expected {self._carve_scales()}, got {self.val_carve_scale!r} (blank)",
                               key=f"{key}.val_carve_scale")
         if self.image_size is not None:
             _positive(self.image_size, f"{key}.image_size")
@@ -120,6 +120,21 @@ class DataConfig:
             if not 0 <= self.val_fold < self.val_folds:
                 raise ConfigError(f"expected 0 <= val_fold < val_folds={self.val_folds}, got {self.val_fold}",
                                   key=f"{key}.val_fold")
+
+    def _carve_scales(self) -> str:
+        """What ``val_carve_scale`` takes, with the scale names of the format when it fixes them without its data
+        (:func:`dynametric.data.registry.declared_scale_names`)."""
+        from dynametric.data.registry import declared_scale_names
+
+        try:
+            names = declared_scale_names(self.format, **self.options)
+            whose = f" (the {self.format} format takes them from the data)"
+        except (InputError, TypeError):  # bad options: refused with their own message when the data is read
+            names, whose = None, ""
+        if not names:
+            return f"a scale name of the data{whose}, 'finest', 'coarsest' or a column index (0 = finest)"
+        return (f"a scale name of the {self.format} data {list(names)}, 'finest', 'coarsest' or a column index "
+                f"(0..{len(names) - 1})")
 
 
 @dataclass
@@ -413,7 +428,8 @@ class EvalConfig:
     cut-off of each, ``r_precision``, ``map@r``, ``map``, ``asi``, ``fnmr@fmr=<percent>``, ``nmi``, ``f1``, ``all``);
     ``None`` = the evaluation engine's default set."""
     k_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    distance: str = "cosine"
+    distance: Literal["cosine", "euclidean"] = "cosine"
+    """The retrieval distance (``evaluate_embeddings(distance=...)``, ``dynametric evaluate --distance``)."""
     protocol: Literal["leave_one_out", "query_gallery"] = "leave_one_out"
     """``leave_one_out``: every test item queries the rest (CUB, CARS, SOP); ``query_gallery``: fixed query and
     gallery splits (In-Shop, DyML Vehicle/Animal)."""

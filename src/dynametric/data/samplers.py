@@ -544,8 +544,21 @@ class HierarchicalSampler(_EpochBatchSampler):
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> HierarchicalSampler:
-        """``m`` images per class (``samples_per_class``) of column ``scale``, grouped under shared parents."""
+        """``m`` images per class (``samples_per_class``) of column ``scale``, grouped under shared parents. A batch
+        size that ``m x parents_per_batch`` does not divide is refused in the config's words (``data.batch_size``,
+        ``data.m``, ``data.sampler_options.parents_per_batch``), keyed by the option when it was given, else by the
+        batch size."""
         st = settings
+        given = "parents_per_batch" in st.options
+        parents = _positive_int(st.options["parents_per_batch"] if given else
+                                inspect.signature(cls.__init__).parameters["parents_per_batch"].default,
+                                "parents_per_batch")
+        if st.batch_size % (st.m * parents):
+            raise InputError(f"data.batch_size ({st.batch_size}) must be a multiple of data.m x "
+                             f"data.sampler_options.parents_per_batch ({st.m} x {parents} = {st.m * parents}"
+                             f"{'' if given else f'; parents_per_batch is {parents} by default'}): a batch holds "
+                             "parents_per_batch parents with whole classes of m images under each",
+                             key="parents_per_batch" if given else "batch_size")
         return cls(labels, st.batch_size, samples_per_class=st.m, scale=st.scale, **st.common(), **st.options)
 
     def _batches_per_pass(self) -> int:

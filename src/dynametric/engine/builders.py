@@ -798,9 +798,11 @@ def validate_components(cfg: Config, *, losses: Mapping[str, Callable[..., Any]]
 
 
 def _loss_class(name: str) -> Any:
+    """The class (or factory) of the loss ``name``: a ``pml:<ClassName>`` too (``LOSSES.get`` misses those: the
+    registry answers them by lookup), else ``None``."""
     from dynametric.losses import LOSSES
 
-    return LOSSES.get(name)
+    return LOSSES[name] if name in LOSSES else None
 
 
 def _check_label_column(term: LossConfig, key: str, num_scales: int) -> None:

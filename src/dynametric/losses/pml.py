@@ -46,6 +46,7 @@ from dynametric.pml import (
     PMLAwareRegistry,
     _init_parameters,
     _instantiate,
+    check_label_scale,
     pml_class,
     resolve_class,
     to_pml_distance,
@@ -91,7 +92,7 @@ class PMLLoss(MetricLoss):
     naming it."""
 
     def __init__(self, loss: nn.Module, label_scale: int = 0) -> None:
-        super().__init__(label_scale)
+        super().__init__(check_label_scale(label_scale))
         if not isinstance(loss, nn.Module) or not callable(loss):
             raise ConfigError(f"PMLLoss wraps a pytorch-metric-learning loss object, got {loss!r}", key="loss")
         if isinstance(loss, MetricLoss):
@@ -155,6 +156,8 @@ def pml_loss(
     :class:`~dynametric.losses.MultiScaleLoss`). ``kwargs`` go to the PML class (``scale`` is ArcFace's/CosFace's
     logit scale), in the weighted form to every scale's loss. The first argument is positional-only, so a PML
     keyword named ``loss`` (``CrossBatchMemory``, ``SelfSupervisedLoss``) goes to PML too."""
+    if label_scale is not None:
+        label_scale = check_label_scale(label_scale)  # before PML builds anything: True is not column 1
     cls = resolve_class("losses", loss)
     if isinstance(cls, type):  # a PML keyword of the same name as one of ours would be taken by the adapter
         own = {p.name for p in _init_parameters(cls)}
@@ -170,7 +173,7 @@ def pml_loss(
         kw = dict(kwargs) if num_classes is None else {**kwargs, "num_classes": num_classes}
         if chunks is not None or miners is not None:
             raise ConfigError("chunks/miners are per-scale options: give weights", key="weights")
-        return PMLLoss(_instantiate("losses", cls, kw), label_scale=label_scale or 0)
+        return PMLLoss(_instantiate("losses", cls, kw), label_scale=0 if label_scale is None else label_scale)
     from dynametric.losses.multiscale import MultiScaleLoss
 
     if label_scale is not None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.miners.base import IndicesTuple, Miner
-from dynametric.pml import _instantiate
+from dynametric.pml import _instantiate, check_label_scale
 
 
 class PMLMiner(Miner):
@@ -18,7 +18,7 @@ class PMLMiner(Miner):
     on every dynametric miner)."""
 
     def __init__(self, miner: nn.Module, label_scale: int = 0) -> None:
-        super().__init__(label_scale)
+        super().__init__(check_label_scale(label_scale))
         if not isinstance(miner, nn.Module) or not callable(miner) or isinstance(miner, Miner):
             raise ConfigError(f"PMLMiner wraps a pytorch-metric-learning miner object, got {miner!r}", key="miner")
         self.miner = miner
@@ -42,4 +42,4 @@ class PMLMiner(Miner):
 def pml_miner(miner: str | type | nn.Module, /, label_scale: int = 0, **kwargs: Any) -> PMLMiner:
     """A PML miner (class name, class or object; positional-only) on label column ``label_scale``; ``kwargs`` go to
     the PML class."""
-    return PMLMiner(_instantiate("miners", miner, kwargs), label_scale=label_scale)
+    return PMLMiner(_instantiate("miners", miner, kwargs), label_scale=check_label_scale(label_scale))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,10 +119,23 @@ def _suggest(word: str, candidates: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _checkpoint_config(checkpoint: str | os.PathLike[str], config: Any,
-                       overrides: Sequence[str]) -> tuple[Path, Any]:
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """A trained checkpoint and the run config it is evaluated with, read and resolved once
+    (:func:`checkpoint_config`) and handed to :func:`run_eval_options` and :func:`evaluate_checkpoint`."""
+
+    checkpoint: Path
+    """The checkpoint file (checked to be one)."""
+    config_path: Path
+    """The config file it was read from: ``--config``, else ``config.yaml`` beside the checkpoint."""
+    cfg: Config
+    """That config with the overrides applied, validated."""
+
+
+def checkpoint_config(checkpoint: str | os.PathLike[str], config: Any = None,
+                      overrides: Sequence[str] = ()) -> CheckpointConfig:
     """The checkpoint file (one-line errors for a folder or a missing file) and its run config (``config``, else
-    ``config.yaml`` beside it) with ``overrides``."""
+    ``config.yaml`` beside it) with ``overrides``, loaded once."""
     from dynametric.config import load_config
     from dynametric.engine.inference import config_beside
 
@@ -130,27 +144,45 @@ def _checkpoint_config(checkpoint: str | os.PathLike[str], config: Any,
         raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=checkpoint)
     if not checkpoint.is_file():
         raise InputError("checkpoint file not found", file=checkpoint)
-    return checkpoint, load_config(config_beside(checkpoint, config), overrides)
+    path = config_beside(checkpoint, config)
+    return CheckpointConfig(checkpoint, path, load_config(path, overrides))
 
 
-def run_eval_options(checkpoint: str | os.PathLike[str], config: Any = None,
+def _loaded(checkpoint: str | os.PathLike[str] | CheckpointConfig, config: Any,
+            overrides: Sequence[str]) -> CheckpointConfig:
+    """``checkpoint`` when it is already a :class:`CheckpointConfig` (then ``config`` and ``overrides`` must not be
+    given: they were applied when it was loaded), else :func:`checkpoint_config`."""
+    if not isinstance(checkpoint, CheckpointConfig):
+        return checkpoint_config(checkpoint, config, overrides)
+    if config is not None or overrides:
+        raise TypeError("config and overrides apply when a CheckpointConfig is loaded (checkpoint_config), not "
+                        "to one already loaded")
+    return checkpoint
+
+
+def run_eval_options(checkpoint: str | os.PathLike[str] | CheckpointConfig, config: Any = None,
                      overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The evaluation options of the run a checkpoint comes from (its ``eval.metrics``, ``k_values``, ``distance``,
     ``empty_queries``, ``memory_budget_bytes``), as its validation and test used them: the defaults of
-    ``dynametric evaluate --checkpoint``, so it reproduces the run's metrics unless an option says otherwise."""
+    ``dynametric evaluate --checkpoint``, so it reproduces the run's metrics unless an option says otherwise.
+    ``checkpoint``: a checkpoint file (its config read from ``config`` with ``overrides``) or a
+    :class:`CheckpointConfig` already loaded."""
     from dynametric.engine.builders import eval_kwargs
 
-    return eval_kwargs(_checkpoint_config(checkpoint, config, overrides)[1])
+    return eval_kwargs(_loaded(checkpoint, config, overrides).cfg)
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, *, split: str | None = None,
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str] | CheckpointConfig, config: Any = None, *,
+                        split: str | None = None,
                         overrides: Sequence[str] = (), progress: bool = False, options: Any = None,
                         evaluate: Evaluate | None = None,
                         check: Callable[[EvaluationProtocol], None] | None = None) -> CheckpointEvaluation:
     """Evaluate a trained checkpoint with its config's test protocol (:func:`protocol_from_config`; ``split``:
     leave-one-out on that split instead), as ``dynametric evaluate --checkpoint`` does.
 
-    ``config``: the run config path (``None``: ``config.yaml`` beside the checkpoint); ``options``:
+    ``checkpoint``: a checkpoint file, or a :class:`CheckpointConfig` already loaded (:func:`checkpoint_config`;
+    then without ``config`` and ``overrides``, which it holds); ``config``: the run config path (``None``:
+    ``config.yaml`` beside the checkpoint); ``options``:
     :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on the ``auto``
     device; an unset precision is the run's, :func:`~dynametric.engine.inference.checkpoint_precision`);
     ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks, run before
@@ -159,27 +191,31 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], config: Any = None, 
     from dynametric.engine.builders import load_eval_split
     from dynametric.engine.inference import checkpoint_options, checkpoint_precision, embed_dataset, load_trained
 
-    checkpoint, cfg = _checkpoint_config(checkpoint, config, overrides)
-    with errors_located(cfg):  # `<command line> key 'method.kwargs.scales': ...`, as `dynametric train` says it
+    loaded = _loaded(checkpoint, config, overrides)
+    cfg = loaded.cfg
+    # an error about a config key, from the protocol's choice to the metrics, names where the key was set (`<command
+    # line> key 'eval.query_in_gallery': ...`, `config.yaml:12 key ...`), as `dynametric train` says it
+    with errors_located(cfg):
         protocol = protocol_from_config(cfg, split)
         if split is None:
             _check_listed_test_splits(cfg)
-    if check is not None:
-        check(protocol)
-    trained = load_trained(checkpoint, config, cfg=cfg)
-    opts, note = checkpoint_precision(cfg, checkpoint_options(cfg, options))  # unset precision: the run's
-    if progress:
-        opts.progress = True
-    run = opts.resolve()
+        if check is not None:
+            check(protocol)
+        trained = load_trained(loaded.checkpoint, loaded.config_path, cfg=cfg)
+        opts, note = checkpoint_precision(cfg, checkpoint_options(cfg, options))  # unset precision: the run's
+        if progress:
+            opts.progress = True
+        run = opts.resolve()
 
-    def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return embed_dataset(trained.model, ds, head=trained.head, options=run)
+        def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return embed_dataset(trained.model, ds, head=trained.head, options=run)
 
-    sets = protocol.embed_splits(lambda name: load_eval_split(cfg, name), embed)
+        sets = protocol.embed_splits(lambda name: load_eval_split(cfg, name), embed)
+        result = protocol.evaluate(sets, evaluate)
     splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
         f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
-    return CheckpointEvaluation(protocol.evaluate(sets, evaluate), protocol, sets,
-                                f"{trained.checkpoint}: {cfg.data.format} {splits}", [note] if note else [])
+    return CheckpointEvaluation(result, protocol, sets, f"{trained.checkpoint}: {cfg.data.format} {splits}",
+                                [note] if note else [])
 
 
 def evaluate_dyml_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),
@@ -189,10 +225,7 @@ def evaluate_dyml_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *,
     ``dynametric.engine.dyml.evaluate_checkpoint``). ``config``: the run config path (``None``: ``config.yaml``
     beside the checkpoint); ``options``: :class:`dynametric.engine.inference.InferenceOptions` (default: the
     config's evaluation loader on the ``auto`` device). Any config: :func:`evaluate_checkpoint`."""
-    from dynametric.config import load_config
-    from dynametric.engine.inference import config_beside
-
-    if method_test_protocol(load_config(config_beside(Path(checkpoint), config), overrides)) is None:
+    loaded = checkpoint_config(checkpoint, config, overrides)
+    if method_test_protocol(loaded.cfg) is None:
         return None
-    return evaluate_checkpoint(checkpoint, config, overrides=overrides, progress=progress, options=options,
-                               evaluate=evaluate).result
+    return evaluate_checkpoint(loaded, progress=progress, options=options, evaluate=evaluate).result
