@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.browser import INSTALL_HINT, find_chromium, run_headless  # noqa: E402
 
 METRICS = ("map@r", "recall@1")
+# the sections every run's report has; "Worst queries" and "Per category" (only with query categories, which the
+# main job's synthetic data has none of) are not required
 SECTIONS = ("Test metrics", "Training curves", "Per-scale test metrics", "Embedding map", "Retrieval gallery",
             "Multi-scale retrieval", "Resolved configuration")
 MIN_PLOTS = 5  # training curves, per-scale bars, embedding map, retrieval gallery, multi-scale retrieval

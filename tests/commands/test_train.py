@@ -59,6 +59,7 @@ def test_run_folder_and_metrics_shape(finished_run):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "Multi-scale retrieval" in html
     assert "<td>None</td>" not in html  # every table cell holds a value (counts are not listed as metrics)
+    assert "Per category" not in html and "by_category" not in metrics["test"]  # no query categories: no section
     # the default csv logger got the per-scale metrics of every stage (the same values as metrics.json)
     import csv
 

@@ -116,10 +116,13 @@ class KeepingCSVLogger(CSVLogger):
 
 
 def flat_metrics(prefix: str, results: Mapping[str, Any]) -> dict[str, float]:
-    """``{"<prefix>/<scale>/<metric>": value}`` for the numeric entries of an evaluation result."""
+    """``{"<prefix>/<scale>/<metric>": value}`` for the numeric entries of an evaluation result. The per-category
+    block (``by_category``) is not logged: its keys are user text (any characters, possibly hundreds of them) that
+    would make awkward metric names and one column per category, scale and metric; it stays in ``metrics.json``,
+    the end-of-run summary and ``report.html`` (docs/training.md, *Loggers*)."""
     out = {}
     for scale, values in results.items():
-        if not isinstance(values, Mapping):
+        if not isinstance(values, Mapping) or scale == "by_category":
             continue
         for metric, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):

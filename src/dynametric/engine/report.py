@@ -1,10 +1,13 @@
 """Self-contained ``report.html`` for a training run (inline PNGs via matplotlib; tables only without it).
 
-Sections: summary table (untrained vs trained test metrics per scale), training curves (loss per step,
-validation metrics per epoch), per-scale metric bars, a 2-D PCA map of the test embeddings coloured by the
-coarsest and the finest class, a retrieval gallery (random queries and their top neighbours, green = same fine
-class), the worst queries (lowest finest-scale map@r) with their neighbours, and a multi-scale retrieval view (the
-same neighbours judged at every scale, one row per scale).
+Sections: summary table (untrained vs trained test metrics per scale), with per-category test results (the
+results' ``by_category``) a sortable table per category and scale, training curves (loss per step, validation
+metrics per epoch), per-scale metric bars, a 2-D PCA map of the test embeddings coloured by the coarsest and the
+finest class, a retrieval gallery (random queries and their top neighbours, green = same fine class), the worst
+queries (lowest finest-scale map@r) with their neighbours, and a multi-scale retrieval view (the same neighbours
+judged at every scale, one row per scale).
+
+:func:`category_summary` is the same per-category block as text, for the end-of-run summary in the terminal.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,16 @@ from dynametric.utils.io import atomic_write_text
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}img{max-width:100%}
-h2{border-bottom:1px solid #ddd;padding-bottom:4px}.note{color:#555;font-size:90%}"""
+h2{border-bottom:1px solid #ddd;padding-bottom:4px}.note{color:#555;font-size:90%}
+table.sortable th{cursor:pointer}td.text{text-align:left}.scroll{max-height:40em;overflow:auto;display:inline-block}
+.scroll table{margin:0}.scroll thead th{position:sticky;top:0}"""
+# Sorts a table.sortable by the clicked column (again: the other way): every cell's data-v is its number, "" for
+# none (always last); equal values keep their order, so sorting by one column then another groups by the second.
+_SORT_JS = """<script>function dmSort(th){const t=th.closest("table"),i=th.cellIndex,b=t.tBodies[0];
+const d=th.dataset.dir==="asc"?-1:1;for(const h of t.tHead.rows[0].cells)delete h.dataset.dir;
+th.dataset.dir=d>0?"asc":"desc";const k=r=>{const v=r.cells[i].dataset.v;return v===undefined||v===""?NaN:Number(v)};
+Array.from(b.rows).map((r,n)=>[k(r),n,r]).sort((x,y)=>isNaN(x[0])-isNaN(y[0])||d*(x[0]-y[0])||x[1]-y[1])
+.forEach(e=>b.appendChild(e[2]));}</script>"""
 
 
 def _png(fig: Any) -> str:
@@ -56,6 +69,122 @@ def metrics_table(metrics: dict[str, Any], scale_names: Sequence[str]) -> str:
             rows.append(f"<tr><td>{html.escape(scale)}</td><td>{html.escape(m)}</td><td>{_fmt(u)}</td>"
                         f"<td>{_fmt(t)}</td><td>{_fmt(gain)}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def _is_value(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _category_metrics(by_category: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """(scale names, metric names) of a ``by_category`` block, as its first entry lists them."""
+    first = next(iter(by_category.values()))
+    scales = [k for k in first if k != "mean"]
+    metrics = [m for m in (first.get("mean") or first[scales[0]]) if m not in _COUNT_KEYS]
+    return scales, metrics
+
+
+def category_table(by_category: Mapping[str, Mapping[str, Any]], overall_only: Sequence[str] = ()) -> str:
+    """The report's "Per category" section: one row per category and scale (and the category's ``mean`` with several
+    scales), in the order of ``by_category`` (as ``metrics.json`` lists it), with the category's query count
+    (``queries`` = ``num_queries`` + ``excluded_queries``); sortable by any column (a click in the browser; the page
+    stays self-contained). Category names are user text: escaped. Every cell's ``data-v`` holds its value (the
+    metric values unrounded; a category's and a scale's position in the block), which the sorting reads.
+    ``overall_only``: the test metrics without per-category values (named in the note)."""
+    scales, metrics = _category_metrics(by_category)
+    head = ["category", "scale", *metrics, "queries", "num_queries", "excluded_queries"]
+    rows = []
+    for c, (category, entry) in enumerate(by_category.items()):
+        own = [k for k in entry if k != "mean"]
+        for scale in own + (["mean"] if len(own) > 1 else []):
+            values = entry[scale]
+            pos = own.index(scale) if scale in own else len(own)
+            cells = [f'<td class="text" data-v="{c}">{html.escape(str(category))}</td>',
+                     f'<td class="text" data-v="{pos}">{html.escape(scale)}</td>']
+            for m in metrics:
+                v = values.get(m)
+                cells.append(f'<td data-v="{float(v)!r}">{v:.4f}</td>' if _is_value(v) else '<td data-v="">-</td>')
+            if scale == "mean":
+                cells += ['<td data-v=""></td>'] * 3
+            else:
+                counts = (int(values.get("num_queries", 0)), int(values.get("excluded_queries", 0)))
+                cells += [f'<td data-v="{n}">{n}</td>' for n in (sum(counts), *counts)]
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+    count = f"{len(by_category)} categor{'y' if len(by_category) == 1 else 'ies'}"
+    note = (f"<p class='note'>The test metrics of each query category ({count}; "
+            f"{', '.join(html.escape(s) for s in scales)}): each value is the mean over the category's queries, so "
+            "the overall value (<em>Test metrics</em>) is their mean weighted by <code>num_queries</code>; "
+            "<code>queries</code> also counts the excluded ones (no relevant item)"
+            + (f"; {html.escape(', '.join(overall_only))}: overall only" if overall_only else "")
+            + ". Click a column to sort by it; the rows come as in <code>metrics.json</code> "
+            "(<code>test.by_category</code>).</p>")
+    header = "".join(f'<th onclick="dmSort(this)">{html.escape(h)}</th>' for h in head)
+    return (note + f'<div class="scroll"><table class="sortable" id="per-category"><thead><tr>{header}</tr></thead>'
+            "<tbody>" + "".join(rows) + "</tbody></table></div>")
+
+
+def _display_name(name: str, width: int = 32) -> str:
+    """A category name for the terminal: non-printable characters escaped, long names shortened."""
+    text = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def category_summary(by_category: Mapping[str, Mapping[str, Any]], scale_names: Sequence[str], monitor: str,
+                     where: str = "metrics.json (test.by_category)", max_rows: int = 20, edge: int = 5) -> list[str]:
+    """The per-category test results as text lines for the end-of-run summary: one row per category with its query
+    count and, per scale, ``recall@1`` and ``map@r`` (those of them the results hold, else their first two metrics),
+    plus a column for the monitored metric (``monitor``, ``<scale>/<metric>``) when it is not one of those. Up to
+    ``max_rows`` categories all of them, in the block's order; more: the ``edge`` worst and ``edge`` best by the
+    monitored metric (else the finest scale's ``map@r`` or first metric), worst first, with a line saying how many
+    are omitted and ``where`` the full table is."""
+    own, available = _category_metrics(by_category)
+    scales = [s for s in scale_names if s in own] or own
+    main = [m for m in ("recall@1", "map@r") if m in available] or available[:2]
+    columns = [(s, m) for s in scales for m in main]
+    mon_scale, _, mon_metric = monitor.partition("/")
+    if mon_metric in available and mon_scale in [*scales, "mean"]:
+        key = (mon_scale, mon_metric)
+        if key not in columns:
+            columns.append(key)
+    else:
+        key = (scales[0], "map@r" if "map@r" in available else main[0])
+
+    def value(entry: Mapping[str, Any], scale: str, metric: str) -> Any:
+        return entry.get(scale, {}).get(metric)
+
+    header = ["category", "queries", *(f"{s} {m}" for s, m in columns)]
+    items = list(by_category.items())
+    omitted = split_at = 0
+    if len(items) > max_rows:
+        ranked = sorted((i for i in items if _is_value(value(i[1], *key))), key=lambda i: value(i[1], *key))
+        shown = ranked if len(ranked) <= 2 * edge else [*ranked[:edge], *ranked[-edge:]]
+        omitted = len(items) - len(shown)
+        split_at = edge if len(ranked) > 2 * edge else len(shown)
+        items = shown
+    rows = []
+    for category, entry in items:
+        first = entry.get(scales[0], {})
+        queries = int(first.get("num_queries", 0)) + int(first.get("excluded_queries", 0))
+        cells = [_display_name(str(category)), str(queries)]
+        for s, m in columns:
+            v = value(entry, s, m)
+            cells.append(f"{v:.4f}" if _is_value(v) else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    if not omitted:
+        count = f"{len(by_category)} categor{'y' if len(by_category) == 1 else 'ies'}"
+        return [f"test metrics by query category ({count}; each value the mean over the category's queries):",
+                line(header), *map(line, rows)]
+    worst, best = rows[:split_at], rows[split_at:]
+    title = (f"test metrics by query category: the {len(worst)} worst and {len(best)} best of {len(by_category)} "
+             f"by {key[0]}/{key[1]}, worst first; {omitted} omitted (every category: {where}):"
+             if best else f"test metrics by query category: the {len(worst)} of {len(by_category)} with a "
+             f"{key[0]}/{key[1]} value, worst first; {omitted} omitted (every category: {where}):")
+    middle = [f"... {omitted} categor{'y' if omitted == 1 else 'ies'} omitted ..."] if best else []
+    return [title, line(header), *map(line, worst), *middle, *map(line, best)]
 
 
 def _image_array(item: Any) -> np.ndarray:
@@ -217,6 +346,13 @@ def write_report(path: str | Path, *, metrics: dict[str, Any], loss_history: Seq
     """Write the HTML report atomically."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head>"
              f"<body><h1>{html.escape(title)}</h1>", "<h2>Test metrics</h2>", metrics_table(metrics, scale_names)]
+    by_category = metrics.get("test", {}).get("by_category")
+    if by_category:
+        test = metrics["test"]
+        split = set(_category_metrics(by_category)[1])
+        first = test.get(scale_names[0], {}) if scale_names else {}
+        overall_only = [m for m in first if m not in _COUNT_KEYS and m not in split]
+        parts += ["<h2>Per category</h2>", category_table(by_category, overall_only), _SORT_JS]
     try:
         import matplotlib  # noqa: F401
 

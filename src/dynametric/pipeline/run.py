@@ -50,7 +50,7 @@ from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.preflight import check_batches
-from dynametric.engine.report import write_report
+from dynametric.engine.report import category_summary, write_report
 from dynametric.engine.trainer import (
     TrainerSettings,
     build_trainer,
@@ -421,9 +421,11 @@ def _head_results(cfg: Config, module: MetricLearningModule, dm: MetricDataModul
 
 
 def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str], None],
-             head: str | None = None, other_heads: bool = False) -> None:
+             head: str | None = None, other_heads: bool = False, monitor: str = "", report: bool = False) -> None:
     """The end-of-run table: untrained vs trained test metrics. A multi-head run names the head it shows (the
-    evaluation head, ``concat`` by default) and where the other heads' results are."""
+    evaluation head, ``concat`` by default) and where the other heads' results are. Test results with a
+    ``by_category`` block add the per-category table (:func:`~dynametric.engine.report.category_summary`; the
+    worst and best few of many, pointing to ``metrics.json`` and, with ``report``, ``report.html``)."""
     untrained, test = metrics["untrained"], metrics["test"]
     keys = [k for k in ("recall@1", "map@r") if k in test.get(scale_names[0], {})]
     if head is not None:
@@ -435,6 +437,10 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
             u, t = untrained.get(scale, {}).get(k, float("nan")), test.get(scale, {}).get(k, float("nan"))
             row += f"{u:>20.4f}{t:>18.4f}"
         log(row)
+    if test.get("by_category"):
+        where = "metrics.json (test.by_category)" + (" and report.html" if report else "")
+        for line in category_summary(test["by_category"], scale_names, monitor, where=where):
+            log(line)
 
 
 def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
@@ -641,7 +647,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         atomic_write_json(run_dir / "run_info.json", info)
         if exp_logger is not None:
             exp_logger.finalize("success")
-        _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads))
+        _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads), settings.monitor, cfg.run.report)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
 
