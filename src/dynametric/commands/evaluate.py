@@ -140,7 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where rankings are computed and, with --checkpoint, where images are embedded: auto "
                         "(CUDA when available, else the CPU; default), cpu, cuda, cuda:<index> or mps (Apple GPUs)")
     p.add_argument("--per-query", dest="per_query_out", metavar="OUT.csv",
-                   help="also write each query's retrieval metrics per scale to this CSV (atomically)")
+                   help="also write each query's retrieval metrics per scale to this CSV (atomically), with a last "
+                        "column category when the queries carry categories")
     p.set_defaults(func=run)
 
 
@@ -178,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         asi_cutoff=cutoff, nmi_normalizer=args.nmi_normalizer, kmeans_seed=args.kmeans_seed,
         kmeans_restarts=args.kmeans_restarts, device=args.device, per_query=bool(args.per_query_out))
 
+    used: dict[str, Any] = {}  # what the evaluation was given: the query categories (the per-query CSV's column)
+
     def evaluate(q: Any, ql: Any, g: Any = None, gl: Any = None, **kw: Any) -> Any:
         """The metrics with the command's options (a protocol's own choices in ``kw`` take precedence, the id files
         over both)."""
@@ -189,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             if g is None:
                 raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
             kw["gallery_ids"] = load_ids(args.gallery_ids, len(g))
+        used["categories"] = kw.get("query_categories")
         return evaluate_embeddings(q, ql, g, gl, **(options | kw))
 
     info = None
@@ -266,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(q, ql, g, gl, scale_names=names)
     if args.per_query_out:
         result, table = result
-        write_per_query_csv(args.per_query_out, table, key="--per-query")
+        write_per_query_csv(args.per_query_out, table, key="--per-query", categories=used.get("categories"))
         print(f"wrote {args.per_query_out}", file=sys.stderr)
     by_category = result.pop("by_category", None)
     print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries")

@@ -7,22 +7,28 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 
-__all__ = ["PER_QUERY_HEADER", "is_per_query_csv", "is_results_json", "write_per_query_csv"]
+__all__ = ["CATEGORY_COLUMN", "PER_QUERY_HEADER", "is_per_query_csv", "is_results_json", "write_per_query_csv"]
 
 PER_QUERY_HEADER = ("query", "scale", "num_relevant")
 """The first columns of a per-query CSV (:func:`write_per_query_csv`); the metrics follow."""
+CATEGORY_COLUMN = "category"
+"""The last column of a per-query CSV whose queries carry categories (after the metrics)."""
 
 
 def write_per_query_csv(path: str | Path, table: dict[str, dict[str, np.ndarray]], *,
-                        key: str | None = None) -> None:
+                        key: str | None = None, categories: Sequence[Any] | None = None) -> None:
     """One row per (query, scale): ``query`` (0-based row), ``scale``, ``num_relevant`` (R_q), then each retrieval
-    metric (empty where undefined, i.e. R_q = 0 under ``--empty-queries exclude``). Written atomically.
+    metric (empty where undefined, i.e. R_q = 0 under ``--empty-queries exclude``), then, with ``categories`` (one
+    per query, as ``evaluate_embeddings(query_categories=...)``), a last column ``category`` (the query's category
+    as text). Written atomically.
 
     ``table``: the per-query table of ``evaluate_embeddings(..., per_query=True)``; ``key``: the option named in a
     write error."""
@@ -32,15 +38,19 @@ def write_per_query_csv(path: str | Path, table: dict[str, dict[str, np.ndarray]
         raise ConfigError("--per-query needs at least one retrieval metric", key="--per-query")
     scales = list(table)
     metrics = [m for m in table[scales[0]] if m != "num_relevant"]
+    n = len(table[scales[0]]["num_relevant"])
+    if categories is not None and len(categories) != n:
+        raise InputError(f"{n} queries but {len(categories)} categories", key="query_categories")
+    tail = [] if categories is None else [CATEGORY_COLUMN]
     with atomic_open(path, "w", newline="", encoding="utf-8", key=key) as fh:
         w = csv.writer(fh)
-        w.writerow([*PER_QUERY_HEADER, *metrics])
-        n = len(table[scales[0]]["num_relevant"])
+        w.writerow([*PER_QUERY_HEADER, *metrics, *tail])
         cols = {s: [table[s][m].tolist() for m in metrics] for s in scales}
         for i in range(n):
+            category = [] if categories is None else [str(categories[i])]
             for s in scales:
                 vals = ["" if math.isnan(c[i]) else repr(c[i]) for c in cols[s]]
-                w.writerow([i, s, int(table[s]["num_relevant"][i]), *vals])
+                w.writerow([i, s, int(table[s]["num_relevant"][i]), *vals, *category])
 
 
 def is_results_json(path: Path) -> bool:
