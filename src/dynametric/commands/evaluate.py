@@ -129,9 +129,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="queries without a relevant item: excluded and counted (default), or scored 0; with "
                         "--checkpoint the run's eval.empty_queries")
     p.add_argument("--asi-cutoff", default="R_q", help="ASI cut-off N: R_q (default) or a positive integer")
-    p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default="arithmetic")
-    p.add_argument("--kmeans-seed", type=int, default=0)
-    p.add_argument("--kmeans-restarts", type=positive_int, default=1)
+    # the defaults are evaluate_embeddings' (training's validation and test use them; the run config has no such
+    # key, so --checkpoint uses them too)
+    p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default="arithmetic",
+                   help="nmi's normaliser: the arithmetic mean of the two entropies (default arithmetic) or their "
+                        "geometric mean")
+    p.add_argument("--kmeans-seed", type=int, default=0,
+                   help="seed of the k-means clustering behind nmi and f1 (default 0)")
+    p.add_argument("--kmeans-restarts", type=positive_int, default=1,
+                   help="k-means runs per scale for nmi and f1, the one of lowest inertia kept (default 1)")
     p.add_argument("--memory-budget-mb", type=positive_float, default=None,
                    help="working-memory budget of the ranking engine in MiB (default: 768 MiB on the CPU, 3.5 GiB "
                         "on a GPU; with --checkpoint the run's eval.memory_budget_bytes when set)")
