@@ -179,3 +179,32 @@ def test_per_query_csv_of_a_checkpoint_carries_the_data_categories(oml_run, tmp_
     assert main([*args, "--set", "eval.per_category=false"]) == 0
     off = _rows(tmp_path / "pq.csv")
     assert "category" not in off[0] and [r[:-1] for r in rows] == off
+
+
+def test_id_files_never_replace_the_protocol_s_own_exclusions(oml_run, tmp_path: Path, capsys, monkeypatch):
+    """`--query-ids` / `--gallery-ids` with `--checkpoint` where the test protocol excludes by ids of its own (the
+    split's sequence ids; each query's own gallery item with `eval.query_in_gallery`): one line naming the option,
+    before anything is embedded. The files' ids replaced the protocol's while its block still said
+    `same_sequence_excluded: true`."""
+    import dynametric.engine.inference as inference
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before the check")
+
+    monkeypatch.setattr(inference, "embed_dataset", no_embedding)
+    _, out = oml_run
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in range(12)))
+    ids = str(tmp_path / "ids.txt")
+    base = ["evaluate", "--checkpoint", str(out / "best.ckpt"), "--device", "cpu"]
+    assert main([*base, "--query-ids", ids]) == 2  # leave-one-out on the validation rows, which carry sequences
+    err = capsys.readouterr().err.strip()
+    assert err == ("dynametric evaluate: error: key '--query-ids': cannot replace the sequence ids of split "
+                   "'validation' (the data's sequence column), by which the test protocol excludes the items of each "
+                   "query's own sequence; to exclude by your own ids, embed the data (dynametric embed) and evaluate "
+                   "the files with --query-ids")
+    qg = [*base, "--set", "eval.protocol=query_gallery", "--query-ids", ids, "--gallery-ids", ids]
+    assert main([*qg, "--set", "eval.query_in_gallery=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynametric evaluate: error: key '--query-ids': cannot replace the ids by which the test "
+                          "protocol excludes each query's own gallery item (eval.query_in_gallery is true)")
+    assert len(err.splitlines()) == 1

@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         asi_cutoff=cutoff, nmi_normalizer=args.nmi_normalizer, kmeans_seed=args.kmeans_seed,
         kmeans_restarts=args.kmeans_restarts, device=args.device, per_query=bool(args.per_query_out))
 
-    used: dict[str, Any] = {}  # what the evaluation was given: the query categories (the per-query CSV's column)
+    # what the evaluation was given: the query categories (the per-query CSV's column) and the ids (query, gallery)
+    used: dict[str, Any] = {}
 
     def evaluate(q: Any, ql: Any, g: Any = None, gl: Any = None, **kw: Any) -> Any:
         """The metrics with the command's options (a protocol's own choices in ``kw`` take precedence, the id files
@@ -199,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
             kw["gallery_ids"] = load_ids(args.gallery_ids, len(g))
         used["categories"] = kw.get("query_categories")
+        used["ids"] = kw.get("query_ids"), kw.get("gallery_ids")
         return evaluate_embeddings(q, ql, g, gl, **(options | kw))
 
     info = None
@@ -219,17 +221,33 @@ def run(args: argparse.Namespace) -> int:
         run_config = checkpoint_config(args.checkpoint, args.config, args.overrides)  # read and resolved once
         options.update(run_eval_options(run_config) | given)
 
+        id_files = [opt for opt, value in (("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids))
+                     if value]
+        own_ids = ("; to exclude by your own ids, embed the data (dynametric embed) and evaluate the files with "
+                   f"{' and '.join(id_files)}")
+
         def check(protocol: Any) -> None:
             generic = isinstance(protocol, (LeaveOneOut, QueryGallery))
             if not generic and (args.query_ids or args.gallery_ids or args.per_query_out):
                 raise ConfigError(f"--query-ids, --gallery-ids and --per-query apply to leave-one-out and query -> "
                                   f"gallery evaluations, not to the {protocol.name} protocol (docs/dyml.md)",
                                   key="--checkpoint")
+            # the id files replace the protocol's own ids: refused where it has some, so that its results' protocol
+            # block states what was excluded
+            if id_files and isinstance(protocol, QueryGallery) and protocol.query_in_gallery:
+                raise ConfigError("cannot replace the ids by which the test protocol excludes each query's own "
+                                  f"gallery item (eval.query_in_gallery is true){own_ids}", key=id_files[0])
+
+        def check_split(protocol: Any, split: str, dataset: Any) -> None:
+            if id_files and getattr(dataset, "sequence_ids", None) is not None:
+                raise ConfigError(f"cannot replace the sequence ids of split {split!r} (the data's sequence column), "
+                                  f"by which the test protocol excludes the items of each query's own "
+                                  f"sequence{own_ids}", key=id_files[0])
 
         # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; pipeline/protocols.py)
         try:
             ce = evaluate_checkpoint(run_config, split=args.split, options=inference, evaluate=evaluate,
-                                     check=check)
+                                     check=check, check_split=check_split)
         except InputError as exc:  # the data layer names the split it lacks `split`: here --split chose it
             if args.split is None or exc.key != "split" or exc.file is not None:
                 raise
@@ -246,6 +264,11 @@ def run(args: argparse.Namespace) -> int:
                 atomic_write_json(args.json_out, {**_jsonable(result), "protocol": info}, key="--json")
                 print(f"wrote {args.json_out}", file=sys.stderr)
             return 0
+        if isinstance(ce.protocol, QueryGallery) and info is not None and id_files:  # the pairs the files excluded
+            from dynametric.retrieval.evaluate_io import excluded_pairs
+
+            info["excluded_pairs"] = excluded_pairs(*used["ids"])
+            info["id_files"] = {"query_ids": args.query_ids, "gallery_ids": args.gallery_ids}
         sets = list(ce.sets.values())
         num_queries, protocol = len(sets[0].emb), "leave-one-out" if len(sets) == 1 else "query -> gallery"
     elif args.precision or args.batch_size is not None or args.workers is not None:

@@ -12,7 +12,8 @@ with a header, one integer column per scale, finest first (the column names beco
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +31,7 @@ __all__ = [
     "check_outputs",
     "common_class_ids",
     "embeddings_file",
+    "excluded_pairs",
     "job_scale_names",
     "load_query_categories",
     "read_evaluation_files",
@@ -185,6 +187,15 @@ def load_query_categories(path: str, expected: int) -> list[str]:
         raise InputError(f"line {line} is empty; expected one category per query row", file=path, line=line,
                          key="--query-categories")
     return categories
+
+
+def excluded_pairs(query_ids: Sequence[Hashable] | None, gallery_ids: Sequence[Hashable] | None) -> int:
+    """The (query, gallery item) pairs a query -> gallery evaluation with these ids excludes: those of equal ids
+    (0 without ids), as :meth:`dynametric.engine.protocols.QueryGallery.exclusion_ids` counts its own."""
+    if query_ids is None or gallery_ids is None:
+        return 0
+    in_gallery = Counter(gallery_ids)
+    return sum(in_gallery[k] for k in query_ids)
 
 
 _JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy")
