@@ -156,3 +156,27 @@ def test_evaluate_checkpoint_reads_the_run_config_once(tmp_path, capsys, monkeyp
     assert set(got["mean"]) >= {"recall@1", "recall@3"} and "recall@2" not in got["mean"]
     direct = evaluate_checkpoint(loaded, options=None).result
     assert got["mean"]["map@r"] == pytest.approx(direct["mean"]["map@r"], abs=1e-6)
+
+
+def test_checkpoint_query_gallery_by_id_files_reports_the_pairs_they_excluded(tmp_path, capsys):
+    """`--checkpoint` with a query -> gallery protocol that excludes nothing by itself (no sequences, items that are
+    not files, `eval.query_in_gallery` false) and `--query-ids` / `--gallery-ids`: the results' protocol block
+    counts the pairs the files' equal ids excluded (it said `excluded_pairs: 0`) and names the files; the metrics
+    are those of the same embeddings with the ids."""
+    from dynametric.metrics.io import is_results_json
+    from tests.retrieval.conftest import make_run
+
+    ckpt = make_run(tmp_path / "run", dim=8)
+    (tmp_path / "q.txt").write_text("".join(f"a{i % 10}\n" for i in range(900)))  # the synthetic test split
+    (tmp_path / "g.txt").write_text("".join(f"a{j % 5}\n" for j in range(540)))  # and its val split
+    base = ["evaluate", "--checkpoint", str(ckpt), "--device", "cpu", "--metrics", "recall@1", "map", "--set",
+            "eval.protocol=query_gallery", "--set", "eval.query_split=test", "--set", "eval.gallery_split=val"]
+    assert main([*base, "--json", str(tmp_path / "plain.json")]) == 0
+    assert main([*base, "--query-ids", str(tmp_path / "q.txt"), "--gallery-ids", str(tmp_path / "g.txt"),
+                 "--json", str(tmp_path / "ids.json")]) == 0
+    plain, ids = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "ids"))
+    assert plain["protocol"]["excluded_pairs"] == 0 and "id_files" not in plain["protocol"]
+    assert ids["protocol"] == {**plain["protocol"], "excluded_pairs": 450 * 108,  # queries a0..a4, 108 items each
+                               "id_files": {"query_ids": str(tmp_path / "q.txt"),
+                                            "gallery_ids": str(tmp_path / "g.txt")}}
+    assert ids["coarse"]["map"] != plain["coarse"]["map"] and is_results_json(tmp_path / "ids.json")

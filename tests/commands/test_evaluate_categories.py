@@ -5,6 +5,7 @@ ids, the same in training and in ``evaluate --checkpoint``."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from dynametric.cli import main
+from dynametric.metrics.io import is_per_query_csv
 
 
 def _angles(degrees: list[float]) -> np.ndarray:
@@ -76,14 +78,23 @@ def _oml_run_data(root: Path) -> None:
     (root / "df.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_oml_run_reports_categories_and_excludes_sequences_in_leave_one_out(tmp_path: Path, capsys):
-    root = tmp_path / "oml"
+@pytest.fixture(scope="module")
+def oml_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(data root, run folder)``: a one-epoch run on :func:`_oml_run_data`, tested by leave-one-out on OML's
+    validation rows."""
+    tmp = tmp_path_factory.mktemp("oml_run")
+    root = tmp / "oml"
     _oml_run_data(root)
-    out = tmp_path / "run"
+    out = tmp / "run"
     assert main(["train", "--out", str(out), "data.format=oml", f"data.root={root}", "data.image_size=8",
                  "data.batch_size=8", "data.m=2", "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 2}",
                  "trainer.max_epochs=1", "trainer.progress_bar=false", "run.report=false",
                  "data.test_split=validation"]) == 0  # leave-one-out on OML's validation rows
+    return root, out
+
+
+def test_oml_run_reports_categories_and_excludes_sequences_in_leave_one_out(oml_run, tmp_path: Path, capsys):
+    root, out = oml_run
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
     # the training module's leave-one-out test: each item's sequence excluded, reported per category
@@ -123,3 +134,77 @@ def test_oml_run_reports_categories_and_excludes_sequences_in_leave_one_out(tmp_
     assert "key 'eval.per_category': expected bool, got 'maybe'" in err and len(err.splitlines()) == 1
     assert main(["evaluate", "--checkpoint", ckpt, "--query-categories", str(root / "df.csv")]) == 2
     assert "key '--query-categories': applies to embeddings from files" in capsys.readouterr().err
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return list(csv.reader(path.open(newline="", encoding="utf-8")))
+
+
+def test_per_query_csv_has_a_last_category_column_when_the_queries_have_categories(tmp_path: Path):
+    """``--per-query`` with ``--query-categories``: the columns of the CSV without categories, then ``category``
+    (each query's, on each of its rows); an earlier CSV of either shape is replaced, a new one is still recognised."""
+    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
+    np.save(tmp_path / "gl.npy", np.array([[0, 0], [0, 0], [1, 0], [1, 0]]))
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45]))
+    np.save(tmp_path / "ql.npy", np.array([[0, 0], [1, 0], [0, 0]]))
+    (tmp_path / "cat.txt").write_text("fish\nbird\nbird\n")
+    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
+            "--metrics", "recall@1", "map", "--device", "cpu", "--per-query", str(tmp_path / "pq.csv")]
+    assert main(args) == 0
+    plain = _rows(tmp_path / "pq.csv")
+    assert plain[0] == ["query", "scale", "num_relevant", "recall@1", "map"]
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0  # replaces the earlier CSV
+    rows = _rows(tmp_path / "pq.csv")
+    assert rows[0] == ["query", "scale", "num_relevant", "recall@1", "map", "category"]
+    assert [r[:-1] for r in rows] == plain  # every other column as before
+    assert [(r[0], r[1], r[-1]) for r in rows[1:]] == [("0", "fine", "fish"), ("0", "coarse", "fish"),
+                                                       ("1", "fine", "bird"), ("1", "coarse", "bird"),
+                                                       ("2", "fine", "bird"), ("2", "coarse", "bird")]
+    assert is_per_query_csv(tmp_path / "pq.csv")
+    assert main(args) == 0  # and back
+    assert _rows(tmp_path / "pq.csv") == plain
+
+
+def test_per_query_csv_of_a_checkpoint_carries_the_data_categories(oml_run, tmp_path: Path):
+    """``--checkpoint`` on OML data with a category column: the per-query CSV ends with each query's category (the
+    validation rows in file order), unless ``eval.per_category=false`` leaves the categories out."""
+    _, out = oml_run
+    args = ["evaluate", "--checkpoint", str(out / "best.ckpt"), "--device", "cpu", "--per-query",
+            str(tmp_path / "pq.csv")]
+    assert main(args) == 0
+    rows = _rows(tmp_path / "pq.csv")
+    assert rows[0][:3] == ["query", "scale", "num_relevant"] and rows[0][-1] == "category"
+    assert [r[-1] for r in rows[1:]] == ["cold"] * 3 + ["warm"] * 3 + ["cold"] * 3 + ["warm"] * 3
+    assert main([*args, "--set", "eval.per_category=false"]) == 0
+    off = _rows(tmp_path / "pq.csv")
+    assert "category" not in off[0] and [r[:-1] for r in rows] == off
+
+
+def test_id_files_never_replace_the_protocol_s_own_exclusions(oml_run, tmp_path: Path, capsys, monkeypatch):
+    """`--query-ids` / `--gallery-ids` with `--checkpoint` where the test protocol excludes by ids of its own (the
+    split's sequence ids; each query's own gallery item with `eval.query_in_gallery`): one line naming the option,
+    before anything is embedded. The files' ids replaced the protocol's while its block still said
+    `same_sequence_excluded: true`."""
+    import dynametric.engine.inference as inference
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before the check")
+
+    monkeypatch.setattr(inference, "embed_dataset", no_embedding)
+    _, out = oml_run
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in range(12)))
+    ids = str(tmp_path / "ids.txt")
+    base = ["evaluate", "--checkpoint", str(out / "best.ckpt"), "--device", "cpu"]
+    assert main([*base, "--query-ids", ids]) == 2  # leave-one-out on the validation rows, which carry sequences
+    err = capsys.readouterr().err.strip()
+    assert err == ("dynametric evaluate: error: key '--query-ids': cannot replace the sequence ids of split "
+                   "'validation' (the data's sequence column), by which the test protocol excludes the items of each "
+                   "query's own sequence; to exclude by your own ids, embed the data (dynametric embed) and evaluate "
+                   "the files with --query-ids")
+    qg = [*base, "--set", "eval.protocol=query_gallery", "--query-ids", ids, "--gallery-ids", ids]
+    assert main([*qg, "--set", "eval.query_in_gallery=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynametric evaluate: error: key '--query-ids': cannot replace the ids by which the test "
+                          "protocol excludes each query's own gallery item (eval.query_in_gallery is true)")
+    assert len(err.splitlines()) == 1

@@ -37,3 +37,19 @@ def test_help_texts_name_the_defaults() -> None:
     budget = _option("dynametric evaluate", "--memory-budget-mb").help or ""
     assert "768 MiB on the CPU" in budget and "3.5 GiB on a GPU" in budget
     assert _option("dynametric data inspect", "-o").option_strings == ["-o", "--option"]
+
+
+def test_evaluate_help_names_the_clustering_defaults_of_the_metrics() -> None:
+    """``--nmi-normalizer``, ``--kmeans-seed``, ``--kmeans-restarts``: each help names its default, which is
+    :func:`~dynametric.metrics.evaluate_embeddings`'s (the one training's validation and test use: the run config
+    has no such key, so ``--checkpoint`` uses them too)."""
+    import inspect
+
+    from dynametric.metrics import evaluate_embeddings
+
+    library = inspect.signature(evaluate_embeddings).parameters
+    for flag, name in (("--nmi-normalizer", "nmi_normalizer"), ("--kmeans-seed", "kmeans_seed"),
+                       ("--kmeans-restarts", "kmeans_restarts")):
+        action = _option("dynametric evaluate", flag)
+        assert action.default == library[name].default, flag
+        assert f"default {action.default}" in (action.help or ""), flag

@@ -5,25 +5,22 @@ Embeddings come from ``.npy``, ``.pt`` (a tensor, or a dict with one tensor / an
 ``embeddings.npy``), whose ``labels.npy`` and scale names are used unless labels are given; labels from a CSV file
 with a header, one integer column per scale, finest first (the column names become the scale names), or from an
 ``.npy`` integer array ``[N]`` / ``[N, S]``. ``--example`` evaluates the bundled example.
+
+The command parses, calls and prints: the files are read and matched in :mod:`dynametric.retrieval.evaluate_io`
+(which also checks the outputs before any work), the per-query CSV is written by :mod:`dynametric.metrics.io`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.io import atomic_write_json
-from dynametric.utils.readers import load_embeddings, load_ids, load_labels
+from dynametric.utils.readers import load_ids
 
 
 def _parse_metric_list(values: list[str] | None) -> list[str] | None:
@@ -92,98 +89,6 @@ def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], ove
     return "\n".join([title, *table])
 
 
-PER_QUERY_HEADER = ("query", "scale", "num_relevant")
-
-
-def write_per_query_csv(path: str | Path, table: dict[str, dict[str, np.ndarray]], *,
-                        key: str | None = None) -> None:
-    """One row per (query, scale): ``query`` (0-based row), ``scale``, ``num_relevant`` (R_q), then each retrieval
-    metric (empty where undefined, i.e. R_q = 0 under ``--empty-queries exclude``). Written atomically."""
-    from dynametric.utils.io import atomic_open
-
-    if not table:
-        raise ConfigError("--per-query needs at least one retrieval metric", key="--per-query")
-    scales = list(table)
-    metrics = [m for m in table[scales[0]] if m != "num_relevant"]
-    with atomic_open(path, "w", newline="", encoding="utf-8", key=key) as fh:
-        w = csv.writer(fh)
-        w.writerow([*PER_QUERY_HEADER, *metrics])
-        n = len(table[scales[0]]["num_relevant"])
-        cols = {s: [table[s][m].tolist() for m in metrics] for s in scales}
-        for i in range(n):
-            for s in scales:
-                vals = ["" if math.isnan(c[i]) else repr(c[i]) for c in cols[s]]
-                w.writerow([i, s, int(table[s]["num_relevant"][i]), *vals])
-
-
-def _is_earlier_json(path: Path) -> bool:
-    """Whether ``path`` is a results file ``evaluate --json`` wrote: a JSON object of objects with a ``mean``
-    entry (the metrics averaged over the scales, always present)."""
-    try:
-        if path.stat().st_size > 64 * 2**20:
-            return False
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(obj, dict) and isinstance(obj.get("mean"), dict) and all(isinstance(v, dict)
-                                                                                for v in obj.values())
-
-
-def _is_earlier_per_query(path: Path) -> bool:
-    """Whether ``path`` is a CSV ``evaluate --per-query`` wrote: its header starts ``query,scale,num_relevant``."""
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            header = fh.readline(4096)
-    except (OSError, ValueError):
-        return False
-    return tuple(header.rstrip("\r\n").split(",")[:3]) == PER_QUERY_HEADER
-
-
-_JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy")
-
-
-def check_outputs(args: argparse.Namespace) -> None:
-    """Before any work: ``--json`` / ``--per-query`` may name a new file or an earlier output of the same option
-    (recognised by its content), never a folder, a symbolic link, another existing file, or one of the command's
-    inputs (an embed folder's files included)."""
-    inputs: dict[Path, str] = {}
-    for opt, value in (("--embeddings", args.embeddings), ("--labels", args.labels),
-                       ("--gallery-embeddings", args.gallery_embeddings), ("--gallery-labels", args.gallery_labels),
-                       ("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids),
-                       ("--query-categories", args.query_categories),
-                       ("--checkpoint", args.checkpoint), ("--config", args.config)):
-        if not value:
-            continue
-        path = Path(value)
-        inputs.setdefault(path.resolve(), opt)
-        if path.is_dir():
-            for name in _JOB_FILES:
-                inputs.setdefault((path / name).resolve(), f"{opt} (its {name})")
-    seen: dict[Path, str] = {}
-    for opt, value, ours, what in (
-            ("--json", args.json_out, _is_earlier_json, "an earlier evaluate --json result (a JSON object with a "
-                                                        "'mean' entry)"),
-            ("--per-query", args.per_query_out, _is_earlier_per_query, "an earlier evaluate --per-query CSV "
-                                                                       "(header query,scale,num_relevant,...)")):
-        if not value:
-            continue
-        path = Path(value)
-        if path.is_symlink():
-            raise InputError(f"is a symbolic link; {opt} names a file to write", file=path, key=opt)
-        if path.is_dir():
-            raise InputError("is a folder; expected the path of a file to write", file=path, key=opt)
-        real = path.resolve()
-        if real in inputs:
-            raise InputError(f"is one of the command's inputs ({inputs[real]}); it is never overwritten: choose "
-                             f"another {opt}", file=path, key=opt)
-        if real in seen:
-            raise InputError(f"is also the {seen[real]} output; give two different files", file=path, key=opt)
-        seen[real] = opt
-        if path.exists() and not ours(path):
-            raise InputError(f"exists and is not {what}; it is not overwritten: choose another {opt}, or remove the "
-                             "file yourself", file=path, key=opt)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="retrieval/clustering metrics of saved embeddings, per label scale",
@@ -224,9 +129,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="queries without a relevant item: excluded and counted (default), or scored 0; with "
                         "--checkpoint the run's eval.empty_queries")
     p.add_argument("--asi-cutoff", default="R_q", help="ASI cut-off N: R_q (default) or a positive integer")
-    p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default="arithmetic")
-    p.add_argument("--kmeans-seed", type=int, default=0)
-    p.add_argument("--kmeans-restarts", type=positive_int, default=1)
+    # the defaults are evaluate_embeddings' (training's validation and test use them; the run config has no such
+    # key, so --checkpoint uses them too)
+    p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default="arithmetic",
+                   help="nmi's normaliser: the arithmetic mean of the two entropies (default arithmetic) or their "
+                        "geometric mean")
+    p.add_argument("--kmeans-seed", type=int, default=0,
+                   help="seed of the k-means clustering behind nmi and f1 (default 0)")
+    p.add_argument("--kmeans-restarts", type=positive_int, default=1,
+                   help="k-means runs per scale for nmi and f1, the one of lowest inertia kept (default 1)")
     p.add_argument("--memory-budget-mb", type=positive_float, default=None,
                    help="working-memory budget of the ranking engine in MiB (default: 768 MiB on the CPU, 3.5 GiB "
                         "on a GPU; with --checkpoint the run's eval.memory_budget_bytes when set)")
@@ -235,16 +146,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where rankings are computed and, with --checkpoint, where images are embedded: auto "
                         "(CUDA when available, else the CPU; default), cpu, cuda, cuda:<index> or mps (Apple GPUs)")
     p.add_argument("--per-query", dest="per_query_out", metavar="OUT.csv",
-                   help="also write each query's retrieval metrics per scale to this CSV (atomically)")
+                   help="also write each query's retrieval metrics per scale to this CSV (atomically), with a last "
+                        "column category when the queries carry categories")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dynametric.metrics import evaluate_embeddings
+    from dynametric.metrics.io import write_per_query_csv
+    from dynametric.retrieval.evaluate_io import check_outputs, load_query_categories
     from dynametric.utils.device import resolve_device
 
     resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
-    check_outputs(args)  # never overwrite an input or a file this command did not write
+    # never overwrite an input or a file this command did not write
+    check_outputs((("--embeddings", args.embeddings), ("--labels", args.labels),
+                   ("--gallery-embeddings", args.gallery_embeddings), ("--gallery-labels", args.gallery_labels),
+                   ("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids),
+                   ("--query-categories", args.query_categories),
+                   ("--checkpoint", args.checkpoint), ("--config", args.config)),
+                  json_out=args.json_out, per_query_out=args.per_query_out)
     cutoff: str | int = args.asi_cutoff
     if cutoff not in ("R_q", "r_q"):
         try:
@@ -265,17 +185,22 @@ def run(args: argparse.Namespace) -> int:
         asi_cutoff=cutoff, nmi_normalizer=args.nmi_normalizer, kmeans_seed=args.kmeans_seed,
         kmeans_restarts=args.kmeans_restarts, device=args.device, per_query=bool(args.per_query_out))
 
+    # what the evaluation was given: the query categories (the per-query CSV's column) and the ids (query, gallery)
+    used: dict[str, Any] = {}
+
     def evaluate(q: Any, ql: Any, g: Any = None, gl: Any = None, **kw: Any) -> Any:
         """The metrics with the command's options (a protocol's own choices in ``kw`` take precedence, the id files
         over both)."""
         if args.query_ids:
             kw["query_ids"] = load_ids(args.query_ids, len(q))
         if args.query_categories:
-            kw["query_categories"] = _load_categories(args.query_categories, len(q))
+            kw["query_categories"] = load_query_categories(args.query_categories, len(q))
         if args.gallery_ids:
             if g is None:
                 raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
             kw["gallery_ids"] = load_ids(args.gallery_ids, len(g))
+        used["categories"] = kw.get("query_categories")
+        used["ids"] = kw.get("query_ids"), kw.get("gallery_ids")
         return evaluate_embeddings(q, ql, g, gl, **(options | kw))
 
     info = None
@@ -296,17 +221,33 @@ def run(args: argparse.Namespace) -> int:
         run_config = checkpoint_config(args.checkpoint, args.config, args.overrides)  # read and resolved once
         options.update(run_eval_options(run_config) | given)
 
+        id_files = [opt for opt, value in (("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids))
+                     if value]
+        own_ids = ("; to exclude by your own ids, embed the data (dynametric embed) and evaluate the files with "
+                   f"{' and '.join(id_files)}")
+
         def check(protocol: Any) -> None:
             generic = isinstance(protocol, (LeaveOneOut, QueryGallery))
             if not generic and (args.query_ids or args.gallery_ids or args.per_query_out):
                 raise ConfigError(f"--query-ids, --gallery-ids and --per-query apply to leave-one-out and query -> "
                                   f"gallery evaluations, not to the {protocol.name} protocol (docs/dyml.md)",
                                   key="--checkpoint")
+            # the id files replace the protocol's own ids: refused where it has some, so that its results' protocol
+            # block states what was excluded
+            if id_files and isinstance(protocol, QueryGallery) and protocol.query_in_gallery:
+                raise ConfigError("cannot replace the ids by which the test protocol excludes each query's own "
+                                  f"gallery item (eval.query_in_gallery is true){own_ids}", key=id_files[0])
+
+        def check_split(protocol: Any, split: str, dataset: Any) -> None:
+            if id_files and getattr(dataset, "sequence_ids", None) is not None:
+                raise ConfigError(f"cannot replace the sequence ids of split {split!r} (the data's sequence column), "
+                                  f"by which the test protocol excludes the items of each query's own "
+                                  f"sequence{own_ids}", key=id_files[0])
 
         # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; pipeline/protocols.py)
         try:
             ce = evaluate_checkpoint(run_config, split=args.split, options=inference, evaluate=evaluate,
-                                     check=check)
+                                     check=check, check_split=check_split)
         except InputError as exc:  # the data layer names the split it lacks `split`: here --split chose it
             if args.split is None or exc.key != "split" or exc.file is not None:
                 raise
@@ -323,6 +264,11 @@ def run(args: argparse.Namespace) -> int:
                 atomic_write_json(args.json_out, {**_jsonable(result), "protocol": info}, key="--json")
                 print(f"wrote {args.json_out}", file=sys.stderr)
             return 0
+        if isinstance(ce.protocol, QueryGallery) and info is not None and id_files:  # the pairs the files excluded
+            from dynametric.retrieval.evaluate_io import excluded_pairs
+
+            info["excluded_pairs"] = excluded_pairs(*used["ids"])
+            info["id_files"] = {"query_ids": args.query_ids, "gallery_ids": args.gallery_ids}
         sets = list(ce.sets.values())
         num_queries, protocol = len(sets[0].emb), "leave-one-out" if len(sets) == 1 else "query -> gallery"
     elif args.precision or args.batch_size is not None or args.workers is not None:
@@ -339,18 +285,21 @@ def run(args: argparse.Namespace) -> int:
             g = gl = None
             source = "bundled example (1200 items, 3 scales)"
         else:
-            q, ql, g, gl, names, source = _read_files(args)
+            from dynametric.retrieval.evaluate_io import embeddings_file, read_evaluation_files
+
+            q, ql, g, gl, names, source = read_evaluation_files(args.embeddings, args.labels,
+                                                                args.gallery_embeddings, args.gallery_labels)
             if options["distance"] == "cosine":
                 from dynametric.utils.readers import refuse_zero_rows
 
-                refuse_zero_rows(q, _emb_file(args.embeddings))
+                refuse_zero_rows(q, embeddings_file(args.embeddings))
                 if g is not None:
-                    refuse_zero_rows(g, _emb_file(args.gallery_embeddings))
+                    refuse_zero_rows(g, embeddings_file(args.gallery_embeddings))
         num_queries, protocol = len(q), "leave-one-out" if g is None else "query -> gallery"
         result = evaluate(q, ql, g, gl, scale_names=names)
     if args.per_query_out:
         result, table = result
-        write_per_query_csv(args.per_query_out, table, key="--per-query")
+        write_per_query_csv(args.per_query_out, table, key="--per-query", categories=used.get("categories"))
         print(f"wrote {args.per_query_out}", file=sys.stderr)
     by_category = result.pop("by_category", None)
     print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries")
@@ -364,138 +313,3 @@ def run(args: argparse.Namespace) -> int:
                           key="--json")
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
-
-
-def _load_categories(path: str, expected: int) -> list[str]:
-    """``--query-categories``: one category per query row (:func:`load_ids`), none of them empty."""
-    categories = load_ids(path, expected)
-    if "" in categories:
-        line = categories.index("") + 1
-        raise InputError(f"line {line} is empty; expected one category per query row", file=path, line=line,
-                         key="--query-categories")
-    return categories
-
-
-@dataclass
-class _Side:
-    """One side of an evaluation read from files: embeddings, labels and what names them."""
-
-    emb: np.ndarray
-    labels: np.ndarray
-    names: list[str] | None  # scale names (None: an .npy array names none)
-    class_names: list[list[str]] | None  # per scale, the text class of each label id (an embed folder's own labels)
-    labels_file: str  # the file the labels came from (named in errors)
-    names_file: str  # the file the scale names came from: the labels CSV (its line 1) or embed.json (scale_names)
-    names_line: int | None = 1
-    names_key: str | None = None
-
-
-def _job_names(meta: dict[str, Any], folder: Path, scales: int) -> tuple[list[str], list[list[str]] | None]:
-    """Scale names and text class names of an embed job's ``labels.npy`` with ``scales`` columns."""
-    names = meta.get("scale_names")
-    if not (isinstance(names, list) and len(names) == scales and all(isinstance(n, str) and n for n in names)):
-        raise InputError(f"expected {scales} scale names (the columns of labels.npy), got {names!r}",
-                         file=folder / "embed.json", key="scale_names")
-    classes = meta.get("class_names")
-    if classes is not None and not (isinstance(classes, list) and len(classes) == scales
-                                    and all(isinstance(c, list) for c in classes)):
-        raise InputError(f"expected null or one list of class names per scale ({scales}), got {classes!r}",
-                         file=folder / "embed.json", key="class_names")
-    return list(names), classes
-
-
-def _read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: str) -> _Side:
-    """Embeddings from a file or a `dynametric embed` folder (or its ``embeddings.npy``), labels from
-    ``labels_arg`` (a CSV or an ``.npy``) or else the folder's ``labels.npy``."""
-    from dynametric.retrieval.embed import embed_folder_of, read_finished_job
-
-    folder = embed_folder_of(emb_arg)
-    if folder is None:
-        if labels_arg is None:
-            raise ConfigError(f"{labels_opt} is required with embeddings from a file ({emb_arg}); a `dynametric "
-                              "embed` folder brings its own labels.npy", key=labels_opt)
-        emb_file, meta = Path(emb_arg), None
-    else:
-        meta = read_finished_job(folder)
-        emb_file = folder / "embeddings.npy"
-    emb = load_embeddings(emb_file)
-    own = None if folder is None else folder / "labels.npy"
-    if labels_arg is None:
-        assert own is not None
-        if not own.is_file():
-            raise InputError(f"this embed folder has no labels.npy (its images came without label columns); give "
-                             f"{labels_opt} (a labels CSV or an .npy integer array)", file=folder)
-        labels_file = own
-    else:
-        labels_file = Path(labels_arg)
-    labels, names = load_labels(labels_file)
-    if len(labels) != len(emb):
-        raise InputError(f"{len(labels)} label rows but {len(emb)} embeddings in {emb_file}", file=labels_file)
-    if meta is not None and own is not None and own.is_file() and own.resolve() == labels_file.resolve():
-        assert folder is not None
-        names, class_names = _job_names(meta, folder, labels.shape[1])  # the folder's own labels: its scale names
-        return _Side(emb, labels, names, class_names, str(labels_file), str(folder / "embed.json"), None,
-                     "scale_names")
-    return _Side(emb, labels, names, None, str(labels_file), str(labels_file))
-
-
-def _common_class_ids(q: _Side, g: _Side, names: list[str]) -> np.ndarray:
-    """The query labels in the gallery's label ids: an embed job numbers text classes by sorted name within its
-    own images, so the same id can be another class in another job; ids of text scales are matched by class
-    name (a query class absent from the gallery gets an id no gallery item has)."""
-    out = q.labels.copy()
-    for s, name in enumerate(names):
-        qc = q.class_names[s] if q.class_names else []
-        gc = g.class_names[s] if g.class_names else []
-        if not qc and not gc:
-            continue
-        if not qc or not gc:
-            text, plain = (q.labels_file, g.labels_file) if qc else (g.labels_file, q.labels_file)
-            raise InputError(f"scale {name!r}: the labels of {text} are ids of text class names (from its embed "
-                             f"job), those of {plain} are not; they cannot be matched", file=plain)
-        col = q.labels[:, s]
-        if col.min() < 0 or col.max() >= len(qc):
-            raise InputError(f"scale {name!r}: label ids outside the {len(qc)} class names of embed.json",
-                             file=q.labels_file)
-        gid = {str(c): i for i, c in enumerate(gc)}
-        unseen = sorted({str(c) for c in qc} - set(gid))
-        gid.update({c: len(gc) + j for j, c in enumerate(unseen)})
-        out[:, s] = np.array([gid[str(c)] for c in qc], dtype=np.int64)[col]
-    return out
-
-
-def _emb_file(arg: str) -> Path:
-    from dynametric.retrieval.embed import embed_folder_of
-
-    folder = embed_folder_of(arg)
-    return Path(arg) if folder is None else folder / "embeddings.npy"
-
-
-def _read_files(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, list[str], str]:
-    """``(query, query labels, gallery or None, gallery labels or None, scale names, source)`` from the files."""
-    from dynametric.labels import default_scale_names
-
-    if not args.embeddings:
-        raise ConfigError("--embeddings is required (or use --example or --checkpoint)", key="--embeddings")
-    if args.gallery_labels is not None and args.gallery_embeddings is None:
-        raise ConfigError("--gallery-labels needs --gallery-embeddings", key="--gallery-labels")
-    q = _read_side(args.embeddings, args.labels, "--embeddings", "--labels")
-    names = q.names
-    ql, g, gl = q.labels, None, None
-    if args.gallery_embeddings is not None:
-        gs = _read_side(args.gallery_embeddings, args.gallery_labels, "--gallery-embeddings", "--gallery-labels")
-        if gs.emb.shape[1] != q.emb.shape[1]:
-            raise InputError(f"dimension {gs.emb.shape[1]} differs from the query embeddings' {q.emb.shape[1]}",
-                             file=args.gallery_embeddings)
-        if gs.labels.shape[1] != q.labels.shape[1]:
-            raise InputError(f"{gs.labels.shape[1]} label scale(s), but the query labels ({q.labels_file}) have "
-                             f"{q.labels.shape[1]}", file=gs.labels_file)
-        if q.names is not None and gs.names is not None and gs.names != q.names:
-            raise InputError(f"scale names {gs.names} differ from the query labels' {q.names} ({q.names_file})",
-                             file=gs.names_file, line=gs.names_line, key=gs.names_key)
-        names = q.names or gs.names
-        g, gl = gs.emb, gs.labels
-        ql = _common_class_ids(q, gs, names or default_scale_names(q.labels.shape[1]))
-    names = names or default_scale_names(q.labels.shape[1])
-    source = args.embeddings if g is None else f"{args.embeddings} -> {args.gallery_embeddings}"
-    return q.emb, ql, g, gl, names, source

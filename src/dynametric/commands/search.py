@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,6 @@ import numpy as np
 from dynametric.commands import positive_int
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError, InputError
-from dynametric.utils.readers import load_labels_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,45 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _IMAGE_ONLY = ("--device", "--precision", "--batch-size", "--workers", "--decode")
 
 
-def _query_labels_csv(path: Path, names: list[str], rows: int) -> np.ndarray:
-    labels, cols = load_labels_csv(path)
-    if list(cols) != list(names):
-        raise InputError(f"columns {list(cols)} differ from the index's scales {names}", file=path, line=1)
-    if len(labels) != rows:
-        raise InputError(f"{len(labels)} label rows for {rows} queries", file=path)
-    return np.asarray(labels, dtype=np.int64).reshape(rows, -1)
-
-
 def format_distance(d: float) -> str:
     """A distance with 4 decimals; one that rounds to zero is ``0.0000``, never ``-0.0000`` (a query's own item
     is at ``1 - cos`` a few float32 roundings below 0)."""
     text = f"{d:.4f}"
     return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-
-def self_items(index: Any, query_paths: list[str], what: str) -> tuple[np.ndarray, int]:
-    """``--exclude-self``: for each query the indexed item with the same file (``-1`` for none) and how many
-    queries have none. ``what`` names the queries in errors.
-
-    ``embed`` records absolute paths (resolved for ``--csv`` items; under the resolved folder for ``--images``), so
-    a query file matches by its absolute path (``..`` removed) or its resolved path (links followed); the index's
-    paths are taken as recorded (no file-system call per indexed item)."""
-    if not any(index.paths):
-        raise InputError("queries are matched to indexed items by file path, but this index records no "
-                         "paths (built from a bare .npy)", key="--exclude-self")
-    if not all(query_paths):
-        raise InputError(f"queries are matched to indexed items by file path, but {what} name no files "
-                         "(a bare .npy); use --image files or a `dynametric embed` folder", key="--exclude-self")
-    pos: dict[str, int] = {}
-    for i, p in enumerate(index.paths):
-        if p:
-            pos.setdefault(p, i)
-    found = []
-    for p in query_paths:
-        hit = pos.get(p, pos.get(os.path.abspath(p), -1))
-        found.append(hit if hit >= 0 else pos.get(str(Path(p).resolve()), -1))
-    exclude = np.array(found, dtype=np.int64)
-    return exclude, int((exclude < 0).sum())
 
 
 def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str:
@@ -120,7 +84,7 @@ def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynametric.retrieval.index import RetrievalIndex
+    from dynametric.retrieval.index import RetrievalIndex, read_query_labels, self_items
 
     if args.k < 1:
         raise ConfigError(f"-k must be >= 1, got {args.k}", key="-k")
@@ -182,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.query_labels is not None:
-        qlabels = _query_labels_csv(args.query_labels, index.scale_names, len(q))
+        qlabels = read_query_labels(args.query_labels, index.scale_names, len(q))
     res = index.search(q, args.k, scale=args.scale, same=args.same, query_labels=qlabels, exclude=exclude)
     entries = index.describe(res, names)
     if res.short_queries:

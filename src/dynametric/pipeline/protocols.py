@@ -176,7 +176,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str] | CheckpointConfig, c
                         split: str | None = None,
                         overrides: Sequence[str] = (), progress: bool = False, options: Any = None,
                         evaluate: Evaluate | None = None,
-                        check: Callable[[EvaluationProtocol], None] | None = None) -> CheckpointEvaluation:
+                        check: Callable[[EvaluationProtocol], None] | None = None,
+                        check_split: Callable[[EvaluationProtocol, str, Any], None] | None = None
+                        ) -> CheckpointEvaluation:
     """Evaluate a trained checkpoint with its config's test protocol (:func:`protocol_from_config`; ``split``:
     leave-one-out on that split instead), as ``dynametric evaluate --checkpoint`` does.
 
@@ -186,7 +188,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str] | CheckpointConfig, c
     :class:`dynametric.engine.inference.InferenceOptions` (default: the config's evaluation loader on the ``auto``
     device; an unset precision is the run's, :func:`~dynametric.engine.inference.checkpoint_precision`);
     ``evaluate``: the metrics with the caller's options bound; ``check(protocol)``: the caller's checks, run before
-    anything is loaded or embedded."""
+    anything is loaded or embedded; ``check_split(protocol, split, dataset)``: the caller's checks of each split
+    once it is loaded, before anything is embedded (e.g. of the data's ``sequence_ids``)."""
     from dynametric.config import errors_located
     from dynametric.engine.builders import load_eval_split
     from dynametric.engine.inference import checkpoint_options, checkpoint_precision, embed_dataset, load_trained
@@ -210,7 +213,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str] | CheckpointConfig, c
         def embed(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
             return embed_dataset(trained.model, ds, head=trained.head, options=run)
 
-        sets = protocol.embed_splits(lambda name: load_eval_split(cfg, name), embed)
+        def load(name: str) -> Any:
+            dataset = load_eval_split(cfg, name)
+            if check_split is not None:
+                check_split(protocol, name, dataset)
+            return dataset
+
+        sets = protocol.embed_splits(load, embed)
         result = protocol.evaluate(sets, evaluate)
     splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
         f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name

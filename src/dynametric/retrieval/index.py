@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
-from dynametric.utils.readers import check_npy_size, refuse_zero_rows
+from dynametric.utils.readers import check_npy_size, load_labels_csv, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -585,3 +586,39 @@ class RetrievalIndex:
                 entry["query_label"] = self.label_name(j, int(result.query_groups[qi]))
             out.append(entry)
         return out
+
+
+def self_items(index: RetrievalIndex, query_paths: list[str], what: str) -> tuple[np.ndarray, int]:
+    """``search --exclude-self``: for each query the indexed item with the same file (``-1`` for none) and how many
+    queries have none (``exclude=`` of :meth:`RetrievalIndex.search`). ``what`` names the queries in errors.
+
+    ``embed`` records absolute paths (resolved for ``--csv`` items; under the resolved folder for ``--images``), so
+    a query file matches by its absolute path (``..`` removed) or its resolved path (links followed); the index's
+    paths are taken as recorded (no file-system call per indexed item)."""
+    if not any(index.paths):
+        raise InputError("queries are matched to indexed items by file path, but this index records no "
+                         "paths (built from a bare .npy)", key="--exclude-self")
+    if not all(query_paths):
+        raise InputError(f"queries are matched to indexed items by file path, but {what} name no files "
+                         "(a bare .npy); use --image files or a `dynametric embed` folder", key="--exclude-self")
+    pos: dict[str, int] = {}
+    for i, p in enumerate(index.paths):
+        if p:
+            pos.setdefault(p, i)
+    found = []
+    for p in query_paths:
+        hit = pos.get(p, pos.get(os.path.abspath(p), -1))
+        found.append(hit if hit >= 0 else pos.get(str(Path(p).resolve()), -1))
+    exclude = np.array(found, dtype=np.int64)
+    return exclude, int((exclude < 0).sum())
+
+
+def read_query_labels(path: Path, names: list[str], rows: int) -> np.ndarray:
+    """``search --query-labels``: the labels ``[rows, S]`` of the queries from a labels CSV whose columns are the
+    index's scale ``names``, one row per query."""
+    labels, cols = load_labels_csv(path)
+    if list(cols) != list(names):
+        raise InputError(f"columns {list(cols)} differ from the index's scales {names}", file=path, line=1)
+    if len(labels) != rows:
+        raise InputError(f"{len(labels)} label rows for {rows} queries", file=path)
+    return np.asarray(labels, dtype=np.int64).reshape(rows, -1)
