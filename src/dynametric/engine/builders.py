@@ -96,8 +96,12 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
             return "to_tensor"
         from torchvision import transforms as T
 
-        side = int(size if size is not None else data.image_size if data.image_size is not None
-                   else dict(data.options).get("image_size", 32))
+        if size is None and data.image_size is None:  # the generator's option, checked as the generator checks it
+            from dynametric.data.synthetic import integer_option
+
+            with _data_options_keyed(cfg):
+                size = integer_option(dict(data.options).get("image_size", 32), "image_size", 8)
+        side = int(size if size is not None else data.image_size)
         return T.Compose([T.Resize((side, side)), T.ToTensor()])
     from dynametric.data import build_transform
 
@@ -112,13 +116,18 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
 
 @contextlib.contextmanager
 def _data_options_keyed(cfg: Config) -> Iterator[None]:
-    """An error of the data layer about one of the format's options (``key`` = the option's name, no file) is
-    re-raised naming the config key, ``data.options.<name>``, so it carries the file and line that set it."""
+    """An error of the data layer about the dataset root (``key`` ``root``) or one of the format's options (``key`` =
+    the option's name, ``name.inner`` for a value inside it), without a file, is re-raised naming the config key the
+    user sets, ``data.root`` or ``data.options.<name>``, so that :func:`~dynametric.config.errors_located` adds the
+    file and line (or ``<command line>``) that set it. The data layer's own callers (``build_dataset(...)``) keep the
+    bare name."""
     try:
         yield
     except InputError as exc:
-        if exc.file is None and exc.key is not None and exc.key in cfg.data.options:
-            raise ConfigError(exc.message, key=f"data.options.{exc.key}") from None
+        if exc.file is None and exc.key == "root":
+            raise ConfigError(exc.message, key="data.root") from None
+        if exc.file is None and exc.key is not None and exc.key.split(".")[0] in cfg.data.options:
+            raise ConfigError(exc.message, key=f"data.options.{exc.key}") from None  # or a value inside one
         raise
 
 
@@ -1064,5 +1073,18 @@ def loader_settings(cfg: Config) -> dict[str, Any]:
             "persistent_workers": bool(d.persistent_workers), "prefetch_factor": int(d.prefetch_factor)}
 
 
+def check_data_root(cfg: Config) -> None:
+    """A run's check of its data before it reads or writes anything: a format other than ``synthetic`` needs
+    ``data.root``, set and there, else the readers' error keyed ``data.root`` (:func:`_data_options_keyed`; ``key
+    'data.root': dataset root not found: /data/cub (expected the cub200 dataset)``)."""
+    if root_missing(cfg):
+        from dynametric.data.readers import resolve_root
+
+        with _data_options_keyed(cfg):
+            resolve_root(cfg.data.root, f"the {cfg.data.format} dataset")
+
+
 def root_missing(cfg: Config) -> bool:
-    return cfg.data.format != "synthetic" and (cfg.data.root is None or not Path(cfg.data.root).exists())
+    """Whether the configured data has no root to read: a format other than ``synthetic`` with ``data.root`` unset
+    or not there (``~`` expanded, as the readers expand it)."""
+    return cfg.data.format != "synthetic" and (cfg.data.root is None or not Path(cfg.data.root).expanduser().exists())

@@ -35,6 +35,7 @@ from dynametric.engine.builders import (
     Components,
     available_splits,
     build_datasets,
+    check_data_root,
     check_held_out_data,
     check_split_roles,
     declared_scale_names,
@@ -517,8 +518,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     check_trainer(trainer_settings(cfg, progress_bar=progress))
-    if root_missing(cfg):
-        raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
+    check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
     test_keys = protocol_split_keys(cfg)  # the splits the test evaluates: never trained or validated on
@@ -694,7 +694,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     test_keys = protocol_split_keys(cfg)
     if root_missing(cfg):
         check_split_roles(cfg, test_keys)  # the split names alone, as a run checks them before reading data
-        log(f"warning: dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will fail; "
+        state = "data.root is not set" if cfg.data.root is None else f"dataset root {cfg.data.root!r} not found"
+        log(f"warning: {state} (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
     else:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
