@@ -814,20 +814,29 @@ def _loss_class(name: str) -> Any:
     return LOSSES[name] if name in LOSSES else None
 
 
-def _check_label_column(term: LossConfig, key: str, num_scales: int) -> None:
-    """A loss's label column (its ``label_scale`` / ``scale`` keyword) must be one of the data's ``num_scales``
-    (``multiscale`` terms take every column)."""
-    cls = _loss_class(term.name)
-    if cls is None or term.multiscale:
+def _miner_class(name: str) -> Any:
+    """The class (or factory) of the miner ``name``, a ``pml:<ClassName>`` too (as :func:`_loss_class`), else
+    ``None``."""
+    from dynametric.miners import MINERS
+
+    return MINERS[name] if name in MINERS else None
+
+
+def _check_label_column(cls: Any, name: str, kwargs: Mapping[str, Any], key: str, num_scales: int,
+                        does: str = "trains") -> None:
+    """The label column a configured loss or miner (``cls``, named ``name`` in the section ``key``) reads, its
+    ``label_scale`` / ``scale`` keyword in ``kwargs``, must be one of the data's ``num_scales``; else a
+    :class:`ConfigError` keyed ``<key>.kwargs.<keyword>`` (``does``: what it does on that column, for the message)."""
+    if cls is None:
         return
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return
     col_arg = "label_scale" if "label_scale" in params else "scale"
-    col = term.kwargs.get(col_arg)
+    col = kwargs.get(col_arg)
     if col_arg in params and isinstance(col, int) and not isinstance(col, bool) and not 0 <= col < num_scales:
-        raise ConfigError(f"{term.name}({col_arg}={col}) trains on a label scale the data does not have: expected "
+        raise ConfigError(f"{name}({col_arg}={col}) {does} on a label scale the data does not have: expected "
                           f"0..{num_scales - 1} (the labels have {num_scales} scale(s))", key=f"{key}.kwargs.{col_arg}")
 
 
@@ -875,15 +884,18 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")
         term = _head_pair_term(term, key, embedder, dims)
-        if train_labels is not None:  # without data the scale count is a placeholder
-            _check_label_column(term, key, int(train_labels.shape[1]))
+        mkey = "miner" if key == "loss" else f"{key}.miner"
+        if train_labels is not None and not term.multiscale:  # without data the scale count is a placeholder
+            _check_label_column(_loss_class(term.name), term.name, term.kwargs, key, int(train_labels.shape[1]))
         if mcfg is not None and getattr(_loss_class(term.name), "mines_own_tuples", False):
-            mkey = "miner" if key == "loss" else f"{key}.miner"
             raise ConfigError(f"{term.name} mines its own tuples from the batch; a miner would be ignored or clash "
                               f"with it: remove {mkey} (set {mkey}: null)", key=f"{mkey}.name")
+        if train_labels is not None and mcfg is not None:  # a miner reads its own column, multiscale loss or not
+            _check_label_column(_miner_class(mcfg.name), mcfg.name, mcfg.kwargs, mkey, int(train_labels.shape[1]),
+                                does="mines")
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
                                width=_width_key(cfg, term.head), surrogate=surrogate.get(key))
-        miner = build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
+        miner = build_miner(mcfg, mkey)
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
         objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
     names = [o.name for o in objectives]
