@@ -131,3 +131,21 @@ def test_ctrl_c_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp_path
     monkeypatch.setattr(embed_mod.np, "save", real_save)
     assert _embed(tiny_ckpt, tiny_images, out) == 0
     assert "1 already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["embed", "export"])
+def test_config_keys_read_when_the_model_loads_name_where_they_were_set(tiny_ckpt, tiny_images, tmp_path, capsys,
+                                                                        command) -> None:
+    """The synthetic data's image_size option (the crop size of the evaluation transform) was a ValueError
+    traceback; a model keyword checked when the model is built had no origin (`key 'model.backbone_kwargs.foo'`)."""
+    args = ["--images", str(tiny_images / "imgs")] if command == "embed" else []
+    base = [command, "--checkpoint", str(tiny_ckpt), *args, "--out", str(tmp_path / "out")]
+    assert main([*base, "--set", "data.options.image_size=abc"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric {command}: error: <command line> key 'data.options.image_size': image_size must be an integer "
+        ">= 8, got 'abc'")
+    assert main([*base, "--set", "model.backbone_kwargs.foo=1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric {command}: error: <command line> key 'model.backbone_kwargs.foo': backbone 'simple_cnn' has no "
+        "option 'foo'; its options: width, depth")
+    assert not (tmp_path / "out").exists()

@@ -178,3 +178,29 @@ def test_protocol_and_eval_keys_given_with_set_name_the_command_line(tmp_path, c
     assert capsys.readouterr().err.strip() == (
         "dynametric train: error: <command line> key 'eval.distance': expected one of ['cosine', 'euclidean'], got "
         "'manhattan'")
+
+
+def test_the_dataset_root_and_reader_options_are_named_as_the_run_sets_them(tmp_path, capsys) -> None:
+    """The data readers' errors about the root said `key 'root': ...` (and a missing root `/data: dataset root not
+    found`): a run names `data.root` and `data.options.<name>` with where they were set, as `train` does."""
+    from tests.retrieval.conftest import make_run
+
+    ckpt = make_run(tmp_path / "run", dim=8)
+    config = tmp_path / "run" / "config.yaml"
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if text.strip() == "root: null")
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), "--set", "data.format=csv") == (
+        f"dynametric evaluate: error: {config}:{line} key 'data.root': a dataset root directory is required "
+        "(expected a CSV file with columns path, split, <scales...> or a folder holding it)")
+    missing = tmp_path / "missing"
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), "--set", "data.format=cub200", "--set",
+                           f"data.root={missing}") == (
+        f"dynametric evaluate: error: <command line> key 'data.root': dataset root not found: {missing} (expected "
+        "CUB_200_2011 with images.txt)")
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), "--set", "data.options.images_per_class=two") == (
+        "dynametric evaluate: error: <command line> key 'data.options.images_per_class': images_per_class must be "
+        "an integer >= 1, got 'two'")  # was a TypeError traceback
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "labels.csv").write_text("path,split,fine\na.png,test,0\n")
+    assert _one_line_error(capsys, "--checkpoint", str(ckpt), "--set", "data.format=csv", "--set",
+                           f"data.root={tmp_path / 'data'}", "--set", "data.options.image_root=imgs").startswith(
+        "dynametric evaluate: error: <command line> key 'data.options.image_root': folder not found: ")

@@ -292,7 +292,39 @@ def test_the_synthetic_data_seed_option_is_checked_and_keyed_to_data_options(cap
     err = _dry(capsys, "data.options.seed=-1")
     assert "<command line> key 'data.options.seed': expected a seed, an integer in [0, 4294967295]" in err
     err = _dry(capsys, "data.options.images_per_class=0")
-    assert err.endswith("<command line> key 'data.options.images_per_class': images_per_class must be >= 1, got 0")
+    assert err.endswith("<command line> key 'data.options.images_per_class': images_per_class must be an integer >= "
+                        "1, got 0")
+    # an option of the wrong type, or a value inside one: a one-line error too (was a TypeError traceback)
+    assert _dry(capsys, "data.options.image_size=abc") == (
+        "dynametric train: error: <command line> key 'data.options.image_size': image_size must be an integer >= 8, "
+        "got 'abc'")
+    assert _dry(capsys, "data.options.fine_per_shape={train: 2.5}") == (
+        "dynametric train: error: <command line> key 'data.options.fine_per_shape.train': fine_per_shape.train must "
+        "be an integer >= 0, got 2.5")
+
+
+def test_a_missing_dataset_root_names_data_root_where_it_was_set(tmp_path, capsys, monkeypatch) -> None:
+    """Was `<unset>: dataset root not found for format 'csv'` (a file named `<unset>`) and `key 'root': ...`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "data.format=csv"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "dynametric train: error: key 'data.root': a dataset root directory is required (expected the csv dataset)")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  format: cub200\n  root: ~/missing\n")
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: {cfg}:3 key 'data.root': dataset root not found: {tmp_path / 'missing'} "
+        "(expected the cub200 dataset)")
+    assert not out.exists()
+    (tmp_path / "data").mkdir()  # a root written with ~ is read (was refused as not found before the readers ran)
+    cfg.write_text("data:\n  format: csv\n  root: ~/data\n")
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: {tmp_path / 'data' / 'labels.csv'}: file not found (expected a CSV with a header "
+        "'path,split,<finest scale>,...,<coarsest scale>')")
+    assert main(["train", "--dry-run", "data.format=csv"]) == 0
+    assert "warning: data.root is not set (format 'csv'): a real run will fail" in capsys.readouterr().out
 
 
 def test_the_largest_seed_trains(tmp_path, capsys) -> None:

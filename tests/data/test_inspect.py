@@ -105,7 +105,7 @@ def test_formats_options_and_usage_errors(csv_root: Path, tmp_path: Path, capsys
     assert code == 1
     assert [(p["line"], p["kind"]) for p in json.loads(out)["problems"]] == [(9, "malformed_row")]
     code, out = _run(["data", "inspect", "--format", "csv", "--root", str(tmp_path / "nope")], capsys)
-    assert code == 2 and "dataset root not found" in out
+    assert code == 2 and "key '--root': dataset root not found: " in out  # was key 'root' (the data layer's word)
     code, out = _run(["data", "inspect", "--format", "sop", "--root", str(csv_root), "-o", "bogus=1"], capsys)
     assert code == 2 and "unknown option(s) ['bogus'] for format 'sop'" in out
     code, out = _run(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--split", "training"], capsys)

@@ -359,5 +359,5 @@ def test_non_utf8_names_a_root_is_refused_and_path_tables_keep_them(tmp_path: Pa
     write_folder(Path(root), ["a/0.png", "b/0.png"])
     with pytest.raises(InputError) as err:
         build_dataset("folder", root, "all")
-    assert str(err.value) == (f"{tmp_path}/donn\\xe9es: dataset root: the file name is not UTF-8 text; rename it to "
-                              "UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")
+    assert str(err.value) == (f"key 'root': dataset root {tmp_path}/donn\\xe9es: the file name is not UTF-8 text; "
+                              "rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")

@@ -341,3 +341,38 @@ def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Pa
 
     assert protocol_from_config(load_config(cfg)) == QueryGallery("query", "gallery", True)
     assert protocol_from_config(load_config(cfg), split="val") == LeaveOneOut("val")
+
+
+def test_query_and_gallery_identities_are_computed_once_per_split(tmp_path: Path, monkeypatch):
+    """The item identities (a realpath per item) of the test's query and gallery splits were computed by
+    `QueryGallery.embed_splits` (the check before embedding) and again by `evaluate` (the exclusion), and at the end
+    of a training run once more before training (`_held_out_data`): now once per split, passed down. The numbers
+    are those of the run."""
+    import dynametric.data.splits as splits
+    import dynametric.engine.protocols as protocols
+
+    calls: list[str | None] = []
+    real = splits.image_identities
+
+    def counted(dataset):
+        calls.append(getattr(dataset, "split", None))
+        return real(dataset)
+
+    monkeypatch.setattr(splits, "image_identities", counted)
+    monkeypatch.setattr(protocols, "image_identities", counted)
+    root = tmp_path / "oml"
+    _oml_rows(root)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(QG_CONFIG.format(root=root))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(s for s in calls if s in ("query", "gallery")) == ["gallery", "query"]  # was 3 times each
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    calls.clear()
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--metrics", "recall@K", "map", "asi", "--k",
+                 "1", "10", "--device", "cpu", "--json", str(tmp_path / "ev.json")]) == 0
+    assert sorted(calls) == ["gallery", "query"]  # was twice each
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["protocol"] == test["protocol"] and ev["protocol"]["queries_in_gallery"] == 3
+    for m in ("recall@1", "recall@10", "map", "asi", "num_queries"):
+        assert ev["label"][m] == pytest.approx(test["label"][m], abs=1e-6), m

@@ -370,6 +370,29 @@ def test_a_pml_loss_s_label_scale_is_checked_against_the_data_as_a_native_loss_s
         "trains on a label scale the data does not have: expected 0..2 (the labels have 3 scale(s))")
 
 
+@pytest.mark.parametrize("miner, override, expected", [
+    ("TripletMarginMiner", "miner.kwargs.scale=5",
+     "<command line> key 'miner.kwargs.scale': TripletMarginMiner(scale=5)"),
+    ("pml:BatchHardMiner", "miner.kwargs.label_scale=3",
+     "<command line> key 'miner.kwargs.label_scale': pml:BatchHardMiner(label_scale=3)"),
+    ("pml:BatchHardMiner", "miner.kwargs.label_scale=-1",  # was read as the coarsest column, as losses refuse it
+     "<command line> key 'miner.kwargs.label_scale': pml:BatchHardMiner(label_scale=-1)"),
+])
+def test_a_miner_s_label_column_is_checked_against_the_data_as_a_loss_s(capsys, miner, override, expected):
+    """A miner's `scale` / `label_scale` beyond the data's scales passed the dry run (only the loss's column was
+    checked) and the run stopped at its first step with an IndexError traceback."""
+    from dynametric.cli import main
+
+    assert main(["train", "--dry-run", f"miner.name={miner}", override]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: {expected} mines on a label scale the data does not have: expected 0..2 (the labels "
+        "have 3 scale(s))")
+    assert main(["train", "--dry-run", "extra_losses=[{name: ContrastiveLoss, multiscale: true, miner: {name: "
+                 f"{miner}}}}}]", override.replace("miner.", "extra_losses[0].miner.")]) == 2
+    assert "key 'extra_losses[0].miner.kwargs." in capsys.readouterr().err
+    assert main(["train", "--dry-run", f"miner.name={miner}", override.split("=")[0] + "=2"]) == 0  # the coarsest
+
+
 def test_pml_loss_weighted_form_gives_every_keyword_to_every_scale():
     """With weights=, scale (and every other keyword) reaches every scale's loss; it used to be dropped."""
     emb, labels = hier_batch(8)

@@ -34,6 +34,50 @@ def test_folder_listing_is_sorted_relative_and_complete(image_root: Path) -> Non
     assert items.labels is None
 
 
+def test_files_a_folder_listing_leaves_out_are_counted_and_named(image_root: Path, tmp_path: Path, run_ckpt: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Files without an image extension were skipped without a word (the `folder` dataset reader reports them): a
+    note counts them and names the first five, hidden ones (.DS_Store, .git/) counted only; an image name that is
+    not a file (a broken link) is named too. Never an error while there are images; the images embedded are the
+    same."""
+    import shutil
+
+    from dynametric.cli import main
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(image_root / "imgs", folder)
+    before = list_image_folder(folder)
+    assert before.notes == []
+    (folder / "README").write_text("about these photos")
+    for i in range(6):
+        (folder / "plant" / f"scan_{i}.heic").write_bytes(b"x")
+    (folder / ".DS_Store").write_bytes(b"x")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    items = list_image_folder(folder)
+    assert items.ids == before.ids and items.paths == before.paths
+    exts = ".bmp .gif .jfif .jpe .jpeg .jpg .png .tif .tiff .webp"
+    assert items.notes == [
+        f"9 file(s) under {folder} not embedded, their names lacking an image extension ({exts}): README, "
+        "plant/scan_0.heic, plant/scan_1.heic, plant/scan_2.heic, plant/scan_3.heic, ... (2 more) and 2 hidden "
+        "file(s) (a name or folder starting with '.', e.g. .DS_Store)",
+        f"1 entry under {folder} with an image name not embedded, not being a readable file (a broken symbolic "
+        "link?): gone.png"]
+    assert main(["embed", "--checkpoint", str(run_ckpt), "--images", str(folder), "--out", str(tmp_path / "emb"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("note: ")] == [f"note: {n}" for n in items.notes]
+    only_hidden = tmp_path / "hidden"
+    only_hidden.mkdir()
+    (only_hidden / ".DS_Store").write_bytes(b"x")
+    with pytest.raises(InputError) as info:
+        list_image_folder(only_hidden)
+    assert str(info.value) == (
+        f"{only_hidden}: no image files ({exts.replace(' ', ', ')}) under the folder (found 1 other file(s): 1 hidden "
+        "file(s) (a name or folder starting with '.', e.g. .DS_Store))")
+
+
 def test_csv_labels_integer_and_text_columns(image_root: Path) -> None:
     items = read_image_csv(image_root / "labels.csv")
     assert items.scale_names == ["fine", "coarse"]

@@ -27,7 +27,7 @@ from dynametric.commands import positive_int
 from dynametric.commands.options import worker_threads
 from dynametric.data.inspect import inspect_dataset, write_sample_grid
 from dynametric.data.registry import FORMAT_NAMES
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import MAX_WORKERS
 
 
@@ -93,7 +93,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = _parse_options(args.option)
-    result = inspect_dataset(args.format, args.root, args.split, options, args.verify_images, args.workers)
+    try:
+        result = inspect_dataset(args.format, args.root, args.split, options, args.verify_images, args.workers)
+    except InputError as exc:  # the data layer's error about its root (key 'root') is about --root here
+        if exc.file is None and exc.key == "root":
+            raise ConfigError(exc.message, key="--root") from None
+        raise
     if args.grid and result["splits"]:
         split = next(iter(result["splits"]))
         grid_opts = {k: v for k, v in options.items() if k != "mode"}

@@ -267,13 +267,17 @@ def non_utf8_name(path: str | Path) -> str | None:
 
 
 def resolve_root(root: str | Path | None, what: str) -> Path:
+    """The dataset root ``root`` (``~`` expanded) of a reader that expects ``what`` there. Unset, not found or not
+    named in UTF-8 is an :class:`InputError` keyed ``root`` that shows the path (``key 'root': dataset root not
+    found: /data/cub (expected ...)``): a run names the config key instead, ``data.root`` with the file and line
+    that set it (:func:`dynametric.engine.builders.load_split`)."""
     if root is None:
-        raise InputError(f"a dataset root directory is required ({what})", key="root")
+        raise InputError(f"a dataset root directory is required (expected {what})", key="root")
     if (bad := non_utf8_name(root)) is not None:
-        raise InputError(f"dataset root: {bad}", file=printable_path(root))
+        raise InputError(f"dataset root {printable_path(root)}: {bad}", key="root")
     path = Path(root).expanduser()
     if not path.exists():
-        raise InputError(f"dataset root not found (expected {what})", file=path)
+        raise InputError(f"dataset root not found: {path} (expected {what})", key="root")
     return path
 
 

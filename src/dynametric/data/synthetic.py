@@ -84,6 +84,24 @@ def _unit_polygon(shape: str) -> np.ndarray:
 _POLYGONS = {name: _unit_polygon(name) for name, _ in SHAPES}
 
 
+def integer_option(value: Any, key: str, minimum: int) -> int:
+    """``value`` if it is an integer (not true/false) >= ``minimum``, else an :class:`InputError` keyed ``key`` (an
+    option of the generator: ``data.options.<key>`` in a run)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum:
+        return int(value)
+    raise InputError(f"{key} must be an integer >= {minimum}, got {value!r}", key=key)
+
+
+def number_option(value: Any, key: str, minimum: float | None = 0.0) -> float:
+    """``value`` if it is a finite number (not true/false) >= ``minimum`` (``None``: any), else an
+    :class:`InputError` keyed ``key``."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+            and math.isfinite(value) and (minimum is None or value >= minimum):
+        return float(value)
+    raise InputError(f"{key} must be a number" + ("" if minimum is None else f" >= {minimum:g}") + f", got {value!r}",
+                     key=key)
+
+
 def coarse_groups(seed: int, coherence: float) -> list[int]:
     """Coarse group of each of the 9 shapes (middle classes) for a ``coarse_coherence``.
 
@@ -342,17 +360,22 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
                  held_out_factor: str | None = None, val_classes: str = "other_factor") -> None:
         if split not in SPLITS:
             raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}", key="split")
-        if image_size < 8:
-            raise InputError(f"image_size must be >= 8, got {image_size}", key="image_size")
+        image_size = integer_option(image_size, "image_size", 8)
         check_seed(seed, "seed")
-        if images_per_class < 1:
-            raise InputError(f"images_per_class must be >= 1, got {images_per_class}", key="images_per_class")
+        images_per_class = integer_option(images_per_class, "images_per_class", 1)
+        noise_std = number_option(noise_std, "noise_std")
+        clutter = integer_option(clutter, "clutter", 0)
+        coarse_coherence = number_option(coarse_coherence, "coarse_coherence", None)  # its range: coarse_groups
+        test_only_middle = integer_option(test_only_middle, "test_only_middle", 0)
         counts = {"train": 20, "val": 6, "test": 10}
         if fine_per_shape is not None:
+            if not isinstance(fine_per_shape, dict):
+                raise InputError(f"fine_per_shape must be a mapping of split to count ({{train: 20, val: 6, test: "
+                                 f"10}}), got {fine_per_shape!r}", key="fine_per_shape")
             unknown = set(fine_per_shape) - set(SPLITS)
             if unknown:
                 raise InputError(f"unknown split(s) {sorted(unknown)}; expected {list(SPLITS)}", key="fine_per_shape")
-            counts.update({k: int(v) for k, v in fine_per_shape.items()})
+            counts.update({k: integer_option(v, f"fine_per_shape.{k}", 0) for k, v in fine_per_shape.items()})
         if counts[split] < 1 or any(v < 0 for v in counts.values()):
             raise InputError(f"fine_per_shape must be >= 0 (and >= 1 for split {split!r}), got {counts}",
                              key="fine_per_shape")
@@ -362,7 +385,11 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
             raise InputError(f"test_only_middle must be in [0, {len(SHAPES) - 1}], got {test_only_middle}",
                              key="test_only_middle")
         if class_spread is not None:
-            lo, hi = (float(v) for v in class_spread)
+            pair = list(class_spread) if isinstance(class_spread, (list, tuple)) else []
+            try:
+                lo, hi = (number_option(v, "class_spread", None) for v in pair) if len(pair) == 2 else (0.0, 0.0)
+            except InputError:
+                lo = hi = 0.0  # the message below says what a spread is
             if not 0 < lo <= hi:
                 raise InputError(f"class_spread must be (low, high) with 0 < low <= high, got {class_spread}",
                                  key="class_spread")

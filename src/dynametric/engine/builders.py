@@ -96,8 +96,12 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
             return "to_tensor"
         from torchvision import transforms as T
 
-        side = int(size if size is not None else data.image_size if data.image_size is not None
-                   else dict(data.options).get("image_size", 32))
+        if size is None and data.image_size is None:  # the generator's option, checked as the generator checks it
+            from dynametric.data.synthetic import integer_option
+
+            with _data_options_keyed(cfg):
+                size = integer_option(dict(data.options).get("image_size", 32), "image_size", 8)
+        side = int(size if size is not None else data.image_size)
         return T.Compose([T.Resize((side, side)), T.ToTensor()])
     from dynametric.data import build_transform
 
@@ -112,13 +116,18 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
 
 @contextlib.contextmanager
 def _data_options_keyed(cfg: Config) -> Iterator[None]:
-    """An error of the data layer about one of the format's options (``key`` = the option's name, no file) is
-    re-raised naming the config key, ``data.options.<name>``, so it carries the file and line that set it."""
+    """An error of the data layer about the dataset root (``key`` ``root``) or one of the format's options (``key`` =
+    the option's name, ``name.inner`` for a value inside it), without a file, is re-raised naming the config key the
+    user sets, ``data.root`` or ``data.options.<name>``, so that :func:`~dynametric.config.errors_located` adds the
+    file and line (or ``<command line>``) that set it. The data layer's own callers (``build_dataset(...)``) keep the
+    bare name."""
     try:
         yield
     except InputError as exc:
-        if exc.file is None and exc.key is not None and exc.key in cfg.data.options:
-            raise ConfigError(exc.message, key=f"data.options.{exc.key}") from None
+        if exc.file is None and exc.key == "root":
+            raise ConfigError(exc.message, key="data.root") from None
+        if exc.file is None and exc.key is not None and exc.key.split(".")[0] in cfg.data.options:
+            raise ConfigError(exc.message, key=f"data.options.{exc.key}") from None  # or a value inside one
         raise
 
 
@@ -805,20 +814,29 @@ def _loss_class(name: str) -> Any:
     return LOSSES[name] if name in LOSSES else None
 
 
-def _check_label_column(term: LossConfig, key: str, num_scales: int) -> None:
-    """A loss's label column (its ``label_scale`` / ``scale`` keyword) must be one of the data's ``num_scales``
-    (``multiscale`` terms take every column)."""
-    cls = _loss_class(term.name)
-    if cls is None or term.multiscale:
+def _miner_class(name: str) -> Any:
+    """The class (or factory) of the miner ``name``, a ``pml:<ClassName>`` too (as :func:`_loss_class`), else
+    ``None``."""
+    from dynametric.miners import MINERS
+
+    return MINERS[name] if name in MINERS else None
+
+
+def _check_label_column(cls: Any, name: str, kwargs: Mapping[str, Any], key: str, num_scales: int,
+                        does: str = "trains") -> None:
+    """The label column a configured loss or miner (``cls``, named ``name`` in the section ``key``) reads, its
+    ``label_scale`` / ``scale`` keyword in ``kwargs``, must be one of the data's ``num_scales``; else a
+    :class:`ConfigError` keyed ``<key>.kwargs.<keyword>`` (``does``: what it does on that column, for the message)."""
+    if cls is None:
         return
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return
     col_arg = "label_scale" if "label_scale" in params else "scale"
-    col = term.kwargs.get(col_arg)
+    col = kwargs.get(col_arg)
     if col_arg in params and isinstance(col, int) and not isinstance(col, bool) and not 0 <= col < num_scales:
-        raise ConfigError(f"{term.name}({col_arg}={col}) trains on a label scale the data does not have: expected "
+        raise ConfigError(f"{name}({col_arg}={col}) {does} on a label scale the data does not have: expected "
                           f"0..{num_scales - 1} (the labels have {num_scales} scale(s))", key=f"{key}.kwargs.{col_arg}")
 
 
@@ -866,15 +884,18 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")
         term = _head_pair_term(term, key, embedder, dims)
-        if train_labels is not None:  # without data the scale count is a placeholder
-            _check_label_column(term, key, int(train_labels.shape[1]))
+        mkey = "miner" if key == "loss" else f"{key}.miner"
+        if train_labels is not None and not term.multiscale:  # without data the scale count is a placeholder
+            _check_label_column(_loss_class(term.name), term.name, term.kwargs, key, int(train_labels.shape[1]))
         if mcfg is not None and getattr(_loss_class(term.name), "mines_own_tuples", False):
-            mkey = "miner" if key == "loss" else f"{key}.miner"
             raise ConfigError(f"{term.name} mines its own tuples from the batch; a miner would be ignored or clash "
                               f"with it: remove {mkey} (set {mkey}: null)", key=f"{mkey}.name")
+        if train_labels is not None and mcfg is not None:  # a miner reads its own column, multiscale loss or not
+            _check_label_column(_miner_class(mcfg.name), mcfg.name, mcfg.kwargs, mkey, int(train_labels.shape[1]),
+                                does="mines")
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
                                width=_width_key(cfg, term.head), surrogate=surrogate.get(key))
-        miner = build_miner(mcfg, "miner" if key == "loss" else f"{key}.miner")
+        miner = build_miner(mcfg, mkey)
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
         objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
     names = [o.name for o in objectives]
@@ -1064,5 +1085,18 @@ def loader_settings(cfg: Config) -> dict[str, Any]:
             "persistent_workers": bool(d.persistent_workers), "prefetch_factor": int(d.prefetch_factor)}
 
 
+def check_data_root(cfg: Config) -> None:
+    """A run's check of its data before it reads or writes anything: a format other than ``synthetic`` needs
+    ``data.root``, set and there, else the readers' error keyed ``data.root`` (:func:`_data_options_keyed`; ``key
+    'data.root': dataset root not found: /data/cub (expected the cub200 dataset)``)."""
+    if root_missing(cfg):
+        from dynametric.data.readers import resolve_root
+
+        with _data_options_keyed(cfg):
+            resolve_root(cfg.data.root, f"the {cfg.data.format} dataset")
+
+
 def root_missing(cfg: Config) -> bool:
-    return cfg.data.format != "synthetic" and (cfg.data.root is None or not Path(cfg.data.root).exists())
+    """Whether the configured data has no root to read: a format other than ``synthetic`` with ``data.root`` unset
+    or not there (``~`` expanded, as the readers expand it)."""
+    return cfg.data.format != "synthetic" and (cfg.data.root is None or not Path(cfg.data.root).expanduser().exists())

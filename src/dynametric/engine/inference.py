@@ -253,7 +253,7 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     ``config`` defaults to ``config.yaml`` beside the checkpoint; an already loaded ``cfg`` may be passed instead.
     ``head`` defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
     """
-    from dynametric.config import load_config
+    from dynametric.config import errors_located, load_config
     from dynametric.engine.builders import build_model, eval_head
     from dynametric.engine.checkpoint import load_embedder_weights
 
@@ -265,7 +265,8 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     config_path = config_beside(checkpoint, config)
     if cfg is None:
         cfg = load_config(config_path, overrides)
-    model = build_model(cfg)
+    with errors_located(cfg):  # a model key checked when the model is built names where it was set
+        model = build_model(cfg)
     state = load_embedder_weights(model, checkpoint)
     model.eval()
     for p in model.parameters():

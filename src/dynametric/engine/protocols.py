@@ -56,16 +56,28 @@ Evaluate = Callable[..., Any]
 """:func:`dynametric.metrics.evaluate_embeddings` with the caller's options bound (e.g. a ``functools.partial``)."""
 Load = Callable[[str], Any]
 Embed = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+Identities = dict[str, "list[Hashable] | None"]
+"""The :func:`image_identities` of splits by split name, where a caller has computed them (``None``: the split's items
+are not files); :meth:`EvaluationProtocol.embed_splits` takes and fills it."""
+_NOT_COMPUTED: Any = object()
 
 
 @dataclass
 class EmbeddedSet:
     """One embedded split: its dataset (``None`` when only embeddings are at hand), ``emb [N, D]``,
-    ``labels [N, S]``."""
+    ``labels [N, S]``; ``identities``: the dataset's :func:`image_identities` where they were computed already
+    (:meth:`item_identities` computes them once otherwise)."""
 
     dataset: Any
     emb: torch.Tensor
     labels: torch.Tensor
+    identities: Any = field(default=_NOT_COMPUTED, repr=False, compare=False)
+
+    def item_identities(self) -> list[Hashable] | None:
+        """The dataset's :func:`image_identities` (a ``realpath`` per item), computed once."""
+        if self.identities is _NOT_COMPUTED:
+            self.identities = image_identities(self.dataset)
+        return self.identities
 
 
 def _default_evaluate() -> Evaluate:
@@ -128,8 +140,10 @@ class EvaluationProtocol(ABC):
         """The split a run's report shows as its retrieval view, or ``None`` (the run's own choice)."""
         return None
 
-    def embed_splits(self, load: Load, embed: Embed) -> dict[str, EmbeddedSet]:
-        """Load and embed every required split (``load(split)``, ``embed(dataset)``), in order."""
+    def embed_splits(self, load: Load, embed: Embed, identities: Identities | None = None) -> dict[str, EmbeddedSet]:
+        """Load and embed every required split (``load(split)``, ``embed(dataset)``), in order. ``identities``: the
+        splits' item identities the caller has (the same datasets ``load`` returns), filled with those a protocol
+        computes (:class:`QueryGallery`; the others need none), so that a caller that runs again computes none."""
         sets: dict[str, EmbeddedSet] = {}
         for split in self.required_splits():
             ds = load(split)
@@ -137,9 +151,10 @@ class EvaluationProtocol(ABC):
             sets[split] = EmbeddedSet(ds, emb, labels)
         return sets
 
-    def run(self, load: Load, embed: Embed, evaluate: Evaluate | None = None) -> Any:
-        """:meth:`embed_splits`, then :meth:`evaluate`."""
-        return self.evaluate(self.embed_splits(load, embed), evaluate)
+    def run(self, load: Load, embed: Embed, evaluate: Evaluate | None = None,
+            identities: Identities | None = None) -> Any:
+        """:meth:`embed_splits` (``identities``: as there), then :meth:`evaluate`."""
+        return self.evaluate(self.embed_splits(load, embed, identities), evaluate)
 
 
 @dataclass(frozen=True)
@@ -297,15 +312,29 @@ class QueryGallery(EvaluationProtocol):
                 "same_sequence_excluded": seq_q is not None, "excluded_pairs": pairs}
         return ids[0], ids[1], info
 
-    def embed_splits(self, load: Load, embed: Embed) -> dict[str, EmbeddedSet]:
-        """Load both splits and check them (:meth:`exclusion_ids`) before anything is embedded, then embed them."""
+    def embed_splits(self, load: Load, embed: Embed, identities: Identities | None = None) -> dict[str, EmbeddedSet]:
+        """Load both splits and check them (:meth:`exclusion_ids`) before anything is embedded, then embed them.
+        Each split's item identities (``identities``' where given, else computed here and added to it) are
+        computed once: the embedded sets carry them to :meth:`evaluate`."""
+        known: Identities = {} if identities is None else identities
         datasets = {split: load(split) for split in self.required_splits()}
-        self.exclusion_ids(datasets[self.query_split], datasets[self.gallery_split])  # raises on a bad flag
-        return {split: EmbeddedSet(ds, *embed(ds)) for split, ds in datasets.items()}
+        query, gallery = datasets[self.query_split], datasets[self.gallery_split]
+        if query is not gallery:  # one split as both needs no identities (own_items: its indices)
+            for split, ds in datasets.items():
+                if split not in known:
+                    known[split] = image_identities(ds)
+        pair = None if query is gallery else (known[self.query_split], known[self.gallery_split])
+        self.exclusion_ids(query, gallery, pair)  # raises on a bad flag
+        sets = {}
+        for split, ds in datasets.items():
+            emb, labels = embed(ds)
+            sets[split] = EmbeddedSet(ds, emb, labels, known[split] if split in known else _NOT_COMPUTED)
+        return sets
 
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
         q, g = sets[self.query_split], sets[self.gallery_split]
-        q_ids, g_ids, info = self.exclusion_ids(q.dataset, g.dataset)
+        pair = None if q.dataset is g.dataset else (q.item_identities(), g.item_identities())
+        q_ids, g_ids, info = self.exclusion_ids(q.dataset, g.dataset, pair)
         categories = query_categories(q.dataset, len(q.emb)) if self.per_category else None
         res = (evaluate or _default_evaluate())(q.emb, q.labels, g.emb, g.labels,
                                                  scale_names=dataset_scale_names(q.dataset), query_ids=q_ids,
@@ -323,7 +352,9 @@ class ProtocolTest:
 
     ``embed_with(dataset, ckpt_path)`` embeds a dataset with the engine (loading ``ckpt_path`` first when given,
     sharded under DDP) and returns ``(emb, labels)``; ``load(split)`` loads a split with the evaluation transform
-    (each split loaded once); ``evaluate``: the metrics with the run's options. After each call, :attr:`view`
+    (each split loaded once); ``evaluate``: the metrics with the run's options; ``identities``: the splits' item
+    identities where the run computed them (:func:`image_identities` of the datasets ``load`` returns), filled by the
+    first call (each split's are computed once, whatever the number of calls). After each call, :attr:`view`
     holds ``(emb, labels, dataset)`` of the protocol's :meth:`~EvaluationProtocol.view_split` for the report's
     retrieval views (``None`` when the protocol has none).
     """
@@ -333,6 +364,7 @@ class ProtocolTest:
     load: Load
     evaluate: Evaluate | None = None
     view: tuple[torch.Tensor, torch.Tensor, Any] | None = None
+    identities: Identities = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def _load(self, split: str) -> Any:
@@ -351,7 +383,7 @@ class ProtocolTest:
                 self.view = (emb, lab, ds)
             return emb, lab
 
-        return self.protocol.run(self._load, embed, self.evaluate)
+        return self.protocol.run(self._load, embed, self.evaluate, self.identities)
 
 
 @dataclass

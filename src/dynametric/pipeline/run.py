@@ -35,6 +35,7 @@ from dynametric.engine.builders import (
     Components,
     available_splits,
     build_datasets,
+    check_data_root,
     check_held_out_data,
     check_split_roles,
     declared_scale_names,
@@ -363,13 +364,14 @@ def _check_test_splits(cfg: Config) -> None:
 
 
 def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callable[[str], None]
-                   ) -> tuple[dict[str, Any], list[str]]:
+                   ) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """The test protocol's splits (``keys``: split -> the key that chose it), read with the evaluation transform,
     after a query -> gallery test's ``eval.query_in_gallery`` was checked against their items
     (:meth:`~dynametric.engine.protocols.QueryGallery.exclusion_ids`: the test would refuse it only after training
     had started) and :func:`~dynametric.engine.builders.check_held_out_data` found no image file of them in the
-    training or validation data; its warnings about shared classes are logged and returned with them. Each split's
-    item identities (a ``realpath`` per item) are computed once for both checks."""
+    training or validation data; its warnings about shared classes are logged and returned with them, and so are
+    each split's item identities (a ``realpath`` per item), computed once for both checks and the test
+    (:class:`~dynametric.engine.protocols.ProtocolTest`)."""
     from dynametric.data.splits import image_identities
     from dynametric.engine.protocols import QueryGallery
 
@@ -382,7 +384,7 @@ def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callab
     warnings_ = check_held_out_data(cfg, datasets, tests, keys, test_identities=identities)
     for warning in warnings_:
         log(f"warning: {warning}")
-    return tests, warnings_
+    return tests, warnings_, identities
 
 
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
@@ -444,13 +446,14 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
 
 
 def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
-                    settings: TrainerSettings, progress: bool, tests: dict[str, Any] | None = None
-                    ) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
+                    settings: TrainerSettings, progress: bool, tests: dict[str, Any] | None = None,
+                    identities: dict[str, Any] | None = None) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
     """``test(ckpt_path) -> metrics`` for the run, with the config's test protocol (:func:`protocol_from_config`):
     leave-one-out on the test split (the module's own test loop), query -> gallery (``eval.protocol:
     query_gallery``), or the DyML protocol (``method.name: dyml``). The second value is the
     :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view.
-    ``tests``: the protocol's splits already read (:func:`_held_out_data`), used instead of reading them again."""
+    ``tests``: the protocol's splits already read (:func:`_held_out_data`), used instead of reading them again, and
+    ``identities`` their item identities, not computed again."""
     import functools
 
     from dynametric.engine.builders import eval_kwargs
@@ -476,7 +479,7 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
     loaded = dict(tests or {})
     test = ProtocolTest(protocol, embed_with,
                         lambda split: loaded[split] if split in loaded else load_split(cfg, split, train=False),
-                        evaluate)
+                        evaluate, identities={k: v for k, v in (identities or {}).items() if k in loaded})
     return test, (test if protocol.view_split() is not None else None)
 
 
@@ -523,15 +526,14 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     check_trainer(trainer_settings(cfg, progress_bar=progress))
-    if root_missing(cfg):
-        raise InputError(f"dataset root not found for format {cfg.data.format!r}", file=cfg.data.root or "<unset>")
+    check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
     test_keys = protocol_split_keys(cfg)  # the splits the test evaluates: never trained or validated on
     datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     # read once: query_in_gallery against the test's items, no image of them in training or validation
-    tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
+    tests, data_warnings, test_identities = _held_out_data(cfg, datasets, test_keys, log)
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
@@ -558,7 +560,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     }
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
-    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress, tests)
+    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress, tests,
+                                           test_identities)
     if dyml is not None:
         info["test_protocol"] = dyml.header()
     metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
@@ -700,7 +703,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     test_keys = protocol_split_keys(cfg)
     if root_missing(cfg):
         check_split_roles(cfg, test_keys)  # the split names alone, as a run checks them before reading data
-        log(f"warning: dataset root {cfg.data.root!r} not found (format {cfg.data.format!r}): a real run will fail; "
+        state = "data.root is not set" if cfg.data.root is None else f"dataset root {cfg.data.root!r} not found"
+        log(f"warning: {state} (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
     else:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first

@@ -118,12 +118,20 @@ _NON_UTF8_FOLDER = ("the folder's path is not UTF-8 text (image paths are writte
                     "UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")
 
 
+_LISTED = 5  # file names a note spells out
+
+
 def list_image_folder(root: str | Path) -> ImageItems:
     """Every image file under ``root`` (recursive, sorted by relative path); ids are the relative POSIX paths.
 
     File names must be UTF-8 text, as the dataset readers require (ids and paths are written to UTF-8 files): a
     folder whose path is not, or image files whose names are not, are one :class:`InputError` naming the folder or
-    the first such file (its bytes escaped, ``caf\\xe9.png``) and how many there are."""
+    the first such file (its bytes escaped, ``caf\\xe9.png``) and how many there are.
+
+    What is not embedded is said, never an error: one note in ``notes`` (:func:`_not_embedded_note`) counts the files
+    whose names lack an image extension (a README, ``.heic`` photos) and names the first five, hidden ones (a name or
+    folder starting with ``.``: ``.DS_Store``, ``.git/``) counted but not named, and one names the entries with an
+    image name that are not files (a broken symbolic link). A hidden file with an image name is embedded, as before."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("image folder not found" if not root.exists() else "not a folder", file=printable_path(root))
@@ -135,17 +143,66 @@ def list_image_folder(root: str | Path) -> ImageItems:
         raise InputError(f"cannot read folder ({exc.strerror or exc}); its images would be missing",
                          file=None if exc.filename is None else printable_path(exc.filename))
 
-    found = (Path(d, f) for d, _, names in os.walk(base, onerror=unreadable) for f in names)
-    files = sorted((p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(base).as_posix())
+    files: list[Path] = []
+    other: list[str] = []  # relative paths of files without an image extension (not hidden)
+    hidden = 0  # of those, the hidden ones (a name or folder starting with '.')
+    not_files: list[str] = []  # an image name that is not a file (a broken link, a folder named x.jpg)
+    for d, _, names in os.walk(base, onerror=unreadable):
+        for f in names:
+            p = Path(d, f)
+            rel = p.relative_to(base).as_posix()
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                if any(part.startswith(".") for part in rel.split("/")):
+                    hidden += 1
+                else:
+                    other.append(rel)
+            elif p.is_file():
+                files.append(p)
+            else:
+                not_files.append(rel)
+    files.sort(key=lambda p: p.relative_to(base).as_posix())
+    other.sort()
+    not_files.sort()
     if not files:
-        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the folder",
-                         file=printable_path(root))
+        found = ([f"{len(other) + hidden} other file(s): {_other_files(other, hidden)}"] if other or hidden else []) \
+            + ([f"{len(not_files)} broken link(s) or other non-files: {_listed(not_files)}"] if not_files else [])
+        raise InputError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the folder"
+                         + (f" (found {'; '.join(found)})" if found else ""), file=printable_path(root))
     named = [p for p in files if non_utf8_name(p) is not None]
     if named:
         more = f" ({len(named)} such file names under {printable_path(root)})" if len(named) > 1 else ""
         raise InputError(f"{non_utf8_name(named[0])}{more}", file=printable_path(named[0]))
-    return ImageItems(ids=[p.relative_to(base).as_posix() for p in files], paths=files, roots=[base])
+    return ImageItems(ids=[p.relative_to(base).as_posix() for p in files], paths=files, roots=[base],
+                      notes=_not_embedded_note(printable_path(root), other, hidden, not_files))
+
+
+def _listed(names: list[str]) -> str:
+    """The first :data:`_LISTED` of ``names``, then how many more."""
+    shown = ", ".join(printable_path(n) for n in names[:_LISTED])
+    return shown + (f", ... ({len(names) - _LISTED} more)" if len(names) > _LISTED else "")
+
+
+def _other_files(other: list[str], hidden: int) -> str:
+    """``other`` files named (:func:`_listed`), ``hidden`` ones counted."""
+    what = _listed(other)
+    if hidden:
+        what += (" and " if other else "") + f"{hidden} hidden file(s) (a name or folder starting with '.', e.g. " \
+                                             ".DS_Store)"
+    return what
+
+
+def _not_embedded_note(root: str, other: list[str], hidden: int, not_files: list[str]) -> list[str]:
+    """The notes :func:`list_image_folder` gives about what under ``root`` it leaves out: ``other`` (files without an
+    image extension, not hidden; the first :data:`_LISTED` named), ``hidden`` (how many hidden ones: counted, not
+    named) and ``not_files`` (entries with an image name that are not files)."""
+    notes = []
+    if other or hidden:
+        notes.append(f"{len(other) + hidden} file(s) under {root} not embedded, their names lacking an image "
+                     f"extension ({' '.join(sorted(IMAGE_EXTENSIONS))}): {_other_files(other, hidden)}")
+    if not_files:
+        notes.append(f"{len(not_files)} entr{'y' if len(not_files) == 1 else 'ies'} under {root} with an image "
+                     f"name not embedded, not being a readable file (a broken symbolic link?): {_listed(not_files)}")
+    return notes
 
 
 def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, key: str = "image_root") -> ImageItems:

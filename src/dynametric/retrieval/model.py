@@ -159,7 +159,7 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
     ``config`` defaults to ``config.yaml`` beside the checkpoint (a ``dynametric train`` run folder); ``head``
     defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
     """
-    from dynametric.config import config_hash
+    from dynametric.config import config_hash, errors_located
     from dynametric.engine.checkpoint import embedder_state_dict
 
     opts = options or InferenceOptions()
@@ -170,7 +170,8 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
     if opts.precision != run.precision:
         run = opts.resolve()
     prepare_model(trained.model, run)
-    transform = eval_transform(cfg, image_size)
+    with errors_located(cfg):  # a data option it reads (synthetic image_size) names where it was set
+        transform = eval_transform(cfg, image_size)
     return LoadedEmbedder(model=trained.model, head=trained.head, transform=transform,
                           checkpoint=trained.checkpoint, config_path=trained.config_path, config_hash=config_hash(cfg),
                           weights_hash=weights_digest(embedder_state_dict(trained.state)),
