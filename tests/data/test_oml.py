@@ -218,6 +218,22 @@ def test_category_ids_are_kept_whether_or_not_category_is_a_scale(tmp_path):
     assert build_dataset("oml", tmp_path, "train").category_ids is None
 
 
+def test_id_cells_are_ints_only_when_ascii_integers(tmp_path):
+    """A ``category`` / ``sequence`` cell is an int only when it is an ASCII ``-?[0-9]+``; ``--1``, ``²``, ``+7``,
+    ``1.5`` are text (``str.isdigit`` takes ``²`` for a digit, ``int`` does not: every read of the CSV used to
+    crash, the category column being read on every row, the train rows too)."""
+    header = "label,path,split,is_query,is_gallery,category,sequence"
+    write_oml(tmp_path, ["5,img/t.png,train,,,--1,", "6,img/u.png,train,,,²,",
+                         "0,img/a.png,validation,True,True,-3,--1", "0,img/b.png,validation,False,True,+7,²",
+                         "1,img/c.png,validation,True,True,1.5,-12", "1,img/d.png,validation,False,True,07,x"],
+              header=header)
+    assert build_dataset("oml", tmp_path, "train").category_ids == ["--1", "²"]
+    validation = build_dataset("oml", tmp_path, "validation")
+    assert validation.category_ids == [-3, "+7", "1.5", 7]
+    assert validation.sequence_ids == ["--1", "²", -12, "x"]
+    assert build_dataset("oml", tmp_path, "query").category_ids == [-3, "1.5"]
+
+
 @pytest.mark.parametrize("row,column,message", [
     ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
     ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),

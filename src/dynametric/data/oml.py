@@ -15,7 +15,8 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
   ``category_ids`` (when no record of the split has an empty cell), from which the evaluations report their
   retrieval metrics per query category (``by_category``; ``eval.per_category``). The option
   ``category_as_scale=True`` makes it a second, coarser label scale too (scales ``label`` then ``category``, finest
-  first, checked to be a hierarchy: every label in one category; ``multiscale`` training then uses it);
+  first, checked to be a hierarchy: every label in one category; ``multiscale`` training then uses it). A cell
+  that is an ASCII integer (``-?[0-9]+``) is that int, as pandas reads it; any other is its text (``sequence`` too);
 * optional ``sequence``: an id (e.g. of the video or burst a frame comes from), required on every validation row
   when the column is present; as OML's ``calc_mask_to_ignore``, a query -> gallery evaluation excludes from each
   query's ranking the gallery items of its sequence (the validation splits' datasets carry ``sequence_ids``;
@@ -58,6 +59,7 @@ from dynametric.data.readers import (
     start_csv_read,
 )
 from dynametric.errors import InputError
+from dynametric.utils.readers import id_cell
 
 REQUIRED = ("label", "path", "split", "is_query", "is_gallery")
 BOX = ("x_1", "x_2", "y_1", "y_2")
@@ -129,11 +131,9 @@ def _flag(text: str) -> bool | None:
 
 
 def _id_cell(text: str) -> Hashable | None:
-    """An id cell (``category``, ``sequence``): an int where it reads as one (``7``), else the text; ``None`` when
-    empty."""
-    if not text:
-        return None
-    return int(text) if text.lstrip("-").isdigit() else text
+    """An id cell (``category``, ``sequence``): an int where it is an ASCII integer (``7``, ``-3``), else the text
+    (``--1``, ``²``: :func:`~dynametric.utils.readers.id_cell`); ``None`` when empty."""
+    return id_cell(text) if text else None
 
 
 def _split_categories(categories: list[Hashable | None], locations: Sequence[tuple[str, int | None]], header: list[str],

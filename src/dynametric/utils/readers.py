@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,16 @@ def load_labels(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     if _is_npy(path):
         return load_labels_npy(path), None
     return load_labels_csv(path)
+
+
+_INTEGER_CELL = re.compile(r"-?[0-9]+")
+
+
+def id_cell(text: str) -> int | str:
+    """The id a non-empty cell of an id column holds (OML's ``category`` and ``sequence``, a ``--query-categories``
+    line): an int where the text is an ASCII integer, ``-?[0-9]+`` (``7``, ``-3``; ``007`` is 7, as pandas reads an
+    integer column), else the text itself (``bird``, ``--1``, ``²``, ``1.5``, ``+7``)."""
+    return int(text) if _INTEGER_CELL.fullmatch(text) else text
 
 
 def load_ids(path: str | Path, expected: int) -> list[str]:
