@@ -56,6 +56,36 @@ def test_query_categories_file_prints_and_writes_the_split(tmp_path: Path, capsy
     assert "expected 5 ids (one per line), got 2" in capsys.readouterr().err
 
 
+def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, capsys):
+    """A ``--query-categories`` / ``--query-ids`` / ``--gallery-ids`` file an editor saved with a UTF-8 byte order
+    mark (or with CR line ends) reads as without: the mark used to stay on the first line, a phantom category
+    ``\ufeffbird`` of one query; bytes that are not UTF-8 are one error naming the line."""
+    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
+    np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
+    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
+    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
+            "--metrics", "recall@1", "map", "--device", "cpu"]
+    results = []
+    for name, data in (("plain", "bird\nfish\nbird\nbird\nfish\n"), ("bom", "\ufeffbird\nfish\nbird\nbird\nfish\n"),
+                       ("cr", "\ufeffbird\rfish\rbird\rbird\rfish\r")):
+        (tmp_path / f"{name}.txt").write_bytes(data.encode("utf-8"))
+        assert main([*args, "--query-categories", str(tmp_path / f"{name}.txt"),
+                     "--json", str(tmp_path / f"{name}.json")]) == 0
+        results.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert list(results[0]["by_category"]) == ["bird", "fish"] and results[1] == results[0] == results[2]
+    from dynametric.errors import InputError
+    from dynametric.utils.readers import load_ids
+
+    (tmp_path / "ids.txt").write_bytes("\ufeffq0\r\nq1\r\n".encode("utf-8"))
+    assert load_ids(tmp_path / "ids.txt", 2) == ["q0", "q1"]
+    (tmp_path / "ids.txt").write_bytes(b"q0\nq\xe91\n")
+    with pytest.raises(InputError) as err:
+        load_ids(tmp_path / "ids.txt", 2)
+    assert err.value.line == 2 and "byte 0xe9 at column 2 cannot be decoded" in str(err.value)
+
+
 def _oml_run_data(root: Path) -> None:
     """8 training classes of 4 images; 4 validation classes of 3 images: image 0 query and gallery, images 0 and 1
     one sequence, image 2 another; categories cold / warm by class."""

@@ -247,10 +247,11 @@ def id_cell(text: str) -> int | str:
 
 
 def load_ids(path: str | Path, expected: int) -> list[str]:
-    """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed)."""
+    """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed; a byte order mark,
+    as an editor or Excel may write, is not part of the first id; ``\r\n`` and ``\r`` end lines too)."""
     path = Path(path)
     check_file(path)
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    ids = [line.strip() for line in decode_utf8(path.read_bytes(), path).split("\n")]
     if ids and ids[-1] == "":
         ids.pop()
     if len(ids) != expected:
