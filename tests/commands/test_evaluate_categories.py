@@ -51,9 +51,16 @@ def test_query_categories_file_prints_and_writes_the_split(tmp_path: Path, capsy
     assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'cat.txt'}:2 key '--query-categories': line 2 is empty" in err
-    (tmp_path / "cat.txt").write_text("fish\nbird\n")
+    (tmp_path / "cat.txt").write_text("fish\nbird\n")  # was "cat.txt: expected 5 ids (one per line), got 2"
     assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 2
-    assert "expected 5 ids (one per line), got 2" in capsys.readouterr().err
+    assert (f"{tmp_path / 'cat.txt'} key '--query-categories': expected 5 categories (one per line), got 2"
+            in capsys.readouterr().err)
+    assert main([*args, "--query-ids", str(tmp_path / "cat.txt")]) == 2
+    assert (f"{tmp_path / 'cat.txt'} key '--query-ids': expected 5 ids (one per line), got 2"
+            in capsys.readouterr().err)
+    (tmp_path / "cat.txt").write_text("fish\n" * 5)  # one category: the title says so (was "1 categories")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0
+    assert "by query category (1 category; each value" in capsys.readouterr().out
 
 
 def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, capsys):

@@ -181,7 +181,7 @@ def read_evaluation_files(embeddings: str | None, labels: str | None = None, gal
 def load_query_categories(path: str, expected: int) -> list[str]:
     """``--query-categories``: one category per query row (:func:`~dynametric.utils.readers.load_ids`), none of
     them empty."""
-    categories = load_ids(path, expected)
+    categories = load_ids(path, expected, "categories", key="--query-categories")
     if "" in categories:
         line = categories.index("") + 1
         raise InputError(f"line {line} is empty; expected one category per query row", file=path, line=line,

@@ -246,16 +246,17 @@ def id_cell(text: str) -> int | str:
     return int(text) if _INTEGER_CELL.fullmatch(text) else text
 
 
-def load_ids(path: str | Path, expected: int) -> list[str]:
+def load_ids(path: str | Path, expected: int, what: str = "ids", key: str | None = None) -> list[str]:
     """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed; a byte order mark,
-    as an editor or Excel may write, is not part of the first id; ``\r\n`` and ``\r`` end lines too)."""
+    as an editor or Excel may write, is not part of the first id; ``\r\n`` and ``\r`` end lines too). ``what``
+    names the lines in the error of a wrong count, ``key`` the option that gave the file."""
     path = Path(path)
     check_file(path)
     ids = [line.strip() for line in decode_utf8(path.read_bytes(), path).split("\n")]
     if ids and ids[-1] == "":
         ids.pop()
     if len(ids) != expected:
-        raise InputError(f"expected {expected} ids (one per line), got {len(ids)}", file=path)
+        raise InputError(f"expected {expected} {what} (one per line), got {len(ids)}", file=path, key=key)
     return ids
 
 
