@@ -93,6 +93,41 @@ def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, caps
     assert err.value.line == 2 and "byte 0xe9 at column 2 cannot be decoded" in str(err.value)
 
 
+def test_categories_from_a_file_are_read_and_ordered_as_an_oml_csv_s(tmp_path: Path, capsys):
+    """A ``--query-categories`` line that is an integer is an int, as an OML ``category`` cell: ``2`` sorts before
+    ``10`` (both before the texts), as in a run on an OML CSV (it used to be text, ``10`` before ``2``); ``007`` and
+    ``7`` are one category 7, as an OML CSV reads them, with a note saying so."""
+    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
+    np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
+    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
+    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
+            "--metrics", "recall@1", "--device", "cpu", "--json", str(tmp_path / "r.json")]
+    (tmp_path / "cat.txt").write_text("10\nbird\n2\n-1\nbird\n")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0
+    assert list(json.loads((tmp_path / "r.json").read_text())["by_category"]) == ["-1", "2", "10", "bird"]
+    assert "note:" not in capsys.readouterr().err
+    from dynametric.data import build_dataset
+    from dynametric.engine.protocols import query_categories
+
+    rows = ["label,path,split,is_query,is_gallery,category"]  # the same categories from an OML CSV: the same order
+    for i, c in enumerate(["10", "bird", "2", "-1", "bird"]):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"0,{i}.png,validation,True,True,{c}")
+    (tmp_path / "df.csv").write_text("\n".join(rows) + "\n")
+    from dynametric.metrics.categories import category_codes
+
+    from_csv = query_categories(build_dataset("oml", tmp_path, "query"), 5)
+    assert category_codes(from_csv, 5).names == ["-1", "2", "10", "bird"]
+    (tmp_path / "cat.txt").write_text("007\nbird\n7\n7\nbird\n")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0
+    by_category = json.loads((tmp_path / "r.json").read_text())["by_category"]
+    assert list(by_category) == ["7", "bird"] and by_category["7"]["fine"]["num_queries"] == 3
+    assert (f"note: --query-categories {tmp_path / 'cat.txt'}: lines '007' (line 1) and '7' (line 3) are one "
+            "category 7 (a line that is an integer is read by its value") in capsys.readouterr().err
+
+
 def _oml_run_data(root: Path) -> None:
     """8 training classes of 4 images; 4 validation classes of 3 images: image 0 query and gallery, images 0 and 1
     one sequence, image 2 another; categories cold / warm by class."""

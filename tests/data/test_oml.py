@@ -234,6 +234,30 @@ def test_id_cells_are_ints_only_when_ascii_integers(tmp_path):
     assert build_dataset("oml", tmp_path, "query").category_ids == [-3, "1.5"]
 
 
+def test_id_cells_spelt_two_ways_are_one_id_and_the_load_report_says_so(tmp_path):
+    """``007`` and ``7`` are one category 7 (as pandas reads an integer column, so as an OML user's own code):
+    kept, but never silently: the load report of each split that reads both names the cells and their lines (the
+    same for ``sequence``)."""
+    header = "label,path,split,is_query,is_gallery,category,sequence"
+    write_oml(tmp_path, ["0,img/t0.png,train,,,007,", "0,img/t1.png,train,,,7,", "1,img/t2.png,train,,,-0,",
+                         "1,img/t3.png,train,,,0,", "2,img/t4.png,train,,,10,",
+                         "0,img/a.png,validation,True,True,7,01", "0,img/b.png,validation,False,True,07,1"],
+              header=header)
+    train = build_dataset("oml", tmp_path, "train")
+    assert train.category_ids == [7, 7, 0, 0, 10]
+    assert ("column 'category' of df.csv, split 'train': cells '007' (line 2) and '7' (line 3) are one category 7 "
+            "(a cell that is an integer is read by its value, as pandas reads an integer column); 1 other category "
+            "id(s) spelt more than one way too") in train.report.notes
+    gallery = build_dataset("oml", tmp_path, "gallery")
+    assert gallery.category_ids == [7, 7] and gallery.sequence_ids == [1, 1]
+    assert any(n.startswith("column 'category' of df.csv, split 'gallery': cells '7' (line 7) and '07' (line 8)")
+               for n in gallery.report.notes)
+    assert any(n.startswith("column 'sequence' of df.csv, split 'gallery': cells '01' (line 7) and '1' (line 8) "
+                            "are one sequence 1") for n in gallery.report.notes)
+    query = build_dataset("oml", tmp_path, "query")  # one spelling each: nothing to say
+    assert query.category_ids == [7] and not any("spelt" in n or "are one" in n for n in query.report.notes)
+
+
 @pytest.mark.parametrize("row,column,message", [
     ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
     ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),

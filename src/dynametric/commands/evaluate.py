@@ -195,7 +195,10 @@ def run(args: argparse.Namespace) -> int:
         if args.query_ids:
             kw["query_ids"] = load_ids(args.query_ids, len(q), key="--query-ids")
         if args.query_categories:
-            kw["query_categories"] = load_query_categories(args.query_categories, len(q))
+            notes: list[str] = []
+            kw["query_categories"] = load_query_categories(args.query_categories, len(q), notes)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
         if args.gallery_ids:
             if g is None:
                 raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")

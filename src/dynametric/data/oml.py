@@ -16,7 +16,8 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
   retrieval metrics per query category (``by_category``; ``eval.per_category``). The option
   ``category_as_scale=True`` makes it a second, coarser label scale too (scales ``label`` then ``category``, finest
   first, checked to be a hierarchy: every label in one category; ``multiscale`` training then uses it). A cell
-  that is an ASCII integer (``-?[0-9]+``) is that int, as pandas reads it; any other is its text (``sequence`` too);
+  that is an ASCII integer (``-?[0-9]+``) is that int, as pandas reads it; any other is its text (``sequence`` too;
+  ``007`` and ``7`` are one id, which the split's load report notes);
 * optional ``sequence``: an id (e.g. of the video or burst a frame comes from), required on every validation row
   when the column is present; as OML's ``calc_mask_to_ignore``, a query -> gallery evaluation excludes from each
   query's ranking the gallery items of its sequence (the validation splits' datasets carry ``sequence_ids``;
@@ -59,7 +60,7 @@ from dynametric.data.readers import (
     start_csv_read,
 )
 from dynametric.errors import InputError
-from dynametric.utils.readers import id_cell
+from dynametric.utils.readers import id_cell, merged_ids, merged_ids_note
 
 REQUIRED = ("label", "path", "split", "is_query", "is_gallery")
 BOX = ("x_1", "x_2", "y_1", "y_2")
@@ -345,6 +346,9 @@ class OMLFormat:
         ids: list[set[Hashable]] = [set() for _ in scales]
         out_paths, raw, locs, boxes, sequences = [], [], [], [], []
         categories: list[Hashable | None] = []
+        col = {h: i for i, h in enumerate(header)}
+        id_cells: dict[str, list[tuple[str, int]]] = {c: [] for c in ("category", "sequence") if c in col and
+                                                      (c == "category" or split != "train")}
         position: dict[str, int] = {}  # the validation split's items: their index in the split
         dup = DuplicateTracker(report)
         listed: dict[str, tuple[Any, int, Any]] = {}  # the validation split's items (path and box): labels, line, seq
@@ -361,6 +365,8 @@ class OMLFormat:
             full = os.path.join(str(img_root), r[i_path])
             if not image_exists(full, report, path, number, check_files):
                 continue
+            for column, cells in id_cells.items():  # the split's id cells, for the note on merged spellings
+                cells.append((r[col[column]], number))
             shown = f"{r[i_path]}" + ("" if box is None else f" box {box}")
             if split == "validation":  # one item may be a query-only row plus a gallery-only row (OML's own CSVs):
                 item = os.path.normpath(shown)  # one item of the split; a repeat is the same role listed twice
@@ -389,6 +395,11 @@ class OMLFormat:
             sequences.append(sequence)
             categories.append(category)
         report.records = len(out_paths)
+        for column, cells in id_cells.items():  # '007' and '7' are one id, as pandas reads them: said, not hidden
+            merged = merged_ids(cells)
+            if merged:
+                report.notes.append(f"column {column!r} of {path.name}, split {split!r}: "
+                                    f"{merged_ids_note(merged, column)}")
         class_ids = [contiguous_ids(list(s))[1] for s in ids] if shared else None
         has_sequence = "sequence" in header and split != "train"
         return OMLRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids, boxes=boxes,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,27 @@ def id_cell(text: str) -> int | str:
     line): an int where the text is an ASCII integer, ``-?[0-9]+`` (``7``, ``-3``; ``007`` is 7, as pandas reads an
     integer column), else the text itself (``bird``, ``--1``, ``²``, ``1.5``, ``+7``)."""
     return int(text) if _INTEGER_CELL.fullmatch(text) else text
+
+
+def merged_ids(cells: Iterable[tuple[str, int | None]]) -> list[tuple[int, list[tuple[str, int | None]]]]:
+    """The ids that several different texts read as (:func:`id_cell`: ``007`` and ``7`` are both 7), each with
+    those texts and the line of the first of each, from ``(text, line)`` pairs; ``[]`` when none is."""
+    first: dict[int, dict[str, int | None]] = {}
+    for text, line in cells:
+        if _INTEGER_CELL.fullmatch(text):
+            first.setdefault(int(text), {}).setdefault(text, line)
+    return [(value, list(spellings.items())) for value, spellings in first.items() if len(spellings) > 1]
+
+
+def merged_ids_note(merged: list[tuple[int, list[tuple[str, int | None]]]], what: str, unit: str = "cell") -> str:
+    """The note on :func:`merged_ids`' result: ``cells '007' (line 3) and '7' (line 5) are one category 7 ...``,
+    plus how many other ids are spelt several ways; ``what`` names the id (``category``), ``unit`` what holds one
+    (``cell``, ``line``)."""
+    value, spellings = merged[0]
+    cells = " and ".join(f"{text!r}" + ("" if line is None else f" (line {line})") for text, line in spellings)
+    more = f"; {len(merged) - 1} other {what} id(s) spelt more than one way too" if len(merged) > 1 else ""
+    return (f"{unit}s {cells} are one {what} {value} (a {unit} that is an integer is read by its value, as pandas "
+            f"reads an integer column){more}")
 
 
 def load_ids(path: str | Path, expected: int, what: str = "ids", key: str | None = None) -> list[str]:
