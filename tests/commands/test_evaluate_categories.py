@@ -253,6 +253,38 @@ def test_per_query_csv_of_a_checkpoint_carries_the_data_categories(oml_run, tmp_
     assert "category" not in off[0] and [r[:-1] for r in rows] == off
 
 
+def test_checkpoint_says_why_its_queries_have_no_per_category_report(oml_run, tmp_path: Path, capsys):
+    """``evaluate --checkpoint`` on data whose category column is empty on one of the queries' rows: no
+    ``by_category``, and the load report's note saying why on stderr (it was left out without a word). A gallery
+    row without a category drops nothing in a query -> gallery test, and is not noted."""
+    root, out = oml_run
+    rows = (root / "df.csv").read_text().splitlines()
+    assert rows[33].startswith("8,img/8_0.png,validation,True,True,cold") and ",False,True,cold," in rows[34]
+    base = ["evaluate", "--checkpoint", str(out / "best.ckpt"), "--device", "cpu", "--set", f"data.root={tmp_path}",
+            "--set", f"data.options.image_root={root}"]
+    qg = ["--set", "eval.protocol=query_gallery", "--set", "eval.query_in_gallery=true"]
+    for line in (35, 34):  # a gallery-only row, then a query row
+        edited = [*rows]
+        edited[line - 1] = edited[line - 1].replace(",cold,", ",,")
+        (tmp_path / "df.csv").write_text("\n".join(edited) + "\n")
+        capsys.readouterr()
+        assert main([*base, "--split", "validation"]) == 0  # leave-one-out: every validation item is a query
+        std = capsys.readouterr()
+        assert "by query category" not in std.out
+        assert (f"note: column 'category' of df.csv is empty on 1 of the 12 records of split 'validation' (first at "
+                f"line {line}): no per-category metrics for it") in std.err
+        assert main([*base, *qg]) == 0
+        std = capsys.readouterr()
+        if line == 35:  # the gallery's categories are not read: the report is whole, nothing to say
+            assert "by query category (2 categories" in std.out and "note: column 'category'" not in std.err
+        else:
+            assert "by query category" not in std.out
+            assert ("note: column 'category' of df.csv is empty on 1 of the 4 records of split 'query' (first at "
+                    "line 34): no per-category metrics for it") in std.err
+        assert main([*base, "--split", "validation", "--set", "eval.per_category=false"]) == 0
+        assert "note: column 'category'" not in capsys.readouterr().err  # not asked for: nothing dropped
+
+
 def test_id_files_never_replace_the_protocol_s_own_exclusions(oml_run, tmp_path: Path, capsys, monkeypatch):
     """`--query-ids` / `--gallery-ids` with `--checkpoint` where the test protocol excludes by ids of its own (the
     split's sequence ids; each query's own gallery item with `eval.query_in_gallery`): one line naming the option,

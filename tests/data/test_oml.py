@@ -206,11 +206,14 @@ def test_category_ids_are_kept_whether_or_not_category_is_a_scale(tmp_path):
     assert LabelledSubset(train, [1]).category_ids == [7]  # a carved validation set keeps them
     assert build_dataset("oml", tmp_path, "query").category_ids == ["fish"]
     gallery = build_dataset("oml", tmp_path, "gallery")  # g.png has no category: the gallery split carries none
-    assert gallery.category_ids is None
-    assert any("'category' of df.csv is empty on 1 of the 2 records of split 'gallery' (first at line 6)" in n
-               for n in gallery.report.notes)
-    validation = build_dataset("oml", tmp_path, "validation", mode="lenient")
+    assert gallery.category_ids is None  # the note says why, but the load report does not: a query -> gallery
+    assert gallery.category_note == ("column 'category' of df.csv is empty on 1 of the 2 records of split "
+                                     "'gallery' (first at line 6): no per-category metrics for it")
+    assert not any("is empty on" in n for n in gallery.report.notes)  # report reads only the queries' categories
+    validation = build_dataset("oml", tmp_path, "validation", mode="lenient")  # leave-one-out: each item a query
     assert validation.category_ids is None and len(validation) == 2
+    assert validation.category_note in validation.report.notes and "split 'validation'" in validation.category_note
+    assert validation.subset([0]).category_note == validation.category_note
     write_oml(tmp_path, ["0,img/a.png,train,,,bird", "2,img/q.png,validation,False,True,bird",
                          "2,img/q.png,validation,True,False,fish"], header=header)
     assert build_dataset("oml", tmp_path, "validation").category_ids == ["fish"]  # the query row's, listed second

@@ -74,11 +74,13 @@ Box = tuple[int, int, int, int]  # PIL order: (left, upper, right, lower) = (x_1
 class OMLRecords(SplitRecords):
     """:class:`SplitRecords` plus one crop box (or ``None``) per record and, for the validation splits of a CSV with a
     ``sequence`` column, one sequence id per record (else ``None``); with a ``category`` column filled on every record
-    of the split, one category id per record (else ``None``)."""
+    of the split, one category id per record (else ``None``, and ``category_note`` says why where the column
+    exists)."""
 
     boxes: list[Box | None] | None = None
     sequences: list[Hashable] | None = None
     categories: list[Hashable] | None = None
+    category_note: str | None = None
 
 
 class CroppedImageDataset(HierarchicalImageDataset):
@@ -138,18 +140,23 @@ def _id_cell(text: str) -> Hashable | None:
 
 
 def _split_categories(categories: list[Hashable | None], locations: Sequence[tuple[str, int | None]], header: list[str],
-                      path: Path, split: str, report: LoadReport) -> list[Hashable] | None:
-    """The records' categories (the metrics' per-category report, :attr:`HierarchicalImageDataset.category_ids`);
-    ``None`` without a ``category`` column, or with an empty cell on a record of the split (noted in the report: a
-    query without a category would fall in no part of it)."""
+                      path: Path, split: str, report: LoadReport) -> tuple[list[Hashable] | None, str | None]:
+    """The records' categories (the metrics' per-category report, :attr:`HierarchicalImageDataset.category_ids`)
+    and, when they are dropped, why (:attr:`HierarchicalImageDataset.category_note`): ``(None, None)`` without a
+    ``category`` column, ``(None, note)`` with an empty cell on a record of the split (a query without a category
+    would fall in no part of the report). The note goes into the load report of the splits whose items are
+    queries (``query``; ``train`` and ``validation``, evaluated leave-one-out: every item a query), not of
+    ``gallery``, whose categories no query -> gallery report reads."""
     if "category" not in header:
-        return None
+        return None, None
     empty = [i for i, c in enumerate(categories) if c is None]
     if not empty:
-        return list(categories)
-    report.notes.append(f"column 'category' of {path.name} is empty on {len(empty)} of the {len(categories)} records "
-                        f"of split {split!r} (first at line {locations[empty[0]][1]}): no per-category metrics for it")
-    return None
+        return list(categories), None
+    note = (f"column 'category' of {path.name} is empty on {len(empty)} of the {len(categories)} records of split "
+            f"{split!r} (first at line {locations[empty[0]][1]}): no per-category metrics for it")
+    if split != "gallery":
+        report.notes.append(note)
+    return None, note
 
 
 def _coordinate(text: str) -> float | None:
@@ -402,7 +409,8 @@ class OMLFormat:
                                     f"{merged_ids_note(merged, column)}")
         class_ids = [contiguous_ids(list(s))[1] for s in ids] if shared else None
         has_sequence = "sequence" in header and split != "train"
+        split_categories, category_note = _split_categories(categories, locs, header, path, split, report)
         return OMLRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids, boxes=boxes,
-                          sequences=sequences if has_sequence else None,
-                          categories=_split_categories(categories, locs, header, path, split, report))
+                          sequences=sequences if has_sequence else None, categories=split_categories,
+                          category_note=category_note)
 
