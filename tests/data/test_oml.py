@@ -109,6 +109,22 @@ def test_boxes_crop_the_image_before_the_transform(tmp_path):
     assert sub.load_image(0).size == (10, 12) and sub.load_image(1).size == (20, 12)
 
 
+def test_sample_grid_draws_the_crop_the_item_is(tmp_path):
+    """``data inspect --grid`` draws each item as training sees it: an oml row's box, not the whole image (it drew
+    the red-and-blue image of a red crop); a box past the image's edge is left out of the grid (the inspection lists
+    it), not a crash."""
+    from dynametric.data.inspect import write_sample_grid
+
+    write_oml(tmp_path, ["2,img/c0.png,train,,,fish,0,10,0,12", "3,img/c1.png,train,,,fish,10,20,0,12",
+                         "4,img/c2.png,train,,,fish,0,30,0,12"])
+    assert write_sample_grid("oml", tmp_path, "train", tmp_path / "grid.png", count=3, cell=8) == 3
+    with Image.open(tmp_path / "grid.png") as im:
+        grid = np.asarray(im.convert("RGB"))
+    assert grid.shape == (16, 16, 3)
+    assert (grid[:8, :8] == RED).all() and (grid[:8, 8:] == BLUE).all()  # the left crop red, the right one blue
+    assert (grid[8:, :8] == 0).all()  # the box past the edge: an empty cell
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_boxes_are_in_stored_pixels_and_the_crop_is_shown_upright(tmp_path, suffix):
     """OML crops the stored pixel array (it does not apply EXIF orientation): the box is cut there, then the crop is
