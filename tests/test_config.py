@@ -587,6 +587,10 @@ def test_schema_default_refuses_what_is_no_key_with_a_default(key: str) -> None:
     # a character YAML refuses: was two lines ending 'in "<unicode string>", position 25', with no line
     (b"run:\n  name: \"a\x01b\"\n", ":2: invalid YAML at column 11: character U+0001 is not allowed in YAML (it is "
                                     "not printable)"),
+    # line ends as YAML counts them: CR only (old Mac files; was line 1, column 31), NEL, \u2028, CR LF
+    (b"data:\r  m: 4\r  batch_size: 16 \x07\r", ":3: invalid YAML at column 18: character U+0007 is not allowed"),
+    (b"# a\xc2\x85# b\xe2\x80\xa8run:\r\n  name: \"a\x01b\"\r\n", ":4: invalid YAML at column 11: character U+0001"),
+    (b"data:\r  m: 4\r  # caf\xe9\r", ":3: not a UTF-8 YAML file: byte 0xe9 at column 8 cannot be decoded"),
     # a value PyYAML cannot construct: was no line at all
     (b"run:\n  name: x\n  output_dir: 2020-13-45\n",
      ":3: invalid YAML value '2020-13-45' at column 15 (ValueError: month must be in 1..12)"),

@@ -51,9 +51,81 @@ def test_query_categories_file_prints_and_writes_the_split(tmp_path: Path, capsy
     assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'cat.txt'}:2 key '--query-categories': line 2 is empty" in err
-    (tmp_path / "cat.txt").write_text("fish\nbird\n")
+    (tmp_path / "cat.txt").write_text("fish\nbird\n")  # was "cat.txt: expected 5 ids (one per line), got 2"
     assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 2
-    assert "expected 5 ids (one per line), got 2" in capsys.readouterr().err
+    assert (f"{tmp_path / 'cat.txt'} key '--query-categories': expected 5 categories (one per line), got 2"
+            in capsys.readouterr().err)
+    assert main([*args, "--query-ids", str(tmp_path / "cat.txt")]) == 2
+    assert (f"{tmp_path / 'cat.txt'} key '--query-ids': expected 5 ids (one per line), got 2"
+            in capsys.readouterr().err)
+    (tmp_path / "cat.txt").write_text("fish\n" * 5)  # one category: the title says so (was "1 categories")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0
+    assert "by query category (1 category; each value" in capsys.readouterr().out
+
+
+def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, capsys):
+    """A ``--query-categories`` / ``--query-ids`` / ``--gallery-ids`` file an editor saved with a UTF-8 byte order
+    mark (or with CR line ends) reads as without: the mark used to stay on the first line, a phantom category
+    ``\ufeffbird`` of one query; bytes that are not UTF-8 are one error naming the line."""
+    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
+    np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
+    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
+    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
+            "--metrics", "recall@1", "map", "--device", "cpu"]
+    results = []
+    for name, data in (("plain", "bird\nfish\nbird\nbird\nfish\n"), ("bom", "\ufeffbird\nfish\nbird\nbird\nfish\n"),
+                       ("cr", "\ufeffbird\rfish\rbird\rbird\rfish\r")):
+        (tmp_path / f"{name}.txt").write_bytes(data.encode("utf-8"))
+        assert main([*args, "--query-categories", str(tmp_path / f"{name}.txt"),
+                     "--json", str(tmp_path / f"{name}.json")]) == 0
+        results.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert list(results[0]["by_category"]) == ["bird", "fish"] and results[1] == results[0] == results[2]
+    from dynametric.errors import InputError
+    from dynametric.utils.readers import load_ids
+
+    (tmp_path / "ids.txt").write_bytes("\ufeffq0\r\nq1\r\n".encode("utf-8"))
+    assert load_ids(tmp_path / "ids.txt", 2) == ["q0", "q1"]
+    (tmp_path / "ids.txt").write_bytes(b"q0\nq\xe91\n")
+    with pytest.raises(InputError) as err:
+        load_ids(tmp_path / "ids.txt", 2)
+    assert err.value.line == 2 and "byte 0xe9 at column 2 cannot be decoded" in str(err.value)
+
+
+def test_categories_from_a_file_are_read_and_ordered_as_an_oml_csv_s(tmp_path: Path, capsys):
+    """A ``--query-categories`` line that is an integer is an int, as an OML ``category`` cell: ``2`` sorts before
+    ``10`` (both before the texts), as in a run on an OML CSV (it used to be text, ``10`` before ``2``); ``007`` and
+    ``7`` are one category 7, as an OML CSV reads them, with a note saying so."""
+    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
+    np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
+    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
+    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
+            "--metrics", "recall@1", "--device", "cpu", "--json", str(tmp_path / "r.json")]
+    (tmp_path / "cat.txt").write_text("10\nbird\n2\n-1\nbird\n")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0
+    assert list(json.loads((tmp_path / "r.json").read_text())["by_category"]) == ["-1", "2", "10", "bird"]
+    assert "note:" not in capsys.readouterr().err
+    from dynametric.data import build_dataset
+    from dynametric.engine.protocols import query_categories
+
+    rows = ["label,path,split,is_query,is_gallery,category"]  # the same categories from an OML CSV: the same order
+    for i, c in enumerate(["10", "bird", "2", "-1", "bird"]):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"0,{i}.png,validation,True,True,{c}")
+    (tmp_path / "df.csv").write_text("\n".join(rows) + "\n")
+    from dynametric.metrics.categories import category_codes
+
+    from_csv = query_categories(build_dataset("oml", tmp_path, "query"), 5)
+    assert category_codes(from_csv, 5).names == ["-1", "2", "10", "bird"]
+    (tmp_path / "cat.txt").write_text("007\nbird\n7\n7\nbird\n")
+    assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0
+    by_category = json.loads((tmp_path / "r.json").read_text())["by_category"]
+    assert list(by_category) == ["7", "bird"] and by_category["7"]["fine"]["num_queries"] == 3
+    assert (f"note: --query-categories {tmp_path / 'cat.txt'}: lines '007' (line 1) and '7' (line 3) are one "
+            "category 7 (a line that is an integer is read by its value") in capsys.readouterr().err
 
 
 def _oml_run_data(root: Path) -> None:
@@ -179,6 +251,38 @@ def test_per_query_csv_of_a_checkpoint_carries_the_data_categories(oml_run, tmp_
     assert main([*args, "--set", "eval.per_category=false"]) == 0
     off = _rows(tmp_path / "pq.csv")
     assert "category" not in off[0] and [r[:-1] for r in rows] == off
+
+
+def test_checkpoint_says_why_its_queries_have_no_per_category_report(oml_run, tmp_path: Path, capsys):
+    """``evaluate --checkpoint`` on data whose category column is empty on one of the queries' rows: no
+    ``by_category``, and the load report's note saying why on stderr (it was left out without a word). A gallery
+    row without a category drops nothing in a query -> gallery test, and is not noted."""
+    root, out = oml_run
+    rows = (root / "df.csv").read_text().splitlines()
+    assert rows[33].startswith("8,img/8_0.png,validation,True,True,cold") and ",False,True,cold," in rows[34]
+    base = ["evaluate", "--checkpoint", str(out / "best.ckpt"), "--device", "cpu", "--set", f"data.root={tmp_path}",
+            "--set", f"data.options.image_root={root}"]
+    qg = ["--set", "eval.protocol=query_gallery", "--set", "eval.query_in_gallery=true"]
+    for line in (35, 34):  # a gallery-only row, then a query row
+        edited = [*rows]
+        edited[line - 1] = edited[line - 1].replace(",cold,", ",,")
+        (tmp_path / "df.csv").write_text("\n".join(edited) + "\n")
+        capsys.readouterr()
+        assert main([*base, "--split", "validation"]) == 0  # leave-one-out: every validation item is a query
+        std = capsys.readouterr()
+        assert "by query category" not in std.out
+        assert (f"note: column 'category' of df.csv is empty on 1 of the 12 records of split 'validation' (first at "
+                f"line {line}): no per-category metrics for it") in std.err
+        assert main([*base, *qg]) == 0
+        std = capsys.readouterr()
+        if line == 35:  # the gallery's categories are not read: the report is whole, nothing to say
+            assert "by query category (2 categories" in std.out and "note: column 'category'" not in std.err
+        else:
+            assert "by query category" not in std.out
+            assert ("note: column 'category' of df.csv is empty on 1 of the 4 records of split 'query' (first at "
+                    "line 34): no per-category metrics for it") in std.err
+        assert main([*base, "--split", "validation", "--set", "eval.per_category=false"]) == 0
+        assert "note: column 'category'" not in capsys.readouterr().err  # not asked for: nothing dropped
 
 
 def test_id_files_never_replace_the_protocol_s_own_exclusions(oml_run, tmp_path: Path, capsys, monkeypatch):

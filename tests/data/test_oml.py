@@ -109,6 +109,22 @@ def test_boxes_crop_the_image_before_the_transform(tmp_path):
     assert sub.load_image(0).size == (10, 12) and sub.load_image(1).size == (20, 12)
 
 
+def test_sample_grid_draws_the_crop_the_item_is(tmp_path):
+    """``data inspect --grid`` draws each item as training sees it: an oml row's box, not the whole image (it drew
+    the red-and-blue image of a red crop); a box past the image's edge is left out of the grid (the inspection lists
+    it), not a crash."""
+    from dynametric.data.inspect import write_sample_grid
+
+    write_oml(tmp_path, ["2,img/c0.png,train,,,fish,0,10,0,12", "3,img/c1.png,train,,,fish,10,20,0,12",
+                         "4,img/c2.png,train,,,fish,0,30,0,12"])
+    assert write_sample_grid("oml", tmp_path, "train", tmp_path / "grid.png", count=3, cell=8) == 3
+    with Image.open(tmp_path / "grid.png") as im:
+        grid = np.asarray(im.convert("RGB"))
+    assert grid.shape == (16, 16, 3)
+    assert (grid[:8, :8] == RED).all() and (grid[:8, 8:] == BLUE).all()  # the left crop red, the right one blue
+    assert (grid[8:, :8] == 0).all()  # the box past the edge: an empty cell
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_boxes_are_in_stored_pixels_and_the_crop_is_shown_upright(tmp_path, suffix):
     """OML crops the stored pixel array (it does not apply EXIF orientation): the box is cut there, then the crop is
@@ -206,16 +222,59 @@ def test_category_ids_are_kept_whether_or_not_category_is_a_scale(tmp_path):
     assert LabelledSubset(train, [1]).category_ids == [7]  # a carved validation set keeps them
     assert build_dataset("oml", tmp_path, "query").category_ids == ["fish"]
     gallery = build_dataset("oml", tmp_path, "gallery")  # g.png has no category: the gallery split carries none
-    assert gallery.category_ids is None
-    assert any("'category' of df.csv is empty on 1 of the 2 records of split 'gallery' (first at line 6)" in n
-               for n in gallery.report.notes)
-    validation = build_dataset("oml", tmp_path, "validation", mode="lenient")
+    assert gallery.category_ids is None  # the note says why, but the load report does not: a query -> gallery
+    assert gallery.category_note == ("column 'category' of df.csv is empty on 1 of the 2 records of split "
+                                     "'gallery' (first at line 6): no per-category metrics for it")
+    assert not any("is empty on" in n for n in gallery.report.notes)  # report reads only the queries' categories
+    validation = build_dataset("oml", tmp_path, "validation", mode="lenient")  # leave-one-out: each item a query
     assert validation.category_ids is None and len(validation) == 2
+    assert validation.category_note in validation.report.notes and "split 'validation'" in validation.category_note
+    assert validation.subset([0]).category_note == validation.category_note
     write_oml(tmp_path, ["0,img/a.png,train,,,bird", "2,img/q.png,validation,False,True,bird",
                          "2,img/q.png,validation,True,False,fish"], header=header)
     assert build_dataset("oml", tmp_path, "validation").category_ids == ["fish"]  # the query row's, listed second
     write_oml(tmp_path, ["0,img/a.png,train,,"], header="label,path,split,is_query,is_gallery")
     assert build_dataset("oml", tmp_path, "train").category_ids is None
+
+
+def test_id_cells_are_ints_only_when_ascii_integers(tmp_path):
+    """A ``category`` / ``sequence`` cell is an int only when it is an ASCII ``-?[0-9]+``; ``--1``, ``²``, ``+7``,
+    ``1.5`` are text (``str.isdigit`` takes ``²`` for a digit, ``int`` does not: every read of the CSV used to
+    crash, the category column being read on every row, the train rows too)."""
+    header = "label,path,split,is_query,is_gallery,category,sequence"
+    write_oml(tmp_path, ["5,img/t.png,train,,,--1,", "6,img/u.png,train,,,²,",
+                         "0,img/a.png,validation,True,True,-3,--1", "0,img/b.png,validation,False,True,+7,²",
+                         "1,img/c.png,validation,True,True,1.5,-12", "1,img/d.png,validation,False,True,07,x"],
+              header=header)
+    assert build_dataset("oml", tmp_path, "train").category_ids == ["--1", "²"]
+    validation = build_dataset("oml", tmp_path, "validation")
+    assert validation.category_ids == [-3, "+7", "1.5", 7]
+    assert validation.sequence_ids == ["--1", "²", -12, "x"]
+    assert build_dataset("oml", tmp_path, "query").category_ids == [-3, "1.5"]
+
+
+def test_id_cells_spelt_two_ways_are_one_id_and_the_load_report_says_so(tmp_path):
+    """``007`` and ``7`` are one category 7 (as pandas reads an integer column, so as an OML user's own code):
+    kept, but never silently: the load report of each split that reads both names the cells and their lines (the
+    same for ``sequence``)."""
+    header = "label,path,split,is_query,is_gallery,category,sequence"
+    write_oml(tmp_path, ["0,img/t0.png,train,,,007,", "0,img/t1.png,train,,,7,", "1,img/t2.png,train,,,-0,",
+                         "1,img/t3.png,train,,,0,", "2,img/t4.png,train,,,10,",
+                         "0,img/a.png,validation,True,True,7,01", "0,img/b.png,validation,False,True,07,1"],
+              header=header)
+    train = build_dataset("oml", tmp_path, "train")
+    assert train.category_ids == [7, 7, 0, 0, 10]
+    assert ("column 'category' of df.csv, split 'train': cells '007' (line 2) and '7' (line 3) are one category 7 "
+            "(a cell that is an integer is read by its value, as pandas reads an integer column); 1 other category "
+            "id(s) spelt more than one way too") in train.report.notes
+    gallery = build_dataset("oml", tmp_path, "gallery")
+    assert gallery.category_ids == [7, 7] and gallery.sequence_ids == [1, 1]
+    assert any(n.startswith("column 'category' of df.csv, split 'gallery': cells '7' (line 7) and '07' (line 8)")
+               for n in gallery.report.notes)
+    assert any(n.startswith("column 'sequence' of df.csv, split 'gallery': cells '01' (line 7) and '1' (line 8) "
+                            "are one sequence 1") for n in gallery.report.notes)
+    query = build_dataset("oml", tmp_path, "query")  # one spelling each: nothing to say
+    assert query.category_ids == [7] and not any("spelt" in n or "are one" in n for n in query.report.notes)
 
 
 @pytest.mark.parametrize("row,column,message", [

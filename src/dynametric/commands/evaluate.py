@@ -19,6 +19,7 @@ from typing import Any
 
 from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
+from dynametric.metrics.categories import category_count
 from dynametric.utils.io import atomic_write_json
 from dynametric.utils.readers import load_ids
 
@@ -82,7 +83,7 @@ def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], ove
                 cells += [str(sum(counts)), *map(str, counts)]
             lines.append(cells)
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    title = (f"by query category ({len(by_category)} categories; each value the mean over the category's queries"
+    title = (f"by query category ({category_count(len(by_category))}; each value the mean over the category's queries"
              + (f"; {', '.join(overall_only)}: overall only" if overall_only else "") + "):")
     table = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [header, *lines]]
@@ -192,13 +193,16 @@ def run(args: argparse.Namespace) -> int:
         """The metrics with the command's options (a protocol's own choices in ``kw`` take precedence, the id files
         over both)."""
         if args.query_ids:
-            kw["query_ids"] = load_ids(args.query_ids, len(q))
+            kw["query_ids"] = load_ids(args.query_ids, len(q), key="--query-ids")
         if args.query_categories:
-            kw["query_categories"] = load_query_categories(args.query_categories, len(q))
+            notes: list[str] = []
+            kw["query_categories"] = load_query_categories(args.query_categories, len(q), notes)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
         if args.gallery_ids:
             if g is None:
                 raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
-            kw["gallery_ids"] = load_ids(args.gallery_ids, len(g))
+            kw["gallery_ids"] = load_ids(args.gallery_ids, len(g), key="--gallery-ids")
         used["categories"] = kw.get("query_categories")
         used["ids"] = kw.get("query_ids"), kw.get("gallery_ids")
         return evaluate_embeddings(q, ql, g, gl, **(options | kw))

@@ -63,10 +63,19 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
+_YAML_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
 def _line_column(text: str, position: int) -> tuple[int, int]:
-    """The 1-based line and column of the character at ``position`` of ``text``."""
-    line_start = text.rfind("\n", 0, position) + 1
-    return text.count("\n", 0, position) + 1, position - line_start + 1
+    """The 1-based line and column of the character at ``position`` of ``text``, as PyYAML's reader counts them (so
+    as its marks name the other errors): a line ends at ``\n``, ``\r\n``, a lone ``\r`` (old Mac files), ``\x85``,
+    ``\u2028`` or ``\u2029``; a ``\ufeff`` takes no column."""
+    line, line_start = 1, 0
+    for match in _YAML_BREAK.finditer(text, 0, position):
+        if match.group() == "\r" and text.startswith("\n", match.end()):  # a \r\n cut at ``position``: one break
+            continue
+        line, line_start = line + 1, match.end()
+    return line, position - line_start - text.count("\ufeff", line_start, position) + 1
 
 
 def _failing_scalar(node: yaml.Node | None) -> yaml.ScalarNode | None:
@@ -188,8 +197,8 @@ def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dic
     raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a byte order mark is not part of the text
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:  # named by line and column, as the line breaks of the text count them
-        before = raw[:exc.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:  # named by line and column, as YAML would count them
+        before = raw[:exc.start].decode("utf-8")
         line, column = _line_column(before, len(before))
         raise ConfigError(f"not a UTF-8 YAML file: byte 0x{raw[exc.start]:02x} at column {column} cannot be decoded "
                           "(save the file as UTF-8)", file=path, line=line) from None

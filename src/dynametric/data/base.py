@@ -380,11 +380,14 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
 
     ``category_ids``: one category id per item where the reader sets it (OML's ``category`` column, whether or not it
     is also a label scale), else ``None``; an evaluation whose queries carry them reports its retrieval metrics per
-    query category as well (``by_category``, :mod:`dynametric.metrics.categories`).
+    query category as well (``by_category``, :mod:`dynametric.metrics.categories`). ``category_note``: where the
+    reader had categories but the split carries none (an OML ``category`` cell empty on one of its rows), the
+    reason, which ``dynametric evaluate --checkpoint`` shows when the split is its queries'; else ``None``.
     """
 
     sequence_ids: list[Hashable] | None = None
     category_ids: list[Hashable] | None = None
+    category_note: str | None = None
 
     def __init__(self, paths: Sequence[str], labels: torch.Tensor, scale_names: Sequence[str], split: str, *,
                  class_ids: Sequence[Sequence[Hashable]] | None = None,
@@ -552,6 +555,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
             out.sequence_ids = [self.sequence_ids[i] for i in idx.tolist()]
         if self.category_ids is not None:
             out.category_ids = [self.category_ids[i] for i in idx.tolist()]
+        out.category_note = self.category_note
         return out
 
     def __repr__(self) -> str:

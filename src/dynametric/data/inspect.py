@@ -187,7 +187,8 @@ def _held_out_problems(format: str, names: Sequence[str], raw_ids: dict[str, dic
 
 def write_sample_grid(format: str, root: str | Path | None, split: str, out: str | Path, count: int = 16,
                       options: dict[str, Any] | None = None, cell: int = 96) -> int:
-    """Write a PNG grid of the first ``count`` images of ``split`` (``swap_rb`` honoured); returns images drawn."""
+    """Write a PNG grid of the first ``count`` items of ``split`` (``swap_rb`` honoured; an item cropped from its
+    image, an ``oml`` row's box, drawn as that crop, as training sees it); returns the items drawn."""
     from dynametric.data.registry import build_dataset
 
     opts = dict(options or {})
@@ -198,11 +199,12 @@ def write_sample_grid(format: str, root: str | Path | None, split: str, out: str
     cols = max(1, math.ceil(math.sqrt(n)))
     grid = Image.new("RGB", (cols * cell, max(1, math.ceil(n / cols)) * cell), (0, 0, 0))
     swap = bool(opts.get("swap_rb", False))
+    boxes = getattr(ds, "boxes", None)  # oml crops (CroppedImageDataset): the item is the box, not the image
     for i in range(n):
         if ds.paths is not None:
             try:
-                img = load_rgb(str(ds.paths[i]), swap)
-            except _DECODE_ERRORS:
+                img = load_rgb(str(ds.paths[i]), swap, box=None if boxes is None else boxes[i])
+            except (*_DECODE_ERRORS, BoxOutsideImage):  # the inspection lists it (a box past the edge too)
                 continue
         else:
             img = Image.fromarray(ds.images[i])

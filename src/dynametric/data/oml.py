@@ -15,7 +15,9 @@ OML describes a retrieval dataset by one CSV (``df.csv`` by default)::
   ``category_ids`` (when no record of the split has an empty cell), from which the evaluations report their
   retrieval metrics per query category (``by_category``; ``eval.per_category``). The option
   ``category_as_scale=True`` makes it a second, coarser label scale too (scales ``label`` then ``category``, finest
-  first, checked to be a hierarchy: every label in one category; ``multiscale`` training then uses it);
+  first, checked to be a hierarchy: every label in one category; ``multiscale`` training then uses it). A cell
+  that is an ASCII integer (``-?[0-9]+``) is that int, as pandas reads it; any other is its text (``sequence`` too;
+  ``007`` and ``7`` are one id, which the split's load report notes);
 * optional ``sequence``: an id (e.g. of the video or burst a frame comes from), required on every validation row
   when the column is present; as OML's ``calc_mask_to_ignore``, a query -> gallery evaluation excludes from each
   query's ranking the gallery items of its sequence (the validation splits' datasets carry ``sequence_ids``;
@@ -58,6 +60,7 @@ from dynametric.data.readers import (
     start_csv_read,
 )
 from dynametric.errors import InputError
+from dynametric.utils.readers import id_cell, merged_ids, merged_ids_note
 
 REQUIRED = ("label", "path", "split", "is_query", "is_gallery")
 BOX = ("x_1", "x_2", "y_1", "y_2")
@@ -71,11 +74,13 @@ Box = tuple[int, int, int, int]  # PIL order: (left, upper, right, lower) = (x_1
 class OMLRecords(SplitRecords):
     """:class:`SplitRecords` plus one crop box (or ``None``) per record and, for the validation splits of a CSV with a
     ``sequence`` column, one sequence id per record (else ``None``); with a ``category`` column filled on every record
-    of the split, one category id per record (else ``None``)."""
+    of the split, one category id per record (else ``None``, and ``category_note`` says why where the column
+    exists)."""
 
     boxes: list[Box | None] | None = None
     sequences: list[Hashable] | None = None
     categories: list[Hashable] | None = None
+    category_note: str | None = None
 
 
 class CroppedImageDataset(HierarchicalImageDataset):
@@ -129,26 +134,29 @@ def _flag(text: str) -> bool | None:
 
 
 def _id_cell(text: str) -> Hashable | None:
-    """An id cell (``category``, ``sequence``): an int where it reads as one (``7``), else the text; ``None`` when
-    empty."""
-    if not text:
-        return None
-    return int(text) if text.lstrip("-").isdigit() else text
+    """An id cell (``category``, ``sequence``): an int where it is an ASCII integer (``7``, ``-3``), else the text
+    (``--1``, ``²``: :func:`~dynametric.utils.readers.id_cell`); ``None`` when empty."""
+    return id_cell(text) if text else None
 
 
 def _split_categories(categories: list[Hashable | None], locations: Sequence[tuple[str, int | None]], header: list[str],
-                      path: Path, split: str, report: LoadReport) -> list[Hashable] | None:
-    """The records' categories (the metrics' per-category report, :attr:`HierarchicalImageDataset.category_ids`);
-    ``None`` without a ``category`` column, or with an empty cell on a record of the split (noted in the report: a
-    query without a category would fall in no part of it)."""
+                      path: Path, split: str, report: LoadReport) -> tuple[list[Hashable] | None, str | None]:
+    """The records' categories (the metrics' per-category report, :attr:`HierarchicalImageDataset.category_ids`)
+    and, when they are dropped, why (:attr:`HierarchicalImageDataset.category_note`): ``(None, None)`` without a
+    ``category`` column, ``(None, note)`` with an empty cell on a record of the split (a query without a category
+    would fall in no part of the report). The note goes into the load report of the splits whose items are
+    queries (``query``; ``train`` and ``validation``, evaluated leave-one-out: every item a query), not of
+    ``gallery``, whose categories no query -> gallery report reads."""
     if "category" not in header:
-        return None
+        return None, None
     empty = [i for i, c in enumerate(categories) if c is None]
     if not empty:
-        return list(categories)
-    report.notes.append(f"column 'category' of {path.name} is empty on {len(empty)} of the {len(categories)} records "
-                        f"of split {split!r} (first at line {locations[empty[0]][1]}): no per-category metrics for it")
-    return None
+        return list(categories), None
+    note = (f"column 'category' of {path.name} is empty on {len(empty)} of the {len(categories)} records of split "
+            f"{split!r} (first at line {locations[empty[0]][1]}): no per-category metrics for it")
+    if split != "gallery":
+        report.notes.append(note)
+    return None, note
 
 
 def _coordinate(text: str) -> float | None:
@@ -345,6 +353,9 @@ class OMLFormat:
         ids: list[set[Hashable]] = [set() for _ in scales]
         out_paths, raw, locs, boxes, sequences = [], [], [], [], []
         categories: list[Hashable | None] = []
+        col = {h: i for i, h in enumerate(header)}
+        id_cells: dict[str, list[tuple[str, int]]] = {c: [] for c in ("category", "sequence") if c in col and
+                                                      (c == "category" or split != "train")}
         position: dict[str, int] = {}  # the validation split's items: their index in the split
         dup = DuplicateTracker(report)
         listed: dict[str, tuple[Any, int, Any]] = {}  # the validation split's items (path and box): labels, line, seq
@@ -361,6 +372,8 @@ class OMLFormat:
             full = os.path.join(str(img_root), r[i_path])
             if not image_exists(full, report, path, number, check_files):
                 continue
+            for column, cells in id_cells.items():  # the split's id cells, for the note on merged spellings
+                cells.append((r[col[column]], number))
             shown = f"{r[i_path]}" + ("" if box is None else f" box {box}")
             if split == "validation":  # one item may be a query-only row plus a gallery-only row (OML's own CSVs):
                 item = os.path.normpath(shown)  # one item of the split; a repeat is the same role listed twice
@@ -389,9 +402,15 @@ class OMLFormat:
             sequences.append(sequence)
             categories.append(category)
         report.records = len(out_paths)
+        for column, cells in id_cells.items():  # '007' and '7' are one id, as pandas reads them: said, not hidden
+            merged = merged_ids(cells)
+            if merged:
+                report.notes.append(f"column {column!r} of {path.name}, split {split!r}: "
+                                    f"{merged_ids_note(merged, column)}")
         class_ids = [contiguous_ids(list(s))[1] for s in ids] if shared else None
         has_sequence = "sequence" in header and split != "train"
+        split_categories, category_note = _split_categories(categories, locs, header, path, split, report)
         return OMLRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids, boxes=boxes,
-                          sequences=sequences if has_sequence else None,
-                          categories=_split_categories(categories, locs, header, path, split, report))
+                          sequences=sequences if has_sequence else None, categories=split_categories,
+                          category_note=category_note)
 

@@ -178,4 +178,5 @@ def build_dataset(format: str, root: str | Path | None, split: str,
     categories = getattr(records, "categories", None)  # oml: the rows' category column (a scale or not)
     if categories is not None:
         dataset.category_ids = list(categories)
+    dataset.category_note = getattr(records, "category_note", None)  # oml: why a category column gave none
     return dataset

@@ -135,6 +135,11 @@ class LabelledSubset(torch.utils.data.Dataset):
         ids = getattr(self.dataset, "category_ids", None)
         return None if ids is None else [ids[int(i)] for i in self.indices]
 
+    @property
+    def category_note(self) -> str | None:
+        """Why the parent carries no categories although its reader had some (its ``category_note``), or ``None``."""
+        return getattr(self.dataset, "category_note", None)
+
     def __len__(self) -> int:
         return int(self.indices.numel())
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric.metrics.categories import category_count
 from dynametric.utils.io import atomic_write_text
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
@@ -109,7 +110,7 @@ def category_table(by_category: Mapping[str, Mapping[str, Any]], overall_only: S
                 counts = (int(values.get("num_queries", 0)), int(values.get("excluded_queries", 0)))
                 cells += [f'<td data-v="{n}">{n}</td>' for n in (sum(counts), *counts)]
             rows.append("<tr>" + "".join(cells) + "</tr>")
-    count = f"{len(by_category)} categor{'y' if len(by_category) == 1 else 'ies'}"
+    count = category_count(len(by_category))
     note = (f"<p class='note'>The test metrics of each query category ({count}; "
             f"{', '.join(html.escape(s) for s in scales)}): each value is the mean over the category's queries, so "
             "the overall value (<em>Test metrics</em>) is their mean weighted by <code>num_queries</code>; "
@@ -175,7 +176,7 @@ def category_summary(by_category: Mapping[str, Mapping[str, Any]], scale_names: 
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     if not omitted:
-        count = f"{len(by_category)} categor{'y' if len(by_category) == 1 else 'ies'}"
+        count = category_count(len(by_category))
         return [f"test metrics by query category ({count}; each value the mean over the category's queries):",
                 line(header), *map(line, rows)]
     worst, best = rows[:split_at], rows[split_at:]
@@ -183,7 +184,7 @@ def category_summary(by_category: Mapping[str, Mapping[str, Any]], scale_names: 
              f"by {key[0]}/{key[1]}, worst first; {omitted} omitted (every category: {where}):"
              if best else f"test metrics by query category: the {len(worst)} of {len(by_category)} with a "
              f"{key[0]}/{key[1]} value, worst first; {omitted} omitted (every category: {where}):")
-    middle = [f"... {omitted} categor{'y' if omitted == 1 else 'ies'} omitted ..."] if best else []
+    middle = [f"... {category_count(omitted)} omitted ..."] if best else []
     return [title, line(header), *map(line, worst), *middle, *map(line, best)]
 
 

@@ -21,7 +21,7 @@ import torch
 
 from dynametric.errors import InputError
 
-__all__ = ["CategoryCodes", "category_codes", "category_results"]
+__all__ = ["CategoryCodes", "category_codes", "category_count", "category_results"]
 
 
 class CategoryCodes:
@@ -34,6 +34,11 @@ class CategoryCodes:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def category_count(count: int) -> str:
+    """``"1 category"``, ``"2 categories"``: a count of categories in a title or a note."""
+    return f"{count} categor{'y' if count == 1 else 'ies'}"
 
 
 def _sort_key(value: Hashable) -> tuple[int, Any, str]:

@@ -223,8 +223,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str] | CheckpointConfig, c
         result = protocol.evaluate(sets, evaluate)
     splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
         f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
-    return CheckpointEvaluation(result, protocol, sets, f"{trained.checkpoint}: {cfg.data.format} {splits}",
-                                [note] if note else [])
+    notes = [note] if note else []
+    if isinstance(protocol, (LeaveOneOut, QueryGallery)) and protocol.per_category:
+        queries = sets[protocol.required_splits()[0]].dataset
+        dropped = getattr(queries, "category_note", None)  # the data has categories, the queries none: say why
+        if dropped and getattr(queries, "category_ids", None) is None:
+            notes.append(dropped)
+    return CheckpointEvaluation(result, protocol, sets, f"{trained.checkpoint}: {cfg.data.format} {splits}", notes)
 
 
 def evaluate_dyml_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *, overrides: Sequence[str] = (),

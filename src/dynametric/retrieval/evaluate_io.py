@@ -23,7 +23,7 @@ import numpy as np
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.io import is_per_query_csv, is_results_json
 from dynametric.retrieval.embed import embed_folder_of, read_finished_job
-from dynametric.utils.readers import load_embeddings, load_ids, load_labels
+from dynametric.utils.readers import id_cell, load_embeddings, load_ids, load_labels, merged_ids, merged_ids_note
 
 __all__ = [
     "EvaluationFiles",
@@ -178,15 +178,20 @@ def read_evaluation_files(embeddings: str | None, labels: str | None = None, gal
     return EvaluationFiles(q.emb, ql, g, gl, names, source)
 
 
-def load_query_categories(path: str, expected: int) -> list[str]:
+def load_query_categories(path: str, expected: int, notes: list[str] | None = None) -> list[int | str]:
     """``--query-categories``: one category per query row (:func:`~dynametric.utils.readers.load_ids`), none of
-    them empty."""
-    categories = load_ids(path, expected)
-    if "" in categories:
-        line = categories.index("") + 1
+    them empty, each read as an OML CSV's ``category`` cell is (:func:`~dynametric.utils.readers.id_cell`: ``10``
+    is the int 10, so the report orders ``2``, ``10``, ``bird`` as for the CSV). Where two different lines read as
+    one int (``007`` and ``7``) a note saying so is appended to ``notes``."""
+    lines = load_ids(path, expected, "categories", key="--query-categories")
+    if "" in lines:
+        line = lines.index("") + 1
         raise InputError(f"line {line} is empty; expected one category per query row", file=path, line=line,
                          key="--query-categories")
-    return categories
+    merged = merged_ids((text, number) for number, text in enumerate(lines, 1))
+    if merged and notes is not None:
+        notes.append(f"--query-categories {path}: {merged_ids_note(merged, 'category', 'line')}")
+    return [id_cell(text) for text in lines]
 
 
 def excluded_pairs(query_ids: Sequence[Hashable] | None, gallery_ids: Sequence[Hashable] | None) -> int:

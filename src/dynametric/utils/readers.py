@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -235,15 +237,48 @@ def load_labels(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     return load_labels_csv(path)
 
 
-def load_ids(path: str | Path, expected: int) -> list[str]:
-    """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed)."""
+_INTEGER_CELL = re.compile(r"-?[0-9]+")
+
+
+def id_cell(text: str) -> int | str:
+    """The id a non-empty cell of an id column holds (OML's ``category`` and ``sequence``, a ``--query-categories``
+    line): an int where the text is an ASCII integer, ``-?[0-9]+`` (``7``, ``-3``; ``007`` is 7, as pandas reads an
+    integer column), else the text itself (``bird``, ``--1``, ``²``, ``1.5``, ``+7``)."""
+    return int(text) if _INTEGER_CELL.fullmatch(text) else text
+
+
+def merged_ids(cells: Iterable[tuple[str, int | None]]) -> list[tuple[int, list[tuple[str, int | None]]]]:
+    """The ids that several different texts read as (:func:`id_cell`: ``007`` and ``7`` are both 7), each with
+    those texts and the line of the first of each, from ``(text, line)`` pairs; ``[]`` when none is."""
+    first: dict[int, dict[str, int | None]] = {}
+    for text, line in cells:
+        if _INTEGER_CELL.fullmatch(text):
+            first.setdefault(int(text), {}).setdefault(text, line)
+    return [(value, list(spellings.items())) for value, spellings in first.items() if len(spellings) > 1]
+
+
+def merged_ids_note(merged: list[tuple[int, list[tuple[str, int | None]]]], what: str, unit: str = "cell") -> str:
+    """The note on :func:`merged_ids`' result: ``cells '007' (line 3) and '7' (line 5) are one category 7 ...``,
+    plus how many other ids are spelt several ways; ``what`` names the id (``category``), ``unit`` what holds one
+    (``cell``, ``line``)."""
+    value, spellings = merged[0]
+    cells = " and ".join(f"{text!r}" + ("" if line is None else f" (line {line})") for text, line in spellings)
+    more = f"; {len(merged) - 1} other {what} id(s) spelt more than one way too" if len(merged) > 1 else ""
+    return (f"{unit}s {cells} are one {what} {value} (a {unit} that is an integer is read by its value, as pandas "
+            f"reads an integer column){more}")
+
+
+def load_ids(path: str | Path, expected: int, what: str = "ids", key: str | None = None) -> list[str]:
+    """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed; a byte order mark,
+    as an editor or Excel may write, is not part of the first id; ``\r\n`` and ``\r`` end lines too). ``what``
+    names the lines in the error of a wrong count, ``key`` the option that gave the file."""
     path = Path(path)
     check_file(path)
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    ids = [line.strip() for line in decode_utf8(path.read_bytes(), path).split("\n")]
     if ids and ids[-1] == "":
         ids.pop()
     if len(ids) != expected:
-        raise InputError(f"expected {expected} ids (one per line), got {len(ids)}", file=path)
+        raise InputError(f"expected {expected} {what} (one per line), got {len(ids)}", file=path, key=key)
     return ids
 
 
