@@ -185,3 +185,12 @@ def test_the_rank_cap_follows_the_full_ranking_flag():
                                          ranking_engine=engine, per_query=True, metric_table=table)
         close = np.allclose(table_q["fine"]["mrr"], want, rtol=0, atol=1e-12, equal_nan=True)
         assert close == full, (full, engine)
+
+
+@pytest.mark.parametrize("name", ["recall@²", "map@²", "precision@٣"])
+def test_a_cut_off_in_non_ascii_digits_is_a_bad_metric_not_a_crash(name):
+    """``str.isdigit`` accepts '²' and Arabic-Indic digits, which ``int`` refuses (a ValueError traceback): the
+    cut-off must be ASCII digits, one ConfigError naming the metric."""
+    q = np.eye(2)
+    with pytest.raises(ConfigError, match=f"bad metric '{name}'|unknown retrieval metric '{name}'"):
+        evaluate_embeddings(q, [0, 1], metrics=[name])

@@ -669,8 +669,9 @@ def schema_default(key: str) -> Any:
             raise KeyError(key)
         tp = _hints(section)[name]
         if bracket:  # name[N]: an element of a list of sections, never the last part (an element has no default)
-            if not (index[:-1].isdigit() and index.endswith("]")) or typing.get_origin(tp) is not list \
-                    or i == len(parts) - 1:
+            number = index[:-1]
+            if not (number.isascii() and number.isdigit() and index.endswith("]")) \
+                    or typing.get_origin(tp) is not list or i == len(parts) - 1:
                 raise KeyError(key)
             tp = typing.get_args(tp)[0]
         elif i == len(parts) - 1:

@@ -1064,7 +1064,7 @@ def _local_processes(cfg: Config) -> int:
         return max(1, len(devices))
     if isinstance(devices, int) and devices > 0:
         return devices
-    if isinstance(devices, str) and devices.strip().isdigit() and int(devices) > 0:
+    if isinstance(devices, str) and devices.strip().isascii() and devices.strip().isdigit() and int(devices) > 0:
         return int(devices)
     return max(1, torch.cuda.device_count())
 

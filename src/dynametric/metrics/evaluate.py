@@ -94,7 +94,7 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
         if sep and family in families:
             if tail == "k":
                 new = list(k_values)
-            elif tail.isdigit() and int(tail) >= 1:
+            elif tail.isascii() and tail.isdigit() and int(tail) >= 1:
                 new = [int(tail)]
             else:
                 raise ConfigError(f"bad metric {name!r}: expected {family}@K or {family}@<positive int>",

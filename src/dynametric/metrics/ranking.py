@@ -201,7 +201,7 @@ def at_k(name: str, table: Mapping[str, RankMetric] | None = None) -> tuple[str,
     table = METRIC_TABLE if table is None else table
     family, _, tail = name.partition("@")
     entry = table.get(f"{family}@k")
-    if family != "recall" and entry is not None and entry.at_k and tail.isdigit() and int(tail) >= 1:
+    if family != "recall" and entry is not None and entry.at_k and tail.isascii() and tail.isdigit() and int(tail) >= 1:
         return family, int(tail)
     return None
 
@@ -225,7 +225,7 @@ def resolve_metrics(k_values: Iterable[int] = (), metrics: Iterable[str | Metric
             continue
         family, _, tail = name.partition("@")
         entry = table.get(f"{family}@k")
-        if entry is None or not entry.at_k or not tail.isdigit() or int(tail) < 1:
+        if entry is None or not entry.at_k or not (tail.isascii() and tail.isdigit()) or int(tail) < 1:
             raise ValueError(f"unknown retrieval metric {name!r}")
         out.append(MetricSpec(name, entry, int(tail)))
     return tuple(out)
