@@ -180,3 +180,64 @@ def test_checkpoint_query_gallery_by_id_files_reports_the_pairs_they_excluded(tm
                                "id_files": {"query_ids": str(tmp_path / "q.txt"),
                                             "gallery_ids": str(tmp_path / "g.txt")}}
     assert ids["coarse"]["map"] != plain["coarse"]["map"] and is_results_json(tmp_path / "ids.json")
+
+
+def test_id_files_that_do_not_fit_the_protocol_are_refused_before_anything_is_embedded(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """`--gallery-ids` with a leave-one-out run (or `--split`), and one of `--query-ids` / `--gallery-ids` alone
+    with a query -> gallery run: one line naming the option and the protocol, before any split is loaded or
+    embedded (they were refused only once the splits had been embedded, minutes on a real dataset)."""
+    import dynametric.engine.builders as builders
+    import dynametric.engine.inference as inference
+    from tests.retrieval.conftest import make_run
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded or embedded before the check")
+
+    monkeypatch.setattr(inference, "embed_dataset", never)
+    monkeypatch.setattr(builders, "load_eval_split", never)
+    ckpt = make_run(tmp_path / "run", dim=8)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a\n")
+    base = ["--checkpoint", str(ckpt), "--device", "cpu"]
+    no_gallery = ("which has no gallery: give --query-ids alone (each query's ranking then leaves out every item "
+                  "sharing its id)")
+    assert _err(capsys, [*base, "--gallery-ids", str(ids)]) == (
+        "dynametric evaluate: error: key '--gallery-ids': applies to a query -> gallery evaluation, but the run's "
+        f"eval.protocol is leave_one_out (on split 'test'), {no_gallery}")
+    assert _err(capsys, [*base, "--split", "val", "--query-ids", str(ids), "--gallery-ids", str(ids)]) == (
+        "dynametric evaluate: error: key '--gallery-ids': applies to a query -> gallery evaluation, but --split "
+        f"evaluates split 'val' leave-one-out, {no_gallery}")
+    qg = [*base, "--set", "eval.protocol=query_gallery", "--set", "eval.query_split=test", "--set",
+          "eval.gallery_split=val"]
+    pair = ("the run's eval.protocol is query_gallery (split 'test' -> 'val'), which leaves a gallery item out of a "
+            "query's ranking when their ids are equal; give both files (one id per line, a line per item of each "
+            "split)")
+    assert _err(capsys, [*qg, "--query-ids", str(ids)]) == (
+        f"dynametric evaluate: error: key '--gallery-ids': is needed with --query-ids: {pair}")
+    assert _err(capsys, [*qg, "--gallery-ids", str(ids)]) == (
+        f"dynametric evaluate: error: key '--query-ids': is needed with --gallery-ids: {pair}")
+
+
+def test_id_files_that_do_not_fit_the_files_are_refused_before_they_are_read(data, capsys, monkeypatch):
+    """The same without `--checkpoint`: `--gallery-ids` without `--gallery-embeddings`, one id file alone with
+    them: one line naming the options, before any embedding file is read (the second was `key 'gallery_ids':
+    query_ids given without gallery_ids`, the metrics' own argument names)."""
+    import dynametric.retrieval.evaluate_io as evaluate_io
+
+    tmp, _, _ = data
+    monkeypatch.setattr(evaluate_io, "read_evaluation_files", lambda *a: pytest.fail("read before the check"))
+    (tmp / "ids.txt").write_text("a\n" * 40)
+    e, lab, ids = str(tmp / "e.npy"), str(tmp / "l.csv"), str(tmp / "ids.txt")
+    assert _err(capsys, ["--embeddings", e, "--labels", lab, "--query-ids", ids, "--gallery-ids", ids]) == (
+        "dynametric evaluate: error: key '--gallery-ids': needs --gallery-embeddings (a query -> gallery "
+        "evaluation); a leave-one-out evaluation has no gallery: give --query-ids alone (each query's ranking then "
+        "leaves out every item sharing its id)")
+    qg = ["--embeddings", e, "--labels", lab, "--gallery-embeddings", e, "--gallery-labels", lab]
+    pair = ("--gallery-embeddings makes it a query -> gallery evaluation, which leaves a gallery item out of a "
+            "query's ranking when their ids are equal; give both files (one id per line, a line per row of each "
+            "side)")
+    assert _err(capsys, [*qg, "--query-ids", ids]) == (
+        f"dynametric evaluate: error: key '--gallery-ids': is needed with --query-ids: {pair}")
+    assert _err(capsys, [*qg, "--gallery-ids", ids]) == (
+        f"dynametric evaluate: error: key '--query-ids': is needed with --gallery-ids: {pair}")

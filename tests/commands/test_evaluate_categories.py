@@ -55,7 +55,8 @@ def test_query_categories_file_prints_and_writes_the_split(tmp_path: Path, capsy
     assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 2
     assert (f"{tmp_path / 'cat.txt'} key '--query-categories': expected 5 categories (one per line), got 2"
             in capsys.readouterr().err)
-    assert main([*args, "--query-ids", str(tmp_path / "cat.txt")]) == 2
+    (tmp_path / "gid.txt").write_text("a\nb\nc\nd\n")  # the gallery's ids: query -> gallery takes both files
+    assert main([*args, "--query-ids", str(tmp_path / "cat.txt"), "--gallery-ids", str(tmp_path / "gid.txt")]) == 2
     assert (f"{tmp_path / 'cat.txt'} key '--query-ids': expected 5 ids (one per line), got 2"
             in capsys.readouterr().err)
     (tmp_path / "cat.txt").write_text("fish\n" * 5)  # one category: the title says so (was "1 categories")

@@ -90,6 +90,17 @@ def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], ove
     return "\n".join([title, *table])
 
 
+def _id_files_pair(args: argparse.Namespace, why: str, per: str) -> None:
+    """Query -> gallery excludes by pairs of ids: ``--query-ids`` and ``--gallery-ids`` together or neither, else a
+    ConfigError naming the one missing (``why``: what made the evaluation query -> gallery; ``per``: what each
+    line of the files stands for)."""
+    if bool(args.query_ids) == bool(args.gallery_ids):
+        return
+    given, missing = ("--query-ids", "--gallery-ids") if args.query_ids else ("--gallery-ids", "--query-ids")
+    raise ConfigError(f"is needed with {given}: {why}, which leaves a gallery item out of a query's ranking when "
+                      f"their ids are equal; give both files (one id per line, a line per {per})", key=missing)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="retrieval/clustering metrics of saved embeddings, per label scale",
@@ -199,9 +210,7 @@ def run(args: argparse.Namespace) -> int:
             kw["query_categories"] = load_query_categories(args.query_categories, len(q), notes)
             for note in notes:
                 print(f"note: {note}", file=sys.stderr)
-        if args.gallery_ids:
-            if g is None:
-                raise ConfigError("--gallery-ids needs --gallery-embeddings", key="--gallery-ids")
+        if args.gallery_ids:  # with a gallery: checked before anything was read or embedded (_id_files_pair)
             kw["gallery_ids"] = load_ids(args.gallery_ids, len(g), key="--gallery-ids")
         used["categories"] = kw.get("query_categories")
         used["ids"] = kw.get("query_ids"), kw.get("gallery_ids")
@@ -241,6 +250,15 @@ def run(args: argparse.Namespace) -> int:
             if id_files and isinstance(protocol, QueryGallery) and protocol.query_in_gallery:
                 raise ConfigError("cannot replace the ids by which the test protocol excludes each query's own "
                                   f"gallery item (eval.query_in_gallery is true){own_ids}", key=id_files[0])
+            if isinstance(protocol, LeaveOneOut) and args.gallery_ids:
+                chosen = (f"--split evaluates split {protocol.split!r} leave-one-out" if args.split is not None
+                          else f"the run's eval.protocol is leave_one_out (on split {protocol.split!r})")
+                raise ConfigError(f"applies to a query -> gallery evaluation, but {chosen}, which has no gallery: "
+                                  "give --query-ids alone (each query's ranking then leaves out every item sharing "
+                                  "its id)", key="--gallery-ids")
+            if isinstance(protocol, QueryGallery):
+                _id_files_pair(args, f"the run's eval.protocol is query_gallery (split {protocol.query_split!r} -> "
+                                     f"{protocol.gallery_split!r})", "item of each split")
 
         def check_split(protocol: Any, split: str, dataset: Any) -> None:
             if id_files and getattr(dataset, "sequence_ids", None) is not None:
@@ -280,9 +298,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.config or args.split or args.overrides:
         raise ConfigError("--config, --split and --set need --checkpoint", key="--checkpoint")
     else:
+        if args.example and (args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels):
+            raise ConfigError("--example cannot be combined with embedding/label files", key="--example")
+        if args.gallery_ids and not args.gallery_embeddings:  # before any file is read
+            raise ConfigError("needs --gallery-embeddings (a query -> gallery evaluation); a leave-one-out "
+                              "evaluation has no gallery: give --query-ids alone (each query's ranking then leaves "
+                              "out every item sharing its id)", key="--gallery-ids")
+        if args.gallery_embeddings:
+            _id_files_pair(args, "--gallery-embeddings makes it a query -> gallery evaluation", "row of each side")
         if args.example:
-            if args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels:
-                raise ConfigError("--example cannot be combined with embedding/label files", key="--example")
             from dynametric.examples import make_example
 
             q, ql, names = make_example()
