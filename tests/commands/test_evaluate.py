@@ -241,3 +241,26 @@ def test_id_files_that_do_not_fit_the_files_are_refused_before_they_are_read(dat
         f"dynametric evaluate: error: key '--gallery-ids': is needed with --query-ids: {pair}")
     assert _err(capsys, [*qg, "--gallery-ids", ids]) == (
         f"dynametric evaluate: error: key '--query-ids': is needed with --gallery-ids: {pair}")
+
+
+def test_id_files_of_the_wrong_length_are_refused_before_anything_is_embedded(tmp_path, capsys, monkeypatch):
+    """With `--checkpoint`, an id file whose line count is not its split's item count: one line naming the file,
+    the option and the split, once the split is loaded and before anything is embedded (it was found only when the
+    metrics were computed, after every split had been embedded)."""
+    import dynametric.engine.inference as inference
+    from tests.retrieval.conftest import make_run
+
+    monkeypatch.setattr(inference, "embed_dataset", lambda *a, **kw: pytest.fail("embedded before the check"))
+    ckpt = make_run(tmp_path / "run", dim=8)
+    short, test_ids = tmp_path / "short.txt", tmp_path / "test.txt"
+    short.write_text("a\nb\n")
+    test_ids.write_text("a\n" * 900)  # the synthetic test split
+    base = ["--checkpoint", str(ckpt), "--device", "cpu"]
+    assert _err(capsys, [*base, "--query-ids", str(short)]) == (
+        f"dynametric evaluate: error: {short} key '--query-ids': expected 900 ids of split 'test' (one per line), "
+        "got 2")
+    qg = [*base, "--set", "eval.protocol=query_gallery", "--set", "eval.query_split=test", "--set",
+          "eval.gallery_split=val"]
+    assert _err(capsys, [*qg, "--query-ids", str(test_ids), "--gallery-ids", str(short)]) == (
+        f"dynametric evaluate: error: {short} key '--gallery-ids': expected 540 ids of split 'val' (one per line), "
+        "got 2")

@@ -265,6 +265,11 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"cannot replace the sequence ids of split {split!r} (the data's sequence column), "
                                   f"by which the test protocol excludes the items of each query's own "
                                   f"sequence{own_ids}", key=id_files[0])
+            # a file of the wrong length is refused now, not once the splits are embedded (evaluate reads it again)
+            for option, path, role in (("--query-ids", args.query_ids, protocol.required_splits()[0]),
+                                       ("--gallery-ids", args.gallery_ids, protocol.required_splits()[-1])):
+                if path and split == role:
+                    load_ids(path, len(dataset), f"ids of split {split!r}", key=option)
 
         # the config's test protocol (leave-one-out on --split, query -> gallery, DyML; pipeline/protocols.py)
         try:
