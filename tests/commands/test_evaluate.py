@@ -264,3 +264,25 @@ def test_id_files_of_the_wrong_length_are_refused_before_anything_is_embedded(tm
     assert _err(capsys, [*qg, "--query-ids", str(test_ids), "--gallery-ids", str(short)]) == (
         f"dynametric evaluate: error: {short} key '--gallery-ids': expected 540 ids of split 'val' (one per line), "
         "got 2")
+
+
+def test_checkpoint_leave_one_out_by_id_files_records_them_in_a_protocol_block(tmp_path, capsys):
+    """`--checkpoint` leave-one-out on a split without sequences with `--query-ids`: the results carry a
+    `protocol` block (there was none, so nothing said the file's ids had excluded anything), in the shape of the
+    protocol's own leave-one-out block, counting the ordered pairs of one id left out besides each query itself
+    and naming the file; without the file, no block, as before. With `--per-query` too."""
+    from dynametric.metrics.io import is_results_json
+    from tests.retrieval.conftest import make_run
+
+    ckpt = make_run(tmp_path / "run", dim=8)
+    (tmp_path / "q.txt").write_text("".join(f"a{i % 10}\n" for i in range(900)))  # the synthetic test split
+    base = ["evaluate", "--checkpoint", str(ckpt), "--device", "cpu", "--metrics", "recall@1", "map"]
+    assert main([*base, "--json", str(tmp_path / "plain.json")]) == 0
+    assert main([*base, "--query-ids", str(tmp_path / "q.txt"), "--json", str(tmp_path / "ids.json"),
+                 "--per-query", str(tmp_path / "pq.csv")]) == 0
+    plain, ids = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "ids"))
+    assert "protocol" not in plain
+    assert ids["protocol"] == {"name": "leave_one_out", "split": "test", "queries": 900,
+                               "same_sequence_excluded": False, "excluded_pairs": 10 * 90 * 89,
+                               "id_files": {"query_ids": str(tmp_path / "q.txt")}}
+    assert ids["coarse"]["map"] != plain["coarse"]["map"] and is_results_json(tmp_path / "ids.json")

@@ -131,3 +131,14 @@ def test_the_csv_logger_keeps_the_rows_already_in_the_file(tmp_path):
     second.save()  # a later write of the same process keeps everything and leaves no temporary file
     assert len(list(csv.DictReader(csv_path.open()))) == 5
     assert sorted(p.name for p in csv_path.parent.iterdir()) == ["metrics.csv"]
+
+
+def test_loggers_leave_the_protocol_block_out():
+    """The results' `protocol` block (what a query -> gallery or leave-one-out evaluation excluded) is not logged:
+    its counts (`queries`, `excluded_pairs`, ...) made `test/protocol/<count>` columns of `logs/metrics.csv`, while
+    the validation rounds' logging already skipped it (`MetricLearningModule._log_results`)."""
+    results = {"fine": {"map@r": 0.5, "num_queries": 4}, "mean": {"map@r": 0.5},
+               "protocol": {"name": "query_gallery", "queries": 4, "gallery": 6, "query_in_gallery": True,
+                            "queries_in_gallery": 4, "same_sequence_excluded": False, "excluded_pairs": 4}}
+    assert loggers.flat_metrics("test", results) == {"test/fine/map@r": 0.5, "test/fine/num_queries": 4.0,
+                                                     "test/mean/map@r": 0.5}

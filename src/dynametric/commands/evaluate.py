@@ -291,12 +291,14 @@ def run(args: argparse.Namespace) -> int:
                 atomic_write_json(args.json_out, {**_jsonable(result), "protocol": info}, key="--json")
                 print(f"wrote {args.json_out}", file=sys.stderr)
             return 0
-        if isinstance(ce.protocol, QueryGallery) and info is not None and id_files:  # the pairs the files excluded
-            from dynametric.retrieval.evaluate_io import excluded_pairs
-
-            info["excluded_pairs"] = excluded_pairs(*used["ids"])
-            info["id_files"] = {"query_ids": args.query_ids, "gallery_ids": args.gallery_ids}
         sets = list(ce.sets.values())
+        if id_files:  # the pairs the files excluded, and the files; the protocol excluded nothing by itself (check)
+            from dynametric.retrieval.evaluate_io import id_files_exclusion
+
+            own = info if info is not None else {  # leave-one-out on a split without sequences: no block of its own
+                "name": ce.protocol.name, "split": ce.protocol.required_splits()[0], "queries": len(sets[0].emb),
+                "same_sequence_excluded": False}
+            info = own | id_files_exclusion(used["ids"][0], used["ids"][1], args.query_ids, args.gallery_ids)
         num_queries, protocol = len(sets[0].emb), "leave-one-out" if len(sets) == 1 else "query -> gallery"
     elif args.precision or args.batch_size is not None or args.workers is not None:
         raise ConfigError("--precision, --batch-size and --workers need --checkpoint", key="--checkpoint")

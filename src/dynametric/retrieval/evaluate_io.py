@@ -32,7 +32,9 @@ __all__ = [
     "common_class_ids",
     "embeddings_file",
     "excluded_pairs",
+    "id_files_exclusion",
     "job_scale_names",
+    "leave_one_out_excluded_pairs",
     "load_query_categories",
     "read_evaluation_files",
     "read_side",
@@ -201,6 +203,26 @@ def excluded_pairs(query_ids: Sequence[Hashable] | None, gallery_ids: Sequence[H
         return 0
     in_gallery = Counter(gallery_ids)
     return sum(in_gallery[k] for k in query_ids)
+
+
+def leave_one_out_excluded_pairs(ids: Sequence[Hashable] | None) -> int:
+    """The ordered (query, item) pairs a leave-one-out evaluation with these ids excludes besides each query
+    itself: those of two items of one id, ``sum n (n - 1)`` over the ids (0 without ids), as
+    :meth:`dynametric.engine.protocols.LeaveOneOut.exclusion_ids` counts a split's sequences."""
+    if ids is None:
+        return 0
+    return sum(n * (n - 1) for n in Counter(ids).values())
+
+
+def id_files_exclusion(query_ids: Sequence[Hashable], gallery_ids: Sequence[Hashable] | None, query_file: str,
+                       gallery_file: str | None = None) -> dict[str, Any]:
+    """What a results' ``protocol`` block records of an exclusion by ``evaluate --query-ids`` / ``--gallery-ids``:
+    ``excluded_pairs`` (:func:`excluded_pairs` with gallery ids, else :func:`leave_one_out_excluded_pairs`) and
+    ``id_files``, the files by option (``{"query_ids": ...}``, plus ``"gallery_ids"`` for query -> gallery)."""
+    if gallery_ids is None:
+        return {"excluded_pairs": leave_one_out_excluded_pairs(query_ids), "id_files": {"query_ids": query_file}}
+    return {"excluded_pairs": excluded_pairs(query_ids, gallery_ids),
+            "id_files": {"query_ids": query_file, "gallery_ids": gallery_file}}
 
 
 _JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy")
