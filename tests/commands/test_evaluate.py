@@ -286,3 +286,32 @@ def test_checkpoint_leave_one_out_by_id_files_records_them_in_a_protocol_block(t
                                "same_sequence_excluded": False, "excluded_pairs": 10 * 90 * 89,
                                "id_files": {"query_ids": str(tmp_path / "q.txt")}}
     assert ids["coarse"]["map"] != plain["coarse"]["map"] and is_results_json(tmp_path / "ids.json")
+
+
+def test_files_evaluated_by_id_files_record_them_in_a_protocol_block(data, capsys):
+    """Without `--checkpoint`, `--query-ids` (leave-one-out) or `--query-ids` / `--gallery-ids` (query -> gallery):
+    the results carry a `protocol` block counting the pairs the files' ids excluded and naming the files, as
+    `--checkpoint` records them (there was none); without the files, none; the metrics are the library's."""
+    tmp, x, labels = data
+    ids = [f"i{i % 8}" for i in range(40)]
+    (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    (tmp / "qid.txt").write_text("".join(f"{i}\n" for i in ids[:10]))
+    e, lab = str(tmp / "e.npy"), str(tmp / "l.csv")
+    loo = ["evaluate", "--embeddings", e, "--labels", lab, "--metrics", "map", "--device", "cpu"]
+    assert main([*loo, "--json", str(tmp / "plain.json")]) == 0
+    assert "protocol" not in json.loads((tmp / "plain.json").read_text())
+    assert main([*loo, "--query-ids", str(tmp / "ids.txt"), "--json", str(tmp / "loo.json")]) == 0
+    got = json.loads((tmp / "loo.json").read_text())
+    assert got["protocol"] == {"name": "leave_one_out", "queries": 40, "same_sequence_excluded": False,
+                               "excluded_pairs": 8 * 5 * 4, "id_files": {"query_ids": str(tmp / "ids.txt")}}
+    ref = evaluate_embeddings(x, labels, metrics=["map"], query_ids=ids, scale_names=["fine", "coarse"])
+    assert got["fine"]["map"] == pytest.approx(ref["fine"]["map"])
+    np.save(tmp / "q.npy", x[:10])
+    _write_labels(tmp / "ql.csv", labels[:10])
+    assert main(["evaluate", "--embeddings", str(tmp / "q.npy"), "--labels", str(tmp / "ql.csv"),
+                 "--gallery-embeddings", e, "--gallery-labels", lab, "--metrics", "map", "--device", "cpu",
+                 "--query-ids", str(tmp / "qid.txt"), "--gallery-ids", str(tmp / "ids.txt"),
+                 "--json", str(tmp / "qg.json")]) == 0
+    assert json.loads((tmp / "qg.json").read_text())["protocol"] == {
+        "name": "query_gallery", "queries": 10, "gallery": 40, "same_sequence_excluded": False,
+        "excluded_pairs": 10 * 5, "id_files": {"query_ids": str(tmp / "qid.txt"), "gallery_ids": str(tmp / "ids.txt")}}

@@ -332,6 +332,13 @@ def run(args: argparse.Namespace) -> int:
                     refuse_zero_rows(g, embeddings_file(args.gallery_embeddings))
         num_queries, protocol = len(q), "leave-one-out" if g is None else "query -> gallery"
         result = evaluate(q, ql, g, gl, scale_names=names)
+        if args.query_ids:  # the exclusion the id files made, recorded as with --checkpoint
+            from dynametric.retrieval.evaluate_io import id_files_exclusion
+
+            sizes = {"queries": len(q)} if g is None else {"queries": len(q), "gallery": len(g)}
+            info = ({"name": "leave_one_out" if g is None else "query_gallery", **sizes,
+                     "same_sequence_excluded": False}
+                    | id_files_exclusion(used["ids"][0], used["ids"][1], args.query_ids, args.gallery_ids))
     if args.per_query_out:
         result, table = result
         write_per_query_csv(args.per_query_out, table, key="--per-query", categories=used.get("categories"))
