@@ -129,6 +129,22 @@ def test_categories_from_a_file_are_read_and_ordered_as_an_oml_csv_s(tmp_path: P
             "category 7 (a line that is an integer is read by its value") in capsys.readouterr().err
 
 
+def test_a_category_line_too_long_for_int64_is_text(tmp_path: Path, capsys):
+    """A ``--query-categories`` line of 5000 digits is a category named by its text, as the same OML ``category``
+    cell (it was ``ValueError: Exceeds the limit (4300 digits) for integer string conversion``); a number past
+    int64 is text too, so it sorts after the ints, and ``0`` + the same digits is another category."""
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140]))
+    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1]))
+    big = "9" * 5000
+    (tmp_path / "cat.txt").write_text(f"{big}\n0{big}\n{2**63}\n{2**63 - 1}\n")
+    assert main(["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+                 "--query-categories", str(tmp_path / "cat.txt"), "--metrics", "recall@1", "--device", "cpu",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    by_category = json.loads((tmp_path / "r.json").read_text())["by_category"]
+    assert list(by_category) == [str(2**63 - 1), "0" + big, str(2**63), big]
+    assert "note:" not in capsys.readouterr().err
+
+
 def _oml_run_data(root: Path) -> None:
     """8 training classes of 4 images; 4 validation classes of 3 images: image 0 query and gallery, images 0 and 1
     one sequence, image 2 another; categories cold / warm by class."""

@@ -277,6 +277,27 @@ def test_id_cells_spelt_two_ways_are_one_id_and_the_load_report_says_so(tmp_path
     assert query.category_ids == [7] and not any("spelt" in n or "are one" in n for n in query.report.notes)
 
 
+def test_id_cells_too_long_for_int64_are_text(tmp_path):
+    """An integer id is one that fits in int64: a longer digit string is text, in the cells (``int`` used to raise
+    ``ValueError: Exceeds the limit (4300 digits) for integer string conversion`` on a cell of 5000 digits) and in
+    the note on merged spellings alike (which read every such cell with ``int`` too); leading zeros do not count."""
+    big, top = "9" * 5000, str(2**63 - 1)
+    header = "label,path,split,is_query,is_gallery,category,sequence"
+    write_oml(tmp_path, [f"0,img/t0.png,train,,,{big},", f"0,img/t1.png,train,,,0{big},",
+                         f"1,img/t2.png,train,,,{2**63},", f"1,img/t3.png,train,,,{top},",
+                         f"2,img/t4.png,train,,,000000000000000000000{top},", f"2,img/t5.png,train,,,-{2**63},",
+                         f"0,img/a.png,validation,True,True,x,{big}", f"0,img/b.png,validation,True,True,x,0{big}"],
+              header=header)
+    train = build_dataset("oml", tmp_path, "train")
+    assert train.category_ids == [big, "0" + big, str(2**63), 2**63 - 1, 2**63 - 1, -2**63]
+    assert [n for n in train.report.notes if "are one category" in n] == [
+        f"column 'category' of df.csv, split 'train': cells '{top}' (line 5) and '000000000000000000000{top}' (line 6) "
+        f"are one category {top} (a cell that is an integer is read by its value, as pandas reads an integer column)"]
+    validation = build_dataset("oml", tmp_path, "validation")
+    assert validation.sequence_ids == [big, "0" + big]
+    assert not any("are one" in n for n in validation.report.notes)
+
+
 @pytest.mark.parametrize("row,column,message", [
     ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
     ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),

@@ -240,11 +240,23 @@ def load_labels(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
 _INTEGER_CELL = re.compile(r"-?[0-9]+")
 
 
+def _integer_id(text: str) -> int | None:
+    """The int an id cell's text is (an ASCII ``-?[0-9]+`` whose value fits in int64), else ``None``. The digits are
+    counted before ``int`` reads them: a cell of thousands of digits is text, not Python's ``ValueError: Exceeds the
+    limit (4300 digits) for integer string conversion``."""
+    if not _INTEGER_CELL.fullmatch(text) or len(text.lstrip("-").lstrip("0")) > 19:
+        return None
+    value = int(text)
+    return value if _INT64.min <= value <= _INT64.max else None
+
+
 def id_cell(text: str) -> int | str:
     """The id a non-empty cell of an id column holds (OML's ``category`` and ``sequence``, a ``--query-categories``
-    line): an int where the text is an ASCII integer, ``-?[0-9]+`` (``7``, ``-3``; ``007`` is 7, as pandas reads an
-    integer column), else the text itself (``bird``, ``--1``, ``²``, ``1.5``, ``+7``)."""
-    return int(text) if _INTEGER_CELL.fullmatch(text) else text
+    line): an int where the text is an ASCII integer, ``-?[0-9]+``, that fits in int64 (``7``, ``-3``; ``007`` is 7,
+    as pandas reads an integer column), else the text itself (``bird``, ``--1``, ``²``, ``1.5``, ``+7``, and
+    ``9223372036854775808`` or any longer number)."""
+    value = _integer_id(text)
+    return text if value is None else value
 
 
 def merged_ids(cells: Iterable[tuple[str, int | None]]) -> list[tuple[int, list[tuple[str, int | None]]]]:
@@ -252,8 +264,9 @@ def merged_ids(cells: Iterable[tuple[str, int | None]]) -> list[tuple[int, list[
     those texts and the line of the first of each, from ``(text, line)`` pairs; ``[]`` when none is."""
     first: dict[int, dict[str, int | None]] = {}
     for text, line in cells:
-        if _INTEGER_CELL.fullmatch(text):
-            first.setdefault(int(text), {}).setdefault(text, line)
+        value = _integer_id(text)
+        if value is not None:
+            first.setdefault(value, {}).setdefault(text, line)
     return [(value, list(spellings.items())) for value, spellings in first.items() if len(spellings) > 1]
 
 
