@@ -178,9 +178,23 @@ def test_category_summary_of_many_categories_shows_the_worst_and_best():
 
 
 def test_loggers_leave_the_per_category_block_out():
-    results = _metrics({EVIL: _entry(1, 3)})["test"]
+    """A result with a real ``by_category`` block (``evaluate_embeddings`` with query categories, one of them named
+    like a scale) logs exactly what the same result without it logs: the block holds one dict per category, no
+    number one level down, so ``flat_metrics`` (the numbers one level down) never reaches it. A flattening that went
+    deeper, or a block with a number of its own, would log ``test/by_category/...`` names: this fails then."""
+    import numpy as np
+
+    from dynametric.metrics import evaluate_embeddings
+
+    rng = np.random.default_rng(0)
+    emb, labels = rng.normal(size=(12, 4)).astype(np.float32), np.repeat(np.arange(4), 3)
+    results = evaluate_embeddings(emb, labels, metrics=["recall@1", "map@r"], device="cpu",
+                                  query_categories=[EVIL, "fine", 7] * 4)
+    assert set(results["by_category"]) == {EVIL, "fine", "7"}
     flat = flat_metrics("test", results)
-    assert flat["test/fine/map@r"] == 0.4 and not any("by_category" in k or EVIL in k for k in flat)
+    assert flat == flat_metrics("test", {k: v for k, v in results.items() if k != "by_category"})
+    assert set(flat) >= {"test/fine/recall@1", "test/fine/map@r", "test/mean/map@r"}
+    assert not any("by_category" in k or EVIL in k or k.count("/") != 2 for k in flat)
 
 
 CHROMIUM = find_chromium()

@@ -116,15 +116,17 @@ class KeepingCSVLogger(CSVLogger):
 
 
 def flat_metrics(prefix: str, results: Mapping[str, Any]) -> dict[str, float]:
-    """``{"<prefix>/<scale>/<metric>": value}`` for the numeric entries of an evaluation result. The per-category
-    block (``by_category``) is not logged: its keys are user text (any characters, possibly hundreds of them) that
-    would make awkward metric names and one column per category, scale and metric; it stays in ``metrics.json``,
-    the end-of-run summary and ``report.html`` (docs/training.md, *Loggers*). Nor is the ``protocol`` block (what
-    the protocol evaluated and excluded: counts such as ``queries`` and ``excluded_pairs``, not metrics; the
-    validation rounds' logging skips it too, :meth:`dynametric.engine.module.MetricLearningModule._log_results`)."""
+    """``{"<prefix>/<scale>/<metric>": value}`` for the numeric entries of an evaluation result: the numbers one
+    level down. So the per-category block (``by_category``) is not logged: it holds one dict per category (of
+    scales, of metrics), no number at that level; its keys are user text (any characters, possibly hundreds of them)
+    that would make awkward metric names and one column per category, scale and metric; it stays in
+    ``metrics.json``, the end-of-run summary and ``report.html`` (docs/training.md, *Loggers*). Nor is the
+    ``protocol`` block (what the protocol evaluated and excluded: counts such as ``queries`` and ``excluded_pairs``,
+    not metrics, one level down: left out by name; the validation rounds' logging skips it too,
+    :meth:`dynametric.engine.module.MetricLearningModule._log_results`)."""
     out = {}
     for scale, values in results.items():
-        if not isinstance(values, Mapping) or scale in ("protocol", "by_category"):
+        if not isinstance(values, Mapping) or scale == "protocol":
             continue
         for metric, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -440,7 +440,7 @@ class MetricLearningModule(L.LightningModule):
 
     def _log_results(self, prefix: str, results: dict[str, Any]) -> None:
         for scale, values in results.items():
-            if not isinstance(values, dict) or scale in ("protocol", "by_category"):
+            if not isinstance(values, dict) or scale == "protocol":  # by_category: dicts of categories, no number
                 continue
             for metric, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
