@@ -12,7 +12,7 @@ import pytest
 
 from dynametric.errors import ConfigError
 from dynametric.metrics import ALL_METRICS, DEFAULT_METRICS, evaluate_embeddings
-from dynametric.metrics.ranking import METRIC_TABLE, RankMetric, resolve_metrics
+from dynametric.metrics.ranking import METRIC_TABLE, RankMetric, at_k, resolve_metrics
 
 
 def _recall(rel, hits, r, k):
@@ -185,6 +185,19 @@ def test_the_rank_cap_follows_the_full_ranking_flag():
                                          ranking_engine=engine, per_query=True, metric_table=table)
         close = np.allclose(table_q["fine"]["mrr"], want, rtol=0, atol=1e-12, equal_nan=True)
         assert close == full, (full, engine)
+
+
+@pytest.mark.parametrize("tail", ["²", "٣", "1٣"])
+def test_ranking_reads_a_cut_off_of_ascii_digits_only(tail):
+    """``at_k`` and ``resolve_metrics`` themselves (``evaluate_embeddings`` refuses these names before it reaches
+    them): ``str.isdigit`` accepts '²', which ``int`` refuses (a ValueError traceback), and Arabic-Indic '٣', which
+    ``int`` reads as 3 (``precision@٣`` would be precision@3). Neither is a cut-off."""
+    assert at_k("map@10") == ("map", 10) and at_k("precision@3") == ("precision", 3)  # the ASCII spelling is
+    assert [s.name for s in resolve_metrics(metrics=["precision@3"])] == ["precision@3"]  # one
+    for family in ("map", "precision"):
+        assert at_k(f"{family}@{tail}") is None
+        with pytest.raises(ValueError, match=f"^unknown retrieval metric '{family}@{tail}'$"):
+            resolve_metrics(metrics=[f"{family}@{tail}"])
 
 
 @pytest.mark.parametrize("name", ["recall@²", "map@²", "precision@٣"])
