@@ -200,14 +200,14 @@ def test_id_files_that_do_not_fit_the_protocol_are_refused_before_anything_is_em
     ids = tmp_path / "ids.txt"
     ids.write_text("a\n")
     base = ["--checkpoint", str(ckpt), "--device", "cpu"]
-    no_gallery = ("which has no gallery: give --query-ids alone (each query's ranking then leaves out every item "
-                  "sharing its id)")
+    no_gallery = ("which has no gallery: it is for a query -> gallery evaluation; leave-one-out takes --query-ids "
+                  "alone (each query's ranking then leaves out every item sharing its id)")
     assert _err(capsys, [*base, "--gallery-ids", str(ids)]) == (
-        "dynametric evaluate: error: key '--gallery-ids': applies to a query -> gallery evaluation, but the run's "
-        f"eval.protocol is leave_one_out (on split 'test'), {no_gallery}")
+        "dynametric evaluate: error: key '--gallery-ids': does not apply to leave-one-out (the run's eval.protocol "
+        f"is leave_one_out on split 'test'), {no_gallery}")
     assert _err(capsys, [*base, "--split", "val", "--query-ids", str(ids), "--gallery-ids", str(ids)]) == (
-        "dynametric evaluate: error: key '--gallery-ids': applies to a query -> gallery evaluation, but --split "
-        f"evaluates split 'val' leave-one-out, {no_gallery}")
+        "dynametric evaluate: error: key '--gallery-ids': does not apply to leave-one-out (--split evaluates split "
+        f"'val' leave-one-out), {no_gallery}")
     qg = [*base, "--set", "eval.protocol=query_gallery", "--set", "eval.query_split=test", "--set",
           "eval.gallery_split=val"]
     pair = ("the run's eval.protocol is query_gallery (split 'test' -> 'val'), which leaves a gallery item out of a "

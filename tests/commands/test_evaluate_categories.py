@@ -306,7 +306,9 @@ def test_id_files_never_replace_the_protocol_s_own_exclusions(oml_run, tmp_path:
     """`--query-ids` / `--gallery-ids` with `--checkpoint` where the test protocol excludes by ids of its own (the
     split's sequence ids; each query's own gallery item with `eval.query_in_gallery`): one line naming the option,
     before anything is embedded. The files' ids replaced the protocol's while its block still said
-    `same_sequence_excluded: true`."""
+    `same_sequence_excluded: true`. The advice is a files-mode command that works: query -> gallery files need
+    `--gallery-embeddings` and both id files (it named only the options given, `... with --gallery-ids`, which
+    files mode refuses too); `--gallery-ids` on the leave-one-out split says it does not apply there."""
     import dynametric.engine.inference as inference
 
     def no_embedding(*args, **kwargs):
@@ -321,11 +323,27 @@ def test_id_files_never_replace_the_protocol_s_own_exclusions(oml_run, tmp_path:
     err = capsys.readouterr().err.strip()
     assert err == ("dynametric evaluate: error: key '--query-ids': cannot replace the sequence ids of split "
                    "'validation' (the data's sequence column), by which the test protocol excludes the items of each "
-                   "query's own sequence; to exclude by your own ids, embed the data (dynametric embed) and evaluate "
-                   "the files with --query-ids")
+                   "query's own sequence; to exclude by your own ids, embed the split (dynametric embed) and evaluate "
+                   "the file: --embeddings EMB --query-ids FILE")
+    assert main([*base, "--gallery-ids", ids]) == 2  # leave-one-out with sequences: --gallery-ids is not for it
+    assert capsys.readouterr().err.strip() == (
+        "dynametric evaluate: error: key '--gallery-ids': does not apply to leave-one-out (the run's eval.protocol is "
+        "leave_one_out on split 'validation'), which has no gallery: it is for a query -> gallery evaluation; "
+        "leave-one-out takes --query-ids alone (each query's ranking then leaves out every item sharing its id)")
+    files = ("to exclude by your own ids, embed both splits (dynametric embed) and evaluate the files: --embeddings "
+             "QUERY --gallery-embeddings GALLERY --query-ids FILE --gallery-ids FILE")
     qg = [*base, "--set", "eval.protocol=query_gallery", "--query-ids", ids, "--gallery-ids", ids]
+    assert main(qg) == 2
+    assert capsys.readouterr().err.strip() == (
+        "dynametric evaluate: error: key '--query-ids': cannot replace the sequence ids of split 'query' (the data's "
+        f"sequence column), by which the test protocol excludes the items of each query's own sequence; {files}")
     assert main([*qg, "--set", "eval.query_in_gallery=true"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dynametric evaluate: error: key '--query-ids': cannot replace the ids by which the test "
                           "protocol excludes each query's own gallery item (eval.query_in_gallery is true)")
     assert len(err.splitlines()) == 1
+    qig = [*base, "--set", "eval.protocol=query_gallery", "--set", "eval.query_in_gallery=true"]
+    assert main([*qig, "--gallery-ids", ids]) == 2  # one file alone: the advice still names every option it needs
+    assert capsys.readouterr().err.strip() == (
+        "dynametric evaluate: error: key '--gallery-ids': cannot replace the ids by which the test protocol excludes "
+        f"each query's own gallery item (eval.query_in_gallery is true); {files}")

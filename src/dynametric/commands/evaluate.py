@@ -236,8 +236,16 @@ def run(args: argparse.Namespace) -> int:
 
         id_files = [opt for opt, value in (("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids))
                      if value]
-        own_ids = ("; to exclude by your own ids, embed the data (dynametric embed) and evaluate the files with "
-                   f"{' and '.join(id_files)}")
+
+        def own_ids(protocol: Any) -> str:
+            """How to exclude by one's own ids where the protocol's are not replaced: files mode, which needs the
+            gallery's embeddings and both id files for query -> gallery (naming only the options given was
+            advice that failed: `--gallery-ids` alone is refused there too)."""
+            if isinstance(protocol, QueryGallery):
+                return ("; to exclude by your own ids, embed both splits (dynametric embed) and evaluate the files: "
+                        "--embeddings QUERY --gallery-embeddings GALLERY --query-ids FILE --gallery-ids FILE")
+            return ("; to exclude by your own ids, embed the split (dynametric embed) and evaluate the file: "
+                    "--embeddings EMB --query-ids FILE")
 
         def check(protocol: Any) -> None:
             generic = isinstance(protocol, (LeaveOneOut, QueryGallery))
@@ -249,13 +257,14 @@ def run(args: argparse.Namespace) -> int:
             # block states what was excluded
             if id_files and isinstance(protocol, QueryGallery) and protocol.query_in_gallery:
                 raise ConfigError("cannot replace the ids by which the test protocol excludes each query's own "
-                                  f"gallery item (eval.query_in_gallery is true){own_ids}", key=id_files[0])
+                                  f"gallery item (eval.query_in_gallery is true){own_ids(protocol)}",
+                                  key=id_files[0])
             if isinstance(protocol, LeaveOneOut) and args.gallery_ids:
                 chosen = (f"--split evaluates split {protocol.split!r} leave-one-out" if args.split is not None
-                          else f"the run's eval.protocol is leave_one_out (on split {protocol.split!r})")
-                raise ConfigError(f"applies to a query -> gallery evaluation, but {chosen}, which has no gallery: "
-                                  "give --query-ids alone (each query's ranking then leaves out every item sharing "
-                                  "its id)", key="--gallery-ids")
+                          else f"the run's eval.protocol is leave_one_out on split {protocol.split!r}")
+                raise ConfigError(f"does not apply to leave-one-out ({chosen}), which has no gallery: it is for a "
+                                  "query -> gallery evaluation; leave-one-out takes --query-ids alone (each query's "
+                                  "ranking then leaves out every item sharing its id)", key="--gallery-ids")
             if isinstance(protocol, QueryGallery):
                 _id_files_pair(args, f"the run's eval.protocol is query_gallery (split {protocol.query_split!r} -> "
                                      f"{protocol.gallery_split!r})", "item of each split")
@@ -264,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
             if id_files and getattr(dataset, "sequence_ids", None) is not None:
                 raise ConfigError(f"cannot replace the sequence ids of split {split!r} (the data's sequence column), "
                                   f"by which the test protocol excludes the items of each query's own "
-                                  f"sequence{own_ids}", key=id_files[0])
+                                  f"sequence{own_ids(protocol)}", key=id_files[0])
             # a file of the wrong length is refused now, not once the splits are embedded (evaluate reads it again)
             for option, path, role in (("--query-ids", args.query_ids, protocol.required_splits()[0]),
                                        ("--gallery-ids", args.gallery_ids, protocol.required_splits()[-1])):
