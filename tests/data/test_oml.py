@@ -256,7 +256,9 @@ def test_id_cells_are_ints_only_when_ascii_integers(tmp_path):
 def test_id_cells_spelt_two_ways_are_one_id_and_the_load_report_says_so(tmp_path):
     """``007`` and ``7`` are one category 7 (as pandas reads an integer column, so as an OML user's own code):
     kept, but never silently: the load report of each split that reads both names the cells and their lines (the
-    same for ``sequence``)."""
+    same for ``sequence``). The gallery's categories are not read (the per-category report goes by the query's
+    category), so its report says nothing of them, unless ``category_as_scale`` makes them labels; its sequences
+    are read (the same-sequence exclusion): noted."""
     header = "label,path,split,is_query,is_gallery,category,sequence"
     write_oml(tmp_path, ["0,img/t0.png,train,,,007,", "0,img/t1.png,train,,,7,", "1,img/t2.png,train,,,-0,",
                          "1,img/t3.png,train,,,0,", "2,img/t4.png,train,,,10,",
@@ -269,10 +271,15 @@ def test_id_cells_spelt_two_ways_are_one_id_and_the_load_report_says_so(tmp_path
             "id(s) spelt more than one way too") in train.report.notes
     gallery = build_dataset("oml", tmp_path, "gallery")
     assert gallery.category_ids == [7, 7] and gallery.sequence_ids == [1, 1]
-    assert any(n.startswith("column 'category' of df.csv, split 'gallery': cells '7' (line 7) and '07' (line 8)")
-               for n in gallery.report.notes)
+    assert not any("column 'category'" in n and "are one" in n for n in gallery.report.notes)
     assert any(n.startswith("column 'sequence' of df.csv, split 'gallery': cells '01' (line 7) and '1' (line 8) "
                             "are one sequence 1") for n in gallery.report.notes)
+    as_scale = build_dataset("oml", tmp_path, "gallery", category_as_scale=True)  # a label scale: read, noted
+    assert any(n.startswith("column 'category' of df.csv, split 'gallery': cells '7' (line 7) and '07' (line 8)")
+               for n in as_scale.report.notes)
+    validation = build_dataset("oml", tmp_path, "validation")  # its items are queries: noted
+    assert any(n.startswith("column 'category' of df.csv, split 'validation': cells '7' (line 7) and '07' (line 8)")
+               for n in validation.report.notes)
     query = build_dataset("oml", tmp_path, "query")  # one spelling each: nothing to say
     assert query.category_ids == [7] and not any("spelt" in n or "are one" in n for n in query.report.notes)
 

@@ -354,8 +354,12 @@ class OMLFormat:
         out_paths, raw, locs, boxes, sequences = [], [], [], [], []
         categories: list[Hashable | None] = []
         col = {h: i for i, h in enumerate(header)}
+        # the id cells the split reads, for the note on merged spellings: a gallery's categories only as a label
+        # scale (the per-category report goes by the query's category, as for the empty-category note), sequences
+        # off the training rows (the gallery's: the same-sequence exclusion)
+        read_ids = {"category": split != "gallery" or category_as_scale, "sequence": split != "train"}
         id_cells: dict[str, list[tuple[str, int]]] = {c: [] for c in ("category", "sequence") if c in col and
-                                                      (c == "category" or split != "train")}
+                                                      read_ids[c]}
         position: dict[str, int] = {}  # the validation split's items: their index in the split
         dup = DuplicateTracker(report)
         listed: dict[str, tuple[Any, int, Any]] = {}  # the validation split's items (path and box): labels, line, seq
