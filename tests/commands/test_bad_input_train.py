@@ -304,18 +304,24 @@ def test_the_synthetic_data_seed_option_is_checked_and_keyed_to_data_options(cap
 
 
 def test_a_missing_dataset_root_names_data_root_where_it_was_set(tmp_path, capsys, monkeypatch) -> None:
-    """Was `<unset>: dataset root not found for format 'csv'` (a file named `<unset>`) and `key 'root': ...`."""
+    """Was `<unset>: dataset root not found for format 'csv'` (a file named `<unset>`) and `key 'root': ...`. What
+    the root should hold is the reader's own description, as `evaluate --checkpoint` says it (`train` said `expected
+    the cub200 dataset`, the format's name, where `evaluate` named CUB_200_2011's images.txt)."""
     monkeypatch.setenv("HOME", str(tmp_path))
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "data.format=csv"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "dynametric train: error: key 'data.root': a dataset root directory is required (expected the csv dataset)")
+        "dynametric train: error: key 'data.root': a dataset root directory is required (expected a CSV file with "
+        "columns path, split, <scales...> or a folder holding it)")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  format: cub200\n  root: ~/missing\n")
     assert main(["train", "--config", str(cfg), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"dynametric train: error: {cfg}:3 key 'data.root': dataset root not found: {tmp_path / 'missing'} "
-        "(expected the cub200 dataset)")
+        "(expected CUB_200_2011 with images.txt)")
+    assert main(["train", "--out", str(out), "data.format=oml", f"data.root={tmp_path / 'missing'}"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "(expected an OML dataset CSV (label, path, split, is_query, is_gallery) or its folder)")
     assert not out.exists()
     (tmp_path / "data").mkdir()  # a root written with ~ is read (was refused as not found before the readers ran)
     cfg.write_text("data:\n  format: csv\n  root: ~/data\n")

@@ -106,6 +106,8 @@ def test_formats_options_and_usage_errors(csv_root: Path, tmp_path: Path, capsys
     assert [(p["line"], p["kind"]) for p in json.loads(out)["problems"]] == [(9, "malformed_row")]
     code, out = _run(["data", "inspect", "--format", "csv", "--root", str(tmp_path / "nope")], capsys)
     assert code == 2 and "key '--root': dataset root not found: " in out  # was key 'root' (the data layer's word)
+    assert "(expected a CSV file with columns path, split, <scales...> or a folder holding it)" in out  # the reader's
+    # own words, as train and evaluate --checkpoint say them (was `expected the csv dataset root`)
     code, out = _run(["data", "inspect", "--format", "sop", "--root", str(csv_root), "-o", "bogus=1"], capsys)
     assert code == 2 and "unknown option(s) ['bogus'] for format 'sop'" in out
     code, out = _run(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--split", "training"], capsys)

@@ -130,6 +130,7 @@ class DyMLFormat:
             raise InputError(f"unknown DyML variant {variant!r}; expected one of {list(VARIANTS)}", key="variant")
         self.variant = variant
         self.name = f"dyml-{variant}"
+        self.root_expected = f"the {self.name} release with train/label.csv"
 
     def _split_files(self, root: Path) -> dict[str, tuple[Path, int, Path]]:
         """Split name → (csv, number of fields, image directory) for every split this variant defines."""
@@ -151,19 +152,19 @@ class DyMLFormat:
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
         """Splits whose csv exists under ``root`` (``train`` is always listed so a missing one is reported)."""
-        base = resolve_root(root, f"the {self.name} release with train/label.csv")
+        base = resolve_root(root, self.root_expected)
         return [s for s, (csv, _, _) in self._split_files(base).items() if s == "train" or csv.is_file()]
 
     def missing_splits(self, root: str | Path | None, **_: object) -> list[tuple[str, Path]]:
         """The splits of the release that :meth:`splits` leaves out because their csv is not under ``root``
         (``mini-bmk_all_in_one`` of Product, a ``bmk_<level>`` of Vehicle/Animal): ``(split, the missing csv)``.
         The test protocol needs every one of them (``dynametric data inspect`` reports them)."""
-        base = resolve_root(root, f"the {self.name} release with train/label.csv")
+        base = resolve_root(root, self.root_expected)
         return [(s, csv) for s, (csv, _, _) in self._split_files(base).items() if s != "train" and not csv.is_file()]
 
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
              allow_outside_root: bool = False) -> SplitRecords:
-        base = resolve_root(root, f"the {self.name} release with train/label.csv")
+        base = resolve_root(root, self.root_expected)
         files = self._split_files(base)
         if split not in files:
             raise InputError(f"unknown split {split!r} for {self.name}; expected one of {list(files)}", key="split")

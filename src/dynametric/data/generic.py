@@ -61,10 +61,11 @@ def _typed(values: list[str]) -> list[Hashable]:
 
 class CSVFormat:
     name = "csv"
+    root_expected = "a CSV file with columns path, split, <scales...> or a folder holding it"
     options: dict[str, object] = {"csv_file": "labels.csv", "image_root": None, "allow_outside_root": False}
 
     def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
-        base = resolve_root(root, "a CSV file with columns path, split, <scales...> or a folder holding it")
+        base = resolve_root(root, self.root_expected)
         return base if base.is_file() else base / csv_file
 
     def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -142,6 +143,7 @@ class CSVFormat:
 
 class FolderFormat:
     name = "folder"
+    root_expected = "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>"
     options: dict[str, object] = {"class_key": "path", "scale_names": None, "allow_outside_root": False}
 
     @staticmethod
@@ -152,7 +154,7 @@ class FolderFormat:
         return None
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
-        base = resolve_root(root, "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>")
+        base = resolve_root(root, self.root_expected)
         found = [s for s in SPLIT_NAMES if (base / s).is_dir()]
         return found or ["all"]
 
@@ -180,7 +182,7 @@ class FolderFormat:
              scale_names: list[str] | None = None, allow_outside_root: bool = False) -> SplitRecords:
         if class_key not in ("path", "name"):
             raise InputError(f"class_key must be 'path' or 'name', got {class_key!r}", key="class_key")
-        base = resolve_root(root, "a folder tree root/[<split>/]<coarse>/.../<fine>/<image>")
+        base = resolve_root(root, self.root_expected)
         valid = self.splits(base)
         if split not in valid:
             raise InputError(f"unknown split {split!r} for the folder tree {base}; found {valid}", key="split")

@@ -22,7 +22,7 @@ from PIL import Image
 from dynametric.data.base import BoxOutsideImage, Problem, check_hierarchy, contiguous_ids, load_rgb
 from dynametric.data.oml import box_problem
 from dynametric.data.readers import resolve_root
-from dynametric.data.registry import SYNTHETIC, get_format, list_splits, split_options
+from dynametric.data.registry import SYNTHETIC, get_format, list_splits, root_expected, split_options
 from dynametric.errors import InputError
 from dynametric.utils.io import atomic_write_with
 
@@ -50,7 +50,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
     """Inspect a dataset; returns the ``--json`` document (``problems`` empty means the dataset is clean)."""
     options = dict(options or {})
     if format != SYNTHETIC:  # a missing root is a usage error (exit 2), not a dataset problem
-        resolve_root(root, f"the {format} dataset root")
+        resolve_root(root, root_expected(format))
     result: dict[str, Any] = {"format": format, "root": None if root is None else str(root), "splits": {},
                               "problems": [], "details": {}}
     problems: list[tuple[Problem, str | None]] = []  # (problem, the split whose reading found it: None if none)

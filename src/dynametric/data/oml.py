@@ -171,10 +171,11 @@ def _coordinate(text: str) -> float | None:
 
 class OMLFormat:
     name = "oml"
+    root_expected = "an OML dataset CSV (label, path, split, is_query, is_gallery) or its folder"
     options: dict[str, object] = {"csv_file": "df.csv", "image_root": None, "category_as_scale": False}
 
     def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
-        base = resolve_root(root, "an OML dataset CSV (label, path, split, is_query, is_gallery) or its folder")
+        base = resolve_root(root, self.root_expected)
         return base if base.is_file() else base / csv_file
 
     def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -39,6 +39,8 @@ class DatasetFormat(Protocol):
 
     name: str
     options: dict[str, object]
+    root_expected: str  # what the root holds, in the error of a missing one (``... (expected <root_expected>)``)
+
     def splits(self, *args: Any, **kwargs: Any) -> list[str]: ...  # (root, **options)
 
     def read(self, *args: Any, **kwargs: Any) -> SplitRecords: ...  # (root, split, **options)
@@ -67,6 +69,12 @@ def get_format(name: str) -> DatasetFormat:
     if name not in FORMATS:
         raise ConfigError(f"unknown dataset format {name!r}; valid formats: {', '.join(FORMAT_NAMES)}", key="format")
     return FORMATS[name]
+
+
+def root_expected(name: str) -> str:
+    """What a root of format ``name`` holds (``an OML dataset CSV (label, path, ...) or its folder``), as the
+    reader's own error of a missing root says it: every check of a root before a reader runs says the same."""
+    return FORMATS[name].root_expected if name in FORMATS else f"the {name} dataset"
 
 
 def _synthetic_class() -> type:

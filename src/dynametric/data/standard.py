@@ -45,6 +45,7 @@ def _unknown_split(name: str, split: str, valid: list[str]) -> InputError:
 
 class CUB200Format:
     name = "cub200"
+    root_expected = "CUB_200_2011 with images.txt"
     options: dict[str, object] = {"image_root": None}
     TRAIN_MAX_CLASS = 100
     SCALES = ("fine",)
@@ -54,7 +55,7 @@ class CUB200Format:
         return self.SCALES
 
     def _base(self, root: str | Path | None) -> Path:
-        base = resolve_root(root, "CUB_200_2011 with images.txt")
+        base = resolve_root(root, self.root_expected)
         if not (base / "images.txt").exists() and (base / "CUB_200_2011" / "images.txt").exists():
             base = base / "CUB_200_2011"
         return base
@@ -66,7 +67,7 @@ class CUB200Format:
              image_root: str | Path | None = None) -> SplitRecords:
         if split not in ("train", "test"):
             raise _unknown_split(self.name, split, ["train", "test"])
-        given = resolve_root(root, "CUB_200_2011 with images.txt")
+        given = resolve_root(root, self.root_expected)
         base = self._base(root)
         report = LoadReport(split=split)
         images_txt = require_file(base / "images.txt", "'image_id relative_path' per line")
@@ -154,6 +155,7 @@ class Cars196Format:
     ``cars_test/``; also under ``stanford_cars/``). Both give the same 1–196 class ids; the DML split is by class."""
 
     name = "cars196"
+    root_expected = "CARS196 with cars_annos.mat"
     options: dict[str, object] = {}
     TRAIN_MAX_CLASS = 98
     SCALES = ("fine",)
@@ -178,7 +180,7 @@ class Cars196Format:
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True) -> SplitRecords:
         if split not in ("train", "test"):
             raise _unknown_split(self.name, split, ["train", "test"])
-        base = resolve_root(root, "CARS196 with cars_annos.mat")
+        base = resolve_root(root, self.root_expected)
         report = LoadReport(split=split)
         entries: list[tuple[Path, int, str, Any, Path]] = []  # (mat file, record #, relative path, class, image dir)
         names: dict[Hashable, str] = {}
@@ -229,6 +231,7 @@ class Cars196Format:
 
 class SOPFormat:
     name = "sop"
+    root_expected = "Stanford_Online_Products with Ebay_train.txt"
     options: dict[str, object] = {"image_root": None}
     SCALES = ("product", "category")
     _FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
@@ -244,7 +247,7 @@ class SOPFormat:
              image_root: str | Path | None = None) -> SplitRecords:
         if split not in self._FILES:
             raise _unknown_split(self.name, split, list(self._FILES))
-        base = resolve_root(root, "Stanford_Online_Products with Ebay_train.txt")
+        base = resolve_root(root, self.root_expected)
         path = require_file(base / self._FILES[split], "'image_id class_id super_class_id path' rows after a header")
         report = LoadReport(split=split)
         out_paths, raw, locs = [], [], []
@@ -276,6 +279,7 @@ class SOPFormat:
 
 class InShopFormat:
     name = "inshop"
+    root_expected = "In-Shop Clothes with list_eval_partition.txt and img/"
     options: dict[str, object] = {"with_category": False, "image_root": None}
     SPLITS = ("train", "query", "gallery")
 
@@ -332,7 +336,7 @@ class InShopFormat:
              with_category: bool = False, image_root: str | Path | None = None) -> SplitRecords:
         if split not in self.SPLITS:
             raise _unknown_split(self.name, split, list(self.SPLITS))
-        base = resolve_root(root, "In-Shop Clothes with list_eval_partition.txt and img/")
+        base = resolve_root(root, self.root_expected)
         report = LoadReport(split=split)
         path, rows = self._parse(base, report, split)
         images = image_folder(base, base, image_root, rows[0][1] if rows else None, report,

@@ -1088,12 +1088,14 @@ def loader_settings(cfg: Config) -> dict[str, Any]:
 def check_data_root(cfg: Config) -> None:
     """A run's check of its data before it reads or writes anything: a format other than ``synthetic`` needs
     ``data.root``, set and there, else the readers' error keyed ``data.root`` (:func:`_data_options_keyed`; ``key
-    'data.root': dataset root not found: /data/cub (expected the cub200 dataset)``)."""
+    'data.root': dataset root not found: /data/cub (expected CUB_200_2011 with images.txt)``, the reader's own
+    description of its root, so that ``train`` and ``evaluate --checkpoint`` say the same)."""
     if root_missing(cfg):
         from dynametric.data.readers import resolve_root
+        from dynametric.data.registry import root_expected
 
         with _data_options_keyed(cfg):
-            resolve_root(cfg.data.root, f"the {cfg.data.format} dataset")
+            resolve_root(cfg.data.root, root_expected(cfg.data.format))
 
 
 def root_missing(cfg: Config) -> bool:
