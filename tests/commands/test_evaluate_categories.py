@@ -94,6 +94,23 @@ def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, caps
     assert err.value.line == 2 and "byte 0xe9 at column 2 cannot be decoded" in str(err.value)
 
 
+def test_id_and_category_file_lines_end_at_lf_crlf_and_cr_only(tmp_path: Path, capsys):
+    """A line of an id / category file ends at ``\n``, ``\r\n`` or ``\r``, nothing else: a form feed, vertical
+    tab, file separator or U+2028 inside a line is part of its id (``str.splitlines`` ends a line at each of them:
+    one id became two, and the file had the wrong number of lines); whitespace at either end is dropped."""
+    from dynametric.utils.readers import load_ids
+
+    (tmp_path / "ids.txt").write_bytes("a\fb\r\nc\vd\re\x1cf\ng\u2028h\n \fi\x0c\n".encode("utf-8"))
+    assert load_ids(tmp_path / "ids.txt", 5) == ["a\fb", "c\vd", "e\x1cf", "g\u2028h", "i"]
+    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140]))
+    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1]))
+    (tmp_path / "cat.txt").write_bytes("x\fy\nx\fy\nz\u2028w\nz\u2028w\n".encode("utf-8"))
+    assert main(["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+                 "--query-categories", str(tmp_path / "cat.txt"), "--metrics", "recall@1", "--device", "cpu",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    assert list(json.loads((tmp_path / "r.json").read_text())["by_category"]) == ["x\fy", "z\u2028w"]
+
+
 def test_categories_from_a_file_are_read_and_ordered_as_an_oml_csv_s(tmp_path: Path, capsys):
     """A ``--query-categories`` line that is an integer is an int, as an OML ``category`` cell: ``2`` sorts before
     ``10`` (both before the texts), as in a run on an OML CSV (it used to be text, ``10`` before ``2``); ``007`` and

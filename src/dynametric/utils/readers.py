@@ -283,7 +283,8 @@ def merged_ids_note(merged: list[tuple[int, list[tuple[str, int | None]]]], what
 
 def load_ids(path: str | Path, expected: int, what: str = "ids", key: str | None = None) -> list[str]:
     """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed; a byte order mark,
-    as an editor or Excel may write, is not part of the first id; ``\r\n`` and ``\r`` end lines too). ``what``
+    as an editor or Excel may write, is not part of the first id; ``\r\n`` and ``\r`` end lines too, and nothing
+    else: a form feed or U+2028 inside a line is part of its id, unlike ``str.splitlines``). ``what``
     names the lines in the error of a wrong count, ``key`` the option that gave the file."""
     path = Path(path)
     check_file(path)
