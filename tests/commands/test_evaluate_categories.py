@@ -94,6 +94,28 @@ def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, caps
     assert err.value.line == 2 and "byte 0xe9 at column 2 cannot be decoded" in str(err.value)
 
 
+@pytest.mark.parametrize("option", ["--query-categories", "--query-ids", "--gallery-ids"])
+def test_an_id_file_not_utf8_or_missing_names_its_option(tmp_path: Path, capsys, option: str):
+    """A file of bytes that are not UTF-8, or no file, is one line naming the file, the line and the option, as a
+    file of the wrong length is (it was `bad.txt:1: not UTF-8 text: ...`, which of the three files was given by
+    which option left to the reader)."""
+    np.save(tmp_path / "e.npy", _angles([0, 100, 40, 170]))
+    np.save(tmp_path / "l.npy", np.array([0, 0, 1, 1]))
+    (tmp_path / "good.txt").write_text("a\nb\nc\nd\n")
+    (tmp_path / "bad.txt").write_bytes(b"a\nb\xffc\nc\nd\n")
+    files = {o: str(tmp_path / "good.txt") for o in ("--query-ids", "--gallery-ids")}
+    args = ["evaluate", "--embeddings", str(tmp_path / "e.npy"), "--labels", str(tmp_path / "l.npy"),
+            "--gallery-embeddings", str(tmp_path / "e.npy"), "--gallery-labels", str(tmp_path / "l.npy"),
+            "--metrics", "recall@1", "--device", "cpu"]
+    for name, message in (("bad.txt", ":2 key '{o}': not UTF-8 text: byte 0xff at column 2 cannot be decoded (save "
+                                      "the file as UTF-8)"),
+                          ("none.txt", " key '{o}': file not found")):
+        given = files | {option: str(tmp_path / name)}
+        assert main([*args, *(x for pair in given.items() for x in pair)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"dynametric evaluate: error: {tmp_path / name}" + message.format(o=option))
+
+
 def test_id_and_category_file_lines_end_at_lf_crlf_and_cr_only(tmp_path: Path, capsys):
     """A line of an id / category file ends at ``\n``, ``\r\n`` or ``\r``, nothing else: a form feed, vertical
     tab, file separator or U+2028 inside a line is part of its id (``str.splitlines`` ends a line at each of them:

@@ -20,16 +20,17 @@ from dynametric.errors import InputError, first_sentence
 EMBEDDING_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 
 
-def check_file(path: Path) -> None:
-    """An InputError naming ``path`` unless it is an existing, non-empty regular file."""
+def check_file(path: Path, key: str | None = None) -> None:
+    """An InputError naming ``path`` (and ``key``, the option that gave it, where given) unless it is an existing,
+    non-empty regular file."""
     if not path.exists():
-        raise InputError("file not found", file=path)
+        raise InputError("file not found", file=path, key=key)
     if path.is_dir():
-        raise InputError("is a folder; expected a file", file=path)
+        raise InputError("is a folder; expected a file", file=path, key=key)
     if not path.is_file():
-        raise InputError("not a regular file", file=path)
+        raise InputError("not a regular file", file=path, key=key)
     if path.stat().st_size == 0:
-        raise InputError("file is empty", file=path)
+        raise InputError("file is empty", file=path, key=key)
 
 
 def check_npy_size(path: str | Path) -> None:
@@ -112,18 +113,18 @@ def load_embeddings(path: str | Path) -> np.ndarray:
     return arr
 
 
-def decode_utf8(data: bytes, path: str | Path) -> str:
+def decode_utf8(data: bytes, path: str | Path, key: str | None = None) -> str:
     """The text of a UTF-8 file's bytes as ``read_text`` gives it (byte order mark dropped, ``\\r\\n`` and ``\\r``
     made ``\\n``); bytes that are not UTF-8 are an :class:`InputError` at their line and column (not a byte
     offset), the line numbered as the dataset readers number it
-    (``dynametric.data.readers.read_lines``)."""
+    (``dynametric.data.readers.read_lines``), naming ``key`` (the option that gave the file) where given."""
     data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
     try:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         before = data[:exc.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
         raise InputError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at column {len(before[-1]) + 1} cannot be "
-                         "decoded (save the file as UTF-8)", file=path, line=len(before)) from None
+                         "decoded (save the file as UTF-8)", file=path, line=len(before), key=key) from None
 
 
 def load_labels_csv(path: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -287,8 +288,8 @@ def load_ids(path: str | Path, expected: int, what: str = "ids", key: str | None
     else: a form feed or U+2028 inside a line is part of its id, unlike ``str.splitlines``). ``what``
     names the lines in the error of a wrong count, ``key`` the option that gave the file."""
     path = Path(path)
-    check_file(path)
-    ids = [line.strip() for line in decode_utf8(path.read_bytes(), path).split("\n")]
+    check_file(path, key)
+    ids = [line.strip() for line in decode_utf8(path.read_bytes(), path, key).split("\n")]
     if ids and ids[-1] == "":
         ids.pop()
     if len(ids) != expected:
