@@ -175,6 +175,13 @@ def test_category_summary_of_many_categories_shows_the_worst_and_best():
     values = [float(line.split()[3]) for line in lines[2:] if not line.startswith("...")]
     assert values == sorted(values)
     assert len(category_summary({k: by[k] for k in list(by)[:20]}, ["fine", "coarse"], "fine/map@r")) == 22
+    # a monitored metric without per-category values (nmi, f1: overall only) ranks by the finest scale's map@r, as
+    # docs/training.md says; one with values ranks by itself
+    assert category_summary(by, ["fine", "coarse"], "coarse/nmi") == lines
+    by_recall = category_summary(by, ["fine", "coarse"], "coarse/recall@1")
+    assert "of 30 by coarse/recall@1, worst first" in by_recall[0]
+    ranked = sorted((c for c in by if c != "c03"), key=lambda c: by[c]["coarse"]["recall@1"])
+    assert [line.split()[0] for line in by_recall[2:]] == [*ranked[:5], "...", *ranked[-5:]]
 
 
 def test_loggers_leave_the_per_category_block_out():

@@ -146,7 +146,10 @@ def list_image_folder(root: str | Path) -> ImageItems:
     files: list[Path] = []
     other: list[str] = []  # relative paths of files without an image extension (not hidden)
     hidden = 0  # of those, the hidden ones (a name or folder starting with '.')
-    not_files: list[str] = []  # an image name that is not a file (a broken link, a folder named x.jpg)
+    # an image name that is not a file: a broken link, a FIFO or socket so named. Not a folder named x.jpg: os.walk
+    # lists it among the folders and descends into it, so the images inside are embedded (a link to a folder is
+    # listed among the folders too, and not followed)
+    not_files: list[str] = []
     for d, _, names in os.walk(base, onerror=unreadable):
         for f in names:
             p = Path(d, f)
