@@ -306,7 +306,10 @@ def test_id_cells_too_long_for_int64_are_text(tmp_path):
 
 
 @pytest.mark.parametrize("row,column,message", [
-    ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id, got 'x'"),
+    ("x,img/a0.png,train,,,bird,,,,", "label", "expected an integer class id (ASCII digits, within 64 bits), got 'x'"),
+    ("٣,img/a0.png,train,,,bird,,,,", "label", "got '٣'"),  # int() read it as 3
+    ("1_0,img/a0.png,train,,,bird,,,,", "label", "got '1_0'"),  # int() read it as 10
+    ("9" * 5000 + ",img/a0.png,train,,,bird,,,,", "label", "got '" + "9" * 40 + "...'"),
     ("0,img/a0.png,test,,,bird,,,,", "split", "expected 'train' or 'validation'"),
     ("0,img/a0.png,train,True,,bird,,,,", "is_query", "train rows are neither query nor gallery"),
     ("0,img/a0.png,validation,maybe,True,bird,,,,", "is_query", "expected True/False"),
@@ -449,3 +452,13 @@ def test_validating_on_the_oml_validation_split_names_data_val_split(tmp_path, c
         "dynametric train: error: <command line> key 'data.val_split': the validation split 'validation' "
         "(data.val_split) and the test split 'gallery' (eval.gallery_split) share 2 image file(s), e.g. "
         f"{(tmp_path / 'img' / 'q0.png').resolve()}: model selection and testing must use different images")
+
+
+def test_integer_labels_are_ascii_digits_within_int64():
+    """The one label-field rule of the readers (oml, csv labels, DyML lists, CUB / SOP / In-Shop indices)."""
+    from dynametric.utils.readers import integer_label
+
+    for text in ["٣", "1_000", "+-1", "9" * 5000, "9223372036854775808", "1.0", "", " "]:
+        assert integer_label(text) is None, text
+    assert integer_label(" 7 ") == 7 and integer_label("-007") == -7 and integer_label("+7") == 7
+    assert integer_label(str(2**63 - 1)) == 2**63 - 1 and integer_label(str(-2**63)) == -2**63

@@ -37,6 +37,7 @@ from dynametric.data.readers import (
     resolve_root,
 )
 from dynametric.errors import InputError
+from dynametric.utils.readers import integer_label
 
 SCALES: tuple[str, str, str] = ("fine", "middle", "coarse")
 VARIANTS: tuple[str, ...] = ("vehicle", "animal", "product")
@@ -96,10 +97,8 @@ def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadRepor
                        f"{text.strip()!r}", path, number)
             continue
         fname = fields[0].strip()
-        try:
-            ints = [int(v) for v in fields[1:]]  # int() accepts the surrounding spaces
-        except ValueError:
-            ints = []
+        parsed = [integer_label(v) for v in fields[1:]]  # surrounding spaces allowed
+        ints = [] if any(v is None for v in parsed) else [v for v in parsed if v is not None]
         if not fname or not ints:
             report.add(f"expected '{_FIELDS[n_fields]}' with a file name and integer labels, got {text.strip()!r}",
                        path, number)

@@ -60,7 +60,7 @@ from dynametric.data.readers import (
     start_csv_read,
 )
 from dynametric.errors import InputError
-from dynametric.utils.readers import id_cell, merged_ids, merged_ids_note
+from dynametric.utils.readers import id_cell, integer_label, merged_ids, merged_ids_note
 
 REQUIRED = ("label", "path", "split", "is_query", "is_gallery")
 BOX = ("x_1", "x_2", "y_1", "y_2")
@@ -254,10 +254,10 @@ class OMLFormat:
                     + ("" if readable else " (its split cannot be read)"))
             return None
         label_text = r[col["label"]]
-        try:
-            label = int(label_text)
-        except ValueError:
-            bad("label", f"expected an integer class id, got {label_text!r}")
+        label = integer_label(label_text)
+        if label is None:
+            shown = label_text if len(label_text) <= 40 else label_text[:40] + "..."
+            bad("label", f"expected an integer class id (ASCII digits, within 64 bits), got {shown!r}")
             return None
         if not r[col["path"]]:
             bad("path", "empty path")

@@ -15,7 +15,7 @@ import numpy as np
 
 from dynametric.data.base import LoadReport
 from dynametric.errors import InputError
-from dynametric.utils.readers import decode_utf8
+from dynametric.utils.readers import decode_utf8, integer_label
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -244,10 +244,9 @@ def class_in_range(value: object, classes: int, report: LoadReport, file: str | 
 
 
 def parse_int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
+    """An integer field of an index file (:func:`~dynametric.utils.readers.integer_label`: ASCII digits that fit in
+    int64), else ``None``."""
+    return integer_label(text)
 
 
 def printable_path(path: str | Path) -> str:

@@ -169,13 +169,12 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
         vals = []
         for name, field in zip(names, row):
             text = field.strip()
-            try:
-                value = int(text)
-            except ValueError:
-                raise InputError(f"column '{name}': expected an integer label, got {field!r}", file=path,
-                                 line=lineno) from None
-            if not _INT64.min <= value <= _INT64.max:
-                raise InputError(f"column '{name}': label {text} does not fit in 64 bits", file=path,
+            value = integer_label(text)
+            if value is None:
+                if _LABEL_INTEGER.fullmatch(text):
+                    raise InputError(f"column '{name}': label {text[:40]}{'...' if len(text) > 40 else ''} does "
+                                     "not fit in 64 bits", file=path, line=lineno)
+                raise InputError(f"column '{name}': expected an integer label, got {field[:60]!r}", file=path,
                                  line=lineno)
             vals.append(value)
         rows.append(vals)
@@ -246,6 +245,20 @@ def _integer_id(text: str) -> int | None:
     counted before ``int`` reads them: a cell of thousands of digits is text, not Python's ``ValueError: Exceeds the
     limit (4300 digits) for integer string conversion``."""
     if not _INTEGER_CELL.fullmatch(text) or len(text.lstrip("-").lstrip("0")) > 19:
+        return None
+    value = int(text)
+    return value if _INT64.min <= value <= _INT64.max else None
+
+
+_LABEL_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def integer_label(text: str) -> int | None:
+    """The class id a label field holds: ASCII ``[+-]?[0-9]+`` (spaces around it allowed) whose value fits in int64,
+    else ``None``. Stricter than ``int()``, which also takes ``1_000``, non-ASCII digits (``٣``) and numbers of any
+    length (a field of thousands of digits raised Python's digit-limit ``ValueError``)."""
+    text = text.strip()
+    if not _LABEL_INTEGER.fullmatch(text) or len(text.lstrip("+-").lstrip("0")) > 19:
         return None
     value = int(text)
     return value if _INT64.min <= value <= _INT64.max else None
