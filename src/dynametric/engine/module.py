@@ -353,6 +353,11 @@ class MetricLearningModule(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
 
+    def run_record(self) -> dict[str, Any]:
+        """Entries the module adds to the run's ``run_info.json`` at the end of a run (host values: counts, events).
+        Default: none; the alternating module records its step counts and MIC's clustering history."""
+        return {}
+
     def configure_optimizers(self) -> Any:
         s = self.optim_settings
         groups = self.group_builder(self.embedder, self.objectives, s)
