@@ -598,9 +598,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         with ctrl_c_passes_through(trainer):
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
         metrics["validation"] = module.validation_history
-        # the module's own record of the training, read before the test loads best.ckpt into the module (its
-        # on_load_checkpoint would put back the best epoch's)
-        record = module.run_record()
+        # what the training recorded, read before the test loads best.ckpt into the module (its on_load_checkpoint
+        # would put back the loss history, skipped steps and record of the best epoch)
+        record, loss_history, skipped = module.run_record(), list(module.loss_history), module.skipped_steps
         best = run_dir / "best.ckpt"
         if best.is_file():
             ckpt = load_checkpoint_file(best)
@@ -639,14 +639,14 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero) from None
     for key, value in record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
-    info["skipped_nonfinite_steps"] = module.skipped_steps
+    info["skipped_nonfinite_steps"] = skipped
     info["global_step"] = int(trainer.global_step)
     info["wall_time_s"] = round(time.time() - t0, 1)
     if trainer.is_global_zero:
         atomic_write_json(metrics_path, metrics)
         if cfg.run.report:
             emb, labels = emb_labels if emb_labels is not None else (None, None)
-            write_report(run_dir / "report.html", metrics=metrics, loss_history=module.loss_history,
+            write_report(run_dir / "report.html", metrics=metrics, loss_history=loss_history,
                          scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
                          dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
                          seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
