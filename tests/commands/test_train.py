@@ -274,3 +274,28 @@ def test_the_summary_table_names_the_head_of_a_multi_head_run() -> None:
     lines.clear()
     _summary(metrics, ["fine"], lines.append)  # a single-head run: the table alone, as before
     assert lines[0].startswith("scale")
+
+
+def test_the_report_gets_the_whole_training_when_best_ckpt_is_an_earlier_epoch(tmp_path, monkeypatch):
+    """The test loads best.ckpt into the module, whose checkpoint hook puts back that epoch's loss history: the
+    report's loss curve (and run_info's skipped-step count) are read before, so they cover the whole training."""
+    import dynametric.pipeline.run as run
+
+    seen = {}
+    original = run.write_report
+
+    def spy(path, **kwargs):
+        seen.update(kwargs)
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(run, "write_report", spy)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    # learning rate 0, batch norm frozen: every validation gives the same numbers, none improves on the first
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "trainer.max_epochs=3",
+                 "optim.lr=0.0", "model.freeze_bn=true", "data.iterations_per_epoch=2"]) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["selected"]["epoch"] == 0 and info["global_step"] == 6
+    assert [step for step, _ in seen["loss_history"]] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert info["skipped_nonfinite_steps"] == 0

@@ -128,3 +128,27 @@ def test_multiscale_triplet_step_reads_once_per_scale(monkeypatch) -> None:
     found = _step_reads(monkeypatch, "loss.name=TripletMarginLoss", "loss.multiscale=true")
     assert sum(found.values()) == 3, found
     assert all(where.startswith("losses/triplet.py:") for _, where in found)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss.name=CSLLoss", "loss.multiscale=false", "loss.kwargs={}"],
+    ["loss.name=PDDMLoss", "loss.multiscale=false", "loss.kwargs={mode: per_positive_pair}"]])
+def test_collecting_the_named_parts_reads_nothing_on_the_host(monkeypatch, overrides) -> None:
+    """CSL's per-scale terms and PDDM's E_m / E_e / quadruplet count are logged every step: collecting them adds no
+    host read to the step (the same reads as without them)."""
+    cfg = load_config(None, [*SMALL, *overrides])
+    torch.manual_seed(0)
+    labels = torch.stack([torch.arange(32) // 4, torch.arange(32) // 8, torch.arange(32) // 16], 1)
+    model = build_model(cfg)
+    objectives = build_objectives(cfg, model, labels, 3)
+    images = torch.randn(32, 3, 16, 16)
+    compute_objective(model(images), labels, objectives)[0].backward()  # warm-up
+    counts = []
+    for parts in (None, {}):
+        with host_reads(monkeypatch) as found:
+            total, _ = compute_objective(model(images), labels, objectives, parts=parts)
+            total.backward()
+        counts.append(found)
+        if parts is not None:
+            assert parts and all(isinstance(v, torch.Tensor) for v in parts.values())
+    assert counts[0] == counts[1]

@@ -17,6 +17,7 @@ from dynametric.errors import ConfigError
 from dynametric.methods import plan_from_config
 from dynametric.methods.sharing.alternating import AlternatingSharingModule
 from dynametric.pipeline import build_components
+from tests.metrics_csv import train_epoch_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 ALT = ROOT / "configs" / "sharing" / "synthetic-alternating.yaml"
@@ -115,6 +116,38 @@ def test_mic_reclusters_on_schedule_inside_training(tmp_path, monkeypatch):
         assert sorted(torch.unique(lab, return_counts=True)[1].tolist()) == [4, 4, 4, 4]
 
 
+def test_mic_run_records_its_clusterings_and_logs_the_step_counts(tmp_path):
+    """run_info.json (and the report) record every clustering (the epochs the schedule implies, the clusters and
+    their sizes) and the class / shared step counts; logs/metrics.csv has the step counts at every epoch end and the
+    loss terms of both steps."""
+    out = tmp_path / "mic"
+    _, info, last = _train(MIC, out, ["trainer.max_epochs=3", "method.kwargs.recluster_every=2",
+                                      "method.kwargs.p_aux=0.5", "run.report=true"])
+    state = last["dynametric_sharing"]
+    assert (info["class_steps"], info["shared_steps"]) == (state["class_steps"], state["shared_steps"])
+    assert info["class_steps"] == 6 and 0 < info["shared_steps"] < 6
+    assert info["class_steps"] + info["shared_steps"] == info["global_step"]
+    clustering = info["clustering"]
+    assert [(c["epoch"], c["source"]) for c in clustering] == [(0, "initial"), (2, "shared_embedding")]
+    assert clustering == state["clustering_events"]
+    rows = train_epoch_rows(out)
+    assert [r["epoch"] for r in rows] == [0.0, 1.0, 2.0]
+    for c in clustering:  # 72 training images in 12 clusters
+        assert c["num_clusters"] == 12 and 1 <= c["clusters_used"] <= 12 and 1 <= c["min_size"] <= c["max_size"]
+        before = rows[c["epoch"] - 1] if c["epoch"] else {"train/class_steps": 0.0, "train/shared_steps": 0.0}
+        assert c["global_step"] == before["train/class_steps"] + before["train/shared_steps"]
+    assert (rows[-1]["train/class_steps"], rows[-1]["train/shared_steps"]) == (info["class_steps"],
+                                                                              info["shared_steps"])
+    assert [r["train/class_steps"] for r in rows] == [2.0, 4.0, 6.0]
+    assert {"train/MarginLoss@class", "train/shared", "train/adv", "train/shared_total"} <= set(rows[-1])
+    assert "<h2>Training record</h2>" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_sharing_alternating_records_its_step_counts(tmp_path):
+    _, info, last = _train(ALT, tmp_path / "alt", ["trainer.max_epochs=1", "method.kwargs.p_aux=1.0"])
+    assert (info["class_steps"], info["shared_steps"]) == (2, 2) and "clustering" not in info
+
+
 def test_hook_config_errors():
     base = load_config(MIC, TINY)
     assert plan_from_config(base).mic.num_clusters == 12
@@ -166,6 +199,7 @@ def test_mic_resume_after_crash_matches_straight_run(tmp_path, monkeypatch):
     resumed = load_checkpoint_file(run / "last.ckpt")
     a, b = straight["dynametric_sharing"], resumed["dynametric_sharing"]
     assert a["clustering_history"] == b["clustering_history"] == [[0, "initial"], [2, "shared_embedding"]]
+    assert a["clustering_events"] == b["clustering_events"]
     assert torch.equal(a["surrogate_labels"], b["surrogate_labels"])
     assert (a["class_steps"], a["shared_steps"]) == (b["class_steps"], b["shared_steps"])
     assert 0 < a["shared_steps"] < a["class_steps"] == 8

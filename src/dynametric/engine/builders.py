@@ -870,9 +870,12 @@ def _head_pair_term(term: LossConfig, key: str, embedder: nn.Module, dims: Mappi
 
 
 def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tensor | None,
-                     num_scales: int, surrogate: Mapping[str, tuple[int, str]] | None = None) -> list[Objective]:
+                     num_scales: int, surrogate: Mapping[str, tuple[int, str]] | None = None,
+                     scale_names: Sequence[str] | None = None) -> list[Objective]:
     """One :class:`Objective` per loss term; ``surrogate`` maps a term's key (``extra_losses[0]``) to the classes of
-    the labels its method trains it on instead of the data's (:meth:`dynametric.methods.Method.surrogate_classes`)."""
+    the labels its method trains it on instead of the data's (:meth:`dynametric.methods.Method.surrogate_classes`).
+    ``scale_names`` (the data's, finest first) name the per-scale parts of a loss that reads every label column
+    (``uses_all_scales``: its ``scale_names``, :meth:`dynametric.losses.base.MetricLoss.loss_parts`)."""
     surrogate = surrogate or {}
     dims = head_dims(cfg, embedder)
     chunks = sampler_class(cfg).loss_chunks_for(cfg.data.m, num_scales)  # the sampler's batch layout, if any
@@ -896,6 +899,8 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
                                width=_width_key(cfg, term.head), surrogate=surrogate.get(key))
         miner = build_miner(mcfg, mkey)
+        if scale_names is not None and len(scale_names) == num_scales and getattr(loss, "uses_all_scales", False):
+            setattr(loss, "scale_names", tuple(scale_names))  # noqa: B010 (an nn.Module attribute, not a buffer)
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
         objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
     names = [o.name for o in objectives]
@@ -1001,7 +1006,7 @@ def _assemble(cfg: Config, datasets: Datasets | None, num_scales: int | None, ma
 
             scale_names = list(default_scale_names(num_scales or 3))
     cfg = with_resolved_monitor(cfg, scale_names)  # `finest/map@r` -> `<first scale>/map@r`
-    objectives = build_objectives(cfg, embedder, train_labels, len(scale_names), surrogate)
+    objectives = build_objectives(cfg, embedder, train_labels, len(scale_names), surrogate, scale_names)
     common: dict[str, Any] = {"eval_kwargs": eval_kwargs(cfg), "eval_head": eval_head(cfg),
                               "scale_names": scale_names, "nonfinite": cfg.trainer.nonfinite}
     module = make_module(embedder, objectives, optim_settings(cfg), **common)

@@ -328,7 +328,8 @@ class MetricLearningModule(L.LightningModule):
         images, labels = self.batch_images(batch), batch[1]
         outputs = self.embedder(images)
         gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
-        total, terms = compute_objective(outputs, labels, self.objectives, gather=gather)
+        parts: dict[str, torch.Tensor] = {}
+        total, terms = compute_objective(outputs, labels, self.objectives, gather=gather, parts=parts)
         if self._skip_nonfinite(total, terms, batch_idx):
             if world_info()[1] > 1:  # every rank must still take part in DDP's gradient reduction
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
@@ -339,10 +340,23 @@ class MetricLearningModule(L.LightningModule):
             self._pending_losses.append((int(self.global_step), total.detach()))
         self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=world_info()[1] > 1)
-        if len(terms) > 1:
-            for name, value in terms.items():
-                self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+        self.log_terms(terms, parts, bs)
         return total
+
+    def log_terms(self, terms: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log the loss terms as ``train/<term>`` (when there are several, or the term has parts) and
+        their parts (:func:`~dynametric.engine.objective.compute_objective`'s ``parts``) as ``train/<term>/<part>``:
+        epoch means, kept on the device until the logger writes them (no host read per step)."""
+        for name, value in terms.items():
+            if len(terms) > 1 or any(part.startswith(f"{name}/") for part in parts):
+                self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def run_record(self) -> dict[str, Any]:
+        """Entries the module adds to the run's ``run_info.json`` at the end of a run (host values: counts, events).
+        Default: none; the alternating module records its step counts and MIC's clustering history."""
+        return {}
 
     def configure_optimizers(self) -> Any:
         s = self.optim_settings

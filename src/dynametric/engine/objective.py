@@ -4,6 +4,11 @@ An :class:`Objective` is one term ``weight * loss(emb_head, labels, miner(emb_he
 several heads (Sharing Matters: ``{"class": ..., "shared": ...}``) gets one term per head; a plain model has
 one term with ``head=None``. Losses receive the full ``[B, S]`` label matrix and pick their scale themselves
 (``MetricLoss.scale``) or use all of them (``uses_all_scales``: CSL, ``MultiScaleLoss``).
+
+A loss may name parts of its value (``loss.loss_parts()``, :meth:`dynametric.losses.base.MetricLoss.loss_parts`:
+CSL's per-scale terms, PDDM's ``E_m`` / ``E_e`` and its quadruplet count); :func:`compute_objective` collects them
+as ``<term name>/<part>``, and the training modules log them as ``train/<term name>/<part>`` next to the term
+``train/<term name>``. The engine reads no loss by name: any loss with the hook gets its parts logged.
 """
 
 from __future__ import annotations
@@ -58,16 +63,29 @@ def select_head(outputs: torch.Tensor | Mapping[str, torch.Tensor] | Sequence[to
     return items[head]
 
 
+def loss_parts(loss: object) -> dict[str, torch.Tensor]:
+    """The named parts of ``loss``'s last value (its ``loss_parts()``; ``{}`` for a loss without the hook, e.g. a
+    pytorch-metric-learning loss), each detached."""
+    get = getattr(loss, "loss_parts", None)
+    if not callable(get):
+        return {}
+    return {str(k): v.detach() if isinstance(v, torch.Tensor) else v for k, v in get().items()}
+
+
 def compute_objective(
     outputs: torch.Tensor | Mapping[str, torch.Tensor],
     labels: torch.Tensor,
     objectives: Sequence[Objective],
     gather: Gather | None = None,
+    parts: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Return ``(sum_i w_i * L_i, {name_i: L_i detached})``.
 
     ``gather`` (e.g. :func:`dynametric.engine.distributed.all_gather_with_grad`) is applied to each head's
     embeddings and to the labels first, so losses and miners see the global batch under DDP.
+
+    ``parts``: a dict that receives the named parts of every term whose loss has them (:func:`loss_parts`), as
+    ``{"<name_i>/<part>": detached tensor}``; read right after each loss call (no host read).
     """
     if not objectives:
         raise ConfigError("no loss configured", key="loss")
@@ -84,6 +102,8 @@ def compute_objective(
         indices = obj.miner(emb, labels) if obj.miner is not None else None
         value = obj.loss(emb, labels, indices) if indices is not None else obj.loss(emb, labels)
         terms[obj.name] = value.detach()
+        if parts is not None:
+            parts.update((f"{obj.name}/{k}", v) for k, v in loss_parts(obj.loss).items())
         weighted = value * obj.weight
         total = weighted if total is None else total + weighted
     assert total is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -343,8 +344,10 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
 def write_report(path: str | Path, *, metrics: dict[str, Any], loss_history: Sequence[Sequence[float]],
                  scale_names: Sequence[str], config_yaml: str, emb: torch.Tensor | None = None,
                  labels: torch.Tensor | None = None, dataset: Any = None, distance: str = "cosine",
-                 monitor: str = "fine/map@r", seed: int = 0, title: str = "dynametric run") -> None:
-    """Write the HTML report atomically."""
+                 monitor: str = "fine/map@r", seed: int = 0, title: str = "dynametric run",
+                 record: Mapping[str, Any] | None = None) -> None:
+    """Write the HTML report atomically. ``record``: the training module's record (``run_info.json``'s entries of
+    :meth:`~dynametric.engine.module.MetricLearningModule.run_record`), shown as a section when not empty."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head>"
              f"<body><h1>{html.escape(title)}</h1>", "<h2>Test metrics</h2>", metrics_table(metrics, scale_names)]
     by_category = metrics.get("test", {}).get("by_category")
@@ -361,5 +364,7 @@ def write_report(path: str | Path, *, metrics: dict[str, Any], loss_history: Seq
                                       seed)
     except ImportError:
         parts.append("<p class='note'>matplotlib is not installed: plots omitted.</p>")
+    if record:
+        parts.append("<h2>Training record</h2><pre>" + html.escape(json.dumps(dict(record), indent=1)) + "</pre>")
     parts.append("<h2>Resolved configuration</h2><pre>" + html.escape(config_yaml) + "</pre></body></html>")
     atomic_write_text(path, "\n".join(parts))

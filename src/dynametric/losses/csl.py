@@ -17,7 +17,9 @@ other coarse classes below ``s_p - m_2``.
 ``mode="pairs"`` [U] applies the same formula with the other in-batch samples in place of proxies (positives share
 the fine label, negatives at scale ``l`` differ at scale ``l``); anchors without a positive are skipped and
 counted in :attr:`CSLLoss.last_skipped_anchors`. Per-scale terms of the last call are in
-:attr:`CSLLoss.last_terms`; :meth:`CSLLoss.terms` returns them with gradient.
+:attr:`CSLLoss.last_terms`; :meth:`CSLLoss.terms` returns them with gradient. :meth:`CSLLoss.loss_parts` gives the
+weighted terms ``w_l mean_f L_l(f)`` of the last call by scale name (they add up to the loss); a training run logs
+them as ``train/<term>/<scale>``.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class CSLLoss(MetricLoss):
         self.num_scales = num_scales
         self.last_terms: torch.Tensor | None = None
         self.last_skipped_anchors: int = 0
+        self._parts: torch.Tensor | None = None  # the weighted per-scale terms of the last compute_loss, detached
 
         if class_paths is None:
             if mode == "proxy":
@@ -214,9 +217,25 @@ class CSLLoss(MetricLoss):
                              "remove the miner", key="indices_tuple")
         terms = self._terms(embeddings, labels, ref_emb, ref_labels)
         if terms is None:
+            self._parts = embeddings.new_zeros(self.num_scales).detach()
             return self.zero_loss(embeddings, "empty batch, or no anchor has an in-batch positive (pairs mode)")
         w = torch.tensor(self.weights, dtype=terms.dtype, device=terms.device)
-        return (terms * w).sum()
+        weighted = terms * w
+        self._parts = weighted.detach()
+        return weighted.sum()
+
+    def loss_parts(self) -> dict[str, torch.Tensor]:
+        """The weighted per-scale terms ``w_l mean_f L_l(f)`` of the last call, ``{scale name: 0-dim tensor}``
+        (:attr:`scale_names`, else ``fine, middle, coarse`` for three scales); they add up to the loss (without an
+        ``embedding_regularizer``). Empty before the first call."""
+        if self._parts is None:
+            return {}
+        from dynametric.labels import default_scale_names
+
+        names = list(self.scale_names) if self.scale_names is not None else []
+        if len(names) != self.num_scales:
+            names = default_scale_names(self.num_scales)
+        return dict(zip(names, self._parts.unbind(), strict=True))
 
     def terms(
         self,

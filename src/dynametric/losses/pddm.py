@@ -55,7 +55,9 @@ class PDDMLoss(MetricLoss):
 
     Counters (per instance, never reset by the loss): ``num_batches``, ``num_degenerate_batches`` (no positive
     pair or no negative: loss 0, graph-connected), ``num_quadruplets``; :meth:`stats` returns them with the
-    last batch's ``E_m`` and ``E_e``.
+    last batch's ``E_m`` and ``E_e``. :meth:`loss_parts` gives the last batch's ``E_m``, ``E_e`` (reduced as the
+    loss is, so ``loss = E_m + lambda_ * E_e``), ``quadruplets`` (mined in the batch) and ``degenerate`` (1 for a
+    batch without a quadruplet, else 0) as tensors; a training run logs them as ``train/<term>/<part>``.
     """
 
     mines_own_tuples = True
@@ -108,7 +110,7 @@ class PDDMLoss(MetricLoss):
         self.num_batches = 0
         self.num_degenerate_batches = 0
         self.num_quadruplets = 0
-        self._last: dict[str, torch.Tensor | float] = {}
+        self._last: dict[str, torch.Tensor] = {}
 
     def stats(self) -> dict[str, float]:
         """Counters and the last batch's loss parts (for logging)."""
@@ -116,8 +118,13 @@ class PDDMLoss(MetricLoss):
             "num_batches": float(self.num_batches),
             "num_degenerate_batches": float(self.num_degenerate_batches),
             "num_quadruplets": float(self.num_quadruplets),
-            **{k: float(v) for k, v in self._last.items()},  # converted here: no device sync per step
+            **{k: float(self._last[k]) for k in ("E_m", "E_e") if k in self._last},  # converted here, not per step
         }
+
+    def loss_parts(self) -> dict[str, torch.Tensor]:
+        """The last batch's ``E_m``, ``E_e`` (``loss = E_m + lambda_ * E_e``), ``quadruplets`` and ``degenerate``:
+        detached 0-dim tensors on the embeddings' device (empty before the first call)."""
+        return dict(self._last)
 
     def _embedding_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         diff = a - b
@@ -149,7 +156,8 @@ class PDDMLoss(MetricLoss):
         i, j, k, l = self.mine(f, labels)
         if i.numel() == 0:
             self.num_degenerate_batches += 1
-            self._last = {"E_m": 0.0, "E_e": 0.0}
+            zero = embeddings.new_zeros((), dtype=torch.float32).detach()
+            self._last = {"E_m": zero, "E_e": zero, "quadruplets": zero, "degenerate": torch.ones_like(zero)}
             return self.zero_loss(embeddings, "batch without a positive pair or without a negative")
         self.num_quadruplets += int(i.numel())
         triplet = self.variant == "triplet"
@@ -169,7 +177,11 @@ class PDDMLoss(MetricLoss):
             nonzero = per_quad > 0
             denom = nonzero.sum().clamp(min=1)
             loss = (per_quad * nonzero).sum() / denom
+            part_m, part_e = (e_m.detach() * nonzero).sum() / denom, (e_e.detach() * nonzero).sum() / denom
         else:
             loss = per_quad.mean()
-        self._last = {"E_m": e_m.detach().mean(), "E_e": e_e.detach().mean()}
+            part_m, part_e = e_m.detach().mean(), e_e.detach().mean()
+        # the count is a host number already (a shape): torch.full writes it on the device without a host wait
+        count = torch.full((), float(i.numel()), dtype=torch.float32, device=embeddings.device)
+        self._last = {"E_m": part_m, "E_e": part_e, "quadruplets": count, "degenerate": torch.zeros_like(count)}
         return loss

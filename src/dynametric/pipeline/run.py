@@ -10,7 +10,8 @@ Run folder layout::
     best.ckpt       best validation ``trainer.monitor`` so far
     metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}; "test" is {}
                     until the run finishes (a Ctrl-C leaves the validation done so far and no test)
-    run_info.json   data sizes, validation source, selected epoch, per-head results, wall time
+    run_info.json   data sizes, validation source, selected epoch, per-head results, wall time, the training
+                    module's record (alternating steps: class_steps / shared_steps; MIC: clustering)
     report.html     self-contained report
     logs/           Lightning CSV logs
 """
@@ -597,6 +598,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         with ctrl_c_passes_through(trainer):
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
         metrics["validation"] = module.validation_history
+        # what the training recorded, read before the test loads best.ckpt into the module (its on_load_checkpoint
+        # would put back the loss history, skipped steps and record of the best epoch)
+        record, loss_history, skipped = module.run_record(), list(module.loss_history), module.skipped_steps
         best = run_dir / "best.ckpt"
         if best.is_file():
             ckpt = load_checkpoint_file(best)
@@ -633,17 +637,20 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             info["test_by_head"] = heads
     except KeyboardInterrupt:  # Ctrl-C (Lightning's own handling undone): stop here, as if never run further
         raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero) from None
-    info["skipped_nonfinite_steps"] = module.skipped_steps
+    for key, value in record.items():  # alternating steps, MIC's clusterings
+        info.setdefault(key, value)
+    info["skipped_nonfinite_steps"] = skipped
     info["global_step"] = int(trainer.global_step)
     info["wall_time_s"] = round(time.time() - t0, 1)
     if trainer.is_global_zero:
         atomic_write_json(metrics_path, metrics)
         if cfg.run.report:
             emb, labels = emb_labels if emb_labels is not None else (None, None)
-            write_report(run_dir / "report.html", metrics=metrics, loss_history=module.loss_history,
+            write_report(run_dir / "report.html", metrics=metrics, loss_history=loss_history,
                          scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
                          dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
-                         seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}")
+                         seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
+                         record=record)
             info["logged_figures"] = log_figures(exp_logger, report_figures(
                 (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
         info["logger"] = cfg.run.logger

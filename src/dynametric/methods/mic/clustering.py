@@ -123,7 +123,8 @@ def layer_features(model: nn.Module, images: torch.Tensor, layer: str, pool_kern
 class SurrogateLabeler:
     """Surrogate labels of the training set: initial clustering of per-class-standardised features, then
     re-clustering of the shared embeddings every ``recluster_every`` epochs (epochs counted from 0; re-clusters at
-    the start of epochs ``recluster_every, 2 * recluster_every, ...``). :attr:`history` lists ``(epoch, source)``."""
+    the start of epochs ``recluster_every, 2 * recluster_every, ...``). :attr:`history` lists ``(epoch, source)``;
+    :attr:`events` describes the same clusterings for the run's record (:meth:`event`)."""
 
     def __init__(self, num_clusters: int, recluster_every: int = 3, standardise: str = "mean",
                  seed: int = 0, backend: str = "auto") -> None:
@@ -139,11 +140,24 @@ class SurrogateLabeler:
         self.backend = backend
         self.labels: torch.Tensor | None = None
         self.history: list[tuple[int, str]] = []
+        self.events: list[dict[str, Any]] = []
+
+    def event(self, epoch: int, source: str) -> dict[str, Any]:
+        """What a clustering at ``epoch`` from ``source`` gave: ``{"epoch", "source", "num_clusters" (asked),
+        "clusters_used" (non-empty), "min_size", "max_size"}`` (sizes in training images). Host values: the labels
+        are on the CPU (:func:`kmeans`), and a clustering happens once every few epochs."""
+        assert self.labels is not None
+        sizes = torch.bincount(self.labels.long().cpu().flatten(), minlength=self.num_clusters)
+        used = sizes[sizes > 0]
+        return {"epoch": int(epoch), "source": source, "num_clusters": self.num_clusters,
+                "clusters_used": int(used.numel()), "min_size": int(used.min()) if used.numel() else 0,
+                "max_size": int(used.max()) if used.numel() else 0}
 
     def initial(self, features: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         z = standardise_per_class(features, class_labels, self.standardise)
         self.labels, _ = kmeans(z, self.num_clusters, seed=self.seed, backend=self.backend)
         self.history.append((0, "initial"))
+        self.events.append(self.event(0, "initial"))
         return self.labels
 
     def due(self, epoch: int) -> bool:
@@ -156,6 +170,7 @@ class SurrogateLabeler:
         emb = embed()
         self.labels, _ = kmeans(emb, self.num_clusters, seed=self.seed + epoch, backend=self.backend)
         self.history.append((int(epoch), "shared_embedding"))
+        self.events.append(self.event(epoch, "shared_embedding"))
         return True
 
 

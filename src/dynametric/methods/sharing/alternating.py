@@ -261,22 +261,41 @@ class AlternatingSharingModule(MetricLearningModule):
         epoch = int(self.current_epoch)
         if self.labeler.labels is None:
             self.labeler.initial(self._embed_train("layer"), self._train_labels()[:, 0])
+            self.labeler.events[-1]["global_step"] = int(self.global_step)
             logger.info("MIC: initial clustering into %d surrogate classes", self.labeler.num_clusters)
         done = {e for e, _ in self.labeler.history if e == epoch and epoch > 0}
         if not done and self.labeler.maybe_recluster(epoch, lambda: self._embed_train("shared")):
+            self.labeler.events[-1]["global_step"] = int(self.global_step)
             logger.info("MIC: re-clustered the shared embedding at epoch %d", epoch)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        # the step counts so far, once per epoch (host numbers: logged here, not in the training step)
+        for name, value in (("class_steps", self.class_steps), ("shared_steps", self.shared_steps)):
+            self.log(f"train/{name}", float(value), on_step=False, on_epoch=True)
+
+    def run_record(self) -> dict[str, Any]:
+        """``class_steps`` / ``shared_steps`` (optimizer steps of each kind) and, for MIC, ``clustering``: one entry
+        per clustering, ``{"epoch", "global_step", "source" (initial / shared_embedding), "num_clusters",
+        "clusters_used", "min_size", "max_size"}`` (:meth:`~dynametric.methods.mic.SurrogateLabeler.event`)."""
+        record: dict[str, Any] = {"class_steps": self.class_steps, "shared_steps": self.shared_steps}
+        if self.labeler is not None:
+            record["clustering"] = [dict(e) for e in self.labeler.events]
+        return record
 
     # ----------------------------------------------------------------- training
     def _step(self, images: torch.Tensor, labels: torch.Tensor, terms_list: list[Objective], where: str,
               batch_idx: int) -> dict[str, torch.Tensor] | None:
         opt = self.optimizers()
-        total, terms = compute_objective(self.embedder(images), labels, terms_list)
+        parts: dict[str, torch.Tensor] = {}
+        total, terms = compute_objective(self.embedder(images), labels, terms_list, parts=parts)
         if self._skip_nonfinite(total, terms, batch_idx, step=where):
             return None
         opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
         self.manual_backward(total)
         opt.step()  # type: ignore[union-attr]
         terms[f"{where}_total"] = total.detach()
+        terms.update(parts)  # the terms' named parts, logged as train/<term>/<part>
         return terms
 
     def _at_max_steps(self) -> bool:
@@ -305,8 +324,8 @@ class AlternatingSharingModule(MetricLearningModule):
         if "class_total" in logged:
             value = logged["class_total"]
             every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
-            if batch_idx % every == 0:
-                self.loss_history.append([float(self.global_step), float(value)])
+            if batch_idx % every == 0:  # read on the host when the history is read, not here
+                self._pending_losses.append((int(self.global_step), value))
             self.log("train/loss", value, prog_bar=True, on_step=True, on_epoch=True, batch_size=labels.shape[0])
         for name, value in logged.items():
             if name != "class_total":
@@ -320,6 +339,7 @@ class AlternatingSharingModule(MetricLearningModule):
         if self.labeler is not None:
             state["surrogate_labels"] = self.labeler.labels
             state["clustering_history"] = [list(h) for h in self.labeler.history]
+            state["clustering_events"] = [dict(e) for e in self.labeler.events]
         checkpoint["dynametric_sharing"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -333,3 +353,6 @@ class AlternatingSharingModule(MetricLearningModule):
         if self.labeler is not None:
             self.labeler.labels = state.get("surrogate_labels")
             self.labeler.history = [(int(e), str(s)) for e, s in state.get("clustering_history", [])]
+            events = state.get("clustering_events")  # absent in a checkpoint of an older version: no sizes
+            self.labeler.events = ([dict(e) for e in events] if events is not None
+                                   else [{"epoch": e, "source": s} for e, s in self.labeler.history])
