@@ -120,6 +120,8 @@ class CSLLoss(MetricLoss):
             raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
         self.embedding_size = int(embedding_size)
         self.num_scales = num_scales
+        # on the module's device once (a tensor built from the list every call is a host -> device copy per step)
+        self.register_buffer("_weights", torch.tensor(self.weights, dtype=torch.float32), persistent=False)
         self.last_terms: torch.Tensor | None = None
         self.last_skipped_anchors: int = 0
         self._parts: torch.Tensor | None = None  # the weighted per-scale terms of the last compute_loss, detached
@@ -219,7 +221,8 @@ class CSLLoss(MetricLoss):
         if terms is None:
             self._parts = embeddings.new_zeros(self.num_scales).detach()
             return self.zero_loss(embeddings, "empty batch, or no anchor has an in-batch positive (pairs mode)")
-        w = torch.tensor(self.weights, dtype=terms.dtype, device=terms.device)
+        weights: torch.Tensor = self._weights  # type: ignore[assignment]  # a buffer
+        w = weights.to(device=terms.device, dtype=terms.dtype)
         weighted = terms * w
         self._parts = weighted.detach()
         return weighted.sum()
