@@ -30,19 +30,23 @@ class CrashAt:
         self.callback = _Cb()
 
 
-def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1):
+def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1, *, scheduler: str = "cosine",
+           monitor_mode: str = "max"):
+    """5 batches per epoch; validation (``val/fine/map@r``, ``monitor_mode``) at the end of every epoch. ``plateau``:
+    x 0.5 after every validation round without improvement."""
     torch.manual_seed(0)
     embedder = ToyEmbedder()
     objectives = [Objective(PairLoss(), RandomPairMiner(), name="pair"),
                   Objective(ProxyLoss(6, 4), None, name="proxy", weight=0.5)]
-    optim = OptimSettings(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="cosine", warmup_steps=2, interval="step",
-                          loss=GroupSettings(lr=0.2))
+    optim = OptimSettings(optimizer="sgd", lr=0.05, momentum=0.9, scheduler=scheduler, warmup_steps=2, interval="step",
+                          loss=GroupSettings(lr=0.2), step_size_epochs=0, gamma=0.5, monitor_mode=monitor_mode)
     module = MetricLearningModule(embedder, objectives, optim, evaluator=toy_evaluator, scale_names=["fine", "coarse"])
     dm = MetricDataModule(ToyData(), ToyData(seed=1, augment=False),
                           batch_sampler_factory=lambda labels, r, w: ToySampler(labels, rank=r, world_size=w),
                           eval_batch_size=16, seed=3)
     settings = TrainerSettings(max_steps=max_steps, checkpoint_every_n_steps=every, accelerator="cpu",
-                               progress_bar=False, accumulate_grad_batches=accumulate, seed=0)
+                               progress_bar=False, accumulate_grad_batches=accumulate, seed=0,
+                               monitor_mode=monitor_mode)
     return module, dm, settings
 
 
@@ -104,6 +108,84 @@ def test_resume_from_end_of_epoch_checkpoint_matches_straight_run(tmp_path):
     assert module.global_step == 15
     for k, v in _weights(module).items():
         torch.testing.assert_close(v, straight[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def _straight_and_resumed(tmp_path, crash: int, *, max_epochs: int = 3, max_steps: int = -1, every: int = 0,
+                          val_every: int = 1, crashes: int = 1, **kwargs):
+    """The same run uninterrupted (``tmp_path/straight``) and crashed at the start of step ``crash``, i.e. right after
+    the checkpoint written before it, then resumed from its ``last.ckpt`` (``tmp_path/crashed``; ``crashes`` > 1:
+    the resumed run crashes there again, before its first batch, and is resumed again). Returns the two modules and
+    the crashed run's ``last.ckpt`` as it was at the first crash."""
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    def setup():
+        module, dm, settings = _setup(tmp_path, max_steps, every, **kwargs)
+        settings.max_epochs, settings.val_every_n_epochs = max_epochs, val_every
+        return module, dm, settings
+
+    straight, dm, settings = setup()
+    build_trainer(settings, dm, tmp_path / "straight").fit(straight, datamodule=dm)
+    module, dm, settings = setup()
+    run = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        build_trainer(settings, dm, run, callbacks=[CrashAt(crash).callback]).fit(module, datamodule=dm)
+    at_crash = load_checkpoint_file(run / "last.ckpt")
+    assert at_crash["global_step"] == crash - (crash % every if every and crash % 5 else 0)
+    for _ in range(crashes - 1):
+        module, dm, settings = setup()
+        with pytest.raises(Crash):
+            build_trainer(settings, dm, run, callbacks=[CrashAt(crash).callback]).fit(
+                module, datamodule=dm, ckpt_path=str(run / "last.ckpt"))
+    resumed, dm, settings = setup()
+    build_trainer(settings, dm, run).fit(resumed, datamodule=dm, ckpt_path=str(run / "last.ckpt"))
+    return straight, resumed, at_crash
+
+
+def _best_state(ckpt) -> dict:
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    return state
+
+
+def _assert_same_run(tmp_path, straight, resumed) -> None:
+    """Same final weights, validation rounds, best.ckpt (epoch, weights, score) and last.ckpt (scheduler and
+    optimizer state, best score) as the uninterrupted run."""
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    for k, v in _weights(straight).items():
+        torch.testing.assert_close(_weights(resumed)[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert resumed.validation_history == straight.validation_history
+    for name in ("best.ckpt", "last.ckpt"):
+        a, b = (load_checkpoint_file(tmp_path / run / name) for run in ("straight", "crashed"))
+        assert (b["epoch"], b["global_step"]) == (a["epoch"], a["global_step"]), name
+        for k, v in a["state_dict"].items():
+            torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
+        assert b["lr_schedulers"] == a["lr_schedulers"], name
+        assert [g["lr"] for g in b["optimizer_states"][0]["param_groups"]] == \
+            [g["lr"] for g in a["optimizer_states"][0]["param_groups"]], name
+        assert _best_state(b)["best_model_score"] == _best_state(a)["best_model_score"], name
+
+
+@pytest.mark.parametrize(("crash", "kwargs"), [
+    (5, {}),  # right after the end of epoch 0, its best epoch (monitor_mode min)
+    (5, {"max_epochs": -1, "max_steps": 15}),  # the same trained to max_steps (Lightning's iteration-based loop)
+    # ... killed again before the resumed run's first batch, after Lightning repeated the end of epoch 0 (and wrote
+    # last.ckpt again, with the RNG states the resumed run had not restored yet)
+    (5, {"max_epochs": -1, "max_steps": 15, "crashes": 2}),
+    (10, {"val_every": 2, "max_epochs": 4}),  # right after the end of epoch 1, its first validated epoch
+    (5, {"val_every": 2, "max_epochs": 4}),  # right after the end of epoch 0, which did not validate
+    (7, {"every": 3}),  # mid-epoch (last.ckpt at step 6)
+])
+def test_resume_right_after_an_end_of_epoch_checkpoint_keeps_the_best_score(tmp_path, crash, kwargs):
+    # the end-of-epoch last.ckpt used to be written before ModelCheckpoint recorded that epoch's validation score:
+    # the resumed run forgot it and replaced best.ckpt with the next, worse, epoch
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, monitor_mode="min", **kwargs)
+    validated = [h["epoch"] for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
+    assert (_best_state(at_crash)["best_model_score"] is None) == (not validated)
+    if crash == 5 and not kwargs.get("val_every"):
+        from dynametric.engine.checkpoint import load_checkpoint_file
+
+        assert load_checkpoint_file(tmp_path / "straight" / "best.ckpt")["epoch"] == 0  # the case of the bug
+    _assert_same_run(tmp_path, straight, resumed)
 
 
 def test_resumable_sampler_skips_and_counts_epochs():

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from dynametric.engine.data import MetricDataModule
 
@@ -38,15 +38,23 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class ResumeState(L.Callback):
+class ResumeState(Checkpoint):
     """Records the sampler position and RNG in every checkpoint and writes ``last.ckpt``.
 
     * ``state_dict()`` (stored in every checkpoint): the epoch of the batches being drawn, how many of them
-      were trained on, and the RNG states at save time.
+      were trained on, and the RNG states the run continues with (at save time; in a resumed run that has not
+      trained a batch yet, the restored ones).
     * On resume the sampler restarts at that epoch and batch; the RNG states are restored just before the
       first resumed training batch (after the data loader was created).
     * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch) and at the end of
       every epoch (after validation).
+
+    The end-of-epoch ``last.ckpt`` holds the epoch as every other part of the run recorded it: Lightning calls the
+    ``on_train_epoch_end`` of its ``Checkpoint`` callbacks after those of all other callbacks and the module's, in
+    the order of the callback list, and :func:`dynametric.engine.trainer.build_trainer` puts this one after the
+    ``best.ckpt`` writer (:class:`RunCheckpoint`). So the checkpoint holds that epoch's validation score as the
+    best so far (written before ``ModelCheckpoint`` recorded it, a resumed run forgot it and replaced ``best.ckpt``
+    with the next, worse, epoch).
 
     Under DDP the state of rank 0 is stored (the batch position is the same on every rank; the RNG of the
     other ranks restarts from rank 0's, which only matters for random choices that differ between ranks).
@@ -62,7 +70,10 @@ class ResumeState(L.Callback):
         self._last_saved_step = -1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": collect_rng_state()}
+        # restored RNG states not yet in use (a checkpoint written by a resumed run before its first batch, e.g. by
+        # Lightning repeating the end of the resumed epoch): the ones the run continues with, not today's
+        rng = self._pending_rng if self._pending_rng is not None else collect_rng_state()
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch = int(state_dict["epoch"])
