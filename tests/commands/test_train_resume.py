@@ -442,7 +442,7 @@ def test_a_copied_run_folder_still_replaces_its_best_checkpoint_with_a_better_on
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("schedule", ["none"])
+@pytest.mark.parametrize("schedule", ["none", "plateau"])
 def test_a_run_killed_right_after_an_end_of_epoch_checkpoint_resumes_to_the_uninterrupted_results(
         tmp_path, monkeypatch, capsys, schedule) -> None:
     """Killed right after the end-of-epoch last.ckpt of epoch 0, its best epoch (monitor_mode min), then resumed: the

@@ -188,6 +188,28 @@ def test_resume_right_after_an_end_of_epoch_checkpoint_keeps_the_best_score(tmp_
     _assert_same_run(tmp_path, straight, resumed)
 
 
+@pytest.mark.parametrize(("crash", "kwargs"), [
+    (5, {}),  # right after the end of epoch 0
+    (5, {"max_epochs": -1, "max_steps": 20}),  # the same trained to max_steps
+    (7, {"every": 3}),  # mid-epoch: Lightning skipped the step at the end of the epoch a run resumed into
+    (10, {"val_every": 2, "max_epochs": 6}),  # right after the end of epoch 1 (epochs 0, 2, 4 do not validate)
+])
+def test_resume_keeps_the_plateau_schedule(tmp_path, crash, kwargs):
+    # the end-of-epoch last.ckpt used to be written before Lightning stepped the plateau schedule: a resumed run
+    # never took that step and ended with another learning rate (and other weights)
+    kwargs = {"max_epochs": 4, **kwargs}
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, scheduler="plateau", monitor_mode="min",
+                                                        **kwargs)
+    sched = straight.trainer.lr_scheduler_configs[0].scheduler
+    rounds = len(straight.validation_history)
+    assert sched.last_epoch == rounds  # one step per validation round
+    assert sched.get_last_lr()[0] < 0.05  # the schedule did lower the learning rate
+    validated = [h for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
+    if at_crash["global_step"] % 5 == 0:  # an end-of-epoch checkpoint: that epoch's round stepped on
+        assert at_crash["lr_schedulers"][0]["last_epoch"] == len(validated)
+    _assert_same_run(tmp_path, straight, resumed)
+
+
 def test_resumable_sampler_skips_and_counts_epochs():
     labels = ToyData().labels
     full = ResumableBatchSampler(ToySampler(labels), seed=5)

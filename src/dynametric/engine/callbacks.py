@@ -54,7 +54,9 @@ class ResumeState(Checkpoint):
     the order of the callback list, and :func:`dynametric.engine.trainer.build_trainer` puts this one after the
     ``best.ckpt`` writer (:class:`RunCheckpoint`). So the checkpoint holds that epoch's validation score as the
     best so far (written before ``ModelCheckpoint`` recorded it, a resumed run forgot it and replaced ``best.ckpt``
-    with the next, worse, epoch).
+    with the next, worse, epoch), and the ``plateau`` schedule's step of that epoch, which the module takes in its
+    own ``on_train_epoch_end`` (:meth:`dynametric.engine.module.MetricLearningModule._step_plateau`; Lightning
+    takes it after every callback's hook).
 
     Under DDP the state of rank 0 is stored (the batch position is the same on every rank; the RNG of the
     other ranks restarts from rank 0's, which only matters for random choices that differ between ranks).
