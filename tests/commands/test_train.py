@@ -224,6 +224,21 @@ def test_final_weights_are_tested_for_the_true_reason(tmp_path, capsys, override
     assert "could not find the monitored key" not in captured.err  # Lightning's hint at a bug in user code
 
 
+@pytest.mark.parametrize(("overrides", "steps", "epochs"), [
+    (["trainer.max_epochs=1", "trainer.max_steps=8"], 3, [0]),  # max_epochs first (it was 8 steps in 3 epochs)
+    (["trainer.max_epochs=3", "trainer.max_steps=5"], 5, [0]),  # max_steps first, in the second epoch
+])
+def test_max_epochs_and_max_steps_both_limit_the_run(tmp_path, capsys, overrides, steps, epochs):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 "data.iterations_per_epoch=3", *overrides]) == 0
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == steps
+    assert [v["epoch"] for v in json.loads((out / "metrics.json").read_text())["validation"]] == epochs
+    capsys.readouterr()
+
+
 def test_evaluate_split_val_reaches_the_validation_carved_from_train(tmp_path):
     """A dataset without a 'val' split validates on a class-disjoint carve-out of the training classes; `evaluate
     --checkpoint best.ckpt --split val` evaluates that same carve-out (it used to say 'unknown split')."""

@@ -163,6 +163,7 @@ def _assert_same_run(tmp_path, straight, resumed) -> None:
         assert [g["lr"] for g in b["optimizer_states"][0]["param_groups"]] == \
             [g["lr"] for g in a["optimizer_states"][0]["param_groups"]], name
         assert _best_state(b)["best_model_score"] == _best_state(a)["best_model_score"], name
+        assert b["loops"] == a["loops"], name  # Lightning's counters: epochs, batches, steps (the loggers' too)
 
 
 @pytest.mark.parametrize(("crash", "kwargs"), [
@@ -207,6 +208,24 @@ def test_resume_keeps_the_plateau_schedule(tmp_path, crash, kwargs):
     validated = [h for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
     if at_crash["global_step"] % 5 == 0:  # an end-of-epoch checkpoint: that epoch's round stepped on
         assert at_crash["lr_schedulers"][0]["last_epoch"] == len(validated)
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+@pytest.mark.parametrize(("max_epochs", "max_steps", "steps"), [(1, 8, 5), (3, 8, 8), (4, 30, 20), (-1, 8, 8)])
+def test_max_epochs_and_max_steps_both_apply(tmp_path, max_epochs, max_steps, steps):
+    # max_steps used to switch max_epochs off (Lightning got max_epochs=-1): 1 epoch and 8 steps trained 8 steps
+    module, dm, settings = _setup(tmp_path, max_steps, every=0)
+    settings.max_epochs = max_epochs
+    trainer = build_trainer(settings, dm, tmp_path / "run")
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == steps  # whichever limit comes first (5 batches per epoch)
+
+
+def test_a_run_with_both_limits_resumed_from_an_end_of_epoch_checkpoint_trains_its_epochs(tmp_path):
+    # Lightning's iteration-based loop (max_steps set) repeats the end of the epoch a run resumes from and counted
+    # it twice: with max_epochs the first limit, the resumed run stopped an epoch early
+    straight, resumed, _ = _straight_and_resumed(tmp_path, 5, max_epochs=4, max_steps=30)
+    assert straight.global_step == resumed.global_step == 20
     _assert_same_run(tmp_path, straight, resumed)
 
 

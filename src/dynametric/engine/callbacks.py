@@ -70,6 +70,7 @@ class ResumeState(Checkpoint):
         self.batches_done = 0
         self._pending_rng: dict[str, Any] | None = None
         self._last_saved_step = -1
+        self._loop_counts: tuple[int, int, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         # restored RNG states not yet in use (a checkpoint written by a resumed run before its first batch, e.g. by
@@ -82,6 +83,26 @@ class ResumeState(Checkpoint):
         self.batches_done = int(state_dict["batches_done"])
         self._pending_rng = state_dict.get("rng")
         self.datamodule.request_resume(self.epoch, self.batches_done)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        progress: Any = trainer.fit_loop.epoch_progress  # its trackers count processed epochs (typed as not)
+        self._loop_counts = (progress.current.processed, progress.total.processed,
+                             getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None))
+
+    def _undo_repeated_epoch_end(self, trainer: L.Trainer) -> None:
+        """Lightning's counts of an epoch end it repeats, undone.
+
+        Resumed from an end-of-epoch checkpoint, Lightning's iteration-based loop (``max_steps`` set) ends that
+        epoch again before training on: it calls the ``on_train_epoch_end`` hooks once more and counts the epoch as
+        processed a second time (and one more step for the loggers). With ``max_epochs`` as well, the resumed run
+        stopped an epoch early. The counts go back to those the run resumed with (the epoch's end, counted once)."""
+        if self._loop_counts is None:
+            return
+        current, total, stepped = self._loop_counts
+        progress: Any = trainer.fit_loop.epoch_progress
+        progress.current.processed, progress.total.processed = current, total
+        if stepped is not None:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = stepped
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -101,6 +122,8 @@ class ResumeState(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending_rng is not None:  # no batch trained since the resume: Lightning repeats an epoch end
+            self._undo_repeated_epoch_end(trainer)
         self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:

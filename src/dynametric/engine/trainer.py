@@ -228,7 +228,7 @@ def build_trainer(
         cbs.append(MetricProgressBar())
     return lightning_trainer(
         settings,
-        max_epochs=settings.max_epochs if settings.max_steps < 1 else -1,
+        max_epochs=settings.max_epochs if settings.max_epochs >= 1 else -1,  # both limits: whichever comes first
         max_steps=settings.max_steps,
         accumulate_grad_batches=settings.accumulate_grad_batches,
         gradient_clip_val=settings.gradient_clip_val,
