@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
@@ -28,6 +29,17 @@ class CrashAt:
                     raise Crash(f"killed at step {trainer.global_step}")
 
         self.callback = _Cb()
+
+
+class CrashInValidation(L.Callback):
+    """Raise when the validation after step ``step`` starts (a process killed while it validates)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.global_step == self.step:
+            raise Crash(f"killed validating after step {trainer.global_step}")
 
 
 def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1, *, scheduler: str = "cosine",
@@ -111,11 +123,12 @@ def test_resume_from_end_of_epoch_checkpoint_matches_straight_run(tmp_path):
 
 
 def _straight_and_resumed(tmp_path, crash: int, *, max_epochs: int = 3, max_steps: int = -1, every: int = 0,
-                          val_every: int = 1, crashes: int = 1, **kwargs):
+                          val_every: int = 1, crashes: int = 1, in_validation: bool = False, **kwargs):
     """The same run uninterrupted (``tmp_path/straight``) and crashed at the start of step ``crash``, i.e. right after
     the checkpoint written before it, then resumed from its ``last.ckpt`` (``tmp_path/crashed``; ``crashes`` > 1:
-    the resumed run crashes there again, before its first batch, and is resumed again). Returns the two modules and
-    the crashed run's ``last.ckpt`` as it was at the first crash."""
+    the resumed run crashes there again, before its first batch, and is resumed again; ``in_validation``: crashed in
+    the validation that follows step ``crash`` instead). Returns the two modules and the crashed run's ``last.ckpt``
+    as it was at the first crash."""
     from dynametric.engine.checkpoint import load_checkpoint_file
 
     def setup():
@@ -128,9 +141,11 @@ def _straight_and_resumed(tmp_path, crash: int, *, max_epochs: int = 3, max_step
     module, dm, settings = setup()
     run = tmp_path / "crashed"
     with pytest.raises(Crash):
-        build_trainer(settings, dm, run, callbacks=[CrashAt(crash).callback]).fit(module, datamodule=dm)
+        callback = CrashInValidation(crash) if in_validation else CrashAt(crash).callback
+        build_trainer(settings, dm, run, callbacks=[callback]).fit(module, datamodule=dm)
     at_crash = load_checkpoint_file(run / "last.ckpt")
-    assert at_crash["global_step"] == crash - (crash % every if every and crash % 5 else 0)
+    if not in_validation:
+        assert at_crash["global_step"] == crash - (crash % every if every and crash % 5 else 0)
     for _ in range(crashes - 1):
         module, dm, settings = setup()
         with pytest.raises(Crash):
@@ -208,6 +223,17 @@ def test_resume_keeps_the_plateau_schedule(tmp_path, crash, kwargs):
     validated = [h for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
     if at_crash["global_step"] % 5 == 0:  # an end-of-epoch checkpoint: that epoch's round stepped on
         assert at_crash["lr_schedulers"][0]["last_epoch"] == len(validated)
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+@pytest.mark.parametrize(("crash", "every"), [(10, 2), (10, 5), (5, 1)])
+def test_killed_while_validating_after_a_step_checkpoint_at_the_end_of_an_epoch(tmp_path, crash, every):
+    # with checkpoint_every_n_steps dividing the epoch's last step, last.ckpt used to be written after that step and
+    # before the epoch's validation; Lightning resumes such a checkpoint as a finished epoch, so a run killed while
+    # validating never validated that epoch (its score, a best.ckpt candidate, was lost)
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, every=every, in_validation=True,
+                                                        monitor_mode="min")
+    assert at_crash["global_step"] < crash  # the checkpoint before that step's
     _assert_same_run(tmp_path, straight, resumed)
 
 

@@ -47,7 +47,7 @@ class ResumeState(Checkpoint):
     * On resume the sampler restarts at that epoch and batch; the RNG states are restored just before the
       first resumed training batch (after the data loader was created).
     * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch) and at the end of
-      every epoch (after validation).
+      every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint only.
 
     The end-of-epoch ``last.ckpt`` holds the epoch as every other part of the run recorded it: Lightning calls the
     ``on_train_epoch_end`` of its ``Checkpoint`` callbacks after those of all other callbacks and the module's, in
@@ -117,8 +117,10 @@ class ResumeState(Checkpoint):
             self.epoch = sampler.current_epoch
         self.batches_done = batch_idx + 1
         step = trainer.global_step
+        # not after the epoch's last batch: the end-of-epoch checkpoint follows its validation, and Lightning resumes
+        # a checkpoint written there as a finished epoch (a run killed while validating never validated that epoch)
         if (self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
-                and step != self._last_saved_step):
+                and step != self._last_saved_step and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
