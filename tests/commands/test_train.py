@@ -289,3 +289,28 @@ def test_the_summary_table_names_the_head_of_a_multi_head_run() -> None:
     lines.clear()
     _summary(metrics, ["fine"], lines.append)  # a single-head run: the table alone, as before
     assert lines[0].startswith("scale")
+
+
+@pytest.mark.slow
+def test_a_two_process_run_prints_its_lines_once(tmp_path) -> None:
+    """trainer.devices=2 on the CPU: Lightning starts rank 1 as a second `dynametric train` process, which printed
+    the run folder, data, untrained-evaluation and testing lines a second time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "dynametric", "train", "--config", str(cfg), "--out", str(out),
+                           "--no-progress", "run.report=false", "trainer.devices=2", "trainer.accelerator=cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for start in ("run folder: ", "data: ", "evaluating the untrained model", "testing best.ckpt", "wrote "):
+        assert len([line for line in lines if line.startswith(start)]) == 1, (start, proc.stdout)
