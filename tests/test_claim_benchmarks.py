@@ -36,6 +36,21 @@ def test_paired_ci_matches_the_t_interval():
         common.paired_ci([0.1, 0.2], [0.3])
 
 
+@pytest.mark.parametrize(("df", "quantile"), [(1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042), (31, 2.040),
+                                             (40, 2.021), (100, 1.984), (1000, 1.962), (10**6, 1.960)])
+def test_t975_is_students_quantile_for_any_df(df, quantile):
+    # beyond 30 degrees of freedom it was 1.96, the normal quantile (2.021 at 40): intervals of more than 31 seeds
+    # came out too narrow
+    common = load_benchmark("claim_common")
+    assert common.t975(df) == pytest.approx(quantile, abs=5e-4)
+
+
+def test_t975_decreases_with_df_across_the_table():
+    common = load_benchmark("claim_common")
+    values = [common.t975(df) for df in range(1, 200)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+
+
 def test_euclid_mined_quadruplet_is_the_hardest_by_distance():
     pddm = load_benchmark("claim_pddm")
     loss = pddm.EuclidMinedPDDMLoss(2)

@@ -224,6 +224,21 @@ def test_final_weights_are_tested_for_the_true_reason(tmp_path, capsys, override
     assert "could not find the monitored key" not in captured.err  # Lightning's hint at a bug in user code
 
 
+@pytest.mark.parametrize(("overrides", "steps", "epochs"), [
+    (["trainer.max_epochs=1", "trainer.max_steps=8"], 3, [0]),  # max_epochs first (it was 8 steps in 3 epochs)
+    (["trainer.max_epochs=3", "trainer.max_steps=5"], 5, [0]),  # max_steps first, in the second epoch
+])
+def test_max_epochs_and_max_steps_both_limit_the_run(tmp_path, capsys, overrides, steps, epochs):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 "data.iterations_per_epoch=3", *overrides]) == 0
+    assert json.loads((out / "run_info.json").read_text())["global_step"] == steps
+    assert [v["epoch"] for v in json.loads((out / "metrics.json").read_text())["validation"]] == epochs
+    capsys.readouterr()
+
+
 def test_evaluate_split_val_reaches_the_validation_carved_from_train(tmp_path):
     """A dataset without a 'val' split validates on a class-disjoint carve-out of the training classes; `evaluate
     --checkpoint best.ckpt --split val` evaluates that same carve-out (it used to say 'unknown split')."""
@@ -299,3 +314,28 @@ def test_the_report_gets_the_whole_training_when_best_ckpt_is_an_earlier_epoch(t
     assert info["selected"]["epoch"] == 0 and info["global_step"] == 6
     assert [step for step, _ in seen["loss_history"]] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert info["skipped_nonfinite_steps"] == 0
+
+
+@pytest.mark.slow
+def test_a_two_process_run_prints_its_lines_once(tmp_path) -> None:
+    """trainer.devices=2 on the CPU: Lightning starts rank 1 as a second `dynametric train` process, which printed
+    the run folder, data, untrained-evaluation and testing lines a second time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "dynametric", "train", "--config", str(cfg), "--out", str(out),
+                           "--no-progress", "run.report=false", "trainer.devices=2", "trainer.accelerator=cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for start in ("run folder: ", "data: ", "evaluating the untrained model", "testing best.ckpt", "wrote "):
+        assert len([line for line in lines if line.startswith(start)]) == 1, (start, proc.stdout)

@@ -440,3 +440,49 @@ def test_a_copied_run_folder_still_replaces_its_best_checkpoint_with_a_better_on
     assert _score(run / "best.ckpt") == (1, 1.0)  # the first round after the resume
     assert _score(killed / "best.ckpt")[0] == 0  # the folder it was copied from is left as it was
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("schedule", ["none", "plateau"])
+def test_a_run_killed_right_after_an_end_of_epoch_checkpoint_resumes_to_the_uninterrupted_results(
+        tmp_path, monkeypatch, capsys, schedule) -> None:
+    """Killed right after the end-of-epoch last.ckpt of epoch 0, its best epoch (monitor_mode min), then resumed: the
+    same metrics.json, best.ckpt and last.ckpt as the run that was never stopped. The end-of-epoch last.ckpt used to
+    be written before that epoch's best score (and its plateau step) was recorded: the resumed run replaced
+    best.ckpt with a later, worse epoch (and kept a learning rate the plateau schedule had lowered)."""
+    from dynametric.engine.module import MetricLearningModule
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    args = ["--config", str(tmp_path / "tiny.yaml"), "--no-progress", "run.report=false", "trainer.max_epochs=4",
+            "trainer.monitor_mode=min", f"optim.scheduler.name={schedule}", "optim.scheduler.step_size=1"]
+    straight, run = tmp_path / "straight", tmp_path / "killed"
+    assert main(["train", "--out", str(straight), *args]) == 0
+    step = MetricLearningModule.training_step
+
+    def killed_in_the_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(MetricLearningModule, "training_step", killed_in_the_second_epoch)
+        assert main(["train", "--out", str(run), *args]) == 130
+    at_kill = load_checkpoint_file(run / "last.ckpt")
+    assert at_kill["epoch"] == 0 and _score(run / "best.ckpt")[0] == 0
+    (state,) = [v for k, v in at_kill["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert float(state["best_model_score"]) == _score(run / "best.ckpt")[1]  # epoch 0's score is in last.ckpt
+    if schedule == "plateau":
+        assert at_kill["lr_schedulers"][0]["last_epoch"] == 1  # and epoch 0's step of the schedule
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "metrics.json").read_bytes() == (straight / "metrics.json").read_bytes()
+    assert json.loads((straight / "run_info.json").read_text())["selected"]["epoch"] == 0  # the case of the bug
+    assert json.loads((run / "run_info.json").read_text())["selected"] == \
+        json.loads((straight / "run_info.json").read_text())["selected"]
+    for name in CKPTS:
+        a, b = load_checkpoint_file(straight / name), load_checkpoint_file(run / name)
+        assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]), name
+        for key, value in a["state_dict"].items():
+            assert torch.equal(b["state_dict"][key], value), f"{name}: {key}"
+        assert a["lr_schedulers"] == b["lr_schedulers"], name
+    if schedule == "plateau":  # the schedule did lower the learning rate
+        assert load_checkpoint_file(straight / "last.ckpt")["lr_schedulers"][0]["_last_lr"][0] < 0.003
+    capsys.readouterr()

@@ -136,6 +136,42 @@ def test_fit_writes_best_and_last_and_history(tmp_path):
     assert results and module.last_eval["fine"]["map@r"] == pytest.approx(results[0]["test/fine/map@r"])
 
 
+@pytest.mark.parametrize("val_every", [1, 2])
+def test_the_plateau_schedule_steps_once_per_validation_round(tmp_path, val_every):
+    """x gamma after ``step_size`` validation rounds without improvement: stepped with each round's score, only at
+    the end of an epoch that validated (Lightning stepped it every epoch, with the last round's score in between)."""
+    torch.manual_seed(0)
+    optim = OptimSettings(optimizer="sgd", lr=0.05, scheduler="plateau", step_size_epochs=0, gamma=0.5,
+                          monitor_mode="min")
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], optim, evaluator=toy_evaluator,
+                                  scale_names=["fine", "coarse"])
+    seen = []
+    step = torch.optim.lr_scheduler.ReduceLROnPlateau.step
+
+    def record(self, metrics, *args, **kwargs):
+        seen.append((module.current_epoch, float(metrics)))
+        return step(self, metrics, *args, **kwargs)
+
+    dm = _dm()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", record)
+        build_trainer(_settings(max_epochs=4, val_every_n_epochs=val_every), dm, tmp_path).fit(module, datamodule=dm)
+    assert seen == [(h["epoch"], pytest.approx(h["fine"]["map@r"])) for h in module.validation_history]
+    assert [e for e, _ in seen] == list(range(val_every - 1, 4, val_every))
+    assert load_checkpoint_file(tmp_path / "last.ckpt")["dynametric"]["plateau_rounds"] == len(seen)
+
+
+def test_a_plateau_schedule_without_validation_warns_once(tmp_path):
+    optim = OptimSettings(optimizer="sgd", lr=0.05, scheduler="plateau")
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], optim, evaluator=toy_evaluator,
+                                  scale_names=["fine", "coarse"])
+    dm = _dm(val=False)
+    with pytest.warns(RuntimeWarning, match="plateau schedule in a run without validation") as caught:
+        build_trainer(_settings(max_epochs=2), dm, tmp_path, enable_validation=False).fit(module, datamodule=dm)
+    assert len([w for w in caught if "plateau" in str(w.message)]) == 1
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == 0.05
+
+
 def _dm_with_test() -> MetricDataModule:
     return MetricDataModule(ToyData(), None, ToyData(seed=2, augment=False, class_offset=6),
                             batch_sampler_factory=lambda labels, r, w: ToySampler(labels), eval_batch_size=16)

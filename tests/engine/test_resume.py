@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
@@ -30,19 +31,34 @@ class CrashAt:
         self.callback = _Cb()
 
 
-def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1):
+class CrashInValidation(L.Callback):
+    """Raise when the validation after step ``step`` starts (a process killed while it validates)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.global_step == self.step:
+            raise Crash(f"killed validating after step {trainer.global_step}")
+
+
+def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1, *, scheduler: str = "cosine",
+           monitor_mode: str = "max"):
+    """5 batches per epoch; validation (``val/fine/map@r``, ``monitor_mode``) at the end of every epoch. ``plateau``:
+    x 0.5 after every validation round without improvement."""
     torch.manual_seed(0)
     embedder = ToyEmbedder()
     objectives = [Objective(PairLoss(), RandomPairMiner(), name="pair"),
                   Objective(ProxyLoss(6, 4), None, name="proxy", weight=0.5)]
-    optim = OptimSettings(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="cosine", warmup_steps=2, interval="step",
-                          loss=GroupSettings(lr=0.2))
+    optim = OptimSettings(optimizer="sgd", lr=0.05, momentum=0.9, scheduler=scheduler, warmup_steps=2, interval="step",
+                          loss=GroupSettings(lr=0.2), step_size_epochs=0, gamma=0.5, monitor_mode=monitor_mode)
     module = MetricLearningModule(embedder, objectives, optim, evaluator=toy_evaluator, scale_names=["fine", "coarse"])
     dm = MetricDataModule(ToyData(), ToyData(seed=1, augment=False),
                           batch_sampler_factory=lambda labels, r, w: ToySampler(labels, rank=r, world_size=w),
                           eval_batch_size=16, seed=3)
     settings = TrainerSettings(max_steps=max_steps, checkpoint_every_n_steps=every, accelerator="cpu",
-                               progress_bar=False, accumulate_grad_batches=accumulate, seed=0)
+                               progress_bar=False, accumulate_grad_batches=accumulate, seed=0,
+                               monitor_mode=monitor_mode)
     return module, dm, settings
 
 
@@ -104,6 +120,139 @@ def test_resume_from_end_of_epoch_checkpoint_matches_straight_run(tmp_path):
     assert module.global_step == 15
     for k, v in _weights(module).items():
         torch.testing.assert_close(v, straight[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def _straight_and_resumed(tmp_path, crash: int, *, max_epochs: int = 3, max_steps: int = -1, every: int = 0,
+                          val_every: int = 1, crashes: int = 1, in_validation: bool = False, **kwargs):
+    """The same run uninterrupted (``tmp_path/straight``) and crashed at the start of step ``crash``, i.e. right after
+    the checkpoint written before it, then resumed from its ``last.ckpt`` (``tmp_path/crashed``; ``crashes`` > 1:
+    the resumed run crashes there again, before its first batch, and is resumed again; ``in_validation``: crashed in
+    the validation that follows step ``crash`` instead). Returns the two modules and the crashed run's ``last.ckpt``
+    as it was at the first crash."""
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    def setup():
+        module, dm, settings = _setup(tmp_path, max_steps, every, **kwargs)
+        settings.max_epochs, settings.val_every_n_epochs = max_epochs, val_every
+        return module, dm, settings
+
+    straight, dm, settings = setup()
+    build_trainer(settings, dm, tmp_path / "straight").fit(straight, datamodule=dm)
+    module, dm, settings = setup()
+    run = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        callback = CrashInValidation(crash) if in_validation else CrashAt(crash).callback
+        build_trainer(settings, dm, run, callbacks=[callback]).fit(module, datamodule=dm)
+    at_crash = load_checkpoint_file(run / "last.ckpt")
+    if not in_validation:
+        assert at_crash["global_step"] == crash - (crash % every if every and crash % 5 else 0)
+    for _ in range(crashes - 1):
+        module, dm, settings = setup()
+        with pytest.raises(Crash):
+            build_trainer(settings, dm, run, callbacks=[CrashAt(crash).callback]).fit(
+                module, datamodule=dm, ckpt_path=str(run / "last.ckpt"))
+    resumed, dm, settings = setup()
+    build_trainer(settings, dm, run).fit(resumed, datamodule=dm, ckpt_path=str(run / "last.ckpt"))
+    return straight, resumed, at_crash
+
+
+def _best_state(ckpt) -> dict:
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    return state
+
+
+def _assert_same_run(tmp_path, straight, resumed) -> None:
+    """Same final weights, validation rounds, best.ckpt (epoch, weights, score) and last.ckpt (scheduler and
+    optimizer state, best score) as the uninterrupted run."""
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    for k, v in _weights(straight).items():
+        torch.testing.assert_close(_weights(resumed)[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert resumed.validation_history == straight.validation_history
+    for name in ("best.ckpt", "last.ckpt"):
+        a, b = (load_checkpoint_file(tmp_path / run / name) for run in ("straight", "crashed"))
+        assert (b["epoch"], b["global_step"]) == (a["epoch"], a["global_step"]), name
+        for k, v in a["state_dict"].items():
+            torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
+        assert b["lr_schedulers"] == a["lr_schedulers"], name
+        assert [g["lr"] for g in b["optimizer_states"][0]["param_groups"]] == \
+            [g["lr"] for g in a["optimizer_states"][0]["param_groups"]], name
+        assert _best_state(b)["best_model_score"] == _best_state(a)["best_model_score"], name
+        assert b["loops"] == a["loops"], name  # Lightning's counters: epochs, batches, steps (the loggers' too)
+
+
+@pytest.mark.parametrize(("crash", "kwargs"), [
+    (5, {}),  # right after the end of epoch 0, its best epoch (monitor_mode min)
+    (5, {"max_epochs": -1, "max_steps": 15}),  # the same trained to max_steps (Lightning's iteration-based loop)
+    # ... killed again before the resumed run's first batch, after Lightning repeated the end of epoch 0 (and wrote
+    # last.ckpt again, with the RNG states the resumed run had not restored yet)
+    (5, {"max_epochs": -1, "max_steps": 15, "crashes": 2}),
+    (10, {"val_every": 2, "max_epochs": 4}),  # right after the end of epoch 1, its first validated epoch
+    (5, {"val_every": 2, "max_epochs": 4}),  # right after the end of epoch 0, which did not validate
+    (7, {"every": 3}),  # mid-epoch (last.ckpt at step 6)
+])
+def test_resume_right_after_an_end_of_epoch_checkpoint_keeps_the_best_score(tmp_path, crash, kwargs):
+    # the end-of-epoch last.ckpt used to be written before ModelCheckpoint recorded that epoch's validation score:
+    # the resumed run forgot it and replaced best.ckpt with the next, worse, epoch
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, monitor_mode="min", **kwargs)
+    validated = [h["epoch"] for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
+    assert (_best_state(at_crash)["best_model_score"] is None) == (not validated)
+    if crash == 5 and not kwargs.get("val_every"):
+        from dynametric.engine.checkpoint import load_checkpoint_file
+
+        assert load_checkpoint_file(tmp_path / "straight" / "best.ckpt")["epoch"] == 0  # the case of the bug
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+@pytest.mark.parametrize(("crash", "kwargs"), [
+    (5, {}),  # right after the end of epoch 0
+    (5, {"max_epochs": -1, "max_steps": 20}),  # the same trained to max_steps
+    (7, {"every": 3}),  # mid-epoch: Lightning skipped the step at the end of the epoch a run resumed into
+    (10, {"val_every": 2, "max_epochs": 6}),  # right after the end of epoch 1 (epochs 0, 2, 4 do not validate)
+])
+def test_resume_keeps_the_plateau_schedule(tmp_path, crash, kwargs):
+    # the end-of-epoch last.ckpt used to be written before Lightning stepped the plateau schedule: a resumed run
+    # never took that step and ended with another learning rate (and other weights)
+    kwargs = {"max_epochs": 4, **kwargs}
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, scheduler="plateau", monitor_mode="min",
+                                                        **kwargs)
+    sched = straight.trainer.lr_scheduler_configs[0].scheduler
+    rounds = len(straight.validation_history)
+    assert sched.last_epoch == rounds  # one step per validation round
+    assert sched.get_last_lr()[0] < 0.05  # the schedule did lower the learning rate
+    validated = [h for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
+    if at_crash["global_step"] % 5 == 0:  # an end-of-epoch checkpoint: that epoch's round stepped on
+        assert at_crash["lr_schedulers"][0]["last_epoch"] == len(validated)
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+@pytest.mark.parametrize(("crash", "every"), [(10, 2), (10, 5), (5, 1)])
+def test_killed_while_validating_after_a_step_checkpoint_at_the_end_of_an_epoch(tmp_path, crash, every):
+    # with checkpoint_every_n_steps dividing the epoch's last step, last.ckpt used to be written after that step and
+    # before the epoch's validation; Lightning resumes such a checkpoint as a finished epoch, so a run killed while
+    # validating never validated that epoch (its score, a best.ckpt candidate, was lost)
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, every=every, in_validation=True,
+                                                        monitor_mode="min")
+    assert at_crash["global_step"] < crash  # the checkpoint before that step's
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+@pytest.mark.parametrize(("max_epochs", "max_steps", "steps"), [(1, 8, 5), (3, 8, 8), (4, 30, 20), (-1, 8, 8)])
+def test_max_epochs_and_max_steps_both_apply(tmp_path, max_epochs, max_steps, steps):
+    # max_steps used to switch max_epochs off (Lightning got max_epochs=-1): 1 epoch and 8 steps trained 8 steps
+    module, dm, settings = _setup(tmp_path, max_steps, every=0)
+    settings.max_epochs = max_epochs
+    trainer = build_trainer(settings, dm, tmp_path / "run")
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == steps  # whichever limit comes first (5 batches per epoch)
+
+
+def test_a_run_with_both_limits_resumed_from_an_end_of_epoch_checkpoint_trains_its_epochs(tmp_path):
+    # Lightning's iteration-based loop (max_steps set) repeats the end of the epoch a run resumes from and counted
+    # it twice: with max_epochs the first limit, the resumed run stopped an epoch early
+    straight, resumed, _ = _straight_and_resumed(tmp_path, 5, max_epochs=4, max_steps=30)
+    assert straight.global_step == resumed.global_step == 20
+    _assert_same_run(tmp_path, straight, resumed)
 
 
 def test_resumable_sampler_skips_and_counts_epochs():

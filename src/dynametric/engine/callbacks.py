@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from dynametric.engine.data import MetricDataModule
 
@@ -38,15 +38,25 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class ResumeState(L.Callback):
+class ResumeState(Checkpoint):
     """Records the sampler position and RNG in every checkpoint and writes ``last.ckpt``.
 
     * ``state_dict()`` (stored in every checkpoint): the epoch of the batches being drawn, how many of them
-      were trained on, and the RNG states at save time.
+      were trained on, and the RNG states the run continues with (at save time; in a resumed run that has not
+      trained a batch yet, the restored ones).
     * On resume the sampler restarts at that epoch and batch; the RNG states are restored just before the
       first resumed training batch (after the data loader was created).
     * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch) and at the end of
-      every epoch (after validation).
+      every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint only.
+
+    The end-of-epoch ``last.ckpt`` holds the epoch as every other part of the run recorded it: Lightning calls the
+    ``on_train_epoch_end`` of its ``Checkpoint`` callbacks after those of all other callbacks and the module's, in
+    the order of the callback list, and :func:`dynametric.engine.trainer.build_trainer` puts this one after the
+    ``best.ckpt`` writer (:class:`RunCheckpoint`). So the checkpoint holds that epoch's validation score as the
+    best so far (written before ``ModelCheckpoint`` recorded it, a resumed run forgot it and replaced ``best.ckpt``
+    with the next, worse, epoch), and the ``plateau`` schedule's step of that epoch, which the module takes in its
+    own ``on_train_epoch_end`` (:meth:`dynametric.engine.module.MetricLearningModule._step_plateau`; Lightning
+    takes it after every callback's hook).
 
     Under DDP the state of rank 0 is stored (the batch position is the same on every rank; the RNG of the
     other ranks restarts from rank 0's, which only matters for random choices that differ between ranks).
@@ -60,15 +70,39 @@ class ResumeState(L.Callback):
         self.batches_done = 0
         self._pending_rng: dict[str, Any] | None = None
         self._last_saved_step = -1
+        self._loop_counts: tuple[int, int, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": collect_rng_state()}
+        # restored RNG states not yet in use (a checkpoint written by a resumed run before its first batch, e.g. by
+        # Lightning repeating the end of the resumed epoch): the ones the run continues with, not today's
+        rng = self._pending_rng if self._pending_rng is not None else collect_rng_state()
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch = int(state_dict["epoch"])
         self.batches_done = int(state_dict["batches_done"])
         self._pending_rng = state_dict.get("rng")
         self.datamodule.request_resume(self.epoch, self.batches_done)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        progress: Any = trainer.fit_loop.epoch_progress  # its trackers count processed epochs (typed as not)
+        self._loop_counts = (progress.current.processed, progress.total.processed,
+                             getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None))
+
+    def _undo_repeated_epoch_end(self, trainer: L.Trainer) -> None:
+        """Lightning's counts of an epoch end it repeats, undone.
+
+        Resumed from an end-of-epoch checkpoint, Lightning's iteration-based loop (``max_steps`` set) ends that
+        epoch again before training on: it calls the ``on_train_epoch_end`` hooks once more and counts the epoch as
+        processed a second time (and one more step for the loggers). With ``max_epochs`` as well, the resumed run
+        stopped an epoch early. The counts go back to those the run resumed with (the epoch's end, counted once)."""
+        if self._loop_counts is None:
+            return
+        current, total, stepped = self._loop_counts
+        progress: Any = trainer.fit_loop.epoch_progress
+        progress.current.processed, progress.total.processed = current, total
+        if stepped is not None:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = stepped
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -83,11 +117,15 @@ class ResumeState(L.Callback):
             self.epoch = sampler.current_epoch
         self.batches_done = batch_idx + 1
         step = trainer.global_step
+        # not after the epoch's last batch: the end-of-epoch checkpoint follows its validation, and Lightning resumes
+        # a checkpoint written there as a finished epoch (a run killed while validating never validated that epoch)
         if (self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
-                and step != self._last_saved_step):
+                and step != self._last_saved_step and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending_rng is not None:  # no batch trained since the resume: Lightning repeats an epoch end
+            self._undo_repeated_epoch_end(trainer)
         self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:

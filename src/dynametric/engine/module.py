@@ -145,6 +145,8 @@ def build_optimizer(groups: list[dict[str, Any]], settings: OptimSettings) -> to
 
 
 _SCHEDULES = ("none", "cosine", "step", "multistep", "plateau")
+_NEVER = 2**62
+"""The frequency (in epochs) of the plateau schedule as Lightning sees it: never reached, the module steps it."""
 
 
 def lr_lambda(settings: OptimSettings, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -228,6 +230,9 @@ class MetricLearningModule(L.LightningModule):
         self.group_builder: GroupBuilder = group_builder or parameter_groups
         self.skipped_steps = 0
         self.validation_history: list[dict[str, Any]] = []
+        self.plateau_rounds = 0  # validation_history entries the plateau schedule has stepped on (_step_plateau)
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_warned = False
         self.loss_history = []  # [global step, loss] pairs for the report's curve
         # the run's resolved config (``config_to_dict``) and its ``config_hash``, stored in every checkpoint so a
         # resume can tell whether the run folder's config.yaml is still the one the run trained with
@@ -320,6 +325,37 @@ class MetricLearningModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.check_deferred_nonfinite()
+        self._step_plateau()
+
+    def _step_plateau(self) -> None:
+        """The ``plateau`` schedule's step of this epoch: once per validation round, with the round's value of the
+        monitor, by the module rather than by Lightning (:meth:`configure_optimizers` registers it with a frequency
+        Lightning never reaches: its state is still saved and restored with the other schedules').
+
+        Lightning steps an epoch ``ReduceLROnPlateau`` after every callback's ``on_train_epoch_end``, so after the
+        end-of-epoch ``last.ckpt`` (:class:`~dynametric.engine.callbacks.ResumeState`), which then lacked the step;
+        it skips the step at the end of an epoch that a run resumed into (its ``restarting``), and at the end of an
+        epoch without validation (``trainer.val_every`` > 1) it steps with the last round's value, which a resumed
+        run does not have. Here the step comes before every checkpoint of the epoch, only after an epoch that
+        validated (the schedule counts validation rounds without improvement, as documented), and once per round:
+        ``plateau_rounds`` (in every checkpoint) counts the rounds stepped on, since Lightning repeats the end of an
+        epoch resumed from its end-of-epoch checkpoint when it trains to ``max_steps``."""
+        plateau = self._plateau
+        if plateau is not None and not self.trainer.enable_validation and not self._plateau_warned:
+            self._plateau_warned = True
+            warnings.warn("plateau schedule in a run without validation: the learning rate never changes",
+                          RuntimeWarning, stacklevel=2)
+        history = self.validation_history
+        if plateau is None or self.plateau_rounds >= len(history) or history[-1].get("epoch") != self.current_epoch:
+            return
+        self.plateau_rounds = len(history)
+        monitor = self.optim_settings.monitor
+        value = self.trainer.callback_metrics.get(monitor)
+        if value is None:
+            warnings.warn(f"plateau schedule: validation logged no {monitor!r}, the schedule is not stepped "
+                          f"(logged: {', '.join(sorted(self.trainer.callback_metrics))})", RuntimeWarning, stacklevel=2)
+            return
+        plateau.step(value)
 
     def on_train_end(self) -> None:
         self.check_deferred_nonfinite()
@@ -367,8 +403,10 @@ class MetricLearningModule(L.LightningModule):
         if s.scheduler == "plateau":
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=s.monitor_mode, factor=s.gamma, patience=max(0, s.step_size_epochs))
+            self._plateau = plateau  # stepped by on_train_epoch_end (_step_plateau), never by Lightning:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "interval": "epoch",
-                                                             "monitor": s.monitor, "strict": False}}
+                                                             "frequency": _NEVER, "monitor": s.monitor,
+                                                             "strict": False}}
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         per_epoch = total
         if self._trainer is not None and self.trainer.max_epochs and self.trainer.max_epochs > 0:
@@ -481,6 +519,7 @@ class MetricLearningModule(L.LightningModule):
         checkpoint["dynametric"] = {"validation_history": self.validation_history,
                                     "loss_history": self.loss_history,
                                     "skipped_steps": self.skipped_steps,
+                                    "plateau_rounds": self.plateau_rounds,
                                     "optim": asdict(self.optim_settings)}
         if self.run_config_hash is not None:
             checkpoint["dynametric"]["config_hash"] = self.run_config_hash
@@ -489,5 +528,8 @@ class MetricLearningModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("dynametric", {})
         self.validation_history = list(extra.get("validation_history", []))
+        # a checkpoint of an earlier version: every round but its last counts as stepped on (an end-of-epoch
+        # last.ckpt was written before the step of its epoch's round)
+        self.plateau_rounds = int(extra.get("plateau_rounds", max(0, len(self.validation_history) - 1)))
         self.skipped_steps = int(extra.get("skipped_steps", 0))
         self.loss_history = [list(x) for x in extra.get("loss_history", [])]

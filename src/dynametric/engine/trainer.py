@@ -209,12 +209,14 @@ def build_trainer(
     validate_settings(settings)
     cbs: list[L.Callback] = list(callbacks)
     run_dir = None if run_dir is None else Path(run_dir)
-    cbs.append(ResumeState(datamodule, None if run_dir is None else run_dir / "last.ckpt",
-                           settings.checkpoint_every_n_steps))
     if run_dir is not None and enable_validation:
         cbs.append(RunCheckpoint(dirpath=run_dir, filename="best", monitor=f"val/{settings.monitor}",
                                  mode=settings.monitor_mode, save_top_k=1, save_last=False,
                                  auto_insert_metric_name=False, enable_version_counter=False))
+    # after RunCheckpoint: both are Checkpoint callbacks, whose epoch-end hooks Lightning calls last, in this order,
+    # so the end-of-epoch last.ckpt holds that epoch's best score (ResumeState's docstring)
+    cbs.append(ResumeState(datamodule, None if run_dir is None else run_dir / "last.ckpt",
+                           settings.checkpoint_every_n_steps))
     if settings.patience is not None and enable_validation:
         cbs.append(EarlyStopping(monitor=f"val/{settings.monitor}", mode=settings.monitor_mode,
                                  patience=settings.patience, check_on_train_epoch_end=False))
@@ -226,7 +228,7 @@ def build_trainer(
         cbs.append(MetricProgressBar())
     return lightning_trainer(
         settings,
-        max_epochs=settings.max_epochs if settings.max_steps < 1 else -1,
+        max_epochs=settings.max_epochs if settings.max_epochs >= 1 else -1,  # both limits: whichever comes first
         max_steps=settings.max_steps,
         accumulate_grad_batches=settings.accumulate_grad_batches,
         gradient_clip_val=settings.gradient_clip_val,
@@ -234,7 +236,7 @@ def build_trainer(
         check_val_every_n_epoch=settings.val_every_n_epochs,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
-        enable_checkpointing=run_dir is not None and enable_validation,
+        enable_checkpointing=True,  # ResumeState is a Checkpoint callback (no default ModelCheckpoint is added)
         enable_progress_bar=settings.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=settings.log_every_n_steps,

@@ -106,6 +106,10 @@ def _launched_worker() -> bool:
     return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def _silent(message: str) -> None:
+    """The ``log`` of a DDP process other than rank 0 (:func:`run_training`)."""
+
+
 def default_run_dir(cfg: Config) -> Path:
     from dynametric.config import config_hash
 
@@ -505,10 +509,13 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
 
     ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
     ``--no-progress``) override it. ``folder_key`` is what chose ``run_dir``, named by the errors about the folder
-    (the CLI passes ``--out``, or ``run.output_dir`` / ``run.name`` for the default folder)."""
+    (the CLI passes ``--out``, or ``run.output_dir`` / ``run.name`` for the default folder). ``log`` gets the
+    run's lines in one process only: a DDP process other than rank 0 (:func:`_launched_worker`) prints nothing."""
     from dynametric.config import config_hash, config_to_dict, config_to_yaml, save_config
 
     t0 = time.time()
+    if _launched_worker():  # another DDP rank's process: rank 0 prints the run's lines (the same ones), once
+        log = _silent
     progress = bool(cfg.trainer.progress_bar) if progress is None else bool(progress)
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
