@@ -592,7 +592,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             untrained = test_eval(None)
             log_results(exp_logger, "untrained", untrained, step=0)
             metrics = {"untrained": untrained, "validation": [], "test": {}}
-            atomic_write_json(metrics_path, metrics)
+            if not _launched_worker():  # rank 0 writes it (another rank's process would write the same again)
+                atomic_write_json(metrics_path, metrics)
         else:
             try:
                 import json
