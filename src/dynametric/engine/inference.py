@@ -19,6 +19,7 @@ Embeddings always come back as float32 on the CPU, in dataset order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +235,16 @@ class TrainedModel:
     head: str | None  # the head the engine evaluates (or the one asked for)
 
 
+def checkpoint_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """``checkpoint`` as a path to an existing file: a one-line :class:`InputError` for a folder or a missing file."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=path)
+    if not path.is_file():
+        raise InputError("checkpoint file not found", file=path)
+    return path
+
+
 def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
     """``config``, or ``config.yaml`` beside the checkpoint (a run folder); ConfigError when missing."""
     checkpoint = Path(checkpoint)
@@ -257,11 +268,7 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     from dynametric.engine.builders import build_model, eval_head
     from dynametric.engine.checkpoint import load_embedder_weights
 
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=checkpoint)
-    if not checkpoint.is_file():
-        raise InputError("checkpoint file not found", file=checkpoint)
+    checkpoint = checkpoint_path(checkpoint)
     config_path = config_beside(checkpoint, config)
     if cfg is None:
         cfg = load_config(config_path, overrides)

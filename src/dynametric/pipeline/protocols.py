@@ -137,13 +137,9 @@ def checkpoint_config(checkpoint: str | os.PathLike[str], config: Any = None,
     """The checkpoint file (one-line errors for a folder or a missing file) and its run config (``config``, else
     ``config.yaml`` beside it) with ``overrides``, loaded once."""
     from dynametric.config import load_config
-    from dynametric.engine.inference import config_beside
+    from dynametric.engine.inference import checkpoint_path, config_beside
 
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        raise InputError("is a folder; expected a checkpoint file (e.g. RUN/best.ckpt)", file=checkpoint)
-    if not checkpoint.is_file():
-        raise InputError("checkpoint file not found", file=checkpoint)
+    checkpoint = checkpoint_path(checkpoint)
     path = config_beside(checkpoint, config)
     return CheckpointConfig(checkpoint, path, load_config(path, overrides))
 
