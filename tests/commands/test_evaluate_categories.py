@@ -22,15 +22,21 @@ def _angles(degrees: list[float]) -> np.ndarray:
     return np.array([[math.cos(math.radians(d)), math.sin(math.radians(d))] for d in degrees], np.float32)
 
 
-def test_query_categories_file_prints_and_writes_the_split(tmp_path: Path, capsys):
+def _five_queries(tmp_path: Path) -> list[str]:
+    """Five 2-d query embeddings (labels 0 1 0 1 0) and four gallery ones (0 0 1 1) as .npy files in ``tmp_path``:
+    the ``dynametric evaluate`` arguments that read them (query -> gallery)."""
     np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
     np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
     np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
     np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
+    return ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
+            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy")]
+
+
+def test_query_categories_file_prints_and_writes_the_split(tmp_path: Path, capsys):
+    base = _five_queries(tmp_path)
     (tmp_path / "cat.txt").write_text("fish\nfish\nbird\nbird\nbird\n")
-    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
-            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
-            "--metrics", "recall@1", "map", "nmi", "--device", "cpu"]
+    args = [*base, "--metrics", "recall@1", "map", "nmi", "--device", "cpu"]
     assert main([*args, "--query-categories", str(tmp_path / "cat.txt"), "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out.splitlines()
     at = out.index("by query category (2 categories; each value the mean over the category's queries; nmi: overall "
@@ -68,13 +74,7 @@ def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, caps
     """A ``--query-categories`` / ``--query-ids`` / ``--gallery-ids`` file an editor saved with a UTF-8 byte order
     mark (or with CR line ends) reads as without: the mark used to stay on the first line, a phantom category
     ``\ufeffbird`` of one query; bytes that are not UTF-8 are one error naming the line."""
-    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
-    np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
-    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
-    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
-    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
-            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
-            "--metrics", "recall@1", "map", "--device", "cpu"]
+    args = [*_five_queries(tmp_path), "--metrics", "recall@1", "map", "--device", "cpu"]
     results = []
     for name, data in (("plain", "bird\nfish\nbird\nbird\nfish\n"), ("bom", "\ufeffbird\nfish\nbird\nbird\nfish\n"),
                        ("cr", "\ufeffbird\rfish\rbird\rbird\rfish\r")):
@@ -137,13 +137,7 @@ def test_categories_from_a_file_are_read_and_ordered_as_an_oml_csv_s(tmp_path: P
     """A ``--query-categories`` line that is an integer is an int, as an OML ``category`` cell: ``2`` sorts before
     ``10`` (both before the texts), as in a run on an OML CSV (it used to be text, ``10`` before ``2``); ``007`` and
     ``7`` are one category 7, as an OML CSV reads them, with a note saying so."""
-    np.save(tmp_path / "g.npy", _angles([0, 100, 40, 170]))
-    np.save(tmp_path / "gl.npy", np.array([0, 0, 1, 1]))
-    np.save(tmp_path / "q.npy", _angles([10, 60, 45, 140, 210]))
-    np.save(tmp_path / "ql.npy", np.array([0, 1, 0, 1, 0]))
-    args = ["evaluate", "--embeddings", str(tmp_path / "q.npy"), "--labels", str(tmp_path / "ql.npy"),
-            "--gallery-embeddings", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "gl.npy"),
-            "--metrics", "recall@1", "--device", "cpu", "--json", str(tmp_path / "r.json")]
+    args = [*_five_queries(tmp_path), "--metrics", "recall@1", "--device", "cpu", "--json", str(tmp_path / "r.json")]
     (tmp_path / "cat.txt").write_text("10\nbird\n2\n-1\nbird\n")
     assert main([*args, "--query-categories", str(tmp_path / "cat.txt")]) == 0
     assert list(json.loads((tmp_path / "r.json").read_text())["by_category"]) == ["-1", "2", "10", "bird"]
@@ -184,6 +178,16 @@ def test_a_category_line_too_long_for_int64_is_text(tmp_path: Path, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
+def write_class_image(root: Path, c: int, i: int, rng: np.random.Generator) -> None:
+    """``root/img/<c>_<i>.png``: a 12x12 image whose left half is class ``c``'s colour, the right half random."""
+    path = root / f"img/{c}_{i}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((12, 12, 3), np.uint8)
+    arr[:, :6] = ((c * 41) % 256, (c * 83) % 256, (c * 17) % 256)
+    arr[:, 6:] = rng.integers(0, 255, 3)
+    Image.fromarray(arr).save(path)
+
+
 def _oml_run_data(root: Path) -> None:
     """8 training classes of 4 images; 4 validation classes of 3 images: image 0 query and gallery, images 0 and 1
     one sequence, image 2 another; categories cold / warm by class."""
@@ -191,12 +195,7 @@ def _oml_run_data(root: Path) -> None:
     rows = ["label,path,split,is_query,is_gallery,category,sequence"]
     for c in range(12):
         for i in range(4 if c < 8 else 3):
-            path = root / f"img/{c}_{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.zeros((12, 12, 3), np.uint8)
-            arr[:, :6] = ((c * 41) % 256, (c * 83) % 256, (c * 17) % 256)
-            arr[:, 6:] = rng.integers(0, 255, 3)
-            Image.fromarray(arr).save(path)
+            write_class_image(root, c, i, rng)
             category = "warm" if c % 2 else "cold"
             if c < 8:
                 rows.append(f"{c},img/{c}_{i}.png,train,,,{category},")

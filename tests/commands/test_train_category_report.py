@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from dynametric.cli import main
+from tests.commands.test_evaluate_categories import write_class_image
 from tests.engine.test_report_categories import EVIL, assert_table_matches, parse_report
 
 
@@ -24,12 +24,7 @@ def _oml_data(root: Path) -> list[str]:
     rows = [["label", "path", "split", "is_query", "is_gallery", "category"]]
     for c in range(12):
         for i in range(4 if c < 8 else 3):
-            path = root / f"img/{c}_{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.zeros((12, 12, 3), np.uint8)
-            arr[:, :6] = ((c * 41) % 256, (c * 83) % 256, (c * 17) % 256)
-            arr[:, 6:] = rng.integers(0, 255, 3)
-            Image.fromarray(arr).save(path)
+            write_class_image(root, c, i, rng)
             split, flags = ("train", ["", ""]) if c < 8 else ("validation", ["True", "True"])
             rows.append([str(c), f"img/{c}_{i}.png", split, *flags, categories[c % 3]])
     with (root / "df.csv").open("w", newline="", encoding="utf-8") as fh:

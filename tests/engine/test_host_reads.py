@@ -83,15 +83,21 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[collections.Counter[
 SMALL = ["model.backbone=simple_cnn", "model.embedding_dim=16", "model.backbone_kwargs={width: 4, depth: 1}"]
 
 
-def _step_reads(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> collections.Counter[tuple[str, str]]:
+def _warm_step(*overrides: str) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    """The small model and objectives of ``overrides`` with a batch of 32 three-scale labels and images, after one
+    warm-up step (lazy state, first-call logs): ``(model, objectives, labels, images)``."""
     cfg = load_config(None, [*SMALL, *overrides])
     torch.manual_seed(0)
     labels = torch.stack([torch.arange(32) // 4, torch.arange(32) // 8, torch.arange(32) // 16], 1)
     model = build_model(cfg)
     objectives = build_objectives(cfg, model, labels, 3)
     images = torch.randn(32, 3, 16, 16)
-    total, _ = compute_objective(model(images), labels, objectives)  # warm-up (lazy state, first-call logs)
-    total.backward()
+    compute_objective(model(images), labels, objectives)[0].backward()
+    return model, objectives, labels, images
+
+
+def _step_reads(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> collections.Counter[tuple[str, str]]:
+    model, objectives, labels, images = _warm_step(*overrides)
     with host_reads(monkeypatch) as found:
         total, _ = compute_objective(model(images), labels, objectives)
         total.backward()
@@ -136,13 +142,7 @@ def test_multiscale_triplet_step_reads_once_per_scale(monkeypatch) -> None:
 def test_collecting_the_named_parts_reads_nothing_on_the_host(monkeypatch, overrides) -> None:
     """CSL's per-scale terms and PDDM's E_m / E_e / quadruplet count are logged every step: collecting them adds no
     host read to the step (the same reads as without them)."""
-    cfg = load_config(None, [*SMALL, *overrides])
-    torch.manual_seed(0)
-    labels = torch.stack([torch.arange(32) // 4, torch.arange(32) // 8, torch.arange(32) // 16], 1)
-    model = build_model(cfg)
-    objectives = build_objectives(cfg, model, labels, 3)
-    images = torch.randn(32, 3, 16, 16)
-    compute_objective(model(images), labels, objectives)[0].backward()  # warm-up
+    model, objectives, labels, images = _warm_step(*overrides)
     counts = []
     for parts in (None, {}):
         with host_reads(monkeypatch) as found:

@@ -314,13 +314,19 @@ def _oml_rows(root: Path) -> None:
     (root / "df.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Path, capsys):
+def _train_query_gallery_run(tmp_path: Path) -> tuple[Path, Path]:
+    """Trains the query -> gallery run of ``QG_CONFIG`` on ``_oml_rows`` data: ``(its config, its run folder)``."""
     root = tmp_path / "oml"
     _oml_rows(root)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(QG_CONFIG.format(root=root))
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    return cfg, out
+
+
+def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Path, capsys):
+    cfg, out = _train_query_gallery_run(tmp_path)
     test = json.loads((out / "metrics.json").read_text())["test"]
     assert test["protocol"]["queries_in_gallery"] == 3 and test["label"]["num_queries"] == 3
     assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--metrics", "recall@K", "map", "asi", "--k",
@@ -360,12 +366,7 @@ def test_query_and_gallery_identities_are_computed_once_per_split(tmp_path: Path
 
     monkeypatch.setattr(splits, "image_identities", counted)
     monkeypatch.setattr(protocols, "image_identities", counted)
-    root = tmp_path / "oml"
-    _oml_rows(root)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(QG_CONFIG.format(root=root))
-    out = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    _, out = _train_query_gallery_run(tmp_path)
     assert sorted(s for s in calls if s in ("query", "gallery")) == ["gallery", "query"]  # was 3 times each
     test = json.loads((out / "metrics.json").read_text())["test"]
     calls.clear()
