@@ -238,30 +238,29 @@ def load_labels(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
 
 
 _INTEGER_CELL = re.compile(r"-?[0-9]+")
+_LABEL_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-def _integer_id(text: str) -> int | None:
-    """The int an id cell's text is (an ASCII ``-?[0-9]+`` whose value fits in int64), else ``None``. The digits are
-    counted before ``int`` reads them: a cell of thousands of digits is text, not Python's ``ValueError: Exceeds the
-    limit (4300 digits) for integer string conversion``."""
-    if not _INTEGER_CELL.fullmatch(text) or len(text.lstrip("-").lstrip("0")) > 19:
+def _ascii_int64(text: str, pattern: re.Pattern[str]) -> int | None:
+    """The int ``text`` is where ``pattern`` (ASCII digits and a sign) matches all of it and the value fits in
+    int64, else ``None``. The digits are counted before ``int`` reads them: a field of thousands of digits is
+    ``None``, not Python's ``ValueError: Exceeds the limit (4300 digits) for integer string conversion``."""
+    if not pattern.fullmatch(text) or len(text.lstrip("+-").lstrip("0")) > 19:
         return None
     value = int(text)
     return value if _INT64.min <= value <= _INT64.max else None
 
 
-_LABEL_INTEGER = re.compile(r"[+-]?[0-9]+")
+def _integer_id(text: str) -> int | None:
+    """The int an id cell's text is (an ASCII ``-?[0-9]+`` whose value fits in int64), else ``None``."""
+    return _ascii_int64(text, _INTEGER_CELL)
 
 
 def integer_label(text: str) -> int | None:
     """The class id a label field holds: ASCII ``[+-]?[0-9]+`` (spaces around it allowed) whose value fits in int64,
     else ``None``. Stricter than ``int()``, which also takes ``1_000``, non-ASCII digits (``٣``) and numbers of any
-    length (a field of thousands of digits raised Python's digit-limit ``ValueError``)."""
-    text = text.strip()
-    if not _LABEL_INTEGER.fullmatch(text) or len(text.lstrip("+-").lstrip("0")) > 19:
-        return None
-    value = int(text)
-    return value if _INT64.min <= value <= _INT64.max else None
+    length."""
+    return _ascii_int64(text.strip(), _LABEL_INTEGER)
 
 
 def id_cell(text: str) -> int | str:
