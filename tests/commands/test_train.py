@@ -316,22 +316,35 @@ def test_the_report_gets_the_whole_training_when_best_ckpt_is_an_earlier_epoch(t
     assert info["skipped_nonfinite_steps"] == 0
 
 
+# the environment variables that say which process of a multi-process launch this is (pipeline.run)
+_LAUNCH_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS",
+               "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_JOB_NAME", "DYNAMETRIC_RUN_DIR")
+
+
+def _one_process_env() -> dict[str, str]:
+    """This process's environment for a `python -m dynametric` child started as one plain process (whatever launcher
+    runs the tests), with this checkout's sources first on its path."""
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    for name in _LAUNCH_ENV:
+        env.pop(name, None)
+    return env
+
+
 @pytest.mark.slow
 def test_a_two_process_run_prints_its_lines_once(tmp_path) -> None:
     """trainer.devices=2 on the CPU: Lightning starts rank 1 as a second `dynametric train` process, which printed
     the run folder, data, untrained-evaluation and testing lines a second time."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-        env.pop(name, None)
+    env = _one_process_env()
     proc = subprocess.run([sys.executable, "-m", "dynametric", "train", "--config", str(cfg), "--out", str(out),
                            "--no-progress", "run.report=false", "trainer.devices=2", "trainer.accelerator=cpu"],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -339,3 +352,170 @@ def test_a_two_process_run_prints_its_lines_once(tmp_path) -> None:
     lines = proc.stdout.splitlines()
     for start in ("run folder: ", "data: ", "evaluating the untrained model", "testing best.ckpt", "wrote "):
         assert len([line for line in lines if line.startswith(start)]) == 1, (start, proc.stdout)
+
+
+@pytest.mark.slow
+def test_a_two_process_run_without_out_fills_one_folder(tmp_path) -> None:
+    """trainer.devices=2 on the CPU without --out: Lightning starts rank 1 as a second `dynametric train` process
+    some seconds later; it named its own, later <time>-<hash> folder and its CSV logger created it (an empty
+    runs/<later time>-<hash>/logs beside the run). Rank 0 publishes its folder; rank 1 uses it and creates nothing."""
+    import re
+    import subprocess
+    import sys
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    proc = subprocess.run([sys.executable, "-m", "dynametric", "train", "--config", "tiny.yaml", "--no-progress",
+                           "run.report=false", "trainer.devices=2", "trainer.accelerator=cpu"],
+                          capture_output=True, text=True, env=_one_process_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tiny.yaml"]
+    folders = [p.name for p in (tmp_path / "runs").iterdir()]
+    assert len(folders) == 1, folders
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}", folders[0])
+    assert f"run folder: runs/{folders[0]}" in proc.stdout.splitlines()
+    run = tmp_path / "runs" / folders[0]
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "logs", "metrics.json",
+                                                    "run_info.json"]
+
+
+# ------------------------------------------------------------ the run folder of a multi-process launch, no processes
+
+@pytest.fixture
+def launch_env(monkeypatch, tmp_path):
+    """No launcher's variables (as one plain process), the clock's part of a default name fixed, cwd tmp_path; the
+    test sets the variables of the launch it stands for. Returns a setter of several variables at once."""
+    import dynametric.pipeline.run as run_mod
+
+    for name in _LAUNCH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(run_mod.time, "strftime", lambda fmt: "20260102-030405")
+    monkeypatch.chdir(tmp_path)
+
+    def setenv(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+    return setenv
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    from dynametric.config import config_hash, load_config
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    cfg = load_config(tmp_path / "tiny.yaml")
+    return cfg, config_hash(cfg, 8)
+
+
+@pytest.mark.parametrize("env, worker", [
+    ({}, False),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, False),  # a plain single-task srun
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, True),  # srun's second task: SLURM's global rank 1
+    ({"SLURM_PROCID": "1", "LOCAL_RANK": "0"}, False),  # Lightning reads LOCAL_RANK before SLURM_PROCID
+    ({"SLURM_PROCID": "1", "RANK": "0"}, False),  # and RANK before both
+    ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, True),  # a rank Lightning's launcher started inside a SLURM task
+    ({"RANK": "0", "LOCAL_RANK": "0"}, False),
+    ({"RANK": "3"}, True),
+    ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, True),
+])
+def test_which_process_is_another_ranks(launch_env, env, worker) -> None:
+    from dynametric.pipeline.run import _launched_worker
+
+    launch_env(**env)
+    assert _launched_worker() is worker
+
+
+def test_one_process_names_its_folder_by_the_clock_and_publishes_it(launch_env, tiny_config, tmp_path) -> None:
+    import os
+    from pathlib import Path
+
+    from dynametric.pipeline.run import RUN_DIR_ENV, default_run_dir
+
+    cfg, digest = tiny_config
+    for env in ({}, {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"},
+                {"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "1", "RANK": "0"}):  # single-task srun, torchrun
+        launch_env(**env)
+        assert default_run_dir(cfg) == Path("runs") / f"20260102-030405-{digest}", env
+        assert os.environ[RUN_DIR_ENV] == str(tmp_path / "runs" / f"20260102-030405-{digest}")
+    assert not (tmp_path / "runs").exists()  # naming creates nothing
+
+
+def test_another_rank_of_lightnings_launcher_takes_the_published_folder(launch_env, tiny_config) -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from dynametric.pipeline.run import default_run_dir
+
+    cfg, _ = tiny_config
+    # as Lightning's script launcher starts rank 1: LOCAL_RANK, WORLD_SIZE and rank 0's environment with its
+    # published folder, named at another time than this process's clock says
+    launch_env(LOCAL_RANK="1", NODE_RANK="0", WORLD_SIZE="2", DYNAMETRIC_RUN_DIR="/data/runs/20251231-235959-0f0f0f0f")
+    assert default_run_dir(cfg) == Path("/data/runs/20251231-235959-0f0f0f0f")
+    named = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name="mine"))
+    assert default_run_dir(named) == Path("runs/mine")  # run.name: every process names the same folder itself
+
+
+@pytest.mark.parametrize("env, rank_key, name", [
+    ({"TORCHELASTIC_RUN_ID": "5d1c-77", "WORLD_SIZE": "4"}, "RANK", "torchrun-5d1c-77"),
+    ({"TORCHELASTIC_RUN_ID": "job 7/a", "WORLD_SIZE": "2"}, "RANK", "torchrun-job_7_a"),  # a user's id, made a name
+    # torchrun without a rendezvous id inside a SLURM job (one srun task): the job and step
+    ({"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2", "SLURM_JOB_ID": "42", "SLURM_STEP_ID": "3",
+      "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, "RANK", "slurm-42.3"),
+    ({"SLURM_NTASKS": "2", "SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0"}, "SLURM_PROCID", "slurm-42.0"),  # srun -n 2
+    ({"SLURM_NTASKS": "8", "SLURM_JOB_ID": "42"}, "SLURM_PROCID", "slurm-42"),
+])
+def test_every_process_of_torchrun_or_srun_names_one_folder(launch_env, tiny_config, env, rank_key, name) -> None:
+    import os
+    from pathlib import Path
+
+    from dynametric.pipeline.run import RUN_DIR_ENV, _launched_worker, default_run_dir
+
+    cfg, digest = tiny_config
+    launch_env(**env)
+    for rank in ("0", "1"):
+        launch_env(**{rank_key: rank})
+        assert _launched_worker() is (rank == "1")
+        assert default_run_dir(cfg) == Path("runs") / f"{name}-{digest}", rank
+    assert RUN_DIR_ENV not in os.environ  # nothing to publish: every process names it alike
+
+
+_REFUSED = ("a multi-process launch needs a run folder all its processes share: pass --out DIR or set run.name (the "
+            "default name holds the time each process starts; ")
+
+
+@pytest.mark.parametrize("env, why", [
+    ({"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2", "RANK": "0"},
+     "torchrun starts every process on its own and gives them no id they share (its rendezvous id is 'none'; "
+     "torchrun --standalone or --rdzv-id ID gives one))"),
+    ({"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2", "RANK": "1"},
+     "torchrun starts every process on its own and gives them no id they share (its rendezvous id is 'none'; "
+     "torchrun --standalone or --rdzv-id ID gives one))"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "10.0.0.1"},
+     "the launcher that set WORLD_SIZE=2 starts every process on its own and gives them no id they share)"),
+    ({"LOCAL_RANK": "1"}, "this process of another rank finds no folder published by rank 0 in DYNAMETRIC_RUN_DIR)"),
+    ({"SLURM_PROCID": "1"}, "this process of another rank finds no folder published by rank 0 in DYNAMETRIC_RUN_DIR)"),
+])
+def test_a_launch_without_a_shared_name_is_refused(launch_env, tiny_config, env, why) -> None:
+    from dynametric.errors import ConfigError
+    from dynametric.pipeline.run import default_run_dir
+
+    cfg, _ = tiny_config
+    launch_env(**env)
+    with pytest.raises(ConfigError) as err:
+        default_run_dir(cfg)
+    assert str(err.value) == "key 'run.name': " + _REFUSED + why
+
+
+def test_several_nodes_under_lightnings_launcher_are_refused_on_every_node(launch_env, tmp_path, capsys) -> None:
+    """trainer.num_nodes=2 with Lightning's own launcher (one command per node): rank 0's published folder never
+    reaches the other node; every node refuses, through the command (one line, nothing created)."""
+    from dynametric.cli import main
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    for env in ({}, {"NODE_RANK": "1"}):
+        launch_env(**env)
+        assert main(["train", "--config", "tiny.yaml", "--no-progress", "trainer.num_nodes=2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"dynametric train: error: key 'run.name': {_REFUSED}trainer.num_nodes=2 under "
+                                    "Lightning's launcher: another node's processes do not learn the folder rank 0 "
+                                    "names)"], env
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -105,9 +106,12 @@ class _KeepingWriter(ExperimentWriter):
 class KeepingCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger`` (``<save_dir>/<version>/metrics.csv``) that keeps the rows already in the file: a
     resumed run adds its rows after them, a column that appears later is added to the header (empty in the earlier
-    rows), and every write replaces the file atomically (:func:`dynametric.utils.io.atomic_open`)."""
+    rows), and every write replaces the file atomically (:func:`dynametric.utils.io.atomic_open`). As in Lightning's
+    own CSV logger, only global rank 0 has the writer (and creates the folder): another DDP rank's process gets
+    Lightning's do-nothing experiment, so it creates no folder of its own."""
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> Any:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)

@@ -100,21 +100,117 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def _env_set(name: str) -> bool:
+    return os.environ.get(name, "").strip() != ""
+
+
+def _env_nonzero(name: str) -> bool:
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
 def _launched_worker() -> bool:
-    """True in a DDP process other than global rank 0 (torchrun sets RANK; Lightning's script launcher starts the
-    other ranks with LOCAL_RANK / NODE_RANK): it joins the folder rank 0 has already started to fill."""
-    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """True in a DDP process other than global rank 0: it joins the folder rank 0 has already started (or starts) to
+    fill, and neither checks, creates nor writes the folder's files. torchrun sets RANK; Lightning's script launcher
+    starts the other ranks with LOCAL_RANK (and NODE_RANK on another node); under SLURM (``srun``) the global rank
+    is SLURM_PROCID, which counts as Lightning counts it (its ``rank_zero_only`` reads RANK, then LOCAL_RANK, then
+    SLURM_PROCID): only when neither RANK nor LOCAL_RANK is set, so a process Lightning's launcher started inside a
+    SLURM task goes by its LOCAL_RANK. A single-task ``srun`` (SLURM_PROCID=0) is not a worker."""
+    if any(_env_nonzero(name) for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return True
+    return not _env_set("RANK") and not _env_set("LOCAL_RANK") and _env_nonzero("SLURM_PROCID")
 
 
 def _silent(message: str) -> None:
     """The ``log`` of a DDP process other than rank 0 (:func:`run_training`)."""
 
 
+#: The environment variable in which the process of global rank 0 publishes the default run folder it chose
+#: (:func:`default_run_dir`): the processes Lightning's script launcher starts for the other ranks inherit it and use
+#: that folder instead of naming one themselves.
+RUN_DIR_ENV = "DYNAMETRIC_RUN_DIR"
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "").strip() or 0)
+    except ValueError:
+        return 0
+
+
+def _external_launch() -> tuple[str, str | None] | None:
+    """``(launcher, shared id)`` when a launcher started every process of a multi-process run on its own: a
+    ``WORLD_SIZE`` > 1 in the environment (``torchrun``, and the other launchers that set it; the ranks Lightning's
+    script launcher starts have it too, and take rank 0's published folder before this is asked), or ``srun`` with
+    SLURM_NTASKS > 1 (outside a job named ``bash`` or ``interactive``, which Lightning does not take for a SLURM
+    launch). The shared id is what all of them see alike, as a folder-name part: ``torchrun-<rendezvous id>``
+    (TORCHELASTIC_RUN_ID, unless it is torchrun's default ``none``), else, inside a SLURM job,
+    ``slurm-<job id>[.<step id>]``; ``None`` when there is none. ``None`` as a whole for one process and for
+    Lightning's own script launcher, whose rank 0 starts alone (it publishes its folder, :data:`RUN_DIR_ENV`)."""
+    env = os.environ
+    slurm = ("SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+             and _env_int("SLURM_NTASKS") > 1)
+    if _env_set("TORCHELASTIC_RUN_ID"):
+        launcher = "torchrun"
+    elif slurm:
+        launcher = "srun"
+    else:
+        launcher = f"the launcher that set WORLD_SIZE={env.get('WORLD_SIZE', '').strip()}"
+    if not (_env_int("WORLD_SIZE") > 1 or slurm):
+        return None
+    run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
+    if run_id and run_id != "none":
+        shared = f"torchrun-{run_id}"
+    elif _env_set("SLURM_JOB_ID"):
+        step = env.get("SLURM_STEP_ID", "").strip()
+        shared = f"slurm-{env['SLURM_JOB_ID'].strip()}" + (f".{step}" if step else "")
+    else:
+        return launcher, None
+    return launcher, re.sub(r"[^A-Za-z0-9._-]", "_", shared)
+
+
 def default_run_dir(cfg: Config) -> Path:
+    """``<run.output_dir>/<run.name>``, or without ``run.name`` a name that every process of the run agrees on:
+
+    * one process, and global rank 0 under Lightning's script launcher: ``<YYYYmmdd-HHMMSS>-<config hash>``, the
+      time it is called. It publishes the folder in the environment variable :data:`RUN_DIR_ENV` (a side effect on
+      ``os.environ``): the processes Lightning starts later for the other ranks inherit it and use that folder;
+    * every process started by ``torchrun``, ``srun`` or another launcher (:func:`_external_launch`):
+      ``<shared id>-<config hash>``, e.g. ``torchrun-<rendezvous id>-ab12cd34`` or
+      ``slurm-<job id>.<step id>-ab12cd34``, never the clock;
+    * a ConfigError (key ``run.name``) when the processes have nothing in common to name the folder by: torchrun
+      without a rendezvous id (``--rdzv-id``; ``--standalone`` makes one) outside SLURM, another launcher that set
+      ``WORLD_SIZE`` > 1, ``trainer.num_nodes`` > 1 under Lightning's own launcher (a node does not inherit another
+      node's environment), a process of another rank that finds no published folder.
+
+    A library caller that starts several multi-process runs from one script passes each its own ``run_dir``: the
+    processes of the other ranks run the script again and keep the folder rank 0 published first."""
     from dynametric.config import config_hash
 
-    name = cfg.run.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg, 8)}"
-    return Path(cfg.run.output_dir) / name
+    output_dir = Path(cfg.run.output_dir)
+    if cfg.run.name:
+        return output_dir / cfg.run.name
+    published = os.environ.get(RUN_DIR_ENV, "").strip()
+    if published and _launched_worker():  # a rank Lightning's script launcher started: rank 0's folder
+        return Path(published)
+    launch = _external_launch()
+    if launch is not None:
+        launcher, shared = launch
+        if shared is not None:
+            return output_dir / f"{shared}-{config_hash(cfg, 8)}"
+        why = f"{launcher} starts every process on its own and gives them no id they share" + (
+            " (its rendezvous id is 'none'; torchrun --standalone or --rdzv-id ID gives one)"
+            if launcher == "torchrun" else "")
+    elif int(cfg.trainer.num_nodes) > 1:
+        why = (f"trainer.num_nodes={cfg.trainer.num_nodes} under Lightning's launcher: another node's processes do not "
+               "learn the folder rank 0 names")
+    elif _launched_worker():
+        why = f"this process of another rank finds no folder published by rank 0 in {RUN_DIR_ENV}"
+    else:
+        path = output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg, 8)}"
+        os.environ[RUN_DIR_ENV] = str(path.absolute())  # for the ranks Lightning's script launcher starts later
+        return path
+    raise ConfigError(f"a multi-process launch needs a run folder all its processes share: pass --out DIR or set "
+                      f"run.name (the default name holds the time each process starts; {why})", key="run.name")
 
 
 # ----------------------------------------------------------------------------------- a run that never trained
