@@ -454,6 +454,19 @@ def test_another_rank_of_lightnings_launcher_takes_the_published_folder(launch_e
     assert default_run_dir(named) == Path("runs/mine")  # run.name: every process names the same folder itself
 
 
+def test_rank_0_names_a_later_run_by_the_clock_after_a_lightning_launched_fit(launch_env, tiny_config) -> None:
+    """Lightning's script launcher leaves WORLD_SIZE, LOCAL_RANK=0 and NODE_RANK=0 in rank 0's environment (and the
+    folder published for the fit): a second default-named run in that process is a single launch, not refused."""
+    from pathlib import Path
+
+    from dynametric.pipeline.run import _launched_worker, default_run_dir
+
+    cfg, digest = tiny_config
+    launch_env(LOCAL_RANK="0", NODE_RANK="0", WORLD_SIZE="2", DYNAMETRIC_RUN_DIR="/data/runs/20251231-235959-0f0f0f0f")
+    assert not _launched_worker()
+    assert default_run_dir(cfg) == Path("runs") / f"20260102-030405-{digest}"
+
+
 @pytest.mark.parametrize("env, rank_key, name", [
     ({"TORCHELASTIC_RUN_ID": "5d1c-77", "WORLD_SIZE": "4"}, "RANK", "torchrun-5d1c-77"),
     ({"TORCHELASTIC_RUN_ID": "job 7/a", "WORLD_SIZE": "2"}, "RANK", "torchrun-job_7_a"),  # a user's id, made a name

@@ -139,8 +139,10 @@ def _env_int(name: str) -> int:
 
 def _external_launch() -> tuple[str, str | None] | None:
     """``(launcher, shared id)`` when a launcher started every process of a multi-process run on its own: a
-    ``WORLD_SIZE`` > 1 in the environment (``torchrun``, and the other launchers that set it; the ranks Lightning's
-    script launcher starts have it too, and take rank 0's published folder before this is asked), or ``srun`` with
+    ``WORLD_SIZE`` > 1 in the environment with ``RANK`` or ``TORCHELASTIC_RUN_ID`` (``torchrun``, and the other
+    launchers that set both; Lightning's script launcher sets ``WORLD_SIZE`` without ``RANK`` in every process, rank
+    0's included, where it stays after the fit; its other ranks take rank 0's published folder before this is
+    asked), or ``srun`` with
     SLURM_NTASKS > 1 (outside a job named ``bash`` or ``interactive``, which Lightning does not take for a SLURM
     launch). The shared id is what all of them see alike, as a folder-name part: ``torchrun-<rendezvous id>``
     (TORCHELASTIC_RUN_ID, unless it is torchrun's default ``none``), else, inside a SLURM job,
@@ -155,7 +157,9 @@ def _external_launch() -> tuple[str, str | None] | None:
         launcher = "srun"
     else:
         launcher = f"the launcher that set WORLD_SIZE={env.get('WORLD_SIZE', '').strip()}"
-    if not (_env_int("WORLD_SIZE") > 1 or slurm):
+    # WORLD_SIZE alone is not a launch of that kind: Lightning's own script launcher sets it (with LOCAL_RANK and
+    # NODE_RANK, never RANK) in rank 0's environment when it starts the other ranks, and leaves it there after the fit
+    if not ((_env_int("WORLD_SIZE") > 1 and (_env_set("RANK") or _env_set("TORCHELASTIC_RUN_ID"))) or slurm):
         return None
     run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
     if run_id and run_id != "none":
