@@ -92,7 +92,7 @@ def test_progress_none_follows_the_config(monkeypatch, tmp_path):
     monkeypatch.setattr(run_mod, "build_components", fake_build_components)
     monkeypatch.setattr(run_mod, "build_datasets", lambda cfg, with_test, test_splits: types.SimpleNamespace(test=None))
     monkeypatch.setattr(run_mod, "load_split", lambda cfg, split, train, key=None: None)
-    monkeypatch.setattr(run_mod, "check_held_out_data", lambda cfg, datasets, tests, keys, test_identities=None: [])
+    monkeypatch.setattr(run_mod, "check_held_out_data", lambda cfg, datasets, tests, keys: [])
     for flag, cfg_value, expected in ((None, False, False), (None, True, True), (True, False, True)):
         cfg = load_config(None, [f"trainer.progress_bar={str(cfg_value).lower()}"])
         with pytest.raises(Stop):

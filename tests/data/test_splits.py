@@ -201,3 +201,45 @@ def test_raw_class_ids_follow_the_files_ids_through_subsets(tmp_path) -> None:
     sub = LabelledSubset(LabelledSubset(ds, [1, 2, 3]), [0, 1])  # contiguous ids are the parent's: dog, dog
     assert raw_class_ids(sub) == {"dog"}
     assert raw_class_ids(Tiny(nested_labels()), scale=1) == {0, 1, 2, 3}  # no class_ids: the labels themselves
+
+
+def test_dataset_identities_are_computed_once_per_dataset_object(monkeypatch) -> None:
+    """One computation per dataset object, found by the object itself: two equal (unhashable) datasets are two,
+    a collected dataset's entry goes with it, and an object that takes no weak reference is computed every time."""
+    import gc
+    from dataclasses import dataclass
+
+    import dynametric.data.splits as splits
+
+    @dataclass
+    class Files:  # unhashable (a dataclass with eq), equal when the paths are
+        paths: list[str]
+
+    class Slotted:  # no __dict__, no weak reference
+        __slots__ = ("paths",)
+
+        def __init__(self, paths: list[str]) -> None:
+            self.paths = paths
+
+    computed: list[object] = []
+    real = splits.image_identities
+
+    def counting(dataset):
+        computed.append(dataset)
+        return real(dataset)
+
+    monkeypatch.setattr(splits, "image_identities", counting)
+    a, b = Files(["/x/a.png", "/x/./b.png"]), Files(["/x/a.png", "/x/./b.png"])
+    assert a == b and a is not b
+    first = splits.dataset_identities(a)
+    assert first == [("/x/a.png", None), ("/x/b.png", None)]
+    assert splits.dataset_identities(a) is first and computed == [a]  # the same object: not computed again
+    assert splits.dataset_identities(b) == first and len(computed) == 2 and computed[1] is b  # an equal one: its own
+    key = id(a)
+    del a, first, computed[:]
+    gc.collect()
+    assert key not in splits._IDENTITIES._entries  # dropped with its dataset
+    s = Slotted(["/x/a.png"])
+    assert splits.dataset_identities(s) == splits.dataset_identities(s) == [("/x/a.png", None)]
+    assert computed == [s, s]
+    assert splits.dataset_identities(None) is None and computed[-1] is None

@@ -269,6 +269,56 @@ def test_dyml_contained_excludes_the_same_file_only():
     assert res["fine"]["num_queries"] == 2 and res["fine"]["recall@1"] == 1.0
 
 
+def test_identities_are_computed_once_per_dataset_by_the_protocols(monkeypatch):
+    """QueryGallery (check and exclusion) and DyML contained (per scale), run twice on the same datasets: one
+    computation per dataset; one split as both query and gallery needs none (its indices)."""
+    import dynametric.data.splits as splits
+    import dynametric.engine.dyml as dyml_module
+    import dynametric.engine.protocols as protocols
+
+    computed: list[object] = []
+    real = splits.image_identities
+
+    def counting(dataset):
+        computed.append(dataset)
+        return real(dataset)
+
+    for module in (splits, protocols, dyml_module):  # wherever a protocol may call it from
+        monkeypatch.setattr(module, "image_identities", counting)
+    sets = _splits()
+    first = QueryGallery("query", "gallery", True).run(sets.__getitem__, _embed)
+    assert QueryGallery("query", "gallery", True).run(sets.__getitem__, _embed) == first
+    assert first["protocol"]["queries_in_gallery"] == 4
+    assert len(computed) == 2 and computed[0] is sets["query"] and computed[1] is sets["gallery"]
+    computed.clear()
+    assert QueryGallery("test", "test", True).run(sets.__getitem__, _embed)["protocol"]["queries_in_gallery"] == 40
+    assert computed == []
+    dyml = {"query_fine": sets["query"], "gallery_fine": sets["gallery"], "query_coarse": sets["query"],
+            "gallery_coarse": sets["gallery"]}
+    res = DyMLProtocol("vehicle", "contained", scales=("fine", "coarse")).run(
+        dyml.__getitem__, lambda ds: (ds.emb, ds.labels[:, :1]))  # per scale: one label column
+    assert res["fine"]["excluded_queries_with_match"] == res["coarse"]["excluded_queries_with_match"] == 4
+    assert computed == []  # the query and gallery datasets' identities are those computed above
+
+
+def test_run_still_takes_the_deprecated_identities_argument():
+    """`run(load, embed, evaluate, identities)` (docs/metrics.md until this release): a DeprecationWarning; a given
+    split's identities are used as its dataset's, and the others the protocol knows are added to the mapping."""
+    sets = _splits()
+    q, g = sets["query"], sets["gallery"]
+    # the caller says the four shared files are other items: query_in_gallery=true then finds no query inside
+    given: dict = {"gallery": [(f"/elsewhere/{i}.jpg", None) for i in range(len(g))]}
+    with pytest.warns(DeprecationWarning, match="identities"), pytest.raises(Exception, match="none of the 12"):
+        QueryGallery("query", "gallery", True).run(sets.__getitem__, _embed, None, given)
+    assert list(given) == ["gallery", "query"] and given["query"] == [(p, None) for p in q.paths]
+    fresh = _splits()  # new datasets: computed from their files, and the mapping filled with both
+    filled: dict = {}
+    with pytest.warns(DeprecationWarning):
+        res = QueryGallery("query", "gallery", True).run(fresh.__getitem__, _embed, None, filled)
+    assert res["protocol"]["queries_in_gallery"] == 4
+    assert filled == {s: [(p, None) for p in fresh[s].paths] for s in ("query", "gallery")}
+
+
 def test_dyml_protocol_through_the_interface_on_both_engines():
     rng = np.random.default_rng(3)
     sets = _splits(3)
@@ -349,30 +399,44 @@ def test_evaluate_checkpoint_reruns_the_query_gallery_test_of_a_run(tmp_path: Pa
     assert protocol_from_config(load_config(cfg), split="val") == LeaveOneOut("val")
 
 
-def test_query_and_gallery_identities_are_computed_once_per_split(tmp_path: Path, monkeypatch):
-    """The item identities (a realpath per item) of the test's query and gallery splits were computed by
-    `QueryGallery.embed_splits` (the check before embedding) and again by `evaluate` (the exclusion), and at the end
-    of a training run once more before training (`_held_out_data`): now once per split, passed down. The numbers
-    are those of the run."""
+def test_item_identities_are_computed_once_per_dataset_over_a_run_and_evaluate_checkpoint(tmp_path: Path,
+                                                                                            monkeypatch):
+    """The item identities (a realpath per item) of a query -> gallery run with validation: the test's query and
+    gallery splits' were computed by `QueryGallery.embed_splits` (the check before embedding), again by `evaluate`
+    (the exclusion), and once more before training (`_held_out_data`), 3 times each over the run's two tests
+    (untrained and trained); now once per dataset, kept with it (`dataset_identities`), and the training and
+    validation data's once each (the held-out check). `evaluate --checkpoint` computed the test splits' twice: once.
+    Every dataset whose identities were computed is kept alive here, so that no computation can hide behind a
+    collected dataset's reused address."""
     import dynametric.data.splits as splits
     import dynametric.engine.protocols as protocols
 
-    calls: list[str | None] = []
+    seen: list[object] = []
     real = splits.image_identities
+    realpaths = [0]
 
     def counted(dataset):
-        calls.append(getattr(dataset, "split", None))
+        seen.append(dataset)
+        realpaths[0] += len(dataset.paths)
         return real(dataset)
+
+    def per_dataset() -> list[tuple[str, int]]:  # (split, computations) for each dataset computed
+        ids = [id(d) for d in seen]
+        return sorted((getattr(d, "split", None), ids.count(id(d))) for d in {id(d): d for d in seen}.values())
 
     monkeypatch.setattr(splits, "image_identities", counted)
     monkeypatch.setattr(protocols, "image_identities", counted)
     _, out = _train_query_gallery_run(tmp_path)
-    assert sorted(s for s in calls if s in ("query", "gallery")) == ["gallery", "query"]  # was 3 times each
+    # 8 training classes of 4 images (6 train, 2 carved for validation), 3 queries, 9 gallery images
+    assert per_dataset() == [("gallery", 1), ("query", 1), ("train", 1), ("val", 1)]  # query, gallery: were 3 each
+    assert realpaths[0] == 24 + 8 + 3 + 9
     test = json.loads((out / "metrics.json").read_text())["test"]
-    calls.clear()
+    assert test["protocol"]["queries_in_gallery"] == 3
+    seen.clear()
+    realpaths[0] = 0
     assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--metrics", "recall@K", "map", "asi", "--k",
                  "1", "10", "--device", "cpu", "--json", str(tmp_path / "ev.json")]) == 0
-    assert sorted(calls) == ["gallery", "query"]  # was twice each
+    assert per_dataset() == [("gallery", 1), ("query", 1)] and realpaths[0] == 3 + 9  # were twice each
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["protocol"] == test["protocol"] and ev["protocol"]["queries_in_gallery"] == 3
     for m in ("recall@1", "recall@10", "map", "asi", "num_queries"):

@@ -150,15 +150,9 @@ def _held_out_problems(format: str, names: Sequence[str], raw_ids: dict[str, dic
     ids mean the same class in every split. Test splits among themselves (``query`` and ``gallery``) may share
     anything."""
     from dynametric.data.registry import class_ids_comparable
-    from dynametric.data.splits import image_identities, shared_identities
+    from dynametric.data.splits import dataset_identities, shared_identities
 
     comparable = class_ids_comparable(format)
-    identities: dict[str, list[Hashable] | None] = {}  # split -> image_identities, once per split
-
-    def identities_of(split: str) -> list[Hashable] | None:
-        if split not in identities:
-            identities[split] = image_identities(items.get(split))
-        return identities[split]
 
     out: list[tuple[Problem, str]] = []
     for i, a in enumerate(names):
@@ -166,7 +160,7 @@ def _held_out_problems(format: str, names: Sequence[str], raw_ids: dict[str, dic
             roles = {a, b}
             if TRAINING_SPLIT not in roles and VALIDATION_SPLIT not in roles:
                 continue
-            files = shared_identities(identities_of(a), identities_of(b))
+            files = shared_identities(dataset_identities(items.get(a)), dataset_identities(items.get(b)))
             if files:
                 problem = Problem(f"splits {a!r} and {b!r} list {len(files)} of the same image file(s), e.g. "
                                   f"{files[0]}: training, validation and test images must differ", None, None,

@@ -19,6 +19,7 @@ test data).
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any, cast
 
@@ -196,6 +197,50 @@ def image_identities(dataset: Any) -> list[Hashable] | None:
     return [(os.path.realpath(str(p)), None if boxes is None else boxes[i]) for i, p in enumerate(paths)]
 
 
+class _KeptPerObject:
+    """A value kept for each live object, found by the object itself (``is``: a dataset need not be hashable, and two
+    equal datasets are two datasets) and dropped when the object is collected; an object taking no weak reference
+    (``None``, a list) keeps nothing. Not keyed by ``id()`` alone: an entry answers only while its weak reference
+    still gives the very object asked about, so an object born at a collected one's address never gets its value."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref[Any], Any]] = {}
+
+    def get(self, obj: Any, default: Any = None) -> Any:
+        entry = self._entries.get(id(obj))
+        return entry[1] if entry is not None and entry[0]() is obj else default
+
+    def set(self, obj: Any, value: Any) -> None:
+        key = id(obj)
+
+        def drop(ref: weakref.ref[Any]) -> None:  # the object is being collected: its entry goes (if still its own)
+            if self._entries.get(key, (None,))[0] is ref:
+                del self._entries[key]
+
+        try:
+            ref = weakref.ref(obj, drop)
+        except TypeError:  # no weak reference to it: nothing is kept
+            return
+        self._entries[key] = (ref, value)
+
+
+_IDENTITIES = _KeptPerObject()
+_NOT_KEPT: Any = object()
+
+
+def dataset_identities(dataset: Any) -> list[Hashable] | None:
+    """:func:`image_identities` of ``dataset``, computed once per dataset object (a ``realpath`` per item) and kept
+    with it for as long as it lives: the one cache of item identities that the run's checks of its held-out data,
+    the query -> gallery protocol (its check before embedding and its exclusion, however often a test runs) and
+    ``data inspect`` share. A dataset's items are taken as fixed once asked (no dataset of the package changes its
+    files after it is built). An object that takes no weak reference (``None``, a list) is computed every time."""
+    ids = _IDENTITIES.get(dataset, _NOT_KEPT)
+    if ids is _NOT_KEPT:
+        ids = image_identities(dataset)
+        _IDENTITIES.set(dataset, ids)
+    return cast("list[Hashable] | None", ids)
+
+
 def shared_files(a: Any, b: Any) -> list[str]:
     """The items (image files, with their crop box where the data has boxes) that the datasets ``a`` and ``b``
     (anything with ``paths``, :func:`image_identities`) both hold, sorted, each as its resolved path (``path box
@@ -206,7 +251,8 @@ def shared_files(a: Any, b: Any) -> list[str]:
 
 def shared_identities(ids_a: Sequence[Hashable] | None, ids_b: Sequence[Hashable] | None) -> list[str]:
     """:func:`shared_files` of two datasets whose :func:`image_identities` are already computed (a check that
-    compares one dataset with several computes them once: each is a ``realpath`` per item)."""
+    compares one dataset with several computes them once, :func:`dataset_identities`: each is a ``realpath`` per
+    item)."""
     if ids_a is None or ids_b is None:
         return []
     both = cast(set[tuple[str, Any]], set(ids_a) & set(ids_b))

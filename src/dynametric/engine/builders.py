@@ -290,8 +290,7 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
 
 
 def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any],
-                        test_splits: Mapping[str, str],
-                        test_identities: Mapping[str, list[Hashable] | None] | None = None) -> list[str]:
+                        test_splits: Mapping[str, str]) -> list[str]:
     """What the training, validation and test data hold, beyond their split names (:func:`check_split_roles`):
     an image (a resolved path and its crop box, :func:`~dynametric.data.splits.image_identities`) in the training or
     validation data that a test split (``tests``: split -> dataset, chosen by ``test_splits[split]``) or the
@@ -299,10 +298,12 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
     the user set, :func:`split_error_key`). Finest classes shared by training and validation or test data, or by
     validation and test data, are returned as warnings (the protocols are class-disjoint: a shared class is not
     unseen), where the format's class ids mean the same class in every split
-    (:func:`~dynametric.data.registry.class_ids_comparable`). Each dataset's identities are computed once
-    (``test_identities``: those of the test splits, where the caller has them already)."""
+    (:func:`~dynametric.data.registry.class_ids_comparable`). Each dataset's identities are computed once: the test
+    splits' kept with them for their test (:func:`~dynametric.data.splits.dataset_identities`), the training and
+    validation data's for this check only (not kept: a training set's would stay in memory for the whole
+    run)."""
     from dynametric.data.registry import class_ids_comparable
-    from dynametric.data.splits import image_identities, raw_class_ids, shared_identities
+    from dynametric.data.splits import dataset_identities, image_identities, raw_class_ids, shared_identities
 
     data = cfg.data
     train = (f"the training split {data.train_split!r} (data.train_split)", "data.train_split", datasets.train)
@@ -314,12 +315,14 @@ def check_held_out_data(cfg: Config, datasets: Datasets, tests: Mapping[str, Any
                datasets.val)
         pairs = ([] if datasets.val_carved else [(train, val)]) + pairs + [(val, h) for h in held]
     comparable = class_ids_comparable(data.format)
-    identities = {id(tests[s]): ids for s, ids in (test_identities or {}).items()}  # id(dataset) -> identities
+    in_pairs = [ds for pair in pairs for _, _, ds in pair]
+    here_only = [(ds, image_identities(ds)) for ds in (datasets.train, datasets.val) if any(ds is d for d in in_pairs)]
 
-    def identities_of(ds: Any) -> list[Hashable] | None:  # once per dataset (the datasets outlive this call)
-        if id(ds) not in identities:
-            identities[id(ds)] = image_identities(ds)
-        return identities[id(ds)]
+    def identities_of(ds: Any) -> list[Hashable] | None:
+        for own, ids in here_only:
+            if own is ds:
+                return ids
+        return dataset_identities(ds)  # a test split's: its test uses them again
 
     warnings_: list[str] = []
     for (what_a, key_a, a), (what_b, key_b, b) in pairs:

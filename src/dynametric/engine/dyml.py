@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from dynametric.data.protocol import LabeledDataset
+from dynametric.data.splits import dataset_identities
 from dynametric.engine.protocols import (  # image_identities: its former home
     EmbeddedSet,
     Evaluate,
@@ -348,7 +349,7 @@ def _evaluate_protocol(protocol: DyMLProtocol, sets: Mapping[str, EmbeddedSet],
             q, g = sets[q_split], sets[g_split]
             keys: tuple[Sequence[Hashable] | None, Sequence[Hashable] | None] = (None, None)
             if protocol.query_in_gallery == "contained":
-                keys = (image_identities(q.dataset), image_identities(g.dataset))
+                keys = (dataset_identities(q.dataset), dataset_identities(g.dataset))  # once per dataset
                 if keys[0] is None or keys[1] is None:
                     raise ConfigError(f"query_in_gallery=contained needs files to tell a query's own gallery item, "
                                       f"but the items of {q_split!r} / {g_split!r} are not files (detect compares "

@@ -29,6 +29,7 @@ own, else the ``eval`` section's) is decided above the method plug-ins, by
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -38,7 +39,12 @@ from typing import Any
 import torch
 
 from dynametric.data.protocol import dataset_fields, dataset_paths
-from dynametric.data.splits import image_identities  # its former home: re-exported
+from dynametric.data.splits import (
+    _IDENTITIES,
+    _NOT_KEPT,
+    dataset_identities,
+    image_identities,  # its former home: re-exported
+)
 from dynametric.errors import ConfigError, InputError
 
 __all__ = [
@@ -56,28 +62,16 @@ Evaluate = Callable[..., Any]
 """:func:`dynametric.metrics.evaluate_embeddings` with the caller's options bound (e.g. a ``functools.partial``)."""
 Load = Callable[[str], Any]
 Embed = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
-Identities = dict[str, "list[Hashable] | None"]
-"""The :func:`image_identities` of splits by split name, where a caller has computed them (``None``: the split's items
-are not files); :meth:`EvaluationProtocol.embed_splits` takes and fills it."""
-_NOT_COMPUTED: Any = object()
 
 
 @dataclass
 class EmbeddedSet:
     """One embedded split: its dataset (``None`` when only embeddings are at hand), ``emb [N, D]``,
-    ``labels [N, S]``; ``identities``: the dataset's :func:`image_identities` where they were computed already
-    (:meth:`item_identities` computes them once otherwise)."""
+    ``labels [N, S]``."""
 
     dataset: Any
     emb: torch.Tensor
     labels: torch.Tensor
-    identities: Any = field(default=_NOT_COMPUTED, repr=False, compare=False)
-
-    def item_identities(self) -> list[Hashable] | None:
-        """The dataset's :func:`image_identities` (a ``realpath`` per item), computed once."""
-        if self.identities is _NOT_COMPUTED:
-            self.identities = image_identities(self.dataset)
-        return self.identities
 
 
 def _default_evaluate() -> Evaluate:
@@ -140,10 +134,8 @@ class EvaluationProtocol(ABC):
         """The split a run's report shows as its retrieval view, or ``None`` (the run's own choice)."""
         return None
 
-    def embed_splits(self, load: Load, embed: Embed, identities: Identities | None = None) -> dict[str, EmbeddedSet]:
-        """Load and embed every required split (``load(split)``, ``embed(dataset)``), in order. ``identities``: the
-        splits' item identities the caller has (the same datasets ``load`` returns), filled with those a protocol
-        computes (:class:`QueryGallery`; the others need none), so that a caller that runs again computes none."""
+    def embed_splits(self, load: Load, embed: Embed) -> dict[str, EmbeddedSet]:
+        """Load and embed every required split (``load(split)``, ``embed(dataset)``), in order."""
         sets: dict[str, EmbeddedSet] = {}
         for split in self.required_splits():
             ds = load(split)
@@ -152,9 +144,34 @@ class EvaluationProtocol(ABC):
         return sets
 
     def run(self, load: Load, embed: Embed, evaluate: Evaluate | None = None,
-            identities: Identities | None = None) -> Any:
-        """:meth:`embed_splits` (``identities``: as there), then :meth:`evaluate`."""
-        return self.evaluate(self.embed_splits(load, embed, identities), evaluate)
+            identities: dict[str, list[Hashable] | None] | None = None) -> Any:
+        """:meth:`embed_splits`, then :meth:`evaluate`. Each dataset's item identities are computed once and kept
+        with it (:func:`~dynametric.data.splits.dataset_identities`), so a caller that runs again computes none.
+
+        ``identities`` (split -> :func:`image_identities` of the dataset ``load`` returns) is deprecated, accepted in
+        this release only (a DeprecationWarning): its entries are taken as those datasets' identities, and the
+        identities known for the other splits it loads are added to it (even where the check refuses the data)."""
+        if identities is None:
+            return self.evaluate(self.embed_splits(load, embed), evaluate)
+        warnings.warn("EvaluationProtocol.run(identities=...) is deprecated and will be removed: each dataset's "
+                      "item identities are computed once and kept with it (dynametric.data.splits."
+                      "dataset_identities)", DeprecationWarning, stacklevel=2)
+        given, loaded = identities, {}  # split -> the dataset load returned
+
+        def load_given(split: str) -> Any:
+            ds = loaded[split] = load(split)
+            if split in given:
+                _IDENTITIES.set(ds, given[split])
+            return ds
+
+        try:
+            sets = self.embed_splits(load_given, embed)
+        finally:
+            for split, ds in loaded.items():
+                known = _IDENTITIES.get(ds, _NOT_KEPT)
+                if split not in given and known is not _NOT_KEPT:
+                    given[split] = known
+        return self.evaluate(sets, evaluate)
 
 
 @dataclass(frozen=True)
@@ -234,22 +251,20 @@ class QueryGallery(EvaluationProtocol):
     def required_splits(self) -> list[str]:
         return [self.query_split, self.gallery_split]
 
-    def own_items(self, query: Any, gallery: Any, identities: tuple[list[Hashable] | None, list[Hashable] | None]
-                  | None = None) -> tuple[list[Hashable] | None, list[Hashable] | None, list[int] | None]:
+    def own_items(self, query: Any, gallery: Any
+                  ) -> tuple[list[Hashable] | None, list[Hashable] | None, list[int] | None]:
         """``(query identities, gallery identities, queries that are gallery items)`` (:func:`image_identities`;
         one split as both query and gallery: its indices; ``None`` for items that are not files), checking the flag:
         it must state what the data is, else a ConfigError naming ``eval.query_in_gallery`` — ``false`` with queries
         that are also gallery items (each would find itself; the error counts and names them), ``true`` with no
         query in the gallery or with items that are not files. Items that are not files cannot be checked:
-        ``false`` then assumes disjoint sets. ``identities``: both splits' :func:`image_identities`, where the caller
-        has computed them already."""
+        ``false`` then assumes disjoint sets. Each dataset's identities are computed once
+        (:func:`~dynametric.data.splits.dataset_identities`)."""
         if query is not None and query is gallery:  # one split queries itself: every item is in the gallery
             keys_q: list[Hashable] | None = list(range(len(query)))
             keys_g = keys_q
-        elif identities is not None:
-            keys_q, keys_g = identities
         else:
-            keys_q, keys_g = image_identities(query), image_identities(gallery)
+            keys_q, keys_g = dataset_identities(query), dataset_identities(gallery)
         if keys_q is None or keys_g is None:
             if self.query_in_gallery:
                 split = self.query_split if keys_q is None else self.gallery_split
@@ -272,8 +287,7 @@ class QueryGallery(EvaluationProtocol):
                               key="eval.query_in_gallery")
         return keys_q, keys_g, inside
 
-    def exclusion_ids(self, query: Any, gallery: Any,
-                      identities: tuple[list[Hashable] | None, list[Hashable] | None] | None = None
+    def exclusion_ids(self, query: Any, gallery: Any
                       ) -> tuple[list[Hashable] | None, list[Hashable] | None, dict[str, Any]]:
         """``(query_ids, gallery_ids, info)`` for :func:`~dynametric.metrics.evaluate_embeddings` from the query and
         gallery datasets: a gallery item is excluded from a query's ranking iff their ids are equal. Excluded are the
@@ -281,8 +295,8 @@ class QueryGallery(EvaluationProtocol):
         ``sequence_ids`` (OML's ``sequence`` column), every gallery item of the query's sequence, as OML's
         ``calc_mask_to_ignore``. Both at once are one id per item, its sequence: the query's own item is of its
         sequence (checked). ``info``: ``queries_in_gallery`` (``None`` when unknown), ``same_sequence_excluded``,
-        ``excluded_pairs`` (query-gallery pairs excluded). ``identities``: as :meth:`own_items`'s."""
-        keys_q, keys_g, inside = self.own_items(query, gallery, identities)
+        ``excluded_pairs`` (query-gallery pairs excluded)."""
+        keys_q, keys_g, inside = self.own_items(query, gallery)
         seq_q, seq_g = getattr(query, "sequence_ids", None), getattr(gallery, "sequence_ids", None)
         if (seq_q is None) != (seq_g is None):
             with_ids, without = ((self.query_split, self.gallery_split) if seq_g is None
@@ -312,29 +326,21 @@ class QueryGallery(EvaluationProtocol):
                 "same_sequence_excluded": seq_q is not None, "excluded_pairs": pairs}
         return ids[0], ids[1], info
 
-    def embed_splits(self, load: Load, embed: Embed, identities: Identities | None = None) -> dict[str, EmbeddedSet]:
+    def embed_splits(self, load: Load, embed: Embed) -> dict[str, EmbeddedSet]:
         """Load both splits and check them (:meth:`exclusion_ids`) before anything is embedded, then embed them.
-        Each split's item identities (``identities``' where given, else computed here and added to it) are
-        computed once: the embedded sets carry them to :meth:`evaluate`."""
-        known: Identities = {} if identities is None else identities
+        Each split's item identities are computed once, for the check and :meth:`evaluate`'s exclusion
+        (:func:`~dynametric.data.splits.dataset_identities`)."""
         datasets = {split: load(split) for split in self.required_splits()}
-        query, gallery = datasets[self.query_split], datasets[self.gallery_split]
-        if query is not gallery:  # one split as both needs no identities (own_items: its indices)
-            for split, ds in datasets.items():
-                if split not in known:
-                    known[split] = image_identities(ds)
-        pair = None if query is gallery else (known[self.query_split], known[self.gallery_split])
-        self.exclusion_ids(query, gallery, pair)  # raises on a bad flag
+        self.exclusion_ids(datasets[self.query_split], datasets[self.gallery_split])  # raises on a bad flag
         sets = {}
         for split, ds in datasets.items():
             emb, labels = embed(ds)
-            sets[split] = EmbeddedSet(ds, emb, labels, known[split] if split in known else _NOT_COMPUTED)
+            sets[split] = EmbeddedSet(ds, emb, labels)
         return sets
 
     def evaluate(self, sets: Mapping[str, EmbeddedSet], evaluate: Evaluate | None = None) -> Any:
         q, g = sets[self.query_split], sets[self.gallery_split]
-        pair = None if q.dataset is g.dataset else (q.item_identities(), g.item_identities())
-        q_ids, g_ids, info = self.exclusion_ids(q.dataset, g.dataset, pair)
+        q_ids, g_ids, info = self.exclusion_ids(q.dataset, g.dataset)
         categories = query_categories(q.dataset, len(q.emb)) if self.per_category else None
         res = (evaluate or _default_evaluate())(q.emb, q.labels, g.emb, g.labels,
                                                  scale_names=dataset_scale_names(q.dataset), query_ids=q_ids,
@@ -352,9 +358,9 @@ class ProtocolTest:
 
     ``embed_with(dataset, ckpt_path)`` embeds a dataset with the engine (loading ``ckpt_path`` first when given,
     sharded under DDP) and returns ``(emb, labels)``; ``load(split)`` loads a split with the evaluation transform
-    (each split loaded once); ``evaluate``: the metrics with the run's options; ``identities``: the splits' item
-    identities where the run computed them (:func:`image_identities` of the datasets ``load`` returns), filled by the
-    first call (each split's are computed once, whatever the number of calls). After each call, :attr:`view`
+    (each split loaded once, so its item identities are computed once, whatever the number of calls:
+    :func:`~dynametric.data.splits.dataset_identities`); ``evaluate``: the metrics with the run's options. After
+    each call, :attr:`view`
     holds ``(emb, labels, dataset)`` of the protocol's :meth:`~EvaluationProtocol.view_split` for the report's
     retrieval views (``None`` when the protocol has none).
     """
@@ -364,7 +370,6 @@ class ProtocolTest:
     load: Load
     evaluate: Evaluate | None = None
     view: tuple[torch.Tensor, torch.Tensor, Any] | None = None
-    identities: Identities = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def _load(self, split: str) -> Any:
@@ -383,7 +388,7 @@ class ProtocolTest:
                 self.view = (emb, lab, ds)
             return emb, lab
 
-        return self.protocol.run(self._load, embed, self.evaluate, self.identities)
+        return self.protocol.run(self._load, embed, self.evaluate)
 
 
 @dataclass

@@ -469,27 +469,24 @@ def _check_test_splits(cfg: Config) -> None:
 
 
 def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callable[[str], None]
-                   ) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+                   ) -> tuple[dict[str, Any], list[str]]:
     """The test protocol's splits (``keys``: split -> the key that chose it), read with the evaluation transform,
     after a query -> gallery test's ``eval.query_in_gallery`` was checked against their items
     (:meth:`~dynametric.engine.protocols.QueryGallery.exclusion_ids`: the test would refuse it only after training
     had started) and :func:`~dynametric.engine.builders.check_held_out_data` found no image file of them in the
-    training or validation data; its warnings about shared classes are logged and returned with them, and so are
-    each split's item identities (a ``realpath`` per item), computed once for both checks and the test
-    (:class:`~dynametric.engine.protocols.ProtocolTest`)."""
-    from dynametric.data.splits import image_identities
+    training or validation data; its warnings about shared classes are logged and returned with them. Each split's
+    item identities (a ``realpath`` per item) are computed once for both checks and the test
+    (:func:`~dynametric.data.splits.dataset_identities`, kept with the datasets the test reuses)."""
     from dynametric.engine.protocols import QueryGallery
 
     tests = {split: load_split(cfg, split, train=False, key=keys[split]) for split in keys}
-    identities = {split: image_identities(ds) for split, ds in tests.items()}
     protocol = protocol_from_config(cfg)
     if isinstance(protocol, QueryGallery):
-        q, g = protocol.query_split, protocol.gallery_split
-        protocol.exclusion_ids(tests[q], tests[g], (identities[q], identities[g]))
-    warnings_ = check_held_out_data(cfg, datasets, tests, keys, test_identities=identities)
+        protocol.exclusion_ids(tests[protocol.query_split], tests[protocol.gallery_split])
+    warnings_ = check_held_out_data(cfg, datasets, tests, keys)
     for warning in warnings_:
         log(f"warning: {warning}")
-    return tests, warnings_, identities
+    return tests, warnings_
 
 
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
@@ -551,14 +548,14 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
 
 
 def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
-                    settings: TrainerSettings, progress: bool, tests: dict[str, Any] | None = None,
-                    identities: dict[str, Any] | None = None) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
+                    settings: TrainerSettings, progress: bool, tests: dict[str, Any] | None = None
+                    ) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
     """``test(ckpt_path) -> metrics`` for the run, with the config's test protocol (:func:`protocol_from_config`):
     leave-one-out on the test split (the module's own test loop), query -> gallery (``eval.protocol:
     query_gallery``), or the DyML protocol (``method.name: dyml``). The second value is the
     :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view.
-    ``tests``: the protocol's splits already read (:func:`_held_out_data`), used instead of reading them again, and
-    ``identities`` their item identities, not computed again."""
+    ``tests``: the protocol's splits already read (:func:`_held_out_data`), used instead of reading them again (their
+    item identities are not computed again either)."""
     import functools
 
     from dynametric.engine.builders import eval_kwargs
@@ -584,7 +581,7 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
     loaded = dict(tests or {})
     test = ProtocolTest(protocol, embed_with,
                         lambda split: loaded[split] if split in loaded else load_split(cfg, split, train=False),
-                        evaluate, identities={k: v for k, v in (identities or {}).items() if k in loaded})
+                        evaluate)
     return test, (test if protocol.view_split() is not None else None)
 
 
@@ -641,7 +638,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     # read once: query_in_gallery against the test's items, no image of them in training or validation
-    tests, data_warnings, test_identities = _held_out_data(cfg, datasets, test_keys, log)
+    tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
@@ -668,8 +665,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     }
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
-    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress, tests,
-                                           test_identities)
+    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress, tests)
     if dyml is not None:
         info["test_protocol"] = dyml.header()
     metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
