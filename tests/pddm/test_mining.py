@@ -87,6 +87,14 @@ def test_degenerate_batches_give_empty_indices() -> None:
         assert all(x.numel() == 0 and x.dtype == torch.long for x in out)
 
 
+def test_a_negative_scoring_minus_infinity_is_still_a_negative() -> None:
+    s = torch.tensor([[0.0, 5.0, float("-inf")], [5.0, 0.0, 1.0], [float("-inf"), 1.0, 0.0]])
+    idx, _ = hardest_negatives(s, torch.tensor([0, 0, 1]))
+    assert idx.tolist() == [2, 2, 1]  # row 0's only negative is 2, however dissimilar (not the masked entry 0)
+    i, j, k, l = mine_hard_quadruplets(s, torch.tensor([0, 0, 1]))
+    assert (i.tolist(), j.tolist(), k.tolist(), l.tolist()) == ([0], [1], [2], [2])
+
+
 def test_hardest_negatives_reports_rows_without_negatives() -> None:
     s = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 3.0, 0.0]])
     idx, has = hardest_negatives(s, torch.tensor([0, 0, 1]))
@@ -120,7 +128,7 @@ def test_an_empty_batch_mines_nothing() -> None:
 @given(
     labels=st.lists(st.integers(0, 3), min_size=1, max_size=9),
     seed=st.integers(0, 2**16),
-    infinite=st.sampled_from([0.0, float("inf")]),
+    infinite=st.sampled_from([0.0, float("inf"), float("-inf")]),
 )
 def test_faithful_quadruplet_on_the_device_equals_brute_force(labels: list[int], seed: int, infinite: float) -> None:
     """The loss's read-free faithful mining (one masked minimum over the flattened matrix, then the first positive

@@ -46,7 +46,11 @@ def hardest_negatives(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     if scores.shape[0] == 0:  # argmax over an empty row would raise; an empty batch has no negative
         return torch.zeros(0, dtype=torch.long, device=scores.device), neg.any(dim=1)
     masked = scores.detach().masked_fill(~neg, float("-inf"))
-    return masked.argmax(dim=1), neg.any(dim=1)
+    best = masked.argmax(dim=1)
+    # a row whose negatives all score -inf ties with its masked entries: its first negative, not the first entry
+    first_neg = neg.to(torch.uint8).argmax(dim=1)
+    best = torch.where(masked.gather(1, best[:, None]).squeeze(1) == float("-inf"), first_neg, best)
+    return best, neg.any(dim=1)
 
 
 def _nan_off_diagonal(s: torch.Tensor) -> torch.Tensor:
