@@ -51,6 +51,32 @@ def test_csl_built_from_training_label_paths():
     assert obj.loss.loss_parameters()[0].shape[0] == 12  # one proxy per fine training class
 
 
+def test_csl_built_by_the_engine_trusts_the_training_labels_checked_once():
+    """The engine's training batches are rows of the training labels: the builder checks them once and the loss
+    skips its per-step check (two host reads a step); a dry run without data, or a term trained on a method's
+    surrogate labels, keeps it."""
+    from dynametric.engine.builders import build_loss
+
+    cfg = load_config(None, [*SMALL, "loss.name=CSLLoss"])
+    [obj] = build_objectives(cfg, build_model(cfg), LABELS, 3)
+    assert obj.loss.labels_trusted
+    with pytest.warns(UserWarning, match="class paths unknown"):
+        [dry] = build_objectives(cfg, build_model(cfg), None, 3)
+    assert not dry.loss.labels_trusted
+    surrogate = build_loss("CSLLoss", {"mode": "pairs"}, "extra_losses[0]", LABELS, 8,
+                           surrogate=(4, "method.kwargs.num_clusters"))
+    assert not surrogate.labels_trusted
+    # class paths given in the config: the training labels are checked against them when the run is built
+    paths = [[f, f // 3, f // 6] for f in range(12)]
+    assert build_loss("CSLLoss", {"class_paths": paths}, "loss", LABELS, 8).labels_trusted
+    paths[5] = [5, 0, 0]
+    with pytest.raises(ConfigError) as info:
+        build_loss("CSLLoss", {"class_paths": paths}, "loss", LABELS, 8)
+    assert info.value.key == "loss.kwargs.class_paths" and str(info.value) == (
+        "key 'loss.kwargs.class_paths': CSLLoss: training label row 15 has label path [5, 1, 0] but fine class 5 "
+        "was registered with path [5, 0, 0]")
+
+
 def test_multiscale_three_scale_chunks_and_per_scale_num_classes():
     cfg = load_config(None, [*SMALL, "loss.name=NormalizedSoftmaxLoss", "loss.multiscale=true",
                              "loss.scale_weights=[1.0, 0.5, 0.25]", "data.sampler=three_scale", "data.m=2",

@@ -152,3 +152,53 @@ def test_collecting_the_named_parts_reads_nothing_on_the_host(monkeypatch, overr
         if parts is not None:
             assert parts and all(isinstance(v, torch.Tensor) for v in parts.values())
     assert counts[0] == counts[1]
+
+
+CSL_PROXY = ["loss.name=CSLLoss", "loss.multiscale=false", "loss.kwargs={}"]
+CSL_PAIRS = ["loss.name=CSLLoss", "loss.multiscale=false", "loss.kwargs={mode: pairs}"]
+PDDM_FAITHFUL = ["loss.name=PDDMLoss", "loss.multiscale=false"]
+PDDM_PER_PAIR = ["loss.name=PDDMLoss", "loss.multiscale=false", "loss.kwargs={mode: per_positive_pair}"]
+
+
+@pytest.mark.parametrize("overrides", [CSL_PROXY, CSL_PAIRS, PDDM_FAITHFUL], ids=["csl-proxy", "csl-pairs",
+                                                                               "pddm-faithful"])
+def test_csl_and_faithful_pddm_steps_read_nothing_on_the_host(monkeypatch, overrides) -> None:
+    # CSL: the engine vouches for the batch labels (checked once against the training labels when built), and the
+    # pairs mode keeps its skipped-anchor count on the device; PDDM's faithful mode mines its one quadruplet and
+    # flags a degenerate batch on the device (before: CSL 2 reads proxy / 7 pairs, PDDM 5)
+    found = _step_reads(monkeypatch, *overrides)
+    assert not found, found
+
+
+def test_per_positive_pair_pddm_step_reads_the_host_once(monkeypatch) -> None:
+    # the number of positive pairs is the quadruplets' shape: one read, the NaN and no-negative checks folded in
+    found = _step_reads(monkeypatch, *PDDM_PER_PAIR)
+    [(what, where)] = found
+    assert found[(what, where)] == 1 and what == "aten::nonzero" and where.startswith("miners/pddm.py:")
+
+
+def test_a_degenerate_faithful_pddm_batch_reads_nothing_either(monkeypatch) -> None:
+    model, objectives, labels, images = _warm_step(*PDDM_FAITHFUL)
+    one_class = torch.zeros_like(labels)  # no negative: a degenerate batch, a zero loss
+    with host_reads(monkeypatch) as found:
+        total, _ = compute_objective(model(images), one_class, objectives)
+        total.backward()
+    assert not found, found
+    assert objectives[0].loss.num_degenerate_batches == 1  # the counter, read on demand
+
+
+def test_csl_called_directly_checks_its_labels_until_it_is_vouched_for(monkeypatch) -> None:
+    from dynametric.losses import CSLLoss
+
+    labels = torch.stack([torch.arange(32) // 4, torch.arange(32) // 8, torch.arange(32) // 16], 1)
+    loss = CSLLoss.from_labels(labels, 16)
+    emb = torch.randn(32, 16)
+    loss(emb, labels)  # warm-up
+    with host_reads(monkeypatch) as found:
+        loss(emb, labels)
+    # a library call checks the batch against class_paths: an unknown fine id, then a wrong coarser label
+    assert sum(found.values()) == 2 and all(where.startswith("losses/csl.py:") for _, where in found), found
+    loss.trust_labels(labels)
+    with host_reads(monkeypatch) as found:
+        loss(emb, labels)
+    assert not found, found

@@ -323,3 +323,107 @@ def test_zero_weight_at_one_scale_is_fine_and_float_labels_follow_the_other_loss
     assert torch.equal(loss(emb, _PATHS.float()), loss(emb, _PATHS))  # integral floats: as every loss takes them
     with pytest.raises(InputError, match="labels must be integers, found non-integer values"):
         loss(emb, _PATHS.float() + 0.5)
+
+
+# ---------------------------------------------------------------- pairs mode without host reads
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 9), classes=st.integers(1, 6), with_ref=st.booleans())
+def test_pairs_mode_mean_over_anchors_with_a_positive_matches_reference(seed, n, classes, with_ref):
+    """The mean over the anchors that have a positive, taken as a sum over all anchors (0 for the others) divided
+    by their count: value and gradient equal the per-anchor float64 reference that skips them, also when some or
+    all anchors have no positive."""
+    g = torch.Generator().manual_seed(seed)
+    labels = PATHS[torch.randint(0, classes, (n,), generator=g)]
+    emb = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    loss = CSLLoss(None, 6, mode="pairs")
+    e1 = emb.clone().requires_grad_(True)
+    if with_ref:
+        r = int(torch.randint(0, 6, (1,), generator=g))
+        ref_emb, ref_labels = torch.randn(r, 6, generator=g, dtype=torch.float64), PATHS[torch.randint(0, 6, (r,),
+                                                                                                      generator=g)]
+        value = loss(e1, labels, ref_emb=ref_emb, ref_labels=ref_labels)
+    else:
+        ref_emb, ref_labels = None, None
+        value = loss(e1, labels)
+    value.backward()
+    e2 = emb.clone().requires_grad_(True)
+    others, other_labels = (e2, labels) if ref_emb is None else (ref_emb, ref_labels)
+    skipped = [i for i in range(n) if not any(
+        int(other_labels[j][0]) == int(labels[i][0]) and not (ref_emb is None and j == i)
+        for j in range(others.shape[0]))]
+    assert loss.last_skipped_anchors == len(skipped)
+    if len(skipped) == n:  # no anchor has a positive: a zero still connected to the graph, zero gradients
+        assert value.item() == 0.0 and value.requires_grad
+        assert e1.grad is not None and not e1.grad.any()
+        assert torch.equal(loss.last_terms, torch.zeros(3, dtype=torch.float64))
+        return
+    ref, ref_terms, ref_skipped = _reference(e2, labels, others, other_labels, 32.0, loss.margins, loss.weights,
+                                             exclude_self=ref_emb is None)
+    ref_grad = torch.autograd.grad(ref, e2)[0] if ref.requires_grad else torch.zeros_like(e2)  # no negatives: 0
+    assert ref_skipped == len(skipped)
+    torch.testing.assert_close(value.detach(), ref.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss.last_terms, ref_terms.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(e1.grad, ref_grad, rtol=1e-7, atol=1e-9)
+
+
+def test_pairs_mode_without_any_positive_loss_is_zero_and_terms_is_none():
+    loss = CSLLoss(PATHS, 6, mode="pairs")
+    emb = torch.randn(4, 6, requires_grad=True)
+    labels = PATHS[[0, 1, 2, 3]]  # four fine classes, one sample each
+    value = loss(emb, labels)
+    value.backward()
+    assert value.item() == 0.0 and not emb.grad.any() and loss.last_skipped_anchors == 4
+    assert torch.equal(loss.last_terms, torch.zeros(3)) and all(v.item() == 0.0 for v in loss.loss_parts().values())
+    # the public terms() keeps its documented None (it reads the count on the host)
+    assert loss.terms(emb, labels) is None and loss.last_terms is None
+    terms = loss.terms(emb, PATHS[[0, 0, 1, 2]])
+    assert terms is not None and terms.shape == (3,) and loss.last_skipped_anchors == 2
+
+
+def test_pairs_mode_logs_skipped_anchors_once_at_debug_level(caplog):
+    loss = CSLLoss(None, 6, mode="pairs")
+    emb = torch.randn(5, 6)
+    with caplog.at_level("DEBUG", logger="dynametric.losses"):
+        loss(emb, PATHS[[0, 0, 1, 1, 1]])  # every anchor has a positive: nothing to say
+        assert not [r for r in caplog.records if "skipped" in r.getMessage()]
+        loss(emb, PATHS[[0, 0, 1, 2, 3]])
+        loss(emb, PATHS[[0, 1, 2, 3, 4]])
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert said == ["CSLLoss(pairs): anchors without an in-batch positive are skipped (3 in this batch)"]
+
+
+# ---------------------------------------------------------------- vouching for the batch labels
+
+def test_label_checks_keep_their_messages_until_the_labels_are_trusted():
+    loss = CSLLoss(PATHS, 6)
+    emb = torch.randn(2, 6)
+    with pytest.raises(InputError) as info:
+        loss(emb, torch.tensor([[100, 7, 3], [999, 7, 3]]))
+    assert str(info.value) == ("key 'labels': fine label 999 is not one of the 6 fine training classes this CSLLoss "
+                               "was built with")
+    with pytest.raises(InputError) as info:
+        loss(emb, torch.tensor([[100, 7, 3], [101, 8, 3]]))
+    assert str(info.value) == ("key 'labels': batch row 1 has label path [101, 8, 3] but fine class 101 was "
+                               "registered with path [101, 7, 3]")
+    assert not loss.labels_trusted
+    # a label matrix with a bad row is refused with the same words, keyed train_labels, and nothing is trusted
+    with pytest.raises(InputError) as info:
+        loss.trust_labels(torch.cat([PATHS, torch.tensor([[102, 7, 3]])]))
+    assert str(info.value) == ("key 'train_labels': training label row 6 has label path [102, 7, 3] but fine class "
+                               "102 was registered with path [102, 8, 3]")
+    with pytest.raises(InputError, match="key 'train_labels': fine label 7 is not one of the 6"):
+        loss.trust_labels(torch.tensor([[7, 7, 3]]))
+    assert not loss.labels_trusted
+    good = PATHS[[1, 3]]
+    before = loss(emb, good)
+    loss.trust_labels(PATHS[[0, 0, 3, 5]])
+    assert loss.labels_trusted and torch.equal(loss(emb, good), before)  # the same value without the check
+    # trusted: the per-call check is off (the caller vouched that every batch is rows of the checked labels); the
+    # column count is still checked
+    loss(emb, torch.tensor([[100, 7, 3], [101, 8, 3]]))
+    with pytest.raises(InputError, match=r"expects labels \[B, 3\]"):
+        loss(emb, PATHS[[0, 1], :2])
+    with pytest.raises(InputError, match="training label row 0"):  # a second call checks again
+        loss.trust_labels(torch.tensor([[101, 8, 3]]))
+    assert not loss.labels_trusted

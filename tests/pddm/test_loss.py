@@ -210,3 +210,125 @@ def test_an_empty_batch_gives_a_graph_connected_zero() -> None:
     assert x.grad is not None and x.grad.shape == (0, 6)
     assert all(p.grad is not None and not p.grad.any() for p in loss.unit.parameters())
     assert loss.num_degenerate_batches == 1
+
+
+# ------------------------------------------------------------------ the faithful mode without host reads
+
+def _reference_from_public_mining(loss: PDDMLoss, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """The loss written out from the public ``mine_hard_quadruplets`` (float64, dropout off): ``None`` where it
+    mines nothing."""
+    from dynametric.miners.pddm import mine_hard_quadruplets
+
+    f = torch.nn.functional.normalize(emb, dim=-1)
+    with torch.no_grad():
+        scores = loss.unit.score_matrix(f, deterministic=True)
+    quad = mine_hard_quadruplets(scores, labels, loss.mode)
+    if quad[0].numel() == 0:
+        return None
+    terms = []
+    for i, j, k, l in zip(*[t.tolist() for t in quad]):
+        def s(a: int, b: int) -> torch.Tensor:
+            return loss.unit.score_pairs(f[a:a + 1], f[b:b + 1]).reshape(())
+
+        def d(a: int, b: int) -> torch.Tensor:
+            diff = f[a] - f[b]
+            return (diff * diff).sum() if loss.embedding_distance == "squared" else torch.linalg.vector_norm(diff)
+
+        e_m = torch.relu(loss.alpha + s(i, k) - s(i, j))
+        e_e = torch.relu(loss.beta + d(i, j) - d(i, k))
+        if loss.variant == "quadruplet":
+            e_m = e_m + torch.relu(loss.alpha + s(j, l) - s(i, j))
+            e_e = e_e + torch.relu(loss.beta + d(i, j) - d(j, l))
+        terms.append(e_m + loss.lambda_ * e_e)
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("variant", ["quadruplet", "triplet"])
+@pytest.mark.parametrize("embedding_distance", ["squared", "euclidean"])
+@pytest.mark.parametrize("seed", range(6))
+def test_faithful_loss_and_gradients_equal_the_public_mining_written_out(variant, embedding_distance, seed) -> None:
+    """The loss mines on the device (a flag for a degenerate batch, no host read); value and gradients (embeddings,
+    unit) equal the public mining's quadruplet written out by hand, in float64, on random batches with duplicated
+    embeddings (exact score ties) and with degenerate ones (one class, all classes distinct)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    loss = PDDMLoss(5, hidden_dim=7, dropout=0.0, variant=variant, embedding_distance=embedding_distance,
+                    alpha=0.9, beta=1.5).double()
+    with torch.no_grad():
+        for p in loss.unit.parameters():
+            p.normal_(0, 0.8, generator=gen)
+    for labels in ([0, 0, 1, 1, 1, 2, 2, 0], [4, 4, 4, 4], [0, 1, 2, 3], [3]):
+        m = len(labels)
+        emb = torch.randn(m, 5, generator=gen, dtype=torch.float64)
+        if m > 4:
+            emb[4] = emb[2]  # a duplicate: ties in the scores of rows 2 and 4
+            emb[7] = emb[1]
+        lab = torch.tensor(labels)
+        params = list(loss.unit.parameters())
+        e1 = emb.clone().requires_grad_(True)
+        value = loss(e1, lab)
+        got = torch.autograd.grad(value, [e1, *params], allow_unused=True)
+        e2 = emb.clone().requires_grad_(True)
+        ref = _reference_from_public_mining(loss, e2, lab)
+        if ref is None:
+            assert value.item() == 0.0 and value.requires_grad
+            assert all(t is not None and not t.any() for t in got), labels
+            continue
+        want = torch.autograd.grad(ref, [e2, *params], allow_unused=True)
+        torch.testing.assert_close(value, ref, rtol=1e-12, atol=1e-14)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a if a is not None else torch.zeros_like(b),
+                                       b if b is not None else torch.zeros_like(a), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["faithful_one_per_batch", "per_positive_pair"])
+def test_counters_parts_and_stats_over_valid_and_degenerate_batches(mode: str) -> None:
+    torch.manual_seed(0)
+    loss = PDDMLoss(4, mode=mode)
+    for labels in ([0, 0, 1, 1], [2, 2, 2, 2], [0, 0, 1, 1, 1]):
+        out = loss(torch.randn(len(labels), 4, requires_grad=True), torch.tensor(labels))
+        parts = {k: v.item() for k, v in loss.loss_parts().items()}
+        if labels == [2, 2, 2, 2]:
+            assert out.item() == 0.0 and parts == {"E_m": 0.0, "E_e": 0.0, "quadruplets": 0.0, "degenerate": 1.0}
+        else:
+            assert parts["degenerate"] == 0.0 and parts["quadruplets"] == (1 if mode.startswith("faithful") else
+                                                                            2 + (len(labels) == 5) * 2)
+            assert out.item() == pytest.approx(parts["E_m"] + 0.5 * parts["E_e"], rel=1e-6)
+    quads = 2 if mode.startswith("faithful") else 2 + 4
+    assert (loss.num_batches, loss.num_quadruplets, loss.num_degenerate_batches) == (3, quads, 1)
+    assert isinstance(loss.num_quadruplets, int) and isinstance(loss.num_degenerate_batches, int)
+    stats = loss.stats()
+    assert (stats["num_batches"], stats["num_quadruplets"], stats["num_degenerate_batches"]) == (3.0, quads, 1.0)
+    assert stats["E_m"] == parts["E_m"] and stats["E_e"] == parts["E_e"]
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 1, 1, 2], [0, 0, 0, 0, 0]])
+def test_nan_scores_raise_the_same_error_in_both_modes(labels) -> None:
+    """A NaN score off the diagonal: the per-pair mode raises in the call (its one read finds it); the faithful mode,
+    which reads nothing in the call, returns a NaN loss (never a finite one, whatever quadruplet it picked) and its
+    stats() raises the same error."""
+    emb = torch.randn(5, 4)
+    emb[4] = float("nan")
+    lab = torch.tensor(labels)
+    with pytest.raises(InputError) as info:
+        PDDMLoss(4, mode="per_positive_pair")(emb, lab)
+    message = str(info.value)
+    assert message == "key 'scores': PDDM scores contain NaN off the diagonal"
+    loss = PDDMLoss(4)
+    assert torch.isnan(loss(emb, lab))
+    with pytest.raises(InputError) as info:
+        loss.stats()
+    assert str(info.value) == message
+    clean = PDDMLoss(4)  # the flag is the loss's own: a clean loss still reports
+    clean(emb[:4], lab[:4])
+    assert clean.stats()["num_batches"] == 1.0
+
+
+def test_a_degenerate_faithful_batch_is_logged_once_at_debug_level(caplog) -> None:
+    loss = PDDMLoss(4)
+    with caplog.at_level("DEBUG", logger="dynametric.losses"):
+        loss(torch.randn(4, 4), torch.tensor([0, 0, 1, 1]))
+        loss(torch.randn(4, 4), torch.tensor([0, 1, 2, 3]))
+        loss(torch.randn(4, 4), torch.tensor([5, 5, 5, 5]))
+    said = [r.getMessage() for r in caplog.records if "PDDMLoss" in r.getMessage()]
+    assert said == ["PDDMLoss: batch without a positive pair or without a negative; returning a zero loss"]

@@ -87,6 +87,14 @@ def test_degenerate_batches_give_empty_indices() -> None:
         assert all(x.numel() == 0 and x.dtype == torch.long for x in out)
 
 
+def test_a_negative_scoring_minus_infinity_is_still_a_negative() -> None:
+    s = torch.tensor([[0.0, 5.0, float("-inf")], [5.0, 0.0, 1.0], [float("-inf"), 1.0, 0.0]])
+    idx, _ = hardest_negatives(s, torch.tensor([0, 0, 1]))
+    assert idx.tolist() == [2, 2, 1]  # row 0's only negative is 2, however dissimilar (not the masked entry 0)
+    i, j, k, l = mine_hard_quadruplets(s, torch.tensor([0, 0, 1]))
+    assert (i.tolist(), j.tolist(), k.tolist(), l.tolist()) == ([0], [1], [2], [2])
+
+
 def test_hardest_negatives_reports_rows_without_negatives() -> None:
     s = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 3.0, 0.0]])
     idx, has = hardest_negatives(s, torch.tensor([0, 0, 1]))
@@ -114,3 +122,44 @@ def test_an_empty_batch_mines_nothing() -> None:
     assert idx.shape == (0,) and has.shape == (0,)
     for mode in ("faithful_one_per_batch", "per_positive_pair"):
         assert all(t.numel() == 0 for t in mine_hard_quadruplets(scores, labels, mode))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 3), min_size=1, max_size=9),
+    seed=st.integers(0, 2**16),
+    infinite=st.sampled_from([0.0, float("inf"), float("-inf")]),
+)
+def test_faithful_quadruplet_on_the_device_equals_brute_force(labels: list[int], seed: int, infinite: float) -> None:
+    """The loss's read-free faithful mining (one masked minimum over the flattened matrix, then the first positive
+    entry equal to it) picks the brute force's quadruplet, ties to the lowest (i, j) included, also where scores are
+    +-inf (a +inf positive score must not tie with the masked-out entries); a degenerate batch is flagged."""
+    from dynametric.miners.pddm import _faithful_quadruplet
+
+    m = len(labels)
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randint(-2, 3, (m, m), generator=gen).float()  # many exact ties
+    if infinite:
+        s[torch.rand(m, m, generator=gen) < 0.3] = infinite
+    s.fill_diagonal_(float("nan"))  # the diagonal is never read
+    expected = _brute_force(s, labels, "faithful_one_per_batch")
+    quad, valid, nan = _faithful_quadruplet(s, torch.tensor(labels))
+    assert bool(valid) == bool(expected) and not bool(nan)
+    if expected:
+        assert [tuple(int(t) for t in quad)] == expected
+    assert list(zip(*[t.tolist() for t in mine_hard_quadruplets(s, torch.tensor(labels))])) == expected
+
+
+@pytest.mark.parametrize("mode", ["faithful_one_per_batch", "per_positive_pair"])
+@pytest.mark.parametrize("where,labels", [((0, 1), [0, 0, 1]), ((0, 2), [0, 0, 1]), ((2, 0), [0, 0, 1]),
+                                          ((0, 1), [0, 1, 2]), ((1, 2), [5, 5, 5])])
+def test_nan_off_the_diagonal_raises_in_every_batch(mode: str, where: tuple[int, int], labels: list[int]) -> None:
+    """On a positive pair, a negative, or in a batch without a positive pair or without a negative: the same error
+    (the per-pair mode finds it with its one read, the faithful mode with a flag read by the public function)."""
+    s = torch.zeros(3, 3)
+    s[where] = float("nan")
+    with pytest.raises(InputError) as info:
+        mine_hard_quadruplets(s, torch.tensor(labels), mode)
+    assert str(info.value) == "key 'scores': PDDM scores contain NaN off the diagonal"
+    s = torch.zeros(3, 3).fill_diagonal_(float("nan"))
+    assert len(mine_hard_quadruplets(s, torch.tensor(labels), mode)[0]) == (0 if len(set(labels)) != 2 else 1)

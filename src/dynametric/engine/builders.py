@@ -642,7 +642,8 @@ def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: tor
     ``dim`` (``embedding_size`` / ``embedding_dim``), ``num_classes`` (``max label + 1`` in the training labels'
     column: ``scale_offset``, else the loss's ``label_scale`` / ``scale`` keyword; a placeholder with a warning
     when there are no labels, as in a dry run without data) and, for a class with a ``from_labels`` constructor
-    (CSL), ``class_paths`` from the training label matrix.
+    (CSL), ``class_paths`` from the training label matrix. A loss with a ``trust_labels`` method (CSL) is given the
+    training labels once, so that it need not check each batch's labels again (``surrogate`` terms excepted).
 
     An ``embedding_size`` / ``embedding_dim`` given in ``kwargs`` must equal ``dim``: the embeddings would not fit
     the loss's proxies or unit, and the run would fail at its first step. ``width`` names the config key that sets
@@ -694,6 +695,7 @@ def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: tor
             raise ConfigError(f"{name}(num_classes={given}) is too small: {where}; set {key}.kwargs.num_classes="
                               f"{needed}{fill}", key=f"{key}.kwargs.num_classes")
     construct = None
+    data_labels = train_labels  # the training split's labels, before a dry run's placeholder
     if ("class_paths" in params and "class_paths" not in kwargs and hasattr(cls, "from_labels")
             and params["class_paths"].default is inspect.Parameter.empty):
         if train_labels is None:
@@ -705,7 +707,17 @@ def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: tor
         def construct(_name: str, class_paths: torch.Tensor, **kw: Any) -> nn.Module:
             return cls.from_labels(class_paths, **kw)
 
-    return build_component(LOSSES, name, kwargs, key, construct=construct, data_args=data_args)
+    loss = build_component(LOSSES, name, kwargs, key, construct=construct, data_args=data_args)
+    trust = getattr(loss, "trust_labels", None)
+    if callable(trust) and data_labels is not None and surrogate is None:
+        # every training batch is rows of the training labels: checked here once on the host, the loss then skips
+        # its per-step check of the batch labels (CSL: two host reads a step); not for a term trained on labels of
+        # a method's own (surrogate), whose batches are not rows of the data's labels
+        try:
+            trust(data_labels)
+        except InputError as err:
+            raise ConfigError(f"{name}: {err.message}", key=f"{key}.kwargs.class_paths") from None
+    return loss
 
 
 def _classes_in(train_labels: torch.Tensor, key: str, col_arg: str, kwargs: Mapping[str, Any],

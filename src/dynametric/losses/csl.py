@@ -15,15 +15,21 @@ graded: other fine classes of the same middle class below ``s_p - m_0``, other m
 other coarse classes below ``s_p - m_2``.
 
 ``mode="pairs"`` [U] applies the same formula with the other in-batch samples in place of proxies (positives share
-the fine label, negatives at scale ``l`` differ at scale ``l``); anchors without a positive are skipped and
-counted in :attr:`CSLLoss.last_skipped_anchors`. Per-scale terms of the last call are in
-:attr:`CSLLoss.last_terms`; :meth:`CSLLoss.terms` returns them with gradient. :meth:`CSLLoss.loss_parts` gives the
-weighted terms ``w_l mean_f L_l(f)`` of the last call by scale name (they add up to the loss); a training run logs
-them as ``train/<term>/<scale>``.
+the fine label, negatives at scale ``l`` differ at scale ``l``); anchors without a positive are skipped (the mean
+is over the anchors with one; zero when none has one) and counted in :attr:`CSLLoss.last_skipped_anchors`.
+Per-scale terms of the last call are in :attr:`CSLLoss.last_terms`; :meth:`CSLLoss.terms` returns them with
+gradient. :meth:`CSLLoss.loss_parts` gives the weighted terms ``w_l mean_f L_l(f)`` of the last call by scale name
+(they add up to the loss); a training run logs them as ``train/<term>/<scale>``.
+
+Host reads (each one stalls the CPU until the accelerator's queued work is done): a call makes none, except the
+check of the batch labels against ``class_paths`` (two), which :meth:`CSLLoss.trust_labels` turns off after checking
+once a label matrix that every batch comes from (the engine does so with the training split's labels). The
+skipped-anchor count stays on the device until :attr:`CSLLoss.last_skipped_anchors` is read.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Sequence
@@ -36,6 +42,7 @@ from torch import nn
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import logger as _logger
 
 __all__ = ["CSLLoss"]
 
@@ -84,6 +91,9 @@ class CSLLoss(MetricLoss):
         weights: per-scale weights of the summed terms (all 1; non-negative, not all zero).
         mode: ``"proxy"`` (default) or ``"pairs"`` (in-batch samples in place of proxies).
         weight_init_func: initialiser of the ``[C, D]`` proxies (default uniform in ``±1/sqrt(D)``).
+
+    ``labels_trusted`` (False until :meth:`trust_labels`): whether a call skips the check of its labels against
+    ``class_paths``.
     """
 
     uses_all_scales = True
@@ -123,7 +133,9 @@ class CSLLoss(MetricLoss):
         # on the module's device once (a tensor built from the list every call is a host -> device copy per step)
         self.register_buffer("_weights", torch.tensor(self.weights, dtype=torch.float32), persistent=False)
         self.last_terms: torch.Tensor | None = None
-        self.last_skipped_anchors: int = 0
+        self._skipped: torch.Tensor | None = None  # anchors without a positive in the last call (pairs), on device
+        self._skip_logged = False
+        self.labels_trusted = False
         self._parts: torch.Tensor | None = None  # the weighted per-scale terms of the last compute_loss, detached
 
         if class_paths is None:
@@ -191,20 +203,42 @@ class CSLLoss(MetricLoss):
                              f"CSLLoss was built with", key="labels")
         return self._sorted_order.to(fine_labels.device)[pos]
 
-    def _check_batch_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+    @property
+    def last_skipped_anchors(self) -> int:
+        """Anchors of the last call without an in-batch positive (pairs mode; 0 in proxy mode). Kept on the device
+        by the call and read here, on demand (a host read)."""
+        return 0 if self._skipped is None else int(self._skipped)
+
+    def trust_labels(self, train_labels: LabelsLike) -> None:
+        """Check every row of ``train_labels`` (``[N, S]``, raw ids) against ``class_paths`` once, on the host,
+        and from then on skip that check in each call (:attr:`labels_trusted`): it reads the device twice per
+        call. For a caller whose batches are all rows of ``train_labels``, as the engine's training batches are
+        rows of the training split. A row that does not fit raises the :class:`InputError` a call would raise
+        (keyed ``train_labels``), and nothing is trusted. Without ``class_paths`` (pairs mode) there is nothing
+        to check. The column count is still checked in every call (a shape, no read)."""
+        mat = as_label_matrix(train_labels, name="train_labels").cpu()
+        self.labels_trusted = False
+        self._check_batch_labels(mat, what="training label row", key="train_labels")
+        self.labels_trusted = True
+
+    def _check_batch_labels(self, labels: torch.Tensor, what: str = "batch row", key: str = "labels") -> None:
         if labels.shape[1] != self.num_scales:
             raise InputError(f"CSLLoss expects labels [B, {self.num_scales}] (one column per margin), got "
-                             f"{labels.shape[1]} column(s)", key="labels")
-        if self.class_paths is None:
-            return None
-        idx = self.class_index(labels[:, 0])
+                             f"{labels.shape[1]} column(s)", key=key)
+        if self.class_paths is None or self.labels_trusted:
+            return
+        try:
+            idx = self.class_index(labels[:, 0])
+        except InputError as err:
+            if key == "labels":
+                raise
+            raise InputError(err.message, key=key) from None
         expected = self.class_paths.to(labels.device)[idx]
         bad = (expected != labels).any(dim=1)
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0])
-            raise InputError(f"batch row {i} has label path {labels[i].tolist()} but fine class {int(labels[i, 0])} "
-                             f"was registered with path {expected[i].tolist()}", key="labels")
-        return idx
+            raise InputError(f"{what} {i} has label path {labels[i].tolist()} but fine class {int(labels[i, 0])} "
+                             f"was registered with path {expected[i].tolist()}", key=key)
 
     def compute_loss(
         self,
@@ -220,7 +254,7 @@ class CSLLoss(MetricLoss):
         terms = self._terms(embeddings, labels, ref_emb, ref_labels)
         if terms is None:
             self._parts = embeddings.new_zeros(self.num_scales).detach()
-            return self.zero_loss(embeddings, "empty batch, or no anchor has an in-batch positive (pairs mode)")
+            return self.zero_loss(embeddings, "empty batch")
         weights: torch.Tensor = self._weights  # type: ignore[assignment]  # a buffer
         w = weights.to(device=terms.device, dtype=terms.dtype)
         weighted = terms * w
@@ -247,8 +281,9 @@ class CSLLoss(MetricLoss):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Per-scale terms ``[S]`` (``mean_f L_l(f)``, unweighted, with gradient); ``None`` in ``pairs`` mode
-        when no anchor has a positive. Also stored, detached, in :attr:`last_terms`."""
+        """Per-scale terms ``[S]`` (``mean_f L_l(f)``, unweighted, with gradient); ``None`` for an empty batch
+        and, in ``pairs`` mode, when no anchor has a positive (found by a host read; a loss call gives zeros
+        there instead, without one). Also stored, detached, in :attr:`last_terms`."""
         if embeddings.dim() != 2:
             raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
         labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
@@ -256,7 +291,11 @@ class CSLLoss(MetricLoss):
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
         if ref_emb is not None and ref_labels is not None:
             ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
-        return self._terms(embeddings, labels, ref_emb, ref_labels)
+        out = self._terms(embeddings, labels, ref_emb, ref_labels)
+        if out is not None and self.last_skipped_anchors == embeddings.shape[0]:  # pairs: no anchor has one
+            self.last_terms = None
+            return None
+        return out
 
     def _terms(
         self,
@@ -265,16 +304,17 @@ class CSLLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor | None:
+        """The per-scale terms, or ``None`` for an empty batch (a shape: no host read)."""
         labels = labels.to(embeddings.device)
         self._check_batch_labels(labels)
         if ref_labels is not None:
             ref_labels = ref_labels.to(embeddings.device)
             self._check_batch_labels(ref_labels)
-        self.last_skipped_anchors = 0
+        self._skipped = None
         if embeddings.shape[0] == 0:
             self.last_terms = None
             return None
-        out: torch.Tensor | None
+        out: torch.Tensor
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
             f = F.normalize(embeddings.to(dtype), dim=1)
@@ -289,7 +329,7 @@ class CSLLoss(MetricLoss):
                     r, same_set = F.normalize(ref_emb.to(dtype), dim=1), False
                 assert ref_labels is not None
                 out = self._pair_terms(f, labels, r, ref_labels, same_set)
-        self.last_terms = None if out is None else out.detach()
+        self.last_terms = out.detach()
         return out
 
     def _proxy_terms(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -310,23 +350,27 @@ class CSLLoss(MetricLoss):
 
     def _pair_terms(
         self, f: torch.Tensor, labels: torch.Tensor, r: torch.Tensor, ref_labels: torch.Tensor, same_set: bool
-    ) -> torch.Tensor | None:
+    ) -> torch.Tensor:
+        """Per-scale means over the anchors with a positive, zeros when none has one; no host read."""
         sims = self.gamma * (f @ r.t())  # [B, R]
         pos_mask = labels[:, :1] == ref_labels[:, 0][None, :]
         if same_set:
             pos_mask.fill_diagonal_(False)
         has_pos = pos_mask.any(dim=1)
-        self.last_skipped_anchors = int((~has_pos).sum())
-        if self.last_skipped_anchors:
+        self._skipped = (~has_pos).sum()
+        # a debug message only: the count is read while debug logging is on, until the first skip is logged
+        if not self._skip_logged and _logger.isEnabledFor(logging.DEBUG) and self.last_skipped_anchors:
+            self._skip_logged = True
             self._log_once("skipped", f"CSLLoss(pairs): anchors without an in-batch positive are skipped "
                                       f"({self.last_skipped_anchors} in this batch)")
-        if not bool(has_pos.any()):
-            return None
+        # _csl_term is exactly 0 (with zero gradients) for an anchor without a positive, so the sum over all anchors
+        # is the sum over those with one; dividing by their count (at least 1) is their mean, 0 when there is none
+        count = has_pos.sum().clamp(min=1)
         pos_lse = _masked_logsumexp(-sims, pos_mask, dim=1)
         out = []
         for level, margin in enumerate(self.margins):
             neg_mask = labels[:, level, None] != ref_labels[:, level][None, :]
             neg_lse = _masked_logsumexp(sims, neg_mask, dim=1)
             term = _csl_term(neg_lse, pos_lse, self.gamma * margin)
-            out.append(term[has_pos].mean())
+            out.append(term.sum() / count)
         return torch.stack(out)

@@ -15,10 +15,14 @@ to the engine's loss optimizer group and they train end to end with the backbone
 Mining scores all ``m (m - 1) / 2`` pairs without gradient (dropout off); the loss then re-scores only the
 selected pairs with gradient (dropout on in training), which is the same as indexing a differentiable
 all-pairs matrix but costs ``O(Q)`` instead of ``O(m^2)`` memory in the backward pass.
+
+Host reads per call: none in the faithful mode (a degenerate batch is a flag on the device that zeroes the loss,
+the counters stay on the device until read); one in the per-pair mode (the number of positive pairs, a shape).
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 
 import torch
@@ -26,7 +30,8 @@ import torch.nn.functional as F
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.miners.pddm import MINING_MODES, mine_hard_quadruplets
+from dynametric.losses.base import logger as _logger
+from dynametric.miners.pddm import MINING_MODES, _faithful_quadruplet, mine_hard_quadruplets
 from dynametric.models.pddm import DEFAULT_CHUNK_BYTES, PDDM
 
 __all__ = ["PDDMLoss"]
@@ -54,10 +59,16 @@ class PDDMLoss(MetricLoss):
         scale: label column used for positives/negatives (0 = finest).
 
     Counters (per instance, never reset by the loss): ``num_batches``, ``num_degenerate_batches`` (no positive
-    pair or no negative: loss 0, graph-connected), ``num_quadruplets``; :meth:`stats` returns them with the
-    last batch's ``E_m`` and ``E_e``. :meth:`loss_parts` gives the last batch's ``E_m``, ``E_e`` (reduced as the
-    loss is, so ``loss = E_m + lambda_ * E_e``), ``quadruplets`` (mined in the batch) and ``degenerate`` (1 for a
-    batch without a quadruplet, else 0) as tensors; a training run logs them as ``train/<term>/<part>``.
+    pair or no negative: loss 0, graph-connected), ``num_quadruplets`` (the last two kept on the device and read
+    when asked for); :meth:`stats` returns them with the last batch's ``E_m`` and ``E_e``.
+
+    NaN scores off the diagonal (a diverged unit or NaN embeddings): the per-pair mode raises :class:`InputError`
+    in the call; the faithful mode, which reads nothing on the host in the call, returns a NaN loss for that batch
+    (a run's ``trainer.nonfinite`` then stops or skips the step) and :meth:`stats` raises the same error.
+
+    :meth:`loss_parts` gives the last batch's ``E_m``, ``E_e`` (reduced as the loss is, so
+    ``loss = E_m + lambda_ * E_e``), ``quadruplets`` (mined in the batch) and ``degenerate`` (1 for a batch without a
+    quadruplet, else 0) as tensors; a training run logs them as ``train/<term>/<part>``.
     """
 
     mines_own_tuples = True
@@ -108,16 +119,41 @@ class PDDMLoss(MetricLoss):
         self.normalize_embeddings = bool(normalize_embeddings)
         self.reduction = reduction
         self.num_batches = 0
-        self.num_degenerate_batches = 0
-        self.num_quadruplets = 0
+        # quadruplets, degenerate batches, batches with NaN scores (faithful mode): on the device, read on demand
+        self._counts: torch.Tensor | None = None
+        self._degenerate_logged = False
         self._last: dict[str, torch.Tensor] = {}
 
+    def _counters(self, device: torch.device) -> torch.Tensor:
+        if self._counts is None:
+            self._counts = torch.zeros(3, dtype=torch.long, device=device)
+        elif self._counts.device != device:
+            self._counts = self._counts.to(device)
+        return self._counts
+
+    def _read_counts(self) -> list[int]:
+        return [0, 0, 0] if self._counts is None else [int(v) for v in self._counts.tolist()]
+
+    @property
+    def num_quadruplets(self) -> int:
+        """Quadruplets mined so far (a host read of the device counter)."""
+        return self._read_counts()[0]
+
+    @property
+    def num_degenerate_batches(self) -> int:
+        """Batches without a positive pair or without a negative so far (a host read of the device counter)."""
+        return self._read_counts()[1]
+
     def stats(self) -> dict[str, float]:
-        """Counters and the last batch's loss parts (for logging)."""
+        """Counters and the last batch's loss parts (for logging). Raises :class:`InputError` if a batch so far had
+        NaN scores off the diagonal (faithful mode, whose call does not look)."""
+        quadruplets, degenerate, nan = self._read_counts()
+        if nan:
+            raise InputError("PDDM scores contain NaN off the diagonal", key="scores")
         return {
             "num_batches": float(self.num_batches),
-            "num_degenerate_batches": float(self.num_degenerate_batches),
-            "num_quadruplets": float(self.num_quadruplets),
+            "num_degenerate_batches": float(degenerate),
+            "num_quadruplets": float(quadruplets),
             **{k: float(self._last[k]) for k in ("E_m", "E_e") if k in self._last},  # converted here, not per step
         }
 
@@ -153,13 +189,26 @@ class PDDMLoss(MetricLoss):
             raise InputError("PDDMLoss mines within the batch; ref_emb/ref_labels are not supported", key="ref_emb")
         f = F.normalize(embeddings, p=2, dim=-1, eps=1e-12) if self.normalize_embeddings else embeddings
         self.num_batches += 1
-        i, j, k, l = self.mine(f, labels)
-        if i.numel() == 0:
-            self.num_degenerate_batches += 1
-            zero = embeddings.new_zeros((), dtype=torch.float32).detach()
-            self._last = {"E_m": zero, "E_e": zero, "quadruplets": zero, "degenerate": torch.ones_like(zero)}
-            return self.zero_loss(embeddings, "batch without a positive pair or without a negative")
-        self.num_quadruplets += int(i.numel())
+        counts = self._counters(embeddings.device)
+        flags: tuple[torch.Tensor, torch.Tensor] | None = None  # faithful: (has a quadruplet, NaN scores), on device
+        if self.mode == "faithful_one_per_batch" and f.shape[0] > 0:
+            with torch.no_grad():
+                scores = self.unit.score_matrix(f.detach(), deterministic=True)
+            (i, j, k, l), valid, nan = _faithful_quadruplet(scores, labels)
+            flags = (valid, nan)
+            counts.add_(torch.stack([valid, ~valid, nan]).long())
+            if not self._degenerate_logged and _logger.isEnabledFor(logging.DEBUG) and not bool(valid):
+                self._degenerate_logged = True  # a debug message: read only while debug logging is on
+                self._log_once("batch without a positive pair or without a negative",
+                               "PDDMLoss: batch without a positive pair or without a negative; returning a zero loss")
+        else:
+            i, j, k, l = self.mine(f, labels)  # per pair: one host read, the pair count
+            if i.numel() == 0:
+                counts[1].add_(1)
+                zero = embeddings.new_zeros((), dtype=torch.float32).detach()
+                self._last = {"E_m": zero, "E_e": zero, "quadruplets": zero, "degenerate": torch.ones_like(zero)}
+                return self.zero_loss(embeddings, "batch without a positive pair or without a negative")
+            counts[0].add_(int(i.numel()))
         triplet = self.variant == "triplet"
         # One differentiable pass over the selected pairs: (i, j), (i, k) and, for quadruplets, (j, l).
         first = torch.cat([i, i] if triplet else [i, i, j])
@@ -181,6 +230,16 @@ class PDDMLoss(MetricLoss):
         else:
             loss = per_quad.mean()
             part_m, part_e = e_m.detach().mean(), e_e.detach().mean()
+        if flags is not None:
+            valid, nan = flags
+            # a degenerate batch mined placeholder indices: its loss and parts are multiplied by 0 (a zero still
+            # connected to the graph, zero gradients); NaN scores make the loss NaN rather than leave it finite
+            keep = valid.to(loss.dtype)
+            loss = torch.where(nan, torch.full_like(loss, float("nan")), loss * keep)
+            part_m, part_e = part_m * keep, part_e * keep
+            count = valid.to(torch.float32)
+            self._last = {"E_m": part_m, "E_e": part_e, "quadruplets": count, "degenerate": 1.0 - count}
+            return loss
         # the count is a host number already (a shape): torch.full writes it on the device without a host wait
         count = torch.full((), float(i.numel()), dtype=torch.float32, device=embeddings.device)
         self._last = {"E_m": part_m, "E_e": part_e, "quadruplets": count, "degenerate": torch.zeros_like(count)}

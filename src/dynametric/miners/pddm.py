@@ -46,7 +46,45 @@ def hardest_negatives(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     if scores.shape[0] == 0:  # argmax over an empty row would raise; an empty batch has no negative
         return torch.zeros(0, dtype=torch.long, device=scores.device), neg.any(dim=1)
     masked = scores.detach().masked_fill(~neg, float("-inf"))
-    return masked.argmax(dim=1), neg.any(dim=1)
+    best = masked.argmax(dim=1)
+    # a row whose negatives all score -inf ties with its masked entries: its first negative, not the first entry
+    first_neg = neg.to(torch.uint8).argmax(dim=1)
+    best = torch.where(masked.gather(1, best[:, None]).squeeze(1) == float("-inf"), first_neg, best)
+    return best, neg.any(dim=1)
+
+
+def _nan_off_diagonal(s: torch.Tensor) -> torch.Tensor:
+    """0-dim bool: a NaN anywhere but on the diagonal (on the device, no host read)."""
+    return (torch.isnan(s) & ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)).any()
+
+
+def _positive_pairs(labels: torch.Tensor) -> torch.Tensor:
+    """``[m, m]`` bool: ``y_i = y_j`` and ``i < j``."""
+    m = labels.shape[0]
+    upper = torch.ones(m, m, dtype=torch.bool, device=labels.device).triu(diagonal=1)
+    return (labels[:, None] == labels[None, :]) & upper
+
+
+def _faithful_quadruplet(scores: torch.Tensor, labels: torch.Tensor) -> tuple[Quadruplets, torch.Tensor, torch.Tensor]:
+    """The faithful mode's quadruplet without a host read (for the loss's training step): ``((i, j, k, l), valid,
+    nan)``, each index a ``LongTensor[1]``, ``valid`` a 0-dim bool (the batch has a positive pair and a negative;
+    where not, the indices are placeholders, all 0) and ``nan`` a 0-dim bool (a NaN off the diagonal of ``scores``,
+    which :func:`mine_hard_quadruplets` refuses). The same quadruplet as :func:`mine_hard_quadruplets` where
+    ``valid`` and not ``nan``. Needs ``m >= 1`` rows."""
+    labels = _check(scores, labels)
+    s = scores.detach()
+    m = s.shape[0]
+    if m == 0:
+        raise InputError("the faithful quadruplet needs a batch of at least one row, got 0", key="scores")
+    pos = _positive_pairs(labels)
+    hard_neg, has_neg = hardest_negatives(s, labels)
+    # the least similar positive pair, ties to the lowest (i, j) in row-major order: the first positive entry equal
+    # to the positive minimum (two steps, so that a positive score of +inf never ties with the masked entries)
+    low = s.masked_fill(~pos, float("inf")).amin()
+    first = (pos & (s == low)).flatten().to(torch.uint8).argmax()
+    i, j = (first // m).reshape(1), (first % m).reshape(1)
+    valid = pos.any() & has_neg.any()  # one row with a negative: two labels, so every row has one
+    return (i, j, hard_neg[i], hard_neg[j]), valid, _nan_off_diagonal(s)
 
 
 def mine_hard_quadruplets(
@@ -58,24 +96,30 @@ def mine_hard_quadruplets(
 
     Only the off-diagonal entries of ``scores`` are read, so the diagonal may hold anything (``-inf``,
     ``nan``); a NaN elsewhere raises :class:`InputError` (a NaN would otherwise win every argmax).
+
+    Host reads: per-pair, one (``Q``, a shape), and a second only where ``Q = 0`` (a NaN, or a degenerate
+    batch?); faithful, two (a NaN? degenerate?). :class:`~dynametric.losses.PDDMLoss` mines the faithful quadruplet
+    with :func:`_faithful_quadruplet` instead, which reads nothing.
     """
     if mode not in MINING_MODES:
         raise ConfigError(f"unknown PDDM mining mode {mode!r}; expected one of {MINING_MODES}", key="mode")
     labels = _check(scores, labels)
     s = scores.detach()
-    m = s.shape[0]
-    same = labels[:, None] == labels[None, :]
-    upper = torch.ones(m, m, dtype=torch.bool, device=s.device).triu(diagonal=1)
-    pos = same & upper
-    off_diag = ~torch.eye(m, dtype=torch.bool, device=s.device)
-    if bool(torch.isnan(s[off_diag]).any()):
-        raise InputError("PDDM scores contain NaN off the diagonal", key="scores")
-    hard_neg, has_neg = hardest_negatives(s, labels)
     empty = torch.zeros(0, dtype=torch.long, device=s.device)
-    if not bool(pos.any()) or not bool(has_neg.any()):
-        return empty, empty, empty, empty
-    i, j = pos.nonzero(as_tuple=True)  # row-major order, so argmin's first hit is the lowest (i, j)
     if mode == "faithful_one_per_batch":
-        best = s[i, j].argmin().reshape(1)
-        i, j = i[best], j[best]
+        if s.shape[0] == 0:
+            return empty, empty, empty, empty
+        quad, valid, nan = _faithful_quadruplet(s, labels)
+        if bool(nan):
+            raise InputError("PDDM scores contain NaN off the diagonal", key="scores")
+        return quad if bool(valid) else (empty, empty, empty, empty)
+    hard_neg, has_neg = hardest_negatives(s, labels)
+    nan = _nan_off_diagonal(s)
+    # one read, the pair count (a shape): a NaN or a batch without a negative leaves no pair to find, and only then
+    # does the host look at why
+    i, j = (_positive_pairs(labels) & has_neg.any() & ~nan).nonzero(as_tuple=True)  # row-major (i, j) order
+    if i.numel() == 0:
+        if bool(nan):
+            raise InputError("PDDM scores contain NaN off the diagonal", key="scores")
+        return empty, empty, empty, empty
     return i, j, hard_neg[i], hard_neg[j]
