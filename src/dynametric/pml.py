@@ -7,10 +7,12 @@ what both need (class lookup, distance conversion, the registry that answers ``p
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.util
 import inspect
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from dynametric import distances as _distances
@@ -43,6 +45,137 @@ def pml_catalogue(kind: str) -> list[str]:
     module = _pml_module(kind)
     return sorted(n for n in dir(module) if n[:1].isupper() and isinstance(getattr(module, n), type)
                   and not n.startswith(("Base", "Generic")) and not n.endswith("Mixin"))
+
+
+#: The usable classes of pytorch-metric-learning 2.9.0 (as :func:`pml_catalogue` lists them), for the hints of
+#: :func:`pml_hint` and the modules' ``__getattr__`` when PML is not installed (its own catalogue is used when it is).
+PML_CLASSES: dict[str, tuple[str, ...]] = {
+    "losses": (
+        "AngularLoss", "ArcFaceLoss", "CircleLoss", "ContrastiveLoss", "CosFaceLoss", "CrossBatchMemory",
+        "DynamicSoftMarginLoss", "FastAPLoss", "GeneralizedLiftedStructureLoss", "HistogramLoss", "InstanceLoss",
+        "IntraPairVarianceLoss", "LargeMarginSoftmaxLoss", "LiftedStructureLoss", "ManifoldLoss", "MarginLoss",
+        "MultiSimilarityLoss", "MultipleLosses", "NCALoss", "NPairsLoss", "NTXentLoss", "NormalizedSoftmaxLoss",
+        "P2SGradLoss", "PNPLoss", "ProxyAnchorLoss", "ProxyNCALoss", "RankedListLoss", "SelfSupervisedLoss",
+        "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss", "SoftTripleLoss", "SphereFaceLoss",
+        "SubCenterArcFaceLoss", "SupConLoss", "ThresholdConsistentMarginLoss", "TripletMarginLoss",
+        "TupletMarginLoss", "VICRegLoss",
+    ),
+    "miners": (
+        "AngularMiner", "BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner",
+        "EmbeddingsAlreadyPackagedAsTriplets", "HDCMiner", "MultiSimilarityMiner", "PairMarginMiner",
+        "TripletMarginMiner", "UniformHistogramMiner",
+    ),
+}
+
+_SINGULAR = {"losses": "loss", "miners": "miner"}
+_WRAP_FUNCTION = {"losses": "pml_loss", "miners": "pml_miner"}
+
+#: How to use the PML losses that wrap another loss object (their ``loss=`` / ``losses=``), which a config cannot
+#: give (docs/losses.md, "PML classes without a native port"); another such class gets a generic line.
+WRAPPER_USAGE = {
+    "CrossBatchMemory": 'pml_loss("CrossBatchMemory", label_scale=s, loss=ContrastiveLoss(), embedding_size=D, '
+                        "memory_size=M)(embeddings, labels)",
+    "SelfSupervisedLoss": 'pml_loss("SelfSupervisedLoss", loss=TripletMarginLoss())(embeddings, augmented), '
+                          "no labels, so in a training loop of your own",
+    "MultipleLosses": "pml_loss(MultipleLosses([...], weights=[...]), label_scale=s)(embeddings, labels), "
+                      "MultipleLosses being pytorch-metric-learning's",
+}
+
+
+def _wrapped_arguments(cls: type) -> list[str]:
+    """The required constructor arguments of a PML class that take another loss object (``loss``, ``losses``)."""
+    return [p.name for p in _init_parameters(cls) if p.name in ("loss", "losses") and p.default is p.empty]
+
+
+def _is_object(value: Any) -> bool:
+    """Whether ``value`` can be a loss object (or a list of them): not a config value (text, number, mapping)."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_object(v) for v in value)
+    return value is not None and not isinstance(value, (str, bytes, numbers.Number, Mapping))
+
+
+def wrapper_usage(name: str) -> str:
+    """How to build the PML loss ``name`` that wraps another loss, in Python (:data:`WRAPPER_USAGE`)."""
+    return WRAPPER_USAGE.get(name, f"pml_loss({name!r}, loss=<a loss object>, ...)")
+
+
+def pml_names(kind: str) -> tuple[list[str], bool]:
+    """``(names, installed)``: the class names of ``pytorch_metric_learning.<kind>`` when PML can be imported
+    (``installed`` True), else those of :data:`PML_CLASSES` (PML 2.9.0). Imports PML: call it at error time only."""
+    try:
+        return pml_catalogue(kind), True
+    except ConfigError:
+        return list(PML_CLASSES.get(kind, ())), False
+
+
+def pml_hint(kind: str, name: str, natives: Collection[str]) -> str:
+    """The message of a registry name that is neither native (``natives``) nor a usable ``pml:`` name, one line:
+    ``unknown loss 'SupConLoss': ...`` with a suggestion when there is one (a PML class named without ``pml:``,
+    a misspelt ``pml:`` name, a ``PML:`` prefix, a misspelt native name), else the valid names."""
+    singular = _SINGULAR.get(kind, kind)
+    head = f"unknown {singular} {name!r}"
+    native_list = f"native {kind}: {', '.join(sorted(natives))}"
+    if not isinstance(name, str):
+        return f"{head}; expected a name ({native_list}, or pml:<ClassName>)"
+    pml, installed = pml_names(kind)
+    prefix, rest = name[:len(PML_PREFIX)], name[len(PML_PREFIX):].strip()
+    if prefix.lower() == PML_PREFIX:  # pml:<Name> (or PML:<Name>) that PML does not answer
+        if not installed:
+            return (f"{head}: {PML_PREFIX} names need pytorch-metric-learning, which is not installed (pip install "
+                    "pytorch-metric-learning)")
+        wrong_case = prefix != PML_PREFIX
+        case = f" (the prefix is '{PML_PREFIX}', lower-case)" if wrong_case else ""
+        if rest in pml and (wrong_case or rest != name[len(PML_PREFIX):]):
+            why = case.strip(" ()") if wrong_case else f"no space after '{PML_PREFIX}'"
+            return f"{head}: {why}; did you mean '{PML_PREFIX}{rest}'?"
+        close = difflib.get_close_matches(rest, pml, n=3, cutoff=0.7)
+        if close:
+            return (f"{head}: pytorch-metric-learning has no {singular} {rest!r}; did you mean "
+                    f"{', '.join(repr(PML_PREFIX + c) for c in close)}{case}?")
+        other = {"losses": "miners", "miners": "losses"}.get(kind)
+        if other is not None and rest in pml_names(other)[0]:
+            return (f"{head}: {rest} is a pytorch-metric-learning {_SINGULAR[other]}, not a {singular}; name it in "
+                    f"the {_SINGULAR[other]} section")
+        return f"{head}: pytorch-metric-learning has no {singular} {rest!r}; its {kind}: {', '.join(pml)}"
+    if name in pml:  # a PML class without the prefix (one dynametric does not port)
+        return (f"{head}: dynametric has no native {name}; did you mean '{PML_PREFIX}{name}' "
+                f"(pytorch-metric-learning's, through the adapter: {_WRAP_FUNCTION[kind]}({name!r}, ...) in "
+                f"Python{'' if installed else '; it needs pip install pytorch-metric-learning'})?")
+    close = difflib.get_close_matches(name, list(natives), n=3, cutoff=0.6)
+    if close:
+        return f"{head}; did you mean {', '.join(repr(c) for c in close)}? {native_list}"
+    close = difflib.get_close_matches(name, [n for n in pml if n not in natives], n=3, cutoff=0.7)
+    if close:
+        return (f"{head}; did you mean {', '.join(repr(PML_PREFIX + c) for c in close)} "
+                f"(pytorch-metric-learning's, through the adapter)? {native_list}")
+    return f"{head}; expected one of the {native_list}, or {PML_PREFIX}<ClassName> for pytorch-metric-learning's"
+
+
+def missing_attribute(kind: str, module: str, name: str, natives: Collection[str]) -> AttributeError:
+    """The ``AttributeError`` of ``dynametric.<kind>.<name>`` (a module ``__getattr__``): for a PML class that
+    dynametric does not port, how to use PML's through the adapter; else Python's usual message. PML is imported
+    only for an upper-case name outside :data:`PML_CLASSES`, and only when installed."""
+    plain = AttributeError(f"module {module!r} has no attribute {name!r}")
+    if not name[:1].isupper() or name in natives:
+        return plain
+    known = name in PML_CLASSES.get(kind, ())
+    installed = importlib.util.find_spec("pytorch_metric_learning") is not None
+    if not known and installed:
+        known = name in pml_names(kind)[0]
+    if not known:
+        return plain
+    singular = _SINGULAR.get(kind, kind)
+    install = "" if installed else " (pip install pytorch-metric-learning first)"
+    if name in WRAPPER_USAGE:
+        return AttributeError(
+            f"module {module!r} has no attribute {name!r}: dynametric has no native {name}; use "
+            f"pytorch-metric-learning's through the adapter{install}, in Python only (it wraps another loss object, "
+            f"which a config cannot give): {wrapper_usage(name)} (from {module} import pml_loss)")
+    return AttributeError(
+        f"module {module!r} has no attribute {name!r}: dynametric has no native {name}; use "
+        f"pytorch-metric-learning's through the adapter{install}: {_WRAP_FUNCTION[kind]}({name!r}, ...) (from "
+        f"{module} import {_WRAP_FUNCTION[kind]}; it reads label column label_scale), or {singular}: "
+        f"{{name: {PML_PREFIX}{name}}} in a config")
 
 
 def pml_class(kind: str, name: str) -> type:
@@ -126,7 +259,15 @@ def pml_registry_entry(kind: str, name: str, wrap: Callable[..., Any]) -> Callab
     except ConfigError:
         return None
 
+    wrapped = _wrapped_arguments(cls)
+
     def factory(*, label_scale: int = 0, **kwargs: Any) -> Any:
+        for arg in wrapped:  # CrossBatchMemory(loss, ...), SelfSupervisedLoss(loss), MultipleLosses(losses)
+            if not _is_object(kwargs.get(arg)):
+                got = f", got {kwargs[arg]!r}" if arg in kwargs else ""
+                what = "a list of loss objects" if arg == "losses" else "a loss object"
+                raise ConfigError(f"{cls.__name__} wraps another loss: its {arg}= is {what}{got}, which a "
+                                  f"config cannot give; build it in Python: {wrapper_usage(cls.__name__)}", key=arg)
         return wrap(_instantiate(kind, cls, kwargs), label_scale=check_label_scale(label_scale))
 
     extra = [inspect.Parameter("label_scale", inspect.Parameter.KEYWORD_ONLY, default=0),
@@ -150,6 +291,10 @@ class PMLAwareRegistry(dict):
 
     def _pml_entry(self, name: str) -> Callable[..., Any] | None:
         return pml_registry_entry(self.kind, name, self.wrap)
+
+    def unknown_message(self, name: str) -> str:
+        """The one-line message of a name this registry does not answer, with a suggestion (:func:`pml_hint`)."""
+        return pml_hint(self.kind, name, list(self.keys()))
 
     def __missing__(self, name: str) -> Callable[..., Any]:
         entry = self._pml_entry(name)

@@ -157,6 +157,23 @@ def test_mperclass_errors():
         MPerClassSampler(labels, m=2, batch_size=4).load_state_dict({"epoch": 0, "position": 99})
 
 
+def test_mperclass_refuses_pml_s_length_before_new_iter_naming_its_equivalent():
+    """PML's MPerClassSampler(labels, m, batch_size, length_before_new_iter) counts indices; ours counts batches per
+    rank. The argument was a bare TypeError; the message gives the iterations_per_epoch it corresponds to, which
+    yields floor(L / batch_size) batches as PML's epoch of floor(L / batch_size) * batch_size indices does."""
+    labels = torch.arange(80) % 10
+    with pytest.raises(InputError) as err:
+        MPerClassSampler(labels, 2, 8, length_before_new_iter=100)
+    assert str(err.value) == (
+        "key 'length_before_new_iter': length_before_new_iter is pytorch-metric-learning's epoch length in indices; "
+        "here the epoch is iterations_per_epoch batches per rank: give iterations_per_epoch=12 "
+        "(length_before_new_iter // batch_size // world_size)")
+    with pytest.raises(InputError, match=r"give iterations_per_epoch=6 \(length_before_new_iter // batch_size"):
+        MPerClassSampler(labels, 2, 8, world_size=2, length_before_new_iter=100)
+    sampler = MPerClassSampler(labels, 2, 8, iterations_per_epoch=12)
+    assert len(sampler) == 12 and sum(len(b) for b in sampler) == 100 // 8 * 8
+
+
 def test_mperclass_with_dataloader():
     labels = hierarchy_labels()
     data = torch.utils.data.TensorDataset(torch.arange(len(labels)), labels)

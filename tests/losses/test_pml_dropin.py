@@ -483,7 +483,11 @@ def test_pml_loss_wraps_self_supervised_multiple_and_label_free_losses():
     torch.testing.assert_close(v1, v2)
     torch.testing.assert_close(g1, g2)
     with pytest.raises(InputError, match=r"SelfSupervisedLoss takes no labels \(it takes embeddings, ref_emb\)"):
-        ssl(emb, labels)
+        ssl(emb, labels=labels)
+    with pytest.raises(InputError, match=r"SelfSupervisedLoss takes no labels: its second positional argument is "
+                       r"ref_emb \(PML's forward\(embeddings, ref_emb\)\), got a torch.int64 tensor of shape "
+                       r"\(24, 3\)"):
+        ssl(emb, labels)  # by position, the second argument is ref_emb (as in PML)
     with pytest.raises(InputError, match="SelfSupervisedLoss needs ref_emb"):
         ssl(emb)
     # MultipleLosses.forward(embeddings, labels, indices_tuple=None)

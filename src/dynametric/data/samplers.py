@@ -26,13 +26,14 @@ where the batch constraints allow; when too few classes are left for a batch, a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, ParamSpec
 
 import numpy as np
 import torch
@@ -302,18 +303,48 @@ def _chunks_per_pass(members: list[np.ndarray], k: int) -> int:
     return int(sum(math.ceil(len(m) / k) for m in members))
 
 
+_P = ParamSpec("_P")
+
+
+def _refuse_pml_length(init: Callable[_P, None]) -> Callable[_P, None]:
+    """``init`` refusing PML's ``length_before_new_iter`` (its epoch length in indices) with a one-line
+    :class:`InputError` naming the equivalent ``iterations_per_epoch`` (batches per rank), rather than Python's bare
+    ``TypeError``. The signature stays ``init``'s (``functools.wraps``), so option lists do not offer PML's name."""
+
+    @functools.wraps(init)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        if "length_before_new_iter" in kwargs:
+            length: Any = kwargs.pop("length_before_new_iter")
+            try:
+                given = inspect.signature(init).bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                given = {}
+            bs, world = given.get("batch_size"), given.get("world_size", 1)
+            per = (f"iterations_per_epoch={length // bs // world}" if all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (length, bs, world))
+                else "iterations_per_epoch")
+            raise InputError(f"length_before_new_iter is pytorch-metric-learning's epoch length in indices; here the "
+                             f"epoch is iterations_per_epoch batches per rank: give {per} "
+                             "(length_before_new_iter // batch_size // world_size)", key="length_before_new_iter")
+        init(*args, **kwargs)
+
+    return wrapper
+
+
 class MPerClassSampler(_EpochBatchSampler):
     """P×K batches: ``batch_size // m`` distinct classes of scale ``scale`` with ``m`` images each.
 
     A *batch* sampler, unlike PML's index sampler of the same name: ``DataLoader(dataset, batch_sampler=sampler)``
     (passed as ``sampler=`` it raises an :class:`InputError` saying so); ``batch_size`` is required and
-    ``iterations_per_epoch`` counts batches (PML's ``length_before_new_iter`` counts indices).
+    ``iterations_per_epoch`` counts batches (PML's ``length_before_new_iter`` counts indices; given here, it is
+    refused with the ``iterations_per_epoch`` it corresponds to).
 
     Within a batch the rows are grouped by class (``m`` consecutive rows per class). An epoch has
     ``iterations_per_epoch`` batches per rank, by default ``floor(chunks per pass / P / world_size)`` (≥ 1), so
     that one epoch visits every image about once (see the module docstring for chunks and replacement).
     """
 
+    @_refuse_pml_length
     def __init__(self, labels: LabelsLike, m: int, batch_size: int, scale: int = 0,
                  iterations_per_epoch: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         mat = as_label_matrix(labels)

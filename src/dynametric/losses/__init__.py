@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynametric.distances import DISTANCES, build_distance
+from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss, Miner
 from dynametric.losses.circle import CircleLoss
 from dynametric.losses.contrastive import ContrastiveLoss
@@ -43,6 +44,7 @@ from dynametric.losses.reducers import (
     ThresholdReducer,
 )
 from dynametric.losses.triplet import TripletMarginLoss
+from dynametric.pml import missing_attribute, pml_hint
 from dynametric.utils.registry import build_registered
 
 LOSSES: dict[str, type[MetricLoss]] = PMLAwareRegistry("losses", {
@@ -70,9 +72,19 @@ in :class:`PMLLoss` (see :mod:`dynametric.losses.pml`)."""
 
 def build_loss(name: str, **kwargs: Any) -> MetricLoss:
     """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
-    if name in LOSSES and "distance" in kwargs:
+    if name not in LOSSES:
+        raise ConfigError(pml_hint("losses", name, LOSSES), key="loss.name")
+    if "distance" in kwargs:
         kwargs["distance"] = build_distance(kwargs["distance"], key=f"loss.{name}.distance")
     return build_registered(LOSSES, "loss", name, kwargs, name_key="loss.name", args_key=f"loss.{name}")
+
+
+def __getattr__(name: str) -> Any:
+    """``dynametric.losses.<name>`` for a name not defined here: an ``AttributeError`` that, for a
+    pytorch-metric-learning loss without a native port (``SupConLoss``), says to use ``pml_loss(name, ...)`` or
+    ``pml:<name>`` in a config (for ``CrossBatchMemory`` and the other losses that wrap a loss: the Python call).
+    PML is not imported to define this module."""
+    raise missing_attribute("losses", __name__, name, LOSSES)
 
 
 __all__ = [

@@ -29,13 +29,14 @@ from torch import nn
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
 from dynametric.losses.reducers import apply_reducer, check_reducer
-from dynametric.miners.base import Miner
+from dynametric.miners.base import Miner, check_embeddings
 from dynametric.tuples import IndicesTuple
 from dynametric.utils.stats import RecordsStats
 
 logger = logging.getLogger("dynametric.losses")
 
-__all__ = ["IndicesTuple", "MetricLoss", "Miner", "logger"]  # Miner: re-exported from dynametric.miners.base
+# Miner and check_embeddings: re-exported from dynametric.miners.base
+__all__ = ["IndicesTuple", "MetricLoss", "Miner", "check_embeddings", "logger"]
 
 
 class _LogOnce:
@@ -91,8 +92,7 @@ class MetricLoss(RecordsStats, nn.Module):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if embeddings.dim() != 2:
-            raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+        check_embeddings(embeddings, ref_emb)
         if labels is None:
             labels, ref_labels = self._labels_from_indices(embeddings, indices_tuple, ref_emb, ref_labels)
         else:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import MetricLoss, check_embeddings
 from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.pml import (
     PML_PREFIX,
@@ -79,17 +79,37 @@ def _forward_arguments(loss: nn.Module) -> tuple[frozenset[str] | None, frozense
             frozenset(p.name for p in named if p.default is p.empty))
 
 
+#: The positional arguments after the embeddings of every dynametric loss and of PML's losses but one.
+_CONTRACT_ORDER = ("labels", "indices_tuple", "ref_emb", "ref_labels")
+
+
+def _positional_order(loss: nn.Module) -> tuple[str, ...]:
+    """The names that positional arguments after the embeddings bind to in a call of ``PMLLoss(loss)``: the
+    contract's order (:data:`_CONTRACT_ORDER`), except for a wrapped ``forward`` whose second parameter is not
+    ``labels`` (``SelfSupervisedLoss.forward(embeddings, ref_emb)``): its own order, so ``loss(embeddings,
+    augmented)`` means what it means in PML."""
+    try:
+        params = list(inspect.signature(loss.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return _CONTRACT_ORDER
+    positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if not positional or positional[0] == "labels" or any(p.kind is p.VAR_POSITIONAL for p in params):
+        return _CONTRACT_ORDER
+    return positional
+
+
 class PMLLoss(MetricLoss):
     """A pytorch-metric-learning loss object applied to label column ``label_scale`` (see the module docstring).
 
     A call passes the wrapped loss what its ``forward`` takes (read once, here): the embeddings, then by keyword
     only the arguments given (``labels`` as column ``label_scale``, ``indices_tuple``, ``ref_emb``, ``ref_labels``
     as that column too, and extra keywords such as ``CrossBatchMemory``'s ``enqueue_mask``). So
-    ``CrossBatchMemory(emb, labels, indices_tuple=None, enqueue_mask=None)``, ``SelfSupervisedLoss(emb, ref_emb)``,
-    ``MultipleLosses(emb, labels, indices_tuple=None)`` and ``VICRegLoss`` (no labels: ``loss(emb, ref_emb=...)``)
-    are called as PML calls them. An argument given that the wrapped loss does not take (not in its ``forward``, or
-    refused by its ``compute_loss``, as VICReg refuses labels), or a required one missing, is an :class:`InputError`
-    naming it."""
+    ``CrossBatchMemory(emb, labels, indices_tuple=None, enqueue_mask=None)``, ``SelfSupervisedLoss(emb, ref_emb)``
+    (``ref_emb`` by position too, as in PML: positional arguments bind in the wrapped ``forward``'s order when its
+    second parameter is not ``labels``), ``MultipleLosses(emb, labels, indices_tuple=None)`` and ``VICRegLoss`` (no
+    labels: ``loss(emb, ref_emb=...)``) are called as PML calls them. An argument given that the wrapped loss does
+    not take (not in its ``forward``, or refused by its ``compute_loss``, as VICReg refuses labels), or a required
+    one missing, is an :class:`InputError` naming it."""
 
     def __init__(self, loss: nn.Module, label_scale: int = 0) -> None:
         super().__init__(check_label_scale(label_scale))
@@ -99,19 +119,31 @@ class PMLLoss(MetricLoss):
             raise ConfigError(f"{type(loss).__name__} is a dynametric loss already; use it directly", key="loss")
         self.loss: Any = loss  # a PML loss object (PML is untyped)
         self._takes, self._needs = _forward_arguments(loss)
+        self._order = _positional_order(loss)
 
-    def forward(  # PML's extra keywords (enqueue_mask, ...) pass through as **kwargs
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        indices_tuple: IndicesTuple | None = None,
-        ref_emb: torch.Tensor | None = None,
-        ref_labels: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, **kwargs)``, PML's
+        extra keywords (``enqueue_mask``, ...) passing through; positional arguments after the embeddings bind in
+        that order, or in the wrapped ``forward``'s when its second parameter is not ``labels``
+        (``SelfSupervisedLoss``: ``loss(embeddings, ref_emb)``)."""
         name = type(self.loss).__name__
-        if embeddings.dim() != 2:
-            raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+        if len(args) > len(self._order):
+            raise InputError(f"{name} takes at most {len(self._order)} positional argument(s) after the embeddings "
+                             f"({', '.join(self._order)}), got {len(args)}")
+        for arg, value in zip(self._order, args):
+            if arg in kwargs:
+                raise InputError(f"{name} got {arg} twice, by position and by keyword", key=arg)
+            kwargs[arg] = value
+            if (arg == "ref_emb" and self._order is not _CONTRACT_ORDER and isinstance(value, torch.Tensor)
+                    and not value.is_floating_point()):  # loss(embeddings, labels) on SelfSupervisedLoss
+                raise InputError(f"{name} takes no labels: its second positional argument is ref_emb (PML's "
+                                 f"forward({', '.join(['embeddings', *self._order])})), got a {value.dtype} tensor "
+                                 f"of shape {tuple(value.shape)}", key="labels")
+        labels = kwargs.pop("labels", None)
+        indices_tuple = kwargs.pop("indices_tuple", None)
+        ref_emb = kwargs.pop("ref_emb", None)
+        ref_labels = kwargs.pop("ref_labels", None)
+        check_embeddings(embeddings)
         given = {k: v for k, v in {"labels": labels, "indices_tuple": indices_tuple, "ref_emb": ref_emb,
                                    "ref_labels": ref_labels, **kwargs}.items() if v is not None}
         takes = self._takes
@@ -121,6 +153,7 @@ class PMLLoss(MetricLoss):
                                  key=arg)
         for arg in sorted(self._needs - given.keys()):
             raise InputError(f"{name} needs {arg}", key=arg)
+        check_embeddings(embeddings, ref_emb)
         if ref_labels is not None and ref_emb is None:  # PML would ignore them
             raise InputError("ref_labels without ref_emb", key="ref_labels")
         if labels is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,50 @@ ALL_METRICS = (*(name[:-1] + "K" if m.at_k else name for name, m in METRIC_TABLE
 DEFAULT_METRICS = tuple(name[:-1] + "K" if m.at_k else name for name, m in METRIC_TABLE.items() if m.default)
 """Default metric set: every retrieval metric marked ``default`` in the table (clustering metrics run k-means and
 must be asked for)."""
+
+
+PML_METRIC_NAMES: dict[str, str] = {
+    "precision_at_1": "pytorch-metric-learning's precision_at_1 is recall@1 here",
+    "mean_average_precision_at_r": "pytorch-metric-learning's mean_average_precision_at_r is map@r here",
+    "mean_average_precision": "pytorch-metric-learning's mean_average_precision is map here when its k covers every "
+                              "reference (k=None); with an integer k it divides by R, which no metric here does "
+                              "(map@<int> divides by min(k, R))",
+    "mean_reciprocal_rank": "pytorch-metric-learning's mean_reciprocal_rank has no equivalent here (recall@K and map "
+                            "are the nearest)",
+    "ami": "pytorch-metric-learning's AMI (adjusted mutual information) has no equivalent here; nmi is its NMI",
+}
+"""pytorch-metric-learning's ``AccuracyCalculator`` metric names (lower-cased) that are not names here, and what
+each is here (docs/metrics.md, *Coming from pytorch-metric-learning*); its ``r_precision`` and ``NMI`` are names
+here too."""
+
+
+def _check_k_values(k_values: Any) -> None:
+    """``k_values`` must be a list (any sequence) of positive integers: a string, ``None`` or a single number is a
+    one-line :class:`ConfigError` (a string was read character by character)."""
+    if isinstance(k_values, str):
+        hint = (" (pytorch-metric-learning's k='max_bin_count' sets how many neighbours its map@r and r_precision "
+                "see; here r_precision and map@r always rank to each query's R, so nothing replaces it)"
+                if k_values == "max_bin_count" else "")
+        raise ConfigError(f"k_values must be a list of positive integers (the recall@k cut-offs), got the string "
+                          f"{k_values!r}{hint}", key="k_values")
+    if k_values is None or not isinstance(k_values, Iterable):
+        got = "None" if k_values is None else f"{k_values!r} ({type(k_values).__name__})"
+        raise ConfigError(f"k_values must be a list of positive integers (the recall@k cut-offs; default "
+                          f"(1, 2, 4, 8), () for none), got {got}", key="k_values")
+    for k in k_values:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
+
+
+def _unknown_metric_hint(key: str, families: Iterable[str]) -> str:
+    """What an unknown (lower-cased) metric name may have meant: a pytorch-metric-learning name
+    (:data:`PML_METRIC_NAMES`) or ``<family>_at_<k>`` for ``<family>@<k>``; empty if nothing."""
+    if key in PML_METRIC_NAMES:
+        return f": {PML_METRIC_NAMES[key]}"
+    family, sep, tail = key.rpartition("_at_")
+    if sep and family in families and (tail == "k" or (tail.isascii() and tail.isdigit())):
+        return f"; did you mean {family}@{tail.upper() if tail == 'k' else tail}?"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -66,9 +110,7 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
     if "all" in requested:
         every = [*(name[:-1] + "K" if m.at_k else name for name, m in table.items()), *CLUSTER_METRIC_TABLE]
         requested = [m for m in requested if m != "all"] + [m for m in every if m not in requested]
-    for k in k_values:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
+    _check_k_values(k_values)
     families = {name[:-2] for name, m in table.items() if m.at_k}
     cut: dict[str, list[int]] = {f: [] for f in families}  # the cut-offs asked for, per @k family
     fixed: set[str] = set()
@@ -105,6 +147,9 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
         else:
             at = [f"{name[:-2]}@K, {name[:-2]}@<int>" for name, m in table.items() if m.at_k]
             plain = [name for name, m in table.items() if not m.at_k] + list(CLUSTER_METRIC_TABLE)
+            hint = _unknown_metric_hint(key, families)
+            if hint:
+                raise ConfigError(f"unknown metric {name!r}{hint}", key="metrics")
             raise ConfigError(f"unknown metric {name!r}; expected one of {', '.join(at)}, fnmr@fmr=<percent>, "
                               f"{', '.join(plain)} or all", key="metrics")
     specs: list[MetricSpec] = []

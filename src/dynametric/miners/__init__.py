@@ -7,13 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from dynametric.distances import build_distance
+from dynametric.errors import ConfigError
 from dynametric.miners.base import Miner
 from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
 from dynametric.miners.inter_class import InterClassTripletMiner
 from dynametric.miners.multi_similarity import MultiSimilarityMiner
 from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
-from dynametric.pml import PMLAwareRegistry
+from dynametric.pml import PMLAwareRegistry, missing_attribute, pml_hint
 from dynametric.utils.registry import build_registered
 
 MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
@@ -29,9 +30,18 @@ MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
 
 def build_miner(name: str, **kwargs: Any) -> Miner:
     """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
-    if name in MINERS and "distance" in kwargs:
+    if name not in MINERS:
+        raise ConfigError(pml_hint("miners", name, MINERS), key="miner.name")
+    if "distance" in kwargs:
         kwargs["distance"] = build_distance(kwargs["distance"], key=f"miner.{name}.distance")
     return build_registered(MINERS, "miner", name, kwargs, name_key="miner.name", args_key=f"miner.{name}")
+
+
+def __getattr__(name: str) -> Any:
+    """``dynametric.miners.<name>`` for a name not defined here: an ``AttributeError`` that, for a
+    pytorch-metric-learning miner without a native port (``BatchEasyHardMiner``), says to use
+    ``pml_miner(name, ...)`` or ``pml:<name>`` in a config. PML is not imported to define this module."""
+    raise missing_attribute("miners", __name__, name, MINERS)
 
 
 __all__ = [

@@ -20,14 +20,40 @@ from dynametric.utils.stats import RecordsStats
 logger = logging.getLogger("dynametric.losses")  # the logger name miners have always used (shared with the losses)
 
 
+def _mining_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as miners compare it: float16/bfloat16 in float32 (distances, thresholds and the distance matrix all in
+    float32, never rounded back to half precision), any other dtype as it is (float64 is mined in float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def check_embeddings(embeddings: torch.Tensor, ref_emb: torch.Tensor | None = None) -> None:
+    """The shape check of every loss and miner call: ``embeddings`` a ``[B, D]`` tensor and ``ref_emb``, when
+    given, an ``[R, D]`` one of the same width ``D`` (else a one-line :class:`InputError` naming the argument and
+    both widths, rather than torch's ``cdist`` error deep inside)."""
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+        got = f"shape {tuple(embeddings.shape)}" if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+        raise InputError(f"embeddings must be [B, D], got {got}", key="embeddings")
+    if ref_emb is None:
+        return
+    if not isinstance(ref_emb, torch.Tensor) or ref_emb.dim() != 2:
+        got = f"shape {tuple(ref_emb.shape)}" if isinstance(ref_emb, torch.Tensor) else type(ref_emb).__name__
+        raise InputError(f"ref_emb must be [R, D] like the embeddings' [B, D], got {got}", key="ref_emb")
+    if not ref_emb.is_floating_point():
+        raise InputError(f"ref_emb must be floating-point embeddings, got {ref_emb.dtype}", key="ref_emb")
+    if ref_emb.shape[1] != embeddings.shape[1]:
+        raise InputError(f"ref_emb has width {ref_emb.shape[1]} but the embeddings have width {embeddings.shape[1]} "
+                         "(both must be [*, D] with the same D)", key="ref_emb")
+
+
 class Miner(RecordsStats, nn.Module):
     """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
 
     Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
     ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
-    near-ties are decided exactly as pytorch-metric-learning decides them). ``collect_stats=True`` records
-    ``num_triplets``, ``num_pos_pairs`` and ``num_neg_pairs`` (0 for the kind of tuple the miner does not return, as
-    PML) and miner-specific values after each call.
+    near-ties are decided exactly as pytorch-metric-learning decides them), float16 and bfloat16 in float32: the
+    embeddings are converted before the distance matrix is computed, so it is never rounded to half precision.
+    ``collect_stats=True`` records ``num_triplets``, ``num_pos_pairs`` and ``num_neg_pairs`` (0 for the kind of
+    tuple the miner does not return, as PML) and miner-specific values after each call.
     """
 
     def __init__(self, scale: int = 0, *, collect_stats: bool = False) -> None:
@@ -58,14 +84,15 @@ class Miner(RecordsStats, nn.Module):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
+        check_embeddings(embeddings, ref_emb)
         labels, ref_lab = self.label_columns(embeddings, labels, ref_emb, ref_labels)
-        emb = embeddings.detach()
+        emb = _mining_dtype(embeddings.detach())
         if ref_emb is None or ref_lab is None:
             # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
             # the batch (an item is then never its own positive).
             ref, ref_lab = emb, labels
         else:
-            ref = ref_emb.detach()
+            ref = _mining_dtype(ref_emb.detach())
         with torch.no_grad():
             out = self.mine(emb, labels, ref, ref_lab)
         if self.collect_stats and len(out) in (3, 4):  # all three counts, 0 for tuples it does not return (as PML)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.miners.base import IndicesTuple, Miner
+from dynametric.miners.base import IndicesTuple, Miner, check_embeddings
 from dynametric.pml import _instantiate, check_label_scale
 
 
@@ -30,6 +30,7 @@ class PMLMiner(Miner):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
+        check_embeddings(embeddings, ref_emb)
         labels, ref_col = self.label_columns(embeddings, labels, ref_emb, ref_labels)
         if ref_emb is None and ref_labels is not None:  # ref_labels without a reference set: refused here too
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")

@@ -1,0 +1,300 @@
+"""What a user migrating from pytorch-metric-learning (PML) is told: PML classes without a native port reached as
+module attributes or registry names, the losses that wrap another loss in a config, SelfSupervisedLoss's positional
+call, and a ref_emb of the wrong width. Each error is one line naming what was given and what is expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
+
+import dynametric.losses as DL
+import dynametric.miners as DM
+import dynametric.pml as dpml
+from dynametric.errors import ConfigError, InputError
+from dynametric.losses import LOSSES, build_loss, pml_loss, pml_miner
+from dynametric.miners import MINERS, build_miner
+
+NATIVE_LOSSES = ", ".join(sorted(LOSSES))
+PML_LOSS_NAMES = dpml.pml_catalogue("losses")
+
+
+def _one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+# 1. dynametric.losses.<PML class> / dynametric.miners.<PML class> --------------------------------------------------
+
+def test_a_pml_class_without_a_native_port_as_a_module_attribute_says_how_to_use_pml_s():
+    with pytest.raises(AttributeError) as err:
+        DL.SupConLoss  # noqa: B018
+    assert _one_line(err) == (
+        "module 'dynametric.losses' has no attribute 'SupConLoss': dynametric has no native SupConLoss; use "
+        "pytorch-metric-learning's through the adapter: pml_loss('SupConLoss', ...) (from dynametric.losses import "
+        "pml_loss; it reads label column label_scale), or loss: {name: pml:SupConLoss} in a config")
+    with pytest.raises(AttributeError) as err:
+        DM.BatchEasyHardMiner  # noqa: B018
+    assert _one_line(err) == (
+        "module 'dynametric.miners' has no attribute 'BatchEasyHardMiner': dynametric has no native "
+        "BatchEasyHardMiner; use pytorch-metric-learning's through the adapter: pml_miner('BatchEasyHardMiner', ...) "
+        "(from dynametric.miners import pml_miner; it reads label column label_scale), or miner: "
+        "{name: pml:BatchEasyHardMiner} in a config")
+    with pytest.raises(AttributeError) as err:  # it wraps a loss object: the Python call only
+        DL.CrossBatchMemory  # noqa: B018
+    assert _one_line(err) == (
+        "module 'dynametric.losses' has no attribute 'CrossBatchMemory': dynametric has no native CrossBatchMemory; "
+        "use pytorch-metric-learning's through the adapter, in Python only (it wraps another loss object, which a "
+        'config cannot give): pml_loss("CrossBatchMemory", label_scale=s, loss=ContrastiveLoss(), embedding_size=D, '
+        "memory_size=M)(embeddings, labels) (from dynametric.losses import pml_loss)")
+    # what the message suggests works
+    emb, labels = torch.randn(12, 4, dtype=torch.float64), torch.arange(12) % 3
+    torch.testing.assert_close(pml_loss("SupConLoss")(emb, labels), pml_losses.SupConLoss()(emb, labels))
+
+
+@pytest.mark.parametrize("module, name", [(DL, "NoSuchLoss"), (DL, "supConLoss"), (DM, "SupConLoss"),
+                                          (DL, "BatchEasyHardMiner"), (DL, "__wrapped__")])
+def test_other_missing_attributes_keep_python_s_message(module, name):
+    """A name PML does not have (or has in the other module) gets Python's usual message; hasattr stays False."""
+    with pytest.raises(AttributeError) as err:
+        getattr(module, name)
+    assert str(err.value) == f"module {module.__name__!r} has no attribute {name!r}"
+    assert not hasattr(module, name)
+
+
+def test_every_pml_class_without_a_native_port_gets_the_hint_and_no_native_one_does():
+    for kind, module in (("losses", DL), ("miners", DM)):
+        ported = [n for n in dpml.pml_catalogue(kind) if n in module.__dict__]
+        missing = [n for n in dpml.pml_catalogue(kind) if n not in module.__dict__]
+        assert len(missing) == {"losses": 24, "miners": 5}[kind]  # docs/losses.md: 14 of 38, 5 of 10 ported
+        for name in missing:
+            with pytest.raises(AttributeError, match=f"dynametric has no native {name}; use pytorch-metric-learning"):
+                getattr(module, name)
+        assert all(getattr(module, n).__module__.startswith("dynametric.") for n in ported)
+
+
+def test_the_static_catalogue_is_the_installed_pml_s():
+    """PML_CLASSES (used without PML) must list the installed PML 2.9's classes; a new PML fails this test."""
+    assert list(dpml.PML_CLASSES["losses"]) == dpml.pml_catalogue("losses")
+    assert list(dpml.PML_CLASSES["miners"]) == dpml.pml_catalogue("miners")
+
+
+def test_without_pml_the_static_catalogue_answers_and_with_it_a_new_class_is_found(monkeypatch):
+    monkeypatch.setattr(dpml.importlib.util, "find_spec", lambda name: None)  # as if PML were not installed
+    monkeypatch.setattr(pml_losses, "BrandNewLoss", type("BrandNewLoss", (torch.nn.Module,), {}), raising=False)
+    with pytest.raises(AttributeError, match=r"dynametric has no native SupConLoss; use pytorch-metric-learning's "
+                       r"through the adapter \(pip install pytorch-metric-learning first\): pml_loss\('SupConLoss'"):
+        DL.SupConLoss  # noqa: B018
+    with pytest.raises(AttributeError) as err:  # not in the static list, and PML is not looked at
+        DL.BrandNewLoss  # noqa: B018
+    assert str(err.value) == "module 'dynametric.losses' has no attribute 'BrandNewLoss'"
+    monkeypatch.undo()
+    monkeypatch.setattr(pml_losses, "BrandNewLoss", type("BrandNewLoss", (torch.nn.Module,), {}), raising=False)
+    with pytest.raises(AttributeError, match=r"pml_loss\('BrandNewLoss', \.\.\.\)"):  # the installed PML's class
+        DL.BrandNewLoss  # noqa: B018
+
+
+def test_importing_dynametric_does_not_import_pml():
+    code = ("import sys, dynametric.losses, dynametric.miners, dynametric.pml; "
+            "assert 'pytorch_metric_learning' not in sys.modules, 'PML imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# 2. unknown registry names ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, expected", [
+    ("SupConLoss", "unknown loss 'SupConLoss': dynametric has no native SupConLoss; did you mean 'pml:SupConLoss' "
+                   "(pytorch-metric-learning's, through the adapter: pml_loss('SupConLoss', ...) in Python)?"),
+    ("pml:SupConLos", "unknown loss 'pml:SupConLos': pytorch-metric-learning has no loss 'SupConLos'; did you mean "
+                      "'pml:SupConLoss'?"),
+    ("PML:SupConLoss", "unknown loss 'PML:SupConLoss': the prefix is 'pml:', lower-case; did you mean "
+                       "'pml:SupConLoss'?"),
+    ("pml: SupConLoss", "unknown loss 'pml: SupConLoss': no space after 'pml:'; did you mean 'pml:SupConLoss'?"),
+    ("PML:SupConLos", "unknown loss 'PML:SupConLos': pytorch-metric-learning has no loss 'SupConLos'; did you mean "
+                      "'pml:SupConLoss' (the prefix is 'pml:', lower-case)?"),
+    ("pml:NoSuchLoss", "unknown loss 'pml:NoSuchLoss': pytorch-metric-learning has no loss 'NoSuchLoss'; its "
+                       f"losses: {', '.join(PML_LOSS_NAMES)}"),
+    ("pml:BatchHardMiner", "unknown loss 'pml:BatchHardMiner': BatchHardMiner is a pytorch-metric-learning miner, "
+                           "not a loss; name it in the miner section"),
+    ("SupConLos", "unknown loss 'SupConLos'; did you mean 'pml:SupConLoss' (pytorch-metric-learning's, through the "
+                  f"adapter)? native losses: {NATIVE_LOSSES}"),
+    ("TripletMarginLos", "unknown loss 'TripletMarginLos'; did you mean 'TripletMarginLoss', 'MarginLoss', "
+                         f"'SoftTripleLoss'? native losses: {NATIVE_LOSSES}"),
+    ("Foo", f"unknown loss 'Foo'; expected one of the native losses: {NATIVE_LOSSES}, or pml:<ClassName> for "
+            "pytorch-metric-learning's"),
+])
+def test_an_unknown_loss_name_says_what_was_probably_meant(name, expected):
+    with pytest.raises(ConfigError) as err:
+        build_loss(name)
+    assert _one_line(err) == f"key 'loss.name': {expected}"
+    assert LOSSES.unknown_message(name) == expected  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("BatchEasyHardMiner", "dynametric has no native BatchEasyHardMiner; did you mean 'pml:BatchEasyHardMiner' "
+                           "(pytorch-metric-learning's, through the adapter: pml_miner('BatchEasyHardMiner', ...) in "
+                           "Python)?"),
+    ("pml:BatchEasyHardMine", "pytorch-metric-learning has no miner 'BatchEasyHardMine'; did you mean "
+                              "'pml:BatchEasyHardMiner', 'pml:BatchHardMiner'?"),
+    ("Pml:HDCMiner", "the prefix is 'pml:', lower-case; did you mean 'pml:HDCMiner'?"),
+    ("pml:SupConLoss", "SupConLoss is a pytorch-metric-learning loss, not a miner; name it in the loss section"),
+])
+def test_an_unknown_miner_name_says_what_was_probably_meant(name, expected):
+    with pytest.raises(ConfigError) as err:
+        build_miner(name)
+    assert _one_line(err) == f"key 'miner.name': unknown miner {name!r}: {expected}"
+    assert MINERS.unknown_message(name) == f"unknown miner {name!r}: {expected}"  # type: ignore[attr-defined]
+
+
+def test_without_pml_a_pml_name_says_to_install_it_and_a_pml_class_name_still_gets_its_hint(monkeypatch):
+    def no_pml(kind):
+        raise ConfigError(f"PML {kind} need pytorch-metric-learning: pip install pytorch-metric-learning", key=kind)
+
+    monkeypatch.setattr(dpml, "_pml_module", no_pml)
+    with pytest.raises(ConfigError) as err:
+        build_loss("pml:SupConLoss")
+    assert _one_line(err) == ("key 'loss.name': unknown loss 'pml:SupConLoss': pml: names need "
+                              "pytorch-metric-learning, which is not installed (pip install pytorch-metric-learning)")
+    with pytest.raises(ConfigError) as err:
+        build_miner("BatchEasyHardMiner")
+    assert _one_line(err).endswith("did you mean 'pml:BatchEasyHardMiner' (pytorch-metric-learning's, through the "
+                                   "adapter: pml_miner('BatchEasyHardMiner', ...) in Python; it needs pip install "
+                                   "pytorch-metric-learning)?")
+
+
+# 3. losses that wrap another loss, named in a config -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("pml:CrossBatchMemory", {"embedding_size": 4},
+     "key 'loss': CrossBatchMemory wraps another loss: its loss= is a loss object, which a config cannot give; build "
+     'it in Python: pml_loss("CrossBatchMemory", label_scale=s, loss=ContrastiveLoss(), embedding_size=D, '
+     "memory_size=M)(embeddings, labels)"),
+    ("pml:CrossBatchMemory", {"loss": "ContrastiveLoss", "embedding_size": 4},
+     "key 'loss': CrossBatchMemory wraps another loss: its loss= is a loss object, got 'ContrastiveLoss', which a "
+     'config cannot give; build it in Python: pml_loss("CrossBatchMemory", label_scale=s, loss=ContrastiveLoss(), '
+     "embedding_size=D, memory_size=M)(embeddings, labels)"),
+    ("pml:SelfSupervisedLoss", {},
+     "key 'loss': SelfSupervisedLoss wraps another loss: its loss= is a loss object, which a config cannot give; "
+     'build it in Python: pml_loss("SelfSupervisedLoss", loss=TripletMarginLoss())(embeddings, augmented), no '
+     "labels, so in a training loop of your own"),
+    ("pml:MultipleLosses", {"losses": ["ContrastiveLoss"]},
+     "key 'losses': MultipleLosses wraps another loss: its losses= is a list of loss objects, got ['ContrastiveLoss'], "
+     "which a config cannot give; build it in Python: pml_loss(MultipleLosses([...], weights=[...]), "
+     "label_scale=s)(embeddings, labels), MultipleLosses being pytorch-metric-learning's"),
+])
+def test_a_wrapping_pml_loss_by_name_without_a_loss_object_says_how_to_build_it(name, kwargs, expected):
+    with pytest.raises(ConfigError) as err:
+        build_loss(name, **kwargs)
+    assert _one_line(err) == expected
+    inner = pml_losses.ContrastiveLoss()  # with the object (the Python API) the registry name builds
+    assert build_loss("pml:SelfSupervisedLoss", loss=inner).loss.loss is inner
+
+
+def test_a_wrapping_pml_loss_in_a_run_config_is_one_line_naming_the_python_call(capsys):
+    """It was `CrossBatchMemory.__init__() missing 1 required positional argument: 'loss'`."""
+    from dynametric.cli import main
+    from dynametric.config import LossConfig
+    from dynametric.engine.builders import build_loss_term
+
+    assert main(["train", "--dry-run", "loss.name=pml:SelfSupervisedLoss", "loss.multiscale=false",
+                 "loss.kwargs={}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "dynametric train: error: <command line> key 'loss.kwargs': pml:SelfSupervisedLoss: SelfSupervisedLoss wraps "
+        "another loss: its loss= is a loss object, which a config cannot give; build it in Python: "
+        f"{dpml.WRAPPER_USAGE['SelfSupervisedLoss']}")
+    labels = torch.arange(12) % 3
+    for kwargs, key, got in (({}, "loss.kwargs", ""), ({"loss": "ContrastiveLoss"}, "loss.kwargs.loss",
+                                                         ", got 'ContrastiveLoss'")):
+        with pytest.raises(ConfigError) as err:
+            build_loss_term(LossConfig(name="pml:CrossBatchMemory", kwargs=kwargs), "loss", labels, dim=4,
+                            num_scales=1)
+        assert _one_line(err) == (
+            f"key '{key}': pml:CrossBatchMemory: CrossBatchMemory wraps another loss: its loss= is a loss object{got}, "
+            f"which a config cannot give; build it in Python: {dpml.WRAPPER_USAGE['CrossBatchMemory']}")
+
+
+# 4. SelfSupervisedLoss's positional call ----------------------------------------------------------------------------
+
+def _value_and_grads(loss, emb, *args, **kwargs):
+    e = emb.clone().requires_grad_(True)
+    value = loss(e, *args, **kwargs)
+    value.backward()
+    return value.detach(), e.grad
+
+
+@pytest.mark.parametrize("inner", ["NTXentLoss", "ContrastiveLoss", "MultiSimilarityLoss"])
+def test_self_supervised_loss_takes_ref_emb_by_position_as_pml_does(inner):
+    g = torch.Generator().manual_seed(4)
+    emb = torch.randn(16, 8, dtype=torch.float64, generator=g)
+    aug = emb + 0.3 * torch.randn(16, 8, dtype=torch.float64, generator=g)
+    ours = pml_loss("SelfSupervisedLoss", loss=getattr(pml_losses, inner)())
+    theirs = pml_losses.SelfSupervisedLoss(getattr(pml_losses, inner)())
+    v1, g1 = _value_and_grads(ours, emb, aug)  # PML's documented call: loss_fn(embeddings, ref_emb)
+    v2, g2 = _value_and_grads(theirs, emb, aug)
+    assert v2.item() > 0
+    torch.testing.assert_close(v1, v2, rtol=0, atol=0)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    torch.testing.assert_close(ours(emb, ref_emb=aug), v2, rtol=0, atol=0)
+    # symmetric=False is PML's too, by position
+    one_way = pml_loss("SelfSupervisedLoss", loss=getattr(pml_losses, inner)(), symmetric=False)(emb, aug)
+    torch.testing.assert_close(one_way, pml_losses.SelfSupervisedLoss(getattr(pml_losses, inner)(),
+                                                                      symmetric=False)(emb, aug), rtol=0, atol=0)
+
+
+def test_self_supervised_loss_s_positional_form_refuses_labels_extra_and_doubled_arguments():
+    emb, aug = torch.randn(6, 4), torch.randn(6, 4)
+    ssl = pml_loss("SelfSupervisedLoss", loss=pml_losses.ContrastiveLoss())
+    cases = [
+        (lambda: ssl(emb, torch.arange(6)), "key 'labels': SelfSupervisedLoss takes no labels: its second positional "
+         "argument is ref_emb (PML's forward(embeddings, ref_emb)), got a torch.int64 tensor of shape (6,)"),
+        (lambda: ssl(emb, aug, torch.arange(6)), "SelfSupervisedLoss takes at most 1 positional argument(s) after "
+         "the embeddings (ref_emb), got 2"),
+        (lambda: ssl(emb, aug, ref_emb=aug), "key 'ref_emb': SelfSupervisedLoss got ref_emb twice, by position and "
+         "by keyword"),
+        (lambda: ssl(emb, torch.randn(6, 3)), "key 'ref_emb': ref_emb has width 3 but the embeddings have width 4 "
+         "(both must be [*, D] with the same D)"),
+    ]
+    for call, expected in cases:
+        with pytest.raises(InputError) as err:
+            call()
+        assert _one_line(err) == expected
+
+
+def test_other_wrapped_losses_keep_the_contract_s_positional_order():
+    """CrossBatchMemory.forward(embeddings, labels, indices_tuple, enqueue_mask): the third positional argument is
+    still indices_tuple and the fourth ref_emb (the contract's order, which MultiScaleLoss uses), refused by name."""
+    g = torch.Generator().manual_seed(2)
+    emb, labels = torch.randn(10, 4, dtype=torch.float64, generator=g), torch.arange(10) % 3
+    mined = pml_miners.MultiSimilarityMiner()(emb, labels)
+    ours = pml_loss("CrossBatchMemory", loss=pml_losses.ContrastiveLoss(), embedding_size=4, memory_size=20)
+    theirs = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), embedding_size=4, memory_size=20)
+    torch.testing.assert_close(ours(emb, labels, mined), theirs(emb, labels, mined))
+    with pytest.raises(InputError) as err:
+        ours(emb, labels, None, emb, labels)
+    assert _one_line(err).startswith("key 'ref_emb': CrossBatchMemory takes no ref_emb")
+
+
+# 5. a ref_emb of the wrong width: one shared check --------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: DL.TripletMarginLoss(), lambda: DL.ContrastiveLoss(), lambda: DL.MultiSimilarityLoss(),
+    lambda: pml_loss("ContrastiveLoss"),
+    lambda: DM.TripletMarginMiner(), lambda: DM.BatchHardMiner(), lambda: DM.MultiSimilarityMiner(),
+    lambda: DM.PairMarginMiner(), lambda: pml_miner("BatchEasyHardMiner"),
+], ids=["triplet", "contrastive", "ms", "pml_loss", "triplet_miner", "batch_hard", "ms_miner", "pair_margin",
+        "pml_miner"])
+def test_a_ref_emb_of_another_width_names_ref_emb_and_both_widths(make):
+    emb, labels = torch.randn(12, 4), torch.arange(12) % 3
+    with pytest.raises(InputError) as err:
+        make()(emb, labels, ref_emb=torch.randn(5, 3), ref_labels=labels[:5])
+    assert _one_line(err) == ("key 'ref_emb': ref_emb has width 3 but the embeddings have width 4 (both must be "
+                              "[*, D] with the same D)")
+    with pytest.raises(InputError) as err:
+        make()(emb, labels, ref_emb=torch.randn(5), ref_labels=labels[:5])
+    assert _one_line(err) == "key 'ref_emb': ref_emb must be [R, D] like the embeddings' [B, D], got shape (5,)"
+    make()(emb, labels, ref_emb=torch.randn(5, 4), ref_labels=labels[:5])  # the same width passes
