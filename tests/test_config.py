@@ -603,3 +603,134 @@ def test_a_config_file_that_is_not_yaml_is_named_by_line_and_column(tmp_path: Pa
         load_config(path)
     assert str(info.value).startswith(f"{path}{expected}")
     assert "\n" not in str(info.value) and "byte 3" not in str(info.value)
+
+
+# ----------------------------------------------------------------------- a component's name and its options
+
+DEFAULT_RUN = ROOT / "src" / "dynametric" / "configs" / "default_run.yaml"
+
+
+def _notes(cfg: Config) -> list[str]:
+    from dynametric.config.loader import config_notes
+
+    return config_notes(cfg)
+
+
+def test_changing_a_name_on_the_command_line_drops_the_options_written_for_the_other_component() -> None:
+    """`train loss.name=ArcFaceLoss` kept the default run's `loss.kwargs: {margin: 0.1}` (an ArcFace margin of 0.1
+    degrees, without a word). The options a lower layer wrote are dropped when a higher one changes the name alone,
+    and a note says so; the options the command line gives are kept; the same name again keeps them all."""
+    cfg = load_config(DEFAULT_RUN, ["loss.name=ArcFaceLoss"])
+    assert (cfg.loss.name, cfg.loss.kwargs, cfg.loss.multiscale) == ("ArcFaceLoss", {}, True)
+    assert _notes(cfg) == [f"loss.kwargs {{margin: 0.1}} from {DEFAULT_RUN.resolve()}:13 not used: loss.name changed "
+                           "on the command line (TripletMarginLoss -> ArcFaceLoss); set loss.kwargs where loss.name "
+                           "is set to give ArcFaceLoss options"]
+    # the command line's own options are kept, before or after the name, whole or key by key
+    for overrides, kwargs in ((["loss.name=ArcFaceLoss", "loss.kwargs.scale=30"], {"scale": 30}),
+                              (["loss.kwargs.scale=30", "loss.name=ArcFaceLoss"], {"scale": 30}),
+                              (["loss.name=ArcFaceLoss", "loss.kwargs={margin: 28.6}"], {"margin": 28.6})):
+        cfg = load_config(DEFAULT_RUN, overrides)
+        assert cfg.loss.kwargs == kwargs
+        assert len(_notes(cfg)) == ("margin" not in kwargs)  # a margin given again replaces the file's: nothing lost
+    for overrides in (["loss.name=TripletMarginLoss"], ["loss.name=MarginLoss", "loss.name=TripletMarginLoss"],
+                      ["loss.multiscale=false"]):
+        cfg = load_config(DEFAULT_RUN, overrides)
+        assert cfg.loss.kwargs == {"margin": 0.1} and _notes(cfg) == []
+
+
+def test_every_name_and_options_pair_of_the_schema_follows_the_rule(tmp_path: Path) -> None:
+    from dynametric.config.schema import (
+        DataConfig,
+        LossConfig,
+        MethodConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        named_options,
+    )
+
+    assert {(cls.__name__, pair) for cls in (DataConfig, ModelConfig, LossConfig, ExtraLossConfig, MinerConfig,
+                                             OptimConfig, MethodConfig, RunConfig) for pair in named_options(cls)} == {
+        ("DataConfig", ("format", "options")), ("DataConfig", ("sampler", "sampler_options")),
+        ("ModelConfig", ("backbone", "backbone_kwargs")), ("LossConfig", ("name", "kwargs")),
+        ("ExtraLossConfig", ("name", "kwargs")), ("MinerConfig", ("name", "kwargs")),
+        ("OptimConfig", ("name", "kwargs")), ("MethodConfig", ("name", "kwargs")),
+        ("RunConfig", ("logger", "logger_options"))}
+    base = _write(tmp_path / "base.yaml", """\
+data: {sampler: hierarchical, sampler_options: {coarse_per_batch: 2}, options: {images_per_class: 4}}
+model: {backbone: simple_cnn, backbone_kwargs: {width: 8}}
+miner: {name: TripletMarginMiner, kwargs: {margin: 0.3}}
+optim: {name: sgd, kwargs: {nesterov: true}}
+run: {logger: csv, logger_options: {flush_logs_every_n_steps: 10}}
+extra_losses:
+  - {name: MarginLoss, kwargs: {beta: 1.2}, miner: {name: DistanceWeightedMiner, kwargs: {cutoff: 0.5}}}
+""")
+    cfg = load_config(base, ["data.sampler=m_per_class", "data.format=synthetic", "model.backbone=resnet18",
+                             "miner.name=BatchHardMiner", "optim.name=adamw", "run.logger=tensorboard",
+                             "extra_losses[0].name=ContrastiveLoss", "extra_losses[0].miner.name=BatchHardMiner"])
+    assert (cfg.data.sampler_options, cfg.model.backbone_kwargs, cfg.miner.kwargs, cfg.optim.kwargs,
+            cfg.run.logger_options, cfg.extra_losses[0].kwargs, cfg.extra_losses[0].miner.kwargs) == ({},) * 7
+    assert cfg.data.options == {"images_per_class": 4}  # data.format set again to its value: kept
+    assert [n.split(" not used: ")[1].split(" changed")[0] for n in _notes(cfg)] == [
+        "data.sampler", "model.backbone", "miner.name", "optim.name", "run.logger", "extra_losses[0].name",
+        "extra_losses[0].miner.name"]
+    assert _notes(cfg)[0].startswith(f"data.sampler_options {{coarse_per_batch: 2}} from {base}:1 not used: ")
+
+
+def test_a_file_that_changes_a_name_drops_the_options_of_the_files_it_extends(tmp_path: Path) -> None:
+    base = _write(tmp_path / "base.yaml", "loss:\n  name: TripletMarginLoss\n  kwargs:\n    margin: 0.1\n"
+                                          "    swap: true\nmodel:\n  backbone_kwargs: {width: 8}\n")
+    child = _write(tmp_path / "child.yaml", "extends: base.yaml\nloss:\n  name: MarginLoss\n  kwargs:\n"
+                                            "    beta: 1.2\n")
+    cfg = load_config(child)
+    assert cfg.loss.kwargs == {"beta": 1.2} and cfg.model.backbone_kwargs == {"width": 8}  # no deep merge of kwargs
+    assert _notes(cfg) == [f"loss.kwargs {{margin: 0.1, swap: true}} from {base}:4 not used: loss.name changed in "
+                           f"{child}:3 (TripletMarginLoss -> MarginLoss); set loss.kwargs where loss.name is set to "
+                           "give MarginLoss options"]
+    # a second parent over the first is a layer too; the same name again keeps the options
+    _write(tmp_path / "other.yaml", "model: {backbone: resnet18}\nloss: {name: TripletMarginLoss}\n")
+    cfg = load_config(_write(tmp_path / "both.yaml", "extends: [base.yaml, other.yaml]\n"))
+    assert cfg.model.backbone_kwargs == {} and cfg.loss.kwargs == {"margin": 0.1, "swap": True}
+    assert [n.split(" not used")[0] for n in _notes(cfg)] == [f"model.backbone_kwargs {{width: 8}} from {base}:7"]
+
+
+def test_options_kept_or_given_after_a_name_change_still_name_their_file_and_line(tmp_path: Path) -> None:
+    """An error about a keyword names where it was set: the file that changed the name and wrote it, the command
+    line, or (same name) the lower file; a dropped keyword is no longer located in the file that wrote it."""
+    from dynametric.config import errors_located
+
+    base = _write(tmp_path / "base.yaml", "loss:\n  name: TripletMarginLoss\n  kwargs: {margn: 0.1}\n")
+    child = _write(tmp_path / "child.yaml", "extends: base.yaml\nloss:\n  name: MarginLoss\n  kwargs:\n"
+                                            "    betta: 1.2\n")
+
+    def error(cfg: Config) -> str:
+        with pytest.raises(ConfigError) as err, errors_located(cfg):
+            validate_components(cfg)
+        return str(err.value)
+
+    assert error(load_config(child)) == (f"{child}:5 key 'loss.kwargs.betta': MarginLoss has no argument 'betta'; "
+                                         "did you mean 'beta'?")
+    assert error(load_config(base, ["loss.name=TripletMarginLoss"])).startswith(f"{base}:3 key 'loss.kwargs.margn'")
+    assert error(load_config(base, ["loss.name=MarginLoss", "loss.kwargs.alpha=1"])).startswith(
+        "<command line> key 'loss.kwargs.alpha': MarginLoss has no argument 'alpha'; its arguments: ")
+    assert error(load_config(base, ["loss.name=MarginLoss", "loss.kwargs.alpha=1"])).endswith(
+        "(remove loss.kwargs.alpha, or clear them all with loss.kwargs={})")
+    validate_components(load_config(base, ["loss.name=MarginLoss"]))  # margn went with the name it was written for
+
+
+def test_train_prints_the_note_in_the_dry_run_and_the_run(tmp_path: Path, capsys) -> None:
+    from dynametric.cli import main
+    from dynametric.pipeline import run_training
+
+    assert main(["train", "--dry-run", "loss.name=MarginLoss", "data.batch_size=16", "data.options={images_per_class: "
+                 "4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"note: loss.kwargs {{margin: 0.1}} from {DEFAULT_RUN.resolve()}:13 not used: loss.name changed "
+                      "on the command line (TripletMarginLoss -> MarginLoss); set loss.kwargs where loss.name is set "
+                      "to give MarginLoss options")
+    assert "  kwargs: {}" in out[out.index("loss:") + 2]
+    lines: list[str] = []
+    (tmp_path / "last.ckpt").write_bytes(b"")  # the run stops at its folder check, after its first lines
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_training(load_config(DEFAULT_RUN, ["loss.name=MarginLoss"]), tmp_path, log=lines.append)
+    assert lines == [out[0]]

@@ -595,12 +595,14 @@ def test_multiscale_on_csl_names_loss_multiscale(capsys) -> None:
 
 def test_a_keyword_no_class_of_a_loss_taking_kwargs_accepts_lists_its_arguments(capsys) -> None:
     sharing = Path(__file__).resolve().parents[2] / "configs" / "sharing" / "synthetic.yaml"
-    line = next(i for i, x in enumerate(sharing.read_text().splitlines(), 1)
-                if x.strip().startswith("kwargs: {margin: 0.2, beta: 1.2") and i > 15)  # extra_losses[0]'s
-    assert _dry(capsys, "--config", str(sharing), "extra_losses[0].name=ProxyAnchorLoss").endswith(
-        f"{sharing}:{line} key 'extra_losses[0].kwargs.beta': ProxyAnchorLoss has no argument 'beta'; its arguments: "
-        "num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "
-        "weight_reg_weight, weight_init_func, reducer, embedding_regularizer, embedding_reg_weight, collect_stats")
+    arguments = ("num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "
+                 "weight_reg_weight, weight_init_func, reducer, embedding_regularizer, embedding_reg_weight, "
+                 "collect_stats")
+    # the file's keywords are MarginLoss's: changing the name alone drops them (a note), so they are given again
+    assert _dry(capsys, "--config", str(sharing), "extra_losses[0].name=ProxyAnchorLoss",
+                "extra_losses[0].kwargs={margin: 0.2, beta: 1.2}").endswith(
+        "<command line> key 'extra_losses[0].kwargs.beta': ProxyAnchorLoss has no argument 'beta'; its arguments: "
+        f"{arguments} (remove extra_losses[0].kwargs.beta, or clear them all with extra_losses[0].kwargs={{}})")
 
 
 # ------------------------------------------------------------------ training, validation and test data stay apart

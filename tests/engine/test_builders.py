@@ -384,3 +384,59 @@ def test_keywords_a_loss_passes_on_to_its_base_classes_are_checked_against_their
     loss = build_component(LOSSES, "ProxyAnchorLoss", {"weight_reg_weight": 2, "collect_stats": True}, "loss",
                            data_args={"num_classes": 3, "embedding_size": 4})
     assert loss.weight_reg_weight == 2 and loss.collect_stats
+
+
+# ---------------------------------------------------------------------------------- miners of multi-scale losses
+
+def test_a_multiscale_term_gives_its_miner_to_the_loss_one_object_per_scale():
+    """The engine used to mine the whole batch once and hand that one tuple to MultiScaleLoss (a refusal at the first
+    step); the configured miner now mines each scale itself, one object per scale, and the dry run says so."""
+    from dynametric.engine.objective import term_miners
+    from dynametric.losses import MultiScaleLoss
+    from dynametric.miners import TripletMarginMiner
+
+    cfg = load_config(None, [*SMALL, "loss.multiscale=true", "miner.name=TripletMarginMiner",
+                             "miner.kwargs={margin: 0.3}", "extra_losses=[{name: ContrastiveLoss, term: c, miner: "
+                             "{name: MultiSimilarityMiner}}]"])
+    first, second = build_objectives(cfg, build_model(cfg), LABELS, 3)
+    assert first.miner is None and isinstance(first.loss, MultiScaleLoss)
+    miners = first.loss.scale_miners
+    assert all(isinstance(m, TripletMarginMiner) and m.margin == 0.3 and m.scale == 0 for m in miners)
+    assert len({id(m) for m in miners}) == 3
+    assert term_miners(first) == "TripletMarginMiner per scale"
+    assert type(second.miner).__name__ == "MultiSimilarityMiner" and term_miners(second) == "MultiSimilarityMiner"
+
+
+@pytest.mark.parametrize("overrides, key, message", [
+    (["loss.name=CSLLoss", "loss.kwargs={}", "miner.name=TripletMarginMiner"], "miner.name",
+     "CSLLoss reads every label column; one miner output for the whole batch would be mined at a single scale: "
+     "remove miner (set miner: null)"),
+    (["loss.name=MultiScaleLoss", "loss.kwargs={base_losses_or_factory: TripletMarginLoss, num_scales: 3}",
+      "miner.name=TripletMarginMiner"], "miner.name",
+     "MultiScaleLoss reads every label column; one miner output for the whole batch would be mined at a single "
+     "scale: give it to the loss as loss.kwargs.miners (mined per scale), or train the base loss with "
+     "loss.multiscale: true"),
+    (["loss.multiscale=true", "miner.name=TripletMarginMiner", "miner.kwargs.scale=1"], "miner.kwargs.scale",
+     "with loss.multiscale: true the miner mines every scale on that scale's labels, so it takes no label column "
+     "of its own: remove miner.kwargs.scale (got 1), or set loss.multiscale: false to mine and train on one column"),
+])
+def test_a_miner_that_does_not_fit_its_term_is_refused_when_the_objective_is_built(overrides, key, message):
+    cfg = load_config(None, [*SMALL, *overrides])
+    with pytest.raises(ConfigError) as err:
+        build_objectives(cfg, build_model(cfg), LABELS, 3)
+    assert (err.value.key, err.value.message) == (key, message)
+
+
+def test_an_objective_refuses_a_whole_batch_miner_for_a_loss_that_reads_every_scale():
+    """What the builders refuse by config key, the objective refuses for a Python caller, when it is built (the
+    compute step would refuse it only at the first training step)."""
+    from dynametric.engine.objective import Objective, compute_objective
+    from dynametric.losses import MultiScaleLoss, TripletMarginLoss
+    from dynametric.miners import TripletMarginMiner
+
+    with pytest.raises(ConfigError, match=r"^key 'miner': MultiScaleLoss reads every label column; .*give the miner"):
+        Objective(MultiScaleLoss(TripletMarginLoss(), num_scales=3), TripletMarginMiner())
+    loss = MultiScaleLoss(TripletMarginLoss(), num_scales=3, miners=TripletMarginMiner())
+    emb = torch.randn(len(LABELS), 4, generator=torch.Generator().manual_seed(0))
+    total, _ = compute_objective(emb, LABELS, [Objective(loss)])
+    torch.testing.assert_close(total, loss(emb, LABELS))

@@ -59,6 +59,42 @@ def test_yaml_example_builds():
     assert torch.isfinite(loss(emb, labels, [miner(emb, labels[:, s]) for s in range(3)]))
 
 
+def test_yaml_example_trains(tmp_path):
+    """The YAML example (a `pml:` loss with `multiscale: true` and a `pml:` miner) on the tiny synthetic run: its
+    training step equals PML's SubCenterArcFaceLoss of each scale with PML's BatchEasyHardMiner run on that scale's
+    labels, weighted (it used to pass the dry run and stop at the first step), and `dynametric train` runs it."""
+    from dynametric.cli import main
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_datasets
+    from dynametric.pipeline import build_components
+    from tests.commands.test_train import TINY
+    from tests.losses.test_pml_dropin import _first_training_batch
+
+    block = re.findall(r"```yaml\n(.*?)```", section(), flags=re.S)[0]
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "docs.yaml").write_text("extends: tiny.yaml\n" + block)
+    cfg = load_config(tmp_path / "docs.yaml")
+    datasets = build_datasets(cfg, with_test=False)
+    comps = build_components(cfg, datasets=datasets)
+    (term,) = comps.objectives
+    loss = term.loss
+    assert term.miner is None and isinstance(loss, MultiScaleLoss) and loss.weights == [1.0, 0.5, 0.25]
+    assert [type(m.miner).__name__ for m in loss.scale_miners] == ["BatchEasyHardMiner"] * 3
+    images, labels = _first_training_batch(cfg, datasets)
+    module = comps.module.double()
+    with torch.no_grad():
+        emb = module.embedder(images)
+    total = module.training_step((images, labels), 0)
+
+    def mine(s: int) -> tuple:
+        return pml_miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="semihard")(emb, labels[:, s])
+
+    expected = sum(w * loss.losses[s].loss(emb, labels[:, s], mine(s)) for s, w in enumerate(loss.weights))
+    torch.testing.assert_close(total.detach(), expected, rtol=1e-12, atol=1e-12)
+    assert main(["train", "--config", str(tmp_path / "docs.yaml"), "--out", str(tmp_path / "run"), "--no-progress",
+                 "trainer.max_steps=1", "run.report=false"]) == 0
+
+
 def non_native() -> tuple[set[str], set[str]]:
     """PML's loss and miner classes that dynametric does not implement under the same name."""
     return ({n for n in pml_catalogue("losses") if n not in LOSSES},

@@ -390,7 +390,71 @@ def test_a_miner_s_label_column_is_checked_against_the_data_as_a_loss_s(capsys, 
     assert main(["train", "--dry-run", "extra_losses=[{name: ContrastiveLoss, multiscale: true, miner: {name: "
                  f"{miner}}}}}]", override.replace("miner.", "extra_losses[0].miner.")]) == 2
     assert "key 'extra_losses[0].miner.kwargs." in capsys.readouterr().err
-    assert main(["train", "--dry-run", f"miner.name={miner}", override.split("=")[0] + "=2"]) == 0  # the coarsest
+    column = override.split("=")[0]
+    assert main(["train", "--dry-run", f"miner.name={miner}", column + "=2", "loss.multiscale=false"]) == 0  # coarsest
+    # with loss.multiscale: true (the default run) the miner mines every scale on that scale's labels: a column of
+    # its own is refused (it used to pass the dry run and stop the run at its first step)
+    capsys.readouterr()
+    assert main(["train", "--dry-run", f"miner.name={miner}", column + "=2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: <command line> key '{column}': with loss.multiscale: true the miner mines every "
+        f"scale on that scale's labels, so it takes no label column of its own: remove {column} (got 2), or set "
+        "loss.multiscale: false to mine and train on one column")
+    assert main(["train", "--dry-run", f"miner.name={miner}", column + "=0"]) == 0  # column 0 of each scale's labels
+
+
+def _first_training_batch(cfg, datasets):
+    """The images (float64) and [B, S] labels of the first batch the run's sampler draws from the training split."""
+    from dynametric.data.protocol import dataset_labels
+    from dynametric.engine.builders import sampler_factory
+
+    labels = dataset_labels(datasets.train, "the training split")
+    rows = next(iter(sampler_factory(cfg)(labels, 0, 1)))
+    items = [datasets.train[int(i)] for i in rows]
+    return torch.stack([x for x, _ in items]).double(), torch.stack([y for _, y in items])
+
+
+@pytest.mark.parametrize("miner, kwargs, pml_twin", [
+    ("TripletMarginMiner", "{margin: 0.2, type_of_triplets: semihard, collect_stats: true}",
+     lambda: pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")),
+    ("pml:BatchEasyHardMiner", "{pos_strategy: easy, neg_strategy: semihard}",
+     lambda: pml_miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="semihard")),
+])
+def test_a_configured_miner_of_a_multiscale_loss_mines_each_scale_on_its_labels_in_a_training_step(
+        tmp_path, miner, kwargs, pml_twin):
+    """`loss.multiscale: true` with a miner passed the dry run and stopped the run at its first step (the engine
+    mined the whole batch once and handed that one tuple to MultiScaleLoss). A real training step of the configured
+    run now equals, in float64, PML's loss with PML's miner run on each scale's label column, weighted; mining once
+    on the finest column would give another value."""
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_datasets
+    from dynametric.pipeline import build_components
+    from tests.commands.test_train import TINY
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    weights = [1.0, 0.5, 0.25]
+    cfg = load_config(tmp_path / "tiny.yaml", [f"miner.name={miner}", f"miner.kwargs={kwargs}",
+                                               "loss.multiscale=true", f"loss.scale_weights={weights}"])
+    datasets = build_datasets(cfg, with_test=False)
+    comps = build_components(cfg, datasets=datasets)
+    (term,) = comps.objectives
+    assert term.miner is None and isinstance(term.loss, MultiScaleLoss)  # the loss mines, once per scale
+    miners = term.loss.scale_miners
+    assert len({id(m) for m in miners}) == 3  # one object per scale: each keeps its own statistics
+    images, labels = _first_training_batch(cfg, datasets)
+    module = comps.module.double()
+    with torch.no_grad():
+        emb = module.embedder(images)  # training mode, as the step computes them (batch statistics)
+    total = module.training_step((images, labels), 0)
+    total.backward()
+    assert all(p.grad is not None for p in module.embedder.parameters() if p.requires_grad)
+    loss = pml_losses.TripletMarginLoss()  # TINY's loss, default keywords
+    expected = sum(w * loss(emb, labels[:, s], pml_twin()(emb, labels[:, s])) for s, w in enumerate(weights))
+    torch.testing.assert_close(total.detach(), expected, rtol=1e-12, atol=1e-12)
+    once = pml_twin()(emb, labels[:, 0])  # what mining the whole batch once, on the finest labels, would give
+    assert not torch.isclose(sum(w * loss(emb, labels[:, s], once) for s, w in enumerate(weights)), expected)
+    if miner == "TripletMarginMiner":  # collect_stats: each scale's miner counted the triplets of its own labels
+        assert [m.num_triplets for m in miners] == [len(pml_twin()(emb, labels[:, s])[0]) for s in range(3)]
 
 
 def test_pml_loss_weighted_form_gives_every_keyword_to_every_scale():
@@ -611,3 +675,45 @@ def test_unknown_pml_names_are_one_line_in_plain_words():
     text = str(err.value)
     assert "key 'miner.name': pytorch-metric-learning has no miner 'NoSuchMiner'" in text
     assert "BatchEasyHardMiner" in text and "BaseMiner" not in text
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("loss.kwargs.reducer=mean", "reducer must be a reducer object (e.g. MeanReducer()), got 'mean'"),
+    ("loss.kwargs.reducer={name: MeanReducer}",
+     "reducer must be a reducer object (e.g. MeanReducer()), got {'name': 'MeanReducer'}"),
+    ("loss.kwargs.embedding_regularizer=LpRegularizer",
+     "embedding_regularizer must be callable (e.g. LpRegularizer()) or null, got 'LpRegularizer'"),
+])
+def test_a_pml_loss_refuses_a_reducer_or_regularizer_given_by_name_when_it_is_built(capsys, override, expected):
+    """`loss.kwargs.reducer=mean` on a `pml:` loss passed the dry run and stopped the run with a raw `'str' object is
+    not callable` traceback at the first step; a native loss refuses the same value at config time. Both now refuse
+    it in the dry run, one line naming the key (multiscale or not)."""
+    from dynametric.cli import main
+
+    tiny = "data.options={images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}"
+    key = override.split("=")[0]
+    for name, multiscale in (("pml:TripletMarginLoss", "false"), ("pml:TripletMarginLoss", "true"),
+                             ("TripletMarginLoss", "false")):
+        assert main(["train", "--dry-run", tiny, f"loss.name={name}", f"loss.multiscale={multiscale}", override]) == 2
+        said = expected if name.startswith("pml:") else expected.replace(" (e.g. LpRegularizer()) or null", "")
+        assert capsys.readouterr().err.strip() == f"dynametric train: error: <command line> key '{key}': {name}: {said}"
+    # a distance given by name is PML's distance object (as for a native loss): accepted, and used
+    loss = LOSSES["pml:TripletMarginLoss"](distance=dl.build_distance("cosine"))
+    assert isinstance(loss.loss.distance, pml_dist.CosineSimilarity)
+
+
+def test_the_python_adapter_refuses_names_where_pml_expects_objects():
+    """The same check for a Python caller of the adapter (PML would keep the name and fail at the first call)."""
+    with pytest.raises(ConfigError, match=r"^key 'reducer': reducer must be a reducer object \(e.g. MeanReducer\(\)\), "
+                                          r"got 'mean'$"):
+        pml_loss("TripletMarginLoss", reducer="mean")
+    with pytest.raises(ConfigError, match=r"^key 'weight_regularizer': weight_regularizer must be callable"):
+        pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, weight_regularizer="RegularFaceRegularizer")
+    with pytest.raises(ConfigError, match=r"^key 'distance': distance must be a distance object"):
+        pml_loss("ContrastiveLoss", distance="cosine")
+    with pytest.raises(ConfigError, match=r"^key 'distance': distance must be a distance object"):
+        pml_miner("TripletMarginMiner", distance="cosine")
+    emb, labels = batch(3)  # objects pass, and PML's value is unchanged
+    ours = pml_loss("TripletMarginLoss", reducer=pml_red.SumReducer(), embedding_regularizer=pml_reg.LpRegularizer())
+    theirs = pml_losses.TripletMarginLoss(reducer=pml_red.SumReducer(), embedding_regularizer=pml_reg.LpRegularizer())
+    torch.testing.assert_close(ours(emb, labels), theirs(emb, labels))

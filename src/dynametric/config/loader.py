@@ -13,6 +13,7 @@ and :func:`config_hash` gives a stable hash of its content.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -20,14 +21,14 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from dynametric.config.schema import Config, _hints, _suggest, schema_keys
+from dynametric.config.schema import Config, _hints, _section_of, _suggest, named_options, schema_default, schema_keys
 from dynametric.errors import ConfigError, first_sentence
 from dynametric.utils.io import atomic_write_text
 
@@ -162,9 +163,11 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
 
 @dataclass
 class _Source:
-    """Where raw values came from: per dotted key, a (file, line) pair for error messages."""
+    """Where raw values came from: per dotted key, a (file, line) pair for error messages; ``notes``: what the
+    layering left out (:func:`config_notes`)."""
 
     where: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def locate(self, key: str) -> tuple[str | None, int | None]:
         probe = key
@@ -220,10 +223,170 @@ def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dic
             if not target.is_file():  # named where the file refers to it
                 raise ConfigError(_not_a_file(target, named=True), file=path, line=lines.get("extends"),
                                   key="extends")
-            base = _deep_merge(base, _read_file(target, source, (*chain, path)))
+            upper = _read_file(target, source, (*chain, path))
+            _drop_options_of_renamed(base, upper, source, lambda key: _place(source.where.get(key)))
+            base = _deep_merge(base, upper)
+    _drop_options_of_renamed(base, data, source, lambda key: _place((str(path), lines.get(key))))
     for key, line in lines.items():
         source.where[key] = (str(path), line)
     return _deep_merge(base, data)
+
+
+# ------------------------------------------------------------------------------------- a name and its options
+# A section's ``(name, options)`` pairs (:func:`dynametric.config.schema.named_options`: ``loss.name`` /
+# ``loss.kwargs``, ``model.backbone`` / ``model.backbone_kwargs``, ...): when a layer (a file over the files it
+# extends, the command line over the file) changes the name and not the options, the options the lower layers
+# wrote are dropped (they were written for the other component), and a note says so (config_notes). Options the
+# changing layer writes itself are kept; a name set again to the same value keeps them all.
+
+_ABSENT = object()
+
+
+def _place(where: tuple[str, int | None] | None) -> str:
+    """``in file:line`` / ``on the command line`` for a (file, line) of :class:`_Source`."""
+    if where is None:
+        return "in a config file"
+    file, line = where
+    if file == "<command line>":
+        return "on the command line"
+    return f"in {file}" + (f":{line}" if line is not None else "")
+
+
+def _get(raw: Any, steps: Sequence[str | int]) -> Any:
+    node = raw
+    for step in steps:
+        if isinstance(step, int):
+            if not isinstance(node, list) or step >= len(node):
+                return _ABSENT
+            node = node[step]
+        elif isinstance(node, Mapping) and step in node:
+            node = node[step]
+        else:
+            return _ABSENT
+    return node
+
+
+def _section_at(steps: Sequence[str | int]) -> Any:
+    """The schema section (dataclass) at the key ``steps`` (``["extra_losses", 0, "miner"]``), else ``None``."""
+    tp: Any = Config
+    for step in steps:
+        if isinstance(step, int):
+            if typing.get_origin(tp) is not list:
+                return None
+            tp = typing.get_args(tp)[0]
+            continue
+        section = _section_of(tp)
+        if section is None or step not in _hints(section):
+            return None
+        tp = _hints(section)[step]
+    return _section_of(tp)
+
+
+def _name_in(raw: Any, steps: Sequence[str | int], name: str) -> Any:
+    """The name a layer's raw dict ``raw`` gives the section at ``steps``: the value it sets, else the schema's
+    default (``None`` for a section set to null, or a name without a default: ``miner.name``)."""
+    section = _get(raw, steps)
+    if isinstance(section, Mapping) and name in section:
+        return section[name]
+    if section is None:
+        return None
+    try:
+        return schema_default(_shown([*steps, name]))
+    except KeyError:
+        return None
+
+
+def _flow(value: Any) -> str:
+    return yaml.dump(value, Dumper=_Dumper, default_flow_style=True, width=10**9, allow_unicode=True).strip()
+
+
+def _forget(source: _Source, key: str) -> None:
+    """Remove what ``source`` records for ``key`` and the keys inside it (their values were dropped)."""
+    for known in [k for k in source.where if k == key or k.startswith((key + ".", key + "["))]:
+        del source.where[known]
+
+
+def _note_dropped(source: _Source, steps: Sequence[str | int], name: str, options: str, dropped: Mapping[str, Any],
+                  old: Any, new: Any, changed_where: str) -> None:
+    section = _shown(steps)
+    key = f"{section}.{options}"
+    first = next((source.where[f"{key}.{k}"] for k in dropped if f"{key}.{k}" in source.where),
+                 source.where.get(key))
+    origin = "" if first is None else (" from the command line" if first[0] == "<command line>" else
+                                       f" from {first[0]}" + (f":{first[1]}" if first[1] is not None else ""))
+    source.notes.append(f"{key} {_flow(dict(dropped))}{origin} not used: {section}.{name} changed {changed_where} "
+                        f"({old} -> {new}); set {key} where {section}.{name} is set to give {new} options")
+    for k in dropped:
+        _forget(source, f"{key}.{k}")
+
+
+def _drop_options_of_renamed(lower: dict[str, Any], upper: Mapping[str, Any], source: _Source,
+                             where: Callable[[str], str], steps: tuple[str, ...] = ()) -> None:
+    """Before ``upper`` (a file) is merged over ``lower`` (what the files below it give): remove from ``lower`` the
+    options of every section whose name ``upper`` changes without writing those options itself (mappings merge
+    deeply, so they would survive the merge), with a note. ``where(key)``: where ``upper`` sets ``key``. Lists are
+    replaced as a whole by a merge, so only sections reached through mappings are looked at."""
+    section = _section_at(steps)
+    if section is None:
+        return
+    for name, options in named_options(section):
+        if name not in upper:
+            continue
+        old, new = _name_in(lower, steps, name), upper[name]
+        low = _get(lower, steps)
+        if old is None or new == old or not isinstance(low, dict) or not isinstance(low.get(options), Mapping):
+            continue
+        mine = upper.get(options)
+        dropped = {k: v for k, v in low[options].items() if not isinstance(mine, Mapping) or k not in mine}
+        del low[options]  # what upper writes there replaces it, whole (no deep merge with the other's options)
+        if dropped and (mine is None or isinstance(mine, Mapping)):
+            _note_dropped(source, steps, name, options, dropped, old, new, where(_shown([*steps, name])))
+        if options not in upper:  # the lower layers' line of the mapping no longer says where it was set
+            source.where.pop(_shown([*steps, options]), None)
+    for key, value in upper.items():
+        if isinstance(value, Mapping) and isinstance(key, str) and isinstance(_get(lower, [*steps, key]), dict):
+            _drop_options_of_renamed(lower, value, source, where, (*steps, key))
+
+
+def _drop_options_renamed_on_command_line(before: Mapping[str, Any], raw: dict[str, Any], keys: Sequence[str],
+                                          source: _Source) -> None:
+    """After the overrides ``keys`` turned ``before`` (the files' raw dict) into ``raw``: for every section whose
+    name an override changed, drop the options that came from a file (the overrides' own are kept), with a note."""
+    done: set[str] = set()
+    for key in keys:
+        steps = _key_steps(key) if _KEY_RE.match(key) else []
+        section = _section_at(steps[:-1]) if steps else None
+        pairs = dict(named_options(section)) if section is not None else {}
+        if not steps or steps[-1] not in pairs or _shown(steps[:-1]) in done:
+            continue
+        at, name, options = steps[:-1], str(steps[-1]), pairs[str(steps[-1])]
+        done.add(_shown(at))
+        sec = _get(raw, at)
+        old = _name_in(before, at, name)
+        if not isinstance(sec, dict) or old is None or sec.get(name) == old:
+            continue
+        opts = sec.get(options)
+        if not isinstance(opts, dict) or not opts:
+            continue
+        okey = _shown([*at, options])
+        dropped = {k: v for k, v in opts.items() if _origin(source, f"{okey}.{k}") != "<command line>"}
+        if not dropped:
+            continue
+        _note_dropped(source, at, name, options, dropped, old, sec.get(name), "on the command line")
+        sec[options] = {k: v for k, v in opts.items() if k not in dropped}
+        if _origin(source, okey) != "<command line>":  # a file's line of the mapping no longer says where it was set
+            source.where.pop(okey, None)
+
+
+def _origin(source: _Source, key: str) -> str | None:
+    """The file (or ``<command line>``) that set ``key`` or a mapping above it, as :class:`_Source` records it."""
+    probe = key
+    while probe:
+        if probe in source.where:
+            return source.where[probe][0]
+        parent = _parent_key(probe)
+        probe = parent if parent != probe else ""
+    return None
 
 
 _INDEX = r"(?:\[\d+\])*"  # list entries: extra_losses[0].kwargs.margin
@@ -524,12 +687,29 @@ def errors_located(cfg: Config) -> Iterator[None]:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults ← YAML file ``path`` (with its ``extends`` chain) ← dotted ``overrides``; validated."""
+    """Defaults ← YAML file ``path`` (with its ``extends`` chain) ← dotted ``overrides``; validated.
+
+    A layer (a file over the files it extends, the overrides over the file) that changes a component's name
+    (``loss.name``, ``miner.name``, ``model.backbone``, ``optim.name``, ``method.name``, ``data.format``,
+    ``data.sampler``, ``run.logger``: :func:`~dynametric.config.schema.named_options`) but not its options drops the
+    options the lower layers wrote for the other component (options it writes itself are kept; the same name set
+    again keeps them all); :func:`config_notes` lists each drop in one line."""
     source = _Source()
     raw: dict[str, Any] = {} if path is None else _read_file(Path(path), source)
+    before = copy.deepcopy(raw) if overrides else raw
     for override in overrides:
         apply_override(raw, override, source)
+    keys = [o.split("=", 1)[0].strip() for o in overrides if "=" in o]
+    _drop_options_renamed_on_command_line(before, raw, keys, source)
     return config_from_dict(raw, source=source)
+
+
+def config_notes(cfg: Config) -> list[str]:
+    """What loading ``cfg`` left out, one line each: the options of a component whose name a higher layer changed
+    (``loss.kwargs {margin: 0.1} from .../default_run.yaml:13 not used: loss.name changed on the command line
+    (TripletMarginLoss -> ArcFaceLoss); ...``). ``dynametric train`` prints them (dry run and run)."""
+    source = getattr(cfg, _SOURCE_ATTR, None)
+    return list(source.notes) if isinstance(source, _Source) else []
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from dynametric.utils.seeds import check_seed
 class DataConfig:
     """Dataset, transforms, sampler, validation split and loader settings."""
 
+    _named_options = (("format", "options"), ("sampler", "sampler_options"))  # see named_options()
+
     format: str = "synthetic"
     """Dataset format for ``dynametric.data.build_dataset`` (``synthetic``, ``cub``, ``cars``, ``sop``, ``inshop``,
     ``csv``, ``folder``, ``dyml``, … as the data layer registers them)."""
@@ -142,6 +144,8 @@ class ModelConfig:
     """Keyword arguments of :func:`dynametric.models.build_embedder` (same names, same defaults except the
     backbone: the default config trains ``simple_cnn`` on the synthetic data)."""
 
+    _named_options = (("backbone", "backbone_kwargs"),)
+
     backbone: str = "simple_cnn"
     pretrained: bool = False
     pretrained_path: str | None = None
@@ -176,6 +180,8 @@ class ModelConfig:
 class MinerConfig:
     """A miner from ``dynametric.miners.MINERS`` and its constructor keyword arguments."""
 
+    _named_options = (("name", "kwargs"),)
+
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -191,6 +197,8 @@ class LossConfig:
     ``None`` = equal weights); otherwise the loss uses its own ``scale`` keyword (default 0, the finest).
     ``head`` names the model head it trains (``None`` = the single output); ``weight`` multiplies the term.
     """
+
+    _named_options = (("name", "kwargs"),)
 
     name: str = "TripletMarginLoss"
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -256,6 +264,8 @@ class SchedulerConfig:
 class OptimConfig:
     """Optimiser with three parameter groups: ``backbone``, ``head`` and ``loss`` (learnable loss parameters:
     proxies, margins β, class weights), each with its own lr / weight decay."""
+
+    _named_options = (("name", "kwargs"),)
 
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = 1e-3
@@ -463,6 +473,8 @@ class MethodConfig:
     """Method-specific options (PDDM, Sharing Matters / MIC, CSL …): ``name`` selects the engine's method hook,
     ``kwargs`` are validated by that method."""
 
+    _named_options = (("name", "kwargs"),)
+
     name: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -470,6 +482,8 @@ class MethodConfig:
 @dataclass
 class RunConfig:
     """Where and under which name a run writes its folder (``<output_dir>/<name>``)."""
+
+    _named_options = (("logger", "logger_options"),)
 
     output_dir: str = "runs"
     name: str | None = None
@@ -617,6 +631,16 @@ def _not_multiscale_by_itself(name: str, key: str) -> None:
 def _suggest(word: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def named_options(section: type) -> tuple[tuple[str, str], ...]:
+    """The ``(name key, options key)`` pairs of a schema section: a key that chooses a component (``loss.name``,
+    ``miner.name``, ``model.backbone``, ``optim.name``, ``method.name``, ``data.format``, ``data.sampler``,
+    ``run.logger``) and the free-form mapping of that component's own arguments (``loss.kwargs``, ...,
+    ``data.options``, ``data.sampler_options``, ``run.logger_options``). The loader drops the options a lower layer
+    wrote when a higher one changes the name alone (:func:`dynametric.config.loader.load_config`): they were
+    written for the other component."""
+    return tuple(getattr(section, "_named_options", ()))
 
 
 

@@ -480,11 +480,7 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
         if not open_kwargs:
             for arg in kwargs:
                 if arg not in named:
-                    close = difflib.get_close_matches(arg, named, n=1, cutoff=0.6)
-                    raise ConfigError(f"{name} has no argument {arg!r}"
-                                      + (f"; did you mean {close[0]!r}?" if close
-                                         else f"; its arguments: {', '.join(named)}"),
-                                      key=f"{key}.kwargs.{arg}")
+                    raise _unknown_argument(name, arg, named, key)
         for arg in DATA_DEPENDENT_ARGS:
             if arg in named and arg not in kwargs and params[arg].default is inspect.Parameter.empty:
                 if data_args is None or arg not in data_args:
@@ -514,13 +510,30 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
         raise ConfigError(f"{name}: {exc.message}",
                           key=f"{key}.kwargs.{sub}" if sub in kwargs else f"{key}.kwargs") from exc
     except (TypeError, ValueError) as exc:
-        raise _construction_error(name, kwargs, given, key, exc) from exc
+        named_args = [] if sig is None else [p for p, v in sig.parameters.items()
+                                             if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+        raise _construction_error(name, kwargs, given, key, exc, named_args) from exc
+
+
+def _unknown_argument(name: str, arg: str, named: Sequence[str], key: str) -> ConfigError:
+    """``<name> has no argument <arg>`` on ``<key>.kwargs.<arg>``: with the closest argument (a misspelling), else
+    with the list of them and how to drop it (a keyword written for another loss or miner: remove it, or clear the
+    section's keywords with ``<key>.kwargs={}``)."""
+    close = difflib.get_close_matches(arg, list(named), n=1, cutoff=0.6)
+    hint = (f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)} (remove "
+            f"{key}.kwargs.{arg}, or clear them all with {key}.kwargs={{}})")
+    return ConfigError(f"{name} has no argument {arg!r}{hint}", key=f"{key}.kwargs.{arg}")
 
 
 def _construction_error(name: str, kwargs: Mapping[str, Any], given: Sequence[str], key: str,
-                        exc: Exception) -> ConfigError:
-    """The :class:`ConfigError` of a constructor's ``TypeError`` / ``ValueError``: on ``<key>.kwargs.<arg>`` when
-    the message names exactly one of the given arguments, else on ``<key>.kwargs`` with every given value shown."""
+                        exc: Exception, named_args: Sequence[str] = ()) -> ConfigError:
+    """The :class:`ConfigError` of a constructor's ``TypeError`` / ``ValueError``: an argument the constructor (or
+    one it passes its keywords to, a PML class's base) does not take is :func:`_unknown_argument`; else on
+    ``<key>.kwargs.<arg>`` when the message names exactly one of the given arguments, else on ``<key>.kwargs``
+    with every given value shown. ``named_args``: the arguments the factory's signature lists."""
+    refused = re.search(r"unexpected keyword argument '(\w+)'", str(exc)) if isinstance(exc, TypeError) else None
+    if refused is not None and refused.group(1) in given:
+        return _unknown_argument(name, refused.group(1), named_args, key)
     named = [arg for arg in given if re.search(rf"(?<![\w.]){re.escape(arg)}(?!\w)", str(exc))]
     if len(named) == 1:
         arg = named[0]
@@ -741,11 +754,19 @@ def build_miner(mcfg: MinerConfig | None, key: str) -> nn.Module | None:
 
 def build_loss_term(term: LossConfig, key: str, train_labels: torch.Tensor | None, dim: int | None,
                     num_scales: int, chunks: Any = None, width: str | None = None,
-                    surrogate: tuple[int, str] | None = None) -> nn.Module:
+                    surrogate: tuple[int, str] | None = None, miner: MinerConfig | None = None,
+                    miner_key: str = "miner") -> nn.Module:
     """The loss of one ``loss`` / ``extra_losses[i]`` section (``multiscale``: one copy per scale); ``width``: the
     config key of the head's width ``dim``, ``surrogate``: the method's own classes for this term (both for
-    :func:`build_loss`)."""
+    :func:`build_loss`).
+
+    ``miner`` (``multiscale`` only): the term's miner section (``miner_key``: its key), built once per scale and
+    given to the :class:`~dynametric.losses.MultiScaleLoss` as ``miners=``, so that each scale is mined on its own
+    chunk with its own label column (a miner output for the whole batch would be mined at one scale only); one
+    object per scale keeps each scale's recorded statistics (``collect_stats``) apart."""
     if not term.multiscale:
+        if miner is not None:
+            raise ConfigError(f"a miner given to the loss itself needs {key}.multiscale: true", key=f"{key}.multiscale")
         return build_loss(term.name, dict(term.kwargs), key, train_labels, dim, width=width, surrogate=surrogate)
     from dynametric.losses import MultiScaleLoss
 
@@ -754,7 +775,35 @@ def build_loss_term(term: LossConfig, key: str, train_labels: torch.Tensor | Non
                           key=f"{key}.scale_weights")
     per_scale = [build_loss(term.name, dict(term.kwargs), key, train_labels, dim, scale_offset=s, width=width)
                  for s in range(num_scales)]
-    return MultiScaleLoss(per_scale, weights=term.scale_weights, chunks=chunks, num_scales=num_scales)
+    miners = None if miner is None else [build_miner(miner, miner_key) for _ in range(num_scales)]
+    return MultiScaleLoss(per_scale, weights=term.scale_weights, chunks=chunks, num_scales=num_scales, miners=miners)
+
+
+def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: str) -> None:
+    """A configured miner must fit the loss term it feeds: a loss that reads every label column itself (CSL, a
+    ``MultiScaleLoss`` named directly) takes no whole-batch miner output, and with ``multiscale: true`` the miner
+    mines each scale on that scale's labels, so a label column of its own (``scale`` / ``label_scale`` other than
+    0) is refused; each a :class:`ConfigError` keyed to the miner's section."""
+    cls = _loss_class(term.name)
+    if not term.multiscale and getattr(cls, "uses_all_scales", False):
+        how = (f"give it to the loss as {key}.kwargs.miners (mined per scale), or train the base loss with "
+               f"{key}.multiscale: true" if hasattr(cls, "scale_miners") else f"remove {mkey} (set {mkey}: null)")
+        raise ConfigError(f"{term.name} reads every label column; one miner output for the whole batch would be "
+                          f"mined at a single scale: {how}", key=f"{mkey}.name")
+    if not term.multiscale:
+        return
+    miner_cls = _miner_class(mcfg.name)
+    try:
+        params = inspect.signature(miner_cls).parameters if miner_cls is not None else {}
+    except (TypeError, ValueError):
+        params = {}
+    col_arg = "label_scale" if "label_scale" in params else "scale"
+    col = mcfg.kwargs.get(col_arg)
+    if col_arg in params and col is not None and not (isinstance(col, int) and not isinstance(col, bool)
+                                                      and col == 0):
+        raise ConfigError(f"with {key}.multiscale: true the miner mines every scale on that scale's labels, so it "
+                          f"takes no label column of its own: remove {mkey}.kwargs.{col_arg} (got {col!r}), or set "
+                          f"{key}.multiscale: false to mine and train on one column", key=f"{mkey}.kwargs.{col_arg}")
 
 
 def _head_dim(cfg: Config, head: str | None) -> int | None:
@@ -911,9 +960,12 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
         if train_labels is not None and mcfg is not None:  # a miner reads its own column, multiscale loss or not
             _check_label_column(_miner_class(mcfg.name), mcfg.name, mcfg.kwargs, mkey, int(train_labels.shape[1]),
                                 does="mines")
+        if mcfg is not None:
+            _check_miner_fits_term(term, key, mcfg, mkey)
         loss = build_loss_term(term, key, train_labels, dims[term.head], num_scales, chunks,
-                               width=_width_key(cfg, term.head), surrogate=surrogate.get(key))
-        miner = build_miner(mcfg, mkey)
+                               width=_width_key(cfg, term.head), surrogate=surrogate.get(key),
+                               miner=mcfg if term.multiscale else None, miner_key=mkey)
+        miner = None if term.multiscale else build_miner(mcfg, mkey)  # multiscale: the loss mines every scale
         if scale_names is not None and len(scale_names) == num_scales and getattr(loss, "uses_all_scales", False):
             setattr(loss, "scale_names", tuple(scale_names))  # noqa: B010 (an nn.Module attribute, not a buffer)
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")

@@ -5,6 +5,13 @@ several heads (Sharing Matters: ``{"class": ..., "shared": ...}``) gets one term
 one term with ``head=None``. Losses receive the full ``[B, S]`` label matrix and pick their scale themselves
 (``MetricLoss.scale``) or use all of them (``uses_all_scales``: CSL, ``MultiScaleLoss``).
 
+A term's miner mines the whole batch once, on its own label column, and its output goes to the loss. A loss that
+reads every label column cannot take that output (mined at one scale, it would be wrong at the others), so an
+:class:`Objective` refuses the pair when it is built: a ``MultiScaleLoss`` mines per scale itself
+(``MultiScaleLoss(..., miners=miner)``: each scale on its chunk with its label column; the engine's builders give
+it the configured miner that way for ``multiscale: true``), and :func:`term_miners` names the miners of a term
+either way.
+
 A loss may name parts of its value (``loss.loss_parts()``, :meth:`dynametric.losses.base.MetricLoss.loss_parts`:
 CSL's per-scale terms, PDDM's ``E_m`` / ``E_e`` and its quadruplet count); :func:`compute_objective` collects them
 as ``<term name>/<part>``, and the training modules log them as ``train/<term name>/<part>`` next to the term
@@ -33,6 +40,27 @@ class Objective:
     head: str | None = None
     weight: float = 1.0
     name: str = "loss"
+
+    def __post_init__(self) -> None:
+        if self.miner is not None and getattr(self.loss, "uses_all_scales", False):
+            what = type(self.loss).__name__
+            how = ("give the miner to the loss instead (MultiScaleLoss(..., miners=miner) mines each scale on its "
+                   "own labels)" if hasattr(self.loss, "scale_miners") else "remove the miner")
+            raise ConfigError(f"{what} reads every label column; one miner output for the whole batch would be mined "
+                              f"at a single scale: {how}", key="miner")
+
+
+def term_miners(obj: Objective) -> str | None:
+    """The miner(s) of a term, for display: the class name of its miner, ``"<Class> per scale"`` for a loss that
+    mines each scale itself (``MultiScaleLoss(..., miners=...)``: several classes joined by ``/``), ``None`` for
+    none."""
+    if obj.miner is not None:
+        return type(obj.miner).__name__
+    per_scale = getattr(obj.loss, "scale_miners", None)
+    if not per_scale or all(m is None for m in per_scale):
+        return None
+    names = list(dict.fromkeys(type(m).__name__ if m is not None else "none" for m in per_scale))
+    return f"{'/'.join(names)} per scale"
 
 
 def select_head(outputs: torch.Tensor | Mapping[str, torch.Tensor] | Sequence[torch.Tensor],

@@ -209,6 +209,13 @@ class MultiScaleLoss(MetricLoss):
         """The loss applied at ``scale``."""
         return cast(MetricLoss, self.losses[scale])
 
+    @property
+    def scale_miners(self) -> list[Miner | None]:
+        """The miner of each scale (``None``: that scale's loss uses all its tuples); one object may serve several
+        scales (``miners=miner``), and then its recorded statistics (``collect_stats``) are those of its last
+        call, the last scale it mines."""
+        return list(self._miner_at)
+
     def resolve_chunks(self, batch_size: int, device: torch.device) -> list[torch.Tensor | None]:
         """Row indices used at each scale (``None`` = the whole batch)."""
         if self.chunks is None:

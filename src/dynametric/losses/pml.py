@@ -40,6 +40,7 @@ from torch import nn
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import MetricLoss, check_embeddings
+from dynametric.losses.reducers import check_reducer
 from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.pml import (
     PML_PREFIX,
@@ -98,6 +99,28 @@ def _positional_order(loss: nn.Module) -> tuple[str, ...]:
     return positional
 
 
+#: The keywords of PML's losses that take an object PML calls later (its constructors keep them as attributes of
+#: these names): a value that is not callable (``reducer: mean`` in a config) would be kept and fail at the first
+#: call, so it is refused when the wrapper is built, as dynametric's own losses refuse it.
+_OBJECT_ATTRIBUTES = ("reducer", "distance", "embedding_regularizer", "weight_regularizer")
+
+
+def _check_object_arguments(loss: nn.Module) -> None:
+    """Refuse a PML loss whose reducer, distance or regularizer is not callable (a name, a mapping, a number given
+    where PML expects an object): one line keyed by the keyword, the wording of dynametric's own losses
+    (:func:`~dynametric.losses.reducers.check_reducer`). PML fills a reducer or distance left out with its default
+    object, and a regularizer left out is ``None``."""
+    for attr in _OBJECT_ATTRIBUTES:
+        value = getattr(loss, attr, None)
+        if value is None or callable(value):
+            continue
+        if attr == "reducer":
+            check_reducer(value)  # raises, as a native loss does
+        what = {"distance": "a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, "
+                            "{name: LpDistance, p: 1})"}.get(attr, "callable (e.g. LpRegularizer()) or null")
+        raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
+
+
 class PMLLoss(MetricLoss):
     """A pytorch-metric-learning loss object applied to label column ``label_scale`` (see the module docstring).
 
@@ -117,6 +140,7 @@ class PMLLoss(MetricLoss):
             raise ConfigError(f"PMLLoss wraps a pytorch-metric-learning loss object, got {loss!r}", key="loss")
         if isinstance(loss, MetricLoss):
             raise ConfigError(f"{type(loss).__name__} is a dynametric loss already; use it directly", key="loss")
+        _check_object_arguments(loss)
         self.loss: Any = loss  # a PML loss object (PML is untyped)
         self._takes, self._needs = _forward_arguments(loss)
         self._order = _positional_order(loss)

@@ -21,6 +21,10 @@ class PMLMiner(Miner):
         super().__init__(check_label_scale(label_scale))
         if not isinstance(miner, nn.Module) or not callable(miner) or isinstance(miner, Miner):
             raise ConfigError(f"PMLMiner wraps a pytorch-metric-learning miner object, got {miner!r}", key="miner")
+        distance = getattr(miner, "distance", None)  # PML calls it at each mining: a name kept there fails then
+        if distance is not None and not callable(distance):
+            raise ConfigError(f"distance must be a distance object (e.g. CosineSimilarity(); a config names one: "
+                              f"cosine, l2, {{name: LpDistance, p: 1}}), got {distance!r}", key="distance")
         self.miner = miner
 
     def forward(

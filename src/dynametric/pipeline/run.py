@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 
+from dynametric.config.loader import config_notes
 from dynametric.engine.builders import (
     Components,
     available_splits,
@@ -51,6 +52,7 @@ from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
+from dynametric.engine.objective import term_miners
 from dynametric.engine.preflight import check_batches
 from dynametric.engine.report import category_summary, write_report
 from dynametric.engine.trainer import (
@@ -613,6 +615,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     t0 = time.time()
     if _launched_worker():  # another DDP rank's process: rank 0 prints the run's lines (the same ones), once
         log = _silent
+    for note in config_notes(cfg):  # options the layering dropped (a name changed alone), as the dry run says them
+        log(f"note: {note}")
     progress = bool(cfg.trainer.progress_bar) if progress is None else bool(progress)
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
@@ -798,6 +802,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     from dynametric.config import config_to_yaml
 
     shown = cfg
+    for note in config_notes(cfg):  # options the layering dropped (a name changed alone), as the run says them
+        log(f"note: {note}")
     weights_note = None
     if cfg.model.pretrained:
         from dynametric.models.backbones import pretrained_weights_status
@@ -838,7 +844,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         log(weights_note)
     for obj in comps.objectives:
         log(f"loss term {obj.name!r}: {type(obj.loss).__name__} (head={obj.head}, weight={obj.weight}), "
-            f"miner={type(obj.miner).__name__ if obj.miner is not None else None}")
+            f"miner={term_miners(obj)}")
     for g in parameter_groups(comps.embedder, comps.objectives, comps.module.optim_settings):
         log(f"param group {g['name']}: {sum(p.numel() for p in g['params']):,} parameters, lr={g['lr']}, "
             f"weight_decay={g['weight_decay']}")
