@@ -298,3 +298,18 @@ def test_a_ref_emb_of_another_width_names_ref_emb_and_both_widths(make):
         make()(emb, labels, ref_emb=torch.randn(5), ref_labels=labels[:5])
     assert _one_line(err) == "key 'ref_emb': ref_emb must be [R, D] like the embeddings' [B, D], got shape (5,)"
     make()(emb, labels, ref_emb=torch.randn(5, 4), ref_labels=labels[:5])  # the same width passes
+
+
+@pytest.mark.parametrize("override, key, hint", [
+    ("loss.name=SupConLoss", "loss.name", "did you mean 'pml:SupConLoss'"),
+    ("loss.name=pml:SupConLos", "loss.name", "pytorch-metric-learning has no loss 'SupConLos'; did you mean "
+                                             "'pml:SupConLoss'?"),
+    ("miner.name=BatchEasyHardMiner", "miner.name", "did you mean 'pml:BatchEasyHardMiner'"),
+])
+def test_a_config_gets_the_same_hints_as_build_loss(override, key, hint):
+    """The config checks loss / miner names when it loads (before any data): with the registries' own messages."""
+    from dynametric.config import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert err.value.key == key and hint in str(err.value), str(err.value)

@@ -612,6 +612,8 @@ def _known_name(name: str, module: str, registry: str, kind: str, key: str) -> N
 
     names = getattr(importlib.import_module(module), registry)
     if name not in names:
+        if hasattr(names, "unknown_message"):  # the loss and miner registries: pytorch-metric-learning hints too
+            raise ConfigError(names.unknown_message(name), key=key)
         close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
         hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
                 else f"; available: {', '.join(sorted(names))}")
