@@ -374,3 +374,15 @@ def test_cross_loss_identities():
         st1.fc.copy_(w)
         cf.W.copy_(w)
     assert st1(emb, labels).item() == pytest.approx(cf(emb, labels).item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["ArcFaceLoss", "ProxyAnchorLoss", "NormalizedSoftmaxLoss", "SoftTripleLoss"])
+@pytest.mark.parametrize("key, value", [("weight_regularizer", "x"), ("weight_init_func", 3)])
+def test_a_weight_regularizer_or_init_that_is_not_callable_is_refused_when_built(name, key, value):
+    """A config value such as `weight_regularizer: x` was kept and failed at the first training step."""
+    from dynametric.errors import InputError
+    from dynametric.losses import build_loss
+
+    with pytest.raises(InputError, match=f"{key} must be callable .* got {value!r}") as err:
+        build_loss(name, num_classes=4, embedding_size=8, **{key: value})
+    assert err.value.key == key

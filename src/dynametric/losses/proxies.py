@@ -140,6 +140,10 @@ class _ClassWeightLoss(MetricLoss):
             raise InputError(f"num_classes must be >= 1, got {num_classes}", key="num_classes")
         if int(embedding_size) < 1:
             raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
+        for name, value, example in (("weight_regularizer", weight_regularizer, "LpRegularizer()"),
+                                     ("weight_init_func", weight_init_func, "torch.nn.init.normal_")):
+            if value is not None and not callable(value):  # else it would fail at the first call (or init)
+                raise InputError(f"{name} must be callable (e.g. {example}) or None, got {value!r}", key=name)
         self.num_classes = int(num_classes)
         self.embedding_size = int(embedding_size)
         self.weight_regularizer = weight_regularizer
