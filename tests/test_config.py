@@ -308,7 +308,8 @@ def test_component_validation_with_stand_in_registries() -> None:
 @pytest.mark.parametrize(("override", "key", "hint"), [
     ("loss.name=TripletMarginLos", "loss.name", "did you mean 'TripletMarginLoss'"),
     ("miner.name=MultiSimilarityMiners", "miner.name", "did you mean 'MultiSimilarityMiner'"),
-    ("extra_losses=[{name: MarginLoss, miner: {name: NoMiner}}]", "extra_losses[0].miner.name", "expected one of the native miners: "),
+    ("extra_losses=[{name: MarginLoss, miner: {name: NoMiner}}]", "extra_losses[0].miner.name",
+     "expected one of the native miners: "),
     ("extra_losses=[{name: Margin}]", "extra_losses[0].name", "did you mean 'MarginLoss'"),
 ])
 def test_loss_and_miner_names_are_checked_when_the_config_loads(tmp_path: Path, override: str, key: str,
