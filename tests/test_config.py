@@ -721,17 +721,18 @@ def test_options_kept_or_given_after_a_name_change_still_name_their_file_and_lin
 
 def test_train_prints_the_note_in_the_dry_run_and_the_run(tmp_path: Path, capsys) -> None:
     from dynametric.cli import main
+    from dynametric.commands.train import DEFAULT_RUN_CONFIG  # the installed package's file (CI installs a copy)
     from dynametric.pipeline import run_training
 
     assert main(["train", "--dry-run", "loss.name=MarginLoss", "data.batch_size=16", "data.options={images_per_class: "
                  "4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == (f"note: loss.kwargs {{margin: 0.1}} from {DEFAULT_RUN.resolve()}:13 not used: loss.name changed "
+    assert out[0] == (f"note: loss.kwargs {{margin: 0.1}} from {DEFAULT_RUN_CONFIG}:13 not used: loss.name changed "
                       "on the command line (TripletMarginLoss -> MarginLoss); set loss.kwargs where loss.name is set "
                       "to give MarginLoss options")
     assert "  kwargs: {}" in out[out.index("loss:") + 2]
     lines: list[str] = []
     (tmp_path / "last.ckpt").write_bytes(b"")  # the run stops at its folder check, after its first lines
     with pytest.raises(ConfigError, match="already holds a run"):
-        run_training(load_config(DEFAULT_RUN, ["loss.name=MarginLoss"]), tmp_path, log=lines.append)
+        run_training(load_config(DEFAULT_RUN_CONFIG, ["loss.name=MarginLoss"]), tmp_path, log=lines.append)
     assert lines == [out[0]]
