@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,6 +50,13 @@ class _LogOnce:
         if key not in self._said:
             self._said.add(key)
             logger.debug(message)
+
+    def when(self, key: str, condition: Callable[[], bool], message: Callable[[], str]) -> None:
+        """Say ``message()`` once if ``condition()`` holds. ``condition`` is called only while debug logging is on
+        and ``key`` has not been said yet, so a condition that reads a device value (a host read) costs nothing
+        otherwise."""
+        if key not in self._said and logger.isEnabledFor(logging.DEBUG) and condition():
+            self(key, message())
 
 
 class MetricLoss(RecordsStats, nn.Module):

@@ -29,7 +29,6 @@ skipped-anchor count stays on the device until :attr:`CSLLoss.last_skipped_ancho
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 from collections.abc import Sequence
@@ -42,7 +41,6 @@ from torch import nn
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.base import logger as _logger
 
 __all__ = ["CSLLoss"]
 
@@ -134,7 +132,6 @@ class CSLLoss(MetricLoss):
         self.register_buffer("_weights", torch.tensor(self.weights, dtype=torch.float32), persistent=False)
         self.last_terms: torch.Tensor | None = None
         self._skipped: torch.Tensor | None = None  # anchors without a positive in the last call (pairs), on device
-        self._skip_logged = False
         self.labels_trusted = False
         self._parts: torch.Tensor | None = None  # the weighted per-scale terms of the last compute_loss, detached
 
@@ -359,10 +356,9 @@ class CSLLoss(MetricLoss):
         has_pos = pos_mask.any(dim=1)
         self._skipped = (~has_pos).sum()
         # a debug message only: the count is read while debug logging is on, until the first skip is logged
-        if not self._skip_logged and _logger.isEnabledFor(logging.DEBUG) and self.last_skipped_anchors:
-            self._skip_logged = True
-            self._log_once("skipped", f"CSLLoss(pairs): anchors without an in-batch positive are skipped "
-                                      f"({self.last_skipped_anchors} in this batch)")
+        self._log_once.when("skipped", lambda: self.last_skipped_anchors > 0,
+                            lambda: f"CSLLoss(pairs): anchors without an in-batch positive are skipped "
+                                    f"({self.last_skipped_anchors} in this batch)")
         # _csl_term is exactly 0 (with zero gradients) for an anchor without a positive, so the sum over all anchors
         # is the sum over those with one; dividing by their count (at least 1) is their mean, 0 when there is none
         count = has_pos.sum().clamp(min=1)

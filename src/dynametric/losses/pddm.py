@@ -22,7 +22,6 @@ the counters stay on the device until read); one in the per-pair mode (the numbe
 
 from __future__ import annotations
 
-import logging
 import numbers
 
 import torch
@@ -30,11 +29,12 @@ import torch.nn.functional as F
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
-from dynametric.losses.base import logger as _logger
-from dynametric.miners.pddm import MINING_MODES, _faithful_quadruplet, mine_hard_quadruplets
+from dynametric.miners.pddm import MINING_MODES, NAN_SCORES, _faithful_quadruplet, mine_hard_quadruplets
 from dynametric.models.pddm import DEFAULT_CHUNK_BYTES, PDDM
 
 __all__ = ["PDDMLoss"]
+
+_DEGENERATE = "batch without a positive pair or without a negative"  # the zero-loss reason, said once
 
 VARIANTS = ("quadruplet", "triplet")
 EMBEDDING_DISTANCES = ("squared", "euclidean")
@@ -121,7 +121,6 @@ class PDDMLoss(MetricLoss):
         self.num_batches = 0
         # quadruplets, degenerate batches, batches with NaN scores (faithful mode): on the device, read on demand
         self._counts: torch.Tensor | None = None
-        self._degenerate_logged = False
         self._last: dict[str, torch.Tensor] = {}
 
     def _counters(self, device: torch.device) -> torch.Tensor:
@@ -149,7 +148,7 @@ class PDDMLoss(MetricLoss):
         NaN scores off the diagonal (faithful mode, whose call does not look)."""
         quadruplets, degenerate, nan = self._read_counts()
         if nan:
-            raise InputError("PDDM scores contain NaN off the diagonal", key="scores")
+            raise InputError(NAN_SCORES, key="scores")
         return {
             "num_batches": float(self.num_batches),
             "num_degenerate_batches": float(degenerate),
@@ -170,9 +169,12 @@ class PDDMLoss(MetricLoss):
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> IndicesTuple:
         """Quadruplets ``(i, j, k, l)`` of a batch (already normalised if configured) under the current unit."""
+        return mine_hard_quadruplets(self._mining_scores(embeddings), labels, self.mode)
+
+    def _mining_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """All-pairs unit scores for mining: no gradient, dropout off."""
         with torch.no_grad():
-            scores = self.unit.score_matrix(embeddings.detach(), deterministic=True)
-        return mine_hard_quadruplets(scores, labels, self.mode)
+            return self.unit.score_matrix(embeddings.detach(), deterministic=True)
 
     def compute_loss(
         self,
@@ -192,22 +194,19 @@ class PDDMLoss(MetricLoss):
         counts = self._counters(embeddings.device)
         flags: tuple[torch.Tensor, torch.Tensor] | None = None  # faithful: (has a quadruplet, NaN scores), on device
         if self.mode == "faithful_one_per_batch" and f.shape[0] > 0:
-            with torch.no_grad():
-                scores = self.unit.score_matrix(f.detach(), deterministic=True)
-            (i, j, k, l), valid, nan = _faithful_quadruplet(scores, labels)
+            (i, j, k, l), valid, nan = _faithful_quadruplet(self._mining_scores(f), labels)
             flags = (valid, nan)
             counts.add_(torch.stack([valid, ~valid, nan]).long())
-            if not self._degenerate_logged and _logger.isEnabledFor(logging.DEBUG) and not bool(valid):
-                self._degenerate_logged = True  # a debug message: read only while debug logging is on
-                self._log_once("batch without a positive pair or without a negative",
-                               "PDDMLoss: batch without a positive pair or without a negative; returning a zero loss")
+            # a debug message: the flag is read only while debug logging is on, until the message is said
+            self._log_once.when(_DEGENERATE, lambda: not bool(valid),
+                                lambda: f"PDDMLoss: {_DEGENERATE}; returning a zero loss")
         else:
             i, j, k, l = self.mine(f, labels)  # per pair: one host read, the pair count
             if i.numel() == 0:
                 counts[1].add_(1)
                 zero = embeddings.new_zeros((), dtype=torch.float32).detach()
                 self._last = {"E_m": zero, "E_e": zero, "quadruplets": zero, "degenerate": torch.ones_like(zero)}
-                return self.zero_loss(embeddings, "batch without a positive pair or without a negative")
+                return self.zero_loss(embeddings, _DEGENERATE)
             counts[0].add_(int(i.numel()))
         triplet = self.variant == "triplet"
         # One differentiable pass over the selected pairs: (i, j), (i, k) and, for quadruplets, (j, l).

@@ -24,6 +24,8 @@ __all__ = ["MINING_MODES", "hardest_negatives", "mine_hard_quadruplets"]
 
 MINING_MODES = ("faithful_one_per_batch", "per_positive_pair")
 
+NAN_SCORES = "PDDM scores contain NaN off the diagonal"  # the error of mining (and of PDDMLoss.stats)
+
 Quadruplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -111,7 +113,7 @@ def mine_hard_quadruplets(
             return empty, empty, empty, empty
         quad, valid, nan = _faithful_quadruplet(s, labels)
         if bool(nan):
-            raise InputError("PDDM scores contain NaN off the diagonal", key="scores")
+            raise InputError(NAN_SCORES, key="scores")
         return quad if bool(valid) else (empty, empty, empty, empty)
     hard_neg, has_neg = hardest_negatives(s, labels)
     nan = _nan_off_diagonal(s)
@@ -120,6 +122,6 @@ def mine_hard_quadruplets(
     i, j = (_positive_pairs(labels) & has_neg.any() & ~nan).nonzero(as_tuple=True)  # row-major (i, j) order
     if i.numel() == 0:
         if bool(nan):
-            raise InputError("PDDM scores contain NaN off the diagonal", key="scores")
+            raise InputError(NAN_SCORES, key="scores")
         return empty, empty, empty, empty
     return i, j, hard_neg[i], hard_neg[j]
