@@ -301,3 +301,48 @@ def test_fnmr_in_a_narrow_cone_reports_the_unit_rows_distances():
             got = evaluate_embeddings(x, fine, distance="cosine", metrics=[f"fnmr@fmr={p}"],
                                       ranking_engine=engine)["fine"][f"fnmr@fmr={p}"]
             assert got == pytest.approx(want, abs=1e-12), (p, engine)
+
+
+def test_scale_sources_and_excluded_counts_by_hand():
+    from dynametric.metrics.engine import RankingProblem
+    from dynametric.metrics.torch_engine import excluded_counts, scale_sources
+
+    # fine determines coarse; middle does not (middle 0 holds coarse 0 and 1)
+    ql = torch.tensor([[0, 0, 0], [1, 0, 1]])
+    gl = torch.tensor([[0, 0, 0], [2, 1, 1], [1, 0, 1], [3, 1, 0]])
+    assert scale_sources(ql, gl) == [2, 1, 2]
+    assert scale_sources(ql[:, [0, 2]], gl[:, [0, 2]]) == [1, 1]
+    x = torch.zeros((4, 2))
+    loo = RankingProblem(x, x, gl, gl, leave_one_out=True)
+    assert excluded_counts(loo).tolist() == [1, 1, 1, 1]
+    ids = torch.tensor([7, 3, 7, 7])
+    loo_ids = RankingProblem(x, x, gl, gl, leave_one_out=True, query_codes=ids, gallery_codes=ids)
+    assert excluded_counts(loo_ids).tolist() == [3, 1, 3, 3]
+    qg = RankingProblem(x[:2], x, ql, gl, query_codes=torch.tensor([3, 5]), gallery_codes=ids)
+    assert excluded_counts(qg).tolist() == [1, 0]
+    assert excluded_counts(RankingProblem(x[:2], x, ql, gl)).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("protocol", ["loo", "loo_ids", "qg_ids"])
+def test_partly_nested_four_scales_equal_cpu_engine(protocol):
+    # scales 0 and 2 determine the coarsest label, scale 1 does not: the torch engine searches the coarsest scale
+    # once for scales 0, 2 and 3, and scale 1 on its own
+    rng = np.random.default_rng(11)
+    n = 180
+    x = rng.integers(-3, 4, (n, 3)).astype(np.float32)
+    fine = rng.integers(0, 40, n)
+    coarse = fine % 3
+    lab = np.stack([fine, rng.integers(0, 5, n), fine % 6, coarse], 1)
+    kw = dict(metrics=ALL_RANK, k_values=(1, 5), empty_queries="count_as_zero")
+    if protocol == "loo":
+        args = (x, lab)
+    elif protocol == "loo_ids":
+        args = (x, lab)
+        kw["query_ids"] = list(rng.integers(0, 50, n))
+    else:
+        args = (x[:60], lab[:60], x[60:], lab[60:])
+        kw["query_ids"] = list(rng.integers(0, 30, 60))
+        kw["gallery_ids"] = list(rng.integers(0, 30, n - 60))
+    want = evaluate_embeddings(*args, **kw)
+    for budget in (None, 700_000):
+        _same(want, evaluate_embeddings(*args, **kw, ranking_engine="torch", memory_budget_bytes=budget))

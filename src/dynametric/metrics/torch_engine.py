@@ -18,8 +18,11 @@ the relevant items that are not excluded. Per chunk of query rows:
 
 Each scale then reads its relevant items' positions off the ranked gallery labels, and
 :func:`metrics_from_rank_rows` turns them into per-query values (float64, one dense reduction per row, so the
-result is deterministic on any device). The per-query values go to the CPU engine's accumulators, so sums,
-exclusions and the empty-query policy are shared code.
+result is deterministic on any device). On the full path a nested hierarchy needs one pass over each sorted row:
+the coarsest scale's relevant items are found once and every scale whose label determines the coarsest label picks
+its own from among them (:func:`scale_sources`); relevant and excluded counts are known on the host beforehand, so
+the device is read only where ``nonzero`` needs a shape. The per-query values stay on the device until the end and
+then go to the CPU engine's accumulators, so sums, exclusions and the empty-query policy are shared code.
 """
 
 from __future__ import annotations
@@ -207,15 +210,72 @@ def _ranked_top(scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Ten
     return order, v2
 
 
+def excluded_counts(problem: RankingProblem) -> torch.Tensor:
+    """Per query, how many gallery items are excluded (scored ``-inf``): itself in leave-one-out, every item sharing
+    its id (its own included) when ids are given; ``LongTensor[Nq]`` on the CPU. On the full path they are exactly
+    the last ones of the query's sorted row (no other score is ``-inf``: scores of finite embeddings are bounded
+    after :func:`dynametric.metrics.engine.prepare_for_ranking`)."""
+    nq = problem.query.shape[0]
+    if problem.query_codes is None:
+        return torch.full((nq,), int(problem.leave_one_out), dtype=torch.long)
+    keys, counts = torch.unique(problem.gallery_codes, return_counts=True)
+    if keys.numel() == 0:
+        return torch.zeros(nq, dtype=torch.long)
+    pos = torch.searchsorted(keys, problem.query_codes).clamp_max(keys.numel() - 1)
+    return torch.where(keys[pos] == problem.query_codes, counts[pos], torch.zeros_like(pos))
+
+
+def scale_sources(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> list[int]:
+    """For each scale, the scale whose relevant items are searched in the ranked rows: the coarsest scale for every
+    scale whose label determines the coarsest label (a nested hierarchy: its relevant items are among the coarsest
+    scale's, so one pass over each row finds them all), else the scale itself."""
+    allrows = torch.cat([query_labels, gallery_labels])
+    last = allrows.shape[1] - 1
+    out = []
+    for s in range(allrows.shape[1]):
+        pairs = torch.unique(allrows[:, [s, last]], dim=0).shape[0]
+        out.append(last if pairs == torch.unique(allrows[:, s]).shape[0] else s)
+    return out
+
+
+def _packed_ranks(rows: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | None, found: torch.Tensor,
+                  num_rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([C, width] ranks, [C] counts)``: the 1-based ranks ``pos + 1`` of the items ``(rows, pos)`` (row-major, as
+    ``nonzero`` gives them) that ``keep`` selects (all for None), packed to the left of each row in rank order.
+
+    ``found``: each row's expected count (on the device), which places the items without a host read; the counts
+    actually seen are returned, so the caller can check them later."""
+    dev = rows.device
+    seen = torch.zeros(num_rows, dtype=torch.int64, device=dev)
+    first = torch.cumsum(found, 0) - found
+    ranks = torch.zeros((num_rows, width + 1), dtype=torch.int64, device=dev)
+    if keep is None:
+        seen.index_add_(0, rows, torch.ones_like(rows))
+        slot = torch.arange(rows.numel(), device=dev) - first[rows]
+        ranks[rows, slot.clamp(0, width)] = pos + 1
+    else:
+        seen.index_add_(0, rows, keep.to(torch.int64))
+        slot = torch.cumsum(keep, 0) - 1 - first[rows]
+        # items not kept go to a spare last column, dropped below
+        ranks[rows, torch.where(keep, slot.clamp(0, width), width)] = pos + 1
+    return ranks[:, :width], seen
+
+
 def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values: tuple[int, ...],
                       metrics: tuple[str | MetricSpec, ...], asi_cutoff: int | None,
                       memory_budget_bytes: int | None,
                       table: Mapping[str, RankMetric] | None = None) -> list[ScaleAccumulator]:
-    """The torch-device counterpart of :func:`dynametric.metrics.engine.run_ranking` (same inputs and outputs)."""
+    """The torch-device counterpart of :func:`dynametric.metrics.engine.run_ranking` (same inputs and outputs).
+
+    The full path reads the device only where a shape needs it (one ``nonzero`` per searched scale and chunk):
+    the relevant counts and exclusions are known on the host beforehand, the overflow and bookkeeping checks are
+    collected on the device and read once at the end, and the per-query values stay on the device until then."""
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
     num_scales = problem.query_labels.shape[1]
     specs = resolve_metrics(k_values, metrics, table)
     r_all = relevant_counts(problem)
+    excl = excluded_counts(problem)
+    sources = scale_sources(problem.query_labels, problem.gallery_labels)
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     max_r = int(r_all.max()) if r_all.numel() else 0
     cap = max(max_r, max_rank_needed((), specs, asi_cutoff))
@@ -227,13 +287,26 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
         products = problem.products if g is problem.gallery else GalleryProducts(g)  # on the CPU: packed once
         sq = (g * g).sum(1) if problem.distance == "euclidean" else None
         codes = [_compact_codes(problem.query_labels[:, s], problem.gallery_labels[:, s]) for s in range(num_scales)]
-        qcodes = [c[0].to(device) for c in codes]
-        gcodes = [c[1].to(device=device, dtype=torch.int32 if c[2] < 2**31 else torch.int64) for c in codes]
+        qcodes = [c[0].to(device=device, dtype=torch.int32 if c[2] < 2**31 else torch.int64) for c in codes]
+        gcodes = [c[1].to(device=device, dtype=qc.dtype) for c, qc in zip(codes, qcodes)]
         id_q = None if problem.query_codes is None else problem.query_codes.to(device)
         id_g = None if problem.gallery_codes is None else problem.gallery_codes.to(device)
         r_dev = r_all.to(device)
+        kept_dev = (ng - excl).to(device)
         harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1)).to(device)
+        values = [{sp.name: torch.zeros(nq, dtype=torch.float64, device=device) for sp in specs}
+                  for _ in range(num_scales)]
+        overflow = torch.zeros((), dtype=torch.bool, device=device)
+        miscount = torch.zeros((), dtype=torch.bool, device=device)
         buf = torch.empty((rows, ng), dtype=torch.float32, device=device)
+
+        def scale_values(sc: int, start: int, ranks: torch.Tensor, found: torch.Tensor) -> None:
+            stop = start + ranks.shape[0]
+            vals_s = metrics_from_rank_rows(ranks, found, r_dev[start:stop, sc], k_values=(), metrics=specs,
+                                            asi_cutoff=asi_cutoff, harmonic=harmonic)
+            for name, v in vals_s.items():
+                values[sc][name][start:stop] = v
+
         for start in range(0, nq, rows):
             stop = min(nq, start + rows)
             c = stop - start
@@ -247,28 +320,51 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
             if id_q is not None:
                 s.masked_fill_(id_g.unsqueeze(0) == id_q[start:stop].unsqueeze(1), float("-inf"))
             s.add_(0.0)  # -0.0 + 0.0 = +0.0: one zero score
+
             if full:
                 vals, order = torch.sort(s, dim=1, descending=True, stable=True)
-                if bool((torch.isnan(vals[:, 0]) | torch.isposinf(vals[:, 0])).any()):
-                    _raise_overflow()
+                overflow |= (torch.isnan(vals[:, 0]) | torch.isposinf(vals[:, 0])).any()
+                del vals
+                most_excluded = int(excl[start:stop].max())
+                for src in sorted(set(sources)):
+                    rel = gcodes[src][order] == qcodes[src][start:stop].unsqueeze(1)
+                    if most_excluded:  # excluded items sit at the end of each row, after its kept ones
+                        tail = torch.arange(ng - most_excluded, ng, device=device)
+                        rel[:, ng - most_excluded:] &= tail.unsqueeze(0) < kept_dev[start:stop].unsqueeze(1)
+                    rr, pos = rel.nonzero(as_tuple=True)
+                    del rel
+                    if rr.numel() != int(r_all[start:stop, src].sum()):  # pragma: no cover - an exclusion bug
+                        raise RuntimeError("torch ranking engine: relevant counts disagree with the label counts")
+                    gidx = order[rr, pos] if any(sources[sc] == src and sc != src for sc in range(num_scales)) \
+                        else None
+                    for sc in range(num_scales):
+                        if sources[sc] != src:
+                            continue
+                        keep = None if sc == src else \
+                            gcodes[sc][gidx] == qcodes[sc][start:stop][rr]
+                        found = r_dev[start:stop, sc]
+                        width = int(r_all[start:stop, sc].max()) if c else 0
+                        ranks, seen = _packed_ranks(rr, pos, keep, found, c, width)
+                        miscount |= (seen != found).any()
+                        scale_values(sc, start, ranks, found)
+                del order
             else:
                 order, vals = _ranked_top(s, cap)
-            kept = vals > float("-inf")  # excluded items sit at the end of a full row
-            del vals
-            for sc in range(num_scales):
-                rel = (gcodes[sc][order] == qcodes[sc][start:stop].unsqueeze(1).to(gcodes[sc].dtype)) & kept
-                found = rel.sum(1)
-                width = int(found.max()) if c else 0
-                rr, pos = rel.nonzero(as_tuple=True)
-                del rel
-                first = torch.cumsum(found, 0) - found
-                ranks = torch.zeros((c, width), dtype=torch.int64, device=device)
-                ranks[rr, torch.arange(rr.numel(), device=device) - first[rr]] = pos + 1
-                r_count = r_dev[start:stop, sc]
-                if full and not torch.equal(found, r_count):  # pragma: no cover - an exclusion bookkeeping bug
-                    raise RuntimeError("torch ranking engine: relevant counts disagree with the label counts")
-                vals_s = metrics_from_rank_rows(ranks, found, r_count, k_values=(), metrics=specs,
-                                                asi_cutoff=asi_cutoff, harmonic=harmonic)
-                accs[sc].add(start, r_count.cpu(), {n: v.cpu() for n, v in vals_s.items()})
-            del order, kept
+                kept = vals > float("-inf")
+                del vals
+                for sc in range(num_scales):
+                    rel = (gcodes[sc][order] == qcodes[sc][start:stop].unsqueeze(1)) & kept
+                    found = rel.sum(1)
+                    width = int(found.max()) if c else 0
+                    rr, pos = rel.nonzero(as_tuple=True)
+                    del rel
+                    ranks, _ = _packed_ranks(rr, pos, None, found, c, width)
+                    scale_values(sc, start, ranks, found)
+                del order, kept
+        if bool(overflow):
+            _raise_overflow()
+        if bool(miscount):  # pragma: no cover - an exclusion bookkeeping bug
+            raise RuntimeError("torch ranking engine: relevant counts disagree with the label counts")
+        for sc in range(num_scales):
+            accs[sc].add(0, r_all[:, sc], {name: v.cpu() for name, v in values[sc].items()})
     return accs
