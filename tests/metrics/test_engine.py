@@ -370,3 +370,18 @@ def test_torch_row_sorter_gives_the_thread_count_back_when_a_ranking_thread_fail
         assert _count_in_a_new_thread() == 2  # a thread started later does not inherit the ranking threads' 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_label_determines_matches_brute_force():
+    from dynametric.metrics.engine import label_determines
+
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n = int(rng.integers(0, 30))
+        fine = rng.integers(-3, 8, n)
+        coarse = rng.integers(0, 3, n) if trial % 2 else (fine * 7) % 4
+        if trial % 5 == 0 and n:
+            coarse[rng.integers(0, n)] += 1  # one item breaks a nesting
+        want = all(len({int(c) for f2, c in zip(fine, coarse) if f2 == f}) == 1 for f in set(fine.tolist()))
+        got = label_determines(torch.from_numpy(fine), torch.from_numpy(coarse))
+        assert got == want, (fine.tolist(), coarse.tolist())

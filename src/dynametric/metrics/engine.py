@@ -154,15 +154,24 @@ class CandidateSets:
     max_size: int = 0
 
 
+def label_determines(labels: torch.Tensor, coarse: torch.Tensor) -> bool:
+    """Whether every label value of ``labels`` (1-D) comes with one value of ``coarse`` (same length): the
+    hierarchy is nested between the two columns. One sort of ``labels`` (to number its values) and two gathers."""
+    if labels.numel() == 0:
+        return True
+    # numpy's unique: single-threaded, so its time does not depend on how busy the other cores are
+    _, code = np.unique(labels.numpy(), return_inverse=True)
+    big = coarse.numpy()
+    rep = np.empty(int(code.max()) + 1, dtype=big.dtype)
+    rep[code] = big  # one of each value's coarse labels (whichever is written last)
+    return bool((rep[code] == big).all())
+
+
 def build_candidate_sets(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> CandidateSets:
     """Use contiguous coarsest-class ranges when every scale's label determines the coarsest label."""
     allrows = torch.cat([query_labels, gallery_labels])
-    nested = True
-    for s in range(allrows.shape[1] - 1):
-        pairs = torch.unique(allrows[:, [s, allrows.shape[1] - 1]], dim=0)
-        if pairs.shape[0] != torch.unique(allrows[:, s]).shape[0]:
-            nested = False
-            break
+    last = allrows.shape[1] - 1
+    nested = all(label_determines(allrows[:, s], allrows[:, last]) for s in range(last))
     if not nested:
         # Upper bound of the union size: sum over scales of the largest class (capped by Ng).
         bound = 0

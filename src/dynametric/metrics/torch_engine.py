@@ -31,10 +31,17 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from dynametric.errors import InputError
-from dynametric.metrics.engine import SCORE_ROW_BLOCK, RankingProblem, ScaleAccumulator, _grid_product
+from dynametric.metrics.engine import (
+    SCORE_ROW_BLOCK,
+    RankingProblem,
+    ScaleAccumulator,
+    _grid_product,
+    label_determines,
+)
 from dynametric.metrics.products import GalleryProducts
 from dynametric.metrics.ranking import (
     MetricSpec,
@@ -162,9 +169,10 @@ def metrics_from_rank_rows(ranks: torch.Tensor, found: torch.Tensor, r_count: to
 
 def _compact_codes(query_col: torch.Tensor, gallery_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Labels of one scale as int64 codes ``0..L-1`` shared by queries and gallery."""
-    both = torch.cat([query_col, gallery_col])
-    uniq, inv = torch.unique(both, return_inverse=True)
-    return inv[:query_col.shape[0]], inv[query_col.shape[0]:], int(uniq.numel())
+    both = torch.cat([query_col, gallery_col]).numpy()
+    uniq, inv = np.unique(both, return_inverse=True)  # single-threaded: not slowed down by busy cores
+    codes = torch.from_numpy(inv.reshape(-1).astype(np.int64))
+    return codes[:query_col.shape[0]], codes[query_col.shape[0]:], int(uniq.size)
 
 
 def relevant_counts(problem: RankingProblem) -> torch.Tensor:
@@ -231,11 +239,7 @@ def scale_sources(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> l
     scale's, so one pass over each row finds them all), else the scale itself."""
     allrows = torch.cat([query_labels, gallery_labels])
     last = allrows.shape[1] - 1
-    out = []
-    for s in range(allrows.shape[1]):
-        pairs = torch.unique(allrows[:, [s, last]], dim=0).shape[0]
-        out.append(last if pairs == torch.unique(allrows[:, s]).shape[0] else s)
-    return out
+    return [last if label_determines(allrows[:, s], allrows[:, last]) else s for s in range(last + 1)]
 
 
 def _packed_ranks(rows: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | None, found: torch.Tensor,
