@@ -888,7 +888,7 @@ def _unit_rows64(x: torch.Tensor) -> torch.Tensor:
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     """:func:`_unit_rows64` rounded to float32, in blocks of ``_PREP_ROWS`` rows (bounded extra memory)."""
-    out = torch.empty(x.shape, dtype=torch.float32)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     for a in range(0, x.shape[0], _PREP_ROWS):
         out[a:a + _PREP_ROWS] = _unit_rows64(x[a:a + _PREP_ROWS])
     return out
@@ -907,11 +907,12 @@ def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
     and underflow of the squared norms. Without centring, the float32 score ``2<q, g> - ||g||^2`` of embeddings far
     from the origin loses the distance differences in the cancellation and misorders candidates."""
     n, dim = centre_of.shape
-    total = torch.zeros(dim, dtype=torch.float64)
+    dev = centre_of.device
+    total = torch.zeros(dim, dtype=torch.float64, device=dev)
     for a in range(0, n, _PREP_ROWS):
         total += rows(centre_of[a:a + _PREP_ROWS]).sum(0)
     mean = total / max(1, n)
-    sq = torch.zeros(dim, dtype=torch.float64)
+    sq = torch.zeros(dim, dtype=torch.float64, device=dev)
     for a in range(0, n, _PREP_ROWS):
         sq += ((rows(centre_of[a:a + _PREP_ROWS]) - mean) ** 2).sum(0)
     spread = math.sqrt(float(sq.max()) / max(1, n))
@@ -919,7 +920,7 @@ def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
         quantum = math.ldexp(1.0, math.frexp(spread)[1] - 1)  # 2**floor(log2(spread))
         centre = torch.round(mean / quantum) * quantum
     else:
-        centre = torch.zeros(dim, dtype=torch.float64)
+        centre = torch.zeros(dim, dtype=torch.float64, device=dev)
     peak = 0.0
     for x in sets:
         for a in range(0, x.shape[0], _PREP_ROWS):
@@ -927,7 +928,7 @@ def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
     factor = 1.0 if peak == 0.0 else math.ldexp(1.0, -math.frexp(peak)[1])
     outs = []
     for x in sets:
-        out = torch.empty(x.shape, dtype=torch.float32)
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         for a in range(0, x.shape[0], _PREP_ROWS):
             out[a:a + _PREP_ROWS] = (rows(x[a:a + _PREP_ROWS]) - centre) * factor
         outs.append(out)
@@ -953,7 +954,8 @@ def _has_zero_row(x: torch.Tensor) -> bool:
 
 
 def prepare_for_ranking(distance: str, query: torch.Tensor, gallery: torch.Tensor | None = None, *,
-                        narrow_cone: bool = True) -> tuple[torch.Tensor, torch.Tensor, str]:
+                        narrow_cone: bool = True,
+                        device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """``(query, gallery, scoring)`` as the engine scores them (``gallery=None``: leave-one-out, the same tensor
     twice); ``scoring`` is the distance the engine computes, which ranks exactly as ``distance`` does.
 
@@ -964,9 +966,12 @@ def prepare_for_ranking(distance: str, query: torch.Tensor, gallery: torch.Tenso
     vectors ``||q - g||^2 = 2 - 2 cos``, the same ranking, and the centred coordinates keep the differences that
     float32 cosines near 1 round away. Euclidean: both sets centred on the gallery mean and scaled by a power of two
     (:func:`_centred_scaled`); neither changes the exact ranking, both keep float32 scores accurate whatever the
-    embeddings' offset and magnitude."""
-    query = query.detach().cpu()
-    gallery = None if gallery is None else gallery.detach().cpu()
+    embeddings' offset and magnitude. ``device``: where the float64 work is done and the results live (default
+    the CPU; the torch engine passes its device, so embeddings already there never make a round trip through the
+    host)."""
+    dev = torch.device("cpu") if device is None else device
+    query = query.detach().to(dev)
+    gallery = None if gallery is None else gallery.detach().to(dev)
     if distance == "cosine":
         q = _unit_rows(query)
         g = q if gallery is None else _unit_rows(gallery)

@@ -165,7 +165,8 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
     return ParsedMetrics(names, tuple(specs), clustering, fmr)
 
 
-def _as_embeddings(x: Any, name: str) -> torch.Tensor:
+def _as_embeddings(x: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """``x`` as float32 ``[N, D]`` on ``device`` (default the CPU), checked: finite and within float32's range."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
@@ -177,7 +178,7 @@ def _as_embeddings(x: Any, name: str) -> torch.Tensor:
     if not (x.dtype.is_floating_point or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
                                                        torch.uint8)):
         raise InputError(f"expected numbers, got dtype {x.dtype}", key=name)
-    x = x.detach().cpu()
+    x = x.detach().to(torch.device("cpu") if device is None else device)
     for what, y in (("NaN or Inf", x), ("values beyond the float32 range (|x| > 3.4e38)", x.to(torch.float32))):
         bad = ~torch.isfinite(y)
         if bool(bad.any()):
@@ -278,8 +279,10 @@ def evaluate_embeddings(
         dev = None
     parsed = _parse_metrics(metrics, k_values, metric_table)
     names, specs, fmr = parsed.names, parsed.retrieval, parsed.fmr
-    q = _as_embeddings(query_emb, "query_emb")
-    ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0])
+    # the torch engine on a device checks and prepares the embeddings there (no round trip through the host)
+    prep_dev = dev if dev is not None and dev.type != "cpu" else None
+    q = _as_embeddings(query_emb, "query_emb", prep_dev)
+    ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0]).cpu()
     loo = gallery_emb is None
     if loo:
         if gallery_labels is not None:
@@ -291,8 +294,8 @@ def evaluate_embeddings(
     else:
         if gallery_labels is None:
             raise InputError("gallery_emb given without gallery_labels", key="gallery_labels")
-        g = _as_embeddings(gallery_emb, "gallery_emb")
-        gl = as_label_matrix(gallery_labels, name="gallery_labels", num_rows=g.shape[0])
+        g = _as_embeddings(gallery_emb, "gallery_emb", prep_dev)
+        gl = as_label_matrix(gallery_labels, name="gallery_labels", num_rows=g.shape[0]).cpu()
         if g.shape[1] != q.shape[1]:
             raise InputError(f"gallery dimension {g.shape[1]} differs from query dimension {q.shape[1]}",
                              key="gallery_emb")
@@ -321,7 +324,7 @@ def evaluate_embeddings(
     if specs or fmr:
         # scoring: the distance the engine computes; a narrow cone of cosine inputs is ranked (and its fnmr@fmr
         # distances measured, up to one power-of-two factor, which no fraction depends on) as centred unit rows
-        qn, gn, scoring = prepare_for_ranking(distance, q, None if loo else g)
+        qn, gn, scoring = prepare_for_ranking(distance, q, None if loo else g, device=prep_dev)
         problem = RankingProblem(query=qn, gallery=gn, query_labels=ql, gallery_labels=gl, distance=scoring,
                                  leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
     if specs:
