@@ -214,9 +214,27 @@ def resolve_class(kind: str, spec: Any) -> Any:
     return spec
 
 
+def _check_wrapped_support(cls: type, kwargs: dict[str, Any]) -> None:
+    """Refuse a wrapped loss object that the PML wrapper ``cls`` does not support (``CrossBatchMemory`` and
+    ``SelfSupervisedLoss`` accept only the losses their ``supported_losses()`` lists, by class name, and raise a
+    bare ``Exception`` in their constructor otherwise): one line keyed ``loss`` naming the supported ones."""
+    supported = getattr(cls, "supported_losses", None)
+    if "loss" not in kwargs or not _is_object(kwargs["loss"]) or not callable(supported):
+        return
+    try:
+        names = list(supported())
+    except NotImplementedError:  # PML's abstract BaseLossWrapper
+        return
+    inner = type(kwargs["loss"]).__name__
+    if inner not in names:
+        raise ConfigError(f"{cls.__name__} does not support {inner}: its loss= must be one of {', '.join(names)} "
+                          "(pytorch-metric-learning's list)", key="loss")
+
+
 def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
     spec = resolve_class(kind, spec)
     if isinstance(spec, type):
+        _check_wrapped_support(spec, kwargs)
         if "distance" in kwargs:
             kwargs = {**kwargs, "distance": to_pml_distance(kwargs["distance"])}
         return spec(**kwargs)
