@@ -365,13 +365,22 @@ def sampler_error_key(cls: Any, argument: str | None) -> str:
 def check_sampler_options(cls: Any, settings: SamplerSettings) -> None:
     """``data.sampler_options`` (``settings.options``) against the arguments of the sampler ``cls``: an option that
     a setting decides (``cls.setting_of``: ``three_scale``'s ``k`` is ``data.m``) or one the sampler does not take
-    is a :class:`ConfigError` keyed by the option, naming the key that sets it or the options the sampler takes."""
+    is a :class:`ConfigError` keyed by the option, naming the key that sets it or the options the sampler takes
+    (PML's ``length_before_new_iter``: the ``data.iterations_per_epoch`` it corresponds to)."""
     params = inspect.signature(cls.__init__).parameters
     setting_of = getattr(cls, "setting_of", {})
     takes = [n for n, p in params.items() if n not in ("self", "labels", "num_samples")  # the data's own
              and n not in setting_of and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     for name in settings.options:
         key = f"data.sampler_options.{name}"
+        if name == "length_before_new_iter":  # PML's epoch length in indices: say what it is here
+            from dynametric.data.samplers import pml_length_message
+
+            rows = settings.batch_size if "batch_size" in params else None  # three_scale: items, not rows
+            raise ConfigError(pml_length_message(settings.options[name], rows, settings.world_size,
+                                                 option=SETTING_KEYS["iterations_per_epoch"],
+                                                 batch=SETTING_KEYS["batch_size"] if rows else "images per batch",
+                                                 ranks_known=settings.world_size > 1), key=key)  # dry run: 1
         setting = setting_of.get(name)
         if setting is not None:
             raise ConfigError(f"{name} is set by {SETTING_KEYS[setting]} ({getattr(settings, setting)}); remove it "
