@@ -407,6 +407,35 @@ def test_a_multiscale_term_gives_its_miner_to_the_loss_one_object_per_scale():
     assert type(second.miner).__name__ == "MultiSimilarityMiner" and term_miners(second) == "MultiSimilarityMiner"
 
 
+@pytest.mark.parametrize("registry, name, key, expected", [
+    ("losses", "SupConLoss", "loss", "unknown loss 'SupConLoss': dynametric has no native SupConLoss; did you mean "
+     "'pml:SupConLoss' (pytorch-metric-learning's, through the adapter: pml_loss('SupConLoss', ...) in Python)?"),
+    ("losses", "pml:SupConLos", "extra_losses[0]", "unknown loss 'pml:SupConLos': pytorch-metric-learning has no "
+     "loss 'SupConLos'; did you mean 'pml:SupConLoss'?"),
+    ("miners", "BatchEasyHardMiner", "miner", "unknown miner 'BatchEasyHardMiner': dynametric has no native "
+     "BatchEasyHardMiner; did you mean 'pml:BatchEasyHardMiner' (pytorch-metric-learning's, through the adapter: "
+     "pml_miner('BatchEasyHardMiner', ...) in Python)?"),
+    ("plain", "Alpah", "loss", "unknown name 'Alpah'; did you mean 'Alpha'?"),  # a registry without the hook
+    ("plain", "Xyz", "loss", "unknown name 'Xyz'; available: Alpha, Beta"),
+])
+def test_build_component_s_unknown_name_is_the_registry_s_message(registry, name, key, expected):
+    """build_component gave its own 'unknown name ...; available: <native names>' for the loss and miner registries,
+    without the pytorch-metric-learning hints the config loader gives; one message function now answers both."""
+    from dynametric.engine.builders import build_component
+    from dynametric.losses import LOSSES
+    from dynametric.miners import MINERS
+
+    reg = {"losses": LOSSES, "miners": MINERS, "plain": {"Alpha": int, "Beta": int}}[registry]
+    with pytest.raises(ConfigError) as info:
+        build_component(reg, name, {}, key)
+    assert (info.value.key, info.value.message) == (f"{key}.name", expected)
+    if registry != "plain":  # the same line as the config loader's
+        section = "miner" if registry == "miners" else "loss"
+        with pytest.raises(ConfigError) as loaded:
+            load_config(None, [f"{section}.name={name}"])
+        assert (loaded.value.key, loaded.value.message) == (f"{section}.name", expected)
+
+
 @pytest.mark.parametrize("overrides, key, message", [
     (["loss.name=CSLLoss", "loss.kwargs={}", "miner.name=TripletMarginMiner"], "miner.name",
      "CSLLoss reads every label column; one miner output for the whole batch would be mined at a single scale: "

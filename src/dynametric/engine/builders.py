@@ -48,6 +48,7 @@ from dynametric.engine.objective import Objective
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.labels import as_label_matrix
+from dynametric.utils.registry import unknown_name_message
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -466,10 +467,7 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
     message names exactly one of the given arguments), else on ``<key>.kwargs``.
     """
     if name not in registry:
-        close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
-        hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
-                else f"; available: {', '.join(sorted(registry))}")
-        raise ConfigError(f"unknown name {name!r}{hint}", key=f"{key}.name")
+        raise ConfigError(unknown_name_message(registry, name), key=f"{key}.name")
     factory = registry[name]
     kwargs = dict(kwargs)
     given = [k for k in kwargs if k not in DATA_DEPENDENT_ARGS]  # the configured arguments, not the filled-in ones
