@@ -456,6 +456,29 @@ def test_a_miner_that_does_not_fit_its_term_is_refused_when_the_objective_is_bui
     assert (err.value.key, err.value.message) == (key, message)
 
 
+def test_the_config_and_the_python_refusal_of_a_whole_batch_miner_are_one_condition_and_wording():
+    """Objective (Python) and the builders (config keys) ask whole_batch_miner_refusal: the same condition for a
+    class and an object, the loss's own advice (per-scale miners or removal), and no refusal for a one-column loss."""
+    from dynametric.engine.objective import Objective, whole_batch_miner_refusal
+    from dynametric.losses import CSLLoss, MultiScaleLoss, TripletMarginLoss
+    from dynametric.miners import TripletMarginMiner
+
+    head = "reads every label column; one miner output for the whole batch would be mined at a single scale: "
+    multi = MultiScaleLoss(TripletMarginLoss(), num_scales=3)
+    csl = CSLLoss(None, 8, mode="pairs")
+    assert whole_batch_miner_refusal(multi) == whole_batch_miner_refusal(MultiScaleLoss) == (
+        f"MultiScaleLoss {head}give the miner to the loss instead (MultiScaleLoss(..., miners=miner) mines each "
+        "scale on its own labels)")
+    assert whole_batch_miner_refusal(csl) == whole_batch_miner_refusal(CSLLoss) == f"CSLLoss {head}remove the miner"
+    assert whole_batch_miner_refusal(csl, "X", remove="r", per_scale="p") == f"X {head}r"
+    assert whole_batch_miner_refusal(TripletMarginLoss()) is None and whole_batch_miner_refusal(None) is None
+    for loss in (multi, csl):
+        with pytest.raises(ConfigError) as info:
+            Objective(loss, TripletMarginMiner())
+        assert (info.value.key, info.value.message) == ("miner", whole_batch_miner_refusal(loss))
+    assert Objective(TripletMarginLoss(), TripletMarginMiner()).miner is not None
+
+
 def test_an_objective_refuses_a_whole_batch_miner_for_a_loss_that_reads_every_scale():
     """What the builders refuse by config key, the objective refuses for a Python caller, when it is built (the
     compute step would refuse it only at the first training step)."""

@@ -44,7 +44,7 @@ from dynametric.data.protocol import dataset_fields, dataset_labels
 from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
 from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
-from dynametric.engine.objective import Objective
+from dynametric.engine.objective import Objective, whole_batch_miner_refusal
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.labels import as_label_matrix
@@ -792,11 +792,11 @@ def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: 
     mines each scale on that scale's labels, so a label column of its own (``scale`` / ``label_scale`` other than
     0) is refused; each a :class:`ConfigError` keyed to the miner's section."""
     cls = _loss_class(term.name)
-    if not term.multiscale and getattr(cls, "uses_all_scales", False):
-        how = (f"give it to the loss as {key}.kwargs.miners (mined per scale), or train the base loss with "
-               f"{key}.multiscale: true" if hasattr(cls, "scale_miners") else f"remove {mkey} (set {mkey}: null)")
-        raise ConfigError(f"{term.name} reads every label column; one miner output for the whole batch would be "
-                          f"mined at a single scale: {how}", key=f"{mkey}.name")
+    refusal = None if term.multiscale else whole_batch_miner_refusal(
+        cls, term.name, per_scale=f"give it to the loss as {key}.kwargs.miners (mined per scale), or train the base "
+                                  f"loss with {key}.multiscale: true", remove=f"remove {mkey} (set {mkey}: null)")
+    if refusal is not None:
+        raise ConfigError(refusal, key=f"{mkey}.name")
     if not term.multiscale:
         return
     miner_cls = _miner_class(mcfg.name)
