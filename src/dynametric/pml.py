@@ -12,11 +12,12 @@ import importlib
 import importlib.util
 import inspect
 import numbers
+import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from dynametric import distances as _distances
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, first_sentence
 
 #: Config names with this prefix are looked up in pytorch-metric-learning.
 PML_PREFIX = "pml:"
@@ -214,12 +215,69 @@ def resolve_class(kind: str, spec: Any) -> Any:
     return spec
 
 
+def _check_wrapped_support(cls: type, kwargs: dict[str, Any]) -> None:
+    """Refuse a wrapped loss object that the PML wrapper ``cls`` does not support (``CrossBatchMemory`` and
+    ``SelfSupervisedLoss`` accept only the losses their ``supported_losses()`` lists, by class name, and raise a
+    bare ``Exception`` in their constructor otherwise): one line keyed ``loss`` naming the supported ones."""
+    supported = getattr(cls, "supported_losses", None)
+    if "loss" not in kwargs or not _is_object(kwargs["loss"]) or not callable(supported):
+        return
+    try:
+        names = list(supported())
+    except NotImplementedError:  # PML's abstract BaseLossWrapper
+        return
+    inner = type(kwargs["loss"]).__name__
+    if inner not in names:
+        raise ConfigError(f"{cls.__name__} does not support {inner}: its loss= must be one of {', '.join(names)} "
+                          "(pytorch-metric-learning's list)", key="loss")
+
+
+#: The keywords of PML's losses and miners that take an object PML calls later (its constructors keep them as
+#: attributes of these names): a value that is not callable (``reducer: mean`` in a config) would be kept and fail
+#: at the first call, or trip the constructor with a message naming no keyword (``str is not a Module subclass``).
+OBJECT_ARGUMENTS = ("reducer", "distance", "embedding_regularizer", "weight_regularizer")
+
+#: The keywords whose value PML's constructors call there and then (``WeightInitMixin``: ``weight_init_func(W)`` on
+#: the new proxies / class weights), which failed with Python's bare ``'str' object is not callable``.
+CALLED_WHEN_BUILT = ("weight_init_func",)
+
+
+def check_object_arguments(values: Mapping[str, Any]) -> None:
+    """Refuse a reducer, distance or regularizer (:data:`OBJECT_ARGUMENTS`) or a ``weight_init_func``
+    (:data:`CALLED_WHEN_BUILT`) in ``values`` (keyword arguments, or a built object's attributes of those names)
+    that is not callable (a name, a mapping, a number given where PML expects an object): one line keyed by the
+    keyword, the wording of dynametric's own losses (:func:`~dynametric.losses.reducers.check_reducer`). ``None``
+    passes (PML's default)."""
+    for attr in (*OBJECT_ARGUMENTS, *CALLED_WHEN_BUILT):
+        value = values.get(attr)
+        if value is None or callable(value):
+            continue
+        if attr == "reducer":
+            from dynametric.losses.reducers import check_reducer
+
+            check_reducer(value)  # raises, as a native loss does
+        what = {"distance": "a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, "
+                            "{name: LpDistance, p: 1})",
+                "weight_init_func": "callable (e.g. torch.nn.init.normal_, in Python: a config cannot give a "
+                                    "function) or null"}.get(attr, "callable (e.g. LpRegularizer()) or null")
+        raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
+
+
 def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
     spec = resolve_class(kind, spec)
     if isinstance(spec, type):
+        _check_wrapped_support(spec, kwargs)
+        check_object_arguments(kwargs)
+        given = kwargs
         if "distance" in kwargs:
             kwargs = {**kwargs, "distance": to_pml_distance(kwargs["distance"])}
-        return spec(**kwargs)
+        try:
+            return spec(**kwargs)
+        except AssertionError as exc:  # PML's checks in the constructor: ArcFaceLoss's distance must be cosine
+            named = [k for k in given if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", str(exc))]
+            shown = f", got {type(given[named[0]]).__name__}" if len(named) == 1 else ""
+            said = first_sentence(exc) if str(exc).strip() else f"{spec.__name__}'s constructor failed a check"
+            raise ConfigError(f"{said}{shown}", key=named[0] if len(named) == 1 else None) from exc
     if kwargs:
         raise ConfigError(f"keyword arguments {sorted(kwargs)} given with an already built {kind[:-2]} object",
                           key=kind[:-2])

@@ -407,6 +407,35 @@ def test_a_multiscale_term_gives_its_miner_to_the_loss_one_object_per_scale():
     assert type(second.miner).__name__ == "MultiSimilarityMiner" and term_miners(second) == "MultiSimilarityMiner"
 
 
+@pytest.mark.parametrize("registry, name, key, expected", [
+    ("losses", "SupConLoss", "loss", "unknown loss 'SupConLoss': dynametric has no native SupConLoss; did you mean "
+     "'pml:SupConLoss' (pytorch-metric-learning's, through the adapter: pml_loss('SupConLoss', ...) in Python)?"),
+    ("losses", "pml:SupConLos", "extra_losses[0]", "unknown loss 'pml:SupConLos': pytorch-metric-learning has no "
+     "loss 'SupConLos'; did you mean 'pml:SupConLoss'?"),
+    ("miners", "BatchEasyHardMiner", "miner", "unknown miner 'BatchEasyHardMiner': dynametric has no native "
+     "BatchEasyHardMiner; did you mean 'pml:BatchEasyHardMiner' (pytorch-metric-learning's, through the adapter: "
+     "pml_miner('BatchEasyHardMiner', ...) in Python)?"),
+    ("plain", "Alpah", "loss", "unknown name 'Alpah'; did you mean 'Alpha'?"),  # a registry without the hook
+    ("plain", "Xyz", "loss", "unknown name 'Xyz'; available: Alpha, Beta"),
+])
+def test_build_component_s_unknown_name_is_the_registry_s_message(registry, name, key, expected):
+    """build_component gave its own 'unknown name ...; available: <native names>' for the loss and miner registries,
+    without the pytorch-metric-learning hints the config loader gives; one message function now answers both."""
+    from dynametric.engine.builders import build_component
+    from dynametric.losses import LOSSES
+    from dynametric.miners import MINERS
+
+    reg = {"losses": LOSSES, "miners": MINERS, "plain": {"Alpha": int, "Beta": int}}[registry]
+    with pytest.raises(ConfigError) as info:
+        build_component(reg, name, {}, key)
+    assert (info.value.key, info.value.message) == (f"{key}.name", expected)
+    if registry != "plain":  # the same line as the config loader's
+        section = "miner" if registry == "miners" else "loss"
+        with pytest.raises(ConfigError) as loaded:
+            load_config(None, [f"{section}.name={name}"])
+        assert (loaded.value.key, loaded.value.message) == (f"{section}.name", expected)
+
+
 @pytest.mark.parametrize("overrides, key, message", [
     (["loss.name=CSLLoss", "loss.kwargs={}", "miner.name=TripletMarginMiner"], "miner.name",
      "CSLLoss reads every label column; one miner output for the whole batch would be mined at a single scale: "
@@ -425,6 +454,29 @@ def test_a_miner_that_does_not_fit_its_term_is_refused_when_the_objective_is_bui
     with pytest.raises(ConfigError) as err:
         build_objectives(cfg, build_model(cfg), LABELS, 3)
     assert (err.value.key, err.value.message) == (key, message)
+
+
+def test_the_config_and_the_python_refusal_of_a_whole_batch_miner_are_one_condition_and_wording():
+    """Objective (Python) and the builders (config keys) ask whole_batch_miner_refusal: the same condition for a
+    class and an object, the loss's own advice (per-scale miners or removal), and no refusal for a one-column loss."""
+    from dynametric.engine.objective import Objective, whole_batch_miner_refusal
+    from dynametric.losses import CSLLoss, MultiScaleLoss, TripletMarginLoss
+    from dynametric.miners import TripletMarginMiner
+
+    head = "reads every label column; one miner output for the whole batch would be mined at a single scale: "
+    multi = MultiScaleLoss(TripletMarginLoss(), num_scales=3)
+    csl = CSLLoss(None, 8, mode="pairs")
+    assert whole_batch_miner_refusal(multi) == whole_batch_miner_refusal(MultiScaleLoss) == (
+        f"MultiScaleLoss {head}give the miner to the loss instead (MultiScaleLoss(..., miners=miner) mines each "
+        "scale on its own labels)")
+    assert whole_batch_miner_refusal(csl) == whole_batch_miner_refusal(CSLLoss) == f"CSLLoss {head}remove the miner"
+    assert whole_batch_miner_refusal(csl, "X", remove="r", per_scale="p") == f"X {head}r"
+    assert whole_batch_miner_refusal(TripletMarginLoss()) is None and whole_batch_miner_refusal(None) is None
+    for loss in (multi, csl):
+        with pytest.raises(ConfigError) as info:
+            Objective(loss, TripletMarginMiner())
+        assert (info.value.key, info.value.message) == ("miner", whole_batch_miner_refusal(loss))
+    assert Objective(TripletMarginLoss(), TripletMarginMiner()).miner is not None
 
 
 def test_an_objective_refuses_a_whole_batch_miner_for_a_loss_that_reads_every_scale():

@@ -218,6 +218,37 @@ def test_a_wrapping_pml_loss_in_a_run_config_is_one_line_naming_the_python_call(
             f"which a config cannot give; build it in Python: {dpml.WRAPPER_USAGE['CrossBatchMemory']}")
 
 
+def test_a_wrapped_loss_the_pml_wrapper_does_not_support_is_one_line_on_loss():
+    """PML's CrossBatchMemory / SelfSupervisedLoss raise a bare `Exception("... not supported for ArcFaceLoss")` in
+    their constructor; the adapter refuses the pair first, naming the losses PML supports, and builds the others."""
+    arcface = pml_losses.ArcFaceLoss(num_classes=3, embedding_size=4)
+    for build, cls in ((lambda: pml_loss("CrossBatchMemory", loss=arcface, embedding_size=4), "CrossBatchMemory"),
+                       (lambda: build_loss("pml:SelfSupervisedLoss", loss=arcface), "SelfSupervisedLoss")):
+        with pytest.raises(ConfigError) as err:
+            build()
+        supported = ", ".join(getattr(pml_losses, cls).supported_losses())
+        assert _one_line(err) == (f"key 'loss': {cls} does not support ArcFaceLoss: its loss= must be one of "
+                                  f"{supported} (pytorch-metric-learning's list)")
+        assert "ArcFaceLoss" not in supported.split(", ") and "ContrastiveLoss" in supported.split(", ")
+    inner = pml_losses.TripletMarginLoss()  # a supported one still builds, around that very object
+    assert pml_loss("CrossBatchMemory", loss=inner, embedding_size=4, memory_size=8).loss.loss is inner
+
+
+def test_a_wrapping_pml_loss_with_its_inner_loss_named_in_a_run_config_is_one_line_on_loss_kwargs_loss(tmp_path,
+                                                                                                       capsys):
+    """The QA report: `loss: {name: pml:CrossBatchMemory, kwargs: {loss: ContrastiveLoss, ...}}` in a run config."""
+    from dynametric.cli import main
+
+    cfg = tmp_path / "cbm.yaml"
+    cfg.write_text("loss:\n  name: pml:CrossBatchMemory\n  multiscale: false\n"
+                   "  kwargs: {loss: ContrastiveLoss, embedding_size: 128, memory_size: 64}\n")
+    assert main(["train", "--dry-run", "--config", str(cfg)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: {cfg}:4 key 'loss.kwargs.loss': pml:CrossBatchMemory: CrossBatchMemory wraps "
+        "another loss: its loss= is a loss object, got 'ContrastiveLoss', which a config cannot give; build it in "
+        f"Python: {dpml.WRAPPER_USAGE['CrossBatchMemory']}")
+
+
 # 4. SelfSupervisedLoss's positional call ----------------------------------------------------------------------------
 
 def _value_and_grads(loss, emb, *args, **kwargs):

@@ -702,6 +702,40 @@ def test_a_pml_loss_refuses_a_reducer_or_regularizer_given_by_name_when_it_is_bu
     assert isinstance(loss.loss.distance, pml_dist.CosineSimilarity)
 
 
+@pytest.mark.parametrize("name, override, expected", [
+    ("pml:ArcFaceLoss", "loss.kwargs.weight_init_func=xavier_normal_",
+     "weight_init_func must be callable (e.g. torch.nn.init.normal_, in Python: a config cannot give a function) or "
+     "null, got 'xavier_normal_'"),
+    ("pml:ProxyAnchorLoss", "loss.kwargs.weight_init_func=0.5",
+     "weight_init_func must be callable (e.g. torch.nn.init.normal_, in Python: a config cannot give a function) or "
+     "null, got 0.5"),
+    ("pml:ContrastiveLoss", "loss.kwargs.reducer=3", "reducer must be a reducer object (e.g. MeanReducer()), got 3"),
+    ("pml:ArcFaceLoss", "loss.kwargs.distance=l2",
+     "ArcFaceLoss requires the distance metric to be CosineSimilarity, got LpDistance"),
+])
+def test_what_pml_s_constructor_calls_or_checks_is_refused_on_its_own_key(capsys, name, override, expected):
+    """PML calls weight_init_func in the constructor (`'str' object is not callable`), trips over reducer=3 there
+    (`int is not a Module subclass`), both keyed to the whole `loss.kwargs`, and asserts ArcFace's distance type (a
+    traceback): each is now one line on the key that was given, in the dry run."""
+    from dynametric.cli import main
+
+    tiny = "data.options={images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}"
+    key = override.split("=")[0]
+    assert main(["train", "--dry-run", tiny, f"loss.name={name}", "loss.multiscale=false", override]) == 2
+    assert capsys.readouterr().err.strip() == f"dynametric train: error: <command line> key '{key}': {name}: {expected}"
+
+
+def test_the_python_adapter_keys_weight_init_func_and_applies_a_callable_one():
+    with pytest.raises(ConfigError, match=r"^key 'weight_init_func': weight_init_func must be callable .*, got 'x'$"):
+        pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, weight_init_func="x")
+    with pytest.raises(ConfigError, match=r"^key 'distance': ArcFaceLoss requires the distance metric to be "
+                                          r"CosineSimilarity, got LpDistance$"):
+        pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, distance=pml_dist.LpDistance())
+    loss = pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D,
+                    weight_init_func=lambda w: torch.nn.init.constant_(w, 0.25))
+    assert torch.equal(loss.loss.W, torch.full((D, 3), 0.25))
+
+
 def test_the_python_adapter_refuses_names_where_pml_expects_objects():
     """The same check for a Python caller of the adapter (PML would keep the name and fail at the first call)."""
     with pytest.raises(ConfigError, match=r"^key 'reducer': reducer must be a reducer object \(e.g. MeanReducer\(\)\), "

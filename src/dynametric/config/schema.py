@@ -610,14 +610,11 @@ def _known_name(name: str, module: str, registry: str, kind: str, key: str) -> N
     before any data is read; the keyword arguments are checked when the engine builds the component."""
     import importlib
 
+    from dynametric.utils.registry import unknown_name_message
+
     names = getattr(importlib.import_module(module), registry)
-    if name not in names:
-        if hasattr(names, "unknown_message"):  # the loss and miner registries: pytorch-metric-learning hints too
-            raise ConfigError(names.unknown_message(name), key=key)
-        close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
-        hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
-                else f"; available: {', '.join(sorted(names))}")
-        raise ConfigError(f"unknown {kind} {name!r}{hint}", key=key)
+    if name not in names:  # the loss and miner registries: pytorch-metric-learning hints too
+        raise ConfigError(unknown_name_message(names, name, kind), key=key)
 
 
 def _not_multiscale_by_itself(name: str, key: str) -> None:

@@ -306,10 +306,27 @@ def _chunks_per_pass(members: list[np.ndarray], k: int) -> int:
 _P = ParamSpec("_P")
 
 
+def pml_length_message(length: Any, batch_size: Any, world_size: Any, *, option: str = "iterations_per_epoch",
+                       batch: str = "batch_size", ranks_known: bool = True) -> str:
+    """The message refusing PML's ``length_before_new_iter`` (its epoch length in indices), naming the equivalent
+    ``option`` (batches per rank: ``length // batch_size // world_size``, computed when all three are positive
+    integers; ``batch_size`` ``None`` when the batch's row count is not a single setting). ``option`` / ``batch``:
+    how the caller names them (a config: ``data.iterations_per_epoch`` / ``data.batch_size``). ``ranks_known``
+    False (a config checked before the run knows its ranks): the number for one rank, "divided by the number of
+    ranks"."""
+    per = option
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (length, batch_size, world_size)):
+        per = (f"{option}={length // batch_size // world_size}" if ranks_known
+               else f"{option}={length // batch_size} divided by the number of ranks")
+    return (f"length_before_new_iter is pytorch-metric-learning's epoch length in indices; here the epoch is {option} "
+            f"batches per rank: give {per} (length_before_new_iter // {batch} // world_size)")
+
+
 def _refuse_pml_length(init: Callable[_P, None]) -> Callable[_P, None]:
     """``init`` refusing PML's ``length_before_new_iter`` (its epoch length in indices) with a one-line
-    :class:`InputError` naming the equivalent ``iterations_per_epoch`` (batches per rank), rather than Python's bare
-    ``TypeError``. The signature stays ``init``'s (``functools.wraps``), so option lists do not offer PML's name."""
+    :class:`InputError` naming the equivalent ``iterations_per_epoch`` (batches per rank, :func:`pml_length_message`),
+    rather than Python's bare ``TypeError``. The signature stays ``init``'s (``functools.wraps``), so option lists do
+    not offer PML's name."""
 
     @functools.wraps(init)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> None:
@@ -319,13 +336,8 @@ def _refuse_pml_length(init: Callable[_P, None]) -> Callable[_P, None]:
                 given = inspect.signature(init).bind_partial(*args, **kwargs).arguments
             except TypeError:
                 given = {}
-            bs, world = given.get("batch_size"), given.get("world_size", 1)
-            per = (f"iterations_per_epoch={length // bs // world}" if all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (length, bs, world))
-                else "iterations_per_epoch")
-            raise InputError(f"length_before_new_iter is pytorch-metric-learning's epoch length in indices; here the "
-                             f"epoch is iterations_per_epoch batches per rank: give {per} "
-                             "(length_before_new_iter // batch_size // world_size)", key="length_before_new_iter")
+            raise InputError(pml_length_message(length, given.get("batch_size"), given.get("world_size", 1)),
+                             key="length_before_new_iter")
         init(*args, **kwargs)
 
     return wrapper

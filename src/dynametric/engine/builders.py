@@ -44,10 +44,11 @@ from dynametric.data.protocol import dataset_fields, dataset_labels
 from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
 from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_disjoint_split
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
-from dynametric.engine.objective import Objective
+from dynametric.engine.objective import Objective, whole_batch_miner_refusal
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.labels import as_label_matrix
+from dynametric.utils.registry import unknown_name_message
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -365,13 +366,22 @@ def sampler_error_key(cls: Any, argument: str | None) -> str:
 def check_sampler_options(cls: Any, settings: SamplerSettings) -> None:
     """``data.sampler_options`` (``settings.options``) against the arguments of the sampler ``cls``: an option that
     a setting decides (``cls.setting_of``: ``three_scale``'s ``k`` is ``data.m``) or one the sampler does not take
-    is a :class:`ConfigError` keyed by the option, naming the key that sets it or the options the sampler takes."""
+    is a :class:`ConfigError` keyed by the option, naming the key that sets it or the options the sampler takes
+    (PML's ``length_before_new_iter``: the ``data.iterations_per_epoch`` it corresponds to)."""
     params = inspect.signature(cls.__init__).parameters
     setting_of = getattr(cls, "setting_of", {})
     takes = [n for n, p in params.items() if n not in ("self", "labels", "num_samples")  # the data's own
              and n not in setting_of and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     for name in settings.options:
         key = f"data.sampler_options.{name}"
+        if name == "length_before_new_iter":  # PML's epoch length in indices: say what it is here
+            from dynametric.data.samplers import pml_length_message
+
+            rows = settings.batch_size if "batch_size" in params else None  # three_scale: items, not rows
+            raise ConfigError(pml_length_message(settings.options[name], rows, settings.world_size,
+                                                 option=SETTING_KEYS["iterations_per_epoch"],
+                                                 batch=SETTING_KEYS["batch_size"] if rows else "images per batch",
+                                                 ranks_known=settings.world_size > 1), key=key)  # dry run: 1
         setting = setting_of.get(name)
         if setting is not None:
             raise ConfigError(f"{name} is set by {SETTING_KEYS[setting]} ({getattr(settings, setting)}); remove it "
@@ -457,10 +467,7 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
     message names exactly one of the given arguments), else on ``<key>.kwargs``.
     """
     if name not in registry:
-        close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
-        hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
-                else f"; available: {', '.join(sorted(registry))}")
-        raise ConfigError(f"unknown name {name!r}{hint}", key=f"{key}.name")
+        raise ConfigError(unknown_name_message(registry, name), key=f"{key}.name")
     factory = registry[name]
     kwargs = dict(kwargs)
     given = [k for k in kwargs if k not in DATA_DEPENDENT_ARGS]  # the configured arguments, not the filled-in ones
@@ -785,11 +792,11 @@ def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: 
     mines each scale on that scale's labels, so a label column of its own (``scale`` / ``label_scale`` other than
     0) is refused; each a :class:`ConfigError` keyed to the miner's section."""
     cls = _loss_class(term.name)
-    if not term.multiscale and getattr(cls, "uses_all_scales", False):
-        how = (f"give it to the loss as {key}.kwargs.miners (mined per scale), or train the base loss with "
-               f"{key}.multiscale: true" if hasattr(cls, "scale_miners") else f"remove {mkey} (set {mkey}: null)")
-        raise ConfigError(f"{term.name} reads every label column; one miner output for the whole batch would be "
-                          f"mined at a single scale: {how}", key=f"{mkey}.name")
+    refusal = None if term.multiscale else whole_batch_miner_refusal(
+        cls, term.name, per_scale=f"give it to the loss as {key}.kwargs.miners (mined per scale), or train the base "
+                                  f"loss with {key}.multiscale: true", remove=f"remove {mkey} (set {mkey}: null)")
+    if refusal is not None:
+        raise ConfigError(refusal, key=f"{mkey}.name")
     if not term.multiscale:
         return
     miner_cls = _miner_class(mcfg.name)

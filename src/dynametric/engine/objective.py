@@ -42,12 +42,31 @@ class Objective:
     name: str = "loss"
 
     def __post_init__(self) -> None:
-        if self.miner is not None and getattr(self.loss, "uses_all_scales", False):
-            what = type(self.loss).__name__
-            how = ("give the miner to the loss instead (MultiScaleLoss(..., miners=miner) mines each scale on its "
-                   "own labels)" if hasattr(self.loss, "scale_miners") else "remove the miner")
-            raise ConfigError(f"{what} reads every label column; one miner output for the whole batch would be mined "
-                              f"at a single scale: {how}", key="miner")
+        refusal = None if self.miner is None else whole_batch_miner_refusal(self.loss)
+        if refusal is not None:
+            raise ConfigError(refusal, key="miner")
+
+
+def whole_batch_miner_refusal(
+    loss: object,
+    name: str | None = None,
+    *,
+    per_scale: str = "give the miner to the loss instead (MultiScaleLoss(..., miners=miner) mines each scale on its "
+                     "own labels)",
+    remove: str = "remove the miner",
+) -> str | None:
+    """Why one whole-batch miner output cannot go to ``loss`` (an object or its class), or ``None`` when it can: a
+    loss that reads every label column (``uses_all_scales``: CSL, ``MultiScaleLoss``) would get pairs mined at a
+    single scale. The advice is ``per_scale`` for a loss that mines each scale itself (``scale_miners``), else
+    ``remove``; ``name`` is the loss's name in the message (default its class name). The one condition and wording
+    of :class:`Objective` (Python callers) and of the engine's builders (which name the config keys instead)."""
+    if not getattr(loss, "uses_all_scales", False):
+        return None
+    if name is None:
+        name = loss.__name__ if isinstance(loss, type) else type(loss).__name__
+    how = per_scale if hasattr(loss, "scale_miners") else remove
+    return (f"{name} reads every label column; one miner output for the whole batch would be mined at a single "
+            f"scale: {how}")
 
 
 def term_miners(obj: Objective) -> str | None:

@@ -44,8 +44,8 @@ from dynametric.losses.reducers import (
     ThresholdReducer,
 )
 from dynametric.losses.triplet import TripletMarginLoss
-from dynametric.pml import missing_attribute, pml_hint
-from dynametric.utils.registry import build_registered
+from dynametric.pml import missing_attribute
+from dynametric.utils.registry import build_registered, unknown_name_message
 
 LOSSES: dict[str, type[MetricLoss]] = PMLAwareRegistry("losses", {
     "ContrastiveLoss": ContrastiveLoss,
@@ -73,7 +73,7 @@ in :class:`PMLLoss` (see :mod:`dynametric.losses.pml`)."""
 def build_loss(name: str, **kwargs: Any) -> MetricLoss:
     """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
     if name not in LOSSES:
-        raise ConfigError(pml_hint("losses", name, LOSSES), key="loss.name")
+        raise ConfigError(unknown_name_message(LOSSES, name), key="loss.name")
     if "distance" in kwargs:
         kwargs["distance"] = build_distance(kwargs["distance"], key=f"loss.{name}.distance")
     return build_registered(LOSSES, "loss", name, kwargs, name_key="loss.name", args_key=f"loss.{name}")

@@ -40,14 +40,15 @@ from torch import nn
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import MetricLoss, check_embeddings
-from dynametric.losses.reducers import check_reducer
 from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.pml import (
+    OBJECT_ARGUMENTS,
     PML_PREFIX,
     PMLAwareRegistry,
     _init_parameters,
     _instantiate,
     check_label_scale,
+    check_object_arguments,
     pml_class,
     resolve_class,
     to_pml_distance,
@@ -99,26 +100,12 @@ def _positional_order(loss: nn.Module) -> tuple[str, ...]:
     return positional
 
 
-#: The keywords of PML's losses that take an object PML calls later (its constructors keep them as attributes of
-#: these names): a value that is not callable (``reducer: mean`` in a config) would be kept and fail at the first
-#: call, so it is refused when the wrapper is built, as dynametric's own losses refuse it.
-_OBJECT_ATTRIBUTES = ("reducer", "distance", "embedding_regularizer", "weight_regularizer")
-
-
 def _check_object_arguments(loss: nn.Module) -> None:
-    """Refuse a PML loss whose reducer, distance or regularizer is not callable (a name, a mapping, a number given
-    where PML expects an object): one line keyed by the keyword, the wording of dynametric's own losses
-    (:func:`~dynametric.losses.reducers.check_reducer`). PML fills a reducer or distance left out with its default
-    object, and a regularizer left out is ``None``."""
-    for attr in _OBJECT_ATTRIBUTES:
-        value = getattr(loss, attr, None)
-        if value is None or callable(value):
-            continue
-        if attr == "reducer":
-            check_reducer(value)  # raises, as a native loss does
-        what = {"distance": "a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, "
-                            "{name: LpDistance, p: 1})"}.get(attr, "callable (e.g. LpRegularizer()) or null")
-        raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
+    """Refuse a PML loss object whose reducer, distance or regularizer is not callable (built in Python with a name
+    where PML expects an object): :func:`dynametric.pml.check_object_arguments` on its attributes (PML fills a
+    reducer or distance left out with its default object, and a regularizer left out is ``None``). The keyword
+    arguments of a class or name given to the adapter are checked before PML builds anything."""
+    check_object_arguments({attr: getattr(loss, attr, None) for attr in OBJECT_ARGUMENTS})
 
 
 class PMLLoss(MetricLoss):

@@ -14,8 +14,8 @@ from dynametric.miners.inter_class import InterClassTripletMiner
 from dynametric.miners.multi_similarity import MultiSimilarityMiner
 from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
-from dynametric.pml import PMLAwareRegistry, missing_attribute, pml_hint
-from dynametric.utils.registry import build_registered
+from dynametric.pml import PMLAwareRegistry, missing_attribute
+from dynametric.utils.registry import build_registered, unknown_name_message
 
 MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
     "TripletMarginMiner": TripletMarginMiner,
@@ -31,7 +31,7 @@ MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
 def build_miner(name: str, **kwargs: Any) -> Miner:
     """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
     if name not in MINERS:
-        raise ConfigError(pml_hint("miners", name, MINERS), key="miner.name")
+        raise ConfigError(unknown_name_message(MINERS, name), key="miner.name")
     if "distance" in kwargs:
         kwargs["distance"] = build_distance(kwargs["distance"], key=f"miner.{name}.distance")
     return build_registered(MINERS, "miner", name, kwargs, name_key="miner.name", args_key=f"miner.{name}")

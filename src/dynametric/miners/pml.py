@@ -10,7 +10,7 @@ from torch import nn
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.miners.base import IndicesTuple, Miner, check_embeddings
-from dynametric.pml import _instantiate, check_label_scale
+from dynametric.pml import _instantiate, check_label_scale, check_object_arguments
 
 
 class PMLMiner(Miner):
@@ -21,10 +21,8 @@ class PMLMiner(Miner):
         super().__init__(check_label_scale(label_scale))
         if not isinstance(miner, nn.Module) or not callable(miner) or isinstance(miner, Miner):
             raise ConfigError(f"PMLMiner wraps a pytorch-metric-learning miner object, got {miner!r}", key="miner")
-        distance = getattr(miner, "distance", None)  # PML calls it at each mining: a name kept there fails then
-        if distance is not None and not callable(distance):
-            raise ConfigError(f"distance must be a distance object (e.g. CosineSimilarity(); a config names one: "
-                              f"cosine, l2, {{name: LpDistance, p: 1}}), got {distance!r}", key="distance")
+        # PML calls its distance at each mining: a name kept there would fail then
+        check_object_arguments({"distance": getattr(miner, "distance", None)})
         self.miner = miner
 
     def forward(

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from dynametric.errors import ConfigError
+
+
+def unknown_name_message(registry: Mapping[str, Any], name: Any, kind: str = "name") -> str:
+    """The one-line message of a ``name`` that ``registry`` does not hold: the registry's own ``unknown_message``
+    where it has one (the loss and miner registries, :class:`dynametric.pml.PMLAwareRegistry`: what was probably
+    meant, pytorch-metric-learning's names included), else ``unknown <kind> 'x'`` with the closest names, or all of
+    them. The one wording of every configured component's unknown name (config loading and the engine's factory)."""
+    own = getattr(registry, "unknown_message", None)
+    if callable(own):
+        return str(own(name))
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6) if isinstance(name, str) else []
+    hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
+            else f"; available: {', '.join(sorted(registry))}")
+    return f"unknown {kind} {name!r}{hint}"
 
 
 def build_registered(registry: Mapping[str, Any], kind: str, name: str, kwargs: dict[str, Any], *,
