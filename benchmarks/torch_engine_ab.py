@@ -1,0 +1,119 @@
+"""Side-by-side timing of two versions of the torch ranking engine (``dynametric.metrics.torch_engine``).
+
+The "old" engine is another version of ``src/dynametric/metrics/torch_engine.py`` — a file, or a git revision whose
+copy of that file is read with ``git show`` — loaded beside the installed one; both run through the same
+``evaluate_embeddings(..., ranking_engine="torch", device=...)`` (everything else is today's code), alternately,
+``--repeats`` times each on the same data (eval_speed's clustered three-scale embeddings, leave-one-out, every
+retrieval metric). Prints the best time of each, their ratio, and whether every value is identical.
+
+    python benchmarks/torch_engine_ab.py --old 3aa7eef --n 12000                 # the CPU as a proxy
+    python benchmarks/torch_engine_ab.py --old old_torch_engine.py --device cuda --n 60502
+
+On a CUDA device the timed calls are synchronised; the device memory peak of each is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_speed import make_data  # noqa: E402
+from machine_info import machine_line  # noqa: E402
+
+ENGINE_PATH = "src/dynametric/metrics/torch_engine.py"
+METRICS = ["recall@K", "r_precision", "map@r", "map", "asi"]
+
+
+def load_old(old: str) -> ModuleType:
+    """The old engine module, from a file or from ``git show <old>:src/dynametric/metrics/torch_engine.py``."""
+    path = Path(old)
+    if not path.is_file():
+        root = Path(__file__).resolve().parent.parent
+        proc = subprocess.run(["git", "-C", str(root), "show", f"{old}:{ENGINE_PATH}"], capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"--old {old!r} is neither a file nor a git revision with {ENGINE_PATH}: "
+                             f"{proc.stderr.strip()}")
+        tmp = tempfile.NamedTemporaryFile("w", suffix="_torch_engine.py", delete=False)
+        tmp.write(proc.stdout)
+        tmp.close()
+        path = Path(tmp.name)
+    spec = importlib.util.spec_from_file_location("dynametric_old_torch_engine", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(n: int, old: str, device: str, repeats: int, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    import dynametric.metrics.torch_engine as current
+    from dynametric.metrics import evaluate_embeddings
+
+    dev = torch.device(device)
+    x_np, lab_np = make_data(n, 128, max(2, n // 5), 100, 12, seed)
+    x, labels = torch.from_numpy(x_np), torch.from_numpy(lab_np)
+    engines = {"old": load_old(old).run_ranking_torch, "new": current.run_ranking_torch}
+    own = current.run_ranking_torch
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    peaks: dict[str, float | None] = {}
+    values: dict[str, Any] = {}
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    try:
+        for _ in range(repeats + 1):  # the first round is an untimed warm-up
+            for name, fn in engines.items():
+                current.run_ranking_torch = fn  # evaluate_embeddings looks it up at call time
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
+                sync()
+                t = time.perf_counter()
+                values[name] = evaluate_embeddings(x, labels, metrics=METRICS, ranking_engine="torch", device=dev)
+                sync()
+                times[name].append(time.perf_counter() - t)
+                peaks[name] = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+    finally:
+        current.run_ranking_torch = own
+    best = {k: min(v[1:]) for k, v in times.items()}
+    return {"n": n, "device": str(dev), "old": old, "best_s": best, "all_s": times, "peak_gb": peaks,
+            "old_over_new": best["old"] / best["new"], "identical": values["old"] == values["new"],
+            "machine": machine_line()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--old", required=True, help="the old torch_engine.py: a file, or a git revision")
+    p.add_argument("--n", type=int, default=12000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    res = run(args.n, args.old, args.device, max(1, args.repeats))
+    b = res["best_s"]
+    print(f"n={res['n']} device={res['device']}: old {b['old']:.3f} s, new {b['new']:.3f} s, "
+          f"old/new {res['old_over_new']:.2f}x, identical values: {res['identical']}")
+    if res["peak_gb"]["new"] is not None:
+        print(f"device peak: old {res['peak_gb']['old']:.2f} GB, new {res['peak_gb']['new']:.2f} GB")
+    print(res["machine"])
+    if args.json is not None:
+        args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    return 0 if res["identical"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
