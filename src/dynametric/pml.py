@@ -246,17 +246,14 @@ def check_object_arguments(values: Mapping[str, Any]) -> None:
     """Refuse a reducer, distance or regularizer (:data:`OBJECT_ARGUMENTS`) or a ``weight_init_func``
     (:data:`CALLED_WHEN_BUILT`) in ``values`` (keyword arguments, or a built object's attributes of those names)
     that is not callable (a name, a mapping, a number given where PML expects an object): one line keyed by the
-    keyword, the wording of dynametric's own losses (:func:`~dynametric.losses.reducers.check_reducer`). ``None``
-    passes (PML's default)."""
+    keyword, the wording of dynametric's own losses (:func:`~dynametric.losses.reducers.check_reducer`, not imported:
+    this module sits below the losses). ``None`` passes (PML's default)."""
     for attr in (*OBJECT_ARGUMENTS, *CALLED_WHEN_BUILT):
         value = values.get(attr)
         if value is None or callable(value):
             continue
-        if attr == "reducer":
-            from dynametric.losses.reducers import check_reducer
-
-            check_reducer(value)  # raises, as a native loss does
-        what = {"distance": "a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, "
+        what = {"reducer": "a reducer object (e.g. MeanReducer())",  # losses.reducers.check_reducer's wording
+                "distance": "a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, "
                             "{name: LpDistance, p: 1})",
                 "weight_init_func": "callable (e.g. torch.nn.init.normal_, in Python: a config cannot give a "
                                     "function) or null"}.get(attr, "callable (e.g. LpRegularizer()) or null")
