@@ -318,7 +318,8 @@ def test_the_report_gets_the_whole_training_when_best_ckpt_is_an_earlier_epoch(t
 
 # the environment variables that say which process of a multi-process launch this is (pipeline.run)
 _LAUNCH_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS",
-               "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_JOB_NAME", "DYNAMETRIC_RUN_DIR")
+               "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_JOB_NAME", "JSM_NAMESPACE_RANK", "JSM_NAMESPACE_SIZE",
+               "JSM_NAMESPACE_LOCAL_RANK", "LSB_JOBID", "LSB_JOBINDEX", "LSB_DJOB_RANKFILE", "DYNAMETRIC_RUN_DIR")
 
 
 def _one_process_env() -> dict[str, str]:
@@ -413,15 +414,46 @@ def tiny_config(tmp_path):
     ({"SLURM_PROCID": "1", "LOCAL_RANK": "0"}, False),  # Lightning reads LOCAL_RANK before SLURM_PROCID
     ({"SLURM_PROCID": "1", "RANK": "0"}, False),  # and RANK before both
     ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, True),  # a rank Lightning's launcher started inside a SLURM task
+    ({"JSM_NAMESPACE_RANK": "0", "JSM_NAMESPACE_SIZE": "1"}, False),  # a plain single-task jsrun (IBM LSF)
+    ({"JSM_NAMESPACE_RANK": "1", "JSM_NAMESPACE_SIZE": "2", "LSB_JOBID": "9"}, True),  # jsrun's second task
+    ({"JSM_NAMESPACE_RANK": "1", "LOCAL_RANK": "0"}, False),  # Lightning reads LOCAL_RANK before JSM_NAMESPACE_RANK
+    ({"JSM_NAMESPACE_RANK": "1", "SLURM_PROCID": "0"}, False),  # and SLURM_PROCID before it
+    ({"JSM_NAMESPACE_RANK": "0", "LOCAL_RANK": "1"}, True),  # a rank Lightning's launcher started inside a jsrun task
     ({"RANK": "0", "LOCAL_RANK": "0"}, False),
     ({"RANK": "3"}, True),
     ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, True),
 ])
 def test_which_process_is_another_ranks(launch_env, env, worker) -> None:
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
     from dynametric.pipeline.run import _launched_worker
 
     launch_env(**env)
     assert _launched_worker() is worker
+    if "NODE_RANK" not in env:  # the global rank Lightning's rank_zero_only starts from agrees
+        assert worker is (_get_rank() not in (None, 0))
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3])
+def test_a_jsrun_task_is_another_rank_as_lightnings_lsf_environment_counts_it(launch_env, monkeypatch, tmp_path,
+                                                                             rank) -> None:
+    """Under jsrun Lightning detects its LSFEnvironment, whose global rank is JSM_NAMESPACE_RANK (jsrun sets no RANK,
+    LOCAL_RANK or SLURM_PROCID): rank 0 names and fills the folder, every other task only joins it."""
+    import socket
+
+    from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
+    from dynametric.pipeline.run import _launched_worker
+
+    host = socket.gethostname()
+    (tmp_path / "rankfile").write_text(f"launch-node\n{host}\n{host}\n{host}\n{host}\n")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):  # LSFEnvironment sets both; restored after the test
+        monkeypatch.setenv(name, "10000")
+    launch_env(LSB_JOBID="9876", LSB_DJOB_RANKFILE=str(tmp_path / "rankfile"), JSM_NAMESPACE_SIZE="4",
+               JSM_NAMESPACE_LOCAL_RANK=str(rank), JSM_NAMESPACE_RANK=str(rank))
+    assert LSFEnvironment.detect() and not SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+    assert LSFEnvironment().global_rank() == rank
+    assert _launched_worker() is (rank != 0)
 
 
 def test_one_process_names_its_folder_by_the_clock_and_publishes_it(launch_env, tiny_config, tmp_path) -> None:
@@ -432,7 +464,9 @@ def test_one_process_names_its_folder_by_the_clock_and_publishes_it(launch_env, 
 
     cfg, digest = tiny_config
     for env in ({}, {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"},
-                {"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "1", "RANK": "0"}):  # single-task srun, torchrun
+                {"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "1", "RANK": "0"},  # single-task srun, torchrun
+                {"JSM_NAMESPACE_RANK": "0", "JSM_NAMESPACE_SIZE": "1", "JSM_NAMESPACE_LOCAL_RANK": "0",
+                 "LSB_JOBID": "9876", "LSB_JOBINDEX": "0"}):  # and a single-task jsrun
         launch_env(**env)
         assert default_run_dir(cfg) == Path("runs") / f"20260102-030405-{digest}", env
         assert os.environ[RUN_DIR_ENV] == str(tmp_path / "runs" / f"20260102-030405-{digest}")
@@ -475,8 +509,16 @@ def test_rank_0_names_a_later_run_by_the_clock_after_a_lightning_launched_fit(la
       "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, "RANK", "slurm-42.3"),
     ({"SLURM_NTASKS": "2", "SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0"}, "SLURM_PROCID", "slurm-42.0"),  # srun -n 2
     ({"SLURM_NTASKS": "8", "SLURM_JOB_ID": "42"}, "SLURM_PROCID", "slurm-42"),
+    # jsrun -n 4 in an LSF job (LSF sets LSB_JOBINDEX=0 outside a job array), and in the element 3 of an array,
+    # whose elements share LSB_JOBID
+    ({"JSM_NAMESPACE_SIZE": "4", "LSB_JOBID": "9876", "LSB_JOBINDEX": "0"}, "JSM_NAMESPACE_RANK", "lsf-9876"),
+    ({"JSM_NAMESPACE_SIZE": "2", "LSB_JOBID": "9876", "LSB_JOBINDEX": "3"}, "JSM_NAMESPACE_RANK", "lsf-9876_3"),
+    ({"JSM_NAMESPACE_SIZE": "2", "LSB_JOBID": "9876"}, "JSM_NAMESPACE_RANK", "lsf-9876"),
+    # torchrun without a rendezvous id inside an LSF job (one jsrun task): the job
+    ({"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2", "LSB_JOBID": "9876", "LSB_JOBINDEX": "0",
+      "JSM_NAMESPACE_SIZE": "1", "JSM_NAMESPACE_RANK": "0"}, "RANK", "lsf-9876"),
 ])
-def test_every_process_of_torchrun_or_srun_names_one_folder(launch_env, tiny_config, env, rank_key, name) -> None:
+def test_every_process_of_torchrun_srun_or_jsrun_names_one_folder(launch_env, tiny_config, env, rank_key, name) -> None:
     import os
     from pathlib import Path
 
@@ -506,6 +548,12 @@ _REFUSED = ("a multi-process launch needs a run folder all its processes share: 
      "the launcher that set WORLD_SIZE=2 starts every process on its own and gives them no id they share)"),
     ({"LOCAL_RANK": "1"}, "this process of another rank finds no folder published by rank 0 in DYNAMETRIC_RUN_DIR)"),
     ({"SLURM_PROCID": "1"}, "this process of another rank finds no folder published by rank 0 in DYNAMETRIC_RUN_DIR)"),
+    ({"JSM_NAMESPACE_SIZE": "2", "JSM_NAMESPACE_RANK": "0"},
+     "jsrun starts every process on its own and gives them no id they share (no LSF job id in LSB_JOBID))"),
+    ({"JSM_NAMESPACE_SIZE": "2", "JSM_NAMESPACE_RANK": "1", "LSB_JOBID": " "},
+     "jsrun starts every process on its own and gives them no id they share (no LSF job id in LSB_JOBID))"),
+    ({"JSM_NAMESPACE_RANK": "1"},
+     "this process of another rank finds no folder published by rank 0 in DYNAMETRIC_RUN_DIR)"),
 ])
 def test_a_launch_without_a_shared_name_is_refused(launch_env, tiny_config, env, why) -> None:
     from dynametric.errors import ConfigError
@@ -531,4 +579,19 @@ def test_several_nodes_under_lightnings_launcher_are_refused_on_every_node(launc
         assert err.splitlines() == [f"dynametric train: error: key 'run.name': {_REFUSED}trainer.num_nodes=2 under "
                                     "Lightning's launcher: another node's processes do not learn the folder rank 0 "
                                     "names)"], env
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+def test_a_jsrun_launch_outside_an_lsf_job_is_refused_on_every_task(launch_env, tmp_path, capsys) -> None:
+    """jsrun -n 2 with no LSB_JOBID: each task would name its own folder by its own clock; both refuse, through the
+    command (one line naming --out and run.name, nothing created)."""
+    from dynametric.cli import main
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    for rank in ("0", "1"):
+        launch_env(JSM_NAMESPACE_SIZE="2", JSM_NAMESPACE_RANK=rank, JSM_NAMESPACE_LOCAL_RANK=rank)
+        assert main(["train", "--config", "tiny.yaml", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"dynametric train: error: key 'run.name': {_REFUSED}jsrun starts every process "
+                                    "on its own and gives them no id they share (no LSF job id in LSB_JOBID))"], rank
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]

@@ -110,16 +110,26 @@ def _env_nonzero(name: str) -> bool:
     return os.environ.get(name, "").strip() not in ("", "0")
 
 
+#: The variables Lightning reads a process's global rank from before its Trainer starts (``rank_zero_only.rank``,
+#: ``lightning.fabric.utilities.rank_zero._get_rank``), in its order: the first one set is the rank.
+_RANK_ORDER = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
 def _launched_worker() -> bool:
     """True in a DDP process other than global rank 0: it joins the folder rank 0 has already started (or starts) to
     fill, and neither checks, creates nor writes the folder's files. torchrun sets RANK; Lightning's script launcher
     starts the other ranks with LOCAL_RANK (and NODE_RANK on another node); under SLURM (``srun``) the global rank
-    is SLURM_PROCID, which counts as Lightning counts it (its ``rank_zero_only`` reads RANK, then LOCAL_RANK, then
-    SLURM_PROCID): only when neither RANK nor LOCAL_RANK is set, so a process Lightning's launcher started inside a
-    SLURM task goes by its LOCAL_RANK. A single-task ``srun`` (SLURM_PROCID=0) is not a worker."""
+    is SLURM_PROCID, under IBM LSF's ``jsrun`` JSM_NAMESPACE_RANK (what Lightning's ``LSFEnvironment`` takes for the
+    global rank; ``jsrun`` sets none of the others). They count as Lightning counts them (its ``rank_zero_only``
+    reads RANK, then LOCAL_RANK, then SLURM_PROCID, then JSM_NAMESPACE_RANK: the first one set): a process
+    Lightning's launcher started inside a SLURM or jsrun task goes by its LOCAL_RANK. A single-task ``srun``
+    (SLURM_PROCID=0) or ``jsrun`` (JSM_NAMESPACE_RANK=0) is not a worker. NODE_RANK not 0 is one whatever the rest."""
     if any(_env_nonzero(name) for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
         return True
-    return not _env_set("RANK") and not _env_set("LOCAL_RANK") and _env_nonzero("SLURM_PROCID")
+    for name in _RANK_ORDER:
+        if _env_set(name):
+            return _env_nonzero(name)
+    return False
 
 
 def _silent(message: str) -> None:
@@ -144,24 +154,29 @@ def _external_launch() -> tuple[str, str | None] | None:
     ``WORLD_SIZE`` > 1 in the environment with ``RANK`` or ``TORCHELASTIC_RUN_ID`` (``torchrun``, and the other
     launchers that set both; Lightning's script launcher sets ``WORLD_SIZE`` without ``RANK`` in every process, rank
     0's included, where it stays after the fit; its other ranks take rank 0's published folder before this is
-    asked), or ``srun`` with
+    asked), ``srun`` with
     SLURM_NTASKS > 1 (outside a job named ``bash`` or ``interactive``, which Lightning does not take for a SLURM
-    launch). The shared id is what all of them see alike, as a folder-name part: ``torchrun-<rendezvous id>``
-    (TORCHELASTIC_RUN_ID, unless it is torchrun's default ``none``), else, inside a SLURM job,
-    ``slurm-<job id>[.<step id>]``; ``None`` when there is none. ``None`` as a whole for one process and for
-    Lightning's own script launcher, whose rank 0 starts alone (it publishes its folder, :data:`RUN_DIR_ENV`)."""
+    launch), or IBM LSF's ``jsrun`` with JSM_NAMESPACE_SIZE > 1. The shared id is what all of them see alike, as a
+    folder-name part: ``torchrun-<rendezvous id>`` (TORCHELASTIC_RUN_ID, unless it is torchrun's default ``none``),
+    else, inside a SLURM job, ``slurm-<job id>[.<step id>]``, else, inside an LSF job, ``lsf-<job id>[_<array
+    index>]`` (LSB_JOBID, which the elements of an LSF job array share, and LSB_JOBINDEX unless it is LSF's 0 for a
+    job outside an array); ``None`` when there is none. ``None`` as a whole for one process and for Lightning's own
+    script launcher, whose rank 0 starts alone (it publishes its folder, :data:`RUN_DIR_ENV`)."""
     env = os.environ
     slurm = ("SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
              and _env_int("SLURM_NTASKS") > 1)
+    jsrun = _env_int("JSM_NAMESPACE_SIZE") > 1
     if _env_set("TORCHELASTIC_RUN_ID"):
         launcher = "torchrun"
     elif slurm:
         launcher = "srun"
+    elif jsrun:
+        launcher = "jsrun"
     else:
         launcher = f"the launcher that set WORLD_SIZE={env.get('WORLD_SIZE', '').strip()}"
     # WORLD_SIZE alone is not a launch of that kind: Lightning's own script launcher sets it (with LOCAL_RANK and
     # NODE_RANK, never RANK) in rank 0's environment when it starts the other ranks, and leaves it there after the fit
-    if not ((_env_int("WORLD_SIZE") > 1 and (_env_set("RANK") or _env_set("TORCHELASTIC_RUN_ID"))) or slurm):
+    if not ((_env_int("WORLD_SIZE") > 1 and (_env_set("RANK") or _env_set("TORCHELASTIC_RUN_ID"))) or slurm or jsrun):
         return None
     run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
     if run_id and run_id != "none":
@@ -169,6 +184,9 @@ def _external_launch() -> tuple[str, str | None] | None:
     elif _env_set("SLURM_JOB_ID"):
         step = env.get("SLURM_STEP_ID", "").strip()
         shared = f"slurm-{env['SLURM_JOB_ID'].strip()}" + (f".{step}" if step else "")
+    elif _env_set("LSB_JOBID"):
+        index = env.get("LSB_JOBINDEX", "").strip()
+        shared = f"lsf-{env['LSB_JOBID'].strip()}" + (f"_{index}" if index not in ("", "0") else "")
     else:
         return launcher, None
     return launcher, re.sub(r"[^A-Za-z0-9._-]", "_", shared)
@@ -180,11 +198,12 @@ def default_run_dir(cfg: Config) -> Path:
     * one process, and global rank 0 under Lightning's script launcher: ``<YYYYmmdd-HHMMSS>-<config hash>``, the
       time it is called. It publishes the folder in the environment variable :data:`RUN_DIR_ENV` (a side effect on
       ``os.environ``): the processes Lightning starts later for the other ranks inherit it and use that folder;
-    * every process started by ``torchrun``, ``srun`` or another launcher (:func:`_external_launch`):
-      ``<shared id>-<config hash>``, e.g. ``torchrun-<rendezvous id>-ab12cd34`` or
-      ``slurm-<job id>.<step id>-ab12cd34``, never the clock;
+    * every process started by ``torchrun``, ``srun``, ``jsrun`` or another launcher (:func:`_external_launch`):
+      ``<shared id>-<config hash>``, e.g. ``torchrun-<rendezvous id>-ab12cd34``,
+      ``slurm-<job id>.<step id>-ab12cd34`` or ``lsf-<job id>-ab12cd34``, never the clock;
     * a ConfigError (key ``run.name``) when the processes have nothing in common to name the folder by: torchrun
-      without a rendezvous id (``--rdzv-id``; ``--standalone`` makes one) outside SLURM, another launcher that set
+      without a rendezvous id (``--rdzv-id``; ``--standalone`` makes one) outside SLURM and LSF, ``jsrun`` without
+      an LSF job id (LSB_JOBID), another launcher that set
       ``WORLD_SIZE`` > 1, ``trainer.num_nodes`` > 1 under Lightning's own launcher (a node does not inherit another
       node's environment), a process of another rank that finds no published folder.
 
@@ -203,9 +222,9 @@ def default_run_dir(cfg: Config) -> Path:
         launcher, shared = launch
         if shared is not None:
             return output_dir / f"{shared}-{config_hash(cfg, 8)}"
-        why = f"{launcher} starts every process on its own and gives them no id they share" + (
-            " (its rendezvous id is 'none'; torchrun --standalone or --rdzv-id ID gives one)"
-            if launcher == "torchrun" else "")
+        why = f"{launcher} starts every process on its own and gives them no id they share" + {
+            "torchrun": " (its rendezvous id is 'none'; torchrun --standalone or --rdzv-id ID gives one)",
+            "jsrun": " (no LSF job id in LSB_JOBID)"}.get(launcher, "")
     elif int(cfg.trainer.num_nodes) > 1:
         why = (f"trainer.num_nodes={cfg.trainer.num_nodes} under Lightning's launcher: another node's processes do not "
                "learn the folder rank 0 names")
