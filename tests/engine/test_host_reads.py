@@ -138,10 +138,11 @@ def test_multiscale_triplet_step_reads_once_per_scale(monkeypatch) -> None:
 
 @pytest.mark.parametrize("overrides", [
     ["loss.name=CSLLoss", "loss.multiscale=false", "loss.kwargs={}"],
-    ["loss.name=PDDMLoss", "loss.multiscale=false", "loss.kwargs={mode: per_positive_pair}"]])
+    ["loss.name=PDDMLoss", "loss.multiscale=false", "loss.kwargs={mode: per_positive_pair}"],
+    ["loss.name=TripletMarginLoss", "loss.multiscale=true"]])
 def test_collecting_the_named_parts_reads_nothing_on_the_host(monkeypatch, overrides) -> None:
-    """CSL's per-scale terms and PDDM's E_m / E_e / quadruplet count are logged every step: collecting them adds no
-    host read to the step (the same reads as without them)."""
+    """CSL's per-scale terms, PDDM's E_m / E_e / quadruplet count and MultiScaleLoss's weighted per-scale losses are
+    logged every step: collecting them adds no host read to the step (the same reads as without them)."""
     model, objectives, labels, images = _warm_step(*overrides)
     counts = []
     for parts in (None, {}):

@@ -165,3 +165,98 @@ def test_three_scale_chunks_refuses_a_non_positive_layout_when_built(kwargs, key
     with pytest.raises(ConfigError) as info:
         ThreeScaleChunks(**kwargs)
     assert info.value.key == key and "must be a positive integer" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------ named parts (loss_parts)
+def test_parts_are_the_weighted_per_scale_losses_by_scale_name_and_add_up_to_the_value():
+    """``loss_parts()`` = ``{scale name: w_s L_s}``: each equals the weight times PML's loss on that scale's column
+    (float64, computed here independently), they add up to the value, and the names follow ``scale_names``. The
+    unweighted values stay in ``last_scale_losses``; with weights other than 1 the two differ, so returning those
+    (or the running total) is caught."""
+    emb, labels = hierarchy_batch(7)
+    weights = [1.0, 0.5, 0.25]
+    ms = MultiScaleLoss(TripletMarginLoss(margin=0.2), weights=weights)
+    assert ms.loss_parts() == {}  # before the first call
+    value = ms(emb.clone().requires_grad_(True), labels)
+    parts = ms.loss_parts()
+    assert list(parts) == ["fine", "middle", "coarse"]  # default names of three scales
+    assert all(p.dim() == 0 and not p.requires_grad and p.dtype == torch.float64 for p in parts.values())
+    pml = pml_losses.TripletMarginLoss(margin=0.2)
+    expected = [w * pml(emb, labels[:, s]) for s, w in enumerate(weights)]
+    assert all(float(e) > 0 for e in expected)  # every scale contributes: a mix-up of scales would show
+    torch.testing.assert_close(torch.stack(list(parts.values())), torch.stack(expected))
+    torch.testing.assert_close(sum(parts.values()), value.detach())
+    torch.testing.assert_close(torch.stack(ms.last_scale_losses), torch.stack(expected) / torch.tensor(weights,
+                                                                                                      dtype=emb.dtype))
+    ms.scale_names = ("leaf", "twig", "branch")
+    assert list(ms.loss_parts()) == ["leaf", "twig", "branch"]
+    # a second call replaces the parts (no accumulation over calls)
+    emb2, labels2 = hierarchy_batch(8)
+    value2 = ms(emb2, labels2)
+    torch.testing.assert_close(sum(ms.loss_parts().values()), value2)
+    torch.testing.assert_close(ms.loss_parts()["twig"], 0.5 * pml(emb2, labels2[:, 1]))
+
+
+def test_parts_of_a_hand_computed_batch():
+    """Two scales worked out by hand. Unit embeddings a=(1,0), p=(0.8,0.6), n=(0,1) (the triplet loss normalises
+    them and takes Euclidean distances sqrt(2 - 2 cos)): fine labels [0, 0, 1] give the triplets (a,p,n), (p,a,n);
+    coarse labels [0, 1, 1] give (p,n,a), (n,p,a); every one of them has a positive loss, so each scale's loss is
+    the mean of its two."""
+    a, p, n = [1.0, 0.0], [0.8, 0.6], [0.0, 1.0]
+    emb = torch.tensor([a, p, n], dtype=torch.float64)
+    labels = torch.tensor([[0, 0], [0, 1], [1, 1]])
+    d = {("a", "p"): (2 - 2 * 0.8) ** 0.5, ("a", "n"): 2 ** 0.5, ("p", "n"): (2 - 2 * 0.6) ** 0.5}
+    margin = 1.0
+    # fine: anchors a and p (positives of each other), negative n; mean over the triplets with a positive loss
+    fine = [max(d[("a", "p")] - d[("a", "n")] + margin, 0), max(d[("a", "p")] - d[("p", "n")] + margin, 0)]
+    # coarse: anchors p and n (positives of each other), negative a
+    coarse = [max(d[("p", "n")] - d[("a", "p")] + margin, 0), max(d[("p", "n")] - d[("a", "n")] + margin, 0)]
+    fine_loss = sum(fine) / sum(v > 0 for v in fine)
+    coarse_loss = sum(coarse) / sum(v > 0 for v in coarse)
+    ms = MultiScaleLoss(TripletMarginLoss(margin=margin), weights=[2.0, 3.0])
+    value = ms(emb, labels)
+    parts = ms.loss_parts()
+    assert list(parts) == ["fine", "coarse"]
+    assert float(parts["fine"]) == pytest.approx(2.0 * fine_loss, rel=1e-12)
+    assert float(parts["coarse"]) == pytest.approx(3.0 * coarse_loss, rel=1e-12)
+    assert float(value) == pytest.approx(2.0 * fine_loss + 3.0 * coarse_loss, rel=1e-12)
+
+
+def test_an_empty_chunk_and_a_zero_weight_give_zero_parts():
+    emb, labels = hierarchy_batch(9, n=16)
+    ms = MultiScaleLoss(MultiSimilarityLoss(), weights=[1.0, 0.0, 2.0], chunks=[(0, 8), (8, 16), (8, 8)])
+    value = ms(emb, labels)
+    parts = ms.loss_parts()
+    assert float(parts["middle"]) == 0.0 and float(ms.last_scale_losses[1]) > 0.0  # weight 0: contributes nothing
+    assert float(parts["coarse"]) == 0.0 and float(ms.last_scale_losses[2]) == 0.0  # empty chunk
+    pml = pml_losses.MultiSimilarityLoss()
+    torch.testing.assert_close(parts["fine"], pml(emb[:8], labels[:8, 0]))
+    torch.testing.assert_close(value, parts["fine"])
+
+
+def test_parts_are_named_by_the_finest_scale_names_when_the_loss_covers_fewer_scales():
+    emb, labels = hierarchy_batch(10)
+    ms = MultiScaleLoss(TripletMarginLoss(margin=0.2), weights=[1.0, 1.0])  # fine + middle of 3-column labels
+    ms.scale_names = ("leaf", "twig", "branch")  # the data's three names, as the engine sets them
+    ms(emb, labels)
+    pml = pml_losses.TripletMarginLoss(margin=0.2)
+    parts = ms.loss_parts()
+    assert list(parts) == ["leaf", "twig"]
+    torch.testing.assert_close(parts["twig"], pml(emb, labels[:, 1]))
+    ms.scale_names = ("leaf",)  # fewer names than scales: the default names of two scales
+    assert list(ms.loss_parts()) == ["fine", "coarse"]
+
+
+def test_a_failed_call_leaves_no_parts_of_an_earlier_call():
+    emb, labels = hierarchy_batch(11, n=12)
+    ms = MultiScaleLoss(TripletMarginLoss(), chunks=[(0, 4), (4, 8), (8, 12)])
+    ms(emb, labels)
+    assert len(ms.loss_parts()) == 3
+    with pytest.raises(InputError, match="outside"):
+        ms(emb[:10], labels[:10])
+    assert ms.loss_parts() == {} and ms.last_scale_losses == []
+    ms(emb, labels)
+    assert len(ms.loss_parts()) == 3
+    with pytest.raises(InputError, match="column"):
+        ms(emb, labels[:, :2])
+    assert ms.loss_parts() == {} and ms.last_scale_losses == []

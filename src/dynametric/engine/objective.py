@@ -13,9 +13,10 @@ it the configured miner that way for ``multiscale: true``), and :func:`term_mine
 either way.
 
 A loss may name parts of its value (``loss.loss_parts()``, :meth:`dynametric.losses.base.MetricLoss.loss_parts`:
-CSL's per-scale terms, PDDM's ``E_m`` / ``E_e`` and its quadruplet count); :func:`compute_objective` collects them
-as ``<term name>/<part>``, and the training modules log them as ``train/<term name>/<part>`` next to the term
-``train/<term name>``. The engine reads no loss by name: any loss with the hook gets its parts logged.
+CSL's per-scale terms, ``MultiScaleLoss``'s weighted per-scale losses, PDDM's ``E_m`` / ``E_e`` and its quadruplet
+count); :func:`compute_objective` collects them as ``<term name>/<part>``, and the training modules log them as
+``train/<term name>/<part>`` next to the term ``train/<term name>``. The engine reads no loss by name: any loss with
+the hook gets its parts logged.
 """
 
 from __future__ import annotations

@@ -74,9 +74,9 @@ class MetricLoss(RecordsStats, nn.Module):
     #: Whether the loss chooses its own tuples from the batch (``PDDMLoss``): a configured miner would be refused.
     mines_own_tuples: bool = False
 
-    #: Names of the label columns, finest first, for the loss's per-scale parts (:meth:`loss_parts`; CSL);
-    #: ``None``: :func:`dynametric.labels.default_scale_names`. The engine's builders set the data's scale names on
-    #: every loss that ``uses_all_scales``.
+    #: Names of the label columns, finest first, for the loss's per-scale parts (:meth:`loss_parts`; CSL,
+    #: :class:`MultiScaleLoss`); ``None``: :func:`dynametric.labels.default_scale_names`. The engine's builders set
+    #: the data's scale names on every loss that ``uses_all_scales``.
     scale_names: tuple[str, ...] | None = None
 
     def __init__(self, scale: int = 0, *, reducer: Any = None, embedding_regularizer: Any = None,
@@ -185,8 +185,9 @@ class MetricLoss(RecordsStats, nn.Module):
         device (a tensor, not a Python number: the engine logs them every step without reading them on the host).
         The engine logs each part of a loss term as ``train/<term>/<name>``
         (:func:`dynametric.engine.objective.compute_objective`, ``parts=``). A loss documents which of its parts add
-        up to its value (CSL: all of them; PDDM: ``E_m + lambda * E_e``) and which are counts (PDDM's
-        ``quadruplets``). Default: no parts."""
+        up to its value (CSL and :class:`~dynametric.losses.multiscale.MultiScaleLoss`: all of them, the weighted
+        per-scale terms; PDDM: ``E_m + lambda * E_e``) and which are counts (PDDM's ``quadruplets``). Default: no
+        parts."""
         return {}
 
     def loss_parameters(self) -> list[nn.Parameter]:

@@ -8,6 +8,10 @@ scale in every item); without, every scale uses the whole batch (``negatives: ba
 Proxy and classification losses need one parameter set per scale: pass a factory (``lambda s: ProxyAnchorLoss(
 num_classes=C[s], ...)``), a list of losses, or a registry name with ``base_kwargs`` (a ``num_classes`` list gives
 one entry per scale).
+
+:meth:`MultiScaleLoss.loss_parts` gives the weighted per-scale contributions ``w_s L_s`` of the last call by scale
+name (they add up to the loss); a training run logs them as ``train/<term>/<scale>``. The unweighted ``L_s`` are in
+:attr:`MultiScaleLoss.last_scale_losses`. Neither makes a host read.
 """
 
 from __future__ import annotations
@@ -99,8 +103,8 @@ class MultiScaleLoss(MetricLoss):
     ``miners`` (optional): one :class:`Miner` (or a registry name / ``{"name": ..., **kwargs}``) used at every
     scale, or a list with one (or ``None``) per scale; each mines its scale's chunk with that scale's labels.
     ``indices_tuple`` (optional, overrides the miners) is a list with one miner output (or ``None``) per scale,
-    indexing that scale's chunk. The per-scale values of the last call are kept in :attr:`last_scale_losses`
-    (detached).
+    indexing that scale's chunk. The per-scale values ``L_s`` of the last call are kept in :attr:`last_scale_losses`
+    (detached, unweighted); :meth:`loss_parts` names the weighted ones ``w_s L_s`` by scale (they add up to the loss).
     """
 
     uses_all_scales = True
@@ -179,6 +183,7 @@ class MultiScaleLoss(MetricLoss):
         self.miners = nn.ModuleList([m for m in miner_list if m is not None])
         self._miner_at = miner_list
         self.last_scale_losses: list[torch.Tensor] = []
+        self._weighted_parts: list[torch.Tensor] | None = None  # w_s L_s of the last call, detached
 
     @staticmethod
     def _build_losses(base, num_scales: int, base_kwargs: dict) -> list[MetricLoss]:
@@ -233,6 +238,8 @@ class MultiScaleLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
+        self.last_scale_losses = []
+        self._weighted_parts = None  # a call that stops on bad input leaves no values of an earlier call
         if labels.shape[1] < self.num_scales:
             raise InputError(f"MultiScaleLoss over {self.num_scales} scales got labels with {labels.shape[1]} "
                              "column(s)", key="labels")
@@ -246,7 +253,7 @@ class MultiScaleLoss(MetricLoss):
                                  "MultiScaleLoss(..., miners=miner) instead", key="indices_tuple")
         chunks = self.resolve_chunks(embeddings.shape[0], embeddings.device)
         total = embeddings.sum() * 0.0
-        self.last_scale_losses = []
+        weighted_parts = []
         for s in range(self.num_scales):  # loop over scales (at most a handful), not over samples
             rows = chunks[s]
             emb = embeddings if rows is None else embeddings[rows]
@@ -261,5 +268,26 @@ class MultiScaleLoss(MetricLoss):
             else:
                 value = self.loss_at(s)(emb, lab, mined, ref_emb, ref_lab)
             self.last_scale_losses.append(value.detach())
-            total = total + self.weights[s] * value
+            weighted = self.weights[s] * value
+            weighted_parts.append(weighted.detach())
+            total = total + weighted
+        self._weighted_parts = weighted_parts
         return total
+
+    def loss_parts(self) -> dict[str, torch.Tensor]:
+        """The weighted per-scale contributions ``w_s L_s`` of the last call, ``{scale name: detached 0-dim
+        tensor}`` in scale order, finest first. They add up to the loss (up to float rounding); a scale of weight 0
+        (with a finite ``L_s``) or with an empty chunk gives 0. The unweighted ``L_s`` are
+        :attr:`last_scale_losses`. Scale ``s`` reads label column ``s``, so the names are the first ``num_scales``
+        of :attr:`scale_names` (the data's, set by the engine's builders; a loss over fewer scales than the data has
+        covers the finest ones); without :attr:`scale_names`, or with fewer names than scales,
+        :func:`dynametric.labels.default_scale_names` ``(num_scales)``. Empty before the first call and after a call
+        stopped by bad input. No host read: the values stay tensors on the loss's device."""
+        if self._weighted_parts is None:
+            return {}
+        names = list(self.scale_names or ())[: self.num_scales]
+        if len(names) != self.num_scales:
+            from dynametric.labels import default_scale_names
+
+            names = default_scale_names(self.num_scales)
+        return dict(zip(names, self._weighted_parts, strict=True))
