@@ -226,11 +226,12 @@ def excluded_counts(problem: RankingProblem) -> torch.Tensor:
     nq = problem.query.shape[0]
     if problem.query_codes is None:
         return torch.full((nq,), int(problem.leave_one_out), dtype=torch.long)
-    keys, counts = torch.unique(problem.gallery_codes, return_counts=True)
-    if keys.numel() == 0:
+    keys, counts = np.unique(problem.gallery_codes.numpy(), return_counts=True)
+    if keys.size == 0:
         return torch.zeros(nq, dtype=torch.long)
-    pos = torch.searchsorted(keys, problem.query_codes).clamp_max(keys.numel() - 1)
-    return torch.where(keys[pos] == problem.query_codes, counts[pos], torch.zeros_like(pos))
+    q = problem.query_codes.numpy()
+    pos = np.minimum(np.searchsorted(keys, q), keys.size - 1)
+    return torch.from_numpy(np.where(keys[pos] == q, counts[pos], 0).astype(np.int64))
 
 
 def scale_sources(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> list[int]:
@@ -338,6 +339,8 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
                     rr, pos = rel.nonzero(as_tuple=True)
                     del rel
                     if rr.numel() != int(r_all[start:stop, src].sum()):  # pragma: no cover - an exclusion bug
+                        if bool(overflow):  # the likelier cause, with its own message
+                            _raise_overflow()
                         raise RuntimeError("torch ranking engine: relevant counts disagree with the label counts")
                     gidx = order[rr, pos] if any(sources[sc] == src and sc != src for sc in range(num_scales)) \
                         else None
