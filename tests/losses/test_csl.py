@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dynametric.errors import InputError
@@ -329,6 +329,7 @@ def test_zero_weight_at_one_scale_is_fine_and_float_labels_follow_the_other_loss
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 9), classes=st.integers(1, 6), with_ref=st.booleans())
+@example(seed=8878, n=2, classes=4, with_ref=True)  # a term of 20.001: F.softplus's threshold dropped 2e-9 of it
 def test_pairs_mode_mean_over_anchors_with_a_positive_matches_reference(seed, n, classes, with_ref):
     """The mean over the anchors that have a positive, taken as a sum over all anchors (0 for the others) divided
     by their count: value and gradient equal the per-anchor float64 reference that skips them, also when some or
