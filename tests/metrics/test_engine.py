@@ -385,3 +385,31 @@ def test_label_determines_matches_brute_force():
         want = all(len({int(c) for f2, c in zip(fine, coarse) if f2 == f}) == 1 for f in set(fine.tolist()))
         got = label_determines(torch.from_numpy(fine), torch.from_numpy(coarse))
         assert got == want, (fine.tolist(), coarse.tolist())
+
+
+@pytest.mark.parametrize("engine", ["cpu", "torch"])
+@pytest.mark.parametrize("protocol", ["loo", "qg", "loo_ids"])
+def test_every_scale_determines_the_coarsest_but_not_the_next(engine, protocol):
+    # fine and middle each determine the coarsest label, but fine does not determine middle: a scale's relevant set
+    # is not a subset of the next coarser scale's (the CPU engine filtered it from that set and lost relevant items)
+    rng = np.random.default_rng(3)
+    n = 150
+    x = rng.integers(-2, 3, (n, 3)).astype(np.float32)
+    fine = rng.integers(0, 30, n)
+    coarse = fine % 3
+    middle = 3 * rng.integers(0, 4, n) + coarse
+    lab = np.stack([fine, middle, coarse], 1)
+    kw = dict(metrics=["recall@K", "precision@K", "r_precision", "map@r", "map", "asi"], k_values=(1, 4),
+              ranking_engine=engine)
+    if protocol == "qg":
+        args, cols = (x[:50], lab[:50], x[50:], lab[50:]), lambda s: (x[:50], lab[:50, s], x[50:], lab[50:, s])
+    else:
+        args, cols = (x, lab), lambda s: (x, lab[:, s])
+    if protocol == "loo_ids":
+        kw["query_ids"] = list(rng.integers(0, 60, n))
+    both, per_query = evaluate_embeddings(*args, **kw, per_query=True)
+    for s, name in enumerate(["fine", "middle", "coarse"]):
+        alone, alone_pq = evaluate_embeddings(*cols(s), **kw, per_query=True)  # one scale: no chaining
+        assert np.array_equal(per_query[name]["num_relevant"], alone_pq["fine"]["num_relevant"]), name
+        for metric, value in alone["fine"].items():
+            assert both[name][metric] == pytest.approx(value, rel=1e-12, abs=1e-14, nan_ok=True), (name, metric)

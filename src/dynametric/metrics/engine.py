@@ -152,6 +152,9 @@ class CandidateSets:
     lo: torch.Tensor | None = None  # [Nq] start of the query's coarsest class in ``order``
     hi: torch.Tensor | None = None
     max_size: int = 0
+    #: nested case: per scale, the nearest coarser scale that its label determines (the coarsest scale: itself), so
+    #: its relevant items are among that scale's; None when not nested
+    parents: tuple[int, ...] | None = None
 
 
 def label_determines(labels: torch.Tensor, coarse: torch.Tensor) -> bool:
@@ -172,6 +175,9 @@ def build_candidate_sets(query_labels: torch.Tensor, gallery_labels: torch.Tenso
     allrows = torch.cat([query_labels, gallery_labels])
     last = allrows.shape[1] - 1
     nested = all(label_determines(allrows[:, s], allrows[:, last]) for s in range(last))
+    parents = tuple(next(t for t in range(s + 1, last + 1) if t == last or label_determines(allrows[:, s],
+                                                                                            allrows[:, t]))
+                    for s in range(last)) + (last,) if nested else None
     if not nested:
         # Upper bound of the union size: sum over scales of the largest class (capped by Ng).
         bound = 0
@@ -186,7 +192,7 @@ def build_candidate_sets(query_labels: torch.Tensor, gallery_labels: torch.Tenso
     lo = torch.searchsorted(sorted_coarse, q, right=False)
     hi = torch.searchsorted(sorted_coarse, q, right=True)
     size = int((hi - lo).max()) if len(q) else 0
-    return CandidateSets(nested=True, order=order, lo=lo, hi=hi, max_size=size)
+    return CandidateSets(nested=True, order=order, lo=lo, hi=hi, max_size=size, parents=parents)
 
 
 def _candidates_for_chunk(cs: CandidateSets, problem: RankingProblem, start: int,
@@ -671,7 +677,7 @@ class _ChunkMetrics:
     starts: np.ndarray  # [C + 1] cumulative counts
     query_labels: np.ndarray  # [C, S]
     gallery_labels: list[np.ndarray]  # S arrays [Ng]
-    nested: bool
+    parents: tuple[int, ...] | None  # CandidateSets.parents: None when not nested
     metrics: tuple[MetricSpec, ...]
     asi_cutoff: int | None
     harmonic: torch.Tensor
@@ -682,19 +688,22 @@ class _ChunkMetrics:
         a, z = int(self.starts[lo]), int(self.starts[hi])
         rows = np.repeat(np.arange(hi - lo, dtype=np.int64), self.counts[lo:hi])
         everything = (rows, ranks[a:z], gidx[a:z])
-        subset = everything
         num_scales = len(self.gallery_labels)
+        sets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         out = []
-        # coarsest first: in a nested hierarchy each finer scale's relevant set is a subset of the next coarser
-        # one, so it is filtered from that (smaller) set instead of from every candidate
+        # coarsest first: in a nested hierarchy a scale's relevant set is a subset of that of each coarser scale its
+        # label determines (its parent), so it is filtered from that (smaller) set instead of from every candidate
         for s in reversed(range(num_scales)):
-            if not (self.nested and s == num_scales - 1):  # else: the candidates are exactly the coarsest class
-                from_all = subset is everything or not self.nested
-                r_all, k_all, g_all = everything if from_all else subset
+            if self.parents is not None and s == num_scales - 1:  # the candidates are exactly the coarsest class
+                subset = everything
+            else:
+                base = everything if self.parents is None else sets[self.parents[s]]
+                r_all, k_all, g_all = base
                 q_lab = self.query_labels[lo:hi, s]
-                q_lab = np.repeat(q_lab, self.counts[lo:hi]) if from_all else q_lab[r_all]
+                q_lab = np.repeat(q_lab, self.counts[lo:hi]) if base is everything else q_lab[r_all]
                 keep = np.flatnonzero(self.gallery_labels[s][g_all] == q_lab)  # one index, three cheap takes
                 subset = (r_all[keep], k_all[keep], g_all[keep])
+            sets[s] = subset
             r_count, vals = metrics_from_flat_ranks(subset[0], subset[1], hi - lo, metrics=self.metrics,
                                                     asi_cutoff=self.asi_cutoff,
                                                     harmonic=self.harmonic)
@@ -702,11 +711,12 @@ class _ChunkMetrics:
         return out
 
     @classmethod
-    def for_chunk(cls, counts: np.ndarray, query_labels: np.ndarray, gallery_labels: list[np.ndarray], nested: bool,
-                  metrics: tuple[MetricSpec, ...], asi_cutoff: int | None, harmonic: torch.Tensor) -> _ChunkMetrics:
+    def for_chunk(cls, counts: np.ndarray, query_labels: np.ndarray, gallery_labels: list[np.ndarray],
+                  parents: tuple[int, ...] | None, metrics: tuple[MetricSpec, ...], asi_cutoff: int | None,
+                  harmonic: torch.Tensor) -> _ChunkMetrics:
         starts = np.zeros(counts.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts, out=starts[1:])
-        return cls(counts, starts, query_labels, gallery_labels, nested, metrics, asi_cutoff, harmonic)
+        return cls(counts, starts, query_labels, gallery_labels, parents, metrics, asi_cutoff, harmonic)
 
     def block_rows(self) -> int:
         """Rows per block: about ``_METRIC_BLOCK_ITEMS`` candidates, so a block's arrays stay in cache."""
@@ -754,12 +764,12 @@ def _ranks_from_top_lists(problem: RankingProblem, top_lists: tuple[torch.Tensor
 
 
 def _accumulate_chunk(accs: list[ScaleAccumulator], start: int, counts: np.ndarray, ranks: np.ndarray,
-                      gidx: np.ndarray, problem: RankingProblem, gallery_labels: list[np.ndarray], nested: bool,
-                      metrics: tuple[MetricSpec, ...], asi_cutoff: int | None,
+                      gidx: np.ndarray, problem: RankingProblem, gallery_labels: list[np.ndarray],
+                      parents: tuple[int, ...] | None, metrics: tuple[MetricSpec, ...], asi_cutoff: int | None,
                       harmonic: torch.Tensor, pool: ThreadPoolExecutor | None) -> None:
     """Every scale's metrics for one chunk's flat ranks, per block of rows (in the thread pool), into ``accs``."""
     c = counts.shape[0]
-    job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:start + c].numpy(), gallery_labels, nested,
+    job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:start + c].numpy(), gallery_labels, parents,
                                   metrics, asi_cutoff, harmonic)
     step = job.block_rows()
     blocks = [(lo, min(c, lo + step)) for lo in range(0, c, step)]
@@ -840,7 +850,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
             counts = cands.counts()
             # metrics run inside the ranking threads, block by block, while the block's ranks are in cache
             job = _ChunkMetrics.for_chunk(counts, problem.query_labels[start:stop].numpy(), gallery_labels,
-                                          cs.nested, specs, asi_cutoff, harmonic)
+                                          cs.parents, specs, asi_cutoff, harmonic)
             _, _, blocks = _merged_ranks(chunk_scores(start, stop).numpy(), cands, counts, pool, threads,
                                          on_block=job, block_rows=job.block_rows())
             job.add_to(accs, start, blocks)
@@ -853,7 +863,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
             cap = _rank_cap(cols.shape[1], specs, asi_cutoff)
             counts, ranks, gidx = rank_candidates_flat(chunk_scores(start, stop), cols, valid, pool, threads,
                                                        rank_cap=cap)
-        _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.nested, specs, asi_cutoff,
+        _accumulate_chunk(accs, start, counts, ranks, gidx, problem, gallery_labels, cs.parents, specs, asi_cutoff,
                           harmonic, pool)
 
     try:
