@@ -68,3 +68,18 @@ def test_fnmr_matches_numpy_reference(distance, loo):
 def test_fnmr_bad_percentage():
     with pytest.raises(ConfigError, match="percentage"):
         evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], metrics=["fnmr@fmr=120"])
+
+
+@pytest.mark.parametrize("engine", ["cpu", "torch"])
+def test_positive_at_exactly_the_threshold_counts_as_at_or_above(engine):
+    # two identical queries: the positive pair (q0, g0) and the negative pair (q1, g0) have bit-identical scores, and
+    # T at fmr 0 is the smallest negative distance, that negative's own: d_pos >= T, so fnmr = 1. The threshold's
+    # square root (math.sqrt) and the positives' (torch's vectorised sqrt) differed in the last bit for this value,
+    # which counted the positive below T
+    t = np.float32(0.519841730594635)
+    q = np.array([[0.0], [0.0]], np.float32)
+    g = np.array([[t], [5.0]], np.float32)
+    out = evaluate_embeddings(q, np.array([0, 1]), g, np.array([0, 2]), metrics=["fnmr@fmr=0", "fnmr@fmr=100"],
+                              distance="euclidean", ranking_engine=engine)["fine"]
+    assert out["fnmr@fmr=0"] == 1.0
+    assert out["fnmr@fmr=100"] == 0.0  # T = the largest negative distance (5): the positive (0.52) is below it

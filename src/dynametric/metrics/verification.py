@@ -145,28 +145,37 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
                     his = ks >> 16
                     for b in buckets[s]:
                         low[s][b] += torch.bincount(ks[his == b] & 0xFFFF, minlength=1 << 16)
-        thresholds: list[list[tuple[float, float]]] = []
+        # per fmr: (p, T, the pair value v of T where T is one negative's own distance, else None). Where it is, the
+        # positives are compared with it in the pair values themselves (d is increasing in v), so a positive whose
+        # pair value equals that negative's counts as d >= T exactly (two float64 square roots of one value need not
+        # agree: torch's vectorised sqrt and math.sqrt may differ in the last bit)
+        thresholds: list[list[tuple[float, float, float | None]]] = []
         for s in range(num_scales):
             value_at: dict[int, float] = {}
+            pair_value_at: dict[int, float] = {}
             for r, b in wanted[s].items():
                 cum = torch.cumsum(low[s][b], 0).cpu().numpy()
                 lo = int(np.searchsorted(cum, r - int(starts[s][b]), side="right"))
-                value_at[r] = _distance(_from_key((b << 16) | lo), cosine)
-            thresholds.append([(p, value_at[k] + frac * (value_at[k2] - value_at[k])) for p, k, k2, frac in plans[s]])
+                pair_value_at[r] = _from_key((b << 16) | lo)
+                value_at[r] = _distance(pair_value_at[r], cosine)
+            thresholds.append([(p, value_at[k] + frac * (value_at[k2] - value_at[k]),
+                                pair_value_at[k] if frac == 0.0 or pair_value_at[k] == pair_value_at[k2] else None)
+                               for p, k, k2, frac in plans[s]])
         above = [[0] * len(thresholds[s]) for s in range(num_scales)]
         if any(thresholds):
             for v, _neg, pos in _pairs(problem, dev, memory_budget_bytes):
                 for s in range(num_scales):
                     if not thresholds[s]:
                         continue
-                    d = _distance(v[pos[s]], cosine)
-                    for i, (_p, t) in enumerate(thresholds[s]):
-                        above[s][i] += int((d >= t).sum())
+                    vp = v[pos[s]]
+                    d = _distance(vp, cosine) if any(exact is None for _p, _t, exact in thresholds[s]) else None
+                    for i, (_p, t, exact) in enumerate(thresholds[s]):
+                        above[s][i] += int((vp >= exact).sum()) if exact is not None else int((d >= t).sum())
     out = []
     for s in range(num_scales):
         res = {f"fnmr@fmr={format(p, 'g')}": float("nan") for p in fmr_values}
         if num_pos[s]:
-            for (p, _t), count in zip(thresholds[s], above[s]):
+            for (p, _t, _exact), count in zip(thresholds[s], above[s]):
                 res[f"fnmr@fmr={format(p, 'g')}"] = count / num_pos[s]
         out.append(res)
     return out
