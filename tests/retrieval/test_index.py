@@ -383,3 +383,18 @@ def test_a_file_named_like_the_build_marker_beside_an_earlier_index_is_not_overw
     with pytest.raises(InputError, match=r"index\.build\.json key '--out': is not the marker of a dynametric index"):
         RetrievalIndex.build(make_set(30), "flat", "cosine").save(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("mode", [{}, {"scale": "fine"}, {"same": "coarse"}])
+def test_exclude_positions_are_checked(mode: dict) -> None:
+    # an out-of-range position was silently ignored in plain mode (and a raw IndexError with scale= / same=)
+    s = make_set(n=20)
+    idx = RetrievalIndex.build(s, "flat", "cosine")
+    q = s.embeddings[:2]
+    for bad, what in (([7, 20], r"exclude\[1\] is 20: expected an item position 0..19 or -1"),
+                      ([-2, 0], r"exclude\[0\] is -2"), ([1], "exclude has 1 entries for 2 queries"),
+                      ([0.5, 1.0], "integer item positions")):
+        with pytest.raises(InputError, match=what):
+            idx.search(q, 3, exclude=np.array(bad), **mode)
+    got = idx.search(q, 3, exclude=np.array([0, -1]), **mode).ids
+    assert 0 not in got[0].tolist()  # the excluded item is dropped for the first query only

@@ -489,6 +489,19 @@ class RetrievalIndex:
         qs = self.check_queries(q)
         si = self.scale_index(scale)
         sa = self.scale_index(same) if same is not None else None
+        ex = None if exclude is None else np.asarray(exclude).reshape(-1)
+        if ex is not None:
+            if len(ex) != len(qs):
+                raise InputError(f"exclude has {len(ex)} entries for {len(qs)} queries", key="exclude")
+            if ex.dtype.kind not in "iu":
+                raise InputError(f"exclude must hold integer item positions, got dtype {ex.dtype}", key="exclude")
+            ex = ex.astype(np.int64)
+            wrong = (ex < -1) | (ex >= self.size)
+            if wrong.any():
+                at = int(np.flatnonzero(wrong)[0])
+                raise InputError(f"exclude[{at}] is {int(ex[at])}: expected an item position 0..{self.size - 1} or "
+                                 f"-1 for none ({int(wrong.sum())} such entries)", key="exclude")
+            exclude = ex
         if same is not None:
             sa_idx = int(sa)  # type: ignore[arg-type]
             if query_labels is not None:
@@ -501,9 +514,6 @@ class RetrievalIndex:
                 _, nn = faiss_search(self.index, qs, 2 if exclude is not None else 1)
                 pick = nn[:, 0] if exclude is None else np.where(nn[:, 0] == exclude, nn[:, -1], nn[:, 0])
                 target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
-        ex = None if exclude is None else np.asarray(exclude, dtype=np.int64).reshape(-1)
-        if ex is not None and len(ex) != len(qs):
-            raise InputError(f"exclude has {len(ex)} entries for {len(qs)} queries", key="exclude")
         # the most results a query can have: classes at the scale / items of its class (minus an excluded item)
         achievable = np.full(len(qs), self.size - (0 if ex is None else 1), dtype=np.int64)
         if si is not None or same is not None:
