@@ -83,3 +83,14 @@ def test_positive_at_exactly_the_threshold_counts_as_at_or_above(engine):
                               distance="euclidean", ranking_engine=engine)["fine"]
     assert out["fnmr@fmr=0"] == 1.0
     assert out["fnmr@fmr=100"] == 0.0  # T = the largest negative distance (5): the positive (0.52) is below it
+
+
+def test_zero_embedding_is_at_sqrt2_under_cosine():
+    # documented: cosine d = sqrt(2 - 2 cos); an all-zero row has cosine 0 with anything, so d = sqrt(2) = the
+    # negative (0, 1)'s distance: at fmr 0, T = sqrt(2) (the smallest negative), the zero positive is >= T
+    q = np.array([[1.0, 0.0]], np.float32)
+    g = np.array([[0.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+    for engine in ("cpu", "torch"):
+        out = evaluate_embeddings(q, np.array([0]), g, np.array([0, 1, 1]), metrics=["fnmr@fmr=0", "fnmr@fmr=100"],
+                                  distance="cosine", ranking_engine=engine)["fine"]
+        assert out["fnmr@fmr=0"] == 1.0 and out["fnmr@fmr=100"] == 0.0  # T at 100: the largest negative, 2

@@ -2,7 +2,9 @@
 
 Over every (query, candidate) pair that is not excluded (the query itself in leave-one-out, items sharing its id),
 a pair is *positive* when the two share the label at the scale and *negative* otherwise; ``d`` is the Euclidean
-distance between the embeddings as the evaluation compares them (L2-normalised for cosine, raw for euclidean).
+distance between the embeddings as the evaluation compares them (L2-normalised for cosine, raw for euclidean;
+for cosine ``d = sqrt(2 - 2 cos)``, so an all-zero row, whose cosine with anything is 0, is at ``sqrt(2)`` from every
+item).
 For a false match rate ``p`` (percent), the threshold ``T`` is the ``p``-th percentile of the negative distances with
 linear interpolation (``numpy.percentile``'s default: position ``p/100 * (M - 1)`` in the sorted negatives), and
 ``fnmr@fmr=p`` is the fraction of positive distances ``>= T`` (open-metric-learning reports percent; dynametric
