@@ -175,6 +175,17 @@ def _compact_codes(query_col: torch.Tensor, gallery_col: torch.Tensor) -> tuple[
     return codes[:query_col.shape[0]], codes[query_col.shape[0]:], int(uniq.size)
 
 
+def _gallery_matches(gallery_keys: torch.Tensor, query_keys: torch.Tensor) -> torch.Tensor:
+    """For each query key, how many gallery keys equal it (``LongTensor`` on the CPU; numpy's single-threaded
+    ``unique``, so not slowed down by busy cores)."""
+    keys, counts = np.unique(gallery_keys.numpy(), return_counts=True)
+    q = query_keys.numpy()
+    if keys.size == 0:
+        return torch.zeros(q.shape, dtype=torch.long)
+    pos = np.minimum(np.searchsorted(keys, q), keys.size - 1)
+    return torch.from_numpy(np.where(keys[pos] == q, counts[pos], 0).astype(np.int64))
+
+
 def relevant_counts(problem: RankingProblem) -> torch.Tensor:
     """``R_q`` per query and scale (``LongTensor[Nq, S]``, on the CPU): gallery items sharing the query's label,
     minus the excluded ones (itself in leave-one-out; items with the query's id)."""
@@ -185,11 +196,7 @@ def relevant_counts(problem: RankingProblem) -> torch.Tensor:
         counts = torch.bincount(gc, minlength=num)[qc]
         if problem.query_codes is not None:
             # items sharing both the id and the label are excluded relevant items (in leave-one-out: self too)
-            gkey = problem.gallery_codes * num + gc
-            keys, kcount = torch.unique(gkey, return_counts=True)
-            qkey = problem.query_codes * num + qc
-            pos = torch.searchsorted(keys, qkey).clamp_max(max(keys.numel() - 1, 0))
-            counts = counts - torch.where(keys[pos] == qkey, kcount[pos], torch.zeros_like(qkey))
+            counts = counts - _gallery_matches(problem.gallery_codes * num + gc, problem.query_codes * num + qc)
         elif problem.leave_one_out:
             counts = counts - 1
         out[:, s] = counts
@@ -224,14 +231,9 @@ def excluded_counts(problem: RankingProblem) -> torch.Tensor:
     the last ones of the query's sorted row (no other score is ``-inf``: scores of finite embeddings are bounded
     after :func:`dynametric.metrics.engine.prepare_for_ranking`)."""
     nq = problem.query.shape[0]
-    if problem.query_codes is None:
+    if problem.query_codes is None or problem.gallery_codes is None:  # ids come in pairs (evaluate_embeddings)
         return torch.full((nq,), int(problem.leave_one_out), dtype=torch.long)
-    keys, counts = np.unique(problem.gallery_codes.numpy(), return_counts=True)
-    if keys.size == 0:
-        return torch.zeros(nq, dtype=torch.long)
-    q = problem.query_codes.numpy()
-    pos = np.minimum(np.searchsorted(keys, q), keys.size - 1)
-    return torch.from_numpy(np.where(keys[pos] == q, counts[pos], 0).astype(np.int64))
+    return _gallery_matches(problem.gallery_codes, problem.query_codes)
 
 
 def scale_sources(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> list[int]:
