@@ -8,9 +8,11 @@ Parts (``--parts a,b,c,d,e``):
 (a) evaluation of 60,502 x 128 embeddings with three nested label scales and every retrieval metric:
     ``evaluate_embeddings(..., device=...)`` vs pytorch-metric-learning's ``AccuracyCalculator`` on the same
     device (torch kNN through ``CustomKNN``, ``k="max_bin_count"``, once per scale, its three metrics) vs a plain
-    torch full-sort ranking (stable sort: ties by gallery index) computing the same metrics; plus 1,000,000 x 128
-    at one scale (recall@K, map@r) on a GPU, reported without a target. Where ``evaluate_embeddings`` has no
-    ``device`` argument yet, the CPU engine is timed and the table says so.
+    torch full-sort ranking (stable sort: ties by gallery index) computing the same metrics; dynametric once more
+    with the torch engine's other full-ranking method (``DYNAMETRIC_TORCH_FULL_RANKING=count``: sort each row's
+    candidates only and count the items before them; same values), so one run shows which method the device
+    prefers; plus 1,000,000 x 128 at one scale (recall@K, map@r) on a GPU, reported without a target. Where
+    ``evaluate_embeddings`` has no ``device`` argument yet, the CPU engine is timed and the table says so.
 (b) the tuple and proxy losses, forward + backward at batch 1024, dim 512, vs PML on the same device
     (the cases of ``benchmarks/loss_speed.py``).
 (c) embedding JPEG files (photo-like, about 500 x 375) through the inference path (``load_embedder`` +
@@ -154,6 +156,31 @@ def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[
         evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, memory_budget_bytes=int(gb * 2**30), **kw)
         sync(device)
         out["budget_sweep"].append({"budget_gb": gb, "s": time.perf_counter() - t, "peak_gb": peak_gb(device)})
+    # the torch engine's other full-ranking method (count the items before each candidate instead of sorting each
+    # row; docs/metrics.md): same values, timed the same way, so one run shows which method this device prefers
+    from dynametric.metrics.torch_engine import FULL_RANKING_ENV
+
+    def with_count() -> dict:
+        before = os.environ.get(FULL_RANKING_ENV)
+        os.environ[FULL_RANKING_ENV] = "count"
+        try:
+            return evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, **kw)
+        finally:
+            if before is None:
+                del os.environ[FULL_RANKING_ENV]
+            else:
+                os.environ[FULL_RANKING_ENV] = before
+
+    with_count()
+    reset_peak(device)
+    sync(device)
+    t = time.perf_counter()
+    counted = with_count()
+    sync(device)
+    out["count_s"] = time.perf_counter() - t
+    out["count_peak_gb"] = peak_gb(device)
+    out["count_max_diff"] = max(abs(float(ours[sc][m]) - float(counted[sc][m])) for sc in ours
+                                for m in ours[sc] if isinstance(ours[sc][m], (int, float)))
     # PML, torch kNN on the same device, once per scale
     calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
                               k="max_bin_count", device=device,
@@ -188,6 +215,7 @@ def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[
                                               ("map@r", "mean_average_precision_at_r")))
     out["speedup_vs_pml"] = out["pml_s"] / out["dynametric_s"]
     out["ratio_to_floor"] = out["dynametric_s"] / out["floor_s"]
+    out["count_speedup_vs_pml"] = out["pml_s"] / out["count_s"]
     return out
 
 
@@ -542,9 +570,16 @@ def markdown(res: dict[str, Any], command: str) -> str:
                   f"| PML AccuracyCalculator (torch kNN, k=max_bin_count, 3 metrics, once per scale) | "
                   f"{a['pml_s']:.2f} | {_f(a['pml_peak_gb'])} | {a['speedup_vs_pml']:.2f}x slower |",
                   f"| plain torch full-sort floor | {a['floor_s']:.2f} | {_f(a['floor_peak_gb'])} | "
-                  f"{a['ratio_to_floor']:.2f}x (ours / floor) |", "",
+                  f"{a['ratio_to_floor']:.2f}x (ours / floor) |"]
+        if a.get("count_s") is not None:
+            lines.append(f"| dynametric, torch engine's count method (`DYNAMETRIC_TORCH_FULL_RANKING=count`) | "
+                         f"{a['count_s']:.2f} | {_f(a['count_peak_gb'])} | {a['count_s'] / a['dynametric_s']:.2f}x "
+                         f"(count / default); {a['count_speedup_vs_pml']:.2f}x faster than PML |")
+        lines += ["",
                   f"Max |difference| vs the floor {_f(a['max_diff_vs_floor'], '.1e')}, vs PML "
-                  f"{_f(a['max_diff_vs_pml'], '.1e')}."]
+                  f"{_f(a['max_diff_vs_pml'], '.1e')}"
+                  + (f", between the two methods {_f(a['count_max_diff'], '.1e')}." if "count_max_diff" in a
+                     else ".")]
         for row in a.get("budget_sweep", []):
             lines.append(f"dynametric at a {row['budget_gb']:g} GiB device budget: {row['s']:.2f} s, peak "
                          f"{_f(row['peak_gb'])} GB ({a['pml_s'] / row['s']:.2f}x PML, {row['s'] / a['floor_s']:.2f}x "

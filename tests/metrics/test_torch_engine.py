@@ -346,3 +346,99 @@ def test_partly_nested_four_scales_equal_cpu_engine(protocol):
     want = evaluate_embeddings(*args, **kw)
     for budget in (None, 700_000):
         _same(want, evaluate_embeddings(*args, **kw, ranking_engine="torch", memory_budget_bytes=budget))
+
+
+# ------------------------------------------------------------------ the count method (DYNAMETRIC_TORCH_FULL_RANKING)
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize("protocol", ["loo", "loo_ids", "qg", "qg_ids"])
+def test_count_method_equals_sort_method_and_cpu_engine(monkeypatch, nested, protocol):
+    # heavy exact ties and duplicates (integer grid), excluded items inside the query's class (self, shared ids),
+    # labels of the queries that no gallery item has (qg), chunks of every size down to one row
+    from dynametric.metrics.torch_engine import FULL_RANKING_ENV
+
+    x, lab = _data(7 + len(protocol) + 10 * nested, 160, 3, nested, levels=2)
+    distance = "euclidean" if protocol in ("loo_ids", "qg") else "cosine"
+    kw = dict(metrics=ALL_RANK, k_values=(1, 3, 10), distance=distance, empty_queries="count_as_zero")
+    rng = np.random.default_rng(2)
+    if protocol.startswith("loo"):
+        args = (x, lab)
+        if protocol == "loo_ids":
+            kw["query_ids"] = list(rng.integers(0, 50, len(x)))
+    else:
+        lab_q = lab[:60].copy()
+        lab_q[:3, 0] = 10**6  # a fine label no gallery item has
+        args = (x[:60], lab_q, x[60:], lab[60:])
+        if protocol == "qg_ids":
+            kw["query_ids"] = list(rng.integers(0, 30, 60))
+            kw["gallery_ids"] = list(rng.integers(0, 30, 100))
+    want, want_pq = evaluate_embeddings(*args, **kw, per_query=True)
+    monkeypatch.setenv(FULL_RANKING_ENV, "sort")
+    sort = evaluate_embeddings(*args, **kw, ranking_engine="torch", per_query=True)
+    monkeypatch.setenv(FULL_RANKING_ENV, "count")
+    for budget in (None, 900_000, 1):
+        got, got_pq = evaluate_embeddings(*args, **kw, memory_budget_bytes=budget, ranking_engine="torch",
+                                          per_query=True)
+        _same(want, got)
+        for scale in want_pq:
+            for m, arr in want_pq[scale].items():
+                # same ranks; the float64 row sums may differ in the last bit (other chunk rows: other alignment)
+                np.testing.assert_allclose(got_pq[scale][m], sort[1][scale][m], rtol=1e-13, atol=1e-15,
+                                           equal_nan=True, err_msg=f"{scale} {m}")
+                np.testing.assert_allclose(got_pq[scale][m], arr, rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+@pytest.mark.parametrize("protocol", ["loo", "loo_ids", "qg_ids"])
+def test_count_method_partly_nested_four_scales(monkeypatch, protocol):
+    from dynametric.metrics.torch_engine import FULL_RANKING_ENV
+
+    monkeypatch.setenv(FULL_RANKING_ENV, "count")
+    test_partly_nested_four_scales_equal_cpu_engine(protocol)
+
+
+def test_pair_keys_order_by_hand():
+    from dynametric.metrics.torch_engine import _NEG_INF_KEY, _pair_keys
+
+    # descending score, ties by ascending index; +0.0 and -0.0 are one score; -inf (excluded) last
+    s = torch.tensor([[0.5, -0.0, 0.0, float("-inf"), 0.5, -1.0, 2.0**-140]])
+    keys = _pair_keys(s.clone())
+    assert torch.argsort(keys[0]).tolist() == [0, 4, 6, 1, 2, 5, 3]
+    assert (keys[0] % 2**32).tolist() == list(range(7))  # the column in the low bits
+    assert keys[0, 1] // 2**32 == keys[0, 2] // 2**32  # one key for both zeros
+    assert (keys[0] >= _NEG_INF_KEY).tolist() == [False, False, False, True, False, False, False]
+
+
+def test_count_ranks_by_hand():
+    from dynametric.metrics.torch_engine import _count_ranks, _pair_keys
+
+    # two rows over 6 items; each row's candidates are a range of `order` (items 1, 3, 4 / item 5 / none)
+    s = torch.tensor([[0.9, 0.2, 0.9, 0.2, 0.95, 0.1],
+                      [0.0, 0.3, 0.3, 0.3, 0.3, 0.3]])
+    keys = _pair_keys(s.clone())
+    order = torch.tensor([1, 3, 4, 5, 0, 2])
+    lo, hi = torch.tensor([0, 3]), torch.tensor([3, 4])
+    sorted_keys, ranks = _count_ranks(keys, order, lo, hi, 3)
+    # row 0 ranking: 4 (0.95), 0, 2 (0.9), 1, 3 (0.2), 5 -> candidates 4, 1, 3 at ranks 1, 4, 5
+    assert (sorted_keys[0] % 2**32).tolist() == [4, 1, 3] and ranks[0].tolist() == [1, 4, 5]
+    # row 1 ranking: 1, 2, 3, 4, 5 (0.3, by index), 0 -> candidate 5 at rank 5; two padding slots
+    assert (sorted_keys[1, 0] % 2**32).item() == 5 and ranks[1, 0].item() == 5
+    assert (sorted_keys[1, 1:] == torch.iinfo(torch.int64).max).all()
+
+
+def test_full_ranking_method_from_the_environment(monkeypatch):
+    from dynametric.metrics.torch_engine import FULL_RANKING_ENV, full_ranking_method
+
+    monkeypatch.delenv(FULL_RANKING_ENV, raising=False)
+    assert full_ranking_method() == "sort"
+    monkeypatch.setenv(FULL_RANKING_ENV, " Count ")
+    assert full_ranking_method() == "count"
+    monkeypatch.setenv(FULL_RANKING_ENV, "radix")
+    with pytest.raises(ConfigError, match=f"key '{FULL_RANKING_ENV}': expected one of sort, count, got 'radix'"):
+        evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], metrics=["map"], ranking_engine="torch")
+
+
+def test_device_plan_of_the_count_method_fits_budget():
+    rows = plan_device_rows(60502, 60502, 7000, True, None, "count")
+    per_row = 28 * 60502 + 128 * 7001 + 64
+    from dynametric.metrics import DEFAULT_DEVICE_MEMORY_BUDGET
+
+    assert rows % 64 == 0 and rows * per_row <= DEFAULT_DEVICE_MEMORY_BUDGET < (rows + 64) * per_row

@@ -28,13 +28,14 @@ then go to the CPU engine's accumulators, so sums, exclusions and the empty-quer
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from dynametric.errors import InputError
+from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.engine import (
     SCORE_ROW_BLOCK,
     RankingProblem,
@@ -64,8 +65,26 @@ TOP_PATH_MAX_CAP = 1024
 ``map``, is asked)."""
 
 _BYTES_PER_SCORE_FULL = 40  # scores 4, sorted values 4, int64 order 8, sort scratch ~16, gathered labels 4 + masks
+_BYTES_PER_SCORE_COUNT = 28  # scores 4, int64 (key, index) 8, int64 bin 8, key temporaries 8
 _BYTES_PER_SCORE_TOP = 12  # scores 4, masks and top-k scratch
 _BYTES_PER_SLOT = 64  # per relevant item in a row: positions, padded ranks, float64 metric temporaries
+_BYTES_PER_COUNT_SLOT = 128  # per candidate of the count method: columns, keys, sorted keys, counts, ranks, masks
+
+FULL_RANKING_ENV = "DYNAMETRIC_TORCH_FULL_RANKING"
+"""How the torch engine ranks when every rank is needed (``map``, or cut-offs above :data:`TOP_PATH_MAX_CAP`):
+``sort`` (default: one stable sort of every row) or ``count`` (sort only each row's candidate relevant items, then
+count the items before each one; see :func:`_count_ranks`). Same values either way; which is faster depends on the
+device (``benchmarks/gpu_suite.py`` times both). Read at each evaluation."""
+
+_FULL_METHODS = ("sort", "count")
+
+
+def full_ranking_method() -> str:
+    """The torch engine's full-ranking method from :data:`FULL_RANKING_ENV` (``sort`` when unset)."""
+    value = os.environ.get(FULL_RANKING_ENV, "").strip().lower() or "sort"
+    if value not in _FULL_METHODS:
+        raise ConfigError(f"expected one of {', '.join(_FULL_METHODS)}, got {value!r}", key=FULL_RANKING_ENV)
+    return value
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
@@ -91,11 +110,17 @@ def full_fp32_matmul() -> Iterator[None]:
 
 
 def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: bool,
-                     memory_budget_bytes: int | None) -> int:
-    """Query rows per chunk so that one chunk's device buffers fit the budget (whole 64-row grid blocks)."""
+                     memory_budget_bytes: int | None, method: str = "sort") -> int:
+    """Query rows per chunk so that one chunk's device buffers fit the budget (whole 64-row grid blocks).
+
+    ``max_slots``: the most relevant items of a row (``sort`` and the top path) or the largest candidate set of a
+    row (``count``: the query's class at the searched scale, excluded items included)."""
     budget = DEFAULT_DEVICE_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
-    per_row = (_BYTES_PER_SCORE_FULL if full else _BYTES_PER_SCORE_TOP) * num_gallery \
-        + _BYTES_PER_SLOT * (max_slots + 1) + 64
+    if full and method == "count":
+        per_row = _BYTES_PER_SCORE_COUNT * num_gallery + _BYTES_PER_COUNT_SLOT * (max_slots + 1) + 64
+    else:
+        per_row = (_BYTES_PER_SCORE_FULL if full else _BYTES_PER_SCORE_TOP) * num_gallery \
+            + _BYTES_PER_SLOT * (max_slots + 1) + 64
     rows = max(1, budget // per_row)
     if rows >= SCORE_ROW_BLOCK:
         rows -= rows % SCORE_ROW_BLOCK
@@ -268,6 +293,70 @@ def _packed_ranks(rows: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | No
     return ranks[:, :width], seen
 
 
+def _class_ranges(query_codes: torch.Tensor, gallery_codes: torch.Tensor,
+                  num: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, lo, hi)`` on the host: the gallery in class order (ascending index within a class) and each query's
+    class as ``order[lo[q]:hi[q]]`` (empty for a label no gallery item has); ``*_codes`` as :func:`_compact_codes`."""
+    g = gallery_codes.numpy()
+    sizes = np.bincount(g, minlength=num)
+    q = query_codes.numpy()
+    hi = np.cumsum(sizes)[q] if q.size else np.zeros(0, dtype=np.int64)
+    return np.argsort(g, kind="stable").astype(np.int64), (hi - sizes[q]).astype(np.int64), hi.astype(np.int64)
+
+
+_NEG_INF_KEY = 0x7F800000 << 32  # pair keys from here on belong to -inf scores (excluded items); finite ones are lower
+
+
+def _pair_keys(scores: torch.Tensor) -> torch.Tensor:
+    """int64 ``key * 2**32 + column`` per score, ascending in the ranking's order (descending score, then ascending
+    gallery index) and unique in a row. ``key``: the order-preserving int32 of ``0.0 - score`` on its float32 bits,
+    the CPU engine's keys (``-0.0`` and ``+0.0`` one key)."""
+    bits = torch.neg(scores).add_(0.0).view(torch.int32)
+    k = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    del bits
+    keys = k.to(torch.int64).mul_(1 << 32)
+    del k
+    return keys.add_(torch.arange(scores.shape[1], device=scores.device))
+
+
+def _count_ranks(keys: torch.Tensor, order: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                 width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's candidates ``order[lo[r]:hi[r]]`` (at most ``width``) in rank order, and their ranks, without
+    sorting the row: ``(sorted_keys, ranks)``, both ``[C, width]``.
+
+    ``keys``: the rows' :func:`_pair_keys`. Only the candidates' keys are sorted; every item of the row then gets the
+    number of candidates before it (one ``searchsorted``), and a candidate's 1-based rank is the number of items with
+    at most its position there (a histogram and its running sum; the candidate itself included). Slots past a row's
+    candidates hold int64 max (the largest key) and a meaningless rank."""
+    c, ng = keys.shape
+    dev = keys.device
+    slot = torch.arange(width, device=dev)
+    idx = lo.unsqueeze(1) + slot
+    valid = idx < hi.unsqueeze(1)
+    cand = keys.gather(1, order[idx.clamp_max(ng - 1)])
+    sorted_keys = torch.sort(cand.masked_fill_(~valid, torch.iinfo(torch.int64).max), dim=1).values
+    del cand, idx, valid
+    bins = torch.searchsorted(sorted_keys, keys)
+    # items after a row's last candidate count for none: spread them over 32 spare columns (fewer colliding atomic
+    # additions on a GPU) instead of one
+    spare = torch.arange(ng, device=dev).bitwise_and_(31).add_(width)
+    bins = torch.where(bins < (hi - lo).unsqueeze(1), bins, spare)
+    hist = torch.zeros((c, width + 32), dtype=torch.int64, device=dev)
+    hist.scatter_add_(1, bins, torch.ones((), dtype=torch.int64, device=dev).expand_as(bins))
+    del bins
+    return sorted_keys, hist[:, :width].cumsum(1)
+
+
+def _kept_ranks(ranks: torch.Tensor, keep: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([C, width] ranks, [C] counts)``: the ranks of the slots ``keep`` selects, packed to the left of each row
+    (already in rank order)."""
+    c = keep.shape[0]
+    slot = keep.cumsum(1).sub_(1).clamp_max_(width)
+    out = torch.zeros((c, width + 1), dtype=torch.int64, device=keep.device)
+    out.scatter_(1, torch.where(keep, slot, width), ranks)  # slots not kept go to a spare last column
+    return out[:, :width], keep.sum(1)
+
+
 def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values: tuple[int, ...],
                       metrics: tuple[str | MetricSpec, ...], asi_cutoff: int | None,
                       memory_budget_bytes: int | None,
@@ -287,18 +376,25 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
     max_r = int(r_all.max()) if r_all.numel() else 0
     cap = max(max_r, max_rank_needed((), specs, asi_cutoff))
     full = needs_full_ranking(specs) or cap > TOP_PATH_MAX_CAP or cap + 1 > ng
-    rows = plan_device_rows(nq, ng, max_r if full else cap, full, memory_budget_bytes)
+    method = full_ranking_method() if full else "sort"
+    codes = [_compact_codes(problem.query_labels[:, s], problem.gallery_labels[:, s]) for s in range(num_scales)]
+    # count method: each searched scale's classes as ranges of a gallery order (the candidates of a query's row)
+    ranges = {src: _class_ranges(*codes[src]) for src in set(sources)} if method == "count" else {}
+    slots = max((int((hi - lo).max()) for _, lo, hi in ranges.values() if lo.size), default=0) if ranges \
+        else (max_r if full else cap)
+    rows = plan_device_rows(nq, ng, slots, full, memory_budget_bytes, method)
     with torch.no_grad():
         q = problem.query.to(device)
         g = q if problem.gallery is problem.query else problem.gallery.to(device)
         products = problem.products if g is problem.gallery else GalleryProducts(g)  # on the CPU: packed once
         sq = (g * g).sum(1) if problem.distance == "euclidean" else None
-        codes = [_compact_codes(problem.query_labels[:, s], problem.gallery_labels[:, s]) for s in range(num_scales)]
         qcodes = [c[0].to(device=device, dtype=torch.int32 if c[2] < 2**31 else torch.int64) for c in codes]
         gcodes = [c[1].to(device=device, dtype=qc.dtype) for c, qc in zip(codes, qcodes)]
         id_q = None if problem.query_codes is None else problem.query_codes.to(device)
         id_g = None if problem.gallery_codes is None else problem.gallery_codes.to(device)
         r_dev = r_all.to(device)
+        ranges_dev = {src: (torch.from_numpy(o).to(device), torch.from_numpy(lo).to(device),
+                            torch.from_numpy(hi).to(device)) for src, (o, lo, hi) in ranges.items()}
         kept_dev = (ng - excl).to(device)
         harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1)).to(device)
         values = [{sp.name: torch.zeros(nq, dtype=torch.float64, device=device) for sp in specs}
@@ -328,7 +424,35 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
                 s.masked_fill_(id_g.unsqueeze(0) == id_q[start:stop].unsqueeze(1), float("-inf"))
             s.add_(0.0)  # -0.0 + 0.0 = +0.0: one zero score
 
-            if full:
+            if method == "count":
+                overflow |= (torch.isnan(s) | torch.isposinf(s)).any()
+                keys = _pair_keys(s)
+                for src in sorted(set(sources)):
+                    _, lo_h, hi_h = ranges[src]
+                    width = int((hi_h[start:stop] - lo_h[start:stop]).max()) if c else 0
+                    kept = r_dev[start:stop, src]
+                    if width:
+                        order_d, lo_d, hi_d = ranges_dev[src]
+                        sorted_keys, ranks_all = _count_ranks(keys, order_d, lo_d[start:stop], hi_d[start:stop],
+                                                              width)
+                        finite = (sorted_keys < _NEG_INF_KEY).sum(1)
+                        miscount |= (finite != kept).any()  # excluded candidates are exactly the -inf ones
+                        first = torch.arange(width, device=device).unsqueeze(0) < kept.unsqueeze(1)
+                        gidx = sorted_keys.bitwise_and(0xFFFFFFFF).clamp_max_(ng - 1)
+                    for sc in range(num_scales):
+                        if sources[sc] != src:
+                            continue
+                        found = r_dev[start:stop, sc]
+                        w = int(r_all[start:stop, sc].max()) if c else 0
+                        if not width:
+                            scale_values(sc, start, torch.zeros((c, 0), dtype=torch.int64, device=device), found)
+                            continue
+                        keep = first if sc == src else first & (gcodes[sc][gidx] == qcodes[sc][start:stop].unsqueeze(1))
+                        ranks, seen = _kept_ranks(ranks_all, keep, w)
+                        miscount |= (seen != found).any()
+                        scale_values(sc, start, ranks, found)
+                del keys
+            elif full:
                 vals, order = torch.sort(s, dim=1, descending=True, stable=True)
                 overflow |= (torch.isnan(vals[:, 0]) | torch.isposinf(vals[:, 0])).any()
                 del vals
