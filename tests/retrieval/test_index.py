@@ -396,5 +396,10 @@ def test_exclude_positions_are_checked(mode: dict) -> None:
                       ([0.5, 1.0], "integer item positions")):
         with pytest.raises(InputError, match=what):
             idx.search(q, 3, exclude=np.array(bad), **mode)
+    # unsigned positions are checked before the cast to int64 (2**64 - 1 wrapped to -1, "none", and was accepted)
+    for big in (2**64 - 1, 2**63):
+        with pytest.raises(InputError, match=rf"exclude\[1\] is {big}: expected an item position 0..19"):
+            idx.search(q, 3, exclude=np.array([0, big], dtype=np.uint64), **mode)
+    assert 0 not in idx.search(q, 3, exclude=np.array([0, 1], dtype=np.uint64), **mode).ids[0].tolist()
     got = idx.search(q, 3, exclude=np.array([0, -1]), **mode).ids
     assert 0 not in got[0].tolist()  # the excluded item is dropped for the first query only

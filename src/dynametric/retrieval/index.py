@@ -495,13 +495,14 @@ class RetrievalIndex:
                 raise InputError(f"exclude has {len(ex)} entries for {len(qs)} queries", key="exclude")
             if ex.dtype.kind not in "iu":
                 raise InputError(f"exclude must hold integer item positions, got dtype {ex.dtype}", key="exclude")
-            ex = ex.astype(np.int64)
-            wrong = (ex < -1) | (ex >= self.size)
+            # checked before the cast to int64: an unsigned value >= 2**63 would wrap to a negative one (2**64 - 1 to
+            # -1, "none")
+            wrong = (ex >= self.size) if ex.dtype.kind == "u" else (ex < -1) | (ex >= self.size)
             if wrong.any():
                 at = int(np.flatnonzero(wrong)[0])
                 raise InputError(f"exclude[{at}] is {int(ex[at])}: expected an item position 0..{self.size - 1} or "
                                  f"-1 for none ({int(wrong.sum())} such entries)", key="exclude")
-            exclude = ex
+            exclude = ex.astype(np.int64)
         if same is not None:
             sa_idx = int(sa)  # type: ignore[arg-type]
             if query_labels is not None:
