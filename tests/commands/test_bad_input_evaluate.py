@@ -102,6 +102,23 @@ def test_impossible_option_values(tmp_path, emb, capsys, argv, expected) -> None
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)
 
 
+def test_a_budget_below_one_byte_is_refused(tmp_path, emb, capsys) -> None:
+    # int(1e-7 * 2**20) is 0 bytes: it ran with a zero budget (one row per chunk) instead of saying so
+    line = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(_labels(tmp_path, GOOD)),
+                           "--memory-budget-mb", "1e-7")
+    assert line.endswith("key '--memory-budget-mb': 1e-07 MB is less than one byte")
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5, True, "1e6"])
+def test_library_budget_must_be_a_positive_integer(budget) -> None:
+    from dynametric.errors import ConfigError
+    from dynametric.metrics import evaluate_embeddings
+
+    with pytest.raises(ConfigError, match=r"key 'memory_budget_bytes': memory_budget_bytes must be a positive "
+                                          r"integer \(bytes\) or None, got "):
+        evaluate_embeddings(np.eye(4, dtype=np.float32), [0, 0, 1, 1], memory_budget_bytes=budget)
+
+
 @pytest.mark.parametrize("value, works, expected", [
     ("openblas", True, "key 'DYNAMETRIC_CPU_MATMUL': got 'openblas'; expected auto, onednn or blas (environment "
                        "variable)"),

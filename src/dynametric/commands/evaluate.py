@@ -184,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"expected R_q or a positive integer, got {args.asi_cutoff!r}",
                               key="--asi-cutoff") from None
+    if args.memory_budget_mb is not None and int(args.memory_budget_mb * 2**20) < 1:
+        raise ConfigError(f"{args.memory_budget_mb:g} MB is less than one byte", key="--memory-budget-mb")
     # the options a user gave; the rest are the run's eval.* with --checkpoint (so its test metrics are reproduced),
     # else the command's defaults
     given = {k: v for k, v in (("metrics", _parse_metric_list(args.metrics)),

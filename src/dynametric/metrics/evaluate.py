@@ -270,6 +270,11 @@ def evaluate_embeddings(
     if ranking_engine not in ("auto", "cpu", "torch"):
         raise ConfigError(f"unknown ranking_engine {ranking_engine!r}; expected 'auto', 'cpu' or 'torch'",
                           key="ranking_engine")
+    if memory_budget_bytes is not None and (isinstance(memory_budget_bytes, bool)
+                                            or not isinstance(memory_budget_bytes, (int, np.integer))
+                                            or memory_budget_bytes < 1):
+        raise ConfigError(f"memory_budget_bytes must be a positive integer (bytes) or None, got "
+                          f"{memory_budget_bytes!r}", key="memory_budget_bytes")
     from dynametric.metrics.torch_engine import full_fp32_matmul, resolve_device, run_ranking_torch
 
     dev = resolve_device(device)
