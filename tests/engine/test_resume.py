@@ -97,13 +97,16 @@ def test_resume_after_crash_matches_straight_run(tmp_path, accumulate):
     assert epochs == sorted(set(epochs)) and len(epochs) >= 2
 
 
-def test_resume_from_end_of_epoch_checkpoint_matches_straight_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_end_of_epoch_checkpoint_matches_straight_run(tmp_path, workers):
     # last.ckpt only at epoch ends (every=0) and an epoch budget: the crash at step 7 resumes from the end of
     # epoch 0 (5 batches). Lightning builds the resumed epoch's iterator while its current_epoch still names the
-    # finished epoch; the sampler must continue with the next epoch's batches, not replay the finished one.
+    # finished epoch; the sampler must continue with the next epoch's batches, not replay the finished one. With
+    # loader workers the DataLoader asks the sampler for an iterator twice as it starts (it replayed epoch 0).
     def setup():
         module, dm, settings = _setup(tmp_path, -1, every=0)
         settings.max_epochs = 3
+        dm.num_workers = workers
         return module, dm, settings
 
     module, dm, settings = setup()
@@ -265,6 +268,24 @@ def test_resumable_sampler_skips_and_counts_epochs():
     assert list(part) == epoch1[2:]
     part.resume(0, 5)  # a finished epoch continues with the next one
     assert list(part) == epoch1
+
+
+def test_resumed_sampler_never_goes_back_to_the_finished_epoch():
+    # resuming from an end-of-epoch checkpoint, the trainer's epoch still names the finished epoch 0 while the loader
+    # starts; a multi-process DataLoader calls iter() twice then and keeps the second iterator, which replayed epoch 0
+    labels = ToyData().labels
+    epochs = [list(ResumableBatchSampler(ToySampler(labels), seed=5, epoch_fn=lambda e=e: e)) for e in range(3)]
+    trainer_epoch = [0]
+    part = ResumableBatchSampler(ToySampler(labels), seed=5, epoch_fn=lambda: trainer_epoch[0])
+    part.resume(0, 5)
+    assert list(part) == epochs[1] and list(part) == epochs[1]
+    trainer_epoch[0] = 1  # the trainer catches up: Lightning may build the iterator again in the same epoch
+    assert list(part) == epochs[1]
+    trainer_epoch[0] = 2
+    assert list(part) == epochs[2]
+    part.resume(1, 3)  # mid-epoch: every iteration of the resumed epoch skips the batches done
+    trainer_epoch[0] = 1
+    assert list(part) == epochs[1][3:] and list(part) == epochs[1][3:]
 
 
 def test_seeded_dataset_is_reproducible_and_leaves_global_rng_alone():

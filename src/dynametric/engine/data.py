@@ -43,8 +43,10 @@ class ResumableBatchSampler:
     """Skippable wrapper around a batch sampler; yields ``[(index, token), ...]`` batches.
 
     The epoch of an ``iter()`` is ``epoch_fn()`` (the engine passes the trainer's current epoch: Lightning may
-    call ``iter()`` more than once per epoch), else a counter advanced by each ``iter()``. After
-    ``resume(epoch, k)``, every iteration of that epoch starts at batch ``k``.
+    call ``iter()`` more than once per epoch, and a multi-process DataLoader calls it twice when it starts), else a
+    counter advanced by each ``iter()``. After ``resume(epoch, k)``, every iteration of that epoch starts at batch
+    ``k``, and no ``iter()`` produces an epoch before it: resuming from an end-of-epoch checkpoint, Lightning builds
+    the next epoch's iterator while its current epoch still names the finished one.
     """
 
     def __init__(self, inner: Any, seed: int = 0, rank: int = 0,
@@ -57,7 +59,7 @@ class ResumableBatchSampler:
         self.current_epoch = -1
         self._skip = 0
         self._skip_epoch = -1
-        self._resume_pending = False
+        self._first_epoch = 0  # set by resume(): the epoch training continues with
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -67,13 +69,14 @@ class ResumableBatchSampler:
         if batches_done >= len(self):
             epoch, batches_done = epoch + 1, 0
         self.next_epoch, self._skip, self._skip_epoch = int(epoch), int(batches_done), int(epoch)
-        self._resume_pending = True
+        self._first_epoch = int(epoch)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        # The first iter() after resume() continues the resumed epoch: when Lightning resumes from an
-        # end-of-epoch checkpoint it builds the iterator while its current_epoch still names the finished epoch.
-        resuming, self._resume_pending = self._resume_pending, False
-        epoch = self.next_epoch if (resuming or self.epoch_fn is None) else int(self.epoch_fn())
+        # After resume() no iter() goes back before the resumed epoch: Lightning, resuming from an end-of-epoch
+        # checkpoint, builds the iterator while its current_epoch still names the finished epoch, and a multi-process
+        # loader calls iter() twice then (a one-shot "resuming" flag was used up by the first call, and the second,
+        # the one the loader keeps, replayed the finished epoch)
+        epoch = self.next_epoch if self.epoch_fn is None else max(int(self.epoch_fn()), self._first_epoch)
         skip = self._skip if epoch == self._skip_epoch else 0
         self.current_epoch, self.next_epoch = epoch, epoch + 1
         if hasattr(self.inner, "set_epoch"):
