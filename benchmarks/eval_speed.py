@@ -317,7 +317,7 @@ def main() -> int:
                 res["process_s"] = total
                 results.append(res)
                 print(f"[{part}/{contender}] wall {res['wall_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB "
-                      f"(data alone {res['rss_before_mb']:.0f} MB)", flush=True)
+                      f"(before the timed call: {res['rss_before_mb']:.0f} MB, imports and data)", flush=True)
     print()
     print(f"machine: {machine_description()}")
     print("| part | contender | wall s | peak RSS MB | x vs floor | peer / contender |")
