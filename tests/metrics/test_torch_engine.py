@@ -433,7 +433,7 @@ def test_full_ranking_method_from_the_environment(monkeypatch):
     assert full_ranking_method() == "count"
     monkeypatch.setenv(FULL_RANKING_ENV, "radix")
     with pytest.raises(ConfigError, match=f"key '{FULL_RANKING_ENV}': expected one of sort, count, got 'radix'"):
-        evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], metrics=["map"], ranking_engine="torch")
+        evaluate_embeddings(np.eye(3, dtype=np.float32), [0, 0, 1], metrics=["recall@K"], ranking_engine="torch")
 
 
 def test_device_plan_of_the_count_method_fits_budget():

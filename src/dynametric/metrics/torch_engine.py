@@ -376,7 +376,9 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
     max_r = int(r_all.max()) if r_all.numel() else 0
     cap = max(max_r, max_rank_needed((), specs, asi_cutoff))
     full = needs_full_ranking(specs) or cap > TOP_PATH_MAX_CAP or cap + 1 > ng
-    method = full_ranking_method() if full else "sort"
+    method = full_ranking_method()  # checked on every evaluation of the torch engine, used on the full path
+    if not full:
+        method = "sort"
     codes = [_compact_codes(problem.query_labels[:, s], problem.gallery_labels[:, s]) for s in range(num_scales)]
     # count method: each searched scale's classes as ranges of a gallery order (the candidates of a query's row)
     ranges = {src: _class_ranges(*codes[src]) for src in set(sources)} if method == "count" else {}
