@@ -216,20 +216,34 @@ def resolve_class(kind: str, spec: Any) -> Any:
 
 
 def _check_wrapped_support(cls: type, kwargs: dict[str, Any]) -> None:
-    """Refuse a wrapped loss object that the PML wrapper ``cls`` does not support (``CrossBatchMemory`` and
-    ``SelfSupervisedLoss`` accept only the losses their ``supported_losses()`` lists, by class name, and raise a
-    bare ``Exception`` in their constructor otherwise): one line keyed ``loss`` naming the supported ones."""
+    """Refuse a ``loss=`` that the PML wrapper ``cls`` cannot wrap (``CrossBatchMemory`` and ``SelfSupervisedLoss``
+    accept only an object of one of the losses their ``supported_losses()`` lists, by class name, and raise a bare
+    ``Exception`` in their constructor otherwise): one line keyed ``loss``. A loss object of another class names the
+    supported ones; a class says to instantiate it; a name, a number, ``None``, a mapping or a list says that one
+    loss object is needed."""
     supported = getattr(cls, "supported_losses", None)
-    if "loss" not in kwargs or not _is_object(kwargs["loss"]) or not callable(supported):
+    if "loss" not in kwargs or not callable(supported):
         return
     try:
         names = list(supported())
     except NotImplementedError:  # PML's abstract BaseLossWrapper
         return
-    inner = type(kwargs["loss"]).__name__
+    value = kwargs["loss"]
+    one_of = f"one of {', '.join(names)} (pytorch-metric-learning's list)"
+    inner = value.__name__ if isinstance(value, type) else type(value).__name__
+    if isinstance(value, type) and inner in names:
+        raise ConfigError(f"{cls.__name__}'s loss= must be a loss object, got the class {inner}; instantiate it: "
+                          f"{inner}()", key="loss")
+    if not isinstance(value, type) and (isinstance(value, (list, tuple)) or not _is_object(value)):
+        if isinstance(value, (list, tuple)):  # not its repr: a loss object's is several lines
+            got = f"a {inner} of {len(value)} (it wraps a single loss)"
+        else:
+            got = f"{value!r} ({inner})"
+        if isinstance(value, str) and value.removeprefix(PML_PREFIX) in names:
+            got += f"; build the object: {value.removeprefix(PML_PREFIX)}()"
+        raise ConfigError(f"{cls.__name__}'s loss= must be a loss object, got {got}; it takes {one_of}", key="loss")
     if inner not in names:
-        raise ConfigError(f"{cls.__name__} does not support {inner}: its loss= must be one of {', '.join(names)} "
-                          "(pytorch-metric-learning's list)", key="loss")
+        raise ConfigError(f"{cls.__name__} does not support {inner}: its loss= must be {one_of}", key="loss")
 
 
 #: The keywords of PML's losses and miners that take an object PML calls later (its constructors keep them as
