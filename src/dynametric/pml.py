@@ -7,12 +7,15 @@ what both need (class lookup, distance conversion, the registry that answers ``p
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.util
 import inspect
+import linecache
 import numbers
 import re
+import traceback
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -274,6 +277,56 @@ def check_object_arguments(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
 
 
+def _failed_statement(exc: BaseException) -> str | None:
+    """The source of the statement that raised ``exc`` (its innermost frame: for an ``assert``, the assertion), on
+    one line (a statement over several lines joined); ``None`` when the source cannot be read."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames or not frames[-1].lineno:
+        return None
+    source = linecache.getlines(frames[-1].filename)
+    start = frames[-1].lineno - 1
+    for end in range(start + 1, min(start + 20, len(source)) + 1):  # the lines that make up the whole statement
+        lines = [line.strip() for line in source[start:end]]
+        try:
+            ast.parse("\n".join(lines))
+        except SyntaxError:
+            continue
+        return " ".join(lines) or None
+    return None
+
+
+def _assertion_error(cls: type, given: Mapping[str, Any], exc: AssertionError) -> ConfigError:
+    """The one-line :class:`ConfigError` of an ``AssertionError`` raised by the PML constructor ``cls`` with the
+    keyword arguments ``given``: keyed by the one keyword the assertion names (its message, case aside:
+    ``Imbalance must be ...`` is ``imbalance``; without a message, the failing ``assert`` statement:
+    ``assert self.distance.is_inverted`` is ``distance``), with the value given. A check of a distance's
+    ``is_inverted`` says which kind of distance is needed; another assertion without a message is quoted."""
+    said = str(exc).strip()
+    statement = None if said else _failed_statement(exc)
+    if said:
+        named = [k for k in given if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", said, re.IGNORECASE)]
+    elif statement is not None:
+        named = [k for k in given if re.search(rf"(?<![\w.])(?:self\.)?{re.escape(k)}(?!\w)", statement)]
+    else:
+        named = []
+    key = named[0] if len(named) == 1 else None
+    shown = ""
+    if key is not None:
+        value = given[key]
+        shown = f", got {value!r}" if isinstance(value, (numbers.Number, str)) else f", got {type(value).__name__}"
+    if said:
+        return ConfigError(f"{first_sentence(exc)}{shown}", key=key)
+    inverted = None if statement is None or key is None else re.search(
+        rf"(\bnot\s+)?(?:self\.)?{re.escape(key)}\.is_inverted\b", statement)
+    if inverted is not None:  # SoftTripleLoss: assert self.distance.is_inverted
+        need = ("a distance, where lower is closer (e.g. LpDistance(); in a config: l2)" if inverted.group(1) else
+                "a similarity, where higher is closer (e.g. CosineSimilarity(); in a config: cosine)")
+        return ConfigError(f"{cls.__name__}'s {key} must be {need}{shown}", key=key)
+    if statement is not None:
+        return ConfigError(f"{cls.__name__}'s constructor failed its check `{statement}`{shown}", key=key)
+    return ConfigError(f"{cls.__name__}'s constructor failed a check{shown}", key=key)
+
+
 def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
     spec = resolve_class(kind, spec)
     if isinstance(spec, type):
@@ -285,10 +338,7 @@ def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
         try:
             return spec(**kwargs)
         except AssertionError as exc:  # PML's checks in the constructor: ArcFaceLoss's distance must be cosine
-            named = [k for k in given if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", str(exc))]
-            shown = f", got {type(given[named[0]]).__name__}" if len(named) == 1 else ""
-            said = first_sentence(exc) if str(exc).strip() else f"{spec.__name__}'s constructor failed a check"
-            raise ConfigError(f"{said}{shown}", key=named[0] if len(named) == 1 else None) from exc
+            raise _assertion_error(spec, given, exc) from exc
     if kwargs:
         raise ConfigError(f"keyword arguments {sorted(kwargs)} given with an already built {kind[:-2]} object",
                           key=kind[:-2])
