@@ -259,22 +259,77 @@ OBJECT_ARGUMENTS = ("reducer", "distance", "embedding_regularizer", "weight_regu
 CALLED_WHEN_BUILT = ("weight_init_func",)
 
 
+#: The kind of object each of :data:`OBJECT_ARGUMENTS` takes: its name in messages and its base classes in PML
+#: (module, class); a reducer may be dynametric's too (:class:`dynametric.losses.reducers.Reducer`), a distance
+#: dynametric's (:class:`dynametric.distances.Distance`, converted by :func:`to_pml_distance`).
+_OBJECT_KINDS = {"reducer": ("reducer", "reducers", "BaseReducer"),
+                 "distance": ("distance", "distances", "BaseDistance"),
+                 "embedding_regularizer": ("regularizer", "regularizers", "BaseRegularizer"),
+                 "weight_regularizer": ("regularizer", "regularizers", "BaseRegularizer")}
+
+
+def _kind_bases() -> dict[str, tuple[type, ...]]:
+    """``{kind: base classes}`` for reducers, distances and regularizers: PML's (when it can be imported) and
+    dynametric's own reducer and distance bases."""
+    from dynametric.losses.reducers import Reducer  # here: this module sits below the losses
+
+    bases: dict[str, tuple[type, ...]] = {"reducer": (Reducer,), "distance": (_distances.Distance,),
+                                          "regularizer": ()}
+    for kind, module, name in _OBJECT_KINDS.values():
+        try:
+            base = getattr(importlib.import_module(f"pytorch_metric_learning.{module}"), name, None)
+        except ImportError:
+            continue
+        if isinstance(base, type) and base not in bases[kind]:
+            bases[kind] += (base,)
+    return bases
+
+
+def _describe(value: Any, bases: Mapping[str, tuple[type, ...]]) -> str:
+    """``value`` (a callable) in a message, on one line (a module's repr can span several): ``the function f`` or
+    ``a MeanReducer object, a reducer``."""
+    if inspect.isroutine(value):
+        return f"the function {getattr(value, '__qualname__', repr(value))}"
+    kind = next((k for k, b in bases.items() if b and isinstance(value, b)), None)
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name} object" + (f", a {kind}" if kind else "")
+
+
 def check_object_arguments(values: Mapping[str, Any]) -> None:
     """Refuse a reducer, distance or regularizer (:data:`OBJECT_ARGUMENTS`) or a ``weight_init_func``
     (:data:`CALLED_WHEN_BUILT`) in ``values`` (keyword arguments, or a built object's attributes of those names)
-    that is not callable (a name, a mapping, a number given where PML expects an object): one line keyed by the
-    keyword, the wording of dynametric's own losses (:func:`~dynametric.losses.reducers.check_reducer`, not imported:
-    this module sits below the losses). ``None`` passes (PML's default)."""
+    that PML cannot use: one line keyed by the keyword, the wording of dynametric's own losses
+    (:func:`~dynametric.losses.reducers.check_reducer`). ``None`` passes (PML's default). Refused: a value that is
+    not callable (a name, a mapping, a number given where PML expects an object); for the object keywords, a class
+    (``reducer=MeanReducer``: "got the class MeanReducer; instantiate it: MeanReducer()"); a reducer or distance
+    that is not an instance of PML's base class (``BaseReducer``, ``BaseDistance``) or dynametric's (a function, or
+    an object of another kind: PML makes them modules or calls their methods); a regularizer that is a reducer or a
+    distance (a function is a regularizer: PML only calls it). ``weight_init_func`` is any callable (a function)."""
+    bases: dict[str, tuple[type, ...]] | None = None
     for attr in (*OBJECT_ARGUMENTS, *CALLED_WHEN_BUILT):
         value = values.get(attr)
-        if value is None or callable(value):
+        if value is None:
             continue
         what = {"reducer": "a reducer object (e.g. MeanReducer())",  # losses.reducers.check_reducer's wording
                 "distance": "a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, "
                             "{name: LpDistance, p: 1})",
                 "weight_init_func": "callable (e.g. torch.nn.init.normal_, in Python: a config cannot give a "
                                     "function) or null"}.get(attr, "callable (e.g. LpRegularizer()) or null")
-        raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
+        if not callable(value):
+            raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
+        if attr not in _OBJECT_KINDS:
+            continue
+        if isinstance(value, type):
+            raise ConfigError(f"{attr} must be {what}, got the class {value.__name__}; instantiate it: "
+                              f"{value.__name__}()", key=attr)
+        bases = _kind_bases() if bases is None else bases
+        kind = _OBJECT_KINDS[attr][0]
+        if kind == "regularizer":  # any callable but an object of another kind
+            wrong = [k for k, b in bases.items() if k != kind and b and isinstance(value, b)]
+        else:
+            wrong = [] if isinstance(value, bases[kind]) else [kind]
+        if wrong:
+            raise ConfigError(f"{attr} must be {what}, got {_describe(value, bases)}", key=attr)
 
 
 def _failed_statement(exc: BaseException) -> str | None:

@@ -760,6 +760,64 @@ def test_a_pml_constructor_assertion_is_keyed_by_the_keyword_it_tests():
                     distance=pml_dist.CosineSimilarity()).loss.distance.is_inverted
 
 
+REDUCER_WANTED = "reducer must be a reducer object (e.g. MeanReducer())"
+DISTANCE_WANTED = "distance must be a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, " \
+                  "{name: LpDistance, p: 1})"
+REGULARIZER_WANTED = "must be callable (e.g. LpRegularizer()) or null"
+
+
+def _square(w):
+    return (w ** 2).sum()
+
+
+@pytest.mark.parametrize("build, key, message", [
+    (lambda: pml_loss("ContrastiveLoss", reducer=pml_red.MeanReducer), "reducer",
+     f"{REDUCER_WANTED}, got the class MeanReducer; instantiate it: MeanReducer()"),
+    (lambda: pml_loss("ContrastiveLoss", reducer=_square), "reducer", f"{REDUCER_WANTED}, got the function _square"),
+    (lambda: pml_loss("ContrastiveLoss", reducer=pml_dist.CosineSimilarity()), "reducer",
+     f"{REDUCER_WANTED}, got a CosineSimilarity object, a distance"),
+    (lambda: pml_loss("ContrastiveLoss", reducer=torch.nn.Identity()), "reducer",
+     f"{REDUCER_WANTED}, got an Identity object"),
+    (lambda: pml_loss("ContrastiveLoss", distance=pml_dist.CosineSimilarity), "distance",
+     f"{DISTANCE_WANTED}, got the class CosineSimilarity; instantiate it: CosineSimilarity()"),
+    (lambda: pml_loss("ContrastiveLoss", distance=dm_dist.LpDistance), "distance",
+     f"{DISTANCE_WANTED}, got the class LpDistance; instantiate it: LpDistance()"),
+    (lambda: pml_loss("ContrastiveLoss", distance=pml_red.SumReducer()), "distance",
+     f"{DISTANCE_WANTED}, got a SumReducer object, a reducer"),
+    (lambda: pml_loss("ContrastiveLoss", embedding_regularizer=pml_reg.LpRegularizer), "embedding_regularizer",
+     f"embedding_regularizer {REGULARIZER_WANTED}, got the class LpRegularizer; instantiate it: LpRegularizer()"),
+    (lambda: pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, weight_regularizer=dm_red.MeanReducer()),
+     "weight_regularizer", f"weight_regularizer {REGULARIZER_WANTED}, got a MeanReducer object, a reducer"),
+    (lambda: pml_miner("TripletMarginMiner", distance=pml_dist.LpDistance), "distance",
+     f"{DISTANCE_WANTED}, got the class LpDistance; instantiate it: LpDistance()"),
+    (lambda: PMLLoss(pml_losses.ContrastiveLoss(distance=pml_dist.CosineSimilarity)), "distance",  # built by PML
+     f"{DISTANCE_WANTED}, got the class CosineSimilarity; instantiate it: CosineSimilarity()"),
+])
+def test_the_python_adapter_refuses_a_class_or_an_object_of_another_kind_where_pml_expects_an_object(build, key,
+                                                                                                     message):
+    """The QA report: callable() let a class or a function through: `reducer=MeanReducer` or a function tripped
+    PML's constructor with a raw `TypeError: ... is not a Module subclass`, and `distance=CosineSimilarity` built
+    and failed at the first call. A reducer / distance must be an instance of PML's base class or dynametric's; a
+    class is refused with how to instantiate it, a regularizer that is a reducer or a distance too."""
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert (err.value.key, err.value.message) == (key, message)
+
+
+def test_the_objects_pml_takes_pass_the_check_and_give_pml_s_value():
+    """Instances of PML's bases and of dynametric's reducer / distance pass; a function is a regularizer (PML only
+    calls it), and weight_init_func stays any callable."""
+    emb, labels = batch(9)
+    ours = pml_loss("ContrastiveLoss", reducer=dm_red.SumReducer(), distance=dm_dist.LpDistance(p=1),
+                    embedding_regularizer=_square)
+    theirs = pml_losses.ContrastiveLoss(reducer=pml_red.SumReducer(), distance=pml_dist.LpDistance(p=1),
+                                        embedding_regularizer=_square)
+    torch.testing.assert_close(ours(emb, labels), theirs(emb, labels))
+    arc = pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, weight_regularizer=_square,
+                   weight_init_func=torch.nn.init.ones_)
+    assert torch.equal(arc.loss.W, torch.ones(D, 3)) and arc.loss.weight_regularizer is _square
+
+
 #: A constructor with PML's kind of checks, assertions without a message (one over two lines), written to a module
 #: of its own: pytest gives the assertions of a test module messages.
 _CHECKED = """
