@@ -7,12 +7,15 @@ what both need (class lookup, distance conversion, the registry that answers ``p
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.util
 import inspect
+import linecache
 import numbers
 import re
+import traceback
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -216,20 +219,34 @@ def resolve_class(kind: str, spec: Any) -> Any:
 
 
 def _check_wrapped_support(cls: type, kwargs: dict[str, Any]) -> None:
-    """Refuse a wrapped loss object that the PML wrapper ``cls`` does not support (``CrossBatchMemory`` and
-    ``SelfSupervisedLoss`` accept only the losses their ``supported_losses()`` lists, by class name, and raise a
-    bare ``Exception`` in their constructor otherwise): one line keyed ``loss`` naming the supported ones."""
+    """Refuse a ``loss=`` that the PML wrapper ``cls`` cannot wrap (``CrossBatchMemory`` and ``SelfSupervisedLoss``
+    accept only an object of one of the losses their ``supported_losses()`` lists, by class name, and raise a bare
+    ``Exception`` in their constructor otherwise): one line keyed ``loss``. A loss object of another class names the
+    supported ones; a class says to instantiate it; a name, a number, ``None``, a mapping or a list says that one
+    loss object is needed."""
     supported = getattr(cls, "supported_losses", None)
-    if "loss" not in kwargs or not _is_object(kwargs["loss"]) or not callable(supported):
+    if "loss" not in kwargs or not callable(supported):
         return
     try:
         names = list(supported())
     except NotImplementedError:  # PML's abstract BaseLossWrapper
         return
-    inner = type(kwargs["loss"]).__name__
+    value = kwargs["loss"]
+    one_of = f"one of {', '.join(names)} (pytorch-metric-learning's list)"
+    inner = value.__name__ if isinstance(value, type) else type(value).__name__
+    if isinstance(value, type) and inner in names:
+        raise ConfigError(f"{cls.__name__}'s loss= must be a loss object, got the class {inner}; instantiate it: "
+                          f"{inner}()", key="loss")
+    if not isinstance(value, type) and (isinstance(value, (list, tuple)) or not _is_object(value)):
+        if isinstance(value, (list, tuple)):  # not its repr: a loss object's is several lines
+            got = f"a {inner} of {len(value)} (it wraps a single loss)"
+        else:
+            got = f"{value!r} ({inner})"
+        if isinstance(value, str) and value.removeprefix(PML_PREFIX) in names:
+            got += f"; build the object: {value.removeprefix(PML_PREFIX)}()"
+        raise ConfigError(f"{cls.__name__}'s loss= must be a loss object, got {got}; it takes {one_of}", key="loss")
     if inner not in names:
-        raise ConfigError(f"{cls.__name__} does not support {inner}: its loss= must be one of {', '.join(names)} "
-                          "(pytorch-metric-learning's list)", key="loss")
+        raise ConfigError(f"{cls.__name__} does not support {inner}: its loss= must be {one_of}", key="loss")
 
 
 #: The keywords of PML's losses and miners that take an object PML calls later (its constructors keep them as
@@ -242,22 +259,127 @@ OBJECT_ARGUMENTS = ("reducer", "distance", "embedding_regularizer", "weight_regu
 CALLED_WHEN_BUILT = ("weight_init_func",)
 
 
+#: The kind of object each of :data:`OBJECT_ARGUMENTS` takes: its name in messages and its base classes in PML
+#: (module, class); a reducer may be dynametric's too (:class:`dynametric.losses.reducers.Reducer`), a distance
+#: dynametric's (:class:`dynametric.distances.Distance`, converted by :func:`to_pml_distance`).
+_OBJECT_KINDS = {"reducer": ("reducer", "reducers", "BaseReducer"),
+                 "distance": ("distance", "distances", "BaseDistance"),
+                 "embedding_regularizer": ("regularizer", "regularizers", "BaseRegularizer"),
+                 "weight_regularizer": ("regularizer", "regularizers", "BaseRegularizer")}
+
+
+def _kind_bases() -> dict[str, tuple[type, ...]]:
+    """``{kind: base classes}`` for reducers, distances and regularizers: PML's (when it can be imported) and
+    dynametric's own reducer and distance bases."""
+    from dynametric.losses.reducers import Reducer  # here: this module sits below the losses
+
+    bases: dict[str, tuple[type, ...]] = {"reducer": (Reducer,), "distance": (_distances.Distance,),
+                                          "regularizer": ()}
+    for kind, module, name in _OBJECT_KINDS.values():
+        try:
+            base = getattr(importlib.import_module(f"pytorch_metric_learning.{module}"), name, None)
+        except ImportError:
+            continue
+        if isinstance(base, type) and base not in bases[kind]:
+            bases[kind] += (base,)
+    return bases
+
+
+def _describe(value: Any, bases: Mapping[str, tuple[type, ...]]) -> str:
+    """``value`` (a callable) in a message, on one line (a module's repr can span several): ``the function f`` or
+    ``a MeanReducer object, a reducer``."""
+    if inspect.isroutine(value):
+        return f"the function {getattr(value, '__qualname__', repr(value))}"
+    kind = next((k for k, b in bases.items() if b and isinstance(value, b)), None)
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name} object" + (f", a {kind}" if kind else "")
+
+
 def check_object_arguments(values: Mapping[str, Any]) -> None:
     """Refuse a reducer, distance or regularizer (:data:`OBJECT_ARGUMENTS`) or a ``weight_init_func``
     (:data:`CALLED_WHEN_BUILT`) in ``values`` (keyword arguments, or a built object's attributes of those names)
-    that is not callable (a name, a mapping, a number given where PML expects an object): one line keyed by the
-    keyword, the wording of dynametric's own losses (:func:`~dynametric.losses.reducers.check_reducer`, not imported:
-    this module sits below the losses). ``None`` passes (PML's default)."""
+    that PML cannot use: one line keyed by the keyword, the wording of dynametric's own losses
+    (:func:`~dynametric.losses.reducers.check_reducer`). ``None`` passes (PML's default). Refused: a value that is
+    not callable (a name, a mapping, a number given where PML expects an object); for the object keywords, a class
+    (``reducer=MeanReducer``: "got the class MeanReducer; instantiate it: MeanReducer()"); a reducer or distance
+    that is not an instance of PML's base class (``BaseReducer``, ``BaseDistance``) or dynametric's (a function, or
+    an object of another kind: PML makes them modules or calls their methods); a regularizer that is a reducer or a
+    distance (a function is a regularizer: PML only calls it). ``weight_init_func`` is any callable (a function)."""
+    bases: dict[str, tuple[type, ...]] | None = None
     for attr in (*OBJECT_ARGUMENTS, *CALLED_WHEN_BUILT):
         value = values.get(attr)
-        if value is None or callable(value):
+        if value is None:
             continue
         what = {"reducer": "a reducer object (e.g. MeanReducer())",  # losses.reducers.check_reducer's wording
                 "distance": "a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, "
                             "{name: LpDistance, p: 1})",
                 "weight_init_func": "callable (e.g. torch.nn.init.normal_, in Python: a config cannot give a "
                                     "function) or null"}.get(attr, "callable (e.g. LpRegularizer()) or null")
-        raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
+        if not callable(value):
+            raise ConfigError(f"{attr} must be {what}, got {value!r}", key=attr)
+        if attr not in _OBJECT_KINDS:
+            continue
+        if isinstance(value, type):
+            raise ConfigError(f"{attr} must be {what}, got the class {value.__name__}; instantiate it: "
+                              f"{value.__name__}()", key=attr)
+        bases = _kind_bases() if bases is None else bases
+        kind = _OBJECT_KINDS[attr][0]
+        if kind == "regularizer":  # any callable but an object of another kind
+            wrong = [k for k, b in bases.items() if k != kind and b and isinstance(value, b)]
+        else:
+            wrong = [] if isinstance(value, bases[kind]) else [kind]
+        if wrong:
+            raise ConfigError(f"{attr} must be {what}, got {_describe(value, bases)}", key=attr)
+
+
+def _failed_statement(exc: BaseException) -> str | None:
+    """The source of the statement that raised ``exc`` (its innermost frame: for an ``assert``, the assertion), on
+    one line (a statement over several lines joined); ``None`` when the source cannot be read."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames or not frames[-1].lineno:
+        return None
+    source = linecache.getlines(frames[-1].filename)
+    start = frames[-1].lineno - 1
+    for end in range(start + 1, min(start + 20, len(source)) + 1):  # the lines that make up the whole statement
+        lines = [line.strip() for line in source[start:end]]
+        try:
+            ast.parse("\n".join(lines))
+        except SyntaxError:
+            continue
+        return " ".join(lines) or None
+    return None
+
+
+def _assertion_error(cls: type, given: Mapping[str, Any], exc: AssertionError) -> ConfigError:
+    """The one-line :class:`ConfigError` of an ``AssertionError`` raised by the PML constructor ``cls`` with the
+    keyword arguments ``given``: keyed by the one keyword the assertion names (its message, case aside:
+    ``Imbalance must be ...`` is ``imbalance``; without a message, the failing ``assert`` statement:
+    ``assert self.distance.is_inverted`` is ``distance``), with the value given. A check of a distance's
+    ``is_inverted`` says which kind of distance is needed; another assertion without a message is quoted."""
+    said = str(exc).strip()
+    statement = None if said else _failed_statement(exc)
+    if said:
+        named = [k for k in given if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", said, re.IGNORECASE)]
+    elif statement is not None:
+        named = [k for k in given if re.search(rf"(?<![\w.])(?:self\.)?{re.escape(k)}(?!\w)", statement)]
+    else:
+        named = []
+    key = named[0] if len(named) == 1 else None
+    shown = ""
+    if key is not None:
+        value = given[key]
+        shown = f", got {value!r}" if isinstance(value, (numbers.Number, str)) else f", got {type(value).__name__}"
+    if said:
+        return ConfigError(f"{first_sentence(exc)}{shown}", key=key)
+    inverted = None if statement is None or key is None else re.search(
+        rf"(\bnot\s+)?(?:self\.)?{re.escape(key)}\.is_inverted\b", statement)
+    if inverted is not None:  # SoftTripleLoss: assert self.distance.is_inverted
+        need = ("a distance, where lower is closer (e.g. LpDistance(); in a config: l2)" if inverted.group(1) else
+                "a similarity, where higher is closer (e.g. CosineSimilarity(); in a config: cosine)")
+        return ConfigError(f"{cls.__name__}'s {key} must be {need}{shown}", key=key)
+    if statement is not None:
+        return ConfigError(f"{cls.__name__}'s constructor failed its check `{statement}`{shown}", key=key)
+    return ConfigError(f"{cls.__name__}'s constructor failed a check{shown}", key=key)
 
 
 def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
@@ -271,10 +393,7 @@ def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
         try:
             return spec(**kwargs)
         except AssertionError as exc:  # PML's checks in the constructor: ArcFaceLoss's distance must be cosine
-            named = [k for k in given if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", str(exc))]
-            shown = f", got {type(given[named[0]]).__name__}" if len(named) == 1 else ""
-            said = first_sentence(exc) if str(exc).strip() else f"{spec.__name__}'s constructor failed a check"
-            raise ConfigError(f"{said}{shown}", key=named[0] if len(named) == 1 else None) from exc
+            raise _assertion_error(spec, given, exc) from exc
     if kwargs:
         raise ConfigError(f"keyword arguments {sorted(kwargs)} given with an already built {kind[:-2]} object",
                           key=kind[:-2])

@@ -234,6 +234,32 @@ def test_a_wrapped_loss_the_pml_wrapper_does_not_support_is_one_line_on_loss():
     assert pml_loss("CrossBatchMemory", loss=inner, embedding_size=4, memory_size=8).loss.loss is inner
 
 
+@pytest.mark.parametrize("cls", ["CrossBatchMemory", "SelfSupervisedLoss"])
+def test_a_wrapped_loss_that_is_not_a_loss_object_is_one_line_on_loss(cls):
+    """The QA report: a name, None or a number as loss= reached PML's bare `Exception: CrossBatchMemory not supported
+    for str`; a class or a list was called an unsupported loss ("does not support type"), though ContrastiveLoss is
+    supported. Each is now one line on `loss` saying what is needed."""
+    supported = ", ".join(getattr(pml_losses, cls).supported_losses())
+    takes = f"it takes one of {supported} (pytorch-metric-learning's list)"
+    extra = {"embedding_size": 4, "memory_size": 8} if cls == "CrossBatchMemory" else {}
+    for value, expected in (
+            ("ContrastiveLoss", f"got 'ContrastiveLoss' (str); build the object: ContrastiveLoss(); {takes}"),
+            ("pml:ContrastiveLoss", f"got 'pml:ContrastiveLoss' (str); build the object: ContrastiveLoss(); {takes}"),
+            ("Nonsense", f"got 'Nonsense' (str); {takes}"),
+            (None, f"got None (NoneType); {takes}"),
+            (5, f"got 5 (int); {takes}"),
+            ({"name": "ContrastiveLoss"}, f"got {{'name': 'ContrastiveLoss'}} (dict); {takes}"),
+            ([pml_losses.ContrastiveLoss()], f"got a list of 1 (it wraps a single loss); {takes}"),
+            (pml_losses.ContrastiveLoss, "got the class ContrastiveLoss; instantiate it: ContrastiveLoss()")):
+        with pytest.raises(ConfigError) as err:
+            pml_loss(cls, loss=value, **extra)
+        assert _one_line(err) == f"key 'loss': {cls}'s loss= must be a loss object, {expected}"
+    with pytest.raises(ConfigError) as err:  # the class of an unsupported loss: it is not supported either way
+        pml_loss(cls, loss=pml_losses.ArcFaceLoss, **extra)
+    assert _one_line(err) == (f"key 'loss': {cls} does not support ArcFaceLoss: its loss= must be one of "
+                              f"{supported} (pytorch-metric-learning's list)")
+
+
 def test_a_wrapping_pml_loss_with_its_inner_loss_named_in_a_run_config_is_one_line_on_loss_kwargs_loss(tmp_path,
                                                                                                        capsys):
     """The QA report: `loss: {name: pml:CrossBatchMemory, kwargs: {loss: ContrastiveLoss, ...}}` in a run config."""

@@ -712,6 +712,11 @@ def test_a_pml_loss_refuses_a_reducer_or_regularizer_given_by_name_when_it_is_bu
     ("pml:ContrastiveLoss", "loss.kwargs.reducer=3", "reducer must be a reducer object (e.g. MeanReducer()), got 3"),
     ("pml:ArcFaceLoss", "loss.kwargs.distance=l2",
      "ArcFaceLoss requires the distance metric to be CosineSimilarity, got LpDistance"),
+    ("pml:SoftTripleLoss", "loss.kwargs.distance=l2",  # PML: `assert self.distance.is_inverted`, no message
+     "SoftTripleLoss's distance must be a similarity, where higher is closer (e.g. CosineSimilarity(); in a config: "
+     "cosine), got LpDistance"),
+    ("pml:RankedListLoss", "loss.kwargs={margin: 0.4, Tn: 1, imbalance: 2}",  # "Imbalance must ...": a capital
+     "Imbalance must be between 0 and 1, got 2"),
 ])
 def test_what_pml_s_constructor_calls_or_checks_is_refused_on_its_own_key(capsys, name, override, expected):
     """PML calls weight_init_func in the constructor (`'str' object is not callable`), trips over reducer=3 there
@@ -720,7 +725,7 @@ def test_what_pml_s_constructor_calls_or_checks_is_refused_on_its_own_key(capsys
     from dynametric.cli import main
 
     tiny = "data.options={images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}"
-    key = override.split("=")[0]
+    key = override.split("=")[0] if "{" not in override else "loss.kwargs.imbalance"
     assert main(["train", "--dry-run", tiny, f"loss.name={name}", "loss.multiscale=false", override]) == 2
     assert capsys.readouterr().err.strip() == f"dynametric train: error: <command line> key '{key}': {name}: {expected}"
 
@@ -734,6 +739,122 @@ def test_the_python_adapter_keys_weight_init_func_and_applies_a_callable_one():
     loss = pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D,
                     weight_init_func=lambda w: torch.nn.init.constant_(w, 0.25))
     assert torch.equal(loss.loss.W, torch.full((D, 3), 0.25))
+
+
+def test_a_pml_constructor_assertion_is_keyed_by_the_keyword_it_tests():
+    """PML's constructor checks are assertions: one without a message (SoftTripleLoss's `assert
+    self.distance.is_inverted`) was `SoftTripleLoss's constructor failed a check` on no key, and one whose message
+    capitalises the keyword (RankedListLoss's "Imbalance must be between 0 and 1") was not keyed either."""
+    with pytest.raises(ConfigError) as err:
+        pml_loss("SoftTripleLoss", num_classes=3, embedding_size=D, distance=pml_dist.LpDistance())
+    assert (err.value.key, str(err.value)) == ("distance", (
+        "key 'distance': SoftTripleLoss's distance must be a similarity, where higher is closer (e.g. "
+        "CosineSimilarity(); in a config: cosine), got LpDistance"))
+    with pytest.raises(ConfigError) as err:  # a dynametric distance is named as given
+        pml_loss("SoftTripleLoss", num_classes=3, embedding_size=D, distance=dm_dist.LpDistance())
+    assert err.value.key == "distance" and str(err.value).endswith(", got LpDistance")
+    with pytest.raises(ConfigError) as err:
+        pml_loss("RankedListLoss", margin=0.4, Tn=1, imbalance=2)
+    assert (err.value.key, str(err.value)) == ("imbalance", "key 'imbalance': Imbalance must be between 0 and 1, got 2")
+    assert pml_loss("SoftTripleLoss", num_classes=3, embedding_size=D,  # a similarity passes, and is PML's
+                    distance=pml_dist.CosineSimilarity()).loss.distance.is_inverted
+
+
+REDUCER_WANTED = "reducer must be a reducer object (e.g. MeanReducer())"
+DISTANCE_WANTED = "distance must be a distance object (e.g. CosineSimilarity(); a config names one: cosine, l2, " \
+                  "{name: LpDistance, p: 1})"
+REGULARIZER_WANTED = "must be callable (e.g. LpRegularizer()) or null"
+
+
+def _square(w):
+    return (w ** 2).sum()
+
+
+@pytest.mark.parametrize("build, key, message", [
+    (lambda: pml_loss("ContrastiveLoss", reducer=pml_red.MeanReducer), "reducer",
+     f"{REDUCER_WANTED}, got the class MeanReducer; instantiate it: MeanReducer()"),
+    (lambda: pml_loss("ContrastiveLoss", reducer=_square), "reducer", f"{REDUCER_WANTED}, got the function _square"),
+    (lambda: pml_loss("ContrastiveLoss", reducer=pml_dist.CosineSimilarity()), "reducer",
+     f"{REDUCER_WANTED}, got a CosineSimilarity object, a distance"),
+    (lambda: pml_loss("ContrastiveLoss", reducer=torch.nn.Identity()), "reducer",
+     f"{REDUCER_WANTED}, got an Identity object"),
+    (lambda: pml_loss("ContrastiveLoss", distance=pml_dist.CosineSimilarity), "distance",
+     f"{DISTANCE_WANTED}, got the class CosineSimilarity; instantiate it: CosineSimilarity()"),
+    (lambda: pml_loss("ContrastiveLoss", distance=dm_dist.LpDistance), "distance",
+     f"{DISTANCE_WANTED}, got the class LpDistance; instantiate it: LpDistance()"),
+    (lambda: pml_loss("ContrastiveLoss", distance=pml_red.SumReducer()), "distance",
+     f"{DISTANCE_WANTED}, got a SumReducer object, a reducer"),
+    (lambda: pml_loss("ContrastiveLoss", embedding_regularizer=pml_reg.LpRegularizer), "embedding_regularizer",
+     f"embedding_regularizer {REGULARIZER_WANTED}, got the class LpRegularizer; instantiate it: LpRegularizer()"),
+    (lambda: pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, weight_regularizer=dm_red.MeanReducer()),
+     "weight_regularizer", f"weight_regularizer {REGULARIZER_WANTED}, got a MeanReducer object, a reducer"),
+    (lambda: pml_miner("TripletMarginMiner", distance=pml_dist.LpDistance), "distance",
+     f"{DISTANCE_WANTED}, got the class LpDistance; instantiate it: LpDistance()"),
+    (lambda: PMLLoss(pml_losses.ContrastiveLoss(distance=pml_dist.CosineSimilarity)), "distance",  # built by PML
+     f"{DISTANCE_WANTED}, got the class CosineSimilarity; instantiate it: CosineSimilarity()"),
+])
+def test_the_python_adapter_refuses_a_class_or_an_object_of_another_kind_where_pml_expects_an_object(build, key,
+                                                                                                     message):
+    """The QA report: callable() let a class or a function through: `reducer=MeanReducer` or a function tripped
+    PML's constructor with a raw `TypeError: ... is not a Module subclass`, and `distance=CosineSimilarity` built
+    and failed at the first call. A reducer / distance must be an instance of PML's base class or dynametric's; a
+    class is refused with how to instantiate it, a regularizer that is a reducer or a distance too."""
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert (err.value.key, err.value.message) == (key, message)
+
+
+def test_the_objects_pml_takes_pass_the_check_and_give_pml_s_value():
+    """Instances of PML's bases and of dynametric's reducer / distance pass; a function is a regularizer (PML only
+    calls it), and weight_init_func stays any callable."""
+    emb, labels = batch(9)
+    ours = pml_loss("ContrastiveLoss", reducer=dm_red.SumReducer(), distance=dm_dist.LpDistance(p=1),
+                    embedding_regularizer=_square)
+    theirs = pml_losses.ContrastiveLoss(reducer=pml_red.SumReducer(), distance=pml_dist.LpDistance(p=1),
+                                        embedding_regularizer=_square)
+    torch.testing.assert_close(ours(emb, labels), theirs(emb, labels))
+    arc = pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, weight_regularizer=_square,
+                   weight_init_func=torch.nn.init.ones_)
+    assert torch.equal(arc.loss.W, torch.ones(D, 3)) and arc.loss.weight_regularizer is _square
+
+
+#: A constructor with PML's kind of checks, assertions without a message (one over two lines), written to a module
+#: of its own: pytest gives the assertions of a test module messages.
+_CHECKED = """
+class Checked:
+    def __init__(self, distance=None, ratio=0.5, low=0, high=1, other=None):
+        self.distance = distance
+        assert not self.distance.is_inverted
+        assert 0 < ratio < 1
+        assert (low
+                < high)
+"""
+
+
+@pytest.mark.parametrize("kwargs, key, message", [
+    ({"distance": pml_dist.CosineSimilarity()}, "distance",
+     "Checked's distance must be a distance, where lower is closer (e.g. LpDistance(); in a config: l2), got "
+     "CosineSimilarity"),
+    ({"distance": pml_dist.LpDistance(), "ratio": 2, "other": 1}, "ratio",
+     "Checked's constructor failed its check `assert 0 < ratio < 1`, got 2"),
+    ({"distance": pml_dist.LpDistance(), "low": 3, "high": 1}, None,  # two keywords: no single key
+     "Checked's constructor failed its check `assert (low < high)`"),
+    ({"distance": pml_dist.LpDistance(), "high": -1}, "high",
+     "Checked's constructor failed its check `assert (low < high)`, got -1"),
+])
+def test_an_assertion_without_a_message_is_read_from_its_statement(tmp_path, kwargs, key, message):
+    import importlib.util
+
+    import dynametric.pml as dpml
+
+    path = tmp_path / "checked_constructor.py"
+    path.write_text(_CHECKED)
+    spec = importlib.util.spec_from_file_location("checked_constructor", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ConfigError) as err:
+        dpml._instantiate("losses", module.Checked, kwargs)
+    assert err.value.key == key and err.value.message == message
 
 
 def test_the_python_adapter_refuses_names_where_pml_expects_objects():
