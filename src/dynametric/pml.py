@@ -7,6 +7,7 @@ what both need (class lookup, distance conversion, the registry that answers ``p
 
 from __future__ import annotations
 
+import abc
 import ast
 import difflib
 import importlib
@@ -260,7 +261,7 @@ CALLED_WHEN_BUILT = ("weight_init_func",)
 
 
 #: The kind of object each of :data:`OBJECT_ARGUMENTS` takes: its name in messages and its base classes in PML
-#: (module, class); a reducer may be dynametric's too (:class:`dynametric.losses.reducers.Reducer`), a distance
+#: (module, class); a reducer may be dynametric's too (:class:`ReducerObject`), a distance
 #: dynametric's (:class:`dynametric.distances.Distance`, converted by :func:`to_pml_distance`).
 _OBJECT_KINDS = {"reducer": ("reducer", "reducers", "BaseReducer"),
                  "distance": ("distance", "distances", "BaseDistance"),
@@ -268,12 +269,20 @@ _OBJECT_KINDS = {"reducer": ("reducer", "reducers", "BaseReducer"),
                  "weight_regularizer": ("regularizer", "regularizers", "BaseRegularizer")}
 
 
+class ReducerObject(abc.ABC):
+    """Reducers a PML loss accepts besides PML's own (``BaseReducer``): dynametric's reducer base class registers
+    itself here (:class:`dynametric.losses.reducers.Reducer`; this module sits below the losses and does not import
+    them)."""
+
+    @abc.abstractmethod
+    def __call__(self, loss_dict: dict, embeddings: Any, labels: Any) -> Any:
+        """How a PML loss calls its reducer: the loss dictionary, the embeddings and the labels."""
+
+
 def _kind_bases() -> dict[str, tuple[type, ...]]:
     """``{kind: base classes}`` for reducers, distances and regularizers: PML's (when it can be imported) and
     dynametric's own reducer and distance bases."""
-    from dynametric.losses.reducers import Reducer  # here: this module sits below the losses
-
-    bases: dict[str, tuple[type, ...]] = {"reducer": (Reducer,), "distance": (_distances.Distance,),
+    bases: dict[str, tuple[type, ...]] = {"reducer": (ReducerObject,), "distance": (_distances.Distance,),
                                           "regularizer": ()}
     for kind, module, name in _OBJECT_KINDS.values():
         try:

@@ -14,6 +14,7 @@ import sys
 import torch
 
 from dynametric.errors import ConfigError, InputError
+from dynametric.pml import ReducerObject
 
 
 def graph_zero(like: torch.Tensor) -> torch.Tensor:
@@ -114,6 +115,9 @@ class Reducer(torch.nn.Module):
     def reduce(self, losses: torch.Tensor, info: dict, embeddings: torch.Tensor,
                labels: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+ReducerObject.register(Reducer)  # PML argument checks accept dynametric's reducers (dynametric.pml sits below)
 
 
 class MeanReducer(Reducer):
