@@ -593,6 +593,23 @@ def test_multiscale_on_csl_names_loss_multiscale(capsys) -> None:
         "every label column); loss.multiscale must be false")
 
 
+@pytest.mark.parametrize("loss, column", [("ContrastiveLoss", "scale"), ("pml:ContrastiveLoss", "label_scale")])
+def test_a_loss_s_own_label_column_under_multiscale_names_its_key_and_line(tmp_path, capsys, loss, column) -> None:
+    """It was `key 'base_losses_or_factory': per-scale losses receive one label column; PMLLoss of scale 0 has
+    scale=1, expected 0`: an internal argument name, no origin, PMLLoss for pml:ContrastiveLoss."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    cfg = tmp_path / "ms.yaml"
+    cfg.write_text(f"extends: tiny.yaml\nloss:\n  name: {loss}\n  multiscale: true\n  kwargs:\n    {column}: 1\n")
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:6 key 'loss.kwargs.{column}': with loss.multiscale: true each scale's {loss} trains on that scale's "
+        f"labels, so it takes no label column of its own: remove loss.kwargs.{column} (got 1), or set "
+        "loss.multiscale: false to train on one column")
+    assert _dry(capsys, "--config", str(cfg), f"loss.kwargs.{column}=0").endswith(
+        f"<command line> key 'loss.kwargs.{column}': with loss.multiscale: true each scale's {loss} trains on that "
+        f"scale's labels, so it takes no label column of its own: remove loss.kwargs.{column} (got 0), or set "
+        "loss.multiscale: false to train on one column")
+
+
 def test_a_keyword_no_class_of_a_loss_taking_kwargs_accepts_lists_its_arguments(capsys) -> None:
     sharing = Path(__file__).resolve().parents[2] / "configs" / "sharing" / "synthetic.yaml"
     arguments = ("num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "

@@ -147,8 +147,42 @@ def test_errors():
         MultiScaleLoss(TripletMarginLoss(), num_scales=3)(emb, labels, (torch.tensor([0]),) * 3)
     with pytest.raises(InputError, match="outside"):
         MultiScaleLoss(TripletMarginLoss(), chunks=[(0, 4), (4, 8), (8, 20)])(emb, labels)
-    with pytest.raises(ConfigError, match="expected 0"):
+    with pytest.raises(ConfigError) as info:
         MultiScaleLoss(TripletMarginLoss(scale=1), num_scales=3)
+    assert (info.value.key, info.value.message) == ("base_losses_or_factory", (
+        "the loss of scale 0, TripletMarginLoss, reads label column 1; MultiScaleLoss gives each scale's loss that "
+        "scale's column alone, so build it without a column of its own (scale / label_scale 0, the default)"))
+
+
+def test_a_wrapped_pml_loss_with_a_column_of_its_own_is_named_with_its_pml_class():
+    from dynametric.losses.pml import PMLLoss
+
+    with pytest.raises(ConfigError) as info:
+        MultiScaleLoss([PMLLoss(pml_losses.ContrastiveLoss()), PMLLoss(pml_losses.ContrastiveLoss(), label_scale=2)])
+    assert info.value.message.startswith("the loss of scale 1, PMLLoss(ContrastiveLoss), reads label column 2; ")
+
+
+@pytest.mark.parametrize("name, base_kwargs, arg", [
+    ("TripletMarginLoss", {"scale": 0}, "scale"),
+    ("TripletMarginLoss", {"scale": 2, "margin": 0.2}, "scale"),
+    ("pml:ContrastiveLoss", {"label_scale": 1}, "label_scale"),
+    ("CosFaceLoss", {"label_scale": 0, "num_classes": 4, "embedding_size": 8}, "label_scale"),
+])
+def test_a_label_column_in_base_kwargs_is_refused(name, base_kwargs, arg):
+    """A registry name builds one loss per scale on that scale's column: a column keyword in base_kwargs (0 included,
+    as pml_loss(..., weights=..., label_scale=0) refuses it) is meaningless; it was accepted (0) or refused on
+    'base_losses_or_factory' with the loss's internal attribute."""
+    with pytest.raises(ConfigError) as info:
+        MultiScaleLoss(name, num_scales=3, base_kwargs=base_kwargs)
+    assert (info.value.key, info.value.message) == (f"base_kwargs.{arg}", (
+        f"base_kwargs[{arg!r}]={base_kwargs[arg]!r}: MultiScaleLoss gives each scale's {name} that scale's label "
+        f"column; remove {arg!r}"))
+
+
+def test_cosface_s_logit_scale_in_base_kwargs_is_not_a_column():
+    loss = MultiScaleLoss("CosFaceLoss", num_scales=2, base_kwargs={"scale": 16, "num_classes": 4,
+                                                                    "embedding_size": 8})
+    assert [(loss.loss_at(s).logit_scale, loss.loss_at(s).scale) for s in range(2)] == [(16.0, 0), (16.0, 0)]
 
 
 @pytest.mark.parametrize("weights", [[1, -1, 1], [0, 0, 0], [1, float("nan"), 1]])
