@@ -610,6 +610,25 @@ def test_a_loss_s_own_label_column_under_multiscale_names_its_key_and_line(tmp_p
         "loss.multiscale: false to train on one column")
 
 
+def test_repeated_folder_scale_names_stop_the_dry_run_and_the_run_before_it_writes(tmp_path, capsys) -> None:
+    """They passed the dry run; the run made its folder, started the untrained evaluation and stopped there with
+    `key 'scale_names': need 3 distinct scale names other than 'mean'` (no origin, not the config's key)."""
+    from tests.data.conftest import write_folder
+
+    root = write_folder(tmp_path / "tree")
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text(f"data:\n  format: folder\n  root: {root}\n  options: {{scale_names: [a, b, a]}}\n"
+                   "  batch_size: 4\n  m: 2\n  image_size: 16\nloss: {name: TripletMarginLoss, multiscale: true}\n"
+                   "model: {backbone: simple_cnn, embedding_dim: 8, backbone_kwargs: {width: 4, depth: 1}}\n")
+    expected = (f"{cfg}:4 key 'data.options.scale_names': scale names must be distinct (one per label column), got "
+                "['a', 'b', 'a']: 'a' repeats")
+    assert _dry(capsys, "--config", str(cfg)).endswith(expected)
+    assert _dry(capsys, "--config", str(cfg), f"data.root={tmp_path / 'missing'}").endswith(expected)  # no data
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().endswith(expected) and not out.exists()
+
+
 def test_a_keyword_no_class_of_a_loss_taking_kwargs_accepts_lists_its_arguments(capsys) -> None:
     sharing = Path(__file__).resolve().parents[2] / "configs" / "sharing" / "synthetic.yaml"
     arguments = ("num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "
