@@ -271,7 +271,9 @@ class MultiScaleLoss(MetricLoss):
                                  f"{self.num_scales}; to mine each scale on its own chunk and labels pass "
                                  "MultiScaleLoss(..., miners=miner) instead", key="indices_tuple")
         chunks = self.resolve_chunks(embeddings.shape[0], embeddings.device)
-        total = embeddings.sum() * 0.0
+        # a zero on the graph (backward works whatever the parts are) that reads no row: a row in no chunk (NaN
+        # included) does not enter the value, which stays the sum of the parts
+        total = embeddings[:0].sum() * 0.0
         weighted_parts = []
         for s in range(self.num_scales):  # loop over scales (at most a handful), not over samples
             rows = chunks[s]
@@ -282,8 +284,8 @@ class MultiScaleLoss(MetricLoss):
             miner = self._miner_at[s]
             if mined is None and miner is not None and emb.shape[0] > 0:
                 mined = miner(emb, lab, ref_emb, ref_lab)
-            if emb.shape[0] == 0:
-                value = self.zero_loss(embeddings, f"empty chunk at scale {s}")
+            if emb.shape[0] == 0:  # a zero of the chunk's (no) rows: a non-finite row elsewhere does not make it NaN
+                value = self.zero_loss(emb, f"empty chunk at scale {s}")
             else:
                 value = self.loss_at(s)(emb, lab, mined, ref_emb, ref_lab)
             self.last_scale_losses.append(value.detach())
