@@ -62,3 +62,23 @@ def default_scale_names(num_scales: int) -> list[str]:
     if num_scales == 3:
         return ["fine", "middle", "coarse"]
     return [f"scale{i}" for i in range(num_scales)]
+
+
+def check_scale_names(names: Sequence[object], *, key: str = "scale_names",
+                      reserved: Sequence[str] = ("mean",)) -> tuple[str, ...]:
+    """``names`` as a tuple of scale names, finest first: non-empty strings, each once, none of them ``mean`` (an
+    evaluation reports the mean over the scales under that name; ``reserved=()`` allows it); else one
+    :class:`InputError` keyed ``key`` naming the first fault. A repeated name would merge two scales' results (and
+    per-scale loss parts) into one entry."""
+    out = tuple(names)
+    bad = [n for n in out if not isinstance(n, str) or not n]
+    if bad:
+        raise InputError(f"scale names must be non-empty strings, got {list(out)}", key=key)
+    repeated = sorted({n for n in out if out.count(n) > 1}, key=out.index)
+    if repeated:
+        raise InputError(f"scale names must be distinct (one per label column), got {list(out)}: "
+                         f"{', '.join(map(repr, repeated))} repeats", key=key)
+    if "mean" in out and "mean" in reserved:
+        raise InputError(f"'mean' cannot be a scale name (an evaluation reports the mean over the scales under it), "
+                         f"got {list(out)}", key=key)
+    return tuple(str(n) for n in out)

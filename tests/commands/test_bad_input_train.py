@@ -593,6 +593,42 @@ def test_multiscale_on_csl_names_loss_multiscale(capsys) -> None:
         "every label column); loss.multiscale must be false")
 
 
+@pytest.mark.parametrize("loss, column", [("ContrastiveLoss", "scale"), ("pml:ContrastiveLoss", "label_scale")])
+def test_a_loss_s_own_label_column_under_multiscale_names_its_key_and_line(tmp_path, capsys, loss, column) -> None:
+    """It was `key 'base_losses_or_factory': per-scale losses receive one label column; PMLLoss of scale 0 has
+    scale=1, expected 0`: an internal argument name, no origin, PMLLoss for pml:ContrastiveLoss."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    cfg = tmp_path / "ms.yaml"
+    cfg.write_text(f"extends: tiny.yaml\nloss:\n  name: {loss}\n  multiscale: true\n  kwargs:\n    {column}: 1\n")
+    assert _dry(capsys, "--config", str(cfg)).endswith(
+        f"{cfg}:6 key 'loss.kwargs.{column}': with loss.multiscale: true each scale's {loss} trains on that scale's "
+        f"labels, so it takes no label column of its own: remove loss.kwargs.{column} (got 1), or set "
+        "loss.multiscale: false to train on one column")
+    assert _dry(capsys, "--config", str(cfg), f"loss.kwargs.{column}=0").endswith(
+        f"<command line> key 'loss.kwargs.{column}': with loss.multiscale: true each scale's {loss} trains on that "
+        f"scale's labels, so it takes no label column of its own: remove loss.kwargs.{column} (got 0), or set "
+        "loss.multiscale: false to train on one column")
+
+
+def test_repeated_folder_scale_names_stop_the_dry_run_and_the_run_before_it_writes(tmp_path, capsys) -> None:
+    """They passed the dry run; the run made its folder, started the untrained evaluation and stopped there with
+    `key 'scale_names': need 3 distinct scale names other than 'mean'` (no origin, not the config's key)."""
+    from tests.data.conftest import write_folder
+
+    root = write_folder(tmp_path / "tree")
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text(f"data:\n  format: folder\n  root: {root}\n  options: {{scale_names: [a, b, a]}}\n"
+                   "  batch_size: 4\n  m: 2\n  image_size: 16\nloss: {name: TripletMarginLoss, multiscale: true}\n"
+                   "model: {backbone: simple_cnn, embedding_dim: 8, backbone_kwargs: {width: 4, depth: 1}}\n")
+    expected = (f"{cfg}:4 key 'data.options.scale_names': scale names must be distinct (one per label column), got "
+                "['a', 'b', 'a']: 'a' repeats")
+    assert _dry(capsys, "--config", str(cfg)).endswith(expected)
+    assert _dry(capsys, "--config", str(cfg), f"data.root={tmp_path / 'missing'}").endswith(expected)  # no data
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().endswith(expected) and not out.exists()
+
+
 def test_a_keyword_no_class_of_a_loss_taking_kwargs_accepts_lists_its_arguments(capsys) -> None:
     sharing = Path(__file__).resolve().parents[2] / "configs" / "sharing" / "synthetic.yaml"
     arguments = ("num_classes, embedding_size, margin, alpha, distance, scale, label_scale, weight_regularizer, "

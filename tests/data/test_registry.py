@@ -8,7 +8,7 @@ import pytest
 
 from dynametric.data import build_dataset
 from dynametric.data.registry import declared_scale_names
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 from tests.data.conftest import write_csv_dataset, write_folder
 
 
@@ -41,3 +41,32 @@ def test_scale_names_that_come_from_the_data_are_not_declared(tmp_path: Path) ->
 def test_declared_scale_names_refuses_unknown_options() -> None:
     with pytest.raises(ConfigError, match="unknown option"):
         declared_scale_names("sop", with_category=True)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["x", "x", "y"], "scale names must be distinct (one per label column), got ['x', 'x', 'y']: 'x' repeats"),
+    (["leaf", "mean", "group"], "'mean' cannot be a scale name (an evaluation reports the mean over the scales under "
+                                "it), got ['leaf', 'mean', 'group']"),
+    (["leaf", 2, "group"], "scale names must be non-empty strings, got ['leaf', 2, 'group']"),
+    (["leaf", "", "group"], "scale names must be non-empty strings, got ['leaf', '', 'group']"),
+])
+def test_folder_scale_names_that_would_merge_scales_are_refused_before_any_data(folder_root: Path, names,
+                                                                                   message) -> None:
+    """Repeated names passed the reader (and a dry run) and stopped a run at its first evaluation; `mean` is the
+    evaluation's mean over the scales; a non-string was silently not declared."""
+    for read in (lambda: declared_scale_names("folder", scale_names=names),
+                 lambda: build_dataset("folder", folder_root, "train", scale_names=names),
+                 lambda: build_dataset("folder", folder_root / "missing", "train", scale_names=names)):  # no data
+        with pytest.raises(InputError) as info:
+            read()
+        assert (info.value.key, info.value.message) == ("scale_names", message)
+
+
+def test_a_csv_scale_column_named_mean_is_refused_at_its_header(tmp_path: Path) -> None:
+    root = write_csv_dataset(tmp_path / "c")
+    csv = root / "labels.csv"
+    csv.write_text(csv.read_text().replace("path,split,fine,middle,coarse", "path,split,fine,mean,coarse", 1))
+    with pytest.raises(InputError) as info:
+        build_dataset("csv", root, "train")
+    assert str(info.value) == (f"{csv}:1: a scale column cannot be named 'mean' (an evaluation reports the mean over "
+                               "the scales under it); got ['path', 'split', 'fine', 'mean', 'coarse']")

@@ -456,6 +456,51 @@ def test_a_miner_that_does_not_fit_its_term_is_refused_when_the_objective_is_bui
     assert (err.value.key, err.value.message) == (key, message)
 
 
+@pytest.mark.parametrize("overrides, key, got", [
+    (["loss.name=ContrastiveLoss", "loss.kwargs={scale: 1}"], "loss.kwargs.scale", 1),
+    (["loss.name=ContrastiveLoss", "loss.kwargs={scale: 0}"], "loss.kwargs.scale", 0),
+    (["loss.name=pml:ContrastiveLoss", "loss.kwargs={label_scale: 1}"], "loss.kwargs.label_scale", 1),
+    (["loss.name=pml:ContrastiveLoss", "loss.kwargs={label_scale: 0}"], "loss.kwargs.label_scale", 0),
+    (["loss.name=CosFaceLoss", "loss.kwargs={label_scale: 2, scale: 30}"], "loss.kwargs.label_scale", 2),
+])
+def test_a_label_column_of_the_loss_itself_is_refused_under_multiscale(overrides, key, got):
+    """Each scale's copy trains on that scale's column: a column of its own (0 included, as pml_loss(weights=...,
+    label_scale=0) refuses it) was refused from inside MultiScaleLoss on 'base_losses_or_factory' (1), or silently
+    accepted (0); now on the config key, as the miner's own column is."""
+    cfg = load_config(None, [*SMALL, "loss.multiscale=true", *overrides])
+    name = overrides[0].split("=", 1)[1]
+    for labels in (LABELS, None):  # with the data and without it (a dry run without data)
+        with pytest.raises(ConfigError) as err:
+            build_objectives(cfg, build_model(cfg), labels, 3)
+        assert (err.value.key, err.value.message) == (key, (
+            f"with loss.multiscale: true each scale's {name} trains on that scale's labels, so it takes no label "
+            f"column of its own: remove {key} (got {got}), or set loss.multiscale: false to train on one column"))
+
+
+def test_a_logit_scale_and_a_one_column_loss_s_column_are_not_refused():
+    """CosFace's `scale` is its logit scale (its column is `label_scale`); without multiscale a column is allowed."""
+    from dynametric.losses import MultiScaleLoss
+
+    cfg = load_config(None, [*SMALL, "loss.multiscale=true", "loss.name=CosFaceLoss", "loss.kwargs={scale: 30}"])
+    loss = build_objectives(cfg, build_model(cfg), LABELS, 3)[0].loss
+    assert isinstance(loss, MultiScaleLoss)
+    assert [(loss.loss_at(s).logit_scale, loss.loss_at(s).scale) for s in range(3)] == [(30.0, 0)] * 3
+    cfg = load_config(None, [*SMALL, "loss.multiscale=false", "loss.name=ContrastiveLoss", "loss.kwargs={scale: 2}"])
+    assert build_objectives(cfg, build_model(cfg), LABELS, 3)[0].loss.scale == 2
+
+
+def test_an_error_inside_a_named_multiscale_loss_s_base_kwargs_is_keyed_down_to_it():
+    """MultiScaleLoss's own keys inside a keyword (base_kwargs.scale) were cut to `loss.kwargs`."""
+    cfg = load_config(None, [*SMALL, "loss.multiscale=false", "loss.name=MultiScaleLoss",
+                             "loss.kwargs={base_losses_or_factory: ContrastiveLoss, num_scales: 3, "
+                             "base_kwargs: {scale: 1}}"])
+    with pytest.raises(ConfigError) as err:
+        build_objectives(cfg, build_model(cfg), LABELS, 3)
+    assert (err.value.key, err.value.message) == ("loss.kwargs.base_kwargs.scale", (
+        "MultiScaleLoss: base_kwargs['scale']=1: MultiScaleLoss gives each scale's ContrastiveLoss that scale's label "
+        "column; remove 'scale'"))
+
+
 def test_the_config_and_the_python_refusal_of_a_whole_batch_miner_are_one_condition_and_wording():
     """Objective (Python) and the builders (config keys) ask whole_batch_miner_refusal: the same condition for a
     class and an object, the loss's own advice (per-scale miners or removal), and no refusal for a one-column loss."""

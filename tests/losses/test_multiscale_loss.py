@@ -147,8 +147,42 @@ def test_errors():
         MultiScaleLoss(TripletMarginLoss(), num_scales=3)(emb, labels, (torch.tensor([0]),) * 3)
     with pytest.raises(InputError, match="outside"):
         MultiScaleLoss(TripletMarginLoss(), chunks=[(0, 4), (4, 8), (8, 20)])(emb, labels)
-    with pytest.raises(ConfigError, match="expected 0"):
+    with pytest.raises(ConfigError) as info:
         MultiScaleLoss(TripletMarginLoss(scale=1), num_scales=3)
+    assert (info.value.key, info.value.message) == ("base_losses_or_factory", (
+        "the loss of scale 0, TripletMarginLoss, reads label column 1; MultiScaleLoss gives each scale's loss that "
+        "scale's column alone, so build it without a column of its own (scale / label_scale 0, the default)"))
+
+
+def test_a_wrapped_pml_loss_with_a_column_of_its_own_is_named_with_its_pml_class():
+    from dynametric.losses.pml import PMLLoss
+
+    with pytest.raises(ConfigError) as info:
+        MultiScaleLoss([PMLLoss(pml_losses.ContrastiveLoss()), PMLLoss(pml_losses.ContrastiveLoss(), label_scale=2)])
+    assert info.value.message.startswith("the loss of scale 1, PMLLoss(ContrastiveLoss), reads label column 2; ")
+
+
+@pytest.mark.parametrize("name, base_kwargs, arg", [
+    ("TripletMarginLoss", {"scale": 0}, "scale"),
+    ("TripletMarginLoss", {"scale": 2, "margin": 0.2}, "scale"),
+    ("pml:ContrastiveLoss", {"label_scale": 1}, "label_scale"),
+    ("CosFaceLoss", {"label_scale": 0, "num_classes": 4, "embedding_size": 8}, "label_scale"),
+])
+def test_a_label_column_in_base_kwargs_is_refused(name, base_kwargs, arg):
+    """A registry name builds one loss per scale on that scale's column: a column keyword in base_kwargs (0 included,
+    as pml_loss(..., weights=..., label_scale=0) refuses it) is meaningless; it was accepted (0) or refused on
+    'base_losses_or_factory' with the loss's internal attribute."""
+    with pytest.raises(ConfigError) as info:
+        MultiScaleLoss(name, num_scales=3, base_kwargs=base_kwargs)
+    assert (info.value.key, info.value.message) == (f"base_kwargs.{arg}", (
+        f"base_kwargs[{arg!r}]={base_kwargs[arg]!r}: MultiScaleLoss gives each scale's {name} that scale's label "
+        f"column; remove {arg!r}"))
+
+
+def test_cosface_s_logit_scale_in_base_kwargs_is_not_a_column():
+    loss = MultiScaleLoss("CosFaceLoss", num_scales=2, base_kwargs={"scale": 16, "num_classes": 4,
+                                                                    "embedding_size": 8})
+    assert [(loss.loss_at(s).logit_scale, loss.loss_at(s).scale) for s in range(2)] == [(16.0, 0), (16.0, 0)]
 
 
 @pytest.mark.parametrize("weights", [[1, -1, 1], [0, 0, 0], [1, float("nan"), 1]])
@@ -260,3 +294,52 @@ def test_a_failed_call_leaves_no_parts_of_an_earlier_call():
     with pytest.raises(InputError, match="column"):
         ms(emb, labels[:, :2])
     assert ms.loss_parts() == {} and ms.last_scale_losses == []
+
+
+@pytest.mark.parametrize("names, message", [
+    (("a", "a", "b"), "scale names must be distinct (one per label column), got ['a', 'a', 'b']: 'a' repeats"),
+    (["leaf", ""], "scale names must be non-empty strings, got ['leaf', '']"),
+    (("leaf", 3), "scale names must be non-empty strings, got ['leaf', 3]"),
+])
+def test_scale_names_that_would_merge_parts_are_refused_when_set(names, message):
+    """("a", "a", "b") gave two parts, the two `a` scales merged into one: they summed to 0.512 for a loss of 0.860.
+    CSL's parts are named the same way."""
+    from dynametric.losses import CSLLoss
+
+    for loss in (MultiScaleLoss(TripletMarginLoss(), weights=[1, 1, 1]), CSLLoss(None, 8, mode="pairs")):
+        with pytest.raises(ConfigError) as info:
+            loss.scale_names = names
+        assert (info.value.key, info.value.message) == ("scale_names", message)
+        assert loss.scale_names is None  # unchanged
+    ms = MultiScaleLoss(TripletMarginLoss(), weights=[1, 1])
+    ms.scale_names = ["leaf", "mean"]  # a list is kept as a tuple; `mean` is no part name of a loss's
+    assert ms.scale_names == ("leaf", "mean")
+    ms.scale_names = None
+    assert ms.scale_names is None
+
+
+def test_a_non_finite_row_in_no_chunk_leaves_the_value_and_the_parts_finite_and_equal():
+    """The value started from `embeddings.sum() * 0.0`: a NaN row no scale reads made it NaN while every part was
+    finite. Now the value is the sum of the parts and reads only the chunks' rows (an empty chunk's zero too)."""
+    emb, labels = hierarchy_batch(12, n=16)
+    ms = MultiScaleLoss(TripletMarginLoss(), weights=[1.0, 2.0, 1.0], chunks=[(0, 6), (6, 12), (12, 12)])
+    clean = ms(emb, labels)
+    clean_parts = ms.loss_parts()
+    bad = emb.clone()
+    bad[13] = float("nan")
+    bad[15, 0] = float("inf")
+    bad.requires_grad_(True)
+    value = ms(bad, labels)
+    parts = ms.loss_parts()
+    assert torch.isfinite(value) and all(torch.isfinite(p) for p in parts.values())
+    assert float(value) == float(clean) > 0 and float(parts["coarse"]) == 0.0  # the empty chunk's zero
+    assert {k: float(v) for k, v in parts.items()} == {k: float(v) for k, v in clean_parts.items()}
+    assert float(value) == pytest.approx(float(sum(parts.values())), rel=1e-12)
+    value.backward()
+    assert torch.isfinite(bad.grad).all() and not bad.grad[12:].any() and bad.grad[:12].any()
+    bad2 = emb.clone()
+    bad2[3] = float("nan")  # in the fine chunk: the value is NaN where that scale's part is (the run's policy sees it)
+    ms = MultiScaleLoss(MultiSimilarityLoss(), weights=[1.0, 2.0, 1.0], chunks=[(0, 6), (6, 12), (12, 12)])
+    value = ms(bad2, labels)
+    parts = ms.loss_parts()
+    assert torch.isnan(value) and torch.isnan(parts["fine"]) and torch.isfinite(parts["middle"])

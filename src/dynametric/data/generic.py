@@ -47,7 +47,7 @@ from dynametric.data.readers import (
     start_csv_read,
 )
 from dynametric.errors import InputError
-from dynametric.labels import default_scale_names
+from dynametric.labels import check_scale_names, default_scale_names
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "query", "gallery")
 _LISTED = 5  # file names a warning spells out
@@ -79,6 +79,9 @@ class CSVFormat:
         if missing or not scales or len(set(header)) != len(header):
             raise InputError(f"header must name 'path', 'split' and at least one scale column (finest first), each "
                              f"once; got {header}", file=path, line=rows[0][0])
+        if "mean" in scales:  # the name an evaluation gives the mean over the scales
+            raise InputError(f"a scale column cannot be named 'mean' (an evaluation reports the mean over the scales "
+                             f"under it); got {header}", file=path, line=rows[0][0])
         return header, [(n, [f.strip() for f in r]) for n, r in rows[1:]]
 
     def splits(self, root: str | Path | None, csv_file: str = "labels.csv", **_: object) -> list[str]:
@@ -148,9 +151,10 @@ class FolderFormat:
 
     @staticmethod
     def declared_scales(scale_names: list[str] | None = None, **_: object) -> tuple[str, ...] | None:
-        """The option ``scale_names`` when given; otherwise the names follow from the tree's depth (``None``)."""
-        if isinstance(scale_names, (list, tuple)) and all(isinstance(n, str) for n in scale_names):
-            return tuple(scale_names)
+        """The option ``scale_names`` when given (checked: distinct strings, no ``mean``); otherwise the names follow
+        from the tree's depth (``None``)."""
+        if isinstance(scale_names, (list, tuple)):
+            return check_scale_names(scale_names)
         return None
 
     def splits(self, root: str | Path | None, **_: object) -> list[str]:
@@ -182,6 +186,8 @@ class FolderFormat:
              scale_names: list[str] | None = None, allow_outside_root: bool = False) -> SplitRecords:
         if class_key not in ("path", "name"):
             raise InputError(f"class_key must be 'path' or 'name', got {class_key!r}", key="class_key")
+        if scale_names is not None:  # before any folder is read: a repeated name merges two scales' results
+            scale_names = list(check_scale_names(scale_names))
         base = resolve_root(root, self.root_expected)
         valid = self.splits(base)
         if split not in valid:

@@ -513,9 +513,12 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
             return factory(**kwargs)
         return construct(name, **kwargs)
     except InputError as exc:  # ConfigError included: re-key it under this config section
-        sub = exc.key.rsplit(".", 1)[-1] if exc.key else None
-        raise ConfigError(f"{name}: {exc.message}",
-                          key=f"{key}.kwargs.{sub}" if sub in kwargs else f"{key}.kwargs") from exc
+        where = f"{key}.kwargs"
+        if exc.key and exc.key.split(".", 1)[0] in kwargs:  # a given keyword, or a key inside one (base_kwargs.x)
+            where = f"{key}.kwargs.{exc.key}"
+        elif exc.key and exc.key.rsplit(".", 1)[-1] in kwargs:
+            where = f"{key}.kwargs.{exc.key.rsplit('.', 1)[-1]}"
+        raise ConfigError(f"{name}: {exc.message}", key=where) from exc
     except (TypeError, ValueError) as exc:
         named_args = [] if sig is None else [p for p, v in sig.parameters.items()
                                              if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
@@ -813,6 +816,26 @@ def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: 
                           f"{key}.multiscale: false to mine and train on one column", key=f"{mkey}.kwargs.{col_arg}")
 
 
+def _check_no_loss_column_under_multiscale(term: LossConfig, key: str) -> None:
+    """With ``multiscale: true`` the engine gives each scale's copy of the loss that scale's label column alone, so a
+    column of the loss's own (its ``scale`` keyword, ``label_scale`` for ``pml:`` names and CosFace/ArcFace, whose
+    ``scale`` is the logit scale) means nothing and is refused, 0 included (as ``pml_loss(..., weights=...,
+    label_scale=...)`` refuses it in Python): a :class:`ConfigError` keyed ``<key>.kwargs.<keyword>``."""
+    if not term.multiscale:
+        return
+    cls = _loss_class(term.name)
+    try:
+        params = inspect.signature(cls).parameters if cls is not None else {}
+    except (TypeError, ValueError):
+        params = {}
+    col_arg = "label_scale" if "label_scale" in params else "scale"
+    if col_arg in params and col_arg in term.kwargs:
+        raise ConfigError(f"with {key}.multiscale: true each scale's {term.name} trains on that scale's labels, so it "
+                          f"takes no label column of its own: remove {key}.kwargs.{col_arg} (got "
+                          f"{term.kwargs[col_arg]!r}), or set {key}.multiscale: false to train on one column",
+                          key=f"{key}.kwargs.{col_arg}")
+
+
 def _head_dim(cfg: Config, head: str | None) -> int | None:
     """The configured width of ``head`` (a pooled-feature head, ``embedding_dim: null``, has no static width)."""
     from dynametric.models.embedder import default_head_names
@@ -959,6 +982,7 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
                               key=f"{key}.head")
         term = _head_pair_term(term, key, embedder, dims)
         mkey = "miner" if key == "loss" else f"{key}.miner"
+        _check_no_loss_column_under_multiscale(term, key)
         if train_labels is not None and not term.multiscale:  # without data the scale count is a placeholder
             _check_label_column(_loss_class(term.name), term.name, term.kwargs, key, int(train_labels.shape[1]))
         if mcfg is not None and getattr(_loss_class(term.name), "mines_own_tuples", False):

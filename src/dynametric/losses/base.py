@@ -21,14 +21,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from dynametric.errors import InputError
-from dynametric.labels import as_label_matrix
+from dynametric.errors import ConfigError, InputError
+from dynametric.labels import as_label_matrix, check_scale_names
 from dynametric.losses.reducers import apply_reducer, check_reducer
 from dynametric.miners.base import Miner, check_embeddings
 from dynametric.tuples import IndicesTuple
@@ -74,10 +74,23 @@ class MetricLoss(RecordsStats, nn.Module):
     #: Whether the loss chooses its own tuples from the batch (``PDDMLoss``): a configured miner would be refused.
     mines_own_tuples: bool = False
 
-    #: Names of the label columns, finest first, for the loss's per-scale parts (:meth:`loss_parts`; CSL,
-    #: :class:`MultiScaleLoss`); ``None``: :func:`dynametric.labels.default_scale_names`. The engine's builders set
-    #: the data's scale names on every loss that ``uses_all_scales``.
-    scale_names: tuple[str, ...] | None = None
+    @property
+    def scale_names(self) -> tuple[str, ...] | None:
+        """Names of the label columns, finest first, for the loss's per-scale parts (:meth:`loss_parts`; CSL,
+        :class:`MultiScaleLoss`); ``None``: :func:`dynametric.labels.default_scale_names`. The engine's builders set
+        the data's scale names on every loss that ``uses_all_scales``. Set to non-empty strings, each once (a
+        repeated name would merge two scales' parts, which then no longer add up to the loss): else a
+        :class:`~dynametric.errors.ConfigError` keyed ``scale_names``."""
+        return self.__dict__.get("_scale_names")
+
+    @scale_names.setter
+    def scale_names(self, names: Sequence[str] | None) -> None:
+        if names is not None:
+            try:
+                names = check_scale_names(names, reserved=())
+            except InputError as exc:
+                raise ConfigError(exc.message, key="scale_names") from None
+        self.__dict__["_scale_names"] = names
 
     def __init__(self, scale: int = 0, *, reducer: Any = None, embedding_regularizer: Any = None,
                  embedding_reg_weight: float = 1.0, collect_stats: bool = False) -> None:

@@ -16,6 +16,7 @@ name (they add up to the loss); a training run logs them as ``train/<term>/<scal
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -91,6 +92,13 @@ def _chunk_index(spec: ChunkSpec, batch_size: int, scale: int, device: torch.dev
     return idx.to(device)
 
 
+def _loss_name(loss: MetricLoss) -> str:
+    """``ContrastiveLoss``; a wrapped PML loss as ``PMLLoss(ContrastiveLoss)``."""
+    inner = getattr(loss, "loss", None)
+    name = type(loss).__name__
+    return f"{name}({type(inner).__name__})" if isinstance(inner, nn.Module) else name
+
+
 class MultiScaleLoss(MetricLoss):
     """Weighted sum of a single-scale loss applied at every scale (optionally on per-scale batch chunks).
 
@@ -145,8 +153,10 @@ class MultiScaleLoss(MetricLoss):
                 raise ConfigError(f"{type(loss).__name__} already uses every scale; it cannot be a per-scale loss",
                                   key="base_losses_or_factory")
             if loss.scale not in (0, -1):
-                raise ConfigError(f"per-scale losses receive one label column; {type(loss).__name__} of scale {s} "
-                                  f"has scale={loss.scale}, expected 0", key="base_losses_or_factory")
+                raise ConfigError(f"the loss of scale {s}, {_loss_name(loss)}, reads label column {loss.scale}; "
+                                  "MultiScaleLoss gives each scale's loss that scale's column alone, so build it "
+                                  "without a column of its own (scale / label_scale 0, the default)",
+                                  key="base_losses_or_factory")
         for s, loss in enumerate(losses):
             if any(loss is other for other in losses[:s]) and any(True for _ in loss.parameters()):
                 raise ConfigError(f"{type(loss).__name__} has parameters; give one loss per scale (a factory or "
@@ -190,8 +200,17 @@ class MultiScaleLoss(MetricLoss):
         if isinstance(base, MetricLoss):
             return [base] * num_scales
         if isinstance(base, str):
-            from dynametric.losses import build_loss
+            from dynametric.losses import LOSSES, build_loss
 
+            try:
+                params = inspect.signature(LOSSES[base]).parameters if base in LOSSES else {}
+            except (TypeError, ValueError):
+                params = {}
+            col_arg = "label_scale" if "label_scale" in params else "scale"  # CosFace/ArcFace: scale = logit scale
+            if col_arg in params and col_arg in base_kwargs:
+                raise ConfigError(f"base_kwargs[{col_arg!r}]={base_kwargs[col_arg]!r}: MultiScaleLoss gives each "
+                                  f"scale's {base} that scale's label column; remove {col_arg!r}",
+                                  key=f"base_kwargs.{col_arg}")
             out = []
             for s in range(num_scales):
                 kw = dict(base_kwargs)
@@ -252,7 +271,9 @@ class MultiScaleLoss(MetricLoss):
                                  f"{self.num_scales}; to mine each scale on its own chunk and labels pass "
                                  "MultiScaleLoss(..., miners=miner) instead", key="indices_tuple")
         chunks = self.resolve_chunks(embeddings.shape[0], embeddings.device)
-        total = embeddings.sum() * 0.0
+        # a zero on the graph (backward works whatever the parts are) that reads no row: a row in no chunk (NaN
+        # included) does not enter the value, which stays the sum of the parts
+        total = embeddings[:0].sum() * 0.0
         weighted_parts = []
         for s in range(self.num_scales):  # loop over scales (at most a handful), not over samples
             rows = chunks[s]
@@ -263,8 +284,8 @@ class MultiScaleLoss(MetricLoss):
             miner = self._miner_at[s]
             if mined is None and miner is not None and emb.shape[0] > 0:
                 mined = miner(emb, lab, ref_emb, ref_lab)
-            if emb.shape[0] == 0:
-                value = self.zero_loss(embeddings, f"empty chunk at scale {s}")
+            if emb.shape[0] == 0:  # a zero of the chunk's (no) rows: a non-finite row elsewhere does not make it NaN
+                value = self.zero_loss(emb, f"empty chunk at scale {s}")
             else:
                 value = self.loss_at(s)(emb, lab, mined, ref_emb, ref_lab)
             self.last_scale_losses.append(value.detach())
