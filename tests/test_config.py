@@ -719,6 +719,27 @@ def test_options_kept_or_given_after_a_name_change_still_name_their_file_and_lin
     validate_components(load_config(base, ["loss.name=MarginLoss"]))  # margn went with the name it was written for
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["loss.name=ContrastiveLoss", "loss.kwargs={distance:l2}"],
+     "key 'loss.kwargs.distance:l2': ContrastiveLoss has no argument 'distance:l2'; a YAML mapping needs a space "
+     "after ':' (did you mean `distance: l2`?); 'distance' is one of its arguments"),
+    (["loss.name=pml:TripletMarginLoss", "loss.kwargs={distance:l2}"],  # PML's own TypeError was passed through
+     "key 'loss.kwargs.distance:l2': pml:TripletMarginLoss has no argument 'distance:l2'; a YAML mapping needs a "
+     "space after ':' (did you mean `distance: l2`?)"),
+    (["miner.name=pml:TripletMarginMiner", "miner.kwargs={margin:0.1}"],
+     "key 'miner.kwargs.margin:0.1': pml:TripletMarginMiner has no argument 'margin:0.1'; a YAML mapping needs a "
+     "space after ':' (did you mean `margin: 0.1`?)"),
+])
+def test_a_flow_mapping_without_a_space_after_the_colon_is_named(overrides, expected) -> None:
+    # `{distance:l2}` is valid YAML for one key named 'distance:l2' with no value
+    from dynametric.config import errors_located
+
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError) as err, errors_located(cfg):
+        validate_components(cfg)
+    assert str(err.value).startswith(f"<command line> {expected}")
+
+
 def test_train_prints_the_note_in_the_dry_run_and_the_run(tmp_path: Path, capsys) -> None:
     from dynametric.cli import main
     from dynametric.commands.train import DEFAULT_RUN_CONFIG  # the installed package's file (CI installs a copy)

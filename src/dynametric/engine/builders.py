@@ -532,6 +532,10 @@ def _unknown_argument(name: str, arg: str, named: Sequence[str], key: str) -> Co
     close = difflib.get_close_matches(arg, list(named), n=1, cutoff=0.6)
     hint = (f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)} (remove "
             f"{key}.kwargs.{arg}, or clear them all with {key}.kwargs={{}})")
+    left, colon, right = arg.partition(":")
+    if colon and left.strip():  # YAML reads {distance:l2} as one key 'distance:l2': a flow mapping needs ': '
+        hint = (f"; a YAML mapping needs a space after ':' (did you mean `{left.strip()}: {right.strip()}`?)"
+                + (f"; {left.strip()!r} is one of its arguments" if left.strip() in named else ""))
     return ConfigError(f"{name} has no argument {arg!r}{hint}", key=f"{key}.kwargs.{arg}")
 
 
@@ -541,7 +545,7 @@ def _construction_error(name: str, kwargs: Mapping[str, Any], given: Sequence[st
     one it passes its keywords to, a PML class's base) does not take is :func:`_unknown_argument`; else on
     ``<key>.kwargs.<arg>`` when the message names exactly one of the given arguments, else on ``<key>.kwargs``
     with every given value shown. ``named_args``: the arguments the factory's signature lists."""
-    refused = re.search(r"unexpected keyword argument '(\w+)'", str(exc)) if isinstance(exc, TypeError) else None
+    refused = re.search(r"unexpected keyword argument '([^']+)'", str(exc)) if isinstance(exc, TypeError) else None
     if refused is not None and refused.group(1) in given:
         return _unknown_argument(name, refused.group(1), named_args, key)
     named = [arg for arg in given if re.search(rf"(?<![\w.]){re.escape(arg)}(?!\w)", str(exc))]
