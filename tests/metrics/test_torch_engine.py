@@ -438,7 +438,7 @@ def test_full_ranking_method_from_the_environment(monkeypatch):
 
 def test_device_plan_of_the_count_method_fits_budget():
     rows = plan_device_rows(60502, 60502, 7000, True, None, "count")
-    per_row = 28 * 60502 + 128 * 7001 + 64
+    per_row = 32 * 60502 + 128 * 7001 + 64
     from dynametric.metrics import DEFAULT_DEVICE_MEMORY_BUDGET
 
     assert rows % 64 == 0 and rows * per_row <= DEFAULT_DEVICE_MEMORY_BUDGET < (rows + 64) * per_row

@@ -11,6 +11,9 @@ the relevant items that are not excluded. Per chunk of query rows:
 * **full path** (a metric that needs the full ranking requested, such as ``map``, or a cut-off above
   :data:`TOP_PATH_MAX_CAP`): one stable descending sort per row. The row is in gallery-index order, so a stable
   sort leaves equal scores in ascending index order: the sorted order *is* the ranking;
+* **count method** of the full path (``DYNAMETRIC_TORCH_FULL_RANKING=count``, :func:`_count_ranks`): instead of
+  sorting whole rows, sort each row's candidates (the query's class) as unique int64 ``(key, index)`` values and
+  count, with one ``searchsorted`` and a histogram, how many of the row's items come before each one;
 * **top path** (only ranks up to ``cap = max(R_q, k, ASI cut-off)`` matter): ``topk(cap + 1)`` per row, the kept
   ``cap`` items ordered by (descending score, ascending index) with two stable sorts. When the ``cap``-th and
   ``(cap+1)``-th scores differ, the kept items are exactly those scoring at least the ``cap``-th score, so their
@@ -65,7 +68,7 @@ TOP_PATH_MAX_CAP = 1024
 ``map``, is asked)."""
 
 _BYTES_PER_SCORE_FULL = 40  # scores 4, sorted values 4, int64 order 8, sort scratch ~16, gathered labels 4 + masks
-_BYTES_PER_SCORE_COUNT = 28  # scores 4, int64 (key, index) 8, int64 bin 8, key temporaries 8
+_BYTES_PER_SCORE_COUNT = 32  # scores 4, int64 (key, index) 8, int64 bin 8 and its spilled copy 8, masks
 _BYTES_PER_SCORE_TOP = 12  # scores 4, masks and top-k scratch
 _BYTES_PER_SLOT = 64  # per relevant item in a row: positions, padded ranks, float64 metric temporaries
 _BYTES_PER_COUNT_SLOT = 128  # per candidate of the count method: columns, keys, sorted keys, counts, ranks, masks
