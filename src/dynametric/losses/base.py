@@ -186,7 +186,9 @@ class MetricLoss(RecordsStats, nn.Module):
         raise InputError(f"{type(self).__name__} does not support reducer=", key="reducer")
 
     def zero_loss(self, embeddings: torch.Tensor, reason: str) -> torch.Tensor:
-        """A zero that is still connected to the graph (backward works, gradients are 0, never NaN)."""
+        """A zero that is still connected to the graph: backward works and its gradients are 0, never NaN. Its value
+        is 0, or NaN when an embedding or a parameter is not finite (``x * 0.0``), so a non-finite batch is still
+        seen by the engine's non-finite-loss policy."""
         self._log_once(reason, f"{type(self).__name__}: {reason}; returning a zero loss")
         zero = embeddings.sum() * 0.0
         for p in self.parameters():
