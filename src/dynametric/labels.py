@@ -6,7 +6,9 @@ dynametric accepts either form and calls :func:`as_label_matrix` to normalise it
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,3 +84,16 @@ def check_scale_names(names: Sequence[object], *, key: str = "scale_names",
         raise InputError(f"'mean' cannot be a scale name (an evaluation reports the mean over the scales under it), "
                          f"got {list(out)}", key=key)
     return tuple(str(n) for n in out)
+
+
+def label_column_argument(cls: Any) -> str | None:
+    """The keyword naming the label column a loss or miner class reads: ``label_scale`` where its signature has one
+    (CosFace / ArcFace, whose ``scale`` is the logit scale; ``pml:`` wrappers), else ``scale``; ``None`` when it has
+    neither, or for ``None`` or a class whose signature cannot be read."""
+    if cls is None:
+        return None
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((arg for arg in ("label_scale", "scale") if arg in params), None)

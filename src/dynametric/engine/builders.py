@@ -47,7 +47,7 @@ from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimS
 from dynametric.engine.objective import Objective, whole_batch_miner_refusal
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError, first_sentence
-from dynametric.labels import as_label_matrix
+from dynametric.labels import as_label_matrix, label_column_argument
 from dynametric.utils.registry import unknown_name_message
 
 logger = logging.getLogger("dynametric.engine")
@@ -806,15 +806,9 @@ def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: 
         raise ConfigError(refusal, key=f"{mkey}.name")
     if not term.multiscale:
         return
-    miner_cls = _miner_class(mcfg.name)
-    try:
-        params = inspect.signature(miner_cls).parameters if miner_cls is not None else {}
-    except (TypeError, ValueError):
-        params = {}
-    col_arg = "label_scale" if "label_scale" in params else "scale"
-    col = mcfg.kwargs.get(col_arg)
-    if col_arg in params and col is not None and not (isinstance(col, int) and not isinstance(col, bool)
-                                                      and col == 0):
+    col_arg = label_column_argument(_miner_class(mcfg.name))
+    col = None if col_arg is None else mcfg.kwargs.get(col_arg)
+    if col is not None and not (isinstance(col, int) and not isinstance(col, bool) and col == 0):
         raise ConfigError(f"with {key}.multiscale: true the miner mines every scale on that scale's labels, so it "
                           f"takes no label column of its own: remove {mkey}.kwargs.{col_arg} (got {col!r}), or set "
                           f"{key}.multiscale: false to mine and train on one column", key=f"{mkey}.kwargs.{col_arg}")
@@ -827,13 +821,8 @@ def _check_no_loss_column_under_multiscale(term: LossConfig, key: str) -> None:
     label_scale=...)`` refuses it in Python): a :class:`ConfigError` keyed ``<key>.kwargs.<keyword>``."""
     if not term.multiscale:
         return
-    cls = _loss_class(term.name)
-    try:
-        params = inspect.signature(cls).parameters if cls is not None else {}
-    except (TypeError, ValueError):
-        params = {}
-    col_arg = "label_scale" if "label_scale" in params else "scale"
-    if col_arg in params and col_arg in term.kwargs:
+    col_arg = label_column_argument(_loss_class(term.name))
+    if col_arg is not None and col_arg in term.kwargs:
         raise ConfigError(f"with {key}.multiscale: true each scale's {term.name} trains on that scale's labels, so it "
                           f"takes no label column of its own: remove {key}.kwargs.{col_arg} (got "
                           f"{term.kwargs[col_arg]!r}), or set {key}.multiscale: false to train on one column",
@@ -925,15 +914,9 @@ def _check_label_column(cls: Any, name: str, kwargs: Mapping[str, Any], key: str
     """The label column a configured loss or miner (``cls``, named ``name`` in the section ``key``) reads, its
     ``label_scale`` / ``scale`` keyword in ``kwargs``, must be one of the data's ``num_scales``; else a
     :class:`ConfigError` keyed ``<key>.kwargs.<keyword>`` (``does``: what it does on that column, for the message)."""
-    if cls is None:
-        return
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return
-    col_arg = "label_scale" if "label_scale" in params else "scale"
-    col = kwargs.get(col_arg)
-    if col_arg in params and isinstance(col, int) and not isinstance(col, bool) and not 0 <= col < num_scales:
+    col_arg = label_column_argument(cls)
+    col = None if col_arg is None else kwargs.get(col_arg)
+    if isinstance(col, int) and not isinstance(col, bool) and not 0 <= col < num_scales:
         raise ConfigError(f"{name}({col_arg}={col}) {does} on a label scale the data does not have: expected "
                           f"0..{num_scales - 1} (the labels have {num_scales} scale(s))", key=f"{key}.kwargs.{col_arg}")
 

@@ -16,7 +16,6 @@ name (they add up to the loss); a training run logs them as ``train/<term>/<scal
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from dynametric.errors import ConfigError, InputError
+from dynametric.labels import label_column_argument
 from dynametric.losses.base import IndicesTuple, MetricLoss, Miner
 
 ChunkSpec = tuple[int, int] | slice | torch.Tensor
@@ -202,12 +202,8 @@ class MultiScaleLoss(MetricLoss):
         if isinstance(base, str):
             from dynametric.losses import LOSSES, build_loss
 
-            try:
-                params = inspect.signature(LOSSES[base]).parameters if base in LOSSES else {}
-            except (TypeError, ValueError):
-                params = {}
-            col_arg = "label_scale" if "label_scale" in params else "scale"  # CosFace/ArcFace: scale = logit scale
-            if col_arg in params and col_arg in base_kwargs:
+            col_arg = label_column_argument(LOSSES[base] if base in LOSSES else None)  # pml: names too (__missing__)
+            if col_arg is not None and col_arg in base_kwargs:
                 raise ConfigError(f"base_kwargs[{col_arg!r}]={base_kwargs[col_arg]!r}: MultiScaleLoss gives each "
                                   f"scale's {base} that scale's label column; remove {col_arg!r}",
                                   key=f"base_kwargs.{col_arg}")
