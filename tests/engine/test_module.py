@@ -115,6 +115,75 @@ def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(caplog):
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
+class NaNRowEmbedder(ToyEmbedder):
+    """Puts NaN into one row of its output at the ``bad``-th training call (0-based), once."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls - 1 == self.bad:
+                out = out.clone()
+                out[1] = float("nan")
+        return out
+
+
+def _contrastive():
+    from dynametric.losses import ContrastiveLoss
+
+    return ContrastiveLoss()  # its defaults: a NaN row fails every margin comparison, the loss stays finite
+
+
+def test_a_nan_embedding_row_hides_from_the_contrastive_loss():
+    # the premise of the checks below: the loss itself stays finite with a NaN row
+    emb = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    emb[1] = float("nan")
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert torch.isfinite(_contrastive()(emb, labels))
+
+
+def test_nonfinite_embeddings_stop_naming_the_step_and_rows():
+    module = MetricLearningModule(NaNRowEmbedder(bad=3), [Objective(_contrastive())], evaluator=toy_evaluator)
+    dm = _dm(val=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite embeddings at global step 3 \(epoch 0, batch 3\) "
+                                                 r"\(1 row of the model's output; loss \{'[a-z_]+': [0-9.e-]+\}\)"):
+        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+
+
+def test_nonfinite_embeddings_deferred_name_the_same_step(tmp_path):
+    module = DeferredCheck(NaNRowEmbedder(bad=3), [Objective(_contrastive())], evaluator=toy_evaluator)
+    dm = _dm(val=False)
+    trainer = build_trainer(_settings(log_every_n_steps=2, checkpoint_every_n_steps=2), dm, tmp_path,
+                            enable_validation=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite embeddings at global step 3 .*1 row"):
+        trainer.fit(module, datamodule=dm)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] <= 3
+
+
+def test_nonfinite_embeddings_skip_the_step(caplog):
+    module = MetricLearningModule(NaNRowEmbedder(bad=2), [Objective(_contrastive())], nonfinite="skip",
+                                  evaluator=toy_evaluator)
+    dm = _dm(val=False)
+    with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
+        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+    assert module.skipped_steps == 1 and module.embedder.calls == 10
+    assert "non-finite embeddings at global step 2" in caplog.text and "step skipped" in caplog.text
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_nonfinite_rows_counts_rows_over_every_head():
+    rows = MetricLearningModule._nonfinite_rows
+    a = torch.zeros(5, 3)
+    b = torch.zeros(5, 2)
+    a[0, 1], a[3, 0], b[4, 1] = float("nan"), float("inf"), float("-inf")
+    assert int(rows(a)) == 2 and int(rows({"x": a, "y": b})) == 2 and int(rows((b, b))) == 1
+    assert int(rows(torch.zeros(4, 2))) == 0 and rows({"labels": torch.ones(3, dtype=torch.long)}) is None
+
+
 def test_fit_writes_best_and_last_and_history(tmp_path):
     module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(optimizer="adamw", lr=0.05),
                                   evaluator=toy_evaluator, scale_names=["fine", "coarse"])

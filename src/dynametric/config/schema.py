@@ -397,7 +397,8 @@ class TrainerConfig:
     val_every: int = 1
     """Validate every N epochs."""
     nonfinite: Literal["stop", "skip"] = "stop"
-    """A non-finite loss stops the run with the step named (``stop``) or skips the step with a counted warning."""
+    """A non-finite loss or model output stops the run with the step named (``stop``) or skips the step with a
+    counted warning."""
     monitor: str = "finest/map@r"
     """``<scale>/<metric>`` (or ``mean/<metric>``) of the validation metrics that selects the best checkpoint;
     ``finest`` / ``coarsest`` stand for the dataset's first / last scale, whatever its name."""

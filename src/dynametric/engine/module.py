@@ -11,7 +11,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -241,7 +241,7 @@ class MetricLearningModule(L.LightningModule):
         self.last_eval: dict[str, Any] | None = None
         self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._deferred_checks: list[tuple[torch.Tensor, dict[str, torch.Tensor], str]] = []
+        self._deferred_checks: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]] = []
 
     channels_last = False  # batches in the channels_last memory format (model.channels_last; the builders set it)
     per_category = True  # report per query category where the evaluated data has categories (eval.per_category)
@@ -282,46 +282,81 @@ class MetricLearningModule(L.LightningModule):
                f"batch {batch_idx})"
 
     @staticmethod
-    def _stop(where: str, bad: dict[str, float]) -> NonFiniteLossError:
-        return NonFiniteLossError(f"non-finite loss at {where}: {bad}; lower the learning rate, check the data, or "
-                                  "set trainer.nonfinite=skip")
+    def _problem(where: str, bad: dict[str, float], bad_rows: int) -> str:
+        """What was not finite, and where, for the messages."""
+        if bad_rows:
+            return f"non-finite embeddings at {where} ({bad_rows} row{'s' if bad_rows != 1 else ''} of the model's " \
+                   f"output; loss {bad})"
+        return f"non-finite loss at {where}: {bad}"
+
+    @classmethod
+    def _stop(cls, where: str, bad: dict[str, float], bad_rows: int = 0) -> NonFiniteLossError:
+        return NonFiniteLossError(f"{cls._problem(where, bad, bad_rows)}; lower the learning rate, check the data, "
+                                  "or set trainer.nonfinite=skip")
+
+    @staticmethod
+    def _nonfinite_rows(outputs: Any) -> torch.Tensor | None:
+        """The number of batch rows with a NaN/Inf in any of the model's outputs (a tensor, or a dict or tuple of
+        heads), as a device tensor (no host read); None for an output without tensors.
+
+        Some losses stay finite when a row is NaN (its pairs fail every margin comparison and drop out), so the
+        loss alone does not show a model that has started to produce NaN."""
+        if isinstance(outputs, torch.Tensor):
+            heads = [outputs]
+        elif isinstance(outputs, Mapping):
+            heads = list(outputs.values())
+        else:
+            heads = list(outputs) if isinstance(outputs, (list, tuple)) else []
+        counts = [(~torch.isfinite(h.detach().reshape(h.shape[0], -1))).any(dim=1).sum()
+                  for h in heads if isinstance(h, torch.Tensor) and h.dim() >= 1 and h.is_floating_point()]
+        if not counts:
+            return None
+        return counts[0] if len(counts) == 1 else torch.stack(counts).max()
 
     def _skip_nonfinite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_idx: int,
-                        step: str = "") -> bool:
-        """False for a finite loss. Otherwise raise :class:`NonFiniteLossError` (``nonfinite="stop"``) or count and
-        log the step as skipped and return True (``"skip"``). ``step`` names the step kind in the messages.
+                        step: str = "", outputs: Any = None) -> bool:
+        """False for a finite loss from finite embeddings. Otherwise raise :class:`NonFiniteLossError`
+        (``nonfinite="stop"``) or count and log the step as skipped and return True (``"skip"``). ``step`` names
+        the step kind in the messages; ``outputs`` is the model's output for the batch (its rows are checked too:
+        :meth:`_nonfinite_rows`).
 
         With ``stop`` on an accelerator the flag is read for ``log_every_n_steps`` steps at once, and at every epoch
         end, validation and checkpoint (:meth:`check_deferred_nonfinite`): the error names the first bad step as
         before, and no checkpoint is written after it."""
+        loss = total.detach()
+        rows = self._nonfinite_rows(outputs) if outputs is not None else None
+        if rows is None:
+            rows = torch.zeros((), dtype=torch.long, device=loss.device)
+        finite = torch.isfinite(loss).all() & (rows == 0)
         if self._defer_nonfinite_check(total):
-            self._deferred_checks.append((total.detach(), {k: v.detach() for k, v in terms.items()},
+            self._deferred_checks.append((finite, rows, {k: v.detach() for k, v in terms.items()},
                                           self._where(batch_idx, step)))
             every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
             if len(self._deferred_checks) >= every:
                 self.check_deferred_nonfinite()
             return False
-        if torch.isfinite(total.detach()).all():
+        if bool(finite):  # the one host read of a step without deferral
             return False
+        bad_rows = int(rows)
         where = self._where(batch_idx, step)
         bad = {k: float(v) for k, v in terms.items()}
         if self.nonfinite == "stop":
-            raise self._stop(where, bad)
+            raise self._stop(where, bad, bad_rows)
         self.skipped_steps += 1
-        logger.warning("non-finite loss at %s: %s; step skipped (%d skipped so far)", where, bad, self.skipped_steps)
+        logger.warning("%s; step skipped (%d skipped so far)", self._problem(where, bad, bad_rows), self.skipped_steps)
         return True
 
     def check_deferred_nonfinite(self) -> None:
-        """Read the finiteness of the losses queued by :meth:`_skip_nonfinite` (one host synchronisation) and raise
-        for the first non-finite one."""
+        """Read the finiteness flags queued by :meth:`_skip_nonfinite` (one host synchronisation) and raise for the
+        first non-finite step."""
         pending, self._deferred_checks = getattr(self, "_deferred_checks", []), []
         if not pending:
             return
-        ok = torch.stack([torch.isfinite(t).all() for t, _, _ in pending]).cpu()
+        ok = torch.stack([flag for flag, _, _, _ in pending]).cpu()
         if bool(ok.all()):
             return
-        _, terms, where = pending[int((~ok).nonzero()[0, 0])]
-        raise self._stop(where, {k: float(v) for k, v in terms.items()})
+        _, rows, terms, where = pending[int((~ok).nonzero()[0, 0])]
+        raise self._stop(where, {k: float(v) for k, v in terms.items()}, int(rows))
 
     def on_train_epoch_end(self) -> None:
         self.check_deferred_nonfinite()
@@ -366,7 +401,7 @@ class MetricLearningModule(L.LightningModule):
         gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
         parts: dict[str, torch.Tensor] = {}
         total, terms = compute_objective(outputs, labels, self.objectives, gather=gather, parts=parts)
-        if self._skip_nonfinite(total, terms, batch_idx):
+        if self._skip_nonfinite(total, terms, batch_idx, outputs=outputs):
             if world_info()[1] > 1:  # every rank must still take part in DDP's gradient reduction
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
             return None
