@@ -448,6 +448,9 @@ def test_build_component_s_unknown_name_is_the_registry_s_message(registry, name
     (["loss.multiscale=true", "miner.name=TripletMarginMiner", "miner.kwargs.scale=1"], "miner.kwargs.scale",
      "with loss.multiscale: true the miner mines every scale on that scale's labels, so it takes no label column "
      "of its own: remove miner.kwargs.scale (got 1), or set loss.multiscale: false to mine and train on one column"),
+    (["loss.multiscale=true", "miner.name=TripletMarginMiner", "miner.kwargs.scale=0"], "miner.kwargs.scale",
+     "with loss.multiscale: true the miner mines every scale on that scale's labels, so it takes no label column "
+     "of its own: remove miner.kwargs.scale (got 0), or set loss.multiscale: false to mine and train on one column"),
 ])
 def test_a_miner_that_does_not_fit_its_term_is_refused_when_the_objective_is_built(overrides, key, message):
     cfg = load_config(None, [*SMALL, *overrides])

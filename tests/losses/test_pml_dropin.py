@@ -400,7 +400,9 @@ def test_a_miner_s_label_column_is_checked_against_the_data_as_a_loss_s(capsys, 
         f"dynametric train: error: <command line> key '{column}': with loss.multiscale: true the miner mines every "
         f"scale on that scale's labels, so it takes no label column of its own: remove {column} (got 2), or set "
         "loss.multiscale: false to mine and train on one column")
-    assert main(["train", "--dry-run", f"miner.name={miner}", column + "=0"]) == 0  # column 0 of each scale's labels
+    # 0 too, as the loss's own column is: each scale's miner reads that scale's labels, not column 0 of the batch
+    assert main(["train", "--dry-run", f"miner.name={miner}", column + "=0"]) == 2
+    assert f"remove {column} (got 0)" in capsys.readouterr().err
 
 
 def _first_training_batch(cfg, datasets):

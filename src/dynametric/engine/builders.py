@@ -796,8 +796,9 @@ def build_loss_term(term: LossConfig, key: str, train_labels: torch.Tensor | Non
 def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: str) -> None:
     """A configured miner must fit the loss term it feeds: a loss that reads every label column itself (CSL, a
     ``MultiScaleLoss`` named directly) takes no whole-batch miner output, and with ``multiscale: true`` the miner
-    mines each scale on that scale's labels, so a label column of its own (``scale`` / ``label_scale`` other than
-    0) is refused; each a :class:`ConfigError` keyed to the miner's section."""
+    mines each scale on that scale's labels, so a label column of its own (``scale`` / ``label_scale``, 0 included,
+    as for the loss: :func:`_check_no_loss_column_under_multiscale`) is refused; each a :class:`ConfigError` keyed to
+    the miner's section."""
     cls = _loss_class(term.name)
     refusal = None if term.multiscale else whole_batch_miner_refusal(
         cls, term.name, per_scale=f"give it to the loss as {key}.kwargs.miners (mined per scale), or train the base "
@@ -807,10 +808,10 @@ def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: 
     if not term.multiscale:
         return
     col_arg = label_column_argument(_miner_class(mcfg.name))
-    col = None if col_arg is None else mcfg.kwargs.get(col_arg)
-    if col is not None and not (isinstance(col, int) and not isinstance(col, bool) and col == 0):
+    if col_arg is not None and col_arg in mcfg.kwargs:
         raise ConfigError(f"with {key}.multiscale: true the miner mines every scale on that scale's labels, so it "
-                          f"takes no label column of its own: remove {mkey}.kwargs.{col_arg} (got {col!r}), or set "
+                          f"takes no label column of its own: remove {mkey}.kwargs.{col_arg} (got "
+                          f"{mcfg.kwargs[col_arg]!r}), or set "
                           f"{key}.multiscale: false to mine and train on one column", key=f"{mkey}.kwargs.{col_arg}")
 
 
