@@ -610,7 +610,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
     if e:
         base = e["rows"][0]["s"] if e["rows"] else float("nan")
         lines += [f"**(e) CPU ranking engine, threads** (no target): {e['n']:,} x {e['dim']}, 3 scales, every "
-                  f"retrieval metric, `device=\"cpu\"`; {e['sort_rates']}:", "",
+                  f"retrieval metric, `device=\"cpu\"`; the machine's sort rate, whatever the size above: "
+                  f"{e['sort_rates']}:", "",
                   "| torch threads | score products | seconds | vs the first row | largest metric difference |",
                   "|---:|---|---:|---:|---:|"]
         lines += [f"| {r['threads']} | {r.get('library', '—')} | {r['s']:.2f} | {base / r['s']:.2f}x | "
