@@ -1,10 +1,12 @@
-"""Checks a run makes before it spends time: the monitor's scale alias, whether a training batch fits the data,
-and whether pretrained weights are already on disk (a dry run never downloads them).
+"""Checks a run makes before it spends time: the monitor's scale alias and whether a training batch fits the data.
+(Whether pretrained weights are already on disk is the dry run's check, in :mod:`dynametric.pipeline.run`, through
+:func:`dynametric.models.backbones.pretrained_weights_status`; a dry run never downloads them.)
 
 * ``trainer.monitor`` may name a scale by position: ``finest/<metric>`` (the default, ``finest/map@r``) is the
   first label column whatever the dataset calls it (``fine``, ``digit``, ``species``), ``coarsest/<metric>`` the
-  last. :func:`resolve_monitor` turns the alias into the dataset's own scale name (it lives in
-  :mod:`dynametric.engine.builders`, which resolves the config; importable from here too).
+  last. :func:`resolve_monitor` turns the alias into the dataset's own scale name (it is defined in
+  :mod:`dynametric.config.schema` and re-exported by :mod:`dynametric.engine.builders`, which resolves the config;
+  importable from here too).
 * :func:`check_batches` builds the configured batch sampler on the training labels once, before the untrained
   evaluation, and turns "too few classes for the batch" into a :class:`~dynametric.errors.ConfigError` that
   suggests ``data.batch_size`` / ``data.m`` values that fit.
