@@ -236,6 +236,24 @@ def test_single_class_batches_are_finite_and_backprop():
     assert z.item() == 0.0 and loss.last_terms is None
 
 
+@pytest.mark.parametrize("mode", ["proxy", "pairs"])
+def test_a_nan_embedding_or_proxy_gives_nan_never_a_silent_zero(mode):
+    """An empty set (``-inf``) gives an exact 0; a NaN (a diverged model) must stay NaN so that the run's
+    non-finite policy sees it (it used to be masked as an empty set: a loss of exactly 0)."""
+    loss = CSLLoss(PATHS if mode == "proxy" else None, 6, mode=mode)
+    labels = PATHS[[0, 1, 2, 3, 0, 2]]
+    assert torch.isnan(loss(torch.full((6, 6), float("nan")), labels))
+    one_row = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
+    one_row[2] = float("nan")
+    assert torch.isnan(loss(one_row, labels))
+    if mode == "proxy":
+        clean = torch.randn(6, 6, generator=torch.Generator().manual_seed(1))
+        assert torch.isfinite(loss(clean, labels))
+        with torch.no_grad():
+            loss.proxies[0] = float("nan")
+        assert torch.isnan(loss(clean, labels)) and torch.isnan(loss.last_terms[0])
+
+
 def test_a_hierarchy_with_one_coarse_class_has_a_zero_coarse_term():
     paths = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 1, 0]])
     loss = CSLLoss(paths, 4)

@@ -56,10 +56,12 @@ def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Te
 
 
 def _csl_term(neg_lse: torch.Tensor, pos_lse: torch.Tensor, gamma_margin: float) -> torch.Tensor:
-    """``softplus(neg_lse + pos_lse + gamma m)``, exactly 0 where either set is empty (``-inf``). The softplus is
-    ``logaddexp(z, 0)``: ``F.softplus`` returns ``z`` itself above its threshold of 20, dropping ``log1p(exp(-z))``
-    (``2e-9`` at 20: a relative error of ``1e-10`` in float64, below float32's resolution)."""
-    valid = torch.isfinite(neg_lse) & torch.isfinite(pos_lse)
+    """``softplus(neg_lse + pos_lse + gamma m)``, exactly 0 where either set is empty (``-inf``), NaN where either is
+    NaN (a non-finite embedding or proxy: never a silent 0, which would hide it from ``trainer.nonfinite``). The
+    softplus is ``logaddexp(z, 0)``: ``F.softplus`` returns ``z`` itself above its threshold of 20, dropping
+    ``log1p(exp(-z))`` (``2e-9`` at 20: a relative error of ``1e-10`` in float64, below float32's resolution)."""
+    empty = -math.inf
+    valid = (neg_lse != empty) & (pos_lse != empty)  # NaN compares unequal: kept, so the term is NaN
     z = torch.where(valid, neg_lse + pos_lse + gamma_margin, torch.zeros_like(neg_lse))
     return torch.where(valid, torch.logaddexp(z, torch.zeros_like(z)), torch.zeros_like(z))
 
