@@ -45,6 +45,12 @@ def test_query_in_gallery_has_no_default_and_options_are_checked() -> None:
     with pytest.raises(ConfigError) as err:
         DyMLProtocol.from_kwargs({"variant": "vehicle", "query_in_gallery": "detect", "querys": 1})
     assert err.value.key == "method.kwargs.querys"
+    # a scalar where a list is expected: one line on the key (10 used to be a TypeError traceback, "fine" split
+    # into the scales 'f', 'i', 'n', 'e')
+    for name, value, got in (("k_values", 10, "10 (int)"), ("scales", "fine", "'fine' (str)")):
+        with pytest.raises(ConfigError) as err:
+            DyMLProtocol.from_kwargs({"variant": "vehicle", "query_in_gallery": "detect", name: value})
+        assert err.value.key == f"method.kwargs.{name}" and err.value.message.endswith(f"got {got}")
     p = DyMLProtocol.from_kwargs({"variant": "animal", "query_in_gallery": "disjoint"})
     assert p.protocol == "released-files" and p.k_values == (1, 10, 20) and p.asi_cutoff == "R_q"
 

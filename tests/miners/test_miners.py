@@ -217,3 +217,20 @@ def test_distance_weighted_is_reproducible_with_seed():
     a = DistanceWeightedMiner(seed=5)(emb, labels)
     b = DistanceWeightedMiner(seed=5)(emb, labels)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("name", ["TripletMarginMiner", "BatchHardMiner", "PairMarginMiner", "MultiSimilarityMiner",
+                                  "DistanceWeightedMiner", "InterClassTripletMiner"])
+def test_a_scale_the_labels_do_not_have_is_an_input_error_as_for_losses(name):
+    """Column 3 of [B, 3] labels (or -4) was a bare IndexError from inside the miner."""
+    emb = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.stack([torch.arange(12) // 2, torch.arange(12) // 4, torch.arange(12) // 6], dim=1)
+    assert MINERS[name](scale=-3)(emb, labels) is not None  # the coarsest column, counted from the end
+    for scale in (3, -4):
+        with pytest.raises(InputError) as err:
+            MINERS[name](scale=scale)(emb, labels)
+        assert err.value.key == "labels" and err.value.message == \
+            f"scale {scale} out of range for labels with 3 scale(s)"
+    with pytest.raises(InputError) as err:  # a column the batch has but the reference set does not
+        MINERS[name](scale=2)(emb, labels, emb, labels[:, :1])
+    assert (err.value.key, err.value.message) == ("ref_labels", "scale 2 out of range for labels with 1 scale(s)")

@@ -140,9 +140,13 @@ class DyMLProtocol(EvaluationProtocol):
             raise ConfigError(f"scales names the per-scale query/gallery splits of the vehicle and animal variants; "
                               f"the {kwargs['variant']!r} variant tests all in one and takes its scale names from "
                               "the data: remove it", key=f"{key}.scales")
-        for name in ("k_values", "scales"):
+        for name, what in (("k_values", "positive integers"), ("scales", "scale names")):
             if name in kwargs:
-                kwargs[name] = tuple(kwargs[name])
+                value = kwargs[name]
+                if not isinstance(value, (list, tuple)):  # a string or a number would be split or fail in tuple()
+                    raise ConfigError(f"expected a list of {what}, got {value!r} ({type(value).__name__})",
+                                      key=f"{key}.{name}")
+                kwargs[name] = tuple(value)
         try:
             return cls(**kwargs)
         except ConfigError as exc:

@@ -63,8 +63,11 @@ class Miner(RecordsStats, nn.Module):
 
     def label_column(self, labels: torch.Tensor, num_rows: int, name: str, device: torch.device) -> torch.Tensor:
         """Column :attr:`scale` of ``labels`` (``[B]`` or ``[B, S]``, checked to have ``num_rows`` rows; errors name
-        ``name``) on ``device``."""
-        return as_label_matrix(labels, name=name, num_rows=num_rows)[:, self.scale].to(device)
+        ``name``) on ``device``; a scale the labels do not have is an :class:`InputError` on ``name``, as for losses."""
+        mat = as_label_matrix(labels, name=name, num_rows=num_rows)
+        if not -mat.shape[1] <= self.scale < mat.shape[1]:
+            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
+        return mat[:, self.scale].to(device)
 
     def label_columns(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None,
                       ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
