@@ -71,3 +71,17 @@ def test_mismatched_widths_are_one_line_errors_naming_the_argument(query, galler
     with pytest.raises(InputError) as info:
         pddm_rerank(PDDM(8), torch.randn(*query), torch.randn(*gallery), k=3)
     assert info.value.key == key and words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_gallery_without_any_candidate_is_named_as_such():
+    """Leave-one-out over one row used to say 'k must be in [1, 0] for a gallery of 1 rows'."""
+    unit = PDDM(4)
+    with pytest.raises(InputError) as err:
+        pddm_rerank(unit, torch.randn(1, 4), k=1)
+    assert err.value.key == "query_emb" and err.value.message == (
+        "a gallery of 1 row(s) has no candidate for a query (leave-one-out excludes the query itself: give at least "
+        "2 rows)")
+    with pytest.raises(InputError) as err:
+        pddm_rerank(unit, torch.randn(2, 4), torch.zeros(0, 4), k=1)
+    assert err.value.key == "gallery_emb" and err.value.message == "a gallery of 0 row(s) has no candidate for a query"
+    assert pddm_rerank(unit, torch.randn(2, 4), k=1).indices.tolist() == [[1], [0]]

@@ -38,6 +38,10 @@ def euclidean_topk(
     (ties to the lower index). ``exclude_self`` drops gallery row ``a`` for query ``a`` (leave-one-out)."""
     nq, ng = query.shape[0], gallery.shape[0]
     avail = ng - 1 if exclude_self else ng
+    if avail < 1:
+        raise InputError(f"a gallery of {ng} row(s) has no candidate for a query"
+                         + (" (leave-one-out excludes the query itself: give at least 2 rows)" if exclude_self else ""),
+                         key="gallery_emb" if not exclude_self else "query_emb")
     if not 1 <= k <= avail:
         raise InputError(f"k must be in [1, {avail}] for a gallery of {ng} rows, got {k}", key="k")
     out = []
