@@ -51,6 +51,36 @@ def test_bad_label_files(tmp_path, emb, capsys, body, expected) -> None:
     assert re.search(expected, _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(lab)))
 
 
+def test_a_labels_header_that_names_no_scales_is_an_error_at_line_1(tmp_path, emb, capsys) -> None:
+    """`fine,mean` stopped with `key 'scale_names': need 2 distinct scale names other than 'mean'`: no file, no
+    line, a key the user never set."""
+    body = "".join(f"{i % 4},{i % 2}\n" for i in range(12))
+    for header, message in (
+            ("fine,mean", "a scale column cannot be named 'mean' (an evaluation reports the mean over the scales "
+                          "under it); got ['fine', 'mean']"),
+            ("fine, ", "header column 2 has no name (empty or blank); every label column needs a scale name (it names "
+                       "the scale in results), got ['fine', '']")):
+        lab = _labels(tmp_path, f"{header}\n{body}")
+        line = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(lab))
+        assert line == f"dynametric evaluate: error: {lab}:1: {message}"
+
+
+def test_blank_lines_at_the_end_of_a_labels_csv_are_ignored(tmp_path, emb, capsys) -> None:
+    """Were an error (`labels.csv:14: empty line`), where the dataset readers ignore them. A blank line between
+    rows stays one: row k labels embedding k, and in a one-column file a blank line is an empty label."""
+    assert main(["evaluate", "--embeddings", str(emb), "--labels", str(_labels(tmp_path, GOOD))]) == 0
+    expected = capsys.readouterr().out
+    lab = _labels(tmp_path, GOOD + "\n \n\t\n\n")
+    assert main(["evaluate", "--embeddings", str(emb), "--labels", str(lab)]) == 0
+    assert capsys.readouterr().out == expected
+    assert _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(_labels(tmp_path, GOOD + ",\n"))) == (
+        f"dynametric evaluate: error: {lab}:14: column 'fine': expected an integer label, got ''")  # a row, not blank
+    one = "fine\n" + "".join(f"{i % 4}\n" for i in range(6)) + "\n" + "".join(f"{i % 4}\n" for i in range(6, 12))
+    assert _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(_labels(tmp_path, one))) == (
+        f"dynametric evaluate: error: {lab}:8: blank line between label rows (row k labels embedding k, and in a "
+        "one-column file a blank line is an empty label; blank lines are allowed only at the end of the file)")
+
+
 def test_utf8_bom_is_not_part_of_the_first_scale_name(tmp_path, emb, capsys) -> None:
     lab = _labels(tmp_path, b"\xef\xbb\xbf" + GOOD.encode())
     assert main(["evaluate", "--embeddings", str(emb), "--labels", str(lab)]) == 0

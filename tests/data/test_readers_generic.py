@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,104 @@ def test_non_utf8_names_a_root_is_refused_and_path_tables_keep_them(tmp_path: Pa
         build_dataset("folder", root, "all")
     assert str(err.value) == (f"key 'root': dataset root {tmp_path}/donn\\xe9es: the file name is not UTF-8 text; "
                               "rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)")
+
+
+def _csv(root: Path, header: str, rows: list[tuple[str, ...]]) -> Path:
+    """A ``csv`` dataset at ``root``: ``rows`` (path, split, labels...) with an image per path, under ``header``."""
+    for i, r in enumerate(rows):
+        if not (root / r[0]).exists():
+            write_image(root / r[0], (10 * i, 0, 0))
+    (root / "labels.csv").write_text(header + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    return root
+
+
+def test_a_csv_label_cell_means_the_same_whatever_the_other_rows_hold(tmp_path: Path) -> None:
+    """A column was typed as a whole, over every row of every split: all integers made '01' and '1' one class, one
+    text cell anywhere (a training row) made every cell text, so the query's '1' and the gallery's '01' became two
+    classes, silently. Now a cell that is an integer is that integer, and the two spellings are noted."""
+    rows = [("imgs/0.png", "query", "1"), ("imgs/1.png", "gallery", "01"), ("imgs/2.png", "gallery", "2")]
+    note = ("column 'fine' of labels.csv, split '{}': cells '1' (line 2) and '01' (line 3) are one class 1 (a cell "
+            "that is an integer is read by its value, as pandas reads an integer column)")
+    for extra in ([("imgs/3.png", "train", "x"), ("imgs/4.png", "train", "x")], []):  # with text, then without
+        root = _csv(tmp_path / f"d{len(extra)}", "path,split,fine", rows + extra)
+        q, g = build_dataset("csv", root, "query"), build_dataset("csv", root, "gallery")
+        assert q.raw_label(0) == g.raw_label(0) == (1,)  # was ('1',) and ('01',) with the training rows
+        assert q.labels[0].tolist() == g.labels[0].tolist() == [0]
+        assert q.class_ids == g.class_ids == [[1, 2]]
+        assert note.format("query") in q.report.notes and note.format("gallery") in g.report.notes
+    train = build_dataset("csv", tmp_path / "d2", "train")
+    assert train.class_ids == [["x"]] and train.report.notes == []  # no spelling of an integer twice in train
+    # a mixed column: integers by value first, then text by name; '1.0' and '+x' are text, '+7' is 7
+    mixed = [("imgs/0.png", "train", "10"), ("imgs/1.png", "train", "b"), ("imgs/2.png", "train", "2"),
+             ("imgs/3.png", "train", "1.0"), ("imgs/4.png", "train", "a"), ("imgs/5.png", "train", "+7"),
+             ("imgs/6.png", "train", "7"), ("imgs/7.png", "test", "02")]
+    ds = build_dataset("csv", _csv(tmp_path / "mixed", "path,split,fine", mixed), "train")
+    assert ds.class_ids == [[2, 7, 10, "1.0", "a", "b"]]
+    assert ds.labels[:, 0].tolist() == [2, 5, 0, 3, 4, 1, 1]
+    assert ds.report.notes == ["column 'fine' of labels.csv, split 'train': cells '+7' (line 7) and '7' (line 8) "
+                               "are one class 7 (a cell that is an integer is read by its value, as pandas reads an "
+                               "integer column)"]  # '02' is a test row: another split's id space
+    ints = build_dataset("csv", _csv(tmp_path / "ints", "path,split,fine", [(p, "train", c) for p, _, c in mixed
+                                                                             if c.lstrip("+").isdigit()]), "train")
+    assert ints.class_ids == [[2, 7, 10]]  # an all-integer column as before
+
+
+@pytest.mark.parametrize("name", ["", " ", "\t"])
+def test_a_csv_header_with_an_unnamed_scale_column_is_refused_at_line_1(tmp_path: Path, capsys, name: str) -> None:
+    """Was accepted (`data inspect`: `classes: =12`), and `train` then stopped with `key 'scale_names': scale names
+    must be non-empty strings`, a key the user never set, without file or line."""
+    from dynametric.cli import main
+
+    root = _csv(tmp_path / "d", f"path,split,{name},coarse", [("imgs/0.png", "train", "1", "0")])
+    expected = (f"{root / 'labels.csv'}:1: header column 3 has no name (empty or blank); every label column needs a "
+                "scale name (it names the scale in results), got ['path', 'split', '', 'coarse']")
+    with pytest.raises(InputError) as err:
+        build_dataset("csv", root, "train")
+    assert str(err.value) == expected
+    assert main(["data", "inspect", "--format", "csv", "--root", str(root)]) == 1  # was 0, "classes: =1"
+    assert capsys.readouterr().out.splitlines()[1:] == ["1 problem(s):", f"  {expected}"]
+    (root / "labels.csv").write_text("path,split,,\nimgs/0.png,train,1,0\n")  # two of them: not a 'repeated' name
+    with pytest.raises(InputError, match=r"labels\.csv:1: header column 3 has no name"):
+        build_dataset("csv", root, "train")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "oml"])
+def test_a_row_naming_a_folder_says_it_is_a_folder(tmp_path: Path, fmt: str) -> None:
+    """Was `image file not found: .../imgs` for a folder that is there (as `embed --csv` already said)."""
+    root = tmp_path / "d"
+    write_image(root / "imgs" / "a.png")
+    text = ("path,split,fine\nimgs/a.png,train,1\nimgs,train,2\n" if fmt == "csv" else
+            "label,path,split,is_query,is_gallery\n1,imgs/a.png,train,,\n2,imgs,train,,\n")
+    (root / ("labels.csv" if fmt == "csv" else "df.csv")).write_text(text)
+    ds = build_dataset(fmt, root, "train", mode="lenient")
+    assert [(p.line, p.kind, p.message) for p in ds.report.problems] == [
+        (3, "missing_image", f"{root / 'imgs'} is a folder; expected an image file")]
+    (root / "imgs" / "a.png").unlink()  # a file that is not there is still "not found"
+    with pytest.raises(InputError) as err:
+        build_dataset(fmt, root, "train")
+    assert str(err.value).splitlines()[1:] == [f"  {root / ('labels.csv' if fmt == 'csv' else 'df.csv')}:{n}: {m}"
+                                               for n, m in ((2, f"image file not found: {root / 'imgs' / 'a.png'}"),
+                                                            (3, f"{root / 'imgs'} is a folder; expected an image "
+                                                                "file"))]
+
+
+def test_folder_counts_the_hidden_images_it_does_not_read(tmp_path: Path, caplog, capsys) -> None:
+    """Hidden image files (`.1.png`) and images in hidden folders (`.thumbs/x/5.png`) were skipped without a word;
+    now a warning counts and names them (other hidden files, `.DS_Store`, stay unmentioned)."""
+    from dynametric.cli import main
+
+    root = write_folder(tmp_path / "tree", ["train/a/0.png", "train/a/.1.png", "train/.thumbs/x/5.png",
+                                            "train/b/0.png", "train/b/.cache/deep/er/7.JPG", "test/c/0.png"])
+    (root / "train" / "a" / ".DS_Store").write_bytes(b"x")
+    (root / "train" / ".thumbs" / "notes.txt").write_text("not an image")
+    os.symlink(tmp_path, root / "train" / ".elsewhere")  # a hidden link to a folder: not followed
+    with caplog.at_level("WARNING", logger="dynametric.data.base"):
+        ds = build_dataset("folder", root, "train")
+    assert sorted(Path(p).relative_to(root / "train").as_posix() for p in ds.paths) == ["a/0.png", "b/0.png"]
+    warning = (f"3 image file(s) in {root / 'train'} not read, being hidden (a name or a folder above it starting "
+               "with '.'; rename to read them): .thumbs/x/5.png, a/.1.png, b/.cache/deep/er/7.JPG")
+    assert ds.report.warnings == [warning]
+    assert caplog.messages == [f"folder split 'train': {warning}"]
+    assert build_dataset("folder", root, "test").report.warnings == []
+    assert main(["data", "inspect", "--format", "folder", "--root", str(root), "--split", "train"]) == 0
+    assert f"      warning: {warning}" in capsys.readouterr().out.splitlines()

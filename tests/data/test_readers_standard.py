@@ -8,7 +8,7 @@ import pytest
 
 from dynametric.data import build_dataset
 from dynametric.errors import InputError
-from tests.data.conftest import write_cars, write_cars_devkit, write_inshop
+from tests.data.conftest import write_cars, write_cars_devkit, write_image, write_inshop
 
 
 def test_cub_class_split_and_ids(cub_root: Path) -> None:
@@ -193,3 +193,40 @@ def test_cub_and_sop_take_an_image_root(cub_root: Path, sop_root: Path) -> None:
         (sop_root / folder).rename(sop_root / "photos" / folder)
     ds = build_dataset("sop", sop_root, "test", image_root=str(sop_root / "photos"))  # or absolute
     assert Path(ds.paths[2]) == sop_root / "photos" / "cabinet_final" / "555_0.JPG"
+
+
+def test_sop_an_image_id_on_two_rows_is_a_problem(sop_root: Path) -> None:
+    """Was accepted: two rows of one image_id (other images) read as two items without a word."""
+    path = sop_root / "Ebay_train.txt"
+    with open(path, "a") as fh:
+        fh.write("3 3 2 cabinet_final/333_1.JPG\n")  # line 6: image_id 3 again, another image
+        fh.write("x1 3 2 cabinet_final/333_2.JPG\n")  # line 7: an image_id that is no integer
+    for name in ("333_1", "333_2"):
+        write_image(sop_root / "cabinet_final" / f"{name}.JPG")
+    expected = [f"{path}:6: image_id 3 listed again (cabinet_final/333_1.JPG); line 4 gives it to "
+                "bicycle_final/222_0.JPG: each row has its own image_id",
+                f"{path}:7: expected 'image_id class_id super_class_id path', got 'x1 3 2 cabinet_final/333_2.JPG'"]
+    with pytest.raises(InputError) as err:
+        build_dataset("sop", sop_root, "train")
+    assert str(err.value).splitlines()[1:] == [f"  {e}" for e in expected]
+    ds = build_dataset("sop", sop_root, "train", mode="lenient")  # the first row of the id is kept
+    assert len(ds) == 4 and [(p.line, p.kind) for p in ds.report.problems] == [(6, "duplicate"), (7, "malformed_row")]
+    assert len(build_dataset("sop", sop_root, "test")) == 3  # ids are per file: the test file is its own
+
+
+def test_inshop_an_item_id_that_contradicts_its_path_is_a_problem(inshop_root: Path) -> None:
+    """Was accepted: `.../id_00000010/01_3_back.jpg id_00000012` made an image of one item a gallery item of
+    another."""
+    path = inshop_root / "Eval" / "list_eval_partition.txt"
+    write_image(inshop_root / "img/WOMEN/Skirts/id_00000010/01_3_back.jpg")
+    path.write_text(path.read_text().replace("7\n", "8\n", 1)
+                    + "img/WOMEN/Skirts/id_00000010/01_3_back.jpg id_00000012 gallery\n")  # line 10
+    expected = (f"{path}:10: item_id id_00000012 contradicts the image's path "
+                "img/WOMEN/Skirts/id_00000010/01_3_back.jpg, which lies in the folder of item id_00000010 (the "
+                "release keeps each item's images in a folder named by its item_id)")
+    with pytest.raises(InputError) as err:
+        build_dataset("inshop", inshop_root, "gallery")
+    assert str(err.value).splitlines()[1:] == [f"  {expected}"]
+    gallery = build_dataset("inshop", inshop_root, "gallery", mode="lenient")
+    assert len(gallery) == 2 and [p.line for p in gallery.report.problems] == [10]
+    assert len(build_dataset("inshop", inshop_root, "query")) == 2  # a problem of the row's own split only

@@ -88,6 +88,47 @@ def test_csv_labels_integer_and_text_columns(image_root: Path) -> None:
     assert items.class_names == [[], ["animal", "plant", "rock"]]
 
 
+def test_csv_label_cells_mean_the_same_whatever_the_column_holds(image_root: Path, tmp_path: Path) -> None:
+    """A column was all integers (by Python's int(), which also reads '1_000', '٣' and numbers past int64, those
+    raising OverflowError) or else all text, so '1' and '01' were one class or two as the rest of the column
+    happened to be. Now a cell that is an integer is that integer (as in the `csv` dataset format)."""
+    csv_path = tmp_path / "list.csv"
+    cells = ["1", "01", "x", "10", "1.0"]
+    csv_path.write_text("path,fine\n" + "".join(f"imgs/{c}/img_{i:02d}.png,{v}\n" for i, (c, v) in
+                                                enumerate(zip(["animal", "plant", "rock"] * 2, cells))))
+    items = read_image_csv(csv_path, image_root=image_root)
+    assert items.class_names == [["1", "10", "1.0", "x"]]  # integers by value, then text by name
+    assert items.labels[:, 0].tolist() == [0, 0, 3, 1, 2]  # was [1, 0, 4, 3, 2]: '1' and '01' two classes
+    assert items.notes == ["column 'fine' of list.csv: cells '1' (line 2) and '01' (line 3) are one class 1 (a cell "
+                           "that is an integer is read by its value, as pandas reads an integer column)"]
+    csv_path.write_text("path,fine\nimgs/animal/img_00.png,7\nimgs/plant/img_01.png,03\n")  # integers: as before
+    items = read_image_csv(csv_path, image_root=image_root)
+    assert items.labels[:, 0].tolist() == [7, 3] and items.class_names is None and items.notes == []
+    big = "9" * 20
+    csv_path.write_text(f"path,fine\nimgs/animal/img_00.png,1_000\nimgs/plant/img_01.png,5\n"
+                        f"imgs/rock/img_02.png,{big}\nimgs/animal/img_03.png,\u0663\n")
+    items = read_image_csv(csv_path, image_root=image_root)  # text, as the dataset readers read them
+    assert items.class_names == [["5", "1_000", big, "\u0663"]]
+    assert items.labels[:, 0].tolist() == [1, 0, 2, 3]
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("path,,fine", "header column 2 has no name (empty or blank); every label column needs a scale name (it names "
+                   "the scale in results), got ['path', '', 'fine']"),
+    ("path, ,fine", "header column 2 has no name (empty or blank); every label column needs a scale name (it names "
+                    "the scale in results), got ['path', '', 'fine']"),
+    ("path,fine,mean", "a scale column cannot be named 'mean' (an evaluation reports the mean over the scales under "
+                       "it); got ['path', 'fine', 'mean']"),
+])
+def test_csv_scale_columns_need_names(image_root: Path, tmp_path: Path, header: str, message: str) -> None:
+    """An empty scale name went into embed.json, and `evaluate` of the folder then refused its `scale_names`."""
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text(f"{header}\nimgs/animal/img_00.png,1,2\n")
+    with pytest.raises(InputError) as err:
+        read_image_csv(csv_path, image_root=image_root)
+    assert str(err.value) == f"{csv_path}:1: {message}"
+
+
 @pytest.mark.parametrize(("text", "line", "needle"), [
     ("id,fine\nx,1\n", 1, "no 'path' column"),
     ("path,fine\nimgs/animal/img_00.png,1\nimgs/nope.png,2\n", 3, "image file not found"),

@@ -7,12 +7,16 @@
     imgs/0002.jpg,query,brown_bear,bear,mammal
 
 A header row naming ``path``, ``split`` and one column per scale, **finest first** (the column names become the
-scale names). Splits are ``train``, ``val``, ``test``, ``query``, ``gallery``. Class ids may be integers or any
-text. Relative paths are resolved against ``image_root`` (default: the CSV's folder; a relative ``image_root`` is
-relative to the CSV's folder, :func:`~dynametric.data.readers.csv_image_root`). ``root`` is the CSV file, or
-a folder holding ``csv_file`` (default ``labels.csv``). ``query`` and ``gallery`` share one id map. Standard CSV
-quoting, line breaks inside quotes included (a record is numbered by the line it starts on). A bad row is a problem
-of the split its ``split`` cell names; one whose split cannot be read is a problem of every split.
+scale names: none empty, each once, none ``mean``). Splits are ``train``, ``val``, ``test``, ``query``,
+``gallery``. A label cell that is an integer (``[+-]?[0-9]+`` within int64: ``01``, ``1`` and ``+1`` are the class
+1) is that integer, any other cell its text (``1.0``, ``x``), whatever the rest of the column holds; where two
+spellings of one integer occur in a split's id space, its load report notes them with their lines. Classes are
+numbered by sorted raw id: integers by value, then text by name. Relative paths are resolved against
+``image_root`` (default: the CSV's folder; a relative ``image_root`` is relative to the CSV's folder,
+:func:`~dynametric.data.readers.csv_image_root`). ``root`` is the CSV file, or a folder holding ``csv_file``
+(default ``labels.csv``). ``query`` and ``gallery`` share one id map. Standard CSV quoting, line breaks inside
+quotes included (a record is numbered by the line it starts on). A bad row is a problem of the split its ``split``
+cell names; one whose split cannot be read is a problem of every split.
 
 **Folder** (``folder``)::
 
@@ -38,7 +42,6 @@ from dynametric.data.readers import (
     RootGuard,
     image_exists,
     non_utf8_name,
-    parse_int,
     printable_path,
     read_csv_rows,
     require_file,
@@ -48,15 +51,10 @@ from dynametric.data.readers import (
 )
 from dynametric.errors import InputError
 from dynametric.labels import check_scale_names, default_scale_names
+from dynametric.utils.readers import check_header_scale_names, integer_label, label_cell, merged_ids, merged_ids_note
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "query", "gallery")
 _LISTED = 5  # file names a warning spells out
-
-
-def _typed(values: list[str]) -> list[Hashable]:
-    """Integers if every value of a column parses as one, else the text itself."""
-    ints = [parse_int(v) for v in values]
-    return list(values) if any(v is None for v in ints) else ints  # type: ignore[return-value]
 
 
 class CSVFormat:
@@ -76,12 +74,13 @@ class CSVFormat:
         report.header[str(path)] = "own_line"
         missing = [c for c in ("path", "split") if c not in header]
         scales = [h for h in header if h not in ("path", "split")]
-        if missing or not scales or len(set(header)) != len(header):
+        if missing or not scales:
             raise InputError(f"header must name 'path', 'split' and at least one scale column (finest first), each "
                              f"once; got {header}", file=path, line=rows[0][0])
-        if "mean" in scales:  # the name an evaluation gives the mean over the scales
-            raise InputError(f"a scale column cannot be named 'mean' (an evaluation reports the mean over the scales "
-                             f"under it); got {header}", file=path, line=rows[0][0])
+        check_header_scale_names(scales, header, path, rows[0][0])  # none empty (or blank), repeated, or 'mean'
+        if len(set(header)) != len(header):
+            raise InputError(f"header must name 'path', 'split' and at least one scale column (finest first), each "
+                             f"once; got {header}", file=path, line=rows[0][0])
         return header, [(n, [f.strip() for f in r]) for n, r in rows[1:]]
 
     def splits(self, root: str | Path | None, csv_file: str = "labels.csv", **_: object) -> list[str]:
@@ -115,14 +114,13 @@ class CSVFormat:
                     report.add(f"empty path or label in {r}", path, number)
             else:
                 good.append((number, r))
-        typed = [_typed([r[i] for _, r in good]) for i in scale_cols]  # one type per column, over all splits
         group = ("query", "gallery") if split in ("query", "gallery") else (split,)
         out_paths, raw, locs = [], [], []
         ids: list[set[Hashable]] = [set() for _ in scale_cols]
         dup = DuplicateTracker(report)
         guard = RootGuard(img_root, allow_outside_root, check_links=check_files)
-        for k, (number, r) in enumerate(good):
-            labels = tuple(col[k] for col in typed)
+        for number, r in good:
+            labels = tuple(label_cell(r[i]) for i in scale_cols)  # each cell by itself, never by its column
             if r[i_split] in group:
                 for s, v in enumerate(labels):
                     ids[s].add(v)
@@ -140,8 +138,23 @@ class CSVFormat:
             raw.append(labels)
             locs.append((str(path), number))
         report.records = len(out_paths)
+        for i in scale_cols:  # '01' and '1' are one class (the split's id space: query and gallery share one)
+            merged = merged_ids(((r[i], n) for n, r in good if r[i_split] in group), integer_label)
+            if merged:
+                report.notes.append(f"column {header[i]!r} of {path.name}, split {split!r}: "
+                                    f"{merged_ids_note(merged, 'class')}")
         class_ids = [contiguous_ids(list(s))[1] for s in ids] if len(group) == 2 else None
         return SplitRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids)
+
+
+def _images_under(folder: str, top: Path) -> list[str]:
+    """The files with an image extension under the hidden ``folder`` (a ``folder`` tree does not read it), as paths
+    relative to ``top``; a link to a folder is not followed (nor is ``folder`` itself when it is one), and a folder
+    that cannot be listed is passed over (its images are not read either way)."""
+    if os.path.islink(folder):
+        return []
+    return [printable_path(os.path.relpath(os.path.join(d, f), top)) for d, _, names in os.walk(folder)
+            for f in names if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
 
 
 class FolderFormat:
@@ -204,7 +217,10 @@ class FolderFormat:
                        None if exc.filename is None else printable_path(exc.filename), None, "unreadable_folder")
 
         guard = RootGuard(top, allow_outside_root)
+        hidden: list[str] = []  # image files not read for a name, or a folder above them, starting with '.'
         for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=allow_outside_root):
+            hidden += [rel for d in sorted(dirnames) if d.startswith(".")
+                       for rel in _images_under(os.path.join(dirpath, d), top)]
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for d in [d for d in dirnames if not allow_outside_root and os.path.islink(os.path.join(dirpath, d))]:
                 dirnames.remove(d)  # a linked folder may lead anywhere (or loop): reported, not followed
@@ -213,6 +229,8 @@ class FolderFormat:
                            os.path.join(dirpath, d), None, "outside_root")
             for fn in sorted(filenames):
                 if fn.startswith("."):
+                    if Path(fn).suffix.lower() in IMAGE_EXTENSIONS:
+                        hidden.append(printable_path(os.path.relpath(os.path.join(dirpath, fn), top)))
                     continue
                 if Path(fn).suffix.lower() not in IMAGE_EXTENSIONS:
                     ignored.append(printable_path(os.path.relpath(os.path.join(dirpath, fn), top)))
@@ -226,6 +244,12 @@ class FolderFormat:
                                                    if len(ignored) > _LISTED else "")
             report.warnings.append(f"{len(ignored)} file(s) in {printable_path(top)} not read, their names lacking an "
                                    f"image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}): {shown}")
+        if hidden:
+            hidden.sort()
+            shown = ", ".join(hidden[:_LISTED]) + (f", ... ({len(hidden) - _LISTED} more)"
+                                                  if len(hidden) > _LISTED else "")
+            report.warnings.append(f"{len(hidden)} image file(s) in {printable_path(top)} not read, being hidden (a "
+                                   f"name or a folder above it starting with '.'; rename to read them): {shown}")
         if not entries:
             return SplitRecords(split, [], [], tuple(scale_names or ["fine"]), [], report)
         counts = Counter(len(e) - 1 for e in entries if len(e) > 1)

@@ -119,12 +119,25 @@ def require_header(rows: Sequence[tuple[int, list[str]]], report: LoadReport, pa
         raise InputError(f"empty CSV (expected {expected})", file=path)
 
 
-def image_exists(path: str, report: LoadReport, file: Path, line: int | None, check_files: bool) -> bool:
-    """``True`` if ``path`` is a file (or checking is off); otherwise add a ``missing_image`` problem."""
+def image_exists(path: str, report: LoadReport, file: Path, line: int | None, check_files: bool,
+                 at: str = "") -> bool:
+    """``True`` if ``path`` is a file (or checking is off); otherwise add a ``missing_image`` problem
+    (:func:`not_an_image_file`; ``at`` prefixes it, e.g. ``annotation #7: ``)."""
     if not check_files or os.path.isfile(path):
         return True
-    report.add(f"image file not found: {path if path.isprintable() else repr(path)}", file, line, "missing_image")
+    report.add(at + not_an_image_file(path), file, line, "missing_image")
     return False
+
+
+def not_an_image_file(path: str) -> str:
+    """Why ``path``, which is no regular file, cannot be an image: ``image file not found: P``, ``P is a folder;
+    expected an image file`` (never "not found"), or ``P is not a regular file`` (a FIFO, a socket)."""
+    shown = path if path.isprintable() else repr(path)
+    if os.path.isdir(path):
+        return f"{shown} is a folder; expected an image file"
+    if os.path.exists(path):
+        return f"{shown} is not a regular file; expected an image file"
+    return f"image file not found: {shown}"
 
 
 class PathResolver:

@@ -9,11 +9,13 @@
   of the common mirrors (``devkit/cars_train_annos.mat``, ``cars_test_annos_withlabels.mat``, ``cars_train/``,
   ``cars_test/``) is read into the same class ids.
 * **Stanford Online Products** (``sop``): ``Ebay_train.txt`` / ``Ebay_test.txt``, a header row then
-  ``image_id class_id super_class_id path``; labels ``[N, 2]`` = (class_id, super_class_id).
+  ``image_id class_id super_class_id path``; labels ``[N, 2]`` = (class_id, super_class_id). An image_id listed
+  on two rows of a file is a problem (kind ``duplicate``) of the second.
 * **In-Shop Clothes** (``inshop``): ``list_eval_partition.txt`` (at the root or in ``Eval/``): line 1 the image
   count, line 2 the header, then ``image_name item_id evaluation_status``; splits ``train``, ``query``,
   ``gallery`` (query and gallery share one id map). ``with_category=True`` adds the garment category derived from
-  the path (``img/<GENDER>/<Category>/<item>/<file>``) as a second, coarser scale (checked for consistency).
+  the path (``img/<GENDER>/<Category>/<item>/<file>``) as a second, coarser scale (checked for consistency). A row
+  whose image lies in an item folder (``id_...``) other than its ``item_id`` is a problem.
 """
 
 from __future__ import annotations
@@ -219,9 +221,8 @@ class Cars196Format:
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             full = os.path.join(str(image_dir), rel)
-            if check_files and not os.path.isfile(full):
-                report.add(f"annotation #{i}: image file not found: {full}", mat_path, None, "missing_image")
-            elif dup.accept(rel, (cls,), mat_path, None, path=full, at=f"annotation #{i}"):
+            if (image_exists(full, report, mat_path, None, check_files, f"annotation #{i}: ")
+                    and dup.accept(rel, (cls,), mat_path, None, path=full, at=f"annotation #{i}")):
                 out_paths.append(full)
                 raw.append((cls,))
                 locs.append((f"{mat_path} annotation #{i}", None))
@@ -256,14 +257,20 @@ class SOPFormat:
         first = next((p[3] for p in (t.split() for _, t in lines) if len(p) == 4 and p[3] != "path"), None)
         prefix = os.path.join(str(image_folder(base, base, image_root, first, report)), "")
         report.header[str(path)] = "none"
+        image_ids: dict[int, tuple[int, str]] = {}  # image_id -> (line, path) of its first row
         for k, (number, text) in enumerate(lines):
             parts = text.split()
             if k == 0 and parts[:3] == ["image_id", "class_id", "super_class_id"]:
                 report.header[str(path)] = "own_line"
                 continue
-            ints = [parse_int(p) for p in parts[1:3]]
-            if len(parts) != 4 or None in ints:
+            image_id, *ints = [parse_int(p) for p in parts[:3]]
+            if len(parts) != 4 or image_id is None or None in ints:
                 report.add(f"expected 'image_id class_id super_class_id path', got {text.strip()!r}", path, number)
+                continue
+            earlier = image_ids.setdefault(image_id, (number, parts[3]))
+            if earlier[0] != number:  # two rows, one id: one of them is not what the file's author meant
+                report.add(f"image_id {image_id} listed again ({parts[3]}); line {earlier[0]} gives it to "
+                           f"{earlier[1]}: each row has its own image_id", path, number, "duplicate")
                 continue
             full = prefix + parts[3]
             if not image_exists(full, report, path, number, check_files):
@@ -345,6 +352,12 @@ class InShopFormat:
         dup = DuplicateTracker(report, check_links=check_files)
         for number, name, item, status in rows:
             if status != split:
+                continue
+            folder = name.split("/")[-2] if "/" in name else None
+            if folder is not None and folder.startswith("id_") and folder != item:
+                report.add(f"item_id {item} contradicts the image's path {name}, which lies in the folder of item "
+                           f"{folder} (the release keeps each item's images in a folder named by its item_id)", path,
+                           number)
                 continue
             labels: tuple[Hashable, ...] = (item,)
             if with_category:

@@ -44,7 +44,16 @@ from dynametric.utils.io import (
     atomic_write_with,
     remove_stale_temps,
 )
-from dynametric.utils.readers import check_file, check_npy_size, decode_utf8
+from dynametric.utils.readers import (
+    check_file,
+    check_header_scale_names,
+    check_npy_size,
+    decode_utf8,
+    integer_label,
+    label_cell,
+    merged_ids,
+    merged_ids_note,
+)
 
 FORMAT_VERSION = 1
 RESERVED_COLUMNS = ("path", "id", "split")
@@ -210,15 +219,18 @@ def _not_embedded_note(root: str, other: list[str], hidden: int, not_files: list
 
 def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, key: str = "image_root") -> ImageItems:
     """A CSV with a header: ``path`` (required), optional ``id`` (default: the path as written) and ``split``
-    (ignored), every other column a label scale, finest first (integers, or any text mapped to ids by sorted
-    name). Relative paths are resolved against ``image_root`` (default: the CSV's folder; a relative
-    ``image_root`` is relative to the CSV's folder, not to the working directory: :func:`csv_image_root`, whose
-    note, when another folder of that name is under the working directory, is in ``notes``; ``key`` names the
-    option in its errors; ``dynametric embed --image-root`` passes its folder made absolute against the working
-    directory, as a command-line path). Standard CSV quoting
-    (line breaks inside quotes too; a record is numbered by the line it starts on). Every bad row is found before
-    anything is raised: one :class:`InputError` lists them all (``file:line: message``, the first 20 spelled out,
-    as the dataset readers' strict mode does)."""
+    (ignored), every other column a label scale, finest first, named (not empty, not ``mean``). A label cell that is
+    an integer (:func:`~dynametric.utils.readers.label_cell`: ``01``, ``1`` and ``+1`` are 1) is that integer
+    whatever the rest of its column holds, any other cell its text; a column of integers gives the integers
+    themselves as labels, any other column ids ``0..C-1`` by sorted class (integers by value, then text by name),
+    named in ``class_names``; two spellings of one integer in a column get a note in ``notes``. Relative paths
+    are resolved against ``image_root`` (default: the CSV's folder; a relative ``image_root`` is relative to the
+    CSV's folder, not to the working directory: :func:`csv_image_root`, whose note, when another folder of that name
+    is under the working directory, is in ``notes``; ``key`` names the option in its errors; ``dynametric embed
+    --image-root`` passes its folder made absolute against the working directory, as a command-line path). Standard
+    CSV quoting (line breaks inside quotes too; a record is numbered by the line it starts on). Every bad row is
+    found before anything is raised: one :class:`InputError` lists them all (``file:line: message``, the first 20
+    spelled out, as the dataset readers' strict mode does)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("CSV file not found" if not path.exists() else "not a regular file", file=path)
@@ -232,6 +244,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
     header = [c.strip() for c in first]
     if "path" not in header:
         raise InputError(f"header has no 'path' column (found {header})", file=path, line=header_line)
+    check_header_scale_names([c for c in header if c not in RESERVED_COLUMNS], header, path, header_line)
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
         raise InputError(f"duplicate column(s) {dup} in the header", file=path, line=header_line)
@@ -244,6 +257,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
     ids: list[str] = []
     paths: list[Path] = []
     raw: list[list[str]] = [[] for _ in scales]
+    lines: list[int] = []  # the line of each row kept
     seen: dict[str, int] = {}
     problems = list(report.problems)  # records the csv module could not read (a quote left open)
 
@@ -285,6 +299,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
             continue
         for j, s in enumerate(scales):
             raw[j].append(values[col[s]])
+        lines.append(lineno)
         ids.append(item_id)
         paths.append(resolved)
     problems.sort(key=lambda p: p.line or 0)
@@ -295,12 +310,16 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
     class_names = None
     if scales:
         cols, class_names = [], []
-        for values in raw:
-            try:
-                cols.append(np.array([int(v) for v in values], dtype=np.int64))
+        for scale, values in zip(scales, raw):
+            cells = [label_cell(v) for v in values]  # each cell by itself: '01' is 1 whatever else the column holds
+            merged = merged_ids(zip(values, lines), integer_label)
+            if merged:
+                notes.append(f"column {scale!r} of {path.name}: {merged_ids_note(merged, 'class')}")
+            if all(isinstance(c, int) for c in cells):  # integers: the labels are the values themselves
+                cols.append(np.array(cells, dtype=np.int64))
                 class_names.append([])
-            except ValueError:
-                ids_col, names = contiguous_ids(values)
+            else:  # text (or integers and text): ids by sorted class, integers by value first, each named
+                ids_col, names = contiguous_ids(cells)
                 cols.append(ids_col)
                 class_names.append([str(n) for n in names])
         labels = np.stack(cols, axis=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +149,9 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
     except StopIteration:
         raise InputError("file is empty", file=path) from None
     names = [h.strip() for h in header]
-    if not names or any(not n for n in names):
+    if not names:
         raise InputError(f"header must name every column, got {header}", file=path, line=1)
-    if len(set(names)) != len(names):
-        raise InputError(f"duplicate column names in header {names}", file=path, line=1)
+    check_header_scale_names(names, names, path, 1)
     if names[:3] == ["index", "id", "path"]:
         raise InputError("this is the items.csv of a `dynametric embed` folder (index,id,path,<scales>), not a labels "
                          "CSV; give the folder itself (evaluate --embeddings EMB reads its labels.npy) or "
@@ -161,9 +160,15 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
         raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
                          file=path, line=1)
     rows: list[list[int]] = []
+    blank: int | None = None  # the first blank line since the last row: an error unless only blank lines follow
     for lineno, row in enumerate(reader, start=2):
-        if not row or all(not f.strip() for f in row):
-            raise InputError("empty line", file=path, line=lineno)
+        if not row or (len(row) == 1 and not row[0].strip()):  # nothing but white space (a bare ',' is a row)
+            blank = lineno if blank is None else blank
+            continue
+        if blank is not None:
+            raise InputError("blank line between label rows (row k labels embedding k, and in a one-column file a "
+                             "blank line is an empty label; blank lines are allowed only at the end of the file)",
+                             file=path, line=blank)
         if len(row) != len(names):
             raise InputError(f"expected {len(names)} fields, got {len(row)}", file=path, line=lineno)
         vals = []
@@ -181,6 +186,24 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
     if not rows:
         raise InputError("no label rows after the header", file=path)
     return np.asarray(rows, dtype=np.int64), names
+
+
+def check_header_scale_names(names: Sequence[str], header: Sequence[str], path: str | Path, line: int) -> None:
+    """An :class:`InputError` at ``path:line`` (a CSV header, ``header`` its stripped cells) unless the label
+    columns ``names`` (a part of ``header``) each have a name: not empty or blank, each once, none named ``mean``
+    (an evaluation reports the mean over the scales under it); the rule of
+    :func:`dynametric.labels.check_scale_names`, said where the names come from rather than as the key
+    ``scale_names``, which the user never set. The error names the column by its position in the header."""
+    for k, cell in enumerate(header, 1):
+        if not cell and cell in names:
+            raise InputError(f"header column {k} has no name (empty or blank); every label column needs a scale name "
+                             f"(it names the scale in results), got {list(header)}", file=path, line=line)
+    repeated = sorted({n for n in names if list(header).count(n) > 1}, key=list(header).index)
+    if repeated:
+        raise InputError(f"duplicate column name(s) {repeated} in header {list(header)}", file=path, line=line)
+    if "mean" in names:
+        raise InputError(f"a scale column cannot be named 'mean' (an evaluation reports the mean over the scales "
+                         f"under it); got {list(header)}", file=path, line=line)
 
 
 def load_labels_npy(path: str | Path) -> np.ndarray:
@@ -272,12 +295,24 @@ def id_cell(text: str) -> int | str:
     return text if value is None else value
 
 
-def merged_ids(cells: Iterable[tuple[str, int | None]]) -> list[tuple[int, list[tuple[str, int | None]]]]:
-    """The ids that several different texts read as (:func:`id_cell`: ``007`` and ``7`` are both 7), each with
-    those texts and the line of the first of each, from ``(text, line)`` pairs; ``[]`` when none is."""
+def label_cell(text: str) -> int | str:
+    """The class a label cell of a CSV whose label columns may hold integers or text holds (the ``csv`` dataset
+    format, ``dynametric embed --csv``): the int where the cell is an integer field (:func:`integer_label`: ASCII
+    ``[+-]?[0-9]+`` within int64; ``01``, ``1`` and ``+1`` are all 1), else the text itself (``1.0``, ``x``,
+    ``1_000``). A cell's class never depends on the other cells of its column."""
+    value = integer_label(text)
+    return text if value is None else value
+
+
+def merged_ids(cells: Iterable[tuple[str, int | None]], parse: Callable[[str], int | None] | None = None
+               ) -> list[tuple[int, list[tuple[str, int | None]]]]:
+    """The ids that several different texts read as (:func:`id_cell`: ``007`` and ``7`` are both 7; with
+    ``parse=integer_label``, :func:`label_cell`'s rule: ``+7`` too), each with those texts and the line of the
+    first of each, from ``(text, line)`` pairs; ``[]`` when none is."""
+    read = _integer_id if parse is None else parse
     first: dict[int, dict[str, int | None]] = {}
     for text, line in cells:
-        value = _integer_id(text)
+        value = read(text)
         if value is not None:
             first.setdefault(value, {}).setdefault(text, line)
     return [(value, list(spellings.items())) for value, spellings in first.items() if len(spellings) > 1]
