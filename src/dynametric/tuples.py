@@ -4,7 +4,8 @@ and triplets. Both :mod:`dynametric.miners` and :mod:`dynametric.losses` build o
 Conventions (pytorch-metric-learning compatible): pairs are ``(a1, p, a2, n)`` (positive pairs ``(a1[i], p[i])``,
 negative pairs ``(a2[j], n[j])``); triplets are ``(a, p, n)``. Anchors index the query batch, ``p``/``n`` index the
 reference set (the batch itself unless ``ref_labels`` is given). When the reference set *is* the batch an item is
-never its own positive.
+never its own positive: as in pytorch-metric-learning, that is when ``ref_labels`` is ``None`` or the very object
+``labels`` (``ref_labels is labels``; an equal copy is another set, whose item ``i`` pairs with batch item ``i``).
 
 Everything is vectorised. Triplets are enumerated from positive pairs and per-anchor negative lists with
 ``repeat_interleave``/cumsum arithmetic in int64, chunked by anchor, so no ``B x B x B`` mask is ever built and
@@ -29,8 +30,9 @@ def _empty(device: torch.device) -> torch.Tensor:
 
 
 def match_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean ``[B, R]`` masks ``(positives, negatives)``; with ``ref_labels=None`` the diagonal is no positive."""
-    same_set = ref_labels is None
+    """Boolean ``[B, R]`` masks ``(positives, negatives)``; with ``ref_labels=None`` or ``ref_labels is labels``
+    (the same object, pytorch-metric-learning's test) the diagonal is no positive."""
+    same_set = ref_labels is None or ref_labels is labels
     ref = labels if ref_labels is None else ref_labels
     pos = labels.unsqueeze(1) == ref.unsqueeze(0)
     neg = ~pos

@@ -173,6 +173,8 @@ class PMLLoss(MetricLoss):
             given["labels"] = self.prepare_labels(labels, embeddings.shape[0], "labels")
         if ref_emb is not None and ref_labels is not None:
             given["ref_labels"] = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+            if ref_labels is labels:  # PML's own test (no pair (i, i)), kept through the column selection
+                given["ref_labels"] = given["labels"]
         return self.loss(embeddings, **given)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:

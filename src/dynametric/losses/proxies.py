@@ -27,7 +27,8 @@ Differences from PML (documented, deliberate):
 * ``ProxyNCALoss`` keeps every sample, PML drops samples whose own-class probability underflows to exactly 0;
 * ``ArcFaceLoss`` computes ``cos(theta + m)`` as ``cos(theta) cos(m) - sin(theta) sin(m)`` with a clamped
   ``sin``, so the gradient stays finite at ``cos(theta) = +-1`` (same value and gradient elsewhere);
-* ``ref_emb``/``ref_labels`` are rejected with an :class:`InputError` (PML raises an assertion).
+* ``ref_emb``/``ref_labels`` are rejected with an :class:`InputError` (PML raises a ``ValueError``), except the
+  batch's own objects (``ref_emb=embeddings, ref_labels=labels``), which are the plain call, as in PML.
 """
 
 from __future__ import annotations

@@ -69,13 +69,18 @@ class Miner(RecordsStats, nn.Module):
     def label_columns(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None,
                       ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`label_column` of ``labels`` and, when a reference set ``ref_emb`` is given, of ``ref_labels``
-        (then required): ``(labels, ref_labels or None)``, both on the embeddings' device."""
+        (then required): ``(labels, ref_labels or None)``, both on the embeddings' device. When the caller passed
+        ``ref_labels is labels`` (the same object) the second is the first's very object too, so that the
+        pytorch-metric-learning rule "the reference labels are the batch's: no pair ``(i, i)`` is a positive"
+        (:func:`dynametric.tuples.match_masks`) survives the column selection."""
+        same_labels = ref_labels is labels
         labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
         if ref_emb is None:
             return labels, None
         if ref_labels is None:
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-        return labels, self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)
+        ref_col = self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)  # checks its rows
+        return labels, labels if same_labels else ref_col
 
     def forward(
         self,
@@ -85,14 +90,17 @@ class Miner(RecordsStats, nn.Module):
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
         check_embeddings(embeddings, ref_emb)
+        same_emb = ref_emb is embeddings
         labels, ref_lab = self.label_columns(embeddings, labels, ref_emb, ref_labels)
         emb = _mining_dtype(embeddings.detach())
+        # Same objects on purpose, as pytorch-metric-learning hands them to ``mine``: without a reference set (or
+        # with ref_emb is embeddings and ref_labels is labels, the same call) ``mine`` gets ``ref_emb is
+        # embeddings`` and ``ref_labels is labels``; the second is what makes the pairs (i, i) no positives
+        # (``match_masks``), the first what keeps an item from being mined with itself where PML's miner tests it.
         if ref_emb is None or ref_lab is None:
-            # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
-            # the batch (an item is then never its own positive).
             ref, ref_lab = emb, labels
         else:
-            ref = _mining_dtype(ref_emb.detach())
+            ref = emb if same_emb else _mining_dtype(ref_emb.detach())
         with torch.no_grad():
             out = self.mine(emb, labels, ref, ref_lab)
         if self.collect_stats and len(out) in (3, 4):  # all three counts, 0 for tuples it does not return (as PML)
