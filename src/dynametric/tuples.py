@@ -239,10 +239,26 @@ def first_positive_pair_per_label(
     return a[pick], p[pick]
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(embeddings: torch.Tensor, ref_emb: torch.Tensor | None = None) -> torch.dtype:
+    """The dtype a loss or miner computes distances in: the promotion of the embeddings' and ``ref_emb``'s dtypes
+    (``torch.promote_types``: float64 with float32 gives float64), float16/bfloat16 (and their mix) as float32."""
+    dtype = embeddings.dtype if ref_emb is None else torch.promote_types(embeddings.dtype, ref_emb.dtype)
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
 def distance_matrix(distance: Distance, embeddings: torch.Tensor, ref_emb: torch.Tensor | None) -> torch.Tensor:
-    """``distance(embeddings, ref_emb)`` in float32 (losses compute in fp32 under fp16/bf16 autocast)."""
-    mat = distance(embeddings, ref_emb)
-    return mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat
+    """``distance(embeddings, ref_emb)`` computed and returned in :func:`compute_dtype`: half-precision embeddings
+    are converted to float32 *before* the distance (autocast off, so a matmul is not run in half precision either),
+    so the matrix is that of the same values in float32, never rounded to half precision; the gradient flows back
+    through the conversion to the embeddings in their own dtype. Embeddings and ``ref_emb`` of different dtypes
+    are both converted to their common dtype."""
+    dtype = compute_dtype(embeddings, ref_emb)
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        mat = distance(embeddings.to(dtype), None if ref_emb is None else ref_emb.to(dtype))
+    return mat.float() if mat.dtype in HALF_DTYPES else mat  # a foreign distance may still return half precision
 
 
 def pair_masks(

@@ -118,6 +118,11 @@ class MetricLoss(RecordsStats, nn.Module):
             labels, ref_labels = self._labels_from_indices(embeddings, indices_tuple, ref_emb, ref_labels)
         else:
             labels, ref_emb, ref_labels = self.prepare_reference(embeddings, labels, ref_emb, ref_labels)
+        if ref_emb is not None and ref_emb.dtype != embeddings.dtype:
+            # both sides in their promotion (float64 with float32: float64; fp16 with fp32: fp32), so every distance
+            # of the loss is computed in one dtype; each gradient flows back in its own tensor's dtype
+            common = torch.promote_types(embeddings.dtype, ref_emb.dtype)
+            embeddings, ref_emb = embeddings.to(common), ref_emb.to(common)
         if self.reducer is None:
             loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
             if self.embedding_regularizer is not None:

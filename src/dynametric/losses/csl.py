@@ -41,6 +41,7 @@ from torch import nn
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.tuples import compute_dtype
 
 __all__ = ["CSLLoss"]
 
@@ -313,7 +314,8 @@ class CSLLoss(MetricLoss):
             return None
         out: torch.Tensor
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+            # float64 when the embeddings or the reference set are (their promotion), float32 otherwise
+            dtype = torch.float64 if compute_dtype(embeddings, ref_emb) == torch.float64 else torch.float32
             f = F.normalize(embeddings.to(dtype), dim=1)
             if self.mode == "proxy":
                 if ref_emb is not None:
