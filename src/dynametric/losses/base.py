@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -189,9 +190,18 @@ class MetricLoss(RecordsStats, nn.Module):
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)
         if self.uses_all_scales:
             return mat.to(labels.device if isinstance(labels, torch.Tensor) else mat.device)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, numbers.Integral):
+            raise InputError(f"scale {self.scale!r} is not a label column (an integer){self.scale_hint()}", key=name)
         if not -mat.shape[1] <= self.scale < mat.shape[1]:
-            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
+            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)"
+                             f"{self.scale_hint()}", key=name)
         return mat[:, self.scale]
+
+    def scale_hint(self) -> str:
+        """Appended to the error of a :attr:`scale` that is no label column of the labels: empty here; losses on
+        which ``.scale`` means something else in pytorch-metric-learning (CosFace/ArcFace's logit scale, a wrapped
+        PML loss) say where that value lives in dynametric."""
+        return ""
 
     def compute_loss(
         self,

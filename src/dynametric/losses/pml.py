@@ -182,6 +182,12 @@ class PMLLoss(MetricLoss):
             raise InputError(f"{type(self.loss).__name__} has no get_logits()", key="loss")
         return self.loss.get_logits(embeddings)
 
+    def scale_hint(self) -> str:
+        if not hasattr(self.loss, "scale"):
+            return ""
+        return (f"; PMLLoss's .scale is the label column (label_scale), the wrapped {type(self.loss).__name__}'s own "
+                f".scale is .loss.scale, now {self.loss.scale}: set loss.loss.scale instead")
+
     def extra_repr(self) -> str:
         return f"label_scale={self.scale}"
 

@@ -409,6 +409,11 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def scale_hint(self) -> str:
+        return (f"; on dynametric's {type(self).__name__} .scale is the label column (the constructor's label_scale), "
+                f"PML's .scale (the logit scale) is .logit_scale, now {self.logit_scale}: set "
+                f"loss.logit_scale instead")
+
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
         cos = self.distance(emb, self.W.to(emb.dtype).t())
         target = cos.gather(1, labels[:, None])
