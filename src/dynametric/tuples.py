@@ -4,7 +4,8 @@ and triplets. Both :mod:`dynametric.miners` and :mod:`dynametric.losses` build o
 Conventions (pytorch-metric-learning compatible): pairs are ``(a1, p, a2, n)`` (positive pairs ``(a1[i], p[i])``,
 negative pairs ``(a2[j], n[j])``); triplets are ``(a, p, n)``. Anchors index the query batch, ``p``/``n`` index the
 reference set (the batch itself unless ``ref_labels`` is given). When the reference set *is* the batch an item is
-never its own positive.
+never its own positive: as in pytorch-metric-learning, that is when ``ref_labels`` is ``None`` or the very object
+``labels`` (``ref_labels is labels``; an equal copy is another set, whose item ``i`` pairs with batch item ``i``).
 
 Everything is vectorised. Triplets are enumerated from positive pairs and per-anchor negative lists with
 ``repeat_interleave``/cumsum arithmetic in int64, chunked by anchor, so no ``B x B x B`` mask is ever built and
@@ -29,8 +30,9 @@ def _empty(device: torch.device) -> torch.Tensor:
 
 
 def match_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean ``[B, R]`` masks ``(positives, negatives)``; with ``ref_labels=None`` the diagonal is no positive."""
-    same_set = ref_labels is None
+    """Boolean ``[B, R]`` masks ``(positives, negatives)``; with ``ref_labels=None`` or ``ref_labels is labels``
+    (the same object, pytorch-metric-learning's test) the diagonal is no positive."""
+    same_set = ref_labels is None or ref_labels is labels
     ref = labels if ref_labels is None else ref_labels
     pos = labels.unsqueeze(1) == ref.unsqueeze(0)
     neg = ~pos
@@ -237,10 +239,26 @@ def first_positive_pair_per_label(
     return a[pick], p[pick]
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(embeddings: torch.Tensor, ref_emb: torch.Tensor | None = None) -> torch.dtype:
+    """The dtype a loss or miner computes distances in: the promotion of the embeddings' and ``ref_emb``'s dtypes
+    (``torch.promote_types``: float64 with float32 gives float64), float16/bfloat16 (and their mix) as float32."""
+    dtype = embeddings.dtype if ref_emb is None else torch.promote_types(embeddings.dtype, ref_emb.dtype)
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
 def distance_matrix(distance: Distance, embeddings: torch.Tensor, ref_emb: torch.Tensor | None) -> torch.Tensor:
-    """``distance(embeddings, ref_emb)`` in float32 (losses compute in fp32 under fp16/bf16 autocast)."""
-    mat = distance(embeddings, ref_emb)
-    return mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat
+    """``distance(embeddings, ref_emb)`` computed and returned in :func:`compute_dtype`: half-precision embeddings
+    are converted to float32 *before* the distance (autocast off, so a matmul is not run in half precision either),
+    so the matrix is that of the same values in float32, never rounded to half precision; the gradient flows back
+    through the conversion to the embeddings in their own dtype. Embeddings and ``ref_emb`` of different dtypes
+    are both converted to their common dtype."""
+    dtype = compute_dtype(embeddings, ref_emb)
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        mat = distance(embeddings.to(dtype), None if ref_emb is None else ref_emb.to(dtype))
+    return mat.float() if mat.dtype in HALF_DTYPES else mat  # a foreign distance may still return half precision
 
 
 def pair_masks(

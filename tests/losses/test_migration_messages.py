@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
@@ -370,3 +371,48 @@ def test_a_config_gets_the_same_hints_as_build_loss(override, key, hint):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert err.value.key == key and hint in str(err.value), str(err.value)
+
+
+# 6. PML's annealed logit scale: `loss.scale = 16` on CosFace/ArcFace ---------------------------------------------
+
+@pytest.mark.parametrize("name", ["ArcFaceLoss", "CosFaceLoss"])
+def test_setting_scale_on_cosface_arcface_says_the_logit_scale_is_logit_scale(name):
+    """PML users anneal ``loss.scale`` (PML's logit scale); in dynametric ``.scale`` is the label column, so the
+    next call's error says where the logit scale lives (one line, keyed ``labels``), for an integer out of range
+    and for a float alike; setting ``.logit_scale`` is what changes the logits."""
+    emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = LOSSES[name](3, 4).double()
+    hint = (f"on dynametric's {name} .scale is the label column (the constructor's label_scale), PML's .scale (the "
+            "logit scale) is .logit_scale, now 64: set loss.logit_scale instead")
+    for value, says in [(16, "scale 16 out of range for labels with 1 scale(s)"),
+                        (30.0, "scale 30.0 is not a label column (an integer)"),
+                        (0.5, "scale 0.5 is not a label column (an integer)")]:
+        loss.scale = value
+        with pytest.raises(InputError) as err:
+            loss(emb, labels)
+        assert _one_line(err) == f"key 'labels': {says}; {hint}"
+    loss.scale = 0
+    theirs = getattr(pml_losses, name)(num_classes=3, embedding_size=4).double()
+    theirs.W.data.copy_(loss.W.data)
+    loss.logit_scale = theirs.scale = 16
+    assert loss(emb, labels).item() == pytest.approx(theirs(emb, labels).item(), rel=1e-12)
+
+
+def test_scale_errors_of_other_losses_and_of_the_pml_adapter():
+    emb, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    plain = LOSSES["ContrastiveLoss"]()
+    plain.scale = 3
+    with pytest.raises(InputError) as err:
+        plain(emb, labels)
+    assert _one_line(err) == "key 'labels': scale 3 out of range for labels with 1 scale(s)"  # no hint: no such PML use
+    wrapped = pml_loss("ArcFaceLoss", num_classes=3, embedding_size=4)
+    wrapped.scale = 16
+    with pytest.raises(InputError) as err:
+        wrapped(emb, labels)
+    assert _one_line(err) == ("key 'labels': scale 16 out of range for labels with 1 scale(s); PMLLoss's .scale is "
+                              "the label column (label_scale), the wrapped ArcFaceLoss's own .scale is .loss.scale, "
+                              "now 64: set loss.loss.scale instead")
+    plain.scale = np.int64(1)  # a numpy integer is a column
+    coarse = LOSSES["ContrastiveLoss"]()(emb, labels // 2)
+    assert plain(emb, torch.stack([labels, labels // 2], 1)).item() == pytest.approx(coarse.item())

@@ -196,7 +196,7 @@ def test_input_errors():
     with pytest.raises(InputError, match="both as positive and as negative"):
         MultiSimilarityLoss()(emb, y, (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([1])))
     with pytest.raises(InputError, match="ref_emb"):
-        NPairsLoss()(emb, y, None, emb, y)
+        NPairsLoss()(emb, y, None, emb, y.clone())  # the batch's own objects (emb, y) are the plain call, as in PML
     with pytest.raises(ConfigError, match="cosine"):
         CircleLoss(distance=LpDistance())
     with pytest.raises(ConfigError, match="triplets_per_anchor"):

@@ -574,8 +574,11 @@ def test_pml_loss_wraps_self_supervised_multiple_and_label_free_losses():
         vicreg(emb, indices_tuple=mined, ref_emb=aug)
     # a plain PML loss still takes the labels' column, a miner's tuple and a labelled reference set
     ntx = pml_loss("NTXentLoss", label_scale=1)
+    column = labels[:, 1]  # one object: PML drops the pairs (i, i) when ref_labels is labels, so both must see one
     torch.testing.assert_close(ntx(emb, labels, None, aug, labels),
-                               pml_losses.NTXentLoss()(emb, labels[:, 1], None, aug, labels[:, 1]))
+                               pml_losses.NTXentLoss()(emb, column, None, aug, column))
+    torch.testing.assert_close(ntx(emb, labels, None, aug, labels.clone()),
+                               pml_losses.NTXentLoss()(emb, column, None, aug, column.clone()))
     with pytest.raises(InputError, match="ref_emb and ref_labels must be given together"):
         ntx(emb, labels, ref_emb=aug)
     with pytest.raises(InputError, match="ref_labels without ref_emb"):

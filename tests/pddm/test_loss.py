@@ -192,7 +192,12 @@ def test_validation() -> None:
     with pytest.raises(InputError, match="indices_tuple"):
         loss(emb, labels, indices_tuple=(torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
     with pytest.raises(InputError, match="ref_emb"):
-        loss(emb, labels, ref_emb=emb, ref_labels=labels)
+        loss(emb, labels, ref_emb=emb, ref_labels=labels.clone())
+    # the batch's own objects are no reference set (pytorch-metric-learning's rule): the plain call
+    torch.manual_seed(0)
+    plain = loss(emb, labels)
+    torch.manual_seed(0)
+    assert loss(emb, labels, ref_emb=emb, ref_labels=labels).item() == plain.item()
 
 
 def test_a_negative_scale_is_refused_not_read_as_the_last_column() -> None:

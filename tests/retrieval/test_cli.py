@@ -72,12 +72,18 @@ def test_table_output(built: dict[str, Path], capsys) -> None:
     (["--embeddings", "{emb}", "--same", "family"], "unknown scale 'family'"),
     (["--index", "{missing}", "--embeddings", "{emb}"], "index not found"),
     (["--image", "{missing}"], "image file not found"),
+    (["--embeddings", "{zero}"], "{zero}: 2 all-zero row(s), first at row 1 (0-based): a zero vector has no "
+                                 "direction for cosine; fix the embeddings or search an index built with --metric l2"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(built: dict[str, Path], tmp_path: Path, capsys, argv, needle) -> None:
     wrong = tmp_path / "q.npy"
     np.save(wrong, np.ones((3, 5), np.float32))
-    subs = {"{wrong}": str(wrong), "{emb}": str(built["emb"]), "{missing}": str(tmp_path / "missing")}
+    zero = tmp_path / "qzero.npy"
+    np.save(zero, np.array([[1.0] * 16, [0.0] * 16, [0.5] * 16, [0.0] * 16], np.float32))
+    subs = {"{wrong}": str(wrong), "{emb}": str(built["emb"]), "{missing}": str(tmp_path / "missing"),
+            "{zero}": str(zero)}
     argv = [subs.get(a, a) for a in argv]
+    needle = needle.replace("{zero}", str(zero))
     if "--index" not in argv:
         argv = ["--index", str(built["index"]), *argv]
     capsys.readouterr()

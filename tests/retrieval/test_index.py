@@ -205,6 +205,69 @@ def test_clear_errors(tmp_path: Path) -> None:
         unlabeled.search(np.ones((1, 8), np.float32), 3, same="fine")
 
 
+def test_cosine_index_refuses_all_zero_query_rows() -> None:
+    """A zero vector has no direction: a cosine index refuses it (as ``index build`` and ``evaluate`` do), counting
+    the rows and naming the first; l2 and ip indexes search it (its distances are well defined there)."""
+    q = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
+    q[[1, 3]] = 0.0
+    idx = RetrievalIndex.build(make_set(), "flat", "cosine")
+    with pytest.raises(InputError) as info:
+        idx.search(q, 3)
+    assert str(info.value) == ("queries: 2 all-zero row(s), first at row 1 (0-based): a zero vector has no direction "
+                               "for cosine; fix the embeddings or search an index built with --metric l2")
+    with pytest.raises(InputError, match=r"^q\.npy: 1 all-zero row\(s\), first at row 0 \(0-based\): a zero vector"):
+        idx.check_queries(np.zeros(8, np.float32), source="q.npy")
+    with pytest.raises(InputError, match="all-zero"):
+        idx.search(q[1], 1)  # one row given as [D]
+    assert idx.search(q[[0, 2, 4]], 3).ids.shape == (3, 3)  # the other rows are fine
+    for metric in ("l2", "ip"):
+        res = RetrievalIndex.build(make_set(), "flat", metric).search(q, 3)
+        assert (res.ids >= 0).all()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"k": 2.5}, "key 'k': k must be an integer >= 1, got 2.5"),
+    ({"k": True}, "key 'k': k must be an integer >= 1, got True"),
+    ({"k": 0}, "key 'k': k must be an integer >= 1, got 0"),
+    ({"k": "3"}, "key 'k': k must be an integer >= 1, got '3'"),
+    ({"same": "fine", "query_labels": np.zeros((3, 2), np.int64)},
+     "key 'query_labels': query_labels must be [Q] or [Q, S] with one row per query: got shape (3, 2) for 4 queries"),
+    ({"same": "fine", "query_labels": np.zeros(8, np.int64)},
+     "key 'query_labels': query_labels must be [Q] or [Q, S] with one row per query: got shape (8, 1) for 4 queries"),
+    ({"same": "fine", "query_labels": np.zeros((4, 3), np.int64)},
+     "key 'query_labels': query labels have 3 scales, the index 2"),
+    ({"same": "fine", "query_labels": np.full((4, 2), 0.5)},
+     "key 'query_labels': query_labels must be integer class ids (floats only with integral values)"),
+    ({"same": "fine", "query_labels": np.full((4, 2), "a")},
+     "key 'query_labels': query_labels must be integer class ids, got dtype <U1"),
+    ({"query_labels": np.zeros((5, 2), np.int64)},  # checked whether or not same= reads them
+     "key 'query_labels': query_labels must be [Q] or [Q, S] with one row per query: got shape (5, 2) for 4 queries"),
+])
+def test_search_arguments_are_one_line_errors_keyed_to_the_argument(kwargs, message) -> None:
+    """The Python API checks what the command line checks (there: -k and --query-labels), instead of a TypeError
+    from a comparison or range() or numpy's "cannot reshape"."""
+    idx = RetrievalIndex.build(make_set(), "flat", "cosine")
+    q = np.random.default_rng(3).normal(size=(4, 8)).astype(np.float32)
+    kwargs = {"k": 3, **kwargs}
+    with pytest.raises(InputError) as info:
+        idx.search(q, **kwargs)
+    assert str(info.value) == message
+
+
+def test_search_query_labels_of_one_scale_and_integral_floats_are_read_as_class_ids() -> None:
+    s = make_set()
+    idx = RetrievalIndex.build(s, "flat", "cosine")
+    q = s.embeddings[:4]
+    want = idx.search(q, 5, same="fine", query_labels=s.labels[:4])
+    got = idx.search(q, 5, same="fine", query_labels=s.labels[:4].astype(np.float64))
+    np.testing.assert_array_equal(got.ids, want.ids)
+    assert all((s.labels[row[row >= 0], 0] == s.labels[i, 0]).all() for i, row in enumerate(want.ids))
+    one = RetrievalIndex.build(EmbeddingSet(s.embeddings, s.ids, s.paths, s.labels[:, :1], ["fine"], None,
+                                            ["/data"], {}, Path("mem")), "flat", "cosine")
+    np.testing.assert_array_equal(one.search(q, 5, same="fine", query_labels=s.labels[:4, 0]).ids, want.ids)
+    assert int(np.int64(3)) == idx.search(q, np.int64(3)).ids.shape[1]  # a numpy integer is an integer
+
+
 def test_missing_faiss_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
     with pytest.raises(DynametricError, match=r"pip install 'dynametric\[faiss\]'"):

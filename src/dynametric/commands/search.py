@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         names = [str(p) for p in args.image]
     else:
         from dynametric.retrieval.embed import load_embedding_set
+        from dynametric.retrieval.evaluate_io import embeddings_file
         from dynametric.retrieval.model import check_same_model, decoder_note, precision_note
 
         qs = load_embedding_set(args.embeddings)
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                                 f"the query embeddings' ({args.embeddings})")
             notes += [note] if note else []
         q = np.asarray(qs.embeddings, dtype=np.float32)
-        index.check_queries(q, f"query embeddings {args.embeddings}")
+        index.check_queries(q, f"query embeddings {args.embeddings}", source=embeddings_file(args.embeddings))
         names = qs.ids
         if qs.labels is not None and list(qs.scale_names) == list(index.scale_names):
             qlabels = qs.labels

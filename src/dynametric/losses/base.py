@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -117,11 +118,12 @@ class MetricLoss(RecordsStats, nn.Module):
         if labels is None:
             labels, ref_labels = self._labels_from_indices(embeddings, indices_tuple, ref_emb, ref_labels)
         else:
-            labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
-            if (ref_emb is None) != (ref_labels is None):
-                raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-            if ref_emb is not None and ref_labels is not None:
-                ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+            labels, ref_emb, ref_labels = self.prepare_reference(embeddings, labels, ref_emb, ref_labels)
+        if ref_emb is not None and ref_emb.dtype != embeddings.dtype:
+            # both sides in their promotion (float64 with float32: float64; fp16 with fp32: fp32), so every distance
+            # of the loss is computed in one dtype; each gradient flows back in its own tensor's dtype
+            common = torch.promote_types(embeddings.dtype, ref_emb.dtype)
+            embeddings, ref_emb = embeddings.to(common), ref_emb.to(common)
         if self.reducer is None:
             loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
             if self.embedding_regularizer is not None:
@@ -156,13 +158,50 @@ class MetricLoss(RecordsStats, nn.Module):
             ref_labels = torch.arange(ref_emb.shape[0], device=embeddings.device)
         return labels, ref_labels
 
+    def prepare_reference(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(labels, ref_emb, ref_labels)`` as :meth:`compute_loss` takes them: the labels through
+        :meth:`prepare_labels` (checked, their column selected) and the reference set by pytorch-metric-learning's
+        rule, decided on the objects the caller passed (before any column is selected): ``ref_labels is labels``
+        means the reference set's labels are the batch's, so pairs ``(i, i)`` are no positives (the prepared
+        ``ref_labels`` is then the prepared ``labels`` object, which :func:`dynametric.tuples.match_masks` tests);
+        with ``ref_emb is embeddings`` as well the call is the plain in-batch one (``ref_emb = ref_labels = None``).
+        Equal copies are another reference set, whose item ``i`` pairs with batch item ``i`` (as in PML)."""
+        same_labels = ref_labels is labels
+        same_emb = ref_emb is embeddings
+        labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
+        if (ref_emb is None) != (ref_labels is None):
+            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        if ref_emb is None or ref_labels is None:
+            return labels, None, None
+        ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")  # checked against ref_emb
+        if not same_labels:
+            return labels, ref_emb, ref_labels
+        if same_emb:
+            return labels, None, None
+        return labels, ref_emb, labels
+
     def prepare_labels(self, labels: torch.Tensor, num_rows: int, name: str) -> torch.Tensor:
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)
         if self.uses_all_scales:
             return mat.to(labels.device if isinstance(labels, torch.Tensor) else mat.device)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, numbers.Integral):
+            raise InputError(f"scale {self.scale!r} is not a label column (an integer){self.scale_hint()}", key=name)
         if not -mat.shape[1] <= self.scale < mat.shape[1]:
-            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
+            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)"
+                             f"{self.scale_hint()}", key=name)
         return mat[:, self.scale]
+
+    def scale_hint(self) -> str:
+        """Appended to the error of a :attr:`scale` that is no label column of the labels: empty here; losses on
+        which ``.scale`` means something else in pytorch-metric-learning (CosFace/ArcFace's logit scale, a wrapped
+        PML loss) say where that value lives in dynametric."""
+        return ""
 
     def compute_loss(
         self,

@@ -41,6 +41,7 @@ from torch import nn
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
 from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.tuples import compute_dtype
 
 __all__ = ["CSLLoss"]
 
@@ -287,11 +288,7 @@ class CSLLoss(MetricLoss):
         there instead, without one). Also stored, detached, in :attr:`last_terms`."""
         if embeddings.dim() != 2:
             raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
-        labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
-        if (ref_emb is None) != (ref_labels is None):
-            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-        if ref_emb is not None and ref_labels is not None:
-            ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        labels, ref_emb, ref_labels = self.prepare_reference(embeddings, labels, ref_emb, ref_labels)
         out = self._terms(embeddings, labels, ref_emb, ref_labels)
         if out is not None and self.last_skipped_anchors == embeddings.shape[0]:  # pairs: no anchor has one
             self.last_terms = None
@@ -305,11 +302,13 @@ class CSLLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """The per-scale terms, or ``None`` for an empty batch (a shape: no host read)."""
+        """The per-scale terms, or ``None`` for an empty batch (a shape: no host read). ``ref_labels is labels``
+        (:meth:`prepare_reference`): the reference set's labels are the batch's, so ``(i, i)`` is no positive."""
+        same_labels = ref_labels is None or ref_labels is labels
         labels = labels.to(embeddings.device)
         self._check_batch_labels(labels)
         if ref_labels is not None:
-            ref_labels = ref_labels.to(embeddings.device)
+            ref_labels = labels if same_labels else ref_labels.to(embeddings.device)
             self._check_batch_labels(ref_labels)
         self._skipped = None
         if embeddings.shape[0] == 0:
@@ -317,7 +316,8 @@ class CSLLoss(MetricLoss):
             return None
         out: torch.Tensor
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+            # float64 when the embeddings or the reference set are (their promotion), float32 otherwise
+            dtype = torch.float64 if compute_dtype(embeddings, ref_emb) == torch.float64 else torch.float32
             f = F.normalize(embeddings.to(dtype), dim=1)
             if self.mode == "proxy":
                 if ref_emb is not None:
@@ -325,11 +325,11 @@ class CSLLoss(MetricLoss):
                 out = self._proxy_terms(f, labels)
             else:
                 if ref_emb is None:
-                    r, ref_labels, same_set = f, labels, True
+                    r, ref_labels = f, labels
                 else:
-                    r, same_set = F.normalize(ref_emb.to(dtype), dim=1), False
+                    r = F.normalize(ref_emb.to(dtype), dim=1)
                 assert ref_labels is not None
-                out = self._pair_terms(f, labels, r, ref_labels, same_set)
+                out = self._pair_terms(f, labels, r, ref_labels, same_labels)
         self.last_terms = out.detach()
         return out
 

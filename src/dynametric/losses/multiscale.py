@@ -276,7 +276,14 @@ class MultiScaleLoss(MetricLoss):
             emb = embeddings if rows is None else embeddings[rows]
             lab = labels[:, s] if rows is None else labels[rows, s]
             mined = None if indices_tuple is None else indices_tuple[s]
-            ref_lab = None if ref_labels is None else ref_labels[:, s]
+            if ref_labels is None:
+                ref_lab = None
+            elif ref_labels is labels and rows is None:
+                # the reference set's labels are the batch's (prepare_reference): the scale's loss and miner get the
+                # very object `lab`, so they drop the pairs (i, i) as pytorch-metric-learning does
+                ref_lab = lab
+            else:  # a chunk of rows against the whole reference set: no row of it is the chunk's "own" row
+                ref_lab = ref_labels[:, s]
             miner = self._miner_at[s]
             if mined is None and miner is not None and emb.shape[0] > 0:
                 mined = miner(emb, lab, ref_emb, ref_lab)

@@ -5,7 +5,8 @@ distinct classes, ``L = mean_i CE(softmax_j <f_i, f_j^+>, i)``. Keyword argument
 pytorch-metric-learning's ``NPairsLoss``: its default ``DotProductSimilarity()`` normalises the embeddings, so the
 default here is ``DotProductSimilarity(normalize_embeddings=True)`` (= cosine). Sohn's original uses the raw dot
 product with an L2 penalty on the embeddings: pass ``distance=DotProductSimilarity()`` (unnormalised in dynametric)
-and regularise separately. ``ref_emb`` is not supported.
+and regularise separately. ``ref_emb`` is not supported (except the batch's own objects, ``ref_emb=embeddings,
+ref_labels=labels``: the plain call, as in PML).
 """
 
 from __future__ import annotations

@@ -173,12 +173,20 @@ class PMLLoss(MetricLoss):
             given["labels"] = self.prepare_labels(labels, embeddings.shape[0], "labels")
         if ref_emb is not None and ref_labels is not None:
             given["ref_labels"] = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+            if ref_labels is labels:  # PML's own test (no pair (i, i)), kept through the column selection
+                given["ref_labels"] = given["labels"]
         return self.loss(embeddings, **given)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.loss, "get_logits"):
             raise InputError(f"{type(self.loss).__name__} has no get_logits()", key="loss")
         return self.loss.get_logits(embeddings)
+
+    def scale_hint(self) -> str:
+        if not hasattr(self.loss, "scale"):
+            return ""
+        return (f"; PMLLoss's .scale is the label column (label_scale), the wrapped {type(self.loss).__name__}'s own "
+                f".scale is .loss.scale, now {self.loss.scale}: set loss.loss.scale instead")
 
     def extra_repr(self) -> str:
         return f"label_scale={self.scale}"

@@ -27,7 +27,8 @@ Differences from PML (documented, deliberate):
 * ``ProxyNCALoss`` keeps every sample, PML drops samples whose own-class probability underflows to exactly 0;
 * ``ArcFaceLoss`` computes ``cos(theta + m)`` as ``cos(theta) cos(m) - sin(theta) sin(m)`` with a clamped
   ``sin``, so the gradient stays finite at ``cos(theta) = +-1`` (same value and gradient elsewhere);
-* ``ref_emb``/``ref_labels`` are rejected with an :class:`InputError` (PML raises an assertion).
+* ``ref_emb``/``ref_labels`` are rejected with an :class:`InputError` (PML raises a ``ValueError``), except the
+  batch's own objects (``ref_emb=embeddings, ref_labels=labels``), which are the plain call, as in PML.
 """
 
 from __future__ import annotations
@@ -407,6 +408,11 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
 
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def scale_hint(self) -> str:
+        return (f"; on dynametric's {type(self).__name__} .scale is the label column (the constructor's label_scale), "
+                f"PML's .scale (the logit scale) is .logit_scale, now {self.logit_scale}: set "
+                f"loss.logit_scale instead")
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, indices_tuple: IndicesTuple | None) -> dict:
         cos = self.distance(emb, self.W.to(emb.dtype).t())

@@ -14,16 +14,10 @@ from torch import nn
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
-from dynametric.tuples import IndicesTuple
+from dynametric.tuples import IndicesTuple, compute_dtype
 from dynametric.utils.stats import RecordsStats
 
 logger = logging.getLogger("dynametric.losses")  # the logger name miners have always used (shared with the losses)
-
-
-def _mining_dtype(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as miners compare it: float16/bfloat16 in float32 (distances, thresholds and the distance matrix all in
-    float32, never rounded back to half precision), any other dtype as it is (float64 is mined in float64)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def check_embeddings(embeddings: torch.Tensor, ref_emb: torch.Tensor | None = None) -> None:
@@ -51,7 +45,9 @@ class Miner(RecordsStats, nn.Module):
     Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
     ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
     near-ties are decided exactly as pytorch-metric-learning decides them), float16 and bfloat16 in float32: the
-    embeddings are converted before the distance matrix is computed, so it is never rounded to half precision.
+    embeddings are converted before the distance matrix is computed, with autocast off, so it is never rounded to
+    half precision. Embeddings and ``ref_emb`` of different dtypes are mined in their promotion
+    (:func:`dynametric.tuples.compute_dtype`: float64 with float32 in float64, half with float32 in float32).
     ``collect_stats=True`` records ``num_triplets``, ``num_pos_pairs`` and ``num_neg_pairs`` (0 for the kind of
     tuple the miner does not return, as PML) and miner-specific values after each call.
     """
@@ -72,13 +68,18 @@ class Miner(RecordsStats, nn.Module):
     def label_columns(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None,
                       ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`label_column` of ``labels`` and, when a reference set ``ref_emb`` is given, of ``ref_labels``
-        (then required): ``(labels, ref_labels or None)``, both on the embeddings' device."""
+        (then required): ``(labels, ref_labels or None)``, both on the embeddings' device. When the caller passed
+        ``ref_labels is labels`` (the same object) the second is the first's very object too, so that the
+        pytorch-metric-learning rule "the reference labels are the batch's: no pair ``(i, i)`` is a positive"
+        (:func:`dynametric.tuples.match_masks`) survives the column selection."""
+        same_labels = ref_labels is labels
         labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
         if ref_emb is None:
             return labels, None
         if ref_labels is None:
             raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
-        return labels, self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)
+        ref_col = self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)  # checks its rows
+        return labels, labels if same_labels else ref_col
 
     def forward(
         self,
@@ -88,15 +89,20 @@ class Miner(RecordsStats, nn.Module):
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
         check_embeddings(embeddings, ref_emb)
+        same_emb = ref_emb is embeddings
         labels, ref_lab = self.label_columns(embeddings, labels, ref_emb, ref_labels)
-        emb = _mining_dtype(embeddings.detach())
+        dtype = compute_dtype(embeddings, ref_emb)  # mixed dtypes: their promotion; half precision: float32
+        emb = embeddings.detach().to(dtype)
+        # Same objects on purpose, as pytorch-metric-learning hands them to ``mine``: without a reference set (or
+        # with ref_emb is embeddings and ref_labels is labels, the same call) ``mine`` gets ``ref_emb is
+        # embeddings`` and ``ref_labels is labels``; the second is what makes the pairs (i, i) no positives
+        # (``match_masks``), the first what keeps an item from being mined with itself where PML's miner tests it.
         if ref_emb is None or ref_lab is None:
-            # Same objects on purpose: ``mine`` tests ``ref_emb is embeddings`` to know that the reference set is
-            # the batch (an item is then never its own positive).
             ref, ref_lab = emb, labels
         else:
-            ref = _mining_dtype(ref_emb.detach())
-        with torch.no_grad():
+            ref = emb if same_emb else ref_emb.detach().to(dtype)
+        # autocast off: under it a float32 matmul (the cosine matrix) would run, and be rounded, in half precision
+        with torch.no_grad(), torch.autocast(device_type=emb.device.type, enabled=False):
             out = self.mine(emb, labels, ref, ref_lab)
         if self.collect_stats and len(out) in (3, 4):  # all three counts, 0 for tuples it does not return (as PML)
             triplets = len(out) == 3

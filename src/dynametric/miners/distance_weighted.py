@@ -120,12 +120,11 @@ class DistanceWeightedMiner(Miner):
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
-        ref = None if ref_emb is embeddings else ref_labels
         if self.mines_nothing:
             empty = torch.empty(0, dtype=torch.long, device=labels.device)
             return empty, empty.clone(), empty.clone()
-        pos, neg = match_masks(labels, ref)
-        probs = self.sampling_probabilities(embeddings, labels, ref_emb, ref)
+        pos, neg = match_masks(labels, ref_labels)  # no positive (i, i) when ref_labels is labels
+        probs = self.sampling_probabilities(embeddings, labels, ref_emb, ref_labels)
         anchors = torch.nonzero(pos.any(1) & neg.any(1)).flatten()
         if anchors.numel() == 0:
             empty = torch.empty(0, dtype=torch.long, device=labels.device)

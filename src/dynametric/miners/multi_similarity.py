@@ -29,7 +29,12 @@ class MultiSimilarityMiner(Miner):
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
-        pos, neg = match_masks(labels, None if ref_emb is embeddings else ref_labels)
+        pos, neg = match_masks(labels, ref_labels)  # no positive (i, i) when ref_labels is labels
+        if ref_emb is embeddings and ref_labels is not labels:
+            # the batch against itself with other (equal) label objects: like PML's miner, which tests
+            # ``embeddings is ref_emb`` here, no item is mined with itself
+            not_self = ~torch.eye(*pos.shape, dtype=torch.bool, device=pos.device)
+            pos, neg = pos & not_self, neg & not_self
         if not bool(pos.any()) or not bool(neg.any()):
             empty = torch.empty(0, dtype=torch.long, device=labels.device)
             return empty, empty.clone(), empty.clone(), empty.clone()

@@ -28,13 +28,6 @@ def mining_matrix(distance: Distance, embeddings: torch.Tensor, ref_emb: torch.T
     return mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat
 
 
-def _ref_labels_or_none(
-    embeddings: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
-) -> torch.Tensor | None:
-    """``None`` when the reference set is the batch itself (so an item is never its own positive)."""
-    return None if ref_emb is embeddings else ref_labels
-
-
 class TripletMarginMiner(Miner):
     """Triplets by their margin: all violating, hard, semihard or easy (see module docstring)."""
 
@@ -53,7 +46,7 @@ class TripletMarginMiner(Miner):
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
-        a, p, n = get_all_triplets_indices(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
+        a, p, n = get_all_triplets_indices(labels, ref_labels)
         mat = mining_matrix(self.distance, embeddings, ref_emb)
         ap, an = mat[a, p], mat[a, n]
         mu = ap - an if self.distance.higher_is_closer else an - ap
@@ -83,7 +76,7 @@ class BatchHardMiner(Miner):
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
-        pos, neg = match_masks(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
+        pos, neg = match_masks(labels, ref_labels)
         mat = mining_matrix(self.distance, embeddings, ref_emb)
         big = torch.finfo(mat.dtype).max
         # "harder" = farther positive / closer negative; flip the sign of similarities to use distances' rule.
@@ -130,7 +123,7 @@ class PairMarginMiner(Miner):
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor
     ) -> IndicesTuple:
-        a1, p, a2, n = get_all_pairs_indices(labels, _ref_labels_or_none(embeddings, ref_emb, ref_labels))
+        a1, p, a2, n = get_all_pairs_indices(labels, ref_labels)
         mat = mining_matrix(self.distance, embeddings, ref_emb)
         pd, nd = mat[a1, p], mat[a2, n]
         if self.collect_stats:

@@ -448,15 +448,30 @@ class RetrievalIndex:
             raise InputError(f"unknown scale {name!r}; this index has scales {self.scale_names}", key="--scale")
         return self.scale_names.index(name)
 
-    def check_queries(self, q: np.ndarray, what: str = "queries") -> np.ndarray:
+    def check_queries(self, q: np.ndarray, what: str = "queries", *, source: str | Path | None = None) -> np.ndarray:
+        """``q`` (``[Q, D]`` or one ``[D]`` row) checked and prepared for this index's metric (rows L2-normalised
+        for cosine). Refused with one line: another dimension, a non-numeric array, NaN or Inf, and for a cosine
+        index all-zero rows (a zero vector has no direction, so its neighbours would be arbitrary; counted, with
+        the first one, as ``index build`` and ``evaluate`` refuse them). ``what`` names the queries in the errors,
+        ``source`` the file they came from (the command line's ``--embeddings``), named by the zero-row error as
+        ``index build`` names its file."""
         q = np.asarray(q)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InputError(f"{what} have dimension {q.shape[-1] if q.ndim else 'scalar'} (shape {q.shape}), but "
                              f"the index has dimension {self.dim}")
+        if q.dtype.kind not in "biuf":
+            raise InputError(f"{what} must be a numeric array, got dtype {q.dtype}")
         if not np.isfinite(q).all():
             raise InputError(f"{what} contain NaN or Inf")
+        if self.metric == "cosine":
+            zero = ~q.any(axis=1)
+            if zero.any():
+                raise InputError(f"{'' if source is not None else what + ': '}{int(zero.sum())} all-zero row(s), "
+                                 f"first at row {int(np.flatnonzero(zero)[0])} (0-based): a zero vector has no "
+                                 "direction for cosine; fix the embeddings or search an index built with --metric l2",
+                                 file=source)
         return _prepare(q, self.metric)
 
     def reconstruct(self, i: int) -> np.ndarray:
@@ -481,12 +496,13 @@ class RetrievalIndex:
         has ``k`` results, or as many as it can have (the number of classes at the scale, the size of its class),
         or the whole index is searched: the results are exact for a ``flat`` index.
         """
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}", key="-k")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InputError(f"k must be an integer >= 1, got {k!r}", key="k")
         if scale is not None and same is not None:
             raise InputError("give either --scale (group by class) or --same (filter to the query's class), not both",
                              key="--same")
         qs = self.check_queries(q)
+        ql = None if query_labels is None else self._check_query_labels(query_labels, len(qs))
         si = self.scale_index(scale)
         sa = self.scale_index(same) if same is not None else None
         ex = None if exclude is None else np.asarray(exclude).reshape(-1)
@@ -505,11 +521,7 @@ class RetrievalIndex:
             exclude = ex.astype(np.int64)
         if same is not None:
             sa_idx = int(sa)  # type: ignore[arg-type]
-            if query_labels is not None:
-                ql = np.asarray(query_labels, dtype=np.int64).reshape(len(qs), -1)
-                if ql.shape[1] != len(self.scale_names):
-                    raise InputError(f"query labels have {ql.shape[1]} scales, the index {len(self.scale_names)}",
-                                     key="--query-labels")
+            if ql is not None:
                 target = ql[:, sa_idx]
             else:
                 _, nn = faiss_search(self.index, qs, 2 if exclude is not None else 1)
@@ -543,6 +555,27 @@ class RetrievalIndex:
         short = int(((ids >= 0).sum(axis=1) < np.minimum(achievable, k)).sum())
         return SearchResult(ids, dist, mode, scale if si is not None else same, target if same is not None else None,
                             short)
+
+    def _check_query_labels(self, query_labels: Any, rows: int) -> np.ndarray:
+        """``search``'s ``query_labels`` as ``[Q, S]`` int64: ``[Q]`` (one scale) or ``[Q, S]`` integer class ids
+        (floats with integral values too), one row per query and one column per scale of the index; anything else
+        is one line keyed ``query_labels``."""
+        ql = np.asarray(query_labels)
+        if ql.ndim == 1:
+            ql = ql[:, None]
+        if ql.ndim != 2 or ql.shape[0] != rows:
+            raise InputError(f"query_labels must be [Q] or [Q, S] with one row per query: got shape {ql.shape} for "
+                             f"{rows} queries", key="query_labels")
+        if ql.shape[1] != len(self.scale_names):
+            raise InputError(f"query labels have {ql.shape[1]} scales, the index {len(self.scale_names)}",
+                             key="query_labels")
+        if ql.dtype.kind == "f":
+            if not (np.isfinite(ql) & (ql == np.round(ql))).all():
+                raise InputError("query_labels must be integer class ids (floats only with integral values)",
+                                 key="query_labels")
+        elif ql.dtype.kind not in "iu":
+            raise InputError(f"query_labels must be integer class ids, got dtype {ql.dtype}", key="query_labels")
+        return ql.astype(np.int64)
 
     def _search_block(self, qs: np.ndarray, k: int, need: np.ndarray, si: int | None, sa: int | None,
                       target: np.ndarray | None, ex: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

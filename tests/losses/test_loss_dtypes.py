@@ -1,0 +1,142 @@
+"""Dtypes of the tuple losses and the miners: half-precision embeddings are computed in float32 (the distance
+matrix from the embeddings converted first, autocast off, never rounded back to half precision), so a loss of
+fp16/bf16 embeddings is the loss of the same values in float32, value and gradient (the gradient arriving in the
+embeddings' own dtype); embeddings and ``ref_emb`` of different dtypes are computed in their promotion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynametric import distances as dm_dist
+from dynametric.losses import LOSSES
+from dynametric.miners import MINERS
+from dynametric.tuples import compute_dtype
+
+TUPLE_LOSSES = [
+    ("ContrastiveLoss", {}),
+    ("TripletMarginLoss", {"margin": 0.3}),
+    ("TripletMarginLoss", {"margin": 0.3, "swap": True, "smooth_loss": True}),
+    ("NPairsLoss", {}),
+    ("LiftedStructureLoss", {}),
+    ("GeneralizedLiftedStructureLoss", {}),
+    ("MarginLoss", {"learn_beta": True, "nu": 0.1}),
+    ("MultiSimilarityLoss", {}),
+    ("CircleLoss", {}),
+]
+IDS = [f"{n}-{i}" for i, (n, _) in enumerate(TUPLE_LOSSES)]
+DISTANCES = {"l2": dm_dist.LpDistance, "squared": dm_dist.SquaredL2Distance, "cos": dm_dist.CosineSimilarity}
+HALF = [torch.bfloat16, torch.float16]
+
+
+def batch(seed: int = 0, n: int = 24, d: int = 8, classes: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def make(name, kwargs, dist):
+    if name == "CircleLoss" and dist != "cos":
+        dist = "cos"  # CircleLoss takes the cosine only
+    return LOSSES[name](distance=DISTANCES[dist](), **kwargs)
+
+
+def value_and_grad(loss, emb, labels, **kwargs):
+    e = emb.detach().clone().requires_grad_(True)
+    value = loss(e, labels, **kwargs)
+    value.backward()
+    return value.detach(), e.grad
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("dist", sorted(DISTANCES))
+@pytest.mark.parametrize("name,kwargs", TUPLE_LOSSES, ids=IDS)
+def test_half_precision_embeddings_give_the_float32_loss_of_the_same_values(name, kwargs, dist, dtype):
+    emb, labels = batch(1)
+    half = emb.to(dtype)
+    v_half, g_half = value_and_grad(make(name, kwargs, dist), half, labels)
+    v32, g32 = value_and_grad(make(name, kwargs, dist), half.float(), labels)
+    assert v_half.dtype == torch.float32 and g_half.dtype == dtype
+    assert torch.equal(v_half, v32)  # the same float32 computation, not merely close
+    assert torch.equal(g_half, g32.to(dtype))  # its gradient, rounded once to the embeddings' dtype
+    assert bool(g32.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("name,kwargs", TUPLE_LOSSES, ids=IDS)
+def test_autocast_does_not_lower_the_distance_matrix(name, kwargs, dtype):
+    """float32 embeddings under autocast: the cosine matrix (a matmul, which autocast runs in half precision) is
+    computed with autocast off, so the loss is the one without autocast."""
+    emb, labels = batch(2)
+    plain = value_and_grad(make(name, kwargs, "cos"), emb, labels)
+    e = emb.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=dtype):
+        value = make(name, kwargs, "cos")(e, labels)
+    value.backward()  # outside autocast, as torch recommends
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value.detach(), plain[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(e.grad, plain[1], rtol=1e-5, atol=1e-7)
+
+
+MIXED = [(torch.float64, torch.float32), (torch.float32, torch.float64), (torch.float16, torch.float32),
+         (torch.float32, torch.bfloat16), (torch.bfloat16, torch.float16)]
+
+
+@pytest.mark.parametrize("emb_dtype,ref_dtype", MIXED, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("name,kwargs", [c for c in TUPLE_LOSSES if c[0] != "NPairsLoss"],
+                         ids=[i for i, c in zip(IDS, TUPLE_LOSSES, strict=True) if c[0] != "NPairsLoss"])
+def test_embeddings_and_ref_emb_of_different_dtypes_are_promoted(name, kwargs, emb_dtype, ref_dtype):
+    """Both sides in ``torch.promote_types`` of the two (half precision as float32): the value equals the call
+    with both converted, and each gradient arrives in its own tensor's dtype. (float64 with float32 used to be a
+    RuntimeError from the distance, while fp16 with fp32 was accepted.)"""
+    emb, labels = batch(3)
+    ref, ref_labels = batch(4, n=17)
+    common = compute_dtype(emb.to(emb_dtype), ref.to(ref_dtype))
+    assert common == {frozenset({torch.float64, torch.float32}): torch.float64}.get(
+        frozenset({emb_dtype, ref_dtype}), torch.float32)
+    e = emb.to(emb_dtype).clone().requires_grad_(True)
+    r = ref.to(ref_dtype).clone().requires_grad_(True)
+    value = make(name, kwargs, "l2")(e, labels, ref_emb=r, ref_labels=ref_labels)
+    value.backward()
+    e2 = emb.to(emb_dtype).to(common).clone().requires_grad_(True)
+    r2 = ref.to(ref_dtype).to(common).clone().requires_grad_(True)
+    same = make(name, kwargs, "l2")(e2, labels, ref_emb=r2, ref_labels=ref_labels)
+    same.backward()
+    assert value.dtype == common and torch.equal(value.detach(), same.detach())
+    assert e.grad.dtype == emb_dtype and r.grad.dtype == ref_dtype
+    assert torch.equal(e.grad, e2.grad.to(emb_dtype)) and torch.equal(r.grad, r2.grad.to(ref_dtype))
+
+
+MINER_CASES = [
+    ("TripletMarginMiner", {"margin": 0.2}),
+    ("BatchHardMiner", {}),
+    ("MultiSimilarityMiner", {"epsilon": 0.1}),
+    ("PairMarginMiner", {"pos_margin": 0.5, "neg_margin": 0.9}),
+]
+
+
+@pytest.mark.parametrize("emb_dtype,ref_dtype", MIXED, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("name,kwargs", MINER_CASES, ids=[n for n, _ in MINER_CASES])
+def test_miners_mine_mixed_dtypes_in_their_promotion(name, kwargs, emb_dtype, ref_dtype):
+    emb, labels = batch(5)
+    ref, ref_labels = batch(6, n=17)
+    e, r = emb.to(emb_dtype), ref.to(ref_dtype)
+    common = compute_dtype(e, r)
+    got = MINERS[name](**kwargs)(e, labels, r, ref_labels)
+    want = MINERS[name](**kwargs)(e.to(common), labels, r.to(common), ref_labels)
+    assert [t.tolist() for t in got] == [t.tolist() for t in want]
+
+
+def test_miners_under_autocast_compare_float32_similarities():
+    """Pair margins placed one float32 step above each positive pair's cosine: in float32 every such pair is kept
+    (``s < pos_margin``), as without autocast; a bf16 matrix rounds about half of them above the margin."""
+    emb, labels = batch(7, n=20, d=16)
+    sims = dm_dist.CosineSimilarity()(emb)
+    pos = (labels[:, None] == labels[None, :]) & ~torch.eye(20, dtype=torch.bool)
+    values = sims[pos][:40]
+    for s in values.tolist():
+        margin = float(torch.nextafter(torch.tensor(s), torch.tensor(2.0)))
+        miner = MINERS["PairMarginMiner"](pos_margin=margin, neg_margin=-1.0, distance=dm_dist.CosineSimilarity())
+        plain = miner(emb, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under = miner(emb, labels)
+        assert [t.tolist() for t in under] == [t.tolist() for t in plain]
