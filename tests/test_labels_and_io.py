@@ -72,3 +72,97 @@ def test_evaluate_with_text_labels_says_so():
     emb = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
     with pytest.raises(InputError, match="labels must be integer class ids, got <U1 values"):
         evaluate_embeddings(emb, np.array(["a", "b"] * 25))
+
+
+def test_npy_and_bytes_writers_write_what_np_save_writes_and_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    """atomic_save_npy writes np.save's bytes through Python's file IO: a full disk (a short write, then ENOSPC) is
+    an OSError naming the target, the earlier file stays and no temporary file is left."""
+    import errno
+    import io
+
+    from dynametric.utils.io import atomic_save_npy, atomic_write_bytes
+    from tests.disk import fill_up_after
+
+    arrays = [np.arange(12, dtype=np.int64).reshape(6, 2), np.linspace(0, 1, 35, dtype=np.float32).reshape(5, 7),
+              np.asfortranarray(np.arange(6, dtype=np.int64).reshape(2, 3)), np.zeros((0, 4), np.float32)]
+    for i, arr in enumerate(arrays):
+        expected = io.BytesIO()
+        np.save(expected, arr)
+        atomic_save_npy(tmp_path / f"{i}.npy", arr)
+        assert (tmp_path / f"{i}.npy").read_bytes() == expected.getvalue()
+    target = tmp_path / "0.npy"
+    before = target.read_bytes()
+    fill_up_after(monkeypatch, 100)  # the header (128 bytes) does not fit
+    for write in (lambda: atomic_save_npy(target, np.ones((1000, 16), np.float32)),
+                  lambda: atomic_write_bytes(target, b"x" * 1000)):
+        with pytest.raises(OSError) as info:
+            write()
+        assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(target))
+    assert target.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_write_error_without_errno_names_the_file(tmp_path, monkeypatch):
+    """numpy's short write (`OSError: 16000 requested and 10208 written`, no errno) was passed on as it was, naming
+    no file: it names the target, and where the file system has no free block left it is the full disk it is."""
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    from dynametric.utils.io import atomic_write_text
+
+    target = tmp_path / "out.npy"
+
+    def short_write():  # noqa: ANN202
+        with atomic_open(target, "wb") as fh:
+            fh.write(b"abc")
+            raise OSError("16000 requested and 10208 written")
+
+    with pytest.raises(OSError) as info:
+        short_write()
+    assert (info.value.errno, info.value.filename, info.value.strerror) == (
+        None, str(target), "16000 requested and 10208 written")
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=0))  # a full file system
+    with pytest.raises(OSError) as info:
+        short_write()
+    assert (info.value.errno, info.value.filename, info.value.strerror) == (
+        errno.ENOSPC, str(target), f"{os.strerror(errno.ENOSPC)}; 16000 requested and 10208 written")
+    with pytest.raises(InputError) as keyed:
+        with atomic_open(target, "wb", key="--out"):
+            raise OSError("16000 requested and 10208 written")
+    assert str(keyed.value) == (f"{target} key '--out': cannot write ({os.strerror(errno.ENOSPC)}; 16000 requested "
+                                "and 10208 written; nothing was left half-written: outputs are written to a temporary "
+                                "file and renamed)")
+    assert not target.exists() and not list(tmp_path.iterdir())
+    atomic_write_text(tmp_path / "ok.txt", "fine")  # an error with an errno keeps it, whatever the free space
+    assert (tmp_path / "ok.txt").read_text() == "fine"
+
+
+def test_a_folder_that_cannot_be_made_is_named_not_the_file(tmp_path, monkeypatch):
+    """On a read-only file system the error named the file to write (`ro/run/config.yaml: Read-only file system`)
+    though the folder above it could not be made: it names that folder."""
+    import errno
+    import os
+
+    from dynametric.utils.io import atomic_write_text
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path).startswith(str(ro) + os.sep):  # as Linux: a missing folder above first, then read-only
+            code = errno.EROFS if os.path.isdir(os.path.dirname(path)) else errno.ENOENT
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(OSError) as info:
+        atomic_write_text(ro / "run" / "config.yaml", "x")
+    assert (info.value.errno, info.value.filename) == (errno.EROFS, str(ro / "run"))
+    with pytest.raises(OSError) as info:  # the first folder that could not be made, here the one above
+        atomic_write_text(ro / "a" / "b" / "c.txt", "x")
+    assert info.value.filename == str(ro / "a")
+    with pytest.raises(InputError) as keyed:
+        atomic_write_text(ro / "sub" / "m.json", "x", key="--out")
+    assert str(keyed.value) == f"{ro / 'sub'} key '--out': cannot create the folder ({os.strerror(errno.EROFS)})"
+    assert list(ro.iterdir()) == []

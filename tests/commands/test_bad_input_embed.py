@@ -118,11 +118,11 @@ def test_ctrl_c_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp_path
     real_save = embed_mod.np.save
     calls = {"n": 0}
 
-    def save_then_interrupt(fh, arr):  # the second shard's write is interrupted (file_stats.npy is the first save)
+    def save_then_interrupt(fh, arr, **kwargs):  # the second shard's write is interrupted (file_stats.npy: the first)
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real_save(fh, arr)
+        real_save(fh, arr, **kwargs)
 
     monkeypatch.setattr(embed_mod.np, "save", save_then_interrupt)
     assert _embed(tiny_ckpt, tiny_images, out) == 130

@@ -115,6 +115,38 @@ def test_export_write_error_names_the_target_and_the_option(tiny_ckpt, tmp_path,
     assert err.endswith(f"{out} key '--out': cannot write (Permission denied)") and ".tmp" not in err
 
 
+def _read_only_below(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """No folder can be made inside ``folder`` (a read-only file system, as Linux reports it: a missing folder above
+    first); root, whom chmod does not stop, included."""
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path).startswith(str(folder) + os.sep):
+            code = errno.EROFS if os.path.isdir(os.path.dirname(path)) else errno.ENOENT
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_a_folder_that_cannot_be_made_is_named(tmp_path, tiny_ckpt, capsys, monkeypatch) -> None:
+    """`train --out ro/run` on a read-only file system said `ro/run/config.yaml: Read-only file system`, `export
+    --out ro/sub/m.pt` `ro/sub/m.pt key '--out': cannot write (...)`: the folder that could not be made is named."""
+    from tests.commands.test_train import TINY
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _read_only_below(monkeypatch, ro)
+    erofs = os.strerror(errno.EROFS)
+    err = _error(capsys, "train", "--config", str(cfg), "--out", str(ro / "run"), "--no-progress")
+    assert err == f"dynametric train: error: {ro / 'run'}: {erofs}"
+    err = _error(capsys, "export", "--checkpoint", str(tiny_ckpt), "--out", str(ro / "sub" / "m.pt"), "--no-check")
+    assert err == f"dynametric export: error: {ro / 'sub'} key '--out': cannot create the folder ({erofs})"
+    assert list(ro.iterdir()) == []
+
+
 def test_stale_temp_files_of_killed_writes_are_removed_only_in_own_folders(tmp_path, tiny_images) -> None:
     """What a SIGKILL leaves (``.NAME.<8 chars>.tmp`` of the tool's own files) goes when the command rewrites its
     own folder; files of other names, or of another pattern, stay."""
@@ -332,3 +364,77 @@ def test_all_zero_rows_are_refused_for_cosine(tmp_path, files, capsys) -> None:
     assert RetrievalIndex.build(load_embedding_set(zeros), "flat", "l2").size == 12
     assert "first at row 5" in _error(capsys, "index", "build", "--embeddings", str(zeros), "--out",
                                       str(tmp_path / "idx"))
+
+
+# ------------------------------------------------------------------------------------------- a disk that fills up
+
+
+_LIMITED_CHILD = """
+import contextlib, io, json, sys
+from dynametric.cli import main
+done = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    done.append([code, err.getvalue().strip()])
+print(json.dumps(done))
+"""
+
+
+def _limited(tmp_path: Path, limit: int, *commands: list[str]) -> list[tuple[int, str]]:
+    """Run each ``dynametric`` command line of ``commands`` in one child process whose files may not grow past
+    ``limit`` bytes (RLIMIT_FSIZE: a write past it fails as on a full disk, ``EFBIG`` for ``ENOSPC``, with the same
+    short writes, also of the C/C++ writers of torch, faiss and numpy; Python ignores SIGXFSZ). Returns each one's
+    exit status and stderr."""
+    import subprocess
+    import sys
+
+    resource = pytest.importorskip("resource")
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _LIMITED_CHILD, json.dumps(commands)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, preexec_fn=limit_file_size, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])  # (a C++ terminate kills the child)
+    return [(code, err) for code, err in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of 256-d embeddings: 12 images give a 12 KiB shard, larger than every file written before it."""
+    from tests.retrieval.conftest import make_run
+
+    return make_run(tmp_path_factory.mktemp("wide_run"), dim=256)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary_file(tmp_path, tiny_ckpt, tiny_images,
+                                                                              wide_run) -> None:
+    """Each writer whose library writes the file in C/C++ meets the full disk at its own write: the checkpoint of
+    `train` (torch.save: was a 70-line `RuntimeError: ... unexpected pos` traceback), `export` (torch.jit.save:
+    was a C++ terminate, exit status 134, and `.m.pt.XXXXXXXX.tmp` left behind), an `embed` shard (numpy's
+    tofile: was `error: 12416 requested and 4096 written`, no file named), `index build`'s index.faiss (faiss: was
+    a RuntimeError traceback). Each is now one line `<file>: <reason>` (exit status 2) and no temporary file."""
+    from tests.commands.test_train import TINY
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    emb = tmp_path / "full_emb"  # written without a limit, for index build
+    assert main(["embed", "--checkpoint", str(wide_run), "--images", str(tiny_images / "imgs"), "--out", str(emb),
+                 "--no-progress"]) == 0
+    too_big = os.strerror(errno.EFBIG)
+    cases = [  # (command, its folder, the one line expected): at 4 KiB each meets the limit at the file named
+        (["train", "--config", "tiny.yaml", "--out", "run", "--no-progress"], "run",
+         f"dynametric train: error: {tmp_path / 'run' / 'best.ckpt'}: {too_big}"),
+        (["export", "--checkpoint", str(tiny_ckpt), "--out", "x/m.pt", "--no-check"], "x",
+         f"dynametric export: error: x/m.pt key '--out': cannot write ({too_big})"),
+        (["embed", "--checkpoint", str(wide_run), "--images", str(tiny_images / "imgs"), "--out", "emb",
+          "--no-progress"], "emb", f"dynametric embed: error: {Path('emb') / 'shards' / 'shard_00000.npy'}: {too_big}"),
+        (["index", "build", "--embeddings", str(emb), "--out", "idx"], "idx",
+         f"dynametric index: error: {Path('idx') / 'index.faiss'}: {too_big}")]
+    results = _limited(tmp_path, 4096, *(argv for argv, _, _ in cases))
+    for (argv, folder, expected), (code, err) in zip(cases, results):
+        assert (code, err.splitlines()[-1:]) == (2, [expected]), (argv, err)
+        assert "Traceback" not in err and not list((tmp_path / folder).rglob("*.tmp")), argv

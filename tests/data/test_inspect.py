@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,89 @@ def test_sample_grid_honours_swap_rb(dyml_vehicle: Path, tmp_path: Path, capsys:
             assert im.size == (3 * 96, 2 * 96)  # 5 images → 3 columns, 2 rows
             r, _, b = im.convert("RGB").getpixel((48, 48))
         assert (r > 200 and b < 50) if expect_red else (b > 200 and r < 50)
+
+
+def _grid(root: Path, grid: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    return _run(["data", "inspect", "--format", "csv", "--root", str(root), "--grid", str(grid), *extra], capsys)
+
+
+def test_grid_never_replaces_a_file_it_did_not_write(csv_root: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`--grid` wrote over any file, the dataset's own labels.csv and images included; it writes a new file or
+    replaces a grid an earlier `--grid` wrote (its PNG text Software = 'dynametric data inspect'), and refuses
+    anything else before any work, in one line naming the file, which stays as it was."""
+    from PIL.PngImagePlugin import PngInfo
+
+    (tmp_path / "mine.txt").write_text("my notes\n")
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "photo.png")  # a PNG, but no grid
+    text = PngInfo()
+    text.add_text("Software", "GIMP 2.10")
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "gimp.png", pnginfo=text)
+    targets = [csv_root / "labels.csv", csv_root / "imgs" / "a.png", tmp_path / "mine.txt", tmp_path / "photo.png",
+               tmp_path / "gimp.png"]
+    before = {t: t.read_bytes() for t in targets}
+    for target in targets:
+        code, out = _grid(csv_root, target, capsys, "--split", "train")
+        assert (code, out) == (2, f"error: {target} key '--grid': exists and is not a sample grid an earlier data "
+                                  "inspect --grid wrote (a PNG whose Software text is 'dynametric data inspect'); it "
+                                  "is not overwritten: choose another --grid, or remove the file yourself\n")
+        assert target.read_bytes() == before[target]
+    grid = tmp_path / "grid.png"
+    errs: list[str] = []
+    for count in ("4", "1"):  # an earlier grid is replaced
+        assert _run(["data", "inspect", "--format", "csv", "--root", str(csv_root), "--split", "train", "--grid",
+                     str(grid), "--grid-count", count], capsys, errs)[0] == 0
+    assert f"wrote {grid}: a grid of 1 image(s) of split 'train'" in errs[-1]
+    from dynametric.data.inspect import GRID_SOFTWARE
+
+    with Image.open(grid) as im:
+        assert im.size == (96, 96) and im.info["Software"] == GRID_SOFTWARE == "dynametric data inspect"
+    link = tmp_path / "link.png"
+    link.symlink_to(grid)
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    kept = grid.read_bytes()
+    assert _grid(csv_root, link, capsys) == (2, f"error: {link} key '--grid': is a symbolic link; --grid names a PNG "
+                                                "file to write\n")
+    assert _grid(csv_root, folder, capsys) == (2, f"error: {folder} key '--grid': is a folder; expected the path of "
+                                                  "a PNG file to write\n")
+    assert grid.read_bytes() == kept and list(folder.iterdir()) == []
+
+
+def test_grid_never_replaces_a_file_of_the_dataset(csv_root: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Not even a grid of an earlier `--grid` that the dataset lists as an image (a copy, or a hard link in another
+    split than the one drawn)."""
+    from dynametric.data.inspect import write_sample_grid
+
+    grid = tmp_path / "grid.png"
+    assert _grid(csv_root, grid, capsys, "--split", "train")[0] == 0
+    kept = grid.read_bytes()
+    (csv_root / "imgs" / "z.png").write_bytes(kept)  # an earlier grid, now an image of split 'train'
+    os.link(grid, csv_root / "imgs" / "h.png")  # the grid itself, also an image of split 'query'
+    with open(csv_root / "labels.csv", "a") as fh:
+        fh.write("imgs/z.png,train,robin,thrush,bird\nimgs/h.png,query,grizzly,bear,mammal\n"
+                 "imgs/gone.png,gallery,wren,wren_family,bird\n")
+    refused = " key '--grid': is one of the dataset's own files (an index file or an image it lists); it is never " \
+              "overwritten: choose another --grid\n"
+    for target in (csv_root / "imgs" / "z.png", grid):
+        code, out = _grid(csv_root, target, capsys, "--no-verify-images")
+        assert (code, out) == (2, f"error: {target}{refused}")
+    assert (csv_root / "imgs" / "z.png").read_bytes() == grid.read_bytes() == kept
+    with pytest.raises(DynametricError, match="is one of the dataset's own files"):  # the library: the split drawn
+        write_sample_grid("csv", csv_root, "train", csv_root / "imgs" / "z.png", options={"mode": "lenient"})
+    assert _grid(csv_root, tmp_path / "new.png", capsys, "--no-verify-images")[0] == 1  # gone.png: a problem
+
+
+def test_a_grid_removes_what_a_killed_write_of_it_left(csv_root: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    stale = [tmp_path / ".grid.png.ab12cd34.tmp", tmp_path / ".grid.png.x_y_z_09.tmp"]
+    kept = [tmp_path / ".grid.png.AB12CD34.tmp", tmp_path / ".other.png.ab12cd34.tmp",
+            tmp_path / ".grid.png.ab12cd3.tmp", tmp_path / "grid.png.ab12cd34.tmp"]
+    for p in stale + kept:
+        p.write_text("x")
+    assert _grid(csv_root, tmp_path / "grid.png", capsys, "--split", "train")[0] == 0
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)
 
 
 def test_through_the_real_cli(csv_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,6 +59,29 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left behind
 
 
+def test_a_checkpoint_on_a_full_disk_is_an_oserror_naming_it(tmp_path, monkeypatch):
+    """torch.save writing the file itself reported a full disk as `RuntimeError: [enforce fail at
+    inline_container.cc:672] ... unexpected pos` (a 70-line traceback from `train`); the checkpoint is serialised
+    in memory and written with Python's file IO, so a full disk is an OSError (ENOSPC) naming the checkpoint, the
+    earlier checkpoint stays whole and no temporary file is left."""
+    import errno
+
+    from tests.disk import fill_up_after
+
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file({"step": torch.tensor(1)}, path)
+    fill_up_after(monkeypatch, 700)  # the zip's first entries fit, the rest does not
+    with pytest.raises(OSError) as info:
+        save_checkpoint_file({"step": torch.tensor(2), "w": torch.zeros(10_000)}, path)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(path))
+    monkeypatch.undo()
+    assert load_checkpoint_file(path)["step"].item() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    save_checkpoint_file({"step": torch.tensor(3), "w": torch.zeros(10_000)}, path)  # a round trip in memory
+    loaded = load_checkpoint_file(path)
+    assert loaded["step"].item() == 3 and torch.equal(loaded["w"], torch.zeros(10_000))
+
+
 def test_embedder_weights_round_trip_and_mismatch(tmp_path):
     src = ToyEmbedder()
     path = tmp_path / "best.ckpt"

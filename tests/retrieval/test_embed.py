@@ -450,3 +450,29 @@ def test_each_batch_reaches_the_host_after_the_next_one_was_handed_over(image_ro
         expected.append(f"host {b + count - 1}")
         b += count
     assert log == expected and n > 7  # more than one shard, several batches per shard
+
+
+def test_assembled_embeddings_are_np_save_bytes_and_a_full_disk_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    """embeddings.npy (embed's assembly, merge-embeddings) was written through a memory map of a sparse file, which
+    a full disk kills with SIGBUS (exit status 135) and a temporary file left behind; it is written block by block
+    with Python's file IO: np.save's bytes, and a full disk is an OSError naming the file."""
+    import errno
+    import io
+
+    from dynametric.retrieval.embed import _write_rows
+    from tests.disk import fill_up_after
+
+    rows = np.random.default_rng(0).normal(size=(37, 5)).astype(np.float32)
+    out = tmp_path / "embeddings.npy"
+    _write_rows(out, [rows[:10], rows[10:11], rows[11:]], 37, 5)
+    expected = io.BytesIO()
+    np.save(expected, rows)
+    assert out.read_bytes() == expected.getvalue()
+    with pytest.raises(RuntimeError, match="36 rows were written, the header says 37"):
+        _write_rows(tmp_path / "short.npy", [rows[:36]], 37, 5)
+    fill_up_after(monkeypatch, 300)
+    with pytest.raises(OSError) as info:
+        _write_rows(out, [rows[:10], rows[10:]], 37, 5)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(out))
+    monkeypatch.undo()
+    assert out.read_bytes() == expected.getvalue() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]

@@ -93,3 +93,39 @@ def test_export_never_overwrites_a_file_it_did_not_write(run_ckpt: Path, tmp_pat
         assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(tmp_path / name), *extra]) == 2
         assert needle in capsys.readouterr().err
         assert not (tmp_path / name).exists()
+
+
+def test_a_sidecar_of_the_users_own_is_named_as_such(run_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """The user's own `fresh.pt.json` beside a new `--out fresh.pt` read `fresh.pt.json: exists and is not an earlier
+    export ... (no sidecar fresh.pt.json naming it)`; it says what the file is in the way of."""
+    side = tmp_path / "fresh.pt.json"
+    side.write_text('{"mine": true}')
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(tmp_path / "fresh.pt")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric export: error: {side} key '--out': exists and is not the sidecar of an earlier export of "
+        "dynametric (export --out fresh.pt writes its description to fresh.pt.json); it is not overwritten: choose "
+        "another --out, or remove the file yourself")
+    assert side.read_text() == '{"mine": true}' and not (tmp_path / "fresh.pt").exists()
+    mine = tmp_path / "mine.pt"
+    mine.write_text("MYDATA")
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(mine)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric export: error: {mine} key '--out': exists and is not an earlier export of dynametric (no sidecar "
+        "mine.pt.json naming it); it is not overwritten: choose another --out, or remove the file yourself")
+
+
+def test_export_removes_what_a_killed_export_of_its_file_left(run_ckpt: Path, tmp_path: Path) -> None:
+    """A killed (or, before, aborted) export left `.m.pt.XXXXXXXX.tmp` beside `--out`, which no command removed: the
+    next export of that file removes its own and its sidecar's, nothing else; a refused export removes nothing."""
+    stale = [tmp_path / ".m.pt.ab12cd34.tmp", tmp_path / ".m.pt.json.x_y_z_09.tmp"]
+    kept = [tmp_path / ".m.pt.AB12CD34.tmp", tmp_path / ".other.pt.ab12cd34.tmp", tmp_path / ".m.pt.ab12cd3.tmp",
+            tmp_path / "m.pt.ab12cd34.tmp", tmp_path / ".m.pt.ab12cd34.tmp.bak"]
+    for p in stale + kept:
+        p.write_text("x")
+    (tmp_path / "m.pt.json").write_text("{}")  # the user's: the export is refused and removes nothing
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(tmp_path / "m.pt"), "--no-check"]) == 2
+    assert all(p.read_text() == "x" for p in stale + kept)
+    (tmp_path / "m.pt.json").unlink()
+    assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(tmp_path / "m.pt"), "--no-check"]) == 0
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)
+    assert (tmp_path / "m.pt").stat().st_size > 0

@@ -280,9 +280,7 @@ import numpy as np
 import dynametric.retrieval.index as index_module
 from dynametric.cli import main
 
-def killed(index, tmp):  # SIGKILL while the first file (index.faiss) is written: its temporary file stays
-    with open(tmp, "wb") as fh:
-        fh.write(b"half an index")
+def killed(index, writer):  # SIGKILL while the first file (index.faiss) is written: its temporary file stays
     os.kill(os.getpid(), signal.SIGKILL)
 
 faiss = index_module.require_faiss()
@@ -342,7 +340,7 @@ class _Killed(BaseException):
     """A kill of the build (not an Exception: nothing of the build's own error handling runs)."""
 
 
-_WRITERS = ("atomic_write_json", "atomic_write_text", "atomic_write_with", "atomic_open")
+_WRITERS = ("atomic_write_json", "atomic_write_text", "atomic_save_npy", "atomic_open")
 _KILL_POINTS = (BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json", "after index.json")
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from dynametric.commands import positive_int
 from dynametric.commands.options import worker_threads
-from dynametric.data.inspect import inspect_dataset, write_sample_grid
+from dynametric.data.inspect import check_grid_target, inspect_dataset, write_sample_grid
 from dynametric.data.registry import FORMAT_NAMES
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import MAX_WORKERS
@@ -86,15 +86,20 @@ def register(subparsers: Any) -> None:
                    help="do not decode every image (only check that the files exist)")
     p.add_argument("--workers", type=worker_threads, default=4,
                    help=f"threads decoding images, 0 to {MAX_WORKERS} (default 4)")
-    p.add_argument("--grid", metavar="PNG", help="also write a grid of sample images (visual colour check)")
+    p.add_argument("--grid", metavar="PNG", help="also write a grid of sample images (visual colour check) to this "
+                        "new PNG file, or over a grid an earlier --grid wrote; never over another file")
     p.add_argument("--grid-count", type=positive_int, default=16, help="images in the sample grid (default 16)")
     p.set_defaults(func=run, command_name="data inspect")  # errors say `dynametric data inspect: error: ...`
 
 
 def run(args: argparse.Namespace) -> int:
     options = _parse_options(args.option)
+    if args.grid:  # before any work: a new file or an earlier grid, never another file
+        check_grid_target(args.grid)
+    dataset_files: set[str] = set()  # the dataset's own files, which the grid never replaces
     try:
-        result = inspect_dataset(args.format, args.root, args.split, options, args.verify_images, args.workers)
+        result = inspect_dataset(args.format, args.root, args.split, options, args.verify_images, args.workers,
+                                 files=dataset_files)
     except InputError as exc:  # the data layer's error about its root (key 'root') is about --root here
         if exc.file is None and exc.key == "root":
             raise ConfigError(exc.message, key="--root") from None
@@ -102,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.grid and result["splits"]:
         split = next(iter(result["splits"]))
         grid_opts = {k: v for k, v in options.items() if k != "mode"}
-        drawn = write_sample_grid(args.format, args.root, split, args.grid, args.grid_count, grid_opts)
+        drawn = write_sample_grid(args.format, args.root, split, args.grid, args.grid_count, grid_opts,
+                                  inputs=dataset_files)
         print(f"wrote {args.grid}: a grid of {drawn} image(s) of split {split!r}", file=sys.stderr)
     elif args.grid:
         print(f"no grid written to {args.grid}: no split to draw from", file=sys.stderr)

@@ -11,7 +11,8 @@ one PNG (a visual colour check). The command (``dynametric.commands.data``) only
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+import os
+from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ from dynametric.data.oml import box_problem
 from dynametric.data.readers import resolve_root
 from dynametric.data.registry import SYNTHETIC, get_format, list_splits, root_expected, split_options
 from dynametric.errors import InputError
-from dynametric.utils.io import atomic_write_with
+from dynametric.utils.io import atomic_open, remove_stale_temps_of
 
-__all__ = ["inspect_dataset", "write_sample_grid"]
+__all__ = ["check_grid_target", "inspect_dataset", "is_sample_grid", "write_sample_grid"]
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -46,8 +47,11 @@ def _decode(path: str, box: Any = None) -> tuple[str | None, str | None]:
 
 def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] | None = None,
                     options: dict[str, Any] | None = None, verify_images: bool = True,
-                    workers: int = 4) -> dict[str, Any]:
-    """Inspect a dataset; returns the ``--json`` document (``problems`` empty means the dataset is clean)."""
+                    workers: int = 4, *, files: set[str] | None = None) -> dict[str, Any]:
+    """Inspect a dataset; returns the ``--json`` document (``problems`` empty means the dataset is clean). ``files``:
+    a set the paths of the dataset's files are added to (the index files read or missing, the images listed): what
+    ``--grid`` never replaces (:func:`check_grid_target`)."""
+    files = set() if files is None else files
     options = dict(options or {})
     if format != SYNTHETIC:  # a missing root is a usage error (exit 2), not a dataset problem
         resolve_root(root, root_expected(format))
@@ -60,6 +64,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
         if exc.file is None:   # dataset problem (exit 1), as when a reader meets it; other errors are usage errors
             raise
         problems.append((Problem(exc.message, exc.file, exc.line, "missing_file"), None))
+        files.add(str(exc.file))
         names = []
     raw_ids: dict[str, dict[str, set[Hashable]]] = {}  # split -> scale -> raw ids
     items: dict[str, Any] = {}  # split -> its records (paths, oml crop boxes)
@@ -83,6 +88,7 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             for split, where in missing(root, **{k: v for k, v in reader.items() if k != "check_files"}):
                 problems.append((Problem(f"not found: split {split!r} of the {format} release is missing (its test "
                                          "protocol evaluates it)", str(where), None, "missing_file"), split))
+                files.add(str(where))
         for split in names:
             try:
                 rec = fmt.read(root, split, **reader)
@@ -90,7 +96,9 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 if exc.file is None:  # a usage error (unknown split, bad option value): exit status 2
                     raise
                 problems.append((Problem(exc.message, exc.file, exc.line, "missing_file"), split))
+                files.add(str(exc.file))
                 continue
+            files.update(dataset_files(rec))
             problems += [(p, split) for p in rec.report.problems]
             if not rec.paths:  # build_dataset refuses an empty split
                 where = rec.report.files[0] if rec.report.files else None
@@ -179,16 +187,86 @@ def _held_out_problems(format: str, names: Sequence[str], raw_ids: dict[str, dic
     return out
 
 
+GRID_SOFTWARE = "dynametric data inspect"
+"""The ``Software`` text chunk of every PNG :func:`write_sample_grid` writes: what tells an earlier grid, which a
+new one replaces, from any other file, which is never overwritten."""
+
+
+def is_sample_grid(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding a PNG whose ``Software`` text is :data:`GRID_SOFTWARE`,
+    a grid an earlier :func:`write_sample_grid` wrote (only the PNG's header chunks are read)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == GRID_SOFTWARE
+    except Exception:  # noqa: BLE001 - whatever opening a file that is not such a PNG raises
+        return False
+
+
+def check_grid_target(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """``--grid``'s file: a new file or an earlier grid (:func:`is_sample_grid`), never a folder, a symbolic link,
+    any other file, nor one of ``inputs``, the dataset's own files (its index files and images, also one that is an
+    earlier grid or does not exist yet). An :class:`InputError` naming the path and ``--grid`` otherwise."""
+    out = Path(out)
+    if out.is_symlink():
+        raise InputError("is a symbolic link; --grid names a PNG file to write", file=out, key="--grid")
+    if out.is_dir():
+        raise InputError("is a folder; expected the path of a PNG file to write", file=out, key="--grid")
+    exists = out.exists()
+    if exists and not is_sample_grid(out):
+        raise InputError("exists and is not a sample grid an earlier data inspect --grid wrote (a PNG whose "
+                         f"Software text is {GRID_SOFTWARE!r}); it is not overwritten: choose another --grid, or "
+                         "remove the file yourself", file=out, key="--grid")
+    if _is_one_of(out, exists, inputs):
+        raise InputError("is one of the dataset's own files (an index file or an image it lists); it is never "
+                         "overwritten: choose another --grid", file=out, key="--grid")
+    return out
+
+
+def _is_one_of(out: Path, exists: bool, inputs: Iterable[str | Path]) -> bool:
+    """Whether ``out`` is one of the files ``inputs``: the same file (device and inode: links, ``..``, hard links)
+    where ``out`` exists, else the same absolute path (a listed file that is missing)."""
+    if exists:
+        own = out.stat()
+        for name in inputs:
+            try:
+                st = os.stat(name)
+            except (OSError, ValueError):  # missing, unreadable, or a name the OS refuses
+                continue
+            if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+                return True
+        return False
+    targets = {os.path.abspath(out), os.path.realpath(out)}
+    return any(os.path.abspath(name) in targets for name in inputs)
+
+
+def dataset_files(records: Any) -> list[str]:
+    """The files of one split's records (a reader's ``SplitRecords`` or a built dataset): its index files and the
+    images it lists."""
+    report = getattr(records, "report", None)
+    return [*(getattr(report, "files", None) or []), *(str(p) for p in (getattr(records, "paths", None) or []))]
+
+
 def write_sample_grid(format: str, root: str | Path | None, split: str, out: str | Path, count: int = 16,
-                      options: dict[str, Any] | None = None, cell: int = 96) -> int:
+                      options: dict[str, Any] | None = None, cell: int = 96, *,
+                      inputs: Iterable[str | Path] = ()) -> int:
     """Write a PNG grid of the first ``count`` items of ``split`` (``swap_rb`` honoured; an item cropped from its
-    image, an ``oml`` row's box, drawn as that crop, as training sees it); returns the items drawn."""
+    image, an ``oml`` row's box, drawn as that crop, as training sees it); returns the items drawn. ``out`` must be
+    new or an earlier grid, and neither a file of ``split`` nor one of ``inputs`` (the files of the dataset's other
+    splits: :func:`check_grid_target`); the PNG carries the text ``Software`` = :data:`GRID_SOFTWARE`, which is
+    how the next call knows it; what a killed write of ``out`` left beside it is removed."""
+    from PIL.PngImagePlugin import PngInfo
+
     from dynametric.data.registry import build_dataset
 
+    check_grid_target(out, inputs)  # before the dataset is read
     opts = dict(options or {})
     if format != SYNTHETIC:
         opts.setdefault("mode", "lenient")
     ds = build_dataset(format, root, split, **opts)
+    out = check_grid_target(out, [*inputs, *dataset_files(ds)])
     n = min(count, len(ds))
     cols = max(1, math.ceil(math.sqrt(n)))
     grid = Image.new("RGB", (cols * cell, max(1, math.ceil(n / cols)) * cell), (0, 0, 0))
@@ -203,5 +281,9 @@ def write_sample_grid(format: str, root: str | Path | None, split: str, out: str
         else:
             img = Image.fromarray(ds.images[i])
         grid.paste(img.resize((cell, cell)), ((i % cols) * cell, (i // cols) * cell))
-    atomic_write_with(out, lambda tmp: grid.save(tmp, format="PNG"))
+    text = PngInfo()
+    text.add_text("Software", GRID_SOFTWARE)
+    remove_stale_temps_of(out)  # a killed write of this grid's (its own name and pattern only)
+    with atomic_open(out, "wb", key="--grid") as fh:  # Python's file IO: a full disk is one line naming out
+        grid.save(fh, format="PNG", pnginfo=text)
     return n

@@ -104,16 +104,17 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
                     repo_id: str | None = None) -> Path:
     """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card). Files the
     folder already holds under these names are replaced (atomically); nothing else in it is touched."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from dynametric import __version__
-    from dynametric.utils.io import atomic_write_with
+    from dynametric.utils.io import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     kwargs = _build_kwargs(embedder, model_kwargs)
     state = {k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}
-    atomic_write_with(folder / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    # serialised in memory, written with Python's file IO: a full disk is an OSError naming the file
+    atomic_write_bytes(folder / MODEL_FILE, save(state, metadata={"format": "pt"}))
     dims = getattr(embedder, "embedding_dims", None)
     meta = {"format": FORMAT, "format_version": 1, "dynametric_version": __version__, "model": kwargs,
             "embedding_dims": dict(dims) if dims is not None else None, "scale_names": list(scale_names or []),

@@ -39,9 +39,9 @@ from dynametric.errors import InputError, first_sentence
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
     atomic_open,
+    atomic_save_npy,
     atomic_write_json,
     atomic_write_text,
-    atomic_write_with,
     remove_stale_temps,
 )
 from dynametric.utils.readers import (
@@ -503,8 +503,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, {**job, "status": "in_progress"})
     _write_items_csv(out, items)
-    with atomic_open(out / "file_stats.npy", "wb") as fh:
-        np.save(fh, items.file_stats())
+    atomic_save_npy(out / "file_stats.npy", items.file_stats())
 
     from tqdm import tqdm
 
@@ -554,15 +553,13 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
             if not np.isfinite(arr).all():
                 bad = lo + int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
                 raise InputError(f"the model produced a non-finite embedding for item {bad}", file=items.paths[bad])
-            with atomic_open(shard_path(out, s), "wb") as fh:
-                np.save(fh, arr)
+            atomic_save_npy(shard_path(out, s), arr)
             computed.append(s)
     finally:
         bar.close()
     dim = _assemble(out, num_shards, n)
     if items.labels is not None:
-        with atomic_open(out / "labels.npy", "wb") as fh:
-            np.save(fh, np.ascontiguousarray(items.labels, dtype=np.int64))
+        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(items.labels, dtype=np.int64))
     atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
     if not keep_shards:
         for s in range(num_shards):
@@ -763,30 +760,27 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     _write_rows(out / "embeddings.npy", arrays, total, dim)
     if all((p / "file_stats.npy").is_file() for p in order):
         stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
-        with atomic_open(out / "file_stats.npy", "wb") as stats_file:
-            np.save(stats_file, stats)
+        atomic_save_npy(out / "file_stats.npy", stats)
     if all(has_labels):
         labels = np.concatenate([np.load(p / "labels.npy", allow_pickle=False) for p in order])
-        with atomic_open(out / "labels.npy", "wb") as label_file:
-            np.save(label_file, np.ascontiguousarray(labels, dtype=np.int64))
+        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(labels, dtype=np.int64))
     atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
     return EmbedResult(out, total, dim, [], [])
 
 
 def _write_rows(path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> None:
-    """``path`` = the ``[n, dim]`` float32 concatenation of ``blocks``, written atomically through a memory map
-    (one block in memory at a time)."""
-
-    def write(tmp: str) -> None:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        row = 0
+    """``path`` = the ``[n, dim]`` float32 concatenation of ``blocks`` (the bytes ``np.save`` writes), written
+    atomically block by block with Python's file IO (one block in memory at a time; a full disk is one error naming
+    ``path``: a memory map of the file was killed by SIGBUS instead)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, dim)}
+    with atomic_open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        rows = 0
         for block in blocks:
-            mm[row:row + len(block)] = block
-            row += len(block)
-        mm.flush()
-        del mm
-
-    atomic_write_with(path, write)
+            fh.write(np.ascontiguousarray(block, dtype=np.float32).data)
+            rows += len(block)
+        if rows != n:  # the header names n rows
+            raise RuntimeError(f"{path}: {rows} rows were written, the header says {n}")
 
 
 def _assemble(out: Path, num_shards: int, n: int) -> int:

@@ -10,6 +10,7 @@ summation order).
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 
 from dynametric.engine.objective import select_head
 from dynametric.errors import DynametricError, InputError
-from dynametric.utils.io import atomic_write_json, atomic_write_with
+from dynametric.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_with, remove_stale_temps_of
 
 FORMATS = ("torchscript", "onnx")
 DEFAULT_ATOL = 1e-4
@@ -58,13 +59,11 @@ def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor,
     """Trace ``model`` (eval mode) to a frozen TorchScript module and save it atomically (``torch.jit.load``)."""
     traced = _frozen_trace(model, example, head)
     out = Path(out)
-
-    def write(tmp: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still supported
-            torch.jit.save(traced, tmp)
-
-    atomic_write_with(out, write, key=key)
+    buf = io.BytesIO()  # torch.jit.save writing a file itself aborts the process on a full disk (C++ terminate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still supported
+        torch.jit.save(traced, buf)
+    atomic_write_bytes(out, buf.getbuffer(), key=key)
     return out
 
 
@@ -116,7 +115,6 @@ def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: 
         lg.setLevel(logging.ERROR)
     try:
         import contextlib
-        import io
 
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
             atomic_write_with(out, write, key=key)
@@ -188,10 +186,14 @@ def check_export_target(out: Path, fmt: str) -> None:
     for target in (out, sidecar_path(out)):
         if target.is_dir() or target.is_symlink():
             raise InputError("exists and is not a regular file (--out names the exported file)", file=target)
-    if (out.exists() or sidecar_path(out).exists()) and not _earlier_export(out):
-        raise InputError(f"exists and is not an earlier export of dynametric (no sidecar {sidecar_path(out).name} "
-                         "naming it); choose another --out, or remove the file yourself", file=out if out.exists()
-                         else sidecar_path(out))
+    side = sidecar_path(out)
+    if out.exists() and not _earlier_export(out):
+        raise InputError(f"exists and is not an earlier export of dynametric (no sidecar {side.name} naming it); it "
+                         "is not overwritten: choose another --out, or remove the file yourself", file=out, key="--out")
+    if side.exists() and not _earlier_export(out):  # the user's own <out>.json, where the export's sidecar goes
+        raise InputError(f"exists and is not the sidecar of an earlier export of dynametric (export --out {out.name} "
+                         f"writes its description to {side.name}); it is not overwritten: choose another --out, or "
+                         "remove the file yourself", file=side, key="--out")
 
 
 def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, batch: int = 2,
@@ -204,6 +206,8 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}", key="--format")
     check_export_target(out, fmt)
+    for target in (out, sidecar_path(out)):  # what a killed export of this file left beside it (theirs alone)
+        remove_stale_temps_of(target)
     example = example_input(loaded.in_chans, loaded.input_size, batch)
     if fmt == "onnx":
         exporter = export_onnx(loaded.model, out, example, loaded.head, key=key)

@@ -32,9 +32,9 @@ import numpy as np
 from dynametric.errors import ConfigError, DynametricError, InputError, first_sentence
 from dynametric.utils.io import (
     atomic_open,
+    atomic_save_npy,
     atomic_write_json,
     atomic_write_text,
-    atomic_write_with,
     holds_only_own_files,
     remove_stale_temps,
     require_new_folder,
@@ -359,7 +359,8 @@ class RetrievalIndex:
         # first: the folder says that a build is under way and which files it writes (labels.npy: or removes), so
         # a build killed before index.json leaves a folder the next build knows as its own
         atomic_write_json(marker, {"format": BUILD_FORMAT, "version": INDEX_VERSION, "files": list(INDEX_FILES)})
-        atomic_write_with(out / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
+        with atomic_open(out / "index.faiss", "wb") as fh:  # through Python's file IO: a full disk is an OSError
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))  # (faiss's own: a RuntimeError)
         digest = file_sha256(out / "index.faiss")
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -368,8 +369,7 @@ class RetrievalIndex:
             w.writerow([i, item_id, p])
         atomic_write_text(out / "items.csv", buf.getvalue())
         if self.labels is not None:
-            with atomic_open(out / "labels.npy", "wb") as fh:
-                np.save(fh, np.ascontiguousarray(self.labels, dtype=np.int64))
+            atomic_save_npy(out / "labels.npy", np.ascontiguousarray(self.labels, dtype=np.int64))
         elif (out / "labels.npy").exists():
             (out / "labels.npy").unlink()
         atomic_write_json(out / "index.json", {

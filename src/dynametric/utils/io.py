@@ -28,25 +28,41 @@ def _file_target(path: str | Path, key: str | None = None) -> Path:
         raise InputError("is a folder; expected the path of a file to write", file=path, key=key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _write_error(exc, path, key) from None
+    except OSError as exc:  # the error names the folder that could not be made (the file's, or one above it)
+        folder = Path(exc.filename) if exc.filename is not None else path.parent
+        raise _write_error(exc, folder, key, "cannot create the folder") from None
     return path
 
 
-def _write_error(exc: OSError, path: Path, key: str | None) -> BaseException:
+def _write_error(exc: OSError, path: Path, key: str | None, what: str = "cannot write") -> BaseException:
     """An error of the file system while writing ``path``, naming ``path`` (never the temporary file beside it):
-    with ``key`` an InputError ``<path> key '<key>': cannot write (<reason>)``, else the OSError with
-    ``filename = path`` (the command line prints ``<path>: <reason>``)."""
+    with ``key`` an InputError ``<path> key '<key>': cannot write (<reason>)`` (``what`` for another action), else
+    an OSError with ``filename = path`` (the command line prints ``<path>: <reason>``). An error without an
+    ``errno`` (numpy's ``... requested and ... written`` of a short write) names the path too; where the file
+    system it was written on has no free block left, it is reported as the full disk it is (``ENOSPC``)."""
     import errno
 
     from dynametric.errors import InputError
 
-    reason = exc.strerror or str(exc)
+    code, reason = exc.errno, exc.strerror or str(exc) or type(exc).__name__
+    if code is None and _no_space_left(path):
+        code, reason = errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}; {reason}"
     if key is None:
-        return type(exc)(exc.errno, reason, str(path)) if exc.errno is not None else exc
-    if exc.errno == errno.ENOSPC:
+        return OSError(code, reason, str(path))  # an errno gives its subclass (PermissionError ...)
+    if code == errno.ENOSPC:
         reason += "; nothing was left half-written: outputs are written to a temporary file and renamed"
-    return InputError(f"cannot write ({reason})", file=path, key=key)
+    return InputError(f"{what} ({reason})", file=path, key=key)
+
+
+def _no_space_left(path: Path) -> bool:
+    """Whether the file system holding ``path`` (or the nearest folder above it that exists) has no block left."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):  # no statvfs (Windows), or the folder cannot be asked
+        return False
 
 
 TEMP_SUFFIX = ".tmp"
@@ -91,6 +107,13 @@ def remove_stale_temps(folder: Path, targets: Callable[[str], bool]) -> list[Pat
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def remove_stale_temps_of(path: Path) -> list[Path]:
+    """Remove what a killed atomic write of the one file ``path`` left beside it (:func:`is_stale_temp` for the name
+    ``path.name`` only): for an output file in a folder that is not the tool's (``export --out``, ``data inspect
+    --grid``), to be called once that file is known to be the command's to write. Returns the removed paths."""
+    return remove_stale_temps(path.parent, path.name.__eq__)
 
 
 def holds_only_own_files(folder: Path, names: Collection[str], targets: Callable[[str], bool]) -> bool:
@@ -157,13 +180,50 @@ def atomic_open(path: str | Path, mode: str = "w", *, key: str | None = None, **
 def atomic_write_with(path: str | Path, writer: Callable[[str], None], *, key: str | None = None) -> None:
     """Call ``writer(tmp_path)`` to produce a file, then atomically move it to ``path``.
 
-    For libraries that insist on writing to a path themselves (``torch.save``, ``np.save``, faiss).
+    Only for writers that must be given a path and write it with Python's file IO (a failure is then
+    an ``OSError`` with an ``errno``, named by :func:`_write_error`). A library writing the file in C/C++ reports a
+    full disk its own way, or not at all (``torch.save`` a ``RuntimeError: ... unexpected pos``,
+    ``torch.jit.save`` aborts the process, numpy's ``tofile`` an ``OSError`` without ``errno``, a memory map a
+    SIGBUS): give its bytes to :func:`atomic_write_bytes` or a file object of :func:`atomic_open` instead
+    (:func:`atomic_save_npy` for ``np.save``).
     """
     with _replacing(_file_target(path, key), key) as (fd, tmp):
         os.close(fd)
         writer(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, key: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically with Python's file IO (:func:`atomic_open`): a full disk is an
+    ``OSError`` naming ``path``. For what a library serialises in memory (``torch.save`` into an ``io.BytesIO``)."""
+    with atomic_open(path, "wb", key=key) as fh:
+        fh.write(data)
+
+
+class _WriteOnly:
+    """A file object seen only through ``write``: ``np.save`` then writes its bytes with ``write`` (Python's file
+    IO) instead of ``ndarray.tofile``, whose short write on a full disk is an ``OSError`` without ``errno``."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+
+    def write(self, data: bytes) -> int:
+        return self._fh.write(data)
+
+
+def save_npy(fh: IO[bytes], array: Any) -> None:
+    """``np.save(fh, array)`` (the same bytes, no pickle) written with ``fh.write``, so that a write error is the
+    ``OSError`` (with ``errno``) of Python's file IO."""
+    import numpy as np
+
+    np.save(_WriteOnly(fh), array, allow_pickle=False)  # type: ignore[arg-type]
+
+
+def atomic_save_npy(path: str | Path, array: Any, *, key: str | None = None) -> None:
+    """``np.save`` to ``path`` atomically (:func:`atomic_open`, :func:`save_npy`)."""
+    with atomic_open(path, "wb", key=key) as fh:
+        save_npy(fh, array)
 
 
 def atomic_write_text(path: str | Path, text: str, *, key: str | None = None) -> None:
