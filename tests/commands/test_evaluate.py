@@ -315,3 +315,22 @@ def test_files_evaluated_by_id_files_record_them_in_a_protocol_block(data, capsy
     assert json.loads((tmp / "qg.json").read_text())["protocol"] == {
         "name": "query_gallery", "queries": 10, "gallery": 40, "same_sequence_excluded": False,
         "excluded_pairs": 10 * 5, "id_files": {"query_ids": str(tmp / "qid.txt"), "gallery_ids": str(tmp / "ids.txt")}}
+
+
+def test_evaluate_removes_what_a_killed_write_of_its_outputs_left(tmp_path):
+    """A killed `--json` / `--per-query` write left `.res.json.XXXXXXXX.tmp` beside the output, which no command
+    removed: the next evaluation writing that file removes its own, nothing else; a refused one removes nothing."""
+    stale = [tmp_path / ".res.json.ab12cd34.tmp", tmp_path / ".pq.csv.x_y_z_09.tmp"]
+    kept = [tmp_path / ".res.json.AB12CD34.tmp", tmp_path / ".other.json.ab12cd34.tmp",
+            tmp_path / "res.json.ab12cd34.tmp"]
+    for p in stale + kept:
+        p.write_text("x")
+    (tmp_path / "res.json").write_text("mine")  # the user's: the evaluation is refused and removes nothing
+    args = ["evaluate", "--example", "--metrics", "recall@1", "--json", str(tmp_path / "res.json"), "--per-query",
+            str(tmp_path / "pq.csv")]
+    assert main(args) == 2
+    assert all(p.read_text() == "x" for p in stale + kept)
+    (tmp_path / "res.json").unlink()
+    assert main(args) == 0
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "x" for p in kept)
+    assert json.loads((tmp_path / "res.json").read_text())["mean"]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.categories import category_count
-from dynametric.utils.io import atomic_write_json
+from dynametric.utils.io import atomic_write_json, remove_stale_temps_of
 from dynametric.utils.readers import load_ids
 
 
@@ -177,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
                    ("--query-categories", args.query_categories),
                    ("--checkpoint", args.checkpoint), ("--config", args.config)),
                   json_out=args.json_out, per_query_out=args.per_query_out)
+    for out in (args.json_out, args.per_query_out):  # each is the command's to write: a killed write's temporaries
+        if out:
+            remove_stale_temps_of(Path(out))
     cutoff: str | int = args.asi_cutoff
     if cutoff not in ("R_q", "r_q"):
         try:
