@@ -807,12 +807,21 @@ def _check_miner_fits_term(term: LossConfig, key: str, mcfg: MinerConfig, mkey: 
         raise ConfigError(refusal, key=f"{mkey}.name")
     if not term.multiscale:
         return
-    col_arg = label_column_argument(_miner_class(mcfg.name))
-    if col_arg is not None and col_arg in mcfg.kwargs:
-        raise ConfigError(f"with {key}.multiscale: true the miner mines every scale on that scale's labels, so it "
-                          f"takes no label column of its own: remove {mkey}.kwargs.{col_arg} (got "
-                          f"{mcfg.kwargs[col_arg]!r}), or set "
-                          f"{key}.multiscale: false to mine and train on one column", key=f"{mkey}.kwargs.{col_arg}")
+    _refuse_own_label_column(_miner_class(mcfg.name), mcfg.kwargs, mkey, key,
+                             "the miner mines every scale on that scale's labels", "mine and train on one column")
+
+
+def _refuse_own_label_column(cls: Any, kwargs: Mapping[str, Any], section: str, key: str, why: str,
+                             one_column: str) -> None:
+    """Under ``<key>.multiscale: true``: a label column given in ``<section>.kwargs`` (the keyword
+    :func:`~dynametric.labels.label_column_argument` names for ``cls``, any value, 0 included) is a
+    :class:`ConfigError` keyed ``<section>.kwargs.<keyword>``; ``why`` says why each scale needs none,
+    ``one_column`` what ``multiscale: false`` does instead."""
+    col_arg = label_column_argument(cls)
+    if col_arg is not None and col_arg in kwargs:
+        raise ConfigError(f"with {key}.multiscale: true {why}, so it takes no label column of its own: remove "
+                          f"{section}.kwargs.{col_arg} (got {kwargs[col_arg]!r}), or set {key}.multiscale: false to "
+                          f"{one_column}", key=f"{section}.kwargs.{col_arg}")
 
 
 def _check_no_loss_column_under_multiscale(term: LossConfig, key: str) -> None:
@@ -820,14 +829,9 @@ def _check_no_loss_column_under_multiscale(term: LossConfig, key: str) -> None:
     column of the loss's own (its ``scale`` keyword, ``label_scale`` for ``pml:`` names and CosFace/ArcFace, whose
     ``scale`` is the logit scale) means nothing and is refused, 0 included (as ``pml_loss(..., weights=...,
     label_scale=...)`` refuses it in Python): a :class:`ConfigError` keyed ``<key>.kwargs.<keyword>``."""
-    if not term.multiscale:
-        return
-    col_arg = label_column_argument(_loss_class(term.name))
-    if col_arg is not None and col_arg in term.kwargs:
-        raise ConfigError(f"with {key}.multiscale: true each scale's {term.name} trains on that scale's labels, so it "
-                          f"takes no label column of its own: remove {key}.kwargs.{col_arg} (got "
-                          f"{term.kwargs[col_arg]!r}), or set {key}.multiscale: false to train on one column",
-                          key=f"{key}.kwargs.{col_arg}")
+    if term.multiscale:
+        _refuse_own_label_column(_loss_class(term.name), term.kwargs, key, key,
+                                 f"each scale's {term.name} trains on that scale's labels", "train on one column")
 
 
 def _head_dim(cfg: Config, head: str | None) -> int | None:
