@@ -8,6 +8,7 @@ from pytorch_metric_learning import losses as pml_losses
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses import (
+    ContrastiveLoss,
     MarginLoss,
     MultiScaleLoss,
     MultiSimilarityLoss,
@@ -133,6 +134,29 @@ def test_per_scale_miners_mine_each_chunk_with_its_labels():
     torch.testing.assert_close(only_coarse(emb, labels), expected)
     with pytest.raises(ConfigError, match="miners"):
         MultiScaleLoss(TripletMarginLoss(), num_scales=3, miners=[None, None])
+
+
+def test_chunked_scales_with_the_batch_as_reference_set_follow_pml_s_rule_on_each_chunk():
+    """``ref_labels is labels``: the reference set is the batch, so it is chunked as the batch is and no pair (i, i)
+    is a positive (PML's rule, on each chunk); with ``ref_emb is embeddings`` too the call is the plain one."""
+    emb, labels = hierarchy_batch(8, n=24)
+    view = emb + 0.05 * torch.randn(emb.shape, generator=torch.Generator().manual_seed(3), dtype=emb.dtype)
+    rows = list(three_scale_chunks(24, 2))
+    pml = pml_losses.ContrastiveLoss(pos_margin=0.1, neg_margin=0.8)
+    ms = MultiScaleLoss(ContrastiveLoss(pos_margin=0.1, neg_margin=0.8), num_scales=3,
+                        chunks=ThreeScaleChunks(2))
+    plain = ms(emb, labels)
+    torch.testing.assert_close(ms(emb, labels, None, emb, labels), plain)
+    lab = [labels[r, s] for s, r in enumerate(rows)]
+    second_view = sum(pml(emb[r], lab[s], None, view[r], lab[s]) for s, r in enumerate(rows))
+    copies = sum(pml(emb[r], lab[s], None, view[r], lab[s].clone()) for s, r in enumerate(rows))
+    assert not torch.isclose(second_view, copies)  # the pairs (i, i) matter on this batch
+    torch.testing.assert_close(ms(emb, labels, None, view, labels), second_view)
+    # equal copies of the labels are another reference set: every chunk against all of it, (i, i) included
+    whole = sum(pml(emb[r], labels[r, s], None, view, labels[:, s].clone()) for s, r in enumerate(rows))
+    torch.testing.assert_close(ms(emb, labels, None, view, labels.clone()), whole)
+    with pytest.raises(InputError, match="'ref_labels': expected 10 label rows, got 24"):
+        ms(emb, labels, None, view[:10], labels)
 
 
 def test_errors():

@@ -276,21 +276,27 @@ class MultiScaleLoss(MetricLoss):
             emb = embeddings if rows is None else embeddings[rows]
             lab = labels[:, s] if rows is None else labels[rows, s]
             mined = None if indices_tuple is None else indices_tuple[s]
+            ref = ref_emb
             if ref_labels is None:
                 ref_lab = None
-            elif ref_labels is labels and rows is None:
-                # the reference set's labels are the batch's (prepare_reference): the scale's loss and miner get the
-                # very object `lab`, so they drop the pairs (i, i) as pytorch-metric-learning does
+            elif ref_labels is labels:
+                # the reference set is the batch (pytorch-metric-learning's rule, prepare_reference): it is chunked
+                # as the batch is, and the scale's loss and miner get the very object `lab`, so they drop the pairs
+                # (i, i); with `ref_emb is embeddings` as well the call is the plain in-batch one on the chunk
                 ref_lab = lab
+                if ref_emb is embeddings:
+                    ref = emb
+                elif rows is not None:
+                    ref = ref_emb[rows]
             else:  # a chunk of rows against the whole reference set: no row of it is the chunk's "own" row
                 ref_lab = ref_labels[:, s]
             miner = self._miner_at[s]
             if mined is None and miner is not None and emb.shape[0] > 0:
-                mined = miner(emb, lab, ref_emb, ref_lab)
+                mined = miner(emb, lab, ref, ref_lab)
             if emb.shape[0] == 0:  # a zero of the chunk's (no) rows: a non-finite row elsewhere does not make it NaN
                 value = self.zero_loss(emb, f"empty chunk at scale {s}")
             else:
-                value = self.loss_at(s)(emb, lab, mined, ref_emb, ref_lab)
+                value = self.loss_at(s)(emb, lab, mined, ref, ref_lab)
             self.last_scale_losses.append(value.detach())
             weighted = self.weights[s] * value
             weighted_parts.append(weighted.detach())
