@@ -94,6 +94,23 @@ def test_id_and_category_files_saved_with_a_byte_order_mark(tmp_path: Path, caps
     assert err.value.line == 2 and "byte 0xe9 at column 2 cannot be decoded" in str(err.value)
 
 
+def test_an_id_file_takes_blank_lines_at_its_end_only(tmp_path: Path):
+    """Blank lines at the end of an id file are ignored (any number, with spaces or ``\r\n``); a blank line before
+    the last id is an error at its line. It used to be read as the id "", one id shared by every such row, so those
+    rows excluded each other from their rankings; and a second trailing blank line was counted as an id."""
+    from dynametric.errors import InputError
+    from dynametric.utils.readers import load_ids
+
+    (tmp_path / "ids.txt").write_bytes(b"a\r\nb\r\n\r\n  \r\n\n")
+    assert load_ids(tmp_path / "ids.txt", 2) == ["a", "b"]
+    (tmp_path / "ids.txt").write_text("a\n\nb\n \nc\n")
+    with pytest.raises(InputError) as err:
+        load_ids(tmp_path / "ids.txt", 5, "ids of split 'test'", key="--query-ids")
+    assert err.value.line == 2 and str(err.value) == (
+        f"{tmp_path / 'ids.txt'}:2 key '--query-ids': line 2 is empty; expected 5 ids of split 'test', one per line "
+        "(blank lines only at the end of the file)")
+
+
 @pytest.mark.parametrize("option", ["--query-categories", "--query-ids", "--gallery-ids"])
 def test_an_id_file_not_utf8_or_missing_names_its_option(tmp_path: Path, capsys, option: str):
     """A file of bytes that are not UTF-8, or no file, is one line naming the file, the line and the option, as a

@@ -181,15 +181,11 @@ def read_evaluation_files(embeddings: str | None, labels: str | None = None, gal
 
 
 def load_query_categories(path: str, expected: int, notes: list[str] | None = None) -> list[int | str]:
-    """``--query-categories``: one category per query row (:func:`~dynametric.utils.readers.load_ids`), none of
-    them empty, each read as an OML CSV's ``category`` cell is (:func:`~dynametric.utils.readers.id_cell`: ``10``
+    """``--query-categories``: one category per query row (:func:`~dynametric.utils.readers.load_ids`: none of
+    them empty), each read as an OML CSV's ``category`` cell is (:func:`~dynametric.utils.readers.id_cell`: ``10``
     is the int 10, so the report orders ``2``, ``10``, ``bird`` as for the CSV). Where two different lines read as
     one int (``007`` and ``7``) a note saying so is appended to ``notes``."""
-    lines = load_ids(path, expected, "categories", key="--query-categories")
-    if "" in lines:
-        line = lines.index("") + 1
-        raise InputError(f"line {line} is empty; expected one category per query row", file=path, line=line,
-                         key="--query-categories")
+    lines = load_ids(path, expected, "categories", key="--query-categories")  # no empty one before the end
     merged = merged_ids((text, number) for number, text in enumerate(lines, 1))
     if merged and notes is not None:
         notes.append(f"--query-categories {path}: {merged_ids_note(merged, 'category', 'line')}")

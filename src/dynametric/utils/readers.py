@@ -330,15 +330,21 @@ def merged_ids_note(merged: list[tuple[int, list[tuple[str, int | None]]]], what
 
 
 def load_ids(path: str | Path, expected: int, what: str = "ids", key: str | None = None) -> list[str]:
-    """``expected`` ids, one per line of a UTF-8 text file (a trailing empty line is allowed; a byte order mark,
-    as an editor or Excel may write, is not part of the first id; ``\r\n`` and ``\r`` end lines too, and nothing
-    else: a form feed or U+2028 inside a line is part of its id, unlike ``str.splitlines``). ``what``
-    names the lines in the error of a wrong count, ``key`` the option that gave the file."""
+    """``expected`` ids, one per line of a UTF-8 text file (blank lines at the end of the file are ignored, as an
+    editor may leave them; a blank line before the last id is an error at its line, since line k is row k's id and
+    an empty id would be one id shared by every such row; a byte order mark, as an editor or Excel may write, is not
+    part of the first id; ``\r\n`` and ``\r`` end lines too, and nothing else: a form feed or U+2028 inside a line
+    is part of its id, unlike ``str.splitlines``). ``what`` names the lines in the errors, ``key`` the option that
+    gave the file."""
     path = Path(path)
     check_file(path, key)
     ids = [line.strip() for line in decode_utf8(path.read_bytes(), path, key).split("\n")]
-    if ids and ids[-1] == "":
+    while ids and ids[-1] == "":
         ids.pop()
+    if "" in ids:
+        line = ids.index("") + 1
+        raise InputError(f"line {line} is empty; expected {expected} {what}, one per line (blank lines only at the "
+                         "end of the file)", file=path, line=line, key=key)
     if len(ids) != expected:
         raise InputError(f"expected {expected} {what} (one per line), got {len(ids)}", file=path, key=key)
     return ids
