@@ -261,9 +261,10 @@ def test_a_resumed_run_names_its_process_and_removes_a_killed_writes_temporary_f
 
 def test_only_names_the_atomic_writer_makes_count_as_the_runs_temporary_files(tmp_path) -> None:
     """A file named like a run file's temporary file but not in the writer's pattern (``.<name>.<8 random
-    characters>.tmp``), or one of a file the run never writes through a temporary file (Lightning writes
-    logs/hparams.yaml in place), is not the run's: a resume keeps it, and beside an unstarted run it keeps the
-    folder from being taken for that run's."""
+    characters>.tmp``), or one of a file the run never writes (in a folder where it writes none), is not the run's:
+    a resume keeps it, and beside an unstarted run it keeps the folder from being taken for that run's. The
+    writer's temporary file of logs/hparams.yaml is the run's since that file is replaced atomically (Lightning
+    wrote it in place)."""
     from dynametric.pipeline.run import claim_resumed_run, unstarted_run_files
 
     run = tmp_path / "run"
@@ -274,15 +275,20 @@ def test_only_names_the_atomic_writer_makes_count_as_the_runs_temporary_files(tm
     real = _writer_temp_name("last.ckpt", tmp_path)
     assert real.startswith(".last.ckpt.") and len(real) == len(".last.ckpt.") + 8 + len(".tmp")
     look_alikes = [".metrics.json.abc123.tmp", ".last.ckpt.ABCDEFGH.tmp", ".best.ckpt.abcdefgh.old.tmp",
-                   "logs/" + _writer_temp_name("hparams.yaml", tmp_path)]
+                   "logs/.hparams.yaml.ABCDEFGH.tmp", "logs/" + _writer_temp_name("notes.yaml", tmp_path),
+                   _writer_temp_name("hparams.yaml", tmp_path)]
     for name in look_alikes:
         (run / name).write_text("the user's\n")
     assert unstarted_run_files(run) is None  # the look-alikes are not the unstarted run's: nothing is replaced
     (run / real).write_bytes(b"half a checkpoint")
+    hparams_tmp = "logs/" + _writer_temp_name("hparams.yaml", tmp_path)
+    (run / hparams_tmp).write_text("half a yaml")
     lines: list[str] = []
     claim_resumed_run(run, lines.append)
-    assert lines == [f"run folder {run}: removed the temporary files a stopped process left ({real})"]
-    assert not (run / real).exists()
+    assert len(lines) == 1 and lines[0].startswith(f"run folder {run}: removed the temporary files a stopped process "
+                                                   "left (")
+    assert sorted(lines[0][lines[0].index("(") + 1:-1].split(", ")) == sorted([real, hparams_tmp])
+    assert not (run / real).exists() and not (run / hparams_tmp).exists()
     assert all((run / name).read_text() == "the user's\n" for name in look_alikes)
 
 

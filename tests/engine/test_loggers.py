@@ -133,6 +133,28 @@ def test_the_csv_logger_keeps_the_rows_already_in_the_file(tmp_path):
     assert sorted(p.name for p in csv_path.parent.iterdir()) == ["metrics.csv"]
 
 
+def test_the_csv_logger_replaces_hparams_yaml_atomically(tmp_path, monkeypatch):
+    """logs/hparams.yaml is written through a temporary file: a failure while writing it (a kill, a full disk)
+    leaves the earlier file whole and no temporary file (Lightning wrote it in place, so a failure truncated it)."""
+    import yaml
+
+    hparams = tmp_path / "logs" / "hparams.yaml"
+    logger = loggers.build_logger("csv", tmp_path)
+    logger.log_hyperparams({"lr": 0.5, "name": "run"})
+    assert yaml.safe_load(hparams.read_text()) == {"lr": 0.5, "name": "run"}
+
+    def half_written(path, params):  # the YAML writer stops after part of the file, as a full disk stops it
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("lr: 0.")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loggers, "save_hparams_to_yaml", half_written)
+    with pytest.raises(Exception, match="No space left|no space left"):
+        logger.log_hyperparams({"lr": 0.25})
+    assert yaml.safe_load(hparams.read_text()) == {"lr": 0.5, "name": "run"}
+    assert sorted(p.name for p in hparams.parent.iterdir()) == ["hparams.yaml"]
+
+
 def test_loggers_leave_the_protocol_block_out():
     """The results' `protocol` block (what a query -> gallery or leave-one-out evaluation excluded) is not logged:
     its counts (`queries`, `excluded_pairs`, ...) made `test/protocol/<count>` columns of `logs/metrics.csv`, while

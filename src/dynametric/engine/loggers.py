@@ -29,11 +29,12 @@ from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from dynametric.errors import ConfigError
-from dynametric.utils.io import atomic_open
+from dynametric.utils.io import atomic_open, atomic_write_with
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -82,6 +83,13 @@ class _KeepingWriter(ExperimentWriter):
 
     def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here; a resumed run keeps its rows
         self._rows: list[dict[str, Any]] | None = None
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """As Lightning's (``hparams.yaml`` by its own YAML writer), but replacing the file atomically: Lightning
+        writes it in place, so a kill or a full disk while writing left a truncated file."""
+        self.hparams.update(params)
+        atomic_write_with(Path(self.log_dir) / self.NAME_HPARAMS_FILE,
+                          lambda tmp: save_hparams_to_yaml(tmp, self.hparams))
 
     def save(self) -> None:
         if not self.metrics:

@@ -286,7 +286,7 @@ class MultiScaleLoss(MetricLoss):
                 ref_lab = lab
                 if ref_emb is embeddings:
                     ref = emb
-                elif rows is not None:
+                elif rows is not None and ref_emb is not None:
                     ref = ref_emb[rows]
             else:  # a chunk of rows against the whole reference set: no row of it is the chunk's "own" row
                 ref_lab = ref_labels[:, s]

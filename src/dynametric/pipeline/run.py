@@ -249,10 +249,10 @@ _HEADER_RE = re.compile(r"# written by dynametric train for the run folder (?P<f
 _BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json"), "logs": ("metrics.csv", "hparams.yaml")}
 # the files of a run folder whose atomic writes (dynametric.utils.io, ".<name>.<8 random characters>.tmp") a kill
 # can leave: config.yaml, metrics.json, run_info.json, report.html (atomic_write_text / _json), the checkpoints
-# (SafeCheckpointIO: atomic_write_with), logs/metrics.csv (KeepingCSVLogger: atomic_open). logs/hparams.yaml is not
-# among them: Lightning writes it in place, never through a temporary file.
+# (SafeCheckpointIO: atomic_write_with), logs/metrics.csv and logs/hparams.yaml (KeepingCSVLogger: atomic_open,
+# atomic_write_with).
 _RUN_FILES = {"": ("config.yaml", "metrics.json", "last.ckpt", "best.ckpt", "run_info.json", "report.html"),
-              "logs": ("metrics.csv",)}
+              "logs": ("metrics.csv", "hparams.yaml")}
 
 
 def _own_file(entry: Path, names: tuple[str, ...], sub: str) -> bool:
