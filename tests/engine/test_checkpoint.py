@@ -61,9 +61,9 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
 
 def test_a_checkpoint_on_a_full_disk_is_an_oserror_naming_it(tmp_path, monkeypatch):
     """torch.save writing the file itself reported a full disk as `RuntimeError: [enforce fail at
-    inline_container.cc:672] ... unexpected pos` (a 70-line traceback from `train`); the checkpoint is serialised
-    in memory and written with Python's file IO, so a full disk is an OSError (ENOSPC) naming the checkpoint, the
-    earlier checkpoint stays whole and no temporary file is left."""
+    inline_container.cc:672] ... unexpected pos` (a 70-line traceback from `train`); the checkpoint is written with
+    Python's file IO and the write's own error is raised, so a full disk is an OSError (ENOSPC) naming the
+    checkpoint, the earlier checkpoint stays whole and no temporary file is left."""
     import errno
 
     from tests.disk import fill_up_after
@@ -80,6 +80,31 @@ def test_a_checkpoint_on_a_full_disk_is_an_oserror_naming_it(tmp_path, monkeypat
     save_checkpoint_file({"step": torch.tensor(3), "w": torch.zeros(10_000)}, path)  # a round trip in memory
     loaded = load_checkpoint_file(path)
     assert loaded["step"].item() == 3 and torch.equal(loaded["w"], torch.zeros(10_000))
+
+
+def test_a_checkpoint_is_streamed_to_its_file_not_serialised_in_memory_first(tmp_path, monkeypatch):
+    """The checkpoint goes to the temporary file in the pieces torch.save writes (each tensor's bytes, the zip's
+    records), not as one buffer holding the whole serialised checkpoint beside the checkpoint itself."""
+    import os
+
+    writes: list[int] = []
+    real = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        fh = real(fd, mode, *args, **kwargs)
+        if "w" in mode:
+            write = fh.write
+            fh.write = lambda data: writes.append(memoryview(data).nbytes) or write(data)
+        return fh
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file({f"w{i}": torch.full((65_536,), float(i)) for i in range(8)}, path)  # 8 x 256 KiB
+    monkeypatch.undo()
+    size = path.stat().st_size
+    assert sum(writes) == size > 8 * 262_144 and max(writes) <= 262_144 + 4096
+    assert all(torch.equal(t, torch.full((65_536,), float(i))) for i, t in
+               enumerate(load_checkpoint_file(path)[f"w{i}"] for i in range(8)))
 
 
 def test_embedder_weights_round_trip_and_mismatch(tmp_path):

@@ -1,16 +1,15 @@
 """Checkpoint IO: atomic writes and safe loading (``torch.load(..., weights_only=True)``).
 
 A checkpoint is written to a temporary file beside its target and renamed over it
-(:func:`dynametric.utils.io.atomic_write_bytes`), so a crash never leaves a truncated ``last.ckpt``; ``torch.save``
-serialises into memory first, so a full disk is an ``OSError`` naming the checkpoint (``torch.save`` writing a
-file itself reports it as ``RuntimeError: ... unexpected pos``).
+(:func:`dynametric.utils.io.atomic_torch_save`), so a crash never leaves a truncated ``last.ckpt``; ``torch.save``
+writes through Python's file IO, and the write's own error is raised, so a full disk is an ``OSError`` naming the
+checkpoint (``torch.save`` reports it as ``RuntimeError: ... unexpected pos``).
 Loading never unpickles arbitrary objects: everything the engine stores is tensors, numbers, strings
 and plain containers, and a file that needs more (a crafted pickle) is refused with an :class:`InputError`.
 """
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from dynametric.errors import InputError, first_sentence
-from dynametric.utils.io import atomic_write_bytes
+from dynametric.utils.io import atomic_torch_save
 
 
 def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically: serialised into memory, then written with Python's file IO (a full
-    disk is one ``OSError`` naming ``path``, the temporary file removed)."""
-    buf = io.BytesIO()
-    torch.save(checkpoint, buf)
-    atomic_write_bytes(path, buf.getbuffer())
+    """``torch.save`` to ``path`` atomically, streamed with Python's file IO (:func:`atomic_torch_save`: a full
+    disk is one ``OSError`` naming ``path``, the temporary file removed; no serialised copy held in memory)."""
+    atomic_torch_save(path, checkpoint)
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -185,7 +185,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], None], *, key: s
     full disk its own way, or not at all (``torch.save`` a ``RuntimeError: ... unexpected pos``,
     ``torch.jit.save`` aborts the process, numpy's ``tofile`` an ``OSError`` without ``errno``, a memory map a
     SIGBUS): give its bytes to :func:`atomic_write_bytes` or a file object of :func:`atomic_open` instead
-    (:func:`atomic_save_npy` for ``np.save``).
+    (:func:`atomic_save_npy` for ``np.save``, :func:`atomic_torch_save` for ``torch.save``).
     """
     with _replacing(_file_target(path, key), key) as (fd, tmp):
         os.close(fd)
@@ -224,6 +224,42 @@ def atomic_save_npy(path: str | Path, array: Any, *, key: str | None = None) -> 
     """``np.save`` to ``path`` atomically (:func:`atomic_open`, :func:`save_npy`)."""
     with atomic_open(path, "wb", key=key) as fh:
         save_npy(fh, array)
+
+
+class _RecordingWriter:
+    """A file object seen only through ``write`` that keeps the ``OSError`` of a failed write: ``torch.save`` given
+    a file object reports a failed write as its own ``RuntimeError: ... unexpected pos``, so the caller re-raises
+    the recorded error (with its ``errno``) instead."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def atomic_torch_save(path: str | Path, obj: Any, *, key: str | None = None) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, streamed into the temporary file with Python's file IO (no
+    second copy of the serialised object in memory): a failed write (a full disk) is its ``OSError`` naming
+    ``path``, the temporary file removed, as for :func:`atomic_write_bytes`."""
+    import torch
+
+    with atomic_open(path, "wb", key=key) as fh:
+        writer = _RecordingWriter(fh)
+        try:
+            torch.save(obj, writer)  # type: ignore[arg-type]
+        except Exception:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def atomic_write_text(path: str | Path, text: str, *, key: str | None = None) -> None:
