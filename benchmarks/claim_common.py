@@ -8,6 +8,7 @@ the Student-t interval ``mean(d) ± t_{0.975, n-1} · sd(d) / sqrt(n)`` over the
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -126,6 +127,34 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
+def small_help(small: dict[str, Any]) -> str:
+    """The ``--help`` text of ``--small`` (:func:`parse_with_small`'s rule, with the preset spelt out)."""
+    def value(v: Any) -> str:
+        return " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, list) else \
+            f"{v:g}" if isinstance(v, float) else str(v)
+
+    preset = ", ".join(f"--{k.replace('_', '-')} {value(v)}" for k, v in small.items())
+    return (f"a seconds-long smoke run: changes the defaults to {preset}; an option given explicitly keeps its "
+            f"value (--small --seeds 5 6 runs seeds 5 and 6)")
+
+
+def parse_with_small(ap: argparse.ArgumentParser, argv: Sequence[str] | None,
+                     small: dict[str, Any]) -> argparse.Namespace:
+    """``ap.parse_args(argv)``, where ``--small`` replaces the *defaults* of the options in ``small`` (dest ->
+    value): an option the user gave explicitly wins over the preset (``--small --seeds 5 6`` runs seeds 5 and 6),
+    so the namespace, the results header and the recorded ``args`` hold what actually ran. A key of ``small`` that
+    is no option of ``ap`` is a programming error (ValueError)."""
+    dests = {action.dest for action in ap._actions}
+    unknown = sorted(set(small) - dests)
+    if unknown:
+        raise ValueError(f"--small preset names {unknown}, which are not options of this parser")
+    a = ap.parse_args(argv)
+    if getattr(a, "small", False):
+        ap.set_defaults(**{k: list(v) if isinstance(v, list) else v for k, v in small.items()})
+        a = ap.parse_args(argv)
+    return a
+
+
 def write_results(out: Path, markdown: str, payload: dict[str, Any]) -> None:
     """Write ``out`` (``.md``) and its ``.json`` sibling atomically."""
     out = Path(out)
@@ -170,12 +199,24 @@ def load_runs(path: Path | None) -> list[dict[str, Any]]:
 RERENDERED = "Re-rendered from the stored runs with "
 
 
-def results_sibling(path: str | None, json_path: Path) -> Path | None:
-    """A results path in ``args``: as recorded if it exists, else the file of that name beside ``json_path``."""
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def results_sibling(path: str | None, json_path: Path, key: str = "") -> Path | None:
+    """A results path recorded in a finished file's ``args`` (``key``, named in the error), resolved independently of
+    the current directory first: the file of that name beside ``json_path`` (results files are kept side by side,
+    e.g. in ``docs/results/``), else the recorded path itself if it is absolute or else relative to the repository,
+    else (last) relative to the current directory; ``None`` when none was recorded. SystemExit with one line when
+    the file is in none of these places (a re-render would silently drop the section it feeds)."""
     if not path:
         return None
     p = Path(path)
-    return p if p.is_file() else json_path.parent / p.name
+    candidates = [json_path.parent / p.name, p if p.is_absolute() else REPOSITORY / p, p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise SystemExit(f"{json_path}: args.{key or 'path'} {path!r}: no such file beside it ({candidates[0]}), at "
+                     f"{candidates[1]} or in the current directory")
 
 
 def read_finished_results(json_path: Path) -> dict[str, Any]:
@@ -195,6 +236,13 @@ def stored_header(json_path: Path) -> tuple[list[str], str]:
     old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
     head, _, old_body = old.partition("\n## ") if "\n## " in old else (f"# {json_path.stem}\n", "", "")
     return head.rstrip("\n").split("\n"), old_body
+
+
+def original_header(lines: Sequence[str]) -> str:
+    """The header of :func:`stored_header`'s ``lines`` without an earlier re-render's note (:data:`RERENDERED`)
+    and without the blank lines that stood before it, so that re-rendering an unchanged ``.json`` twice gives the
+    same bytes."""
+    return "\n".join(line for line in lines if not line.startswith(RERENDERED)).rstrip("\n")
 
 
 def rerender_note(script: str, json_path: Path, header_clause: str = "") -> str:

@@ -46,6 +46,10 @@ that step; test never chooses anything). Claims are paired differences over seed
     # re-derive a stored file's tables and verdicts from its runs (no training; the .json's runs stay as they are):
     python benchmarks/claim_dyml.py --render-only docs/results/claim-dyml-long.json
 
+``--small`` changes only the *defaults* of the size options (seeds, coherence, steps, evaluation interval, image
+size, network, classes and batch shape; ``--help`` lists the values): an option given explicitly keeps its value, so
+``--small --seeds 5 6`` runs seeds 5 and 6, and the header's Setup line and the ``.json``'s ``args`` hold what ran.
+
 Verdict rules (``analyse``): "summed falls below fine-only as coherence drops" and "CSL improves its own baseline"
 need intervals on the claimed side of 0; "CSL pays no such penalty" is a non-inferiority test with margin
 ``NONINFERIORITY_PP`` (see :func:`no_penalty_verdict`). Inconclusive verdicts print the intervals' half-width, about
@@ -68,7 +72,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
-    RERENDERED,
     command_line,
     curve_table,
     environment,
@@ -77,11 +80,14 @@ from claim_common import (  # noqa: E402
     load_runs,
     mean_curve,
     mean_sd,
+    original_header,
     paired_ci,
+    parse_with_small,
     read_finished_results,
     rerender_note,
     results_sibling,
     sign,
+    small_help,
     stored_header,
     write_results,
 )
@@ -556,20 +562,26 @@ def render_only(json_path: Path) -> int:
     its runs, arguments and invocation history and gets the new ``verdicts``."""
     data = read_finished_results(json_path)
     a = argparse.Namespace(**({"compare": None, "versus": None, "sampler": "pxk"} | data["args"]))
-    compare_path = results_sibling(a.compare, json_path)
-    versus_path = results_sibling(a.versus, json_path)
+    compare_path = results_sibling(a.compare, json_path, "compare")
+    versus_path = results_sibling(a.versus, json_path, "versus")
     compare = ([r for r in load_runs(compare_path) if r.get("sampler", "pxk") != a.sampler]
                if compare_path is not None else [])
     body, verdicts = analyse(data["runs"], a, compare, versus_path)
     lines, _ = stored_header(json_path)
-    head = "\n".join(line for line in lines if not line.startswith(RERENDERED))
+    head = original_header(lines)
     note = rerender_note("claim_dyml.py", json_path)
     write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
     print(body)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# --small's defaults (parse_with_small: an option given explicitly keeps its value)
+SMALL = {"seeds": [0, 1], "steps": 6, "eval_every": 3, "image_size": 8, "width": 4, "depth": 2, "dim": 8,
+         "train_per_shape": 2, "images_per_class": 3, "p": 6, "k": 2, "coherence": [1.0, 0.0]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--small``'s preset applied, explicit options kept; its checks as one-line errors)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--coherence", type=float, nargs="+", default=[1.0, 0.5, 0.0])
@@ -591,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3, help="network lr (learnable proxies: 10x)")
     ap.add_argument("--gamma", type=float, default=32.0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--small", action="store_true", help="a seconds-long smoke run (2 seeds, tiny everything)")
+    ap.add_argument("--small", action="store_true", help=small_help(SMALL))
     ap.add_argument("--resume", action="store_true", help="keep the runs already in the --out .json")
     ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
                     help="add the runs and invocation history of other finished results .json files of the same "
@@ -602,16 +614,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                     help="re-derive the analysis of a finished results .json from its stored runs and rewrite its "
                          ".md (the original header kept) and the .json's verdicts; trains nothing, runs unchanged")
-    a = ap.parse_args(argv)
+    a = parse_with_small(ap, argv, SMALL)
+    if a.render_only is None and a.out is None:
+        ap.error("--out is required (unless --render-only)")
+    if a.render_only is None and a.sampler == "three-chunk" and (a.p % 3 or a.p < 3):
+        ap.error(f"--p {a.p}: the three-chunk sampler needs P divisible by 3 (P / 3 items of 3 x K images)")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     if a.render_only is not None:
         return render_only(a.render_only)
-    if a.out is None:
-        ap.error("--out is required (unless --render-only)")
-    if a.small:
-        a.seeds, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = [0, 1], 6, 3, 8, 4, 2, 8
-        a.train_per_shape, a.images_per_class, a.p, a.k, a.coherence = 2, 3, 6, 2, [1.0, 0.0]
-    if a.sampler == "three-chunk" and (a.p % 3 or a.p < 3):
-        ap.error(f"--p {a.p}: the three-chunk sampler needs P divisible by 3 (P / 3 items of 3 x K images)")
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []

@@ -32,6 +32,11 @@ redraws data, pretraining and batches) with 95 % t-intervals (``benchmarks/claim
 
     python benchmarks/claim_pddm.py --out docs/results/claim-pddm.md
     python benchmarks/claim_pddm.py --small --out /tmp/claim-pddm.md          # seconds; used by the tests
+
+``--small`` changes only the *defaults* of the size options (seeds, pretraining and fine-tuning steps, evaluation
+interval, image size, network, classes and batch shape; ``--help`` lists the values): an option given explicitly
+keeps its value, so ``--small --seeds 5 6`` runs seeds 5 and 6, and the header's Setup line and the ``.json``'s
+``args`` hold what ran.
 """
 
 from __future__ import annotations
@@ -50,7 +55,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
-    RERENDERED,
     command_line,
     curve_table,
     environment,
@@ -59,10 +63,13 @@ from claim_common import (  # noqa: E402
     load_runs,
     mean_curve,
     mean_sd,
+    original_header,
     paired_ci,
+    parse_with_small,
     read_finished_results,
     rerender_note,
     sign,
+    small_help,
     stored_header,
     verdict,
     write_results,
@@ -436,7 +443,7 @@ def render_only(json_path: Path) -> int:
     select(runs)
     body, verdicts = analyse(runs, a)
     lines, _ = stored_header(json_path)
-    head = "\n".join(line for line in lines if not line.startswith(RERENDERED))
+    head = original_header(lines)
     note = rerender_note("claim_pddm.py", json_path)
     write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}",
                   data | {"verdicts": verdicts, "runs": runs})
@@ -444,7 +451,13 @@ def render_only(json_path: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# --small's defaults (parse_with_small: an option given explicitly keeps its value)
+SMALL = {"seeds": [0, 1], "pretrain_steps": 3, "steps": 4, "eval_every": 2, "image_size": 8, "width": 4, "depth": 2,
+         "dim": 8, "train_per_shape": 2, "images_per_class": 3, "p": 4, "k": 2}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--small``'s preset applied, explicit options kept)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
@@ -464,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--margin", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
+    ap.add_argument("--small", action="store_true", help=small_help(SMALL))
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
                     help="add the runs of these results files (e.g. one per condition, run in parallel, or new lrs of "
@@ -474,15 +487,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                     help="re-derive a finished results .json's analysis from its stored runs and rewrite its .md "
                          "(original header kept) and the .json's verdicts; trains nothing, runs unchanged")
-    a = ap.parse_args(argv)
+    a = parse_with_small(ap, argv, SMALL)
+    if a.render_only is None and a.out is None:
+        ap.error("--out is required (unless --render-only)")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     if a.render_only is not None:
         return render_only(a.render_only)
-    if a.out is None:
-        ap.error("--out is required (unless --render-only)")
-    if a.small:
-        a.seeds, a.pretrain_steps, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = \
-            [0, 1], 3, 4, 2, 8, 4, 2, 8
-        a.train_per_shape, a.images_per_class, a.p, a.k = 2, 3, 4, 2
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
@@ -572,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.images_per_class} images per class; simple_cnn width {a.width} depth {a.depth}, {a.dim}-d "
             f"L2-normalised; pretraining {a.pretrain_steps} steps triplet (margin {a.margin:g}) + semihard, Adam "
             f"{a.pretrain_lr:g}, on another seed's classes minus every variant of this seed; fine-tuning {a.steps} "
-            f"steps of P x K = {a.p} x {a.k}, Adam, lr picked per seed and method on val from {a.lrs}; seeds "
-            f"{a.seeds}.\n")
+            f"steps of P x K = {a.p} x {a.k}, Adam, lr picked per seed and method on val (evaluated every "
+            f"{a.eval_every} steps) from {a.lrs}; seeds {a.seeds}.\n")
     write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(total, 1), "invocations": invocations,
                                               "args": vars(a) | {"out": str(a.out), "merge": [str(p) for p in a.merge]},
                                               "verdicts": verdicts,

@@ -83,6 +83,14 @@ the (method, split, seed, alpha, rho) combinations already run; runs written bef
     python benchmarks/claim_sharing.py --render-only docs/results/claim-sharing-pretrained.json
         # today's analysis of a finished file's stored runs (nothing retrained): the .md keeps its original header
         # (a pretraining description that called the start "disjoint" is replaced by today's, and the note says so)
+
+``--small`` changes only the *defaults* of the size options (seeds, steps, evaluation interval, image size, network,
+images per class, MIC's clusters; ``--help`` lists the values): an option given explicitly keeps its value, so
+``--small --seeds 5 6`` runs seeds 5 and 6, and the header's Setup line and the ``.json``'s ``args`` hold what ran.
+
+``--render-only`` finds a ``--versus`` file the ``.json`` recorded beside the ``.json`` first (results files are
+kept side by side), then at the recorded path (relative to the repository), then relative to the current directory;
+the parity section names it as recorded, so a re-render from any folder gives the same file.
 """
 
 from __future__ import annotations
@@ -108,10 +116,13 @@ from claim_common import (  # noqa: E402
     fmt_ci,
     mean_curve,
     mean_sd,
+    original_header,
     paired_ci,
+    parse_with_small,
     read_finished_results,
     rerender_note,
     results_sibling,
+    small_help,
     stored_header,
     verdict,
     write_results,
@@ -616,14 +627,18 @@ def end_of_budget(runs: list[dict], a: argparse.Namespace, grids: dict[str, list
     return lines, out
 
 
-def versus(runs: list[dict], old_path: Path, a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def versus(runs: list[dict], old_path: Path, a: argparse.Namespace,
+           shown: str | Path | None = None) -> tuple[str, dict[str, Any]]:
     """Parity of this file's runs against ``old_path``'s (an earlier trainer's results, same setup): per split and
     method, test class-head R@1 mean ± sd of the new and the old runs with the same (method, split, seed, alpha,
-    rho), the paired difference new - old with a 95 % t-interval, and the mean run time (``train_s``) of each."""
+    rho), the paired difference new - old with a 95 % t-interval, and the mean run time (``train_s``) of each.
+    The text names the file ``shown`` (default ``old_path``): ``--render-only`` shows the path as recorded, so the
+    section's heading, which :func:`keep_readings` matches, does not depend on where the file was found."""
     old = {run_key(r): r for r in import_runs(old_path, a, required=True)}
-    lines = [f"## Parity with the runs of {old_path}\n",
+    shown = old_path if shown is None else shown
+    lines = [f"## Parity with the runs of {shown}\n",
              "Test class-head R@1 at the val-selected update (%, mean ± sd over seeds) of the runs here and of the "
-             f"runs of {old_path} with the same (method, split, seed, α, ρ); new − old paired over seeds (percentage "
+             f"runs of {shown} with the same (method, split, seed, α, ρ); new − old paired over seeds (percentage "
              "points, 95 % t-interval); mean run time (s, training and the val/test evaluations).\n",
              "| split | method | α | ρ | seeds | new | old | new − old | new s/run | old s/run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -717,14 +732,14 @@ def render_only(json_path: Path) -> int:
     _, _, grids = grids_of(a)
     runs = with_alpha(data["runs"], data["args"], json_path)
     body, verdicts = analyse(runs, a, grids)
-    versus_path = results_sibling(a.versus, json_path)
+    versus_path = results_sibling(a.versus, json_path, "versus")
     if versus_path is not None:
-        parity, verdicts["versus"] = versus(runs, versus_path, a)
+        parity, verdicts["versus"] = versus(runs, versus_path, a, shown=a.versus)
         body = parity + "\n" + body
     lines, old_body = stored_header(json_path)
     body = keep_readings("## " + old_body if old_body else "", body)
     corrected = any(line.startswith(RERENDERED) and CORRECTED in line for line in lines)  # by an earlier rendering
-    head = "\n".join(line for line in lines if not line.startswith(RERENDERED)).rstrip("\n")
+    head = original_header(lines)
     if FALSE_DISJOINT in head:
         i = head.index(PRETRAIN_FROM)
         j = head.index(PRETRAIN_TO, i) + len(PRETRAIN_TO)
@@ -741,7 +756,13 @@ def render_only(json_path: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# --small's defaults (parse_with_small: an option given explicitly keeps its value)
+SMALL = {"seeds": [0, 1], "steps": 5, "eval_every": 4, "image_size": 8, "width": 4, "depth": 2, "dim": 8,
+         "images_per_class": 4, "clusters": 4}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--small``'s preset applied, explicit options kept; its checks as one-line errors)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), choices=SPLITS,
@@ -772,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-per-shape", type=int, default=16,
                     help="pretraining fine classes per shape (SyntheticHierarchy(seed=1000 + seed) train split)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--small", action="store_true", help="a seconds-long smoke run")
+    ap.add_argument("--small", action="store_true", help=small_help(SMALL))
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out's .json")
     ap.add_argument("--resume-from", type=Path, nargs="+", default=[],
                     help="also reuse the runs of these results .json files (same setup required)")
@@ -784,19 +805,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-derive the analysis of a finished results .json from its stored runs and rewrite its "
                          ".md (the original header kept, a 'disjoint' pretraining description corrected) and the "
                          ".json's verdicts; trains nothing, runs unchanged")
-    a = ap.parse_args(argv)
+    a = parse_with_small(ap, argv, SMALL)
     if a.render_only is not None:
-        return render_only(a.render_only)
+        return a
     if a.out is None:
         ap.error("--out is required (unless --render-only)")
-    if a.small:
-        a.seeds, a.steps, a.eval_every, a.image_size, a.width, a.depth, a.dim = [0, 1], 5, 4, 8, 4, 2, 8
-        a.images_per_class, a.clusters = 4, 4
     for name in ("alpha_grid", "rho_grid"):
         if any(v < 0 for v in getattr(a, name) or []):
             ap.error(f"--{name.replace('_', '-')} values must be >= 0")
     if a.pretrain_steps < 0 or a.pretrain_per_shape < 1:
         ap.error("--pretrain-steps must be >= 0 and --pretrain-per-shape >= 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.render_only is not None:
+        return render_only(a.render_only)
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = import_runs(a.out.with_suffix(".json"), a, required=False) if a.resume else []

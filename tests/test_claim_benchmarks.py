@@ -3,6 +3,7 @@ PDDM control, and a seconds-long ``--small`` run of every command so that they n
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -76,11 +77,42 @@ def _run_small(name: str, tmp_path: Path, *extra: str) -> dict:
     return payload
 
 
+@pytest.mark.parametrize("name", ["claim_dyml", "claim_pddm", "claim_sharing"])
+def test_small_changes_defaults_and_explicit_options_win(name):
+    """--small replaces the defaults of its preset's options; an option given explicitly keeps its value (before,
+    --small overwrote it silently: --small --seeds 5 6 ran seeds 0 and 1 under a header naming 5 6)."""
+    mod = load_benchmark(name)
+    full = mod.parse_args(["--out", "x.md"])
+    small = mod.parse_args(["--small", "--out", "x.md"])
+    for key, value in mod.SMALL.items():
+        assert getattr(small, key) == value != getattr(full, key), key  # each preset value is not the default
+    mixed = mod.parse_args(["--small", "--seeds", "5", "6", "--steps", "7", "--image-size", "12", "--out", "x.md"])
+    assert (mixed.seeds, mixed.steps, mixed.image_size) == ([5, 6], 7, 12)
+    assert {k: getattr(mixed, k) for k in mod.SMALL if k not in ("seeds", "steps", "image_size")} == \
+        {k: v for k, v in mod.SMALL.items() if k not in ("seeds", "steps", "image_size")}
+    # the same explicit value as the preset's, or the full run's default given explicitly, is kept too
+    assert mod.parse_args(["--small", "--steps", str(full.steps), "--out", "x.md"]).steps == full.steps
+    assert mod.SMALL["seeds"] is not small.seeds  # the preset's lists are not shared with the namespace
+    with pytest.raises(ValueError, match="not options"):
+        mod.parse_with_small(argparse.ArgumentParser(), ["--small"], {"steps": 1})
+    assert "an option given explicitly keeps its value" in mod.parse_args.__doc__ + mod.small_help(mod.SMALL)
+
+
+def test_small_does_not_bypass_the_checks_on_explicit_options():
+    dyml = load_benchmark("claim_dyml")
+    with pytest.raises(SystemExit):  # --p 4 with the three-chunk sampler is refused under --small as without it
+        dyml.parse_args(["--small", "--sampler", "three-chunk", "--p", "4", "--out", "x.md"])
+    assert dyml.parse_args(["--small", "--sampler", "three-chunk", "--out", "x.md"]).p == 6
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_claim_dyml_small(tmp_path):
-    p = _run_small("claim_dyml", tmp_path, "--families", "pairs")
+    p = _run_small("claim_dyml", tmp_path, "--families", "pairs", "--seeds", "0", "2")
     assert {(r["variant"], r["coherence"]) for r in p["runs"]} == {(v, c) for v in ("fine", "summed", "csl")
                                                                    for c in (1.0, 0.0)}
+    # the explicit --seeds beat --small's [0, 1]: the runs, the recorded args and the header's Setup line agree
+    assert {r["seed"] for r in p["runs"]} == {0, 2} and p["args"]["seeds"] == [0, 2]
+    assert "seeds [0, 2] (each redraws" in (tmp_path / "claim_dyml.md").read_text()
     assert {"pairs/summed-penalty", "pairs/csl-no-penalty", "pairs/csl-beats-own-baseline"} <= set(p["verdicts"])
 
 
@@ -196,8 +228,12 @@ def test_claim_sharing_pretraining_removes_exactly_the_seed_variants(tmp_path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_claim_pddm_small(tmp_path):
-    p = _run_small("claim_pddm", tmp_path, "--conditions", "heterogeneous", "--lrs", "1e-4", "1e-3")
+    p = _run_small("claim_pddm", tmp_path, "--conditions", "heterogeneous", "--lrs", "1e-4", "1e-3",
+                   "--eval-every", "1")
     runs = p["runs"]
+    # the explicit --eval-every beats --small's 2: every one of the 4 steps (and the start) is evaluated
+    assert {tuple(pt["step"] for pt in r["curve"]) for r in runs} == {(0, 1, 2, 3, 4)}
+    assert "(evaluated every 1 steps)" in (tmp_path / "claim_pddm.md").read_text()
     for m in ("pddm", "euclid", "triplet"):
         mine = [r for r in runs if r["method"] == m]
         assert sum(r["selected"] for r in mine) == 2  # one lr per seed, picked on val
@@ -402,7 +438,11 @@ def test_claim_pddm_resume_checks_setup_merge_rejects_duplicates_and_render_only
     with pytest.raises(SystemExit, match="is already in the runs being merged"):
         pddm.main(["--small", "--conditions", "uniform", "--merge", str(out.with_suffix(".json")),
                    str(out.with_suffix(".json")), "--out", str(tmp_path / "twice.md")])
-    assert pddm.main(["--render-only", str(out.with_suffix(".json"))]) == 0
+    rendered = []
+    for _ in range(2):  # a second rendering of the unchanged .json gives the same bytes
+        assert pddm.main(["--render-only", str(out.with_suffix(".json"))]) == 0
+        rendered.append((out.read_bytes(), out.with_suffix(".json").read_bytes()))
+    assert rendered[0] == rendered[1]
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["runs"] == p["runs"] and again["invocations"] == p["invocations"]
     start = again["verdicts"]["versus_start"]
@@ -412,7 +452,8 @@ def test_claim_pddm_resume_checks_setup_merge_rejects_duplicates_and_render_only
         want = [r["test"]["recall@1"] - r["start"]["test"]["recall@1"] for r in sel]
         assert start[f"uniform/{m}"]["ci"]["diffs"] == pytest.approx(want)
     text = out.read_text()
-    assert text.count(pddm.RERENDERED) == 1 and "## Against the start" in text and "indicative only" in text
+    assert text.count(load_benchmark("claim_common").RERENDERED) == 1
+    assert "## Against the start" in text and "indicative only" in text
 
 
 def test_claim_sharing_pretraining_overlap_is_counted_per_split():
@@ -470,3 +511,33 @@ def test_claim_sharing_render_only_keeps_runs_and_header_and_corrects_disjoint(t
     assert section.rstrip().endswith(reading)  # back at the end of the section it was written in
     with pytest.raises(SystemExit, match="no such results file"):
         cs.main(["--render-only", str(tmp_path / "missing.json")])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_claim_sharing_render_only_finds_versus_beside_the_json_from_any_folder(tmp_path, monkeypatch):
+    """A ``--versus`` path recorded relative to the folder a file was made in: ``--render-only`` from another folder
+    reads the file beside the ``.json``, the parity section keeps the recorded name in its heading and the hand-written
+    ``Reading:`` paragraph stays in that section, so the rendering reproduces the ``.md`` byte for byte (before, the
+    heading named the path where the file was found and the paragraph moved to the end of the file)."""
+    cs = load_benchmark("claim_sharing")
+    results = tmp_path / "results"
+    results.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert cs.main(["--small", "--splits", "held-out", "--methods", "baseline", "--out", "results/old.md"]) == 0
+    # a port's file: the same runs (so the parity table pairs all of them), recorded with --versus results/old.json
+    old = json.loads((results / "old.json").read_text())
+    (results / "new.json").write_text(json.dumps(old | {"args": old["args"] | {"versus": "results/old.json"}}))
+    (results / "new.md").write_text((results / "old.md").read_text())
+    assert cs.main(["--render-only", "results/new.json"]) == 0
+    heading = "## Parity with the runs of results/old.json\n"
+    text = (results / "new.md").read_text()
+    assert text.count(heading) == 1 and "| held-out | baseline | – | 0 | 2 |" in text
+    reading = "Reading: written by hand."
+    parity, rest = text.split(heading, 1)[1].split("\n## ", 1)
+    with_reading = text.split(heading, 1)[0] + heading + parity.rstrip("\n") + f"\n\n{reading}\n\n## " + rest
+    (results / "new.md").write_text(with_reading)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # results/old.json is not there
+    for _ in range(2):
+        assert cs.main(["--render-only", str(results / "new.json")]) == 0
+        assert (results / "new.md").read_text() == with_reading

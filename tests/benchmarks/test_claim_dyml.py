@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,18 +201,49 @@ def test_no_penalty_verdict_is_a_non_inferiority_rule():
 @pytest.mark.usefixtures("one_torch_thread")
 def test_render_only_rewrites_tables_and_verdicts_but_keeps_runs_and_header(tmp_path):
     mod = load_benchmark("claim_dyml")
+    RERENDERED = load_benchmark("claim_common").RERENDERED
     out = tmp_path / "r.md"
     assert mod.main(["--small", "--families", "panchor", "--out", str(out)]) == 0
     before = json.loads(out.with_suffix(".json").read_text())
     head = out.read_text().split("\n## ", 1)[0]
     before["verdicts"]["panchor/csl-no-penalty"]["verdict"] = "stale"
     out.with_suffix(".json").write_text(json.dumps(before))
-    for _ in range(2):  # twice: the re-rendered note is not repeated
+    rendered = []
+    for _ in range(2):  # twice: the re-rendered note is not repeated, no blank line piles up before it
         assert mod.main(["--render-only", str(out.with_suffix(".json"))]) == 0
+        rendered.append((out.read_bytes(), out.with_suffix(".json").read_bytes()))
+    assert rendered[0] == rendered[1]  # byte-identical (.md and .json) once normalised
+    assert f"{head.rstrip()}\n\n{RERENDERED}" in rendered[0][0].decode()  # one blank line before the note
     after = json.loads(out.with_suffix(".json").read_text())
     assert after["runs"] == before["runs"] and after["invocations"] == before["invocations"]
     assert after["verdicts"]["panchor/csl-no-penalty"]["verdict"] in mod.NO_PENALTY_VERDICTS
     text = out.read_text()
-    assert text.startswith(head) and text.count(mod.RERENDERED) == 1 and "δ = 1 pp" in text
+    assert text.startswith(head) and text.count(RERENDERED) == 1 and "δ = 1 pp" in text
     with pytest.raises(SystemExit, match="no such results file"):
         mod.main(["--render-only", str(tmp_path / "missing.json")])
+    # a --versus file the .json names but that is nowhere to be found stops the rendering (its section would be lost)
+    out.with_suffix(".json").write_text(json.dumps(after | {"args": after["args"] | {"versus": "gone/v.json"}}))
+    with pytest.raises(SystemExit, match=r"args.versus 'gone/v.json': no such file"):
+        mod.main(["--render-only", str(out.with_suffix(".json"))])
+    assert out.read_bytes() == rendered[1][0]  # nothing written
+
+
+def test_versus_of_a_render_is_found_beside_the_json_from_any_folder(tmp_path, monkeypatch):
+    """--render-only resolves the recorded --versus / --compare path beside the .json, not in the current folder:
+    a recorded ``docs/results/x.json`` is read from the copy's folder, not from the repository's file of that name."""
+    common = load_benchmark("claim_common")
+    results = tmp_path / "docs" / "results"
+    results.mkdir(parents=True)
+    (results / "claim-dyml.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "docs")  # neither the repository nor the files' folder
+    mine = results / "mine.json"
+    assert common.results_sibling("docs/results/claim-dyml.json", mine, "versus") == results / "claim-dyml.json"
+    assert common.results_sibling("/elsewhere/claim-dyml.json", mine) == results / "claim-dyml.json"
+    # not beside it: the recorded path relative to the repository (its committed results), then the current folder
+    assert common.results_sibling("docs/results/claim-pddm.json", mine) == \
+        common.REPOSITORY / "docs" / "results" / "claim-pddm.json"
+    (tmp_path / "docs" / "here.json").write_text("{}")
+    assert common.results_sibling("here.json", mine) == Path("here.json")
+    assert common.results_sibling(None, mine) is None and common.results_sibling("", mine) is None
+    with pytest.raises(SystemExit, match=r"mine.json: args.compare 'nowhere.json': no such file"):
+        common.results_sibling("nowhere.json", mine, "compare")
