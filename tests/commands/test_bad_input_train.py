@@ -488,6 +488,17 @@ def test_loss_and_miner_kwargs_errors_name_the_file_and_line(tmp_path, capsys) -
         "<command line> key 'loss.kwargs.margn': TripletMarginLoss has no argument 'margn'; did you mean 'margin'?")
 
 
+def test_a_missing_protocol_config_says_the_configs_are_files_of_the_checkout(tmp_path, capsys, monkeypatch) -> None:
+    """A newcomer running a README command outside the checkout: `configs/roth2020/cub.yaml` is not installed with
+    the package, and the error says so (it said only "config file not found")."""
+    monkeypatch.chdir(tmp_path)
+    err = _dry(capsys, "--config", "configs/roth2020/cub.yaml")
+    assert err.endswith(f"{tmp_path / 'configs' / 'roth2020' / 'cub.yaml'}: config file not found; the protocol "
+                        "configs under configs/ are files of the repository checkout, not installed with the package: "
+                        "run from the checkout's root folder or give the file's full path")
+    assert _dry(capsys, "--config", "mine.yaml").endswith(f"{tmp_path / 'mine.yaml'}: config file not found")
+
+
 def test_extends_of_a_missing_file_or_a_folder_names_the_line_that_refers_to_it(tmp_path, capsys) -> None:
     cfg = tmp_path / "child.yaml"
     cfg.write_text("trainer: {max_epochs: 1}\nextends: nope.yaml\n")

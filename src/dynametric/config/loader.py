@@ -186,7 +186,11 @@ def _not_a_file(path: Path, named: bool = False) -> str:
     """Why ``path`` cannot be read as a config file (``named``: the message names it)."""
     if path.is_dir():
         return f"{path} is a folder, not a YAML config file" if named else "is a folder, not a YAML config file"
-    return f"config file not found: {path}" if named else "config file not found"
+    hint = ""
+    if "configs" in path.parts[:-1]:
+        hint = ("; the protocol configs under configs/ are files of the repository checkout, not installed with the "
+                "package: run from the checkout's root folder or give the file's full path")
+    return (f"config file not found: {path}" if named else "config file not found") + hint
 
 
 def _read_file(path: Path, source: _Source, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
