@@ -21,6 +21,15 @@ __version__ = "0.1.0"
 __all__ = ["DynametricError", "InputError", "as_label_matrix", "select_scale", "__version__"]
 
 
+def __dir__() -> list[str]:
+    """What a notebook's tab completion offers: the names above and the package's public modules (not the
+    typing helpers this file imports)."""
+    import pkgutil
+
+    modules = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted({*__all__, *modules})
+
+
 def __getattr__(name: str) -> Any:
     if name in ("as_label_matrix", "select_scale"):
         from dynametric import labels

@@ -329,7 +329,9 @@ def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = No
 
     With ``eval.protocol: query_gallery`` (and no ``split``) the ``eval.query_split`` and ``eval.gallery_split``
     are embedded. ``options`` default to the config's evaluation batch size and workers and the run's precision
-    (:func:`checkpoint_precision`) on the ``auto`` device.
+    (:func:`checkpoint_precision`) on the ``auto`` device. Raises :class:`~dynametric.errors.InputError` /
+    :class:`~dynametric.errors.ConfigError` (one line naming the file, key or option) as :func:`load_trained` and
+    the dataset readers do.
     """
     from dynametric.engine.builders import load_eval_split, load_split
 

@@ -114,6 +114,22 @@ class MetricLoss(RecordsStats, nn.Module):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The loss of a batch, pytorch-metric-learning's call: ``loss(embeddings, labels, indices_tuple, ref_emb,
+        ref_labels)``.
+
+        * ``embeddings``: ``[B, D]`` floating-point tensor; ``labels``: ``[B]`` or ``[B, S]`` integer class ids, one
+          column per scale, finest first (the loss reads column :attr:`scale`, or every column for a multi-scale
+          loss); ``None`` only with an ``indices_tuple`` (each item is then its own class).
+        * ``indices_tuple``: a miner's output (pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)``) restricting the
+          tuples, or ``None`` for all of them.
+        * ``ref_emb`` / ``ref_labels``: another reference set to compare the batch with (given together); the batch's
+          own label object as ``ref_labels`` means the reference set is the batch (pairs ``(i, i)`` are no positives,
+          as in pytorch-metric-learning).
+
+        Returns a 0-dim tensor on the embeddings' device, connected to the graph (0 with zero gradients when the
+        batch has no valid tuple; NaN when an embedding is not finite). Raises
+        :class:`~dynametric.errors.InputError` (one line, keyed by the argument) for inputs of the wrong shape, type
+        or scale, and :class:`~dynametric.errors.ConfigError` for invalid settings."""
         check_embeddings(embeddings, ref_emb)
         if labels is None:
             labels, ref_labels = self._labels_from_indices(embeddings, indices_tuple, ref_emb, ref_labels)

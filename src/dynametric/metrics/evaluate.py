@@ -255,6 +255,11 @@ def evaluate_embeddings(
     (:mod:`dynametric.metrics.categories`; ``num_queries`` + ``excluded_queries`` is the category's query count).
     ``nmi``, ``f1`` and ``fnmr@fmr`` are not means of per-query values and are reported overall only; with no
     retrieval metric requested there is no ``"by_category"``.
+
+    Raises :class:`~dynametric.errors.InputError` (one line, keyed by the argument: ``query_emb``,
+    ``query_labels``, ``gallery_emb``, ...) for inputs of the wrong shape, dtype or length, non-finite embeddings,
+    or an all-zero row under cosine, and :class:`~dynametric.errors.ConfigError` for an unknown metric, distance,
+    protocol or option value; both are :class:`~dynametric.errors.DynametricError`.
     """
     if distance not in ("cosine", "euclidean"):
         raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")

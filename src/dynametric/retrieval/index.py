@@ -322,7 +322,10 @@ class RetrievalIndex:
     # ------------------------------------------------------------------------------------------ building, IO
     @classmethod
     def build(cls, emb: Any, kind: str = "flat", metric: str = "cosine", **kwargs: Any) -> RetrievalIndex:
-        """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`)."""
+        """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`).
+        Raises :class:`~dynametric.errors.InputError` for embeddings that cannot be indexed (non-finite, an all-zero
+        row under cosine) and :class:`~dynametric.errors.ConfigError` for an unknown kind, metric or option; faiss
+        missing is one line naming the extra to install."""
         raw = np.asarray(emb.embeddings)
         if metric == "cosine":
             src = Path(emb.source)
@@ -382,7 +385,8 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalIndex:
-        """Open an index folder; errors name the missing or inconsistent file."""
+        """Open an index folder; errors (:class:`~dynametric.errors.InputError`) name the missing or inconsistent
+        file."""
         path = Path(path)
         if not path.exists():
             raise InputError("index not found", file=path)
@@ -481,9 +485,11 @@ class RetrievalIndex:
             self._direct_map = True
         return self.index.reconstruct(int(i))
 
-    def search(self, q: np.ndarray, k: int = 10, *, scale: str | None = None, same: str | None = None,
+    def search(self, q: Any, k: int = 10, *, scale: str | None = None, same: str | None = None,
                query_labels: np.ndarray | None = None, exclude: np.ndarray | None = None) -> SearchResult:
-        """Top-``k`` results for every query row.
+        """Top-``k`` results for every query row (``q``: ``[Q, D]`` or one ``[D]`` query, a numpy array or a torch
+        tensor, any float dtype; returns a :class:`SearchResult`; bad input is one
+        :class:`~dynametric.errors.InputError` keyed by the argument).
 
         * plain: the ``k`` nearest items;
         * ``scale=NAME``: the ``k`` nearest *classes* at that scale, each represented by its nearest item

@@ -158,6 +158,10 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
 
     ``config`` defaults to ``config.yaml`` beside the checkpoint (a ``dynametric train`` run folder); ``head``
     defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
+
+    Raises :class:`~dynametric.errors.InputError` for a missing, corrupt or unsafe checkpoint or one that does not match
+    the config's model, and :class:`~dynametric.errors.ConfigError` for an invalid config or option (a CUDA device
+    where there is none, an unknown head); both name the file, key or option.
     """
     from dynametric.config import config_hash, errors_located
     from dynametric.engine.checkpoint import embedder_state_dict
