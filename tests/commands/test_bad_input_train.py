@@ -752,8 +752,10 @@ def test_an_image_file_in_training_or_validation_and_test_data_is_refused(tmp_pa
 
 
 def test_classes_shared_by_training_and_held_out_data_are_warned_about(tmp_path, capsys) -> None:
-    rows = CLASSES + [("imgs/v0.png", "val", "a"), ("imgs/v1.png", "val", "v"), ("imgs/x0.png", "test", "x"),
-                      ("imgs/x1.png", "test", "a"), ("imgs/x2.png", "test", "v"), ("imgs/x3.png", "test", "x")]
+    # two images of 'v' in validation: a validation of singletons only is refused (fine/map@r would have no value)
+    rows = CLASSES + [("imgs/v0.png", "val", "a"), ("imgs/v1.png", "val", "v"), ("imgs/v2.png", "val", "v"),
+                      ("imgs/x0.png", "test", "x"), ("imgs/x1.png", "test", "a"), ("imgs/x2.png", "test", "v"),
+                      ("imgs/x3.png", "test", "x")]
     root = _csv(tmp_path, rows)
     args = ["--config", str(_cfg(tmp_path)), "data.format=csv", f"data.root={root}", "data.options={}",
             "data.batch_size=2", "data.m=1", "data.transform=small"]

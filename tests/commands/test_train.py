@@ -595,3 +595,86 @@ def test_a_jsrun_launch_outside_an_lsf_job_is_refused_on_every_task(launch_env, 
         assert err.splitlines() == [f"dynametric train: error: key 'run.name': {_REFUSED}jsrun starts every process "
                                     "on its own and gives them no id they share (no LSF job id in LSB_JOBID))"], rank
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+SINGLETONS = "data.options={images_per_class: 1, image_size: 16, fine_per_shape: {train: 4, val: 2, test: 2}}"
+
+
+def test_a_validation_split_of_singleton_classes_is_refused_before_training(tmp_path, capsys):
+    # every validation class at the monitored scale (fine) has one image: fine/map@r would be NaN in every round,
+    # best.ckpt was silently epoch 0 and early stopping stopped after one epoch
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", SINGLETONS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'trainer.monitor'" in err
+    assert "the monitored fine/map@r has no value on the split 'val' data" in err
+    assert "trainer.monitor=middle/map@r" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _reject_nan(name: str):
+    raise ValueError(f"bare {name} in strict JSON")
+
+
+def test_metrics_without_a_value_are_null_in_metrics_json_and_a_resume_reads_them(tmp_path, capsys):
+    # monitoring the middle scale, the fine metrics of validation and test have no value (0 queries): metrics.json
+    # wrote a bare NaN, which is not JSON
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", SINGLETONS,
+                 "trainer.monitor=middle/map@r", "trainer.max_epochs=1", "run.report=false"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=_reject_nan)
+    for block in (metrics["untrained"], metrics["validation"][0], metrics["test"]):
+        assert block["fine"]["map@r"] is None and block["fine"]["num_queries"] == 0
+        assert 0 <= block["middle"]["map@r"] <= 1
+    json.loads((out / "run_info.json").read_text(), parse_constant=_reject_nan)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # read back as NaN: the summary prints nan
+    assert "nan" in capsys.readouterr().out.splitlines()[-5]
+    assert json.loads((out / "metrics.json").read_text(), parse_constant=_reject_nan) == metrics
+
+
+def test_early_stopping_is_reported_in_the_output_and_run_info(tmp_path, capsys, monkeypatch):
+    from dynametric.engine.module import MetricLearningModule
+
+    evaluate = MetricLearningModule._evaluate_buffer
+
+    def falling(self):  # validation fine/map@r 0.5, 0.4, 0.3, ...: patience 1 stops after epoch 1
+        results = evaluate(self)
+        if self.trainer.state.fn == "fit":
+            results["fine"]["map@r"] = 0.5 - 0.1 * self.current_epoch
+        return results
+
+    monkeypatch.setattr(MetricLearningModule, "_evaluate_buffer", falling)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 "trainer.max_epochs=4", "trainer.patience=1"]) == 0
+    text = capsys.readouterr().out
+    reason = "val/fine/map@r did not improve in 1 validation round(s) (trainer.patience=1; best 0.5000)"
+    assert f"early stopping ended training after epoch 1: {reason}" in text
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["early_stopping"] == {"epoch": 1, "reason": reason, "patience": 1, "best_score": 0.5}
+    assert info["selected"]["epoch"] == 0
+
+
+def test_patience_and_a_plateau_schedule_without_validation_are_warning_lines(tmp_path, capsys):
+    import warnings
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                     "data.val_split=null", "data.val_fraction=0", "trainer.patience=2", "trainer.max_epochs=1",
+                     "optim.scheduler.name=plateau"]) == 0
+    text = capsys.readouterr().out
+    assert "warning: trainer.patience=2 is ignored: the run has no validation data" in text
+    assert "warning: optim.scheduler.name=plateau in a run without validation data: the learning rate never " \
+           "changes" in text
+    assert not [w for w in caught if "plateau" in str(w.message) or "patience" in str(w.message)]  # was: raw

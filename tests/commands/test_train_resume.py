@@ -203,7 +203,42 @@ def test_resume_keeps_the_csv_log_and_an_old_checkpoint_resumes_with_a_warning(b
     after = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
     assert [{k: v for k, v in r.items() if v} for r in after[:len(rows)]] == \
         [{k: v for k, v in r.items() if v} for r in rows]  # every earlier row kept (was: header + the test row)
-    assert len(after) == len(rows) + 1 and after[-1]["test/fine/map@r"]  # the resumed run's own test row
+    # a finished run resumed trains nothing: its test row is not logged a second time (was: a duplicate row)
+    assert len(after) == len(rows) and sum(bool(r.get("test/fine/map@r")) for r in after) == 1
+
+
+def test_resuming_a_finished_run_adds_to_its_wall_time(base, tmp_path, capsys) -> None:
+    run = _copy(base, tmp_path / "finished")
+    info = json.loads((run / "run_info.json").read_text())
+    info["wall_time_s"] = 1000.0  # the first process's time (the resume takes a few seconds)
+    (run / "run_info.json").write_text(json.dumps(info))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    after = json.loads((run / "run_info.json").read_text())["wall_time_s"]
+    assert 1000.0 < after < 1000.0 + 300  # accumulated (was: the resume's own time alone)
+    assert json.loads((run / "run_info.json").read_text())["selected"]["checkpoint"] == "best.ckpt"
+
+
+def test_a_killed_run_resumed_counts_the_time_until_its_last_checkpoint(killed, tmp_path, capsys) -> None:
+    run = _copy(killed, tmp_path / "run")
+    recorded = [v for k, v in load_checkpoint_file(run / "last.ckpt")["callbacks"].items()
+                if k.startswith("ResumeState")][0]["elapsed_s"]
+    assert recorded > 0
+    t0 = __import__("time").monotonic()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    took = __import__("time").monotonic() - t0
+    assert recorded < json.loads((run / "run_info.json").read_text())["wall_time_s"] <= recorded + took + 0.1
+
+
+def test_a_deleted_best_ckpt_is_named_as_missing(base, tmp_path, capsys) -> None:
+    run = _copy(base, tmp_path / "finished")
+    (run / "best.ckpt").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {run / 'best.ckpt'} is missing: testing the final weights" in out
+    selected = json.loads((run / "run_info.json").read_text())["selected"]
+    assert selected["checkpoint"] == "final weights"
+    assert selected["reason"].startswith("best.ckpt is missing from the run folder")  # was: validation wrote none
+    assert "validation wrote no best.ckpt" not in out
 
 
 def test_a_second_resume_while_the_run_trains_is_refused(base, tmp_path, capsys) -> None:

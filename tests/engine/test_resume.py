@@ -43,7 +43,7 @@ class CrashInValidation(L.Callback):
 
 
 def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1, *, scheduler: str = "cosine",
-           monitor_mode: str = "max"):
+           monitor_mode: str = "max", patience: int | None = None):
     """5 batches per epoch; validation (``val/fine/map@r``, ``monitor_mode``) at the end of every epoch. ``plateau``:
     x 0.5 after every validation round without improvement."""
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def _setup(tmp_path, max_steps: int, every: int, accumulate: int = 1, *, schedul
                           eval_batch_size=16, seed=3)
     settings = TrainerSettings(max_steps=max_steps, checkpoint_every_n_steps=every, accelerator="cpu",
                                progress_bar=False, accumulate_grad_batches=accumulate, seed=0,
-                               monitor_mode=monitor_mode)
+                               monitor_mode=monitor_mode, patience=patience)
     return module, dm, settings
 
 
@@ -226,6 +226,49 @@ def test_resume_keeps_the_plateau_schedule(tmp_path, crash, kwargs):
     validated = [h for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
     if at_crash["global_step"] % 5 == 0:  # an end-of-epoch checkpoint: that epoch's round stepped on
         assert at_crash["lr_schedulers"][0]["last_epoch"] == len(validated)
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+# the toy run's validation fine/map@r (mode max) by epoch: 0.5625, 0.5833, 0.6458, 0.5833, 0.5417, ... so patience 1
+# stops it after epoch 3 (step 20), patience 2 after epoch 4 (step 25)
+def _early_stopping_state(ckpt) -> dict:
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("EarlyStopping{")]
+    return state
+
+
+def test_a_run_resumed_after_early_stopping_decided_to_stop_trains_no_further(tmp_path):
+    # the stop is trainer.should_stop, which no checkpoint holds: a run killed after the end-of-epoch last.ckpt of
+    # the epoch that decided to stop (while the run tested) trained another epoch when resumed
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    module, dm, settings = _setup(tmp_path, -1, 0, patience=1)
+    settings.max_epochs = 8
+    build_trainer(settings, dm, tmp_path / "run").fit(module, datamodule=dm)
+    assert [h["epoch"] for h in module.validation_history] == [0, 1, 2, 3] and module.global_step == 20
+    final = load_checkpoint_file(tmp_path / "run" / "last.ckpt")
+    assert final["global_step"] == 20 and _early_stopping_state(final)["wait_count"] == 1
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.ckpt", "best.ckpt")}
+    resumed, dm, settings = _setup(tmp_path, -1, 0, patience=1)
+    settings.max_epochs = 8
+    trainer = build_trainer(settings, dm, tmp_path / "run")
+    trainer.fit(resumed, datamodule=dm, ckpt_path=str(tmp_path / "run" / "last.ckpt"))
+    assert trainer.global_step == 20 and resumed.validation_history == module.validation_history
+    for k, v in _weights(module).items():
+        torch.testing.assert_close(_weights(resumed)[k], v, rtol=0, atol=0, msg=k)
+    for name, data in before.items():  # nothing trained, nothing written
+        assert (tmp_path / "run" / name).read_bytes() == data, name
+    (stopping,) = [cb for cb in trainer.callbacks if type(cb).__name__ == "RunEarlyStopping"]
+    assert stopping.summary()["epoch"] == 3 and "did not improve in 1 validation round" in stopping.summary()["reason"]
+
+
+@pytest.mark.parametrize("crash", [15, 20])
+def test_early_stopping_resumes_with_its_wait_count(tmp_path, crash):
+    # patience 2: killed after epoch 2 (the best round, wait 0) or epoch 3 (wait 1), resumed: it stops after epoch 4
+    # as the uninterrupted run does
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, max_epochs=8, patience=2)
+    assert _early_stopping_state(at_crash)["wait_count"] == {15: 0, 20: 1}[crash]
+    assert straight.global_step == resumed.global_step == 25
+    assert [h["epoch"] for h in resumed.validation_history] == [0, 1, 2, 3, 4]
     _assert_same_run(tmp_path, straight, resumed)
 
 

@@ -3,15 +3,20 @@ that keeps its best score when the run folder was copied or moved."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from dynametric.engine.data import MetricDataModule
 
@@ -60,6 +65,10 @@ class ResumeState(Checkpoint):
 
     Under DDP the state of rank 0 is stored (the batch position is the same on every rank; the RNG of the
     other ranks restarts from rank 0's, which only matters for random choices that differ between ranks).
+
+    Every checkpoint also records ``elapsed_s``: the wall time the run has spent so far, from this callback's
+    creation in each process (the trainer's construction) to the checkpoint, summed over the processes of a resumed
+    run (:attr:`restored_elapsed_s` is what the resumed checkpoint recorded).
     """
 
     def __init__(self, datamodule: MetricDataModule, last_path: str | Path | None, every_n_steps: int = 0) -> None:
@@ -71,16 +80,20 @@ class ResumeState(Checkpoint):
         self._pending_rng: dict[str, Any] | None = None
         self._last_saved_step = -1
         self._loop_counts: tuple[int, int, Any] | None = None
+        self._created = time.monotonic()
+        self.restored_elapsed_s = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         # restored RNG states not yet in use (a checkpoint written by a resumed run before its first batch, e.g. by
         # Lightning repeating the end of the resumed epoch): the ones the run continues with, not today's
         rng = self._pending_rng if self._pending_rng is not None else collect_rng_state()
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng}
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng,
+                "elapsed_s": self.restored_elapsed_s + (time.monotonic() - self._created)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch = int(state_dict["epoch"])
         self.batches_done = int(state_dict["batches_done"])
+        self.restored_elapsed_s = float(state_dict.get("elapsed_s", 0.0))  # 0: a checkpoint of an older version
         self._pending_rng = state_dict.get("rng")
         self.datamodule.request_resume(self.epoch, self.batches_done)
 
@@ -134,6 +147,102 @@ class ResumeState(Checkpoint):
             self._last_saved_step = trainer.global_step
 
 
+def runtime_warning(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def monitor_value(trainer: L.Trainer, monitor: str) -> float | None:
+    """The monitored metric of the last validation round as a float, ``None`` when it was not logged."""
+    value = trainer.callback_metrics.get(monitor)
+    return None if value is None else float(value)
+
+
+class MonitorWatch(L.Callback):
+    """After every validation round of ``fit``: a warning when the monitored metric has no value (not logged, or
+    NaN: e.g. no validation query had a relevant item at the monitored scale, 0 queries). Such a round is no
+    candidate for ``best.ckpt`` (:class:`RunCheckpoint`) and does not count for early stopping
+    (:class:`RunEarlyStopping`); the warning says so. ``warn`` gets the message (default: a ``RuntimeWarning``;
+    ``dynametric train`` prints it as a ``warning:`` line)."""
+
+    def __init__(self, monitor: str, warn: Callable[[str], None] | None = None) -> None:
+        self.monitor = monitor
+        self.warn = warn or runtime_warning
+        self.undefined_rounds: list[int] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = monitor_value(trainer, self.monitor)
+        if value is not None and not math.isnan(value):
+            return
+        epoch = int(trainer.current_epoch)
+        self.undefined_rounds.append(epoch)
+        why = "was not logged" if value is None else "is NaN"
+        scale = self.monitor.removeprefix("val/").partition("/")[0]
+        last = getattr(pl_module, "last_eval", None)
+        queries = last.get(scale, {}).get("num_queries") if isinstance(last, dict) else None
+        if queries == 0:
+            why += f" (0 queries: no validation item has a relevant item at the scale {scale!r})"
+        self.warn(f"validation round of epoch {epoch}: the monitored {self.monitor} {why}; this round cannot be "
+                  "selected as best.ckpt and does not count for early stopping (trainer.monitor, the validation "
+                  "split)")
+
+
+class RunEarlyStopping(EarlyStopping):
+    """Lightning's ``EarlyStopping`` (``trainer.patience``), checked after each validation round, with three
+    changes:
+
+    * **Exact resume.** Lightning stores the callback's counts in every checkpoint, but not its decision: the stop
+      is ``trainer.should_stop``, which a resumed run starts without. A run killed after the end-of-epoch
+      ``last.ckpt`` of the epoch that decided to stop (while it tested) trained on for another epoch when resumed.
+      A restored state that had stopped training stops it again before the first resumed batch.
+    * **No value, no decision.** A round whose monitored metric is NaN (no validation query counted) neither
+      improves nor counts against the patience (Lightning's ``check_finite`` stopped the run at the first NaN, and
+      without it a NaN counted as a round without improvement); :class:`MonitorWatch` warns about it.
+    * :meth:`summary`: the epoch and reason of a stop, for the run's output and ``run_info.json``.
+
+    Its state is stored under ``EarlyStopping``'s key, so checkpoints of earlier versions resume with it."""
+
+    def __init__(self, monitor: str, mode: str, patience: int) -> None:
+        super().__init__(monitor=monitor, mode=mode, patience=patience, check_on_train_epoch_end=False,
+                         check_finite=False)
+        self.restored_stop = False
+
+    @property
+    def state_key(self) -> str:  # EarlyStopping's: checkpoints written before this class resume with it
+        return f"EarlyStopping{super().state_key[len(type(self).__qualname__):]}"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # a checkpoint of a Lightning without stopping_reason: a spent patience is the stop it had decided
+        self.restored_stop = (self.stopping_reason is not EarlyStoppingReason.NOT_STOPPED
+                              or self.wait_count >= self.patience)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.restored_stop:  # the fit loop checks trainer.should_stop before its first epoch
+            trainer.should_stop = True
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        value = monitor_value(trainer, self.monitor)
+        if value is not None and math.isnan(value):
+            return  # MonitorWatch says so
+        super()._run_early_stopping_check(trainer)
+
+    def summary(self) -> dict[str, Any] | None:
+        """``{"epoch": E, "reason": ..., "patience": N, "best_score": S}`` when early stopping ended training
+        (E: the last epoch trained), else ``None``."""
+        if self.stopping_reason is EarlyStoppingReason.NOT_STOPPED:
+            return None
+        best = float(self.best_score)
+        if self.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED:
+            reason = (f"{self.monitor} did not improve in {self.wait_count} validation round(s) (trainer.patience="
+                      f"{self.patience}; best {best:.4f})")
+        else:
+            reason = self.stopping_reason_message or self.stopping_reason.value
+        return {"epoch": int(self.stopped_epoch), "reason": reason, "patience": int(self.patience),
+                "best_score": best}
+
+
 class ValidationToMetrics(L.Callback):
     """After every validation round of ``fit``, the run's ``metrics.json`` (once the run wrote it) gets the validation
     rounds so far, rewritten atomically with its other entries as they were: the folder of a run that is killed
@@ -147,14 +256,15 @@ class ValidationToMetrics(L.Callback):
             return
         import json
 
-        from dynametric.utils.io import atomic_write_json
+        from dynametric.utils.io import atomic_write_json, nan_to_null
 
         try:
             metrics = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return  # not the run's file as it wrote it: left as it is (the run's end rewrites it)
         if isinstance(metrics, dict):
-            atomic_write_json(self.path, {**metrics, "validation": list(getattr(pl_module, "validation_history", []))})
+            history = list(getattr(pl_module, "validation_history", []))
+            atomic_write_json(self.path, nan_to_null({**metrics, "validation": history}))  # NaN: null
 
 
 def _reroot(path: Any, old: str, new: str) -> str | None:
@@ -187,6 +297,13 @@ class RunCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return f"ModelCheckpoint{super().state_key[len(type(self).__qualname__):]}"
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        # a NaN score (no validation query counted) is never the best: Lightning ranks it as the worst score, but
+        # takes it while it has no best yet, so best.ckpt was the first epoch whatever came after
+        if current is not None and bool(torch.isnan(current).any()):
+            return False
+        return super().check_monitor_top_k(trainer, current)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath", self.dirpath)

@@ -232,7 +232,7 @@ class MetricLearningModule(L.LightningModule):
         self.validation_history: list[dict[str, Any]] = []
         self.plateau_rounds = 0  # validation_history entries the plateau schedule has stepped on (_step_plateau)
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        self._plateau_warned = False
+        self.plateau_warned = False  # the warning of a plateau schedule without validation given
         self.loss_history = []  # [global step, loss] pairs for the report's curve
         # the run's resolved config (``config_to_dict``) and its ``config_hash``, stored in every checkpoint so a
         # resume can tell whether the run folder's config.yaml is still the one the run trained with
@@ -376,8 +376,8 @@ class MetricLearningModule(L.LightningModule):
         ``plateau_rounds`` (in every checkpoint) counts the rounds stepped on, since Lightning repeats the end of an
         epoch resumed from its end-of-epoch checkpoint when it trains to ``max_steps``."""
         plateau = self._plateau
-        if plateau is not None and not self.trainer.enable_validation and not self._plateau_warned:
-            self._plateau_warned = True
+        if plateau is not None and not self.trainer.enable_validation and not self.plateau_warned:
+            self.plateau_warned = True
             warnings.warn("plateau schedule in a run without validation: the learning rate never changes",
                           RuntimeWarning, stacklevel=2)
         history = self.validation_history
@@ -390,6 +390,8 @@ class MetricLearningModule(L.LightningModule):
             warnings.warn(f"plateau schedule: validation logged no {monitor!r}, the schedule is not stepped "
                           f"(logged: {', '.join(sorted(self.trainer.callback_metrics))})", RuntimeWarning, stacklevel=2)
             return
+        if bool(torch.isnan(torch.as_tensor(value)).any()):
+            return  # a round without a value (no validation query counted) is no evidence of a plateau
         plateau.step(value)
 
     def on_train_end(self) -> None:

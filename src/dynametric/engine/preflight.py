@@ -79,3 +79,38 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
     if len(sampler) < 1:
         raise ConfigError(f"the training split ({len(labels)} images) gives no batch of {data.batch_size}; lower "
                           "data.batch_size", key="data.batch_size")
+
+
+def check_validation_queries(cfg: Config, val: Any, monitor: str, scale_names: Sequence[str],
+                             split: str = "validation") -> None:
+    """A :class:`ConfigError` keyed ``trainer.monitor`` when the validation data cannot give the monitored metric a
+    value: leave-one-out validation scores a query only where another validation item shares its class at the
+    monitored scale (from another sequence where the data carries ``sequence_ids``), and with ``eval.empty_queries:
+    exclude`` (the default) a retrieval metric with no such query is NaN in every round; ``best.ckpt`` and early
+    stopping would have nothing to go on. ``monitor`` is resolved (``fine/map@r``; ``mean/<metric>`` needs every
+    scale); clustering metrics (``nmi``, ``f1``) and ``fnmr@fmr`` are not checked, nor ``count_as_zero`` runs.
+    ``split`` names the validation data in the message."""
+    from dynametric.metrics import CLUSTER_METRIC_TABLE
+
+    scale, _, metric = monitor.partition("/")
+    if val is None or cfg.eval.empty_queries != "exclude" or metric in CLUSTER_METRIC_TABLE \
+            or metric.startswith("fnmr@"):
+        return
+    labels = as_label_matrix(val.labels, name="validation labels")
+    names = list(scale_names)
+    columns = range(labels.shape[1]) if scale == "mean" else [names.index(scale)] if scale in names else []
+    sequences = getattr(val, "sequence_ids", None)
+    for col in columns:
+        groups: dict[int, set[Any]] = {}
+        for i, label in enumerate(labels[:, col].tolist()):
+            groups.setdefault(label, set()).add(sequences[i] if sequences is not None else i)
+        if any(len(members) >= 2 for members in groups.values()):
+            continue
+        name = names[col] if col < len(names) else f"scale {col}"
+        other = "from another sequence " if sequences is not None else ""
+        coarser = [n for n in names[col + 1:]]
+        hint = f", or monitor a coarser scale (trainer.monitor={coarser[0]}/{metric})" if coarser else ""
+        raise ConfigError(f"the monitored {monitor} has no value on the {split} data ({len(labels)} images): no "
+                          f"{name} class there has two images {other}(every one is a singleton), so no validation "
+                          f"query has a relevant item and every round would be NaN; use validation data with at "
+                          f"least two images per {name} class{hint}", key="trainer.monitor")

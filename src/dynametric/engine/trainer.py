@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dynametric.config.schema import (
@@ -22,7 +21,7 @@ from dynametric.config.schema import (
     check_precision,
     check_strategy,
 )
-from dynametric.engine.callbacks import ResumeState, RunCheckpoint
+from dynametric.engine.callbacks import MonitorWatch, ResumeState, RunCheckpoint, RunEarlyStopping, runtime_warning
 from dynametric.engine.checkpoint import SafeCheckpointIO
 from dynametric.engine.data import MetricDataModule
 from dynametric.engine.loggers import KeepingCSVLogger
@@ -203,10 +202,18 @@ def build_trainer(
     callbacks: Sequence[L.Callback] = (),
     logger: Any = None,
     enable_validation: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> L.Trainer:
     """A Trainer writing ``run_dir/last.ckpt`` (every N steps and every epoch) and ``run_dir/best.ckpt``
-    (best ``val/<monitor>``), atomically, with exact-resume state; the batch sampler shards data itself."""
+    (best ``val/<monitor>``), atomically, with exact-resume state; the batch sampler shards data itself.
+
+    ``settings.patience`` adds :class:`~dynametric.engine.callbacks.RunEarlyStopping` (a stop decided before a kill
+    is kept by the resumed run), and validation adds :class:`~dynametric.engine.callbacks.MonitorWatch` (a round
+    whose monitored metric is NaN or missing is warned about, and is neither ``best.ckpt`` nor counted by early
+    stopping). ``warn`` gets the warnings (default: ``RuntimeWarning``): those rounds, and ``trainer.patience`` set
+    without validation (ignored)."""
     validate_settings(settings)
+    warn = warn or runtime_warning
     cbs: list[L.Callback] = list(callbacks)
     run_dir = None if run_dir is None else Path(run_dir)
     if run_dir is not None and enable_validation:
@@ -217,9 +224,14 @@ def build_trainer(
     # so the end-of-epoch last.ckpt holds that epoch's best score (ResumeState's docstring)
     cbs.append(ResumeState(datamodule, None if run_dir is None else run_dir / "last.ckpt",
                            settings.checkpoint_every_n_steps))
+    if enable_validation:
+        cbs.append(MonitorWatch(f"val/{settings.monitor}", warn))
     if settings.patience is not None and enable_validation:
-        cbs.append(EarlyStopping(monitor=f"val/{settings.monitor}", mode=settings.monitor_mode,
-                                 patience=settings.patience, check_on_train_epoch_end=False))
+        cbs.append(RunEarlyStopping(f"val/{settings.monitor}", settings.monitor_mode, settings.patience))
+    elif settings.patience is not None:
+        warn(f"trainer.patience={settings.patience} is ignored: the run has no validation data, so there is no "
+             f"monitored score to stop on (early stopping needs a validation split: data.val_split, or "
+             f"data.val_fraction > 0 with data.val_split: null)")
     if logger is None and run_dir is not None:
         logger = KeepingCSVLogger(save_dir=run_dir, name="", version="logs")
     if settings.progress_bar:

@@ -60,10 +60,15 @@ def _metrics_table(metrics: Mapping[str, Any], scale_names: Sequence[str]) -> li
     scales = [s for s in [*scale_names, "mean"] if isinstance(metrics.get(s), Mapping)]
     if not scales:
         return []
-    names = [m for m, v in metrics[scales[0]].items() if isinstance(v, float)]
+    # a metric without a value is null in metrics.json (NaN in memory): shown as nan
+    names = [m for m, v in metrics[scales[0]].items() if isinstance(v, float) or v is None]
+
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) else "nan"
+
     lines = ["| scale | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for s in scales:
-        lines.append(f"| {s} | " + " | ".join(f"{metrics[s].get(m, float('nan')):.4f}" for m in names) + " |")
+        lines.append(f"| {s} | " + " | ".join(cell(metrics[s].get(m)) for m in names) + " |")
     return lines
 
 

@@ -10,14 +10,16 @@ Run folder layout::
     best.ckpt       best validation ``trainer.monitor`` so far
     metrics.json    {"untrained": {...}, "validation": [{"epoch": e, ...}, ...], "test": {...}}; "test" is {}
                     until the run finishes (a Ctrl-C leaves the validation done so far and no test)
-    run_info.json   data sizes, validation source, selected epoch, per-head results, wall time, the training
-                    module's record (alternating steps: class_steps / shared_steps; MIC: clustering)
+    run_info.json   data sizes, validation source, selected epoch, early stopping, per-head results, wall time
+                    (summed over resumes), the training module's record (alternating steps: class_steps /
+                    shared_steps; MIC: clustering)
     report.html     self-contained report
     logs/           Lightning CSV logs
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -47,13 +49,13 @@ from dynametric.engine.builders import (
     sampler_factory,
     trainer_settings,
 )
-from dynametric.engine.callbacks import ValidationToMetrics
+from dynametric.engine.callbacks import ResumeState, RunCheckpoint, RunEarlyStopping, ValidationToMetrics
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.objective import term_miners
-from dynametric.engine.preflight import check_batches
+from dynametric.engine.preflight import check_batches, check_validation_queries
 from dynametric.engine.report import category_summary, write_report
 from dynametric.engine.trainer import (
     TrainerSettings,
@@ -72,7 +74,14 @@ from dynametric.pipeline.protocols import (
     protocol_from_config,
     protocol_split_keys,
 )
-from dynametric.utils.io import atomic_write_json, is_stale_temp, remove_stale_temps, require_new_folder
+from dynametric.utils.io import (
+    atomic_write_json,
+    is_stale_temp,
+    nan_to_null,
+    null_to_nan,
+    remove_stale_temps,
+    require_new_folder,
+)
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -612,7 +621,7 @@ def _interrupted(run_dir: Path, metrics: dict[str, Any] | None, history: list[di
     and keeps ``"test": {}`` (the run was not tested); ``last.ckpt`` and ``best.ckpt`` stay as they were. The
     returned exception says how to go on: ``--resume`` from ``last.ckpt``, or start again without one."""
     if write and metrics is not None:
-        atomic_write_json(run_dir / "metrics.json", {**metrics, "validation": list(history), "test": {}})
+        atomic_write_json(run_dir / "metrics.json", nan_to_null({**metrics, "validation": list(history), "test": {}}))
     if (run_dir / "last.ckpt").is_file():
         return Interrupted(f"resume with: dynametric train --resume {run_dir}")
     if (run_dir / "config.yaml").is_file():
@@ -667,6 +676,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names,
                   carved=datasets.val_carved)  # before the untrained evaluation spends time
+    # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
+    check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
@@ -676,8 +687,13 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                           eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
                           **loader_settings(cfg))
     # built before anything is written: a trainer Lightning refuses leaves no file behind
+    warn = functools.partial(_warning_line, log)
     trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
-                            callbacks=[ValidationToMetrics(run_dir / "metrics.json")])
+                            callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)
+    if datasets.val is None and module.optim_settings.scheduler == "plateau":
+        warn("optim.scheduler.name=plateau in a run without validation data: the learning rate never changes "
+             "(the schedule steps on the validation trainer.monitor)")
+        module.plateau_warned = True  # said here, once, not again by the module
     if resume:
         claim_resumed_run(run_dir, log)
     metrics_path = run_dir / "metrics.json"
@@ -712,19 +728,30 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             log_results(exp_logger, "untrained", untrained, step=0)
             metrics = {"untrained": untrained, "validation": [], "test": {}}
             if not _launched_worker():  # rank 0 writes it (another rank's process would write the same again)
-                atomic_write_json(metrics_path, metrics)
+                atomic_write_json(metrics_path, nan_to_null(metrics))
         else:
             try:
                 import json
 
-                metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+                # null: a metric without a value (NaN), as metrics.json writes it
+                metrics = null_to_nan(json.loads(metrics_path.read_text(encoding="utf-8")))
             except (OSError, ValueError) as exc:
                 raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
+            if not isinstance(metrics, dict):
+                raise InputError(f"expected a JSON object, found {type(metrics).__name__}", file=metrics_path)
             log(f"resuming {run_dir} from {last}")
+        resumed_step = int(trainer.global_step)  # 0 here: Lightning restores the step inside fit
+        was_tested = resume and bool(metrics.get("test"))  # a finished run resumed: its test row is logged
         L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
+        if resume:
+            resumed_step = int(load_checkpoint_file(last).get("global_step", -1))
         with ctrl_c_passes_through(trainer):
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
         metrics["validation"] = module.validation_history
+        stopped = _early_stopping(trainer)
+        if stopped is not None:
+            info["early_stopping"] = stopped
+            log(f"early stopping ended training after epoch {stopped['epoch']}: {stopped['reason']}")
         # what the training recorded, read before the test loads best.ckpt into the module (its on_load_checkpoint
         # would put back the loss history, skipped steps and record of the best epoch)
         record, loss_history, skipped = module.run_record(), list(module.loss_history), module.skipped_steps
@@ -735,11 +762,19 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                                 "global_step": int(ckpt.get("global_step", -1)), "monitor": settings.monitor}
             test_ckpt: str | None = str(best)
         else:
+            recorded = _recorded_best(trainer)
             if datasets.val is None:
                 reason = "no validation split"
+            elif recorded:
+                reason = (f"best.ckpt is missing from the run folder (the run recorded its best checkpoint as "
+                          f"{recorded}, but the file is gone)")
+                log(f"warning: {best} is missing: testing the final weights instead of the best validation epoch")
             elif not module.validation_history:
                 reason = (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
                           f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
+            elif all(_monitored(h, settings.monitor) is None for h in module.validation_history):
+                reason = (f"the monitored val/{settings.monitor} had no value (NaN) in every validation round, so "
+                          "no round could be selected")
             else:
                 reason = "validation wrote no best.ckpt"
             info["selected"] = {"checkpoint": "final weights", "reason": reason}
@@ -748,7 +783,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         log(f"testing {selected['checkpoint']}" + (f" ({selected['reason']})" if "reason" in selected else "")
             + " on the test split ...")
         metrics["test"] = test_eval(test_ckpt)
-        if trainer.is_global_zero:
+        # a finished run resumed without training further was tested and logged already: its test row is not
+        # logged a second time (logs/metrics.csv and the other loggers)
+        if trainer.is_global_zero and not (was_tested and int(trainer.global_step) == resumed_step):
             log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
         emb_labels = module.last_embeddings
         report_set = datasets.test
@@ -768,9 +805,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         info.setdefault(key, value)
     info["skipped_nonfinite_steps"] = skipped
     info["global_step"] = int(trainer.global_step)
-    info["wall_time_s"] = round(time.time() - t0, 1)
+    info["wall_time_s"] = round(_earlier_time(run_dir, trainer) + time.time() - t0, 1) if resume \
+        else round(time.time() - t0, 1)
     if trainer.is_global_zero:
-        atomic_write_json(metrics_path, metrics)
+        atomic_write_json(metrics_path, nan_to_null(metrics))
         if cfg.run.report:
             emb, labels = emb_labels if emb_labels is not None else (None, None)
             write_report(run_dir / "report.html", metrics=metrics, loss_history=loss_history,
@@ -781,12 +819,57 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             info["logged_figures"] = log_figures(exp_logger, report_figures(
                 (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
         info["logger"] = cfg.run.logger
-        atomic_write_json(run_dir / "run_info.json", info)
+        atomic_write_json(run_dir / "run_info.json", nan_to_null(info))
         if exp_logger is not None:
             exp_logger.finalize("success")
         _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads), settings.monitor, cfg.run.report)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
+
+
+def _warning_line(log: Callable[[str], None], message: str) -> None:
+    log(f"warning: {message}")
+
+
+def _callbacks(trainer: L.Trainer) -> list[L.Callback]:
+    return list(getattr(trainer, "callbacks", []))  # a Trainer property its stubs do not declare
+
+
+def _early_stopping(trainer: L.Trainer) -> dict[str, Any] | None:
+    """:meth:`~dynametric.engine.callbacks.RunEarlyStopping.summary` of the run's early stopping (also when a
+    resumed run restored a stop decided before the kill), ``None`` when it did not end training."""
+    return next((cb.summary() for cb in _callbacks(trainer) if isinstance(cb, RunEarlyStopping)), None)
+
+
+def _recorded_best(trainer: L.Trainer) -> str | None:
+    """The ``best.ckpt`` the run's checkpoint state records (its epoch), when there is one."""
+    for cb in _callbacks(trainer):
+        if isinstance(cb, RunCheckpoint) and cb.best_model_path:
+            score = cb.best_model_score
+            return f"{Path(cb.best_model_path).name}" + ("" if score is None else f" (score {float(score):.4f})")
+    return None
+
+
+def _monitored(history_entry: dict[str, Any], monitor: str) -> float | None:
+    """The monitored value of a validation round (``monitor``: ``fine/map@r``), ``None`` when missing or NaN."""
+    scale, _, metric = monitor.partition("/")
+    value = history_entry.get(scale, {}).get(metric) if isinstance(history_entry.get(scale), dict) else None
+    return float(value) if isinstance(value, (int, float)) and value == value else None
+
+
+def _earlier_time(run_dir: Path, trainer: L.Trainer) -> float:
+    """The wall time of a resumed run's earlier processes: a finished run's ``run_info.json`` ``wall_time_s`` (the
+    whole of them), else what the resumed ``last.ckpt`` recorded (``ResumeState``: each process's time until its
+    last checkpoint; the time a killed process spent after it is not known)."""
+    import json
+
+    try:
+        earlier = json.loads((run_dir / "run_info.json").read_text(encoding="utf-8")).get("wall_time_s")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    if isinstance(earlier, (int, float)) and earlier >= 0:
+        return float(earlier)
+    return next((cb.restored_elapsed_s for cb in _callbacks(trainer) if isinstance(cb, ResumeState)), 0.0)
 
 
 def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) -> None:

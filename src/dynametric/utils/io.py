@@ -284,3 +284,22 @@ def require_new_folder(path: str | Path, key: str, hint: str) -> Path:
         raise InputError(f"output folder is not empty and holds no {hint}; its files are not overwritten: "
                          f"use another {key} or an empty folder", file=path, key=key)
     return path
+
+
+def nan_to_null(obj: Any) -> Any:
+    """``obj`` with every float NaN as ``None`` (JSON's ``null``), at any depth of dicts and lists: what a strict
+    JSON reader accepts (``json.dumps`` writes a bare ``NaN``, which is not JSON). Inf is left as it is."""
+    if isinstance(obj, dict):
+        return {k: nan_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_null(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
+def null_to_nan(obj: Any) -> Any:
+    """The inverse of :func:`nan_to_null` for metric results read back: every ``None`` as NaN, at any depth."""
+    if isinstance(obj, dict):
+        return {k: null_to_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [null_to_nan(v) for v in obj]
+    return float("nan") if obj is None else obj

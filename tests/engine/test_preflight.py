@@ -1,0 +1,51 @@
+"""``check_validation_queries``: a monitored metric the validation data cannot give a value is refused before the
+run trains (every validation class a singleton at the monitored scale)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dynametric.config import load_config
+from dynametric.engine.preflight import check_validation_queries
+from dynametric.errors import ConfigError
+
+SCALES = ["fine", "middle", "coarse"]
+
+
+def _val(fine, coarse_of=lambda f: f // 2, sequences=None):
+    labels = torch.tensor([[f, f // 2 if coarse_of is None else coarse_of(f), 0] for f in fine])
+    return SimpleNamespace(labels=labels, sequence_ids=sequences)
+
+
+def test_singleton_classes_at_the_monitored_scale_are_refused_naming_trainer_monitor():
+    cfg = load_config()
+    val = _val([0, 1, 2, 3])  # fine: four singletons; middle: two pairs
+    with pytest.raises(ConfigError) as info:
+        check_validation_queries(cfg, val, "fine/map@r", SCALES, "split 'val'")
+    assert info.value.key == "trainer.monitor"
+    text = str(info.value)
+    assert "the monitored fine/map@r has no value on the split 'val' data (4 images)" in text and "\n" not in text
+    assert "trainer.monitor=middle/map@r" in text
+    check_validation_queries(cfg, val, "middle/map@r", SCALES)  # pairs: queries count
+    check_validation_queries(cfg, _val([0, 0, 1, 2]), "fine/map@r", SCALES)  # one pair is enough
+    with pytest.raises(ConfigError, match="no fine class there has two images"):  # the mean needs every scale
+        check_validation_queries(cfg, val, "mean/recall@1", SCALES)
+    check_validation_queries(cfg, None, "fine/map@r", SCALES)  # no validation: nothing to check
+
+
+def test_what_the_check_leaves_alone():
+    val = _val([0, 1, 2, 3])
+    check_validation_queries(load_config(overrides=["eval.empty_queries=count_as_zero"]), val, "fine/map@r", SCALES)
+    check_validation_queries(load_config(), val, "fine/nmi", SCALES)  # a clustering metric needs no query
+
+
+def test_two_images_of_one_sequence_are_no_relevant_item():
+    # the same-sequence exclusion: a query never finds the frames of its own sequence
+    cfg = load_config()
+    same = _val([0, 0, 1, 1], sequences=["a", "a", "b", "b"])
+    with pytest.raises(ConfigError, match="no fine class there has two images from another sequence"):
+        check_validation_queries(cfg, same, "fine/map@r", SCALES)
+    check_validation_queries(cfg, _val([0, 0, 1, 1], sequences=["a", "b", "c", "c"]), "fine/map@r", SCALES)
