@@ -136,8 +136,8 @@ def test_val_carve_scale_is_checked_against_the_data() -> None:
             load_config(overrides=[f"data.val_carve_scale={bad}"])
 
 
-@pytest.mark.parametrize(("n_fine", "fraction", "smallest"), [(10, 0.04, 0.0501), (10, 0.05, 0.0501), (12, 0.01, 0.0417),
-                                                             (37, 0.0135, 0.0136), (1000, 0.0005, 0.000501)])
+@pytest.mark.parametrize(("n_fine", "fraction", "smallest"), [
+    (10, 0.04, 0.0501), (10, 0.05, 0.0501), (12, 0.01, 0.0417), (37, 0.0135, 0.0136), (1000, 0.0005, 0.000501)])
 def test_a_positive_fraction_that_rounds_to_no_class_is_refused_with_the_smallest_that_gives_one(
         n_fine: int, fraction: float, smallest: float) -> None:
     """round(fraction x C) = 0 (half to even: round(0.5) = 0) silently meant no validation; now one line on

@@ -65,7 +65,8 @@ def test_an_optimizer_keyword_in_a_file_names_its_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overrides", [
     [], ["optim.kwargs={betas: [0.8, 0.99], eps: 1.0e-6, amsgrad: true}"], ["optim.kwargs.fused=true"],
-    ["optim.name=sgd", "optim.kwargs={nesterov: true, dampening: 0}"], ["optim.name=rmsprop", "optim.kwargs.centered=true"],
+    ["optim.name=sgd", "optim.kwargs={nesterov: true, dampening: 0}"],
+    ["optim.name=rmsprop", "optim.kwargs.centered=true"],
 ])
 def test_valid_optimizer_keywords_pass_and_reach_the_settings(overrides) -> None:
     cfg = load_config(overrides=overrides)
