@@ -55,10 +55,11 @@ def test_carve_validation_matches_the_frozen_engine_split(seed: int, n_fine: int
             if round(fraction * n_classes) >= n_classes:
                 continue
             expected = _frozen_engine_split(labels, fraction, seed, scale)
-            train, val = carve_validation(ds, fraction, seed, scale=scale)
-            if expected is None:
-                assert val is None and train is ds
+            if expected is None:  # rounds to no class: once no validation set, now refused (the fraction is named)
+                with pytest.raises(ConfigError, match=rf"val_fraction {fraction} .* rounds to no validation class"):
+                    carve_validation(ds, fraction, seed, scale=scale)
                 continue
+            train, val = carve_validation(ds, fraction, seed, scale=scale)
             assert train.indices.tolist() == expected[0].tolist()
             assert val.indices.tolist() == expected[1].tolist()
             tr_idx, va_idx = class_disjoint_split(labels, fraction, seed=seed, scale=scale)
@@ -76,9 +77,7 @@ def test_carve_validation_matches_the_frozen_engine_split(seed: int, n_fine: int
 
 def test_carve_validation_rules_of_the_config() -> None:
     ds = _DS(_labels(10, 0))
-    train, val = carve_validation(ds, 0.04, seed=0)  # rounds to no class: no validation set
-    assert train is ds and val is None
-    train, val = carve_validation(ds, 0.0, seed=3)
+    train, val = carve_validation(ds, 0.0, seed=3)  # 0: no validation set
     assert train is ds and val is None
     with pytest.raises(ConfigError, match="leaves no training class") as info:
         carve_validation(ds, 0.96, seed=0)
@@ -135,3 +134,25 @@ def test_val_carve_scale_is_checked_against_the_data() -> None:
                           ("[1]", "expected int | str")):
         with pytest.raises(ConfigError, match=f"key 'data.val_carve_scale': {re.escape(expected)}"):
             load_config(overrides=[f"data.val_carve_scale={bad}"])
+
+
+@pytest.mark.parametrize(("n_fine", "fraction", "smallest"), [
+    (10, 0.04, 0.0501), (10, 0.05, 0.0501), (12, 0.01, 0.0417), (37, 0.0135, 0.0136), (1000, 0.0005, 0.000501)])
+def test_a_positive_fraction_that_rounds_to_no_class_is_refused_with_the_smallest_that_gives_one(
+        n_fine: int, fraction: float, smallest: float) -> None:
+    """round(fraction x C) = 0 (half to even: round(0.5) = 0) silently meant no validation; now one line on
+    data.val_fraction with the class count and the smallest 3-digit fraction that gives one class, which does."""
+    ds = _DS(_labels(n_fine, 0))
+    with pytest.raises(ConfigError) as info:
+        carve_validation(ds, fraction, seed=0)
+    assert info.value.key == "data.val_fraction"
+    assert str(info.value.message) == (
+        f"val_fraction {fraction} of the {n_fine} training classes rounds to no validation class (round({fraction} x "
+        f"{n_fine}) = 0); expected at least {smallest} for one class (round({smallest} x {n_fine}) = 1), or 0 for no "
+        "validation set")
+    assert round(smallest * n_fine) == 1 and round((smallest - 10 ** -(len(repr(smallest)) - 2)) * n_fine) == 0
+    train, val = carve_validation(ds, smallest, seed=0)
+    assert val is not None and len(set(val.labels[:, 0].tolist())) == 1
+    with pytest.raises(ConfigError, match=r"val_fraction 0.5: a class-disjoint validation set needs at least 2 "
+                                          r"training classes, the data has 1"):
+        carve_validation(_DS(_labels(1, 0)), 0.5, seed=0)

@@ -61,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
 
     # a config error found while building or running names the file and line (or <command line>) of its key
     with errors_located(cfg):
-        if args.dry_run:
-            dry_run(cfg)
-            return 0
-        run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
         folder_key = "--resume" if args.resume is not None else "--out" if args.out is not None else \
             "run.name" if cfg.run.name else "run.output_dir"
+        if args.dry_run:  # the folder a new run would write, checked as the run checks it (a timestamped one is new)
+            new_dir = None if args.resume is not None else args.out or (default_run_dir(cfg) if cfg.run.name else None)
+            dry_run(cfg, run_dir=new_dir, folder_key=folder_key)
+            return 0
+        run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
         run_training(cfg, run_dir, resume=args.resume is not None, progress=args.progress, folder_key=folder_key)
     return 0

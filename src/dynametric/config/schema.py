@@ -12,7 +12,7 @@ import difflib
 import functools
 import math
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -243,7 +243,10 @@ class ParamGroupConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Learning-rate schedule, stepped per epoch (or per optimisation step with ``interval: step``)."""
+    """Learning-rate schedule: a factor on every parameter group's rate, after an optional linear warm-up over
+    ``warmup_epochs``. Each key but ``name`` applies to some schedules only (:data:`SCHEDULE_KEYS`); one set to
+    another value than its default for a schedule that does not use it is refused, as is a factor or final rate
+    that would drive the rate below 0 or above ``optim.lr``."""
 
     name: Literal["none", "step", "multistep", "cosine", "plateau"] = "none"
     step_size: int = 30
@@ -254,10 +257,45 @@ class SchedulerConfig:
     interval: Literal["epoch", "step"] = "epoch"
 
     def _validate(self, key: str) -> None:
+        for name, schedules in SCHEDULE_KEYS.items():  # a key the schedule ignores, set: refused, never dropped
+            value = getattr(self, name)
+            default = schema_default(f"optim.scheduler.{name}")
+            if self.name not in schedules and value != default:
+                hint = (", or use name: multistep to multiply the rate by gamma at each epoch in milestones"
+                        if name == "milestones" else "")
+                raise ConfigError(f"scheduler {self.name!r} does not use {name} (got {value!r}; it applies to "
+                                  f"{' and '.join(repr(s) for s in schedules)}): remove {key}.{name} or set it to "
+                                  f"its default {default!r}{hint}", key=f"{key}.{name}")
         _positive(self.step_size, f"{key}.step_size")
         _non_negative(self.warmup_epochs, f"{key}.warmup_epochs")
-        if self.name == "multistep" and not self.milestones:
-            raise ConfigError("scheduler 'multistep' needs milestones", key=f"{key}.milestones")
+        if self.name == "multistep":
+            if not self.milestones:
+                raise ConfigError("scheduler 'multistep' needs milestones", key=f"{key}.milestones")
+            if any(m < 1 for m in self.milestones) or len(set(self.milestones)) != len(self.milestones):
+                raise ConfigError(f"expected distinct epochs >= 1 (the rate drops when an epoch reaches one), got "
+                                  f"{self.milestones}", key=f"{key}.milestones")
+        if self.name == "plateau" and not (0 < self.gamma < 1):  # ReduceLROnPlateau: 0 <= factor < 1
+            raise ConfigError(f"scheduler 'plateau' multiplies the rate by gamma when the monitor stalls: expected "
+                              f"0 < gamma < 1, got {self.gamma}", key=f"{key}.gamma")
+        if self.name in ("step", "multistep") and not (0 < self.gamma <= 1):
+            raise ConfigError(f"scheduler {self.name!r} multiplies the rate by gamma at each drop: expected "
+                              f"0 < gamma <= 1 (a larger one would raise the rate above optim.lr), got {self.gamma}",
+                              key=f"{key}.gamma")
+        if self.name == "cosine":  # <= optim.lr: OptimConfig._validate
+            _finite_non_negative(self.min_lr, f"{key}.min_lr", "the final learning rate (min_lr)")
+
+
+SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
+    "step_size": ("step", "plateau"),
+    "gamma": ("step", "multistep", "plateau"),
+    "milestones": ("multistep",),
+    "warmup_epochs": ("none", "step", "multistep", "cosine"),
+    "min_lr": ("cosine",),
+    "interval": ("cosine",),
+}
+"""The schedules (``optim.scheduler.name``) that use each key of ``optim.scheduler``: ``step_size`` is ``step``'s
+period and ``plateau``'s patience; ``interval`` chooses whether ``cosine`` changes the rate every step or every
+epoch (the others change it at epoch boundaries); ``plateau`` has no warm-up."""
 
 
 @dataclass
@@ -294,6 +332,14 @@ class OptimConfig:
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ConfigError(f"gradient clipping norm must be a positive finite number (or null = off), got "
                               f"{self.grad_clip}", key=f"{key}.grad_clip")
+        s = self.scheduler
+        if s.name == "cosine" and s.min_lr > self.lr:  # the cosine factor runs from 1 to min_lr / lr
+            raise ConfigError(f"the cosine schedule's final rate min_lr {s.min_lr} is above optim.lr {self.lr}: it "
+                              f"would raise the rate; expected 0 <= min_lr <= optim.lr", key=f"{key}.scheduler.min_lr")
+        if self.name in ("adam", "adamw") and self.momentum != OptimConfig.momentum:
+            raise ConfigError(f"optimizer {self.name!r} has no momentum (got {self.momentum}; it applies to 'sgd' and "
+                              f"'rmsprop'): remove {key}.momentum (Adam's moment decay rates are "
+                              f"{key}.kwargs.betas)", key=f"{key}.momentum")
 
     def group_lr(self, group: Literal["backbone", "head", "loss"]) -> float:
         value = getattr(self, group).lr
@@ -536,6 +582,37 @@ class Config:
                     raise ConfigError(f"unknown head {name!r}; expected the model's heads {heads} or 'concat'"
                                       + _suggest(name, [*heads, "concat"]), key="eval.heads")
         self._validate_monitor()
+        warmup = self.optim.scheduler.warmup_epochs
+        if warmup and warmup >= self.trainer.max_epochs:
+            raise ConfigError(f"a warm-up of {warmup} epochs covers the whole run (trainer.max_epochs = "
+                              f"{self.trainer.max_epochs}): the rate would never reach optim.lr; expected fewer "
+                              "epochs than trainer.max_epochs", key="optim.scheduler.warmup_epochs")
+        self._validate_classes_per_batch()
+
+    def _validate_classes_per_batch(self) -> None:
+        """A sampler that fills a batch with ``data.m`` images per class (``m_per_class``, ``hierarchical``) holds
+        ``data.batch_size / data.m`` classes; one class gives a loss term that compares the batch's embeddings with
+        each other no negative pair: it would train on nothing (loss 0, only weight decay moving the weights).
+        Terms that compare embeddings with learned class weights (proxy and classification losses) or use no
+        labels learn from one class per batch (:func:`pairs_in_batch`)."""
+        from dynametric.data.samplers import BATCH_SAMPLERS
+
+        data = self.data
+        if not BATCH_SAMPLERS[data.sampler].m_divides_batch or data.batch_size // data.m >= 2:
+            return
+        terms: list[tuple[str, LossConfig, MinerConfig | None]] = [("loss", self.loss, self.miner)]
+        terms += [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(self.extra_losses)]
+        for where, term, miner in terms:
+            if miner is None and not pairs_in_batch(term.name, term.kwargs):
+                continue
+            what = (f"{where}'s miner {miner.name} mines pairs of the batch" if miner is not None else
+                    f"{where} {term.name} compares the batch's embeddings with each other")
+            key = "data.m" if data.m != schema_default("data.m") else "data.batch_size"
+            raise ConfigError(f"a batch of data.batch_size {data.batch_size} with data.m {data.m} images per class "
+                              f"holds one class: {what}, and without a negative pair it would train on nothing; "
+                              f"expected data.batch_size / data.m >= 2 (e.g. data.batch_size {2 * data.m}"
+                              + (f" or data.m {data.batch_size // 2}" if data.batch_size % 2 == 0 else "") + ")",
+                              key=key)
 
     def _validate_monitor(self) -> None:
         """``trainer.monitor``'s metric must be one the validation rounds compute (eval.metrics, eval.k_values);
@@ -626,6 +703,26 @@ def _not_multiscale_by_itself(name: str, key: str) -> None:
     if getattr(LOSSES.get(name), "uses_all_scales", False):
         raise ConfigError(f"{name} is multi-scale by itself (it reads every label column); {key}.multiscale must be "
                           "false", key=f"{key}.multiscale")
+
+
+def pairs_in_batch(name: str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the loss ``name`` built with ``kwargs`` compares the batch's embeddings with each other (pairs,
+    triplets, tuples: a batch of one class gives it no negative), as a dynametric loss declares it
+    (``MetricLoss.pairs_in_batch``); a ``pml:`` loss does not when it holds learned class weights (PML's
+    ``WeightRegularizerMixin``: the proxy and classification losses). ``True`` for a name that is not known."""
+    from dynametric.losses import LOSSES
+
+    if name.startswith("pml:"):
+        from dynametric.pml import PML_PREFIX, pml_class
+
+        try:
+            cls = pml_class("losses", name[len(PML_PREFIX):])
+            from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
+        except (ConfigError, ImportError):
+            return True
+        return not issubclass(cls, WeightRegularizerMixin)
+    check = getattr(LOSSES.get(name), "pairs_in_batch", None)
+    return True if check is None else bool(check(kwargs))
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> str:

@@ -20,8 +20,11 @@ import collections.abc
 import contextlib
 import dataclasses
 import difflib
+import functools
 import inspect
 import logging
+import math
+import operator
 import re
 import types
 import typing
@@ -62,7 +65,10 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
     The classes are chosen by the data layer (:func:`dynametric.data.splits.class_disjoint_split` /
     :func:`~dynametric.data.splits.class_disjoint_folds`); the config's rules are added here: a fraction that
     rounds to no class means no validation set (``(dataset, None)``), one that leaves no training class is a
-    :class:`ConfigError` on ``data.val_fraction``."""
+    :class:`ConfigError` on ``data.val_fraction``, and so is a positive fraction that rounds to no class (it names
+    the class count and the smallest fraction that gives one): ``round(fraction * C)`` classes of the ``C`` at
+    ``scale`` validate (Python's rounding, half to even: ``round(0.5) == 0``); ``0`` means no validation set
+    (``(dataset, None)``)."""
     labels = as_label_matrix(dataset.labels, name="dataset.labels")
     try:
         if folds is not None:
@@ -70,8 +76,18 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
         else:
             n_classes = int(torch.unique(labels[:, scale]).numel())
             n_val = int(round(fraction * n_classes))
-            if n_val == 0:
+            if fraction == 0:
                 return dataset, None
+            if n_classes < 2:
+                raise ConfigError(f"val_fraction {fraction}: a class-disjoint validation set needs at least 2 "
+                                  f"training classes, the data has {n_classes}", key="data.val_fraction")
+            if n_val == 0:
+                smallest = _smallest_fraction(n_classes)
+                at = "" if scale == 0 else f" at scale {scale}"
+                raise ConfigError(f"val_fraction {fraction} of the {n_classes} training classes{at} "
+                                  f"rounds to no validation class (round({fraction} x {n_classes}) = 0); expected "
+                                  f"at least {smallest} for one class (round({smallest} x {n_classes}) = 1), or 0 "
+                                  "for no validation set", key="data.val_fraction")
             if n_val >= n_classes:
                 raise ConfigError(f"val_fraction {fraction} leaves no training class", key="data.val_fraction")
             train_idx, val_idx = class_disjoint_split(labels, fraction, seed=seed, scale=scale)
@@ -81,6 +97,17 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
         keys = {"k": "data.val_folds", "scale": "data.val_carve_scale"}
         raise ConfigError(exc.message, key=keys.get(str(exc.key), "data.val_fraction")) from None
     return LabelledSubset(dataset, train_idx, "train"), LabelledSubset(dataset, val_idx, "val")
+
+
+def _smallest_fraction(n_classes: int) -> float:
+    """The smallest fraction with at most 3 significant digits of which ``round(fraction * n_classes)`` is 1 (just
+    above ``0.5 / n_classes``: half rounds to even, to 0)."""
+    digits = 3 - math.floor(math.log10(0.5 / n_classes)) - 1
+    fraction = math.ceil(0.5 / n_classes * 10**digits) / 10**digits
+    while round(fraction * n_classes) < 1:
+        fraction += 10.0**-digits
+        fraction = round(fraction, digits)
+    return fraction
 
 
 def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_images: bool = False) -> Any:
@@ -632,12 +659,14 @@ def _expected(annotation: Any) -> str | None:
         parts = [_expected(a) for a in args]
         return None if any(p is None for p in parts) else " or ".join(dict.fromkeys(p for p in parts if p))
     if origin in (list, tuple, collections.abc.Sequence) and args:
-        item = _expected(args[0])
-        if item is None or (origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)):
-            return None
+        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)  # tuple[float, float]: a pair
+        items = {_expected(a) for a in (args if fixed else args[:1])}
+        item = items.pop() if len(items) == 1 else None
         plural = {"a number": "numbers", "an integer": "integers", "a string": "strings",
-                  "true or false": "true/false values"}.get(item)
-        return None if plural is None else f"a list of {plural}"
+                  "true or false": "true/false values"}.get(item or "")
+        if plural is None:
+            return None
+        return f"a list of {len(args)} {plural}" if fixed else f"a list of {plural}"
     return None
 
 
@@ -657,6 +686,9 @@ def _fits(annotation: Any, value: Any) -> bool:
         return value in args
     if origin in (typing.Union, types.UnionType):
         return any(_fits(a, value) for a in args)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):  # fixed length
+        return isinstance(value, (list, tuple)) and len(value) == len(args) \
+            and all(_fits(a, v) for a, v in zip(args, value))
     if origin in (list, tuple, collections.abc.Sequence):
         return isinstance(value, (list, tuple)) and all(_fits(args[0], v) for v in value)
     return True
@@ -1001,8 +1033,10 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
 
 # ----------------------------------------------------------------------------------------------- settings
 def optim_settings(cfg: Config) -> OptimSettings:
+    """The ``optim`` section as the module's :class:`OptimSettings`, after :func:`check_optimizer_kwargs`."""
     o = cfg.optim
     s = o.scheduler
+    check_optimizer_kwargs(cfg)
     return OptimSettings(
         optimizer=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, kwargs=dict(o.kwargs),
         backbone=GroupSettings(o.backbone.lr, o.backbone.weight_decay),
@@ -1011,6 +1045,76 @@ def optim_settings(cfg: Config) -> OptimSettings:
         scheduler=s.name, warmup_epochs=s.warmup_epochs, step_size_epochs=s.step_size, gamma=s.gamma,
         milestones=list(s.milestones), min_lr=s.min_lr, interval=s.interval,
         monitor=f"val/{cfg.trainer.monitor}", monitor_mode=cfg.trainer.monitor_mode)
+
+
+_OPTIM_OWN_KEYS = {"lr": "optim.lr (per group: optim.backbone.lr, optim.head.lr, optim.loss.lr)",
+                   "weight_decay": "optim.weight_decay (per group: optim.<group>.weight_decay)"}
+"""Optimizer arguments that have a key of their own in the ``optim`` section (``momentum`` too, for the optimizers
+that take it), so ``optim.kwargs`` does not give them."""
+
+
+def check_optimizer_kwargs(cfg: Config) -> None:
+    """``optim.kwargs`` against the signature of the optimizer ``optim.name`` chooses, before any model is built:
+    an argument it does not take is a :class:`ConfigError` on ``optim.kwargs.<arg>`` with its arguments (or the
+    closest one), so is one that has its own key (``lr``, ``weight_decay``, ``momentum``: ``optim.lr``, ...), a value
+    of the wrong type for an argument annotated with a simple type (``expected a list of 2 numbers for betas``), and
+    a value the optimizer refuses when it is built on a one-element parameter (``Invalid beta parameter at index 1:
+    1.5``), on the first argument refused by itself, else (refused together) on ``optim.kwargs``."""
+    from dynametric.engine.module import _OPTIMIZERS
+
+    o = cfg.optim
+    if not o.kwargs:
+        return
+    cls = _OPTIMIZERS[o.name]
+    label = cls.__name__
+    own = dict(_OPTIM_OWN_KEYS)
+    params = inspect.signature(cls).parameters
+    if "momentum" in params:
+        own["momentum"] = "optim.momentum"
+    named = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)
+             and p != "params" and p not in own]
+    hints = _annotations(cls)
+    for arg, value in o.kwargs.items():
+        if arg in own:
+            raise ConfigError(f"{label}'s {arg} is set by {own[arg]}, not optim.kwargs: remove optim.kwargs.{arg}",
+                              key=f"optim.kwargs.{arg}")
+        if arg not in named:
+            raise _unknown_argument(label, arg, named, "optim")
+        expected = _misfit(_without_tensor(hints.get(arg)), value)
+        if expected is not None:
+            raise ConfigError(_expected_message(label, arg, expected, value), key=f"optim.kwargs.{arg}")
+    fixed: dict[str, Any] = {"lr": o.lr, "weight_decay": o.weight_decay}
+    if "momentum" in own:
+        fixed["momentum"] = o.momentum
+
+    def refusal(kwargs: Mapping[str, Any]) -> Exception | None:
+        try:
+            cls([nn.Parameter(torch.zeros(1))], **fixed, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever the optimizer's own checks raise, it is about the values
+            return exc
+        return None
+
+    exc = refusal(o.kwargs)
+    if exc is None:
+        return
+    for arg, value in o.kwargs.items():  # the first argument refused by itself, with its own reason
+        alone = refusal({arg: value})
+        if alone is not None:
+            raise ConfigError(f"{label}({arg}={value!r}) failed: {first_sentence(alone)}", key=f"optim.kwargs.{arg}")
+    shown = ", ".join(f"{k}={v!r}" for k, v in o.kwargs.items())
+    raise ConfigError(f"{label}({shown}) failed: {first_sentence(exc)}", key="optim.kwargs")
+
+
+def _without_tensor(annotation: Any) -> Any:
+    """``annotation`` with ``torch.Tensor`` taken out of its unions (``float | Tensor`` -> ``float``, inside a tuple
+    too): a config gives numbers, never tensors."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kept = [_without_tensor(a) for a in args if a is not torch.Tensor]
+        return functools.reduce(operator.or_, kept) if kept else annotation
+    if origin is tuple and args:
+        return tuple[tuple(_without_tensor(a) for a in args)]  # type: ignore[misc]
+    return annotation
 
 
 def trainer_settings(cfg: Config, *, progress_bar: bool | None = None) -> TrainerSettings:

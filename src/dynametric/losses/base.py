@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -74,6 +74,14 @@ class MetricLoss(RecordsStats, nn.Module):
 
     #: Whether the loss chooses its own tuples from the batch (``PDDMLoss``): a configured miner would be refused.
     mines_own_tuples: bool = False
+
+    @classmethod
+    def pairs_in_batch(cls, kwargs: Mapping[str, Any]) -> bool:
+        """Whether the loss, built with the keyword arguments ``kwargs``, compares the batch's embeddings with each
+        other (pairs, triplets, tuples), so that a batch of one class gives it no negative and nothing to learn
+        (the config refuses such a batch: ``data.batch_size / data.m`` must then be at least 2). ``False`` for a
+        loss that compares each embedding with learned class weights (proxies, a classifier) or uses no labels."""
+        return True
 
     @property
     def scale_names(self) -> tuple[str, ...] | None:

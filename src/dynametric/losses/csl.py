@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -100,6 +100,10 @@ class CSLLoss(MetricLoss):
     """
 
     uses_all_scales = True
+
+    @classmethod
+    def pairs_in_batch(cls, kwargs: Mapping[str, Any]) -> bool:
+        return kwargs.get("mode", "proxy") == "pairs"  # the proxy mode compares embeddings with the class proxies
 
     def __init__(
         self,

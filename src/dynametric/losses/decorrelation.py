@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from dynametric.errors import ConfigError, InputError
@@ -24,6 +27,10 @@ class DecorrelationLoss(MetricLoss):
     """
 
     reads_head_pair = True
+
+    @classmethod
+    def pairs_in_batch(cls, kwargs: Mapping[str, Any]) -> bool:
+        return False  # no labels
 
     def __init__(self, embedding_size: int, class_dim: int | None = None, hidden: int = 512,
                  direction: str = "shared_to_class", grl_scale: float = 1.0, shared_dim: int | None = None) -> None:

@@ -34,7 +34,7 @@ Differences from PML (documented, deliberate):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -124,6 +124,10 @@ def sparse_centers_regularizer(centers: torch.Tensor, num_classes: int, centers_
 
 class _ClassWeightLoss(MetricLoss):
     """Shared plumbing: label range check, float32 maths without autocast, miner weights, weight regulariser."""
+
+    @classmethod
+    def pairs_in_batch(cls, kwargs: Mapping[str, Any]) -> bool:
+        return False  # each embedding against the class weights: a batch of one class still has negatives
 
     def __init__(
         self,

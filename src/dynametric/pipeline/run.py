@@ -352,6 +352,21 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
     return sorted(files)
 
 
+def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) -> list[Path]:
+    """The check of a new run's folder, by the run and its dry run, writing nothing: ``run_dir`` must not hold a
+    run (``last.ckpt``: resume it), and (``whole``) must be new, empty, or hold only the files of an earlier start
+    that never wrote a checkpoint (returned: the run replaces them); errors name ``folder_key``."""
+    if (run_dir / "last.ckpt").exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
+                          key=folder_key)
+    if not whole:
+        return []
+    leftovers = unstarted_run_files(run_dir, folder_key) or []
+    if not leftovers:
+        require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
+    return leftovers
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
@@ -653,14 +668,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
     resumed_weights = check_resume(cfg, run_dir, folder_key, log) if resume else None
-    if not resume and (run_dir / "last.ckpt").exists():
-        raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
-                          key=folder_key)
-    leftovers: list[Path] = []  # files of an earlier start of a run in run_dir that never trained
-    if not resume and not _launched_worker():
-        leftovers = unstarted_run_files(run_dir, folder_key) or []
-        if not leftovers:
-            require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
+    # files of an earlier start of a run in run_dir that never trained
+    leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     check_trainer(trainer_settings(cfg, progress_bar=progress))
     check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
@@ -886,15 +895,19 @@ def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) ->
             log(f"warning: {text}")
 
 
-def dry_run(cfg: Config, log: Callable[[str], None] = print) -> Components:
+def dry_run(cfg: Config, log: Callable[[str], None] = print, *, run_dir: str | Path | None = None,
+            folder_key: str = "run_dir") -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
     the resolved config, the components, the trainer and DataLoader settings on this machine (``loader:``, with
-    ``data.workers: auto`` resolved) and, when the data is there, its sizes.
+    ``data.workers: auto`` resolved) and, when the data is there, its sizes. ``run_dir`` (named ``folder_key``):
+    the folder the run would write, checked as the run checks it (:func:`check_new_run_folder`), nothing written.
 
     Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
     whether the pretrained weights are already cached (else where a real run would fetch them from). The caller's
     grad mode is the same afterwards (also after an error)."""
     with torch.set_grad_enabled(torch.is_grad_enabled()):  # restores the mode on the way out
+        if run_dir is not None:
+            check_new_run_folder(Path(run_dir), folder_key)
         return _dry_run(cfg, log)
 
 

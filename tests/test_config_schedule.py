@@ -1,0 +1,181 @@
+"""The ``optim`` section's checks when a config loads: the schedule's options (ranges per schedule, keys a schedule
+does not use), ``momentum`` of an optimizer without one, and batches of a single class for the losses that compare
+the batch's embeddings with each other."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynametric.config import load_config
+from dynametric.config.schema import SCHEDULE_KEYS, pairs_in_batch
+from dynametric.engine.builders import optim_settings
+from dynametric.engine.module import OptimSettings, lr_lambda
+from dynametric.errors import ConfigError
+
+_SCHEDULES = ("none", "step", "multistep", "cosine", "plateau")
+
+
+def _refused(overrides: list[str]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides)
+    return info.value
+
+
+@pytest.mark.parametrize("overrides, key, expected", [
+    # the QA cases: a negative factor gave lr -0.001 in last.ckpt, min_lr 5 ended the run at 5.0
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=1", "optim.scheduler.gamma=-1"], "optim.scheduler.gamma",
+     "scheduler 'step' multiplies the rate by gamma at each drop: expected 0 < gamma <= 1 (a larger one would raise "
+     "the rate above optim.lr), got -1.0"),
+    (["optim.scheduler.name=cosine", "optim.scheduler.min_lr=5"], "optim.scheduler.min_lr",
+     "the cosine schedule's final rate min_lr 5.0 is above optim.lr 0.001: it would raise the rate; expected "
+     "0 <= min_lr <= optim.lr"),
+    (["optim.scheduler.name=step", "optim.scheduler.gamma=1.5"], "optim.scheduler.gamma", "got 1.5"),
+    (["optim.scheduler.name=step", "optim.scheduler.gamma=0"], "optim.scheduler.gamma", "got 0.0"),
+    (["optim.scheduler.name=step", "optim.scheduler.gamma=.nan"], "optim.scheduler.gamma", "got nan"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[2]", "optim.scheduler.gamma=2"],
+     "optim.scheduler.gamma", "scheduler 'multistep' multiplies the rate by gamma at each drop"),
+    # torch's ReduceLROnPlateau refuses factor >= 1 (once a traceback from configure_optimizers)
+    (["optim.scheduler.name=plateau", "optim.scheduler.gamma=1.5"], "optim.scheduler.gamma",
+     "scheduler 'plateau' multiplies the rate by gamma when the monitor stalls: expected 0 < gamma < 1, got 1.5"),
+    (["optim.scheduler.name=plateau", "optim.scheduler.gamma=1"], "optim.scheduler.gamma", "got 1.0"),
+    (["optim.scheduler.name=plateau", "optim.scheduler.gamma=-0.5"], "optim.scheduler.gamma", "got -0.5"),
+    (["optim.scheduler.name=cosine", "optim.scheduler.min_lr=-1e-5"], "optim.scheduler.min_lr",
+     "the final learning rate (min_lr) must be a finite number >= 0, got -1e-05"),
+    (["optim.scheduler.name=cosine", "optim.scheduler.min_lr=.inf"], "optim.scheduler.min_lr", "got inf"),
+    (["optim.scheduler.name=cosine", "optim.lr=1e-4", "optim.scheduler.min_lr=2e-4"], "optim.scheduler.min_lr",
+     "min_lr 0.0002 is above optim.lr 0.0001"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[0, 3]"], "optim.scheduler.milestones",
+     "expected distinct epochs >= 1 (the rate drops when an epoch reaches one), got [0, 3]"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[3, 3]"], "optim.scheduler.milestones",
+     "got [3, 3]"),
+    (["optim.scheduler.warmup_epochs=20"], "optim.scheduler.warmup_epochs",
+     "a warm-up of 20 epochs covers the whole run (trainer.max_epochs = 10): the rate would never reach optim.lr"),
+    # keys the chosen schedule does not use (once silently ignored)
+    (["optim.scheduler.name=step", "optim.scheduler.milestones=[3]"], "optim.scheduler.milestones",
+     "scheduler 'step' does not use milestones (got [3]; it applies to 'multistep'): remove "
+     "optim.scheduler.milestones or set it to its default [], or use name: multistep to multiply the rate by gamma "
+     "at each epoch in milestones"),
+    (["optim.scheduler.gamma=0.5"], "optim.scheduler.gamma",
+     "scheduler 'none' does not use gamma (got 0.5; it applies to 'step' and 'multistep' and 'plateau')"),
+    (["optim.scheduler.name=cosine", "optim.scheduler.step_size=5"], "optim.scheduler.step_size",
+     "scheduler 'cosine' does not use step_size"),
+    (["optim.scheduler.name=step", "optim.scheduler.min_lr=1e-5"], "optim.scheduler.min_lr",
+     "scheduler 'step' does not use min_lr"),
+    (["optim.scheduler.name=step", "optim.scheduler.interval=step"], "optim.scheduler.interval",
+     "scheduler 'step' does not use interval (got 'step'; it applies to 'cosine')"),
+    (["optim.scheduler.name=plateau", "optim.scheduler.warmup_epochs=1"], "optim.scheduler.warmup_epochs",
+     "scheduler 'plateau' does not use warmup_epochs"),
+    (["optim.momentum=0.5"], "optim.momentum",
+     "optimizer 'adam' has no momentum (got 0.5; it applies to 'sgd' and 'rmsprop')"),
+])
+def test_schedule_values_that_were_accepted_silently(overrides, key, expected) -> None:
+    err = _refused(overrides)
+    assert err.key == key and err.file == "<command line>"
+    assert str(err).startswith(f"<command line> key '{key}': ") and expected in str(err) and "\n" not in str(err)
+
+
+def test_a_schedule_error_in_a_file_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("optim:\n  lr: 0.01\n  scheduler:\n    name: plateau\n    gamma: 1.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (Path(str(info.value.file)).name, info.value.line, info.value.key) == ("s.yaml", 5, "optim.scheduler.gamma")
+    assert str(info.value).startswith(f"{path}:5 key 'optim.scheduler.gamma': scheduler 'plateau'")
+
+
+def test_the_shipped_schedules_and_the_defaults_of_unused_keys_load() -> None:
+    for overrides in (["optim.scheduler.name=step", "optim.scheduler.step_size=10", "optim.scheduler.gamma=1"],
+                      ["optim.scheduler.name=multistep", "optim.scheduler.milestones=[5, 2]"],
+                      ["optim.scheduler.name=cosine", "optim.scheduler.min_lr=0.001", "optim.scheduler.interval=step",
+                       "optim.scheduler.warmup_epochs=9"],
+                      ["optim.scheduler.name=plateau", "optim.scheduler.gamma=0.5", "optim.scheduler.step_size=3"],
+                      ["optim.scheduler.name=none", "optim.scheduler.gamma=0.1", "optim.scheduler.warmup_epochs=2"],
+                      ["optim.name=sgd", "optim.momentum=0.5"]):
+        load_config(overrides=overrides)
+    assert set(SCHEDULE_KEYS) == {"step_size", "gamma", "milestones", "warmup_epochs", "min_lr", "interval"}
+
+
+@pytest.mark.parametrize("name", _SCHEDULES)
+def test_an_accepted_schedule_keeps_every_rate_within_0_and_its_group_lr(name: str) -> None:
+    """The invariant behind the checks: over a grid of the keys the schedule uses, whatever loads gives a factor in
+    [0, 1] at every step (and a plateau factor torch accepts); the values that leave [0, 1] are all refused."""
+    grid = {"gamma": [-1.0, 0.0, 0.3, 1.0, 1.5], "min_lr": [-1e-3, 0.0, 5e-4, 1e-3, 5.0], "step_size": [1, 3],
+            "milestones": [[1, 3], [2]], "warmup_epochs": [0, 2]}
+    grid = {k: v for k, v in grid.items() if name in SCHEDULE_KEYS[k]}
+    fields = {"step_size": "step_size_epochs"}
+    accepted = refused_outside = 0
+    for values in itertools.product(*grid.values()):
+        given = dict(zip(grid, values))
+        overrides = [f"optim.scheduler.name={name}", "optim.lr=1e-3",
+                     *(f"optim.scheduler.{k}={v}" for k, v in given.items())]
+        raw = OptimSettings(scheduler=name, lr=1e-3, **{fields.get(k, k): v for k, v in given.items()})
+        try:
+            cfg = load_config(overrides=overrides)
+        except ConfigError:
+            if name != "plateau":
+                f = lr_lambda(raw, total_steps=60, steps_per_epoch=6)
+                refused_outside += any(not 0 <= f(s) <= 1 for s in range(60))
+            continue
+        accepted += 1
+        settings = optim_settings(cfg)
+        if name == "plateau":
+            torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3),
+                                                       factor=settings.gamma)
+            continue
+        f = lr_lambda(settings, total_steps=60, steps_per_epoch=6)
+        assert all(0 <= f(s) <= 1 for s in range(60)), overrides
+    assert accepted > 0
+    if name in ("step", "multistep", "cosine"):
+        assert refused_outside > 0  # the grid holds values that drove the rate out of [0, optim.lr]: all refused
+
+
+# ------------------------------------------------------------------------------------- one class per batch
+@pytest.mark.parametrize("overrides, key", [
+    (["data.batch_size=16", "data.m=16"], "data.m"),  # the QA case: loss -0.0 at every step
+    (["data.batch_size=4"], "data.batch_size"),  # m left at its default: the batch size is what was set
+    (["data.batch_size=16", "data.m=16", "loss.name=ProxyAnchorLoss", "miner.name=MultiSimilarityMiner"], "data.m"),
+    (["data.batch_size=16", "data.m=16", "loss.name=pml:ContrastiveLoss"], "data.m"),
+    (["data.batch_size=16", "data.m=16", "loss.name=CSLLoss", "loss.kwargs={mode: pairs}"], "data.m"),
+    (["data.batch_size=8", "data.m=8", "data.sampler=hierarchical", "data.sampler_options={parents_per_batch: 1}"],
+     "data.m"),
+])
+def test_one_class_per_batch_is_refused_for_losses_that_compare_the_batch(overrides, key) -> None:
+    err = _refused(overrides)
+    assert err.key == key and "holds one class" in str(err) and "expected data.batch_size / data.m >= 2" in str(err)
+    assert "\n" not in str(err)
+
+
+def test_the_one_class_message() -> None:
+    err = _refused(["data.batch_size=16", "data.m=16"])
+    assert str(err) == ("<command line> key 'data.m': a batch of data.batch_size 16 with data.m 16 images per class "
+                        "holds one class: loss TripletMarginLoss compares the batch's embeddings with each other, and "
+                        "without a negative pair it would train on nothing; expected data.batch_size / data.m >= 2 "
+                        "(e.g. data.batch_size 32 or data.m 8)")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss.name=ProxyAnchorLoss"], ["loss.name=NormalizedSoftmaxLoss"], ["loss.name=ArcFaceLoss"],
+    ["loss.name=pml:ProxyAnchorLoss"], ["loss.name=pml:ArcFaceLoss"], ["loss.name=CSLLoss"],
+    ["loss.name=TripletMarginLoss", "data.sampler=random"],  # a random batch is not m per class
+])
+def test_one_class_per_batch_is_allowed_for_losses_against_class_weights(overrides) -> None:
+    cfg = load_config(overrides=["data.batch_size=16", "data.m=16", *overrides])
+    assert cfg.data.batch_size // cfg.data.m == 1
+
+
+def test_an_extra_term_that_compares_the_batch_is_named() -> None:
+    err = _refused(["data.batch_size=16", "data.m=16", "loss.name=ProxyAnchorLoss",
+                    "extra_losses=[{name: MarginLoss}]"])
+    assert "extra_losses[0] MarginLoss compares the batch's embeddings" in str(err)
+
+
+def test_pairs_in_batch_by_loss() -> None:
+    assert pairs_in_batch("TripletMarginLoss", {}) and pairs_in_batch("MarginLoss", {"num_classes": 3})
+    assert pairs_in_batch("pml:SupConLoss", {}) and pairs_in_batch("PDDMLoss", {})
+    assert not pairs_in_batch("SoftTripleLoss", {}) and not pairs_in_batch("pml:SoftTripleLoss", {})
+    assert not pairs_in_batch("CSLLoss", {}) and pairs_in_batch("CSLLoss", {"mode": "pairs"})
+    assert not pairs_in_batch("DecorrelationLoss", {})
