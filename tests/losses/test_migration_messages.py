@@ -359,7 +359,8 @@ def test_a_ref_emb_of_another_width_names_ref_emb_and_both_widths(make):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: DL.TripletMarginLoss(), lambda: DL.ContrastiveLoss(), lambda: DL.CSLLoss(None, 4, mode="pairs", margins=(0.25,)),
+    lambda: DL.TripletMarginLoss(), lambda: DL.ContrastiveLoss(),
+    lambda: DL.CSLLoss(None, 4, mode="pairs", margins=(0.25,)),
     lambda: pml_loss("ContrastiveLoss"),
     lambda: DM.TripletMarginMiner(), lambda: DM.BatchHardMiner(), lambda: pml_miner("BatchEasyHardMiner"),
 ], ids=["triplet", "contrastive", "csl", "pml_loss", "triplet_miner", "batch_hard", "pml_miner"])
