@@ -48,8 +48,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
 
     argparse gives a positional only the words before the first option that follows them and leaves later ones over
     as "unrecognized"; those left over that do not start with ``-`` are appended to the positional's list, in the
-    order given. A word an option takes as its value stays that option's (``--out a=b`` is the folder ``a=b``); an
-    unknown option is argparse's usual error."""
+    order given. A word an option takes as its value stays that option's (``--out a=b`` is the folder ``a=b``).
+
+    An unknown option is the error of the (sub)command it was given to: that command's usage, then
+    ``dynametric evaluate: error: unrecognized option --embedings; did you mean --embeddings?`` (exit status 2); the
+    hint is the command's closest option, where one is close. argparse alone printed the top-level usage and
+    ``dynametric: error: unrecognized arguments: ...`` for any command."""
     args, extra = parser.parse_known_args(argv)
     dest = getattr(args, "intermixed", None)
     if dest is not None:
@@ -57,8 +61,43 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         setattr(args, dest, [*getattr(args, dest), *words])
         extra = [w for w in extra if w.startswith("-")]
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = _chosen_parser(parser, args)
+        command.error(_unrecognized(command, extra))
     return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``args`` chose: ``dynametric evaluate``'s, ``dynametric data inspect``'s;
+    the top-level one where no command was chosen."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or name not in sub.choices:
+            return parser
+        parser = sub.choices[name]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """``unrecognized option --embedings; did you mean --embeddings?``: the words left over, each option with the
+    parser's closest option string (difflib) where one is close."""
+    import difflib
+
+    options = [w for w in extra if w.startswith("-") and len(w) > 1]
+    if not options:  # a word no positional takes
+        return f"unrecognized arguments: {' '.join(extra)}"
+    # compared without their dashes, which every option shares (with them `--bogus` was "close" to `--out`)
+    known = {opt.lstrip("-"): opt for opt in sorted(parser._option_string_actions, key=len)}
+
+    def hint(word: str) -> str | None:
+        name = word.split("=", 1)[0].lstrip("-")  # --embedings=E.npy
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        return known[close[0]] if close else None
+
+    if len(options) == 1:
+        near = hint(options[0])
+        return f"unrecognized option {options[0]}" + (f"; did you mean {near}?" if near else "")
+    parts = [w + (f" (did you mean {near}?)" if (near := hint(w)) else "") for w in options]
+    return f"unrecognized options {', '.join(parts)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -211,11 +211,17 @@ def to_pml_distance(distance: Any) -> Any:
     raise ConfigError(f"no pytorch-metric-learning equivalent of {distance!r}", key="distance")
 
 
-def resolve_class(kind: str, spec: Any) -> Any:
+def resolve_class(kind: str, spec: Any, *, key: str | None = None) -> Any:
     """``spec`` with a class name (``"ArcFaceLoss"`` or ``"pml:ArcFaceLoss"``) replaced by PML's class; a class or
-    an object passes through."""
+    an object passes through. ``key``: what an error (no such class, PML not installed) is keyed, e.g. the Python
+    parameter that took ``spec`` (``pml_loss``'s ``loss``); default ``loss.name`` / ``miner.name``."""
     if isinstance(spec, str):
-        return pml_class(kind, spec.removeprefix(PML_PREFIX))
+        try:
+            return pml_class(kind, spec.removeprefix(PML_PREFIX))
+        except ConfigError as exc:
+            if key is None:
+                raise
+            raise ConfigError(exc.message, key=key) from None
     return spec
 
 

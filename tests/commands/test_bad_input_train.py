@@ -63,6 +63,19 @@ def test_values_that_were_accepted_silently(capsys, override, expected) -> None:
     assert expected in _dry(capsys, override)
 
 
+def test_token_pooling_on_a_cnn_is_refused_by_the_dry_run(tmp_path, capsys) -> None:
+    """The dry run builds the model, so it refuses what the real run refused only at its first forward (after
+    creating the run folder)."""
+    assert _dry(capsys, "model.pooling=token").endswith(
+        "key 'model.pooling': pooling 'token' needs a transformer backbone with a class token (token output "
+        "[B, N, C]); backbone 'simple_cnn' has none: use avg, max, avgmax or catavgmax")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress",
+                 "model.pooling=token"]) == 2
+    assert "pooling 'token' needs a transformer backbone" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_monitor_of_a_metric_validation_computes_is_fine(capsys) -> None:
     assert main(["train", "--dry-run", "trainer.monitor=mean/recall@4", "eval.metrics=[recall@K, nmi]",
                  "trainer.max_epochs=1"]) == 0

@@ -124,6 +124,10 @@ def test_clear_errors(data, capsys):
     assert "unknown embeddings format" in _err(capsys, ["--embeddings", str(tmp / "e.txt"), "--labels", lab])
     (tmp / "nohdr.csv").write_text("1,2\n3,4\n")
     assert "missing header" in _err(capsys, ["--embeddings", e, "--labels", str(tmp / "nohdr.csv")])
+    # a first row that repeats a label is numbers too: the same hint, not "duplicate column name(s) ['0']"
+    (tmp / "nohdr_same.csv").write_text("0,0\n3,4\n")
+    assert _err(capsys, ["--embeddings", e, "--labels", str(tmp / "nohdr_same.csv")]).endswith(
+        "nohdr_same.csv:1: expected a header of scale names, got ['0', '0'] (numbers: a missing header?)")
     (tmp / "ragged.csv").write_text("fine,coarse\n1,2\n3\n")
     assert "ragged.csv:3: expected 2 fields, got 1" in _err(capsys, ["--embeddings", e, "--labels",
                                                                        str(tmp / "ragged.csv")])
@@ -156,6 +160,21 @@ def test_evaluate_checkpoint_reads_the_run_config_once(tmp_path, capsys, monkeyp
     assert set(got["mean"]) >= {"recall@1", "recall@3"} and "recall@2" not in got["mean"]
     direct = evaluate_checkpoint(loaded, options=None).result
     assert got["mean"]["map@r"] == pytest.approx(direct["mean"]["map@r"], abs=1e-6)
+
+
+def test_progress_options_as_train_and_embed_have_them(tmp_path, capsys):
+    """`--no-progress` was an unrecognized argument of evaluate (train and embed have it); `--progress` shows the
+    embedding bar of `--checkpoint`, which is off by default (evaluating files shows no bar)."""
+    from tests.retrieval.conftest import make_run
+
+    assert main(["evaluate", "--example", "--no-progress"]) == 0
+    assert main(["evaluate", "--example", "--progress"]) == 0
+    assert "embedding" not in capsys.readouterr().err
+    ckpt = make_run(tmp_path / "run", dim=8)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "cpu", "--no-progress"]) == 0
+    assert "embedding:" not in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "cpu", "--progress"]) == 0
+    assert "embedding: 100%" in capsys.readouterr().err
 
 
 def test_checkpoint_query_gallery_by_id_files_reports_the_pairs_they_excluded(tmp_path, capsys):

@@ -438,3 +438,39 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary_file(tm
     for (argv, folder, expected), (code, err) in zip(cases, results):
         assert (code, err.splitlines()[-1:]) == (2, [expected]), (argv, err)
         assert "Traceback" not in err and not list((tmp_path / folder).rglob("*.tmp")), argv
+
+
+def test_every_output_file_option_creates_its_missing_folders(tmp_path, capsys):
+    """One rule for output files (docs/reliability.md, Output paths): the folders a path names that do not exist
+    yet are made, by every writer of dynametric.utils.io and so by every command's output option (`evaluate --json`
+    and `--per-query`, `data inspect --grid` here); an existing file where a folder goes is a one-line error."""
+    import numpy as np
+    import torch
+
+    from dynametric.utils.io import (
+        atomic_save_npy,
+        atomic_torch_save,
+        atomic_write_bytes,
+        atomic_write_json,
+        atomic_write_text,
+        atomic_write_with,
+    )
+
+    writers = [lambda p: atomic_write_text(p, "x"), lambda p: atomic_write_json(p, {"a": 1}),
+               lambda p: atomic_write_bytes(p, b"x"), lambda p: atomic_save_npy(p, np.zeros(2)),
+               lambda p: atomic_torch_save(p, {"a": torch.zeros(1)}),
+               lambda p: atomic_write_with(p, lambda tmp: open(tmp, "w").write("x"))]
+    for k, write in enumerate(writers):
+        target = tmp_path / f"w{k}" / "deeper" / "out.bin"
+        write(target)
+        assert target.is_file()
+    ev = tmp_path / "new" / "a"
+    assert main(["evaluate", "--example", "--json", str(ev / "r.json"), "--per-query", str(ev / "b" / "q.csv")]) == 0
+    assert json.loads((ev / "r.json").read_text())["mean"] and (ev / "b" / "q.csv").read_text().startswith("query,")
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("mine")
+    assert main(["evaluate", "--example", "--json", str(tmp_path / "afile" / "sub" / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dynametric evaluate: error: {tmp_path / 'afile'} key '--json': is a file, not a folder; expected "
+                   f"a folder to hold {tmp_path / 'afile' / 'sub' / 'r.json'}")
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -117,6 +117,23 @@ def test_formats_options_and_usage_errors(csv_root: Path, tmp_path: Path, capsys
         _run(["data", "inspect", "--format", "imagenet", "--root", str(csv_root)], capsys)
 
 
+def test_problems_are_listed_by_file_then_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The splits are read one after another, so a later line of the first split read (train, line 6) was listed
+    before an earlier line of the next (test, line 4)."""
+    root = tmp_path / "d"
+    for name in ("a", "b", "c", "e"):
+        write_image(root / f"{name}.png", (10, 20, 30))
+    (root / "labels.csv").write_text("path,split,fine\na.png,train,0\nb.png,train,1\nc.png,test,2,9\n"
+                                     "e.png,test,2\nmissing.png,train,3\n")
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(root), "--json"], capsys)
+    assert code == 1
+    assert [(Path(p["file"]).name, p["line"], p["splits"]) for p in json.loads(out)["problems"]] == [
+        ("labels.csv", 4, ["test"]), ("labels.csv", 6, ["train"])]
+    code, out = _run(["data", "inspect", "--format", "csv", "--root", str(root)], capsys)
+    listed = [line for line in out.splitlines() if "labels.csv:" in line]
+    assert len(listed) == 2 and "labels.csv:4: " in listed[0] and "labels.csv:6: " in listed[1]
+
+
 def test_synthetic_inspect(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = _run(["data", "inspect", "--format", "synthetic", "-o", "images_per_class=1", "-o", "image_size=16",
                       "--split", "train", "--json"], capsys)
@@ -272,8 +289,8 @@ def test_class_disjoint_benchmarks_have_no_shared_class_problem(request: pytest.
 @pytest.mark.parametrize("variant, remove, missing", [
     ("product", ["mini-bmk_all_in_one"], [("test", "mini-bmk_all_in_one/label.csv")]),
     ("vehicle", ["bmk_middle", "bmk_coarse/gallery.csv"],
-     [("query_middle", "bmk_middle/query.csv"), ("gallery_middle", "bmk_middle/gallery.csv"),
-      ("gallery_coarse", "bmk_coarse/gallery.csv")]),
+     [("gallery_coarse", "bmk_coarse/gallery.csv"), ("gallery_middle", "bmk_middle/gallery.csv"),
+      ("query_middle", "bmk_middle/query.csv")]),  # listed by file
 ])
 def test_missing_dyml_test_splits_are_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str], variant: str,
                                                remove: list[str], missing: list[tuple[str, str]]) -> None:

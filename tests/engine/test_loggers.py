@@ -58,6 +58,19 @@ def test_missing_extra_is_an_error_before_any_work(monkeypatch, tmp_path, capsys
     assert "expected one of ['csv', 'tensorboard', 'wandb', 'mlflow']" in capsys.readouterr().err
 
 
+def test_a_missing_extra_is_refused_by_the_dry_run_too(monkeypatch, capsys):
+    """`--dry-run` passed run.logger=tensorboard without tensorboard installed, which the real run refuses."""
+    real = importlib.util.find_spec
+    missing = ("tensorboard", "tensorboardX")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    assert main(["train", "--dry-run", "run.logger=tensorboard"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynametric train: error: ") and len(err.splitlines()) == 1
+    assert "key 'run.logger': run.logger 'tensorboard' needs the tensorboard package: pip install " \
+           "'dynametric[tensorboard]' (or set run.logger=csv)" in err
+    assert main(["train", "--dry-run", "run.logger=csv"]) == 0
+
+
 def _png(colour: tuple[int, int, int]) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (6, 4), colour).save(buf, format="PNG")

@@ -132,7 +132,7 @@ def test_importing_dynametric_does_not_import_pml():
 def test_an_unknown_loss_name_says_what_was_probably_meant(name, expected):
     with pytest.raises(ConfigError) as err:
         build_loss(name)
-    assert _one_line(err) == f"key 'loss.name': {expected}"
+    assert _one_line(err) == f"key 'name': {expected}"  # the Python call's parameter; a config's key is loss.name
     assert LOSSES.unknown_message(name) == expected  # type: ignore[attr-defined]
 
 
@@ -148,7 +148,7 @@ def test_an_unknown_loss_name_says_what_was_probably_meant(name, expected):
 def test_an_unknown_miner_name_says_what_was_probably_meant(name, expected):
     with pytest.raises(ConfigError) as err:
         build_miner(name)
-    assert _one_line(err) == f"key 'miner.name': unknown miner {name!r}: {expected}"
+    assert _one_line(err) == f"key 'name': unknown miner {name!r}: {expected}"
     assert MINERS.unknown_message(name) == f"unknown miner {name!r}: {expected}"  # type: ignore[attr-defined]
 
 
@@ -159,7 +159,7 @@ def test_without_pml_a_pml_name_says_to_install_it_and_a_pml_class_name_still_ge
     monkeypatch.setattr(dpml, "_pml_module", no_pml)
     with pytest.raises(ConfigError) as err:
         build_loss("pml:SupConLoss")
-    assert _one_line(err) == ("key 'loss.name': unknown loss 'pml:SupConLoss': pml: names need "
+    assert _one_line(err) == ("key 'name': unknown loss 'pml:SupConLoss': pml: names need "
                               "pytorch-metric-learning, which is not installed (pip install pytorch-metric-learning)")
     with pytest.raises(ConfigError) as err:
         build_miner("BatchEasyHardMiner")
@@ -356,6 +356,77 @@ def test_a_ref_emb_of_another_width_names_ref_emb_and_both_widths(make):
         make()(emb, labels, ref_emb=torch.randn(5), ref_labels=labels[:5])
     assert _one_line(err) == "key 'ref_emb': ref_emb must be [R, D] like the embeddings' [B, D], got shape (5,)"
     make()(emb, labels, ref_emb=torch.randn(5, 4), ref_labels=labels[:5])  # the same width passes
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DL.TripletMarginLoss(), lambda: DL.ContrastiveLoss(),
+    lambda: DL.CSLLoss(None, 4, mode="pairs", margins=(0.25,)),
+    lambda: pml_loss("ContrastiveLoss"),
+    lambda: DM.TripletMarginMiner(), lambda: DM.BatchHardMiner(), lambda: pml_miner("BatchEasyHardMiner"),
+], ids=["triplet", "contrastive", "csl", "pml_loss", "triplet_miner", "batch_hard", "pml_miner"])
+def test_embeddings_that_are_not_a_floating_point_tensor_are_one_line(make):
+    """Integer embeddings raised torch's RuntimeError from inside the distance (`cdist only supports floating-point
+    dtypes`); a NumPy array said `embeddings must be [B, D], got ndarray`."""
+    emb, labels = torch.randn(12, 4), torch.arange(12) % 3
+    for bad, dtype in ((emb.long(), "torch.int64"), (emb > 0, "torch.bool"), (emb.to(torch.complex64),
+                                                                               "torch.complex64")):
+        with pytest.raises(InputError) as err:
+            make()(bad, labels)
+        assert _one_line(err) == f"key 'embeddings': expected a floating-point tensor, got {dtype}"
+        with pytest.raises(InputError) as err:
+            make()(emb, labels, ref_emb=bad[:5], ref_labels=labels[:5])
+        assert _one_line(err) == f"key 'ref_emb': expected a floating-point tensor, got {dtype}"
+    with pytest.raises(InputError) as err:
+        make()(emb.numpy(), labels)
+    assert _one_line(err) == ("key 'embeddings': expected a torch.Tensor, got numpy.ndarray (torch.from_numpy(array) "
+                              "makes one)")
+    with pytest.raises(InputError) as err:
+        make()(emb.tolist(), labels)
+    assert _one_line(err) == "key 'embeddings': expected a torch.Tensor, got list"
+    with pytest.raises(InputError) as err:
+        make()(emb[0], labels)
+    assert _one_line(err) == "key 'embeddings': embeddings must be [B, D], got shape (4,)"
+    make()(emb.double(), labels)  # any floating dtype passes
+
+
+def test_python_calls_key_their_errors_by_their_own_parameters():
+    """build_loss / build_miner / pml_loss / pml_miner called from Python named config keys (`loss.name`,
+    `loss.TripletMarginLoss`, `losses`); a config's errors, built by the engine, keep theirs (next test)."""
+    calls = [
+        (lambda: DL.build_loss("Tripletloss"), "name", "unknown loss 'Tripletloss'; did you mean"),
+        (lambda: DL.build_loss("TripletMarginLoss", margn=1), "margn", "bad arguments for loss 'TripletMarginLoss'"),
+        (lambda: DL.build_loss("TripletMarginLoss", distance="l3"), "distance", "unknown distance 'l3'"),
+        (lambda: DM.build_miner("BatchHardMiner2"), "name", "unknown miner 'BatchHardMiner2'"),
+        (lambda: DM.build_miner("BatchHardMiner", foo=1), "foo", "bad arguments for miner 'BatchHardMiner'"),
+        (lambda: pml_loss("Tripletloss"), "loss", "pytorch-metric-learning has no loss 'Tripletloss'"),
+        (lambda: pml_miner("Foo"), "miner", "pytorch-metric-learning has no miner 'Foo'"),
+        # MultiScaleLoss builds its per-scale losses and its miner by name: keyed by its own parameters
+        (lambda: DL.MultiScaleLoss("Tripletloss", num_scales=2), "base_losses_or_factory", "unknown loss"),
+        (lambda: DL.MultiScaleLoss("TripletMarginLoss", num_scales=2, base_kwargs={"margn": 1}), "base_kwargs.margn",
+         "bad arguments for loss"),
+        (lambda: DL.MultiScaleLoss("TripletMarginLoss", num_scales=2, miners="Foo"), "miners", "unknown miner 'Foo'"),
+        (lambda: DL.MultiScaleLoss("TripletMarginLoss", num_scales=2, miners={"name": "Foo"}), "miners.name",
+         "unknown miner 'Foo'"),
+        (lambda: DL.MultiScaleLoss("TripletMarginLoss", num_scales=2, miners={"name": "BatchHardMiner", "x": 1}),
+         "miners.x", "bad arguments for miner"),
+    ]
+    for call, key, start in calls:
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert err.value.key == key and _one_line(err).startswith(f"key {key!r}: {start}"), _one_line(err)
+
+
+def test_a_config_keeps_its_keys_for_the_same_mistakes():
+    from dynametric.config import load_config
+    from dynametric.pipeline import build_components
+
+    for overrides, key in ((["loss.name=Tripletloss"], "loss.name"),
+                           (["loss.name=TripletMarginLoss", "loss.kwargs.margn=1"], "loss.kwargs.margn"),
+                           (["loss.name=MultiScaleLoss", "loss.kwargs.base_losses_or_factory=Tripletloss",
+                             "loss.kwargs.num_scales=2"], "loss.kwargs.base_losses_or_factory")):
+        with pytest.raises(ConfigError) as err:
+            build_components(load_config(None, overrides), datasets=None)
+        assert err.value.key == key, str(err.value)
 
 
 @pytest.mark.parametrize("override, key, hint", [

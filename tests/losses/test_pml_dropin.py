@@ -672,13 +672,13 @@ def test_unknown_pml_names_are_one_line_in_plain_words():
     with pytest.raises(ConfigError) as err:
         pml_loss("NoSuchLoss")
     text = str(err.value)
-    assert "key 'loss.name': pytorch-metric-learning has no loss 'NoSuchLoss'; available: " in text
+    assert "key 'loss': pytorch-metric-learning has no loss 'NoSuchLoss'; available: " in text  # pml_loss's loss
     assert "SupConLoss" in text and "BaseMetricLossFunction" not in text and "\n" not in text
     assert "GenericPairLoss" not in text and "Mixin" not in text  # abstract bases and mixins are not offered
     with pytest.raises(ConfigError) as err:
         pml_miner("NoSuchMiner")
     text = str(err.value)
-    assert "key 'miner.name': pytorch-metric-learning has no miner 'NoSuchMiner'" in text
+    assert "key 'miner': pytorch-metric-learning has no miner 'NoSuchMiner'" in text
     assert "BatchEasyHardMiner" in text and "BaseMiner" not in text
 
 

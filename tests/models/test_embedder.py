@@ -238,6 +238,19 @@ def test_vit_tokens_pool_without_the_class_token() -> None:
         torch.testing.assert_close(token_model(x), tokens[:, 0])
 
 
+def test_token_pooling_without_a_class_token_is_refused_when_the_model_is_built() -> None:
+    """`token` takes a transformer's class token: a backbone without one (a CNN, a ViT built without its class
+    token) is refused by build_embedder, not at the first forward (a dry run builds the model, never runs it)."""
+    for backbone, kwargs in (("simple_cnn", {}), ("resnet18", {}),
+                             ("vit_tiny_patch16_224", {"img_size": 32, "class_token": False})):
+        with pytest.raises(ConfigError) as exc:
+            build_embedder(backbone, pooling="token", backbone_kwargs=kwargs)
+        assert exc.value.key == "model.pooling"
+        assert f"pooling 'token' needs a transformer backbone with a class token (token output [B, N, C]); " \
+               f"backbone {backbone!r} has none" in str(exc.value)
+    assert build_embedder("simple_cnn", pooling="avg").pool.mode == "avg"  # the other modes still build on a CNN
+
+
 def test_failed_download_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import timm
 

@@ -129,6 +129,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from dynametric.commands.options import add_inference_arguments
 
     add_inference_arguments(p, batch_size=None, device=False, decode=False, prefix="with --checkpoint: ")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --checkpoint: a progress bar while the splits are embedded (default off); embedding "
+                        "files shows none (--no-progress is accepted as by train and embed)")
     p.add_argument("--metrics", nargs="+", default=None,
                    help="metric names (space or comma separated): recall@K (uses --k), recall@<int> (cmc@K, "
                         "cmc@<int>: the same, open-metric-learning's name), precision@K, precision@<int>, map@K, "
@@ -235,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
         from dynametric.engine.protocols import LeaveOneOut, QueryGallery
         from dynametric.pipeline import checkpoint_config, evaluate_checkpoint, run_eval_options
 
-        inference = inference_options(args)  # --device (when the command has it), --precision, --batch-size, ...
+        # --device (when the command has it), --precision, --batch-size, --progress ...
+        inference = inference_options(args, progress=args.progress)
         inference.resolve()  # flag errors before anything is loaded
         run_config = checkpoint_config(args.checkpoint, args.config, args.overrides)  # read and resolved once
         options.update(run_eval_options(run_config) | given)

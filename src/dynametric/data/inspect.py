@@ -141,8 +141,12 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
         found_in.setdefault(problem, [])
         if where is not None and where not in found_in[problem]:
             found_in[problem].append(where)
+    # in file order: by file, then line (a file's problems without a line after its lines; those naming no file
+    # last), else in the order found; the readers found them split by split, a shared file's rows out of order
+    ordered = sorted(found_in.items(), key=lambda item: (item[0].file is None, str(item[0].file or ""),
+                                                         item[0].line is None, item[0].line or 0))
     result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind,
-                           "split_unknown": p.split_unknown, "splits": splits} for p, splits in found_in.items()]
+                           "split_unknown": p.split_unknown, "splits": splits} for p, splits in ordered]
     return result
 
 

@@ -71,12 +71,15 @@ LOSSES: dict[str, type[MetricLoss]] = PMLAwareRegistry("losses", {
 in :class:`PMLLoss` (see :mod:`dynametric.losses.pml`)."""
 
 def build_loss(name: str, **kwargs: Any) -> MetricLoss:
-    """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
+    """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments, keyed
+    as this call names them: ``name`` (an unknown loss), the argument (``distance``, an unexpected keyword), else
+    ``kwargs``. (A run config's losss are built by the engine, whose errors name the config keys:
+    ``loss.name``, ``loss.kwargs.<arg>``.)"""
     if name not in LOSSES:
-        raise ConfigError(unknown_name_message(LOSSES, name), key="loss.name")
+        raise ConfigError(unknown_name_message(LOSSES, name), key="name")
     if "distance" in kwargs:
-        kwargs["distance"] = build_distance(kwargs["distance"], key=f"loss.{name}.distance")
-    return build_registered(LOSSES, "loss", name, kwargs, name_key="loss.name", args_key=f"loss.{name}")
+        kwargs["distance"] = build_distance(kwargs["distance"], key="distance")
+    return build_registered(LOSSES, "loss", name, kwargs, name_key="name")
 
 
 def __getattr__(name: str) -> Any:

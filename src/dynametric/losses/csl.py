@@ -40,7 +40,7 @@ from torch import nn
 
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_embeddings
 from dynametric.tuples import compute_dtype
 
 __all__ = ["CSLLoss"]
@@ -290,8 +290,7 @@ class CSLLoss(MetricLoss):
         """Per-scale terms ``[S]`` (``mean_f L_l(f)``, unweighted, with gradient); ``None`` for an empty batch
         and, in ``pairs`` mode, when no anchor has a positive (found by a host read; a loss call gives zeros
         there instead, without one). Also stored, detached, in :attr:`last_terms`."""
-        if embeddings.dim() != 2:
-            raise InputError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}", key="embeddings")
+        check_embeddings(embeddings)
         labels, ref_emb, ref_labels = self.prepare_reference(embeddings, labels, ref_emb, ref_labels)
         out = self._terms(embeddings, labels, ref_emb, ref_labels)
         if out is not None and self.last_skipped_anchors == embeddings.shape[0]:  # pairs: no anchor has one

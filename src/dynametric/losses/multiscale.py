@@ -179,7 +179,12 @@ class MultiScaleLoss(MetricLoss):
             spec = {"name": miners} if isinstance(miners, str) else dict(miners)
             if "name" not in spec:
                 raise ConfigError("a miner mapping needs a 'name'", key="miners")
-            miners = build_miner(spec.pop("name"), **spec)
+            try:
+                miners = build_miner(spec.pop("name"), **spec)
+            except ConfigError as exc:  # keyed as build_miner's call: name, <arg>, kwargs; here under miners
+                where = ("miners" if isinstance(miners, str) else "miners.name") if exc.key == "name" else \
+                    f"miners.{exc.key}" if exc.key else "miners"
+                raise ConfigError(exc.message, key=where) from exc
         if miners is None or isinstance(miners, Miner):
             miner_list = [miners] * num_scales
         else:
@@ -215,7 +220,12 @@ class MultiScaleLoss(MetricLoss):
                         raise ConfigError(f"num_classes lists {len(kw['num_classes'])} values for {num_scales} "
                                           "scales", key="base_kwargs.num_classes")
                     kw["num_classes"] = kw["num_classes"][s]
-                out.append(build_loss(base, **kw))
+                try:
+                    out.append(build_loss(base, **kw))
+                except ConfigError as exc:  # keyed as build_loss's call: name, <arg>, kwargs; here the arguments'
+                    where = "base_losses_or_factory" if exc.key == "name" else \
+                        "base_kwargs" if exc.key in (None, "kwargs") else f"base_kwargs.{exc.key}"
+                    raise ConfigError(exc.message, key=where) from exc
             return out
         if isinstance(base, Sequence):
             if len(base) != num_scales:

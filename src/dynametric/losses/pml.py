@@ -210,7 +210,7 @@ def pml_loss(
     keyword named ``loss`` (``CrossBatchMemory``, ``SelfSupervisedLoss``) goes to PML too."""
     if label_scale is not None:
         label_scale = check_label_scale(label_scale)  # before PML builds anything: True is not column 1
-    cls = resolve_class("losses", loss)
+    cls = resolve_class("losses", loss, key="loss")
     if isinstance(cls, type):  # a PML keyword of the same name as one of ours would be taken by the adapter
         own = {p.name for p in _init_parameters(cls)}
         clash = [k for k, v in (("weights", weights), ("chunks", chunks), ("miners", miners)) if v is not None

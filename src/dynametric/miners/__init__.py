@@ -29,12 +29,15 @@ MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
 
 
 def build_miner(name: str, **kwargs: Any) -> Miner:
-    """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments."""
+    """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments, keyed
+    as this call names them: ``name`` (an unknown miner), the argument (``distance``, an unexpected keyword), else
+    ``kwargs``. (A run config's miners are built by the engine, whose errors name the config keys:
+    ``miner.name``, ``miner.kwargs.<arg>``.)"""
     if name not in MINERS:
-        raise ConfigError(unknown_name_message(MINERS, name), key="miner.name")
+        raise ConfigError(unknown_name_message(MINERS, name), key="name")
     if "distance" in kwargs:
-        kwargs["distance"] = build_distance(kwargs["distance"], key=f"miner.{name}.distance")
-    return build_registered(MINERS, "miner", name, kwargs, name_key="miner.name", args_key=f"miner.{name}")
+        kwargs["distance"] = build_distance(kwargs["distance"], key="distance")
+    return build_registered(MINERS, "miner", name, kwargs, name_key="name")
 
 
 def __getattr__(name: str) -> Any:

@@ -20,20 +20,36 @@ from dynametric.utils.stats import RecordsStats
 logger = logging.getLogger("dynametric.losses")  # the logger name miners have always used (shared with the losses)
 
 
+def _type_name(value: object) -> str:
+    """``numpy.ndarray``, ``list``: the type of ``value`` as one would import it."""
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_tensor(value: object, name: str, shape: str) -> torch.Tensor:
+    """``value`` as a floating-point 2-d tensor, else a one-line :class:`InputError` keyed ``name``: not a tensor
+    (``expected a torch.Tensor, got numpy.ndarray``), not floating point (integer, bool or complex: ``expected a
+    floating-point tensor, got torch.int64``), not 2-d (``shape``: what it must be)."""
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"expected a torch.Tensor, got {_type_name(value)}"
+                         + (" (torch.from_numpy(array) makes one)" if type(value).__module__ == "numpy" else ""),
+                         key=name)
+    if not value.is_floating_point():
+        raise InputError(f"expected a floating-point tensor, got {value.dtype}", key=name)
+    if value.dim() != 2:
+        raise InputError(f"{name} must be {shape}, got shape {tuple(value.shape)}", key=name)
+    return value
+
+
 def check_embeddings(embeddings: torch.Tensor, ref_emb: torch.Tensor | None = None) -> None:
-    """The shape check of every loss and miner call: ``embeddings`` a ``[B, D]`` tensor and ``ref_emb``, when
-    given, an ``[R, D]`` one of the same width ``D`` (else a one-line :class:`InputError` naming the argument and
-    both widths, rather than torch's ``cdist`` error deep inside)."""
-    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
-        got = f"shape {tuple(embeddings.shape)}" if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
-        raise InputError(f"embeddings must be [B, D], got {got}", key="embeddings")
+    """The input check of every loss and miner call: ``embeddings`` a floating-point ``[B, D]`` tensor and
+    ``ref_emb``, when given, an ``[R, D]`` one of the same width ``D`` (else a one-line :class:`InputError` naming the
+    argument: not a tensor, not floating point (integer, bool, complex), the shape, both widths; rather than torch's
+    ``cdist`` error deep inside)."""
+    _check_tensor(embeddings, "embeddings", "[B, D]")
     if ref_emb is None:
         return
-    if not isinstance(ref_emb, torch.Tensor) or ref_emb.dim() != 2:
-        got = f"shape {tuple(ref_emb.shape)}" if isinstance(ref_emb, torch.Tensor) else type(ref_emb).__name__
-        raise InputError(f"ref_emb must be [R, D] like the embeddings' [B, D], got {got}", key="ref_emb")
-    if not ref_emb.is_floating_point():
-        raise InputError(f"ref_emb must be floating-point embeddings, got {ref_emb.dtype}", key="ref_emb")
+    _check_tensor(ref_emb, "ref_emb", "[R, D] like the embeddings' [B, D]")
     if ref_emb.shape[1] != embeddings.shape[1]:
         raise InputError(f"ref_emb has width {ref_emb.shape[1]} but the embeddings have width {embeddings.shape[1]} "
                          "(both must be [*, D] with the same D)", key="ref_emb")

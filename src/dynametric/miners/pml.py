@@ -10,7 +10,7 @@ from torch import nn
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.miners.base import IndicesTuple, Miner, check_embeddings
-from dynametric.pml import _instantiate, check_label_scale, check_object_arguments
+from dynametric.pml import _instantiate, check_label_scale, check_object_arguments, resolve_class
 
 
 class PMLMiner(Miner):
@@ -45,4 +45,5 @@ class PMLMiner(Miner):
 def pml_miner(miner: str | type | nn.Module, /, label_scale: int = 0, **kwargs: Any) -> PMLMiner:
     """A PML miner (class name, class or object; positional-only) on label column ``label_scale``; ``kwargs`` go to
     the PML class."""
-    return PMLMiner(_instantiate("miners", miner, kwargs), label_scale=check_label_scale(label_scale))
+    return PMLMiner(_instantiate("miners", resolve_class("miners", miner, key="miner"), kwargs),
+                    label_scale=check_label_scale(label_scale))

@@ -118,13 +118,17 @@ class Backbone(nn.Module):
     """Wraps a feature extractor: channels-first unpooled features and the metadata the embedder needs."""
 
     def __init__(self, name: str, body: nn.Module, feature_dim: int, *, channels_last: bool = False,
-                 num_prefix_tokens: int = 0, classifier_prefixes: tuple[str, ...] = ()) -> None:
+                 num_prefix_tokens: int = 0, classifier_prefixes: tuple[str, ...] = (),
+                 has_class_token: bool | None = None) -> None:
         super().__init__()
         self.name = name
         self.body = body
         self.feature_dim = int(feature_dim)
         self.channels_last = channels_last
         self.num_prefix_tokens = int(num_prefix_tokens)
+        # whether its output is tokens [B, N, C] whose first is a class token (what `token` pooling takes); default:
+        # it has prefix tokens
+        self.has_class_token = bool(self.num_prefix_tokens > 0 if has_class_token is None else has_class_token)
         self.classifier_prefixes = tuple(classifier_prefixes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -255,5 +259,5 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
     return Backbone(name, body, body.num_features,
                     channels_last=getattr(body, "output_fmt", "NCHW") == "NHWC",
                     num_prefix_tokens=int(getattr(body, "num_prefix_tokens", 0)),
-                    classifier_prefixes=prefixes)
+                    classifier_prefixes=prefixes, has_class_token=getattr(body, "has_class_token", None))
 

@@ -254,7 +254,8 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
         pretrained_path: a local backbone weight file instead (see :func:`load_backbone_weights`); exclusive with
             ``pretrained``.
         embedding_dim: output width of each head (``None``: no projection, the pooled feature itself).
-        pooling: ``avg`` | ``max`` | ``avgmax`` (sum) | ``catavgmax`` (concatenation) | ``token`` (ViT class token).
+        pooling: ``avg`` | ``max`` | ``avgmax`` (sum) | ``catavgmax`` (concatenation) | ``token`` (ViT class token;
+            a backbone without one is a ConfigError here).
         normalize: L2-normalise each head's output.
         freeze_bn: backbone BatchNorm layers in eval mode with frozen affine parameters, also after ``.train()``.
         num_heads: number of heads on the shared backbone; ``head_dims`` / ``head_names`` set each head's width
@@ -276,6 +277,9 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
         raise ConfigError(f"head_dims must have num_heads={num_heads} entries, got {len(dims)}",
                           key="model.head_dims")
     body = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **dict(backbone_kwargs or {}))
+    if pooling == "token" and not body.has_class_token:  # here, not at the first forward (`train --dry-run` builds)
+        raise ConfigError(f"pooling 'token' needs a transformer backbone with a class token (token output [B, N, C]); "
+                          f"backbone {backbone!r} has none: use avg, max, avgmax or catavgmax", key="model.pooling")
     if pretrained_path is not None:
         load_backbone_weights(body, pretrained_path)
     pool = GlobalPool(pooling, num_prefix_tokens=body.num_prefix_tokens)

@@ -915,6 +915,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     import dataclasses
 
     from dynametric.config import config_to_yaml
+    from dynametric.engine.loggers import check_logger_available
 
     shown = cfg
     for note in config_notes(cfg):  # options the layering dropped (a name changed alone), as the run says them
@@ -948,6 +949,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     _relay(caught, log)
     if datasets is not None:
         check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved)
+    check_logger_available(cfg.run.logger)  # a missing extra: refused where a real run's build_logger refuses it
     optimizer = comps.module.configure_optimizers()
     opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     log("# resolved configuration")

@@ -19,13 +19,19 @@ def _umask_mode() -> int:
 
 
 def _file_target(path: str | Path, key: str | None = None) -> Path:
-    """``path`` as the target of a file write: its folder is created; a folder at ``path`` is an InputError
-    (naming ``key``, the option that named the path, when given)."""
+    """``path`` as the target of a file write: its missing folders are created (every output file of every command
+    is written through here: one rule, docs/reliability.md); a folder at ``path``, or a file where one of its
+    folders goes, is an InputError (naming ``key``, the option that named the path, when given)."""
     from dynametric.errors import InputError
 
     path = Path(path)
     if path.is_dir():
         raise InputError("is a folder; expected the path of a file to write", file=path, key=key)
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():  # was `cannot create the folder (File exists)`
+        raise InputError(f"is a file, not a folder; expected a folder to hold {path}", file=above, key=key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # the error names the folder that could not be made (the file's, or one above it)

@@ -151,14 +151,15 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
     names = [h.strip() for h in header]
     if not names:
         raise InputError(f"header must name every column, got {header}", file=path, line=1)
+    # numbers first: a header-less file whose first row repeats a label (0,0) is a missing header, not a repeated name
+    if any(n.lstrip("-").isdigit() for n in names):
+        raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
+                         file=path, line=1)
     check_header_scale_names(names, names, path, 1)
     if names[:3] == ["index", "id", "path"]:
         raise InputError("this is the items.csv of a `dynametric embed` folder (index,id,path,<scales>), not a labels "
                          "CSV; give the folder itself (evaluate --embeddings EMB reads its labels.npy) or "
                          "EMB/labels.npy", file=path, line=1)
-    if any(n.lstrip("-").isdigit() for n in names):
-        raise InputError(f"expected a header of scale names, got {names} (numbers: a missing header?)",
-                         file=path, line=1)
     rows: list[list[int]] = []
     blank: int | None = None  # the first blank line since the last row: an error unless only blank lines follow
     for lineno, row in enumerate(reader, start=2):

@@ -24,13 +24,17 @@ def unknown_name_message(registry: Mapping[str, Any], name: Any, kind: str = "na
 
 
 def build_registered(registry: Mapping[str, Any], kind: str, name: str, kwargs: dict[str, Any], *,
-                     name_key: str, args_key: str) -> Any:
+                     name_key: str, args_key: str | None = None) -> Any:
     """``registry[name](**kwargs)``; an unknown name or a bad argument is a :class:`ConfigError`
     (``unknown <kind> 'x'; expected one of [...]`` at ``name_key``, ``bad arguments for <kind> 'x': ...`` at
-    ``args_key``)."""
+    ``args_key``; without one, at the argument the error names, ``'margn'`` of ``unexpected keyword argument
+    'margn'``, else at ``kwargs``: the keys of a Python call, whose arguments are its keywords)."""
     if name not in registry:
         raise ConfigError(f"unknown {kind} {name!r}; expected one of {sorted(registry)}", key=name_key)
     try:
         return registry[name](**kwargs)
     except TypeError as err:
+        if args_key is None:
+            named = [k for k in kwargs if f"'{k}'" in str(err)]
+            args_key = named[0] if len(named) == 1 else "kwargs"
         raise ConfigError(f"bad arguments for {kind} {name!r}: {err}", key=args_key) from err
