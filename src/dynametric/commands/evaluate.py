@@ -21,7 +21,7 @@ from typing import Any
 from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.categories import category_count
-from dynametric.utils.io import atomic_write_json, remove_stale_temps_of
+from dynametric.utils.io import atomic_write_json, nan_to_null, remove_stale_temps_of
 from dynametric.utils.readers import load_ids
 
 
@@ -52,13 +52,6 @@ def format_table(result: dict[str, dict[str, Any]]) -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     return "\n".join(lines)
-
-
-def _jsonable(result: Any) -> Any:
-    """``result`` with NaN as ``None`` (JSON's null), at any depth (``by_category`` nests results)."""
-    if isinstance(result, dict):
-        return {k: _jsonable(v) for k, v in result.items()}
-    return None if isinstance(result, float) and math.isnan(result) else result
 
 
 def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], overall_only: list[str]) -> str:
@@ -307,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
                   f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
             print(format_table(result))
             if args.json_out:
-                atomic_write_json(args.json_out, {**_jsonable(result), "protocol": info}, key="--json")
+                atomic_write_json(args.json_out, {**nan_to_null(result), "protocol": info}, key="--json")
                 print(f"wrote {args.json_out}", file=sys.stderr)
             return 0
         sets = list(ce.sets.values())
@@ -370,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_category_table(by_category, [m for m in result["mean"] if m not in split]))
         result["by_category"] = by_category
     if args.json_out:
-        atomic_write_json(args.json_out, _jsonable(result) | ({} if info is None else {"protocol": info}),
+        atomic_write_json(args.json_out, nan_to_null(result) | ({} if info is None else {"protocol": info}),
                           key="--json")
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0

@@ -208,34 +208,10 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *
 
 
 class _WriteOnly:
-    """A file object seen only through ``write``: ``np.save`` then writes its bytes with ``write`` (Python's file
-    IO) instead of ``ndarray.tofile``, whose short write on a full disk is an ``OSError`` without ``errno``."""
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        self._fh = fh
-
-    def write(self, data: bytes) -> int:
-        return self._fh.write(data)
-
-
-def save_npy(fh: IO[bytes], array: Any) -> None:
-    """``np.save(fh, array)`` (the same bytes, no pickle) written with ``fh.write``, so that a write error is the
-    ``OSError`` (with ``errno``) of Python's file IO."""
-    import numpy as np
-
-    np.save(_WriteOnly(fh), array, allow_pickle=False)  # type: ignore[arg-type]
-
-
-def atomic_save_npy(path: str | Path, array: Any, *, key: str | None = None) -> None:
-    """``np.save`` to ``path`` atomically (:func:`atomic_open`, :func:`save_npy`)."""
-    with atomic_open(path, "wb", key=key) as fh:
-        save_npy(fh, array)
-
-
-class _RecordingWriter:
-    """A file object seen only through ``write`` that keeps the ``OSError`` of a failed write: ``torch.save`` given
-    a file object reports a failed write as its own ``RuntimeError: ... unexpected pos``, so the caller re-raises
-    the recorded error (with its ``errno``) instead."""
+    """A file object seen only through ``write`` (and ``flush``), which keeps the ``OSError`` of a failed write:
+    ``np.save`` then writes its bytes with ``write`` (Python's file IO) instead of ``ndarray.tofile``, whose short
+    write on a full disk is an ``OSError`` without ``errno``; ``torch.save`` given it reports a failed write as its own
+    ``RuntimeError: ... unexpected pos``, so the caller re-raises the recorded :attr:`error` (with its ``errno``)."""
 
     def __init__(self, fh: IO[bytes]) -> None:
         self._fh = fh
@@ -252,6 +228,20 @@ class _RecordingWriter:
         self._fh.flush()
 
 
+def save_npy(fh: IO[bytes], array: Any) -> None:
+    """``np.save(fh, array)`` (the same bytes, no pickle) written with ``fh.write``, so that a write error is the
+    ``OSError`` (with ``errno``) of Python's file IO."""
+    import numpy as np
+
+    np.save(_WriteOnly(fh), array, allow_pickle=False)  # type: ignore[arg-type]
+
+
+def atomic_save_npy(path: str | Path, array: Any, *, key: str | None = None) -> None:
+    """``np.save`` to ``path`` atomically (:func:`atomic_open`, :func:`save_npy`)."""
+    with atomic_open(path, "wb", key=key) as fh:
+        save_npy(fh, array)
+
+
 def atomic_torch_save(path: str | Path, obj: Any, *, key: str | None = None) -> None:
     """``torch.save(obj)`` to ``path`` atomically, streamed into the temporary file with Python's file IO (no
     second copy of the serialised object in memory): a failed write (a full disk) is its ``OSError`` naming
@@ -259,7 +249,7 @@ def atomic_torch_save(path: str | Path, obj: Any, *, key: str | None = None) -> 
     import torch
 
     with atomic_open(path, "wb", key=key) as fh:
-        writer = _RecordingWriter(fh)
+        writer = _WriteOnly(fh)
         try:
             torch.save(obj, writer)  # type: ignore[arg-type]
         except Exception:
