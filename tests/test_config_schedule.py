@@ -87,6 +87,69 @@ def test_a_schedule_error_in_a_file_names_its_line(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}:5 key 'optim.scheduler.gamma': scheduler 'plateau'")
 
 
+_BASE = "optim:\n  lr: 0.01\n  scheduler:\n    name: multistep\n    milestones: [10, 20]\n    gamma: 0.5\n" \
+        "    warmup_epochs: 2\n"
+
+
+def _notes(cfg) -> list[str]:
+    from dynametric.config.loader import config_notes
+
+    return config_notes(cfg)
+
+
+@pytest.mark.parametrize("new, kept, dropped", [
+    ("cosine", {"warmup_epochs": 2}, ["gamma", "milestones"]),
+    ("step", {"gamma": 0.5, "warmup_epochs": 2}, ["milestones"]),
+    ("plateau", {"gamma": 0.5}, ["milestones", "warmup_epochs"]),
+    ("none", {"warmup_epochs": 2}, ["gamma", "milestones"]),
+])
+def test_a_child_that_switches_the_schedule_drops_the_parents_keys_the_new_one_does_not_use(tmp_path: Path, new,
+                                                                                               kept, dropped) -> None:
+    """A child config that changed only optim.scheduler.name failed on the keys its parent wrote for the old
+    schedule (`scheduler 'cosine' does not use milestones`). Those keys are now dropped with a note naming the
+    parent's line; the keys the new schedule also uses are kept."""
+    (tmp_path / "base.yaml").write_text(_BASE)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: base.yaml\noptim:\n  scheduler:\n    name: {new}\n")
+    cfg = load_config(child)
+    sched = cfg.optim.scheduler
+    assert sched.name == new
+    defaults = {"gamma": 0.1, "milestones": [], "warmup_epochs": 0}
+    for key, value in {**defaults, **kept}.items():
+        assert getattr(sched, key) == value, key
+    first = "5" if "milestones" in dropped else "7"  # the parent's line of the first dropped key (file order)
+    assert _notes(cfg) == [f"optim.scheduler {{{', '.join(f'{k}: {_flow(k)}' for k in dropped)}}} from "
+                           f"{tmp_path / 'base.yaml'}:{first} not used: optim.scheduler.name changed in {child}:4 "
+                           f"(multistep -> {new}), which does not use {' or '.join(dropped)}"]
+    # the same switch on the command line drops the same keys; a key the command line gives itself is kept
+    cfg = load_config(tmp_path / "base.yaml", [f"optim.scheduler.name={new}"])
+    assert [getattr(cfg.optim.scheduler, k) for k in dropped] == [defaults[k] for k in dropped]
+    assert "changed on the command line (multistep -> " in _notes(cfg)[0]
+
+
+def _flow(key: str) -> str:
+    return {"gamma": "0.5", "milestones": "[10, 20]", "warmup_epochs": "2"}[key]
+
+
+def test_keys_the_switching_layer_writes_itself_are_kept_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(_BASE)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\noptim:\n  scheduler:\n    name: step\n    step_size: 4\n    gamma: 0.2\n")
+    cfg = load_config(child)
+    assert (cfg.optim.scheduler.step_size, cfg.optim.scheduler.gamma, cfg.optim.scheduler.milestones) == (4, 0.2, [])
+    # a key the changing layer writes for a schedule that does not use it stays an error at its own line
+    child.write_text("extends: base.yaml\noptim:\n  scheduler:\n    name: cosine\n    gamma: 0.2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(child)
+    assert (Path(str(info.value.file)).name, info.value.line, info.value.key) == ("child.yaml", 5,
+                                                                                  "optim.scheduler.gamma")
+    err = _refused(["optim.scheduler.name=cosine", "optim.scheduler.gamma=0.3"])
+    assert err.key == "optim.scheduler.gamma" and err.file == "<command line>"
+    # the same schedule again keeps everything, and no note
+    cfg = load_config(tmp_path / "base.yaml", ["optim.scheduler.name=multistep"])
+    assert cfg.optim.scheduler.milestones == [10, 20] and _notes(cfg) == []
+
+
 def test_the_shipped_schedules_and_the_defaults_of_unused_keys_load() -> None:
     for overrides in (["optim.scheduler.name=step", "optim.scheduler.step_size=10", "optim.scheduler.gamma=1"],
                       ["optim.scheduler.name=multistep", "optim.scheduler.milestones=[5, 2]"],

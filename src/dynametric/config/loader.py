@@ -28,7 +28,16 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from dynametric.config.schema import Config, _hints, _section_of, _suggest, named_options, schema_default, schema_keys
+from dynametric.config.schema import (
+    Config,
+    _hints,
+    _section_of,
+    _suggest,
+    keys_by_choice,
+    named_options,
+    schema_default,
+    schema_keys,
+)
 from dynametric.errors import ConfigError, first_sentence
 from dynametric.utils.io import atomic_write_text
 
@@ -347,9 +356,34 @@ def _drop_options_of_renamed(lower: dict[str, Any], upper: Mapping[str, Any], so
             _note_dropped(source, steps, name, options, dropped, old, new, where(_shown([*steps, name])))
         if options not in upper:  # the lower layers' line of the mapping no longer says where it was set
             source.where.pop(_shown([*steps, options]), None)
+    choice = keys_by_choice(section)
+    if choice is not None and choice[0] in upper:
+        name, uses = choice
+        old, new, low = _name_in(lower, steps, name), upper[name], _get(lower, steps)
+        if old is not None and new != old and isinstance(low, dict):
+            dropped = {k: v for k, v in low.items() if k in uses and new not in uses[k] and k not in upper}
+            for k in dropped:
+                del low[k]
+            _note_keys_dropped(source, steps, name, dropped, old, new, where(_shown([*steps, name])))
     for key, value in upper.items():
         if isinstance(value, Mapping) and isinstance(key, str) and isinstance(_get(lower, [*steps, key]), dict):
             _drop_options_of_renamed(lower, value, source, where, (*steps, key))
+
+
+def _note_keys_dropped(source: _Source, steps: Sequence[str | int], name: str, dropped: Mapping[str, Any], old: Any,
+                       new: Any, changed_where: str) -> None:
+    """The note for the keys of a section (:func:`~dynametric.config.schema.keys_by_choice`) that a lower layer wrote
+    and the name a higher layer chose does not use; forgets where they were set."""
+    if not dropped:
+        return
+    section = _shown(steps)
+    first = next((source.where[f"{section}.{k}"] for k in dropped if f"{section}.{k}" in source.where), None)
+    origin = "" if first is None else (" from the command line" if first[0] == "<command line>" else
+                                       f" from {first[0]}" + (f":{first[1]}" if first[1] is not None else ""))
+    source.notes.append(f"{section} {_flow(dict(dropped))}{origin} not used: {section}.{name} changed {changed_where} "
+                        f"({old} -> {new}), which does not use {' or '.join(sorted(dropped))}")
+    for k in dropped:
+        _forget(source, f"{section}.{k}")
 
 
 def _drop_options_renamed_on_command_line(before: Mapping[str, Any], raw: dict[str, Any], keys: Sequence[str],
@@ -361,6 +395,11 @@ def _drop_options_renamed_on_command_line(before: Mapping[str, Any], raw: dict[s
         steps = _key_steps(key) if _KEY_RE.match(key) else []
         section = _section_at(steps[:-1]) if steps else None
         pairs = dict(named_options(section)) if section is not None else {}
+        choice = keys_by_choice(section) if section is not None else None
+        if steps and choice is not None and steps[-1] == choice[0] and _shown(steps[:-1]) not in done:
+            done.add(_shown(steps[:-1]))
+            _drop_keys_chosen_on_command_line(before, raw, steps[:-1], choice, source)
+            continue
         if not steps or steps[-1] not in pairs or _shown(steps[:-1]) in done:
             continue
         at, name, options = steps[:-1], str(steps[-1]), pairs[str(steps[-1])]
@@ -380,6 +419,22 @@ def _drop_options_renamed_on_command_line(before: Mapping[str, Any], raw: dict[s
         sec[options] = {k: v for k, v in opts.items() if k not in dropped}
         if _origin(source, okey) != "<command line>":  # a file's line of the mapping no longer says where it was set
             source.where.pop(okey, None)
+
+
+def _drop_keys_chosen_on_command_line(before: Mapping[str, Any], raw: dict[str, Any], at: Sequence[str | int],
+                                      choice: tuple[str, Mapping[str, tuple[str, ...]]], source: _Source) -> None:
+    """After an override changed the name of the section at ``at`` whose keys apply to some names only: drop the
+    keys a file wrote that the new name does not use (the overrides' own are kept), with a note."""
+    name, uses = choice
+    sec, old = _get(raw, at), _name_in(before, at, name)
+    if not isinstance(sec, dict) or old is None or sec.get(name) == old:
+        return
+    section = _shown(at)
+    dropped = {k: v for k, v in sec.items() if k in uses and sec.get(name) not in uses[k]
+               and _origin(source, f"{section}.{k}") != "<command line>"}
+    for k in dropped:
+        del sec[k]
+    _note_keys_dropped(source, at, name, dropped, old, sec.get(name), "on the command line")
 
 
 def _origin(source: _Source, key: str) -> str | None:
@@ -697,7 +752,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     (``loss.name``, ``miner.name``, ``model.backbone``, ``optim.name``, ``method.name``, ``data.format``,
     ``data.sampler``, ``run.logger``: :func:`~dynametric.config.schema.named_options`) but not its options drops the
     options the lower layers wrote for the other component (options it writes itself are kept; the same name set
-    again keeps them all); :func:`config_notes` lists each drop in one line."""
+    again keeps them all); likewise a layer that changes ``optim.scheduler.name`` drops the schedule keys the lower
+    layers wrote that the new schedule does not use (:func:`~dynametric.config.schema.keys_by_choice`).
+    :func:`config_notes` lists each drop in one line."""
     source = _Source()
     raw: dict[str, Any] = {} if path is None else _read_file(Path(path), source)
     before = copy.deepcopy(raw) if overrides else raw

@@ -297,6 +297,8 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
 period and ``plateau``'s patience; ``interval`` chooses whether ``cosine`` changes the rate every step or every
 epoch (the others change it at epoch boundaries); ``plateau`` has no warm-up."""
 
+_KEYS_BY_CHOICE: dict[type, tuple[str, Mapping[str, tuple[str, ...]]]] = {SchedulerConfig: ("name", SCHEDULE_KEYS)}
+
 
 @dataclass
 class OptimConfig:
@@ -739,6 +741,12 @@ def named_options(section: type) -> tuple[tuple[str, str], ...]:
     written for the other component."""
     return tuple(getattr(section, "_named_options", ()))
 
+
+def keys_by_choice(section: type) -> tuple[str, Mapping[str, tuple[str, ...]]] | None:
+    """``(name key, {key: the names that use it})`` for a schema section whose own keys each apply to some choices
+    of its name only (``optim.scheduler``: :data:`SCHEDULE_KEYS`), else ``None``. The loader drops the keys a lower
+    layer wrote that the name a higher layer chooses does not use (:func:`dynametric.config.loader.load_config`)."""
+    return _KEYS_BY_CHOICE.get(section)
 
 
 @functools.cache
