@@ -401,6 +401,7 @@ def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
     spec = resolve_class(kind, spec)
     if isinstance(spec, type):
         _check_wrapped_support(spec, kwargs)
+        _check_keywords(spec, kwargs)
         check_object_arguments(kwargs)
         given = kwargs
         if "distance" in kwargs:
@@ -413,6 +414,38 @@ def _instantiate(kind: str, spec: Any, kwargs: dict[str, Any]) -> Any:
         raise ConfigError(f"keyword arguments {sorted(kwargs)} given with an already built {kind[:-2]} object",
                           key=kind[:-2])
     return spec
+
+
+def _check_keywords(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """A keyword no constructor of ``cls`` takes is a :class:`ConfigError` keyed by it, with the closest argument
+    or the list of them (PML's own error is a ``TypeError`` naming ``ModuleWithRecords.__init__``). Nothing is
+    checked when the last constructor of the chain takes any keyword (``**kwargs``)."""
+    named = [p.name for p in _init_parameters(cls)]
+    if _open_keywords(cls):
+        return
+    for arg in kwargs:
+        if arg not in named:
+            close = difflib.get_close_matches(arg, named, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)}"
+            if arg == "scale":  # dynametric's own losses and miners name their label column so
+                hint += " (the adapter's label column is label_scale)"
+            raise ConfigError(f"{cls.__name__} has no argument {arg!r}{hint}", key=arg)
+
+
+def _open_keywords(cls: type) -> bool:
+    """Whether the constructors of ``cls`` (as :func:`_init_parameters` walks them) end in one taking ``**kwargs``
+    it does not pass on, or cannot be inspected: then any keyword may be taken."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            return True
+        if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            return False
+    return True
 
 
 def _init_parameters(cls: type) -> list[inspect.Parameter]:

@@ -334,7 +334,9 @@ def test_pml_loss_scale_is_pmls_logit_scale_and_label_scale_the_column(name):
     assert PMLLoss(pml_losses.SupConLoss(), label_scale=2).scale == 2
     assert PMLMiner(pml_miners.BatchHardMiner(), label_scale=2).scale == 2
     assert pml_miner("BatchHardMiner", label_scale=1).scale == 1
-    with pytest.raises(TypeError, match="scale"):  # not a PML miner keyword, and no longer the column
+    with pytest.raises(ConfigError, match=r"^key 'scale': BatchHardMiner has no argument 'scale'; its arguments: "
+                                          r"pos_strategy, .*, collect_stats \(the adapter's label column is "
+                                          r"label_scale\)$"):  # not a PML miner keyword, and no longer the column
         pml_miner("BatchHardMiner", scale=1)
 
 
@@ -877,3 +879,25 @@ def test_the_python_adapter_refuses_names_where_pml_expects_objects():
     ours = pml_loss("TripletMarginLoss", reducer=pml_red.SumReducer(), embedding_regularizer=pml_reg.LpRegularizer())
     theirs = pml_losses.TripletMarginLoss(reducer=pml_red.SumReducer(), embedding_regularizer=pml_reg.LpRegularizer())
     torch.testing.assert_close(ours(emb, labels), theirs(emb, labels))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: pml_loss("TripletMarginLoss", margn=0.1), "TripletMarginLoss has no argument 'margn'; did you mean "
+                                                       "'margin'?"),
+    (lambda: pml_loss("TripletMarginLoss", margn=0.1, weights=[1.0, 1.0]), "TripletMarginLoss has no argument "
+                                                                          "'margn'; did you mean 'margin'?"),
+    (lambda: pml_loss("ArcFaceLoss", num_classes=3, embedding_size=D, scal=3.0), "ArcFaceLoss has no argument "
+                                                                                  "'scal'; did you mean 'scale'?"),
+    (lambda: pml_miner("MultiSimilarityMiner", foo=1), "MultiSimilarityMiner has no argument 'foo'; its arguments: "
+                                                       "epsilon, distance, collect_stats"),
+])
+def test_a_python_caller_s_unknown_keyword_is_named_with_the_arguments(build, message):
+    """An unknown keyword was PML's `TypeError: ModuleWithRecords.__init__() got an unexpected keyword argument`,
+    which names a base class the user never wrote; the arguments of every constructor in the chain count (ArcFace's
+    `scale`, a base class's `collect_stats`)."""
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert err.value.message == message and err.value.key == message.split("'")[1]
+    # the arguments of a base class the PML class passes its keywords to are accepted
+    assert isinstance(pml_loss("SubCenterArcFaceLoss", num_classes=3, embedding_size=D, sub_centers=2,
+                               collect_stats=False), PMLLoss)
