@@ -335,8 +335,9 @@ def main() -> int:
         print(f"| {res['part']} | {res['contender']} | {res['wall_s']:.2f} | {res['peak_rss_mb']:.0f} | "
               f"{vs_floor} | {speedup} |")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
+        from dynametric.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, results)
     return 0
 
 

@@ -40,7 +40,6 @@ Results: JSON (``--json``) and a markdown section in ``--docs`` between the mark
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -63,6 +62,8 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(1, str(ROOT / "src"))
 
 from eval_speed import part_metrics  # noqa: E402
+
+from dynametric.utils.io import atomic_write_json  # noqa: E402
 
 BEGIN, END = "<!-- gpu_suite:begin -->", "<!-- gpu_suite:end -->"
 
@@ -690,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"[gpu_suite] ({name}) done in {time.perf_counter() - t:.1f} s", flush=True)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+        atomic_write_json(json_path, res, default=str)
 
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
         work = Path(tmp)
@@ -723,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         (f" --device {args.device}" if args.device else "") + \
         (f" --parts {args.parts}" if args.parts != DEFAULT_PARTS else "")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_json(json_path, res, default=str)
     write_docs(docs_path, markdown(res, command))
     for name, ok in res["checks"]:
         print(f"{'PASS' if ok else 'FAIL'}  {name}" + ("" if device.type == "cuda" else "  (CPU: for information)"))

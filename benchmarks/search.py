@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -185,8 +184,9 @@ def main() -> None:
         print(f"| {r['n']:,} | {r['kind']} | {r['params']} | {r['build_s']:.1f} | {r['qps']:,.0f} | "
               f"{r['speedup']:.1f}x | {r['recall']:.3f} |")
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as fh:
-            json.dump(rows, fh, indent=2)
+        from dynametric.utils.io import atomic_write_json
+
+        atomic_write_json(args.json_out, rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -111,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device peak: old {res['peak_gb']['old']:.2f} GB, new {res['peak_gb']['new']:.2f} GB")
     print(res["machine"])
     if args.json is not None:
-        args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        from dynametric.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, res)
     return 0 if res["identical"] else 1
 
 

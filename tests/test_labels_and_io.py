@@ -166,3 +166,23 @@ def test_a_folder_that_cannot_be_made_is_named_not_the_file(tmp_path, monkeypatc
         atomic_write_text(ro / "sub" / "m.json", "x", key="--out")
     assert str(keyed.value) == f"{ro / 'sub'} key '--out': cannot create the folder ({os.strerror(errno.EROFS)})"
     assert list(ro.iterdir()) == []
+
+
+def test_json_files_are_strict_json_with_null_for_nan(tmp_path):
+    """Every JSON file the library or a benchmark writes goes through atomic_write_json: a NaN anywhere (a metric of
+    a scale without queries, a benchmark figure that could not be measured) is `null`, never the bare `NaN` that
+    json.dumps writes and a strict reader (JavaScript's JSON.parse, jq) refuses."""
+    import math
+
+    from dynametric.utils.io import null_to_nan
+
+    path = tmp_path / "r.json"
+    obj = {"a": math.nan, "b": [1.0, float("nan"), {"c": np.float64("nan")}], "d": (2, math.nan), "e": "NaN", "f": 0.5}
+    atomic_write_json(path, obj)
+    text = path.read_text()
+    assert "NaN" not in text.replace('"NaN"', "")
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert strict == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, None], "e": "NaN", "f": 0.5}
+    assert math.isnan(null_to_nan(strict)["a"]) and null_to_nan(strict)["f"] == 0.5
+    atomic_write_json(path, {"p": tmp_path}, default=str)  # what JSON has no type for, through default=
+    assert json.loads(path.read_text()) == {"p": str(tmp_path)}

@@ -263,8 +263,12 @@ def atomic_write_text(path: str | Path, text: str, *, key: str | None = None) ->
         fh.write(text)
 
 
-def atomic_write_json(path: str | Path, obj: Any, *, key: str | None = None) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", key=key)
+def atomic_write_json(path: str | Path, obj: Any, *, key: str | None = None,
+                      default: Callable[[Any], Any] | None = None) -> None:
+    """``obj`` as indented JSON, atomically; every float NaN is written as ``null`` (:func:`nan_to_null`), so the
+    file is strict JSON wherever it comes from (``json.dumps`` alone writes a bare ``NaN``). ``default``: as
+    ``json.dumps``'s, for values JSON has no type for."""
+    atomic_write_text(path, json.dumps(nan_to_null(obj), indent=2, sort_keys=False, default=default) + "\n", key=key)
 
 
 def require_new_folder(path: str | Path, key: str, hint: str) -> Path:
