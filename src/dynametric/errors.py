@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -33,6 +34,16 @@ class InputError(DynametricError, ValueError):
 
 class ConfigError(InputError):
     """An invalid configuration key or value (names the dotted key and, where possible, the closest valid one)."""
+
+
+class UnknownArgumentError(ConfigError):
+    """A keyword argument that a class does not take: ``argument`` is the keyword, ``arguments`` the ones it takes
+    (a config builder words it for the config key that gave it)."""
+
+    def __init__(self, message: str, *, argument: str, arguments: Sequence[str]) -> None:
+        super().__init__(message, key=argument)
+        self.argument = argument
+        self.arguments = tuple(arguments)
 
 
 def first_sentence(exc: BaseException | str, limit: int = 300) -> str:

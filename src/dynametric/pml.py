@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from dynametric import distances as _distances
-from dynametric.errors import ConfigError, first_sentence
+from dynametric.errors import ConfigError, UnknownArgumentError, first_sentence
 
 #: Config names with this prefix are looked up in pytorch-metric-learning.
 PML_PREFIX = "pml:"
@@ -429,7 +429,8 @@ def _check_keywords(cls: type, kwargs: Mapping[str, Any]) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)}"
             if arg == "scale":  # dynametric's own losses and miners name their label column so
                 hint += " (the adapter's label column is label_scale)"
-            raise ConfigError(f"{cls.__name__} has no argument {arg!r}{hint}", key=arg)
+            raise UnknownArgumentError(f"{cls.__name__} has no argument {arg!r}{hint}", argument=arg,
+                                       arguments=named)
 
 
 def _open_keywords(cls: type) -> bool:

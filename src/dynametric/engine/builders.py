@@ -49,7 +49,7 @@ from dynametric.data.splits import LabelledSubset, class_disjoint_folds, class_d
 from dynametric.engine.module import GroupSettings, MetricLearningModule, OptimSettings
 from dynametric.engine.objective import Objective, whole_batch_miner_refusal
 from dynametric.engine.trainer import TrainerSettings
-from dynametric.errors import ConfigError, InputError, first_sentence
+from dynametric.errors import ConfigError, InputError, UnknownArgumentError, first_sentence
 from dynametric.labels import as_label_matrix, label_column_argument
 from dynametric.utils.registry import unknown_name_message
 
@@ -539,6 +539,10 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
         if construct is None:
             return factory(**kwargs)
         return construct(name, **kwargs)
+    except UnknownArgumentError as exc:  # a Python-level check of the keywords (pml_loss): worded for the config
+        if exc.argument not in given:
+            raise
+        raise _unknown_argument(name, exc.argument, exc.arguments, key) from exc
     except InputError as exc:  # ConfigError included: re-key it under this config section
         where = f"{key}.kwargs"
         if exc.key and exc.key.split(".", 1)[0] in kwargs:  # a given keyword, or a key inside one (base_kwargs.x)
