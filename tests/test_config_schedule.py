@@ -223,8 +223,7 @@ def test_the_one_class_message() -> None:
 @pytest.mark.parametrize("overrides", [
     ["loss.name=ProxyAnchorLoss"], ["loss.name=NormalizedSoftmaxLoss"], ["loss.name=ArcFaceLoss"],
     ["loss.name=pml:ProxyAnchorLoss"], ["loss.name=pml:ArcFaceLoss"], ["loss.name=CSLLoss"],
-    ["loss.name=TripletMarginLoss", "data.sampler=random"],  # a random batch is not m per class
-])
+])  # (data.sampler=random does not use data.m: data.m=16 is refused there, tests/engine/test_sampler_config_checks)
 def test_one_class_per_batch_is_allowed_for_losses_against_class_weights(overrides) -> None:
     cfg = load_config(overrides=["data.batch_size=16", "data.m=16", *overrides])
     assert cfg.data.batch_size // cfg.data.m == 1

@@ -347,16 +347,33 @@ def test_hierarchical_exact_coverage_on_uneven_tree(seed):
 
 
 def test_hierarchical_repeats_classes_when_parent_is_small_and_checks_tree():
-    labels = torch.tensor([[0, 0]] * 5 + [[1, 0]] * 5 + [[2, 1]] * 5)
-    s = HierarchicalSampler(labels, batch_size=12, samples_per_class=2, parents_per_batch=2, iterations_per_epoch=4)
+    # parents 0 and 1 have two classes each, parent 2 one: its groups of two classes repeat class 4
+    labels = torch.tensor([[0, 0]] * 5 + [[1, 0]] * 5 + [[2, 1]] * 5 + [[3, 1]] * 5 + [[4, 2]] * 5)
+    s = HierarchicalSampler(labels, batch_size=8, samples_per_class=2, parents_per_batch=2, iterations_per_epoch=6)
+    repeated = 0
     for b in s:
-        rows = torch.tensor(b).view(2, 3, 2)
+        rows = torch.tensor(b).view(2, 2, 2)
         assert (labels[rows, 1] == labels[rows, 1][:, :1, :1]).all()
+        for group in rows:
+            if int(labels[group[0, 0], 1]) == 2:
+                assert labels[group, 0].unique().tolist() == [4]
+                assert len(set(group.view(-1).tolist())) >= 3  # 5 images: the repeat is another chunk
+                repeated += 1
+            else:
+                assert len(labels[group[:, 0], 0].unique()) == 2
+    assert repeated > 0
+    # a batch that only repeated classes could fill is refused, naming the largest that fits (2 x 2 x 2)
+    with pytest.raises(InputError) as info:
+        HierarchicalSampler(labels, batch_size=12, samples_per_class=2, parents_per_batch=2)
+    assert (info.value.key, info.value.message) == (
+        "batch_size", "a batch needs 2 parents (scale 1) with 3 distinct classes (scale 0) each (batch_size 12 / "
+        "(samples_per_class 2 x parents_per_batch 2)) but the parent with the 2nd most classes has 2: the largest "
+        "batch is batch_size 8")
     bad = torch.tensor([[0, 0], [0, 1], [1, 1]])
     with pytest.raises(InputError, match="parents"):
         HierarchicalSampler(bad, batch_size=2, samples_per_class=1, parents_per_batch=2)
-    with pytest.raises(InputError, match="only 2"):
-        HierarchicalSampler(labels, batch_size=6, samples_per_class=1, parents_per_batch=3)
+    with pytest.raises(InputError, match="only 3"):
+        HierarchicalSampler(labels, batch_size=8, samples_per_class=1, parents_per_batch=4)
 
 
 def test_hierarchical_ranks_disjoint_and_resume():
@@ -420,6 +437,7 @@ def test_property_hierarchical_groups_share_parent(n_parents, kids, per_class, k
             rows += [(fine, p)] * per_class
             fine += 1
     labels = torch.tensor(rows)
+    classes_per_parent = min(classes_per_parent, sorted(kids[:n_parents])[-2])  # two parents can fill a group
     s = HierarchicalSampler(labels, batch_size=2 * classes_per_parent * k, samples_per_class=k,
                             parents_per_batch=2, seed=seed)
     for b in s:
@@ -581,3 +599,101 @@ def test_random_sampler_batches_are_full_and_never_repeat_an_item(n, bs, world, 
     assert list(first) == ranks[0][:per_pass]
     first.set_epoch(1)
     assert list(first) != ranks[0][:per_pass]
+
+
+# --------------------------------------------------------------------------------------------------- QA findings
+@pytest.mark.parametrize("make", [
+    lambda seed: RandomBatchSampler(100, 8, seed=seed),
+    lambda seed: MPerClassSampler(torch.arange(40) // 4, 4, 8, seed=seed),
+    lambda seed: ThreeScaleSampler(hierarchy_labels(), k=2, items_per_batch=2, seed=seed),
+    lambda seed: HierarchicalSampler(hierarchy_labels(), 8, samples_per_class=2, seed=seed),
+])
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64 + 3, 1.5, True, "3"])
+def test_every_sampler_refuses_a_seed_outside_0_to_2_32(make, seed):
+    # -1 was 2**64 - 1 (or numpy's ValueError at the first iteration of RandomBatchSampler), 2**64 + 3 was 3,
+    # 1.5 was 1
+    with pytest.raises(InputError) as info:
+        make(seed)
+    assert (info.value.key, info.value.message) == (
+        "seed", f"expected a seed, an integer in [0, 4294967295] (2**32 - 1), got {seed!r}")
+    assert make(2**32 - 1).seed == 2**32 - 1 and make(np.int64(3)).seed == 3
+
+
+@pytest.mark.parametrize("key, value", [("parent_scale", 1.0), ("parent_scale", True), ("scale", False),
+                                        ("scale", 0.0)])
+def test_hierarchical_scales_must_be_integers(key, value):
+    labels = hierarchy_labels()
+    kwargs = {"scale": 0, "parent_scale": 1, key: value}
+    with pytest.raises(InputError) as info:
+        HierarchicalSampler(labels, 8, samples_per_class=2, **kwargs)
+    assert (info.value.key, info.value.message) == (key, f"expected an integer (a label column), got {value!r}")
+
+
+@pytest.mark.parametrize("scales, message", [
+    ([0, 0], "expected distinct label columns in increasing order (finest first, e.g. [0, 2]), got [0, 0]"),
+    ([2, 1, 0], "expected distinct label columns in increasing order (finest first, e.g. [0, 2]), got [2, 1, 0]"),
+    ("01", "expected a non-empty list of label columns (integers, finest first, e.g. [0, 2]), got '01'"),
+    ([], "expected a non-empty list of label columns (integers, finest first, e.g. [0, 2]), got []"),
+    ([0, True], "expected a non-empty list of label columns (integers, finest first, e.g. [0, 2]), got [0, True]"),
+    ([0, 1.0], "expected a non-empty list of label columns (integers, finest first, e.g. [0, 2]), got [0, 1.0]"),
+    ([-1, 0], "expected label columns in [0, 3), got [-1, 0]"),
+    ([0, 3], "expected label columns in [0, 3), got [0, 3]"),
+])
+def test_three_scale_refuses_bad_scales(scales, message):
+    with pytest.raises(InputError) as info:
+        ThreeScaleSampler(hierarchy_labels(), k=2, items_per_batch=2, scales=scales)
+    assert (info.value.key, info.value.message) == ("scales", message)
+
+
+def test_three_scale_with_two_of_three_scales_has_two_chunks_per_item():
+    from dynametric.data.samplers import SamplerSettings
+
+    labels = hierarchy_labels()  # fine, middle, coarse
+    settings = SamplerSettings(batch_size=16, m=2, options={"scales": [0, 2]})
+    s = ThreeScaleSampler.from_settings(labels, settings)
+    assert (s.items_per_batch, s.batch_size, s.num_scales) == (4, 16, 2)  # 16 / (2 x 2 scales), not 16 / (2 x 3)
+    b = torch.tensor(s.epoch_batches(0)[0])
+    assert len(b) == 16
+    layout = s.chunk_layout()
+    assert [c.tolist() for c in layout] == [[0, 1, 4, 5, 8, 9, 12, 13], [2, 3, 6, 7, 10, 11, 14, 15]]
+    for col, rows in zip([0, 2], layout):  # chunk i: K images of one class of column scales[i]
+        y = labels[b[rows], col].view(4, 2)
+        assert (y == y[:, :1]).all()
+    chunks = ThreeScaleSampler.loss_chunks_for(2, 3, {"scales": [0, 2]})  # the loss cuts what the sampler lays out
+    assert [c.tolist() for c in chunks(16)] == [c.tolist() for c in layout]
+    with pytest.raises(InputError) as info:  # 18 rows are not whole items of 2 x 2 images
+        ThreeScaleSampler.from_settings(labels, SamplerSettings(batch_size=18, m=2, options={"scales": [0, 2]}))
+    assert (info.value.key, info.value.message) == (
+        "batch_size", "batch_size 18 must be a multiple of m x scales = 2 x 2 = 4 (an item holds m images at each "
+        "of its 2 scale(s))")
+
+
+def test_three_scale_epochs_take_consecutive_windows_of_items():
+    # 100 fine classes of 3 images, K=4: D = 75 items, 4 per batch -> 18 batches of 72 items; epoch e uses items
+    # 72e .. 72e + 71 (class = item mod 100), so no item (class) is skipped between epochs
+    fine = torch.arange(100).repeat_interleave(3)
+    labels = torch.stack([fine, fine // 10, fine // 50], 1)
+    s = ThreeScaleSampler(labels, k=4, items_per_batch=4, seed=3)
+    assert len(s) == 18
+    per_epoch = [_fine_chunk_classes(s, labels, e) for e in range(3)]
+    assert per_epoch[0] == Counter(range(72))  # was a random 72 of items 0..74
+    assert per_epoch[1] == Counter([*range(72, 100), *range(44)])
+    assert per_epoch[2] == Counter(range(44, 100)) + Counter(range(16))
+    for e in range(2):  # ceil(100 / 72) = 2 consecutive epochs give every class a chunk
+        assert set(per_epoch[e]) | set(per_epoch[e + 1]) == set(range(100))
+
+
+def test_hierarchical_batch_larger_than_the_tree_is_refused_naming_the_largest():
+    fine = np.arange(120) // 4  # 30 classes of 4 images, 3 under each of 10 parents
+    labels = torch.as_tensor(np.stack([fine, fine // 3], 1))
+    with pytest.raises(InputError) as info:  # was 800 rows of 24 distinct images
+        HierarchicalSampler(labels, 800, samples_per_class=4, parents_per_batch=2)
+    assert (info.value.key, info.value.message) == (
+        "batch_size", "a batch needs 2 parents (scale 1) with 100 distinct classes (scale 0) each (batch_size 800 / "
+        "(samples_per_class 4 x parents_per_batch 2)) but the parent with the 2nd most classes has 3: the largest "
+        "batch is batch_size 24")
+    s = HierarchicalSampler(labels, 24, samples_per_class=4, parents_per_batch=2)
+    for b in s:
+        assert len(set(b)) == 24  # the largest batch repeats no image
+    with pytest.raises(InputError, match="but scale 0 has only 30: the largest batch is batch_size 120$"):
+        MPerClassSampler(labels, 4, 124)

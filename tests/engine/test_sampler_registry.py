@@ -39,7 +39,9 @@ def test_each_config_name_builds_its_class_with_the_data_settings() -> None:
 
 
 def test_errors_keep_their_config_keys() -> None:
-    with pytest.raises(ConfigError, match="multiple of m x scales = 6") as info:
+    with pytest.raises(ConfigError, match=r"^key 'data.batch_size': batch_size 8 must be a multiple of m x "
+                                          r"scales = 2 x 3 = 6 \(an item holds m images at each of its 3 "
+                                          r"scale\(s\)\)$") as info:
         _make("data.sampler=three_scale", "data.m=2", "data.batch_size=8")
     assert info.value.key == "data.batch_size"
     with pytest.raises(ConfigError, match=r"MPerClassSampler takes no option 'nope' \(it takes no options\)$") as info:
@@ -56,7 +58,7 @@ def test_errors_keep_their_config_keys() -> None:
         _make("data.sampler=hierarchical", "data.batch_size=10", "data.m=2",
               "data.sampler_options={parents_per_batch: 5}")
     assert info.value.key == "data.sampler_options.parents_per_batch"
-    with pytest.raises(ConfigError, match="scales must be a non-empty list of columns in") as info:
+    with pytest.raises(ConfigError, match=r"expected label columns in \[0, 3\), got \[0, 5\]$") as info:
         _make("data.sampler=three_scale", "data.m=2", "data.batch_size=12", "data.sampler_options={scales: [0, 5]}")
     assert info.value.key == "data.sampler_options.scales"
     with pytest.raises(ConfigError, match="has 2 parents at scale 1") as info:  # fine class 0 under two parents
@@ -77,7 +79,7 @@ def test_errors_keep_their_config_keys() -> None:
 def test_pml_s_length_before_new_iter_as_a_sampler_option_names_its_equivalent(sampler, world, per) -> None:
     """It got the generic 'MPerClassSampler takes no option ...'; the Python sampler's message, in config keys."""
     with pytest.raises(ConfigError) as info:
-        _make(f"data.sampler={sampler}", "data.batch_size=12", "data.m=2",
+        _make(f"data.sampler={sampler}", "data.batch_size=12", *(["data.m=2"] if sampler != "random" else []),
               "data.sampler_options={length_before_new_iter: 1200}", world=world)
     batch = "images per batch" if sampler == "three_scale" else "data.batch_size"
     assert (info.value.key, info.value.message) == (
@@ -109,9 +111,9 @@ def test_a_random_batch_larger_than_the_data_is_one_error_on_the_batch_size() ->
 
 def test_the_sampler_declares_its_loss_chunks() -> None:
     small = ["model.backbone=simple_cnn", "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 1}",
-             "loss.multiscale=true", "data.m=2", "data.batch_size=12"]
+             "loss.multiscale=true", "data.batch_size=12"]
     for name, chunked in (("three_scale", True), ("m_per_class", False), ("random", False)):
-        cfg = load_config(None, [*small, f"data.sampler={name}"])
+        cfg = load_config(None, [*small, f"data.sampler={name}", *(["data.m=2"] if name != "random" else [])])
         [obj] = build_objectives(cfg, build_model(cfg), LABELS, 3)
         chunks = obj.loss.chunks
         assert (chunks is not None) == chunked
@@ -122,13 +124,14 @@ def test_the_sampler_declares_its_loss_chunks() -> None:
 def test_a_new_sampler_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     class FirstRows(samplers.RandomBatchSampler):
         m_divides_batch = True
+        settings_used = frozenset({"m"})  # RandomBatchSampler's own is empty: data.m would be refused
 
         def __iter__(self):
             for b in range(len(self)):
                 yield list(range(b * self.bs, (b + 1) * self.bs))
 
     monkeypatch.setitem(samplers.BATCH_SAMPLERS, "first_rows", FirstRows)
-    with pytest.raises(ConfigError, match="multiple of m=5"):  # its declared batch rule, checked at load
+    with pytest.raises(ConfigError, match="must be a multiple of data.m 5"):  # its declared batch rule, at load
         load_config(None, ["data.sampler=first_rows", "data.m=5", "data.batch_size=12"])
     s = _make("data.sampler=first_rows", "data.m=4", "data.batch_size=12")
     assert type(s) is FirstRows and next(iter(s)) == list(range(12))

@@ -391,15 +391,15 @@ def _drop_options_renamed_on_command_line(before: Mapping[str, Any], raw: dict[s
     """After the overrides ``keys`` turned ``before`` (the files' raw dict) into ``raw``: for every section whose
     name an override changed, drop the options that came from a file (the overrides' own are kept), with a note."""
     done: set[str] = set()
+    chosen: set[str] = set()  # sections whose keys_by_choice were handled (data.sampler also names options)
     for key in keys:
         steps = _key_steps(key) if _KEY_RE.match(key) else []
         section = _section_at(steps[:-1]) if steps else None
         pairs = dict(named_options(section)) if section is not None else {}
         choice = keys_by_choice(section) if section is not None else None
-        if steps and choice is not None and steps[-1] == choice[0] and _shown(steps[:-1]) not in done:
-            done.add(_shown(steps[:-1]))
+        if steps and choice is not None and steps[-1] == choice[0] and _shown(steps[:-1]) not in chosen:
+            chosen.add(_shown(steps[:-1]))
             _drop_keys_chosen_on_command_line(before, raw, steps[:-1], choice, source)
-            continue
         if not steps or steps[-1] not in pairs or _shown(steps[:-1]) in done:
             continue
         at, name, options = steps[:-1], str(steps[-1]), pairs[str(steps[-1])]

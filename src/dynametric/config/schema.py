@@ -58,12 +58,15 @@ class DataConfig:
     """Batch sampler, a name in ``dynametric.data.samplers.BATCH_SAMPLERS``: ``m_per_class`` | ``three_scale`` |
     ``hierarchical`` | ``random``."""
     m: int = 4
-    """Samples per class in a batch (m_per_class / hierarchical); per-scale chunk size for three_scale."""
+    """Samples per class in a batch (m_per_class / hierarchical); per-scale chunk size for three_scale; not used by
+    random (a value other than the default is refused there)."""
     batch_size: int = 32
     iterations_per_epoch: int | None = None
-    """Batches per epoch; ``None`` = the sampler's own epoch (every sample about once)."""
+    """Batches per epoch; ``None`` = the sampler's own epoch (one pass over its chunks or items; docs/data.md says
+    when that visits every image once)."""
     sampler_scale: int = 0
-    """Label column (scale) whose classes the m-per-class sampler balances."""
+    """Label column (scale) whose classes m_per_class balances and hierarchical takes as its fine scale; three_scale
+    and random do not use it (a value other than the default is refused there)."""
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 128
     workers: int | str = "auto"
@@ -111,9 +114,17 @@ class DataConfig:
             _positive(self.image_size, f"{key}.image_size")
         if self.iterations_per_epoch is not None:
             _positive(self.iterations_per_epoch, f"{key}.iterations_per_epoch")
+        for name, users in sampler_keys().items():  # a key the sampler ignores, set: refused, never dropped
+            value, default = getattr(self, name), schema_default(f"data.{name}")
+            if self.sampler not in users and value != default:
+                raise ConfigError(f"sampler {self.sampler!r} does not use {name} (got {value!r}; it applies to "
+                                  f"{' and '.join(repr(u) for u in users)}): remove {key}.{name} or set it to its "
+                                  f"default {default!r}", key=f"{key}.{name}")
         if BATCH_SAMPLERS[self.sampler].m_divides_batch and self.batch_size % self.m:
-            raise ConfigError(f"batch_size {self.batch_size} must be a multiple of m={self.m}",
-                              key=f"{key}.batch_size")
+            # keyed as the one-class rule keys it: data.m when it was changed from its default
+            raise ConfigError(f"data.batch_size {self.batch_size} must be a multiple of data.m {self.m} (a batch "
+                              "holds whole classes of m images)",
+                              key=f"{key}.m" if self.m != schema_default("data.m") else f"{key}.batch_size")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"expected a fraction in [0, 1), got {self.val_fraction}", key=f"{key}.val_fraction")
         if self.val_folds is not None:
@@ -596,19 +607,31 @@ class Config:
         ``data.batch_size / data.m`` classes; one class gives a loss term that compares the batch's embeddings with
         each other no negative pair: it would train on nothing (loss 0, only weight decay moving the weights).
         Terms that compare embeddings with learned class weights (proxy and classification losses) or use no
-        labels learn from one class per batch (:func:`pairs_in_batch`)."""
+        labels learn from one class per batch (:func:`pairs_in_batch`). ``three_scale`` with one item per batch is
+        the same for a ``multiscale`` term (each scale's chunk is one class): refused here when the number of
+        sampled scales is known without the data (``data.sampler_options.scales``, or the format's declared scale
+        names), else by the run's preflight (:func:`three_scale_items_error`)."""
         from dynametric.data.samplers import BATCH_SAMPLERS
 
         data = self.data
+        if data.sampler == "three_scale":
+            scales = data.sampler_options.get("scales")
+            count = len(scales) if isinstance(scales, (list, tuple)) and scales else None
+            if count is None:
+                from dynametric.data.registry import declared_scale_names
+
+                try:
+                    names = declared_scale_names(data.format, **data.options)
+                except (InputError, TypeError):  # bad options: refused with their own message when the data is read
+                    names = None
+                count = len(names) if names else None
+            error = None if count is None else three_scale_items_error(self, count)
+            if error is not None:
+                raise error
+            return
         if not BATCH_SAMPLERS[data.sampler].m_divides_batch or data.batch_size // data.m >= 2:
             return
-        terms: list[tuple[str, LossConfig, MinerConfig | None]] = [("loss", self.loss, self.miner)]
-        terms += [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(self.extra_losses)]
-        for where, term, miner in terms:
-            if miner is None and not pairs_in_batch(term.name, term.kwargs):
-                continue
-            what = (f"{where}'s miner {miner.name} mines pairs of the batch" if miner is not None else
-                    f"{where} {term.name} compares the batch's embeddings with each other")
+        for _where, what in batch_comparing_terms(self):
             key = "data.m" if data.m != schema_default("data.m") else "data.batch_size"
             raise ConfigError(f"a batch of data.batch_size {data.batch_size} with data.m {data.m} images per class "
                               f"holds one class: {what}, and without a negative pair it would train on nothing; "
@@ -707,6 +730,57 @@ def _not_multiscale_by_itself(name: str, key: str) -> None:
                           "false", key=f"{key}.multiscale")
 
 
+def batch_comparing_terms(cfg: Config, multiscale_only: bool = False) -> list[tuple[str, str]]:
+    """The loss terms of ``cfg`` that compare the batch's embeddings with each other (:func:`pairs_in_batch`) or
+    mine pairs of it (a miner), as ``(key, what it does)``: ``("loss", "loss TripletMarginLoss compares the
+    batch's embeddings with each other")``. ``multiscale_only``: the ``multiscale: true`` terms only (they compare
+    each scale's chunk of the batch on its own)."""
+    terms: list[tuple[str, LossConfig, MinerConfig | None]] = [("loss", cfg.loss, cfg.miner)]
+    terms += [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(cfg.extra_losses)]
+    out = []
+    for where, term, miner in terms:
+        if (multiscale_only and not term.multiscale) or (miner is None and not pairs_in_batch(term.name, term.kwargs)):
+            continue
+        out.append((where, f"{where}'s miner {miner.name} mines pairs of the batch" if miner is not None else
+                    f"{where} {term.name} compares the batch's embeddings with each other"))
+    return out
+
+
+def three_scale_items_error(cfg: Config, num_scales: int) -> ConfigError | None:
+    """The error for a ``three_scale`` batch of one item (``data.batch_size = data.m x num_scales``, ``num_scales``
+    the sampled scales) under a ``multiscale`` term that compares the batch: each scale's chunk is then ``data.m``
+    images of one class, no negative pair at any scale, and the term trains on nothing. Keyed ``data.m`` when it
+    was changed from its default, else ``data.batch_size``; ``None`` when the batch is fine (or its size is not a
+    multiple of an item: the sampler refuses that)."""
+    data = cfg.data
+    per_item = data.m * num_scales
+    if data.batch_size % per_item or data.batch_size // per_item >= 2:
+        return None
+    terms = batch_comparing_terms(cfg, multiscale_only=True)
+    if not terms:
+        return None
+    key = "data.m" if data.m != schema_default("data.m") else "data.batch_size"
+    smaller_m = data.batch_size // (2 * num_scales) if data.batch_size % (2 * num_scales) == 0 else 0
+    return ConfigError(f"a three_scale batch of data.batch_size {data.batch_size} with data.m {data.m} images per "
+                       f"scale chunk and {num_scales} scale(s) holds one item, so each scale's chunk is one class: "
+                       f"{terms[0][1]} (per scale, multiscale), and without a negative pair it would train on "
+                       f"nothing; expected "
+                       f"data.batch_size / (data.m x {num_scales}) >= 2 (e.g. data.batch_size {2 * per_item}"
+                       + (f" or data.m {smaller_m}" if smaller_m else "") + ")", key=key)
+
+
+def sampler_keys() -> dict[str, tuple[str, ...]]:
+    """The samplers (``data.sampler``) that use ``data.m`` and ``data.sampler_scale`` (a sampler's
+    ``settings_used``: ``m``, ``scale``); a non-default value under another sampler is refused, and a layer that
+    changes ``data.sampler`` drops the values the lower layers wrote that the new sampler does not use."""
+    from dynametric.data.samplers import BATCH_SAMPLERS
+
+    def users(setting: str) -> tuple[str, ...]:
+        return tuple(n for n, c in BATCH_SAMPLERS.items() if setting in getattr(c, "settings_used", {"m", "scale"}))
+
+    return {"m": users("m"), "sampler_scale": users("scale")}
+
+
 def pairs_in_batch(name: str, kwargs: Mapping[str, Any]) -> bool:
     """Whether the loss ``name`` built with ``kwargs`` compares the batch's embeddings with each other (pairs,
     triplets, tuples: a batch of one class gives it no negative), as a dynametric loss declares it
@@ -746,6 +820,8 @@ def keys_by_choice(section: type) -> tuple[str, Mapping[str, tuple[str, ...]]] |
     """``(name key, {key: the names that use it})`` for a schema section whose own keys each apply to some choices
     of its name only (``optim.scheduler``: :data:`SCHEDULE_KEYS`), else ``None``. The loader drops the keys a lower
     layer wrote that the name a higher layer chooses does not use (:func:`dynametric.config.loader.load_config`)."""
+    if section is DataConfig:
+        return "sampler", sampler_keys()
     return _KEYS_BY_CHOICE.get(section)
 
 

@@ -43,12 +43,30 @@ from dynametric.labels import LabelsLike, as_label_matrix
 
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]))
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
 
 
 def _positive_int(value: int, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"expected an integer >= {minimum}, got {value!r}", key=key)
+    return int(value)
+
+
+def _int(value: Any, key: str) -> int:
+    """``value`` if it is an integer (``bool`` and ``1.0`` refused), else an :class:`InputError` keyed ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"expected an integer (a label column), got {value!r}", key=key)
+    return int(value)
+
+
+def _seed(value: Any) -> int:
+    """A sampler's ``seed``: an integer in ``[0, 2**32 - 1]`` (the range every seed of dynametric takes,
+    :data:`dynametric.utils.seeds.SEED_MAX`), else an :class:`InputError` keyed ``seed`` (a negative, a float or a
+    larger seed was once taken modulo ``2**64`` or truncated, or failed at the first iteration)."""
+    from dynametric.utils.seeds import SEED_MAX
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= SEED_MAX:
+        raise InputError(f"expected a seed, an integer in [0, {SEED_MAX}] (2**32 - 1), got {value!r}", key="seed")
     return int(value)
 
 
@@ -109,7 +127,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world_size:
             raise InputError(f"rank must be in [0, {self.world_size}), got {rank!r}", key="rank")
         self.rank = int(rank)
-        self.seed = int(seed)
+        self.seed = _seed(seed)
         self.num_samples = int(labels.shape[0])
         self.labels_digest = hashlib.blake2b(labels.contiguous().numpy().tobytes(), digest_size=8).hexdigest()
         self.batch_size = int(batch_size)
@@ -131,10 +149,14 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     #: every batch holds ``batch_size // m`` distinct classes of the ``sampler_scale`` column (the run's preflight
     #: checks the training split has that many and suggests values that fit when it has not).
     distinct_classes_per_batch: bool = False
+    #: which of the settings ``m`` and ``scale`` the sampler reads; a config that gives one it does not read
+    #: (``data.m``, ``data.sampler_scale``) a value other than its default is refused
+    settings_used: ClassVar[frozenset[str]] = frozenset({"m", "scale"})
 
     @classmethod
-    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
-        """What ``MultiScaleLoss(chunks=...)`` needs for this sampler's batch layout (``None``: whole batches)."""
+    def loss_chunks_for(cls, m: int, num_scales: int, options: Mapping[str, Any] | None = None) -> Any:
+        """What ``MultiScaleLoss(chunks=...)`` needs for this sampler's batch layout (``None``: whole batches);
+        ``options``: the sampler's options (``data.sampler_options``), where they change the layout."""
         return None
 
     # subclasses -----------------------------------------------------------------------------------------------
@@ -352,8 +374,14 @@ class MPerClassSampler(_EpochBatchSampler):
     refused with the ``iterations_per_epoch`` it corresponds to).
 
     Within a batch the rows are grouped by class (``m`` consecutive rows per class). An epoch has
-    ``iterations_per_epoch`` batches per rank, by default ``floor(chunks per pass / P / world_size)`` (≥ 1), so
-    that one epoch visits every image about once (see the module docstring for chunks and replacement).
+    ``iterations_per_epoch`` batches per rank, by default ``floor(chunks per pass / P / world_size)`` (≥ 1): as many
+    chunks as one pass holds. It visits every image once when the pass can be packed into batches of ``P`` distinct
+    classes (its chunk count a multiple of ``P`` and no class holding more than ``1/P`` of the chunks); otherwise not:
+    a batch holds a class once, so a class with more than ``1/P`` of the chunks gets at most one chunk per batch and
+    the rest of the epoch's batches draw the other classes again from new passes (classes of 1000, 4, 4 and 4 images,
+    ``m = 4``, ``P = 2``: 126 batches with 126 of the 250 chunks of the large class, about half the images). See the
+    module docstring for chunks and replacement; a batch needs ``P`` distinct classes of ``scale`` (``InputError``
+    keyed ``batch_size`` naming the largest batch, ``m x classes``, otherwise).
     """
 
     @_refuse_pml_length
@@ -364,7 +392,7 @@ class MPerClassSampler(_EpochBatchSampler):
         batch_size = _positive_int(batch_size, "batch_size")
         if batch_size % self.m:
             raise InputError(f"batch_size ({batch_size}) must be a multiple of m ({self.m})", key="batch_size")
-        if not -mat.shape[1] <= scale < mat.shape[1]:
+        if not -mat.shape[1] <= _int(scale, "scale") < mat.shape[1]:
             raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s)", key="scale")
         super().__init__(mat, batch_size, seed, rank, world_size)
         self.scale = int(scale) % mat.shape[1]
@@ -372,7 +400,8 @@ class MPerClassSampler(_EpochBatchSampler):
         self.classes, self.members = _class_members(mat[:, self.scale].numpy())
         if len(self.classes) < self.classes_per_batch:
             raise InputError(f"a batch needs {self.classes_per_batch} distinct classes (batch_size {batch_size} / "
-                             f"m {self.m}) but scale {self.scale} has only {len(self.classes)}", key="batch_size")
+                             f"m {self.m}) but scale {self.scale} has only {len(self.classes)}: the largest batch is "
+                             f"batch_size {self.m * len(self.classes)}", key="batch_size")
         self._set_iterations(iterations_per_epoch)
 
     m_divides_batch = True
@@ -405,18 +434,39 @@ class MPerClassSampler(_EpochBatchSampler):
         return {**super()._fingerprint(), "m": self.m, "scale": self.scale}
 
 
+def _check_scales(scales: Any, num_columns: int | None) -> list[int]:
+    """``ThreeScaleSampler``'s ``scales`` as a list: distinct label columns in increasing order (finest first),
+    each in ``[0, num_columns)`` (not checked when ``None``), else an :class:`InputError` keyed ``scales``."""
+    if (not isinstance(scales, (list, tuple)) or not scales
+            or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in scales)):
+        raise InputError(f"expected a non-empty list of label columns (integers, finest first, e.g. [0, 2]), got "
+                         f"{scales!r}", key="scales")
+    out = [int(c) for c in scales]
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise InputError(f"expected distinct label columns in increasing order (finest first, e.g. [0, 2]), got "
+                         f"{out}", key="scales")
+    if out[0] < 0 or (num_columns is not None and out[-1] >= num_columns):
+        where = f"[0, {num_columns})" if num_columns is not None else "0 or more"
+        raise InputError(f"expected label columns in {where}, got {out}", key="scales")
+    return out
+
+
 class ThreeScaleSampler(_EpochBatchSampler):
     """DyML's three-scale sampler (Sun et al., CVPR 2021).
 
     Item ``i`` holds ``K`` images of class ``i mod C_s`` at every scale ``s`` (classes of each scale in first-seen
-    order of ``labels``); the items of an epoch are shuffled, so an item's classes are unrelated. An epoch has
-    ``D = floor(N / K)`` items (or ``iterations_per_epoch * items_per_batch * world_size`` when that is more); a
-    batch holds ``items_per_batch`` items, the incomplete last batch is dropped. Epoch ``e`` draws its items from
-    ``e * D ... (e + 1) * D - 1`` of an endless item stream (epoch 0: DyML's items ``0 ... D - 1``), so the window of
-    classes moves on by ``D`` every epoch: a scale with more classes than ``D`` (classes smaller than ``K`` on
-    average) still gives every class chunks, each within ``ceil(C_s / D)`` consecutive epochs. Images of a class are
-    drawn without replacement (a running permutation per class, so a class's images are all used before any
-    repeats), or with replacement when the class has fewer than ``K`` images.
+    order of ``labels``); the items of an epoch are shuffled, so an item's classes are unrelated. An epoch uses
+    ``n = len(sampler) * items_per_batch * world_size`` items, ``len(sampler)`` being ``floor(floor(N / K) /
+    items_per_batch / world_size)`` (DyML's ``D = floor(N / K)`` items in whole batches) or ``iterations_per_epoch``.
+    Epoch ``e`` takes items ``e * n ... (e + 1) * n - 1`` of an endless item stream (epoch 0: DyML's items, less the
+    fewer than one step's worth that do not fill a batch), so the window of classes moves on by ``n`` every epoch:
+    every class of scale ``s`` gets a chunk in any ``ceil(C_s / n)`` consecutive epochs, and every class the same
+    number over ``C_s`` consecutive epochs (a scale with more classes than ``n`` still gives every class chunks).
+    Images of a class are drawn without replacement (a running permutation per class, so a class's images are all
+    used before any repeats), or with replacement when the class has fewer than ``K`` images.
+
+    ``scales`` (default: every label column) are the columns the items are drawn at: distinct, increasing (finest
+    first), each a column of ``labels``; an item has one chunk per entry, chunk ``i`` of label column ``scales[i]``.
 
     **Batch layout** (matches :func:`dynametric.losses.multiscale.three_scale_chunks`): each item contributes
     ``S * K`` consecutive rows, ``K`` for scale 0 (fine), then ``K`` for scale 1, ... . :meth:`chunk_layout`
@@ -429,10 +479,7 @@ class ThreeScaleSampler(_EpochBatchSampler):
         mat = as_label_matrix(labels)
         self.k = _positive_int(k, "k")
         self.items_per_batch = _positive_int(items_per_batch, "items_per_batch")
-        scales = list(range(mat.shape[1])) if scales is None else [int(s) for s in scales]
-        if not scales or any(not 0 <= s < mat.shape[1] for s in scales):
-            raise InputError(f"scales must be a non-empty list of columns in [0, {mat.shape[1]}), got {scales}",
-                             key="scales")
+        scales = list(range(mat.shape[1])) if scales is None else _check_scales(scales, mat.shape[1])
         self.scales = scales
         super().__init__(mat, len(scales) * self.k * self.items_per_batch, seed, rank, world_size)
         self.scale_classes: list[np.ndarray] = []
@@ -448,24 +495,30 @@ class ThreeScaleSampler(_EpochBatchSampler):
                              key="items_per_batch")
 
     setting_of: ClassVar[dict[str, str]] = {**SETTING_OF, "k": "m", "items_per_batch": "batch_size"}
+    settings_used: ClassVar[frozenset[str]] = frozenset({"m"})  # every scale of ``scales`` is sampled
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> ThreeScaleSampler:
-        """Items of ``m`` images per scale (``k = m``), ``batch_size / (m x scales)`` items per batch (``scale``
-        is not used: every scale is sampled)."""
+        """Items of ``m`` images per sampled scale (``k = m``; the scales: option ``scales``, default every label
+        column), ``batch_size / (m x scales)`` items per batch, so a batch has ``batch_size`` rows (``scale`` is not
+        used)."""
         st = settings
-        per_item = st.m * labels.shape[1]
+        scales = st.options.get("scales")
+        count = labels.shape[1] if scales is None else len(_check_scales(scales, labels.shape[1]))
+        per_item = st.m * count
         if st.batch_size % per_item:
-            raise InputError(f"batch_size {st.batch_size} must be a multiple of m x scales = {per_item}",
-                             key="batch_size")
+            raise InputError(f"batch_size {st.batch_size} must be a multiple of m x scales = {st.m} x {count} = "
+                             f"{per_item} (an item holds m images at each of its {count} scale(s))", key="batch_size")
         return cls(labels, k=st.m, items_per_batch=st.batch_size // per_item, **st.common(), **st.options)
 
     @classmethod
-    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
-        """Each scale's loss sees only its own chunk of every item (``ThreeScaleChunks(m, num_scales)``)."""
+    def loss_chunks_for(cls, m: int, num_scales: int, options: Mapping[str, Any] | None = None) -> Any:
+        """Each scale's loss sees only its own chunk of every item (``ThreeScaleChunks(m, S)``, ``S`` the sampled
+        scales: ``len(options["scales"])`` when given, else ``num_scales``)."""
         from dynametric.losses.multiscale import ThreeScaleChunks
 
-        return ThreeScaleChunks(m, num_scales)
+        scales = (options or {}).get("scales")
+        return ThreeScaleChunks(m, num_scales if scales is None else len(_check_scales(scales, None)))
 
     @property
     def num_scales(self) -> int:
@@ -479,10 +532,9 @@ class ThreeScaleSampler(_EpochBatchSampler):
 
     def _global_batches(self, rng: np.random.Generator, count: int, epoch: int = 0) -> list[np.ndarray]:
         n_items = count * self.items_per_batch
-        per_epoch = max(n_items, self.num_samples // self.k)
-        # a shuffled epoch of floor(N / K) items, the epoch-th window of the item stream (so the classes' window moves
-        # on every epoch); the items beyond whole batches are dropped
-        items = epoch * per_epoch + rng.permutation(per_epoch)[:n_items]
+        # the epoch-th window of n_items consecutive items of the stream, shuffled (the classes' window moves on by
+        # n_items every epoch, none skipped)
+        items = epoch * n_items + rng.permutation(n_items)
         queues: list[list[np.ndarray]] = [[np.empty(0, dtype=np.int64) for _ in m] for m in self.scale_members]
         rows = np.empty((n_items, self.num_scales, self.k), dtype=np.int64)
         for j, item in enumerate(items.tolist()):
@@ -532,6 +584,12 @@ class ThreeScaleSampler(_EpochBatchSampler):
         return {**super()._fingerprint(), "k": self.k, "scales": list(self.scales)}
 
 
+def _nth_most(n: int) -> str:
+    """``"most"``, ``"2nd most"``, ``"3rd most"``, ... ."""
+    suffix = "th" if 10 <= n % 100 < 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return "most" if n == 1 else f"{n}{suffix} most"
+
+
 class HierarchicalSampler(_EpochBatchSampler):
     """Batches of several fine classes under a few shared parents (hard negatives at the fine scale).
 
@@ -540,7 +598,10 @@ class HierarchicalSampler(_EpochBatchSampler):
     each (rows grouped by parent, then by class). Choices are weighted by the chunks left in the pass (see the module
     docstring); a parent with too few classes left in the pass takes the rest from its other classes, and a parent
     with fewer classes than needed in total repeats classes (with different images where there are enough).
-    Every class of ``scale`` must have exactly one parent.
+    Every class of ``scale`` must have exactly one parent, and ``parents_per_batch`` parents must have at least
+    ``batch_size / (samples_per_class * parents_per_batch)`` classes each (else an :class:`InputError` keyed
+    ``batch_size`` names the largest batch), as :class:`MPerClassSampler` needs ``P`` classes: a batch that could
+    only be filled by repeating classes is refused.
     """
 
     def __init__(self, labels: LabelsLike, batch_size: int, samples_per_class: int = 4, parents_per_batch: int = 2,
@@ -548,7 +609,7 @@ class HierarchicalSampler(_EpochBatchSampler):
                  rank: int = 0, world_size: int = 1) -> None:
         mat = as_label_matrix(labels)
         for key, s in (("scale", scale), ("parent_scale", parent_scale)):
-            if not 0 <= s < mat.shape[1]:
+            if not 0 <= _int(s, key) < mat.shape[1]:
                 raise InputError(f"{key} {s} out of range for labels with {mat.shape[1]} scale(s)", key=key)
         if parent_scale == scale:
             raise InputError("parent_scale must differ from scale", key="parent_scale")
@@ -580,6 +641,17 @@ class HierarchicalSampler(_EpochBatchSampler):
         if len(self.parents) < self.parents_per_batch:
             raise InputError(f"a batch needs {self.parents_per_batch} distinct parents but scale {self.parent_scale} "
                              f"has only {len(self.parents)}", key="parents_per_batch")
+        # as MPerClassSampler's "P distinct classes": some parents_per_batch parents can fill their groups with
+        # distinct classes, so a batch never needs to repeat a class (a parent with fewer classes may still repeat)
+        fits = int(np.sort([len(c) for c in self.children])[::-1][self.parents_per_batch - 1])
+        if fits < self.classes_per_parent:
+            raise InputError(f"a batch needs {self.parents_per_batch} parent{'s' * (self.parents_per_batch > 1)} "
+                             f"(scale {self.parent_scale}) with "
+                             f"{self.classes_per_parent} distinct classes (scale {self.scale}) each (batch_size "
+                             f"{batch_size} / (samples_per_class {self.k} x parents_per_batch {self.parents_per_batch})"
+                             f") but the parent with the {_nth_most(self.parents_per_batch)} classes has {fits}: the "
+                             f"largest batch is batch_size {self.k * self.parents_per_batch * fits}",
+                             key="batch_size")
         self._set_iterations(iterations_per_epoch)
 
     m_divides_batch = True
@@ -662,7 +734,7 @@ class RandomBatchSampler:
         if self.n < self.bs * self.world:
             raise InputError(f"{self.n} items give no batch: one step takes batch_size {self.bs} x {self.world} "
                              f"rank(s) = {self.bs * self.world} items; lower the batch size", key="batch_size")
-        self.seed, self.rank = int(seed), int(rank)
+        self.seed, self.rank = _seed(seed), int(rank)
         self.iterations = (None if iterations_per_epoch is None
                            else _positive_int(iterations_per_epoch, "iterations_per_epoch"))
         self.epoch = 0
@@ -670,6 +742,7 @@ class RandomBatchSampler:
     m_divides_batch = False
     distinct_classes_per_batch = False
     setting_of: ClassVar[dict[str, str]] = SETTING_OF
+    settings_used: ClassVar[frozenset[str]] = frozenset()  # neither m nor scale: no class balancing
 
     @classmethod
     def from_settings(cls, labels: torch.Tensor, settings: SamplerSettings) -> RandomBatchSampler:

@@ -9,7 +9,9 @@
   importable from here too).
 * :func:`check_batches` builds the configured batch sampler on the training labels once, before the untrained
   evaluation, and turns "too few classes for the batch" into a :class:`~dynametric.errors.ConfigError` that
-  suggests ``data.batch_size`` / ``data.m`` values that fit.
+  suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
+  also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
+  scale's chunk would be one class: no negative pair for a term that compares the batch).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dynametric.data.samplers import BATCH_SAMPLERS
+from dynametric.config.schema import batch_comparing_terms, three_scale_items_error
+from dynametric.data.samplers import BATCH_SAMPLERS, ThreeScaleSampler
 from dynametric.engine.builders import (  # noqa: F401  (the monitor alias: resolved by the builders)
     SCALE_ALIASES,
     resolve_monitor,
@@ -79,6 +82,36 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
     if len(sampler) < 1:
         raise ConfigError(f"the training split ({len(labels)} images) gives no batch of {data.batch_size}; lower "
                           "data.batch_size", key="data.batch_size")
+    if isinstance(sampler, ThreeScaleSampler):
+        _check_three_scale(cfg, sampler, labels.shape[1], scale_names)
+
+
+def _check_three_scale(cfg: Config, sampler: ThreeScaleSampler, num_columns: int,
+                       scale_names: Sequence[str] | None) -> None:
+    """A ``three_scale`` batch a ``multiscale`` loss term can learn from: the sampler's chunks are the loss's
+    (every label column sampled, in order: ``data.sampler_options.scales`` left out or ``[0, ..., S-1]``), more than
+    one item per batch and more than one class at every scale when a term compares the batch."""
+    multiscale = [k for k, t in [("loss", cfg.loss), *((f"extra_losses[{i}]", t)
+                                                        for i, t in enumerate(cfg.extra_losses))] if t.multiscale]
+    if not multiscale:
+        return
+    if sampler.scales != list(range(num_columns)):
+        raise ConfigError(f"{multiscale[0]}.multiscale trains one loss per label column ({num_columns}) on its own "
+                          f"chunk of each item, chunk s with column s, but data.sampler_options.scales "
+                          f"{sampler.scales} samples columns {sampler.scales} only; remove data.sampler_options.scales "
+                          f"(every column) or set {multiscale[0]}.multiscale: false", key="data.sampler_options.scales")
+    error = three_scale_items_error(cfg, sampler.num_scales)
+    if error is not None:
+        raise error
+    terms = batch_comparing_terms(cfg, multiscale_only=True)
+    for col, classes in zip(sampler.scales, sampler.scale_classes):
+        if len(classes) == 1 and terms:
+            where, what = terms[0]
+            name = list(scale_names)[col] if scale_names and col < len(scale_names) else f"scale {col}"
+            raise ConfigError(f"the training labels have one {name} class (column {col}), so every three_scale chunk "
+                              f"of that scale is one class: {what} (per scale, multiscale) and finds no negative pair "
+                              f"at {name}, training on nothing there; use data with two or more classes at every "
+                              f"scale or set {where}.multiscale: false", key=f"{where}.multiscale")
 
 
 def check_validation_queries(cfg: Config, val: Any, monitor: str, scale_names: Sequence[str],
