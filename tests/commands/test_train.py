@@ -355,6 +355,50 @@ def test_a_two_process_run_prints_its_lines_once(tmp_path) -> None:
         assert len([line for line in lines if line.startswith(start)]) == 1, (start, proc.stdout)
 
 
+_NAN_ON_RANK_1 = """
+import os, sys
+import dynametric.engine.module as module
+batch_images = module.MetricLearningModule.batch_images
+def nan_on_rank_1(self, batch):
+    x = batch_images(self, batch)
+    if module.world_info()[0] == 1 and int(self.global_step) == 1 and self.training:
+        x = x.clone()
+        x[0] = float("nan")
+    return x
+module.MetricLearningModule.batch_images = nan_on_rank_1
+from dynametric.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["skip", "stop"])
+def test_a_non_finite_step_on_one_rank_is_skipped_or_stopped_on_every_rank(tmp_path, mode) -> None:
+    """Two CPU processes, a NaN image on rank 1 at step 1 (so only rank 1's rows of the model's output are NaN; the
+    loss over the gathered batch stays finite). With skip, rank 1 skipped alone and left rank 0 waiting in the
+    step's collectives: the run hung. With stop, rank 0 died with a gloo traceback. The ranks now agree."""
+    import subprocess
+    import sys
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "nan_on_rank_1.py").write_text(_NAN_ON_RANK_1)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(tmp_path / "nan_on_rank_1.py"), "train", "--config",
+                           str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress", "run.report=false",
+                           "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+                           f"trainer.nonfinite={mode}"], capture_output=True, text=True, env=_one_process_env(),
+                          timeout=240)
+    problem = "non-finite embeddings at global step 1 (epoch 0, batch 1)"
+    if mode == "skip":
+        assert proc.returncode == 0, proc.stderr
+        assert problem in proc.stderr and "step skipped (1 skipped so far)" in proc.stderr
+        assert json.loads((out / "run_info.json").read_text())["skipped_nonfinite_steps"] == 1
+    else:
+        assert proc.returncode == 2, proc.stderr
+        assert problem in proc.stderr and "Traceback" not in proc.stderr
+        assert not (out / "last.ckpt").exists()
+
+
 @pytest.mark.slow
 def test_a_two_process_run_without_out_fills_one_folder(tmp_path) -> None:
     """trainer.devices=2 on the CPU without --out: Lightning starts rank 1 as a second `dynametric train` process

@@ -240,6 +240,34 @@ def test_the_machine_checks_of_the_trainer_settings(monkeypatch) -> None:
         check_machine(TrainerSettings(accelerator="cpu", precision="16-mixed"))
 
 
+def test_sync_batchnorm_goes_to_lightning_and_is_refused_on_the_cpu(monkeypatch) -> None:
+    """trainer.sync_batchnorm: Lightning's SyncBatchNorm conversion for multi-process runs of BatchNorm models (each
+    process normalised with its own batch's statistics). torch's SyncBatchNorm is GPU-only: on the CPU it is refused
+    before anything is written, pointing at model.freeze_bn."""
+    import lightning as L
+
+    from dynametric.config import load_config
+    from dynametric.engine.builders import trainer_settings
+    from dynametric.engine.trainer import TrainerSettings, check_machine, lightning_trainer
+
+    assert trainer_settings(load_config(None, ["trainer.sync_batchnorm=true"])).sync_batchnorm is True
+    assert trainer_settings(load_config(None, [])).sync_batchnorm is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for accelerator in ("auto", "cpu"):
+        with pytest.raises(ConfigError) as info:
+            check_machine(TrainerSettings(accelerator=accelerator, sync_batchnorm=True))
+        assert info.value.key == "trainer.sync_batchnorm"
+        assert info.value.message.startswith("trainer.sync_batchnorm uses torch's SyncBatchNorm, which runs on GPUs "
+                                             f"only, and this run trains on the CPU (trainer.accelerator="
+                                             f"{accelerator}); on the CPU use model.freeze_bn: true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_machine(TrainerSettings(accelerator="cuda", sync_batchnorm=True)) == "cuda"
+    seen = {}
+    monkeypatch.setattr(L, "Trainer", lambda **kwargs: seen.update(kwargs))
+    lightning_trainer(TrainerSettings(sync_batchnorm=True), logger=False)
+    assert seen["sync_batchnorm"] is True and seen["logger"] is False
+
+
 @pytest.mark.parametrize(("name", "extra"), [("ProxyAnchorLoss", []), ("NormalizedSoftmaxLoss", []),
                                              ("MarginLoss", ["loss.kwargs.learn_beta=true"])])
 def test_a_given_num_classes_must_cover_the_training_labels(name, extra):

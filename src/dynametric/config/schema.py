@@ -470,6 +470,11 @@ class TrainerConfig:
     progress_bar: bool = True
     compile: bool = False
     """``torch.compile`` the embedder for training (in place: checkpoints keep their keys)."""
+    sync_batchnorm: bool = False
+    """With several processes (DDP), normalise BatchNorm layers with the statistics of the whole global batch
+    (Lightning's ``sync_batchnorm``: torch's ``SyncBatchNorm``, one more all-reduce per layer and step); off, each
+    process normalises with its own batch's statistics, so a multi-process run of a model with BatchNorm is not the
+    single-process computation on the global batch. Without BatchNorm, or in one process, it changes nothing."""
 
     def _validate(self, key: str) -> None:
         _positive(self.max_epochs, f"{key}.max_epochs")

@@ -1130,7 +1130,7 @@ def trainer_settings(cfg: Config, *, progress_bar: bool | None = None) -> Traine
         deterministic=t.deterministic, val_every_n_epochs=t.val_every,
         checkpoint_every_n_steps=t.checkpoint_every_n_steps or 0, monitor=t.monitor, monitor_mode=t.monitor_mode,
         nonfinite=t.nonfinite, progress_bar=t.progress_bar if progress_bar is None else progress_bar,
-        log_every_n_steps=t.log_every_n_steps, patience=t.patience)
+        log_every_n_steps=t.log_every_n_steps, patience=t.patience, sync_batchnorm=t.sync_batchnorm)
 
 
 def eval_kwargs(cfg: Config) -> dict[str, Any]:

@@ -31,6 +31,16 @@ def world_info() -> tuple[int, int]:
     return 0, 1
 
 
+def agree_nonfinite(rows: torch.Tensor, loss_bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's view of a training step's finiteness, summed over the ranks (one all-reduce, no host read):
+    ``rows`` the batch rows with a NaN/Inf in the model's output, ``loss_bad`` whether the loss is not finite. A
+    rank that skipped a step on its own flags (its rows are its own) would leave the other ranks waiting in the
+    step's collectives (the gradient reduction, the logged loss's sync) for ever."""
+    flags = torch.stack([rows.to(torch.float32), loss_bad.to(rows.device, torch.float32)])  # exact below 2**24
+    dist.all_reduce(flags)
+    return flags[0].round().long(), flags[1] > 0
+
+
 class _GatherWithLocalGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, grad_scale: float) -> torch.Tensor:  # type: ignore[override]

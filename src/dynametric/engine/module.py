@@ -21,7 +21,7 @@ from torch import nn
 
 from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig, resolve_monitor
 from dynametric.data.synthetic import SCALE_NAMES as DEFAULT_DATA_SCALES
-from dynametric.engine.distributed import all_gather_no_grad, all_gather_with_grad, world_info
+from dynametric.engine.distributed import agree_nonfinite, all_gather_no_grad, all_gather_with_grad, world_info
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError, DynametricError
 from dynametric.labels import as_label_matrix
@@ -327,7 +327,10 @@ class MetricLearningModule(L.LightningModule):
         rows = self._nonfinite_rows(outputs) if outputs is not None else None
         if rows is None:
             rows = torch.zeros((), dtype=torch.long, device=loss.device)
-        finite = torch.isfinite(loss).all() & (rows == 0)
+        loss_bad = ~torch.isfinite(loss).all()
+        if world_info()[1] > 1:  # one decision for every rank: a rank that skipped alone left the others waiting
+            rows, loss_bad = agree_nonfinite(rows, loss_bad)
+        finite = ~loss_bad & (rows == 0)
         if self._defer_nonfinite_check(total):
             self._deferred_checks.append((finite, rows, {k: v.detach() for k, v in terms.items()},
                                           self._where(batch_idx, step)))

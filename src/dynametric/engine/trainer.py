@@ -58,6 +58,7 @@ class TrainerSettings:
     progress_bar: bool = _T.progress_bar
     log_every_n_steps: int = _T.log_every_n_steps
     patience: int | None = _T.patience
+    sync_batchnorm: bool = _T.sync_batchnorm
 
 
 def validate_settings(s: TrainerSettings) -> None:
@@ -101,7 +102,7 @@ def check_machine(s: TrainerSettings) -> str:
     ``auto`` and ``gpu``), or a one-line ConfigError: ``trainer.accelerator`` asking for a device this machine does
     not have (CUDA: the check of ``--device cuda``, :func:`dynametric.utils.device.require_cuda`), or a float16
     ``trainer.precision`` on the CPU (Lightning would only warn and train in bfloat16; inference's ``--precision
-    fp16`` is refused on the CPU too)."""
+    fp16`` is refused on the CPU too), or ``trainer.sync_batchnorm`` on the CPU (torch's SyncBatchNorm is GPU-only)."""
     from dynametric.utils.device import require_cuda
 
     asked = s.accelerator
@@ -123,6 +124,11 @@ def check_machine(s: TrainerSettings) -> str:
                           f"{', '.join(usable)}); use trainer.accelerator: cpu or auto", key="trainer.accelerator")
     else:
         where = asked
+    if s.sync_batchnorm and where == "cpu":  # torch's SyncBatchNorm refuses CPU tensors at the first forward
+        raise ConfigError("trainer.sync_batchnorm uses torch's SyncBatchNorm, which runs on GPUs only, and this run "
+                          f"trains on the CPU (trainer.accelerator={asked}); on the CPU use model.freeze_bn: true "
+                          "(BatchNorm with its running statistics: the same computation in every process)",
+                          key="trainer.sync_batchnorm")
     if s.precision in FP16_PRECISIONS and where == "cpu":
         raise ConfigError(f"{s.precision!r} trains in float16, which needs a CUDA GPU, and this run trains on the CPU "
                           f"(trainer.accelerator={asked}); on the CPU use bf16-mixed or 32", key="trainer.precision")
@@ -140,7 +146,7 @@ def lightning_trainer(s: TrainerSettings, **kwargs: Any) -> L.Trainer:
     refusing them is a one-line ConfigError naming the ``trainer`` keys and Lightning's reason."""
     try:
         return L.Trainer(accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
-                         precision=s.precision, **kwargs)  # type: ignore[arg-type]
+                         precision=s.precision, sync_batchnorm=s.sync_batchnorm, **kwargs)  # type: ignore[arg-type]
     except _LIGHTNING_REFUSALS as exc:
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ConfigError(f"Lightning {L.__version__} cannot train with accelerator={s.accelerator!r}, "
