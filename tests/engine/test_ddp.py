@@ -78,3 +78,38 @@ def test_two_process_gradients_equal_single_process(tmp_path):
             assert g.abs().sum() > 0, name
             torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
         assert got["gathered"].tolist() == [0, 1, 2, 3, 4, 5, 100, 101, 102, 103, 104, 105]
+
+
+def test_evaluation_shards_are_even_and_none_is_empty_while_there_are_enough_items():
+    """Each process embeds a contiguous shard of an evaluation split. Shards of ceil(n / W) left the last ranks
+    empty (4 items over 3 processes: 2, 2, 0; 41 over 8: rank 7 none) and the run crashed in Lightning."""
+    from dynametric.engine.data import shard_range
+
+    assert [len(shard_range(4, r, 3)) for r in range(3)] == [2, 1, 1]
+    assert [len(shard_range(41, r, 8)) for r in range(8)] == [6, 5, 5, 5, 5, 5, 5, 5]
+    assert [len(shard_range(7, r, 2)) for r in range(2)] == [4, 3]
+    for n in range(0, 30):
+        for world in range(1, 9):
+            shards = [shard_range(n, r, world) for r in range(world)]
+            assert [i for s in shards for i in s] == list(range(n))  # rank order restores the order
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+            assert n < world or min(map(len, shards)) >= 1
+
+
+def test_a_split_with_fewer_items_than_processes_is_refused_before_training():
+    import pytest
+
+    from dynametric.config import load_config
+    from dynametric.errors import ConfigError
+    from dynametric.pipeline.run import check_eval_shards
+
+    cfg = load_config(None, ["trainer.devices=2"])
+    splits = {"validation": list(range(5)), "test": [0]}
+    with pytest.raises(ConfigError) as info:
+        check_eval_shards(cfg, splits, 2)
+    assert info.value.key == "trainer.devices"
+    assert info.value.message == ("the test split has 1 image(s), fewer than the 2 processes that would each evaluate "
+                                  "a shard of it (trainer.devices x trainer.num_nodes); use at most 1 processes or "
+                                  "more data")
+    check_eval_shards(cfg, splits, 1)  # one process evaluates any split
+    check_eval_shards(cfg, {"validation": None, "test": [0, 1]}, 2)  # no validation; two items for two processes

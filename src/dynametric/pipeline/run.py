@@ -26,7 +26,7 @@ import re
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +60,6 @@ from dynametric.engine.report import category_summary, write_report
 from dynametric.engine.trainer import (
     TrainerSettings,
     build_trainer,
-    check_trainer,
     ctrl_c_passes_through,
     lightning_trainer,
     plan_trainer,
@@ -534,6 +533,21 @@ def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callab
     return tests, warnings_
 
 
+def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) -> None:
+    """Refuse an evaluation split with fewer items than the run's processes: each process embeds a contiguous shard
+    of it (:func:`~dynametric.engine.data.shard_range`), and a process with none has nothing to take part in the
+    gathering with (Lightning refused its empty loader while the others waited: tracebacks, no one-line error).
+    One process evaluates any split, an empty one included (its own message)."""
+    if processes <= 1:
+        return
+    for name, dataset in splits.items():
+        n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+        if n is not None and 0 < n < processes:
+            raise ConfigError(f"the {name} split has {n} image(s), fewer than the {processes} processes that would "
+                              f"each evaluate a shard of it (trainer.devices x trainer.num_nodes); use at most {n} "
+                              "processes or more data", key="trainer.devices")
+
+
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
     validate_settings(settings)
     return lightning_trainer(settings, logger=False, enable_checkpointing=False, enable_progress_bar=progress,
@@ -671,7 +685,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     # files of an earlier start of a run in run_dir that never trained
     leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
-    check_trainer(trainer_settings(cfg, progress_bar=progress))
+    plan = plan_trainer(trainer_settings(cfg, progress_bar=progress))
     check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
@@ -680,6 +694,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
+    check_eval_shards(cfg, {"validation": datasets.val, **tests}, plan.processes * int(cfg.trainer.num_nodes))
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
@@ -814,6 +829,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         info.setdefault(key, value)
     info["skipped_nonfinite_steps"] = skipped
     info["global_step"] = int(trainer.global_step)
+    info["processes"] = int(trainer.world_size)  # the global batch and the results depend on it (training.md, DDP)
     info["wall_time_s"] = round(_earlier_time(run_dir, trainer) + time.time() - t0, 1) if resume \
         else round(time.time() - t0, 1)
     if trainer.is_global_zero:
@@ -942,7 +958,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     else:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
-        _held_out_data(cfg, datasets, test_keys, log)
+        tests, _ = _held_out_data(cfg, datasets, test_keys, log)
+        check_eval_shards(cfg, {"validation": datasets.val, **tests}, plan.processes * int(cfg.trainer.num_nodes))
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
