@@ -113,3 +113,27 @@ def test_a_split_with_fewer_items_than_processes_is_refused_before_training():
                                   "more data")
     check_eval_shards(cfg, splits, 1)  # one process evaluates any split
     check_eval_shards(cfg, {"validation": None, "test": [0, 1]}, 2)  # no validation; two items for two processes
+
+
+def test_several_processes_with_per_process_batchnorm_get_a_note():
+    """A 2-process run of simple_cnn (BatchNorm) had another loss than one process on the global batch from the first
+    step: each process normalised with its own batch. The run and the dry run say so, and how to avoid it."""
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_model
+    from dynametric.pipeline.run import batchnorm_note
+
+    cfg = load_config(None, ["data.batch_size=16"])
+    model = build_model(cfg)
+    model.eval()
+    bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert bn >= 1
+    assert batchnorm_note(cfg, model, 2) == (
+        f"note: {bn} BatchNorm layer(s) of the model normalise with each process's own batch of data.batch_size 16 "
+        "under 2 processes, so this run is not one process on the global batch; trainer.sync_batchnorm: true (GPUs) "
+        "or model.freeze_bn: true makes it so")
+    assert not model.training  # the check leaves the model's mode as it was
+    assert batchnorm_note(cfg, model, 1) is None
+    assert batchnorm_note(load_config(None, ["trainer.sync_batchnorm=true"]), model, 2) is None
+    frozen = load_config(None, ["model.freeze_bn=true"])
+    assert batchnorm_note(frozen, build_model(frozen), 2) is None
+    assert batchnorm_note(cfg, nn.Linear(3, 2), 4) is None

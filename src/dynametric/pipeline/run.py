@@ -533,6 +533,23 @@ def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callab
     return tests, warnings_
 
 
+def batchnorm_note(cfg: Config, embedder: torch.nn.Module, processes: int) -> str | None:
+    """A ``note:`` line when several processes train a model whose BatchNorm layers normalise with each process's
+    own batch (``trainer.sync_batchnorm`` off, the layers not frozen by ``model.freeze_bn``): such a run is not the
+    one-process computation on the global batch (docs/training.md, DDP); ``None`` otherwise."""
+    if processes <= 1 or cfg.trainer.sync_batchnorm:
+        return None
+    was = embedder.training
+    embedder.train()  # what training does (model.freeze_bn keeps the backbone's layers in eval mode)
+    layers = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in embedder.modules())
+    embedder.train(was)
+    if not layers:
+        return None
+    return (f"note: {layers} BatchNorm layer(s) of the model normalise with each process's own batch of "
+            f"data.batch_size {cfg.data.batch_size} under {processes} processes, so this run is not one process on "
+            "the global batch; trainer.sync_batchnorm: true (GPUs) or model.freeze_bn: true makes it so")
+
+
 def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) -> None:
     """Refuse an evaluation split with fewer items than the run's processes: each process embeds a contiguous shard
     of it (:func:`~dynametric.engine.data.shard_range`), and a process with none has nothing to take part in the
@@ -704,6 +721,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
+    bn_note = batchnorm_note(cfg, comps.embedder, plan.processes * int(cfg.trainer.num_nodes))
+    if bn_note is not None:
+        log(bn_note)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     if resumed_weights is not None:
         check_resume_weights(module, resumed_weights, last)
@@ -991,6 +1011,9 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
         f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
+    bn_note = batchnorm_note(cfg, comps.embedder, plan.processes * int(cfg.trainer.num_nodes))
+    if bn_note is not None:
+        log(bn_note)
     loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
