@@ -32,7 +32,7 @@ def test_round_trip_every_item_finds_itself_first(built: dict[str, Path], capsys
     out = _search(capsys, "--index", str(built["index"]), "--embeddings", str(built["emb"]), "-k", "3")
     assert [q["results"][0]["id"] for q in out["queries"]] == [f"item{i:02d}" for i in range(12)]
     assert all(q["results"][0]["distance"] < 1e-5 for q in out["queries"])
-    assert out["queries"][4]["results"][0]["labels"] == {"fine": "4", "coarse": "plant"}
+    assert out["queries"][4]["results"][0]["labels"] == {"fine": 4, "coarse": "plant"}  # integers as numbers
 
 
 def test_search_by_image_file_embeds_with_the_recorded_checkpoint(built: dict[str, Path], capsys) -> None:

@@ -100,7 +100,7 @@ def test_page_info_and_items(setup) -> None:
     assert info["count"] == n + 1 and info["scales"] == ["fine", "coarse"] and info["upload"] is True
     items = get_json(setup["port"], f"/api/items?offset={n - 1}&limit=5")
     assert [it["id"] for it in items["items"]] == ["c2/8.png", "outside"]
-    assert items["items"][0]["labels"] == {"fine": str(n - 1), "coarse": str((n - 1) % 3)}
+    assert items["items"][0]["labels"] == {"fine": n - 1, "coarse": (n - 1) % 3}
 
 
 def test_neighbours_per_scale_match_the_index(setup) -> None:

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "files inside the index's image roots are served.")
     p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    p.add_argument("--port", type=port_number, default=8765, help="port, 0 to 65535 (default 8765; 0: any free port)")
     p.add_argument("--k", type=positive_int, default=8, help="neighbours per column, 1 to 100 (default 8)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
@@ -28,6 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_arguments(p, batch=False, workers=False, decode=False, prefix="uploads: ", follow_index=True)
     p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    """``--port``: an integer from 0 to 65535 (argparse's one-line error otherwise; was an OverflowError)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

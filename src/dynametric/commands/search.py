@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", default=None, help="group by this scale: the k nearest classes at the scale")
     p.add_argument("--same", default=None, help="only items with the query's label at this scale")
     p.add_argument("--query-labels", type=Path, default=None,
-                   help="CSV with a header of the index's scale names, one row per query (for --same)")
+                   help="CSV with a header of the index's scale names, one row per query (for --same): class "
+                        "names as the index shows them, or integer class ids")
     p.add_argument("--exclude-self", action="store_true",
                    help="drop each query's own item: the indexed item with the query's file (--image files, or "
                         "the items of an --embeddings embed folder), matched by path")
@@ -72,8 +73,8 @@ def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str
             head += f": same {e['scale']} ({e.get('query_label', '?')})"
         lines.append(head)
         cols = ["rank", "distance", "id", *scale_names]
-        rows = [[str(h["rank"]), format_distance(h["distance"]), h["id"], *[h.get("labels", {}).get(s, "") for s in
-                                                                    scale_names]] for h in e["results"]]
+        rows = [[str(h["rank"]), format_distance(h["distance"]), h["id"],
+                 *[str(h.get("labels", {}).get(s, "")) for s in scale_names]] for h in e["results"]]
         if not rows:
             lines.append("  (no results)")
         widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if name is not None and name not in index.scale_names:
             raise InputError(f"unknown scale {name!r}; this index has scales {index.scale_names}", key=opt)
     qlabels = None
+    qnames: list[list[str]] | None = None  # each query's own class at every scale, as text
     exclude, unmatched = None, 0
     notes: list[str] = []
     if args.image is not None:
@@ -133,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
         q = np.asarray(qs.embeddings, dtype=np.float32)
         index.check_queries(q, f"query embeddings {args.embeddings}", source=embeddings_file(args.embeddings))
         names = qs.ids
-        if qs.labels is not None and list(qs.scale_names) == list(index.scale_names):
-            qlabels = qs.labels
+        if qs.labels is not None and index.labels is not None and list(qs.scale_names) == list(index.scale_names):
+            # in the index's class ids: each embed job numbers its text classes within its own list
+            qlabels, qnames = index.query_class_ids(qs.labels, qs.class_names, str(Path(args.embeddings) /
+                                                                                    "labels.npy"))
         if qs.model:  # an embed folder: the precision its embeddings were computed in
             note = precision_note(index.model, str(qs.model.get("precision") or "fp32"),
                                   f"the query embeddings ({args.embeddings}) were computed")
@@ -147,9 +151,23 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.query_labels is not None:
-        qlabels = read_query_labels(args.query_labels, index.scale_names, len(q))
+        qlabels, qnames = read_query_labels(args.query_labels, index, len(q))
+    if args.same is not None and qlabels is not None and qnames is not None:
+        col = index.scale_names.index(args.same)
+        missing = ~np.isin(qlabels[:, col], index.labels[:, col])  # type: ignore[index]
+        absent = sorted({qnames[col][i] for i in np.flatnonzero(missing)})
+        if absent:  # a text class the index does not hold has id -1: no item has it
+            count = int(missing.sum())
+            shown = ", ".join(absent[:5]) + (f", ... ({len(absent) - 5} more)" if len(absent) > 5 else "")
+            print(f"note: --same {args.same}: {count} of {len(q)} queries have a {args.same} label the index "
+                  f"does not hold ({shown}): they get no results", file=sys.stderr)
     res = index.search(q, args.k, scale=args.scale, same=args.same, query_labels=qlabels, exclude=exclude)
     entries = index.describe(res, names)
+    if args.same is not None and qnames is not None:  # the query's own class name (also one the index lacks)
+        col = index.scale_names.index(args.same)
+        text = bool(index.class_names and col < len(index.class_names) and index.class_names[col])
+        for i, entry in enumerate(entries):
+            entry["query_label"] = qnames[col][i] if text else int(qlabels[i, col])  # type: ignore[index]
     if res.short_queries:
         how = {"ivf": f"it ranks only the items of the nprobe={index.params.get('nprobe')} cells it visits "
                       f"(of nlist={index.params.get('nlist')}); build it with a larger --nprobe",

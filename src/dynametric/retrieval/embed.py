@@ -361,9 +361,10 @@ class ImageFiles(Dataset):
 
 def _comparable(key: str, value: Any) -> Any:
     """Job fields as compared on resume: the model by what it computes (hashes, head, input size), not by where
-    its files are (a moved run folder resumes)."""
+    its files are (a moved run folder resumes); ``embedding_hash`` is left out (a job started before it was
+    recorded resumes; the whole ``config_hash`` is compared anyway)."""
     if key == "model" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in ("checkpoint", "config")}
+        return {k: v for k, v in value.items() if k not in ("checkpoint", "config", "embedding_hash")}
     return value
 
 
@@ -645,6 +646,98 @@ def _corrupt_job_advice(out: Path) -> str:
             "--overwrite): remove it yourself or use another --out")
 
 
+def _field_change(key: str, there: Any, here: Any) -> str:
+    """``'model': model.precision bf16 here, fp32 there`` — the fields of a job entry that differ between two
+    parts, each with both values (the model entry field by field, as :func:`_model_change` compares it)."""
+    if key == "model" and isinstance(there, dict) and isinstance(here, dict):
+        unrecorded = {"precision": "fp32", "decode": "cpu"}
+        a, b = ({**unrecorded, **_comparable("model", m)} for m in (there, here))
+        keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+        if keys:
+            return "'model': " + ", ".join(f"model.{k} {b.get(k)} here, {a.get(k)} there" for k in keys)
+    return f"{key!r}: {here!r} here, {there!r} there"
+
+
+def _stamp_mismatch(paths: Sequence[Path], metas: Sequence[dict[str, Any]], ref: Path, part: Path) -> str:
+    """The merge error for parts embedded while the image files differed (another ``source_file_stamp``): each
+    part's ``file_stats.npy`` against the files now names the files changed since that part was embedded, and the
+    parts whose stamp is not the files' stamp now are those to embed again."""
+    changed: list[str] = []
+    stale: list[str] = []
+    stats_now: list[tuple[int, np.ndarray]] = []
+    try:
+        for p, meta in zip(paths, metas):
+            with open(p / "items.csv", encoding="utf-8", newline="") as fh:
+                files = [row[2] for row in list(csv.reader(fh))[1:] if len(row) > 2]
+            now = np.array([[st.st_size, st.st_mtime_ns] for st in (os.stat(f) for f in files)], dtype=np.int64)
+            stats_now.append((int(meta["part"][0]), now))
+            then = np.load(p / "file_stats.npy", allow_pickle=False)
+            if then.shape == now.shape:
+                changed += [f"{files[i]} (since {p} was embedded)" for i in np.flatnonzero((then != now).any(axis=1))]
+        whole = np.concatenate([a for _, a in sorted(stats_now, key=lambda t: t[0])])
+        stamp = hashlib.sha256(np.ascontiguousarray(whole).tobytes()).hexdigest()[:16]
+        stale = [str(p) for p, m in zip(paths, metas) if m.get("source_file_stamp") not in (None, stamp)]
+    except (OSError, ValueError, EOFError, KeyError, IndexError):
+        pass
+    text = (f"differs from {ref} in 'source_file_stamp': the image files changed between the parts' embeddings "
+            "(a file's size or modification time)")
+    if changed:
+        text += ": " + ", ".join(changed[:3]) + (f", ... ({len(changed) - 3} more)" if len(changed) > 3 else "")
+    if stale:
+        text += f"; embed again the part(s) embedded before the change: {', '.join(stale)}"
+    else:
+        text += f"; embed {part} and {ref} again"
+    return text
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def check_npy_magic(path: Path) -> None:
+    """An ``.npy`` path must hold numpy's format (it starts with ``\\x93NUMPY``): a text file or anything else so
+    named is one line saying so, naming the file (numpy itself says "This file contains pickled (object) data")."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_NPY_MAGIC))
+    except OSError:
+        return  # the reader's own error names it
+    if head and head != _NPY_MAGIC:  # an empty file: the reader says "file is empty"
+        text = head.isascii() and all(c.isprintable() or c.isspace() for c in head.decode("ascii"))
+        raise InputError(f"not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file "
+                         f"holds {'text' if text else 'other data'})", file=path)
+
+
+def load_job_labels(path: Path, rows: int, scales: int) -> np.ndarray:
+    """An embed job's ``labels.npy``: ``[rows, scales]`` integers (rows = the job's items, columns = its scale
+    names), read without unpickling; anything else is one line naming the file, its shape and dtype, and the
+    expected ones."""
+    if path.is_dir():
+        raise InputError("is a folder; expected the job's labels file", file=path)
+    check_npy_size(path)
+    check_npy_magic(path)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read the labels ({first_sentence(exc)}); expected an [{rows}, {scales}] integer "
+                         ".npy array", file=path) from None
+    if labels.ndim != 2 or labels.shape != (rows, scales) or labels.dtype.kind not in "iu":
+        raise InputError(f"has shape {list(labels.shape)} and dtype {labels.dtype}, expected [{rows}, {scales}] "
+                         f"integers (one row per item of items.csv, one column per scale name of embed.json)",
+                         file=path)
+    return labels.astype(np.int64, copy=False)
+
+
+def _fingerprint(ids: Sequence[str], paths: Sequence[str], labels: np.ndarray | None) -> str:
+    """:meth:`ImageItems.fingerprint` of recorded ids, paths and labels (as ``items.csv`` and ``labels.npy``
+    hold them)."""
+    h = hashlib.sha256()
+    for i, p in zip(ids, paths):
+        h.update(f"{i}\0{p}\n".encode())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _read_part(path: Path) -> dict[str, Any]:
     """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked."""
     meta = read_finished_job(path)
@@ -690,8 +783,11 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
                     continue
                 ref_path, ref = stamped[0]
             if _comparable(key, meta.get(key)) != _comparable(key, ref.get(key)):
-                raise InputError(f"differs from {ref_path} in {key!r}: the parts must come from one list embedded "
-                                 "by one model", file=p / "embed.json", key=key)
+                if key == "source_file_stamp":
+                    raise InputError(_stamp_mismatch(paths, metas, ref_path, p), file=p / "embed.json", key=key)
+                raise InputError(f"differs from {ref_path} in {_field_change(key, ref.get(key), meta.get(key))}: "
+                                 "the parts must come from one list embedded by one model", file=p / "embed.json",
+                                 key=key)
         if int(meta["part"][1]) != num:
             raise InputError(f"is part {meta['part'][0]}/{meta['part'][1]}, but {paths[0]} is one of {num} parts",
                              file=p / "embed.json", key="part")
@@ -720,7 +816,15 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     index = 0
+    has_labels = [(p / "labels.npy").exists() for p in order]
+    if any(has_labels) and not all(has_labels):
+        raise InputError("labels.npy is missing", file=order[has_labels.index(False)])
+    scales = len(first.get("scale_names") or [])
+    part_labels: list[np.ndarray] = []
+    all_ids: list[str] = []
+    all_paths: list[str] = []
     for i, p in enumerate(order):
+        ids, item_paths = [], []
         with open(p / "items.csv", encoding="utf-8", newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
@@ -728,12 +832,26 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
                 writer.writerow(header)
             for row in reader:
                 writer.writerow([index, *row[1:]])
+                ids.append(row[1] if len(row) > 1 else "")
+                item_paths.append(row[2] if len(row) > 2 else "")
                 index += 1
+        labels = load_job_labels(p / "labels.npy", int(meta_of[p]["count"]), scales) if all(has_labels) else None
+        # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
+        if _fingerprint(ids, item_paths, labels) != meta_of[p].get("fingerprint"):
+            what = "items.csv or labels.npy" if labels is not None else "items.csv"
+            raise InputError(f"{what} of this part are not those it embedded (their fingerprint differs from "
+                             f"embed.json's {meta_of[p].get('fingerprint')!r}): a file was replaced or edited; embed "
+                             "the part again", file=p / ("labels.npy" if labels is not None else "items.csv"))
+        if labels is not None:
+            part_labels.append(labels)
+        all_ids += ids
+        all_paths += item_paths
     if index != total:
         raise InputError(f"the parts' items.csv hold {index} rows, the list {total} images", key="parts")
-    has_labels = [(p / "labels.npy").is_file() for p in order]
-    if any(has_labels) and not all(has_labels):
-        raise InputError("labels.npy is missing", file=order[has_labels.index(False)])
+    merged_labels = np.concatenate(part_labels) if part_labels else None
+    if _fingerprint(all_ids, all_paths, merged_labels) != first["source_fingerprint"]:
+        raise InputError("the parts' items and labels together are not the list they were cut from (their fingerprint "
+                         f"differs from source_fingerprint {first['source_fingerprint']!r})", key="parts")
     resolved = out.resolve()
     if any(p.resolve() == resolved for p in paths):
         raise InputError("--out is one of the parts; merge into a new folder", file=out)
@@ -746,9 +864,16 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
         discard_job(out)
         remove_job_temps(out)
     dim = int(arrays[0].shape[1])
-    shard_size = int(first["shard_size"])
+    # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
+    # list this folder equals (rerunning it finds the folder complete) when the parts share a shard size, else null
+    sizes = {int(meta_of[p]["shard_size"]) for p in order}
+    shard_size: int | None = sizes.pop() if len(sizes) == 1 else None
+    part_shards = [{"part": f"{k}/{num}", "count": int(meta_of[p]["count"]),
+                    "shard_size": int(meta_of[p]["shard_size"]), "num_shards": int(meta_of[p]["num_shards"])}
+                   for k, p in enumerate(order)]
     job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
-           "num_shards": (total + shard_size - 1) // shard_size, "fingerprint": first["source_fingerprint"],
+           "num_shards": None if shard_size is None else (total + shard_size - 1) // shard_size,
+           "part_shards": part_shards, "fingerprint": first["source_fingerprint"],
            "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
            "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
            "image_roots": first["image_roots"], "merged_parts": num}
@@ -761,9 +886,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     if all((p / "file_stats.npy").is_file() for p in order):
         stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
         atomic_save_npy(out / "file_stats.npy", stats)
-    if all(has_labels):
-        labels = np.concatenate([np.load(p / "labels.npy", allow_pickle=False) for p in order])
-        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(labels, dtype=np.int64))
+    if merged_labels is not None:
+        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
     atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
     return EmbedResult(out, total, dim, [], [])
 
@@ -852,6 +976,8 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     if path.is_file():
         from dynametric.utils.readers import load_embeddings
 
+        if path.suffix.lower() == ".npy":
+            check_npy_magic(path)
         emb = load_embeddings(path)
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
@@ -859,6 +985,7 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     emb_file = path / "embeddings.npy"
     check_file(emb_file)
     check_npy_size(emb_file)
+    check_npy_magic(emb_file)
     try:
         emb = np.load(emb_file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -874,6 +1001,9 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
             paths.append(row[2])
     if len(ids) != len(emb):
         raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")
-    labels = np.load(path / "labels.npy", allow_pickle=False) if (path / "labels.npy").is_file() else None
-    return EmbeddingSet(emb, ids, paths, labels, list(meta.get("scale_names") or []), meta.get("class_names"),
+    scales = list(meta.get("scale_names") or [])
+    labels = None
+    if (path / "labels.npy").exists():
+        labels = load_job_labels(path / "labels.npy", len(emb), len(scales))
+    return EmbeddingSet(emb, ids, paths, labels, scales, meta.get("class_names"),
                         list(meta.get("image_roots") or []), dict(meta.get("model") or {}), path)

@@ -22,12 +22,13 @@ import numpy as np
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.io import is_per_query_csv, is_results_json
-from dynametric.retrieval.embed import embed_folder_of, read_finished_job
+from dynametric.retrieval.embed import check_npy_magic, embed_folder_of, read_finished_job
 from dynametric.utils.readers import id_cell, load_embeddings, load_ids, load_labels, merged_ids, merged_ids_note
 
 __all__ = [
     "EvaluationFiles",
     "EvaluationSide",
+    "check_output_place",
     "check_outputs",
     "common_class_ids",
     "embeddings_file",
@@ -53,6 +54,7 @@ class EvaluationSide:
     names_file: str  # the file the scale names came from: the labels CSV (its line 1) or embed.json (scale_names)
     names_line: int | None = 1
     names_key: str | None = None
+    model: dict[str, Any] | None = None  # an embed folder's recorded model (embed.json's model)
 
 
 class EvaluationFiles(NamedTuple):
@@ -94,7 +96,10 @@ def read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: st
     else:
         meta = read_finished_job(folder)
         emb_file = folder / "embeddings.npy"
+    if emb_file.suffix.lower() == ".npy" and emb_file.is_file():
+        check_npy_magic(emb_file)
     emb = load_embeddings(emb_file)
+    model = dict(meta.get("model") or {}) if meta is not None else None
     own = None if folder is None else folder / "labels.npy"
     if labels_arg is None:
         assert own is not None
@@ -111,8 +116,8 @@ def read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: st
         assert folder is not None
         names, class_names = job_scale_names(meta, folder, labels.shape[1])  # the folder's own labels: its names
         return EvaluationSide(emb, labels, names, class_names, str(labels_file), str(folder / "embed.json"), None,
-                              "scale_names")
-    return EvaluationSide(emb, labels, names, None, str(labels_file), str(labels_file))
+                              "scale_names", model)
+    return EvaluationSide(emb, labels, names, None, str(labels_file), str(labels_file), model=model)
 
 
 def common_class_ids(q: EvaluationSide, g: EvaluationSide, names: list[str]) -> np.ndarray:
@@ -163,6 +168,15 @@ def read_evaluation_files(embeddings: str | None, labels: str | None = None, gal
     ql, g, gl = q.labels, None, None
     if gallery_embeddings is not None:
         gs = read_side(gallery_embeddings, gallery_labels, "--gallery-embeddings", "--gallery-labels")
+        if q.model and gs.model:  # two embed folders: made by one model, computed alike (input size, config)
+            from dynametric.retrieval.model import model_mismatch
+
+            found = model_mismatch(gs.model, q.model)
+            if found is not None:
+                what = found[0].replace("the index's", "the gallery's")
+                raise InputError(f"the query embeddings come from another model than the gallery embeddings "
+                                 f"({gallery_embeddings}): {what}; {found[1].replace('index', 'gallery')}",
+                                 file=embeddings, key="--embeddings")
         if gs.emb.shape[1] != q.emb.shape[1]:
             raise InputError(f"dimension {gs.emb.shape[1]} differs from the query embeddings' {q.emb.shape[1]}",
                              file=gallery_embeddings)
@@ -225,6 +239,18 @@ _JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy")
 """The files of an embed folder given as an input that an output may not name."""
 
 
+def check_output_place(path: str | Path, key: str) -> None:
+    """Before any work: the folders ``path`` (an output file or folder) goes in must be folders or not yet exist;
+    a regular file where one of them goes is one line naming it and ``key`` (the option), as writing it would say
+    only after the work is done."""
+    path = Path(path)
+    above = path.parent
+    while not (above.exists() or above.is_symlink()) and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise InputError(f"is a file, not a folder; expected a folder to hold {path}", file=above, key=key)
+
+
 def check_outputs(inputs: Iterable[tuple[str, str | Path | None]], *, json_out: str | Path | None = None,
                   per_query_out: str | Path | None = None) -> None:
     """Before any work: ``--json`` (``json_out``) / ``--per-query`` (``per_query_out``) may name a new file or an
@@ -254,6 +280,7 @@ def check_outputs(inputs: Iterable[tuple[str, str | Path | None]], *, json_out: 
             raise InputError(f"is a symbolic link; {opt} names a file to write", file=path, key=opt)
         if path.is_dir():
             raise InputError("is a folder; expected the path of a file to write", file=path, key=opt)
+        check_output_place(path, opt)
         real = path.resolve()
         if real in named:
             raise InputError(f"is one of the command's inputs ({named[real]}); it is never overwritten: choose "

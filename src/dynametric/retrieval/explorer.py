@@ -113,7 +113,7 @@ class Explorer:
         idx = self.index
         out: dict[str, Any] = {"index": i, "id": idx.ids[i], "image": f"/image/{i}"}
         if idx.labels is not None:
-            out["labels"] = {s: idx.label_name(j, int(idx.labels[i, j])) for j, s in enumerate(idx.scale_names)}
+            out["labels"] = {s: idx.label_value(j, int(idx.labels[i, j])) for j, s in enumerate(idx.scale_names)}
         return out
 
     def items(self, offset: int, limit: int) -> dict[str, Any]:
@@ -283,10 +283,20 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
 
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
     """An HTTP server for ``explorer`` (``port=0``: any free port; see ``server.server_address``)."""
+    import socket
+
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise InputError(f"expected a port number from 0 to 65535, got {port!r}", key="--port")
     try:
         server = ThreadingHTTPServer((host, port), _handler(explorer))
+    except socket.gaierror as exc:  # the address, not the port: an unknown host name
+        raise InputError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror or exc})",
+                         key="--host") from None
     except OSError as exc:
-        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", key="--port") from None
+        import errno
+
+        key = "--host" if exc.errno in (errno.EADDRNOTAVAIL,) else "--port"
+        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", key=key) from None
     server.daemon_threads = True
     return server
 

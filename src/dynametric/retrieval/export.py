@@ -183,6 +183,9 @@ def check_export_target(out: Path, fmt: str) -> None:
         article = "an" if fmt[0] in "aeiou" else "a"
         raise InputError(f"{article} {fmt} export is written to a {' / '.join(SUFFIXES[fmt])} file, got "
                          f"{out.name!r}", key="--out")
+    from dynametric.retrieval.evaluate_io import check_output_place
+
+    check_output_place(out, "--out")  # a file where its folder goes: refused before the export, not after
     for target in (out, sidecar_path(out)):
         if target.is_dir() or target.is_symlink():
             raise InputError("exists and is not a regular file (--out names the exported file)", file=target)

@@ -39,7 +39,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
-from dynametric.utils.readers import check_npy_size, load_labels_csv, refuse_zero_rows
+from dynametric.utils.readers import check_npy_size, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -63,12 +63,27 @@ def require_faiss() -> Any:
     return faiss
 
 
+_PREPARE_ROWS = 16384  # rows normalised at a time (a float64 copy of one block)
+
+
 def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.maximum(norms, 1e-12)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    """``x`` as contiguous float32, rows scaled to unit length for ``cosine``.
+
+    Each row is first divided by its largest absolute value, then by its norm, in float64: a finite row of any
+    scale gets its direction (a float32 norm overflows to inf beyond about 1e19 and underflows to 0 below about
+    1e-23, which made every such vector 0). An all-zero row stays zero (callers refuse those for cosine).
+    Normalised in blocks of :data:`_PREPARE_ROWS` rows, so the float64 copy stays bounded."""
+    if metric != "cosine":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    src = np.asarray(x)
+    out = np.empty(src.shape, dtype=np.float32)
+    for lo in range(0, len(src), _PREPARE_ROWS):
+        block = np.asarray(src[lo:lo + _PREPARE_ROWS], dtype=np.float64)
+        peak = np.abs(block).max(axis=1, keepdims=True) if block.shape[1] else np.ones((len(block), 1))
+        block = block / np.where(peak > 0, peak, 1.0)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        out[lo:lo + _PREPARE_ROWS] = block / np.where(norms > 0, norms, 1.0)
+    return out
 
 
 def default_nlist(n: int) -> int:
@@ -583,6 +598,42 @@ class RetrievalIndex:
             raise InputError(f"query_labels must be integer class ids, got dtype {ql.dtype}", key="query_labels")
         return ql.astype(np.int64)
 
+    def query_class_ids(self, labels: np.ndarray, class_names: list[list[str]] | None,
+                        what: str) -> tuple[np.ndarray, list[list[str]]]:
+        """Labels of queries from another embed job (``labels`` ``[Q, S]`` in that job's ids, ``class_names`` its
+        ``embed.json`` class names, ``what`` its ``labels.npy``, named in errors) in this index's ids, and each
+        query's class at every scale as text (``names[s][q]``).
+
+        Each embed job numbers the text classes of a scale by sorted name within its own list, so the same id can be
+        another class in another job: text classes are matched by name. A query class the index does not hold gets
+        id ``-1`` (no item has it: ``same=`` finds nothing for it, never another class). Integer scales are their
+        values on both sides; a scale of text on one side and integers on the other cannot be matched (one line)."""
+        labels = np.asarray(labels)
+        if labels.ndim != 2 or labels.shape[1] != len(self.scale_names):
+            raise InputError(f"expected [Q, {len(self.scale_names)}] labels, found shape {labels.shape}", file=what)
+        out = labels.astype(np.int64, copy=True)
+        names: list[list[str]] = []
+        for s, scale in enumerate(self.scale_names):
+            qc = [str(c) for c in class_names[s]] if class_names and s < len(class_names) else []
+            ic = [str(c) for c in self.class_names[s]] if self.class_names and s < len(self.class_names) else []
+            col = out[:, s]
+            if not qc and not ic:
+                names.append([str(int(v)) for v in col])
+                continue
+            if not qc or not ic:
+                raise InputError(f"scale {scale!r}: the labels of "
+                                 f"{'the queries' if qc else 'the index'} are ids of text class names, those of "
+                                 f"{'the index' if qc else 'the queries'} are integers; they cannot be matched",
+                                 file=what)
+            if len(col) and (col.min() < 0 or col.max() >= len(qc)):
+                raise InputError(f"scale {scale!r}: label ids outside the {len(qc)} class names of the queries' "
+                                 "embed.json", file=what)
+            pos = {c: i for i, c in enumerate(ic)}
+            mapping = np.array([pos.get(c, -1) for c in qc], dtype=np.int64)
+            names.append([qc[int(v)] for v in col])
+            out[:, s] = mapping[col] if len(col) else col
+        return out, names
+
     def _search_block(self, qs: np.ndarray, k: int, need: np.ndarray, si: int | None, sa: int | None,
                       target: np.ndarray | None, ex: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Grow the candidate list 4x at a time until every row has ``need`` kept results (or all items)."""
@@ -614,6 +665,12 @@ class RetrievalIndex:
         names = self.class_names[scale] if self.class_names and scale < len(self.class_names) else []
         return str(names[label]) if names and 0 <= label < len(names) else str(label)
 
+    def label_value(self, scale: int, label: int) -> int | str:
+        """A label as results report it: the class name (a string) on a scale of text classes, else the integer
+        label itself (an ``int``, as ``items.csv`` and ``labels.npy`` hold it)."""
+        names = self.class_names[scale] if self.class_names and scale < len(self.class_names) else []
+        return str(names[label]) if names and 0 <= label < len(names) else int(label)
+
     def describe(self, result: SearchResult, queries: list[str]) -> list[dict[str, Any]]:
         """JSON-ready results: one entry per query with its ranked hits (rank, id, path, distance, labels)."""
         out = []
@@ -625,15 +682,15 @@ class RetrievalIndex:
                 hit: dict[str, Any] = {"rank": r, "index": int(i), "id": self.ids[i], "path": self.paths[i],
                                        "distance": float(d)}
                 if self.labels is not None:
-                    hit["labels"] = {s: self.label_name(j, int(self.labels[i, j]))
+                    hit["labels"] = {s: self.label_value(j, int(self.labels[i, j]))
                                      for j, s in enumerate(self.scale_names)}
                 hits.append(hit)
-            entry: dict[str, Any] = {"query": qname, "mode": result.mode, "results": hits}
-            if result.scale is not None:
-                entry["scale"] = result.scale
+            # every key in every mode: scale null for plain items, query_label null unless --same
+            entry: dict[str, Any] = {"query": qname, "mode": result.mode, "scale": result.scale,
+                                     "query_label": None, "results": hits}
             if result.query_groups is not None and result.scale is not None:
                 j = self.scale_names.index(result.scale)
-                entry["query_label"] = self.label_name(j, int(result.query_groups[qi]))
+                entry["query_label"] = self.label_value(j, int(result.query_groups[qi]))
             out.append(entry)
         return out
 
@@ -663,12 +720,57 @@ def self_items(index: RetrievalIndex, query_paths: list[str], what: str) -> tupl
     return exclude, int((exclude < 0).sum())
 
 
-def read_query_labels(path: Path, names: list[str], rows: int) -> np.ndarray:
-    """``search --query-labels``: the labels ``[rows, S]`` of the queries from a labels CSV whose columns are the
-    index's scale ``names``, one row per query."""
-    labels, cols = load_labels_csv(path)
-    if list(cols) != list(names):
-        raise InputError(f"columns {list(cols)} differ from the index's scales {names}", file=path, line=1)
-    if len(labels) != rows:
-        raise InputError(f"{len(labels)} label rows for {rows} queries", file=path)
-    return np.asarray(labels, dtype=np.int64).reshape(rows, -1)
+def read_query_labels(path: Path, index: RetrievalIndex, rows: int) -> tuple[np.ndarray, list[list[str]]]:
+    """``search --query-labels``: the labels ``[rows, S]`` of the queries (in the index's class ids) and each
+    query's class as text (``names[s][q]``), from a CSV whose header is the index's scale names, one row per query.
+
+    A cell of a scale with text class names (``index.json``'s ``class_names``) is a class name of the index, or
+    else an integer class id (``0..C-1``, as ``labels.npy`` holds them); a cell of an integer scale is an integer.
+    Anything else is one line naming the file, line and column."""
+    from dynametric.data.base import LoadReport, raise_problems
+    from dynametric.data.readers import parse_csv
+    from dynametric.utils.readers import check_file, decode_utf8, integer_label
+
+    names = list(index.scale_names)
+    path = Path(path)
+    check_file(path)
+    text = decode_utf8(path.read_bytes(), path)
+    if "\0" in text:
+        raise InputError("contains NUL bytes: not a text CSV", file=path)
+    report = LoadReport(split="*")
+    records = parse_csv(text, path, report)
+    raise_problems(list(report.problems), f"the labels CSV {path.name}")
+    records = [(n, r) for n, r in records if any(c.strip() for c in r)]
+    if not records:
+        raise InputError(f"file is empty; expected a header of the index's scales {names}", file=path)
+    header_line, header = records[0]
+    cols = [c.strip() for c in header]
+    if cols != names:
+        raise InputError(f"columns {cols} differ from the index's scales {names}", file=path, line=header_line)
+    classes = [[str(c) for c in index.class_names[s]] if index.class_names and s < len(index.class_names) else []
+               for s in range(len(names))]
+    pos = [{c: i for i, c in enumerate(cl)} for cl in classes]
+    body = records[1:]
+    if len(body) != rows:
+        raise InputError(f"{len(body)} label rows for {rows} queries", file=path)
+    out = np.zeros((rows, len(names)), dtype=np.int64)
+    shown: list[list[str]] = [[] for _ in names]
+    for r, (lineno, row) in enumerate(body):
+        if len(row) != len(names):
+            raise InputError(f"expected {len(names)} fields, got {len(row)}", file=path, line=lineno)
+        for s, cell in enumerate(row):
+            value = cell.strip()
+            if classes[s] and value in pos[s]:
+                out[r, s] = pos[s][value]
+                shown[s].append(value)
+                continue
+            number = integer_label(value)
+            if number is None or (classes[s] and not 0 <= number < len(classes[s])):
+                known = ", ".join(classes[s][:8]) + (", ..." if len(classes[s]) > 8 else "")
+                expected = (f"one of the index's {len(classes[s])} {names[s]} classes ({known}) or a class id "
+                            f"0..{len(classes[s]) - 1}" if classes[s] else "an integer label")
+                raise InputError(f"column {names[s]!r}: expected {expected}, got {value[:60]!r}", file=path,
+                                 line=lineno)
+            out[r, s] = number
+            shown[s].append(classes[s][number] if classes[s] else str(number))
+    return out, shown

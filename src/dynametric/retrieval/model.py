@@ -75,6 +75,9 @@ class LoadedEmbedder:
     run: ResolvedInference
     notes: list[str] = field(default_factory=list)
     """What the caller should be told (e.g. that the run's fp16 precision cannot run here and fp32 is used)."""
+    embedding_hash: str = ""
+    """:func:`embedding_config_hash` of the config: what of it decides the embeddings (recorded as
+    ``model.embedding_hash``; compared by :func:`check_same_model`)."""
 
     def __post_init__(self) -> None:
         self._loader_transform, self._finish = split_transform(self.transform)
@@ -128,11 +131,37 @@ class LoadedEmbedder:
         out = {"checkpoint": str(self.checkpoint.resolve()), "config": str(self.config_path.resolve()),
                "config_hash": self.config_hash, "weights_hash": self.weights_hash, "head": self.head,
                "in_chans": self.in_chans, "input_size": self.input_size}
+        if self.embedding_hash:
+            out["embedding_hash"] = self.embedding_hash
         if self.run.precision != "fp32":
             out["precision"] = self.run.precision
         if self.decode != "cpu":  # slightly different values: a resumed job must not mix decoders
             out["decode"] = self.decode
         return out
+
+
+_TRAINING_ONLY_MODEL_KEYS = ("pretrained", "pretrained_path", "freeze_bn", "channels_last")
+"""``model`` options that do not change what a loaded checkpoint computes (where its first weights came from,
+batch-norm freezing in training, the memory layout)."""
+
+
+def embedding_config_hash(cfg: Config, length: int = 16) -> str:
+    """A digest of what in a config decides the embeddings a checkpoint gives for an image: the ``model`` section
+    (backbone, pooling, heads, ...; not :data:`_TRAINING_ONLY_MODEL_KEYS`) and the evaluation transform's preset
+    (``data.transform``, with the synthetic data's own rule). Training options (loss, sampler, workers, batch sizes)
+    are left out, so a config that differs only in them embeds alike. The crop size is recorded apart
+    (``input_size``)."""
+    import json
+
+    from dynametric.config import config_to_dict
+
+    model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in _TRAINING_ONLY_MODEL_KEYS}
+    data = cfg.data
+    transform = "synthetic-to-tensor" if data.format == "synthetic" and data.transform == "default" else (
+        "standard" if data.transform == "default" else str(data.transform))
+    canonical = json.dumps({"model": model, "transform": transform}, sort_keys=True, separators=(",", ":"),
+                           default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
 
 
 def _input_size(transform: Any, default: int) -> int:
@@ -180,7 +209,7 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
                           checkpoint=trained.checkpoint, config_path=trained.config_path, config_hash=config_hash(cfg),
                           weights_hash=weights_digest(embedder_state_dict(trained.state)),
                           in_chans=int(cfg.model.in_chans), input_size=_input_size(transform, 224), run=run,
-                          notes=[note] if note else [])
+                          notes=[note] if note else [], embedding_hash=embedding_config_hash(cfg))
 
 
 def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
@@ -229,18 +258,57 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
     if want and loaded.weights_hash != want:
         raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
                          f"with (hash {want}); its embeddings are not comparable", file=checkpoint)
+    found = model_mismatch(model, loaded.identity())
+    if found is not None:  # --config (or the checkpoint's own config.yaml) embeds otherwise than the index's
+        what, _ = found
+        raise InputError(f"the checkpoint and config embed otherwise than the model the index was built with: {what}; "
+                         f"give --config {model.get('config') or 'with the index model settings'}",
+                         file=loaded.config_path, key="--config")
     return loaded
 
 
-def check_same_model(index_model: dict[str, Any], query_model: dict[str, Any], queries: Path | str) -> None:
-    """Query embeddings from an embed folder must come from the model the index was built with: the same weights
-    (hash) and head; else their distances to the index's items mean nothing. Either side without a recorded
-    model (a bare ``.npy``) cannot be checked."""
-    for key, what in (("weights_hash", "weights hash"), ("head", "head")):
+def model_mismatch(index_model: dict[str, Any], query_model: dict[str, Any]) -> tuple[str, str] | None:
+    """``(what differs, how to fix it)`` when embeddings recorded with ``query_model`` are not comparable with those
+    of ``index_model`` (the ``model`` entries of ``embed.json`` / ``index.json``), else ``None``. Compared where both
+    record them: the weights hash, the head, the input size (the crop the images are resized to), the input
+    channels, and what of the config decides the embeddings (``embedding_hash``, :func:`embedding_config_hash`; an
+    entry recorded before it existed is compared by its whole ``config_hash`` instead). Precision and decoder only
+    shift distances slightly: :func:`precision_note` and :func:`decoder_note` say so."""
+    def differs(key: str) -> tuple[Any, Any] | None:
         want, got = index_model.get(key), query_model.get(key)
-        if want and got and want != got:
-            raise InputError(f"the query embeddings come from another model than the index: {what} {got} against "
-                             f"the index's {want}; embed the queries with the index's checkpoint", file=queries)
+        return (got, want) if want is not None and got is not None and want != got else None
+
+    config = index_model.get("config") or "the index's config"
+    if d := differs("weights_hash"):
+        return f"weights hash {d[0]} against the index's {d[1]}", "embed the queries with the index's checkpoint"
+    if d := differs("head"):
+        return f"head {d[0]} against the index's {d[1]}", f"embed the queries with --head {d[1]}"
+    if d := differs("input_size"):
+        return (f"input size {d[0]} px against the index's {d[1]} px",
+                f"embed the queries with --image-size {d[1]}")
+    if d := differs("in_chans"):
+        return f"{d[0]} input channels against the index's {d[1]}", f"embed the queries with --config {config}"
+    if index_model.get("embedding_hash") and query_model.get("embedding_hash"):
+        if d := differs("embedding_hash"):
+            return (f"config {query_model.get('config') or '?'} (embedding settings: model section and transform, "
+                    f"hash {d[0]}) against the index's {config} (hash {d[1]})",
+                    f"embed the queries with --config {config}")
+    elif d := differs("config_hash"):
+        return (f"config {query_model.get('config') or '?'} (hash {d[0]}) against the index's {config} (hash "
+                f"{d[1]})", f"embed the queries with --config {config}")
+    return None
+
+
+def check_same_model(index_model: dict[str, Any], query_model: dict[str, Any], queries: Path | str, *,
+                     what: str = "the query embeddings come", key: str | None = None) -> None:
+    """Query embeddings from an embed folder must come from the model the index was built with, computed the same
+    way (:func:`model_mismatch`: weights, head, input size, embedding config); else their distances to the index's
+    items mean nothing, and the error names both values and the option that fixes it. Either side without a
+    recorded model (a bare ``.npy``) cannot be checked. ``what`` starts the message (``the checkpoint comes``),
+    ``key`` is its key (an option)."""
+    found = model_mismatch(index_model, query_model)
+    if found is not None:
+        raise InputError(f"{what} from another model than the index: {found[0]}; {found[1]}", file=queries, key=key)
 
 
 def _index_precision(index_model: dict[str, Any]) -> str:
