@@ -95,6 +95,16 @@ def test_query_labels_csv_takes_class_names(gallery: dict[str, Path], tmp_path: 
                           "--query-labels", str(labels)])
     assert err.endswith(f"{labels}:3: column 'coarse': expected one of the index's 3 coarse classes (animal, plant, "
                         "rock) or a class id 0..2, got 'wolf'")
+    # rows are positional: a blank line between them is an error at its line; trailing blank lines are ignored
+    labels.write_text("coarse\nrock\n\n1\n", encoding="utf-8")
+    err = _error(capsys, ["search", "--index", str(gallery["index"]), "--embeddings", str(q), "--same", "coarse",
+                          "--query-labels", str(labels)])
+    assert err.endswith(f"{labels}:3: blank line between rows: the file has one row per query, in the queries' "
+                        "order (trailing blank lines are ignored)")
+    labels.write_text("coarse\nrock\n1\n\n\n", encoding="utf-8")
+    out, _ = _search_json(capsys, "--index", str(gallery["index"]), "--embeddings", str(q), "--same", "coarse",
+                          "--query-labels", str(labels), "-k", "10")
+    assert [e["query_label"] for e in out["queries"]] == ["rock", "plant"]
 
 
 def test_search_json_has_every_key_and_typed_labels(run_ckpt: Path, image_root: Path, tmp_path: Path,

@@ -741,6 +741,13 @@ def read_query_labels(path: Path, index: RetrievalIndex, rows: int) -> tuple[np.
     records = parse_csv(text, path, report)
     raise_problems(list(report.problems), f"the labels CSV {path.name}")
     records = [(n, r) for n, r in records if any(c.strip() for c in r)]
+    # rows are positional (row q is query q): a blank line between them (parse_csv skips it; a gap in the records'
+    # first lines beyond the lines a record spans) is no row, and refused rather than skipped
+    for (n, row), (following, _) in zip(records, records[1:]):
+        if following > n + 1 + sum(c.count("\n") for c in row):
+            raise InputError("blank line between rows: the file has one row per query, in the queries' order "
+                             "(trailing blank lines are ignored)", file=path,
+                             line=n + 1 + sum(c.count("\n") for c in row))
     if not records:
         raise InputError(f"file is empty; expected a header of the index's scales {names}", file=path)
     header_line, header = records[0]
