@@ -711,7 +711,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
-    check_eval_shards(cfg, {"validation": datasets.val, **tests}, plan.processes * int(cfg.trainer.num_nodes))
+    if plan.processes * int(cfg.trainer.num_nodes) > 1:  # each process evaluates a shard of every split
+        check_eval_shards(cfg, {"validation": datasets.val, **tests}, plan.processes * int(cfg.trainer.num_nodes))
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
@@ -979,7 +980,9 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
         tests, _ = _held_out_data(cfg, datasets, test_keys, log)
-        check_eval_shards(cfg, {"validation": datasets.val, **tests}, plan.processes * int(cfg.trainer.num_nodes))
+        if plan.processes * int(cfg.trainer.num_nodes) > 1:
+            check_eval_shards(cfg, {"validation": datasets.val, **tests},
+                              plan.processes * int(cfg.trainer.num_nodes))
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
