@@ -442,3 +442,20 @@ def test_device_plan_of_the_count_method_fits_budget():
     from dynametric.metrics import DEFAULT_DEVICE_MEMORY_BUDGET
 
     assert rows % 64 == 0 and rows * per_row <= DEFAULT_DEVICE_MEMORY_BUDGET < (rows + 64) * per_row
+
+
+def test_the_torch_engine_on_the_cpu_defaults_to_the_cpu_engine_s_host_budget(monkeypatch):
+    """With no budget, the torch engine run on the CPU planned its chunks for the GPU default (3.5 GiB of host
+    memory: a 1.67 GB peak at 15,000 items); it now takes the CPU engine's 768 MiB. A given budget is kept."""
+    import dynametric.metrics.torch_engine as te
+    from dynametric.metrics.engine import DEFAULT_MEMORY_BUDGET
+
+    seen = []
+    plan = te.plan_device_rows
+    monkeypatch.setattr(te, "plan_device_rows", lambda *a: seen.append(a[4]) or plan(*a))
+    rng = np.random.default_rng(3)
+    emb, labels = torch.from_numpy(rng.standard_normal((40, 4)).astype(np.float32)), torch.arange(40) // 4
+    evaluate_embeddings(emb, labels, ranking_engine="torch")
+    evaluate_embeddings(emb, labels, ranking_engine="torch", memory_budget_bytes=12345)
+    assert seen == [DEFAULT_MEMORY_BUDGET, 12345]
+    assert DEFAULT_MEMORY_BUDGET == 768 * 2**20 < te.DEFAULT_DEVICE_MEMORY_BUDGET

@@ -243,7 +243,8 @@ def evaluate_embeddings(
     (:mod:`dynametric.metrics.engine`); ``"cuda"`` (``"cuda:1"``, a ``torch.device``) or ``"auto"`` (CUDA when
     available, else the CPU engine): the torch engine (:mod:`dynametric.metrics.torch_engine`), same metrics, ties and
     exclusions, with ``memory_budget_bytes`` then the device budget (default 3.5 GiB). ``ranking_engine="torch"`` runs
-    the torch engine even on the CPU (``"cpu"`` forces the CPU engine). With ``per_query=True`` the return value is
+    the torch engine even on the CPU (``"cpu"`` forces the CPU engine; the budget's default is then the CPU engine's,
+    768 MiB of host memory). With ``per_query=True`` the return value is
     ``(result, per_query)``, ``per_query[scale]`` holding ``num_relevant`` (``R_q``, int64 ``[Nq]``) and one float64
     ``[Nq]`` array per retrieval metric (NaN where ``R_q = 0`` unless ``empty_queries="count_as_zero"``).
     ``metric_table``: the retrieval metrics' table (default :data:`~dynametric.metrics.ranking.METRIC_TABLE`; pass

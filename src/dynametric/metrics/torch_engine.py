@@ -40,6 +40,7 @@ import torch
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.engine import (
+    DEFAULT_MEMORY_BUDGET,
     SCORE_ROW_BLOCK,
     RankingProblem,
     ScaleAccumulator,
@@ -61,7 +62,8 @@ from dynametric.utils.device import resolve_device as _resolve_device
 DEFAULT_DEVICE_MEMORY_BUDGET = 7 * 2**29
 """Default working-memory budget on the device in bytes (score, sort and metric buffers of one chunk; the
 embeddings and labels are extra). 3.5 GiB: measured on an H200 at 60,502 x 128 (docs/benchmarks.md), a device peak
-of 2.84 GB and 0.77 s, against 1.59 GB and 1.09 s at 2 GiB; it leaves most of any training GPU to the model."""
+of 2.84 GB and 0.77 s, against 1.59 GB and 1.09 s at 2 GiB; it leaves most of any training GPU to the model. The
+torch engine on the CPU takes the CPU engine's default instead (``DEFAULT_MEMORY_BUDGET``, 768 MiB of host memory)."""
 
 TOP_PATH_MAX_CAP = 1024
 """The top path is used when no metric needs ranks beyond this (and no metric that needs all ranks, such as
@@ -387,6 +389,8 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
     ranges = {src: _class_ranges(*codes[src]) for src in set(sources)} if method == "count" else {}
     slots = max((int((hi - lo).max()) for _, lo, hi in ranges.values() if lo.size), default=0) if ranges \
         else (max_r if full else cap)
+    if memory_budget_bytes is None and torch.device(device).type == "cpu":  # host memory: the CPU engine's default
+        memory_budget_bytes = DEFAULT_MEMORY_BUDGET
     rows = plan_device_rows(nq, ng, slots, full, memory_budget_bytes, method)
     with torch.no_grad():
         q = problem.query.to(device)
