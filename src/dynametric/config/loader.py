@@ -319,18 +319,22 @@ def _forget(source: _Source, key: str) -> None:
         del source.where[known]
 
 
+def _record_drop(source: _Source, key: str, dropped: Mapping[str, Any], why: str) -> None:
+    """The note ``<key> {dropped} from <where the first was set> not used: <why>``; forgets where they were set."""
+    first = next((source.where[f"{key}.{k}"] for k in dropped if f"{key}.{k}" in source.where), source.where.get(key))
+    origin = "" if first is None else (" from the command line" if first[0] == "<command line>" else
+                                       f" from {first[0]}" + (f":{first[1]}" if first[1] is not None else ""))
+    source.notes.append(f"{key} {_flow(dict(dropped))}{origin} not used: {why}")
+    for k in dropped:
+        _forget(source, f"{key}.{k}")
+
+
 def _note_dropped(source: _Source, steps: Sequence[str | int], name: str, options: str, dropped: Mapping[str, Any],
                   old: Any, new: Any, changed_where: str) -> None:
     section = _shown(steps)
     key = f"{section}.{options}"
-    first = next((source.where[f"{key}.{k}"] for k in dropped if f"{key}.{k}" in source.where),
-                 source.where.get(key))
-    origin = "" if first is None else (" from the command line" if first[0] == "<command line>" else
-                                       f" from {first[0]}" + (f":{first[1]}" if first[1] is not None else ""))
-    source.notes.append(f"{key} {_flow(dict(dropped))}{origin} not used: {section}.{name} changed {changed_where} "
-                        f"({old} -> {new}); set {key} where {section}.{name} is set to give {new} options")
-    for k in dropped:
-        _forget(source, f"{key}.{k}")
+    _record_drop(source, key, dropped, f"{section}.{name} changed {changed_where} ({old} -> {new}); set {key} where "
+                                       f"{section}.{name} is set to give {new} options")
 
 
 def _drop_options_of_renamed(lower: dict[str, Any], upper: Mapping[str, Any], source: _Source,
@@ -374,16 +378,10 @@ def _note_keys_dropped(source: _Source, steps: Sequence[str | int], name: str, d
                        new: Any, changed_where: str) -> None:
     """The note for the keys of a section (:func:`~dynametric.config.schema.keys_by_choice`) that a lower layer wrote
     and the name a higher layer chose does not use; forgets where they were set."""
-    if not dropped:
-        return
-    section = _shown(steps)
-    first = next((source.where[f"{section}.{k}"] for k in dropped if f"{section}.{k}" in source.where), None)
-    origin = "" if first is None else (" from the command line" if first[0] == "<command line>" else
-                                       f" from {first[0]}" + (f":{first[1]}" if first[1] is not None else ""))
-    source.notes.append(f"{section} {_flow(dict(dropped))}{origin} not used: {section}.{name} changed {changed_where} "
-                        f"({old} -> {new}), which does not use {' or '.join(sorted(dropped))}")
-    for k in dropped:
-        _forget(source, f"{section}.{k}")
+    if dropped:
+        section = _shown(steps)
+        _record_drop(source, section, dropped, f"{section}.{name} changed {changed_where} ({old} -> {new}), which does "
+                                               f"not use {' or '.join(sorted(dropped))}")
 
 
 def _drop_options_renamed_on_command_line(before: Mapping[str, Any], raw: dict[str, Any], keys: Sequence[str],
