@@ -577,15 +577,19 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def loss_terms(self) -> list[tuple[str, LossConfig, MinerConfig | None]]:
+        """The loss terms with their config keys and miners: ``("loss", loss, miner)``, then
+        ``("extra_losses[i]", term, term.miner)`` for each extra term."""
+        terms: list[tuple[str, LossConfig, MinerConfig | None]] = [("loss", self.loss, self.miner)]
+        return terms + [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(self.extra_losses)]
+
     def _validate(self, key: str) -> None:
         heads = self.model.head_names or None
         if self.model.num_heads > 1:
             from dynametric.models.embedder import default_head_names
 
             heads = heads or list(default_head_names(self.model.num_heads))
-        terms: list[tuple[str, LossConfig]] = [("loss", self.loss)]
-        terms += [(f"extra_losses[{i}]", t) for i, t in enumerate(self.extra_losses)]
-        for where, term in terms:
+        for where, term, _ in self.loss_terms():
             if term.head is None or term.head == "concat":
                 continue
             if heads is None:
@@ -740,10 +744,8 @@ def batch_comparing_terms(cfg: Config, multiscale_only: bool = False) -> list[tu
     mine pairs of it (a miner), as ``(key, what it does)``: ``("loss", "loss TripletMarginLoss compares the
     batch's embeddings with each other")``. ``multiscale_only``: the ``multiscale: true`` terms only (they compare
     each scale's chunk of the batch on its own)."""
-    terms: list[tuple[str, LossConfig, MinerConfig | None]] = [("loss", cfg.loss, cfg.miner)]
-    terms += [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(cfg.extra_losses)]
     out = []
-    for where, term, miner in terms:
+    for where, term, miner in cfg.loss_terms():
         if (multiscale_only and not term.multiscale) or (miner is None and not pairs_in_batch(term.name, term.kwargs)):
             continue
         out.append((where, f"{where}'s miner {miner.name} mines pairs of the batch" if miner is not None else

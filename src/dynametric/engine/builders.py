@@ -1001,10 +1001,8 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
     surrogate = surrogate or {}
     dims = head_dims(cfg, embedder)
     chunks = sampler_class(cfg).loss_chunks_for(cfg.data.m, num_scales)  # the sampler's batch layout, if any
-    terms: list[tuple[str, Any, Any]] = [("loss", cfg.loss, cfg.miner)]
-    terms += [(f"extra_losses[{i}]", t, t.miner) for i, t in enumerate(cfg.extra_losses)]
     objectives = []
-    for key, term, mcfg in terms:
+    for key, term, mcfg in cfg.loss_terms():
         if term.head not in dims:
             raise ConfigError(f"unknown head {term.head!r}; the model outputs {[k for k in dims if k]}",
                               key=f"{key}.head")

@@ -91,8 +91,7 @@ def _check_three_scale(cfg: Config, sampler: ThreeScaleSampler, num_columns: int
     """A ``three_scale`` batch a ``multiscale`` loss term can learn from: the sampler's chunks are the loss's
     (every label column sampled, in order: ``data.sampler_options.scales`` left out or ``[0, ..., S-1]``), more than
     one item per batch and more than one class at every scale when a term compares the batch."""
-    multiscale = [k for k, t in [("loss", cfg.loss), *((f"extra_losses[{i}]", t)
-                                                        for i, t in enumerate(cfg.extra_losses))] if t.multiscale]
+    multiscale = [k for k, t, _ in cfg.loss_terms() if t.multiscale]
     if not multiscale:
         return
     if sampler.scales != list(range(num_columns)):

@@ -24,12 +24,12 @@ def _codes(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def contingency(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Dense contingency counts ``n[y, c]`` (int64) of two labelings of the same items."""
-    y, c = _codes(labels), _codes(clusters)
-    if y.shape != c.shape:
-        raise ValueError(f"labels and clusters differ in length: {y.shape[0]} vs {c.shape[0]}")
-    ny, nc = (int(y.max()) + 1, int(c.max()) + 1) if y.size else (0, 0)
-    return np.bincount(y * nc + c, minlength=ny * nc).reshape(ny, nc).astype(np.int64)
+    """Dense contingency counts ``n[y, c]`` (int64) of two labelings of the same items (:func:`contingency_cells`
+    laid out as a table: memory grows with classes x clusters)."""
+    counts, y, c, rows, cols = contingency_cells(labels, clusters)
+    table = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    table[y, c] = counts
+    return table
 
 
 def contingency_cells(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor

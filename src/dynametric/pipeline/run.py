@@ -711,8 +711,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
-    if plan.processes * int(cfg.trainer.num_nodes) > 1:  # each process evaluates a shard of every split
-        check_eval_shards(cfg, {"validation": datasets.val, **tests}, plan.processes * int(cfg.trainer.num_nodes))
+    world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
+    if world > 1:  # each process evaluates a shard of every split
+        check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
@@ -722,7 +723,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
-    bn_note = batchnorm_note(cfg, comps.embedder, plan.processes * int(cfg.trainer.num_nodes))
+    bn_note = batchnorm_note(cfg, comps.embedder, world)
     if bn_note is not None:
         log(bn_note)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
@@ -969,6 +970,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
     settings = trainer_settings(cfg, progress_bar=False)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
+    world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
     datasets = None
     test_keys = protocol_split_keys(cfg)
     if root_missing(cfg):
@@ -980,9 +982,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
         tests, _ = _held_out_data(cfg, datasets, test_keys, log)
-        if plan.processes * int(cfg.trainer.num_nodes) > 1:
-            check_eval_shards(cfg, {"validation": datasets.val, **tests},
-                              plan.processes * int(cfg.trainer.num_nodes))
+        if world > 1:
+            check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
@@ -1014,7 +1015,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
         f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
-    bn_note = batchnorm_note(cfg, comps.embedder, plan.processes * int(cfg.trainer.num_nodes))
+    bn_note = batchnorm_note(cfg, comps.embedder, world)
     if bn_note is not None:
         log(bn_note)
     loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)

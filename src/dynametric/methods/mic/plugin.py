@@ -29,9 +29,8 @@ class MIC(AlternatingMethod):
 
     def surrogate_classes(self, cfg: Config, settings: Any) -> dict[str, tuple[int, str]]:
         """Every term on the shared head trains on the cluster ids: ``num_clusters`` classes."""
-        terms = [("loss", cfg.loss)] + [(f"extra_losses[{i}]", t) for i, t in enumerate(cfg.extra_losses)]
         count = (int(settings.num_clusters), "method.kwargs.num_clusters")
-        return {key: count for key, term in terms if term.head == "shared"}
+        return {key: count for key, term, _ in cfg.loss_terms() if term.head == "shared"}
 
     def check_data(self, cfg: Config, settings: Any, datasets: Any) -> None:
         """k-means clusters the training images: ``num_clusters`` can be at most their number."""
