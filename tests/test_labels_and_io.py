@@ -186,3 +186,28 @@ def test_json_files_are_strict_json_with_null_for_nan(tmp_path):
     assert math.isnan(null_to_nan(strict)["a"]) and null_to_nan(strict)["f"] == 0.5
     atomic_write_json(path, {"p": tmp_path}, default=str)  # what JSON has no type for, through default=
     assert json.loads(path.read_text()) == {"p": str(tmp_path)}
+
+
+@pytest.mark.parametrize("reader", ["embeddings", "labels"])
+def test_npy_readers_name_a_file_that_is_no_plain_npy_array(tmp_path, reader):
+    """Both bare ``.npy`` readers say what the file is (numpy's own message, "This file contains pickled (object)
+    data", is what a text file named .npy used to give) and what was expected."""
+    from dynametric.utils.readers import load_embeddings, load_labels_npy
+
+    load, expected = {"embeddings": (load_embeddings, "a float array [N, D] of embeddings"),
+                      "labels": (load_labels_npy, "an integer array [N] or [N, S]")}[reader]
+    text, binary, obj, npz = (tmp_path / f"{n}.npy" for n in ("text", "binary", "obj", "npz"))
+    text.write_text("0.1 0.2\n0.3 0.4\n")
+    binary.write_bytes(bytes(range(200, 256)))
+    np.save(obj, np.array([{"a": 1}, {"b": 2}], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "z.npz", a=np.zeros((2, 2)))
+    npz.write_bytes((tmp_path / "z.npz").read_bytes())
+    cases = {text: "not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file holds text)",
+             binary: "not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file holds "
+                     "other data)",
+             obj: "an array of Python objects (would need unpickling)",
+             npz: "an .npz archive (or another zip file), not one .npy array"}
+    for path, what in cases.items():
+        with pytest.raises(InputError) as info:
+            load(path)
+        assert str(info.value) == f"{path}: {what}; expected {expected}"

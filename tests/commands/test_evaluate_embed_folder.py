@@ -141,7 +141,9 @@ def test_folder_and_npy_label_errors_are_one_line(job, tmp_path, capsys) -> None
     assert "obj.npy: an array of Python objects" in err("obj.npy", np.array([{"a": 1}] * 24, dtype=object))
     assert "big.npy: label 18446744073709551615 does not fit in 64 bits" in err(
         "big.npy", np.full(24, 2**64 - 1, np.uint64))
-    assert "text.npy: not an .npy file (no NumPy header)" in err("text.npy", raw=b"fine\n1\n")
+    assert err("text.npy", raw=b"fine\n1\n").endswith(
+        "text.npy: not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file holds text); "
+        "expected an integer array [N] or [N, S]")
     np.savez(tmp_path / "z.npz", labels=labels)
     assert "z.npy: an .npz archive" in err("z.npy", raw=(tmp_path / "z.npz").read_bytes())
     # an .npy under another name is read as one (by its header), not as a CSV that is "not UTF-8"

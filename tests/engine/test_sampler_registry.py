@@ -74,18 +74,18 @@ def test_errors_keep_their_config_keys() -> None:
     ("m_per_class", 1, "data.iterations_per_epoch=100 divided by the number of ranks"),  # ranks unknown (dry run)
     ("random", 1, "data.iterations_per_epoch=100 divided by the number of ranks"),
     ("hierarchical", 2, "data.iterations_per_epoch=50"),  # a run of 2 ranks knows them
-    ("three_scale", 2, "data.iterations_per_epoch"),  # data.batch_size counts items there, not images
+    ("three_scale", 2, "data.iterations_per_epoch=50"),  # data.batch_size rows there too (m x scales per item)
 ])
 def test_pml_s_length_before_new_iter_as_a_sampler_option_names_its_equivalent(sampler, world, per) -> None:
     """It got the generic 'MPerClassSampler takes no option ...'; the Python sampler's message, in config keys."""
     with pytest.raises(ConfigError) as info:
         _make(f"data.sampler={sampler}", "data.batch_size=12", *(["data.m=2"] if sampler != "random" else []),
               "data.sampler_options={length_before_new_iter: 1200}", world=world)
-    batch = "images per batch" if sampler == "three_scale" else "data.batch_size"
     assert (info.value.key, info.value.message) == (
         "data.sampler_options.length_before_new_iter",
         "length_before_new_iter is pytorch-metric-learning's epoch length in indices; here the epoch is "
-        f"data.iterations_per_epoch batches per rank: give {per} (length_before_new_iter // {batch} // world_size)")
+        f"data.iterations_per_epoch batches per rank: give {per} (length_before_new_iter // data.batch_size // "
+        "world_size)")
 
 
 def test_a_dry_run_refuses_length_before_new_iter_in_one_line_on_its_key(capsys) -> None:

@@ -750,7 +750,7 @@ class RandomBatchSampler:
         return cls(len(labels), settings.batch_size, **settings.common(), **settings.options)
 
     @classmethod
-    def loss_chunks_for(cls, m: int, num_scales: int) -> Any:
+    def loss_chunks_for(cls, m: int, num_scales: int, options: Mapping[str, Any] | None = None) -> Any:
         return None
 
     def set_epoch(self, epoch: int) -> None:

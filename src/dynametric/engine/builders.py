@@ -404,10 +404,10 @@ def check_sampler_options(cls: Any, settings: SamplerSettings) -> None:
         if name == "length_before_new_iter":  # PML's epoch length in indices: say what it is here
             from dynametric.data.samplers import pml_length_message
 
-            rows = settings.batch_size if "batch_size" in params else None  # three_scale: items, not rows
-            raise ConfigError(pml_length_message(settings.options[name], rows, settings.world_size,
+            # data.batch_size is a batch's row count under every sampler (three_scale's items fill it)
+            raise ConfigError(pml_length_message(settings.options[name], settings.batch_size, settings.world_size,
                                                  option=SETTING_KEYS["iterations_per_epoch"],
-                                                 batch=SETTING_KEYS["batch_size"] if rows else "images per batch",
+                                                 batch=SETTING_KEYS["batch_size"],
                                                  ranks_known=settings.world_size > 1), key=key)  # dry run: 1
         setting = setting_of.get(name)
         if setting is not None:
@@ -1000,7 +1000,8 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
     (``uses_all_scales``: its ``scale_names``, :meth:`dynametric.losses.base.MetricLoss.loss_parts`)."""
     surrogate = surrogate or {}
     dims = head_dims(cfg, embedder)
-    chunks = sampler_class(cfg).loss_chunks_for(cfg.data.m, num_scales)  # the sampler's batch layout, if any
+    # the sampler's batch layout, if any (its options can change it: three_scale's ``scales``)
+    chunks = sampler_class(cfg).loss_chunks_for(cfg.data.m, num_scales, cfg.data.sampler_options)
     objectives = []
     for key, term, mcfg in cfg.loss_terms():
         if term.head not in dims:

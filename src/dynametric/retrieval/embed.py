@@ -47,6 +47,7 @@ from dynametric.utils.io import (
 from dynametric.utils.readers import (
     check_file,
     check_header_scale_names,
+    check_npy_header,
     check_npy_size,
     decode_utf8,
     integer_label,
@@ -690,23 +691,6 @@ def _stamp_mismatch(paths: Sequence[Path], metas: Sequence[dict[str, Any]], ref:
     return text
 
 
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-def check_npy_magic(path: Path) -> None:
-    """An ``.npy`` path must hold numpy's format (it starts with ``\\x93NUMPY``): a text file or anything else so
-    named is one line saying so, naming the file (numpy itself says "This file contains pickled (object) data")."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(len(_NPY_MAGIC))
-    except OSError:
-        return  # the reader's own error names it
-    if head and head != _NPY_MAGIC:  # an empty file: the reader says "file is empty"
-        text = head.isascii() and all(c.isprintable() or c.isspace() for c in head.decode("ascii"))
-        raise InputError(f"not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file "
-                         f"holds {'text' if text else 'other data'})", file=path)
-
-
 def load_job_labels(path: Path, rows: int, scales: int) -> np.ndarray:
     """An embed job's ``labels.npy``: ``[rows, scales]`` integers (rows = the job's items, columns = its scale
     names), read without unpickling; anything else is one line naming the file, its shape and dtype, and the
@@ -714,7 +698,7 @@ def load_job_labels(path: Path, rows: int, scales: int) -> np.ndarray:
     if path.is_dir():
         raise InputError("is a folder; expected the job's labels file", file=path)
     check_npy_size(path)
-    check_npy_magic(path)
+    check_npy_header(path)
     try:
         labels = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -977,7 +961,7 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
         from dynametric.utils.readers import load_embeddings
 
         if path.suffix.lower() == ".npy":
-            check_npy_magic(path)
+            check_npy_header(path)
         emb = load_embeddings(path)
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
@@ -985,7 +969,7 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     emb_file = path / "embeddings.npy"
     check_file(emb_file)
     check_npy_size(emb_file)
-    check_npy_magic(emb_file)
+    check_npy_header(emb_file)
     try:
         emb = np.load(emb_file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

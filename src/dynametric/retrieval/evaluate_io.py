@@ -22,8 +22,16 @@ import numpy as np
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.io import is_per_query_csv, is_results_json
-from dynametric.retrieval.embed import check_npy_magic, embed_folder_of, read_finished_job
-from dynametric.utils.readers import id_cell, load_embeddings, load_ids, load_labels, merged_ids, merged_ids_note
+from dynametric.retrieval.embed import embed_folder_of, read_finished_job
+from dynametric.utils.readers import (
+    check_npy_header,
+    id_cell,
+    load_embeddings,
+    load_ids,
+    load_labels,
+    merged_ids,
+    merged_ids_note,
+)
 
 __all__ = [
     "EvaluationFiles",
@@ -97,7 +105,7 @@ def read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: st
         meta = read_finished_job(folder)
         emb_file = folder / "embeddings.npy"
     if emb_file.suffix.lower() == ".npy" and emb_file.is_file():
-        check_npy_magic(emb_file)
+        check_npy_header(emb_file)
     emb = load_embeddings(emb_file)
     model = dict(meta.get("model") or {}) if meta is not None else None
     own = None if folder is None else folder / "labels.npy"

@@ -58,6 +58,45 @@ def check_npy_size(path: str | Path) -> None:
                          f"has {actual} bytes", file=path)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def check_npy_header(path: Path, expected: str | None = None) -> None:
+    """A file read as ``.npy`` must start with numpy's header (``\x93NUMPY``): an ``.npz`` archive, a text file or
+    anything else so named is one line saying which, naming the file (and ``expected`` when given), instead of
+    numpy's "This file contains pickled (object) data". An unreadable or empty file is left to the reader."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(NPY_MAGIC))
+    except OSError:
+        return
+    if not head or head == NPY_MAGIC:
+        return
+    tail = f"; expected {expected}" if expected else ""
+    if head.startswith(b"PK\x03\x04"):
+        raise InputError(f"an .npz archive (or another zip file), not one .npy array{tail}", file=path)
+    text = head.isascii() and all(c.isprintable() or c.isspace() for c in head.decode("ascii"))
+    raise InputError(f"not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file holds "
+                     f"{'text' if text else 'other data'}){tail}", file=path)
+
+
+def read_plain_npy(path: Path, expected: str) -> np.ndarray:
+    """Read one plain (never unpickled) ``.npy`` array; every failure is one line naming ``path`` and ``expected``
+    (e.g. ``"an integer array [N] or [N, S]"``): an ``.npz`` archive, a file without the NumPy header (a text file
+    named ``.npy``), an object array, a truncated file."""
+    check_npy_header(path, expected)
+    check_npy_size(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise InputError(f"an array of Python objects (would need unpickling); expected {expected}",
+                             file=path) from None
+        raise InputError(f"cannot read the .npy array ({first_sentence(exc)})", file=path) from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read the .npy array ({first_sentence(exc)})", file=path) from None
+
+
 def _pick_tensor(obj: Any, path: Path) -> Any:
     if isinstance(obj, dict):
         if "embeddings" in obj:
@@ -77,8 +116,7 @@ def load_embeddings(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            check_npy_size(path)
-            arr: Any = np.load(path, allow_pickle=False)
+            arr: Any = read_plain_npy(path, "a float array [N, D] of embeddings")
         elif suffix in (".pt", ".pth"):
             arr = _pick_tensor(torch.load(path, map_location="cpu", weights_only=True), path)
         elif suffix == ".safetensors":
@@ -211,23 +249,7 @@ def load_labels_npy(path: str | Path) -> np.ndarray:
     """Read ``[N]`` or ``[N, S]`` integer labels from an ``.npy`` file (never unpickled) as int64 ``[N, S]``."""
     path = Path(path)
     check_file(path)
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    if magic.startswith(b"PK\x03\x04"):
-        raise InputError("an .npz archive (or another zip file); expected one .npy integer array [N] or [N, S]",
-                         file=path)
-    if magic != b"\x93NUMPY":
-        raise InputError("not an .npy file (no NumPy header); expected an integer array [N] or [N, S]", file=path)
-    check_npy_size(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise InputError("an array of Python objects (would need unpickling); expected a plain integer "
-                             "array", file=path) from None
-        raise InputError(f"cannot read the .npy array ({first_sentence(exc)})", file=path) from None
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read the .npy array ({first_sentence(exc)})", file=path) from None
+    arr = read_plain_npy(path, "an integer array [N] or [N, S]")
     if arr.dtype.kind not in "iu":
         raise InputError(f"expected integer labels, got dtype {arr.dtype}", file=path)
     if arr.ndim not in (1, 2):
@@ -246,7 +268,7 @@ def _is_npy(path: Path) -> bool:
         return True
     try:
         with open(path, "rb") as fh:
-            return fh.read(6) == b"\x93NUMPY"
+            return fh.read(len(NPY_MAGIC)) == NPY_MAGIC
     except OSError:
         return False  # the CSV reader names the problem
 
