@@ -168,6 +168,12 @@ def part_metrics(part: str) -> list[str]:
     return ["recall@1", "r_precision", "map@r"] if part == "a" else ["recall@K", "r_precision", "map@r", "map", "asi"]
 
 
+def dynametric_metrics(args: argparse.Namespace) -> list[str]:
+    """The metrics the dynametric contenders compute: ``--metrics`` (comma-separated) when given, else the part's."""
+    given = getattr(args, "metrics", None)
+    return given.split(",") if given else part_metrics(args.part)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -199,7 +205,7 @@ def worker(args: argparse.Namespace) -> dict:
     elif args.contender in ("dynametric", "dynametric-avx2"):
         from dynametric.metrics import evaluate_embeddings
 
-        out = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels), metrics=part_metrics(args.part),
+        out = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(labels), metrics=dynametric_metrics(args),
                                   memory_budget_bytes=args.budget, device=args.device)
         result["values"] = out
     elif args.contender == "dynametric-cli":
@@ -248,7 +254,7 @@ def _cli_evaluate(x: np.ndarray, labels: np.ndarray, args: argparse.Namespace, r
         np.savetxt(lab, labels, fmt="%d", delimiter=",", header=",".join(f"s{i}" for i in range(labels.shape[1])),
                    comments="")
         cmd = [sys.executable, "-m", "dynametric", "evaluate", "--embeddings", emb, "--labels", lab, "--metrics",
-               *part_metrics(args.part), "--device", args.device or "cpu", "--json", out]
+               *dynametric_metrics(args), "--device", args.device or "cpu", "--json", out]
         if args.budget is not None:
             cmd += ["--memory-budget-mb", str(max(1, args.budget // 2**20))]
         t0 = time.perf_counter()
@@ -277,6 +283,9 @@ def main() -> int:
     p.add_argument("--skip-peer-b", action="store_true", help="do not run pytorch-metric-learning on part (b)")
     p.add_argument("--peer-query-splits", type=int, default=1,
                    help="run the peer in this many query slices (same work, ~1/splits of its peak memory)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metrics for the dynametric contenders instead of the part's (e.g. "
+                        "fnmr@fmr=1 to measure the verification metric's time and memory); the peer is unchanged")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--worker", nargs=3, metavar=("PART", "CONTENDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -302,6 +311,8 @@ def main() -> int:
                     cmd[2:2] = ["--budget", str(args.budget)]
                 if args.device is not None:
                     cmd[2:2] = ["--device", args.device]
+                if args.metrics:
+                    cmd[2:2] = ["--metrics", args.metrics]
                 env = dict(os.environ)
                 if contender == "dynametric-avx2":
                     env["NPY_DISABLE_CPU_FEATURES"] = numpy_avx512_features()

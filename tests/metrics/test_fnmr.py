@@ -94,3 +94,25 @@ def test_zero_embedding_is_at_sqrt2_under_cosine():
         out = evaluate_embeddings(q, np.array([0]), g, np.array([0, 1, 1]), metrics=["fnmr@fmr=0", "fnmr@fmr=100"],
                                   distance="cosine", ranking_engine=engine)["fine"]
         assert out["fnmr@fmr=0"] == 1.0 and out["fnmr@fmr=100"] == 0.0  # T at 100: the largest negative, 2
+
+
+@pytest.mark.parametrize("engine", ["cpu", "torch"])
+@pytest.mark.parametrize("case", ["euclidean", "cosine_cone"])
+def test_a_pair_and_its_mirror_get_the_same_distance(engine, case):
+    """Leave-one-out scores every pair twice, (i, j) and (j, i). Item 1 duplicates item 0 under another label, so the
+    positive pair (0, 2) is exactly as far as the negative (1, 2): at fmr 100 the threshold is that distance and both
+    directions of the positive count as ``d >= T`` (expected 1.0). The squared distance summed as
+    ``(-2<q, g> + ||g||^2) + ||q||^2`` rounded the two directions differently (0.5 in some draws; the cosine case is a
+    narrow cone, which is scored as centred Euclidean distances)."""
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        if case == "euclidean":
+            a, b = rng.standard_normal((2, 3)).astype(np.float32)
+            x, labels, distance = np.stack([a, a, b]), np.array([0, 1, 0]), "euclidean"
+        else:
+            a, b = (100 + 0.05 * rng.standard_normal((2, 4))).astype(np.float32)
+            x, labels, distance = np.stack([a, a, b]), np.array([0, 1, 0]), "cosine"
+        want = _reference(x.astype(np.float64), labels, x.astype(np.float64), labels, distance, [100], True)[100]
+        got = evaluate_embeddings(x, labels, metrics=["fnmr@fmr=100"], k_values=(), distance=distance,
+                                  ranking_engine=engine)["fine"]["fnmr@fmr=100"]
+        assert got == want == 1.0, (x.tolist(), got)

@@ -27,7 +27,12 @@ import torch
 from dynametric.metrics.engine import DEFAULT_MEMORY_BUDGET, SCORE_ROW_BLOCK, RankingProblem, _grid_product
 from dynametric.metrics.products import GalleryProducts
 
-_BYTES_PER_PAIR = 32  # scores, keys (int64), per-scale masks and selections
+_BYTES_PER_PAIR = 24
+"""Bytes per (query, gallery) pair a chunk holds at its peak: the float32 pair values, the int32 keys, the kept and
+one scale's class mask (bool), and an int32 bucket or one float64 distance per selected positive (measured on the
+CPU: about 20)."""
+
+_SPARE = 1 << 16  # the bincount bin that pairs not counted go to (keys hold 16 bits per pass)
 
 
 def parse_fmr(name: str) -> float | None:
@@ -41,10 +46,25 @@ def parse_fmr(name: str) -> float | None:
     return value
 
 
-def _pairs(problem: RankingProblem, device: torch.device, budget: int | None
-           ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
-    """Per chunk: ``(v, negatives per scale, positives per scale)``; ``v`` is float32 ``[C, Ng]``, increasing with the
-    distance (cosine: ``-cos``; euclidean: the squared distance), the masks leave out excluded pairs."""
+class _Chunk:
+    """One chunk of query rows against the gallery: ``v`` float32 ``[C, Ng]``, increasing with the distance
+    (cosine: ``-cos``; euclidean: the squared distance), the same bits for a pair and its mirror in leave-one-out;
+    ``keep`` the pairs that are not excluded. :meth:`same` / :meth:`differ` are one scale's positive / negative pairs,
+    built when asked (one bool mask per scale at a time, never all scales together)."""
+
+    def __init__(self, v: torch.Tensor, keep: torch.Tensor, ql: torch.Tensor, gl: torch.Tensor) -> None:
+        self.v, self.keep, self._ql, self._gl = v, keep, ql, gl
+
+    def same(self, s: int) -> torch.Tensor:
+        return torch.eq(self._gl[:, s].unsqueeze(0), self._ql[:, s].unsqueeze(1)).logical_and_(self.keep)
+
+    def differ(self, s: int) -> torch.Tensor:
+        return torch.ne(self._gl[:, s].unsqueeze(0), self._ql[:, s].unsqueeze(1)).logical_and_(self.keep)
+
+
+def _chunks(problem: RankingProblem, device: torch.device, budget: int | None) -> Iterator[_Chunk]:
+    """The problem's pairs, chunk by chunk: every chunk reuses one pair-value and one mask buffer, so no two chunks'
+    tensors are alive together."""
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
     rows = max(1, (DEFAULT_MEMORY_BUDGET if budget is None else int(budget)) // (_BYTES_PER_PAIR * ng + 64))
     if rows >= SCORE_ROW_BLOCK:
@@ -58,34 +78,41 @@ def _pairs(problem: RankingProblem, device: torch.device, budget: int | None
     id_q = None if problem.query_codes is None else problem.query_codes.to(device)
     id_g = None if problem.gallery_codes is None else problem.gallery_codes.to(device)
     buf = torch.empty((rows, ng), dtype=torch.float32, device=device)
+    keep_buf = torch.empty((rows, ng), dtype=torch.bool, device=device)
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
-        v = buf[:stop - start]
+        v, keep = buf[:stop - start], keep_buf[:stop - start]
         _grid_product(q, products, start, stop, v)
         if problem.distance == "cosine":
             torch.neg(v, out=v)
-        else:  # ||q||^2 + ||g||^2 - 2<q, g>, clamped at 0
-            v.mul_(-2.0).add_(sq_g.unsqueeze(0)).add_(sq_q[start:stop].unsqueeze(1)).clamp_(min=0.0)
+        else:  # (||q||^2 + ||g||^2) - 2<q, g>, clamped at 0: the sum first, so (i, j) and (j, i) round alike
+            v.mul_(-2.0).add_(sq_q[start:stop].unsqueeze(1) + sq_g.unsqueeze(0)).clamp_(min=0.0)
         v.add_(0.0)  # one zero
-        keep = torch.ones(v.shape, dtype=torch.bool, device=device)
+        if id_q is not None:
+            torch.ne(id_g.unsqueeze(0), id_q[start:stop].unsqueeze(1), out=keep)
+        else:
+            keep.fill_(True)
         if problem.leave_one_out:
             ar = torch.arange(stop - start, device=device)
             keep[ar, ar + start] = False
-        if id_q is not None:
-            keep &= id_g.unsqueeze(0) != id_q[start:stop].unsqueeze(1)
-        pos = [(gl[:, s].unsqueeze(0) == ql[start:stop, s].unsqueeze(1)) & keep for s in range(ql.shape[1])]
-        neg = [keep & ~p for p in pos]
-        yield v, neg, pos
+        yield _Chunk(v, keep, ql[start:stop], gl)
 
 
 def _keys(v: torch.Tensor) -> torch.Tensor:
-    """Order-preserving keys in ``[0, 2**32)`` (int64) of float32 values."""
+    """Order-preserving int32 keys of float32 values (signed order: the unsigned key is ``key + 2**31``, whose high
+    16 bits are ``(key >> 16) + 2**15`` and low 16 bits ``key & 0xFFFF``)."""
     i = v.view(torch.int32)
-    k = (i ^ ((i >> 31) & 0x7FFFFFFF)).to(torch.int64)
-    return k + 2**31
+    return (i >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(i)
+
+
+def _count(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``bincount`` of ``values`` (int32 in ``[0, 2**16)``) over the pairs of ``where``, the others sent to a spare
+    bin and dropped: no index list of the selected pairs is built."""
+    return torch.bincount(torch.where(where, values, _SPARE).view(-1), minlength=_SPARE + 1)[:_SPARE]
 
 
 def _from_key(key: int) -> float:
+    """The float32 value of the unsigned key ``key`` (``_keys(v) + 2**31``)."""
     k = key - 2**31
     i = k ^ ((k >> 31) & 0x7FFFFFFF)
     return float(np.array([i], dtype=np.int32).view(np.float32)[0])
@@ -109,11 +136,14 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
     hist = [torch.zeros(1 << 16, dtype=torch.int64, device=dev) for _ in range(num_scales)]
     num_pos = [0] * num_scales
     with torch.no_grad():
-        for v, neg, pos in _pairs(problem, dev, memory_budget_bytes):
-            hi = _keys(v) >> 16
+        for chunk in _chunks(problem, dev, memory_budget_bytes):
+            hi = _keys(chunk.v).bitwise_right_shift_(16).add_(1 << 15)
             for s in range(num_scales):
-                hist[s] += torch.bincount(hi[neg[s]], minlength=1 << 16)
-                num_pos[s] += int(pos[s].sum())
+                neg = chunk.differ(s)
+                hist[s] += _count(hi, neg)
+                del neg
+                num_pos[s] += int(chunk.same(s).sum())
+            del hi, chunk
         # which order statistics (0-based ranks among the sorted negatives) each scale needs
         wanted: list[dict[int, int]] = []  # per scale: rank -> its high-16-bit bucket
         plans: list[list[tuple[float, int, int, float]]] = []  # per scale: (p, rank k, rank k + 1, fraction)
@@ -138,15 +168,18 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
         buckets = [sorted(set(w.values())) for w in wanted]
         low = [{b: torch.zeros(1 << 16, dtype=torch.int64, device=dev) for b in bs} for bs in buckets]
         if any(buckets):
-            for v, neg, _pos in _pairs(problem, dev, memory_budget_bytes):
-                keys = _keys(v)
+            for chunk in _chunks(problem, dev, memory_budget_bytes):
+                keys = _keys(chunk.v)
+                hi = (keys >> 16).add_(1 << 15)
+                lo16 = keys.bitwise_and_(0xFFFF)
                 for s in range(num_scales):
                     if not buckets[s]:
                         continue
-                    ks = keys[neg[s]]
-                    his = ks >> 16
+                    neg = chunk.differ(s)
                     for b in buckets[s]:
-                        low[s][b] += torch.bincount(ks[his == b] & 0xFFFF, minlength=1 << 16)
+                        low[s][b] += _count(lo16, torch.eq(hi, b).logical_and_(neg))
+                    del neg
+                del keys, hi, lo16, chunk
         # per fmr: (p, T, the pair value v of T where T is one negative's own distance, else None). Where it is, the
         # positives are compared with it in the pair values themselves (d is increasing in v), so a positive whose
         # pair value equals that negative's counts as d >= T exactly (two float64 square roots of one value need not
@@ -165,14 +198,16 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
                                for p, k, k2, frac in plans[s]])
         above = [[0] * len(thresholds[s]) for s in range(num_scales)]
         if any(thresholds):
-            for v, _neg, pos in _pairs(problem, dev, memory_budget_bytes):
+            for chunk in _chunks(problem, dev, memory_budget_bytes):
                 for s in range(num_scales):
                     if not thresholds[s]:
                         continue
-                    vp = v[pos[s]]
+                    vp = torch.masked_select(chunk.v, chunk.same(s))  # the positives' values only
                     d = _distance(vp, cosine) if any(exact is None for _p, _t, exact in thresholds[s]) else None
                     for i, (_p, t, exact) in enumerate(thresholds[s]):
                         above[s][i] += int((vp >= exact).sum()) if exact is not None else int((d >= t).sum())
+                    del vp, d
+                del chunk
     out = []
     for s in range(num_scales):
         res = {f"fnmr@fmr={format(p, 'g')}": float("nan") for p in fmr_values}
