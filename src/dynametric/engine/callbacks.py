@@ -161,7 +161,8 @@ class ResumeState(Checkpoint):
     * On resume the sampler restarts at that epoch and batch; the RNG states are restored just before the
       first resumed training batch (after the data loader was created).
     * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch) and at the end of
-      every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint only.
+      every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint only, and
+      the step a run resumed at is not saved again (with gradient accumulation, inside an accumulation).
     * ``epoch_means`` (in every checkpoint): what the epoch means logged at the end of the epoch under way
       (``train/loss_epoch``, ``train/<term>`` and their parts: every per-batch ``self.log(..., on_epoch=True)`` of
       training) have accumulated so far, Lightning's sums and batch sizes (:func:`epoch_sums`). Lightning keeps
@@ -236,6 +237,10 @@ class ResumeState(Checkpoint):
         self.datamodule.request_resume(self.epoch, self.batches_done)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a resumed run's step was saved by the checkpoint it resumed from: with gradient accumulation its first
+        # batch (no optimizer step) saved it again, in the middle of an accumulation, whose gradient no checkpoint
+        # holds (a run killed after that resumed without the batches accumulated so far)
+        self._last_saved_step = trainer.global_step
         progress: Any = trainer.fit_loop.epoch_progress  # its trackers count processed epochs (typed as not)
         self._loop_counts = (progress.current.processed, progress.total.processed,
                              getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None))
