@@ -207,6 +207,24 @@ def test_resume_right_after_an_end_of_epoch_checkpoint_keeps_the_best_score(tmp_
     _assert_same_run(tmp_path, straight, resumed)
 
 
+@pytest.mark.parametrize(("crash", "max_epochs"), [
+    (7, 3),  # last.ckpt at the end of epoch 1 (step 6)
+    (11, 4),  # last.ckpt at step 10, epoch 3 after 2 of its batches
+])
+def test_a_resumed_run_with_gradient_accumulation_writes_no_checkpoint_inside_an_accumulation(tmp_path, crash,
+                                                                                              max_epochs):
+    # accumulate 2 (3 steps an epoch), last.ckpt every 2 steps, killed at the start of step `crash`, resumed and
+    # killed there again. The resumed process's first batch (no optimizer step) used to save the resumed step once
+    # more, in the middle of an accumulation: the run resumed from that lost the batch's gradient
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    straight, resumed, at_crash = _straight_and_resumed(tmp_path, crash, max_epochs=max_epochs, every=2, accumulate=2,
+                                                        crashes=2)
+    assert at_crash["global_step"] == crash - 1
+    assert load_checkpoint_file(tmp_path / "crashed" / "last.ckpt")["global_step"] == straight.global_step
+    _assert_same_run(tmp_path, straight, resumed)
+
+
 @pytest.mark.parametrize(("crash", "kwargs"), [
     (5, {}),  # right after the end of epoch 0
     (5, {"max_epochs": -1, "max_steps": 20}),  # the same trained to max_steps

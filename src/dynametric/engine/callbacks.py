@@ -1,5 +1,5 @@
-"""Callbacks: exact-resume state (sampler position + RNG), the ``last.ckpt`` writer, and the ``best.ckpt`` writer
-that keeps its best score when the run folder was copied or moved."""
+"""Callbacks: exact-resume state (sampler position, RNG, the epoch means logged so far), the ``last.ckpt`` writer,
+and the ``best.ckpt`` writer that keeps its best score when the run folder was copied or moved."""
 
 from __future__ import annotations
 
@@ -43,8 +43,117 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_REDUCTIONS = ("mean", "sum", "max", "min")
+_SYNC_OP = {"mean": "sum", "sum": "sum", "max": "max", "min": "min"}  # a mean's weighted sum and batch sizes add
+# hooks a resumed run calls again in the epoch it resumes into (or after it): what they log is not the batches'
+_ONCE_AN_EPOCH = ("on_train_start", "on_train_epoch_start", "on_train_epoch_end")
+
+
+def _reduction(metric: Any) -> str | None:
+    """``mean``, ``sum``, ``max`` or ``min``: how a logged tensor metric reduces its values over an epoch (``None``:
+    a torchmetrics ``Metric`` or another kind, which keeps its own state)."""
+    if not getattr(metric, "is_tensor", False):
+        return None
+    return next((name for name in _REDUCTIONS if getattr(metric.meta, f"is_{name}_reduction", False)), None)
+
+
+def _training_results(trainer: L.Trainer | None) -> dict[str, Any]:
+    """Lightning's collection of what the module and the callbacks logged during training (``self.log`` in the
+    training step and the training hooks), keyed ``"<hook>.<name>"``; empty outside ``fit``."""
+    loop = None if trainer is None else getattr(trainer.fit_loop, "epoch_loop", None)
+    results = getattr(loop, "_results", None)
+    return results if isinstance(results, dict) else {}
+
+
+def epoch_sums(trainer: L.Trainer | None) -> dict[str, dict[str, Any]]:
+    """The epoch-level training metrics (``on_epoch=True``) of the epoch under way, as Lightning accumulated them in
+    this process: ``{key: {"reduce", "value", "count" (``mean`` only), "synced"}}``, CPU tensors. ``value`` is the
+    batch-size-weighted sum (``mean``; its ``count`` the summed batch sizes), the sum, the maximum or the minimum of
+    the values logged this epoch; ``synced``: logged with ``sync_dist`` (reduced over the processes at the epoch
+    end). Reading a GPU tensor waits for the device: for checkpoints only."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, metric in _training_results(trainer).items():
+        reduce = _reduction(metric)
+        if reduce is None or metric.has_reset or not metric.meta.on_epoch or metric.meta.fx in _ONCE_AN_EPOCH:
+            continue  # not logged this epoch (reset at the last epoch end), not an epoch mean, or not per batch
+        entry = {"reduce": reduce, "value": metric.value.detach().cpu().clone(),
+                 "synced": bool(metric.meta.sync.should)}
+        if reduce == "mean":
+            entry["count"] = metric.cumulated_batch_size.detach().cpu().clone()
+        out[str(key)] = entry
+    return out
+
+
+def _global_sums(trainer: L.Trainer, sums: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``sums`` with the metrics logged with ``sync_dist`` reduced over the processes (the sums and batch sizes
+    added, the maxima / minima taken), as Lightning reduces them at the epoch end; the others stay this process's
+    own. A collective call: every process of the run calls it (each writes a checkpoint's state, rank 0 the file);
+    the keys are rank 0's, and a process that lacks one adds nothing to it."""
+    if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return sums
+    synced = [(k, e["reduce"]) for k, e in sorted(sums.items()) if e["synced"]]
+    synced = trainer.strategy.broadcast(synced, src=0)
+    device = trainer.strategy.root_device
+    out = dict(sums)
+    for op in ("sum", "max", "min"):
+        keys = [(k, r) for k, r in synced if _SYNC_OP[r] == op]
+        if not keys:
+            continue
+        identity = {"sum": 0.0, "max": -math.inf, "min": math.inf}[op]
+        flat: list[torch.Tensor] = []
+        for key, reduce in keys:
+            entry = sums.get(key)
+            ok = entry is not None and entry["reduce"] == reduce
+            flat.append(entry["value"] if ok else torch.tensor(identity))
+            if reduce == "mean":
+                flat.append(entry["count"] if ok else torch.tensor(0.0))
+        stacked = torch.stack([v.to(torch.float64).reshape(()) for v in flat]).to(device)
+        reduced = trainer.strategy.reduce(stacked, reduce_op=op).cpu()
+        i = 0
+        for key, reduce in keys:
+            entry = sums.get(key)
+            value = reduced[i]
+            i += 1
+            count = None
+            if reduce == "mean":
+                count = reduced[i]
+                i += 1
+            if entry is None or entry["reduce"] != reduce:
+                continue
+            out[key] = {**entry, "value": value.to(entry["value"].dtype)}
+            if count is not None:
+                out[key]["count"] = count.round().to(entry["count"].dtype)
+    return out
+
+
+def add_epoch_sums(trainer: L.Trainer, saved: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Adds ``saved`` (:func:`epoch_sums` of a checkpoint) into the metrics this process logged in the same epoch
+    (after their first update of the epoch); returns the entries whose metric it has not logged yet this epoch. An
+    entry whose metric reduces another way now is dropped. Device copies only: no host synchronisation."""
+    results = _training_results(trainer)
+    left: dict[str, dict[str, Any]] = {}
+    for key, entry in saved.items():
+        metric = results.get(key)
+        if metric is None or metric.has_reset:
+            left[key] = entry
+            continue
+        reduce = _reduction(metric)
+        if reduce != entry.get("reduce") or not metric.meta.on_epoch:
+            continue
+        value = entry["value"].to(device=metric.value.device, dtype=metric.value.dtype)
+        if reduce in ("mean", "sum"):
+            metric.value = metric.value + value
+        else:
+            metric.value = torch.maximum(metric.value, value) if reduce == "max" else torch.minimum(metric.value, value)
+        if reduce == "mean":
+            metric.cumulated_batch_size = metric.cumulated_batch_size + entry["count"].to(
+                device=metric.cumulated_batch_size.device, dtype=metric.cumulated_batch_size.dtype)
+        metric._computed = None  # no cached epoch value computed before the sums were added
+    return left
+
+
 class ResumeState(Checkpoint):
-    """Records the sampler position and RNG in every checkpoint and writes ``last.ckpt``.
+    """Records the sampler position, the RNG and the epoch means so far in every checkpoint and writes ``last.ckpt``.
 
     * ``state_dict()`` (stored in every checkpoint): the epoch of the batches being drawn, how many of them
       were trained on, and the RNG states the run continues with (at save time; in a resumed run that has not
@@ -52,7 +161,16 @@ class ResumeState(Checkpoint):
     * On resume the sampler restarts at that epoch and batch; the RNG states are restored just before the
       first resumed training batch (after the data loader was created).
     * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch) and at the end of
-      every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint only.
+      every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint only, and
+      the step a run resumed at is not saved again (with gradient accumulation, inside an accumulation).
+    * ``epoch_means`` (in every checkpoint): what the epoch means logged at the end of the epoch under way
+      (``train/loss_epoch``, ``train/<term>`` and their parts: every per-batch ``self.log(..., on_epoch=True)`` of
+      training) have accumulated so far, Lightning's sums and batch sizes (:func:`epoch_sums`). Lightning keeps
+      them in the process only, so a run resumed mid-epoch logged the means of the batches it trained itself. A run
+      that resumes into the same epoch, right after the batches the checkpoint counted, adds them into its own once
+      its first batch has logged them (:func:`add_epoch_sums`, once per metric); an end-of-epoch checkpoint's are
+      never added (the resumed run starts a new epoch). A checkpoint without them (an earlier version) resumes with
+      the means of the resumed batches only.
 
     The end-of-epoch ``last.ckpt`` holds the epoch as every other part of the run recorded it: Lightning calls the
     ``on_train_epoch_end`` of its ``Checkpoint`` callbacks after those of all other callbacks and the module's, in
@@ -64,7 +182,10 @@ class ResumeState(Checkpoint):
     takes it after every callback's hook).
 
     Under DDP the state of rank 0 is stored (the batch position is the same on every rank; the RNG of the
-    other ranks restarts from rank 0's, which only matters for random choices that differ between ranks).
+    other ranks restarts from rank 0's, which only matters for random choices that differ between ranks). The
+    epoch means are those the loggers show, rank 0's: the metrics logged with ``sync_dist`` (``train/loss``) are
+    reduced over the processes as the checkpoint is written and restored into rank 0 only (Lightning reduces them
+    again at the epoch end), the others (the loss terms) are rank 0's own.
 
     Every checkpoint also records ``elapsed_s``: the wall time the run has spent so far, from this callback's
     creation in each process (the trainer's construction) to the checkpoint, summed over the processes of a resumed
@@ -82,22 +203,44 @@ class ResumeState(Checkpoint):
         self._loop_counts: tuple[int, int, Any] | None = None
         self._created = time.monotonic()
         self.restored_elapsed_s = 0.0
+        self._trainer: L.Trainer | None = None
+        self._pending_means: dict[str, Any] | None = None  # restored, until the first resumed batch
+        self._means_left: dict[str, dict[str, Any]] = {}  # restored, for metrics not logged yet this epoch
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
         # restored RNG states not yet in use (a checkpoint written by a resumed run before its first batch, e.g. by
         # Lightning repeating the end of the resumed epoch): the ones the run continues with, not today's
         rng = self._pending_rng if self._pending_rng is not None else collect_rng_state()
         return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng,
-                "elapsed_s": self.restored_elapsed_s + (time.monotonic() - self._created)}
+                "elapsed_s": self.restored_elapsed_s + (time.monotonic() - self._created),
+                "epoch_means": self._means_state()}
+
+    def _means_state(self) -> dict[str, Any]:
+        """The ``epoch_means`` of a checkpoint: the position they were accumulated to and :func:`epoch_sums` (for
+        ``sync_dist`` metrics over all processes). Before the first resumed batch, the restored ones."""
+        if self._pending_means is not None:
+            return self._pending_means
+        sums = {} if self._trainer is None else _global_sums(self._trainer, epoch_sums(self._trainer))
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "metrics": {**self._means_left, **sums}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch = int(state_dict["epoch"])
         self.batches_done = int(state_dict["batches_done"])
         self.restored_elapsed_s = float(state_dict.get("elapsed_s", 0.0))  # 0: a checkpoint of an older version
         self._pending_rng = state_dict.get("rng")
+        means = state_dict.get("epoch_means")  # None: a checkpoint of an earlier version
+        self._pending_means = means if isinstance(means, dict) and means.get("metrics") else None
+        self._means_left = {}
         self.datamodule.request_resume(self.epoch, self.batches_done)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a resumed run's step was saved by the checkpoint it resumed from: with gradient accumulation its first
+        # batch (no optimizer step) saved it again, in the middle of an accumulation, whose gradient no checkpoint
+        # holds (a run killed after that resumed without the batches accumulated so far)
+        self._last_saved_step = trainer.global_step
         progress: Any = trainer.fit_loop.epoch_progress  # its trackers count processed epochs (typed as not)
         self._loop_counts = (progress.current.processed, progress.total.processed,
                              getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None))
@@ -129,6 +272,7 @@ class ResumeState(Checkpoint):
         if sampler is not None:
             self.epoch = sampler.current_epoch
         self.batches_done = batch_idx + 1
+        self._restore_means(trainer)
         step = trainer.global_step
         # not after the epoch's last batch: the end-of-epoch checkpoint follows its validation, and Lightning resumes
         # a checkpoint written there as a finished epoch (a run killed while validating never validated that epoch)
@@ -136,9 +280,24 @@ class ResumeState(Checkpoint):
                 and step != self._last_saved_step and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
             self._save(trainer)
 
+    def _restore_means(self, trainer: L.Trainer) -> None:
+        """After a batch: at the first resumed one, the checkpoint's epoch sums are added when it continues the
+        epoch they were accumulated in, right after them (on rank 0 only under DDP); a metric this process has
+        not logged yet is added after a later batch of that epoch."""
+        pending, self._pending_means = self._pending_means, None
+        if pending is not None:
+            same = (int(pending.get("epoch", -1)), int(pending.get("batches_done", -1)) + 1) == \
+                (self.epoch, self.batches_done)
+            self._means_left = dict(pending["metrics"]) if same and trainer.is_global_zero else {}
+        if self._means_left:
+            self._means_left = add_epoch_sums(trainer, self._means_left)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending_rng is not None:  # no batch trained since the resume: Lightning repeats an epoch end
             self._undo_repeated_epoch_end(trainer)
+        if self._means_left:  # e.g. logged first by the module's on_train_batch_end, which runs after this one's
+            add_epoch_sums(trainer, self._means_left)
+        self._means_left = {}  # a metric the resumed part of the epoch never logged: its sums end with the epoch
         self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:
