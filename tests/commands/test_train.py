@@ -60,6 +60,19 @@ def test_run_folder_and_metrics_shape(finished_run):
     assert html.count("data:image/png;base64,") >= 5 and "Multi-scale retrieval" in html
     assert "<td>None</td>" not in html  # every table cell holds a value (counts are not listed as metrics)
     assert "Per category" not in html and "by_category" not in metrics["test"]  # no query categories: no section
+    # the report says which weights were tested and how they were chosen, and what produced the numbers
+    sel = info["selected"]
+    best = metrics["validation"][sel["epoch"]]["fine"]["map@r"]
+    assert f"<th>best.ckpt (epoch {sel['epoch']}, step {sel['global_step']})</th>" in html
+    assert f"<li>selected on the validation split by val/fine/map@r = {best:.4f} (epoch {sel['epoch']}&#x27;s " \
+           "round)</li>" in html
+    env = info["environment"]
+    assert env["versions"]["torch"] == torch.__version__ and env["accelerator"] == "cpu" and env["started_utc"]
+    assert f"torch {torch.__version__}" in html and "<li>seed: " in html
+    for scale in scales:
+        q = metrics["test"][scale]
+        assert (f"<td>{scale}</td><td colspan='4'>test queries: num_queries {q['num_queries']}, excluded_queries "
+                f"{q['excluded_queries']}") in html
     # the default csv logger got the per-scale metrics of every stage (the same values as metrics.json)
     import csv
 
@@ -214,10 +227,14 @@ def test_final_weights_are_tested_for_the_true_reason(tmp_path, capsys, override
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
-                 *overrides]) == 0
+    report = "run.report=" + ("true" if reason == "no validation split" else "false")
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", report, *overrides]) == 0
     captured = capsys.readouterr()
     assert f"testing final weights ({reason}) on the test split ..." in captured.out
+    if reason == "no validation split":  # the report's trained column said "trained (best ckpt)"
+        html = (out / "report.html").read_text()
+        assert "<th>final weights</th>" in html and "best ckpt" not in html
+        assert f"<li>why: {reason}</li>" in html
     info = json.loads((out / "run_info.json").read_text())
     assert info["selected"] == {"checkpoint": "final weights", "reason": reason}
     assert not (out / "best.ckpt").exists()
@@ -723,3 +740,26 @@ def test_patience_and_a_plateau_schedule_without_validation_are_warning_lines(tm
     assert "warning: optim.scheduler.name=plateau in a run without validation data: the learning rate never " \
            "changes" in text
     assert not [w for w in caught if "plateau" in str(w.message) or "patience" in str(w.message)]  # was: raw
+
+
+def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
+    """trainer.val_every 2 with max_epochs 3 validated after epoch 2 only: epoch 3 was trained, never validated and
+    could never be best.ckpt, without a word (the run prints the same note as the dry run)."""
+    from dynametric.config import load_config
+    from dynametric.pipeline.run import validation_note
+
+    assert main(["train", "--dry-run", "trainer.max_epochs=3", "trainer.val_every=2"]) == 0
+    assert ("note: trainer.val_every 2 does not divide trainer.max_epochs 3: validation runs after epoch 2 only, so "
+            "the last 1 epoch(s) are trained but never validated and best.ckpt is never one of them; set "
+            "trainer.val_every to a divisor of 3 to validate the final weights") in capsys.readouterr().out
+    assert main(["train", "--dry-run", "trainer.max_epochs=4", "trainer.val_every=2"]) == 0
+    assert "does not divide" not in capsys.readouterr().out
+
+    def note(epochs: int, every: int, val: bool = True) -> str | None:
+        cfg = load_config(None, [f"trainer.max_epochs={epochs}", f"trainer.val_every={every}"])
+        return validation_note(cfg, val)
+
+    assert "after epochs 3, 6, ... 9 only, so the last 1 epoch(s)" in (note(10, 3) or "")
+    assert "runs after epoch 4 only, so the last 3 epoch(s)" in (note(7, 4) or "")
+    assert "runs never (fewer epochs than trainer.val_every), so the last 2 epoch(s)" in (note(2, 5) or "")
+    assert note(10, 5) is None and note(10, 1) is None and note(7, 2, val=False) is None

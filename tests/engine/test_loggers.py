@@ -44,6 +44,12 @@ def test_tensorboard_gets_scalars_per_scale_and_report_images(tmp_path, capsys):
     assert json.loads((out / "run_info.json").read_text())["logged_figures"] == len(images)
     png = acc.Images("report/training_curves")[-1].encoded_image_string
     assert Image.open(io.BytesIO(png)).size[0] > 100
+    # the resolved config is the run's hyperparameters (the loggers got an empty set)
+    import yaml
+
+    hparams = yaml.safe_load((out / "tensorboard" / "hparams.yaml").read_text())
+    assert hparams["trainer"]["max_epochs"] == 1 and hparams["model"]["embedding_dim"] == 16
+    assert hparams["run"]["logger"] == "tensorboard"
 
 
 def test_missing_extra_is_an_error_before_any_work(monkeypatch, tmp_path, capsys):
@@ -116,8 +122,35 @@ def test_logger_options_reach_the_logger_and_bad_ones_are_config_errors(tmp_path
 
     csv = loggers.build_logger("csv", tmp_path, {"flush_logs_every_n_steps": 5})
     assert csv.log_dir == str(tmp_path / "logs")
-    with pytest.raises(ConfigError, match="bad option for the csv logger"):
-        loggers.build_logger("csv", tmp_path, {"nonsense": 1})
+    with pytest.raises(ConfigError) as info:
+        loggers.build_logger("csv", tmp_path, {"prefx": 1})
+    assert (info.value.key, info.value.message) == (
+        "run.logger_options.prefx", "the csv logger takes no option 'prefx'; did you mean 'prefix'? it takes "
+        "flush_logs_every_n_steps, prefix")
+    with pytest.raises(ConfigError) as info:
+        loggers.build_logger("csv", tmp_path, {"version": "v2"})
+    assert (info.value.key, info.value.message) == (
+        "run.logger_options.version", "version is set by dynametric (the csv logger writes under the run folder); "
+        "remove it")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed")
+def test_an_unknown_tensorboard_option_is_refused_before_any_work(tmp_path, capsys):
+    """TensorBoard's logger passes unknown keys on to the SummaryWriter it makes at its first write: a run with
+    `run.logger_options={bogus: 1}` evaluated the untrained model, then failed with two tracebacks and a message
+    about logging a float; the dry run accepted it (the csv logger's options too)."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "run.logger=tensorboard", "run.logger_options={flush_sec: 5}", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith(
+        "key 'run.logger_options.flush_sec': the tensorboard logger takes no option 'flush_sec'; did you mean "
+        "'flush_secs'? it takes comment, default_hp_metric, filename_suffix, flush_secs, log_graph, max_queue, "
+        "prefix, purge_step, sub_dir"), err
+    assert not (out / "config.yaml").exists() and not (out / "metrics.json").exists()
+    for logger, option in (("tensorboard", "bogus"), ("csv", "nonsense")):
+        assert main(["train", "--dry-run", f"run.logger={logger}", f"run.logger_options={{{option}: 1}}"]) == 2
+        assert f"the {logger} logger takes no option '{option}'" in capsys.readouterr().err
+    assert main(["train", "--dry-run", "run.logger=tensorboard", "run.logger_options={flush_secs: 5}"]) == 0
 
 
 def test_the_csv_logger_keeps_the_rows_already_in_the_file(tmp_path):

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import csv
+import difflib
 import html
 import importlib.util
+import inspect
 import io
 import re
 from collections.abc import Mapping
@@ -50,9 +52,74 @@ def check_logger_available(name: str) -> None:
                           "(or set run.logger=csv)", key="run.logger")
 
 
-def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | None = None) -> Any:
-    """The Lightning logger for ``run.logger``, writing under ``run_dir`` (CSV: ``run_dir/logs/metrics.csv``)."""
+_SET_BY_RUN = {"csv": ("save_dir", "name", "version"), "tensorboard": ("save_dir", "name", "version", "log_dir"),
+               "wandb": ("save_dir",), "mlflow": ()}
+"""Logger arguments the run sets itself (the logger writes under the run folder)."""
+
+
+def _logger_class(name: str) -> Any:
+    from lightning.pytorch import loggers
+
+    return {"csv": KeepingCSVLogger, "tensorboard": loggers.TensorBoardLogger, "wandb": loggers.WandbLogger,
+            "mlflow": loggers.MLFlowLogger}[name]
+
+
+def _forwarded_to(name: str) -> Any:
+    """What the logger passes its ``**kwargs`` to (TensorBoard: the ``SummaryWriter`` it makes at its first write;
+    Weights & Biases: ``wandb.init``), or None when that cannot be imported here."""
+    modules = {"tensorboard": (("torch.utils.tensorboard", "SummaryWriter"), ("tensorboardX", "SummaryWriter")),
+               "wandb": (("wandb", "init"),)}.get(name, ())
+    for module, attr in modules:
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except ImportError:
+            continue
+        return target.__init__ if inspect.isclass(target) else target
+    return None
+
+
+def logger_arguments(name: str) -> list[str] | None:
+    """The ``run.logger_options`` keys ``run.logger: name`` accepts (the Lightning logger's arguments and, where it
+    forwards the rest, those of what it forwards them to), or None when they cannot be listed (a forwarded target
+    that takes any keyword)."""
+    names: list[str] = []
+    for fn in (_logger_class(name).__init__, _forwarded_to(name)):
+        if fn is None:
+            continue
+        for arg, param in inspect.signature(fn).parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                if fn is not _logger_class(name).__init__:
+                    return None  # the target takes any keyword
+                if _forwarded_to(name) is None:
+                    return None  # forwarded somewhere we cannot inspect
+                continue
+            if arg != "self" and param.kind is not param.VAR_POSITIONAL and arg not in _SET_BY_RUN[name]:
+                names.append(arg)
+    return sorted(set(names))
+
+
+def check_logger_options(name: str, options: Mapping[str, Any] | None) -> None:
+    """A :class:`ConfigError` keyed ``run.logger_options.<key>`` for a key the logger would refuse or the run sets
+    itself, before anything is written: TensorBoard's logger passes unknown keys on to its ``SummaryWriter``, made
+    only at the first write (a run then failed after its untrained evaluation). The values are the logger's to
+    check."""
     check_logger_available(name)
+    accepted = logger_arguments(name)
+    for key in options or {}:
+        if key in _SET_BY_RUN[name]:
+            raise ConfigError(f"{key} is set by dynametric (the {name} logger writes under the run folder); remove "
+                              "it", key=f"run.logger_options.{key}")
+        if accepted is not None and key not in accepted:
+            near = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"the {name} logger takes no option {key!r}; {hint}it takes {', '.join(accepted)}",
+                              key=f"run.logger_options.{key}")
+
+
+def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | None = None) -> Any:
+    """The Lightning logger for ``run.logger``, writing under ``run_dir`` (CSV: ``run_dir/logs/metrics.csv``);
+    ``options`` checked by :func:`check_logger_options`."""
+    check_logger_options(name, options)
     run_dir = Path(run_dir)
     opts = dict(options or {})
     try:

@@ -58,11 +58,26 @@ _COUNT_KEYS = ("num_queries", "excluded_queries", "empty_queries", "kmeans_seed"
 """Per-scale bookkeeping in an evaluation result, not metrics (the ``mean`` block does not have them)."""
 
 
-def metrics_table(metrics: dict[str, Any], scale_names: Sequence[str]) -> str:
+def tested_weights(selected: Mapping[str, Any] | None) -> str:
+    """What the test evaluated, from ``run_info.json``'s ``selected``: ``best.ckpt (epoch E, step S)`` or
+    ``final weights`` (``trained`` when not known)."""
+    if not selected:
+        return "trained"
+    if selected.get("checkpoint") == "best.ckpt":
+        return f"best.ckpt (epoch {selected.get('epoch')}, step {selected.get('global_step')})"
+    return str(selected.get("checkpoint", "trained"))
+
+
+def metrics_table(metrics: dict[str, Any], scale_names: Sequence[str],
+                  selected: Mapping[str, Any] | None = None) -> str:
+    """Untrained against trained test metrics per scale; the trained column names the weights tested
+    (:func:`tested_weights`), and a last row per scale gives its query counts (queries with a relevant item,
+    queries excluded or without one), which the metrics are means over."""
     test, untrained = metrics.get("test", {}), metrics.get("untrained", {})
     names = [m for m in (test.get(scale_names[0]) or untrained.get(scale_names[0]) or {})
              if m not in _COUNT_KEYS]
-    rows = ["<tr><th>scale</th><th>metric</th><th>untrained</th><th>trained (best ckpt)</th><th>gain</th></tr>"]
+    trained = html.escape(tested_weights(selected))
+    rows = [f"<tr><th>scale</th><th>metric</th><th>untrained</th><th>{trained}</th><th>gain</th></tr>"]
     for scale in [*scale_names, "mean"]:
         for m in names:
             u = untrained.get(scale, {}).get(m)
@@ -70,7 +85,39 @@ def metrics_table(metrics: dict[str, Any], scale_names: Sequence[str]) -> str:
             gain = t - u if isinstance(u, float) and isinstance(t, float) else ""
             rows.append(f"<tr><td>{html.escape(scale)}</td><td>{html.escape(m)}</td><td>{_fmt(u)}</td>"
                         f"<td>{_fmt(t)}</td><td>{_fmt(gain)}</td></tr>")
+        counts = {k: test.get(scale, {}).get(k) for k in ("num_queries", "excluded_queries", "empty_queries")}
+        if scale != "mean" and any(v is not None for v in counts.values()):
+            text = ", ".join(f"{k} {_fmt(v)}" for k, v in counts.items() if v is not None)
+            rows.append(f"<tr class='counts'><td>{html.escape(scale)}</td><td colspan='4'>test queries: "
+                        f"{html.escape(text)}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def run_section(run: Mapping[str, Any] | None, monitor: str, seed: int,
+                validation: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The "Run" section: the weights the test evaluated and why (the validation round and monitored value behind
+    ``best.ckpt``, or the reason for the final weights), the seed, and the software and machine
+    (``run_info.json``'s ``selected``, ``environment``)."""
+    run = run or {}
+    selected = run.get("selected") or {}
+    lines = [f"tested: {tested_weights(selected)}"]
+    if selected.get("checkpoint") == "best.ckpt":
+        epoch = selected.get("epoch")
+        chosen = next((r for r in validation if r.get("epoch") == epoch), None)
+        scale, _, metric = monitor.partition("/")
+        value = None if chosen is None else chosen.get(scale, {}).get(metric)
+        lines.append(f"selected on the validation split by val/{monitor}" +
+                     (f" = {_fmt(value)} (epoch {epoch}'s round)" if value is not None else ""))
+    elif selected.get("reason"):
+        lines.append(f"why: {selected['reason']}")
+    lines.append(f"seed: {seed}")
+    env = run.get("environment") or {}
+    if env:
+        lines.append("software: " + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items()))
+        lines.append(f"machine: {env.get('host', '?')}, {env.get('platform', '?')}; accelerator "
+                     f"{env.get('accelerator', '?')}, {run.get('processes', '?')} process(es); started "
+                     f"{env.get('started_utc', '?')}")
+    return "<h2>Run</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
 
 
 def _is_value(v: Any) -> bool:
@@ -345,11 +392,14 @@ def write_report(path: str | Path, *, metrics: dict[str, Any], loss_history: Seq
                  scale_names: Sequence[str], config_yaml: str, emb: torch.Tensor | None = None,
                  labels: torch.Tensor | None = None, dataset: Any = None, distance: str = "cosine",
                  monitor: str = "fine/map@r", seed: int = 0, title: str = "dynametric run",
-                 record: Mapping[str, Any] | None = None) -> None:
+                 record: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None) -> None:
     """Write the HTML report atomically. ``record``: the training module's record (``run_info.json``'s entries of
-    :meth:`~dynametric.engine.module.MetricLearningModule.run_record`), shown as a section when not empty."""
+    :meth:`~dynametric.engine.module.MetricLearningModule.run_record`), shown as a section when not empty;
+    ``run``: ``run_info.json``'s entries so far (the selected weights, the environment: :func:`run_section`)."""
+    selected = (run or {}).get("selected")
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head>"
-             f"<body><h1>{html.escape(title)}</h1>", "<h2>Test metrics</h2>", metrics_table(metrics, scale_names)]
+             f"<body><h1>{html.escape(title)}</h1>", run_section(run, monitor, seed, metrics.get("validation") or ()),
+             "<h2>Test metrics</h2>", metrics_table(metrics, scale_names, selected)]
     by_category = metrics.get("test", {}).get("by_category")
     if by_category:
         test = metrics["test"]

@@ -550,6 +550,21 @@ def batchnorm_note(cfg: Config, embedder: torch.nn.Module, processes: int) -> st
             "the global batch; trainer.sync_batchnorm: true (GPUs) or model.freeze_bn: true makes it so")
 
 
+def validation_note(cfg: Config, has_validation: bool) -> str | None:
+    """A ``note:`` line when ``trainer.val_every`` does not divide ``trainer.max_epochs``: validation runs after
+    every ``val_every``-th epoch only, so the last epochs are trained but never validated, and ``best.ckpt`` can
+    never be one of them; ``None`` otherwise (or without validation data)."""
+    every, epochs = int(cfg.trainer.val_every), int(cfg.trainer.max_epochs)
+    if not has_validation or every <= 1 or epochs % every == 0:
+        return None
+    last = epochs - epochs % every  # 1-based: the last validated epoch (0: none)
+    rounds = (f"after epochs {every}, {2 * every}, ... {last} only" if last > every else
+              f"after epoch {every} only" if last else "never (fewer epochs than trainer.val_every)")
+    return (f"note: trainer.val_every {every} does not divide trainer.max_epochs {epochs}: validation runs {rounds}, "
+            f"so the last {epochs - last} epoch(s) are trained but never validated and best.ckpt is never one of "
+            f"them; set trainer.val_every to a divisor of {epochs} to validate the final weights")
+
+
 def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) -> None:
     """Refuse an evaluation split with fewer items than the run's processes: each process embeds a contiguous shard
     of it (:func:`~dynametric.engine.data.shard_range`), and a process with none has nothing to take part in the
@@ -726,6 +741,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     bn_note = batchnorm_note(cfg, comps.embedder, world)
     if bn_note is not None:
         log(bn_note)
+    val_note = validation_note(cfg, datasets.val is not None)
+    if val_note is not None:
+        log(val_note)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     if resumed_weights is not None:
         check_resume_weights(module, resumed_weights, last)
@@ -736,6 +754,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     warn = functools.partial(_warning_line, log)
     trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
                             callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)
+    # the resolved config as the run's hyperparameters (TensorBoard's hparams, W&B's config, MLflow's params, the
+    # CSV logger's logs/hparams.yaml): the module saves none, so the loggers had an empty set to compare runs by
+    exp_logger.log_hyperparams(module.run_config)
     if datasets.val is None and module.optim_settings.scheduler == "plateau":
         warn("optim.scheduler.name=plateau in a run without validation data: the learning rate never changes "
              "(the schedule steps on the validation trainer.monitor)")
@@ -747,6 +768,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
         "test_images": len(datasets.test) if datasets.test is not None else None,
         "validation_source": datasets.val_source, "scale_names": comps.scale_names, "eval_head": module.eval_head,
+        "environment": run_environment(plan.accelerator),
     }
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
@@ -862,7 +884,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                          scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
                          dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
                          seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
-                         record=record)
+                         record=record, run=info)
             info["logged_figures"] = log_figures(exp_logger, report_figures(
                 (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
         info["logger"] = cfg.run.logger
@@ -872,6 +894,27 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads), settings.monitor, cfg.run.report)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
+
+
+def run_environment(accelerator: str) -> dict[str, Any]:
+    """What produced a run's numbers, for ``run_info.json`` and the report: the versions of dynametric, Python,
+    torch, Lightning, numpy and timm, the host name and platform, the accelerator and the start time (UTC,
+    ISO 8601; a resumed run records its own start)."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib import metadata
+
+    import dynametric
+
+    versions: dict[str, str | None] = {"dynametric": dynametric.__version__, "python": platform.python_version(),
+                                       "torch": torch.__version__}
+    for dist in ("lightning", "numpy", "timm"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"versions": versions, "host": platform.node(), "platform": platform.platform(),
+            "accelerator": accelerator, "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _warning_line(log: Callable[[str], None], message: str) -> None:
@@ -953,7 +996,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     import dataclasses
 
     from dynametric.config import config_to_yaml
-    from dynametric.engine.loggers import check_logger_available
+    from dynametric.engine.loggers import check_logger_options
 
     shown = cfg
     for note in config_notes(cfg):  # options the layering dropped (a name changed alone), as the run says them
@@ -990,7 +1033,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     _relay(caught, log)
     if datasets is not None:
         check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved)
-    check_logger_available(cfg.run.logger)  # a missing extra: refused where a real run's build_logger refuses it
+    # a missing extra or an option the logger does not take: refused where a real run's build_logger refuses it
+    check_logger_options(cfg.run.logger, cfg.run.logger_options)
     optimizer = comps.module.configure_optimizers()
     opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     log("# resolved configuration")
@@ -1018,6 +1062,10 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     bn_note = batchnorm_note(cfg, comps.embedder, world)
     if bn_note is not None:
         log(bn_note)
+    # the datasets not built (a dry run without data): validation taken as there, as it usually is
+    val_note = validation_note(cfg, datasets is None or datasets.val is not None)
+    if val_note is not None:
+        log(val_note)
     loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
