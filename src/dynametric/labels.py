@@ -66,12 +66,25 @@ def default_scale_names(num_scales: int) -> list[str]:
     return [f"scale{i}" for i in range(num_scales)]
 
 
+RESERVED_SCALE_NAMES: dict[str, str] = {"mean": "the mean over the scales",
+                                         "by_category": "the per-category results",
+                                         "protocol": "what the evaluation protocol excluded"}
+"""Keys an evaluation result holds beside its scales, with what each holds: a scale so named would be overwritten by
+them (in ``metrics.json``) and left out of the loggers."""
+
+
+def reserved_name_error(name: str, names: Sequence[object]) -> str:
+    """The message refusing the scale name ``name`` (a key of :data:`RESERVED_SCALE_NAMES`) among ``names``."""
+    return (f"{name!r} cannot be a scale name (an evaluation reports {RESERVED_SCALE_NAMES[name]} under it), got "
+            f"{[str(n) for n in names]}")
+
+
 def check_scale_names(names: Sequence[object], *, key: str = "scale_names",
-                      reserved: Sequence[str] = ("mean",)) -> tuple[str, ...]:
-    """``names`` as a tuple of scale names, finest first: non-empty strings, each once, none of them ``mean`` (an
-    evaluation reports the mean over the scales under that name; ``reserved=()`` allows it); else one
-    :class:`InputError` keyed ``key`` naming the first fault. A repeated name would merge two scales' results (and
-    per-scale loss parts) into one entry."""
+                      reserved: Sequence[str] = tuple(RESERVED_SCALE_NAMES)) -> tuple[str, ...]:
+    """``names`` as a tuple of scale names, finest first: non-empty strings, each once, none of them
+    :data:`RESERVED_SCALE_NAMES` (``mean``, ``by_category``, ``protocol``: keys of an evaluation result;
+    ``reserved=()`` allows them); else one :class:`InputError` keyed ``key`` naming the first fault. A repeated name
+    would merge two scales' results (and per-scale loss parts) into one entry."""
     out = tuple(names)
     bad = [n for n in out if not isinstance(n, str) or not n]
     if bad:
@@ -80,9 +93,9 @@ def check_scale_names(names: Sequence[object], *, key: str = "scale_names",
     if repeated:
         raise InputError(f"scale names must be distinct (one per label column), got {list(out)}: "
                          f"{', '.join(map(repr, repeated))} repeats", key=key)
-    if "mean" in out and "mean" in reserved:
-        raise InputError(f"'mean' cannot be a scale name (an evaluation reports the mean over the scales under it), "
-                         f"got {list(out)}", key=key)
+    for name in reserved:
+        if name in out:
+            raise InputError(reserved_name_error(name, out), key=key)
     return tuple(str(n) for n in out)
 
 

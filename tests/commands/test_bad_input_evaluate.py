@@ -58,6 +58,8 @@ def test_a_labels_header_that_names_no_scales_is_an_error_at_line_1(tmp_path, em
     for header, message in (
             ("fine,mean", "a scale column cannot be named 'mean' (an evaluation reports the mean over the scales "
                           "under it); got ['fine', 'mean']"),
+            ("fine,protocol", "a scale column cannot be named 'protocol' (an evaluation reports what the evaluation "
+                              "protocol excluded under it); got ['fine', 'protocol']"),
             ("fine, ", "header column 2 has no name (empty or blank); every label column needs a scale name (it names "
                        "the scale in results), got ['fine', '']")):
         lab = _labels(tmp_path, f"{header}\n{body}")

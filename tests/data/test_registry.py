@@ -47,6 +47,12 @@ def test_declared_scale_names_refuses_unknown_options() -> None:
     (["x", "x", "y"], "scale names must be distinct (one per label column), got ['x', 'x', 'y']: 'x' repeats"),
     (["leaf", "mean", "group"], "'mean' cannot be a scale name (an evaluation reports the mean over the scales under "
                                 "it), got ['leaf', 'mean', 'group']"),
+    # keys an evaluation result holds beside its scales: a scale so named was overwritten in metrics.json and never
+    # logged
+    (["leaf", "protocol"], "'protocol' cannot be a scale name (an evaluation reports what the evaluation protocol "
+                           "excluded under it), got ['leaf', 'protocol']"),
+    (["by_category", "group"], "'by_category' cannot be a scale name (an evaluation reports the per-category results "
+                               "under it), got ['by_category', 'group']"),
     (["leaf", 2, "group"], "scale names must be non-empty strings, got ['leaf', 2, 'group']"),
     (["leaf", "", "group"], "scale names must be non-empty strings, got ['leaf', '', 'group']"),
 ])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.labels import as_label_matrix, default_scale_names
+from dynametric.labels import RESERVED_SCALE_NAMES, as_label_matrix, default_scale_names
 from dynametric.metrics.categories import category_codes, category_results
 from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, kmeans_assign
 from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
@@ -315,8 +315,9 @@ def evaluate_embeddings(
                              key="gallery_labels")
     num_scales = ql.shape[1]
     names_s = list(default_scale_names(num_scales) if scale_names is None else scale_names)
-    if len(names_s) != num_scales or len(set(names_s)) != num_scales or "mean" in names_s:
-        raise InputError(f"need {num_scales} distinct scale names other than 'mean', got {names_s}",
+    if len(names_s) != num_scales or len(set(names_s)) != num_scales or set(names_s) & set(RESERVED_SCALE_NAMES):
+        reserved = ", ".join(map(repr, RESERVED_SCALE_NAMES))
+        raise InputError(f"need {num_scales} distinct scale names other than {reserved}, got {names_s}",
                          key="scale_names")
     q_codes = g_codes = None
     if query_ids is not None or gallery_ids is not None:

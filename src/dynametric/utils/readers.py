@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dynametric.errors import InputError, first_sentence
+from dynametric.labels import RESERVED_SCALE_NAMES
 
 EMBEDDING_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 
@@ -240,9 +241,10 @@ def check_header_scale_names(names: Sequence[str], header: Sequence[str], path: 
     repeated = sorted({n for n in names if list(header).count(n) > 1}, key=list(header).index)
     if repeated:
         raise InputError(f"duplicate column name(s) {repeated} in header {list(header)}", file=path, line=line)
-    if "mean" in names:
-        raise InputError(f"a scale column cannot be named 'mean' (an evaluation reports the mean over the scales "
-                         f"under it); got {list(header)}", file=path, line=line)
+    for name, what in RESERVED_SCALE_NAMES.items():
+        if name in names:
+            raise InputError(f"a scale column cannot be named {name!r} (an evaluation reports {what} under it); got "
+                             f"{list(header)}", file=path, line=line)
 
 
 def load_labels_npy(path: str | Path) -> np.ndarray:
