@@ -34,7 +34,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
-from dynametric.data.readers import csv_image_root, non_utf8_name, parse_csv, printable_path, require_header
+from dynametric.data.readers import (
+    DuplicateTracker,
+    csv_image_root,
+    non_utf8_name,
+    parse_csv,
+    printable_path,
+    require_header,
+)
 from dynametric.errors import InputError, first_sentence
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
@@ -231,7 +238,9 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
     --image-root`` passes its folder made absolute against the working directory, as a command-line path). Standard
     CSV quoting (line breaks inside quotes too; a record is numbered by the line it starts on). Every bad row is
     found before anything is raised: one :class:`InputError` lists them all (``file:line: message``, the first 20
-    spelled out, as the dataset readers' strict mode does)."""
+    spelled out, as the dataset readers' strict mode does). An image file listed twice (``a.png``, ``./a.png``, a link
+    to it) is a problem at the second listing, as in the dataset readers
+    (:class:`~dynametric.data.readers.DuplicateTracker`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("CSV file not found" if not path.exists() else "not a regular file", file=path)
@@ -261,6 +270,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
     lines: list[int] = []  # the line of each row kept
     seen: dict[str, int] = {}
     problems = list(report.problems)  # records the csv module could not read (a quote left open)
+    repeats = DuplicateTracker(LoadReport(split="*"))  # the dataset readers' rule: one file listed twice
 
     def bad(message: str, lineno: int) -> None:
         problems.append(Problem(message, str(path), lineno))
@@ -298,11 +308,14 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
         if (name := non_utf8_name(resolved)) is not None:  # a link to such a file, or an absolute path
             bad(f"{printable_path(resolved)}: {name}", lineno)
             continue
+        if not repeats.accept(rel, [label_cell(values[col[s]]) for s in scales], path, lineno, str(resolved)):
+            continue
         for j, s in enumerate(scales):
             raw[j].append(values[col[s]])
         lines.append(lineno)
         ids.append(item_id)
         paths.append(resolved)
+    problems += repeats.report.problems
     problems.sort(key=lambda p: p.line or 0)
     raise_problems(problems, f"the image list {path.name}")
     if not ids:
