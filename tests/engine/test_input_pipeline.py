@@ -128,3 +128,63 @@ def test_one_step_crop_draws_like_torchvision() -> None:
     steps = [type(t).__name__ for t in build_transform("standard", train=True).transforms]
     assert steps[0] == "RandomResizedCrop" and isinstance(build_transform("dyml", train=True).transforms[0],
                                                           T.RandomResizedCrop)
+
+
+def _csv_data_with_a_text_file(root, bad_split: str = "test") -> str:
+    """A ``csv`` dataset (train and test splits, images of their own) whose image ``imgs/<bad_split>_c1_0.jpg`` is a
+    text file; returns that file's path."""
+    rng = np.random.default_rng(0)
+    (root / "imgs").mkdir(parents=True)
+    rows = ["path,split,fine,coarse"]
+    for split in ("train", "test"):
+        for c in range(4):
+            for i in range(4):
+                name = f"imgs/{split}_c{c}_{i}.jpg"
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / name)
+                rows.append(f"{name},{split},{c},{c // 2}")
+    (root / "imgs" / f"{bad_split}_c1_0.jpg").write_text("not an image\n")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return str(root / "imgs" / f"{bad_split}_c1_0.jpg")
+
+
+def test_a_loader_workers_error_is_the_line_it_is_without_workers(tmp_path) -> None:
+    """torch re-raises a worker's InputError as 'Caught InputError in DataLoader worker process 0. Original
+    Traceback ...' (30-46 lines in train/evaluate); unwrap_worker_error gives back the one line of 0 workers."""
+    from torch.utils.data import DataLoader
+
+    from dynametric.data import build_dataset
+    from dynametric.data.base import unwrap_worker_error
+    from dynametric.errors import InputError
+
+    bad = _csv_data_with_a_text_file(tmp_path)
+    ds = build_dataset("csv", str(tmp_path), "test", transform=T.ToTensor())
+    errors = []
+    for workers in (0, 1):
+        with pytest.raises(InputError) as err:
+            list(DataLoader(ds, batch_size=4, num_workers=workers))
+        errors.append(err.value)
+    assert str(errors[0]) == (f"{bad}: cannot read image (UnidentifiedImageError: cannot identify image file "
+                              f"'{bad}')")
+    assert str(errors[1]).startswith("Caught InputError in DataLoader worker process 0.")  # torch's wrapping
+    clean = unwrap_worker_error(errors[1])
+    assert type(clean) is InputError and str(clean) == str(errors[0])
+    assert unwrap_worker_error(errors[0]) is errors[0]  # not a worker's: unchanged
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_train_and_evaluate_print_a_workers_bad_image_in_one_line(tmp_path, capsys, command) -> None:
+    from dynametric.cli import main
+    from tests.retrieval.conftest import make_run
+
+    bad = _csv_data_with_a_text_file(tmp_path / "data", "train" if command == "train" else "test")
+    data = ["data.format=csv", f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.transform=small"]
+    if command == "train":
+        argv = ["train", "--out", str(tmp_path / "run"), *TINY, *data, "data.workers=1", "data.batch_size=6",
+                "data.m=2", "trainer.max_epochs=1", "trainer.progress_bar=false"]
+    else:
+        ckpt = make_run(tmp_path / "run", dim=8)
+        argv = ["evaluate", "--checkpoint", str(ckpt), "--workers", "1", *(a for d in data for a in ("--set", d))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dynametric {command}: error: {bad}: cannot read image (UnidentifiedImageError: cannot identify "
+                   f"image file '{bad}')"]

@@ -329,6 +329,31 @@ def load_rgb(path: str | Path, swap_rb: bool = False, box: tuple[int, int, int, 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def unwrap_worker_error(exc: BaseException) -> BaseException:
+    """A DataLoader worker's error as the worker raised it: one line (the same as with no workers).
+
+    torch re-raises an exception of a loader worker in the main process as the same type built from ``"Caught
+    InputError in DataLoader worker process 1.\nOriginal Traceback ..."`` (the worker's whole traceback); this
+    returns an exception of that type holding only the worker's own message (the text after the traceback's last
+    ``<module>.<type>: ``), or ``exc`` itself when it is not such a re-raised error. Every command's error
+    printing calls it (``train``, ``evaluate``, ``embed``, ...: with ``workers: auto`` a GPU host loads with
+    workers)."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return exc
+    kind = type(exc)
+    marker = f"\n{kind.__module__}.{kind.__qualname__}: "
+    at = text.rfind(marker)
+    if at < 0:
+        return exc
+    message = text[at + len(marker):].strip()
+    try:
+        clean = kind(message)
+    except Exception:  # a type whose constructor wants more than a message: keep the long one
+        return exc
+    return clean
+
+
 class PathTable(Sequence[str]):
     """An immutable list of paths stored as one UTF-8 byte buffer plus offsets.
 

@@ -33,7 +33,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
+from dynametric.data.base import (
+    IMAGE_EXTENSIONS,
+    LoadReport,
+    Problem,
+    contiguous_ids,
+    load_rgb,
+    raise_problems,
+    unwrap_worker_error,
+)
 from dynametric.data.readers import (
     DuplicateTracker,
     csv_image_root,
@@ -399,12 +407,9 @@ def _model_change(old: Any, new: Any) -> str:
 
 
 def _worker_error(exc: InputError) -> InputError:
-    """A DataLoader worker's InputError arrives with the worker's traceback in its message: keep the last line."""
-    text = str(exc)
-    if "Original Traceback" not in text:
-        return exc
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return InputError(last.split("InputError: ", 1)[-1])
+    """A DataLoader worker's InputError as one line (:func:`~dynametric.data.base.unwrap_worker_error`)."""
+    out = unwrap_worker_error(exc)
+    return out if isinstance(out, InputError) else exc
 
 
 def shard_path(out: Path, s: int) -> Path:
