@@ -8,7 +8,8 @@ applies the evaluation transform's geometry (``Resize`` / ``CenterCrop``, same s
 (:func:`dynametric.engine.inference.split_transform`).
 
 Files that are not plain JPEGs (PNG, WebP, …, JPEGs that do not end with the end-of-image marker, e.g.
-truncated ones, and JPEGs with an EXIF orientation other than 1, which nvjpeg would not apply) are decoded in the
+truncated ones, JPEGs whose header segments cannot be walked up to the start of scan, and JPEGs with an EXIF
+orientation other than 1 wherever their EXIF segment lies, which nvjpeg would not apply) are decoded in the
 worker by PIL with the usual loader (:func:`dynametric.data.base.load_rgb`) and transform (to ``uint8``), so mixed
 folders work, phone photos come out upright as on the CPU path, and a bad file gives the same error as the CPU
 path. A JPEG the device decoder rejects is decoded again alone, then by PIL; if PIL cannot decode it either the
@@ -45,12 +46,47 @@ def gpu_decode_available() -> bool:
         return False
 
 
+def _exif_segment(data: bytes) -> bool | None:
+    """Whether the JPEG's header segments (start-of-image up to start-of-scan) hold an EXIF ``APP1`` segment; None
+    when they cannot be walked (a length that runs past the file, no start-of-scan, bytes where a marker belongs).
+
+    Each segment is ``FF xx`` plus a 2-byte big-endian length (covering itself), so this reads a few bytes per
+    segment, wherever the EXIF segment is: after ICC profile (``APP2``) segments of up to 64 KiB each it can lie
+    far beyond the first 64 KiB."""
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: the entropy-coded data follows, no header segment after it
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            if marker == 0xD9:
+                return None
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2 or pos + 2 + length > size:
+            return None
+        if marker == 0xE1 and data[pos + 4:pos + 10] == EXIF_HEADER:
+            return True
+        pos += 2 + length
+    return None
+
+
 def is_plain_jpeg(data: bytes) -> bool:
-    """Starts with the JPEG start-of-image marker, (ignoring trailing padding) ends with end-of-image, and shows
-    its pixels as stored: no EXIF orientation other than 1 (the device decoder does not apply it)."""
+    """Starts with the JPEG start-of-image marker, (ignoring trailing padding) ends with end-of-image, has header
+    segments that can be walked up to the start of scan, and shows its pixels as stored: no EXIF orientation other
+    than 1 (the device decoder does not apply it), wherever its EXIF segment lies (:func:`_exif_segment`)."""
     if not (data.startswith(JPEG_START) and data.rstrip(b"\x00\r\n \t").endswith(JPEG_END)):
         return False
-    if data.find(EXIF_HEADER, 0, 65536) < 0:  # the APP1 segment comes first and holds at most 64 KiB
+    exif = _exif_segment(data)
+    if exif is None:  # odd header structure: PIL decodes it (and names the file if it cannot)
+        return False
+    if not exif:
         return True
     from PIL import Image
 
