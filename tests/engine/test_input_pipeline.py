@@ -188,3 +188,41 @@ def test_train_and_evaluate_print_a_workers_bad_image_in_one_line(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"dynametric {command}: error: {bad}: cannot read image (UnidentifiedImageError: cannot identify "
                    f"image file '{bad}')"]
+
+
+def _photo(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([127 + 120 * np.sin(xx / (w / 7 + 1)), 127 + 120 * np.cos(yy / (h / 5 + 1)), (xx + yy) % 256], -1)
+    return Image.fromarray(np.clip(arr + rng.normal(0, 25, arr.shape), 0, 255).astype(np.uint8))
+
+
+def test_eval_resize_of_normal_images_is_unchanged_and_thin_ones_are_bounded() -> None:
+    from dynametric.data.transforms import build_transform
+
+    new = build_transform("standard", train=False)
+    old = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(new.spec.mean, new.spec.std)])
+    # aspect ratios up to 8:1 (the bound itself included): bit-identical to torchvision's Resize + CenterCrop
+    for k, (w, h) in enumerate([(300, 200), (200, 300), (640, 480), (257, 256), (999, 125), (80, 640), (50, 37),
+                                (800, 100), (100, 800)]):
+        img = _photo(w, h, k)
+        assert torch.equal(new(img), old(img)), (w, h)
+    # a 30x600 strip: the resize works on its central 30x240 (256x2048, not 256x5120); its scale is the same
+    # (600/5120 = 240/2048), so the centre crop is the same pixels
+    thin = _photo(30, 600, 9)
+    resize = new.transforms[0]
+    assert resize(thin).size == (256, 2048)
+    assert torch.equal(new(thin), old(thin))
+    # --decode gpu applies the same bound to the decoded tensor
+    from dynametric.engine.device_decode import DeviceDecoder
+    from dynametric.engine.inference import split_transform
+
+    decoder = DeviceDecoder.from_transform(split_transform(new)[0])
+    assert decoder is not None
+    strip = torch.zeros(1, 3, 2, 20000, dtype=torch.uint8)
+    assert tuple(decoder._geometry(strip).shape) == (1, 3, 224, 224)
+    for w, h in [(1, 4000), (4000, 1), (2, 20000)]:  # took seconds and GBs; bounded now
+        assert max(resize(Image.new("RGB", (w, h))).size) <= 8 * 256
+        assert tuple(new(Image.new("RGB", (w, h), (10, 200, 10))).shape) == (3, 224, 224)
+    train = build_transform("reality_check", train=True)  # its Resize before the random crop is bounded too
+    assert max(train.transforms[0](Image.new("RGB", (2, 20000))).size) <= 8 * 256

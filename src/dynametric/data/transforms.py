@@ -14,6 +14,9 @@ preset             train                                            eval
 ``eval_only``      as eval (no augmentation)                         Resize(256) → CenterCrop(224)
 =================  ===============================================  ======================================
 
+``Resize(256)`` is torchvision's ``Resize`` of an image cut to at most 8:1 first (:func:`bounded_resize`: a thin
+strip made a resize of seconds and gigabytes); images up to 8:1 are resized exactly as by ``Resize``.
+
 ``RandomResizedCrop`` is torchvision's (same parameters, same random draws) but crops and resizes a PIL image in
 one ``Image.resize(size, box=...)`` call, without copying the crop first.
 
@@ -109,6 +112,50 @@ def _one_step_crop_class() -> type:
 
 _CROP_CLASS: list[type] = []
 
+MAX_ASPECT = 8
+"""The longest side a resize works on, in multiples of the shorter side (:func:`bounded_resize`)."""
+
+
+def crop_to_aspect(img: Any, max_aspect: int = MAX_ASPECT) -> Any:
+    """A PIL image or ``[..., H, W]`` tensor whose long side is more than ``max_aspect`` times its short side,
+    centre-cropped along the long side to ``max_aspect`` times the short side (torchvision's ``center_crop``
+    offsets); any other image unchanged (the same object)."""
+    from torchvision.transforms import functional as F
+
+    _, h, w = F.get_dimensions(img)
+    if w > max_aspect * h:
+        return F.center_crop(img, [h, max_aspect * h])
+    if h > max_aspect * w:
+        return F.center_crop(img, [max_aspect * w, w])
+    return img
+
+
+def _bounded_resize_class() -> type:
+    from torchvision import transforms as T
+
+    class BoundedResize(T.Resize):
+        """torchvision's ``Resize`` (shorter side to ``size``) of the image :func:`crop_to_aspect` leaves: a 2x20000
+        strip is first cut to its central 2x16, so the resize makes 256x2048, not 256x2560000 (seconds and GBs).
+        An image of aspect ratio up to ``max_aspect`` : 1 is resized exactly as by ``Resize``."""
+
+        max_aspect = MAX_ASPECT
+
+        def forward(self, img: Any) -> Any:
+            return super().forward(crop_to_aspect(img, self.max_aspect))
+
+    return BoundedResize
+
+
+_RESIZE_CLASS: list[type] = []
+
+
+def bounded_resize(size: int) -> Any:
+    """A ``Resize(size)`` of the shorter side that never works on a long side beyond :data:`MAX_ASPECT` times the
+    shorter one (see ``BoundedResize``)."""
+    if not _RESIZE_CLASS:
+        _RESIZE_CLASS.append(_bounded_resize_class())
+    return _RESIZE_CLASS[0](size)
+
 
 def one_step_random_resized_crop(size: int, **kwargs: Any) -> Any:
     """A :class:`RandomResizedCrop` (see the module docstring) of side ``size``."""
@@ -129,14 +176,14 @@ def build_transform(preset: str = "standard", train: bool = False, **overrides: 
     steps: list[Any] = []
     if train and spec.augment:
         if spec.resize_before_train_crop and spec.resize is not None:
-            steps.append(T.Resize(spec.resize))
+            steps.append(bounded_resize(spec.resize))
         steps.append(one_step_random_resized_crop(spec.size, scale=spec.scale, ratio=spec.ratio))
         if spec.flip:
             steps.append(T.RandomHorizontalFlip(0.5))
     elif spec.resize is None:
         steps.append(T.Resize((spec.size, spec.size)))
     else:
-        steps += [T.Resize(spec.resize), T.CenterCrop(spec.size)]
+        steps += [bounded_resize(spec.resize), T.CenterCrop(spec.size)]
     steps.append(T.ToTensor())
     if spec.normalize:
         steps.append(T.Normalize(list(spec.mean), list(spec.std)))

@@ -129,6 +129,7 @@ class _Resize:
     size: Any
     interpolation: Any
     max_size: int | None
+    max_aspect: int | None = None  # BoundedResize: a long side beyond max_aspect x the short one is cut first
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ class DeviceDecoder:
         geometry: list[_Resize | _Crop] = []
         for step in steps[:-1]:
             if isinstance(step, T.Resize):
-                geometry.append(_Resize(step.size, step.interpolation, step.max_size))
+                geometry.append(_Resize(step.size, step.interpolation, step.max_size,
+                                        getattr(step, "max_aspect", None)))
             elif isinstance(step, T.CenterCrop):
                 geometry.append(_Crop(step.size))
             else:
@@ -209,6 +211,10 @@ class DeviceDecoder:
 
         for op in self.geometry:
             if isinstance(op, _Resize):
+                if op.max_aspect is not None:
+                    from dynametric.data.transforms import crop_to_aspect
+
+                    x = crop_to_aspect(x, op.max_aspect)
                 x = F.resize(x, op.size, op.interpolation, op.max_size, antialias=True)
             else:
                 x = F.center_crop(x, op.size)
