@@ -226,3 +226,6 @@ def test_eval_resize_of_normal_images_is_unchanged_and_thin_ones_are_bounded() -
         assert tuple(new(Image.new("RGB", (w, h), (10, 200, 10))).shape) == (3, 224, 224)
     train = build_transform("reality_check", train=True)  # its Resize before the random crop is bounded too
     assert max(train.transforms[0](Image.new("RGB", (2, 20000))).size) <= 8 * 256
+    import pickle  # spawned loader workers get the transforms pickled (by reference to the module's classes)
+
+    assert type(pickle.loads(pickle.dumps(train)).transforms[0]) is type(resize)

@@ -152,16 +152,33 @@ _RESIZE_CLASS: list[type] = []
 def bounded_resize(size: int) -> Any:
     """A ``Resize(size)`` of the shorter side that never works on a long side beyond :data:`MAX_ASPECT` times the
     shorter one (see ``BoundedResize``)."""
-    if not _RESIZE_CLASS:
-        _RESIZE_CLASS.append(_bounded_resize_class())
-    return _RESIZE_CLASS[0](size)
+    return _lazy_class("BoundedResize")(size)
+
+
+_LAZY = {"BoundedResize": (_RESIZE_CLASS, _bounded_resize_class), "RandomResizedCrop": (_CROP_CLASS,
+                                                                                       _one_step_crop_class)}
+
+
+def _lazy_class(name: str) -> type:
+    """A transform class built on first use (torchvision is imported then), named as a module attribute so that
+    transforms pickle by reference (loader workers that are spawned, not forked)."""
+    store, make = _LAZY[name]
+    if not store:
+        cls = make()
+        cls.__module__, cls.__qualname__ = __name__, name
+        store.append(cls)
+    return store[0]
+
+
+def __getattr__(name: str) -> type:  # unpickling in a fresh process: ``dynametric.data.transforms.BoundedResize``
+    if name in _LAZY:
+        return _lazy_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def one_step_random_resized_crop(size: int, **kwargs: Any) -> Any:
     """A :class:`RandomResizedCrop` (see the module docstring) of side ``size``."""
-    if not _CROP_CLASS:
-        _CROP_CLASS.append(_one_step_crop_class())
-    return _CROP_CLASS[0](size, **kwargs)
+    return _lazy_class("RandomResizedCrop")(size, **kwargs)
 
 
 def build_transform(preset: str = "standard", train: bool = False, **overrides: Any) -> Callable[[Any], Any]:
