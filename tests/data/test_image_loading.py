@@ -113,6 +113,10 @@ def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
     key.putpixel((1, 0), (1, 2, 3))
     key.save(tmp_path / "key.png", transparency=(0, 255, 0))  # an RGB colour key (tRNS)
     assert _pixels(tmp_path / "key.png") == [[[255, 255, 255], [1, 2, 3]]]
+    grey16 = Image.fromarray(np.array([[0, 30000, 65535, 1000]], np.uint16))
+    grey16.save(tmp_path / "g16.png", transparency=30000)  # a 16-bit greyscale colour key (was not composited)
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    assert _pixels(tmp_path / "g16.png") == _grey([0, 255, 255, 4])  # 30000 is white (not 117); 1000/257 -> 4
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.webp", lossless=True)
     assert _pixels(tmp_path / "rgba.webp") == [[[255, 255, 255], [255, 0, 0], [227, 127, 127], [255, 255, 255]]]
 

@@ -263,7 +263,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     * **16-bit, 32-bit and float greyscale** are scaled by their range convention (:func:`_grey_to_uint8`:
       16-bit ``v / 257``, float 0..1 clipped), never clipped at 255 (Pillow's ``convert`` turns a 16-bit
       gradient 0..30000 into black and white). 16-bit colour PNGs Pillow reduces to 8 bits itself (high byte).
-    * **Transparency** (an alpha channel, a palette or colour key with transparency) is composited onto white
+    * **Transparency** (an alpha channel, a palette or colour key with transparency, a 16-bit greyscale PNG's colour
+      key too) is composited onto white
       (:data:`BACKGROUND`): ``out = round((c * a + 255 * (255 - a)) / 255)``; a fully transparent pixel is white
       whatever colour it stores.
     * Every other mode (``L``, ``P``, ``1``, ``CMYK``, ``YCbCr``, ...) goes through Pillow's ``convert("RGB")``.
@@ -278,7 +279,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if orientation in range(2, 9):
         img = ImageOps.exif_transpose(img)
     if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
-        return Image.fromarray(np.repeat(_grey_to_uint8(img)[:, :, None], 3, axis=2))
+        grey = _grey_to_uint8(img)
+        key = img.info.get("transparency")
+        if isinstance(key, int) and not isinstance(key, bool):  # a greyscale PNG's colour key (tRNS), in stored units
+            grey = np.where(np.asarray(img) == key, np.uint8(BACKGROUND), grey)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
     if transparent:
         rgba = np.asarray(img.convert("RGBA"), dtype=np.uint32)
         alpha = rgba[:, :, 3:]
