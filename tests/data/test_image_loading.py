@@ -209,3 +209,21 @@ def test_device_decoding_finds_an_exif_orientation_wherever_its_segment_lies(tmp
     assert not is_plain_jpeg(broken)
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "plain.jpg")
     assert is_plain_jpeg((tmp_path / "plain.jpg").read_bytes())
+
+
+def test_a_zero_byte_image_is_named_an_empty_file_everywhere(tmp_path: Path) -> None:
+    from dynametric.data.base import HierarchicalImageDataset
+    from dynametric.data.inspect import _decode
+    from dynametric.errors import InputError
+
+    (tmp_path / "zero.jpg").write_bytes(b"")  # PIL says only "cannot identify image file"
+    ds = HierarchicalImageDataset([str(tmp_path / "zero.jpg")], torch.zeros(1, 1, dtype=torch.long), ["fine"], "t")
+    with pytest.raises(InputError, match=r"zero.jpg: cannot read image \(empty file \(0 bytes\)\)$"):
+        ds[0]
+    assert _decode(str(tmp_path / "zero.jpg")) == ("empty file (0 bytes)", None)  # data inspect
+    with pytest.raises(InputError, match=r"zero.jpg: cannot decode image \(empty file \(0 bytes\)\)$"):
+        ImageFiles([tmp_path / "zero.jpg"], T.ToTensor())[0]
+    decoder = DeviceDecoder.from_transform(T.Compose([T.PILToTensor()]))
+    assert decoder is not None
+    with pytest.raises(InputError, match=r"zero.jpg: cannot decode image \(empty file \(0 bytes\)\)$"):
+        decoder.read_file(tmp_path / "zero.jpg")

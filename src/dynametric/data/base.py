@@ -14,6 +14,7 @@ the files) are kept: ``class_ids[s][c]`` is the raw id of contiguous class ``c``
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
@@ -334,6 +335,38 @@ def load_rgb(path: str | Path, swap_rb: bool = False, box: tuple[int, int, int, 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def decode_problem(path: str | Path, exc: BaseException) -> str:
+    """What :func:`load_rgb` met, in words: ``empty file (0 bytes)`` for a zero-byte file (PIL says only that it
+    cannot identify it), else ``<exception type>: <message>``."""
+    if isinstance(exc, UnidentifiedImageError):
+        try:
+            if os.path.getsize(path) == 0:
+                return "empty file (0 bytes)"
+        except OSError:
+            pass
+    return f"{type(exc).__name__}: {exc}"
+
+
+def image_read_error(path: str | Path, exc: BaseException, verb: str = "decode") -> InputError:
+    """The one-line error for an image file :func:`load_rgb` could not open (embed, search --image, --decode gpu):
+    a folder, a missing file (a symbolic link whose target is missing names the target), an empty file, else
+    ``cannot <verb> image (<type>: <message>)``."""
+    if isinstance(exc, IsADirectoryError):
+        return InputError("is a folder; expected an image file", file=path)
+    if isinstance(exc, FileNotFoundError):
+        target = None
+        try:
+            if os.path.islink(path):
+                target = os.readlink(path)
+        except OSError:
+            pass
+        if target is not None:
+            return InputError(f"image file not found: it is a symbolic link to {target}, which does not exist",
+                              file=path)
+        return InputError("image file not found", file=path)
+    return InputError(f"cannot {verb} image ({decode_problem(path, exc)})", file=path)
+
+
 def unwrap_worker_error(exc: BaseException) -> BaseException:
     """A DataLoader worker's error as the worker raised it: one line (the same as with no workers).
 
@@ -523,7 +556,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         try:
             return load_rgb(path, self.swap_rb, box)
         except _DECODE_ERRORS as exc:
-            raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", file=path) from exc
+            raise InputError(f"cannot read image ({decode_problem(path, exc)})", file=path) from exc
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
         index = int(index)

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dynametric.data.base import BoxOutsideImage, Problem, check_hierarchy, contiguous_ids, load_rgb
+from dynametric.data.base import (
+    BoxOutsideImage,
+    Problem,
+    check_hierarchy,
+    contiguous_ids,
+    decode_problem,
+    load_rgb,
+)
 from dynametric.data.oml import box_problem
 from dynametric.data.readers import resolve_root
 from dynametric.data.registry import SYNTHETIC, get_format, list_splits, root_expected, split_options
@@ -41,7 +48,7 @@ def _decode(path: str, box: Any = None) -> tuple[str | None, str | None]:
     except BoxOutsideImage as exc:
         return None, box_problem(exc.box, exc.size, exc.oriented)
     except _DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}", None
+        return decode_problem(path, exc), None
     return None, None
 
 

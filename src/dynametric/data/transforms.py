@@ -17,8 +17,12 @@ preset             train                                            eval
 ``Resize(256)`` is torchvision's ``Resize`` of an image cut to at most 8:1 first (:func:`bounded_resize`: a thin
 strip made a resize of seconds and gigabytes); images up to 8:1 are resized exactly as by ``Resize``.
 
-``RandomResizedCrop`` is torchvision's (same parameters, same random draws) but crops and resizes a PIL image in
-one ``Image.resize(size, box=...)`` call, without copying the crop first.
+``RandomResizedCrop`` is torchvision's parameters and random draws (``get_params``: a seeded run picks the same
+crop box as torchvision's) but crops and resizes a PIL image in one ``Image.resize(size, box=...)`` call, without
+copying the crop first. The box is identical; the pixels are not bit-identical: resizing with ``box=`` lets the
+resampling filter read the pixels just outside the box (torchvision's crop-then-resize pads the crop's own edge
+instead), so the output's border rows and columns can differ by up to about 37 levels on a noisy image, the
+interior by at most 1 (rounding).
 
 Every preset ends with ``ToTensor`` and ``Normalize(mean, std)`` (ImageNet statistics unless given). ``size``,
 ``resize``, ``scale``, ``ratio``, ``flip``, ``mean``, ``std`` and ``normalize`` override the preset's values; a
@@ -98,7 +102,9 @@ def _one_step_crop_class() -> type:
     class RandomResizedCrop(T.RandomResizedCrop):
         """torchvision's ``RandomResizedCrop`` (same ``get_params`` draws from torch's RNG, so seeded runs pick the
         same boxes); a PIL image is cropped and resized by one ``Image.resize(size, box=...)`` call, which reads
-        the box straight from the decoded image. Tensors take torchvision's path."""
+        the box straight from the decoded image, and the filter's support beyond the box edge from the pixels
+        there: border pixels may differ from torchvision's by tens of levels, interior ones by at most 1 (see the
+        module docstring). Tensors take torchvision's path."""
 
         def forward(self, img: Any) -> Any:
             if not isinstance(img, Image.Image) or self.interpolation not in pil_modes:

@@ -139,7 +139,9 @@ class _Crop:
 
 def _decode_error(path: Any, exc: Exception) -> InputError:
     # the CPU path's message (retrieval.embed.ImageFiles), so both modes report a bad file the same way
-    return InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=path)
+    from dynametric.data.base import image_read_error
+
+    return image_read_error(path, exc)
 
 
 def _pil_uint8(path: Any, cpu_transform: Callable[[Any], torch.Tensor]) -> torch.Tensor:
@@ -147,8 +149,6 @@ def _pil_uint8(path: Any, cpu_transform: Callable[[Any], torch.Tensor]) -> torch
 
     try:
         img = load_rgb(path)
-    except FileNotFoundError:
-        raise InputError("image file not found", file=path) from None
     except Exception as exc:  # PIL raises many types for bad files
         raise _decode_error(path, exc) from None
     return cpu_transform(img)
@@ -193,8 +193,6 @@ class DeviceDecoder:
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
-        except FileNotFoundError:
-            raise InputError("image file not found", file=path) from None
         except OSError as exc:
             raise _decode_error(path, exc) from None
         if is_plain_jpeg(data):

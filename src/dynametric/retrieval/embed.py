@@ -38,6 +38,7 @@ from dynametric.data.base import (
     LoadReport,
     Problem,
     contiguous_ids,
+    image_read_error,
     load_rgb,
     raise_problems,
     unwrap_worker_error,
@@ -372,12 +373,8 @@ class ImageFiles(Dataset):
             return self._read(self.paths[i])
         try:
             img = load_rgb(self.paths[i])
-        except IsADirectoryError:
-            raise InputError("is a folder; expected an image file", file=self.paths[i]) from None
-        except FileNotFoundError:
-            raise InputError("image file not found", file=self.paths[i]) from None
         except Exception as exc:  # PIL raises many types for bad files
-            raise InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=self.paths[i]) from None
+            raise image_read_error(self.paths[i], exc) from None
         return self.transform(img)
 
 

@@ -214,16 +214,12 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
 
 def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
     """Load one image file through the model's evaluation transform (``[C, H, W]``); errors name the file."""
-    from dynametric.data.base import load_rgb
+    from dynametric.data.base import image_read_error, load_rgb
 
     try:
         img = load_rgb(path)
-    except IsADirectoryError:
-        raise InputError("is a folder; expected an image file", file=path) from None
-    except FileNotFoundError:
-        raise InputError("image file not found", file=path) from None
     except Exception as exc:  # PIL raises many types for bad files
-        raise InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=path) from None
+        raise image_read_error(path, exc) from None
     return loaded.transform(img)
 
 
