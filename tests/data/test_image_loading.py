@@ -220,7 +220,7 @@ def test_a_zero_byte_image_is_named_an_empty_file_everywhere(tmp_path: Path) -> 
     ds = HierarchicalImageDataset([str(tmp_path / "zero.jpg")], torch.zeros(1, 1, dtype=torch.long), ["fine"], "t")
     with pytest.raises(InputError, match=r"zero.jpg: cannot read image \(empty file \(0 bytes\)\)$"):
         ds[0]
-    assert _decode(str(tmp_path / "zero.jpg")) == ("empty file (0 bytes)", None)  # data inspect
+    assert _decode(str(tmp_path / "zero.jpg")) == ("empty file (0 bytes)", None, None)  # data inspect
     with pytest.raises(InputError, match=r"zero.jpg: cannot decode image \(empty file \(0 bytes\)\)$"):
         ImageFiles([tmp_path / "zero.jpg"], T.ToTensor())[0]
     decoder = DeviceDecoder.from_transform(T.Compose([T.PILToTensor()]))

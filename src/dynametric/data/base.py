@@ -41,7 +41,8 @@ class Problem:
 
     ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
     ``unreadable_folder``, ``non_utf8_name``, ``outside_root``, ``outside_split``, ``hierarchy``, ``duplicate``,
-    ``count_mismatch``, ``empty_split``.
+    ``count_mismatch``, ``empty_split`` (``data inspect`` adds ``damaged_image``, ``shared_file``,
+    ``class_overlap``).
     ``split_unknown`` marks a record of a file shared by several splits whose split cannot be read (the split cell is
     unknown, the fields are shifted, a quote is left open): it may belong to any split, so every split lists it.
     """

@@ -21,8 +21,15 @@ nvjpeg's IDCT may differ from libjpeg's in the last bit).
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Callable, Sequence
+import logging
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +38,65 @@ import torch
 
 from dynametric.errors import InputError
 
+log = logging.getLogger(__name__)
+
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 EXIF_HEADER = b"Exif\x00\x00"
+
+
+LIBJPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
+"""How libjpeg's warnings about damaged compressed data begin (it decodes such a JPEG, grey where data is missing).
+``Corrupt JPEG data: N extraneous bytes before marker`` is left out: junk between segments, the image is whole."""
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _libjpeg_messages() -> Iterator[list[str]]:
+    """Collect what is written to file descriptor 2 in the block (libjpeg prints its warnings there, from C, and
+    neither Pillow nor torchvision passes them on); the list gets libjpeg's damage lines after the block, and any
+    other text is written on to stderr. One block at a time in the process (a lock)."""
+    found: list[str] = []
+    with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield found
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            other = []
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if line.strip().startswith(LIBJPEG_DAMAGE) and "extraneous bytes" not in line:
+                    found.append(line.strip())
+                else:
+                    other.append(line)
+            if other:
+                sys.stderr.write("\n".join(other) + "\n")
+
+
+def _quiet_decode_jpeg(data: Any, **kwargs: Any) -> Any:
+    from torchvision.io import decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoding (a warning per call)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return decode_jpeg(data, **kwargs)
+
+
+def jpeg_damage(data: bytes | torch.Tensor) -> str | None:
+    """libjpeg's warning(s) about damaged compressed data in a JPEG that still decodes (bytes zeroed or cut out
+    before the end-of-image marker: libjpeg fills the rest with grey, Pillow says nothing), joined by ``; ``; None
+    for a clean JPEG, or one libjpeg cannot decode at all (Pillow's decoding names that error)."""
+    tensor = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with _libjpeg_messages() as found:
+        try:
+            _quiet_decode_jpeg(tensor, device="cpu")
+        except RuntimeError:
+            pass
+    return "; ".join(dict.fromkeys(found)) or None
 
 
 def gpu_decode_available() -> bool:
@@ -249,15 +312,23 @@ class DeviceDecoder:
             if t.dim() != 1:
                 out[i] = t.to(device)
         if jpegs:
-            try:
-                decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-                raw.update(zip(jpegs, decoded))
-            except RuntimeError:  # find the file(s) the decoder rejects: alone, then PIL (which names a bad file)
+            with _libjpeg_messages() as damage:  # libjpeg's warnings would print without a file name
+                try:
+                    decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+                    raw.update(zip(jpegs, decoded))
+                except RuntimeError:  # find the file(s) the decoder rejects: alone, then PIL (which names a bad file)
+                    for i in jpegs:
+                        try:
+                            raw[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
+                        except RuntimeError:
+                            out[i] = _pil_uint8(batch.paths[i], self.cpu_transform).to(device)
+            if damage:  # which file(s): each JPEG alone on the CPU (rare)
                 for i in jpegs:
-                    try:
-                        raw[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
-                    except RuntimeError:
-                        out[i] = _pil_uint8(batch.paths[i], self.cpu_transform).to(device)
+                    found = jpeg_damage(data[i])
+                    if found:
+                        log.warning("%s: damaged JPEG data (libjpeg: %s); decoded with grey where the data is "
+                                    "damaged, as the CPU path decodes it (dynametric data inspect lists such files)",
+                                    batch.paths[i], found)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, img in raw.items():
             by_shape.setdefault(tuple(img.shape), []).append(i)
