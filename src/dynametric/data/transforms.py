@@ -24,7 +24,8 @@ resampling filter read the pixels just outside the box (torchvision's crop-then-
 instead), so the output's border rows and columns can differ by up to about 37 levels on a noisy image, the
 interior by at most 1 (rounding).
 
-Every preset ends with ``ToTensor`` and ``Normalize(mean, std)`` (ImageNet statistics unless given). ``size``,
+Every preset ends with ``ToTensor`` and ``Normalize(mean, std)`` (ImageNet statistics unless given; a run's
+config gives its backbone's: :func:`backbone_statistics`, ``data.mean`` / ``data.std``). ``size``,
 ``resize``, ``scale``, ``ratio``, ``flip``, ``mean``, ``std`` and ``normalize`` override the preset's values; a
 new ``size`` without a ``resize`` keeps the preset's resize:crop ratio (``standard``, ``size=112`` → Resize(128),
 CenterCrop(112)).
@@ -65,6 +66,65 @@ PRESETS: dict[str, TransformSpec] = {
     "small": TransformSpec(size=32, resize=None, scale=(0.5, 1.0)),
     "eval_only": TransformSpec(augment=False),
 }
+
+
+def backbone_statistics(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """``(mean, std, source)``: the normalisation statistics of ``backbone``'s pretrained weights.
+
+    * dynametric's own backbones (``simple_cnn``, ``bninception``): ImageNet's.
+    * a timm model name (with or without a pretrained tag, e.g. ``vit_base_patch16_clip_224.openai``): timm's
+      ``pretrained_cfg`` ``mean`` / ``std`` (the default tag's for a bare name): ``inception_v3`` and
+      ``vit_*_224`` (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5), CLIP models OpenAI's, ``resnet50`` ImageNet's.
+    * ``local-dir:<folder>``: the ``pretrained_cfg`` of the folder's ``config.json``; ``hf-hub:<repo>``: of the
+      repository's ``config.json`` when it is in the local Hugging Face cache (nothing is downloaded).
+    * anything else (no pretrained config, no ``mean`` / ``std`` in it): ImageNet's.
+
+    ``source`` says which applied, in words (for the docs' and the command line's notes)."""
+    fallback = (IMAGENET_MEAN, IMAGENET_STD, "ImageNet")
+    from dynametric.models.backbones import BACKBONES, TIMM_SOURCE_PREFIXES
+
+    if backbone in BACKBONES:
+        return fallback
+    cfg: Any = None
+    if backbone.startswith(TIMM_SOURCE_PREFIXES):
+        import json
+        from pathlib import Path
+
+        prefix, _, rest = backbone.partition(":")
+        path: Any = None
+        if prefix == "local-dir":
+            path = Path(rest).expanduser() / "config.json"
+        else:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                path = try_to_load_from_cache(rest.partition("@")[0], "config.json")
+            except Exception:  # no hub client, a name the hub client refuses: no statistics known
+                path = None
+        try:
+            cfg = json.loads(Path(path).read_text(encoding="utf-8")).get("pretrained_cfg") if isinstance(
+                path, (str, Path)) else None
+        except (OSError, ValueError, AttributeError):
+            cfg = None
+    else:
+        try:
+            import timm
+
+            found = timm.models.get_pretrained_cfg(backbone) if timm.is_model(backbone) else None
+        except Exception:  # an unknown name fails later, where the model is built, with its own message
+            found = None
+        cfg = found.to_dict() if found is not None else None
+    if not isinstance(cfg, dict):
+        return fallback
+    mean: Any = cfg.get("mean")
+    std: Any = cfg.get("std")
+    try:
+        mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        return fallback
+    if len(mean_t) != 3 or len(std_t) != 3 or min(std_t) <= 0:
+        return fallback
+    return mean_t, std_t, f"{backbone}'s pretrained config"
 
 
 def resolve_transform_spec(preset: str, **overrides: Any) -> TransformSpec:

@@ -147,20 +147,27 @@ batch-norm freezing in training, the memory layout)."""
 
 def embedding_config_hash(cfg: Config, length: int = 16) -> str:
     """A digest of what in a config decides the embeddings a checkpoint gives for an image: the ``model`` section
-    (backbone, pooling, heads, ...; not :data:`_TRAINING_ONLY_MODEL_KEYS`) and the evaluation transform's preset
-    (``data.transform``, with the synthetic data's own rule). Training options (loss, sampler, workers, batch sizes)
-    are left out, so a config that differs only in them embeds alike. The crop size is recorded apart
-    (``input_size``)."""
+    (backbone, pooling, heads, ...; not :data:`_TRAINING_ONLY_MODEL_KEYS`), the evaluation transform's preset
+    (``data.transform``, with the synthetic data's own rule) and its normalisation (``mean`` / ``std`` as
+    :func:`~dynametric.engine.builders.normalization` resolves them, counted only when they are not ImageNet's, so
+    configs that normalise with ImageNet's keep the digest they had before the keys existed). Training options
+    (loss, sampler, workers, batch sizes) are left out, so a config that differs only in them embeds alike. The crop
+    size is recorded apart (``input_size``)."""
     import json
 
     from dynametric.config import config_to_dict
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from dynametric.engine.builders import normalization
 
     model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in _TRAINING_ONLY_MODEL_KEYS}
     data = cfg.data
-    transform = "synthetic-to-tensor" if data.format == "synthetic" and data.transform == "default" else (
-        "standard" if data.transform == "default" else str(data.transform))
-    canonical = json.dumps({"model": model, "transform": transform}, sort_keys=True, separators=(",", ":"),
-                           default=str)
+    plain = data.format == "synthetic" and data.transform == "default"
+    transform = "synthetic-to-tensor" if plain else ("standard" if data.transform == "default" else str(data.transform))
+    described: dict[str, Any] = {"model": model, "transform": transform}
+    mean, std = normalization(cfg)
+    if not plain and (mean, std) != (IMAGENET_MEAN, IMAGENET_STD):  # ImageNet's: the digest of before the keys
+        described["normalize"] = [list(mean), list(std)]
+    canonical = json.dumps(described, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
 
 
