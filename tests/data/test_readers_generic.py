@@ -233,7 +233,8 @@ def test_transform_specs_and_overrides() -> None:
 
     rc = build_transform("reality_check", train=True)
     kinds = [type(t).__name__ for t in rc.transforms]
-    assert kinds == ["Resize", "RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    assert kinds == ["BoundedResize", "RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    assert isinstance(rc.transforms[0], T.Resize)  # torchvision's Resize of an image cut to at most 8:1
     crop = rc.transforms[1]
     assert isinstance(crop, T.RandomResizedCrop) and crop.size == (227, 227) and crop.scale == (0.16, 1.0)
     assert crop.ratio == (0.75, 1.33) and rc.transforms[0].size == 256

@@ -15,6 +15,10 @@ folders work, phone photos come out upright as on the CPU path, and a bad file g
 path. A JPEG the device decoder rejects is decoded again alone, then by PIL; if PIL cannot decode it either the
 error names the file, as on the CPU path.
 
+A JPEG whose compressed data is damaged but which ends with its end-of-image marker decodes on both paths, grey
+where data is missing; libjpeg's warning about it, which it prints to the process's stderr without a file name,
+is caught here and logged as one warning naming the file (:func:`jpeg_damage`; ``data inspect`` lists such files).
+
 Values differ slightly from the CPU path: PIL's and torchvision's antialiased resize are not bit-identical (and
 nvjpeg's IDCT may differ from libjpeg's in the last bit).
 """
@@ -58,8 +62,14 @@ def _libjpeg_messages() -> Iterator[list[str]]:
     other text is written on to stderr. One block at a time in the process (a lock)."""
     found: list[str] = []
     with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
-        sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no descriptor 2 (a daemon): nothing would be printed either
+            saved = -1
+        if saved < 0:
+            yield found
+            return
         try:
             os.dup2(tmp.fileno(), 2)
             yield found
