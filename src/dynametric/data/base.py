@@ -13,9 +13,14 @@ the files) are kept: ``class_ids[s][c]`` is the raw id of contiguous class ``c``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Hashable, Sequence
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,6 +396,66 @@ def unwrap_worker_error(exc: BaseException) -> BaseException:
     except Exception:  # a type whose constructor wants more than a message: keep the long one
         return exc
     return clean
+
+
+LIBJPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
+"""How libjpeg's warnings about damaged compressed data begin (it decodes such a JPEG, grey where data is missing).
+``Corrupt JPEG data: N extraneous bytes before marker`` is left out: junk between segments, the image is whole."""
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def libjpeg_messages() -> Iterator[list[str]]:
+    """Collect what is written to file descriptor 2 in the block (libjpeg prints its warnings there, from C, and
+    neither Pillow nor torchvision passes them on); the list gets libjpeg's damage lines after the block, and any
+    other text is written on to stderr. One block at a time in the process (a lock)."""
+    found: list[str] = []
+    with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no descriptor 2 (a daemon): nothing would be printed either
+            saved = -1
+        if saved < 0:
+            yield found
+            return
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield found
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            other = []
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if line.strip().startswith(LIBJPEG_DAMAGE) and "extraneous bytes" not in line:
+                    found.append(line.strip())
+                else:
+                    other.append(line)
+            if other:
+                sys.stderr.write("\n".join(other) + "\n")
+
+
+def _quiet_decode_jpeg(data: Any, **kwargs: Any) -> Any:
+    from torchvision.io import decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoding (a warning per call)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return decode_jpeg(data, **kwargs)
+
+
+def jpeg_damage(data: bytes | torch.Tensor) -> str | None:
+    """libjpeg's warning(s) about damaged compressed data in a JPEG that still decodes (bytes zeroed or cut out
+    before the end-of-image marker: libjpeg fills the rest with grey, Pillow says nothing), joined by ``; ``; None
+    for a clean JPEG, or one libjpeg cannot decode at all (Pillow's decoding names that error)."""
+    tensor = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with libjpeg_messages() as found:
+        try:
+            _quiet_decode_jpeg(tensor, device="cpu")
+        except RuntimeError:
+            pass
+    return "; ".join(dict.fromkeys(found)) or None
 
 
 class PathTable(Sequence[str]):

@@ -26,6 +26,7 @@ from dynametric.data.base import (
     check_hierarchy,
     contiguous_ids,
     decode_problem,
+    jpeg_damage,
     load_rgb,
 )
 from dynametric.data.oml import box_problem
@@ -44,7 +45,7 @@ def _decode(path: str, box: Any = None) -> tuple[str | None, str | None, str | N
     oml crop ``box`` if any); ``(the error, None, None)`` for one that cannot be decoded, ``(None, why, None)`` for a
     box past the stored image's edge (:func:`~dynametric.data.oml.box_problem`), ``(None, None, libjpeg's
     warning)`` for a JPEG whose compressed data is damaged although Pillow decodes it without an error
-    (:func:`~dynametric.engine.device_decode.jpeg_damage`: a second decoding, by libjpeg through torchvision)."""
+    (:func:`~dynametric.data.base.jpeg_damage`: a second decoding, by libjpeg through torchvision)."""
     try:
         load_rgb(path, box=box)
     except BoxOutsideImage as exc:
@@ -58,8 +59,6 @@ def _decode(path: str, box: Any = None) -> tuple[str | None, str | None, str | N
         return None, None, None
     if not data.startswith(b"\xff\xd8\xff"):
         return None, None, None
-    from dynametric.engine.device_decode import jpeg_damage
-
     return None, None, jpeg_damage(data)
 
 

@@ -17,7 +17,8 @@ error names the file, as on the CPU path.
 
 A JPEG whose compressed data is damaged but which ends with its end-of-image marker decodes on both paths, grey
 where data is missing; libjpeg's warning about it, which it prints to the process's stderr without a file name,
-is caught here and logged as one warning naming the file (:func:`jpeg_damage`; ``data inspect`` lists such files).
+is caught here and logged as one warning naming the file (:func:`dynametric.data.base.jpeg_damage`; ``data
+inspect`` lists such files).
 
 Values differ slightly from the CPU path: PIL's and torchvision's antialiased resize are not bit-identical (and
 nvjpeg's IDCT may differ from libjpeg's in the last bit).
@@ -25,15 +26,9 @@ nvjpeg's IDCT may differ from libjpeg's in the last bit).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import os
-import sys
-import tempfile
-import threading
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,66 +42,6 @@ log = logging.getLogger(__name__)
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 EXIF_HEADER = b"Exif\x00\x00"
-
-
-LIBJPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
-"""How libjpeg's warnings about damaged compressed data begin (it decodes such a JPEG, grey where data is missing).
-``Corrupt JPEG data: N extraneous bytes before marker`` is left out: junk between segments, the image is whole."""
-_FD2_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _libjpeg_messages() -> Iterator[list[str]]:
-    """Collect what is written to file descriptor 2 in the block (libjpeg prints its warnings there, from C, and
-    neither Pillow nor torchvision passes them on); the list gets libjpeg's damage lines after the block, and any
-    other text is written on to stderr. One block at a time in the process (a lock)."""
-    found: list[str] = []
-    with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError):  # no descriptor 2 (a daemon): nothing would be printed either
-            saved = -1
-        if saved < 0:
-            yield found
-            return
-        try:
-            os.dup2(tmp.fileno(), 2)
-            yield found
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            other = []
-            for line in tmp.read().decode("utf-8", "replace").splitlines():
-                if line.strip().startswith(LIBJPEG_DAMAGE) and "extraneous bytes" not in line:
-                    found.append(line.strip())
-                else:
-                    other.append(line)
-            if other:
-                sys.stderr.write("\n".join(other) + "\n")
-
-
-def _quiet_decode_jpeg(data: Any, **kwargs: Any) -> Any:
-    from torchvision.io import decode_jpeg
-
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoding (a warning per call)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return decode_jpeg(data, **kwargs)
-
-
-def jpeg_damage(data: bytes | torch.Tensor) -> str | None:
-    """libjpeg's warning(s) about damaged compressed data in a JPEG that still decodes (bytes zeroed or cut out
-    before the end-of-image marker: libjpeg fills the rest with grey, Pillow says nothing), joined by ``; ``; None
-    for a clean JPEG, or one libjpeg cannot decode at all (Pillow's decoding names that error)."""
-    tensor = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    with _libjpeg_messages() as found:
-        try:
-            _quiet_decode_jpeg(tensor, device="cpu")
-        except RuntimeError:
-            pass
-    return "; ".join(dict.fromkeys(found)) or None
 
 
 def gpu_decode_available() -> bool:
@@ -322,7 +257,9 @@ class DeviceDecoder:
             if t.dim() != 1:
                 out[i] = t.to(device)
         if jpegs:
-            with _libjpeg_messages() as damage:  # libjpeg's warnings would print without a file name
+            from dynametric.data.base import libjpeg_messages
+
+            with libjpeg_messages() as damage:  # libjpeg's warnings would print without a file name
                 try:
                     decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
                     raw.update(zip(jpegs, decoded))
@@ -333,6 +270,8 @@ class DeviceDecoder:
                         except RuntimeError:
                             out[i] = _pil_uint8(batch.paths[i], self.cpu_transform).to(device)
             if damage:  # which file(s): each JPEG alone on the CPU (rare)
+                from dynametric.data.base import jpeg_damage
+
                 for i in jpegs:
                     found = jpeg_damage(data[i])
                     if found:
