@@ -111,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DynametricError as exc:
-        print(f"dynametric {command}: error: {exc}", file=sys.stderr)
+        from dynametric.data.base import unwrap_worker_error  # a loader worker's error: its own line, no traceback
+
+        print(f"dynametric {command}: error: {unwrap_worker_error(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `dynametric search --json | head`: the reader left; stop quietly, as `yes | head` does
         _silence_stdout()

@@ -113,6 +113,10 @@ def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
     key.putpixel((1, 0), (1, 2, 3))
     key.save(tmp_path / "key.png", transparency=(0, 255, 0))  # an RGB colour key (tRNS)
     assert _pixels(tmp_path / "key.png") == [[[255, 255, 255], [1, 2, 3]]]
+    grey16 = Image.fromarray(np.array([[0, 30000, 65535, 1000]], np.uint16))
+    grey16.save(tmp_path / "g16.png", transparency=30000)  # a 16-bit greyscale colour key (was not composited)
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    assert _pixels(tmp_path / "g16.png") == _grey([0, 255, 255, 4])  # 30000 is white (not 117); 1000/257 -> 4
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.webp", lossless=True)
     assert _pixels(tmp_path / "rgba.webp") == [[[255, 255, 255], [255, 0, 0], [227, 127, 127], [255, 255, 255]]]
 
@@ -168,3 +172,58 @@ def test_datasets_inspect_and_embedding_load_images_alike(tmp_path: Path) -> Non
     assert torch.equal(decoder.read_file(g16)[1], files[1])
     result = inspect_dataset("folder", tmp_path / "tree")  # decodes every image the way training does
     assert result["problems"] == [] and result["splits"]["train"]["images"] == 2
+
+
+def _with_segments_before_exif(jpeg: bytes, padding: int) -> bytes:
+    """``jpeg`` with ``padding`` ICC-profile-like APP2 segments of 65,000 bytes each put before its APP1 (EXIF)."""
+    at = jpeg.index(b"\xff\xe1")
+    length = int.from_bytes(jpeg[at + 2:at + 4], "big")
+    app1 = jpeg[at:at + 2 + length]
+    pads = b"".join(b"\xff\xe2" + (65000).to_bytes(2, "big") + b"ICC_PROFILE\x00" + bytes([k + 1, padding])
+                    + bytes(65000 - 16) for k in range(padding))
+    return b"\xff\xd8" + pads + app1 + jpeg[2:at] + jpeg[at + 2 + length:]
+
+
+@pytest.mark.parametrize("padding", [0, 1, 3])
+def test_device_decoding_finds_an_exif_orientation_wherever_its_segment_lies(tmp_path: Path, padding: int) -> None:
+    """`is_plain_jpeg` looked for 'Exif' in the first 64 KiB only: behind two ICC segments an orientation-6 JPEG was
+    sent to the device decoder and came out unrotated. It walks the header segments now."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _red_left_blue_right((40, 20)).save(tmp_path / "o6.jpg", quality=95, exif=exif.tobytes())
+    exif[0x0112] = 1
+    _red_left_blue_right((40, 20)).save(tmp_path / "o1.jpg", quality=95, exif=exif.tobytes())
+    six = _with_segments_before_exif((tmp_path / "o6.jpg").read_bytes(), padding)
+    one = _with_segments_before_exif((tmp_path / "o1.jpg").read_bytes(), padding)
+    assert (six.find(b"Exif\x00\x00") > 65536) == (padding > 1)
+    with Image.open(io.BytesIO(six)) as img:
+        assert img.getexif().get(0x0112) == 6  # PIL (the CPU path) turns it
+    assert not is_plain_jpeg(six) and is_plain_jpeg(one)
+    (tmp_path / "late.jpg").write_bytes(six)
+    decoder = DeviceDecoder.from_transform(T.Compose([T.PILToTensor()]))
+    assert decoder is not None
+    _, out = decoder.read_file(tmp_path / "late.jpg")
+    assert out.shape == (3, 40, 20)  # decoded upright by PIL in the worker, not sent as bytes
+    # a header that cannot be walked (a segment length past the end) goes to PIL too; no EXIF: the device
+    broken = six[:2] + b"\xff\xe2\xff\xff" + six[2:]
+    assert not is_plain_jpeg(broken)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "plain.jpg")
+    assert is_plain_jpeg((tmp_path / "plain.jpg").read_bytes())
+
+
+def test_a_zero_byte_image_is_named_an_empty_file_everywhere(tmp_path: Path) -> None:
+    from dynametric.data.base import HierarchicalImageDataset
+    from dynametric.data.inspect import _decode
+    from dynametric.errors import InputError
+
+    (tmp_path / "zero.jpg").write_bytes(b"")  # PIL says only "cannot identify image file"
+    ds = HierarchicalImageDataset([str(tmp_path / "zero.jpg")], torch.zeros(1, 1, dtype=torch.long), ["fine"], "t")
+    with pytest.raises(InputError, match=r"zero.jpg: cannot read image \(empty file \(0 bytes\)\)$"):
+        ds[0]
+    assert _decode(str(tmp_path / "zero.jpg")) == ("empty file (0 bytes)", None, None)  # data inspect
+    with pytest.raises(InputError, match=r"zero.jpg: cannot decode image \(empty file \(0 bytes\)\)$"):
+        ImageFiles([tmp_path / "zero.jpg"], T.ToTensor())[0]
+    decoder = DeviceDecoder.from_transform(T.Compose([T.PILToTensor()]))
+    assert decoder is not None
+    with pytest.raises(InputError, match=r"zero.jpg: cannot decode image \(empty file \(0 bytes\)\)$"):
+        decoder.read_file(tmp_path / "zero.jpg")

@@ -313,3 +313,37 @@ def test_missing_dyml_test_splits_are_problems(tmp_path: Path, capsys: pytest.Ca
     # asking for the splits that are there: nothing is missing from what was asked
     code, _ = _run(["data", "inspect", "--format", f"dyml-{variant}", "--root", str(root), "--split", "train"], capsys)
     assert code == 0
+
+
+def write_damaged_jpeg(path: Path, seed: int = 0) -> None:
+    """A JPEG whose compressed data is cut in half, the end-of-image marker put back: Pillow decodes it without an
+    error (grey below the cut); libjpeg warns 'Corrupt JPEG data: premature end of data segment'."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    noise = np.random.default_rng(seed).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    start = data.index(b"\xff\xda")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:start + (len(data) - start) // 2] + b"\xff\xd9")
+
+
+def test_a_jpeg_with_damaged_data_that_pillow_decodes_is_a_problem(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """'no problems found' was printed for it; training and embed take it as Pillow decodes it."""
+    root = tmp_path / "d"
+    for name in ("a", "b", "c"):
+        write_image(root / "x" / f"{name}.png", (10, 20, 30))
+    write_damaged_jpeg(root / "y" / "cut.jpg")
+    write_image(root / "y" / "ok.jpg", (200, 100, 50))
+    with Image.open(root / "y" / "cut.jpg") as img:
+        img.load()  # Pillow: no error
+    code, out = _run(["data", "inspect", "--format", "folder", "--root", str(root), "--json"], capsys)
+    assert code == 1
+    assert [(p["file"], p["kind"], p["message"]) for p in json.loads(out)["problems"]] == [
+        (str(root / "y" / "cut.jpg"), "damaged_image",
+         "damaged JPEG data (libjpeg: Corrupt JPEG data: premature end of data segment): Pillow decodes it without "
+         "an error, grey where the data is damaged, and training and embed take it so")]

@@ -233,12 +233,13 @@ def test_transform_specs_and_overrides() -> None:
 
     rc = build_transform("reality_check", train=True)
     kinds = [type(t).__name__ for t in rc.transforms]
-    assert kinds == ["Resize", "RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    assert kinds == ["BoundedResize", "RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    assert isinstance(rc.transforms[0], T.Resize)  # torchvision's Resize of an image cut to at most 8:1
     crop = rc.transforms[1]
     assert isinstance(crop, T.RandomResizedCrop) and crop.size == (227, 227) and crop.scale == (0.16, 1.0)
     assert crop.ratio == (0.75, 1.33) and rc.transforms[0].size == 256
     std_eval = build_transform("standard", train=False)
-    assert [type(t).__name__ for t in std_eval.transforms] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
+    assert [type(t).__name__ for t in std_eval.transforms] == ["BoundedResize", "CenterCrop", "ToTensor", "Normalize"]
     assert std_eval.transforms[1].size == (224, 224)
     half = build_transform("standard", train=False, size=112)
     assert half.transforms[0].size == 128 and half.transforms[1].size == (112, 112)  # 256:224 ratio kept

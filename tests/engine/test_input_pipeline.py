@@ -128,3 +128,104 @@ def test_one_step_crop_draws_like_torchvision() -> None:
     steps = [type(t).__name__ for t in build_transform("standard", train=True).transforms]
     assert steps[0] == "RandomResizedCrop" and isinstance(build_transform("dyml", train=True).transforms[0],
                                                           T.RandomResizedCrop)
+
+
+def _csv_data_with_a_text_file(root, bad_split: str = "test") -> str:
+    """A ``csv`` dataset (train and test splits, images of their own) whose image ``imgs/<bad_split>_c1_0.jpg`` is a
+    text file; returns that file's path."""
+    rng = np.random.default_rng(0)
+    (root / "imgs").mkdir(parents=True)
+    rows = ["path,split,fine,coarse"]
+    for split in ("train", "test"):
+        for c in range(4):
+            for i in range(4):
+                name = f"imgs/{split}_c{c}_{i}.jpg"
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / name)
+                rows.append(f"{name},{split},{c},{c // 2}")
+    (root / "imgs" / f"{bad_split}_c1_0.jpg").write_text("not an image\n")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return str(root / "imgs" / f"{bad_split}_c1_0.jpg")
+
+
+def test_a_loader_workers_error_is_the_line_it_is_without_workers(tmp_path) -> None:
+    """torch re-raises a worker's InputError as 'Caught InputError in DataLoader worker process 0. Original
+    Traceback ...' (30-46 lines in train/evaluate); unwrap_worker_error gives back the one line of 0 workers."""
+    from torch.utils.data import DataLoader
+
+    from dynametric.data import build_dataset
+    from dynametric.data.base import unwrap_worker_error
+    from dynametric.errors import InputError
+
+    bad = _csv_data_with_a_text_file(tmp_path)
+    ds = build_dataset("csv", str(tmp_path), "test", transform=T.ToTensor())
+    errors = []
+    for workers in (0, 1):
+        with pytest.raises(InputError) as err:
+            list(DataLoader(ds, batch_size=4, num_workers=workers))
+        errors.append(err.value)
+    assert str(errors[0]) == (f"{bad}: cannot read image (UnidentifiedImageError: cannot identify image file "
+                              f"'{bad}')")
+    assert str(errors[1]).startswith("Caught InputError in DataLoader worker process 0.")  # torch's wrapping
+    clean = unwrap_worker_error(errors[1])
+    assert type(clean) is InputError and str(clean) == str(errors[0])
+    assert unwrap_worker_error(errors[0]) is errors[0]  # not a worker's: unchanged
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_train_and_evaluate_print_a_workers_bad_image_in_one_line(tmp_path, capsys, command) -> None:
+    from dynametric.cli import main
+    from tests.retrieval.conftest import make_run
+
+    bad = _csv_data_with_a_text_file(tmp_path / "data", "train" if command == "train" else "test")
+    data = ["data.format=csv", f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.transform=small"]
+    if command == "train":
+        argv = ["train", "--out", str(tmp_path / "run"), *TINY, *data, "data.workers=1", "data.batch_size=6",
+                "data.m=2", "trainer.max_epochs=1", "trainer.progress_bar=false"]
+    else:
+        ckpt = make_run(tmp_path / "run", dim=8)
+        argv = ["evaluate", "--checkpoint", str(ckpt), "--workers", "1", *(a for d in data for a in ("--set", d))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dynametric {command}: error: {bad}: cannot read image (UnidentifiedImageError: cannot identify "
+                   f"image file '{bad}')"]
+
+
+def _photo(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([127 + 120 * np.sin(xx / (w / 7 + 1)), 127 + 120 * np.cos(yy / (h / 5 + 1)), (xx + yy) % 256], -1)
+    return Image.fromarray(np.clip(arr + rng.normal(0, 25, arr.shape), 0, 255).astype(np.uint8))
+
+
+def test_eval_resize_of_normal_images_is_unchanged_and_thin_ones_are_bounded() -> None:
+    from dynametric.data.transforms import build_transform
+
+    new = build_transform("standard", train=False)
+    old = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(new.spec.mean, new.spec.std)])
+    # aspect ratios up to 8:1 (the bound itself included): bit-identical to torchvision's Resize + CenterCrop
+    for k, (w, h) in enumerate([(300, 200), (200, 300), (640, 480), (257, 256), (999, 125), (80, 640), (50, 37),
+                                (800, 100), (100, 800)]):
+        img = _photo(w, h, k)
+        assert torch.equal(new(img), old(img)), (w, h)
+    # a 30x600 strip: the resize works on its central 30x240 (256x2048, not 256x5120); its scale is the same
+    # (600/5120 = 240/2048), so the centre crop is the same pixels
+    thin = _photo(30, 600, 9)
+    resize = new.transforms[0]
+    assert resize(thin).size == (256, 2048)
+    assert torch.equal(new(thin), old(thin))
+    # --decode gpu applies the same bound to the decoded tensor
+    from dynametric.engine.device_decode import DeviceDecoder
+    from dynametric.engine.inference import split_transform
+
+    decoder = DeviceDecoder.from_transform(split_transform(new)[0])
+    assert decoder is not None
+    strip = torch.zeros(1, 3, 2, 20000, dtype=torch.uint8)
+    assert tuple(decoder._geometry(strip).shape) == (1, 3, 224, 224)
+    for w, h in [(1, 4000), (4000, 1), (2, 20000)]:  # took seconds and GBs; bounded now
+        assert max(resize(Image.new("RGB", (w, h))).size) <= 8 * 256
+        assert tuple(new(Image.new("RGB", (w, h), (10, 200, 10))).shape) == (3, 224, 224)
+    train = build_transform("reality_check", train=True)  # its Resize before the random crop is bounded too
+    assert max(train.transforms[0](Image.new("RGB", (2, 20000))).size) <= 8 * 256
+    import pickle  # spawned loader workers get the transforms pickled (by reference to the module's classes)
+
+    assert type(pickle.loads(pickle.dumps(train)).transforms[0]) is type(resize)

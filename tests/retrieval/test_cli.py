@@ -42,6 +42,19 @@ def test_search_by_image_file_embeds_with_the_recorded_checkpoint(built: dict[st
     assert out["queries"][0]["results"][0]["distance"] < 1e-5
 
 
+def test_search_by_an_empty_image_or_a_broken_link_says_what_it_is(built: dict[str, Path], tmp_path: Path,
+                                                                   capsys) -> None:
+    """A zero-byte file said PIL's 'cannot identify image file'; a link to a missing file named only the link."""
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    for name, message in [("zero.jpg", "cannot decode image (empty file (0 bytes))"),
+                          ("link.jpg", f"image file not found: it is a symbolic link to {tmp_path / 'gone.jpg'}, "
+                                       "which does not exist")]:
+        capsys.readouterr()
+        assert main(["search", "--index", str(built["index"]), "--image", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err.strip() == f"dynametric search: error: {tmp_path / name}: {message}"
+
+
 def test_scale_and_same_options(built: dict[str, Path], capsys) -> None:
     out = _search(capsys, "--index", str(built["index"]), "--embeddings", str(built["emb"]), "-k", "3",
                   "--scale", "coarse")

@@ -100,7 +100,9 @@ def test_gpu_mode_embeddings_close_same_order_and_ids(run_ckpt: Path, mixed: Pat
     assert gpu.identity()["decode"] == "gpu" and "decode" not in cpu.identity()
 
 
-@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0" + b"garbage" * 50 + b"\xff\xd9", "truncated"])
+@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xda\x00\x02" + b"garbage" * 50 + b"\xff\xd9",  # the device's
+                                     b"\xff\xd8\xff\xe0" + b"garbage" * 50 + b"\xff\xd9",  # header unwalkable: PIL's
+                                     "truncated"])
 def test_bad_jpeg_gives_the_cpu_paths_error(run_ckpt: Path, mixed: Path, tmp_path: Path, content) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -109,7 +111,7 @@ def test_bad_jpeg_gives_the_cpu_paths_error(run_ckpt: Path, mixed: Path, tmp_pat
     data = (mixed / "im_00.jpg").read_bytes()
     bad = folder / "im_01b.jpg"
     bad.write_bytes(data[: len(data) // 2] if content == "truncated" else content)
-    assert is_plain_jpeg(bad.read_bytes()) == (content != "truncated")
+    assert is_plain_jpeg(bad.read_bytes()) == (content != "truncated" and content[3] == 0xDA)
     items = list_image_folder(folder)
     errors = []
     for decode in ("cpu", "gpu"):
@@ -190,3 +192,29 @@ def test_decoder_pickles_without_its_streams_and_embed_on_device_equals_embed(ru
     on_device = gpu.embed_on_device(batch)
     assert on_device.dtype == torch.float32 and on_device.shape[0] == 7
     assert torch.equal(on_device, gpu.embed(batch))
+
+
+def test_damaged_jpeg_data_is_named_not_printed_raw(run_ckpt: Path, mixed: Path, tmp_path: Path, capfd, caplog) -> None:
+    """libjpeg printed 'Corrupt JPEG data: premature end of data segment' to stderr with no file name; the device
+    path decodes such a JPEG as the CPU path does (grey where data is missing) and warns naming the file."""
+    import logging
+
+    from tests.data.test_inspect import write_damaged_jpeg
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted(mixed.iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    write_damaged_jpeg(folder / "im_01c.jpg")
+    assert is_plain_jpeg((folder / "im_01c.jpg").read_bytes())  # a whole-looking JPEG: decoded on the device
+    items = list_image_folder(folder)
+    loaded = _loaded(run_ckpt, "gpu")
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="dynametric.engine.device_decode"):
+        embed_items(items, loaded.embed, loaded.loader_transform, tmp_path / "e", model_identity=loaded.identity(),
+                    batch_size=4, shard_size=4)
+    err = capfd.readouterr().err
+    assert not any(line.startswith("Corrupt JPEG data") for line in err.splitlines())
+    warned = [r.getMessage() for r in caplog.records if "damaged JPEG data" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"{folder / 'im_01c.jpg'}: damaged JPEG data (libjpeg: Corrupt "
+                                                     "JPEG data: premature end of data segment)")

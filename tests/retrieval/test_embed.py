@@ -169,6 +169,34 @@ def test_csv_lists_every_bad_row_in_one_error(image_root: Path, tmp_path: Path) 
     assert f"{csv_path}:22:" not in text and text.endswith("... and 5 more")
 
 
+def test_csv_lists_each_image_file_once_as_the_dataset_readers_do(image_root: Path, tmp_path: Path) -> None:
+    # one file under two spellings (or two ids) is one image listed twice: the readers' DuplicateTracker rule
+    csv_path = tmp_path / "dup.csv"
+    (tmp_path / "link.png").symlink_to(image_root / "imgs" / "rock" / "img_02.png")
+    csv_path.write_text("path,id,fine\n"
+                        "imgs/animal/img_00.png,a,1\n"
+                        "./imgs/animal/img_00.png,b,1\n"  # line 3: the same file, the same label
+                        "imgs/plant/img_01.png,c,2\n"
+                        "imgs/../imgs/plant/img_01.png,d,3\n"  # line 5: the same file, another label
+                        "imgs/rock/img_02.png,e,01\n"
+                        f"{tmp_path / 'link.png'},f,1\n"  # line 7: a link to line 6's file, label 1 == 01
+                        "imgs/animal/img_03.png,g,1\n", encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_image_csv(csv_path, image_root=image_root)
+    lines = str(err.value).split("\n")
+    assert lines[0].startswith(f"{csv_path}:3: 3 problem(s) in the image list dup.csv: ./imgs/animal/img_00.png "
+                               "(the same file as 'imgs/animal/img_00.png') listed again with the same labels as "
+                               "line 2")
+    assert lines[2] == (f"  {csv_path}:5: imgs/../imgs/plant/img_01.png (the same file as 'imgs/plant/img_01.png') "
+                        "listed again with labels [3] but line 4 gives [2]")
+    assert lines[3].startswith(f"  {csv_path}:7: {tmp_path / 'link.png'} (the same file as 'imgs/rock/img_02.png') "
+                               "listed again with the same labels as line 6")
+    assert len(lines) == 4
+    # different files are not repeats, and one id per row still holds
+    csv_path.write_text("path,id,fine\nimgs/animal/img_00.png,a,1\nimgs/animal/img_03.png,b,1\n", encoding="utf-8")
+    assert read_image_csv(csv_path, image_root=image_root).ids == ["a", "b"]
+
+
 def test_csv_quoted_line_breaks_keep_line_numbers(image_root: Path, tmp_path: Path) -> None:
     csv_path = tmp_path / "quoted.csv"
     csv_path.write_text('path,id,coarse\n'

@@ -39,6 +39,12 @@ class DataConfig:
     """Transform preset for ``build_transform(preset, train)``; ``default`` lets the format choose."""
     image_size: int | None = None
     """Training/test crop size; ``None`` keeps the preset's own size."""
+    mean: list[float] | None = None
+    """Per-channel mean the transforms normalise with (one number per ``model.in_chans`` channel); ``None``: the
+    backbone's pretrained statistics (:func:`dynametric.data.transforms.backbone_statistics`: timm's
+    ``pretrained_cfg``, ImageNet for dynametric's own backbones)."""
+    std: list[float] | None = None
+    """Per-channel standard deviation (numbers > 0, one per channel); ``None``: the backbone's, as ``mean``."""
     train_split: str = "train"
     test_split: str = "test"
     val_split: str | None = "auto"
@@ -604,6 +610,7 @@ class Config:
                     raise ConfigError(f"unknown head {name!r}; expected the model's heads {heads} or 'concat'"
                                       + _suggest(name, [*heads, "concat"]), key="eval.heads")
         self._validate_monitor()
+        self._validate_normalization()
         warmup = self.optim.scheduler.warmup_epochs
         if warmup and warmup >= self.trainer.max_epochs:
             raise ConfigError(f"a warm-up of {warmup} epochs covers the whole run (trainer.max_epochs = "
@@ -647,6 +654,22 @@ class Config:
                               f"expected data.batch_size / data.m >= 2 (e.g. data.batch_size {2 * data.m}"
                               + (f" or data.m {data.batch_size // 2}" if data.batch_size % 2 == 0 else "") + ")",
                               key=key)
+
+    def _validate_normalization(self) -> None:
+        """``data.mean`` / ``data.std``: one finite number per input channel (``model.in_chans``), std > 0."""
+        channels = int(self.model.in_chans)
+        for name in ("mean", "std"):
+            value = getattr(self.data, name)
+            if value is None:
+                continue
+            numbers = value if isinstance(value, list | tuple) else None
+            if numbers is None or len(numbers) != channels or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+                raise ConfigError(f"expected a list of {channels} numbers, one per input channel (model.in_chans = "
+                                  f"{channels}), got {value!r}", key=f"data.{name}")
+            if name == "std" and min(numbers) <= 0:
+                raise ConfigError(f"every std must be > 0, got {list(numbers)}", key="data.std")
+            setattr(self.data, name, [float(v) for v in numbers])
 
     def _validate_monitor(self) -> None:
         """``trainer.monitor``'s metric must be one the validation rounds compute (eval.metrics, eval.k_values);

@@ -13,15 +13,21 @@ the files) are kept: ``class_ids[s][c]`` is the raw id of contiguous class ``c``
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Hashable, Sequence
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
@@ -40,7 +46,8 @@ class Problem:
 
     ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
     ``unreadable_folder``, ``non_utf8_name``, ``outside_root``, ``outside_split``, ``hierarchy``, ``duplicate``,
-    ``count_mismatch``, ``empty_split``.
+    ``count_mismatch``, ``empty_split`` (``data inspect`` adds ``damaged_image``, ``shared_file``,
+    ``class_overlap``).
     ``split_unknown`` marks a record of a file shared by several splits whose split cannot be read (the split cell is
     unknown, the fields are shifted, a quote is left open): it may belong to any split, so every split lists it.
     """
@@ -263,7 +270,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     * **16-bit, 32-bit and float greyscale** are scaled by their range convention (:func:`_grey_to_uint8`:
       16-bit ``v / 257``, float 0..1 clipped), never clipped at 255 (Pillow's ``convert`` turns a 16-bit
       gradient 0..30000 into black and white). 16-bit colour PNGs Pillow reduces to 8 bits itself (high byte).
-    * **Transparency** (an alpha channel, a palette or colour key with transparency) is composited onto white
+    * **Transparency** (an alpha channel, a palette or colour key with transparency, a 16-bit greyscale PNG's colour
+      key too) is composited onto white
       (:data:`BACKGROUND`): ``out = round((c * a + 255 * (255 - a)) / 255)``; a fully transparent pixel is white
       whatever colour it stores.
     * Every other mode (``L``, ``P``, ``1``, ``CMYK``, ``YCbCr``, ...) goes through Pillow's ``convert("RGB")``.
@@ -278,7 +286,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if orientation in range(2, 9):
         img = ImageOps.exif_transpose(img)
     if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
-        return Image.fromarray(np.repeat(_grey_to_uint8(img)[:, :, None], 3, axis=2))
+        grey = _grey_to_uint8(img)
+        key = img.info.get("transparency")
+        if isinstance(key, int) and not isinstance(key, bool):  # a greyscale PNG's colour key (tRNS), in stored units
+            grey = np.where(np.asarray(img) == key, np.uint8(BACKGROUND), grey)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
     if transparent:
         rgba = np.asarray(img.convert("RGBA"), dtype=np.uint32)
         alpha = rgba[:, :, 3:]
@@ -327,6 +339,123 @@ def load_rgb(path: str | Path, swap_rb: bool = False, box: tuple[int, int, int, 
 
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decode_problem(path: str | Path, exc: BaseException) -> str:
+    """What :func:`load_rgb` met, in words: ``empty file (0 bytes)`` for a zero-byte file (PIL says only that it
+    cannot identify it), else ``<exception type>: <message>``."""
+    if isinstance(exc, UnidentifiedImageError):
+        try:
+            if os.path.getsize(path) == 0:
+                return "empty file (0 bytes)"
+        except OSError:
+            pass
+    return f"{type(exc).__name__}: {exc}"
+
+
+def image_read_error(path: str | Path, exc: BaseException, verb: str = "decode") -> InputError:
+    """The one-line error for an image file :func:`load_rgb` could not open (embed, search --image, --decode gpu):
+    a folder, a missing file (a symbolic link whose target is missing names the target), an empty file, else
+    ``cannot <verb> image (<type>: <message>)``."""
+    if isinstance(exc, IsADirectoryError):
+        return InputError("is a folder; expected an image file", file=path)
+    if isinstance(exc, FileNotFoundError):
+        target = None
+        try:
+            if os.path.islink(path):
+                target = os.readlink(path)
+        except OSError:
+            pass
+        if target is not None:
+            return InputError(f"image file not found: it is a symbolic link to {target}, which does not exist",
+                              file=path)
+        return InputError("image file not found", file=path)
+    return InputError(f"cannot {verb} image ({decode_problem(path, exc)})", file=path)
+
+
+def unwrap_worker_error(exc: BaseException) -> BaseException:
+    """A DataLoader worker's error as the worker raised it: one line (the same as with no workers).
+
+    torch re-raises an exception of a loader worker in the main process as the same type built from ``"Caught
+    InputError in DataLoader worker process 1.\nOriginal Traceback ..."`` (the worker's whole traceback); this
+    returns an exception of that type holding only the worker's own message (the text after the traceback's last
+    ``<module>.<type>: ``), or ``exc`` itself when it is not such a re-raised error. Every command's error
+    printing calls it (``train``, ``evaluate``, ``embed``, ...: with ``workers: auto`` a GPU host loads with
+    workers)."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return exc
+    kind = type(exc)
+    marker = f"\n{kind.__module__}.{kind.__qualname__}: "
+    at = text.rfind(marker)
+    if at < 0:
+        return exc
+    message = text[at + len(marker):].strip()
+    try:
+        clean = kind(message)
+    except Exception:  # a type whose constructor wants more than a message: keep the long one
+        return exc
+    return clean
+
+
+LIBJPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
+"""How libjpeg's warnings about damaged compressed data begin (it decodes such a JPEG, grey where data is missing).
+``Corrupt JPEG data: N extraneous bytes before marker`` is left out: junk between segments, the image is whole."""
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def libjpeg_messages() -> Iterator[list[str]]:
+    """Collect what is written to file descriptor 2 in the block (libjpeg prints its warnings there, from C, and
+    neither Pillow nor torchvision passes them on); the list gets libjpeg's damage lines after the block, and any
+    other text is written on to stderr. One block at a time in the process (a lock)."""
+    found: list[str] = []
+    with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no descriptor 2 (a daemon): nothing would be printed either
+            saved = -1
+        if saved < 0:
+            yield found
+            return
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield found
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            other = []
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if line.strip().startswith(LIBJPEG_DAMAGE) and "extraneous bytes" not in line:
+                    found.append(line.strip())
+                else:
+                    other.append(line)
+            if other:
+                sys.stderr.write("\n".join(other) + "\n")
+
+
+def _quiet_decode_jpeg(data: Any, **kwargs: Any) -> Any:
+    from torchvision.io import decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoding (a warning per call)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return decode_jpeg(data, **kwargs)
+
+
+def jpeg_damage(data: bytes | torch.Tensor) -> str | None:
+    """libjpeg's warning(s) about damaged compressed data in a JPEG that still decodes (bytes zeroed or cut out
+    before the end-of-image marker: libjpeg fills the rest with grey, Pillow says nothing), joined by ``; ``; None
+    for a clean JPEG, or one libjpeg cannot decode at all (Pillow's decoding names that error)."""
+    tensor = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with libjpeg_messages() as found:
+        try:
+            _quiet_decode_jpeg(tensor, device="cpu")
+        except RuntimeError:
+            pass
+    return "; ".join(dict.fromkeys(found)) or None
 
 
 class PathTable(Sequence[str]):
@@ -493,7 +622,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         try:
             return load_rgb(path, self.swap_rb, box)
         except _DECODE_ERRORS as exc:
-            raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", file=path) from exc
+            raise InputError(f"cannot read image ({decode_problem(path, exc)})", file=path) from exc
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
         index = int(index)

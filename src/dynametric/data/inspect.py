@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dynametric.data.base import BoxOutsideImage, Problem, check_hierarchy, contiguous_ids, load_rgb
+from dynametric.data.base import (
+    BoxOutsideImage,
+    Problem,
+    check_hierarchy,
+    contiguous_ids,
+    decode_problem,
+    jpeg_damage,
+    load_rgb,
+)
 from dynametric.data.oml import box_problem
 from dynametric.data.readers import resolve_root
 from dynametric.data.registry import SYNTHETIC, get_format, list_splits, root_expected, split_options
@@ -32,17 +40,26 @@ __all__ = ["check_grid_target", "inspect_dataset", "is_sample_grid", "write_samp
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def _decode(path: str, box: Any = None) -> tuple[str | None, str | None]:
-    """``(None, None)`` for an image that loads as training and embedding load it (:func:`load_rgb`, with the oml
-    crop ``box`` if any); ``(the error, None)`` for one that cannot be decoded, ``(None, why)`` for a box past the
-    stored image's edge (:func:`~dynametric.data.oml.box_problem`)."""
+def _decode(path: str, box: Any = None) -> tuple[str | None, str | None, str | None]:
+    """``(None, None, None)`` for an image that loads as training and embedding load it (:func:`load_rgb`, with the
+    oml crop ``box`` if any); ``(the error, None, None)`` for one that cannot be decoded, ``(None, why, None)`` for a
+    box past the stored image's edge (:func:`~dynametric.data.oml.box_problem`), ``(None, None, libjpeg's
+    warning)`` for a JPEG whose compressed data is damaged although Pillow decodes it without an error
+    (:func:`~dynametric.data.base.jpeg_damage`: a second decoding, by libjpeg through torchvision)."""
     try:
         load_rgb(path, box=box)
     except BoxOutsideImage as exc:
-        return None, box_problem(exc.box, exc.size, exc.oriented)
+        return None, box_problem(exc.box, exc.size, exc.oriented), None
     except _DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}", None
-    return None, None
+        return decode_problem(path, exc), None, None
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:  # it was read a moment ago
+        return None, None, None
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None, None, None
+    return None, None, jpeg_damage(data)
 
 
 def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] | None = None,
@@ -118,13 +135,17 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
                 boxes = getattr(rec, "boxes", None) or [None] * len(rec.paths)  # oml crop boxes
                 with ThreadPoolExecutor(max(1, workers)) as pool:
                     decoded = list(pool.map(_decode, rec.paths, boxes))
-                for path, loc, (err, bad) in zip(rec.paths, rec.locations, decoded):
+                for path, loc, (err, bad, damage) in zip(rec.paths, rec.locations, decoded):
+                    listed = f" (listed at {loc[0]}:{loc[1]})" if loc[1] is not None else ""
                     if err is not None:
-                        listed = f" (listed at {loc[0]}:{loc[1]})" if loc[1] is not None else ""
                         problems.append((Problem(f"unreadable image: {err}{listed}", path, None,
                                                  "unreadable_image"), split))
                     elif bad is not None:
                         problems.append((Problem(f"{bad}: {path}", loc[0], loc[1]), split))
+                    elif damage is not None:
+                        problems.append((Problem(f"damaged JPEG data (libjpeg: {damage}): Pillow decodes it without "
+                                                 f"an error, grey where the data is damaged, and training and embed "
+                                                 f"take it so{listed}", path, None, "damaged_image"), split))
             details = rec.report.as_dict()
             details.pop("problems")
             details["notes"] = notes

@@ -110,9 +110,22 @@ def _smallest_fraction(n_classes: int) -> float:
     return fraction
 
 
+def normalization(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` the config's transforms normalise with: ``data.mean`` / ``data.std`` where set, else the
+    backbone's pretrained statistics (:func:`~dynametric.data.transforms.backbone_statistics`; for a model of
+    other than 3 input channels, which has none of its own, ImageNet's)."""
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD, backbone_statistics
+
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if int(cfg.model.in_chans) != 3 else \
+        backbone_statistics(cfg.model.backbone)[:2]
+    return (tuple(cfg.data.mean) if cfg.data.mean is not None else mean,
+            tuple(cfg.data.std) if cfg.data.std is not None else std)
+
+
 def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_images: bool = False) -> Any:
     """The config's transform (``data.transform``; ``default`` = ``standard``), cropping to ``size`` if given, else
-    ``data.image_size``.
+    ``data.image_size``, normalising with :func:`normalization` (the backbone's statistics unless ``data.mean`` /
+    ``data.std`` are set).
 
     The one place for the synthetic data's rule: with ``transform: default`` a ``synthetic`` dataset renders its own
     tensors (``"to_tensor"``); ``for_images=True`` asks instead for the callable that turns image files of that data
@@ -135,7 +148,8 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
 
     preset = "standard" if data.transform == "default" else data.transform
     size = size if size is not None else data.image_size
-    overrides = {} if size is None else {"size": int(size)}
+    overrides: dict[str, Any] = {} if size is None else {"size": int(size)}
+    overrides["mean"], overrides["std"] = normalization(cfg)
     try:
         return build_transform(preset, train, **overrides)
     except ConfigError as exc:

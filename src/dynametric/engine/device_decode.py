@@ -8,11 +8,17 @@ applies the evaluation transform's geometry (``Resize`` / ``CenterCrop``, same s
 (:func:`dynametric.engine.inference.split_transform`).
 
 Files that are not plain JPEGs (PNG, WebP, …, JPEGs that do not end with the end-of-image marker, e.g.
-truncated ones, and JPEGs with an EXIF orientation other than 1, which nvjpeg would not apply) are decoded in the
+truncated ones, JPEGs whose header segments cannot be walked up to the start of scan, and JPEGs with an EXIF
+orientation other than 1 wherever their EXIF segment lies, which nvjpeg would not apply) are decoded in the
 worker by PIL with the usual loader (:func:`dynametric.data.base.load_rgb`) and transform (to ``uint8``), so mixed
 folders work, phone photos come out upright as on the CPU path, and a bad file gives the same error as the CPU
 path. A JPEG the device decoder rejects is decoded again alone, then by PIL; if PIL cannot decode it either the
 error names the file, as on the CPU path.
+
+A JPEG whose compressed data is damaged but which ends with its end-of-image marker decodes on both paths, grey
+where data is missing; libjpeg's warning about it, which it prints to the process's stderr without a file name,
+is caught here and logged as one warning naming the file (:func:`dynametric.data.base.jpeg_damage`; ``data
+inspect`` lists such files).
 
 Values differ slightly from the CPU path: PIL's and torchvision's antialiased resize are not bit-identical (and
 nvjpeg's IDCT may differ from libjpeg's in the last bit).
@@ -21,6 +27,7 @@ nvjpeg's IDCT may differ from libjpeg's in the last bit).
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +36,8 @@ from typing import Any
 import torch
 
 from dynametric.errors import InputError
+
+log = logging.getLogger(__name__)
 
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
@@ -45,12 +54,47 @@ def gpu_decode_available() -> bool:
         return False
 
 
+def _exif_segment(data: bytes) -> bool | None:
+    """Whether the JPEG's header segments (start-of-image up to start-of-scan) hold an EXIF ``APP1`` segment; None
+    when they cannot be walked (a length that runs past the file, no start-of-scan, bytes where a marker belongs).
+
+    Each segment is ``FF xx`` plus a 2-byte big-endian length (covering itself), so this reads a few bytes per
+    segment, wherever the EXIF segment is: after ICC profile (``APP2``) segments of up to 64 KiB each it can lie
+    far beyond the first 64 KiB."""
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: the entropy-coded data follows, no header segment after it
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            if marker == 0xD9:
+                return None
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2 or pos + 2 + length > size:
+            return None
+        if marker == 0xE1 and data[pos + 4:pos + 10] == EXIF_HEADER:
+            return True
+        pos += 2 + length
+    return None
+
+
 def is_plain_jpeg(data: bytes) -> bool:
-    """Starts with the JPEG start-of-image marker, (ignoring trailing padding) ends with end-of-image, and shows
-    its pixels as stored: no EXIF orientation other than 1 (the device decoder does not apply it)."""
+    """Starts with the JPEG start-of-image marker, (ignoring trailing padding) ends with end-of-image, has header
+    segments that can be walked up to the start of scan, and shows its pixels as stored: no EXIF orientation other
+    than 1 (the device decoder does not apply it), wherever its EXIF segment lies (:func:`_exif_segment`)."""
     if not (data.startswith(JPEG_START) and data.rstrip(b"\x00\r\n \t").endswith(JPEG_END)):
         return False
-    if data.find(EXIF_HEADER, 0, 65536) < 0:  # the APP1 segment comes first and holds at most 64 KiB
+    exif = _exif_segment(data)
+    if exif is None:  # odd header structure: PIL decodes it (and names the file if it cannot)
+        return False
+    if not exif:
         return True
     from PIL import Image
 
@@ -93,6 +137,7 @@ class _Resize:
     size: Any
     interpolation: Any
     max_size: int | None
+    max_aspect: int | None = None  # BoundedResize: a long side beyond max_aspect x the short one is cut first
 
 
 @dataclass(frozen=True)
@@ -102,7 +147,9 @@ class _Crop:
 
 def _decode_error(path: Any, exc: Exception) -> InputError:
     # the CPU path's message (retrieval.embed.ImageFiles), so both modes report a bad file the same way
-    return InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=path)
+    from dynametric.data.base import image_read_error
+
+    return image_read_error(path, exc)
 
 
 def _pil_uint8(path: Any, cpu_transform: Callable[[Any], torch.Tensor]) -> torch.Tensor:
@@ -110,8 +157,6 @@ def _pil_uint8(path: Any, cpu_transform: Callable[[Any], torch.Tensor]) -> torch
 
     try:
         img = load_rgb(path)
-    except FileNotFoundError:
-        raise InputError("image file not found", file=path) from None
     except Exception as exc:  # PIL raises many types for bad files
         raise _decode_error(path, exc) from None
     return cpu_transform(img)
@@ -142,7 +187,8 @@ class DeviceDecoder:
         geometry: list[_Resize | _Crop] = []
         for step in steps[:-1]:
             if isinstance(step, T.Resize):
-                geometry.append(_Resize(step.size, step.interpolation, step.max_size))
+                geometry.append(_Resize(step.size, step.interpolation, step.max_size,
+                                        getattr(step, "max_aspect", None)))
             elif isinstance(step, T.CenterCrop):
                 geometry.append(_Crop(step.size))
             else:
@@ -155,8 +201,6 @@ class DeviceDecoder:
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
-        except FileNotFoundError:
-            raise InputError("image file not found", file=path) from None
         except OSError as exc:
             raise _decode_error(path, exc) from None
         if is_plain_jpeg(data):
@@ -173,6 +217,10 @@ class DeviceDecoder:
 
         for op in self.geometry:
             if isinstance(op, _Resize):
+                if op.max_aspect is not None:
+                    from dynametric.data.transforms import crop_to_aspect
+
+                    x = crop_to_aspect(x, op.max_aspect)
                 x = F.resize(x, op.size, op.interpolation, op.max_size, antialias=True)
             else:
                 x = F.center_crop(x, op.size)
@@ -209,15 +257,27 @@ class DeviceDecoder:
             if t.dim() != 1:
                 out[i] = t.to(device)
         if jpegs:
-            try:
-                decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-                raw.update(zip(jpegs, decoded))
-            except RuntimeError:  # find the file(s) the decoder rejects: alone, then PIL (which names a bad file)
+            from dynametric.data.base import libjpeg_messages
+
+            with libjpeg_messages() as damage:  # libjpeg's warnings would print without a file name
+                try:
+                    decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+                    raw.update(zip(jpegs, decoded))
+                except RuntimeError:  # find the file(s) the decoder rejects: alone, then PIL (which names a bad file)
+                    for i in jpegs:
+                        try:
+                            raw[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
+                        except RuntimeError:
+                            out[i] = _pil_uint8(batch.paths[i], self.cpu_transform).to(device)
+            if damage:  # which file(s): each JPEG alone on the CPU (rare)
+                from dynametric.data.base import jpeg_damage
+
                 for i in jpegs:
-                    try:
-                        raw[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
-                    except RuntimeError:
-                        out[i] = _pil_uint8(batch.paths[i], self.cpu_transform).to(device)
+                    found = jpeg_damage(data[i])
+                    if found:
+                        log.warning("%s: damaged JPEG data (libjpeg: %s); decoded with grey where the data is "
+                                    "damaged, as the CPU path decodes it (dynametric data inspect lists such files)",
+                                    batch.paths[i], found)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, img in raw.items():
             by_shape.setdefault(tuple(img.shape), []).append(i)

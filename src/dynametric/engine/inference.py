@@ -275,10 +275,26 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     with errors_located(cfg):  # a model key checked when the model is built names where it was set
         model = build_model(cfg)
     state = load_embedder_weights(model, checkpoint)
+    _normalization_of_older_runs(cfg, state)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainedModel(cfg, model, checkpoint, config_path, state, head if head is not None else eval_head(cfg))
+
+
+def _normalization_of_older_runs(cfg: Config, state: dict[str, Any]) -> None:
+    """A checkpoint whose recorded run config has no ``data.mean`` (trained before the transforms followed the
+    backbone's statistics) was trained with ImageNet's: unless the config sets them, ``cfg.data.mean`` / ``std``
+    become ImageNet's, so it embeds and evaluates as it trained (a timm ViT's own 0.5 / 0.5 would not)."""
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    extra = state.get("dynametric") if isinstance(state, dict) else None
+    stored = extra.get("config") if isinstance(extra, dict) else None
+    data = stored.get("data") if isinstance(stored, dict) else None
+    if not isinstance(data, dict) or "mean" in data or "std" in data:
+        return
+    if cfg.data.mean is None and cfg.data.std is None and int(cfg.model.in_chans) == 3:
+        cfg.data.mean, cfg.data.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
 @dataclass

@@ -33,8 +33,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, Problem, contiguous_ids, load_rgb, raise_problems
-from dynametric.data.readers import csv_image_root, non_utf8_name, parse_csv, printable_path, require_header
+from dynametric.data.base import (
+    IMAGE_EXTENSIONS,
+    LoadReport,
+    Problem,
+    contiguous_ids,
+    image_read_error,
+    load_rgb,
+    raise_problems,
+    unwrap_worker_error,
+)
+from dynametric.data.readers import (
+    DuplicateTracker,
+    csv_image_root,
+    non_utf8_name,
+    parse_csv,
+    printable_path,
+    require_header,
+)
 from dynametric.errors import InputError, first_sentence
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
@@ -231,7 +247,9 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
     --image-root`` passes its folder made absolute against the working directory, as a command-line path). Standard
     CSV quoting (line breaks inside quotes too; a record is numbered by the line it starts on). Every bad row is
     found before anything is raised: one :class:`InputError` lists them all (``file:line: message``, the first 20
-    spelled out, as the dataset readers' strict mode does)."""
+    spelled out, as the dataset readers' strict mode does). An image file listed twice (``a.png``, ``./a.png``, a link
+    to it) is a problem at the second listing, as in the dataset readers
+    (:class:`~dynametric.data.readers.DuplicateTracker`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("CSV file not found" if not path.exists() else "not a regular file", file=path)
@@ -261,6 +279,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
     lines: list[int] = []  # the line of each row kept
     seen: dict[str, int] = {}
     problems = list(report.problems)  # records the csv module could not read (a quote left open)
+    repeats = DuplicateTracker(LoadReport(split="*"))  # the dataset readers' rule: one file listed twice
 
     def bad(message: str, lineno: int) -> None:
         problems.append(Problem(message, str(path), lineno))
@@ -298,11 +317,14 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
         if (name := non_utf8_name(resolved)) is not None:  # a link to such a file, or an absolute path
             bad(f"{printable_path(resolved)}: {name}", lineno)
             continue
+        if not repeats.accept(rel, [label_cell(values[col[s]]) for s in scales], path, lineno, str(resolved)):
+            continue
         for j, s in enumerate(scales):
             raw[j].append(values[col[s]])
         lines.append(lineno)
         ids.append(item_id)
         paths.append(resolved)
+    problems += repeats.report.problems
     problems.sort(key=lambda p: p.line or 0)
     raise_problems(problems, f"the image list {path.name}")
     if not ids:
@@ -351,12 +373,8 @@ class ImageFiles(Dataset):
             return self._read(self.paths[i])
         try:
             img = load_rgb(self.paths[i])
-        except IsADirectoryError:
-            raise InputError("is a folder; expected an image file", file=self.paths[i]) from None
-        except FileNotFoundError:
-            raise InputError("image file not found", file=self.paths[i]) from None
         except Exception as exc:  # PIL raises many types for bad files
-            raise InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=self.paths[i]) from None
+            raise image_read_error(self.paths[i], exc) from None
         return self.transform(img)
 
 
@@ -386,12 +404,9 @@ def _model_change(old: Any, new: Any) -> str:
 
 
 def _worker_error(exc: InputError) -> InputError:
-    """A DataLoader worker's InputError arrives with the worker's traceback in its message: keep the last line."""
-    text = str(exc)
-    if "Original Traceback" not in text:
-        return exc
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return InputError(last.split("InputError: ", 1)[-1])
+    """A DataLoader worker's InputError as one line (:func:`~dynametric.data.base.unwrap_worker_error`)."""
+    out = unwrap_worker_error(exc)
+    return out if isinstance(out, InputError) else exc
 
 
 def shard_path(out: Path, s: int) -> Path:

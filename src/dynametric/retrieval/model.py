@@ -147,20 +147,27 @@ batch-norm freezing in training, the memory layout)."""
 
 def embedding_config_hash(cfg: Config, length: int = 16) -> str:
     """A digest of what in a config decides the embeddings a checkpoint gives for an image: the ``model`` section
-    (backbone, pooling, heads, ...; not :data:`_TRAINING_ONLY_MODEL_KEYS`) and the evaluation transform's preset
-    (``data.transform``, with the synthetic data's own rule). Training options (loss, sampler, workers, batch sizes)
-    are left out, so a config that differs only in them embeds alike. The crop size is recorded apart
-    (``input_size``)."""
+    (backbone, pooling, heads, ...; not :data:`_TRAINING_ONLY_MODEL_KEYS`), the evaluation transform's preset
+    (``data.transform``, with the synthetic data's own rule) and its normalisation (``mean`` / ``std`` as
+    :func:`~dynametric.engine.builders.normalization` resolves them, counted only when they are not ImageNet's, so
+    configs that normalise with ImageNet's keep the digest they had before the keys existed). Training options
+    (loss, sampler, workers, batch sizes) are left out, so a config that differs only in them embeds alike. The crop
+    size is recorded apart (``input_size``)."""
     import json
 
     from dynametric.config import config_to_dict
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from dynametric.engine.builders import normalization
 
     model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in _TRAINING_ONLY_MODEL_KEYS}
     data = cfg.data
-    transform = "synthetic-to-tensor" if data.format == "synthetic" and data.transform == "default" else (
-        "standard" if data.transform == "default" else str(data.transform))
-    canonical = json.dumps({"model": model, "transform": transform}, sort_keys=True, separators=(",", ":"),
-                           default=str)
+    plain = data.format == "synthetic" and data.transform == "default"
+    transform = "synthetic-to-tensor" if plain else ("standard" if data.transform == "default" else str(data.transform))
+    described: dict[str, Any] = {"model": model, "transform": transform}
+    mean, std = normalization(cfg)
+    if not plain and (mean, std) != (IMAGENET_MEAN, IMAGENET_STD):  # ImageNet's: the digest of before the keys
+        described["normalize"] = [list(mean), list(std)]
+    canonical = json.dumps(described, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
 
 
@@ -214,16 +221,12 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
 
 def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
     """Load one image file through the model's evaluation transform (``[C, H, W]``); errors name the file."""
-    from dynametric.data.base import load_rgb
+    from dynametric.data.base import image_read_error, load_rgb
 
     try:
         img = load_rgb(path)
-    except IsADirectoryError:
-        raise InputError("is a folder; expected an image file", file=path) from None
-    except FileNotFoundError:
-        raise InputError("image file not found", file=path) from None
     except Exception as exc:  # PIL raises many types for bad files
-        raise InputError(f"cannot decode image ({type(exc).__name__}: {exc})", file=path) from None
+        raise image_read_error(path, exc) from None
     return loaded.transform(img)
 
 
