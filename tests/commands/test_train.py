@@ -763,3 +763,39 @@ def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     assert "runs after epoch 4 only, so the last 3 epoch(s)" in (note(7, 4) or "")
     assert "runs never (fewer epochs than trainer.val_every), so the last 2 epoch(s)" in (note(2, 5) or "")
     assert note(10, 5) is None and note(10, 1) is None and note(7, 2, val=False) is None
+
+
+def test_resuming_a_run_older_than_the_backbone_statistics_keeps_imagenets(finished_run, tmp_path):
+    """A run trained before the transforms followed the backbone's statistics (its recorded config has no data.mean
+    / data.std) trained with ImageNet's: resumed, it would have switched to the backbone's own (a timm ViT's 0.5)
+    mid-training. It keeps ImageNet's, and a later resume (whose checkpoint records them while config.yaml still
+    leaves them unset) passes the config check."""
+    import shutil
+
+    from dynametric.config import config_hash, load_config
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from dynametric.pipeline.run import check_resume
+
+    _, out = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    ckpt = load_checkpoint_file(run / "last.ckpt")
+    for key in ("mean", "std"):  # as an older dynametric recorded it
+        del ckpt["dynametric"]["config"]["data"][key]
+    torch.save(ckpt, run / "last.ckpt")
+    cfg, notes = load_config(run / "config.yaml"), []
+    assert cfg.data.mean is None
+    check_resume(cfg, run, log=notes.append)
+    assert (cfg.data.mean, cfg.data.std) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert any("resuming with the ImageNet mean and std it trained with" in n for n in notes)
+    # what the resumed run then records (config and hash with ImageNet's), config.yaml unchanged
+    ckpt["dynametric"]["config"]["data"].update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    ckpt["dynametric"]["config_hash"] = config_hash(cfg)
+    torch.save(ckpt, run / "last.ckpt")
+    again, notes = load_config(run / "config.yaml"), []
+    check_resume(again, run, log=notes.append)
+    assert (again.data.mean, again.data.std) == (list(IMAGENET_MEAN), list(IMAGENET_STD)) and not notes
+    # a run of this version (data.mean recorded as unset) is left to the backbone's statistics
+    fresh = load_config(out / "config.yaml")
+    check_resume(fresh, out, log=notes.append)
+    assert fresh.data.mean is None and fresh.data.std is None

@@ -441,6 +441,13 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     ckpt = load_checkpoint_file(last)
     extra = ckpt.get("dynametric")
     extra = extra if isinstance(extra, dict) else {}
+    stored_data = extra.get("config", {}).get("data") if isinstance(extra.get("config"), dict) else None
+    # the input statistics the checkpoint trained with, where config.yaml leaves them to the backbone: a resumed
+    # older run keeps them (ImageNet's where the recorded config predates data.mean / data.std; an earlier resume
+    # of such a run recorded them)
+    pin = _trained_statistics(cfg, stored_data)
+    if pin is not None and isinstance(stored_data, dict) and "mean" in stored_data:
+        cfg.data.mean, cfg.data.std = pin  # recorded by an earlier resume: part of the config the hash covers
     saved, now = extra.get("config_hash"), config_hash(cfg)
     if saved is None:
         log(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
@@ -462,10 +469,32 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
         # only keys a later dynametric added, at their defaults: the run's own config, resumed
         log(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their defaults: "
             + ", ".join(f"{k}={v!r}" for k, v in added))
+    if pin is not None and cfg.data.mean is None:  # the recorded config predates the keys: checked without them
+        cfg.data.mean, cfg.data.std = pin
+        log(f"note: {last} was trained before the transforms followed the backbone's own input statistics: resuming "
+            f"with the ImageNet mean and std it trained with (data.mean, data.std)")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
     return {k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _trained_statistics(cfg: Config, stored_data: Any) -> tuple[list[float], list[float]] | None:
+    """``(mean, std)`` a resumed run must keep when ``config.yaml`` leaves them to the backbone (``data.mean`` and
+    ``data.std`` unset, three input channels): ImageNet's when the checkpoint's recorded ``data`` section has
+    neither key (trained before the transforms followed the backbone's statistics), the recorded ones when it has
+    both set (an earlier resume of such a run); ``None`` otherwise."""
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if cfg.data.mean is not None or cfg.data.std is not None or int(cfg.model.in_chans) != 3 \
+            or not isinstance(stored_data, dict):
+        return None
+    if "mean" not in stored_data and "std" not in stored_data:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    mean, std = stored_data.get("mean"), stored_data.get("std")
+    if isinstance(mean, list) and isinstance(std, list):
+        return [float(v) for v in mean], [float(v) for v in std]
+    return None
 
 
 def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], last: Path) -> None:
