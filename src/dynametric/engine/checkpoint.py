@@ -43,9 +43,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        from dynametric.models.embedder import weights_only_refusal
+
         raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
-                         f"(loaded with weights_only=True; {first})", file=path) from None
+                         f"(loaded with weights_only=True: {weights_only_refusal(exc)})", file=path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise InputError(f"truncated or corrupt checkpoint (torch could not read it: {first_sentence(exc)})",
                          file=path) from None
