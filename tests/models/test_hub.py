@@ -213,3 +213,79 @@ def test_hubconf_entry_points(tmp_path):
     _same_outputs(model, loaded)
     fresh = torch.hub.load(str(REPO), "build_embedder", source="local", **SMALL)
     assert fresh.embedding_dim == 8
+
+
+def test_a_truncated_or_garbage_weight_file_names_the_file(tmp_path):
+    _perturbed().save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(InputError, match=rf"^{weights}: not a readable safetensors file \("):
+        hubmod.from_pretrained(tmp_path / "m")
+    weights.write_bytes(b"garbage" * 10)
+    with pytest.raises(InputError, match=rf"^{weights}: not a readable safetensors file \("):
+        hubmod.from_pretrained(tmp_path / "m")
+
+
+def test_model_folder_description_errors_name_dynametric_json_and_the_entry(tmp_path):
+    model = _perturbed()
+    model.save_pretrained(tmp_path / "m")
+    meta_path = tmp_path / "m" / "dynametric.json"
+    meta = json.loads(meta_path.read_text())
+
+    def with_model(**changes):
+        meta_path.write_text(json.dumps({**meta, "model": {**meta["model"], **changes}}))
+
+    with_model(num_heads="2")
+    with pytest.raises(InputError, match=rf"^{meta_path} key 'model.num_heads': expected int, got '2' \(str\)$"):
+        hubmod.from_pretrained(tmp_path / "m")
+    with_model(backbone="resnet_999")
+    with pytest.raises(InputError, match=rf"^{meta_path} key 'model.backbone': unknown backbone 'resnet_999'"):
+        hubmod.from_pretrained(tmp_path / "m")
+    with_model(colour="red")
+    with pytest.raises(InputError, match=rf"^{meta_path} key 'model.colour': 'model' holds 'colour', which is not a "
+                                         "build_embedder argument"):
+        hubmod.from_pretrained(tmp_path / "m")
+    with_model(head_dims=[8, "x"], num_heads=2)
+    with pytest.raises(InputError, match=r"key 'model.head_dims': expected "):
+        hubmod.from_pretrained(tmp_path / "m")
+    # saving onto a file (not a folder): one line, the file untouched
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(InputError, match=r"file: exists and is not a folder"):
+        model.save_pretrained(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_local_dir_backbone_folder_loads_where_its_source_folder_is_absent(tmp_path):
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    save_for_hf(timm.create_model("test_resnet", pretrained=False, num_classes=3), str(tmp_path / "src"),
+                safe_serialization=True)
+    name = f"local-dir:{tmp_path / 'src'}"
+    model = build_embedder(name, pretrained=True, embedding_dim=8).eval()
+    model.save_pretrained(tmp_path / "shared")
+    meta = json.loads((tmp_path / "shared" / "dynametric.json").read_text())
+    assert meta["model"]["backbone"] == name and meta["backbone_config"]["architecture"] == "test_resnet"
+    shutil.rmtree(tmp_path / "src")  # e.g. the model folder was copied to another machine
+    loaded = Embedder.from_pretrained(tmp_path / "shared")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded.backbone.name == name and loaded.build_kwargs["backbone"] == name
+    loaded.save_pretrained(tmp_path / "again")  # and it saves again with the same description
+    assert json.loads((tmp_path / "again" / "dynametric.json").read_text())["backbone_config"] == \
+        meta["backbone_config"]
+
+
+def test_hf_hub_architecture_unreachable_is_keyed_on_the_backbone(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match=r"^key 'model.backbone': could not read the timm model description "
+                                          r"\(config.json\) of 'hf-hub:timm/test_resnet.r160_in1k' .* even with "
+                                          r"pretrained=false"):
+        build_embedder("hf-hub:timm/test_resnet.r160_in1k", pretrained=False)

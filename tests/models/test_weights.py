@@ -64,7 +64,7 @@ def test_arbitrary_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     path = tmp_path / "evil.pt"
     with open(path, "wb") as fh:
         pickle.dump({"conv.weight": _Payload()}, fh, protocol=2)
-    with pytest.raises(InputError, match=r"evil\.pt.*weights-only"):
+    with pytest.raises(InputError, match=r"evil\.pt.*refusing to load"):
         build_embedder("simple_cnn", pretrained_path=str(path), **_kw())
     assert "arbitrary code ran" not in capsys.readouterr().out
 
@@ -148,3 +148,68 @@ def test_old_files_without_num_batches_tracked(tmp_path: Path) -> None:
     backbone = create_backbone("simple_cnn", width=8, depth=2)
     report = load_backbone_weights(backbone, path)
     assert report.kept_initial == ["features.1.num_batches_tracked", "features.5.num_batches_tracked"]
+
+
+class _Foo:
+    pass
+
+
+def test_weight_file_refusals_name_the_file_the_reason_and_the_entry(tmp_path: Path) -> None:
+    # a text file: refused before torch.load by its first bytes (torch said "refused it: 101")
+    text = tmp_path / "notes.pth"
+    text.write_text("hello world\n")
+    with pytest.raises(InputError, match=r"^.*notes\.pth key 'model.pretrained_path': not a torch weight file: it "
+                                         r"does not start like a torch.save file \(first bytes b'hell'\)"):
+        build_embedder("simple_cnn", pretrained_path=str(text), **_kw())
+    # a wrapped state dict with one non-tensor entry: that entry is named, not the wrapper
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {**_reference_state(), "extra_note": 3}}, wrapped)
+    with pytest.raises(InputError, match=r"expected a state dict of tensors \(under 'state_dict'\); entry "
+                                         r"'extra_note' is not a tensor \(int; 1 such entry\)$"):
+        build_embedder("simple_cnn", pretrained_path=str(wrapped), **_kw())
+    # a pickled object: the reason torch gives, whole, without terminal colour codes
+    obj = tmp_path / "pickle.pth"
+    torch.save({"obj": _Foo()}, obj)
+    with pytest.raises(InputError) as info:
+        build_embedder("simple_cnn", pretrained_path=str(obj), **_kw())
+    msg = str(info.value)
+    assert "\x1b" not in msg and "\n" not in msg
+    assert msg.endswith(f"(loaded with weights_only=True: Unsupported global: GLOBAL {__name__}._Foo was not an "
+                        "allowed global by default)")
+    # a folder, and a truncated file
+    with pytest.raises(InputError, match=r"is a folder; expected a weight file"):
+        build_embedder("simple_cnn", pretrained_path=str(tmp_path), **_kw())
+    good = tmp_path / "good.pth"
+    torch.save(_reference_state(), good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(InputError, match=r"cut\.pth key 'model.pretrained_path': truncated or corrupt weight file"):
+        build_embedder("simple_cnn", pretrained_path=str(cut), **_kw())
+
+
+def test_the_build_notes_say_what_the_weight_file_gave(tmp_path: Path) -> None:
+    state = _reference_state()
+    counters = sorted(k for k in state if k.endswith("num_batches_tracked"))
+    assert len(counters) == 2
+    path = tmp_path / "w.pt"
+    torch.save({k: v for k, v in state.items() if k not in counters}, path)
+    model = build_embedder("simple_cnn", pretrained_path=str(path), **_kw())
+    assert model.notes == [f"backbone weights from {path}: {len(state) - 2} tensors loaded; 2 BatchNorm counter(s) "
+                           f"not in the file keep their initial value ('{counters[0]}', '{counters[1]}')"]
+    assert build_embedder("simple_cnn", **_kw()).notes == []
+
+
+def test_notes_for_freeze_bn_without_batchnorm_and_a_local_dir_without_its_weights(tmp_path: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+
+    vit = build_embedder("vit_tiny_patch16_224", freeze_bn=True, embedding_dim=4, backbone_kwargs={"img_size": 32})
+    assert vit.notes == ["model.freeze_bn is true, but backbone 'vit_tiny_patch16_224' has no BatchNorm layer: "
+                         "nothing is frozen"]
+    assert build_embedder("simple_cnn", freeze_bn=True, **_kw()).notes == []
+    save_for_hf(timm.create_model("test_resnet", pretrained=False), str(tmp_path / "src"), safe_serialization=True)
+    name = f"local-dir:{tmp_path / 'src'}"
+    assert build_embedder(name, pretrained=False, embedding_dim=4).notes == [
+        f"backbone {name!r} with model.pretrained false: its architecture alone, with random initial weights (the "
+        "weights there are not loaded); set model.pretrained=true to start from them"]
+    assert build_embedder(name, pretrained=True, embedding_dim=4).notes == []

@@ -191,6 +191,10 @@ class ModelConfig:
             if value is not None and len(value) != self.num_heads:
                 raise ConfigError(f"expected {self.num_heads} entries (num_heads), got {len(value)}",
                                   key=f"{key}.{name}")
+        for i, dim in enumerate(self.head_dims or []):
+            if dim is not None and dim < 1:
+                raise ConfigError(f"expected a positive integer (a head's width) or null, got {dim}",
+                                  key=f"{key}.head_dims[{i}]")
 
 
 @dataclass

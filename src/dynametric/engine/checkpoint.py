@@ -43,9 +43,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        from dynametric.models.embedder import weights_only_refusal
+
         raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
-                         f"(loaded with weights_only=True; {first})", file=path) from None
+                         f"(loaded with weights_only=True: {weights_only_refusal(exc)})", file=path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise InputError(f"truncated or corrupt checkpoint (torch could not read it: {first_sentence(exc)})",
                          file=path) from None
@@ -93,15 +94,82 @@ def model_mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
     return None
 
 
-def load_embedder_weights(embedder: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load ``path`` (a ``dynametric train`` checkpoint) into ``embedder``; returns the checkpoint dict."""
-    ckpt = load_checkpoint_file(path)
+MODEL_KEYS_NOT_EMBEDDING = ("pretrained", "pretrained_path", "freeze_bn", "channels_last")
+"""``model`` keys that do not change what a trained checkpoint computes: where its first weights came from (the
+checkpoint's replace them), batch-norm freezing in training (eval mode uses the running statistics anyway), the
+memory layout. Every other ``model`` key (backbone and its options, pooling, heads, normalisation, input channels)
+decides the embeddings and must be the one the checkpoint was trained with (:func:`model_config_changes`)."""
+
+
+def stored_model_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``model`` section of the config a ``dynametric train`` checkpoint was saved with (``config_to_dict``
+    form, stored under ``dynametric.config``), or ``None`` for a checkpoint that records none (an older
+    dynametric, or one written by other code)."""
+    extra = checkpoint.get("dynametric")
+    config = extra.get("config") if isinstance(extra, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else None
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "absent"
+
+
+ABSENT: Any = _Absent()
+"""The value :func:`model_config_changes` gives a key one side lacks (its ``repr`` is ``absent``)."""
+
+
+def model_config_changes(stored: dict[str, Any], current: dict[str, Any],
+                         prefix: str = "model") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, checkpoint's value, current value)`` for every ``model`` key that decides the embeddings
+    (all but :data:`MODEL_KEYS_NOT_EMBEDDING`) and differs between the checkpoint's stored ``model`` section and
+    ``current`` (both as ``config_to_dict`` writes them; mappings such as ``backbone_kwargs`` compared option by
+    option, a missing option given as :data:`ABSENT`). A key the stored section lacks (added by a later dynametric)
+    counts only when it is not at the schema's default; a key only the stored section has (no longer in the schema)
+    is not compared."""
+    from dynametric.config import schema_default
+
+    changes: list[tuple[str, Any, Any]] = []
+    for name, now in current.items():
+        key = f"{prefix}.{name}"
+        if name in MODEL_KEYS_NOT_EMBEDDING:
+            continue
+        if name not in stored:
+            try:
+                unchanged = now == schema_default(key)
+            except KeyError:
+                unchanged = False
+            if not unchanged:
+                changes.append((key, ABSENT, now))
+            continue
+        was = stored[name]
+        if isinstance(was, dict) and isinstance(now, dict):
+            changes += [(f"{key}.{opt}", was.get(opt, ABSENT), now.get(opt, ABSENT))
+                        for opt in [*was, *(o for o in now if o not in was)]
+                        if was.get(opt, ABSENT) != now.get(opt, ABSENT)]
+        elif was != now:
+            changes.append((key, was, now))
+    return changes
+
+
+def load_embedder_state(embedder: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Load the embedder weights of the checkpoint dict ``checkpoint`` (read from ``path``) into ``embedder``; a
+    one-line :class:`InputError` naming ``path`` when it has none or they do not fit (:func:`model_mismatch`)."""
     try:
-        state = embedder_state_dict(ckpt)
+        state = embedder_state_dict(checkpoint)
     except InputError as exc:
         raise InputError(exc.message, file=path, key=exc.key) from None
     problem = model_mismatch(embedder, state)
     if problem is not None:
         raise InputError(problem, file=path)
     embedder.load_state_dict(state)
+
+
+def load_embedder_weights(embedder: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load ``path`` (a ``dynametric train`` checkpoint) into ``embedder``; returns the checkpoint dict. Only the
+    tensors are checked (names and shapes); :func:`dynametric.engine.inference.load_trained` also checks the config
+    against the one the checkpoint was trained with."""
+    ckpt = load_checkpoint_file(path)
+    load_embedder_state(embedder, ckpt, path)
     return ckpt

@@ -263,18 +263,28 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
 
     ``config`` defaults to ``config.yaml`` beside the checkpoint; an already loaded ``cfg`` may be passed instead.
     ``head`` defaults to the head the engine evaluates (:func:`dynametric.engine.builders.eval_head`).
+
+    A checkpoint that records the config it was trained with (every ``dynametric train`` checkpoint does) is
+    refused, before any model is built, when the config's ``model`` section differs from it in a key that decides
+    the embeddings (:func:`check_model_config`): an edited ``config.yaml``, a ``--set model.pooling=max`` or another
+    run's ``--config`` would otherwise load the same tensors into another model. The model is built without its
+    pretrained weights (``model.pretrained`` / ``model.pretrained_path`` are ignored: the checkpoint's weights replace
+    them), so loading never downloads and needs no initial weight file.
     """
-    from dynametric.config import errors_located, load_config
-    from dynametric.engine.builders import build_model, eval_head
-    from dynametric.engine.checkpoint import load_embedder_weights
+    from dynametric.config import embedder_kwargs, errors_located, load_config
+    from dynametric.engine.builders import eval_head
+    from dynametric.engine.checkpoint import load_checkpoint_file, load_embedder_state
+    from dynametric.models import build_embedder
 
     checkpoint = checkpoint_path(checkpoint)
     config_path = config_beside(checkpoint, config)
     if cfg is None:
         cfg = load_config(config_path, overrides)
+    state = load_checkpoint_file(checkpoint)
+    check_model_config(cfg, state, checkpoint)
     with errors_located(cfg):  # a model key checked when the model is built names where it was set
-        model = build_model(cfg)
-    state = load_embedder_weights(model, checkpoint)
+        model = build_embedder(**{**embedder_kwargs(cfg.model), "pretrained": False, "pretrained_path": None})
+    load_embedder_state(model, state, checkpoint)
     _normalization_of_older_runs(cfg, state)
     model.eval()
     for p in model.parameters():
@@ -295,6 +305,30 @@ def _normalization_of_older_runs(cfg: Config, state: dict[str, Any]) -> None:
         return
     if cfg.data.mean is None and cfg.data.std is None and int(cfg.model.in_chans) == 3:
         cfg.data.mean, cfg.data.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+def check_model_config(cfg: Config, state: dict[str, Any], checkpoint: str | Path) -> None:
+    """A one-line :class:`ConfigError` when ``cfg``'s ``model`` section differs from the one the checkpoint dict
+    ``state`` (read from ``checkpoint``) was trained with, in a key that decides the embeddings
+    (:func:`dynametric.engine.checkpoint.model_config_changes`): it names the first changed key where it was set
+    (``config.yaml:LINE`` or ``<command line>``), every changed key with the checkpoint's and the config's value, and
+    the fix. Nothing is checked for a checkpoint that records no config (an older dynametric, other code)."""
+    from dynametric.config import config_to_dict, locate_error
+    from dynametric.engine.checkpoint import ABSENT, model_config_changes, stored_model_config
+
+    stored = stored_model_config(state)
+    if stored is None:
+        return
+    changes = model_config_changes(stored, config_to_dict(cfg)["model"])
+    if not changes:
+        return
+    shown = "; ".join(f"{key}: {was!r} in the checkpoint, {now!r} here" for key, was, now in changes[:4])
+    more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+    fix = ", ".join(f"{key} unset" if was is ABSENT else f"{key}={was!r}" for key, was, _ in changes[:4])
+    raise locate_error(cfg, ConfigError(
+        f"{checkpoint} was trained with another model than this config describes ({shown}{more}); loaded into this "
+        f"model its weights would give other embeddings: use the config the run was trained with ({fix}{more})",
+        key=changes[0][0]))
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, first_sentence
 from dynametric.models.bninception import BNINCEPTION_URL, BNInception
 
 
@@ -50,18 +50,35 @@ class SimpleCNN(nn.Module):
         return self.features(x)
 
 
-def _simple_cnn(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
-    if pretrained:
+def check_pretrained_request(name: str, in_chans: int = 3) -> None:
+    """The refusals of ``create_backbone(name, pretrained=True, in_chans=in_chans)`` that need no weights, raised
+    the same way without building or loading anything (``train --dry-run``, which never downloads, calls it):
+    ``simple_cnn`` has no pretrained weights; BN-Inception's need ``in_chans=3``; a ``local-dir:`` folder without a
+    weight file has none to load."""
+    if name == "simple_cnn":
         raise ConfigError("simple_cnn has no pretrained weights; set pretrained=false (or give pretrained_path)",
                           key="model.pretrained")
+    if name == "bninception" and in_chans != 3:
+        raise ConfigError("pretrained BN-Inception weights need in_chans=3", key="model.in_chans")
+    if name.startswith("local-dir:"):
+        _check_prefixed_name(name)
+        found, where = pretrained_weights_status(name)
+        if not found:
+            raise ConfigError(f"model.pretrained is true, but {where} (timm reads model.safetensors or "
+                              "pytorch_model.bin there); add the weights, or set pretrained=false for the "
+                              "architecture alone", key="model.backbone")
+
+
+def _simple_cnn(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
+    if pretrained:
+        check_pretrained_request("simple_cnn", in_chans)
     return SimpleCNN(in_chans=in_chans, **kwargs)
 
 
 def _bninception(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
     model = BNInception(in_chans=in_chans, **kwargs)
     if pretrained:
-        if in_chans != 3:
-            raise ConfigError("pretrained BN-Inception weights need in_chans=3", key="model.in_chans")
+        check_pretrained_request("bninception", in_chans)
         try:
             state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu", weights_only=True)
         except Exception as exc:  # URLError, HTTPError, a corrupt download...
@@ -130,6 +147,9 @@ class Backbone(nn.Module):
         # it has prefix tokens
         self.has_class_token = bool(self.num_prefix_tokens > 0 if has_class_token is None else has_class_token)
         self.classifier_prefixes = tuple(classifier_prefixes)
+        self.timm_config: dict[str, Any] | None = None
+        """For a ``hf-hub:`` / ``local-dir:`` backbone: the timm ``config.json`` its architecture was read from
+        (a model folder records it, so the architecture is rebuilt without the folder or the network)."""
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.body(x)
@@ -215,6 +235,20 @@ def pretrained_weights_status(name: str) -> tuple[bool | None, str]:
     return None, f"no download source known for {name!r}"
 
 
+def timm_output_width(body: nn.Module) -> int:
+    """The channels of a timm model's ``forward`` built with ``num_classes=0, global_pool=""``: its
+    ``head_hidden_size`` where timm declares one, else ``num_features``.
+
+    The two differ for models whose head holds a hidden layer (MobileNetV3/V4, GhostNet, HGNet/HGNetV2, LCNetV2,
+    FasterNet, HardCoReNAS, MambaOut, ...): ``forward_features`` gives ``num_features`` channels, and with
+    ``global_pool=""`` timm still applies the head's 1x1 conv (or linear layer), now at every position, so the
+    features dynametric pools have ``head_hidden_size`` channels (``mobilenetv3_large_100``: 960 -> 1280)."""
+    hidden = getattr(body, "head_hidden_size", None)
+    if isinstance(hidden, int) and not isinstance(hidden, bool) and hidden > 0:
+        return hidden
+    return int(body.num_features)  # type: ignore[arg-type]
+
+
 def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, **kwargs: Any) -> Backbone:
     """Build backbone ``name``: one of :data:`BACKBONES`, any timm model, or a timm ``hf-hub:<repo>`` /
     ``local-dir:<folder>`` name (:data:`TIMM_SOURCE_PREFIXES`).
@@ -232,6 +266,8 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
     hub_name = name.startswith(TIMM_SOURCE_PREFIXES)
     if hub_name:
         _check_prefixed_name(name)
+        if pretrained:
+            check_pretrained_request(name, in_chans)
     elif not timm.is_model(name):
         raise _unknown_backbone(name)
     try:
@@ -245,9 +281,21 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
                                  if ":" in bad.group(1) else ""),
                               key=f"model.backbone_kwargs.{bad.group(1)}") from exc
         raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}", key="model.backbone_kwargs") from exc
+    except AssertionError as exc:  # timm's refusal of global_pool="" (a distilled ViT, CoaT, EfficientViT ...)
+        if not str(exc).strip():
+            raise
+        raise ConfigError(f"timm model {name!r} cannot be built without its own pooling (timm: "
+                          f"{first_sentence(exc)}); dynametric pools the unpooled features itself "
+                          "(model.pooling): choose another backbone", key="model.backbone") from None
     except Exception as exc:
         if not pretrained and not hub_name:
             raise
+        if not pretrained:  # hf-hub: the architecture itself comes from the repository's config.json
+            raise ConfigError(f"could not read the timm model description (config.json) of {name!r} "
+                              f"({type(exc).__name__}: {first_sentence(exc)}); the architecture comes from it, so "
+                              "this needs the network (or the Hugging Face cache) even with pretrained=false: "
+                              "offline, use its timm architecture name or a local-dir: folder",
+                              key="model.backbone") from None
         raise _download_error(name, exc) from exc  # offline, hub errors, missing cache entry
     pretrained_cfg: Any = getattr(body, "pretrained_cfg", None)
     classifier = pretrained_cfg.get("classifier") if pretrained_cfg else None
@@ -256,8 +304,32 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
         prefixes = (classifier + ".",)
     elif isinstance(classifier, (list, tuple)):
         prefixes = tuple(c + "." for c in classifier)
-    return Backbone(name, body, body.num_features,
-                    channels_last=getattr(body, "output_fmt", "NCHW") == "NHWC",
-                    num_prefix_tokens=int(getattr(body, "num_prefix_tokens", 0)),
-                    classifier_prefixes=prefixes, has_class_token=getattr(body, "has_class_token", None))
+    backbone = Backbone(name, body, timm_output_width(body),
+                        channels_last=getattr(body, "output_fmt", "NCHW") == "NHWC",
+                        num_prefix_tokens=int(getattr(body, "num_prefix_tokens", 0)),
+                        classifier_prefixes=prefixes, has_class_token=getattr(body, "has_class_token", None))
+    if hub_name:
+        backbone.timm_config = _timm_config(name)
+    return backbone
+
+
+def _timm_config(name: str) -> dict[str, Any] | None:
+    """The timm ``config.json`` of a ``local-dir:`` folder or a ``hf-hub:`` repository (already fetched by timm when
+    the model was built: read from the Hugging Face cache), ``None`` when it cannot be read."""
+    import json
+    from pathlib import Path
+
+    prefix, _, ident = name.partition(":")
+    try:
+        if prefix == "local-dir":
+            path = Path(ident).expanduser() / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            repo, _, revision = ident.partition("@")
+            path = Path(hf_hub_download(repo, "config.json", revision=revision or None))
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # the model was built from it a moment ago: only a vanished file or cache gets here
+        return None
+    return config if isinstance(config, dict) and isinstance(config.get("architecture"), str) else None
 

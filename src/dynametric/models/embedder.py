@@ -15,6 +15,8 @@ For optimiser groups the model exposes ``.backbone`` (a :class:`~dynametric.mode
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynametric.errors import ConfigError, InputError
-from dynametric.models.backbones import Backbone, create_backbone
+from dynametric.errors import ConfigError, InputError, first_sentence
+from dynametric.models.backbones import TIMM_SOURCE_PREFIXES, Backbone, create_backbone
 from dynametric.models.heads import EmbeddingHead, GlobalPool, PoolingMode
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ class Embedder(nn.Module):
     them)."""
     hub_meta: dict[str, Any]
     """The model folder's description, on an embedder loaded by ``from_pretrained`` from a model folder."""
+    notes: list[str]
+    """What :func:`build_embedder` did that the user should be told (``train`` and ``--dry-run`` print them as
+    ``note:`` lines): the tensors a ``pretrained_path`` file gave (loaded, ignored classifier, counters kept), a
+    ``hf-hub:`` / ``local-dir:`` backbone built without its weights, ``freeze_bn`` on a backbone without BatchNorm."""
 
     def __init__(self, backbone: Backbone, pool: GlobalPool, heads: Mapping[str, EmbeddingHead], *,
                  freeze_bn: bool = False) -> None:
@@ -67,6 +73,7 @@ class Embedder(nn.Module):
         """Width of the pooled backbone feature that the heads receive."""
         self.embedding_dims: dict[str, int] = {name: h.out_dim for name, h in heads.items()}
         self.freeze_bn = freeze_bn
+        self.notes = []
         if freeze_bn:
             for bn in _batchnorm_modules(self.backbone):
                 bn.eval()
@@ -109,6 +116,38 @@ class Embedder(nn.Module):
         if len(self.head_names) == 1:
             return self.heads[self.head_names[0]](pooled)
         return {name: self.heads[name](pooled) for name in self.head_names}
+
+    def check_forward(self, image_size: int, in_chans: int | None = None) -> None:
+        """Run the backbone once on a blank ``[1, in_chans, image_size, image_size]`` image (eval mode, no grad; the
+        train/eval mode is restored) and check what the pooling will receive: a tensor of ``[B, C, H, W]``,
+        ``[B, N, C]`` or ``[B, C]`` whose ``C`` is the width the backbone reports (``backbone.feature_dim``, from which
+        the heads were sized). A one-line :class:`ConfigError` on ``model.backbone`` otherwise, or when the backbone
+        cannot run on such an image (a ViT built for another input size). ``train --dry-run`` calls it with the
+        config's evaluation crop: what a real run would only meet at its first forward pass."""
+        chans = int(in_chans if in_chans is not None else getattr(self, "build_kwargs", {}).get("in_chans", 3))
+        name = self.backbone.name
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self.backbone(torch.zeros(1, chans, int(image_size), int(image_size)))
+        except ConfigError:
+            raise
+        except Exception as exc:  # timm's own input checks, a too small image for a deep CNN, ...
+            raise ConfigError(f"backbone {name!r} cannot run on a {image_size}x{image_size} image with {chans} "
+                              f"channel(s) ({type(exc).__name__}: {first_sentence(exc)})",
+                              key="model.backbone") from None
+        finally:
+            self.train(was)
+        if not isinstance(out, Tensor) or out.dim() not in (2, 3, 4):
+            shape = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise ConfigError(f"backbone {name!r} gives {shape}, not features of [B, C, H, W], [B, N, C] or [B, C]",
+                              key="model.backbone")
+        channels = int(out.shape[-1] if out.dim() == 3 else out.shape[1])
+        if channels != self.backbone.feature_dim:
+            raise ConfigError(f"backbone {name!r} gives {channels}-channel features, but reports "
+                              f"{self.backbone.feature_dim} (the heads' input width): its features would not fit the "
+                              "heads", key="model.backbone")
 
     # ---------------------------------------------------------------- sharing (dynametric.models.hub)
     @classmethod
@@ -157,11 +196,45 @@ class WeightLoadReport:
     kept_initial: list[str] = field(default_factory=list)
     """BatchNorm ``num_batches_tracked`` counters absent from older files; they keep their initial value."""
 
+    def summary(self) -> str:
+        """One line: ``backbone weights from FILE: N tensors loaded; ignored classifier tensors 'fc.weight',
+        'fc.bias'; M BatchNorm counter(s) not in the file keep their initial value`` (the parts that apply)."""
+        parts = [f"backbone weights from {self.file}: {len(self.loaded)} tensors loaded"]
+        if self.ignored_classifier:
+            parts.append(f"ignored classifier tensors {_listing(self.ignored_classifier)}")
+        if self.kept_initial:
+            parts.append(f"{len(self.kept_initial)} BatchNorm counter(s) not in the file keep their initial value "
+                         f"({_listing(self.kept_initial, 2)})")
+        return "; ".join(parts)
+
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def weights_only_refusal(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one clean sentence: the ``WeightsUnpickler
+    error`` torch's long message holds (``Unsupported global: GLOBAL mod.Cls was not an allowed global by default``),
+    without its terminal colour codes; else the message's first sentence."""
+    text = _ANSI.sub("", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s+Please use|\.?\s*$)", text, flags=re.MULTILINE)
+    return found.group(1).strip() if found else first_sentence(text)
+
+
+def torch_save_magic(path: Path) -> bytes | None:
+    """``None`` when the file starts like a ``torch.save`` file (a zip archive, or a legacy pickle), else its first
+    bytes (to name in an error)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    return None if magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80" else magic
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if path.is_dir():
+        raise InputError("is a folder; expected a weight file (.pt, .pth, .bin or .safetensors)", file=path,
+                         key="model.pretrained_path")
     if not path.is_file():
         raise InputError("weight file not found", file=path, key="model.pretrained_path")
     if path.suffix == ".safetensors":
@@ -170,25 +243,39 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         try:
             obj: Any = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types
-            raise InputError(f"not a readable safetensors file: {exc}", file=path) from exc
+            raise InputError(f"not a readable safetensors file ({first_sentence(exc)})", file=path,
+                             key="model.pretrained_path") from None
     else:
+        magic = torch_save_magic(path)
+        if magic is not None:
+            raise InputError(f"not a torch weight file: it does not start like a torch.save file (first bytes "
+                             f"{magic!r}); expected a state dict saved with torch.save, or a .safetensors file",
+                             file=path, key="model.pretrained_path")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError for arbitrary pickles, RuntimeError for corrupt files
-            raise InputError("cannot load as a weights-only state dict (torch.load(weights_only=True) refused it: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=path) from exc
-    if isinstance(obj, Mapping):
+        except pickle.UnpicklingError as exc:
+            raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
+                             f"(loaded with weights_only=True: {weights_only_refusal(exc)})", file=path,
+                             key="model.pretrained_path") from None
+        except Exception as exc:  # RuntimeError, EOFError ... for a truncated or corrupt file
+            raise InputError(f"truncated or corrupt weight file (torch could not read it: {first_sentence(exc)})",
+                             file=path, key="model.pretrained_path") from None
+    where = ""
+    if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
         for wrapper in _WRAPPER_KEYS:
             inner = obj.get(wrapper)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                obj = inner
+            if isinstance(inner, Mapping) and inner:
+                obj, where = inner, f" (under {wrapper!r})"
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise InputError(f"expected a non-empty state dict (name → tensor), got {type(obj).__name__}", file=path)
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+        raise InputError(f"expected a non-empty state dict (name → tensor){where}, got "
+                         f"{'an empty one' if isinstance(obj, Mapping) else type(obj).__name__}", file=path,
+                         key="model.pretrained_path")
+    bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise InputError(f"expected a state dict of tensors; entry {bad[0]!r} is not a tensor "
-                         f"({len(bad)} such entries)", file=path)
+        raise InputError(f"expected a state dict of tensors{where}; entry {bad[0][0]!r} is not a tensor "
+                         f"({type(bad[0][1]).__name__}; {len(bad)} such entr{'y' if len(bad) == 1 else 'ies'})",
+                         file=path, key="model.pretrained_path")
     state = dict(obj)
     if all(k.startswith("module.") for k in state):  # saved from a DataParallel/DDP wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -276,16 +363,27 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
     if len(dims) != num_heads:
         raise ConfigError(f"head_dims must have num_heads={num_heads} entries, got {len(dims)}",
                           key="model.head_dims")
+    for i, dim in enumerate(dims):  # here, keyed as given (EmbeddingHead's own check names model.embedding_dim)
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ConfigError(f"a head's width must be an integer >= 1 or null, got {dim!r}",
+                              key=f"model.head_dims[{i}]" if head_dims is not None else "model.embedding_dim")
     body = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **dict(backbone_kwargs or {}))
     if pooling == "token" and not body.has_class_token:  # here, not at the first forward (`train --dry-run` builds)
         raise ConfigError(f"pooling 'token' needs a transformer backbone with a class token (token output [B, N, C]); "
                           f"backbone {backbone!r} has none: use avg, max, avgmax or catavgmax", key="model.pooling")
+    notes: list[str] = []
     if pretrained_path is not None:
-        load_backbone_weights(body, pretrained_path)
+        notes.append(load_backbone_weights(body, pretrained_path).summary())
+    elif not pretrained and backbone.startswith(TIMM_SOURCE_PREFIXES):
+        notes.append(f"backbone {backbone!r} with model.pretrained false: its architecture alone, with random initial "
+                     "weights (the weights there are not loaded); set model.pretrained=true to start from them")
+    if freeze_bn and not _batchnorm_modules(body):
+        notes.append(f"model.freeze_bn is true, but backbone {backbone!r} has no BatchNorm layer: nothing is frozen")
     pool = GlobalPool(pooling, num_prefix_tokens=body.num_prefix_tokens)
     in_dim = pool.output_dim(body.feature_dim)
     heads = {name: EmbeddingHead(in_dim, dim, normalize=normalize) for name, dim in zip(names, dims, strict=True)}
     model = Embedder(body, pool, heads, freeze_bn=freeze_bn)
+    model.notes = notes
     model.build_kwargs = {  # what save_pretrained records to rebuild this model (models/hub.py)
         "backbone": backbone, "pretrained": pretrained, "pretrained_path": pretrained_path,
         "embedding_dim": embedding_dim, "pooling": pooling, "normalize": normalize, "freeze_bn": freeze_bn,

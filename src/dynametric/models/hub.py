@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dynametric.errors import ConfigError, InputError
+from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.utils.io import atomic_write_json, atomic_write_text
 
 MODEL_FILE = "model.safetensors"
@@ -54,6 +55,24 @@ def _build_kwargs(embedder: Any, model_kwargs: Mapping[str, Any] | None) -> dict
     kwargs["pretrained"] = False  # the saved weights replace any pretrained download
     kwargs["pretrained_path"] = None
     return kwargs
+
+
+def _backbone_config(embedder: Any, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The timm ``config.json`` of a ``hf-hub:`` / ``local-dir:`` backbone, recorded in ``dynametric.json`` so that
+    the architecture is rebuilt where that folder is absent or without the network (``None`` for any other
+    backbone); an :class:`InputError` when it cannot be had (the folder would not load anywhere else)."""
+    from dynametric.models.backbones import TIMM_SOURCE_PREFIXES
+
+    name = kwargs.get("backbone")
+    if not isinstance(name, str) or not name.startswith(TIMM_SOURCE_PREFIXES):
+        return None
+    backbone = getattr(embedder, "backbone", None)
+    config = getattr(backbone, "timm_config", None) if getattr(backbone, "name", None) == name else None
+    if not isinstance(config, dict):
+        raise InputError(f"backbone {name!r}: its timm config.json (the architecture) could not be read, so the model "
+                         "folder could not be rebuilt where that source is absent; build the embedder with the "
+                         "timm architecture name instead", key="model.backbone")
+    return dict(config)
 
 
 def _metrics_table(metrics: Mapping[str, Any], scale_names: Sequence[str]) -> list[str]:
@@ -115,8 +134,11 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     from dynametric.utils.io import atomic_write_bytes
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise InputError("exists and is not a folder; a model folder is written there", file=folder)
     kwargs = _build_kwargs(embedder, model_kwargs)
+    backbone_config = _backbone_config(embedder, kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}
     # serialised in memory, written with Python's file IO: a full disk is an OSError naming the file
     atomic_write_bytes(folder / MODEL_FILE, save(state, metadata={"format": "pt"}))
@@ -124,6 +146,8 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     meta = {"format": FORMAT, "format_version": 1, "dynametric_version": __version__, "model": kwargs,
             "embedding_dims": dict(dims) if dims is not None else None, "scale_names": list(scale_names or []),
             "eval_head": eval_head, "input_size": input_size, "metrics": dict(metrics or {}), "data": dict(data or {})}
+    if backbone_config is not None:
+        meta["backbone_config"] = backbone_config
     atomic_write_json(folder / META_FILE, meta)
     if config_yaml is not None:
         atomic_write_text(folder / CONFIG_FILE, config_yaml)
@@ -172,8 +196,6 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
     train`` run folder (``config.yaml`` + ``best.ckpt``), or a Hugging Face repository id. Eval mode."""
     from safetensors.torch import load_file
 
-    from dynametric.models.embedder import build_embedder
-
     folder = _resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                       token=token)
     if not (folder / META_FILE).is_file() and (folder / CONFIG_FILE).is_file():
@@ -187,17 +209,17 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
         raise InputError(f"not valid JSON ({exc})", file=meta_path) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise InputError(f"expected a {FORMAT} description with a 'model' entry", file=meta_path)
-    try:
-        model = build_embedder(**meta["model"])
-    except TypeError as exc:
-        raise InputError(f"'model' holds arguments build_embedder does not take ({exc})", file=meta_path) from None
+    model = _build_described(meta, meta_path)
     weights = folder / MODEL_FILE
     if not weights.is_file():
         raise InputError("weight file not found", file=weights)
     try:
         state = load_file(str(weights))
+    except Exception as exc:  # safetensors' own SafetensorError (truncated, not a safetensors file), OSError
+        raise InputError(f"not a readable safetensors file ({first_sentence(exc)})", file=weights) from None
+    try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except (RuntimeError, OSError) as exc:  # shape mismatch, corrupt file
+    except RuntimeError as exc:  # shape mismatch
         first = str(exc).strip().splitlines()
         raise InputError(f"weights do not match the described model ({first[-1].strip() if first else exc})",
                          file=weights) from None
@@ -205,7 +227,92 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
         raise InputError(f"weights do not match the described model: missing {sorted(missing)[:5]}, unexpected "
                          f"{sorted(unexpected)[:5]}", file=weights)
     model.eval()
+    model.notes = []  # the build's notes (a local-dir backbone without its weights) do not apply: the folder's load
     model.hub_meta = meta
+    return model
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a simple annotation of :func:`build_embedder` (None, bool, int, str, a Literal, a
+    union of these, a sequence or mapping of them)."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is Any:
+        return True
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        return isinstance(value, Mapping)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    return True  # an annotation this check does not read: build_embedder checks the value
+
+
+def _describe(hint: Any) -> str:
+    """An annotation in words: ``int``, ``int or None``, ``one of 'avg', 'max'``, ``a list of int or None``."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "None"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        return "a mapping"
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
+        inner = _describe(args[0]) if args else ""
+        return f"a list of ({inner})" if " or " in inner else f"a list of {inner}" if inner else "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _build_described(meta: Mapping[str, Any], meta_path: Path) -> Any:
+    """``build_embedder(**meta["model"])``, every argument's name and JSON type checked first, a ``hf-hub:`` /
+    ``local-dir:`` backbone rebuilt from the timm config the folder records (``backbone_config``); errors name
+    ``dynametric.json`` and the entry."""
+    import typing
+
+    from dynametric.models.backbones import TIMM_SOURCE_PREFIXES
+    from dynametric.models.embedder import build_embedder
+
+    kwargs = dict(meta["model"])
+    hints = typing.get_type_hints(build_embedder)
+    for name, value in kwargs.items():
+        if name not in hints or name == "return":
+            raise InputError(f"'model' holds {name!r}, which is not a build_embedder argument (written by another "
+                             "dynametric version?)", file=meta_path, key=f"model.{name}")
+        if not _fits(value, hints[name]):
+            raise InputError(f"expected {_describe(hints[name])}, got {value!r} "
+                             f"({type(value).__name__})", file=meta_path, key=f"model.{name}")
+    name = kwargs.get("backbone")
+    config = meta.get("backbone_config")
+    with tempfile.TemporaryDirectory(prefix="dynametric-backbone-") as tmp:
+        if isinstance(name, str) and name.startswith(TIMM_SOURCE_PREFIXES) and isinstance(config, dict):
+            (Path(tmp) / "config.json").write_text(json.dumps(config), encoding="utf-8")
+            kwargs["backbone"] = f"local-dir:{tmp}"  # the recorded architecture: no folder, no network needed
+        try:
+            model = build_embedder(**kwargs)
+        except InputError as exc:
+            raise InputError(exc.message, file=meta_path, key=exc.key) from None
+        except TypeError as exc:  # a value the simple type check let through
+            raise InputError(f"'model' holds arguments build_embedder does not take ({first_sentence(exc)})",
+                             file=meta_path) from None
+    if kwargs.get("backbone") != name:  # as built from the name the folder records (save_pretrained again)
+        model.build_kwargs["backbone"] = name
+        model.backbone.name = name
+        model.backbone.timm_config = dict(config) if isinstance(config, dict) else None
     return model
 
 

@@ -773,6 +773,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     val_note = validation_note(cfg, datasets.val is not None)
     if val_note is not None:
         log(val_note)
+    for note in getattr(comps.embedder, "notes", []):  # build_embedder's (weights loaded from pretrained_path, ...)
+        log(f"note: {note}")
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     if resumed_weights is not None:
         check_resume_weights(module, resumed_weights, last)
@@ -1005,6 +1007,22 @@ def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) ->
             log(f"warning: {text}")
 
 
+def _eval_crop(cfg: Config) -> int:
+    """The side of the images the config's evaluation transform gives (the preset's crop, ``data.image_size``, or
+    the synthetic generator's ``image_size``)."""
+    from dynametric.engine.builders import transform_for
+
+    transform = transform_for(cfg, False, for_images=True)
+    spec = getattr(transform, "spec", None)
+    if spec is not None:
+        return int(spec.size)
+    for step in getattr(transform, "transforms", []):  # the synthetic data's Resize((side, side))
+        size = getattr(step, "size", None)
+        if isinstance(size, (tuple, list)) and size:
+            return int(size[0])
+    return 224
+
+
 def dry_run(cfg: Config, log: Callable[[str], None] = print, *, run_dir: str | Path | None = None,
             folder_key: str = "run_dir") -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
@@ -1032,8 +1050,9 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         log(f"note: {note}")
     weights_note = None
     if cfg.model.pretrained:
-        from dynametric.models.backbones import pretrained_weights_status
+        from dynametric.models.backbones import check_pretrained_request, pretrained_weights_status
 
+        check_pretrained_request(cfg.model.backbone, cfg.model.in_chans)  # what a real run refuses, nothing loaded
         cached, where = pretrained_weights_status(cfg.model.backbone)
         weights_note = (f"pretrained weights: cached ({where})" if cached else
                         f"pretrained weights: NOT cached; a real run downloads them from {where} (offline: put the "
@@ -1060,6 +1079,9 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
     _relay(caught, log)
+    check_forward = getattr(comps.embedder, "check_forward", None)  # the backbone's features fit the heads (what a
+    if callable(check_forward):  # real run meets at its first forward pass): a blank image of the evaluation crop
+        check_forward(_eval_crop(cfg), cfg.model.in_chans)
     if datasets is not None:
         check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved)
     # a missing extra or an option the logger does not take: refused where a real run's build_logger refuses it
@@ -1095,6 +1117,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     val_note = validation_note(cfg, datasets is None or datasets.val is not None)
     if val_note is not None:
         log(val_note)
+    for note in getattr(comps.embedder, "notes", []):  # build_embedder's (weights loaded from pretrained_path, ...)
+        log(f"note: {note}")
     loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "

@@ -1,0 +1,69 @@
+"""Model-config errors name the key the user set: a head width of 0 in ``model.head_dims`` (not
+``model.embedding_dim``), and ``train --dry-run`` refuses the pretrained requests a real run refuses, without
+loading any weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynametric.config import load_config
+from dynametric.errors import ConfigError
+from dynametric.models import build_embedder
+from dynametric.pipeline.run import dry_run
+
+TINY = ["model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 2}", "data.options={images_per_class: 2}"]
+
+
+def test_a_zero_head_width_is_keyed_on_head_dims_where_it_was_set(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^<command line> key 'model.head_dims\[1\]': expected a positive integer "
+                                          r"\(a head's width\) or null, got 0$"):
+        load_config(None, ["model.num_heads=2", "model.head_dims=[8, 0]"])
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  embedding_dim: 16\n  head_dims: [0]\n")
+    with pytest.raises(ConfigError, match=rf"^{config}:3 key 'model.head_dims\[0\]': "):
+        load_config(config)
+    with pytest.raises(ConfigError, match=r"^key 'model.head_dims\[0\]': a head's width must be an integer >= 1 or "
+                                          r"null, got 0$"):
+        build_embedder("simple_cnn", head_dims=[0])
+    with pytest.raises(ConfigError, match=r"^key 'model.embedding_dim': "):
+        build_embedder("simple_cnn", embedding_dim=0)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.pretrained=true"],
+     r"^<command line> key 'model.pretrained': simple_cnn has no pretrained weights"),
+    (["model.backbone=bninception", "model.pretrained=true", "model.in_chans=1", "model.backbone_kwargs={}"],
+     r"^<command line> key 'model.in_chans': pretrained BN-Inception weights need in_chans=3$"),
+])
+def test_the_dry_run_refuses_what_a_real_run_refuses_about_pretrained_weights(overrides: list[str],
+                                                                              message: str) -> None:
+    cfg = load_config(None, [*TINY, *overrides])
+    from dynametric.config import errors_located
+
+    with pytest.raises(ConfigError, match=message), errors_located(cfg):  # as `dynametric train` locates errors
+        dry_run(cfg, log=lambda line: None)
+
+
+def test_the_dry_run_refuses_a_local_dir_without_weights_with_pretrained(tmp_path: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("test_resnet", pretrained=False), str(tmp_path / "src"), safe_serialization=True)
+    (tmp_path / "src" / "model.safetensors").unlink()
+    cfg = load_config(None, [*TINY, f"model.backbone=local-dir:{tmp_path / 'src'}", "model.backbone_kwargs={}",
+                             "model.pretrained=true"])
+    with pytest.raises(ConfigError, match=r"key 'model.backbone': model.pretrained is true, but no weight file in "):
+        dry_run(cfg, log=lambda line: None)
+    with pytest.raises(ConfigError, match=r"key 'model.backbone': model.pretrained is true, but no weight file in "):
+        build_embedder(f"local-dir:{tmp_path / 'src'}", pretrained=True)  # the real build: the same line
+
+
+def test_the_dry_run_prints_the_build_notes() -> None:
+    cfg = load_config(None, ["model.backbone=vit_tiny_patch16_224", "model.embedding_dim=8", "model.freeze_bn=true",
+                             "model.backbone_kwargs={img_size: 32}", "data.options={images_per_class: 2}"])
+    lines: list[str] = []
+    dry_run(cfg, log=lines.append)
+    assert "note: model.freeze_bn is true, but backbone 'vit_tiny_patch16_224' has no BatchNorm layer: nothing is " \
+           "frozen" in lines
