@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynametric.engine.checkpoint import MODEL_KEYS_NOT_EMBEDDING
 from dynametric.engine.device_decode import EncodedImages
 from dynametric.engine.inference import (
     InferenceOptions,
@@ -140,14 +141,10 @@ class LoadedEmbedder:
         return out
 
 
-_TRAINING_ONLY_MODEL_KEYS = ("pretrained", "pretrained_path", "freeze_bn", "channels_last")
-"""``model`` options that do not change what a loaded checkpoint computes (where its first weights came from,
-batch-norm freezing in training, the memory layout)."""
-
-
 def embedding_config_hash(cfg: Config, length: int = 16) -> str:
     """A digest of what in a config decides the embeddings a checkpoint gives for an image: the ``model`` section
-    (backbone, pooling, heads, ...; not :data:`_TRAINING_ONLY_MODEL_KEYS`), the evaluation transform's preset
+    (backbone, pooling, heads, ...; not :data:`~dynametric.engine.checkpoint.MODEL_KEYS_NOT_EMBEDDING`), the
+    evaluation transform's preset
     (``data.transform``, with the synthetic data's own rule) and its normalisation (``mean`` / ``std`` as
     :func:`~dynametric.engine.builders.normalization` resolves them, counted only when they are not ImageNet's, so
     configs that normalise with ImageNet's keep the digest they had before the keys existed). Training options
@@ -159,7 +156,7 @@ def embedding_config_hash(cfg: Config, length: int = 16) -> str:
     from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from dynametric.engine.builders import normalization
 
-    model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in _TRAINING_ONLY_MODEL_KEYS}
+    model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in MODEL_KEYS_NOT_EMBEDDING}
     data = cfg.data
     plain = data.format == "synthetic" and data.transform == "default"
     transform = "synthetic-to-tensor" if plain else ("standard" if data.transform == "default" else str(data.transform))
