@@ -51,6 +51,10 @@ def _png(fig: Any) -> str:
 
 
 def _fmt(v: Any) -> str:
+    """A table cell: a float to 4 decimals, ``-`` for a value that is missing (``None``) or NaN (as the per-category
+    table shows them), anything else as text (escaped)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
