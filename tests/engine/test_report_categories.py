@@ -238,3 +238,14 @@ def test_per_category_table_sorts_in_the_browser(tmp_path: Path):
     missing = [r for r in rows if math.isnan(value[tuple(r)])]  # no value: last either way
     assert got["asc"] == sorted(defined, key=lambda r: value[tuple(r)]) + missing
     assert got["desc"] == sorted(defined, key=lambda r: -value[tuple(r)]) + missing
+
+
+def test_a_mean_monitor_has_its_validation_curve():
+    """With trainer.monitor mean/map@r the validation plot drew the scales but not the mean best.ckpt was chosen on."""
+    from dynametric.engine.report import validation_curves
+
+    hist = [{"epoch": e, "fine": {"map@r": 0.1 * e}, "coarse": {"map@r": 0.2 * e}, "mean": {"map@r": 0.15 * e}}
+            for e in (0, 1)]
+    assert validation_curves(hist, ["fine", "coarse"], "mean/map@r") == {
+        "fine": [(0, 0.0), (1, 0.1)], "coarse": [(0, 0.0), (1, 0.2)], "mean": [(0, 0.0), (1, 0.15)]}
+    assert list(validation_curves(hist, ["fine", "coarse"], "fine/map@r")) == ["fine", "coarse"]

@@ -296,6 +296,22 @@ def _gallery_figure(plt: Any, dataset: Any, labels: torch.Tensor, queries: Seque
     return fig
 
 
+def validation_curves(history: Sequence[Mapping[str, Any]], scale_names: Sequence[str],
+                      monitor: str) -> dict[str, list[tuple[int, float]]]:
+    """The report's validation curves: per scale, ``(epoch, value)`` of the monitored metric in every round that has
+    it, and the ``mean`` over the scales too when the monitor is a ``mean/...`` one (the curve best.ckpt was chosen
+    on)."""
+    scale_of, _, metric = monitor.partition("/") if "/" in monitor else ("", "", "map@r")
+    scales = [*scale_names, "mean"] if scale_of == "mean" else list(scale_names)
+    curves = {}
+    for scale in scales:
+        pts = [(int(h["epoch"]), h[scale][metric]) for h in history
+               if isinstance(h.get(scale), Mapping) and metric in h[scale]]
+        if pts:
+            curves[scale] = pts
+    return curves
+
+
 def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequence[float]],
                          scale_names: Sequence[str], emb: torch.Tensor | None, labels: torch.Tensor | None,
                          dataset: Any, distance: str, monitor: str, seed: int) -> list[str]:
@@ -313,10 +329,8 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     axes[0].set(title="training loss", xlabel="optimizer step", ylabel="loss")
     hist = metrics.get("validation", [])
     metric = monitor.split("/", 1)[1] if "/" in monitor else "map@r"
-    for scale in scale_names:
-        pts = [(h["epoch"], h[scale][metric]) for h in hist if scale in h and metric in h[scale]]
-        if pts:
-            axes[1].plot(*zip(*pts), marker="o", label=scale)
+    for scale, pts in validation_curves(hist, scale_names, monitor).items():
+        axes[1].plot(*zip(*pts), marker="o", label=scale, ls="--" if scale == "mean" else "-")
     axes[1].set(title=f"validation {metric}", xlabel="epoch")
     if hist:
         axes[1].legend()
