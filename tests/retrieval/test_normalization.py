@@ -78,9 +78,10 @@ def test_embedding_hash_counts_the_statistics_only_where_they_are_not_imagenets(
     assert embedding_config_hash(other) != embedding_config_hash(imagenet)
 
 
-def _run(root: Path, recorded: bool | None) -> Path:
+def _run(root: Path, recorded: bool | str | None) -> Path:
     """A run of timm's test_resnet (pretrained statistics 0.5 / 0.5); its checkpoint records a config with the keys
-    (``True``), one from before them (``False``), or none (``None``)."""
+    (``True``), one from before them (``False``), one where a resume of such a run recorded ImageNet's while its
+    config.yaml leaves them unset (``"resumed"``), or none (``None``)."""
     root.mkdir(parents=True)
     cfg = load_config(None, [*CSV, "model.backbone=test_resnet", "model.embedding_dim=8"])
     save_config(cfg, root / "config.yaml")
@@ -89,7 +90,9 @@ def _run(root: Path, recorded: bool | None) -> Path:
     ckpt: dict = {"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}, "epoch": 0}
     if recorded is not None:
         stored = config_to_dict(cfg)
-        if not recorded:
+        if recorded == "resumed":
+            stored["data"]["mean"], stored["data"]["std"] = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        elif not recorded:
             del stored["data"]["mean"], stored["data"]["std"]
         ckpt["dynametric"] = {"config": stored}
     save_checkpoint_file(ckpt, root / "best.ckpt")
@@ -103,6 +106,11 @@ def test_a_run_embeds_with_the_statistics_it_trained_with(tmp_path: Path) -> Non
     old = load_embedder(_run(tmp_path / "old", False))  # trained before: with ImageNet's, as then
     assert tuple(old.transform.transforms[-1].mean) == IMAGENET_MEAN
     assert old.embedding_hash != new.embedding_hash
+    # resumed by this version, its checkpoint records the ImageNet statistics its config.yaml leaves unset (the
+    # run's resume and inference once pinned them by two copies of the rule, and inference missed this case)
+    resumed = load_embedder(_run(tmp_path / "resumed", "resumed"))
+    assert tuple(resumed.transform.transforms[-1].mean) == IMAGENET_MEAN
+    assert tuple(resumed.transform.transforms[-1].std) == IMAGENET_STD
     bare = load_embedder(_run(tmp_path / "bare", None))  # no record: the config decides
     assert list(bare.transform.transforms[-1].mean) == [0.5, 0.5, 0.5]
     forced = load_embedder(_run(tmp_path / "forced", False), overrides=["data.mean=[0.5, 0.5, 0.5]"])

@@ -101,6 +101,28 @@ memory layout. Every other ``model`` key (backbone and its options, pooling, hea
 decides the embeddings and must be the one the checkpoint was trained with (:func:`model_config_changes`)."""
 
 
+def trained_statistics(cfg: Any, checkpoint: dict[str, Any]) -> tuple[list[float], list[float], bool] | None:
+    """``(mean, std, predates)``: the input statistics a checkpoint trained with, where ``cfg`` leaves them to the
+    backbone (``data.mean`` and ``data.std`` unset, three input channels) and they may not be the backbone's: ImageNet's
+    when its recorded ``data`` section has neither key (``predates`` True: trained before the transforms followed the
+    backbone's statistics), the recorded ones when it has both set (a resumed run of such a checkpoint recorded
+    them). ``None`` otherwise: the config's own statistics, or a checkpoint that records no config."""
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    extra = checkpoint.get("dynametric") if isinstance(checkpoint, dict) else None
+    stored = extra.get("config") if isinstance(extra, dict) else None
+    data = stored.get("data") if isinstance(stored, dict) else None
+    if cfg.data.mean is not None or cfg.data.std is not None or int(cfg.model.in_chans) != 3 \
+            or not isinstance(data, dict):
+        return None
+    if "mean" not in data and "std" not in data:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD), True
+    mean, std = data.get("mean"), data.get("std")
+    if isinstance(mean, list) and isinstance(std, list):
+        return [float(v) for v in mean], [float(v) for v in std], False
+    return None
+
+
 def stored_model_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     """The ``model`` section of the config a ``dynametric train`` checkpoint was saved with (``config_to_dict``
     form, stored under ``dynametric.config``), or ``None`` for a checkpoint that records none (an older

@@ -273,7 +273,7 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     """
     from dynametric.config import embedder_kwargs, errors_located, load_config
     from dynametric.engine.builders import eval_head
-    from dynametric.engine.checkpoint import load_checkpoint_file, load_embedder_state
+    from dynametric.engine.checkpoint import load_checkpoint_file, load_embedder_state, trained_statistics
     from dynametric.models import build_embedder
 
     checkpoint = checkpoint_path(checkpoint)
@@ -285,26 +285,14 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     with errors_located(cfg):  # a model key checked when the model is built names where it was set
         model = build_embedder(**{**embedder_kwargs(cfg.model), "pretrained": False, "pretrained_path": None})
     load_embedder_state(model, state, checkpoint)
-    _normalization_of_older_runs(cfg, state)
+    # the statistics it trained with where the config leaves them to the backbone (older checkpoints: ImageNet's)
+    pinned = trained_statistics(cfg, state)
+    if pinned is not None:
+        cfg.data.mean, cfg.data.std = pinned[:2]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainedModel(cfg, model, checkpoint, config_path, state, head if head is not None else eval_head(cfg))
-
-
-def _normalization_of_older_runs(cfg: Config, state: dict[str, Any]) -> None:
-    """A checkpoint whose recorded run config has no ``data.mean`` (trained before the transforms followed the
-    backbone's statistics) was trained with ImageNet's: unless the config sets them, ``cfg.data.mean`` / ``std``
-    become ImageNet's, so it embeds and evaluates as it trained (a timm ViT's own 0.5 / 0.5 would not)."""
-    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    extra = state.get("dynametric") if isinstance(state, dict) else None
-    stored = extra.get("config") if isinstance(extra, dict) else None
-    data = stored.get("data") if isinstance(stored, dict) else None
-    if not isinstance(data, dict) or "mean" in data or "std" in data:
-        return
-    if cfg.data.mean is None and cfg.data.std is None and int(cfg.model.in_chans) == 3:
-        cfg.data.mean, cfg.data.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
 def check_model_config(cfg: Config, state: dict[str, Any], checkpoint: str | Path) -> None:

@@ -82,16 +82,15 @@ def logger_arguments(name: str) -> list[str] | None:
     """The ``run.logger_options`` keys ``run.logger: name`` accepts (the Lightning logger's arguments and, where it
     forwards the rest, those of what it forwards them to), or None when they cannot be listed (a forwarded target
     that takes any keyword)."""
+    own, forwarded = _logger_class(name).__init__, _forwarded_to(name)
     names: list[str] = []
-    for fn in (_logger_class(name).__init__, _forwarded_to(name)):
+    for fn in (own, forwarded):
         if fn is None:
             continue
         for arg, param in inspect.signature(fn).parameters.items():
             if param.kind is param.VAR_KEYWORD:
-                if fn is not _logger_class(name).__init__:
-                    return None  # the target takes any keyword
-                if _forwarded_to(name) is None:
-                    return None  # forwarded somewhere we cannot inspect
+                if fn is forwarded or forwarded is None:
+                    return None  # the target takes any keyword, or the logger forwards where we cannot inspect
                 continue
             if arg != "self" and param.kind is not param.VAR_POSITIONAL and arg not in _SET_BY_RUN[name]:
                 names.append(arg)

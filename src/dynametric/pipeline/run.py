@@ -50,7 +50,7 @@ from dynametric.engine.builders import (
     trainer_settings,
 )
 from dynametric.engine.callbacks import ResumeState, RunCheckpoint, RunEarlyStopping, ValidationToMetrics
-from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file
+from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file, trained_statistics
 from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
@@ -441,13 +441,12 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     ckpt = load_checkpoint_file(last)
     extra = ckpt.get("dynametric")
     extra = extra if isinstance(extra, dict) else {}
-    stored_data = extra.get("config", {}).get("data") if isinstance(extra.get("config"), dict) else None
     # the input statistics the checkpoint trained with, where config.yaml leaves them to the backbone: a resumed
     # older run keeps them (ImageNet's where the recorded config predates data.mean / data.std; an earlier resume
     # of such a run recorded them)
-    pin = _trained_statistics(cfg, stored_data)
-    if pin is not None and isinstance(stored_data, dict) and "mean" in stored_data:
-        cfg.data.mean, cfg.data.std = pin  # recorded by an earlier resume: part of the config the hash covers
+    pin = trained_statistics(cfg, ckpt)
+    if pin is not None and not pin[2]:
+        cfg.data.mean, cfg.data.std = pin[:2]  # recorded by an earlier resume: part of the config the hash covers
     saved, now = extra.get("config_hash"), config_hash(cfg)
     if saved is None:
         log(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
@@ -469,32 +468,14 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
         # only keys a later dynametric added, at their defaults: the run's own config, resumed
         log(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their defaults: "
             + ", ".join(f"{k}={v!r}" for k, v in added))
-    if pin is not None and cfg.data.mean is None:  # the recorded config predates the keys: checked without them
-        cfg.data.mean, cfg.data.std = pin
+    if pin is not None and pin[2]:  # the recorded config predates the keys: checked without them
+        cfg.data.mean, cfg.data.std = pin[:2]
         log(f"note: {last} was trained before the transforms followed the backbone's own input statistics: resuming "
             f"with the ImageNet mean and std it trained with (data.mean, data.std)")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
     return {k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-
-def _trained_statistics(cfg: Config, stored_data: Any) -> tuple[list[float], list[float]] | None:
-    """``(mean, std)`` a resumed run must keep when ``config.yaml`` leaves them to the backbone (``data.mean`` and
-    ``data.std`` unset, three input channels): ImageNet's when the checkpoint's recorded ``data`` section has
-    neither key (trained before the transforms followed the backbone's statistics), the recorded ones when it has
-    both set (an earlier resume of such a run); ``None`` otherwise."""
-    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    if cfg.data.mean is not None or cfg.data.std is not None or int(cfg.model.in_chans) != 3 \
-            or not isinstance(stored_data, dict):
-        return None
-    if "mean" not in stored_data and "std" not in stored_data:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    mean, std = stored_data.get("mean"), stored_data.get("std")
-    if isinstance(mean, list) and isinstance(std, list):
-        return [float(v) for v in mean], [float(v) for v in std]
-    return None
 
 
 def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], last: Path) -> None:
@@ -592,6 +573,14 @@ def validation_note(cfg: Config, has_validation: bool) -> str | None:
     return (f"note: trainer.val_every {every} does not divide trainer.max_epochs {epochs}: validation runs {rounds}, "
             f"so the last {epochs - last} epoch(s) are trained but never validated and best.ckpt is never one of "
             f"them; set trainer.val_every to a divisor of {epochs} to validate the final weights")
+
+
+def setup_notes(cfg: Config, embedder: torch.nn.Module, processes: int, has_validation: bool) -> list[str]:
+    """The ``note:`` lines the run and the dry run print about the set-up, in this order: BatchNorm under several
+    processes (:func:`batchnorm_note`), epochs never validated (:func:`validation_note`), and what
+    ``build_embedder`` did (weights loaded from ``pretrained_path``, ...: the embedder's ``notes``)."""
+    notes = [batchnorm_note(cfg, embedder, processes), validation_note(cfg, has_validation)]
+    return [n for n in notes if n is not None] + [f"note: {n}" for n in getattr(embedder, "notes", [])]
 
 
 def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) -> None:
@@ -756,8 +745,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
-    if world > 1:  # each process evaluates a shard of every split
-        check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
+    check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)  # each process evaluates a shard
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
@@ -767,14 +755,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
-    bn_note = batchnorm_note(cfg, comps.embedder, world)
-    if bn_note is not None:
-        log(bn_note)
-    val_note = validation_note(cfg, datasets.val is not None)
-    if val_note is not None:
-        log(val_note)
-    for note in getattr(comps.embedder, "notes", []):  # build_embedder's (weights loaded from pretrained_path, ...)
-        log(f"note: {note}")
+    for note in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
+        log(note)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     if resumed_weights is not None:
         check_resume_weights(module, resumed_weights, last)
@@ -1075,8 +1057,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
         tests, _ = _held_out_data(cfg, datasets, test_keys, log)
-        if world > 1:
-            check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
+        check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
@@ -1112,15 +1093,9 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
         f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
-    bn_note = batchnorm_note(cfg, comps.embedder, world)
-    if bn_note is not None:
-        log(bn_note)
     # the datasets not built (a dry run without data): validation taken as there, as it usually is
-    val_note = validation_note(cfg, datasets is None or datasets.val is not None)
-    if val_note is not None:
-        log(val_note)
-    for note in getattr(comps.embedder, "notes", []):  # build_embedder's (weights loaded from pretrained_path, ...)
-        log(f"note: {note}")
+    for note in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
+        log(note)
     loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
