@@ -745,7 +745,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
-    check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)  # each process evaluates a shard
+    if world > 1:  # each process evaluates a shard of every split
+        check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
@@ -1057,7 +1058,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
         tests, _ = _held_out_data(cfg, datasets, test_keys, log)
-        check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
+        if world > 1:
+            check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
