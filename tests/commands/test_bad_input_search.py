@@ -66,7 +66,11 @@ def test_items_csv_missing_or_with_a_short_row(index_dir, capsys) -> None:
 
 def test_labels_npy_missing_or_an_object_array(index_dir, capsys) -> None:
     np.save(index_dir / "labels.npy", np.array([{"a": 1}] * 40, dtype=object), allow_pickle=True)
-    assert "labels.npy: not a plain integer array (Object arrays cannot be loaded" in _search_error(capsys, index_dir)
+    assert ("labels.npy: an array of Python objects (would need unpickling); expected an [N, S] integer array"
+            in _search_error(capsys, index_dir))
+    (index_dir / "labels.npy").write_text("1,2\n")
+    assert ("labels.npy: not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file holds "
+            "text); expected an [N, S] integer array" in _search_error(capsys, index_dir))
     np.save(index_dir / "labels.npy", np.zeros(40, dtype=np.float32))
     assert "expected an [N, S] integer array, found float32 (40,)" in _search_error(capsys, index_dir)
     (index_dir / "labels.npy").unlink()

@@ -188,8 +188,15 @@ def test_merge_checks_every_parts_labels(parts: list[Path], tmp_path: Path, caps
     for bad, expected in ((good[:3], "has shape [3, 2] and dtype int64, expected [4, 2] integers"),
                           (good[:, :1], "has shape [4, 1] and dtype int64, expected [4, 2] integers"),
                           (good.astype(np.float64), "has shape [4, 2] and dtype float64, expected [4, 2] integers"),
-                          (other, "items.csv or labels.npy of this part are not those it embedded")):
-        np.save(target, bad)
+                          (other, "items.csv or labels.npy of this part are not those it embedded"),
+                          (np.array([{"a": 1}] * 4, dtype=object),
+                           "an array of Python objects (would need unpickling); expected an [4, 2] integer array"),
+                          ("1,2\n", "not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, "
+                                    "this file holds text); expected an [4, 2] integer array")):
+        if isinstance(bad, str):
+            target.write_text(bad)
+        else:
+            np.save(target, bad, allow_pickle=True)
         err = _error(capsys, ["merge-embeddings", *map(str, parts), "--out", str(tmp_path / "m")])
         assert f"{target}: {expected}" in err
         assert not (tmp_path / "m").exists()  # nothing half-written

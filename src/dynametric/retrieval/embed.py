@@ -70,6 +70,7 @@ from dynametric.utils.readers import (
     label_cell,
     merged_ids,
     merged_ids_note,
+    read_plain_npy,
 )
 
 FORMAT_VERSION = 1
@@ -712,13 +713,7 @@ def load_job_labels(path: Path, rows: int, scales: int) -> np.ndarray:
     expected ones."""
     if path.is_dir():
         raise InputError("is a folder; expected the job's labels file", file=path)
-    check_npy_size(path)
-    check_npy_header(path)
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read the labels ({first_sentence(exc)}); expected an [{rows}, {scales}] integer "
-                         ".npy array", file=path) from None
+    labels = read_plain_npy(path, f"an [{rows}, {scales}] integer array")
     if labels.ndim != 2 or labels.shape != (rows, scales) or labels.dtype.kind not in "iu":
         raise InputError(f"has shape {list(labels.shape)} and dtype {labels.dtype}, expected [{rows}, {scales}] "
                          f"integers (one row per item of items.csv, one column per scale name of embed.json)",

@@ -39,7 +39,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
-from dynametric.utils.readers import check_npy_size, refuse_zero_rows
+from dynametric.utils.readers import read_plain_npy, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -287,11 +287,7 @@ def _read_labels(path: Path, n: int) -> np.ndarray:
         raise InputError("is a folder; expected a file", file=path)
     if not path.is_file():
         raise InputError("labels.npy missing, but index.json says the index has labels", file=path)
-    check_npy_size(path)
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"not a plain integer array ({first_sentence(exc)})", file=path) from None
+    labels = read_plain_npy(path, "an [N, S] integer array")
     if labels.ndim != 2 or labels.dtype.kind not in "iu":
         raise InputError(f"expected an [N, S] integer array, found {labels.dtype} {labels.shape}", file=path)
     return labels.astype(np.int64, copy=False)
