@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dynametric.utils.io import atomic_write_json, atomic_write_text
+from result_files import Legacy, check_replace, run_kind, write_json, write_md
 
 # two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30, as tables print them (3 decimals: scipy's values
 # rounded); the stored results (at most 10 seeds) were computed with these
@@ -109,22 +110,42 @@ def mean_curve(runs: Sequence[dict[str, Any]], key: str = "curve", metric: str =
     return [(s, statistics.fmean(v)) for s, v in sorted(per_step.items()) if len(v) == len(runs)]
 
 
-def environment() -> str:
-    """One line: CPU model, core count, torch version, git revision."""
-    import torch
-    from machine_info import cpu_model
-
-    cpu = cpu_model()
+def git_revision(cwd: Path | None = None) -> str:
+    """The short git revision of the repository, ``-dirty`` appended when its tracked files have changes (``unknown``
+    outside a checkout)."""
+    where = str(cwd or REPOSITORY)
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=False).stdout.strip() or "unknown"
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+                             cwd=where).stdout.strip()
+        if not rev:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=False, cwd=where).stdout.strip()
     except OSError:
-        rev = "unknown"
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, git {rev}"
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+def environment() -> str:
+    """One line: the machine (:func:`machine_info.machine_line`: CPU model, family/model/stepping and ISA level,
+    usable CPUs, torch version and threads, load average) and the git revision (``-dirty`` with local changes)."""
+    from machine_info import machine_line
+
+    return f"{machine_line()}, git {git_revision()}"
+
+
+def run_conditions() -> str:
+    """``nice <n>, <t> torch thread(s)``, measured in this process (what the results header states)."""
+    import torch
+
+    nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else "unknown"
+    threads = torch.get_num_threads()
+    return f"nice {nice}, {threads} torch thread{'' if threads == 1 else 's'}"
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:
-    return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    """The command to paste (``shlex.join``: an argument with spaces or parentheses stays one argument)."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def small_help(small: dict[str, Any]) -> str:
@@ -155,11 +176,57 @@ def parse_with_small(ap: argparse.ArgumentParser, argv: Sequence[str] | None,
     return a
 
 
-def write_results(out: Path, markdown: str, payload: dict[str, Any]) -> None:
-    """Write ``out`` (``.md``) and its ``.json`` sibling atomically."""
+def claim_legacy(script: str) -> Legacy:
+    """Recognises the results of ``script`` written before the markers (:mod:`result_files`): a ``.json`` whose
+    ``command`` is ``python benchmarks/<script> ...``, an in-progress ``.json`` (only ``runs``, ``args``,
+    ``invocations``), a ``.md`` whose header says ``Command: `python benchmarks/<script>`` or that reads
+    ``(in progress)``; its kind is ``small`` when it was run with ``--small``."""
+    prefix = f"python benchmarks/{script}"
+
+    def legacy(path: Path, text: str) -> str | None:
+        if path.suffix == ".json":
+            try:
+                data = json.loads(text)
+            except ValueError:
+                return None
+            if not isinstance(data, dict):
+                return None
+            args = data.get("args") if isinstance(data.get("args"), dict) else {}
+            command = data.get("command")
+            if isinstance(command, str) and command.startswith(prefix):
+                return "small" if args.get("small") or " --small" in command else "full"
+            if "runs" in data and set(data) <= {"runs", "args", "invocations"}:
+                return "small" if args.get("small") else "full"
+            return None
+        if text.strip() == "(in progress)":
+            return "full"
+        head = text.split("\n## ", 1)[0]
+        if f"Command: `{prefix}" in head:
+            command = head.split(f"Command: `{prefix}", 1)[1].split("`", 1)[0]
+            return "small" if " --small" in command else "full"
+        return None
+
+    return legacy
+
+
+def results_paths(out: Path) -> list[Path | None]:
+    return [Path(out), Path(out).with_suffix(".json")]
+
+
+def check_results(out: Path, script: str, small: bool, overwrite: bool) -> None:
+    """Before a claim run: SystemExit with one line when ``out`` (``.md``) or its ``.json`` may not be replaced
+    (:func:`result_files.check_replace`: written by another script or by hand, or a ``--small`` run over a full
+    run's results, without ``--overwrite``)."""
+    check_replace(results_paths(out), script, run_kind(small), overwrite, claim_legacy(script))
+
+
+def write_results(out: Path, markdown: str, payload: dict[str, Any], script: str, small: bool) -> None:
+    """Write ``out`` (``.md``) and its ``.json`` sibling atomically, each with the marker of ``script``'s run
+    (:mod:`result_files`; ``small``: a ``--small`` run)."""
     out = Path(out)
-    atomic_write_text(out, markdown if markdown.endswith("\n") else markdown + "\n")
-    atomic_write_json(out.with_suffix(".json"), payload)
+    kind = run_kind(small)
+    write_md(out, markdown, script, kind)
+    write_json(out.with_suffix(".json"), payload, script, kind)
 
 
 PLATEAU_PP = 0.5  # a cell has converged when the last quarter of the budget adds less than this to its best val

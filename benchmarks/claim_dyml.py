@@ -72,6 +72,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
+    check_results,
     command_line,
     curve_table,
     environment,
@@ -86,11 +87,13 @@ from claim_common import (  # noqa: E402
     read_finished_results,
     rerender_note,
     results_sibling,
+    run_conditions,
     sign,
     small_help,
     stored_header,
     write_results,
 )
+from result_files import add_overwrite_option  # noqa: E402
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
 from dynametric.data.samplers import MPerClassSampler, ThreeScaleSampler  # noqa: E402
@@ -556,11 +559,13 @@ def _check_setup(path: Path, a: argparse.Namespace, finished: bool) -> None:
                              f"{getattr(a, name)}; runs of different setups cannot be combined")
 
 
-def render_only(json_path: Path) -> int:
+def render_only(json_path: Path, overwrite: bool = False) -> int:
     """Re-derive a finished results file's tables and verdicts from its stored runs (no training). The ``.md`` keeps
     its original header (command, timings, setup) with one added line saying it was re-rendered; the ``.json`` keeps
     its runs, arguments and invocation history and gets the new ``verdicts``."""
     data = read_finished_results(json_path)
+    small = bool(data["args"].get("small"))
+    check_results(json_path.with_suffix(".md"), "claim_dyml.py", small, overwrite)
     a = argparse.Namespace(**({"compare": None, "versus": None, "sampler": "pxk"} | data["args"]))
     compare_path = results_sibling(a.compare, json_path, "compare")
     versus_path = results_sibling(a.versus, json_path, "versus")
@@ -570,7 +575,8 @@ def render_only(json_path: Path) -> int:
     lines, _ = stored_header(json_path)
     head = original_header(lines)
     note = rerender_note("claim_dyml.py", json_path)
-    write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
+    write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts},
+                  "claim_dyml.py", small)
     print(body)
     return 0
 
@@ -604,6 +610,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gamma", type=float, default=32.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--small", action="store_true", help=small_help(SMALL))
+    add_overwrite_option(ap)
     ap.add_argument("--resume", action="store_true", help="keep the runs already in the --out .json")
     ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
                     help="add the runs and invocation history of other finished results .json files of the same "
@@ -625,7 +632,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.render_only is not None:
-        return render_only(a.render_only)
+        return render_only(a.render_only, a.overwrite)
+    check_results(a.out, "claim_dyml.py", a.small, a.overwrite)
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
@@ -671,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} c={c:g} {fam:<8} {var:<7} test fine ASI {r['test']['fine']['asi']:.3f} "
                       f"mean ASI {r['test']['mean']['asi']:.3f} (step {r['best_step']}, {r['train_s']}s)",
                       flush=True)
-                write_results(a.out, "(in progress)\n", {"runs": runs})
+                write_results(a.out, "(in progress)\n", {"runs": runs}, "claim_dyml.py", a.small)
     wall = time.perf_counter() - t_start
     compare = [r for r in load_runs(a.compare) if r.get("sampler", "pxk") != a.sampler] if a.compare else []
     body, verdicts = analyse(runs, a, compare, a.versus)
@@ -692,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(`--resume` keeps the runs already in the file and trains the missing ones; the command above unless "
             f"named): {calls}"
             + (f"; {unrecorded} runs from earlier invocations whose wall time was not recorded" if unrecorded else "")
-            + f".  \nNice 19, 1 thread, shared machine: {environment()}.\n\n"
+            + f".  \n{run_conditions().capitalize()}, shared machine: {environment()}.\n\n"
             f"{OBJECTIVES[a.sampler]}\n\nSetup: SyntheticHierarchy {a.image_size}x{a.image_size}, "
             f"{a.train_per_shape} train / {per_shape['val']} val / {per_shape['test']} test fine classes per shape, "
             f"{a.images_per_class} images per class, coarse_coherence {a.coherence}; simple_cnn width {a.width} "
@@ -705,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         "invocations": history,
         "args": vars(a) | {"out": str(a.out), "compare": None if a.compare is None else str(a.compare),
                            "merge": [str(m) for m in a.merge], "versus": None if a.versus is None else str(a.versus)},
-        "verdicts": verdicts, "runs": runs})
+        "verdicts": verdicts, "runs": runs}, "claim_dyml.py", a.small)
     print(body)
     return 0
 

@@ -55,6 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
+    check_results,
     command_line,
     curve_table,
     environment,
@@ -68,12 +69,14 @@ from claim_common import (  # noqa: E402
     parse_with_small,
     read_finished_results,
     rerender_note,
+    run_conditions,
     sign,
     small_help,
     stored_header,
     verdict,
     write_results,
 )
+from result_files import add_overwrite_option  # noqa: E402
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
 from dynametric.data.samplers import MPerClassSampler  # noqa: E402
@@ -434,10 +437,12 @@ def convergence_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[st
 
 
 
-def render_only(json_path: Path) -> int:
+def render_only(json_path: Path, overwrite: bool = False) -> int:
     """Tables and verdicts of a finished results file re-derived from its stored runs (no training); the ``.md``
     keeps its original header plus one line saying so, the ``.json`` keeps its runs and gets the new verdicts."""
     data = read_finished_results(json_path)
+    small = bool(data["args"].get("small"))
+    check_results(json_path.with_suffix(".md"), "claim_pddm.py", small, overwrite)
     a = argparse.Namespace(**data["args"])
     runs = data["runs"]
     select(runs)
@@ -446,7 +451,8 @@ def render_only(json_path: Path) -> int:
     head = original_header(lines)
     note = rerender_note("claim_pddm.py", json_path)
     write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}",
-                  data | {"verdicts": verdicts, "runs": runs})
+                  data | {"verdicts": verdicts, "runs": runs},
+                  "claim_pddm.py", small)
     print(body)
     return 0
 
@@ -478,6 +484,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--margin", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--small", action="store_true", help=small_help(SMALL))
+    add_overwrite_option(ap)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--merge", type=Path, nargs="+", default=[], metavar="JSON",
                     help="add the runs of these results files (e.g. one per condition, run in parallel, or new lrs of "
@@ -496,7 +503,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.render_only is not None:
-        return render_only(a.render_only)
+        return render_only(a.render_only, a.overwrite)
+    check_results(a.out, "claim_pddm.py", a.small, a.overwrite)
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = load_runs(a.out.with_suffix(".json")) if a.resume else []
@@ -563,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"R@1 {best['test']['recall@1']:.3f} (start {start_eval['test']['recall@1']:.3f}, step "
                           f"{best['step']}, {r['run_s']}s)", flush=True)
                     write_results(a.out, "(in progress)\n", {"runs": runs, "invocations": invocations,
-                                                              "pretraining": info})
+                                                              "pretraining": info}, "claim_pddm.py", a.small)
     select(runs)
     wall = time.perf_counter() - t_start
     body, verdicts = analyse(runs, a)
@@ -578,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"# PDDM claims on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
             f"Wall time: {total / 60:.1f} min, the sum of {len(invocations)} invocation(s) (" +
             "; ".join(f"`{i['command']}` {float(i.get('wall_s') or 0) / 60:.1f} min" for i in invocations) +
-            f"; nice 19, 1 thread, shared machine: {environment()})" +
+            f"; {run_conditions()}, shared machine: {environment()})" +
             (f"; the parts ran side by side, one per core, so on 2 cores the file reproduces in {side_by_side:.1f} min"
              if parts_only else "") + "."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.train_per_shape} train / "
@@ -591,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(total, 1), "invocations": invocations,
                                               "args": vars(a) | {"out": str(a.out), "merge": [str(p) for p in a.merge]},
                                               "verdicts": verdicts,
-                                              "pretraining": info, "runs": runs})
+                                              "pretraining": info, "runs": runs}, "claim_pddm.py", a.small)
     print(body)
     return 0
 

@@ -110,6 +110,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     RERENDERED,
+    check_results,
     command_line,
     curve_table,
     environment,
@@ -122,11 +123,13 @@ from claim_common import (  # noqa: E402
     read_finished_results,
     rerender_note,
     results_sibling,
+    run_conditions,
     small_help,
     stored_header,
     verdict,
     write_results,
 )
+from result_files import add_overwrite_option  # noqa: E402
 from sharing_engine import EvalEvery, build_module, fit, head_metrics  # noqa: E402  (the engine wiring shared with sharing_synthetic)
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
@@ -717,7 +720,7 @@ def keep_readings(old_body: str, body: str) -> str:
     return "\n## ".join(out) + ("\n\n" + "\n\n".join(rest) + "\n" if rest else "")
 
 
-def render_only(json_path: Path) -> int:
+def render_only(json_path: Path, overwrite: bool = False) -> int:
     """Re-derive a finished results file's tables and verdicts from its stored runs (no training; a ``--versus``
     parity table from the file it names). The ``.md`` keeps its original header (command, timings, setup) with one
     added line saying it was re-rendered, except that a pretraining description calling the start "disjoint"
@@ -726,6 +729,8 @@ def render_only(json_path: Path) -> int:
     (:func:`keep_readings`); the ``.json`` keeps its runs, arguments and command and gets the new
     ``verdicts``."""
     data = read_finished_results(json_path)
+    small = bool(data["args"].get("small"))
+    check_results(json_path.with_suffix(".md"), "claim_sharing.py", small, overwrite)
     # keys newer than the file take their defaults (SETUP_DEFAULTS: no pretraining), as import_runs reads them
     a = argparse.Namespace(**({"alpha_grid": None, "rho_grid": None, "versus": None} | SETUP_DEFAULTS
                               | data["args"]))
@@ -751,7 +756,8 @@ def render_only(json_path: Path) -> int:
            f"pretrain_overlap.")
     note = rerender_note("claim_sharing.py", json_path, " except one corrected statement" if corrected else "") \
         + (fix if corrected else "")
-    write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts})
+    write_results(json_path.with_suffix(".md"), f"{head}\n\n{note}\n\n{body}", data | {"verdicts": verdicts},
+                  "claim_sharing.py", small)
     print(body)
     return 0
 
@@ -794,6 +800,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="pretraining fine classes per shape (SyntheticHierarchy(seed=1000 + seed) train split)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--small", action="store_true", help=small_help(SMALL))
+    add_overwrite_option(ap)
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out's .json")
     ap.add_argument("--resume-from", type=Path, nargs="+", default=[],
                     help="also reuse the runs of these results .json files (same setup required)")
@@ -821,7 +828,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.render_only is not None:
-        return render_only(a.render_only)
+        return render_only(a.render_only, a.overwrite)
+    check_results(a.out, "claim_sharing.py", a.small, a.overwrite)
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     runs = import_runs(a.out.with_suffix(".json"), a, required=False) if a.resume else []
@@ -866,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} {split:<8} {m:<8} {_hp(r)} test class R@1 "
                       f"{r['test']['class']['recall@1']:.3f} concat {r['test']['concat']['recall@1']:.3f} "
                       f"(update {r['best_step']}/{r['updates']}, {r['train_s']}s)", flush=True)
-                write_results(a.out, "(in progress)\n", {"args": args_json, "runs": runs})
+                write_results(a.out, "(in progress)\n", {"args": args_json, "runs": runs}, "claim_sharing.py", a.small)
     chosen = select(runs, grids)
     for r in runs:
         r["selected"] = any(c is r for c in chosen.values())
@@ -893,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
            if n_imported else "")
     head = (f"# Sharing / MIC claim on the controlled synthetic benchmark\n\nCommand: `{cmd}`  \n"
             f"Wall time: {run_s / 60:.1f} min, the sum of the {len(runs)} runs' own timers (training and the "
-            f"val/test evaluations{src}; this invocation {invocation_s / 60:.1f} min); nice 19, 1 thread, "
+            f"val/test evaluations{src}; this invocation {invocation_s / 60:.1f} min); {run_conditions()}, "
             f"shared machine: {environment()}."
             f"\n\nSetup: {a.image_size}x{a.image_size} images, {a.images_per_class} per class, 54 training classes "
             f"in every split{' but held-out-val-colour (36)' if 'held-out-val-colour' in a.splits else ''}; "
@@ -905,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(every {a.eval_every} updates).\n")
     write_results(a.out, head + "\n" + body, {"command": cmd, "wall_s": round(run_s, 1),
                                               "invocation_s": round(invocation_s, 1), "args": args_json,
-                                              "verdicts": verdicts, "runs": runs})
+                                              "verdicts": verdicts, "runs": runs}, "claim_sharing.py", a.small)
     print(body)
     return 0
 

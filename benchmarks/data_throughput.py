@@ -34,6 +34,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+
+SCRIPT = "data_throughput.py"
 
 
 def write_jpegs(folder: Path, n: int, width: int, height: int, seed: int = 0) -> list[str]:
@@ -134,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learn-steps", type=int, default=0, help="also run the synthetic learnability curve")
     ap.add_argument("--learn-eval-every", type=int, default=250)
     ap.add_argument("--skip-pipeline", action="store_true", help="only the synthetic/sampler/learnability parts")
-    ap.add_argument("--json", type=str, default=None, help="also write the results here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_overwrite_option(ap)
     args = ap.parse_args(argv)
+    check_replace([args.json], SCRIPT, "full", args.overwrite)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
 
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# data_throughput: {machine_line()}; main-process threads {args.threads}, load average at start "
           f"{load[0]:.1f}")
-    results: dict[str, object] = {"load_average": load[0], "threads": args.threads}
+    results: dict[str, object] = {"machine": machine_line(), "load_average": load[0], "threads": args.threads}
     if not args.skip_pipeline:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -224,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fmt(f'{v:.3f}' for v in row['train'])} |")
         results["learnability"] = curve
     if args.json:
-        from dynametric.utils.io import atomic_write_json
-
-        atomic_write_json(args.json, results)
+        write_json(args.json, results, SCRIPT, "full")
     return 0
 
 

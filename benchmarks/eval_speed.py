@@ -36,15 +36,20 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+
+SCRIPT = "eval_speed.py"
 
 
 def make_data(n: int, dim: int, fine: int, middle: int, coarse: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +273,7 @@ def _cli_evaluate(x: np.ndarray, labels: np.ndarray, args: argparse.Namespace, r
     return t0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=60502)
     p.add_argument("--dim", type=int, default=128)
@@ -286,9 +291,13 @@ def main() -> int:
     p.add_argument("--metrics", default=None,
                    help="comma-separated metrics for the dynametric contenders instead of the part's (e.g. "
                         "fnmr@fmr=1 to measure the verification metric's time and memory); the peer is unchanged")
-    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--json", default=None,
+                   help="write all results (with the command and the machine) to this JSON file")
+    add_overwrite_option(p)
     p.add_argument("--worker", nargs=3, metavar=("PART", "CONTENDER", "OUT"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if not args.worker:
+        check_replace([None if args.json is None else Path(args.json)], SCRIPT, "full", args.overwrite)
     if args.worker:
         args.part, args.contender, out = args.worker
         res = worker(args)
@@ -346,9 +355,9 @@ def main() -> int:
         print(f"| {res['part']} | {res['contender']} | {res['wall_s']:.2f} | {res['peak_rss_mb']:.0f} | "
               f"{vs_floor} | {speedup} |")
     if args.json:
-        from dynametric.utils.io import atomic_write_json
-
-        atomic_write_json(args.json, results)
+        command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+        write_json(Path(args.json), {"command": command, "machine": machine_description(), "results": results},
+                   SCRIPT, "full")
     return 0
 
 

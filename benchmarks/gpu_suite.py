@@ -1,7 +1,7 @@
 """dynametric on a GPU, side by side with its peer and with the floors, in one command.
 
-    python benchmarks/gpu_suite.py                 # one CUDA GPU, < 6 minutes; writes docs/benchmarks.md + JSON
-    python benchmarks/gpu_suite.py --small         # CPU, < 1 minute, tiny sizes (what the test runs)
+    python benchmarks/gpu_suite.py --json gpu_suite.json --docs docs/benchmarks.md   # one CUDA GPU, < 6 minutes
+    python benchmarks/gpu_suite.py --small         # CPU, < 1 minute, tiny sizes (what the test runs); prints only
 
 Parts (``--parts a,b,c,d,e``):
 
@@ -33,15 +33,20 @@ The #13 targets are checked on a CUDA device and printed as pass / fail: (a) >= 
 the full-sort floor, device memory peak <= 4 GB; (c) >= 90 % of the forward floor; (d) >= 90 % of the training
 floor. With ``--small`` (or on a CPU) the checks are printed for information only.
 
-Results: JSON (``--json``) and a markdown section in ``--docs`` between the markers
-``<!-- gpu_suite:begin -->`` and ``<!-- gpu_suite:end -->`` (only that section is replaced; appended if absent).
+Results: JSON (``--json``, rewritten after every part) and a markdown section in ``--docs`` between the markers
+``<!-- gpu_suite:begin -->`` and ``<!-- gpu_suite:end -->`` (only that section is replaced; appended if absent). Both
+are opt-in: without them the section is printed and nothing is written. A run replaces an existing ``--json`` file or
+``--docs`` section only when this script wrote it, and a ``--small`` or partial (``--parts`` other than all) run never
+replaces a full run's, unless ``--overwrite`` is given (benchmarks/result_files.py); it checks before running.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -62,8 +67,14 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(1, str(ROOT / "src"))
 
 from eval_speed import part_metrics  # noqa: E402
-
-from dynametric.utils.io import atomic_write_json  # noqa: E402
+from result_files import (  # noqa: E402
+    add_overwrite_option,
+    check_replace,
+    find_md_marker,
+    md_marker,
+    run_kind,
+    write_json,
+)
 
 BEGIN, END = "<!-- gpu_suite:begin -->", "<!-- gpu_suite:end -->"
 
@@ -628,9 +639,51 @@ def markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(path: Path, section: str) -> None:
+SCRIPT = "gpu_suite.py"
+
+
+def section_kind(text: str) -> str | None:
+    """The run kind (``full`` / ``small`` / ``partial``) of the suite's section in ``text``, None when it has none.
+    A section written before the markers of benchmarks/result_files.py is judged by the command it shows."""
+    if not (BEGIN in text and END in text and text.index(BEGIN) < text.index(END)):
+        return None
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    found = find_md_marker(section)
+    if found is not None:
+        return found[1]
+    command = section.split("`python benchmarks/gpu_suite.py", 1)[1].split("`", 1)[0] \
+        if "`python benchmarks/gpu_suite.py" in section else ""
+    return "small" if "--small" in command else "partial" if "--parts" in command else "full"
+
+
+def docs_refusal(path: Path, kind: str) -> str | None:
+    """Why a ``kind`` run may not replace the suite's section of ``path`` (None: it may, or there is none: a section
+    is appended to a file without one)."""
+    if not path.is_file():
+        return None
+    found = section_kind(path.read_text(encoding="utf-8"))
+    if found == "full" and kind != "full":
+        return (f"{path}: its gpu_suite section holds a full run; a {kind} run does not replace it (--overwrite does, "
+                f"or write elsewhere)")
+    return None
+
+
+def json_legacy(path: Path, text: str) -> str | None:
+    """The kind of a suite JSON written before the markers (keys ``small``, ``machine``, ``config``)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not {"small", "machine", "config"} <= set(data):
+        return None
+    return "small" if data["small"] else "full" if {"a", "b", "c", "d"} <= set(data) else "partial"
+
+
+def write_docs(path: Path, section: str, kind: str = "full") -> None:
+    """Replace (or append) the suite's section of ``path``; the section carries the run's marker before its end."""
     from dynametric.utils.io import atomic_write_text
 
+    section = section.replace(END, f"{md_marker(SCRIPT, kind)}\n{END}", 1)
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
         head, rest = text.split(BEGIN, 1)
@@ -647,9 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="tiny sizes on the CPU (< 1 minute)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu with --small, else auto)")
     p.add_argument("--parts", default=DEFAULT_PARTS)
-    p.add_argument("--json", type=Path, default=None,
-                   help="JSON results (default docs/results/gpu_suite.json; with --small gpu_suite_small.json)")
-    p.add_argument("--docs", type=Path, default=None, help="markdown file to update (default docs/benchmarks.md)")
+    p.add_argument("--json", type=Path, default=None, help="write the JSON results here (after every part)")
+    p.add_argument("--docs", type=Path, default=None,
+                   help="replace (or append) the suite's section of this markdown file, e.g. docs/benchmarks.md "
+                        "(default: print the section only)")
+    add_overwrite_option(p)
     p.add_argument("--data", type=Path, default=None, help="folder for the generated JPEGs (default: a temp folder)")
     p.add_argument("--eval-budgets-gb", type=lambda t: tuple(float(v) for v in t.split(",") if v), default=(),
                    help="(a): also time dynametric at these device memory budgets, comma-separated GiB")
@@ -665,8 +720,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True  # (matmuls stay float32: TF32 would change the rankings of (a))
     cfg = SMALL if args.small else FULL
     parts = {s.strip() for s in args.parts.split(",") if s.strip()}
-    json_path = args.json or ROOT / "docs" / "results" / ("gpu_suite_small.json" if args.small else "gpu_suite.json")
-    docs_path = args.docs or ROOT / "docs" / "benchmarks.md"
+    kind = run_kind(args.small, partial=parts != set(DEFAULT_PARTS.split(",")))
+    json_path, docs_path = args.json, args.docs
+    if not args.overwrite:
+        check_replace([json_path], SCRIPT, kind, False, json_legacy)
+        reason = docs_refusal(docs_path, kind) if docs_path is not None else None
+        if reason is not None:
+            raise SystemExit(reason)
     notes: list[str] = []
     if device.type != "cuda":
         notes.append("no CUDA device: the figures are CPU figures and the #13 GPU targets are not assessed by them")
@@ -690,8 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             traceback.print_exc()
         print(f"[gpu_suite] ({name}) done in {time.perf_counter() - t:.1f} s", flush=True)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(json_path, res, default=str)
+        if json_path is not None:
+            write_json(json_path, res, SCRIPT, kind, default=str)
 
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
         work = Path(tmp)
@@ -720,17 +780,22 @@ def main(argv: list[str] | None = None) -> int:
     res["total_s"] = time.perf_counter() - t0
     res["checks"] = checks(res, device)
     res["notes"] = notes
-    command = "python benchmarks/gpu_suite.py" + (" --small" if args.small else "") + \
-        (f" --device {args.device}" if args.device else "") + \
-        (f" --parts {args.parts}" if args.parts != DEFAULT_PARTS else "")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(json_path, res, default=str)
-    write_docs(docs_path, markdown(res, command))
+    command = shlex.join(["python", "benchmarks/gpu_suite.py", *(["--small"] if args.small else []),
+                          *(["--device", args.device] if args.device else []),
+                          *(["--parts", args.parts] if args.parts != DEFAULT_PARTS else [])])
+    section = markdown(res, command)
+    if json_path is not None:
+        write_json(json_path, res, SCRIPT, kind, default=str)
+    if docs_path is not None:
+        write_docs(docs_path, section, kind)
+    else:
+        print(section)
     for name, ok in res["checks"]:
         print(f"{'PASS' if ok else 'FAIL'}  {name}" + ("" if device.type == "cuda" else "  (CPU: for information)"))
     for n in notes:
         print(f"note: {n}")
-    print(f"[gpu_suite] total {res['total_s']:.1f} s; wrote {json_path} and {docs_path}")
+    wrote = " and ".join(str(x) for x in (json_path, docs_path) if x is not None) or "no file (--json, --docs)"
+    print(f"[gpu_suite] total {res['total_s']:.1f} s; wrote {wrote}")
     return 1 if failed else 0
 
 

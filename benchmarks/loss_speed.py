@@ -4,12 +4,16 @@ Side by side in one process: for each loss and batch size the two implementation
 same embeddings (``[B, 512]``, ``B / 4`` classes of 4, as an m-per-class sampler gives) and the median of the
 repeats is reported, with the value difference as a sanity check.
 
-    .venv/bin/python benchmarks/loss_speed.py --batch-sizes 128 1024 --repeats 7
+    python benchmarks/loss_speed.py --batch-sizes 128 1024 --repeats 7 [--out table.md] [--json table.json]
+
+``--out`` (the markdown table) and ``--json`` (the rows, the command and the machine) are written atomically; an
+existing file is replaced only when this script wrote it, unless ``--overwrite`` (benchmarks/result_files.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -23,6 +27,7 @@ from dynametric import losses as dm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json, write_md  # noqa: E402
 
 # name -> (dynametric factory, PML factory, PML feasible at this batch size?)
 CASES: dict[str, tuple[Callable, Callable, Callable[[int], bool]]] = {
@@ -37,6 +42,7 @@ CASES: dict[str, tuple[Callable, Callable, Callable[[int], bool]]] = {
     "MultiSimilarityLoss": (dm.MultiSimilarityLoss, pml.MultiSimilarityLoss, lambda b: True),
     "CircleLoss": (dm.CircleLoss, pml.CircleLoss, lambda b: True),
 }
+SCRIPT = "loss_speed.py"
 TRIPLET_ENUMERATING = {"TripletMarginLoss", "MarginLoss"}
 
 # Proxy/classification losses: built with num_classes (= B / 4 here) and embedding_size; PML's loss gets a copy of
@@ -93,8 +99,8 @@ def bench(name: str, batch: int, dim: int, repeats: int, min_time: float = 2.0, 
             "abs_diff": abs(v_ours - v_pml)}
 
 
-def to_markdown(rows: list[dict], command: str, repeats: int) -> str:
-    lines = [f"`{command}`", "", f"{machine_line()}; embedding 512, "
+def to_markdown(rows: list[dict], command: str, repeats: int, dim: int = 512, machine: str | None = None) -> str:
+    lines = [f"`{command}`", "", f"{machine or machine_line()}; embedding {dim}, "
              f"4 images per class, median of >= {repeats} alternating rounds (more for fast cases), "
              "ms per forward + backward.", "",
              "| loss | batch | rounds | dynametric ms | PML ms | PML / dynametric (median) | (best of rounds) | "
@@ -119,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here (atomically)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the rows, the command and the machine here as JSON (atomically)")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
+    check_replace([args.out, args.json], SCRIPT, "full", args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -130,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:32s} B={batch:5d} ours {row['ours_ms']:9.1f} ms  pml {row['pml_ms']:9.1f} ms  "
                   f"x{row['speedup']:.2f} (best x{row['best_speedup']:.2f})  diff {row['abs_diff']:.1e}",
                   file=sys.stderr, flush=True)
-    command = ".venv/bin/python benchmarks/loss_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = to_markdown(rows, command.strip(), args.repeats)
+    command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(argv if argv is not None else sys.argv[1:])])
+    machine = machine_line()
+    table = to_markdown(rows, command, args.repeats, args.dim, machine)
     print(table)
     if args.out is not None:
-        from dynametric.utils.io import atomic_write_text
-
-        atomic_write_text(args.out, table)
+        write_md(args.out, table, SCRIPT, "full")
+    if args.json is not None:
+        write_json(args.json, {"command": command, "machine": machine, "dim": args.dim, "repeats": args.repeats,
+                               "min_time": args.min_time, "rows": rows}, SCRIPT, "full")
     bad = [r for r in rows if r["speedup"] == r["speedup"] and r["speedup"] < 1.0]
     slow_triplets = [r for r in rows if r["loss"] in TRIPLET_ENUMERATING and r["batch"] >= 1024
                      and r["speedup"] == r["speedup"] and r["speedup"] < 2.0]

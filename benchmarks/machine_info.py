@@ -9,12 +9,23 @@ import platform
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux; read as the ``dynametric`` command reads it), else what
-    :mod:`platform` knows."""
+    """The CPU from /proc/cpuinfo (Linux; read as the ``dynametric`` command reads it): its model name, then in
+    parentheses its family / model / stepping and the vector ISA level that decides the kernels (``AVX-512F``,
+    else ``AVX2, no AVX-512``, else ``no AVX2``), e.g. ``AMD EPYC (family 23 model 1 stepping 2, AVX2, no
+    AVX-512)``: on a KVM guest the model name alone is often just ``AMD EPYC``. Elsewhere what :mod:`platform`
+    knows."""
     from dynametric.cpu_kernels import first_cpu, read_cpuinfo
 
     text = read_cpuinfo()
-    return (first_cpu(text).get("model name") if text else None) or platform.processor() or platform.machine()
+    fields = first_cpu(text) if text else {}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    details = [" ".join(f"{label} {fields[key]}" for key, label in
+                        (("cpu family", "family"), ("model", "model"), ("stepping", "stepping")) if fields.get(key))]
+    if "flags" in fields:
+        flags = set(fields["flags"].split())
+        details.append("AVX-512F" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2")
+    details = [d for d in details if d]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def usable_cpus() -> int:

@@ -28,10 +28,12 @@ import torch
 from dynametric.losses.pddm import PDDMLoss
 from dynametric.miners.pddm import mine_hard_quadruplets
 from dynametric.models.pddm import PDDM
-from dynametric.utils.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+
+SCRIPT = "pddm_mining.py"
 
 
 def _sync(device: torch.device) -> None:
@@ -102,7 +104,7 @@ def run(dim: int, hidden: int, batches: list[int], repeats: int, device: torch.d
     return [bench_batch(unit, m, repeats, device) for m in batches]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -111,8 +113,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    add_overwrite_option(parser)
+    args = parser.parse_args(argv)
+    check_replace([args.json], SCRIPT, "full", args.overwrite)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -128,9 +132,10 @@ def main() -> None:
               f"| {1e3 * r['mine_faithful_s']:.2f} | {1e3 * r['mine_per_pair_s']:.2f} "
               f"| {1e3 * r['loss_faithful_s']:.2f} | {1e3 * r['loss_per_pair_s']:.2f} |")
     if args.json:
-        atomic_write_json(args.json, {"dim": args.dim, "hidden": args.hidden, "device": str(device),
-                                      "machine": machine_line(), "rows": rows})
+        write_json(args.json, {"dim": args.dim, "hidden": args.hidden, "device": str(device),
+                               "machine": machine_line(), "rows": rows}, SCRIPT, "full")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

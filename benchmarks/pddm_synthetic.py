@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,7 +43,24 @@ from dynametric.metrics import evaluate_embeddings
 from dynametric.miners import DistanceWeightedMiner, TripletMarginMiner
 from dynametric.models import build_embedder
 from dynametric.retrieval.pddm_rerank import pddm_rerank, recall_at_k_from_ranking
-from dynametric.utils.io import atomic_write_json, atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json, write_md  # noqa: E402
+
+SCRIPT = "pddm_synthetic.py"
+
+
+def _legacy(path: Path, text: str) -> str | None:
+    """A ``--json`` file of this script from before the markers (``setup``, ``runs``, ``command``, ``env``)."""
+    if path.suffix != ".json":
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    ok = isinstance(data, dict) and {"setup", "runs", "command", "env"} <= set(data) and SCRIPT in str(data["command"])
+    return "full" if ok else None
 
 METHODS = ("pddm_faithful", "pddm_per_pair", "pddm_triplet", "triplet_semihard", "triplet_distance_weighted")
 DEFAULT_METHODS = ("pddm_faithful", "pddm_per_pair", "triplet_semihard", "triplet_distance_weighted")
@@ -210,7 +228,7 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -225,11 +243,13 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--images-per-class", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=None, help="Markdown report path")
-    parser.add_argument("--json", default=None, help="raw results path")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown report path")
+    parser.add_argument("--json", type=Path, default=None, help="raw results path")
     parser.add_argument("--from-json", default=None,
                         help="do not train: rebuild the report from a (possibly partial) --json file")
-    args = parser.parse_args()
+    add_overwrite_option(parser)
+    args = parser.parse_args(argv)
+    check_replace([args.out] if args.from_json else [args.out, args.json], SCRIPT, "full", args.overwrite, _legacy)
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as fh:
             saved = json.load(fh)
@@ -241,8 +261,8 @@ def main() -> None:
                       saved.get("command", "(command not recorded)"), saved.get("env", "(not recorded)"))
         print(text)
         if args.out:
-            atomic_write_text(args.out, text)
-        return
+            write_md(args.out, text, SCRIPT, "full")
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setup = Setup(args.steps, args.eval_every, args.batch_size, args.m, args.dim, args.lr, args.margin,
@@ -256,20 +276,21 @@ def main() -> None:
 
     log(f"train {len(train)} images / {int(train.labels[:, 0].unique().numel())} fine classes; "
         f"test {len(test)} / {int(test_labels[:, 0].unique().numel())}")
-    command = "python " + " ".join(sys.argv)
-    env = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-           f"git {_git_revision()}")
+    command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+    env = f"{machine_line()}, git {_git_revision()}"
     runs = []
     for seed in args.seeds:
         for method in args.methods:
             runs.append(train_one(method, seed, setup, train, test_images, test_labels, log))
             if args.json:  # keep partial results if the run is cut short
-                atomic_write_json(args.json, {"setup": vars(setup), "command": command, "env": env, "runs": runs})
+                write_json(args.json, {"setup": vars(setup), "command": command, "env": env, "runs": runs}, SCRIPT,
+                           "full")
     text = report(runs, setup, list(args.methods), list(args.seeds), command, env)
     print(text)
     if args.out:
-        atomic_write_text(args.out, text)
+        write_md(args.out, text, SCRIPT, "full")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+
+SCRIPT = "search.py"
 
 
 def make_data(n: int, q: int, dim: int, coarse: int, fine_per_coarse: int, latent: int, seed: int
@@ -89,7 +93,7 @@ def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(hits.mean() / k)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=128)
@@ -111,8 +115,11 @@ def main() -> None:
     ap.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", dest="json_out", default=None, help="also write the rows as JSON")
-    args = ap.parse_args()
+    ap.add_argument("--json", dest="json_out", type=Path, default=None,
+                    help="also write the rows (with the command and the machine) as JSON")
+    add_overwrite_option(ap)
+    args = ap.parse_args(argv)
+    check_replace([args.json_out], SCRIPT, "full", args.overwrite)
 
     import faiss
 
@@ -184,10 +191,10 @@ def main() -> None:
         print(f"| {r['n']:,} | {r['kind']} | {r['params']} | {r['build_s']:.1f} | {r['qps']:,.0f} | "
               f"{r['speedup']:.1f}x | {r['recall']:.3f} |")
     if args.json_out:
-        from dynametric.utils.io import atomic_write_json
-
-        atomic_write_json(args.json_out, rows)
+        command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+        write_json(args.json_out, {"command": command, "machine": machine_line(), "rows": rows}, SCRIPT, "full")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shlex
 import statistics
 import sys
 import time
@@ -40,6 +39,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json, write_md  # noqa: E402
 from sharing_engine import StopAfterIterations, build_module, fit, head_metrics  # noqa: E402
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
@@ -50,10 +51,10 @@ from dynametric.methods.sharing import SharingParts  # noqa: E402
 from dynametric.methods.sharing.alternating import HookPlan  # noqa: E402
 from dynametric.miners import DistanceWeightedMiner, InterClassTripletMiner  # noqa: E402
 from dynametric.models import build_embedder  # noqa: E402
-from dynametric.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 METHODS = ("baseline", "sharing-standard", "sharing-full", "sharing-random", "sharing-standard-noadv", "mic")
 METRICS = ("recall@1", "map@r")
+SCRIPT = "sharing_synthetic.py"
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Args:
     threads: int
     out: Path | None
     json_out: Path | None
+    overwrite: bool = False
 
 
 def run_one(method: str, seed: int, a: Args, train: SyntheticHierarchy, val: SyntheticHierarchy,
@@ -152,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", dest="json_out", type=Path, default=None)
+    add_overwrite_option(ap)
     a = Args(**vars(ap.parse_args(argv)))
+    check_replace([a.out, a.json_out], SCRIPT, "full", a.overwrite)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     train = SyntheticHierarchy("train", seed=0, images_per_class=a.images_per_class)
@@ -165,15 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(json.dumps({k: r[k] for k in ("method", "seed", "seconds")} | {"test": r["test"]}), flush=True)
     if a.json_out is not None:
-        atomic_write_json(a.json_out, {"args": {k: str(v) for k, v in vars(a).items()}, "results": results})
-    cmd = "python benchmarks/sharing_synthetic.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        write_json(a.json_out, {"args": {k: str(v) for k, v in vars(a).items()}, "results": results}, SCRIPT,
+                   "full")
+    cmd = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([
         "# Sharing Matters / MIC on the synthetic hierarchy (zero-shot split)",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at the end; torch "
-        f"{torch.__version__}; total {time.perf_counter() - t0:.0f} s.",
+        f"Machine: {machine_line()} (at the end); total {time.perf_counter() - t0:.0f} s.",
         "",
         f"Setup: SyntheticHierarchy seed 0, {a.images_per_class} images per fine class; train 180 fine classes, "
         f"val 54, test 90 (disjoint fine classes). simple_cnn (width {a.width}), two "
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])
     if a.out is not None:
-        atomic_write_text(a.out, text)
+        write_md(a.out, text, SCRIPT, "full")
     print(text)
     return 0
 

@@ -28,6 +28,9 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from eval_speed import make_data  # noqa: E402
 from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+
+SCRIPT = "torch_engine_ab.py"
 
 ENGINE_PATH = "src/dynametric/metrics/torch_engine.py"
 METRICS = ["recall@K", "r_precision", "map@r", "map", "asi"]
@@ -101,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
+    add_overwrite_option(p)
     args = p.parse_args(argv)
+    check_replace([args.json], SCRIPT, "full", args.overwrite)
     res = run(args.n, args.old, args.device, max(1, args.repeats))
     b = res["best_s"]
     print(f"n={res['n']} device={res['device']}: old {b['old']:.3f} s, new {b['new']:.3f} s, "
@@ -110,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device peak: old {res['peak_gb']['old']:.2f} GB, new {res['peak_gb']['new']:.2f} GB")
     print(res["machine"])
     if args.json is not None:
-        from dynametric.utils.io import atomic_write_json
-
-        atomic_write_json(args.json, res)
+        write_json(args.json, res, SCRIPT, "full")
     return 0 if res["identical"] else 1
 
 

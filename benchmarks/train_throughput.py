@@ -11,11 +11,15 @@ Both are timed over the same number of steps after warm-up, alternating (floor, 
 the same process; the table reports the median images/s and the ratio. Example::
 
     python benchmarks/train_throughput.py --backbones resnet18 resnet50 --image-size 64 --batch-size 32
+
+``--json PATH`` also writes the rows, the overhead breakdown, the command and the machine (atomically; an existing
+file is replaced only when this script wrote it, unless ``--overwrite``: benchmarks/result_files.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -36,6 +40,9 @@ from dynametric.models import build_embedder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
+from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+
+SCRIPT = "train_throughput.py"
 
 
 def floor_rate(embedder: torch.nn.Module, images: torch.Tensor, steps: int, warmup: int) -> tuple[float, float]:
@@ -103,7 +110,7 @@ def overhead_breakdown(data: SyntheticHierarchy, args: argparse.Namespace, reps:
     return {"fetch_ms": fetch, "loss_miner_ms": (time.process_time() - c0) / reps * 1000}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
     ap.add_argument("--image-size", type=int, default=64)
@@ -116,12 +123,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
+    add_overwrite_option(ap)
+    args = ap.parse_args(argv)
+    check_replace([args.json], SCRIPT, "full", args.overwrite)
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data = SyntheticHierarchy("train", image_size=args.image_size, images_per_class=8)
-    print(f"{machine_line()}; image {args.image_size}px, batch {args.batch_size}, "
+    machine = machine_line()
+    print(f"{machine}; image {args.image_size}px, batch {args.batch_size}, "
           f"loss {args.loss}, miner {args.miner}, {args.steps} timed steps after {args.warmup}, "
           f"median of {args.repeats}")
     parts = overhead_breakdown(data, args)
@@ -149,7 +160,16 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, f, p, fc, pc in rows:
         print(f"| {name} | {f:.1f} | {p:.1f} | {p / f:.1%} | {fc:.1f} | {pc:.1f} | {pc / fc:.1%} |")
+    if args.json is not None:
+        command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+        write_json(args.json, {
+            "command": command, "machine": machine, "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "overhead_cpu_ms_per_batch": parts,
+            "rows": [{"backbone": name, "floor_img_s": f, "pipeline_img_s": p, "ratio_wall": p / f,
+                      "floor_img_cpu_s": fc, "pipeline_img_cpu_s": pc, "ratio_cpu": pc / fc}
+                     for name, f, p, fc, pc in rows]}, SCRIPT, "full")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

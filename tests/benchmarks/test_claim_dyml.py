@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,10 @@ def test_small_runs_of_both_samplers_and_their_comparison(tmp_path):
     assert "three-chunk sampler" in text and "## Sampler: three-chunk − pxk" in text
     assert "Run time: the 12 runs took" in text and "--compare" in text and ": 12 runs in " in text
     assert "not recorded" not in text
+    # the header states the niceness and threads measured in the run (it said "Nice 19, 1 thread" whatever ran)
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    assert f"Nice {nice}, 1 torch thread, shared machine: CPU " in text and "Nice 19, 1 thread," not in text
+    assert text.rstrip().endswith("<!-- written by benchmarks/claim_dyml.py (small run) -->")
     # resuming renders again without training; the header lists both invocations
     assert mod.main(["--small", "--families", "panchor", "--sampler", "three-chunk", "--resume",
                      "--out", str(chunk)]) == 0

@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.benchmarks.loader import load_benchmark
 
-pytest.importorskip("pytorch_metric_learning")
-
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_metric_learning")
     suite = load_benchmark("gpu_suite")
     docs = tmp_path / "benchmarks.md"
-    docs.write_text(f"# Benchmarks\n\nkept above\n\n{suite.BEGIN}\nold figures\n{suite.END}\n\nkept below\n")
+    # an earlier --small run's section (a full run's would be kept: see the refusal tests below)
+    docs.write_text(f"# Benchmarks\n\nkept above\n\n{suite.BEGIN}\nold figures\n"
+                    f"<!-- written by benchmarks/gpu_suite.py (small run) -->\n{suite.END}\n\nkept below\n")
     out = tmp_path / "suite.json"
     assert suite.main(["--small", "--json", str(out), "--docs", str(docs), "--data", str(tmp_path / "jpegs")]) == 0
     res = json.loads(out.read_text())
@@ -49,3 +53,69 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
     assert "old figures" not in text and text.count(suite.BEGIN) == 1 and "**(c) embedding JPEG files**" in text
     assert "**(e) CPU ranking engine, threads**" in text
     assert "--small" in text and "no CUDA device" in text
+    assert text.count("<!-- written by benchmarks/gpu_suite.py (small run) -->") == 1
+    assert json.loads(out.read_text())["written_by"] == {"script": "gpu_suite.py", "run": "small"}
+
+
+def _snapshot(paths):
+    return {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in paths}
+
+
+def test_without_json_and_docs_the_suite_writes_no_file(tmp_path, monkeypatch, capsys):
+    """Writing into docs is opt-in: a plain --small run prints its section and leaves docs/benchmarks.md and
+    docs/results/ alone (it replaced the H100 section and gpu_suite_small.json before)."""
+    pytest.importorskip("pytorch_metric_learning")
+    suite = load_benchmark("gpu_suite")
+    tracked = [REPO / "docs" / "benchmarks.md", REPO / "docs" / "results" / "gpu_suite_small.json",
+               REPO / "docs" / "results" / "gpu_suite.json"]
+    before = _snapshot(tracked)
+    monkeypatch.chdir(tmp_path)
+    assert suite.main(["--small", "--parts", "b"]) == 0
+    assert _snapshot(tracked) == before and not list(tmp_path.iterdir())
+    out = capsys.readouterr().out
+    assert suite.BEGIN in out and "**(b)" in out and "wrote no file" in out
+
+
+def test_the_published_section_is_a_full_run_that_only_a_full_run_replaces(tmp_path):
+    """The device recipe (--json $OUT/x.json --docs $OUT/benchmarks.md, a copy of docs/benchmarks.md) may replace
+    the published section; --small or a partial --parts run may not, unless --overwrite."""
+    suite = load_benchmark("gpu_suite")
+    docs = tmp_path / "benchmarks.md"
+    shutil.copy(REPO / "docs" / "benchmarks.md", docs)
+    assert suite.section_kind(docs.read_text()) == "full"
+    assert suite.docs_refusal(docs, "full") is None
+    before = docs.read_bytes()
+    for argv in (["--small"], ["--parts", "a,c"]):
+        with pytest.raises(SystemExit, match=f"{docs}: its gpu_suite section holds a full run; a "
+                                             f"{'small' if '--small' in argv else 'partial'} run does not replace "
+                                             f"it \\(--overwrite"):
+            suite.main([*argv, "--docs", str(docs), "--json", str(tmp_path / "new.json")])
+    assert docs.read_bytes() == before and not (tmp_path / "new.json").exists()  # refused before running
+    # the section of a --small run (legacy: its command says --small) or of a partial run is replaced by anything
+    assert suite.section_kind(f"{suite.BEGIN}\n`python benchmarks/gpu_suite.py --small`\n{suite.END}") == "small"
+    assert suite.section_kind(f"{suite.BEGIN}\n`python benchmarks/gpu_suite.py --parts a`\n{suite.END}") == \
+        "partial"
+    assert suite.section_kind("no section") is None and suite.docs_refusal(tmp_path / "absent.md", "small") is None
+    # written sections carry their kind, and write_docs keeps one marker when replacing its own section
+    suite.write_docs(docs, f"{suite.BEGIN}\nnew\n{suite.END}\n", "partial")
+    suite.write_docs(docs, f"{suite.BEGIN}\nnewer\n{suite.END}\n", "partial")
+    text = docs.read_text()
+    assert suite.section_kind(text) == "partial" and text.count("(partial run)") == 1 and "newer" in text
+
+
+def test_json_of_another_script_or_of_a_full_run_is_not_replaced(tmp_path):
+    suite = load_benchmark("gpu_suite")
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"rows": [1, 2]}\n')
+    with pytest.raises(SystemExit, match=f"{foreign}: not written by benchmarks/gpu_suite.py .*--overwrite"):
+        suite.main(["--small", "--json", str(foreign)])
+    full = tmp_path / "full.json"
+    shutil.copy(REPO / "docs" / "results" / "gpu_suite_h100.json", full)  # a full run written before the markers
+    with pytest.raises(SystemExit, match="holds a full run of benchmarks/gpu_suite.py; a small run"):
+        suite.main(["--small", "--json", str(full)])
+    assert foreign.read_text() == '{"rows": [1, 2]}\n'
+    assert suite.json_legacy(full, full.read_text()) == "full"
+    small = REPO / "docs" / "results" / "gpu_suite_small.json"
+    assert suite.json_legacy(small, small.read_text()) == "small"
+    budgets = REPO / "docs" / "results" / "gpu_suite_budgets.json"
+    assert suite.json_legacy(budgets, budgets.read_text()) == "partial"
