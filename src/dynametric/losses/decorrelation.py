@@ -16,6 +16,7 @@ import torch
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.models.sharing import Decorrelation
+from dynametric.tuples import compute_dtype
 
 
 class DecorrelationLoss(MetricLoss):
@@ -54,4 +55,9 @@ class DecorrelationLoss(MetricLoss):
                      ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None) -> torch.Tensor:
         if ref_emb is not None:
             raise InputError("DecorrelationLoss takes no reference set", key="ref_emb")
-        return self.decorrelation(embeddings[:, : self.class_dim], embeddings[:, self.class_dim:])
+        # computed in R's parameter dtype (its nn.Linear layers take no other: float64 or half-precision embeddings
+        # were a dtype error outside autocast; under autocast R still runs in autocast's dtype), returned in
+        # compute_dtype (float64 for float64, float32 for fp16/bf16); the gradient arrives in the embeddings' dtype
+        x = embeddings.to(self.decorrelation.regressor[0].weight.dtype)
+        loss = self.decorrelation(x[:, : self.class_dim], x[:, self.class_dim:])
+        return loss.to(compute_dtype(embeddings))
