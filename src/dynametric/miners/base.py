@@ -103,9 +103,10 @@ class Miner(RecordsStats, nn.Module):
                       ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`label_column` of ``labels`` and, when a reference set ``ref_emb`` is given, of ``ref_labels``
         (then required, and refused without ``ref_emb``: :func:`check_reference_pair`): ``(labels, ref_labels or
-        None)``, both on the embeddings' device. When the caller passed ``ref_labels is labels`` (the same object) the second is the first's very object too, so that the
-        pytorch-metric-learning rule "the reference labels are the batch's: no pair ``(i, i)`` is a positive"
-        (:func:`dynametric.tuples.match_masks`) survives the column selection."""
+        None)``, both on the embeddings' device. When the caller passed ``ref_labels is labels`` (the same object)
+        the second is the first's very object too, so that the pytorch-metric-learning rule "the reference labels
+        are the batch's: no pair ``(i, i)`` is a positive" (:func:`dynametric.tuples.match_masks`) survives the
+        column selection."""
         same_labels = ref_labels is labels
         labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
         check_reference_pair(ref_emb, ref_labels)
