@@ -386,3 +386,36 @@ def test_a_weight_regularizer_or_init_that_is_not_callable_is_refused_when_built
     with pytest.raises(InputError, match=f"{key} must be callable .* got {value!r}") as err:
         build_loss(name, num_classes=4, embedding_size=8, **{key: value})
     assert err.value.key == key
+
+
+@pytest.mark.parametrize("name,cls,attr,kwargs", CASES[::2], ids=IDS[::2])
+def test_a_call_never_converts_the_class_weights_in_place(name, cls, attr, kwargs):
+    """float64 embeddings used to convert the float32 weights to float64 in place (PML's cast_types): a float64
+    call then a float32 one crashed Adam (its state in the old dtype). The weights keep their dtype; the float64
+    value is the one of a float64 copy of the loss (the same weight values, so the same value), and the gradient
+    reaches the weights in their own dtype."""
+    torch.manual_seed(0)
+    loss = cls(C, D, **kwargs, weight_regularizer=LpRegularizer())
+    twin = cls(C, D, **kwargs, weight_regularizer=LpRegularizer()).double()
+    getattr(twin, attr).data.copy_(getattr(loss, attr).data)
+    opt = torch.optim.Adam(loss.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(B, D, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, C, (B,), generator=g)
+    for dtype in (torch.float64, torch.float32, torch.float64):
+        opt.zero_grad()
+        value = loss(emb.to(dtype), labels)
+        assert value.dtype == dtype and getattr(loss, attr).dtype == torch.float32
+        if dtype == torch.float64 and not opt.state:  # before any step: the twin's exact weights
+            twin.zero_grad()
+            expected = twin(emb, labels)
+            expected.backward()
+            torch.testing.assert_close(value.detach(), expected.detach(), rtol=1e-12, atol=1e-12)
+            value.backward()
+            torch.testing.assert_close(getattr(loss, attr).grad, getattr(twin, attr).grad.float())
+        else:
+            value.backward()
+        weight = getattr(loss, attr)
+        assert weight.grad.dtype == torch.float32 and bool(weight.grad.abs().sum() > 0)
+        opt.step()  # was: a dtype error from Adam after a call in another dtype
+    assert loss.get_logits(emb).dtype == torch.float64 and getattr(loss, attr).dtype == torch.float32
