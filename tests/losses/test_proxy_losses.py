@@ -12,6 +12,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning.regularizers import LpRegularizer, SparseCentersRegularizer
 
 from dynametric.errors import InputError
+from dynametric.losses import LOSSES, CSLLoss, DecorrelationLoss, MarginLoss, PDDMLoss
 from dynametric.losses.proxies import (
     ArcFaceLoss,
     CosFaceLoss,
@@ -419,3 +420,58 @@ def test_a_call_never_converts_the_class_weights_in_place(name, cls, attr, kwarg
         assert weight.grad.dtype == torch.float32 and bool(weight.grad.abs().sum() > 0)
         opt.step()  # was: a dtype error from Adam after a call in another dtype
     assert loss.get_logits(emb).dtype == torch.float64 and getattr(loss, attr).dtype == torch.float32
+
+
+SIZE_CASES = [
+    ("CosFaceLoss(3.5, D)", lambda v: CosFaceLoss(v, D), "num_classes"),
+    ("ProxyNCALoss(C, 8.7)", lambda v: ProxyNCALoss(C, v), "embedding_size"),
+    ("SoftTripleLoss(centers_per_class)", lambda v: SoftTripleLoss(C, D, centers_per_class=v), "centers_per_class"),
+    ("MarginLoss(num_classes)", lambda v: MarginLoss(num_classes=v),
+     "num_classes"),
+    ("PDDMLoss(embedding_dim)", lambda v: PDDMLoss(v),
+     "embedding_dim"),
+    ("PDDMLoss(hidden_dim)", lambda v: PDDMLoss(8, hidden_dim=v),
+     "hidden_dim"),
+    ("DecorrelationLoss(embedding_size)",
+     lambda v: DecorrelationLoss(v), "embedding_size"),
+    ("DecorrelationLoss(hidden)",
+     lambda v: DecorrelationLoss(8, hidden=v), "hidden"),
+    ("CSLLoss(embedding_size)",
+     lambda v: CSLLoss([[0], [1]], v, margins=(0.1,)), "embedding_size"),
+]
+
+
+@pytest.mark.parametrize("make,key", [c[1:] for c in SIZE_CASES], ids=[c[0] for c in SIZE_CASES])
+@pytest.mark.parametrize("value", [3.5, 8.7, 8.0, True])
+def test_size_arguments_that_are_no_integers_are_refused_not_truncated(make, key, value):
+    """CosFaceLoss(3.5, D) built 3 classes, CosFaceLoss(True, D) one, ProxyNCALoss(C, 8.7) 8-d proxies (int())."""
+    from dynametric.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make(value)
+    assert (err.value.key, err.value.message) == (
+        key, f"{key} must be an integer >= 1, got {value!r} ({type(value).__name__})")
+    make(8)  # an integer is fine
+
+
+DIVISOR_CASES = [
+    ("MultiSimilarityLoss(alpha)", lambda v: LOSSES["MultiSimilarityLoss"](alpha=v), "alpha"),
+    ("MultiSimilarityLoss(beta)", lambda v: LOSSES["MultiSimilarityLoss"](beta=v), "beta"),
+    ("NormalizedSoftmaxLoss(temperature)", lambda v: NormalizedSoftmaxLoss(C, D, temperature=v), "temperature"),
+    ("SoftTripleLoss(gamma)", lambda v: SoftTripleLoss(C, D, gamma=v), "gamma"),
+]
+
+
+@pytest.mark.parametrize("make,key", [c[1:] for c in DIVISOR_CASES], ids=[c[0] for c in DIVISOR_CASES])
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_hyperparameters_a_loss_divides_by_must_be_positive(make, key, value):
+    """MultiSimilarityLoss(alpha=0) returned inf silently (1/alpha); temperature=0 and gamma=0 divide by 0 too."""
+    from dynametric.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make(value)
+    assert (err.value.key, err.value.message) == (
+        key, f"{key} must be a finite number > 0 (the loss divides by it), got {value!r}")
+    loss = make(0.5)
+    emb = torch.randn(B, D, generator=torch.Generator().manual_seed(1))
+    assert bool(torch.isfinite(loss(emb, torch.arange(B) % C)))

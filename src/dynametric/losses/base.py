@@ -21,6 +21,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +39,27 @@ from dynametric.utils.stats import RecordsStats
 logger = logging.getLogger("dynametric.losses")
 
 # Miner and check_embeddings: re-exported from dynametric.miners.base
-__all__ = ["IndicesTuple", "MetricLoss", "Miner", "check_embeddings", "logger"]
+__all__ = ["IndicesTuple", "MetricLoss", "Miner", "check_count", "check_embeddings", "check_positive", "logger"]
+
+
+def check_count(value: Any, key: str, *, minimum: int = 1) -> int:
+    """A size argument of a loss (``num_classes``, ``embedding_size``, ``centers_per_class``, ...) as an ``int``: an
+    integer (``bool`` is not one; a float such as ``3.5`` or ``8.0`` is refused rather than truncated) of at least
+    ``minimum``, else a one-line :class:`ConfigError` keyed ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})", key=key)
+    if value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value}", key=key)
+    return int(value)
+
+
+def check_positive(value: Any, key: str) -> float:
+    """A hyperparameter a loss divides by (``alpha``, ``beta``, ``temperature``, ``gamma``) as a ``float``: a finite
+    number > 0 (``bool`` is not one), else a one-line :class:`ConfigError` keyed ``key`` (0 made the loss inf or
+    NaN, silently)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key} must be a finite number > 0 (the loss divides by it), got {value!r}", key=key)
+    return float(value)
 
 
 class _LogOnce:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count
 from dynametric.models.sharing import Decorrelation
 from dynametric.tuples import compute_dtype
 
@@ -36,6 +36,10 @@ class DecorrelationLoss(MetricLoss):
     def __init__(self, embedding_size: int, class_dim: int | None = None, hidden: int = 512,
                  direction: str = "shared_to_class", grl_scale: float = 1.0, shared_dim: int | None = None) -> None:
         super().__init__(0)
+        embedding_size = check_count(embedding_size, "embedding_size")
+        hidden = check_count(hidden, "hidden")
+        class_dim = None if class_dim is None else check_count(class_dim, "class_dim")
+        shared_dim = None if shared_dim is None else check_count(shared_dim, "shared_dim")
         if class_dim is None and shared_dim is not None:
             class_dim = embedding_size - shared_dim
         if class_dim is None:

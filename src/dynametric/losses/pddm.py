@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count
 from dynametric.miners.pddm import MINING_MODES, NAN_SCORES, _faithful_quadruplet, mine_hard_quadruplets
 from dynametric.models.pddm import DEFAULT_CHUNK_BYTES, PDDM
 from dynametric.tuples import compute_dtype
@@ -110,6 +110,9 @@ class PDDMLoss(MetricLoss):
                                   key=key)
             if not float(value) >= 0.0:
                 raise ConfigError(f"PDDMLoss {key} must be a number >= 0, got {value}", key=key)
+        embedding_dim = check_count(embedding_dim, "embedding_dim")
+        hidden_dim = None if hidden_dim is None else check_count(hidden_dim, "hidden_dim")
+        max_chunk_bytes = check_count(max_chunk_bytes, "max_chunk_bytes")
         self.unit = PDDM(embedding_dim, hidden_dim=hidden_dim, dropout=dropout, max_chunk_bytes=max_chunk_bytes)
         self.mode = mode
         self.variant = variant

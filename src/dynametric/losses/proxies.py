@@ -45,7 +45,7 @@ from torch import nn
 
 from dynametric.distances import CosineSimilarity, Distance, LpDistance, SquaredL2Distance, as_distance
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count, check_positive
 from dynametric.losses.reducers import DivisorReducer, MeanReducer, apply_reducer, zero_entry
 
 WeightInit = Callable[[torch.Tensor], Any]
@@ -143,10 +143,8 @@ class _ClassWeightLoss(MetricLoss):
         **kwargs: Any,
     ) -> None:
         super().__init__(scale=label_scale, **kwargs)
-        if int(num_classes) < 1:
-            raise InputError(f"num_classes must be >= 1, got {num_classes}", key="num_classes")
-        if int(embedding_size) < 1:
-            raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
+        num_classes = check_count(num_classes, "num_classes")
+        embedding_size = check_count(embedding_size, "embedding_size")
         for name, value, example in (("weight_regularizer", weight_regularizer, "LpRegularizer()"),
                                      ("weight_init_func", weight_init_func, "torch.nn.init.normal_")):
             if value is not None and not callable(value):  # else it would fail at the first call (or init)
@@ -354,7 +352,7 @@ class NormalizedSoftmaxLoss(_ClassWeightLoss):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=scale, **kwargs)
-        self.temperature = temperature
+        self.temperature = check_positive(temperature, "temperature")
         # PML's default DotProductSimilarity() normalises, i.e. the cosine
         self.distance = as_distance(distance) or CosineSimilarity()
         self.W = nn.Parameter(torch.empty(self.embedding_size, self.num_classes))
@@ -505,13 +503,12 @@ class SoftTripleLoss(_ClassWeightLoss):
         self.distance = as_distance(distance) or CosineSimilarity()
         if not self.distance.higher_is_closer:
             raise ConfigError(f"SoftTripleLoss needs a similarity, got {self.distance!r}", key="distance")
-        if int(centers_per_class) < 1:
-            raise InputError(f"centers_per_class must be >= 1, got {centers_per_class}", key="centers_per_class")
+        centers_per_class = check_count(centers_per_class, "centers_per_class")
         if centers_reg_weight and centers_per_class < 2:
             raise InputError("centers_reg_weight > 0 needs centers_per_class >= 2", key="centers_reg_weight")
         self.centers_per_class = int(centers_per_class)
         self.la = la
-        self.gamma = gamma
+        self.gamma = check_positive(gamma, "gamma")
         self.margin = margin
         self.centers_reg_weight = centers_reg_weight
         self.fc = nn.Parameter(torch.empty(self.embedding_size, self.num_classes * self.centers_per_class))
