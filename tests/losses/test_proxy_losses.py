@@ -475,3 +475,34 @@ def test_hyperparameters_a_loss_divides_by_must_be_positive(make, key, value):
     loss = make(0.5)
     emb = torch.randn(B, D, generator=torch.Generator().manual_seed(1))
     assert bool(torch.isfinite(loss(emb, torch.arange(B) % C)))
+
+
+BAD_TUPLES = [
+    ("float indices", (torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([2.0])),
+     "entry 0 must be a 1-D integer tensor, got torch.float32 (1,)"),
+    ("unequal triplet lengths", (torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([2])),
+     "triplet index tensors must have equal lengths"),
+    ("unequal pair lengths", (torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([0]), torch.tensor([3])),
+     "pair index tensors (a1, p) and (a2, n) must have equal lengths"),
+    ("negative out of range", (torch.tensor([0]), torch.tensor([1]), torch.tensor([99])),
+     "entry 2 has indices outside [0, 24)"),
+    ("positive out of range", (torch.tensor([0]), torch.tensor([-1]), torch.tensor([2])),
+     "entry 1 has indices outside [0, 24)"),
+    ("five entries", tuple(torch.tensor([0]) for _ in range(5)),
+     "expected a tuple of 3 (a, p, n) or 4 (a1, p, a2, n) index tensors"),
+]
+
+
+@pytest.mark.parametrize("name,cls,attr,kwargs", CASES[::2], ids=IDS[::2])
+@pytest.mark.parametrize("what,tup,message", BAD_TUPLES, ids=[b[0] for b in BAD_TUPLES])
+def test_proxy_losses_validate_the_indices_tuple_as_the_tuple_losses(name, cls, attr, kwargs, what, tup, message):
+    """miner_weights cast float indices with .long(), took entries of unequal lengths, and ProxyNCA (which counts
+    anchors only) returned a value for a negative 99 in a batch of 24."""
+    emb = torch.randn(B, D, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(B) % C
+    with pytest.raises(InputError) as err:
+        cls(C, D, **kwargs)(emb, labels, tup)
+    assert (err.value.key, err.value.message) == ("indices_tuple", message)
+    with pytest.raises(InputError) as tuple_loss_err:  # the tuple losses' own message
+        LOSSES["TripletMarginLoss"]()(emb, labels, tup)
+    assert tuple_loss_err.value.message == message

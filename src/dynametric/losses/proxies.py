@@ -47,6 +47,7 @@ from dynametric.distances import CosineSimilarity, Distance, LpDistance, Squared
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss, check_count, check_positive
 from dynametric.losses.reducers import DivisorReducer, MeanReducer, apply_reducer, zero_entry
+from dynametric.tuples import check_indices_tuple
 
 WeightInit = Callable[[torch.Tensor], Any]
 WeightRegularizer = Callable[[torch.Tensor], torch.Tensor]
@@ -75,22 +76,23 @@ def miner_weights(
     """Per-sample weight ``count_i / max_j count_j`` of how often sample ``i`` occurs in a miner's output.
 
     PML's ``convert_to_weights``: all ones when there is no (or an empty) ``indices_tuple``; with
-    ``anchors_only`` only the anchors (``a`` of a triplet, ``a1`` and ``a2`` of pairs) are counted.
+    ``anchors_only`` only the anchors (``a`` of a triplet, ``a1`` and ``a2`` of pairs) are counted. The tuple is
+    validated as the tuple losses validate it (:func:`dynametric.tuples.check_indices_tuple`: 1-D integer
+    tensors, equal lengths, every entry in ``[0, num_rows)``, the positives and negatives too), else a one-line
+    :class:`InputError` keyed ``indices_tuple``.
     """
-    if indices_tuple is None or all(len(x) == 0 for x in indices_tuple):
+    if indices_tuple is None:
         return torch.ones(num_rows, device=device, dtype=dtype)
-    if len(indices_tuple) not in (3, 4):
-        raise InputError(f"indices_tuple must have 3 (triplets) or 4 (pairs) entries, got {len(indices_tuple)}",
-                         key="indices_tuple")
+    indices_tuple = check_indices_tuple(indices_tuple, num_rows, num_rows)
+    if all(len(x) == 0 for x in indices_tuple):
+        return torch.ones(num_rows, device=device, dtype=dtype)
     if anchors_only:
         parts = [indices_tuple[0]] if len(indices_tuple) == 3 else [indices_tuple[0], indices_tuple[2]]
     else:
         parts = list(indices_tuple)
-    idx = torch.cat([p.reshape(-1).long().to(device) for p in parts])
+    idx = torch.cat([p.to(device) for p in parts])
     if idx.numel() == 0:
         return torch.zeros(num_rows, device=device, dtype=dtype)
-    if int(idx.min()) < 0 or int(idx.max()) >= num_rows:
-        raise InputError(f"indices_tuple refers to rows outside [0, {num_rows})", key="indices_tuple")
     counts = torch.bincount(idx, minlength=num_rows).to(dtype)
     return counts / counts.max()
 
