@@ -57,7 +57,8 @@ def check_positive(value: Any, key: str) -> float:
     """A hyperparameter a loss divides by (``alpha``, ``beta``, ``temperature``, ``gamma``) as a ``float``: a finite
     number > 0 (``bool`` is not one), else a one-line :class:`ConfigError` keyed ``key`` (0 made the loss inf or
     NaN, silently)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value)
+                                                                              and float(value) > 0):
         raise ConfigError(f"{key} must be a finite number > 0 (the loss divides by it), got {value!r}", key=key)
     return float(value)
 

@@ -62,6 +62,6 @@ class DecorrelationLoss(MetricLoss):
         # computed in R's parameter dtype (its nn.Linear layers take no other: float64 or half-precision embeddings
         # were a dtype error outside autocast; under autocast R still runs in autocast's dtype), returned in
         # compute_dtype (float64 for float64, float32 for fp16/bf16); the gradient arrives in the embeddings' dtype
-        x = embeddings.to(self.decorrelation.regressor[0].weight.dtype)
+        x = embeddings.to(next(self.decorrelation.regressor.parameters()).dtype)
         loss = self.decorrelation(x[:, : self.class_dim], x[:, self.class_dim:])
         return loss.to(compute_dtype(embeddings))

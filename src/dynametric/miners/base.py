@@ -62,9 +62,10 @@ def select_label_column(mat: torch.Tensor, scale: object, name: str, hint: str =
     loss's note on what ``.scale`` means there, is appended to the message)."""
     if isinstance(scale, bool) or not isinstance(scale, numbers.Integral):
         raise InputError(f"scale {scale!r} is not a label column (an integer){hint}", key=name)
-    if not -mat.shape[1] <= scale < mat.shape[1]:
+    column = int(scale)
+    if not -mat.shape[1] <= column < mat.shape[1]:
         raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s){hint}", key=name)
-    return mat[:, int(scale)]
+    return mat[:, column]
 
 
 def check_reference_pair(ref_emb: object, ref_labels: object) -> None:
