@@ -211,3 +211,16 @@ def test_npy_readers_name_a_file_that_is_no_plain_npy_array(tmp_path, reader):
         with pytest.raises(InputError) as info:
             load(path)
         assert str(info.value) == f"{path}: {what}; expected {expected}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_float_labels_beyond_int64_are_refused_not_merged(dtype):
+    """.long() of 2^63, 1e19 and 2^64 gives one value: three classes became one."""
+    with pytest.raises(InputError) as err:
+        as_label_matrix(torch.tensor([2.0**63, 1e19, 2.0**64], dtype=dtype))
+    assert err.value.key == "labels" and err.value.message.startswith(
+        "labels must be integers in the int64 range [-2^63, 2^63), found 9.22337e+18")
+    with pytest.raises(InputError, match="int64 range"):
+        as_label_matrix(np.array([[0.0, -1e19]]))
+    edge = as_label_matrix(torch.tensor([-(2.0**63), 2.0**62, 0.0], dtype=torch.float64))
+    assert edge[:, 0].tolist() == [-(2**63), 2**62, 0]  # the int64 range's own end values are kept exactly

@@ -22,7 +22,7 @@ def as_label_matrix(labels: LabelsLike, *, name: str = "labels", num_rows: int |
     """Return ``labels`` as a ``LongTensor[N, S]`` (finest scale first).
 
     Accepts 1-D (``S = 1``) or 2-D integer tensors/arrays/lists. Raises :class:`InputError` naming ``name``
-    for floats with a fractional part, other ranks, or a row count different from ``num_rows``.
+    for floats with a fractional part or outside int64's range, other ranks, or a row count different from ``num_rows``.
     """
     if not isinstance(labels, torch.Tensor):
         arr = np.asarray(labels)
@@ -34,6 +34,11 @@ def as_label_matrix(labels: LabelsLike, *, name: str = "labels", num_rows: int |
     if labels.dtype.is_floating_point:
         if not torch.isfinite(labels).all() or not torch.equal(labels, labels.round()):
             raise InputError("labels must be integers, found non-integer values", key=name)
+        wide = labels.double()  # every float dtype's integers are exact in float64; int64 holds [-2^63, 2^63)
+        outside = (wide < -(2.0**63)) | (wide >= 2.0**63)
+        if bool(outside.any()):  # .long() would turn them all into one class
+            raise InputError("labels must be integers in the int64 range [-2^63, 2^63), found "
+                             f"{wide[outside][0].item():g}", key=name)
     elif labels.dtype == torch.bool or labels.is_complex():
         raise InputError(f"labels must be integers, got dtype {labels.dtype}", key=name)
     if labels.dim() == 1:

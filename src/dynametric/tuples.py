@@ -223,6 +223,8 @@ def first_positive_pair_per_label(
     """One positive pair per anchor label: the first (in tuple order) pair of each label, ordered by label value
     (pytorch-metric-learning's ``convert_to_pos_pairs_with_unique_labels``)."""
     if indices_tuple is None:
+        if labels.numel() == 0:  # an empty batch: argmax over its empty rows would raise
+            return _empty(labels.device), _empty(labels.device)
         pos, _ = match_masks(labels)
         a = torch.nonzero(pos.any(1)).flatten()
         p = pos[a].to(torch.uint8).argmax(1)  # first positive of each anchor (argmax returns the first maximum)

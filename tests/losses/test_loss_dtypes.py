@@ -140,3 +140,59 @@ def test_miners_under_autocast_compare_float32_similarities():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             under = miner(emb, labels)
         assert [t.tolist() for t in under] == [t.tolist() for t in plain]
+
+
+LEARNED_LAYER_LOSSES = [
+    ("PDDMLoss", {"embedding_dim": 8, "hidden_dim": 8, "dropout": 0.0}),
+    ("PDDMLoss", {"embedding_dim": 8, "hidden_dim": 8, "dropout": 0.0, "mode": "per_positive_pair",
+                  "variant": "triplet"}),
+    ("DecorrelationLoss", {"embedding_size": 8, "hidden": 8}),
+]
+LEARNED_IDS = ["PDDM-faithful", "PDDM-per-pair-triplet", "Decorrelation"]
+
+
+def learned_value_and_grads(loss, emb, labels):
+    loss.zero_grad()
+    e = emb.detach().clone().requires_grad_(True)
+    value = loss(e, labels)
+    value.backward()
+    return value.detach(), e.grad, [p.grad.clone() for p in loss.parameters()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name,kwargs", LEARNED_LAYER_LOSSES, ids=LEARNED_IDS)
+def test_losses_with_learned_layers_take_every_floating_dtype(name, kwargs, dtype):
+    """PDDMLoss and DecorrelationLoss: float64/fp16/bf16 embeddings were ``mat1 and mat2 must have the same dtype``
+    outside autocast (their float32 nn.Linear layers). The layers now run in their parameters' dtype: half precision
+    gives exactly the float32 loss of the same values (the tuple losses' rule), float64 the float32 loss up to
+    float32 rounding, each with the gradient in the embeddings' dtype and gradients reaching the layers."""
+    torch.manual_seed(0)
+    loss = LOSSES[name](**kwargs)
+    emb, labels = batch(6, n=12, classes=4)
+    x = emb.to(dtype)
+    value, grad, param_grads = learned_value_and_grads(loss, x, labels)
+    ref_value, ref_grad, ref_param_grads = learned_value_and_grads(loss, x.float(), labels)
+    assert value.dtype == compute_dtype(x) and grad.dtype == dtype
+    assert all(p.dtype == torch.float32 for p in loss.parameters())  # the layers are left as they were
+    if dtype == torch.float64:
+        torch.testing.assert_close(value.float(), ref_value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad.float(), ref_grad, rtol=1e-4, atol=1e-6)
+    else:
+        assert torch.equal(value, ref_value) and torch.equal(grad, ref_grad.to(dtype))
+    assert bool(ref_grad.abs().sum() > 0) and any(bool(g.abs().sum() > 0) for g in ref_param_grads)
+    for g, ref in zip(param_grads, ref_param_grads, strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,kwargs", LEARNED_LAYER_LOSSES, ids=LEARNED_IDS)
+def test_losses_with_learned_layers_still_run_under_autocast(name, kwargs):
+    torch.manual_seed(0)
+    loss = LOSSES[name](**kwargs)
+    emb, labels = batch(7, n=12, classes=4)
+    plain = learned_value_and_grads(loss, emb, labels)[0]
+    e = emb.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(e, labels)
+    value.backward()
+    assert e.grad is not None and e.grad.dtype == torch.float32
+    torch.testing.assert_close(value.detach().float(), plain, rtol=2e-2, atol=2e-2)  # bf16 layers: close only

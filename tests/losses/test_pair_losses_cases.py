@@ -153,6 +153,19 @@ def test_empty_miner_output_gives_graph_connected_zero(cls):
         assert out.item() == 0.0 and torch.isfinite(emb.grad).all()
 
 
+@pytest.mark.parametrize("reducer", [None, "mean"])
+@pytest.mark.parametrize("cls", ALL_LOSSES, ids=lambda c: c.__name__)
+def test_an_empty_batch_gives_graph_connected_zero(cls, reducer):
+    """NPairsLoss raised argmax()'s IndexError on an empty batch (tuples.first_positive_pair_per_label), with and
+    without a reducer; every loss returns a zero that backward goes through."""
+    from dynametric.losses.reducers import MeanReducer
+
+    emb = torch.randn(0, 4, requires_grad=True)
+    out = cls(reducer=None if reducer is None else MeanReducer())(emb, torch.zeros(0, dtype=torch.long))
+    out.backward()
+    assert out.item() == 0.0 and emb.grad is not None and emb.grad.shape == (0, 4)
+
+
 @pytest.mark.parametrize("cls", ALL_LOSSES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_low_precision_close_to_fp32(cls, dtype):

@@ -12,6 +12,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning.regularizers import LpRegularizer, SparseCentersRegularizer
 
 from dynametric.errors import InputError
+from dynametric.losses import LOSSES, CSLLoss, DecorrelationLoss, MarginLoss, PDDMLoss
 from dynametric.losses.proxies import (
     ArcFaceLoss,
     CosFaceLoss,
@@ -386,3 +387,122 @@ def test_a_weight_regularizer_or_init_that_is_not_callable_is_refused_when_built
     with pytest.raises(InputError, match=f"{key} must be callable .* got {value!r}") as err:
         build_loss(name, num_classes=4, embedding_size=8, **{key: value})
     assert err.value.key == key
+
+
+@pytest.mark.parametrize("name,cls,attr,kwargs", CASES[::2], ids=IDS[::2])
+def test_a_call_never_converts_the_class_weights_in_place(name, cls, attr, kwargs):
+    """float64 embeddings used to convert the float32 weights to float64 in place (PML's cast_types): a float64
+    call then a float32 one crashed Adam (its state in the old dtype). The weights keep their dtype; the float64
+    value is the one of a float64 copy of the loss (the same weight values, so the same value), and the gradient
+    reaches the weights in their own dtype."""
+    torch.manual_seed(0)
+    loss = cls(C, D, **kwargs, weight_regularizer=LpRegularizer())
+    twin = cls(C, D, **kwargs, weight_regularizer=LpRegularizer()).double()
+    getattr(twin, attr).data.copy_(getattr(loss, attr).data)
+    opt = torch.optim.Adam(loss.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(B, D, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, C, (B,), generator=g)
+    for dtype in (torch.float64, torch.float32, torch.float64):
+        opt.zero_grad()
+        value = loss(emb.to(dtype), labels)
+        assert value.dtype == dtype and getattr(loss, attr).dtype == torch.float32
+        if dtype == torch.float64 and not opt.state:  # before any step: the twin's exact weights
+            twin.zero_grad()
+            expected = twin(emb, labels)
+            expected.backward()
+            torch.testing.assert_close(value.detach(), expected.detach(), rtol=1e-12, atol=1e-12)
+            value.backward()
+            torch.testing.assert_close(getattr(loss, attr).grad, getattr(twin, attr).grad.float())
+        else:
+            value.backward()
+        weight = getattr(loss, attr)
+        assert weight.grad.dtype == torch.float32 and bool(weight.grad.abs().sum() > 0)
+        opt.step()  # was: a dtype error from Adam after a call in another dtype
+    assert loss.get_logits(emb).dtype == torch.float64 and getattr(loss, attr).dtype == torch.float32
+
+
+SIZE_CASES = [
+    ("CosFaceLoss(3.5, D)", lambda v: CosFaceLoss(v, D), "num_classes"),
+    ("ProxyNCALoss(C, 8.7)", lambda v: ProxyNCALoss(C, v), "embedding_size"),
+    ("SoftTripleLoss(centers_per_class)", lambda v: SoftTripleLoss(C, D, centers_per_class=v), "centers_per_class"),
+    ("MarginLoss(num_classes)", lambda v: MarginLoss(num_classes=v),
+     "num_classes"),
+    ("PDDMLoss(embedding_dim)", lambda v: PDDMLoss(v),
+     "embedding_dim"),
+    ("PDDMLoss(hidden_dim)", lambda v: PDDMLoss(8, hidden_dim=v),
+     "hidden_dim"),
+    ("DecorrelationLoss(embedding_size)",
+     lambda v: DecorrelationLoss(v), "embedding_size"),
+    ("DecorrelationLoss(hidden)",
+     lambda v: DecorrelationLoss(8, hidden=v), "hidden"),
+    ("CSLLoss(embedding_size)",
+     lambda v: CSLLoss([[0], [1]], v, margins=(0.1,)), "embedding_size"),
+]
+
+
+@pytest.mark.parametrize("make,key", [c[1:] for c in SIZE_CASES], ids=[c[0] for c in SIZE_CASES])
+@pytest.mark.parametrize("value", [3.5, 8.7, 8.0, True])
+def test_size_arguments_that_are_no_integers_are_refused_not_truncated(make, key, value):
+    """CosFaceLoss(3.5, D) built 3 classes, CosFaceLoss(True, D) one, ProxyNCALoss(C, 8.7) 8-d proxies (int())."""
+    from dynametric.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make(value)
+    assert (err.value.key, err.value.message) == (
+        key, f"{key} must be an integer >= 1, got {value!r} ({type(value).__name__})")
+    make(8)  # an integer is fine
+
+
+DIVISOR_CASES = [
+    ("MultiSimilarityLoss(alpha)", lambda v: LOSSES["MultiSimilarityLoss"](alpha=v), "alpha"),
+    ("MultiSimilarityLoss(beta)", lambda v: LOSSES["MultiSimilarityLoss"](beta=v), "beta"),
+    ("NormalizedSoftmaxLoss(temperature)", lambda v: NormalizedSoftmaxLoss(C, D, temperature=v), "temperature"),
+    ("SoftTripleLoss(gamma)", lambda v: SoftTripleLoss(C, D, gamma=v), "gamma"),
+]
+
+
+@pytest.mark.parametrize("make,key", [c[1:] for c in DIVISOR_CASES], ids=[c[0] for c in DIVISOR_CASES])
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_hyperparameters_a_loss_divides_by_must_be_positive(make, key, value):
+    """MultiSimilarityLoss(alpha=0) returned inf silently (1/alpha); temperature=0 and gamma=0 divide by 0 too."""
+    from dynametric.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make(value)
+    assert (err.value.key, err.value.message) == (
+        key, f"{key} must be a finite number > 0 (the loss divides by it), got {value!r}")
+    loss = make(0.5)
+    emb = torch.randn(B, D, generator=torch.Generator().manual_seed(1))
+    assert bool(torch.isfinite(loss(emb, torch.arange(B) % C)))
+
+
+BAD_TUPLES = [
+    ("float indices", (torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([2.0])),
+     "entry 0 must be a 1-D integer tensor, got torch.float32 (1,)"),
+    ("unequal triplet lengths", (torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([2])),
+     "triplet index tensors must have equal lengths"),
+    ("unequal pair lengths", (torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([0]), torch.tensor([3])),
+     "pair index tensors (a1, p) and (a2, n) must have equal lengths"),
+    ("negative out of range", (torch.tensor([0]), torch.tensor([1]), torch.tensor([99])),
+     "entry 2 has indices outside [0, 24)"),
+    ("positive out of range", (torch.tensor([0]), torch.tensor([-1]), torch.tensor([2])),
+     "entry 1 has indices outside [0, 24)"),
+    ("five entries", tuple(torch.tensor([0]) for _ in range(5)),
+     "expected a tuple of 3 (a, p, n) or 4 (a1, p, a2, n) index tensors"),
+]
+
+
+@pytest.mark.parametrize("name,cls,attr,kwargs", CASES[::2], ids=IDS[::2])
+@pytest.mark.parametrize("what,tup,message", BAD_TUPLES, ids=[b[0] for b in BAD_TUPLES])
+def test_proxy_losses_validate_the_indices_tuple_as_the_tuple_losses(name, cls, attr, kwargs, what, tup, message):
+    """miner_weights cast float indices with .long(), took entries of unequal lengths, and ProxyNCA (which counts
+    anchors only) returned a value for a negative 99 in a batch of 24."""
+    emb = torch.randn(B, D, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(B) % C
+    with pytest.raises(InputError) as err:
+        cls(C, D, **kwargs)(emb, labels, tup)
+    assert (err.value.key, err.value.message) == ("indices_tuple", message)
+    with pytest.raises(InputError) as tuple_loss_err:  # the tuple losses' own message
+        LOSSES["TripletMarginLoss"]()(emb, labels, tup)
+    assert tuple_loss_err.value.message == message

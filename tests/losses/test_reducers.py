@@ -77,3 +77,30 @@ def test_pml_whole_dict_reducers_and_their_subclasses() -> None:
     assert float(total) == pytest.approx(4.0 + 4.0)
     assert takes_whole_dict(pml_reducers.DoNothingReducer())
     assert not takes_whole_dict(pml_reducers.MeanReducer())
+
+
+@pytest.mark.parametrize("label", [-1, 3, 7])
+def test_class_weighted_reducer_refuses_a_label_without_a_weight(label):
+    """A negative label took weights[-1] silently, one >= len(weights) was a raw IndexError."""
+    from dynametric.errors import InputError
+    from dynametric.losses import ContrastiveLoss
+    from dynametric.losses.reducers import ClassWeightedReducer
+
+    emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 1, 1, 2, label])
+    loss = ContrastiveLoss(reducer=ClassWeightedReducer(torch.tensor([1.0, 2.0, 3.0])))
+    with pytest.raises(InputError) as err:
+        loss(emb, labels)
+    assert (err.value.key, err.value.message) == (
+        "labels",
+        f"label {label} has no class weight: ClassWeightedReducer has 3 weights, so labels must lie in [0, 2]")
+
+
+def test_class_weighted_reducer_weights_each_element_by_its_anchors_class():
+    """Hand-computed: element losses [1, 2, 3] of rows labelled [2, 0, 1] with weights [10, 20, 30] -> mean of
+    [30, 20, 60]."""
+    from dynametric.losses.reducers import ClassWeightedReducer
+
+    d = {"loss": {"losses": torch.tensor([1.0, 2.0, 3.0]), "indices": torch.arange(3), "reduction_type": "element"}}
+    out = apply_reducer(ClassWeightedReducer([10.0, 20.0, 30.0]), d, torch.zeros(3, 2), torch.tensor([2, 0, 1]))
+    assert out.item() == pytest.approx((30.0 + 20.0 + 60.0) / 3)

@@ -234,3 +234,36 @@ def test_a_scale_the_labels_do_not_have_is_an_input_error_as_for_losses(name):
     with pytest.raises(InputError) as err:  # a column the batch has but the reference set does not
         MINERS[name](scale=2)(emb, labels, emb, labels[:, :1])
     assert (err.value.key, err.value.message) == ("ref_labels", "scale 2 out of range for labels with 1 scale(s)")
+
+
+MINER_NAMES = ["TripletMarginMiner", "BatchHardMiner", "PairMarginMiner", "MultiSimilarityMiner",
+               "DistanceWeightedMiner", "InterClassTripletMiner"]
+
+
+@pytest.mark.parametrize("name", MINER_NAMES)
+@pytest.mark.parametrize("scale", [1.0, True, "1", None])
+def test_a_scale_that_is_no_integer_is_the_losses_input_error(name, scale):
+    """A float scale was a raw IndexError, True a RuntimeError from tuples.py, "1" a TypeError (losses refused them
+    with this message; build_miner passes scale=1.0 through to the call)."""
+    emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.stack([torch.arange(8) // 2, torch.arange(8) // 4], dim=1)
+    with pytest.raises(InputError) as err:
+        MINERS[name](scale=scale)(emb, labels)
+    assert (err.value.key, err.value.message) == ("labels", f"scale {scale!r} is not a label column (an integer)")
+    with pytest.raises(InputError) as err:  # built from a config-like call too
+        build_miner(name, scale=scale)(emb, labels)
+    assert err.value.message == f"scale {scale!r} is not a label column (an integer)"
+
+
+@pytest.mark.parametrize("name", MINER_NAMES)
+def test_ref_labels_without_ref_emb_is_refused_as_by_the_losses(name):
+    """They were silently ignored (the losses and docs/losses.md: an error)."""
+    from dynametric.losses import TripletMarginLoss
+
+    emb, labels = batch(2, n=8)
+    with pytest.raises(InputError) as mined:
+        MINERS[name]()(emb, labels, None, labels.clone())
+    with pytest.raises(InputError) as lost:
+        TripletMarginLoss()(emb, labels, None, None, labels.clone())
+    assert (mined.value.key, mined.value.message) == (lost.value.key, lost.value.message) == \
+        ("ref_emb", "ref_emb and ref_labels must be given together")

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,14 +32,35 @@ from torch import nn
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix, check_scale_names
 from dynametric.losses.reducers import apply_reducer, check_reducer
-from dynametric.miners.base import Miner, check_embeddings
+from dynametric.miners.base import Miner, check_embeddings, check_reference_pair, select_label_column
 from dynametric.tuples import IndicesTuple
 from dynametric.utils.stats import RecordsStats
 
 logger = logging.getLogger("dynametric.losses")
 
 # Miner and check_embeddings: re-exported from dynametric.miners.base
-__all__ = ["IndicesTuple", "MetricLoss", "Miner", "check_embeddings", "logger"]
+__all__ = ["IndicesTuple", "MetricLoss", "Miner", "check_count", "check_embeddings", "check_positive", "logger"]
+
+
+def check_count(value: Any, key: str, *, minimum: int = 1) -> int:
+    """A size argument of a loss (``num_classes``, ``embedding_size``, ``centers_per_class``, ...) as an ``int``: an
+    integer (``bool`` is not one; a float such as ``3.5`` or ``8.0`` is refused rather than truncated) of at least
+    ``minimum``, else a one-line :class:`ConfigError` keyed ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})", key=key)
+    if value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value}", key=key)
+    return int(value)
+
+
+def check_positive(value: Any, key: str) -> float:
+    """A hyperparameter a loss divides by (``alpha``, ``beta``, ``temperature``, ``gamma``) as a ``float``: a finite
+    number > 0 (``bool`` is not one), else a one-line :class:`ConfigError` keyed ``key`` (0 made the loss inf or
+    NaN, silently)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value)
+                                                                              and float(value) > 0):
+        raise ConfigError(f"{key} must be a finite number > 0 (the loss divides by it), got {value!r}", key=key)
+    return float(value)
 
 
 class _LogOnce:
@@ -199,8 +221,7 @@ class MetricLoss(RecordsStats, nn.Module):
         same_labels = ref_labels is labels
         same_emb = ref_emb is embeddings
         labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
-        if (ref_emb is None) != (ref_labels is None):
-            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        check_reference_pair(ref_emb, ref_labels)
         if ref_emb is None or ref_labels is None:
             return labels, None, None
         ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")  # checked against ref_emb
@@ -214,12 +235,7 @@ class MetricLoss(RecordsStats, nn.Module):
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)
         if self.uses_all_scales:
             return mat.to(labels.device if isinstance(labels, torch.Tensor) else mat.device)
-        if isinstance(self.scale, bool) or not isinstance(self.scale, numbers.Integral):
-            raise InputError(f"scale {self.scale!r} is not a label column (an integer){self.scale_hint()}", key=name)
-        if not -mat.shape[1] <= self.scale < mat.shape[1]:
-            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)"
-                             f"{self.scale_hint()}", key=name)
-        return mat[:, self.scale]
+        return select_label_column(mat, self.scale, name, self.scale_hint())
 
     def scale_hint(self) -> str:
         """Appended to the error of a :attr:`scale` that is no label column of the labels: empty here; losses on

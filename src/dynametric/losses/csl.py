@@ -40,7 +40,7 @@ from torch import nn
 
 from dynametric.errors import InputError
 from dynametric.labels import LabelsLike, as_label_matrix
-from dynametric.losses.base import IndicesTuple, MetricLoss, check_embeddings
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count, check_embeddings
 from dynametric.tuples import compute_dtype
 
 __all__ = ["CSLLoss"]
@@ -133,9 +133,7 @@ class CSLLoss(MetricLoss):
             raise InputError(f"weights has {len(self.weights)} entries but margins has {num_scales}", key="weights")
         if not all(math.isfinite(w) and w >= 0 for w in self.weights) or not any(w > 0 for w in self.weights):
             raise InputError(f"weights must be non-negative, not all zero, got {list(self.weights)}", key="weights")
-        if int(embedding_size) < 1:
-            raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
-        self.embedding_size = int(embedding_size)
+        self.embedding_size = check_count(embedding_size, "embedding_size")
         self.num_scales = num_scales
         # on the module's device once (a tensor built from the list every call is a host -> device copy per step)
         self.register_buffer("_weights", torch.tensor(self.weights, dtype=torch.float32), persistent=False)

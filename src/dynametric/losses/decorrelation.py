@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count
 from dynametric.models.sharing import Decorrelation
+from dynametric.tuples import compute_dtype
 
 
 class DecorrelationLoss(MetricLoss):
@@ -35,6 +36,10 @@ class DecorrelationLoss(MetricLoss):
     def __init__(self, embedding_size: int, class_dim: int | None = None, hidden: int = 512,
                  direction: str = "shared_to_class", grl_scale: float = 1.0, shared_dim: int | None = None) -> None:
         super().__init__(0)
+        embedding_size = check_count(embedding_size, "embedding_size")
+        hidden = check_count(hidden, "hidden")
+        class_dim = None if class_dim is None else check_count(class_dim, "class_dim")
+        shared_dim = None if shared_dim is None else check_count(shared_dim, "shared_dim")
         if class_dim is None and shared_dim is not None:
             class_dim = embedding_size - shared_dim
         if class_dim is None:
@@ -54,4 +59,9 @@ class DecorrelationLoss(MetricLoss):
                      ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None) -> torch.Tensor:
         if ref_emb is not None:
             raise InputError("DecorrelationLoss takes no reference set", key="ref_emb")
-        return self.decorrelation(embeddings[:, : self.class_dim], embeddings[:, self.class_dim:])
+        # computed in R's parameter dtype (its nn.Linear layers take no other: float64 or half-precision embeddings
+        # were a dtype error outside autocast; under autocast R still runs in autocast's dtype), returned in
+        # compute_dtype (float64 for float64, float32 for fp16/bf16); the gradient arrives in the embeddings' dtype
+        x = embeddings.to(next(self.decorrelation.regressor.parameters()).dtype)
+        loss = self.decorrelation(x[:, : self.class_dim], x[:, self.class_dim:])
+        return loss.to(compute_dtype(embeddings))

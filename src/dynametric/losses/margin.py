@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynametric.distances import Distance, LpDistance, as_distance
-from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.errors import InputError
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count
 from dynametric.losses.reducers import divisor_reduce, graph_zero, zero_entry
 from dynametric.losses.triplet import check_triplets_per_anchor
 from dynametric.tuples import check_miner_output, convert_to_triplets, distance_matrix, match_masks
@@ -48,8 +48,8 @@ class MarginLoss(MetricLoss):
     ) -> None:
         super().__init__(scale, reducer=reducer, embedding_regularizer=embedding_regularizer,
                          embedding_reg_weight=embedding_reg_weight, collect_stats=collect_stats)
-        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
-            raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}", key="num_classes")
+        if num_classes is not None:
+            num_classes = check_count(num_classes, "num_classes")
         self.margin = margin
         self.nu = nu
         self.learn_beta = learn_beta

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from dynametric.distances import CosineSimilarity, Distance
+from dynametric.losses.base import check_positive
 from dynametric.losses.pair import AnchorPairLoss
 from dynametric.losses.reducers import masked_logsumexp
 
@@ -30,8 +31,8 @@ class MultiSimilarityLoss(AnchorPairLoss):
         **options,
     ) -> None:
         super().__init__(distance, scale, **options)
-        self.alpha = alpha
-        self.beta = beta
+        self.alpha = check_positive(alpha, "alpha")
+        self.beta = check_positive(beta, "beta")
         self.base = base
 
     def default_distance(self) -> Distance:

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count
 from dynametric.miners.pddm import MINING_MODES, NAN_SCORES, _faithful_quadruplet, mine_hard_quadruplets
 from dynametric.models.pddm import DEFAULT_CHUNK_BYTES, PDDM
+from dynametric.tuples import compute_dtype
 
 __all__ = ["PDDMLoss"]
 
@@ -109,6 +110,9 @@ class PDDMLoss(MetricLoss):
                                   key=key)
             if not float(value) >= 0.0:
                 raise ConfigError(f"PDDMLoss {key} must be a number >= 0, got {value}", key=key)
+        embedding_dim = check_count(embedding_dim, "embedding_dim")
+        hidden_dim = None if hidden_dim is None else check_count(hidden_dim, "hidden_dim")
+        max_chunk_bytes = check_count(max_chunk_bytes, "max_chunk_bytes")
         self.unit = PDDM(embedding_dim, hidden_dim=hidden_dim, dropout=dropout, max_chunk_bytes=max_chunk_bytes)
         self.mode = mode
         self.variant = variant
@@ -171,10 +175,16 @@ class PDDMLoss(MetricLoss):
         """Quadruplets ``(i, j, k, l)`` of a batch (already normalised if configured) under the current unit."""
         return mine_hard_quadruplets(self._mining_scores(embeddings), labels, self.mode)
 
+    def _unit_input(self, f: torch.Tensor) -> torch.Tensor:
+        """``f`` in the unit's parameter dtype: its ``nn.Linear`` layers take no other (float64 or half-precision
+        embeddings were a ``mat1 and mat2 must have the same dtype`` error outside autocast); under autocast the
+        layers still run in autocast's dtype, as before. The gradient flows back through the conversion."""
+        return f.to(self.unit.fc_s.weight.dtype)
+
     def _mining_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """All-pairs unit scores for mining: no gradient, dropout off."""
         with torch.no_grad():
-            return self.unit.score_matrix(embeddings.detach(), deterministic=True)
+            return self.unit.score_matrix(self._unit_input(embeddings.detach()), deterministic=True)
 
     def compute_loss(
         self,
@@ -189,7 +199,10 @@ class PDDMLoss(MetricLoss):
                              key="indices_tuple")
         if ref_emb is not None:
             raise InputError("PDDMLoss mines within the batch; ref_emb/ref_labels are not supported", key="ref_emb")
-        f = F.normalize(embeddings, p=2, dim=-1, eps=1e-12) if self.normalize_embeddings else embeddings
+        # the embedding terms in compute_dtype (float64 stays float64, fp16/bf16 in float32, as every tuple loss);
+        # the unit's scores in its parameters' dtype, then converted to that dtype too
+        f = embeddings.to(compute_dtype(embeddings))
+        f = F.normalize(f, p=2, dim=-1, eps=1e-12) if self.normalize_embeddings else f
         self.num_batches += 1
         counts = self._counters(embeddings.device)
         flags: tuple[torch.Tensor, torch.Tensor] | None = None  # faithful: (has a quadruplet, NaN scores), on device
@@ -212,7 +225,8 @@ class PDDMLoss(MetricLoss):
         # One differentiable pass over the selected pairs: (i, j), (i, k) and, for quadruplets, (j, l).
         first = torch.cat([i, i] if triplet else [i, i, j])
         second = torch.cat([j, k] if triplet else [j, k, l])
-        s = self.unit.score_index_pairs(f, first, second).reshape(2 if triplet else 3, i.numel())
+        s = self.unit.score_index_pairs(self._unit_input(f), first, second).to(f.dtype)
+        s = s.reshape(2 if triplet else 3, i.numel())
         d = self._embedding_distance(f[first], f[second]).reshape(s.shape)
         s_pos, d_pos = s[0], d[0]
         e_m = F.relu(self.alpha + s[1] - s_pos)

@@ -22,8 +22,10 @@ attribute ``.scale`` is the label column for every loss) and must lie in ``[0, n
 Differences from PML (documented, deliberate):
 
 * the maths always runs in float32 (float64 for float64 inputs) with autocast disabled; the result is float32
-  for fp16/bf16 inputs, which keeps them finite. Like PML, float32/float64 embeddings convert the class weights
-  to their dtype in place; unlike PML, half-precision embeddings leave the weights in float32;
+  for fp16/bf16 inputs, which keeps them finite. The class weights are used through a copy converted to that
+  dtype (their gradient reaching them in their own dtype); unlike PML, a call never converts the parameters
+  themselves in place (a float64 call followed by a float32 one left float64 weights, and Adam's state in
+  float32: a crash);
 * ``ProxyNCALoss`` keeps every sample, PML drops samples whose own-class probability underflows to exactly 0;
 * ``ArcFaceLoss`` computes ``cos(theta + m)`` as ``cos(theta) cos(m) - sin(theta) sin(m)`` with a clamped
   ``sin``, so the gradient stays finite at ``cos(theta) = +-1`` (same value and gradient elsewhere);
@@ -43,8 +45,9 @@ from torch import nn
 
 from dynametric.distances import CosineSimilarity, Distance, LpDistance, SquaredL2Distance, as_distance
 from dynametric.errors import ConfigError, InputError
-from dynametric.losses.base import IndicesTuple, MetricLoss
+from dynametric.losses.base import IndicesTuple, MetricLoss, check_count, check_positive
 from dynametric.losses.reducers import DivisorReducer, MeanReducer, apply_reducer, zero_entry
+from dynametric.tuples import check_indices_tuple
 
 WeightInit = Callable[[torch.Tensor], Any]
 WeightRegularizer = Callable[[torch.Tensor], torch.Tensor]
@@ -73,22 +76,23 @@ def miner_weights(
     """Per-sample weight ``count_i / max_j count_j`` of how often sample ``i`` occurs in a miner's output.
 
     PML's ``convert_to_weights``: all ones when there is no (or an empty) ``indices_tuple``; with
-    ``anchors_only`` only the anchors (``a`` of a triplet, ``a1`` and ``a2`` of pairs) are counted.
+    ``anchors_only`` only the anchors (``a`` of a triplet, ``a1`` and ``a2`` of pairs) are counted. The tuple is
+    validated as the tuple losses validate it (:func:`dynametric.tuples.check_indices_tuple`: 1-D integer
+    tensors, equal lengths, every entry in ``[0, num_rows)``, the positives and negatives too), else a one-line
+    :class:`InputError` keyed ``indices_tuple``.
     """
-    if indices_tuple is None or all(len(x) == 0 for x in indices_tuple):
+    if indices_tuple is None:
         return torch.ones(num_rows, device=device, dtype=dtype)
-    if len(indices_tuple) not in (3, 4):
-        raise InputError(f"indices_tuple must have 3 (triplets) or 4 (pairs) entries, got {len(indices_tuple)}",
-                         key="indices_tuple")
+    indices_tuple = check_indices_tuple(indices_tuple, num_rows, num_rows)
+    if all(len(x) == 0 for x in indices_tuple):
+        return torch.ones(num_rows, device=device, dtype=dtype)
     if anchors_only:
         parts = [indices_tuple[0]] if len(indices_tuple) == 3 else [indices_tuple[0], indices_tuple[2]]
     else:
         parts = list(indices_tuple)
-    idx = torch.cat([p.reshape(-1).long().to(device) for p in parts])
+    idx = torch.cat([p.to(device) for p in parts])
     if idx.numel() == 0:
         return torch.zeros(num_rows, device=device, dtype=dtype)
-    if int(idx.min()) < 0 or int(idx.max()) >= num_rows:
-        raise InputError(f"indices_tuple refers to rows outside [0, {num_rows})", key="indices_tuple")
     counts = torch.bincount(idx, minlength=num_rows).to(dtype)
     return counts / counts.max()
 
@@ -141,10 +145,8 @@ class _ClassWeightLoss(MetricLoss):
         **kwargs: Any,
     ) -> None:
         super().__init__(scale=label_scale, **kwargs)
-        if int(num_classes) < 1:
-            raise InputError(f"num_classes must be >= 1, got {num_classes}", key="num_classes")
-        if int(embedding_size) < 1:
-            raise InputError(f"embedding_size must be >= 1, got {embedding_size}", key="embedding_size")
+        num_classes = check_count(num_classes, "num_classes")
+        embedding_size = check_count(embedding_size, "embedding_size")
         for name, value, example in (("weight_regularizer", weight_regularizer, "LpRegularizer()"),
                                      ("weight_init_func", weight_init_func, "torch.nn.init.normal_")):
             if value is not None and not callable(value):  # else it would fail at the first call (or init)
@@ -172,26 +174,12 @@ class _ClassWeightLoss(MetricLoss):
             )
 
     def _check_call(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None) -> None:
-        self._follow_dtype(embeddings)
         if ref_emb is not None:
             raise InputError(f"{type(self).__name__} does not support ref_emb/ref_labels", key="ref_emb")
         if embeddings.shape[1] != self.embedding_size:
             raise InputError(f"embeddings have dimension {embeddings.shape[1]}, {type(self).__name__} was built "
                              f"with embedding_size={self.embedding_size}", key="embeddings")
         self._check_labels(labels.to(embeddings.device))
-
-    def _follow_dtype(self, embeddings: torch.Tensor) -> None:
-        """float32 and float64 embeddings: the class weights take their dtype (in place, as PML's ``cast_types``),
-        so ``loss.W`` can be used with the embeddings afterwards. Half-precision embeddings leave the weights alone
-        (the maths then runs in float32)."""
-        dtype = embeddings.dtype
-        if dtype not in (torch.float32, torch.float64):
-            return
-        for param in self.parameters(recurse=False):
-            if param.dtype in (torch.float32, torch.float64) and param.dtype != dtype:
-                param.data = param.data.to(dtype)
-                if param.grad is not None:
-                    param.grad = param.grad.to(dtype)
 
     def compute_loss(
         self,
@@ -209,7 +197,7 @@ class _ClassWeightLoss(MetricLoss):
             emb = _compute_dtype(embeddings)
             loss = apply_reducer(self._default_reducer(), self._loss(emb, labels, indices_tuple), emb, labels)
             if self.weight_regularizer is not None:
-                loss = loss + self.weight_reg_weight * self.weight_regularizer(self._regularized_weights())
+                loss = loss + self.weight_reg_weight * self.weight_regularizer(self._regularized_weights(emb.dtype))
         return loss
 
     def compute_loss_dict(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
@@ -217,17 +205,17 @@ class _ClassWeightLoss(MetricLoss):
         if embeddings.shape[0] == 0:
             return {"loss": zero_entry()}
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            out = self._loss(_compute_dtype(embeddings), labels.to(embeddings.device), indices_tuple)
+            emb = _compute_dtype(embeddings)
+            out = self._loss(emb, labels.to(embeddings.device), indices_tuple)
             if self.weight_regularizer is not None:
                 out["weight_reg_loss"] = {
-                    "losses": self.weight_reg_weight * self.weight_regularizer(self._regularized_weights()),
+                    "losses": self.weight_reg_weight * self.weight_regularizer(self._regularized_weights(emb.dtype)),
                     "indices": None, "reduction_type": "already_reduced"}
         return out
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The ``[B, C]`` class scores of ``embeddings`` (PML's ``get_logits``: what the loss's softmax or
         proxy terms see, before margins)."""
-        self._follow_dtype(embeddings)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             return self._logits(_compute_dtype(embeddings))
 
@@ -246,8 +234,9 @@ class _ClassWeightLoss(MetricLoss):
         """The loss dictionary (PML layout) of ``emb`` (float32/float64, autocast off)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _regularized_weights(self) -> torch.Tensor:
-        """The class weights in the layout PML hands to its weight regularisers (one row per class/centre)."""
+    def _regularized_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        """The class weights in the layout PML hands to its weight regularisers (one row per class/centre), a copy
+        in ``dtype`` (the loss's compute dtype; the parameters keep theirs)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
 
@@ -291,8 +280,8 @@ class ProxyNCALoss(_ClassWeightLoss):
     def _logits(self, emb: torch.Tensor) -> torch.Tensor:
         return self.distance(emb, self.proxies.to(emb.dtype))
 
-    def _regularized_weights(self) -> torch.Tensor:
-        return self.proxies
+    def _regularized_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.proxies.to(dtype)
 
 
 class ProxyAnchorLoss(_ClassWeightLoss):
@@ -343,8 +332,8 @@ class ProxyAnchorLoss(_ClassWeightLoss):
     def _default_reducer(self):
         return DivisorReducer()
 
-    def _regularized_weights(self) -> torch.Tensor:
-        return self.proxies
+    def _regularized_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.proxies.to(dtype)
 
 
 class NormalizedSoftmaxLoss(_ClassWeightLoss):
@@ -365,7 +354,7 @@ class NormalizedSoftmaxLoss(_ClassWeightLoss):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, embedding_size, label_scale=scale, **kwargs)
-        self.temperature = temperature
+        self.temperature = check_positive(temperature, "temperature")
         # PML's default DotProductSimilarity() normalises, i.e. the cosine
         self.distance = as_distance(distance) or CosineSimilarity()
         self.W = nn.Parameter(torch.empty(self.embedding_size, self.num_classes))
@@ -381,8 +370,8 @@ class NormalizedSoftmaxLoss(_ClassWeightLoss):
         logits = self.distance(emb, self.distance.normalize(self.W.to(emb.dtype), dim=0).t()) / self.temperature
         return logits if self.distance.higher_is_closer else -logits
 
-    def _regularized_weights(self) -> torch.Tensor:
-        return self.W.t()
+    def _regularized_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.W.to(dtype).t()
 
 
 class _MarginSoftmaxLoss(_ClassWeightLoss):
@@ -428,8 +417,8 @@ class _MarginSoftmaxLoss(_ClassWeightLoss):
     def _logits(self, emb: torch.Tensor) -> torch.Tensor:
         return self.distance(emb, self.W.to(emb.dtype).t()) * self.logit_scale
 
-    def _regularized_weights(self) -> torch.Tensor:
-        return self.W.t()
+    def _regularized_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.W.to(dtype).t()
 
 
 class CosFaceLoss(_MarginSoftmaxLoss):
@@ -516,13 +505,12 @@ class SoftTripleLoss(_ClassWeightLoss):
         self.distance = as_distance(distance) or CosineSimilarity()
         if not self.distance.higher_is_closer:
             raise ConfigError(f"SoftTripleLoss needs a similarity, got {self.distance!r}", key="distance")
-        if int(centers_per_class) < 1:
-            raise InputError(f"centers_per_class must be >= 1, got {centers_per_class}", key="centers_per_class")
+        centers_per_class = check_count(centers_per_class, "centers_per_class")
         if centers_reg_weight and centers_per_class < 2:
             raise InputError("centers_reg_weight > 0 needs centers_per_class >= 2", key="centers_reg_weight")
         self.centers_per_class = int(centers_per_class)
         self.la = la
-        self.gamma = gamma
+        self.gamma = check_positive(gamma, "gamma")
         self.margin = margin
         self.centers_reg_weight = centers_reg_weight
         self.fc = nn.Parameter(torch.empty(self.embedding_size, self.num_classes * self.centers_per_class))
@@ -542,12 +530,12 @@ class SoftTripleLoss(_ClassWeightLoss):
         out = self._element(F.cross_entropy(self.la * (sim - margin), labels, reduction="none") * w)
         if self.centers_reg_weight:
             reg = self.centers_reg_weight * sparse_centers_regularizer(
-                self.fc.t(), self.num_classes, self.centers_per_class)
+                self.fc.to(emb.dtype).t(), self.num_classes, self.centers_per_class)
             out["centers_reg_loss"] = {"losses": reg, "indices": None, "reduction_type": "already_reduced"}
         return out
 
     def _logits(self, emb: torch.Tensor) -> torch.Tensor:
         return self.class_similarities(emb)
 
-    def _regularized_weights(self) -> torch.Tensor:
-        return self.fc.t()
+    def _regularized_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.fc.to(dtype).t()

@@ -180,7 +180,12 @@ class ClassWeightedReducer(Reducer):
             raise InputError("ClassWeightedReducer needs labels", key="reducer")
         idx = info["indices"] if info["reduction_type"] == "element" else info["indices"][0]
         w = self.weights.to(device=losses.device, dtype=losses.dtype)
-        return (losses * w[labels[idx]]).mean()
+        lab = labels[idx]
+        bad = (lab < 0) | (lab >= w.shape[0])
+        if bool(bad.any()):  # a negative label would take weights[-1] silently, a large one an IndexError
+            raise InputError(f"label {int(lab[bad][0])} has no class weight: ClassWeightedReducer has {w.shape[0]} "
+                             f"weights, so labels must lie in [0, {w.shape[0] - 1}]", key="labels")
+        return (losses * w[lab]).mean()
 
 
 class DoNothingReducer(Reducer):

@@ -8,6 +8,7 @@ below them: index tuples in :mod:`dynametric.tuples`, distances in :mod:`dynamet
 from __future__ import annotations
 
 import logging
+import numbers
 
 import torch
 from torch import nn
@@ -55,6 +56,25 @@ def check_embeddings(embeddings: torch.Tensor, ref_emb: torch.Tensor | None = No
                          "(both must be [*, D] with the same D)", key="ref_emb")
 
 
+def select_label_column(mat: torch.Tensor, scale: object, name: str, hint: str = "") -> torch.Tensor:
+    """Column ``scale`` of the ``[N, S]`` label matrix ``mat``: the rule of every loss and miner. ``scale`` must be an
+    integer (``bool`` is not one) in ``[-S, S)``, else a one-line :class:`InputError` keyed ``name`` (``hint``, a
+    loss's note on what ``.scale`` means there, is appended to the message)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral):
+        raise InputError(f"scale {scale!r} is not a label column (an integer){hint}", key=name)
+    column = int(scale)
+    if not -mat.shape[1] <= column < mat.shape[1]:
+        raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s){hint}", key=name)
+    return mat[:, column]
+
+
+def check_reference_pair(ref_emb: object, ref_labels: object) -> None:
+    """``ref_emb`` and ``ref_labels`` are given together or not at all (losses and miners): else a one-line
+    :class:`InputError` keyed ``ref_emb``."""
+    if (ref_emb is None) != (ref_labels is None):
+        raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+
+
 class Miner(RecordsStats, nn.Module):
     """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
 
@@ -75,25 +95,24 @@ class Miner(RecordsStats, nn.Module):
 
     def label_column(self, labels: torch.Tensor, num_rows: int, name: str, device: torch.device) -> torch.Tensor:
         """Column :attr:`scale` of ``labels`` (``[B]`` or ``[B, S]``, checked to have ``num_rows`` rows; errors name
-        ``name``) on ``device``; a scale the labels do not have is an :class:`InputError` on ``name``, as for losses."""
+        ``name``) on ``device``; a scale that is no integer or that the labels do not have is an :class:`InputError`
+        on ``name``, as for losses (:func:`select_label_column`)."""
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)
-        if not -mat.shape[1] <= self.scale < mat.shape[1]:
-            raise InputError(f"scale {self.scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
-        return mat[:, self.scale].to(device)
+        return select_label_column(mat, self.scale, name).to(device)
 
     def label_columns(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None,
                       ref_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`label_column` of ``labels`` and, when a reference set ``ref_emb`` is given, of ``ref_labels``
-        (then required): ``(labels, ref_labels or None)``, both on the embeddings' device. When the caller passed
-        ``ref_labels is labels`` (the same object) the second is the first's very object too, so that the
-        pytorch-metric-learning rule "the reference labels are the batch's: no pair ``(i, i)`` is a positive"
-        (:func:`dynametric.tuples.match_masks`) survives the column selection."""
+        (then required, and refused without ``ref_emb``: :func:`check_reference_pair`): ``(labels, ref_labels or
+        None)``, both on the embeddings' device. When the caller passed ``ref_labels is labels`` (the same object)
+        the second is the first's very object too, so that the pytorch-metric-learning rule "the reference labels
+        are the batch's: no pair ``(i, i)`` is a positive" (:func:`dynametric.tuples.match_masks`) survives the
+        column selection."""
         same_labels = ref_labels is labels
         labels = self.label_column(labels, embeddings.shape[0], "labels", embeddings.device)
-        if ref_emb is None:
+        check_reference_pair(ref_emb, ref_labels)
+        if ref_emb is None or ref_labels is None:
             return labels, None
-        if ref_labels is None:
-            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
         ref_col = self.label_column(ref_labels, ref_emb.shape[0], "ref_labels", embeddings.device)  # checks its rows
         return labels, labels if same_labels else ref_col
 

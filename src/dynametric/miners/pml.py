@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynametric.errors import ConfigError, InputError
+from dynametric.errors import ConfigError
 from dynametric.miners.base import IndicesTuple, Miner, check_embeddings
 from dynametric.pml import _instantiate, check_label_scale, check_object_arguments, resolve_class
 
@@ -33,9 +33,7 @@ class PMLMiner(Miner):
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
         check_embeddings(embeddings, ref_emb)
-        labels, ref_col = self.label_columns(embeddings, labels, ref_emb, ref_labels)
-        if ref_emb is None and ref_labels is not None:  # ref_labels without a reference set: refused here too
-            raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+        labels, ref_col = self.label_columns(embeddings, labels, ref_emb, ref_labels)  # refuses one without the other
         return self.miner(embeddings, labels, ref_emb, ref_col)
 
     def extra_repr(self) -> str:
