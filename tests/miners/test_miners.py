@@ -149,6 +149,11 @@ def test_registry_and_errors():
         assert len(out) == 3 and all(t.numel() == 0 and t.dtype == torch.long for t in out)
     with pytest.raises(InputError, match="lower_cutoff"):
         DistanceWeightedMiner(cutoff=2.5)
+    # a seed is an integer: int() truncated 1.5 to 1 (two seeds, one draw)
+    for bad in (1.5, True, "1", 2**64):
+        with pytest.raises(ConfigError, match=r"seed must be an integer in \[-2\^63, 2\^64\), got"):
+            DistanceWeightedMiner(seed=bad)
+    assert DistanceWeightedMiner(seed=-1).generator is not None
 
 
 def test_inverse_q_log_weights_formula():

@@ -12,6 +12,8 @@ Callers mask non-candidates (e.g. set them to ``-inf``), subtract the row maximu
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from dynametric.distances import Distance, LpDistance, as_distance
@@ -99,6 +101,9 @@ class DistanceWeightedMiner(Miner):
                            "drawn; every call returns empty triplets", nonzero_loss_cutoff, cutoff)
         self.generator: torch.Generator | None = None
         if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
+                # int() truncated 1.5 to 1: two different seeds drew the same triplets
+                raise ConfigError(f"seed must be an integer in [-2^63, 2^64), got {seed!r}", key="seed")
             self.generator = torch.Generator().manual_seed(int(seed))
 
     def sampling_probabilities(
