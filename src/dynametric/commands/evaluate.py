@@ -20,9 +20,9 @@ from typing import Any
 
 from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
-from dynametric.metrics.categories import category_count
-from dynametric.utils.io import atomic_write_json, nan_to_null, remove_stale_temps_of
-from dynametric.utils.readers import load_ids
+
+# the metrics, readers and writers (which import torch) are imported where they are used: building the parser must
+# not import torch (`dynametric --help` in a fraction of a second; tests/test_cli_imports.py)
 
 
 def _parse_metric_list(values: list[str] | None) -> list[str] | None:
@@ -59,6 +59,8 @@ def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], ove
     ``mean`` with several scales), columns as :func:`format_table` plus ``category`` and the category's query count
     (``queries``: those averaged over plus those excluded). ``overall_only``: the requested metrics that have no
     per-category value (named in the title)."""
+    from dynametric.metrics.categories import category_count
+
     metrics = list(next(iter(by_category.values()))["mean"])
     header = ["category", "scale", *metrics, "queries", "num_queries", "excluded_queries"]
     lines = []
@@ -165,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.metrics.io import write_per_query_csv
     from dynametric.retrieval.evaluate_io import check_outputs, load_query_categories
     from dynametric.utils.device import resolve_device
+    from dynametric.utils.io import atomic_write_json, nan_to_null, remove_stale_temps_of
+    from dynametric.utils.readers import load_ids
 
     resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
     # never overwrite an input or a file this command did not write
