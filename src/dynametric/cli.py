@@ -53,7 +53,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     An unknown option is the error of the (sub)command it was given to: that command's usage, then
     ``dynametric evaluate: error: unrecognized option --embedings; did you mean --embeddings?`` (exit status 2); the
     hint is the command's closest option, where one is close. argparse alone printed the top-level usage and
-    ``dynametric: error: unrecognized arguments: ...`` for any command."""
+    ``dynametric: error: unrecognized arguments: ...`` for any command. A command (or action) word that names none
+    but is close to one gets the same hint: ``dynametric: error: argument COMMAND: invalid choice: 'evaluat'; did you
+    mean evaluate?`` (argparse alone listed every choice)."""
+    _check_command_words(parser, sys.argv[1:] if argv is None else list(argv))
     args, extra = parser.parse_known_args(argv)
     dest = getattr(args, "intermixed", None)
     if dest is not None:
@@ -64,6 +67,33 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         command = _chosen_parser(parser, args)
         command.error(_unrecognized(command, extra))
     return args
+
+
+def _check_command_words(parser: argparse.ArgumentParser, words: Sequence[str]) -> None:
+    """The usage error of a command (or action: ``index buld``) word close to one of the parser's choices, with the
+    closest (difflib); nothing where the words name commands, or are far from every one (argparse's own error then
+    lists the choices). A parser with commands takes no option values before its command word, so that word is the
+    first one not starting with ``-``; ``--help`` / ``--version`` before it end the check (they answer first)."""
+    import difflib
+
+    i = 0
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            return
+        while i < len(words) and words[i].startswith("-"):
+            if words[i] in ("--", "-h", "--help", "--version"):
+                return
+            i += 1
+        if i == len(words):
+            return
+        word = words[i]
+        if word not in sub.choices:
+            close = difflib.get_close_matches(word, list(sub.choices), n=1, cutoff=0.6)
+            if close:
+                parser.error(f"argument {sub.metavar or sub.dest}: invalid choice: {word!r}; did you mean {close[0]}?")
+            return
+        parser, i = sub.choices[word], i + 1
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

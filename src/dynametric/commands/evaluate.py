@@ -132,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "cmc@<int>: the same, open-metric-learning's name), precision@K, precision@<int>, map@K, "
                         "map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, f1, all; default: recall@K "
                         "r_precision map@r map asi")
-    p.add_argument("--k", type=positive_int, nargs="+", default=None,
+    p.add_argument("-k", "--k", type=positive_int, nargs="+", default=None,
                    help="K values for recall@K (default 1 2 4 8; with --checkpoint the run's eval.k_values)")
     p.add_argument("--distance", choices=["cosine", "euclidean"], default=None,
                    help="default cosine; with --checkpoint the run's eval.distance")
@@ -337,6 +337,10 @@ def run(args: argparse.Namespace) -> int:
             source = "bundled example (1200 items, 3 scales)"
         else:
             from dynametric.retrieval.evaluate_io import embeddings_file, read_evaluation_files
+
+            for given in (args.embeddings, args.gallery_embeddings):  # before what a file would need (--labels)
+                if given and not Path(given).exists():
+                    raise InputError("file not found", file=given)
 
             q, ql, g, gl, names, source = read_evaluation_files(args.embeddings, args.labels,
                                                                 args.gallery_embeddings, args.gallery_labels)
