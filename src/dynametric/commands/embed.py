@@ -80,6 +80,17 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dynametric.errors import Interrupted
+
+    try:
+        return _run(args)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: finished shards are kept, the same command goes on from them
+        raise Interrupted("run the same command again to resume from the finished shards") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from dynametric.retrieval.embed import embed_items, list_image_folder, read_image_csv
     from dynametric.retrieval.evaluate_io import check_output_place
     from dynametric.retrieval.model import load_embedder
