@@ -600,9 +600,12 @@ def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) ->
 
 
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
+    from dynametric.engine.loggers import MetricProgressBar  # on stderr, as the training's bar
+
     validate_settings(settings)
     return lightning_trainer(settings, logger=False, enable_checkpointing=False, enable_progress_bar=progress,
-                             enable_model_summary=False, use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
+                             enable_model_summary=False, use_distributed_sampler=False, plugins=[SafeCheckpointIO()],
+                             callbacks=[MetricProgressBar()] if progress else [])
 
 
 def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: TrainerSettings,
