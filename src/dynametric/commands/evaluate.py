@@ -152,7 +152,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget-mb", type=positive_float, default=None,
                    help="working-memory budget of the ranking engine in MiB (default: 768 MiB on the CPU, 3.5 GiB "
                         "on a GPU; with --checkpoint the run's eval.memory_budget_bytes when set)")
-    p.add_argument("--json", dest="json_out", help="write the results as JSON to this path (atomically)")
+    p.add_argument("--json", dest="json_out", metavar="OUT.json",
+                   help="write the results as JSON to this path (atomically); - prints the JSON on stdout (the "
+                        "table then goes to stderr)")
     p.add_argument("--device", default="auto",
                    help="where rankings are computed and, with --checkpoint, where images are embedded: auto "
                         "(CUDA when available, else the CPU; default), cpu, cuda, cuda:<index> or mps (Apple GPUs)")
@@ -170,6 +172,22 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.utils.io import atomic_write_json, nan_to_null, remove_stale_temps_of
     from dynametric.utils.readers import load_ids
 
+    if args.per_query_out == "-":
+        raise ConfigError("writes a CSV file; '-' (stdout) is taken by --json only: give a file name",
+                          key="--per-query")
+    to_stdout = args.json_out == "-"  # the JSON on stdout: the human-readable lines go to stderr
+    human = sys.stderr if to_stdout else sys.stdout
+    json_file = None if to_stdout else args.json_out
+
+    def write_json(obj: dict[str, Any]) -> None:
+        if to_stdout:
+            import json
+
+            print(json.dumps(nan_to_null(obj), indent=2), flush=True)
+            return
+        atomic_write_json(args.json_out, obj, key="--json")
+        print(f"wrote {args.json_out}", file=sys.stderr)
+
     resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
     # never overwrite an input or a file this command did not write
     check_outputs((("--embeddings", args.embeddings), ("--labels", args.labels),
@@ -177,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
                    ("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids),
                    ("--query-categories", args.query_categories),
                    ("--checkpoint", args.checkpoint), ("--config", args.config)),
-                  json_out=args.json_out, per_query_out=args.per_query_out)
-    for out in (args.json_out, args.per_query_out):  # each is the command's to write: a killed write's temporaries
+                  json_out=json_file, per_query_out=args.per_query_out)
+    for out in (json_file, args.per_query_out):  # each is the command's to write: a killed write's temporaries
         if out:
             remove_stale_temps_of(Path(out))
     cutoff: str | int = args.asi_cutoff
@@ -301,11 +319,11 @@ def run(args: argparse.Namespace) -> int:
         info = (result[0] if isinstance(result, tuple) else result).pop("protocol", None)
         if not isinstance(ce.protocol, (LeaveOneOut, QueryGallery)):  # a method's own protocol (DyML)
             print(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
-                  f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
-            print(format_table(result))
+                  f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}",
+                  file=human)
+            print(format_table(result), file=human)
             if args.json_out:
-                atomic_write_json(args.json_out, {**nan_to_null(result), "protocol": info}, key="--json")
-                print(f"wrote {args.json_out}", file=sys.stderr)
+                write_json({**nan_to_null(result), "protocol": info})
             return 0
         sets = list(ce.sets.values())
         if id_files:  # the pairs the files excluded, and the files; the protocol excluded nothing by itself (check)
@@ -364,14 +382,12 @@ def run(args: argparse.Namespace) -> int:
         write_per_query_csv(args.per_query_out, table, key="--per-query", categories=used.get("categories"))
         print(f"wrote {args.per_query_out}", file=sys.stderr)
     by_category = result.pop("by_category", None)
-    print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries")
-    print(format_table(result))
+    print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries", file=human)
+    print(format_table(result), file=human)
     if by_category:
         split = [m for e in by_category.values() for m in e["mean"]]
-        print(format_category_table(by_category, [m for m in result["mean"] if m not in split]))
+        print(format_category_table(by_category, [m for m in result["mean"] if m not in split]), file=human)
         result["by_category"] = by_category
     if args.json_out:
-        atomic_write_json(args.json_out, nan_to_null(result) | ({} if info is None else {"protocol": info}),
-                          key="--json")
-        print(f"wrote {args.json_out}", file=sys.stderr)
+        write_json(nan_to_null(result) | ({} if info is None else {"protocol": info}))
     return 0
