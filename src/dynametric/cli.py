@@ -5,7 +5,8 @@ A command module exposes ``register(subparsers)``, which adds its parser and set
 name its messages start with. Errors derived from :class:`DynametricError` are printed as one
 clear line (exit status 2), and so are errors of the file system (``OSError``: permissions, a full disk, a folder
 where a file goes: ``<path>: <reason>``); Ctrl-C prints ``interrupted`` (exit status 130, as a shell reports
-SIGINT; :class:`~dynametric.errors.Interrupted` adds what to do next, e.g. how to resume); a reader that
+SIGINT; :class:`~dynametric.errors.Interrupted` adds what to do next, e.g. how to resume), and SIGTERM stops a
+command the same way with ``interrupted by SIGTERM`` (exit status 143); a reader that
 closes the pipe early (``dynametric search --json | head``) ends it quietly (exit status 141);
 anything else is a bug and keeps its traceback.
 """
@@ -13,9 +14,10 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 from dynametric import __version__
@@ -53,7 +55,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     An unknown option is the error of the (sub)command it was given to: that command's usage, then
     ``dynametric evaluate: error: unrecognized option --embedings; did you mean --embeddings?`` (exit status 2); the
     hint is the command's closest option, where one is close. argparse alone printed the top-level usage and
-    ``dynametric: error: unrecognized arguments: ...`` for any command."""
+    ``dynametric: error: unrecognized arguments: ...`` for any command. A command (or action) word that names none
+    but is close to one gets the same hint: ``dynametric: error: argument COMMAND: invalid choice: 'evaluat'; did you
+    mean evaluate?`` (argparse alone listed every choice)."""
+    _check_command_words(parser, sys.argv[1:] if argv is None else list(argv))
     args, extra = parser.parse_known_args(argv)
     dest = getattr(args, "intermixed", None)
     if dest is not None:
@@ -64,6 +69,33 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         command = _chosen_parser(parser, args)
         command.error(_unrecognized(command, extra))
     return args
+
+
+def _check_command_words(parser: argparse.ArgumentParser, words: Sequence[str]) -> None:
+    """The usage error of a command (or action: ``index buld``) word close to one of the parser's choices, with the
+    closest (difflib); nothing where the words name commands, or are far from every one (argparse's own error then
+    lists the choices). A parser with commands takes no option values before its command word, so that word is the
+    first one not starting with ``-``; ``--help`` / ``--version`` before it end the check (they answer first)."""
+    import difflib
+
+    i = 0
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            return
+        while i < len(words) and words[i].startswith("-"):
+            if words[i] in ("--", "-h", "--help", "--version"):
+                return
+            i += 1
+        if i == len(words):
+            return
+        word = words[i]
+        if word not in sub.choices:
+            close = difflib.get_close_matches(word, list(sub.choices), n=1, cutoff=0.6)
+            if close:
+                parser.error(f"argument {sub.metavar or sub.dest}: invalid choice: {word!r}; did you mean {close[0]}?")
+            return
+        parser, i = sub.choices[word], i + 1
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
@@ -108,23 +140,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     command = getattr(args, "command_name", None) or args.command  # a command with actions names the action too
-    try:
-        return int(args.func(args) or 0)
-    except DynametricError as exc:
-        from dynametric.data.base import unwrap_worker_error  # a loader worker's error: its own line, no traceback
+    with _sigterm_stops_like_ctrl_c() as sigterm:
+        try:
+            return int(args.func(args) or 0)
+        except DynametricError as exc:
+            from dynametric.data.base import unwrap_worker_error  # a loader worker's error: its own line, no traceback
 
-        print(f"dynametric {command}: error: {unwrap_worker_error(exc)}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `dynametric search --json | head`: the reader left; stop quietly, as `yes | head` does
-        _silence_stdout()
-        return 141  # 128 + SIGPIPE, the status a shell gives a program killed by a broken pipe
-    except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
-        print(f"dynametric {command}: error: {os_error_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback; outputs are written atomically, jobs resume
-        next_step = getattr(exc, "next_step", None)  # dynametric.errors.Interrupted: e.g. how to resume
-        print(f"dynametric {command}: interrupted" + (f" ({next_step})" if next_step else ""), file=sys.stderr)
-        return 130
+            print(f"dynametric {command}: error: {unwrap_worker_error(exc)}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # `dynametric search --json | head`: the reader left; stop quietly, as `yes | head`
+            _silence_stdout()
+            return 141  # 128 + SIGPIPE, the status a shell gives a program killed by a broken pipe
+        except OSError as exc:  # the file system said no (permissions, disk full, a folder where a file goes)
+            print(f"dynametric {command}: error: {os_error_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line, no traceback; outputs are written atomically
+            next_step = getattr(exc, "next_step", None)  # dynametric.errors.Interrupted: e.g. how to resume
+            terminated = sigterm.received or getattr(exc, "sigterm", False)
+            print(f"dynametric {command}: interrupted{' by SIGTERM' if terminated else ''}"
+                  + (f" ({next_step})" if next_step else ""), file=sys.stderr)
+            return 143 if terminated else 130  # 128 + the signal, as a shell reports a process it ended
+
+
+class _SigtermState:
+    received = False
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[_SigtermState]:
+    """While a command runs, SIGTERM (``timeout``, ``docker stop``, a batch system's preemption, ``kill``) stops it
+    as Ctrl-C does: a ``KeyboardInterrupt`` where the command is, so its clean-up runs (``train`` keeps its
+    checkpoints and says how to resume, ``embed`` keeps its finished shards, nothing is left half-written), then
+    :func:`main` prints ``interrupted by SIGTERM`` and returns 143 (128 + 15). Python's default handler ended the
+    process at once (status 143 from a shell, nothing said); inside Lightning's loops, which catch SIGTERM
+    themselves, ``train`` exited with status 0 as if finished.
+
+    A second SIGTERM, or one received by a forked child (a data-loading worker), ends the process as the default
+    handler does. Nothing is installed outside the main thread or where the program already handles SIGTERM (a
+    program calling :func:`main` with its own handler keeps it)."""
+    import os
+    import signal
+    import threading
+
+    state = _SigtermState()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield state
+        return
+    pid = os.getpid()
+
+    def stop(signum: int, frame: object) -> None:
+        if state.received or os.getpid() != pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        state.received = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _silence_stdout() -> None:

@@ -127,7 +127,8 @@ def test_ctrl_c_is_one_line_and_the_job_resumes(tiny_ckpt, tiny_images, tmp_path
     monkeypatch.setattr(embed_mod.np, "save", save_then_interrupt)
     assert _embed(tiny_ckpt, tiny_images, out) == 130
     err = capsys.readouterr().err
-    assert err.strip() == "dynametric embed: interrupted"
+    assert err.strip() == ("dynametric embed: interrupted (run the same command again to resume from the finished "
+                           "shards)")
     monkeypatch.setattr(embed_mod.np, "save", real_save)
     assert _embed(tiny_ckpt, tiny_images, out) == 0
     assert "1 already done" in capsys.readouterr().out

@@ -124,7 +124,7 @@ def test_json_onto_a_folder_and_onto_a_full_disk(tmp_path, emb, capsys, monkeypa
     (["--memory-budget-mb", "-5"], "argument --memory-budget-mb: expected a positive finite number, got '-5'"),
     (["--memory-budget-mb", "nan"], "argument --memory-budget-mb: expected a positive finite number, got 'nan'"),
     (["--kmeans-restarts", "0"], "argument --kmeans-restarts: expected a positive integer, got '0'"),
-    (["--k", "1", "0"], "argument --k: expected a positive integer, got '0'"),
+    (["--k", "1", "0"], "argument -k/--k: expected a positive integer, got '0'"),
 ])
 def test_impossible_option_values(tmp_path, emb, capsys, argv, expected) -> None:
     lab = _labels(tmp_path, GOOD)

@@ -236,7 +236,7 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path
     # the same --out starts the run again (with a changed setting), replacing the earlier start's files
     assert main(["train", "--config", str(out / "config.yaml"), "--out", str(out), "--no-progress",
                  "trainer.max_steps=2", "run.report=false"]) == 0
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err  # the note on stderr
     assert f"run folder {out}: replacing the files of an earlier start that stopped before its first checkpoint " \
            "(config.yaml, " in text
     assert (out / "last.ckpt").is_file() and (out / "run_info.json").is_file()

@@ -164,6 +164,7 @@ def test_folder_errors(job, tmp_path, capsys) -> None:
         "labels CSV or an .npy integer array)")
     np.save(tmp_path / "l.npy", labels)
     assert main(["evaluate", "--embeddings", str(bare), "--labels", str(tmp_path / "l.npy")]) == 0
+    np.save(tmp_path / "e.npy", emb)  # an embeddings file (a missing one is `file not found` first)
     assert _error(capsys, "--embeddings", str(tmp_path / "e.npy")).endswith(
         f"key '--labels': --labels is required with embeddings from a file ({tmp_path / 'e.npy'}); a `dynametric "
         "embed` folder brings its own labels.npy")

@@ -68,11 +68,15 @@ def test_progress_flag_overrides_the_config_only_when_given(monkeypatch, tmp_pat
         seen.append((bool(cfg.trainer.progress_bar), progress))
 
     monkeypatch.setattr(run_mod, "run_training", fake_run_training)
+    monkeypatch.setattr("dynametric.commands.train.is_terminal", lambda stream: True)  # stderr a terminal
     out = str(tmp_path / "r")
     assert main(["train", "trainer.progress_bar=false", "--out", out]) == 0
     assert main(["train", "trainer.progress_bar=false", "--progress", "--out", out]) == 0
     assert main(["train", "--no-progress", "--out", out]) == 0
-    assert seen == [(False, None), (False, True), (True, False)]
+    monkeypatch.setattr("dynametric.commands.train.is_terminal", lambda stream: False)  # a log file or a pipe
+    assert main(["train", "--out", out]) == 0
+    assert main(["train", "--progress", "--out", out]) == 0
+    assert seen == [(False, None), (False, True), (True, False), (True, False), (True, True)]
 
 
 def test_progress_none_follows_the_config(monkeypatch, tmp_path):

@@ -433,7 +433,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary_file(tm
         (["embed", "--checkpoint", str(wide_run), "--images", str(tiny_images / "imgs"), "--out", "emb",
           "--no-progress"], "emb", f"dynametric embed: error: {Path('emb') / 'shards' / 'shard_00000.npy'}: {too_big}"),
         (["index", "build", "--embeddings", str(emb), "--out", "idx"], "idx",
-         f"dynametric index: error: {Path('idx') / 'index.faiss'}: {too_big}")]
+         f"dynametric index build: error: {Path('idx') / 'index.faiss'}: {too_big}")]
     results = _limited(tmp_path, 4096, *(argv for argv, _, _ in cases))
     for (argv, folder, expected), (code, err) in zip(cases, results):
         assert (code, err.splitlines()[-1:]) == (2, [expected]), (argv, err)

@@ -735,7 +735,7 @@ def test_patience_and_a_plateau_schedule_without_validation_are_warning_lines(tm
         assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
                      "data.val_split=null", "data.val_fraction=0", "trainer.patience=2", "trainer.max_epochs=1",
                      "optim.scheduler.name=plateau"]) == 0
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err  # warnings on stderr
     assert "warning: trainer.patience=2 is ignored: the run has no validation data" in text
     assert "warning: optim.scheduler.name=plateau in a run without validation data: the learning rate never " \
            "changes" in text

@@ -113,7 +113,7 @@ def test_a_resume_after_an_upgrade_that_added_keys_goes_on_with_their_defaults(k
     run = _copy(killed, tmp_path / "upgraded", pid=_dead_pid())
     _saved_before_keys_existed(run, ("optim.grad_clip", "trainer.compile"))
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # notes on stderr
     assert [line for line in out.splitlines() if "lacks keys" in line] == [
         f"note: {run / 'config.yaml'} lacks keys this dynametric added after {run / 'last.ckpt'} was saved; "
         "resuming with their defaults: optim.grad_clip=None, trainer.compile=False"]
@@ -136,7 +136,7 @@ def test_a_resume_after_an_upgrade_with_an_edit_is_still_refused(base, tmp_path,
     before = _files(run)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "lacks keys" not in captured.out
+    assert captured.err.count("\n") == 1 and "lacks keys" not in captured.out + captured.err
     assert captured.err.startswith(f"dynametric train: error: {run / 'config.yaml'}: no longer matches the checkpoint "
                                    f"it was saved with ({run / 'last.ckpt'} was trained with config hash "
                                    "0123456789abcdef, this config hashes to ")
@@ -186,10 +186,11 @@ def test_an_old_checkpoint_of_another_width_is_one_line(base, tmp_path, capsys) 
     before = _files(run)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     captured = capsys.readouterr()
-    assert f"warning: {run / 'last.ckpt'} records no config hash" in captured.out
-    assert captured.err.count("\n") == 1 and captured.err.startswith(
+    warning, error = captured.err.splitlines()  # the warning (a note, on stderr), then the error on one line
+    assert warning.startswith(f"warning: {run / 'last.ckpt'} records no config hash")
+    assert error.startswith(
         f"dynametric train: error: {run / 'last.ckpt'}: checkpoint does not match the configured model (")
-    assert "size mismatch for embedder." in captured.err
+    assert "size mismatch for embedder." in error
     assert _files(run) == before
 
 
@@ -199,7 +200,7 @@ def test_resume_keeps_the_csv_log_and_an_old_checkpoint_resumes_with_a_warning(b
     rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
     assert any(r.get("untrained/fine/map@r") for r in rows) and any(r.get("test/fine/map@r") for r in rows)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert "records no config hash" in capsys.readouterr().out
+    assert "records no config hash" in capsys.readouterr().err
     after = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
     assert [{k: v for k, v in r.items() if v} for r in after[:len(rows)]] == \
         [{k: v for k, v in r.items() if v} for r in rows]  # every earlier row kept (was: header + the test row)
@@ -233,7 +234,7 @@ def test_a_deleted_best_ckpt_is_named_as_missing(base, tmp_path, capsys) -> None
     run = _copy(base, tmp_path / "finished")
     (run / "best.ckpt").unlink()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    out = "".join(capsys.readouterr())  # the warning on stderr, the testing line on stdout
     assert f"warning: {run / 'best.ckpt'} is missing: testing the final weights" in out
     selected = json.loads((run / "run_info.json").read_text())["selected"]
     assert selected["checkpoint"] == "final weights"
@@ -284,7 +285,7 @@ def test_a_resumed_run_names_its_process_and_removes_a_killed_writes_temporary_f
     (run / "logs" / csv_tmp).write_text("step\n")
     (run / ".notes.txt.abc123.tmp").write_text("the user's\n")  # not a temporary file of the run's
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # notes on stderr
     assert (f"run folder {run}: removed the temporary files a stopped process left ({best_tmp}, "
             f"logs/{csv_tmp})") in out
     assert not (run / best_tmp).exists() and not (run / "logs" / csv_tmp).exists()
@@ -338,7 +339,7 @@ def test_a_kill_while_the_first_checkpoint_was_written(tmp_path, capsys, monkeyp
            f"dynametric train --config {run / 'config.yaml'} --out {run})" in capsys.readouterr().err
     assert main(["train", "--config", str(run / "config.yaml"), "--out", str(run), "--no-progress",
                  "trainer.max_steps=2"]) == 0
-    assert ".last.ckpt.q8w7e6r5.tmp" in capsys.readouterr().out  # named among the replaced files
+    assert ".last.ckpt.q8w7e6r5.tmp" in capsys.readouterr().err  # named among the replaced files
     assert not (run / ".last.ckpt.q8w7e6r5.tmp").exists() and (run / "last.ckpt").is_file()
 
 
@@ -461,7 +462,7 @@ def test_the_config_header_of_a_copied_or_moved_run_folder_names_its_new_folder_
     assert (run / "config.yaml").read_text().startswith(f"# written by dynametric train for the run folder "
                                                         f"{source.resolve()} (process ")  # stale until the resume
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # notes on stderr
     assert (f"run folder {run}: config.yaml named the run folder {source.resolve()} (the folder was moved or "
             "copied); it now names this one") in out
     assert f"removed the temporary files a stopped process left ({stale})" in out and not (run / stale).exists()

@@ -29,3 +29,12 @@ def _number(text: str, kind: type, what: str) -> float:
         return kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether ``stream`` is a terminal: progress bars are drawn on stderr only then unless asked for (a log file or
+    a pipe would get every redraw), as tqdm's ``disable=None`` and pip decide."""
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

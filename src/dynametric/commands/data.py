@@ -25,10 +25,24 @@ import yaml
 
 from dynametric.commands import positive_int
 from dynametric.commands.options import worker_threads
-from dynametric.data.inspect import check_grid_target, inspect_dataset, write_sample_grid
-from dynametric.data.registry import FORMAT_NAMES
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import MAX_WORKERS
+
+#: The dataset formats ``--format`` takes: :data:`dynametric.data.registry.FORMAT_NAMES`, written out here because the
+#: registry imports torch and building the parser must not (``dynametric --help``; tests/test_cli_imports.py checks
+#: that the two lists are equal).
+FORMAT_NAMES = ("cub200", "cars196", "sop", "inshop", "dyml-vehicle", "dyml-animal", "dyml-product", "csv", "folder",
+                "oml", "synthetic")
+
+
+def __getattr__(name: str) -> Any:
+    """``inspect_dataset``, ``check_grid_target`` and ``write_sample_grid`` of :mod:`dynametric.data.inspect`, as
+    this module's names (imported when first asked for: that module imports torch)."""
+    if name in ("inspect_dataset", "check_grid_target", "write_sample_grid"):
+        from dynametric.data import inspect
+
+        return getattr(inspect, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -93,6 +107,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dynametric.data.inspect import check_grid_target, inspect_dataset, write_sample_grid
+
     options = _parse_options(args.option)
     if args.grid:  # before any work: a new file or an earlier grid, never another file
         check_grid_target(args.grid)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dynametric.commands import positive_int
+from dynametric.commands import is_terminal, positive_int
 from dynametric.commands.options import add_inference_arguments, add_model_arguments, inference_options
 from dynametric.errors import ConfigError
 
@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="images per shard (the unit of resumption; default 4096)")
     p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
     p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none where stderr is not a terminal: a file or a pipe)")
     p.set_defaults(func=run)
     register_merge(subparsers)
 
@@ -80,6 +81,17 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dynametric.errors import Interrupted
+
+    try:
+        return _run(args)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: finished shards are kept, the same command goes on from them
+        raise Interrupted("run the same command again to resume from the finished shards") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from dynametric.retrieval.embed import embed_items, list_image_folder, read_image_csv
     from dynametric.retrieval.evaluate_io import check_output_place
     from dynametric.retrieval.model import load_embedder
@@ -103,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
                       model_identity=loaded.identity(),
                       batch_size=args.batch_size, shard_size=args.shard_size, num_workers=run_opts.workers,
                       pin_memory=run_opts.pin_memory,
-                      progress=not args.no_progress, keep_shards=args.keep_shards, overwrite=args.overwrite)
+                      progress=not args.no_progress and is_terminal(sys.stderr),
+                      keep_shards=args.keep_shards, overwrite=args.overwrite)
     part = "" if args.part is None else f" (part {args.part[0]}/{args.part[1]} of {items.source_count} images)"
     print(f"{res.count} images{part} -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
           f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)")

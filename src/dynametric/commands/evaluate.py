@@ -20,9 +20,9 @@ from typing import Any
 
 from dynametric.commands import positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
-from dynametric.metrics.categories import category_count
-from dynametric.utils.io import atomic_write_json, nan_to_null, remove_stale_temps_of
-from dynametric.utils.readers import load_ids
+
+# the metrics, readers and writers (which import torch) are imported where they are used: building the parser must
+# not import torch (`dynametric --help` in a fraction of a second; tests/test_cli_imports.py)
 
 
 def _parse_metric_list(values: list[str] | None) -> list[str] | None:
@@ -59,6 +59,8 @@ def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], ove
     ``mean`` with several scales), columns as :func:`format_table` plus ``category`` and the category's query count
     (``queries``: those averaged over plus those excluded). ``overall_only``: the requested metrics that have no
     per-category value (named in the title)."""
+    from dynametric.metrics.categories import category_count
+
     metrics = list(next(iter(by_category.values()))["mean"])
     header = ["category", "scale", *metrics, "queries", "num_queries", "excluded_queries"]
     lines = []
@@ -130,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "cmc@<int>: the same, open-metric-learning's name), precision@K, precision@<int>, map@K, "
                         "map@<int>, r_precision, map@r, map, asi, fnmr@fmr=<percent>, nmi, f1, all; default: recall@K "
                         "r_precision map@r map asi")
-    p.add_argument("--k", type=positive_int, nargs="+", default=None,
+    p.add_argument("-k", "--k", type=positive_int, nargs="+", default=None,
                    help="K values for recall@K (default 1 2 4 8; with --checkpoint the run's eval.k_values)")
     p.add_argument("--distance", choices=["cosine", "euclidean"], default=None,
                    help="default cosine; with --checkpoint the run's eval.distance")
@@ -150,7 +152,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget-mb", type=positive_float, default=None,
                    help="working-memory budget of the ranking engine in MiB (default: 768 MiB on the CPU, 3.5 GiB "
                         "on a GPU; with --checkpoint the run's eval.memory_budget_bytes when set)")
-    p.add_argument("--json", dest="json_out", help="write the results as JSON to this path (atomically)")
+    p.add_argument("--json", dest="json_out", metavar="OUT.json",
+                   help="write the results as JSON to this path (atomically); - prints the JSON on stdout (the "
+                        "table then goes to stderr)")
     p.add_argument("--device", default="auto",
                    help="where rankings are computed and, with --checkpoint, where images are embedded: auto "
                         "(CUDA when available, else the CPU; default), cpu, cuda, cuda:<index> or mps (Apple GPUs)")
@@ -165,6 +169,24 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.metrics.io import write_per_query_csv
     from dynametric.retrieval.evaluate_io import check_outputs, load_query_categories
     from dynametric.utils.device import resolve_device
+    from dynametric.utils.io import atomic_write_json, nan_to_null, remove_stale_temps_of
+    from dynametric.utils.readers import load_ids
+
+    if args.per_query_out == "-":
+        raise ConfigError("writes a CSV file; '-' (stdout) is taken by --json only: give a file name",
+                          key="--per-query")
+    to_stdout = args.json_out == "-"  # the JSON on stdout: the human-readable lines go to stderr
+    human = sys.stderr if to_stdout else sys.stdout
+    json_file = None if to_stdout else args.json_out
+
+    def write_json(obj: dict[str, Any]) -> None:
+        if to_stdout:
+            import json
+
+            print(json.dumps(nan_to_null(obj), indent=2), flush=True)
+            return
+        atomic_write_json(args.json_out, obj, key="--json")
+        print(f"wrote {args.json_out}", file=sys.stderr)
 
     resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
     # never overwrite an input or a file this command did not write
@@ -173,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
                    ("--query-ids", args.query_ids), ("--gallery-ids", args.gallery_ids),
                    ("--query-categories", args.query_categories),
                    ("--checkpoint", args.checkpoint), ("--config", args.config)),
-                  json_out=args.json_out, per_query_out=args.per_query_out)
-    for out in (args.json_out, args.per_query_out):  # each is the command's to write: a killed write's temporaries
+                  json_out=json_file, per_query_out=args.per_query_out)
+    for out in (json_file, args.per_query_out):  # each is the command's to write: a killed write's temporaries
         if out:
             remove_stale_temps_of(Path(out))
     cutoff: str | int = args.asi_cutoff
@@ -297,11 +319,11 @@ def run(args: argparse.Namespace) -> int:
         info = (result[0] if isinstance(result, tuple) else result).pop("protocol", None)
         if not isinstance(ce.protocol, (LeaveOneOut, QueryGallery)):  # a method's own protocol (DyML)
             print(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
-                  f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
-            print(format_table(result))
+                  f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}",
+                  file=human)
+            print(format_table(result), file=human)
             if args.json_out:
-                atomic_write_json(args.json_out, {**nan_to_null(result), "protocol": info}, key="--json")
-                print(f"wrote {args.json_out}", file=sys.stderr)
+                write_json({**nan_to_null(result), "protocol": info})
             return 0
         sets = list(ce.sets.values())
         if id_files:  # the pairs the files excluded, and the files; the protocol excluded nothing by itself (check)
@@ -334,6 +356,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             from dynametric.retrieval.evaluate_io import embeddings_file, read_evaluation_files
 
+            for given in (args.embeddings, args.gallery_embeddings):  # before what a file would need (--labels)
+                if given and not Path(given).exists():
+                    raise InputError("file not found", file=given)
+
             q, ql, g, gl, names, source = read_evaluation_files(args.embeddings, args.labels,
                                                                 args.gallery_embeddings, args.gallery_labels)
             if options["distance"] == "cosine":
@@ -356,14 +382,12 @@ def run(args: argparse.Namespace) -> int:
         write_per_query_csv(args.per_query_out, table, key="--per-query", categories=used.get("categories"))
         print(f"wrote {args.per_query_out}", file=sys.stderr)
     by_category = result.pop("by_category", None)
-    print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries")
-    print(format_table(result))
+    print(f"{source}: {protocol}, distance {options['distance']}, {num_queries} queries", file=human)
+    print(format_table(result), file=human)
     if by_category:
         split = [m for e in by_category.values() for m in e["mean"]]
-        print(format_category_table(by_category, [m for m in result["mean"] if m not in split]))
+        print(format_category_table(by_category, [m for m in result["mean"] if m not in split]), file=human)
         result["by_category"] = by_category
     if args.json_out:
-        atomic_write_json(args.json_out, nan_to_null(result) | ({} if info is None else {"protocol": info}),
-                          key="--json")
-        print(f"wrote {args.json_out}", file=sys.stderr)
+        write_json(nan_to_null(result) | ({} if info is None else {"protocol": info}))
     return 0

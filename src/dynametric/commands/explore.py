@@ -7,8 +7,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from dynametric.commands import positive_float, positive_int
+from dynametric.commands import positive_float
 from dynametric.commands.options import add_inference_arguments, inference_options
+
+#: The most neighbours per column: :data:`dynametric.retrieval.explorer.MAX_K`, written out here because the explorer
+#: imports torch and building the parser must not (tests/commands/test_cli_usage.py checks that they are equal).
+MAX_K = 100
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8765, help="port, 0 to 65535 (default 8765; 0: any free port)")
-    p.add_argument("--k", type=positive_int, default=8, help="neighbours per column, 1 to 100 (default 8)")
+    p.add_argument("-k", "--k", type=neighbours, default=8,
+                   help=f"neighbours per column, 1 to {MAX_K} (default 8)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
                         "it is missing)")
@@ -28,6 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_arguments(p, batch=False, workers=False, decode=False, prefix="uploads: ", follow_index=True)
     p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
+
+
+def neighbours(text: str) -> int:
+    """``--k``: an integer from 1 to :data:`MAX_K`, refused while the arguments are parsed (it was refused only once
+    the index and the model had loaded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_K}, got {text!r}") from None
+    if not 1 <= value <= MAX_K:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_K}, got {value}")
+    return value
 
 
 def port_number(text: str) -> int:

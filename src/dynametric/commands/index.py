@@ -12,7 +12,7 @@ from dynametric.errors import ConfigError
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("index", help="build a nearest-neighbour index over embeddings (faiss)",
                               description="Index operations. `dynametric index build --help` for the options.")
-    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)  # no action: usage + error, 2
     b = sub.add_parser(
         "build", help="build an index folder from a `dynametric embed` output (or an .npy)",
         description="Write INDEX/ (index.faiss, index.json with kind, metric, dimension, scale names, the model's "
@@ -30,13 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--ef-search", type=positive_int, default=None, help="hnsw: search-time beam width (default 64)")
     b.add_argument("--seed", type=int, default=None, help="ivf: k-means seed (default 0)")
     b.add_argument("--out", type=Path, required=True, help="index folder")
-    b.set_defaults(func=run_build)
-    p.set_defaults(func=run_group, _parser=p)
-
-
-def run_group(args: argparse.Namespace) -> int:
-    args._parser.print_help()
-    return 2
+    b.set_defaults(func=run_build, command_name="index build")  # errors say `dynametric index build: error: ...`
 
 
 def run_build(args: argparse.Namespace) -> int:

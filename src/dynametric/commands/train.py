@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from dynametric.commands import is_terminal
 from dynametric.errors import ConfigError
 
 #: The run ``dynametric train`` performs without ``--config`` (a packaged YAML file; overrides apply on top).
@@ -68,5 +70,25 @@ def run(args: argparse.Namespace) -> int:
             dry_run(cfg, run_dir=new_dir, folder_key=folder_key)
             return 0
         run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
-        run_training(cfg, run_dir, resume=args.resume is not None, progress=args.progress, folder_key=folder_key)
+        run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
+                     folder_key=folder_key, log=run_line)
     return 0
+
+
+#: Lines of a run that are notes, not its results: they go to stderr (``train > out.txt`` keeps the results).
+NOTE_PREFIXES = ("note: ", "warning: ", "run folder ")
+
+
+def run_line(line: str) -> None:
+    """Print one line of a run: notes and warnings (:data:`NOTE_PREFIXES`) to stderr, the rest (what is being done,
+    the results table, the files written) to stdout."""
+    print(line, file=sys.stderr if line.startswith(NOTE_PREFIXES) else sys.stdout, flush=True)
+
+
+def progress_choice(flag: bool | None) -> bool | None:
+    """``--progress`` / ``--no-progress`` as given; without either, the config's ``trainer.progress_bar`` where
+    stderr (where the bars are drawn) is a terminal, and no bars where it is a file or a pipe (a log would fill
+    with every redraw), as tqdm's ``disable=None`` and pip decide."""
+    if flag is not None:
+        return flag
+    return None if is_terminal(sys.stderr) else False

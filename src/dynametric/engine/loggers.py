@@ -18,6 +18,7 @@ offline: true}`` for wandb, ``{tracking_uri: http://...}`` for mlflow). A logger
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import difflib
 import html
@@ -25,6 +26,7 @@ import importlib.util
 import inspect
 import io
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -262,9 +264,32 @@ def log_figures(logger: Any, figures: list[tuple[str, bytes]], step: int) -> int
 
 class MetricProgressBar(TQDMProgressBar):
     """Lightning's bar without the logger's version number (``v_num``): it shows the loss and the monitored
-    validation metric (logged with ``prog_bar=True``)."""
+    validation metric (logged with ``prog_bar=True``). Drawn on stderr, as ``embed``'s and ``evaluate``'s bars are
+    (Lightning draws on stdout, which mixed every redraw into the results of ``dynametric train > out.txt``)."""
 
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
         items = dict(super().get_metrics(trainer, pl_module))
         items.pop("v_num", None)
         return items
+
+    # Lightning's bars are made with file=sys.stdout, read when each is made: they are made with stdout pointing
+    # at stderr
+    def init_sanity_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_sanity_tqdm()
+
+    def init_train_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+    def init_predict_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_predict_tqdm()
+
+    def init_validation_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+    def init_test_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_test_tqdm()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dynametric.config.loader import config_notes
 from dynametric.engine.builders import (
@@ -599,9 +600,12 @@ def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) ->
 
 
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
+    from dynametric.engine.loggers import MetricProgressBar  # on stderr, as the training's bar
+
     validate_settings(settings)
     return lightning_trainer(settings, logger=False, enable_checkpointing=False, enable_progress_bar=progress,
-                             enable_model_summary=False, use_distributed_sampler=False, plugins=[SafeCheckpointIO()])
+                             enable_model_summary=False, use_distributed_sampler=False, plugins=[SafeCheckpointIO()],
+                             callbacks=[MetricProgressBar()] if progress else [])
 
 
 def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: Any, settings: TrainerSettings,
@@ -881,8 +885,13 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         heads = {} if datasets.test is None else _head_results(cfg, module, dm, datasets.test, settings, progress)
         if heads:
             info["test_by_head"] = heads
-    except KeyboardInterrupt:  # Ctrl-C (Lightning's own handling undone): stop here, as if never run further
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the CLI (Lightning's own handling undone): stop here
         raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero) from None
+    except SIGTERMException:  # SIGTERM seen by Lightning's loops alone (no handler of the CLI): a SystemExit() with
+        # no code, which ended the process with status 0 as if the run had finished; stopped as Ctrl-C stops it
+        stop = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero)
+        stop.sigterm = True  # type: ignore[attr-defined]  # the CLI then says "interrupted by SIGTERM", status 143
+        raise stop from None
     for key, value in record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
     info["skipped_nonfinite_steps"] = skipped

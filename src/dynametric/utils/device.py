@@ -16,11 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dynametric.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it, not here: the command-line parsers import this module for its
+# constants (PRECISIONS, MAX_WORKERS, check_workers), and `dynametric --help` or an argument error must not wait
+# seconds for torch (tests/test_cli_imports.py)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -44,6 +49,8 @@ def choice_hint(key: str, *values: str) -> str:
 
 def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "device") -> torch.device:
     """The :class:`torch.device` for ``spec``; a one-line ConfigError (naming ``key``) when it cannot be used."""
+    import torch
+
     if isinstance(spec, torch.device):
         text = str(spec)
     else:
@@ -74,6 +81,8 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "devi
 def require_cuda(asked: str, *, key: str) -> None:
     """A one-line ConfigError naming ``key`` unless a usable CUDA GPU is here: the one check behind ``--device cuda``
     and ``trainer.accelerator: cuda`` / ``gpu``. ``asked`` says what asked for it (``"device 'cuda'"``)."""
+    import torch
+
     if not torch.cuda.is_available():
         raise ConfigError(f"{asked} asked for, but no CUDA GPU is available here (torch {torch.__version__}, CUDA "
                           f"build {torch.version.cuda or 'none'}); use {choice_hint(key, 'cpu', 'auto')}", key=key)
@@ -90,6 +99,8 @@ def precision_name(spec: str | None, *, key: str = "precision") -> str:
 def resolve_precision(spec: str | None, device: torch.device | None = None, *,
                       key: str = "precision") -> torch.dtype | None:
     """The autocast dtype of inference precision ``spec`` (``None`` = fp32, no autocast) on ``device``."""
+    import torch
+
     name = precision_name(spec, key=key)
     if name == "fp32":
         return None
@@ -109,6 +120,8 @@ def default_precision_on(precision: str, device: torch.device) -> str:
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """``torch.autocast(device.type, dtype)`` when ``dtype`` is set, else nothing."""
+    import torch
+
     if dtype is None:
         yield
         return
@@ -172,6 +185,8 @@ def auto_workers(device: torch.device | str | None = None, processes: int = 1) -
     0 (the model's own threads use the cores and worker processes only compete with them; a laptop starts no extra
     processes). The CPU count is the process's affinity where the OS reports it.
     """
+    import torch
+
     cpus = usable_cpus()
     if device is None:
         cuda = torch.cuda.is_available()

@@ -1,0 +1,155 @@
+"""SIGTERM (`timeout`, `docker stop`, a batch system's preemption) stops a command as Ctrl-C does, with
+`interrupted by SIGTERM` and exit status 143 (docs/reliability.md, docs/training.md): `train` keeps its
+checkpoints and says how to go on (resume, or start again before the first checkpoint), no partial output is left.
+Before, `train` exited with status 0 and nothing said (Lightning's loops turn SIGTERM into a SystemExit without a
+code), the other commands died by the default handler without a word."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dynametric.cli import main
+from dynametric.engine.callbacks import ResumeState
+from tests.commands.test_train_interrupt import FINISHED_ONLY, _config, _metrics, _process_state  # noqa: F401
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGTERM to this process")
+
+
+def _sigterm_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread before the next bytecode
+    time.sleep(5)  # not reached: the handler raises first
+
+
+def test_sigterm_during_fit_stops_the_run_resumably(tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "run"
+    real_end = ResumeState.on_train_epoch_end
+
+    def end_then_sigterm(self, trainer, pl_module):  # SIGTERM right after the first epoch's last.ckpt
+        real_end(self, trainer, pl_module)
+        if trainer.current_epoch == 0:
+            _sigterm_self()
+
+    monkeypatch.setattr(ResumeState, "on_train_epoch_end", end_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--config", str(_config(tmp_path)), "--out", str(out), "--no-progress"]) == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler lasts as long as the command
+    err = capsys.readouterr().err.strip()
+    assert err == f"dynametric train: interrupted by SIGTERM (resume with: dynametric train --resume {out})"
+    assert (out / "last.ckpt").is_file() and not any((out / name).exists() for name in FINISHED_ONLY)
+    assert [v["epoch"] for v in _metrics(out)["validation"]] == [0] and _metrics(out)["test"] == {}
+
+    monkeypatch.setattr(ResumeState, "on_train_epoch_end", real_end)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert _metrics(out)["test"] and all((out / name).is_file() for name in FINISHED_ONLY)
+
+
+def test_sigterm_before_the_first_checkpoint_says_to_start_again(tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "run"
+    monkeypatch.setattr(ResumeState, "on_train_batch_start", _sigterm_self)
+    assert main(["train", "--config", str(_config(tmp_path)), "--out", str(out), "--no-progress"]) == 143
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: interrupted by SIGTERM (no checkpoint yet; start again with: dynametric train --config "
+        f"{out / 'config.yaml'} --out {out})")
+    assert not (out / "last.ckpt").exists() and _metrics(out)["test"] == {}
+
+
+def test_lightnings_own_sigterm_exit_is_an_interruption(tmp_path, capsys, monkeypatch) -> None:
+    """Where Lightning's loops see the SIGTERM themselves (they raise SIGTERMException, a SystemExit() that ended
+    the process with status 0 as if the run had finished)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    out = tmp_path / "run"
+    real_end = ResumeState.on_train_epoch_end
+
+    def end_then_lightning_sigterm(self, trainer, pl_module):
+        real_end(self, trainer, pl_module)
+        raise SIGTERMException
+
+    monkeypatch.setattr(ResumeState, "on_train_epoch_end", end_then_lightning_sigterm)
+    assert main(["train", "--config", str(_config(tmp_path)), "--out", str(out), "--no-progress"]) == 143
+    assert capsys.readouterr().err.strip() == (f"dynametric train: interrupted by SIGTERM (resume with: dynametric "
+                                              f"train --resume {out})")
+    assert _metrics(out)["test"] == {} and not any((out / name).exists() for name in FINISHED_ONLY)
+
+
+def test_sigterm_during_evaluate_leaves_no_json(tmp_path, capsys, monkeypatch) -> None:
+    import dynametric.metrics as metrics_mod
+
+    monkeypatch.setattr(metrics_mod, "evaluate_embeddings", _sigterm_self)
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--example", "--json", str(out)]) == 143
+    assert capsys.readouterr().err.strip() == "dynametric evaluate: interrupted by SIGTERM"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_index_build_leaves_no_index(tmp_path, capsys, monkeypatch) -> None:
+    import numpy as np
+
+    from dynametric.retrieval.index import RetrievalIndex
+
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
+    monkeypatch.setattr(RetrievalIndex, "save", _sigterm_self)
+    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "idx")]) == 143
+    assert capsys.readouterr().err.strip() == "dynametric index build: interrupted by SIGTERM"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy"]
+
+
+def test_sigterm_during_embed_keeps_the_finished_shards_and_says_how_to_resume(tiny_ckpt, tiny_images, tmp_path,
+                                                                                capsys, monkeypatch) -> None:
+    import dynametric.retrieval.embed as embed_mod
+    from tests.commands.test_bad_input_embed import _embed
+
+    out = tmp_path / "emb"
+    real_save = embed_mod.np.save
+    calls = {"n": 0}
+
+    def save_then_sigterm(fh, arr, **kwargs):  # the second shard's write (file_stats.npy: the first)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            _sigterm_self()
+        real_save(fh, arr, **kwargs)
+
+    monkeypatch.setattr(embed_mod.np, "save", save_then_sigterm)
+    assert _embed(tiny_ckpt, tiny_images, out) == 143
+    assert capsys.readouterr().err.strip() == ("dynametric embed: interrupted by SIGTERM (run the same command again "
+                                              "to resume from the finished shards)")
+    assert not list(out.rglob("*.tmp")) and not (out / "embeddings.npy").exists()
+    monkeypatch.setattr(embed_mod.np, "save", real_save)
+    assert _embed(tiny_ckpt, tiny_images, out) == 0
+    assert "1 already done" in capsys.readouterr().out
+
+
+def test_sigterm_to_a_training_process(tmp_path) -> None:
+    """A real SIGTERM to `python -m dynametric train` (as `timeout` sends it) once last.ckpt exists."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "dynametric", "train", "--config", str(_config(tmp_path, epochs=1000)),
+           "--out", str(out), "--no-progress", "trainer.checkpoint_every_n_steps=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.ckpt").is_file():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no last.ckpt within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (stdout, stderr)
+    assert stderr.strip().splitlines()[-1] == (f"dynametric train: interrupted by SIGTERM (resume with: dynametric "
+                                               f"train --resume {out})"), stderr
+    assert "Traceback" not in stderr and "testing" not in stdout
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["test"] == {}
+    assert not any((out / name).exists() for name in FINISHED_ONLY)
