@@ -6,13 +6,9 @@ code), the other commands died by the default handler without a word."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -125,31 +121,3 @@ def test_sigterm_during_embed_keeps_the_finished_shards_and_says_how_to_resume(t
     monkeypatch.setattr(embed_mod.np, "save", real_save)
     assert _embed(tiny_ckpt, tiny_images, out) == 0
     assert "1 already done" in capsys.readouterr().out
-
-
-def test_sigterm_to_a_training_process(tmp_path) -> None:
-    """A real SIGTERM to `python -m dynametric train` (as `timeout` sends it) once last.ckpt exists."""
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "dynametric", "train", "--config", str(_config(tmp_path, epochs=1000)),
-           "--out", str(out), "--no-progress", "trainer.checkpoint_every_n_steps=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "last.ckpt").is_file():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no last.ckpt within 120 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143, (stdout, stderr)
-    assert stderr.strip().splitlines()[-1] == (f"dynametric train: interrupted by SIGTERM (resume with: dynametric "
-                                               f"train --resume {out})"), stderr
-    assert "Traceback" not in stderr and "testing" not in stdout
-    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["test"] == {}
-    assert not any((out / name).exists() for name in FINISHED_ONLY)

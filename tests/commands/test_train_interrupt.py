@@ -119,10 +119,13 @@ def test_ctrl_c_before_the_first_checkpoint_says_how_to_start_again(tmp_path, ca
     assert not (out / "last.ckpt").exists() and _metrics(out)["test"] == {}
 
 
-@pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to a child process")
-def test_sigint_to_a_training_process(tmp_path) -> None:
-    """A real SIGINT to `dynametric train` once last.ckpt exists: exit status 130 and the message, no test
-    results; the run resumes only with its own config."""
+@pytest.mark.skipif(os.name != "posix", reason="sends a signal to a child process")
+@pytest.mark.parametrize(("sig", "status", "said"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "interrupted by SIGTERM")])
+def test_signal_to_a_training_process(tmp_path, sig, status, said) -> None:
+    """A real SIGINT (Ctrl-C) or SIGTERM (`timeout`, `docker stop`, preemption; Lightning's loops made it exit 0)
+    to `dynametric train` once last.ckpt exists: exit status 128 + the signal and the message with the resume hint,
+    no test results; the run resumes only with its own config."""
     out = tmp_path / "run"
     cfg = _config(tmp_path, epochs=1000)  # never finishes on its own within the test
     # the child handles SIGINT as an interactive shell's foreground process does, even where this test process
@@ -140,18 +143,20 @@ def test_sigint_to_a_training_process(tmp_path) -> None:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no last.ckpt within 120 s"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, (stdout, stderr)
-    assert stderr.strip().splitlines()[-1] == (f"dynametric train: interrupted (resume with: dynametric train "
+    assert proc.returncode == status, (stdout, stderr)
+    assert stderr.strip().splitlines()[-1] == (f"dynametric train: {said} (resume with: dynametric train "
                                                f"--resume {out})"), stderr
     assert "Traceback" not in stderr and "testing" not in stdout
     assert (out / "last.ckpt").is_file() and _metrics(out)["test"] == {}
     assert not any((out / name).exists() for name in FINISHED_ONLY)
+    if sig == signal.SIGTERM:
+        return  # the config check on resume below does not depend on the signal: done once, after SIGINT
 
     # the interrupted run resumes only with the config it was trained with: an edited config.yaml (here fewer
     # epochs, to end it at once) is refused before anything is written (the in-process tests resume to the end)
