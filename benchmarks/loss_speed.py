@@ -27,7 +27,7 @@ from dynametric import losses as dm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
-from result_files import add_overwrite_option, check_replace, write_json, write_md  # noqa: E402
+from result_files import add_overwrite_option, check_replace, run_kind, write_json, write_md  # noqa: E402
 
 # name -> (dynametric factory, PML factory, PML feasible at this batch size?)
 CASES: dict[str, tuple[Callable, Callable, Callable[[int], bool]]] = {
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the rows, the command and the machine here as JSON (atomically)")
     add_overwrite_option(parser)
     args = parser.parse_args(argv)
-    check_replace([args.out, args.json], SCRIPT, "full", args.overwrite)
+    kind = run_kind(partial=set(args.losses) != set(CASES))  # a subset of the losses never replaces all of them
+    check_replace([args.out, args.json], SCRIPT, kind, args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -145,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     table = to_markdown(rows, command, args.repeats, args.dim, machine)
     print(table)
     if args.out is not None:
-        write_md(args.out, table, SCRIPT, "full")
+        write_md(args.out, table, SCRIPT, kind)
     if args.json is not None:
         write_json(args.json, {"command": command, "machine": machine, "dim": args.dim, "repeats": args.repeats,
-                               "min_time": args.min_time, "rows": rows}, SCRIPT, "full")
+                               "min_time": args.min_time, "rows": rows}, SCRIPT, kind)
     bad = [r for r in rows if r["speedup"] == r["speedup"] and r["speedup"] < 1.0]
     slow_triplets = [r for r in rows if r["loss"] in TRIPLET_ENUMERATING and r["batch"] >= 1024
                      and r["speedup"] == r["speedup"] and r["speedup"] < 2.0]

@@ -13,11 +13,11 @@ import pytest
 from tests.benchmarks.loader import load_benchmark
 
 
-def _marker(path: Path, script: str) -> None:
+def _marker(path: Path, script: str, kind: str = "full") -> None:
     if path.suffix == ".json":
-        assert json.loads(path.read_text())["written_by"] == {"script": script, "run": "full"}
+        assert json.loads(path.read_text())["written_by"] == {"script": script, "run": kind}
     else:
-        assert path.read_text().rstrip("\n").endswith(f"<!-- written by benchmarks/{script} (full run) -->")
+        assert path.read_text().rstrip("\n").endswith(f"<!-- written by benchmarks/{script} ({kind} run) -->")
 
 
 def test_loss_speed_writes_markdown_and_json(tmp_path, capsys):
@@ -35,8 +35,8 @@ def test_loss_speed_writes_markdown_and_json(tmp_path, capsys):
     assert data["command"] == f"python benchmarks/loss_speed.py {shlex.join(argv)}" and data["dim"] == 8
     assert [(r["loss"], r["batch"]) for r in data["rows"]] == [("ContrastiveLoss", 8), ("ProxyAnchorLoss", 8)]
     assert all(r["ours_ms"] > 0 and r["abs_diff"] < 1e-4 for r in data["rows"]) and data["machine"].startswith("CPU ")
-    _marker(md, "loss_speed.py")
-    _marker(js, "loss_speed.py")
+    _marker(md, "loss_speed.py", "partial")  # two of the losses: a partial run
+    _marker(js, "loss_speed.py", "partial")
     assert mod.main(argv) == 0  # its own files are replaced
     foreign = tmp_path / "notes.md"
     foreign.write_text("hand-written\n")
@@ -44,7 +44,12 @@ def test_loss_speed_writes_markdown_and_json(tmp_path, capsys):
         mod.main([*argv[:-4], "--out", str(foreign)])
     assert foreign.read_text() == "hand-written\n"
     assert mod.main([*argv[:-4], "--out", str(foreign), "--overwrite"]) == 0
-    _marker(foreign, "loss_speed.py")
+    _marker(foreign, "loss_speed.py", "partial")
+    # a subset of the losses never replaces a table of all of them
+    full = mod.to_markdown([], "python benchmarks/loss_speed.py", 1, 8, "CPU x")
+    mod.write_md(md, full, "loss_speed.py", "full")
+    with pytest.raises(SystemExit, match=f"{md}: holds a full run of benchmarks/loss_speed.py; a partial run"):
+        mod.main(argv)
 
 
 def test_pddm_mining(tmp_path, capsys):
