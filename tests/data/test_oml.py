@@ -132,7 +132,7 @@ def test_boxes_are_in_stored_pixels_and_the_crop_is_shown_upright(tmp_path, suff
     the rotated image, other pixels, and checked against its rotated size)."""
     from PIL import ImageOps
 
-    from dynametric.commands.data import inspect_dataset
+    from dynametric.data.inspect import inspect_dataset
 
     s = 1 if suffix == ".png" else 8  # JPEG: flat 8x8 blocks (its DCT blocks), so compression keeps each colour
     grid = np.zeros((12, 20, 3), np.uint8)  # 20 wide, 12 high as stored; shown 12 wide, 20 high

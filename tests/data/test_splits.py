@@ -161,8 +161,8 @@ def test_item_identities_are_computed_once_per_split_before_a_run_and_in_inspect
     data inspect's pairs of splits (train's were computed once per other split)."""
     import dynametric.data.splits as splits
     import dynametric.engine.protocols as protocols
-    from dynametric.commands.data import inspect_dataset
     from dynametric.config import load_config
+    from dynametric.data.inspect import inspect_dataset
     from dynametric.engine.builders import build_datasets
     from dynametric.pipeline.protocols import protocol_split_keys
     from dynametric.pipeline.run import _held_out_data

@@ -35,16 +35,6 @@ FORMAT_NAMES = ("cub200", "cars196", "sop", "inshop", "dyml-vehicle", "dyml-anim
                 "oml", "synthetic")
 
 
-def __getattr__(name: str) -> Any:
-    """``inspect_dataset``, ``check_grid_target`` and ``write_sample_grid`` of :mod:`dynametric.data.inspect`, as
-    this module's names (imported when first asked for: that module imports torch)."""
-    if name in ("inspect_dataset", "check_grid_target", "write_sample_grid"):
-        from dynametric.data import inspect
-
-        return getattr(inspect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
