@@ -65,9 +65,11 @@ def first_sentence(exc: BaseException | str, limit: int = 300) -> str:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, stopped cleanly, with what the user can do next (``next_step``, e.g. how to resume); the CLI prints
-    ``dynametric <command>: interrupted (<next_step>)`` and exits with status 130."""
+    """Ctrl-C (or SIGTERM: ``sigterm``), stopped cleanly, with what the user can do next (``next_step``, e.g. how to
+    resume); the CLI prints ``dynametric <command>: interrupted[ by SIGTERM] (<next_step>)`` and exits with status
+    130 (143 for SIGTERM)."""
 
-    def __init__(self, next_step: str | None = None) -> None:
+    def __init__(self, next_step: str | None = None, *, sigterm: bool = False) -> None:
         super().__init__(next_step or "")
         self.next_step = next_step
+        self.sigterm = sigterm

@@ -699,18 +699,18 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
 
 
 def _interrupted(run_dir: Path, metrics: dict[str, Any] | None, history: list[dict[str, Any]],
-                 write: bool) -> Interrupted:
-    """A run stopped by Ctrl-C before it finished: ``metrics.json`` (once written) gets the validation done so far
-    and keeps ``"test": {}`` (the run was not tested); ``last.ckpt`` and ``best.ckpt`` stay as they were. The
-    returned exception says how to go on: ``--resume`` from ``last.ckpt``, or start again without one."""
+                 write: bool, sigterm: bool = False) -> Interrupted:
+    """A run stopped by Ctrl-C (or SIGTERM) before it finished: ``metrics.json`` (once written) gets the validation
+    done so far and keeps ``"test": {}`` (the run was not tested); ``last.ckpt`` and ``best.ckpt`` stay as they were.
+    The returned exception says how to go on: ``--resume`` from ``last.ckpt``, or start again without one."""
     if write and metrics is not None:
         atomic_write_json(run_dir / "metrics.json", nan_to_null({**metrics, "validation": list(history), "test": {}}))
     if (run_dir / "last.ckpt").is_file():
-        return Interrupted(f"resume with: dynametric train --resume {run_dir}")
+        return Interrupted(f"resume with: dynametric train --resume {run_dir}", sigterm=sigterm)
     if (run_dir / "config.yaml").is_file():
         return Interrupted(f"no checkpoint yet; start again with: dynametric train --config "
-                           f"{run_dir / 'config.yaml'} --out {run_dir}")
-    return Interrupted()
+                           f"{run_dir / 'config.yaml'} --out {run_dir}", sigterm=sigterm)
+    return Interrupted(sigterm=sigterm)
 
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
@@ -885,13 +885,12 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         heads = {} if datasets.test is None else _head_results(cfg, module, dm, datasets.test, settings, progress)
         if heads:
             info["test_by_head"] = heads
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the CLI (Lightning's own handling undone): stop here
-        raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero) from None
-    except SIGTERMException:  # SIGTERM seen by Lightning's loops alone (no handler of the CLI): a SystemExit() with
-        # no code, which ended the process with status 0 as if the run had finished; stopped as Ctrl-C stops it
-        stop = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero)
-        stop.sigterm = True  # type: ignore[attr-defined]  # the CLI then says "interrupted by SIGTERM", status 143
-        raise stop from None
+    # Ctrl-C, or SIGTERM under the CLI (Lightning's own handling undone): stop here. SIGTERMException: SIGTERM seen
+    # by Lightning's loops alone (no handler of the CLI), a SystemExit() with no code, which ended the process with
+    # status 0 as if the run had finished; stopped as Ctrl-C stops it (the CLI says "interrupted by SIGTERM", 143)
+    except (KeyboardInterrupt, SIGTERMException) as exc:
+        raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero,
+                           sigterm=isinstance(exc, SIGTERMException)) from None
     for key, value in record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
     info["skipped_nonfinite_steps"] = skipped
