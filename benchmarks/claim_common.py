@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from result_files import Legacy, check_replace, run_kind, write_json, write_md
+from result_files import Legacy, check_replace, parse_json, run_kind, write_json, write_md
 
 # two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30, as tables print them (3 decimals: scipy's values
 # rounded); the stored results (at most 10 seeds) were computed with these
@@ -185,10 +185,7 @@ def claim_legacy(script: str) -> Legacy:
 
     def legacy(path: Path, text: str) -> str | None:
         if path.suffix == ".json":
-            try:
-                data = json.loads(text)
-            except ValueError:
-                return None
+            data = parse_json(text)
             if not isinstance(data, dict):
                 return None
             args = data.get("args") if isinstance(data.get("args"), dict) else {}

@@ -43,7 +43,6 @@ replaces a full run's, unless ``--overwrite`` is given (benchmarks/result_files.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -72,6 +71,7 @@ from result_files import (  # noqa: E402
     check_replace,
     find_md_marker,
     md_marker,
+    parse_json,
     run_kind,
     write_json,
 )
@@ -670,10 +670,7 @@ def docs_refusal(path: Path, kind: str) -> str | None:
 
 def json_legacy(path: Path, text: str) -> str | None:
     """The kind of a suite JSON written before the markers (keys ``small``, ``machine``, ``config``)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
+    data = parse_json(text)
     if not isinstance(data, dict) or not {"small", "machine", "config"} <= set(data):
         return None
     return "small" if data["small"] else "full" if {"a", "b", "c", "d"} <= set(data) else "partial"

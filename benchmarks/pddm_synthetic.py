@@ -46,7 +46,7 @@ from dynametric.retrieval.pddm_rerank import pddm_rerank, recall_at_k_from_ranki
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
-from result_files import add_overwrite_option, check_replace, write_json, write_md  # noqa: E402
+from result_files import add_overwrite_option, check_replace, parse_json, write_json, write_md  # noqa: E402
 
 SCRIPT = "pddm_synthetic.py"
 
@@ -55,10 +55,7 @@ def _legacy(path: Path, text: str) -> str | None:
     """A ``--json`` file of this script from before the markers (``setup``, ``runs``, ``command``, ``env``)."""
     if path.suffix != ".json":
         return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
+    data = parse_json(text)
     ok = isinstance(data, dict) and {"setup", "runs", "command", "env"} <= set(data) and SCRIPT in str(data["command"])
     return "full" if ok else None
 

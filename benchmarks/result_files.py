@@ -66,14 +66,19 @@ def stamp_json(payload: dict[str, Any], script: str, kind: str) -> dict[str, Any
     return payload | {MARKER_KEY: {"script": script, "run": kind}}
 
 
+def parse_json(text: str) -> Any:
+    """``text`` parsed as JSON, None when it is not JSON (the ``legacy`` tests and :func:`owner` judge what it is)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def owner(path: Path, script: str, legacy: Legacy | None = None) -> tuple[str, str] | None:
     """``(script, kind)`` of the run that wrote ``path`` (an existing file), None when that cannot be told."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     if Path(path).suffix == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
+        data = parse_json(text)
         mark = data.get(MARKER_KEY) if isinstance(data, dict) else None
         if isinstance(mark, dict) and mark.get("run") in KINDS and isinstance(mark.get("script"), str):
             return mark["script"], mark["run"]
