@@ -26,7 +26,6 @@ import argparse
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from dynametric.models import build_embedder
 from dynametric.retrieval.pddm_rerank import pddm_rerank, recall_at_k_from_ranking
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import machine_line  # noqa: E402
+from claim_common import environment  # noqa: E402
 from result_files import add_overwrite_option, check_replace, parse_json, write_json, write_md  # noqa: E402
 
 SCRIPT = "pddm_synthetic.py"
@@ -216,15 +215,6 @@ def report(runs: list[dict], setup: Setup, methods: list[str], seeds: list[int],
     return "\n".join(lines) + "\n"
 
 
-def _git_revision() -> str:
-    """``git describe --always --dirty`` of the working tree (the code that produced the numbers)."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
@@ -274,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"train {len(train)} images / {int(train.labels[:, 0].unique().numel())} fine classes; "
         f"test {len(test)} / {int(test_labels[:, 0].unique().numel())}")
     command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
-    env = f"{machine_line()}, git {_git_revision()}"
+    env = environment()  # the machine line and the git revision (-dirty with local changes)
     runs = []
     for seed in args.seeds:
         for method in args.methods:
