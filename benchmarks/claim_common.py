@@ -12,15 +12,14 @@ import argparse
 import json
 import math
 import os
-import shlex
 import statistics
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from result_files import Legacy, check_replace, parse_json, run_kind, write_json, write_md
+from result_files import command_line as command_line  # the claim scripts import it from here
 
 # two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30, as tables print them (3 decimals: scipy's values
 # rounded); the stored results (at most 10 seeds) were computed with these
@@ -141,11 +140,6 @@ def run_conditions() -> str:
     nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else "unknown"
     threads = torch.get_num_threads()
     return f"nice {nice}, {threads} torch thread{'' if threads == 1 else 's'}"
-
-
-def command_line(script: str, argv: Sequence[str] | None) -> str:
-    """The command to paste (``shlex.join``: an argument with spaces or parentheses stays one argument)."""
-    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def small_help(small: dict[str, Any]) -> str:

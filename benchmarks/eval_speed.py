@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine_info import machine_line  # noqa: E402
-from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+from result_files import add_overwrite_option, check_replace, command_line, write_json  # noqa: E402
 
 SCRIPT = "eval_speed.py"
 
@@ -355,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {res['part']} | {res['contender']} | {res['wall_s']:.2f} | {res['peak_rss_mb']:.0f} | "
               f"{vs_floor} | {speedup} |")
     if args.json:
-        command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+        command = command_line(SCRIPT, argv)
         write_json(Path(args.json), {"command": command, "machine": machine_description(), "results": results},
                    SCRIPT, "full")
     return 0

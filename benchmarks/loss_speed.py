@@ -13,7 +13,6 @@ existing file is replaced only when this script wrote it, unless ``--overwrite``
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -27,7 +26,14 @@ from dynametric import losses as dm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
-from result_files import add_overwrite_option, check_replace, run_kind, write_json, write_md  # noqa: E402
+from result_files import (  # noqa: E402
+    add_overwrite_option,
+    check_replace,
+    command_line,
+    run_kind,
+    write_json,
+    write_md,
+)
 
 # name -> (dynametric factory, PML factory, PML feasible at this batch size?)
 CASES: dict[str, tuple[Callable, Callable, Callable[[int], bool]]] = {
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:32s} B={batch:5d} ours {row['ours_ms']:9.1f} ms  pml {row['pml_ms']:9.1f} ms  "
                   f"x{row['speedup']:.2f} (best x{row['best_speedup']:.2f})  diff {row['abs_diff']:.1e}",
                   file=sys.stderr, flush=True)
-    command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(SCRIPT, argv)
     machine = machine_line()
     table = to_markdown(rows, command, args.repeats, args.dim, machine)
     print(table)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -45,7 +44,14 @@ from dynametric.retrieval.pddm_rerank import pddm_rerank, recall_at_k_from_ranki
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import environment  # noqa: E402
-from result_files import add_overwrite_option, check_replace, parse_json, write_json, write_md  # noqa: E402
+from result_files import (  # noqa: E402
+    add_overwrite_option,
+    check_replace,
+    command_line,
+    parse_json,
+    write_json,
+    write_md,
+)
 
 SCRIPT = "pddm_synthetic.py"
 
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"train {len(train)} images / {int(train.labels[:, 0].unique().numel())} fine classes; "
         f"test {len(test)} / {int(test_labels[:, 0].unique().numel())}")
-    command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(SCRIPT, argv)
     env = environment()  # the machine line and the git revision (-dirty with local changes)
     runs = []
     for seed in args.seeds:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+import shlex
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,12 @@ def stamp_md(text: str, script: str, kind: str) -> str:
 def stamp_json(payload: dict[str, Any], script: str, kind: str) -> dict[str, Any]:
     md_marker(script, kind)  # validates kind
     return payload | {MARKER_KEY: {"script": script, "run": kind}}
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command a results file records, to paste (``shlex.join``: an argument with spaces or parentheses stays
+    one argument): ``python benchmarks/<script>`` and ``argv`` (``sys.argv[1:]`` when None)."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def parse_json(text: str) -> Any:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
-from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+from result_files import add_overwrite_option, check_replace, command_line, write_json  # noqa: E402
 
 SCRIPT = "search.py"
 
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['n']:,} | {r['kind']} | {r['params']} | {r['build_s']:.1f} | {r['qps']:,.0f} | "
               f"{r['speedup']:.1f}x | {r['recall']:.3f} |")
     if args.json_out:
-        command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+        command = command_line(SCRIPT, argv)
         write_json(args.json_out, {"command": command, "machine": machine_line(), "rows": rows}, SCRIPT, "full")
     return 0
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
-from result_files import add_overwrite_option, check_replace, write_json, write_md  # noqa: E402
+from result_files import add_overwrite_option, check_replace, command_line, write_json, write_md  # noqa: E402
 from sharing_engine import StopAfterIterations, build_module, fit, head_metrics  # noqa: E402
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json_out is not None:
         write_json(a.json_out, {"args": {k: str(v) for k, v in vars(a).items()}, "results": results}, SCRIPT,
                    "full")
-    cmd = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+    cmd = command_line(SCRIPT, argv)
     text = "\n".join([
         "# Sharing Matters / MIC on the synthetic hierarchy (zero-shot split)",
         "",

@@ -19,7 +19,6 @@ file is replaced only when this script wrote it, unless ``--overwrite``: benchma
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ from dynametric.models import build_embedder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
-from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+from result_files import add_overwrite_option, check_replace, command_line, write_json  # noqa: E402
 
 SCRIPT = "train_throughput.py"
 
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, f, p, fc, pc in rows:
         print(f"| {name} | {f:.1f} | {p:.1f} | {p / f:.1%} | {fc:.1f} | {pc:.1f} | {pc / fc:.1%} |")
     if args.json is not None:
-        command = shlex.join(["python", f"benchmarks/{SCRIPT}", *(sys.argv[1:] if argv is None else argv)])
+        command = command_line(SCRIPT, argv)
         write_json(args.json, {
             "command": command, "machine": machine, "args": {k: v for k, v in vars(args).items() if k != "json"},
             "overhead_cpu_ms_per_batch": parts,
