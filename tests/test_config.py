@@ -747,8 +747,9 @@ def test_train_prints_the_note_in_the_dry_run_and_the_run(tmp_path: Path, capsys
 
     assert main(["train", "--dry-run", "loss.name=MarginLoss", "data.batch_size=16", "data.options={images_per_class: "
                  "4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == (f"note: loss.kwargs {{margin: 0.1}} from {DEFAULT_RUN_CONFIG}:13 not used: loss.name changed "
+    captured = capsys.readouterr()
+    out, err = captured.out.splitlines(), captured.err.splitlines()
+    assert err[0] == (f"note: loss.kwargs {{margin: 0.1}} from {DEFAULT_RUN_CONFIG}:13 not used: loss.name changed "
                       "on the command line (TripletMarginLoss -> MarginLoss); set loss.kwargs where loss.name is set "
                       "to give MarginLoss options")
     assert "  kwargs: {}" in out[out.index("loss:") + 2]
@@ -756,4 +757,4 @@ def test_train_prints_the_note_in_the_dry_run_and_the_run(tmp_path: Path, capsys
     (tmp_path / "last.ckpt").write_bytes(b"")  # the run stops at its folder check, after its first lines
     with pytest.raises(ConfigError, match="already holds a run"):
         run_training(load_config(DEFAULT_RUN_CONFIG, ["loss.name=MarginLoss"]), tmp_path, log=lines.append)
-    assert lines == [out[0]]
+    assert lines == [err[0]]

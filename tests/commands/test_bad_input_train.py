@@ -42,9 +42,10 @@ def test_out_onto_a_regular_file_is_one_line(tmp_path, capsys) -> None:
 
 def _dry(capsys, *argv: str) -> str:
     assert main(["train", "--dry-run", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1
-    return err
+    lines = capsys.readouterr().err.strip().splitlines()
+    # the error is one line; before it only the dry run's own warnings (a missing data root, on stderr)
+    assert "Traceback" not in "\n".join(lines) and all(line.startswith("warning: ") for line in lines[:-1])
+    return lines[-1]
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -343,7 +344,7 @@ def test_a_missing_dataset_root_names_data_root_where_it_was_set(tmp_path, capsy
         f"dynametric train: error: {tmp_path / 'data' / 'labels.csv'}: file not found (expected a CSV with a header "
         "'path,split,<finest scale>,...,<coarsest scale>')")
     assert main(["train", "--dry-run", "data.format=csv"]) == 0
-    assert "warning: data.root is not set (format 'csv'): a real run will fail" in capsys.readouterr().out
+    assert "warning: data.root is not set (format 'csv'): a real run will fail" in capsys.readouterr().err
 
 
 def test_the_largest_seed_trains(tmp_path, capsys) -> None:
@@ -559,8 +560,10 @@ def test_a_dry_run_without_its_data_prints_each_warning_once_as_its_own_line(tmp
     assert main(["train", "--dry-run", "data.format=cub200", f"data.root={missing}", "loss.name=ProxyAnchorLoss",
                  "loss.multiscale=true"]) == 0
     captured = capsys.readouterr()
-    assert captured.err == ""  # no raw `file.py:60: UserWarning:` lines
-    warnings_ = [x for x in captured.out.splitlines() if x.startswith("warning:")]
+    # the warnings on stderr (the report on stdout) and no raw `file.py:60: UserWarning:` lines among them
+    assert "# resolved configuration" in captured.out.splitlines() and "warning:" not in captured.out
+    assert captured.err.splitlines()[0].startswith("note: loss.kwargs {margin: 0.1} from ")  # the layering's note
+    warnings_ = captured.err.splitlines()[1:]
     assert warnings_ == [
         f"warning: dataset root '{missing}' not found (format 'cub200'): a real run will fail; continuing the dry run "
         "without data (class counts are placeholders)",
@@ -773,7 +776,7 @@ def test_classes_shared_by_training_and_held_out_data_are_warned_about(tmp_path,
     args = ["--config", str(_cfg(tmp_path)), "data.format=csv", f"data.root={root}", "data.options={}",
             "data.batch_size=2", "data.m=1", "data.transform=small"]
     assert main(["train", "--dry-run", *args]) == 0
-    warned = [x for x in capsys.readouterr().out.splitlines() if x.startswith("warning:")]
+    warned = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     tail = ": the protocols hold out whole classes (docs/data.md), so results on a shared class do not measure " \
            "retrieval of unseen classes"
     assert warned == [

@@ -162,7 +162,8 @@ def test_overrides_stand_anywhere_among_the_options(finished_run, capsys):
 def test_dry_run_without_dataset_root_warns(tmp_path, capsys):
     assert main(["train", "--dry-run", "data.format=cub200", f"data.root={tmp_path / 'missing'}",
                  "loss.name=ProxyAnchorLoss"]) == 0
-    assert "not found" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "not found" in captured.err and "not found" not in captured.out  # a warning: on stderr
 
 
 def test_errors_are_one_line(tmp_path, capsys):
@@ -751,9 +752,9 @@ def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     assert main(["train", "--dry-run", "trainer.max_epochs=3", "trainer.val_every=2"]) == 0
     assert ("note: trainer.val_every 2 does not divide trainer.max_epochs 3: validation runs after epoch 2 only, so "
             "the last 1 epoch(s) are trained but never validated and best.ckpt is never one of them; set "
-            "trainer.val_every to a divisor of 3 to validate the final weights") in capsys.readouterr().out
+            "trainer.val_every to a divisor of 3 to validate the final weights") in capsys.readouterr().err
     assert main(["train", "--dry-run", "trainer.max_epochs=4", "trainer.val_every=2"]) == 0
-    assert "does not divide" not in capsys.readouterr().out
+    assert "does not divide" not in capsys.readouterr().err
 
     def note(epochs: int, every: int, val: bool = True) -> str | None:
         cfg = load_config(None, [f"trainer.max_epochs={epochs}", f"trainer.val_every={every}"])
@@ -785,7 +786,7 @@ def test_resuming_a_run_older_than_the_backbone_statistics_keeps_imagenets(finis
     torch.save(ckpt, run / "last.ckpt")
     cfg, notes = load_config(run / "config.yaml"), []
     assert cfg.data.mean is None
-    check_resume(cfg, run, log=notes.append)
+    check_resume(cfg, run, note=notes.append)
     assert (cfg.data.mean, cfg.data.std) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
     assert any("resuming with the ImageNet mean and std it trained with" in n for n in notes)
     # what the resumed run then records (config and hash with ImageNet's), config.yaml unchanged
@@ -793,11 +794,11 @@ def test_resuming_a_run_older_than_the_backbone_statistics_keeps_imagenets(finis
     ckpt["dynametric"]["config_hash"] = config_hash(cfg)
     torch.save(ckpt, run / "last.ckpt")
     again, notes = load_config(run / "config.yaml"), []
-    check_resume(again, run, log=notes.append)
+    check_resume(again, run, note=notes.append)
     assert (again.data.mean, again.data.std) == (list(IMAGENET_MEAN), list(IMAGENET_STD)) and not notes
     # a run of this version (data.mean recorded as unset) is left to the backbone's statistics
     fresh = load_config(out / "config.yaml")
-    check_resume(fresh, out, log=notes.append)
+    check_resume(fresh, out, note=notes.append)
     assert fresh.data.mean is None and fresh.data.std is None
 
 

@@ -70,3 +70,23 @@ def test_progress_choice() -> None:
         assert not is_terminal(sys.stderr) and progress_choice(None) is False
     finally:
         sys.stderr = real
+
+
+def test_run_training_sends_notes_to_note_and_the_rest_to_log(tmp_path) -> None:
+    """The library's two channels, chosen by the caller of each line (not by its text): a config note, a warning
+    and the folder line of a resumed run go to ``note``; what is done and the results to ``log``. Without
+    ``note``, everything goes to ``log``."""
+    from dynametric.config import load_config
+    from dynametric.pipeline.run import run_training
+
+    cfg = load_config(_tiny(tmp_path), ["trainer.val_every=5"])  # never validated in 1 epoch: a setup note
+    out, notes = [], []
+    run_training(cfg, tmp_path / "run", progress=False, log=out.append, note=notes.append)
+    assert notes and all(line.startswith(("note: ", "warning: ")) for line in notes)
+    assert any("validat" in line for line in notes)
+    assert not any(line.startswith(("note: ", "warning: ")) for line in out)
+    assert out[0] == f"run folder: {tmp_path / 'run'}" and out[-1].startswith("wrote ")
+    both: list[str] = []
+    run_training(load_config(_tiny(tmp_path), ["trainer.val_every=5"]), tmp_path / "again", progress=False,
+                 log=both.append)
+    assert [line for line in both if line.startswith(("note: ", "warning: "))] == notes

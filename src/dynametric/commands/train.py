@@ -67,22 +67,23 @@ def run(args: argparse.Namespace) -> int:
             "run.name" if cfg.run.name else "run.output_dir"
         if args.dry_run:  # the folder a new run would write, checked as the run checks it (a timestamped one is new)
             new_dir = None if args.resume is not None else args.out or (default_run_dir(cfg) if cfg.run.name else None)
-            dry_run(cfg, run_dir=new_dir, folder_key=folder_key)
+            dry_run(cfg, log=result_line, note=note_line, run_dir=new_dir, folder_key=folder_key)
             return 0
         run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
         run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
-                     folder_key=folder_key, log=run_line)
+                     folder_key=folder_key, log=result_line, note=note_line)
     return 0
 
 
-#: Lines of a run that are notes, not its results: they go to stderr (``train > out.txt`` keeps the results).
-NOTE_PREFIXES = ("note: ", "warning: ", "run folder ")
+def result_line(line: str) -> None:
+    """A line of what a run does and gives (what is being done, the results table, the files written): stdout."""
+    print(line, flush=True)
 
 
-def run_line(line: str) -> None:
-    """Print one line of a run: notes and warnings (:data:`NOTE_PREFIXES`) to stderr, the rest (what is being done,
-    the results table, the files written) to stdout."""
-    print(line, file=sys.stderr if line.startswith(NOTE_PREFIXES) else sys.stdout, flush=True)
+def note_line(line: str) -> None:
+    """A note or warning of a run (``note:``, ``warning:``, what was done to the run folder): stderr, so that
+    ``train > out.txt`` keeps the results alone."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def progress_choice(flag: bool | None) -> bool | None:

@@ -416,7 +416,7 @@ def _added_defaults(old: Any, new: Any, key: str = "") -> list[tuple[str, Any]] 
 
 
 def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
-                 log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+                 note: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
     """The checks of ``train --resume`` before anything is read or written: no other process of this machine is
     training into ``run_dir`` (its ``config.yaml`` header names the process that started or last resumed it); the
     run's ``config.yaml`` is not empty and ``cfg`` is the config ``last.ckpt`` was saved with (the config hash every
@@ -450,7 +450,7 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
         cfg.data.mean, cfg.data.std = pin[:2]  # recorded by an earlier resume: part of the config the hash covers
     saved, now = extra.get("config_hash"), config_hash(cfg)
     if saved is None:
-        log(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
+        note(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
             "against it; resuming with it as it is")
     elif saved != now:
         stored = extra.get("config")
@@ -467,11 +467,11 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
             raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
                              f"hash {saved}, this config hashes to {now}{differ}); {new_run}", file=config)
         # only keys a later dynametric added, at their defaults: the run's own config, resumed
-        log(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their defaults: "
+        note(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their defaults: "
             + ", ".join(f"{k}={v!r}" for k, v in added))
     if pin is not None and pin[2]:  # the recorded config predates the keys: checked without them
         cfg.data.mean, cfg.data.std = pin[:2]
-        log(f"note: {last} was trained before the transforms followed the backbone's own input statistics: resuming "
+        note(f"note: {last} was trained before the transforms followed the backbone's own input statistics: resuming "
             f"with the ImageNet mean and std it trained with (data.mean, data.std)")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
@@ -490,7 +490,7 @@ def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tenso
         raise InputError(problem, file=last)
 
 
-def claim_resumed_run(run_dir: Path, log: Callable[[str], None] = print) -> None:
+def claim_resumed_run(run_dir: Path, note: Callable[[str], None] = print) -> None:
     """A resumed run takes over its folder: the ``config.yaml`` header names this folder and this process (the
     check of a second ``--resume`` or ``--out`` while it trains), rewritten atomically with the rest of the file as
     it was, and the temporary files of atomic writes that a killed process of this run left behind are removed.
@@ -506,12 +506,12 @@ def claim_resumed_run(run_dir: Path, log: Callable[[str], None] = print) -> None
     header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
     atomic_write_text(config, f"# {header}\n{rest}")
     if old["folder"] != str(run_dir.resolve()):
-        log(f"run folder {run_dir}: {config.name} named the run folder {old['folder']} (the folder was moved or "
+        note(f"run folder {run_dir}: {config.name} named the run folder {old['folder']} (the folder was moved or "
             "copied); it now names this one")
     left = [entry for sub, names in _RUN_FILES.items()
             for entry in remove_stale_temps(run_dir / sub, names.__contains__)]
     if left:
-        log(f"run folder {run_dir}: removed the temporary files a stopped process left "
+        note(f"run folder {run_dir}: removed the temporary files a stopped process left "
             f"({', '.join(p.relative_to(run_dir).as_posix() for p in left)})")
 
 
@@ -523,14 +523,14 @@ def _check_test_splits(cfg: Config) -> None:
         check_test_splits(cfg, splits)
 
 
-def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callable[[str], None]
+def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], note: Callable[[str], None]
                    ) -> tuple[dict[str, Any], list[str]]:
     """The test protocol's splits (``keys``: split -> the key that chose it), read with the evaluation transform,
     after a query -> gallery test's ``eval.query_in_gallery`` was checked against their items
     (:meth:`~dynametric.engine.protocols.QueryGallery.exclusion_ids`: the test would refuse it only after training
     had started) and :func:`~dynametric.engine.builders.check_held_out_data` found no image file of them in the
-    training or validation data; its warnings about shared classes are logged and returned with them. Each split's
-    item identities (a ``realpath`` per item) are computed once for both checks and the test
+    training or validation data; its warnings about shared classes go to ``note`` and are returned with them. Each
+    split's item identities (a ``realpath`` per item) are computed once for both checks and the test
     (:func:`~dynametric.data.splits.dataset_identities`, kept with the datasets the test reuses)."""
     from dynametric.engine.protocols import QueryGallery
 
@@ -540,7 +540,7 @@ def _held_out_data(cfg: Config, datasets: Any, keys: dict[str, str], log: Callab
         protocol.exclusion_ids(tests[protocol.query_split], tests[protocol.gallery_split])
     warnings_ = check_held_out_data(cfg, datasets, tests, keys)
     for warning in warnings_:
-        log(f"warning: {warning}")
+        note(f"warning: {warning}")
     return tests, warnings_
 
 
@@ -714,20 +714,25 @@ def _interrupted(run_dir: Path, metrics: dict[str, Any] | None, history: list[di
 
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
-                 log: Callable[[str], None] = print, folder_key: str = "run_dir") -> RunResult:
+                 log: Callable[[str], None] = print, note: Callable[[str], None] | None = None,
+                 folder_key: str = "run_dir") -> RunResult:
     """Train, select on validation, test the best checkpoint, write metrics.json and report.html.
 
     ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
     ``--no-progress``) override it. ``folder_key`` is what chose ``run_dir``, named by the errors about the folder
     (the CLI passes ``--out``, or ``run.output_dir`` / ``run.name`` for the default folder). ``log`` gets the
-    run's lines in one process only: a DDP process other than rank 0 (:func:`_launched_worker`) prints nothing."""
+    run's lines (what is being done, the results table, the files written) and ``note`` its notes and warnings
+    (``note:`` and ``warning:`` lines, what was done to the run folder; ``log`` when not given: the CLI prints
+    them on stderr, the rest on stdout). Both in one process only: a DDP process other than rank 0
+    (:func:`_launched_worker`) prints nothing."""
     from dynametric.config import config_hash, config_to_dict, config_to_yaml, save_config
 
     t0 = time.time()
+    notes = log if note is None else note
     if _launched_worker():  # another DDP rank's process: rank 0 prints the run's lines (the same ones), once
-        log = _silent
-    for note in config_notes(cfg):  # options the layering dropped (a name changed alone), as the dry run says them
-        log(f"note: {note}")
+        log = notes = _silent
+    for text in config_notes(cfg):  # options the layering dropped (a name changed alone), as the dry run says them
+        notes(f"note: {text}")
     progress = bool(cfg.trainer.progress_bar) if progress is None else bool(progress)
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
@@ -735,7 +740,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
-    resumed_weights = check_resume(cfg, run_dir, folder_key, log) if resume else None
+    resumed_weights = check_resume(cfg, run_dir, folder_key, notes) if resume else None
     # files of an earlier start of a run in run_dir that never trained
     leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
@@ -747,7 +752,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     # read once: query_in_gallery against the test's items, no image of them in training or validation
-    tests, data_warnings = _held_out_data(cfg, datasets, test_keys, log)
+    tests, data_warnings = _held_out_data(cfg, datasets, test_keys, notes)
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
     if world > 1:  # each process evaluates a shard of every split
         check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
@@ -760,8 +765,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
-    for note in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
-        log(note)
+    for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
+        notes(line)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     if resumed_weights is not None:
         check_resume_weights(module, resumed_weights, last)
@@ -769,7 +774,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                           eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
                           **loader_settings(cfg))
     # built before anything is written: a trainer Lightning refuses leaves no file behind
-    warn = functools.partial(_warning_line, log)
+    warn = functools.partial(_warning_line, notes)
     trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
                             callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)
     # the resolved config as the run's hyperparameters (TensorBoard's hparams, W&B's config, MLflow's params, the
@@ -780,7 +785,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
              "(the schedule steps on the validation trainer.monitor)")
         module.plateau_warned = True  # said here, once, not again by the module
     if resume:
-        claim_resumed_run(run_dir, log)
+        claim_resumed_run(run_dir, notes)
     metrics_path = run_dir / "metrics.json"
     info: dict[str, Any] = {
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
@@ -797,7 +802,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     try:
         if not resume:
             if leftovers:
-                log(f"run folder {run_dir}: replacing the files of an earlier start that stopped before its first "
+                notes(f"run folder {run_dir}: replacing the files of an earlier start that stopped before its first "
                     f"checkpoint ({', '.join(p.relative_to(run_dir).as_posix() for p in leftovers)})")
                 for path in leftovers:
                     if path.name != "config.yaml":  # replaced atomically below
@@ -854,7 +859,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             elif recorded:
                 reason = (f"best.ckpt is missing from the run folder (the run recorded its best checkpoint as "
                           f"{recorded}, but the file is gone)")
-                log(f"warning: {best} is missing: testing the final weights instead of the best validation epoch")
+                notes(f"warning: {best} is missing: testing the final weights instead of the best validation epoch")
             elif not module.validation_history:
                 reason = (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
                           f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
@@ -941,8 +946,8 @@ def run_environment(accelerator: str) -> dict[str, Any]:
             "accelerator": accelerator, "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def _warning_line(log: Callable[[str], None], message: str) -> None:
-    log(f"warning: {message}")
+def _warning_line(note: Callable[[str], None], message: str) -> None:
+    note(f"warning: {message}")
 
 
 def _callbacks(trainer: L.Trainer) -> list[L.Callback]:
@@ -986,7 +991,7 @@ def _earlier_time(run_dir: Path, trainer: L.Trainer) -> float:
     return next((cb.restored_elapsed_s for cb in _callbacks(trainer) if isinstance(cb, ResumeState)), 0.0)
 
 
-def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) -> None:
+def _relay(caught: list[warnings.WarningMessage], note: Callable[[str], None]) -> None:
     """dynametric's own warnings of a dry run as the dry run's ``warning:`` lines (each once); others are
     re-issued as they were."""
     package = str(Path(__file__).resolve().parent.parent)
@@ -997,7 +1002,7 @@ def _relay(caught: list[warnings.WarningMessage], log: Callable[[str], None]) ->
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         elif text not in seen:
             seen.add(text)
-            log(f"warning: {text}")
+            note(f"warning: {text}")
 
 
 def _eval_crop(cfg: Config) -> int:
@@ -1016,8 +1021,8 @@ def _eval_crop(cfg: Config) -> int:
     return 224
 
 
-def dry_run(cfg: Config, log: Callable[[str], None] = print, *, run_dir: str | Path | None = None,
-            folder_key: str = "run_dir") -> Components:
+def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[str], None] | None = None,
+            run_dir: str | Path | None = None, folder_key: str = "run_dir") -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
     the resolved config, the components, the trainer and DataLoader settings on this machine (``loader:``, with
     ``data.workers: auto`` resolved) and, when the data is there, its sizes. ``run_dir`` (named ``folder_key``):
@@ -1025,22 +1030,23 @@ def dry_run(cfg: Config, log: Callable[[str], None] = print, *, run_dir: str | P
 
     Never downloads: a config with ``model.pretrained: true`` is built with random weights and the dry run says
     whether the pretrained weights are already cached (else where a real run would fetch them from). The caller's
-    grad mode is the same afterwards (also after an error)."""
+    grad mode is the same afterwards (also after an error). ``log`` and ``note``: as :func:`run_training`'s (the
+    notes and warnings go to ``note``, the description to ``log``)."""
     with torch.set_grad_enabled(torch.is_grad_enabled()):  # restores the mode on the way out
         if run_dir is not None:
             check_new_run_folder(Path(run_dir), folder_key)
-        return _dry_run(cfg, log)
+        return _dry_run(cfg, log, log if note is None else note)
 
 
-def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
+def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], None]) -> Components:
     import dataclasses
 
     from dynametric.config import config_to_yaml
     from dynametric.engine.loggers import check_logger_options
 
     shown = cfg
-    for note in config_notes(cfg):  # options the layering dropped (a name changed alone), as the run says them
-        log(f"note: {note}")
+    for text in config_notes(cfg):  # options the layering dropped (a name changed alone), as the run says them
+        notes(f"note: {text}")
     weights_note = None
     if cfg.model.pretrained:
         from dynametric.models.backbones import check_pretrained_request, pretrained_weights_status
@@ -1060,18 +1066,18 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     if root_missing(cfg):
         check_split_roles(cfg, test_keys)  # the split names alone, as a run checks them before reading data
         state = "data.root is not set" if cfg.data.root is None else f"dataset root {cfg.data.root!r} not found"
-        log(f"warning: {state} (format {cfg.data.format!r}): a real run will fail; "
+        notes(f"warning: {state} (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
     else:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
-        tests, _ = _held_out_data(cfg, datasets, test_keys, log)
+        tests, _ = _held_out_data(cfg, datasets, test_keys, notes)
         if world > 1:
             check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
-    _relay(caught, log)
+    _relay(caught, notes)
     check_forward = getattr(comps.embedder, "check_forward", None)  # the backbone's features fit the heads (what a
     if callable(check_forward):  # real run meets at its first forward pass): a blank image of the evaluation crop
         check_forward(_eval_crop(cfg), cfg.model.in_chans)
@@ -1104,8 +1110,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None]) -> Components:
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
         f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
     # the datasets not built (a dry run without data): validation taken as there, as it usually is
-    for note in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
-        log(note)
+    for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
+        notes(line)
     loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
