@@ -154,7 +154,8 @@ INSHOP_ROWS = [("img/WOMEN/Dresses/id_00000002/02_1_front.jpg", "id_00000002", "
                ("img/WOMEN/Skirts/id_00000010/01_1_front.jpg", "id_00000010", "query"),
                ("img/WOMEN/Skirts/id_00000010/01_2_side.jpg", "id_00000010", "gallery"),
                ("img/MEN/Pants/id_00000012/01_1_front.jpg", "id_00000012", "gallery"),
-               ("img/MEN/Pants/id_00000013/01_1_front.jpg", "id_00000013", "query")]
+               ("img/MEN/Pants/id_00000013/01_1_front.jpg", "id_00000013", "gallery")]  # (every query item has
+# gallery images, as In-Shop's protocol defines; id_00000012 and id_00000013 are gallery-only items)
 
 
 def write_inshop(root: Path, declared: int | None = None) -> Path:

@@ -134,6 +134,35 @@ def test_hierarchy_violation_names_lines_in_both_modes(dyml_vehicle: Path) -> No
     assert len(ds) == 3
 
 
+def test_a_middle_class_under_two_coarse_classes_is_a_violation_of_the_dyml_release(
+        dyml_vehicle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The DyML benchmarks nest fine in middle in coarse: a middle class with two coarse parents (every fine class
+    with one) was a note only. A csv with the same labels keeps it a note (its scales need not nest)."""
+    from dynametric.cli import main
+
+    csv = dyml_vehicle / "train" / "label.csv"
+    rows = ["0.jpg, 7, 30, 100", "1.jpg, 8, 30, 101", "2.jpg, 7, 31, 205"]
+    _rewrite(csv, ["fname, coarse_id, middle_id, fine_id" + rows[0], *rows[1:]])
+    expected = (f"hierarchy violation: middle class 30 has 2 coarse parents: coarse 7 (e.g. {csv}:1); coarse 8 "
+                f"(e.g. {csv}:2)")
+    for mode in ("strict", "lenient"):
+        with pytest.raises(InputError) as err:
+            build_dataset("dyml-vehicle", dyml_vehicle, "train", mode=mode)
+        assert str(err.value).splitlines()[1:] == [f"  {csv}:1: {expected}"]
+    assert main(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle), "--split", "train",
+                 "--no-verify-images"]) == 1
+    out = capsys.readouterr().out
+    assert "each middle class has a single coarse parent: no (1 middle class(es) have several)" in out
+    assert f"  {csv}:1: {expected}" in out
+    mine = tmp_path / "mine"
+    for i, _ in enumerate(rows):
+        write_image(mine / "imgs" / f"{i}.jpg")
+    (mine / "labels.csv").write_text("path,split,fine,middle,coarse\n" + "".join(
+        f"imgs/{r.split(', ')[0]},train,{r.split(', ')[3]},{r.split(', ')[2]},{r.split(', ')[1]}\n" for r in rows))
+    own = build_dataset("csv", mine, "train")
+    assert own.report.notes[-1] == "each middle class has a single coarse parent: no (1 middle class(es) have several)"
+
+
 def test_corrupt_image_error_and_skip_corrupt(dyml_vehicle: Path, caplog: pytest.LogCaptureFixture) -> None:
     bad = write_corrupt(dyml_vehicle / "train" / "imgs" / "3.jpg")  # fine 300 also has 4.jpg
     ds = build_dataset("dyml-vehicle", dyml_vehicle, "train")

@@ -70,6 +70,27 @@ def test_cars_class_ids_must_be_1_to_196(tmp_path: Path) -> None:
                                               "1..196, got 197")
 
 
+def test_cars_a_class_that_is_not_an_integer_is_refused(tmp_path: Path) -> None:
+    """`class` 1.5 (a MATLAB double) was read as class 1; a whole double (MATLAB's default type) is that class."""
+    import numpy as np
+    import scipy.io
+
+    root = write_cars(tmp_path / "cars", [("car_ims/000001.jpg", 1), ("car_ims/000002.jpg", 2),
+                                          ("car_ims/000003.jpg", 3)])
+    mat = root / "cars_annos.mat"
+    loaded = scipy.io.loadmat(str(mat))
+    ann = loaded["annotations"]
+    ann[0, 0]["class"] = np.array([[1.5]])
+    ann[0, 2]["class"] = np.array([[2.0]])
+    scipy.io.savemat(str(mat), {"annotations": ann, "class_names": loaded["class_names"]})
+    with pytest.raises(InputError) as err:
+        build_dataset("cars196", root, "train")
+    assert str(err.value).splitlines()[1:] == [
+        f"  {mat}: annotation #1: expected a class id in 1..196, got 1.5 (not an integer)"]
+    kept = build_dataset("cars196", root, "train", mode="lenient")
+    assert [kept.raw_label(i) for i in range(len(kept))] == [(2,), (2,)]
+
+
 def test_cars_mat_split_by_class(cars_root: Path) -> None:
     train = build_dataset("cars196", cars_root, "train")
     test = build_dataset("cars196", cars_root, "test")
@@ -135,10 +156,10 @@ def test_inshop_splits_share_query_gallery_ids(inshop_root: Path) -> None:
     train = build_dataset("inshop", inshop_root, "train")
     query = build_dataset("inshop", inshop_root, "query")
     gallery = build_dataset("inshop", inshop_root, "gallery")
-    assert (len(train), len(query), len(gallery)) == (3, 2, 2)
+    assert (len(train), len(query), len(gallery)) == (3, 1, 3)
     assert train.class_ids == [["id_00000002", "id_00000007"]]
     assert query.class_ids == gallery.class_ids == [["id_00000010", "id_00000012", "id_00000013"]]
-    assert query.labels[:, 0].tolist() == [0, 2] and gallery.labels[:, 0].tolist() == [0, 1]
+    assert query.labels[:, 0].tolist() == [0] and gallery.labels[:, 0].tolist() == [0, 1, 2]
     assert query.raw_label(0) == gallery.raw_label(0) == ("id_00000010",)
     cat = build_dataset("inshop", inshop_root, "train", with_category=True)
     assert cat.scale_names == ("item", "category")
@@ -149,13 +170,26 @@ def test_inshop_splits_share_query_gallery_ids(inshop_root: Path) -> None:
 def test_inshop_count_mismatch_and_bad_status(tmp_path: Path) -> None:
     root = write_inshop(tmp_path / "inshop", declared=9)
     path = root / "Eval" / "list_eval_partition.txt"
-    with pytest.raises(InputError, match=rf"{path}:1: line 1 declares 9 images but 7 well-formed rows follow"):
+    with pytest.raises(InputError, match=rf"{path}:1: line 1 declares 9 images but 7 rows follow"):
         build_dataset("inshop", root, "query")
     with open(path, "a") as fh:
         fh.write("img/MEN/Pants/x/1.jpg id_1 validation\n")
     ds = build_dataset("inshop", root, "query", mode="lenient")
-    assert len(ds) == 2
+    assert len(ds) == 1
     assert [(p.line, p.kind) for p in ds.report.problems] == [(10, "malformed_row"), (1, "count_mismatch")]
+    assert ds.report.problems[1].message == "line 1 declares 9 images but 8 rows follow"  # the bad row is a row
+
+
+def test_inshop_a_bad_row_is_counted_as_a_row_of_line_1(tmp_path: Path) -> None:
+    """Line 1 counts the data rows: one row with a bad status was two problems, itself and `line 1 declares 8
+    images but 7 well-formed rows follow` although 8 rows were there."""
+    root = write_inshop(tmp_path / "inshop", declared=8)
+    path = root / "Eval" / "list_eval_partition.txt"
+    with open(path, "a") as fh:
+        fh.write("img/MEN/Pants/id_00000014/1.jpg id_00000014 val\n")  # line 10: status val
+    for split in ("train", "query", "gallery"):
+        found = build_dataset("inshop", root, split, mode="lenient").report.problems
+        assert [(p.line, p.kind, p.split_unknown) for p in found] == [(10, "malformed_row", True)]
     with pytest.raises(InputError, match="unknown split 'test' for inshop"):
         build_dataset("inshop", root, "test")
 
@@ -164,8 +198,9 @@ def test_inshop_images_extracted_into_img_are_found_and_said_so(tmp_path: Path) 
     root = write_inshop(tmp_path / "inshop")
     (root / "Img").mkdir()
     (root / "img").rename(root / "Img" / "img")  # the release's Img/img.zip extracted where it lies
-    ds = build_dataset("inshop", root, "query")  # was one "image file not found" per image
-    assert list(ds.paths) == [str(root / "Img" / "img/WOMEN/Skirts/id_00000010/01_1_front.jpg"),
+    ds = build_dataset("inshop", root, "gallery")  # was one "image file not found" per image
+    assert list(ds.paths) == [str(root / "Img" / "img/WOMEN/Skirts/id_00000010/01_2_side.jpg"),
+                              str(root / "Img" / "img/MEN/Pants/id_00000012/01_1_front.jpg"),
                               str(root / "Img" / "img/MEN/Pants/id_00000013/01_1_front.jpg")]
     assert ds.report.notes == [
         f"images read from {root / 'Img'} (the release's Img/img.zip extracted in Img/): the first listed image, "
@@ -228,5 +263,5 @@ def test_inshop_an_item_id_that_contradicts_its_path_is_a_problem(inshop_root: P
         build_dataset("inshop", inshop_root, "gallery")
     assert str(err.value).splitlines()[1:] == [f"  {expected}"]
     gallery = build_dataset("inshop", inshop_root, "gallery", mode="lenient")
-    assert len(gallery) == 2 and [p.line for p in gallery.report.problems] == [10]
-    assert len(build_dataset("inshop", inshop_root, "query")) == 2  # a problem of the row's own split only
+    assert len(gallery) == 3 and [p.line for p in gallery.report.problems] == [10]
+    assert len(build_dataset("inshop", inshop_root, "query")) == 1  # a problem of the row's own split only

@@ -35,6 +35,10 @@ FORMAT_NAMES = ("cub200", "cars196", "sop", "inshop", "dyml-vehicle", "dyml-anim
                 "oml", "synthetic")
 
 
+#: Missing images spelt out after the summary line that says none (or almost none) of the listed images is there.
+MISSING_SHOWN = 10
+
+
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -66,9 +70,18 @@ def format_report(result: dict[str, Any]) -> str:
     probs = result["problems"]
     if probs:
         lines.append(f"{len(probs)} problem(s):")
+        # after a summary of missing images (none of the listed images under the root), the first few of them
+        capped = any(p["kind"] == "missing_images" for p in probs)
+        missing = 0
         for p in probs:
+            if capped and p["kind"] == "missing_image":
+                missing += 1
+                if missing > MISSING_SHOWN:
+                    continue
             where = p["file"] if p["line"] is None else f"{p['file']}:{p['line']}"
             lines.append(f"  {where}: {p['message']}" if where else f"  {p['message']}")
+        if missing > MISSING_SHOWN:
+            lines.append(f"  ... and {missing - MISSING_SHOWN} more missing image(s) (--json lists every problem)")
     else:
         lines.append("no problems found")
     return "\n".join(lines)

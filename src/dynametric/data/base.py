@@ -44,7 +44,8 @@ _MAX_LISTED = 20  # problems spelled out in one exception message (all are in th
 class Problem:
     """One problem found while reading a dataset: where (file, 1-based line) and what.
 
-    ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``unreadable_image``,
+    ``kind`` is one of ``malformed_row``, ``missing_file``, ``missing_image``, ``missing_images`` (the summary when
+    none, or almost none, of an index file's images is under the folder read), ``unreadable_image``,
     ``unreadable_folder``, ``non_utf8_name``, ``outside_root``, ``outside_split``, ``hierarchy``, ``duplicate``,
     ``count_mismatch``, ``empty_split`` (``data inspect`` adds ``damaged_image``, ``shared_file``,
     ``class_overlap``).
@@ -115,6 +116,9 @@ class SplitRecords:
     report: LoadReport
     class_ids: list[list[Hashable]] | None = None  # shared id space (e.g. query + gallery); None = from records
     class_names: list[dict[Hashable, str]] | None = None  # optional human-readable names per scale
+    #: every scale nests in each coarser one (DyML's fine ⊂ middle ⊂ coarse): a class of an intermediate scale with
+    #: several parents is a hierarchy violation too, not only a note (:func:`check_hierarchy`'s ``nested``)
+    nested: bool = False
 
 
 def raise_problems(problems: Sequence[Problem], what: str) -> None:
@@ -178,12 +182,14 @@ def _contiguous_matrix(raw_labels: Sequence[tuple[Hashable, ...]], s_count: int,
 
 def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: Sequence[Sequence[Hashable]],
                     locations: Sequence[tuple[str, int | None]] | None = None,
-                    max_lines: int = 5) -> tuple[list[Problem], list[str]]:
+                    max_lines: int = 5, nested: bool = False) -> tuple[list[Problem], list[str]]:
     """Check that every finest class has exactly one parent at each coarser scale.
 
     ``labels`` is ``int64[N, S]`` (contiguous, finest first). Returns ``(problems, notes)``: a problem per
     violating finest class naming its parents and up to ``max_lines`` records (file:line) of each parent; the
-    notes say, for every intermediate scale, whether each of its classes has a single parent above it.
+    notes say, for every intermediate scale, whether each of its classes has a single parent above it. With
+    ``nested`` (data whose scales are defined to nest, :attr:`SplitRecords.nested`) an intermediate class with
+    several parents is a problem as well, named as a finest one is.
     """
     problems: list[Problem] = []
     notes: list[str] = []
@@ -197,11 +203,12 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
             if child > 0:
                 verdict = "yes" if bad.size == 0 else f"no ({bad.size} {scale_names[child]} class(es) have several)"
                 notes.append(f"each {scale_names[child]} class has a single {scale_names[parent]} parent: {verdict}")
-                continue
+                if not nested:
+                    continue
             if bad.size == 0:
                 continue
             hint = ""  # the scales given coarsest first (a CSV's label columns reversed): say so once
-            if np.unique(pairs % width, return_counts=True)[1].max() == 1 and \
+            if child == 0 and np.unique(pairs % width, return_counts=True)[1].max() == 1 and \
                     np.unique(labels[:, parent]).size > np.unique(labels[:, child]).size:
                 hint = (f" (the scales look reversed: every {scale_names[parent]} class lies in a single "
                         f"{scale_names[child]} class and there are more {scale_names[parent]} classes; label columns "
@@ -581,7 +588,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         s_count = len(records.scale_names)
         labels, all_ids = _contiguous_matrix(records.raw_labels, s_count, records.class_ids)
         if check_hierarchy and s_count > 1:
-            problems, notes = check_hierarchy_fn(labels, records.scale_names, all_ids, records.locations)
+            problems, notes = check_hierarchy_fn(labels, records.scale_names, all_ids, records.locations,
+                                                 nested=records.nested)
             report.notes.extend(notes)
             raise_problems(problems, f"{name} split {records.split!r} (hierarchy)")
         return cls(records.paths, torch.from_numpy(labels), records.scale_names, records.split, class_ids=all_ids,

@@ -17,7 +17,9 @@ header, a header on its own line and no header, and the load report records whic
 
 Splits: ``train``; Vehicle/Animal ``query_<level>`` and ``gallery_<level>`` (labels ``[N, 1]`` at that level,
 query and gallery of a level share one id map); Product ``test`` (``mini-bmk_all_in_one``, labels ``[N, 3]``).
-Labels are reordered to finest first: ``(fine, middle, coarse)``.
+Labels are reordered to finest first: ``(fine, middle, coarse)``. The benchmark's scales nest (fine ⊂ middle ⊂
+coarse): a middle class with two coarse parents is a hierarchy violation here (``SplitRecords.nested``), not only a
+note as for a ``csv``. A query whose label has no item in its level's gallery is a problem of the query split.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def parse_dyml_csv(path: Path, n_fields: int, image_dir: Path, report: LoadRepor
         real = guard.resolve_rel(fname)
         if not guard.admit(real, fname, report, path, number):
             continue
-        if not image_exists(full, report, path, number, check_files):
+        if not image_exists(full, report, path, number, check_files, listed=fname):
             continue
         if not dup.accept(fname, labels, path, number, identity=real):
             continue
@@ -161,6 +163,15 @@ class DyMLFormat:
         base = resolve_root(root, self.root_expected)
         return [(s, csv) for s, (csv, _, _) in self._split_files(base).items() if s != "train" and not csv.is_file()]
 
+    def root_notes(self, root: str | Path | None, **_: object) -> list[str]:
+        """What the run and ``data inspect`` say about the root itself: a folder named for another DyML release
+        (``dyml_vehicle`` read as ``dyml-animal``) is read as this one, as asked, but most likely by mistake."""
+        base = resolve_root(root, self.root_expected)
+        named = re.fullmatch(r".*dyml[_-](vehicle|animal|product)", base.resolve().name, re.IGNORECASE)
+        if named and named.group(1).lower() != self.variant:
+            return [f"the root is named {base.name!r} but is read as {self.name}"]
+        return []
+
     def read(self, root: str | Path | None, split: str, *, check_files: bool = True,
              allow_outside_root: bool = False) -> SplitRecords:
         base = resolve_root(root, self.root_expected)
@@ -169,22 +180,32 @@ class DyMLFormat:
             raise InputError(f"unknown split {split!r} for {self.name}; expected one of {list(files)}", key="split")
         csv, n_fields, image_dir = files[split]
         report = LoadReport(split=split)
-        named = re.fullmatch(r".*dyml[_-](vehicle|animal|product)", base.resolve().name, re.IGNORECASE)
-        if named and named.group(1).lower() != self.variant:
-            report.notes.append(f"the root is named {base.name!r} but is read as {self.name}")
+        report.notes.extend(self.root_notes(base))
         rows = parse_dyml_csv(csv, n_fields, image_dir, report, check_files, allow_outside_root)
-        report.records = len(rows)
-        locations = [(str(csv), number) for number, _, _ in rows]
-        paths = [full for _, full, _ in rows]
-        raw: list[tuple[Hashable, ...]] = [labels for _, _, labels in rows]
-        if n_fields == 4:
-            return SplitRecords(split, paths, raw, SCALES, locations, report)
+        if n_fields == 4:  # the benchmark's scales nest: fine in one middle class, a middle class in one coarse one
+            report.records = len(rows)
+            return SplitRecords(split, [full for _, full, _ in rows], [labels for _, _, labels in rows], SCALES,
+                                [(str(csv), number) for number, _, _ in rows], report, nested=True)
         level = split.split("_", 1)[1]
         other = f"{'gallery' if split.startswith('query') else 'query'}_{level}"
-        ids = {labels[0] for labels in raw}
+        ids = {labels[0] for _, _, labels in rows}
         other_csv, _, other_dir = files[other]
         if other_csv.is_file():  # query and gallery of one level share one id space
             scratch = LoadReport(split=other)
-            ids |= {labels[0] for _, _, labels in parse_dyml_csv(other_csv, 2, other_dir, scratch, False)}
+            other_ids = {labels[0] for _, _, labels in parse_dyml_csv(other_csv, 2, other_dir, scratch, False)}
+            ids |= other_ids
+            if split.startswith("query"):  # the protocol ranks each query's gallery: one without a match is a mistake
+                kept = []
+                for row in rows:
+                    if row[2][0] in other_ids:
+                        kept.append(row)
+                    else:
+                        report.add(f"query label {row[2][0]} has no gallery item in {other_csv.name} (every query of "
+                                   f"the DyML benchmark has matches in its gallery)", csv, row[0])
+                rows = kept
+        report.records = len(rows)
+        locations = [(str(csv), number) for number, _, _ in rows]
+        raw: list[tuple[Hashable, ...]] = [labels for _, _, labels in rows]
         _, class_ids = contiguous_ids(sorted(ids))  # type: ignore[type-var]  # ids of one kind (str or int)
-        return SplitRecords(split, paths, raw, (level,), locations, report, class_ids=[class_ids])
+        return SplitRecords(split, [full for _, full, _ in rows], raw, (level,), locations, report,
+                            class_ids=[class_ids])

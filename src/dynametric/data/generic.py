@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, SplitRecords, contiguous_ids
@@ -130,7 +130,7 @@ class CSVFormat:
             real = guard.resolve_rel(r[i_path])
             if not guard.admit(real, r[i_path], report, path, number):
                 continue
-            if not image_exists(full, report, path, number, check_files):
+            if not image_exists(full, report, path, number, check_files, listed=r[i_path]):
                 continue
             if not dup.accept(r[i_path], labels, path, number, identity=real):
                 continue
@@ -138,6 +138,8 @@ class CSVFormat:
             raw.append(labels)
             locs.append((str(path), number))
         report.records = len(out_paths)
+        if split == "query":
+            _queries_without_gallery(good, i_split, scale_cols, header, raw, locs, path, report)
         for i in scale_cols:  # '01' and '1' are one class (the split's id space: query and gallery share one)
             merged = merged_ids(((r[i], n) for n, r in good if r[i_split] in group), integer_label)
             if merged:
@@ -145,6 +147,25 @@ class CSVFormat:
                                     f"{merged_ids_note(merged, 'class')}")
         class_ids = [contiguous_ids(list(s))[1] for s in ids] if len(group) == 2 else None
         return SplitRecords(split, out_paths, raw, scales, locs, report, class_ids=class_ids)
+
+
+def _queries_without_gallery(good: list[tuple[int, list[str]]], i_split: int, scale_cols: list[int],
+                              header: list[str], raw: Sequence[tuple[Hashable, ...]],
+                              locs: Sequence[tuple[str, int | None]], path: Path, report: LoadReport) -> None:
+    """A warning per scale at which queries (``raw``, at ``locs``) have no gallery row of their class: the metrics
+    can score no such query at that scale, and count it in ``excluded_queries`` (``eval.empty_queries: exclude``) or
+    score it 0 (``count_as_zero``). A warning, not a problem: the csv is the user's own, whose queries may lack
+    matches on purpose (distractors, a coarse-only match); OML, In-Shop and DyML define every query as matched."""
+    for s, i in enumerate(scale_cols):
+        gallery = {label_cell(r[i]) for _, r in good if r[i_split] == "gallery"}
+        lacking = [k for k, labels in enumerate(raw) if labels[s] not in gallery]
+        if lacking:
+            first = lacking[0]
+            report.warnings.append(
+                f"{len(lacking)} of the {len(raw)} queries of {path.name} have no gallery row of their "
+                f"{header[i]!r} class (first: line {locs[first][1]}, class {raw[first][s]!r}): at that scale the "
+                "evaluation cannot score them and counts them in excluded_queries (eval.empty_queries: exclude) or "
+                "scores them 0 (count_as_zero)")
 
 
 def _images_under(folder: str, top: Path) -> list[str]:

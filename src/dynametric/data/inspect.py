@@ -30,7 +30,7 @@ from dynametric.data.base import (
     load_rgb,
 )
 from dynametric.data.oml import box_problem
-from dynametric.data.readers import resolve_root
+from dynametric.data.readers import MISSING_IMAGES, resolve_root
 from dynametric.data.registry import SYNTHETIC, get_format, list_splits, root_expected, split_options
 from dynametric.errors import InputError
 from dynametric.utils.io import atomic_open, remove_stale_temps_of
@@ -128,7 +128,8 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             notes = list(rec.report.notes)
             if rec.paths and len(rec.scale_names) > 1 and common["check_hierarchy"]:
                 mats, ids = zip(*(contiguous_ids(columns[s]) for s in range(len(rec.scale_names))))
-                found, nest = check_hierarchy(np.stack(mats, 1), rec.scale_names, ids, rec.locations)
+                found, nest = check_hierarchy(np.stack(mats, 1), rec.scale_names, ids, rec.locations,
+                                              nested=rec.nested)
                 problems += [(p, split) for p in found]
                 notes += nest
             if verify_images and rec.paths:
@@ -162,10 +163,12 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
         found_in.setdefault(problem, [])
         if where is not None and where not in found_in[problem]:
             found_in[problem].append(where)
-    # in file order: by file, then line (a file's problems without a line after its lines; those naming no file
-    # last), else in the order found; the readers found them split by split, a shared file's rows out of order
-    ordered = sorted(found_in.items(), key=lambda item: (item[0].file is None, str(item[0].file or ""),
-                                                         item[0].line is None, item[0].line or 0))
+    # a summary of missing images first (none of the listed images under the root); then in file order: by file,
+    # then line (a file's problems without a line after its lines; those naming no file last), else in the order
+    # found; the readers found them split by split, a shared file's rows out of order
+    ordered = sorted(found_in.items(), key=lambda item: (item[0].kind != MISSING_IMAGES, item[0].file is None,
+                                                         str(item[0].file or ""), item[0].line is None,
+                                                         item[0].line or 0))
     result["problems"] = [{"file": p.file, "line": p.line, "message": p.message, "kind": p.kind,
                            "split_unknown": p.split_unknown, "splits": splits} for p, splits in ordered]
     return result

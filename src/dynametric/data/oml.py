@@ -375,7 +375,7 @@ class OMLFormat:
             if not keep:
                 continue
             full = os.path.join(str(img_root), r[i_path])
-            if not image_exists(full, report, path, number, check_files):
+            if not image_exists(full, report, path, number, check_files, listed=r[i_path]):
                 continue
             for column, cells in id_cells.items():  # the split's id cells, for the note on merged spellings
                 cells.append((r[col[column]], number))

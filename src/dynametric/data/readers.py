@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dynametric.data.base import LoadReport
+from dynametric.data.base import LoadReport, Problem
 from dynametric.errors import InputError
 from dynametric.utils.readers import decode_utf8, integer_label
 
@@ -120,13 +120,60 @@ def require_header(rows: Sequence[tuple[int, list[str]]], report: LoadReport, pa
 
 
 def image_exists(path: str, report: LoadReport, file: Path, line: int | None, check_files: bool,
-                 at: str = "") -> bool:
+                 at: str = "", listed: str | None = None) -> bool:
     """``True`` if ``path`` is a file (or checking is off); otherwise add a ``missing_image`` problem
-    (:func:`not_an_image_file`; ``at`` prefixes it, e.g. ``annotation #7: ``)."""
+    (:func:`not_an_image_file`; ``at`` prefixes it, e.g. ``annotation #7: ``). ``listed``: the path as the index
+    file gives it, for the hint of :func:`backslash_hint`."""
     if not check_files or os.path.isfile(path):
         return True
-    report.add(at + not_an_image_file(path), file, line, "missing_image")
+    report.add(at + not_an_image_file(path) + backslash_hint(path if listed is None else listed), file, line,
+               "missing_image")
     return False
+
+
+def backslash_hint(listed: str) -> str:
+    """`` (backslashes are not path separators here; write imgs/1.jpg)`` for a listed path written with Windows
+    separators (``imgs\\1.jpg``) on a system whose separator is ``/``, else ``""``. The path is never converted: a
+    backslash is a legal character of a POSIX file name, and the file meant may be another."""
+    if "\\" not in listed or os.sep == "\\":
+        return ""
+    slashed = listed.replace("\\", "/")
+    return f" (backslashes are not path separators here; write {slashed})"
+
+
+MISSING_IMAGES = "missing_images"
+"""The kind of the one summary problem of :func:`missing_images_summary` (``data inspect`` lists it first)."""
+
+
+def missing_images_summary(report: LoadReport, index_file: Path, folder: Path, names: Sequence[str],
+                           checked: int, missing: int, probes: Sequence[Path] = ()) -> None:
+    """One problem before the split's ``missing_image`` ones when none, or almost none, of the images the index file
+    lists is under ``folder`` (a dataset root one level too deep, In-Shop's ``Eval/``): ``names`` are every image
+    path the index file lists (relative to ``folder``; all splits, so that each split's reading gives the same
+    line), ``checked`` / ``missing`` the split's images looked for and not found. When the split's own images are
+    missing (``missing`` at least 90 % of ``checked``), it looks for all of ``names`` (two or more)
+    (at most 10 % found: the summary), and for the first one under ``probes`` (folders a root one level up would
+    give, e.g. ``root/..`` and ``root/../Img``), which the message names. Each missing image stays a problem of its
+    own (kind ``missing_image``); the summary is inserted first (kind :data:`MISSING_IMAGES`), so that a run's
+    error and ``data inspect`` lead with it."""
+    if not missing or missing * 10 < checked * 9 or len(names) < 2:
+        return
+    found = sum(os.path.isfile(os.path.join(folder, n)) for n in names)
+    if found * 10 > len(names):
+        return
+    first = names[0]
+    where = next((p for p in probes if os.path.isfile(os.path.join(p, first))), None)
+    count = (f"none of the {len(names)} images" if found == 0
+             else f"only {found} of the {len(names)} images")
+    if where is None:
+        hint = f"; the first, {first}, is not under {' or '.join(str(p) for p in probes)} either" if probes else ""
+        advice = "is the dataset root right?"
+    else:
+        hint = f"; the first, {first}, is under {where}"
+        advice = "is the dataset root one level up?"
+    message = (f"{count} {index_file.name} lists {'is' if found == 0 else 'are'} under {folder}{hint}: {advice} "
+               "(each missing image is listed too)")
+    report.problems.insert(0, Problem(message, str(index_file), None, MISSING_IMAGES))
 
 
 def not_an_image_file(path: str) -> str:
@@ -243,13 +290,17 @@ def class_in_range(value: object, classes: int, report: LoadReport, file: str | 
 
     The problem is ``split_unknown``: these formats derive the split from the class id, so a record whose id is out
     of range belongs to no split that could be named."""
+    fraction = False
     try:
-        number = int(np.asarray(value).item()) if not isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
+        item = np.asarray(value).item() if not isinstance(value, str) else int(value)
+        number = int(item)
+        fraction = number != item  # 1.5 (a MATLAB double) is no class id, not class 1
+    except (TypeError, ValueError, OverflowError):
         number = None
-    if number is not None and 1 <= number <= classes:
+    if number is not None and not fraction and 1 <= number <= classes:
         return number
-    hint = " (the ids are 1-based; is the file 0-based?)" if number == 0 else ""
+    hint = (" (the ids are 1-based; is the file 0-based?)" if number == 0 and not fraction
+            else " (not an integer)" if fraction else "")
     shown = repr(value) if isinstance(value, str) else str(value)
     report.add(f"{what}: expected a class id in 1..{classes}, got {shown}{hint}", file, line,
                split_unknown=True)

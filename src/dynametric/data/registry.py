@@ -29,7 +29,7 @@ from dynametric.data.dyml import DyMLFormat
 from dynametric.data.generic import CSVFormat, FolderFormat
 from dynametric.data.oml import CroppedImageDataset, OMLFormat
 from dynametric.data.standard import Cars196Format, CUB200Format, InShopFormat, SOPFormat
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 
 
 class DatasetFormat(Protocol):
@@ -127,6 +127,22 @@ def declared_scale_names(format: str, **options: Any) -> tuple[str, ...] | None:
     reader.pop("check_files")
     declare = getattr(fmt, "declared_scales", None)
     return None if declare is None else declare(**reader)
+
+
+def root_notes(format: str, root: str | Path | None, **options: Any) -> list[str]:
+    """What a format says about the dataset root itself, before any split is read (a DyML release read as another
+    one: ``the root is named 'dyml_vehicle' but is read as dyml-animal``): the notes ``data inspect`` prints with the
+    splits' and a run says as ``note:`` lines. ``[]`` for a format with nothing to say, and for a root that is not
+    there (the reading of a split says so)."""
+    if format == SYNTHETIC:
+        return []
+    notes = getattr(get_format(format), "root_notes", None)
+    if notes is None:
+        return []
+    try:
+        return list(notes(root, **options))
+    except InputError:
+        return []
 
 
 def class_ids_comparable(format: str) -> bool:

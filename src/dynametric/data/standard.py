@@ -15,7 +15,9 @@
   count, line 2 the header, then ``image_name item_id evaluation_status``; splits ``train``, ``query``,
   ``gallery`` (query and gallery share one id map). ``with_category=True`` adds the garment category derived from
   the path (``img/<GENDER>/<Category>/<item>/<file>``) as a second, coarser scale (checked for consistency). A row
-  whose image lies in an item folder (``id_...``) other than its ``item_id`` is a problem.
+  whose image lies in an item folder (``id_...``) other than its ``item_id`` is a problem, and so are a query row
+  whose item has no gallery row and an image listed as query and again as gallery (the protocol's query and
+  gallery are disjoint, every query item has gallery images).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dynametric.data.readers import (
     class_in_range,
     image_exists,
     image_folder,
+    missing_images_summary,
     parse_int,
     read_lines,
     require_file,
@@ -114,19 +117,24 @@ class CUB200Format:
         images = image_folder(given, base / "images", image_root, first and first[0], report)
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report, check_links=check_files)
+        checked = missing = 0
         for iid in sorted(classes):
             cls, _ = classes[iid]
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             rel, img_line = paths[iid]
             full = os.path.join(str(images), rel)
-            if not image_exists(full, report, images_txt, img_line, check_files):
+            checked += 1
+            if not image_exists(full, report, images_txt, img_line, check_files, listed=rel):
+                missing += 1
                 continue
             if not dup.accept(rel, (cls,), images_txt, img_line, path=full):
                 continue
             out_paths.append(full)
             raw.append((cls,))
             locs.append((str(images_txt), img_line))  # the file that lists the image's path
+        if missing:
+            missing_images_summary(report, images_txt, images, [rel for rel, _ in paths.values()], checked, missing)
         report.records = len(out_paths)
         return SplitRecords(split, out_paths, raw, self.SCALES, locs, report, class_names=[names] if names else None)
 
@@ -221,7 +229,7 @@ class Cars196Format:
             if (cls <= self.TRAIN_MAX_CLASS) != (split == "train"):
                 continue
             full = os.path.join(str(image_dir), rel)
-            if (image_exists(full, report, mat_path, None, check_files, f"annotation #{i}: ")
+            if (image_exists(full, report, mat_path, None, check_files, f"annotation #{i}: ", listed=rel)
                     and dup.accept(rel, (cls,), mat_path, None, path=full, at=f"annotation #{i}")):
                 out_paths.append(full)
                 raw.append((cls,))
@@ -258,6 +266,7 @@ class SOPFormat:
         prefix = os.path.join(str(image_folder(base, base, image_root, first, report)), "")
         report.header[str(path)] = "none"
         image_ids: dict[int, tuple[int, str]] = {}  # image_id -> (line, path) of its first row
+        checked = missing = 0
         for k, (number, text) in enumerate(lines):
             parts = text.split()
             if k == 0 and parts[:3] == ["image_id", "class_id", "super_class_id"]:
@@ -273,13 +282,19 @@ class SOPFormat:
                            f"{earlier[1]}: each row has its own image_id", path, number, "duplicate")
                 continue
             full = prefix + parts[3]
-            if not image_exists(full, report, path, number, check_files):
+            checked += 1
+            if not image_exists(full, report, path, number, check_files, listed=parts[3]):
+                missing += 1
                 continue
             if not dup.accept(parts[3], tuple(ints), path, number, path=full):
                 continue
             out_paths.append(full)
             raw.append((ints[0], ints[1]))
             locs.append((str(path), number))
+        if missing:
+            folder = Path(prefix)
+            missing_images_summary(report, path, folder, [p for _, p in image_ids.values()], checked, missing,
+                                   [folder.parent])
         report.records = len(out_paths)
         return SplitRecords(split, out_paths, raw, self.SCALES, locs, report)
 
@@ -308,11 +323,13 @@ class InShopFormat:
     def _parse(self, base: Path, report: LoadReport, split: str | None = None
                ) -> tuple[Path, list[tuple[int, str, str, str]]]:
         """The partition file and its well-formed rows; a malformed row is a problem of the split its last field
-        names (of ``split`` only when that is the one), or of every split when it names none."""
+        names (of ``split`` only when that is the one), or of every split when it names none. Line 1's image count
+        is checked against the data rows, well-formed or not (a bad row is its own problem, not a missing one)."""
         path = self._partition_file(base)
         lines = read_lines(path, report)
         rows: list[tuple[int, str, str, str]] = []
         declared: int | None = None
+        data_rows = 0
         report.header[str(path)] = "none"
         for k, (number, text) in enumerate(lines):
             parts = text.split()
@@ -322,6 +339,7 @@ class InShopFormat:
             if k <= 1 and parts == ["image_name", "item_id", "evaluation_status"]:
                 report.header[str(path)] = "own_line"
                 continue
+            data_rows += 1
             if len(parts) != 3 or parts[2] not in self.SPLITS:
                 owner = parts[-1] if parts[-1] in self.SPLITS else None
                 if owner is None or split in (None, owner):
@@ -329,9 +347,8 @@ class InShopFormat:
                                f"got {text.strip()!r}", path, number, split_unknown=owner is None)
                 continue
             rows.append((number, parts[0], parts[1], parts[2]))
-        if declared is not None and declared != len(rows):
-            report.add(f"line 1 declares {declared} images but {len(rows)} well-formed rows follow", path, 1,
-                       "count_mismatch")
+        if declared is not None and declared != data_rows:
+            report.add(f"line 1 declares {declared} images but {data_rows} rows follow", path, 1, "count_mismatch")
         return path, rows
 
     @staticmethod
@@ -350,8 +367,22 @@ class InShopFormat:
                               [(base / "Img", "the release's Img/img.zip extracted in Img/")])
         out_paths, raw, locs = [], [], []
         dup = DuplicateTracker(report, check_links=check_files)
+        gallery_items = {item for _, _, item, status in rows if status == "gallery"} if split == "query" else set()
+        roles: dict[str, tuple[str, int]] = {}  # a query or gallery image -> (its status, line) at its first listing
+        checked = missing = 0
         for number, name, item, status in rows:
+            if split != "train" and status in ("query", "gallery"):
+                first = roles.setdefault(os.path.normpath(name), (status, number))
+                if first[0] != status and status == split:  # the later listing is the problem (as a repeat is)
+                    report.add(f"{name} is listed as {first[0]} (line {first[1]}) and as {status}: In-Shop's query "
+                               "and gallery images are disjoint, each image has one evaluation_status (a listing "
+                               "mistake; eval.query_in_gallery does not apply)", path, number, "duplicate")
+                    continue
             if status != split:
+                continue
+            if status == "query" and item not in gallery_items:
+                report.add(f"query item {item} has no gallery image: In-Shop's protocol lists gallery images of every "
+                           "query item (a query without one cannot be scored)", path, number)
                 continue
             folder = name.split("/")[-2] if "/" in name else None
             if folder is not None and folder.startswith("id_") and folder != item:
@@ -368,12 +399,18 @@ class InShopFormat:
                     continue
                 labels = (item, cat)
             full = os.path.join(str(images), name)
-            if not image_exists(full, report, path, number, check_files) or not dup.accept(name, labels, path, number,
-                                                                                            path=full):
+            checked += 1
+            if not image_exists(full, report, path, number, check_files, listed=name):
+                missing += 1
+                continue
+            if not dup.accept(name, labels, path, number, path=full):
                 continue
             out_paths.append(full)
             raw.append(labels)
             locs.append((str(path), number))
+        if missing:  # a root one level too deep (Eval/, which holds the partition file): one line says so first
+            missing_images_summary(report, path, images, [r[1] for r in rows], checked, missing,
+                                   [base.parent, base.parent / "Img"])
         report.records = len(out_paths)
         scales = self.declared_scales(with_category)
         class_ids = None

@@ -89,6 +89,13 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
                               key="method.kwargs.scales")
         tests_on = (f"data.test_split {missing[0]!r}" if protocol.variant == "all_in_one"
                     else f"the split(s) {', '.join(missing)}")
+        absent = _missing_release_files(cfg, missing) if fits == protocol.variant else []
+        if absent:  # the variant fits the format, whose release under data.root lacks the split's file
+            split, where = absent[0]
+            more = f" (nor are {len(absent) - 1} more of the release's test files)" if len(absent) > 1 else ""
+            raise ConfigError(f"the DyML {protocol.variant!r} protocol tests on split {split!r}, but its file {where} "
+                              f"is not found{more}: data.root holds no complete {fmt} release"
+                              + _other_release(cfg, fmt), key="data.root")
         if fits == protocol.variant:  # the variant fits the data: the split is wrong
             raise ConfigError(f"the DyML {protocol.variant!r} protocol tests on {tests_on}, but {offered}"
                               + _suggest(missing[0], splits), key="data.test_split")
@@ -100,6 +107,47 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
     else:
         key, what = "data.test_split", f"the test split {missing[0]!r}"
     raise ConfigError(f"{what} is not in the data: {offered}" + _suggest(missing[0], splits), key=key)
+
+
+def _missing_release_files(cfg: Config, splits: Sequence[str]) -> list[tuple[str, Path]]:
+    """The test splits among ``splits`` that the format lists only when their file is there (DyML's
+    ``bmk_<level>/{query,gallery}.csv``, ``mini-bmk_all_in_one/label.csv``) and whose file is not under
+    ``data.root``: ``(split, the missing file)`` (:meth:`~dynametric.data.dyml.DyMLFormat.missing_splits`)."""
+    from dynametric.data.registry import FORMATS
+
+    probe = getattr(FORMATS.get(cfg.data.format), "missing_splits", None)
+    if probe is None:
+        return []
+    try:
+        return [(split, Path(where)) for split, where in probe(cfg.data.root) if split in splits]
+    except InputError:
+        return []
+
+
+def _other_release(cfg: Config, fmt: str) -> str:
+    """``; it holds the test files of dyml-product: is data.format right?`` when ``data.root`` holds every test
+    file of another DyML release (Vehicle and Animal share one layout), else ``""``."""
+    from dynametric.data.registry import FORMATS
+
+    others = []
+    for name, other in FORMATS.items():
+        probe = getattr(other, "missing_splits", None)
+        if name == fmt or probe is None:
+            continue
+        try:
+            if not probe(cfg.data.root):
+                others.append(name)
+        except InputError:
+            continue
+    return f"; it holds the test files of {' / '.join(others)}: is data.format right?" if others else ""
+
+
+def data_root_notes(cfg: Config) -> list[str]:
+    """The ``note:`` lines a run (and its dry run) says about its dataset root, as ``data inspect`` does
+    (:func:`~dynametric.data.registry.root_notes`: a DyML release read as another one)."""
+    from dynametric.data.registry import root_notes
+
+    return [f"note: {text} (data.format: {cfg.data.format})" for text in root_notes(cfg.data.format, cfg.data.root)]
 
 
 def _check_listed_test_splits(cfg: Config) -> None:

@@ -70,6 +70,7 @@ from dynametric.errors import ConfigError, InputError, Interrupted
 from dynametric.pipeline.components import build_components
 from dynametric.pipeline.protocols import (
     check_test_splits,
+    data_root_notes,
     method_test_protocol,
     protocol_from_config,
     protocol_split_keys,
@@ -751,6 +752,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     test_keys = protocol_split_keys(cfg)  # the splits the test evaluates: never trained or validated on
     datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
+    for line in data_root_notes(cfg):  # what data inspect says of the root (a DyML release read as another)
+        notes(line)
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, notes)
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
@@ -1071,6 +1074,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     else:
         datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
         _check_test_splits(cfg)  # as a real run does before it writes anything
+        for line in data_root_notes(cfg):  # as the run says them
+            notes(line)
         tests, _ = _held_out_data(cfg, datasets, test_keys, notes)
         if world > 1:
             check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
