@@ -274,7 +274,7 @@ def test_oml_and_inshop_problems_belong_to_their_own_split(tmp_path) -> None:
     assert {s: [p.line for p in found] for s, found in problems.items()} == {
         "train": [4, 6], "validation": [5, 6], "query": [5, 6], "gallery": [6]}
     assert [p.split_unknown for p in problems["query"]] == [False, True]
-    root = write_inshop(tmp_path / "inshop")
+    root = write_inshop(tmp_path / "inshop", declared=9)  # line 1 counts the two rows added below
     with open(root / "Eval" / "list_eval_partition.txt", "a") as fh:
         fh.write("img/MEN/Pants/id_1/a b.jpg id_1 train\n"  # line 10: a train row (a space in the name)
                  "img/MEN/Pants/id_1/c.jpg id_1 testing\n")  # line 11: no readable split
