@@ -592,9 +592,12 @@ def test_schema_default_refuses_what_is_no_key_with_a_default(key: str) -> None:
     (b"data:\r  m: 4\r  batch_size: 16 \x07\r", ":3: invalid YAML at column 18: character U+0007 is not allowed"),
     (b"# a\xc2\x85# b\xe2\x80\xa8run:\r\n  name: \"a\x01b\"\r\n", ":4: invalid YAML at column 11: character U+0001"),
     (b"data:\r  m: 4\r  # caf\xe9\r", ":3: not a UTF-8 YAML file: byte 0xe9 at column 8 cannot be decoded"),
-    # a value PyYAML cannot construct: was no line at all
-    (b"run:\n  name: x\n  output_dir: 2020-13-45\n",
+    # a value PyYAML cannot construct: was no line at all (a plain 2020-13-45 is a string under YAML 1.2: the
+    # explicit tag asks for a date)
+    (b"run:\n  name: x\n  output_dir: !!timestamp 2020-13-45\n",
      ":3: invalid YAML value '2020-13-45' at column 15 (ValueError: month must be in 1..12)"),
+    (b"trainer:\n  max_epochs: !!int 1:30\n",
+     ":2: invalid YAML at column 15: '1:30' is not a YAML 1.2 integer (decimal digits, 0o octal or 0x hexadecimal)"),
 ])
 def test_a_config_file_that_is_not_yaml_is_named_by_line_and_column(tmp_path: Path, data: bytes,
                                                                      expected: str) -> None:

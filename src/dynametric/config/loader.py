@@ -1,10 +1,12 @@
 """Reading a run configuration: YAML files + dotted command-line overrides, validated against the schema.
 
 Resolution order: schema defaults ← YAML file (and the files it ``extends``) ← overrides such as
-``trainer.max_epochs=3 loss.name=TripletMarginLoss`` (values parsed as YAML: ``3`` is an int, ``[1, 10]`` a list,
-``null`` is None). An unknown key or a value of the wrong type raises :class:`~dynametric.errors.ConfigError`
-naming the dotted key (and the file and line when it came from a file) and suggesting the closest valid key; each
-section's own checks (:mod:`dynametric.config.schema`, loss and miner names included) run as it is read.
+``trainer.max_epochs=3 loss.name=TripletMarginLoss`` (values parsed as YAML 1.2, files too: ``3`` is an int,
+``012`` is 12, ``[1, 10]`` a list, ``null`` is None, ``yes`` and ``1:30`` are strings; a key that takes a string
+takes an override's text as typed). An unknown key or a value of the wrong type raises
+:class:`~dynametric.errors.ConfigError` naming the dotted key (and the file and line when it came from a file) and
+suggesting the closest valid key; each section's own checks (:mod:`dynametric.config.schema`, loss and miner names
+included) run as it is read.
 
 The resolved :class:`Config` serialises to YAML (:func:`save_config`, :func:`config_to_yaml`) and back without loss,
 and :func:`config_hash` gives a stable hash of its content.
@@ -15,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -45,20 +49,73 @@ from dynametric.utils.io import atomic_write_text
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as YAML 1.2 does."""
+    """SafeLoader that reads plain scalars by the YAML 1.2 core schema (docs/config.md, "How values are read"):
+    ``null`` / ``~`` / nothing, ``true`` / ``false`` (each in three cases), decimal integers (``012`` is 12),
+    ``0o17`` (octal), ``0x1F`` (hexadecimal), floats with or without a dot (``1e-5``), ``.inf``, ``.nan``; anything
+    else is a string. YAML 1.1's other forms, which PyYAML reads (``010`` octal, ``1:30`` base 60, ``1_000``,
+    ``0b101``, ``yes`` / ``no`` / ``on`` / ``off``, dates), are strings here; ``yes`` / ``no`` / ``on`` / ``off``
+    come out as :class:`_Yaml11Word`, so that a free-form mapping refuses them rather than keep a string that a
+    component would take as true (:func:`_free_value`)."""
 
 
 class _Dumper(yaml.SafeDumper):
-    """SafeDumper that knows the loader's extra float form, so a string such as ``"0E0"`` is written quoted."""
+    """SafeDumper that quotes every string either YAML 1.1 or the loader's YAML 1.2 would read as another type
+    (``"0o17"``, ``"0E0"``, ``"yes"``, ``"1:30"``), so that what it writes loads back equal, here and elsewhere."""
 
 
-_FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+class _Yaml11Word(str):
+    """A plain (unquoted) ``yes``, ``no``, ``on`` or ``off`` (any of YAML 1.1's cases): a string under YAML 1.2, a
+    boolean under YAML 1.1. A key that takes a string takes it as the string; one that takes a bool, or a free-form
+    mapping, refuses it (:func:`_try_coerce`)."""
+
+    __slots__ = ()
+
+
+_YAML11_WORD_TAG = "tag:dynametric:yaml11-word"
+_YAML_1_1_ONLY = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp", "value")}
+_BOOL_1_2 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_YAML11_WORDS = re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$")
+_INT_1_2 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
                   |\.(?:nan|NaN|NAN))$""", re.X)
-for _cls in (_Loader, _Dumper):
+
+_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML_1_1_ONLY]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_1_2, list("tTfF"))
+_Loader.add_implicit_resolver(_YAML11_WORD_TAG, _YAML11_WORDS, list("yYnNoO"))
+for _cls in (_Loader, _Dumper):  # int first: a float's pattern also matches a plain integer
+    _cls.add_implicit_resolver("tag:yaml.org,2002:int", _INT_1_2, list("-+0123456789"))
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    """A YAML 1.2 integer (also under an explicit ``!!int``): decimal whatever its leading zeros, ``0o``, ``0x``."""
+    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    if not _INT_1_2.match(text):
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 integer (decimal digits, "
+                                                "0o octal or 0x hexadecimal)", node.start_mark)
+    return int(text[2:], 8 if text[1] == "o" else 16) if text[:2] in ("0o", "0x") else int(text, 10)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    """A YAML 1.2 float (also under an explicit ``!!float``): no base 60, no ``_``."""
+    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    if not _FLOAT_1_2.match(text):
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 number", node.start_mark)
+    lowered = text.lower()
+    if lowered.endswith(".inf"):
+        return -math.inf if lowered.startswith("-") else math.inf
+    return math.nan if lowered == ".nan" else float(text)
+
+
+def _construct_yaml11_word(loader: yaml.SafeLoader, node: yaml.Node) -> _Yaml11Word:
+    return _Yaml11Word(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_Loader.add_constructor(_YAML11_WORD_TAG, _construct_yaml11_word)
 
 _YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
 
@@ -71,6 +128,7 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(_Yaml11Word, _represent_str)
 
 
 _YAML_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
@@ -153,11 +211,28 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
 
 
 def parse_value(text: str) -> Any:
-    """Parse one override value as YAML (``3`` → 3, ``1e-5`` → 1e-05, ``[1, 2]`` → list, ``null`` → None)."""
+    """Parse one override value as YAML 1.2 (``3`` → 3, ``012`` → 12, ``1e-5`` → 1e-05, ``[1, 2]`` → list,
+    ``null`` → None, ``yes`` and ``1:30`` → strings); text that is not YAML is the string itself."""
+    return _plain(_parse_override(text))
+
+
+def _parse_override(text: str) -> Any:
+    """:func:`parse_value`, keeping YAML 1.1's ``yes`` / ``no`` / ``on`` / ``off`` as :class:`_Yaml11Word`."""
     try:
         return yaml.load(text, Loader=_Loader) if text.strip() else None
     except yaml.YAMLError:
         return text
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`_Yaml11Word` in it (keys too) a plain ``str``."""
+    if isinstance(value, _Yaml11Word):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -468,9 +543,55 @@ def _shown(steps: Sequence[str | int]) -> str:
     return out
 
 
+_NULL_WORDS = ("null", "Null", "NULL")
+
+
+def _type_at(steps: Sequence[str | int]) -> Any:
+    """The schema type of the key ``steps`` (``["run", "name"]`` → ``str | None``); ``Any`` inside a free-form
+    mapping (``loss.kwargs.margin``) or for a key the schema does not have (refused when the config is built)."""
+    tp: Any = Config
+    for step in steps:
+        if isinstance(step, int):
+            if typing.get_origin(tp) is not list:
+                return Any
+            tp = typing.get_args(tp)[0]
+            continue
+        section = _section_of(tp)
+        if section is None or step not in _hints(section):
+            return Any
+        tp = _hints(section)[step]
+    return tp
+
+
+def _takes_text(tp: Any) -> bool:
+    """Whether the schema type ``tp`` is a string, a choice of strings, or either of them or null."""
+    if tp is str:
+        return True
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        return bool(members) and all(_takes_text(a) for a in members)
+    return False
+
+
+def _override_value(text: str, tp: Any) -> Any:
+    """An override's value for a key of schema type ``tp``. Where the key takes a string (``run.name``,
+    ``data.root``, ``loss.name``, ...) a scalar is the text as typed, stripped (``run.name=no``, ``=123``,
+    ``=2024-01-01``, ``=exp #3``, ``run.output_dir=~/runs`` are those strings), but for ``null`` (or nothing),
+    which is null, and for text that starts like a YAML quoted string, list or mapping (``'a b'``, ``[a]``,
+    ``{a: 1}``), which is read as YAML; any other key's value is read as YAML 1.2 (:func:`parse_value`)."""
+    typed = text.strip()
+    if not _takes_text(tp) or typed.startswith(("'", '"', "[", "{")):
+        return _parse_override(text)
+    return None if not typed or typed in _NULL_WORDS else typed
+
+
 def apply_override(raw: dict[str, Any], override: str, source: _Source | None = None) -> dict[str, Any]:
     """Set ``a.b.c=value`` in the nested dict ``raw`` (in place; intermediate mappings are created); a list entry
-    is addressed by its index, ``extra_losses[0].kwargs.margin=0.3`` (the entry must exist)."""
+    is addressed by its index, ``extra_losses[0].kwargs.margin=0.3`` (the entry must exist). The value is read as
+    :func:`_override_value` says: as typed where the key takes a string, else as YAML 1.2."""
     if "=" not in override:
         raise ConfigError(f"expected an override of the form section.key=value, got {override!r}",
                           file="<command line>")
@@ -496,7 +617,7 @@ def apply_override(raw: dict[str, Any], override: str, source: _Source | None = 
             raise ConfigError(f"cannot set {key!r}: '{_shown(steps[:i])}' is a value, not a section",
                               file="<command line>", key=key)
         if last:
-            node[step] = parse_value(text)
+            node[step] = _override_value(text, _type_at(steps))
             break
         child = node[step] if isinstance(step, int) else node.get(step)
         if isinstance(steps[i + 1], int):  # indexing into it: it must be a list already
@@ -541,10 +662,62 @@ def _type_name(tp: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    text = repr(str(value) if isinstance(value, _Yaml11Word) else value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
+    return f"{text} ({'str' if isinstance(value, str) else type(value).__name__})"
+
+
+def _scalar_kinds(tp: Any) -> set[type]:
+    """Which of bool, int, float and str the schema type ``tp`` takes (a choice of strings is str)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return set().union(*(_scalar_kinds(a) for a in typing.get_args(tp)))
+    if origin is Literal:
+        return {str}
+    return {k for k in (bool, int, float, str) if tp is k}
+
+
+def _reading_hint(value: Any, tp: Any) -> str:
+    """What to write instead, for a value of the wrong type that YAML 1.1 reads otherwise than the loader (YAML 1.2):
+    a plain ``1:30``, ``0b101``, ``1_000`` or ``yes`` given for a number or a bool, or a number, bool or date given
+    in a file for a string (quote it)."""
+    kinds = _scalar_kinds(tp)
+    if isinstance(value, str) and kinds & {bool, int, float}:
+        try:
+            as_1_2, as_1_1 = yaml.load(value, Loader=_Loader), yaml.safe_load(value)
+        except Exception:  # noqa: BLE001 - text no YAML reads as one scalar: no hint
+            return ""
+        fits = bool in kinds if isinstance(as_1_1, bool) else (isinstance(as_1_1, (int, float)) and
+                                                                 bool(kinds & {int, float}))
+        if isinstance(as_1_2, str) and fits:
+            what = "true and false are the only booleans" if isinstance(as_1_1, bool) else f"{value} is not a number"
+            meant = str(as_1_1).lower() if isinstance(as_1_1, bool) else repr(as_1_1)
+            return (f"; dynametric reads YAML 1.2, where {what} (YAML 1.1 read it as {meant}): write {meant} if that "
+                    "is meant")
+    if str in kinds and isinstance(value, (bool, int, float, datetime.date)):
+        return "; write it in quotes for a string"
+    return ""
+
+
+def _free_value(value: Any, key: str, ctx: _Ctx) -> Any:
+    """A value in a free-form mapping (``loss.kwargs``, ``data.options``, ...): a plain ``yes`` / ``no`` / ``on`` /
+    ``off`` is refused (YAML 1.1 read it as a bool, YAML 1.2 reads a string that a component would take as true),
+    and so is a date (from an explicit ``!!timestamp``: no component takes one, and no run folder could record it);
+    the rest as given."""
+    if isinstance(value, _Yaml11Word):
+        meant = "true" if value.lower() in ("yes", "on") else "false"
+        raise ctx.error(f"{value} is ambiguous: dynametric reads YAML 1.2, where it is the string {str(value)!r} "
+                        f"(YAML 1.1 read it as {meant}); write {meant} for a boolean, or '{value}' in quotes for the "
+                        "string", key)
+    if isinstance(value, datetime.date):  # a datetime is a date too
+        raise ctx.error(f"expected a number, a string, true/false, null, a list or a mapping, got {_describe(value)}; "
+                        "write it in quotes for a string", key)
+    if isinstance(value, list):
+        return [_free_value(v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {_plain(k): _free_value(v, f"{key}.{k}", ctx) for k, v in value.items()}
+    return value
 
 
 class _Ctx:
@@ -563,14 +736,16 @@ def _coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
     """Check ``value`` against type ``tp``; return it (ints widened to float, lists for tuples)."""
     result = _try_coerce(value, tp, key, ctx)
     if result is _NO_MATCH:
-        raise ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}", key)
+        raise ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}" + _reading_hint(value, tp), key)
     return result
 
 
 def _try_coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return _free_value(value, key, ctx)
+    if isinstance(value, _Yaml11Word):  # a string here; refused by a bool (hinted: _reading_hint)
+        value = str(value)
     if tp is type(None):
         return None if value is None else _NO_MATCH
     if origin in (Union, types.UnionType):
@@ -616,7 +791,7 @@ def _try_coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ctx.error(f"expected string keys, got {_describe(k)}", key)
-            out[k] = _coerce(v, val_tp, f"{key}.{k}", ctx)
+            out[_plain(k)] = _coerce(v, val_tp, f"{key}.{k}", ctx)
         return out
     raise TypeError(f"unsupported schema type {tp!r} at {key}")  # a bug in the schema, not user input
 

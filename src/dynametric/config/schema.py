@@ -14,6 +14,7 @@ import math
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from dynametric.errors import ConfigError, InputError
@@ -927,8 +928,25 @@ def schema_default(key: str) -> Any:
 
 
 def embedder_kwargs(model: ModelConfig) -> dict[str, Any]:
-    """``build_embedder(**embedder_kwargs(cfg.model))`` (every model key but the training-only ones)."""
-    return {k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_TRAINING_KEYS}
+    """``build_embedder(**embedder_kwargs(cfg.model))`` (every model key but the training-only ones), with a leading
+    ``~`` of ``pretrained_path`` expanded to the home folder (:func:`user_path`)."""
+    kwargs = {k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_TRAINING_KEYS}
+    if kwargs["pretrained_path"] is not None:
+        kwargs["pretrained_path"] = str(user_path(kwargs["pretrained_path"]))
+    return kwargs
+
+
+PATH_KEYS = ("data.root", "model.pretrained_path", "run.output_dir")
+"""The config keys that name a file or folder. The config keeps them as written (``config.yaml`` records
+``~/runs``, and the config hash does not depend on the home folder); where a path is used, a leading ``~`` (or
+``~user``) is the home folder, as a shell expands it (:func:`user_path`): the dataset readers for ``data.root``,
+:func:`embedder_kwargs` for ``model.pretrained_path``, ``dynametric.pipeline.run.default_run_dir`` for
+``run.output_dir``."""
+
+
+def user_path(value: str) -> Path:
+    """The path a config key of :data:`PATH_KEYS` names: ``value`` with a leading ``~`` expanded."""
+    return Path(value).expanduser()
 
 
 MODEL_TRAINING_KEYS = ("channels_last",)

@@ -203,7 +203,8 @@ def _external_launch() -> tuple[str, str | None] | None:
 
 
 def default_run_dir(cfg: Config) -> Path:
-    """``<run.output_dir>/<run.name>``, or without ``run.name`` a name that every process of the run agrees on:
+    """``<run.output_dir>/<run.name>`` (a leading ``~`` of ``run.output_dir`` is the home folder), or without
+    ``run.name`` a name that every process of the run agrees on:
 
     * one process, and global rank 0 under Lightning's script launcher: ``<YYYYmmdd-HHMMSS>-<config hash>``, the
       time it is called. It publishes the folder in the environment variable :data:`RUN_DIR_ENV` (a side effect on
@@ -221,7 +222,7 @@ def default_run_dir(cfg: Config) -> Path:
     processes of the other ranks run the script again and keep the folder rank 0 published first."""
     from dynametric.config import config_hash
 
-    output_dir = Path(cfg.run.output_dir)
+    output_dir = Path(cfg.run.output_dir).expanduser()  # ~/runs: the home folder's, as data.root (docs/config.md)
     if cfg.run.name:
         return output_dir / cfg.run.name
     published = os.environ.get(RUN_DIR_ENV, "").strip()
