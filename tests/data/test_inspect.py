@@ -347,3 +347,14 @@ def test_a_jpeg_with_damaged_data_that_pillow_decodes_is_a_problem(tmp_path: Pat
         (str(root / "y" / "cut.jpg"), "damaged_image",
          "damaged JPEG data (libjpeg: Corrupt JPEG data: premature end of data segment): Pillow decodes it without "
          "an error, grey where the data is damaged, and training and embed take it so")]
+
+
+def test_inspect_options_are_read_as_config_overrides_are() -> None:
+    """``--option K=V`` read with PyYAML's YAML 1.1 rules (``012`` was 10, ``1:30`` 90, ``yes`` true) while a
+    ``data.options.K=V`` override reads YAML 1.2: now the same reading, and a plain yes/no refused as there."""
+    parsed = data_cmd._parse_options(["a=012", "b=1:30", "c=true", "d=[1, 2]", "e=pics", "f=1e-3"])
+    assert parsed == {"a": 12, "b": "1:30", "c": True, "d": [1, 2], "e": "pics", "f": 1e-3}
+    with pytest.raises(DynametricError, match=r"key '--option with_category': yes is ambiguous: .* write true for a "
+                                              r"boolean, or 'yes' in quotes for the string"):
+        data_cmd._parse_options(["with_category=yes"])
+    assert data_cmd._parse_options(["x='yes'"]) == {"x": "yes"}

@@ -464,3 +464,17 @@ def test_folder_counts_the_hidden_images_it_does_not_read(tmp_path: Path, caplog
     assert build_dataset("folder", root, "test").report.warnings == []
     assert main(["data", "inspect", "--format", "folder", "--root", str(root), "--split", "train"]) == 0
     assert f"      warning: {warning}" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "oml"])
+def test_a_home_folder_tilde_in_image_root_is_expanded(tmp_path: Path, monkeypatch, fmt: str) -> None:
+    """``image_root: ~/pics`` is the home folder's pics (was joined under the CSV's folder as a literal ``~``)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_image(tmp_path / "home" / "pics" / "a.png", (200, 30, 30))
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    name, text = (("labels.csv", "path,split,fine\na.png,train,0\n") if fmt == "csv" else
+                  ("df.csv", "label,path,split,is_query,is_gallery\n0,a.png,train,,\n"))
+    (ds / name).write_text(text)
+    train = build_dataset(fmt, ds, "train", image_root="~/pics")
+    assert [Path(p).resolve() for p in train.paths] == [(tmp_path / "home" / "pics" / "a.png").resolve()]

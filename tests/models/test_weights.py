@@ -213,3 +213,15 @@ def test_notes_for_freeze_bn_without_batchnorm_and_a_local_dir_without_its_weigh
         f"backbone {name!r} with model.pretrained false: its architecture alone, with random initial weights (the "
         "weights there are not loaded); set model.pretrained=true to start from them"]
     assert build_embedder(name, pretrained=True, embedding_dim=4).notes == []
+
+
+def test_a_home_folder_tilde_in_a_weight_path_given_in_python_is_expanded(tmp_path: Path, monkeypatch) -> None:
+    """``load_backbone_weights(backbone, "~/w.pt")`` reads the home folder's file (was: weight file not found, the
+    literal ``./~/w.pt``), as ``model.pretrained_path`` in a config does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    state = _reference_state(seed=3)
+    torch.save(state, tmp_path / "w.pt")
+    backbone = create_backbone("simple_cnn", width=8, depth=2)
+    load_backbone_weights(backbone, "~/w.pt")
+    for k, v in state.items():
+        torch.testing.assert_close(backbone.body.state_dict()[k], v)

@@ -355,7 +355,7 @@ def image_folder(root: Path, default: Path, image_root: str | Path | None, first
     an archive gets extracted (In-Shop's ``img.zip`` into ``Img/``): then that folder is used and one note in the
     report says so."""
     if image_root is not None:
-        folder = root / image_root
+        folder = root / Path(image_root).expanduser()  # ~ is the home folder, as in the config's path keys
         if not folder.is_dir():
             raise InputError(f"folder not found: {folder} (image_root is the folder the listed image paths are "
                              f"relative to, itself relative to the dataset root {root})", key="image_root")
@@ -397,7 +397,7 @@ def csv_image_root(csv_path: Path, image_root: str | Path | None, notes: list[st
     CSV's is used and ``notes`` gets one line naming both."""
     if image_root is None:
         return csv_path.parent
-    given = Path(image_root)
+    given = Path(image_root).expanduser()  # ~ is the home folder, as in the config's path keys
     folder = csv_path.parent / given  # an absolute image_root stays as it is
     cwd_folder = None if given.is_absolute() else os.path.abspath(given)
     other = (cwd_folder is not None and os.path.isdir(cwd_folder)

@@ -293,9 +293,9 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> WeightLoadRep
     Accepts a plain state dict, one wrapped under ``state_dict``/``model``/``model_state_dict``, and DDP's
     ``module.`` prefix. Tensors of the backbone's classifier (``backbone.classifier_prefixes``, e.g. timm's ``fc.``
     or BN-Inception's ``last_linear.``) are ignored and reported. Any other missing key, unexpected key or shape
-    mismatch raises :class:`InputError` naming the file and the keys.
+    mismatch raises :class:`InputError` naming the file and the keys. ``~`` in ``path`` is the home folder.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     state = _read_state_dict(path)
     body = backbone.body
     adapt = getattr(body, "adapt_state_dict", None)
