@@ -1,9 +1,16 @@
-"""Shared helpers of the claim benchmarks (``benchmarks/claim_*.py``): paired differences with 95 % confidence
-intervals, verdicts, curves and atomic writing of the Markdown + JSON results.
+"""Shared helpers of the claim benchmarks (``benchmarks/claim_*.py``): paired differences with confidence intervals
+(95 % by default), verdicts with their family-wise (Bonferroni) counterparts, curves and atomic writing of the
+Markdown + JSON results.
 
 A *paired difference* compares two methods run on the same seed (same data draw, same initial network, same batch
-order where the methods allow it): ``d_i = metric(B, seed i) - metric(A, seed i)``. Its 95 % confidence interval is
-the Student-t interval ``mean(d) ± t_{0.975, n-1} · sd(d) / sqrt(n)`` over the ``n`` seeds.
+order where the methods allow it): ``d_i = metric(B, seed i) - metric(A, seed i)``. Its confidence interval at level
+``L`` is the Student-t interval ``mean(d) ± t_{(1+L)/2, n-1} · sd(d) / sqrt(n)`` over the ``n`` seeds.
+
+*Family-wise verdicts* (:func:`bonferroni`): a report states ``m`` verdicts, each at the nominal 95 % level; the
+family-wise verdict of each applies the same rule to its intervals recomputed at the Bonferroni level
+``1 - 0.05 / (m · k)`` (``k``: the number of intervals that verdict's rule reads), so that the chance of *any* wrong
+call among the ``m`` is at most 5 %, whatever the dependence between the intervals (docs/benchmarks.md, "Claim
+benchmarks: verdicts and multiple comparisons").
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ import math
 import os
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +48,49 @@ def t975(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def paired_ci(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Paired difference ``b - a`` over seeds: mean, 95 % t-interval, n and the per-seed differences.
+def t_critical(df: int, level: float = 0.95) -> float:
+    """The two-sided critical value of Student's t for a confidence ``level`` (``0 < level < 1``): the
+    ``(1 + level) / 2`` quantile with ``df`` degrees of freedom. At 95 % it is :func:`t975` (the tabulated values the
+    published results were computed with); at any other level scipy's ``t.ppf``."""
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level must lie strictly between 0 and 1, got {level}")
+    if math.isclose(level, 0.95, rel_tol=0, abs_tol=1e-12):
+        return t975(df)
+    if df < 1:
+        raise ValueError(f"need at least 2 paired values for an interval, got df={df}")
+    from scipy.stats import t
 
-    With a single pair the interval is undefined (``lo = hi = nan``)."""
-    if len(a) != len(b) or not a:
-        raise ValueError(f"paired values must have the same, non-zero length, got {len(a)} and {len(b)}")
-    d = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
+    return float(t.ppf((1 + level) / 2, df))
+
+
+def interval(diffs: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean and t-interval at ``level`` of per-seed paired differences ``diffs``, with n and the differences (the
+    dictionary :func:`paired_ci` returns). With a single difference the interval is undefined (``lo = hi = nan``)."""
+    d = [float(x) for x in diffs]
+    if not d:
+        raise ValueError("an interval needs at least one paired difference, got none")
     n = len(d)
     mean = statistics.fmean(d)
     if n < 2:
         return {"mean": mean, "lo": math.nan, "hi": math.nan, "n": n, "diffs": d}
-    half = t975(n - 1) * statistics.stdev(d) / math.sqrt(n)
+    half = t_critical(n - 1, level) * statistics.stdev(d) / math.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "diffs": d}
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Paired difference ``b - a`` over seeds: mean, t-interval at ``level`` (95 % by default), n and the per-seed
+    differences.
+
+    With a single pair the interval is undefined (``lo = hi = nan``)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired values must have the same, non-zero length, got {len(a)} and {len(b)}")
+    return interval([float(y) - float(x) for x, y in zip(a, b, strict=True)], level)
+
+
+def at_level(ci: dict[str, Any], level: float) -> dict[str, Any]:
+    """The interval of :func:`paired_ci`'s ``ci`` recomputed at another confidence ``level`` from its per-seed
+    differences (same mean and n; at 0.95 the same interval)."""
+    return interval(ci["diffs"], level)
 
 
 def sign(ci: dict[str, Any]) -> int:
@@ -62,10 +100,116 @@ def sign(ci: dict[str, Any]) -> int:
     return 1 if ci["lo"] > 0 else -1 if ci["hi"] < 0 else 0
 
 
+INCONCLUSIVE = "inconclusive"  # the call of every verdict rule that makes no claim
+
+
 def verdict(ci: dict[str, Any]) -> str:
     """A claim's verdict from the interval of its effect (positive = the claim's direction): ``reproduced`` when it
-    lies above 0, ``not reproduced`` below, ``inconclusive`` when it contains 0."""
-    return "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else "inconclusive"
+    lies above 0, ``not reproduced`` below, ``inconclusive`` when it contains 0 (or is undefined)."""
+    return "reproduced" if sign(ci) > 0 else "not reproduced" if sign(ci) < 0 else INCONCLUSIVE
+
+
+def one_interval_rule(cis: dict[str, dict[str, Any]]) -> str:
+    """The rule of a verdict on one interval (a :class:`Claim` with a single interval): :func:`verdict`."""
+    if len(cis) != 1:
+        raise ValueError(f"one_interval_rule reads exactly one interval, got {sorted(cis)}")
+    return verdict(next(iter(cis.values())))
+
+
+FAMILY_ALPHA = 0.05
+"""The family-wise error rate of :func:`bonferroni`: the chance that any of a report's family-wise calls is wrong."""
+
+Intervals = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One verdict of a report, as :func:`bonferroni` needs it: its ``key`` (as in the results' ``verdicts``), the
+    ``rule`` that turns its intervals into a verdict (the same function gives the 95 % call), and the 95 %
+    ``intervals`` the rule reads (name -> :func:`paired_ci` dictionary, with the per-seed differences)."""
+
+    key: str
+    rule: Callable[[Intervals], str]
+    intervals: Intervals
+
+    def verdict(self) -> str:
+        """The per-verdict call: the rule on the 95 % intervals."""
+        return self.rule(self.intervals)
+
+
+def bonferroni_level(m: int, k: int = 1, alpha: float = FAMILY_ALPHA) -> float:
+    """Confidence level of each interval of a verdict that reads ``k`` intervals, in a family of ``m`` verdicts:
+    ``1 - alpha / (m · k)`` (each verdict gets ``alpha / m`` of the error budget, shared among its intervals)."""
+    if m < 1 or k < 1:
+        raise ValueError(f"a Bonferroni family needs m >= 1 verdicts of k >= 1 intervals, got m={m}, k={k}")
+    return 1 - alpha / (m * k)
+
+
+def bonferroni(claims: Sequence[Claim], alpha: float = FAMILY_ALPHA) -> dict[str, dict[str, Any]]:
+    """Family-wise verdicts of a report's ``m = len(claims)`` verdicts: each claim's rule applied to its intervals
+    recomputed at :func:`bonferroni_level` (``m``, its number of intervals ``k``). If every interval covers its true
+    difference, every call is right (a rule's call is a statement about the true differences that its intervals
+    imply); a claim's ``k`` intervals miss with a total chance of at most ``k · alpha / (m · k) = alpha / m``, so some
+    interval of the report misses with a chance of at most ``alpha``, for any dependence between them. Returns, per
+    key, ``verdict`` (family-wise), ``level``, ``m``, ``k`` and the adjusted ``intervals``."""
+    keys = [c.key for c in claims]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"verdict keys must be unique within a family, got {keys}")
+    m = len(claims)
+    out: dict[str, dict[str, Any]] = {}
+    for c in claims:
+        level = bonferroni_level(m, len(c.intervals), alpha)
+        adjusted = {name: at_level(ci, level) for name, ci in c.intervals.items()}
+        out[c.key] = {"verdict": c.rule(adjusted), "level": level, "m": m, "k": len(c.intervals),
+                      "intervals": adjusted}
+    return out
+
+
+def fmt_level(level: float) -> str:
+    """``99.55 %`` (two decimals, trailing zeros dropped: ``95 %``)."""
+    return f"{100 * level:.2f}".rstrip("0").rstrip(".") + " %"
+
+
+def family_line(fw: dict[str, Any], pre: str, shown: str) -> str:
+    """The family-wise sub-line of one verdict: its call (and the 95 % call ``pre`` when they differ), ``m``, the
+    level of its intervals and ``shown`` (the adjusted intervals, formatted by the script)."""
+    k = fw["k"]
+    each = f"its interval at {fmt_level(fw['level'])}" if k == 1 else \
+        f"its {k} intervals at {fmt_level(fw['level'])} each"
+    change = "same call" if fw["verdict"] == pre else f"changed from {pre}"
+    return f"  * family-wise (Bonferroni, m = {fw['m']}; {each}): **{fw['verdict']}** ({change}) — {shown}"
+
+
+def family_record(fw: dict[str, Any]) -> dict[str, Any]:
+    """One verdict's family-wise entry for the results' ``verdicts`` (the adjusted intervals without the per-seed
+    differences, which the 95 % interval beside it holds)."""
+    return {"verdict": fw["verdict"], "level": fw["level"], "m": fw["m"], "k": fw["k"],
+            "intervals": {name: {k: v for k, v in ci.items() if k != "diffs"} for name, ci in fw["intervals"].items()}}
+
+
+def family_summary(claims: Sequence[Claim], fw: dict[str, dict[str, Any]], where: str = "under each",
+                   alpha: float = FAMILY_ALPHA) -> tuple[str, dict[str, Any]]:
+    """The line at the top of a Verdicts section and the record of the family for the results' ``verdicts``: how
+    many of the ``m`` verdicts keep their call under the Bonferroni correction, how many of the conclusive ones (not
+    ``inconclusive``) stay conclusive, and which change. ``where``: where the family-wise lines stand."""
+    m = len(claims)
+    pre = {c.key: c.verdict() for c in claims}
+    changed = [k for k in pre if fw[k]["verdict"] != pre[k]]
+    conclusive = [k for k in pre if pre[k] != INCONCLUSIVE]
+    stay = [k for k in conclusive if fw[k]["verdict"] != INCONCLUSIVE]
+    record = {"method": "bonferroni", "alpha": alpha, "m": m, "kept": m - len(changed),
+              "conclusive_95": len(conclusive), "conclusive_family_wise": len(stay),
+              "changed": {k: {"95": pre[k], "family_wise": fw[k]["verdict"]} for k in changed}}
+    kept = (f"of the {len(conclusive)} conclusive at 95 %, {len(stay)} remain{'s' if len(stay) == 1 else ''} "
+            f"conclusive" if conclusive else "none was conclusive at 95 %")
+    line = (f"Family-wise (Bonferroni over the m = {m} verdict{'s' if m > 1 else ''} of this report, α = {alpha:g} "
+            f"for all of them together; a verdict whose rule reads k intervals has each at 1 − {alpha:g} / ({m} · k)): "
+            f"**{m - len(changed)} of {m} verdict{'s keep their' if m > 1 else ' keeps its'} call**; {kept}."
+            + (" Changed: " + "; ".join(f"{k} ({pre[k]} → {fw[k]['verdict']})" for k in changed) + "." if changed
+               else "")
+            + f" The bold calls are each verdict's own 95 % call, as before; the family-wise line {where} gives its "
+            "call under the correction.\n")
+    return line, record
 
 
 def fmt_ci(ci: dict[str, Any], scale: float = 100.0, digits: int = 2) -> str:

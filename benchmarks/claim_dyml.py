@@ -53,7 +53,8 @@ size, network, classes and batch shape; ``--help`` lists the values): an option 
 Verdict rules (``analyse``): "summed falls below fine-only as coherence drops" and "CSL improves its own baseline"
 need intervals on the claimed side of 0; "CSL pays no such penalty" is a non-inferiority test with margin
 ``NONINFERIORITY_PP`` (see :func:`no_penalty_verdict`). Inconclusive verdicts print the intervals' half-width, about
-the smallest difference these seeds can detect.
+the smallest difference these seeds can detect. Each verdict is also given family-wise: the same rule on its k
+intervals at the Bonferroni level 1 - 0.05 / (m k), m = the file's number of verdicts (``claim_common.bonferroni``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
+    Claim,
+    Intervals,
+    bonferroni,
     check_results,
     command_line,
     curve_table,
     environment,
+    family_line,
+    family_record,
+    family_summary,
     fmt_ci,
     last_quarter_gain,
     load_runs,
@@ -311,6 +319,36 @@ def no_penalty_verdict(ci: dict[str, Any], delta_pp: float = NONINFERIORITY_PP) 
     return NO_PENALTY_VERDICTS[2]
 
 
+def summed_penalty_rule(cis: Intervals) -> str:
+    """"summed falls below fine-only on the fine scale as coherence drops": ``reproduced`` when the change of the
+    (summed − fine) gap from the highest to the lowest coherence (``change_of_gap``) and the gap at the lowest
+    (``gap_at_lowest``) both lie below 0; ``not reproduced`` when either lies above 0 or the change lies within ±1 pp
+    (no change of that size); otherwise ``inconclusive``."""
+    drop, at_lo = cis["change_of_gap"], cis["gap_at_lowest"]
+    if sign(drop) < 0 and sign(at_lo) < 0:
+        return "reproduced"
+    if sign(drop) > 0 or sign(at_lo) > 0 or _within(drop, 0.01):
+        return "not reproduced"
+    return "inconclusive"
+
+
+def no_penalty_rule(cis: Intervals) -> str:
+    """"CSL pays no such penalty": :func:`no_penalty_verdict` on ``csl_minus_fine_at_lowest``."""
+    return no_penalty_verdict(cis["csl_minus_fine_at_lowest"])
+
+
+def own_baseline_rule(cis: Intervals) -> str:
+    """"CSL improves its own fine-level baseline (mean ASI)": ``reproduced`` when csl − fine lies above 0 at every
+    coherence (one interval each); ``not reproduced`` when it lies below 0 at some coherence or within ±1 pp at all;
+    otherwise ``inconclusive``."""
+    own = list(cis.values())
+    if all(sign(x) > 0 for x in own):
+        return "reproduced"
+    if any(sign(x) < 0 for x in own) or all(_within(x, 0.01) for x in own):
+        return "not reproduced"
+    return "inconclusive"
+
+
 def half_width(ci: dict[str, Any]) -> float:
     """Half the width of a paired interval (the fraction's units): about the smallest true difference that this many
     seeds at this noise level would show as significant (roughly half the time)."""
@@ -408,38 +446,52 @@ def analyse(runs: list[dict], a: argparse.Namespace, compare: list[dict] | None 
             lines.append(f"| {fam} | {c:g} | " + " | ".join(cell) + " |")
     hi, lo = max(cs), min(cs)
     lines.append("\n## Verdicts\n")
+    # each verdict: its Claim (rule + 95 % intervals), its bullet, and how its adjusted intervals are shown
+    entries: list[tuple[Claim, str, Callable[[Intervals], str]]] = []
     for fam in a.families:
         # claim 1: the summed loss falls below single-scale (fine ASI) as coherence drops
         d_hi = _minus(_get(runs, fam, "summed", hi, seeds, "fine"), _get(runs, fam, "fine", hi, seeds, "fine"))
         d_lo = _minus(_get(runs, fam, "summed", lo, seeds, "fine"), _get(runs, fam, "fine", lo, seeds, "fine"))
         drop = paired_ci(d_hi, d_lo)
         at_lo = cis[f"{fam}@{lo:g}"]["summed-fine/fine"]
-        v1 = ("reproduced" if sign(drop) < 0 and sign(at_lo) < 0 else
-              "not reproduced" if sign(drop) > 0 or sign(at_lo) > 0 or _within(drop, 0.01) else "inconclusive")
-        verdicts[f"{fam}/summed-penalty"] = {"verdict": v1, "change_of_gap": drop, "gap_at_lowest": at_lo}
-        lines.append(f"* **{fam}: summed falls below fine-only on the fine scale as coherence drops** — **{v1}**. "
-                     f"(summed − fine) fine ASI at c={lo:g} minus at c={hi:g}: {fmt_ci(drop)} pp; "
-                     f"at c={lo:g}: {fmt_ci(at_lo)} pp." + _detectable(drop))
+        claim = Claim(f"{fam}/summed-penalty", summed_penalty_rule, {"change_of_gap": drop, "gap_at_lowest": at_lo})
+        v1 = claim.verdict()
+        verdicts[claim.key] = {"verdict": v1, "change_of_gap": drop, "gap_at_lowest": at_lo}
+        entries.append((claim, f"* **{fam}: summed falls below fine-only on the fine scale as coherence drops** — "
+                        f"**{v1}**. (summed − fine) fine ASI at c={lo:g} minus at c={hi:g}: {fmt_ci(drop)} pp; "
+                        f"at c={lo:g}: {fmt_ci(at_lo)} pp." + _detectable(drop),
+                        lambda x: f"c={lo:g} minus c={hi:g} {fmt_ci(x['change_of_gap'])} pp; at "
+                        f"c={lo:g} {fmt_ci(x['gap_at_lowest'])} pp."))
         if "csl" not in FAMILIES[fam]:
             continue
         e_lo = cis[f"{fam}@{lo:g}"]["csl-fine/fine"]
         vs_sum = cis[f"{fam}@{lo:g}"]["csl-summed/fine"]
-        v2 = no_penalty_verdict(e_lo)
-        verdicts[f"{fam}/csl-no-penalty"] = {"verdict": v2, "delta_pp": NONINFERIORITY_PP,
-                                            "csl_minus_fine_at_lowest": e_lo, "csl_minus_summed_at_lowest": vs_sum}
-        lines.append(f"* **{fam}: CSL pays no such penalty** (non-inferior to fine-only within "
-                     f"δ = {NONINFERIORITY_PP:g} pp) — **{v2}**. At c={lo:g}, fine ASI csl − fine "
-                     f"{fmt_ci(e_lo)} pp (lower bound vs −δ), csl − summed {fmt_ci(vs_sum)} pp (reported, not part "
-                     f"of the rule).")
-        own = [cis[f"{fam}@{c:g}"]["csl-fine/mean"] for c in cs]
-        v3 = ("reproduced" if all(sign(x) > 0 for x in own) else
-              "not reproduced" if any(sign(x) < 0 for x in own) or all(_within(x, 0.01) for x in own)
-              else "inconclusive")
-        verdicts[f"{fam}/csl-beats-own-baseline"] = {"verdict": v3, "mean_asi_gain": dict(
-            zip([f"{c:g}" for c in cs], own, strict=True))}
-        lines.append(f"* **{fam}: CSL improves its own fine-level baseline (mean ASI)** — **{v3}**. csl − fine: "
-                     + ", ".join(f"c={c:g} {fmt_ci(x)}" for c, x in zip(cs, own, strict=True)) + " pp."
-                     + (_detectable(*own) if v3 == "inconclusive" else ""))
+        claim = Claim(f"{fam}/csl-no-penalty", no_penalty_rule, {"csl_minus_fine_at_lowest": e_lo})
+        v2 = claim.verdict()
+        verdicts[claim.key] = {"verdict": v2, "delta_pp": NONINFERIORITY_PP,
+                               "csl_minus_fine_at_lowest": e_lo, "csl_minus_summed_at_lowest": vs_sum}
+        entries.append((claim, f"* **{fam}: CSL pays no such penalty** (non-inferior to fine-only within "
+                        f"δ = {NONINFERIORITY_PP:g} pp) — **{v2}**. At c={lo:g}, fine ASI csl − fine "
+                        f"{fmt_ci(e_lo)} pp (lower bound vs −δ), csl − summed {fmt_ci(vs_sum)} pp (reported, not "
+                        f"part of the rule).",
+                        lambda x: f"csl − fine at c={lo:g} {fmt_ci(x['csl_minus_fine_at_lowest'])} pp."))
+        own = {f"{c:g}": cis[f"{fam}@{c:g}"]["csl-fine/mean"] for c in cs}
+        claim = Claim(f"{fam}/csl-beats-own-baseline", own_baseline_rule, own)
+        v3 = claim.verdict()
+        verdicts[claim.key] = {"verdict": v3, "mean_asi_gain": own}
+        entries.append((claim, f"* **{fam}: CSL improves its own fine-level baseline (mean ASI)** — **{v3}**. "
+                        "csl − fine: " + ", ".join(f"c={c} {fmt_ci(x)}" for c, x in own.items()) + " pp."
+                        + (_detectable(*own.values()) if v3 == "inconclusive" else ""),
+                        lambda x: "csl − fine: " + ", ".join(f"c={c} {fmt_ci(ci)}" for c, ci in x.items()) + " pp."))
+    if entries:
+        claims = [c for c, _, _ in entries]
+        fw = bonferroni(claims)
+        summary, verdicts["family_wise"] = family_summary(claims, fw)
+        lines.append(summary)
+        for claim, bullet, show in entries:
+            lines.append(bullet)
+            lines.append(family_line(fw[claim.key], claim.verdict(), show(fw[claim.key]["intervals"])))
+            verdicts[claim.key]["family_wise"] = family_record(fw[claim.key])
     if compare:
         extra, verdicts["sampler"] = sampler_section(runs, compare, a)
         lines.extend(extra)

@@ -28,7 +28,9 @@ Protocol (every method of a seed and condition starts from the **same** network)
 
 Conditions: ``uniform`` (today's data, every class the same spread) and ``heterogeneous``
 (``class_spread=(0.25, 2.0)``: per-class spread factors drawn log-uniformly). Paired differences over seeds (each
-redraws data, pretraining and batches) with 95 % t-intervals (``benchmarks/claim_common.py``).
+redraws data, pretraining and batches) with 95 % t-intervals (``benchmarks/claim_common.py``). Each verdict (the
+Verdicts section's and the time to a common level per condition, m in all) is also given family-wise: the same rule
+on its interval at the Bonferroni level 1 - 0.05 / m (``claim_common.bonferroni``).
 
     python benchmarks/claim_pddm.py --out docs/results/claim-pddm.md
     python benchmarks/claim_pddm.py --small --out /tmp/claim-pddm.md          # seconds; used by the tests
@@ -55,15 +57,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     PLATEAU_PP,
+    Claim,
+    bonferroni,
     check_results,
     command_line,
     curve_table,
     environment,
+    family_line,
+    family_record,
+    family_summary,
     fmt_ci,
+    fmt_level,
     last_quarter_gain,
     load_runs,
     mean_curve,
     mean_sd,
+    one_interval_rule,
     original_header,
     paired_ci,
     parse_with_small,
@@ -73,7 +82,6 @@ from claim_common import (  # noqa: E402
     sign,
     small_help,
     stored_header,
-    verdict,
     write_results,
 )
 from result_files import add_overwrite_option  # noqa: E402
@@ -268,25 +276,53 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
                          f"{fmt_ci(row['auc'])} |")
     verdicts: dict[str, Any] = {}
     lines.append("\n## Verdicts\n")
-
+    # the time-to-level verdicts (their own section, further down) belong to the report's family too
+    speed_lines, speed_out = time_to_level_section(sel, a)
+    speed = {cond: Claim(f"time-to-level/{cond}", one_interval_rule, {"steps": v["steps"]})
+             for cond, v in speed_out.items()}
+    entries: list[tuple[Claim, str]] = []  # the Verdicts section's claims and their bullets
     for cond in a.conditions:
         if f"{cond}/pddm-euclid" in cis:
             ci = cis[f"{cond}/pddm-euclid"]["r1"]
-            verdicts[f"local-similarity/{cond}"] = {"verdict": verdict(ci), "ci": ci}
-            lines.append(f"* **PDDM-mined beats Euclidean-mined quadruplets under the same loss ({cond})** — "
-                         f"**{verdict(ci)}**: test R@1 {fmt_ci(ci)} pp.")
+            claim = Claim(f"local-similarity/{cond}", one_interval_rule, {"ci": ci})
+            verdicts[claim.key] = {"verdict": claim.verdict(), "ci": ci}
+            entries.append((claim, f"* **PDDM-mined beats Euclidean-mined quadruplets under the same loss ({cond})** "
+                            f"— **{claim.verdict()}**: test R@1 {fmt_ci(ci)} pp."))
         if f"{cond}/pddm-triplet" in cis:
             ci = cis[f"{cond}/pddm-triplet"]["auc"]
-            verdicts[f"convergence/{cond}"] = {"verdict": verdict(ci), "ci": ci}
-            lines.append(f"* **PDDM converges faster than the triplet baseline ({cond}; mean test R@1 over the "
-                         f"{a.steps}-step curve)** — **{verdict(ci)}**: {fmt_ci(ci)} pp (final: "
-                         f"{fmt_ci(cis[f'{cond}/pddm-triplet']['r1'])} pp).")
+            claim = Claim(f"convergence/{cond}", one_interval_rule, {"ci": ci})
+            verdicts[claim.key] = {"verdict": claim.verdict(), "ci": ci}
+            entries.append((claim, f"* **PDDM converges faster than the triplet baseline ({cond}; mean test R@1 "
+                            f"over the {a.steps}-step curve)** — **{claim.verdict()}**: {fmt_ci(ci)} pp (final: "
+                            f"{fmt_ci(cis[f'{cond}/pddm-triplet']['r1'])} pp)."))
     if len(a.conditions) == 2 and all(f"{c}/pddm-euclid" in cis for c in a.conditions):
         g = {c: [p - e for p, e in zip(vals("pddm", c), vals("euclid", c), strict=True)] for c in a.conditions}
         ci = paired_ci(g["uniform"], g["heterogeneous"])
-        verdicts["density"] = {"verdict": verdict(ci), "ci": ci}
-        lines.append(f"* **PDDM's advantage over Euclidean mining grows with heterogeneous class spread** — "
-                     f"**{verdict(ci)}**: (pddm − euclid) heterogeneous minus uniform {fmt_ci(ci)} pp.")
+        claim = Claim("density", one_interval_rule, {"ci": ci})
+        verdicts[claim.key] = {"verdict": claim.verdict(), "ci": ci}
+        entries.append((claim, f"* **PDDM's advantage over Euclidean mining grows with heterogeneous class spread** "
+                        f"— **{claim.verdict()}**: (pddm − euclid) heterogeneous minus uniform {fmt_ci(ci)} pp."))
+    claims = [c for c, _ in entries] + list(speed.values())
+    fw = bonferroni(claims) if claims else {}
+    if claims:
+        summary, verdicts["family_wise"] = family_summary(
+            claims, fw, "under each (for the time-to-level verdicts: below their table)" if speed else "under each")
+        lines.append(summary)
+    for claim, bullet in entries:
+        lines.append(bullet)
+        lines.append(family_line(fw[claim.key], claim.verdict(), f"{fmt_ci(fw[claim.key]['intervals']['ci'])} pp."))
+        verdicts[claim.key]["family_wise"] = family_record(fw[claim.key])
+    if speed:
+        level = fmt_level(next(fw[c.key]["level"] for c in speed.values()))
+        shown = []
+        for cond, claim in speed.items():
+            f = fw[claim.key]
+            speed_out[cond]["family_wise"] = family_record(f)
+            change = "same call" if f["verdict"] == claim.verdict() else f"changed from {claim.verdict()}"
+            shown.append(f"{cond} **{f['verdict']}** ({change}), triplet − PDDM steps "
+                         f"{fmt_ci(f['intervals']['steps'], 1.0, 0)}")
+        speed_lines.append(f"\nFamily-wise (Bonferroni, m = {len(claims)}; each interval at {level}): "
+                           + "; ".join(shown) + ".")
     start_lines, verdicts["versus_start"] = start_section(runs, sel, a)
     lines += start_lines
     for cond in a.conditions:
@@ -299,7 +335,7 @@ def analyse(runs: list[dict], a: argparse.Namespace) -> tuple[str, dict[str, Any
                          f"fails here, not that PDDM's local similarity beats a working Euclidean miner.")
     conv_lines, verdicts["convergence_check"] = convergence_section(sel, a)
     lines += conv_lines
-    speed_lines, verdicts["time_to_level"] = time_to_level_section(sel, a)
+    verdicts["time_to_level"] = speed_out
     lines += speed_lines
     for cond in a.conditions:
         lines.append(f"\n## Curves, {cond}: test R@1 (%) against step, mean over seeds (val-selected lr)\n")
@@ -400,7 +436,7 @@ def time_to_level_section(sel: list[dict], a: argparse.Namespace) -> tuple[list[
                 secs[m].append(float(sec))
         ci_steps = paired_ci(steps["pddm"], steps["triplet"])
         ci_secs = paired_ci(secs["pddm"], secs["triplet"])
-        v = verdict(ci_steps)
+        v = one_interval_rule({"steps": ci_steps})
         out[cond] = {"verdict": v, "steps": ci_steps, "seconds": ci_secs, "levels": levels,
                      "pddm_steps": steps["pddm"], "triplet_steps": steps["triplet"]}
         lines.append(f"| {cond} | {100 * statistics.fmean(levels):.1f} | {statistics.fmean(steps['pddm']):.0f} | "

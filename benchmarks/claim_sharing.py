@@ -58,10 +58,12 @@ Model selection: at the first iteration end at or past every multiple of ``--eva
 callback, ``sharing_engine.EvalEvery``) the val split is evaluated (leave-one-out, fine scale, cosine) and
 the update with the best val R@1 of the class head is reported on test for the class head, the shared head and their
 concatenation. Paired differences over seeds (each redraws data, initial network and batches) with 95 %
-t-intervals (``benchmarks/claim_common.py``). alpha and rho are fixed (``--alpha``, ``--rho``), not tuned, unless
-``--alpha-grid`` / ``--rho-grid`` are given: then each method's hyper-parameters are picked on val per seed and split
-(:func:`select`): t* sharing's (alpha, rho) jointly, MIC's rho (alpha, the weight of the shared loss inside one summed
-step, has no counterpart in MIC's separate shared updates), the baseline has neither.
+t-intervals (``benchmarks/claim_common.py``); each verdict is also given family-wise, its interval at the Bonferroni
+level 1 - 0.05 / m over the file's m verdicts (``claim_common.bonferroni``). alpha and rho are fixed (``--alpha``,
+``--rho``), not tuned, unless ``--alpha-grid`` / ``--rho-grid`` are given: then each method's hyper-parameters are
+picked on val per seed and split (:func:`select`): t* sharing's (alpha, rho) jointly, MIC's rho (alpha, the weight of
+the shared loss inside one summed step, has no counterpart in MIC's separate shared updates), the baseline has
+neither.
 
 Each run records the alpha and rho it was trained with (``alpha`` is ``null`` for the baseline and MIC), so
 ``--resume`` (this file's runs) and ``--resume-from`` (another results file's runs, e.g. an alpha = 0.3 rho grid) skip
@@ -110,13 +112,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claim_common import (  # noqa: E402
     RERENDERED,
+    Claim,
+    bonferroni,
     check_results,
     command_line,
     curve_table,
     environment,
+    family_line,
+    family_record,
+    family_summary,
     fmt_ci,
     mean_curve,
     mean_sd,
+    one_interval_rule,
     original_header,
     paired_ci,
     parse_with_small,
@@ -126,7 +134,6 @@ from claim_common import (  # noqa: E402
     run_conditions,
     small_help,
     stored_header,
-    verdict,
     write_results,
 )
 from result_files import add_overwrite_option  # noqa: E402
@@ -549,17 +556,30 @@ def analyse(runs: list[dict], a: argparse.Namespace, grids: dict[str, list[Candi
     rows, cis = _paired_rows(chosen, a, list(a.methods))
     lines += rows
     lines.append("\n## Verdicts\n")
+    entries: list[tuple[Claim, str]] = []
     for m in [x for x in a.methods if x != "baseline"]:
         for split in a.splits:
             best_head = max(HEADS, key=lambda h: cis[f"{split}/{m}"][h]["mean"])
             ci = cis[f"{split}/{m}"]["class"]
-            v = verdict(ci)
-            verdicts[f"{m}/{split}"] = {"verdict": v, "class_head_gain": ci, "best_head": best_head,
-                                        "shared_head_gain": cis[f"{split}/{m}"]["shared"],
-                                        "concat_gain": cis[f"{split}/{m}"]["concat"]}
-            lines.append(f"* **{m} improves unseen-class R@1 over the baseline at matched updates ({split} split, "
-                         f"class head)** — **{v}**: {fmt_ci(ci)} pp; shared {fmt_ci(cis[f'{split}/{m}']['shared'])}, "
-                         f"concat {fmt_ci(cis[f'{split}/{m}']['concat'])}.")
+            claim = Claim(f"{m}/{split}", one_interval_rule, {"class_head_gain": ci})
+            v = claim.verdict()
+            verdicts[claim.key] = {"verdict": v, "class_head_gain": ci, "best_head": best_head,
+                                   "shared_head_gain": cis[f"{split}/{m}"]["shared"],
+                                   "concat_gain": cis[f"{split}/{m}"]["concat"]}
+            other = cis[f"{split}/{m}"]
+            entries.append((claim, f"* **{m} improves unseen-class R@1 over the baseline at matched updates ({split} "
+                            f"split, class head)** — **{v}**: {fmt_ci(ci)} pp; shared {fmt_ci(other['shared'])}, "
+                            f"concat {fmt_ci(other['concat'])}."))
+    if entries:
+        claims = [c for c, _ in entries]
+        fw = bonferroni(claims)
+        summary, verdicts["family_wise"] = family_summary(claims, fw)
+        lines.append(summary)
+        for claim, bullet in entries:
+            lines.append(bullet)
+            lines.append(family_line(fw[claim.key], claim.verdict(),
+                                     f"class head {fmt_ci(fw[claim.key]['intervals']['class_head_gain'])} pp."))
+            verdicts[claim.key]["family_wise"] = family_record(fw[claim.key])
     for held in [s for s in HELD_OUT_SPLITS if s in a.splits and "today" in a.splits]:
         for m in [x for x in a.methods if x != "baseline"]:
             gain = {s: [x - y for x, y in zip(_values(chosen, m, s, seeds, "class"),

@@ -52,6 +52,136 @@ def test_t975_decreases_with_df_across_the_table():
     assert all(a > b for a, b in zip(values, values[1:], strict=False))
 
 
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.99, 1 - 0.05 / 7, 1 - 0.05 / 11, 1 - 0.05 / 33])
+@pytest.mark.parametrize("df", [1, 2, 4, 9, 29, 100])
+def test_t_critical_at_other_levels_is_scipys_two_sided_quantile(df, level):
+    stats = pytest.importorskip("scipy.stats")
+    common = load_benchmark("claim_common")
+    # the two-sided critical value: the (1 + level) / 2 quantile (not the level's own, a one-sided value)
+    assert common.t_critical(df, level) == pytest.approx(stats.t.ppf((1 + level) / 2, df), rel=1e-12)
+    assert common.t_critical(df, level) == pytest.approx(stats.t.interval(level, df)[1], rel=1e-9)
+    if 2 <= df <= 10:  # an interval of df + 1 paired values at that level, against scipy's
+        a = [0.50, 0.52, 0.47, 0.55, 0.49, 0.51, 0.40, 0.45, 0.60, 0.52, 0.48][: df + 1]
+        b = [x + 0.01 * (i % 3) + 0.005 for i, x in enumerate(a)]
+        ci = common.paired_ci(a, b, level)
+        d = [y - x for x, y in zip(a, b, strict=True)]
+        lo, hi = stats.t.interval(level, df, loc=sum(d) / len(d), scale=stats.sem(d))
+        assert ci["lo"] == pytest.approx(lo, rel=1e-9) and ci["hi"] == pytest.approx(hi, rel=1e-9)
+        assert common.at_level(common.paired_ci(a, b), level) == ci  # recomputed from the stored differences
+
+
+def test_t_critical_at_95_keeps_the_tabulated_values_of_the_published_results():
+    common = load_benchmark("claim_common")
+    for df in range(1, 31):
+        assert common.t_critical(df) == common.t_critical(df, 0.95) == common.t975(df)
+    assert common.t_critical(4, 1 - 0.05) == 2.776  # the table's, not scipy's 2.7764...: nothing published moves
+    a, b = [0.50, 0.52, 0.47, 0.55, 0.49], [0.53, 0.52, 0.50, 0.58, 0.50]
+    assert common.at_level(common.paired_ci(a, b), 0.95) == common.paired_ci(a, b)
+    for level in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            common.t_critical(4, level)
+    with pytest.raises(ValueError, match="df=0"):
+        common.t_critical(0, 0.99)
+
+
+def test_a_verdict_reproduced_at_95_is_inconclusive_family_wise_by_hand():
+    """Differences (2, 3, 4) pp: mean 3, sd 1, n 3, se 1/sqrt(3). At 95 %: 3 ± 4.303 / sqrt(3) = [0.516, 5.484],
+    reproduced. In a family of m = 2 single-interval verdicts each interval is at 1 - 0.05 / 2 = 97.5 %; with 2
+    degrees of freedom Student's quantile has the closed form t_p = (2p - 1) / sqrt(2p (1 - p)), so t_0.9875 =
+    0.975 / sqrt(2 · 0.9875 · 0.0125) = 6.20535 and the interval is 3 ± 3.58266 = [-0.583, 6.583]: inconclusive."""
+    common = load_benchmark("claim_common")
+    zeros = [0.0, 0.0, 0.0]
+    effect = common.paired_ci(zeros, [0.02, 0.03, 0.04])
+    assert effect["lo"] == pytest.approx(0.03 - 0.04303 / math.sqrt(3), abs=1e-12)
+    null = common.paired_ci(zeros, [0.001, -0.001, 0.0])
+    claims = [common.Claim("effect", common.one_interval_rule, {"ci": effect}),
+              common.Claim("null", common.one_interval_rule, {"ci": null})]
+    assert [c.verdict() for c in claims] == ["reproduced", "inconclusive"]
+    fw = common.bonferroni(claims)
+    assert (fw["effect"]["m"], fw["effect"]["k"], fw["effect"]["level"]) == (2, 1, 0.975)
+    t = 0.975 / math.sqrt(2 * 0.9875 * 0.0125)
+    assert t == pytest.approx(6.20535, abs=1e-5)
+    adjusted = fw["effect"]["intervals"]["ci"]
+    assert adjusted["lo"] == pytest.approx(0.03 - t * 0.01 / math.sqrt(3), abs=1e-12) == pytest.approx(-0.0058266,
+                                                                                                       abs=1e-7)
+    assert adjusted["hi"] == pytest.approx(0.0658266, abs=1e-7) and adjusted["mean"] == pytest.approx(0.03)
+    assert fw["effect"]["verdict"] == "inconclusive" and fw["null"]["verdict"] == "inconclusive"
+    line, record = common.family_summary(claims, fw)
+    assert "m = 2 verdicts" in line and "**1 of 2 verdicts keep their call**" in line
+    assert "of the 1 conclusive at 95 %, 0 remain conclusive" in line and "effect (reproduced → inconclusive)" in line
+    assert record == {"method": "bonferroni", "alpha": 0.05, "m": 2, "kept": 1, "conclusive_95": 1,
+                      "conclusive_family_wise": 0,
+                      "changed": {"effect": {"95": "reproduced", "family_wise": "inconclusive"}}}
+    shown = common.family_line(fw["effect"], "reproduced", "x")
+    assert shown == ("  * family-wise (Bonferroni, m = 2; its interval at 97.5 %): **inconclusive** (changed from "
+                     "reproduced) — x")
+    # alone (m = 1) the family-wise interval is the 95 % one, the tabulated quantile included: the call stands
+    alone = common.bonferroni(claims[:1])
+    assert alone["effect"]["verdict"] == "reproduced" and alone["effect"]["intervals"]["ci"] == effect
+
+
+def test_bonferroni_counts_the_verdicts_and_shares_each_ones_alpha_among_its_intervals():
+    common = load_benchmark("claim_common")
+    ci = common.paired_ci([0.0, 0.0, 0.0, 0.0], [0.02, 0.03, 0.04, 0.03])
+    two = common.Claim("two", lambda x: common.verdict(x["a"]) if common.sign(x["b"]) else "inconclusive",
+                       {"a": ci, "b": ci})
+    ones = [common.Claim(f"one{i}", common.one_interval_rule, {"ci": ci}) for i in range(4)]
+    fw = common.bonferroni([two, *ones])
+    assert {k: v["m"] for k, v in fw.items()} == dict.fromkeys(["two", "one0", "one1", "one2", "one3"], 5)
+    assert fw["two"]["k"] == 2 and fw["two"]["level"] == pytest.approx(1 - 0.05 / 10)
+    assert fw["one0"]["k"] == 1 and fw["one0"]["level"] == pytest.approx(1 - 0.05 / 5)
+    assert fw["two"]["intervals"]["a"] == common.at_level(ci, 1 - 0.05 / 10)
+    # each verdict's share is alpha / m: the levels' miss rates add up to alpha over the report
+    assert sum(v["k"] * (1 - v["level"]) for v in fw.values()) == pytest.approx(0.05)
+    assert common.bonferroni_level(11, 3) == pytest.approx(1 - 0.05 / 33)
+    assert common.fmt_level(1 - 0.05 / 11) == "99.55 %" and common.fmt_level(0.95) == "95 %"
+    with pytest.raises(ValueError, match="unique"):
+        common.bonferroni([ones[0], ones[0]])
+    with pytest.raises(ValueError, match="m >= 1"):
+        common.bonferroni_level(0)
+    with pytest.raises(ValueError, match="exactly one interval"):
+        common.one_interval_rule({"a": ci, "b": ci})
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+@pytest.mark.parametrize(("script", "name", "summary", "changed"), [
+    ("claim_dyml", "claim-dyml", "**8 of 11 verdicts keep their call**; of the 3 conclusive at 95 %, 0 remain",
+     "  * family-wise (Bonferroni, m = 11; its interval at 99.55 %): **inconclusive** (changed from reproduced "
+     "(non-inferior within δ)) — csl − fine at c=0 +0.22 [-1.84, +2.28] pp."),
+    ("claim_pddm", "claim-pddm-9600", "**6 of 7 verdicts keep their call**; of the 3 conclusive at 95 %, 2 remain",
+     "uniform **inconclusive** (changed from not reproduced), triplet − PDDM steps -3040 [-8426, +2346]"),
+    ("claim_sharing", "claim-sharing-rho", "**3 of 4 verdicts keep their call**; of the 1 conclusive at 95 %, 0 "
+     "remain", "  * family-wise (Bonferroni, m = 4; its interval at 98.75 %): **inconclusive** (changed from "
+     "reproduced) — class head +1.32 [-0.28, +2.92] pp."),
+])
+def test_published_results_re_render_byte_identically_with_their_family_wise_verdicts(tmp_path, script, name,
+                                                                                      summary, changed):
+    """The stored claim files are today's rendering of their runs (``--render-only``, nothing retrained): the
+    family-wise lines included, a verdict that is conclusive at 95 % but not under the correction among them. The
+    published files predate the results markers and are kept without them, so the rendering's marker (the .md's
+    last line, the .json's ``written_by``) is the only difference."""
+    for suffix in (".md", ".json"):
+        (tmp_path / f"{name}{suffix}").write_bytes((RESULTS / f"{name}{suffix}").read_bytes())
+    assert load_benchmark(script).main(["--render-only", str(tmp_path / f"{name}.json")]) == 0
+    text = (tmp_path / f"{name}.md").read_text(encoding="utf-8")
+    marker = f"\n\n<!-- written by benchmarks/{script}.py (full run) -->\n"
+    assert text.endswith(marker) and text[: -len(marker)] + "\n" == (RESULTS / f"{name}.md").read_text(encoding="utf-8")
+    rendered = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
+    assert rendered.pop("written_by") == {"script": f"{script}.py", "run": "full"}
+    assert rendered == json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    assert summary in text and changed in text
+
+
+def _family_lines(text: str, m: int) -> list[tuple[str, str]]:
+    """(verdict bullet, family-wise line) pairs of a report's Verdicts section; checks its summary line names m."""
+    section = text.split("\n## Verdicts\n", 1)[1].split("\n## ", 1)[0]
+    assert section.startswith(f"\nFamily-wise (Bonferroni over the m = {m} verdict")
+    rows = section.strip("\n").split("\n")
+    return [(rows[i - 1], row) for i, row in enumerate(rows) if row.startswith("  * family-wise")]
+
+
 def test_euclid_mined_quadruplet_is_the_hardest_by_distance():
     pddm = load_benchmark("claim_pddm")
     loss = pddm.EuclidMinedPDDMLoss(2)
@@ -114,6 +244,20 @@ def test_claim_dyml_small(tmp_path):
     assert {r["seed"] for r in p["runs"]} == {0, 2} and p["args"]["seeds"] == [0, 2]
     assert "seeds [0, 2] (each redraws" in (tmp_path / "claim_dyml.md").read_text()
     assert {"pairs/summed-penalty", "pairs/csl-no-penalty", "pairs/csl-beats-own-baseline"} <= set(p["verdicts"])
+    # family-wise: m = 3 verdicts (summed penalty: 2 intervals, no penalty: 1, own baseline: one per coherence, 2)
+    assert p["verdicts"]["family_wise"]["m"] == 3
+    common = load_benchmark("claim_common")
+    for key, k, name in (("summed-penalty", 2, "change_of_gap"), ("csl-no-penalty", 1, "csl_minus_fine_at_lowest"),
+                         ("csl-beats-own-baseline", 2, "0")):
+        v = p["verdicts"][f"pairs/{key}"]
+        fw = v["family_wise"]
+        assert (fw["m"], fw["k"]) == (3, k) and fw["level"] == pytest.approx(1 - 0.05 / (3 * k))
+        ci95 = v[name] if name != "0" else v["mean_asi_gain"]["0"]
+        assert fw["intervals"][name]["lo"] == pytest.approx(common.at_level(ci95, fw["level"])["lo"])
+    pairs = _family_lines((tmp_path / "claim_dyml.md").read_text(), 3)
+    assert len(pairs) == 3 and all(b.startswith("* **pairs: ") for b, _ in pairs)
+    assert [f.split(";")[0] for _, f in pairs] == ["  * family-wise (Bonferroni, m = 3"] * 3
+    assert "its 2 intervals at 99.17 % each" in pairs[0][1] and "its interval at 98.33 %" in pairs[1][1]
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -135,8 +279,13 @@ def test_claim_sharing_small(tmp_path):
     assert all(set(r) == {"method", "split", "seed", "alpha", "rho", "best_step", "updates", "shared_steps", "val",
                           "test", "train_s", "curve", "selected"} for r in runs)
     assert not any("vs-start" in k for k in p["verdicts"])
-    assert set(p["verdicts"]) == {"mic/held-out", "end-of-budget"}
+    assert set(p["verdicts"]) == {"mic/held-out", "end-of-budget", "family_wise"}
     text = (tmp_path / "claim_sharing.md").read_text()
+    # one verdict: the family-wise interval is the 95 % one (m = 1) and the call stands
+    assert p["verdicts"]["family_wise"]["m"] == 1 and "**1 of 1 verdict keeps its call**" in text
+    assert p["verdicts"]["mic/held-out"]["family_wise"]["verdict"] == p["verdicts"]["mic/held-out"]["verdict"]
+    [(bullet, line)] = _family_lines(text, 1)
+    assert bullet.startswith("* **mic improves") and "m = 1; its interval at 95 %" in line and "(same call)" in line
     assert "pretrained start" not in text and "no pretraining" in text
 
 
@@ -240,6 +389,16 @@ def test_claim_pddm_small(tmp_path):
         # every method starts from the same pretrained network
         assert len({json.dumps(r["start"]) for r in mine if r["seed"] == 0}) == 1
     assert len({json.dumps(r["start"]) for r in runs if r["seed"] == 0}) == 1
+    # m = 3: local similarity and convergence (one condition, no density verdict) and the time-to-level verdict,
+    # whose family-wise call stands below its own table
+    assert p["verdicts"]["family_wise"]["m"] == 3
+    assert p["verdicts"]["time_to_level"]["heterogeneous"]["family_wise"]["level"] == pytest.approx(1 - 0.05 / 3)
+    text = (tmp_path / "claim_pddm.md").read_text()
+    pairs = _family_lines(text, 3)
+    assert [b.split(" (")[0] for b, _ in pairs] == ["* **PDDM-mined beats Euclidean-mined quadruplets under the same "
+                                                    "loss", "* **PDDM converges faster than the triplet baseline"]
+    speed = text.split("\n## Time to a common level", 1)[1].split("\n## ", 1)[0]
+    assert "\nFamily-wise (Bonferroni, m = 3; each interval at 98.33 %): heterogeneous **" in speed
 
 
 @pytest.mark.usefixtures("one_torch_thread")
