@@ -511,10 +511,14 @@ class RetrievalIndex:
         ``exclude`` (``[Q]`` item positions, ``-1`` for none) drops one item per query (the query itself).
         Queries go in chunks of ``QUERY_CHUNK``; per chunk the candidate list grows 4x at a time until every row
         has ``k`` results, or as many as it can have (the number of classes at the scale, the size of its class),
-        or the whole index is searched: the results are exact for a ``flat`` index.
+        or the whole index is searched: the results are exact for a ``flat`` index. A ``k`` above the index size
+        is taken as the index size (the result arrays are ``[Q, min(k, size)]``).
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}", key="k")
+        # no query can have more results than the index has items: the result arrays ([Q, k]) are as wide as the
+        # index at most (a k of 10**9 allocated [Q, 10**9] arrays and died of a MemoryError)
+        k = min(int(k), max(self.size, 1))
         if scale is not None and same is not None:
             raise InputError("give either --scale (group by class) or --same (filter to the query's class), not both",
                              key="--same")
