@@ -3,14 +3,22 @@ fails on the code before its fix."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import io
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dynametric.cli import main
 from dynametric.retrieval.embed import EmbeddingSet
+from dynametric.retrieval.explorer import Explorer, make_server
 from dynametric.retrieval.index import RetrievalIndex
 
 pytest.importorskip("faiss")
@@ -64,3 +72,84 @@ def test_search_cli_with_a_huge_k_prints_every_item_once(tmp_path: Path, capsys)
     for q in out["queries"]:
         assert sorted(h["index"] for h in q["results"]) == list(range(12))
         assert [h["rank"] for h in q["results"]] == list(range(1, 13))
+
+
+# ----------------------------------------------------------------------------------------------- the explorer
+@contextlib.contextmanager
+def serving(explorer: Explorer, host: str = "127.0.0.1", **kwargs: Any) -> Iterator[Any]:
+    """A running explorer server (any free port) for the duration of the block."""
+    server = make_server(explorer, host, 0, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+            host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+    """``(status, headers, body)`` of one request (http.client sends ``Host: 127.0.0.1:<port>``)."""
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def error_of(port: int, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
+    status, headers, body = request(port, method, path, **kwargs)
+    assert headers["content-type"] == "application/json", body
+    return status, json.loads(body)["error"]
+
+
+@pytest.fixture(scope="module")
+def gallery(run_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An index of 6 PNGs under ``root`` (random 16-d vectors, the model's width), with the model for uploads."""
+    from dynametric.retrieval.model import load_embedder
+
+    base = tmp_path_factory.mktemp("server_qa")
+    root = base / "gallery"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        paths.append(str(root / f"{i}.png"))
+    emb = EmbeddingSet(rng.normal(size=(6, 16)).astype(np.float32), [f"i{j}" for j in range(6)], paths,
+                       np.stack([np.arange(6) % 3, np.arange(6) % 2], axis=1), ["fine", "coarse"], None, [str(root)],
+                       {}, base)
+    return {"index": RetrievalIndex.build(emb, "flat", "cosine"), "model": load_embedder(run_ckpt), "root": root,
+            "base": base}
+
+
+@pytest.fixture(scope="module")
+def server(gallery: dict[str, Any]) -> Iterator[Any]:
+    with serving(Explorer(gallery["index"], gallery["model"], k=3)) as srv:
+        yield srv
+
+
+def _jpeg_bytes(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    first = Image.fromarray(np.random.default_rng(2).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    extra = {"save_all": True, "append_images": [Image.new("RGB", (24, 24), "blue")]} if fmt == "MPO" else {}
+    first.save(buf, format=fmt, **extra)
+    return buf.getvalue()
+
+
+def test_a_multi_picture_jpeg_is_accepted_as_a_jpeg(server: Any) -> None:
+    """A phone's multi-picture JPEG (Pillow: MPO) is a JPEG upload: its first picture is searched (was: 400
+    'content type image/jpeg but the data is MPO')."""
+    port = server.server_address[1]
+    mpo, jpeg = _jpeg_bytes("MPO"), _jpeg_bytes("JPEG")
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    status, _, body = request(port, "POST", "/api/upload?k=2", mpo, {"Content-Type": "image/jpeg"})
+    assert status == 200, body
+    got = json.loads(body)["columns"][0]["results"]
+    status, _, body = request(port, "POST", "/api/upload?k=2", jpeg, {"Content-Type": "image/jpeg"})
+    assert [h["index"] for h in got] == [h["index"] for h in json.loads(body)["columns"][0]["results"]]
+    status, message = error_of(port, "POST", "/api/upload", body=mpo, headers={"Content-Type": "image/png"})
+    assert status == 400 and message.endswith("content type image/png but the data is MPO")

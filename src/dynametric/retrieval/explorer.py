@@ -28,6 +28,9 @@ from dynametric.errors import DynametricError, InputError
 from dynametric.retrieval.index import RetrievalIndex
 
 UPLOAD_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP", "image/gif": "GIF"}
+UPLOAD_FORMATS = {"MPO": "JPEG"}
+"""Pillow formats taken as another: a multi-picture JPEG (``MPO``: many phone photos, a JPEG whose first picture is
+the photo) is a JPEG."""
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -169,7 +172,7 @@ class Explorer:
             raise
         except Exception as exc:  # PIL raises many types for bad data
             raise InputError(f"cannot decode the uploaded image ({type(exc).__name__})", key="upload") from None
-        if fmt != UPLOAD_TYPES[ctype]:
+        if UPLOAD_FORMATS.get(str(fmt), fmt) != UPLOAD_TYPES[ctype]:
             raise InputError(f"content type {ctype} but the data is {fmt}", key="content-type")
         import torch
 
