@@ -153,3 +153,22 @@ def test_a_multi_picture_jpeg_is_accepted_as_a_jpeg(server: Any) -> None:
     assert [h["index"] for h in got] == [h["index"] for h in json.loads(body)["columns"][0]["results"]]
     status, message = error_of(port, "POST", "/api/upload", body=mpo, headers={"Content-Type": "image/png"})
     assert status == 400 and message.endswith("content type image/png but the data is MPO")
+
+
+@pytest.mark.parametrize("path, needle", [
+    ("/api/neighbours", "missing parameter 'item'"),  # was: item -1 out of range (a value never sent)
+    ("/api/neighbours?k=2", "missing parameter 'item'"),
+    ("/api/neighbours?item=1&item=abc", "parameter 'item' given 2 times; give it once"),  # was: item 1 taken
+    ("/api/neighbours?item=1&k=2&k=3", "parameter 'k' given 2 times"),
+    ("/api/items?limit=2&limit=2", "parameter 'limit' given 2 times"),
+    ("/api/neighbours?item=", "expected an integer of at most 18 ASCII digits for 'item', got ''"),
+])
+def test_a_missing_or_repeated_parameter_is_named(server: Any, path: str, needle: str) -> None:
+    status, message = error_of(server.server_address[1], "GET", path)
+    assert status == 400 and needle in message, message
+
+
+def test_an_upload_with_a_repeated_k_is_refused(server: Any) -> None:
+    status, message = error_of(server.server_address[1], "POST", "/api/upload?k=2&k=3", body=_jpeg_bytes("JPEG"),
+                               headers={"Content-Type": "image/jpeg"})
+    assert status == 400 and "parameter 'k' given 2 times" in message

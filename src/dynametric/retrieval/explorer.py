@@ -91,6 +91,16 @@ def _in_range(name: str, value: int, lo: int, hi: int | None) -> None:
         bound = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
         raise InputError(f"expected {name!r} {bound}, got {value}", key=name)
 
+def query_params(query: str) -> dict[str, list[str]]:
+    """The parameters of a URL's query string; one given twice (``?item=1&item=abc``) is refused, naming it
+    (``parse_qs`` keeps both and the first was taken without a word)."""
+    params = parse_qs(query, keep_blank_values=True)
+    for name, values in params.items():
+        if len(values) > 1:
+            raise InputError(f"parameter {name[:40]!r} given {len(values)} times; give it once", key=name[:40])
+    return params
+
+
 class Explorer:
     """The explorer's state: an index, an optional model (uploads), limits. Methods return JSON-ready dicts."""
 
@@ -209,8 +219,11 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
         def _error(self, status: int, message: str) -> None:
             self._json({"error": message}, status)
 
-        def _int(self, params: dict[str, list[str]], name: str, default: int) -> int:
+        def _int(self, params: dict[str, list[str]], name: str, default: int | None) -> int:
+            """Query parameter ``name`` as an integer; ``default`` when it is absent (``None``: it is required)."""
             if name not in params:
+                if default is None:
+                    raise InputError(f"missing parameter {name!r}", key=name)
                 return default
             text = params[name][0]
             value = ascii_number(text.removeprefix("-"))
@@ -221,8 +234,8 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             url = urlsplit(self.path)
-            params = parse_qs(url.query)
             try:
+                params = query_params(url.query)
                 if url.path in ("/", "/index.html"):
                     self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
                 elif url.path == "/api/info":
@@ -230,7 +243,7 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
                 elif url.path == "/api/items":
                     self._json(explorer.items(self._int(params, "offset", 0), self._int(params, "limit", 60)))
                 elif url.path == "/api/neighbours":
-                    self._json(explorer.neighbours_of_item(self._int(params, "item", -1),
+                    self._json(explorer.neighbours_of_item(self._int(params, "item", None),
                                                            self._int(params, "k", explorer.k)))
                 elif url.path.startswith("/image/"):
                     self._image(url.path[len("/image/"):])
@@ -276,7 +289,7 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
                 return
             data = self.rfile.read(length)
             try:
-                k = self._int(parse_qs(url.query), "k", explorer.k)
+                k = self._int(query_params(url.query), "k", explorer.k)
                 self._json(explorer.neighbours_of_upload(data, ctype, k))
             except DynametricError as exc:
                 self._error(400, str(exc))
