@@ -172,3 +172,79 @@ def test_an_upload_with_a_repeated_k_is_refused(server: Any) -> None:
     status, message = error_of(server.server_address[1], "POST", "/api/upload?k=2&k=3", body=_jpeg_bytes("JPEG"),
                                headers={"Content-Type": "image/jpeg"})
     assert status == 400 and "parameter 'k' given 2 times" in message
+
+
+def test_a_missing_image_file_is_a_404_and_one_outside_the_roots_a_403(gallery: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    """A deleted file inside the roots: 404 file not found (was 403 'not an image inside the index's image roots');
+    a file outside them stays 403, whether it exists or not."""
+    root = gallery["root"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "real.png").write_bytes((root / "0.png").read_bytes())
+    paths = [str(root / "0.png"), str(root / "gone.png"), str(outside / "real.png"), str(outside / "gone.png")]
+    emb = EmbeddingSet(np.eye(4, 16, dtype=np.float32), ["a", "b", "c", "d"], paths, None, [], None, [str(root)], {},
+                       tmp_path)
+    with serving(Explorer(RetrievalIndex.build(emb, "flat", "cosine"))) as srv:
+        port = srv.server_address[1]
+        assert request(port, "GET", "/image/0")[0] == 200
+        status, message = error_of(port, "GET", "/image/1")
+        assert status == 404 and message == "file not found: item 1's image file (gone.png) does not exist"
+        for i in (2, 3):
+            status, message = error_of(port, "GET", f"/image/{i}")
+            assert status == 403 and "not inside the index's image roots" in message
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An explorer over an index built from a bare .npy: no file paths, no model."""
+    emb = _set(n=8, d=4)
+    seen: list[str] = []  # every request's path
+    with serving(Explorer(RetrievalIndex.build(emb, "flat", "cosine"), k=3)) as srv:
+        class Recording(srv.RequestHandlerClass):  # type: ignore[name-defined,misc]
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                seen.append(self.path)
+                return ok
+
+        srv.RequestHandlerClass = Recording
+        yield srv, seen
+
+
+def test_an_index_without_file_paths_says_it_has_no_images(bare: Any) -> None:
+    """No paths: the API says so (was: every /image/N a 403 'not an image inside the roots') and gives no image
+    URLs, so the page requests none (was: a broken image per item)."""
+    srv, _ = bare
+    port = srv.server_address[1]
+    status, _, body = request(port, "GET", "/api/info")
+    assert status == 200 and json.loads(body)["images"] is False
+    items = json.loads(request(port, "GET", "/api/items")[2])["items"]
+    assert len(items) == 8 and all(it["image"] is None for it in items)
+    data = json.loads(request(port, "GET", "/api/neighbours?item=0&k=2")[2])
+    assert data["query"]["image"] is None
+    assert all(h["image"] is None for col in data["columns"] for h in col["results"])
+    status, message = error_of(port, "GET", "/image/0")
+    assert status == 404 and message.startswith("this index has no images: it was built from embeddings without "
+                                                "file paths")
+
+
+CHROMIUM = None
+with contextlib.suppress(FileNotFoundError):
+    from tests.browser import find_chromium
+
+    CHROMIUM = find_chromium()
+
+
+@pytest.mark.ci_required
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium; the API it relies on is tested above")
+def test_the_page_requests_no_image_of_an_index_without_images(bare: Any, tmp_path: Path) -> None:
+    from tests.browser import run_headless
+
+    srv, seen = bare
+    seen.clear()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/?autoclick=1"
+    out = run_headless(["--virtual-time-budget=15000", "--dump-dom", url], binary=CHROMIUM, profile_dir=tmp_path)
+    assert 'data-state="results"' in out.stdout, out.stderr[-2000:]
+    assert "/api/info" in seen and any(p.startswith("/api/neighbours") for p in seen)
+    assert not [p for p in seen if p.startswith("/image/")]
+    assert out.stdout.count('class="tile') == 8 and "no images" in out.stdout

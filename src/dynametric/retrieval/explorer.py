@@ -11,6 +11,7 @@ BMP, GIF, checked again on the decoded format) and pixel count (``max_pixels``).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import mimetypes
@@ -59,25 +60,35 @@ def exposure_warning(host: str) -> str | None:
             "and upload queries (no authentication). Use the default --host 127.0.0.1 for this machine only.")
 
 
+def locate_image(path: str | Path, roots: Sequence[str | Path]) -> tuple[Path | None, str]:
+    """``(resolved path, "ok")`` if ``path`` (symlinks followed) is an existing image file inside one of ``roots``;
+    else ``(None, why)``: ``"none"`` (no path recorded), ``"outside"`` (not inside the roots, whether it exists or
+    not), ``"missing"`` (inside the roots, but no such file), ``"not-image"`` (not a file with an image extension)."""
+    text = str(path)
+    if not text:
+        return None, "none"
+    if "\x00" in text:
+        return None, "outside"
+    try:
+        real = Path(text).resolve()  # every existing link followed; the rest of the path as written
+    except (OSError, RuntimeError):  # a symlink loop
+        return None, "outside"
+    bases = []
+    for root in roots:
+        with contextlib.suppress(OSError, RuntimeError):
+            bases.append(Path(root).resolve(strict=True))
+    if not any(real.is_relative_to(base) for base in bases):
+        return None, "outside"
+    if not real.exists():
+        return None, "missing"
+    if not real.is_file() or real.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None, "not-image"
+    return real, "ok"
+
+
 def path_inside_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | None:
     """``path`` resolved (symlinks followed) if it is an existing image file inside one of ``roots``, else None."""
-    text = str(path)
-    if not text or "\x00" in text:
-        return None
-    try:
-        real = Path(text).resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    if not real.is_file() or real.suffix.lower() not in IMAGE_EXTENSIONS:
-        return None
-    for root in roots:
-        try:
-            base = Path(root).resolve(strict=True)
-        except (OSError, RuntimeError):
-            continue
-        if real.is_relative_to(base):
-            return real
-    return None
+    return locate_image(path, roots)[0]
 
 
 
@@ -117,14 +128,23 @@ class Explorer:
         self.roots = [str(r) for r in (roots if roots is not None else index.image_roots)]
         self.lock = threading.Lock()
 
+    @property
+    def has_images(self) -> bool:
+        """Whether the index records image files (one built from a bare ``.npy`` records none)."""
+        return any(self.index.paths)
+
+    def image_url(self, i: int) -> str | None:
+        """``/image/<i>``, or None for an item without an image file (the page then requests nothing)."""
+        return f"/image/{i}" if self.index.paths[i] else None
+
     def info(self) -> dict[str, Any]:
         return {"count": self.index.size, "scales": self.index.scale_names, "k": self.k, "metric": self.index.metric,
-                "kind": self.index.kind, "upload": self.embedder is not None,
+                "kind": self.index.kind, "upload": self.embedder is not None, "images": self.has_images,
                 "max_upload_bytes": self.max_upload_bytes, "upload_types": sorted(UPLOAD_TYPES)}
 
     def item(self, i: int) -> dict[str, Any]:
         idx = self.index
-        out: dict[str, Any] = {"index": i, "id": idx.ids[i], "image": f"/image/{i}"}
+        out: dict[str, Any] = {"index": i, "id": idx.ids[i], "image": self.image_url(i)}
         if idx.labels is not None:
             out["labels"] = {s: idx.label_value(j, int(idx.labels[i, j])) for j, s in enumerate(idx.scale_names)}
         return out
@@ -147,7 +167,7 @@ class Explorer:
                 res = self.index.search(q, k, scale=scale, exclude=ex)
                 hits = self.index.describe(res, ["query"])[0]["results"]
                 for h in hits:
-                    h["image"] = f"/image/{h['index']}"
+                    h["image"] = self.image_url(h["index"])
                     h.pop("path", None)
                 columns.append({"title": title, "scale": scale, "results": hits})
         return {"columns": columns}
@@ -194,6 +214,24 @@ class Explorer:
         if not 0 <= i < self.index.size:
             return None
         return path_inside_roots(self.index.paths[i], self.roots)
+
+    def image(self, i: int) -> tuple[int, Path | str]:
+        """``(200, file)`` for item ``i``'s image, else ``(status, message)``: 404 no such item, no image recorded,
+        file not found; 403 a file outside the image roots or not an image."""
+        idx = self.index
+        if not 0 <= i < idx.size:
+            return 404, f"no item {i}: the index has {idx.size} items"
+        path, why = locate_image(idx.paths[i], self.roots)
+        if path is not None:
+            return 200, path
+        if why == "none":
+            return 404, ("this index has no images: it was built from embeddings without file paths (a bare .npy)"
+                         if not self.has_images else f"item {i} records no image file")
+        if why == "missing":
+            return 404, f"file not found: item {i}'s image file ({Path(idx.paths[i]).name}) does not exist"
+        if why == "not-image":
+            return 403, "refused: the item's file is not an image file (a file with an image extension)"
+        return 403, "refused: the item's file is not inside the index's image roots"
 
 
 def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
@@ -259,12 +297,9 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
             if number is None:
                 self._error(404, "no such image: expected /image/<item number> (ASCII digits, at most 18)")
                 return
-            path = explorer.image_file(number)
-            if path is None and number >= explorer.index.size:
-                self._error(404, f"no item {number}: the index has {explorer.index.size} items")
-                return
-            if path is None:
-                self._error(403, "refused: the item's file is not an image inside the index's image roots")
+            status, path = explorer.image(number)
+            if not isinstance(path, Path):
+                self._error(status, path)
                 return
             ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             self._send(200, path.read_bytes(), ctype)
@@ -322,8 +357,9 @@ PAGE = """<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;margin:1em;background:#fafafa}
 #gallery{display:flex;flex-wrap:wrap;gap:4px;max-height:30vh;overflow:auto;border:1px solid #ccc;padding:4px}
-#gallery img{width:64px;height:64px;object-fit:cover;cursor:pointer;border:2px solid transparent}
-#gallery img.sel{border-color:#d33}
+#gallery .tile{width:64px;height:64px;object-fit:cover;cursor:pointer;border:2px solid transparent}
+#gallery span.tile{font-size:.7em;overflow:hidden;background:#eee;word-break:break-all}
+#gallery .tile.sel{border-color:#d33}
 #columns{display:flex;gap:1em;margin-top:1em;align-items:flex-start}
 .col{flex:1;background:#fff;border:1px solid #ddd;padding:.5em;min-width:12em}
 .hit{display:flex;gap:.5em;align-items:center;margin:.25em 0;font-size:.85em}
@@ -359,7 +395,7 @@ function show(data) {
     col.appendChild(el("h3", c.title));
     for (const h of c.results) {
       const row = el("div", undefined, "hit"); row.dataset.rank = h.rank; row.dataset.index = h.index;
-      const img = el("img"); img.src = h.image; img.alt = h.id; row.appendChild(img);
+      if (h.image) { const img = el("img"); img.src = h.image; img.alt = h.id; row.appendChild(img); }
       row.appendChild(el("span", "#" + h.rank + " " + h.id + " d=" + distText(h.distance) + " " +
         labelsText(h.labels)));
       col.appendChild(row);
@@ -370,8 +406,8 @@ function show(data) {
   document.body.dataset.state = "results";
 }
 async function query(i) {
-  for (const e of document.querySelectorAll("#gallery img.sel")) e.classList.remove("sel");
-  const t = document.querySelector('#gallery img[data-index="' + i + '"]'); if (t) t.classList.add("sel");
+  for (const e of document.querySelectorAll("#gallery .tile.sel")) e.classList.remove("sel");
+  const t = document.querySelector('#gallery .tile[data-index="' + i + '"]'); if (t) t.classList.add("sel");
   const r = await fetch("/api/neighbours?item=" + i + "&k=" + $("k").value); show(await r.json());
 }
 async function init() {
@@ -379,17 +415,20 @@ async function init() {
   $("k").value = info.k;
   $("upload").disabled = !info.upload;
   const data = await (await fetch("/api/items?offset=0&limit=200")).json();
-  for (const it of data.items) {
-    const img = el("img"); img.src = it.image; img.alt = it.id; img.title = it.id + " " + labelsText(it.labels);
-    img.dataset.index = it.index; img.addEventListener("click", () => query(it.index));
-    $("gallery").appendChild(img);
+  for (const it of data.items) {  // an item without an image file (image null) is a tile with its id: no request
+    const tile = it.image ? el("img", undefined, "tile") : el("span", it.id, "tile");
+    if (it.image) { tile.src = it.image; tile.alt = it.id; }
+    tile.title = it.id + " " + labelsText(it.labels);
+    tile.dataset.index = it.index; tile.addEventListener("click", () => query(it.index));
+    $("gallery").appendChild(tile);
   }
   $("status").textContent = info.count + " items, scales: " + (info.scales.join(", ") || "none") +
-    (info.upload ? "" : " (uploads disabled: no checkpoint)") + (data.total > data.items.length ?
+    (info.upload ? "" : " (uploads disabled: no checkpoint)") +
+    (info.images ? "" : " (no images: the index records no image files)") + (data.total > data.items.length ?
     "; showing the first " + data.items.length : "");
   document.body.dataset.state = "ready";
   if (new URLSearchParams(location.search).get("autoclick") !== null) {
-    const first = document.querySelector("#gallery img"); if (first) first.click();
+    const first = document.querySelector("#gallery .tile"); if (first) first.click();
   }
 }
 $("upload").addEventListener("change", async (ev) => {
