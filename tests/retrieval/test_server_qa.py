@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import io
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from dynametric.cli import main
+from dynametric.errors import InputError
 from dynametric.retrieval.embed import EmbeddingSet
 from dynametric.retrieval.explorer import Explorer, make_server
 from dynametric.retrieval.index import RetrievalIndex
@@ -248,3 +250,35 @@ def test_the_page_requests_no_image_of_an_index_without_images(bare: Any, tmp_pa
     assert "/api/info" in seen and any(p.startswith("/api/neighbours") for p in seen)
     assert not [p for p in seen if p.startswith("/image/")]
     assert out.stdout.count('class="tile') == 8 and "no images" in out.stdout
+
+
+def raw_exchange(port: int, head: bytes, timeout: float = 10) -> bytes:
+    """Send ``head`` (a request without its body) and read the answer until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_an_upload_to_an_explorer_without_uploads_is_refused_before_its_body(bare: Any) -> None:
+    """Uploads disabled: 403 at once, without waiting for (reading) the body, and the connection closed (was: the
+    whole body read, then a 400). The answer arriving at all is the check: the body is never sent."""
+    srv, _ = bare
+    data = raw_exchange(srv.server_address[1], b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: image/png\r\nContent-Length: 5000\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"403" and b"Connection: close" in head
+    assert json.loads(body)["error"].startswith("uploads are disabled")
+
+
+def test_upload_parameters_are_checked_before_the_image_is_decoded(server: Any, gallery: dict[str, Any]) -> None:
+    """k=0 with an undecodable body: the k error (was 'cannot decode the uploaded image': the image was decoded
+    and embedded before k was looked at), over HTTP and in Python."""
+    status, message = error_of(server.server_address[1], "POST", "/api/upload?k=0", body=b"not an image",
+                               headers={"Content-Type": "image/png"})
+    assert status == 400 and "expected 'k' from 1 to 100, got 0" in message
+    explorer = Explorer(gallery["index"], gallery["model"])
+    with pytest.raises(InputError, match="expected 'k' from 1 to 100, got 0"):
+        explorer.neighbours_of_upload(b"not an image", "image/png", 0)

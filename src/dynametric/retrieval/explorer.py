@@ -112,6 +112,10 @@ def query_params(query: str) -> dict[str, list[str]]:
     return params
 
 
+UPLOADS_DISABLED = ("uploads are disabled: the index records no usable checkpoint (start the explorer with "
+                    "--checkpoint)")
+
+
 class Explorer:
     """The explorer's state: an index, an optional model (uploads), limits. Methods return JSON-ready dicts."""
 
@@ -181,8 +185,8 @@ class Explorer:
 
     def neighbours_of_upload(self, data: bytes, content_type: str, k: int) -> dict[str, Any]:
         if self.embedder is None:
-            raise InputError("uploads are disabled: the index records no usable checkpoint (start the explorer "
-                             "with --checkpoint)", key="upload")
+            raise InputError(UPLOADS_DISABLED, key="upload")
+        _in_range("k", k, 1, MAX_K)  # before the image is decoded and embedded
         ctype = content_type.split(";")[0].strip().lower()
         if ctype not in UPLOAD_TYPES:
             raise InputError(f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}",
@@ -241,9 +245,16 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet by default
             pass
 
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
+        def _send(self, status: int, body: bytes, ctype: str, *, close: bool = False,
+                  headers: dict[str, str] | None = None) -> None:
+            """Answer ``status`` with ``body``; ``close``: say ``Connection: close`` and close after it (a request
+            refused before its body was read)."""
             self.send_response(status)
             self.send_header("Content-Type", ctype)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if close:
+                self.send_header("Connection", "close")  # also sets close_connection
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Cache-Control", "no-store")
@@ -251,11 +262,11 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def _json(self, obj: Any, status: int = 200) -> None:
-            self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+        def _json(self, obj: Any, status: int = 200, **kwargs: Any) -> None:
+            self._send(status, json.dumps(obj).encode("utf-8"), "application/json", **kwargs)
 
-        def _error(self, status: int, message: str) -> None:
-            self._json({"error": message}, status)
+        def _error(self, status: int, message: str, **kwargs: Any) -> None:
+            self._json({"error": message}, status, **kwargs)
 
         def _int(self, params: dict[str, list[str]], name: str, default: int | None) -> int:
             """Query parameter ``name`` as an integer; ``default`` when it is absent (``None``: it is required)."""
@@ -306,25 +317,33 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             url = urlsplit(self.path)
+            # every refusal before the body is read closes the connection (its unread body is not a next request)
             if url.path != "/api/upload":
-                self._error(404, "not found")
+                self._error(404, "not found", close=True)
                 return
             length = ascii_number(self.headers.get("Content-Length") or "")
             if length is None:
-                self._error(411, "Content-Length required (ASCII digits)")
+                self._error(411, "Content-Length required (ASCII digits)", close=True)
+                return
+            if explorer.embedder is None:
+                self._error(403, UPLOADS_DISABLED, close=True)
+                return
+            try:  # the parameters before the body: a bad k is refused before anything is read, decoded, embedded
+                k = self._int(query_params(url.query), "k", explorer.k)
+                _in_range("k", k, 1, MAX_K)
+            except DynametricError as exc:
+                self._error(400, str(exc), close=True)
                 return
             if length > explorer.max_upload_bytes:
-                self._error(413, f"upload larger than {explorer.max_upload_bytes} bytes")
-                self.close_connection = True
+                self._error(413, f"upload larger than {explorer.max_upload_bytes} bytes", close=True)
                 return
             ctype = self.headers.get("Content-Type", "")
             if ctype.split(";")[0].strip().lower() not in UPLOAD_TYPES:
-                self._error(415, f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}")
-                self.close_connection = True
+                self._error(415, f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}",
+                            close=True)
                 return
             data = self.rfile.read(length)
             try:
-                k = self._int(query_params(url.query), "k", explorer.k)
                 self._json(explorer.neighbours_of_upload(data, ctype, k))
             except DynametricError as exc:
                 self._error(400, str(exc))
