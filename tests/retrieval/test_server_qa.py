@@ -282,3 +282,53 @@ def test_upload_parameters_are_checked_before_the_image_is_decoded(server: Any, 
     explorer = Explorer(gallery["index"], gallery["model"])
     with pytest.raises(InputError, match="expected 'k' from 1 to 100, got 0"):
         explorer.neighbours_of_upload(b"not an image", "image/png", 0)
+
+
+def test_an_unexpected_error_is_a_json_500_and_one_line(gallery: dict[str, Any], capfd) -> None:
+    """A non-DynametricError in a handler: JSON 500 and one line on the terminal (was: a traceback and an empty
+    reply)."""
+    class Broken(Explorer):
+        def info(self) -> dict[str, Any]:
+            raise RuntimeError("boom")
+
+    capfd.readouterr()
+    with serving(Broken(gallery["index"])) as srv:
+        status, message = error_of(srv.server_address[1], "GET", "/api/info")
+        assert status == 500 and message.startswith("internal error (RuntimeError)")
+        assert request(srv.server_address[1], "GET", "/api/items?limit=1")[0] == 200  # still serving
+    err = capfd.readouterr().err
+    assert err.splitlines() == ["dynametric explore: internal error answering GET /api/info: RuntimeError: boom"]
+
+
+def test_a_client_that_disconnects_is_no_error_on_the_terminal(tmp_path: Path, capfd) -> None:
+    """A browser aborting an image fetch mid-answer (connection reset while the server writes), and a client gone
+    in the middle of its request: nothing on the terminal (was: a ConnectionResetError / BrokenPipeError
+    traceback each)."""
+    import struct
+
+    (tmp_path / "big.png").write_bytes(np.random.default_rng(0).bytes(32 << 20))  # more than the socket buffers
+    emb = EmbeddingSet(np.eye(1, 4, dtype=np.float32), ["big"], [str(tmp_path / "big.png")], None, [], None,
+                       [str(tmp_path)], {}, tmp_path)
+    capfd.readouterr()
+    with serving(Explorer(RetrievalIndex.build(emb, "flat", "cosine"))) as srv:
+        srv.daemon_threads = False  # server_close() then waits for the handlers: their output is in by the end
+        port = srv.server_address[1]
+        for first, wait in ((b"GET /image/0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", True),
+                            (b"GET /api/info HTTP/1.1\r\nHo", False)):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(first)
+            if wait:
+                assert sock.recv(1024).startswith(b"HTTP/1.0 200")  # the server is writing the 32 MB
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            sock.close()
+        assert request(port, "GET", "/api/info")[0] == 200
+    err = capfd.readouterr().err
+    assert err == "", err
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH", "BREW"])
+def test_another_method_is_a_json_405_naming_the_allowed_ones(server: Any, method: str) -> None:
+    status, headers, body = request(server.server_address[1], method, "/api/info")
+    assert status == 405 and headers["allow"] == "GET, HEAD, POST"  # was: 501 and http.server's HTML page
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == f"method {method!r} not allowed; use GET, HEAD or POST"

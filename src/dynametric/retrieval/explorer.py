@@ -15,8 +15,10 @@ import contextlib
 import io
 import json
 import mimetypes
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -241,6 +243,7 @@ class Explorer:
 def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "dynametric-explore"
+        _sent = False
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet by default
             pass
@@ -249,6 +252,7 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
                   headers: dict[str, str] | None = None) -> None:
             """Answer ``status`` with ``body``; ``close``: say ``Connection: close`` and close after it (a request
             refused before its body was read)."""
+            self._sent = True  # from here on, an error cannot be answered any more
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             for name, value in (headers or {}).items():
@@ -281,27 +285,65 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
                                  key=name)
             return -value if text.startswith("-") else value
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            url = urlsplit(self.path)
+        def _answer(self, route: Callable[[], None]) -> None:
+            """Run ``route``: bad input is a JSON 400; a client that went away (a browser aborting an image fetch)
+            or stalled past the timeout ends the connection without a word; any other exception is a JSON 500 and
+            one line on the terminal (was: a traceback, and an empty reply)."""
+            self._sent = False
             try:
-                params = query_params(url.query)
-                if url.path in ("/", "/index.html"):
-                    self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
-                elif url.path == "/api/info":
-                    self._json(explorer.info())
-                elif url.path == "/api/items":
-                    self._json(explorer.items(self._int(params, "offset", 0), self._int(params, "limit", 60)))
-                elif url.path == "/api/neighbours":
-                    self._json(explorer.neighbours_of_item(self._int(params, "item", None),
-                                                           self._int(params, "k", explorer.k)))
-                elif url.path.startswith("/image/"):
-                    self._image(url.path[len("/image/"):])
-                else:
-                    self._error(404, "not found")
+                route()
             except DynametricError as exc:
-                self._error(400, str(exc))
+                if self._sent:  # mid-answer: nothing more can be said on this connection
+                    self.close_connection = True
+                else:
+                    self._error(400, str(exc))
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True
+            except Exception as exc:
+                self.close_connection = True
+                target = self.path if len(self.path) <= 200 else self.path[:200] + "..."
+                print(f"dynametric explore: internal error answering {self.command} {target}: {type(exc).__name__}: "
+                      f"{exc}", file=sys.stderr, flush=True)
+                if not self._sent:
+                    with contextlib.suppress(OSError):
+                        self._error(500, f"internal error ({type(exc).__name__}); the explorer's terminal says more",
+                                    close=True)
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (a malformed request line, headers too long, an unknown method) in JSON
+            like every other answer; a method other than GET, HEAD and POST is a 405 naming them (was: http.server's
+            HTML 501 page)."""
+            if code == HTTPStatus.NOT_IMPLEMENTED:
+                method = str(self.command)[:20]
+                self._error(405, f"method {method!r} not allowed; use GET, HEAD or POST", close=True,
+                            headers={"Allow": "GET, HEAD, POST"})
+                return
+            self._error(code, message or HTTPStatus(code).phrase, close=True)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            self._answer(self._get)
 
         do_HEAD = do_GET
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer(self._post)
+
+        def _get(self) -> None:
+            url = urlsplit(self.path)
+            params = query_params(url.query)
+            if url.path in ("/", "/index.html"):
+                self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+            elif url.path == "/api/info":
+                self._json(explorer.info())
+            elif url.path == "/api/items":
+                self._json(explorer.items(self._int(params, "offset", 0), self._int(params, "limit", 60)))
+            elif url.path == "/api/neighbours":
+                self._json(explorer.neighbours_of_item(self._int(params, "item", None),
+                                                       self._int(params, "k", explorer.k)))
+            elif url.path.startswith("/image/"):
+                self._image(url.path[len("/image/"):])
+            else:
+                self._error(404, "not found")
 
         def _image(self, tail: str) -> None:
             number = ascii_number(tail)  # only item numbers: never a path from the request
@@ -315,7 +357,7 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
             ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             self._send(200, path.read_bytes(), ctype)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def _post(self) -> None:
             url = urlsplit(self.path)
             # every refusal before the body is read closes the connection (its unread body is not a next request)
             if url.path != "/api/upload":
@@ -343,12 +385,24 @@ def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
                             close=True)
                 return
             data = self.rfile.read(length)
-            try:
-                self._json(explorer.neighbours_of_upload(data, ctype, k))
-            except DynametricError as exc:
-                self._error(400, str(exc))
+            self._json(explorer.neighbours_of_upload(data, ctype, k))  # bad data: a 400 (_answer)
 
     return Handler
+
+
+class ExplorerServer(ThreadingHTTPServer):
+    """The explorer's threaded HTTP server: a client that disconnects or stalls is no error on the terminal; any
+    other error on a connection (outside a request's handler) is one line, not a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        who = client_address[0] if isinstance(client_address, tuple) and client_address else client_address
+        print(f"dynametric explore: error on a connection from {who}: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
 
 
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
@@ -358,7 +412,7 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise InputError(f"expected a port number from 0 to 65535, got {port!r}", key="--port")
     try:
-        server = ThreadingHTTPServer((host, port), _handler(explorer))
+        server = ExplorerServer((host, port), _handler(explorer))
     except socket.gaierror as exc:  # the address, not the port: an unknown host name
         raise InputError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror or exc})",
                          key="--host") from None
@@ -367,7 +421,6 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -
 
         key = "--host" if exc.errno in (errno.EADDRNOTAVAIL,) else "--port"
         raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", key=key) from None
-    server.daemon_threads = True
     return server
 
 
