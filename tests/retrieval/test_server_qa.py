@@ -332,3 +332,21 @@ def test_another_method_is_a_json_405_naming_the_allowed_ones(server: Any, metho
     assert status == 405 and headers["allow"] == "GET, HEAD, POST"  # was: 501 and http.server's HTML page
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"] == f"method {method!r} not allowed; use GET, HEAD or POST"
+
+
+def test_a_silent_connection_is_closed_after_the_timeout(gallery: dict[str, Any]) -> None:
+    """A half-sent request (or an idle connection) is closed once the client is silent for ``timeout`` seconds
+    (was: never; 300 of them held 304 threads). The default is 30 s."""
+    explorer = Explorer(gallery["index"])
+    srv = make_server(explorer, "127.0.0.1", 0)
+    try:
+        assert srv.RequestHandlerClass.timeout == 30
+    finally:
+        srv.server_close()
+    with serving(explorer, timeout=0.2) as srv:
+        for first in (b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n", b""):  # headers not ended; nothing at all
+            with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30) as sock:
+                sock.sendall(first)
+                assert sock.recv(1024) == b""  # closed by the server, not by this client's 30 s
+    with pytest.raises(InputError, match="expected a timeout in seconds above 0, got 0"):
+        make_server(explorer, "127.0.0.1", 0, timeout=0)

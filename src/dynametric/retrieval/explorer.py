@@ -94,6 +94,7 @@ def path_inside_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | N
 
 
 
+REQUEST_TIMEOUT = 30.0  # seconds a connection may stay silent (an idle or half-sent request) before it is closed
 MAX_K = 100  # neighbours per column (the page's k field allows 1..100)
 MAX_ITEMS_PAGE = 500  # items per /api/items page
 
@@ -240,9 +241,12 @@ class Explorer:
         return 403, "refused: the item's file is not inside the index's image roots"
 
 
-def _handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
+def _handler(explorer: Explorer, timeout_s: float = REQUEST_TIMEOUT) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "dynametric-explore"
+        # seconds a connection may stay silent (socketserver sets it on the socket): an idle or half-sent request
+        # is dropped, not a thread held forever
+        timeout = timeout_s
         _sent = False
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet by default
@@ -405,14 +409,18 @@ class ExplorerServer(ThreadingHTTPServer):
               flush=True)
 
 
-def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """An HTTP server for ``explorer`` (``port=0``: any free port; see ``server.server_address``)."""
+def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, *,
+                timeout: float = REQUEST_TIMEOUT) -> ThreadingHTTPServer:
+    """An HTTP server for ``explorer`` (``port=0``: any free port; see ``server.server_address``). ``timeout``:
+    seconds a connection may wait for the client's next bytes before it is closed."""
     import socket
 
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise InputError(f"expected a port number from 0 to 65535, got {port!r}", key="--port")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InputError(f"expected a timeout in seconds above 0, got {timeout!r}", key="timeout")
     try:
-        server = ExplorerServer((host, port), _handler(explorer))
+        server = ExplorerServer((host, port), _handler(explorer, timeout))
     except socket.gaierror as exc:  # the address, not the port: an unknown host name
         raise InputError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror or exc})",
                          key="--host") from None
