@@ -134,8 +134,8 @@ def test_explore_command_serves_the_index(built: dict[str, Path], monkeypatch: p
     real_make = explorer_mod.make_server
     seen: dict = {}
 
-    def make(explorer, host, port):
-        server = real_make(explorer, host, port)
+    def make(explorer, host, port, **kwargs):
+        server = real_make(explorer, host, port, **kwargs)
         real_serve = server.serve_forever
 
         def serve() -> None:
@@ -319,7 +319,7 @@ def test_explore_uploads_follow_the_precision_of_the_index(built_bf16: dict[str,
         def server_close(self) -> None:
             pass
 
-    def make(explorer, host, port):
+    def make(explorer, host, port, **kwargs):
         seen.append(explorer.embedder.run.precision)
         return Server()
 

@@ -350,3 +350,85 @@ def test_a_silent_connection_is_closed_after_the_timeout(gallery: dict[str, Any]
                 assert sock.recv(1024) == b""  # closed by the server, not by this client's 30 s
     with pytest.raises(InputError, match="expected a timeout in seconds above 0, got 0"):
         make_server(explorer, "127.0.0.1", 0, timeout=0)
+
+
+# ------------------------------------------------------------------------------- MEDIUM 4: the Host header
+@pytest.mark.parametrize("host, status", [
+    ("attacker.example:{port}", 403),  # DNS rebinding: another site's name re-pointed at 127.0.0.1 (was: 200)
+    ("attacker.example", 403), ("localhost.attacker.example:{port}", 403), ("10.1.2.3:{port}", 403),
+    ("a:b:c", 403), ("[::1", 403), ("127.0.0.1:x", 403),
+    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("LOCALHOST.:{port}", 200), ("[::1]:{port}", 200),
+    ("127.0.0.1", 200), ("localhost:9999", 200),  # another port: an ssh -L tunnel or a container's mapping
+])
+def test_a_host_header_that_is_not_the_explorers_is_refused(server: Any, host: str, status: int) -> None:
+    port = server.server_address[1]
+    got, headers, body = request(port, "GET", "/api/items?limit=2", headers={"Host": host.format(port=port)})
+    assert got == status, body
+    if status == 403:
+        assert headers["content-type"] == "application/json" and b'"c0' not in body
+        assert json.loads(body)["error"].startswith(f"refused: Host {host.format(port=port)!r} is not an address "
+                                                    "of this explorer")
+
+
+def test_a_request_without_a_host_header_is_answered(server: Any) -> None:
+    data = raw_exchange(server.server_address[1], b"GET /api/info HTTP/1.0\r\n\r\n")  # HTTP/1.0: no Host
+    assert data.split()[1] == b"200"
+
+
+def test_allowed_hosts_and_the_address_bound(gallery: dict[str, Any]) -> None:
+    from dynametric.retrieval.explorer import HostCheck
+
+    with serving(Explorer(gallery["index"]), allow_hosts=["MyBox.lan."]) as srv:
+        port = srv.server_address[1]
+        assert request(port, "GET", "/api/info", headers={"Host": f"mybox.lan:{port}"})[0] == 200
+        assert request(port, "GET", "/api/info", headers={"Host": f"otherbox.lan:{port}"})[0] == 403
+    with serving(Explorer(gallery["index"]), allow_hosts=["*"]) as srv:
+        assert request(srv.server_address[1], "GET", "/api/info", headers={"Host": "anything.example"})[0] == 200
+    with pytest.raises(InputError, match="key '--allow-host': expected a host name"):
+        make_server(Explorer(gallery["index"]), "127.0.0.1", 0, allow_hosts=["evil.example/x"])
+    # bound to every interface: reached by any of the machine's addresses, names only when allowed
+    every = HostCheck("0.0.0.0", "0.0.0.0")
+    assert every.allows("192.168.1.20:8765") and every.allows("[fe80::1]:8765") and every.allows("localhost:1")
+    assert not every.allows("mybox:8765") and not every.allows("attacker.example:8765")
+    assert HostCheck("::", "::", ["mybox"]).allows("mybox:8765")
+    lan = HostCheck("192.168.1.20", "192.168.1.20")  # one address: that one (and loopback)
+    assert lan.allows("192.168.1.20:8765") and lan.allows("127.0.0.1:8765")
+    assert not lan.allows("192.168.1.21:8765") and not lan.allows("attacker.example:8765")
+    named = HostCheck("192.168.1.20", "mybox.lan")  # --host NAME: reached by that name
+    assert named.allows("mybox.lan:8765") and named.allows("192.168.1.20") and not named.allows("other.lan")
+
+
+def test_a_cross_origin_upload_is_refused(server: Any) -> None:
+    port = server.server_address[1]
+    jpeg = _jpeg_bytes("JPEG")
+    status, message = error_of(port, "POST", "/api/upload?k=2", body=jpeg,
+                               headers={"Content-Type": "image/jpeg", "Origin": "http://attacker.example"})
+    assert status == 403 and message.startswith("refused: a cross-origin upload (Origin 'http://attacker.example')")
+    for origin in ("null", f"http://localhost:{port}"):  # a sandboxed page; another origin than the Host sent
+        assert request(port, "POST", "/api/upload?k=2", jpeg, {"Content-Type": "image/jpeg", "Origin": origin})[0] \
+            == 403
+    status, _, _ = request(port, "POST", "/api/upload?k=2", jpeg,  # the page's own upload
+                           {"Content-Type": "image/jpeg", "Origin": f"http://127.0.0.1:{port}"})
+    assert status == 200
+
+
+def test_explore_passes_allow_host_on(gallery: dict[str, Any], tmp_path: Path, monkeypatch, capsys) -> None:
+    gallery["index"].save(tmp_path / "idx")
+    seen: dict[str, Any] = {}
+
+    class Fake:
+        server_address = ("127.0.0.1", 1234)
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt
+
+        def server_close(self) -> None:
+            pass
+
+    def fake_make(explorer: Any, host: str, port: int, **kwargs: Any) -> Fake:
+        seen.update(kwargs)
+        return Fake()
+
+    monkeypatch.setattr("dynametric.retrieval.explorer.make_server", fake_make)
+    assert main(["explore", "--index", str(tmp_path / "idx"), "--allow-host", "mybox", "--allow-host", "*"]) == 0
+    assert seen["allow_hosts"] == ["mybox", "*"]

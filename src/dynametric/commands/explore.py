@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "files inside the index's image roots are served.")
     p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests that name this host (repeatable): a name this machine is reached by "
+                        "when exposed with --host 0.0.0.0 (its addresses, localhost and --host are always accepted; "
+                        "other names are refused against DNS rebinding); '*' accepts any")
     p.add_argument("--port", type=port_number, default=8765, help="port, 0 to 65535 (default 8765; 0: any free port)")
     p.add_argument("-k", "--k", type=neighbours, default=8,
                    help=f"neighbours per column, 1 to {MAX_K} (default 8)")
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"uploads disabled: {exc}", file=sys.stderr)
     explorer = Explorer(index, embedder, k=args.k, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    server = make_server(explorer, args.host, args.port)
+    server = make_server(explorer, args.host, args.port, allow_hosts=args.allow_host)
     warning = exposure_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)

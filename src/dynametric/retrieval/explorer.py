@@ -59,7 +59,8 @@ def exposure_warning(host: str) -> str | None:
         pass
     where = "every network interface" if host in ("0.0.0.0", "::", "") else f"the address {host}"
     return (f"warning: serving on {where}: anyone who can reach this machine can browse the index and its images "
-            "and upload queries (no authentication). Use the default --host 127.0.0.1 for this machine only.")
+            "and upload queries (no authentication). Use the default --host 127.0.0.1 for this machine only. "
+            "Other machines reach it by an IP address, or by a name given with --allow-host NAME.")
 
 
 def locate_image(path: str | Path, roots: Sequence[str | Path]) -> tuple[Path | None, str]:
@@ -86,6 +87,93 @@ def locate_image(path: str | Path, roots: Sequence[str | Path]) -> tuple[Path | 
     if not real.is_file() or real.suffix.lower() not in IMAGE_EXTENSIONS:
         return None, "not-image"
     return real, "ok"
+
+
+def split_host(value: str) -> tuple[str, str | None] | None:
+    """A ``Host`` header (or an ``Origin``'s ``host[:port]``) as ``(name, port)``: the name lower-cased, IPv6 without
+    its brackets, a trailing dot dropped; None when it is malformed (an unbracketed IPv6 address, a port that is not
+    1 to 5 ASCII digits)."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1:]
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:] if rest else None
+    else:
+        name, sep, port_text = value.rpartition(":")
+        if not sep:
+            name, port = value, None
+        else:
+            port = port_text
+        if ":" in name:
+            return None
+    if port is not None and ascii_number(port, 5) is None:
+        return None
+    name = name.lower().rstrip(".")
+    return (name, port) if name else None
+
+
+def _ip(text: str) -> Any:
+    """``text`` as an :mod:`ipaddress` address, or None."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) does not matter here
+    except ValueError:
+        return None
+
+
+class HostCheck:
+    """Which ``Host`` headers the explorer answers: the defence against DNS rebinding (a web page of another site,
+    whose name its owner re-points at 127.0.0.1, would reach the explorer under that name and read it).
+
+    Accepted: no ``Host`` at all (HTTP/1.0 clients; browsers always send one), ``localhost``, any loopback address
+    (``127.0.0.1``, ``[::1]``), the address or name the server was bound to (``--host``), the names of
+    ``allow_hosts`` (``--allow-host``; ``*`` accepts any Host), and when bound to every interface (``0.0.0.0``,
+    ``::``) any IP address (a browser that reaches the server by an address sends that address, and an address
+    cannot be re-pointed as a name can). Any port: an ``ssh -L`` tunnel or a container's port mapping reaches the
+    explorer on another port than the one it listens on."""
+
+    def __init__(self, bound: str, host: str = "", allow_hosts: Sequence[str] = ()) -> None:
+        self.any_host = "*" in allow_hosts
+        self.names = {"localhost", *(h.lower().rstrip(".") for h in allow_hosts if h != "*")}
+        bound_ip = _ip(bound) if bound else None
+        self.everywhere = bound_ip is None or bound_ip.is_unspecified
+        self.addresses = {bound_ip} if bound_ip is not None and not bound_ip.is_unspecified else set()
+        given = host.strip("[]").lower().rstrip(".")
+        if given and _ip(given) is None:
+            self.names.add(given)  # --host myhost.lan: reached by that name
+        elif given and not _ip(given).is_unspecified:
+            self.addresses.add(_ip(given))
+
+    def allows(self, header: str | None) -> bool:
+        if header is None or self.any_host:
+            return True
+        parts = split_host(header)
+        if parts is None:
+            return False
+        name = parts[0]
+        if name in self.names:
+            return True
+        ip = _ip(name)
+        if ip is None:
+            return False
+        return bool(ip.is_loopback or self.everywhere or ip in self.addresses
+                    or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped in self.addresses))
+
+
+def check_allow_host(value: str) -> str:
+    """One ``--allow-host`` value: ``*``, a host name (letters, digits, ``.``, ``-``, ``_``) or an IP address."""
+    text = value.strip()
+    if text == "*" or _ip(text.strip("[]")) is not None:
+        return text.strip("[]")
+    if not text or len(text) > 253 or not all(c.isascii() and (c.isalnum() or c in ".-_") for c in text):
+        raise InputError(f"expected a host name (letters, digits, '.', '-', '_'), an IP address or '*', got "
+                         f"{value[:60]!r}", key="--allow-host")
+    return text.lower().rstrip(".")
 
 
 def path_inside_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | None:
@@ -295,6 +383,8 @@ def _handler(explorer: Explorer, timeout_s: float = REQUEST_TIMEOUT) -> type[Bas
             one line on the terminal (was: a traceback, and an empty reply)."""
             self._sent = False
             try:
+                if self._refused_host():
+                    return
                 route()
             except DynametricError as exc:
                 if self._sent:  # mid-answer: nothing more can be said on this connection
@@ -312,6 +402,31 @@ def _handler(explorer: Explorer, timeout_s: float = REQUEST_TIMEOUT) -> type[Bas
                     with contextlib.suppress(OSError):
                         self._error(500, f"internal error ({type(exc).__name__}); the explorer's terminal says more",
                                     close=True)
+
+        def _refused_host(self) -> bool:
+            """Answer 403 (and True) to a request whose ``Host`` is not one of this explorer's (DNS rebinding), or
+            a POST whose ``Origin`` is another site's (a cross-origin upload)."""
+            check: HostCheck | None = getattr(self.server, "host_check", None)
+            if check is None:
+                return False
+            host = self.headers.get("Host")
+            if not check.allows(host):
+                shown = (host or "")[:100]
+                name = (split_host(host or "") or (shown,))[0]
+                self._error(403, f"refused: Host {shown!r} is not an address of this explorer (a page of another "
+                                 f"site reached it by a re-pointed name?); to browse it by this name, start it with "
+                                 f"--allow-host {name[:100]}", close=True)
+                return True
+            origin = self.headers.get("Origin")
+            if self.command == "POST" and origin is not None:
+                url = urlsplit(origin)
+                same = url.scheme in ("http", "https") and (url.netloc.lower() == host.lower() if host is not None
+                                                  else check.allows(url.netloc))
+                if not same:
+                    self._error(403, f"refused: a cross-origin upload (Origin {origin[:100]!r}); upload from the "
+                                     "explorer's own page", close=True)
+                    return True
+            return False
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """http.server's own refusals (a malformed request line, headers too long, an unknown method) in JSON
@@ -399,6 +514,7 @@ class ExplorerServer(ThreadingHTTPServer):
     other error on a connection (outside a request's handler) is one line, not a traceback."""
 
     daemon_threads = True
+    host_check: HostCheck | None = None  # set by make_server
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -410,9 +526,12 @@ class ExplorerServer(ThreadingHTTPServer):
 
 
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, *,
-                timeout: float = REQUEST_TIMEOUT) -> ThreadingHTTPServer:
+                timeout: float = REQUEST_TIMEOUT, allow_hosts: Sequence[str] = ()) -> ThreadingHTTPServer:
     """An HTTP server for ``explorer`` (``port=0``: any free port; see ``server.server_address``). ``timeout``:
-    seconds a connection may wait for the client's next bytes before it is closed."""
+    seconds a connection may wait for the client's next bytes before it is closed. Requests whose ``Host`` is not
+    an address of the server are refused (:class:`HostCheck`); ``allow_hosts`` names more host names to accept
+    (``*``: any)."""
+    allowed = [check_allow_host(h) for h in allow_hosts]
     import socket
 
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -429,6 +548,7 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, *
 
         key = "--host" if exc.errno in (errno.EADDRNOTAVAIL,) else "--port"
         raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", key=key) from None
+    server.host_check = HostCheck(str(server.server_address[0]), host, allowed)
     return server
 
 
