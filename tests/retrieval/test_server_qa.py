@@ -432,3 +432,55 @@ def test_explore_passes_allow_host_on(gallery: dict[str, Any], tmp_path: Path, m
     monkeypatch.setattr("dynametric.retrieval.explorer.make_server", fake_make)
     assert main(["explore", "--index", str(tmp_path / "idx"), "--allow-host", "mybox", "--allow-host", "*"]) == 0
     assert seen["allow_hosts"] == ["mybox", "*"]
+
+
+# ------------------------------------------------------------------------------------------------ LOW 10: IPv6
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="this system has no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "[::1]", "::"])
+def test_the_explorer_serves_on_ipv6(gallery: dict[str, Any], host: str) -> None:
+    """--host ::1 / :: bind IPv6 (was: 'unknown host', the server being IPv4 only); :: takes IPv4 too."""
+    with serving(Explorer(gallery["index"]), host) as srv:
+        assert srv.address_family == socket.AF_INET6
+        port = srv.server_address[1]
+        status, _, body = request(port, "GET", "/api/info", host="::1")  # Host: [::1]:port
+        assert status == 200 and json.loads(body)["count"] == 6
+        if host == "::":
+            assert request(port, "GET", "/api/info")[0] == 200  # dual stack: 127.0.0.1 as well
+
+
+def test_the_address_family_follows_the_host() -> None:
+    from dynametric.retrieval.explorer import address_family
+
+    assert address_family("127.0.0.1", 0) == address_family("0.0.0.0", 0) == socket.AF_INET
+    assert address_family("localhost", 0) == address_family("", 0) == socket.AF_INET  # as before
+    assert address_family("::1", 0) == address_family("::", 0) == socket.AF_INET6
+    with pytest.raises(InputError, match="key '--host': cannot listen on no-such-host.invalid:0: unknown host"):
+        address_family("no-such-host.invalid", 0)
+
+
+def test_explore_prints_an_ipv6_url_in_brackets(gallery: dict[str, Any], tmp_path: Path, monkeypatch,
+                                                capsys) -> None:
+    gallery["index"].save(tmp_path / "idx")
+
+    class Fake:
+        server_address = ("::1", 1234, 0, 0)
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt
+
+        def server_close(self) -> None:
+            pass
+
+    monkeypatch.setattr("dynametric.retrieval.explorer.make_server", lambda *a, **k: Fake())
+    capsys.readouterr()
+    assert main(["explore", "--index", str(tmp_path / "idx"), "--host", "::1"]) == 0
+    assert capsys.readouterr().out.startswith("dynametric explorer: http://[::1]:1234/  (6 items")

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "see its nearest items and nearest classes at every scale, with distances and labels. Only "
                     "files inside the index's image roots are served.")
     p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind, IPv4 or IPv6 (default 127.0.0.1: this machine only; 0.0.0.0 or :: for "
+                        "every interface)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests that name this host (repeatable): a name this machine is reached by "
                         "when exposed with --host 0.0.0.0 (its addresses, localhost and --host are always accepted; "
@@ -87,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     host, port = server.server_address[:2]
-    print(f"dynametric explorer: http://{host}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
+    shown = f"[{host}]" if ":" in str(host) else host  # an IPv6 address in a URL
+    print(f"dynametric explorer: http://{shown}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import mimetypes
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -50,6 +51,8 @@ def exposure_warning(host: str) -> str | None:
     """A warning when ``host`` makes the page reachable from other machines (anything but a loopback address)."""
     import ipaddress
 
+    host = host.strip()
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if host == "localhost":
         return None
     try:
@@ -525,6 +528,37 @@ class ExplorerServer(ThreadingHTTPServer):
               flush=True)
 
 
+class ExplorerServer6(ExplorerServer):
+    """:class:`ExplorerServer` on IPv6 (``--host ::1``, ``--host ::``); bound to ``::``, it also takes IPv4
+    connections where the system allows (dual stack)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        if _ip(str(self.server_address[0])) == _ip("::"):
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def address_family(host: str, port: int) -> socket.AddressFamily:
+    """The socket family to bind ``host`` with: IPv6 for an IPv6 address (``::1``, ``::``, ``[::1]``) or a name
+    with only IPv6 addresses, else IPv4 (a name with both, as ``localhost``, binds IPv4 as it always did).
+    An unknown name is an error keyed ``--host``."""
+    if not host:
+        return socket.AF_INET
+    ip = _ip(host)
+    if ip is not None:
+        return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
+        raise InputError(f"cannot listen on {host}:{port}: unknown host ({reason})", key="--host") from None
+    families = {info[0] for info in infos}
+    return socket.AF_INET6 if socket.AF_INET not in families and socket.AF_INET6 in families else socket.AF_INET
+
+
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, *,
                 timeout: float = REQUEST_TIMEOUT, allow_hosts: Sequence[str] = ()) -> ThreadingHTTPServer:
     """An HTTP server for ``explorer`` (``port=0``: any free port; see ``server.server_address``). ``timeout``:
@@ -532,22 +566,25 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, *
     an address of the server are refused (:class:`HostCheck`); ``allow_hosts`` names more host names to accept
     (``*``: any)."""
     allowed = [check_allow_host(h) for h in allow_hosts]
-    import socket
-
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):  # --host [::1], as URLs write it
+        host = host[1:-1]
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise InputError(f"expected a port number from 0 to 65535, got {port!r}", key="--port")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise InputError(f"expected a timeout in seconds above 0, got {timeout!r}", key="timeout")
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    cls = ExplorerServer6 if address_family(host, port) == socket.AF_INET6 else ExplorerServer
     try:
-        server = ExplorerServer((host, port), _handler(explorer, timeout))
+        server = cls((host, port), _handler(explorer, timeout))
     except socket.gaierror as exc:  # the address, not the port: an unknown host name
-        raise InputError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror or exc})",
-                         key="--host") from None
+        raise InputError(f"cannot listen on {where}: unknown host ({exc.strerror or exc})", key="--host") from None
     except OSError as exc:
         import errno
 
-        key = "--host" if exc.errno in (errno.EADDRNOTAVAIL,) else "--port"
-        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", key=key) from None
+        # an address this machine does not have, or IPv6 on a system without it, is the host's fault
+        key = "--host" if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "--port"
+        raise InputError(f"cannot listen on {where} ({exc.strerror or exc})", key=key) from None
     server.host_check = HostCheck(str(server.server_address[0]), host, allowed)
     return server
 
