@@ -484,3 +484,36 @@ def test_explore_prints_an_ipv6_url_in_brackets(gallery: dict[str, Any], tmp_pat
     capsys.readouterr()
     assert main(["explore", "--index", str(tmp_path / "idx"), "--host", "::1"]) == 0
     assert capsys.readouterr().out.startswith("dynametric explorer: http://[::1]:1234/  (6 items")
+
+
+# ------------------------------------------------------------------------------------- LOW 12: float32's range
+def test_float64_queries_beyond_float32s_range_are_named_as_such(tmp_path: Path, capsys) -> None:
+    """A float64 .npy with finite values above float32's range (1e300): one line saying so (was: numpy's
+    'RuntimeWarning: overflow encountered in cast' and then 'NaN or Inf', which the file does not hold)."""
+    import warnings
+
+    s = _set()
+    RetrievalIndex.build(s, "flat", "cosine").save(tmp_path / "idx")
+    q = s.embeddings[:3].astype(np.float64)
+    q[1, 2] = 1e300
+    q[2, 0] = -3.5e38
+    np.save(tmp_path / "q.npy", q)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would fail here
+        assert main(["search", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "q.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dynametric search: error: {tmp_path / 'q.npy'}: values beyond float32's range (up to "
+                   "3.403e+38) in 2 row(s), first at row 1 (0-based; largest magnitude 1e+300): embeddings are read "
+                   "as float32; scale them down")
+    # in Python: an l2 / ip index searches in float32 (cosine normalises in float64 first: it searches)
+    l2 = RetrievalIndex.build(s, "flat", "l2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"queries hold values beyond float32's range \(up to 3.403e\+38\) in 2 "
+                                             r"row\(s\), first at row 1"):
+            l2.search(q, 3)
+        with pytest.raises(InputError, match="embeddings hold values beyond float32's range"):
+            RetrievalIndex.build(EmbeddingSet(q, s.ids[:3], s.paths[:3], None, [], None, [], {}, Path("mem")),
+                                 "flat", "ip")
+        assert RetrievalIndex.build(s, "flat", "cosine").search(q, 3).ids[1, 0] >= 0

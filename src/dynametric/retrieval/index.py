@@ -39,7 +39,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
-from dynametric.utils.readers import read_plain_npy, refuse_zero_rows
+from dynametric.utils.readers import FLOAT32_MAX, beyond_float32, read_plain_npy, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -341,6 +341,11 @@ class RetrievalIndex:
         if metric == "cosine":
             src = Path(emb.source)
             refuse_zero_rows(raw, src / "embeddings.npy" if src.is_dir() else src)
+        beyond = beyond_float32(raw) if metric != "cosine" else None  # cosine: normalised in float64 first
+        if beyond is not None:
+            raise InputError(f"embeddings hold values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {beyond[0]} "
+                             f"row(s), first at row {beyond[1]} (0-based); an {metric} index is built in float32",
+                             file=emb.source)
         x = _prepare(raw, metric)
         if not np.isfinite(x).all():
             raise InputError("embeddings contain NaN or Inf", file=emb.source)
@@ -480,6 +485,11 @@ class RetrievalIndex:
             raise InputError(f"{what} must be a numeric array, got dtype {q.dtype}")
         if not np.isfinite(q).all():
             raise InputError(f"{what} contain NaN or Inf")
+        beyond = beyond_float32(q) if self.metric != "cosine" else None  # cosine: normalised in float64 first
+        if beyond is not None:
+            raise InputError(f"{what} hold values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {beyond[0]} "
+                             f"row(s), first at row {beyond[1]} (0-based); an {self.metric} index searches in float32",
+                             file=source)
         if self.metric == "cosine":
             zero = ~q.any(axis=1)
             if zero.any():

@@ -110,6 +110,28 @@ def _pick_tensor(obj: Any, path: Path) -> Any:
     return obj
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def beyond_float32(arr: np.ndarray, block: int = 65536) -> tuple[int, int, float] | None:
+    """For a float array wider than float32 (float64, longdouble) with finite values beyond float32's range
+    (``|x| > 3.4e38``, which a cast to float32 makes Inf): ``(rows holding one, the first such row, the largest
+    magnitude)``; else None. Checked ``block`` rows at a time (a bounded copy)."""
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= 4 or arr.size == 0:
+        return None
+    flat = arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1)
+    rows, first, peak = 0, -1, 0.0
+    for lo in range(0, len(flat), block):
+        part = np.abs(flat[lo:lo + block])
+        big = np.isfinite(part) & (part > FLOAT32_MAX)
+        hit = big.any(axis=1)
+        if hit.any():
+            rows += int(hit.sum())
+            first = lo + int(np.flatnonzero(hit)[0]) if first < 0 else first
+            peak = max(peak, float(part[big].max()))
+    return (rows, first, peak) if rows else None
+
+
 def load_embeddings(path: str | Path) -> np.ndarray:
     """Load a 2-D float32 ``[N, D]`` array, naming ``path`` in every error (missing, empty, shape, NaN/Inf)."""
     path = Path(path)
@@ -144,6 +166,12 @@ def load_embeddings(path: str | Path) -> np.ndarray:
         raise InputError(f"no embeddings (shape {arr.shape})", file=path)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"expected numeric embeddings, got dtype {arr.dtype}", file=path)
+    beyond = beyond_float32(arr)
+    if beyond is not None:  # the cast would make them Inf (with numpy's overflow warning) and say "NaN or Inf"
+        rows, first, peak = beyond
+        raise InputError(f"values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {rows} row(s), first at row "
+                         f"{first} (0-based; largest magnitude {peak:.4g}): embeddings are read as float32; scale "
+                         "them down", file=path)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
