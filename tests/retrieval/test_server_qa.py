@@ -517,3 +517,36 @@ def test_float64_queries_beyond_float32s_range_are_named_as_such(tmp_path: Path,
             RetrievalIndex.build(EmbeddingSet(q, s.ids[:3], s.paths[:3], None, [], None, [], {}, Path("mem")),
                                  "flat", "ip")
         assert RetrievalIndex.build(s, "flat", "cosine").search(q, 3).ids[1, 0] >= 0
+
+
+def test_ctrl_c_right_after_the_url_line_stops_the_explorer_normally(gallery: dict[str, Any], tmp_path: Path,
+                                                                      monkeypatch, capsys) -> None:
+    """SIGINT between the 'dynametric explorer: http://...' line and serve_forever: status 0 and the server closed,
+    as Ctrl-C while it serves (was: 130, 'interrupted')."""
+    import builtins
+
+    import dynametric.commands.explore as explore_cmd
+
+    gallery["index"].save(tmp_path / "idx")
+    closed: list[bool] = []
+
+    class Fake:
+        server_address = ("127.0.0.1", 1234)
+
+        def serve_forever(self) -> None:
+            raise AssertionError("not reached")
+
+        def server_close(self) -> None:
+            closed.append(True)
+
+    def interrupted_print(*args: Any, **kwargs: Any) -> None:
+        builtins.print(*args, **kwargs)
+        if args and str(args[0]).startswith("dynametric explorer: http://"):
+            raise KeyboardInterrupt  # Ctrl-C as the URL line is printed
+
+    monkeypatch.setattr("dynametric.retrieval.explorer.make_server", lambda *a, **k: Fake())
+    monkeypatch.setattr(explore_cmd, "print", interrupted_print, raising=False)
+    capsys.readouterr()
+    assert main(["explore", "--index", str(tmp_path / "idx")]) == 0
+    assert closed == [True]
+    assert "interrupted" not in capsys.readouterr().err

@@ -85,13 +85,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"uploads disabled: {exc}", file=sys.stderr)
     explorer = Explorer(index, embedder, k=args.k, max_upload_bytes=int(args.max_upload_mb * 2**20))
     server = make_server(explorer, args.host, args.port, allow_hosts=args.allow_host)
-    warning = exposure_warning(args.host)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in str(host) else host  # an IPv6 address in a URL
-    print(f"dynametric explorer: http://{shown}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
+    # from the moment the server exists, Ctrl-C is the normal way to stop it (status 0), also while the lines below
+    # are printed (it exited 130 between the URL line and serve_forever)
     try:
+        warning = exposure_warning(args.host)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        host, port = server.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host  # an IPv6 address in a URL
+        print(f"dynametric explorer: http://{shown}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
