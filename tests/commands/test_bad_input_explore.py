@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
 def raw_get(port: int, target: bytes) -> tuple[int, dict]:
     """A GET with the raw request-target bytes (http.client would refuse non-ASCII ones)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -64,7 +64,7 @@ def test_absurd_image_ids_get_a_clear_4xx(server, target, status, message) -> No
 
 def test_upload_with_a_non_ascii_content_length(server) -> None:
     with socket.create_connection(("127.0.0.1", server[0]), timeout=30) as sock:
-        sock.sendall("POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: ²\r\nConnection: close\r\n\r\n"
+        sock.sendall("POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ²\r\nConnection: close\r\n\r\n"
                      .encode("latin-1"))
         head = sock.recv(65536)
     assert head.split()[1] == b"411"
