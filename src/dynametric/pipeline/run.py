@@ -62,6 +62,7 @@ from dynametric.engine.trainer import (
     TrainerSettings,
     build_trainer,
     ctrl_c_passes_through,
+    end_launched_ranks,
     lightning_trainer,
     plan_trainer,
     validate_settings,
@@ -894,8 +895,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     # by Lightning's loops alone (no handler of the CLI), a SystemExit() with no code, which ended the process with
     # status 0 as if the run had finished; stopped as Ctrl-C stops it (the CLI says "interrupted by SIGTERM", 143)
     except (KeyboardInterrupt, SIGTERMException) as exc:
-        raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero,
-                           sigterm=isinstance(exc, SIGTERMException)) from None
+        interrupted = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero,
+                                   sigterm=isinstance(exc, SIGTERMException))
+        end_launched_ranks()  # the other ranks a SIGTERM was passed on to: stopped before this process says so
+        raise interrupted from None
     for key, value in record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
     info["skipped_nonfinite_steps"] = skipped
