@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dynametric.commands import is_terminal
 from dynametric.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 #: The run ``dynametric train`` performs without ``--config`` (a packaged YAML file; overrides apply on top).
 DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default_run.yaml"
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
         cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
+    cfg = rank_0_config(cfg)
     from dynametric.config import errors_located
     from dynametric.pipeline.run import default_run_dir, dry_run, quiet_lightning, run_training
 
@@ -73,6 +79,32 @@ def run(args: argparse.Namespace) -> int:
         run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
                      folder_key=folder_key, log=result_line, note=note_line)
     return 0
+
+
+#: The environment variable in which the process of global rank 0 publishes its resolved config (JSON): the
+#: processes Lightning's script launcher starts for the other ranks inherit it and train that config.
+CONFIG_ENV = "DYNAMETRIC_RUN_CONFIG"
+
+
+def rank_0_config(cfg: Config) -> Config:
+    """The config this process trains: in a process Lightning's script launcher started for another rank, rank 0's
+    resolved config, published in :data:`CONFIG_ENV`; elsewhere ``cfg``, which it publishes for the ranks started
+    later (a side effect on ``os.environ``, as :func:`dynametric.pipeline.run.default_run_dir`'s).
+
+    Rank 0 starts the other ranks when it reaches its first Lightning call, possibly minutes after it read the
+    ``--config`` file: they read the file again and, where it had been edited in between, trained another config
+    than rank 0, silently. A launcher that starts every process itself (torchrun, srun) publishes nothing: each of
+    its processes reads the file."""
+    import json
+
+    from dynametric.config import config_from_dict, config_to_dict
+    from dynametric.pipeline.run import _launched_worker
+
+    published = os.environ.get(CONFIG_ENV, "")
+    if published and _launched_worker():
+        return config_from_dict(json.loads(published))
+    os.environ[CONFIG_ENV] = json.dumps(config_to_dict(cfg), allow_nan=True)
+    return cfg
 
 
 def result_line(line: str) -> None:
