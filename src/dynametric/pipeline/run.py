@@ -760,8 +760,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
-    check_batches(cfg, datasets.train, scale_names=comps.scale_names,
-                  carved=datasets.val_carved)  # before the untrained evaluation spends time
+    check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved,
+                  world=world)  # before the untrained evaluation spends time (and before the other ranks start)
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
@@ -1085,7 +1085,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     if callable(check_forward):  # real run meets at its first forward pass): a blank image of the evaluation crop
         check_forward(_eval_crop(cfg), cfg.model.in_chans)
     if datasets is not None:
-        check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved)
+        check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world)
     # a missing extra or an option the logger does not take: refused where a real run's build_logger refuses it
     check_logger_options(cfg.run.logger, cfg.run.logger_options)
     optimizer = comps.module.configure_optimizers()
