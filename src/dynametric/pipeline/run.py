@@ -585,6 +585,28 @@ def setup_notes(cfg: Config, embedder: torch.nn.Module, processes: int, has_vali
     return [n for n in notes if n is not None] + [f"note: {n}" for n in getattr(embedder, "notes", [])]
 
 
+def rendezvous_note(cfg: Config, world: int) -> str | None:
+    """The line a run of several nodes (``trainer.num_nodes`` > 1) prints before its first Lightning call, where it
+    waits for the processes of every node to join (torch's rendezvous at MASTER_ADDR:MASTER_PORT): on one machine
+    it waited there for ever as far as the user could tell, without a word. ``None`` for one node."""
+    nodes = int(cfg.trainer.num_nodes)
+    if nodes <= 1:
+        return None
+    env = os.environ
+    addr = env.get("MASTER_ADDR", "").strip()
+    port = env.get("MASTER_PORT", "").strip()
+    where = (f"MASTER_ADDR {addr or '127.0.0.1 (MASTER_ADDR not set)'}, MASTER_PORT "
+             f"{port or 'a free port Lightning picks here (MASTER_PORT not set, so no other node can know it)'}")
+    if _external_launch() is None:  # Lightning's own launcher: one command per node, started by the user
+        how = (f"start the same command on each other node with NODE_RANK=1 ... {nodes - 1} and the same MASTER_ADDR "
+               "and MASTER_PORT")
+    else:
+        how = "the launcher starts the other nodes' processes"
+    return (f"note: trainer.num_nodes={nodes}: node {env.get('NODE_RANK', '').strip() or '0'} waits until the "
+            f"processes of all {nodes} nodes ({world} in all) join at {where}; {how}. Ctrl-C and SIGTERM do not end "
+            "this wait (torch's rendezvous, which gives up after 30 minutes); kill the process to stop it")
+
+
 def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) -> None:
     """Refuse an evaluation split with fewer items than the run's processes: each process embeds a contiguous shard
     of it (:func:`~dynametric.engine.data.shard_range`), and a process with none has nothing to take part in the
@@ -800,6 +822,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     if dyml is not None:
         info["test_protocol"] = dyml.header()
     metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
+    waiting = rendezvous_note(cfg, world)  # said before the first Lightning call, where the wait is
+    if waiting is not None:
+        notes(waiting)
     try:
         if not resume:
             if leftovers:
@@ -1105,9 +1130,11 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
             f"weight_decay={g['weight_decay']}")
     log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
     processes = ""
-    if plan.processes > 1:
+    if world > 1:  # all nodes' processes (the run has them all), those of this machine compared with its cores
         cores = os.cpu_count() or 1
-        processes = (f"; {plan.processes} training processes ({plan.strategy})"
+        nodes = int(cfg.trainer.num_nodes)
+        processes = (f"; {world} training processes ({plan.strategy}"
+                     + (f", {plan.processes} on each of {nodes} nodes" if nodes > 1 else "") + ")"
                      + (f", more than the {cores} CPU cores here: they share them"
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
