@@ -4,6 +4,9 @@ test sets the variables a launched rank sees."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from dynametric.cli import main
@@ -68,3 +71,58 @@ def test_a_run_of_several_nodes_says_it_waits_for_them_and_the_dry_run_counts_th
                  "trainer.accelerator=cpu", "trainer.num_nodes=2", "trainer.devices=2"]) == 0
     trainer_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("trainer: "))
     assert trainer_line.endswith("; 4 training processes (DDPStrategy, 2 on each of 2 nodes)"), trainer_line
+
+
+def test_another_ranks_process_says_nothing_of_an_error_and_keeps_its_status(tmp_path, monkeypatch, capsys,
+                                                                              one_process) -> None:
+    """The processes of the other ranks stop on the same errors as rank 0, and each printed its error line too (a
+    2-process run refused by a check printed it twice)."""
+    import dynametric.pipeline.run  # noqa: F401  (a train run has loaded it: the CLI asks it which rank this is)
+
+    args = ["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("dynametric train: error: ")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(args) == 2
+    assert capsys.readouterr().err == ""
+
+
+_KILL_RANK_1 = """
+import os, signal, sys
+import dynametric.engine.module as module
+step = module.MetricLearningModule.training_step
+def killed_at_step_3(self, batch, *args, **kwargs):
+    if os.environ.get("LOCAL_RANK") == "1" and int(self.global_step) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    return step(self, batch, *args, **kwargs)
+module.MetricLearningModule.training_step = killed_at_step_3
+from dynametric.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_process_of_another_rank_that_dies_ends_rank_0_with_one_line_and_the_resume_command(tmp_path) -> None:
+    """Rank 1 killed in the second epoch: rank 0 printed a multi-page `[rank0] ... Connection reset by peer`
+    traceback and ended with status 1, without a word on how to go on."""
+    import subprocess
+    import sys
+
+    from tests.commands.test_train import _one_process_env
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "kill_rank_1.py").write_text(_KILL_RANK_1)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(tmp_path / "kill_rank_1.py"), "train", "--config",
+                           str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress", "run.report=false",
+                           "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=3"],
+                          capture_output=True, text=True, env=_one_process_env(), timeout=240)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "[rank0]" not in proc.stderr, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if line.startswith("dynametric")]
+    assert len(said) == 1, proc.stderr
+    assert re.fullmatch(r"dynametric train: error: another process of this 2-process run ended while this one "
+                        r"waited for it \([^()]*Connection (reset|closed) by peer[^()]*\): killed, out of memory, or "
+                        r"stopped on an error of its own \(the processes of the other ranks print none\); resume with: "
+                        r"dynametric train --resume " + re.escape(str(out)), said[0]), said[0]
+    assert (out / "last.ckpt").is_file() and json.loads((out / "metrics.json").read_text())["test"] == {}

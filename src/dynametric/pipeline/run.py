@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import socket
 import time
 import warnings
@@ -65,9 +66,10 @@ from dynametric.engine.trainer import (
     end_launched_ranks,
     lightning_trainer,
     plan_trainer,
+    signal_launched_ranks,
     validate_settings,
 )
-from dynametric.errors import ConfigError, InputError, Interrupted
+from dynametric.errors import ConfigError, DynametricError, InputError, Interrupted
 from dynametric.pipeline.components import build_components
 from dynametric.pipeline.protocols import (
     check_test_splits,
@@ -924,6 +926,18 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                                    sigterm=isinstance(exc, SIGTERMException))
         end_launched_ranks()  # the other ranks a SIGTERM was passed on to: stopped before this process says so
         raise interrupted from None
+    except RuntimeError as exc:  # a collective's error: another process of the run ended (killed, out of memory)
+        if world <= 1 or not peer_lost(exc):
+            raise
+        signal_launched_ranks(signal.SIGTERM)  # the others this process started, if any: stopped too
+        how = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero).next_step
+        end_launched_ranks()
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]  # gloo's source location and advice
+        raise DynametricError(f"another process of this {world}-process run ended while this one waited for it "
+                              f"({reason}): killed, out of memory, or stopped on an error of its own (the processes "
+                              "of the other ranks print none)" + (f"; {how}" if how else "")
+                              ) from None
     for key, value in record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
     info["skipped_nonfinite_steps"] = skipped
@@ -951,6 +965,17 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads), settings.monitor, cfg.run.report)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
+
+
+#: What gloo's collectives say when the process at the other end of a connection ended.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective's error saying that another process of the run ended (gloo's ``Connection
+    reset by peer``): rank 0 printed it as a multi-page ``[rank0]`` traceback, exit status 1, with no word on how to
+    go on."""
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE)
 
 
 def run_environment(accelerator: str) -> dict[str, Any]:
