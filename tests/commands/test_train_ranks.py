@@ -126,3 +126,33 @@ def test_a_process_of_another_rank_that_dies_ends_rank_0_with_one_line_and_the_r
                         r"stopped on an error of its own \(the processes of the other ranks print none\); resume with: "
                         r"dynametric train --resume " + re.escape(str(out)), said[0]), said[0]
     assert (out / "last.ckpt").is_file() and json.loads((out / "metrics.json").read_text())["test"] == {}
+
+
+def test_a_run_resumed_with_another_number_of_processes_is_refused(tmp_path, capsys, one_process) -> None:
+    """Checkpoints did not record the world size: a `trainer.devices: auto` run resumed on a machine with another GPU
+    count went on with another global batch from the recorded batch position, without a word. Here a one-process
+    run's checkpoint says it was trained by 2 processes (as a run on 2 GPUs resumed on a machine with 1 would)."""
+    import torch
+
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress",
+                 "run.report=false", "trainer.max_epochs=1"]) == 0
+    last = out / "last.ckpt"
+    ckpt = load_checkpoint_file(last)
+    assert ckpt["dynametric"]["processes"] == 1
+    ckpt["dynametric"]["processes"] = 2
+    torch.save(ckpt, last)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    line = next(i for i, text in enumerate((out / "config.yaml").read_text().splitlines(), 1)
+                if text.strip() == "devices: 1")
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: {out / 'config.yaml'}:{line} key 'trainer.devices': {last} was trained by 2 "
+        "process(es) and this machine would resume it with 1 (trainer.devices=1 x trainer.num_nodes=1): a step draws "
+        "one batch per process, so the run would go on with other batches from the recorded position; resume it where "
+        "it gets 2 (with trainer.devices auto or -1, CUDA_VISIBLE_DEVICES chooses the GPUs), or start a new run")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

@@ -419,13 +419,16 @@ def _added_defaults(old: Any, new: Any, key: str = "") -> list[tuple[str, Any]] 
 
 
 def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
-                 note: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+                 note: Callable[[str], None] = print, *, processes: int | None = None) -> dict[str, torch.Tensor]:
     """The checks of ``train --resume`` before anything is read or written: no other process of this machine is
     training into ``run_dir`` (its ``config.yaml`` header names the process that started or last resumed it); the
     run's ``config.yaml`` is not empty and ``cfg`` is the config ``last.ckpt`` was saved with (the config hash every
     checkpoint records; a checkpoint of an older version without one is accepted with a warning, and its weights are
-    still checked against the model by :func:`check_resume_weights`). Returns the checkpoint's weights as meta
-    tensors (names and shapes only)."""
+    still checked against the model by :func:`check_resume_weights`), and, given ``processes`` (the run's world
+    size here), that the checkpoint was trained by as many processes (a checkpoint of a version that did not record
+    it is not checked): a step draws one batch for each process, so the recorded batch position and the global batch
+    belong to that number (``trainer.devices: auto`` resumed on a machine with another GPU count continued with
+    another one, silently). Returns the checkpoint's weights as meta tensors (names and shapes only)."""
     from dynametric.config import config_hash, config_to_dict
 
     header = _run_header(run_dir)
@@ -451,6 +454,14 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     pin = trained_statistics(cfg, ckpt)
     if pin is not None and not pin[2]:
         cfg.data.mean, cfg.data.std = pin[:2]  # recorded by an earlier resume: part of the config the hash covers
+    trained_by = extra.get("processes")
+    if processes is not None and isinstance(trained_by, int) and trained_by != processes:
+        raise ConfigError(f"{last} was trained by {trained_by} process(es) and this machine would resume it with "
+                          f"{processes} (trainer.devices={cfg.trainer.devices} x trainer.num_nodes="
+                          f"{cfg.trainer.num_nodes}): a step draws one batch per process, so the run would go on with "
+                          f"other batches from the recorded position; resume it where it gets {trained_by} (with "
+                          "trainer.devices auto or -1, CUDA_VISIBLE_DEVICES chooses the GPUs), or start a new run",
+                          key="trainer.devices")
     saved, now = extra.get("config_hash"), config_hash(cfg)
     if saved is None:
         note(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
@@ -765,11 +776,12 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
-    resumed_weights = check_resume(cfg, run_dir, folder_key, notes) if resume else None
-    # files of an earlier start of a run in run_dir that never trained
-    leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     plan = plan_trainer(trainer_settings(cfg, progress_bar=progress))
+    world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
+    resumed_weights = check_resume(cfg, run_dir, folder_key, notes, processes=world) if resume else None
+    # files of an earlier start of a run in run_dir that never trained
+    leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
@@ -778,7 +790,6 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, notes)
-    world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
     if world > 1:  # each process evaluates a shard of every split
         check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     if dyml is None and cfg.eval.protocol == "leave_one_out":
