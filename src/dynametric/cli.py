@@ -171,12 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _other_rank() -> bool:
-    """Whether this process is one of a multi-process ``train`` run's other ranks (not global rank 0): it stops on
-    the same errors and signals as rank 0, which alone prints the run's lines (``interrupted``, ``error:``); the other
-    ranks keep their exit status and say nothing. Only ``train`` runs in several processes, and it has loaded
-    :mod:`dynametric.pipeline.run` (which knows the launchers' variables) by then."""
-    run = sys.modules.get("dynametric.pipeline.run")
-    return run is not None and bool(run._launched_worker())
+    """Whether this process is one of a multi-process ``train`` run's other ranks that rank 0 started (Lightning's
+    script launcher, :func:`dynametric.commands.train.started_by_rank_0`): it stops on the same errors and signals as
+    rank 0, which alone prints the run's lines (``interrupted``, ``error:``); the other ranks keep their exit status
+    and say nothing."""
+    from dynametric.commands.train import started_by_rank_0
+
+    return started_by_rank_0()
 
 
 def _signal_launched_ranks(signum: int) -> None:

@@ -5,6 +5,7 @@ test sets the variables a launched rank sees."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -36,14 +37,18 @@ def test_a_launched_rank_trains_rank_0s_config_even_when_the_file_changed_since(
     config.write_text(TINY.replace("lr: 0.003", "lr: 0.3"))  # edited while rank 0 reads its data
     monkeypatch.setenv("LOCAL_RANK", "1")  # the process Lightning's launcher starts for rank 1
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(args) == 0
+    with monkeypatch.context() as child:
+        child.setattr("os.getppid", lambda: os.getpid())  # started by the process that ran rank 0
+        assert main(args) == 0
     rank_0, rank_1 = seen
     assert rank_1.optim.lr == rank_0.optim.lr == 0.003 and rank_1.trainer.max_epochs == 3
     assert config_hash(rank_1) == config_hash(rank_0) and rank_1 == rank_0
+    assert main(args) == 0  # a rank another launcher started (torchrun: not by rank 0) reads the file itself
+    assert seen[2].optim.lr == 0.3
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert main(args) == 0  # a new run of rank 0 (one process) reads the file as it is now
-    assert seen[2].optim.lr == 0.3
+    assert seen[3].optim.lr == 0.3
 
 
 def test_a_run_of_several_nodes_says_it_waits_for_them_and_the_dry_run_counts_their_processes(
@@ -75,14 +80,19 @@ def test_a_run_of_several_nodes_says_it_waits_for_them_and_the_dry_run_counts_th
 
 def test_another_ranks_process_says_nothing_of_an_error_and_keeps_its_status(tmp_path, monkeypatch, capsys,
                                                                               one_process) -> None:
-    """The processes of the other ranks stop on the same errors as rank 0, and each printed its error line too (a
-    2-process run refused by a check printed it twice)."""
-    import dynametric.pipeline.run  # noqa: F401  (a train run has loaded it: the CLI asks it which rank this is)
+    """The processes of the other ranks that rank 0 starts (Lightning's script launcher) stop on the same errors as
+    rank 0, and each printed its error line too (a 2-process run refused by a check printed it twice). One that
+    another launcher started (torchrun, another node) still says it: its output may be the only place it is seen."""
+    import json
 
     args = ["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run")]
     assert main(args) == 2
     assert capsys.readouterr().err.startswith("dynametric train: error: ")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(args) == 2  # rank 1, but no parent that published the run's config: not started by rank 0
+    assert capsys.readouterr().err.startswith("dynametric train: error: ")
+    # started by rank 0's process, which published its pid and config (dynametric.commands.train.CONFIG_ENV)
+    monkeypatch.setenv("DYNAMETRIC_RUN_CONFIG", json.dumps({"pid": os.getppid(), "config": {}}))
     assert main(args) == 2
     assert capsys.readouterr().err == ""
 

@@ -156,10 +156,11 @@ def lightning_trainer(s: TrainerSettings, **kwargs: Any) -> L.Trainer:
         raise ConfigError(f"Lightning {L.__version__} cannot train with accelerator={s.accelerator!r}, "
                           f"strategy={s.strategy!r}, devices={s.devices!r}, num_nodes={s.num_nodes}, "
                           f"precision={s.precision!r}: {reason}", key="trainer") from None
-    trainer._signal_connector = _NoSignalHandlers(trainer)
-    launcher = trainer.strategy.launcher
-    if isinstance(launcher, _SubprocessScriptLauncher):
-        _LAUNCHERS.add(launcher)
+    if hasattr(trainer, "_signal_connector"):  # a Lightning Trainer (a test may stand in for the class)
+        trainer._signal_connector = _NoSignalHandlers(trainer)
+        launcher = trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher):
+            _LAUNCHERS.add(launcher)
     return trainer
 
 
