@@ -463,8 +463,8 @@ def test_accelerator_and_strategy_are_the_names_lightning_accepts(tmp_path: Path
     assert err.key == "trainer.strategy" and err.message.startswith("unknown strategy 'ddpp'; expected one of auto, ")
     assert all(name in err.message for name in StrategyRegistry.available_strategies())
     assert err.message.endswith("did you mean 'ddp'?") and "\n" not in str(err)
-    cfg = load_config(overrides=["trainer.accelerator=CPU", "trainer.strategy=DDP_Spawn"])
-    assert (cfg.trainer.accelerator, cfg.trainer.strategy) == ("cpu", "ddp_spawn")
+    cfg = load_config(overrides=["trainer.accelerator=CPU", "trainer.strategy=DDP_Find_Unused_Parameters_True"])
+    assert (cfg.trainer.accelerator, cfg.trainer.strategy) == ("cpu", "ddp_find_unused_parameters_true")
 
 
 def test_a_gpu_config_loads_on_a_machine_without_one(monkeypatch) -> None:

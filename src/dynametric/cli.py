@@ -146,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DynametricError as exc:
             from dynametric.data.base import unwrap_worker_error  # a loader worker's error: its own line, no traceback
 
-            print(f"dynametric {command}: error: {unwrap_worker_error(exc)}", file=sys.stderr)
+            if not _other_rank():  # rank 0 says it (the other ranks stop on the same error)
+                print(f"dynametric {command}: error: {unwrap_worker_error(exc)}", file=sys.stderr)
             return 2
         except BrokenPipeError:  # `dynametric search --json | head`: the reader left; stop quietly, as `yes | head`
             _silence_stdout()
@@ -157,9 +158,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line, no traceback; outputs are written atomically
             next_step = getattr(exc, "next_step", None)  # dynametric.errors.Interrupted: e.g. how to resume
             terminated = sigterm.received or getattr(exc, "sigterm", False)
-            print(f"dynametric {command}: interrupted{' by SIGTERM' if terminated else ''}"
-                  + (f" ({next_step})" if next_step else ""), file=sys.stderr)
+            if not _other_rank():
+                print(f"dynametric {command}: interrupted{' by SIGTERM' if terminated else ''}"
+                      + (f" ({next_step})" if next_step else ""), file=sys.stderr)
             return 143 if terminated else 130  # 128 + the signal, as a shell reports a process it ended
+        except Exception:
+            # another rank's process stopped by SIGTERM while it waited for rank 0 in a collective: rank 0 closed the
+            # connection (its own stop), and the collective's error is how the stop reached this process
+            if sigterm.received and _other_rank():
+                return 143
+            raise
+
+
+def _other_rank() -> bool:
+    """Whether this process is one of a multi-process ``train`` run's other ranks that rank 0 started (Lightning's
+    script launcher, :func:`dynametric.commands.train.started_by_rank_0`): it stops on the same errors and signals as
+    rank 0, which alone prints the run's lines (``interrupted``, ``error:``); the other ranks keep their exit status
+    and say nothing."""
+    from dynametric.commands.train import started_by_rank_0
+
+    return started_by_rank_0()
+
+
+def _signal_launched_ranks(signum: int) -> None:
+    """Pass a signal on to the processes Lightning's script launcher started from this one for the other ranks
+    (:func:`dynametric.engine.trainer.signal_launched_ranks`); nothing where no Lightning trainer was built."""
+    trainer = sys.modules.get("dynametric.engine.trainer")
+    if trainer is not None:
+        with contextlib.suppress(Exception):  # a signal handler: never an error of its own
+            trainer.signal_launched_ranks(signum)
 
 
 class _SigtermState:
@@ -175,9 +202,11 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[_SigtermState]:
     process at once (status 143 from a shell, nothing said); inside Lightning's loops, which catch SIGTERM
     themselves, ``train`` exited with status 0 as if finished.
 
-    A second SIGTERM, or one received by a forked child (a data-loading worker), ends the process as the default
-    handler does. Nothing is installed outside the main thread or where the program already handles SIGTERM (a
-    program calling :func:`main` with its own handler keeps it)."""
+    In rank 0 of a multi-process ``train`` run the signal is first passed on to the processes Lightning's launcher
+    started for the other ranks, so that a SIGTERM sent to rank 0 alone stops every rank (each with status 143; rank
+    0 alone prints the line). A second SIGTERM, or one received by a forked child (a data-loading worker), ends the
+    process as the default handler does. Nothing is installed outside the main thread or where the program already
+    handles SIGTERM (a program calling :func:`main` with its own handler keeps it)."""
     import os
     import signal
     import threading
@@ -190,6 +219,8 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[_SigtermState]:
     pid = os.getpid()
 
     def stop(signum: int, frame: object) -> None:
+        if os.getpid() == pid:  # rank 0 of a multi-process run: every rank stops (a signal sent to rank 0 alone)
+            _signal_launched_ranks(signum)
         if state.received or os.getpid() != pid:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)

@@ -6,6 +6,7 @@ code), the other commands died by the default handler without a word."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -121,3 +122,68 @@ def test_sigterm_during_embed_keeps_the_finished_shards_and_says_how_to_resume(t
     monkeypatch.setattr(embed_mod.np, "save", real_save)
     assert _embed(tiny_ckpt, tiny_images, out) == 0
     assert "1 already done" in capsys.readouterr().out
+
+
+# rank 0 sends itself SIGTERM as its second validation round gathers the embeddings: rank 1 is then waiting in that
+# gather for it (each process records its pid and exit status in PROBE_DIR)
+_SIGTERM_RANK_0 = """
+import os, signal, sys
+from pathlib import Path
+rank = os.environ.get("LOCAL_RANK", "0")
+probe = Path(os.environ["PROBE_DIR"])
+(probe / f"rank{rank}.pid").write_text(str(os.getpid()))
+import dynametric.engine.module as module
+gather = module.all_gather_no_grad
+def sigterm_then_gather(x):
+    trainer = module.MetricLearningModule._probe_trainer
+    if rank == "0" and trainer is not None and trainer.state.fn == "fit" and trainer.current_epoch == 1 \\
+            and trainer.validating:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return gather(x)
+module.all_gather_no_grad = sigterm_then_gather
+module.MetricLearningModule._probe_trainer = None
+def on_fit_start(self):
+    module.MetricLearningModule._probe_trainer = self.trainer
+module.MetricLearningModule.on_fit_start = on_fit_start
+from dynametric.cli import main
+status = main(sys.argv[1:])
+(probe / f"rank{rank}.status").write_text(str(status))
+sys.exit(status)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_alone_stops_every_rank_of_a_two_process_run(tmp_path) -> None:
+    """`timeout`, `docker stop` and a plain `kill` signal rank 0 only. Lightning's own SIGTERM handler, active
+    during fit on top of the CLI's, called dist.broadcast on rank 0 alone while rank 1 waited in the validation
+    gather: both processes hung for ever. Now rank 0 passes the signal on, every rank stops with status 143, and
+    rank 0 alone says how to resume."""
+    import subprocess
+    import sys
+
+    from tests.commands.test_train import TINY, _one_process_env
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "sigterm_rank_0.py").write_text(_SIGTERM_RANK_0)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "sigterm_rank_0.py"), "train", "--config",
+                             str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress", "run.report=false",
+                             "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**_one_process_env(), "PROBE_DIR": str(probe)}, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # rank 1 too (same session)
+        for pid in probe.glob("rank*.pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid.read_text()), signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the two processes hung after a SIGTERM to rank 0")
+    lines = [line for line in err.splitlines() if line.startswith("dynametric")]
+    assert proc.returncode == 143, err
+    assert lines == [f"dynametric train: interrupted by SIGTERM (resume with: dynametric train --resume {out})"]
+    assert (probe / "rank1.status").read_text() == "143"  # rank 1 stopped by itself, before rank 0 ended
+    assert _metrics(out)["test"] == {} and [v["epoch"] for v in _metrics(out)["validation"]] == [0]

@@ -137,3 +137,32 @@ def test_several_processes_with_per_process_batchnorm_get_a_note():
     frozen = load_config(None, ["model.freeze_bn=true"])
     assert batchnorm_note(frozen, build_model(frozen), 2) is None
     assert batchnorm_note(cfg, nn.Linear(3, 2), 4) is None
+
+
+def test_the_strategies_that_start_processes_inside_each_call_are_refused_when_the_config_loads(tmp_path, capsys):
+    """trainer.strategy=ddp_spawn / ddp_fork: the dry run said OK, and the run crashed with a bare AssertionError
+    (the spawned processes' evaluation never came back) after writing config.yaml and logs/."""
+    import pytest
+
+    from dynametric.cli import main
+    from dynametric.config import load_config
+    from dynametric.engine.trainer import TrainerSettings, validate_settings
+    from dynametric.errors import ConfigError
+
+    for name in ("ddp_spawn", "DDP_Fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"trainer.strategy={name}", "trainer.devices=2"])
+        assert info.value.key == "trainer.strategy"
+        assert info.value.message == (
+            f"strategy {name!r} starts new processes inside every Lightning call and their results do not come back "
+            "to this process, which dynametric train needs; use ddp (trainer.devices: N starts N processes on this "
+            "machine)")
+    with pytest.raises(ConfigError):  # settings built without a config: the same rule
+        validate_settings(TrainerSettings(strategy="ddp_spawn"))
+    assert load_config(None, ["trainer.strategy=ddp"]).trainer.strategy == "ddp"
+    out = tmp_path / "run"
+    assert main(["train", "--dry-run", "--out", str(out), "trainer.strategy=ddp_fork", "trainer.devices=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dynametric train: error: <command line> key 'trainer.strategy': "
+                                               "strategy 'ddp_fork' starts new processes"), err
+    assert not out.exists()

@@ -49,3 +49,32 @@ def test_two_images_of_one_sequence_are_no_relevant_item():
     with pytest.raises(ConfigError, match="no fine class there has two images from another sequence"):
         check_validation_queries(cfg, same, "fine/map@r", SCALES)
     check_validation_queries(cfg, _val([0, 0, 1, 1], sequences=["a", "b", "c", "c"]), "fine/map@r", SCALES)
+
+
+def test_the_batches_are_checked_for_every_process_of_the_run(tmp_path, capsys):
+    """72 training items, data.sampler=random, data.batch_size=48 under 2 processes (96 items a step): the check
+    built the sampler for one process, the dry run said OK, and the run failed after evaluating the untrained model
+    and writing config.yaml, metrics.json and logs/."""
+    from dynametric.cli import main
+    from dynametric.config import errors_located
+    from dynametric.engine.preflight import check_batches
+    from tests.commands.test_train import TINY
+
+    cfg = load_config(None, ["data.sampler=random", "data.batch_size=48"])
+    train = SimpleNamespace(labels=torch.arange(72).reshape(72, 1) // 4)
+    check_batches(cfg, train, world=1)  # one process: 48 of 72 items
+    with pytest.raises(ConfigError) as info, errors_located(cfg):
+        check_batches(cfg, train, world=2)
+    assert str(info.value) == ("<command line> key 'data.batch_size': 72 items give no batch: one step takes "
+                               "batch_size 48 x 2 rank(s) = 96 items; lower the batch size")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = tmp_path / "run"
+    args = ["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress",
+            "trainer.accelerator=cpu", "data.sampler=random", "data.batch_size=48"]
+    assert main([*args, "--dry-run", "trainer.devices=2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "dynametric train: error: <command line> key 'data.batch_size': 72 items give no batch: one step takes "
+        "batch_size 48 x 2 rank(s) = 96 items; lower the batch size")
+    assert main([*args, "trainer.devices=2"]) == 2  # the run: refused before the other rank starts, nothing written
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("= 96 items; lower the batch size")
+    assert not out.exists()

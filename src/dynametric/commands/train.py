@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dynametric.commands import is_terminal
 from dynametric.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dynametric.config import Config
 
 #: The run ``dynametric train`` performs without ``--config`` (a packaged YAML file; overrides apply on top).
 DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default_run.yaml"
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
         cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
+    cfg = rank_0_config(cfg)
     from dynametric.config import errors_located
     from dynametric.pipeline.run import default_run_dir, dry_run, quiet_lightning, run_training
 
@@ -73,6 +80,54 @@ def run(args: argparse.Namespace) -> int:
         run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
                      folder_key=folder_key, log=result_line, note=note_line)
     return 0
+
+
+#: The environment variable in which the ``dynametric train`` process of global rank 0 publishes its pid and its
+#: resolved config (JSON): the processes Lightning's script launcher starts from it for the other ranks inherit it.
+CONFIG_ENV = "DYNAMETRIC_RUN_CONFIG"
+
+
+def _published() -> dict[str, Any] | None:
+    """What this process's parent published in :data:`CONFIG_ENV` (``None`` where the parent published nothing: a
+    value inherited from further up, e.g. a shell, is not this run's)."""
+    try:
+        data = json.loads(os.environ.get(CONFIG_ENV, ""))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and data.get("pid") == os.getppid() else None
+
+
+def started_by_rank_0() -> bool:
+    """Whether this process is another rank's, started by Lightning's script launcher from the ``dynametric train``
+    process of rank 0 (its parent, which published :data:`CONFIG_ENV`). Such a process shares rank 0's terminal
+    and stops on the same errors and signals: the CLI prints none of its ``error:`` / ``interrupted`` lines. A
+    process that torchrun, srun or jsrun started, or one on another node, says them (its output may be the only
+    place they are seen)."""
+    if _published() is None:
+        return False
+    from dynametric.pipeline.run import _launched_worker
+
+    return bool(_launched_worker())
+
+
+def rank_0_config(cfg: Config) -> Config:
+    """The config this process trains: in a process started by rank 0 (:func:`started_by_rank_0`), rank 0's
+    resolved config, published in :data:`CONFIG_ENV`; elsewhere ``cfg``, which a process of rank 0 publishes for the
+    ranks it starts later (a side effect on ``os.environ``, as :func:`dynametric.pipeline.run.default_run_dir`'s).
+
+    Rank 0 starts the other ranks when it reaches its first Lightning call, possibly minutes after it read the
+    ``--config`` file: they read the file again and, where it had been edited in between, trained another config
+    than rank 0, silently. A launcher that starts every process itself (torchrun, srun) publishes nothing: each of
+    its processes reads the file."""
+    from dynametric.config import config_from_dict, config_to_dict
+    from dynametric.pipeline.run import _launched_worker
+
+    published = _published()
+    if published is not None and _launched_worker():
+        return config_from_dict(published["config"])
+    if not _launched_worker():
+        os.environ[CONFIG_ENV] = json.dumps({"pid": os.getpid(), "config": config_to_dict(cfg)}, allow_nan=True)
+    return cfg
 
 
 def result_line(line: str) -> None:

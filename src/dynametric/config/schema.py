@@ -427,8 +427,15 @@ def check_accelerator(value: str, key: str) -> str:
 
 def check_strategy(value: str, key: str) -> str:
     """``value`` in lower case if it is ``auto`` or a strategy registered with the installed Lightning
-    (:func:`strategy_names`)."""
-    return _check_lightning_name(value, key, "strategy", strategy_names)
+    (:func:`strategy_names`), except those that start their processes inside every Lightning call (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook`` and their variants): what those processes compute (the evaluation's results)
+    never comes back to the process that called, so a run crashed after writing its first files."""
+    text = _check_lightning_name(value, key, "strategy", strategy_names)
+    if text.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+        raise ConfigError(f"strategy {value!r} starts new processes inside every Lightning call and their results do "
+                          "not come back to this process, which dynametric train needs; use ddp (trainer.devices: N "
+                          "starts N processes on this machine)", key=key)
+    return text
 
 
 def _check_lightning_name(value: str, key: str, kind: str, names: Callable[[], list[str]]) -> str:

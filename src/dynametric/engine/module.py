@@ -560,7 +560,9 @@ class MetricLearningModule(L.LightningModule):
                                     "loss_history": self.loss_history,
                                     "skipped_steps": self.skipped_steps,
                                     "plateau_rounds": self.plateau_rounds,
-                                    "optim": asdict(self.optim_settings)}
+                                    "optim": asdict(self.optim_settings),
+                                    # the batches a step draws and the resumed position depend on it
+                                    "processes": int(self.trainer.world_size) if self._trainer is not None else 1}
         if self.run_config_hash is not None:
             checkpoint["dynametric"]["config_hash"] = self.run_config_hash
             checkpoint["dynametric"]["config"] = self.run_config

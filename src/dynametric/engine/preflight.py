@@ -7,8 +7,9 @@
   last. :func:`resolve_monitor` turns the alias into the dataset's own scale name (it is defined in
   :mod:`dynametric.config.schema` and re-exported by :mod:`dynametric.engine.builders`, which resolves the config;
   importable from here too).
-* :func:`check_batches` builds the configured batch sampler on the training labels once, before the untrained
-  evaluation, and turns "too few classes for the batch" into a :class:`~dynametric.errors.ConfigError` that
+* :func:`check_batches` builds the configured batch sampler on the training labels once (for the run's number of
+  processes), before the untrained evaluation, and turns "too few classes for the batch" into a
+  :class:`~dynametric.errors.ConfigError` that
   suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
   also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
   scale's chunk would be one class: no negative pair for a term that compares the batch).
@@ -53,10 +54,12 @@ def _fitting_values(batch_size: int, m: int, classes: int) -> list[str]:
 
 
 def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None = None,
-                  carved: bool = False) -> None:
-    """Build the configured batch sampler on the training labels (one process) and re-raise a batch that cannot
-    be drawn as a :class:`ConfigError` with values that work. ``carved``: validation classes were taken out of
-    the training split (the message says so, since they are not available to batches)."""
+                  carved: bool = False, world: int = 1) -> None:
+    """Build the configured batch sampler on the training labels, as the run's rank 0 of ``world`` processes builds
+    it (one step draws a batch for each process), and re-raise a batch that cannot be drawn as a
+    :class:`ConfigError` with values that work. ``carved``: validation classes were taken out of the training split
+    (the message says so, since they are not available to batches). Built for one process only, a run of several
+    passed the check (and the dry run said OK), then failed after the untrained evaluation and its files."""
     labels = _label_matrix(train)
     data = cfg.data
     sampler_cls = BATCH_SAMPLERS.get(data.sampler)
@@ -78,10 +81,11 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
             raise ConfigError(f"a batch needs {needed} distinct {name} classes (batch_size {data.batch_size} / "
                               f"m {data.m}) but the training split has only {classes}{where}{hint}",
                               key="data.batch_size")
-    sampler = sampler_factory(cfg)(labels, 0, 1)  # other samplers: their own checks, raised as ConfigError
+    sampler = sampler_factory(cfg)(labels, 0, world)  # other samplers: their own checks, raised as ConfigError
     if len(sampler) < 1:
-        raise ConfigError(f"the training split ({len(labels)} images) gives no batch of {data.batch_size}; lower "
-                          "data.batch_size", key="data.batch_size")
+        per = f" for each of {world} processes" if world > 1 else ""
+        raise ConfigError(f"the training split ({len(labels)} images) gives no batch of {data.batch_size}{per}; "
+                          "lower data.batch_size", key="data.batch_size")
     if isinstance(sampler, ThreeScaleSampler):
         _check_three_scale(cfg, sampler, labels.shape[1], scale_names)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dynametric.config.schema import (
@@ -145,13 +149,96 @@ def lightning_trainer(s: TrainerSettings, **kwargs: Any) -> L.Trainer:
     """``L.Trainer`` on the accelerator, devices, nodes, strategy and precision of ``s`` (and ``kwargs``); Lightning
     refusing them is a one-line ConfigError naming the ``trainer`` keys and Lightning's reason."""
     try:
-        return L.Trainer(accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
-                         precision=s.precision, sync_batchnorm=s.sync_batchnorm, **kwargs)  # type: ignore[arg-type]
+        trainer = L.Trainer(accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
+                            precision=s.precision, sync_batchnorm=s.sync_batchnorm, **kwargs)  # type: ignore[arg-type]
     except _LIGHTNING_REFUSALS as exc:
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ConfigError(f"Lightning {L.__version__} cannot train with accelerator={s.accelerator!r}, "
                           f"strategy={s.strategy!r}, devices={s.devices!r}, num_nodes={s.num_nodes}, "
                           f"precision={s.precision!r}: {reason}", key="trainer") from None
+    if hasattr(trainer, "_signal_connector"):  # a Lightning Trainer (a test may stand in for the class)
+        trainer._signal_connector = _NoSignalHandlers(trainer)
+        launcher = trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher):
+            _LAUNCHERS.add(launcher)
+    return trainer
+
+
+class _NoSignalHandlers(_SignalConnector):
+    """Lightning's signal connector without its handlers: during ``fit`` / ``validate`` / ``test`` Lightning put its
+    SIGTERM handler on top of the one it found (the CLI's, :func:`dynametric.cli._sigterm_stops_like_ctrl_c`). Under
+    several processes that handler sent the signal on to the other ranks and then called ``dist.broadcast`` on the
+    rank that got it, alone, while the others waited in another collective: a SIGTERM sent to rank 0 only (what
+    ``timeout``, ``docker stop``, ``kill`` do) hung every process for ever. The CLI's handler stops the run instead
+    (and :func:`signal_launched_ranks` passes the signal on). It records the processes Lightning's script launcher
+    started for the other ranks (:func:`launched_ranks`); ``trainer.received_sigterm`` stays ``False``."""
+
+    def register_signal_handlers(self) -> None:
+        self.received_sigterm = False
+        self._original_handlers = {}  # nothing to restore at teardown: nothing was replaced
+        launcher = self.trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs and \
+                all(launcher.procs is not known for known in _LAUNCHED):
+            _LAUNCHED.append(launcher.procs)
+
+
+# the script launchers of the trainers built here (alive), and the lists of processes they started for the other
+# ranks (Lightning's own lists, which its child-process observer watches too), kept once a Lightning call ran
+_LAUNCHERS: weakref.WeakSet[_SubprocessScriptLauncher] = weakref.WeakSet()
+_LAUNCHED: list[list[subprocess.Popen]] = []
+_TAKEN: list[subprocess.Popen] = []
+
+
+def launched_ranks() -> list[subprocess.Popen]:
+    """The processes Lightning's script launcher started from this one for the other ranks (``trainer.devices`` > 1
+    on one machine: rank 0 starts them as children at its first Lightning call), still running or not."""
+    procs: list[subprocess.Popen] = list(_TAKEN)
+    for lst in [*_LAUNCHED, *(launcher.procs for launcher in list(_LAUNCHERS))]:
+        procs.extend(p for p in lst if p not in procs)
+    return procs
+
+
+def signal_launched_ranks(signum: int) -> int:
+    """Send ``signum`` to the processes of the other ranks this process started (:func:`launched_ranks`) that are
+    still running, and take them from Lightning's launcher: its child-process observer SIGKILLed this process when
+    one of them ended with a non-zero status (143 after a SIGTERM) before this one had said how to resume, and its
+    Ctrl-C handling SIGKILLed them. Returns how many were signalled. The CLI's SIGTERM handler calls it (a SIGTERM
+    sent to rank 0 alone now stops every rank); :func:`end_launched_ranks` waits for them."""
+    sent = 0
+    for proc in launched_ranks():
+        if proc not in _TAKEN:
+            _TAKEN.append(proc)
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signum)
+                sent += 1
+    for lst in [*_LAUNCHED, *(launcher.procs for launcher in list(_LAUNCHERS))]:
+        lst.clear()  # the same list objects as the launcher's and its observer's
+    return sent
+
+
+def end_launched_ranks(grace_s: float = 20.0) -> None:
+    """After :func:`signal_launched_ranks`: close this process's side of the process group (a rank waiting for this
+    one in a collective gets an error at once instead of waiting for the collective's timeout), wait up to
+    ``grace_s`` seconds for the other ranks' processes to stop by themselves, then SIGKILL those still running (they
+    write nothing). Nothing to do where no process was taken."""
+    import time
+
+    import torch.distributed as dist
+
+    if not _TAKEN:
+        return
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):  # already broken by a peer that ended
+            dist.destroy_process_group()
+    deadline = time.monotonic() + grace_s
+    for proc in _TAKEN:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _TAKEN.clear()
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import socket
 import time
 import warnings
@@ -62,11 +63,13 @@ from dynametric.engine.trainer import (
     TrainerSettings,
     build_trainer,
     ctrl_c_passes_through,
+    end_launched_ranks,
     lightning_trainer,
     plan_trainer,
+    signal_launched_ranks,
     validate_settings,
 )
-from dynametric.errors import ConfigError, InputError, Interrupted
+from dynametric.errors import ConfigError, DynametricError, InputError, Interrupted
 from dynametric.pipeline.components import build_components
 from dynametric.pipeline.protocols import (
     check_test_splits,
@@ -418,13 +421,16 @@ def _added_defaults(old: Any, new: Any, key: str = "") -> list[tuple[str, Any]] 
 
 
 def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
-                 note: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+                 note: Callable[[str], None] = print, *, processes: int | None = None) -> dict[str, torch.Tensor]:
     """The checks of ``train --resume`` before anything is read or written: no other process of this machine is
     training into ``run_dir`` (its ``config.yaml`` header names the process that started or last resumed it); the
     run's ``config.yaml`` is not empty and ``cfg`` is the config ``last.ckpt`` was saved with (the config hash every
     checkpoint records; a checkpoint of an older version without one is accepted with a warning, and its weights are
-    still checked against the model by :func:`check_resume_weights`). Returns the checkpoint's weights as meta
-    tensors (names and shapes only)."""
+    still checked against the model by :func:`check_resume_weights`), and, given ``processes`` (the run's world
+    size here), that the checkpoint was trained by as many processes (a checkpoint of a version that did not record
+    it is not checked): a step draws one batch for each process, so the recorded batch position and the global batch
+    belong to that number (``trainer.devices: auto`` resumed on a machine with another GPU count continued with
+    another one, silently). Returns the checkpoint's weights as meta tensors (names and shapes only)."""
     from dynametric.config import config_hash, config_to_dict
 
     header = _run_header(run_dir)
@@ -450,6 +456,14 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     pin = trained_statistics(cfg, ckpt)
     if pin is not None and not pin[2]:
         cfg.data.mean, cfg.data.std = pin[:2]  # recorded by an earlier resume: part of the config the hash covers
+    trained_by = extra.get("processes")
+    if processes is not None and isinstance(trained_by, int) and trained_by != processes:
+        raise ConfigError(f"{last} was trained by {trained_by} process(es) and this machine would resume it with "
+                          f"{processes} (trainer.devices={cfg.trainer.devices} x trainer.num_nodes="
+                          f"{cfg.trainer.num_nodes}): a step draws one batch per process, so the run would go on with "
+                          f"other batches from the recorded position; resume it where it gets {trained_by} (with "
+                          "trainer.devices auto or -1, CUDA_VISIBLE_DEVICES chooses the GPUs), or start a new run",
+                          key="trainer.devices")
     saved, now = extra.get("config_hash"), config_hash(cfg)
     if saved is None:
         note(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
@@ -584,6 +598,28 @@ def setup_notes(cfg: Config, embedder: torch.nn.Module, processes: int, has_vali
     ``build_embedder`` did (weights loaded from ``pretrained_path``, ...: the embedder's ``notes``)."""
     notes = [batchnorm_note(cfg, embedder, processes), validation_note(cfg, has_validation)]
     return [n for n in notes if n is not None] + [f"note: {n}" for n in getattr(embedder, "notes", [])]
+
+
+def rendezvous_note(cfg: Config, world: int) -> str | None:
+    """The line a run of several nodes (``trainer.num_nodes`` > 1) prints before its first Lightning call, where it
+    waits for the processes of every node to join (torch's rendezvous at MASTER_ADDR:MASTER_PORT): on one machine
+    it waited there for ever as far as the user could tell, without a word. ``None`` for one node."""
+    nodes = int(cfg.trainer.num_nodes)
+    if nodes <= 1:
+        return None
+    env = os.environ
+    addr = env.get("MASTER_ADDR", "").strip()
+    port = env.get("MASTER_PORT", "").strip()
+    where = (f"MASTER_ADDR {addr or '127.0.0.1 (MASTER_ADDR not set)'}, MASTER_PORT "
+             f"{port or 'a free port Lightning picks here (MASTER_PORT not set, so no other node can know it)'}")
+    if _external_launch() is None:  # Lightning's own launcher: one command per node, started by the user
+        how = (f"start the same command on each other node with NODE_RANK=1 ... {nodes - 1} and the same MASTER_ADDR "
+               "and MASTER_PORT")
+    else:
+        how = "the launcher starts the other nodes' processes"
+    return (f"note: trainer.num_nodes={nodes}: node {env.get('NODE_RANK', '').strip() or '0'} waits until the "
+            f"processes of all {nodes} nodes ({world} in all) join at {where}; {how}. Ctrl-C and SIGTERM do not end "
+            "this wait (torch's rendezvous, which gives up after 30 minutes); kill the process to stop it")
 
 
 def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) -> None:
@@ -742,11 +778,12 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
-    resumed_weights = check_resume(cfg, run_dir, folder_key, notes) if resume else None
-    # files of an earlier start of a run in run_dir that never trained
-    leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     plan = plan_trainer(trainer_settings(cfg, progress_bar=progress))
+    world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
+    resumed_weights = check_resume(cfg, run_dir, folder_key, notes, processes=world) if resume else None
+    # files of an earlier start of a run in run_dir that never trained
+    leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
@@ -757,14 +794,13 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         notes(line)
     # read once: query_in_gallery against the test's items, no image of them in training or validation
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, notes)
-    world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
     if world > 1:  # each process evaluates a shard of every split
         check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     if dyml is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
-    check_batches(cfg, datasets.train, scale_names=comps.scale_names,
-                  carved=datasets.val_carved)  # before the untrained evaluation spends time
+    check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved,
+                  world=world)  # before the untrained evaluation spends time (and before the other ranks start)
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
@@ -803,6 +839,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     if dyml is not None:
         info["test_protocol"] = dyml.header()
     metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
+    waiting = rendezvous_note(cfg, world)  # said before the first Lightning call, where the wait is
+    if waiting is not None:
+        notes(waiting)
     try:
         if not resume:
             if leftovers:
@@ -898,8 +937,22 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     # by Lightning's loops alone (no handler of the CLI), a SystemExit() with no code, which ended the process with
     # status 0 as if the run had finished; stopped as Ctrl-C stops it (the CLI says "interrupted by SIGTERM", 143)
     except (KeyboardInterrupt, SIGTERMException) as exc:
-        raise _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero,
-                           sigterm=isinstance(exc, SIGTERMException)) from None
+        interrupted = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero,
+                                   sigterm=isinstance(exc, SIGTERMException))
+        end_launched_ranks()  # the other ranks a SIGTERM was passed on to: stopped before this process says so
+        raise interrupted from None
+    except RuntimeError as exc:  # a collective's error: another process of the run ended (killed, out of memory)
+        if world <= 1 or not peer_lost(exc):
+            raise
+        signal_launched_ranks(signal.SIGTERM)  # the others this process started, if any: stopped too
+        how = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero).next_step
+        end_launched_ranks()
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]  # gloo's source location and advice
+        raise DynametricError(f"another process of this {world}-process run ended while this one waited for it "
+                              f"({reason}): killed, out of memory, or stopped on an error of its own (the processes "
+                              "of the other ranks print none)" + (f"; {how}" if how else "")
+                              ) from None
     for key, value in record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
     info["skipped_nonfinite_steps"] = skipped
@@ -927,6 +980,17 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads), settings.monitor, cfg.run.report)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
     return RunResult(run_dir, metrics, info)
+
+
+#: What gloo's collectives say when the process at the other end of a connection ended.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective's error saying that another process of the run ended (gloo's ``Connection
+    reset by peer``): rank 0 printed it as a multi-page ``[rank0]`` traceback, exit status 1, with no word on how to
+    go on."""
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE)
 
 
 def run_environment(accelerator: str) -> dict[str, Any]:
@@ -1088,7 +1152,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     if callable(check_forward):  # real run meets at its first forward pass): a blank image of the evaluation crop
         check_forward(_eval_crop(cfg), cfg.model.in_chans)
     if datasets is not None:
-        check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved)
+        check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world)
     # a missing extra or an option the logger does not take: refused where a real run's build_logger refuses it
     check_logger_options(cfg.run.logger, cfg.run.logger_options)
     optimizer = comps.module.configure_optimizers()
@@ -1108,9 +1172,11 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
             f"weight_decay={g['weight_decay']}")
     log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
     processes = ""
-    if plan.processes > 1:
+    if world > 1:  # all nodes' processes (the run has them all), those of this machine compared with its cores
         cores = os.cpu_count() or 1
-        processes = (f"; {plan.processes} training processes ({plan.strategy})"
+        nodes = int(cfg.trainer.num_nodes)
+        processes = (f"; {world} training processes ({plan.strategy}"
+                     + (f", {plan.processes} on each of {nodes} nodes" if nodes > 1 else "") + ")"
                      + (f", more than the {cores} CPU cores here: they share them"
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
