@@ -146,8 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DynametricError as exc:
             from dynametric.data.base import unwrap_worker_error  # a loader worker's error: its own line, no traceback
 
-            if not _other_rank():  # rank 0 says it (the other ranks stop on the same error)
-                print(f"dynametric {command}: error: {unwrap_worker_error(exc)}", file=sys.stderr)
+            # the other ranks' processes rank 0 started name their rank: an error of their own (an image of their
+            # shard) would else be said nowhere, one they share with rank 0 is told apart from rank 0's line
+            rank = _other_rank()
+            print(f"dynametric {command}: error{f' (rank {rank})' if rank else ''}: {unwrap_worker_error(exc)}",
+                  file=sys.stderr)
             return 2
         except BrokenPipeError:  # `dynametric search --json | head`: the reader left; stop quietly, as `yes | head`
             _silence_stdout()
@@ -170,14 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
 
 
-def _other_rank() -> bool:
-    """Whether this process is one of a multi-process ``train`` run's other ranks that rank 0 started (Lightning's
-    script launcher, :func:`dynametric.commands.train.started_by_rank_0`): it stops on the same errors and signals as
-    rank 0, which alone prints the run's lines (``interrupted``, ``error:``); the other ranks keep their exit status
-    and say nothing."""
+def _other_rank() -> int | None:
+    """The rank of this process when it is one of a multi-process ``train`` run's other ranks that rank 0 started
+    (Lightning's script launcher, :func:`dynametric.commands.train.started_by_rank_0`), else ``None``. Such a process
+    stops on the same signals as rank 0, which alone prints the ``interrupted`` line (the others keep their exit
+    status and say nothing), and names its rank in its own ``error:`` line."""
+    import os
+
     from dynametric.commands.train import started_by_rank_0
 
-    return started_by_rank_0()
+    if not started_by_rank_0():
+        return None
+    local = os.environ.get("LOCAL_RANK", "")
+    return int(local) if local.isdigit() and int(local) > 0 else None  # the launcher sets it (1, 2, ...)
 
 
 def _signal_launched_ranks(signum: int) -> None:

@@ -78,11 +78,12 @@ def test_a_run_of_several_nodes_says_it_waits_for_them_and_the_dry_run_counts_th
     assert trainer_line.endswith("; 4 training processes (DDPStrategy, 2 on each of 2 nodes)"), trainer_line
 
 
-def test_another_ranks_process_says_nothing_of_an_error_and_keeps_its_status(tmp_path, monkeypatch, capsys,
-                                                                              one_process) -> None:
-    """The processes of the other ranks that rank 0 starts (Lightning's script launcher) stop on the same errors as
-    rank 0, and each printed its error line too (a 2-process run refused by a check printed it twice). One that
-    another launcher started (torchrun, another node) still says it: its output may be the only place it is seen."""
+def test_another_ranks_process_names_its_rank_in_its_error_and_keeps_its_status(tmp_path, monkeypatch, capsys,
+                                                                                 one_process) -> None:
+    """The processes of the other ranks that rank 0 starts (Lightning's script launcher) printed their error line in
+    rank 0's words (a 2-process run refused by a check printed the same line twice): they name their rank, so that an
+    error of their own is said (silence would lose it) and a shared one is told apart. One that another launcher
+    started (torchrun, another node) says it as before."""
     import json
 
     args = ["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run")]
@@ -94,7 +95,7 @@ def test_another_ranks_process_says_nothing_of_an_error_and_keeps_its_status(tmp
     # started by rank 0's process, which published its pid and config (dynametric.commands.train.CONFIG_ENV)
     monkeypatch.setenv("DYNAMETRIC_RUN_CONFIG", json.dumps({"pid": os.getppid(), "config": {}}))
     assert main(args) == 2
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.startswith("dynametric train: error (rank 1): ")
 
 
 _KILL_RANK_1 = """
@@ -133,7 +134,7 @@ def test_a_process_of_another_rank_that_dies_ends_rank_0_with_one_line_and_the_r
     assert len(said) == 1, proc.stderr
     assert re.fullmatch(r"dynametric train: error: another process of this 2-process run ended while this one "
                         r"waited for it \([^()]*Connection (reset|closed) by peer[^()]*\): killed, out of memory, or "
-                        r"stopped on an error of its own \(the processes of the other ranks print none\); resume with: "
+                        r"stopped on an error of its own \(its 'error \(rank N\):' line, above\); resume with: "
                         r"dynametric train --resume " + re.escape(str(out)), said[0]), said[0]
     assert (out / "last.ckpt").is_file() and json.loads((out / "metrics.json").read_text())["test"] == {}
 

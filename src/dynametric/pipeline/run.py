@@ -950,8 +950,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]  # gloo's source location and advice
         raise DynametricError(f"another process of this {world}-process run ended while this one waited for it "
-                              f"({reason}): killed, out of memory, or stopped on an error of its own (the processes "
-                              "of the other ranks print none)" + (f"; {how}" if how else "")
+                              f"({reason}): killed, out of memory, or stopped on an error of its own (its "
+                              "'error (rank N):' line, above)" + (f"; {how}" if how else "")
                               ) from None
     for key, value in record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
