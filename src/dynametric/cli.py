@@ -256,12 +256,16 @@ def _silence_stdout() -> None:
 
 
 def os_error_line(exc: OSError) -> str:
-    """``<file>: <reason>`` for an error of the file system, naming the user's path (not a temporary one)."""
+    """``<file>: <reason>`` for an error of the file system, naming the user's path (not a temporary one). An error
+    that names no file (writing a stream: ``search > /dev/full``) is its reason alone: the note that nothing was left
+    half-written holds for the files dynametric writes atomically, which the error names."""
     name = exc.filename2 if exc.filename2 is not None else exc.filename
     reason = exc.strerror or str(exc)
+    if name is None:
+        return reason
     if exc.errno == errno.ENOSPC:
         reason += " (nothing was left half-written: outputs are written to a temporary file and renamed)"
-    return f"{name}: {reason}" if name is not None else reason
+    return f"{name}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -135,3 +135,20 @@ def test_index_build_options_of_another_kind_are_refused(tmp_path, capsys) -> No
     assert main(["index", "build", "--embeddings", str(tmp_path / "x.npy"), "--kind", "hnsw", "--out",
                  str(tmp_path / "hnsw")]) == 0
     assert RetrievalIndex.load(tmp_path / "hnsw").params["ef_search"] == 64
+
+
+def test_a_full_standard_output_is_said_without_the_atomic_write_note(index_dir, capsys, monkeypatch) -> None:
+    """``search > /dev/full``: the write to stdout fails with ENOSPC and no file name; the line said "nothing was left
+    half-written: outputs are written to a temporary file and renamed", which holds for files only."""
+    import errno
+    import io
+    import os
+    import sys
+
+    class _Full(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sys, "stdout", _Full())
+    assert main(["search", "--index", str(index_dir), "--embeddings", str(index_dir.parent / "q.npy")]) == 2
+    assert capsys.readouterr().err.strip() == f"dynametric search: error: {os.strerror(errno.ENOSPC)}"
