@@ -356,18 +356,7 @@ def _get(raw: Any, steps: Sequence[str | int]) -> Any:
 
 def _section_at(steps: Sequence[str | int]) -> Any:
     """The schema section (dataclass) at the key ``steps`` (``["extra_losses", 0, "miner"]``), else ``None``."""
-    tp: Any = Config
-    for step in steps:
-        if isinstance(step, int):
-            if typing.get_origin(tp) is not list:
-                return None
-            tp = typing.get_args(tp)[0]
-            continue
-        section = _section_of(tp)
-        if section is None or step not in _hints(section):
-            return None
-        tp = _hints(section)[step]
-    return _section_of(tp)
+    return _section_of(_type_at(steps))  # Any (no such key, or inside a free-form mapping): no section
 
 
 def _name_in(raw: Any, steps: Sequence[str | int], name: str) -> Any:
