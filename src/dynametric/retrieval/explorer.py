@@ -184,7 +184,6 @@ def path_inside_roots(path: str | Path, roots: Sequence[str | Path]) -> Path | N
     return locate_image(path, roots)[0]
 
 
-
 REQUEST_TIMEOUT = 30.0  # seconds a connection may stay silent (an idle or half-sent request) before it is closed
 MAX_K = 100  # neighbours per column (the page's k field allows 1..100)
 MAX_ITEMS_PAGE = 500  # items per /api/items page
@@ -195,6 +194,7 @@ def _in_range(name: str, value: int, lo: int, hi: int | None) -> None:
     if value < lo or (hi is not None and value > hi):
         bound = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
         raise InputError(f"expected {name!r} {bound}, got {value}", key=name)
+
 
 def query_params(query: str) -> dict[str, list[str]]:
     """The parameters of a URL's query string; one given twice (``?item=1&item=abc``) is refused, naming it
@@ -307,11 +307,6 @@ class Explorer:
         with self.lock:
             q = self.embedder.embed(torch.stack([self.embedder.transform(rgb)])).numpy()
         return {"query": {"id": "upload", "image": None}, **self.neighbours(q, k)}
-
-    def image_file(self, i: int) -> Path | None:
-        if not 0 <= i < self.index.size:
-            return None
-        return path_inside_roots(self.index.paths[i], self.roots)
 
     def image(self, i: int) -> tuple[int, Path | str]:
         """``(200, file)`` for item ``i``'s image, else ``(status, message)``: 404 no such item, no image recorded,

@@ -39,7 +39,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
-from dynametric.utils.readers import FLOAT32_MAX, beyond_float32, read_plain_npy, refuse_zero_rows
+from dynametric.utils.readers import beyond_float32, beyond_float32_text, read_plain_npy, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -307,6 +307,16 @@ class SearchResult:
     ``nprobe`` cells it visits; ``hnsw`` only what its beam reaches)."""
 
 
+def _refuse_beyond_float32(x: np.ndarray, metric: str, what: str, action: str, file: str | Path | None) -> None:
+    """Refuse finite values beyond float32's range (:func:`~dynametric.utils.readers.beyond_float32`) for an
+    ``l2`` / ``ip`` index, which is built and searched in float32 (the cast made them Inf: "NaN or Inf"); a cosine
+    index normalises the rows in float64 first and takes them. ``action``: what the index does in float32."""
+    beyond = beyond_float32(x) if metric != "cosine" else None
+    if beyond is not None:
+        raise InputError(f"{what} hold {beyond_float32_text(beyond)}); an {metric} index {action} in float32",
+                         file=file)
+
+
 @dataclass
 class RetrievalIndex:
     """A faiss index plus the item metadata it answers with."""
@@ -341,11 +351,7 @@ class RetrievalIndex:
         if metric == "cosine":
             src = Path(emb.source)
             refuse_zero_rows(raw, src / "embeddings.npy" if src.is_dir() else src)
-        beyond = beyond_float32(raw) if metric != "cosine" else None  # cosine: normalised in float64 first
-        if beyond is not None:
-            raise InputError(f"embeddings hold values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {beyond[0]} "
-                             f"row(s), first at row {beyond[1]} (0-based); an {metric} index is built in float32",
-                             file=emb.source)
+        _refuse_beyond_float32(raw, metric, "embeddings", "is built", emb.source)
         x = _prepare(raw, metric)
         if not np.isfinite(x).all():
             raise InputError("embeddings contain NaN or Inf", file=emb.source)
@@ -485,11 +491,7 @@ class RetrievalIndex:
             raise InputError(f"{what} must be a numeric array, got dtype {q.dtype}")
         if not np.isfinite(q).all():
             raise InputError(f"{what} contain NaN or Inf")
-        beyond = beyond_float32(q) if self.metric != "cosine" else None  # cosine: normalised in float64 first
-        if beyond is not None:
-            raise InputError(f"{what} hold values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {beyond[0]} "
-                             f"row(s), first at row {beyond[1]} (0-based); an {self.metric} index searches in float32",
-                             file=source)
+        _refuse_beyond_float32(q, self.metric, what, "searches", source)
         if self.metric == "cosine":
             zero = ~q.any(axis=1)
             if zero.any():

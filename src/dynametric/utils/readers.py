@@ -132,6 +132,14 @@ def beyond_float32(arr: np.ndarray, block: int = 65536) -> tuple[int, int, float
     return (rows, first, peak) if rows else None
 
 
+def beyond_float32_text(beyond: tuple[int, int, float]) -> str:
+    """The words of every error about :func:`beyond_float32`'s finding, up to the open parenthesis of its row:
+    ``values beyond float32's range (up to 3.403e+38) in 2 row(s), first at row 1 (0-based``; the caller closes the
+    parenthesis (adding the largest magnitude, or not) and says why float32 matters there."""
+    rows, first, _ = beyond
+    return f"values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {rows} row(s), first at row {first} (0-based"
+
+
 def load_embeddings(path: str | Path) -> np.ndarray:
     """Load a 2-D float32 ``[N, D]`` array, naming ``path`` in every error (missing, empty, shape, NaN/Inf)."""
     path = Path(path)
@@ -168,10 +176,8 @@ def load_embeddings(path: str | Path) -> np.ndarray:
         raise InputError(f"expected numeric embeddings, got dtype {arr.dtype}", file=path)
     beyond = beyond_float32(arr)
     if beyond is not None:  # the cast would make them Inf (with numpy's overflow warning) and say "NaN or Inf"
-        rows, first, peak = beyond
-        raise InputError(f"values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {rows} row(s), first at row "
-                         f"{first} (0-based; largest magnitude {peak:.4g}): embeddings are read as float32; scale "
-                         "them down", file=path)
+        raise InputError(f"{beyond_float32_text(beyond)}; largest magnitude {beyond[2]:.4g}): embeddings are read as "
+                         "float32; scale them down", file=path)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
