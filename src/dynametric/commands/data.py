@@ -38,23 +38,17 @@ MISSING_SHOWN = 10
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """``--option KEY=VALUE`` pairs, each value read as a ``data.options.KEY=VALUE`` override reads it (YAML 1.2:
-    ``012`` is 12, ``1:30`` a string); a plain ``yes`` / ``no`` / ``on`` / ``off`` is refused as it is there (a
-    string under YAML 1.2 that a format would take as true)."""
-    from dynametric.config import parse_value
+    """``--option KEY=VALUE`` pairs, each value read as a ``data.options.KEY=VALUE`` override reads it
+    (:func:`~dynametric.config.loader.parse_option_value`: YAML 1.2, ``012`` is 12, ``1:30`` a string; a plain
+    ``yes`` / ``no`` / ``on`` / ``off`` refused as ambiguous)."""
+    from dynametric.config.loader import parse_option_value
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"expected KEY=VALUE, got {pair!r}", key="--option")
-        word = value.strip()
-        if word.lower() in ("yes", "no", "on", "off"):
-            meant = "true" if word.lower() in ("yes", "on") else "false"
-            raise ConfigError(f"{word} is ambiguous: dynametric reads YAML 1.2, where it is the string {word!r} (YAML "
-                              f"1.1 read it as {meant}); write {meant} for a boolean, or '{word}' in quotes for the "
-                              "string", key=f"--option {key.strip()}")
-        out[key.strip()] = parse_value(value)
+        out[key.strip()] = parse_option_value(value, f"--option {key.strip()}")
     return out
 
 

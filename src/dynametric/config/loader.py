@@ -718,6 +718,23 @@ class _Ctx:
         return ConfigError(message, file=file, line=line, key=key)
 
 
+class _NamedKeyCtx(_Ctx):
+    """Errors keyed as given, with no file or line (a value from another command line than ``train``'s)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def error(self, message: str, key: str) -> ConfigError:
+        return ConfigError(message, key=key)
+
+
+def parse_option_value(text: str, key: str) -> Any:
+    """One value of a component's free-form options given outside a config (``data inspect --option KEY=VALUE``),
+    read as a ``data.options.KEY=VALUE`` override reads it: YAML 1.2, and a plain ``yes`` / ``no`` / ``on`` /
+    ``off`` refused as ambiguous (:func:`_free_value`), the error keyed ``key``."""
+    return _free_value(_parse_override(text), key, _NamedKeyCtx())
+
+
 _NO_MATCH = object()
 
 
