@@ -37,6 +37,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dynametric.config.loader import config_notes
+from dynametric.config.schema import user_path
 from dynametric.engine.builders import (
     Components,
     available_splits,
@@ -225,7 +226,7 @@ def default_run_dir(cfg: Config) -> Path:
     processes of the other ranks run the script again and keep the folder rank 0 published first."""
     from dynametric.config import config_hash
 
-    output_dir = Path(cfg.run.output_dir).expanduser()  # ~/runs: the home folder's, as data.root (docs/config.md)
+    output_dir = user_path(cfg.run.output_dir)  # ~/runs: the home folder's, as data.root (docs/config.md)
     if cfg.run.name:
         return output_dir / cfg.run.name
     published = os.environ.get(RUN_DIR_ENV, "").strip()
