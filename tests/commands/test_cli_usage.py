@@ -79,3 +79,40 @@ def test_evaluate_a_missing_embeddings_file_is_said_first(extra: list[str], tmp_
     (tmp_path / "q.npy").write_bytes(b"")
     assert main(["evaluate", "--embeddings", "q.npy", "--gallery-embeddings", "g.npy", *extra]) == 2
     assert capsys.readouterr().err.strip() == "dynametric evaluate: error: g.npy: file not found"
+
+
+_PATH_DESTS = {"embeddings", "labels", "gallery_embeddings", "gallery_labels", "query_ids", "gallery_ids",
+               "query_categories", "checkpoint", "config", "json_out", "per_query_out", "root", "resume", "out",
+               "images", "csv", "image_root", "parts", "index", "image", "query_labels"}
+
+
+def _actions(parser, name="dynametric"):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                yield from _actions(sub, f"{name} {word}")
+        else:
+            yield name, action
+
+
+def test_every_file_option_expands_a_tilde_after_an_equals_sign(monkeypatch, tmp_path, capsys) -> None:
+    # A shell expands `--out ~/emb` but passes `--out=~/emb` as typed: the command would write a folder named `~`.
+    from dynametric.commands import path_arg, path_text
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    seen = set()
+    for name, action in _actions(build_parser()):
+        if action.dest in _PATH_DESTS:
+            seen.add(action.dest)
+            assert action.type in (path_arg, path_text), f"{name} {action.option_strings or action.dest}"
+    assert seen == _PATH_DESTS
+    args = parse_args(build_parser(), ["embed", "--checkpoint=~/run/best.ckpt", "--csv=~/l.csv", "--out=~/emb"])
+    assert (args.checkpoint, args.csv, args.out) == (tmp_path / "run/best.ckpt", tmp_path / "l.csv", tmp_path / "emb")
+    args = parse_args(build_parser(), ["evaluate", "--embeddings=~/e.npy", "--json=-"])
+    assert (args.embeddings, args.json_out) == (f"{tmp_path}/e.npy", "-")
+    monkeypatch.chdir(tmp_path / "..")
+    assert main(["evaluate", "--example", "--json=~/x.json"]) == 0
+    assert (tmp_path / "x.json").is_file() and not (tmp_path / ".." / "~").exists()
+    capsys.readouterr()

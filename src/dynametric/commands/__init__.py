@@ -8,6 +8,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
+
+
+def path_arg(text: str) -> Path:
+    """A file or folder argument, ``~`` / ``~user`` at its start expanded to the home folder. A shell expands it in a
+    word of its own (``--out ~/emb``) but not after ``=`` (``--out=~/emb``) or inside quotes, where the command would
+    otherwise write a folder named ``~`` in the working directory."""
+    return Path(os.path.expanduser(text))
+
+
+def path_text(text: str) -> str:
+    """:func:`path_arg` as text, for the options read as strings (``-`` for stdout stays ``-``)."""
+    return os.path.expanduser(text)
 
 
 def positive_int(text: str) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dynametric.commands import positive_int
+from dynametric.commands import path_text, positive_int
 from dynametric.commands.options import worker_threads
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import MAX_WORKERS
@@ -97,7 +97,7 @@ def register(subparsers: Any) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--format", required=True, choices=FORMAT_NAMES, metavar="NAME",
                    help=f"dataset format: {', '.join(FORMAT_NAMES)}")
-    p.add_argument("--root", help="dataset root directory (CSV format: the CSV file or its folder)")
+    p.add_argument("--root", type=path_text, help="dataset root directory (CSV format: the CSV file or its folder)")
     p.add_argument("--split", nargs="+", help="splits to inspect (default: all that exist)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from dynametric.commands import is_terminal, positive_int
+from dynametric.commands import is_terminal, path_arg, positive_int
 from dynametric.commands.options import add_inference_arguments, add_model_arguments, inference_options
 from dynametric.errors import ConfigError
 
@@ -24,13 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Shards are written as they finish; running the same command again resumes.")
     add_model_arguments(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", type=Path, help="folder of images (searched recursively)")
-    src.add_argument("--csv", type=Path, help="CSV list of images with optional labels")
-    p.add_argument("--image-root", type=Path, default=None,
+    src.add_argument("--images", type=path_arg, help="folder of images (searched recursively)")
+    src.add_argument("--csv", type=path_arg, help="CSV list of images with optional labels")
+    p.add_argument("--image-root", type=path_arg, default=None,
                    help="with --csv: folder the listed relative paths are resolved against (default: the CSV's "
                         "folder); a relative --image-root is relative to the working directory, as any path on "
                         "the command line")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=path_arg, required=True, help="output folder")
     p.add_argument("--part", type=part_of, default=None, metavar="K/N",
                    help="embed only the K-th of N contiguous parts of the list (K = 0..N-1), e.g. one process per "
                         "GPU; labels keep the whole list's ids; join the parts with `dynametric merge-embeddings`")
@@ -64,8 +63,8 @@ def register_merge(subparsers: argparse._SubParsersAction) -> None:
                     "into --out, equal to one `dynametric embed` run over the whole list: embeddings.npy, "
                     "labels.npy, items.csv, embed.json. The parts must come from one list and one model; a missing, "
                     "repeated or unfinished part is an error.")
-    p.add_argument("parts", nargs="+", type=Path, metavar="PART", help="output folders of the part jobs")
-    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    p.add_argument("parts", nargs="+", type=path_arg, metavar="PART", help="output folders of the part jobs")
+    p.add_argument("--out", type=path_arg, required=True, help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an embedding job already in --out")
     p.set_defaults(func=run_merge)
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dynametric.commands import positive_float, positive_int
+from dynametric.commands import path_text, positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
 
 # the metrics, readers and writers (which import torch) are imported where they are used: building the parser must
@@ -102,22 +102,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="retrieval/clustering metrics of saved embeddings, per label scale",
         description="Evaluate embeddings: leave-one-out on --embeddings, or query -> gallery with "
                     "--gallery-embeddings. Prints a table (rows = scales + mean) and optionally writes JSON.")
-    p.add_argument("--embeddings", help="query (or leave-one-out) embeddings: .npy, .pt, .safetensors, or a "
+    p.add_argument("--embeddings", type=path_text,
+                   help="query (or leave-one-out) embeddings: .npy, .pt, .safetensors, or a "
                    "`dynametric embed` folder (or its embeddings.npy), whose labels.npy is used without --labels")
-    p.add_argument("--labels", help="labels: a CSV with a header, one integer column per scale, finest first, or an "
+    p.add_argument("--labels", type=path_text,
+                   help="labels: a CSV with a header, one integer column per scale, finest first, or an "
                    ".npy integer array [N] or [N, S]")
-    p.add_argument("--gallery-embeddings", help="gallery embeddings (query -> gallery protocol); an embed folder "
+    p.add_argument("--gallery-embeddings", type=path_text,
+                   help="gallery embeddings (query -> gallery protocol); an embed folder "
                    "brings its labels.npy")
-    p.add_argument("--gallery-labels", help="gallery labels: CSV (same columns as --labels) or .npy")
-    p.add_argument("--query-ids", help="text file, one id per query row: gallery items with the same id are excluded")
-    p.add_argument("--gallery-ids", help="text file, one id per gallery row")
-    p.add_argument("--query-categories", help="text file, one category per query row: the retrieval metrics are "
+    p.add_argument("--gallery-labels", type=path_text,
+                   help="gallery labels: CSV (same columns as --labels) or .npy")
+    p.add_argument("--query-ids", type=path_text,
+                   help="text file, one id per query row: gallery items with the same id are excluded")
+    p.add_argument("--gallery-ids", type=path_text,
+                   help="text file, one id per gallery row")
+    p.add_argument("--query-categories", type=path_text,
+                   help="text file, one category per query row: the retrieval metrics are "
                    "also reported per query category (open-metric-learning's report split; with --checkpoint the "
                    "categories come from the data, e.g. an oml CSV's category column, unless eval.per_category=false)")
     p.add_argument("--example", action="store_true", help="evaluate the bundled example (no files needed)")
-    p.add_argument("--checkpoint", help="a `dynametric train` checkpoint (e.g. RUN/best.ckpt): embed a dataset split "
+    p.add_argument("--checkpoint", type=path_text,
+                   help="a `dynametric train` checkpoint (e.g. RUN/best.ckpt): embed a dataset split "
                    "with it instead of reading --embeddings (engine; see docs/training.md)")
-    p.add_argument("--config", help="with --checkpoint: the run config (default: config.yaml beside the checkpoint)")
+    p.add_argument("--config", type=path_text,
+                   help="with --checkpoint: the run config (default: config.yaml beside the checkpoint)")
     p.add_argument("--split", help="with --checkpoint: dataset split to embed (default: data.test_split)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --checkpoint: dotted config override (repeatable)")
@@ -152,13 +161,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget-mb", type=positive_float, default=None,
                    help="working-memory budget of the ranking engine in MiB (default: 768 MiB on the CPU, 3.5 GiB "
                         "on a GPU; with --checkpoint the run's eval.memory_budget_bytes when set)")
-    p.add_argument("--json", dest="json_out", metavar="OUT.json",
+    p.add_argument("--json", dest="json_out", metavar="OUT.json", type=path_text,
                    help="write the results as JSON to this path (atomically); - prints the JSON on stdout (the "
                         "table then goes to stderr)")
     p.add_argument("--device", default="auto",
                    help="where rankings are computed and, with --checkpoint, where images are embedded: auto "
                         "(CUDA when available, else the CPU; default), cpu, cuda, cuda:<index> or mps (Apple GPUs)")
-    p.add_argument("--per-query", dest="per_query_out", metavar="OUT.csv",
+    p.add_argument("--per-query", dest="per_query_out", metavar="OUT.csv", type=path_text,
                    help="also write each query's retrieval metrics per scale to this CSV (atomically), with a last "
                         "column category when the queries carry categories")
     p.set_defaults(func=run)

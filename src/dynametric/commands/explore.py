@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-from dynametric.commands import positive_float
+from dynametric.commands import path_arg, positive_float
 from dynametric.commands.options import add_inference_arguments, inference_options
 
 #: The most neighbours per column: :data:`dynametric.retrieval.explorer.MAX_K`, written out here because the explorer
@@ -21,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve a small page (default http://127.0.0.1:8765/) to pick a gallery image or upload one and "
                     "see its nearest items and nearest classes at every scale, with distances and labels. Only "
                     "files inside the index's image roots are served.")
-    p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
+    p.add_argument("--index", type=path_arg, required=True, help="index folder from `dynametric index build`")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind, IPv4 or IPv6 (default 127.0.0.1: this machine only; 0.0.0.0 or :: for "
                         "every interface)")
@@ -32,10 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=port_number, default=8765, help="port, 0 to 65535 (default 8765; 0: any free port)")
     p.add_argument("-k", "--k", type=neighbours, default=8,
                    help=f"neighbours per column, 1 to {MAX_K} (default 8)")
-    p.add_argument("--checkpoint", type=Path, default=None,
+    p.add_argument("--checkpoint", type=path_arg, default=None,
                    help="checkpoint for uploads (default: the one recorded in the index; uploads are disabled if "
                         "it is missing)")
-    p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
+    p.add_argument("--config", type=path_arg, default=None, help="with --checkpoint: its config")
     add_inference_arguments(p, batch=False, workers=False, decode=False, prefix="uploads: ", follow_index=True)
     p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dynametric.commands import positive_float
+from dynametric.commands import path_arg, positive_float
 from dynametric.commands.options import add_model_arguments
 
 
@@ -18,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--format", choices=["torchscript", "onnx"], default=None,
                    help="default: onnx for a .onnx --out, else torchscript")
-    p.add_argument("--out", type=Path, required=True, help="output file (.pt / .onnx)")
+    p.add_argument("--out", type=path_arg, required=True, help="output file (.pt / .onnx)")
     p.add_argument("--atol", type=positive_float, default=1e-4,
                    help="largest allowed absolute difference (default 1e-4)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dynametric.commands import positive_int
+from dynametric.commands import path_arg, positive_int
 from dynametric.errors import ConfigError
 
 
@@ -17,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build", help="build an index folder from a `dynametric embed` output (or an .npy)",
         description="Write INDEX/ (index.faiss, index.json with kind, metric, dimension, scale names, the model's "
                     "config and weights hashes, image roots; items.csv; labels.npy).")
-    b.add_argument("--embeddings", type=Path, required=True, help="`dynametric embed` --out folder or an .npy file")
+    b.add_argument("--embeddings", type=path_arg, required=True, help="`dynametric embed` --out folder or an .npy file")
     b.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat",
                    help="flat (exact), ivf (inverted lists) or hnsw (graph) (default flat)")
     b.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine",
@@ -29,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="hnsw: build-time beam width (default 80)")
     b.add_argument("--ef-search", type=positive_int, default=None, help="hnsw: search-time beam width (default 64)")
     b.add_argument("--seed", type=int, default=None, help="ivf: k-means seed (default 0)")
-    b.add_argument("--out", type=Path, required=True, help="index folder")
+    b.add_argument("--out", type=path_arg, required=True, help="index folder")
     b.set_defaults(func=run_build, command_name="index build")  # errors say `dynametric index build: error: ...`
 
 

@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from dynametric.commands import positive_int
+from dynametric.commands import path_arg, positive_int
 from dynametric.errors import ConfigError
 from dynametric.utils.device import INFERENCE_BATCH_SIZE, MAX_WORKERS, PRECISIONS, check_workers
 
@@ -84,9 +83,9 @@ def inference_options(args: argparse.Namespace, *, batch_size: int | None = None
 def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """Add the options naming a trained model: ``--checkpoint``, ``--config``, ``--set``, ``--head``,
     ``--image-size`` (``embed``, ``export``)."""
-    p.add_argument("--checkpoint", type=Path, required=required,
+    p.add_argument("--checkpoint", type=path_arg, required=required,
                    help="a `dynametric train` checkpoint (RUN/best.ckpt or RUN/last.ckpt)")
-    p.add_argument("--config", type=Path, default=None, help="the run config (default: config.yaml beside it)")
+    p.add_argument("--config", type=path_arg, default=None, help="the run config (default: config.yaml beside it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override (repeatable)")
     p.add_argument("--head", default=None, help="head to use for multi-head models (default: the evaluated head)")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dynametric.commands import positive_int
+from dynametric.commands import path_arg, positive_int
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError, InputError
 
@@ -29,23 +29,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search", help="search an index with query images or embeddings",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", type=Path, required=True, help="index folder from `dynametric index build`")
+    p.add_argument("--index", type=path_arg, required=True, help="index folder from `dynametric index build`")
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--image", type=Path, nargs="+", help="query image file(s), embedded with the index's model")
-    q.add_argument("--embeddings", type=Path, help="query embeddings: an .npy [Q, D] or a `dynametric embed` folder")
+    q.add_argument("--image", type=path_arg, nargs="+", help="query image file(s), embedded with the index's model")
+    q.add_argument("--embeddings", type=path_arg,
+                   help="query embeddings: an .npy [Q, D] or a `dynametric embed` folder")
     p.add_argument("-k", "--k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--scale", default=None, help="group by this scale: the k nearest classes at the scale")
     p.add_argument("--same", default=None, help="only items with the query's label at this scale")
-    p.add_argument("--query-labels", type=Path, default=None,
+    p.add_argument("--query-labels", type=path_arg, default=None,
                    help="CSV with a header of the index's scale names, one row per query (for --same): class "
                         "names as the index shows them, or integer class ids")
     p.add_argument("--exclude-self", action="store_true",
                    help="drop each query's own item: the indexed item with the query's file (--image files, or "
                         "the items of an --embeddings embed folder), matched by path")
-    p.add_argument("--checkpoint", type=Path, default=None,
+    p.add_argument("--checkpoint", type=path_arg, default=None,
                    help="with --image: checkpoint to embed with (default: the one recorded in the index; must have "
                         "the same weights)")
-    p.add_argument("--config", type=Path, default=None, help="with --checkpoint: its config")
+    p.add_argument("--config", type=path_arg, default=None, help="with --checkpoint: its config")
     add_inference_arguments(p, prefix="with --image: ", follow_index=True)
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
     # None = not given (the defaults stay those in the help: auto, 64, auto, cpu), so that run() can refuse them

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dynametric.commands import is_terminal
+from dynametric.commands import is_terminal, path_arg
 from dynametric.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train an embedding model (default: the synthetic hierarchy, a few minutes on CPU)",
         description="Train, validate on class-disjoint held-out classes, test the best checkpoint at every "
                     "scale, and write a run folder (config.yaml, last/best.ckpt, metrics.json, report.html).")
-    p.add_argument("--config", type=Path, default=None,
+    p.add_argument("--config", type=path_arg, default=None,
                    help="YAML config (default: the packaged default run, dynametric/configs/default_run.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, before, between or after the options, e.g. trainer.max_epochs=3 "
@@ -35,9 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "KEY=VALUE)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config, build model/losses/miners/optimizer, print the resolved config")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+    p.add_argument("--resume", type=path_arg, default=None, metavar="RUN_DIR",
                    help="continue an interrupted run exactly from RUN_DIR/last.ckpt (uses RUN_DIR/config.yaml)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+    p.add_argument("--out", type=path_arg, default=None, metavar="DIR",
                    help="run folder (default: <run.output_dir>/<run.name or timestamp-hash>)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on/off (default: the config's trainer.progress_bar)")
