@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
                            image_size=args.image_size,  # exported on the CPU, as a float32 graph
-                           options=InferenceOptions(device="cpu", precision="fp32"))
+                           options=InferenceOptions(device="cpu", precision="fp32", flags=True))
     info = export_embedder(loaded, args.out, args.format, atol=args.atol, check=not args.no_check,
                            key="--out")
     shape = "x".join(str(s) for s in info["input"]["shape"])

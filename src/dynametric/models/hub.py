@@ -126,8 +126,15 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
                     data: Mapping[str, Any] | None = None, config_yaml: str | None = None,
                     eval_head: str | None = None, input_size: int | None = None,
                     repo_id: str | None = None) -> Path:
-    """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card). Files the
-    folder already holds under these names are replaced (atomically); nothing else in it is touched."""
+    """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card).
+
+    Into a new or empty folder, or over an earlier model folder (its ``dynametric.json`` is this format): its files
+    are replaced (each atomically) and a ``config.yaml`` it wrote that this model lacks is removed; nothing else in
+    the folder is touched. A file of one of these names that no earlier save wrote (a project's own ``README.md``
+    or ``config.yaml``, a run folder's config) is refused before anything is written. ``dynametric.json`` records
+    the SHA-256 of the weights, so a save interrupted between its files is caught when the folder is loaded."""
+    import hashlib
+
     from safetensors.torch import save
 
     from dynametric import __version__
@@ -136,23 +143,50 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError("exists and is not a folder; a model folder is written there", file=folder)
+    own = _earlier_save(folder)
+    for name in (MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE):
+        if (folder / name).exists() and name not in own:
+            raise InputError(f"exists and was not written by an earlier save_pretrained (no {META_FILE} of a model "
+                             f"folder naming it); it is not overwritten: save to another folder, or remove the file "
+                             "yourself", file=folder / name)
     kwargs = _build_kwargs(embedder, model_kwargs)
     backbone_config = _backbone_config(embedder, kwargs)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}
-    # serialised in memory, written with Python's file IO: a full disk is an OSError naming the file
-    atomic_write_bytes(folder / MODEL_FILE, save(state, metadata={"format": "pt"}))
+    weights = save(state, metadata={"format": "pt"})
     dims = getattr(embedder, "embedding_dims", None)
+    files = [MODEL_FILE, META_FILE, *([CONFIG_FILE] if config_yaml is not None else []), CARD_FILE]
     meta = {"format": FORMAT, "format_version": 1, "dynametric_version": __version__, "model": kwargs,
             "embedding_dims": dict(dims) if dims is not None else None, "scale_names": list(scale_names or []),
-            "eval_head": eval_head, "input_size": input_size, "metrics": dict(metrics or {}), "data": dict(data or {})}
+            "eval_head": eval_head, "input_size": input_size, "metrics": dict(metrics or {}), "data": dict(data or {}),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(), "files": files}
     if backbone_config is not None:
         meta["backbone_config"] = backbone_config
+    # The description first: a save killed after it leaves a folder a next save recognises as its own (and a load
+    # refuses by the weights' hash); an earlier save's run config this model lacks goes before it.
+    if config_yaml is None and CONFIG_FILE in own:
+        (folder / CONFIG_FILE).unlink(missing_ok=True)
     atomic_write_json(folder / META_FILE, meta)
+    # serialised in memory, written with Python's file IO: a full disk is an OSError naming the file
+    atomic_write_bytes(folder / MODEL_FILE, weights)
     if config_yaml is not None:
         atomic_write_text(folder / CONFIG_FILE, config_yaml)
     atomic_write_text(folder / CARD_FILE, model_card(meta, config_yaml, repo_id))
     return folder
+
+
+def _earlier_save(folder: Path) -> set[str]:
+    """The files an earlier :func:`save_pretrained` wrote in ``folder``: those its ``dynametric.json`` lists (all
+    four names for a folder saved before the list was recorded); none where ``folder`` holds no such description."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return set()
+    listed = meta.get("files")
+    names = {MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE}
+    return names & set(listed) | {META_FILE} if isinstance(listed, list) else names
 
 
 def _run_folders() -> Any:
@@ -199,6 +233,9 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
     folder = _resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                       token=token)
     if not (folder / META_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+        if not any((folder / name).is_file() for name in ("best.ckpt", "last.ckpt")):
+            raise InputError(f"neither a dynametric model folder (no {META_FILE}) nor a dynametric train run folder "
+                             f"(a {CONFIG_FILE} without best.ckpt or last.ckpt beside it)", file=folder)
         return _run_folders().run_embedder(folder)  # a run folder
     meta_path = folder / META_FILE
     if not meta_path.is_file():
@@ -217,6 +254,18 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
         state = load_file(str(weights))
     except Exception as exc:  # safetensors' own SafetensorError (truncated, not a safetensors file), OSError
         raise InputError(f"not a readable safetensors file ({first_sentence(exc)})", file=weights) from None
+    recorded = meta.get("weights_sha256")
+    if isinstance(recorded, str):
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(weights, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != recorded:
+            raise InputError(f"does not match the weights {META_FILE} describes (SHA-256 {digest.hexdigest()[:12]}..., "
+                             f"recorded {recorded[:12]}...): an interrupted or mixed save? save the model again",
+                             file=weights)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch

@@ -10,9 +10,11 @@ summation order).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from dynametric.errors import DynametricError, InputError
 from dynametric.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_with, remove_stale_temps_of
 
 FORMATS = ("torchscript", "onnx")
+TORCHSCRIPT_EXPORTER = "torch.jit.trace+freeze"
 DEFAULT_ATOL = 1e-4
 
 
@@ -55,15 +58,26 @@ def _frozen_trace(model: nn.Module, example: torch.Tensor, head: str | None) -> 
 
 
 def export_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None, *,
-                       key: str | None = None) -> Path:
-    """Trace ``model`` (eval mode) to a frozen TorchScript module and save it atomically (``torch.jit.load``)."""
+                       key: str | None = None, verify: Callable[[str, str], None] | None = None) -> Path:
+    """Trace ``model`` (eval mode) to a frozen TorchScript module and save it atomically (``torch.jit.load``).
+    ``verify(temporary_path, exporter)`` runs on the written file before it replaces ``out``; when it raises, ``out``
+    is left as it was and the temporary file removed."""
     traced = _frozen_trace(model, example, head)
     out = Path(out)
     buf = io.BytesIO()  # torch.jit.save writing a file itself aborts the process on a full disk (C++ terminate)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still supported
         torch.jit.save(traced, buf)
-    atomic_write_bytes(out, buf.getbuffer(), key=key)
+    if verify is None:
+        atomic_write_bytes(out, buf.getbuffer(), key=key)
+        return out
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # Python's file IO: a full disk is an OSError naming out
+            fh.write(buf.getbuffer())
+        verify(tmp, TORCHSCRIPT_EXPORTER)
+
+    atomic_write_with(out, write, key=key)
     return out
 
 
@@ -76,8 +90,9 @@ def _require_onnx() -> None:
 
 
 def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: str | None = None,
-                opset: int = 18, *, key: str | None = None) -> str:
-    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis (input ``images``, output ``embeddings``).
+                opset: int = 18, *, key: str | None = None, verify: Callable[[str, str], None] | None = None) -> str:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis (input ``images``, output ``embeddings``);
+    ``verify`` as for :func:`export_torchscript`.
 
     Uses the ``torch.export``-based exporter (needs ``onnxscript``); where it fails (e.g. a submodule named after
     a Python keyword, which FX code generation rejects) or ``onnxscript`` is missing, the TorchScript-based
@@ -91,6 +106,11 @@ def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: 
     used = ["dynamo"]
 
     def write(tmp: str) -> None:
+        export(tmp)
+        if verify is not None:
+            verify(tmp, used[0])
+
+    def export(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -124,12 +144,17 @@ def export_onnx(model: nn.Module, out: str | Path, example: torch.Tensor, head: 
     return used[0]
 
 
-def run_exported(path: str | Path, images: torch.Tensor) -> np.ndarray:
-    """Run an exported file (``.pt`` TorchScript or ``.onnx`` with onnxruntime) on ``images``."""
+def _format_of(path: Path) -> str:
+    return "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
+
+
+def run_exported(path: str | Path, images: torch.Tensor, fmt: str | None = None) -> np.ndarray:
+    """Run an exported file (TorchScript, or ONNX with onnxruntime; ``fmt`` default: by the suffix, ``.onnx`` any
+    case) on ``images``."""
     path = Path(path)
     if not path.is_file():
         raise InputError("exported model not found", file=path)
-    if path.suffix == ".onnx":
+    if (fmt or _format_of(path)) == "onnx":
         try:
             import onnxruntime as ort
         except ImportError:
@@ -144,12 +169,12 @@ def run_exported(path: str | Path, images: torch.Tensor) -> np.ndarray:
 
 
 def check_export(model: nn.Module, path: str | Path, images: torch.Tensor, head: str | None = None,
-                 atol: float = DEFAULT_ATOL) -> float:
-    """Largest absolute difference between the exported file and the eager model on ``images``; raises a
-    :class:`DynametricError` above ``atol``."""
+                 atol: float = DEFAULT_ATOL, fmt: str | None = None) -> float:
+    """Largest absolute difference between the exported file (format ``fmt``, default by its suffix) and the eager
+    model on ``images``; raises a :class:`DynametricError` above ``atol``."""
     with torch.no_grad():
         ref = SingleOutput(model, head).eval()(images).numpy()
-    got = run_exported(path, images)
+    got = run_exported(path, images, fmt)
     if got.shape != ref.shape:
         raise DynametricError(f"exported model gives shape {got.shape}, the eager model {ref.shape}")
     err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
@@ -199,33 +224,73 @@ def check_export_target(out: Path, fmt: str) -> None:
                          "remove the file yourself", file=side, key="--out")
 
 
+def preprocessing_steps(transform: Any) -> list[dict[str, Any]]:
+    """The evaluation transform as data (the sidecar's ``preprocessing_steps``): one entry per step with its
+    torchvision name and arguments (``Resize``: the shorter side to ``size``; dynametric's bounded resize also
+    records ``max_aspect``, the aspect ratio beyond which an image's long side is first centre-cut), or the step's
+    ``repr`` where it is none of these."""
+    from torchvision import transforms as T
+
+    out: list[dict[str, Any]] = []
+    for step in getattr(transform, "transforms", [transform]):
+        if isinstance(step, T.Resize):
+            size = step.size if isinstance(step.size, int) else list(step.size)
+            entry: dict[str, Any] = {"op": "Resize", "size": size, "interpolation": step.interpolation.value,
+                                     "antialias": step.antialias}
+            if hasattr(step, "max_aspect"):
+                entry["max_aspect"] = step.max_aspect
+        elif isinstance(step, T.CenterCrop):
+            entry = {"op": "CenterCrop", "size": list(step.size)}
+        elif isinstance(step, T.ToTensor):
+            entry = {"op": "ToTensor"}
+        elif isinstance(step, T.Normalize):
+            entry = {"op": "Normalize", "mean": [float(v) for v in step.mean], "std": [float(v) for v in step.std]}
+        else:
+            entry = {"op": type(step).__name__, "repr": repr(step)}
+        out.append(entry)
+    return out
+
+
 def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, batch: int = 2,
                     atol: float = DEFAULT_ATOL, check: bool = True, key: str | None = None) -> dict[str, Any]:
     """Export a :class:`~dynametric.retrieval.model.LoadedEmbedder` to ``out`` and verify it; writes
-    ``<out>.json`` (input size, channels, preprocessing, model identity, verified max difference). ``key``: the
-    option that named ``out``, named in a write error."""
+    ``<out>.json`` (input size, channels, preprocessing, model identity, verified max difference, the file's
+    SHA-256). ``key``: the option that named ``out``, named in a write error.
+
+    The exported file is checked while it is still a temporary file beside ``out``; the sidecar is written next
+    and the file renamed over ``out`` last. A failed check leaves ``out`` and its sidecar as they were; a process
+    killed in between leaves a sidecar that names ``out`` (a later export of ``out`` is allowed) and records the
+    new file's SHA-256 (whether ``out`` is the file it describes can be checked)."""
     out = Path(out)
-    fmt = fmt or ("onnx" if out.suffix == ".onnx" else "torchscript")
+    fmt = fmt or _format_of(out)
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}", key="--format")
     check_export_target(out, fmt)
     for target in (out, sidecar_path(out)):  # what a killed export of this file left beside it (theirs alone)
         remove_stale_temps_of(target)
     example = example_input(loaded.in_chans, loaded.input_size, batch)
-    if fmt == "onnx":
-        exporter = export_onnx(loaded.model, out, example, loaded.head, key=key)
-    else:
-        export_torchscript(loaded.model, out, example, loaded.head, key=key)
-        exporter = "torch.jit.trace+freeze"
     shape = ["batch", loaded.in_chans, loaded.input_size, loaded.input_size]
     info: dict[str, Any] = {
-        "format": fmt, "exporter": exporter, "file": out.name,
+        "format": fmt, "exporter": TORCHSCRIPT_EXPORTER, "file": out.name,
         "input": {"name": "images", "shape": shape, "dtype": "float32"},
         "output": {"name": "embeddings", "shape": ["batch", "dim"]}, "preprocessing": repr(loaded.transform),
-        "model": loaded.identity()}
-    if check:
-        probe = example_input(loaded.in_chans, loaded.input_size, batch + 1, seed=1)  # another batch size
-        info["max_abs_diff"] = check_export(loaded.model, out, probe, loaded.head, atol)
-        info["tolerance"] = atol
-    atomic_write_json(sidecar_path(out), info, key=key)
+        "preprocessing_steps": preprocessing_steps(loaded.transform), "model": loaded.identity()}
+
+    def verify(tmp: str, exporter: str) -> None:  # the written temporary file, before it replaces out
+        info["exporter"] = exporter
+        if check:
+            probe = example_input(loaded.in_chans, loaded.input_size, batch + 1, seed=1)  # another batch size
+            info["max_abs_diff"] = check_export(loaded.model, tmp, probe, loaded.head, atol, fmt)
+            info["tolerance"] = atol
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        info["sha256"] = digest.hexdigest()
+        atomic_write_json(sidecar_path(out), info, key=key)
+
+    if fmt == "onnx":
+        export_onnx(loaded.model, out, example, loaded.head, key=key, verify=verify)
+    else:
+        export_torchscript(loaded.model, out, example, loaded.head, key=key, verify=verify)
     return info

@@ -206,14 +206,31 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
     opts, note = checkpoint_precision(cfg, opts)
     if opts.precision != run.precision:
         run = opts.resolve()
-    prepare_model(trained.model, run)
     with errors_located(cfg):  # a data option it reads (synthetic image_size) names where it was set
         transform = eval_transform(cfg, image_size)
+    if image_size is not None:  # another size than the run's: a backbone built for one size (a ViT) cannot take it
+        _check_image_size(trained.model, _input_size(transform, 224), int(cfg.model.in_chans), opts.key("image_size"))
+    prepare_model(trained.model, run)
     return LoadedEmbedder(model=trained.model, head=trained.head, transform=transform,
                           checkpoint=trained.checkpoint, config_path=trained.config_path, config_hash=config_hash(cfg),
                           weights_hash=weights_digest(embedder_state_dict(trained.state)),
                           in_chans=int(cfg.model.in_chans), input_size=_input_size(transform, 224), run=run,
                           notes=[note] if note else [], embedding_hash=embedding_config_hash(cfg))
+
+
+def _check_image_size(model: torch.nn.Module, size: int, in_chans: int, key: str) -> None:
+    """:meth:`~dynametric.models.Embedder.check_forward` at an asked-for input ``size`` (on the model's CPU weights,
+    before anything is written): a ViT built for another size refuses in one line keyed on the option that asked."""
+    from dynametric.errors import ConfigError
+
+    check = getattr(model, "check_forward", None)
+    if not callable(check):
+        return
+    try:
+        check(size, in_chans)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message}; the run's model takes its own size (leave the image size unset)",
+                          key=key) from None
 
 
 def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:

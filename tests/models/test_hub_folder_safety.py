@@ -1,0 +1,87 @@
+"""save_pretrained into a folder it did not make: files of its names that no earlier save wrote are refused (a
+project's README.md, a run folder's config.yaml), an earlier save's stale config.yaml goes, the weights' SHA-256 in
+dynametric.json catches a mixed or interrupted save; from_pretrained of another tool's folder says what it is not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynametric.errors import InputError
+from dynametric.models import Embedder, build_embedder
+from dynametric.models import hub as hubmod
+
+SMALL = {"backbone": "simple_cnn", "embedding_dim": 8, "backbone_kwargs": {"width": 4, "depth": 2}}
+
+
+def _model(seed: int, **kwargs) -> Embedder:
+    torch.manual_seed(seed)
+    return build_embedder(**{**SMALL, **kwargs}).eval()
+
+
+@pytest.mark.parametrize("name", ["README.md", "config.yaml", "model.safetensors", "dynametric.json"])
+def test_a_file_no_earlier_save_wrote_is_not_overwritten(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / name).write_text("mine\n")
+    with pytest.raises(InputError, match=rf"^{folder / name}: exists and was not written by an earlier "
+                                         "save_pretrained"):
+        _model(0).save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [name] and (folder / name).read_text() == "mine\n"
+
+
+def test_an_earlier_save_is_replaced_and_its_stale_config_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    _model(0, num_heads=2).save_pretrained(folder, config_yaml="model:\n  num_heads: 2\n")
+    (folder / "notes.txt").write_text("kept")
+    one = _model(1)
+    one.save_pretrained(folder)  # was: config.yaml of the two-head model stayed beside the one-head description
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "dynametric.json", "model.safetensors",
+                                                        "notes.txt"]
+    meta = json.loads((folder / "dynametric.json").read_text())
+    assert meta["files"] == ["model.safetensors", "dynametric.json", "README.md"]
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(Embedder.from_pretrained(folder)(x), one(x))
+
+
+def test_weights_of_another_save_are_caught_by_their_hash(tmp_path: Path) -> None:
+    _model(0).save_pretrained(tmp_path / "a")
+    _model(1).save_pretrained(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "model.safetensors", tmp_path / "a" / "model.safetensors")
+    with pytest.raises(InputError, match=r"model.safetensors: does not match the weights dynametric.json describes "
+                                         r"\(SHA-256 .*an interrupted or mixed save\? save the model again$"):
+        Embedder.from_pretrained(tmp_path / "a")
+
+
+def test_a_save_killed_after_its_description_is_taken_up_again(tmp_path: Path, monkeypatch) -> None:
+    import dynametric.utils.io as io_mod
+
+    folder = tmp_path / "m"
+    real = io_mod.atomic_write_bytes
+
+    def killed(path, data, **kwargs):
+        if Path(path).name == "model.safetensors":
+            raise KeyboardInterrupt
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(io_mod, "atomic_write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _model(0).save_pretrained(folder)
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="weight file not found"):
+        Embedder.from_pretrained(folder)
+    model = _model(0)
+    model.save_pretrained(folder)  # its own description: not refused as someone else's folder
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(Embedder.from_pretrained(folder)(x), model(x))
+
+
+def test_a_folder_with_another_tools_config_is_neither_kind(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("model:\n  lr: 0.1\n")
+    with pytest.raises(InputError, match=r"neither a dynametric model folder \(no dynametric.json\) nor a dynametric "
+                                         r"train run folder \(a config.yaml without best.ckpt or last.ckpt"):
+        hubmod.from_pretrained(tmp_path)
