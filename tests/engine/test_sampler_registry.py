@@ -22,10 +22,10 @@ def _make(*overrides: str, rank: int = 0, world: int = 1):
 
 
 def test_each_config_name_builds_its_class_with_the_data_settings() -> None:
-    s = _make("data.sampler=m_per_class", "data.m=3", "data.batch_size=12", "data.sampler_scale=1",
-              "data.iterations_per_epoch=7", rank=1, world=2)
+    s = _make("data.sampler=m_per_class", "data.m=3", "data.batch_size=6", "data.sampler_scale=1",
+              "data.iterations_per_epoch=7", rank=1, world=2)  # a step of 2 ranks: 4 distinct classes, all of scale 1
     assert type(s) is samplers.MPerClassSampler
-    assert (s.m, s.batch_size, s.scale, s.seed, s.rank, s.world_size, len(s)) == (3, 12, 1, 5, 1, 2, 7)
+    assert (s.m, s.batch_size, s.scale, s.seed, s.rank, s.world_size, len(s)) == (3, 6, 1, 5, 1, 2, 7)
     t = _make("data.sampler=three_scale", "data.m=2", "data.batch_size=12")
     assert type(t) is samplers.ThreeScaleSampler and (t.k, t.items_per_batch, t.seed) == (2, 2, 5)
     h = _make("data.sampler=hierarchical", "data.m=2", "data.batch_size=8",
@@ -34,7 +34,7 @@ def test_each_config_name_builds_its_class_with_the_data_settings() -> None:
     r = _make("data.sampler=random", "data.batch_size=6", rank=1, world=2)
     assert type(r) is samplers.RandomBatchSampler and (r.n, r.bs, r.seed, r.rank, r.world) == (48, 6, 5, 1, 2)
     # the same batches as the class built directly
-    direct = samplers.MPerClassSampler(LABELS, 3, 12, scale=1, seed=5, rank=1, world_size=2, iterations_per_epoch=7)
+    direct = samplers.MPerClassSampler(LABELS, 3, 6, scale=1, seed=5, rank=1, world_size=2, iterations_per_epoch=7)
     assert list(s) == list(direct)
 
 

@@ -7,9 +7,15 @@ batches; the first iteration raises an :class:`~dynametric.errors.InputError` sa
 
 * **Deterministic**: epoch ``e`` is a pure function of ``(seed, e)`` (``numpy`` PCG64 seeded with
   ``SeedSequence([seed, e])``). Call :meth:`set_epoch` before each epoch (Lightning does this for you).
-* **Distributed-aware**: every rank builds the same global list of ``len(sampler) * world_size`` batches and takes
-  batches ``rank, rank + world_size, ...``; ranks therefore get disjoint batches of one shared epoch and the same
-  number of batches each.
+* **Distributed-aware**: every rank builds the same global plan of ``len(sampler)`` *steps* from the seed; a step is
+  what one process would draw as one batch ``world_size`` times as large, cut into ``world_size`` batches, and rank
+  ``r`` takes the ``r``-th. Under DDP the loss of a step sees the ranks' batches together (the all-gathered global
+  batch), so the class-balanced samplers draw the step's classes together: ``world_size x P`` distinct classes of
+  ``m`` images (:class:`MPerClassSampler`; :class:`HierarchicalSampler`: ``world_size x parents_per_batch`` distinct
+  parents), no image twice in a step, each rank's batch still ``P x m``. Data with too few classes for that is
+  refused (:class:`~dynametric.errors.InputError` keyed ``batch_size`` naming the largest batch per process that
+  fits) rather than drawn with a class in two ranks' batches. With ``world_size`` 1 a step is one batch: the
+  batches are those a single process has always drawn.
 * **Exact resume**: :meth:`state_dict` gives ``{"epoch", "position", ...}`` where ``position`` counts the batches
   yielded by the current (or last) iterator in this epoch; after :meth:`load_state_dict` the next iterator starts
   at that position of the same epoch. With a ``DataLoader`` that prefetches, the sampler runs ahead of the training
@@ -164,8 +170,10 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         raise NotImplementedError
 
     def _epoch_global_batches(self, epoch: int, count: int) -> list[np.ndarray]:
-        """The ``count`` global batches of ``epoch``: :meth:`_global_batches` with the epoch's generator (a sampler
-        whose layout also moves with the epoch number overrides this)."""
+        """The ``count`` (a multiple of ``world_size``) global batches of ``epoch``, step by step: rank ``r``'s batch
+        of step ``i`` at ``i * world_size + r``, the ``world_size`` batches of a step together the batch one process
+        would draw ``world_size`` times as large. :meth:`_global_batches` with the epoch's generator (a sampler whose
+        layout also moves with the epoch number overrides this)."""
         return self._global_batches(_rng(self.seed, epoch), count)
 
     def _batches_per_pass(self) -> int:
@@ -325,6 +333,29 @@ def _chunks_per_pass(members: list[np.ndarray], k: int) -> int:
     return int(sum(math.ceil(len(m) / k) for m in members))
 
 
+def _cut(step: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """One step's rows cut into ``world_size`` equal consecutive batches (rank ``r`` takes the ``r``-th)."""
+    return list(step.reshape(world_size, -1))
+
+
+_STEP_WHY = "the loss sees the step's batches together"
+
+
+def _step_classes_message(world_size: int, per_batch: int, batch_size: int, m: int, where: str, have: int) -> str:
+    """Why ``world_size`` processes cannot draw a step of ``world_size x per_batch`` distinct classes when ``where``
+    has only ``have`` (each process's batch of ``batch_size`` rows holds ``per_batch`` classes of ``m`` images), and
+    the largest batch per process that fits."""
+    fit, processes = have // world_size, _at_most(have // per_batch)
+    largest = f"the largest batch per process is batch_size {m * fit}, or {processes}" if fit else processes
+    return (f"with {world_size} processes a training step draws {world_size} x {per_batch} = {world_size * per_batch} "
+            f"distinct classes (batch_size {batch_size} / m {m} per process; {_STEP_WHY}) but {where} has only "
+            f"{have}: {largest}")
+
+
+def _at_most(processes: int) -> str:
+    return f"use at most {processes} process{'es' * (processes != 1)}"
+
+
 _P = ParamSpec("_P")
 
 
@@ -381,7 +412,11 @@ class MPerClassSampler(_EpochBatchSampler):
     the rest of the epoch's batches draw the other classes again from new passes (classes of 1000, 4, 4 and 4 images,
     ``m = 4``, ``P = 2``: 126 batches with 126 of the 250 chunks of the large class, about half the images). See the
     module docstring for chunks and replacement; a batch needs ``P`` distinct classes of ``scale`` (``InputError``
-    keyed ``batch_size`` naming the largest batch, ``m x classes``, otherwise).
+    keyed ``batch_size`` naming the largest batch, ``m x classes``, otherwise). With ``world_size`` ``W`` > 1 a step
+    draws ``W x P`` distinct classes together and gives each rank ``P`` of them (consecutive in the draw), so the
+    ranks' batches of one step share no class and no image (a class with fewer than ``m`` images still repeats its
+    own images inside its chunk); the labels need ``W x P`` classes (``InputError`` keyed ``batch_size`` naming the
+    largest batch per process, ``m x floor(classes / W)``, otherwise).
     """
 
     @_refuse_pml_length
@@ -402,6 +437,9 @@ class MPerClassSampler(_EpochBatchSampler):
             raise InputError(f"a batch needs {self.classes_per_batch} distinct classes (batch_size {batch_size} / "
                              f"m {self.m}) but scale {self.scale} has only {len(self.classes)}: the largest batch is "
                              f"batch_size {self.m * len(self.classes)}", key="batch_size")
+        if len(self.classes) < self.classes_per_batch * self.world_size:
+            raise InputError(_step_classes_message(self.world_size, self.classes_per_batch, batch_size, self.m,
+                                                   f"scale {self.scale}", len(self.classes)), key="batch_size")
         self._set_iterations(iterations_per_epoch)
 
     m_divides_batch = True
@@ -417,17 +455,20 @@ class MPerClassSampler(_EpochBatchSampler):
         return max(1, _chunks_per_pass(self.members, self.m) // self.classes_per_batch // self.world_size)
 
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+        # a step draws world_size x P distinct classes at once (one process's batch world_size times as large) and
+        # cuts it into the ranks' batches; with one process this is the draw of one batch, as it always was
         pool = _ChunkPool(self.members, self.m, rng)
         pool.new_pass()
         all_classes = np.arange(len(self.members))
+        per_step = self.classes_per_batch * self.world_size
         batches = []
-        for _ in range(count):
-            chosen = pool.pick(all_classes, self.classes_per_batch)
+        for _ in range(count // self.world_size):
+            chosen = pool.pick(all_classes, per_step)
             if chosen is None:
                 pool.new_pass()
-                chosen = pool.pick(all_classes, self.classes_per_batch)
-                assert chosen is not None  # a fresh pass holds every class (classes_per_batch checked in __init__)
-            batches.append(np.concatenate([pool.take(int(c)) for c in chosen]))
+                chosen = pool.pick(all_classes, per_step)
+                assert chosen is not None  # a fresh pass holds every class (classes per step checked in __init__)
+            batches.extend(_cut(np.concatenate([pool.take(int(c)) for c in chosen]), self.world_size))
         return batches
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -601,7 +642,11 @@ class HierarchicalSampler(_EpochBatchSampler):
     Every class of ``scale`` must have exactly one parent, and ``parents_per_batch`` parents must have at least
     ``batch_size / (samples_per_class * parents_per_batch)`` classes each (else an :class:`InputError` keyed
     ``batch_size`` names the largest batch), as :class:`MPerClassSampler` needs ``P`` classes: a batch that could
-    only be filled by repeating classes is refused.
+    only be filled by repeating classes is refused. With ``world_size`` ``W`` > 1 a step draws ``W x
+    parents_per_batch`` distinct parents together and gives each rank ``parents_per_batch`` of them, so the ranks'
+    batches of one step share no parent, hence no class and no image; that needs ``W x parents_per_batch`` parents
+    with the classes above (``InputError`` keyed ``parents_per_batch`` when there are too few parents, else keyed
+    ``batch_size`` naming the largest batch per process).
     """
 
     def __init__(self, labels: LabelsLike, batch_size: int, samples_per_class: int = 4, parents_per_batch: int = 2,
@@ -652,7 +697,33 @@ class HierarchicalSampler(_EpochBatchSampler):
                              f") but the parent with the {_nth_most(self.parents_per_batch)} classes has {fits}: the "
                              f"largest batch is batch_size {self.k * self.parents_per_batch * fits}",
                              key="batch_size")
+        self._check_step(batch_size)
         self._set_iterations(iterations_per_epoch)
+
+    def _check_step(self, batch_size: int) -> None:
+        """Under ``world_size`` processes a step takes ``world_size x parents_per_batch`` distinct parents with
+        ``classes_per_parent`` distinct classes each (some that many parents must have them), else an
+        :class:`InputError` naming what fits."""
+        world, ppb = self.world_size, self.parents_per_batch
+        if world == 1:
+            return  # the checks of one batch above
+        need = world * ppb
+        step = (f"with {world} processes a training step draws {world} x {ppb} = {need} distinct parents (scale "
+                f"{self.parent_scale}; parents_per_batch {ppb} per process; {_STEP_WHY})")
+        if len(self.parents) < need:
+            fit, processes = len(self.parents) // world, _at_most(len(self.parents) // ppb)
+            largest = f"parents_per_batch {fit} per process fits, or {processes}" if fit else processes
+            raise InputError(f"{step} but scale {self.parent_scale} has only {len(self.parents)}: {largest}",
+                             key="parents_per_batch")
+        kids = np.sort([len(c) for c in self.children])[::-1]
+        fits = int(kids[need - 1])
+        if fits < self.classes_per_parent:
+            # the most processes whose parents all have enough classes (one process does: checked above)
+            most = max(w for w in range(1, world) if kids[w * ppb - 1] >= self.classes_per_parent)
+            raise InputError(f"{step} with {self.classes_per_parent} distinct classes (scale {self.scale}) each "
+                             f"(batch_size {batch_size} / (samples_per_class {self.k} x parents_per_batch {ppb})) but "
+                             f"the parent with the {_nth_most(need)} classes has {fits}: the largest batch per process "
+                             f"is batch_size {self.k * ppb * fits}, or {_at_most(most)}", key="batch_size")
 
     m_divides_batch = True
     setting_of: ClassVar[dict[str, str]] = {**SETTING_OF, "samples_per_class": "m"}
@@ -694,19 +765,22 @@ class HierarchicalSampler(_EpochBatchSampler):
         return take
 
     def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+        # a step draws world_size x parents_per_batch distinct parents at once and gives each rank parents_per_batch
+        # of them; with one process this is the draw of one batch, as it always was
         pool = _ChunkPool(self.members, self.k, rng)
         pool.new_pass()
         parent_ids = np.arange(len(self.parents))
+        per_step = self.parents_per_batch * self.world_size
         batches = []
-        for _ in range(count):
+        for _ in range(count // self.world_size):
             left = np.bincount(self.parent_index, weights=pool.remaining, minlength=len(self.parents))
-            if np.count_nonzero(left) < self.parents_per_batch:
+            if np.count_nonzero(left) < per_step:
                 pool.new_pass()
                 left = np.bincount(self.parent_index, weights=pool.remaining, minlength=len(self.parents))
-            parents = _weighted_pick(rng, parent_ids, left, self.parents_per_batch, self.classes_per_parent)
-            assert parents is not None  # a fresh pass holds every parent (parents_per_batch checked in __init__)
+            parents = _weighted_pick(rng, parent_ids, left, per_step, self.classes_per_parent)
+            assert parents is not None  # a fresh pass holds every parent (parents per step checked in __init__)
             rows = [pool.take(int(c)) for p in parents for c in self._pick_children(pool, int(p))]
-            batches.append(np.concatenate(rows))
+            batches.extend(_cut(np.concatenate(rows), self.world_size))
         return batches
 
     def _fingerprint(self) -> dict[str, Any]:

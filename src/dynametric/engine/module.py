@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -176,6 +177,18 @@ def lr_lambda(settings: OptimSettings, total_steps: int, steps_per_epoch: int) -
         return 1.0
 
     return factor
+
+
+def _no_sync_dist_advice(key: str) -> None:
+    """Lightning's advice to log ``key`` with ``sync_dist=True`` (a ``PossibleUserWarning`` at the end of a
+    distributed run's epoch), off for ``key`` alone: a loss term of :meth:`MetricLearningModule.log_terms` is the loss
+    of the gathered global batch, equal in every process, and logged as rank 0's own without a collective. The
+    filter matches that one message for that one key; Lightning's other warnings are untouched. Added where the
+    current filters lack it (``warnings.catch_warnings``, which :func:`dynametric.pipeline.run.run_training` puts
+    around the fit, puts the filters of before back when it ends)."""
+    pattern = re.escape(f"It is recommended to use `self.log({key!r}, ..., sync_dist=True)`")
+    if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == pattern for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
 
 
 class MetricLearningModule(L.LightningModule):
@@ -423,11 +436,12 @@ class MetricLearningModule(L.LightningModule):
         """Log the loss terms as ``train/<term>`` (when there are several, or the term has parts) and
         their parts (:func:`~dynametric.engine.objective.compute_objective`'s ``parts``) as ``train/<term>/<part>``:
         epoch means, kept on the device until the logger writes them (no host read per step)."""
-        for name, value in terms.items():
-            if len(terms) > 1 or any(part.startswith(f"{name}/") for part in parts):
-                self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+        keys = [(f"train/{name}", value) for name, value in terms.items()
+                if len(terms) > 1 or any(part.startswith(f"{name}/") for part in parts)]
+        for key, value in [*keys, *((f"train/{name}", value) for name, value in parts.items())]:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                _no_sync_dist_advice(key)  # the global batch's loss: the same value in every process
+            self.log(key, value, on_step=False, on_epoch=True, batch_size=batch_size)
 
     def run_record(self) -> dict[str, Any]:
         """Entries the module adds to the run's ``run_info.json`` at the end of a run (host values: counts, events).

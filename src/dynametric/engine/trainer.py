@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -101,6 +102,106 @@ def _available(name: str) -> bool:
         return False
 
 
+def _resolved_accelerator(asked: str) -> str | None:
+    """Lightning's choice for ``trainer.accelerator`` ``asked`` on this machine (``auto``: tpu, mps, cuda, else cpu;
+    ``gpu``: mps, cuda), ``None`` where it has none (``gpu`` without a GPU, an accelerator not usable here)."""
+    if asked in ("auto", "gpu"):
+        candidates = ("mps", "cuda") if asked == "gpu" else ("tpu", "mps", "cuda")
+        where = next((n for n in candidates if _available(n)), None)
+        return "cpu" if where is None and asked == "auto" else where
+    return asked if _available(asked) else None
+
+
+def processes_here(accelerator: str, devices: Any) -> int | None:
+    """The training processes Lightning starts on this machine for ``trainer.accelerator`` / ``trainer.devices``:
+    a positive number (or its text) is that many, a list (or Lightning's text list of GPU ids, ``"0,1"``) one per
+    entry, ``auto`` one per device of the accelerator Lightning picks (the CPU: 1; CUDA: every visible GPU), ``-1``
+    every GPU; ``None`` where that gives no number (``-1`` on the CPU, which Lightning refuses; ``auto`` on a TPU)."""
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, (list, tuple)):
+        return len(devices) or None
+    text = str(devices).strip().lower()
+    if text.isascii() and text.isdigit():
+        return int(text) or None
+    if "," in text and all(part.strip().isascii() and part.strip().isdigit() for part in text.rstrip(",").split(",")):
+        return len(text.rstrip(",").split(","))  # Lightning's text list of GPU ids: "0,1", "1,"
+    if text not in ("auto", "-1"):
+        return None
+    where = _resolved_accelerator(str(accelerator).strip().lower())
+    if where == "cuda":
+        return torch.cuda.device_count() or None
+    if where in ("cpu", "mps"):
+        return 1 if text == "auto" else None
+    return None
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "").strip() or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Several processes that a launcher started, each running ``dynametric train`` on its own (:func:`launch`)."""
+
+    launcher: str
+    """``torchrun`` (``TORCHELASTIC_RUN_ID`` set), else ``a launcher``."""
+    world: int
+    """Processes of all nodes (``WORLD_SIZE``)."""
+    per_node: int | None
+    """Processes on this node (``LOCAL_WORLD_SIZE``), ``None`` when the launcher does not say."""
+
+    def variables(self) -> str:
+        """The environment variables that say so, as ``WORLD_SIZE=4, LOCAL_WORLD_SIZE=2``."""
+        local = "" if self.per_node is None else f", LOCAL_WORLD_SIZE={self.per_node}"
+        return f"WORLD_SIZE={self.world}{local}"
+
+
+def launch() -> Launch | None:
+    """The launch of this process when a launcher (``torchrun``, or another that sets the same variables) started it
+    as one of several processes: ``WORLD_SIZE`` > 1 or ``LOCAL_WORLD_SIZE`` > 1, with ``RANK``,
+    ``TORCHELASTIC_RUN_ID`` or ``LOCAL_WORLD_SIZE`` set; else ``None``. Lightning's own script launcher sets
+    ``WORLD_SIZE`` alone (with ``LOCAL_RANK`` and ``NODE_RANK``), also in rank 0's process where it stays after the
+    fit: that is not such a launch (it starts the processes ``trainer.devices`` asks for)."""
+    env = os.environ
+    world, local = _env_int("WORLD_SIZE"), _env_int("LOCAL_WORLD_SIZE")
+    told = any(env.get(name, "").strip() for name in ("RANK", "TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE"))
+    if max(world, local) <= 1 or not told:
+        return None
+    launcher = "torchrun" if env.get("TORCHELASTIC_RUN_ID", "").strip() else "a launcher"
+    return Launch(launcher, max(world, local), local if local > 0 else None)
+
+
+def check_launch(s: TrainerSettings, processes: int) -> None:
+    """A one-line ConfigError when a launcher started this process as one of several (:func:`launch`) and the run
+    would not be one run of them all: ``processes`` (Lightning's processes on this machine for ``trainer.devices``)
+    times ``trainer.num_nodes`` is not the launcher's ``WORLD_SIZE``, or ``processes`` not its ``LOCAL_WORLD_SIZE``.
+    Lightning checks that only when it starts DDP: ``trainer.devices: 1`` under ``torchrun --nproc-per-node 2``
+    trained two separate runs into one folder, without a word. Keyed ``trainer.devices`` (``trainer.num_nodes``
+    where only the number of nodes is wrong)."""
+    got = launch()
+    if got is None:
+        return
+    nodes = int(s.num_nodes)
+    if processes * nodes == got.world and got.per_node in (None, processes):
+        return
+    if got.per_node is not None and got.world % got.per_node == 0:
+        want_devices, want_nodes = got.per_node, got.world // got.per_node
+    else:
+        want_devices, want_nodes = (got.world // nodes, nodes) if got.world % nodes == 0 else (got.world, 1)
+    key = "trainer.num_nodes" if want_devices == processes else "trainer.devices"
+    devices = str(s.devices) if str(s.devices) == str(processes) else f"{s.devices} ({processes} here)"
+    ours = processes * nodes
+    what = ("each of its processes would train a run of its own" if ours == 1
+            else "Lightning would stop when it starts them")
+    raise ConfigError(f"{got.launcher} started {got.world} processes ({got.variables()}) but trainer.devices="
+                      f"{devices} x trainer.num_nodes={nodes} is {ours} process{'es' * (ours != 1)} ({what}); set "
+                      f"trainer.devices: {want_devices} and trainer.num_nodes: {want_nodes}", key=key)
+
+
 def check_machine(s: TrainerSettings) -> str:
     """The accelerator the run trains on here (``cpu``, ``cuda``, ``mps``, ``tpu``: Lightning's choice for
     ``auto`` and ``gpu``), or a one-line ConfigError: ``trainer.accelerator`` asking for a device this machine does
@@ -111,11 +212,9 @@ def check_machine(s: TrainerSettings) -> str:
 
     asked = s.accelerator
     if asked in ("auto", "gpu"):  # Lightning's order: tpu (auto only), mps, cuda, else cpu (auto) or an error (gpu)
-        candidates = ("mps", "cuda") if asked == "gpu" else ("tpu", "mps", "cuda")
-        where = next((n for n in candidates if _available(n)), None)
+        where = _resolved_accelerator(asked)
         if where is None:
-            if asked == "gpu":
-                require_cuda("accelerator 'gpu'", key="trainer.accelerator")
+            require_cuda("accelerator 'gpu'", key="trainer.accelerator")
             where = "cpu"
     elif asked == "cuda":
         require_cuda("accelerator 'cuda'", key="trainer.accelerator")
@@ -278,6 +377,7 @@ def plan_trainer(s: TrainerSettings) -> TrainerPlan:
     with _lightning_quiet():
         trainer = lightning_trainer(s, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                     enable_model_summary=False, use_distributed_sampler=False)
+    check_launch(s, int(trainer.num_devices))  # a launcher's processes that would train runs of their own
     return TrainerPlan(check_machine(s), type(trainer.strategy).__name__, int(trainer.num_devices))
 
 

@@ -65,6 +65,7 @@ from dynametric.engine.trainer import (
     build_trainer,
     ctrl_c_passes_through,
     end_launched_ranks,
+    launch,
     lightning_trainer,
     plan_trainer,
     signal_launched_ranks,
@@ -752,6 +753,27 @@ def _interrupted(run_dir: Path, metrics: dict[str, Any] | None, history: list[di
     return Interrupted(sigterm=sigterm)
 
 
+def _test_images(test: Any, tests: Mapping[str, Any]) -> str:
+    """The test images of the run's ``data:`` line: ``N test images`` (leave-one-out on ``data.test_split``), else
+    the splits the test protocol evaluates (query -> gallery, DyML's), ``N test images (split 'test')`` or
+    ``Q + G test images (splits 'query' + 'gallery')``."""
+    if test is not None:
+        return f"{len(test)} test images"
+    counts = " + ".join(str(len(ds)) for ds in tests.values())
+    names = " + ".join(repr(split) for split in tests)
+    return f"{counts} test images (split{'s' * (len(tests) != 1)} {names})"
+
+
+def _check_one_process_method(cfg: Config) -> None:
+    """Under a launcher that started several processes (:func:`~dynametric.engine.trainer.launch`: ``torchrun``),
+    the method's own checks first: a method that runs on one process (``mic``, ``sharing_alternating``) says so,
+    where :func:`~dynametric.engine.trainer.plan_trainer` would ask for as many ``trainer.devices`` as processes."""
+    if launch() is not None:
+        from dynametric.methods import method_for
+
+        method_for(cfg).validate(cfg)
+
+
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] = print, note: Callable[[str], None] | None = None,
                  folder_key: str = "run_dir") -> RunResult:
@@ -780,7 +802,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
-    plan = plan_trainer(trainer_settings(cfg, progress_bar=progress))
+    _check_one_process_method(cfg)
+    plan = plan_trainer(trainer_settings(cfg, progress_bar=progress))  # and the processes a launcher started
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
     resumed_weights = check_resume(cfg, run_dir, folder_key, notes, processes=world) if resume else None
     # files of an earlier start of a run in run_dir that never trained
@@ -856,8 +879,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                 save_config(cfg, run_dir / "config.yaml", header=header)
             log(f"run folder: {run_dir}")
             log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
-                f"{info['test_images'] if datasets.test is not None else 'protocol'} test images; "
-                f"scales {comps.scale_names}")
+                f"{_test_images(datasets.test, tests)}; scales {comps.scale_names}")
             log("evaluating the untrained model on the test split ...")
             untrained = test_eval(None)
             log_results(exp_logger, "untrained", untrained, step=0)
@@ -880,7 +902,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
         if resume:
             resumed_step = int(load_checkpoint_file(last).get("global_step", -1))
-        with ctrl_c_passes_through(trainer):
+        # the filters of before put back after the fit: under DDP the module turns off Lightning's advice to sync its
+        # loss terms (engine.module._no_sync_dist_advice), for the fit only (run_training changes no filter)
+        with ctrl_c_passes_through(trainer), warnings.catch_warnings():
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
         metrics["validation"] = module.validation_history
         stopped = _early_stopping(trainer)
@@ -1128,6 +1152,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
                         if cached is False else f"pretrained weights: {where}")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
     settings = trainer_settings(cfg, progress_bar=False)
+    _check_one_process_method(cfg)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
     datasets = None

@@ -128,13 +128,34 @@ def unaugmented_view(cfg: Config) -> Callable[[Any], Any]:
 
 def check_alternating(cfg: Config, name: str) -> None:
     """What the alternating module needs of the rest of the config (both ``sharing_alternating`` and ``mic``):
-    two heads, one process, no gradient clipping or accumulation, no plateau schedule."""
+    two heads, one process, no gradient clipping or accumulation, no plateau schedule. One process:
+    ``trainer.devices`` that starts one on this machine (``1``, ``[0]``, ``auto`` where Lightning's accelerator
+    has one device: the CPU, ``mps``), ``trainer.num_nodes: 1`` and no launcher such as ``torchrun`` that started
+    several (``WORLD_SIZE`` > 1 with ``RANK``: each would train on its own)."""
+    from dynametric.engine.trainer import launch, processes_here
+
     t = cfg.trainer
     if cfg.model.num_heads != 2:
         raise ConfigError(f"method {name!r} needs a two-head model (model.num_heads: 2), got {cfg.model.num_heads}",
                           key="model.num_heads")
-    if str(t.devices) not in ("1", "cpu") or int(t.num_nodes) != 1:
-        raise ConfigError(f"method {name!r} runs on one process; set trainer.devices: 1", key="trainer.devices")
+    launched = launch()  # torchrun (or the like) started several processes, whatever trainer.devices says
+    if launched is not None:
+        raise ConfigError(f"method {name!r} runs on one process, and {launched.launcher} started {launched.world} "
+                          f"({launched.variables()}); start dynametric train without {launched.launcher}, with "
+                          "trainer.devices: 1", key="trainer.devices")
+    processes = processes_here(t.accelerator, t.devices)
+    if processes != 1:
+        if processes is None:
+            gives = f"{t.devices!r}, not one process on this machine"
+        elif str(t.devices).strip().lower() in ("auto", "-1"):
+            gives = f"{t.devices!r}, which starts {processes} processes on this machine (one per GPU)"
+        else:
+            gives = f"{t.devices!r} ({processes} processes)"
+        raise ConfigError(f"method {name!r} runs on one process; trainer.devices is {gives}: set trainer.devices: 1",
+                          key="trainer.devices")
+    if int(t.num_nodes) != 1:
+        raise ConfigError(f"method {name!r} runs on one process; trainer.num_nodes is {t.num_nodes}: set "
+                          "trainer.num_nodes: 1", key="trainer.num_nodes")
     if cfg.optim.grad_clip is not None:
         raise ConfigError(f"method {name!r} (manual optimisation) does not support gradient clipping",
                           key="optim.grad_clip")
