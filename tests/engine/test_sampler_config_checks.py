@@ -141,3 +141,18 @@ def test_a_batch_size_m_does_not_divide_is_keyed_by_the_key_that_was_set():
         load_config(None, ["data.batch_size=30"])
     assert str(info.value) == ("<command line> key 'data.batch_size': data.batch_size 30 must be a multiple of "
                                "data.m 4 (a batch holds whole classes of m images)")
+
+
+def test_the_class_check_counts_every_process_of_a_step():
+    """A step of W processes draws W x P distinct classes (the samplers draw them together): the preflight counted P,
+    so a 2-process run on 30 classes with P = 16 passed it and met the sampler's own refusal, worded without the
+    scale's name and without values that fit."""
+    cfg = load_config(None, ["data.sampler=m_per_class", "data.batch_size=64", "data.m=4"])
+    labels = SimpleNamespace(labels=LABELS)
+    check_batches(cfg, labels, scale_names=["fine", "middle", "coarse"], world=1)  # 16 of 30 classes
+    with pytest.raises(ConfigError) as info, errors_located(cfg):
+        check_batches(cfg, labels, scale_names=["fine", "middle", "coarse"], world=2)
+    assert str(info.value) == (
+        "<command line> key 'data.batch_size': a step of 2 processes needs 2 x 16 = 32 distinct fine classes "
+        "(batch_size 64 / m 4 per process) but the training split has only 30; try data.batch_size=60 or data.m=8 or "
+        "at most 1 process(es) in all (trainer.devices x trainer.num_nodes)")

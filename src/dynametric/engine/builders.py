@@ -1274,15 +1274,10 @@ def use_channels_last(cfg: Config, embedder: nn.Module) -> bool:
 
 
 def _local_processes(cfg: Config) -> int:
-    """Training processes on this machine: the number of ``trainer.devices`` (``auto`` / ``-1``: every GPU)."""
-    devices = cfg.trainer.devices
-    if isinstance(devices, (list, tuple)):
-        return max(1, len(devices))
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, str) and devices.strip().isascii() and devices.strip().isdigit() and int(devices) > 0:
-        return int(devices)
-    return max(1, torch.cuda.device_count())
+    """Training processes on this machine (:func:`dynametric.engine.trainer.processes_here`; at least 1)."""
+    from dynametric.engine.trainer import processes_here
+
+    return processes_here(cfg.trainer.accelerator, cfg.trainer.devices) or 1
 
 
 def loader_settings(cfg: Config) -> dict[str, Any]:

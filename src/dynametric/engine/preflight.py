@@ -40,16 +40,21 @@ def _label_matrix(dataset: Any) -> torch.Tensor:
     return as_label_matrix(dataset.labels, name="train dataset labels")
 
 
-def _fitting_values(batch_size: int, m: int, classes: int) -> list[str]:
-    """Overrides that make ``batch_size / m`` distinct classes fit into ``classes`` classes."""
+def _fitting_values(batch_size: int, m: int, classes: int, world: int = 1) -> list[str]:
+    """Overrides that make a step of ``world`` batches of ``batch_size / m`` distinct classes each (all distinct: the
+    samplers draw one step's classes together) fit into ``classes`` classes; with several processes also the most
+    processes that fit."""
     out = []
-    if classes >= 2:  # at least two classes per batch, else there is no negative
-        out.append(f"data.batch_size={m * classes}")
-        # the smallest m that divides batch_size and needs at most `classes` classes (>= 2)
+    fit = classes // world  # classes each process's batch can have
+    if fit >= 2:  # at least two classes per batch, else there is no negative
+        out.append(f"data.batch_size={m * fit}")
+        # the smallest m that divides batch_size and needs at most `fit` classes (>= 2)
         for cand in range(m + 1, batch_size // 2 + 1):
-            if batch_size % cand == 0 and 2 <= batch_size // cand <= classes:
+            if batch_size % cand == 0 and 2 <= batch_size // cand <= fit:
                 out.append(f"data.m={cand}")
                 break
+    if world > 1 and classes // (batch_size // m) >= 1:
+        out.append(f"at most {classes // (batch_size // m)} process(es) in all (trainer.devices x trainer.num_nodes)")
     return out
 
 
@@ -69,18 +74,20 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
             raise ConfigError(f"label column {col} does not exist; the training labels have {labels.shape[1]} "
                               "scale(s)", key="data.sampler_scale")
         classes = int(torch.unique(labels[:, col]).numel())
-        needed = data.batch_size // data.m
+        needed = data.batch_size // data.m * world  # one step's batches draw distinct classes together
         if classes < needed:
             name = list(scale_names)[col] if scale_names and col < len(scale_names) else f"scale {col}"
             where = " (after the validation classes were set aside)" if carved else ""
-            fixes = _fitting_values(data.batch_size, data.m, classes)
+            fixes = _fitting_values(data.batch_size, data.m, classes, world)
             hint = ("; try " + " or ".join(fixes)) if fixes else \
                 "; a metric-learning batch needs at least 2 classes: add training classes"
             if carved and fixes:
                 hint += ", or fewer validation classes (data.val_fraction)"
-            raise ConfigError(f"a batch needs {needed} distinct {name} classes (batch_size {data.batch_size} / "
-                              f"m {data.m}) but the training split has only {classes}{where}{hint}",
-                              key="data.batch_size")
+            per = f"a batch needs {needed}" if world == 1 else \
+                f"a step of {world} processes needs {world} x {needed // world} = {needed}"
+            raise ConfigError(f"{per} distinct {name} classes (batch_size {data.batch_size} / m {data.m}"
+                              f"{' per process' if world > 1 else ''}) but the training split has only {classes}"
+                              f"{where}{hint}", key="data.batch_size")
     sampler = sampler_factory(cfg)(labels, 0, world)  # other samplers: their own checks, raised as ConfigError
     if len(sampler) < 1:
         per = f" for each of {world} processes" if world > 1 else ""
