@@ -16,12 +16,13 @@ TINY_SYNTHETIC = [
 def train_epoch_rows(run_dir: Path) -> list[dict[str, float]]:
     """The rows of ``run_dir/logs/metrics.csv`` that hold the epoch means of the training values (the row with
     ``train/loss_epoch``, or the step counts of the alternating module), in order: ``{column: value}`` of their
-    non-empty ``train/`` cells, plus ``epoch`` and ``step``."""
+    non-empty ``train/`` cells, plus ``epoch`` and ``step``. The per-step values (``train/loss_step``, the learning
+    rates ``train/lr``, ``train/lr/<group>``) are not epoch means: left out."""
     out = []
     with (run_dir / "logs" / "metrics.csv").open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             cells = {k: float(v) for k, v in row.items() if k.startswith("train/") and v not in ("", None)
-                     and not k.endswith("_step")}
+                     and not k.endswith("_step") and k != "train/lr" and not k.startswith("train/lr/")}
             if cells:
                 out.append({"epoch": float(row["epoch"]), "step": float(row["step"]), **cells})
     return out

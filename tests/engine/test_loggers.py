@@ -50,6 +50,18 @@ def test_tensorboard_gets_scalars_per_scale_and_report_images(tmp_path, capsys):
     hparams = yaml.safe_load((out / "tensorboard" / "hparams.yaml").read_text())
     assert hparams["trainer"]["max_epochs"] == 1 and hparams["model"]["embedding_dim"] == 16
     assert hparams["run"]["logger"] == "tensorboard"
+    # ... and TensorBoard's HPARAMS tab shows it, with the monitored metric (its data was never written)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/fine/map@r", "test/fine/map@r"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["trainer/max_epochs"].number_value == 1 and start.hparams["run/logger"].string_value == \
+        "tensorboard"
+    # the validation round at the steps done, the step of its checkpoint (was one step earlier)
+    info = json.loads((out / "run_info.json").read_text())
+    assert [e.step for e in acc.Scalars("val/fine/map@r")] == [info["global_step"]]
 
 
 def test_missing_extra_is_an_error_before_any_work(monkeypatch, tmp_path, capsys):

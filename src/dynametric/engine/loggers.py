@@ -1,18 +1,32 @@
 """Experiment loggers for ``dynametric train`` (``run.logger``): ``csv`` (default, no extra dependency),
 ``tensorboard``, ``wandb``, ``mlflow``, all Lightning loggers writing under the run folder.
 
-Every logger receives the training loss, the per-scale validation metrics of every round (``val/<scale>/<metric>``),
-the untrained and final test metrics (``untrained/<scale>/<metric>``, ``test/<scale>/<metric>``) and, when
-``run.report`` is on, the report's figures: as images for TensorBoard (``add_image``), Weights & Biases
-(``log_image``) and MLflow (``log_image`` artifacts); the CSV logger has no image support (the figures stay in
-``report.html``). The ``csv`` logger keeps what ``logs/metrics.csv`` already holds: a resumed run adds its rows
-after the earlier ones (the untrained row, the rounds before a kill, the test row of a finished run), one header
-for all columns (a column that appears later is added, with empty cells in the earlier rows), and every write
-replaces the file atomically (Lightning's own CSV logger deletes an existing file when it starts and appends in
-place).
-``run.logger_options`` are keyword arguments of the Lightning logger (e.g. ``{project: x,
-offline: true}`` for wandb, ``{tracking_uri: http://...}`` for mlflow). A logger whose package is missing is a
-:class:`~dynametric.errors.ConfigError` naming the extra to install, raised before any work is done.
+Every logger receives the training loss and learning rate, the per-scale validation metrics of every round
+(``val/<scale>/<metric>``, at the optimizer steps done: the ``global_step`` of that round's checkpoint), the untrained
+and final test metrics (``untrained/<scale>/<metric>``, ``test/<scale>/<metric>``: the values of ``metrics.json``,
+float64, counts as integers) and, when ``run.report`` is on, the report's figures: as images for TensorBoard
+(``add_image``), Weights & Biases (``log_image``) and MLflow (``log_image`` artifacts); the CSV logger has no image
+support (the figures stay in ``report.html``). The ``csv`` logger keeps what ``logs/metrics.csv`` already holds: a
+resumed run adds its rows after the earlier ones (the untrained row, the rounds before a kill, the test row of a
+finished run), one header for all columns (a column that appears later is added, with empty cells in the earlier
+rows), and every write replaces the file atomically (Lightning's own CSV logger deletes an existing file when it
+starts and appends in place).
+
+MLflow gets the same metrics under names it can store (:func:`mlflow_name`, :class:`MlflowNames`): ``@`` becomes
+``_at_`` (``val/fine/recall_at_1``), and a loss term's total, ``train/<term>`` beside its parts
+``train/<term>/<part>``, is ``train/<term>/total`` (MLflow's file store keeps each metric as a file, so a name cannot
+also be the folder of others). Its tracking store (:func:`mlflow_store`) is ``run.logger_options.tracking_uri``, else
+``MLFLOW_TRACKING_URI``, else one in the run folder: ``sqlite:///RUN/mlruns.db`` (MLflow 3 keeps its file store in
+maintenance mode) or, with MLflow 2 or where the run started on it, the file store ``RUN/mlruns``. TensorBoard gets
+the resolved config in its HPARAMS tab, with the monitored metric's validation and test values
+(:class:`RunTensorBoardLogger`).
+
+``run.logger_options`` are keyword arguments of the Lightning logger (e.g. ``{project: x, offline: true}`` for
+wandb, ``{tracking_uri: http://...}`` for mlflow). A logger whose package is missing, an option it does not take, or
+an MLflow tracking store that cannot work here is a :class:`~dynametric.errors.ConfigError` keyed ``run.logger``,
+raised before any work is done (also by the dry run, :func:`check_logger`). A logger that fails while the run
+writes to it raises :class:`LoggerFailure` (one line naming the logger, what it was writing and why) and writes
+nothing more.
 """
 
 from __future__ import annotations
@@ -25,19 +39,22 @@ import html
 import importlib.util
 import inspect
 import io
+import logging
+import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.core.saving import save_hparams_to_yaml
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, first_sentence
 from dynametric.utils.io import atomic_open, atomic_write_with
 
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
@@ -60,10 +77,8 @@ _SET_BY_RUN = {"csv": ("save_dir", "name", "version"), "tensorboard": ("save_dir
 
 
 def _logger_class(name: str) -> Any:
-    from lightning.pytorch import loggers
-
-    return {"csv": KeepingCSVLogger, "tensorboard": loggers.TensorBoardLogger, "wandb": loggers.WandbLogger,
-            "mlflow": loggers.MLFlowLogger}[name]
+    """The Lightning logger class of ``run.logger: name`` (whose arguments ``run.logger_options`` are)."""
+    return {"csv": CSVLogger, "tensorboard": TensorBoardLogger, "wandb": WandbLogger, "mlflow": MLFlowLogger}[name]
 
 
 def _forwarded_to(name: str) -> Any:
@@ -117,33 +132,300 @@ def check_logger_options(name: str, options: Mapping[str, Any] | None) -> None:
                               key=f"run.logger_options.{key}")
 
 
-def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | None = None) -> Any:
-    """The Lightning logger for ``run.logger``, writing under ``run_dir`` (CSV: ``run_dir/logs/metrics.csv``);
-    ``options`` checked by :func:`check_logger_options`."""
+# ----------------------------------------------------------------------------------------------- MLflow's store
+_SQL_MODULES = ("sqlalchemy", "alembic", "sqlparse")
+"""What MLflow's database stores import (the full ``mlflow`` package installs them, ``mlflow-skinny`` does not)."""
+_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _mlflow_version() -> str:
+    from importlib import metadata
+
+    for dist in ("mlflow", "mlflow-skinny"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(dist)
+    return str(getattr(importlib.import_module("mlflow"), "__version__", "0"))
+
+
+def _major(version: str) -> int:
+    match = re.match(r"\d+", version)
+    return int(match.group()) if match else 0
+
+
+def _file_store_refused() -> bool:
+    """Whether this MLflow refuses its file store (MLflow 3.13 and later, unless ``MLFLOW_ALLOW_FILE_STORE`` is true;
+    MLflow's own reading of the variable)."""
+    try:
+        variables = importlib.import_module("mlflow.environment_variables")
+    except ImportError:
+        return False
+    allow = getattr(variables, "MLFLOW_ALLOW_FILE_STORE", None)
+    if allow is None:
+        return False
+    try:
+        return not bool(allow.get())
+    except ValueError:  # MLflow refuses a value it cannot read as a boolean
+        return True
+
+
+def _missing_sql_modules() -> list[str]:
+    return [m for m in _SQL_MODULES if importlib.util.find_spec(m) is None]
+
+
+def mlflow_store(run_dir: str | Path, options: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The tracking store of ``run.logger: mlflow`` as logger arguments (``tracking_uri``, and ``artifact_location``
+    for a store in the run folder), checked to work with the MLflow installed here; nothing is written.
+
+    In this order: ``run.logger_options.tracking_uri``; the environment's ``MLFLOW_TRACKING_URI``; the file store at
+    ``run.logger_options.save_dir``; else a store in the run folder: the file store ``RUN/mlruns`` when the run
+    started on it (the folder is there) or with MLflow 2 (as before), else MLflow 3's database store
+    ``sqlite:///RUN/mlruns.db`` (its artifacts, the report's figures, in ``RUN/mlartifacts``), or the file store
+    ``RUN/mlruns`` when the database's packages are missing (``mlflow-skinny``) and ``MLFLOW_ALLOW_FILE_STORE`` is
+    true. A store that cannot work here is a one-line :class:`ConfigError`: a file store that this MLflow refuses (3.13
+    and later, unless ``MLFLOW_ALLOW_FILE_STORE=true``), or a database store without SQLAlchemy, Alembic and
+    sqlparse."""
+    opts = dict(options or {})
+    run_dir = Path(run_dir).absolute()
+    key, source = "run.logger", "the run folder's, by default"
+    if opts.get("tracking_uri"):
+        uri = str(opts["tracking_uri"])
+        source = key = "run.logger_options.tracking_uri"
+    elif os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        uri, source = os.environ["MLFLOW_TRACKING_URI"].strip(), "MLFLOW_TRACKING_URI"
+    elif opts.get("save_dir"):
+        uri = f"file:{Path(str(opts['save_dir'])).expanduser().absolute()}"
+        source = key = "run.logger_options.save_dir"
+    else:
+        files, database = run_dir / "mlruns", run_dir / "mlruns.db"
+        if files.is_dir() or (not database.exists() and (
+                _major(_mlflow_version()) < 3 or (_missing_sql_modules() and not _file_store_refused()))):
+            uri = f"file:{files}"
+        else:
+            uri = f"sqlite:///{database}"
+    store = {"tracking_uri": uri}
+    if uri.startswith("sqlite:") and source.startswith("the run folder") and "artifact_location" not in opts:
+        store["artifact_location"] = str(run_dir / "mlartifacts")  # else ./mlartifacts, where the run was started
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    kind = scheme.group(1).lower().split("+")[0] if scheme and len(scheme.group(1)) > 1 else "file"
+    if uri.startswith("databricks"):
+        kind = "databricks"
+    if kind == "file" and _file_store_refused():
+        raise ConfigError(
+            f"the MLflow tracking store {uri} ({source}) is MLflow's file store, which MLflow {_mlflow_version()} "
+            "refuses (maintenance mode) unless MLFLOW_ALLOW_FILE_STORE=true: set that variable, or use a database "
+            "store (sqlite:///PATH.db; without tracking_uri, save_dir and MLFLOW_TRACKING_URI the run keeps one in "
+            "the run folder, sqlite:///RUN/mlruns.db)", key=key)
+    if kind in _SQL_SCHEMES and (missing := _missing_sql_modules()):
+        raise ConfigError(
+            f"the MLflow tracking store {uri} ({source}) is a database, which needs {', '.join(missing)} (the full "
+            "mlflow package installs them, mlflow-skinny does not): pip install 'dynametric[mlflow]', or point "
+            "run.logger_options.tracking_uri (or MLFLOW_TRACKING_URI) at an MLflow server, or set "
+            "MLFLOW_ALLOW_FILE_STORE=true for the file store RUN/mlruns", key=key)
+    return store
+
+
+def check_logger(name: str, options: Mapping[str, Any] | None, run_dir: str | Path | None = None) -> None:
+    """What :func:`build_logger` checks before it makes the logger, writing nothing (the dry run's check): the
+    package, the options (:func:`check_logger_options`) and, for MLflow, the tracking store (:func:`mlflow_store`;
+    ``run_dir``: the run folder, when known)."""
     check_logger_options(name, options)
+    if name == "mlflow":
+        mlflow_store(Path("RUN") if run_dir is None else run_dir, options)
+
+
+# ---------------------------------------------------------------------------------------------- metric names
+_MLFLOW_KEEPS = re.compile(r"[A-Za-z0-9_\-. /]")
+_MLFLOW_WORDS = {"@": "_at_", "=": "_eq_"}
+
+
+def mlflow_name(name: str) -> str:
+    """A metric name as MLflow stores it: ``@`` becomes ``_at_`` (``recall@1`` -> ``recall_at_1``, ``map@r`` ->
+    ``map_at_r``), ``=`` becomes ``_eq_`` (``fnmr@fmr=0.1`` -> ``fnmr_at_fmr_eq_0.1``), and any other character
+    besides letters, digits, ``_``, ``-``, ``.``, ``/`` and space becomes ``_x<hex code>_`` (MLflow, through
+    Lightning, dropped them with a warning per name). dynametric's own metric names hold none of these words, so the
+    mapping is undone by replacing them back."""
+    return "".join(ch if _MLFLOW_KEEPS.fullmatch(ch) else _MLFLOW_WORDS.get(ch, f"_x{ord(ch):x}_") for ch in name)
+
+
+class MlflowNames:
+    """The MLflow names of a run's metrics (:func:`mlflow_name`), with no name that is also the folder of another:
+    a name that another one extends (``train/<term>`` beside ``train/<term>/<part>``, logged in the same row) is
+    ``<name>/total``, in that row and every later one (MLflow's file store keeps each metric as a file: a file
+    ``train/TripletMarginLoss`` and a file ``train/TripletMarginLoss/fine`` cannot both exist)."""
+
+    def __init__(self) -> None:
+        self.folders: set[str] = set()
+
+    def __call__(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        for name in metrics:
+            parts = str(name).split("/")
+            self.folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        out: dict[str, Any] = {}
+        for name, value in metrics.items():
+            mapped = mlflow_name(f"{name}/total" if name in self.folders else str(name))
+            if mapped in out:
+                raise ConfigError(f"the metrics {name!r} and another one would have the same MLflow name {mapped!r}",
+                                  key="run.logger")
+            out[mapped] = value
+        return out
+
+
+# ------------------------------------------------------------------------------------------- the run's loggers
+class LoggerFailure(ConfigError):
+    """A write of the run's logger that failed (its package raised): ``key 'run.logger': the <logger> logger failed
+    <what it was writing>: <the package's reason>``."""
+
+
+def _rows(metrics: Mapping[str, Any]) -> str:
+    """The metrics of a row, for a message: the first name and how many more (``epoch`` not counted)."""
+    names = sorted(k for k in metrics if k not in ("epoch", "step"))
+    return f"{names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "") if names else "the epoch"
+
+
+class _Guarded:
+    """The writes of a Lightning logger (metrics, hyperparameters, saving, finishing, checkpoints), each turned into
+    a :class:`LoggerFailure` when the logger's package raises; after one, the logger writes nothing more (Lightning
+    finalizes a logger as ``failed`` when training stops on an exception)."""
+
+    kind = "csv"
+    failure: LoggerFailure | None = None
+
+    def _call(self, what: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.failure is not None:
+            return None
+        try:
+            return write(*args, **kwargs)
+        except ConfigError:
+            raise
+        except Exception as exc:  # whatever the logger's package raises
+            self.failure = LoggerFailure(f"the {self.kind} logger failed {what}: {type(exc).__name__}: "
+                                         f"{first_sentence(exc)}", key="run.logger")
+            raise self.failure from exc
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        self._call(f"logging {_rows(metrics)} at step {step}", cast(Any, super()).log_metrics, metrics, step)
+
+    def log_hyperparams(self, params: Any = None, *args: Any, **kwargs: Any) -> None:
+        self._call("logging the hyperparameters (the resolved config)", cast(Any, super()).log_hyperparams, params,
+                   *args, **kwargs)
+
+    def save(self) -> None:
+        self._call("saving", cast(Any, super()).save)
+
+    def finalize(self, status: str = "success") -> None:
+        self._call(f"finishing ({status})", cast(Any, super()).finalize, status)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self._call("after a checkpoint", cast(Any, super()).after_save_checkpoint, checkpoint_callback)
+
+
+def _hparams_summaries() -> Any:
+    """The ``hparams`` summary maker of the writer Lightning's logger uses (tensorboard's, else tensorboardX's)."""
+    try:
+        return importlib.import_module("torch.utils.tensorboard.summary").hparams
+    except ImportError:
+        return importlib.import_module("tensorboardX.summary").hparams
+
+
+class RunTensorBoardLogger(_Guarded, TensorBoardLogger):
+    """Lightning's TensorBoard logger whose HPARAMS tab shows the run: :meth:`log_hyperparams` writes the resolved
+    config as the run's hyperparameters with the metrics :attr:`hparams_metrics` (the monitored metric at validation
+    and test, ``val/<monitor>`` and ``test/<monitor>``), whose values TensorBoard takes from those scalars (their
+    last value). Lightning writes that data only with an ``hp_metric`` placeholder (its ``default_hp_metric``, off
+    here: it logged a ``-1``) or values given at the call."""
+
+    kind = "tensorboard"
+    hparams_metrics: tuple[str, ...] = ()
+
+    def log_hyperparams(self, params: Any = None, metrics: Any = None, step: int | None = None,
+                        *args: Any, **kwargs: Any) -> None:
+        super().log_hyperparams(params, metrics, step)
+        if metrics is None and self.hparams_metrics:
+            self._call("writing the HPARAMS data", self._write_hparams, params)
+
+    @rank_zero_only
+    def _write_hparams(self, params: Any) -> None:
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        flat = self._sanitize_params(_flatten_dict(_convert_params(params)))
+        flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
+        summaries = _hparams_summaries()(flat, dict.fromkeys(self.hparams_metrics, 0.0))
+        writer = self.experiment._get_file_writer()
+        for summary in summaries:  # experiment, session start, session end
+            writer.add_summary(summary)
+        self.experiment.flush()
+
+
+class RunWandbLogger(_Guarded, WandbLogger):
+    """Lightning's Weights & Biases logger, its writes guarded (:class:`LoggerFailure`)."""
+
+    kind = "wandb"
+
+
+class RunMLFlowLogger(_Guarded, MLFlowLogger):
+    """Lightning's MLflow logger, its writes guarded (:class:`LoggerFailure`), with the metric names MLflow stores
+    (:class:`MlflowNames`: ``recall_at_1``, ``train/<term>/total``); Lightning's own rewriting dropped the ``@`` of
+    every name with a warning each."""
+
+    kind = "mlflow"
+    _names: MlflowNames | None = None
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self._names is None:
+            self._names = MlflowNames()
+        super().log_metrics(self._names(metrics), step)
+
+
+@contextlib.contextmanager
+def _quiet(levels: Mapping[str, int]) -> Any:
+    """The named Python loggers at (at least) the given levels inside the block."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in levels]
+    for log, level in saved:
+        log.setLevel(max(level, levels[log.name]))
+    try:
+        yield
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
+
+
+def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | None = None, *,
+                 hparams_metrics: Iterable[str] = ()) -> Any:
+    """The Lightning logger for ``run.logger``, writing under ``run_dir`` (CSV: ``run_dir/logs/metrics.csv``);
+    ``options`` checked by :func:`check_logger`. ``hparams_metrics``: the metrics TensorBoard's HPARAMS tab shows
+    (:class:`RunTensorBoardLogger`). MLflow's store is opened here, and its run created (:func:`mlflow_store`): a
+    store that does not open is an error before any work. Any error of the logger's making is one line keyed
+    ``run.logger``."""
+    check_logger(name, options, run_dir)
     run_dir = Path(run_dir)
     opts = dict(options or {})
     try:
         if name == "csv":
             return KeepingCSVLogger(save_dir=run_dir, name="", version="logs", **opts)
         if name == "tensorboard":
-            from lightning.pytorch.loggers import TensorBoardLogger
-
             opts.setdefault("default_hp_metric", False)
-            return TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard", **opts)
+            tensorboard = RunTensorBoardLogger(save_dir=run_dir, name="", version="tensorboard", **opts)
+            tensorboard.hparams_metrics = tuple(hparams_metrics)
+            return tensorboard
         if name == "wandb":
-            from lightning.pytorch.loggers import WandbLogger
-
             opts.setdefault("name", run_dir.name)
-            return WandbLogger(save_dir=run_dir, **opts)
-        from lightning.pytorch.loggers import MLFlowLogger
-
+            return RunWandbLogger(save_dir=run_dir, **opts)
         opts.setdefault("run_name", run_dir.name)
-        if "tracking_uri" not in opts:
-            opts.setdefault("save_dir", str(run_dir / "mlruns"))
-        return MLFlowLogger(**opts)
-    except TypeError as exc:
-        raise ConfigError(f"bad option for the {name} logger: {exc}", key="run.logger_options") from None
+        opts.update(mlflow_store(run_dir, opts))
+        opts.pop("save_dir", None)  # in tracking_uri
+        # MLflow's INFO lines as it makes its database, Lightning's "Experiment ... not found. Creating it." (MLflow
+        # sets its loggers' levels when it is first imported: before the block)
+        importlib.import_module("mlflow")
+        with _quiet({"mlflow": logging.WARNING, "alembic": logging.WARNING,
+                     "lightning.pytorch.loggers.mlflow": logging.ERROR}):
+            mlflow = RunMLFlowLogger(**opts)
+            _ = mlflow.experiment  # the store opened (its tables made), the experiment and the run created
+        return mlflow
+    except ConfigError:
+        raise
+    except Exception as exc:  # the logger's own refusal (a bad value, a store that does not open, ...)
+        raise ConfigError(f"the {name} logger cannot start: {type(exc).__name__}: {first_sentence(exc)}",
+                          key="run.logger_options" if isinstance(exc, TypeError) else "run.logger") from None
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -179,12 +461,13 @@ class _KeepingWriter(ExperimentWriter):
         self.metrics = []
 
 
-class KeepingCSVLogger(CSVLogger):
+class KeepingCSVLogger(_Guarded, CSVLogger):
     """Lightning's ``CSVLogger`` (``<save_dir>/<version>/metrics.csv``) that keeps the rows already in the file: a
     resumed run adds its rows after them, a column that appears later is added to the header (empty in the earlier
     rows), and every write replaces the file atomically (:func:`dynametric.utils.io.atomic_open`). As in Lightning's
     own CSV logger, only global rank 0 has the writer (and creates the folder): another DDP rank's process gets
-    Lightning's do-nothing experiment, so it creates no folder of its own."""
+    Lightning's do-nothing experiment, so it creates no folder of its own. Its writes are guarded
+    (:class:`LoggerFailure`: a full disk is one line, not a traceback)."""
 
     @property
     @rank_zero_experiment
@@ -195,7 +478,7 @@ class KeepingCSVLogger(CSVLogger):
         return self._experiment
 
 
-def flat_metrics(prefix: str, results: Mapping[str, Any]) -> dict[str, float]:
+def flat_metrics(prefix: str, results: Mapping[str, Any]) -> dict[str, float | int]:
     """``{"<prefix>/<scale>/<metric>": value}`` for the numeric entries of an evaluation result: the numbers one
     level down. So the per-category block (``by_category``) is not logged: it holds one dict per category (of
     scales, of metrics), no number at that level; its keys are user text (any characters, possibly hundreds of them)
@@ -203,14 +486,15 @@ def flat_metrics(prefix: str, results: Mapping[str, Any]) -> dict[str, float]:
     ``metrics.json``, the end-of-run summary and ``report.html`` (docs/training.md, *Loggers*). Nor is the
     ``protocol`` block (what the protocol evaluated and excluded: counts such as ``queries`` and ``excluded_pairs``,
     not metrics, one level down: left out by name; the validation rounds' logging skips it too,
-    :meth:`dynametric.engine.module.MetricLearningModule._log_results`)."""
-    out = {}
+    :meth:`dynametric.engine.module.MetricLearningModule._log_results`). The values are those of the results
+    (``metrics.json``'s): Python floats (float64) and the counts as integers."""
+    out: dict[str, float | int] = {}
     for scale, values in results.items():
         if not isinstance(values, Mapping) or scale == "protocol":
             continue
         for metric, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"{prefix}/{scale}/{metric}"] = float(value)
+                out[f"{prefix}/{scale}/{metric}"] = value if isinstance(value, int) else float(value)
     return out
 
 
@@ -246,19 +530,27 @@ def log_figures(logger: Any, figures: list[tuple[str, bytes]], step: int) -> int
     import numpy as np
     from PIL import Image
 
-    kind = type(logger).__name__
-    if kind not in ("TensorBoardLogger", "WandbLogger", "MLFlowLogger"):
+    kinds = {cls.__name__ for cls in type(logger).__mro__}  # Lightning's class, or one of ours built on it
+    kind = next((k for k in ("TensorBoardLogger", "WandbLogger", "MLFlowLogger") if k in kinds), None)
+    if kind is None:
         return 0
-    for tag, png in figures:
-        image = Image.open(io.BytesIO(png)).convert("RGB")
+
+    def send() -> None:
+        for tag, png in figures:
+            image = Image.open(io.BytesIO(png)).convert("RGB")
+            if kind == "TensorBoardLogger":
+                logger.experiment.add_image(f"report/{tag}", np.asarray(image), step, dataformats="HWC")
+            elif kind == "WandbLogger":
+                logger.log_image(key=f"report/{tag}", images=[image], step=step)
+            else:
+                logger.experiment.log_image(logger.run_id, image, f"report/{tag}.png")
         if kind == "TensorBoardLogger":
-            logger.experiment.add_image(f"report/{tag}", np.asarray(image), step, dataformats="HWC")
-        elif kind == "WandbLogger":
-            logger.log_image(key=f"report/{tag}", images=[image], step=step)
-        else:
-            logger.experiment.log_image(logger.run_id, image, f"report/{tag}.png")
-    if kind == "TensorBoardLogger":
-        logger.experiment.flush()
+            logger.experiment.flush()
+
+    if isinstance(logger, _Guarded):
+        logger._call("logging the report's figures", send)
+    else:
+        send()
     return len(figures)
 
 

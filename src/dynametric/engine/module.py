@@ -247,6 +247,8 @@ class MetricLearningModule(L.LightningModule):
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self.plateau_warned = False  # the warning of a plateau schedule without validation given
         self.loss_history = []  # [global step, loss] pairs for the report's curve
+        # the learning rates of the logged steps, {"train/lr" or "train/lr/<group>": [[global step, lr], ...]}
+        self.lr_history: dict[str, list[list[float]]] = {}
         # the run's resolved config (``config_to_dict``) and its ``config_hash``, stored in every checkpoint so a
         # resume can tell whether the run folder's config.yaml is still the one the run trained with
         self.run_config: dict[str, Any] | None = None
@@ -413,6 +415,47 @@ class MetricLearningModule(L.LightningModule):
     def on_train_end(self) -> None:
         self.check_deferred_nonfinite()
 
+    def logs_this_step(self) -> bool:
+        """Whether Lightning's loggers write the ``on_step`` values of the training batch under way (in the training
+        step and the batch hooks): its own rule, at the optimizer step that ends an accumulation, when that step's
+        global number ``s`` (the steps done before it, the loggers' ``step``) has ``(s + 1) % log_every_n_steps == 0``,
+        or when training stops. True without a trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        try:
+            if self.automatic_optimization and trainer.fit_loop._should_accumulate():
+                return False
+            return bool(trainer._logger_connector.should_update_logs)
+        except (AttributeError, NotImplementedError):  # not in a fit (no training loop running)
+            return False
+
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rates the next optimizer step uses, as logged: ``{"train/lr": lr}`` with one parameter group,
+        ``{"train/lr/<group>": lr}`` per group with several (the group's ``name``: ``backbone``, ``head``, ``loss``;
+        ``group<i>`` for a group without one). Host numbers (the optimizer's own): nothing is read from the device."""
+        groups = [g for opt in (self.trainer.optimizers if self._trainer is not None else []) for g in opt.param_groups]
+        if len(groups) == 1:
+            return {"train/lr": float(groups[0]["lr"])}
+        out: dict[str, float] = {}
+        for i, group in enumerate(groups):
+            name = str(group.get("name") or f"group{i}")
+            out[f"train/lr/{name if f'train/lr/{name}' not in out else f'{name}{i}'}"] = float(group["lr"])
+        return out
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """At the steps the loggers write (:meth:`logs_this_step`), the learning rates of the step about to run
+        (:meth:`learning_rates`, before the step's scheduler update) as ``train/lr`` (``train/lr/<group>``), logged as
+        CPU float64 values (no transfer to the device, no rounding) and kept for the report (:attr:`lr_history`)."""
+        if not self.logs_this_step():
+            return
+        step = int(self.global_step)
+        for name, lr in self.learning_rates().items():
+            self.log(name, torch.tensor(lr, dtype=torch.float64), on_step=True, on_epoch=False, batch_size=1)
+            series = self.lr_history.setdefault(name, [])
+            if not series or series[-1][0] != step:  # once per step (every batch of an accumulation asks)
+                series.append([float(step), lr])
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         images, labels = self.batch_images(batch), batch[1]
         outputs = self.embedder(images)
@@ -424,8 +467,7 @@ class MetricLearningModule(L.LightningModule):
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
             return None
         bs = labels.shape[0]
-        every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
-        if batch_idx % every == 0:
+        if self.logs_this_step():  # the loggers' train/loss_step: the same steps, the same value
             self._pending_losses.append((int(self.global_step), total.detach()))
         self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=world_info()[1] > 1)
@@ -545,6 +587,15 @@ class MetricLearningModule(L.LightningModule):
                            per_category=self.per_category).evaluate_embeddings(emb, labels, evaluate, dataset)
 
     def _log_results(self, prefix: str, results: dict[str, Any]) -> None:
+        """The numbers of an evaluation (``<prefix>/<scale>/<metric>``) through ``self.log``: the callbacks
+        (``best.ckpt``, early stopping, the plateau schedule) read them as ``callback_metrics``, the progress bar shows
+        the monitored one. In a fit the loggers get them directly instead, as the results hold them (float64 values
+        and integer counts, as in ``metrics.json``: ``self.log`` made them float32 tensors), at ``global_step``, the
+        optimizer steps done (the step of the round's checkpoint: Lightning logged a round at the step before), with
+        the epoch. Outside a fit (``trainer.validate`` / ``trainer.test`` of a library caller) Lightning logs them
+        and returns them, as before."""
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == "fit"
         for scale, values in results.items():
             if not isinstance(values, dict) or scale == "protocol":  # by_category: dicts of categories, no number
                 continue
@@ -552,8 +603,16 @@ class MetricLearningModule(L.LightningModule):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     # identical on every rank (computed from gathered embeddings): the sync is a no-op average
                     name = f"{prefix}/{scale}/{metric}"
-                    self.log(name, float(value), sync_dist=world_info()[1] > 1,
+                    self.log(name, float(value), sync_dist=world_info()[1] > 1, logger=not fitting,
                              prog_bar=name == self.optim_settings.monitor)  # the bar: loss + monitored metric
+        if trainer is None or not fitting or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        from dynametric.engine.loggers import flat_metrics
+
+        row: dict[str, float | int] = {**flat_metrics(prefix, results), "epoch": int(self.current_epoch)}
+        for exp_logger in trainer.loggers:
+            exp_logger.log_metrics(row, step=int(self.global_step))
+            exp_logger.save()
 
     def on_validation_epoch_end(self) -> None:
         results = self._evaluate_buffer()
@@ -572,6 +631,7 @@ class MetricLearningModule(L.LightningModule):
         self.check_deferred_nonfinite()  # never save weights updated by a non-finite step
         checkpoint["dynametric"] = {"validation_history": self.validation_history,
                                     "loss_history": self.loss_history,
+                                    "lr_history": self.lr_history,
                                     "skipped_steps": self.skipped_steps,
                                     "plateau_rounds": self.plateau_rounds,
                                     "optim": asdict(self.optim_settings),
@@ -589,3 +649,5 @@ class MetricLearningModule(L.LightningModule):
         self.plateau_rounds = int(extra.get("plateau_rounds", max(0, len(self.validation_history) - 1)))
         self.skipped_steps = int(extra.get("skipped_steps", 0))
         self.loss_history = [list(x) for x in extra.get("loss_history", [])]
+        lrs = extra.get("lr_history", {})  # none in a checkpoint of an earlier version
+        self.lr_history = {str(k): [list(x) for x in v] for k, v in lrs.items()} if isinstance(lrs, dict) else {}

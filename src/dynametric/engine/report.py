@@ -1,11 +1,12 @@
 """Self-contained ``report.html`` for a training run (inline PNGs via matplotlib; tables only without it).
 
 Sections: summary table (untrained vs trained test metrics per scale), with per-category test results (the
-results' ``by_category``) a sortable table per category and scale, training curves (loss per step, validation
-metrics per epoch), per-scale metric bars, a 2-D PCA map of the test embeddings coloured by the coarsest and the
-finest class, a retrieval gallery (random queries and their top neighbours, green = same fine class), the worst
-queries (lowest finest-scale map@r) with their neighbours, and a multi-scale retrieval view (the same neighbours
-judged at every scale, one row per scale).
+results' ``by_category``) a sortable table per category and scale, training curves (loss and learning rate at the
+steps the loggers log them, validation metrics per epoch), per-scale metric bars, a 2-D PCA map of the test
+embeddings coloured by the coarsest and the finest class, a retrieval gallery (random queries and their top
+neighbours, green = same fine class), the worst queries (lowest finest-scale map@r) with their neighbours, and, for
+data with several label scales, a multi-scale retrieval view (the same neighbours judged at every scale, one row per
+scale).
 
 :func:`category_summary` is the same per-category block as text, for the end-of-run summary in the terminal.
 """
@@ -312,17 +313,26 @@ def validation_curves(history: Sequence[Mapping[str, Any]], scale_names: Sequenc
     return curves
 
 
+def no_validation_text(run: Mapping[str, Any] | None) -> str:
+    """What the validation panel of a run without validation rounds says: ``no validation split`` (``run_info``'s
+    ``val_images`` is 0), else ``no validation round ran`` (e.g. training stopped before the first one)."""
+    return "no validation split" if (run or {}).get("val_images") == 0 else "no validation round ran"
+
+
 def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequence[float]],
                          scale_names: Sequence[str], emb: torch.Tensor | None, labels: torch.Tensor | None,
-                         dataset: Any, distance: str, monitor: str, seed: int) -> list[str]:
+                         dataset: Any, distance: str, monitor: str, seed: int,
+                         lr_history: Mapping[str, Sequence[Sequence[float]]] | None = None,
+                         run: Mapping[str, Any] | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out: list[str] = []
-    # curves
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    # curves: the loss and learning rate at the loggers' steps (train/loss_step, train/lr), validation per epoch
+    lrs = {name: pts for name, pts in (lr_history or {}).items() if pts}
+    fig, axes = plt.subplots(1, 3 if lrs else 2, figsize=(16 if lrs else 11, 3.5))
     if loss_history:
         steps, losses = zip(*[(a, b) for a, b in loss_history])
         axes[0].plot(steps, losses, lw=1)
@@ -332,9 +342,20 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     for scale, pts in validation_curves(hist, scale_names, monitor).items():
         axes[1].plot(*zip(*pts), marker="o", label=scale, ls="--" if scale == "mean" else "-")
     axes[1].set(title=f"validation {metric}", xlabel="epoch")
+    note = ""
     if hist:
         axes[1].legend()
-    out.append("<h2>Training curves</h2>" + _png(fig))
+    else:
+        text = no_validation_text(run)
+        axes[1].text(0.5, 0.5, text, ha="center", va="center", transform=axes[1].transAxes, color="#555")
+        note = f"<p class='note'>Validation {metric}: {html.escape(text)}.</p>"
+    if lrs:
+        for name, pts in lrs.items():
+            axes[2].plot(*zip(*pts), lw=1, label=name.removeprefix("train/lr/") if name != "train/lr" else "lr")
+        axes[2].set(title="learning rate", xlabel="optimizer step")
+        if len(lrs) > 1:
+            axes[2].legend()
+    out.append("<h2>Training curves</h2>" + note + _png(fig))
     # bars
     test, untrained = metrics.get("test", {}), metrics.get("untrained", {})
     bar_metrics = [m for m in ("recall@1", "map@r", "r_precision", "map", "asi") if m in test.get(scale_names[0], {})]
@@ -410,10 +431,13 @@ def write_report(path: str | Path, *, metrics: dict[str, Any], loss_history: Seq
                  scale_names: Sequence[str], config_yaml: str, emb: torch.Tensor | None = None,
                  labels: torch.Tensor | None = None, dataset: Any = None, distance: str = "cosine",
                  monitor: str = "fine/map@r", seed: int = 0, title: str = "dynametric run",
-                 record: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None) -> None:
+                 record: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None,
+                 lr_history: Mapping[str, Sequence[Sequence[float]]] | None = None) -> None:
     """Write the HTML report atomically. ``record``: the training module's record (``run_info.json``'s entries of
     :meth:`~dynametric.engine.module.MetricLearningModule.run_record`), shown as a section when not empty;
-    ``run``: ``run_info.json``'s entries so far (the selected weights, the environment: :func:`run_section`)."""
+    ``run``: ``run_info.json``'s entries so far (the selected weights, the environment: :func:`run_section`).
+    ``loss_history``: ``[step, loss]`` at the steps the loggers log ``train/loss_step``; ``lr_history``: the module's
+    ``{"train/lr" or "train/lr/<group>": [[step, lr], ...]}`` (a third curve, when given)."""
     selected = (run or {}).get("selected")
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head>"
              f"<body><h1>{html.escape(title)}</h1>", run_section(run, monitor, seed, metrics.get("validation") or ()),
@@ -429,7 +453,7 @@ def write_report(path: str | Path, *, metrics: dict[str, Any], loss_history: Seq
         import matplotlib  # noqa: F401
 
         parts += _sections_with_plots(metrics, loss_history, scale_names, emb, labels, dataset, distance, monitor,
-                                      seed)
+                                      seed, lr_history, run)
     except ImportError:
         parts.append("<p class='note'>matplotlib is not installed: plots omitted.</p>")
     if record:

@@ -55,7 +55,7 @@ from dynametric.engine.builders import (
 from dynametric.engine.callbacks import ResumeState, RunCheckpoint, RunEarlyStopping, ValidationToMetrics
 from dynametric.engine.checkpoint import SafeCheckpointIO, load_checkpoint_file, trained_statistics
 from dynametric.engine.data import EvalDataModule, MetricDataModule
-from dynametric.engine.loggers import build_logger, log_figures, log_results, report_figures
+from dynametric.engine.loggers import LoggerFailure, build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.objective import term_miners
 from dynametric.engine.preflight import check_batches, check_validation_queries
@@ -827,7 +827,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                   world=world)  # before the untrained evaluation spends time (and before the other ranks start)
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
-    exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options)  # a missing extra fails here
+    exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options,  # a missing extra fails here
+                              hparams_metrics=[f"{stage}/{comps.trainer.monitor}" for stage in ("val", "test")])
     module, settings = comps.module, comps.trainer
     for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
         notes(line)
@@ -914,6 +915,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         # what the training recorded, read before the test loads best.ckpt into the module (its on_load_checkpoint
         # would put back the loss history, skipped steps and record of the best epoch)
         record, loss_history, skipped = module.run_record(), list(module.loss_history), module.skipped_steps
+        lr_history = dict(module.lr_history)
         best = run_dir / "best.ckpt"
         if best.is_file():
             ckpt = load_checkpoint_file(best)
@@ -966,6 +968,11 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                                    sigterm=isinstance(exc, SIGTERMException))
         end_launched_ranks()  # the other ranks a SIGTERM was passed on to: stopped before this process says so
         raise interrupted from None
+    except LoggerFailure as exc:  # the logger's package raised as the run wrote to it: one line, and how to go on
+        signal_launched_ranks(signal.SIGTERM)  # the other ranks would wait for this one
+        how = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero).next_step
+        end_launched_ranks()
+        raise LoggerFailure(exc.message + (f"; {how}" if how else ""), key=exc.key) from None
     except RuntimeError as exc:  # a collective's error: another process of the run ended (killed, out of memory)
         if world <= 1 or not peer_lost(exc):
             raise
@@ -989,7 +996,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
         atomic_write_json(metrics_path, nan_to_null(metrics))
         if cfg.run.report:
             emb, labels = emb_labels if emb_labels is not None else (None, None)
-            write_report(run_dir / "report.html", metrics=metrics, loss_history=loss_history,
+            write_report(run_dir / "report.html", metrics=metrics, loss_history=loss_history, lr_history=lr_history,
                          scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
                          dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
                          seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
@@ -1128,14 +1135,15 @@ def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[
     with torch.set_grad_enabled(torch.is_grad_enabled()):  # restores the mode on the way out
         if run_dir is not None:
             check_new_run_folder(Path(run_dir), folder_key)
-        return _dry_run(cfg, log, log if note is None else note)
+        return _dry_run(cfg, log, log if note is None else note, run_dir)
 
 
-def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], None]) -> Components:
+def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], None],
+             run_dir: str | Path | None = None) -> Components:
     import dataclasses
 
     from dynametric.config import config_to_yaml
-    from dynametric.engine.loggers import check_logger_options
+    from dynametric.engine.loggers import check_logger
 
     shown = cfg
     for text in config_notes(cfg):  # options the layering dropped (a name changed alone), as the run says them
@@ -1179,8 +1187,9 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
         check_forward(_eval_crop(cfg), cfg.model.in_chans)
     if datasets is not None:
         check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world)
-    # a missing extra or an option the logger does not take: refused where a real run's build_logger refuses it
-    check_logger_options(cfg.run.logger, cfg.run.logger_options)
+    # a missing extra, an option the logger does not take, an MLflow store that cannot work here: refused where a
+    # real run's build_logger refuses it (nothing written: the logger is not made)
+    check_logger(cfg.run.logger, cfg.run.logger_options, run_dir)
     optimizer = comps.module.configure_optimizers()
     opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     log("# resolved configuration")
