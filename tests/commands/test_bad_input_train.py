@@ -248,6 +248,23 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path
         f"# written by dynametric train for the run folder {out.resolve()} (process {os.getpid()} on host ")
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_beside_its_loggers_output(tmp_path, capsys,
+                                                                                         monkeypatch) -> None:
+    """TensorBoard, W&B and MLflow write into the run folder from their start on: the folder of such a run stopped
+    before its first checkpoint was refused as not a run's (`not empty and holds no dynametric run`), so the command
+    the interruption printed failed. Their outputs are kept, the new start logs beside them."""
+    out = _interrupted_run(tmp_path, monkeypatch)
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"earlier")
+    (out / "mlruns.db").write_bytes(b"earlier")
+    capsys.readouterr()
+    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(out), "--no-progress",
+                 "trainer.max_steps=2", "run.report=false"]) == 0
+    assert (out / "last.ckpt").is_file()
+    assert (out / "tensorboard" / "events.out.tfevents.1.host").read_bytes() == b"earlier"
+    assert (out / "mlruns.db").read_bytes() == b"earlier"
+
+
 def test_files_beside_an_unstarted_run_or_a_copied_config_are_never_replaced(tmp_path, capsys, monkeypatch) -> None:
     out = _interrupted_run(tmp_path, monkeypatch)
     (out / "notes.txt").write_text("mine\n")  # the user's file beside the run's

@@ -430,6 +430,16 @@ class MetricLearningModule(L.LightningModule):
         except (AttributeError, NotImplementedError):  # not in a fit (no training loop running)
             return False
 
+    def logged_step(self) -> int:
+        """The step the loggers file the training batch under way at: Lightning's count of the batches that stepped
+        an optimizer before it (``global_step`` under automatic optimization; a module that steps several optimizers
+        per batch by hand, the alternating methods, counts every optimizer step in ``global_step`` but one batch
+        here). ``global_step`` outside a fit."""
+        try:
+            return int(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+        except (AttributeError, RuntimeError):  # no trainer attached, or a Lightning without that counter
+            return int(self.global_step)
+
     def learning_rates(self) -> dict[str, float]:
         """The learning rates the next optimizer step uses, as logged: ``{"train/lr": lr}`` with one parameter group,
         ``{"train/lr/<group>": lr}`` per group with several (the group's ``name``: ``backbone``, ``head``, ``loss``;
@@ -449,7 +459,7 @@ class MetricLearningModule(L.LightningModule):
         CPU float64 values (no transfer to the device, no rounding) and kept for the report (:attr:`lr_history`)."""
         if not self.logs_this_step():
             return
-        step = int(self.global_step)
+        step = self.logged_step()
         for name, lr in self.learning_rates().items():
             self.log(name, torch.tensor(lr, dtype=torch.float64), on_step=True, on_epoch=False, batch_size=1)
             series = self.lr_history.setdefault(name, [])
@@ -468,7 +478,7 @@ class MetricLearningModule(L.LightningModule):
             return None
         bs = labels.shape[0]
         if self.logs_this_step():  # the loggers' train/loss_step: the same steps, the same value
-            self._pending_losses.append((int(self.global_step), total.detach()))
+            self._pending_losses.append((self.logged_step(), total.detach()))
         self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=world_info()[1] > 1)
         self.log_terms(terms, parts, bs)

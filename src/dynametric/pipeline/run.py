@@ -263,6 +263,9 @@ _HEADER = "written by dynametric train for the run folder {folder} (process {pid
 _HEADER_RE = re.compile(r"# written by dynametric train for the run folder (?P<folder>.+) "
                         r"\(process (?P<pid>\d+) on host (?P<host>.*)\)")
 _BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json"), "logs": ("metrics.csv", "hparams.yaml")}
+# what the other loggers (engine.loggers) write into a run folder from their start on: kept as they are when the run
+# is started again in its folder (the new start logs beside them), never removed
+_LOGGER_OUTPUTS = ("tensorboard", "wandb", "mlruns", "mlruns.db", "mlartifacts")
 # the files of a run folder whose atomic writes (dynametric.utils.io, ".<name>.<8 random characters>.tmp") a kill
 # can leave: config.yaml, metrics.json, run_info.json, report.html (atomic_write_text / _json), the checkpoints
 # (SafeCheckpointIO: atomic_write_with), logs/metrics.csv and logs/hparams.yaml (KeepingCSVLogger: atomic_open,
@@ -349,6 +352,8 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
             files += subs
         elif _own_file(entry, _BEFORE_FIRST_CHECKPOINT[""], ""):
             files.append(entry)
+        elif entry.name in _LOGGER_OUTPUTS and not entry.is_symlink():
+            continue  # a TensorBoard, W&B or MLflow logger's own output: kept
         else:
             return None
     pid = _running_elsewhere(match, run_dir)

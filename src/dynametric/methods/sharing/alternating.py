@@ -345,9 +345,8 @@ class AlternatingSharingModule(MetricLearningModule):
             sched.step()  # type: ignore[union-attr]
         if "class_total" in logged:
             value = logged["class_total"]
-            every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
-            if batch_idx % every == 0:  # read on the host when the history is read, not here
-                self._pending_losses.append((int(self.global_step), value))
+            if self.logs_this_step():  # the loggers' steps (read on the host when the history is read, not here)
+                self._pending_losses.append((self.logged_step(), value))
             self.log("train/loss", value, prog_bar=True, on_step=True, on_epoch=True, batch_size=labels.shape[0])
         for name, value in logged.items():
             if name != "class_total":
