@@ -154,3 +154,19 @@ def test_a_resumed_run_logs_on_the_same_step_axis(tmp_path):
     assert [s for s, _ in second.series("train/loss_step")] == [s for s, _ in resumed.loss_history if s >= 6]
     assert resumed.lr_history == straight.lr_history
     assert set(resumed.lr_history) == {"train/lr/backbone", "train/lr/head"}
+
+
+@pytest.mark.parametrize("max_steps", [-1, 100])
+def test_an_epoch_schedule_steps_at_the_epochs_the_optimizer_counts_with_max_steps_set(tmp_path, max_steps):
+    """5 batches an epoch accumulated by 2: Lightning steps 3 times an epoch (the short last accumulation too). With
+    trainer.max_steps set (even out of reach) the schedule counted 5 // 2 = 2 steps an epoch, so a `step` schedule
+    halved the rate one step early in the first epoch, two in the second, ..."""
+    torch.manual_seed(0)
+    optim = OptimSettings(optimizer="sgd", lr=0.05, scheduler="step", step_size_epochs=1, gamma=0.5)
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss(), name="pair")], optim, evaluator=thirds,
+                                  scale_names=["fine", "coarse"])
+    dm = _dm()
+    build_trainer(_settings(log_every_n_steps=1, accumulate_grad_batches=2, max_steps=max_steps), dm, tmp_path,
+                  logger=Rows()).fit(module, datamodule=dm)
+    assert int(module.global_step) == 9
+    assert module.lr_history["train/lr/backbone"] == [[float(k), 0.05 * 0.5 ** (k // 3)] for k in range(9)]

@@ -175,6 +175,46 @@ def test_nonfinite_embeddings_skip_the_step(caplog):
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
+class NaNInputBNEmbedder(nn.Module):
+    """A batch-norm embedder whose ``bad``-th training call (0-based) sees a NaN input: its forward pass writes NaN
+    into the running statistics, as a real non-finite image batch does."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+        self.bad, self.calls = bad, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls - 1 == self.bad:
+                x = x.clone()
+                x[0, 0] = float("nan")
+        return torch.nn.functional.normalize(self.body(x), dim=1)
+
+
+def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(caplog):
+    """A skipped step kept the weights but not the running statistics its forward pass had updated with NaN: every
+    later evaluation embedded NaN (the run died at its validation with `key 'query_emb': contains NaN or Inf`)."""
+    bad = 2
+    module = MetricLearningModule(NaNInputBNEmbedder(bad), [Objective(_contrastive())], nonfinite="skip",
+                                  evaluator=toy_evaluator)
+    bn = module.embedder.body[1]
+    seen = []
+    module.embedder.body[0].register_forward_pre_hook(
+        lambda mod, args: seen.append((bn.running_mean.clone(), bn.num_batches_tracked.clone())))
+    dm = _dm(val=False)
+    with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
+        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+    assert module.skipped_steps == 1 and "step skipped" in caplog.text
+    assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+    # the call after the skipped one starts from the statistics the skipped one started from
+    assert torch.equal(seen[bad + 1][0], seen[bad][0]) and int(seen[bad + 1][1]) == int(seen[bad][1]) == bad
+    assert int(bn.num_batches_tracked) == module.embedder.calls - 1
+    module.eval()
+    assert torch.isfinite(module.embedder(torch.randn(5, 8))).all()
+
+
 def test_nonfinite_rows_counts_rows_over_every_head():
     rows = MetricLearningModule._nonfinite_rows
     a = torch.zeros(5, 3)

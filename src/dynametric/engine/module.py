@@ -364,6 +364,27 @@ class MetricLearningModule(L.LightningModule):
         logger.warning("%s; step skipped (%d skipped so far)", self._problem(where, bad, bad_rows), self.skipped_steps)
         return True
 
+    def norm_statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """With ``nonfinite="skip"``, copies of the embedder's normalisation statistics (the running mean, variance
+        and count of its batch-norm layers), taken before a training forward pass: that pass updates them whatever
+        the step's fate, so a skipped step's non-finite batch would leave NaN statistics behind and every later
+        evaluation would embed NaN (:meth:`restore_norm_statistics` puts them back). Copies on the device, no host
+        read; ``None`` otherwise."""
+        if self.nonfinite != "skip":
+            return None
+        from torch.nn.modules.batchnorm import _NormBase
+
+        return [(buf, buf.detach().clone()) for module in self.embedder.modules()
+                if isinstance(module, _NormBase) and module.track_running_stats and module.training
+                for buf in (module.running_mean, module.running_var, module.num_batches_tracked) if buf is not None]
+
+    @staticmethod
+    def restore_norm_statistics(kept: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+        """Put back what :meth:`norm_statistics` copied (a skipped step leaves the model as it was)."""
+        with torch.no_grad():
+            for buf, copy in kept or []:
+                buf.copy_(copy)
+
     def check_deferred_nonfinite(self) -> None:
         """Read the finiteness flags queued by :meth:`_skip_nonfinite` (one host synchronisation) and raise for the
         first non-finite step."""
@@ -468,11 +489,13 @@ class MetricLearningModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         images, labels = self.batch_images(batch), batch[1]
+        kept = self.norm_statistics()
         outputs = self.embedder(images)
         gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
         parts: dict[str, torch.Tensor] = {}
         total, terms = compute_objective(outputs, labels, self.objectives, gather=gather, parts=parts)
         if self._skip_nonfinite(total, terms, batch_idx, outputs=outputs):
+            self.restore_norm_statistics(kept)
             if world_info()[1] > 1:  # every rank must still take part in DDP's gradient reduction
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
             return None
@@ -520,7 +543,8 @@ class MetricLearningModule(L.LightningModule):
         if self._trainer is not None and self.trainer.max_steps and self.trainer.max_steps > 0:
             n_batches = self.trainer.num_training_batches
             if isinstance(n_batches, (int, float)) and math.isfinite(n_batches) and n_batches > 0:
-                per_epoch = max(1, int(n_batches) // max(1, self.trainer.accumulate_grad_batches))
+                # Lightning steps on an epoch's short last accumulation too: ceil(batches / accumulation) steps
+                per_epoch = max(1, -(-int(n_batches) // max(1, self.trainer.accumulate_grad_batches)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s, total, per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

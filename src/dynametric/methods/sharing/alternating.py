@@ -309,9 +309,11 @@ class AlternatingSharingModule(MetricLearningModule):
               batch_idx: int) -> dict[str, torch.Tensor] | None:
         opt = self.optimizers()
         parts: dict[str, torch.Tensor] = {}
+        kept = self.norm_statistics()
         outputs = self.embedder(images)
         total, terms = compute_objective(outputs, labels, terms_list, parts=parts)
         if self._skip_nonfinite(total, terms, batch_idx, step=where, outputs=outputs):
+            self.restore_norm_statistics(kept)
             return None
         opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
         self.manual_backward(total)
