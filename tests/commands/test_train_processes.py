@@ -95,9 +95,10 @@ def test_a_step_of_two_processes_needs_twice_the_distinct_classes(tmp_path, caps
     argv = ["--config", str(config), "--no-progress", "data.batch_size=40", "trainer.accelerator=cpu"]
     assert main(["train", "--dry-run", *argv]) == 0
     capsys.readouterr()
-    expected = ("key 'data.batch_size': with 2 processes a training step draws 2 x 10 = 20 distinct classes "
-                "(batch_size 40 / m 4 per process; the loss sees the step's batches together) but scale 0 has only 18: "
-                "the largest batch per process is batch_size 36, or use at most 1 process")
+    expected = ("key 'data.batch_size': a step of 2 processes needs 2 x 10 = 20 distinct fine classes (batch_size "
+                "40 / m 4 per process; the loss sees the step's batches together) but the training split has only 18; "
+                "try data.batch_size=36 or data.m=5 or at most 1 process(es) in all (trainer.devices x "
+                "trainer.num_nodes)")
     assert main(["train", "--dry-run", *argv, "trainer.devices=2"]) == 2
     assert capsys.readouterr().err.strip().endswith(expected)
     out = tmp_path / "run"

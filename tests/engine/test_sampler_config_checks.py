@@ -154,5 +154,6 @@ def test_the_class_check_counts_every_process_of_a_step():
         check_batches(cfg, labels, scale_names=["fine", "middle", "coarse"], world=2)
     assert str(info.value) == (
         "<command line> key 'data.batch_size': a step of 2 processes needs 2 x 16 = 32 distinct fine classes "
-        "(batch_size 64 / m 4 per process) but the training split has only 30; try data.batch_size=60 or data.m=8 or "
-        "at most 1 process(es) in all (trainer.devices x trainer.num_nodes)")
+        "(batch_size 64 / m 4 per process; the loss sees the step's batches together) but the training split has "
+        "only 30; try data.batch_size=60 or data.m=8 or at most 1 process(es) in all (trainer.devices x "
+        "trainer.num_nodes)")

@@ -297,6 +297,12 @@ class _Guarded:
             return write(*args, **kwargs)
         except ConfigError:
             raise
+        except OSError as exc:
+            self.failure = LoggerFailure(f"the {self.kind} logger failed {what}: {type(exc).__name__}: "
+                                         f"{first_sentence(exc)}", key="run.logger")
+            if exc.filename is not None:  # names the file or folder at fault: the command prints `<path>: <reason>`
+                raise
+            raise self.failure from exc
         except Exception as exc:  # whatever the logger's package raises
             self.failure = LoggerFailure(f"the {self.kind} logger failed {what}: {type(exc).__name__}: "
                                          f"{first_sentence(exc)}", key="run.logger")

@@ -85,9 +85,10 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
                 hint += ", or fewer validation classes (data.val_fraction)"
             per = f"a batch needs {needed}" if world == 1 else \
                 f"a step of {world} processes needs {world} x {needed // world} = {needed}"
+            why = "; the loss sees the step's batches together" if world > 1 else ""
             raise ConfigError(f"{per} distinct {name} classes (batch_size {data.batch_size} / m {data.m}"
-                              f"{' per process' if world > 1 else ''}) but the training split has only {classes}"
-                              f"{where}{hint}", key="data.batch_size")
+                              f"{' per process' if world > 1 else ''}{why}) but the training split has only "
+                              f"{classes}{where}{hint}", key="data.batch_size")
     sampler = sampler_factory(cfg)(labels, 0, world)  # other samplers: their own checks, raised as ConfigError
     if len(sampler) < 1:
         per = f" for each of {world} processes" if world > 1 else ""
