@@ -130,7 +130,7 @@ def _refuse_as_index_sampler(sampler: Any, caller: Any) -> None:
 
 
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
+    """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_steps`."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int) -> None:
         self.world_size = _positive_int(world_size, "world_size")
