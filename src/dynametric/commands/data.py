@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     dataset_files: set[str] = set()  # the dataset's own files, which the grid never replaces
     try:
         result = inspect_dataset(args.format, args.root, args.split, options, args.verify_images, args.workers,
-                                 files=dataset_files)
+                                 files=dataset_files, progress=sys.stderr)
     except InputError as exc:  # the data layer's error about its root (key 'root') is about --root here
         if exc.file is None and exc.key == "root":
             raise ConfigError(exc.message, key="--root") from None

@@ -120,10 +120,11 @@ class CSVFormat:
         dup = DuplicateTracker(report)
         guard = RootGuard(img_root, allow_outside_root, check_links=check_files)
         for number, r in good:
+            if r[i_split] not in group:  # another split's row: its labels are read when that split is (reading a
+                continue                 # label is never a problem: a cell that is no integer is a text class)
             labels = tuple(label_cell(r[i]) for i in scale_cols)  # each cell by itself, never by its column
-            if r[i_split] in group:
-                for s, v in enumerate(labels):
-                    ids[s].add(v)
+            for s, v in enumerate(labels):
+                ids[s].add(v)
             if r[i_split] != split:
                 continue
             full = os.path.join(str(img_root), r[i_path])

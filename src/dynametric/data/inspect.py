@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable, Iterable, Sequence
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from PIL import Image
@@ -62,12 +63,60 @@ def _decode(path: str, box: Any = None) -> tuple[str | None, str | None, str | N
     return None, None, jpeg_damage(data)
 
 
+#: a split listing more images than this gets a note that ``--no-verify-images`` skips decoding them
+LARGE_LISTING = 50_000
+#: seconds between two progress lines of the decoding
+PROGRESS_EVERY = 5.0
+
+
+class _DecodeProgress:
+    """Progress lines of one split's decoding on ``stream``: ``n/N`` images and the rate, at most one line every
+    :data:`PROGRESS_EVERY` seconds (and one when the split is done, if any was printed), so a log file or a pipe gets
+    a few lines, not a bar's every redraw; a note first when the split lists more than :data:`LARGE_LISTING`
+    images. ``clock``: seconds (``time.monotonic``)."""
+
+    def __init__(self, stream: TextIO, split: str, total: int, workers: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.split, self.total, self.clock = stream, split, total, clock
+        self.start = self.last = clock()
+        self.printed = False
+        if total > LARGE_LISTING:
+            self._line(f"data inspect: decoding the {total} images of split {split!r} to verify them ({workers} "
+                       "thread(s); each JPEG twice, milliseconds per image): --no-verify-images skips the decoding "
+                       "and only checks that the files exist")
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def _report(self, done: int, now: float) -> None:
+        rate = done / (now - self.start) if now > self.start else 0.0
+        left = f", about {(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
+        self._line(f"data inspect: split {self.split!r}: decoded {done}/{self.total} images ({rate:.0f}/s{left})")
+        self.last, self.printed = now, True
+
+    def track(self, results: Iterable[Any]) -> Iterator[Any]:
+        """``results`` passed through, reporting as they come."""
+        done = reported = 0
+        for result in results:
+            done += 1
+            now = self.clock()
+            if now - self.last >= PROGRESS_EVERY:
+                self._report(done, now)
+                reported = done
+            yield result
+        if self.printed and reported < done:  # the last line says the split is done
+            self._report(done, self.clock())
+
+
 def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] | None = None,
                     options: dict[str, Any] | None = None, verify_images: bool = True,
-                    workers: int = 4, *, files: set[str] | None = None) -> dict[str, Any]:
+                    workers: int = 4, *, files: set[str] | None = None,
+                    progress: TextIO | None = None) -> dict[str, Any]:
     """Inspect a dataset; returns the ``--json`` document (``problems`` empty means the dataset is clean). ``files``:
     a set the paths of the dataset's files are added to (the index files read or missing, the images listed): what
-    ``--grid`` never replaces (:func:`check_grid_target`)."""
+    ``--grid`` never replaces (:func:`check_grid_target`). ``progress``: a stream (the command's stderr) that gets a
+    line every few seconds while images are decoded (images done, of how many, and the rate) and, for a split of
+    more than :data:`LARGE_LISTING` images, a note that ``--no-verify-images`` skips the decoding."""
     files = set() if files is None else files
     options = dict(options or {})
     if format != SYNTHETIC:  # a missing root is a usage error (exit 2), not a dataset problem
@@ -135,7 +184,10 @@ def inspect_dataset(format: str, root: str | Path | None, splits: Sequence[str] 
             if verify_images and rec.paths:
                 boxes = getattr(rec, "boxes", None) or [None] * len(rec.paths)  # oml crop boxes
                 with ThreadPoolExecutor(max(1, workers)) as pool:
-                    decoded = list(pool.map(_decode, rec.paths, boxes))
+                    results = pool.map(_decode, rec.paths, boxes)
+                    if progress is not None:
+                        results = _DecodeProgress(progress, split, len(rec.paths), max(1, workers)).track(results)
+                    decoded = list(results)
                 for path, loc, (err, bad, damage) in zip(rec.paths, rec.locations, decoded):
                     listed = f" (listed at {loc[0]}:{loc[1]})" if loc[1] is not None else ""
                     if err is not None:

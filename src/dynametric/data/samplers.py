@@ -21,6 +21,9 @@ batches; the first iteration raises an :class:`~dynametric.errors.InputError` sa
   at that position of the same epoch. With a ``DataLoader`` that prefetches, the sampler runs ahead of the training
   loop: save ``{**sampler.state_dict(), "position": batches_consumed}`` instead. Loading into a sampler built with
   different data, batch size, seed or world size raises :class:`~dynametric.errors.InputError`.
+* **Drawn lazily**: an iterator draws each step when its batch is asked for (``iter()`` draws nothing; the first
+  batch comes after one step's draws), never holding the epoch's plan; a resume at ``position`` replays the draws of
+  the steps before it. The batches are those of :meth:`epoch_batches`, which draws the whole epoch at once.
 
 Class-balanced samplers cut every class into *chunks* of ``K`` images: one *pass* shuffles each class and splits
 it into ``ceil(n_c / K)`` chunks, so every image is in exactly one chunk; the last chunk of a class is filled up
@@ -35,6 +38,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import itertools
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -126,7 +130,7 @@ def _refuse_as_index_sampler(sampler: Any, caller: Any) -> None:
 
 
 class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_batches`."""
+    """Shared epoch/rank/resume machinery; subclasses implement :meth:`_global_steps`."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int) -> None:
         self.world_size = _positive_int(world_size, "world_size")
@@ -166,15 +170,16 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         return None
 
     # subclasses -----------------------------------------------------------------------------------------------
-    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    def _global_steps(self, rng: np.random.Generator, steps: int, epoch: int) -> Iterator[list[np.ndarray]]:
+        """The ``steps`` steps of ``epoch`` drawn with ``rng``, one at a time (a generator: a step is drawn when it
+        is asked for, so the first batch comes after one step's draws and an epoch is never planned whole). Each
+        step is the ``world_size`` batches of the step, rank ``r``'s at ``r``; together they are the batch one
+        process would draw ``world_size`` times as large."""
         raise NotImplementedError
 
-    def _epoch_global_batches(self, epoch: int, count: int) -> list[np.ndarray]:
-        """The ``count`` (a multiple of ``world_size``) global batches of ``epoch``, step by step: rank ``r``'s batch
-        of step ``i`` at ``i * world_size + r``, the ``world_size`` batches of a step together the batch one process
-        would draw ``world_size`` times as large. :meth:`_global_batches` with the epoch's generator (a sampler whose
-        layout also moves with the epoch number overrides this)."""
-        return self._global_batches(_rng(self.seed, epoch), count)
+    def _epoch_steps(self, epoch: int, steps: int) -> Iterator[list[np.ndarray]]:
+        """:meth:`_global_steps` of ``epoch`` with the epoch's generator."""
+        return self._global_steps(_rng(self.seed, epoch), steps, epoch)
 
     def _batches_per_pass(self) -> int:
         """Batches per rank in one epoch when ``iterations_per_epoch`` is not set."""
@@ -201,25 +206,28 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = epoch
 
     def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
-        """All batches of this rank for ``epoch`` (default: the current one), without moving the position."""
+        """All batches of this rank for ``epoch`` (default: the current one), without moving the position (the
+        whole epoch drawn at once; iterating draws a step at a time)."""
         e = self.epoch if epoch is None else int(epoch)
-        n = self._num_batches()
-        batches = self._epoch_global_batches(e, n * self.world_size)
-        return [b.tolist() for b in batches[self.rank::self.world_size][:n]]
+        return [step[self.rank].tolist() for step in self._epoch_steps(e, self._num_batches())]
 
     def __iter__(self) -> Iterator[list[int]]:
         # not a generator function: the position is reset (or restored) when the iterator is created, and the
         # caller of iter() is the frame above this one
         _refuse_as_index_sampler(self, sys._getframe(1))
-        batches = self.epoch_batches()
         start, self._resume_from = self._resume_from, 0
         self._position = start
-        return self._yield(batches[start:])
+        return self._yield(self.epoch, start)
 
-    def _yield(self, batches: list[list[int]]) -> Iterator[list[int]]:
-        for batch in batches:
+    def _yield(self, epoch: int, start: int) -> Iterator[list[int]]:
+        """This rank's batches of ``epoch`` from batch ``start`` on, each step drawn when its batch is asked for; a
+        resume (``start`` > 0) replays the draws of the steps before ``start`` without keeping them."""
+        steps = self._epoch_steps(epoch, self._num_batches())
+        for _ in itertools.islice(steps, start):
+            pass
+        for step in steps:
             self._position += 1
-            yield batch
+            yield step[self.rank].tolist()
 
     def _fingerprint(self) -> dict[str, Any]:
         return {"sampler": type(self).__name__, "num_samples": self.num_samples, "labels_digest": self.labels_digest,
@@ -454,22 +462,20 @@ class MPerClassSampler(_EpochBatchSampler):
     def _batches_per_pass(self) -> int:
         return max(1, _chunks_per_pass(self.members, self.m) // self.classes_per_batch // self.world_size)
 
-    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    def _global_steps(self, rng: np.random.Generator, steps: int, epoch: int) -> Iterator[list[np.ndarray]]:
         # a step draws world_size x P distinct classes at once (one process's batch world_size times as large) and
         # cuts it into the ranks' batches; with one process this is the draw of one batch, as it always was
         pool = _ChunkPool(self.members, self.m, rng)
         pool.new_pass()
         all_classes = np.arange(len(self.members))
         per_step = self.classes_per_batch * self.world_size
-        batches = []
-        for _ in range(count // self.world_size):
+        for _ in range(steps):
             chosen = pool.pick(all_classes, per_step)
             if chosen is None:
                 pool.new_pass()
                 chosen = pool.pick(all_classes, per_step)
                 assert chosen is not None  # a fresh pass holds every class (classes per step checked in __init__)
-            batches.extend(_cut(np.concatenate([pool.take(int(c)) for c in chosen]), self.world_size))
-        return batches
+            yield _cut(np.concatenate([pool.take(int(c)) for c in chosen]), self.world_size)
 
     def _fingerprint(self) -> dict[str, Any]:
         return {**super()._fingerprint(), "m": self.m, "scale": self.scale}
@@ -568,21 +574,20 @@ class ThreeScaleSampler(_EpochBatchSampler):
     def _batches_per_pass(self) -> int:
         return self.num_samples // self.k // self.items_per_batch // self.world_size
 
-    def _epoch_global_batches(self, epoch: int, count: int) -> list[np.ndarray]:
-        return self._global_batches(_rng(self.seed, epoch), count, epoch)
-
-    def _global_batches(self, rng: np.random.Generator, count: int, epoch: int = 0) -> list[np.ndarray]:
-        n_items = count * self.items_per_batch
+    def _global_steps(self, rng: np.random.Generator, steps: int, epoch: int) -> Iterator[list[np.ndarray]]:
+        per_step = self.items_per_batch * self.world_size
+        n_items = steps * per_step
         # the epoch-th window of n_items consecutive items of the stream, shuffled (the classes' window moves on by
-        # n_items every epoch, none skipped)
+        # n_items every epoch, none skipped); the items' images are drawn in order, a step's items when it is asked
         items = epoch * n_items + rng.permutation(n_items)
         queues: list[list[np.ndarray]] = [[np.empty(0, dtype=np.int64) for _ in m] for m in self.scale_members]
-        rows = np.empty((n_items, self.num_scales, self.k), dtype=np.int64)
-        for j, item in enumerate(items.tolist()):
-            for s, members in enumerate(self.scale_members):
-                c = item % len(members)
-                rows[j, s] = self._draw(members[c], queues[s], c, rng)
-        return list(rows.reshape(count, -1))
+        for start in range(0, n_items, per_step):
+            rows = np.empty((per_step, self.num_scales, self.k), dtype=np.int64)
+            for j, item in enumerate(items[start:start + per_step].tolist()):
+                for s, members in enumerate(self.scale_members):
+                    c = item % len(members)
+                    rows[j, s] = self._draw(members[c], queues[s], c, rng)
+            yield list(rows.reshape(self.world_size, -1))
 
     def _draw(self, idx: np.ndarray, queues: list[np.ndarray], c: int, rng: np.random.Generator) -> np.ndarray:
         k = self.k
@@ -669,20 +674,28 @@ class HierarchicalSampler(_EpochBatchSampler):
         self.classes_per_parent = batch_size // (self.k * self.parents_per_batch)
         self.classes, self.members = _class_members(mat[:, self.scale].numpy())
         parent_col = mat[:, self.parent_scale].numpy()
-        parent_of = []
-        for c, rows in zip(self.classes, self.members):
-            parents = np.unique(parent_col[rows])
-            if len(parents) != 1:
-                raise InputError(f"class {c} of scale {self.scale} has {len(parents)} parents at scale "
-                                 f"{self.parent_scale} ({parents[:5].tolist()}); expected exactly one",
-                                 key="parent_scale")
-            parent_of.append(parents[0])
-        parent_of_arr = np.asarray(parent_of)
-        self.parents, first = np.unique(parent_of_arr, return_index=True)
-        self.parents = self.parents[np.argsort(first, kind="stable")]
-        parent_pos = {p: i for i, p in enumerate(self.parents.tolist())}
-        self.parent_index = np.array([parent_pos[p] for p in parent_of_arr.tolist()], dtype=np.int64)
-        self.children = [np.flatnonzero(self.parent_index == i) for i in range(len(self.parents))]
+        # each class's parents at once: the smallest and largest parent of its rows (rows stored class by class)
+        sizes = np.array([len(rows) for rows in self.members], dtype=np.int64)
+        by_class = parent_col[np.concatenate(self.members)] if self.members else parent_col[:0]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)[:len(sizes)]
+        parent_of_arr = np.minimum.reduceat(by_class, starts) if len(starts) else by_class
+        mixed = np.flatnonzero(parent_of_arr != (np.maximum.reduceat(by_class, starts) if len(starts) else by_class))
+        if len(mixed):  # the first such class in first-seen order, as the class-by-class check named it
+            c = int(mixed[0])
+            parents = np.unique(parent_col[self.members[c]])
+            raise InputError(f"class {self.classes[c]} of scale {self.scale} has {len(parents)} parents at scale "
+                             f"{self.parent_scale} ({parents[:5].tolist()}); expected exactly one",
+                             key="parent_scale")
+        # parents in first-seen order (of the classes), each class's parent's position, and each parent's classes
+        # (ascending), grouped with one stable sort
+        values, first, inverse = np.unique(parent_of_arr, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        self.parents = values[order]
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        self.parent_index = position[inverse.reshape(-1)]
+        bounds = np.cumsum(np.bincount(self.parent_index, minlength=len(self.parents)))
+        self.children = np.split(np.argsort(self.parent_index, kind="stable"), bounds[:-1])
         if len(self.parents) < self.parents_per_batch:
             raise InputError(f"a batch needs {self.parents_per_batch} distinct parents but scale {self.parent_scale} "
                              f"has only {len(self.parents)}", key="parents_per_batch")
@@ -764,15 +777,14 @@ class HierarchicalSampler(_EpochBatchSampler):
             take = np.concatenate([take, pool.rng.choice(kids, n - len(take), replace=True)])
         return take
 
-    def _global_batches(self, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    def _global_steps(self, rng: np.random.Generator, steps: int, epoch: int) -> Iterator[list[np.ndarray]]:
         # a step draws world_size x parents_per_batch distinct parents at once and gives each rank parents_per_batch
         # of them; with one process this is the draw of one batch, as it always was
         pool = _ChunkPool(self.members, self.k, rng)
         pool.new_pass()
         parent_ids = np.arange(len(self.parents))
         per_step = self.parents_per_batch * self.world_size
-        batches = []
-        for _ in range(count // self.world_size):
+        for _ in range(steps):
             left = np.bincount(self.parent_index, weights=pool.remaining, minlength=len(self.parents))
             if np.count_nonzero(left) < per_step:
                 pool.new_pass()
@@ -780,8 +792,7 @@ class HierarchicalSampler(_EpochBatchSampler):
             parents = _weighted_pick(rng, parent_ids, left, per_step, self.classes_per_parent)
             assert parents is not None  # a fresh pass holds every parent (parents per step checked in __init__)
             rows = [pool.take(int(c)) for p in parents for c in self._pick_children(pool, int(p))]
-            batches.extend(_cut(np.concatenate(rows), self.world_size))
-        return batches
+            yield _cut(np.concatenate(rows), self.world_size)
 
     def _fingerprint(self) -> dict[str, Any]:
         return {**super()._fingerprint(), "k": self.k, "scale": self.scale, "parent_scale": self.parent_scale,

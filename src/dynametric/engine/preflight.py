@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from dynametric.config.schema import batch_comparing_terms, three_scale_items_error
@@ -144,11 +145,20 @@ def check_validation_queries(cfg: Config, val: Any, monitor: str, scale_names: S
     names = list(scale_names)
     columns = range(labels.shape[1]) if scale == "mean" else [names.index(scale)] if scale in names else []
     sequences = getattr(val, "sequence_ids", None)
+    seq_codes = None
+    if sequences is not None and len(columns):  # each item's sequence as a number (equal ids, equal numbers)
+        codes: dict[Any, int] = {}
+        seq_codes = np.fromiter((codes.setdefault(s, len(codes)) for s in sequences), dtype=np.int64,
+                                count=len(labels))
     for col in columns:
-        groups: dict[int, set[Any]] = {}
-        for i, label in enumerate(labels[:, col].tolist()):
-            groups.setdefault(label, set()).add(sequences[i] if sequences is not None else i)
-        if any(len(members) >= 2 for members in groups.values()):
+        # a class has a relevant item for its queries when it has two items (from two sequences): counted, not
+        # collected
+        _, classes = np.unique(labels[:, col].numpy(), return_inverse=True)
+        classes = classes.reshape(-1).astype(np.int64)
+        if seq_codes is not None:  # the distinct (class, sequence) pairs, each counted once for its class
+            stride = int(seq_codes.max(initial=0)) + 1
+            classes = np.unique(classes * stride + seq_codes) // stride
+        if len(classes) and int(np.bincount(classes).max()) >= 2:
             continue
         name = names[col] if col < len(names) else f"scale {col}"
         other = "from another sequence " if sequences is not None else ""
