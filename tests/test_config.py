@@ -29,6 +29,7 @@ from dynametric.config import (
 )
 from dynametric.engine.builders import build_component, validate_components
 from dynametric.errors import ConfigError
+from tests.optional import pml_case
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -726,12 +727,12 @@ def test_options_kept_or_given_after_a_name_change_still_name_their_file_and_lin
     (["loss.name=ContrastiveLoss", "loss.kwargs={distance:l2}"],
      "key 'loss.kwargs.distance:l2': ContrastiveLoss has no argument 'distance:l2'; a YAML mapping needs a space "
      "after ':' (did you mean `distance: l2`?); 'distance' is one of its arguments"),
-    (["loss.name=pml:TripletMarginLoss", "loss.kwargs={distance:l2}"],  # PML's own TypeError was passed through
-     "key 'loss.kwargs.distance:l2': pml:TripletMarginLoss has no argument 'distance:l2'; a YAML mapping needs a "
-     "space after ':' (did you mean `distance: l2`?)"),
-    (["miner.name=pml:TripletMarginMiner", "miner.kwargs={margin:0.1}"],
-     "key 'miner.kwargs.margin:0.1': pml:TripletMarginMiner has no argument 'margin:0.1'; a YAML mapping needs a "
-     "space after ':' (did you mean `margin: 0.1`?)"),
+    pml_case(["loss.name=pml:TripletMarginLoss", "loss.kwargs={distance:l2}"],  # PML's own TypeError was passed on
+             "key 'loss.kwargs.distance:l2': pml:TripletMarginLoss has no argument 'distance:l2'; a YAML mapping "
+             "needs a space after ':' (did you mean `distance: l2`?)"),
+    pml_case(["miner.name=pml:TripletMarginMiner", "miner.kwargs={margin:0.1}"],
+             "key 'miner.kwargs.margin:0.1': pml:TripletMarginMiner has no argument 'margin:0.1'; a YAML mapping "
+             "needs a space after ':' (did you mean `margin: 0.1`?)"),
 ])
 def test_a_flow_mapping_without_a_space_after_the_colon_is_named(overrides, expected) -> None:
     # `{distance:l2}` is valid YAML for one key named 'distance:l2' with no value

@@ -15,6 +15,7 @@ from dynametric.config.schema import SCHEDULE_KEYS, pairs_in_batch
 from dynametric.engine.builders import optim_settings
 from dynametric.engine.module import OptimSettings, lr_lambda
 from dynametric.errors import ConfigError
+from tests.optional import needs_pml, pml_case
 
 _SCHEDULES = ("none", "step", "multistep", "cosine", "plateau")
 
@@ -201,7 +202,7 @@ def test_an_accepted_schedule_keeps_every_rate_within_0_and_its_group_lr(name: s
     (["data.batch_size=16", "data.m=16"], "data.m"),  # the QA case: loss -0.0 at every step
     (["data.batch_size=4"], "data.batch_size"),  # m left at its default: the batch size is what was set
     (["data.batch_size=16", "data.m=16", "loss.name=ProxyAnchorLoss", "miner.name=MultiSimilarityMiner"], "data.m"),
-    (["data.batch_size=16", "data.m=16", "loss.name=pml:ContrastiveLoss"], "data.m"),
+    pml_case(["data.batch_size=16", "data.m=16", "loss.name=pml:ContrastiveLoss"], "data.m"),
     (["data.batch_size=16", "data.m=16", "loss.name=CSLLoss", "loss.kwargs={mode: pairs}"], "data.m"),
     (["data.batch_size=8", "data.m=8", "data.sampler=hierarchical", "data.sampler_options={parents_per_batch: 1}"],
      "data.m"),
@@ -222,7 +223,7 @@ def test_the_one_class_message() -> None:
 
 @pytest.mark.parametrize("overrides", [
     ["loss.name=ProxyAnchorLoss"], ["loss.name=NormalizedSoftmaxLoss"], ["loss.name=ArcFaceLoss"],
-    ["loss.name=pml:ProxyAnchorLoss"], ["loss.name=pml:ArcFaceLoss"], ["loss.name=CSLLoss"],
+    pml_case(["loss.name=pml:ProxyAnchorLoss"]), pml_case(["loss.name=pml:ArcFaceLoss"]), ["loss.name=CSLLoss"],
 ])  # (data.sampler=random does not use data.m: data.m=16 is refused there, tests/engine/test_sampler_config_checks)
 def test_one_class_per_batch_is_allowed_for_losses_against_class_weights(overrides) -> None:
     cfg = load_config(overrides=["data.batch_size=16", "data.m=16", *overrides])
@@ -237,7 +238,12 @@ def test_an_extra_term_that_compares_the_batch_is_named() -> None:
 
 def test_pairs_in_batch_by_loss() -> None:
     assert pairs_in_batch("TripletMarginLoss", {}) and pairs_in_batch("MarginLoss", {"num_classes": 3})
-    assert pairs_in_batch("pml:SupConLoss", {}) and pairs_in_batch("PDDMLoss", {})
-    assert not pairs_in_batch("SoftTripleLoss", {}) and not pairs_in_batch("pml:SoftTripleLoss", {})
+    assert pairs_in_batch("PDDMLoss", {})
+    assert not pairs_in_batch("SoftTripleLoss", {})
     assert not pairs_in_batch("CSLLoss", {}) and pairs_in_batch("CSLLoss", {"mode": "pairs"})
     assert not pairs_in_batch("DecorrelationLoss", {})
+
+
+@needs_pml
+def test_pairs_in_batch_by_pml_loss() -> None:
+    assert pairs_in_batch("pml:SupConLoss", {}) and not pairs_in_batch("pml:SoftTripleLoss", {})

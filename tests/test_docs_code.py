@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.optional import HAS_PML
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # a fence may be indented (a block inside a list item); its closing fence has the same indentation, and the block's
@@ -87,6 +89,8 @@ def test_python_block(where, code, mark, scratch):
     compiled = compile(code, where, "exec")
     if mark == "skip":
         return
+    if not HAS_PML and re.search(r"pytorch_metric_learning|\bpml_(loss|miner)\b|[\"']pml:", code):
+        pytest.skip("the example uses pytorch-metric-learning (the dev extra installs it)")
     import matplotlib
 
     matplotlib.use("Agg")

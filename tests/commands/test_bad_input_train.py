@@ -12,6 +12,7 @@ import pytest
 
 from dynametric.cli import main
 from tests.commands.test_train import TINY
+from tests.optional import pml_case
 
 
 def _cfg(tmp_path: Path) -> Path:
@@ -637,7 +638,7 @@ def test_multiscale_on_csl_names_loss_multiscale(capsys) -> None:
         "every label column); loss.multiscale must be false")
 
 
-@pytest.mark.parametrize("loss, column", [("ContrastiveLoss", "scale"), ("pml:ContrastiveLoss", "label_scale")])
+@pytest.mark.parametrize("loss, column", [("ContrastiveLoss", "scale"), pml_case("pml:ContrastiveLoss", "label_scale")])
 def test_a_loss_s_own_label_column_under_multiscale_names_its_key_and_line(tmp_path, capsys, loss, column) -> None:
     """It was `key 'base_losses_or_factory': per-scale losses receive one label column; PMLLoss of scale 0 has
     scale=1, expected 0`: an internal argument name, no origin, PMLLoss for pml:ContrastiveLoss."""

@@ -16,6 +16,7 @@ from dynametric.engine.builders import (
 )
 from dynametric.engine.module import parameter_groups
 from dynametric.errors import ConfigError
+from tests.optional import pml_case
 
 SMALL = ["model.backbone=simple_cnn", "model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 1}"]
 LABELS = torch.tensor([[f, f // 3, f // 6] for f in range(12) for _ in range(3)])
@@ -436,13 +437,15 @@ def test_a_multiscale_term_gives_its_miner_to_the_loss_one_object_per_scale():
 
 
 @pytest.mark.parametrize("registry, name, key, expected", [
-    ("losses", "SupConLoss", "loss", "unknown loss 'SupConLoss': dynametric has no native SupConLoss; did you mean "
-     "'pml:SupConLoss' (pytorch-metric-learning's, through the adapter: pml_loss('SupConLoss', ...) in Python)?"),
-    ("losses", "pml:SupConLos", "extra_losses[0]", "unknown loss 'pml:SupConLos': pytorch-metric-learning has no "
-     "loss 'SupConLos'; did you mean 'pml:SupConLoss'?"),
-    ("miners", "BatchEasyHardMiner", "miner", "unknown miner 'BatchEasyHardMiner': dynametric has no native "
-     "BatchEasyHardMiner; did you mean 'pml:BatchEasyHardMiner' (pytorch-metric-learning's, through the adapter: "
-     "pml_miner('BatchEasyHardMiner', ...) in Python)?"),
+    # the hints name pytorch-metric-learning's classes: read from the installed package
+    pml_case("losses", "SupConLoss", "loss", "unknown loss 'SupConLoss': dynametric has no native SupConLoss; did you "
+             "mean 'pml:SupConLoss' (pytorch-metric-learning's, through the adapter: pml_loss('SupConLoss', ...) in "
+             "Python)?"),
+    pml_case("losses", "pml:SupConLos", "extra_losses[0]", "unknown loss 'pml:SupConLos': pytorch-metric-learning "
+             "has no loss 'SupConLos'; did you mean 'pml:SupConLoss'?"),
+    pml_case("miners", "BatchEasyHardMiner", "miner", "unknown miner 'BatchEasyHardMiner': dynametric has no native "
+             "BatchEasyHardMiner; did you mean 'pml:BatchEasyHardMiner' (pytorch-metric-learning's, through the "
+             "adapter: pml_miner('BatchEasyHardMiner', ...) in Python)?"),
     ("plain", "Alpah", "loss", "unknown name 'Alpah'; did you mean 'Alpha'?"),  # a registry without the hook
     ("plain", "Xyz", "loss", "unknown name 'Xyz'; available: Alpha, Beta"),
 ])
@@ -490,8 +493,8 @@ def test_a_miner_that_does_not_fit_its_term_is_refused_when_the_objective_is_bui
 @pytest.mark.parametrize("overrides, key, got", [
     (["loss.name=ContrastiveLoss", "loss.kwargs={scale: 1}"], "loss.kwargs.scale", 1),
     (["loss.name=ContrastiveLoss", "loss.kwargs={scale: 0}"], "loss.kwargs.scale", 0),
-    (["loss.name=pml:ContrastiveLoss", "loss.kwargs={label_scale: 1}"], "loss.kwargs.label_scale", 1),
-    (["loss.name=pml:ContrastiveLoss", "loss.kwargs={label_scale: 0}"], "loss.kwargs.label_scale", 0),
+    pml_case(["loss.name=pml:ContrastiveLoss", "loss.kwargs={label_scale: 1}"], "loss.kwargs.label_scale", 1),
+    pml_case(["loss.name=pml:ContrastiveLoss", "loss.kwargs={label_scale: 0}"], "loss.kwargs.label_scale", 0),
     (["loss.name=CosFaceLoss", "loss.kwargs={label_scale: 2, scale: 30}"], "loss.kwargs.label_scale", 2),
 ])
 def test_a_label_column_of_the_loss_itself_is_refused_under_multiscale(overrides, key, got):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorch_metric_learning import losses as pml_losses
 
 from dynametric.cli import main
 from dynametric.config import load_config
@@ -48,7 +47,7 @@ def test_the_objective_collects_the_weighted_per_scale_losses_by_scale_name() ->
     parts: dict[str, torch.Tensor] = {}
     total, terms = compute_objective(emb, labels, [obj], parts=parts)
     assert list(parts) == ["TripletMarginLoss/leaf", "TripletMarginLoss/twig", "TripletMarginLoss/branch"]
-    pml = pml_losses.TripletMarginLoss(margin=0.3)
+    pml = pytest.importorskip("pytorch_metric_learning.losses").TripletMarginLoss(margin=0.3)
     chunks = three_scale_chunks(12, images_per_class=2)
     expected = [w * pml(emb[rows], labels[rows, s]) for s, (rows, w) in enumerate(zip(chunks, [1.0, 0.5, 0.25],
                                                                                          strict=True))]

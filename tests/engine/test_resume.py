@@ -240,7 +240,8 @@ def test_resume_keeps_the_plateau_schedule(tmp_path, crash, kwargs):
     sched = straight.trainer.lr_scheduler_configs[0].scheduler
     rounds = len(straight.validation_history)
     assert sched.last_epoch == rounds  # one step per validation round
-    assert sched.get_last_lr()[0] < 0.05  # the schedule did lower the learning rate
+    assert sched.optimizer.param_groups[0]["lr"] < 0.05  # the schedule did lower the learning rate (torch 2.1's
+    # ReduceLROnPlateau has no get_last_lr)
     validated = [h for h in straight.validation_history if h["epoch"] <= at_crash["epoch"]]
     if at_crash["global_step"] % 5 == 0:  # an end-of-epoch checkpoint: that epoch's round stepped on
         assert at_crash["lr_schedulers"][0]["last_epoch"] == len(validated)

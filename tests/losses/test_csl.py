@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from dynametric.errors import InputError
 from dynametric.losses.csl import CSLLoss
+from tests.autocast import cpu_autocast_dtypes
 
 # Fine ids 100..105 (raw, not 0..C-1), middle 7..10, coarse 3..4; rows deliberately not sorted by fine id.
 PATHS = torch.tensor([[103, 9, 4], [100, 7, 3], [105, 10, 4], [101, 7, 3], [104, 9, 4], [102, 8, 3]])
@@ -276,7 +277,7 @@ def test_proxies_are_the_loss_parameters_and_state_is_saved():
 
 
 @pytest.mark.parametrize("mode", ["proxy", "pairs"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", cpu_autocast_dtypes(torch.bfloat16, torch.float16))
 def test_autocast_half_precision_close_to_fp32(mode, dtype):
     torch.manual_seed(0)
     loss = CSLLoss(PATHS, 8, mode=mode)

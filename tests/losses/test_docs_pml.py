@@ -6,17 +6,19 @@ import re
 from pathlib import Path
 
 import pytest
-import pytorch_metric_learning
 import torch
 import yaml
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import miners as pml_miners
 
 from dynametric.config import LossConfig, MinerConfig
 from dynametric.engine.builders import build_loss_term, build_miner
 from dynametric.losses import LOSSES, MultiScaleLoss, PMLLoss, PMLMiner, pml_loss, pml_miner
 from dynametric.miners import MINERS
 from dynametric.pml import pml_catalogue
+
+# the reference implementation (the dev extra installs it); the module is skipped without it
+pytorch_metric_learning = pytest.importorskip("pytorch_metric_learning")
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
 
 SECTION = Path(__file__).resolve().parents[2] / "docs" / "losses.md"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pytorch_metric_learning import losses as pml_losses
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.losses import (
@@ -17,6 +16,9 @@ from dynametric.losses import (
     build_loss,
     three_scale_chunks,
 )
+
+# the reference implementation (the dev extra installs it); the module is skipped without it
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 
 
 def hierarchy_batch(seed: int, n: int = 24, d: int = 8):

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pytorch_metric_learning import distances as pml_dist
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import miners as pml_miners
 
 from dynametric import distances as dm_dist
 from dynametric.losses.circle import CircleLoss
@@ -16,6 +13,11 @@ from dynametric.losses.margin import MarginLoss
 from dynametric.losses.multi_similarity import MultiSimilarityLoss
 from dynametric.losses.npairs import NPairsLoss
 from dynametric.losses.triplet import TripletMarginLoss
+
+# the reference implementation (the dev extra installs it); the module is skipped without it
+pml_dist = pytest.importorskip("pytorch_metric_learning.distances")
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
 
 DISTANCES = {
     "l2": (dm_dist.LpDistance, pml_dist.LpDistance, {}),

@@ -9,11 +9,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from pytorch_metric_learning import distances as pml_dist
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import miners as pml_miners
-from pytorch_metric_learning import reducers as pml_red
-from pytorch_metric_learning import regularizers as pml_reg
 
 import dynametric.losses as dl
 from dynametric import distances as dm_dist
@@ -21,6 +16,13 @@ from dynametric.errors import ConfigError, InputError
 from dynametric.losses import LOSSES, MultiScaleLoss, PMLLoss, PMLMiner, build_loss, pml_loss, pml_miner
 from dynametric.losses import reducers as dm_red
 from dynametric.miners import MINERS, TripletMarginMiner
+
+# the reference implementation (the dev extra installs it); the module is skipped without it
+pml_dist = pytest.importorskip("pytorch_metric_learning.distances")
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
+pml_red = pytest.importorskip("pytorch_metric_learning.reducers")
+pml_reg = pytest.importorskip("pytorch_metric_learning.regularizers")
 
 B, D = 20, 6
 

@@ -8,8 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning.regularizers import LpRegularizer, SparseCentersRegularizer
 
 from dynametric.errors import InputError
 from dynametric.losses import LOSSES, CSLLoss, DecorrelationLoss, MarginLoss, PDDMLoss
@@ -23,6 +21,7 @@ from dynametric.losses.proxies import (
     miner_weights,
     sparse_centers_regularizer,
 )
+from tests.autocast import cpu_autocast_dtypes
 
 B, D, C = 24, 12, 7
 
@@ -45,11 +44,17 @@ IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
 
 
+def _pml(module: str):
+    """``pytorch_metric_learning.<module>``, the reference of these tests (the dev extra has it); the test is skipped
+    without it."""
+    return pytest.importorskip(f"pytorch_metric_learning.{module}")
+
+
 def _pair(name: str, cls: type, attr: str, kwargs: dict, ours_extra: dict | None = None, pml_extra: dict | None = None,
           num_classes: int = C, dim: int = D, seed: int = 0):
     torch.manual_seed(seed)
     ours = cls(num_classes, dim, **kwargs, **(ours_extra or {})).double()
-    ref = getattr(pml_losses, name)(num_classes=num_classes, embedding_size=dim, **kwargs, **(pml_extra or {}))
+    ref = getattr(_pml("losses"), name)(num_classes=num_classes, embedding_size=dim, **kwargs, **(pml_extra or {}))
     ref = ref.double()
     getattr(ref, attr).data.copy_(getattr(ours, attr).data)
     return ours, ref
@@ -142,7 +147,8 @@ def test_arcface_gradient_finite_at_cos_minus_one_and_one():
 def test_soft_triple_regulariser_equal_pml():
     kw = {"centers_per_class": 4}
     ours, ref = _pair("SoftTripleLoss", SoftTripleLoss, "fc", kw, ours_extra={"centers_reg_weight": 0.2},
-                      pml_extra={"weight_regularizer": SparseCentersRegularizer(C, 4), "weight_reg_weight": 0.2})
+                      pml_extra={"weight_regularizer": _pml("regularizers").SparseCentersRegularizer(C, 4),
+                                 "weight_reg_weight": 0.2})
     g = torch.Generator().manual_seed(8)
     emb = torch.randn(B, D, generator=g, dtype=torch.float64)
     labels = torch.randint(0, C, (B,), generator=g)
@@ -161,8 +167,10 @@ def test_sparse_centers_regulariser_by_hand():
 @pytest.mark.parametrize("name,cls,attr", [("ProxyNCALoss", ProxyNCALoss, "proxies"),
                                            ("CosFaceLoss", CosFaceLoss, "W")])
 def test_generic_weight_regulariser_equal_pml(name, cls, attr):
-    ours, ref = _pair(name, cls, attr, {}, ours_extra={"weight_regularizer": LpRegularizer(), "weight_reg_weight": 0.3},
-                      pml_extra={"weight_regularizer": LpRegularizer(), "weight_reg_weight": 0.3})
+    regularizers = _pml("regularizers")
+    ours, ref = _pair(name, cls, attr, {},
+                      ours_extra={"weight_regularizer": regularizers.LpRegularizer(), "weight_reg_weight": 0.3},
+                      pml_extra={"weight_regularizer": regularizers.LpRegularizer(), "weight_reg_weight": 0.3})
     g = torch.Generator().manual_seed(9)
     _assert_same(ours, ref, attr, torch.randn(B, D, generator=g, dtype=torch.float64),
                  torch.randint(0, C, (B,), generator=g))
@@ -277,7 +285,7 @@ def test_single_class_batch_is_finite_and_backprops(cls, attr):
 
 
 @pytest.mark.parametrize("cls,attr", ALL)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", cpu_autocast_dtypes(torch.bfloat16, torch.float16))
 def test_autocast_half_precision_close_to_fp32(cls, attr, dtype):
     torch.manual_seed(0)
     loss = cls(C, D)
@@ -339,7 +347,7 @@ def test_registry_and_multiscale_use():
 @pytest.mark.parametrize("distance,pml_distance", [
     ("l2", "LpDistance"), ("cosine", "CosineSimilarity"), ("unnormalized_sq", "unnormalized_sq")])
 def test_proxy_nca_other_distances_equal_pml(distance, pml_distance):
-    from pytorch_metric_learning import distances as pml_d
+    pml_d = _pml("distances")
 
     from dynametric.distances import CosineSimilarity, LpDistance
 
@@ -396,8 +404,9 @@ def test_a_call_never_converts_the_class_weights_in_place(name, cls, attr, kwarg
     value is the one of a float64 copy of the loss (the same weight values, so the same value), and the gradient
     reaches the weights in their own dtype."""
     torch.manual_seed(0)
-    loss = cls(C, D, **kwargs, weight_regularizer=LpRegularizer())
-    twin = cls(C, D, **kwargs, weight_regularizer=LpRegularizer()).double()
+    lp = _pml("regularizers").LpRegularizer
+    loss = cls(C, D, **kwargs, weight_regularizer=lp())
+    twin = cls(C, D, **kwargs, weight_regularizer=lp()).double()
     getattr(twin, attr).data.copy_(getattr(loss, attr).data)
     opt = torch.optim.Adam(loss.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from sklearn.metrics import normalized_mutual_info_score
 
 from dynametric.metrics import contingency, evaluate_embeddings, kmeans_assign, nmi_score, pairwise_f1
@@ -14,7 +13,8 @@ PML_KEYS = {"precision_at_1": "recall@1", "r_precision": "r_precision", "mean_av
 
 
 def _calc():
-    return AccuracyCalculator(include=tuple(PML_KEYS), k="max_bin_count", device=torch.device("cpu"))
+    accuracy = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    return accuracy.AccuracyCalculator(include=tuple(PML_KEYS), k="max_bin_count", device=torch.device("cpu"))
 
 
 def _unit(rng, n, d):

@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-from pytorch_metric_learning import distances as pml_dist
-from pytorch_metric_learning import miners as pml_miners
 
 from dynametric import distances as dm_dist
 from dynametric.errors import ConfigError, InputError
@@ -21,6 +19,10 @@ from dynametric.miners import (
     build_miner,
     inverse_q_log_weights,
 )
+
+# the reference implementation (the dev extra installs it); the module is skipped without it
+pml_dist = pytest.importorskip("pytorch_metric_learning.distances")
+pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
 
 
 def as_set(indices) -> set:

@@ -15,6 +15,7 @@ import torch
 from dynametric.errors import ConfigError, InputError
 from dynametric.models import Embedder, build_embedder
 from dynametric.models import hub as hubmod
+from tests.optional import needs_local_dir_timm
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"backbone": "simple_cnn", "embedding_dim": 8, "backbone_kwargs": {"width": 4, "depth": 2}}
@@ -167,6 +168,7 @@ def test_missing_hub_extra_is_a_clear_error(monkeypatch, tmp_path):
         hubmod.push_to_hub(_perturbed(), "me/x")
 
 
+@needs_local_dir_timm
 def test_timm_local_dir_backbone_loads_the_saved_weights(tmp_path):
     import timm
     from timm.models import save_for_hf
@@ -256,6 +258,7 @@ def test_model_folder_description_errors_name_dynametric_json_and_the_entry(tmp_
     assert (tmp_path / "file").read_text() == "mine"
 
 
+@needs_local_dir_timm
 def test_a_local_dir_backbone_folder_loads_where_its_source_folder_is_absent(tmp_path):
     import timm
     from timm.models import save_for_hf

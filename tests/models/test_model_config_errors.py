@@ -12,6 +12,7 @@ from dynametric.config import load_config
 from dynametric.errors import ConfigError
 from dynametric.models import build_embedder
 from dynametric.pipeline.run import dry_run
+from tests.optional import needs_local_dir_timm
 
 TINY = ["model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 2}", "data.options={images_per_class: 2}"]
 
@@ -46,6 +47,7 @@ def test_the_dry_run_refuses_what_a_real_run_refuses_about_pretrained_weights(ov
         dry_run(cfg, log=lambda line: None)
 
 
+@needs_local_dir_timm
 def test_the_dry_run_refuses_a_local_dir_without_weights_with_pretrained(tmp_path: Path) -> None:
     import timm
     from timm.models import save_for_hf

@@ -10,6 +10,7 @@ import torch
 
 from dynametric.errors import InputError
 from dynametric.models import SimpleCNN, build_embedder, create_backbone, load_backbone_weights
+from tests.optional import needs_local_dir_timm
 
 
 def _reference_state(seed: int = 1) -> dict[str, torch.Tensor]:
@@ -199,6 +200,7 @@ def test_the_build_notes_say_what_the_weight_file_gave(tmp_path: Path) -> None:
     assert build_embedder("simple_cnn", **_kw()).notes == []
 
 
+@needs_local_dir_timm
 def test_notes_for_freeze_bn_without_batchnorm_and_a_local_dir_without_its_weights(tmp_path: Path) -> None:
     import timm
     from timm.models import save_for_hf

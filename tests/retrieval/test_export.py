@@ -21,6 +21,7 @@ from dynametric.retrieval.export import (
     export_torchscript,
     run_exported,
 )
+from tests.optional import onnx_case
 
 ATOL = 1e-4
 
@@ -32,7 +33,7 @@ def two_head_model() -> torch.nn.Module:
                           backbone_kwargs={"width": 4, "depth": 2}).eval()
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["torchscript", onnx_case("onnx")])
 def test_exported_model_matches_eager(two_head_model, tmp_path: Path, fmt: str) -> None:
     """Two heads named ``class`` / ``shared`` (Sharing Matters): the frozen trace and the ONNX fallback handle the
     keyword-named submodule; the concatenated head is exported."""
@@ -56,7 +57,7 @@ def test_exported_model_matches_eager(two_head_model, tmp_path: Path, fmt: str) 
 
 
 @pytest.mark.parametrize(("name", "fmt", "exporter"), [("embedder.pt", "torchscript", "torch.jit.trace+freeze"),
-                                                     ("embedder.onnx", "onnx", "dynamo")])
+                                                     onnx_case("embedder.onnx", "onnx", "dynamo")])
 def test_export_command_writes_model_and_sidecar(run_ckpt: Path, tmp_path: Path, capsys, name, fmt, exporter) -> None:
     out = tmp_path / name
     assert main(["export", "--checkpoint", str(run_ckpt), "--out", str(out)]) == 0

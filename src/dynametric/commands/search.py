@@ -64,6 +64,19 @@ def format_distance(d: float) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
+def display_width(text: str) -> int:
+    """The columns ``text`` takes in a terminal: a wide or full-width character (East Asian width ``W`` / ``F``:
+    CJK ideographs, kana, hangul, full-width forms) takes two, a combining mark none, any other one."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    """``text`` followed by the spaces that fill ``width`` terminal columns (:func:`display_width`)."""
+    return text + " " * max(0, width - display_width(text))
+
+
 def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str:
     lines: list[str] = []
     for e in entries:
@@ -78,9 +91,10 @@ def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str
                  *[str(h.get("labels", {}).get(s, "")) for s in scale_names]] for h in e["results"]]
         if not rows:
             lines.append("  (no results)")
-        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-        lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        # padded by terminal columns, not characters: an id or class name in CJK takes two columns a character
+        widths = [max([display_width(c)] + [display_width(r[i]) for r in rows]) for i, c in enumerate(cols)]
+        lines.append("  " + "  ".join(_pad(c, w) for c, w in zip(cols, widths)).rstrip())
+        lines += ["  " + "  ".join(_pad(v, w) for v, w in zip(r, widths)).rstrip() for r in rows]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

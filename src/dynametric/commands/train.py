@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dynametric.config import load_config
+    from dynametric.config.schema import anchor_paths
+    from dynametric.utils.io import check_name_lengths
 
     args.overrides = [*args.overrides, *args.set_overrides]  # positional first, then --set, in the order given
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config is not None or args.overrides or args.out is not None:
             raise ConfigError("--resume continues a run with its saved config.yaml; drop --config, --out and "
                               "overrides", key="--resume")
+        check_name_lengths(args.resume, "--resume")
         cfg_path = args.resume / "config.yaml"
         if not cfg_path.is_file():
             raise ConfigError(f"{cfg_path} not found: is {args.resume} a dynametric run folder?", key="--resume")
@@ -62,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
         cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
+        # a relative data.root / model.pretrained_path is recorded absolute: the later commands read the run's
+        # config.yaml from wherever they run, and read the files this run read
+        anchor_paths(cfg)
     cfg = rank_0_config(cfg)
     from dynametric.config import errors_located
     from dynametric.pipeline.run import default_run_dir, dry_run, quiet_lightning, run_training
@@ -74,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
             "run.name" if cfg.run.name else "run.output_dir"
         if args.dry_run:  # the folder a new run would write, checked as the run checks it (a timestamped one is new)
             new_dir = None if args.resume is not None else args.out or (default_run_dir(cfg) if cfg.run.name else None)
+            if new_dir is not None:
+                check_name_lengths(new_dir, folder_key)
             dry_run(cfg, log=result_line, note=note_line, run_dir=new_dir, folder_key=folder_key)
             return 0
         run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
+        check_name_lengths(run_dir, folder_key)  # the folder named, not the first file written in it
         run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
                      folder_key=folder_key, log=result_line, note=note_line)
     return 0

@@ -944,16 +944,41 @@ def embedder_kwargs(model: ModelConfig) -> dict[str, Any]:
 
 
 PATH_KEYS = ("data.root", "model.pretrained_path", "run.output_dir")
-"""The config keys that name a file or folder. The config keeps them as written (``config.yaml`` records
+"""The config keys that name a file or folder. The config keeps a leading ``~`` as written (``config.yaml`` records
 ``~/runs``, and the config hash does not depend on the home folder); where a path is used, a leading ``~`` (or
 ``~user``) is the home folder, as a shell expands it (:func:`user_path`): the dataset readers for ``data.root``,
 :func:`embedder_kwargs` for ``model.pretrained_path``, ``dynametric.pipeline.run.default_run_dir`` for
-``run.output_dir``."""
+``run.output_dir``. A new run records the keys of :data:`ANCHORED_PATH_KEYS` absolute (:func:`anchor_paths`)."""
+
+ANCHORED_PATH_KEYS = ("data.root", "model.pretrained_path")
+"""The keys of :data:`PATH_KEYS` that are read again after a run started, from its ``config.yaml``: ``data.root`` by
+``evaluate --checkpoint``, ``embed``, ``--resume`` ...; ``model.pretrained_path`` by ``--resume``, which builds the
+model again before it loads ``last.ckpt``. ``run.output_dir`` only chooses a new run's folder."""
 
 
 def user_path(value: str) -> Path:
     """The path a config key of :data:`PATH_KEYS` names: ``value`` with a leading ``~`` expanded."""
     return Path(value).expanduser()
+
+
+def anchor_paths(cfg: Config, folder: str | Path | None = None) -> list[str]:
+    """Make the relative paths of :data:`ANCHORED_PATH_KEYS` in ``cfg`` absolute, against ``folder`` (default: the
+    working directory), in place; returns the keys changed. ``dynametric train`` calls it for a new run, so that
+    the run's ``config.yaml`` (and the config hash its checkpoints record) names the files it read: a command run
+    later from another folder (``evaluate --checkpoint``, ``embed``, ``train --resume``) reads the same ones. A
+    leading ``~`` stays as written (the home folder wherever it is read: :func:`user_path`), and so do an absolute
+    path and an unset key. The path is joined, not resolved: ``..`` and symbolic links stay as written."""
+    base = Path.cwd() if folder is None else Path(folder)
+    changed: list[str] = []
+    for key in ANCHORED_PATH_KEYS:
+        section, name = key.split(".")
+        holder = getattr(cfg, section)
+        value = getattr(holder, name)
+        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+            continue
+        setattr(holder, name, str(base.absolute() / value))
+        changed.append(key)
+    return changed
 
 
 MODEL_TRAINING_KEYS = ("channels_last",)

@@ -147,19 +147,48 @@ def _shard(dataset: Any, rank: int, world: int) -> Any:
     return Subset(dataset, shard_range(len(dataset), rank, world))
 
 
+def _worker_options(num_workers: int, persistent_workers: bool, prefetch_factor: int | None) -> dict[str, Any]:
+    """Persistent workers and prefetching (only meaningful, and only allowed by torch, with workers). The data order
+    and every augmentation stay a function of the batch tokens, so neither affects the results."""
+    if num_workers == 0:
+        return {}
+    out: dict[str, Any] = {"persistent_workers": bool(persistent_workers)}
+    if prefetch_factor is not None:
+        out["prefetch_factor"] = int(prefetch_factor)
+    return out
+
+
 class EvalDataModule(L.LightningDataModule):
     """One evaluation set as the test stage of a DataModule: sharded by the rank of the trainer that runs it
-    (known only once the trainer's strategy is set up, which is why this is not a plain DataLoader)."""
+    (known only once the trainer's strategy is set up, which is why this is not a plain DataLoader).
 
-    def __init__(self, dataset: Any, batch_size: int = _EVAL_BATCH_SIZE, num_workers: int = 0, seed: int = 0) -> None:
+    Its loader takes the training's loader settings (:meth:`like`: ``data.workers``, ``data.pin_memory``,
+    ``data.persistent_workers``, ``data.prefetch_factor``). Persistent workers are kept too, although the loader is
+    read once: Lightning ends them when the evaluation ends (``trainer.test`` resets its loaders), and without them
+    Lightning asks for them on every evaluation where workers are spawned (macOS, Windows)."""
+
+    def __init__(self, dataset: Any, batch_size: int = _EVAL_BATCH_SIZE, num_workers: int = 0, seed: int = 0, *,
+                 pin_memory: bool = False, persistent_workers: bool = False,
+                 prefetch_factor: int | None = None) -> None:
         super().__init__()
         self.dataset, self.batch_size, self.num_workers, self.seed = dataset, int(batch_size), int(num_workers), seed
+        self.pin_memory, self.persistent_workers = bool(pin_memory), bool(persistent_workers)
+        self.prefetch_factor = prefetch_factor
+
+    @classmethod
+    def like(cls, dm: MetricDataModule, dataset: Any) -> EvalDataModule:
+        """``dataset`` evaluated with the loader settings of ``dm`` (its evaluation batch size, workers, seed, pinned
+        memory, persistent workers and prefetching), as its validation loader reads."""
+        return cls(dataset, dm.eval_batch_size, dm.num_workers, dm.seed, pin_memory=dm.pin_memory,
+                   persistent_workers=dm.persistent_workers, prefetch_factor=dm.prefetch_factor)
 
     def test_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
         return DataLoader(_shard(self.dataset, rank, world), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          generator=torch.Generator().manual_seed(self.seed),
+                          **_worker_options(self.num_workers, self.persistent_workers, self.prefetch_factor))
 
 
 class MetricDataModule(L.LightningDataModule):
@@ -231,14 +260,7 @@ class MetricDataModule(L.LightningDataModule):
                             **self._worker_options())
 
     def _worker_options(self) -> dict[str, Any]:
-        """Persistent workers and prefetching (only meaningful, and only allowed by torch, with workers). The
-        data order and every augmentation stay a function of the batch tokens, so neither affects the results."""
-        if self.num_workers == 0:
-            return {}
-        out: dict[str, Any] = {"persistent_workers": self.persistent_workers}
-        if self.prefetch_factor is not None:
-            out["prefetch_factor"] = int(self.prefetch_factor)
-        return out
+        return _worker_options(self.num_workers, self.persistent_workers, self.prefetch_factor)
 
     def eval_dataloader(self, dataset: Any) -> DataLoader:
         rank, world = self._rank_world()

@@ -181,12 +181,40 @@ weights) and ``local-dir:<folder>`` (the same files in a local folder, e.g. writ
 The architecture comes from ``config.json``; the weights are loaded when ``pretrained`` is true."""
 
 
+LOCAL_DIR_TIMM = "1.0.16"
+"""The first timm release that reads ``local-dir:`` model names (older ones stop with a bare ``AssertionError`` in
+``timm.models.parse_model_name``)."""
+
+
+def timm_reads_local_dir() -> bool:
+    """Whether the installed timm builds ``local-dir:<folder>`` models (timm >= :data:`LOCAL_DIR_TIMM`): asked of
+    timm's own name parser, not of its version string."""
+    from timm.models import parse_model_name
+
+    try:
+        return parse_model_name("local-dir:probe")[0] == "local-dir"
+    except AssertionError:
+        return False
+
+
+def require_local_dir_timm(what: str = "a local-dir: backbone", key: str = "model.backbone") -> None:
+    """A one-line :class:`ConfigError` keyed ``key`` when the installed timm cannot build ``local-dir:`` models
+    (:func:`timm_reads_local_dir`); ``what`` names what needs them."""
+    if timm_reads_local_dir():
+        return
+    import timm
+
+    raise ConfigError(f"{what} needs timm >= {LOCAL_DIR_TIMM} (installed: timm {timm.__version__}); upgrade it "
+                      f"with pip install 'timm>={LOCAL_DIR_TIMM}'", key=key)
+
+
 def _check_prefixed_name(name: str) -> None:
     prefix, _, ident = name.partition(":")
     if not ident:
         raise ConfigError(f"{prefix}: needs a {'repository id' if prefix == 'hf-hub' else 'folder'} after the "
                           "colon", key="model.backbone")
     if prefix == "local-dir":
+        require_local_dir_timm()
         from pathlib import Path
 
         folder = Path(ident).expanduser()
@@ -282,8 +310,11 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
                               key=f"model.backbone_kwargs.{bad.group(1)}") from exc
         raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}", key="model.backbone_kwargs") from exc
     except AssertionError as exc:  # timm's refusal of global_pool="" (a distilled ViT, CoaT, EfficientViT ...)
-        if not str(exc).strip():
-            raise
+        if not str(exc).strip():  # older timm releases assert without a message (0.9: global_pool in ('token',))
+            raise ConfigError(f"timm model {name!r} refused the arguments dynametric builds it with (num_classes=0, "
+                              f"global_pool=''): timm {getattr(timm, '__version__', '?')} stopped on an assertion "
+                              "without a message, as it does for a model that cannot be built without its own "
+                              "pooling; choose another backbone", key="model.backbone") from None
         raise ConfigError(f"timm model {name!r} cannot be built without its own pooling (timm: "
                           f"{first_sentence(exc)}); dynametric pools the unpooled features itself "
                           "(model.pooling): choose another backbone", key="model.backbone") from None

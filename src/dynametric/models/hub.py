@@ -333,7 +333,7 @@ def _build_described(meta: Mapping[str, Any], meta_path: Path) -> Any:
     ``dynametric.json`` and the entry."""
     import typing
 
-    from dynametric.models.backbones import TIMM_SOURCE_PREFIXES
+    from dynametric.models.backbones import TIMM_SOURCE_PREFIXES, require_local_dir_timm
     from dynametric.models.embedder import build_embedder
 
     kwargs = dict(meta["model"])
@@ -349,6 +349,10 @@ def _build_described(meta: Mapping[str, Any], meta_path: Path) -> Any:
     config = meta.get("backbone_config")
     with tempfile.TemporaryDirectory(prefix="dynametric-backbone-") as tmp:
         if isinstance(name, str) and name.startswith(TIMM_SOURCE_PREFIXES) and isinstance(config, dict):
+            try:  # built as a local-dir: model, which older timm releases cannot read
+                require_local_dir_timm(f"the backbone {name!r}, rebuilt from the timm config the folder records,")
+            except InputError as exc:
+                raise InputError(exc.message, file=meta_path, key=exc.key) from None
             (Path(tmp) / "config.json").write_text(json.dumps(config), encoding="utf-8")
             kwargs["backbone"] = f"local-dir:{tmp}"  # the recorded architecture: no folder, no network needed
         try:

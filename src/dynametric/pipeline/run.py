@@ -657,7 +657,7 @@ def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: 
                    progress: bool, ckpt_path: str | None = None, trainer: L.Trainer | None = None) -> dict[str, Any]:
     """Embed ``dataset`` with ``module`` (optionally loading ``ckpt_path`` first) and evaluate it."""
     trainer = trainer or _eval_trainer(settings, progress)
-    eval_dm = EvalDataModule(dataset, dm.eval_batch_size, dm.num_workers, dm.seed)
+    eval_dm = EvalDataModule.like(dm, dataset)  # the training's loader settings (workers, pinning, prefetching)
     with ctrl_c_passes_through(trainer):
         trainer.test(module, datamodule=eval_dm, ckpt_path=ckpt_path, verbose=False)
     assert module.last_eval is not None

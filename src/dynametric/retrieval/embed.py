@@ -45,6 +45,7 @@ from dynametric.data.base import (
 )
 from dynametric.data.readers import (
     DuplicateTracker,
+    backslash_hint,
     csv_image_root,
     non_utf8_name,
     parse_csv,
@@ -307,8 +308,8 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
         full = Path(rel) if Path(rel).is_absolute() else root / rel
         if not full.is_file():
             shown = full if str(full).isprintable() else repr(str(full))
-            bad(f"{shown} is a folder; expected an image file" if full.is_dir() else f"image file not found: {shown}",
-                lineno)
+            bad(f"{shown} is a folder; expected an image file" if full.is_dir()
+                else f"image file not found: {shown}{backslash_hint(rel)}", lineno)
             continue
         empty = next((s for s in scales if not values[col[s]]), None)
         if empty is not None:

@@ -24,7 +24,15 @@ from torch import nn
 
 from dynametric.engine.objective import select_head
 from dynametric.errors import DynametricError, InputError
-from dynametric.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_with, remove_stale_temps_of
+from dynametric.utils.io import (
+    NAME_MAX,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_with,
+    check_name_lengths,
+    name_bytes,
+    remove_stale_temps_of,
+)
 
 FORMATS = ("torchscript", "onnx")
 TORCHSCRIPT_EXPORTER = "torch.jit.trace+freeze"
@@ -210,11 +218,17 @@ def check_export_target(out: Path, fmt: str) -> None:
                          f"{out.name!r}", key="--out")
     from dynametric.retrieval.evaluate_io import check_output_place
 
+    check_name_lengths(out, "--out", "file")  # a name no file system takes: said of it, before anything is read
+    side = sidecar_path(out)
+    if name_bytes(side.name) > NAME_MAX:  # a legal name whose sidecar's is not
+        raise InputError(f"file name of {name_bytes(out.name)} bytes: the export's description goes beside it as "
+                         f"<name>.json, {name_bytes(side.name)} bytes, and a file system takes names of at most "
+                         f"{NAME_MAX} bytes; choose an --out name of at most {NAME_MAX - 5} bytes", file=out,
+                         key="--out")
     check_output_place(out, "--out")  # a file where its folder goes: refused before the export, not after
     for target in (out, sidecar_path(out)):
         if target.is_dir() or target.is_symlink():
             raise InputError("exists and is not a regular file (--out names the exported file)", file=target)
-    side = sidecar_path(out)
     if out.exists() and not _earlier_export(out):
         raise InputError(f"exists and is not an earlier export of dynametric (no sidecar {side.name} naming it); it "
                          "is not overwritten: choose another --out, or remove the file yourself", file=out, key="--out")

@@ -25,6 +25,7 @@ def _file_target(path: str | Path, key: str | None = None) -> Path:
     from dynametric.errors import InputError
 
     path = Path(path)
+    check_name_lengths(path, key, "file")  # a name no file system takes: that name, not a stat error about it
     if path.is_dir():
         raise InputError("is a folder; expected the path of a file to write", file=path, key=key)
     above = path.parent
@@ -74,12 +75,45 @@ def _no_space_left(path: Path) -> bool:
 TEMP_SUFFIX = ".tmp"
 _TEMP_RANDOM = 8  # the length of tempfile.mkstemp's random part
 _TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # and its characters
+NAME_MAX = 255
+"""The longest file or folder name, in bytes, that the usual file systems take (ext4, XFS, Btrfs, tmpfs, APFS; NTFS
+counts 255 UTF-16 units): the limit :func:`temp_prefix` and :func:`check_name_lengths` keep to."""
+_TEMP_HASH = 8  # the hex digits of a shortened temporary name's digest of its target
+
+
+def name_bytes(name: str) -> int:
+    """The length of the file name ``name`` on disk, in bytes (the file system encoding, as ``os.fsencode``)."""
+    return len(os.fsencode(name))
+
+
+def temp_prefix(target: str) -> str:
+    """The start of the temporary file names of an atomic write of the file name ``target``:
+    ``.<target>.``, followed by ``tempfile.mkstemp``'s 8 random characters and ``.tmp``. Where that whole name would
+    be longer than :data:`NAME_MAX` bytes (a legal target of 242 to 255 bytes), the target is cut, at a character,
+    and a digest of the whole target follows it: ``.<start of target>~<8 hex digits>.``; the temporary file stays in
+    the target's folder (an atomic rename) and is still known as this tool's and as the target's
+    (:func:`is_temp_of`)."""
+    full = f".{target}."
+    if name_bytes(full) + _TEMP_RANDOM + len(TEMP_SUFFIX) <= NAME_MAX:
+        return full
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(target)).hexdigest()[:_TEMP_HASH]
+    room = NAME_MAX - _TEMP_RANDOM - len(TEMP_SUFFIX) - name_bytes(f".~{digest}.")
+    head = ""
+    for char in target:
+        if name_bytes(head + char) > room:
+            break
+        head += char
+    return f".{head}~{digest}."
 
 
 def temp_target(name: str) -> str | None:
     """The file name whose atomic write a temporary file named ``name`` belongs to, or ``None`` when ``name`` is not
     such a temporary file: the one pattern :func:`_replacing` gets from ``tempfile.mkstemp``,
-    ``.<target>.<8 random characters>.tmp`` (lower-case letters, digits, ``_``)."""
+    ``.<target>.<8 random characters>.tmp`` (lower-case letters, digits, ``_``). For the shortened name of a long
+    target (:func:`temp_prefix`) it is ``<start of target>~<digest>``, not the target itself: :func:`is_temp_of`
+    tells whether such a name belongs to a given target."""
     if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
         return None
     stem = name[1:-len(TEMP_SUFFIX)]
@@ -90,8 +124,10 @@ def temp_target(name: str) -> str | None:
 
 
 def is_temp_of(name: str, target: str) -> bool:
-    """Whether the file name ``name`` is a temporary file of an atomic write of ``target`` (a file name)."""
-    return temp_target(name) == target
+    """Whether the file name ``name`` is a temporary file of an atomic write of ``target`` (a file name), with its
+    full name or, for a long target, its shortened one (:func:`temp_prefix`)."""
+    stem = temp_target(name)
+    return stem is not None and f".{stem}." == temp_prefix(target)
 
 
 def is_stale_temp(entry: Path, targets: Callable[[str], bool]) -> bool:
@@ -116,10 +152,18 @@ def remove_stale_temps(folder: Path, targets: Callable[[str], bool]) -> list[Pat
 
 
 def remove_stale_temps_of(path: Path) -> list[Path]:
-    """Remove what a killed atomic write of the one file ``path`` left beside it (:func:`is_stale_temp` for the name
-    ``path.name`` only): for an output file in a folder that is not the tool's (``export --out``, ``data inspect
-    --grid``), to be called once that file is known to be the command's to write. Returns the removed paths."""
-    return remove_stale_temps(path.parent, path.name.__eq__)
+    """Remove what a killed atomic write of the one file ``path`` left beside it (regular files, not links, that
+    :func:`is_temp_of` names for ``path.name``, also the shortened names of a long one): for an output file in a
+    folder that is not the tool's (``export --out``, ``data inspect --grid``), to be called once that file is known to
+    be the command's to write. Returns the removed paths."""
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in sorted(path.parent.iterdir()):
+        if is_temp_of(entry.name, path.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def holds_only_own_files(folder: Path, names: Collection[str], targets: Callable[[str], bool]) -> bool:
@@ -153,7 +197,7 @@ def _replacing(path: Path, key: str | None = None) -> Iterator[tuple[int, str]]:
     left untouched. An error of the file system about the write names ``path`` (see :func:`_write_error`)."""
     tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
         yield fd, tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
@@ -269,6 +313,22 @@ def atomic_write_json(path: str | Path, obj: Any, *, key: str | None = None,
     file is strict JSON wherever it comes from (``json.dumps`` alone writes a bare ``NaN``). ``default``: as
     ``json.dumps``'s, for values JSON has no type for."""
     atomic_write_text(path, json.dumps(nan_to_null(obj), indent=2, sort_keys=False, default=default) + "\n", key=key)
+
+
+def check_name_lengths(path: str | Path, key: str | None = None, what: str = "folder") -> None:
+    """An :class:`~dynametric.errors.InputError` naming the first file or folder of ``path`` whose name is longer
+    than :data:`NAME_MAX` bytes, which no file system makes or holds (``File name too long``): said of that folder,
+    not of the first file a command would read or write in it. ``what``: what ``path`` itself is (``folder`` /
+    ``file``). Nothing is created or read."""
+    from dynametric.errors import InputError
+
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        size = name_bytes(part)
+        if size > NAME_MAX:
+            kind = what if i == len(parts) - 1 else "folder"
+            raise InputError(f"{kind} name of {size} bytes: a file system takes names of at most {NAME_MAX} bytes "
+                             "(File name too long); choose a shorter name", file=Path(*parts[:i + 1]), key=key)
 
 
 def require_new_folder(path: str | Path, key: str, hint: str) -> Path:
