@@ -110,6 +110,22 @@ def test_cars_missing_image_and_bad_mat(tmp_path: Path) -> None:
         build_dataset("cars196", root, "train")
 
 
+@pytest.mark.parametrize("raised", [IndexError("index 0 is out of bounds"), KeyError("mdtype"), EOFError()])
+def test_a_mat_file_scipy_cannot_read_is_one_line_whatever_scipy_raises(tmp_path: Path, monkeypatch, raised) -> None:
+    """scipy 1.10 (the pyproject floor) raises an IndexError on a garbage cars_annos.mat, which was not caught: a
+    traceback instead of the file's name. The devkit layout's cars_meta.mat was read with no check at all."""
+    import scipy.io
+
+    def broken(*args, **kwargs):
+        raise raised
+
+    for root in (write_cars(tmp_path / "cars"), write_cars_devkit(tmp_path / "mirror")):
+        with monkeypatch.context() as m:
+            m.setattr(scipy.io, "loadmat", broken)
+            with pytest.raises(InputError, match=rf"\.mat: cannot read MATLAB file \({type(raised).__name__}"):
+                build_dataset("cars196", root, "train")
+
+
 def test_cars_devkit_layout_same_class_ids(tmp_path: Path) -> None:
     root = write_cars_devkit(tmp_path / "mirror")
     train = build_dataset("cars196", root, "train")

@@ -139,14 +139,23 @@ class CUB200Format:
         return SplitRecords(split, out_paths, raw, self.SCALES, locs, report, class_names=[names] if names else None)
 
 
-def _load_struct(mat_path: Path, var: str, fields: tuple[str, ...]) -> tuple[dict[str, Any], np.ndarray]:
-    """Load a MATLAB file and return it with its struct array ``var`` (1-D), checking the required fields."""
+def _read_mat(mat_path: Path) -> dict[str, Any]:
+    """``scipy.io.loadmat`` (``squeeze_me``); a file it cannot read is one :class:`InputError` naming it, whatever
+    scipy raised (versions differ: scipy 1.10 raises an ``IndexError`` on some garbage files)."""
+    import struct
+
     import scipy.io
 
     try:
-        mat = scipy.io.loadmat(str(mat_path), squeeze_me=True)
-    except (ValueError, OSError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as exc:
+        return scipy.io.loadmat(str(mat_path), squeeze_me=True)
+    except (ValueError, OSError, TypeError, NotImplementedError, IndexError, KeyError, EOFError, struct.error,
+            scipy.io.matlab.MatReadError) as exc:
         raise InputError(f"cannot read MATLAB file ({type(exc).__name__}: {exc})", file=mat_path) from exc
+
+
+def _load_struct(mat_path: Path, var: str, fields: tuple[str, ...]) -> tuple[dict[str, Any], np.ndarray]:
+    """Load a MATLAB file and return it with its struct array ``var`` (1-D), checking the required fields."""
+    mat = _read_mat(mat_path)
     arr = mat.get(var)
     if arr is None or getattr(arr, "dtype", None) is None or arr.dtype.names is None:
         raise InputError(f"expected a struct array {var!r}", file=mat_path, key=var)
@@ -211,9 +220,7 @@ class Cars196Format:
                 entries += [(mat_path, i, str(r["fname"]).strip(), r["class"], image_dir) for i, r in enumerate(ann, 1)]
             meta = devkit[0][0].parent / "cars_meta.mat"
             if meta.is_file():
-                import scipy.io
-
-                classes = scipy.io.loadmat(str(meta), squeeze_me=True).get("class_names")
+                classes = _read_mat(meta).get("class_names")
                 if classes is not None:
                     names = {i: str(n) for i, n in enumerate(np.atleast_1d(classes).tolist(), 1)}
         out_paths, raw, locs = [], [], []
