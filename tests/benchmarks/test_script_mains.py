@@ -196,3 +196,16 @@ def test_pml_test_suite_arguments_and_swapped_classes(tmp_path, capsys):
 
 if sys.platform != "linux":  # pragma: no cover - the CI runs Linux
     pytestmark = pytest.mark.skip("the scripts read /proc")
+
+
+def test_sampler_speed_prints_its_table(capsys):
+    mod = load_benchmark("sampler_speed")
+    assert mod.main(["--rows", "2000", "--classes", "200"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "`python benchmarks/sampler_speed.py --rows 2000 --classes 200`" and lines[1].startswith("CPU ")
+    rows = [line for line in lines if line.startswith("| `")]
+    assert [r.split("`")[1].split("(")[0] for r in rows] == ["MPerClassSampler", "HierarchicalSampler",
+                                                             "ThreeScaleSampler"]
+    for row in rows:  # batches, then four non-negative times
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert int(cells[0]) > 0 and all(float(c) >= 0 for c in cells[1:])
