@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from dynametric.errors import ConfigError, InputError, first_sentence
-from dynametric.utils.io import atomic_write_json, atomic_write_text
+from dynametric.utils.io import atomic_write_json, atomic_write_text, file_sha256
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "dynametric.json"
@@ -255,17 +255,9 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
     except Exception as exc:  # safetensors' own SafetensorError (truncated, not a safetensors file), OSError
         raise InputError(f"not a readable safetensors file ({first_sentence(exc)})", file=weights) from None
     recorded = meta.get("weights_sha256")
-    if isinstance(recorded, str):
-        import hashlib
-
-        digest = hashlib.sha256()
-        with open(weights, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != recorded:
-            raise InputError(f"does not match the weights {META_FILE} describes (SHA-256 {digest.hexdigest()[:12]}..., "
-                             f"recorded {recorded[:12]}...): an interrupted or mixed save? save the model again",
-                             file=weights)
+    if isinstance(recorded, str) and (digest := file_sha256(weights)) != recorded:
+        raise InputError(f"does not match the weights {META_FILE} describes (SHA-256 {digest[:12]}..., recorded "
+                         f"{recorded[:12]}...): an interrupted or mixed save? save the model again", file=weights)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch

@@ -10,7 +10,6 @@ summation order).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -30,6 +29,7 @@ from dynametric.utils.io import (
     atomic_write_json,
     atomic_write_with,
     check_name_lengths,
+    file_sha256,
     name_bytes,
     remove_stale_temps_of,
 )
@@ -296,11 +296,7 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
             probe = example_input(loaded.in_chans, loaded.input_size, batch + 1, seed=1)  # another batch size
             info["max_abs_diff"] = check_export(loaded.model, tmp, probe, loaded.head, atol, fmt)
             info["tolerance"] = atol
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        info["sha256"] = digest.hexdigest()
+        info["sha256"] = file_sha256(tmp)
         atomic_write_json(sidecar_path(out), info, key=key)
 
     if fmt == "onnx":

@@ -18,7 +18,6 @@ Yashunin 2018).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -35,6 +34,7 @@ from dynametric.utils.io import (
     atomic_save_npy,
     atomic_write_json,
     atomic_write_text,
+    file_sha256,
     holds_only_own_files,
     remove_stale_temps,
     require_new_folder,
@@ -185,15 +185,6 @@ def take_first_k(keep: np.ndarray, k: int) -> np.ndarray:
     rows, cols = np.nonzero(sel)
     pos[rows, rank[rows, cols] - 1] = cols
     return pos
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _META_TYPES: dict[str, tuple[type, ...]] = {"kind": (str,), "metric": (str,), "dim": (int,), "count": (int,)}

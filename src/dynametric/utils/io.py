@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -81,6 +82,15 @@ counts 255 UTF-16 units): the limit :func:`temp_prefix` and :func:`check_name_le
 _TEMP_HASH = 8  # the hex digits of a shortened temporary name's digest of its target
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (hex), read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def name_bytes(name: str) -> int:
     """The length of the file name ``name`` on disk, in bytes (the file system encoding, as ``os.fsencode``)."""
     return len(os.fsencode(name))
@@ -96,8 +106,6 @@ def temp_prefix(target: str) -> str:
     full = f".{target}."
     if name_bytes(full) + _TEMP_RANDOM + len(TEMP_SUFFIX) <= NAME_MAX:
         return full
-    import hashlib
-
     digest = hashlib.sha256(os.fsencode(target)).hexdigest()[:_TEMP_HASH]
     room = NAME_MAX - _TEMP_RANDOM - len(TEMP_SUFFIX) - name_bytes(f".~{digest}.")
     head = ""
