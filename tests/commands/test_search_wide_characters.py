@@ -3,7 +3,8 @@ character, so the columns after it stay aligned."""
 
 from __future__ import annotations
 
-from dynametric.commands.search import display_width, format_results
+from dynametric.commands.search import format_results
+from dynametric.utils.text import display_width
 
 
 def test_display_width_counts_wide_characters_twice_and_combining_marks_not() -> None:

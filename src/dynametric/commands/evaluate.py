@@ -20,6 +20,7 @@ from typing import Any
 
 from dynametric.commands import path_text, positive_float, positive_int
 from dynametric.errors import ConfigError, InputError
+from dynametric.utils.text import text_table
 
 # the metrics, readers and writers (which import torch) are imported where they are used: building the parser must
 # not import torch (`dynametric --help` in a fraction of a second; tests/test_cli_imports.py)
@@ -47,11 +48,7 @@ def format_table(result: dict[str, dict[str, Any]]) -> str:
         for c in extra:
             row.append(str(result[s].get(c, "")) if s != "mean" else "")
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    return "\n".join(lines)
+    return "\n".join(text_table([header, *rows]))
 
 
 def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], overall_only: list[str]) -> str:
@@ -78,12 +75,9 @@ def format_category_table(by_category: dict[str, dict[str, dict[str, Any]]], ove
                 counts = (values["num_queries"], values["excluded_queries"])
                 cells += [str(sum(counts)), *map(str, counts)]
             lines.append(cells)
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     title = (f"by query category ({category_count(len(by_category))}; each value the mean over the category's queries"
              + (f"; {', '.join(overall_only)}: overall only" if overall_only else "") + "):")
-    table = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [header, *lines]]
-    return "\n".join([title, *table])
+    return "\n".join([title, *text_table([header, *lines], left=2)])
 
 
 def _id_files_pair(args: argparse.Namespace, why: str, per: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from dynametric.commands import path_arg, positive_int
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError, InputError
+from dynametric.utils.text import text_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,19 +65,6 @@ def format_distance(d: float) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
-def display_width(text: str) -> int:
-    """The columns ``text`` takes in a terminal: a wide or full-width character (East Asian width ``W`` / ``F``:
-    CJK ideographs, kana, hangul, full-width forms) takes two, a combining mark none, any other one."""
-    import unicodedata
-
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _pad(text: str, width: int) -> str:
-    """``text`` followed by the spaces that fill ``width`` terminal columns (:func:`display_width`)."""
-    return text + " " * max(0, width - display_width(text))
-
-
 def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str:
     lines: list[str] = []
     for e in entries:
@@ -92,9 +80,7 @@ def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str
         if not rows:
             lines.append("  (no results)")
         # padded by terminal columns, not characters: an id or class name in CJK takes two columns a character
-        widths = [max([display_width(c)] + [display_width(r[i]) for r in rows]) for i, c in enumerate(cols)]
-        lines.append("  " + "  ".join(_pad(c, w) for c, w in zip(cols, widths)).rstrip())
-        lines += ["  " + "  ".join(_pad(v, w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines += ["  " + line for line in text_table([cols, *rows], left=len(cols))]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -27,6 +27,7 @@ import torch
 
 from dynametric.metrics.categories import category_count
 from dynametric.utils.io import atomic_write_text
+from dynametric.utils.text import display_width, text_table
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}img{max-width:100%}
@@ -177,9 +178,14 @@ def category_table(by_category: Mapping[str, Mapping[str, Any]], overall_only: S
 
 
 def _display_name(name: str, width: int = 32) -> str:
-    """A category name for the terminal: non-printable characters escaped, long names shortened."""
+    """A category name for the terminal: non-printable characters escaped, names wider than ``width`` terminal
+    columns shortened."""
     text = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= width else text[:width - 3] + "..."
+    if display_width(text) <= width:
+        return text
+    while display_width(text) > width - 3:  # terminal columns: a CJK character takes two
+        text = text[:-1]
+    return text + "..."
 
 
 def category_summary(by_category: Mapping[str, Mapping[str, Any]], scale_names: Sequence[str], monitor: str,
@@ -223,22 +229,19 @@ def category_summary(by_category: Mapping[str, Mapping[str, Any]], scale_names: 
             v = value(entry, s, m)
             cells.append(f"{v:.4f}" if _is_value(v) else "-")
         rows.append(cells)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    table = text_table([header, *rows])
 
     if not omitted:
         count = category_count(len(by_category))
         return [f"test metrics by query category ({count}; each value the mean over the category's queries):",
-                line(header), *map(line, rows)]
+                *table]
     worst, best = rows[:split_at], rows[split_at:]
     title = (f"test metrics by query category: the {len(worst)} worst and {len(best)} best of {len(by_category)} "
              f"by {key[0]}/{key[1]}, worst first; {omitted} omitted (every category: {where}):"
              if best else f"test metrics by query category: the {len(worst)} of {len(by_category)} with a "
              f"{key[0]}/{key[1]} value, worst first; {omitted} omitted (every category: {where}):")
     middle = [f"... {category_count(omitted)} omitted ..."] if best else []
-    return [title, line(header), *map(line, worst), *middle, *map(line, best)]
+    return [title, table[0], *table[1:split_at + 1], *middle, *table[split_at + 1:]]
 
 
 def _image_array(item: Any) -> np.ndarray:
