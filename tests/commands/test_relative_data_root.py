@@ -94,3 +94,33 @@ def test_train_dry_run_shows_the_root_it_records(tmp_path, monkeypatch, capsys):
     assert main(["train", "--config", "tiny.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"root: {tmp_path / 'data' / 'labels.csv'}" in out
+
+
+@pytest.mark.slow
+def test_run_training_from_python_records_a_relative_root_absolute_and_leaves_the_callers_config(tmp_path,
+                                                                                                  monkeypatch):
+    from dynametric.pipeline.run import dry_run, run_training
+
+    _dataset(tmp_path, test_classes=3, seed=0)
+    (tmp_path / "tiny.yaml").write_text(TINY, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(tmp_path / "tiny.yaml")
+    lines: list[str] = []
+    dry_run(cfg, log=lines.append)
+    assert f"root: {tmp_path / 'data' / 'labels.csv'}" in "\n".join(lines)  # the resolved config shows it absolute
+    run_training(cfg, tmp_path / "run", log=lambda _: None)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["data"]["root"] == str(tmp_path / "data" / "labels.csv")
+    assert cfg.data.root == "data/labels.csv"  # the caller's config object is not changed
+    recorded = load_checkpoint_file(tmp_path / "run" / "last.ckpt")["dynametric"]["config_hash"]
+    assert recorded == config_hash(load_config(tmp_path / "run" / "config.yaml"))
+
+
+def test_anchored_copies_only_when_a_path_is_relative(tmp_path):
+    from dynametric.config.schema import anchored
+
+    cfg = load_config(None, ["data.format=csv", f"data.root={tmp_path / 'labels.csv'}"])
+    assert anchored(cfg) is cfg
+    rel = load_config(None, ["data.format=csv", "data.root=labels.csv"])
+    out = anchored(rel, tmp_path)
+    assert out is not rel and out.data.root == str(tmp_path / "labels.csv") and rel.data.root == "labels.csv"

@@ -974,11 +974,29 @@ def anchor_paths(cfg: Config, folder: str | Path | None = None) -> list[str]:
         section, name = key.split(".")
         holder = getattr(cfg, section)
         value = getattr(holder, name)
-        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+        if not _relative(value):
             continue
         setattr(holder, name, str(base.absolute() / value))
         changed.append(key)
     return changed
+
+
+def anchored(cfg: Config, folder: str | Path | None = None) -> Config:
+    """``cfg`` with the relative paths of :data:`ANCHORED_PATH_KEYS` made absolute (:func:`anchor_paths`): ``cfg``
+    itself where none is relative, else a copy (the caller's config is left as it was). ``run_training`` and
+    ``dry_run`` take it for a new run, so a run started from Python records the paths as ``dynametric train`` does."""
+    import copy
+
+    if not any(_relative(getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1])) for k in ANCHORED_PATH_KEYS):
+        return cfg
+    out = copy.deepcopy(cfg)
+    anchor_paths(out, folder)
+    return out
+
+
+def _relative(value: Any) -> bool:
+    """Whether a path key's value is one :func:`anchor_paths` makes absolute."""
+    return isinstance(value, str) and bool(value) and not value.startswith("~") and not Path(value).is_absolute()
 
 
 MODEL_TRAINING_KEYS = ("channels_last",)

@@ -37,7 +37,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dynametric.config.loader import config_notes
-from dynametric.config.schema import user_path
+from dynametric.config.schema import anchored, user_path
 from dynametric.engine.builders import (
     Components,
     available_splits,
@@ -800,6 +800,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     for text in config_notes(cfg):  # options the layering dropped (a name changed alone), as the dry run says them
         notes(f"note: {text}")
     progress = bool(cfg.trainer.progress_bar) if progress is None else bool(progress)
+    if not resume:  # a relative data.root / model.pretrained_path recorded absolute, as `dynametric train` does
+        cfg = anchored(cfg)
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
@@ -1140,7 +1142,7 @@ def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[
     with torch.set_grad_enabled(torch.is_grad_enabled()):  # restores the mode on the way out
         if run_dir is not None:
             check_new_run_folder(Path(run_dir), folder_key)
-        return _dry_run(cfg, log, log if note is None else note, run_dir)
+        return _dry_run(anchored(cfg), log, log if note is None else note, run_dir)
 
 
 def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], None],
