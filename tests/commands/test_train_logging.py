@@ -124,3 +124,30 @@ def test_a_multiscale_run_logs_into_mlflows_file_store(tmp_path, monkeypatch, ca
     assert [(int(step), float(value)) for _, value, step in history["val/fine/map_at_r"]] == [
         (2, metrics["validation"][0]["fine"]["map@r"]), (4, metrics["validation"][1]["fine"]["map@r"])]
     assert [float(v) for _, v, _ in history["test/mean/recall_at_1"]] == [metrics["test"]["mean"]["recall@1"]]
+
+
+def test_a_logger_failing_after_the_run_finished_says_the_results_are_written(tmp_path, monkeypatch, capsys):
+    # the report's figures go to TensorBoard after metrics.json and report.html are written: a failure there was a
+    # bare "the tensorboard logger failed ..." with no word that the run had finished, and no run_info.json
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import writer
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("the event file's disk went away")
+
+    monkeypatch.setattr(writer.SummaryWriter, "add_image", refuse)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY_SYNTHETIC, "--no-progress", "run.logger=tensorboard",
+                 "run.report=true"]) == 2
+    captured = capsys.readouterr()
+    line = captured.err.strip().splitlines()[-1]
+    assert "Traceback" not in captured.err
+    assert line == ("dynametric train: error: <command line> key 'run.logger': the tensorboard logger failed logging "
+                    "the report's figures: RuntimeError: the event file's disk went away; the run itself finished "
+                    f"(its results: {out / 'metrics.json'}, run_info.json, the checkpoints, report.html); only the "
+                    "logger's copy of the run is incomplete"), line
+    assert f"wrote {out / 'metrics.json'}" in captured.out  # the summary was printed first
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["logger_failure"].startswith("the tensorboard logger failed logging the report's figures")
+    assert "logged_figures" not in info
+    assert json.loads((out / "metrics.json").read_text())["test"]["fine"]["map@r"] >= 0

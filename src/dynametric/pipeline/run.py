@@ -1001,6 +1001,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     info["wall_time_s"] = round(earlier + time.time() - t0, 1)
     if trainer.is_global_zero:
         atomic_write_json(metrics_path, nan_to_null(metrics))
+        late_failure: LoggerFailure | None = None  # the logger's last writes: the run's own files are written
         if cfg.run.report:
             emb, labels = emb_labels if emb_labels is not None else (None, None)
             write_report(run_dir / "report.html", metrics=metrics, loss_history=loss_history, lr_history=lr_history,
@@ -1008,16 +1009,28 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                          dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
                          seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
                          record=record, run=info)
-            info["logged_figures"] = log_figures(exp_logger, report_figures(
-                (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
+            try:
+                info["logged_figures"] = log_figures(exp_logger, report_figures(
+                    (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
+            except LoggerFailure as exc:
+                late_failure = exc
             # the report's time counts (its embedding map and retrieval views took 11 of a resumed run's last 14 s)
             info["wall_time_s"] = round(earlier + time.time() - t0, 1)
         info["logger"] = cfg.run.logger
+        if late_failure is not None:
+            info["logger_failure"] = late_failure.message
         atomic_write_json(run_dir / "run_info.json", nan_to_null(info))
-        if exp_logger is not None:
-            exp_logger.finalize("success")
+        if exp_logger is not None and late_failure is None:
+            try:
+                exp_logger.finalize("success")
+            except LoggerFailure as exc:
+                late_failure = exc
         _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads), settings.monitor, cfg.run.report)
         log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
+        if late_failure is not None:  # the run finished: say so, and that only the logger's copy is short
+            raise LoggerFailure(f"{late_failure.message}; the run itself finished (its results: {metrics_path}, "
+                                f"run_info.json, the checkpoints{', report.html' * bool(cfg.run.report)}); only "
+                                "the logger's copy of the run is incomplete", key=late_failure.key) from None
     return RunResult(run_dir, metrics, info)
 
 
