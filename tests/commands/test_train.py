@@ -371,6 +371,18 @@ def test_a_two_process_run_prints_its_lines_once(tmp_path) -> None:
     lines = proc.stdout.splitlines()
     for start in ("run folder: ", "data: ", "evaluating the untrained model", "testing best.ckpt", "wrote "):
         assert len([line for line in lines if line.startswith(start)]) == 1, (start, proc.stdout)
+    # the report's loss curve (the checkpoint's loss_history, rank 0's) is the loggers' train/loss_step (the mean
+    # over the two processes): the loss is that of the gathered global batch, the same in every process
+    import csv
+
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    with (out / "logs" / "metrics.csv").open(encoding="utf-8") as fh:
+        logged = {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(fh) if r.get("train/loss_step")}
+    history = load_checkpoint_file(out / "last.ckpt")["dynametric"]["loss_history"]
+    assert len(history) == len(logged) >= 2
+    for step, loss in history:
+        assert loss == pytest.approx(logged[int(step)], rel=1e-6, abs=1e-7), (step, loss, logged)
 
 
 _NAN_ON_RANK_1 = """
