@@ -153,6 +153,39 @@ def test_push_to_hub_and_back_through_a_mocked_hub(monkeypatch, tmp_path):
         Embedder.from_pretrained("me/missing")
 
 
+def test_pushing_a_run_folder_uploads_no_local_folder_names(monkeypatch, tmp_path):
+    # a run records data.root absolute (the folder train started in): push_to_hub of the run published
+    # /home/<user>/<project>/... in config.yaml, the model card and dynametric.json
+    import huggingface_hub
+
+    from dynametric.config import load_config, save_config
+
+    local = tmp_path / "private-project" / "data"
+    cfg = load_config(None, ["model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 2}", "data.format=csv",
+                             f"data.root={local / 'labels.csv'}", f"run.output_dir={tmp_path / 'private-runs' / 'dml'}"])
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    model = _perturbed()
+    torch.save({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}}, run / "best.ckpt")
+    fake = FakeHub(tmp_path / "remote")
+    monkeypatch.setattr(huggingface_hub, "HfApi", fake.api)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    hubmod.push_to_hub(run, "me/run-model")
+    remote = tmp_path / "remote" / "me" / "run-model"
+    for name in ("config.yaml", "README.md", "dynametric.json"):
+        text = (remote / name).read_text(encoding="utf-8")
+        assert str(tmp_path) not in text and "private-" not in text, name
+    assert load_config(remote / "config.yaml").data.root == "labels.csv"
+    assert json.loads((remote / "dynametric.json").read_text())["data"]["root"] == "labels.csv"
+    _same_outputs(model, Embedder.from_pretrained("me/run-model"))
+    # export_run keeps the paths by default (a local copy of the run), and drops them when asked
+    kept = hubmod.export_run(run, tmp_path / "kept")
+    assert load_config(kept / "config.yaml").data.root == str(local / "labels.csv")
+    short = hubmod.export_run(run, tmp_path / "short", local_paths=False)
+    assert (short / "config.yaml").read_text() == (remote / "config.yaml").read_text()
+
+
 def test_missing_hub_extra_is_a_clear_error(monkeypatch, tmp_path):
     import builtins
 

@@ -199,9 +199,10 @@ def _run_folders() -> Any:
 
 
 def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "best.ckpt",
-               repo_id: str | None = None) -> Path:
+               repo_id: str | None = None, local_paths: bool = True) -> Path:
     """A model folder from a ``dynametric train`` run folder: :func:`dynametric.retrieval.hub.export_run`."""
-    return _run_folders().export_run(run_dir, folder, checkpoint=checkpoint, repo_id=repo_id)
+    return _run_folders().export_run(run_dir, folder, checkpoint=checkpoint, repo_id=repo_id,
+                                     local_paths=local_paths)
 
 
 def _resolve(source: str | Path, *, revision: str | None, cache_dir: str | Path | None,
@@ -376,7 +377,7 @@ def push_to_hub(model_or_run: torch.nn.Module | str | Path, repo_id: str, *, pri
             if (src / META_FILE).is_file():
                 folder = src
             elif (src / CONFIG_FILE).is_file():
-                folder = export_run(src, tmp, repo_id=repo_id)
+                folder = export_run(src, tmp, repo_id=repo_id, local_paths=False)  # no local folders uploaded
             else:
                 raise InputError("neither a model folder nor a dynametric run folder", file=src)
         api.create_repo(repo_id=repo_id, private=private, exist_ok=True)

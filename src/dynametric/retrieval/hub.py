@@ -9,12 +9,13 @@ so ``Embedder.from_pretrained(run_dir)`` and ``push_to_hub(run_dir, ...)`` accep
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from torch import nn
 
 from dynametric.config import config_to_yaml, embedder_kwargs, load_config
+from dynametric.config.schema import PATH_KEYS, Config
 from dynametric.engine.builders import eval_head
 from dynametric.errors import InputError
 from dynametric.models.hub import save_pretrained
@@ -29,15 +30,21 @@ def run_embedder(run_dir: str | Path) -> nn.Module:
 
 
 def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "best.ckpt",
-               repo_id: str | None = None) -> Path:
+               repo_id: str | None = None, local_paths: bool = True) -> Path:
     """A model folder from a ``dynametric train`` run folder: its ``checkpoint`` (default ``best.ckpt``, else
-    ``last.ckpt``), config, test metrics and data description."""
+    ``last.ckpt``), config, test metrics and data description. ``local_paths=False`` (what ``push_to_hub`` of a
+    run folder writes): the config's paths (:data:`~dynametric.config.schema.PATH_KEYS`: ``data.root``,
+    ``model.pretrained_path``, ``run.output_dir``), in ``config.yaml``, the model card and ``dynametric.json``'s
+    data description, are shortened to their last component (``/home/me/data/cars/labels.csv`` ->
+    ``labels.csv``), so an upload does not publish the folders of the machine that trained."""
     run_dir = Path(run_dir)
     ckpt = run_dir / checkpoint
     if not ckpt.is_file() and checkpoint == "best.ckpt":
         ckpt = run_dir / "last.ckpt"
     loaded = load_embedder(ckpt)
     cfg = load_config(loaded.config_path)
+    if not local_paths:
+        cfg = _without_local_paths(cfg)
     metrics: dict[str, Any] = {}
     info: dict[str, Any] = {}
     for name, target in (("metrics.json", metrics), ("run_info.json", info)):
@@ -53,3 +60,17 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
                            scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
                            data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
                            eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id)
+
+
+def _without_local_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose :data:`~dynametric.config.schema.PATH_KEYS` values are their last path component."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        holder = getattr(out, section)
+        value = getattr(holder, name)
+        if isinstance(value, str) and value:
+            setattr(holder, name, PurePath(value.replace("\\", "/")).name or value)
+    return out
