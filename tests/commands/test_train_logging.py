@@ -151,3 +151,85 @@ def test_a_logger_failing_after_the_run_finished_says_the_results_are_written(tm
     assert info["logger_failure"].startswith("the tensorboard logger failed logging the report's figures")
     assert "logged_figures" not in info
     assert json.loads((out / "metrics.json").read_text())["test"]["fine"]["map@r"] >= 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed")
+def test_a_resumed_run_logs_into_the_mlflow_run_it_started(tmp_path, monkeypatch, capsys):
+    """A resumed run started a second MLflow run: its validation curve was split over two runs of the store."""
+    from dynametric.engine import module
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original = module.MetricLearningModule.on_train_epoch_start
+
+    def stop_at_epoch_1(self):
+        if int(self.current_epoch) == 1:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(module.MetricLearningModule, "on_train_epoch_start", stop_at_epoch_1)
+    out, store = tmp_path / "run", tmp_path / "mlruns"
+    args = ["run.logger=mlflow", f"run.logger_options={{save_dir: {store}}}", *MULTISCALE]
+    assert main(["train", "--out", str(out), *args]) == 130
+    assert "resume with: dynametric train --resume" in capsys.readouterr().err
+    (run_id,) = [p.name for p in store.glob("*/*") if (p / "metrics").is_dir()]
+    assert load_checkpoint_file(out / "last.ckpt")["dynametric"]["logger_run"] == {"logger": "mlflow", "id": run_id}
+    monkeypatch.setattr(module.MetricLearningModule, "on_train_epoch_start", original)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert f"note: logging into the mlflow run {run_id} this run started" in capsys.readouterr().err
+    runs = [p for p in store.glob("*/*") if (p / "metrics").is_dir()]
+    assert [p.name for p in runs] == [run_id]  # one MLflow run: the second epoch's rounds and the test in it
+    steps = [int(line.split()[2]) for line in (runs[0] / "metrics" / "val" / "fine" / "map_at_r").read_text()
+             .splitlines()]
+    assert steps == [2, 4]
+    assert (runs[0] / "metrics" / "test" / "mean" / "recall_at_1").is_file()
+
+
+def test_a_resumed_run_whose_mlflow_run_is_gone_logs_into_a_new_one(tmp_path, monkeypatch):
+    from dynametric.engine.loggers import logger_run
+    from dynametric.errors import ConfigError
+    from dynametric.pipeline import run as runmod
+
+    calls = []
+
+    def build(name, run_dir, options, *, hparams_metrics=(), continue_run=None):
+        calls.append(continue_run)
+        if continue_run is not None:
+            raise ConfigError("the mlflow logger cannot start: MlflowException: Run 'abc' not found", key="run.logger")
+        return "new logger"
+
+    monkeypatch.setattr(runmod, "build_logger", build)
+    monkeypatch.setattr(runmod, "load_checkpoint_file",
+                        lambda path: {"dynametric": {"logger_run": {"logger": "mlflow", "id": "abc"}}})
+    from dynametric.config import load_config
+
+    notes: list[str] = []
+    cfg = load_config(None, ["run.logger=mlflow"])
+    assert runmod._run_logger(cfg, tmp_path, [], tmp_path / "last.ckpt", notes.append) == "new logger"
+    assert calls == [{"logger": "mlflow", "id": "abc"}, None]
+    assert notes == ["note: the mlflow run abc this run logged into cannot be continued (the mlflow logger cannot "
+                     "start: MlflowException: Run 'abc' not found); logging into a new one"]
+    # another logger than the recorded one: nothing to continue
+    calls.clear()
+    assert runmod._run_logger(load_config(None, ["run.logger=wandb"]), tmp_path, [], tmp_path / "last.ckpt",
+                              notes.append) == "new logger"
+    assert calls == [None]
+    assert logger_run(None) is None
+
+
+def test_a_resumed_wandb_run_continues_its_id_unless_the_options_name_one(tmp_path, monkeypatch):
+    made = []
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+    monkeypatch.setattr(loggers, "RunWandbLogger", Recorder)
+    monkeypatch.setattr(loggers, "check_logger", lambda *a, **k: None)
+    record = {"logger": "wandb", "id": "r1"}
+    loggers.build_logger("wandb", tmp_path / "run", {"offline": True}, continue_run=record)
+    loggers.build_logger("wandb", tmp_path / "run", {"id": "mine"}, continue_run=record)
+    loggers.build_logger("wandb", tmp_path / "run", {}, continue_run={"logger": "mlflow", "id": "m"})
+    assert made == [{"offline": True, "id": "r1", "resume": "allow", "name": "run", "save_dir": tmp_path / "run"},
+                    {"id": "mine", "name": "run", "save_dir": tmp_path / "run"},
+                    {"name": "run", "save_dir": tmp_path / "run"}]

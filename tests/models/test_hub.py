@@ -162,7 +162,8 @@ def test_pushing_a_run_folder_uploads_no_local_folder_names(monkeypatch, tmp_pat
 
     local = tmp_path / "private-project" / "data"
     cfg = load_config(None, ["model.embedding_dim=8", "model.backbone_kwargs={width: 4, depth: 2}", "data.format=csv",
-                             f"data.root={local / 'labels.csv'}", f"run.output_dir={tmp_path / 'private-runs' / 'dml'}"])
+                             f"data.root={local / 'labels.csv'}",
+                             f"run.output_dir={tmp_path / 'private-runs' / 'dml'}"])
     run = tmp_path / "run"
     run.mkdir()
     save_config(cfg, run / "config.yaml")

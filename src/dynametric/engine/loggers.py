@@ -395,16 +395,40 @@ def _quiet(levels: Mapping[str, int]) -> Any:
             log.setLevel(level)
 
 
+def logger_run(logger: Any) -> dict[str, str] | None:
+    """The tracking run of an MLflow or W&B logger, ``{"logger": "mlflow" | "wandb", "id": <run id>}``, which the
+    checkpoints record so that ``train --resume`` logs into the same run (:func:`build_logger`'s ``continue_run``);
+    ``None`` for the file loggers (CSV, TensorBoard: a resume appends to their folder) and without an id."""
+    kinds = {cls.__name__ for cls in type(logger).__mro__} if logger is not None else set()
+    try:
+        if "MLFlowLogger" in kinds:
+            name, run_id = "mlflow", getattr(logger, "_run_id", None)
+        elif "WandbLogger" in kinds:
+            name, run_id = "wandb", logger.version
+        else:
+            return None
+    except Exception:  # an id the logger cannot say (another rank's do-nothing experiment): nothing to continue
+        return None
+    return {"logger": name, "id": str(run_id)} if run_id else None
+
+
 def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | None = None, *,
-                 hparams_metrics: Iterable[str] = ()) -> Any:
+                 hparams_metrics: Iterable[str] = (), continue_run: Mapping[str, Any] | None = None) -> Any:
     """The Lightning logger for ``run.logger``, writing under ``run_dir`` (CSV: ``run_dir/logs/metrics.csv``);
     ``options`` checked by :func:`check_logger`. ``hparams_metrics``: the metrics TensorBoard's HPARAMS tab shows
     (:class:`RunTensorBoardLogger`). MLflow's store is opened here, and its run created (:func:`mlflow_store`): a
     store that does not open is an error before any work. Any error of the logger's making is one line keyed
-    ``run.logger``."""
+    ``run.logger``. ``continue_run`` (a resumed run's :func:`logger_run`, for the same logger): log into that MLflow
+    run (``run_id``) or W&B run (``id``, ``resume="allow"``), unless ``options`` name a run themselves."""
     check_logger(name, options, run_dir)
     run_dir = Path(run_dir)
     opts = dict(options or {})
+    if continue_run is not None and continue_run.get("logger") == name:
+        if name == "mlflow" and "run_id" not in opts:
+            opts["run_id"] = str(continue_run["id"])
+        elif name == "wandb" and "id" not in opts:
+            opts["id"] = str(continue_run["id"])
+            opts.setdefault("resume", "allow")
     try:
         if name == "csv":
             return KeepingCSVLogger(save_dir=run_dir, name="", version="logs", **opts)

@@ -23,6 +23,7 @@ from torch import nn
 from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig, resolve_monitor
 from dynametric.data.synthetic import SCALE_NAMES as DEFAULT_DATA_SCALES
 from dynametric.engine.distributed import agree_nonfinite, all_gather_no_grad, all_gather_with_grad, world_info
+from dynametric.engine.loggers import logger_run
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError, DynametricError
 from dynametric.labels import as_label_matrix
@@ -671,6 +672,9 @@ class MetricLearningModule(L.LightningModule):
                                     "optim": asdict(self.optim_settings),
                                     # the batches a step draws and the resumed position depend on it
                                     "processes": int(self.trainer.world_size) if self._trainer is not None else 1}
+        continued = logger_run(self.logger) if self._trainer is not None else None
+        if continued is not None:  # the MLflow / W&B run a resume continues
+            checkpoint["dynametric"]["logger_run"] = continued
         if self.run_config_hash is not None:
             checkpoint["dynametric"]["config_hash"] = self.run_config_hash
             checkpoint["dynametric"]["config"] = self.run_config

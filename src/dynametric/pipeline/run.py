@@ -769,6 +769,32 @@ def _test_images(test: Any, tests: Mapping[str, Any]) -> str:
     return f"{counts} test images (split{'s' * (len(tests) != 1)} {names})"
 
 
+def _run_logger(cfg: Config, run_dir: Path, hparams_metrics: list[str], resumed: Path | None,
+                notes: Callable[[str], None]) -> Any:
+    """The run's logger (:func:`~dynametric.engine.loggers.build_logger`). A resumed run (``resumed``: its
+    ``last.ckpt``) logs into the MLflow or W&B run it started, which the checkpoint records; one that cannot be
+    continued (its store or run removed) is said in a note, and a new run is started."""
+    continued = None
+    if resumed is not None:
+        extra = load_checkpoint_file(resumed).get("dynametric")
+        record = extra.get("logger_run") if isinstance(extra, dict) else None
+        if isinstance(record, dict) and record.get("logger") == cfg.run.logger and record.get("id"):
+            continued = record
+    if continued is None:
+        return build_logger(cfg.run.logger, run_dir, cfg.run.logger_options, hparams_metrics=hparams_metrics)
+    try:
+        logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options, hparams_metrics=hparams_metrics,
+                              continue_run=continued)
+    except ConfigError as exc:
+        if exc.key != "run.logger":  # the options' own errors: as without a resume
+            raise
+        notes(f"note: the {cfg.run.logger} run {continued['id']} this run logged into cannot be continued "
+              f"({exc.message}); logging into a new one")
+        return build_logger(cfg.run.logger, run_dir, cfg.run.logger_options, hparams_metrics=hparams_metrics)
+    notes(f"note: logging into the {cfg.run.logger} run {continued['id']} this run started")
+    return logger
+
+
 def _check_one_process_method(cfg: Config) -> None:
     """Under a launcher that started several processes (:func:`~dynametric.engine.trainer.launch`: ``torchrun``),
     the method's own checks first: a method that runs on one process (``mic``, ``sharing_alternating``) says so,
@@ -834,8 +860,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
                   world=world)  # before the untrained evaluation spends time (and before the other ranks start)
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
-    exp_logger = build_logger(cfg.run.logger, run_dir, cfg.run.logger_options,  # a missing extra fails here
-                              hparams_metrics=[f"{stage}/{comps.trainer.monitor}" for stage in ("val", "test")])
+    exp_logger = _run_logger(cfg, run_dir, [f"{stage}/{comps.trainer.monitor}" for stage in ("val", "test")],
+                             last if resume else None, notes)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
     for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
         notes(line)
