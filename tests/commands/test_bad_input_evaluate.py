@@ -38,7 +38,8 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 @pytest.mark.parametrize("body, expected", [
-    ("fine\n" + "1\n" * 11 + "1" + "0" * 30 + "\n", r"labels.csv:13: column 'fine': label 10{30} does not fit in 64"),
+    ("fine\n" + "1\n" * 11 + "1" + "0" * 30 + "\n", r"labels.csv:13: column 'fine': label 10{30} does not fit in int64 "
+     r"\(labels are signed 64-bit integers\)"),
     (b"fine\n\xe9\xff\n", r"labels.csv:2: not UTF-8 text: byte 0xe9 at column 1 cannot be decoded \(save the file "
                             r"as UTF-8\)"),  # was "at byte 5"
     ("fine\n", r"labels.csv: no label rows after the header"),

@@ -139,8 +139,8 @@ def test_folder_and_npy_label_errors_are_one_line(job, tmp_path, capsys) -> None
     assert err("rows.npy", labels[:20]).endswith(f"rows.npy: 20 label rows but 24 embeddings in {e}")
     assert err("none.npy", np.zeros((24, 0), np.int64)).endswith("none.npy: no labels (shape (24, 0))")
     assert "obj.npy: an array of Python objects" in err("obj.npy", np.array([{"a": 1}] * 24, dtype=object))
-    assert "big.npy: label 18446744073709551615 does not fit in 64 bits" in err(
-        "big.npy", np.full(24, 2**64 - 1, np.uint64))
+    assert ("big.npy: label 18446744073709551615 does not fit in int64 (labels are signed 64-bit integers, at most "
+            "9223372036854775807)") in err("big.npy", np.full(24, 2**64 - 1, np.uint64))
     assert err("text.npy", raw=b"fine\n1\n").endswith(
         "text.npy: not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, this file holds text); "
         "expected an integer array [N] or [N, S]")

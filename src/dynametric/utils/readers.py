@@ -252,7 +252,7 @@ def _parse_labels_csv(reader: Any, path: Path) -> tuple[np.ndarray, list[str]]:
             if value is None:
                 if _LABEL_INTEGER.fullmatch(text):
                     raise InputError(f"column '{name}': label {text[:40]}{'...' if len(text) > 40 else ''} does "
-                                     "not fit in 64 bits", file=path, line=lineno)
+                                     "not fit in int64 (labels are signed 64-bit integers)", file=path, line=lineno)
                 raise InputError(f"column '{name}': expected an integer label, got {field[:60]!r}", file=path,
                                  line=lineno)
             vals.append(value)
@@ -295,7 +295,8 @@ def load_labels_npy(path: str | Path) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"no labels (shape {arr.shape})", file=path)
     if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT64.max:
-        raise InputError(f"label {int(arr.max())} does not fit in 64 bits", file=path)
+        raise InputError(f"label {int(arr.max())} does not fit in int64 (labels are signed 64-bit integers, at most "
+                         f"{_INT64.max})", file=path)
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
