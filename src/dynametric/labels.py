@@ -71,6 +71,29 @@ def default_scale_names(num_scales: int) -> list[str]:
     return [f"scale{i}" for i in range(num_scales)]
 
 
+def reversed_scales(labels: np.ndarray, names: Sequence[str]) -> str | None:
+    """A note when label columns look coarsest first: some later column has more classes than an earlier one and
+    each of its classes lies in a single class of the earlier column (the earlier one is the coarser). ``labels``:
+    ``[N, S]`` integers, the columns as given; ``None`` when they look finest first (or cannot tell)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] < 2 or labels.shape[0] == 0:
+        return None
+    for child in range(labels.shape[1] - 1):
+        for parent in range(child + 1, labels.shape[1]):
+            finer, coarser = labels[:, parent], labels[:, child]
+            _, f_code = np.unique(finer, return_inverse=True)
+            _, c_code = np.unique(coarser, return_inverse=True)
+            if f_code.max() <= c_code.max():
+                continue
+            pairs = np.unique(f_code.astype(np.int64) * (int(c_code.max()) + 1) + c_code)
+            if pairs.size == int(f_code.max()) + 1:  # one earlier-column class for each later-column class
+                return (f"the label columns look coarsest first: every {names[parent]} class lies in a single "
+                        f"{names[child]} class and there are more {names[parent]} classes "
+                        f"({int(f_code.max()) + 1} vs {int(c_code.max()) + 1}); the first column is taken as the "
+                        "finest scale, so put the columns finest first")
+    return None
+
+
 RESERVED_SCALE_NAMES: dict[str, str] = {"mean": "the mean over the scales",
                                          "by_category": "the per-category results",
                                          "protocol": "what the evaluation protocol excluded"}

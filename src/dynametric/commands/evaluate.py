@@ -365,6 +365,14 @@ def run(args: argparse.Namespace) -> int:
 
             q, ql, g, gl, names, source = read_evaluation_files(args.embeddings, args.labels,
                                                                 args.gallery_embeddings, args.gallery_labels)
+            import numpy as np
+
+            from dynametric.labels import reversed_scales
+
+            both = np.asarray(ql) if gl is None else np.concatenate([np.asarray(ql), np.asarray(gl)])
+            looks = reversed_scales(both.reshape(len(both), -1), names)
+            if looks is not None:
+                print(f"note: {looks}", file=sys.stderr)
             if options["distance"] == "cosine":
                 from dynametric.utils.readers import refuse_zero_rows
 
