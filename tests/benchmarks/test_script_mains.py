@@ -209,3 +209,14 @@ def test_sampler_speed_prints_its_table(capsys):
     for row in rows:  # batches, then four non-negative times
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
         assert int(cells[0]) > 0 and all(float(c) >= 0 for c in cells[1:])
+
+
+def test_fnmr_speed_times_this_version_beside_an_older_one(capsys):
+    mod = load_benchmark("fnmr_speed")
+    here = Path(__file__).resolve().parents[2] / "src" / "dynametric" / "metrics" / "verification.py"
+    argv = ["--queries", "40", "--gallery", "300", "--dim", "8", "--classes", "30", "--old", str(here)]
+    assert mod.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"`python benchmarks/fnmr_speed.py {shlex.join(argv)}`\nCPU ")
+    assert "| fnmr@fmr, this version |" in out and "| fnmr@fmr, verification.py |" in out
+    assert "| recall@k + map@r (ranking) |" in out and "values (fine): fnmr@fmr=1 " in out

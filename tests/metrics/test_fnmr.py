@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from dynametric.errors import ConfigError
 from dynametric.metrics import evaluate_embeddings
@@ -116,3 +117,24 @@ def test_a_pair_and_its_mirror_get_the_same_distance(engine, case):
         got = evaluate_embeddings(x, labels, metrics=["fnmr@fmr=100"], k_values=(), distance=distance,
                                   ranking_engine=engine)["fine"]["fnmr@fmr=100"]
         assert got == want == 1.0, (x.tolist(), got)
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_the_pair_value_bound_counts_what_the_distances_count(cosine):
+    # the positives at or above a threshold are counted by one comparison of their float32 pair values with a bound:
+    # the same count as computing every positive's float64 distance, for thresholds at, between and beyond the
+    # distances (the threshold of an interpolated percentile is another float64 value)
+    from dynametric.metrics.verification import _distance, _pair_value_bound
+
+    rng = np.random.default_rng(3)
+    if cosine:
+        v = np.concatenate([rng.uniform(-1.0, 1.0, 4000), -np.ones(5), np.ones(5), rng.uniform(-1e-6, 1e-6, 20)])
+    else:
+        v = np.concatenate([rng.uniform(0.0, 50.0, 4000), np.zeros(5), rng.uniform(0, 1e-30, 20), [1e30, 3e38]])
+    v = torch.from_numpy(v.astype(np.float32))
+    d = _distance(v, cosine)
+    ts = [float(x) for x in d[::97]] + [float(np.nextafter(float(x), np.inf)) for x in d[::89]]
+    ts += [float(np.nextafter(float(x), -np.inf)) for x in d[::83]] + [0.0, -1.0, 1e-300, 1e-20, 1.5, 7.0, 1e19, 1e200]
+    for t in ts:
+        bound = _pair_value_bound(t, cosine, torch.device("cpu"))
+        assert int((v >= bound).sum()) == int((d >= t).sum()), (t, bound)

@@ -126,6 +126,41 @@ def _distance(v: torch.Tensor | float, cosine: bool) -> torch.Tensor | float:
     return torch.sqrt((2.0 + 2.0 * v).clamp_min(0.0)) if cosine else torch.sqrt(v.clamp_min(0.0))
 
 
+def _pair_value_bound(t: float, cosine: bool, device: torch.device) -> float:
+    """The smallest float32 pair value ``v`` whose distance (:func:`_distance`, the same float64 computation on a
+    tensor) is at least ``t``, so that ``d(v) >= t`` exactly when ``v >= bound`` (``d`` is non-decreasing in ``v``).
+    Searched among the float32 values around the inverse of ``t`` (a window of order-preserving keys, widened until
+    it holds the boundary); ``-inf`` for ``t <= 0`` (every pair), ``inf`` when no finite value reaches ``t`` (only
+    an overflowed pair value, ``inf``, does)."""
+    if t <= 0.0:
+        return -math.inf
+    big = float(np.finfo(np.float32).max)
+    guess = min(max((t * t - 2.0) / 2.0 if cosine else t * t, -big), big)
+    bits = int(np.array([guess], dtype=np.float32).view(np.int32)[0])
+    center = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # the key: increasing with the value
+    lowest, highest = _float_key(-big), _float_key(big)
+    for half in (64, 4096, 1 << 22):
+        keys = np.arange(max(center - half, lowest), min(center + half, highest) + 1, dtype=np.int64).astype(np.int32)
+        values = (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(np.float32)
+        d = _distance(torch.from_numpy(values.copy()).to(device), cosine)
+        assert isinstance(d, torch.Tensor)
+        reach = (d >= t).cpu().numpy()
+        if reach.all() and keys[0] > lowest:
+            continue  # the boundary lies below the window
+        if not reach.any():
+            if keys[-1] < highest:
+                continue  # above the window
+            return math.inf
+        return float(values[int(np.argmax(reach))])
+    raise AssertionError(f"no float32 boundary found for the distance {t!r}")
+
+
+def _float_key(value: float) -> int:
+    """The order-preserving int32 key of a float32 value (as :func:`_keys`)."""
+    bits = int(np.array([value], dtype=np.float32).view(np.int32)[0])
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
 def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.device | None = None,
                 memory_budget_bytes: int | None = None) -> list[dict[str, float]]:
     """``[{"fnmr@fmr=<p>": value, ...} per scale]`` (fractions; NaN where a scale has no positive or no negative
@@ -142,7 +177,7 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
                 neg = chunk.differ(s)
                 hist[s] += _count(hi, neg)
                 del neg
-                num_pos[s] += int(chunk.same(s).sum())
+                num_pos[s] += int(torch.count_nonzero(chunk.same(s)))
             del hi, chunk
         # which order statistics (0-based ranks among the sorted negatives) each scale needs
         wanted: list[dict[int, int]] = []  # per scale: rank -> its high-16-bit bucket
@@ -167,19 +202,32 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
             starts.append(np.concatenate(([0], cum[:-1])))
         buckets = [sorted(set(w.values())) for w in wanted]
         low = [{b: torch.zeros(1 << 16, dtype=torch.int64, device=dev) for b in bs} for bs in buckets]
-        if any(buckets):
+        # every scale's buckets in one histogram per scale: a pair of a wanted bucket goes to bin
+        # slot(bucket) * 2**16 + its low 16 bits, any other pair to the spare bin past them
+        union = sorted({b for bs in buckets for b in bs})
+        slot_of = torch.full((1 << 16,), -1, dtype=torch.int32, device=dev)
+        slot_of[torch.tensor(union, dtype=torch.int64, device=dev)] = torch.arange(len(union), dtype=torch.int32,
+                                                                                 device=dev)
+        spare = len(union) << 16
+        if union:
             for chunk in _chunks(problem, dev, memory_budget_bytes):
                 keys = _keys(chunk.v)
                 hi = (keys >> 16).add_(1 << 15)
-                lo16 = keys.bitwise_and_(0xFFFF)
+                code = torch.index_select(slot_of, 0, hi.view(-1)).view_as(hi)
+                del hi
+                wanted_pair = code >= 0
+                code.mul_(1 << 16).add_(keys.bitwise_and_(0xFFFF))
+                del keys
                 for s in range(num_scales):
                     if not buckets[s]:
                         continue
-                    neg = chunk.differ(s)
+                    sel = chunk.differ(s).logical_and_(wanted_pair)
+                    counts = torch.bincount(torch.where(sel, code, spare).view(-1), minlength=spare + 1)
+                    del sel
                     for b in buckets[s]:
-                        low[s][b] += _count(lo16, torch.eq(hi, b).logical_and_(neg))
-                    del neg
-                del keys, hi, lo16, chunk
+                        i = union.index(b)
+                        low[s][b] += counts[i << 16:(i + 1) << 16]
+                del code, wanted_pair, chunk
         # per fmr: (p, T, the pair value v of T where T is one negative's own distance, else None). Where it is, the
         # positives are compared with it in the pair values themselves (d is increasing in v), so a positive whose
         # pair value equals that negative's counts as d >= T exactly (two float64 square roots of one value need not
@@ -196,17 +244,20 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
             thresholds.append([(p, value_at[k] + frac * (value_at[k2] - value_at[k]),
                                 pair_value_at[k] if frac == 0.0 or pair_value_at[k] == pair_value_at[k2] else None)
                                for p, k, k2, frac in plans[s]])
+        # each threshold as the smallest pair value at or above it (d is non-decreasing in v): a positive counts when
+        # its pair value is at least that, one comparison over the chunk, the positives never gathered
+        bounds = [[exact if exact is not None else _pair_value_bound(t, cosine, dev) for _p, t, exact in thresholds[s]]
+                  for s in range(num_scales)]
         above = [[0] * len(thresholds[s]) for s in range(num_scales)]
         if any(thresholds):
             for chunk in _chunks(problem, dev, memory_budget_bytes):
                 for s in range(num_scales):
                     if not thresholds[s]:
                         continue
-                    vp = torch.masked_select(chunk.v, chunk.same(s))  # the positives' values only
-                    d = _distance(vp, cosine) if any(exact is None for _p, _t, exact in thresholds[s]) else None
-                    for i, (_p, t, exact) in enumerate(thresholds[s]):
-                        above[s][i] += int((vp >= exact).sum()) if exact is not None else int((d >= t).sum())
-                    del vp, d
+                    same = chunk.same(s)
+                    for i, bound in enumerate(bounds[s]):
+                        above[s][i] += int(torch.count_nonzero(torch.ge(chunk.v, bound).logical_and_(same)))
+                    del same
                 del chunk
     out = []
     for s in range(num_scales):
