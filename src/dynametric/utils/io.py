@@ -303,6 +303,52 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *
         fh.write(data)
 
 
+def stage_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, key: str | None = None) -> str:
+    """The first half of an atomic write of several files that belong together: ``data`` written to a new
+    temporary file beside ``path`` (flushed to disk, with the mode ``path`` is to get: :func:`replacement_mode`),
+    ``path`` not touched; returns the temporary file's name. The caller renames every staged file into place with
+    :func:`commit_staged` once all are written (a rename needs no free space) and removes what is left with
+    :func:`discard_staged` whatever happens. A failed write (a full disk) removes its temporary file and names
+    ``path``, as :func:`atomic_write_bytes`; a read-only ``path`` is refused before anything is written."""
+    target = _file_target(path, key)
+    mode = replacement_mode(target, key)
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        staged, tmp = tmp, None
+        return staged
+    except OSError as exc:
+        if _is_own_failure(exc, target, tmp):
+            raise _write_error(exc, target, key) from None
+        raise
+    finally:
+        if tmp is not None:
+            discard_staged([tmp])
+
+
+def commit_staged(tmp: str, path: str | Path, *, key: str | None = None) -> None:
+    """Rename the file :func:`stage_bytes` wrote for ``path`` over it (atomic; an error names ``path``)."""
+    path = Path(path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _write_error(exc, path, key) from None
+
+
+def discard_staged(tmps: Collection[str]) -> None:
+    """Remove staged temporary files (:func:`stage_bytes`) that were not renamed into place."""
+    for tmp in tmps:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
 class _WriteOnly:
     """A file object seen only through ``write`` (and ``flush``), which keeps the ``OSError`` of a failed write:
     ``np.save`` then writes its bytes with ``write`` (Python's file IO) instead of ``ndarray.tofile``, whose short
