@@ -61,18 +61,19 @@ def test_a_save_killed_after_its_description_is_taken_up_again(tmp_path: Path, m
     import dynametric.utils.io as io_mod
 
     folder = tmp_path / "m"
-    real = io_mod.atomic_write_bytes
+    real = io_mod.commit_staged
 
-    def killed(path, data, **kwargs):
-        if Path(path).name == "model.safetensors":
+    def killed(tmp, path, **kwargs):
+        if Path(path).name == "model.safetensors":  # renamed after the description that marks the save unfinished
             raise KeyboardInterrupt
-        return real(path, data, **kwargs)
+        return real(tmp, path, **kwargs)
 
-    monkeypatch.setattr(io_mod, "atomic_write_bytes", killed)
+    monkeypatch.setattr(io_mod, "commit_staged", killed)
     with pytest.raises(KeyboardInterrupt):
         _model(0).save_pretrained(folder)
     monkeypatch.undo()
-    with pytest.raises(InputError, match="weight file not found"):
+    assert sorted(p.name for p in folder.iterdir()) == ["dynametric.json"]
+    with pytest.raises(InputError, match="interrupted before it finished"):
         Embedder.from_pretrained(folder)
     model = _model(0)
     model.save_pretrained(folder)  # its own description: not refused as someone else's folder

@@ -246,14 +246,27 @@ def checkpoint_path(checkpoint: str | os.PathLike[str]) -> Path:
 
 
 def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
-    """``config``, or ``config.yaml`` beside the checkpoint (a run folder); ConfigError when missing."""
+    """``config``, or ``config.yaml`` beside the checkpoint (a run folder); ConfigError when missing. A checkpoint
+    given as a link (``sl/ck.ckpt -> ../run1/best.ckpt``) takes the ``config.yaml`` beside the link, else the one
+    beside the file it points to (its run folder); when neither exists the error names both places."""
     checkpoint = Path(checkpoint)
-    path = Path(config) if config is not None else checkpoint.parent / "config.yaml"
+    if config is None:
+        beside = checkpoint.parent / "config.yaml"
+        if beside.is_file():
+            return beside
+        target = checkpoint.resolve()
+        there = target.parent / "config.yaml"
+        if there.parent.resolve() == beside.parent.resolve():  # no link: one place to look
+            raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}", key="--config")
+        if there.is_file():
+            return there
+        raise ConfigError(f"no --config given and no config.yaml beside {checkpoint} ({beside}) nor beside the file "
+                          f"it links to, {target} ({there})", key="--config")
+    path = Path(config)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; expected a config file", key="--config")
     if not path.is_file():
-        raise ConfigError(f"no --config given and no config.yaml beside {checkpoint}" if config is None
-                          else f"config file not found: {path}", key="--config")
+        raise ConfigError(f"config file not found: {path}", key="--config")
     return path
 
 

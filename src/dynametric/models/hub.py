@@ -29,13 +29,18 @@ from typing import Any
 import torch
 
 from dynametric.errors import ConfigError, InputError, first_sentence
-from dynametric.utils.io import atomic_write_json, atomic_write_text, file_sha256
+from dynametric.utils.io import check_name_lengths, file_sha256, holds_only_own_files, nan_to_null, replacement_mode
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "dynametric.json"
 CONFIG_FILE = "config.yaml"
 CARD_FILE = "README.md"
 FORMAT = "dynametric-embedder"
+_NAMES = frozenset((MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE))
+UNFINISHED = "unfinished save"
+"""``weights_sha256`` of the ``dynametric.json`` a save writes first and replaces last: no weights match it, so a
+folder whose save was killed between its renames is refused when loaded (also by dynametric versions that do not
+know this value)."""
 
 
 def _require_hub() -> Any:
@@ -129,29 +134,32 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card).
 
     Into a new or empty folder, or over an earlier model folder (its ``dynametric.json`` is this format): its files
-    are replaced (each atomically) and a ``config.yaml`` it wrote that this model lacks is removed; nothing else in
-    the folder is touched. A file of one of these names that no earlier save wrote (a project's own ``README.md``
-    or ``config.yaml``, a run folder's config) is refused before anything is written. ``dynametric.json`` records
-    the SHA-256 of the weights, so a save interrupted between its files is caught when the folder is loaded."""
+    are replaced and a ``config.yaml`` it wrote that this model lacks is removed; nothing else in the folder is
+    touched. A file of one of these names that no earlier save wrote (a project's own ``README.md`` or
+    ``config.yaml``, a run folder's config) is refused before anything is written, as is one the user made
+    read-only. Every file is first written to a temporary file beside its target; only when all are written are
+    they renamed into place, so a failed write (a full disk) leaves the folder as it was. The renames start with a
+    ``dynametric.json`` marking the save unfinished and end with the final one, which records the SHA-256 of the
+    weights: a save killed between its renames leaves a folder that loading refuses and the next save takes up."""
     import hashlib
 
     from safetensors.torch import save
 
     from dynametric import __version__
-    from dynametric.utils.io import atomic_write_bytes
+    from dynametric.utils.io import commit_staged, discard_staged, remove_stale_temps, stage_bytes
 
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError("exists and is not a folder; a model folder is written there", file=folder)
+    _check_folder_path(folder)
     own = _earlier_save(folder)
     for name in (MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE):
         if (folder / name).exists() and name not in own:
             raise InputError(f"exists and was not written by an earlier save_pretrained (no {META_FILE} of a model "
                              f"folder naming it); it is not overwritten: save to another folder, or remove the file "
                              "yourself", file=folder / name)
+    # what a killed save left (its temporary files) is removed when the folder is known as a save's
+    clean_up = bool(own) or holds_only_own_files(folder, (), _NAMES.__contains__)
     kwargs = _build_kwargs(embedder, model_kwargs)
     backbone_config = _backbone_config(embedder, kwargs)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}
     weights = save(state, metadata={"format": "pt"})
     dims = getattr(embedder, "embedding_dims", None)
@@ -162,17 +170,69 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
             "weights_sha256": hashlib.sha256(weights).hexdigest(), "files": files}
     if backbone_config is not None:
         meta["backbone_config"] = backbone_config
-    # The description first: a save killed after it leaves a folder a next save recognises as its own (and a load
-    # refuses by the weights' hash); an earlier save's run config this model lacks goes before it.
-    if config_yaml is None and CONFIG_FILE in own:
-        (folder / CONFIG_FILE).unlink(missing_ok=True)
-    atomic_write_json(folder / META_FILE, meta)
-    # serialised in memory, written with Python's file IO: a full disk is an OSError naming the file
-    atomic_write_bytes(folder / MODEL_FILE, weights)
+    remove_config = config_yaml is None and CONFIG_FILE in own and (folder / CONFIG_FILE).exists()
+    if remove_config:
+        replacement_mode(folder / CONFIG_FILE)  # one the user made read-only is not removed either
+    # The unfinished description lists every file the folder may hold until the save ends (the earlier config.yaml
+    # included) and weights that match none: the next save knows the folder as its own, a load refuses it.
+    unfinished = {**meta, "weights_sha256": UNFINISHED,
+                  "files": [*files, *([CONFIG_FILE] if remove_config else [])]}
+    contents: list[tuple[str, bytes]] = [(MODEL_FILE, weights)]
     if config_yaml is not None:
-        atomic_write_text(folder / CONFIG_FILE, config_yaml)
-    atomic_write_text(folder / CARD_FILE, model_card(meta, config_yaml, repo_id))
+        contents.append((CONFIG_FILE, config_yaml.encode("utf-8")))
+    contents.append((CARD_FILE, model_card(meta, config_yaml, repo_id).encode("utf-8")))
+    created = _missing_folders(folder)
+    staged: dict[str, str] = {}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if clean_up:
+            remove_stale_temps(folder, _NAMES.__contains__)
+        # every file written before any is renamed: a failure here (a full disk) leaves the folder as it was
+        staged[UNFINISHED] = stage_bytes(folder / META_FILE, _json_bytes(unfinished))
+        for name, blob in contents:
+            staged[name] = stage_bytes(folder / name, blob)
+        staged[META_FILE] = stage_bytes(folder / META_FILE, _json_bytes(meta))
+        # renames need no space; the unfinished description first, the final one last
+        for name in (UNFINISHED, *(name for name, _ in contents), META_FILE):
+            commit_staged(staged[name], folder / (META_FILE if name == UNFINISHED else name))
+            del staged[name]
+            if name == UNFINISHED and remove_config:
+                (folder / CONFIG_FILE).unlink(missing_ok=True)
+    except BaseException:
+        discard_staged(list(staged.values()))
+        for made in reversed(created):  # the folders this save made, when a failure left them empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
     return folder
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """``obj`` as :func:`~dynametric.utils.io.atomic_write_json` writes it (indented, NaN as ``null``)."""
+    return (json.dumps(nan_to_null(obj), indent=2) + "\n").encode("utf-8")
+
+
+def _check_folder_path(folder: Path) -> None:
+    """A model folder's path: not a file, nor under one (was a raw ``NotADirectoryError``)."""
+    check_name_lengths(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError("exists and is not a folder; a model folder is written there", file=folder)
+    above = folder.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise InputError(f"is a file, not a folder; expected a folder to hold the model folder {folder}", file=above)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, outermost first."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.insert(0, folder)
+        folder = folder.parent
+    return missing
 
 
 def _earlier_save(folder: Path) -> set[str]:
@@ -247,6 +307,9 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
         raise InputError(f"not valid JSON ({exc})", file=meta_path) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise InputError(f"expected a {FORMAT} description with a 'model' entry", file=meta_path)
+    if meta.get("weights_sha256") == UNFINISHED:
+        raise InputError("a save_pretrained into this folder was interrupted before it finished (its description "
+                         "marks the save unfinished): save the model again", file=meta_path)
     model = _build_described(meta, meta_path)
     weights = folder / MODEL_FILE
     if not weights.is_file():

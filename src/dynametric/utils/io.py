@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -13,10 +15,50 @@ from typing import IO, Any
 
 
 def _umask_mode() -> int:
-    """The mode a plain ``open(path, "w")`` would give: 0o666 minus the process umask (mkstemp uses 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    """The mode a plain ``open(path, "w")`` gives a new file: 0o666 minus the process umask (mkstemp uses 0o600)."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system shows it (Linux: ``Umask:`` of
+    ``/proc/self/status``), so that no other thread ever creates a file under a umask of 0; elsewhere it is read
+    once the only way POSIX offers (set and restored) and kept."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_set_and_restored()
+
+
+@functools.lru_cache(maxsize=1)
+def _umask_set_and_restored() -> int:
+    mask = os.umask(0o077)  # the most restrictive value while it is set: a file another thread makes meanwhile
+    os.umask(mask)          # is private, never world-writable
+    return mask
+
+
+def replacement_mode(path: str | Path, key: str | None = None) -> int:
+    """The permission bits the new content of the file ``path`` gets: those of the file it replaces (a file of mode
+    0600 stays 0600, 0640 stays 0640), or, for a new file, what a plain ``open`` gives (0o666 minus the umask). A
+    file its owner may not write (no owner write bit: ``chmod 444``), or this process may not, is what the user
+    protected: an :class:`~dynametric.errors.InputError` ``<path> [key '<key>']: is read-only (mode 0444); not
+    replaced ...``, before anything is written (:func:`atomic_open` and every writer built on it ask here)."""
+    from dynametric.errors import InputError
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # no file there (or none that can be asked): a new file
+        return _umask_mode()
+    if not stat.S_ISREG(st.st_mode):
+        return _umask_mode()
+    if not st.st_mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        raise InputError(f"is read-only (mode {stat.S_IMODE(st.st_mode):04o}); not replaced: make it writable "
+                         "(chmod u+w) to have it replaced, or write to another path", file=path, key=key)
+    return stat.S_IMODE(st.st_mode) & 0o777
 
 
 def _file_target(path: str | Path, key: str | None = None) -> Path:
@@ -200,14 +242,16 @@ def _is_own_failure(exc: OSError, path: Path, tmp: str | None) -> bool:
 
 @contextmanager
 def _replacing(path: Path, key: str | None = None) -> Iterator[tuple[int, str]]:
-    """A temporary file beside ``path`` (open descriptor, name): when the block ends it gets the mode a plain
-    ``open`` would give and atomically replaces ``path``; when the block raises it is removed and ``path`` is
-    left untouched. An error of the file system about the write names ``path`` (see :func:`_write_error`)."""
+    """A temporary file beside ``path`` (open descriptor, name): when the block ends it gets the mode of the file it
+    replaces, or the one a plain ``open`` would give a new file (:func:`replacement_mode`), and atomically replaces
+    ``path``; when the block raises it is removed and ``path`` is left untouched. A read-only ``path`` is refused
+    before the block runs. An error of the file system about the write names ``path`` (see :func:`_write_error`)."""
+    replacement_mode(path, key)  # a file the user protected: refused before anything is written
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
         yield fd, tmp
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, replacement_mode(path, key))  # the mode now: the write may have taken a while
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -257,6 +301,52 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *
     ``OSError`` naming ``path``. For what a library serialises in memory (``torch.save`` into an ``io.BytesIO``)."""
     with atomic_open(path, "wb", key=key) as fh:
         fh.write(data)
+
+
+def stage_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, key: str | None = None) -> str:
+    """The first half of an atomic write of several files that belong together: ``data`` written to a new
+    temporary file beside ``path`` (flushed to disk, with the mode ``path`` is to get: :func:`replacement_mode`),
+    ``path`` not touched; returns the temporary file's name. The caller renames every staged file into place with
+    :func:`commit_staged` once all are written (a rename needs no free space) and removes what is left with
+    :func:`discard_staged` whatever happens. A failed write (a full disk) removes its temporary file and names
+    ``path``, as :func:`atomic_write_bytes`; a read-only ``path`` is refused before anything is written."""
+    target = _file_target(path, key)
+    mode = replacement_mode(target, key)
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        staged, tmp = tmp, None
+        return staged
+    except OSError as exc:
+        if _is_own_failure(exc, target, tmp):
+            raise _write_error(exc, target, key) from None
+        raise
+    finally:
+        if tmp is not None:
+            discard_staged([tmp])
+
+
+def commit_staged(tmp: str, path: str | Path, *, key: str | None = None) -> None:
+    """Rename the file :func:`stage_bytes` wrote for ``path`` over it (atomic; an error names ``path``)."""
+    path = Path(path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _write_error(exc, path, key) from None
+
+
+def discard_staged(tmps: Collection[str]) -> None:
+    """Remove staged temporary files (:func:`stage_bytes`) that were not renamed into place."""
+    for tmp in tmps:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 class _WriteOnly:
