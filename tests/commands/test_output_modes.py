@@ -48,7 +48,9 @@ def test_evaluate_json_over_a_read_only_result_is_refused(tmp_path, evaluate, ca
     finally:
         mode = _mode(out)
         out.chmod(0o644)
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "queries" not in captured.out  # refused before the evaluation, not after it
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.endswith(f"{out} key '--json': is read-only (mode 0444); not replaced: make it writable "
                         "(chmod u+w) to have it replaced, or write to another path"), err

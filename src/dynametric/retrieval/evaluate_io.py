@@ -250,13 +250,16 @@ _JOB_FILES = ("embed.json", "items.csv", "embeddings.npy", "labels.npy")
 def check_output_place(path: str | Path, key: str) -> None:
     """Before any work: the folders ``path`` (an output file or folder) goes in must be folders or not yet exist;
     a regular file where one of them goes is one line naming it and ``key`` (the option), as writing it would say
-    only after the work is done."""
+    only after the work is done; so is a read-only file at ``path`` (:func:`~dynametric.utils.io.replacement_mode`)."""
     path = Path(path)
     above = path.parent
     while not (above.exists() or above.is_symlink()) and above != above.parent:
         above = above.parent
     if above.exists() and not above.is_dir():
         raise InputError(f"is a file, not a folder; expected a folder to hold {path}", file=above, key=key)
+    from dynametric.utils.io import replacement_mode
+
+    replacement_mode(path, key)  # a read-only file there: refused now, not after the work
 
 
 def check_outputs(inputs: Iterable[tuple[str, str | Path | None]], *, json_out: str | Path | None = None,
