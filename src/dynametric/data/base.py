@@ -180,20 +180,34 @@ def _contiguous_matrix(raw_labels: Sequence[tuple[Hashable, ...]], s_count: int,
     return np.stack(mats, 1), all_ids
 
 
+REVERSED_SCALES = "the scales look reversed"
+"""How the one problem :func:`check_hierarchy` returns for scales given coarsest first begins."""
+_SHOWN_PARENTS = 3  # parents named per violating class (the rest counted)
+_SHOWN_CLASSES = 3  # violating classes named in the reversed-scales problem (the rest counted)
+
+
 def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: Sequence[Sequence[Hashable]],
                     locations: Sequence[tuple[str, int | None]] | None = None,
-                    max_lines: int = 5, nested: bool = False) -> tuple[list[Problem], list[str]]:
+                    max_lines: int = 3, nested: bool = False) -> tuple[list[Problem], list[str]]:
     """Check that every finest class has exactly one parent at each coarser scale.
 
     ``labels`` is ``int64[N, S]`` (contiguous, finest first). Returns ``(problems, notes)``: a problem per
-    violating finest class naming its parents and up to ``max_lines`` records (file:line) of each parent; the
-    notes say, for every intermediate scale, whether each of its classes has a single parent above it. With
-    ``nested`` (data whose scales are defined to nest, :attr:`SplitRecords.nested`) an intermediate class with
-    several parents is a problem as well, named as a finest one is.
+    violating finest class naming its first 3 parents (and how many more) and up to ``max_lines`` records
+    (file:line) of each; the notes say, for every intermediate scale, whether each of its classes has a single
+    parent above it. With ``nested`` (data whose scales are defined to nest, :attr:`SplitRecords.nested`) an
+    intermediate class with several parents is a problem as well, named as a finest one is.
+
+    Scales given coarsest first (a CSV's label columns reversed: every class of a coarser scale lies in a single
+    finest class, each of the 2 or more finest classes has several parents there, and the coarser scale has more
+    classes) are one problem, beginning with :data:`REVERSED_SCALES`:
+    what to do first, then the first few violations and how many more.
     """
     problems: list[Problem] = []
     notes: list[str] = []
     n, s_count = labels.shape
+    counts_per_scale = [int(np.unique(labels[:, s]).size) for s in range(s_count)]
+    violations: list[tuple[int, int, int, list[tuple[int, np.ndarray]]]] = []  # (child, parent, class, parents)
+    reversed_pair: tuple[int, int] | None = None
     for child in range(s_count - 1):
         for parent in range(child + 1, s_count):
             width = int(labels[:, parent].max()) + 1 if n else 1
@@ -207,33 +221,59 @@ def check_hierarchy(labels: np.ndarray, scale_names: Sequence[str], class_ids: S
                     continue
             if bad.size == 0:
                 continue
-            hint = ""  # the scales given coarsest first (a CSV's label columns reversed): say so once
-            if child == 0 and np.unique(pairs % width, return_counts=True)[1].max() == 1 and \
-                    np.unique(labels[:, parent]).size > np.unique(labels[:, child]).size:
-                hint = (f" (the scales look reversed: every {scale_names[parent]} class lies in a single "
-                        f"{scale_names[child]} class and there are more {scale_names[parent]} classes; label columns "
-                        "go finest first, e.g. path,split,fine,middle,coarse)")
+            if child == 0 and 1 < bad.size == counts_per_scale[child] < counts_per_scale[parent] and \
+                    np.unique(pairs % width, return_counts=True)[1].max() == 1:
+                reversed_pair = (child, parent)  # the last such pair: the scale given last, the finest in truth
             order = np.argsort(labels[:, child], kind="stable")  # rows grouped by class, file order kept
             starts = np.searchsorted(labels[order, child], bad, side="left")
             ends = np.searchsorted(labels[order, child], bad, side="right")
             for c, lo, hi in zip(bad.tolist(), starts.tolist(), ends.tolist()):
                 rows_c = order[lo:hi]
-                parts = []
-                first_loc: tuple[str, int | None] | None = None
-                for p in np.unique(labels[rows_c, parent]).tolist():
-                    rows_cp = rows_c[labels[rows_c, parent] == p][:max_lines]
-                    if locations is not None:
-                        where = ", ".join(_loc(locations[r]) for r in rows_cp.tolist())
-                        if first_loc is None:
-                            first_loc = locations[int(rows_cp[0])]
-                    else:
-                        where = "rows " + ", ".join(str(r) for r in rows_cp.tolist())
-                    parts.append(f"{scale_names[parent]} {class_ids[parent][p]!r} (e.g. {where})")
-                msg = (f"hierarchy violation: {scale_names[child]} class {class_ids[child][c]!r} has "
-                       f"{len(parts)} {scale_names[parent]} parents: " + "; ".join(parts) + hint)
-                hint = ""
-                problems.append(Problem(msg, first_loc[0] if first_loc else None,
-                                        first_loc[1] if first_loc else None, "hierarchy"))
+                parents = [(p, rows_c[labels[rows_c, parent] == p]) for p in np.unique(labels[rows_c, parent]).tolist()]
+                violations.append((child, parent, c, parents))
+
+    def where(rows: np.ndarray, count: int) -> str:
+        if locations is None:
+            return "rows " + ", ".join(str(r) for r in rows[:count].tolist())
+        return ", ".join(_loc(locations[r]) for r in rows[:count].tolist())
+
+    def first_location(parents: list[tuple[int, np.ndarray]]) -> tuple[str | None, int | None]:
+        if locations is None:
+            return None, None
+        return locations[int(parents[0][1][0])]
+
+    if reversed_pair is not None:  # one problem: what to do first, then the first few violations
+        child, parent = reversed_pair
+        finest_first = sorted(range(s_count), key=lambda s: (-counts_per_scale[s], -s))
+        file, line = first_location(violations[0][3])
+
+        def at(rows: np.ndarray) -> str:  # the problem's own file is named once, before the message
+            if locations is not None and locations[int(rows[0])][0] == file and line is not None:
+                return f"line {locations[int(rows[0])][1]}"
+            return where(rows, 1)
+
+        shown = []
+        for kid, par, c, parents in violations[:_SHOWN_CLASSES]:
+            named = ", ".join(f"{class_ids[par][p]!r} ({at(rows)})" for p, rows in parents[:_SHOWN_PARENTS])
+            more = ", ..." if len(parents) > _SHOWN_PARENTS else ""
+            shown.append(f"{scale_names[kid]} class {class_ids[kid][c]!r} has {len(parents)} {scale_names[par]} "
+                         f"parents: {named}{more}")
+        rest = len(violations) - len(shown)
+        msg = (f"{REVERSED_SCALES}: label columns go finest first, here e.g. "
+               f"path,split,{','.join(scale_names[s] for s in finest_first)} (every {scale_names[parent]} class "
+               f"lies in a single {scale_names[child]} class and there are more {scale_names[parent]} classes, "
+               f"{counts_per_scale[parent]} against {counts_per_scale[child]}); as given, {len(violations)} "
+               f"hierarchy violation(s): " + "; ".join(shown) + (f"; and {rest} more" if rest else ""))
+        return [Problem(msg, file, line, "hierarchy")], notes
+    for child, parent, c, parents in violations:
+        parts = [f"{scale_names[parent]} {class_ids[parent][p]!r} (e.g. {where(rows, max_lines)})"
+                 for p, rows in parents[:_SHOWN_PARENTS]]
+        if len(parents) > _SHOWN_PARENTS:
+            parts.append(f"and {len(parents) - _SHOWN_PARENTS} more")
+        msg = (f"hierarchy violation: {scale_names[child]} class {class_ids[child][c]!r} has "
+               f"{len(parents)} {scale_names[parent]} parents: " + "; ".join(parts))
+        file, line = first_location(parents)
+        problems.append(Problem(msg, file, line, "hierarchy"))
     return problems, notes
 
 
@@ -591,6 +631,9 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
             problems, notes = check_hierarchy_fn(labels, records.scale_names, all_ids, records.locations,
                                                  nested=records.nested)
             report.notes.extend(notes)
+            if len(problems) == 1 and problems[0].message.startswith(REVERSED_SCALES):  # one line: what to do
+                raise InputError(f"{name} split {records.split!r}: {problems[0].message}", file=problems[0].file,
+                                 line=problems[0].line)
             raise_problems(problems, f"{name} split {records.split!r} (hierarchy)")
         return cls(records.paths, torch.from_numpy(labels), records.scale_names, records.split, class_ids=all_ids,
                    transform=transform, swap_rb=swap_rb, skip_corrupt=skip_corrupt, report=report,

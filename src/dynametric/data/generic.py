@@ -192,8 +192,19 @@ class FolderFormat:
             return check_scale_names(scale_names)
         return None
 
-    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+    def _base(self, root: str | Path | None) -> Path:
+        """The tree's root folder: a file there is a usage error keyed ``root`` (was read as a tree without split
+        folders, and then found no split ``train`` in it)."""
         base = resolve_root(root, self.root_expected)
+        if not base.is_dir():
+            hint = ("for a CSV file use the format csv (or oml for an OML dataset CSV)" if base.suffix.lower() == ".csv"
+                    else "give the tree's folder, or the format that reads this file")
+            raise InputError(f"{base} is a file, not a folder (the folder format reads {self.root_expected}; {hint})",
+                             key="root")
+        return base
+
+    def splits(self, root: str | Path | None, **_: object) -> list[str]:
+        base = self._base(root)
         found = [s for s in SPLIT_NAMES if (base / s).is_dir()]
         return found or ["all"]
 
@@ -223,7 +234,7 @@ class FolderFormat:
             raise InputError(f"class_key must be 'path' or 'name', got {class_key!r}", key="class_key")
         if scale_names is not None:  # before any folder is read: a repeated name merges two scales' results
             scale_names = list(check_scale_names(scale_names))
-        base = resolve_root(root, self.root_expected)
+        base = self._base(root)
         valid = self.splits(base)
         if split not in valid:
             raise InputError(f"unknown split {split!r} for the folder tree {base}; found {valid}", key="split")

@@ -106,6 +106,13 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
         key, what = f"eval.{role}_split", f"the {role} split {missing[0]!r} of eval.protocol query_gallery"
     else:
         key, what = "data.test_split", f"the test split {missing[0]!r}"
+        if "query" in splits and "gallery" in splits:  # OML's splits, a csv's: say what to set (was: only the splits)
+            others = [x for x in splits if x not in (cfg.data.train_split, "val", "query", "gallery")]
+            alone = f", or data.test_split={others[0]} to evaluate that split leave-one-out" if others else ""
+            raise ConfigError(f"{what} is not in the data: {offered}; to test query -> gallery set "
+                              "eval.protocol=query_gallery (its splits eval.query_split=query and "
+                              "eval.gallery_split=gallery are the defaults; eval.query_in_gallery=true where rows are "
+                              f"both query and gallery){alone}", key=key)
     raise ConfigError(f"{what} is not in the data: {offered}" + _suggest(missing[0], splits), key=key)
 
 
