@@ -71,6 +71,13 @@ def get_format(name: str) -> DatasetFormat:
     return FORMATS[name]
 
 
+def dyml_variant(name: str) -> str | None:
+    """The DyML variant (``vehicle``, ``animal``, ``product``) a format name reads, from the reader registered under
+    it; ``None`` for any other format."""
+    fmt = FORMATS.get(name)
+    return fmt.variant if isinstance(fmt, DyMLFormat) else None
+
+
 def root_expected(name: str) -> str:
     """What a root of format ``name`` holds (``an OML dataset CSV (label, path, ...) or its folder``), as the
     reader's own error of a missing root says it: every check of a root before a reader runs says the same."""

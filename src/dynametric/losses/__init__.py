@@ -73,7 +73,7 @@ in :class:`PMLLoss` (see :mod:`dynametric.losses.pml`)."""
 def build_loss(name: str, **kwargs: Any) -> MetricLoss:
     """Instantiate ``LOSSES[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments, keyed
     as this call names them: ``name`` (an unknown loss), the argument (``distance``, an unexpected keyword), else
-    ``kwargs``. (A run config's losss are built by the engine, whose errors name the config keys:
+    ``kwargs``. (A run config's losses are built by the engine, whose errors name the config keys:
     ``loss.name``, ``loss.kwargs.<arg>``.)"""
     if name not in LOSSES:
         raise ConfigError(unknown_name_message(LOSSES, name), key="name")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dynametric.data.registry import dyml_variant
 from dynametric.engine.dyml import DyMLProtocol
 from dynametric.engine.protocols import CheckpointEvaluation, Evaluate, EvaluationProtocol, LeaveOneOut, QueryGallery
 from dynametric.errors import ConfigError, InputError
@@ -79,7 +80,7 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
     fmt = cfg.data.format
     offered = f"the {fmt} data has the splits {', '.join(splits)}" if splits else f"the {fmt} data lists no split"
     if isinstance(protocol, DyMLProtocol):
-        fits = fmt.removeprefix("dyml-") if fmt.startswith("dyml-") else "all_in_one"
+        fits = dyml_variant(fmt) or "all_in_one"
         if protocol.is_per_scale and "scales" in cfg.method.kwargs:  # the scale names chose the splits
             bad = [sc for sc in protocol.scales if f"query_{sc}" in missing or f"gallery_{sc}" in missing]
             have = [x.removeprefix("query_") for x in splits if x.startswith("query_")

@@ -16,14 +16,16 @@ class DyML(Method):
     summary = "the DyML test protocol (engine/dyml.py)"
 
     def validate(self, cfg: Config) -> Any:
+        from dynametric.data.registry import dyml_variant
         from dynametric.engine.dyml import DyMLProtocol
 
         protocol = DyMLProtocol.from_kwargs(cfg.method.kwargs, key="method.kwargs")
         fmt = cfg.data.format
-        if fmt.startswith("dyml-") and protocol.variant != "all_in_one" and fmt != protocol.name:
+        variant = dyml_variant(fmt)  # the registered reader's, not a guess from the name
+        if variant is not None and protocol.variant != "all_in_one" and variant != protocol.variant:
             # dyml-vehicle / -animal test per scale on query_<s> / gallery_<s>, dyml-product on its all-in-one set
             raise ConfigError(f"variant {protocol.variant!r} is the test protocol of {protocol.name} data, but "
-                              f"data.format is {fmt!r}; use variant: {fmt.removeprefix('dyml-')}",
+                              f"data.format is {fmt!r}; use variant: {variant}",
                               key="method.kwargs.variant")
         return protocol
 
