@@ -644,6 +644,12 @@ def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) ->
                               "processes or more data", key="trainer.devices")
 
 
+#: Lightning's warning at every ``self.log(..., logger=True)`` of a trainer without a logger (Lightning 2.6: 41 to 82
+#: lines a run): the untrained and final tests run on such a trainer on purpose, and the run hands their results to
+#: its logger itself (:func:`~dynametric.engine.loggers.log_results`). Only this warning is hidden, only there.
+NO_LOGGER_WARNING = r"You called `self\.log\(.*logger=True\)` but have no logger configured"
+
+
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
     from dynametric.engine.loggers import MetricProgressBar  # on stderr, as the training's bar
 
@@ -658,7 +664,9 @@ def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: 
     """Embed ``dataset`` with ``module`` (optionally loading ``ckpt_path`` first) and evaluate it."""
     trainer = trainer or _eval_trainer(settings, progress)
     eval_dm = EvalDataModule.like(dm, dataset)  # the training's loader settings (workers, pinning, prefetching)
-    with ctrl_c_passes_through(trainer):
+    with ctrl_c_passes_through(trainer), warnings.catch_warnings():
+        if trainer.logger is None:  # evaluated without a logger on purpose: the run logs the results itself
+            warnings.filterwarnings("ignore", message=NO_LOGGER_WARNING)
         trainer.test(module, datamodule=eval_dm, ckpt_path=ckpt_path, verbose=False)
     assert module.last_eval is not None
     return module.last_eval
