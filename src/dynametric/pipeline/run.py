@@ -256,13 +256,15 @@ def default_run_dir(cfg: Config) -> Path:
 
 # ----------------------------------------------------------------------------------- a run that never trained
 # config.yaml starts with this line. A folder holding only what a run writes before its first last.ckpt
-# (config.yaml with this line naming the folder, metrics.json, the CSV log) is recognised as a run that failed or
-# was stopped before it trained; `train --out` with that folder starts again and replaces those files.
+# (config.yaml with this line naming the folder, metrics.json, the CSV log, and best.ckpt: the end of an epoch writes
+# best.ckpt just before last.ckpt, so that last.ckpt records that best, and a kill between the two leaves best.ckpt
+# alone) is recognised as a run that failed or was stopped before it trained; `train --out` with that folder starts
+# again and replaces those files.
 
 _HEADER = "written by dynametric train for the run folder {folder} (process {pid} on host {host})"
 _HEADER_RE = re.compile(r"# written by dynametric train for the run folder (?P<folder>.+) "
                         r"\(process (?P<pid>\d+) on host (?P<host>.*)\)")
-_BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json"), "logs": ("metrics.csv", "hparams.yaml")}
+_BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json", "best.ckpt"), "logs": ("metrics.csv", "hparams.yaml")}
 # what the other loggers (engine.loggers) write into a run folder from their start on: kept as they are when the run
 # is started again in its folder (the new start logs beside them), never removed
 _LOGGER_OUTPUTS = ("tensorboard", "wandb", "mlruns", "mlruns.db", "mlartifacts")
