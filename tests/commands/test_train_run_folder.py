@@ -4,6 +4,8 @@ read, by the run and the dry run), and the claim that keeps two runs out of one 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dynametric.cli import main
 from dynametric.engine.callbacks import ResumeState
 from tests.metrics_csv import TINY_SYNTHETIC
@@ -55,3 +57,44 @@ def test_a_best_ckpt_beside_a_file_of_the_users_is_not_an_unstarted_run(tmp_path
     assert main(["train", "--config", str(run / "config.yaml"), "--out", str(run), "--no-progress"]) == 2
     assert "output folder is not empty and holds no dynametric run" in capsys.readouterr().err
     assert (run / "best.ckpt").is_file() and (run / "notes.txt").read_text() == "mine\n"
+
+
+# ------------------------------------------------------------------ a folder that cannot be made or written
+def _no_data_read(monkeypatch) -> None:
+    import dynametric.pipeline.run as run_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data was read before the folder was checked")
+
+    monkeypatch.setattr(run_module, "build_datasets", refuse)
+
+
+def test_an_out_under_a_regular_file_is_one_line_before_any_data_is_read(tmp_path, capsys, monkeypatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    _no_data_read(monkeypatch)
+    for dry in (["--dry-run"], []):  # the dry run said nothing; the run failed after reading its data
+        assert main(["train", *dry, "--out", str(afile / "sub" / "run"), *TRAIN]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"dynametric train: error: {afile} key '--out': is a file, not a folder; expected a folder "
+                       f"to hold {afile / 'sub' / 'run'}\n"), err
+    assert afile.read_text() == "mine\n"
+
+
+def test_an_out_that_cannot_be_written_is_one_line_before_any_data_is_read(tmp_path, capsys, monkeypatch) -> None:
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    access = os.access
+    # a read-only folder (as root, os.access grants everything: the answer of a user without the permission)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != ro and access(path, mode, **kw))
+    _no_data_read(monkeypatch)
+    for dry in (["--dry-run"], []):
+        assert main(["train", *dry, "--out", str(ro), *TRAIN]) == 2  # was: 16 s of training, then logs/: denied
+        err = capsys.readouterr().err
+        assert err == f"dynametric train: error: {ro} key '--out': cannot write in the folder (Permission denied)\n"
+        assert main(["train", *dry, "--out", str(ro / "a" / "run"), *TRAIN]) == 2
+        err = capsys.readouterr().err
+        assert err == f"dynametric train: error: {ro / 'a'} key '--out': cannot create the folder (Permission denied)\n"
+    assert list(ro.iterdir()) == []

@@ -378,7 +378,33 @@ def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) 
     leftovers = unstarted_run_files(run_dir, folder_key) or []
     if not leftovers:
         require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
+    check_folder_writable(run_dir, folder_key)
     return leftovers
+
+
+def check_folder_writable(run_dir: Path, folder_key: str) -> None:
+    """An InputError keyed ``folder_key`` when the run could not make ``run_dir`` or write in it, said before any
+    data is read (the run failed after loading its data, or after training for a while: ``.../logs: Permission
+    denied``): a regular file where one of its folders goes (``is a file, not a folder; expected a folder to hold
+    RUN``), a folder above it that exists and is not writable (``cannot create the folder (Permission denied)``,
+    naming the first folder to make), ``run_dir`` itself not writable (``cannot write in the folder (...)``).
+    Nothing is created; ``os.access`` answers for this process (as root, a permission is never refused)."""
+    import errno
+
+    above = run_dir
+    while not above.exists() and not above.is_symlink() and above != above.parent:
+        above = above.parent
+    if above != run_dir and (above.is_symlink() or above.exists()) and not above.is_dir():
+        raise InputError(f"is a file, not a folder; expected a folder to hold {run_dir}", file=above, key=folder_key)
+    if not above.is_dir() or os.access(above, os.W_OK | os.X_OK):
+        return
+    denied = os.strerror(errno.EACCES)
+    if above == run_dir:
+        raise InputError(f"cannot write in the folder ({denied})", file=run_dir, key=folder_key)
+    first = run_dir
+    while first.parent != above:
+        first = first.parent
+    raise InputError(f"cannot create the folder ({denied})", file=first, key=folder_key)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
