@@ -98,3 +98,132 @@ def test_an_out_that_cannot_be_written_is_one_line_before_any_data_is_read(tmp_p
         err = capsys.readouterr().err
         assert err == f"dynametric train: error: {ro / 'a'} key '--out': cannot create the folder (Permission denied)\n"
     assert list(ro.iterdir()) == []
+
+
+# ------------------------------------------------------------------ two runs into one folder (train.lock)
+def _foreign_lock(run: Path) -> str:
+    """The lock another process of this host that still runs (pytest's parent) took on ``run``."""
+    import json
+    import os
+    import socket
+
+    text = json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "folder": str(run.resolve())}) + "\n"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train.lock").write_text(text)
+    return text
+
+
+def test_the_second_of_two_runs_that_passed_the_check_at_once_is_refused(tmp_path, capsys, monkeypatch) -> None:
+    import os
+
+    import dynametric.pipeline.run as run_module
+
+    run = tmp_path / "run"
+    checked = run_module.check_new_run_folder
+    calls = []
+
+    def other_run_claims_in_between(run_dir, folder_key, **kw):  # both checked the new folder; the other claims
+        found = checked(run_dir, folder_key, **kw)
+        if not calls:
+            calls.append(1)
+            _foreign_lock(run_dir)
+            (run_dir / "config.yaml").write_text("# the other run's config\n")
+        return found
+
+    monkeypatch.setattr(run_module, "check_new_run_folder", other_run_claims_in_between)
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dynametric train: error: ") and len(err.splitlines()) == 1, err
+    assert err.endswith(f"key '--out': run folder {run} holds a run started by process {os.getppid()}, which is "
+                        "still running; wait for it or stop it, or use another --out\n"), err
+    # nothing of the other run's touched, nothing of this one's written (was: both trained, the folder mixed)
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "train.lock"]
+    assert (run / "config.yaml").read_text() == "# the other run's config\n"
+
+
+def test_claiming_a_held_folder_fails_and_a_stale_lock_is_taken_over(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dynametric.errors import ConfigError
+    from dynametric.pipeline.run import LOCK_FILE, claim_run_folder, lock_holder
+
+    run = tmp_path / "run"
+    first = claim_run_folder(run, "--out")  # the first of two claims gets the folder
+    assert first is not None and json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+    first.release()
+    assert not run.exists()  # the claim made the folder: removed, still empty
+    text = _foreign_lock(run)
+    assert lock_holder(run) == os.getppid()
+    try:
+        claim_run_folder(run, "--out")
+    except ConfigError as exc:
+        assert exc.key == "--out" and f"holds a run started by process {os.getppid()}, which is still" in exc.message
+    else:
+        raise AssertionError("a folder held by a running process was claimed")
+    assert (run / LOCK_FILE).read_text() == text and [p.name for p in run.iterdir()] == [LOCK_FILE]
+    # a killed holder (its process gone): stale, replaced by this process's claim
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK_FILE).write_text(json.dumps({"pid": int(gone.stdout), "host": json.loads(text)["host"]}))
+    assert lock_holder(run) is None
+    second = claim_run_folder(run, "--resume", resume=True)
+    assert second is not None and json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+    second.release()
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_a_folder_held_by_a_running_process_is_refused_by_dry_run_resume_and_out(tmp_path, capsys) -> None:
+    import os
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1"]) == 0
+    assert not (run / "train.lock").exists()  # a finished run leaves no lock
+    capsys.readouterr()
+    text = _foreign_lock(run)  # a --resume of it running in another process
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {run} is being trained by process {os.getppid()}, which is still running" in err
+    fresh = tmp_path / "fresh"
+    _foreign_lock(fresh)  # a new run in another process, before its config.yaml (reading its data)
+    for dry in (["--dry-run"], []):
+        assert main(["train", *dry, "--out", str(fresh), *TRAIN]) == 2
+        assert f"holds a run started by process {os.getppid()}, which is still running" in capsys.readouterr().err
+    assert (run / "train.lock").read_text() == text and [p.name for p in fresh.iterdir()] == ["train.lock"]
+
+
+def test_a_run_killed_with_its_lock_stays_recognisable(tmp_path, capsys, monkeypatch) -> None:
+    import json
+    import subprocess
+    import sys
+
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    # killed while reading its data: the folder holds its lock alone
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.lock").write_text(json.dumps({"pid": gone, "host": __import__("socket").gethostname()}))
+    assert main(["train", "--dry-run", "--out", str(run), *TRAIN]) == 0
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1"]) == 0
+    assert (run / "last.ckpt").is_file() and not (run / "train.lock").exists()
+    # killed after its first checkpoint: resumed (a stale lock beside last.ckpt)
+    (run / "train.lock").write_text(json.dumps({"pid": gone, "host": __import__("socket").gethostname()}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+    assert not (run / "train.lock").exists()
+    # killed before its first checkpoint, after config.yaml: started again
+    again = tmp_path / "again"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import lightning as L
+
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "fit", interrupt)
+        assert main(["train", "--out", str(again), *TRAIN]) == 130
+    (again / "train.lock").write_text(json.dumps({"pid": gone, "host": __import__("socket").gethostname()}))
+    capsys.readouterr()
+    assert main(["train", "--out", str(again), *TRAIN, "trainer.max_epochs=1"]) == 0
+    assert (again / "last.ckpt").is_file() and not (again / "train.lock").exists()
