@@ -141,7 +141,7 @@ def test_a_folder_that_cannot_be_made_is_named(tmp_path, tiny_ckpt, capsys, monk
     _read_only_below(monkeypatch, ro)
     erofs = os.strerror(errno.EROFS)
     err = _error(capsys, "train", "--config", str(cfg), "--out", str(ro / "run"), "--no-progress")
-    assert err == f"dynametric train: error: {ro / 'run'}: {erofs}"
+    assert err == f"dynametric train: error: {ro / 'run'} key '--out': cannot create the folder ({erofs})"
     err = _error(capsys, "export", "--checkpoint", str(tiny_ckpt), "--out", str(ro / "sub" / "m.pt"), "--no-check")
     assert err == f"dynametric export: error: {ro / 'sub'} key '--out': cannot create the folder ({erofs})"
     assert list(ro.iterdir()) == []

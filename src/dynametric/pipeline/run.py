@@ -15,6 +15,7 @@ Run folder layout::
                     shared_steps; MIC: clustering)
     report.html     self-contained report
     logs/           Lightning CSV logs
+    train.lock      while the run runs: its process and host (:func:`claim_run_folder`); a killed run's is stale
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ from dynametric.utils.io import (
     null_to_nan,
     remove_stale_temps,
     require_new_folder,
+    temp_target,
 )
 
 if TYPE_CHECKING:
@@ -256,13 +258,20 @@ def default_run_dir(cfg: Config) -> Path:
 
 # ----------------------------------------------------------------------------------- a run that never trained
 # config.yaml starts with this line. A folder holding only what a run writes before its first last.ckpt
-# (config.yaml with this line naming the folder, metrics.json, the CSV log) is recognised as a run that failed or
-# was stopped before it trained; `train --out` with that folder starts again and replaces those files.
+# (config.yaml with this line naming the folder, metrics.json, the CSV log, and best.ckpt: the end of an epoch writes
+# best.ckpt just before last.ckpt, so that last.ckpt records that best, and a kill between the two leaves best.ckpt
+# alone) is recognised as a run that failed or was stopped before it trained; `train --out` with that folder starts
+# again and replaces those files.
 
 _HEADER = "written by dynametric train for the run folder {folder} (process {pid} on host {host})"
 _HEADER_RE = re.compile(r"# written by dynametric train for the run folder (?P<folder>.+) "
                         r"\(process (?P<pid>\d+) on host (?P<host>.*)\)")
-_BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json"), "logs": ("metrics.csv", "hparams.yaml")}
+#: The file by which a run holds its folder while it runs (:func:`claim_run_folder`): JSON naming the process and
+#: its host, made whole at once (a hard link of a complete temporary file, which fails where the name exists), removed
+#: when the run ends. A kill leaves it: its process gone, it is stale, and the folder is what it was without it.
+LOCK_FILE = "train.lock"
+_BEFORE_FIRST_CHECKPOINT = {"": ("config.yaml", "metrics.json", "best.ckpt", LOCK_FILE),
+                            "logs": ("metrics.csv", "hparams.yaml")}
 # what the other loggers (engine.loggers) write into a run folder from their start on: kept as they are when the run
 # is started again in its folder (the new start logs beside them), never removed
 _LOGGER_OUTPUTS = ("tensorboard", "wandb", "mlruns", "mlruns.db", "mlartifacts")
@@ -270,7 +279,8 @@ _LOGGER_OUTPUTS = ("tensorboard", "wandb", "mlruns", "mlruns.db", "mlartifacts")
 # can leave: config.yaml, metrics.json, run_info.json, report.html (atomic_write_text / _json), the checkpoints
 # (SafeCheckpointIO: atomic_write_with), logs/metrics.csv and logs/hparams.yaml (KeepingCSVLogger: atomic_open,
 # atomic_write_with).
-_RUN_FILES = {"": ("config.yaml", "metrics.json", "last.ckpt", "best.ckpt", "run_info.json", "report.html"),
+_RUN_FILES = {"": ("config.yaml", "metrics.json", "last.ckpt", "best.ckpt", "run_info.json", "report.html",
+                  LOCK_FILE),
               "logs": ("metrics.csv", "hparams.yaml")}
 
 
@@ -321,19 +331,177 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
-def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:
-    """The process named by a config.yaml header when it is another process still running on this machine. A
-    process that started after ``config.yaml`` was last written is not the one that wrote it (its number was reused,
-    e.g. after a reboot or in a new container), so it does not count."""
-    pid = int(match["pid"])
-    if match["host"] != socket.gethostname() or pid == os.getpid() or not _process_alive(pid):
-        return None
+def _holder_running(pid: int, host: str, written: float | None) -> bool:
+    """Whether process ``pid`` of ``host``, named in a file last written at ``written``, is another process still
+    running on this machine. A process that started after the file was written is not the one that wrote it (its
+    number was reused, e.g. after a reboot or in a new container), so it does not count; nor does a process of
+    another host, which cannot be asked."""
+    if host != socket.gethostname() or pid == os.getpid() or not _process_alive(pid):
+        return False
     started = _process_start(pid)
+    return written is None or started is None or started <= written + 2.0  # 2 s: the clock ticks' rounding
+
+
+def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:
+    """The process named by a config.yaml header when it is another process still running on this machine
+    (:func:`_holder_running`, against the time ``config.yaml`` was last written)."""
+    pid = int(match["pid"])
     try:
-        written = (run_dir / "config.yaml").stat().st_mtime
+        written: float | None = (run_dir / "config.yaml").stat().st_mtime
     except OSError:
-        return pid
-    return None if started is not None and started > written + 2.0 else pid  # 2 s: the clock ticks' rounding
+        written = None
+    return pid if _holder_running(pid, match["host"], written) else None
+
+
+def _lock_text(lock: Path) -> str | None:
+    try:
+        return lock.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The process that holds ``run_dir`` (its :data:`LOCK_FILE`) when it is another process still running on this
+    machine (:func:`_holder_running`, against the time the lock was written); ``None`` without a lock, for a stale
+    one (its process gone: a killed run) and for this process's own."""
+    import json
+
+    lock = run_dir / LOCK_FILE
+    text = _lock_text(lock)
+    try:
+        data = json.loads(text or "")
+        pid, host = int(data["pid"]), str(data["host"])
+        written: float | None = lock.stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if _holder_running(pid, host, written) else None
+
+
+def _busy(run_dir: Path, pid: int, folder_key: str, resume: bool) -> ConfigError:
+    """The one line of a run refused because process ``pid`` runs in ``run_dir``."""
+    if resume:
+        return ConfigError(f"run folder {run_dir} is being trained by process {pid}, which is still running; wait "
+                           f"for it or stop it before resuming", key=folder_key)
+    return ConfigError(f"run folder {run_dir} holds a run started by process {pid}, which is still running; wait "
+                       f"for it or stop it, or use another {folder_key}", key=folder_key)
+
+
+@dataclass
+class RunClaim:
+    """A run's hold on its folder (:func:`claim_run_folder`): its lock file, with the text this process wrote, and
+    the folders the claim made (deepest first)."""
+
+    lock: Path
+    text: str
+    made: list[Path]
+
+    def release(self) -> None:
+        """Removes the lock when it is still this claim's, then the folders the claim made that stayed empty (a run
+        that failed before writing anything leaves no folder, as before it claimed one)."""
+        if _lock_text(self.lock) == self.text:
+            self.lock.unlink(missing_ok=True)
+        for folder in self.made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _link_lock(lock: Path, text: str, folder_key: str) -> bool:
+    """Creates ``lock`` holding ``text`` whole, where no file of that name exists: a temporary file (the atomic
+    writer's name pattern, so a kill's leftover is known as the run's) hard-linked to ``lock``, or where the file
+    system has no hard links, ``O_CREAT | O_EXCL``. False when ``lock`` exists."""
+    import tempfile
+
+    from dynametric.utils.io import TEMP_SUFFIX, temp_prefix
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(LOCK_FILE), suffix=TEMP_SUFFIX, dir=lock.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write in the folder ({exc.strerror or exc})", file=lock.parent,
+                         key=folder_key) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        try:
+            os.link(tmp, lock)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            try:
+                made = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(made, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _set_aside_stale(lock: Path, seen: str | None) -> None:
+    """Removes the stale lock whose text was ``seen``: renamed aside first, so that of two processes finding it
+    stale at once one removes it; a lock that is no longer the stale one (another process claimed the folder in
+    between) is put back."""
+    import secrets
+
+    from dynametric.utils.io import TEMP_SUFFIX, temp_prefix
+
+    aside = lock.with_name(f"{temp_prefix(LOCK_FILE)}{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if _lock_text(aside) != seen:
+            try:
+                os.link(aside, lock)
+            except OSError:
+                pass
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) -> RunClaim | None:
+    """Takes ``run_dir`` for this run, before the run writes anything in it: makes the folder and creates its
+    :data:`LOCK_FILE` where none exists (atomically: of two runs started at the same moment, one gets it). A lock of
+    another process still running on this host (:func:`lock_holder`) refuses the run, one line naming that process
+    (keyed ``folder_key``), nothing written and nothing of the other run's touched; a stale one (its process gone)
+    is replaced. The caller releases the claim when the run ends (:meth:`RunClaim.release`). ``None`` in a DDP
+    process other than rank 0 (:func:`_launched_worker`): rank 0 holds the folder for all of them. A process of
+    another host is not seen (as in :func:`_running_elsewhere`): its lock counts as stale."""
+    import json
+
+    if _launched_worker():
+        return None
+    made: list[Path] = []
+    above = run_dir
+    while not above.exists() and not above.is_symlink() and above != above.parent:
+        made.append(above)
+        above = above.parent
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        failed = Path(exc.filename) if exc.filename is not None else run_dir
+        raise InputError(f"cannot create the folder ({exc.strerror or exc})", file=failed, key=folder_key) from None
+    lock = run_dir / LOCK_FILE
+    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "folder": str(run_dir.resolve())}) + "\n"
+    claim = RunClaim(lock, text, made)
+    try:
+        for _ in range(8):
+            if _link_lock(lock, text, folder_key):
+                return claim
+            seen = _lock_text(lock)
+            pid = lock_holder(run_dir)
+            if pid is not None:
+                raise _busy(run_dir, pid, folder_key, resume)
+            _set_aside_stale(lock, seen)
+        raise ConfigError(f"run folder {run_dir}: other processes keep taking its {LOCK_FILE}; wait for them or use "
+                          f"another {folder_key}", key=folder_key)
+    except BaseException:
+        claim.release()  # the folders it made, when still empty; never another process's lock
+        raise
 
 
 def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] | None:
@@ -341,8 +509,13 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
     failed or was stopped before its first checkpoint), when the folder holds nothing else; ``None`` for any other
     folder. A ConfigError when the process that started that run may still be running on this machine."""
     match = _run_header(run_dir)
-    if match is None:
-        return None
+    if match is None:  # a run killed after it claimed the folder, before its config.yaml (reading its data)
+        try:
+            entries = sorted(run_dir.iterdir())
+        except OSError:
+            return None
+        lock_only = any(e.name == LOCK_FILE for e in entries) and all(_own_file(e, (LOCK_FILE,), "") for e in entries)
+        return entries if lock_only else None
     files: list[Path] = []
     for entry in run_dir.iterdir():
         if entry.name in _BEFORE_FIRST_CHECKPOINT and entry.is_dir() and not entry.is_symlink():
@@ -367,7 +540,11 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
 def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) -> list[Path]:
     """The check of a new run's folder, by the run and its dry run, writing nothing: ``run_dir`` must not hold a
     run (``last.ckpt``: resume it), and (``whole``) must be new, empty, or hold only the files of an earlier start
-    that never wrote a checkpoint (returned: the run replaces them); errors name ``folder_key``."""
+    that never wrote a checkpoint (returned: the run replaces them); errors name ``folder_key``. A folder another
+    process of this host holds (its :data:`LOCK_FILE`) is refused naming that process."""
+    pid = lock_holder(run_dir) if whole else None  # not whole: another rank's process, in rank 0's held folder
+    if pid is not None:
+        raise _busy(run_dir, pid, folder_key, False)
     if (run_dir / "last.ckpt").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key=folder_key)
@@ -376,7 +553,33 @@ def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) 
     leftovers = unstarted_run_files(run_dir, folder_key) or []
     if not leftovers:
         require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
+    check_folder_writable(run_dir, folder_key)
     return leftovers
+
+
+def check_folder_writable(run_dir: Path, folder_key: str) -> None:
+    """An InputError keyed ``folder_key`` when the run could not make ``run_dir`` or write in it, said before any
+    data is read (the run failed after loading its data, or after training for a while: ``.../logs: Permission
+    denied``): a regular file where one of its folders goes (``is a file, not a folder; expected a folder to hold
+    RUN``), a folder above it that exists and is not writable (``cannot create the folder (Permission denied)``,
+    naming the first folder to make), ``run_dir`` itself not writable (``cannot write in the folder (...)``).
+    Nothing is created; ``os.access`` answers for this process (as root, a permission is never refused)."""
+    import errno
+
+    above = run_dir
+    while not above.exists() and not above.is_symlink() and above != above.parent:
+        above = above.parent
+    if above != run_dir and (above.is_symlink() or above.exists()) and not above.is_dir():
+        raise InputError(f"is a file, not a folder; expected a folder to hold {run_dir}", file=above, key=folder_key)
+    if not above.is_dir() or os.access(above, os.W_OK | os.X_OK):
+        return
+    denied = os.strerror(errno.EACCES)
+    if above == run_dir:
+        raise InputError(f"cannot write in the folder ({denied})", file=run_dir, key=folder_key)
+    first = run_dir
+    while first.parent != above:
+        first = first.parent
+    raise InputError(f"cannot create the folder ({denied})", file=first, key=folder_key)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -442,9 +645,10 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
 
     header = _run_header(run_dir)
     pid = None if header is None or _launched_worker() else _running_elsewhere(header, run_dir)
+    if pid is None and not _launched_worker():
+        pid = lock_holder(run_dir)
     if pid is not None:
-        raise ConfigError(f"run folder {run_dir} is being trained by process {pid}, which is still running; wait "
-                          f"for it or stop it before resuming", key=folder_key)
+        raise _busy(run_dir, pid, folder_key, True)
     config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     new_run = f"restore it, or start a new run with dynametric train --config {config} --out NEW"
     try:
@@ -644,6 +848,12 @@ def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) ->
                               "processes or more data", key="trainer.devices")
 
 
+#: Lightning's warning at every ``self.log(..., logger=True)`` of a trainer without a logger (Lightning 2.6: 41 to 82
+#: lines a run): the untrained and final tests run on such a trainer on purpose, and the run hands their results to
+#: its logger itself (:func:`~dynametric.engine.loggers.log_results`). Only this warning is hidden, only there.
+NO_LOGGER_WARNING = r"You called `self\.log\(.*logger=True\)` but have no logger configured"
+
+
 def _eval_trainer(settings: TrainerSettings, progress: bool) -> L.Trainer:
     from dynametric.engine.loggers import MetricProgressBar  # on stderr, as the training's bar
 
@@ -658,7 +868,9 @@ def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: 
     """Embed ``dataset`` with ``module`` (optionally loading ``ckpt_path`` first) and evaluate it."""
     trainer = trainer or _eval_trainer(settings, progress)
     eval_dm = EvalDataModule.like(dm, dataset)  # the training's loader settings (workers, pinning, prefetching)
-    with ctrl_c_passes_through(trainer):
+    with ctrl_c_passes_through(trainer), warnings.catch_warnings():
+        if trainer.logger is None:  # evaluated without a logger on purpose: the run logs the results itself
+            warnings.filterwarnings("ignore", message=NO_LOGGER_WARNING)
         trainer.test(module, datamodule=eval_dm, ckpt_path=ckpt_path, verbose=False)
     assert module.last_eval is not None
     return module.last_eval
@@ -817,8 +1029,6 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     (``note:`` and ``warning:`` lines, what was done to the run folder; ``log`` when not given: the CLI prints
     them on stderr, the rest on stdout). Both in one process only: a DDP process other than rank 0
     (:func:`_launched_worker`) prints nothing."""
-    from dynametric.config import config_hash, config_to_dict, config_to_yaml, save_config
-
     t0 = time.time()
     notes = log if note is None else note
     if _launched_worker():  # another DDP rank's process: rank 0 prints the run's lines (the same ones), once
@@ -831,8 +1041,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
+        unstarted = _run_header(run_dir) is not None and unstarted_run_files(run_dir)
         again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
-                 f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted_run_files(run_dir) else ""
+                 f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     _check_one_process_method(cfg)
@@ -841,6 +1052,26 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     resumed_weights = check_resume(cfg, run_dir, folder_key, notes, processes=world) if resume else None
     # files of an earlier start of a run in run_dir that never trained
     leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
+    # the folder is this run's from here on (two runs started at the same moment passed the checks above alike)
+    claim = claim_run_folder(run_dir, folder_key, resume=resume)
+    try:
+        if claim is not None and not resume:  # checked again, held: what a run that ended meanwhile left stays
+            leftovers = [path for path in check_new_run_folder(run_dir, folder_key)
+                         if path.name != LOCK_FILE and temp_target(path.name) != LOCK_FILE]
+        return _train(cfg, run_dir, resume=resume, progress=progress, log=log, notes=notes, t0=t0, plan=plan,
+                      world=world, resumed_weights=resumed_weights, leftovers=leftovers)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Callable[[str], None],
+           notes: Callable[[str], None], t0: float, plan: Any, world: int,
+           resumed_weights: dict[str, torch.Tensor] | None, leftovers: list[Path]) -> RunResult:
+    """:func:`run_training` once its folder is checked and held."""
+    from dynametric.config import config_hash, config_to_dict, config_to_yaml, save_config
+
+    last = run_dir / "last.ckpt"
     check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
