@@ -53,6 +53,7 @@ from dynametric.data.readers import (
     require_header,
 )
 from dynametric.errors import InputError, first_sentence
+from dynametric.retrieval.index import csv_line, csv_records, utf8_text
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
     atomic_open,
@@ -440,13 +441,31 @@ def _shard_ok(path: Path, rows: int) -> bool:
 
 
 def _write_items_csv(out: Path, items: ImageItems) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "id", "path", *items.scale_names])
+    """``items.csv`` (:func:`~dynametric.retrieval.index.csv_line`: every id and path reads back as written, a
+    carriage return or a line break in a file name included)."""
+    lines = [csv_line(["index", "id", "path", *items.scale_names])]
     for i, (item_id, p) in enumerate(zip(items.ids, items.paths)):
         labels = [] if items.labels is None else [int(v) for v in items.labels[i]]
-        w.writerow([i, item_id, str(p), *labels])
-    atomic_write_text(out / "items.csv", buf.getvalue())
+        lines.append(csv_line([i, item_id, str(p), *labels]))
+    atomic_write_text(out / "items.csv", "".join(lines))
+
+
+def read_job_items(path: Path, scales: int) -> Iterator[tuple[int, list[str]]]:
+    """The rows of an embed job's ``items.csv`` (``index,id,path`` and one column per scale), each with the line it
+    starts on; a missing or foreign header or a row of another number of fields (a file damaged, or written by an
+    older dynametric with a carriage return in a file name) is one line naming the file and the line."""
+    if path.is_dir():
+        raise InputError("is a folder; expected the job's items.csv", file=path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError("items.csv missing (the embed folder is incomplete)", file=path) from None
+    text = utf8_text(data, path)  # as written: a \r inside a quoted field is kept
+    header = next(csv.reader(io.StringIO(text, newline="")), [])
+    if header[:3] != ["index", "id", "path"] or len(header) != 3 + scales:
+        raise InputError(f"expected the header index,id,path and {scales} scale column(s) (embed.json's "
+                         f"scale_names), found {','.join(header)[:80]!r}", file=path, line=1)
+    yield from csv_records(text, path, "index,id,path" + "".join(f",{h}" for h in header[3:]))
 
 
 @dataclass
@@ -808,8 +827,7 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
         if arr.ndim != 2 or arr.shape[0] != int(meta_of[p]["count"]) or arr.shape[1] != arrays[0].shape[1]:
             raise InputError(f"embeddings.npy has shape {tuple(arr.shape)}, expected [{meta_of[p]['count']}, "
                              f"{arrays[0].shape[1]}]", file=p / "embeddings.npy")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    lines: list[str] = []
     index = 0
     has_labels = [(p / "labels.npy").exists() for p in order]
     if any(has_labels) and not all(has_labels):
@@ -820,16 +838,13 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     all_paths: list[str] = []
     for i, p in enumerate(order):
         ids, item_paths = [], []
-        with open(p / "items.csv", encoding="utf-8", newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if i == 0 and header is not None:
-                writer.writerow(header)
-            for row in reader:
-                writer.writerow([index, *row[1:]])
-                ids.append(row[1] if len(row) > 1 else "")
-                item_paths.append(row[2] if len(row) > 2 else "")
-                index += 1
+        if i == 0:
+            lines.append(csv_line(["index", "id", "path", *(first.get("scale_names") or [])]))
+        for _, row in read_job_items(p / "items.csv", scales):
+            lines.append(csv_line([index, *row[1:]]))
+            ids.append(row[1])
+            item_paths.append(row[2])
+            index += 1
         labels = load_job_labels(p / "labels.npy", int(meta_of[p]["count"]), scales) if all(has_labels) else None
         # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
         if _fingerprint(ids, item_paths, labels) != meta_of[p].get("fingerprint"):
@@ -875,7 +890,7 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "embed.json"
     atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
-    atomic_write_text(out / "items.csv", buf.getvalue())
+    atomic_write_text(out / "items.csv", "".join(lines))
 
     _write_rows(out / "embeddings.npy", arrays, total, dim)
     if all((p / "file_stats.npy").is_file() for p in order):
@@ -988,15 +1003,12 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     if emb.ndim != 2 or emb.dtype.kind != "f":
         raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
     ids, paths = [], []
-    with open(path / "items.csv", encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for row in reader:
-            ids.append(row[1])
-            paths.append(row[2])
+    scales = list(meta.get("scale_names") or [])
+    for _, row in read_job_items(path / "items.csv", len(scales)):
+        ids.append(row[1])
+        paths.append(row[2])
     if len(ids) != len(emb):
         raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")
-    scales = list(meta.get("scale_names") or [])
     labels = None
     if (path / "labels.npy").exists():
         labels = load_job_labels(path / "labels.npy", len(emb), len(scales))

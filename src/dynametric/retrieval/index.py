@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,23 +254,68 @@ def _check_kind(index: Any, meta: dict[str, Any], fpath: Path, faiss: Any) -> No
                          f"({meta['metric']})", file=fpath)
 
 
-def _read_items(path: Path) -> tuple[list[str], list[str]]:
-    """``items.csv``: header ``index,id,path``, then one row of three fields per item."""
-    if path.is_dir():
-        raise InputError("is a folder; expected a file", file=path)
-    if not path.is_file():
-        raise InputError("items.csv missing (the index folder is incomplete)", file=path)
-    ids, paths = [], []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader, None)
+def csv_line(fields: Iterable[Any]) -> str:
+    """One CSV record ending in ``\n``, as ``csv.reader`` reads it back field for field: a field holding a comma, a
+    double quote, ``\n`` or ``\r`` is quoted (its quotes doubled). ``csv.writer(lineterminator="\n")`` leaves a
+    field with a ``\r`` unquoted, and a reader ends the record there (a file name with a carriage return split
+    its row of ``items.csv`` in two)."""
+    out = []
+    for value in fields:
+        text = str(value)
+        if any(c in text for c in _CSV_SPECIAL):
+            text = '"' + text.replace('"', '""') + '"'
+        out.append(text)
+    return ",".join(out) + "\n"
+
+
+_CSV_SPECIAL = (",", '"', "\n", "\r")
+
+
+def csv_records(text: str, path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
+    """The records after the header of an ``items.csv`` (``text``), each with the line it starts on; every record
+    must have as many fields as the header (``what`` names them in the error: one line naming ``path`` and the
+    line, e.g. a row split by a bare carriage return in a file an older dynametric wrote)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        width = len(header or [])
+        start = reader.line_num + 1
         for row in reader:
-            if len(row) != 3:
-                raise InputError(f"expected 3 fields (index,id,path), got {len(row)}", file=path,
-                                 line=reader.line_num)
-            ids.append(row[1])
-            paths.append(row[2])
+            if len(row) != width:
+                raise InputError(f"expected {width} fields ({what}), got {len(row)}: the file is damaged (a row "
+                                 "split or cut); write it again (embed again / rebuild the index)", file=path,
+                                 line=start)
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise InputError(f"unreadable CSV ({exc})", file=path, line=reader.line_num) from None
+
+
+def _read_items(path: Path, text: str | None = None) -> tuple[list[str], list[str]]:
+    """``items.csv``: header ``index,id,path``, then one row of three fields per item (``text``: the file's
+    content, already read)."""
+    if text is None:
+        if path.is_dir():
+            raise InputError("is a folder; expected a file", file=path)
+        if not path.is_file():
+            raise InputError("items.csv missing (the index folder is incomplete)", file=path)
+        text = utf8_text(path.read_bytes(), path)
+    if not text.startswith("index,id,path"):
+        raise InputError(f"expected the header index,id,path, found {text.partition(chr(10))[0][:60]!r}", file=path,
+                         line=1)
+    ids, paths = [], []
+    for _, row in csv_records(text, path, "index,id,path"):
+        ids.append(row[1])
+        paths.append(row[2])
     return ids, paths
+
+
+def utf8_text(data: bytes, path: Path) -> str:
+    """The text of a file this tool wrote, line ends as written (a ``\r`` inside a quoted CSV field stays one)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
 
 
 def _read_labels(path: Path, n: int) -> np.ndarray:
@@ -378,12 +424,9 @@ class RetrievalIndex:
         with atomic_open(out / "index.faiss", "wb") as fh:  # through Python's file IO: a full disk is an OSError
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))  # (faiss's own: a RuntimeError)
         digest = file_sha256(out / "index.faiss")
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["index", "id", "path"])
-        for i, (item_id, p) in enumerate(zip(self.ids, self.paths)):
-            w.writerow([i, item_id, p])
-        atomic_write_text(out / "items.csv", buf.getvalue())
+        items_text = csv_line(["index", "id", "path"]) + "".join(
+            csv_line([i, item_id, p]) for i, (item_id, p) in enumerate(zip(self.ids, self.paths)))
+        atomic_write_text(out / "items.csv", items_text)
         if self.labels is not None:
             atomic_save_npy(out / "labels.npy", np.ascontiguousarray(self.labels, dtype=np.int64))
         elif (out / "labels.npy").exists():
