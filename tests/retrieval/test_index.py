@@ -340,7 +340,7 @@ class _Killed(BaseException):
     """A kill of the build (not an Exception: nothing of the build's own error handling runs)."""
 
 
-_WRITERS = ("atomic_write_json", "atomic_write_text", "atomic_save_npy", "atomic_open")
+_WRITERS = ("atomic_write_json", "atomic_write_bytes", "atomic_save_npy", "atomic_open")
 _KILL_POINTS = (BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json", "after index.json")
 
 

@@ -18,6 +18,7 @@ Yashunin 2018).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -33,9 +34,8 @@ from dynametric.errors import ConfigError, DynametricError, InputError, first_se
 from dynametric.utils.io import (
     atomic_open,
     atomic_save_npy,
+    atomic_write_bytes,
     atomic_write_json,
-    atomic_write_text,
-    file_sha256,
     holds_only_own_files,
     remove_stale_temps,
     require_new_folder,
@@ -218,10 +218,11 @@ def _is_index_folder(out: Path) -> bool:
         return False
 
 
-def _read_meta(meta_path: Path) -> dict[str, Any]:
-    """``index.json``, with every field the loader relies on present and of the right type."""
+def _read_meta(meta_path: Path, data: bytes | None = None) -> dict[str, Any]:
+    """``index.json`` (``data``: its content, already read), with every field the loader relies on present and of
+    the right type."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_bytes() if data is None else data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"unreadable index metadata ({exc})", file=meta_path) from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
@@ -316,6 +317,44 @@ def utf8_text(data: bytes, path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+
+
+LOAD_TRIES = 3
+"""How many times :meth:`RetrievalIndex.load` reads a folder whose ``index.json`` a build replaced meanwhile."""
+_CHANGING = ("the index changed while it was read: a `dynametric index build` into this folder is running (or was "
+             f"stopped before it finished: its {BUILD_MARKER} is there); try again once the build finished, or run "
+             "the build again")
+
+
+def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
+    """``index.json``'s bytes and the identity of the file they were read from (inode, size, modification time):
+    a build replaces the file by a new one, so a rebuild of the same index is another file with the same bytes."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        return fh.read(), (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _change_during_load(path: Path, seen: tuple[bytes, tuple[int, ...]]) -> str | None:
+    """Whether the folder changed since its ``index.json`` was read (``seen``: :func:`_read_index_json`):
+    ``"built"`` (another ``index.json`` now), ``"building"`` (a build's marker there: a build running or one
+    stopped), ``None``.
+
+    The marker is looked at first: when there was none and ``index.json`` is still the file read, no build ran when
+    the marker was looked for, and none had finished since ``index.json`` was read (each writes a new one).
+    (``index.json`` first would miss a build that wrote it and removed its marker in between.)"""
+    marker = path / BUILD_MARKER
+    building = marker.exists() or marker.is_symlink()
+    try:
+        if _read_index_json(path / "index.json") != seen:
+            return "built"
+    except OSError:
+        return "building"
+    return "building" if building else None
+
+
+def _labels_sha256(labels: np.ndarray | None) -> str:
+    """The digest ``index.json`` records of the labels: SHA-256 of their int64 values, row by row."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
 def _read_labels(path: Path, n: int) -> np.ndarray:
@@ -421,56 +460,114 @@ class RetrievalIndex:
         # first: the folder says that a build is under way and which files it writes (labels.npy: or removes), so
         # a build killed before index.json leaves a folder the next build knows as its own
         atomic_write_json(marker, {"format": BUILD_FORMAT, "version": INDEX_VERSION, "files": list(INDEX_FILES)})
+        digest = hashlib.sha256()
+
+        def write(data: Any) -> int:  # the bytes written are the bytes hashed (never another build's file)
+            digest.update(data)
+            return fh.write(data)
+
         with atomic_open(out / "index.faiss", "wb") as fh:  # through Python's file IO: a full disk is an OSError
-            faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))  # (faiss's own: a RuntimeError)
-        digest = file_sha256(out / "index.faiss")
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))  # (faiss's own: a RuntimeError)
         items_text = csv_line(["index", "id", "path"]) + "".join(
             csv_line([i, item_id, p]) for i, (item_id, p) in enumerate(zip(self.ids, self.paths)))
-        atomic_write_text(out / "items.csv", items_text)
+        items_bytes = items_text.encode("utf-8")
+        atomic_write_bytes(out / "items.csv", items_bytes)
+        hashes = {"faiss_sha256": digest.hexdigest(), "items_sha256": hashlib.sha256(items_bytes).hexdigest()}
         if self.labels is not None:
-            atomic_save_npy(out / "labels.npy", np.ascontiguousarray(self.labels, dtype=np.int64))
+            labels = np.ascontiguousarray(self.labels, dtype=np.int64)
+            atomic_save_npy(out / "labels.npy", labels)
+            hashes["labels_sha256"] = _labels_sha256(labels)
         elif (out / "labels.npy").exists():
             (out / "labels.npy").unlink()
         atomic_write_json(out / "index.json", {
             "format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": self.kind, "metric": self.metric,
             "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
             "has_labels": self.labels is not None, "class_names": self.class_names, "image_roots": self.image_roots,
-            "model": self.model, "source": self.source, "faiss_sha256": digest})
+            "model": self.model, "source": self.source, **hashes})
         marker.unlink(missing_ok=True)  # the index is complete
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalIndex:
         """Open an index folder; errors (:class:`~dynametric.errors.InputError`) name the missing or inconsistent
-        file."""
+        file.
+
+        The files are those ``index.json`` describes or the load is refused: each file is opened once and what was
+        read from it is checked against ``index.json``'s digests (``faiss_sha256``, ``items_sha256``,
+        ``labels_sha256``), so a ``dynametric index build`` rewriting the folder meanwhile cannot pair one build's
+        ``items.csv`` with another's ``index.faiss`` (wrong ids). When a check fails and ``index.json`` changed
+        while the files were read, the new index is read again (up to :data:`LOAD_TRIES` times); while a build's
+        marker is there (a build running, or one stopped before it finished) the error says so."""
         path = Path(path)
         if not path.exists():
             raise InputError("index not found", file=path)
         if not path.is_dir():
             raise InputError("not an index folder (expected the --out folder of `dynametric index build`)", file=path)
         meta_path = path / "index.json"
-        if meta_path.is_dir():
-            raise InputError("is a folder; expected a file", file=meta_path)
-        if not meta_path.is_file():
-            raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
-                             file=path)
-        meta = _read_meta(meta_path)
+        for _ in range(LOAD_TRIES):
+            if meta_path.is_dir():
+                raise InputError("is a folder; expected a file", file=meta_path)
+            try:
+                seen = _read_index_json(meta_path)
+            except FileNotFoundError:
+                raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
+                                 file=path) from None
+            try:
+                loaded = cls._load_files(path, seen[0])
+            except InputError:
+                change = _change_during_load(path, seen)
+                if change is None:
+                    raise
+                if change == "built":
+                    continue  # a build finished meanwhile: read its index
+                raise InputError(_CHANGING, file=path) from None
+            if "items_sha256" in loaded[1]:
+                return loaded[0]  # every file checked against the index.json it was read with: consistent
+            # an index.json of an older dynametric has no digest of items.csv and labels.npy: the folder must not
+            # have changed meanwhile
+            change = _change_during_load(path, seen)
+            if change is None:
+                return loaded[0]
+            if change == "building":
+                raise InputError(_CHANGING, file=path)
+        raise InputError(_CHANGING, file=path)
+
+    @classmethod
+    def _load_files(cls, path: Path, meta_bytes: bytes) -> tuple[RetrievalIndex, dict[str, Any]]:
+        """One reading of the folder against the ``index.json`` content ``meta_bytes``; the index and its meta."""
+        meta_path = path / "index.json"
+        meta = _read_meta(meta_path, meta_bytes)
         faiss = require_faiss()
         fpath = path / "index.faiss"
         if fpath.is_dir():
             raise InputError("is a folder; expected the faiss index file", file=fpath)
-        if not fpath.is_file():
-            raise InputError("index file missing", file=fpath)
-        want = meta.get("faiss_sha256")
-        if want is not None and file_sha256(fpath) != want:
-            raise InputError("index.faiss is not the file this index was built with (its SHA-256 differs from "
-                             "index.json's faiss_sha256); rebuild the index", file=fpath)
         try:
-            index = faiss.read_index(str(fpath))
-        except RuntimeError as exc:
-            raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
+            fh = open(fpath, "rb")  # one open file: what is hashed is what is read
+        except FileNotFoundError:
+            raise InputError("index file missing", file=fpath) from None
+        with fh:
+            digest = hashlib.sha256()
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+            faiss_sha256 = digest.hexdigest()
+            want = meta.get("faiss_sha256")
+            if want is not None and faiss_sha256 != want:
+                raise InputError("index.faiss is not the file this index was built with (its SHA-256 differs from "
+                                 "index.json's faiss_sha256); rebuild the index", file=fpath)
+            fh.seek(0)
+            try:
+                index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+            except RuntimeError as exc:
+                raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
         _check_kind(index, meta, fpath, faiss)
-        ids, paths = _read_items(path / "items.csv")
+        ipath = path / "items.csv"
+        if ipath.is_dir():
+            raise InputError("is a folder; expected a file", file=ipath)
+        try:
+            items_bytes = ipath.read_bytes()
+        except FileNotFoundError:
+            raise InputError("items.csv missing (the index folder is incomplete)", file=ipath) from None
+        ids, paths = _read_items(ipath, utf8_text(items_bytes, ipath))
         labels = _read_labels(path / "labels.npy", len(ids)) if meta.get("has_labels") else None
         n = int(meta["count"])
         counts = {"index.faiss": int(index.ntotal), "items.csv": len(ids)}
@@ -487,6 +584,13 @@ class RetrievalIndex:
                              f"{names}", file=path / "labels.npy")
         if index.d != int(meta["dim"]):
             raise InputError(f"index.faiss has dimension {index.d}, index.json says {meta['dim']}", file=path)
+        # an index.json of an older dynametric records no digest of items.csv / labels.npy: those are not checked
+        for name, key, got in (("items.csv", "items_sha256", lambda: hashlib.sha256(items_bytes).hexdigest()),
+                               ("labels.npy", "labels_sha256", lambda: _labels_sha256(labels))):
+            want = meta.get(key)
+            if want is not None and (name == "items.csv" or labels is not None) and got() != want:
+                raise InputError(f"{name} is not the file this index was built with (its SHA-256 differs from "
+                                 f"index.json's {key}); rebuild the index", file=path / name)
         params = dict(meta.get("params") or {})
         if meta["kind"] == "ivf" and "nprobe" in params:
             index.nprobe = int(params["nprobe"])
@@ -494,7 +598,7 @@ class RetrievalIndex:
             index.hnsw.efSearch = int(params["ef_search"])
         return cls(index, meta["kind"], meta["metric"], int(meta["dim"]), ids, paths, labels,
                    list(meta.get("scale_names") or []), meta.get("class_names"), list(meta.get("image_roots") or []),
-                   dict(meta.get("model") or {}), params, str(meta.get("source", "")))
+                   dict(meta.get("model") or {}), params, str(meta.get("source", ""))), meta
 
     # ------------------------------------------------------------------------------------------------ search
     def scale_index(self, name: str | None) -> int | None:
