@@ -53,7 +53,14 @@ from dynametric.data.readers import (
     require_header,
 )
 from dynametric.errors import InputError, first_sentence
-from dynametric.retrieval.index import csv_line, csv_records, utf8_text
+from dynametric.retrieval.index import (
+    csv_line,
+    csv_records,
+    folder_lock,
+    make_output_folder,
+    other_entries,
+    utf8_text,
+)
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
     atomic_open,
@@ -499,6 +506,18 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder (--out names a folder)", file=out)
+    make_output_folder(out, "--out")
+    with folder_lock(out, "embed"):  # one embed at a time in a folder
+        return _embed_locked(items, embed_batch, transform, out, model_identity=model_identity,
+                             batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
+                             progress=progress, keep_shards=keep_shards, overwrite=overwrite, pin_memory=pin_memory)
+
+
+def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
+                  transform: Callable[[Any], torch.Tensor], out: Path, *, model_identity: dict[str, Any],
+                  batch_size: int, shard_size: int, num_workers: int, progress: bool, keep_shards: bool,
+                  overwrite: bool, pin_memory: bool) -> EmbedResult:
+    """:func:`embed_items` in its folder ``out``, holding the folder's lock."""
     n = len(items.ids)
     num_shards = (n + shard_size - 1) // shard_size
     job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": n, "shard_size": shard_size,
@@ -510,7 +529,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         job.update({"part": list(items.part), "source_count": items.source_count,
                     "source_fingerprint": items.source_fingerprint, "source_file_stamp": items.source_file_stamp})
     meta_path = out / "embed.json"
-    if overwrite and out.exists():
+    if overwrite:
         discard_job(out)
     if meta_path.is_file():
         try:
@@ -536,9 +555,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
                                  file=exc.file) from None
             dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
             return EmbedResult(out, n, dim, [], list(range(num_shards)))
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif other_entries(out) and not overwrite:
         raise InputError("output folder is not empty and holds no embedding job (embed.json)", file=out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, {**job, "status": "in_progress"})
     _write_items_csv(out, items)
     atomic_save_npy(out / "file_stats.npy", items.file_stats())
@@ -599,11 +617,13 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     if items.labels is not None:
         atomic_save_npy(out / "labels.npy", np.ascontiguousarray(items.labels, dtype=np.int64))
     atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
-    if not keep_shards:
-        for s in range(num_shards):
-            shard_path(out, s).unlink(missing_ok=True)
-        if (out / "shards").is_dir() and not any((out / "shards").iterdir()):
-            (out / "shards").rmdir()
+    if not keep_shards:  # every shard file of the job's pattern, also one beyond num_shards
+        shards = out / "shards"
+        for p in sorted(shards.iterdir()) if shards.is_dir() else []:
+            if _is_shard_name(p.name) and not p.is_symlink() and p.is_file():
+                p.unlink()
+        if shards.is_dir() and not any(shards.iterdir()):
+            shards.rmdir()
     return EmbedResult(out, n, dim, computed, skipped)
 
 
@@ -615,7 +635,7 @@ def discard_job(out: Path) -> None:
     their ``.*.tmp`` leftovers). Any other file stays. An empty folder is fine; a non-empty folder that is not a
     job is refused.
     """
-    if not any(out.iterdir()):
+    if not other_entries(out):
         return
     meta_path = out / "embed.json"
     try:
@@ -867,39 +887,40 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
         raise InputError("--out is one of the parts; merge into a new folder", file=out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder (--out names a folder)", file=out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError("output folder is not empty (use another --out, or --overwrite to replace an embedding "
-                             "job there)", file=out)
-        discard_job(out)
-        remove_job_temps(out)
-    dim = int(arrays[0].shape[1])
-    # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
-    # list this folder equals (rerunning it finds the folder complete) when the parts share a shard size, else null
-    sizes = {int(meta_of[p]["shard_size"]) for p in order}
-    shard_size: int | None = sizes.pop() if len(sizes) == 1 else None
-    part_shards = [{"part": f"{k}/{num}", "count": int(meta_of[p]["count"]),
-                    "shard_size": int(meta_of[p]["shard_size"]), "num_shards": int(meta_of[p]["num_shards"])}
-                   for k, p in enumerate(order)]
-    job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
-           "num_shards": None if shard_size is None else (total + shard_size - 1) // shard_size,
-           "part_shards": part_shards, "fingerprint": first["source_fingerprint"],
-           "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
-           "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
-           "image_roots": first["image_roots"], "merged_parts": num}
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "embed.json"
-    atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
-    atomic_write_text(out / "items.csv", "".join(lines))
+    make_output_folder(out, "--out")
+    with folder_lock(out, "merge-embeddings"):  # no embed or other merge writes there meanwhile
+        if other_entries(out):
+            if not overwrite:
+                raise InputError("output folder is not empty (use another --out, or --overwrite to replace an "
+                                 "embedding job there)", file=out)
+            discard_job(out)
+            remove_job_temps(out)
+        dim = int(arrays[0].shape[1])
+        # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
+        # list this folder equals (rerunning it finds the folder complete) when the parts share a shard size, else null
+        sizes = {int(meta_of[p]["shard_size"]) for p in order}
+        shard_size: int | None = sizes.pop() if len(sizes) == 1 else None
+        part_shards = [{"part": f"{k}/{num}", "count": int(meta_of[p]["count"]),
+                        "shard_size": int(meta_of[p]["shard_size"]), "num_shards": int(meta_of[p]["num_shards"])}
+                       for k, p in enumerate(order)]
+        job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
+               "num_shards": None if shard_size is None else (total + shard_size - 1) // shard_size,
+               "part_shards": part_shards, "fingerprint": first["source_fingerprint"],
+               "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
+               "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
+               "image_roots": first["image_roots"], "merged_parts": num}
+        meta_path = out / "embed.json"
+        atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
+        atomic_write_text(out / "items.csv", "".join(lines))
 
-    _write_rows(out / "embeddings.npy", arrays, total, dim)
-    if all((p / "file_stats.npy").is_file() for p in order):
-        stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
-        atomic_save_npy(out / "file_stats.npy", stats)
-    if merged_labels is not None:
-        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
-    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
-    return EmbedResult(out, total, dim, [], [])
+        _write_rows(out / "embeddings.npy", arrays, total, dim)
+        if all((p / "file_stats.npy").is_file() for p in order):
+            stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
+            atomic_save_npy(out / "file_stats.npy", stats)
+        if merged_labels is not None:
+            atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
+        atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
+        return EmbedResult(out, total, dim, [], [])
 
 
 def _write_rows(path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> None:

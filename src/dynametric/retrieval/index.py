@@ -4,7 +4,8 @@ Index folder ``INDEX/``: ``index.faiss`` (the faiss index), ``items.csv`` (``ind
 (``[N, S]`` int64, when the embeddings carry labels) and ``index.json``: kind and parameters, metric, dimension,
 count, scale names, class names of text labels, the image roots, and the producing model's identity (checkpoint,
 config hash, weights hash, head). While a build runs (and after one was killed) the folder also holds
-``index.build.json``, the build's marker: written first, removed once ``index.json`` is written.
+``index.build.json``, the build's marker: written first, removed once ``index.json`` is written, and the lock file
+``dynametric.lock`` (:func:`folder_lock`; ``embed`` and ``merge-embeddings`` hold it in their folders too).
 
 Metrics: ``cosine`` (vectors L2-normalised, inner product; reported distance ``1 - cos``), ``l2`` (reported
 distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer
@@ -23,7 +24,11 @@ import io
 import json
 import math
 import os
+import socket
+import time
+import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,154 @@ BUILD_MARKER = "index.build.json"
 """Written first by every build (``format: dynametric-index-build``, the files it writes) and removed once
 ``index.json`` is written: a folder a build was killed in is recognised by it, and built into again."""
 BUILD_FORMAT = "dynametric-index-build"
+
+
+LOCK_NAME = "dynametric.lock"
+"""The lock file an ``embed`` or ``index build`` holds in its output folder while it writes there (created with
+``O_EXCL``: ``format: dynametric-lock``, the command, its process id and host); removed when the command ends."""
+LOCK_FORMAT = "dynametric-lock"
+_HELD: set[str] = set()  # the tokens of the locks this process holds
+
+
+def make_output_folder(out: Path, key: str) -> Path:
+    """Create the output folder ``out`` (and the folders above it); a folder that cannot be made is one line naming
+    it and ``key``: ``ro/emb key '--out': cannot create the folder (Permission denied)``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        folder = Path(exc.filename) if exc.filename is not None else out
+        raise InputError(f"cannot create the folder ({exc.strerror or exc})", file=folder, key=key) from None
+    return out
+
+
+def other_entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` but the lock file (:data:`LOCK_NAME`)."""
+    return [p for p in folder.iterdir() if p.name != LOCK_NAME]
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch; Linux ``/proc``), else ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _lock_holder(lock: Path) -> tuple[bytes, dict[str, Any] | None, float] | None:
+    """The lock file's bytes, what it says (``None``: not a lock of dynametric, or still being written) and its
+    modification time; ``None`` when there is no lock file."""
+    try:
+        with open(lock, "rb") as fh:
+            data, mtime = fh.read(4096), os.fstat(fh.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        meta = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return data, None, mtime
+    ok = isinstance(meta, dict) and meta.get("format") == LOCK_FORMAT and isinstance(meta.get("pid"), int)
+    return data, meta if ok else None, mtime
+
+
+def _holder_running(meta: dict[str, Any], written: float) -> bool:
+    """Whether the process a lock names may still be running: on another host always (it cannot be asked); on this
+    host while it lives, unless it started after the lock was written (its number was reused) or it is this
+    process and does not hold the lock."""
+    pid = int(meta["pid"])
+    if meta.get("host") != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return meta.get("token") in _HELD
+    if not _process_alive(pid):
+        return False
+    started = _process_start(pid)
+    return not (started is not None and started > written + 2.0)  # 2 s: the clock ticks' rounding
+
+
+@contextmanager
+def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
+    """Hold the lock file of the folder ``out`` (it exists) while ``command`` (``embed``, ``index build``) writes
+    there. Another command holding it (a process still running on this host, or one on another host) is one line
+    keyed ``key``: ``<out> key '--out': the folder is being written by another embed (process N); ...``. A lock
+    left by a process that ended (killed) is taken over; a file of that name that is no lock of dynametric is
+    refused, never removed."""
+    lock = out / LOCK_NAME
+    token = uuid.uuid4().hex
+    data = json.dumps({"format": LOCK_FORMAT, "command": command, "pid": os.getpid(),
+                       "host": socket.gethostname(), "token": token}).encode()
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
+                             key=key) from None
+        else:
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            break
+        holder = _lock_holder(lock)
+        if holder is None:
+            continue  # removed meanwhile: try again
+        seen, meta, written = holder
+        if meta is None:
+            if time.time() - written < 10:  # an O_EXCL file whose process is writing it this moment
+                raise InputError(f"the folder is being written by another command (its {LOCK_NAME} was just "
+                                 f"created); wait for it to finish or use another {key}", file=out, key=key)
+            raise InputError(f"is not a lock file of dynametric ({LOCK_FORMAT}); it is not removed: move it away or "
+                             f"use another {key}", file=lock, key=key)
+        if _holder_running(meta, written):
+            where = "" if meta.get("host") == socket.gethostname() else f" on host {meta.get('host')}"
+            raise InputError(f"the folder is being written by another {meta.get('command', 'command')} (process "
+                             f"{meta['pid']}{where}); wait for it to finish or use another {key}"
+                             + (f" (if that process is gone, remove {lock})" if where else ""), file=out, key=key)
+        # left by a process that ended: moved aside under a name of this process's own, then removed, unless what
+        # was moved is no longer that lock (another process took it over meanwhile: it is put back)
+        aside = out / f".{LOCK_NAME}.{token}.stale"
+        try:
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            continue
+        if aside.read_bytes() != seen:
+            try:
+                os.link(aside, lock)
+            except FileExistsError:
+                pass
+            aside.unlink()
+            continue
+        aside.unlink()
+    else:
+        raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
+                         f"to finish or use another {key}", file=out, key=key)
+    _HELD.add(token)
+    try:
+        yield
+    finally:
+        _HELD.discard(token)
+        holder = _lock_holder(lock)
+        if holder is not None and holder[0] == data:
+            lock.unlink(missing_ok=True)
 
 
 def require_faiss() -> Any:
@@ -446,16 +599,23 @@ class RetrievalIndex:
         the index files, ``index.json`` last (it marks a complete index), then the marker is removed."""
         faiss = require_faiss()
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            require_new_folder(out, "--out", "dynametric index (index.json)")  # refused
+        make_output_folder(out, "--out")
+        with folder_lock(out, "index build"):  # one build at a time in a folder
+            return self._save(out, faiss)
+
+    def _save(self, out: Path, faiss: Any) -> Path:
         # an earlier index is replaced, and a folder holding only what a first build killed before index.json left
         # (its marker and the files it names, the temporary files of its atomic writes, removed below); any other
-        # non-empty folder is refused
-        if not _is_index_folder(out) and not holds_only_own_files(out, _build_files(out), _is_build_file):
+        # non-empty folder is refused (this build's lock file aside)
+        if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME},
+                                                                  _is_build_file):
             require_new_folder(out, "--out", "dynametric index (index.json)")
         marker = out / BUILD_MARKER
         if (marker.exists() or marker.is_symlink()) and not _build_files(out):  # beside an earlier index
             raise InputError(f"is not the marker of a dynametric index build (format {BUILD_FORMAT!r}), and it is not "
                              "overwritten: move it away or use another --out", file=marker, key="--out")
-        out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out, _is_build_file)  # left by a killed build of this index
         # first: the folder says that a build is under way and which files it writes (labels.npy: or removes), so
         # a build killed before index.json leaves a folder the next build knows as its own
