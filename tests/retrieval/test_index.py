@@ -16,6 +16,7 @@ from dynametric.retrieval.embed import EmbeddingSet
 from dynametric.retrieval.index import (
     BUILD_MARKER,
     INDEX_FILES,
+    LOCK_NAME,
     RetrievalIndex,
     first_per_group,
     require_faiss,
@@ -301,7 +302,8 @@ def _killed_first_build(tmp_path: Path) -> tuple[Path, Path]:
     proc = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(emb), str(out)], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr
-    marker, temp = sorted(out.iterdir(), key=lambda p: p.name != BUILD_MARKER)
+    assert (out / LOCK_NAME).is_file()  # the killed build's lock, taken over by the next build (its process ended)
+    marker, temp = sorted((p for p in out.iterdir() if p.name != LOCK_NAME), key=lambda p: p.name != BUILD_MARKER)
     assert marker.name == BUILD_MARKER  # written before index.faiss
     assert temp.name.startswith(".index.faiss.") and temp.name.endswith(".tmp") and len(temp.name) == 25
     return emb, out
@@ -329,10 +331,11 @@ def test_a_killed_first_build_beside_any_other_file_stays_refused(tmp_path: Path
         (out / other[5:]).symlink_to(tmp_path / "mine.csv")  # nor a link named like one
     else:
         (out / other).write_text("the user's\n")
-    before = {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()}
+    before = {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir() if p.name != LOCK_NAME}
     capsys.readouterr()
     assert main(["index", "build", "--embeddings", str(emb), "--out", str(out)]) == 2
     assert "output folder is not empty and holds no dynametric index (index.json)" in capsys.readouterr().err
+    # untouched, but for the killed build's own lock (taken over, then released)
     assert {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()} == before
 
 
@@ -340,7 +343,7 @@ class _Killed(BaseException):
     """A kill of the build (not an Exception: nothing of the build's own error handling runs)."""
 
 
-_WRITERS = ("atomic_write_json", "atomic_write_text", "atomic_save_npy", "atomic_open")
+_WRITERS = ("atomic_write_json", "atomic_write_bytes", "atomic_save_npy", "atomic_open")
 _KILL_POINTS = (BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json", "after index.json")
 
 

@@ -53,6 +53,14 @@ from dynametric.data.readers import (
     require_header,
 )
 from dynametric.errors import InputError, first_sentence
+from dynametric.retrieval.index import (
+    csv_line,
+    csv_records,
+    folder_lock,
+    make_output_folder,
+    other_entries,
+    utf8_text,
+)
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
     atomic_open,
@@ -440,13 +448,31 @@ def _shard_ok(path: Path, rows: int) -> bool:
 
 
 def _write_items_csv(out: Path, items: ImageItems) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "id", "path", *items.scale_names])
+    """``items.csv`` (:func:`~dynametric.retrieval.index.csv_line`: every id and path reads back as written, a
+    carriage return or a line break in a file name included)."""
+    lines = [csv_line(["index", "id", "path", *items.scale_names])]
     for i, (item_id, p) in enumerate(zip(items.ids, items.paths)):
         labels = [] if items.labels is None else [int(v) for v in items.labels[i]]
-        w.writerow([i, item_id, str(p), *labels])
-    atomic_write_text(out / "items.csv", buf.getvalue())
+        lines.append(csv_line([i, item_id, str(p), *labels]))
+    atomic_write_text(out / "items.csv", "".join(lines))
+
+
+def read_job_items(path: Path, scales: int) -> Iterator[tuple[int, list[str]]]:
+    """The rows of an embed job's ``items.csv`` (``index,id,path`` and one column per scale), each with the line it
+    starts on; a missing or foreign header or a row of another number of fields (a file damaged, or written by an
+    older dynametric with a carriage return in a file name) is one line naming the file and the line."""
+    if path.is_dir():
+        raise InputError("is a folder; expected the job's items.csv", file=path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError("items.csv missing (the embed folder is incomplete)", file=path) from None
+    text = utf8_text(data, path)  # as written: a \r inside a quoted field is kept
+    header = next(csv.reader(io.StringIO(text, newline="")), [])
+    if header[:3] != ["index", "id", "path"] or len(header) != 3 + scales:
+        raise InputError(f"expected the header index,id,path and {scales} scale column(s) (embed.json's "
+                         f"scale_names), found {','.join(header)[:80]!r}", file=path, line=1)
+    yield from csv_records(text, path, "index,id,path" + "".join(f",{h}" for h in header[3:]))
 
 
 @dataclass
@@ -480,6 +506,18 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder (--out names a folder)", file=out)
+    make_output_folder(out, "--out")
+    with folder_lock(out, "embed"):  # one embed at a time in a folder
+        return _embed_locked(items, embed_batch, transform, out, model_identity=model_identity,
+                             batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
+                             progress=progress, keep_shards=keep_shards, overwrite=overwrite, pin_memory=pin_memory)
+
+
+def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
+                  transform: Callable[[Any], torch.Tensor], out: Path, *, model_identity: dict[str, Any],
+                  batch_size: int, shard_size: int, num_workers: int, progress: bool, keep_shards: bool,
+                  overwrite: bool, pin_memory: bool) -> EmbedResult:
+    """:func:`embed_items` in its folder ``out``, holding the folder's lock."""
     n = len(items.ids)
     num_shards = (n + shard_size - 1) // shard_size
     job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": n, "shard_size": shard_size,
@@ -491,7 +529,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         job.update({"part": list(items.part), "source_count": items.source_count,
                     "source_fingerprint": items.source_fingerprint, "source_file_stamp": items.source_file_stamp})
     meta_path = out / "embed.json"
-    if overwrite and out.exists():
+    if overwrite:
         discard_job(out)
     if meta_path.is_file():
         try:
@@ -517,9 +555,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
                                  file=exc.file) from None
             dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
             return EmbedResult(out, n, dim, [], list(range(num_shards)))
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif other_entries(out) and not overwrite:
         raise InputError("output folder is not empty and holds no embedding job (embed.json)", file=out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, {**job, "status": "in_progress"})
     _write_items_csv(out, items)
     atomic_save_npy(out / "file_stats.npy", items.file_stats())
@@ -580,11 +617,13 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     if items.labels is not None:
         atomic_save_npy(out / "labels.npy", np.ascontiguousarray(items.labels, dtype=np.int64))
     atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
-    if not keep_shards:
-        for s in range(num_shards):
-            shard_path(out, s).unlink(missing_ok=True)
-        if (out / "shards").is_dir() and not any((out / "shards").iterdir()):
-            (out / "shards").rmdir()
+    if not keep_shards:  # every shard file of the job's pattern, also one beyond num_shards
+        shards = out / "shards"
+        for p in sorted(shards.iterdir()) if shards.is_dir() else []:
+            if _is_shard_name(p.name) and not p.is_symlink() and p.is_file():
+                p.unlink()
+        if shards.is_dir() and not any(shards.iterdir()):
+            shards.rmdir()
     return EmbedResult(out, n, dim, computed, skipped)
 
 
@@ -596,7 +635,7 @@ def discard_job(out: Path) -> None:
     their ``.*.tmp`` leftovers). Any other file stays. An empty folder is fine; a non-empty folder that is not a
     job is refused.
     """
-    if not any(out.iterdir()):
+    if not other_entries(out):
         return
     meta_path = out / "embed.json"
     try:
@@ -808,8 +847,7 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
         if arr.ndim != 2 or arr.shape[0] != int(meta_of[p]["count"]) or arr.shape[1] != arrays[0].shape[1]:
             raise InputError(f"embeddings.npy has shape {tuple(arr.shape)}, expected [{meta_of[p]['count']}, "
                              f"{arrays[0].shape[1]}]", file=p / "embeddings.npy")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    lines: list[str] = []
     index = 0
     has_labels = [(p / "labels.npy").exists() for p in order]
     if any(has_labels) and not all(has_labels):
@@ -820,16 +858,13 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     all_paths: list[str] = []
     for i, p in enumerate(order):
         ids, item_paths = [], []
-        with open(p / "items.csv", encoding="utf-8", newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if i == 0 and header is not None:
-                writer.writerow(header)
-            for row in reader:
-                writer.writerow([index, *row[1:]])
-                ids.append(row[1] if len(row) > 1 else "")
-                item_paths.append(row[2] if len(row) > 2 else "")
-                index += 1
+        if i == 0:
+            lines.append(csv_line(["index", "id", "path", *(first.get("scale_names") or [])]))
+        for _, row in read_job_items(p / "items.csv", scales):
+            lines.append(csv_line([index, *row[1:]]))
+            ids.append(row[1])
+            item_paths.append(row[2])
+            index += 1
         labels = load_job_labels(p / "labels.npy", int(meta_of[p]["count"]), scales) if all(has_labels) else None
         # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
         if _fingerprint(ids, item_paths, labels) != meta_of[p].get("fingerprint"):
@@ -852,39 +887,40 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
         raise InputError("--out is one of the parts; merge into a new folder", file=out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder (--out names a folder)", file=out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError("output folder is not empty (use another --out, or --overwrite to replace an embedding "
-                             "job there)", file=out)
-        discard_job(out)
-        remove_job_temps(out)
-    dim = int(arrays[0].shape[1])
-    # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
-    # list this folder equals (rerunning it finds the folder complete) when the parts share a shard size, else null
-    sizes = {int(meta_of[p]["shard_size"]) for p in order}
-    shard_size: int | None = sizes.pop() if len(sizes) == 1 else None
-    part_shards = [{"part": f"{k}/{num}", "count": int(meta_of[p]["count"]),
-                    "shard_size": int(meta_of[p]["shard_size"]), "num_shards": int(meta_of[p]["num_shards"])}
-                   for k, p in enumerate(order)]
-    job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
-           "num_shards": None if shard_size is None else (total + shard_size - 1) // shard_size,
-           "part_shards": part_shards, "fingerprint": first["source_fingerprint"],
-           "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
-           "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
-           "image_roots": first["image_roots"], "merged_parts": num}
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "embed.json"
-    atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
-    atomic_write_text(out / "items.csv", buf.getvalue())
+    make_output_folder(out, "--out")
+    with folder_lock(out, "merge-embeddings"):  # no embed or other merge writes there meanwhile
+        if other_entries(out):
+            if not overwrite:
+                raise InputError("output folder is not empty (use another --out, or --overwrite to replace an "
+                                 "embedding job there)", file=out)
+            discard_job(out)
+            remove_job_temps(out)
+        dim = int(arrays[0].shape[1])
+        # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
+        # list this folder equals (rerunning it finds the folder complete) when the parts share a shard size, else null
+        sizes = {int(meta_of[p]["shard_size"]) for p in order}
+        shard_size: int | None = sizes.pop() if len(sizes) == 1 else None
+        part_shards = [{"part": f"{k}/{num}", "count": int(meta_of[p]["count"]),
+                        "shard_size": int(meta_of[p]["shard_size"]), "num_shards": int(meta_of[p]["num_shards"])}
+                       for k, p in enumerate(order)]
+        job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
+               "num_shards": None if shard_size is None else (total + shard_size - 1) // shard_size,
+               "part_shards": part_shards, "fingerprint": first["source_fingerprint"],
+               "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
+               "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
+               "image_roots": first["image_roots"], "merged_parts": num}
+        meta_path = out / "embed.json"
+        atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
+        atomic_write_text(out / "items.csv", "".join(lines))
 
-    _write_rows(out / "embeddings.npy", arrays, total, dim)
-    if all((p / "file_stats.npy").is_file() for p in order):
-        stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
-        atomic_save_npy(out / "file_stats.npy", stats)
-    if merged_labels is not None:
-        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
-    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
-    return EmbedResult(out, total, dim, [], [])
+        _write_rows(out / "embeddings.npy", arrays, total, dim)
+        if all((p / "file_stats.npy").is_file() for p in order):
+            stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
+            atomic_save_npy(out / "file_stats.npy", stats)
+        if merged_labels is not None:
+            atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
+        atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
+        return EmbedResult(out, total, dim, [], [])
 
 
 def _write_rows(path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> None:
@@ -988,15 +1024,12 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     if emb.ndim != 2 or emb.dtype.kind != "f":
         raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
     ids, paths = [], []
-    with open(path / "items.csv", encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for row in reader:
-            ids.append(row[1])
-            paths.append(row[2])
+    scales = list(meta.get("scale_names") or [])
+    for _, row in read_job_items(path / "items.csv", len(scales)):
+        ids.append(row[1])
+        paths.append(row[2])
     if len(ids) != len(emb):
         raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")
-    scales = list(meta.get("scale_names") or [])
     labels = None
     if (path / "labels.npy").exists():
         labels = load_job_labels(path / "labels.npy", len(emb), len(scales))

@@ -4,7 +4,8 @@ Index folder ``INDEX/``: ``index.faiss`` (the faiss index), ``items.csv`` (``ind
 (``[N, S]`` int64, when the embeddings carry labels) and ``index.json``: kind and parameters, metric, dimension,
 count, scale names, class names of text labels, the image roots, and the producing model's identity (checkpoint,
 config hash, weights hash, head). While a build runs (and after one was killed) the folder also holds
-``index.build.json``, the build's marker: written first, removed once ``index.json`` is written.
+``index.build.json``, the build's marker: written first, removed once ``index.json`` is written, and the lock file
+``dynametric.lock`` (:func:`folder_lock`; ``embed`` and ``merge-embeddings`` hold it in their folders too).
 
 Metrics: ``cosine`` (vectors L2-normalised, inner product; reported distance ``1 - cos``), ``l2`` (reported
 distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer
@@ -18,10 +19,16 @@ Yashunin 2018).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +39,8 @@ from dynametric.errors import ConfigError, DynametricError, InputError, first_se
 from dynametric.utils.io import (
     atomic_open,
     atomic_save_npy,
+    atomic_write_bytes,
     atomic_write_json,
-    atomic_write_text,
-    file_sha256,
     holds_only_own_files,
     remove_stale_temps,
     require_new_folder,
@@ -51,6 +57,154 @@ BUILD_MARKER = "index.build.json"
 """Written first by every build (``format: dynametric-index-build``, the files it writes) and removed once
 ``index.json`` is written: a folder a build was killed in is recognised by it, and built into again."""
 BUILD_FORMAT = "dynametric-index-build"
+
+
+LOCK_NAME = "dynametric.lock"
+"""The lock file an ``embed`` or ``index build`` holds in its output folder while it writes there (created with
+``O_EXCL``: ``format: dynametric-lock``, the command, its process id and host); removed when the command ends."""
+LOCK_FORMAT = "dynametric-lock"
+_HELD: set[str] = set()  # the tokens of the locks this process holds
+
+
+def make_output_folder(out: Path, key: str) -> Path:
+    """Create the output folder ``out`` (and the folders above it); a folder that cannot be made is one line naming
+    it and ``key``: ``ro/emb key '--out': cannot create the folder (Permission denied)``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        folder = Path(exc.filename) if exc.filename is not None else out
+        raise InputError(f"cannot create the folder ({exc.strerror or exc})", file=folder, key=key) from None
+    return out
+
+
+def other_entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` but the lock file (:data:`LOCK_NAME`)."""
+    return [p for p in folder.iterdir() if p.name != LOCK_NAME]
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch; Linux ``/proc``), else ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _lock_holder(lock: Path) -> tuple[bytes, dict[str, Any] | None, float] | None:
+    """The lock file's bytes, what it says (``None``: not a lock of dynametric, or still being written) and its
+    modification time; ``None`` when there is no lock file."""
+    try:
+        with open(lock, "rb") as fh:
+            data, mtime = fh.read(4096), os.fstat(fh.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        meta = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return data, None, mtime
+    ok = isinstance(meta, dict) and meta.get("format") == LOCK_FORMAT and isinstance(meta.get("pid"), int)
+    return data, meta if ok else None, mtime
+
+
+def _holder_running(meta: dict[str, Any], written: float) -> bool:
+    """Whether the process a lock names may still be running: on another host always (it cannot be asked); on this
+    host while it lives, unless it started after the lock was written (its number was reused) or it is this
+    process and does not hold the lock."""
+    pid = int(meta["pid"])
+    if meta.get("host") != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return meta.get("token") in _HELD
+    if not _process_alive(pid):
+        return False
+    started = _process_start(pid)
+    return not (started is not None and started > written + 2.0)  # 2 s: the clock ticks' rounding
+
+
+@contextmanager
+def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
+    """Hold the lock file of the folder ``out`` (it exists) while ``command`` (``embed``, ``index build``) writes
+    there. Another command holding it (a process still running on this host, or one on another host) is one line
+    keyed ``key``: ``<out> key '--out': the folder is being written by another embed (process N); ...``. A lock
+    left by a process that ended (killed) is taken over; a file of that name that is no lock of dynametric is
+    refused, never removed."""
+    lock = out / LOCK_NAME
+    token = uuid.uuid4().hex
+    data = json.dumps({"format": LOCK_FORMAT, "command": command, "pid": os.getpid(),
+                       "host": socket.gethostname(), "token": token}).encode()
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
+                             key=key) from None
+        else:
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            break
+        holder = _lock_holder(lock)
+        if holder is None:
+            continue  # removed meanwhile: try again
+        seen, meta, written = holder
+        if meta is None:
+            if time.time() - written < 10:  # an O_EXCL file whose process is writing it this moment
+                raise InputError(f"the folder is being written by another command (its {LOCK_NAME} was just "
+                                 f"created); wait for it to finish or use another {key}", file=out, key=key)
+            raise InputError(f"is not a lock file of dynametric ({LOCK_FORMAT}); it is not removed: move it away or "
+                             f"use another {key}", file=lock, key=key)
+        if _holder_running(meta, written):
+            where = "" if meta.get("host") == socket.gethostname() else f" on host {meta.get('host')}"
+            raise InputError(f"the folder is being written by another {meta.get('command', 'command')} (process "
+                             f"{meta['pid']}{where}); wait for it to finish or use another {key}"
+                             + (f" (if that process is gone, remove {lock})" if where else ""), file=out, key=key)
+        # left by a process that ended: moved aside under a name of this process's own, then removed, unless what
+        # was moved is no longer that lock (another process took it over meanwhile: it is put back)
+        aside = out / f".{LOCK_NAME}.{token}.stale"
+        try:
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            continue
+        if aside.read_bytes() != seen:
+            try:
+                os.link(aside, lock)
+            except FileExistsError:
+                pass
+            aside.unlink()
+            continue
+        aside.unlink()
+    else:
+        raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
+                         f"to finish or use another {key}", file=out, key=key)
+    _HELD.add(token)
+    try:
+        yield
+    finally:
+        _HELD.discard(token)
+        holder = _lock_holder(lock)
+        if holder is not None and holder[0] == data:
+            lock.unlink(missing_ok=True)
 
 
 def require_faiss() -> Any:
@@ -217,10 +371,11 @@ def _is_index_folder(out: Path) -> bool:
         return False
 
 
-def _read_meta(meta_path: Path) -> dict[str, Any]:
-    """``index.json``, with every field the loader relies on present and of the right type."""
+def _read_meta(meta_path: Path, data: bytes | None = None) -> dict[str, Any]:
+    """``index.json`` (``data``: its content, already read), with every field the loader relies on present and of
+    the right type."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_bytes() if data is None else data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"unreadable index metadata ({exc})", file=meta_path) from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
@@ -253,23 +408,106 @@ def _check_kind(index: Any, meta: dict[str, Any], fpath: Path, faiss: Any) -> No
                          f"({meta['metric']})", file=fpath)
 
 
-def _read_items(path: Path) -> tuple[list[str], list[str]]:
-    """``items.csv``: header ``index,id,path``, then one row of three fields per item."""
-    if path.is_dir():
-        raise InputError("is a folder; expected a file", file=path)
-    if not path.is_file():
-        raise InputError("items.csv missing (the index folder is incomplete)", file=path)
-    ids, paths = [], []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader, None)
+def csv_line(fields: Iterable[Any]) -> str:
+    """One CSV record ending in ``\n``, as ``csv.reader`` reads it back field for field: a field holding a comma, a
+    double quote, ``\n`` or ``\r`` is quoted (its quotes doubled). ``csv.writer(lineterminator="\n")`` leaves a
+    field with a ``\r`` unquoted, and a reader ends the record there (a file name with a carriage return split
+    its row of ``items.csv`` in two)."""
+    out = []
+    for value in fields:
+        text = str(value)
+        if any(c in text for c in _CSV_SPECIAL):
+            text = '"' + text.replace('"', '""') + '"'
+        out.append(text)
+    return ",".join(out) + "\n"
+
+
+_CSV_SPECIAL = (",", '"', "\n", "\r")
+
+
+def csv_records(text: str, path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
+    """The records after the header of an ``items.csv`` (``text``), each with the line it starts on; every record
+    must have as many fields as the header (``what`` names them in the error: one line naming ``path`` and the
+    line, e.g. a row split by a bare carriage return in a file an older dynametric wrote)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        width = len(header or [])
+        start = reader.line_num + 1
         for row in reader:
-            if len(row) != 3:
-                raise InputError(f"expected 3 fields (index,id,path), got {len(row)}", file=path,
-                                 line=reader.line_num)
-            ids.append(row[1])
-            paths.append(row[2])
+            if len(row) != width:
+                raise InputError(f"expected {width} fields ({what}), got {len(row)}: the file is damaged (a row "
+                                 "split or cut); write it again (embed again / rebuild the index)", file=path,
+                                 line=start)
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise InputError(f"unreadable CSV ({exc})", file=path, line=reader.line_num) from None
+
+
+def _read_items(path: Path, text: str | None = None) -> tuple[list[str], list[str]]:
+    """``items.csv``: header ``index,id,path``, then one row of three fields per item (``text``: the file's
+    content, already read)."""
+    if text is None:
+        if path.is_dir():
+            raise InputError("is a folder; expected a file", file=path)
+        if not path.is_file():
+            raise InputError("items.csv missing (the index folder is incomplete)", file=path)
+        text = utf8_text(path.read_bytes(), path)
+    if not text.startswith("index,id,path"):
+        raise InputError(f"expected the header index,id,path, found {text.partition(chr(10))[0][:60]!r}", file=path,
+                         line=1)
+    ids, paths = [], []
+    for _, row in csv_records(text, path, "index,id,path"):
+        ids.append(row[1])
+        paths.append(row[2])
     return ids, paths
+
+
+def utf8_text(data: bytes, path: Path) -> str:
+    """The text of a file this tool wrote, line ends as written (a ``\r`` inside a quoted CSV field stays one)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
+
+
+LOAD_TRIES = 3
+"""How many times :meth:`RetrievalIndex.load` reads a folder whose ``index.json`` a build replaced meanwhile."""
+_CHANGING = ("the index changed while it was read: a `dynametric index build` into this folder is running (or was "
+             f"stopped before it finished: its {BUILD_MARKER} is there); try again once the build finished, or run "
+             "the build again")
+
+
+def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
+    """``index.json``'s bytes and the identity of the file they were read from (inode, size, modification time):
+    a build replaces the file by a new one, so a rebuild of the same index is another file with the same bytes."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        return fh.read(), (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _change_during_load(path: Path, seen: tuple[bytes, tuple[int, ...]]) -> str | None:
+    """Whether the folder changed since its ``index.json`` was read (``seen``: :func:`_read_index_json`):
+    ``"built"`` (another ``index.json`` now), ``"building"`` (a build's marker there: a build running or one
+    stopped), ``None``.
+
+    The marker is looked at first: when there was none and ``index.json`` is still the file read, no build ran when
+    the marker was looked for, and none had finished since ``index.json`` was read (each writes a new one).
+    (``index.json`` first would miss a build that wrote it and removed its marker in between.)"""
+    marker = path / BUILD_MARKER
+    building = marker.exists() or marker.is_symlink()
+    try:
+        if _read_index_json(path / "index.json") != seen:
+            return "built"
+    except OSError:
+        return "building"
+    return "building" if building else None
+
+
+def _labels_sha256(labels: np.ndarray | None) -> str:
+    """The digest ``index.json`` records of the labels: SHA-256 of their int64 values, row by row."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
 def _read_labels(path: Path, n: int) -> np.ndarray:
@@ -361,73 +599,135 @@ class RetrievalIndex:
         the index files, ``index.json`` last (it marks a complete index), then the marker is removed."""
         faiss = require_faiss()
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            require_new_folder(out, "--out", "dynametric index (index.json)")  # refused
+        make_output_folder(out, "--out")
+        with folder_lock(out, "index build"):  # one build at a time in a folder
+            return self._save(out, faiss)
+
+    def _save(self, out: Path, faiss: Any) -> Path:
         # an earlier index is replaced, and a folder holding only what a first build killed before index.json left
         # (its marker and the files it names, the temporary files of its atomic writes, removed below); any other
-        # non-empty folder is refused
-        if not _is_index_folder(out) and not holds_only_own_files(out, _build_files(out), _is_build_file):
+        # non-empty folder is refused (this build's lock file aside)
+        if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME},
+                                                                  _is_build_file):
             require_new_folder(out, "--out", "dynametric index (index.json)")
         marker = out / BUILD_MARKER
         if (marker.exists() or marker.is_symlink()) and not _build_files(out):  # beside an earlier index
             raise InputError(f"is not the marker of a dynametric index build (format {BUILD_FORMAT!r}), and it is not "
                              "overwritten: move it away or use another --out", file=marker, key="--out")
-        out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out, _is_build_file)  # left by a killed build of this index
         # first: the folder says that a build is under way and which files it writes (labels.npy: or removes), so
         # a build killed before index.json leaves a folder the next build knows as its own
         atomic_write_json(marker, {"format": BUILD_FORMAT, "version": INDEX_VERSION, "files": list(INDEX_FILES)})
+        digest = hashlib.sha256()
+
+        def write(data: Any) -> int:  # the bytes written are the bytes hashed (never another build's file)
+            digest.update(data)
+            return fh.write(data)
+
         with atomic_open(out / "index.faiss", "wb") as fh:  # through Python's file IO: a full disk is an OSError
-            faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))  # (faiss's own: a RuntimeError)
-        digest = file_sha256(out / "index.faiss")
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["index", "id", "path"])
-        for i, (item_id, p) in enumerate(zip(self.ids, self.paths)):
-            w.writerow([i, item_id, p])
-        atomic_write_text(out / "items.csv", buf.getvalue())
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))  # (faiss's own: a RuntimeError)
+        items_text = csv_line(["index", "id", "path"]) + "".join(
+            csv_line([i, item_id, p]) for i, (item_id, p) in enumerate(zip(self.ids, self.paths)))
+        items_bytes = items_text.encode("utf-8")
+        atomic_write_bytes(out / "items.csv", items_bytes)
+        hashes = {"faiss_sha256": digest.hexdigest(), "items_sha256": hashlib.sha256(items_bytes).hexdigest()}
         if self.labels is not None:
-            atomic_save_npy(out / "labels.npy", np.ascontiguousarray(self.labels, dtype=np.int64))
+            labels = np.ascontiguousarray(self.labels, dtype=np.int64)
+            atomic_save_npy(out / "labels.npy", labels)
+            hashes["labels_sha256"] = _labels_sha256(labels)
         elif (out / "labels.npy").exists():
             (out / "labels.npy").unlink()
         atomic_write_json(out / "index.json", {
             "format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": self.kind, "metric": self.metric,
             "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
             "has_labels": self.labels is not None, "class_names": self.class_names, "image_roots": self.image_roots,
-            "model": self.model, "source": self.source, "faiss_sha256": digest})
+            "model": self.model, "source": self.source, **hashes})
         marker.unlink(missing_ok=True)  # the index is complete
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalIndex:
         """Open an index folder; errors (:class:`~dynametric.errors.InputError`) name the missing or inconsistent
-        file."""
+        file.
+
+        The files are those ``index.json`` describes or the load is refused: each file is opened once and what was
+        read from it is checked against ``index.json``'s digests (``faiss_sha256``, ``items_sha256``,
+        ``labels_sha256``), so a ``dynametric index build`` rewriting the folder meanwhile cannot pair one build's
+        ``items.csv`` with another's ``index.faiss`` (wrong ids). When a check fails and ``index.json`` changed
+        while the files were read, the new index is read again (up to :data:`LOAD_TRIES` times); while a build's
+        marker is there (a build running, or one stopped before it finished) the error says so."""
         path = Path(path)
         if not path.exists():
             raise InputError("index not found", file=path)
         if not path.is_dir():
             raise InputError("not an index folder (expected the --out folder of `dynametric index build`)", file=path)
         meta_path = path / "index.json"
-        if meta_path.is_dir():
-            raise InputError("is a folder; expected a file", file=meta_path)
-        if not meta_path.is_file():
-            raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
-                             file=path)
-        meta = _read_meta(meta_path)
+        for _ in range(LOAD_TRIES):
+            if meta_path.is_dir():
+                raise InputError("is a folder; expected a file", file=meta_path)
+            try:
+                seen = _read_index_json(meta_path)
+            except FileNotFoundError:
+                raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
+                                 file=path) from None
+            try:
+                loaded = cls._load_files(path, seen[0])
+            except InputError:
+                change = _change_during_load(path, seen)
+                if change is None:
+                    raise
+                if change == "built":
+                    continue  # a build finished meanwhile: read its index
+                raise InputError(_CHANGING, file=path) from None
+            if "items_sha256" in loaded[1]:
+                return loaded[0]  # every file checked against the index.json it was read with: consistent
+            # an index.json of an older dynametric has no digest of items.csv and labels.npy: the folder must not
+            # have changed meanwhile
+            change = _change_during_load(path, seen)
+            if change is None:
+                return loaded[0]
+            if change == "building":
+                raise InputError(_CHANGING, file=path)
+        raise InputError(_CHANGING, file=path)
+
+    @classmethod
+    def _load_files(cls, path: Path, meta_bytes: bytes) -> tuple[RetrievalIndex, dict[str, Any]]:
+        """One reading of the folder against the ``index.json`` content ``meta_bytes``; the index and its meta."""
+        meta_path = path / "index.json"
+        meta = _read_meta(meta_path, meta_bytes)
         faiss = require_faiss()
         fpath = path / "index.faiss"
         if fpath.is_dir():
             raise InputError("is a folder; expected the faiss index file", file=fpath)
-        if not fpath.is_file():
-            raise InputError("index file missing", file=fpath)
-        want = meta.get("faiss_sha256")
-        if want is not None and file_sha256(fpath) != want:
-            raise InputError("index.faiss is not the file this index was built with (its SHA-256 differs from "
-                             "index.json's faiss_sha256); rebuild the index", file=fpath)
         try:
-            index = faiss.read_index(str(fpath))
-        except RuntimeError as exc:
-            raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
+            fh = open(fpath, "rb")  # one open file: what is hashed is what is read
+        except FileNotFoundError:
+            raise InputError("index file missing", file=fpath) from None
+        with fh:
+            digest = hashlib.sha256()
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+            faiss_sha256 = digest.hexdigest()
+            want = meta.get("faiss_sha256")
+            if want is not None and faiss_sha256 != want:
+                raise InputError("index.faiss is not the file this index was built with (its SHA-256 differs from "
+                                 "index.json's faiss_sha256); rebuild the index", file=fpath)
+            fh.seek(0)
+            try:
+                index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+            except RuntimeError as exc:
+                raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
         _check_kind(index, meta, fpath, faiss)
-        ids, paths = _read_items(path / "items.csv")
+        ipath = path / "items.csv"
+        if ipath.is_dir():
+            raise InputError("is a folder; expected a file", file=ipath)
+        try:
+            items_bytes = ipath.read_bytes()
+        except FileNotFoundError:
+            raise InputError("items.csv missing (the index folder is incomplete)", file=ipath) from None
+        ids, paths = _read_items(ipath, utf8_text(items_bytes, ipath))
         labels = _read_labels(path / "labels.npy", len(ids)) if meta.get("has_labels") else None
         n = int(meta["count"])
         counts = {"index.faiss": int(index.ntotal), "items.csv": len(ids)}
@@ -444,6 +744,13 @@ class RetrievalIndex:
                              f"{names}", file=path / "labels.npy")
         if index.d != int(meta["dim"]):
             raise InputError(f"index.faiss has dimension {index.d}, index.json says {meta['dim']}", file=path)
+        # an index.json of an older dynametric records no digest of items.csv / labels.npy: those are not checked
+        for name, key, got in (("items.csv", "items_sha256", lambda: hashlib.sha256(items_bytes).hexdigest()),
+                               ("labels.npy", "labels_sha256", lambda: _labels_sha256(labels))):
+            want = meta.get(key)
+            if want is not None and (name == "items.csv" or labels is not None) and got() != want:
+                raise InputError(f"{name} is not the file this index was built with (its SHA-256 differs from "
+                                 f"index.json's {key}); rebuild the index", file=path / name)
         params = dict(meta.get("params") or {})
         if meta["kind"] == "ivf" and "nprobe" in params:
             index.nprobe = int(params["nprobe"])
@@ -451,7 +758,7 @@ class RetrievalIndex:
             index.hnsw.efSearch = int(params["ef_search"])
         return cls(index, meta["kind"], meta["metric"], int(meta["dim"]), ids, paths, labels,
                    list(meta.get("scale_names") or []), meta.get("class_names"), list(meta.get("image_roots") or []),
-                   dict(meta.get("model") or {}), params, str(meta.get("source", "")))
+                   dict(meta.get("model") or {}), params, str(meta.get("source", ""))), meta
 
     # ------------------------------------------------------------------------------------------------ search
     def scale_index(self, name: str | None) -> int | None:
