@@ -50,12 +50,15 @@ def get_all_pairs_indices(labels: torch.Tensor, ref_labels: torch.Tensor | None 
 
 
 def _grouped_product(
-    a: torch.Tensor, p: torch.Tensor, neg_offsets: torch.Tensor, neg_counts: torch.Tensor, neg_list: torch.Tensor
+    a: torch.Tensor, p: torch.Tensor, neg_offsets: torch.Tensor, neg_counts: torch.Tensor, neg_list: torch.Tensor,
+    total: int | None = None,
 ) -> IndicesTuple:
     """For each pair ``(a[k], p[k])`` emit one triplet per negative of anchor ``a[k]`` (``neg_list`` grouped by
-    anchor, group of anchor ``i`` at ``neg_offsets[i] : neg_offsets[i] + neg_counts[i]``)."""
+    anchor, group of anchor ``i`` at ``neg_offsets[i] : neg_offsets[i] + neg_counts[i]``). ``total``: the number of
+    triplets when the caller knows it already (else it is read from the device: a shape)."""
     counts = neg_counts[a]
-    total = int(counts.sum())
+    if total is None:
+        total = int(counts.sum())
     if total == 0:
         dev = a.device
         return _empty(dev), _empty(dev), _empty(dev)
@@ -80,22 +83,36 @@ def get_all_triplets_indices(
     num_pos = pos.sum(1)
     num_neg = neg.sum(1)
     per_anchor = num_pos * num_neg  # int64
-    if int(per_anchor.sum()) == 0:
-        return _empty(device), _empty(device), _empty(device)
-    # Chunk boundaries over anchors so that each chunk yields about triplets_per_chunk triplets.
+    # The one host read of the common case: the number of triplets is the output's shape. Only when it exceeds
+    # triplets_per_chunk are the chunk boundaries and their totals read too (a second read).
     cum = torch.cumsum(per_anchor, 0)
-    targets = torch.arange(1, int(cum[-1]) // max(triplets_per_chunk, 1) + 2, device=device) * triplets_per_chunk
-    cuts = torch.searchsorted(cum, targets, right=True).tolist()
-    bounds = sorted({0, *[min(c, labels.numel()) for c in cuts], labels.numel()})
+    total = int(cum[-1]) if cum.numel() else 0
+    if total == 0:
+        return _empty(device), _empty(device), _empty(device)
+    size = labels.numel()
+    if total <= triplets_per_chunk:
+        bounds, before = [0, size], [0, total]
+    else:
+        # Chunk boundaries over anchors so that each chunk yields about triplets_per_chunk triplets.
+        targets = torch.arange(1, total // max(triplets_per_chunk, 1) + 2, device=device) * triplets_per_chunk
+        cuts = torch.searchsorted(cum, targets, right=True).clamp(max=size)
+        zero = torch.zeros(1, dtype=cum.dtype, device=device)
+        cum0 = torch.cat([zero, cum])  # cum0[i]: triplets of the anchors before i
+        cut_list, at_cut = torch.stack([cuts, cum0[cuts]]).tolist()
+        known = dict(zip(cut_list, at_cut, strict=True))
+        known.update({0: 0, size: total})
+        bounds = sorted(known)
+        before = [known[b] for b in bounds]
     out_a, out_p, out_n = [], [], []
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        if start >= stop or int(per_anchor[start:stop].sum()) == 0:
+    for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        chunk_total = before[k + 1] - before[k]
+        if start >= stop or chunk_total == 0:
             continue
         a, p = torch.nonzero(pos[start:stop], as_tuple=True)
         _, n_list = torch.nonzero(neg[start:stop], as_tuple=True)
         counts = num_neg[start:stop]
         offsets = torch.cumsum(counts, 0) - counts
-        ta, tp, tn = _grouped_product(a, p, offsets, counts, n_list)
+        ta, tp, tn = _grouped_product(a, p, offsets, counts, n_list, total=chunk_total)
         out_a.append(ta + start if start else ta)
         out_p.append(tp)
         out_n.append(tn)
@@ -127,10 +144,59 @@ def triplets_to_pairs(indices_tuple: IndicesTuple) -> IndicesTuple:
     return a, p, a, n
 
 
+class _MinedBy:
+    """The mark a dynametric miner leaves on the index tensors of one output (:func:`mark_mined`)."""
+
+    __slots__ = ("ids", "num_queries", "num_refs")
+
+    def __init__(self, ids: tuple[int, ...], num_queries: int, num_refs: int) -> None:
+        self.ids, self.num_queries, self.num_refs = ids, num_queries, num_refs
+
+
+_MINED_ATTR = "_dynametric_mined_by"
+
+
+def mark_mined(indices_tuple: IndicesTuple, num_queries: int, num_refs: int) -> IndicesTuple:
+    """Record on the tensors of ``indices_tuple`` that one of dynametric's own miners built it for ``num_queries``
+    batch rows and ``num_refs`` reference rows: its entries are then in range and its positive and negative pairs
+    disjoint by construction, so :func:`check_indices_tuple` and :func:`pair_masks` need not read them back to the
+    host (a synchronisation on an accelerator) to check that. The mark holds only while the tuple is handed on as
+    the miner returned it (or as its pair form ``(a, p, a, n)``) and no tensor of it was changed in place (torch's
+    version counter); anything else (a tuple a user built, edited, reordered or mixed) is checked as before."""
+    mark = _MinedBy(tuple(id(t) for t in indices_tuple), num_queries, num_refs)
+    for t in indices_tuple:
+        setattr(t, _MINED_ATTR, (mark, t._version))
+    return indices_tuple
+
+
+def is_mined(indices_tuple: IndicesTuple, num_queries: int, num_refs: int) -> bool:
+    """Whether ``indices_tuple`` is, unchanged, the output of one dynametric miner call (:func:`mark_mined`) for at
+    most ``num_queries`` batch and ``num_refs`` reference rows (triplets also in their pair form ``(a, p, a, n)``)."""
+    if not isinstance(indices_tuple, tuple | list) or len(indices_tuple) not in (3, 4) or not all(
+            isinstance(t, torch.Tensor) for t in indices_tuple):
+        return False
+    first = getattr(indices_tuple[0], _MINED_ATTR, None)
+    if first is None:
+        return False
+    mark = first[0]
+    for t in indices_tuple:
+        got = getattr(t, _MINED_ATTR, None)
+        if got is None or got[0] is not mark or got[1] != t._version:
+            return False
+    ids = tuple(id(t) for t in indices_tuple)
+    same_layout = ids == mark.ids or (len(mark.ids) == 3 and ids == (mark.ids[0], mark.ids[1], mark.ids[0],
+                                                                      mark.ids[2]))
+    return same_layout and mark.num_queries <= num_queries and mark.num_refs <= num_refs
+
+
 def check_indices_tuple(
     indices_tuple: IndicesTuple, num_queries: int, num_refs: int, name: str = "indices_tuple"
 ) -> IndicesTuple:
-    """Validate a miner output: 3 or 4 one-dimensional integer tensors of matching lengths and in range."""
+    """Validate a miner output: 3 or 4 one-dimensional integer tensors of matching lengths and in range.
+
+    The range is read back to the host (two reads per tensor) only for a tuple that is not, unchanged, the output
+    of one of dynametric's miners (:func:`is_mined`): those are in range by construction."""
+    mined = is_mined(indices_tuple, num_queries, num_refs)
     if not isinstance(indices_tuple, tuple | list) or len(indices_tuple) not in (3, 4):
         raise InputError("expected a tuple of 3 (a, p, n) or 4 (a1, p, a2, n) index tensors", key=name)
     out = []
@@ -140,7 +206,7 @@ def check_indices_tuple(
             raise InputError(f"entry {i} must be a 1-D integer tensor, got {t.dtype} {tuple(t.shape)}", key=name)
         t = t.long()
         limit = num_queries if (i == 0 or (len(indices_tuple) == 4 and i == 2)) else num_refs
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
+        if not mined and t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
             raise InputError(f"entry {i} has indices outside [0, {limit})", key=name)
         out.append(t)
     if len(out) == 3 and not out[0].numel() == out[1].numel() == out[2].numel():
@@ -270,18 +336,32 @@ def pair_masks(
     num_refs: int,
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Dense boolean ``[B, R]`` masks of the positive and negative pairs of an indices tuple (``None`` = all pairs
-    from labels), plus the numbers of positive and negative pairs listed (duplicates counted)."""
+    from labels), plus the numbers of positive and negative pairs listed (duplicates counted).
+
+    The counts of all pairs from labels are read from the device (two host reads; :func:`few_pairs` answers the
+    losses' question without them); a tuple's counts are its lengths. The check that no pair is listed both as
+    positive and as negative reads one value, except for a dynametric miner's own output (:func:`is_mined`:
+    disjoint by construction)."""
     if indices_tuple is None:
         pos, neg = match_masks(labels, ref_labels)
         return pos, neg, int(pos.sum()), int(neg.sum())
+    mined = is_mined(indices_tuple, labels.numel(), num_refs)
     a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
     pos = torch.zeros(labels.numel(), num_refs, dtype=torch.bool, device=labels.device)
     neg = torch.zeros_like(pos)
     pos[a1, p] = True
     neg[a2, n] = True
-    if bool((pos & neg).any()):
+    if not mined and bool((pos & neg).any()):
         raise InputError("a pair is listed both as positive and as negative", key="indices_tuple")
     return pos, neg, a1.numel(), a2.numel()
+
+
+def few_pairs(pos: torch.Tensor, neg: torch.Tensor) -> bool:
+    """Whether the masks of all pairs from labels (:func:`match_masks`) hold at most one positive and at most one
+    negative pair (pytorch-metric-learning's "too few pairs" rule). Read from the device only for a batch of at most
+    two pairs: with more, at least two are positive or two negative (pairs within one set come in symmetric twos; a
+    reference set of ``R`` rows gives ``B R`` pairs, each positive or negative)."""
+    return pos.numel() <= 2 and int(pos.sum()) <= 1 and int(neg.sum()) <= 1
 
 
 def padded_positives(pos_mask: torch.Tensor, most: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

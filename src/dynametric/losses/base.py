@@ -63,6 +63,11 @@ def check_positive(value: Any, key: str) -> float:
     return float(value)
 
 
+def labels_on_host(labels: torch.Tensor) -> bool:
+    """Whether reading ``labels`` needs no accelerator synchronisation (a CPU tensor)."""
+    return labels.device.type == "cpu"
+
+
 class _LogOnce:
     """Per-instance "say it once" helper for debug messages (no global state)."""
 
@@ -128,6 +133,7 @@ class MetricLoss(RecordsStats, nn.Module):
         super().__init__()
         self.scale = scale
         self._log_once = _LogOnce()
+        self._device_labels_checked = False
         self.reducer = check_reducer(reducer)
         if embedding_regularizer is not None and not callable(embedding_regularizer):
             raise InputError(f"embedding_regularizer must be callable, got {embedding_regularizer!r}",
@@ -263,6 +269,25 @@ class MetricLoss(RecordsStats, nn.Module):
     ) -> dict:
         """The unreduced losses as pytorch-metric-learning's loss dictionary (used when ``reducer`` is given)."""
         raise InputError(f"{type(self).__name__} does not support reducer=", key="reducer")
+
+    def check_label_range(self, labels: torch.Tensor, num_classes: int,
+                          message: Callable[[torch.Tensor, int, int], str]) -> None:
+        """A one-line :class:`InputError` keyed ``labels`` (``message(labels, min, max)``) when a label lies outside
+        ``[0, num_classes)`` (losses with per-class parameters). Labels in host memory are checked at every call
+        (one read of a CPU tensor: no accelerator synchronisation). Labels on an accelerator are checked at the first
+        call of the loss object only, so that training steps read nothing back to the host: the engine checks once,
+        when it builds the loss, that ``num_classes`` covers every training label (a later out-of-range label on an
+        accelerator fails in torch's indexing kernel instead)."""
+        if labels.numel() == 0:
+            return
+        on_host = labels_on_host(labels)
+        if not on_host and self._device_labels_checked:
+            return
+        low, high = torch.stack([labels.min(), labels.max()]).tolist()
+        if low < 0 or high >= num_classes:
+            raise InputError(message(labels, int(low), int(high)), key="labels")
+        if not on_host:
+            self._device_labels_checked = True
 
     def zero_loss(self, embeddings: torch.Tensor, reason: str) -> torch.Tensor:
         """A zero that is still connected to the graph: backward works and its gradients are 0, never NaN. Its value

@@ -19,6 +19,8 @@ from dynametric.errors import ConfigError
 from dynametric.losses.pair import AnchorPairLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, masked_logsumexp
 
+NO_ANCHOR = "no anchor with both a positive and a negative pair"
+
 
 class CircleLoss(AnchorPairLoss):
     """Circle loss on cosine similarities (needs a normalising similarity such as :class:`CosineSimilarity`)."""
@@ -36,8 +38,10 @@ class CircleLoss(AnchorPairLoss):
 
     def anchor_losses(self, s: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor | str:
         has_both = pos.any(1) & neg.any(1)
-        if not bool(has_both.any()):
-            return "no anchor with both a positive and a negative pair"
+        # No host read of "any anchor with both?": without one every loss below is 0 and the average over non-zero
+        # losses gives 0 on the device (a debug message says so only while debug logging is on).
+        self._log_once.when(NO_ANCHOR, lambda: not bool(has_both.any()),
+                            lambda: f"{type(self).__name__}: {NO_ANCHOR}; the loss is zero")
         sd = s.detach()
         logit_p = -self.gamma * torch.relu(1 + self.m - sd) * (s - (1 - self.m))
         logit_n = self.gamma * torch.relu(sd + self.m) * (s - self.m)

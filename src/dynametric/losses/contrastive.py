@@ -16,7 +16,7 @@ from dynametric.distances import Distance
 from dynametric.losses.base import IndicesTuple
 from dynametric.losses.pair import TOO_FEW_PAIRS, PairLoss
 from dynametric.losses.reducers import avg_nonzero_reduce, zero_entry
-from dynametric.tuples import check_miner_output, convert_to_pairs, distance_matrix, match_masks
+from dynametric.tuples import check_miner_output, convert_to_pairs, distance_matrix, few_pairs, match_masks
 
 
 class ContrastiveLoss(PairLoss):
@@ -41,11 +41,11 @@ class ContrastiveLoss(PairLoss):
         indices_tuple, _ = check_miner_output(indices_tuple, embeddings, ref_emb)
         if indices_tuple is None:
             pos_mask, neg_mask = match_masks(labels, ref_labels)
-            num_pos, num_neg = int(pos_mask.sum()), int(neg_mask.sum())
+            too_few = few_pairs(pos_mask, neg_mask)  # no host read unless the batch has at most two pairs
         else:
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
-            num_pos, num_neg = a1.numel(), a2.numel()
-        if num_pos <= 1 and num_neg <= 1:  # pytorch-metric-learning's GenericPairLoss rule
+            too_few = a1.numel() <= 1 and a2.numel() <= 1
+        if too_few:  # pytorch-metric-learning's GenericPairLoss rule
             return self.zero_loss(embeddings, TOO_FEW_PAIRS)
         mat = distance_matrix(self.distance, embeddings, ref_emb)
         if indices_tuple is None:

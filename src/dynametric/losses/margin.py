@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynametric.distances import Distance, LpDistance, as_distance
-from dynametric.errors import InputError
 from dynametric.losses.base import IndicesTuple, MetricLoss, check_count
 from dynametric.losses.reducers import divisor_reduce, graph_zero, zero_entry
 from dynametric.losses.triplet import check_triplets_per_anchor
 from dynametric.tuples import check_miner_output, convert_to_triplets, distance_matrix, match_masks
+
+NO_TRIPLETS = "no triplets (no positive pair or a single class)"
 
 
 class MarginLoss(MetricLoss):
@@ -67,12 +68,11 @@ class MarginLoss(MetricLoss):
         return not self.num_classes
 
     def _check_label_range(self, labels: torch.Tensor) -> None:
-        if self.num_classes and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise InputError(
-                f"MarginLoss(num_classes={self.num_classes}) needs labels in [0, {self.num_classes}), got values in "
-                f"[{int(labels.min())}, {int(labels.max())}]",
-                key="labels",
-            )
+        if self.num_classes:  # labels on an accelerator: first call only (MetricLoss.check_label_range)
+            num_classes = self.num_classes
+            self.check_label_range(labels, num_classes, lambda _, low, high: (
+                f"MarginLoss(num_classes={num_classes}) needs labels in [0, {num_classes}), got values in "
+                f"[{low}, {high}]"))
 
     def compute_loss(
         self,
@@ -146,8 +146,9 @@ class MarginLoss(MetricLoss):
         num_pos = pos.sum(1)
         num_neg = neg.sum(1)
         n_triplets = num_pos * num_neg
-        if int(n_triplets.sum()) == 0:
-            return self.zero_loss(embeddings, "no triplets (no positive pair or a single class)")
+        none = n_triplets.sum() == 0  # not read to the host: the zero loss is picked on the device at the end
+        self._log_once.when(NO_TRIPLETS, lambda: bool(none),
+                            lambda: f"{type(self).__name__}: {NO_TRIPLETS}; returning a zero loss")
         beta = self.beta if self.beta.numel() == 1 else self.beta[labels]
         mat = distance_matrix(self.distance, embeddings, ref_emb)
         beta = beta.to(device=embeddings.device, dtype=mat.dtype)
@@ -159,8 +160,12 @@ class MarginLoss(MetricLoss):
         # exact int64 count of non-zero hinge terms over all triplets
         divisor = (((pos_loss > 0) & pos).sum(1) * num_neg).sum() + (((neg_loss > 0) & neg).sum(1) * num_pos).sum()
         loss = divisor_reduce((pos_loss * pos_w).sum() + (neg_loss * neg_w).sum(), divisor, mat)
-        if not self.learn_beta:
-            return loss
-        if self.beta.numel() == 1:
-            return loss + (beta * self.nu).sum()
-        return loss + divisor_reduce(beta * self.nu * n_triplets.to(mat.dtype), divisor, mat)
+        if self.learn_beta:
+            if self.beta.numel() == 1:
+                loss = loss + (beta * self.nu).sum()
+            else:
+                loss = loss + divisor_reduce(beta * self.nu * n_triplets.to(mat.dtype), divisor, mat)
+        zero = embeddings.sum() * 0.0  # MetricLoss.zero_loss's value, without its (host-side) message
+        for param in self.parameters():
+            zero = zero + param.sum() * 0.0
+        return torch.where(none, zero, loss)

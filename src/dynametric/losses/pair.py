@@ -29,7 +29,14 @@ import torch
 from dynametric.distances import Distance, LpDistance, as_distance
 from dynametric.losses.base import IndicesTuple, MetricLoss
 from dynametric.losses.reducers import zero_entry
-from dynametric.tuples import check_miner_output, convert_to_pairs, distance_matrix, pair_masks
+from dynametric.tuples import (
+    check_miner_output,
+    convert_to_pairs,
+    distance_matrix,
+    few_pairs,
+    match_masks,
+    pair_masks,
+)
 
 #: The reason logged when PML's generic pair rule makes the loss zero.
 TOO_FEW_PAIRS = "fewer than two positive and two negative pairs"
@@ -85,9 +92,14 @@ class PairLoss(MetricLoss):
         """``(distance matrix [B, R], positive mask, negative mask)``, or ``None`` when fewer than two positive and
         two negative pairs are listed (PML's generic pair rule: the loss is then zero)."""
         indices_tuple, num_refs = check_miner_output(indices_tuple, embeddings, ref_emb)
-        pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
-        if num_pos <= 1 and num_neg <= 1:
-            return None
+        if indices_tuple is None:  # all pairs: no host read for the counts (few_pairs)
+            pos, neg = match_masks(labels, ref_labels)
+            if few_pairs(pos, neg):
+                return None
+        else:
+            pos, neg, num_pos, num_neg = pair_masks(indices_tuple, labels, ref_labels, num_refs)
+            if num_pos <= 1 and num_neg <= 1:
+                return None
         return distance_matrix(self.distance, embeddings, ref_emb), pos, neg
 
 

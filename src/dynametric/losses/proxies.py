@@ -162,16 +162,14 @@ class _ClassWeightLoss(MetricLoss):
             (self._weight_init_func or default)(weight)
 
     def _check_labels(self, labels: torch.Tensor) -> None:
-        if labels.numel() == 0:
-            return
-        bad = (labels < 0) | (labels >= self.num_classes)
-        if bool(bad.any()):
-            value = int(labels[bad][0])
-            raise InputError(
-                f"label {value} is out of range for {type(self).__name__} with num_classes={self.num_classes} "
-                f"(labels must lie in [0, {self.num_classes - 1}]; remap raw ids first)",
-                key="labels",
-            )
+        """Labels in ``[0, num_classes)``: checked where the labels are (no accelerator read for host labels; labels
+        on an accelerator at the first call only: :meth:`MetricLoss.check_label_range`)."""
+        def message(lab: torch.Tensor, low: int, high: int) -> str:
+            value = int(lab[(lab < 0) | (lab >= self.num_classes)][0])  # only on the way to the error
+            return (f"label {value} is out of range for {type(self).__name__} with num_classes={self.num_classes} "
+                    f"(labels must lie in [0, {self.num_classes - 1}]; remap raw ids first)")
+
+        self.check_label_range(labels, self.num_classes, message)
 
     def _check_call(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None) -> None:
         if ref_emb is not None:
@@ -179,7 +177,7 @@ class _ClassWeightLoss(MetricLoss):
         if embeddings.shape[1] != self.embedding_size:
             raise InputError(f"embeddings have dimension {embeddings.shape[1]}, {type(self).__name__} was built "
                              f"with embedding_size={self.embedding_size}", key="embeddings")
-        self._check_labels(labels.to(embeddings.device))
+        self._check_labels(labels)
 
     def compute_loss(
         self,
@@ -320,7 +318,7 @@ class ProxyAnchorLoss(_ClassWeightLoss):
         neg_exp = self.distance.margin(torch.full_like(cos, -self.margin), cos)  # cos + margin
         pos = masked_log1p_sum_exp(self.alpha * pos_exp + w, pos_mask, dim=0)
         neg = masked_log1p_sum_exp(self.alpha * neg_exp + w, ~pos_mask, dim=0)
-        num_with_pos = int(pos_mask.any(dim=0).sum())
+        num_with_pos = pos_mask.any(dim=0).sum()  # a tensor: DivisorReducer divides without reading it
         rows = torch.arange(self.num_classes, device=emb.device)
         return {"pos_loss": {"losses": pos, "indices": rows, "reduction_type": "element", "divisor": num_with_pos},
                 "neg_loss": {"losses": neg, "indices": rows, "reduction_type": "element",

@@ -4,7 +4,10 @@
 * ``avg_nonzero``: mean over strictly positive entries, zero if there are none (PML ``AvgNonZeroReducer``).
 * ``divisor``: ``sum / divisor``, zero if the divisor is 0 (PML ``DivisorReducer``).
 
-Zero results stay connected to the graph through ``like`` so backward always works.
+Zero results stay connected to the graph through ``like`` so backward always works. No reduction reads a count
+back to the host (a synchronisation on an accelerator): "zero if there is nothing to average" is a
+``torch.where`` on the device, whose other branch divides by a count clamped to at least 1, so neither the value nor
+the gradient is ever NaN.
 """
 
 from __future__ import annotations
@@ -35,16 +38,20 @@ def avg_nonzero_reduce(losses: torch.Tensor, like: torch.Tensor, mask: torch.Ten
     if mask is not None:
         positive = positive & mask
     count = positive.sum()
-    if int(count) == 0:
-        return graph_zero(like)
-    return torch.where(positive, losses, torch.zeros_like(losses)).sum() / count
+    total = torch.where(positive, losses, torch.zeros_like(losses)).sum()
+    return torch.where(count > 0, total / count.clamp_min(1), graph_zero(like))
 
 
 def divisor_reduce(losses: torch.Tensor, divisor: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-    """``sum(losses) / divisor``; zero when the divisor is 0."""
-    if int(divisor) == 0:
-        return graph_zero(like)
-    return losses.sum() / divisor
+    """``sum(losses) / divisor``; zero when the divisor is 0 (``int(divisor) == 0``: a float divisor in ``(-1, 1)``
+    too). A tensor divisor is not read to the host: both cases are computed and one is picked on the device."""
+    if not isinstance(divisor, torch.Tensor):
+        if int(divisor) == 0:
+            return graph_zero(like)
+        return losses.sum() / divisor
+    zero = divisor.abs() < 1 if divisor.is_floating_point() else divisor == 0
+    safe = torch.where(zero, torch.ones_like(divisor), divisor)
+    return torch.where(zero, graph_zero(like), losses.sum() / safe)
 
 
 def masked_logsumexp(x: torch.Tensor, mask: torch.Tensor, dim: int = 1, add_one: bool = False) -> torch.Tensor:

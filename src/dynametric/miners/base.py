@@ -15,7 +15,7 @@ from torch import nn
 
 from dynametric.errors import InputError
 from dynametric.labels import as_label_matrix
-from dynametric.tuples import IndicesTuple, compute_dtype
+from dynametric.tuples import IndicesTuple, compute_dtype, mark_mined
 from dynametric.utils.stats import RecordsStats
 
 logger = logging.getLogger("dynametric.losses")  # the logger name miners have always used (shared with the losses)
@@ -73,6 +73,16 @@ def check_reference_pair(ref_emb: object, ref_labels: object) -> None:
     :class:`InputError` keyed ``ref_emb``."""
     if (ref_emb is None) != (ref_labels is None):
         raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
+
+
+def _library_mine(cls: type) -> bool:
+    """Whether ``cls.mine`` is one of dynametric's own (a subclass that mines its own way is not vouched for)."""
+    return getattr(getattr(cls, "mine", None), "__module__", "").startswith("dynametric.miners.")
+
+
+def _index_tuple(out: object) -> bool:
+    return isinstance(out, tuple) and len(out) in (3, 4) and all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.long and t.dim() == 1 for t in out)
 
 
 class Miner(RecordsStats, nn.Module):
@@ -139,6 +149,9 @@ class Miner(RecordsStats, nn.Module):
         # autocast off: under it a float32 matmul (the cosine matrix) would run, and be rounded, in half precision
         with torch.no_grad(), torch.autocast(device_type=emb.device.type, enabled=False):
             out = self.mine(emb, labels, ref, ref_lab)
+        if _library_mine(type(self)) and _index_tuple(out):
+            # in range and disjoint by construction: the losses skip reading that back (dynametric.tuples.is_mined)
+            mark_mined(out, emb.shape[0], ref.shape[0])
         if self.collect_stats and len(out) in (3, 4):  # all three counts, 0 for tuples it does not return (as PML)
             triplets = len(out) == 3
             self.record(num_triplets=int(out[0].numel()) if triplets else 0,

@@ -35,17 +35,20 @@ class MultiSimilarityMiner(Miner):
             # ``embeddings is ref_emb`` here, no item is mined with itself
             not_self = ~torch.eye(*pos.shape, dtype=torch.bool, device=pos.device)
             pos, neg = pos & not_self, neg & not_self
-        if not bool(pos.any()) or not bool(neg.any()):
+        if pos.numel() == 0:  # no rows or no reference rows (a shape, not a read): nothing to mine
             empty = torch.empty(0, dtype=torch.long, device=labels.device)
             return empty, empty.clone(), empty.clone(), empty.clone()
+        # No host read of "is there a positive and a negative at all" (PML returns nothing without both): the
+        # masks below are simply emptied on the device in that case.
+        both = pos.any() & neg.any()
         mat = mining_matrix(self.distance, embeddings, ref_emb)
         s = mat if self.distance.higher_is_closer else -mat  # larger = closer from here on
         eps = self.epsilon
         big = torch.finfo(s.dtype).max
         hardest_neg = s.masked_fill(~neg, -big).amax(1, keepdim=True)  # most similar negative
         hardest_pos = s.masked_fill(~pos, big).amin(1, keepdim=True)  # least similar positive
-        hard_pos = pos & (s - eps < hardest_neg)
-        hard_neg = neg & (s + eps > hardest_pos)
+        hard_pos = pos & (s - eps < hardest_neg) & both
+        hard_neg = neg & (s + eps > hardest_pos) & both
         a1, p = torch.nonzero(hard_pos, as_tuple=True)
         a2, n = torch.nonzero(hard_neg, as_tuple=True)
         return a1, p, a2, n
