@@ -90,6 +90,7 @@ from dynametric.utils.io import (
     require_new_folder,
     temp_target,
 )
+from dynametric.utils.processes import process_alive, started_after
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -293,20 +294,6 @@ def _own_file(entry: Path, names: tuple[str, ...], sub: str) -> bool:
     return entry.name in names or is_stale_temp(entry, _RUN_FILES[sub].__contains__)
 
 
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def _run_header(run_dir: Path, *, any_folder: bool = False) -> re.Match[str] | None:
     """The first line of ``run_dir/config.yaml`` when it says dynametric train wrote it for this folder (with
     ``any_folder``: for any folder, e.g. the one a run folder was moved or copied from)."""
@@ -318,28 +305,14 @@ def _run_header(run_dir: Path, *, any_folder: bool = False) -> re.Match[str] | N
     return match if match is not None and (any_folder or match["folder"] == str(run_dir.resolve())) else None
 
 
-def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), where the system says (Linux ``/proc``), else
-    ``None``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime (after the command in parentheses)
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
 def _holder_running(pid: int, host: str, written: float | None) -> bool:
     """Whether process ``pid`` of ``host``, named in a file last written at ``written``, is another process still
     running on this machine. A process that started after the file was written is not the one that wrote it (its
     number was reused, e.g. after a reboot or in a new container), so it does not count; nor does a process of
     another host, which cannot be asked."""
-    if host != socket.gethostname() or pid == os.getpid() or not _process_alive(pid):
+    if host != socket.gethostname() or pid == os.getpid() or not process_alive(pid):  # not asked: not running
         return False
-    started = _process_start(pid)
-    return written is None or started is None or started <= written + 2.0  # 2 s: the clock ticks' rounding
+    return not started_after(pid, written)
 
 
 def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:

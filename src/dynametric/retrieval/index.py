@@ -45,6 +45,7 @@ from dynametric.utils.io import (
     remove_stale_temps,
     require_new_folder,
 )
+from dynametric.utils.processes import process_alive, started_after
 from dynametric.utils.readers import beyond_float32, beyond_float32_text, read_plain_npy, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -82,32 +83,6 @@ def other_entries(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name != LOCK_NAME]
 
 
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch; Linux ``/proc``), else ``None``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
 def _lock_holder(lock: Path) -> tuple[bytes, dict[str, Any] | None, float] | None:
     """The lock file's bytes, what it says (``None``: not a lock of dynametric, or still being written) and its
     modification time; ``None`` when there is no lock file."""
@@ -133,10 +108,9 @@ def _holder_running(meta: dict[str, Any], written: float) -> bool:
         return True
     if pid == os.getpid():
         return meta.get("token") in _HELD
-    if not _process_alive(pid):
+    if process_alive(pid) is False:  # None (cannot be asked): taken as running
         return False
-    started = _process_start(pid)
-    return not (started is not None and started > written + 2.0)  # 2 s: the clock ticks' rounding
+    return not started_after(pid, written)
 
 
 @contextmanager
