@@ -842,7 +842,8 @@ def evaluate_split(module: MetricLearningModule, dm: MetricDataModule, dataset: 
     trainer = trainer or _eval_trainer(settings, progress)
     eval_dm = EvalDataModule.like(dm, dataset)  # the training's loader settings (workers, pinning, prefetching)
     with ctrl_c_passes_through(trainer), warnings.catch_warnings():
-        if getattr(trainer, "logger", None) is None:  # evaluated without a logger on purpose: the run logs the results itself
+        # evaluated without a logger on purpose: the run logs the results itself
+        if getattr(trainer, "logger", None) is None:
             warnings.filterwarnings("ignore", message=NO_LOGGER_WARNING)
         trainer.test(module, datamodule=eval_dm, ckpt_path=ckpt_path, verbose=False)
     assert module.last_eval is not None
