@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,11 +76,6 @@ def check_reference_pair(ref_emb: object, ref_labels: object) -> None:
         raise InputError("ref_emb and ref_labels must be given together", key="ref_emb")
 
 
-def _library_mine(cls: type) -> bool:
-    """Whether ``cls.mine`` is one of dynametric's own (a subclass that mines its own way is not vouched for)."""
-    return getattr(getattr(cls, "mine", None), "__module__", "").startswith("dynametric.miners.")
-
-
 def _index_tuple(out: object) -> bool:
     return isinstance(out, tuple) and len(out) in (3, 4) and all(
         isinstance(t, torch.Tensor) and t.dtype == torch.long and t.dim() == 1 for t in out)
@@ -97,6 +93,17 @@ class Miner(RecordsStats, nn.Module):
     ``collect_stats=True`` records ``num_triplets``, ``num_pos_pairs`` and ``num_neg_pairs`` (0 for the kind of
     tuple the miner does not return, as PML) and miner-specific values after each call.
     """
+
+    #: whether this class's ``mine`` is one of dynametric's own, whose tuples are in range and disjoint by
+    #: construction (they are marked so, :func:`dynametric.tuples.mark_mined`). Declared by the class that writes
+    #: ``mine`` (``class M(Miner, vouched_mine=True)``); a subclass that writes its own ``mine`` is not vouched for
+    #: unless it says so itself.
+    vouched_mine: bool = False
+
+    def __init_subclass__(cls, vouched_mine: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "mine" in cls.__dict__:
+            cls.vouched_mine = vouched_mine
 
     def __init__(self, scale: int = 0, *, collect_stats: bool = False) -> None:
         super().__init__()
@@ -149,7 +156,7 @@ class Miner(RecordsStats, nn.Module):
         # autocast off: under it a float32 matmul (the cosine matrix) would run, and be rounded, in half precision
         with torch.no_grad(), torch.autocast(device_type=emb.device.type, enabled=False):
             out = self.mine(emb, labels, ref, ref_lab)
-        if _library_mine(type(self)) and _index_tuple(out):
+        if type(self).vouched_mine and _index_tuple(out):
             # in range and disjoint by construction: the losses skip reading that back (dynametric.tuples.is_mined)
             mark_mined(out, emb.shape[0], ref.shape[0])
         if self.collect_stats and len(out) in (3, 4):  # all three counts, 0 for tuples it does not return (as PML)

@@ -64,7 +64,7 @@ def unit_sphere_l2(distance: Distance | None, owner: str) -> LpDistance:
     return d
 
 
-class DistanceWeightedMiner(Miner):
+class DistanceWeightedMiner(Miner, vouched_mine=True):
     """Distance-weighted negative sampling (Wu et al. 2017), one negative per positive pair.
 
     For every positive pair ``(a, p)`` one negative ``n`` is drawn with probability ``∝ 1/q(max(d_an, cutoff))``

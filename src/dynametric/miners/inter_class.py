@@ -50,7 +50,7 @@ def _draw(log_w: torch.Tensor, candidates: torch.Tensor,
     return idx.squeeze(1), valid
 
 
-class InterClassTripletMiner(Miner):
+class InterClassTripletMiner(Miner, vouched_mine=True):
     """t* miner of Sharing Matters: one inter-class triplet per anchor (see the module docstring).
 
     Args:

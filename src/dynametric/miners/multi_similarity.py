@@ -16,7 +16,7 @@ from dynametric.miners.triplet_margin import mining_matrix
 from dynametric.tuples import match_masks
 
 
-class MultiSimilarityMiner(Miner):
+class MultiSimilarityMiner(Miner, vouched_mine=True):
     """Hard positive/negative pairs relative to the hardest pair of the other kind (see module docstring)."""
 
     def __init__(self, epsilon: float = 0.1, distance: Distance | None = None, scale: int = 0,

@@ -28,7 +28,7 @@ def mining_matrix(distance: Distance, embeddings: torch.Tensor, ref_emb: torch.T
     return mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat
 
 
-class TripletMarginMiner(Miner):
+class TripletMarginMiner(Miner, vouched_mine=True):
     """Triplets by their margin: all violating, hard, semihard or easy (see module docstring)."""
 
     def __init__(
@@ -64,7 +64,7 @@ class TripletMarginMiner(Miner):
         return a[keep], p[keep], n[keep]
 
 
-class BatchHardMiner(Miner):
+class BatchHardMiner(Miner, vouched_mine=True):
     """Hardest positive and hardest negative per anchor (batch-hard triplets)."""
 
     def __init__(self, distance: Distance | None = None, scale: int = 0,
@@ -108,7 +108,7 @@ class BatchHardMiner(Miner):
         return dict(zip(self.STATS, values))
 
 
-class PairMarginMiner(Miner):
+class PairMarginMiner(Miner, vouched_mine=True):
     """Positive pairs beyond ``pos_margin`` and negative pairs within ``neg_margin``."""
 
     def __init__(
