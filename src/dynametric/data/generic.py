@@ -40,6 +40,7 @@ from dynametric.data.base import IMAGE_EXTENSIONS, LoadReport, SplitRecords, con
 from dynametric.data.readers import (
     DuplicateTracker,
     RootGuard,
+    csv_in_root,
     image_exists,
     non_utf8_name,
     printable_path,
@@ -63,8 +64,7 @@ class CSVFormat:
     options: dict[str, object] = {"csv_file": "labels.csv", "image_root": None, "allow_outside_root": False}
 
     def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
-        base = resolve_root(root, self.root_expected)
-        return base if base.is_file() else base / csv_file
+        return csv_in_root(root, csv_file, self.root_expected)
 
     def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:
         require_file(path, "a CSV with a header 'path,split,<finest scale>,...,<coarsest scale>'")

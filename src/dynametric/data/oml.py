@@ -52,11 +52,11 @@ from PIL import Image
 from dynametric.data.base import BoxOutsideImage, HierarchicalImageDataset, LoadReport, SplitRecords, contiguous_ids
 from dynametric.data.readers import (
     DuplicateTracker,
+    csv_in_root,
     image_exists,
     read_csv_rows,
     require_file,
     require_header,
-    resolve_root,
     start_csv_read,
 )
 from dynametric.errors import InputError
@@ -175,8 +175,7 @@ class OMLFormat:
     options: dict[str, object] = {"csv_file": "df.csv", "image_root": None, "category_as_scale": False}
 
     def _csv_path(self, root: str | Path | None, csv_file: str) -> Path:
-        base = resolve_root(root, self.root_expected)
-        return base if base.is_file() else base / csv_file
+        return csv_in_root(root, csv_file, self.root_expected)
 
     def _parse(self, path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, list[str]]]]:
         require_file(path, "an OML dataset CSV with columns " + ", ".join(REQUIRED))

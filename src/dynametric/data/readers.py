@@ -344,6 +344,13 @@ def resolve_root(root: str | Path | None, what: str) -> Path:
     return path
 
 
+def csv_in_root(root: str | Path | None, csv_file: str, what: str) -> Path:
+    """The CSV a ``csv`` / ``oml`` reader reads: ``root`` itself when it is a file, else ``root/csv_file``
+    (:func:`resolve_root` checks the root first)."""
+    base = resolve_root(root, what)
+    return base if base.is_file() else base / csv_file
+
+
 def image_folder(root: Path, default: Path, image_root: str | Path | None, first: str | None,
                  report: LoadReport, nested: Sequence[tuple[Path, str]] = ()) -> Path:
     """The folder an index file's relative image paths are joined to (the ``image_root`` option of the ``cub200``,

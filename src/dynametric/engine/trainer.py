@@ -136,7 +136,8 @@ def processes_here(accelerator: str, devices: Any) -> int | None:
     return None
 
 
-def _env_int(name: str) -> int:
+def env_int(name: str) -> int:
+    """The integer in the environment variable ``name``; 0 when unset, blank or not an integer."""
     try:
         return int(os.environ.get(name, "").strip() or 0)
     except ValueError:
@@ -167,7 +168,7 @@ def launch() -> Launch | None:
     ``WORLD_SIZE`` alone (with ``LOCAL_RANK`` and ``NODE_RANK``), also in rank 0's process where it stays after the
     fit: that is not such a launch (it starts the processes ``trainer.devices`` asks for)."""
     env = os.environ
-    world, local = _env_int("WORLD_SIZE"), _env_int("LOCAL_WORLD_SIZE")
+    world, local = env_int("WORLD_SIZE"), env_int("LOCAL_WORLD_SIZE")
     told = any(env.get(name, "").strip() for name in ("RANK", "TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE"))
     if max(world, local) <= 1 or not told:
         return None

@@ -66,6 +66,7 @@ from dynametric.engine.trainer import (
     build_trainer,
     ctrl_c_passes_through,
     end_launched_ranks,
+    env_int,
     launch,
     lightning_trainer,
     plan_trainer,
@@ -160,13 +161,6 @@ def _silent(message: str) -> None:
 RUN_DIR_ENV = "DYNAMETRIC_RUN_DIR"
 
 
-def _env_int(name: str) -> int:
-    try:
-        return int(os.environ.get(name, "").strip() or 0)
-    except ValueError:
-        return 0
-
-
 def _external_launch() -> tuple[str, str | None] | None:
     """``(launcher, shared id)`` when a launcher started every process of a multi-process run on its own: a
     ``WORLD_SIZE`` > 1 in the environment with ``RANK`` or ``TORCHELASTIC_RUN_ID`` (``torchrun``, and the other
@@ -182,8 +176,8 @@ def _external_launch() -> tuple[str, str | None] | None:
     script launcher, whose rank 0 starts alone (it publishes its folder, :data:`RUN_DIR_ENV`)."""
     env = os.environ
     slurm = ("SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
-             and _env_int("SLURM_NTASKS") > 1)
-    jsrun = _env_int("JSM_NAMESPACE_SIZE") > 1
+             and env_int("SLURM_NTASKS") > 1)
+    jsrun = env_int("JSM_NAMESPACE_SIZE") > 1
     if _env_set("TORCHELASTIC_RUN_ID"):
         launcher = "torchrun"
     elif slurm:
@@ -194,7 +188,7 @@ def _external_launch() -> tuple[str, str | None] | None:
         launcher = f"the launcher that set WORLD_SIZE={env.get('WORLD_SIZE', '').strip()}"
     # WORLD_SIZE alone is not a launch of that kind: Lightning's own script launcher sets it (with LOCAL_RANK and
     # NODE_RANK, never RANK) in rank 0's environment when it starts the other ranks, and leaves it there after the fit
-    if not ((_env_int("WORLD_SIZE") > 1 and (_env_set("RANK") or _env_set("TORCHELASTIC_RUN_ID"))) or slurm or jsrun):
+    if not ((env_int("WORLD_SIZE") > 1 and (_env_set("RANK") or _env_set("TORCHELASTIC_RUN_ID"))) or slurm or jsrun):
         return None
     run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
     if run_id and run_id != "none":
