@@ -27,10 +27,12 @@ index; ``detect`` additionally excludes other byte-identical copies of the query
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,7 @@ from dynametric.data.splits import dataset_identities
 from dynametric.engine.protocols import (  # image_identities: its former home
     EmbeddedSet,
     Evaluate,
-    EvaluationProtocol,
+    MethodTestProtocol,
     ProtocolTest,
     image_identities,
 )
@@ -69,9 +71,9 @@ DYML_METRICS: tuple[str, ...] = ("asi", "map", "recall@1", "recall@10", "recall@
 
 
 @dataclass(frozen=True)
-class DyMLProtocol(EvaluationProtocol):
-    """Options of the DyML test protocol (``method: {name: dyml, kwargs: {...}}`` in a config); an
-    :class:`~dynametric.engine.protocols.EvaluationProtocol`.
+class DyMLProtocol(MethodTestProtocol):
+    """Options of the DyML test protocol (``method: {name: dyml, kwargs: {...}}`` in a config); the ``dyml``
+    method's own test protocol, a :class:`~dynametric.engine.protocols.MethodTestProtocol`.
 
     Args:
         variant: ``vehicle`` / ``animal`` (per-scale query -> gallery), ``product`` (all-in-one leave-one-out on
@@ -191,6 +193,93 @@ class DyMLProtocol(EvaluationProtocol):
         return {"name": self.name, "tag": self.protocol, "query_in_gallery": self.query_in_gallery,
                 "asi_cutoff": self.asi_cutoff, "empty_queries": self.empty_queries,
                 "layout": "per_scale_query_gallery" if self.is_per_scale else "all_in_one_leave_one_out"}
+
+    def split_keys(self, cfg: Any) -> dict[str, str]:
+        """The per-scale splits are chosen by ``method.kwargs.scales`` where it is given, else by
+        ``method.kwargs.variant``; the all-in-one split by ``data.test_split``."""
+        if not self.is_per_scale:
+            return super().split_keys(cfg)
+        key = "method.kwargs.scales" if "scales" in cfg.method.kwargs else "method.kwargs.variant"
+        return {split: key for split in self.required_splits()}
+
+    @property
+    def report_view_uses_validation(self) -> bool:
+        """Per-scale (Vehicle / Animal) test sets carry one label each: the report's multi-scale retrieval views use
+        the validation images (all three labels)."""
+        return self.is_per_scale
+
+    @property
+    def report_view_note(self) -> str:
+        return "validation (the per-scale test sets carry one label each)"
+
+    def missing_splits_error(self, cfg: Any, missing: Sequence[str], splits: Sequence[str],
+                             offered: str) -> ConfigError | None:
+        """A scale name the data lacks (``method.kwargs.scales``), a release under ``data.root`` without the
+        split's file (``data.root``), a wrong ``data.test_split``, or a variant that does not fit the data format
+        (``method.kwargs.variant``)."""
+        from dynametric.data.registry import dyml_variant
+
+        fmt = cfg.data.format
+        fits = dyml_variant(fmt) or "all_in_one"
+        if self.is_per_scale and "scales" in cfg.method.kwargs:  # the scale names chose the splits
+            bad = [sc for sc in self.scales if f"query_{sc}" in missing or f"gallery_{sc}" in missing]
+            have = [x.removeprefix("query_") for x in splits if x.startswith("query_")
+                    and f"gallery_{x.removeprefix('query_')}" in splits]
+            return ConfigError(f"scale {bad[0]!r} has no query_{bad[0]} / gallery_{bad[0]} split; expected scale "
+                               f"names of the data: {', '.join(have) or 'none'}" + _suggest(bad[0], have),
+                               key="method.kwargs.scales")
+        tests_on = (f"data.test_split {missing[0]!r}" if self.variant == "all_in_one"
+                    else f"the split(s) {', '.join(missing)}")
+        absent = _missing_release_files(cfg, missing) if fits == self.variant else []
+        if absent:  # the variant fits the format, whose release under data.root lacks the split's file
+            split, where = absent[0]
+            more = f" (nor are {len(absent) - 1} more of the release's test files)" if len(absent) > 1 else ""
+            return ConfigError(f"the DyML {self.variant!r} protocol tests on split {split!r}, but its file {where} "
+                               f"is not found{more}: data.root holds no complete {fmt} release"
+                               + _other_release(cfg, fmt), key="data.root")
+        if fits == self.variant:  # the variant fits the data: the split is wrong
+            return ConfigError(f"the DyML {self.variant!r} protocol tests on {tests_on}, but {offered}"
+                               + _suggest(missing[0], splits), key="data.test_split")
+        return ConfigError(f"the DyML {self.variant!r} protocol tests on {tests_on}, but {offered}; with {fmt} "
+                           f"data use method.kwargs.variant: {fits}", key="method.kwargs.variant")
+
+
+def _suggest(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _missing_release_files(cfg: Any, splits: Sequence[str]) -> list[tuple[str, Path]]:
+    """The test splits among ``splits`` that the format lists only when their file is there (DyML's
+    ``bmk_<level>/{query,gallery}.csv``, ``mini-bmk_all_in_one/label.csv``) and whose file is not under
+    ``data.root``: ``(split, the missing file)`` (:meth:`~dynametric.data.dyml.DyMLFormat.missing_splits`)."""
+    from dynametric.data.registry import FORMATS
+
+    probe = getattr(FORMATS.get(cfg.data.format), "missing_splits", None)
+    if probe is None:
+        return []
+    try:
+        return [(split, Path(where)) for split, where in probe(cfg.data.root) if split in splits]
+    except InputError:
+        return []
+
+
+def _other_release(cfg: Any, fmt: str) -> str:
+    """``; it holds the test files of dyml-product: is data.format right?`` when ``data.root`` holds every test
+    file of another DyML release (Vehicle and Animal share one layout), else ``""``."""
+    from dynametric.data.registry import FORMATS
+
+    others = []
+    for name, other in FORMATS.items():
+        probe = getattr(other, "missing_splits", None)
+        if name == fmt or probe is None:
+            continue
+        try:
+            if not probe(cfg.data.root):
+                others.append(name)
+        except InputError:
+            continue
+    return f"; it holds the test files of {' / '.join(others)}: is data.format right?" if others else ""
 
 
 # ------------------------------------------------------------------------------------------------ identities

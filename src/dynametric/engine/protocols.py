@@ -13,8 +13,9 @@ decides (the sets, their ids, the scale names, and for DyML its own metric optio
 * :class:`QueryGallery`: fixed query and gallery splits (``eval.protocol: query_gallery``), a query's own item in
   the gallery (same resolved path and crop box, :func:`image_identities`) excluded when ``eval.query_in_gallery`` is
   set;
-* :class:`dynametric.engine.dyml.DyMLProtocol`: the DyML test protocols (per-scale query -> gallery, or all-in-one
-  leave-one-out).
+* :class:`MethodTestProtocol`: the interface of a method's own test protocol (``Method.test_protocol``), which the
+  run binds to its test split and records; :class:`dynametric.engine.dyml.DyMLProtocol`, the DyML test protocols
+  (per-scale query -> gallery, or all-in-one leave-one-out), implements it.
 
 Where the query split carries ``category_ids`` (an OML CSV's ``category`` column), the leave-one-out and query ->
 gallery results hold ``"by_category"`` too, open-metric-learning's report split by the query's category
@@ -52,6 +53,7 @@ __all__ = [
     "EmbeddedSet",
     "EvaluationProtocol",
     "LeaveOneOut",
+    "MethodTestProtocol",
     "ProtocolTest",
     "QueryGallery",
     "image_identities",
@@ -172,6 +174,53 @@ class EvaluationProtocol(ABC):
                 if split not in given and known is not _NOT_KEPT:
                     given[split] = known
         return self.evaluate(sets, evaluate)
+
+
+class MethodTestProtocol(EvaluationProtocol):
+    """A method's own test protocol: what a method plug-in's ``test_protocol`` returns
+    (:class:`dynametric.methods.base.Method`) instead of the ``eval`` section's. The run and
+    :func:`dynametric.pipeline.protocol_from_config` use it through these hooks only, whatever the method:
+
+    * :meth:`bind` gives the copy the run evaluates (the config's ``data.test_split``, the run's scale names);
+    * :meth:`header` is what ``run_info.json`` records as the run's ``test_protocol``;
+    * :meth:`split_keys` names the config key that chose each split it evaluates (what a run keeps training and
+      validation away from, and what its errors name);
+    * :meth:`missing_splits_error` is the protocol's own error when the data lacks some of its splits;
+    * :attr:`report_view_uses_validation` / :attr:`report_view_note`: whether the run's report shows its retrieval
+      views on the validation images instead of the test's view split, and what ``run_info.json`` says of it.
+
+    ``cfg`` arguments are the run's :class:`dynametric.config.Config`, read only."""
+
+    @abstractmethod
+    def bind(self, *, test_split: str | None = None,
+             scale_names: Sequence[str] | None = None) -> MethodTestProtocol:
+        """A copy with the run's test split (``data.test_split``) and scale names (``None``: keep the current)."""
+
+    @abstractmethod
+    def header(self) -> dict[str, Any]:
+        """What a run records as its test protocol (``run_info.json``'s ``test_protocol``)."""
+
+    def split_keys(self, cfg: Any) -> dict[str, str]:
+        """Each split of :meth:`required_splits` with the config key that chose it. Default: ``data.test_split``."""
+        return {split: "data.test_split" for split in self.required_splits()}
+
+    def missing_splits_error(self, cfg: Any, missing: Sequence[str], splits: Sequence[str],
+                             offered: str) -> ConfigError | None:
+        """The error for the splits of this protocol in ``missing`` that the data does not offer (``splits``, the
+        data's; ``offered``: a phrase saying them, ``the <format> data has the splits ...``), naming the key to
+        change; ``None``: the generic ``the test split ... is not in the data`` error. Default: ``None``."""
+        return None
+
+    @property
+    def report_view_uses_validation(self) -> bool:
+        """Whether the run's report shows its retrieval views on the validation images (embedded by the tested
+        weights) instead of the test's :meth:`view_split`, when there is validation data. Default: ``False``."""
+        return False
+
+    @property
+    def report_view_note(self) -> str:
+        """``run_info.json``'s ``report_view_set`` when :attr:`report_view_uses_validation` applies."""
+        return "validation"
 
 
 @dataclass(frozen=True)

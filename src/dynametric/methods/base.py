@@ -16,6 +16,7 @@ from dynametric.errors import ConfigError
 
 if TYPE_CHECKING:
     from dynametric.config import Config
+    from dynametric.engine.protocols import MethodTestProtocol
 
 
 class Method:
@@ -52,9 +53,11 @@ class Method:
         """Check the method's keys against the built model (the embedder); errors name the dotted key. Default:
         nothing."""
 
-    def test_protocol(self, settings: Any) -> Any:
-        """``None``: the ``eval`` section's protocol (leave-one-out or query -> gallery); else the method's own
-        (:class:`dynametric.engine.dyml.DyMLProtocol`)."""
+    def test_protocol(self, settings: Any) -> MethodTestProtocol | None:
+        """``None``: the ``eval`` section's protocol (leave-one-out or query -> gallery); else the method's own, a
+        :class:`~dynametric.engine.protocols.MethodTestProtocol` (``bind``, ``header``, ``split_keys``,
+        ``missing_splits_error``, the report-view hooks; e.g. :class:`dynametric.engine.dyml.DyMLProtocol`). The run
+        uses it through that interface only."""
         return None
 
 

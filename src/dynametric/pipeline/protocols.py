@@ -14,9 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dynametric.data.registry import dyml_variant
-from dynametric.engine.dyml import DyMLProtocol
-from dynametric.engine.protocols import CheckpointEvaluation, Evaluate, EvaluationProtocol, LeaveOneOut, QueryGallery
+from dynametric.engine.protocols import (
+    CheckpointEvaluation,
+    Evaluate,
+    EvaluationProtocol,
+    LeaveOneOut,
+    MethodTestProtocol,
+    QueryGallery,
+)
 from dynametric.errors import ConfigError, InputError
 from dynametric.methods import method_for
 
@@ -24,19 +29,21 @@ if TYPE_CHECKING:
     from dynametric.config import Config
 
 
-def method_test_protocol(cfg: Config) -> DyMLProtocol | None:
-    """The test protocol of a config's method (``method.name: dyml``: the DyML protocol), validated; ``None`` for a
-    method that tests with the ``eval`` section's protocol (formerly
+def method_test_protocol(cfg: Config) -> MethodTestProtocol | None:
+    """The own test protocol of a config's method (:meth:`dynametric.methods.base.Method.test_protocol`, a
+    :class:`~dynametric.engine.protocols.MethodTestProtocol`; ``method.name: dyml``: the DyML protocol), validated;
+    ``None`` for a method that tests with the ``eval`` section's protocol (formerly
     ``dynametric.engine.dyml.protocol_from_config``)."""
     method = method_for(cfg)
-    protocol: DyMLProtocol | None = method.test_protocol(method.validate(cfg))
+    protocol: MethodTestProtocol | None = method.test_protocol(method.validate(cfg))
     return protocol
 
 
 def protocol_from_config(cfg: Config, split: str | None = None,
                          scale_names: Sequence[str] | None = None) -> EvaluationProtocol:
-    """The test protocol of a config: leave-one-out on ``split`` when one is given; else the DyML protocol of a
-    DyML config (``method.name: dyml``), query -> gallery for ``eval.protocol: query_gallery``, leave-one-out on
+    """The test protocol of a config: leave-one-out on ``split`` when one is given; else the method's own
+    (:func:`method_test_protocol`, e.g. the DyML protocol of ``method.name: dyml``) bound to ``data.test_split`` and
+    ``scale_names``, query -> gallery for ``eval.protocol: query_gallery``, leave-one-out on
     ``data.test_split`` otherwise. ``scale_names``: the run's, for the leave-one-out protocols (default: the
     dataset's); query -> gallery takes the query split's. ``eval.per_category`` says whether the leave-one-out and
     query -> gallery protocols report per query category where the data has categories."""
@@ -54,17 +61,18 @@ def protocol_from_config(cfg: Config, split: str | None = None,
 
 def protocol_split_keys(cfg: Config) -> dict[str, str]:
     """The splits the config's test protocol evaluates (:func:`protocol_from_config`), each with the key that chose
-    it: ``data.test_split`` (leave-one-out, DyML all-in-one), ``eval.query_split`` / ``eval.gallery_split``
-    (query -> gallery), ``method.kwargs.scales`` or ``method.kwargs.variant`` (the DyML per-scale splits). What
-    :func:`dynametric.engine.builders.check_split_roles` keeps training and validation away from."""
+    it: ``data.test_split`` (leave-one-out), ``eval.query_split`` / ``eval.gallery_split`` (query -> gallery), the
+    keys a method's own protocol names (:meth:`~dynametric.engine.protocols.MethodTestProtocol.split_keys`: DyML's
+    ``method.kwargs.scales`` or ``method.kwargs.variant`` for its per-scale splits, ``data.test_split`` for its
+    all-in-one split). What :func:`dynametric.engine.builders.check_split_roles` keeps training and validation
+    away from."""
     protocol = protocol_from_config(cfg)
     if isinstance(protocol, QueryGallery):
         keys = {protocol.gallery_split: "eval.gallery_split"}
         keys[protocol.query_split] = "eval.query_split"
         return keys
-    if isinstance(protocol, DyMLProtocol) and protocol.is_per_scale:
-        key = "method.kwargs.scales" if "scales" in cfg.method.kwargs else "method.kwargs.variant"
-        return {split: key for split in protocol.required_splits()}
+    if isinstance(protocol, MethodTestProtocol):
+        return protocol.split_keys(cfg)
     return {split: "data.test_split" for split in protocol.required_splits()}
 
 
@@ -79,29 +87,10 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
         return
     fmt = cfg.data.format
     offered = f"the {fmt} data has the splits {', '.join(splits)}" if splits else f"the {fmt} data lists no split"
-    if isinstance(protocol, DyMLProtocol):
-        fits = dyml_variant(fmt) or "all_in_one"
-        if protocol.is_per_scale and "scales" in cfg.method.kwargs:  # the scale names chose the splits
-            bad = [sc for sc in protocol.scales if f"query_{sc}" in missing or f"gallery_{sc}" in missing]
-            have = [x.removeprefix("query_") for x in splits if x.startswith("query_")
-                    and f"gallery_{x.removeprefix('query_')}" in splits]
-            raise ConfigError(f"scale {bad[0]!r} has no query_{bad[0]} / gallery_{bad[0]} split; expected scale "
-                              f"names of the data: {', '.join(have) or 'none'}" + _suggest(bad[0], have),
-                              key="method.kwargs.scales")
-        tests_on = (f"data.test_split {missing[0]!r}" if protocol.variant == "all_in_one"
-                    else f"the split(s) {', '.join(missing)}")
-        absent = _missing_release_files(cfg, missing) if fits == protocol.variant else []
-        if absent:  # the variant fits the format, whose release under data.root lacks the split's file
-            split, where = absent[0]
-            more = f" (nor are {len(absent) - 1} more of the release's test files)" if len(absent) > 1 else ""
-            raise ConfigError(f"the DyML {protocol.variant!r} protocol tests on split {split!r}, but its file {where} "
-                              f"is not found{more}: data.root holds no complete {fmt} release"
-                              + _other_release(cfg, fmt), key="data.root")
-        if fits == protocol.variant:  # the variant fits the data: the split is wrong
-            raise ConfigError(f"the DyML {protocol.variant!r} protocol tests on {tests_on}, but {offered}"
-                              + _suggest(missing[0], splits), key="data.test_split")
-        raise ConfigError(f"the DyML {protocol.variant!r} protocol tests on {tests_on}, but {offered}; with {fmt} "
-                          f"data use method.kwargs.variant: {fits}", key="method.kwargs.variant")
+    if isinstance(protocol, MethodTestProtocol):  # a method's own protocol says what is wrong, or leaves it here
+        error = protocol.missing_splits_error(cfg, missing, splits, offered)
+        if error is not None:
+            raise error
     if isinstance(protocol, QueryGallery):
         role = "query" if protocol.query_split in missing else "gallery"
         key, what = f"eval.{role}_split", f"the {role} split {missing[0]!r} of eval.protocol query_gallery"
@@ -115,39 +104,6 @@ def check_test_splits(cfg: Config, splits: Sequence[str]) -> None:
                               "eval.gallery_split=gallery are the defaults; eval.query_in_gallery=true where rows are "
                               f"both query and gallery){alone}", key=key)
     raise ConfigError(f"{what} is not in the data: {offered}" + _suggest(missing[0], splits), key=key)
-
-
-def _missing_release_files(cfg: Config, splits: Sequence[str]) -> list[tuple[str, Path]]:
-    """The test splits among ``splits`` that the format lists only when their file is there (DyML's
-    ``bmk_<level>/{query,gallery}.csv``, ``mini-bmk_all_in_one/label.csv``) and whose file is not under
-    ``data.root``: ``(split, the missing file)`` (:meth:`~dynametric.data.dyml.DyMLFormat.missing_splits`)."""
-    from dynametric.data.registry import FORMATS
-
-    probe = getattr(FORMATS.get(cfg.data.format), "missing_splits", None)
-    if probe is None:
-        return []
-    try:
-        return [(split, Path(where)) for split, where in probe(cfg.data.root) if split in splits]
-    except InputError:
-        return []
-
-
-def _other_release(cfg: Config, fmt: str) -> str:
-    """``; it holds the test files of dyml-product: is data.format right?`` when ``data.root`` holds every test
-    file of another DyML release (Vehicle and Animal share one layout), else ``""``."""
-    from dynametric.data.registry import FORMATS
-
-    others = []
-    for name, other in FORMATS.items():
-        probe = getattr(other, "missing_splits", None)
-        if name == fmt or probe is None:
-            continue
-        try:
-            if not probe(cfg.data.root):
-                others.append(name)
-        except InputError:
-            continue
-    return f"; it holds the test files of {' / '.join(others)}: is data.format right?" if others else ""
 
 
 def data_root_notes(cfg: Config) -> list[str]:

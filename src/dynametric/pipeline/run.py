@@ -95,6 +95,7 @@ from dynametric.utils.processes import process_alive, started_after
 
 if TYPE_CHECKING:
     from dynametric.config import Config
+    from dynametric.engine.protocols import MethodTestProtocol
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -885,13 +886,16 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
             log(line)
 
 
-def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: MetricDataModule, datasets: Any,
-                    settings: TrainerSettings, progress: bool, tests: dict[str, Any] | None = None
+def _test_evaluator(cfg: Config, own_protocol: MethodTestProtocol | None, module: MetricLearningModule,
+                    dm: MetricDataModule, datasets: Any, settings: TrainerSettings, progress: bool,
+                    tests: dict[str, Any] | None = None
                     ) -> tuple[Callable[[str | None], dict[str, Any]], Any]:
     """``test(ckpt_path) -> metrics`` for the run, with the config's test protocol (:func:`protocol_from_config`):
     leave-one-out on the test split (the module's own test loop), query -> gallery (``eval.protocol:
-    query_gallery``), or the DyML protocol (``method.name: dyml``). The second value is the
-    :class:`~dynametric.engine.protocols.ProtocolTest` when the protocol picks the report's retrieval view.
+    query_gallery``), or the method's own (``own_protocol``, :func:`method_test_protocol`: e.g. the DyML protocol of
+    ``method.name: dyml``). The second value is the :class:`~dynametric.engine.protocols.ProtocolTest` when the
+    protocol picks the report's retrieval view or is the method's own (whose report view may be the validation
+    images, :attr:`~dynametric.engine.protocols.MethodTestProtocol.report_view_uses_validation`).
     ``tests``: the protocol's splits already read (:func:`_held_out_data`), used instead of reading them again (their
     item identities are not computed again either)."""
     import functools
@@ -920,7 +924,8 @@ def _test_evaluator(cfg: Config, dyml: Any, module: MetricLearningModule, dm: Me
     test = ProtocolTest(protocol, embed_with,
                         lambda split: loaded[split] if split in loaded else load_split(cfg, split, train=False),
                         evaluate)
-    return test, (test if protocol.view_split() is not None else None)
+    # a method's own protocol may show the report's views on the validation images, embedded by this test's weights
+    return test, (test if protocol.view_split() is not None or own_protocol is not None else None)
 
 
 def _interrupted(run_dir: Path, metrics: dict[str, Any] | None, history: list[dict[str, Any]],
@@ -1042,7 +1047,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     last = run_dir / "last.ckpt"
     check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
-    dyml = method_test_protocol(cfg)  # the method's own test protocol (DyML's; dynametric.methods), else None
+    own_protocol = method_test_protocol(cfg)  # the method's own test protocol (e.g. DyML's), else None
     test_keys = protocol_split_keys(cfg)  # the splits the test evaluates: never trained or validated on
     datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # the test's splits are there: else the run fails after writing config.yaml
@@ -1052,7 +1057,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     tests, data_warnings = _held_out_data(cfg, datasets, test_keys, notes)
     if world > 1:  # each process evaluates a shard of every split
         check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
-    if dyml is None and cfg.eval.protocol == "leave_one_out":
+    if own_protocol is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved,
@@ -1092,9 +1097,9 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     }
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
-    test_eval, dyml_test = _test_evaluator(cfg, dyml, module, dm, datasets, settings, progress, tests)
-    if dyml is not None:
-        info["test_protocol"] = dyml.header()
+    test_eval, protocol_test = _test_evaluator(cfg, own_protocol, module, dm, datasets, settings, progress, tests)
+    if own_protocol is not None:
+        info["test_protocol"] = own_protocol.header()
     metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
     waiting = rendezvous_note(cfg, world)  # said before the first Lightning call, where the wait is
     if waiting is not None:
@@ -1182,13 +1187,14 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
             log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
         emb_labels = module.last_embeddings
         report_set = datasets.test
-        if dyml is not None and dyml.is_per_scale and datasets.val is not None:
-            # Vehicle/Animal test sets carry one label each: the report's (multi-scale) retrieval views use the
-            # validation images (all three labels), embedded by the tested weights
-            emb_labels, report_set = dyml_test.embed_with(datasets.val, None), datasets.val
-            info["report_view_set"] = "validation (the per-scale test sets carry one label each)"
-        elif dyml_test is not None and dyml_test.view is not None:
-            emb_labels, report_set = dyml_test.view[:2], dyml_test.view[2]
+        if (own_protocol is not None and own_protocol.report_view_uses_validation and datasets.val is not None
+                and protocol_test is not None):
+            # the protocol's test sets do not suit the report's (multi-scale) retrieval views (DyML Vehicle/Animal:
+            # one label each): the views use the validation images, embedded by the tested weights
+            emb_labels, report_set = protocol_test.embed_with(datasets.val, None), datasets.val
+            info["report_view_set"] = own_protocol.report_view_note
+        elif protocol_test is not None and protocol_test.view is not None:
+            emb_labels, report_set = protocol_test.view[:2], protocol_test.view[2]
         heads = {} if datasets.test is None else _head_results(cfg, module, dm, datasets.test, settings, progress)
         if heads:
             info["test_by_head"] = heads

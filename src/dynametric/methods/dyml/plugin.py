@@ -9,6 +9,8 @@ from dynametric.methods.base import Method
 
 if TYPE_CHECKING:
     from dynametric.config import Config
+    from dynametric.engine.dyml import DyMLProtocol
+    from dynametric.engine.protocols import MethodTestProtocol
 
 
 class DyML(Method):
@@ -29,5 +31,6 @@ class DyML(Method):
                               key="method.kwargs.variant")
         return protocol
 
-    def test_protocol(self, settings: Any) -> Any:
-        return settings
+    def test_protocol(self, settings: Any) -> MethodTestProtocol | None:
+        protocol: DyMLProtocol = settings  # validate's
+        return protocol
