@@ -37,6 +37,9 @@ CI_ENV = "DYNAMETRIC_CI"
 # (node-id glob, regex the skip reason must match, why CI tolerates the skip). Keep it short and explained.
 ALLOWED_SKIPS: list[tuple[str, str, str]] = [
     ("tests/*", r"(?i)\bCUDA\b|\bGPU\b", "CI machines have no GPU; the CPU path of the same code is tested"),
+    ("tests/losses/test_host_reads.py::test_values_and_gradients_equal_those_of_the_code_before*",
+     r"git history|not in this checkout",
+     "a shallow clone lacks the commit the oracle runs; the losses' values stay pinned against PML in tests/losses"),
 ]
 
 _skips: list[tuple[str, str]] = []  # (node id, reason), collected where reports are logged (controller under xdist)
