@@ -7,7 +7,6 @@ Skip accounting for CI (``DYNAMETRIC_CI=1``, set by ``.ci/run``): see the sectio
 """
 
 import fnmatch
-import os
 import re
 
 import pytest
@@ -15,6 +14,20 @@ import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _lightning_rank_zero():
+    """Every test starts as global rank 0 for Lightning's ``rank_zero_only``: a Trainer built under a launcher's
+    environment (``RANK=1`` ...) sets ``rank_zero_only.rank`` from it, and the value outlived the test; a later run
+    in the same worker then got the do-nothing experiment of another rank's CSV logger (no ``logs/metrics.csv``;
+    seen after ``test_train_processes.py::test_torchrun_with_one_device_is_refused_before_anything_is_written[1]``)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    before = getattr(rank_zero_only, "rank", 0)
+    rank_zero_only.rank = 0
+    yield
+    rank_zero_only.rank = before
 
 
 @pytest.fixture
