@@ -7,6 +7,7 @@ Skip accounting for CI (``DYNAMETRIC_CI=1``, set by ``.ci/run``): see the sectio
 """
 
 import fnmatch
+import os
 import re
 
 import pytest
