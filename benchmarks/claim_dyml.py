@@ -105,9 +105,9 @@ from result_files import add_overwrite_option  # noqa: E402
 
 from dynametric.data import SyntheticHierarchy  # noqa: E402
 from dynametric.data.samplers import MPerClassSampler, ThreeScaleSampler  # noqa: E402
-from dynametric.engine.dyml import DyMLProtocol, evaluate_all_in_one, image_digests  # noqa: E402
 from dynametric.losses import CSLLoss, MultiSimilarityLoss, ProxyAnchorLoss, TripletMarginLoss  # noqa: E402
 from dynametric.losses.proxies import masked_log1p_sum_exp  # noqa: E402
+from dynametric.methods.dyml.protocol import DyMLProtocol, evaluate_all_in_one, image_digests  # noqa: E402
 from dynametric.models import build_embedder  # noqa: E402
 
 SCALES = ("fine", "middle", "coarse")

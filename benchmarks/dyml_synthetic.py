@@ -2,8 +2,8 @@
 
 Every method trains the same model (``simple_cnn``, max pooling, L2-normalised embedding) for the same number of
 optimiser steps on batches of the same size, then is tested with the DyML all-in-one protocol
-(:func:`dynametric.engine.dyml.evaluate_all_in_one`: leave-one-out on the class-disjoint ``test`` split, relevance
-per scale, ``query_in_gallery=detect``) reporting ASI / mAP / R@1 per scale and their mean.
+(:func:`dynametric.methods.dyml.protocol.evaluate_all_in_one`: leave-one-out on the class-disjoint ``test``
+split, relevance per scale, ``query_in_gallery=detect``) reporting ASI / mAP / R@1 per scale and their mean.
 
 Methods (Sun et al., CVPR 2021):
 
@@ -35,7 +35,6 @@ import torch
 
 from dynametric.data import SyntheticHierarchy
 from dynametric.data.samplers import MPerClassSampler, ThreeScaleSampler
-from dynametric.engine.dyml import DyMLProtocol, evaluate_all_in_one, image_digests
 from dynametric.losses import (
     CircleLoss,
     CosFaceLoss,
@@ -46,6 +45,7 @@ from dynametric.losses import (
     ThreeScaleChunks,
     TripletMarginLoss,
 )
+from dynametric.methods.dyml.protocol import DyMLProtocol, evaluate_all_in_one, image_digests
 from dynametric.models import build_embedder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

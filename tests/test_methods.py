@@ -10,10 +10,10 @@ import pytest
 
 import dynametric
 from dynametric.config import load_config
-from dynametric.engine.dyml import DyMLProtocol
 from dynametric.engine.module import MetricLearningModule
 from dynametric.errors import ConfigError
 from dynametric.methods import METHODS, STANDARD, Method, method_for, plan_from_config
+from dynametric.methods.dyml.protocol import DyMLProtocol
 from dynametric.methods.sharing.alternating import AlternatingSharingModule
 from dynametric.pipeline import build_components, method_test_protocol
 

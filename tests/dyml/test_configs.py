@@ -12,8 +12,8 @@ import torch
 
 from dynametric.config import load_config
 from dynametric.engine.builders import build_loss_term
-from dynametric.engine.dyml import QUERY_IN_GALLERY_MODES, DyMLProtocol
 from dynametric.losses import CosFaceLoss, CSLLoss, MultiScaleLoss, ThreeScaleChunks
+from dynametric.methods.dyml.protocol import QUERY_IN_GALLERY_MODES, DyMLProtocol
 
 ROOT = Path(__file__).resolve().parents[2] / "configs" / "dyml"
 DATASETS = ("vehicle", "animal", "product")

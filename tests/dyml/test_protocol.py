@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynametric.data import build_dataset
-from dynametric.engine.dyml import (
+from dynametric.errors import ConfigError
+from dynametric.methods.dyml.protocol import (
     DyMLProtocol,
     evaluate_all_in_one,
     evaluate_query_gallery,
@@ -20,7 +21,6 @@ from dynametric.engine.dyml import (
     image_identities,
     run_protocol,
 )
-from dynametric.errors import ConfigError
 from tests.dyml.helpers import brute_force, write_release
 
 KEYS = ("asi", "map", "recall@1", "recall@10", "recall@20")

@@ -15,8 +15,8 @@ from dynametric.config import load_config
 from dynametric.data import build_dataset
 from dynametric.engine.builders import build_model, load_split
 from dynametric.engine.checkpoint import load_embedder_weights
-from dynametric.engine.dyml import DyMLProtocol, run_protocol
 from dynametric.engine.inference import embed_dataset
+from dynametric.methods.dyml.protocol import DyMLProtocol, run_protocol
 from tests.dyml.helpers import write_release
 
 TINY = """

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from dynametric.cli import main
-from dynametric.engine.dyml import DyMLProtocol, run_protocol
 from dynametric.engine.protocols import EmbeddedSet, EvaluationProtocol, LeaveOneOut, QueryGallery, image_identities
+from dynametric.methods.dyml.protocol import DyMLProtocol, run_protocol
 from dynametric.metrics import evaluate_embeddings
 from dynametric.pipeline import protocol_from_config
 
@@ -273,8 +273,8 @@ def test_identities_are_computed_once_per_dataset_by_the_protocols(monkeypatch):
     """QueryGallery (check and exclusion) and DyML contained (per scale), run twice on the same datasets: one
     computation per dataset; one split as both query and gallery needs none (its indices)."""
     import dynametric.data.splits as splits
-    import dynametric.engine.dyml as dyml_module
     import dynametric.engine.protocols as protocols
+    import dynametric.methods.dyml.protocol as dyml_module
 
     computed: list[object] = []
     real = splits.image_identities

@@ -15,10 +15,10 @@ from dynametric.cli import main
 from dynametric.config import load_config, save_config
 from dynametric.engine.builders import build_model, eval_head, load_split
 from dynametric.engine.checkpoint import load_embedder_weights, save_checkpoint_file
-from dynametric.engine.dyml import DyMLProtocol, run_protocol
 from dynametric.engine.inference import InferenceOptions, embed_dataset, embed_from_checkpoint, load_trained
 from dynametric.engine.objective import select_head
 from dynametric.errors import ConfigError, InputError
+from dynametric.methods.dyml.protocol import DyMLProtocol, run_protocol
 from dynametric.pipeline import evaluate_dyml_checkpoint
 from dynametric.retrieval.model import embed_image_files, load_embedder
 from tests.dyml.helpers import write_release

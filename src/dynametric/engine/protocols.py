@@ -14,8 +14,8 @@ decides (the sets, their ids, the scale names, and for DyML its own metric optio
   the gallery (same resolved path and crop box, :func:`image_identities`) excluded when ``eval.query_in_gallery`` is
   set;
 * :class:`MethodTestProtocol`: the interface of a method's own test protocol (``Method.test_protocol``), which the
-  run binds to its test split and records; :class:`dynametric.engine.dyml.DyMLProtocol`, the DyML test protocols
-  (per-scale query -> gallery, or all-in-one leave-one-out), implements it.
+  run binds to its test split and records; :class:`dynametric.methods.dyml.protocol.DyMLProtocol`, the DyML test
+  protocols (per-scale query -> gallery, or all-in-one leave-one-out), implements it.
 
 Where the query split carries ``category_ids`` (an OML CSV's ``category`` column), the leave-one-out and query ->
 gallery results hold ``"by_category"`` too, open-metric-learning's report split by the query's category

@@ -56,8 +56,8 @@ class Method:
     def test_protocol(self, settings: Any) -> MethodTestProtocol | None:
         """``None``: the ``eval`` section's protocol (leave-one-out or query -> gallery); else the method's own, a
         :class:`~dynametric.engine.protocols.MethodTestProtocol` (``bind``, ``header``, ``split_keys``,
-        ``missing_splits_error``, the report-view hooks; e.g. :class:`dynametric.engine.dyml.DyMLProtocol`). The run
-        uses it through that interface only."""
+        ``missing_splits_error``, the report-view hooks; e.g.
+        :class:`dynametric.methods.dyml.protocol.DyMLProtocol`). The run uses it through that interface only."""
         return None
 
 

@@ -1,7 +1,7 @@
 """Which test protocol a config asks for (its method's own, else the ``eval`` section's) and the evaluation of a
 trained checkpoint with it (``dynametric evaluate --checkpoint``). The protocols themselves are the engine's
-(:mod:`dynametric.engine.protocols`, :mod:`dynametric.engine.dyml`); choosing one needs the method registry, so the
-choice is made here, above :mod:`dynametric.methods`."""
+(:mod:`dynametric.engine.protocols`, :mod:`dynametric.methods.dyml.protocol`); choosing one needs the method
+registry, so the choice is made here, above :mod:`dynametric.methods`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def method_test_protocol(cfg: Config) -> MethodTestProtocol | None:
     """The own test protocol of a config's method (:meth:`dynametric.methods.base.Method.test_protocol`, a
     :class:`~dynametric.engine.protocols.MethodTestProtocol`; ``method.name: dyml``: the DyML protocol), validated;
     ``None`` for a method that tests with the ``eval`` section's protocol (formerly
-    ``dynametric.engine.dyml.protocol_from_config``)."""
+    ``dynametric.methods.dyml.protocol.protocol_from_config``)."""
     method = method_for(cfg)
     protocol: MethodTestProtocol | None = method.test_protocol(method.validate(cfg))
     return protocol
@@ -244,8 +244,8 @@ def evaluate_dyml_checkpoint(checkpoint: str | os.PathLike[str], config: Any, *,
                              progress: bool = False, options: Any = None,
                              evaluate: Evaluate | None = None) -> dict[str, Any] | None:
     """The DyML protocol for a trained checkpoint, or ``None`` when the config is not a DyML config (formerly
-    ``dynametric.engine.dyml.evaluate_checkpoint``). ``config``: the run config path (``None``: ``config.yaml``
-    beside the checkpoint); ``options``: :class:`dynametric.engine.inference.InferenceOptions` (default: the
+    ``dynametric.engine.dyml.evaluate_checkpoint``). ``config``: the run config path (``None``: ``config.yaml`` beside
+    the checkpoint); ``options``: :class:`dynametric.engine.inference.InferenceOptions` (default: the
     config's evaluation loader on the ``auto`` device). Any config: :func:`evaluate_checkpoint`."""
     loaded = checkpoint_config(checkpoint, config, overrides)
     if method_test_protocol(loaded.cfg) is None:

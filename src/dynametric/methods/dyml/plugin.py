@@ -9,17 +9,17 @@ from dynametric.methods.base import Method
 
 if TYPE_CHECKING:
     from dynametric.config import Config
-    from dynametric.engine.dyml import DyMLProtocol
     from dynametric.engine.protocols import MethodTestProtocol
+    from dynametric.methods.dyml.protocol import DyMLProtocol
 
 
 class DyML(Method):
     name = "dyml"
-    summary = "the DyML test protocol (engine/dyml.py)"
+    summary = "the DyML test protocol (methods/dyml/protocol.py)"
 
     def validate(self, cfg: Config) -> Any:
         from dynametric.data.registry import dyml_variant
-        from dynametric.engine.dyml import DyMLProtocol
+        from dynametric.methods.dyml.protocol import DyMLProtocol
 
         protocol = DyMLProtocol.from_kwargs(cfg.method.kwargs, key="method.kwargs")
         fmt = cfg.data.format
