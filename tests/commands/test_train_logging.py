@@ -199,19 +199,18 @@ def test_a_resumed_run_whose_mlflow_run_is_gone_logs_into_a_new_one(tmp_path, mo
         return "new logger"
 
     monkeypatch.setattr(runmod, "build_logger", build)
-    monkeypatch.setattr(runmod, "load_checkpoint_file",
-                        lambda path: {"dynametric": {"logger_run": {"logger": "mlflow", "id": "abc"}}})
+    recorded = {"logger": "mlflow", "id": "abc"}  # what the resumed last.ckpt records (check_resume reads it)
     from dynametric.config import load_config
 
     notes: list[str] = []
     cfg = load_config(None, ["run.logger=mlflow"])
-    assert runmod._run_logger(cfg, tmp_path, [], tmp_path / "last.ckpt", notes.append) == "new logger"
+    assert runmod._run_logger(cfg, tmp_path, [], recorded, notes.append) == "new logger"
     assert calls == [{"logger": "mlflow", "id": "abc"}, None]
     assert notes == ["note: the mlflow run abc this run logged into cannot be continued (the mlflow logger cannot "
                      "start: MlflowException: Run 'abc' not found); logging into a new one"]
     # another logger than the recorded one: nothing to continue
     calls.clear()
-    assert runmod._run_logger(load_config(None, ["run.logger=wandb"]), tmp_path, [], tmp_path / "last.ckpt",
+    assert runmod._run_logger(load_config(None, ["run.logger=wandb"]), tmp_path, [], recorded,
                               notes.append) == "new logger"
     assert calls == [None]
     assert logger_run(None) is None

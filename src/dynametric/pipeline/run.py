@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lightning as L
 import torch
@@ -598,8 +598,16 @@ def _added_defaults(old: Any, new: Any, key: str = "") -> list[tuple[str, Any]] 
     return added if old == new else None
 
 
+class ResumedCheckpoint(NamedTuple):
+    """What :func:`check_resume` read from ``last.ckpt`` for the run: its weights as meta tensors (names and shapes)
+    and the MLflow / W&B run it logged into (:func:`~dynametric.engine.loggers.logger_run`; ``None``: none)."""
+
+    weights: dict[str, torch.Tensor]
+    logger_run: dict[str, Any] | None
+
+
 def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
-                 note: Callable[[str], None] = print, *, processes: int | None = None) -> dict[str, torch.Tensor]:
+                 note: Callable[[str], None] = print, *, processes: int | None = None) -> ResumedCheckpoint:
     """The checks of ``train --resume`` before anything is read or written: no other process of this machine is
     training into ``run_dir`` (its ``config.yaml`` header names the process that started or last resumed it); the
     run's ``config.yaml`` is not empty and ``cfg`` is the config ``last.ckpt`` was saved with (the config hash every
@@ -608,7 +616,8 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     size here), that the checkpoint was trained by as many processes (a checkpoint of a version that did not record
     it is not checked): a step draws one batch for each process, so the recorded batch position and the global batch
     belong to that number (``trainer.devices: auto`` resumed on a machine with another GPU count continued with
-    another one, silently). Returns the checkpoint's weights as meta tensors (names and shapes only)."""
+    another one, silently). Returns the checkpoint's weights as meta tensors (names and shapes only) and the logger
+    run it records (:class:`ResumedCheckpoint`): the checkpoint is read once."""
     from dynametric.config import config_hash, config_to_dict
 
     header = _run_header(run_dir)
@@ -671,7 +680,9 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
-    return {k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+    record = extra.get("logger_run")
+    return ResumedCheckpoint({k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v
+                              for k, v in state.items()}, record if isinstance(record, dict) else None)
 
 
 def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], last: Path) -> None:
@@ -954,17 +965,14 @@ def _test_images(test: Any, tests: Mapping[str, Any]) -> str:
     return f"{counts} test images (split{'s' * (len(tests) != 1)} {names})"
 
 
-def _run_logger(cfg: Config, run_dir: Path, hparams_metrics: list[str], resumed: Path | None,
+def _run_logger(cfg: Config, run_dir: Path, hparams_metrics: list[str], record: Mapping[str, Any] | None,
                 notes: Callable[[str], None]) -> Any:
-    """The run's logger (:func:`~dynametric.engine.loggers.build_logger`). A resumed run (``resumed``: its
-    ``last.ckpt``) logs into the MLflow or W&B run it started, which the checkpoint records; one that cannot be
-    continued (its store or run removed) is said in a note, and a new run is started."""
+    """The run's logger (:func:`~dynametric.engine.loggers.build_logger`). A resumed run logs into the MLflow or
+    W&B run it started, which its checkpoint records (``record``: :attr:`ResumedCheckpoint.logger_run`); one that
+    cannot be continued (its store or run removed) is said in a note, and a new run is started."""
     continued = None
-    if resumed is not None:
-        extra = load_checkpoint_file(resumed).get("dynametric")
-        record = extra.get("logger_run") if isinstance(extra, dict) else None
-        if isinstance(record, dict) and record.get("logger") == cfg.run.logger and record.get("id"):
-            continued = record
+    if record is not None and record.get("logger") == cfg.run.logger and record.get("id"):
+        continued = record
     if continued is None:
         return build_logger(cfg.run.logger, run_dir, cfg.run.logger_options, hparams_metrics=hparams_metrics)
     try:
@@ -1022,7 +1030,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     _check_one_process_method(cfg)
     plan = plan_trainer(trainer_settings(cfg, progress_bar=progress))  # and the processes a launcher started
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
-    resumed_weights = check_resume(cfg, run_dir, folder_key, notes, processes=world) if resume else None
+    resumed = check_resume(cfg, run_dir, folder_key, notes, processes=world) if resume else None
     # files of an earlier start of a run in run_dir that never trained
     leftovers = [] if resume else check_new_run_folder(run_dir, folder_key, whole=not _launched_worker())
     # the folder is this run's from here on (two runs started at the same moment passed the checks above alike)
@@ -1032,7 +1040,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             leftovers = [path for path in check_new_run_folder(run_dir, folder_key)
                          if path.name != LOCK_FILE and temp_target(path.name) != LOCK_FILE]
         return _train(cfg, run_dir, resume=resume, progress=progress, log=log, notes=notes, t0=t0, plan=plan,
-                      world=world, resumed_weights=resumed_weights, leftovers=leftovers)
+                      world=world, resumed=resumed, leftovers=leftovers)
     finally:
         if claim is not None:
             claim.release()
@@ -1040,7 +1048,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
 
 def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Callable[[str], None],
            notes: Callable[[str], None], t0: float, plan: Any, world: int,
-           resumed_weights: dict[str, torch.Tensor] | None, leftovers: list[Path]) -> RunResult:
+           resumed: ResumedCheckpoint | None, leftovers: list[Path]) -> RunResult:
     """:func:`run_training` once its folder is checked and held."""
     from dynametric.config import config_hash, config_to_dict, config_to_yaml, save_config
 
@@ -1065,13 +1073,13 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = _run_logger(cfg, run_dir, [f"{stage}/{comps.trainer.monitor}" for stage in ("val", "test")],
-                             last if resume else None, notes)  # a missing extra fails here
+                             None if resumed is None else resumed.logger_run, notes)  # a missing extra fails here
     module, settings = comps.module, comps.trainer
     for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
         notes(line)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
-    if resumed_weights is not None:
-        check_resume_weights(module, resumed_weights, last)
+    if resumed is not None:
+        check_resume_weights(module, resumed.weights, last)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
                           eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
                           **loader_settings(cfg))
