@@ -241,18 +241,20 @@ def _is_own_failure(exc: OSError, path: Path, tmp: str | None) -> bool:
 
 
 @contextmanager
-def _replacing(path: Path, key: str | None = None) -> Iterator[tuple[int, str]]:
+def _replacing(path: Path, key: str | None = None, *, stage: bool = False) -> Iterator[tuple[int, str]]:
     """A temporary file beside ``path`` (open descriptor, name): when the block ends it gets the mode of the file it
     replaces, or the one a plain ``open`` would give a new file (:func:`replacement_mode`), and atomically replaces
-    ``path``; when the block raises it is removed and ``path`` is left untouched. A read-only ``path`` is refused
-    before the block runs. An error of the file system about the write names ``path`` (see :func:`_write_error`)."""
+    ``path`` (with ``stage``: is left beside it for :func:`commit_staged`); when the block raises it is removed and
+    ``path`` is left untouched. A read-only ``path`` is refused before the block runs. An error of the file system
+    about the write names ``path`` (see :func:`_write_error`)."""
     replacement_mode(path, key)  # a file the user protected: refused before anything is written
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
         yield fd, tmp
         os.chmod(tmp, replacement_mode(path, key))  # the mode now: the write may have taken a while
-        os.replace(tmp, path)
+        if not stage:
+            os.replace(tmp, path)
         tmp = None
     except OSError as exc:
         if _is_own_failure(exc, path, tmp):
@@ -310,25 +312,11 @@ def stage_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, key: 
     :func:`commit_staged` once all are written (a rename needs no free space) and removes what is left with
     :func:`discard_staged` whatever happens. A failed write (a full disk) removes its temporary file and names
     ``path``, as :func:`atomic_write_bytes`; a read-only ``path`` is refused before anything is written."""
-    target = _file_target(path, key)
-    mode = replacement_mode(target, key)
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        staged, tmp = tmp, None
-        return staged
-    except OSError as exc:
-        if _is_own_failure(exc, target, tmp):
-            raise _write_error(exc, target, key) from None
-        raise
-    finally:
-        if tmp is not None:
-            discard_staged([tmp])
+    with _replacing(_file_target(path, key), key, stage=True) as (fd, tmp), os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
 
 
 def commit_staged(tmp: str, path: str | Path, *, key: str | None = None) -> None:
