@@ -7,7 +7,7 @@ at its top level, i.e. one that only imports, re-exports, sets ``__all__`` or al
 with code of its own (a registry's constructor, a lazy ``__getattr__``, argparse checkers) is a module and has a row.
 
 A row is a table row of the section whose first cell is one path in backticks, relative to ``src/dynametric``
-(``engine/device_decode.py``); its last cell lists the module's main public names in backticks, and each
+(``data/device_decode.py``); its last cell lists the module's main public names in backticks, and each
 of them must be defined or imported at the top level of that module.
 """
 

@@ -4,7 +4,7 @@ character, so the columns after it stay aligned in `evaluate`'s tables and the e
 from __future__ import annotations
 
 from dynametric.commands.evaluate import format_category_table, format_table
-from dynametric.engine.report import category_summary
+from dynametric.pipeline.report import category_summary
 from dynametric.utils.text import display_width, pad_left, pad_right, text_table
 
 

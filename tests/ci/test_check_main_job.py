@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynametric.engine.report import write_report
 from dynametric.metrics import evaluate_embeddings
+from dynametric.pipeline.report import write_report
 from tests.browser import INSTALL_HINT, find_chromium
 
 REPO = Path(__file__).resolve().parents[2]

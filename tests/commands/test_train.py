@@ -820,7 +820,7 @@ def test_wall_time_counts_the_report_and_missing_values_show_as_a_dash(tmp_path,
     import time
 
     import dynametric.pipeline.run as run_module
-    from dynametric.engine.report import metrics_table
+    from dynametric.pipeline.report import metrics_table
 
     real, ends = run_module.write_report, []
 

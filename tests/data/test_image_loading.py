@@ -14,8 +14,8 @@ from torchvision import transforms as T
 
 from dynametric.data import build_dataset
 from dynametric.data.base import load_rgb, to_rgb
+from dynametric.data.device_decode import DeviceDecoder, is_plain_jpeg
 from dynametric.data.inspect import inspect_dataset
-from dynametric.engine.device_decode import DeviceDecoder, is_plain_jpeg
 from dynametric.retrieval.embed import ImageFiles
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

@@ -215,7 +215,7 @@ def test_eval_resize_of_normal_images_is_unchanged_and_thin_ones_are_bounded() -
     assert resize(thin).size == (256, 2048)
     assert torch.equal(new(thin), old(thin))
     # --decode gpu applies the same bound to the decoded tensor
-    from dynametric.engine.device_decode import DeviceDecoder
+    from dynametric.data.device_decode import DeviceDecoder
     from dynametric.engine.inference import split_transform
 
     decoder = DeviceDecoder.from_transform(split_transform(new)[0])

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dynametric.engine.loggers import flat_metrics
-from dynametric.engine.report import category_summary, write_report
+from dynametric.pipeline.report import category_summary, write_report
 from tests.browser import INSTALL_HINT, find_chromium, run_headless
 
 EVIL = '<b>&"x'
@@ -242,7 +242,7 @@ def test_per_category_table_sorts_in_the_browser(tmp_path: Path):
 
 def test_a_mean_monitor_has_its_validation_curve():
     """With trainer.monitor mean/map@r the validation plot drew the scales but not the mean best.ckpt was chosen on."""
-    from dynametric.engine.report import validation_curves
+    from dynametric.pipeline.report import validation_curves
 
     hist = [{"epoch": e, "fine": {"map@r": 0.1 * e}, "coarse": {"map@r": 0.2 * e}, "mean": {"map@r": 0.15 * e}}
             for e in (0, 1)]

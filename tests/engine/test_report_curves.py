@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynametric.engine import report
+from dynametric.pipeline import report
 
 pytest.importorskip("matplotlib")
 

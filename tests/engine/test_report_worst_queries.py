@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynametric.engine.report import worst_queries, write_report
+from dynametric.pipeline.report import worst_queries, write_report
 
 
 def _toy():

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.data.base import load_rgb
-from dynametric.engine.device_decode import DeviceDecoder, EncodedImages, is_plain_jpeg
+from dynametric.data.device_decode import DeviceDecoder, EncodedImages, is_plain_jpeg
 from dynametric.engine.inference import InferenceOptions, split_transform
 from dynametric.errors import ConfigError, InputError
 from dynametric.retrieval.embed import embed_items, list_image_folder
@@ -210,7 +210,7 @@ def test_damaged_jpeg_data_is_named_not_printed_raw(run_ckpt: Path, mixed: Path,
     items = list_image_folder(folder)
     loaded = _loaded(run_ckpt, "gpu")
     capfd.readouterr()
-    with caplog.at_level(logging.WARNING, logger="dynametric.engine.device_decode"):
+    with caplog.at_level(logging.WARNING, logger="dynametric.data.device_decode"):
         embed_items(items, loaded.embed, loaded.loader_transform, tmp_path / "e", model_identity=loaded.identity(),
                     batch_size=4, shard_size=4)
     err = capfd.readouterr().err

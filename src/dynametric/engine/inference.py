@@ -8,7 +8,7 @@
   the precision a loaded run trained in, :func:`checkpoint_precision`, else fp32),
   batch size, loader workers (``auto``: :func:`dynametric.utils.device.auto_workers`), pinned memory (default: on
   for CUDA), a progress bar and where image files are decoded (``decode``: ``cpu``, PIL in the loader workers;
-  ``gpu``, JPEGs decoded and resized on the device, :mod:`dynametric.engine.device_decode`; ``auto``, ``gpu`` on
+  ``gpu``, JPEGs decoded and resized on the device, :mod:`dynametric.data.device_decode`; ``auto``, ``gpu`` on
   CUDA when torchvision can decode there, else ``cpu``). ``decode`` applies to image files (``embed``, ``search
   --image``); labelled datasets (:func:`embed_dataset`) decode in the workers.
 * :func:`embed_dataset` embeds a labelled dataset, :func:`embed_batch` one image batch; ``dynametric embed``
@@ -79,7 +79,7 @@ class InferenceOptions:
             raise ConfigError(f"decode must be one of {list(DECODE_MODES)}, got {self.decode!r}",
                               key=self.key("decode"))
         if decode == "auto":
-            from dynametric.engine.device_decode import gpu_decode_available
+            from dynametric.data.device_decode import gpu_decode_available
 
             decode = "gpu" if device.type == "cuda" and gpu_decode_available() else "cpu"
         return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress), decode,

@@ -60,7 +60,6 @@ from dynametric.engine.loggers import LoggerFailure, build_logger, log_figures, 
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.objective import term_miners
 from dynametric.engine.preflight import check_batches, check_validation_queries
-from dynametric.engine.report import category_summary, write_report
 from dynametric.engine.trainer import (
     TrainerSettings,
     build_trainer,
@@ -82,6 +81,7 @@ from dynametric.pipeline.protocols import (
     protocol_from_config,
     protocol_split_keys,
 )
+from dynametric.pipeline.report import category_summary, write_report
 from dynametric.utils.io import (
     atomic_write_json,
     is_stale_temp,
@@ -878,7 +878,7 @@ def _summary(metrics: dict[str, Any], scale_names: list[str], log: Callable[[str
              head: str | None = None, other_heads: bool = False, monitor: str = "", report: bool = False) -> None:
     """The end-of-run table: untrained vs trained test metrics. A multi-head run names the head it shows (the
     evaluation head, ``concat`` by default) and where the other heads' results are. Test results with a
-    ``by_category`` block add the per-category table (:func:`~dynametric.engine.report.category_summary`; the
+    ``by_category`` block add the per-category table (:func:`~dynametric.pipeline.report.category_summary`; the
     worst and best few of many, pointing to ``metrics.json`` and, with ``report``, ``report.html``)."""
     untrained, test = metrics["untrained"], metrics["test"]
     keys = [k for k in ("recall@1", "map@r") if k in test.get(scale_names[0], {})]

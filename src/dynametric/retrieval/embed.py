@@ -365,7 +365,7 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
 class ImageFiles(Dataset):
     """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError.
 
-    A transform with a ``read_file`` method (:class:`dynametric.engine.device_decode.DeviceDecoder`) reads the
+    A transform with a ``read_file`` method (:class:`dynametric.data.device_decode.DeviceDecoder`) reads the
     file itself (JPEG bytes for decoding on the device) and its ``collate`` method is the loader's
     :attr:`collate_fn`."""
 
@@ -495,8 +495,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     :meth:`LoadedEmbedder.embed_on_device`, which runs on the loaded model's device and precision and does not wait
     for the forward pass: each batch is copied to the host after the next one was handed over, so on a GPU the
     loading / decoding of batch ``i + 1`` overlaps the forward pass of batch ``i``; with a
-    :class:`~dynametric.engine.device_decode.DeviceDecoder` as ``transform`` the batches are
-    :class:`~dynametric.engine.device_decode.EncodedImages` for it to decode); ``model_identity`` is
+    :class:`~dynametric.data.device_decode.DeviceDecoder` as ``transform`` the batches are
+    :class:`~dynametric.data.device_decode.EncodedImages` for it to decode); ``model_identity`` is
     recorded and must match when resuming. One loader serves every shard still to compute (``num_workers``
     decoding processes, ``pin_memory`` for a non-blocking copy to a GPU).
     """

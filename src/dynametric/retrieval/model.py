@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynametric.data.device_decode import EncodedImages
 from dynametric.engine.checkpoint import MODEL_KEYS_NOT_EMBEDDING
-from dynametric.engine.device_decode import EncodedImages
 from dynametric.engine.inference import (
     InferenceOptions,
     ResolvedInference,
@@ -84,7 +84,7 @@ class LoadedEmbedder:
         self._loader_transform, self._finish = split_transform(self.transform)
         self._decoder = None
         if self.run.decode == "gpu":
-            from dynametric.engine.device_decode import DeviceDecoder
+            from dynametric.data.device_decode import DeviceDecoder
 
             if self._finish is not None:
                 self._decoder = DeviceDecoder.from_transform(self._loader_transform)
