@@ -91,7 +91,15 @@ from dynametric.utils.io import (
     require_new_folder,
     temp_target,
 )
-from dynametric.utils.processes import process_alive, started_after
+from dynametric.utils.locks import (
+    HeldLock,
+    Holder,
+    LockBusy,
+    LockContended,
+    acquire_lock,
+    other_process_running,
+    read_lock,
+)
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -300,49 +308,36 @@ def _run_header(run_dir: Path, *, any_folder: bool = False) -> re.Match[str] | N
     return match if match is not None and (any_folder or match["folder"] == str(run_dir.resolve())) else None
 
 
-def _holder_running(pid: int, host: str, written: float | None) -> bool:
-    """Whether process ``pid`` of ``host``, named in a file last written at ``written``, is another process still
-    running on this machine. A process that started after the file was written is not the one that wrote it (its
-    number was reused, e.g. after a reboot or in a new container), so it does not count; nor does a process of
-    another host, which cannot be asked."""
-    if host != socket.gethostname() or pid == os.getpid() or not process_alive(pid):  # not asked: not running
-        return False
-    return not started_after(pid, written)
-
-
 def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:
     """The process named by a config.yaml header when it is another process still running on this machine
-    (:func:`_holder_running`, against the time ``config.yaml`` was last written)."""
+    (:func:`~dynametric.utils.locks.other_process_running`, against the time ``config.yaml`` was last written; a
+    process of another host is not seen)."""
     pid = int(match["pid"])
     try:
         written: float | None = (run_dir / "config.yaml").stat().st_mtime
     except OSError:
         written = None
-    return pid if _holder_running(pid, match["host"], written) else None
+    return pid if other_process_running(pid, match["host"], written, unaskable="stale") else None
 
 
-def _lock_text(lock: Path) -> str | None:
-    try:
-        return lock.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
+def _run_lock(data: Any) -> Holder:
+    """The process a :data:`LOCK_FILE` names (its JSON: ``pid``, ``host``, ``folder``)."""
+    return Holder(int(data["pid"]), str(data["host"]))
 
 
 def lock_holder(run_dir: Path) -> int | None:
     """The process that holds ``run_dir`` (its :data:`LOCK_FILE`) when it is another process still running on this
-    machine (:func:`_holder_running`, against the time the lock was written); ``None`` without a lock, for a stale
-    one (its process gone: a killed run) and for this process's own."""
-    import json
-
-    lock = run_dir / LOCK_FILE
-    text = _lock_text(lock)
+    machine (:func:`~dynametric.utils.locks.other_process_running`, against the time the lock was written); ``None``
+    without a lock, for a stale one (its process gone: a killed run), one that cannot be read, one of another host and
+    this process's own."""
     try:
-        data = json.loads(text or "")
-        pid, host = int(data["pid"]), str(data["host"])
-        written: float | None = lock.stat().st_mtime
-    except (OSError, ValueError, KeyError, TypeError):
+        found = read_lock(run_dir / LOCK_FILE, _run_lock)
+    except OSError:
         return None
-    return pid if _holder_running(pid, host, written) else None
+    if found is None or found.holder is None:
+        return None
+    pid, host = found.holder.pid, found.holder.host
+    return pid if other_process_running(pid, host, found.written, unaskable="stale") else None
 
 
 def _busy(run_dir: Path, pid: int, folder_key: str, resume: bool) -> ConfigError:
@@ -356,18 +351,17 @@ def _busy(run_dir: Path, pid: int, folder_key: str, resume: bool) -> ConfigError
 
 @dataclass
 class RunClaim:
-    """A run's hold on its folder (:func:`claim_run_folder`): its lock file, with the text this process wrote, and
-    the folders the claim made (deepest first)."""
+    """A run's hold on its folder (:func:`claim_run_folder`): its lock (``None`` until taken) and the folders the
+    claim made (deepest first)."""
 
-    lock: Path
-    text: str
+    lock: HeldLock | None
     made: list[Path]
 
     def release(self) -> None:
         """Removes the lock when it is still this claim's, then the folders the claim made that stayed empty (a run
         that failed before writing anything leaves no folder, as before it claimed one)."""
-        if _lock_text(self.lock) == self.text:
-            self.lock.unlink(missing_ok=True)
+        if self.lock is not None:
+            self.lock.release()
         for folder in self.made:
             try:
                 folder.rmdir()
@@ -375,70 +369,15 @@ class RunClaim:
                 break
 
 
-def _link_lock(lock: Path, text: str, folder_key: str) -> bool:
-    """Creates ``lock`` holding ``text`` whole, where no file of that name exists: a temporary file (the atomic
-    writer's name pattern, so a kill's leftover is known as the run's) hard-linked to ``lock``, or where the file
-    system has no hard links, ``O_CREAT | O_EXCL``. False when ``lock`` exists."""
-    import tempfile
-
-    from dynametric.utils.io import TEMP_SUFFIX, temp_prefix
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(LOCK_FILE), suffix=TEMP_SUFFIX, dir=lock.parent)
-    except OSError as exc:
-        raise InputError(f"cannot write in the folder ({exc.strerror or exc})", file=lock.parent,
-                         key=folder_key) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        try:
-            os.link(tmp, lock)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here
-            try:
-                made = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(made, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _set_aside_stale(lock: Path, seen: str | None) -> None:
-    """Removes the stale lock whose text was ``seen``: renamed aside first, so that of two processes finding it
-    stale at once one removes it; a lock that is no longer the stale one (another process claimed the folder in
-    between) is put back."""
-    import secrets
-
-    from dynametric.utils.io import TEMP_SUFFIX, temp_prefix
-
-    aside = lock.with_name(f"{temp_prefix(LOCK_FILE)}{secrets.token_hex(4)}{TEMP_SUFFIX}")
-    try:
-        os.rename(lock, aside)
-    except FileNotFoundError:
-        return
-    try:
-        if _lock_text(aside) != seen:
-            try:
-                os.link(aside, lock)
-            except OSError:
-                pass
-    finally:
-        aside.unlink(missing_ok=True)
-
-
 def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) -> RunClaim | None:
     """Takes ``run_dir`` for this run, before the run writes anything in it: makes the folder and creates its
-    :data:`LOCK_FILE` where none exists (atomically: of two runs started at the same moment, one gets it). A lock of
-    another process still running on this host (:func:`lock_holder`) refuses the run, one line naming that process
-    (keyed ``folder_key``), nothing written and nothing of the other run's touched; a stale one (its process gone)
-    is replaced. The caller releases the claim when the run ends (:meth:`RunClaim.release`). ``None`` in a DDP
-    process other than rank 0 (:func:`_launched_worker`): rank 0 holds the folder for all of them. A process of
-    another host is not seen (as in :func:`_running_elsewhere`): its lock counts as stale."""
+    :data:`LOCK_FILE` where none exists (:func:`~dynametric.utils.locks.acquire_lock`, atomically: of two runs
+    started at the same moment, one gets it). A lock of another process still running on this host refuses the run,
+    one line naming that process (keyed ``folder_key``), nothing written and nothing of the other run's touched; a
+    stale one (its process gone) is replaced, as is a file of that name that is no lock. The caller releases the
+    claim when the run ends (:meth:`RunClaim.release`). ``None`` in a DDP process other than rank 0
+    (:func:`_launched_worker`): rank 0 holds the folder for all of them. A process of another host is not seen (as in
+    :func:`_running_elsewhere`): its lock counts as stale, so a run killed on one node resumes on another."""
     import json
 
     if _launched_worker():
@@ -453,23 +392,23 @@ def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) ->
     except OSError as exc:
         failed = Path(exc.filename) if exc.filename is not None else run_dir
         raise InputError(f"cannot create the folder ({exc.strerror or exc})", file=failed, key=folder_key) from None
-    lock = run_dir / LOCK_FILE
-    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "folder": str(run_dir.resolve())}) + "\n"
-    claim = RunClaim(lock, text, made)
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "folder": str(run_dir.resolve())}) + "\n"
+    claim = RunClaim(None, made)
     try:
-        for _ in range(8):
-            if _link_lock(lock, text, folder_key):
-                return claim
-            seen = _lock_text(lock)
-            pid = lock_holder(run_dir)
-            if pid is not None:
-                raise _busy(run_dir, pid, folder_key, resume)
-            _set_aside_stale(lock, seen)
-        raise ConfigError(f"run folder {run_dir}: other processes keep taking its {LOCK_FILE}; wait for them or use "
-                          f"another {folder_key}", key=folder_key)
-    except BaseException:
+        claim.lock = acquire_lock(run_dir / LOCK_FILE, record.encode("utf-8"), recognise=_run_lock,
+                                  unaskable="stale", foreign="stale", attempts=8)
+    except BaseException as exc:
         claim.release()  # the folders it made, when still empty; never another process's lock
+        if isinstance(exc, LockBusy):
+            raise _busy(run_dir, exc.holder.pid, folder_key, resume) from None
+        if isinstance(exc, LockContended):
+            raise ConfigError(f"run folder {run_dir}: other processes keep taking its {LOCK_FILE}; wait for them or "
+                              f"use another {folder_key}", key=folder_key) from None
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write in the folder ({exc.strerror or exc})", file=run_dir,
+                             key=folder_key) from None
         raise
+    return claim
 
 
 def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] | None:

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -42,10 +41,11 @@ from dynametric.utils.io import (
     atomic_write_bytes,
     atomic_write_json,
     holds_only_own_files,
+    is_stale_temp,
     remove_stale_temps,
     require_new_folder,
 )
-from dynametric.utils.processes import process_alive, started_after
+from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, acquire_lock
 from dynametric.utils.readers import beyond_float32, beyond_float32_text, read_plain_npy, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -61,10 +61,10 @@ BUILD_FORMAT = "dynametric-index-build"
 
 
 LOCK_NAME = "dynametric.lock"
-"""The lock file an ``embed`` or ``index build`` holds in its output folder while it writes there (created with
-``O_EXCL``: ``format: dynametric-lock``, the command, its process id and host); removed when the command ends."""
+"""The lock file an ``embed``, ``merge-embeddings`` or ``index build`` holds in its output folder while it writes there
+(:func:`folder_lock`; created whole at once: ``format: dynametric-lock``, the command, its process id and host, a
+token); removed when the command ends."""
 LOCK_FORMAT = "dynametric-lock"
-_HELD: set[str] = set()  # the tokens of the locks this process holds
 
 
 def make_output_folder(out: Path, key: str) -> Path:
@@ -79,106 +79,51 @@ def make_output_folder(out: Path, key: str) -> Path:
 
 
 def other_entries(folder: Path) -> list[Path]:
-    """The entries of ``folder`` but the lock file (:data:`LOCK_NAME`)."""
-    return [p for p in folder.iterdir() if p.name != LOCK_NAME]
+    """The entries of ``folder`` but the lock file (:data:`LOCK_NAME`) and what a kill while it was taken may leave
+    beside it (the temporary file it is made from, ``.dynametric.lock.<8 characters>.tmp``)."""
+    return [p for p in folder.iterdir() if p.name != LOCK_NAME and not is_stale_temp(p, LOCK_NAME.__eq__)]
 
 
-def _lock_holder(lock: Path) -> tuple[bytes, dict[str, Any] | None, float] | None:
-    """The lock file's bytes, what it says (``None``: not a lock of dynametric, or still being written) and its
-    modification time; ``None`` when there is no lock file."""
-    try:
-        with open(lock, "rb") as fh:
-            data, mtime = fh.read(4096), os.fstat(fh.fileno()).st_mtime
-    except FileNotFoundError:
+def _dynametric_lock(data: Any) -> Holder | None:
+    """The process a :data:`LOCK_NAME` names, where its JSON is a lock of dynametric (:data:`LOCK_FORMAT`, an integer
+    ``pid``)."""
+    if not (isinstance(data, dict) and data.get("format") == LOCK_FORMAT and isinstance(data.get("pid"), int)):
         return None
-    try:
-        meta = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return data, None, mtime
-    ok = isinstance(meta, dict) and meta.get("format") == LOCK_FORMAT and isinstance(meta.get("pid"), int)
-    return data, meta if ok else None, mtime
-
-
-def _holder_running(meta: dict[str, Any], written: float) -> bool:
-    """Whether the process a lock names may still be running: on another host always (it cannot be asked); on this
-    host while it lives, unless it started after the lock was written (its number was reused) or it is this
-    process and does not hold the lock."""
-    pid = int(meta["pid"])
-    if meta.get("host") != socket.gethostname():
-        return True
-    if pid == os.getpid():
-        return meta.get("token") in _HELD
-    if process_alive(pid) is False:  # None (cannot be asked): taken as running
-        return False
-    return not started_after(pid, written)
+    return Holder(data["pid"], str(data.get("host")))
 
 
 @contextmanager
 def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
     """Hold the lock file of the folder ``out`` (it exists) while ``command`` (``embed``, ``index build``) writes
-    there. Another command holding it (a process still running on this host, or one on another host) is one line
-    keyed ``key``: ``<out> key '--out': the folder is being written by another embed (process N); ...``. A lock
-    left by a process that ended (killed) is taken over; a file of that name that is no lock of dynametric is
-    refused, never removed."""
+    there (:func:`~dynametric.utils.locks.acquire_lock`). Another command holding it (a process still running on this
+    host, or one on another host, which cannot be asked) is one line keyed ``key``: ``<out> key '--out': the folder is
+    being written by another embed (process N); ...``. A lock left by a process that ended (killed) is taken over; a
+    file of that name that is no lock of dynametric is refused, never removed."""
     lock = out / LOCK_NAME
-    token = uuid.uuid4().hex
-    data = json.dumps({"format": LOCK_FORMAT, "command": command, "pid": os.getpid(),
-                       "host": socket.gethostname(), "token": token}).encode()
-    for _ in range(5):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
-                             key=key) from None
-        else:
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            break
-        holder = _lock_holder(lock)
-        if holder is None:
-            continue  # removed meanwhile: try again
-        seen, meta, written = holder
-        if meta is None:
-            if time.time() - written < 10:  # an O_EXCL file whose process is writing it this moment
-                raise InputError(f"the folder is being written by another command (its {LOCK_NAME} was just "
-                                 f"created); wait for it to finish or use another {key}", file=out, key=key)
-            raise InputError(f"is not a lock file of dynametric ({LOCK_FORMAT}); it is not removed: move it away or "
-                             f"use another {key}", file=lock, key=key)
-        if _holder_running(meta, written):
-            where = "" if meta.get("host") == socket.gethostname() else f" on host {meta.get('host')}"
-            raise InputError(f"the folder is being written by another {meta.get('command', 'command')} (process "
-                             f"{meta['pid']}{where}); wait for it to finish or use another {key}"
-                             + (f" (if that process is gone, remove {lock})" if where else ""), file=out, key=key)
-        # left by a process that ended: moved aside under a name of this process's own, then removed, unless what
-        # was moved is no longer that lock (another process took it over meanwhile: it is put back)
-        aside = out / f".{LOCK_NAME}.{token}.stale"
-        try:
-            os.rename(lock, aside)
-        except FileNotFoundError:
-            continue
-        if aside.read_bytes() != seen:
-            try:
-                os.link(aside, lock)
-            except FileExistsError:
-                pass
-            aside.unlink()
-            continue
-        aside.unlink()
-    else:
-        raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
-                         f"to finish or use another {key}", file=out, key=key)
-    _HELD.add(token)
+    record = json.dumps({"format": LOCK_FORMAT, "command": command, "pid": os.getpid(),
+                         "host": socket.gethostname(), "token": uuid.uuid4().hex}).encode()
     try:
+        held = acquire_lock(lock, record, recognise=_dynametric_lock, unaskable="live", foreign="refuse", attempts=5)
+    except LockBusy as exc:
+        host = exc.holder.host
+        where = "" if host == socket.gethostname() else f" on host {host}"
+        raise InputError(f"the folder is being written by another {exc.lock.fields.get('command', 'command')} "
+                         f"(process {exc.holder.pid}{where}); wait for it to finish or use another {key}"
+                         + (f" (if that process is gone, remove {lock})" if where else ""), file=out, key=key) from None
+    except LockForeign as exc:
+        if exc.being_written:  # perhaps an O_EXCL file whose process is writing it this moment
+            raise InputError(f"the folder is being written by another command (its {LOCK_NAME} was just created); "
+                             f"wait for it to finish or use another {key}", file=out, key=key) from None
+        raise InputError(f"is not a lock file of dynametric ({LOCK_FORMAT}); it is not removed: move it away or use "
+                         f"another {key}", file=lock, key=key) from None
+    except LockContended:
+        raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
+                         f"to finish or use another {key}", file=out, key=key) from None
+    except OSError as exc:
+        raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
+                         key=key) from None
+    with held:
         yield
-    finally:
-        _HELD.discard(token)
-        holder = _lock_holder(lock)
-        if holder is not None and holder[0] == data:
-            lock.unlink(missing_ok=True)
 
 
 def require_faiss() -> Any:

@@ -1,5 +1,6 @@
-"""Is the process a lock or a run header names still running? Shared by the run folder's ``train.lock``
-(``pipeline/run.py``) and the output folders' ``dynametric.lock`` (``retrieval/index.py``)."""
+"""Is the process a lock or a run header names still running? Used by the folder lock (``utils/locks.py``: the run
+folder's ``train.lock`` and the output folders' ``dynametric.lock``) and by the check of a run's ``config.yaml``
+header (``pipeline/run.py``)."""
 
 from __future__ import annotations
 
