@@ -241,3 +241,36 @@ def test_an_output_folder_s_entries_leave_out_its_lock_and_what_a_kill_while_tak
     (tmp_path / ".items.csv.ab12cd34.tmp").write_bytes(b"")  # another file's: an entry of the folder
     (tmp_path / "notes.txt").write_bytes(b"")
     assert sorted(p.name for p in other_entries(tmp_path)) == [".items.csv.ab12cd34.tmp", "notes.txt"]
+
+
+def test_a_lock_file_that_cannot_be_read_is_one_line_naming_it_for_both_locks(tmp_path: Path) -> None:
+    """A ``train.lock`` / ``dynametric.lock`` that cannot be read (here a folder of that name: root reads any file)
+    is one line naming the lock file and saying it cannot be read, not "cannot write in the folder"; it is kept."""
+    from dynametric.errors import InputError
+    from dynametric.pipeline.run import LOCK_FILE, claim_run_folder
+    from dynametric.retrieval.index import LOCK_NAME, folder_lock
+
+    run = tmp_path / "run"
+    (run / LOCK_FILE).mkdir(parents=True)
+    with pytest.raises(InputError) as caught:
+        claim_run_folder(run, "--out")
+    assert str(caught.value).startswith(f"{run / LOCK_FILE} key '--out': cannot read the lock file (")
+    assert (run / LOCK_FILE).is_dir()
+    out = tmp_path / "emb"
+    (out / LOCK_NAME).mkdir(parents=True)
+    with pytest.raises(InputError) as caught, folder_lock(out, "embed"):
+        pass
+    assert str(caught.value).startswith(f"{out / LOCK_NAME} key '--out': cannot read the lock file (")
+    assert (out / LOCK_NAME).is_dir()
+
+
+def test_a_lock_naming_a_process_number_no_process_can_have_is_stale(tmp_path: Path) -> None:
+    """A damaged lock naming a pid beyond the system's range (``os.kill`` raises ``OverflowError``) is taken over, not
+    a traceback."""
+    from dynametric.utils.processes import process_alive
+
+    assert process_alive(2**80) is False
+    lock = tmp_path / "x.lock"
+    lock.write_bytes(_record(2**80))
+    with acquire_lock(lock, _record(os.getpid()), recognise=_recognise, unaskable="live", foreign="refuse") as held:
+        assert lock.read_bytes() == held.raw

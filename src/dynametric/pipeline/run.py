@@ -405,6 +405,10 @@ def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) ->
             raise ConfigError(f"run folder {run_dir}: other processes keep taking its {LOCK_FILE}; wait for them or "
                               f"use another {folder_key}", key=folder_key) from None
         if isinstance(exc, OSError):
+            lock = run_dir / LOCK_FILE
+            if exc.filename is not None and Path(exc.filename) == lock:  # the lock found there cannot be read
+                raise InputError(f"cannot read the lock file ({exc.strerror or exc})", file=lock,
+                                 key=folder_key) from None
             raise InputError(f"cannot write in the folder ({exc.strerror or exc})", file=run_dir,
                              key=folder_key) from None
         raise

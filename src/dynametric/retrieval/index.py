@@ -120,6 +120,8 @@ def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
         raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
                          f"to finish or use another {key}", file=out, key=key) from None
     except OSError as exc:
+        if exc.filename is not None and Path(exc.filename) == lock:  # the lock found there cannot be read
+            raise InputError(f"cannot read the lock file ({exc.strerror or exc})", file=lock, key=key) from None
         raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
                          key=key) from None
     with held:

@@ -19,7 +19,7 @@ def process_alive(pid: int) -> bool | None:
         return False
     except PermissionError:  # another user's process
         return True
-    except OSError:
+    except (OSError, OverflowError, ValueError):  # OverflowError: a number no process can have (a damaged lock)
         return False
     return True
 
