@@ -104,7 +104,7 @@ def test_the_check_sees_a_violation(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ layers and cycles
 
 LAYERS: list[set[str]] = [
-    {"errors", "examples", "cpu_kernels"},
+    {"errors", "examples", "cpu_kernels", "evaluation_defaults"},
     {"labels", "utils", ""},  # "" is the package itself (dynametric/__init__.py: errors, labels, __version__)
     {"distances"},
     {"tuples", "pml"},  # what a miner hands to a loss; pytorch-metric-learning lookup

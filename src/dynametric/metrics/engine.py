@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dynametric.cpu_kernels import numpy_sort_is_slow, warn_if_slow_sort
+from dynametric.evaluation_defaults import CPU_MEMORY_BUDGET
 from dynametric.metrics.products import GalleryProducts
 from dynametric.metrics.ranking import (
     MetricSpec,
@@ -47,7 +48,7 @@ from dynametric.metrics.symmetric import (
     symmetric_top_lists,
 )
 
-DEFAULT_MEMORY_BUDGET = 768 * 2**20
+DEFAULT_MEMORY_BUDGET = CPU_MEMORY_BUDGET  # 768 MiB: dynametric.evaluation_defaults, which the CLI reads
 """Default working-memory budget of the engine in bytes (chunk buffers; the embeddings themselves are extra)."""
 
 SCORE_ROW_BLOCK = 64

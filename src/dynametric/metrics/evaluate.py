@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric import evaluation_defaults as _defaults
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import RESERVED_SCALE_NAMES, as_label_matrix, default_scale_names
 from dynametric.metrics.categories import category_codes, category_results
@@ -208,17 +209,17 @@ def evaluate_embeddings(
     gallery_labels: Any = None,
     *,
     metrics: Sequence[str] | None = None,
-    k_values: Sequence[int] = (1, 2, 4, 8),
-    distance: str = "cosine",
+    k_values: Sequence[int] = _defaults.K_VALUES,
+    distance: str = _defaults.DISTANCE,
     scale_names: Sequence[str] | None = None,
     query_ids: Sequence[Any] | None = None,
     gallery_ids: Sequence[Any] | None = None,
     memory_budget_bytes: int | None = None,
-    empty_queries: str = "exclude",
-    asi_cutoff: str | int = "R_q",
-    nmi_normalizer: str = "arithmetic",
-    kmeans_seed: int = 0,
-    kmeans_restarts: int = 1,
+    empty_queries: str = _defaults.EMPTY_QUERIES,
+    asi_cutoff: str | int = _defaults.ASI_CUTOFF,
+    nmi_normalizer: str = _defaults.NMI_NORMALIZER,
+    kmeans_seed: int = _defaults.KMEANS_SEED,
+    kmeans_restarts: int = _defaults.KMEANS_RESTARTS,
     kmeans_iters: int = 20,
     kmeans_backend: str = "auto",
     device: str | torch.device | None = None,

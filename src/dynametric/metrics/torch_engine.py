@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from dynametric.errors import ConfigError, InputError
+from dynametric.evaluation_defaults import DEVICE_MEMORY_BUDGET
 from dynametric.metrics.engine import (
     DEFAULT_MEMORY_BUDGET,
     SCORE_ROW_BLOCK,
@@ -59,7 +60,7 @@ from dynametric.metrics.ranking import (
 )
 from dynametric.utils.device import resolve_device as _resolve_device
 
-DEFAULT_DEVICE_MEMORY_BUDGET = 7 * 2**29
+DEFAULT_DEVICE_MEMORY_BUDGET = DEVICE_MEMORY_BUDGET  # 7 * 2**29: dynametric.evaluation_defaults
 """Default working-memory budget on the device in bytes (score, sort and metric buffers of one chunk; the
 embeddings and labels are extra). 3.5 GiB: measured on an H200 at 60,502 x 128 (docs/benchmarks.md), a device peak
 of 2.84 GB and 0.77 s, against 1.59 GB and 1.09 s at 2 GiB; it leaves most of any training GPU to the model. The
