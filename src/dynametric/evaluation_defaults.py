@@ -7,11 +7,13 @@ a default changed here changes the library and the command together (tests/comma
 
 from __future__ import annotations
 
+from typing import Final
+
 K_VALUES: tuple[int, ...] = (1, 2, 4, 8)
 """``k_values``: the cut-offs ``recall@K`` (``precision@K``, ``map@K``) expands over."""
-DISTANCE = "cosine"
+DISTANCE: Final = "cosine"
 """``distance``: ``cosine`` or ``euclidean``."""
-EMPTY_QUERIES = "exclude"
+EMPTY_QUERIES: Final = "exclude"
 """``empty_queries``: a query without a relevant item is excluded and counted (``exclude``) or scores 0
 (``count_as_zero``)."""
 ASI_CUTOFF = "R_q"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dynametric import evaluation_defaults
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.seeds import check_seed
 
@@ -514,14 +515,15 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings, passed to ``dynametric.metrics.evaluate_embeddings``."""
+    """Evaluation settings, passed to ``dynametric.metrics.evaluate_embeddings``; the defaults of ``k_values``,
+    ``distance`` and ``empty_queries`` are the function's own (:mod:`dynametric.evaluation_defaults`)."""
 
     metrics: list[str] | None = None
     """Metric names as ``evaluate_embeddings`` takes them (``recall@K``, ``precision@K``, ``map@K`` or one ``@<int>``
     cut-off of each, ``r_precision``, ``map@r``, ``map``, ``asi``, ``fnmr@fmr=<percent>``, ``nmi``, ``f1``, ``all``);
     ``None`` = the evaluation engine's default set."""
-    k_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    distance: Literal["cosine", "euclidean"] = "cosine"
+    k_values: list[int] = field(default_factory=lambda: list(evaluation_defaults.K_VALUES))
+    distance: Literal["cosine", "euclidean"] = evaluation_defaults.DISTANCE
     """The retrieval distance (``evaluate_embeddings(distance=...)``, ``dynametric evaluate --distance``)."""
     protocol: Literal["leave_one_out", "query_gallery"] = "leave_one_out"
     """``leave_one_out``: every test item queries the rest (CUB, CARS, SOP); ``query_gallery``: fixed query and
@@ -534,7 +536,7 @@ class EvalConfig:
     query in the gallery (it would find itself) or ``true`` with none is refused before anything is embedded."""
     heads: list[str] | None = None
     """Heads to evaluate for multi-head models (plus ``concat``); ``None`` = every head and ``concat``."""
-    empty_queries: Literal["exclude", "count_as_zero", "zero"] = "exclude"
+    empty_queries: Literal["exclude", "count_as_zero", "zero"] = evaluation_defaults.EMPTY_QUERIES
     """Queries without a relevant item: ``exclude`` (left out of the means and counted) or ``count_as_zero`` (scored
     0), the spellings of ``evaluate_embeddings(empty_queries=...)`` and ``dynametric evaluate --empty-queries``;
     ``zero`` is an older spelling of ``count_as_zero``, still accepted."""
