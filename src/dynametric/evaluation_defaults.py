@@ -1,5 +1,5 @@
 """The defaults of :func:`dynametric.metrics.evaluate_embeddings` that ``dynametric evaluate`` shows and uses, in a
-module that imports nothing.
+module that imports only ``typing``.
 
 The function's signature and the ranking engines' memory budgets are these values, and the command's parser, which
 must not import torch (``dynametric evaluate --help`` answers at once; tests/test_cli_imports.py), reads them here:
