@@ -9,6 +9,9 @@ SIGINT; :class:`~dynametric.errors.Interrupted` adds what to do next, e.g. how t
 command the same way with ``interrupted by SIGTERM`` (exit status 143); a reader that
 closes the pipe early (``dynametric search --json | head``) ends it quietly (exit status 141);
 anything else is a bug and keeps its traceback.
+
+``dynametric --import MODULE COMMAND ...`` (repeatable) imports ``MODULE`` before the command runs, for the
+components it registers (docs/extending.md); a module that cannot be imported is one error line.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hierarchy-aware deep metric learning: train, evaluate, embed and search.",
     )
     parser.add_argument("--version", action="version", version=f"dynametric {__version__}")
+    parser.add_argument("--import", dest="plugin_imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, for the components it registers (a loss, a dataset format, ...; "
+                             "repeatable; a config's own 'imports:' key records them for a run): "
+                             "dynametric --import mypkg.components train ...")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         module.register(sub)
@@ -86,7 +93,7 @@ def _check_command_words(parser: argparse.ArgumentParser, words: Sequence[str]) 
         while i < len(words) and words[i].startswith("-"):
             if words[i] in ("--", "-h", "--help", "--version"):
                 return
-            i += 1
+            i += 2 if words[i] in _VALUED_OPTIONS else 1  # --import MODULE: MODULE is no command word
         if i == len(words):
             return
         word = words[i]
@@ -96,6 +103,10 @@ def _check_command_words(parser: argparse.ArgumentParser, words: Sequence[str]) 
                 parser.error(f"argument {sub.metavar or sub.dest}: invalid choice: {word!r}; did you mean {close[0]}?")
             return
         parser, i = sub.choices[word], i + 1
+
+
+_VALUED_OPTIONS = ("--import",)
+"""The top-level options that take a value (the next word)."""
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
@@ -125,6 +136,9 @@ def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
         close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
         return known[close[0]] if close else None
 
+    if len(options) == 1 and options[0].split("=", 1)[0] == "--import" and "--import" not in known.values():
+        return (f"unrecognized option {options[0]}; --import is an option of dynametric itself, given before the "
+                f"command: dynametric --import MODULE {parser.prog.split(' ', 1)[-1]} ...")
     if len(options) == 1:
         near = hint(options[0])
         return f"unrecognized option {options[0]}" + (f"; did you mean {near}?" if near else "")
@@ -142,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = getattr(args, "command_name", None) or args.command  # a command with actions names the action too
     with _sigterm_stops_like_ctrl_c() as sigterm:
         try:
+            if args.plugin_imports:  # before the command reads its config or checks a name (docs/extending.md)
+                from dynametric.utils.registry import import_modules
+
+                import_modules(args.plugin_imports, "--import")
             return int(args.func(args) or 0)
         except DynametricError as exc:
             from dynametric.data.base import unwrap_worker_error  # a loader worker's error: its own line, no traceback

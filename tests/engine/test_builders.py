@@ -436,18 +436,25 @@ def test_a_multiscale_term_gives_its_miner_to_the_loss_one_object_per_scale():
     assert type(second.miner).__name__ == "MultiSimilarityMiner" and term_miners(second) == "MultiSimilarityMiner"
 
 
+# after every unknown name but a pml: one: how a user's own component is found (docs/extending.md)
+_IMPORT_HINT = ("needs its module imported first: list it under 'imports:' in the config, or run dynametric --import "
+                "MODULE ...")
+_AFTER_QUESTION = f" A component registered by your own code {_IMPORT_HINT}"
+
+
 @pytest.mark.parametrize("registry, name, key, expected", [
     # the hints name pytorch-metric-learning's classes: read from the installed package
     pml_case("losses", "SupConLoss", "loss", "unknown loss 'SupConLoss': dynametric has no native SupConLoss; did you "
              "mean 'pml:SupConLoss' (pytorch-metric-learning's, through the adapter: pml_loss('SupConLoss', ...) in "
-             "Python)?"),
+             "Python)?" + _AFTER_QUESTION),
     pml_case("losses", "pml:SupConLos", "extra_losses[0]", "unknown loss 'pml:SupConLos': pytorch-metric-learning "
              "has no loss 'SupConLos'; did you mean 'pml:SupConLoss'?"),
     pml_case("miners", "BatchEasyHardMiner", "miner", "unknown miner 'BatchEasyHardMiner': dynametric has no native "
              "BatchEasyHardMiner; did you mean 'pml:BatchEasyHardMiner' (pytorch-metric-learning's, through the "
-             "adapter: pml_miner('BatchEasyHardMiner', ...) in Python)?"),
-    ("plain", "Alpah", "loss", "unknown name 'Alpah'; did you mean 'Alpha'?"),  # a registry without the hook
-    ("plain", "Xyz", "loss", "unknown name 'Xyz'; available: Alpha, Beta"),
+             "adapter: pml_miner('BatchEasyHardMiner', ...) in Python)?" + _AFTER_QUESTION),
+    ("plain", "Alpah", "loss", "unknown name 'Alpah'; did you mean 'Alpha'?" + _AFTER_QUESTION),  # no hook
+    ("plain", "Xyz", "loss", f"unknown name 'Xyz'; available: Alpha, Beta; a component registered by your own code "
+                             f"{_IMPORT_HINT}"),
 ])
 def test_build_component_s_unknown_name_is_the_registry_s_message(registry, name, key, expected):
     """build_component gave its own 'unknown name ...; available: <native names>' for the loss and miner registries,

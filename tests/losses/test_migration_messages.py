@@ -134,8 +134,19 @@ def test_importing_dynametric_does_not_import_pml():
 def test_an_unknown_loss_name_says_what_was_probably_meant(name, expected):
     with pytest.raises(ConfigError) as err:
         build_loss(name)
-    assert _one_line(err) == f"key 'name': {expected}"  # the Python call's parameter; a config's key is loss.name
+    # the Python call's parameter; a config's key is loss.name. After a name that is not pml:, how a user's own
+    # component is found (docs/extending.md)
+    assert _one_line(err) == f"key 'name': {expected}" + _import_hint(name, expected)
     assert LOSSES.unknown_message(name) == expected  # type: ignore[attr-defined]
+
+
+def _import_hint(name: str, message: str) -> str:
+    """What follows an unknown name that is not a ``pml:`` one: how a user's own component is found."""
+    if name.lower().startswith("pml"):
+        return ""
+    hint = ("a component registered by your own code needs its module imported first: list it under 'imports:' in "
+            "the config, or run dynametric --import MODULE ...")
+    return f" A{hint[1:]}" if message.endswith("?") else f"; {hint}"
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -150,7 +161,7 @@ def test_an_unknown_loss_name_says_what_was_probably_meant(name, expected):
 def test_an_unknown_miner_name_says_what_was_probably_meant(name, expected):
     with pytest.raises(ConfigError) as err:
         build_miner(name)
-    assert _one_line(err) == f"key 'name': unknown miner {name!r}: {expected}"
+    assert _one_line(err) == f"key 'name': unknown miner {name!r}: {expected}" + _import_hint(name, expected)
     assert MINERS.unknown_message(name) == f"unknown miner {name!r}: {expected}"  # type: ignore[attr-defined]
 
 
@@ -167,7 +178,7 @@ def test_without_pml_a_pml_name_says_to_install_it_and_a_pml_class_name_still_ge
         build_miner("BatchEasyHardMiner")
     assert _one_line(err).endswith("did you mean 'pml:BatchEasyHardMiner' (pytorch-metric-learning's, through the "
                                    "adapter: pml_miner('BatchEasyHardMiner', ...) in Python; it needs pip install "
-                                   "pytorch-metric-learning)?")
+                                   "pytorch-metric-learning)?" + _import_hint("BatchEasyHardMiner", "?"))
 
 
 # 3. losses that wrap another loss, named in a config -----------------------------------------------------------------

@@ -26,9 +26,11 @@ from dynametric.commands.options import worker_threads
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import MAX_WORKERS
 
-#: The dataset formats ``--format`` takes: :data:`dynametric.data.registry.FORMAT_NAMES`, written out here because the
-#: registry imports torch and building the parser must not (``dynametric --help``; tests/test_cli_imports.py checks
-#: that the two lists are equal).
+#: The built-in dataset formats, for ``--format``'s help: :data:`dynametric.data.registry.FORMAT_NAMES`, written out
+#: here because the registry imports torch and building the parser must not (``dynametric --help``;
+#: tests/test_cli_imports.py checks that the two lists are equal). ``--format`` is checked against the live registry
+#: when the command runs (:func:`_check_format`), so a format a user's module registered (``dynametric --import``)
+#: is taken too.
 FORMAT_NAMES = ("cub200", "cars196", "sop", "inshop", "dyml-vehicle", "dyml-animal", "dyml-product", "csv", "folder",
                 "oml", "synthetic")
 
@@ -50,6 +52,21 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"expected KEY=VALUE, got {pair!r}", key="--option")
         out[key.strip()] = parse_option_value(value, f"--option {key.strip()}")
     return out
+
+
+def _check_format(name: str) -> None:
+    """``--format`` must name a format of the registry as it is now (the built-in ones and those a module imported
+    with ``dynametric --import`` registered); else a usage error with the closest names."""
+    import difflib
+
+    from dynametric.data.registry import format_names
+    from dynametric.utils.registry import with_import_hint
+
+    names = format_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid formats: {', '.join(names)}"
+        raise ConfigError(with_import_hint(f"unknown dataset format {name!r}{hint}"), key="--format")
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -95,8 +112,9 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = sub.add_parser("inspect", help="counts per split and scale, and every problem (exit 1 if any)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--format", required=True, choices=FORMAT_NAMES, metavar="NAME",
-                   help=f"dataset format: {', '.join(FORMAT_NAMES)}")
+    p.add_argument("--format", required=True, metavar="NAME",
+                   help=f"dataset format: {', '.join(FORMAT_NAMES)}, or one a module given to dynametric --import "
+                        "registers")
     p.add_argument("--root", type=path_text, help="dataset root directory (CSV format: the CSV file or its folder)")
     p.add_argument("--split", nargs="+", help="splits to inspect (default: all that exist)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -115,6 +133,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dynametric.data.inspect import check_grid_target, inspect_dataset, write_sample_grid
 
+    _check_format(args.format)
     options = _parse_options(args.option)
     if args.grid:  # before any work: a new file or an earlier grid, never another file
         check_grid_target(args.grid)

@@ -853,13 +853,34 @@ _SOURCE_ATTR = "_dynametric_source"  # not a dataclass field: equality, hashing 
 
 
 def config_from_dict(raw: Mapping[str, Any], *, source: _Source | None = None) -> Config:
-    """Validate a nested dict (e.g. parsed YAML) against the schema; missing keys take their defaults."""
+    """Validate a nested dict (e.g. parsed YAML) against the schema; missing keys take their defaults.
+
+    The modules listed under ``imports`` are imported first (:func:`_import_listed`), so that the components they
+    register (a loss, a dataset format, ...) pass the checks of their names."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"expected a mapping of sections, got {type(raw).__name__}")
     source = source or _Source()
-    cfg: Config = _build(Config, raw, "", _Ctx(source))
+    ctx = _Ctx(source)
+    if "imports" in raw:
+        _import_listed(raw["imports"], ctx)
+    cfg: Config = _build(Config, raw, "", ctx)
     setattr(cfg, _SOURCE_ATTR, source)  # where each key was set, for errors raised after loading (locate_error)
     return cfg
+
+
+def _import_listed(value: Any, ctx: _Ctx) -> None:
+    """Import the modules of the config's ``imports`` (a list of module names), before any section is checked; a
+    value of the wrong type, a name that is not a module name, or a module that cannot be imported is an error at
+    the file and line (or ``<command line>``) that set ``imports``."""
+    from dynametric.utils.registry import import_modules
+
+    if isinstance(value, str):  # one name: a list is meant
+        raise ctx.error(f"expected a list of module names, got {_describe(value)}; write [{value}]", "imports")
+    names = _coerce(value, list[str], "imports", ctx)
+    try:
+        import_modules(names, "imports")
+    except ConfigError as exc:
+        raise ctx.error(exc.message, exc.key or "imports") from exc.__cause__
 
 
 def locate_error(cfg: Config, exc: ConfigError) -> ConfigError:
@@ -972,7 +993,11 @@ def config_hash(cfg: Config, length: int = 16) -> str:
     """Stable hex digest (SHA-256 of the canonical sorted-key JSON) of the resolved config.
 
     Equal configs hash equally whatever the key order or the file they came from; any changed value changes it.
+    An empty ``imports`` is left out, so a config keeps the hash it had before the key existed.
     """
-    canonical = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    content = config_to_dict(cfg)
+    if not content.get("imports"):
+        content.pop("imports", None)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
 

@@ -90,18 +90,21 @@ class DataConfig:
     """Batches each worker prepares ahead (only with workers > 0)."""
 
     def _validate(self, key: str) -> None:
-        from dynametric.data.registry import FORMAT_NAMES
+        from dynametric.data.registry import format_names
         from dynametric.data.transforms import PRESETS
+        from dynametric.utils.registry import with_import_hint
 
-        if self.format not in FORMAT_NAMES:
-            raise ConfigError(f"unknown dataset format {self.format!r}" + (_suggest(self.format, FORMAT_NAMES)
-                              or f"; valid formats: {', '.join(FORMAT_NAMES)}"), key=f"{key}.format")
+        formats = format_names()  # the live registry: a user's module may have added a format (docs/extending.md)
+        if self.format not in formats:
+            raise ConfigError(with_import_hint(f"unknown dataset format {self.format!r}" + (
+                _suggest(self.format, formats) or f"; valid formats: {', '.join(formats)}")), key=f"{key}.format")
         from dynametric.data.samplers import BATCH_SAMPLERS
         from dynametric.utils.device import check_workers
 
         if self.sampler not in BATCH_SAMPLERS:
-            raise ConfigError(f"unknown sampler {self.sampler!r}" + (_suggest(self.sampler, BATCH_SAMPLERS)
-                              or f"; valid samplers: {', '.join(BATCH_SAMPLERS)}"), key=f"{key}.sampler")
+            raise ConfigError(with_import_hint(f"unknown sampler {self.sampler!r}" + (
+                _suggest(self.sampler, BATCH_SAMPLERS) or f"; valid samplers: {', '.join(BATCH_SAMPLERS)}")),
+                key=f"{key}.sampler")
         presets = ["default", *PRESETS]
         if self.transform not in presets:
             raise ConfigError(f"unknown transform preset {self.transform!r}" + (_suggest(self.transform, presets)
@@ -586,6 +589,11 @@ class RunConfig:
 class Config:
     """The whole run configuration. ``Config()`` is the default: ``simple_cnn`` on the synthetic hierarchy."""
 
+    imports: list[str] = field(default_factory=list)
+    """Modules imported before the rest of the config is checked, for the components they register (a loss in
+    ``LOSSES``, a dataset format in ``FORMATS``, ...: docs/extending.md); recorded in the run's ``config.yaml``, so
+    that ``--resume``, ``evaluate``, ``embed`` and ``export`` import them again (:func:`dynametric.config.loader.
+    config_from_dict`). Importing runs their code: only modules installed in the environment are found."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -60,14 +60,24 @@ FORMATS: dict[str, DatasetFormat] = {
 }
 SYNTHETIC = "synthetic"
 FORMAT_NAMES: tuple[str, ...] = (*FORMATS, SYNTHETIC)
+"""The built-in formats' names (fixed at import); :func:`format_names` adds those a user's module registered."""
 COMMON_OPTIONS: dict[str, object] = {"mode": "strict", "check_files": True, "check_hierarchy": True,
                                      "swap_rb": False, "skip_corrupt": False}
+
+
+def format_names() -> tuple[str, ...]:
+    """The names ``data.format`` takes now: every reader of :data:`FORMATS` (the built-in ones and those a user's
+    module registered since: docs/extending.md), then ``synthetic``."""
+    return (*(name for name in FORMATS if name != SYNTHETIC), SYNTHETIC)
 
 
 def get_format(name: str) -> DatasetFormat:
     """The reader for ``name``; an unknown name raises a ConfigError listing the valid ones."""
     if name not in FORMATS:
-        raise ConfigError(f"unknown dataset format {name!r}; valid formats: {', '.join(FORMAT_NAMES)}", key="format")
+        from dynametric.utils.registry import with_import_hint
+
+        raise ConfigError(with_import_hint(f"unknown dataset format {name!r}; valid formats: "
+                                           f"{', '.join(format_names())}"), key="format")
     return FORMATS[name]
 
 

@@ -878,7 +878,10 @@ def build_sampler(name: str, labels: LabelsLike, **kwargs: Any) -> _EpochBatchSa
     """Build a batch sampler by class name (keys of :data:`SAMPLERS`); unknown names or arguments raise
     :class:`~dynametric.errors.ConfigError` naming the valid ones."""
     if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}", key="sampler")
+        from dynametric.utils.registry import with_import_hint
+
+        raise ConfigError(with_import_hint(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}"),
+                          key="sampler")
     cls = SAMPLERS[name]
     valid = [p for p in inspect.signature(cls).parameters if p != "labels"]
     bad = sorted(set(kwargs) - set(valid))

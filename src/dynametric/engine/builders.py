@@ -51,7 +51,7 @@ from dynametric.engine.objective import Objective, whole_batch_miner_refusal
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError, UnknownArgumentError, first_sentence
 from dynametric.labels import as_label_matrix, label_column_argument
-from dynametric.utils.registry import unknown_name_message
+from dynametric.utils.registry import unknown_name_message, with_import_hint
 
 logger = logging.getLogger("dynametric.engine")
 
@@ -463,8 +463,8 @@ def sampler_class(cfg: Config) -> Any:
 
     if cfg.data.sampler not in BATCH_SAMPLERS:
         names = list(BATCH_SAMPLERS)
-        raise ConfigError(f"unknown sampler {cfg.data.sampler!r}; expected {', '.join(names[:-1])} or {names[-1]}",
-                          key="data.sampler")
+        raise ConfigError(with_import_hint(f"unknown sampler {cfg.data.sampler!r}; expected "
+                                           f"{', '.join(names[:-1])} or {names[-1]}"), key="data.sampler")
     return BATCH_SAMPLERS[cfg.data.sampler]
 
 

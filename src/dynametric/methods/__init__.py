@@ -35,8 +35,11 @@ def method_for(cfg: Config) -> Method:
     if name is None:
         return STANDARD
     if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; the engine's methods are {', '.join(METHODS)} (other methods "
-                          "are configured through loss/miner/model keys)", key="method.name")
+        from dynametric.utils.registry import with_import_hint
+
+        raise ConfigError(with_import_hint(f"unknown method {name!r}; the engine's methods are {', '.join(METHODS)} "
+                                           "(other methods are configured through loss/miner/model keys)"),
+                          key="method.name")
     return METHODS[name]
 
 

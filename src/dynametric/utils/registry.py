@@ -6,21 +6,64 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, first_sentence
+
+IMPORT_HINT = ("a component registered by your own code needs its module imported first: list it under 'imports:' "
+               "in the config, or run dynametric --import MODULE ...")
+"""Said after every unknown component name (loss, miner, sampler, dataset format, method): the name may be one a
+user's module registers, which the run did not import (docs/extending.md)."""
+
+
+def with_import_hint(message: str) -> str:
+    """``message`` (an unknown component name's) followed by :data:`IMPORT_HINT`, in the same line."""
+    if message.rstrip().endswith("?"):  # ... did you mean 'csv'? A component ...
+        return f"{message.rstrip()} {IMPORT_HINT[0].upper()}{IMPORT_HINT[1:]}"
+    return f"{message}; {IMPORT_HINT}"
 
 
 def unknown_name_message(registry: Mapping[str, Any], name: Any, kind: str = "name") -> str:
     """The one-line message of a ``name`` that ``registry`` does not hold: the registry's own ``unknown_message``
     where it has one (the loss and miner registries, :class:`dynametric.pml.PMLAwareRegistry`: what was probably
     meant, pytorch-metric-learning's names included), else ``unknown <kind> 'x'`` with the closest names, or all of
-    them. The one wording of every configured component's unknown name (config loading and the engine's factory)."""
+    them; then :data:`IMPORT_HINT` (but after a ``pml:`` name's). The one wording of every configured component's
+    unknown name (config loading and the engine's factory)."""
     own = getattr(registry, "unknown_message", None)
-    if callable(own):
-        return str(own(name))
+    if callable(own):  # a pml: name is pytorch-metric-learning's, never a user's module's: no import hint
+        pml = isinstance(name, str) and name.strip().lower().startswith("pml")
+        return str(own(name)) if pml else with_import_hint(str(own(name)))
     close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6) if isinstance(name, str) else []
     hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
             else f"; available: {', '.join(sorted(registry))}")
-    return f"unknown {kind} {name!r}{hint}"
+    return with_import_hint(f"unknown {kind} {name!r}{hint}")
+
+
+def check_module_names(names: Any, key: str) -> list[str]:
+    """``names`` as a list of module names (dotted Python identifiers: ``mypkg.components``); anything else is a
+    :class:`ConfigError` on ``key`` (an entry's on ``key[i]``)."""
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"expected a list of module names (e.g. [mypkg.components]), got {names!r} "
+                          f"({type(names).__name__})", key=key)
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name or not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"expected a module name (Python identifiers joined by '.', e.g. mypkg.components), "
+                              f"got {name!r} ({type(name).__name__})", key=f"{key}[{i}]")
+    return list(names)
+
+
+def import_modules(names: Any, key: str) -> None:
+    """Import each module of ``names`` (:func:`check_module_names`), in order, for what it registers (a loss in
+    ``LOSSES``, a dataset format in ``FORMATS``, ...: docs/extending.md). A module that cannot be imported is a
+    :class:`ConfigError` on ``key``: ``cannot import 'x.y' (ModuleNotFoundError: No module named 'x')``. Importing
+    runs the module's code: only modules installed in this environment are found (the same trust as loading a
+    checkpoint)."""
+    import importlib
+
+    for name in check_module_names(names, key):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - whatever the module raised on import is said in the one line
+            raise ConfigError(f"cannot import {name!r} ({type(exc).__name__}: {first_sentence(exc)})",
+                              key=key) from exc
 
 
 def build_registered(registry: Mapping[str, Any], kind: str, name: str, kwargs: dict[str, Any], *,
