@@ -331,11 +331,11 @@ def test_a_killed_first_build_beside_any_other_file_stays_refused(tmp_path: Path
         (out / other[5:]).symlink_to(tmp_path / "mine.csv")  # nor a link named like one
     else:
         (out / other).write_text("the user's\n")
-    before = {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir() if p.name != LOCK_NAME}
+    before = {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()}
     capsys.readouterr()
     assert main(["index", "build", "--embeddings", str(emb), "--out", str(out)]) == 2
     assert "output folder is not empty and holds no dynametric index (index.json)" in capsys.readouterr().err
-    # untouched, but for the killed build's own lock (taken over, then released)
+    # untouched, the killed build's own lock included: the command refuses the folder before it takes the lock
     assert {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()} == before
 
 
@@ -467,3 +467,46 @@ def test_exclude_positions_are_checked(mode: dict) -> None:
     assert 0 not in idx.search(q, 3, exclude=np.array([0, 1], dtype=np.uint64), **mode).ids[0].tolist()
     got = idx.search(q, 3, exclude=np.array([0, -1]), **mode).ids
     assert 0 not in got[0].tolist()  # the excluded item is dropped for the first query only
+
+
+@pytest.mark.parametrize("name", ["labels.npy", "index.faiss", "index.json", "items.csv"])
+def test_a_read_only_file_of_an_earlier_index_is_refused_before_anything_is_written(tmp_path: Path,
+                                                                                    name: str) -> None:
+    """A rebuild over an index folder one of whose files the user made read-only (chmod 444) was refused only when
+    that file's turn came: index.faiss (and the build marker) were already replaced, so the earlier index no longer
+    loaded. It is refused before the first write, keyed --out, and the earlier index stays as it was."""
+    import os
+
+    out = tmp_path / "idx"
+    RetrievalIndex.build(make_set(40), "flat", "cosine").save(out)
+    os.chmod(out / name, 0o444)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    q = make_set(5, seed=3).embeddings
+    expected = RetrievalIndex.load(out).search(q, 4).ids
+    with pytest.raises(InputError, match=rf"{name} key '--out': is read-only \(mode 0444\); not replaced") as info:
+        RetrievalIndex.build(make_set(30, seed=1), "hnsw", "cosine").save(out)
+    assert "\n" not in str(info.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no marker, index.faiss not replaced
+    np.testing.assert_array_equal(RetrievalIndex.load(out).search(q, 4).ids, expected)
+
+
+def test_index_build_refuses_a_read_only_labels_npy_in_out_before_reading_the_embeddings(tmp_path: Path,
+                                                                                       capsys) -> None:
+    """The command asks before the embeddings are read (a missing --embeddings file would be the error otherwise):
+    one line naming the read-only file and --out; the earlier index still loads (it did not: `index changed while it
+    was read`)."""
+    import os
+
+    from dynametric.cli import main
+
+    out = tmp_path / "idx"
+    RetrievalIndex.build(make_set(40), "flat", "cosine").save(out)
+    os.chmod(out / "labels.npy", 0o444)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    emb = tmp_path / "x.npy"
+    np.save(emb, make_set(40, seed=2).embeddings)
+    assert main(["index", "build", "--embeddings", str(emb), "--kind", "hnsw", "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{out / 'labels.npy'} key '--out': is read-only (mode 0444)" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert RetrievalIndex.load(out).size == 40

@@ -35,11 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from dynametric.retrieval.embed import load_embedding_set
     from dynametric.retrieval.evaluate_io import check_output_place
-    from dynametric.retrieval.index import RetrievalIndex
+    from dynametric.retrieval.index import RetrievalIndex, check_build_folder
 
     if args.out.resolve() == args.embeddings.resolve():
         raise ConfigError("--out must differ from --embeddings", key="--out")
     check_output_place(args.out, "--out")  # before the embeddings are read and indexed
+    check_build_folder(args.out)  # a foreign folder or a read-only index file: refused now, not after the build
     options = {"ivf": ("nlist", "nprobe", "seed"), "hnsw": ("m", "ef_construction", "ef_search")}
     kwargs = {}  # the options given; the others take build_faiss_index's defaults
     for kind, names in options.items():

@@ -43,6 +43,7 @@ from dynametric.utils.io import (
     holds_only_own_files,
     is_stale_temp,
     remove_stale_temps,
+    replacement_mode,
     require_new_folder,
 )
 from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, acquire_lock
@@ -283,6 +284,26 @@ def _build_files(out: Path) -> set[str]:
     if not isinstance(meta, dict) or meta.get("format") != BUILD_FORMAT or not isinstance(meta.get("files"), list):
         return set()
     return {BUILD_MARKER, *(name for name in meta["files"] if name in INDEX_FILES)}
+
+
+def check_build_folder(out: Path, key: str = "--out") -> None:
+    """Whether a build may write into the existing folder ``out``, asked before anything is written there (by
+    ``index build`` before the embeddings are read, and again under the folder's lock): an earlier index is replaced,
+    and a folder holding only what a first build killed before ``index.json`` left (its marker and the files it
+    names, the temporary files of its atomic writes); any other non-empty folder is refused (the lock file aside), so
+    is a :data:`BUILD_MARKER` that is not a build's. Every file the build replaces or removes (:data:`INDEX_FILES`,
+    the marker) must be one it may replace: a read-only one (``chmod 444``) is one line keyed ``key``
+    (:func:`~dynametric.utils.io.replacement_mode`), the folder left as it was."""
+    if not out.is_dir():
+        return
+    if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME}, _is_build_file):
+        require_new_folder(out, key, "dynametric index (index.json)")
+    marker = out / BUILD_MARKER
+    if (marker.exists() or marker.is_symlink()) and not _build_files(out):  # beside an earlier index
+        raise InputError(f"is not the marker of a dynametric index build (format {BUILD_FORMAT!r}), and it is not "
+                         f"overwritten: move it away or use another {key}", file=marker, key=key)
+    for name in (BUILD_MARKER, *INDEX_FILES):  # the marker and index.faiss are written first, labels.npy may go
+        replacement_mode(out / name, key)
 
 
 def _is_index_folder(out: Path) -> bool:
@@ -527,16 +548,8 @@ class RetrievalIndex:
             return self._save(out, faiss)
 
     def _save(self, out: Path, faiss: Any) -> Path:
-        # an earlier index is replaced, and a folder holding only what a first build killed before index.json left
-        # (its marker and the files it names, the temporary files of its atomic writes, removed below); any other
-        # non-empty folder is refused (this build's lock file aside)
-        if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME},
-                                                                  _is_build_file):
-            require_new_folder(out, "--out", "dynametric index (index.json)")
+        check_build_folder(out)  # before anything is written: the folder as it was when refused
         marker = out / BUILD_MARKER
-        if (marker.exists() or marker.is_symlink()) and not _build_files(out):  # beside an earlier index
-            raise InputError(f"is not the marker of a dynametric index build (format {BUILD_FORMAT!r}), and it is not "
-                             "overwritten: move it away or use another --out", file=marker, key="--out")
         remove_stale_temps(out, _is_build_file)  # left by a killed build of this index
         # first: the folder says that a build is under way and which files it writes (labels.npy: or removes), so
         # a build killed before index.json leaves a folder the next build knows as its own
