@@ -162,3 +162,28 @@ def test_a_part_embedded_before_file_stamps_merges_with_newer_parts(jobs: dict, 
     (p2 / "embed.json").write_text(json.dumps({**meta2, "source_file_stamp": "0" * 16}), encoding="utf-8")
     with pytest.raises(InputError, match="source_file_stamp"):
         merge_embedding_parts([p0, p1, p2], tmp_path / "merged2")
+
+
+def test_merge_overwrite_keeps_the_modes_it_replaces_and_refuses_a_read_only_file(jobs: dict, tmp_path: Path,
+                                                                                    capsys) -> None:
+    """merge-embeddings --overwrite removed the earlier job's files first: a private (0600) embeddings.npy came
+    back 0644, a read-only one was replaced."""
+    import os
+    import stat
+
+    out = tmp_path / "merged"
+    args = ["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out), "--overwrite"]
+    assert main(args) == 0
+    os.chmod(out / "embeddings.npy", 0o600)
+    os.chmod(out / "items.csv", 0o640)
+    assert main(args) == 0
+    assert stat.S_IMODE((out / "embeddings.npy").stat().st_mode) == 0o600
+    assert stat.S_IMODE((out / "items.csv").stat().st_mode) == 0o640
+    assert load_embedding_set(out).embeddings.shape[0] == 12
+    os.chmod(out / "embeddings.npy", 0o444)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{out / 'embeddings.npy'} key '--out': is read-only (mode 0444)" in err and "\n" not in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -70,10 +70,12 @@ def register_merge(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from dynametric.retrieval.embed import merge_embedding_parts
+    from dynametric.retrieval.embed import check_job_replaceable, merge_embedding_parts
     from dynametric.retrieval.evaluate_io import check_output_place
 
     check_output_place(args.out, "--out")
+    if args.overwrite and (args.out / "embed.json").is_file():  # a read-only file of the job: refused now
+        check_job_replaceable(args.out)
     res = merge_embedding_parts(args.parts, args.out, overwrite=args.overwrite)
     print(f"{len(args.parts)} parts, {res.count} images -> {res.out}/embeddings.npy [{res.count}, {res.dim}]")
     return 0
@@ -91,13 +93,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dynametric.retrieval.embed import embed_items, list_image_folder, read_image_csv
+    from dynametric.retrieval.embed import check_job_replaceable, embed_items, list_image_folder, read_image_csv
     from dynametric.retrieval.evaluate_io import check_output_place
     from dynametric.retrieval.model import load_embedder
 
     if args.image_root is not None and args.csv is None:
         raise ConfigError("--image-root goes with --csv", key="--image-root")
     check_output_place(args.out, "--out")  # before the images are listed and the model is loaded
+    if args.overwrite and (args.out / "embed.json").is_file():  # a read-only file of the job it replaces: the same
+        check_job_replaceable(args.out)
     options = inference_options(args)
     run_opts = options.resolve()  # flag errors before the images are listed
     items = list_image_folder(args.images) if args.images is not None else read_image_csv(

@@ -24,7 +24,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ from dynametric.utils.io import (
     atomic_write_json,
     atomic_write_text,
     remove_stale_temps,
+    replacement_mode,
 )
 from dynametric.utils.readers import (
     check_file,
@@ -530,8 +531,10 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
                     "source_fingerprint": items.source_fingerprint, "source_file_stamp": items.source_file_stamp})
     meta_path = out / "embed.json"
     if overwrite:
-        discard_job(out)
-    if meta_path.is_file():
+        # the files this job writes again stay until replaced (atomically, keeping their permission bits)
+        discard_job(out, keep={"embed.json", "items.csv", "file_stats.npy", "embeddings.npy",
+                               *(["labels.npy"] if items.labels is not None else [])})
+    elif meta_path.is_file():
         try:
             old = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -555,8 +558,9 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
                                  file=exc.file) from None
             dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
             return EmbedResult(out, n, dim, [], list(range(num_shards)))
-    elif other_entries(out) and not overwrite:
+    elif other_entries(out):
         raise InputError("output folder is not empty and holds no embedding job (embed.json)", file=out)
+    check_job_replaceable(out)  # resuming: the same, before the first write
     atomic_write_json(meta_path, {**job, "status": "in_progress"})
     _write_items_csv(out, items)
     atomic_save_npy(out / "file_stats.npy", items.file_stats())
@@ -627,13 +631,25 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     return EmbedResult(out, n, dim, computed, skipped)
 
 
-def discard_job(out: Path) -> None:
+def check_job_replaceable(out: Path, key: str = "--out") -> None:
+    """Every file of an embedding job in ``out`` (:data:`JOB_FILES`) that a new or resumed job replaces or removes
+    must be one this tool may replace: a read-only one (``chmod 444``) is one line keyed ``key``
+    (:func:`~dynametric.utils.io.replacement_mode`), asked before anything is removed, written or computed."""
+    for name in JOB_FILES:
+        replacement_mode(out / name, key)
+
+
+def discard_job(out: Path, keep: Collection[str] = ()) -> None:
     """``--overwrite``: remove the files of the embedding job in ``out`` and nothing else.
 
     The job's own ``embed.json`` says it is one (``format: dynametric-embeddings``); its files are ``embed.json``,
     ``items.csv``, ``file_stats.npy``, ``embeddings.npy``, ``labels.npy`` and ``shards/shard_NNNNN.npy`` (plus
     their ``.*.tmp`` leftovers). Any other file stays. An empty folder is fine; a non-empty folder that is not a
-    job is refused.
+    job is refused, and so is a job one of whose files is read-only (:func:`check_job_replaceable`), before
+    anything is removed. ``keep``: names of those files that the new job writes again; they are left for it to replace
+    atomically, so that each keeps its permission bits (a private ``embeddings.npy`` of mode 0600 stays 0600; a
+    removed file would come back with the umask's mode). Until the new job is complete its ``embed.json`` says
+    ``in_progress``, so no reader takes a kept file for the new job's.
     """
     if not other_entries(out):
         return
@@ -651,13 +667,14 @@ def discard_job(out: Path) -> None:
     if not is_job:
         raise InputError("not an embedding job (no dynametric embed.json): --overwrite only replaces a job this "
                          "tool wrote; use another --out or empty the folder yourself", file=out)
+    check_job_replaceable(out)  # a file the user protected: refused before anything is removed
     names = ("items.csv", "file_stats.npy", "embeddings.npy", "labels.npy", "embed.json")  # embed.json last
     shards = out / "shards"
     victims = sorted(shards.glob("shard_[0-9][0-9][0-9][0-9][0-9].npy")) if shards.is_dir() else []
     for folder, stems in ((shards, ("shard_",)), (out, names)):
         if folder.is_dir():
             victims += [p for p in folder.glob(".*.tmp") if p.name[1:].startswith(stems)]
-    victims += [out / n for n in names if (out / n).is_file()]
+    victims += [out / n for n in names if (out / n).is_file() and n not in keep]
     for p in victims:
         p.unlink(missing_ok=True)
     if shards.is_dir() and not any(shards.iterdir()):
@@ -893,7 +910,10 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
             if not overwrite:
                 raise InputError("output folder is not empty (use another --out, or --overwrite to replace an "
                                  "embedding job there)", file=out)
-            discard_job(out)
+            discard_job(out, keep={"embed.json", "items.csv", "embeddings.npy",
+                                   *(["file_stats.npy"] if all((p / "file_stats.npy").is_file() for p in order)
+                                     else []),
+                                   *(["labels.npy"] if merged_labels is not None else [])})
             remove_job_temps(out)
         dim = int(arrays[0].shape[1])
         # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
