@@ -8,9 +8,12 @@ so ``Embedder.from_pretrained(run_dir)`` and ``push_to_hub(run_dir, ...)`` accep
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from pathlib import Path, PurePath
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from torch import nn
 
@@ -34,9 +37,13 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
     """A model folder from a ``dynametric train`` run folder: its ``checkpoint`` (default ``best.ckpt``, else
     ``last.ckpt``), config, test metrics and data description. ``local_paths=False`` (what ``push_to_hub`` of a
     run folder writes): the config's paths (:data:`~dynametric.config.schema.PATH_KEYS`: ``data.root``,
-    ``model.pretrained_path``, ``run.output_dir``), in ``config.yaml``, the model card and ``dynametric.json``'s
-    data description, are shortened to their last component (``/home/me/data/cars/labels.csv`` ->
-    ``labels.csv``), so an upload does not publish the folders of the machine that trained."""
+    ``model.pretrained_path``, ``run.output_dir``), and every other string of the config, at any depth, that is an
+    absolute local path (``/...``, ``~/...``, ``C:\\...``, ``\\\\server\\...``, a ``file:`` URI: in
+    ``data.options``, ``run.logger_options``, ``model.backbone_kwargs`` ...), in ``config.yaml``, the model card and
+    ``dynametric.json`` (the data description, the model's arguments), are shortened to their last component
+    (``/home/me/data/cars/labels.csv`` -> ``labels.csv``, ``file:///home/me/mlruns`` -> ``mlruns``), so an upload
+    does not publish the folders of the machine that trained. Relative paths (outside ``PATH_KEYS``) and URLs with
+    a host (``https://``, ``s3://``) stay as they are."""
     run_dir = Path(run_dir)
     ckpt = run_dir / checkpoint
     if not ckpt.is_file() and checkpoint == "best.ckpt":
@@ -56,6 +63,8 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
                 raise InputError(f"cannot read ({exc})", file=path) from None
     data = {"format": cfg.data.format, "root": cfg.data.root, "train images": info.get("train_images"),
             "test images": info.get("test_images"), "validation": info.get("validation_source")}
+    if not local_paths:
+        data = _shorten_local_paths(data)
     return save_pretrained(loaded.model, folder, model_kwargs=embedder_kwargs(cfg.model),
                            scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
                            data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
@@ -63,14 +72,52 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
 
 
 def _without_local_paths(cfg: Config) -> Config:
-    """A copy of ``cfg`` whose :data:`~dynametric.config.schema.PATH_KEYS` values are their last path component."""
+    """A copy of ``cfg`` whose :data:`~dynametric.config.schema.PATH_KEYS` values are their last path component
+    (relative ones too), and every other string value that is an absolute local path, at any depth (options,
+    lists, nested sections), its last component (:func:`local_path_name`)."""
     import copy
 
-    out = copy.deepcopy(cfg)
+    out = _shorten_local_paths(copy.deepcopy(cfg))
     for key in PATH_KEYS:
         section, name = key.split(".")
         holder = getattr(out, section)
         value = getattr(holder, name)
         if isinstance(value, str) and value:
-            setattr(holder, name, PurePath(value.replace("\\", "/")).name or value)
+            setattr(holder, name, _last_component(value))
     return out
+
+
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\... / C:/... / \\server\share
+_HOME = re.compile(r"^~[^/\\]*(?:[/\\]|$)")  # ~, ~/..., ~user/...
+
+
+def _last_component(path: str) -> str:
+    """The last component of ``path`` (POSIX or Windows separators); ``path`` itself where it has none (``/``)."""
+    return PurePosixPath(path.replace("\\", "/")).name or path
+
+
+def local_path_name(value: str) -> str:
+    """``value`` as :func:`export_run` publishes it without local paths: an absolute local path (``/home/me/x``,
+    ``~/x``, ``C:\\Users\\me\\x``, ``\\\\server\\share\\x``) or a ``file:`` URI (``file:///home/me/x``) as its last
+    component (``x``); any other string (a relative path, a name, a URL with a host such as ``https://...`` or
+    ``s3://...``) as it is."""
+    if value[:5].lower() == "file:":
+        return _last_component(unquote(urlsplit(value).path))
+    if value.startswith("/") or _HOME.match(value) or _WINDOWS_ABSOLUTE.match(value):
+        return _last_component(value)
+    return value
+
+
+def _shorten_local_paths(value: Any) -> Any:
+    """``value`` with :func:`local_path_name` applied to every string in it, at any depth: dict values (not keys),
+    list and tuple items, the fields of a dataclass (changed in place; the caller passes a copy)."""
+    if isinstance(value, str):
+        return local_path_name(value)
+    if isinstance(value, dict):
+        return {k: _shorten_local_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_shorten_local_paths(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            setattr(value, f.name, _shorten_local_paths(getattr(value, f.name)))
+    return value
