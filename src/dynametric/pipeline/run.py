@@ -1011,6 +1011,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     if own_protocol is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
+    check_backbone_forward(cfg, comps.embedder)  # a backbone reporting another width than it gives: nothing written
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved,
                   world=world)  # before the untrained evaluation spends time (and before the other ranks start)
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
@@ -1323,6 +1324,15 @@ def _eval_crop(cfg: Config) -> int:
     return 224
 
 
+def check_backbone_forward(cfg: Config, embedder: torch.nn.Module) -> None:
+    """The backbone's features fit the heads (what a run would only meet at its first forward pass, after writing
+    its folder): :meth:`~dynametric.models.Embedder.check_forward` on one blank image of the evaluation crop (one
+    CPU forward of a single image, before the model moves to its device). The dry run and the run call it alike."""
+    check_forward = getattr(embedder, "check_forward", None)
+    if callable(check_forward):
+        check_forward(_eval_crop(cfg), cfg.model.in_chans)
+
+
 def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[str], None] | None = None,
             run_dir: str | Path | None = None, folder_key: str = "run_dir") -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
@@ -1384,9 +1394,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
     _relay(caught, notes)
-    check_forward = getattr(comps.embedder, "check_forward", None)  # the backbone's features fit the heads (what a
-    if callable(check_forward):  # real run meets at its first forward pass): a blank image of the evaluation crop
-        check_forward(_eval_crop(cfg), cfg.model.in_chans)
+    check_backbone_forward(cfg, comps.embedder)
     if datasets is not None:
         check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world)
     # a missing extra, an option the logger does not take, an MLflow store that cannot work here: refused where a

@@ -1,0 +1,126 @@
+"""User-written components plugged into dynametric's registries (``LOSSES``, ``MINERS``, ``BATCH_SAMPLERS``,
+``BACKBONES``, ``FORMATS``): their mistakes are one line naming the config key that chose them, caught before the
+run writes anything where a check can be made then. Every component is defined here and registered for one test
+only (``monkeypatch.setitem``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from dynametric.cli import main
+from dynametric.data.samplers import BATCH_SAMPLERS, RandomBatchSampler
+from dynametric.losses import LOSSES
+from dynametric.losses.base import MetricLoss
+from dynametric.miners import MINERS
+from dynametric.miners.base import Miner
+from dynametric.models.backbones import BACKBONES
+from dynametric.tuples import get_all_pairs_indices
+
+TINY = """
+data:
+  format: synthetic
+  options: {images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}
+  batch_size: 16
+  m: 4
+  eval_batch_size: 64
+  workers: 0
+model: {backbone: simple_cnn, embedding_dim: 8, backbone_kwargs: {width: 4, depth: 2}}
+loss: {name: TripletMarginLoss}
+trainer: {max_epochs: 1, progress_bar: false}
+run: {report: false}
+"""
+
+
+class TinyNet(nn.Module):
+    """A user's backbone: ``width`` channels, or reports 5 more than it gives with ``lie``."""
+
+    classifier_prefixes = ()
+
+    def __init__(self, in_chans: int = 3, width: int = 8, lie: bool = False) -> None:
+        super().__init__()
+        if width > 64:
+            raise ValueError(f"TinyNet is tiny: width must be at most 64, got {width}")
+        self.conv = nn.Conv2d(in_chans, width, 3, stride=4, padding=1)
+        self.num_features = width + (5 if lie else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+def tiny_factory(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
+    return TinyNet(in_chans=in_chans, **kwargs)
+
+
+class VectorLoss(MetricLoss):
+    """A user's loss: the mean squared distance of same-class pairs, or that value three times (``vector``)."""
+
+    def __init__(self, scale: int = 0, mode: str = "ok", **kwargs: Any) -> None:
+        super().__init__(scale, **kwargs)
+        self.mode = mode
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
+        same = (labels[:, None] == labels[None, :]).float()
+        value = (torch.cdist(embeddings, embeddings).pow(2) * same).mean()
+        return value.expand(3).clone() if self.mode == "vector" else value
+
+
+class OffsetMiner(Miner):
+    """A user's miner: every pair, its positives shifted out of the batch with ``bad``."""
+
+    def __init__(self, scale: int = 0, bad: bool = False, **kwargs: Any) -> None:
+        super().__init__(scale, **kwargs)
+        self.bad = bad
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
+        a1, p, a2, n = get_all_pairs_indices(labels, ref_labels)
+        return (a1, p + 1000, a2, n) if self.bad else (a1, p, a2, n)
+
+
+class ShortSampler(RandomBatchSampler):
+    """A user's sampler: random batches, ``short`` indices fewer than asked for."""
+
+    def __init__(self, *args: Any, short: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if short < 0:
+            raise ValueError(f"short must be >= 0, got {short}")
+        self.short = short
+
+    def _batches(self):  # type: ignore[no-untyped-def]
+        for batch in super()._batches():
+            yield batch[: len(batch) - self.short] if self.short else batch
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BACKBONES, "tiny", tiny_factory)
+    monkeypatch.setitem(LOSSES, "VectorLoss", VectorLoss)
+    monkeypatch.setitem(MINERS, "OffsetMiner", OffsetMiner)
+    monkeypatch.setitem(BATCH_SAMPLERS, "short", ShortSampler)
+
+
+def _train(tmp_path: Path, capsys: pytest.CaptureFixture[str], *overrides: str, code: int = 2) -> tuple[Path, str]:
+    """``dynametric train`` of :data:`TINY` with ``overrides`` into ``tmp_path/run``: the folder and the last line
+    on stderr (the exit status must be ``code``)."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", *overrides]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return out, err.strip().splitlines()[-1] if err.strip() else ""
+
+
+def _nothing_written(out: Path) -> bool:
+    return not out.exists() or not any(out.iterdir())
+
+
+def test_a_backbone_reporting_another_width_is_refused_before_the_run_writes(tmp_path, capsys, registered) -> None:
+    out, line = _train(tmp_path, capsys, "model.backbone=tiny", "model.backbone_kwargs.lie=true")
+    assert line.endswith("key 'model.backbone': backbone 'tiny' gives 8-channel features, but reports 13 (the heads' "
+                         "input width): its features would not fit the heads"), line
+    assert _nothing_written(out)
