@@ -124,3 +124,30 @@ def test_a_backbone_reporting_another_width_is_refused_before_the_run_writes(tmp
     assert line.endswith("key 'model.backbone': backbone 'tiny' gives 8-channel features, but reports 13 (the heads' "
                          "input width): its features would not fit the heads"), line
     assert _nothing_written(out)
+
+
+def test_a_loss_returning_a_vector_is_one_line_naming_its_term(tmp_path, capsys, registered) -> None:
+    _, line = _train(tmp_path, capsys, "loss.name=VectorLoss", "loss.kwargs.mode=vector")
+    assert line.endswith("key 'loss.name': loss term 'VectorLoss' (VectorLoss) returned a tensor of shape [3]; "
+                         "expected a single value (0-dim tensor)"), line
+
+
+def test_compute_objective_names_the_config_key_of_the_term_whose_loss_is_not_one_value() -> None:
+    from dynametric.engine.objective import Objective, compute_objective
+    from dynametric.errors import ConfigError
+
+    emb, labels = torch.randn(8, 4), torch.tensor([[0], [0], [1], [1], [2], [2], [3], [3]])
+    good = Objective(VectorLoss(), name="first", key="loss")
+    total, terms = compute_objective(emb, labels, [good])
+    assert total.shape == () and terms["first"].shape == ()
+    bad = Objective(VectorLoss(mode="vector"), name="second", key="extra_losses[0]")
+    with pytest.raises(ConfigError, match=r"^key 'extra_losses\[0\].name': loss term 'second' \(VectorLoss\) "
+                                          r"returned a tensor of shape \[3\]; expected a single value"):
+        compute_objective(emb, labels, [good, bad])
+
+    class FloatLoss(nn.Module):
+        def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
+            return 0.5
+
+    with pytest.raises(ConfigError, match=r"^loss term 'loss' \(FloatLoss\) returned a float; expected a single"):
+        compute_objective(emb, labels, [Objective(FloatLoss())])

@@ -1041,7 +1041,8 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
         if scale_names is not None and len(scale_names) == num_scales and getattr(loss, "uses_all_scales", False):
             setattr(loss, "scale_names", tuple(scale_names))  # noqa: B010 (an nn.Module attribute, not a buffer)
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
-        objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
+        objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name,
+                                    key=key))
     names = [o.name for o in objectives]
     if len(set(names)) != len(names):
         raise ConfigError(f"loss terms need distinct names, got {names}; set extra_losses[i].term", key="extra_losses")

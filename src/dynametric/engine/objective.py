@@ -41,6 +41,9 @@ class Objective:
     head: str | None = None
     weight: float = 1.0
     name: str = "loss"
+    key: str | None = None
+    """The config key of the term (``loss``, ``extra_losses[0]``), named by the errors of its loss and miner
+    (``None``: a term built in Python, named by ``name``)."""
 
     def __post_init__(self) -> None:
         refusal = None if self.miner is None else whole_batch_miner_refusal(self.loss)
@@ -120,6 +123,20 @@ def loss_parts(loss: object) -> dict[str, torch.Tensor]:
     return {str(k): v.detach() if isinstance(v, torch.Tensor) else v for k, v in get().items()}
 
 
+def check_loss_value(obj: Objective, value: object) -> None:
+    """A :class:`ConfigError` keyed by the term's ``<key>.name`` when its loss returned something other than one
+    value (a tensor of one element; a 0-dim tensor is what every loss of dynametric returns): a loss written by a
+    user that returns a per-sample vector would otherwise train on its sum's gradient but stop at the logging of
+    the term (Lightning: ``must have a single element``). The shape is host metadata: no read of the value."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return
+    what = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else \
+        f"a {type(value).__name__}"
+    key = f"{obj.key}.name" if obj.key is not None else None
+    raise ConfigError(f"loss term {obj.name!r} ({type(obj.loss).__name__}) returned {what}; expected a single value "
+                      "(0-dim tensor)", key=key)
+
+
 def compute_objective(
     outputs: torch.Tensor | Mapping[str, torch.Tensor],
     labels: torch.Tensor,
@@ -149,6 +166,7 @@ def compute_objective(
         emb = gathered[obj.head]
         indices = obj.miner(emb, labels) if obj.miner is not None else None
         value = obj.loss(emb, labels, indices) if indices is not None else obj.loss(emb, labels)
+        check_loss_value(obj, value)
         terms[obj.name] = value.detach()
         if parts is not None:
             parts.update((f"{obj.name}/{k}", v) for k, v in loss_parts(obj.loss).items())
