@@ -151,3 +151,62 @@ def test_compute_objective_names_the_config_key_of_the_term_whose_loss_is_not_on
 
     with pytest.raises(ConfigError, match=r"^loss term 'loss' \(FloatLoss\) returned a float; expected a single"):
         compute_objective(emb, labels, [Objective(FloatLoss())])
+
+
+class RowsFormat:
+    """A user's dataset format: ``rows.txt`` holds ``split path fine coarse`` lines; ``short`` drops the coarse label
+    of every odd record."""
+
+    name = "rows"
+    root_expected = "a folder with rows.txt"
+    options: dict[str, object] = {"short": False}
+
+    def splits(self, root: str, **_: Any) -> list[str]:
+        return sorted({line.split()[0] for line in (Path(root) / "rows.txt").read_text().splitlines()})
+
+    def read(self, root: str, split: str, *, check_files: bool = True, short: bool = False) -> Any:
+        from dynametric.data.base import LoadReport, SplitRecords
+
+        lines = [(n, line.split()) for n, line in enumerate((Path(root) / "rows.txt").read_text().splitlines(), 1)]
+        mine = [(n, f) for n, f in lines if f[0] == split]
+        raw = [(int(f[2]),) if short and i % 2 else (int(f[2]), int(f[3])) for i, (_, f) in enumerate(mine)]
+        return SplitRecords(split=split, paths=[str(Path(root) / f[1]) for _, f in mine], raw_labels=raw,
+                            scale_names=("fine", "coarse"), locations=[("rows.txt", n) for n, _ in mine],
+                            report=LoadReport(split=split, files=["rows.txt"]))
+
+
+def test_a_format_reader_giving_a_short_label_row_names_the_record(tmp_path, capsys, monkeypatch) -> None:
+    import dynametric.data.registry as registry
+
+    monkeypatch.setitem(registry.FORMATS, "rows", RowsFormat())
+    monkeypatch.setattr(registry, "FORMAT_NAMES", (*registry.FORMAT_NAMES, "rows"))
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "rows.txt").write_text("".join(f"{split} {split}{i}.png {i % 4} {i % 4 // 2}\n"
+                                           for split in ("train", "test") for i in range(8)))
+    args = ["train", "--dry-run", "data.format=rows", f"data.root={root}", "data.batch_size=8", "data.m=2"]
+    assert main([*args, "data.options.short=true"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith("rows.txt:2: rows split 'train': the record has 1 label [1]; expected 2, one per scale "
+                         "(fine, coarse)"), line
+
+
+def test_from_records_refuses_label_rows_that_do_not_fit_the_scales() -> None:
+    from dynametric.data.base import HierarchicalImageDataset, LoadReport, SplitRecords
+    from dynametric.errors import InputError
+
+    def records(raw: list[Any], paths: int = 3) -> SplitRecords:
+        return SplitRecords(split="train", paths=[f"/x/{i}.png" for i in range(paths)], raw_labels=raw,
+                            scale_names=("fine", "coarse"), locations=[("list.csv", i + 2) for i in range(paths)],
+                            report=LoadReport(split="train", files=["list.csv"]))
+
+    build = HierarchicalImageDataset.from_records
+    assert build(records([(0, 0), (1, 0), (2, 1)]), name="mine").labels.tolist() == [[0, 0], [1, 0], [2, 1]]
+    with pytest.raises(InputError, match=r"^list.csv:4: mine split 'train': the record has 3 labels \['b', 'x', 'y'\]; "
+                                         r"expected 2, one per scale \(fine, coarse\)$"):
+        build(records([("a", "x"), ("a", "x"), ("b", "x", "y")]), name="mine")  # was: 'y' silently dropped
+    with pytest.raises(InputError, match=r"^list.csv:3: mine split 'train': the record has a bare int 7; expected 2"):
+        build(records([(0, 0), 7, (1, 0)]), name="mine")
+    with pytest.raises(InputError, match=r"^list.csv: mine split 'train': the format's reader gave 3 image paths but "
+                                         r"2 label rows; expected one row per image$"):
+        build(records([(0, 0), (1, 0)]), name="mine")
