@@ -210,3 +210,52 @@ def test_from_records_refuses_label_rows_that_do_not_fit_the_scales() -> None:
     with pytest.raises(InputError, match=r"^list.csv: mine split 'train': the format's reader gave 3 image paths but "
                                          r"2 label rows; expected one row per image$"):
         build(records([(0, 0), (1, 0)]), name="mine")
+
+
+def _dry(capsys: pytest.CaptureFixture[str], *overrides: str) -> str:
+    """The one error line of ``train --dry-run`` (the default synthetic config) with ``overrides``."""
+    assert main(["train", "--dry-run", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_mistyped_option_of_a_user_backbone_names_the_key_and_the_closest_argument(capsys, registered) -> None:
+    # the factory takes **kwargs: the constructor it passes them to (TinyNet, found beside it) gives the spellings
+    assert _dry(capsys, "model.backbone=tiny", "model.backbone_kwargs.widht=3").endswith(
+        "key 'model.backbone_kwargs.widht': backbone 'tiny' has no option 'widht'; did you mean 'width'?")
+
+
+def test_a_backbone_factory_with_a_closed_signature_is_checked_before_it_is_built(monkeypatch) -> None:
+    from dynametric.errors import ConfigError
+    from dynametric.models.backbones import create_backbone
+
+    built: list[int] = []
+
+    def closed(pretrained: bool, in_chans: int, width: int = 8) -> nn.Module:
+        built.append(width)
+        return TinyNet(in_chans, width)
+
+    def hidden(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:  # a class not found beside it
+        class Local(TinyNet):
+            def __init__(self, in_chans: int, width: int = 8) -> None:
+                super().__init__(in_chans, width)
+
+        return Local(in_chans, **kwargs)
+
+    def buggy(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:  # a bug of its own, not an option
+        return TinyNet(in_chans, colour=1)  # type: ignore[call-arg]
+
+    monkeypatch.setitem(BACKBONES, "closed", closed)
+    monkeypatch.setitem(BACKBONES, "hidden", hidden)
+    monkeypatch.setitem(BACKBONES, "buggy", buggy)
+    with pytest.raises(ConfigError, match=r"^key 'model.backbone_kwargs.colour': backbone 'closed' has no option "
+                                          r"'colour'; its options: width$"):
+        create_backbone("closed", colour=2)
+    assert built == []  # refused before the factory ran
+    assert create_backbone("closed", width=4).feature_dim == 4
+    with pytest.raises(ConfigError, match=r"^key 'model.backbone_kwargs.widht': backbone 'hidden' has no option "
+                                          r"'widht' \(.*unexpected keyword argument 'widht'\)$"):
+        create_backbone("hidden", widht=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        create_backbone("buggy", width=3)
