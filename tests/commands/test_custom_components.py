@@ -259,3 +259,27 @@ def test_a_backbone_factory_with_a_closed_signature_is_checked_before_it_is_buil
         create_backbone("hidden", widht=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
         create_backbone("buggy", width=3)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (("model.backbone=tiny", "model.backbone_kwargs.width=100"),
+     "key 'model.backbone_kwargs.width': backbone 'tiny' refused its options: TinyNet is tiny: width must be at most "
+     "64, got 100"),
+    (("data.sampler=short", "data.sampler_options.short=-1"),
+     "key 'data.sampler_options.short': sampler 'short' (ShortSampler) refused its settings: short must be >= 0, got "
+     "-1"),
+])
+def test_a_value_error_of_a_user_component_s_constructor_is_one_line_on_its_key(capsys, registered, overrides,
+                                                                                 expected) -> None:
+    assert _dry(capsys, *overrides).endswith(expected)
+
+
+def test_other_exceptions_of_a_backbone_constructor_stay_tracebacks(monkeypatch) -> None:
+    from dynametric.models.backbones import create_backbone
+
+    def broken(pretrained: bool, in_chans: int) -> nn.Module:
+        raise RuntimeError("a bug in the factory")
+
+    monkeypatch.setitem(BACKBONES, "broken", broken)
+    with pytest.raises(RuntimeError, match="a bug in the factory"):
+        create_backbone("broken")

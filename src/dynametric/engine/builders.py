@@ -453,6 +453,11 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
             raise ConfigError(exc.message, key=sampler_error_key(cls, exc.key)) from None
         except TypeError as exc:
             raise ConfigError(f"bad sampler option: {exc}", key="data.sampler_options") from None
+        except ValueError as exc:  # the sampler's own validation (one written by a user): keyed by what it names
+            named = [o for o in opts if re.search(rf"(?<![\w.]){re.escape(str(o))}(?!\w)", str(exc))]
+            key = f"data.sampler_options.{named[0]}" if len(named) == 1 else "data.sampler"
+            raise ConfigError(f"sampler {data.sampler!r} ({cls.__name__}) refused its settings: {first_sentence(exc)}",
+                              key=key) from exc
 
     return make
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynametric.errors import ConfigError, first_sentence
+from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.models.bninception import BNINCEPTION_URL, BNInception
 
 
@@ -144,6 +144,16 @@ def _check_options(name: str, kwargs: Mapping[str, Any]) -> None:
     for arg in kwargs:
         if arg not in valid:
             raise _unknown_option(name, str(arg), valid)
+
+
+def _value_error(name: str, kwargs: Mapping[str, Any], exc: ValueError) -> ConfigError:
+    """A backbone factory's ``ValueError`` (its validation of the options) as a :class:`ConfigError` keyed by the
+    option its message names (exactly one of the given ones), else ``model.backbone_kwargs`` (``model.backbone``
+    when none was given), with the factory's message."""
+    named = [arg for arg in kwargs if re.search(rf"(?<![\w.]){re.escape(str(arg))}(?!\w)", str(exc))]
+    key = (f"model.backbone_kwargs.{named[0]}" if len(named) == 1
+           else "model.backbone_kwargs" if kwargs else "model.backbone")
+    return ConfigError(f"backbone {name!r} refused its options: {first_sentence(exc)}", key=key)
 
 
 def _refused_option(name: str, factory: Any, kwargs: Mapping[str, Any], exc: TypeError) -> ConfigError | None:
@@ -328,6 +338,10 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
             if refused is None:
                 raise
             raise refused from exc
+        except InputError:  # ConfigError included: worded and keyed by the factory
+            raise
+        except ValueError as exc:  # the module's own validation of its options (a user's backbone): one line
+            raise _value_error(name, kwargs, exc) from exc
         return Backbone(name, body, body.num_features,
                         classifier_prefixes=tuple(getattr(body, "classifier_prefixes", ())))
     import timm
