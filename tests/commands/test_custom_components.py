@@ -283,3 +283,35 @@ def test_other_exceptions_of_a_backbone_constructor_stay_tracebacks(monkeypatch)
     monkeypatch.setitem(BACKBONES, "broken", broken)
     with pytest.raises(RuntimeError, match="a bug in the factory"):
         create_backbone("broken")
+
+
+def test_a_sampler_forming_batches_of_another_size_is_one_line_naming_data_sampler(tmp_path, capsys,
+                                                                                   registered) -> None:
+    _, line = _train(tmp_path, capsys, "data.sampler=short", "data.sampler_options.short=3")
+    assert line.endswith(f"key 'data.sampler': sampler 'short' ({__name__}.ShortSampler) formed a training batch of "
+                         "13 items (batch 0 of epoch 0); every training batch holds data.batch_size = 16 items (per "
+                         "process)"), line
+
+
+def test_the_batch_size_check_passes_full_batches_and_reads_the_sampler_through() -> None:
+    from dynametric.config import load_config
+    from dynametric.engine.builders import BatchSizeChecked, checked_sampler_factory
+    from dynametric.errors import ConfigError
+
+    cfg = load_config(None, ["data.sampler=random", "data.batch_size=4"])
+    sampler = checked_sampler_factory(cfg)(torch.zeros(10, 1, dtype=torch.long), 0, 1)
+    assert isinstance(sampler, BatchSizeChecked) and sampler.bs == 4 and len(sampler) == 2
+    sampler.set_epoch(3)
+    assert sampler.sampler.epoch == 3 and [len(b) for b in sampler] == [4, 4]
+    short = BatchSizeChecked(ShortSampler(10, 4, short=1), 4, "short")
+    short.set_epoch(2)
+    with pytest.raises(ConfigError, match=r"^key 'data.sampler': sampler 'short' \(.*ShortSampler\) formed a training "
+                                          r"batch of 3 items \(batch 0 of epoch 2\)"):
+        list(short)
+
+
+def test_a_miner_returning_indices_outside_the_batch_is_named_with_its_class(tmp_path, capsys, registered) -> None:
+    _, line = _train(tmp_path, capsys, "miner.name=OffsetMiner", "miner.kwargs.bad=true")
+    assert line.endswith(f"key 'miner.name': miner OffsetMiner ({__name__}.OffsetMiner) of loss term "
+                         "'TripletMarginLoss' returned indices the loss cannot take: entry 1 has indices outside "
+                         "[0, 16)"), line

@@ -46,11 +46,11 @@ from dynametric.engine.builders import (
     check_data_root,
     check_held_out_data,
     check_split_roles,
+    checked_sampler_factory,
     declared_scale_names,
     load_split,
     loader_settings,
     root_missing,
-    sampler_factory,
     trainer_settings,
 )
 from dynametric.engine.callbacks import ResumeState, RunCheckpoint, RunEarlyStopping, ValidationToMetrics
@@ -1024,9 +1024,10 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     if resumed is not None:
         check_resume_weights(module, resumed.weights, last)
-    dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
-                          eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
-                          **loader_settings(cfg))
+    # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
+    dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
+                          batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
+                          seed=int(cfg.trainer.seed), **loader_settings(cfg))
     # built before anything is written: a trainer Lightning refuses leaves no file behind
     warn = functools.partial(_warning_line, notes)
     trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
