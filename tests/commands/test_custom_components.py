@@ -315,3 +315,30 @@ def test_a_miner_returning_indices_outside_the_batch_is_named_with_its_class(tmp
     assert line.endswith(f"key 'miner.name': miner OffsetMiner ({__name__}.OffsetMiner) of loss term "
                          "'TripletMarginLoss' returned indices the loss cannot take: entry 1 has indices outside "
                          "[0, 16)"), line
+
+
+def test_run_info_records_component_classes_and_a_resume_notes_a_replaced_registry_entry(tmp_path, capsys,
+                                                                                         monkeypatch,
+                                                                                         registered) -> None:
+    import json
+
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    out, _ = _train(tmp_path, capsys, "model.backbone=tiny", "miner.name=OffsetMiner", code=0)
+    recorded = json.loads((out / "run_info.json").read_text())["components"]
+    assert recorded == {"loss.name": "dynametric.losses.triplet.TripletMarginLoss",
+                        "miner.name": f"{__name__}.OffsetMiner",
+                        "data.sampler": "dynametric.data.samplers.MPerClassSampler",
+                        "model.backbone": f"{__name__}.TinyNet",
+                        "data.format": "dynametric.data.synthetic.SyntheticHierarchy",
+                        "method.name": "dynametric.methods.base.Standard"}
+    assert load_checkpoint_file(out / "last.ckpt")["dynametric"]["components"] == recorded
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # nothing replaced: no note
+    assert "component classes" not in capsys.readouterr().err
+    monkeypatch.setitem(LOSSES, "TripletMarginLoss", VectorLoss)  # user code registering over a built-in name
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "component classes" in line]
+    assert notes == [f"note: the run was trained with other component classes than the config's names resolve to now "
+                     f"({out / 'last.ckpt'}): loss.name dynametric.losses.triplet.TripletMarginLoss -> "
+                     f"{__name__}.VectorLoss; resuming with the classes of now (a registry entry replaced by user "
+                     "code, or the code that registered it not imported?)"], notes

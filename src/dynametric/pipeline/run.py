@@ -12,7 +12,7 @@ Run folder layout::
                     until the run finishes (a Ctrl-C leaves the validation done so far and no test)
     run_info.json   data sizes, validation source, selected epoch, early stopping, per-head results, wall time
                     (summed over resumes), the training module's record (alternating steps: class_steps /
-                    shared_steps; MIC: clustering)
+                    shared_steps; MIC: clustering), the class each named component resolved to (components)
     report.html     self-contained report
     logs/           Lightning CSV logs
     train.lock      while the run runs: its process and host (:func:`claim_run_folder`); a killed run's is stale
@@ -547,6 +547,9 @@ class ResumedCheckpoint(NamedTuple):
 
     weights: dict[str, torch.Tensor]
     logger_run: dict[str, Any] | None
+    components: dict[str, str] | None = None
+    """What the run's named components resolved to when the checkpoint was saved (:func:`component_classes`;
+    ``None``: a checkpoint of an earlier version)."""
 
 
 def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
@@ -623,9 +626,69 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
-    record = extra.get("logger_run")
+    record, components = extra.get("logger_run"), extra.get("components")
     return ResumedCheckpoint({k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v
-                              for k, v in state.items()}, record if isinstance(record, dict) else None)
+                              for k, v in state.items()}, record if isinstance(record, dict) else None,
+                             components if isinstance(components, dict) else None)
+
+
+def _qualified(obj: Any) -> str:
+    """``module.QualifiedName`` of a registry entry: a class or function itself, the function of a
+    ``functools.partial``, else the class of an instance (a dataset format, a method)."""
+    import inspect
+
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    target = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> dict[str, str]:
+    """What each component the config names resolved to, ``{config key: "module.QualifiedName"}``: the entries of
+    ``LOSSES`` / ``MINERS`` (every loss term and its miner), ``BATCH_SAMPLERS`` (``data.sampler``), the dataset
+    format (``data.format``), the method (``method.name``) and the backbone's module class (of the built
+    ``embedder`` when given, else the ``BACKBONES`` factory or ``timm``). ``run_info.json`` (``components``) and every
+    checkpoint record it, so a name that user code registered over (``LOSSES["TripletMarginLoss"] = MyLoss``) shows,
+    and a resume says when a name resolves to another class now (:func:`components_note`)."""
+    from dynametric.data.registry import FORMATS, _synthetic_class
+    from dynametric.data.samplers import BATCH_SAMPLERS
+    from dynametric.losses import LOSSES
+    from dynametric.methods import method_for
+    from dynametric.miners import MINERS
+    from dynametric.models.backbones import BACKBONES
+
+    out: dict[str, str] = {}
+    for key, term, miner in cfg.loss_terms():
+        if term.name in LOSSES:
+            out[f"{key}.name"] = _qualified(LOSSES[term.name])
+        if miner is not None and miner.name in MINERS:
+            out[f"{'miner' if key == 'loss' else f'{key}.miner'}.name"] = _qualified(MINERS[miner.name])
+    if cfg.data.sampler in BATCH_SAMPLERS:
+        out["data.sampler"] = _qualified(BATCH_SAMPLERS[cfg.data.sampler])
+    body = getattr(getattr(embedder, "backbone", None), "body", None)
+    if body is not None:
+        out["model.backbone"] = _qualified(type(body))
+    elif cfg.model.backbone in BACKBONES:
+        out["model.backbone"] = _qualified(BACKBONES[cfg.model.backbone])
+    fmt = FORMATS.get(cfg.data.format)
+    if fmt is not None or cfg.data.format == "synthetic":
+        out["data.format"] = _qualified(fmt if fmt is not None else _synthetic_class())
+    out["method.name"] = _qualified(method_for(cfg))
+    return out
+
+
+def components_note(recorded: Mapping[str, Any] | None, now: Mapping[str, str], where: str) -> str | None:
+    """One ``note:`` line when a component the run recorded (``recorded``, from ``where``) resolves to another
+    class now (``now``): a registry entry replaced, or user code not imported; ``None`` when all agree or nothing
+    was recorded (a run of an earlier version)."""
+    if not recorded:
+        return None
+    changed = [f"{key} {recorded[key]} -> {now[key]}" for key in now if key in recorded and recorded[key] != now[key]]
+    if not changed:
+        return None
+    return (f"note: the run was trained with other component classes than the config's names resolve to now "
+            f"({where}): {'; '.join(changed)}; resuming with the classes of now (a registry entry replaced by user "
+            "code, or the code that registered it not imported?)")
 
 
 def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], last: Path) -> None:
@@ -1022,6 +1085,15 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
         notes(line)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
+    components = component_classes(cfg, comps.embedder)
+    module.run_components = components  # in every checkpoint and run_info.json
+    if resumed is not None:  # a name resolving to another class than when the run trained: said, not refused
+        had, source = resumed.components, str(last)
+        if had is None:  # a checkpoint of an earlier version: the finished run's run_info.json, if any
+            had, source = _recorded_components(run_dir), str(run_dir / "run_info.json")
+        changed = components_note(had, components, source)
+        if changed is not None:
+            notes(changed)
     if resumed is not None:
         check_resume_weights(module, resumed.weights, last)
     # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
@@ -1046,7 +1118,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
         "test_images": len(datasets.test) if datasets.test is not None else None,
         "validation_source": datasets.val_source, "scale_names": comps.scale_names, "eval_head": module.eval_head,
-        "environment": run_environment(plan.accelerator),
+        "environment": run_environment(plan.accelerator), "components": components,
     }
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
@@ -1278,6 +1350,17 @@ def _monitored(history_entry: dict[str, Any], monitor: str) -> float | None:
     scale, _, metric = monitor.partition("/")
     value = history_entry.get(scale, {}).get(metric) if isinstance(history_entry.get(scale), dict) else None
     return float(value) if isinstance(value, (int, float)) and value == value else None
+
+
+def _recorded_components(run_dir: Path) -> dict[str, Any] | None:
+    """The ``components`` a finished run's ``run_info.json`` records (``None``: no such file or entry)."""
+    import json
+
+    try:
+        recorded = json.loads((run_dir / "run_info.json").read_text(encoding="utf-8")).get("components")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _earlier_time(run_dir: Path, trainer: L.Trainer) -> float:
