@@ -342,3 +342,33 @@ def test_run_info_records_component_classes_and_a_resume_notes_a_replaced_regist
                      f"({out / 'last.ckpt'}): loss.name dynametric.losses.triplet.TripletMarginLoss -> "
                      f"{__name__}.VectorLoss; resuming with the classes of now (a registry entry replaced by user "
                      "code, or the code that registered it not imported?)"], notes
+
+
+def test_a_model_folder_of_a_user_backbone_names_the_module_to_import_where_it_is_not_registered(tmp_path) -> None:
+    import json
+
+    from dynametric.errors import InputError
+    from dynametric.models import build_embedder
+    from dynametric.models.embedder import Embedder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BACKBONES, "tiny", tiny_factory)
+        model = build_embedder("tiny", embedding_dim=4)
+        folder = model.save_pretrained(tmp_path / "m")
+        meta = json.loads((folder / "dynametric.json").read_text())
+        assert meta["backbone_module"] == __name__
+        assert Embedder.from_pretrained(folder).embedding_dims == model.embedding_dims  # loads where registered
+    assert "tiny" not in BACKBONES  # a process without the user's code
+    with pytest.raises(InputError, match=rf"dynametric.json key 'model.backbone': unknown backbone 'tiny': it was "
+                                         rf"registered by module '{__name__}' \(BACKBONES\['tiny'\]\) when the model "
+                                         r"was saved, which is not imported here; import it before loading$"):
+        Embedder.from_pretrained(folder)
+    del meta["backbone_module"]  # a folder saved before the module was recorded
+    (folder / "dynametric.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"unknown backbone 'tiny' \(neither .* nor a timm model\).*; a "
+                                         r"backbone registered by user code \(BACKBONES\['tiny'\] = \.\.\.\) is known "
+                                         r"only where the module that registers it is imported: import it before "
+                                         r"loading$"):
+        Embedder.from_pretrained(folder)
+    assert "backbone_module" not in json.loads(build_embedder("simple_cnn", embedding_dim=4).save_pretrained(
+        tmp_path / "own").joinpath("dynametric.json").read_text())  # dynametric's own backbones record none
