@@ -169,7 +169,7 @@ def _refused_option(name: str, factory: Any, kwargs: Mapping[str, Any], exc: Typ
     for part in parts[1:]:
         target = getattr(target, part, None)
     valid = None if target is None else _options_of(target)
-    if valid is not None:
+    if valid is not None and bad.group(2) not in valid:  # else the class found is not the one that refused it
         return _unknown_option(name, bad.group(2), valid)
     return ConfigError(f"backbone {name!r} has no option {bad.group(2)!r} ({first_sentence(exc)})",
                        key=f"model.backbone_kwargs.{bad.group(2)}")

@@ -647,9 +647,10 @@ def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> d
     """What each component the config names resolved to, ``{config key: "module.QualifiedName"}``: the entries of
     ``LOSSES`` / ``MINERS`` (every loss term and its miner), ``BATCH_SAMPLERS`` (``data.sampler``), the dataset
     format (``data.format``), the method (``method.name``) and the backbone's module class (of the built
-    ``embedder`` when given, else the ``BACKBONES`` factory or ``timm``). ``run_info.json`` (``components``) and every
-    checkpoint record it, so a name that user code registered over (``LOSSES["TripletMarginLoss"] = MyLoss``) shows,
-    and a resume says when a name resolves to another class now (:func:`components_note`)."""
+    ``embedder`` when given, else the ``BACKBONES`` factory; a timm name then is not recorded). ``run_info.json``
+    (``components``) and every checkpoint record it, so a name that user code registered over
+    (``LOSSES["TripletMarginLoss"] = MyLoss``) shows, and a resume says when a name resolves to another class now
+    (:func:`components_note`)."""
     from dynametric.data.registry import FORMATS, _synthetic_class
     from dynametric.data.samplers import BATCH_SAMPLERS
     from dynametric.losses import LOSSES
