@@ -151,6 +151,33 @@ def contiguous_ids(column: Sequence[Hashable], class_ids: Sequence[Hashable] | N
     return np.fromiter((index[v] for v in column), dtype=np.int64, count=len(column)), list(class_ids)
 
 
+def _check_label_rows(records: SplitRecords, name: str) -> None:
+    """One :class:`InputError` at the record's location (``file:line``) when a format's reader gave a record with
+    another number of labels than the split has scales (``scale_names``), or a label row count other than the path
+    count: a reader registered by user code, whose ragged rows numpy refused with ``setting an array element with a
+    sequence``, and whose longer rows lost their last labels. One ``len`` per record."""
+    rows, s_count, split = records.raw_labels, len(records.scale_names), records.split
+    if len(rows) != len(records.paths):
+        raise InputError(f"{name} split {split!r}: the format's reader gave {len(records.paths)} image paths but "
+                         f"{len(rows)} label rows; expected one row per image", file=records.report.files[0]
+                         if records.report.files else None)
+    try:
+        sizes = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        bad = np.flatnonzero(sizes != s_count)
+        first = int(bad[0]) if bad.size else None
+    except TypeError:  # a row that is not a sequence (a bare class id)
+        first = next(i for i, row in enumerate(rows) if not hasattr(row, "__len__"))
+    if first is None:
+        return
+    row = rows[first]
+    got = (f"{len(row)} label{'' if len(row) == 1 else 's'} {list(row)!r}" if hasattr(row, "__len__")
+           else f"a bare {type(row).__name__} {row!r}")
+    file, line = records.locations[first] if first < len(records.locations) else (None, None)
+    where = "" if file is not None else f" (record {first + 1})"
+    raise InputError(f"{name} split {split!r}{where}: the record has {got}; expected {s_count}, one per scale "
+                     f"({', '.join(records.scale_names)})", file=file, line=line)
+
+
 def _contiguous_matrix(raw_labels: Sequence[tuple[Hashable, ...]], s_count: int,
                        shared: Sequence[Sequence[Hashable]] | None) -> tuple[np.ndarray, list[list[Hashable]]]:
     """``int64[N, S]`` contiguous labels and the raw ids per scale (vectorised when every id is an integer)."""
@@ -626,6 +653,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
             raise InputError(f"{name} split {records.split!r} has no records",
                              file=report.files[0] if report.files else None)
         s_count = len(records.scale_names)
+        _check_label_rows(records, name)
         labels, all_ids = _contiguous_matrix(records.raw_labels, s_count, records.class_ids)
         if check_hierarchy and s_count > 1:
             problems, notes = check_hierarchy_fn(labels, records.scale_names, all_ids, records.locations,

@@ -453,8 +453,56 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
             raise ConfigError(exc.message, key=sampler_error_key(cls, exc.key)) from None
         except TypeError as exc:
             raise ConfigError(f"bad sampler option: {exc}", key="data.sampler_options") from None
+        except ValueError as exc:  # the sampler's own validation (one written by a user): keyed by what it names
+            named = [o for o in opts if re.search(rf"(?<![\w.]){re.escape(str(o))}(?!\w)", str(exc))]
+            key = f"data.sampler_options.{named[0]}" if len(named) == 1 else "data.sampler"
+            raise ConfigError(f"sampler {data.sampler!r} ({cls.__name__}) refused its settings: {first_sentence(exc)}",
+                              key=key) from exc
 
     return make
+
+
+class BatchSizeChecked:
+    """A run's training batch sampler whose every batch is checked, as it is formed, to hold ``batch_size`` items
+    (``data.batch_size``, per process): every sampler of :data:`dynametric.data.samplers.BATCH_SAMPLERS` gives such
+    batches (a ``MultiScaleLoss``'s chunks and the preflight's class counts assume them), so a sampler registered by
+    user code that forms another size is one line keyed ``data.sampler``, not a run that trains on them silently.
+    The lengths are host values (index lists): no device read. The sampler's other attributes are read through."""
+
+    def __init__(self, sampler: Any, batch_size: int, name: str) -> None:
+        self.sampler, self.batch_size, self.name = sampler, int(batch_size), name
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        for b, batch in enumerate(self.sampler):
+            if len(batch) != self.batch_size:
+                cls = type(self.sampler)
+                raise ConfigError(f"sampler {self.name!r} ({cls.__module__}.{cls.__qualname__}) formed a training "
+                                  f"batch of {len(batch)} items (batch {b} of epoch {self.epoch}); every training "
+                                  f"batch holds data.batch_size = {self.batch_size} items (per process)",
+                                  key="data.sampler")
+            yield batch
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "sampler":  # not set yet (copy/unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
+
+def checked_sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
+    """:func:`sampler_factory` whose samplers check each batch's size (:class:`BatchSizeChecked`): what the run's
+    DataModule draws its training batches from."""
+    make = sampler_factory(cfg)
+    return lambda labels, rank, world: BatchSizeChecked(make(labels, rank, world), cfg.data.batch_size,
+                                                        cfg.data.sampler)
 
 
 def sampler_class(cfg: Config) -> Any:
@@ -1041,7 +1089,8 @@ def build_objectives(cfg: Config, embedder: nn.Module, train_labels: torch.Tenso
         if scale_names is not None and len(scale_names) == num_scales and getattr(loss, "uses_all_scales", False):
             setattr(loss, "scale_names", tuple(scale_names))  # noqa: B010 (an nn.Module attribute, not a buffer)
         name = getattr(term, "term", None) or (term.name if term.head is None else f"{term.name}@{term.head}")
-        objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name))
+        objectives.append(Objective(loss=loss, miner=miner, head=term.head, weight=term.weight, name=name,
+                                    key=key))
     names = [o.name for o in objectives]
     if len(set(names)) != len(names):
         raise ConfigError(f"loss terms need distinct names, got {names}; set extra_losses[i].term", key="extra_losses")

@@ -254,6 +254,9 @@ class MetricLearningModule(L.LightningModule):
         # resume can tell whether the run folder's config.yaml is still the one the run trained with
         self.run_config: dict[str, Any] | None = None
         self.run_config_hash: str | None = None
+        # what each named component of the config resolved to ({"loss.name": "module.Class", ...}), stored in every
+        # checkpoint so a resume can say when a name now resolves to another class (a registry entry replaced)
+        self.run_components: dict[str, str] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -678,6 +681,8 @@ class MetricLearningModule(L.LightningModule):
         if self.run_config_hash is not None:
             checkpoint["dynametric"]["config_hash"] = self.run_config_hash
             checkpoint["dynametric"]["config"] = self.run_config
+        if self.run_components is not None:
+            checkpoint["dynametric"]["components"] = dict(self.run_components)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("dynametric", {})

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,6 +41,9 @@ class Objective:
     head: str | None = None
     weight: float = 1.0
     name: str = "loss"
+    key: str | None = None
+    """The config key of the term (``loss``, ``extra_losses[0]``), named by the errors of its loss and miner
+    (``None``: a term built in Python, named by ``name``)."""
 
     def __post_init__(self) -> None:
         refusal = None if self.miner is None else whole_batch_miner_refusal(self.loss)
@@ -120,6 +123,31 @@ def loss_parts(loss: object) -> dict[str, torch.Tensor]:
     return {str(k): v.detach() if isinstance(v, torch.Tensor) else v for k, v in get().items()}
 
 
+def miner_output_error(obj: Objective, exc: InputError) -> ConfigError:
+    """The loss's refusal of the indices the term's miner returned (:func:`dynametric.tuples.check_indices_tuple`:
+    out of the batch's range, not 1-D integer tensors, unequal lengths), keyed by the miner's config key
+    (``miner.name``, ``extra_losses[i].miner.name``) and naming the miner's class with its module: a miner written
+    by a user, or one that replaced a registered name."""
+    miner = type(obj.miner)
+    key = None if obj.key is None else ("miner.name" if obj.key == "loss" else f"{obj.key}.miner.name")
+    return ConfigError(f"miner {miner.__name__} ({miner.__module__}.{miner.__qualname__}) of loss term {obj.name!r} "
+                       f"returned indices the loss cannot take: {exc.message}", key=key)
+
+
+def check_loss_value(obj: Objective, value: object) -> None:
+    """A :class:`ConfigError` keyed by the term's ``<key>.name`` when its loss returned something other than one
+    value (a tensor of one element; a 0-dim tensor is what every loss of dynametric returns): a loss written by a
+    user that returns a per-sample vector would otherwise train on its sum's gradient but stop at the logging of
+    the term (Lightning: ``must have a single element``). The shape is host metadata: no read of the value."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return
+    what = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else \
+        f"a {type(value).__name__}"
+    key = f"{obj.key}.name" if obj.key is not None else None
+    raise ConfigError(f"loss term {obj.name!r} ({type(obj.loss).__name__}) returned {what}; expected a single value "
+                      "(0-dim tensor)", key=key)
+
+
 def compute_objective(
     outputs: torch.Tensor | Mapping[str, torch.Tensor],
     labels: torch.Tensor,
@@ -148,7 +176,13 @@ def compute_objective(
             gathered[obj.head] = gather(emb) if gather is not None else emb
         emb = gathered[obj.head]
         indices = obj.miner(emb, labels) if obj.miner is not None else None
-        value = obj.loss(emb, labels, indices) if indices is not None else obj.loss(emb, labels)
+        try:
+            value = obj.loss(emb, labels, indices) if indices is not None else obj.loss(emb, labels)
+        except InputError as exc:  # the loss's check of the miner's output: the miner is named, not the loss's key
+            if obj.miner is None or exc.key != "indices_tuple" or isinstance(exc, ConfigError):
+                raise
+            raise miner_output_error(obj, exc) from None
+        check_loss_value(obj, value)
         terms[obj.name] = value.detach()
         if parts is not None:
             parts.update((f"{obj.name}/{k}", v) for k, v in loss_parts(obj.loss).items())

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynametric.errors import ConfigError, first_sentence
+from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.models.bninception import BNINCEPTION_URL, BNInception
 
 
@@ -118,17 +118,61 @@ def _unknown_option(name: str, arg: str, valid: Sequence[str]) -> ConfigError:
     return ConfigError(f"backbone {name!r} has no option {arg!r}{hint}", key=f"model.backbone_kwargs.{arg}")
 
 
-def _check_options(name: str, kwargs: Mapping[str, Any]) -> None:
-    cls = BACKBONE_OPTIONS.get(name)
-    if cls is None:
-        return
-    params = inspect.signature(cls).parameters
+_FACTORY_ARGUMENTS = ("pretrained", "in_chans")  # what create_backbone passes every factory itself
+
+
+def _options_of(target: Any) -> list[str] | None:
+    """The keyword arguments ``target`` (a class or function) takes but those create_backbone passes itself;
+    ``None`` when it takes ``**kwargs`` (any name) or has no signature."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return None
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [p for p, v in params.items()
+            if p not in _FACTORY_ARGUMENTS and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+
+
+def _check_options(name: str, kwargs: Mapping[str, Any]) -> None:
+    """``model.backbone_kwargs`` against the arguments of backbone ``name`` of :data:`BACKBONES`: its class in
+    :data:`BACKBONE_OPTIONS`, else the factory's own signature (a backbone registered by user code); nothing is
+    checked here for a factory that takes ``**kwargs`` (:func:`create_backbone` words the constructor's refusal)."""
+    valid = _options_of(BACKBONE_OPTIONS.get(name) or BACKBONES[name])
+    if valid is None:
         return
-    valid = [p for p, v in params.items() if p != "in_chans" and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
     for arg in kwargs:
         if arg not in valid:
             raise _unknown_option(name, str(arg), valid)
+
+
+def _value_error(name: str, kwargs: Mapping[str, Any], exc: ValueError) -> ConfigError:
+    """A backbone factory's ``ValueError`` (its validation of the options) as a :class:`ConfigError` keyed by the
+    option its message names (exactly one of the given ones), else ``model.backbone_kwargs`` (``model.backbone``
+    when none was given), with the factory's message."""
+    named = [arg for arg in kwargs if re.search(rf"(?<![\w.]){re.escape(str(arg))}(?!\w)", str(exc))]
+    key = (f"model.backbone_kwargs.{named[0]}" if len(named) == 1
+           else "model.backbone_kwargs" if kwargs else "model.backbone")
+    return ConfigError(f"backbone {name!r} refused its options: {first_sentence(exc)}", key=key)
+
+
+def _refused_option(name: str, factory: Any, kwargs: Mapping[str, Any], exc: TypeError) -> ConfigError | None:
+    """The :class:`ConfigError` of a factory's ``unexpected keyword argument 'x'`` for a given option ``x`` (a
+    factory taking ``**kwargs`` that passes them to its module's constructor): keyed ``model.backbone_kwargs.x``,
+    with the closest of the constructor's arguments when the class it names is found beside the factory (its
+    module's globals); ``None`` for any other ``TypeError`` (a bug, kept as a traceback)."""
+    bad = re.search(r"([\w.]+)\(\) got an unexpected keyword argument '([^']+)'", str(exc))
+    if bad is None or bad.group(2) not in kwargs:
+        return None
+    parts = [p for p in bad.group(1).split(".") if p != "__init__"]
+    target: Any = getattr(factory, "__globals__", {}).get(parts[0]) if parts else None
+    for part in parts[1:]:
+        target = getattr(target, part, None)
+    valid = None if target is None else _options_of(target)
+    if valid is not None and bad.group(2) not in valid:  # else the class found is not the one that refused it
+        return _unknown_option(name, bad.group(2), valid)
+    return ConfigError(f"backbone {name!r} has no option {bad.group(2)!r} ({first_sentence(exc)})",
+                       key=f"model.backbone_kwargs.{bad.group(2)}")
 
 
 class Backbone(nn.Module):
@@ -286,7 +330,18 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
     """
     if name in BACKBONES:
         _check_options(name, kwargs)
-        body: Any = BACKBONES[name](pretrained=pretrained, in_chans=in_chans, **kwargs)
+        factory = BACKBONES[name]
+        try:
+            body: Any = factory(pretrained=pretrained, in_chans=in_chans, **kwargs)
+        except TypeError as exc:
+            refused = _refused_option(name, factory, kwargs, exc)
+            if refused is None:
+                raise
+            raise refused from exc
+        except InputError:  # ConfigError included: worded and keyed by the factory
+            raise
+        except ValueError as exc:  # the module's own validation of its options (a user's backbone): one line
+            raise _value_error(name, kwargs, exc) from exc
         return Backbone(name, body, body.num_features,
                         classifier_prefixes=tuple(getattr(body, "classifier_prefixes", ())))
     import timm

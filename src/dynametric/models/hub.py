@@ -4,7 +4,8 @@ A **model folder** holds
 
 * ``model.safetensors``: the embedder's weights (``Embedder.state_dict()``);
 * ``dynametric.json``: what rebuilds it: the :func:`~dynametric.models.build_embedder` arguments (``pretrained`` off),
-  the scale names, the evaluated head, the input size, the dynametric version, and the test metrics if known;
+  the scale names, the evaluated head, the input size, the dynametric version, and the test metrics if known (for a
+  backbone registered by user code, ``backbone_module``: the module to import before loading it elsewhere);
 * ``config.yaml``: the full training config when the model came from a run (transforms, data, loss, ...);
 * ``README.md``: a model card (model, data, per-scale metrics, config, usage) with Hub metadata.
 
@@ -78,6 +79,48 @@ def _backbone_config(embedder: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]
                          "folder could not be rebuilt where that source is absent; build the embedder with the "
                          "timm architecture name instead", key="model.backbone")
     return dict(config)
+
+
+def _backbone_module(kwargs: Mapping[str, Any]) -> str | None:
+    """The module of the factory that backbone ``kwargs["backbone"]`` resolves to in
+    :data:`~dynametric.models.backbones.BACKBONES` when it is not dynametric's own (one registered by user code):
+    recorded in ``dynametric.json`` (``backbone_module``) so that loading without that code names the module to
+    import. ``None`` for dynametric's backbones and timm's."""
+    import functools
+
+    from dynametric.models.backbones import BACKBONES
+
+    name = kwargs.get("backbone")
+    factory = BACKBONES.get(name) if isinstance(name, str) else None
+    if isinstance(factory, functools.partial):
+        factory = factory.func
+    module = getattr(factory, "__module__", None)
+    if not isinstance(module, str) or module == "dynametric" or module.startswith("dynametric."):
+        return None
+    return module
+
+
+def _check_backbone_known(meta: Mapping[str, Any], meta_path: Path) -> None:
+    """A backbone name the folder records that is neither in ``BACKBONES`` nor a timm model here: registered by user
+    code when the model was saved, so the error says which module to import (``backbone_module``), or that one
+    registered it, instead of the bare ``unknown backbone``."""
+    from dynametric.models.backbones import BACKBONES, TIMM_SOURCE_PREFIXES, _unknown_backbone
+
+    name = meta["model"].get("backbone")
+    if not isinstance(name, str) or name in BACKBONES or name.startswith(TIMM_SOURCE_PREFIXES):
+        return
+    import timm
+
+    if timm.is_model(name):
+        return
+    module = meta.get("backbone_module")
+    if isinstance(module, str) and module:
+        raise InputError(f"unknown backbone {name!r}: it was registered by module {module!r} (BACKBONES[{name!r}]) "
+                         "when the model was saved, which is not imported here; import it before loading",
+                         file=meta_path, key="model.backbone")
+    raise InputError(f"{_unknown_backbone(name).message}; a backbone registered by user code (BACKBONES[{name!r}] = "
+                     "...) is known only where the module that registers it is imported: import it before loading",
+                     file=meta_path, key="model.backbone")
 
 
 def _metrics_table(metrics: Mapping[str, Any], scale_names: Sequence[str]) -> list[str]:
@@ -170,6 +213,9 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
             "weights_sha256": hashlib.sha256(weights).hexdigest(), "files": files}
     if backbone_config is not None:
         meta["backbone_config"] = backbone_config
+    backbone_module = _backbone_module(kwargs)
+    if backbone_module is not None:  # a backbone of user code: loading elsewhere needs that module imported
+        meta["backbone_module"] = backbone_module
     remove_config = config_yaml is None and CONFIG_FILE in own and (folder / CONFIG_FILE).exists()
     if remove_config:
         replacement_mode(folder / CONFIG_FILE)  # one the user made read-only is not removed either
@@ -401,6 +447,7 @@ def _build_described(meta: Mapping[str, Any], meta_path: Path) -> Any:
         if not _fits(value, hints[name]):
             raise InputError(f"expected {_describe(hints[name])}, got {value!r} "
                              f"({type(value).__name__})", file=meta_path, key=f"model.{name}")
+    _check_backbone_known(meta, meta_path)
     name = kwargs.get("backbone")
     config = meta.get("backbone_config")
     with tempfile.TemporaryDirectory(prefix="dynametric-backbone-") as tmp:

@@ -12,7 +12,7 @@ Run folder layout::
                     until the run finishes (a Ctrl-C leaves the validation done so far and no test)
     run_info.json   data sizes, validation source, selected epoch, early stopping, per-head results, wall time
                     (summed over resumes), the training module's record (alternating steps: class_steps /
-                    shared_steps; MIC: clustering)
+                    shared_steps; MIC: clustering), the class each named component resolved to (components)
     report.html     self-contained report
     logs/           Lightning CSV logs
     train.lock      while the run runs: its process and host (:func:`claim_run_folder`); a killed run's is stale
@@ -46,11 +46,11 @@ from dynametric.engine.builders import (
     check_data_root,
     check_held_out_data,
     check_split_roles,
+    checked_sampler_factory,
     declared_scale_names,
     load_split,
     loader_settings,
     root_missing,
-    sampler_factory,
     trainer_settings,
 )
 from dynametric.engine.callbacks import ResumeState, RunCheckpoint, RunEarlyStopping, ValidationToMetrics
@@ -547,6 +547,9 @@ class ResumedCheckpoint(NamedTuple):
 
     weights: dict[str, torch.Tensor]
     logger_run: dict[str, Any] | None
+    components: dict[str, str] | None = None
+    """What the run's named components resolved to when the checkpoint was saved (:func:`component_classes`;
+    ``None``: a checkpoint of an earlier version)."""
 
 
 def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
@@ -623,9 +626,70 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
-    record = extra.get("logger_run")
+    record, components = extra.get("logger_run"), extra.get("components")
     return ResumedCheckpoint({k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v
-                              for k, v in state.items()}, record if isinstance(record, dict) else None)
+                              for k, v in state.items()}, record if isinstance(record, dict) else None,
+                             components if isinstance(components, dict) else None)
+
+
+def _qualified(obj: Any) -> str:
+    """``module.QualifiedName`` of a registry entry: a class or function itself, the function of a
+    ``functools.partial``, else the class of an instance (a dataset format, a method)."""
+    import inspect
+
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    target = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> dict[str, str]:
+    """What each component the config names resolved to, ``{config key: "module.QualifiedName"}``: the entries of
+    ``LOSSES`` / ``MINERS`` (every loss term and its miner), ``BATCH_SAMPLERS`` (``data.sampler``), the dataset
+    format (``data.format``), the method (``method.name``) and the backbone's module class (of the built
+    ``embedder`` when given, else the ``BACKBONES`` factory; a timm name then is not recorded). ``run_info.json``
+    (``components``) and every checkpoint record it, so a name that user code registered over
+    (``LOSSES["TripletMarginLoss"] = MyLoss``) shows, and a resume says when a name resolves to another class now
+    (:func:`components_note`)."""
+    from dynametric.data.registry import FORMATS, _synthetic_class
+    from dynametric.data.samplers import BATCH_SAMPLERS
+    from dynametric.losses import LOSSES
+    from dynametric.methods import method_for
+    from dynametric.miners import MINERS
+    from dynametric.models.backbones import BACKBONES
+
+    out: dict[str, str] = {}
+    for key, term, miner in cfg.loss_terms():
+        if term.name in LOSSES:
+            out[f"{key}.name"] = _qualified(LOSSES[term.name])
+        if miner is not None and miner.name in MINERS:
+            out[f"{'miner' if key == 'loss' else f'{key}.miner'}.name"] = _qualified(MINERS[miner.name])
+    if cfg.data.sampler in BATCH_SAMPLERS:
+        out["data.sampler"] = _qualified(BATCH_SAMPLERS[cfg.data.sampler])
+    body = getattr(getattr(embedder, "backbone", None), "body", None)
+    if body is not None:
+        out["model.backbone"] = _qualified(type(body))
+    elif cfg.model.backbone in BACKBONES:
+        out["model.backbone"] = _qualified(BACKBONES[cfg.model.backbone])
+    fmt = FORMATS.get(cfg.data.format)
+    if fmt is not None or cfg.data.format == "synthetic":
+        out["data.format"] = _qualified(fmt if fmt is not None else _synthetic_class())
+    out["method.name"] = _qualified(method_for(cfg))
+    return out
+
+
+def components_note(recorded: Mapping[str, Any] | None, now: Mapping[str, str], where: str) -> str | None:
+    """One ``note:`` line when a component the run recorded (``recorded``, from ``where``) resolves to another
+    class now (``now``): a registry entry replaced, or user code not imported; ``None`` when all agree or nothing
+    was recorded (a run of an earlier version)."""
+    if not recorded:
+        return None
+    changed = [f"{key} {recorded[key]} -> {now[key]}" for key in now if key in recorded and recorded[key] != now[key]]
+    if not changed:
+        return None
+    return (f"note: the run was trained with other component classes than the config's names resolve to now "
+            f"({where}): {'; '.join(changed)}; resuming with the classes of now (a registry entry replaced by user "
+            "code, or the code that registered it not imported?)")
 
 
 def check_resume_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], last: Path) -> None:
@@ -1011,6 +1075,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     if own_protocol is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
+    check_backbone_forward(cfg, comps.embedder)  # a backbone reporting another width than it gives: nothing written
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved,
                   world=world)  # before the untrained evaluation spends time (and before the other ranks start)
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
@@ -1021,11 +1086,21 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
         notes(line)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
+    components = component_classes(cfg, comps.embedder)
+    module.run_components = components  # in every checkpoint and run_info.json
+    if resumed is not None:  # a name resolving to another class than when the run trained: said, not refused
+        had, source = resumed.components, str(last)
+        if had is None:  # a checkpoint of an earlier version: the finished run's run_info.json, if any
+            had, source = _recorded_components(run_dir), str(run_dir / "run_info.json")
+        changed = components_note(had, components, source)
+        if changed is not None:
+            notes(changed)
     if resumed is not None:
         check_resume_weights(module, resumed.weights, last)
-    dm = MetricDataModule(datasets.train, datasets.val, datasets.test, batch_sampler_factory=sampler_factory(cfg),
-                          eval_batch_size=cfg.data.eval_batch_size, seed=int(cfg.trainer.seed),
-                          **loader_settings(cfg))
+    # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
+    dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
+                          batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
+                          seed=int(cfg.trainer.seed), **loader_settings(cfg))
     # built before anything is written: a trainer Lightning refuses leaves no file behind
     warn = functools.partial(_warning_line, notes)
     trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
@@ -1044,7 +1119,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
         "test_images": len(datasets.test) if datasets.test is not None else None,
         "validation_source": datasets.val_source, "scale_names": comps.scale_names, "eval_head": module.eval_head,
-        "environment": run_environment(plan.accelerator),
+        "environment": run_environment(plan.accelerator), "components": components,
     }
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
@@ -1278,6 +1353,17 @@ def _monitored(history_entry: dict[str, Any], monitor: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value == value else None
 
 
+def _recorded_components(run_dir: Path) -> dict[str, Any] | None:
+    """The ``components`` a finished run's ``run_info.json`` records (``None``: no such file or entry)."""
+    import json
+
+    try:
+        recorded = json.loads((run_dir / "run_info.json").read_text(encoding="utf-8")).get("components")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def _earlier_time(run_dir: Path, trainer: L.Trainer) -> float:
     """The wall time of a resumed run's earlier processes: a finished run's ``run_info.json`` ``wall_time_s`` (the
     whole of them), else what the resumed ``last.ckpt`` recorded (``ResumeState``: each process's time until its
@@ -1321,6 +1407,15 @@ def _eval_crop(cfg: Config) -> int:
         if isinstance(size, (tuple, list)) and size:
             return int(size[0])
     return 224
+
+
+def check_backbone_forward(cfg: Config, embedder: torch.nn.Module) -> None:
+    """The backbone's features fit the heads (what a run would only meet at its first forward pass, after writing
+    its folder): :meth:`~dynametric.models.Embedder.check_forward` on one blank image of the evaluation crop (one
+    CPU forward of a single image, before the model moves to its device). The dry run and the run call it alike."""
+    check_forward = getattr(embedder, "check_forward", None)
+    if callable(check_forward):
+        check_forward(_eval_crop(cfg), cfg.model.in_chans)
 
 
 def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[str], None] | None = None,
@@ -1384,9 +1479,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
     _relay(caught, notes)
-    check_forward = getattr(comps.embedder, "check_forward", None)  # the backbone's features fit the heads (what a
-    if callable(check_forward):  # real run meets at its first forward pass): a blank image of the evaluation crop
-        check_forward(_eval_crop(cfg), cfg.model.in_chans)
+    check_backbone_forward(cfg, comps.embedder)
     if datasets is not None:
         check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world)
     # a missing extra, an option the logger does not take, an MLflow store that cannot work here: refused where a

@@ -1,0 +1,374 @@
+"""User-written components plugged into dynametric's registries (``LOSSES``, ``MINERS``, ``BATCH_SAMPLERS``,
+``BACKBONES``, ``FORMATS``): their mistakes are one line naming the config key that chose them, caught before the
+run writes anything where a check can be made then. Every component is defined here and registered for one test
+only (``monkeypatch.setitem``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from dynametric.cli import main
+from dynametric.data.samplers import BATCH_SAMPLERS, RandomBatchSampler
+from dynametric.losses import LOSSES
+from dynametric.losses.base import MetricLoss
+from dynametric.miners import MINERS
+from dynametric.miners.base import Miner
+from dynametric.models.backbones import BACKBONES
+from dynametric.tuples import get_all_pairs_indices
+
+TINY = """
+data:
+  format: synthetic
+  options: {images_per_class: 4, image_size: 16, fine_per_shape: {train: 2, val: 1, test: 2}}
+  batch_size: 16
+  m: 4
+  eval_batch_size: 64
+  workers: 0
+model: {backbone: simple_cnn, embedding_dim: 8, backbone_kwargs: {width: 4, depth: 2}}
+loss: {name: TripletMarginLoss}
+trainer: {max_epochs: 1, progress_bar: false}
+run: {report: false}
+"""
+
+
+class TinyNet(nn.Module):
+    """A user's backbone: ``width`` channels, or reports 5 more than it gives with ``lie``."""
+
+    classifier_prefixes = ()
+
+    def __init__(self, in_chans: int = 3, width: int = 8, lie: bool = False) -> None:
+        super().__init__()
+        if width > 64:
+            raise ValueError(f"TinyNet is tiny: width must be at most 64, got {width}")
+        self.conv = nn.Conv2d(in_chans, width, 3, stride=4, padding=1)
+        self.num_features = width + (5 if lie else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+def tiny_factory(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
+    return TinyNet(in_chans=in_chans, **kwargs)
+
+
+class VectorLoss(MetricLoss):
+    """A user's loss: the mean squared distance of same-class pairs, or that value three times (``vector``)."""
+
+    def __init__(self, scale: int = 0, mode: str = "ok", **kwargs: Any) -> None:
+        super().__init__(scale, **kwargs)
+        self.mode = mode
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
+        same = (labels[:, None] == labels[None, :]).float()
+        value = (torch.cdist(embeddings, embeddings).pow(2) * same).mean()
+        return value.expand(3).clone() if self.mode == "vector" else value
+
+
+class OffsetMiner(Miner):
+    """A user's miner: every pair, its positives shifted out of the batch with ``bad``."""
+
+    def __init__(self, scale: int = 0, bad: bool = False, **kwargs: Any) -> None:
+        super().__init__(scale, **kwargs)
+        self.bad = bad
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
+        a1, p, a2, n = get_all_pairs_indices(labels, ref_labels)
+        return (a1, p + 1000, a2, n) if self.bad else (a1, p, a2, n)
+
+
+class ShortSampler(RandomBatchSampler):
+    """A user's sampler: random batches, ``short`` indices fewer than asked for."""
+
+    def __init__(self, *args: Any, short: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if short < 0:
+            raise ValueError(f"short must be >= 0, got {short}")
+        self.short = short
+
+    def _batches(self):  # type: ignore[no-untyped-def]
+        for batch in super()._batches():
+            yield batch[: len(batch) - self.short] if self.short else batch
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BACKBONES, "tiny", tiny_factory)
+    monkeypatch.setitem(LOSSES, "VectorLoss", VectorLoss)
+    monkeypatch.setitem(MINERS, "OffsetMiner", OffsetMiner)
+    monkeypatch.setitem(BATCH_SAMPLERS, "short", ShortSampler)
+
+
+def _train(tmp_path: Path, capsys: pytest.CaptureFixture[str], *overrides: str, code: int = 2) -> tuple[Path, str]:
+    """``dynametric train`` of :data:`TINY` with ``overrides`` into ``tmp_path/run``: the folder and the last line
+    on stderr (the exit status must be ``code``)."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", *overrides]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return out, err.strip().splitlines()[-1] if err.strip() else ""
+
+
+def _nothing_written(out: Path) -> bool:
+    return not out.exists() or not any(out.iterdir())
+
+
+def test_a_backbone_reporting_another_width_is_refused_before_the_run_writes(tmp_path, capsys, registered) -> None:
+    out, line = _train(tmp_path, capsys, "model.backbone=tiny", "model.backbone_kwargs.lie=true")
+    assert line.endswith("key 'model.backbone': backbone 'tiny' gives 8-channel features, but reports 13 (the heads' "
+                         "input width): its features would not fit the heads"), line
+    assert _nothing_written(out)
+
+
+def test_a_loss_returning_a_vector_is_one_line_naming_its_term(tmp_path, capsys, registered) -> None:
+    _, line = _train(tmp_path, capsys, "loss.name=VectorLoss", "loss.kwargs.mode=vector")
+    assert line.endswith("key 'loss.name': loss term 'VectorLoss' (VectorLoss) returned a tensor of shape [3]; "
+                         "expected a single value (0-dim tensor)"), line
+
+
+def test_compute_objective_names_the_config_key_of_the_term_whose_loss_is_not_one_value() -> None:
+    from dynametric.engine.objective import Objective, compute_objective
+    from dynametric.errors import ConfigError
+
+    emb, labels = torch.randn(8, 4), torch.tensor([[0], [0], [1], [1], [2], [2], [3], [3]])
+    good = Objective(VectorLoss(), name="first", key="loss")
+    total, terms = compute_objective(emb, labels, [good])
+    assert total.shape == () and terms["first"].shape == ()
+    bad = Objective(VectorLoss(mode="vector"), name="second", key="extra_losses[0]")
+    with pytest.raises(ConfigError, match=r"^key 'extra_losses\[0\].name': loss term 'second' \(VectorLoss\) "
+                                          r"returned a tensor of shape \[3\]; expected a single value"):
+        compute_objective(emb, labels, [good, bad])
+
+    class FloatLoss(nn.Module):
+        def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
+            return 0.5
+
+    with pytest.raises(ConfigError, match=r"^loss term 'loss' \(FloatLoss\) returned a float; expected a single"):
+        compute_objective(emb, labels, [Objective(FloatLoss())])
+
+
+class RowsFormat:
+    """A user's dataset format: ``rows.txt`` holds ``split path fine coarse`` lines; ``short`` drops the coarse label
+    of every odd record."""
+
+    name = "rows"
+    root_expected = "a folder with rows.txt"
+    options: dict[str, object] = {"short": False}
+
+    def splits(self, root: str, **_: Any) -> list[str]:
+        return sorted({line.split()[0] for line in (Path(root) / "rows.txt").read_text().splitlines()})
+
+    def read(self, root: str, split: str, *, check_files: bool = True, short: bool = False) -> Any:
+        from dynametric.data.base import LoadReport, SplitRecords
+
+        lines = [(n, line.split()) for n, line in enumerate((Path(root) / "rows.txt").read_text().splitlines(), 1)]
+        mine = [(n, f) for n, f in lines if f[0] == split]
+        raw = [(int(f[2]),) if short and i % 2 else (int(f[2]), int(f[3])) for i, (_, f) in enumerate(mine)]
+        return SplitRecords(split=split, paths=[str(Path(root) / f[1]) for _, f in mine], raw_labels=raw,
+                            scale_names=("fine", "coarse"), locations=[("rows.txt", n) for n, _ in mine],
+                            report=LoadReport(split=split, files=["rows.txt"]))
+
+
+def test_a_format_reader_giving_a_short_label_row_names_the_record(tmp_path, capsys, monkeypatch) -> None:
+    import dynametric.data.registry as registry
+
+    monkeypatch.setitem(registry.FORMATS, "rows", RowsFormat())
+    monkeypatch.setattr(registry, "FORMAT_NAMES", (*registry.FORMAT_NAMES, "rows"))
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "rows.txt").write_text("".join(f"{split} {split}{i}.png {i % 4} {i % 4 // 2}\n"
+                                           for split in ("train", "test") for i in range(8)))
+    args = ["train", "--dry-run", "data.format=rows", f"data.root={root}", "data.batch_size=8", "data.m=2"]
+    assert main([*args, "data.options.short=true"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith("rows.txt:2: rows split 'train': the record has 1 label [1]; expected 2, one per scale "
+                         "(fine, coarse)"), line
+
+
+def test_from_records_refuses_label_rows_that_do_not_fit_the_scales() -> None:
+    from dynametric.data.base import HierarchicalImageDataset, LoadReport, SplitRecords
+    from dynametric.errors import InputError
+
+    def records(raw: list[Any], paths: int = 3) -> SplitRecords:
+        return SplitRecords(split="train", paths=[f"/x/{i}.png" for i in range(paths)], raw_labels=raw,
+                            scale_names=("fine", "coarse"), locations=[("list.csv", i + 2) for i in range(paths)],
+                            report=LoadReport(split="train", files=["list.csv"]))
+
+    build = HierarchicalImageDataset.from_records
+    assert build(records([(0, 0), (1, 0), (2, 1)]), name="mine").labels.tolist() == [[0, 0], [1, 0], [2, 1]]
+    with pytest.raises(InputError, match=r"^list.csv:4: mine split 'train': the record has 3 labels \['b', 'x', 'y'\]; "
+                                         r"expected 2, one per scale \(fine, coarse\)$"):
+        build(records([("a", "x"), ("a", "x"), ("b", "x", "y")]), name="mine")  # was: 'y' silently dropped
+    with pytest.raises(InputError, match=r"^list.csv:3: mine split 'train': the record has a bare int 7; expected 2"):
+        build(records([(0, 0), 7, (1, 0)]), name="mine")
+    with pytest.raises(InputError, match=r"^list.csv: mine split 'train': the format's reader gave 3 image paths but "
+                                         r"2 label rows; expected one row per image$"):
+        build(records([(0, 0), (1, 0)]), name="mine")
+
+
+def _dry(capsys: pytest.CaptureFixture[str], *overrides: str) -> str:
+    """The one error line of ``train --dry-run`` (the default synthetic config) with ``overrides``."""
+    assert main(["train", "--dry-run", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_mistyped_option_of_a_user_backbone_names_the_key_and_the_closest_argument(capsys, registered) -> None:
+    # the factory takes **kwargs: the constructor it passes them to (TinyNet, found beside it) gives the spellings
+    assert _dry(capsys, "model.backbone=tiny", "model.backbone_kwargs.widht=3").endswith(
+        "key 'model.backbone_kwargs.widht': backbone 'tiny' has no option 'widht'; did you mean 'width'?")
+
+
+def test_a_backbone_factory_with_a_closed_signature_is_checked_before_it_is_built(monkeypatch) -> None:
+    from dynametric.errors import ConfigError
+    from dynametric.models.backbones import create_backbone
+
+    built: list[int] = []
+
+    def closed(pretrained: bool, in_chans: int, width: int = 8) -> nn.Module:
+        built.append(width)
+        return TinyNet(in_chans, width)
+
+    def hidden(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:  # a class not found beside it
+        class Local(TinyNet):
+            def __init__(self, in_chans: int, width: int = 8) -> None:
+                super().__init__(in_chans, width)
+
+        return Local(in_chans, **kwargs)
+
+    def buggy(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:  # a bug of its own, not an option
+        return TinyNet(in_chans, colour=1)  # type: ignore[call-arg]
+
+    monkeypatch.setitem(BACKBONES, "closed", closed)
+    monkeypatch.setitem(BACKBONES, "hidden", hidden)
+    monkeypatch.setitem(BACKBONES, "buggy", buggy)
+    with pytest.raises(ConfigError, match=r"^key 'model.backbone_kwargs.colour': backbone 'closed' has no option "
+                                          r"'colour'; its options: width$"):
+        create_backbone("closed", colour=2)
+    assert built == []  # refused before the factory ran
+    assert create_backbone("closed", width=4).feature_dim == 4
+    with pytest.raises(ConfigError, match=r"^key 'model.backbone_kwargs.widht': backbone 'hidden' has no option "
+                                          r"'widht' \(.*unexpected keyword argument 'widht'\)$"):
+        create_backbone("hidden", widht=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        create_backbone("buggy", width=3)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (("model.backbone=tiny", "model.backbone_kwargs.width=100"),
+     "key 'model.backbone_kwargs.width': backbone 'tiny' refused its options: TinyNet is tiny: width must be at most "
+     "64, got 100"),
+    (("data.sampler=short", "data.sampler_options.short=-1"),
+     "key 'data.sampler_options.short': sampler 'short' (ShortSampler) refused its settings: short must be >= 0, got "
+     "-1"),
+])
+def test_a_value_error_of_a_user_component_s_constructor_is_one_line_on_its_key(capsys, registered, overrides,
+                                                                                 expected) -> None:
+    assert _dry(capsys, *overrides).endswith(expected)
+
+
+def test_other_exceptions_of_a_backbone_constructor_stay_tracebacks(monkeypatch) -> None:
+    from dynametric.models.backbones import create_backbone
+
+    def broken(pretrained: bool, in_chans: int) -> nn.Module:
+        raise RuntimeError("a bug in the factory")
+
+    monkeypatch.setitem(BACKBONES, "broken", broken)
+    with pytest.raises(RuntimeError, match="a bug in the factory"):
+        create_backbone("broken")
+
+
+def test_a_sampler_forming_batches_of_another_size_is_one_line_naming_data_sampler(tmp_path, capsys,
+                                                                                   registered) -> None:
+    _, line = _train(tmp_path, capsys, "data.sampler=short", "data.sampler_options.short=3")
+    assert line.endswith(f"key 'data.sampler': sampler 'short' ({__name__}.ShortSampler) formed a training batch of "
+                         "13 items (batch 0 of epoch 0); every training batch holds data.batch_size = 16 items (per "
+                         "process)"), line
+
+
+def test_the_batch_size_check_passes_full_batches_and_reads_the_sampler_through() -> None:
+    from dynametric.config import load_config
+    from dynametric.engine.builders import BatchSizeChecked, checked_sampler_factory
+    from dynametric.errors import ConfigError
+
+    cfg = load_config(None, ["data.sampler=random", "data.batch_size=4"])
+    sampler = checked_sampler_factory(cfg)(torch.zeros(10, 1, dtype=torch.long), 0, 1)
+    assert isinstance(sampler, BatchSizeChecked) and sampler.bs == 4 and len(sampler) == 2
+    sampler.set_epoch(3)
+    assert sampler.sampler.epoch == 3 and [len(b) for b in sampler] == [4, 4]
+    short = BatchSizeChecked(ShortSampler(10, 4, short=1), 4, "short")
+    short.set_epoch(2)
+    with pytest.raises(ConfigError, match=r"^key 'data.sampler': sampler 'short' \(.*ShortSampler\) formed a training "
+                                          r"batch of 3 items \(batch 0 of epoch 2\)"):
+        list(short)
+
+
+def test_a_miner_returning_indices_outside_the_batch_is_named_with_its_class(tmp_path, capsys, registered) -> None:
+    _, line = _train(tmp_path, capsys, "miner.name=OffsetMiner", "miner.kwargs.bad=true")
+    assert line.endswith(f"key 'miner.name': miner OffsetMiner ({__name__}.OffsetMiner) of loss term "
+                         "'TripletMarginLoss' returned indices the loss cannot take: entry 1 has indices outside "
+                         "[0, 16)"), line
+
+
+def test_run_info_records_component_classes_and_a_resume_notes_a_replaced_registry_entry(tmp_path, capsys,
+                                                                                         monkeypatch,
+                                                                                         registered) -> None:
+    import json
+
+    from dynametric.engine.checkpoint import load_checkpoint_file
+
+    out, _ = _train(tmp_path, capsys, "model.backbone=tiny", "miner.name=OffsetMiner", code=0)
+    recorded = json.loads((out / "run_info.json").read_text())["components"]
+    assert recorded == {"loss.name": "dynametric.losses.triplet.TripletMarginLoss",
+                        "miner.name": f"{__name__}.OffsetMiner",
+                        "data.sampler": "dynametric.data.samplers.MPerClassSampler",
+                        "model.backbone": f"{__name__}.TinyNet",
+                        "data.format": "dynametric.data.synthetic.SyntheticHierarchy",
+                        "method.name": "dynametric.methods.base.Standard"}
+    assert load_checkpoint_file(out / "last.ckpt")["dynametric"]["components"] == recorded
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # nothing replaced: no note
+    assert "component classes" not in capsys.readouterr().err
+    monkeypatch.setitem(LOSSES, "TripletMarginLoss", VectorLoss)  # user code registering over a built-in name
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "component classes" in line]
+    assert notes == [f"note: the run was trained with other component classes than the config's names resolve to now "
+                     f"({out / 'last.ckpt'}): loss.name dynametric.losses.triplet.TripletMarginLoss -> "
+                     f"{__name__}.VectorLoss; resuming with the classes of now (a registry entry replaced by user "
+                     "code, or the code that registered it not imported?)"], notes
+
+
+def test_a_model_folder_of_a_user_backbone_names_the_module_to_import_where_it_is_not_registered(tmp_path) -> None:
+    import json
+
+    from dynametric.errors import InputError
+    from dynametric.models import build_embedder
+    from dynametric.models.embedder import Embedder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BACKBONES, "tiny", tiny_factory)
+        model = build_embedder("tiny", embedding_dim=4)
+        folder = model.save_pretrained(tmp_path / "m")
+        meta = json.loads((folder / "dynametric.json").read_text())
+        assert meta["backbone_module"] == __name__
+        assert Embedder.from_pretrained(folder).embedding_dims == model.embedding_dims  # loads where registered
+    assert "tiny" not in BACKBONES  # a process without the user's code
+    with pytest.raises(InputError, match=rf"dynametric.json key 'model.backbone': unknown backbone 'tiny': it was "
+                                         rf"registered by module '{__name__}' \(BACKBONES\['tiny'\]\) when the model "
+                                         r"was saved, which is not imported here; import it before loading$"):
+        Embedder.from_pretrained(folder)
+    del meta["backbone_module"]  # a folder saved before the module was recorded
+    (folder / "dynametric.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"unknown backbone 'tiny' \(neither .* nor a timm model\).*; a "
+                                         r"backbone registered by user code \(BACKBONES\['tiny'\] = \.\.\.\) is known "
+                                         r"only where the module that registers it is imported: import it before "
+                                         r"loading$"):
+        Embedder.from_pretrained(folder)
+    assert "backbone_module" not in json.loads(build_embedder("simple_cnn", embedding_dim=4).save_pretrained(
+        tmp_path / "own").joinpath("dynametric.json").read_text())  # dynametric's own backbones record none
