@@ -308,3 +308,50 @@ def test_a_train_lock_of_the_users_is_refused_and_kept_by_out_resume_and_the_dry
     assert unstarted_run_files(fresh) == [fresh / "train.lock"]
     assert main(["train", "--out", str(fresh), *TRAIN, "trainer.max_epochs=1"]) == 0
     assert (fresh / "last.ckpt").is_file() and not (fresh / "train.lock").exists()
+
+
+def test_a_lock_copied_with_its_run_folder_holds_only_the_folder_it_was_taken_for(tmp_path, capsys) -> None:
+    """A run folder copied (``cp -r``) while its run trained carries that run's train.lock, which names the folder
+    it was taken for: the copy was refused as being trained by that process. A spelling of the same folder through a
+    symbolic link is that folder (both resolved): still held."""
+    import json
+    import os
+    import shutil
+    import socket
+
+    from dynametric.errors import ConfigError
+    from dynametric.pipeline.run import LOCK_FILE, claim_run_folder, lock_holder
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1"]) == 0
+    text = _foreign_lock(run)  # a --resume of it trains in another process (pytest's parent) ...
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)  # ... while the folder is copied
+    assert lock_holder(run) == os.getppid() and lock_holder(copy) is None
+    capsys.readouterr()
+    assert main(["train", "--resume", str(copy), "--no-progress"]) == 0, capsys.readouterr().err
+    assert not (copy / LOCK_FILE).exists() and (run / LOCK_FILE).read_text() == text
+    # a copy of a folder whose run was still reading its data (its lock alone): started again
+    early = tmp_path / "early"
+    early.mkdir()
+    shutil.copy(run / LOCK_FILE, early / LOCK_FILE)
+    assert main(["train", "--out", str(early), *TRAIN, "trainer.max_epochs=1"]) == 0
+    assert (early / "last.ckpt").is_file() and not (early / LOCK_FILE).exists()
+    # the held folder through a symbolic link: the same folder, refused
+    link = tmp_path / "link"
+    link.symlink_to(run, target_is_directory=True)
+    assert lock_holder(link) == os.getppid()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(link), "--no-progress"]) == 2
+    assert f"run folder {link} is being trained by process {os.getppid()}, which is still" in capsys.readouterr().err
+    # a lock that names the folder by the link's spelling holds the folder under either
+    (run / LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "folder": str(link)}))
+    for spelling in (run, link):
+        assert lock_holder(spelling) == os.getppid()
+        try:
+            claim_run_folder(spelling, "--out")
+        except ConfigError as exc:
+            assert f"holds a run started by process {os.getppid()}" in exc.message
+        else:
+            raise AssertionError(f"{spelling} was claimed while its run trains")
+    assert (run / LOCK_FILE).read_text().endswith(f'"folder": "{link}"}}')

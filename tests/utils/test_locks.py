@@ -306,3 +306,23 @@ def test_empty_stale_refuses_a_foreign_file_and_takes_over_only_an_old_empty_one
     assert lock.read_bytes() == mine and [p.name for p in tmp_path.iterdir()] == ["x.lock"]
     held.release()
     assert not lock.exists()
+
+
+def test_a_lock_copied_from_another_place_is_stale_while_its_process_runs(tmp_path: Path,
+                                                                          sleeper: subprocess.Popen[bytes]) -> None:
+    """A lock whose ``recognise`` says it was taken for another folder (copied here, ``Holder.copied``): its running
+    process holds that folder, not this one; taken over. The same lock not copied refuses."""
+    lock = tmp_path / "x.lock"
+    theirs = _record(sleeper.pid, place="elsewhere")
+
+    def copied(data: Any) -> Holder | None:
+        return Holder(data["pid"], data["host"], copied=data.get("place") != "here")
+
+    _write(lock, theirs)
+    held = acquire_lock(lock, _record(os.getpid(), place="here"), recognise=copied, unaskable="live",
+                        foreign="refuse")
+    held.release()
+    assert not lock.exists()
+    _write(lock, _record(sleeper.pid, place="here"))
+    with pytest.raises(LockBusy):
+        acquire_lock(lock, _record(os.getpid(), place="here"), recognise=copied, unaskable="live", foreign="refuse")

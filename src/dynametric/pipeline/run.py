@@ -329,16 +329,23 @@ def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:
 def _run_lock_of(run_dir: Path) -> Callable[[Any], Holder | None]:
     """What reads ``run_dir``'s :data:`LOCK_FILE` (:func:`~dynametric.utils.locks.read_lock`): a lock of dynametric
     is a JSON object naming the process (``pid``, an integer), its ``host`` and the ``folder`` it was taken for (a
-    string; a lock without ``folder`` is one too). Anything else (a user's file of that name) is no lock of
-    dynametric (``None``)."""
+    lock without ``folder`` counts as this folder's). One taken for another folder (the run folder was copied with
+    ``cp -r`` while its run trained) is :attr:`~dynametric.utils.locks.Holder.copied`: stale here. The folders are
+    compared resolved, so a spelling of this folder through a symbolic link is this folder. Anything else (a user's
+    file of that name) is no lock of dynametric (``None``)."""
+    here = run_dir.resolve()
 
     def recognise(data: Any) -> Holder | None:
         if not isinstance(data, dict):
             return None
-        pid, host, folder = data.get("pid"), data.get("host"), data.get("folder", "")
+        pid, host, folder = data.get("pid"), data.get("host"), data.get("folder", str(here))
         if isinstance(pid, bool) or not (isinstance(pid, int) and isinstance(host, str) and isinstance(folder, str)):
             return None
-        return Holder(pid, host)
+        try:
+            same = folder == str(here) or Path(folder).resolve() == here
+        except (OSError, RuntimeError):  # a folder that cannot be resolved (a link loop) is not this one
+            same = False
+        return Holder(pid, host, copied=not same)
 
     return recognise
 
@@ -383,13 +390,13 @@ def check_run_lock(run_dir: Path, folder_key: str, *, resume: bool = False) -> N
 def lock_holder(run_dir: Path) -> int | None:
     """The process that holds ``run_dir`` (its :data:`LOCK_FILE`) when it is another process still running on this
     machine (:func:`~dynametric.utils.locks.other_process_running`, against the time the lock was written); ``None``
-    without a lock, for a stale one (its process gone: a killed run), one that cannot be read, one of another host and
-    this process's own."""
+    without a lock, for a stale one (its process gone: a killed run), one taken for another folder (this folder is a
+    copy of that one: :func:`_run_lock_of`), one that cannot be read, one of another host and this process's own."""
     try:
         found = read_lock(run_dir / LOCK_FILE, _run_lock_of(run_dir))
     except OSError:
         return None
-    if found is None or found.holder is None:
+    if found is None or found.holder is None or found.holder.copied:
         return None
     pid, host = found.holder.pid, found.holder.host
     return pid if other_process_running(pid, host, found.written, unaskable="stale") else None
@@ -429,7 +436,7 @@ def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) ->
     :data:`LOCK_FILE` where none exists (:func:`~dynametric.utils.locks.acquire_lock`, atomically: of two runs
     started at the same moment, one gets it). A lock of another process still running on this host refuses the run,
     one line naming that process (keyed ``folder_key``), nothing written and nothing of the other run's touched; a
-    stale one (its process gone) is replaced, as is an empty one a kill left
+    stale one (its process gone, or taken for another folder: a copy) is replaced, as is an empty one a kill left
     (:func:`~dynametric.utils.locks.stale_empty`); a file of that name that is no lock of dynametric is refused
     (:func:`_foreign_lock`) and kept. The caller releases the
     claim when the run ends (:meth:`RunClaim.release`). ``None`` in a DDP process other than rank 0

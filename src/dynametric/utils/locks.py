@@ -52,6 +52,9 @@ class Holder:
 
     pid: int
     host: str
+    copied: bool = False
+    """The lock was taken for another folder (it was copied here with its folder, ``cp -r``, while that folder's
+    process held it): its process holds that folder, not this one, so here it is stale."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def holder_running(lock: LockFile, *, unaskable: Policy) -> bool:
     (:func:`other_process_running`), or this process while it holds that very lock (:func:`acquire_lock`, not
     released); a lock of this process that it no longer holds is stale. ``False`` where it names no process."""
     holder = lock.holder
-    if holder is None:
+    if holder is None or holder.copied:
         return False
     if holder.host == socket.gethostname() and holder.pid == os.getpid():
         return _HELD[os.path.abspath(lock.path), lock.raw] > 0
@@ -255,10 +258,11 @@ def acquire_lock(path: Path, record: bytes, *, recognise: Callable[[Any], Holder
     """Takes the lock file ``path`` (its folder exists), writing ``record`` (JSON naming this process) there: created
     whole where none exists (see the module's docstring); a lock found there whose holder runs
     (:func:`holder_running`, ``unaskable`` for a holder that cannot be asked) raises :class:`LockBusy`, one whose
-    holder is gone is taken over. A file that ``recognise`` (:func:`read_lock`) does not know as a lock is taken over
-    where ``foreign`` is ``stale``, or is ``empty_stale`` and the file :func:`stale_empty`; else :class:`LockForeign`,
-    the file untouched. After ``attempts`` tries that other processes won, :class:`LockContended`. A folder that
-    cannot be written: the ``OSError``."""
+    holder is gone (or that was copied from another folder: :attr:`Holder.copied`) is taken over. A file that
+    ``recognise`` (:func:`read_lock`) does not know as a lock is taken over where ``foreign`` is ``stale``, or is
+    ``empty_stale`` and the file :func:`stale_empty`; else :class:`LockForeign`, the file untouched. After
+    ``attempts`` tries that other processes won, :class:`LockContended`. A folder that cannot be written: the
+    ``OSError``."""
     mine = (os.path.abspath(path), record)
     _HELD[mine] += 1  # before the lock exists: another thread of this process that finds it sees it held
     try:
