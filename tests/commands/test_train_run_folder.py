@@ -355,3 +355,32 @@ def test_a_lock_copied_with_its_run_folder_holds_only_the_folder_it_was_taken_fo
         else:
             raise AssertionError(f"{spelling} was claimed while its run trains")
     assert (run / LOCK_FILE).read_text().endswith(f'"folder": "{link}"}}')
+
+
+def test_a_resume_while_another_process_is_before_its_first_checkpoint_is_keyed_resume(tmp_path, capsys,
+                                                                                       monkeypatch) -> None:
+    """``train --resume D`` while the process that started D has not written its first checkpoint: the line was
+    keyed ``--out`` (``... or use another --out``), an option the command was not given."""
+    import os
+
+    import lightning as L
+
+    again = tmp_path / "again"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "fit", interrupt)
+        assert main(["train", "--out", str(again), *TRAIN]) == 130
+    config = again / "config.yaml"
+    mine = f"(process {os.getpid()} on host"
+    text = config.read_text()
+    assert text.count(mine) == 1
+    config.write_text(text.replace(mine, f"(process {os.getppid()} on host"))  # started by a process still running
+    capsys.readouterr()
+    assert main(["train", "--resume", str(again), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dynametric train: error: key '--resume': run folder {again} holds a run started by process "
+                   f"{os.getppid()}, which is still running and has not written its first checkpoint; wait for it or "
+                   "stop it, or use another --resume\n"), err

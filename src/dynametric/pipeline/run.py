@@ -1034,7 +1034,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
-        unstarted = _run_header(run_dir) is not None and unstarted_run_files(run_dir)
+        unstarted = _run_header(run_dir) is not None and unstarted_run_files(run_dir, folder_key)
         again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
