@@ -185,6 +185,52 @@ def test_a_resumed_run_logs_into_the_mlflow_run_it_started(tmp_path, monkeypatch
     assert (runs[0] / "metrics" / "test" / "mean" / "recall_at_1").is_file()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed")
+def test_a_resumed_run_whose_mlflow_run_was_deleted_logs_into_a_new_one(tmp_path, monkeypatch, capsys):
+    """The MLflow run a resumed run started was deleted (in MLflow's trash): the resume said it logged into it, then
+    stopped at its first write (``must be in 'active' lifecycle_stage``), exit 2, the folder stuck. A run named by
+    ``run.logger_options.run_id`` that was deleted is refused before any work, keyed by it."""
+    from mlflow.tracking import MlflowClient
+
+    from dynametric.engine import module
+    from dynametric.errors import ConfigError
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original = module.MetricLearningModule.on_train_epoch_start
+
+    def stop_at_epoch_1(self):
+        if int(self.current_epoch) == 1:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(module.MetricLearningModule, "on_train_epoch_start", stop_at_epoch_1)
+    out, store = tmp_path / "run", tmp_path / "mlruns"
+    args = ["run.logger=mlflow", f"run.logger_options={{save_dir: {store}}}", *MULTISCALE]
+    assert main(["train", "--out", str(out), *args]) == 130
+    (run_id,) = [p.name for p in store.glob("*/*") if (p / "metrics").is_dir()]
+    client = MlflowClient(tracking_uri=f"file:{store}")
+    client.delete_run(run_id)
+    monkeypatch.setattr(module.MetricLearningModule, "on_train_epoch_start", original)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (f"note: the mlflow run {run_id} this run logged into cannot be continued (it was deleted: it is in "
+            "MLflow's trash); logging into a new one") in err, err
+    assert "logging into the mlflow run" not in err
+    new_id = load_checkpoint_file(out / "last.ckpt")["dynametric"]["logger_run"]["id"]
+    assert new_id != run_id
+    assert client.get_run(run_id).info.lifecycle_stage == "deleted"  # left as it was, in the trash
+    new = client.get_run(new_id)
+    assert new.info.lifecycle_stage == "active" and "test/mean/recall_at_1" in new.data.metrics
+    # the run named by the options: one line, keyed by the option, before the store is written
+    with pytest.raises(ConfigError) as caught:
+        loggers.build_logger("mlflow", tmp_path / "other", {"save_dir": str(store), "run_id": run_id})
+    assert caught.value.key == "run.logger_options.run_id"
+    assert caught.value.message == (f"the mlflow run {run_id} was deleted (it is in MLflow's trash): restore it in "
+                                    "MLflow or name another run")
+
+
 def test_a_resumed_run_whose_mlflow_run_is_gone_logs_into_a_new_one(tmp_path, monkeypatch):
     from dynametric.engine.loggers import logger_run
     from dynametric.errors import ConfigError

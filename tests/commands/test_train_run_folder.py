@@ -227,3 +227,160 @@ def test_a_run_killed_with_its_lock_stays_recognisable(tmp_path, capsys, monkeyp
     capsys.readouterr()
     assert main(["train", "--out", str(again), *TRAIN, "trainer.max_epochs=1"]) == 0
     assert (again / "last.ckpt").is_file() and not (again / "train.lock").exists()
+
+
+def test_a_train_lock_of_the_users_is_refused_and_kept_by_out_resume_and_the_dry_run(tmp_path, capsys,
+                                                                                      monkeypatch) -> None:
+    """A file named train.lock that is no lock of dynametric was taken for a killed run's leftover: removed, the run
+    went on (``--out`` and ``--resume``). An empty one is what a kill leaves where the lock is created with O_EXCL
+    and then written: refused while it may be being written, replaced once older than WRITING_S."""
+    import os
+
+    import lightning as L
+
+    from dynametric.errors import InputError
+    from dynametric.pipeline.run import claim_run_folder, unstarted_run_files
+    from dynametric.utils.locks import WRITING_S
+
+    notes = "my notes\n"
+    refused = ("is not a lock file of dynametric (JSON naming the process that trains in the folder); it is not "
+               "removed: ")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.lock").write_text(notes)
+    for dry in (["--dry-run"], []):
+        assert main(["train", *dry, "--out", str(mine), *TRAIN]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"dynametric train: error: {mine / 'train.lock'} key '--out': {refused}move it away or use "
+                       "another --out\n"), err
+    assert unstarted_run_files(mine) is None
+    with_json = '{"pid": 1, "note": "mine"}\n'  # JSON, but not a lock of dynametric (no host)
+    (mine / "train.lock").write_text(with_json)
+    assert main(["train", "--out", str(mine), *TRAIN]) == 2
+    assert refused in capsys.readouterr().err
+    # the claim itself (two checks passed, then the file appeared): refused, kept
+    (mine / "train.lock").write_text(notes)
+    try:
+        claim_run_folder(mine, "--out")
+    except InputError as exc:
+        assert exc.key == "--out" and exc.message.startswith(refused) and exc.file == str(mine / "train.lock")
+    else:
+        raise AssertionError("a user's train.lock was taken over")
+    assert [p.name for p in mine.iterdir()] == ["train.lock"] and (mine / "train.lock").read_text() == notes
+    # beside the files of a run stopped before its first checkpoint: kept, not replaced as that run's
+    again = tmp_path / "again"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "fit", interrupt)
+        assert main(["train", "--out", str(again), *TRAIN]) == 130
+    (again / "train.lock").write_text(notes)
+    assert unstarted_run_files(again) is None
+    capsys.readouterr()
+    assert main(["train", "--out", str(again), *TRAIN]) == 2
+    assert refused in capsys.readouterr().err and (again / "train.lock").read_text() == notes
+    # --resume of a run with a checkpoint
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1"]) == 0
+    (run / "train.lock").write_text(notes)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dynametric train: error: {run / 'train.lock'} key '--resume': {refused}move it away to resume "
+                   "the run\n"), err
+    assert (run / "train.lock").read_text() == notes
+    # an empty train.lock: perhaps being written this moment, refused; older than WRITING_S, a kill's leftover
+    (run / "train.lock").write_text("")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'train.lock'} key '--resume': is empty and was created less than 10 s ago: perhaps" in err, err
+    assert (run / "train.lock").read_bytes() == b""
+    old = os.path.getmtime(run / "train.lock") - WRITING_S - 1
+    os.utime(run / "train.lock", (old, old))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+    assert not (run / "train.lock").exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "train.lock").write_text("")
+    os.utime(fresh / "train.lock", (old, old))
+    assert unstarted_run_files(fresh) == [fresh / "train.lock"]
+    assert main(["train", "--out", str(fresh), *TRAIN, "trainer.max_epochs=1"]) == 0
+    assert (fresh / "last.ckpt").is_file() and not (fresh / "train.lock").exists()
+
+
+def test_a_lock_copied_with_its_run_folder_holds_only_the_folder_it_was_taken_for(tmp_path, capsys) -> None:
+    """A run folder copied (``cp -r``) while its run trained carries that run's train.lock, which names the folder
+    it was taken for: the copy was refused as being trained by that process. A spelling of the same folder through a
+    symbolic link is that folder (both resolved): still held."""
+    import json
+    import os
+    import shutil
+    import socket
+
+    from dynametric.errors import ConfigError
+    from dynametric.pipeline.run import LOCK_FILE, claim_run_folder, lock_holder
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1"]) == 0
+    text = _foreign_lock(run)  # a --resume of it trains in another process (pytest's parent) ...
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)  # ... while the folder is copied
+    assert lock_holder(run) == os.getppid() and lock_holder(copy) is None
+    capsys.readouterr()
+    assert main(["train", "--resume", str(copy), "--no-progress"]) == 0, capsys.readouterr().err
+    assert not (copy / LOCK_FILE).exists() and (run / LOCK_FILE).read_text() == text
+    # a copy of a folder whose run was still reading its data (its lock alone): started again
+    early = tmp_path / "early"
+    early.mkdir()
+    shutil.copy(run / LOCK_FILE, early / LOCK_FILE)
+    assert main(["train", "--out", str(early), *TRAIN, "trainer.max_epochs=1"]) == 0
+    assert (early / "last.ckpt").is_file() and not (early / LOCK_FILE).exists()
+    # the held folder through a symbolic link: the same folder, refused
+    link = tmp_path / "link"
+    link.symlink_to(run, target_is_directory=True)
+    assert lock_holder(link) == os.getppid()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(link), "--no-progress"]) == 2
+    assert f"run folder {link} is being trained by process {os.getppid()}, which is still" in capsys.readouterr().err
+    # a lock that names the folder by the link's spelling holds the folder under either
+    (run / LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "folder": str(link)}))
+    for spelling in (run, link):
+        assert lock_holder(spelling) == os.getppid()
+        try:
+            claim_run_folder(spelling, "--out")
+        except ConfigError as exc:
+            assert f"holds a run started by process {os.getppid()}" in exc.message
+        else:
+            raise AssertionError(f"{spelling} was claimed while its run trains")
+    assert (run / LOCK_FILE).read_text().endswith(f'"folder": "{link}"}}')
+
+
+def test_a_resume_while_another_process_is_before_its_first_checkpoint_is_keyed_resume(tmp_path, capsys,
+                                                                                       monkeypatch) -> None:
+    """``train --resume D`` while the process that started D has not written its first checkpoint: the line was
+    keyed ``--out`` (``... or use another --out``), an option the command was not given."""
+    import os
+
+    import lightning as L
+
+    again = tmp_path / "again"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "fit", interrupt)
+        assert main(["train", "--out", str(again), *TRAIN]) == 130
+    config = again / "config.yaml"
+    mine = f"(process {os.getpid()} on host"
+    text = config.read_text()
+    assert text.count(mine) == 1
+    config.write_text(text.replace(mine, f"(process {os.getppid()} on host"))  # started by a process still running
+    capsys.readouterr()
+    assert main(["train", "--resume", str(again), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dynametric train: error: key '--resume': run folder {again} holds a run started by process "
+                   f"{os.getppid()}, which is still running and has not written its first checkpoint; wait for it or "
+                   "stop it, or use another --resume\n"), err

@@ -274,3 +274,55 @@ def test_a_lock_naming_a_process_number_no_process_can_have_is_stale(tmp_path: P
     lock.write_bytes(_record(2**80))
     with acquire_lock(lock, _record(os.getpid()), recognise=_recognise, unaskable="live", foreign="refuse") as held:
         assert lock.read_bytes() == held.raw
+
+
+def test_empty_stale_refuses_a_foreign_file_and_takes_over_only_an_old_empty_one(tmp_path: Path) -> None:
+    """``foreign="empty_stale"`` (train.lock): a file that is no lock is refused and kept, an empty one too while it
+    may be a lock being written (created with O_EXCL, not yet written); an empty one older than WRITING_S is what a
+    kill left there, taken over."""
+    from dynametric.utils.locks import WRITING_S, stale_empty
+
+    lock = tmp_path / "x.lock"
+    old = 1_000_000_000
+    for foreign in (b"my own notes\n", b" "):
+        lock.write_bytes(foreign)
+        os.utime(lock, (old, old))
+        with pytest.raises(LockForeign) as err:
+            _take(lock, _record(os.getpid()), foreign="empty_stale")
+        assert err.value.being_written is False and lock.read_bytes() == foreign
+    lock.write_bytes(b"")
+    with pytest.raises(LockForeign) as err:
+        _take(lock, _record(os.getpid()), foreign="empty_stale")
+    assert err.value.being_written is True and lock.read_bytes() == b""
+    assert not stale_empty(err.value.lock)
+    young = os.path.getmtime(lock) - WRITING_S + 5
+    os.utime(lock, (young, young))
+    with pytest.raises(LockForeign):
+        _take(lock, _record(os.getpid()), foreign="empty_stale")
+    aged = young - 10
+    os.utime(lock, (aged, aged))
+    mine = _record(os.getpid())
+    held = _take(lock, mine, foreign="empty_stale")
+    assert lock.read_bytes() == mine and [p.name for p in tmp_path.iterdir()] == ["x.lock"]
+    held.release()
+    assert not lock.exists()
+
+
+def test_a_lock_copied_from_another_place_is_stale_while_its_process_runs(tmp_path: Path,
+                                                                          sleeper: subprocess.Popen[bytes]) -> None:
+    """A lock whose ``recognise`` says it was taken for another folder (copied here, ``Holder.copied``): its running
+    process holds that folder, not this one; taken over. The same lock not copied refuses."""
+    lock = tmp_path / "x.lock"
+    theirs = _record(sleeper.pid, place="elsewhere")
+
+    def copied(data: Any) -> Holder | None:
+        return Holder(data["pid"], data["host"], copied=data.get("place") != "here")
+
+    _write(lock, theirs)
+    held = acquire_lock(lock, _record(os.getpid(), place="here"), recognise=copied, unaskable="live",
+                        foreign="refuse")
+    held.release()
+    assert not lock.exists()
+    _write(lock, _record(sleeper.pid, place="here"))
+    with pytest.raises(LockBusy):
+        acquire_lock(lock, _record(os.getpid(), place="here"), recognise=copied, unaskable="live", foreign="refuse")

@@ -419,13 +419,18 @@ def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | No
     (:class:`RunTensorBoardLogger`). MLflow's store is opened here, and its run created (:func:`mlflow_store`): a
     store that does not open is an error before any work. Any error of the logger's making is one line keyed
     ``run.logger``. ``continue_run`` (a resumed run's :func:`logger_run`, for the same logger): log into that MLflow
-    run (``run_id``) or W&B run (``id``, ``resume="allow"``), unless ``options`` name a run themselves."""
+    run (``run_id``) or W&B run (``id``, ``resume="allow"``), unless ``options`` name a run themselves. An MLflow
+    run to log into that was deleted (in MLflow's trash, where it takes nothing) is refused here, before any work:
+    keyed ``run.logger`` where it is ``continue_run``'s (the caller starts a new run), ``run.logger_options.run_id``
+    where the options name it."""
     check_logger(name, options, run_dir)
     run_dir = Path(run_dir)
     opts = dict(options or {})
+    continued = False
     if continue_run is not None and continue_run.get("logger") == name:
         if name == "mlflow" and "run_id" not in opts:
             opts["run_id"] = str(continue_run["id"])
+            continued = True
         elif name == "wandb" and "id" not in opts:
             opts["id"] = str(continue_run["id"])
             opts.setdefault("resume", "allow")
@@ -450,6 +455,13 @@ def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | No
                      "lightning.pytorch.loggers.mlflow": logging.ERROR}):
             mlflow = RunMLFlowLogger(**opts)
             _ = mlflow.experiment  # the store opened (its tables made), the experiment and the run created
+            if opts.get("run_id") and mlflow.experiment.get_run(str(opts["run_id"])).info.lifecycle_stage == "deleted":
+                # MLflow refuses every write into it ("must be in 'active' lifecycle_stage"): said now, not at the
+                # first write, after the run has started
+                if continued:
+                    raise ConfigError("it was deleted: it is in MLflow's trash", key="run.logger")
+                raise ConfigError(f"the mlflow run {opts['run_id']} was deleted (it is in MLflow's trash): restore it "
+                                  "in MLflow or name another run", key="run.logger_options.run_id")
         return mlflow
     except ConfigError:
         raise

@@ -92,13 +92,17 @@ from dynametric.utils.io import (
     temp_target,
 )
 from dynametric.utils.locks import (
+    WRITING_S,
     HeldLock,
     Holder,
     LockBusy,
     LockContended,
+    LockFile,
+    LockForeign,
     acquire_lock,
     other_process_running,
     read_lock,
+    stale_empty,
 )
 
 if TYPE_CHECKING:
@@ -294,6 +298,8 @@ def _own_file(entry: Path, names: tuple[str, ...], sub: str) -> bool:
     ``.last.ckpt.<random>.tmp``)."""
     if entry.is_symlink() or not entry.is_file():
         return False
+    if entry.name == LOCK_FILE and entry.name in names:  # its content checked: a user's file of that name is kept
+        return _is_run_lock(entry)
     return entry.name in names or is_stale_temp(entry, _RUN_FILES[sub].__contains__)
 
 
@@ -320,21 +326,77 @@ def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:
     return pid if other_process_running(pid, match["host"], written, unaskable="stale") else None
 
 
-def _run_lock(data: Any) -> Holder:
-    """The process a :data:`LOCK_FILE` names (its JSON: ``pid``, ``host``, ``folder``)."""
-    return Holder(int(data["pid"]), str(data["host"]))
+def _run_lock_of(run_dir: Path) -> Callable[[Any], Holder | None]:
+    """What reads ``run_dir``'s :data:`LOCK_FILE` (:func:`~dynametric.utils.locks.read_lock`): a lock of dynametric
+    is a JSON object naming the process (``pid``, an integer), its ``host`` and the ``folder`` it was taken for (a
+    lock without ``folder`` counts as this folder's). One taken for another folder (the run folder was copied with
+    ``cp -r`` while its run trained) is :attr:`~dynametric.utils.locks.Holder.copied`: stale here. The folders are
+    compared resolved, so a spelling of this folder through a symbolic link is this folder. Anything else (a user's
+    file of that name) is no lock of dynametric (``None``)."""
+    here = run_dir.resolve()
+
+    def recognise(data: Any) -> Holder | None:
+        if not isinstance(data, dict):
+            return None
+        pid, host, folder = data.get("pid"), data.get("host"), data.get("folder", str(here))
+        if isinstance(pid, bool) or not (isinstance(pid, int) and isinstance(host, str) and isinstance(folder, str)):
+            return None
+        try:
+            same = folder == str(here) or Path(folder).resolve() == here
+        except (OSError, RuntimeError):  # a folder that cannot be resolved (a link loop) is not this one
+            same = False
+        return Holder(pid, host, copied=not same)
+
+    return recognise
+
+
+def _is_run_lock(path: Path) -> bool:
+    """Whether ``path`` is a run folder's :data:`LOCK_FILE` as dynametric writes it (:func:`_run_lock_of`), or an
+    empty one old enough to be what a kill left while it was created (:func:`~dynametric.utils.locks.stale_empty`):
+    the run's own file, which it may replace; a file of the user's is never one."""
+    try:
+        found = read_lock(path, _run_lock_of(path.parent))
+    except OSError:
+        return False
+    return found is not None and (found.holder is not None or stale_empty(found))
+
+
+def _foreign_lock(lock: LockFile, folder_key: str, resume: bool) -> InputError:
+    """The one line of a run refused because its folder's :data:`LOCK_FILE` is no lock of dynametric (``lock``, as
+    read): the file is kept. An empty one written less than :data:`~dynametric.utils.locks.WRITING_S` seconds ago may
+    be the lock of a run starting there this moment (created, not yet written, where the file system has no hard
+    links); an older empty one is a killed run's leftover, taken over (:func:`_is_run_lock`), never refused here."""
+    if not lock.raw and time.time() - lock.written < WRITING_S:
+        return InputError(f"is empty and was created less than {WRITING_S:g} s ago: perhaps the lock of a run "
+                          "starting in the folder this moment; wait for it and try again (an older empty one is a "
+                          "killed run's leftover, replaced)", file=lock.path, key=folder_key)
+    instead = "move it away to resume the run" if resume else f"move it away or use another {folder_key}"
+    return InputError(f"is not a lock file of dynametric (JSON naming the process that trains in the folder); it is "
+                      f"not removed: {instead}", file=lock.path, key=folder_key)
+
+
+def check_run_lock(run_dir: Path, folder_key: str, *, resume: bool = False) -> None:
+    """The InputError of :func:`_foreign_lock` when ``run_dir`` holds a :data:`LOCK_FILE` that is no lock of
+    dynametric (a user's file of that name), said before the run reads or writes anything; nothing without one, or
+    for one that cannot be read (the claim says so)."""
+    try:
+        found = read_lock(run_dir / LOCK_FILE, _run_lock_of(run_dir))
+    except OSError:
+        return
+    if found is not None and found.holder is None and not stale_empty(found):
+        raise _foreign_lock(found, folder_key, resume)
 
 
 def lock_holder(run_dir: Path) -> int | None:
     """The process that holds ``run_dir`` (its :data:`LOCK_FILE`) when it is another process still running on this
     machine (:func:`~dynametric.utils.locks.other_process_running`, against the time the lock was written); ``None``
-    without a lock, for a stale one (its process gone: a killed run), one that cannot be read, one of another host and
-    this process's own."""
+    without a lock, for a stale one (its process gone: a killed run), one taken for another folder (this folder is a
+    copy of that one: :func:`_run_lock_of`), one that cannot be read, one of another host and this process's own."""
     try:
-        found = read_lock(run_dir / LOCK_FILE, _run_lock)
+        found = read_lock(run_dir / LOCK_FILE, _run_lock_of(run_dir))
     except OSError:
         return None
-    if found is None or found.holder is None:
+    if found is None or found.holder is None or found.holder.copied:
         return None
     pid, host = found.holder.pid, found.holder.host
     return pid if other_process_running(pid, host, found.written, unaskable="stale") else None
@@ -374,7 +436,9 @@ def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) ->
     :data:`LOCK_FILE` where none exists (:func:`~dynametric.utils.locks.acquire_lock`, atomically: of two runs
     started at the same moment, one gets it). A lock of another process still running on this host refuses the run,
     one line naming that process (keyed ``folder_key``), nothing written and nothing of the other run's touched; a
-    stale one (its process gone) is replaced, as is a file of that name that is no lock. The caller releases the
+    stale one (its process gone, or taken for another folder: a copy) is replaced, as is an empty one a kill left
+    (:func:`~dynametric.utils.locks.stale_empty`); a file of that name that is no lock of dynametric is refused
+    (:func:`_foreign_lock`) and kept. The caller releases the
     claim when the run ends (:meth:`RunClaim.release`). ``None`` in a DDP process other than rank 0
     (:func:`_launched_worker`): rank 0 holds the folder for all of them. A process of another host is not seen (as in
     :func:`_running_elsewhere`): its lock counts as stale, so a run killed on one node resumes on another."""
@@ -395,12 +459,14 @@ def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) ->
     record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "folder": str(run_dir.resolve())}) + "\n"
     claim = RunClaim(None, made)
     try:
-        claim.lock = acquire_lock(run_dir / LOCK_FILE, record.encode("utf-8"), recognise=_run_lock,
-                                  unaskable="stale", foreign="stale", attempts=8)
+        claim.lock = acquire_lock(run_dir / LOCK_FILE, record.encode("utf-8"), recognise=_run_lock_of(run_dir),
+                                  unaskable="stale", foreign="empty_stale", attempts=8)
     except BaseException as exc:
         claim.release()  # the folders it made, when still empty; never another process's lock
         if isinstance(exc, LockBusy):
             raise _busy(run_dir, exc.holder.pid, folder_key, resume) from None
+        if isinstance(exc, LockForeign):
+            raise _foreign_lock(exc.lock, folder_key, resume) from None
         if isinstance(exc, LockContended):
             raise ConfigError(f"run folder {run_dir}: other processes keep taking its {LOCK_FILE}; wait for them or "
                               f"use another {folder_key}", key=folder_key) from None
@@ -461,6 +527,7 @@ def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) 
                           key=folder_key)
     if not whole:
         return []
+    check_run_lock(run_dir, folder_key)
     leftovers = unstarted_run_files(run_dir, folder_key) or []
     if not leftovers:
         require_new_folder(run_dir, folder_key, "dynametric run (last.ckpt)")
@@ -572,6 +639,8 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
         pid = lock_holder(run_dir)
     if pid is not None:
         raise _busy(run_dir, pid, folder_key, True)
+    if not _launched_worker():
+        check_run_lock(run_dir, folder_key, resume=True)
     config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     new_run = f"restore it, or start a new run with dynametric train --config {config} --out NEW"
     try:
@@ -1029,7 +1098,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
-        unstarted = _run_header(run_dir) is not None and unstarted_run_files(run_dir)
+        unstarted = _run_header(run_dir) is not None and unstarted_run_files(run_dir, folder_key)
         again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
                  f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)

@@ -33,9 +33,10 @@ from dynametric.utils.processes import process_alive, started_after
 Policy = Literal["live", "stale"]
 """What a lock whose holder cannot be asked counts as: ``live`` (held: the acquirer is refused) or ``stale`` (taken
 over)."""
-Foreign = Literal["refuse", "stale"]
+Foreign = Literal["refuse", "stale", "empty_stale"]
 """What a file of the lock's name that is no lock of the caller's kind counts as: ``refuse`` (the acquirer is refused,
-the file left as it is) or ``stale`` (taken over)."""
+the file left as it is), ``stale`` (taken over) or ``empty_stale`` (refused, but an empty file last written
+:data:`WRITING_S` or more ago is taken over: :func:`stale_empty`)."""
 WRITING_S = 10.0
 """How long (seconds since it was last written) a file of the lock's name that is no lock of its kind may be one that
 another process is writing this moment (created with ``O_EXCL``, not yet written): :attr:`LockForeign.being_written`."""
@@ -51,6 +52,9 @@ class Holder:
 
     pid: int
     host: str
+    copied: bool = False
+    """The lock was taken for another folder (it was copied here with its folder, ``cp -r``, while that folder's
+    process held it): its process holds that folder, not this one, so here it is stale."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,13 @@ class LockForeign(LockRefused):
         super().__init__(lock.path)
         self.lock = lock
         self.being_written = time.time() - lock.written < WRITING_S
+
+
+def stale_empty(lock: LockFile) -> bool:
+    """Whether ``lock`` is an empty file last written :data:`WRITING_S` or more ago: what a process killed between
+    creating its lock with ``O_EXCL`` (a file system without hard links) and writing it leaves; removing it loses
+    nothing. (A younger empty file may be a lock being written this moment: :attr:`LockForeign.being_written`.)"""
+    return not lock.raw and time.time() - lock.written >= WRITING_S
 
 
 class LockContended(LockRefused):
@@ -140,7 +151,7 @@ def holder_running(lock: LockFile, *, unaskable: Policy) -> bool:
     (:func:`other_process_running`), or this process while it holds that very lock (:func:`acquire_lock`, not
     released); a lock of this process that it no longer holds is stale. ``False`` where it names no process."""
     holder = lock.holder
-    if holder is None:
+    if holder is None or holder.copied:
         return False
     if holder.host == socket.gethostname() and holder.pid == os.getpid():
         return _HELD[os.path.abspath(lock.path), lock.raw] > 0
@@ -247,9 +258,11 @@ def acquire_lock(path: Path, record: bytes, *, recognise: Callable[[Any], Holder
     """Takes the lock file ``path`` (its folder exists), writing ``record`` (JSON naming this process) there: created
     whole where none exists (see the module's docstring); a lock found there whose holder runs
     (:func:`holder_running`, ``unaskable`` for a holder that cannot be asked) raises :class:`LockBusy`, one whose
-    holder is gone is taken over. A file that ``recognise`` (:func:`read_lock`) does not know as a lock is taken over
-    where ``foreign`` is ``stale``, else :class:`LockForeign`, the file untouched. After ``attempts`` tries that other
-    processes won, :class:`LockContended`. A folder that cannot be written: the ``OSError``."""
+    holder is gone (or that was copied from another folder: :attr:`Holder.copied`) is taken over. A file that
+    ``recognise`` (:func:`read_lock`) does not know as a lock is taken over where ``foreign`` is ``stale``, or is
+    ``empty_stale`` and the file :func:`stale_empty`; else :class:`LockForeign`, the file untouched. After
+    ``attempts`` tries that other processes won, :class:`LockContended`. A folder that cannot be written: the
+    ``OSError``."""
     mine = (os.path.abspath(path), record)
     _HELD[mine] += 1  # before the lock exists: another thread of this process that finds it sees it held
     try:
@@ -260,7 +273,7 @@ def acquire_lock(path: Path, record: bytes, *, recognise: Callable[[Any], Holder
             if found is None:
                 continue  # removed meanwhile: try again
             if found.holder is None:
-                if foreign == "refuse":
+                if foreign == "refuse" or (foreign == "empty_stale" and not stale_empty(found)):
                     raise LockForeign(found)
             elif holder_running(found, unaskable=unaskable):
                 raise LockBusy(found, found.holder)
