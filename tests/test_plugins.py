@@ -272,3 +272,16 @@ def test_an_empty_imports_keeps_the_config_hash() -> None:
     before = hashlib.sha256(json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert config_hash(Config()) == before
     assert config_hash(Config(imports=["mypkg"])) != before
+
+
+def test_an_unknown_backbone_hints_at_imports_once() -> None:
+    """``model.backbone`` is a component a user's module can register too: its unknown name ends with the import
+    hint, once."""
+    from dynametric.models import build_embedder
+
+    with pytest.raises(ConfigError) as exc:
+        build_embedder("mybackbone_xyz", embedding_dim=4)
+    text = str(exc.value)
+    assert text.startswith("key 'model.backbone': unknown backbone 'mybackbone_xyz'"), text
+    assert text.endswith("list it under 'imports:' in the config, or run dynametric --import MODULE ...")
+    assert text.count("registered by your own code") == 1 and "\n" not in text

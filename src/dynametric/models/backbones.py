@@ -209,14 +209,18 @@ def available_backbones() -> list[str]:
     return sorted(BACKBONES) + timm.list_models()
 
 
-def _unknown_backbone(name: str) -> ConfigError:
+def _unknown_backbone(name: str, *, import_hint: bool = True) -> ConfigError:
+    """The one line of a backbone name neither dynametric's nor timm's, with the closest names; ``import_hint``: then
+    how to import a user's module that registers it (:func:`dynametric.utils.registry.with_import_hint`)."""
     import timm
 
     candidates = sorted(BACKBONES) + timm.list_models()
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigError(f"unknown backbone {name!r} (neither {sorted(BACKBONES)} nor a timm model){hint}",
-                       key="model.backbone")
+    from dynametric.utils.registry import with_import_hint
+
+    message = f"unknown backbone {name!r} (neither {sorted(BACKBONES)} nor a timm model){hint}"
+    return ConfigError(with_import_hint(message) if import_hint else message, key="model.backbone")
 
 
 TIMM_SOURCE_PREFIXES = ("hf-hub:", "local-dir:")

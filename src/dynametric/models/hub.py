@@ -118,8 +118,9 @@ def _check_backbone_known(meta: Mapping[str, Any], meta_path: Path) -> None:
         raise InputError(f"unknown backbone {name!r}: it was registered by module {module!r} (BACKBONES[{name!r}]) "
                          "when the model was saved, which is not imported here; import it before loading",
                          file=meta_path, key="model.backbone")
-    raise InputError(f"{_unknown_backbone(name).message}; a backbone registered by user code (BACKBONES[{name!r}] = "
-                     "...) is known only where the module that registers it is imported: import it before loading",
+    unknown = _unknown_backbone(name, import_hint=False).message
+    raise InputError(f"{unknown}; a backbone registered by user code (BACKBONES[{name!r}] = ...) is known only "
+                     "where the module that registers it is imported: import it before loading",
                      file=meta_path, key="model.backbone")
 
 
