@@ -287,10 +287,15 @@ def test_other_exceptions_of_a_backbone_constructor_stay_tracebacks(monkeypatch)
 
 def test_a_sampler_forming_batches_of_another_size_is_one_line_naming_data_sampler(tmp_path, capsys,
                                                                                    registered) -> None:
-    _, line = _train(tmp_path, capsys, "data.sampler=short", "data.sampler_options.short=3")
+    out, line = _train(tmp_path, capsys, "data.sampler=short", "data.sampler_options.short=3")
     assert line.endswith(f"key 'data.sampler': sampler 'short' ({__name__}.ShortSampler) formed a training batch of "
-                         "13 items (batch 0 of epoch 0); every training batch holds data.batch_size = 16 items (per "
-                         "process)"), line
+                         "13 items (its first batch, drawn by the preflight); every training batch holds "
+                         "data.batch_size = 16 items (per process)"), line
+    assert _nothing_written(out)  # said by the preflight, before the run writes anything
+    cfg = tmp_path / "tiny.yaml"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--dry-run", "data.sampler=short",
+                 "data.sampler_options.short=3"]) == 2  # and by the dry run
+    assert "formed a training batch of 13 items" in capsys.readouterr().err and _nothing_written(out)
 
 
 def test_the_batch_size_check_passes_full_batches_and_reads_the_sampler_through() -> None:

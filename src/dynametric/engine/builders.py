@@ -462,6 +462,16 @@ def sampler_factory(cfg: Config) -> Callable[[torch.Tensor, int, int], Any]:
     return make
 
 
+def check_batch_size(sampler: Any, batch: Any, batch_size: int, name: str, where: str) -> None:
+    """A ConfigError keyed ``data.sampler`` when ``batch`` (an index list that ``sampler``, named ``name`` in the
+    config, formed: ``where``, e.g. ``batch 3 of epoch 0``) does not hold ``batch_size`` items."""
+    if len(batch) != batch_size:
+        cls = type(sampler)
+        raise ConfigError(f"sampler {name!r} ({cls.__module__}.{cls.__qualname__}) formed a training batch of "
+                          f"{len(batch)} items ({where}); every training batch holds data.batch_size = {batch_size} "
+                          "items (per process)", key="data.sampler")
+
+
 class BatchSizeChecked:
     """A run's training batch sampler whose every batch is checked, as it is formed, to hold ``batch_size`` items
     (``data.batch_size``, per process): every sampler of :data:`dynametric.data.samplers.BATCH_SAMPLERS` gives such
@@ -483,12 +493,7 @@ class BatchSizeChecked:
 
     def __iter__(self) -> Iterator[Any]:
         for b, batch in enumerate(self.sampler):
-            if len(batch) != self.batch_size:
-                cls = type(self.sampler)
-                raise ConfigError(f"sampler {self.name!r} ({cls.__module__}.{cls.__qualname__}) formed a training "
-                                  f"batch of {len(batch)} items (batch {b} of epoch {self.epoch}); every training "
-                                  f"batch holds data.batch_size = {self.batch_size} items (per process)",
-                                  key="data.sampler")
+            check_batch_size(self.sampler, batch, self.batch_size, self.name, f"batch {b} of epoch {self.epoch}")
             yield batch
 
     def __getattr__(self, name: str) -> Any:

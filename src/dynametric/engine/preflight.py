@@ -27,6 +27,7 @@ from dynametric.config.schema import batch_comparing_terms, three_scale_items_er
 from dynametric.data.samplers import BATCH_SAMPLERS, ThreeScaleSampler
 from dynametric.engine.builders import (  # noqa: F401  (the monitor alias: resolved by the builders)
     SCALE_ALIASES,
+    check_batch_size,
     resolve_monitor,
     sampler_factory,
     with_resolved_monitor,
@@ -95,6 +96,9 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
         per = f" for each of {world} processes" if world > 1 else ""
         raise ConfigError(f"the training split ({len(labels)} images) gives no batch of {data.batch_size}{per}; "
                           "lower data.batch_size", key="data.batch_size")
+    first = next(iter(sampler), None)  # a sampler registered by user code may form other sizes: said before the run
+    if first is not None:
+        check_batch_size(sampler, first, data.batch_size, data.sampler, "its first batch, drawn by the preflight")
     if isinstance(sampler, ThreeScaleSampler):
         _check_three_scale(cfg, sampler, labels.shape[1], scale_names)
 
