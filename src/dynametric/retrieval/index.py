@@ -210,16 +210,17 @@ def build_faiss_index(x: np.ndarray, kind: str = "flat", metric: str = "cosine",
 
 
 def faiss_search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw faiss search ``(scores [Q, k], ids [Q, k])`` with ``k`` clipped to the index size (``-1`` pads)."""
+    """Raw faiss search ``(scores [Q, k], ids [Q, k])`` with ``k`` clipped to the index size (``-1`` pads).
+
+    An ``hnsw`` index is searched with a beam of ``max(efSearch, k)`` passed as this call's search parameters:
+    the index itself is never written, so one index may be searched from several threads at once (faiss releases
+    the GIL while it searches; setting ``index.hnsw.efSearch`` around the call let threads see each other's value,
+    and restore the wrong one)."""
     k = max(1, min(int(k), int(index.ntotal)))
     hnsw = getattr(index, "hnsw", None)
     if hnsw is not None and hnsw.efSearch < k:
-        old = hnsw.efSearch
-        hnsw.efSearch = k
-        try:
-            return index.search(q, k)
-        finally:
-            hnsw.efSearch = old
+        faiss = require_faiss()
+        return index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=k))
     return index.search(q, k)
 
 
