@@ -468,6 +468,17 @@ def _refuse_beyond_float32(x: np.ndarray, metric: str, what: str, action: str, f
                          file=file)
 
 
+def _query_array(q: Any) -> np.ndarray:
+    """Queries as a numpy array: a torch tensor detached (one that requires grad) and moved to the CPU, bf16 and
+    fp16 (which numpy cannot hold, or holds with too little range) as float32."""
+    if type(q).__module__.partition(".")[0] == "torch" and hasattr(q, "detach"):
+        t = q.detach()
+        if t.is_floating_point() and t.element_size() < 4:
+            t = t.float()
+        q = t.cpu().numpy()
+    return np.asarray(q)
+
+
 @dataclass
 class RetrievalIndex:
     """A faiss index plus the item metadata it answers with."""
@@ -700,15 +711,17 @@ class RetrievalIndex:
         index all-zero rows (a zero vector has no direction, so its neighbours would be arbitrary; counted, with
         the first one, as ``index build`` and ``evaluate`` refuse them). ``what`` names the queries in the errors,
         ``source`` the file they came from (the command line's ``--embeddings``), named by the zero-row error as
-        ``index build`` names its file."""
-        q = np.asarray(q)
+        ``index build`` names its file. A torch tensor is detached and moved to the CPU, bf16 / fp16 read as
+        float32; booleans and integers are refused (embeddings are floats: a mask ``q > 0`` or integer codes are
+        a mistake, searched as 0/1 they gave neighbours of something else)."""
+        q = _query_array(q)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InputError(f"{what} have dimension {q.shape[-1] if q.ndim else 'scalar'} (shape {q.shape}), but "
                              f"the index has dimension {self.dim}")
-        if q.dtype.kind not in "biuf":
-            raise InputError(f"{what} must be a numeric array, got dtype {q.dtype}")
+        if q.dtype.kind != "f":
+            raise InputError(f"{what} must be a floating-point array (embeddings), got dtype {q.dtype}")
         if not np.isfinite(q).all():
             raise InputError(f"{what} contain NaN or Inf")
         _refuse_beyond_float32(q, self.metric, what, "searches", source)
