@@ -506,10 +506,13 @@ class RetrievalIndex:
     @classmethod
     def build(cls, emb: Any, kind: str = "flat", metric: str = "cosine", **kwargs: Any) -> RetrievalIndex:
         """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`).
-        Raises :class:`~dynametric.errors.InputError` for embeddings that cannot be indexed (non-finite, an all-zero
-        row under cosine) and :class:`~dynametric.errors.ConfigError` for an unknown kind, metric or option; faiss
-        missing is one line naming the extra to install."""
+        Raises :class:`~dynametric.errors.InputError` for embeddings that cannot be indexed (none, non-finite, an
+        all-zero row under cosine) and :class:`~dynametric.errors.ConfigError` for an unknown kind, metric or
+        option; faiss missing is one line naming the extra to install."""
         raw = np.asarray(emb.embeddings)
+        if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:  # as the command line refuses such a file
+            raise InputError(f"no embeddings (shape {raw.shape})" if raw.ndim == 2 else
+                             f"expected a 2-D [N, D] array of embeddings, got shape {raw.shape}", file=emb.source)
         if metric == "cosine":
             src = Path(emb.source)
             refuse_zero_rows(raw, src / "embeddings.npy" if src.is_dir() else src)
@@ -763,7 +766,7 @@ class RetrievalIndex:
             raise InputError(f"k must be an integer >= 1, got {k!r}", key="k")
         # no query can have more results than the index has items: the result arrays ([Q, k]) are as wide as the
         # index at most (a k of 10**9 allocated [Q, 10**9] arrays and died of a MemoryError)
-        k = min(int(k), max(self.size, 1))
+        k = min(int(k), self.size)
         if scale is not None and same is not None:
             raise InputError("give either --scale (group by class) or --same (filter to the query's class), not both",
                              key="--same")
@@ -785,6 +788,11 @@ class RetrievalIndex:
                 raise InputError(f"exclude[{at}] is {int(ex[at])}: expected an item position 0..{self.size - 1} or "
                                  f"-1 for none ({int(wrong.sum())} such entries)", key="exclude")
             exclude = ex.astype(np.int64)
+        if k == 0:  # an index of no items (an older build could write one): [Q, 0] results
+            groups = None if same is None else (ql[:, sa] if ql is not None else np.full(len(qs), -1, np.int64))
+            return SearchResult(np.empty((len(qs), 0), np.int64), np.empty((len(qs), 0), np.float64),
+                                "classes" if si is not None else "same" if same is not None else "items",
+                                scale if si is not None else same, groups)
         if same is not None:
             sa_idx = int(sa)  # type: ignore[arg-type]
             if ql is not None:
