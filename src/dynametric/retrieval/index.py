@@ -401,6 +401,11 @@ _CHANGING = ("the index changed while it was read: a `dynametric index build` in
              "the build again")
 
 
+class IndexChangedError(InputError):
+    """:meth:`RetrievalIndex.load` of a folder that a ``dynametric index build`` rewrote while it was read, more
+    often than :data:`LOAD_TRIES` times, or that a build is writing (or was stopped in): try again later."""
+
+
 def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
     """``index.json``'s bytes and the identity of the file they were read from (inode, size, modification time):
     a build replaces the file by a new one, so a rebuild of the same index is another file with the same bytes."""
@@ -497,6 +502,11 @@ class RetrievalIndex:
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     _direct_map: bool = field(default=False, repr=False)
+    digest: str = field(default="", compare=False)
+    """SHA-256 of the ``index.json`` :meth:`load` read and checked every file against (it holds the digests of
+    ``index.faiss``, ``items.csv`` and the labels, so it names the build); ``""`` for an index not loaded."""
+    loaded_from: Path | None = field(default=None, compare=False)
+    """The folder :meth:`load` read (``None`` for an index not loaded)."""
 
     @property
     def size(self) -> int:
@@ -616,7 +626,9 @@ class RetrievalIndex:
                     raise
                 if change == "built":
                     continue  # a build finished meanwhile: read its index
-                raise InputError(_CHANGING, file=path) from None
+                raise IndexChangedError(_CHANGING, file=path) from None
+            loaded[0].digest = hashlib.sha256(seen[0]).hexdigest()
+            loaded[0].loaded_from = path
             if "items_sha256" in loaded[1]:
                 return loaded[0]  # every file checked against the index.json it was read with: consistent
             # an index.json of an older dynametric has no digest of items.csv and labels.npy: the folder must not
@@ -625,8 +637,21 @@ class RetrievalIndex:
             if change is None:
                 return loaded[0]
             if change == "building":
-                raise InputError(_CHANGING, file=path)
-        raise InputError(_CHANGING, file=path)
+                raise IndexChangedError(_CHANGING, file=path)
+        raise IndexChangedError(_CHANGING, file=path)
+
+    def changed_on_disk(self) -> bool:
+        """Whether the folder this index was loaded from now holds another build: its ``index.json`` is no longer
+        the one :meth:`load` checked the files against (:attr:`digest`), or is gone. Cheap (reads ``index.json``
+        only), for a long-running service to poll and then :meth:`load` again; a build still writing the folder
+        is not a change until it wrote its ``index.json``, its last file."""
+        if self.loaded_from is None:
+            raise DynametricError("changed_on_disk(): this index was not loaded from a folder (RetrievalIndex.load)")
+        try:
+            data = (self.loaded_from / "index.json").read_bytes()
+        except OSError:  # removed, a folder, unreadable: not the index that was loaded
+            return True
+        return hashlib.sha256(data).hexdigest() != self.digest
 
     @classmethod
     def _load_files(cls, path: Path, meta_bytes: bytes) -> tuple[RetrievalIndex, dict[str, Any]]:
