@@ -211,16 +211,17 @@ def build_faiss_index(x: np.ndarray, kind: str = "flat", metric: str = "cosine",
 
 
 def faiss_search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw faiss search ``(scores [Q, k], ids [Q, k])`` with ``k`` clipped to the index size (``-1`` pads)."""
+    """Raw faiss search ``(scores [Q, k], ids [Q, k])`` with ``k`` clipped to the index size (``-1`` pads).
+
+    An ``hnsw`` index is searched with a beam of ``max(efSearch, k)`` passed as this call's search parameters:
+    the index itself is never written, so one index may be searched from several threads at once (faiss releases
+    the GIL while it searches; setting ``index.hnsw.efSearch`` around the call let threads see each other's value,
+    and restore the wrong one)."""
     k = max(1, min(int(k), int(index.ntotal)))
     hnsw = getattr(index, "hnsw", None)
     if hnsw is not None and hnsw.efSearch < k:
-        old = hnsw.efSearch
-        hnsw.efSearch = k
-        try:
-            return index.search(q, k)
-        finally:
-            hnsw.efSearch = old
+        faiss = require_faiss()
+        return index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=k))
     return index.search(q, k)
 
 
@@ -421,6 +422,11 @@ _CHANGING = ("the index changed while it was read: a `dynametric index build` in
              "the build again")
 
 
+class IndexChangedError(InputError):
+    """:meth:`RetrievalIndex.load` of a folder that a ``dynametric index build`` rewrote while it was read, more
+    often than :data:`LOAD_TRIES` times, or that a build is writing (or was stopped in): try again later."""
+
+
 def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
     """``index.json``'s bytes and the identity of the file they were read from (inode, size, modification time):
     a build replaces the file by a new one, so a rebuild of the same index is another file with the same bytes."""
@@ -488,6 +494,17 @@ def _refuse_beyond_float32(x: np.ndarray, metric: str, what: str, action: str, f
                          file=file)
 
 
+def _query_array(q: Any) -> np.ndarray:
+    """Queries as a numpy array: a torch tensor detached (one that requires grad) and moved to the CPU, bf16 and
+    fp16 (which numpy cannot hold, or holds with too little range) as float32."""
+    if type(q).__module__.partition(".")[0] == "torch" and hasattr(q, "detach"):
+        t = q.detach()
+        if t.is_floating_point() and t.element_size() < 4:
+            t = t.float()
+        q = t.cpu().numpy()
+    return np.asarray(q)
+
+
 @dataclass
 class RetrievalIndex:
     """A faiss index plus the item metadata it answers with."""
@@ -506,6 +523,11 @@ class RetrievalIndex:
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     _direct_map: bool = field(default=False, repr=False)
+    digest: str = field(default="", compare=False)
+    """SHA-256 of the ``index.json`` :meth:`load` read and checked every file against (it holds the digests of
+    ``index.faiss``, ``items.csv`` and the labels, so it names the build); ``""`` for an index not loaded."""
+    loaded_from: Path | None = field(default=None, compare=False)
+    """The folder :meth:`load` read (``None`` for an index not loaded)."""
 
     @property
     def size(self) -> int:
@@ -515,10 +537,13 @@ class RetrievalIndex:
     @classmethod
     def build(cls, emb: Any, kind: str = "flat", metric: str = "cosine", **kwargs: Any) -> RetrievalIndex:
         """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`).
-        Raises :class:`~dynametric.errors.InputError` for embeddings that cannot be indexed (non-finite, an all-zero
-        row under cosine) and :class:`~dynametric.errors.ConfigError` for an unknown kind, metric or option; faiss
-        missing is one line naming the extra to install."""
+        Raises :class:`~dynametric.errors.InputError` for embeddings that cannot be indexed (none, non-finite, an
+        all-zero row under cosine) and :class:`~dynametric.errors.ConfigError` for an unknown kind, metric or
+        option; faiss missing is one line naming the extra to install."""
         raw = np.asarray(emb.embeddings)
+        if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:  # as the command line refuses such a file
+            raise InputError(f"no embeddings (shape {raw.shape})" if raw.ndim == 2 else
+                             f"expected a 2-D [N, D] array of embeddings, got shape {raw.shape}", file=emb.source)
         if metric == "cosine":
             src = Path(emb.source)
             refuse_zero_rows(raw, src / "embeddings.npy" if src.is_dir() else src)
@@ -614,7 +639,9 @@ class RetrievalIndex:
                     raise
                 if change == "built":
                     continue  # a build finished meanwhile: read its index
-                raise InputError(_CHANGING, file=path) from None
+                raise IndexChangedError(_CHANGING, file=path) from None
+            loaded[0].digest = hashlib.sha256(seen[0]).hexdigest()
+            loaded[0].loaded_from = path
             if "items_sha256" in loaded[1]:
                 return loaded[0]  # every file checked against the index.json it was read with: consistent
             # an index.json of an older dynametric has no digest of items.csv and labels.npy: the folder must not
@@ -623,8 +650,21 @@ class RetrievalIndex:
             if change is None:
                 return loaded[0]
             if change == "building":
-                raise InputError(_CHANGING, file=path)
-        raise InputError(_CHANGING, file=path)
+                raise IndexChangedError(_CHANGING, file=path)
+        raise IndexChangedError(_CHANGING, file=path)
+
+    def changed_on_disk(self) -> bool:
+        """Whether the folder this index was loaded from now holds another build: its ``index.json`` is no longer
+        the one :meth:`load` checked the files against (:attr:`digest`), or is gone. Cheap (reads ``index.json``
+        only), for a long-running service to poll and then :meth:`load` again; a build still writing the folder
+        is not a change until it wrote its ``index.json``, its last file."""
+        if self.loaded_from is None:
+            raise DynametricError("changed_on_disk(): this index was not loaded from a folder (RetrievalIndex.load)")
+        try:
+            data = (self.loaded_from / "index.json").read_bytes()
+        except OSError:  # removed, a folder, unreadable: not the index that was loaded
+            return True
+        return hashlib.sha256(data).hexdigest() != self.digest
 
     @classmethod
     def _load_files(cls, path: Path, meta_bytes: bytes) -> tuple[RetrievalIndex, dict[str, Any]]:
@@ -712,15 +752,17 @@ class RetrievalIndex:
         index all-zero rows (a zero vector has no direction, so its neighbours would be arbitrary; counted, with
         the first one, as ``index build`` and ``evaluate`` refuse them). ``what`` names the queries in the errors,
         ``source`` the file they came from (the command line's ``--embeddings``), named by the zero-row error as
-        ``index build`` names its file."""
-        q = np.asarray(q)
+        ``index build`` names its file. A torch tensor is detached and moved to the CPU, bf16 / fp16 read as
+        float32; booleans and integers are refused (embeddings are floats: a mask ``q > 0`` or integer codes are
+        a mistake, searched as 0/1 they gave neighbours of something else)."""
+        q = _query_array(q)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InputError(f"{what} have dimension {q.shape[-1] if q.ndim else 'scalar'} (shape {q.shape}), but "
                              f"the index has dimension {self.dim}")
-        if q.dtype.kind not in "biuf":
-            raise InputError(f"{what} must be a numeric array, got dtype {q.dtype}")
+        if q.dtype.kind != "f":
+            raise InputError(f"{what} must be a floating-point array (embeddings), got dtype {q.dtype}")
         if not np.isfinite(q).all():
             raise InputError(f"{what} contain NaN or Inf")
         _refuse_beyond_float32(q, self.metric, what, "searches", source)
@@ -762,7 +804,7 @@ class RetrievalIndex:
             raise InputError(f"k must be an integer >= 1, got {k!r}", key="k")
         # no query can have more results than the index has items: the result arrays ([Q, k]) are as wide as the
         # index at most (a k of 10**9 allocated [Q, 10**9] arrays and died of a MemoryError)
-        k = min(int(k), max(self.size, 1))
+        k = min(int(k), self.size)
         if scale is not None and same is not None:
             raise InputError("give either --scale (group by class) or --same (filter to the query's class), not both",
                              key="--same")
@@ -784,6 +826,11 @@ class RetrievalIndex:
                 raise InputError(f"exclude[{at}] is {int(ex[at])}: expected an item position 0..{self.size - 1} or "
                                  f"-1 for none ({int(wrong.sum())} such entries)", key="exclude")
             exclude = ex.astype(np.int64)
+        if k == 0:  # an index of no items (an older build could write one): [Q, 0] results
+            groups = None if same is None else (ql[:, sa] if ql is not None else np.full(len(qs), -1, np.int64))
+            return SearchResult(np.empty((len(qs), 0), np.int64), np.empty((len(qs), 0), np.float64),
+                                "classes" if si is not None else "same" if same is not None else "items",
+                                scale if si is not None else same, groups)
         if same is not None:
             sa_idx = int(sa)  # type: ignore[arg-type]
             if ql is not None:

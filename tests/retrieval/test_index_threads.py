@@ -1,0 +1,89 @@
+"""One loaded RetrievalIndex searched from several threads (a service): every search gets the results a
+sequential search gets, and searching never changes the index (an ``hnsw`` index's ``efSearch``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynametric.retrieval.embed import EmbeddingSet
+from dynametric.retrieval.index import RetrievalIndex
+
+
+def embedding_set(n: int = 300, d: int = 32, seed: int = 0) -> EmbeddingSet:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return EmbeddingSet(x, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, Path("x.npy"))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "flat"])
+def test_threaded_searches_equal_sequential_and_leave_the_index_unchanged(kind: str, tmp_path: Path) -> None:
+    RetrievalIndex.build(embedding_set(), kind=kind).save(tmp_path / "index")
+    idx = RetrievalIndex.load(tmp_path / "index")
+    q = np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32)
+    ks = [5, 250, 17, 99, 64, 180]
+    ref = {k: idx.search(q, k) for k in ks}
+
+    def same_as_sequential(i: int) -> bool:
+        k = ks[i % len(ks)]
+        res = idx.search(q, k)
+        return bool(np.array_equal(res.ids, ref[k].ids) and np.array_equal(res.distances, ref[k].distances))
+
+    with ThreadPoolExecutor(8) as pool:
+        ok = list(pool.map(same_as_sequential, range(600)))
+    assert ok.count(False) == 0
+    if kind == "hnsw":
+        assert idx.index.hnsw.efSearch == idx.params["ef_search"] == 64
+    if kind == "ivf":
+        assert idx.index.nprobe == idx.params["nprobe"]
+    for k in ks:  # and the sequential results are still those of before
+        np.testing.assert_array_equal(idx.search(q, k).ids, ref[k].ids)
+
+
+def mutating_search(index, q, k):  # the sequential behaviour before: efSearch raised to k around the call
+    k = max(1, min(int(k), int(index.ntotal)))
+    old = index.hnsw.efSearch
+    index.hnsw.efSearch = max(old, k)
+    try:
+        return index.search(q, k)
+    finally:
+        index.hnsw.efSearch = old
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_hnsw_results_equal_those_of_raising_ef_search_to_k(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The results are those of searching with ``efSearch = max(ef_search, k)`` set on the index (what search did
+    before, one thread at a time): a k above ef_search still gets k results."""
+    import dynametric.retrieval.index as mod
+
+    idx = RetrievalIndex.build(embedding_set(), kind="hnsw", metric=metric, ef_search=16)
+    q = np.random.default_rng(2).standard_normal((40, 32)).astype(np.float32)
+    ks = (1, 5, 16, 40, 250, 300)
+    ex = np.arange(40)
+    now = {k: (idx.search(q, k), idx.search(q, k, exclude=ex)) for k in ks}
+    monkeypatch.setattr(mod, "faiss_search", mutating_search)
+    for k in ks:
+        for res, before in zip(now[k], (idx.search(q, k), idx.search(q, k, exclude=ex))):
+            np.testing.assert_array_equal(res.ids, before.ids)
+            np.testing.assert_array_equal(res.distances, before.distances)
+        assert (now[k][0].ids >= 0).all()
+    assert idx.index.hnsw.efSearch == 16
+
+
+def test_a_loaded_embedder_embeds_alike_from_several_threads(run_ckpt: Path, image_root: Path) -> None:
+    """What docs/retrieval.md says a service may do: one loaded embedder (eval mode, no grad) shared by threads."""
+    from dynametric.retrieval.model import image_tensor, load_embedder
+
+    loaded = load_embedder(run_ckpt)
+    batch = torch.stack([image_tensor(loaded, p) for p in sorted(image_root.rglob("*.png"))[:6]])
+    ref = loaded.embed(batch)
+
+    def same(i: int) -> bool:
+        return bool(torch.equal(loaded.embed(batch), ref))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(same, range(64)))
+    assert not loaded.model.training
