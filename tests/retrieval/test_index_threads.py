@@ -87,3 +87,31 @@ def test_a_loaded_embedder_embeds_alike_from_several_threads(run_ckpt: Path, ima
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(same, range(64)))
     assert not loaded.model.training
+
+
+def test_hnsw_search_beyond_ef_search_works_after_faiss_torch_utils_is_imported(tmp_path) -> None:
+    """pytorch-metric-learning's faiss kNN imports ``faiss.contrib.torch_utils``, which replaces every index's
+    ``search`` by one without ``params`` (faiss's own is kept as ``search_numpy``): a process using both libraries
+    still searches an hnsw index with k > efSearch, with the results of a process without it. In a subprocess: the
+    replacement is process-wide."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from dynametric.retrieval.embed import EmbeddingSet
+        from dynametric.retrieval.index import RetrievalIndex
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((300, 16)).astype(np.float32)
+        idx = RetrievalIndex.build(EmbeddingSet(x, [str(i) for i in range(300)], [""] * 300, None, [], None, [], {},
+                                                "x.npy"), kind="hnsw")
+        if sys.argv[1] == "torch_utils":
+            import faiss.contrib.torch_utils  # noqa: F401
+        res = idx.search(rng.standard_normal((8, 16)).astype(np.float32), 200)
+        print(res.ids.tolist())
+    """)
+    outs = [subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True).stdout
+            for mode in ("plain", "torch_utils")]
+    assert outs[0] == outs[1] and outs[0].count(",") > 8 * 150

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -221,7 +222,10 @@ def faiss_search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     hnsw = getattr(index, "hnsw", None)
     if hnsw is not None and hnsw.efSearch < k:
         faiss = require_faiss()
-        return index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=k))
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning's faiss kNN, for one) replaces every index's
+        # search with one that takes no params, and keeps faiss's own numpy search as search_numpy
+        search = getattr(index, "search_numpy", index.search)
+        return search(q, k, params=faiss.SearchParametersHNSW(efSearch=k))
     return index.search(q, k)
 
 
@@ -497,7 +501,8 @@ def _refuse_beyond_float32(x: np.ndarray, metric: str, what: str, action: str, f
 def _query_array(q: Any) -> np.ndarray:
     """Queries as a numpy array: a torch tensor detached (one that requires grad) and moved to the CPU, bf16 and
     fp16 (which numpy cannot hold, or holds with too little range) as float32."""
-    if type(q).__module__.partition(".")[0] == "torch" and hasattr(q, "detach"):
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported: not imported for it here
+    if torch is not None and isinstance(q, torch.Tensor):
         t = q.detach()
         if t.is_floating_point() and t.element_size() < 4:
             t = t.float()
