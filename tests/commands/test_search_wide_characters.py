@@ -31,3 +31,16 @@ def test_columns_after_a_wide_id_stay_aligned() -> None:
         cells = {"fine": ("鞋", "shoe", "靴子"), "coarse": ("c1", "c2", "c3")}[name]
         assert [column(row, cell) for row, cell in zip(rows, cells, strict=True)] == [start] * 3, name
     assert rows[0].startswith("  1     0.1000    商品一号  鞋    c1")
+
+
+def test_a_query_without_results_prints_no_header() -> None:
+    """A query with no results (an index of no items, a --same class the index lacks) prints "(no results)" alone,
+    not a table header above it; one with results still has its header."""
+    from dynametric.commands.search import format_results
+
+    text = format_results([{"query": "q0", "mode": "items", "results": []}], ["fine"])
+    assert text == "query q0\n  (no results)\n"
+    hit = {"rank": 1, "distance": 0.25, "id": "a", "labels": {"fine": "x"}}
+    lines = format_results([{"query": "q0", "mode": "items", "results": [hit]}], ["fine"]).splitlines()
+    assert lines[0] == "query q0" and lines[1].split() == ["rank", "distance", "id", "fine"]
+    assert lines[2].split() == ["1", "0.2500", "a", "x"]

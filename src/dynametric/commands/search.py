@@ -77,10 +77,10 @@ def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str
         cols = ["rank", "distance", "id", *scale_names]
         rows = [[str(h["rank"]), format_distance(h["distance"]), h["id"],
                  *[str(h.get("labels", {}).get(s, "")) for s in scale_names]] for h in e["results"]]
-        if not rows:
+        if not rows:  # nothing to put under a header (an index of no items, a --same class the index lacks)
             lines.append("  (no results)")
-        # padded by terminal columns, not characters: an id or class name in CJK takes two columns a character
-        lines += ["  " + line for line in text_table([cols, *rows], left=len(cols))]
+        else:  # padded by terminal columns, not characters: an id or class name in CJK takes two columns a character
+            lines += ["  " + line for line in text_table([cols, *rows], left=len(cols))]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
