@@ -364,16 +364,66 @@ def test_a_model_folder_of_a_user_backbone_names_the_module_to_import_where_it_i
         assert meta["backbone_module"] == __name__
         assert Embedder.from_pretrained(folder).embedding_dims == model.embedding_dims  # loads where registered
     assert "tiny" not in BACKBONES  # a process without the user's code
-    with pytest.raises(InputError, match=rf"dynametric.json key 'model.backbone': unknown backbone 'tiny': it was "
-                                         rf"registered by module '{__name__}' \(BACKBONES\['tiny'\]\) when the model "
-                                         r"was saved, which is not imported here; import it before loading$"):
+    assert meta["backbone_factory"] == f"{__name__}:tiny_factory"
+    with pytest.raises(InputError, match=rf"dynametric.json key 'model.backbone': unknown backbone 'tiny': registered "
+                                         rf"with the factory {__name__}.tiny_factory when the model was saved; import "
+                                         r"the module that registers it under 'tiny' before loading \(where the model "
+                                         r"was trained with a config, its 'imports:' lists it\)$"):
         Embedder.from_pretrained(folder)
-    del meta["backbone_module"]  # a folder saved before the module was recorded
+    del meta["backbone_module"], meta["backbone_factory"]  # a folder saved before the factory was recorded
     (folder / "dynametric.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match=r"unknown backbone 'tiny' \(neither .* nor a timm model\).*; a "
                                          r"backbone registered by user code \(BACKBONES\['tiny'\] = \.\.\.\) is known "
-                                         r"only where the module that registers it is imported: import it before "
-                                         r"loading$"):
+                                         r"only where the module that registers it is imported: import the module "
+                                         r"that registers it under 'tiny' before loading"):
         Embedder.from_pretrained(folder)
     assert "backbone_module" not in json.loads(build_embedder("simple_cnn", embedding_dim=4).save_pretrained(
         tmp_path / "own").joinpath("dynametric.json").read_text())  # dynametric's own backbones record none
+
+
+def gelu_cnn_factory(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
+    """A user's backbone registered over the built-in name ``simple_cnn``: its network, another activation."""
+    from dynametric.models.backbones import SimpleCNN
+
+    class GeluCNN(SimpleCNN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.gelu(self.features(x)) * 3.0
+
+    return GeluCNN(in_chans, **kwargs)
+
+
+def test_a_model_folder_whose_backbone_replaced_a_built_in_name_is_refused_where_the_name_is_dynametric_own(
+        tmp_path) -> None:
+    """``BACKBONES["simple_cnn"] = GeluCNN`` when saved: loading where the name is dynametric's own SimpleCNN (or
+    another user's factory) would load the weights into another network (other embeddings, silently)."""
+    import json
+
+    from dynametric.errors import InputError
+    from dynametric.models import build_embedder
+    from dynametric.models.embedder import Embedder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BACKBONES, "simple_cnn", gelu_cnn_factory)
+        model = build_embedder("simple_cnn", embedding_dim=4).eval()
+        folder = model.save_pretrained(tmp_path / "m")
+        meta = json.loads((folder / "dynametric.json").read_text())
+        assert meta["backbone_factory"] == f"{__name__}:gelu_cnn_factory"
+        x = torch.rand(2, 3, 32, 32)
+        assert torch.allclose(Embedder.from_pretrained(folder)(x), model(x))  # the same factory: loads
+        mp.setitem(BACKBONES, "simple_cnn", tiny_factory)  # another user's factory under the name
+        with pytest.raises(InputError, match=rf"key 'model.backbone': backbone 'simple_cnn' was the factory "
+                                             rf"{__name__}.gelu_cnn_factory when the model was saved, and here it is "
+                                             rf"another \({__name__}.tiny_factory\)"):
+            Embedder.from_pretrained(folder)
+    with pytest.raises(InputError) as err:  # the registry as dynametric has it: its own SimpleCNN
+        Embedder.from_pretrained(folder)
+    assert err.value.key == "model.backbone"
+    assert (f"backbone 'simple_cnn' was the factory {__name__}.gelu_cnn_factory when the model was saved, and here "
+            "it is dynametric's own (dynametric.models.backbones.") in err.value.message
+    assert "import the module that registers it under 'simple_cnn'" in err.value.message
+    assert "\n" not in str(err.value)
+    del meta["backbone_factory"]  # a folder that records the module only (saved before the factory was recorded)
+    (folder / "dynametric.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=rf"was the factory {__name__} when the model was saved, and here it is "
+                                         r"dynametric's own"):
+        Embedder.from_pretrained(folder)
