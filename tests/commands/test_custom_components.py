@@ -408,6 +408,8 @@ def test_a_model_folder_whose_backbone_replaced_a_built_in_name_is_refused_where
         folder = model.save_pretrained(tmp_path / "m")
         meta = json.loads((folder / "dynametric.json").read_text())
         assert meta["backbone_factory"] == f"{__name__}:gelu_cnn_factory"
+        assert (f"import {__name__}  # the module that registers backbone 'simple_cnn'"
+                in (folder / "README.md").read_text())  # the model card's usage imports it
         x = torch.rand(2, 3, 32, 32)
         assert torch.allclose(Embedder.from_pretrained(folder)(x), model(x))  # the same factory: loads
         mp.setitem(BACKBONES, "simple_cnn", tiny_factory)  # another user's factory under the name
@@ -427,3 +429,72 @@ def test_a_model_folder_whose_backbone_replaced_a_built_in_name_is_refused_where
     with pytest.raises(InputError, match=rf"was the factory {__name__} when the model was saved, and here it is "
                                          r"dynametric's own"):
         Embedder.from_pretrained(folder)
+
+
+def _user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A user's package ``name`` under ``tmp_path`` (on ``sys.path`` for the test): ``name._nets`` defines the
+    backbone factory ``make_tiny``, ``name.register`` registers it as ``BACKBONES["tiny2"]`` (so the module that
+    defines it is not the one to import). The registry entry is restored by ``monkeypatch``; the modules are
+    removed from ``sys.modules`` by the caller (:func:`_forget`)."""
+    pkg = tmp_path / "pp" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_nets.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class TinyNet(nn.Module):\n"
+        "    def __init__(self, in_chans, width=8):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(in_chans, width, 3, stride=4, padding=1)\n"
+        "        self.num_features = width\n"
+        "    def forward(self, x):\n"
+        "        return torch.relu(self.conv(x))\n"
+        "def make_tiny(pretrained, in_chans, **kwargs):\n"
+        "    return TinyNet(in_chans, **kwargs)\n")
+    (pkg / "register.py").write_text(f"from dynametric.models.backbones import BACKBONES\n"
+                                     f"from {name}._nets import make_tiny\nBACKBONES['tiny2'] = make_tiny\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pp"))
+    monkeypatch.setitem(BACKBONES, "tiny2", None)  # restored (removed) after the test
+    monkeypatch.delitem(BACKBONES, "tiny2")
+
+
+def _forget(name: str) -> None:
+    import sys
+
+    for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+        del sys.modules[module]
+
+
+def test_a_model_folder_exported_from_a_run_records_its_imports_and_names_them_where_the_backbone_is_unknown(
+        tmp_path, monkeypatch) -> None:
+    """The factory is defined in ``pk3._nets`` and registered by ``pk3.register`` (the run's ``imports:``): the
+    error names ``import pk3.register`` first and the factory as the factory (was: ``import 'pk3._nets'``, which
+    registers nothing); the model card's usage imports it."""
+    import json
+
+    from dynametric.errors import InputError
+    from dynametric.models.embedder import Embedder
+    from dynametric.models.hub import export_run
+
+    _user_package(tmp_path, monkeypatch, "pk3")
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(TINY.replace("backbone: simple_cnn", "backbone: tiny2").replace(
+            "backbone_kwargs: {width: 4, depth: 2}", "backbone_kwargs: {width: 4}") + "imports: [pk3.register]\n")
+        out = tmp_path / "run"
+        assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+        folder = export_run(out, tmp_path / "m")
+        meta = json.loads((folder / "dynametric.json").read_text())
+        assert (meta["imports"], meta["backbone_factory"]) == (["pk3.register"], "pk3._nets:make_tiny")
+        card = (folder / "README.md").read_text()
+        assert "import pk3.register  # registers the model's components" in card
+        assert card.index("import pk3.register") < card.index("Embedder.from_pretrained(")
+        del BACKBONES["tiny2"]  # a process without the user's code
+        with pytest.raises(InputError) as err:
+            Embedder.from_pretrained(folder)
+        assert err.value.key == "model.backbone"
+        assert err.value.message == ("unknown backbone 'tiny2': registered with the factory pk3._nets.make_tiny when "
+                                     "the model was saved; import pk3.register (the imports of the run's config), or "
+                                     "import the module that registers it under 'tiny2' before loading (where the "
+                                     "model was trained with a config, its 'imports:' lists it)")
+    finally:
+        _forget("pk3")

@@ -210,7 +210,15 @@ def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id:
     metrics = meta.get("metrics") or {}
     table = _metrics_table(metrics, meta.get("scale_names") or [])
     lines += ["## Metrics", ""] + (["Test split, per label scale:", "", *table] if table else ["Not recorded."])
-    lines += ["", "## Usage", "", "```python", "from dynametric.models import Embedder", "",
+    imports = [m for m in meta.get("imports") or [] if isinstance(m, str) and m]
+    if imports:  # the run's config imports: what registers its components (the backbone among them)
+        usage = [f"import {m}  # registers the model's components (the run's config 'imports:')" for m in imports]
+    elif isinstance(meta.get("backbone_module"), str) and meta["backbone_module"]:
+        usage = [f"import {meta['backbone_module']}  # the module that registers backbone {model['backbone']!r} "
+                 "(here the one defining its factory)"]
+    else:
+        usage = []
+    lines += ["", "## Usage", "", "```python", *usage, "from dynametric.models import Embedder", "",
               f"model = Embedder.from_pretrained({(repo_id or 'path/to/this/folder')!r}).eval()",
               "emb = model(images)   # [B, D] (a dict of heads for multi-head models)", "```", ""]
     if config_yaml:
@@ -222,7 +230,7 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
                     scale_names: Sequence[str] | None = None, metrics: Mapping[str, Any] | None = None,
                     data: Mapping[str, Any] | None = None, config_yaml: str | None = None,
                     eval_head: str | None = None, input_size: int | None = None,
-                    repo_id: str | None = None) -> Path:
+                    repo_id: str | None = None, imports: Sequence[str] | None = None) -> Path:
     """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card).
 
     Into a new or empty folder, or over an earlier model folder (its ``dynametric.json`` is this format): its files
@@ -232,7 +240,11 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     read-only. Every file is first written to a temporary file beside its target; only when all are written are
     they renamed into place, so a failed write (a full disk) leaves the folder as it was. The renames start with a
     ``dynametric.json`` marking the save unfinished and end with the final one, which records the SHA-256 of the
-    weights: a save killed between its renames leaves a folder that loading refuses and the next save takes up."""
+    weights: a save killed between its renames leaves a folder that loading refuses and the next save takes up.
+
+    ``imports``: the modules the model's config imports (a run's ``imports:``; :func:`export_run` passes them),
+    recorded in ``dynametric.json`` (``imports``), so that loading where the backbone is unknown names them first
+    and the model card's usage imports them."""
     import hashlib
 
     from safetensors.torch import save
@@ -266,6 +278,8 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     if factory is not None:  # a backbone of user code: loading elsewhere needs it, and checks it is the same
         meta["backbone_module"] = factory[0]
         meta["backbone_factory"] = f"{factory[0]}:{factory[1]}"
+    if imports:
+        meta["imports"] = [str(m) for m in imports]
     remove_config = config_yaml is None and CONFIG_FILE in own and (folder / CONFIG_FILE).exists()
     if remove_config:
         replacement_mode(folder / CONFIG_FILE)  # one the user made read-only is not removed either

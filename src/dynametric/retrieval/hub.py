@@ -68,7 +68,8 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
     return save_pretrained(loaded.model, folder, model_kwargs=embedder_kwargs(cfg.model),
                            scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
                            data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
-                           eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id)
+                           eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id,
+                           imports=list(cfg.imports))
 
 
 def _without_local_paths(cfg: Config) -> Config:
