@@ -498,3 +498,34 @@ def test_a_model_folder_exported_from_a_run_records_its_imports_and_names_them_w
                                      "model was trained with a config, its 'imports:' lists it)")
     finally:
         _forget("pk3")
+
+
+def test_train_records_the_import_option_modules_in_the_run_config_and_a_resume_says_how_to_import_more(
+        tmp_path, monkeypatch, capsys) -> None:
+    """``dynametric --import pk4.register train ...``: the run's config.yaml lists the module under ``imports`` (was
+    ``imports: []``: ``evaluate --checkpoint`` of the run failed, unknown backbone), once, after the config's own;
+    a config.yaml whose only change is ``imports`` is refused on resume with the ``--import`` way to add one."""
+    from dynametric.config import load_config
+
+    _user_package(tmp_path, monkeypatch, "pk4")
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(TINY.replace("backbone: simple_cnn", "backbone: tiny2").replace(
+            "backbone_kwargs: {width: 4, depth: 2}", "backbone_kwargs: {width: 4}") + "imports: [pk4._nets]\n")
+        out = tmp_path / "run"
+        assert main(["--import", "pk4.register", "--import", "pk4._nets", "--import", "pk4.register", "train",
+                     "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+        capsys.readouterr()
+        del BACKBONES["tiny2"]  # a later process without --import: the run's config imports it
+        _forget("pk4")
+        assert load_config(out / "config.yaml").imports == ["pk4._nets", "pk4.register"]
+        assert "tiny2" in BACKBONES
+        assert main(["evaluate", "--checkpoint", str(out / "best.ckpt")]) == 0
+        text = (out / "config.yaml").read_text()
+        (out / "config.yaml").write_text(text.replace("- pk4.register\n", "- pk4.register\n- json\n", 1))
+        assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "key 'imports': changed only its 'imports' (['pk4._nets', 'pk4.register'] in " in err, err
+        assert f"import another module for the resume with dynametric --import MODULE train --resume {out}" in err
+    finally:
+        _forget("pk4")

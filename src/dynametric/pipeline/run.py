@@ -683,6 +683,11 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
                 differ = "; changed: " + ", ".join(
                     f"{k} ({repr(old[k]) if k in old else 'absent'} -> {repr(new[k]) if k in new else 'absent'})"
                     for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            if isinstance(stored, dict) and keys == ["imports"]:  # only the modules imported: no other training
+                raise InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
+                                 f"{cfg.imports!r} here), which resuming keeps as the run recorded them: restore them, "
+                                 f"and import another module for the resume with dynametric --import MODULE train "
+                                 f"--resume {run_dir}", file=config, key="imports")
             raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
                              f"hash {saved}, this config hashes to {now}{differ}); {new_run}", file=config)
         # only keys a later dynametric added, at their defaults: the run's own config, resumed
