@@ -529,3 +529,46 @@ def test_train_records_the_import_option_modules_in_the_run_config_and_a_resume_
         assert f"import another module for the resume with dynametric --import MODULE train --resume {out}" in err
     finally:
         _forget("pk4")
+
+
+def test_the_commands_that_load_a_checkpoint_note_a_backbone_class_other_than_the_run_s(tmp_path, monkeypatch,
+                                                                                         capsys) -> None:
+    """A run trained with ``BACKBONES["simple_cnn"]`` registered over by user code, loaded where the name is
+    dynametric's own: ``evaluate --checkpoint``, ``embed``, ``export`` and ``from_pretrained(run_dir)`` say which
+    class the run had and which one the weights load into (was: nothing; only ``train --resume`` noted it)."""
+    import warnings
+
+    from dynametric.models.embedder import Embedder
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BACKBONES, "simple_cnn", gelu_cnn_factory)
+        assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(out / "best.ckpt")]) == 0  # the same class: no note
+        assert "was trained with model.backbone" not in capsys.readouterr().err
+    note = (f"note: {out / 'best.ckpt'} was trained with model.backbone 'simple_cnn' of the class "
+            f"{__name__}.gelu_cnn_factory.<locals>.GeluCNN; here the name builds "
+            "dynametric.models.backbones.SimpleCNN, into which its weights are loaded, so the embeddings may differ "
+            "from the run's (a registry entry replaced by user code, or the code that registered it not imported? "
+            "import it: dynametric --import MODULE ..., or the config's 'imports:')")
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    images = tmp_path / "img"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(images / "a.png")
+    assert main(["embed", "--checkpoint", str(out / "best.ckpt"), "--images", str(images),
+                 "--out", str(tmp_path / "emb")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    assert main(["export", "--checkpoint", str(out / "best.ckpt"), "--format", "torchscript",
+                 "--out", str(tmp_path / "m.pt")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Embedder.from_pretrained(out)
+    assert model.notes == [note[len("note: "):]]
+    assert [str(w.message) for w in caught if "was trained with model.backbone" in str(w.message)] == model.notes

@@ -707,14 +707,11 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
 
 
 def _qualified(obj: Any) -> str:
-    """``module.QualifiedName`` of a registry entry: a class or function itself, the function of a
-    ``functools.partial``, else the class of an instance (a dataset format, a method)."""
-    import inspect
+    """:func:`dynametric.utils.registry.qualified_name` (the one rule, shared with the inference path's check of the
+    backbone class, :func:`dynametric.engine.inference.backbone_class_note`)."""
+    from dynametric.utils.registry import qualified_name
 
-    if isinstance(obj, functools.partial):
-        obj = obj.func
-    target = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
-    return f"{target.__module__}.{target.__qualname__}"
+    return qualified_name(obj)
 
 
 def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> dict[str, str]:

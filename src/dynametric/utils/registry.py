@@ -37,6 +37,19 @@ def unknown_name_message(registry: Mapping[str, Any], name: Any, kind: str = "na
     return with_import_hint(f"unknown {kind} {name!r}{hint}")
 
 
+def qualified_name(obj: Any) -> str:
+    """``module.QualifiedName`` of a registry entry: a class or function itself, the function of a
+    ``functools.partial``, else the class of an instance (a dataset format, a method). What a run records of each
+    component (``components`` in ``run_info.json`` and the checkpoints)."""
+    import functools
+    import inspect
+
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    target = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
 def check_module_names(names: Any, key: str) -> list[str]:
     """``names`` as a list of module names (dotted Python identifiers: ``mypkg.components``); anything else is a
     :class:`ConfigError` on ``key`` (an entry's on ``key[i]``)."""
