@@ -572,3 +572,36 @@ def test_the_commands_that_load_a_checkpoint_note_a_backbone_class_other_than_th
         model = Embedder.from_pretrained(out)
     assert model.notes == [note[len("note: "):]]
     assert [str(w.message) for w in caught if "was trained with model.backbone" in str(w.message)] == model.notes
+
+
+class NoFeaturesNet(nn.Module):
+    """A user's backbone without ``num_features``."""
+
+    def __init__(self, in_chans: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    (lambda pretrained, in_chans, **kw: NoFeaturesNet(in_chans),
+     "backbone 'mine': its module NoFeaturesNet has no num_features attribute, expected a positive int (the channels "
+     "of its feature maps)"),
+    (lambda pretrained, in_chans, **kw: "hello",
+     "backbone 'mine': its factory returned str, expected a torch.nn.Module (with num_features, giving [B, C, H, W] "
+     "feature maps)"),
+])
+def test_a_user_backbone_without_num_features_or_not_a_module_is_one_line(tmp_path, monkeypatch, capsys, factory,
+                                                                          message) -> None:
+    """Was ``AttributeError: ... has no attribute 'num_features'`` with a traceback (in the dry run too)."""
+    from dynametric.errors import ConfigError
+    from dynametric.models import build_embedder
+
+    monkeypatch.setitem(BACKBONES, "mine", factory)
+    with pytest.raises(ConfigError) as err:
+        build_embedder("mine", embedding_dim=4)
+    assert (err.value.key, err.value.message) == ("model.backbone", message)
+    out, last = _train(tmp_path, capsys, "model.backbone=mine", "model.backbone_kwargs={}", "--dry-run")
+    assert last.endswith(f"key 'model.backbone': {message}"), last
