@@ -132,7 +132,7 @@ def test_cli_import_option_then_train_dry_run(plugin: str, capsys: pytest.Captur
     assert main(argv) == 2  # not imported: the loss is unknown, and the line says how to import it
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "key 'loss.name': unknown loss 'PluginLoss'" in err
-    assert "needs its module imported first: list it under 'imports:' in the config, or run dynametric --import" in err
+    assert "needs its module imported first: dynametric --import MODULE ..., or 'imports:' in a config" in err
     assert main(["--import", plugin, *argv]) == 0
     out = capsys.readouterr()
     assert plugin in sys.modules and "loss" in out.out + out.err
@@ -249,7 +249,7 @@ def test_unknown_names_hint_at_imports(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as exc:
             load_config(None, [override])
         assert str(exc.value).startswith(start) and str(exc.value).endswith(
-            "list it under 'imports:' in the config, or run dynametric --import MODULE ..."), str(exc.value)
+            "dynametric --import MODULE ..., or 'imports:' in a config"), str(exc.value)
     from dynametric.methods import method_for
 
     with pytest.raises(ConfigError, match=f"unknown method 'mymethod'.*{hint}"):
@@ -264,8 +264,8 @@ def test_a_suggestion_then_the_hint_reads_as_two_sentences() -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["data.format=csvv"])
     assert str(exc.value) == ("<command line> key 'data.format': unknown dataset format 'csvv'; did you mean 'csv'? "
-                              "A component registered by your own code needs its module imported first: list it "
-                              "under 'imports:' in the config, or run dynametric --import MODULE ...")
+                              "A component registered by your own code needs its module imported first: "
+                              "dynametric --import MODULE ..., or 'imports:' in a config")
 
 
 def _json_dataset(root: Path) -> Path:
@@ -323,5 +323,5 @@ def test_an_unknown_backbone_hints_at_imports_once() -> None:
         build_embedder("mybackbone_xyz", embedding_dim=4)
     text = str(exc.value)
     assert text.startswith("key 'model.backbone': unknown backbone 'mybackbone_xyz'"), text
-    assert text.endswith("list it under 'imports:' in the config, or run dynametric --import MODULE ...")
+    assert text.endswith("dynametric --import MODULE ..., or 'imports:' in a config")
     assert text.count("registered by your own code") == 1 and "\n" not in text

@@ -8,8 +8,8 @@ from typing import Any
 
 from dynametric.errors import ConfigError, first_sentence
 
-IMPORT_HINT = ("a component registered by your own code needs its module imported first: list it under 'imports:' "
-               "in the config, or run dynametric --import MODULE ...")
+IMPORT_HINT = ("a component registered by your own code needs its module imported first: "
+               "dynametric --import MODULE ..., or 'imports:' in a config")
 """Said after every unknown component name (loss, miner, sampler, dataset format, method): the name may be one a
 user's module registers, which the run did not import (docs/extending.md)."""
 
