@@ -132,7 +132,7 @@ def test_cli_import_option_then_train_dry_run(plugin: str, capsys: pytest.Captur
     assert main(argv) == 2  # not imported: the loss is unknown, and the line says how to import it
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "key 'loss.name': unknown loss 'PluginLoss'" in err
-    assert "needs its module imported first: list it under 'imports:' in the config, or run dynametric --import" in err
+    assert "needs its module imported first: dynametric --import MODULE ..., or 'imports:' in a config" in err
     assert main(["--import", plugin, *argv]) == 0
     out = capsys.readouterr()
     assert plugin in sys.modules and "loss" in out.out + out.err
@@ -142,7 +142,8 @@ def test_cli_import_of_a_missing_module_is_one_line(capsys: pytest.CaptureFixtur
     assert main(["--import", "dm_no_such_pkg.components", "train", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err == ("dynametric train: error: key '--import': cannot import 'dm_no_such_pkg.components' "
-                   "(ModuleNotFoundError: No module named 'dm_no_such_pkg')\n")
+                   "(ModuleNotFoundError: No module named 'dm_no_such_pkg'); is it on PYTHONPATH? the dynametric co"
+                   "mmand does not search the current folder: PYTHONPATH=. dynametric ...\n")
 
 
 def test_cli_import_given_after_the_command_says_where_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,7 +160,8 @@ def test_a_module_that_cannot_be_imported_names_the_file_and_line(tmp_path: Path
     with pytest.raises(ConfigError) as exc:
         load_config(cfg_file)
     assert str(exc.value) == (f"{cfg_file}:3 key 'imports': cannot import 'dm_no_such_pkg.x' (ModuleNotFoundError: "
-                              "No module named 'dm_no_such_pkg')")
+                              "No module named 'dm_no_such_pkg'); is it on PYTHONPATH? the dynametric co"
+                              "mmand does not search the current folder: PYTHONPATH=. dynametric ...")
     assert main(["train", "--config", str(cfg_file), "--dry-run"]) == 2
     assert capsys.readouterr().err == f"dynametric train: error: {exc.value}\n"
 
@@ -174,6 +176,44 @@ def test_a_module_that_raises_on_import_is_one_line(tmp_path: Path, monkeypatch:
         sys.modules.pop("dm_broken_plugin", None)
     assert str(exc.value) == ("<command line> key 'imports': cannot import 'dm_broken_plugin' (RuntimeError: no GPU "
                               "here.)")
+
+
+def test_a_module_that_calls_sys_exit_or_imports_a_missing_module_is_one_line(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sys.exit(3)`` at import: one line naming the module (was: the process exited with status 3, silently); a
+    module the module itself imports that is missing: no PYTHONPATH advice (the module was found)."""
+    (tmp_path / "dm_exiting_plugin.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "dm_needy_plugin.py").write_text("import dm_not_installed_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ConfigError) as exc:
+            load_config(None, ["imports=[dm_exiting_plugin]"])
+        assert str(exc.value) == ("<command line> key 'imports': cannot import 'dm_exiting_plugin' (it called "
+                                  "sys.exit(3) at import)")
+        assert main(["--import", "dm_exiting_plugin", "train", "--dry-run"]) == 2
+        with pytest.raises(ConfigError) as exc:
+            load_config(None, ["imports=[dm_needy_plugin]"])
+        assert str(exc.value) == ("<command line> key 'imports': cannot import 'dm_needy_plugin' (ModuleNotFoundError: "
+                                  "No module named 'dm_not_installed_dependency')")
+    finally:
+        sys.modules.pop("dm_exiting_plugin", None)
+        sys.modules.pop("dm_needy_plugin", None)
+
+
+def test_a_file_name_in_imports_is_refused_before_anything_is_imported(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``imports: [dm_heavy_plugin.py]``: was importing ``dm_heavy_plugin`` (running its code), then ``No module
+    named 'dm_heavy_plugin.py'; 'dm_heavy_plugin' is not a package``."""
+    (tmp_path / "dm_heavy_plugin.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ConfigError) as exc:
+            load_config(None, ["imports=[dm_heavy_plugin.py]"])
+        assert "dm_heavy_plugin" not in sys.modules
+    finally:
+        sys.modules.pop("dm_heavy_plugin", None)
+    assert str(exc.value) == ("<command line> key 'imports[0]': expected a module name, got the file name "
+                              "'dm_heavy_plugin.py': write dm_heavy_plugin (a module name, not a file)")
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -209,7 +249,7 @@ def test_unknown_names_hint_at_imports(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as exc:
             load_config(None, [override])
         assert str(exc.value).startswith(start) and str(exc.value).endswith(
-            "list it under 'imports:' in the config, or run dynametric --import MODULE ..."), str(exc.value)
+            "dynametric --import MODULE ..., or 'imports:' in a config"), str(exc.value)
     from dynametric.methods import method_for
 
     with pytest.raises(ConfigError, match=f"unknown method 'mymethod'.*{hint}"):
@@ -224,8 +264,8 @@ def test_a_suggestion_then_the_hint_reads_as_two_sentences() -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["data.format=csvv"])
     assert str(exc.value) == ("<command line> key 'data.format': unknown dataset format 'csvv'; did you mean 'csv'? "
-                              "A component registered by your own code needs its module imported first: list it "
-                              "under 'imports:' in the config, or run dynametric --import MODULE ...")
+                              "A component registered by your own code needs its module imported first: "
+                              "dynametric --import MODULE ..., or 'imports:' in a config")
 
 
 def _json_dataset(root: Path) -> Path:
@@ -283,5 +323,5 @@ def test_an_unknown_backbone_hints_at_imports_once() -> None:
         build_embedder("mybackbone_xyz", embedding_dim=4)
     text = str(exc.value)
     assert text.startswith("key 'model.backbone': unknown backbone 'mybackbone_xyz'"), text
-    assert text.endswith("list it under 'imports:' in the config, or run dynametric --import MODULE ...")
+    assert text.endswith("dynametric --import MODULE ..., or 'imports:' in a config")
     assert text.count("registered by your own code") == 1 and "\n" not in text

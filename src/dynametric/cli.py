@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dynametric {__version__}")
     parser.add_argument("--import", dest="plugin_imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first, for the components it registers (a loss, a dataset format, ...; "
-                             "repeatable; a config's own 'imports:' key records them for a run): "
-                             "dynametric --import mypkg.components train ...")
+                             "repeatable): dynametric --import mypkg.components train ...; train records the "
+                             "modules in the run's config.yaml ('imports:'), so the commands that read the run "
+                             "import them too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         module.register(sub)

@@ -364,16 +364,244 @@ def test_a_model_folder_of_a_user_backbone_names_the_module_to_import_where_it_i
         assert meta["backbone_module"] == __name__
         assert Embedder.from_pretrained(folder).embedding_dims == model.embedding_dims  # loads where registered
     assert "tiny" not in BACKBONES  # a process without the user's code
-    with pytest.raises(InputError, match=rf"dynametric.json key 'model.backbone': unknown backbone 'tiny': it was "
-                                         rf"registered by module '{__name__}' \(BACKBONES\['tiny'\]\) when the model "
-                                         r"was saved, which is not imported here; import it before loading$"):
+    assert meta["backbone_factory"] == f"{__name__}:tiny_factory"
+    with pytest.raises(InputError, match=rf"dynametric.json key 'model.backbone': unknown backbone 'tiny': registered "
+                                         rf"with the factory {__name__}.tiny_factory when the model was saved; import "
+                                         r"the module that registers it under 'tiny' before loading \(where the model "
+                                         r"was trained with a config, its 'imports:' lists it\)$"):
         Embedder.from_pretrained(folder)
-    del meta["backbone_module"]  # a folder saved before the module was recorded
+    del meta["backbone_module"], meta["backbone_factory"]  # a folder saved before the factory was recorded
     (folder / "dynametric.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match=r"unknown backbone 'tiny' \(neither .* nor a timm model\).*; a "
                                          r"backbone registered by user code \(BACKBONES\['tiny'\] = \.\.\.\) is known "
-                                         r"only where the module that registers it is imported: import it before "
-                                         r"loading$"):
+                                         r"only where the module that registers it is imported: import the module "
+                                         r"that registers it under 'tiny' before loading"):
         Embedder.from_pretrained(folder)
     assert "backbone_module" not in json.loads(build_embedder("simple_cnn", embedding_dim=4).save_pretrained(
         tmp_path / "own").joinpath("dynametric.json").read_text())  # dynametric's own backbones record none
+
+
+def gelu_cnn_factory(pretrained: bool, in_chans: int, **kwargs: Any) -> nn.Module:
+    """A user's backbone registered over the built-in name ``simple_cnn``: its network, another activation."""
+    from dynametric.models.backbones import SimpleCNN
+
+    class GeluCNN(SimpleCNN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.gelu(self.features(x)) * 3.0
+
+    return GeluCNN(in_chans, **kwargs)
+
+
+def test_a_model_folder_whose_backbone_replaced_a_built_in_name_is_refused_where_the_name_is_dynametric_own(
+        tmp_path) -> None:
+    """``BACKBONES["simple_cnn"] = GeluCNN`` when saved: loading where the name is dynametric's own SimpleCNN (or
+    another user's factory) would load the weights into another network (other embeddings, silently)."""
+    import json
+
+    from dynametric.errors import InputError
+    from dynametric.models import build_embedder
+    from dynametric.models.embedder import Embedder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BACKBONES, "simple_cnn", gelu_cnn_factory)
+        model = build_embedder("simple_cnn", embedding_dim=4).eval()
+        folder = model.save_pretrained(tmp_path / "m")
+        meta = json.loads((folder / "dynametric.json").read_text())
+        assert meta["backbone_factory"] == f"{__name__}:gelu_cnn_factory"
+        assert (f"import {__name__}  # the module that registers backbone 'simple_cnn'"
+                in (folder / "README.md").read_text())  # the model card's usage imports it
+        x = torch.rand(2, 3, 32, 32)
+        assert torch.allclose(Embedder.from_pretrained(folder)(x), model(x))  # the same factory: loads
+        mp.setitem(BACKBONES, "simple_cnn", tiny_factory)  # another user's factory under the name
+        with pytest.raises(InputError, match=rf"key 'model.backbone': backbone 'simple_cnn' was the factory "
+                                             rf"{__name__}.gelu_cnn_factory when the model was saved, and here it is "
+                                             rf"another \({__name__}.tiny_factory\)"):
+            Embedder.from_pretrained(folder)
+    with pytest.raises(InputError) as err:  # the registry as dynametric has it: its own SimpleCNN
+        Embedder.from_pretrained(folder)
+    assert err.value.key == "model.backbone"
+    assert (f"backbone 'simple_cnn' was the factory {__name__}.gelu_cnn_factory when the model was saved, and here "
+            "it is dynametric's own (dynametric.models.backbones.") in err.value.message
+    assert "import the module that registers it under 'simple_cnn'" in err.value.message
+    assert "\n" not in str(err.value)
+    del meta["backbone_factory"]  # a folder that records the module only (saved before the factory was recorded)
+    (folder / "dynametric.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=rf"was the factory {__name__} when the model was saved, and here it is "
+                                         r"dynametric's own"):
+        Embedder.from_pretrained(folder)
+
+
+def _user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A user's package ``name`` under ``tmp_path`` (on ``sys.path`` for the test): ``name._nets`` defines the
+    backbone factory ``make_tiny``, ``name.register`` registers it as ``BACKBONES["tiny2"]`` (so the module that
+    defines it is not the one to import). The registry entry is restored by ``monkeypatch``; the modules are
+    removed from ``sys.modules`` by the caller (:func:`_forget`)."""
+    pkg = tmp_path / "pp" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_nets.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class TinyNet(nn.Module):\n"
+        "    def __init__(self, in_chans, width=8):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(in_chans, width, 3, stride=4, padding=1)\n"
+        "        self.num_features = width\n"
+        "    def forward(self, x):\n"
+        "        return torch.relu(self.conv(x))\n"
+        "def make_tiny(pretrained, in_chans, **kwargs):\n"
+        "    return TinyNet(in_chans, **kwargs)\n")
+    (pkg / "register.py").write_text(f"from dynametric.models.backbones import BACKBONES\n"
+                                     f"from {name}._nets import make_tiny\nBACKBONES['tiny2'] = make_tiny\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pp"))
+    monkeypatch.setitem(BACKBONES, "tiny2", None)  # restored (removed) after the test
+    monkeypatch.delitem(BACKBONES, "tiny2")
+
+
+def _forget(name: str) -> None:
+    import sys
+
+    for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+        del sys.modules[module]
+
+
+def test_a_model_folder_exported_from_a_run_records_its_imports_and_names_them_where_the_backbone_is_unknown(
+        tmp_path, monkeypatch) -> None:
+    """The factory is defined in ``pk3._nets`` and registered by ``pk3.register`` (the run's ``imports:``): the
+    error names ``import pk3.register`` first and the factory as the factory (was: ``import 'pk3._nets'``, which
+    registers nothing); the model card's usage imports it."""
+    import json
+
+    from dynametric.errors import InputError
+    from dynametric.models.embedder import Embedder
+    from dynametric.models.hub import export_run
+
+    _user_package(tmp_path, monkeypatch, "pk3")
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(TINY.replace("backbone: simple_cnn", "backbone: tiny2").replace(
+            "backbone_kwargs: {width: 4, depth: 2}", "backbone_kwargs: {width: 4}") + "imports: [pk3.register]\n")
+        out = tmp_path / "run"
+        assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+        folder = export_run(out, tmp_path / "m")
+        meta = json.loads((folder / "dynametric.json").read_text())
+        assert (meta["imports"], meta["backbone_factory"]) == (["pk3.register"], "pk3._nets:make_tiny")
+        card = (folder / "README.md").read_text()
+        assert "import pk3.register  # registers the model's components" in card
+        assert card.index("import pk3.register") < card.index("Embedder.from_pretrained(")
+        del BACKBONES["tiny2"]  # a process without the user's code
+        with pytest.raises(InputError) as err:
+            Embedder.from_pretrained(folder)
+        assert err.value.key == "model.backbone"
+        assert err.value.message == ("unknown backbone 'tiny2': registered with the factory pk3._nets.make_tiny when "
+                                     "the model was saved; import pk3.register (the imports of the run's config), or "
+                                     "import the module that registers it under 'tiny2' before loading (where the "
+                                     "model was trained with a config, its 'imports:' lists it)")
+    finally:
+        _forget("pk3")
+
+
+def test_train_records_the_import_option_modules_in_the_run_config_and_a_resume_says_how_to_import_more(
+        tmp_path, monkeypatch, capsys) -> None:
+    """``dynametric --import pk4.register train ...``: the run's config.yaml lists the module under ``imports`` (was
+    ``imports: []``: ``evaluate --checkpoint`` of the run failed, unknown backbone), once, after the config's own;
+    a config.yaml whose only change is ``imports`` is refused on resume with the ``--import`` way to add one."""
+    from dynametric.config import load_config
+
+    _user_package(tmp_path, monkeypatch, "pk4")
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(TINY.replace("backbone: simple_cnn", "backbone: tiny2").replace(
+            "backbone_kwargs: {width: 4, depth: 2}", "backbone_kwargs: {width: 4}") + "imports: [pk4._nets]\n")
+        out = tmp_path / "run"
+        assert main(["--import", "pk4.register", "--import", "pk4._nets", "--import", "pk4.register", "train",
+                     "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+        capsys.readouterr()
+        del BACKBONES["tiny2"]  # a later process without --import: the run's config imports it
+        _forget("pk4")
+        assert load_config(out / "config.yaml").imports == ["pk4._nets", "pk4.register"]
+        assert "tiny2" in BACKBONES
+        assert main(["evaluate", "--checkpoint", str(out / "best.ckpt")]) == 0
+        text = (out / "config.yaml").read_text()
+        (out / "config.yaml").write_text(text.replace("- pk4.register\n", "- pk4.register\n- json\n", 1))
+        assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "key 'imports': changed only its 'imports' (['pk4._nets', 'pk4.register'] in " in err, err
+        assert f"import another module for the resume with dynametric --import MODULE train --resume {out}" in err
+    finally:
+        _forget("pk4")
+
+
+def test_the_commands_that_load_a_checkpoint_note_a_backbone_class_other_than_the_run_s(tmp_path, monkeypatch,
+                                                                                         capsys) -> None:
+    """A run trained with ``BACKBONES["simple_cnn"]`` registered over by user code, loaded where the name is
+    dynametric's own: ``evaluate --checkpoint``, ``embed``, ``export`` and ``from_pretrained(run_dir)`` say which
+    class the run had and which one the weights load into (was: nothing; only ``train --resume`` noted it)."""
+    import warnings
+
+    from dynametric.models.embedder import Embedder
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BACKBONES, "simple_cnn", gelu_cnn_factory)
+        assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(out / "best.ckpt")]) == 0  # the same class: no note
+        assert "was trained with model.backbone" not in capsys.readouterr().err
+    note = (f"note: {out / 'best.ckpt'} was trained with model.backbone 'simple_cnn' of the class "
+            f"{__name__}.gelu_cnn_factory.<locals>.GeluCNN; here the name builds "
+            "dynametric.models.backbones.SimpleCNN, into which its weights are loaded, so the embeddings may differ "
+            "from the run's (a registry entry replaced by user code, or the code that registered it not imported? "
+            "import it: dynametric --import MODULE ..., or the config's 'imports:')")
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    images = tmp_path / "img"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(images / "a.png")
+    assert main(["embed", "--checkpoint", str(out / "best.ckpt"), "--images", str(images),
+                 "--out", str(tmp_path / "emb")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    assert main(["export", "--checkpoint", str(out / "best.ckpt"), "--format", "torchscript",
+                 "--out", str(tmp_path / "m.pt")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Embedder.from_pretrained(out)
+    assert model.notes == [note[len("note: "):]]
+    assert [str(w.message) for w in caught if "was trained with model.backbone" in str(w.message)] == model.notes
+
+
+class NoFeaturesNet(nn.Module):
+    """A user's backbone without ``num_features``."""
+
+    def __init__(self, in_chans: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    (lambda pretrained, in_chans, **kw: NoFeaturesNet(in_chans),
+     "backbone 'mine': its module NoFeaturesNet has no num_features attribute, expected a positive int (the channels "
+     "of its feature maps)"),
+    (lambda pretrained, in_chans, **kw: "hello",
+     "backbone 'mine': its factory returned str, expected a torch.nn.Module (with num_features, giving [B, C, H, W] "
+     "feature maps)"),
+])
+def test_a_user_backbone_without_num_features_or_not_a_module_is_one_line(tmp_path, monkeypatch, capsys, factory,
+                                                                          message) -> None:
+    """Was ``AttributeError: ... has no attribute 'num_features'`` with a traceback (in the dry run too)."""
+    from dynametric.errors import ConfigError
+    from dynametric.models import build_embedder
+
+    monkeypatch.setitem(BACKBONES, "mine", factory)
+    with pytest.raises(ConfigError) as err:
+        build_embedder("mine", embedding_dim=4)
+    assert (err.value.key, err.value.message) == ("model.backbone", message)
+    out, last = _train(tmp_path, capsys, "model.backbone=mine", "model.backbone_kwargs={}", "--dry-run")
+    assert last.endswith(f"key 'model.backbone': {message}"), last

@@ -437,8 +437,7 @@ def test_a_multiscale_term_gives_its_miner_to_the_loss_one_object_per_scale():
 
 
 # after every unknown name but a pml: one: how a user's own component is found (docs/extending.md)
-_IMPORT_HINT = ("needs its module imported first: list it under 'imports:' in the config, or run dynametric --import "
-                "MODULE ...")
+_IMPORT_HINT = "needs its module imported first: dynametric --import MODULE ..., or 'imports:' in a config"
 _AFTER_QUESTION = f" A component registered by your own code {_IMPORT_HINT}"
 
 

@@ -103,13 +103,13 @@ def test_a_hierarchical_batch_larger_than_the_tree_is_refused_on_the_batch_size(
 
 @pytest.mark.parametrize("overrides, key, message", [
     (["data.sampler=three_scale", "data.m=2", "data.batch_size=12", "data.sampler_scale=1"], "data.sampler_scale",
-     "sampler 'three_scale' does not use sampler_scale (got 1; it applies to 'm_per_class' and 'hierarchical'): "
+     "sampler 'three_scale' does not use sampler_scale (got 1; it applies to 'm_per_class' or 'hierarchical'): "
      "remove data.sampler_scale or set it to its default 0"),
     (["data.sampler=random", "data.m=7"], "data.m",
-     "sampler 'random' does not use m (got 7; it applies to 'm_per_class' and 'three_scale' and 'hierarchical'): "
+     "sampler 'random' does not use m (got 7; it applies to 'm_per_class', 'three_scale' or 'hierarchical'): "
      "remove data.m or set it to its default 4"),
     (["data.sampler=random", "data.sampler_scale=2"], "data.sampler_scale",
-     "sampler 'random' does not use sampler_scale (got 2; it applies to 'm_per_class' and 'hierarchical'): "
+     "sampler 'random' does not use sampler_scale (got 2; it applies to 'm_per_class' or 'hierarchical'): "
      "remove data.sampler_scale or set it to its default 0"),
 ])
 def test_a_key_the_sampler_ignores_is_refused(overrides, key, message):

@@ -144,8 +144,8 @@ def _import_hint(name: str, message: str) -> str:
     """What follows an unknown name that is not a ``pml:`` one: how a user's own component is found."""
     if name.lower().startswith("pml"):
         return ""
-    hint = ("a component registered by your own code needs its module imported first: list it under 'imports:' in "
-            "the config, or run dynametric --import MODULE ...")
+    hint = ("a component registered by your own code needs its module imported first: "
+            "dynametric --import MODULE ..., or 'imports:' in a config")
     return f" A{hint[1:]}" if message.endswith("?") else f"; {hint}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dynametric.commands import path_arg, positive_float
 from dynametric.commands.options import add_model_arguments
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_embedder(args.checkpoint, args.config, overrides=args.overrides, head=args.head,
                            image_size=args.image_size,  # exported on the CPU, as a float32 graph
                            options=InferenceOptions(device="cpu", precision="fp32", flags=True))
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
     info = export_embedder(loaded, args.out, args.format, atol=args.atol, check=not args.no_check,
                            key="--out")
     shape = "x".join(str(s) for s in info["input"]["shape"])

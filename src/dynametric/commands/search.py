@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         notes += [note] if note else []
         loaded = load_index_model(index, args.checkpoint, args.config,
                                   replace(inference_options(args, workers="auto"), precision=precision))
+        notes += loaded.notes
         note = decoder_note(index.model, loaded.decode, "the query images")
         notes += [note] if note else []
         q = embed_image_files(loaded, args.image)

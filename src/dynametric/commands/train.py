@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
         cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
+        # the modules of dynametric --import MODULE join the run's imports (recorded in its config.yaml), so the run
+        # folder is self-contained: evaluate --checkpoint, embed, export, train --resume import them from it
+        extra = [m for m in dict.fromkeys(getattr(args, "plugin_imports", None) or []) if m not in cfg.imports]
+        cfg.imports = [*cfg.imports, *extra]
         # a relative data.root / model.pretrained_path is recorded absolute: the later commands read the run's
         # config.yaml from wherever they run, and read the files this run read
         anchor_paths(cfg)

@@ -129,7 +129,7 @@ class DataConfig:
             value, default = getattr(self, name), schema_default(f"data.{name}")
             if self.sampler not in users and value != default:
                 raise ConfigError(f"sampler {self.sampler!r} does not use {name} (got {value!r}; it applies to "
-                                  f"{' and '.join(repr(u) for u in users)}): remove {key}.{name} or set it to its "
+                                  f"{_either(users)}): remove {key}.{name} or set it to its "
                                   f"default {default!r}", key=f"{key}.{name}")
         if BATCH_SAMPLERS[self.sampler].m_divides_batch and self.batch_size % self.m:
             # keyed as the one-class rule keys it: data.m when it was changed from its default
@@ -819,6 +819,12 @@ def three_scale_items_error(cfg: Config, num_scales: int) -> ConfigError | None:
                        f"nothing; expected "
                        f"data.batch_size / (data.m x {num_scales}) >= 2 (e.g. data.batch_size {2 * per_item}"
                        + (f" or data.m {smaller_m}" if smaller_m else "") + ")", key=key)
+
+
+def _either(names: Sequence[str]) -> str:
+    """``'a'``, ``'a' or 'b'``, ``'a', 'b' or 'c'``: the samplers a setting applies to, in words."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def sampler_keys() -> dict[str, tuple[str, ...]]:

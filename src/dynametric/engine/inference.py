@@ -20,8 +20,8 @@ Embeddings always come back as float32 on the CPU, in dataset order.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -233,6 +233,9 @@ class TrainedModel:
     config_path: Path
     state: dict[str, Any]  # the checkpoint file's content
     head: str | None  # the head the engine evaluates (or the one asked for)
+    notes: list[str] = field(default_factory=list)
+    """What the caller should print (``note: ...``): the backbone class changed since training
+    (:func:`backbone_class_note`)."""
 
 
 def checkpoint_path(checkpoint: str | os.PathLike[str]) -> Path:
@@ -298,6 +301,7 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     with errors_located(cfg):  # a model key checked when the model is built names where it was set
         model = build_embedder(**{**embedder_kwargs(cfg.model), "pretrained": False, "pretrained_path": None})
     load_embedder_state(model, state, checkpoint)
+    note = backbone_class_note(state, model, checkpoint, cfg.model.backbone)
     # the statistics it trained with where the config leaves them to the backbone (older checkpoints: ImageNet's)
     pinned = trained_statistics(cfg, state)
     if pinned is not None:
@@ -305,7 +309,33 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return TrainedModel(cfg, model, checkpoint, config_path, state, head if head is not None else eval_head(cfg))
+    return TrainedModel(cfg, model, checkpoint, config_path, state, head if head is not None else eval_head(cfg),
+                        [note] if note else [])
+
+
+def backbone_class_note(state: Mapping[str, Any], model: nn.Module, checkpoint: str | Path,
+                        name: Any) -> str | None:
+    """The note (without ``note:``) of a checkpoint whose run recorded another backbone class
+    (``components["model.backbone"]``, :func:`dynametric.pipeline.run.component_classes`) than the config's
+    ``model.backbone`` builds here (a registry entry replaced by user code, or the code that registered over a
+    built-in name not imported): the weights load into this class, and the embeddings may not be the run's. ``None``
+    where they agree or nothing was recorded (a checkpoint of an earlier version). The wording of ``train --resume``'s
+    note, for the commands that load a checkpoint to embed (evaluate, embed, export, search, from_pretrained)."""
+    from dynametric.utils.registry import qualified_name
+
+    extra = state.get("dynametric")
+    components = extra.get("components") if isinstance(extra, Mapping) else None
+    recorded = components.get("model.backbone") if isinstance(components, Mapping) else None
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    if not isinstance(recorded, str) or body is None:
+        return None
+    now = qualified_name(type(body))
+    if now == recorded:
+        return None
+    return (f"{checkpoint} was trained with model.backbone {name!r} of the class {recorded}; here the name builds "
+            f"{now}, into which its weights are loaded, so the embeddings may differ from the run's (a registry "
+            "entry replaced by user code, or the code that registered it not imported? import it: dynametric "
+            "--import MODULE ..., or the config's 'imports:')")
 
 
 def check_model_config(cfg: Config, state: dict[str, Any], checkpoint: str | Path) -> None:

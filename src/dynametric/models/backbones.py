@@ -346,7 +346,17 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
             raise
         except ValueError as exc:  # the module's own validation of its options (a user's backbone): one line
             raise _value_error(name, kwargs, exc) from exc
-        return Backbone(name, body, body.num_features,
+        if not isinstance(body, torch.nn.Module):  # a user factory returning another object: one line
+            raise ConfigError(f"backbone {name!r}: its factory returned {type(body).__name__}, expected a "
+                              "torch.nn.Module (with num_features, giving [B, C, H, W] feature maps)",
+                              key="model.backbone")
+        features = getattr(body, "num_features", None)
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ConfigError(f"backbone {name!r}: its module {type(body).__name__} "
+                              + ("has no num_features attribute" if features is None
+                                 else f"has num_features {features!r}")
+                              + ", expected a positive int (the channels of its feature maps)", key="model.backbone")
+        return Backbone(name, body, features,
                         classifier_prefixes=tuple(getattr(body, "classifier_prefixes", ())))
     import timm
 

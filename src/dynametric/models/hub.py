@@ -81,46 +81,94 @@ def _backbone_config(embedder: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]
     return dict(config)
 
 
-def _backbone_module(kwargs: Mapping[str, Any]) -> str | None:
-    """The module of the factory that backbone ``kwargs["backbone"]`` resolves to in
-    :data:`~dynametric.models.backbones.BACKBONES` when it is not dynametric's own (one registered by user code):
-    recorded in ``dynametric.json`` (``backbone_module``) so that loading without that code names the module to
-    import. ``None`` for dynametric's backbones and timm's."""
+def _factory_identity(factory: Any) -> tuple[str, str] | None:
+    """``(module, qualified name)`` of a ``BACKBONES`` entry (the function of a ``functools.partial``); ``None``
+    where it has none (an object without ``__module__``)."""
     import functools
 
-    from dynametric.models.backbones import BACKBONES
-
-    name = kwargs.get("backbone")
-    factory = BACKBONES.get(name) if isinstance(name, str) else None
     if isinstance(factory, functools.partial):
         factory = factory.func
     module = getattr(factory, "__module__", None)
-    if not isinstance(module, str) or module == "dynametric" or module.startswith("dynametric."):
+    qualname = getattr(factory, "__qualname__", None) or getattr(type(factory), "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
         return None
-    return module
+    return module, qualname
+
+
+def _own(module: str) -> bool:
+    return module == "dynametric" or module.startswith("dynametric.")
+
+
+def _backbone_factory(kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(module, qualified name)`` of the factory that backbone ``kwargs["backbone"]`` resolves to in
+    :data:`~dynametric.models.backbones.BACKBONES` when it is not dynametric's own (one registered by user code, a
+    new name or one registered over a built-in name): recorded in ``dynametric.json`` (``backbone_factory``
+    ``module:qualname``, and ``backbone_module``) so that loading checks that the name resolves to the same factory
+    and, without that code, says what to import. ``None`` for dynametric's backbones and timm's."""
+    from dynametric.models.backbones import BACKBONES
+
+    name = kwargs.get("backbone")
+    identity = _factory_identity(BACKBONES.get(name)) if isinstance(name, str) and name in BACKBONES else None
+    if identity is None or _own(identity[0]):
+        return None
+    return identity
+
+
+def _recorded_factory(meta: Mapping[str, Any]) -> str | None:
+    """The factory a model folder records, ``module.qualname`` (``backbone_factory``; an older folder's
+    ``backbone_module`` alone: the module)."""
+    factory = meta.get("backbone_factory")
+    if isinstance(factory, str) and ":" in factory:
+        return factory.replace(":", ".", 1)
+    module = meta.get("backbone_module")
+    return module if isinstance(module, str) and module else None
+
+
+def _import_advice(name: str, meta: Mapping[str, Any]) -> str:
+    """What to import for backbone ``name`` of a model folder: the run's config ``imports`` it records, first, else
+    the module that registers the name (not known in general: the recorded factory may be defined elsewhere)."""
+    imports = [m for m in meta.get("imports") or [] if isinstance(m, str) and m]
+    first = (f"import {', '.join(imports)} (the imports of the run's config), or " if imports else "")
+    return (f"{first}import the module that registers it under {name!r} before loading (where the model was "
+            "trained with a config, its 'imports:' lists it)")
 
 
 def _check_backbone_known(meta: Mapping[str, Any], meta_path: Path) -> None:
-    """A backbone name the folder records that is neither in ``BACKBONES`` nor a timm model here: registered by user
-    code when the model was saved, so the error says which module to import (``backbone_module``), or that one
-    registered it, instead of the bare ``unknown backbone``."""
+    """The backbone name the folder records must resolve to the factory it was saved with: a name neither in
+    ``BACKBONES`` nor a timm model here was registered by user code when the model was saved, so the error says
+    what to import (``imports``, ``backbone_factory``) instead of the bare ``unknown backbone``; a name registered
+    here to another factory than the recorded one (dynametric's own where user code registered over a built-in name
+    when the model was saved, or another user factory) is refused too: its weights would load into another
+    network and give other embeddings, silently."""
     from dynametric.models.backbones import BACKBONES, TIMM_SOURCE_PREFIXES, _unknown_backbone
 
     name = meta["model"].get("backbone")
-    if not isinstance(name, str) or name in BACKBONES or name.startswith(TIMM_SOURCE_PREFIXES):
+    if not isinstance(name, str) or name.startswith(TIMM_SOURCE_PREFIXES):
         return
+    recorded = _recorded_factory(meta)
+    if name in BACKBONES:
+        if recorded is None:
+            return
+        identity = _factory_identity(BACKBONES[name])
+        now = f"{identity[0]}.{identity[1]}" if identity is not None else repr(BACKBONES[name])
+        by_module = not isinstance(meta.get("backbone_factory"), str)  # an older folder: its module only
+        same = identity is not None and (identity[0] == recorded if by_module else now == recorded)
+        if same:
+            return
+        which = "dynametric's own" if identity is not None and _own(identity[0]) else "another"
+        raise InputError(f"backbone {name!r} was the factory {recorded} when the model was saved, and here it is "
+                         f"{which} ({now}): loaded into it, the weights would give other embeddings; "
+                         f"{_import_advice(name, meta)}", file=meta_path, key="model.backbone")
     import timm
 
     if timm.is_model(name):
         return
-    module = meta.get("backbone_module")
-    if isinstance(module, str) and module:
-        raise InputError(f"unknown backbone {name!r}: it was registered by module {module!r} (BACKBONES[{name!r}]) "
-                         "when the model was saved, which is not imported here; import it before loading",
-                         file=meta_path, key="model.backbone")
+    if recorded is not None:
+        raise InputError(f"unknown backbone {name!r}: registered with the factory {recorded} when the model was "
+                         f"saved; {_import_advice(name, meta)}", file=meta_path, key="model.backbone")
     unknown = _unknown_backbone(name, import_hint=False).message
     raise InputError(f"{unknown}; a backbone registered by user code (BACKBONES[{name!r}] = ...) is known only "
-                     "where the module that registers it is imported: import it before loading",
+                     f"where the module that registers it is imported: {_import_advice(name, meta)}",
                      file=meta_path, key="model.backbone")
 
 
@@ -162,7 +210,15 @@ def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id:
     metrics = meta.get("metrics") or {}
     table = _metrics_table(metrics, meta.get("scale_names") or [])
     lines += ["## Metrics", ""] + (["Test split, per label scale:", "", *table] if table else ["Not recorded."])
-    lines += ["", "## Usage", "", "```python", "from dynametric.models import Embedder", "",
+    imports = [m for m in meta.get("imports") or [] if isinstance(m, str) and m]
+    if imports:  # the run's config imports: what registers its components (the backbone among them)
+        usage = [f"import {m}  # registers the model's components (the run's config 'imports:')" for m in imports]
+    elif isinstance(meta.get("backbone_module"), str) and meta["backbone_module"]:
+        usage = [f"import {meta['backbone_module']}  # the module that registers backbone {model['backbone']!r} "
+                 "(here the one defining its factory)"]
+    else:
+        usage = []
+    lines += ["", "## Usage", "", "```python", *usage, "from dynametric.models import Embedder", "",
               f"model = Embedder.from_pretrained({(repo_id or 'path/to/this/folder')!r}).eval()",
               "emb = model(images)   # [B, D] (a dict of heads for multi-head models)", "```", ""]
     if config_yaml:
@@ -174,7 +230,7 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
                     scale_names: Sequence[str] | None = None, metrics: Mapping[str, Any] | None = None,
                     data: Mapping[str, Any] | None = None, config_yaml: str | None = None,
                     eval_head: str | None = None, input_size: int | None = None,
-                    repo_id: str | None = None) -> Path:
+                    repo_id: str | None = None, imports: Sequence[str] | None = None) -> Path:
     """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card).
 
     Into a new or empty folder, or over an earlier model folder (its ``dynametric.json`` is this format): its files
@@ -184,7 +240,11 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     read-only. Every file is first written to a temporary file beside its target; only when all are written are
     they renamed into place, so a failed write (a full disk) leaves the folder as it was. The renames start with a
     ``dynametric.json`` marking the save unfinished and end with the final one, which records the SHA-256 of the
-    weights: a save killed between its renames leaves a folder that loading refuses and the next save takes up."""
+    weights: a save killed between its renames leaves a folder that loading refuses and the next save takes up.
+
+    ``imports``: the modules the model's config imports (a run's ``imports:``; :func:`export_run` passes them),
+    recorded in ``dynametric.json`` (``imports``), so that loading where the backbone is unknown names them first
+    and the model card's usage imports them."""
     import hashlib
 
     from safetensors.torch import save
@@ -214,9 +274,12 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
             "weights_sha256": hashlib.sha256(weights).hexdigest(), "files": files}
     if backbone_config is not None:
         meta["backbone_config"] = backbone_config
-    backbone_module = _backbone_module(kwargs)
-    if backbone_module is not None:  # a backbone of user code: loading elsewhere needs that module imported
-        meta["backbone_module"] = backbone_module
+    factory = _backbone_factory(kwargs)
+    if factory is not None:  # a backbone of user code: loading elsewhere needs it, and checks it is the same
+        meta["backbone_module"] = factory[0]
+        meta["backbone_factory"] = f"{factory[0]}:{factory[1]}"
+    if imports:
+        meta["imports"] = [str(m) for m in imports]
     remove_config = config_yaml is None and CONFIG_FILE in own and (folder / CONFIG_FILE).exists()
     if remove_config:
         replacement_mode(folder / CONFIG_FILE)  # one the user made read-only is not removed either

@@ -231,7 +231,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str] | CheckpointConfig, c
         result = protocol.evaluate(sets, evaluate)
     splits = " -> ".join(protocol.required_splits()) if isinstance(protocol, QueryGallery) else \
         f"split {protocol.required_splits()[0]!r}" if isinstance(protocol, LeaveOneOut) else protocol.name
-    notes = [note] if note else []
+    notes = [*trained.notes, *([note] if note else [])]
     if isinstance(protocol, (LeaveOneOut, QueryGallery)) and protocol.per_category:
         queries = sets[protocol.required_splits()[0]].dataset
         dropped = getattr(queries, "category_note", None)  # the data has categories, the queries none: say why

@@ -683,6 +683,11 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
                 differ = "; changed: " + ", ".join(
                     f"{k} ({repr(old[k]) if k in old else 'absent'} -> {repr(new[k]) if k in new else 'absent'})"
                     for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            if isinstance(stored, dict) and keys == ["imports"]:  # only the modules imported: no other training
+                raise InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
+                                 f"{cfg.imports!r} here), which resuming keeps as the run recorded them: restore them, "
+                                 f"and import another module for the resume with dynametric --import MODULE train "
+                                 f"--resume {run_dir}", file=config, key="imports")
             raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
                              f"hash {saved}, this config hashes to {now}{differ}); {new_run}", file=config)
         # only keys a later dynametric added, at their defaults: the run's own config, resumed
@@ -702,14 +707,11 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
 
 
 def _qualified(obj: Any) -> str:
-    """``module.QualifiedName`` of a registry entry: a class or function itself, the function of a
-    ``functools.partial``, else the class of an instance (a dataset format, a method)."""
-    import inspect
+    """:func:`dynametric.utils.registry.qualified_name` (the one rule, shared with the inference path's check of the
+    backbone class, :func:`dynametric.engine.inference.backbone_class_note`)."""
+    from dynametric.utils.registry import qualified_name
 
-    if isinstance(obj, functools.partial):
-        obj = obj.func
-    target = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
-    return f"{target.__module__}.{target.__qualname__}"
+    return qualified_name(obj)
 
 
 def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> dict[str, str]:

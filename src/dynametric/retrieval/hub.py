@@ -28,8 +28,15 @@ from dynametric.retrieval.model import load_embedder
 def run_embedder(run_dir: str | Path) -> nn.Module:
     """The embedder of a run folder (``best.ckpt``, else ``last.ckpt``), eval mode."""
     run_dir = Path(run_dir)
+    import warnings
+
     ckpt = run_dir / "best.ckpt" if (run_dir / "best.ckpt").is_file() else run_dir / "last.ckpt"
-    return load_embedder(ckpt).model
+    loaded = load_embedder(ckpt)
+    for note in loaded.notes:  # a backbone class other than the run's (the library's way to say it)
+        warnings.warn(note, UserWarning, stacklevel=3)
+    model = loaded.model
+    setattr(model, "notes", list(loaded.notes))  # noqa: B010 - an Embedder attribute, not a module's
+    return model
 
 
 def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "best.ckpt",
@@ -68,7 +75,8 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
     return save_pretrained(loaded.model, folder, model_kwargs=embedder_kwargs(cfg.model),
                            scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
                            data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
-                           eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id)
+                           eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id,
+                           imports=list(cfg.imports))
 
 
 def _without_local_paths(cfg: Config) -> Config:

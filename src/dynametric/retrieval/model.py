@@ -215,7 +215,8 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
                           checkpoint=trained.checkpoint, config_path=trained.config_path, config_hash=config_hash(cfg),
                           weights_hash=weights_digest(embedder_state_dict(trained.state)),
                           in_chans=int(cfg.model.in_chans), input_size=_input_size(transform, 224), run=run,
-                          notes=[note] if note else [], embedding_hash=embedding_config_hash(cfg))
+                          notes=[*trained.notes, *([note] if note else [])],
+                          embedding_hash=embedding_config_hash(cfg))
 
 
 def _check_image_size(model: torch.nn.Module, size: int, in_chans: int, key: str) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 from dynametric.errors import ConfigError, first_sentence
 
-IMPORT_HINT = ("a component registered by your own code needs its module imported first: list it under 'imports:' "
-               "in the config, or run dynametric --import MODULE ...")
+IMPORT_HINT = ("a component registered by your own code needs its module imported first: "
+               "dynametric --import MODULE ..., or 'imports:' in a config")
 """Said after every unknown component name (loss, miner, sampler, dataset format, method): the name may be one a
 user's module registers, which the run did not import (docs/extending.md)."""
 
@@ -37,6 +37,19 @@ def unknown_name_message(registry: Mapping[str, Any], name: Any, kind: str = "na
     return with_import_hint(f"unknown {kind} {name!r}{hint}")
 
 
+def qualified_name(obj: Any) -> str:
+    """``module.QualifiedName`` of a registry entry: a class or function itself, the function of a
+    ``functools.partial``, else the class of an instance (a dataset format, a method). What a run records of each
+    component (``components`` in ``run_info.json`` and the checkpoints)."""
+    import functools
+    import inspect
+
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    target = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
 def check_module_names(names: Any, key: str) -> list[str]:
     """``names`` as a list of module names (dotted Python identifiers: ``mypkg.components``); anything else is a
     :class:`ConfigError` on ``key`` (an entry's on ``key[i]``)."""
@@ -44,6 +57,10 @@ def check_module_names(names: Any, key: str) -> list[str]:
         raise ConfigError(f"expected a list of module names (e.g. [mypkg.components]), got {names!r} "
                           f"({type(names).__name__})", key=key)
     for i, name in enumerate(names):
+        if isinstance(name, str) and name.endswith(".py") and name[:-3] and all(
+                part.isidentifier() for part in name[:-3].split(".")):  # a file name: refused before anything runs
+            raise ConfigError(f"expected a module name, got the file name {name!r}: write {name[:-3]} (a module "
+                              "name, not a file)", key=f"{key}[{i}]")
         if not isinstance(name, str) or not name or not all(part.isidentifier() for part in name.split(".")):
             raise ConfigError(f"expected a module name (Python identifiers joined by '.', e.g. mypkg.components), "
                               f"got {name!r} ({type(name).__name__})", key=f"{key}[{i}]")
@@ -61,6 +78,15 @@ def import_modules(names: Any, key: str) -> None:
     for name in check_module_names(names, key):
         try:
             importlib.import_module(name)
+        except SystemExit as exc:  # sys.exit() at import: one line, not the module's exit status without a word
+            raise ConfigError(f"cannot import {name!r} (it called sys.exit({exc.code!r}) at import)", key=key) from None
+        except ModuleNotFoundError as exc:
+            where = ""
+            if exc.name is not None and exc.name == name.split(".")[0]:  # the module itself is not found
+                where = ("; is it on PYTHONPATH? the dynametric command does not search the current folder: "
+                         "PYTHONPATH=. dynametric ...")
+            raise ConfigError(f"cannot import {name!r} ({type(exc).__name__}: {first_sentence(exc)}){where}",
+                              key=key) from exc
         except Exception as exc:  # noqa: BLE001 - whatever the module raised on import is said in the one line
             raise ConfigError(f"cannot import {name!r} ({type(exc).__name__}: {first_sentence(exc)})",
                               key=key) from exc
