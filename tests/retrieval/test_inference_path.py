@@ -87,6 +87,34 @@ def test_load_embedder_and_image_files_equal_plain_forward(run_ckpt: Path, image
     assert bf.identity()["precision"] == "bf16"
 
 
+def test_max_pixels_refuses_a_large_image_before_decoding_it(run_ckpt: Path, image_root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service bounds the images it embeds: ``max_pixels`` refuses an image of more pixels, named, from its
+    header, before anything decodes it (a small PNG holds a large image); images within it embed as without it."""
+    from PIL import Image
+
+    import dynametric.retrieval.embed as embed_module
+    from dynametric.retrieval.model import image_tensor
+
+    loaded = load_embedder(run_ckpt, options=InferenceOptions(device="cpu", batch_size=4))
+    big = tmp_path / "big.png"
+    Image.new("L", (3000, 2000)).save(big)  # 6 M pixels in a few KB
+    small = sorted(image_root.glob("imgs/*/*.png"))[:3]
+    decoded: list[str] = []
+    real_load = embed_module.load_rgb
+    monkeypatch.setattr(embed_module, "load_rgb", lambda p, *a, **k: decoded.append(str(p)) or real_load(p, *a, **k))
+    with pytest.raises(InputError) as caught:
+        image_tensor(loaded, big, max_pixels=5_000_000)
+    assert str(caught.value) == f"{big}: image has 3000x2000 pixels, more than max_pixels 5000000"
+    with pytest.raises(InputError) as caught:
+        embed_image_files(loaded, [*small, big], max_pixels=5_000_000)
+    assert str(caught.value).startswith(f"{big}: image has 3000x2000 pixels, more than max_pixels 5000000")
+    assert str(big) not in decoded  # refused from its header
+    assert image_tensor(loaded, big, max_pixels=6_000_000).shape == image_tensor(loaded, big).shape  # at the bound
+    np.testing.assert_array_equal(embed_image_files(loaded, small, max_pixels=32 * 32),
+                                  embed_image_files(loaded, small))
+
+
 def test_dyml_protocol_from_checkpoint_equals_plain_forward(tmp_path: Path) -> None:
     root = write_release(tmp_path / "rel", "vehicle")
     cfg = load_config(None, ["data.format=dyml-vehicle", f"data.root={root}", "data.transform=small",

@@ -363,16 +363,34 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
                       class_names=class_names, notes=notes)
 
 
+def check_pixels(path: str | Path, max_pixels: int) -> None:
+    """An InputError naming ``path`` when its image has more than ``max_pixels`` pixels, read from its header before
+    anything is decoded (a small file can hold a huge image: a 117 KB PNG of 11,000 x 11,000 pixels decodes to
+    363 MB); a file that cannot be opened is :func:`~dynametric.data.base.image_read_error`'s line."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception as exc:  # PIL raises many types for bad files
+        raise image_read_error(path, exc) from None
+    if width * height > max_pixels:
+        raise InputError(f"image has {width}x{height} pixels, more than max_pixels {max_pixels}", file=path)
+
+
 class ImageFiles(Dataset):
-    """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError.
+    """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError, and so
+    does an image of more than ``max_pixels`` pixels (:func:`check_pixels`; ``None``: PIL's own limit only).
 
     A transform with a ``read_file`` method (:class:`dynametric.data.device_decode.DeviceDecoder`) reads the
     file itself (JPEG bytes for decoding on the device) and its ``collate`` method is the loader's
     :attr:`collate_fn`."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor]) -> None:
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
+                 max_pixels: int | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.max_pixels = max_pixels
         self._read = getattr(transform, "read_file", None)
         self.collate_fn = getattr(transform, "collate", None)
 
@@ -380,6 +398,8 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Any:
+        if self.max_pixels is not None:
+            check_pixels(self.paths[i], self.max_pixels)
         if self._read is not None:
             return self._read(self.paths[i])
         try:

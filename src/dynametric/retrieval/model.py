@@ -234,10 +234,15 @@ def _check_image_size(model: torch.nn.Module, size: int, in_chans: int, key: str
                           key=key) from None
 
 
-def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
-    """Load one image file through the model's evaluation transform (``[C, H, W]``); errors name the file."""
+def image_tensor(loaded: LoadedEmbedder, path: str | Path, *, max_pixels: int | None = None) -> torch.Tensor:
+    """Load one image file through the model's evaluation transform (``[C, H, W]``); errors name the file.
+    ``max_pixels``: refuse an image of more pixels before decoding it (a service answering uploads; ``None``: PIL's
+    own limit of about 179 M pixels only)."""
     from dynametric.data.base import image_read_error, load_rgb
+    from dynametric.retrieval.embed import check_pixels
 
+    if max_pixels is not None:
+        check_pixels(path, max_pixels)
     try:
         img = load_rgb(path)
     except Exception as exc:  # PIL raises many types for bad files
@@ -245,14 +250,17 @@ def image_tensor(loaded: LoadedEmbedder, path: str | Path) -> torch.Tensor:
     return loaded.transform(img)
 
 
-def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path]) -> np.ndarray:
+def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path], *,
+                      max_pixels: int | None = None) -> np.ndarray:
     """Embeddings ``[len(paths), D]`` float32 of image files (queries), in batches of ``loaded.run.batch_size``
-    decoded by ``loaded.run.workers`` loader workers; errors name the file."""
+    decoded by ``loaded.run.workers`` loader workers; errors name the file. ``max_pixels``: as in
+    :func:`image_tensor`."""
     from dynametric.retrieval.embed import ImageFiles, _worker_error
 
     parts = []
     try:
-        for batch in loaded.run.loader(ImageFiles([Path(p) for p in paths], loaded.loader_transform)):
+        files = ImageFiles([Path(p) for p in paths], loaded.loader_transform, max_pixels=max_pixels)
+        for batch in loaded.run.loader(files):
             parts.append(loaded.embed(batch))
     except InputError as exc:
         raise _worker_error(exc) from None
