@@ -59,6 +59,17 @@ def test_an_index_not_loaded_cannot_say(tmp_path: Path) -> None:
         idx.changed_on_disk()
 
 
+def test_a_saved_index_is_its_folder_s_until_another_build(tmp_path: Path) -> None:
+    """After save() the object is the folder's index as after load(): the same digest, and a later build into the
+    folder is a change."""
+    idx = RetrievalIndex.build(_set(0), "flat", "l2")
+    idx.save(tmp_path / "idx")
+    assert idx.loaded_from == tmp_path / "idx" and not idx.changed_on_disk()
+    assert idx.digest == RetrievalIndex.load(tmp_path / "idx").digest != ""
+    RetrievalIndex.build(_set(1), "flat", "l2").save(tmp_path / "idx")
+    assert idx.changed_on_disk()
+
+
 def load_retrying(path: Path, tries: int = 5, pause: Callable[[], None] = lambda: time.sleep(1.0)) -> RetrievalIndex:
     """docs/retrieval.md's retry loop (``pause``: what the service does between tries)."""
     for attempt in range(tries):

@@ -530,9 +530,10 @@ class RetrievalIndex:
     _direct_map: bool = field(default=False, repr=False)
     digest: str = field(default="", compare=False)
     """SHA-256 of the ``index.json`` :meth:`load` read and checked every file against (it holds the digests of
-    ``index.faiss``, ``items.csv`` and the labels, so it names the build); ``""`` for an index not loaded."""
+    ``index.faiss``, ``items.csv`` and the labels, so it names the build), or :meth:`save` wrote; ``""`` for an
+    index neither loaded nor saved."""
     loaded_from: Path | None = field(default=None, compare=False)
-    """The folder :meth:`load` read (``None`` for an index not loaded)."""
+    """The folder :meth:`load` read or :meth:`save` wrote (``None`` for an index neither loaded nor saved)."""
 
     @property
     def size(self) -> int:
@@ -609,6 +610,10 @@ class RetrievalIndex:
             "has_labels": self.labels is not None, "class_names": self.class_names, "image_roots": self.image_roots,
             "model": self.model, "source": self.source, **hashes})
         marker.unlink(missing_ok=True)  # the index is complete
+        # this object is now the folder's index, as if loaded from it (read back under the folder's lock: no other
+        # build can have replaced it): a service that builds and saves can poll changed_on_disk() as after load()
+        self.digest = hashlib.sha256((out / "index.json").read_bytes()).hexdigest()
+        self.loaded_from = out
         return out
 
     @classmethod
