@@ -157,3 +157,21 @@ def test_the_class_check_counts_every_process_of_a_step():
         "(batch_size 64 / m 4 per process; the loss sees the step's batches together) but the training split has "
         "only 30; try data.batch_size=60 or data.m=8 or at most 1 process(es) in all (trainer.devices x "
         "trainer.num_nodes)")
+
+
+def test_a_user_sampler_extending_three_scale_gets_its_checks_at_load_and_in_the_preflight(monkeypatch):
+    """The three_scale checks go by the sampler's class, not its name: a user's subclass registered under another
+    name (docs/extending.md) is refused at load as three_scale is, named as the config names it."""
+    from dynametric.data.samplers import BATCH_SAMPLERS, ThreeScaleSampler
+
+    class MyScales(ThreeScaleSampler):
+        pass
+
+    monkeypatch.setitem(BATCH_SAMPLERS, "myscales", MyScales)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.sampler=myscales", "data.m=4", "data.batch_size=12", "loss.multiscale=true"])
+    assert str(info.value).startswith("<command line> key 'data.batch_size': a myscales batch of data.batch_size 12 "
+                                      "with data.m 4 images per scale chunk and 3 scale(s) holds one item")
+    overrides = [*CSV, "data.sampler=myscales", "data.m=40", "data.batch_size=120", "loss.multiscale=true"]
+    with pytest.raises(ConfigError, match="a myscales batch of data.batch_size 120 .* holds one item"):
+        _preflight(overrides)

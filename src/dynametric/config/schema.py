@@ -649,10 +649,13 @@ class Config:
         the same for a ``multiscale`` term (each scale's chunk is one class): refused here when the number of
         sampled scales is known without the data (``data.sampler_options.scales``, or the format's declared scale
         names), else by the run's preflight (:func:`three_scale_items_error`)."""
-        from dynametric.data.samplers import BATCH_SAMPLERS
+        from dynametric.data.samplers import BATCH_SAMPLERS, ThreeScaleSampler
 
         data = self.data
-        if data.sampler == "three_scale":
+        sampler_cls = BATCH_SAMPLERS[data.sampler]
+        # the class decides, not the name: a user's sampler registered under another name that extends three_scale's
+        # (docs/extending.md) fills its batches the same way, as the preflight's check (by class) already says
+        if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
             scales = data.sampler_options.get("scales")
             count = len(scales) if isinstance(scales, (list, tuple)) and scales else None
             if count is None:
@@ -667,7 +670,7 @@ class Config:
             if error is not None:
                 raise error
             return
-        if not BATCH_SAMPLERS[data.sampler].m_divides_batch or data.batch_size // data.m >= 2:
+        if not sampler_cls.m_divides_batch or data.batch_size // data.m >= 2:
             return
         for _where, what in batch_comparing_terms(self):
             key = "data.m" if data.m != schema_default("data.m") else "data.batch_size"
@@ -813,7 +816,7 @@ def three_scale_items_error(cfg: Config, num_scales: int) -> ConfigError | None:
         return None
     key = "data.m" if data.m != schema_default("data.m") else "data.batch_size"
     smaller_m = data.batch_size // (2 * num_scales) if data.batch_size % (2 * num_scales) == 0 else 0
-    return ConfigError(f"a three_scale batch of data.batch_size {data.batch_size} with data.m {data.m} images per "
+    return ConfigError(f"a {data.sampler} batch of data.batch_size {data.batch_size} with data.m {data.m} images per "
                        f"scale chunk and {num_scales} scale(s) holds one item, so each scale's chunk is one class: "
                        f"{terms[0][1]} (per scale, multiscale), and without a negative pair it would train on "
                        f"nothing; expected "
