@@ -99,6 +99,7 @@ from dynametric.utils.locks import (
     LockContended,
     LockFile,
     LockForeign,
+    LockUnreadable,
     acquire_lock,
     other_process_running,
     read_lock,
@@ -470,11 +471,10 @@ def claim_run_folder(run_dir: Path, folder_key: str, *, resume: bool = False) ->
         if isinstance(exc, LockContended):
             raise ConfigError(f"run folder {run_dir}: other processes keep taking its {LOCK_FILE}; wait for them or "
                               f"use another {folder_key}", key=folder_key) from None
+        if isinstance(exc, LockUnreadable):
+            raise InputError(f"cannot read the lock file ({exc.error.strerror or exc.error})", file=exc.path,
+                             key=folder_key) from None
         if isinstance(exc, OSError):
-            lock = run_dir / LOCK_FILE
-            if exc.filename is not None and Path(exc.filename) == lock:  # the lock found there cannot be read
-                raise InputError(f"cannot read the lock file ({exc.strerror or exc})", file=lock,
-                                 key=folder_key) from None
             raise InputError(f"cannot write in the folder ({exc.strerror or exc})", file=run_dir,
                              key=folder_key) from None
         raise
@@ -706,14 +706,6 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
                              components if isinstance(components, dict) else None)
 
 
-def _qualified(obj: Any) -> str:
-    """:func:`dynametric.utils.registry.qualified_name` (the one rule, shared with the inference path's check of the
-    backbone class, :func:`dynametric.engine.inference.backbone_class_note`)."""
-    from dynametric.utils.registry import qualified_name
-
-    return qualified_name(obj)
-
-
 def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> dict[str, str]:
     """What each component the config names resolved to, ``{config key: "module.QualifiedName"}``: the entries of
     ``LOSSES`` / ``MINERS`` (every loss term and its miner), ``BATCH_SAMPLERS`` (``data.sampler``), the dataset
@@ -728,24 +720,25 @@ def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> d
     from dynametric.methods import method_for
     from dynametric.miners import MINERS
     from dynametric.models.backbones import BACKBONES
+    from dynametric.utils.registry import qualified_name
 
     out: dict[str, str] = {}
     for key, term, miner in cfg.loss_terms():
         if term.name in LOSSES:
-            out[f"{key}.name"] = _qualified(LOSSES[term.name])
+            out[f"{key}.name"] = qualified_name(LOSSES[term.name])
         if miner is not None and miner.name in MINERS:
-            out[f"{'miner' if key == 'loss' else f'{key}.miner'}.name"] = _qualified(MINERS[miner.name])
+            out[f"{'miner' if key == 'loss' else f'{key}.miner'}.name"] = qualified_name(MINERS[miner.name])
     if cfg.data.sampler in BATCH_SAMPLERS:
-        out["data.sampler"] = _qualified(BATCH_SAMPLERS[cfg.data.sampler])
+        out["data.sampler"] = qualified_name(BATCH_SAMPLERS[cfg.data.sampler])
     body = getattr(getattr(embedder, "backbone", None), "body", None)
     if body is not None:
-        out["model.backbone"] = _qualified(type(body))
+        out["model.backbone"] = qualified_name(type(body))
     elif cfg.model.backbone in BACKBONES:
-        out["model.backbone"] = _qualified(BACKBONES[cfg.model.backbone])
+        out["model.backbone"] = qualified_name(BACKBONES[cfg.model.backbone])
     fmt = FORMATS.get(cfg.data.format)
     if fmt is not None or cfg.data.format == "synthetic":
-        out["data.format"] = _qualified(fmt if fmt is not None else _synthetic_class())
-    out["method.name"] = _qualified(method_for(cfg))
+        out["data.format"] = qualified_name(fmt if fmt is not None else _synthetic_class())
+    out["method.name"] = qualified_name(method_for(cfg))
     return out
 
 

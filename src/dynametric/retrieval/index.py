@@ -47,7 +47,7 @@ from dynametric.utils.io import (
     replacement_mode,
     require_new_folder,
 )
-from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, acquire_lock
+from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, LockUnreadable, acquire_lock
 from dynametric.utils.readers import beyond_float32, beyond_float32_text, read_plain_npy, refuse_zero_rows
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -121,9 +121,10 @@ def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
     except LockContended:
         raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
                          f"to finish or use another {key}", file=out, key=key) from None
+    except LockUnreadable as exc:
+        raise InputError(f"cannot read the lock file ({exc.error.strerror or exc.error})", file=lock,
+                         key=key) from None
     except OSError as exc:
-        if exc.filename is not None and Path(exc.filename) == lock:  # the lock found there cannot be read
-            raise InputError(f"cannot read the lock file ({exc.strerror or exc})", file=lock, key=key) from None
         raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
                          key=key) from None
     with held:

@@ -110,6 +110,15 @@ class LockContended(LockRefused):
     """Other processes kept taking the lock over in every try."""
 
 
+class LockUnreadable(LockRefused):
+    """A file of the lock's name is there but cannot be read (``error``: the ``OSError``, e.g. a folder of that
+    name, or no permission): left as it is."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(path)
+        self.error = error
+
+
 def read_lock(path: Path, recognise: Callable[[Any], Holder | None]) -> LockFile | None:
     """The lock file ``path`` as read (:class:`LockFile`); ``None`` where there is none. ``recognise`` takes the
     file's JSON and returns the process it names, or ``None`` where it is no lock of the caller's kind (a
@@ -261,15 +270,18 @@ def acquire_lock(path: Path, record: bytes, *, recognise: Callable[[Any], Holder
     holder is gone (or that was copied from another folder: :attr:`Holder.copied`) is taken over. A file that
     ``recognise`` (:func:`read_lock`) does not know as a lock is taken over where ``foreign`` is ``stale``, or is
     ``empty_stale`` and the file :func:`stale_empty`; else :class:`LockForeign`, the file untouched. After
-    ``attempts`` tries that other processes won, :class:`LockContended`. A folder that cannot be written: the
-    ``OSError``."""
+    ``attempts`` tries that other processes won, :class:`LockContended`. A lock file found there that cannot be read:
+    :class:`LockUnreadable`. A folder that cannot be written: the ``OSError``."""
     mine = (os.path.abspath(path), record)
     _HELD[mine] += 1  # before the lock exists: another thread of this process that finds it sees it held
     try:
         for _ in range(attempts):
             if _create(path, record):
                 return HeldLock(path, record)
-            found = read_lock(path, recognise)
+            try:
+                found = read_lock(path, recognise)
+            except OSError as exc:
+                raise LockUnreadable(path, exc) from None
             if found is None:
                 continue  # removed meanwhile: try again
             if found.holder is None:
