@@ -53,6 +53,15 @@ def test_embed_from_checkpoint_equals_plain_forward(run: Path) -> None:
     ce = embed_from_checkpoint(run, overrides=SMALL, options=InferenceOptions(device="cpu", batch_size=5))
     assert torch.equal(ce.query, ref) and torch.equal(ce.query_labels, ref_lab)
     assert ce.query.dtype == torch.float32 and ce.query.shape[0] == len(ds)
+    assert ce.notes == []
+
+
+def test_embed_from_checkpoint_returns_the_notes_a_command_prints(run: Path) -> None:
+    # a run trained in fp16 mixed precision embeds in fp32 on a CPU: the note says so (it was computed and dropped)
+    ce = embed_from_checkpoint(run, overrides=[*SMALL, "trainer.precision=16-mixed"],
+                               options=InferenceOptions(device="cpu", batch_size=5))
+    assert len(ce.notes) == 1 and "16-mixed" in ce.notes[0] and "embeds in fp32" in ce.notes[0], ce.notes
+    assert torch.isfinite(ce.query).all()
 
 
 def test_bf16_autocast_on_cpu_is_finite_and_close(run: Path) -> None:

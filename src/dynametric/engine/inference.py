@@ -370,6 +370,9 @@ class CheckpointEmbeddings:
     gallery_labels: torch.Tensor | None
     scale_names: list[str]
     description: str
+    notes: list[str] = field(default_factory=list)
+    """What the caller should print (``note: ...``): the backbone class changed since training
+    (:func:`backbone_class_note`), a precision the device cannot run (:func:`checkpoint_precision`)."""
 
 
 def checkpoint_precision(cfg: Config, options: InferenceOptions) -> tuple[InferenceOptions, str | None]:
@@ -418,7 +421,8 @@ def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = No
 
     trained = load_trained(checkpoint, config, overrides=overrides, head=head)
     cfg, model = trained.cfg, trained.model
-    opts, _ = checkpoint_precision(cfg, checkpoint_options(cfg, options))
+    opts, precision_note = checkpoint_precision(cfg, checkpoint_options(cfg, options))
+    notes = [*trained.notes, *([precision_note] if precision_note else [])]
     if progress:
         opts.progress = True
     run = opts.resolve()
@@ -429,9 +433,10 @@ def embed_from_checkpoint(checkpoint: str | Path, config: str | Path | None = No
         g, gl = embed_dataset(model, gd, head=trained.head, options=run)
         names = list(qd.scale_names)
         desc = f"{trained.checkpoint}: {cfg.data.format} {cfg.eval.query_split} -> {cfg.eval.gallery_split}"
-        return CheckpointEmbeddings(q, ql, g, gl, names, desc)
+        return CheckpointEmbeddings(q, ql, g, gl, names, desc, notes)
     split = split or cfg.data.test_split
     ds = load_eval_split(cfg, split)
     q, ql = embed_dataset(model, ds, head=trained.head, options=run)
     names = list(ds.scale_names)
-    return CheckpointEmbeddings(q, ql, None, None, names, f"{trained.checkpoint}: {cfg.data.format} split {split!r}")
+    return CheckpointEmbeddings(q, ql, None, None, names, f"{trained.checkpoint}: {cfg.data.format} split {split!r}",
+                                notes)
