@@ -50,6 +50,25 @@ def test_overwrite_of_a_missing_or_empty_folder_just_embeds(tiny_ckpt, tiny_imag
     assert _embed(tiny_ckpt, tiny_images, tmp_path / "empty", "--overwrite") == 0
 
 
+def test_max_pixels_stops_the_job_at_a_larger_image_naming_it(tiny_ckpt, tiny_images, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    images = tmp_path / "src"
+    (images / "imgs").mkdir(parents=True)
+    for i in range(6):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(images / "imgs" / f"a{i}.png")
+    big = images / "imgs" / "a5.png"
+    Image.new("RGB", (64, 40), (9, 9, 9)).save(big)  # 2,560 pixels, last in the list: the first shard finishes
+    out = tmp_path / "emb"
+    capsys.readouterr()
+    assert _embed(tiny_ckpt, images, out, "--max-pixels", "2000") == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and f"{big}: image has 64x40 pixels, more than max_pixels 2000" in err
+    assert not (out / "embeddings.npy").exists() and (out / "shards" / "shard_00000.npy").is_file()
+    assert _embed(tiny_ckpt, images, out, "--max-pixels", "2560") == 0  # at the bound; resumes the job
+    assert "1 shard(s) computed, 1 already done" in capsys.readouterr().out
+
+
 def _checkpoint_commands(ckpt: Path, cfg: Path, images: Path, tmp: Path) -> dict[str, list[str]]:
     model = ["--checkpoint", str(ckpt), "--config", str(cfg)]
     return {"embed": ["embed", *model, "--images", str(images / "imgs"), "--out", str(tmp / "emb"), "--no-progress"],

@@ -399,7 +399,7 @@ def test_another_head_than_the_index_is_named_in_balanced_words(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("extra", [["--precision", "bf16"], ["--batch-size", "4"], ["--workers", "2"],
-                                   ["--decode", "gpu"], ["--device", "cpu"]])
+                                   ["--decode", "gpu"], ["--device", "cpu"], ["--max-pixels", "100"]])
 def test_search_embeddings_refuses_the_image_options(built: dict[str, Path], tmp_path: Path, capsys, extra) -> None:
     # these say how query images are embedded; with --embeddings they used to be ignored in silence
     emb = tmp_path / "q.npy"
@@ -408,3 +408,13 @@ def test_search_embeddings_refuses_the_image_options(built: dict[str, Path], tmp
     assert main(["search", "--index", str(built["index"]), "--embeddings", str(emb), "-k", "1", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"key '{extra[0]}'" in err and f"{extra[0]} goes with --image" in err
+
+
+def test_search_image_max_pixels_refuses_a_larger_query_image(built: dict[str, Path], capsys) -> None:
+    img = built["root"] / "imgs/plant/img_01.png"  # 32 x 32
+    capsys.readouterr()
+    assert main(["search", "--index", str(built["index"]), "--image", str(img), "--max-pixels", "1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"dynametric search: error: {img}: image has 32x32 pixels, more than max_pixels 1000", err
+    assert main(["search", "--index", str(built["index"]), "--image", str(img), "--max-pixels", "1024",
+                 "--json", "-k", "1"]) == 0

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=positive_int, default=4096,
                    help="images per shard (the unit of resumption; default 4096)")
     p.add_argument("--keep-shards", action="store_true", help="keep shards/ after assembling embeddings.npy")
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                   help="refuse an image of more than N pixels, read from its header before it is decoded (images "
+                        "from others; default: PIL's own limit of about 179 M pixels)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none where stderr is not a terminal: a file or a pipe)")
@@ -119,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, shard_size=args.shard_size, num_workers=run_opts.workers,
                       pin_memory=run_opts.pin_memory,
                       progress=not args.no_progress and is_terminal(sys.stderr),
-                      keep_shards=args.keep_shards, overwrite=args.overwrite)
+                      keep_shards=args.keep_shards, overwrite=args.overwrite, max_pixels=args.max_pixels)
     part = "" if args.part is None else f" (part {args.part[0]}/{args.part[1]} of {items.source_count} images)"
     print(f"{res.count} images{part} -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
           f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)")

@@ -49,13 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the same weights)")
     p.add_argument("--config", type=path_arg, default=None, help="with --checkpoint: its config")
     add_inference_arguments(p, prefix="with --image: ", follow_index=True)
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                   help="with --image: refuse a query image of more than N pixels, read from its header before it is "
+                        "decoded (default: PIL's own limit of about 179 M pixels)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
     # None = not given (the defaults stay those in the help: auto, 64, auto, cpu), so that run() can refuse them
     # with --embeddings, where no model runs
     p.set_defaults(func=run, device=None, batch_size=None, workers=None, decode=None)
 
 
-_IMAGE_ONLY = ("--device", "--precision", "--batch-size", "--workers", "--decode")
+_IMAGE_ONLY = ("--device", "--precision", "--batch-size", "--workers", "--decode", "--max-pixels")
 
 
 def format_distance(d: float) -> str:
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         notes += loaded.notes
         note = decoder_note(index.model, loaded.decode, "the query images")
         notes += [note] if note else []
-        q = embed_image_files(loaded, args.image)
+        q = embed_image_files(loaded, args.image, max_pixels=args.max_pixels)
         names = [str(p) for p in args.image]
     else:
         from dynametric.retrieval.embed import load_embedding_set

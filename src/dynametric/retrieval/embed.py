@@ -509,7 +509,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
                 transform: Callable[[Any], torch.Tensor], out: str | Path, *, model_identity: dict[str, Any],
                 batch_size: int = INFERENCE_BATCH_SIZE, shard_size: int = 4096, num_workers: int = 0,
                 progress: bool = False, keep_shards: bool = False, overwrite: bool = False,
-                pin_memory: bool = False) -> EmbedResult:
+                pin_memory: bool = False, max_pixels: int | None = None) -> EmbedResult:
     """Embed ``items`` into the folder ``out`` shard by shard (see the module docstring); resumable.
 
     ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings on any device (e.g.
@@ -519,7 +519,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     :class:`~dynametric.data.device_decode.DeviceDecoder` as ``transform`` the batches are
     :class:`~dynametric.data.device_decode.EncodedImages` for it to decode); ``model_identity`` is
     recorded and must match when resuming. One loader serves every shard still to compute (``num_workers``
-    decoding processes, ``pin_memory`` for a non-blocking copy to a GPU).
+    decoding processes, ``pin_memory`` for a non-blocking copy to a GPU). ``max_pixels``: an image of more pixels
+    stops the job before it is decoded (:func:`check_pixels`; finished shards are kept); ``None``: PIL's own limit.
     """
     if batch_size < 1 or shard_size < 1:
         raise InputError(f"batch size and shard size must be >= 1, got {batch_size}, {shard_size}",
@@ -531,13 +532,14 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     with folder_lock(out, "embed"):  # one embed at a time in a folder
         return _embed_locked(items, embed_batch, transform, out, model_identity=model_identity,
                              batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
-                             progress=progress, keep_shards=keep_shards, overwrite=overwrite, pin_memory=pin_memory)
+                             progress=progress, keep_shards=keep_shards, overwrite=overwrite, pin_memory=pin_memory,
+                             max_pixels=max_pixels)
 
 
 def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
                   transform: Callable[[Any], torch.Tensor], out: Path, *, model_identity: dict[str, Any],
                   batch_size: int, shard_size: int, num_workers: int, progress: bool, keep_shards: bool,
-                  overwrite: bool, pin_memory: bool) -> EmbedResult:
+                  overwrite: bool, pin_memory: bool, max_pixels: int | None) -> EmbedResult:
     """:func:`embed_items` in its folder ``out``, holding the folder's lock."""
     n = len(items.ids)
     num_shards = (n + shard_size - 1) // shard_size
@@ -587,7 +589,7 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
 
     from tqdm import tqdm
 
-    dataset = ImageFiles(items.paths, transform)
+    dataset = ImageFiles(items.paths, transform, max_pixels=max_pixels)
     computed, skipped = [], []
     dim: int | None = None
     bar = tqdm(total=n, unit="img", desc="embedding", disable=not progress)
