@@ -15,6 +15,7 @@ from dynametric.engine.checkpoint import save_checkpoint_file
 from dynametric.models import Embedder
 from dynametric.models.backbones import SimpleCNN
 from dynametric.retrieval.hub import export_run, local_path_name
+from tests.optional import needs_local_dir_timm
 
 
 class _CachedCNN(SimpleCNN):
@@ -82,8 +83,47 @@ def test_export_without_local_paths_publishes_no_absolute_path_anywhere(tmp_path
     ("/home/me/data/cars", "cars"), ("/home/me/data/cars/", "cars"), ("~/data/x.csv", "x.csv"),
     ("~me/data", "data"), ("C:\\Users\\me\\data", "data"), ("D:/data/set", "set"), ("\\\\server\\share\\imgs", "imgs"),
     ("file:///home/me/mlruns", "mlruns"), ("file:///C:/Users/me/mlruns", "mlruns"), ("FILE:/srv/runs", "runs"),
-    ("file:///home/me/my%20runs", "my runs"),
+    ("file:///home/me/my%20runs", "my runs"), ("local-dir:/home/me/models/vit", "local-dir:vit"),
+    ("local-dir:~/vit/", "local-dir:vit"), ("local-dir:rel/vit", "local-dir:rel/vit"),
     ("rel/dir", "rel/dir"), ("plain", "plain"), ("https://example.org/a/b", "https://example.org/a/b"),
     ("s3://bucket/key/x", "s3://bucket/key/x"), ("fine/map@r", "fine/map@r"), ("/", "/"), ("", "")])
 def test_local_path_name(value: str, expected: str) -> None:
     assert local_path_name(value) == expected
+
+
+@needs_local_dir_timm
+def test_export_without_local_paths_shortens_a_local_dir_backbone(tmp_path: Path) -> None:
+    """A run whose backbone is a timm model folder (``local-dir:/abs/folder``) published that absolute path in
+    config.yaml, dynametric.json and the model card; the folder is rebuilt from the timm config it records, so the
+    name is shortened as any other path and the published folder still loads, equal, where the source is absent."""
+    import shutil
+
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    save_for_hf(timm.create_model("test_resnet", pretrained=False, num_classes=3), str(tmp_path / "src" / "tiny"),
+                safe_serialization=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(None, ["model.embedding_dim=8", f"model.backbone=local-dir:{tmp_path / 'src' / 'tiny'}",
+                             "model.backbone_kwargs={}", "model.pretrained=false"])
+    save_config(cfg, run / "config.yaml")
+    model = build_model(cfg)
+    save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}, "epoch": 0},
+                         run / "best.ckpt")
+    assert f"local-dir:{tmp_path}" in (export_run(run, tmp_path / "kept") / "config.yaml").read_text()
+    out = export_run(run, tmp_path / "public", local_paths=False)
+    for p in (p for p in out.rglob("*") if p.is_file()):
+        assert str(tmp_path).encode() not in p.read_bytes(), p.name
+    meta = json.loads((out / "dynametric.json").read_text())
+    assert meta["model"]["backbone"] == "local-dir:tiny" and meta["backbone_config"]["architecture"] == "test_resnet"
+    assert load_config(out / "config.yaml").model.backbone == "local-dir:tiny"
+    shutil.rmtree(tmp_path / "src")
+    loaded = Embedder.from_pretrained(out)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    assert loaded.backbone.name == "local-dir:tiny"
+    loaded.save_pretrained(tmp_path / "again")  # and it saves again under the published name
+    assert json.loads((tmp_path / "again" / "dynametric.json").read_text())["model"]["backbone"] == "local-dir:tiny"

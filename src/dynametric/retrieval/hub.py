@@ -48,7 +48,9 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
     absolute local path (``/...``, ``~/...``, ``C:\\...``, ``\\\\server\\...``, a ``file:`` URI: in
     ``data.options``, ``run.logger_options``, ``model.backbone_kwargs`` ...), in ``config.yaml``, the model card and
     ``dynametric.json`` (the data description, the model's arguments), are shortened to their last component
-    (``/home/me/data/cars/labels.csv`` -> ``labels.csv``, ``file:///home/me/mlruns`` -> ``mlruns``), so an upload
+    (``/home/me/data/cars/labels.csv`` -> ``labels.csv``, ``file:///home/me/mlruns`` -> ``mlruns``; a
+    ``local-dir:/home/me/vit`` backbone is published as ``local-dir:vit``, rebuilt from the timm config the folder
+    records wherever it is loaded), so an upload
     does not publish the folders of the machine that trained. Relative paths (outside ``PATH_KEYS``) and URLs with
     a host (``https://``, ``s3://``) stay as they are."""
     run_dir = Path(run_dir)
@@ -59,6 +61,7 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
     cfg = load_config(loaded.config_path)
     if not local_paths:
         cfg = _without_local_paths(cfg)
+        _rename_backbone(loaded.model, cfg.model.backbone)
     metrics: dict[str, Any] = {}
     info: dict[str, Any] = {}
     for name, target in (("metrics.json", metrics), ("run_info.json", info)):
@@ -79,6 +82,18 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
                            imports=list(cfg.imports))
 
 
+def _rename_backbone(model: Any, name: str) -> None:
+    """Give ``model`` (a fresh load of the run, not shared) the backbone name ``name`` where it records another: a
+    ``local-dir:/abs/folder`` backbone published as ``local-dir:folder``. The model folder rebuilds such a backbone
+    from the timm config it records, never from the folder the name points to, so the name only describes it."""
+    backbone = getattr(model, "backbone", None)
+    if getattr(backbone, "name", name) != name:
+        backbone.name = name  # type: ignore[union-attr]
+    kwargs = getattr(model, "build_kwargs", None)
+    if isinstance(kwargs, dict) and kwargs.get("backbone", name) != name:
+        kwargs["backbone"] = name
+
+
 def _without_local_paths(cfg: Config) -> Config:
     """A copy of ``cfg`` whose :data:`~dynametric.config.schema.PATH_KEYS` values are their last path component
     (relative ones too), and every other string value that is an absolute local path, at any depth (options,
@@ -97,6 +112,7 @@ def _without_local_paths(cfg: Config) -> Config:
 
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\... / C:/... / \\server\share
 _HOME = re.compile(r"^~[^/\\]*(?:[/\\]|$)")  # ~, ~/..., ~user/...
+_LOCAL_DIR = "local-dir:"  # timm's source prefix of a model folder (a backbone name)
 
 
 def _last_component(path: str) -> str:
@@ -107,8 +123,13 @@ def _last_component(path: str) -> str:
 def local_path_name(value: str) -> str:
     """``value`` as :func:`export_run` publishes it without local paths: an absolute local path (``/home/me/x``,
     ``~/x``, ``C:\\Users\\me\\x``, ``\\\\server\\share\\x``) or a ``file:`` URI (``file:///home/me/x``) as its last
-    component (``x``); any other string (a relative path, a name, a URL with a host such as ``https://...`` or
+    component (``x``), also after timm's ``local-dir:`` source prefix (``local-dir:/home/me/vit`` ->
+    ``local-dir:vit``); any other string (a relative path, a name, a URL with a host such as ``https://...`` or
     ``s3://...``) as it is."""
+    if value.startswith(_LOCAL_DIR):
+        rest = value[len(_LOCAL_DIR):]
+        short = local_path_name(rest)
+        return value if short == rest else _LOCAL_DIR + short
     if value[:5].lower() == "file:":
         return _last_component(unquote(urlsplit(value).path))
     if value.startswith("/") or _HOME.match(value) or _WINDOWS_ABSOLUTE.match(value):
