@@ -115,3 +115,38 @@ def test_hnsw_search_beyond_ef_search_works_after_faiss_torch_utils_is_imported(
     outs = [subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True).stdout
             for mode in ("plain", "torch_utils")]
     assert outs[0] == outs[1] and outs[0].count(",") > 8 * 150
+
+
+def test_ivf_reconstruct_builds_the_id_map_once_when_threads_call_it_first(tmp_path: Path) -> None:
+    """The first ``reconstruct`` of an ``ivf`` index builds faiss's id map; threads that called it at once each built
+    it (the map rebuilt under readers: the docs asked to call it once before sharing). Now one builds, under a lock,
+    and every thread reads the stored vectors."""
+    import threading
+    import time
+
+    RetrievalIndex.build(embedding_set(), kind="ivf").save(tmp_path / "index")
+    idx = RetrievalIndex.load(tmp_path / "index")
+    faiss_index, builds = idx.index, []
+
+    class Watched:  # the faiss index, its map build made slow enough for the threads to meet in it
+        def make_direct_map(self) -> None:
+            builds.append(threading.get_ident())
+            time.sleep(0.2)
+            faiss_index.make_direct_map()
+
+        def __getattr__(self, name: str):
+            return getattr(faiss_index, name)
+
+    idx.index = Watched()
+    start = threading.Barrier(8)
+
+    def first_call(i: int) -> np.ndarray:
+        start.wait()
+        return idx.reconstruct(i)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(first_call, range(8)))
+    assert len(builds) == 1
+    reference = RetrievalIndex.load(tmp_path / "index")
+    for i, v in enumerate(got):
+        np.testing.assert_array_equal(v, reference.reconstruct(i))

@@ -26,6 +26,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -529,6 +530,7 @@ class RetrievalIndex:
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     _direct_map: bool = field(default=False, repr=False)
+    _map_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     digest: str = field(default="", compare=False)
     """SHA-256 of the ``index.json`` :meth:`load` read and checked every file against (it holds the digests of
     ``index.faiss``, ``items.csv`` and the labels, so it names the build), or :meth:`save` wrote; ``""`` for an
@@ -787,10 +789,13 @@ class RetrievalIndex:
         return _prepare(q, self.metric)
 
     def reconstruct(self, i: int) -> np.ndarray:
-        """The stored (prepared) vector of item ``i``."""
+        """The stored (prepared) vector of item ``i``. Safe from several threads: an ``ivf`` index builds faiss's
+        id map on the first call, under a lock (threads that came first wait for it, then all read)."""
         if self.kind == "ivf" and not self._direct_map:
-            self.index.make_direct_map()
-            self._direct_map = True
+            with self._map_lock:
+                if not self._direct_map:
+                    self.index.make_direct_map()
+                    self._direct_map = True
         return self.index.reconstruct(int(i))
 
     def search(self, q: Any, k: int = 10, *, scale: str | None = None, same: str | None = None,
