@@ -578,11 +578,22 @@ class RunConfig:
     """Run folder name; ``None`` = a timestamp plus the config hash."""
     report: bool = True
     """Write ``report.html`` with curves, metric bars, embedding map and a retrieval gallery."""
-    logger: Literal["csv", "tensorboard", "wandb", "mlflow"] = "csv"
-    """Experiment logger (``tensorboard``, ``wandb``, ``mlflow`` need the extra of that name); it receives the loss,
-    per-scale validation/test metrics and the report's figures."""
+    logger: str = "csv"
+    """Experiment logger: ``csv``, ``tensorboard``, ``wandb``, ``mlflow`` (the last three need the extra of that name)
+    or one a user's module registers (``dynametric.utils.logger_registry.LOGGERS``, docs/extending.md); it receives
+    the loss, per-scale validation/test metrics and the report's figures."""
     logger_options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of the Lightning logger (e.g. wandb ``project``, ``offline``; mlflow ``tracking_uri``)."""
+    """Keyword arguments of the Lightning logger (e.g. wandb ``project``, ``offline``; mlflow ``tracking_uri``), or
+    of a registered logger's factory."""
+
+    def _validate(self, key: str) -> None:
+        from dynametric.utils.logger_registry import logger_names
+        from dynametric.utils.registry import with_import_hint
+
+        names = logger_names()  # the live registry: a user's module may have added a logger (docs/extending.md)
+        if self.logger not in names:
+            raise ConfigError(with_import_hint(f"unknown logger {self.logger!r}" + (
+                _suggest(self.logger, names) or f"; valid loggers: {', '.join(names)}")), key=f"{key}.logger")
 
 
 @dataclass

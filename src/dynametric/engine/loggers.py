@@ -21,6 +21,11 @@ maintenance mode) or, with MLflow 2 or where the run started on it, the file sto
 the resolved config in its HPARAMS tab, with the monitored metric's validation and test values
 (:class:`RunTensorBoardLogger`).
 
+A user's module may register a logger of its own (any Lightning logger: Neptune, Comet, ClearML, ...):
+``LOGGERS["name"] = factory`` (:mod:`dynametric.utils.logger_registry`), ``factory(run_dir, **run.logger_options)``
+returning a ``lightning.pytorch.loggers.Logger``; it receives the same metrics, its writes are guarded as the built-in
+loggers' (:class:`RegisteredLogger`), and its options are checked against the factory's signature.
+
 ``run.logger_options`` are keyword arguments of the Lightning logger (e.g. ``{project: x, offline: true}`` for
 wandb, ``{tracking_uri: http://...}`` for mlflow). A logger whose package is missing, an option it does not take, or
 an MLflow tracking store that cannot work here is a :class:`~dynametric.errors.ConfigError` keyed ``run.logger``,
@@ -50,24 +55,32 @@ from typing import Any, cast
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.core.saving import save_hparams_to_yaml
-from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from dynametric.errors import ConfigError, first_sentence
 from dynametric.utils.io import atomic_open, atomic_write_with
+from dynametric.utils.logger_registry import LOGGERS as LOGGERS
+from dynametric.utils.logger_registry import built_in_kind, logger_names
 
-LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 
 
 def check_logger_available(name: str) -> None:
     """Raise a :class:`ConfigError` if the package behind ``run.logger: name`` is not installed."""
+    from dynametric.utils.registry import with_import_hint
+
     if name not in LOGGERS:
-        raise ConfigError(f"unknown logger {name!r}; expected one of {list(LOGGERS)}", key="run.logger")
-    modules = _NEEDS.get(name, ())
+        raise ConfigError(with_import_hint(f"unknown logger {name!r}; expected one of {logger_names()}"),
+                          key="run.logger")
+    kind = built_in_kind(name)
+    if kind is None and not callable(LOGGERS[name]):
+        raise ConfigError(f"the registered logger {name!r} is {LOGGERS[name]!r}, neither a factory (run_dir, "
+                          f"**options) -> Logger nor one of {list(_SET_BY_RUN)}", key="run.logger")
+    modules = _NEEDS.get(kind, ()) if kind is not None else ()
     if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
-        raise ConfigError(f"run.logger {name!r} needs the {name} package: pip install 'dynametric[{name}]' "
+        raise ConfigError(f"run.logger {name!r} needs the {kind} package: pip install 'dynametric[{kind}]' "
                           "(or set run.logger=csv)", key="run.logger")
 
 
@@ -98,8 +111,11 @@ def _forwarded_to(name: str) -> Any:
 def logger_arguments(name: str) -> list[str] | None:
     """The ``run.logger_options`` keys ``run.logger: name`` accepts (the Lightning logger's arguments and, where it
     forwards the rest, those of what it forwards them to), or None when they cannot be listed (a forwarded target
-    that takes any keyword)."""
-    own, forwarded = _logger_class(name).__init__, _forwarded_to(name)
+    that takes any keyword). A registered factory's: its parameters after the first (``run_dir``)."""
+    kind = built_in_kind(name)
+    if kind is None:
+        return _factory_arguments(LOGGERS[name])
+    own, forwarded = _logger_class(kind).__init__, _forwarded_to(kind)
     names: list[str] = []
     for fn in (own, forwarded):
         if fn is None:
@@ -109,9 +125,25 @@ def logger_arguments(name: str) -> list[str] | None:
                 if fn is forwarded or forwarded is None:
                     return None  # the target takes any keyword, or the logger forwards where we cannot inspect
                 continue
-            if arg != "self" and param.kind is not param.VAR_POSITIONAL and arg not in _SET_BY_RUN[name]:
+            if arg != "self" and param.kind is not param.VAR_POSITIONAL and arg not in _SET_BY_RUN[kind]:
                 names.append(arg)
     return sorted(set(names))
+
+
+def _factory_arguments(factory: Any) -> list[str] | None:
+    """The keyword arguments a registered logger factory takes after ``run_dir`` (``None``: any, a ``**kwargs``)."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # a callable whose signature cannot be read: its options go to it unchecked
+        return None
+    names: list[str] = []
+    for i, param in enumerate(params):
+        if param.kind is param.VAR_KEYWORD:
+            return None
+        if i == 0 or param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
+            continue  # run_dir
+        names.append(param.name)
+    return sorted(names)
 
 
 def check_logger_options(name: str, options: Mapping[str, Any] | None) -> None:
@@ -121,8 +153,9 @@ def check_logger_options(name: str, options: Mapping[str, Any] | None) -> None:
     check."""
     check_logger_available(name)
     accepted = logger_arguments(name)
+    kind = built_in_kind(name)
     for key in options or {}:
-        if key in _SET_BY_RUN[name]:
+        if kind is not None and key in _SET_BY_RUN[kind]:
             raise ConfigError(f"{key} is set by dynametric (the {name} logger writes under the run folder); remove "
                               "it", key=f"run.logger_options.{key}")
         if accepted is not None and key not in accepted:
@@ -229,7 +262,7 @@ def check_logger(name: str, options: Mapping[str, Any] | None, run_dir: str | Pa
     package, the options (:func:`check_logger_options`) and, for MLflow, the tracking store (:func:`mlflow_store`;
     ``run_dir``: the run folder, when known)."""
     check_logger_options(name, options)
-    if name == "mlflow":
+    if built_in_kind(name) == "mlflow":
         mlflow_store(Path("RUN") if run_dir is None else run_dir, options)
 
 
@@ -426,23 +459,26 @@ def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | No
     check_logger(name, options, run_dir)
     run_dir = Path(run_dir)
     opts = dict(options or {})
+    kind = built_in_kind(name)
+    if kind is None:
+        return _build_registered(name, run_dir, opts)
     continued = False
-    if continue_run is not None and continue_run.get("logger") == name:
-        if name == "mlflow" and "run_id" not in opts:
+    if continue_run is not None and continue_run.get("logger") == kind:
+        if kind == "mlflow" and "run_id" not in opts:
             opts["run_id"] = str(continue_run["id"])
             continued = True
-        elif name == "wandb" and "id" not in opts:
+        elif kind == "wandb" and "id" not in opts:
             opts["id"] = str(continue_run["id"])
             opts.setdefault("resume", "allow")
     try:
-        if name == "csv":
+        if kind == "csv":
             return KeepingCSVLogger(save_dir=run_dir, name="", version="logs", **opts)
-        if name == "tensorboard":
+        if kind == "tensorboard":
             opts.setdefault("default_hp_metric", False)
             tensorboard = RunTensorBoardLogger(save_dir=run_dir, name="", version="tensorboard", **opts)
             tensorboard.hparams_metrics = tuple(hparams_metrics)
             return tensorboard
-        if name == "wandb":
+        if kind == "wandb":
             opts.setdefault("name", run_dir.name)
             return RunWandbLogger(save_dir=run_dir, **opts)
         opts.setdefault("run_name", run_dir.name)
@@ -468,6 +504,96 @@ def build_logger(name: str, run_dir: str | Path, options: Mapping[str, Any] | No
     except Exception as exc:  # the logger's own refusal (a bad value, a store that does not open, ...)
         raise ConfigError(f"the {name} logger cannot start: {type(exc).__name__}: {first_sentence(exc)}",
                           key="run.logger_options" if isinstance(exc, TypeError) else "run.logger") from None
+
+
+def _build_registered(name: str, run_dir: Path, opts: dict[str, Any]) -> RegisteredLogger:
+    """The logger a user's module registered under ``name`` (``LOGGERS[name](run_dir, **opts)``), guarded; its
+    refusal, or something that is not a Lightning logger, is one line keyed ``run.logger``."""
+    from dynametric.utils.registry import qualified_name
+
+    factory = LOGGERS[name]
+    try:
+        inner = factory(run_dir, **opts)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the factory's or its package's refusal
+        raise ConfigError(f"the {name} logger cannot start: {type(exc).__name__}: {first_sentence(exc)}",
+                          key="run.logger_options" if isinstance(exc, TypeError) else "run.logger") from None
+    if not isinstance(inner, Logger):
+        raise ConfigError(f"the {name} logger's factory {qualified_name(factory)} returned a "
+                          f"{type(inner).__name__}, not a Lightning logger (lightning.pytorch.loggers.Logger)",
+                          key="run.logger")
+    return RegisteredLogger(inner, name)
+
+
+class _Forwarding(Logger):
+    """A Lightning logger that hands every call to ``inner`` (a registered logger), so that :class:`_Guarded` can
+    stand in front of a class it does not know."""
+
+    def __init__(self, inner: Logger) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def name(self) -> str | None:
+        return self.inner.name
+
+    @property
+    def version(self) -> int | str | None:
+        return self.inner.version
+
+    @property
+    def root_dir(self) -> str | None:
+        return self.inner.root_dir
+
+    @property
+    def log_dir(self) -> str | None:
+        return self.inner.log_dir
+
+    @property
+    def save_dir(self) -> str | None:
+        return self.inner.save_dir
+
+    @property
+    def group_separator(self) -> str:
+        return self.inner.group_separator
+
+    @property
+    def experiment(self) -> Any:
+        return getattr(self.inner, "experiment", None)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        self.inner.log_metrics(dict(metrics), step)
+
+    def log_hyperparams(self, params: Any = None, *args: Any, **kwargs: Any) -> None:
+        self.inner.log_hyperparams(params, *args, **kwargs)
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        self.inner.log_graph(model, input_array)
+
+    def save(self) -> None:
+        self.inner.save()
+
+    def finalize(self, status: str) -> None:
+        self.inner.finalize(status)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self.inner.after_save_checkpoint(checkpoint_callback)
+
+    def __getattr__(self, attr: str) -> Any:  # anything else the inner logger offers (log_image, log_text, ...)
+        if attr == "inner":
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+
+class RegisteredLogger(_Guarded, _Forwarding):
+    """A logger of a user's module (``run.logger`` registered in ``LOGGERS`` with a factory): its writes are
+    guarded as the built-in loggers' are (a failure is one :class:`LoggerFailure` line naming it, then it writes
+    nothing more). ``inner`` is the logger the factory returned."""
+
+    def __init__(self, inner: Logger, kind: str) -> None:
+        _Forwarding.__init__(self, inner)
+        self.kind = kind
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -572,7 +698,8 @@ def log_figures(logger: Any, figures: list[tuple[str, bytes]], step: int) -> int
     import numpy as np
     from PIL import Image
 
-    kinds = {cls.__name__ for cls in type(logger).__mro__}  # Lightning's class, or one of ours built on it
+    target: Any = logger.inner if isinstance(logger, RegisteredLogger) else logger  # a registered one: what it made
+    kinds = {cls.__name__ for cls in type(target).__mro__}  # Lightning's class, or one built on it
     kind = next((k for k in ("TensorBoardLogger", "WandbLogger", "MLFlowLogger") if k in kinds), None)
     if kind is None:
         return 0
@@ -581,13 +708,13 @@ def log_figures(logger: Any, figures: list[tuple[str, bytes]], step: int) -> int
         for tag, png in figures:
             image = Image.open(io.BytesIO(png)).convert("RGB")
             if kind == "TensorBoardLogger":
-                logger.experiment.add_image(f"report/{tag}", np.asarray(image), step, dataformats="HWC")
+                target.experiment.add_image(f"report/{tag}", np.asarray(image), step, dataformats="HWC")
             elif kind == "WandbLogger":
-                logger.log_image(key=f"report/{tag}", images=[image], step=step)
+                target.log_image(key=f"report/{tag}", images=[image], step=step)
             else:
-                logger.experiment.log_image(logger.run_id, image, f"report/{tag}.png")
+                target.experiment.log_image(target.run_id, image, f"report/{tag}.png")
         if kind == "TensorBoardLogger":
-            logger.experiment.flush()
+            target.experiment.flush()
 
     if isinstance(logger, _Guarded):
         logger._call("logging the report's figures", send)
