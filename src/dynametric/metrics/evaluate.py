@@ -15,7 +15,13 @@ from dynametric.errors import ConfigError, InputError
 from dynametric.labels import RESERVED_SCALE_NAMES, as_label_matrix, default_scale_names
 from dynametric.metrics.categories import category_codes, category_results
 from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, kmeans_assign
-from dynametric.metrics.engine import RankingProblem, normalize_for, prepare_for_ranking, run_ranking
+from dynametric.metrics.engine import (
+    RankingProblem,
+    ScaleAccumulator,
+    normalize_for,
+    prepare_for_ranking,
+    run_ranking,
+)
 from dynametric.metrics.ranking import (
     METRIC_TABLE,
     RETRIEVAL_METRICS,
@@ -202,6 +208,178 @@ def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
     return t[:nq], t[nq:]
 
 
+def _check_options(distance: str, empty_queries: str, asi_cutoff: str | int, ranking_engine: str,
+                   memory_budget_bytes: int | None) -> int | None:
+    """Check the option values of :func:`evaluate_embeddings` (each a one-line :class:`ConfigError` keyed by its
+    name); returns the ASI cut-off (None: each query's ``R_q``)."""
+    if distance not in ("cosine", "euclidean"):
+        raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")
+    if empty_queries not in ("exclude", "count_as_zero"):
+        raise ConfigError(f"unknown empty_queries policy {empty_queries!r}; expected 'exclude' or 'count_as_zero'",
+                          key="empty_queries")
+    if asi_cutoff in ("R_q", "r_q", "R", None):
+        cutoff: int | None = None
+    elif isinstance(asi_cutoff, int) and not isinstance(asi_cutoff, bool) and asi_cutoff >= 1:
+        cutoff = asi_cutoff
+    else:
+        raise ConfigError(f"asi_cutoff must be 'R_q' or a positive integer, got {asi_cutoff!r}", key="asi_cutoff")
+    if ranking_engine not in ("auto", "cpu", "torch"):
+        raise ConfigError(f"unknown ranking_engine {ranking_engine!r}; expected 'auto', 'cpu' or 'torch'",
+                          key="ranking_engine")
+    if memory_budget_bytes is not None and (isinstance(memory_budget_bytes, bool)
+                                            or not isinstance(memory_budget_bytes, (int, np.integer))
+                                            or memory_budget_bytes < 1):
+        raise ConfigError(f"memory_budget_bytes must be a positive integer (bytes) or None, got "
+                          f"{memory_budget_bytes!r}", key="memory_budget_bytes")
+    return cutoff
+
+
+def _ranking_device(device: str | torch.device | None, ranking_engine: str) -> torch.device | None:
+    """The engine choice: the torch engine's device, or None for the CPU engine (``ranking_engine="torch"`` runs
+    the torch engine on the CPU when ``device`` names none; ``"cpu"`` forces the CPU engine)."""
+    from dynametric.metrics.torch_engine import resolve_device
+
+    dev = resolve_device(device)
+    if ranking_engine == "torch" and dev is None:
+        dev = torch.device("cpu")
+    elif ranking_engine == "cpu":
+        dev = None
+    return dev
+
+
+def _read_inputs(query_emb: Any, query_labels: Any, gallery_emb: Any, gallery_labels: Any, gallery_ids: Any,
+                 device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(query, query labels, gallery, gallery labels)`` checked (embeddings on ``device``, labels on the CPU);
+    in leave-one-out (``gallery_emb is None``) the gallery is the query set."""
+    q = _as_embeddings(query_emb, "query_emb", device)
+    ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0]).cpu()
+    if gallery_emb is None:
+        if gallery_labels is not None:
+            raise InputError("gallery_labels given without gallery_emb", key="gallery_labels")
+        if gallery_ids is not None:
+            raise InputError("gallery_ids given without gallery_emb (leave-one-out uses query_ids)",
+                             key="gallery_ids")
+        return q, ql, q, ql
+    if gallery_labels is None:
+        raise InputError("gallery_emb given without gallery_labels", key="gallery_labels")
+    g = _as_embeddings(gallery_emb, "gallery_emb", device)
+    gl = as_label_matrix(gallery_labels, name="gallery_labels", num_rows=g.shape[0]).cpu()
+    if g.shape[1] != q.shape[1]:
+        raise InputError(f"gallery dimension {g.shape[1]} differs from query dimension {q.shape[1]}",
+                         key="gallery_emb")
+    if gl.shape[1] != ql.shape[1]:
+        raise InputError(f"gallery labels have {gl.shape[1]} scales, query labels {ql.shape[1]}",
+                         key="gallery_labels")
+    return q, ql, g, gl
+
+
+def _checked_scale_names(scale_names: Sequence[str] | None, num_scales: int) -> list[str]:
+    """The scales' names (default :func:`default_scale_names`): ``num_scales`` distinct names, none reserved."""
+    names_s = list(default_scale_names(num_scales) if scale_names is None else scale_names)
+    if len(names_s) != num_scales or len(set(names_s)) != num_scales or set(names_s) & set(RESERVED_SCALE_NAMES):
+        reserved = ", ".join(map(repr, RESERVED_SCALE_NAMES))
+        raise InputError(f"need {num_scales} distinct scale names other than {reserved}, got {names_s}",
+                         key="scale_names")
+    return names_s
+
+
+def _exclusion_codes(query_ids: Sequence[Any] | None, gallery_ids: Sequence[Any] | None, loo: bool, nq: int,
+                     ng: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The query and gallery id codes that exclude same-id candidates (leave-one-out: ``query_ids`` on both
+    sides), or ``(None, None)`` without ids."""
+    if query_ids is None and gallery_ids is None:
+        return None, None
+    if query_ids is None:
+        raise InputError("gallery_ids given without query_ids", key="query_ids")
+    if loo:
+        return _id_codes(query_ids, query_ids, nq, nq)
+    if gallery_ids is None:
+        raise InputError("query_ids given without gallery_ids", key="gallery_ids")
+    return _id_codes(query_ids, gallery_ids, nq, ng)
+
+
+def _rank(problem: RankingProblem, specs: tuple[MetricSpec, ...], dev: torch.device | None, cutoff: int | None,
+          memory_budget_bytes: int | None) -> list[ScaleAccumulator]:
+    """The ranking pass: every retrieval metric at every scale, on the CPU engine (``dev is None``) or the torch
+    engine, with true float32 matmuls."""
+    from dynametric.metrics.torch_engine import full_fp32_matmul, run_ranking_torch
+
+    with full_fp32_matmul():
+        if dev is None:
+            return run_ranking(problem, k_values=(), metrics=specs, asi_cutoff=cutoff,
+                               memory_budget_bytes=memory_budget_bytes)
+        return run_ranking_torch(problem, dev, k_values=(), metrics=specs, asi_cutoff=cutoff,
+                                 memory_budget_bytes=memory_budget_bytes)
+
+
+def _retrieval_values(acc: ScaleAccumulator, rank_names: list[str], empty_queries: str) -> dict[str, float | int]:
+    """One scale's retrieval metrics (the means over its counted queries; NaN when none) and query counts."""
+    out: dict[str, float | int] = {}
+    denom = acc.num_defined + (acc.num_empty if empty_queries == "count_as_zero" else 0)
+    sums = acc.sums
+    for m in rank_names:
+        out[m] = sums.get(m, 0.0) / denom if denom else float("nan")
+    out["num_queries"] = denom
+    out["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
+    out["empty_queries"] = acc.num_empty
+    return out
+
+
+def _per_query_values(acc: ScaleAccumulator, rank_names: list[str], empty_queries: str) -> dict[str, np.ndarray]:
+    """One scale's per-query arrays: ``num_relevant`` and each retrieval metric (an empty query: NaN, or 0 under
+    ``count_as_zero``)."""
+    empty = acc.r_count == 0
+    fill = 0.0 if empty_queries == "count_as_zero" else float("nan")
+    out = {"num_relevant": acc.r_count.copy()}
+    for m in rank_names:
+        out[m] = np.where(empty, fill, acc.values.get(m, np.zeros(len(empty))))
+    return out
+
+
+def _add_fnmr(result: dict[str, dict[str, float | int]], names_s: list[str], problem: RankingProblem,
+              fmr: list[float], dev: torch.device | None, memory_budget_bytes: int | None) -> None:
+    """Add each scale's ``fnmr@fmr=<p>`` values to ``result``."""
+    from dynametric.metrics.torch_engine import full_fp32_matmul
+
+    with full_fp32_matmul():
+        per_scale = fnmr_at_fmr(problem, fmr, dev, memory_budget_bytes)
+    for name, vals in zip(names_s, per_scale):
+        result[name].update(vals)
+
+
+def _add_clustering(result: dict[str, dict[str, float | int]], names_s: list[str], q: torch.Tensor,
+                    ql: torch.Tensor, distance: str, clustering: tuple[str, ...], *, nmi_normalizer: str,
+                    seed: int, restarts: int, iters: int, backend: str) -> None:
+    """Add each scale's clustering metrics to ``result`` (k-means on the query embeddings, one cluster per class
+    of the scale), with the k-means seed and restarts and, where no retrieval metric set them, the query counts."""
+    xq = normalize_for(distance, q)
+    for s, name in enumerate(names_s):
+        k = int(torch.unique(ql[:, s]).numel())
+        assign, _backend = kmeans_assign(xq, k, seed=seed, iters=iters, restarts=restarts, backend=backend)
+        for c in clustering:
+            result[name][c] = CLUSTER_METRIC_TABLE[c](ql[:, s], assign, nmi_normalizer=nmi_normalizer)
+        result[name]["kmeans_seed"] = seed
+        result[name]["kmeans_restarts"] = restarts
+        result[name].setdefault("num_queries", q.shape[0])
+        result[name].setdefault("excluded_queries", 0)
+
+
+def _ordered_result(result: dict[str, dict[str, float | int]], names: list[str],
+                    names_s: list[str]) -> dict[str, dict[str, Any]]:
+    """Each scale's dict with the metric keys first, in the requested order, then the counts; then ``"mean"``,
+    the plain mean over scales of each metric."""
+    mean: dict[str, float | int] = {}
+    for m in names:
+        vals = [float(result[n][m]) for n in names_s]
+        mean[m] = math.fsum(vals) / len(vals)
+    ordered: dict[str, dict[str, Any]] = {}
+    for n in names_s:
+        d = result[n]
+        ordered[n] = {m: d[m] for m in names} | {k: v for k, v in d.items() if k not in names}
+    ordered["mean"] = mean
+    return ordered
+
+
 def evaluate_embeddings(
     query_emb: torch.Tensor | np.ndarray,
     query_labels: Any,
@@ -263,77 +441,21 @@ def evaluate_embeddings(
     or an all-zero row under cosine, and :class:`~dynametric.errors.ConfigError` for an unknown metric, distance,
     protocol or option value; both are :class:`~dynametric.errors.DynametricError`.
     """
-    if distance not in ("cosine", "euclidean"):
-        raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")
-    if empty_queries not in ("exclude", "count_as_zero"):
-        raise ConfigError(f"unknown empty_queries policy {empty_queries!r}; expected 'exclude' or 'count_as_zero'",
-                          key="empty_queries")
-    if asi_cutoff in ("R_q", "r_q", "R", None):
-        cutoff: int | None = None
-    elif isinstance(asi_cutoff, int) and not isinstance(asi_cutoff, bool) and asi_cutoff >= 1:
-        cutoff = asi_cutoff
-    else:
-        raise ConfigError(f"asi_cutoff must be 'R_q' or a positive integer, got {asi_cutoff!r}", key="asi_cutoff")
-    if ranking_engine not in ("auto", "cpu", "torch"):
-        raise ConfigError(f"unknown ranking_engine {ranking_engine!r}; expected 'auto', 'cpu' or 'torch'",
-                          key="ranking_engine")
-    if memory_budget_bytes is not None and (isinstance(memory_budget_bytes, bool)
-                                            or not isinstance(memory_budget_bytes, (int, np.integer))
-                                            or memory_budget_bytes < 1):
-        raise ConfigError(f"memory_budget_bytes must be a positive integer (bytes) or None, got "
-                          f"{memory_budget_bytes!r}", key="memory_budget_bytes")
-    from dynametric.metrics.torch_engine import full_fp32_matmul, resolve_device, run_ranking_torch
-
-    dev = resolve_device(device)
-    if ranking_engine == "torch" and dev is None:
-        dev = torch.device("cpu")
-    elif ranking_engine == "cpu":
-        dev = None
+    cutoff = _check_options(distance, empty_queries, asi_cutoff, ranking_engine, memory_budget_bytes)
+    dev = _ranking_device(device, ranking_engine)
     parsed = _parse_metrics(metrics, k_values, metric_table)
     names, specs, fmr = parsed.names, parsed.retrieval, parsed.fmr
     # the torch engine on a device checks and prepares the embeddings there (no round trip through the host)
     prep_dev = dev if dev is not None and dev.type != "cpu" else None
-    q = _as_embeddings(query_emb, "query_emb", prep_dev)
-    ql = as_label_matrix(query_labels, name="query_labels", num_rows=q.shape[0]).cpu()
+    q, ql, g, gl = _read_inputs(query_emb, query_labels, gallery_emb, gallery_labels, gallery_ids, prep_dev)
     loo = gallery_emb is None
-    if loo:
-        if gallery_labels is not None:
-            raise InputError("gallery_labels given without gallery_emb", key="gallery_labels")
-        if gallery_ids is not None:
-            raise InputError("gallery_ids given without gallery_emb (leave-one-out uses query_ids)",
-                             key="gallery_ids")
-        g, gl = q, ql
-    else:
-        if gallery_labels is None:
-            raise InputError("gallery_emb given without gallery_labels", key="gallery_labels")
-        g = _as_embeddings(gallery_emb, "gallery_emb", prep_dev)
-        gl = as_label_matrix(gallery_labels, name="gallery_labels", num_rows=g.shape[0]).cpu()
-        if g.shape[1] != q.shape[1]:
-            raise InputError(f"gallery dimension {g.shape[1]} differs from query dimension {q.shape[1]}",
-                             key="gallery_emb")
-        if gl.shape[1] != ql.shape[1]:
-            raise InputError(f"gallery labels have {gl.shape[1]} scales, query labels {ql.shape[1]}",
-                             key="gallery_labels")
-    num_scales = ql.shape[1]
-    names_s = list(default_scale_names(num_scales) if scale_names is None else scale_names)
-    if len(names_s) != num_scales or len(set(names_s)) != num_scales or set(names_s) & set(RESERVED_SCALE_NAMES):
-        reserved = ", ".join(map(repr, RESERVED_SCALE_NAMES))
-        raise InputError(f"need {num_scales} distinct scale names other than {reserved}, got {names_s}",
-                         key="scale_names")
-    q_codes = g_codes = None
-    if query_ids is not None or gallery_ids is not None:
-        if query_ids is None:
-            raise InputError("gallery_ids given without query_ids", key="query_ids")
-        if loo:
-            q_codes, g_codes = _id_codes(query_ids, query_ids, q.shape[0], q.shape[0])
-        else:
-            if gallery_ids is None:
-                raise InputError("query_ids given without gallery_ids", key="gallery_ids")
-            q_codes, g_codes = _id_codes(query_ids, gallery_ids, q.shape[0], g.shape[0])
+    names_s = _checked_scale_names(scale_names, ql.shape[1])
+    q_codes, g_codes = _exclusion_codes(query_ids, gallery_ids, loo, q.shape[0], g.shape[0])
     categories = None if query_categories is None else category_codes(query_categories, q.shape[0])
 
     result: dict[str, dict[str, float | int]] = {n: {} for n in names_s}
     table: dict[str, dict[str, np.ndarray]] = {}
+    by_category = None
     if specs or fmr:
         # scoring: the distance the engine computes; a narrow cone of cosine inputs is ranked (and its fnmr@fmr
         # distances measured, up to one power-of-two factor, which no fraction depends on) as centred unit rows
@@ -342,58 +464,20 @@ def evaluate_embeddings(
                                  leave_one_out=loo, query_codes=q_codes, gallery_codes=g_codes)
     if specs:
         rank_names = [s.name for s in specs]
-        with full_fp32_matmul():
-            if dev is None:
-                accs = run_ranking(problem, k_values=(), metrics=specs, asi_cutoff=cutoff,
-                                   memory_budget_bytes=memory_budget_bytes)
-            else:
-                accs = run_ranking_torch(problem, dev, k_values=(), metrics=specs, asi_cutoff=cutoff,
-                                         memory_budget_bytes=memory_budget_bytes)
+        accs = _rank(problem, specs, dev, cutoff, memory_budget_bytes)
         for name, acc in zip(names_s, accs):
             if per_query:
-                empty = acc.r_count == 0
-                fill = 0.0 if empty_queries == "count_as_zero" else float("nan")
-                table[name] = {"num_relevant": acc.r_count.copy()}
-                for m in rank_names:
-                    table[name][m] = np.where(empty, fill, acc.values.get(m, np.zeros(len(empty))))
-            denom = acc.num_defined + (acc.num_empty if empty_queries == "count_as_zero" else 0)
-            sums = acc.sums
-            for m in rank_names:
-                result[name][m] = sums.get(m, 0.0) / denom if denom else float("nan")
-            result[name]["num_queries"] = denom
-            result[name]["excluded_queries"] = acc.num_empty if empty_queries == "exclude" else 0
-            result[name]["empty_queries"] = acc.num_empty
+                table[name] = _per_query_values(acc, rank_names, empty_queries)
+            result[name].update(_retrieval_values(acc, rank_names, empty_queries))
         if categories is not None:
             by_category = category_results(categories, names_s, rank_names, [(a.r_count, a.values) for a in accs],
                                            empty_queries == "count_as_zero")
     if fmr:
-        with full_fp32_matmul():
-            per_scale = fnmr_at_fmr(problem, fmr, dev, memory_budget_bytes)
-        for name, vals in zip(names_s, per_scale):
-            result[name].update(vals)
+        _add_fnmr(result, names_s, problem, fmr, dev, memory_budget_bytes)
     if parsed.clustering:
-        xq = normalize_for(distance, q)
-        for s, name in enumerate(names_s):
-            k = int(torch.unique(ql[:, s]).numel())
-            assign, _backend = kmeans_assign(xq, k, seed=kmeans_seed, iters=kmeans_iters,
-                                             restarts=kmeans_restarts, backend=kmeans_backend)
-            for c in parsed.clustering:
-                result[name][c] = CLUSTER_METRIC_TABLE[c](ql[:, s], assign, nmi_normalizer=nmi_normalizer)
-            result[name]["kmeans_seed"] = kmeans_seed
-            result[name]["kmeans_restarts"] = kmeans_restarts
-            result[name].setdefault("num_queries", q.shape[0])
-            result[name].setdefault("excluded_queries", 0)
-    mean: dict[str, float | int] = {}
-    for m in names:
-        vals = [float(result[n][m]) for n in names_s]
-        mean[m] = math.fsum(vals) / len(vals)
-    result["mean"] = mean
-    # metric keys first, in the requested order, then the counts
-    ordered: dict[str, dict[str, Any]] = {}
-    for n in names_s:
-        d = result[n]
-        ordered[n] = {m: d[m] for m in names} | {k: v for k, v in d.items() if k not in names}
-    ordered["mean"] = mean
-    if categories is not None and specs:
+        _add_clustering(result, names_s, q, ql, distance, parsed.clustering, nmi_normalizer=nmi_normalizer,
+                        seed=kmeans_seed, restarts=kmeans_restarts, iters=kmeans_iters, backend=kmeans_backend)
+    ordered = _ordered_result(result, names, names_s)
+    if by_category is not None:  # query categories given and a retrieval metric requested
         ordered["by_category"] = by_category
     return (ordered, table) if per_query else ordered

@@ -327,183 +327,233 @@ class Explorer:
         return 403, "refused: the item's file is not inside the index's image roots"
 
 
-def _handler(explorer: Explorer, timeout_s: float = REQUEST_TIMEOUT) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "dynametric-explore"
-        # seconds a connection may stay silent (socketserver sets it on the socket): an idle or half-sent request
-        # is dropped, not a thread held forever
-        timeout = timeout_s
-        _sent = False
+class _ExplorerHandler(BaseHTTPRequestHandler):
+    """The explorer's request handler; :func:`_handler` makes a subclass bound to one :class:`Explorer` and
+    timeout. GET routes: the page, ``/api/info``, ``/api/items``, ``/api/neighbours``, ``/image/<n>``; POST:
+    ``/api/upload``. Every answer is JSON except the page and the images."""
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet by default
-            pass
+    explorer: Explorer  # set by _handler
+    server_version = "dynametric-explore"
+    timeout = REQUEST_TIMEOUT  # _handler sets the server's
+    _sent = False
 
-        def _send(self, status: int, body: bytes, ctype: str, *, close: bool = False,
-                  headers: dict[str, str] | None = None) -> None:
-            """Answer ``status`` with ``body``; ``close``: say ``Connection: close`` and close after it (a request
-            refused before its body was read)."""
-            self._sent = True  # from here on, an error cannot be answered any more
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if close:
-                self.send_header("Connection", "close")  # also sets close_connection
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    def log_message(self, format: str, *args: Any) -> None:  # quiet by default
+        pass
 
-        def _json(self, obj: Any, status: int = 200, **kwargs: Any) -> None:
-            self._send(status, json.dumps(obj).encode("utf-8"), "application/json", **kwargs)
+    def _send(self, status: int, body: bytes, ctype: str, *, close: bool = False,
+              headers: dict[str, str] | None = None) -> None:
+        """Answer ``status`` with ``body``; ``close``: say ``Connection: close`` and close after it (a request
+        refused before its body was read)."""
+        self._sent = True  # from here on, an error cannot be answered any more
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")  # also sets close_connection
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-        def _error(self, status: int, message: str, **kwargs: Any) -> None:
-            self._json({"error": message}, status, **kwargs)
+    def _json(self, obj: Any, status: int = 200, **kwargs: Any) -> None:
+        self._send(status, json.dumps(obj).encode("utf-8"), "application/json", **kwargs)
 
-        def _int(self, params: dict[str, list[str]], name: str, default: int | None) -> int:
-            """Query parameter ``name`` as an integer; ``default`` when it is absent (``None``: it is required)."""
-            if name not in params:
-                if default is None:
-                    raise InputError(f"missing parameter {name!r}", key=name)
-                return default
-            text = params[name][0]
-            value = ascii_number(text.removeprefix("-"))
-            if value is None:
-                raise InputError(f"expected an integer of at most 18 ASCII digits for {name!r}, got {text[:40]!r}",
-                                 key=name)
-            return -value if text.startswith("-") else value
+    def _error(self, status: int, message: str, **kwargs: Any) -> None:
+        self._json({"error": message}, status, **kwargs)
 
-        def _answer(self, route: Callable[[], None]) -> None:
-            """Run ``route``: bad input is a JSON 400; a client that went away (a browser aborting an image fetch)
-            or stalled past the timeout ends the connection without a word; any other exception is a JSON 500 and
-            one line on the terminal (was: a traceback, and an empty reply)."""
-            self._sent = False
-            try:
-                if self._refused_host():
-                    return
-                route()
-            except DynametricError as exc:
-                if self._sent:  # mid-answer: nothing more can be said on this connection
-                    self.close_connection = True
-                else:
-                    self._error(400, str(exc))
-            except (ConnectionError, TimeoutError):
-                self.close_connection = True
-            except Exception as exc:
-                self.close_connection = True
-                target = self.path if len(self.path) <= 200 else self.path[:200] + "..."
-                print(f"dynametric explore: internal error answering {self.command} {target}: {type(exc).__name__}: "
-                      f"{exc}", file=sys.stderr, flush=True)
-                if not self._sent:
-                    with contextlib.suppress(OSError):
-                        self._error(500, f"internal error ({type(exc).__name__}); the explorer's terminal says more",
-                                    close=True)
+    def _int(self, params: dict[str, list[str]], name: str, default: int | None) -> int:
+        """Query parameter ``name`` as an integer; ``default`` when it is absent (``None``: it is required)."""
+        if name not in params:
+            if default is None:
+                raise InputError(f"missing parameter {name!r}", key=name)
+            return default
+        text = params[name][0]
+        value = ascii_number(text.removeprefix("-"))
+        if value is None:
+            raise InputError(f"expected an integer of at most 18 ASCII digits for {name!r}, got {text[:40]!r}",
+                             key=name)
+        return -value if text.startswith("-") else value
 
-        def _refused_host(self) -> bool:
-            """Answer 403 (and True) to a request whose ``Host`` is not one of this explorer's (DNS rebinding), or
-            a POST whose ``Origin`` is another site's (a cross-origin upload)."""
-            check: HostCheck | None = getattr(self.server, "host_check", None)
-            if check is None:
-                return False
-            host = self.headers.get("Host")
-            if not check.allows(host):
-                shown = (host or "")[:100]
-                name = (split_host(host or "") or (shown,))[0]
-                self._error(403, f"refused: Host {shown!r} is not an address of this explorer (a page of another "
-                                 f"site reached it by a re-pointed name?); to browse it by this name, start it with "
-                                 f"--allow-host {name[:100]}", close=True)
-                return True
-            origin = self.headers.get("Origin")
-            if self.command == "POST" and origin is not None:
-                url = urlsplit(origin)
-                same = url.scheme in ("http", "https") and (url.netloc.lower() == host.lower() if host is not None
-                                                  else check.allows(url.netloc))
-                if not same:
-                    self._error(403, f"refused: a cross-origin upload (Origin {origin[:100]!r}); upload from the "
-                                     "explorer's own page", close=True)
-                    return True
-            return False
-
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            """http.server's own refusals (a malformed request line, headers too long, an unknown method) in JSON
-            like every other answer; a method other than GET, HEAD and POST is a 405 naming them (was: http.server's
-            HTML 501 page)."""
-            if code == HTTPStatus.NOT_IMPLEMENTED:
-                method = str(self.command)[:20]
-                self._error(405, f"method {method!r} not allowed; use GET, HEAD or POST", close=True,
-                            headers={"Allow": "GET, HEAD, POST"})
+    def _answer(self, route: Callable[[], None]) -> None:
+        """Run ``route``: bad input is a JSON 400; a client that went away (a browser aborting an image fetch)
+        or stalled past the timeout ends the connection without a word; any other exception is a JSON 500 and
+        one line on the terminal (was: a traceback, and an empty reply)."""
+        self._sent = False
+        try:
+            if self._refused_host():
                 return
-            self._error(code, message or HTTPStatus(code).phrase, close=True)
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            self._answer(self._get)
-
-        do_HEAD = do_GET
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._answer(self._post)
-
-        def _get(self) -> None:
-            url = urlsplit(self.path)
-            params = query_params(url.query)
-            if url.path in ("/", "/index.html"):
-                self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
-            elif url.path == "/api/info":
-                self._json(explorer.info())
-            elif url.path == "/api/items":
-                self._json(explorer.items(self._int(params, "offset", 0), self._int(params, "limit", 60)))
-            elif url.path == "/api/neighbours":
-                self._json(explorer.neighbours_of_item(self._int(params, "item", None),
-                                                       self._int(params, "k", explorer.k)))
-            elif url.path.startswith("/image/"):
-                self._image(url.path[len("/image/"):])
+            route()
+        except DynametricError as exc:
+            if self._sent:  # mid-answer: nothing more can be said on this connection
+                self.close_connection = True
             else:
-                self._error(404, "not found")
+                self._error(400, str(exc))
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:
+            self.close_connection = True
+            target = self.path if len(self.path) <= 200 else self.path[:200] + "..."
+            print(f"dynametric explore: internal error answering {self.command} {target}: {type(exc).__name__}: "
+                  f"{exc}", file=sys.stderr, flush=True)
+            if not self._sent:
+                with contextlib.suppress(OSError):
+                    self._error(500, f"internal error ({type(exc).__name__}); the explorer's terminal says more",
+                                close=True)
 
-        def _image(self, tail: str) -> None:
-            number = ascii_number(tail)  # only item numbers: never a path from the request
-            if number is None:
-                self._error(404, "no such image: expected /image/<item number> (ASCII digits, at most 18)")
-                return
-            status, path = explorer.image(number)
-            if not isinstance(path, Path):
-                self._error(status, path)
-                return
-            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            self._send(200, path.read_bytes(), ctype)
+    def _refused_host(self) -> bool:
+        """Answer 403 (and True) to a request whose ``Host`` is not one of this explorer's (DNS rebinding), or
+        a POST whose ``Origin`` is another site's (a cross-origin upload)."""
+        check: HostCheck | None = getattr(self.server, "host_check", None)
+        if check is None:
+            return False
+        host = self.headers.get("Host")
+        if not check.allows(host):
+            shown = (host or "")[:100]
+            name = (split_host(host or "") or (shown,))[0]
+            self._error(403, f"refused: Host {shown!r} is not an address of this explorer (a page of another "
+                             f"site reached it by a re-pointed name?); to browse it by this name, start it with "
+                             f"--allow-host {name[:100]}", close=True)
+            return True
+        return self._refused_origin(check, host)
 
-        def _post(self) -> None:
-            url = urlsplit(self.path)
-            # every refusal before the body is read closes the connection (its unread body is not a next request)
-            if url.path != "/api/upload":
-                self._error(404, "not found", close=True)
-                return
-            length = ascii_number(self.headers.get("Content-Length") or "")
-            if length is None:
-                self._error(411, "Content-Length required (ASCII digits)", close=True)
-                return
-            if explorer.embedder is None:
-                self._error(403, UPLOADS_DISABLED, close=True)
-                return
-            try:  # the parameters before the body: a bad k is refused before anything is read, decoded, embedded
-                k = self._int(query_params(url.query), "k", explorer.k)
-                _in_range("k", k, 1, MAX_K)
-            except DynametricError as exc:
-                self._error(400, str(exc), close=True)
-                return
-            if length > explorer.max_upload_bytes:
-                self._error(413, f"upload larger than {explorer.max_upload_bytes} bytes", close=True)
-                return
-            ctype = self.headers.get("Content-Type", "")
-            if ctype.split(";")[0].strip().lower() not in UPLOAD_TYPES:
-                self._error(415, f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}",
-                            close=True)
-                return
-            data = self.rfile.read(length)
-            self._json(explorer.neighbours_of_upload(data, ctype, k))  # bad data: a 400 (_answer)
+    def _refused_origin(self, check: HostCheck, host: str | None) -> bool:
+        """Answer 403 (and True) to a POST whose ``Origin`` is not this explorer's own page (the request's
+        ``Host``, or without one an origin ``check`` allows)."""
+        origin = self.headers.get("Origin")
+        if self.command == "POST" and origin is not None:
+            url = urlsplit(origin)
+            same = url.scheme in ("http", "https") and (url.netloc.lower() == host.lower() if host is not None
+                                                          else check.allows(url.netloc))
+            if not same:
+                self._error(403, f"refused: a cross-origin upload (Origin {origin[:100]!r}); upload from the "
+                                 "explorer's own page", close=True)
+                return True
+        return False
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, headers too long, an unknown method) in JSON
+        like every other answer; a method other than GET, HEAD and POST is a 405 naming them (was: http.server's
+        HTML 501 page)."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            method = str(self.command)[:20]
+            self._error(405, f"method {method!r} not allowed; use GET, HEAD or POST", close=True,
+                        headers={"Allow": "GET, HEAD, POST"})
+            return
+        self._error(code, message or HTTPStatus(code).phrase, close=True)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self._answer(self._get)
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._answer(self._post)
+
+    def _get(self) -> None:
+        """Route a GET (or HEAD) by path; a parameter given twice is a 400 on every path."""
+        url = urlsplit(self.path)
+        params = query_params(url.query)
+        if url.path in ("/", "/index.html"):
+            self._page()
+        elif url.path == "/api/info":
+            self._info()
+        elif url.path == "/api/items":
+            self._items(params)
+        elif url.path == "/api/neighbours":
+            self._neighbours(params)
+        elif url.path.startswith("/image/"):
+            self._image(url.path[len("/image/"):])
+        else:
+            self._error(404, "not found")
+
+    def _page(self) -> None:
+        """``/`` and ``/index.html``: the page."""
+        self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+
+    def _info(self) -> None:
+        """``/api/info``: the index's size, scales, options (:meth:`Explorer.info`)."""
+        self._json(self.explorer.info())
+
+    def _items(self, params: dict[str, list[str]]) -> None:
+        """``/api/items?offset=&limit=``: a page of the gallery's items."""
+        self._json(self.explorer.items(self._int(params, "offset", 0), self._int(params, "limit", 60)))
+
+    def _neighbours(self, params: dict[str, list[str]]) -> None:
+        """``/api/neighbours?item=<n>&k=``: the neighbours of item ``n`` (``item`` required)."""
+        self._json(self.explorer.neighbours_of_item(self._int(params, "item", None),
+                                                    self._int(params, "k", self.explorer.k)))
+
+    def _image(self, tail: str) -> None:
+        """``/image/<n>``: item ``n``'s image file, by number only (:meth:`Explorer.image`)."""
+        number = ascii_number(tail)  # only item numbers: never a path from the request
+        if number is None:
+            self._error(404, "no such image: expected /image/<item number> (ASCII digits, at most 18)")
+            return
+        status, path = self.explorer.image(number)
+        if not isinstance(path, Path):
+            self._error(status, path)
+            return
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        self._send(200, path.read_bytes(), ctype)
+
+    def _post(self) -> None:
+        """Route a POST: only ``/api/upload``."""
+        url = urlsplit(self.path)
+        # every refusal before the body is read closes the connection (its unread body is not a next request)
+        if url.path != "/api/upload":
+            self._error(404, "not found", close=True)
+            return
+        self._upload(url.query)
+
+    def _upload(self, query: str) -> None:
+        """``/api/upload?k=``: the neighbours of the uploaded image, once :meth:`_upload_request` accepts it."""
+        accepted = self._upload_request(query)
+        if accepted is None:
+            return
+        length, k, ctype = accepted
+        data = self.rfile.read(length)
+        self._json(self.explorer.neighbours_of_upload(data, ctype, k))  # bad data: a 400 (_answer)
+
+    def _upload_request(self, query: str) -> tuple[int, int, str] | None:
+        """An upload's ``(length, k, content type)`` checked before its body is read; else None, the refusal
+        answered (411, 403, 400, 413, 415, in that order) with the connection closed."""
+        length = ascii_number(self.headers.get("Content-Length") or "")
+        if length is None:
+            self._error(411, "Content-Length required (ASCII digits)", close=True)
+            return None
+        if self.explorer.embedder is None:
+            self._error(403, UPLOADS_DISABLED, close=True)
+            return None
+        try:  # the parameters before the body: a bad k is refused before anything is read, decoded, embedded
+            k = self._int(query_params(query), "k", self.explorer.k)
+            _in_range("k", k, 1, MAX_K)
+        except DynametricError as exc:
+            self._error(400, str(exc), close=True)
+            return None
+        if length > self.explorer.max_upload_bytes:
+            self._error(413, f"upload larger than {self.explorer.max_upload_bytes} bytes", close=True)
+            return None
+        ctype = self.headers.get("Content-Type", "")
+        if ctype.split(";")[0].strip().lower() not in UPLOAD_TYPES:
+            self._error(415, f"unsupported upload type {ctype!r}; expected one of {sorted(UPLOAD_TYPES)}",
+                        close=True)
+            return None
+        return length, k, ctype
+
+
+def _handler(explorer: Explorer, timeout_s: float = REQUEST_TIMEOUT) -> type[BaseHTTPRequestHandler]:
+    """A request handler class for ``explorer``: connections silent for ``timeout_s`` seconds are closed."""
+
+    class Handler(_ExplorerHandler):
+        pass
+
+    Handler.explorer = explorer
+    # seconds a connection may stay silent (socketserver sets it on the socket): an idle or half-sent request
+    # is dropped, not a thread held forever
+    Handler.timeout = timeout_s
     return Handler
 
 
