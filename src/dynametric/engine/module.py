@@ -213,6 +213,9 @@ class MetricLearningModule(L.LightningModule):
             passes it here (``benchmarks/claim_sharing.py``: :func:`dynametric.methods.sharing.sharing_param_groups`).
     """
 
+    _loss_history: list[list[float]]
+    _pending_losses: list[tuple[int, torch.Tensor]]  # (step, loss) kept as tensors until the history is read
+
     def __init__(
         self,
         embedder: nn.Module,
@@ -277,7 +280,7 @@ class MetricLearningModule(L.LightningModule):
     @loss_history.setter
     def loss_history(self, value: list[list[float]]) -> None:
         self._loss_history = value
-        self._pending_losses: list[tuple[int, torch.Tensor]] = []
+        self._pending_losses = []
 
     def batch_images(self, batch: Any) -> torch.Tensor:
         """The images of a batch, in the channels_last memory format when :attr:`channels_last` is set."""

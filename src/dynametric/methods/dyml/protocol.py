@@ -366,7 +366,8 @@ def evaluate_query_gallery(query_emb: torch.Tensor, query_labels: Any, gallery_e
     from dynametric.metrics import evaluate_embeddings
 
     q_ids, g_ids, stats = exclusion_ids(protocol.query_in_gallery, query_keys, gallery_keys)
-    res = (evaluate or evaluate_embeddings)(query_emb, _column(query_labels, "query_labels"), gallery_emb,
+    run: Evaluate = evaluate or evaluate_embeddings  # the results dict (no return_ranks)
+    res = run(query_emb, _column(query_labels, "query_labels"), gallery_emb,
                               _column(gallery_labels, "gallery_labels"), scale_names=[scale], query_ids=q_ids,
                               gallery_ids=g_ids, **_metric_kwargs(protocol))
     out: dict[str, Any] = dict(res[scale])
@@ -402,7 +403,8 @@ def evaluate_all_in_one(emb: torch.Tensor, labels: Any, protocol: DyMLProtocol, 
         dup = np.fromiter((counts[d] - 1 for d in digests), dtype=np.int64, count=len(digests))
         stats = {"excluded_queries_with_match": int((dup > 0).sum()), "excluded_gallery_items": int(dup.sum())}
         ids = list(digests)
-    res = (evaluate or evaluate_embeddings)(emb, lab, scale_names=names, query_ids=ids, **_metric_kwargs(protocol))
+    run: Evaluate = evaluate or evaluate_embeddings  # the results dict (no return_ranks)
+    res = run(emb, lab, scale_names=names, query_ids=ids, **_metric_kwargs(protocol))
     out: dict[str, Any] = {}
     for name in names:
         out[name] = dict(res[name]) | {"gallery_size": int(emb.shape[0]) - 1,
