@@ -143,7 +143,8 @@ def test_cli_import_of_a_missing_module_is_one_line(capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err == ("dynametric train: error: key '--import': cannot import 'dm_no_such_pkg.components' "
                    "(ModuleNotFoundError: No module named 'dm_no_such_pkg'); is it on PYTHONPATH? the dynametric co"
-                   "mmand does not search the current folder: PYTHONPATH=. dynametric ...\n")
+                   "mmand does not search the current folder; only for code you trust (importing runs it): "
+                   "PYTHONPATH=. dynametric ...\n")
 
 
 def test_cli_import_given_after_the_command_says_where_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,7 +162,8 @@ def test_a_module_that_cannot_be_imported_names_the_file_and_line(tmp_path: Path
         load_config(cfg_file)
     assert str(exc.value) == (f"{cfg_file}:3 key 'imports': cannot import 'dm_no_such_pkg.x' (ModuleNotFoundError: "
                               "No module named 'dm_no_such_pkg'); is it on PYTHONPATH? the dynametric co"
-                              "mmand does not search the current folder: PYTHONPATH=. dynametric ...")
+                              "mmand does not search the current folder; only for code you trust (importing runs "
+                              "it): PYTHONPATH=. dynametric ...")
     assert main(["train", "--config", str(cfg_file), "--dry-run"]) == 2
     assert capsys.readouterr().err == f"dynametric train: error: {exc.value}\n"
 

@@ -11,7 +11,9 @@ closes the pipe early (``dynametric search --json | head``) ends it quietly (exi
 anything else is a bug and keeps its traceback.
 
 ``dynametric --import MODULE COMMAND ...`` (repeatable) imports ``MODULE`` before the command runs, for the
-components it registers (docs/extending.md); a module that cannot be imported is one error line.
+components it registers (docs/extending.md); a module that cannot be imported is one error line. The modules a
+config file lists under ``imports`` (a run's ``config.yaml``, an index's model config, ``train --config``) are said
+in a ``note:`` line naming the file before they are imported (their code runs).
 """
 
 from __future__ import annotations
@@ -155,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     command = getattr(args, "command_name", None) or args.command  # a command with actions names the action too
-    with _sigterm_stops_like_ctrl_c() as sigterm:
+    from dynametric.utils.registry import import_notes_to
+
+    with _sigterm_stops_like_ctrl_c() as sigterm, import_notes_to(_import_note):
         try:
             if args.plugin_imports:  # before the command reads its config or checks a name (docs/extending.md)
                 from dynametric.utils.registry import import_modules
@@ -190,6 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sigterm.received and _other_rank():
                 return 143
             raise
+
+
+def _import_note(line: str) -> None:
+    """A config file's ``imports`` about to run (:func:`dynametric.utils.registry.announce_imports`): ``note: importing
+    helpers (imports: of RUN/config.yaml; this runs their code)`` on stderr, before the import (rank 0 alone)."""
+    if not _other_rank():
+        print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def _other_rank() -> int | None:

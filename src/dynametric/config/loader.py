@@ -151,8 +151,12 @@ def _failing_scalar(node: yaml.Node | None) -> yaml.ScalarNode | None:
     ``2020-13-45``), to name its line and column."""
     constructor = _Loader("")
     stack = [] if node is None else [node]
+    seen: set[int] = set()
     while stack:
         n = stack.pop()
+        if id(n) in seen:  # an alias's node: tried once, where its anchor is
+            continue
+        seen.add(id(n))
         if isinstance(n, yaml.ScalarNode):
             try:
                 constructor.construct_object(n, deep=True)
@@ -163,6 +167,51 @@ def _failing_scalar(node: yaml.Node | None) -> yaml.ScalarNode | None:
         elif isinstance(n, yaml.SequenceNode):
             stack += reversed(n.value)
     return None
+
+
+MAX_ALIAS_VALUES = 100_000
+"""The most values a YAML document's aliases (``*name``) may add by repeating what their anchors (``&name``) hold:
+a few kilobytes of nested aliases (a "billion laughs" file) expand to billions of values, which every later step
+(line numbers, checks, copies) would visit one by one."""
+
+
+def _children(n: yaml.Node) -> list[yaml.Node]:
+    if isinstance(n, yaml.MappingNode):
+        return [item for pair in n.value for item in pair]
+    if isinstance(n, yaml.SequenceNode):
+        return list(n.value)
+    return []
+
+
+def _check_alias_expansion(node: yaml.Node | None, file: str) -> None:
+    """Refuse a document whose aliases repeat more than :data:`MAX_ALIAS_VALUES` values: the values it holds once
+    every alias is written out (each node counted once per path to it, computed per distinct node, so the count
+    itself costs no more than the file) less the nodes the file writes."""
+    if node is None:
+        return
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are being counted
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:  # post-order without recursion: a deeply nested file cannot exhaust the stack here
+        n, done = stack.pop()
+        if done:
+            size[id(n)] = 1 + sum(size[id(c)] for c in _children(n))
+            open_.discard(id(n))
+            continue
+        if id(n) in size:
+            continue
+        if id(n) in open_:
+            raise ConfigError(f"invalid YAML at column {n.start_mark.column + 1}: an alias (*name) inside the value "
+                              "its anchor (&name) names: a value cannot hold itself", file=file,
+                              line=n.start_mark.line + 1)
+        open_.add(id(n))
+        stack.append((n, True))
+        stack += [(c, False) for c in _children(n) if id(c) not in size]
+    expanded, written = size[id(node)], len(size)
+    if expanded - written > MAX_ALIAS_VALUES:
+        raise ConfigError(f"its aliases (*name) expand to {expanded - written:,} values more than the file writes "
+                          f"(at most {MAX_ALIAS_VALUES:,}: aliases of anchors that hold aliases multiply); write the "
+                          "values out, or nest fewer aliases", file=file)
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
@@ -191,6 +240,7 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
             raise ConfigError(f"invalid YAML value ({why})", file=file) from None
         raise ConfigError(f"invalid YAML value {bad.value!r} at column {bad.start_mark.column + 1} ({why})",
                           file=file, line=bad.start_mark.line + 1) from None
+    _check_alias_expansion(node, file)
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node | None, prefix: str) -> None:
@@ -871,13 +921,18 @@ def config_from_dict(raw: Mapping[str, Any], *, source: _Source | None = None) -
 def _import_listed(value: Any, ctx: _Ctx) -> None:
     """Import the modules of the config's ``imports`` (a list of module names), before any section is checked; a
     value of the wrong type, a name that is not a module name, or a module that cannot be imported is an error at
-    the file and line (or ``<command line>``) that set ``imports``."""
-    from dynametric.utils.registry import import_modules
+    the file and line (or ``<command line>``) that set ``imports``. Modules a file lists are said first, naming the
+    file (:func:`~dynametric.utils.registry.announce_imports`: a warning, a ``note:`` line on the command line);
+    those given on the command line (``imports=[...]``) are the user's own words and are not repeated."""
+    from dynametric.utils.registry import announce_imports, check_module_names, import_modules
 
     if isinstance(value, str):  # one name: a list is meant
         raise ctx.error(f"expected a list of module names, got {_describe(value)}; write [{value}]", "imports")
     names = _coerce(value, list[str], "imports", ctx)
     try:
+        file, _ = ctx.source.locate("imports")
+        if file is not None and file != "<command line>":  # a file's list: said before its code runs
+            announce_imports(check_module_names(names, "imports"), file)
         import_modules(names, "imports")
     except ConfigError as exc:
         raise ctx.error(exc.message, exc.key or "imports") from exc.__cause__

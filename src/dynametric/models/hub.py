@@ -350,7 +350,7 @@ def _earlier_save(folder: Path) -> set[str]:
     four names for a folder saved before the list was recorded); none where ``folder`` holds no such description."""
     try:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return set()
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return set()
@@ -415,6 +415,8 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise InputError(f"not valid JSON ({exc})", file=meta_path) from None
+    except RecursionError:  # arrays or objects nested too deep for Python's parser
+        raise InputError("not a description dynametric can read: JSON nested too deep", file=meta_path) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise InputError(f"expected a {FORMAT} description with a 'model' entry", file=meta_path)
     if meta.get("weights_sha256") == UNFINISHED:
@@ -494,7 +496,9 @@ def _describe(hint: Any) -> str:
 
 
 def _build_described(meta: Mapping[str, Any], meta_path: Path) -> Any:
-    """``build_embedder(**meta["model"])``, every argument's name and JSON type checked first, a ``hf-hub:`` /
+    """``build_embedder(**meta["model"])`` with ``pretrained=False, pretrained_path=None`` whatever the description
+    says (the folder's weights replace them: no download, no other file read), every argument's name and JSON type
+    checked first, a ``hf-hub:`` /
     ``local-dir:`` backbone rebuilt from the timm config the folder records (``backbone_config``); errors name
     ``dynametric.json`` and the entry."""
     import typing
@@ -512,6 +516,9 @@ def _build_described(meta: Mapping[str, Any], meta_path: Path) -> Any:
             raise InputError(f"expected {_describe(hints[name])}, got {value!r} "
                              f"({type(value).__name__})", file=meta_path, key=f"model.{name}")
     _check_backbone_known(meta, meta_path)
+    # the folder's weights replace any initial ones: never a download, never a file the description names
+    kwargs["pretrained"] = False
+    kwargs["pretrained_path"] = None
     name = kwargs.get("backbone")
     config = meta.get("backbone_config")
     with tempfile.TemporaryDirectory(prefix="dynametric-backbone-") as tmp:

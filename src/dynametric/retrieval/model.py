@@ -269,15 +269,20 @@ def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path], *,
 
 def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, options: Any = None) -> Any:
     """The index's embedder (or ``checkpoint``), checked to have the weights the index was built with, placed
-    where ``options`` (:class:`~dynametric.engine.inference.InferenceOptions`) say."""
+    where ``options`` (:class:`~dynametric.engine.inference.InferenceOptions`) say.
+
+    ``index.json`` records the checkpoint and config as absolute paths (``index build`` writes them resolved); a
+    relative ``model.checkpoint`` / ``model.config`` (written by hand: a folder shipped with its model inside) is
+    relative to the index folder, never to the working directory (:func:`index_model_path`). Loading the config
+    imports the modules its ``imports`` list, which is said first (a ``note:`` line naming the config)."""
     model = index.model or {}
     if checkpoint is None:
         if not model.get("checkpoint"):
             raise InputError("the index records no checkpoint (built from a bare .npy); give --checkpoint",
                              key="--checkpoint")
-        checkpoint = Path(model["checkpoint"])
+        checkpoint = index_model_path(index, model["checkpoint"], "model.checkpoint")
         if config is None and model.get("config"):
-            config = Path(model["config"])
+            config = index_model_path(index, model["config"], "model.config")
     loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
                            options=options)
     want = model.get("weights_hash")
@@ -287,10 +292,25 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
     found = model_mismatch(model, loaded.identity())
     if found is not None:  # --config (or the checkpoint's own config.yaml) embeds otherwise than the index's
         what, _ = found
+        recorded = model.get("config")
+        suggest = (index_model_path(index, recorded, "model.config") if isinstance(recorded, str) and recorded
+                   else "with the index model settings")
         raise InputError(f"the checkpoint and config embed otherwise than the model the index was built with: {what}; "
-                         f"give --config {model.get('config') or 'with the index model settings'}",
+                         f"give --config {suggest}",
                          file=loaded.config_path, key="--config")
     return loaded
+
+
+def index_model_path(index: Any, value: Any, key: str) -> Path:
+    """A path ``index.json`` records under ``model`` (``key``: ``model.checkpoint``, ``model.config``): an absolute
+    path as it is; a relative one against the folder the index was loaded from (``index.loaded_from``; the working
+    directory for an index not loaded from a folder). Anything but a non-empty string is an error naming the key."""
+    folder = getattr(index, "loaded_from", None)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"expected a file path, got {value!r} ({type(value).__name__})",
+                         file=None if folder is None else Path(folder) / "index.json", key=key)
+    path = Path(value)
+    return path if path.is_absolute() or folder is None else Path(folder) / path
 
 
 def model_mismatch(index_model: dict[str, Any], query_model: dict[str, Any]) -> tuple[str, str] | None:

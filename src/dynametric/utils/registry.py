@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dynametric.errors import ConfigError, first_sentence
@@ -67,12 +68,71 @@ def check_module_names(names: Any, key: str) -> list[str]:
     return list(names)
 
 
+class ConfigImportWarning(UserWarning):
+    """The modules a config file lists under ``imports`` are about to be imported, which runs their code: the
+    warning :func:`announce_imports` gives in Python (``Embedder.from_pretrained(run_dir)``, ``load_config``); the
+    ``dynametric`` command prints the same text as a ``note:`` line instead (:func:`import_notes_to`)."""
+
+
+_note_sink: Callable[[str], None] | None = None
+"""Where :func:`announce_imports` says what it imports: ``None`` = a :class:`ConfigImportWarning`."""
+
+
+@contextlib.contextmanager
+def import_notes_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """While the block runs, :func:`announce_imports` hands its line to ``sink`` (the command line prints it as
+    ``note: ...`` on stderr) instead of warning."""
+    global _note_sink
+    previous, _note_sink = _note_sink, sink
+    try:
+        yield
+    finally:
+        _note_sink = previous
+
+
+def modules_to_run(names: Sequence[str]) -> list[str]:
+    """The modules of ``names`` that importing would run: not imported yet, and found (a top-level package looked up
+    on ``sys.path`` without running anything; a module not found is an error of :func:`import_modules` instead)."""
+    import importlib.util
+    import sys
+
+    out = []
+    for name in names:
+        if name in sys.modules or name in out:
+            continue
+        top = name.split(".")[0]
+        try:
+            found = top in sys.modules or importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            out.append(name)
+    return out
+
+
+def announce_imports(names: Sequence[str], config: Any) -> None:
+    """Say, before they are imported, which of the modules ``names`` that the config file ``config`` lists under
+    ``imports`` will run (:func:`modules_to_run`): ``importing helpers (imports: of RUN/config.yaml; this runs their
+    code)``, as a :class:`ConfigImportWarning` or to the sink of :func:`import_notes_to` (the command line's
+    ``note:`` line). Nothing when every module is imported already (or not found)."""
+    import warnings
+
+    run = modules_to_run(names)
+    if not run:
+        return
+    line = f"importing {', '.join(run)} (imports: of {config}; this runs their code)"
+    if _note_sink is not None:
+        _note_sink(line)
+    else:
+        warnings.warn(line, ConfigImportWarning, stacklevel=3)
+
+
 def import_modules(names: Any, key: str) -> None:
     """Import each module of ``names`` (:func:`check_module_names`), in order, for what it registers (a loss in
     ``LOSSES``, a dataset format in ``FORMATS``, ...: docs/extending.md). A module that cannot be imported is a
     :class:`ConfigError` on ``key``: ``cannot import 'x.y' (ModuleNotFoundError: No module named 'x')``. Importing
-    runs the module's code: only modules installed in this environment are found (the same trust as loading a
-    checkpoint)."""
+    runs the module's code: only modules installed in this environment or on ``sys.path`` are found (a config's
+    modules are said first: :func:`announce_imports`)."""
     import importlib
 
     for name in check_module_names(names, key):
@@ -83,8 +143,8 @@ def import_modules(names: Any, key: str) -> None:
         except ModuleNotFoundError as exc:
             where = ""
             if exc.name is not None and exc.name == name.split(".")[0]:  # the module itself is not found
-                where = ("; is it on PYTHONPATH? the dynametric command does not search the current folder: "
-                         "PYTHONPATH=. dynametric ...")
+                where = ("; is it on PYTHONPATH? the dynametric command does not search the current folder; only "
+                         "for code you trust (importing runs it): PYTHONPATH=. dynametric ...")
             raise ConfigError(f"cannot import {name!r} ({type(exc).__name__}: {first_sentence(exc)}){where}",
                               key=key) from exc
         except Exception as exc:  # noqa: BLE001 - whatever the module raised on import is said in the one line
