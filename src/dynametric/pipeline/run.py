@@ -1117,13 +1117,100 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
             claim.release()
 
 
+@dataclass
+class _RunParts:
+    """What :func:`_train` builds before it writes a file: the data, the components, the logger, the trainer, the
+    run's ``run_info.json`` so far and its test (:func:`_test_evaluator`). ``metrics``: the run's metrics as
+    ``metrics.json`` has them, once there are any (what an interruption writes, :func:`_interrupted`)."""
+
+    datasets: Any
+    tests: dict[str, Any]
+    own_protocol: MethodTestProtocol | None
+    comps: Components
+    exp_logger: Any
+    dm: MetricDataModule
+    trainer: L.Trainer
+    info: dict[str, Any]
+    test_eval: Callable[[str | None], dict[str, Any]]
+    protocol_test: Any
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def module(self) -> MetricLearningModule:
+        return self.comps.module
+
+    @property
+    def settings(self) -> TrainerSettings:
+        return self.comps.trainer
+
+
+class _Fitted(NamedTuple):
+    """What the fit recorded, read before the test loads ``best.ckpt`` into the module (its ``on_load_checkpoint``
+    would put back the loss history, skipped steps and record of the best epoch), and the step it started from."""
+
+    resumed_step: int  # 0 for a new run; a resumed run's last.ckpt's global step
+    was_tested: bool  # a finished run resumed: its test row was logged already
+    record: dict[str, Any]
+    loss_history: list[Any]
+    skipped: int
+    lr_history: dict[str, list[list[float]]]
+
+
 def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Callable[[str], None],
            notes: Callable[[str], None], t0: float, plan: Any, world: int,
            resumed: ResumedCheckpoint | None, leftovers: list[Path]) -> RunResult:
-    """:func:`run_training` once its folder is checked and held."""
-    from dynametric.config import config_hash, config_to_dict, config_to_yaml, save_config
+    """:func:`run_training` once its folder is checked and held. First what writes nothing (a refusal leaves the
+    folder as it was): the data, the components, the logger and the trainer; then the run: its first files (or
+    a resumed run's metrics), the fit, the test of the selected weights, and its results written by rank 0."""
+    datasets, tests, data_warnings, own_protocol = _read_run_data(cfg, world, notes)
+    comps, exp_logger, components = _build_run_components(cfg, run_dir, datasets, world=world, progress=progress,
+                                                          resumed=resumed, notes=notes)
+    dm, trainer = _build_run_trainer(cfg, run_dir, datasets, comps, exp_logger, notes)
+    if resume:
+        claim_resumed_run(run_dir, notes)
+    info = _run_info(datasets, comps, plan, components, data_warnings)
+    test_eval, protocol_test = _test_evaluator(cfg, own_protocol, comps.module, dm, datasets, comps.trainer, progress,
+                                               tests)
+    if own_protocol is not None:
+        info["test_protocol"] = own_protocol.header()
+    parts = _RunParts(datasets, tests, own_protocol, comps, exp_logger, dm, trainer, info, test_eval, protocol_test)
+    waiting = rendezvous_note(cfg, world)  # said before the first Lightning call, where the wait is
+    if waiting is not None:
+        notes(waiting)
+    try:
+        if not resume:
+            metrics = _start_new_run(cfg, run_dir, parts, leftovers, log, notes)
+        else:
+            metrics = _resumed_metrics(run_dir, parts, log)
+        fitted = _fit(cfg, run_dir, parts, metrics, resume=resume, log=log)
+        test_ckpt = _select_checkpoint(run_dir, parts, notes)
+        _test_selected(parts, metrics, fitted, test_ckpt, log)
+        view = _report_view(parts)
+        heads = _test_heads(cfg, parts, progress)
+    # Ctrl-C, or SIGTERM under the CLI (Lightning's own handling undone): stop here. SIGTERMException: SIGTERM seen
+    # by Lightning's loops alone (no handler of the CLI), a SystemExit() with no code, which ended the process with
+    # status 0 as if the run had finished; stopped as Ctrl-C stops it (the CLI says "interrupted by SIGTERM", 143)
+    except (KeyboardInterrupt, SIGTERMException) as exc:
+        raise _interruption(run_dir, parts, sigterm=isinstance(exc, SIGTERMException)) from None
+    except LoggerFailure as exc:  # the logger's package raised as the run wrote to it: one line, and how to go on
+        raise _logger_stopped(exc, run_dir, parts) from None
+    except RuntimeError as exc:  # a collective's error: another process of the run ended (killed, out of memory)
+        if world <= 1 or not peer_lost(exc):
+            raise
+        raise _peer_lost_error(exc, run_dir, parts, world) from None
+    earlier = _record_training(run_dir, parts, fitted, resume=resume, t0=t0)
+    if trainer.is_global_zero:
+        _write_results(cfg, run_dir, parts, metrics, fitted, view, bool(heads), earlier=earlier, t0=t0, log=log)
+    return RunResult(run_dir, metrics, info)
 
-    last = run_dir / "last.ckpt"
+
+def _read_run_data(cfg: Config, world: int, notes: Callable[[str], None]
+                   ) -> tuple[Any, dict[str, Any], list[str], MethodTestProtocol | None]:
+    """A step of :func:`_train`: the run's data, read and checked before anything is written (``data.root`` there,
+    the seed set, the training split's errors first, the test's splits there and held out from training and
+    validation, enough images for each process's shard). Returns the datasets, the test's splits, the warnings
+    about classes they share (also said in ``notes``) and the method's own test protocol (e.g. DyML's), else
+    ``None``."""
     check_data_root(cfg)  # data.root set and there (an error keyed data.root, with the place that set it)
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     own_protocol = method_test_protocol(cfg)  # the method's own test protocol (e.g. DyML's), else None
@@ -1138,6 +1225,18 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
         check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
     if own_protocol is None and cfg.eval.protocol == "leave_one_out":
         datasets.test = tests[cfg.data.test_split]
+    return datasets, tests, data_warnings, own_protocol
+
+
+def _build_run_components(cfg: Config, run_dir: Path, datasets: Any, *, world: int, progress: bool,
+                          resumed: ResumedCheckpoint | None, notes: Callable[[str], None]
+                          ) -> tuple[Components, Any, dict[str, str]]:
+    """A step of :func:`_train`: the components (:func:`build_components`), checked against the data before the
+    untrained evaluation spends time, and the run's logger (:func:`_run_logger`). The module gets the resolved
+    config, its hash and the components' classes (in every checkpoint); a resumed run's weights are checked
+    against them. Returns the components, the logger and the components' classes."""
+    from dynametric.config import config_hash, config_to_dict
+
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_backbone_forward(cfg, comps.embedder)  # a backbone reporting another width than it gives: nothing written
     check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved,
@@ -1146,28 +1245,43 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = _run_logger(cfg, run_dir, [f"{stage}/{comps.trainer.monitor}" for stage in ("val", "test")],
                              None if resumed is None else resumed.logger_run, notes)  # a missing extra fails here
-    module, settings = comps.module, comps.trainer
+    module = comps.module
     for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
         notes(line)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     components = component_classes(cfg, comps.embedder)
     module.run_components = components  # in every checkpoint and run_info.json
-    if resumed is not None:  # a name resolving to another class than when the run trained: said, not refused
-        had, source = resumed.components, str(last)
-        if had is None:  # a checkpoint of an earlier version: the finished run's run_info.json, if any
-            had, source = _recorded_components(run_dir), str(run_dir / "run_info.json")
-        changed = components_note(had, components, source)
-        if changed is not None:
-            notes(changed)
     if resumed is not None:
-        check_resume_weights(module, resumed.weights, last)
+        _note_changed_components(run_dir, resumed, components, notes)
+        check_resume_weights(module, resumed.weights, run_dir / "last.ckpt")
+    return comps, exp_logger, components
+
+
+def _note_changed_components(run_dir: Path, resumed: ResumedCheckpoint, components: dict[str, str],
+                             notes: Callable[[str], None]) -> None:
+    """A resumed run's component name resolving to another class than when the run trained: said in a note, not
+    refused (:func:`components_note`), against what ``last.ckpt`` records, else (a checkpoint of an earlier
+    version) the finished run's ``run_info.json``, if any."""
+    had, source = resumed.components, str(run_dir / "last.ckpt")
+    if had is None:
+        had, source = _recorded_components(run_dir), str(run_dir / "run_info.json")
+    changed = components_note(had, components, source)
+    if changed is not None:
+        notes(changed)
+
+
+def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Components, exp_logger: Any,
+                       notes: Callable[[str], None]) -> tuple[MetricDataModule, L.Trainer]:
+    """A step of :func:`_train`: the run's data module and Lightning trainer, built before anything is written (a
+    trainer Lightning refuses leaves no file behind). The resolved config is logged as the run's hyperparameters,
+    and a plateau schedule without validation data is warned of once."""
+    module = comps.module
     # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
                           batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
                           seed=int(cfg.trainer.seed), **loader_settings(cfg))
-    # built before anything is written: a trainer Lightning refuses leaves no file behind
     warn = functools.partial(_warning_line, notes)
-    trainer = build_trainer(settings, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
+    trainer = build_trainer(comps.trainer, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
                             callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)
     # the resolved config as the run's hyperparameters (TensorBoard's hparams, W&B's config, MLflow's params, the
     # CSV logger's logs/hparams.yaml): the module saves none, so the loggers had an empty set to compare runs by
@@ -1176,183 +1290,275 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
         warn("optim.scheduler.name=plateau in a run without validation data: the learning rate never changes "
              "(the schedule steps on the validation trainer.monitor)")
         module.plateau_warned = True  # said here, once, not again by the module
-    if resume:
-        claim_resumed_run(run_dir, notes)
-    metrics_path = run_dir / "metrics.json"
+    return dm, trainer
+
+
+def _run_info(datasets: Any, comps: Components, plan: Any, components: dict[str, str],
+              data_warnings: list[str]) -> dict[str, Any]:
+    """A step of :func:`_train`: ``run_info.json`` as the run starts (data sizes, validation source, scales,
+    evaluation head, environment, components; the warnings about classes shared by the splits, if any)."""
     info: dict[str, Any] = {
         "train_images": len(datasets.train), "val_images": 0 if datasets.val is None else len(datasets.val),
         "test_images": len(datasets.test) if datasets.test is not None else None,
-        "validation_source": datasets.val_source, "scale_names": comps.scale_names, "eval_head": module.eval_head,
-        "environment": run_environment(plan.accelerator), "components": components,
+        "validation_source": datasets.val_source, "scale_names": comps.scale_names,
+        "eval_head": comps.module.eval_head, "environment": run_environment(plan.accelerator),
+        "components": components,
     }
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
-    test_eval, protocol_test = _test_evaluator(cfg, own_protocol, module, dm, datasets, settings, progress, tests)
-    if own_protocol is not None:
-        info["test_protocol"] = own_protocol.header()
-    metrics: dict[str, Any] | None = None  # as in metrics.json once it is written
-    waiting = rendezvous_note(cfg, world)  # said before the first Lightning call, where the wait is
-    if waiting is not None:
-        notes(waiting)
-    try:
-        if not resume:
-            if leftovers:
-                notes(f"run folder {run_dir}: replacing the files of an earlier start that stopped before its first "
-                    f"checkpoint ({', '.join(p.relative_to(run_dir).as_posix() for p in leftovers)})")
-                for path in leftovers:
-                    if path.name != "config.yaml":  # replaced atomically below
-                        path.unlink(missing_ok=True)
-            if not _launched_worker():
-                header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
-                save_config(cfg, run_dir / "config.yaml", header=header)
-            log(f"run folder: {run_dir}")
-            log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
-                f"{_test_images(datasets.test, tests)}; scales {comps.scale_names}")
-            log("evaluating the untrained model on the test split ...")
-            untrained = test_eval(None)
-            log_results(exp_logger, "untrained", untrained, step=0)
-            metrics = {"untrained": untrained, "validation": [], "test": {}}
-            if not _launched_worker():  # rank 0 writes it (another rank's process would write the same again)
-                atomic_write_json(metrics_path, nan_to_null(metrics))
-        else:
-            try:
-                import json
+    return info
 
-                # null: a metric without a value (NaN), as metrics.json writes it
-                metrics = null_to_nan(json.loads(metrics_path.read_text(encoding="utf-8")))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
-            if not isinstance(metrics, dict):
-                raise InputError(f"expected a JSON object, found {type(metrics).__name__}", file=metrics_path)
-            log(f"resuming {run_dir} from {last}")
-        resumed_step = int(trainer.global_step)  # 0 here: Lightning restores the step inside fit
-        was_tested = resume and bool(metrics.get("test"))  # a finished run resumed: its test row is logged
-        L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
-        if resume:
-            resumed_step = int(load_checkpoint_file(last).get("global_step", -1))
-        # the filters of before put back after the fit: under DDP the module turns off Lightning's advice to sync its
-        # loss terms (engine.module._no_sync_dist_advice), for the fit only (run_training changes no filter)
-        with ctrl_c_passes_through(trainer), warnings.catch_warnings():
-            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
-        metrics["validation"] = module.validation_history
-        stopped = _early_stopping(trainer)
-        if stopped is not None:
-            info["early_stopping"] = stopped
-            log(f"early stopping ended training after epoch {stopped['epoch']}: {stopped['reason']}")
-        # what the training recorded, read before the test loads best.ckpt into the module (its on_load_checkpoint
-        # would put back the loss history, skipped steps and record of the best epoch)
-        record, loss_history, skipped = module.run_record(), list(module.loss_history), module.skipped_steps
-        lr_history = dict(module.lr_history)
-        best = run_dir / "best.ckpt"
-        if best.is_file():
-            ckpt = load_checkpoint_file(best)
-            info["selected"] = {"checkpoint": "best.ckpt", "epoch": int(ckpt.get("epoch", -1)),
-                                "global_step": int(ckpt.get("global_step", -1)), "monitor": settings.monitor}
-            test_ckpt: str | None = str(best)
-        else:
-            recorded = _recorded_best(trainer)
-            if datasets.val is None:
-                reason = "no validation split"
-            elif recorded:
-                reason = (f"best.ckpt is missing from the run folder (the run recorded its best checkpoint as "
-                          f"{recorded}, but the file is gone)")
-                notes(f"warning: {best} is missing: testing the final weights instead of the best validation epoch")
-            elif not module.validation_history:
-                reason = (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
-                          f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
-            elif all(_monitored(h, settings.monitor) is None for h in module.validation_history):
-                reason = (f"the monitored val/{settings.monitor} had no value (NaN) in every validation round, so "
-                          "no round could be selected")
-            else:
-                reason = "validation wrote no best.ckpt"
-            info["selected"] = {"checkpoint": "final weights", "reason": reason}
-            test_ckpt = None
-        selected = info["selected"]
-        log(f"testing {selected['checkpoint']}" + (f" ({selected['reason']})" if "reason" in selected else "")
-            + " on the test split ...")
-        metrics["test"] = test_eval(test_ckpt)
-        # a finished run resumed without training further was tested and logged already: its test row is not
-        # logged a second time (logs/metrics.csv and the other loggers)
-        if trainer.is_global_zero and not (was_tested and int(trainer.global_step) == resumed_step):
-            log_results(exp_logger, "test", metrics["test"], step=int(trainer.global_step))
-        emb_labels = module.last_embeddings
-        report_set = datasets.test
-        if (own_protocol is not None and own_protocol.report_view_uses_validation and datasets.val is not None
-                and protocol_test is not None):
-            # the protocol's test sets do not suit the report's (multi-scale) retrieval views (DyML Vehicle/Animal:
-            # one label each): the views use the validation images, embedded by the tested weights
-            emb_labels, report_set = protocol_test.embed_with(datasets.val, None), datasets.val
-            info["report_view_set"] = own_protocol.report_view_note
-        elif protocol_test is not None and protocol_test.view is not None:
-            emb_labels, report_set = protocol_test.view[:2], protocol_test.view[2]
-        heads = {} if datasets.test is None else _head_results(cfg, module, dm, datasets.test, settings, progress)
-        if heads:
-            info["test_by_head"] = heads
-    # Ctrl-C, or SIGTERM under the CLI (Lightning's own handling undone): stop here. SIGTERMException: SIGTERM seen
-    # by Lightning's loops alone (no handler of the CLI), a SystemExit() with no code, which ended the process with
-    # status 0 as if the run had finished; stopped as Ctrl-C stops it (the CLI says "interrupted by SIGTERM", 143)
-    except (KeyboardInterrupt, SIGTERMException) as exc:
-        interrupted = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero,
-                                   sigterm=isinstance(exc, SIGTERMException))
-        end_launched_ranks()  # the other ranks a SIGTERM was passed on to: stopped before this process says so
-        raise interrupted from None
-    except LoggerFailure as exc:  # the logger's package raised as the run wrote to it: one line, and how to go on
-        signal_launched_ranks(signal.SIGTERM)  # the other ranks would wait for this one
-        how = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero).next_step
-        end_launched_ranks()
-        raise LoggerFailure(exc.message + (f"; {how}" if how else ""), key=exc.key) from None
-    except RuntimeError as exc:  # a collective's error: another process of the run ended (killed, out of memory)
-        if world <= 1 or not peer_lost(exc):
-            raise
-        signal_launched_ranks(signal.SIGTERM)  # the others this process started, if any: stopped too
-        how = _interrupted(run_dir, metrics, module.validation_history, write=trainer.is_global_zero).next_step
-        end_launched_ranks()
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]  # gloo's source location and advice
-        raise DynametricError(f"another process of this {world}-process run ended while this one waited for it "
-                              f"({reason}): killed, out of memory, or stopped on an error of its own (its "
-                              "'error (rank N):' line, above)" + (f"; {how}" if how else "")
-                              ) from None
-    for key, value in record.items():  # alternating steps, MIC's clusterings
+
+def _start_new_run(cfg: Config, run_dir: Path, parts: _RunParts, leftovers: list[Path], log: Callable[[str], None],
+                   notes: Callable[[str], None]) -> dict[str, Any]:
+    """A step of :func:`_train` for a new run: its first files. An earlier start's leftovers replaced,
+    ``config.yaml`` (rank 0), the ``run folder`` and ``data`` lines, the untrained model's test (logged) and
+    ``metrics.json`` (rank 0). Returns the metrics, also set in ``parts.metrics`` once there are any."""
+    from dynametric.config import save_config
+
+    if leftovers:
+        _remove_leftovers(run_dir, leftovers, notes)
+    if not _launched_worker():
+        header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
+        save_config(cfg, run_dir / "config.yaml", header=header)
+    info, datasets = parts.info, parts.datasets
+    log(f"run folder: {run_dir}")
+    log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
+        f"{_test_images(datasets.test, parts.tests)}; scales {parts.comps.scale_names}")
+    log("evaluating the untrained model on the test split ...")
+    untrained = parts.test_eval(None)
+    log_results(parts.exp_logger, "untrained", untrained, step=0)
+    metrics: dict[str, Any] = {"untrained": untrained, "validation": [], "test": {}}
+    parts.metrics = metrics
+    if not _launched_worker():  # rank 0 writes it (another rank's process would write the same again)
+        atomic_write_json(run_dir / "metrics.json", nan_to_null(metrics))
+    return metrics
+
+
+def _remove_leftovers(run_dir: Path, leftovers: list[Path], notes: Callable[[str], None]) -> None:
+    """The files of an earlier start that stopped before its first checkpoint, said and removed (``config.yaml``
+    stays: :func:`_start_new_run` replaces it atomically)."""
+    notes(f"run folder {run_dir}: replacing the files of an earlier start that stopped before its first "
+        f"checkpoint ({', '.join(p.relative_to(run_dir).as_posix() for p in leftovers)})")
+    for path in leftovers:
+        if path.name != "config.yaml":  # replaced atomically
+            path.unlink(missing_ok=True)
+
+
+def _resumed_metrics(run_dir: Path, parts: _RunParts, log: Callable[[str], None]) -> dict[str, Any]:
+    """A step of :func:`_train` for a resumed run: its ``metrics.json`` as it was (``null``: a metric without a
+    value, NaN), also set in ``parts.metrics``; an unreadable one is an :class:`InputError` naming the file."""
+    import json
+
+    metrics_path = run_dir / "metrics.json"
+    try:
+        # null: a metric without a value (NaN), as metrics.json writes it
+        metrics = parts.metrics = null_to_nan(json.loads(metrics_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the run's metrics.json ({exc})", file=metrics_path) from None
+    if not isinstance(metrics, dict):
+        raise InputError(f"expected a JSON object, found {type(metrics).__name__}", file=metrics_path)
+    log(f"resuming {run_dir} from {run_dir / 'last.ckpt'}")
+    return metrics
+
+
+def _fit(cfg: Config, run_dir: Path, parts: _RunParts, metrics: dict[str, Any], *, resume: bool,
+         log: Callable[[str], None]) -> _Fitted:
+    """A step of :func:`_train`: the fit (a resumed run's from ``last.ckpt``). The validation history goes into
+    ``metrics`` and an early stop into the run's info (and a line); returns what the training recorded."""
+    trainer, module, last = parts.trainer, parts.module, run_dir / "last.ckpt"
+    resumed_step = int(trainer.global_step)  # 0 here: Lightning restores the step inside fit
+    was_tested = resume and bool(metrics.get("test"))  # a finished run resumed: its test row is logged
+    L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
+    if resume:
+        resumed_step = int(load_checkpoint_file(last).get("global_step", -1))
+    # the filters of before put back after the fit: under DDP the module turns off Lightning's advice to sync its
+    # loss terms (engine.module._no_sync_dist_advice), for the fit only (run_training changes no filter)
+    with ctrl_c_passes_through(trainer), warnings.catch_warnings():
+        trainer.fit(module, datamodule=parts.dm, ckpt_path=str(last) if resume else None)
+    metrics["validation"] = module.validation_history
+    stopped = _early_stopping(trainer)
+    if stopped is not None:
+        parts.info["early_stopping"] = stopped
+        log(f"early stopping ended training after epoch {stopped['epoch']}: {stopped['reason']}")
+    # what the training recorded, read before the test loads best.ckpt into the module (its on_load_checkpoint
+    # would put back the loss history, skipped steps and record of the best epoch)
+    return _Fitted(resumed_step, was_tested, module.run_record(), list(module.loss_history), module.skipped_steps,
+                   dict(module.lr_history))
+
+
+def _select_checkpoint(run_dir: Path, parts: _RunParts, notes: Callable[[str], None]) -> str | None:
+    """A step of :func:`_train`: the weights the test uses, recorded as the run's info's ``selected``:
+    ``best.ckpt`` (returned), else the final weights (``None``) and why (:func:`_final_weights_reason`)."""
+    best = run_dir / "best.ckpt"
+    if best.is_file():
+        ckpt = load_checkpoint_file(best)
+        parts.info["selected"] = {"checkpoint": "best.ckpt", "epoch": int(ckpt.get("epoch", -1)),
+                                  "global_step": int(ckpt.get("global_step", -1)), "monitor": parts.settings.monitor}
+        return str(best)
+    parts.info["selected"] = {"checkpoint": "final weights", "reason": _final_weights_reason(best, parts, notes)}
+    return None
+
+
+def _final_weights_reason(best: Path, parts: _RunParts, notes: Callable[[str], None]) -> str:
+    """Why a run without ``best.ckpt`` tests its final weights; a ``best.ckpt`` the run recorded but that is gone
+    is also a warning in ``notes``."""
+    trainer, module, settings = parts.trainer, parts.module, parts.settings
+    recorded = _recorded_best(trainer)
+    if parts.datasets.val is None:
+        return "no validation split"
+    if recorded:
+        reason = (f"best.ckpt is missing from the run folder (the run recorded its best checkpoint as "
+                  f"{recorded}, but the file is gone)")
+        notes(f"warning: {best} is missing: testing the final weights instead of the best validation epoch")
+        return reason
+    if not module.validation_history:
+        return (f"no validation ran before training stopped at step {int(trainer.global_step)}; validation "
+                f"runs at the end of every trainer.val_every={settings.val_every_n_epochs} epoch(s)")
+    if all(_monitored(h, settings.monitor) is None for h in module.validation_history):
+        return (f"the monitored val/{settings.monitor} had no value (NaN) in every validation round, so "
+                "no round could be selected")
+    return "validation wrote no best.ckpt"
+
+
+def _test_selected(parts: _RunParts, metrics: dict[str, Any], fitted: _Fitted, test_ckpt: str | None,
+                   log: Callable[[str], None]) -> None:
+    """A step of :func:`_train`: the test of the selected weights (``test_ckpt``; ``None``: the final ones) into
+    ``metrics["test"]``, logged by rank 0 unless a finished run resumed without training further logged it
+    already (``logs/metrics.csv`` and the other loggers)."""
+    selected, trainer = parts.info["selected"], parts.trainer
+    log(f"testing {selected['checkpoint']}" + (f" ({selected['reason']})" if "reason" in selected else "")
+        + " on the test split ...")
+    metrics["test"] = parts.test_eval(test_ckpt)
+    if trainer.is_global_zero and not (fitted.was_tested and int(trainer.global_step) == fitted.resumed_step):
+        log_results(parts.exp_logger, "test", metrics["test"], step=int(trainer.global_step))
+
+
+def _report_view(parts: _RunParts) -> tuple[Any, Any]:
+    """The report's retrieval view: the embeddings and labels, and the dataset they are of. The test's, or the
+    validation images embedded by the tested weights where the method's own test sets do not suit the report's
+    (multi-scale) views (DyML Vehicle/Animal: one label each; said in the info's ``report_view_set``), or the
+    view the test protocol picked."""
+    datasets, own_protocol, protocol_test = parts.datasets, parts.own_protocol, parts.protocol_test
+    if (own_protocol is not None and own_protocol.report_view_uses_validation and datasets.val is not None
+            and protocol_test is not None):
+        emb_labels = protocol_test.embed_with(datasets.val, None)
+        parts.info["report_view_set"] = own_protocol.report_view_note
+        return emb_labels, datasets.val
+    if protocol_test is not None and protocol_test.view is not None:
+        return protocol_test.view[:2], protocol_test.view[2]
+    return parts.module.last_embeddings, datasets.test
+
+
+def _test_heads(cfg: Config, parts: _RunParts, progress: bool) -> dict[str, Any]:
+    """A step of :func:`_train`: a multi-head run's test of each head (:func:`_head_results`), kept in the
+    info's ``test_by_head``; ``{}`` for one head or without a leave-one-out test set."""
+    datasets = parts.datasets
+    heads = {} if datasets.test is None else _head_results(cfg, parts.module, parts.dm, datasets.test,
+                                                          parts.settings, progress)
+    if heads:
+        parts.info["test_by_head"] = heads
+    return heads
+
+
+def _interruption(run_dir: Path, parts: _RunParts, *, sigterm: bool) -> Interrupted:
+    """A run stopped by Ctrl-C or SIGTERM: :func:`_interrupted` (rank 0 writes the validation done so far), once
+    the other ranks a SIGTERM was passed on to stopped."""
+    interrupted = _interrupted(run_dir, parts.metrics, parts.module.validation_history,
+                               write=parts.trainer.is_global_zero, sigterm=sigterm)
+    end_launched_ranks()  # the other ranks a SIGTERM was passed on to: stopped before this process says so
+    return interrupted
+
+
+def _logger_stopped(exc: LoggerFailure, run_dir: Path, parts: _RunParts) -> LoggerFailure:
+    """The logger's package raised as the run wrote to it: the other ranks stopped, the validation done so far
+    written (:func:`_interrupted`), and the logger's line with how to go on."""
+    signal_launched_ranks(signal.SIGTERM)  # the other ranks would wait for this one
+    how = _interrupted(run_dir, parts.metrics, parts.module.validation_history,
+                       write=parts.trainer.is_global_zero).next_step
+    end_launched_ranks()
+    return LoggerFailure(exc.message + (f"; {how}" if how else ""), key=exc.key)
+
+
+def _peer_lost_error(exc: RuntimeError, run_dir: Path, parts: _RunParts, world: int) -> DynametricError:
+    """Another process of a several-process run ended (:func:`peer_lost`): the processes this one started
+    stopped too, the validation done so far written (:func:`_interrupted`), and one line with the collective's
+    reason and how to go on."""
+    signal_launched_ranks(signal.SIGTERM)  # the others this process started, if any: stopped too
+    how = _interrupted(run_dir, parts.metrics, parts.module.validation_history,
+                       write=parts.trainer.is_global_zero).next_step
+    end_launched_ranks()
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]  # gloo's source location and advice
+    return DynametricError(f"another process of this {world}-process run ended while this one waited for it "
+                           f"({reason}): killed, out of memory, or stopped on an error of its own (its "
+                           "'error (rank N):' line, above)" + (f"; {how}" if how else ""))
+
+
+def _record_training(run_dir: Path, parts: _RunParts, fitted: _Fitted, *, resume: bool, t0: float) -> float:
+    """A step of :func:`_train`: what the training recorded into the run's info (the module's record, skipped
+    steps, global step, processes, wall time); returns the wall time of a resumed run's earlier processes."""
+    info, trainer = parts.info, parts.trainer
+    for key, value in fitted.record.items():  # alternating steps, MIC's clusterings
         info.setdefault(key, value)
-    info["skipped_nonfinite_steps"] = skipped
+    info["skipped_nonfinite_steps"] = fitted.skipped
     info["global_step"] = int(trainer.global_step)
     info["processes"] = int(trainer.world_size)  # the global batch and the results depend on it (training.md, DDP)
     earlier = _earlier_time(run_dir, trainer) if resume else 0.0
     info["wall_time_s"] = round(earlier + time.time() - t0, 1)
-    if trainer.is_global_zero:
-        atomic_write_json(metrics_path, nan_to_null(metrics))
-        late_failure: LoggerFailure | None = None  # the logger's last writes: the run's own files are written
-        if cfg.run.report:
-            emb, labels = emb_labels if emb_labels is not None else (None, None)
-            write_report(run_dir / "report.html", metrics=metrics, loss_history=loss_history, lr_history=lr_history,
-                         scale_names=comps.scale_names, config_yaml=config_to_yaml(cfg), emb=emb, labels=labels,
-                         dataset=report_set, distance=cfg.eval.distance, monitor=settings.monitor,
-                         seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
-                         record=record, run=info)
-            try:
-                info["logged_figures"] = log_figures(exp_logger, report_figures(
-                    (run_dir / "report.html").read_text(encoding="utf-8")), step=int(trainer.global_step))
-            except LoggerFailure as exc:
-                late_failure = exc
-            # the report's time counts (its embedding map and retrieval views took 11 of a resumed run's last 14 s)
-            info["wall_time_s"] = round(earlier + time.time() - t0, 1)
-        info["logger"] = cfg.run.logger
-        if late_failure is not None:
-            info["logger_failure"] = late_failure.message
-        atomic_write_json(run_dir / "run_info.json", nan_to_null(info))
-        if exp_logger is not None and late_failure is None:
-            try:
-                exp_logger.finalize("success")
-            except LoggerFailure as exc:
-                late_failure = exc
-        _summary(metrics, comps.scale_names, log, module.eval_head, bool(heads), settings.monitor, cfg.run.report)
-        log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
-        if late_failure is not None:  # the run finished: say so, and that only the logger's copy is short
-            raise LoggerFailure(f"{late_failure.message}; the run itself finished (its results: {metrics_path}, "
-                                f"run_info.json, the checkpoints{', report.html' * bool(cfg.run.report)}); only "
-                                "the logger's copy of the run is incomplete", key=late_failure.key) from None
-    return RunResult(run_dir, metrics, info)
+    return earlier
+
+
+def _write_results(cfg: Config, run_dir: Path, parts: _RunParts, metrics: dict[str, Any], fitted: _Fitted,
+                   view: tuple[Any, Any], other_heads: bool, *, earlier: float, t0: float,
+                   log: Callable[[str], None]) -> None:
+    """A step of :func:`_train` (rank 0): ``metrics.json``, ``report.html`` (with ``run.report``),
+    ``run_info.json``, the logger finalized, the results table and the ``wrote`` line. A logger that failed at
+    its last writes is a :class:`LoggerFailure` raised after all that, saying the run itself finished."""
+    metrics_path, info, exp_logger = run_dir / "metrics.json", parts.info, parts.exp_logger
+    atomic_write_json(metrics_path, nan_to_null(metrics))
+    late_failure: LoggerFailure | None = None  # the logger's last writes: the run's own files are written
+    if cfg.run.report:
+        late_failure = _write_run_report(cfg, run_dir, parts, metrics, fitted, view)
+        # the report's time counts (its embedding map and retrieval views took 11 of a resumed run's last 14 s)
+        info["wall_time_s"] = round(earlier + time.time() - t0, 1)
+    info["logger"] = cfg.run.logger
+    if late_failure is not None:
+        info["logger_failure"] = late_failure.message
+    atomic_write_json(run_dir / "run_info.json", nan_to_null(info))
+    if exp_logger is not None and late_failure is None:
+        try:
+            exp_logger.finalize("success")
+        except LoggerFailure as exc:
+            late_failure = exc
+    comps, module = parts.comps, parts.module
+    _summary(metrics, comps.scale_names, log, module.eval_head, other_heads, parts.settings.monitor, cfg.run.report)
+    log(f"wrote {metrics_path}" + (f" and {run_dir / 'report.html'}" if cfg.run.report else ""))
+    if late_failure is not None:  # the run finished: say so, and that only the logger's copy is short
+        raise LoggerFailure(f"{late_failure.message}; the run itself finished (its results: {metrics_path}, "
+                            f"run_info.json, the checkpoints{', report.html' * bool(cfg.run.report)}); only "
+                            "the logger's copy of the run is incomplete", key=late_failure.key) from None
+
+
+def _write_run_report(cfg: Config, run_dir: Path, parts: _RunParts, metrics: dict[str, Any], fitted: _Fitted,
+                      view: tuple[Any, Any]) -> LoggerFailure | None:
+    """``report.html`` (:func:`~dynametric.pipeline.report.write_report`), and its figures handed to the logger
+    (the info's ``logged_figures``); returns the logger's failure at that, if any."""
+    from dynametric.config import config_to_yaml
+
+    emb_labels, report_set = view
+    emb, labels = emb_labels if emb_labels is not None else (None, None)
+    write_report(run_dir / "report.html", metrics=metrics, loss_history=fitted.loss_history,
+                 lr_history=fitted.lr_history, scale_names=parts.comps.scale_names, config_yaml=config_to_yaml(cfg),
+                 emb=emb, labels=labels, dataset=report_set, distance=cfg.eval.distance,
+                 monitor=parts.settings.monitor, seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
+                 record=fitted.record, run=parts.info)
+    try:
+        parts.info["logged_figures"] = log_figures(parts.exp_logger, report_figures(
+            (run_dir / "report.html").read_text(encoding="utf-8")), step=int(parts.trainer.global_step))
+    except LoggerFailure as exc:
+        return exc
+    return None
 
 
 #: What gloo's collectives say when the process at the other end of a connection ended.
@@ -1501,44 +1707,75 @@ def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[
 
 def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], None],
              run_dir: str | Path | None = None) -> Components:
-    import dataclasses
-
-    from dynametric.config import config_to_yaml
-    from dynametric.engine.loggers import check_logger
-
+    """:func:`dry_run` once the folder is checked: the checks a run makes before it writes anything (on this
+    machine, on the data when it is there, on the components and the logger), then the description: the
+    resolved configuration, the components, the trainer, the set-up notes, the loader and the data."""
     shown = cfg
     for text in config_notes(cfg):  # options the layering dropped (a name changed alone), as the run says them
         notes(f"note: {text}")
-    weights_note = None
-    if cfg.model.pretrained:
-        from dynametric.models.backbones import check_pretrained_request, pretrained_weights_status
-
-        check_pretrained_request(cfg.model.backbone, cfg.model.in_chans)  # what a real run refuses, nothing loaded
-        cached, where = pretrained_weights_status(cfg.model.backbone)
-        weights_note = (f"pretrained weights: cached ({where})" if cached else
-                        f"pretrained weights: NOT cached; a real run downloads them from {where} (offline: put the "
-                        "file in the cache or set model.pretrained=false and model.pretrained_path)"
-                        if cached is False else f"pretrained weights: {where}")
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    cfg, weights_note = _without_download(cfg)
     settings = trainer_settings(cfg, progress_bar=False)
     _check_one_process_method(cfg)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
-    datasets = None
+    datasets = _dry_run_data(cfg, world, notes)
+    comps = _dry_run_components(cfg, datasets, world, run_dir, notes)
+    _describe_components(cfg, shown, comps, weights_note, log)
+    log(_trainer_line(cfg, settings, plan, world))
+    # the datasets not built (a dry run without data): validation taken as there, as it usually is
+    for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
+        notes(line)
+    log(_loader_line(cfg))
+    log(_dry_run_data_line(cfg, datasets, comps))
+    return comps
+
+
+def _without_download(cfg: Config) -> tuple[Config, str | None]:
+    """A config with ``model.pretrained: true`` as the dry run builds it: checked as a real run checks the request,
+    then with random weights (``model.pretrained`` off: nothing downloaded), and the ``pretrained weights:`` line
+    saying whether they are cached (else where a real run fetches them from). Other configs: as they are, no
+    line."""
+    if not cfg.model.pretrained:
+        return cfg, None
+    import dataclasses
+
+    from dynametric.models.backbones import check_pretrained_request, pretrained_weights_status
+
+    check_pretrained_request(cfg.model.backbone, cfg.model.in_chans)  # what a real run refuses, nothing loaded
+    cached, where = pretrained_weights_status(cfg.model.backbone)
+    weights_note = (f"pretrained weights: cached ({where})" if cached else
+                    f"pretrained weights: NOT cached; a real run downloads them from {where} (offline: put the "
+                    "file in the cache or set model.pretrained=false and model.pretrained_path)"
+                    if cached is False else f"pretrained weights: {where}")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False)), weights_note
+
+
+def _dry_run_data(cfg: Config, world: int, notes: Callable[[str], None]) -> Any:
+    """The data as a run reads and checks it (:func:`_read_run_data`'s checks), or ``None`` with a warning when
+    ``data.root`` is not set or not there (the split names checked alone, as a run checks them first)."""
     test_keys = protocol_split_keys(cfg)
     if root_missing(cfg):
         check_split_roles(cfg, test_keys)  # the split names alone, as a run checks them before reading data
         state = "data.root is not set" if cfg.data.root is None else f"dataset root {cfg.data.root!r} not found"
         notes(f"warning: {state} (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
-    else:
-        datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
-        _check_test_splits(cfg)  # as a real run does before it writes anything
-        for line in data_root_notes(cfg):  # as the run says them
-            notes(line)
-        tests, _ = _held_out_data(cfg, datasets, test_keys, notes)
-        if world > 1:
-            check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
+        return None
+    datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
+    _check_test_splits(cfg)  # as a real run does before it writes anything
+    for line in data_root_notes(cfg):  # as the run says them
+        notes(line)
+    tests, _ = _held_out_data(cfg, datasets, test_keys, notes)
+    if world > 1:
+        check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
+    return datasets
+
+
+def _dry_run_components(cfg: Config, datasets: Any, world: int, run_dir: str | Path | None,
+                        notes: Callable[[str], None]) -> Components:
+    """The components built and checked as a run builds them (the builders' warnings as ``warning:`` lines,
+    :func:`_relay`; the backbone's width; the batches, with data), and the logger checked, not made."""
+    from dynametric.engine.loggers import check_logger
+
     with warnings.catch_warnings(record=True) as caught:  # the builders' notes (placeholders without data)
         warnings.simplefilter("always")
         comps = build_components(cfg, datasets=datasets, progress_bar=False)
@@ -1549,6 +1786,15 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     # a missing extra, an option the logger does not take, an MLflow store that cannot work here: refused where a
     # real run's build_logger refuses it (nothing written: the logger is not made)
     check_logger(cfg.run.logger, cfg.run.logger_options, run_dir)
+    return comps
+
+
+def _describe_components(cfg: Config, shown: Config, comps: Components, weights_note: str | None,
+                         log: Callable[[str], None]) -> None:
+    """The dry run's ``# resolved configuration`` (``shown``: the config as given) and ``# components``: the
+    model, the pretrained weights' line, each loss term, each parameter group, the optimizer and scheduler."""
+    from dynametric.config import config_to_yaml
+
     optimizer = comps.module.configure_optimizers()
     opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     log("# resolved configuration")
@@ -1565,6 +1811,11 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
         log(f"param group {g['name']}: {sum(p.numel() for p in g['params']):,} parameters, lr={g['lr']}, "
             f"weight_decay={g['weight_decay']}")
     log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
+
+
+def _trainer_line(cfg: Config, settings: TrainerSettings, plan: Any, world: int) -> str:
+    """The dry run's ``trainer:`` line: the configured settings, the accelerator they train on here and, for
+    several processes, how many (on each node) and whether they share this machine's CPU cores."""
     processes = ""
     if world > 1:  # all nodes' processes (the run has them all), those of this machine compared with its cores
         cores = os.cpu_count() or 1
@@ -1573,23 +1824,28 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
                      + (f", {plan.processes} on each of {nodes} nodes" if nodes > 1 else "") + ")"
                      + (f", more than the {cores} CPU cores here: they share them"
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
-    log(f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
-        f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
-    # the datasets not built (a dry run without data): validation taken as there, as it usually is
-    for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
-        notes(line)
-    loader = loader_settings(cfg)  # what the run's DataLoaders get on this machine (data.workers auto resolved)
+    return (f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
+            f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
+
+
+def _loader_line(cfg: Config) -> str:
+    """The dry run's ``loader:`` line: what the run's DataLoaders get on this machine (``data.workers: auto``
+    resolved) and the batch sizes."""
+    loader = loader_settings(cfg)
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
                    f"{loader['prefetch_factor']}" if loader["num_workers"] else
                    "persistent_workers and prefetch_factor unused (no workers)")
-    log(f"loader: workers {'auto -> ' if d.workers == 'auto' else ''}{loader['num_workers']}, pin_memory "
-        f"{str(loader['pin_memory']).lower()}, {worker_keys}; batches of {d.batch_size} per process (sampler "
-        f"{d.sampler}), evaluation batches of {d.eval_batch_size}")
+    return (f"loader: workers {'auto -> ' if d.workers == 'auto' else ''}{loader['num_workers']}, pin_memory "
+            f"{str(loader['pin_memory']).lower()}, {worker_keys}; batches of {d.batch_size} per process (sampler "
+            f"{d.sampler}), evaluation batches of {d.eval_batch_size}")
+
+
+def _dry_run_data_line(cfg: Config, datasets: Any, comps: Components) -> str:
+    """The dry run's ``data:`` line: the sizes and scales of the data read, or the scales without data (the
+    format's own names, or placeholders)."""
     if datasets is not None:
-        log(f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
-            f"({datasets.val_source}); scales {datasets.scale_names}")
-    else:
-        named = "the format's own" if declared_scale_names(cfg) is not None else "placeholders"
-        log(f"data: not read; scales {comps.scale_names} ({named})")
-    return comps
+        return (f"data: {len(datasets.train)} train / {0 if datasets.val is None else len(datasets.val)} validation "
+                f"({datasets.val_source}); scales {datasets.scale_names}")
+    named = "the format's own" if declared_scale_names(cfg) is not None else "placeholders"
+    return f"data: not read; scales {comps.scale_names} ({named})"
