@@ -10,7 +10,7 @@ import io
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -263,10 +263,24 @@ def load_labels_csv(path: str | Path) -> tuple[np.ndarray, list[str]]:
     text = decode_utf8(path.read_bytes(), path)  # an Excel export starts with a byte order mark
     if "\0" in text:
         raise InputError("contains NUL bytes: not a text CSV", file=path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    done = [0]  # the last line of the last record read
+
+    def records() -> Iterator[list[str]]:
+        for row in reader:
+            done[0] = reader.line_num
+            yield row
+
     try:
-        return _parse_labels_csv(csv.reader(io.StringIO(text, newline="")), path)
-    except csv.Error as exc:
-        raise InputError(f"malformed CSV ({exc})", file=path) from None
+        return _parse_labels_csv(records(), path)
+    except csv.Error as exc:  # said as the dataset and embed --csv readers say it, at the record's first line
+        start, end = done[0] + 1, reader.line_num
+        lines = f"line {start}" if end <= start else f"lines {start}-{end}"
+        if "field limit" in str(exc):
+            message = f"a field longer than {csv.field_size_limit()} characters on {lines}; is a quote left open?"
+        else:
+            message = f"malformed CSV on {lines} ({exc})"
+        raise InputError(message, file=path, line=start) from None
 
 
 _INT64 = np.iinfo(np.int64)
