@@ -74,22 +74,36 @@ def default_scale_names(num_scales: int) -> list[str]:
 def reversed_scales(labels: np.ndarray, names: Sequence[str]) -> str | None:
     """A note when label columns look coarsest first: some later column has more classes than an earlier one and
     each of its classes lies in a single class of the earlier column (the earlier one is the coarser). ``labels``:
-    ``[N, S]`` integers, the columns as given; ``None`` when they look finest first (or cannot tell)."""
+    ``[N, S]`` integers, the columns as given; ``None`` when they look finest first (or cannot tell). The pair named
+    is the first such one, by the earlier column, then the later one.
+
+    Each column is factorised once (``S`` calls of ``np.unique``): its class count and, per row, the first row of
+    the row's class. A later column ``p`` nests in an earlier ``c`` when every row has the ``c`` label of the first
+    row of its ``p`` class; each earlier column tests all later ones with more classes at once (one vectorised
+    comparison per earlier column, in blocks of bounded memory), so a CSV of thousands of columns is read at once
+    (it made ``S^2 / 2`` pairs of ``np.unique`` calls)."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[1] < 2 or labels.shape[0] == 0:
         return None
-    for child in range(labels.shape[1] - 1):
-        for parent in range(child + 1, labels.shape[1]):
-            finer, coarser = labels[:, parent], labels[:, child]
-            _, f_code = np.unique(finer, return_inverse=True)
-            _, c_code = np.unique(coarser, return_inverse=True)
-            if f_code.max() <= c_code.max():
-                continue
-            pairs = np.unique(f_code.astype(np.int64) * (int(c_code.max()) + 1) + c_code)
-            if pairs.size == int(f_code.max()) + 1:  # one earlier-column class for each later-column class
+    rows, columns = labels.shape
+    counts = np.empty(columns, dtype=np.int64)
+    first = np.empty((rows, columns), dtype=np.intp)  # first[i, j]: the first row of row i's class in column j
+    for j in range(columns):
+        _, where, inverse = np.unique(labels[:, j], return_index=True, return_inverse=True)
+        counts[j] = len(where)
+        first[:, j] = where[inverse.reshape(-1)]
+    block = max(1, (1 << 22) // rows)  # later columns compared at once: about 4 M cells
+    for child in range(columns - 1):
+        column = labels[:, child]
+        later = child + 1 + np.flatnonzero(counts[child + 1:] > counts[child])
+        for lo in range(0, len(later), block):
+            parents = later[lo:lo + block]
+            nested = (column[first[:, parents]] == column[:, None]).all(axis=0)
+            if nested.any():
+                parent = int(parents[int(np.argmax(nested))])
                 return (f"the label columns look coarsest first: every {names[parent]} class lies in a single "
                         f"{names[child]} class and there are more {names[parent]} classes "
-                        f"({int(f_code.max()) + 1} vs {int(c_code.max()) + 1}); the first column is taken as the "
+                        f"({int(counts[parent])} vs {int(counts[child])}); the first column is taken as the "
                         "finest scale, so put the columns finest first")
     return None
 

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +77,15 @@ from dynametric.utils.readers import (
     check_npy_header,
     check_npy_size,
     decode_utf8,
+    file_kind,
     integer_label,
     label_cell,
     merged_ids,
     merged_ids_note,
+    open_regular,
     read_plain_npy,
+    read_regular_bytes,
+    require_regular,
 )
 
 FORMAT_VERSION = 1
@@ -455,13 +460,17 @@ def remove_job_temps(out: Path) -> None:
     """Remove what killed atomic writes of an embed job left in its folder ``out`` (a job folder: checked by the
     caller): ``.<job file>.<8 characters>.tmp`` in ``out`` and ``.shard_NNNNN.npy.<8 characters>.tmp`` in
     ``shards/``; nothing else."""
+    check_shards_folder(out)  # never through a link to a folder elsewhere
     remove_stale_temps(out, lambda name: name in JOB_FILES)
     remove_stale_temps(out / "shards", _is_shard_name)
 
 
 def _shard_ok(path: Path, rows: int) -> bool:
-    """A finished shard: a readable ``.npy`` of ``rows`` float32 rows (a torn or foreign file is recomputed)."""
+    """A finished shard: a readable ``.npy`` of ``rows`` float32 rows (a torn or foreign file is recomputed, and so
+    is anything but a regular file: a FIFO or a device there is never read, the new shard replaces it)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return False
@@ -484,10 +493,7 @@ def read_job_items(path: Path, scales: int) -> Iterator[tuple[int, list[str]]]:
     older dynametric with a carriage return in a file name) is one line naming the file and the line."""
     if path.is_dir():
         raise InputError("is a folder; expected the job's items.csv", file=path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("items.csv missing (the embed folder is incomplete)", file=path) from None
+    data = read_regular_bytes(path, missing="items.csv missing (the embed folder is incomplete)")
     text = utf8_text(data, path)  # as written: a \r inside a quoted field is kept
     header = next(csv.reader(io.StringIO(text, newline="")), [])
     if header[:3] != ["index", "id", "path"] or len(header) != 3 + scales:
@@ -552,15 +558,16 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
         job.update({"part": list(items.part), "source_count": items.source_count,
                     "source_fingerprint": items.source_fingerprint, "source_file_stamp": items.source_file_stamp})
     meta_path = out / "embed.json"
+    check_shards_folder(out)  # a shards link: refused before anything is read, written or removed
     if overwrite:
         # the files this job writes again stay until replaced (atomically, keeping their permission bits)
         discard_job(out, keep={"embed.json", "items.csv", "file_stats.npy", "embeddings.npy",
                                *(["labels.npy"] if items.labels is not None else [])})
-    elif meta_path.is_file():
+    elif meta_path.exists():  # (a FIFO or a device too: refused, never read)
         try:
-            old = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"unreadable job file ({first_sentence(exc)}); {_corrupt_job_advice(out)}",
+            old = json.loads(read_regular_bytes(meta_path).decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise InputError(f"unreadable job file ({_json_problem(exc)}); {_corrupt_job_advice(out)}",
                              file=meta_path) from None
         # a job written before file stamps were recorded has none: its files' times are unknown, not changed
         changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k])
@@ -645,6 +652,7 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
     if not keep_shards:  # every shard file of the job's pattern, also one beyond num_shards
         shards = out / "shards"
+        check_shards_folder(out)  # (checked before the job: a link planted since is not followed either)
         for p in sorted(shards.iterdir()) if shards.is_dir() else []:
             if _is_shard_name(p.name) and not p.is_symlink() and p.is_file():
                 p.unlink()
@@ -653,10 +661,32 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     return EmbedResult(out, n, dim, computed, skipped)
 
 
+def check_shards_folder(out: Path, key: str = "--out") -> None:
+    """The job's ``shards`` entry in ``out``, where there is one, must be a real folder inside ``out``: a symbolic
+    link (to a folder elsewhere, where shards would be written and files of the job's names removed) or anything
+    else is one line keyed ``key``, before anything is written or removed; nothing outside ``out`` is touched."""
+    shards = out / "shards"
+    try:
+        mode = os.lstat(shards).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot be looked at ({first_sentence(exc)})", file=shards, key=key) from None
+    if stat.S_ISLNK(mode):
+        raise InputError("is a symbolic link; an embed job writes and removes its shards only in a real shards/ "
+                         f"folder inside {key}, never through a link: remove the link or use another {key}",
+                         file=shards, key=key)
+    if not stat.S_ISDIR(mode):
+        raise InputError(f"is {file_kind(mode)}, not a folder; an embed job keeps its shards in a shards/ folder "
+                         f"here: move it away or use another {key}", file=shards, key=key)
+
+
 def check_job_replaceable(out: Path, key: str = "--out") -> None:
     """Every file of an embedding job in ``out`` (:data:`JOB_FILES`) that a new or resumed job replaces or removes
     must be one this tool may replace: a read-only one (``chmod 444``) is one line keyed ``key``
-    (:func:`~dynametric.utils.io.replacement_mode`), asked before anything is removed, written or computed."""
+    (:func:`~dynametric.utils.io.replacement_mode`), asked before anything is removed, written or computed; its
+    ``shards`` entry must be a real folder (:func:`check_shards_folder`)."""
+    check_shards_folder(out, key)
     for name in JOB_FILES:
         replacement_mode(out / name, key)
 
@@ -676,14 +706,20 @@ def discard_job(out: Path, keep: Collection[str] = ()) -> None:
     if not other_entries(out):
         return
     meta_path = out / "embed.json"
+    check_shards_folder(out)  # before embed.json is read: a shards link is refused whatever the folder holds
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(read_regular_bytes(meta_path).decode("utf-8"))  # a FIFO or a device: refused, not read
         is_job = isinstance(meta, dict) and meta.get("format") == "dynametric-embeddings"
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a torn or emptied job file
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # a torn or emptied job file
         if not _holds_job_files(out):
-            raise InputError(f"unreadable job file ({first_sentence(exc)}); {_corrupt_job_advice(out)}",
+            raise InputError(f"unreadable job file ({_json_problem(exc)}); {_corrupt_job_advice(out)}",
                              file=meta_path) from None
         is_job = True
+    except InputError as exc:
+        if not (out / "embed.json").exists():  # none there (or a dangling link): not a job
+            is_job = False
+        else:
+            raise exc from None
     except OSError:
         is_job = False
     if not is_job:
@@ -703,14 +739,23 @@ def discard_job(out: Path, keep: Collection[str] = ()) -> None:
         shards.rmdir()
 
 
+def _json_problem(exc: Exception) -> str:
+    """What is wrong with a job file that ``json.loads`` refused, in a few words: a ``RecursionError`` (arrays or
+    objects nested thousands deep, which no job file holds) is named as one, not printed as a traceback."""
+    if isinstance(exc, RecursionError):
+        return "RecursionError: nested too deeply"
+    return first_sentence(exc)
+
+
 def _changed_files(out: Path, items: ImageItems) -> str:
     """The message for a job whose image files changed since they were embedded (size or modification time),
     naming the first few from the job's ``file_stats.npy``."""
     now = items.file_stats()
     try:
-        then = np.load(out / "file_stats.npy", allow_pickle=False)
+        with open_regular(out / "file_stats.npy") as fh:  # a FIFO planted there is not waited on
+            then = np.load(fh, allow_pickle=False)
         rows = np.flatnonzero((then != now).any(axis=1)) if then.shape == now.shape else np.zeros(0, np.int64)
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, InputError):
         rows = np.zeros(0, dtype=np.int64)
     head = "the image files changed since they were embedded (size or modification time)"
     if len(rows):
@@ -724,13 +769,13 @@ def _holds_job_files(out: Path) -> bool:
     """Whether ``out`` holds files only an embed job writes: an ``items.csv`` with the header ``index,id,path...``
     or ``shards/shard_NNNNN.npy``. Evidence that an unreadable ``embed.json`` beside them is the job's own."""
     try:
-        with open(out / "items.csv", encoding="utf-8", newline="") as fh:
-            if fh.readline(4096).startswith("index,id,path"):
+        with open_regular(out / "items.csv") as fh:  # a FIFO or a device is no evidence (and is not read)
+            if fh.read(4096).decode("utf-8", "replace").startswith("index,id,path"):
                 return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, InputError):
         pass
     shards = out / "shards"
-    return shards.is_dir() and any(_is_shard_name(p.name) for p in shards.iterdir())
+    return shards.is_dir() and not shards.is_symlink() and any(_is_shard_name(p.name) for p in shards.iterdir())
 
 
 def _corrupt_job_advice(out: Path) -> str:
@@ -1026,13 +1071,15 @@ def read_finished_job(folder: str | Path) -> dict[str, Any]:
     an unreadable job file or an unfinished job."""
     folder = Path(folder)
     meta_path = folder / "embed.json"
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise InputError("not an embeddings folder (no embed.json); give a `dynametric embed` --out folder or an "
                          ".npy file", file=folder)
+    data = read_regular_bytes(meta_path)  # a FIFO or a device (/dev/zero) is refused, never read
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"unreadable job file ({exc})", file=meta_path) from None
+        meta = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = _json_problem(exc) if isinstance(exc, RecursionError) else exc
+        raise InputError(f"unreadable job file ({why})", file=meta_path) from None
     if not isinstance(meta, dict):
         raise InputError(f"expected a JSON object, got {type(meta).__name__}", file=meta_path)
     if meta.get("status") != "complete":
@@ -1046,6 +1093,8 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     path = Path(path)
     if not path.exists():
         raise InputError("embeddings not found", file=path)
+    if not path.is_dir():
+        require_regular(path)  # a FIFO or a device: one line, never read
     if path.is_file():
         from dynametric.utils.readers import load_embeddings
 
@@ -1073,7 +1122,7 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     if len(ids) != len(emb):
         raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")
     labels = None
-    if (path / "labels.npy").exists():
+    if (path / "labels.npy").exists() or (path / "labels.npy").is_symlink():  # a dangling link is said, not skipped
         labels = load_job_labels(path / "labels.npy", len(emb), len(scales))
     return EmbeddingSet(emb, ids, paths, labels, scales, meta.get("class_names"),
                         list(meta.get("image_roots") or []), dict(meta.get("model") or {}), path)

@@ -210,6 +210,26 @@ UPLOADS_DISABLED = ("uploads are disabled: the index records no usable checkpoin
                     "--checkpoint)")
 
 
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """The ``(width, height)`` an upload's header says (one of :data:`UPLOAD_TYPES`' formats), read by the format's
+    Pillow plugin without the pixel limit ``Image.open`` applies (nothing is decoded); ``None`` if no plugin reads
+    it. For naming the size of an image Pillow refused as a decompression bomb."""
+    from PIL import Image
+
+    Image.init()
+    for fmt in UPLOAD_TYPES.values():
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        if factory is None or (accept is not None and not accept(data[:16])):
+            continue
+        try:
+            with factory(io.BytesIO(data), "upload") as img:
+                width, height = img.size
+                return int(width), int(height)
+        except Exception:  # noqa: BLE001 - not this format (Pillow raises many types)
+            continue
+    return None
+
+
 class Explorer:
     """The explorer's state: an index, an optional model (uploads), limits. Methods return JSON-ready dicts."""
 
@@ -298,6 +318,12 @@ class Explorer:
                 rgb = to_rgb(img)  # the one conversion of every image read (EXIF orientation, 16-bit, alpha)
         except InputError:
             raise
+        except Image.DecompressionBombError:  # Pillow refuses beyond twice its own limit before the check above
+            size = _header_size(data)
+            if size is None:
+                raise InputError(f"image has more pixels than {self.max_pixels}", key="upload") from None
+            raise InputError(f"image has {size[0]}x{size[1]} pixels, more than {self.max_pixels}",
+                             key="upload") from None
         except Exception as exc:  # PIL raises many types for bad data
             raise InputError(f"cannot decode the uploaded image ({type(exc).__name__})", key="upload") from None
         if UPLOAD_FORMATS.get(str(fmt), fmt) != UPLOAD_TYPES[ctype]:
@@ -562,6 +588,7 @@ class ExplorerServer(ThreadingHTTPServer):
     other error on a connection (outside a request's handler) is one line, not a traceback."""
 
     daemon_threads = True
+    request_queue_size = 64  # connections waiting to be accepted (http.server's 5 reset some of 32 clients' uploads)
     host_check: HostCheck | None = None  # set by make_server
 
     def handle_error(self, request: Any, client_address: Any) -> None:

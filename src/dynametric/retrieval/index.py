@@ -49,7 +49,15 @@ from dynametric.utils.io import (
     require_new_folder,
 )
 from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, LockUnreadable, acquire_lock
-from dynametric.utils.readers import beyond_float32, beyond_float32_text, read_plain_npy, refuse_zero_rows
+from dynametric.utils.readers import (
+    beyond_float32,
+    beyond_float32_text,
+    open_regular,
+    read_plain_npy,
+    read_regular_bytes,
+    refuse_zero_rows,
+    require_regular,
+)
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
@@ -285,8 +293,8 @@ def _build_files(out: Path) -> set[str]:
     if marker.is_symlink() or not marker.is_file():
         return set()
     try:
-        meta = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = json.loads(read_regular_bytes(marker).decode("utf-8"))
+    except (OSError, ValueError, RecursionError, InputError):
         return set()
     if not isinstance(meta, dict) or meta.get("format") != BUILD_FORMAT or not isinstance(meta.get("files"), list):
         return set()
@@ -314,9 +322,9 @@ def check_build_folder(out: Path, key: str = "--out") -> None:
 
 
 def _is_index_folder(out: Path) -> bool:
-    try:
-        return json.loads((out / "index.json").read_text(encoding="utf-8")).get("format") == INDEX_FORMAT
-    except (OSError, ValueError, AttributeError):
+    try:  # an index.json that is a FIFO or a device (/dev/zero) is no index's, and is not read
+        return json.loads(read_regular_bytes(out / "index.json").decode("utf-8")).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError, InputError):
         return False
 
 
@@ -324,9 +332,11 @@ def _read_meta(meta_path: Path, data: bytes | None = None) -> dict[str, Any]:
     """``index.json`` (``data``: its content, already read), with every field the loader relies on present and of
     the right type."""
     try:
-        meta = json.loads(meta_path.read_bytes() if data is None else data)
+        meta = json.loads(read_regular_bytes(meta_path) if data is None else data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"unreadable index metadata ({exc})", file=meta_path) from None
+    except RecursionError:  # arrays or objects nested thousands deep: no index.json holds them
+        raise InputError("unreadable index metadata (RecursionError: nested too deeply)", file=meta_path) from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise InputError(f"not a dynametric index (format {found!r})", file=meta_path, key="format")
@@ -398,11 +408,8 @@ def _read_items(path: Path, text: str | None = None) -> tuple[list[str], list[st
     """``items.csv``: header ``index,id,path``, then one row of three fields per item (``text``: the file's
     content, already read)."""
     if text is None:
-        if path.is_dir():
-            raise InputError("is a folder; expected a file", file=path)
-        if not path.is_file():
-            raise InputError("items.csv missing (the index folder is incomplete)", file=path)
-        text = utf8_text(path.read_bytes(), path)
+        data = read_regular_bytes(path, missing="items.csv missing (the index folder is incomplete)")
+        text = utf8_text(data, path)
     if not text.startswith("index,id,path"):
         raise InputError(f"expected the header index,id,path, found {text.partition(chr(10))[0][:60]!r}", file=path,
                          line=1)
@@ -436,7 +443,8 @@ class IndexChangedError(InputError):
 def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
     """``index.json``'s bytes and the identity of the file they were read from (inode, size, modification time):
     a build replaces the file by a new one, so a rebuild of the same index is another file with the same bytes."""
-    with open(path, "rb") as fh:
+    with open_regular(path, missing="not an index folder: no index.json (was `dynametric index build` "
+                      "interrupted?)") as fh:  # a FIFO or a device (/dev/zero): refused, never read
         st = os.fstat(fh.fileno())
         return fh.read(), (st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -454,6 +462,8 @@ def _change_during_load(path: Path, seen: tuple[bytes, tuple[int, ...]]) -> str 
     try:
         if _read_index_json(path / "index.json") != seen:
             return "built"
+    except InputError:  # gone (as OSError before), or no regular file now: read again, and refused then
+        return "built" if (path / "index.json").exists() else "building"
     except OSError:
         return "building"
     return "building" if building else None
@@ -466,10 +476,7 @@ def _labels_sha256(labels: np.ndarray | None) -> str:
 
 def _read_labels(path: Path, n: int) -> np.ndarray:
     """``labels.npy``: an ``[N, S]`` integer array (never unpickled)."""
-    if path.is_dir():
-        raise InputError("is a folder; expected a file", file=path)
-    if not path.is_file():
-        raise InputError("labels.npy missing, but index.json says the index has labels", file=path)
+    require_regular(path, missing="labels.npy missing, but index.json says the index has labels")
     labels = read_plain_npy(path, "an [N, S] integer array")
     if labels.ndim != 2 or labels.dtype.kind not in "iu":
         raise InputError(f"expected an [N, S] integer array, found {labels.dtype} {labels.shape}", file=path)
@@ -637,13 +644,12 @@ class RetrievalIndex:
             raise InputError("not an index folder (expected the --out folder of `dynametric index build`)", file=path)
         meta_path = path / "index.json"
         for _ in range(LOAD_TRIES):
-            if meta_path.is_dir():
-                raise InputError("is a folder; expected a file", file=meta_path)
             try:
                 seen = _read_index_json(meta_path)
-            except FileNotFoundError:
-                raise InputError("not an index folder: no index.json (was `dynametric index build` interrupted?)",
-                                 file=path) from None
+            except InputError as exc:
+                if meta_path.exists() or meta_path.is_symlink():  # a folder, a FIFO, a device there: said as such
+                    raise
+                raise InputError(exc.message, file=path) from None
             try:
                 loaded = cls._load_files(path, seen[0])
             except InputError:
@@ -674,8 +680,8 @@ class RetrievalIndex:
         if self.loaded_from is None:
             raise DynametricError("changed_on_disk(): this index was not loaded from a folder (RetrievalIndex.load)")
         try:
-            data = (self.loaded_from / "index.json").read_bytes()
-        except OSError:  # removed, a folder, unreadable: not the index that was loaded
+            data = read_regular_bytes(self.loaded_from / "index.json")
+        except (OSError, InputError):  # removed, a folder, a FIFO, unreadable: not the index that was loaded
             return True
         return hashlib.sha256(data).hexdigest() != self.digest
 
@@ -688,11 +694,8 @@ class RetrievalIndex:
         fpath = path / "index.faiss"
         if fpath.is_dir():
             raise InputError("is a folder; expected the faiss index file", file=fpath)
-        try:
-            fh = open(fpath, "rb")  # one open file: what is hashed is what is read
-        except FileNotFoundError:
-            raise InputError("index file missing", file=fpath) from None
-        with fh:
+        # one open file: what is hashed is what is read (a FIFO or a device: refused, never read)
+        with open_regular(fpath, missing="index file missing") as fh:
             digest = hashlib.sha256()
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
@@ -708,12 +711,7 @@ class RetrievalIndex:
                 raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
         _check_kind(index, meta, fpath, faiss)
         ipath = path / "items.csv"
-        if ipath.is_dir():
-            raise InputError("is a folder; expected a file", file=ipath)
-        try:
-            items_bytes = ipath.read_bytes()
-        except FileNotFoundError:
-            raise InputError("items.csv missing (the index folder is incomplete)", file=ipath) from None
+        items_bytes = read_regular_bytes(ipath, missing="items.csv missing (the index folder is incomplete)")
         ids, paths = _read_items(ipath, utf8_text(items_bytes, ipath))
         labels = _read_labels(path / "labels.npy", len(ids)) if meta.get("has_labels") else None
         n = int(meta["count"])

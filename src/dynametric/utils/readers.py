@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -28,10 +30,62 @@ def check_file(path: Path, key: str | None = None) -> None:
         raise InputError("file not found", file=path, key=key)
     if path.is_dir():
         raise InputError("is a folder; expected a file", file=path, key=key)
-    if not path.is_file():
-        raise InputError("not a regular file", file=path, key=key)
+    _refuse_irregular(path, path.stat().st_mode, key)
     if path.stat().st_size == 0:
         raise InputError("file is empty", file=path, key=key)
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words (``"a regular file"``, ``"a FIFO (named pipe)"``, ...)."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "not a file")
+
+
+def _refuse_irregular(path: Path, mode: int, key: str | None) -> None:
+    if not stat.S_ISREG(mode):
+        what = file_kind(mode)
+        if stat.S_ISDIR(mode):
+            raise InputError("is a folder; expected a file", file=path, key=key)
+        what = f"a symbolic link to {what}" if path.is_symlink() else what
+        raise InputError(f"not a regular file: {what}; expected a file", file=path, key=key)
+
+
+def open_regular(path: str | Path, *, missing: str = "file not found", key: str | None = None) -> IO[bytes]:
+    """``path`` opened for reading in binary, only where it is a regular file (a symbolic link to one is fine): a
+    FIFO, a device (``/dev/zero``), a socket or a folder is one line naming ``path`` and what it is, never read (a
+    FIFO or ``/dev/zero`` would be read forever). ``missing``: the message for a path with nothing there (also a
+    dangling link). What is read is the file checked: it is opened without blocking (a FIFO does not wait for a
+    writer) and checked again once open."""
+    path = Path(path)
+    try:
+        _refuse_irregular(path, os.stat(path).st_mode, key)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(missing, file=path, key=key) from None
+    try:
+        _refuse_irregular(path, os.fstat(fd).st_mode, key)  # replaced between the two looks
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: str | Path, *, missing: str = "file not found", key: str | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`: anything else is one line naming it)."""
+    with open_regular(path, missing=missing, key=key) as fh:
+        return fh.read()
+
+
+def require_regular(path: str | Path, *, missing: str = "file not found", key: str | None = None) -> None:
+    """One line naming ``path`` unless it is a regular file, or a symbolic link to one (:func:`open_regular`)."""
+    open_regular(path, missing=missing, key=key).close()
 
 
 def check_npy_size(path: str | Path) -> None:
@@ -84,7 +138,9 @@ def check_npy_header(path: Path, expected: str | None = None) -> None:
 def read_plain_npy(path: Path, expected: str) -> np.ndarray:
     """Read one plain (never unpickled) ``.npy`` array; every failure is one line naming ``path`` and ``expected``
     (e.g. ``"an integer array [N] or [N, S]"``): an ``.npz`` archive, a file without the NumPy header (a text file
-    named ``.npy``), an object array, a truncated file."""
+    named ``.npy``), an object array, a truncated file, anything but a regular file (a FIFO, a
+    device: :func:`require_regular`)."""
+    require_regular(path)
     check_npy_header(path, expected)
     check_npy_size(path)
     try:
@@ -207,10 +263,24 @@ def load_labels_csv(path: str | Path) -> tuple[np.ndarray, list[str]]:
     text = decode_utf8(path.read_bytes(), path)  # an Excel export starts with a byte order mark
     if "\0" in text:
         raise InputError("contains NUL bytes: not a text CSV", file=path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    done = [0]  # the last line of the last record read
+
+    def records() -> Iterator[list[str]]:
+        for row in reader:
+            done[0] = reader.line_num
+            yield row
+
     try:
-        return _parse_labels_csv(csv.reader(io.StringIO(text, newline="")), path)
-    except csv.Error as exc:
-        raise InputError(f"malformed CSV ({exc})", file=path) from None
+        return _parse_labels_csv(records(), path)
+    except csv.Error as exc:  # said as the dataset and embed --csv readers say it, at the record's first line
+        start, end = done[0] + 1, reader.line_num
+        lines = f"line {start}" if end <= start else f"lines {start}-{end}"
+        if "field limit" in str(exc):
+            message = f"a field longer than {csv.field_size_limit()} characters on {lines}; is a quote left open?"
+        else:
+            message = f"malformed CSV on {lines} ({exc})"
+        raise InputError(message, file=path, line=start) from None
 
 
 _INT64 = np.iinfo(np.int64)
