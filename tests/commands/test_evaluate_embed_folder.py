@@ -21,7 +21,7 @@ def _embed_folder(path: Path, emb: np.ndarray, labels: np.ndarray | None, scale_
     """The four files of a finished `dynametric embed` job (see retrieval/embed.py), written directly."""
     path.mkdir(parents=True)
     np.save(path / "embeddings.npy", emb.astype(np.float32))
-    rows = ["index,id,path," + ",".join(scale_names if labels is not None else [])]
+    rows = [",".join(["index", "id", "path", *(scale_names if labels is not None else [])])]
     for i in range(len(emb)):
         vals = [] if labels is None else [str(v) for v in labels[i]]
         rows.append(",".join([str(i), f"{i:03d}.jpg", f"/images/{i:03d}.jpg", *vals]))
@@ -175,8 +175,9 @@ def test_folder_errors(job, tmp_path, capsys) -> None:
     assert "embed.json key 'status': embedding job is not finished" in _error(capsys, "--embeddings", str(unfinished))
     meta = json.loads((folder / "embed.json").read_text())
     (folder / "embed.json").write_text(json.dumps({**meta, "scale_names": ["product"]}))
-    assert _error(capsys, "--embeddings", str(folder)).endswith(
-        "embed.json key 'scale_names': expected 2 scale names (the columns of labels.npy), got ['product']")
+    assert _error(capsys, "--embeddings", str(folder)).endswith(  # the folder's files are checked against it first
+        "items.csv:1: expected the header index,id,path and 1 scale column(s) (embed.json's scale_names), found "
+        "'index,id,path,product,family'")
     (folder / "embed.json").write_text(json.dumps(meta))
     # a gallery whose scale names differ; gallery labels without gallery embeddings
     other = _embed_folder(tmp_path / "other", emb, labels, ["fine", "coarse"])

@@ -236,8 +236,8 @@ def test_exclude_self_without_file_paths_is_an_error(built: dict[str, Path], tmp
         f"dynametric search: error: key '--exclude-self': queries are matched to indexed items by file path, but the "
         f"query embeddings {tmp_path / 'q.npy'} name no files (a bare .npy); use --image files or a `dynametric "
         "embed` folder")
-    assert main(["index", "build", "--embeddings", str(built["emb"] / "embeddings.npy"), "--out",
-                 str(tmp_path / "bare")]) == 0
+    # a bare .npy (an embed folder's embeddings.npy is read as its folder: index build --embeddings EMB/embeddings.npy)
+    assert main(["index", "build", "--embeddings", str(tmp_path / "q.npy"), "--out", str(tmp_path / "bare")]) == 0
     capsys.readouterr()
     assert main(["search", "--index", str(tmp_path / "bare"), "--image", str(built["root"] / "imgs/rock/img_05.png"),
                  "--checkpoint", str(built["ckpt"]), "--exclude-self"]) == 2

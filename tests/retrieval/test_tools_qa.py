@@ -188,7 +188,7 @@ def test_merge_checks_every_parts_labels(parts: list[Path], tmp_path: Path, caps
     for bad, expected in ((good[:3], "has shape [3, 2] and dtype int64, expected [4, 2] integers"),
                           (good[:, :1], "has shape [4, 1] and dtype int64, expected [4, 2] integers"),
                           (good.astype(np.float64), "has shape [4, 2] and dtype float64, expected [4, 2] integers"),
-                          (other, "items.csv or labels.npy of this part are not those it embedded"),
+                          (other, "its rows differ from the label columns of items.csv (first at row 0)"),
                           (np.array([{"a": 1}] * 4, dtype=object),
                            "an array of Python objects (would need unpickling); expected an [4, 2] integer array"),
                           ("1,2\n", "not an .npy file (no NumPy header: numpy's format starts with \\x93NUMPY, "

@@ -5,7 +5,9 @@ Output folder ``EMB/``:
 * ``items.csv`` — ``index,id,path,<scale...>``: one row per image, in embedding order (labels as integer ids).
 * ``embed.json`` — the job: count, shard size, the model's identity (checkpoint, config hash, weights hash, head),
   scale names, class names of text labels, image roots, a fingerprint of the item list, a ``file_stamp`` of the
-  files' sizes and modification times, ``status``.
+  files' sizes and modification times, ``status``; once complete ``embeddings_size`` and ``embeddings_sha256`` of
+  ``embeddings.npy`` (hashed as it is written). ``format`` / ``version`` (:func:`check_job_format`): a job of a
+  newer dynametric is refused. Every reader checks the files against it (:func:`check_job_folder`).
 * ``file_stats.npy`` — ``[N, 2]`` int64: each image file's size and modification time (ns) when embedded; a
   changed file (another size or time) refuses the resume and is named.
 * ``shards/shard_NNNNN.npy`` — ``[<=shard_size, D]`` float32, each written atomically when finished.
@@ -66,6 +68,7 @@ from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
     atomic_open,
     atomic_save_npy,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     remove_stale_temps,
@@ -88,8 +91,26 @@ from dynametric.utils.readers import (
     require_regular,
 )
 
+FORMAT = "dynametric-embeddings"
 FORMAT_VERSION = 1
+"""The ``version`` this code writes in ``embed.json`` and the newest it reads (:func:`check_job_format`)."""
 RESERVED_COLUMNS = ("path", "id", "split")
+
+
+def check_job_format(meta: dict[str, Any], meta_path: Path) -> None:
+    """``embed.json``'s ``format`` must be :data:`FORMAT` and its ``version`` an integer this code reads (at most
+    :data:`FORMAT_VERSION`): a job written by a newer dynametric is one line naming the file and both versions,
+    never read as if it were of this one."""
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        raise InputError(f"not a dynametric embed job file (format {fmt!r}, expected {FORMAT!r})", file=meta_path,
+                         key="format")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputError(f"expected an integer format version, found {version!r}", file=meta_path, key="version")
+    if version > FORMAT_VERSION:
+        raise InputError(f"written by a newer dynametric (embed job format version {version}; this dynametric reads "
+                         f"up to version {FORMAT_VERSION}): upgrade dynametric", file=meta_path, key="version")
 
 
 @dataclass
@@ -377,6 +398,13 @@ def check_pixels(path: str | Path, max_pixels: int) -> None:
     try:
         with Image.open(path) as img:
             width, height = img.size
+    except Image.DecompressionBombError as exc:  # beyond twice Pillow's own limit: refused before the check below
+        from dynametric.retrieval.explorer import header_size
+
+        size = header_size(path)
+        if size is None:
+            raise image_read_error(path, exc) from None
+        width, height = size
     except Exception as exc:  # PIL raises many types for bad files
         raise image_read_error(path, exc) from None
     if width * height > max_pixels:
@@ -477,14 +505,19 @@ def _shard_ok(path: Path, rows: int) -> bool:
     return arr.ndim == 2 and arr.shape[0] == rows and arr.dtype == np.float32 and arr.shape[1] > 0
 
 
-def _write_items_csv(out: Path, items: ImageItems) -> None:
-    """``items.csv`` (:func:`~dynametric.retrieval.index.csv_line`: every id and path reads back as written, a
-    carriage return or a line break in a file name included)."""
+def _items_csv_text(items: ImageItems) -> str:
+    """``items.csv``'s text (:func:`~dynametric.retrieval.index.csv_line`: every id and path reads back as written,
+    a carriage return or a line break in a file name included)."""
     lines = [csv_line(["index", "id", "path", *items.scale_names])]
     for i, (item_id, p) in enumerate(zip(items.ids, items.paths)):
         labels = [] if items.labels is None else [int(v) for v in items.labels[i]]
         lines.append(csv_line([i, item_id, str(p), *labels]))
-    atomic_write_text(out / "items.csv", "".join(lines))
+    return "".join(lines)
+
+
+def _write_items_csv(out: Path, items: ImageItems) -> None:
+    """``items.csv`` (:func:`_items_csv_text`)."""
+    atomic_write_text(out / "items.csv", _items_csv_text(items))
 
 
 def read_job_items(path: Path, scales: int) -> Iterator[tuple[int, list[str]]]:
@@ -509,6 +542,70 @@ class EmbedResult:
     dim: int
     computed_shards: list[int]
     skipped_shards: list[int]
+    restored: list[str] = field(default_factory=list)  # files of a finished job written again from the list
+
+
+def _finished_job(out: Path, meta: dict[str, Any], items: ImageItems, num_shards: int) -> EmbedResult:
+    """The same job run again over its finished folder ``out`` (``meta``: its ``embed.json``): ``embeddings.npy``
+    is checked (:func:`check_embeddings_file`, its digest included: a damaged one is one line saying to use
+    --overwrite), and ``items.csv``, ``labels.npy`` and ``file_stats.npy``, which come from the list, are written
+    again where missing or not what the list gives (named in ``restored``)."""
+    emb_file = out / "embeddings.npy"
+    try:
+        check_embeddings_file(out, meta)
+        emb = np.load(emb_file, mmap_mode="r", allow_pickle=False)
+        if emb.ndim != 2 or emb.shape[0] != len(items.ids):
+            raise InputError(f"has shape {list(emb.shape)}, expected [{len(items.ids)}, D]", file=emb_file)
+        dim = int(emb.shape[1])
+    except InputError as exc:
+        raise InputError(f"{exc.message}; this job's output is damaged: use --overwrite to embed again",
+                         file=exc.file) from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read the embeddings ({first_sentence(exc)}); this job's output is damaged: use "
+                         "--overwrite to embed again", file=emb_file) from None
+    restored = []
+    want_items = _items_csv_text(items).encode("utf-8")
+    try:
+        same = read_regular_bytes(out / "items.csv") == want_items
+    except (OSError, InputError):
+        same = False
+    if not same:
+        atomic_write_bytes(out / "items.csv", want_items)
+        restored.append("items.csv")
+    for name, want in (("labels.npy", items.labels), ("file_stats.npy", items.file_stats())):
+        if want is None:
+            continue
+        try:
+            same = np.array_equal(read_plain_npy(out / name, "an integer array"), want)
+        except (OSError, InputError):
+            same = False
+        if not same:
+            atomic_save_npy(out / name, np.ascontiguousarray(want, dtype=np.int64))
+            restored.append(name)
+    return EmbedResult(out, len(items.ids), dim, [], list(range(num_shards)), restored)
+
+
+def _moved_roots(old: dict[str, Any], job: dict[str, Any], items: ImageItems) -> str | None:
+    """The error for a job whose images moved (the project folder renamed): the image roots differ and the list,
+    with the old roots in place of the new, has the job's fingerprint. ``None`` otherwise."""
+    before, now = old.get("image_roots"), job["image_roots"]
+    if not (isinstance(before, list) and len(before) == len(now) and before != now
+            and all(isinstance(r, str) for r in before)):
+        return None
+    rebased = []
+    for p in items.paths:
+        for a, b in zip(now, before):
+            if p.is_relative_to(a):
+                rebased.append(str(Path(b) / p.relative_to(a)))
+                break
+        else:
+            rebased.append(str(p))
+    if _fingerprint(items.ids, rebased, items.labels) != old.get("fingerprint"):
+        return None
+    moves = ", ".join(f"{b} -> {a}" for a, b in zip(now, before) if a != b)
+    return (f"the images moved since this job was started (image roots {moves}): the job records them by absolute "
+            "path (items.csv, its fingerprint), so it cannot resume here; move the images back to resume it, or use "
+            "--overwrite (or another --out) to embed them again from their new place")
 
 
 def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
@@ -549,7 +646,7 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     """:func:`embed_items` in its folder ``out``, holding the folder's lock."""
     n = len(items.ids)
     num_shards = (n + shard_size - 1) // shard_size
-    job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": n, "shard_size": shard_size,
+    job = {"format": FORMAT, "version": FORMAT_VERSION, "count": n, "shard_size": shard_size,
            "num_shards": num_shards, "fingerprint": items.fingerprint(), "file_stamp": items.file_stamp(),
            "model": model_identity,
            "scale_names": items.scale_names, "class_names": items.class_names,
@@ -569,24 +666,26 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InputError(f"unreadable job file ({_json_problem(exc)}); {_corrupt_job_advice(out)}",
                              file=meta_path) from None
+        if not isinstance(old, dict):
+            raise InputError(f"expected a JSON object, got {type(old).__name__}; {_corrupt_job_advice(out)}",
+                             file=meta_path)
+        if isinstance(old.get("version"), int) and old["version"] > FORMAT_VERSION:
+            check_job_format(old, meta_path)  # a job of a newer dynametric: said as such (upgrade)
         # a job written before file stamps were recorded has none: its files' times are unknown, not changed
         changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k])
                          and not (k in ("file_stamp", "source_file_stamp") and old.get(k) is None))
         if changed == ["file_stamp"] or changed == ["file_stamp", "source_file_stamp"]:
             raise InputError(_changed_files(out, items), file=meta_path)
+        moved = _moved_roots(old, job, items)
+        if moved is not None:
+            raise InputError(moved, file=meta_path)
         if changed:
             raise InputError(f"the folder holds a different embedding job (differs in {changed}"
                              f"{_model_change(old.get('model'), job['model'])}); use another --out or --overwrite",
                              file=meta_path)
         remove_job_temps(out)  # the same job: what a killed write left is removed
         if old.get("status") == "complete" and (out / "embeddings.npy").is_file():
-            try:
-                check_npy_size(out / "embeddings.npy")
-            except InputError as exc:
-                raise InputError(f"{exc.message}; this job's output is damaged: use --overwrite to embed again",
-                                 file=exc.file) from None
-            dim = int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1])
-            return EmbedResult(out, n, dim, [], list(range(num_shards)))
+            return _finished_job(out, old, items, num_shards)
     elif other_entries(out):
         raise InputError("output folder is not empty and holds no embedding job (embed.json)", file=out)
     check_job_replaceable(out)  # resuming: the same, before the first write
@@ -646,10 +745,10 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
             computed.append(s)
     finally:
         bar.close()
-    dim = _assemble(out, num_shards, n)
+    dim, written = _assemble(out, num_shards, n)
     if items.labels is not None:
         atomic_save_npy(out / "labels.npy", np.ascontiguousarray(items.labels, dtype=np.int64))
-    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
+    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim, **written})
     if not keep_shards:  # every shard file of the job's pattern, also one beyond num_shards
         shards = out / "shards"
         check_shards_folder(out)  # (checked before the job: a link planted since is not followed either)
@@ -858,13 +957,8 @@ def _fingerprint(ids: Sequence[str], paths: Sequence[str], labels: np.ndarray | 
 
 def _read_part(path: Path) -> dict[str, Any]:
     """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked."""
-    meta = read_finished_job(path)
+    meta = read_finished_job(path)  # its format and version too
     meta_path = path / "embed.json"
-    if meta.get("format") != "dynametric-embeddings":
-        raise InputError("not a dynametric embed job file", file=meta_path)
-    if not (path / "embeddings.npy").is_file():
-        raise InputError("this part is not finished; run its `dynametric embed` command again to resume",
-                         file=meta_path, key="status")
     if not isinstance(meta.get("part"), list) or len(meta["part"]) != 2:
         raise InputError("not a part job (embedded without --part K/N)", file=meta_path, key="part")
     return meta
@@ -924,9 +1018,25 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     if sum(int(meta_of[p]["count"]) for p in order) != total:
         raise InputError(f"the parts hold {sum(int(meta_of[p]['count']) for p in order)} images, the list {total}",
                          key="parts")
+    # every part's files are checked before anything is written: a refused merge leaves no --out behind
+    arrays = []
+    stats_parts: list[np.ndarray] | None = []
     for p in order:
-        check_npy_size(p / "embeddings.npy")
-    arrays = [np.load(p / "embeddings.npy", mmap_mode="r", allow_pickle=False) for p in order]
+        emb_file = check_embeddings_file(p, meta_of[p])
+        try:
+            arrays.append(np.load(emb_file, mmap_mode="r", allow_pickle=False))
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
+        stats_file = p / "file_stats.npy"
+        if stats_parts is not None and (stats_file.exists() or stats_file.is_symlink()):
+            count = int(meta_of[p]["count"])
+            stats = read_plain_npy(stats_file, f"an [{count}, 2] integer array (each image's size and time)")
+            if stats.shape != (count, 2) or stats.dtype.kind not in "iu":
+                raise InputError(f"has shape {list(stats.shape)} and dtype {stats.dtype}, expected [{count}, 2] "
+                                 "integers (each image file's size and modification time)", file=stats_file)
+            stats_parts.append(stats)
+        else:  # a part without one (embedded by an older dynametric): the merged folder has none
+            stats_parts = None
     for p, arr in zip(order, arrays):
         if arr.ndim != 2 or arr.shape[0] != int(meta_of[p]["count"]) or arr.shape[1] != arrays[0].shape[1]:
             raise InputError(f"embeddings.npy has shape {tuple(arr.shape)}, expected [{meta_of[p]['count']}, "
@@ -949,13 +1059,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
             ids.append(row[1])
             item_paths.append(row[2])
             index += 1
-        labels = load_job_labels(p / "labels.npy", int(meta_of[p]["count"]), scales) if all(has_labels) else None
         # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
-        if _fingerprint(ids, item_paths, labels) != meta_of[p].get("fingerprint"):
-            what = "items.csv or labels.npy" if labels is not None else "items.csv"
-            raise InputError(f"{what} of this part are not those it embedded (their fingerprint differs from "
-                             f"embed.json's {meta_of[p].get('fingerprint')!r}): a file was replaced or edited; embed "
-                             "the part again", file=p / ("labels.npy" if labels is not None else "items.csv"))
+        labels = check_job_items(p, meta_of[p])[2]
         if labels is not None:
             part_labels.append(labels)
         all_ids += ids
@@ -971,62 +1076,105 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
         raise InputError("--out is one of the parts; merge into a new folder", file=out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder (--out names a folder)", file=out)
+    created = not out.exists()
     make_output_folder(out, "--out")
-    with folder_lock(out, "merge-embeddings"):  # no embed or other merge writes there meanwhile
-        if other_entries(out):
-            if not overwrite:
-                raise InputError("output folder is not empty (use another --out, or --overwrite to replace an "
-                                 "embedding job there)", file=out)
-            discard_job(out, keep={"embed.json", "items.csv", "embeddings.npy",
-                                   *(["file_stats.npy"] if all((p / "file_stats.npy").is_file() for p in order)
-                                     else []),
-                                   *(["labels.npy"] if merged_labels is not None else [])})
-            remove_job_temps(out)
-        dim = int(arrays[0].shape[1])
-        # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
-        # list this folder equals (rerunning it finds the folder complete) when the parts share a shard size, else null
-        sizes = {int(meta_of[p]["shard_size"]) for p in order}
-        shard_size: int | None = sizes.pop() if len(sizes) == 1 else None
-        part_shards = [{"part": f"{k}/{num}", "count": int(meta_of[p]["count"]),
-                        "shard_size": int(meta_of[p]["shard_size"]), "num_shards": int(meta_of[p]["num_shards"])}
-                       for k, p in enumerate(order)]
-        job = {"format": "dynametric-embeddings", "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
-               "num_shards": None if shard_size is None else (total + shard_size - 1) // shard_size,
-               "part_shards": part_shards, "fingerprint": first["source_fingerprint"],
-               "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
-               "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
-               "image_roots": first["image_roots"], "merged_parts": num}
-        meta_path = out / "embed.json"
-        atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
-        atomic_write_text(out / "items.csv", "".join(lines))
-
-        _write_rows(out / "embeddings.npy", arrays, total, dim)
-        if all((p / "file_stats.npy").is_file() for p in order):
-            stats = np.concatenate([np.load(p / "file_stats.npy", allow_pickle=False) for p in order])
-            atomic_save_npy(out / "file_stats.npy", stats)
-        if merged_labels is not None:
-            atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
-        atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim})
-        return EmbedResult(out, total, dim, [], [])
+    try:
+        with folder_lock(out, "merge-embeddings"):  # no embed or other merge writes there meanwhile
+            return _merge_locked(out, overwrite, order, meta_of, first, num, total, stamped, lines, arrays,
+                                 stats_parts, merged_labels)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):  # a merge that wrote nothing leaves no --out
+            out.rmdir()
 
 
-def _write_rows(path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> None:
+def _merge_locked(out: Path, overwrite: bool, order: list[Path], meta_of: dict[Path, dict[str, Any]],
+                  first: dict[str, Any], num: int, total: int, stamped: list[tuple[Path, dict[str, Any]]],
+                  lines: list[str], arrays: list[np.ndarray], stats_parts: list[np.ndarray] | None,
+                  merged_labels: np.ndarray | None) -> EmbedResult:
+    """:func:`merge_embedding_parts`'s writing, its parts checked, holding ``out``'s lock. Where ``out`` was empty,
+    a failure while writing (a full disk) removes what this merge wrote there."""
+    was_empty = not other_entries(out)
+    try:
+        return _merge_write(out, overwrite, order, meta_of, first, num, total, stamped, lines, arrays, stats_parts,
+                            merged_labels)
+    except BaseException:
+        if was_empty:
+            for name in JOB_FILES:
+                (out / name).unlink(missing_ok=True)
+            remove_stale_temps(out, lambda name: name in JOB_FILES)
+        raise
+
+
+def _merge_write(out: Path, overwrite: bool, order: list[Path], meta_of: dict[Path, dict[str, Any]],
+                 first: dict[str, Any], num: int, total: int, stamped: list[tuple[Path, dict[str, Any]]],
+                 lines: list[str], arrays: list[np.ndarray], stats_parts: list[np.ndarray] | None,
+                 merged_labels: np.ndarray | None) -> EmbedResult:
+    """:func:`_merge_locked`'s writes (the parts checked): ``out`` made a merged job folder."""
+    if other_entries(out):
+        if not overwrite:
+            raise InputError("output folder is not empty (use another --out, or --overwrite to replace an "
+                             "embedding job there)", file=out)
+        discard_job(out, keep={"embed.json", "items.csv", "embeddings.npy",
+                               *(["file_stats.npy"] if stats_parts is not None else []),
+                               *(["labels.npy"] if merged_labels is not None else [])})
+        remove_job_temps(out)
+    dim = int(arrays[0].shape[1])
+    # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
+    # list this folder equals (rerunning it finds the folder complete) when the parts share a shard size, else null
+    sizes = {int(meta_of[p]["shard_size"]) for p in order}
+    shard_size: int | None = sizes.pop() if len(sizes) == 1 else None
+    part_shards = [{"part": f"{k}/{num}", "count": int(meta_of[p]["count"]),
+                    "shard_size": int(meta_of[p]["shard_size"]), "num_shards": int(meta_of[p]["num_shards"])}
+                   for k, p in enumerate(order)]
+    job = {"format": FORMAT, "version": FORMAT_VERSION, "count": total, "shard_size": shard_size,
+           "num_shards": None if shard_size is None else (total + shard_size - 1) // shard_size,
+           "part_shards": part_shards, "fingerprint": first["source_fingerprint"],
+           "file_stamp": stamped[0][1]["source_file_stamp"] if stamped else None,
+           "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
+           "image_roots": first["image_roots"], "merged_parts": num}
+    meta_path = out / "embed.json"
+    atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
+    atomic_write_text(out / "items.csv", "".join(lines))
+
+    written = _write_rows(out / "embeddings.npy", arrays, total, dim)
+    if stats_parts is not None:
+        atomic_save_npy(out / "file_stats.npy", np.concatenate(stats_parts).astype(np.int64, copy=False))
+    if merged_labels is not None:
+        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
+    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim, **written})
+    return EmbedResult(out, total, dim, [], [])
+
+
+def _write_rows(path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> dict[str, Any]:
     """``path`` = the ``[n, dim]`` float32 concatenation of ``blocks`` (the bytes ``np.save`` writes), written
     atomically block by block with Python's file IO (one block in memory at a time; a full disk is one error naming
-    ``path``: a memory map of the file was killed by SIGBUS instead)."""
+    ``path``: a memory map of the file was killed by SIGBUS instead). Returns what ``embed.json`` records of the file
+    (:func:`check_embeddings_file`): ``embeddings_size`` (bytes) and ``embeddings_sha256``, the digest of the bytes
+    as they were written (streamed: the file is not read again)."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, dim)}
+    digest = hashlib.sha256()
+    size = 0
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, header)
     with atomic_open(path, "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, header)
+        def write(data: Any) -> None:  # the bytes written are the bytes hashed, the header's too
+            nonlocal size
+            digest.update(data)
+            size += memoryview(data).nbytes
+            fh.write(data)
+
+        write(head.getvalue())
         rows = 0
         for block in blocks:
-            fh.write(np.ascontiguousarray(block, dtype=np.float32).data)
+            write(np.ascontiguousarray(block, dtype=np.float32).data)
             rows += len(block)
         if rows != n:  # the header names n rows
             raise RuntimeError(f"{path}: {rows} rows were written, the header says {n}")
+    return {"embeddings_size": size, "embeddings_sha256": digest.hexdigest()}
 
 
-def _assemble(out: Path, num_shards: int, n: int) -> int:
-    """Concatenate the shards into ``embeddings.npy`` (:func:`_write_rows`)."""
+def _assemble(out: Path, num_shards: int, n: int) -> tuple[int, dict[str, Any]]:
+    """Concatenate the shards into ``embeddings.npy`` (:func:`_write_rows`); its dimension and digest."""
     dim = int(np.load(shard_path(out, 0), mmap_mode="r").shape[1])
 
     def shards() -> Iterator[np.ndarray]:
@@ -1036,8 +1184,94 @@ def _assemble(out: Path, num_shards: int, n: int) -> int:
                 raise InputError(f"shard has dimension {shard.shape[1]}, expected {dim}", file=shard_path(out, s))
             yield shard
 
-    _write_rows(out / "embeddings.npy", shards(), n, dim)
-    return dim
+    return dim, _write_rows(out / "embeddings.npy", shards(), n, dim)
+
+
+_RESTORE = "re-run the `dynametric embed` command that wrote the folder (it restores what it can) or embed again"
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a regular file's bytes, read in blocks (a FIFO or a device: refused, never read)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_embeddings_file(folder: Path, meta: dict[str, Any], *, digest: bool = True) -> Path:
+    """A finished job's ``embeddings.npy`` (``meta``: its ``embed.json``), checked before it is read: there (a
+    missing one is said as lost, its job being complete), a non-empty regular ``.npy`` no shorter than its header
+    says, of the size ``embed.json`` records (``embeddings_size``: a stat, no read) and, with ``digest``, of the
+    SHA-256 it records (``embeddings_sha256``: the file is read once more, about 1 GB/s; the readers that use
+    every row read it anyway). A job written before these were recorded has neither and is read as before.
+    Each failure is one line naming the file."""
+    emb_file = folder / "embeddings.npy"
+    if not emb_file.exists() and not emb_file.is_symlink():
+        raise InputError(f"embeddings.npy missing, though embed.json says the job is complete (the folder lost a "
+                         f"file); {_RESTORE}", file=emb_file)
+    check_file(emb_file)
+    check_npy_header(emb_file, "the job's [N, D] float32 embeddings")
+    check_npy_size(emb_file)
+    size, want_size = emb_file.stat().st_size, meta.get("embeddings_size")
+    if isinstance(want_size, int) and size != want_size:
+        raise InputError(f"has {size} bytes, embed.json's embeddings_size says {want_size}: not the file this job "
+                         f"wrote; {_RESTORE}", file=emb_file)
+    want = meta.get("embeddings_sha256")
+    if digest and isinstance(want, str) and file_sha256(emb_file) != want:
+        raise InputError("not the file this job wrote (its SHA-256 differs from embed.json's embeddings_sha256): "
+                         f"a file was replaced or edited; {_RESTORE}", file=emb_file)
+    return emb_file
+
+
+def check_job_items(folder: Path, meta: dict[str, Any]) -> tuple[list[str], list[str], np.ndarray | None]:
+    """The ids, paths and labels of a finished job's ``items.csv`` and ``labels.npy``, checked against its
+    ``embed.json`` (``meta``): a job that names label scales must have its ``labels.npy`` (a folder that lost it is
+    refused, never read as unlabelled), and the two files must be those the job embedded (their
+    :func:`_fingerprint` is ``embed.json``'s ``fingerprint``: rows reordered, swapped or edited are refused). One
+    line naming the file."""
+    scales = list(meta.get("scale_names") or [])
+    ids: list[str] = []
+    paths: list[str] = []
+    cells: list[list[str]] = []
+    for _, row in read_job_items(folder / "items.csv", len(scales)):
+        ids.append(row[1])
+        paths.append(row[2])
+        cells.append(row[3:])
+    count = meta.get("count")
+    if isinstance(count, int) and len(ids) != count:
+        raise InputError(f"has {len(ids)} rows, embed.json says {count} images; {_RESTORE}", file=folder / "items.csv")
+    lpath = folder / "labels.npy"
+    labels = None
+    if lpath.exists() or lpath.is_symlink():  # a dangling link is said, not skipped
+        labels = load_job_labels(lpath, len(ids), len(scales))
+    elif scales:
+        raise InputError(f"labels.npy missing: embed.json names the label scale(s) {scales}, so the job wrote one "
+                         f"and the folder lost it; {_RESTORE}", file=lpath)
+    want = meta.get("fingerprint")
+    if isinstance(want, str) and _fingerprint(ids, paths, labels) != want:
+        if labels is not None and scales:  # items.csv writes each row's labels too: which file is the odd one
+            try:
+                written = np.array(cells, dtype=np.int64).reshape(len(ids), len(scales))
+            except (ValueError, OverflowError):
+                written = None
+            if written is not None and not np.array_equal(written, labels):
+                row = int(np.flatnonzero((written != labels).any(axis=1))[0])
+                raise InputError(f"its rows differ from the label columns of items.csv (first at row {row}): not the "
+                                 f"labels this job embedded; {_RESTORE}", file=lpath)
+        raise InputError(f"items.csv is not what this job embedded (the fingerprint of its ids, paths and labels "
+                         f"differs from embed.json's {want!r}): a file was replaced or edited; {_RESTORE}",
+                         file=folder / "items.csv")
+    return ids, paths, labels
+
+
+def check_job_folder(folder: Path, meta: dict[str, Any], *,
+                     digest: bool = True) -> tuple[list[str], list[str], np.ndarray | None]:
+    """Every file of a finished job in ``folder`` against its ``embed.json`` (``meta``): :func:`check_job_items`
+    and :func:`check_embeddings_file`. What a reader of an embed folder calls before it uses any of them."""
+    found = check_job_items(folder, meta)
+    check_embeddings_file(folder, meta, digest=digest)
+    return found
 
 
 @dataclass
@@ -1082,6 +1316,7 @@ def read_finished_job(folder: str | Path) -> dict[str, Any]:
         raise InputError(f"unreadable job file ({why})", file=meta_path) from None
     if not isinstance(meta, dict):
         raise InputError(f"expected a JSON object, got {type(meta).__name__}", file=meta_path)
+    check_job_format(meta, meta_path)
     if meta.get("status") != "complete":
         raise InputError("embedding job is not finished; run the same `dynametric embed` command again to resume",
                          file=meta_path, key="status")
@@ -1089,12 +1324,14 @@ def read_finished_job(folder: str | Path) -> dict[str, Any]:
 
 
 def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
-    """Read an embed output folder (its ``embed.json`` must say ``complete``) or a bare ``[N, D]`` ``.npy``."""
+    """Read an embed output folder or its ``embeddings.npy`` (:func:`embed_folder_of`; its ``embed.json`` must say
+    ``complete`` and every file is checked against it: :func:`check_job_folder`) or a bare ``[N, D]`` ``.npy``."""
     path = Path(path)
     if not path.exists():
         raise InputError("embeddings not found", file=path)
     if not path.is_dir():
         require_regular(path)  # a FIFO or a device: one line, never read
+    path = embed_folder_of(path) or path
     if path.is_file():
         from dynametric.utils.readers import load_embeddings
 
@@ -1104,25 +1341,16 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
     meta = read_finished_job(path)
+    ids, paths, labels = check_job_folder(path, meta)
     emb_file = path / "embeddings.npy"
-    check_file(emb_file)
-    check_npy_size(emb_file)
-    check_npy_header(emb_file)
     try:
         emb = np.load(emb_file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
     if emb.ndim != 2 or emb.dtype.kind != "f":
         raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
-    ids, paths = [], []
     scales = list(meta.get("scale_names") or [])
-    for _, row in read_job_items(path / "items.csv", len(scales)):
-        ids.append(row[1])
-        paths.append(row[2])
     if len(ids) != len(emb):
         raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")
-    labels = None
-    if (path / "labels.npy").exists() or (path / "labels.npy").is_symlink():  # a dangling link is said, not skipped
-        labels = load_job_labels(path / "labels.npy", len(emb), len(scales))
     return EmbeddingSet(emb, ids, paths, labels, scales, meta.get("class_names"),
                         list(meta.get("image_roots") or []), dict(meta.get("model") or {}), path)

@@ -22,7 +22,7 @@ import numpy as np
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.io import is_per_query_csv, is_results_json
-from dynametric.retrieval.embed import embed_folder_of, read_finished_job
+from dynametric.retrieval.embed import check_job_folder, embed_folder_of, read_finished_job
 from dynametric.utils.readers import (
     check_npy_header,
     id_cell,
@@ -103,6 +103,7 @@ def read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: st
         emb_file, meta = Path(emb_arg), None
     else:
         meta = read_finished_job(folder)
+        check_job_folder(folder, meta)  # its files are those embed.json describes (a lost labels.npy: refused)
         emb_file = folder / "embeddings.npy"
     if emb_file.suffix.lower() == ".npy" and emb_file.is_file():
         check_npy_header(emb_file)

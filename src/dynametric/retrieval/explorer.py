@@ -214,17 +214,44 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     """The ``(width, height)`` an upload's header says (one of :data:`UPLOAD_TYPES`' formats), read by the format's
     Pillow plugin without the pixel limit ``Image.open`` applies (nothing is decoded); ``None`` if no plugin reads
     it. For naming the size of an image Pillow refused as a decompression bomb."""
+    return _plugin_size(lambda: io.BytesIO(data), "upload", UPLOAD_TYPES.values())
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """:func:`_header_size` of an image file (any format Pillow knows): its ``(width, height)`` as its header says,
+    read without Pillow's pixel limit and without decoding; ``None`` if no plugin reads it or it cannot be read."""
     from PIL import Image
 
     Image.init()
-    for fmt in UPLOAD_TYPES.values():
+    fh: Any = None
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, after every plugin tried it
+        return _plugin_size(lambda: (fh.seek(0), fh)[1], str(path), list(Image.OPEN))
+    except OSError:
+        return None
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _plugin_size(source: Callable[[], Any], name: str, formats: Any) -> tuple[int, int] | None:
+    """The size the first Pillow plugin of ``formats`` that accepts the data of ``source()`` (a fresh file object
+    at its start) reads from its header."""
+    from PIL import Image
+
+    Image.init()
+    for fmt in formats:
         factory, accept = Image.OPEN.get(fmt, (None, None))
-        if factory is None or (accept is not None and not accept(data[:16])):
+        if factory is None:
             continue
+        fp = source()
+        if accept is not None and not accept(fp.read(16)):
+            continue
+        fp.seek(0)
         try:
-            with factory(io.BytesIO(data), "upload") as img:
-                width, height = img.size
-                return int(width), int(height)
+            img = factory(fp, name)
+            width, height = img.size
+            return int(width), int(height)
         except Exception:  # noqa: BLE001 - not this format (Pillow raises many types)
             continue
     return None
@@ -245,6 +272,13 @@ class Explorer:
         self.max_pixels = max_pixels
         self.roots = [str(r) for r in (roots if roots is not None else index.image_roots)]
         self.lock = threading.Lock()
+        # roots that are no folder now (the project moved): no image under them is served, and that is said
+        self.missing_roots = [r for r in self.roots if not Path(r).is_dir()]
+        self.notes: list[str] = []  # for the user at startup (make_server prints them)
+        if self.missing_roots and self.has_images:
+            self.notes.append(f"the index's image root(s) {', '.join(self.missing_roots)} (recorded in its "
+                              "index.json) no longer exist (moved?): no image under them is shown; build the index "
+                              "again from embeddings of the images where they are now")
 
     @property
     def has_images(self) -> bool:
@@ -350,6 +384,9 @@ class Explorer:
             return 404, f"file not found: item {i}'s image file ({Path(idx.paths[i]).name}) does not exist"
         if why == "not-image":
             return 403, "refused: the item's file is not an image file (a file with an image extension)"
+        if self.missing_roots:
+            return 403, (f"refused: the item's file is not inside the index's image roots, and the root(s) "
+                         f"{', '.join(self.missing_roots)} no longer exist (moved?)")
         return 403, "refused: the item's file is not inside the index's image roots"
 
 
@@ -658,6 +695,8 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, *
         key = "--host" if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "--port"
         raise InputError(f"cannot listen on {where} ({exc.strerror or exc})", key=key) from None
     server.host_check = HostCheck(str(server.server_address[0]), host, allowed)
+    for note in explorer.notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     return server
 
 

@@ -283,6 +283,15 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
         checkpoint = index_model_path(index, model["checkpoint"], "model.checkpoint")
         if config is None and model.get("config"):
             config = index_model_path(index, model["config"], "model.config")
+        folder = getattr(index, "loaded_from", None)
+        for key, recorded, option in (("model.checkpoint", checkpoint, "--checkpoint"),
+                                      ("model.config", config, "--config")):
+            if recorded is not None and not (recorded.exists() or recorded.is_symlink()):
+                # the run folder moved (or the index came from another machine): the recorded path is stale
+                raise InputError(f"{'checkpoint' if option == '--checkpoint' else 'config'} file {recorded} not "
+                                 f"found: the index records it under {key}, where the model was when the index was "
+                                 f"built (moved since?); give {option} with its path now",
+                                 file=None if folder is None else Path(folder) / "index.json", key=key)
     loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
                            options=options)
     want = model.get("weights_hash")
