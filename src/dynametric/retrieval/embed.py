@@ -105,7 +105,7 @@ def check_job_format(meta: dict[str, Any], meta_path: Path) -> None:
     if fmt != FORMAT:
         raise InputError(f"not a dynametric embed job file (format {fmt!r}, expected {FORMAT!r})", file=meta_path,
                          key="format")
-    version = meta.get("version")
+    version = meta.get("version", 1)  # none written (a file made by hand): read as the first version
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InputError(f"expected an integer format version, found {version!r}", file=meta_path, key="version")
     if version > FORMAT_VERSION:

@@ -340,7 +340,7 @@ def _read_meta(meta_path: Path, data: bytes | None = None) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise InputError(f"not a dynametric index (format {found!r})", file=meta_path, key="format")
-    version = meta.get("version")
+    version = meta.get("version", 1)  # none written (a file made by hand): read as the first version
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InputError(f"expected an integer format version, found {version!r}", file=meta_path, key="version")
     if version > INDEX_VERSION:
