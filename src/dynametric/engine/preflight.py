@@ -13,6 +13,12 @@
   suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
   also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
   scale's chunk would be one class: no negative pair for a term that compares the batch).
+* :func:`scale_notes` gives the ``warning:`` / ``note:`` lines a run and its dry run say before training about scales
+  with a single class: a whole-batch ``multiscale`` term at a scale with one training class (it trains on nothing
+  there; not refused, a root scale with one class is common), a monitored scale with one validation class (the
+  monitored value is constant), ``mean`` rows that average such scales in.
+* ``trainer.monitor`` is read with :func:`~dynametric.config.schema.split_monitor` (split at its last ``/``: a scale
+  name may hold one).
 """
 
 from __future__ import annotations
