@@ -713,7 +713,7 @@ class Config:
         from dynametric.metrics.evaluate import _parse_metrics
         from dynametric.metrics.ranking import canonical_metric_name
 
-        metric = self.trainer.monitor.split("/", 1)[1]
+        metric = split_monitor(self.trainer.monitor)[1]
         try:
             computed, *_ = _parse_metrics(self.eval.metrics, self.eval.k_values)
         except ConfigError as exc:  # the library names its argument (metrics); a config names its key
@@ -730,12 +730,20 @@ class Config:
 SCALE_ALIASES = ("finest", "coarsest")
 
 
+def split_monitor(monitor: str) -> tuple[str, str]:
+    """``trainer.monitor`` as ``(scale, metric)``, split at its last ``/``: a metric name never holds a ``/`` but a
+    scale name may (a CSV header ``genus/sub``: ``genus/sub/map@r`` -> ``("genus/sub", "map@r")``). Without a
+    ``/``: ``("", monitor)``. Every place that reads the monitor splits it here."""
+    scale, _, metric = monitor.rpartition("/")
+    return scale, metric
+
+
 def resolve_monitor(monitor: str, scale_names: Sequence[str]) -> str:
     """``finest/<metric>`` -> ``<first scale>/<metric>``, ``coarsest/<metric>`` -> ``<last scale>/<metric>``;
     any other monitor is returned unchanged (a real scale name wins over an alias of the same spelling)."""
-    scale, sep, metric = monitor.partition("/")
+    scale, metric = split_monitor(monitor)
     names = list(scale_names)
-    if not sep or not names or scale in names or scale not in SCALE_ALIASES:
+    if "/" not in monitor or not names or scale in names or scale not in SCALE_ALIASES:
         return monitor
     return f"{names[0] if scale == 'finest' else names[-1]}/{metric}"
 

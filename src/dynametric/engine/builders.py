@@ -42,6 +42,7 @@ from dynametric.config.schema import (  # noqa: F401  (SCALE_ALIASES: re-exporte
     SCALE_ALIASES,
     resolve_monitor,
     scale_index,
+    split_monitor,
 )
 from dynametric.data.protocol import dataset_fields, dataset_labels
 from dynametric.data.samplers import RandomBatchSampler, SamplerSettings  # noqa: F401  (RandomBatchSampler: former home)
@@ -1218,7 +1219,7 @@ def with_resolved_monitor(cfg: Config, scale_names: Sequence[str]) -> Config:
 def check_monitor(cfg: Config, scale_names: Sequence[str]) -> None:
     """The monitor's scale ('finest' / 'coarsest' resolved) must be one of the data's (its metric is checked when
     the config loads)."""
-    scale = resolve_monitor(cfg.trainer.monitor, scale_names).partition("/")[0]
+    scale = split_monitor(resolve_monitor(cfg.trainer.monitor, scale_names))[0]
     valid = [*scale_names, "mean"]
     if scale not in valid:
         raise ConfigError(f"monitor scale {scale!r} is not one of the dataset's scales {valid} (or 'finest', "

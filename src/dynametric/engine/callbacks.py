@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from dynametric.config.schema import split_monitor
 from dynametric.engine.data import MetricDataModule
 
 
@@ -337,7 +338,7 @@ class MonitorWatch(L.Callback):
         epoch = int(trainer.current_epoch)
         self.undefined_rounds.append(epoch)
         why = "was not logged" if value is None else "is NaN"
-        scale = self.monitor.removeprefix("val/").partition("/")[0]
+        scale = split_monitor(self.monitor.removeprefix("val/"))[0]
         last = getattr(pl_module, "last_eval", None)
         queries = last.get(scale, {}).get("num_queries") if isinstance(last, dict) else None
         if queries == 0:

@@ -13,17 +13,23 @@
   suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
   also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
   scale's chunk would be one class: no negative pair for a term that compares the batch).
+* :func:`scale_notes` gives the ``warning:`` / ``note:`` lines a run and its dry run say before training about scales
+  with a single class: a whole-batch ``multiscale`` term at a scale with one training class (it trains on nothing
+  there; not refused, a root scale with one class is common), a monitored scale with one validation class (the
+  monitored value is constant), ``mean`` rows that average such scales in.
+* ``trainer.monitor`` is read with :func:`~dynametric.config.schema.split_monitor` (split at its last ``/``: a scale
+  name may hold one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from dynametric.config.schema import batch_comparing_terms, three_scale_items_error
+from dynametric.config.schema import batch_comparing_terms, split_monitor, three_scale_items_error
 from dynametric.data.samplers import BATCH_SAMPLERS, ThreeScaleSampler
 from dynametric.engine.builders import (  # noqa: F401  (the monitor alias: resolved by the builders)
     SCALE_ALIASES,
@@ -141,7 +147,7 @@ def check_validation_queries(cfg: Config, val: Any, monitor: str, scale_names: S
     ``split`` names the validation data in the message."""
     from dynametric.metrics import CLUSTER_METRIC_TABLE
 
-    scale, _, metric = monitor.partition("/")
+    scale, metric = split_monitor(monitor)
     if val is None or cfg.eval.empty_queries != "exclude" or metric in CLUSTER_METRIC_TABLE \
             or metric.startswith("fnmr@"):
         return
@@ -172,3 +178,126 @@ def check_validation_queries(cfg: Config, val: Any, monitor: str, scale_names: S
                           f"{name} class there has two images {other}(every one is a singleton), so no validation "
                           f"query has a relevant item and every round would be NaN; use validation data with at "
                           f"least two images per {name} class{hint}", key="trainer.monitor")
+
+
+def _class_counts(datasets: Sequence[Any], what: str) -> list[int] | None:
+    """The number of distinct classes at each label column over ``datasets`` together (``None`` entries and empty
+    datasets left out); ``None`` when there is nothing to count."""
+    matrices = [as_label_matrix(d.labels, name=what) for d in datasets if d is not None]
+    matrices = [m for m in matrices if m.shape[0]]
+    if not matrices or len({m.shape[1] for m in matrices}) != 1:
+        return None
+    labels = torch.cat(matrices)
+    return [int(torch.unique(labels[:, col]).numel()) for col in range(labels.shape[1])]
+
+
+def _scale_name(names: Sequence[str], col: int) -> str:
+    return names[col] if col < len(names) else f"scale {col}"
+
+
+def multiscale_single_class_warnings(cfg: Config, train: Any, scale_names: Sequence[str]) -> list[str]:
+    """One ``warning:`` line per ``multiscale`` loss term that compares the whole batch (any sampler but
+    ``three_scale``, whose chunks :func:`check_batches` refuses outright) at a label column with a single class in
+    the training labels: that scale's loss finds no negative pair in any batch and trains on nothing (its
+    ``train/<term>/<scale>`` part is 0 in every step). Not a refusal: a root scale with one class (``kingdom``) is
+    common. A scale that ``scale_weights`` gives weight 0 is not counted."""
+    sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
+    if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
+        return []  # refused by _check_three_scale
+    terms = dict(batch_comparing_terms(cfg, multiscale_only=True))
+    if not terms:
+        return []
+    counts = _class_counts([train], "train dataset labels")
+    if counts is None:
+        return []
+    names = list(scale_names)
+    lines = []
+    for where, term, _ in cfg.loss_terms():
+        if where not in terms:
+            continue
+        weights = list(term.scale_weights) if term.scale_weights is not None else [1.0] * len(counts)
+        single = [col for col, n in enumerate(counts) if n < 2 and (col >= len(weights) or weights[col] > 0)]
+        if not single:
+            continue
+        scales = ", ".join(f"{_scale_name(names, c)} (column {c})" for c in single)
+        at = " or ".join(_scale_name(names, c) for c in single)
+        fixed = [0 if col in single else _weight(weights[col]) if col < len(weights) else 1
+                 for col in range(len(counts))]
+        lines.append(f"warning: key '{where}.multiscale': the training labels have one class at {scales}, so "
+                     f"{terms[where]} (per scale, multiscale, the whole batch at each scale) and finds no negative "
+                     f"pair at {at}, training on nothing there (its logged {_scale_name(names, single[0])} part "
+                     f"stays 0.0); use data with two or more classes at every scale, give that scale weight 0 "
+                     f"({where}.scale_weights={fixed}) or set {where}.multiscale: false")
+    return lines
+
+
+def _weight(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def monitor_single_class_warning(val: Any, monitor: str, scale_names: Sequence[str],
+                                 source: str | None = None) -> str | None:
+    """A ``warning:`` line when the monitored scale (``monitor`` resolved: ``kingdom/map@r``) has fewer than two
+    classes in the validation data: every validation image is then relevant to every query there, the retrieval
+    metrics are 1.0 in every round and ``best.ckpt`` / early stopping have nothing to choose by. A ``mean/...``
+    monitor: when every scale has a single class. ``None`` otherwise, or without validation data. ``source``: where
+    the validation data came from (a run's ``validation_source``: ``split 'val'``), said in the line."""
+    counts = _class_counts([val], "validation labels") if val is not None else None
+    if counts is None:
+        return None
+    names = list(scale_names)
+    scale, metric = split_monitor(monitor)
+    columns = list(range(len(counts))) if scale == "mean" else [names.index(scale)] if scale in names else []
+    if not columns or any(counts[col] >= 2 for col in columns if col < len(counts)):
+        return None
+    finer = [col for col in range(columns[0] - 1, -1, -1) if counts[col] >= 2] if scale != "mean" else []
+    hint = (f"monitor a scale with two or more validation classes (trainer.monitor={_scale_name(names, finer[0])}/"
+            f"{metric})" if finer else "use validation data with two or more classes at the monitored scale")
+    where = "every scale" if scale == "mean" else f"scale {scale}"
+    whence = f"{source}, " if source else ""
+    return (f"warning: key 'trainer.monitor': the validation data ({whence}{len(val.labels)} images) has one class at "
+            f"{where}, "
+            f"so the monitored {monitor} is the same in every round (every image is relevant to every query: 1.0 "
+            f"for the retrieval metrics) and best.ckpt / early stopping choose by nothing; {hint}")
+
+
+def mean_single_class_note(evaluated: Mapping[str, Sequence[Any]], scale_names: Sequence[str]) -> str | None:
+    """A ``note:`` line when the ``mean`` row of an evaluation averages in a scale with a single class in the data
+    it evaluates (``evaluated``: a name such as ``validation`` or ``test`` -> the datasets it reads, together):
+    there every image is relevant to every query, every retrieval metric is 1.0, and the mean is raised by it.
+    The values are not changed (:func:`dynametric.metrics.evaluate_embeddings` computes them as always). ``None``
+    when no such scale (or a single scale: the mean is that scale)."""
+    names = list(scale_names)
+    if len(names) < 2:
+        return None
+    single: dict[int, list[str]] = {}
+    for what, datasets in evaluated.items():
+        counts = _class_counts(list(datasets), f"{what} labels")
+        for col, n in enumerate(counts or []):
+            if n < 2:
+                single.setdefault(col, []).append(what)
+    if not single:
+        return None
+    scales = ", ".join(f"{_scale_name(names, col)} ({' and '.join(where)})" for col, where in sorted(single.items()))
+    return (f"note: the mean rows average in scale(s) with a single class in the evaluated data: {scales}; there "
+            f"every image is relevant to every query, so each metric of that scale is 1.0 (or constant) and lifts "
+            f"the mean; compare the scales' own rows")
+
+
+def scale_notes(cfg: Config, train: Any, val: Any, tests: dict[str, Any], monitor: str,
+                scale_names: Sequence[str], source: str | None = None) -> list[str]:
+    """The warnings and notes a run (and its dry run) says before training about scales with a single class:
+    :func:`multiscale_single_class_warnings` (training labels), :func:`monitor_single_class_warning` (validation
+    data, from ``source``) and :func:`mean_single_class_note` (validation data and the test's splits,
+    ``tests``)."""
+    lines = multiscale_single_class_warnings(cfg, train, scale_names)
+    monitored = monitor_single_class_warning(val, monitor, scale_names, source)
+    if monitored is not None:
+        lines.append(monitored)
+    evaluated: dict[str, Sequence[Any]] = {"validation": [val]} if val is not None else {}
+    if tests:
+        evaluated["test"] = list(tests.values())
+    mean = mean_single_class_note(evaluated, scale_names)
+    if mean is not None:
+        lines.append(mean)
+    return lines

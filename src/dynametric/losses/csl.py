@@ -17,6 +17,11 @@ other coarse classes below ``s_p - m_2``.
 ``mode="pairs"`` [U] applies the same formula with the other in-batch samples in place of proxies (positives share
 the fine label, negatives at scale ``l`` differ at scale ``l``); anchors without a positive are skipped (the mean
 is over the anchors with one; zero when none has one) and counted in :attr:`CSLLoss.last_skipped_anchors`.
+Its labels must nest (each fine class in one parent per scale): two rows sharing a fine label but differing at a
+coarser column are a pair that is positive and, at that scale, negative at once. Without ``class_paths`` nothing
+checks that per call (it would need a host read in every training step; the proxy mode's :meth:`from_labels` and
+the training data readers refuse such labels before a run): pass ``check_nesting=True`` to check every call's labels
+(host reads in every call), or check the label matrix once with :meth:`CSLLoss.check_nesting_of`.
 Per-scale terms of the last call are in :attr:`CSLLoss.last_terms`; :meth:`CSLLoss.terms` returns them with
 gradient. :meth:`CSLLoss.loss_parts` gives the weighted terms ``w_l mean_f L_l(f)`` of the last call by scale name
 (they add up to the loss); a training run logs them as ``train/<term>/<scale>``.
@@ -94,6 +99,10 @@ class CSLLoss(MetricLoss):
         weights: per-scale weights of the summed terms (all 1; non-negative, not all zero).
         mode: ``"proxy"`` (default) or ``"pairs"`` (in-batch samples in place of proxies).
         weight_init_func: initialiser of the ``[C, D]`` proxies (default uniform in ``±1/sqrt(D)``).
+        check_nesting: check in every call that the batch's labels (and the reference set's) nest: rows with one
+            fine label share their whole label path (else a pair is positive and negative at once). Off by default:
+            it reads the device in every call. With ``class_paths`` (and untrusted labels) each row is checked
+            against its registered path anyway; ``mode="pairs"`` without them checks nothing else.
 
     ``labels_trusted`` (False until :meth:`trust_labels`): whether a call skips the check of its labels against
     ``class_paths``.
@@ -115,8 +124,12 @@ class CSLLoss(MetricLoss):
         mode: str = "proxy",
         *,
         weight_init_func: Any = None,
+        check_nesting: bool = False,
     ) -> None:
         super().__init__(scale=0)
+        if not isinstance(check_nesting, bool):
+            raise InputError(f"check_nesting must be true or false, got {check_nesting!r}", key="check_nesting")
+        self.check_nesting = check_nesting
         if mode not in _MODES:
             raise InputError(f"mode must be one of {list(_MODES)}, got {mode!r}", key="mode")
         self.mode = mode
@@ -177,6 +190,27 @@ class CSLLoss(MetricLoss):
                     weight_init_func(self.proxies)
         else:
             self.proxies = None
+
+    @staticmethod
+    def check_nesting_of(labels: LabelsLike, what: str = "labels", key: str = "labels") -> None:
+        """Raise an :class:`InputError` (keyed ``key``) when two rows of ``labels`` (``[N, S]``, raw ids, finest
+        first) share a fine label but differ at a coarser column: such a pair is a positive (same fine class) and a
+        negative at that scale at once. Reads the device (host reads: a sync)."""
+        mat = as_label_matrix(labels, name=key)
+        if mat.shape[0] < 2 or mat.shape[1] < 2:
+            return
+        paths = torch.unique(mat, dim=0)  # sorted lexicographically: the paths of one fine id are adjacent
+        same = paths[1:, 0] == paths[:-1, 0]
+        if not bool(same.any()):
+            return
+        i = int(torch.nonzero(same)[0])
+        first, second = paths[i], paths[i + 1]
+        level = int(torch.nonzero(first != second)[0])
+        rows = [int(torch.nonzero((mat == p.to(mat.device)).all(dim=1))[0]) for p in (first, second)]
+        raise InputError(f"{what} do not nest: rows {min(rows)} and {max(rows)} share fine label {int(first[0])} "
+                         f"but differ at scale {level} ({first.tolist()} and {second.tolist()}), a pair that is "
+                         f"positive and negative at once; each fine class must belong to one parent per scale",
+                         key=key)
 
     @classmethod
     def from_labels(cls, train_labels: LabelsLike, embedding_size: int, **kwargs: Any) -> CSLLoss:
@@ -303,14 +337,19 @@ class CSLLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """The per-scale terms, or ``None`` for an empty batch (a shape: no host read). ``ref_labels is labels``
-        (:meth:`prepare_reference`): the reference set's labels are the batch's, so ``(i, i)`` is no positive."""
+        """The per-scale terms, or ``None`` for an empty batch (a shape: no host read, but for ``check_nesting``).
+        ``ref_labels is labels`` (:meth:`prepare_reference`): the reference set's labels are the batch's, so
+        ``(i, i)`` is no positive."""
         same_labels = ref_labels is None or ref_labels is labels
         labels = labels.to(embeddings.device)
         self._check_batch_labels(labels)
         if ref_labels is not None:
             ref_labels = labels if same_labels else ref_labels.to(embeddings.device)
             self._check_batch_labels(ref_labels)
+        if self.check_nesting:  # opt-in: a host read per call
+            both = labels if ref_labels is None or same_labels else torch.cat([labels, ref_labels])
+            self.check_nesting_of(both, "the batch's labels" if both is labels else
+                                  "the batch's labels and ref_labels (rows of ref_labels follow the batch's)")
         self._skipped = None
         if embeddings.shape[0] == 0:
             self.last_terms = None

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynametric.config.schema import split_monitor
 from dynametric.metrics.categories import category_count
 from dynametric.utils.io import atomic_write_text
 from dynametric.utils.text import display_width, text_table
@@ -102,21 +103,24 @@ def metrics_table(metrics: dict[str, Any], scale_names: Sequence[str],
 def run_section(run: Mapping[str, Any] | None, monitor: str, seed: int,
                 validation: Sequence[Mapping[str, Any]] = ()) -> str:
     """The "Run" section: the weights the test evaluated and why (the validation round and monitored value behind
-    ``best.ckpt``, or the reason for the final weights), the seed, and the software and machine
-    (``run_info.json``'s ``selected``, ``environment``)."""
+    ``best.ckpt``, or the reason for the final weights), the seed, the run's notes on the data's scales, and the
+    software and machine (``run_info.json``'s ``selected``, ``notes``, ``environment``)."""
     run = run or {}
     selected = run.get("selected") or {}
     lines = [f"tested: {tested_weights(selected)}"]
     if selected.get("checkpoint") == "best.ckpt":
         epoch = selected.get("epoch")
         chosen = next((r for r in validation if r.get("epoch") == epoch), None)
-        scale, _, metric = monitor.partition("/")
+        scale, metric = split_monitor(monitor)
         value = None if chosen is None else chosen.get(scale, {}).get(metric)
         lines.append(f"selected on the validation split by val/{monitor}" +
                      (f" = {_fmt(value)} (epoch {epoch}'s round)" if value is not None else ""))
     elif selected.get("reason"):
         lines.append(f"why: {selected['reason']}")
     lines.append(f"seed: {seed}")
+    # the preflight's warnings and notes about the data's scales (run_info.json notes): a monitored scale of one
+    # class, a mean averaging such scales in
+    lines += [str(n) for n in run.get("notes") or () if isinstance(n, str)]
     env = run.get("environment") or {}
     if env:
         lines.append("software: " + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items()))
@@ -200,7 +204,7 @@ def category_summary(by_category: Mapping[str, Mapping[str, Any]], scale_names: 
     scales = [s for s in scale_names if s in own] or own
     main = [m for m in ("recall@1", "map@r") if m in available] or available[:2]
     columns = [(s, m) for s in scales for m in main]
-    mon_scale, _, mon_metric = monitor.partition("/")
+    mon_scale, mon_metric = split_monitor(monitor)
     if mon_metric in available and mon_scale in [*scales, "mean"]:
         key = (mon_scale, mon_metric)
         if key not in columns:
@@ -305,7 +309,7 @@ def validation_curves(history: Sequence[Mapping[str, Any]], scale_names: Sequenc
     """The report's validation curves: per scale, ``(epoch, value)`` of the monitored metric in every round that has
     it, and the ``mean`` over the scales too when the monitor is a ``mean/...`` one (the curve best.ckpt was chosen
     on)."""
-    scale_of, _, metric = monitor.partition("/") if "/" in monitor else ("", "", "map@r")
+    scale_of, metric = split_monitor(monitor) if "/" in monitor else ("", "map@r")
     scales = [*scale_names, "mean"] if scale_of == "mean" else list(scale_names)
     curves = {}
     for scale in scales:

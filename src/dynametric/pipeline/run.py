@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dynametric.config.loader import config_notes
-from dynametric.config.schema import anchored, user_path
+from dynametric.config.schema import anchored, split_monitor, user_path
 from dynametric.engine.builders import (
     Components,
     available_splits,
@@ -59,7 +59,7 @@ from dynametric.engine.data import EvalDataModule, MetricDataModule
 from dynametric.engine.loggers import LoggerFailure, build_logger, log_figures, log_results, report_figures
 from dynametric.engine.module import MetricLearningModule, parameter_groups
 from dynametric.engine.objective import term_miners
-from dynametric.engine.preflight import check_batches, check_validation_queries
+from dynametric.engine.preflight import check_batches, check_validation_queries, scale_notes
 from dynametric.engine.trainer import (
     TrainerSettings,
     build_trainer,
@@ -1169,6 +1169,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     if resume:
         claim_resumed_run(run_dir, notes)
     info = _run_info(datasets, comps, plan, components, data_warnings)
+    _say_scale_notes(cfg, datasets, tests, comps, info, notes)
     test_eval, protocol_test = _test_evaluator(cfg, own_protocol, comps.module, dm, datasets, comps.trainer, progress,
                                                tests)
     if own_protocol is not None:
@@ -1307,6 +1308,20 @@ def _run_info(datasets: Any, comps: Components, plan: Any, components: dict[str,
     if data_warnings:
         info["data_warnings"] = data_warnings  # classes shared by training, validation and test data
     return info
+
+
+def _say_scale_notes(cfg: Config, datasets: Any, tests: dict[str, Any], comps: Components, info: dict[str, Any],
+                     notes: Callable[[str], None]) -> None:
+    """A step of :func:`_train`: the preflight's lines about scales with a single class
+    (:func:`~dynametric.engine.preflight.scale_notes`: a multiscale term training on nothing at a scale, a monitored
+    scale with one validation class, ``mean`` rows averaging such scales in) said in ``notes`` and kept in
+    ``run_info.json``'s ``notes`` (the report's Run section shows them)."""
+    lines = scale_notes(cfg, datasets.train, datasets.val, tests, comps.trainer.monitor, comps.scale_names,
+                        datasets.val_source)
+    for line in lines:
+        notes(line)
+    if lines:
+        info["notes"] = lines
 
 
 def _start_new_run(cfg: Config, run_dir: Path, parts: _RunParts, leftovers: list[Path], log: Callable[[str], None],
@@ -1618,7 +1633,7 @@ def _recorded_best(trainer: L.Trainer) -> str | None:
 
 def _monitored(history_entry: dict[str, Any], monitor: str) -> float | None:
     """The monitored value of a validation round (``monitor``: ``fine/map@r``), ``None`` when missing or NaN."""
-    scale, _, metric = monitor.partition("/")
+    scale, metric = split_monitor(monitor)
     value = history_entry.get(scale, {}).get(metric) if isinstance(history_entry.get(scale), dict) else None
     return float(value) if isinstance(value, (int, float)) and value == value else None
 
@@ -1718,8 +1733,12 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     _check_one_process_method(cfg)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
-    datasets = _dry_run_data(cfg, world, notes)
+    datasets, tests = _dry_run_data(cfg, world, notes)
     comps = _dry_run_components(cfg, datasets, world, run_dir, notes)
+    if datasets is not None:  # as the run says them, before training
+        for line in scale_notes(cfg, datasets.train, datasets.val, tests, comps.trainer.monitor, comps.scale_names,
+                                datasets.val_source):
+            notes(line)
     _describe_components(cfg, shown, comps, weights_note, log)
     log(_trainer_line(cfg, settings, plan, world))
     # the datasets not built (a dry run without data): validation taken as there, as it usually is
@@ -1750,16 +1769,17 @@ def _without_download(cfg: Config) -> tuple[Config, str | None]:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False)), weights_note
 
 
-def _dry_run_data(cfg: Config, world: int, notes: Callable[[str], None]) -> Any:
-    """The data as a run reads and checks it (:func:`_read_run_data`'s checks), or ``None`` with a warning when
-    ``data.root`` is not set or not there (the split names checked alone, as a run checks them first)."""
+def _dry_run_data(cfg: Config, world: int, notes: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The data as a run reads and checks it (:func:`_read_run_data`'s checks) and the test's splits, or ``(None,
+    {})`` with a warning when ``data.root`` is not set or not there (the split names checked alone, as a run checks
+    them first)."""
     test_keys = protocol_split_keys(cfg)
     if root_missing(cfg):
         check_split_roles(cfg, test_keys)  # the split names alone, as a run checks them before reading data
         state = "data.root is not set" if cfg.data.root is None else f"dataset root {cfg.data.root!r} not found"
         notes(f"warning: {state} (format {cfg.data.format!r}): a real run will fail; "
             "continuing the dry run without data (class counts are placeholders)")
-        return None
+        return None, {}
     datasets = build_datasets(cfg, with_test=False, test_splits=test_keys)  # the training split's errors first
     _check_test_splits(cfg)  # as a real run does before it writes anything
     for line in data_root_notes(cfg):  # as the run says them
@@ -1767,7 +1787,7 @@ def _dry_run_data(cfg: Config, world: int, notes: Callable[[str], None]) -> Any:
     tests, _ = _held_out_data(cfg, datasets, test_keys, notes)
     if world > 1:
         check_eval_shards(cfg, {"validation": datasets.val, **tests}, world)
-    return datasets
+    return datasets, tests
 
 
 def _dry_run_components(cfg: Config, datasets: Any, world: int, run_dir: str | Path | None,
