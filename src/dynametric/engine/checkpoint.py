@@ -175,6 +175,36 @@ def model_config_changes(stored: dict[str, Any], current: dict[str, Any],
     return changes
 
 
+def unknown_model_keys(stored: dict[str, Any], current: dict[str, Any], prefix: str = "model") -> list[str]:
+    """The dotted keys of a checkpoint's stored ``model`` section that ``current`` (this version's ``model`` section,
+    as ``config_to_dict`` writes it) does not have: an architecture option of a later dynametric, or a key an
+    earlier one had and this one removed. :func:`model_config_changes` does not compare them (this version cannot
+    build them), so :func:`unknown_model_keys_note` says that the model is built without them."""
+    return [f"{prefix}.{name}" for name in stored if name not in current]
+
+
+def unknown_model_keys_note(checkpoint: dict[str, Any], current: dict[str, Any], path: str | Path) -> str | None:
+    """The note (without ``note:``) of a checkpoint (dict ``checkpoint``, read from ``path``) whose stored ``model``
+    section has keys this version does not know (:func:`unknown_model_keys`), with their values and the version
+    that wrote it where the checkpoint records one (``dynametric_version``); ``None`` when there are none."""
+    from dynametric import __version__
+
+    stored = stored_model_config(checkpoint)
+    if stored is None:
+        return None
+    unknown = unknown_model_keys(stored, current)
+    if not unknown:
+        return None
+    extra = checkpoint.get("dynametric")
+    written = extra.get("dynametric_version") if isinstance(extra, dict) else None
+    by = (f"written by dynametric {written}; this is {__version__}" if isinstance(written, str) and written
+          else "written by a newer dynametric?")
+    keys = ", ".join(f"{key}: {stored[key.split('.', 1)[1]]!r}" for key in unknown)
+    return (f"{path} records model key(s) this version of dynametric does not know ({keys}; {by}): the model is "
+            "built without them, so its embeddings may differ from the run's; load it with the dynametric that "
+            "trained it")
+
+
 def load_embedder_state(embedder: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
     """Load the embedder weights of the checkpoint dict ``checkpoint`` (read from ``path``) into ``embedder``; a
     one-line :class:`InputError` naming ``path`` when it has none or they do not fit (:func:`model_mismatch`)."""

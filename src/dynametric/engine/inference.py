@@ -234,7 +234,8 @@ class TrainedModel:
     state: dict[str, Any]  # the checkpoint file's content
     head: str | None  # the head the engine evaluates (or the one asked for)
     notes: list[str] = field(default_factory=list)
-    """What the caller should print (``note: ...``): the backbone class changed since training
+    """What the caller should print (``note: ...``): model keys the checkpoint records that this version does not
+    know (:func:`~dynametric.engine.checkpoint.unknown_model_keys_note`), the backbone class changed since training
     (:func:`backbone_class_note`)."""
 
 
@@ -249,10 +250,16 @@ def checkpoint_path(checkpoint: str | os.PathLike[str]) -> Path:
 
 
 def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
-    """``config``, or ``config.yaml`` beside the checkpoint (a run folder); ConfigError when missing. A checkpoint
-    given as a link (``sl/ck.ckpt -> ../run1/best.ckpt``) takes the ``config.yaml`` beside the link, else the one
-    beside the file it points to (its run folder); when neither exists the error names both places."""
-    checkpoint = Path(checkpoint)
+    """``config``, or ``config.yaml`` beside the checkpoint (a run folder); ConfigError when missing, InputError
+    when empty (:func:`check_config_not_empty`). A checkpoint given as a link (``sl/ck.ckpt -> ../run1/best.ckpt``)
+    takes the ``config.yaml`` beside the link, else the one beside the file it points to (its run folder); when
+    neither exists the error names both places."""
+    path = _config_beside(Path(checkpoint), config)
+    check_config_not_empty(path, checkpoint)
+    return path
+
+
+def _config_beside(checkpoint: Path, config: str | Path | None) -> Path:
     if config is None:
         beside = checkpoint.parent / "config.yaml"
         if beside.is_file():
@@ -273,6 +280,22 @@ def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
     return path
 
 
+def check_config_not_empty(config_path: Path, checkpoint: str | Path) -> None:
+    """A one-line :class:`InputError` naming ``config_path`` when it holds nothing but blank lines and comments (an
+    emptied run ``config.yaml``): read as the defaults it would describe another model than ``checkpoint`` was
+    trained with, and the refusal would list the default values as the config's (``train --resume`` says the
+    same of its run's ``config.yaml``). An unreadable file is left to the config loader, which says why."""
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        return
+    raise InputError(f"is empty: it holds no config for {checkpoint} (read as the defaults, it would describe another "
+                     "model than the one the checkpoint was trained with); restore the config the run was trained "
+                     "with, or give it with --config", file=config_path)
+
+
 def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
                  head: str | None = None, cfg: Config | None = None) -> TrainedModel:
     """Build the configured embedder and load ``checkpoint`` into it (eval mode, parameters frozen).
@@ -287,9 +310,14 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     pretrained weights (``model.pretrained`` / ``model.pretrained_path`` are ignored: the checkpoint's weights replace
     them), so loading never downloads and needs no initial weight file.
     """
-    from dynametric.config import embedder_kwargs, errors_located, load_config
+    from dynametric.config import config_to_dict, embedder_kwargs, errors_located, load_config
     from dynametric.engine.builders import eval_head
-    from dynametric.engine.checkpoint import load_checkpoint_file, load_embedder_state, trained_statistics
+    from dynametric.engine.checkpoint import (
+        load_checkpoint_file,
+        load_embedder_state,
+        trained_statistics,
+        unknown_model_keys_note,
+    )
     from dynametric.models import build_embedder
 
     checkpoint = checkpoint_path(checkpoint)
@@ -301,7 +329,8 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     with errors_located(cfg):  # a model key checked when the model is built names where it was set
         model = build_embedder(**{**embedder_kwargs(cfg.model), "pretrained": False, "pretrained_path": None})
     load_embedder_state(model, state, checkpoint)
-    note = backbone_class_note(state, model, checkpoint, cfg.model.backbone)
+    notes = [note for note in (unknown_model_keys_note(state, config_to_dict(cfg)["model"], checkpoint),
+                               backbone_class_note(state, model, checkpoint, cfg.model.backbone)) if note]
     # the statistics it trained with where the config leaves them to the backbone (older checkpoints: ImageNet's)
     pinned = trained_statistics(cfg, state)
     if pinned is not None:
@@ -310,7 +339,7 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     for p in model.parameters():
         p.requires_grad_(False)
     return TrainedModel(cfg, model, checkpoint, config_path, state, head if head is not None else eval_head(cfg),
-                        [note] if note else [])
+                        notes)
 
 
 def backbone_class_note(state: Mapping[str, Any], model: nn.Module, checkpoint: str | Path,

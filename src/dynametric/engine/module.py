@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from dynametric import __version__
 from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig, resolve_monitor
 from dynametric.data.synthetic import SCALE_NAMES as DEFAULT_DATA_SCALES
 from dynametric.engine.distributed import agree_nonfinite, all_gather_no_grad, all_gather_with_grad, world_info
@@ -677,7 +678,9 @@ class MetricLearningModule(L.LightningModule):
                                     "plateau_rounds": self.plateau_rounds,
                                     "optim": asdict(self.optim_settings),
                                     # the batches a step draws and the resumed position depend on it
-                                    "processes": int(self.trainer.world_size) if self._trainer is not None else 1}
+                                    "processes": int(self.trainer.world_size) if self._trainer is not None else 1,
+                                    # which dynametric wrote it (Lightning records only its own version)
+                                    "dynametric_version": __version__}
         continued = logger_run(self.logger) if self._trainer is not None else None
         if continued is not None:  # the MLflow / W&B run a resume continues
             checkpoint["dynametric"]["logger_run"] = continued

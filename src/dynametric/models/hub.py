@@ -37,6 +37,9 @@ META_FILE = "dynametric.json"
 CONFIG_FILE = "config.yaml"
 CARD_FILE = "README.md"
 FORMAT = "dynametric-embedder"
+FORMAT_VERSION = 1
+"""The ``format_version`` of the ``dynametric.json`` this code writes, and the newest it reads (a later dynametric
+that changes the folder's layout or meaning writes a higher one, which :func:`from_pretrained` refuses here)."""
 _NAMES = frozenset((MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE))
 UNFINISHED = "unfinished save"
 """``weights_sha256`` of the ``dynametric.json`` a save writes first and replaces last: no weights match it, so a
@@ -268,7 +271,7 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     weights = save(state, metadata={"format": "pt"})
     dims = getattr(embedder, "embedding_dims", None)
     files = [MODEL_FILE, META_FILE, *([CONFIG_FILE] if config_yaml is not None else []), CARD_FILE]
-    meta = {"format": FORMAT, "format_version": 1, "dynametric_version": __version__, "model": kwargs,
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "dynametric_version": __version__, "model": kwargs,
             "embedding_dims": dict(dims) if dims is not None else None, "scale_names": list(scale_names or []),
             "eval_head": eval_head, "input_size": input_size, "metrics": dict(metrics or {}), "data": dict(data or {}),
             "weights_sha256": hashlib.sha256(weights).hexdigest(), "files": files}
@@ -417,6 +420,8 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
         raise InputError(f"not valid JSON ({exc})", file=meta_path) from None
     except RecursionError:  # arrays or objects nested too deep for Python's parser
         raise InputError("not a description dynametric can read: JSON nested too deep", file=meta_path) from None
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        _check_format_version(meta, meta_path)  # a later layout: said before its entries are read
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise InputError(f"expected a {FORMAT} description with a 'model' entry", file=meta_path)
     if meta.get("weights_sha256") == UNFINISHED:
@@ -447,6 +452,22 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
     model.notes = []  # the build's notes (a local-dir backbone without its weights) do not apply: the folder's load
     model.hub_meta = meta
     return model
+
+
+def _check_format_version(meta: Mapping[str, Any], meta_path: Path) -> None:
+    """A one-line :class:`InputError` naming ``meta_path`` when its ``format_version`` is newer than
+    :data:`FORMAT_VERSION` (a later dynametric's folder, which this code would misread) or not a whole number; a
+    description without one (written before it was recorded) is read as format 1."""
+    from dynametric import __version__
+
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(f"expected a whole number >= 1, got {version!r}", file=meta_path, key="format_version")
+    if version > FORMAT_VERSION:
+        by = meta.get("dynametric_version")
+        writer = f"dynametric {by}" if isinstance(by, str) and by else "a later dynametric"
+        raise InputError(f"written by {writer} (format {version}); this version ({__version__}) reads format "
+                         f"{FORMAT_VERSION}: upgrade dynametric", file=meta_path, key="format_version")
 
 
 def _fits(value: Any, hint: Any) -> bool:

@@ -629,8 +629,10 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     size here), that the checkpoint was trained by as many processes (a checkpoint of a version that did not record
     it is not checked): a step draws one batch for each process, so the recorded batch position and the global batch
     belong to that number (``trainer.devices: auto`` resumed on a machine with another GPU count continued with
-    another one, silently). Returns the checkpoint's weights as meta tensors (names and shapes only) and the logger
-    run it records (:class:`ResumedCheckpoint`): the checkpoint is read once."""
+    another one, silently); and that a ``best.ckpt`` in the folder, which the run tests when it ends, was saved by
+    this run (:func:`check_run_checkpoint`: one copied from another run is refused). Returns the checkpoint's weights
+    as meta tensors (names and shapes only) and the logger run it records (:class:`ResumedCheckpoint`): the
+    checkpoint is read once."""
     from dynametric.config import config_hash, config_to_dict
 
     header = _run_header(run_dir)
@@ -675,14 +677,10 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
         stored = extra.get("config")
         added = _added_defaults(stored, config_to_dict(cfg)) if isinstance(stored, dict) else None
         if not added:
-            differ = ""
+            differ, keys = "", list[str]()
             if isinstance(stored, dict):
-                old, new = _flat(stored), _flat(config_to_dict(cfg))
-                keys = [k for k in sorted({*old, *new}) if (k in old) != (k in new) or old[k] != new[k]]
-                keys = [k for k in keys if k in old or not _is_schema_default(k, new[k])]  # an added key: no edit
-                differ = "; changed: " + ", ".join(
-                    f"{k} ({repr(old[k]) if k in old else 'absent'} -> {repr(new[k]) if k in new else 'absent'})"
-                    for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+                keys, differ = _changed_keys(stored, config_to_dict(cfg))
+                differ = f"; changed: {differ}"
             if isinstance(stored, dict) and keys == ["imports"]:  # only the modules imported: no other training
                 raise InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
                                  f"{cfg.imports!r} here), which resuming keeps as the run recorded them: restore them, "
@@ -693,6 +691,7 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
         # only keys a later dynametric added, at their defaults: the run's own config, resumed
         note(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their defaults: "
             + ", ".join(f"{k}={v!r}" for k, v in added))
+    checked = config_to_dict(cfg)  # the config last.ckpt was checked with, for best.ckpt's check (below)
     if pin is not None and pin[2]:  # the recorded config predates the keys: checked without them
         cfg.data.mean, cfg.data.std = pin[:2]
         note(f"note: {last} was trained before the transforms followed the backbone's own input statistics: resuming "
@@ -701,9 +700,81 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
     record, components = extra.get("logger_run"), extra.get("components")
-    return ResumedCheckpoint({k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v
-                              for k, v in state.items()}, record if isinstance(record, dict) else None,
-                             components if isinstance(components, dict) else None)
+    resumed = ResumedCheckpoint({k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v
+                                 for k, v in state.items()}, record if isinstance(record, dict) else None,
+                                components if isinstance(components, dict) else None)
+    del ckpt, state  # last.ckpt's tensors freed before best.ckpt is read
+    # the checkpoint the run tests (best.ckpt) must be this run's too, checked as last.ckpt was; beside a last.ckpt
+    # of an older dynametric, which records no config hash, the run's config is not known (config.yaml is taken as
+    # it is): its best.ckpt is checked against the run's checkpoints before the test (_select_checkpoint)
+    if saved is not None:
+        check_run_checkpoint(run_dir / "best.ckpt", checked, {saved, now}, run_dir, note)
+    return resumed
+
+
+def _no_note(message: str) -> None:
+    """A ``note`` that says nothing: where :func:`check_run_checkpoint`'s warning about a checkpoint without a config
+    hash was said already (:func:`_select_checkpoint`, after :func:`check_resume`) or goes without saying (a
+    ``best.ckpt`` of an older dynametric beside a ``last.ckpt`` of one, said of it)."""
+
+
+def _changed_keys(stored: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], str]:
+    """The dotted keys that differ between a checkpoint's stored config and ``new`` (both as
+    :func:`~dynametric.config.config_to_dict` gives them; a key only ``new`` has counts when it is not at the
+    schema's default), and the first four in words (``key (old -> new)``)."""
+    old, now = _flat(stored), _flat(new)
+    keys = [k for k in sorted({*old, *now}) if (k in old) != (k in now) or old[k] != now[k]]
+    keys = [k for k in keys if k in old or not _is_schema_default(k, now[k])]  # an added key: no edit
+    text = ", ".join(f"{k} ({repr(old[k]) if k in old else 'absent'} -> {repr(now[k]) if k in now else 'absent'})"
+                     for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    return keys, text
+
+
+def _same_run_config(stored: Any, run_config: dict[str, Any]) -> bool:
+    """Whether a checkpoint's stored config is the run's ``run_config`` (both as
+    :func:`~dynametric.config.config_to_dict` gives them) but for what a resume adds without changing the training:
+    keys a later dynametric added, at their defaults (:func:`_added_defaults`), and the input statistics a resume
+    of a checkpoint that predates ``data.mean`` / ``data.std`` records (ImageNet's, :func:`trained_statistics`)."""
+    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if not isinstance(stored, dict):
+        return False
+    if _added_defaults(stored, run_config) is not None:
+        return True
+    data, was = run_config.get("data"), stored.get("data")
+    if isinstance(data, dict) and isinstance(was, dict) and "mean" not in was and "std" not in was \
+            and data.get("mean") == list(IMAGENET_MEAN) and data.get("std") == list(IMAGENET_STD):
+        return _added_defaults(stored, {**run_config, "data": {**data, "mean": None, "std": None}}) is not None
+    return False
+
+
+def check_run_checkpoint(path: Path, run_config: dict[str, Any], run_hashes: set[str], run_dir: Path,
+                         note: Callable[[str], None], checkpoint: Mapping[str, Any] | None = None) -> None:
+    """A checkpoint of the run folder that the run tests (``best.ckpt``) must have been saved by this run, as
+    ``last.ckpt`` must (:func:`check_resume`): its recorded config hash one of ``run_hashes`` (the run's), or its
+    stored config the run's ``run_config`` but for keys a later dynametric added at their defaults
+    (:func:`_same_run_config`); else a one-line :class:`InputError` naming it (a ``best.ckpt`` copied from another
+    run would be tested, and its metrics reported, as this run's best epoch). Nothing to check where ``path`` is
+    not there; one that records no config hash (an older dynametric) is accepted with a warning. ``checkpoint``:
+    its content where the caller read it already."""
+    if checkpoint is None:
+        if not path.is_file():
+            return
+        checkpoint = load_checkpoint_file(path)
+    extra = checkpoint.get("dynametric")
+    extra = extra if isinstance(extra, dict) else {}
+    recorded, stored = extra.get("config_hash"), extra.get("config")
+    if recorded is None:
+        note(f"warning: {path} records no config hash (written by an older dynametric): it cannot be checked to be "
+             f"this run's; the run tests it as its best epoch")
+        return
+    if recorded in run_hashes or _same_run_config(stored, run_config):
+        return
+    differ = f"; changed: {_changed_keys(stored, run_config)[1]}" if isinstance(stored, dict) else ""
+    raise InputError(f"was not saved by this run (it records config hash {recorded}, the run {run_dir} "
+                     f"{' or '.join(sorted(run_hashes)) or 'another'}{differ}): the run would test it as "
+                     f"its best epoch and report its metrics as its own; put back the run's own {path.name}, or move "
+                     "this one out of the run folder (the run then tests its final weights)", file=path)
 
 
 def component_classes(cfg: Config, embedder: torch.nn.Module | None = None) -> dict[str, str]:
@@ -1404,10 +1475,14 @@ def _fit(cfg: Config, run_dir: Path, parts: _RunParts, metrics: dict[str, Any], 
 
 def _select_checkpoint(run_dir: Path, parts: _RunParts, notes: Callable[[str], None]) -> str | None:
     """A step of :func:`_train`: the weights the test uses, recorded as the run's info's ``selected``:
-    ``best.ckpt`` (returned), else the final weights (``None``) and why (:func:`_final_weights_reason`)."""
+    ``best.ckpt`` (returned; one this run did not save, put in the folder while it trained, is refused:
+    :func:`check_run_checkpoint`), else the final weights (``None``) and why (:func:`_final_weights_reason`)."""
     best = run_dir / "best.ckpt"
     if best.is_file():
         ckpt = load_checkpoint_file(best)
+        module = parts.module  # the one it tests: saved by this run (one put there while it trained is refused)
+        if module.run_config is not None and module.run_config_hash is not None:
+            check_run_checkpoint(best, module.run_config, {module.run_config_hash}, run_dir, _no_note, ckpt)
         parts.info["selected"] = {"checkpoint": "best.ckpt", "epoch": int(ckpt.get("epoch", -1)),
                                   "global_step": int(ckpt.get("global_step", -1)), "monitor": parts.settings.monitor}
         return str(best)
