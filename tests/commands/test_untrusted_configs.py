@@ -140,8 +140,8 @@ def test_a_yaml_alias_bomb_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(config)
     assert str(exc.value) == (f"{config}: its aliases (*name) expand to 672,588 values more than the file writes (at "
-                              "most 100,000: aliases of anchors that hold aliases multiply); write the values out, "
-                              "or nest fewer aliases")
+                              "most 100,000: each alias repeats what its anchor holds, and aliases inside anchors "
+                              "multiply); write the values out, or use fewer aliases")
 
 
 def test_an_alias_inside_its_own_anchor_is_one_line(tmp_path: Path) -> None:

@@ -136,3 +136,37 @@ def test_an_alias_builds_the_built_in_logger_and_a_bad_entry_is_named(monkeypatc
     with pytest.raises(ConfigError, match=r"^key 'run.logger': the registered logger 'broken' is 42, neither a "
                                           r"factory"):
         check_logger_available("broken")
+
+
+def test_a_registered_logger_is_written_from_global_rank_zero_only(monkeypatch, tmp_path) -> None:
+    """Under DDP every rank logs the loss and the untrained metrics; Lightning's own loggers write on rank 0 only,
+    and a registered one got every row once per rank."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from dynametric.engine.loggers import build_logger
+
+    rows: list[dict] = []
+
+    class Recording(CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            rows.append(dict(metrics))
+
+    monkeypatch.setitem(LOGGERS, "rec", lambda run_dir: Recording(run_dir))
+    logger = build_logger("rec", tmp_path)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger.log_metrics({"train/loss": 1.0}, step=1)
+    logger.finalize("success")
+    assert rows == []
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    logger.log_metrics({"train/loss": 2.0}, step=2)
+    assert rows == [{"train/loss": 2.0}]
+
+
+@pytest.mark.parametrize("factory", [lambda: None, lambda run_dir, filename, /: None, lambda *, run_dir: None])
+def test_a_factory_that_cannot_take_the_run_folder_is_refused_by_the_dry_run(monkeypatch, capsys, factory) -> None:
+    monkeypatch.setitem(LOGGERS, "odd", factory)
+    assert main(["train", "--dry-run", "run.logger=odd"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "key 'run.logger': the odd logger's factory" in err and "cannot be called as factory(run_dir, " \
+        "**run.logger_options)" in err and len(err.splitlines()) == 1, err

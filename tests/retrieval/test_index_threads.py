@@ -150,3 +150,20 @@ def test_ivf_reconstruct_builds_the_id_map_once_when_threads_call_it_first(tmp_p
     reference = RetrievalIndex.load(tmp_path / "index")
     for i, v in enumerate(got):
         np.testing.assert_array_equal(v, reference.reconstruct(i))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_reconstruct_refuses_a_position_outside_the_index(kind: str) -> None:
+    """faiss read outside its arrays for a negative position (garbage for -1, a segmentation fault for -10**8) and
+    raised a multi-line RuntimeError for one past the end; a float was truncated."""
+    from dynametric.errors import InputError
+
+    idx = RetrievalIndex.build(embedding_set(), kind=kind)
+    cases = [(-1, "item -1 out of range [0, 300)"), (-10**8, "item -100000000 out of range"),
+             (300, "item 300 out of range"), (2.7, "expected an item position (an integer), got 2.7"),
+             (True, "expected an item position (an integer), got True (bool)")]
+    for bad, why in cases:
+        with pytest.raises(InputError, match=r"^key 'i': " + why.replace("[", r"\[").replace("(", r"\(")
+                           .replace(")", r"\)")):
+            idx.reconstruct(bad)
+    np.testing.assert_array_equal(idx.reconstruct(np.int64(299)), idx.reconstruct(299))

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     # from the moment the server exists, Ctrl-C is the normal way to stop it (status 0), also while the lines below
     # are printed (it exited 130 between the URL line and serve_forever)
     try:
+        for note in explorer.notes:  # e.g. the index's image roots are missing (the folders moved)
+            print(f"note: {note}", file=sys.stderr, flush=True)
         warning = exposure_warning(args.host)
         if warning:
             print(warning, file=sys.stderr, flush=True)

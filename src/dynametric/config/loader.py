@@ -210,8 +210,8 @@ def _check_alias_expansion(node: yaml.Node | None, file: str) -> None:
     expanded, written = size[id(node)], len(size)
     if expanded - written > MAX_ALIAS_VALUES:
         raise ConfigError(f"its aliases (*name) expand to {expanded - written:,} values more than the file writes "
-                          f"(at most {MAX_ALIAS_VALUES:,}: aliases of anchors that hold aliases multiply); write the "
-                          "values out, or nest fewer aliases", file=file)
+                          f"(at most {MAX_ALIAS_VALUES:,}: each alias repeats what its anchor holds, and aliases "
+                          "inside anchors multiply); write the values out, or use fewer aliases", file=file)
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:

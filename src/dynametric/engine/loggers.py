@@ -163,6 +163,26 @@ def check_logger_options(name: str, options: Mapping[str, Any] | None) -> None:
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(f"the {name} logger takes no option {key!r}; {hint}it takes {', '.join(accepted)}",
                               key=f"run.logger_options.{key}")
+    if kind is None:
+        _check_factory_call(name, LOGGERS[name], options or {})
+
+
+def _check_factory_call(name: str, factory: Any, options: Mapping[str, Any]) -> None:
+    """A :class:`ConfigError` keyed ``run.logger`` when a registered logger's factory cannot be called as
+    ``factory(run_dir, **options)`` (no positional ``run_dir``, a required parameter the options do not give):
+    said by the dry run, not by the run after its untrained evaluation."""
+    from dynametric.utils.registry import qualified_name
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a callable whose signature cannot be read: tried when the run builds it
+        return
+    try:
+        signature.bind(Path("RUN"), **options)
+    except TypeError as exc:
+        raise ConfigError(f"the {name} logger's factory {qualified_name(factory)}{signature} cannot be called as "
+                          f"factory(run_dir, **run.logger_options) ({exc}): a registered logger's factory takes the "
+                          "run folder first, then the options as keywords", key="run.logger") from None
 
 
 # ----------------------------------------------------------------------------------------------- MLflow's store
@@ -562,21 +582,29 @@ class _Forwarding(Logger):
     def experiment(self) -> Any:
         return getattr(self.inner, "experiment", None)
 
+    # the writes reach the inner logger from global rank 0 only, as Lightning's own loggers write (under DDP every
+    # rank logs the loss and the untrained metrics; a logger of the user's own would get each row once per rank)
+    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         self.inner.log_metrics(dict(metrics), step)
 
+    @rank_zero_only
     def log_hyperparams(self, params: Any = None, *args: Any, **kwargs: Any) -> None:
         self.inner.log_hyperparams(params, *args, **kwargs)
 
+    @rank_zero_only
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         self.inner.log_graph(model, input_array)
 
+    @rank_zero_only
     def save(self) -> None:
         self.inner.save()
 
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         self.inner.finalize(status)
 
+    @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self.inner.after_save_checkpoint(checkpoint_callback)
 

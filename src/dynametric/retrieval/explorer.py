@@ -274,7 +274,7 @@ class Explorer:
         self.lock = threading.Lock()
         # roots that are no folder now (the project moved): no image under them is served, and that is said
         self.missing_roots = [r for r in self.roots if not Path(r).is_dir()]
-        self.notes: list[str] = []  # for the user at startup (make_server prints them)
+        self.notes: list[str] = []  # for the user at startup (`dynametric explore` prints them)
         if self.missing_roots and self.has_images:
             self.notes.append(f"the index's image root(s) {', '.join(self.missing_roots)} (recorded in its "
                               "index.json) no longer exist (moved?): no image under them is shown; build the index "
@@ -695,8 +695,6 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, *
         key = "--host" if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "--port"
         raise InputError(f"cannot listen on {where} ({exc.strerror or exc})", key=key) from None
     server.host_check = HostCheck(str(server.server_address[0]), host, allowed)
-    for note in explorer.notes:
-        print(f"note: {note}", file=sys.stderr, flush=True)
     return server
 
 

@@ -793,8 +793,14 @@ class RetrievalIndex:
         return _prepare(q, self.metric)
 
     def reconstruct(self, i: int) -> np.ndarray:
-        """The stored (prepared) vector of item ``i``. Safe from several threads: an ``ivf`` index builds faiss's
-        id map on the first call, under a lock (threads that came first wait for it, then all read)."""
+        """The stored (prepared) vector of item ``i`` (an integer in ``[0, size)``; anything else is an
+        :class:`~dynametric.errors.InputError` keyed ``i``: faiss reads outside its arrays for a negative one). Safe
+        from several threads: an ``ivf`` index builds faiss's id map on the first call, under a lock (threads that
+        came first wait for it, then all read)."""
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise InputError(f"expected an item position (an integer), got {i!r} ({type(i).__name__})", key="i")
+        if not 0 <= int(i) < self.size:
+            raise InputError(f"item {int(i)} out of range [0, {self.size})", key="i")
         if self.kind == "ivf" and not self._direct_map:
             with self._map_lock:
                 if not self._direct_map:
