@@ -121,7 +121,9 @@ def test_a_lost_labels_file_is_refused_and_restored(emb: Path, run_ckpt: Path, i
                     "embed` command that wrote the folder (it restores what it can) or embed again")
     (emb / "items.csv").unlink()
     _embed(run_ckpt, image_root / "labels.csv", emb, "--shard-size", "5")  # the same job: finished, files restored
-    assert "0 shard(s) computed" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "0 shard(s) computed" in out.out
+    assert f"note: items.csv, labels.npy written again from the list (missing or changed in {emb})" in out.err
     assert np.array_equal(np.load(emb / "labels.npy"), labels)
     assert (emb / "items.csv").read_bytes() == items
     assert main(["evaluate", "--embeddings", str(emb)]) == 0

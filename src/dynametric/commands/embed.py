@@ -123,6 +123,9 @@ def _run(args: argparse.Namespace) -> int:
                       pin_memory=run_opts.pin_memory,
                       progress=not args.no_progress and is_terminal(sys.stderr),
                       keep_shards=args.keep_shards, overwrite=args.overwrite, max_pixels=args.max_pixels)
+    if res.restored:  # a finished job's files that were missing or not the list's, written again from it
+        print(f"note: {', '.join(res.restored)} written again from the list (missing or changed in {res.out})",
+              file=sys.stderr)
     part = "" if args.part is None else f" (part {args.part[0]}/{args.part[1]} of {items.source_count} images)"
     print(f"{res.count} images{part} -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
           f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)")
