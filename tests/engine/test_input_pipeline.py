@@ -186,7 +186,7 @@ def test_train_and_evaluate_print_a_workers_bad_image_in_one_line(tmp_path, caps
         argv = ["evaluate", "--checkpoint", str(ckpt), "--workers", "1", *(a for d in data for a in ("--set", d))]
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines()
-           if not line.startswith("warning: ")]  # train's warnings are on stderr too
+           if not line.startswith(("warning: ", "note: "))]  # train's warnings and notes are on stderr too
     assert err == [f"dynametric {command}: error: {bad}: cannot read image (UnidentifiedImageError: cannot identify "
                    f"image file '{bad}')"]
 
