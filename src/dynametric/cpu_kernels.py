@@ -22,6 +22,7 @@ import functools
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 CPUINFO = "/proc/cpuinfo"
 OPT_OUT = "DYNAMETRIC_KEEP_NUMPY_AVX512"
@@ -158,9 +159,22 @@ def sort_kernel_hint(environ: Mapping[str, str], cpuinfo: str, avx512_active: bo
             f"CPU). Set {OPT_OUT}=1 to silence this.")
 
 
+def outside_package_level() -> int:
+    """The ``stacklevel`` (counted from the caller, as :func:`warn_if_slow_sort` counts) of the first frame outside
+    the ``dynametric`` package: a warning raised deep in the library names the user's line, however many of the
+    library's own functions lie between (a fixed count broke when a function was split into steps)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame: Any = sys._getframe(1)  # the caller's frame: level 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 1
+
+
 def warn_if_slow_sort(stacklevel: int = 1, cpuinfo_path: str = CPUINFO) -> bool:
     """Warn (:class:`SlowSortWarning`) when numpy's slow AVX-512 sort is in use on this CPU; True if it warned.
-    ``stacklevel`` counts from the caller: 1 names the caller's line, 2 its caller's, and so on."""
+    ``stacklevel`` counts from the caller: 1 names the caller's line, 2 its caller's, and so on
+    (:func:`outside_package_level`: the first line outside dynametric)."""
     cpuinfo = read_cpuinfo(cpuinfo_path)
     if cpuinfo is None or not slow_avx512_sort(cpuinfo):
         return False

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynametric.cpu_kernels import numpy_sort_is_slow, warn_if_slow_sort
+from dynametric.cpu_kernels import numpy_sort_is_slow, outside_package_level, warn_if_slow_sort
 from dynametric.evaluation_defaults import CPU_MEMORY_BUDGET
 from dynametric.metrics.products import GalleryProducts
 from dynametric.metrics.ranking import (
@@ -822,7 +822,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         if bool(torch.isnan(top_lists[0]).any()) or bool(torch.isposinf(best).any()):
             _raise_overflow()
     if top_lists is None and nq * ng >= _SORT_HINT_PAIRS:  # rows are sorted: is numpy's sort the slow one?
-        warn_if_slow_sort(stacklevel=3)  # points at the caller of evaluate_embeddings
+        warn_if_slow_sort(stacklevel=outside_package_level())  # names the user's line that asked for it
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     # nested candidate sets with no shared-id exclusions are read straight from the coarsest-class ranges
     use_ranges = top_lists is None and cs.nested and problem.query_codes is None
