@@ -80,14 +80,52 @@ def test_reversed_embeddings_are_refused(emb: Path, tmp_path: Path, capsys) -> N
     np.save(emb / "embeddings.npy", np.load(emb / "embeddings.npy")[::-1])
     _readers_refuse(capsys, emb, tmp_path, f"{emb / 'embeddings.npy'}: not the file this job wrote (its SHA-256 "
                     "differs from embed.json's embeddings_sha256): a file was replaced or edited; re-run the "
-                    "`dynametric embed` command that wrote the folder (it restores what it can) or embed again")
+                    "`dynametric embed` command that wrote the folder (it restores what it can) or embed again; "
+                    "embeddings changed on purpose (PCA, whitening) go into a new folder with their items and labels: "
+                    "dynametric.retrieval.embed.derive_embedding_folder")
     # a file of another size is refused by its size (no read)
     np.save(emb / "embeddings.npy", np.load(emb / "embeddings.npy")[:, :8])
     size = (emb / "embeddings.npy").stat().st_size
     want = json.loads((emb / "embed.json").read_text())["embeddings_size"]
     assert _error(capsys, ["evaluate", "--embeddings", str(emb)]).endswith(
         f"embeddings.npy: has {size} bytes, embed.json's embeddings_size says {want}: not the file this job wrote; "
-        "re-run the `dynametric embed` command that wrote the folder (it restores what it can) or embed again")
+        "re-run the `dynametric embed` command that wrote the folder (it restores what it can) or embed again; "
+        "embeddings changed on purpose (PCA, whitening) go into a new folder with their items and labels: "
+        "dynametric.retrieval.embed.derive_embedding_folder")
+
+
+def test_derived_embeddings_keep_their_items_and_labels_and_refuse_image_queries(
+        finished: Path, run_ckpt: Path, image_root: Path, tmp_path: Path, capsys) -> None:
+    """Embeddings post-processed after embed (PCA) were refused by the digest check with only 'embed again' as the
+    way out; a derived folder keeps the ids and labels, and an index of it refuses queries the model embeds."""
+    from dynametric.retrieval.embed import derive_embedding_folder
+    from dynametric.retrieval.index import RetrievalIndex
+
+    x = np.load(finished / "embeddings.npy").astype(np.float64)
+    x -= x.mean(0)
+    pca = (x @ np.linalg.svd(x, full_matrices=False)[2][:4].T).astype(np.float32)
+    out = derive_embedding_folder(finished, tmp_path / "pca", pca, "pca 4")
+    derived = load_embedding_set(out)
+    base = load_embedding_set(finished)
+    assert np.array_equal(derived.embeddings, pca) and derived.ids == base.ids and derived.paths == base.paths
+    assert np.array_equal(derived.labels, base.labels) and derived.model["derived"] == "pca 4"
+    assert json.loads((out / "embed.json").read_text())["derived_from"] == str(finished.resolve())
+    assert main(["index", "build", "--embeddings", str(out), "--out", str(tmp_path / "idx")]) == 0
+    assert RetrievalIndex.load(tmp_path / "idx").labels is not None
+    capsys.readouterr()
+    err = _error(capsys, ["search", "--index", str(tmp_path / "idx"), "--image",
+                          str(image_root / "imgs/plant/img_01.png"), "--device", "cpu"])
+    assert "embeddings as the model makes them against the index's derived by 'pca 4'" in err, err
+    # queries derived the same way are searched; the model's own embeddings of them are refused
+    assert main(["search", "--index", str(tmp_path / "idx"), "--embeddings", str(out), "-k", "1", "--json"]) == 0
+    err = _error(capsys, ["search", "--index", str(tmp_path / "idx"), "--embeddings", str(finished), "-k", "1"])
+    assert "against the index's derived by 'pca 4'" in err
+    again = derive_embedding_folder(out, tmp_path / "white", pca / np.linalg.norm(pca, axis=0), "whitening")
+    assert load_embedding_set(again).model["derived"] == "pca 4; then whitening"
+    with pytest.raises(InputError, match=r"expected \[12, D\] embeddings"):
+        derive_embedding_folder(finished, tmp_path / "bad", pca[:5], "pca 4")
+    with pytest.raises(InputError, match="not a new or empty folder"):
+        derive_embedding_folder(finished, out, pca, "pca 4")
 
 
 def test_swapped_item_rows_are_refused(emb: Path, tmp_path: Path, capsys) -> None:

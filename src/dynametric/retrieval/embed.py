@@ -1188,6 +1188,8 @@ def _assemble(out: Path, num_shards: int, n: int) -> tuple[int, dict[str, Any]]:
 
 
 _RESTORE = "re-run the `dynametric embed` command that wrote the folder (it restores what it can) or embed again"
+_DERIVE = ("; embeddings changed on purpose (PCA, whitening) go into a new folder with their items and labels: "
+           "dynametric.retrieval.embed.derive_embedding_folder")
 
 
 def file_sha256(path: Path) -> str:
@@ -1216,11 +1218,11 @@ def check_embeddings_file(folder: Path, meta: dict[str, Any], *, digest: bool = 
     size, want_size = emb_file.stat().st_size, meta.get("embeddings_size")
     if isinstance(want_size, int) and size != want_size:
         raise InputError(f"has {size} bytes, embed.json's embeddings_size says {want_size}: not the file this job "
-                         f"wrote; {_RESTORE}", file=emb_file)
+                         f"wrote; {_RESTORE}{_DERIVE}", file=emb_file)
     want = meta.get("embeddings_sha256")
     if digest and isinstance(want, str) and file_sha256(emb_file) != want:
         raise InputError("not the file this job wrote (its SHA-256 differs from embed.json's embeddings_sha256): "
-                         f"a file was replaced or edited; {_RESTORE}", file=emb_file)
+                         f"a file was replaced or edited; {_RESTORE}{_DERIVE}", file=emb_file)
     return emb_file
 
 
@@ -1298,6 +1300,54 @@ def embed_folder_of(path: str | Path) -> Path | None:
     if path.name == "embeddings.npy" and (path.parent / "embed.json").is_file():
         return path.parent
     return None
+
+
+def derive_embedding_folder(source: str | Path, out: str | Path, embeddings: Any, how: str) -> Path:
+    """A new embed folder ``out`` holding ``embeddings`` (``[N, D']``, any width: PCA, whitening, a learned
+    projection of ``source``'s rows, in the same order) with ``source``'s items, labels and file stamps, so that
+    ``index build``, ``evaluate`` and ``search`` read them with their ids and labels. ``embed.json`` records the new
+    file's size and digest, ``derived_from`` (``source``) and ``model.derived`` (``how``, after what ``source`` was
+    already derived by): queries are comparable only when derived the same way, so an index of such a folder
+    refuses image queries embedded by the model (:func:`dynametric.retrieval.model.model_mismatch`). ``source`` is
+    checked as every reader checks it; ``out`` must be new or empty. Editing ``embeddings.npy`` in place is refused
+    by the readers (its digest): derive a folder instead."""
+    import shutil
+
+    source, out = Path(source), Path(out)
+    how = str(how).strip()
+    if not how:
+        raise InputError("say how the embeddings were derived (e.g. 'pca 64', 'whitening'): recorded in embed.json "
+                         "and compared with the queries'", key="how")
+    base = load_embedding_set(source, mmap=True)  # every file of the source checked, as the readers check them
+    meta = read_finished_job(source)
+    x = np.asarray(embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor) else embeddings)
+    if x.ndim != 2 or x.shape[0] != len(base.ids) or x.shape[1] < 1:
+        raise InputError(f"expected [{len(base.ids)}, D] embeddings (one row per item of {source}, in its order), "
+                         f"got {list(x.shape)}", key="embeddings")
+    if x.dtype.kind not in "fiu" or not np.isfinite(x).all():
+        raise InputError(f"expected finite numbers, got {x.dtype}" + ("" if x.dtype.kind not in "fiu" else
+                         " with NaN or infinite values"), key="embeddings")
+    if out.resolve() == source.resolve():
+        raise InputError("out is the source folder; derive into a new folder", file=out)
+    if out.exists() and (not out.is_dir() or other_entries(out)):
+        raise InputError("output exists and is not a new or empty folder", file=out)
+    make_output_folder(out, "out")
+    with folder_lock(out, "derive"):
+        for name in ("items.csv", "labels.npy", "file_stats.npy"):
+            if (source / name).is_file():
+                with open_regular(source / name) as src, atomic_open(out / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        n, dim = x.shape
+        written = _write_rows(out / "embeddings.npy", [x[i:i + _DERIVE_ROWS] for i in range(0, n, _DERIVE_ROWS)],
+                              n, dim)
+        model = dict(meta.get("model") or {})
+        model["derived"] = f"{model['derived']}; then {how}" if model.get("derived") else how
+        derived = {**meta, **written, "model": model, "derived_from": str(source.resolve()), "status": "complete"}
+        atomic_write_json(out / "embed.json", derived)
+    return out
+
+
+_DERIVE_ROWS = 65536  # rows converted to float32 and written at a time
 
 
 def read_finished_job(folder: str | Path) -> dict[str, Any]:

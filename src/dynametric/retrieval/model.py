@@ -325,15 +325,26 @@ def index_model_path(index: Any, value: Any, key: str) -> Path:
 def model_mismatch(index_model: dict[str, Any], query_model: dict[str, Any]) -> tuple[str, str] | None:
     """``(what differs, how to fix it)`` when embeddings recorded with ``query_model`` are not comparable with those
     of ``index_model`` (the ``model`` entries of ``embed.json`` / ``index.json``), else ``None``. Compared where both
-    record them: the weights hash, the head, the input size (the crop the images are resized to), the input
-    channels, and what of the config decides the embeddings (``embedding_hash``, :func:`embedding_config_hash`; an
-    entry recorded before it existed is compared by its whole ``config_hash`` instead). Precision and decoder only
-    shift distances slightly: :func:`precision_note` and :func:`decoder_note` say so."""
+    record them: how the embeddings were derived after ``embed`` (``derived``: PCA, whitening; both sides must
+    agree, a side without it holds the model's own embeddings), the weights hash, the head, the input size (the
+    crop the images are resized to), the input channels, and what of the config decides the embeddings
+    (``embedding_hash``, :func:`embedding_config_hash`; an entry recorded before it existed is compared by its whole
+    ``config_hash`` instead). Precision and decoder only shift distances slightly: :func:`precision_note` and
+    :func:`decoder_note` say so."""
     def differs(key: str) -> tuple[Any, Any] | None:
         want, got = index_model.get(key), query_model.get(key)
         return (got, want) if want is not None and got is not None and want != got else None
 
     config = index_model.get("config") or "the index's config"
+    if index_model and query_model and index_model.get("derived") != query_model.get("derived"):
+        # embeddings derived after embed (PCA, whitening: derive_embedding_folder) are comparable only with queries
+        # derived the same way; a side without `derived` holds the model's own embeddings
+        want, got = index_model.get("derived"), query_model.get("derived")
+        return (f"embeddings {f'derived by {got!r}' if got else 'as the model makes them'} against the index's "
+                f"{f'derived by {want!r}' if want else 'as the model makes them'}",
+                "derive the queries' embeddings as the index's were (dynametric.retrieval.embed."
+                "derive_embedding_folder) and search with --embeddings" if want else
+                "search with the model's own embeddings of the queries")
     if d := differs("weights_hash"):
         return f"weights hash {d[0]} against the index's {d[1]}", "embed the queries with the index's checkpoint"
     if d := differs("head"):
