@@ -99,7 +99,7 @@ def test_the_note_reaches_evaluate_embed_and_from_pretrained(tmp_path: Path, cap
     assert f"note: {ckpt} records model key(s) this version of dynametric does not know (model.head_activation" in err
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n  \n"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n  \n", "{}\n", "---\n", "# c\nnull\n"])
 def test_an_empty_run_config_yaml_is_refused_as_empty(tmp_path: Path, capsys, text: str) -> None:
     ckpt = _run(tmp_path / "run")
     config = ckpt.parent / "config.yaml"
@@ -126,6 +126,10 @@ def test_an_empty_config_given_with_config_is_refused_too(tmp_path: Path) -> Non
     ckpt = _run(tmp_path / "run")
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    with pytest.raises(InputError, match=rf"^{empty}: is empty: it holds no config for {ckpt} "):
-        load_trained(ckpt, empty)
+    for text in ("", "{}\n"):
+        empty.write_text(text)
+        with pytest.raises(InputError) as info:
+            load_trained(ckpt, empty)
+        assert str(info.value).startswith(f"{empty}: is empty: it holds no config for {ckpt} ")
+        assert str(info.value).endswith("; give the config the run was trained with")  # it was given: no --config
     assert load_checkpoint_file(ckpt)["epoch"] == 0  # nothing written

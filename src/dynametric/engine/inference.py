@@ -255,7 +255,7 @@ def config_beside(checkpoint: str | Path, config: str | Path | None) -> Path:
     takes the ``config.yaml`` beside the link, else the one beside the file it points to (its run folder); when
     neither exists the error names both places."""
     path = _config_beside(Path(checkpoint), config)
-    check_config_not_empty(path, checkpoint)
+    check_config_not_empty(path, checkpoint, given=config is not None)
     return path
 
 
@@ -280,20 +280,30 @@ def _config_beside(checkpoint: Path, config: str | Path | None) -> Path:
     return path
 
 
-def check_config_not_empty(config_path: Path, checkpoint: str | Path) -> None:
-    """A one-line :class:`InputError` naming ``config_path`` when it holds nothing but blank lines and comments (an
-    emptied run ``config.yaml``): read as the defaults it would describe another model than ``checkpoint`` was
-    trained with, and the refusal would list the default values as the config's (``train --resume`` says the
-    same of its run's ``config.yaml``). An unreadable file is left to the config loader, which says why."""
+def check_config_not_empty(config_path: Path, checkpoint: str | Path, *, given: bool = False) -> None:
+    """A one-line :class:`InputError` naming ``config_path`` when it holds no setting: nothing but blank lines and
+    comments, or a YAML document that is empty (``{}``, ``---``, ``null``; an emptied run ``config.yaml``): read as
+    the defaults it would describe another model than ``checkpoint`` was trained with, and the refusal would list
+    the default values as the config's (``train --resume`` says the same of its run's ``config.yaml``). ``given``:
+    the file came with ``--config`` (the advice then does not suggest it). An unreadable file is left to the config
+    loader, which says why."""
+    import yaml
+
     try:
         text = config_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return
     if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
-        return
+        try:
+            empty = yaml.safe_load(text) in (None, {})
+        except yaml.YAMLError:  # the loader says where
+            return
+        if not empty:
+            return
+    fix = ("give the config the run was trained with" if given else
+           "restore the config the run was trained with, or give it with --config")
     raise InputError(f"is empty: it holds no config for {checkpoint} (read as the defaults, it would describe another "
-                     "model than the one the checkpoint was trained with); restore the config the run was trained "
-                     "with, or give it with --config", file=config_path)
+                     f"model than the one the checkpoint was trained with); {fix}", file=config_path)
 
 
 def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
