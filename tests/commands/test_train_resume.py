@@ -126,6 +126,27 @@ def test_a_resume_after_an_upgrade_that_added_keys_goes_on_with_their_defaults(k
     assert extra["config"]["optim"]["grad_clip"] is None and extra["config"]["trainer"]["compile"] is False
 
 
+def test_a_run_older_than_the_statistics_is_not_said_to_resume_with_their_defaults(killed, tmp_path) -> None:
+    """A run saved before data.mean / data.std (and optim.grad_clip) existed: the defaults note said
+    'data.mean=None, data.std=None', then the next note that it resumes with ImageNet's: only grad_clip is a
+    default there."""
+    from dynametric.pipeline.run import check_resume
+
+    run = _copy(killed, tmp_path / "older", pid=_dead_pid())
+    _saved_before_keys_existed(run, ("data.mean", "data.std", "optim.grad_clip"))
+    if (run / "best.ckpt").exists():  # the run's best.ckpt as the same older version wrote it
+        best = torch.load(run / "best.ckpt", weights_only=True)
+        for section, name in (("data", "mean"), ("data", "std"), ("optim", "grad_clip")):
+            del best["dynametric"]["config"][section][name]
+        torch.save(best, run / "best.ckpt")
+    cfg, notes = load_config(run / "config.yaml"), []
+    check_resume(cfg, run, note=notes.append)
+    assert [n for n in notes if "lacks keys" in n] == [
+        f"note: {run / 'config.yaml'} lacks keys this dynametric added after {run / 'last.ckpt'} was saved; "
+        "resuming with their defaults: optim.grad_clip=None"]
+    assert any("resuming with the ImageNet mean and std it trained with" in n for n in notes)
+
+
 @pytest.mark.parametrize(("edit", "changed"), [
     ({"optim__grad_clip": 1.0}, "optim.grad_clip (absent -> 1.0)"),  # a new key, not at its default
     ({"data__batch_size": 8}, "data.batch_size (16 -> 8)"),  # beside an edited key (the added one is no edit)

@@ -688,9 +688,12 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
                                  f"--resume {run_dir}", file=config, key="imports")
             raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
                              f"hash {saved}, this config hashes to {now}{differ}); {new_run}", file=config)
-        # only keys a later dynametric added, at their defaults: the run's own config, resumed
-        note(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their defaults: "
-            + ", ".join(f"{k}={v!r}" for k, v in added))
+        # only keys a later dynametric added, at their defaults: the run's own config, resumed (data.mean / data.std
+        # of a run that predates them are not left at their defaults: the note below says what it resumes with)
+        said = [(k, v) for k, v in added if not (pin is not None and pin[2] and k in ("data.mean", "data.std"))]
+        if said:
+            note(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their "
+                 "defaults: " + ", ".join(f"{k}={v!r}" for k, v in said))
     checked = config_to_dict(cfg)  # the config last.ckpt was checked with, for best.ckpt's check (below)
     if pin is not None and pin[2]:  # the recorded config predates the keys: checked without them
         cfg.data.mean, cfg.data.std = pin[:2]
