@@ -1233,13 +1233,9 @@ def check_job_items(folder: Path, meta: dict[str, Any]) -> tuple[list[str], list
     :func:`_fingerprint` is ``embed.json``'s ``fingerprint``: rows reordered, swapped or edited are refused). One
     line naming the file."""
     scales = list(meta.get("scale_names") or [])
-    ids: list[str] = []
-    paths: list[str] = []
-    cells: list[list[str]] = []
-    for _, row in read_job_items(folder / "items.csv", len(scales)):
-        ids.append(row[1])
-        paths.append(row[2])
-        cells.append(row[3:])
+    rows = [row for _, row in read_job_items(folder / "items.csv", len(scales))]
+    ids = [row[1] for row in rows]
+    paths = [row[2] for row in rows]
     count = meta.get("count")
     if isinstance(count, int) and len(ids) != count:
         raise InputError(f"has {len(ids)} rows, embed.json says {count} images; {_RESTORE}", file=folder / "items.csv")
@@ -1253,8 +1249,8 @@ def check_job_items(folder: Path, meta: dict[str, Any]) -> tuple[list[str], list
     want = meta.get("fingerprint")
     if isinstance(want, str) and _fingerprint(ids, paths, labels) != want:
         if labels is not None and scales:  # items.csv writes each row's labels too: which file is the odd one
-            try:
-                written = np.array(cells, dtype=np.int64).reshape(len(ids), len(scales))
+            try:  # the label cells, read only here (a folder that passes never needs them)
+                written = np.array([row[3:] for row in rows], dtype=np.int64).reshape(len(ids), len(scales))
             except (ValueError, OverflowError):
                 written = None
             if written is not None and not np.array_equal(written, labels):
