@@ -76,6 +76,7 @@ from dynametric.utils.io import (
 )
 from dynametric.utils.readers import (
     check_file,
+    check_format_version,
     check_header_scale_names,
     check_npy_header,
     check_npy_size,
@@ -105,12 +106,7 @@ def check_job_format(meta: dict[str, Any], meta_path: Path) -> None:
     if fmt != FORMAT:
         raise InputError(f"not a dynametric embed job file (format {fmt!r}, expected {FORMAT!r})", file=meta_path,
                          key="format")
-    version = meta.get("version", 1)  # none written (a file made by hand): read as the first version
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InputError(f"expected an integer format version, found {version!r}", file=meta_path, key="version")
-    if version > FORMAT_VERSION:
-        raise InputError(f"written by a newer dynametric (embed job format version {version}; this dynametric reads "
-                         f"up to version {FORMAT_VERSION}): upgrade dynametric", file=meta_path, key="version")
+    check_format_version(meta, meta_path, newest=FORMAT_VERSION, what="embed job format")
 
 
 @dataclass

@@ -52,6 +52,7 @@ from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign,
 from dynametric.utils.readers import (
     beyond_float32,
     beyond_float32_text,
+    check_format_version,
     open_regular,
     read_plain_npy,
     read_regular_bytes,
@@ -340,12 +341,7 @@ def _read_meta(meta_path: Path, data: bytes | None = None) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise InputError(f"not a dynametric index (format {found!r})", file=meta_path, key="format")
-    version = meta.get("version", 1)  # none written (a file made by hand): read as the first version
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InputError(f"expected an integer format version, found {version!r}", file=meta_path, key="version")
-    if version > INDEX_VERSION:
-        raise InputError(f"written by a newer dynametric (index format version {version}; this dynametric reads up "
-                         f"to version {INDEX_VERSION}): upgrade dynametric", file=meta_path, key="version")
+    check_format_version(meta, meta_path, newest=INDEX_VERSION, what="index format")
     for key, types in _META_TYPES.items():
         value = meta.get(key)
         if not isinstance(value, types) or isinstance(value, bool):

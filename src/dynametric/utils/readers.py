@@ -88,6 +88,19 @@ def require_regular(path: str | Path, *, missing: str = "file not found", key: s
     open_regular(path, missing=missing, key=key).close()
 
 
+def check_format_version(meta: dict[str, Any], path: str | Path, *, newest: int, what: str) -> int:
+    """The ``version`` of a folder's metadata file ``meta`` (read from ``path``; none written, a file made by hand:
+    1): an integer from 1 to ``newest`` (the newest this code reads), else one :class:`InputError` keyed ``version``
+    naming the file; a newer one says so with both versions (``what``: the format's name, e.g. ``index format``)."""
+    version = meta.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputError(f"expected an integer format version, found {version!r}", file=path, key="version")
+    if version > newest:
+        raise InputError(f"written by a newer dynametric ({what} version {version}; this dynametric reads up to "
+                         f"version {newest}): upgrade dynametric", file=path, key="version")
+    return version
+
+
 def check_npy_size(path: str | Path) -> None:
     """An InputError naming ``path`` when the ``.npy`` file is shorter than its header says (a torn copy, a
     truncated download): ``np.load`` would fail with ``mmap length is greater than file size`` or a reshape error.
