@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -74,20 +75,21 @@ class ConfigImportWarning(UserWarning):
     ``dynametric`` command prints the same text as a ``note:`` line instead (:func:`import_notes_to`)."""
 
 
-_note_sink: Callable[[str], None] | None = None
-"""Where :func:`announce_imports` says what it imports: ``None`` = a :class:`ConfigImportWarning`."""
+_note_sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "dynametric_import_note_sink", default=None)
+"""Where :func:`announce_imports` says what it imports: ``None`` = a :class:`ConfigImportWarning` (a context
+variable: a command's block sets it for its own thread and context only, and puts the previous one back)."""
 
 
 @contextlib.contextmanager
 def import_notes_to(sink: Callable[[str], None]) -> Iterator[None]:
     """While the block runs, :func:`announce_imports` hands its line to ``sink`` (the command line prints it as
     ``note: ...`` on stderr) instead of warning."""
-    global _note_sink
-    previous, _note_sink = _note_sink, sink
+    token = _note_sink.set(sink)
     try:
         yield
     finally:
-        _note_sink = previous
+        _note_sink.reset(token)
 
 
 def modules_to_run(names: Sequence[str]) -> list[str]:
@@ -121,8 +123,9 @@ def announce_imports(names: Sequence[str], config: Any) -> None:
     if not run:
         return
     line = f"importing {', '.join(run)} (imports: of {config}; this runs their code)"
-    if _note_sink is not None:
-        _note_sink(line)
+    sink = _note_sink.get()
+    if sink is not None:
+        sink(line)
     else:
         warnings.warn(line, ConfigImportWarning, stacklevel=3)
 
