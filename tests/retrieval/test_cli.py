@@ -158,6 +158,42 @@ def test_explore_command_serves_the_index(built: dict[str, Path], monkeypatch: p
     assert seen["info"]["scales"] == ["fine", "coarse"]
 
 
+def test_explore_image_root_serves_only_the_folders_given(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path, capsys) -> None:
+    """The explorer confined images to the roots the index records in its own index.json (a downloaded index can
+    name /): --image-root DIR serves images inside the folders the user names instead."""
+    import dynametric.retrieval.explorer as explorer_mod
+
+    seen: dict = {}
+    real_make = explorer_mod.make_server
+
+    def make(explorer, host, port, **kwargs):
+        server = real_make(explorer, host, port, **kwargs)
+        seen["explorer"] = explorer
+
+        def serve() -> None:
+            raise KeyboardInterrupt
+
+        server.serve_forever = serve
+        return server
+
+    monkeypatch.setattr(explorer_mod, "make_server", make)
+    plant = built["root"] / "imgs" / "plant"
+    assert main(["explore", "--index", str(built["index"]), "--port", "0", "--image-root", str(plant)]) == 0
+    explorer = seen["explorer"]
+    assert explorer.roots == [str(plant.resolve())]
+    statuses = {Path(p).parent.name: explorer.image(i)[0] for i, p in enumerate(explorer.index.paths)}
+    assert statuses == {"plant": 200, "animal": 403, "rock": 403}
+    rock = next(i for i, p in enumerate(explorer.index.paths) if "/rock/" in p)
+    assert explorer.image(rock) == (403, "refused: the item's file is not inside the image roots this explorer "
+                                         "serves (--image-root)")
+    capsys.readouterr()
+    assert main(["explore", "--index", str(built["index"]), "--image-root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"key '--image-root': {tmp_path / 'none'} is not a folder (expected one of the folders whose "
+                        "images to serve)") and len(err.splitlines()) == 1
+
+
 def test_evaluate_reads_an_embed_folder_directly(built: dict[str, Path], capsys) -> None:
     """docs/retrieval.md: `dynametric evaluate --embeddings EMB/embeddings.npy` reads an embed folder, labels and
     scale names included (the folder itself works too)."""

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "it is missing)")
     p.add_argument("--config", type=path_arg, default=None, help="with --checkpoint: its config")
     add_inference_arguments(p, batch=False, workers=False, decode=False, prefix="uploads: ", follow_index=True)
+    p.add_argument("--image-root", type=path_arg, action="append", default=None, metavar="DIR",
+                   help="serve only image files inside DIR (repeatable) instead of inside the roots the index "
+                        "records in its own index.json (an index from someone else can record any folder, / too)")
     p.add_argument("--max-upload-mb", type=positive_float, default=8.0, help="largest accepted upload (default 8 MiB)")
     p.set_defaults(func=run)
 
@@ -64,13 +67,18 @@ def port_number(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynametric.errors import DynametricError
+    from dynametric.errors import ConfigError, DynametricError
     from dynametric.retrieval.explorer import Explorer, exposure_warning, make_server
     from dynametric.retrieval.index import RetrievalIndex
     from dynametric.retrieval.model import load_index_model, query_precision
 
     options = inference_options(args)
     run = options.resolve()  # a bad --device / --precision is an error, not "uploads disabled"
+    for root in args.image_root or []:  # before the index and the model are loaded
+        if not root.is_dir():
+            raise ConfigError(f"{root} is not a folder (expected one of the folders whose images to serve)",
+                              key="--image-root")
+    roots = [str(r.resolve()) for r in args.image_root] if args.image_root else None
     index = RetrievalIndex.load(args.index)
     precision, note = query_precision(index.model, args.precision, run.device)  # default: the index's
     embedder = None
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint is not None:
             raise
         print(f"uploads disabled: {exc}", file=sys.stderr)
-    explorer = Explorer(index, embedder, k=args.k, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    explorer = Explorer(index, embedder, k=args.k, max_upload_bytes=int(args.max_upload_mb * 2**20), roots=roots)
     server = make_server(explorer, args.host, args.port, allow_hosts=args.allow_host)
     # from the moment the server exists, Ctrl-C is the normal way to stop it (status 0), also while the lines below
     # are printed (it exited 130 between the URL line and serve_forever)

@@ -271,6 +271,7 @@ class Explorer:
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.roots = [str(r) for r in (roots if roots is not None else index.image_roots)]
+        self.roots_given = roots is not None  # the caller's roots (explore --image-root), not index.json's
         self.lock = threading.Lock()
         # roots that are no folder now (the project moved): no image under them is served, and that is said
         self.missing_roots = [r for r in self.roots if not Path(r).is_dir()]
@@ -387,6 +388,8 @@ class Explorer:
         if self.missing_roots:
             return 403, (f"refused: the item's file is not inside the index's image roots, and the root(s) "
                          f"{', '.join(self.missing_roots)} no longer exist (moved?)")
+        if self.roots_given:
+            return 403, "refused: the item's file is not inside the image roots this explorer serves (--image-root)"
         return 403, "refused: the item's file is not inside the index's image roots"
 
 
