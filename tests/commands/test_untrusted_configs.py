@@ -79,6 +79,15 @@ def test_search_names_the_modules_the_index_config_imports_and_reads_its_paths_f
     assert out.err.splitlines() == [f"note: importing {module} (imports: of {index / 'model' / 'config.yaml'}; this "
                                     "runs their code)"]
     assert json.loads(out.out)["queries"][0]["results"][0]["id"] == "rock/img_02.png"
+    # a checkpoint of other weights is refused before its config is read: nothing imported, nothing said
+    other = torch.load(index / "model" / "best.ckpt", weights_only=True)
+    other["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+    torch.save(other, index / "model" / "best.ckpt")
+    _forget(monkeypatch, module)
+    assert main(["search", "--index", str(index), "--image", str(query), "-k", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differ from the model the index was built with" in err[0], err
+    assert module not in sys.modules
 
 
 def test_a_run_folder_command_says_what_it_imports_and_from_pretrained_warns(

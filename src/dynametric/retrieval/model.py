@@ -273,8 +273,10 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
 
     ``index.json`` records the checkpoint and config as absolute paths (``index build`` writes them resolved); a
     relative ``model.checkpoint`` / ``model.config`` (written by hand: a folder shipped with its model inside) is
-    relative to the index folder, never to the working directory (:func:`index_model_path`). Loading the config
-    imports the modules its ``imports`` list, which is said first (a ``note:`` line naming the config)."""
+    relative to the index folder, never to the working directory (:func:`index_model_path`). The checkpoint's
+    weights are compared with the index's before its config is read: a checkpoint of other weights is refused
+    before the config's ``imports`` could run. Loading the config imports the modules its ``imports`` list, which
+    is said first (a ``note:`` line naming the config)."""
     model = index.model or {}
     if checkpoint is None:
         if not model.get("checkpoint"):
@@ -292,9 +294,16 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
                                  f"found: the index records it under {key}, where the model was when the index was "
                                  f"built (moved since?); give {option} with its path now",
                                  file=None if folder is None else Path(folder) / "index.json", key=key)
+    want = model.get("weights_hash")
+    if want:  # the weights first (a safe read: weights_only), before any config's imports could run
+        from dynametric.engine.checkpoint import embedder_state_dict, load_checkpoint_file
+
+        have = weights_digest(embedder_state_dict(load_checkpoint_file(checkpoint)))
+        if have != want:
+            raise InputError(f"checkpoint weights (hash {have}) differ from the model the index was built with "
+                             f"(hash {want}); its embeddings are not comparable", file=checkpoint)
     loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
                            options=options)
-    want = model.get("weights_hash")
     if want and loaded.weights_hash != want:
         raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
                          f"with (hash {want}); its embeddings are not comparable", file=checkpoint)
