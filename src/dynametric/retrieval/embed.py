@@ -1310,11 +1310,11 @@ def derive_embedding_folder(source: str | Path, out: str | Path, embeddings: Any
     if not how:
         raise InputError("say how the embeddings were derived (e.g. 'pca 64', 'whitening'): recorded in embed.json "
                          "and compared with the queries'", key="how")
-    base = load_embedding_set(source, mmap=True)  # every file of the source checked, as the readers check them
     meta = read_finished_job(source)
+    ids = check_job_folder(source, meta)[0]  # every file of the source checked, as the readers check them
     x = np.asarray(embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor) else embeddings)
-    if x.ndim != 2 or x.shape[0] != len(base.ids) or x.shape[1] < 1:
-        raise InputError(f"expected [{len(base.ids)}, D] embeddings (one row per item of {source}, in its order), "
+    if x.ndim != 2 or x.shape[0] != len(ids) or x.shape[1] < 1:
+        raise InputError(f"expected [{len(ids)}, D] embeddings (one row per item of {source}, in its order), "
                          f"got {list(x.shape)}", key="embeddings")
     if x.dtype.kind not in "fiu" or not np.isfinite(x).all():
         raise InputError(f"expected finite numbers, got {x.dtype}" + ("" if x.dtype.kind not in "fiu" else
