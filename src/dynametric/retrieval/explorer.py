@@ -328,8 +328,7 @@ class Explorer:
     def neighbours_of_item(self, i: int, k: int) -> dict[str, Any]:
         if not 0 <= i < self.index.size:
             raise InputError(f"item {i} out of range [0, {self.index.size})", key="item")
-        with self.lock:
-            q = self.index.reconstruct(i)[None, :]
+        q = self.index.reconstruct(i)[None, :]  # thread-safe itself (RetrievalIndex.reconstruct)
         return {"query": self.item(i), **self.neighbours(q, k, exclude=i)}
 
     def neighbours_of_upload(self, data: bytes, content_type: str, k: int) -> dict[str, Any]:
