@@ -129,6 +129,15 @@ def test_a_file_named_shards_is_refused_as_what_it_is(image_root: Path, tmp_path
 
 
 # ------------------------------------------------------------------------------------------------ 2: not regular
+def _assert_fifo_refused(target: Path, load) -> None:
+    """``target`` replaced by a FIFO: ``load()`` finishes (never blocks on it) with one line naming it."""
+    target.unlink()
+    os.mkfifo(target)
+    with pytest.raises(InputError) as err:
+        _finishes(load, [target])
+    assert str(err.value) == f"{target}: {FIFO}"
+
+
 @pytest.fixture
 def emb_folder(image_root: Path, tmp_path: Path) -> Path:
     out = tmp_path / "emb"
@@ -139,12 +148,7 @@ def emb_folder(image_root: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("name", ["items.csv", "labels.npy", "embed.json", "embeddings.npy"])
 def test_an_embed_folder_file_that_is_a_fifo_is_refused_by_name(emb_folder: Path, name: str) -> None:
     """items.csv / labels.npy as a FIFO were read forever; embed.json as one was "no embed.json"."""
-    target = emb_folder / name
-    target.unlink()
-    os.mkfifo(target)
-    with pytest.raises(InputError) as err:
-        _finishes(lambda: load_embedding_set(emb_folder), [target])
-    assert str(err.value) == f"{target}: {FIFO}"
+    _assert_fifo_refused(emb_folder / name, lambda: load_embedding_set(emb_folder))
 
 
 def test_a_resume_or_overwrite_over_a_fifo_embed_json_is_refused(image_root: Path, emb_folder: Path) -> None:
@@ -201,12 +205,7 @@ def test_an_index_file_that_is_a_fifo_is_refused_by_name(index_folder: Path, nam
     """items.csv as a FIFO was read forever; labels.npy as one was reported as "missing"."""
     from dynametric.retrieval.index import RetrievalIndex
 
-    target = index_folder / name
-    target.unlink()
-    os.mkfifo(target)
-    with pytest.raises(InputError) as err:
-        _finishes(lambda: RetrievalIndex.load(index_folder), [target])
-    assert str(err.value) == f"{target}: {FIFO}"
+    _assert_fifo_refused(index_folder / name, lambda: RetrievalIndex.load(index_folder))
 
 
 def test_an_index_with_links_to_its_files_elsewhere_loads(index_folder: Path, tmp_path: Path) -> None:
