@@ -633,34 +633,78 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     this run (:func:`check_run_checkpoint`: one copied from another run is refused). Returns the checkpoint's weights
     as meta tensors (names and shapes only) and the logger run it records (:class:`ResumedCheckpoint`): the
     checkpoint is read once."""
-    from dynametric.config import config_hash, config_to_dict
+    from dynametric.config import config_to_dict
 
+    _check_not_training(run_dir, folder_key)
+    _check_config_not_empty(run_dir)
+    last = run_dir / "last.ckpt"
+    ckpt = load_checkpoint_file(last)
+    extra = _dynametric_record(ckpt)
+    pin = _pin_recorded_statistics(cfg, ckpt)
+    _check_process_count(cfg, extra, last, processes)
+    checked = config_to_dict(cfg)  # the config last.ckpt is checked with, and best.ckpt's check (below)
+    hashes = _check_trained_config(cfg, checked, extra, pin, run_dir, note)
+    _keep_predating_statistics(cfg, pin, last, note)
+    resumed = _resumed_checkpoint(ckpt, extra, last)
+    del ckpt  # last.ckpt's tensors freed before best.ckpt is read
+    # the checkpoint the run tests (best.ckpt) must be this run's too, checked as last.ckpt was; beside a last.ckpt
+    # of an older dynametric, which records no config hash, the run's config is not known (config.yaml is taken as
+    # it is): its best.ckpt is checked against the run's checkpoints before the test (_select_checkpoint)
+    if hashes is not None:
+        check_run_checkpoint(run_dir / "best.ckpt", checked, hashes, run_dir, note)
+    return resumed
+
+
+def _check_not_training(run_dir: Path, folder_key: str) -> None:
+    """A step of :func:`check_resume`: no other process of this host trains into ``run_dir`` (header, then lock)."""
+    if _launched_worker():  # another rank of the run: rank 0 checks the folder
+        return
     header = _run_header(run_dir)
-    pid = None if header is None or _launched_worker() else _running_elsewhere(header, run_dir)
-    if pid is None and not _launched_worker():
+    pid = None if header is None else _running_elsewhere(header, run_dir)
+    if pid is None:
         pid = lock_holder(run_dir)
     if pid is not None:
         raise _busy(run_dir, pid, folder_key, True)
-    if not _launched_worker():
-        check_run_lock(run_dir, folder_key, resume=True)
-    config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
-    new_run = f"restore it, or start a new run with dynametric train --config {config} --out NEW"
+    check_run_lock(run_dir, folder_key, resume=True)
+
+
+def _new_run_hint(config: Path) -> str:
+    """How a refused resume goes on, said after its reason (``config``: the run's ``config.yaml``)."""
+    return f"restore it, or start a new run with dynametric train --config {config} --out NEW"
+
+
+def _check_config_not_empty(run_dir: Path) -> None:
+    """A step of :func:`check_resume`: the run's ``config.yaml``, where readable, has a line that is no comment."""
+    config = run_dir / "config.yaml"
     try:
         text = config.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        text = None  # read by the caller, or not there (a library caller's own config)
-    if text is not None and not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        return  # read by the caller, or not there (a library caller's own config)
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
         raise InputError(f"is empty: it no longer holds the config the run was trained with (read as the defaults, "
-                         f"it would resume {last} with other settings); {new_run}", file=config)
-    ckpt = load_checkpoint_file(last)
-    extra = ckpt.get("dynametric")
-    extra = extra if isinstance(extra, dict) else {}
+                         f"it would resume {run_dir / 'last.ckpt'} with other settings); {_new_run_hint(config)}",
+                         file=config)
+
+
+def _dynametric_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """What dynametric recorded in a checkpoint (its ``dynametric`` entry; ``{}`` where it has none)."""
+    extra = checkpoint.get("dynametric")
+    return extra if isinstance(extra, dict) else {}
+
+
+def _pin_recorded_statistics(cfg: Config, ckpt: dict[str, Any]) -> tuple[list[float], list[float], bool] | None:
+    """A step of :func:`check_resume`: the input statistics an earlier resume recorded are set in ``cfg``."""
     # the input statistics the checkpoint trained with, where config.yaml leaves them to the backbone: a resumed
     # older run keeps them (ImageNet's where the recorded config predates data.mean / data.std; an earlier resume
     # of such a run recorded them)
     pin = trained_statistics(cfg, ckpt)
     if pin is not None and not pin[2]:
         cfg.data.mean, cfg.data.std = pin[:2]  # recorded by an earlier resume: part of the config the hash covers
+    return pin
+
+
+def _check_process_count(cfg: Config, extra: dict[str, Any], last: Path, processes: int | None) -> None:
+    """A step of :func:`check_resume`: ``last`` was trained by ``processes`` processes, where both are known."""
     trained_by = extra.get("processes")
     if processes is not None and isinstance(trained_by, int) and trained_by != processes:
         raise ConfigError(f"{last} was trained by {trained_by} process(es) and this machine would resume it with "
@@ -669,50 +713,74 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
                           f"other batches from the recorded position; resume it where it gets {trained_by} (with "
                           "trainer.devices auto or -1, CUDA_VISIBLE_DEVICES chooses the GPUs), or start a new run",
                           key="trainer.devices")
+
+
+def _check_trained_config(cfg: Config, checked: dict[str, Any], extra: dict[str, Any],
+                          pin: tuple[list[float], list[float], bool] | None, run_dir: Path,
+                          note: Callable[[str], None]) -> set[str] | None:
+    """A step of :func:`check_resume`: ``cfg`` is ``last.ckpt``'s config but for keys added since; the run's hashes."""
+    from dynametric.config import config_hash
+
+    config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     saved, now = extra.get("config_hash"), config_hash(cfg)
     if saved is None:
         note(f"warning: {last} records no config hash (written by an older dynametric): {config} cannot be checked "
             "against it; resuming with it as it is")
-    elif saved != now:
+        return None
+    if saved != now:
         stored = extra.get("config")
-        added = _added_defaults(stored, config_to_dict(cfg)) if isinstance(stored, dict) else None
+        added = _added_defaults(stored, checked) if isinstance(stored, dict) else None
         if not added:
-            differ, keys = "", list[str]()
-            if isinstance(stored, dict):
-                keys, differ = _changed_keys(stored, config_to_dict(cfg))
-                differ = f"; changed: {differ}"
-            if isinstance(stored, dict) and keys == ["imports"]:  # only the modules imported: no other training
-                raise InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
-                                 f"{cfg.imports!r} here), which resuming keeps as the run recorded them: restore them, "
-                                 f"and import another module for the resume with dynametric --import MODULE train "
-                                 f"--resume {run_dir}", file=config, key="imports")
-            raise InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
-                             f"hash {saved}, this config hashes to {now}{differ}); {new_run}", file=config)
+            raise _config_changed(cfg, checked, stored, saved, now, run_dir)
         # only keys a later dynametric added, at their defaults: the run's own config, resumed (data.mean / data.std
         # of a run that predates them are not left at their defaults: the note below says what it resumes with)
         said = [(k, v) for k, v in added if not (pin is not None and pin[2] and k in ("data.mean", "data.std"))]
         if said:
             note(f"note: {config} lacks keys this dynametric added after {last} was saved; resuming with their "
                  "defaults: " + ", ".join(f"{k}={v!r}" for k, v in said))
-    checked = config_to_dict(cfg)  # the config last.ckpt was checked with, for best.ckpt's check (below)
+    return {saved, now}
+
+
+def _changes(stored: Any, new: dict[str, Any]) -> tuple[list[str], str]:
+    """The keys a checkpoint's stored config and ``new`` differ in, and ``; changed: ...`` (none, ``""``: no dict)."""
+    if not isinstance(stored, dict):
+        return [], ""
+    keys, text = _changed_keys(stored, new)
+    return keys, f"; changed: {text}"
+
+
+def _config_changed(cfg: Config, checked: dict[str, Any], stored: Any, saved: Any, now: str,
+                    run_dir: Path) -> InputError:
+    """The one line of a resume refused because ``config.yaml`` is not the config ``last.ckpt`` was saved with."""
+    config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
+    keys, differ = _changes(stored, checked)
+    if keys == ["imports"]:  # only the modules imported: no other training
+        return InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
+                          f"{cfg.imports!r} here), which resuming keeps as the run recorded them: restore them, "
+                          f"and import another module for the resume with dynametric --import MODULE train "
+                          f"--resume {run_dir}", file=config, key="imports")
+    return InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
+                      f"hash {saved}, this config hashes to {now}{differ}); {_new_run_hint(config)}", file=config)
+
+
+def _keep_predating_statistics(cfg: Config, pin: tuple[list[float], list[float], bool] | None, last: Path,
+                               note: Callable[[str], None]) -> None:
+    """A step of :func:`check_resume`: a run older than ``data.mean`` / ``data.std`` resumes with ImageNet's."""
     if pin is not None and pin[2]:  # the recorded config predates the keys: checked without them
         cfg.data.mean, cfg.data.std = pin[:2]
         note(f"note: {last} was trained before the transforms followed the backbone's own input statistics: resuming "
             f"with the ImageNet mean and std it trained with (data.mean, data.std)")
+
+
+def _resumed_checkpoint(ckpt: dict[str, Any], extra: dict[str, Any], last: Path) -> ResumedCheckpoint:
+    """A step of :func:`check_resume`: ``last`` has a ``state_dict``; what the resume keeps of the checkpoint."""
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise InputError("checkpoint has no 'state_dict'", file=last, key="state_dict")
     record, components = extra.get("logger_run"), extra.get("components")
-    resumed = ResumedCheckpoint({k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v
-                                 for k, v in state.items()}, record if isinstance(record, dict) else None,
-                                components if isinstance(components, dict) else None)
-    del ckpt, state  # last.ckpt's tensors freed before best.ckpt is read
-    # the checkpoint the run tests (best.ckpt) must be this run's too, checked as last.ckpt was; beside a last.ckpt
-    # of an older dynametric, which records no config hash, the run's config is not known (config.yaml is taken as
-    # it is): its best.ckpt is checked against the run's checkpoints before the test (_select_checkpoint)
-    if saved is not None:
-        check_run_checkpoint(run_dir / "best.ckpt", checked, {saved, now}, run_dir, note)
-    return resumed
+    return ResumedCheckpoint({k: torch.empty(v.shape, device="meta") if isinstance(v, torch.Tensor) else v
+                              for k, v in state.items()}, record if isinstance(record, dict) else None,
+                             components if isinstance(components, dict) else None)
 
 
 def _no_note(message: str) -> None:
@@ -764,8 +832,7 @@ def check_run_checkpoint(path: Path, run_config: dict[str, Any], run_hashes: set
         if not path.is_file():
             return
         checkpoint = load_checkpoint_file(path)
-    extra = checkpoint.get("dynametric")
-    extra = extra if isinstance(extra, dict) else {}
+    extra = _dynametric_record(checkpoint)
     recorded, stored = extra.get("config_hash"), extra.get("config")
     if recorded is None:
         note(f"warning: {path} records no config hash (written by an older dynametric): it cannot be checked to be "
@@ -773,7 +840,7 @@ def check_run_checkpoint(path: Path, run_config: dict[str, Any], run_hashes: set
         return
     if recorded in run_hashes or _same_run_config(stored, run_config):
         return
-    differ = f"; changed: {_changed_keys(stored, run_config)[1]}" if isinstance(stored, dict) else ""
+    differ = _changes(stored, run_config)[1]
     raise InputError(f"was not saved by this run (it records config hash {recorded}, the run {run_dir} "
                      f"{' or '.join(sorted(run_hashes)) or 'another'}{differ}): the run would test it as "
                      f"its best epoch and report its metrics as its own; put back the run's own {path.name}, or move "
