@@ -117,3 +117,37 @@ def test_embedder_weights_round_trip_and_mismatch(tmp_path):
         assert torch.equal(dst.state_dict()[k], v)
     with pytest.raises(InputError, match="does not match"):
         load_embedder_weights(torch.nn.Sequential(torch.nn.Linear(8, 4)), path)
+
+
+def test_damaged_checkpoints_are_one_input_error_whatever_torch_raises(tmp_path, recwarn):
+    """A damaged file makes torch's readers raise IndexError, KeyError, struct.error, ... (a legacy pickle with
+    flipped bytes) besides the usual RuntimeError/EOFError: every one is the one-line InputError naming the file,
+    and torch's 'Detected pickle protocol N' warning about the damaged header is not shown."""
+    import io
+    import random
+
+    buf = io.BytesIO()
+    torch.save({"a": torch.ones(3)}, buf, _use_new_zipfile_serialization=False)
+    legacy = buf.getvalue()
+    rng = random.Random(0)
+    raised = set()
+    path = tmp_path / "damaged.ckpt"
+    for _ in range(400):
+        data = bytearray(legacy)
+        for _ in range(rng.randrange(1, 10)):
+            data[rng.randrange(2, len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+        try:
+            load_checkpoint_file(path)
+        except InputError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc)
+            raised.add(str(exc).split("(torch could not read it: ")[0])
+    path.write_bytes(b"\x80\x02.")  # a legacy header, then STOP: torch raises IndexError (pop from empty list)
+    with pytest.raises(InputError, match="truncated or corrupt checkpoint"):
+        load_checkpoint_file(path)
+    path.write_bytes(b"\x80\x02\x99\x99")  # an opcode no pickle has (153): damaged, not "needs other objects"
+    with pytest.raises(InputError, match=r"truncated or corrupt checkpoint \(its pickle data is damaged: "
+                                         r"Unsupported operand"):
+        load_checkpoint_file(path)
+    assert raised  # some of the 400 were refused (the others flipped bytes of tensor data only)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

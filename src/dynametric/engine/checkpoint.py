@@ -11,6 +11,7 @@ and plain containers, and a file that needs more (a crafted pickle) is refused w
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,22 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         raise InputError(f"not a checkpoint: the file does not start like a torch.save file (first bytes {magic!r})",
                          file=path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a damaged legacy header reads as an odd pickle protocol: said below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        from dynametric.models.embedder import weights_only_refusal
+        from dynametric.models.embedder import damaged_pickle, weights_only_refusal
 
+        reason = weights_only_refusal(exc)
+        if damaged_pickle(reason):
+            raise InputError(f"truncated or corrupt checkpoint (its pickle data is damaged: {reason})",
+                             file=path) from None
         raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
-                         f"(loaded with weights_only=True: {weights_only_refusal(exc)})", file=path) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"truncated or corrupt checkpoint (torch could not read it: {first_sentence(exc)})",
-                         file=path) from None
+                         f"(loaded with weights_only=True: {reason})", file=path) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in torch's readers with many types
+        # (RuntimeError, EOFError, OSError, ValueError; IndexError, KeyError, struct.error, ... in a legacy pickle)
+        raise InputError(f"truncated or corrupt checkpoint (torch could not read it: "
+                         f"{first_sentence(exc)})", file=path) from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a checkpoint dict, found {type(obj).__name__}", file=path)
     return obj

@@ -223,6 +223,16 @@ def weights_only_refusal(exc: BaseException) -> str:
     return found.group(1).strip() if found else first_sentence(text)
 
 
+def damaged_pickle(reason: str) -> bool:
+    """Whether a :func:`weights_only_refusal` reason says the pickle stream itself is damaged: an opcode that no
+    pickle protocol has (``Unsupported operand 103``), rather than one the safe loader does not take (a newer
+    protocol's ``FRAME``, 149) or objects it refuses (``Unsupported global: ...``)."""
+    import pickletools
+
+    found = re.fullmatch(r"Unsupported operand (\d+)", reason.strip())
+    return found is not None and chr(int(found.group(1))) not in {op.code for op in pickletools.opcodes}
+
+
 def torch_save_magic(path: Path) -> bytes | None:
     """``None`` when the file starts like a ``torch.save`` file (a zip archive, or a legacy pickle), else its first
     bytes (to name in an error)."""
@@ -254,8 +264,12 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            reason = weights_only_refusal(exc)
+            if damaged_pickle(reason):
+                raise InputError(f"truncated or corrupt weight file (its pickle data is damaged: {reason})",
+                                 file=path, key="model.pretrained_path") from None
             raise InputError("refusing to load: the file needs objects other than tensors and plain containers "
-                             f"(loaded with weights_only=True: {weights_only_refusal(exc)})", file=path,
+                             f"(loaded with weights_only=True: {reason})", file=path,
                              key="model.pretrained_path") from None
         except Exception as exc:  # RuntimeError, EOFError ... for a truncated or corrupt file
             raise InputError(f"truncated or corrupt weight file (torch could not read it: {first_sentence(exc)})",
