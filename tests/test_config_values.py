@@ -210,3 +210,12 @@ def test_every_key_that_names_a_path_is_a_path_key() -> None:
     """A key added later that names a file or folder must be listed (and expanded where it is used)."""
     pathlike = [k for k in schema_keys() if re.search(r"(root|_path|_dir|_file)$", k)]
     assert sorted(pathlike) == sorted(PATH_KEYS)
+
+
+@pytest.mark.parametrize("short,meant", [("bf16", "bf16-mixed"), ("16", "16-mixed")])
+def test_lightnings_short_precision_names_are_pointed_at_what_lightning_means(short, meant):
+    """Lightning reads ``bf16`` as ``bf16-mixed``; the closest spelling would have suggested ``bf16-true`` (16-bit
+    weights, another mode)."""
+    with pytest.raises(ConfigError, match=rf"got '{short}'; Lightning reads '{short}' as '{meant}'") as info:
+        load_config(overrides=[f"trainer.precision={short}"])
+    assert "bf16-true" not in str(info.value).split("got", 1)[1]

@@ -197,3 +197,33 @@ def test_losses_with_learned_layers_still_run_under_autocast(name, kwargs):
     value.backward()
     assert e.grad is not None and e.grad.dtype == torch.float32
     torch.testing.assert_close(value.detach().float(), plain, rtol=2e-2, atol=2e-2)  # bf16 layers: close only
+
+
+def test_pddm_with_a_dead_stream_is_finite_under_float16_autocast():
+    """PDDM normalises its ReLU streams; under float16 autocast on the CPU the norm was float16, whose eps 1e-12 is
+    0, so a dead stream (all-zero row) gave 0/0: a NaN loss and NaN gradients. Now normalised in float32."""
+    torch.manual_seed(0)
+    loss = LOSSES["PDDMLoss"](embedding_dim=8, hidden_dim=4, dropout=0.0)
+    unit = next(m for m in loss.modules() if hasattr(m, "fc_u"))
+    with torch.no_grad():
+        unit.fc_u.bias.fill_(-5.0)  # the difference stream's ReLU is zero for every pair
+    e = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
+    labels = torch.arange(12) % 3
+    plain = loss(e, labels)
+    x = e.half().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        value = loss(x, labels)
+    value.backward()
+    assert torch.isfinite(value) and bool(torch.isfinite(x.grad).all())
+    assert all(bool(torch.isfinite(p.grad).all()) for p in loss.parameters() if p.grad is not None)
+    torch.testing.assert_close(value.float(), plain, rtol=1e-2, atol=1e-2)
+
+
+def test_sharing_normalisation_of_a_zero_row_is_zero_not_nan_in_float16():
+    from dynametric.models.sharing import _normalise
+
+    x = torch.zeros(2, 4, dtype=torch.float16)
+    x[1] = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    out = _normalise(x)
+    assert out.dtype == torch.float16
+    assert torch.equal(out, torch.tensor([[0, 0, 0, 0], [0.6, 0.8, 0, 0]], dtype=torch.float16))

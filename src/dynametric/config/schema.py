@@ -386,8 +386,16 @@ def check_precision(value: int | str, key: str) -> str:
     :data:`PRECISIONS`: the one check of a training precision, for the config and for the engine's settings."""
     text = str(value)
     if text not in PRECISIONS:
-        raise ConfigError(f"expected one of {list(PRECISIONS)}, got {text!r}" + _suggest(text, PRECISIONS), key=key)
+        short = _LIGHTNING_SHORT_PRECISIONS.get(text)
+        hint = (f"; Lightning reads {text!r} as {short!r} (mixed precision over float32 weights): write {short!r}"
+                if short else _suggest(text, PRECISIONS))
+        raise ConfigError(f"expected one of {list(PRECISIONS)}, got {text!r}" + hint, key=key)
     return text
+
+
+_LIGHTNING_SHORT_PRECISIONS = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true", "64": "64-true"}
+"""Lightning's short precision names that dynametric does not take, and what Lightning means by them (the
+closest spelling would point ``bf16`` at ``bf16-true``, 16-bit weights: another mode)."""
 
 
 FP16_PRECISIONS = ("16-mixed", "16-true")

@@ -24,6 +24,12 @@ from dynametric.errors import ConfigError, InputError
 __all__ = ["PDDM", "default_hidden_dim"]
 
 _NORM_EPS = 1e-12
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows L2-normalised in float32, returned in ``x``'s dtype: under float16 autocast on the CPU the norm would be
+    float16, where ``_NORM_EPS`` is 0, so an all-zero row (a dead ReLU stream) would give 0/0 = NaN."""
+    return F.normalize(x.float(), p=2, dim=-1, eps=_NORM_EPS).to(x.dtype)
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
@@ -85,8 +91,8 @@ class PDDM(nn.Module):
 
     def _head(self, hu: torch.Tensor, hv: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """From the pre-activation stream outputs ``W_u u + b_u`` and ``W_v v + b_v`` to the scores ``[P]``."""
-        u = F.normalize(self._drop(F.relu(hu), deterministic), p=2, dim=-1, eps=_NORM_EPS)
-        v = F.normalize(self._drop(F.relu(hv), deterministic), p=2, dim=-1, eps=_NORM_EPS)
+        u = _unit_rows(self._drop(F.relu(hu), deterministic))
+        v = _unit_rows(self._drop(F.relu(hv), deterministic))
         c = self._drop(F.relu(self.fc_c(torch.cat([u, v], dim=-1))), deterministic)
         return self.fc_s(c).squeeze(-1)
 

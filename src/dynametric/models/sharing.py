@@ -59,7 +59,8 @@ class GradientReversal(nn.Module):
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x, p=2, dim=1, eps=1e-12)
+    # in float32, back in x's dtype: a float16 norm (CPU autocast) has eps 1e-12 = 0, and a zero row would be NaN
+    return F.normalize(x.float(), p=2, dim=1, eps=1e-12).to(x.dtype)
 
 
 class Decorrelation(nn.Module):
