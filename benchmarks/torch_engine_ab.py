@@ -1,7 +1,8 @@
 """Side-by-side timing of two versions of the torch ranking engine (``dynametric.metrics.torch_engine``).
 
 The "old" engine is another version of ``src/dynametric/metrics/torch_engine.py`` — a file, or a git revision whose
-copy of that file is read with ``git show`` — loaded beside the installed one; both run through the same
+copy of that file is read with ``git show`` — loaded beside this source tree's (``src/`` is put on ``sys.path``
+by the script itself, so it runs where dynametric is not installed); both run through the same
 ``evaluate_embeddings(..., ranking_engine="torch", device=...)`` (everything else is today's code), alternately,
 ``--repeats`` times each on the same data (eval_speed's clustered three-scale embeddings, leave-one-out, every
 retrieval metric). Prints the best time of each, their ratio, and whether every value is identical.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +25,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+if str(ROOT / "src") not in sys.path:  # the source tree's dynametric, on a machine where it is not installed
+    sys.path.insert(1, str(ROOT / "src"))
 from eval_speed import make_data  # noqa: E402
 from machine_info import machine_line  # noqa: E402
 from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
@@ -40,8 +44,7 @@ def load_old(old: str) -> ModuleType:
     """The old engine module, from a file or from ``git show <old>:src/dynametric/metrics/torch_engine.py``."""
     path = Path(old)
     if not path.is_file():
-        root = Path(__file__).resolve().parent.parent
-        proc = subprocess.run(["git", "-C", str(root), "show", f"{old}:{ENGINE_PATH}"], capture_output=True,
+        proc = subprocess.run(["git", "-C", str(ROOT), "show", f"{old}:{ENGINE_PATH}"], capture_output=True,
                               text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"--old {old!r} is neither a file nor a git revision with {ENGINE_PATH}: "

@@ -1,5 +1,7 @@
 """torch_engine_ab loads another version of the torch engine (a file or a git revision) and compares it with today's."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,26 @@ def test_old_engine_from_git_revision():
     assert ab.run(300, "HEAD", "cpu", repeats=1)["identical"] is True
     with pytest.raises(SystemExit, match="neither a file nor a git revision"):
         ab.load_old("no-such-revision-xyz")
+
+
+ISOLATED_IMPORT = """
+import importlib.util, os, runpy, sys
+# as on the bare GPU machine: no dynametric installed (drop every sys.path entry holding a dynametric package,
+# e.g. the venv's editable install), only the source tree the script lives in
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "dynametric"))]
+assert importlib.util.find_spec("dynametric") is None, "dynametric still importable"
+runpy.run_path(sys.argv[1], run_name="not_main")  # the script's module-level imports, main() not run
+import dynametric
+print(os.path.realpath(dynametric.__file__))
+"""
+
+
+@pytest.mark.parametrize("script", ["torch_engine_ab", "gpu_suite"])
+def test_script_imports_the_source_trees_dynametric_when_none_is_installed(script, tmp_path):
+    """#QA: torch_engine_ab put only benchmarks/ on sys.path, so on the bare GPU machine (the source tree, no install)
+    its ``import dynametric`` (through result_files) failed; both scripts add ROOT/src themselves."""
+    path = Path(load_benchmark(script).__file__).resolve()
+    proc = subprocess.run([sys.executable, "-I", "-c", ISOLATED_IMPORT, str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str((path.parent.parent / "src" / "dynametric" / "__init__.py").resolve())
