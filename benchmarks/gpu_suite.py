@@ -6,13 +6,15 @@
 Parts (``--parts a,b,c,d,e``):
 
 (a) evaluation of 60,502 x 128 embeddings with three nested label scales and every retrieval metric:
-    ``evaluate_embeddings(..., device=...)`` vs pytorch-metric-learning's ``AccuracyCalculator`` on the same
-    device (torch kNN through ``CustomKNN``, ``k="max_bin_count"``, once per scale, its three metrics) vs a plain
-    torch full-sort ranking (stable sort: ties by gallery index) computing the same metrics; dynametric once more
+    ``evaluate_embeddings(..., device=..., ranking_engine="torch")`` vs pytorch-metric-learning's
+    ``AccuracyCalculator`` on the same device (torch kNN through ``CustomKNN``, ``k="max_bin_count"``, once per
+    scale, its three metrics) vs a plain torch full-sort ranking (stable sort: ties by gallery index) computing the
+    same metrics, and at each ``--eval-budgets-gb`` budget (values compared with the default's); dynametric once more
     with the torch engine's other full-ranking method (``DYNAMETRIC_TORCH_FULL_RANKING=count``: sort each row's
     candidates only and count the items before them; same values), so one run shows which method the device
-    prefers; plus 1,000,000 x 128 at one scale (recall@K, map@r) on a GPU, reported without a target. Where
-    ``evaluate_embeddings`` has no ``device`` argument yet, the CPU engine is timed and the table says so.
+    prefers; plus 1,000,000 x 128 at one scale (recall@K, map@r) on a GPU, reported without a target. The torch
+    engine is named on every device (on CUDA it is the default choice anyway), so on the CPU too both methods run
+    and are compared (the CPU engine is part (e)'s).
 (b) the tuple and proxy losses, forward + backward at batch 1024, dim 512, vs PML on the same device
     (the cases of ``benchmarks/loss_speed.py``).
 (c) embedding JPEG files (photo-like, about 500 x 375) through the inference path (``load_embedder`` +
@@ -28,6 +30,15 @@ Parts (``--parts a,b,c,d,e``):
     scales, every retrieval metric) with torch at 2, 4, 8 and 16 threads (those the host has), at 2 threads once
     more with the score products through torch's BLAS instead of oneDNN, and numpy's int32 sort rate. #13
     reported that 16 cores did not make the CPU engine faster than 2; this measures it.
+
+``--small`` on the CPU (the test) runs every part and every path of the suite at tiny sizes: (a) with the torch
+engine's sort and count methods compared, a chunked run at a tiny memory budget compared with the default, and the
+one-scale report (3,000 items); (c) with ``decode="gpu"`` (JPEG bytes read by one loader worker process, decoded by
+torchvision's libjpeg and resized in the main process, the transform's normalisation applied there, bf16 autocast
+inference); (d) with one loader worker. Only a CUDA GPU exercises: nvjpeg decoding and the decoder's CUDA side
+stream (overlap with the forward pass), pinned memory and non-blocking copies, channels_last (model and batches,
+inference and training), bf16-mixed autocast training (fp32 on the CPU), PML's kNN on the device, the device memory
+peaks and budgets against device memory, cudnn.benchmark, and the full sizes (1,000,000 x 128 in (a)).
 
 The #13 targets are checked on a CUDA device and printed as pass / fail: (a) >= 5x faster than PML, within 1.2x of
 the full-sort floor, device memory peak <= 4 GB; (c) >= 90 % of the forward floor; (d) >= 90 % of the training
@@ -82,12 +93,15 @@ FULL = {"eval_n": 60502, "eval_dim": 128, "eval_classes": (11316, 100, 12), "big
         "loss_batch": 1024, "loss_dim": 512, "loss_rounds": 5,
         "images": 8192, "image_wh": (500, 375), "backbone": "resnet50", "size": 224, "precision": "bf16",
         "embed_batch": 256, "train_batch": 128, "m": 4, "train_steps": 60, "train_warmup": 15, "floor_steps": 30,
-        "decode": "auto", "cpu_n": 30251, "cpu_classes": (5658, 100, 12), "cpu_threads": (2, 4, 8, 16)}
-SMALL = {"eval_n": 1200, "eval_dim": 32, "eval_classes": (200, 20, 4), "big_n": 0,
+        "decode": "auto", "workers": "auto", "eval_budgets_gb": (),
+        "cpu_n": 30251, "cpu_classes": (5658, 100, 12), "cpu_threads": (2, 4, 8, 16)}
+SMALL = {"eval_n": 1200, "eval_dim": 32, "eval_classes": (200, 20, 4), "big_n": 3000,
+         "eval_budgets_gb": (0.01,),  # 64 query rows per chunk here: the chunked path, same values
          "loss_batch": 64, "loss_dim": 32, "loss_rounds": 2,
          "images": 32, "image_wh": (96, 72), "backbone": "simple_cnn", "size": 32, "precision": "bf16",
          "embed_batch": 16, "train_batch": 16, "m": 4, "train_steps": 6, "train_warmup": 2, "floor_steps": 4,
          "decode": "gpu",  # the device-decode path, run on the CPU, so the test exercises it
+         "workers": 1,  # loader worker processes (auto is 0 on the CPU): the workers' side of (c) and (d) runs too
          "cpu_n": 1200, "cpu_classes": (200, 20, 4), "cpu_threads": (1, 2)}
 
 
@@ -134,20 +148,37 @@ STAGES = ("a", "a_big", "b", "c", "d", "e")  # what a run records, each as resul
 ALL_RETRIEVAL = part_metrics("b")  # every retrieval metric, as in eval_speed's part (b)
 
 
+def eval_data(n: int, dim: int, classes: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Part (a)'s data: eval_speed's clustered, L2-normalised embeddings ``[n, dim]`` with three nested label scales
+    (``classes``: fine, middle, coarse), seed 0 (benchmarks/torch_engine_ab.py times its engines on the same)."""
+    from eval_speed import make_data
+
+    fine, middle, coarse = classes
+    x_np, lab_np = make_data(n, dim, fine, middle, coarse, seed=0)
+    return torch.from_numpy(x_np), torch.from_numpy(lab_np)
+
+
+def max_diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> float:
+    """The largest |difference| between two evaluate_embeddings results' numeric values (same scales and metrics)."""
+    return max(abs(float(a[sc][m]) - float(b[sc][m])) for sc in a for m in a[sc]
+               if isinstance(a[sc][m], (int, float)))
+
+
 def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[float, ...] = ()) -> dict[str, Any]:
-    from eval_speed import full_sort_floor, make_data
+    from eval_speed import full_sort_floor
     from pytorch_metric_learning.distances import CosineSimilarity
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     from pytorch_metric_learning.utils.inference import CustomKNN
 
     from dynametric.metrics import evaluate_embeddings
 
-    fine, middle, coarse = cfg["eval_classes"]
-    x_np, lab_np = make_data(cfg["eval_n"], cfg["eval_dim"], fine, middle, coarse, seed=0)
-    x, labels = torch.from_numpy(x_np), torch.from_numpy(lab_np)
-    kw: dict[str, Any] = {"device": device}
-    out: dict[str, Any] = {"n": len(x), "dim": x.shape[1], "scales": 3, "engine_device": str(device),
-                           "metrics": ALL_RETRIEVAL}
+    x, labels = eval_data(cfg["eval_n"], cfg["eval_dim"], cfg["eval_classes"])
+    # the torch ranking engine on every device: on a CUDA device it is what evaluate_embeddings picks anyway; on the
+    # CPU (--small, the test) it is named, so its two full-ranking methods run and are compared there too (the
+    # default would pick the CPU engine there, and the count row would compare that engine with itself)
+    kw: dict[str, Any] = {"device": device, "ranking_engine": "torch"}
+    out: dict[str, Any] = {"n": len(x), "dim": x.shape[1], "scales": 3, "engine": "torch",
+                           "engine_device": str(device), "metrics": ALL_RETRIEVAL}
     # every contender: one untimed warm-up call at full size (CUDA context, kernels for these shapes, allocator
     # growth), then the timed call; peaks are those of the timed call
     evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, **kw)
@@ -165,9 +196,10 @@ def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[
         reset_peak(device)
         sync(device)
         t = time.perf_counter()
-        evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, memory_budget_bytes=int(gb * 2**30), **kw)
+        at_budget = evaluate_embeddings(x, labels, metrics=ALL_RETRIEVAL, memory_budget_bytes=int(gb * 2**30), **kw)
         sync(device)
-        out["budget_sweep"].append({"budget_gb": gb, "s": time.perf_counter() - t, "peak_gb": peak_gb(device)})
+        out["budget_sweep"].append({"budget_gb": gb, "s": time.perf_counter() - t, "peak_gb": peak_gb(device),
+                                    "max_diff": max_diff(ours, at_budget)})
     # the torch engine's other full-ranking method (count the items before each candidate instead of sorting each
     # row; docs/metrics.md): same values, timed the same way, so one run shows which method this device prefers
     from dynametric.metrics.torch_engine import FULL_RANKING_ENV
@@ -191,8 +223,7 @@ def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[
     sync(device)
     out["count_s"] = time.perf_counter() - t
     out["count_peak_gb"] = peak_gb(device)
-    out["count_max_diff"] = max(abs(float(ours[sc][m]) - float(counted[sc][m])) for sc in ours
-                                for m in ours[sc] if isinstance(ours[sc][m], (int, float)))
+    out["count_max_diff"] = max_diff(ours, counted)
     # PML, torch kNN on the same device, once per scale
     calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
                               k="max_bin_count", device=device,
@@ -232,7 +263,8 @@ def part_a(cfg: dict, device: torch.device, notes: list[str], budgets_gb: tuple[
 
 
 def part_a_big(cfg: dict, device: torch.device) -> dict[str, Any]:
-    """1,000,000 x 128 at one scale (recall@K, map@r) on the device: time and device memory peak (no target)."""
+    """1,000,000 x 128 at one scale (recall@K, map@r) on the device, through the torch engine: time and device memory
+    peak (no target). ``--small`` runs it at a tiny size on the CPU."""
     from dynametric.metrics import evaluate_embeddings
 
     rng = torch.Generator().manual_seed(1)
@@ -241,7 +273,7 @@ def part_a_big(cfg: dict, device: torch.device) -> dict[str, Any]:
     reset_peak(device)
     sync(device)
     t = time.perf_counter()
-    evaluate_embeddings(big, big_labels, metrics=["recall@K", "map@r"], device=device)
+    evaluate_embeddings(big, big_labels, metrics=["recall@K", "map@r"], device=device, ranking_engine="torch")
     sync(device)
     return {"n": cfg["big_n"], "s": time.perf_counter() - t, "peak_gb": peak_gb(device)}
 
@@ -352,7 +384,7 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
     model = build_model(mcfg)
     save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}}, run / "m.ckpt")
     opts = InferenceOptions(device=device, precision=cfg["precision"], batch_size=cfg["embed_batch"],
-                            workers="auto", decode=cfg["decode"])  # auto: JPEGs decoded + resized on a CUDA GPU
+                            workers=cfg["workers"], decode=cfg["decode"])  # auto: JPEGs decoded + resized on a CUDA GPU
     loaded = load_embedder(run / "m.ckpt", options=opts)
     items = read_image_csv(root / "labels.csv")
     # warm-up (cudnn autotune) on a few batches, then the timed run over every image
@@ -419,7 +451,7 @@ def part_d(cfg: dict, device: torch.device, root: Path) -> dict[str, Any]:
         f"data.batch_size={cfg['train_batch']}", f"data.m={cfg['m']}", "loss.name=TripletMarginLoss",
         "loss.multiscale=false", f"trainer.precision={precision}", f"trainer.max_steps={steps}",
         "trainer.max_epochs=1000", "trainer.progress_bar=false", "trainer.log_every_n_steps=10",
-        f"trainer.accelerator={'gpu' if cuda else 'cpu'}", "run.report=false"]
+        f"trainer.accelerator={'gpu' if cuda else 'cpu'}", "run.report=false", f"data.workers={cfg['workers']}"]
     if cuda and device.index is not None:
         over.append(f"trainer.devices=[{device.index}]")
     shm = shm_gb()
@@ -577,7 +609,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
     if measured(res, "a"):
         a = res["a"]
         lines += [f"**(a) evaluation**, {a['n']:,} x {a['dim']}, 3 scales, metrics {', '.join(a['metrics'])} "
-                  f"(dynametric engine on `{a['engine_device']}`):", "",
+                  f"(dynametric's {a.get('engine', '')} ranking engine on `{a['engine_device']}`):", "",
                   "| contender | seconds | device peak GB | vs dynametric |", "|---|---:|---:|---:|",
                   f"| dynametric `evaluate_embeddings` | {a['dynametric_s']:.2f} | "
                   f"{_f(a['dynametric_peak_gb'])} | 1.00x |",
@@ -597,10 +629,11 @@ def markdown(res: dict[str, Any], command: str) -> str:
         for row in a.get("budget_sweep", []):
             lines.append(f"dynametric at a {row['budget_gb']:g} GiB device budget: {row['s']:.2f} s, peak "
                          f"{_f(row['peak_gb'])} GB ({a['pml_s'] / row['s']:.2f}x PML, {row['s'] / a['floor_s']:.2f}x "
-                         "the floor).")
+                         f"the floor)" + (f", max |difference| from the default budget's values "
+                                          f"{row['max_diff']:.1e}." if "max_diff" in row else "."))
         if measured(res, "a_big"):
             b = res["a_big"]
-            lines += [f"1,000,000 x 128, one scale (recall@K, map@r): {b['s']:.2f} s, device peak "
+            lines += [f"{b['n']:,} x {a['dim']}, one scale (recall@K, map@r): {b['s']:.2f} s, device peak "
                       f"{_f(b['peak_gb'])} GB."]
         lines.append("")
     if measured(res, "b"):
@@ -754,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         data_root = args.data or work / "data"
         if "a" in parts:
-            stage("a", lambda: part_a(cfg, device, notes, args.eval_budgets_gb))
+            stage("a", lambda: part_a(cfg, device, notes, args.eval_budgets_gb or cfg["eval_budgets_gb"]))
         if "b" in parts:
             res["b_batch"], res["b_dim"] = cfg["loss_batch"], cfg["loss_dim"]
             stage("b", lambda: part_b(cfg, device))
@@ -766,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
             stage("c", lambda: part_c(cfg, device, data_root, work))
         if "d" in parts:
             stage("d", lambda: part_d(cfg, device, data_root))
-        if "a" in parts and cfg["big_n"] and device.type == "cuda":
+        if "a" in parts and cfg["big_n"] and (device.type == "cuda" or args.small):
             if time.perf_counter() - t0 > args.big_after_s:
                 notes.append(f"1,000,000 x 128 skipped: the suite had run {time.perf_counter() - t0:.0f} s "
                              f"(> --big-after-s {args.big_after_s:g})")
