@@ -53,7 +53,7 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path, monkeypatc
     # warm-up + timed default (sort), the budget sweep (sort), warm-up + timed count, then the one-scale report
     assert engine_runs == [("cpu", "sort")] * 3 + [("cpu", "count")] * 2 + [("cpu", "sort")] and counted
     assert a["count_s"] > 0 and a["count_max_diff"] == 0.0
-    assert [r["budget_gb"] for r in a["budget_sweep"]] == [0.01] and a["budget_sweep"][0]["max_diff"] == 0.0
+    assert [r["budget_gib"] for r in a["budget_sweep"]] == [0.01] and a["budget_sweep"][0]["max_diff"] == 0.0
     assert res["a_big"]["n"] == 3000 and res["a_big"]["s"] > 0
     assert c["workers"] == 1 and d["workers"] == 1 and c["pinned"] is False and c["channels_last"] is False
     assert all(math.isfinite(a[k]) and a[k] > 0 for k in ("dynametric_s", "pml_s", "floor_s"))
@@ -81,6 +81,7 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path, monkeypatc
     assert "**(e) CPU ranking engine, threads**" in text
     assert "(dynametric's torch ranking engine on `cpu`)" in text and "between the two methods 0.0e+00." in text
     assert "3,000 x 32, one scale (recall@K, map@r)" in text
+    assert "| contender | seconds | device peak GiB | vs dynametric |" in text and "device peak GB" not in text
     assert "--small" in text and "no CUDA device" in text
     assert text.count("<!-- written by benchmarks/gpu_suite.py (small run) -->") == 1
     assert json.loads(out.read_text())["written_by"] == {"script": "gpu_suite.py", "run": "small"}
@@ -148,3 +149,13 @@ def test_json_of_another_script_or_of_a_full_run_is_not_replaced(tmp_path):
     assert suite.json_legacy(small, small.read_text()) == "small"
     budgets = REPO / "docs" / "results" / "gpu_suite_budgets.json"
     assert suite.json_legacy(budgets, budgets.read_text()) == "partial"
+
+
+def test_device_peaks_are_gib_and_the_4_gb_target_is_4e9_bytes():
+    """#QA: the suite measured peaks in GiB (2**30 bytes) but labelled them GB (and the A/B used 1e9): both report
+    GiB now, labelled so, and #13's 4 GB target is checked in bytes (3.8 GiB = 4.08e9 bytes fails it)."""
+    suite = load_benchmark("gpu_suite")
+    a = {"speedup_vs_pml": 6.0, "ratio_to_floor": 1.0, "max_diff_vs_floor": 0.0}
+    for gib, ok in ((3.7, True), (3.8, False)):
+        got = dict(suite.checks({"a": {**a, "dynametric_peak_gib": gib}}, torch.device("cuda")))
+        assert got["(a) device memory peak <= 4 GB (3.73 GiB)"] is ok
