@@ -11,15 +11,35 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.benchmarks.loader import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
+def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("pytorch_metric_learning")
     suite = load_benchmark("gpu_suite")
+    # part (a) on the CPU runs dynametric through the torch engine, by both of its full-ranking methods (it ran the
+    # CPU engine there, so the count row compared that engine with itself and code changed since the last GPU run
+    # first ran in the one GPU call)
+    import dynametric.metrics.torch_engine as torch_engine
+
+    engine_runs: list[tuple[str, str]] = []
+    counted: list[int] = []
+    run_torch, count_ranks = torch_engine.run_ranking_torch, torch_engine._count_ranks
+
+    def spy_run(problem, device, **kw):
+        engine_runs.append((torch.device(device).type, torch_engine.full_ranking_method()))
+        return run_torch(problem, device, **kw)
+
+    def spy_count(*a, **kw):
+        counted.append(1)
+        return count_ranks(*a, **kw)
+
+    monkeypatch.setattr(torch_engine, "run_ranking_torch", spy_run)
+    monkeypatch.setattr(torch_engine, "_count_ranks", spy_count)
     docs = tmp_path / "benchmarks.md"
     # an earlier --small run's section (a full run's would be kept: see the refusal tests below)
     docs.write_text(f"# Benchmarks\n\nkept above\n\n{suite.BEGIN}\nold figures\n"
@@ -29,6 +49,13 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     a, c, d = res["a"], res["c"], res["d"]
     assert a["n"] == 1200 and a["max_diff_vs_floor"] <= 1e-5 and a["max_diff_vs_pml"] <= 1e-5
+    assert a["engine"] == "torch" and a["engine_device"] == "cpu"
+    # warm-up + timed default (sort), the budget sweep (sort), warm-up + timed count, then the one-scale report
+    assert engine_runs == [("cpu", "sort")] * 3 + [("cpu", "count")] * 2 + [("cpu", "sort")] and counted
+    assert a["count_s"] > 0 and a["count_max_diff"] == 0.0
+    assert [r["budget_gib"] for r in a["budget_sweep"]] == [0.01] and a["budget_sweep"][0]["max_diff"] == 0.0
+    assert res["a_big"]["n"] == 3000 and res["a_big"]["s"] > 0
+    assert c["workers"] == 1 and d["workers"] == 1 and c["pinned"] is False and c["channels_last"] is False
     assert all(math.isfinite(a[k]) and a[k] > 0 for k in ("dynametric_s", "pml_s", "floor_s"))
     assert len(res["b"]) == 14 and all(r["ours_ms"] > 0 for r in res["b"])
     assert c["images"] == 32 and c["ours_img_s"] > 0 and c["floor_img_s"] > 0 and c["decode"] == "gpu"
@@ -52,6 +79,9 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks\n\nkept above\n\n") and text.endswith("\n\nkept below\n")
     assert "old figures" not in text and text.count(suite.BEGIN) == 1 and "**(c) embedding JPEG files**" in text
     assert "**(e) CPU ranking engine, threads**" in text
+    assert "(dynametric's torch ranking engine on `cpu`)" in text and "between the two methods 0.0e+00." in text
+    assert "3,000 x 32, one scale (recall@K, map@r)" in text
+    assert "| contender | seconds | device peak GiB | vs dynametric |" in text and "device peak GB" not in text
     assert "--small" in text and "no CUDA device" in text
     assert text.count("<!-- written by benchmarks/gpu_suite.py (small run) -->") == 1
     assert json.loads(out.read_text())["written_by"] == {"script": "gpu_suite.py", "run": "small"}
@@ -119,3 +149,13 @@ def test_json_of_another_script_or_of_a_full_run_is_not_replaced(tmp_path):
     assert suite.json_legacy(small, small.read_text()) == "small"
     budgets = REPO / "docs" / "results" / "gpu_suite_budgets.json"
     assert suite.json_legacy(budgets, budgets.read_text()) == "partial"
+
+
+def test_device_peaks_are_gib_and_the_4_gb_target_is_4e9_bytes():
+    """#QA: the suite measured peaks in GiB (2**30 bytes) but labelled them GB (and the A/B used 1e9): both report
+    GiB now, labelled so, and #13's 4 GB target is checked in bytes (3.8 GiB = 4.08e9 bytes fails it)."""
+    suite = load_benchmark("gpu_suite")
+    a = {"speedup_vs_pml": 6.0, "ratio_to_floor": 1.0, "max_diff_vs_floor": 0.0}
+    for gib, ok in ((3.7, True), (3.8, False)):
+        got = dict(suite.checks({"a": {**a, "dynametric_peak_gib": gib}}, torch.device("cuda")))
+        assert got["(a) device memory peak <= 4 GB (3.73 GiB)"] is ok

@@ -16,9 +16,12 @@ path. A JPEG the device decoder rejects is decoded again alone, then by PIL; if 
 error names the file, as on the CPU path.
 
 A JPEG whose compressed data is damaged but which ends with its end-of-image marker decodes on both paths, grey
-where data is missing; libjpeg's warning about it, which it prints to the process's stderr without a file name,
-is caught here and logged as one warning naming the file (:func:`dynametric.data.base.jpeg_damage`; ``data
-inspect`` lists such files).
+where data is missing. What is detected depends on the decoder: on the CPU device, libjpeg prints a warning to the
+process's stderr (file descriptor 2) without a file name; it is caught here and logged as one warning naming the
+file (:func:`dynametric.data.base.jpeg_damage` finds which). On CUDA, nvjpeg prints nothing and reports nothing, so
+a damaged JPEG that nvjpeg accepts is embedded without any warning (one it rejects is decoded by PIL, which says
+nothing either). ``dynametric data inspect`` decodes every JPEG with libjpeg on the CPU and lists such files before
+embedding (kind ``damaged_image``).
 
 Values differ slightly from the CPU path: PIL's and torchvision's antialiased resize are not bit-identical (and
 nvjpeg's IDCT may differ from libjpeg's in the last bit).
