@@ -103,16 +103,68 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
     return None if dev.type == "cpu" else dev
 
 
+_FP32_PARENTS = (("generic", "all"), ("cuda", "all"), ("mkldnn", "all"))
+"""The per-backend float32 precision settings above the matmul ones (torch >= 2.9's ``fp32_precision`` API):
+``torch.backends.fp32_precision``, ``torch.backends.cudnn.fp32_precision`` (the CUDA backend's) and the oneDNN
+backend's, parents first."""
+_FP32_MATMULS = (("cuda", "matmul"), ("mkldnn", "matmul"))
+"""``torch.backends.cuda.matmul.fp32_precision`` and ``torch.backends.mkldnn.matmul.fp32_precision``."""
+
+
+def _stored_fp32_precisions() -> dict[tuple[str, str], str]:
+    """Each setting of :data:`_FP32_PARENTS` and :data:`_FP32_MATMULS` as stored, ``"none"`` (inherit) included.
+
+    A getter answers the parent's value where a setting holds ``"none"``, so each level is read while the levels
+    above it are ``"none"``; they are set back before returning."""
+    get, put = torch._C._get_fp32_precision_getter, torch._C._set_fp32_precision_setter
+    stored: dict[tuple[str, str], str] = {}
+    try:
+        for level in (_FP32_PARENTS[:1], _FP32_PARENTS[1:], _FP32_MATMULS):
+            for node in level:
+                stored[node] = get(*node)
+            for node in level:
+                if node in _FP32_PARENTS:
+                    put(*node, "none")
+    finally:
+        for node in reversed(_FP32_PARENTS):
+            if node in stored:
+                put(*node, stored[node])
+    return stored
+
+
 @contextlib.contextmanager
 def full_fp32_matmul() -> Iterator[None]:
-    """Scores must be true float32 products: disable TF32 / reduced-precision matmuls (e.g. set by
-    ``torch.set_float32_matmul_precision("high")`` for training) while ranking, and restore the setting after."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    """Scores must be true float32 products: float32 matmuls run in full precision while ranking (no TF32 on CUDA,
+    no bf16 / TF32 in oneDNN on the CPU), whatever the user set for training, and the user's settings come back
+    exactly after (also on an exception).
+
+    Both of torch's APIs are handled: the legacy ``torch.set_float32_matmul_precision`` and, where torch has it,
+    the per-backend ``torch.backends.*.fp32_precision`` one. Mixing the two makes torch's legacy getter raise, so
+    the per-backend matmul settings are read (as stored, :func:`_stored_fp32_precisions`) and set to ``"ieee"``
+    before the legacy value is read; inside, the legacy value is ``"highest"`` and both matmul settings ``"ieee"``
+    (a state both APIs read without complaint); on exit the legacy value, then the matmul settings are restored."""
+    if not hasattr(torch._C, "_get_fp32_precision_getter"):  # torch < 2.9: only the legacy API
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+        return
+    put = torch._C._set_fp32_precision_setter
+    stored = _stored_fp32_precisions()
     try:
-        yield
+        for node in _FP32_MATMULS:
+            put(*node, "ieee")  # no legacy/new mismatch left, so the legacy getter answers
+        legacy = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")  # also sets both matmul settings to "ieee"
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(legacy)
     finally:
-        torch.set_float32_matmul_precision(before)
+        for node in _FP32_MATMULS:
+            put(*node, stored[node])
 
 
 def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: bool,
