@@ -17,7 +17,8 @@ the relevant items that are not excluded. Per chunk of query rows:
 * **top path** (only ranks up to ``cap = max(R_q, k, ASI cut-off)`` matter): ``topk(cap + 1)`` per row, the kept
   ``cap`` items ordered by (descending score, ascending index) with two stable sorts. When the ``cap``-th and
   ``(cap+1)``-th scores differ, the kept items are exactly those scoring at least the ``cap``-th score, so their
-  order is the exact top of the ranking; rows where they tie are redone on the full path.
+  order is the exact top of the ranking; rows where they tie are redone with a full stable sort, in groups of
+  rows sized from the budget (:func:`plan_resort_rows`).
 
 Each scale then reads its relevant items' positions off the ranked gallery labels, and
 :func:`metrics_from_rank_rows` turns them into per-query values (float64, one dense reduction per row, so the
@@ -73,6 +74,8 @@ TOP_PATH_MAX_CAP = 1024
 _BYTES_PER_SCORE_FULL = 40  # scores 4, sorted values 4, int64 order 8, sort scratch ~16, gathered labels 4 + masks
 _BYTES_PER_SCORE_COUNT = 32  # scores 4, int64 (key, index) 8, int64 bin 8 and its spilled copy 8, masks
 _BYTES_PER_SCORE_TOP = 12  # scores 4, masks and top-k scratch
+_BYTES_PER_SCORE_RESORT = 32  # a tied row redone on the top path: gathered scores 4, sorted values 4, int64 order 8,
+# sort scratch ~16 (next to the chunk's scores, 4 per score of every row)
 _BYTES_PER_SLOT = 64  # per relevant item in a row: positions, padded ranks, float64 metric temporaries
 _BYTES_PER_COUNT_SLOT = 128  # per candidate of the count method: columns, keys, sorted keys, counts, ranks, masks
 
@@ -185,6 +188,15 @@ def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: b
     return int(min(rows, max(1, num_queries), 1 << 16))
 
 
+def plan_resort_rows(chunk_rows: int, num_gallery: int, memory_budget_bytes: int | None) -> int:
+    """How many tied rows of a top-path chunk of ``chunk_rows`` rows are redone with one full sort at a time
+    (:func:`_ranked_top`): what the budget leaves next to the chunk's scores, at least one row, at most the chunk.
+    A chunk planned by :func:`plan_device_rows` can redo at least a quarter of its rows at once."""
+    budget = DEFAULT_DEVICE_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
+    left = budget - 4 * chunk_rows * num_gallery
+    return int(min(max(1, chunk_rows), max(1, left // (_BYTES_PER_SCORE_RESORT * max(1, num_gallery)))))
+
+
 class PaddedRankRows(RankRows):
     """:class:`~dynametric.metrics.ranking.RankRows` over padded ``[C, U]`` device tensors (the torch engine): row
     ``r``'s first ``found[r]`` slots hold its relevant items' ranks in rank order; padding slots get a rank beyond
@@ -291,8 +303,11 @@ def _raise_overflow() -> None:
                      key="embeddings")
 
 
-def _ranked_top(scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(order, score)`` ``[C, cap]``: each row's best ``cap`` gallery indices, exactly ranked (see module doc)."""
+def _ranked_top(scores: torch.Tensor, cap: int, resort_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order, score)`` ``[C, cap]``: each row's best ``cap`` gallery indices, exactly ranked (see module doc).
+    Rows whose ``cap``-th and ``(cap+1)``-th scores tie are redone with a full stable sort, ``resort_rows`` of them
+    at a time (:func:`plan_resort_rows`: a sort needs ~32 bytes per score, and every row ties when the embeddings
+    have collapsed)."""
     vals, idx = torch.topk(scores, cap + 1, dim=1)
     if bool((torch.isnan(vals[:, 0]) | torch.isposinf(vals[:, 0])).any()):
         _raise_overflow()
@@ -302,9 +317,12 @@ def _ranked_top(scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Ten
     order = i1.gather(1, o2)
     tied = torch.isfinite(vals[:, cap - 1]) & (vals[:, cap - 1] == vals[:, cap])
     if bool(tied.any()):
-        rows = tied.nonzero().flatten()
-        fv, fo = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        order[rows], v2[rows] = fo[:, :cap], fv[:, :cap]
+        tied_rows = tied.nonzero().flatten()
+        for a in range(0, tied_rows.shape[0], max(1, resort_rows)):
+            rows = tied_rows[a:a + max(1, resort_rows)]
+            fv, fo = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+            order[rows], v2[rows] = fo[:, :cap], fv[:, :cap]
+            del fv, fo
     return order, v2
 
 
@@ -445,6 +463,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
     if memory_budget_bytes is None and torch.device(device).type == "cpu":  # host memory: the CPU engine's default
         memory_budget_bytes = DEFAULT_MEMORY_BUDGET
     rows = plan_device_rows(nq, ng, slots, full, memory_budget_bytes, method)
+    resort_rows = plan_resort_rows(rows, ng, memory_budget_bytes)
     with torch.no_grad():
         q = problem.query.to(device)
         g = q if problem.gallery is problem.query else problem.gallery.to(device)
@@ -544,7 +563,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
                         scale_values(sc, start, ranks, found)
                 del order
             else:
-                order, vals = _ranked_top(s, cap)
+                order, vals = _ranked_top(s, cap, resort_rows)
                 kept = vals > float("-inf")
                 del vals
                 for sc in range(num_scales):
