@@ -156,3 +156,25 @@ def test_torch_without_the_per_backend_api_uses_the_legacy_one(monkeypatch):
             assert torch.get_float32_matmul_precision() == "highest"
             raise KeyError("boom")
     assert torch.get_float32_matmul_precision() == "medium"
+
+
+def test_a_private_api_of_another_shape_falls_back_to_the_legacy_route(monkeypatch):
+    """The per-backend route reads torch's private getters; where they answer otherwise (another torch version), the
+    context falls back to the legacy API, which still ranks in full precision and restores the legacy value."""
+    from dynametric.metrics import torch_engine
+
+    def broken(*args):
+        raise RuntimeError("unknown backend")
+
+    stored = torch_engine._stored_fp32_precisions()
+    monkeypatch.setattr(torch._C, "_get_fp32_precision_getter", broken)
+    torch.set_float32_matmul_precision("high")
+    try:
+        with torch_engine.full_fp32_matmul():
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        monkeypatch.undo()
+        for node in reversed(list(stored)):  # children before parents: every setting back as it was stored
+            torch._C._set_fp32_precision_setter(*node, stored[node])
+        assert torch_engine._stored_fp32_precisions() == stored

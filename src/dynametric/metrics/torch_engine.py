@@ -146,7 +146,13 @@ def full_fp32_matmul() -> Iterator[None]:
     the per-backend matmul settings are read (as stored, :func:`_stored_fp32_precisions`) and set to ``"ieee"``
     before the legacy value is read; inside, the legacy value is ``"highest"`` and both matmul settings ``"ieee"``
     (a state both APIs read without complaint); on exit the legacy value, then the matmul settings are restored."""
-    if not hasattr(torch._C, "_get_fp32_precision_getter"):  # torch < 2.9: only the legacy API
+    stored: dict[tuple[str, str], str] | None = None
+    if hasattr(torch._C, "_get_fp32_precision_getter"):  # torch >= 2.9
+        try:
+            stored = _stored_fp32_precisions()
+        except (RuntimeError, TypeError, ValueError):  # private API of another shape: the legacy route below
+            stored = None
+    if stored is None:  # torch < 2.9: only the legacy API
         before = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")
         try:
@@ -155,7 +161,6 @@ def full_fp32_matmul() -> Iterator[None]:
             torch.set_float32_matmul_precision(before)
         return
     put = torch._C._set_fp32_precision_setter
-    stored = _stored_fp32_precisions()
     try:
         for node in _FP32_MATMULS:
             put(*node, "ieee")  # no legacy/new mismatch left, so the legacy getter answers
