@@ -89,6 +89,58 @@ def test_torch_top_path_with_ties_equals_cpu(metrics):
         _same(want, got)
 
 
+@pytest.mark.parametrize("protocol", ["loo", "qg"])
+def test_top_path_redoes_tied_rows_in_groups_the_budget_holds(monkeypatch, protocol):
+    """Collapsed embeddings (early training): every row's cap-th and (cap+1)-th scores tie, so the top path redoes
+    every row with a full sort (~32 bytes per score next to the chunk's 4). Those sorts are split so that they fit
+    the budget (one sort of all a chunk's tied rows took 2.6x the budget), and the values still equal the CPU
+    engine's (tie rule: score, then gallery index)."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((6, 3)).astype(np.float32)
+    x = np.repeat(base, 100, axis=0)  # 600 items, 100 identical copies of each of 6 embeddings
+    perm = rng.permutation(len(x))
+    x = x[perm]
+    lab = np.stack([np.arange(len(x)) // 4, np.arange(len(x)) // 40], 1)[perm]
+    kw = dict(metrics=["recall@K", "precision@K", "r_precision", "map@r"], k_values=(1, 2, 4, 8))
+    args = (x, lab) if protocol == "loo" else (x[:150], lab[:150], x[150:], lab[150:])
+    nq, ng = args[0].shape[0], args[-2].shape[0]
+    want, want_pq = evaluate_embeddings(*args, **kw, per_query=True)
+    budget = 400_000
+    cap = 39 if protocol == "loo" else 40  # the largest R_q (coarse classes of 40): the top path
+    chunk = plan_device_rows(nq, ng, cap, False, budget)
+    sorted_rows: list[int] = []
+    real_sort = torch.sort
+
+    def sort_spy(t, *a, **k):
+        if t.dim() == 2 and t.shape[1] == ng:  # a whole row's sort: the tied-row redo
+            sorted_rows.append(t.shape[0])
+        return real_sort(t, *a, **k)
+
+    monkeypatch.setattr(torch, "sort", sort_spy)
+    got, got_pq = evaluate_embeddings(*args, **kw, per_query=True, ranking_engine="torch", memory_budget_bytes=budget)
+    monkeypatch.undo()
+    _same(want, got)
+    for scale in want_pq:
+        for m, arr in want_pq[scale].items():
+            np.testing.assert_allclose(got_pq[scale][m], arr, rtol=1e-12, atol=1e-14, equal_nan=True)
+    assert sum(sorted_rows) == nq  # every row tied (99 or more copies score the same)
+    assert 4 * chunk * ng + 32 * max(sorted_rows) * ng <= budget, (chunk, max(sorted_rows))
+    assert len(sorted_rows) > -(-nq // chunk)  # more sorts than chunks: the tied rows of a chunk were split
+
+
+def test_resort_plan_fits_the_budget_next_to_the_chunk():
+    from dynametric.metrics.torch_engine import plan_resort_rows
+
+    for ng, budget, slots in ((600, 400_000, 40), (60502, None, 7000), (10**5, 64 * 2**20, 8)):
+        chunk = plan_device_rows(ng, ng, slots, False, budget)
+        t = plan_resort_rows(chunk, ng, budget)
+        full = 7 * 2**29 if budget is None else budget
+        assert 4 * chunk * ng + 32 * t * ng <= full < 4 * chunk * ng + 32 * (t + 1) * ng or t == chunk
+        assert 4 * t >= chunk  # at least a quarter of a chunk at once
+    assert plan_resort_rows(64, 10**6, 1) == 1  # a budget below one row: one row at a time
+    assert plan_resort_rows(5, 100, 10**9) == 5  # never more than the chunk
+
+
 def test_torch_engine_tie_rule_by_hand():
     # distances 1,1,1,2,3 from the query -> ranking g0, g1, g2, g3, g4 by index; relevant at ranks 1, 4, 5
     q = np.array([[0.0]], dtype=np.float32)

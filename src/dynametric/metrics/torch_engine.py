@@ -17,7 +17,8 @@ the relevant items that are not excluded. Per chunk of query rows:
 * **top path** (only ranks up to ``cap = max(R_q, k, ASI cut-off)`` matter): ``topk(cap + 1)`` per row, the kept
   ``cap`` items ordered by (descending score, ascending index) with two stable sorts. When the ``cap``-th and
   ``(cap+1)``-th scores differ, the kept items are exactly those scoring at least the ``cap``-th score, so their
-  order is the exact top of the ranking; rows where they tie are redone on the full path.
+  order is the exact top of the ranking; rows where they tie are redone with a full stable sort, in groups of
+  rows sized from the budget (:func:`plan_resort_rows`).
 
 Each scale then reads its relevant items' positions off the ranked gallery labels, and
 :func:`metrics_from_rank_rows` turns them into per-query values (float64, one dense reduction per row, so the
@@ -73,6 +74,8 @@ TOP_PATH_MAX_CAP = 1024
 _BYTES_PER_SCORE_FULL = 40  # scores 4, sorted values 4, int64 order 8, sort scratch ~16, gathered labels 4 + masks
 _BYTES_PER_SCORE_COUNT = 32  # scores 4, int64 (key, index) 8, int64 bin 8 and its spilled copy 8, masks
 _BYTES_PER_SCORE_TOP = 12  # scores 4, masks and top-k scratch
+_BYTES_PER_SCORE_RESORT = 32  # a tied row redone on the top path: gathered scores 4, sorted values 4, int64 order 8,
+# sort scratch ~16 (next to the chunk's scores, 4 per score of every row)
 _BYTES_PER_SLOT = 64  # per relevant item in a row: positions, padded ranks, float64 metric temporaries
 _BYTES_PER_COUNT_SLOT = 128  # per candidate of the count method: columns, keys, sorted keys, counts, ranks, masks
 
@@ -103,16 +106,73 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
     return None if dev.type == "cpu" else dev
 
 
+_FP32_PARENTS = (("generic", "all"), ("cuda", "all"), ("mkldnn", "all"))
+"""The per-backend float32 precision settings above the matmul ones (torch >= 2.9's ``fp32_precision`` API):
+``torch.backends.fp32_precision``, ``torch.backends.cudnn.fp32_precision`` (the CUDA backend's) and the oneDNN
+backend's, parents first."""
+_FP32_MATMULS = (("cuda", "matmul"), ("mkldnn", "matmul"))
+"""``torch.backends.cuda.matmul.fp32_precision`` and ``torch.backends.mkldnn.matmul.fp32_precision``."""
+
+
+def _stored_fp32_precisions() -> dict[tuple[str, str], str]:
+    """Each setting of :data:`_FP32_PARENTS` and :data:`_FP32_MATMULS` as stored, ``"none"`` (inherit) included.
+
+    A getter answers the parent's value where a setting holds ``"none"``, so each level is read while the levels
+    above it are ``"none"``; they are set back before returning."""
+    get, put = torch._C._get_fp32_precision_getter, torch._C._set_fp32_precision_setter
+    stored: dict[tuple[str, str], str] = {}
+    try:
+        for level in (_FP32_PARENTS[:1], _FP32_PARENTS[1:], _FP32_MATMULS):
+            for node in level:
+                stored[node] = get(*node)
+            for node in level:
+                if node in _FP32_PARENTS:
+                    put(*node, "none")
+    finally:
+        for node in reversed(_FP32_PARENTS):
+            if node in stored:
+                put(*node, stored[node])
+    return stored
+
+
 @contextlib.contextmanager
 def full_fp32_matmul() -> Iterator[None]:
-    """Scores must be true float32 products: disable TF32 / reduced-precision matmuls (e.g. set by
-    ``torch.set_float32_matmul_precision("high")`` for training) while ranking, and restore the setting after."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    """Scores must be true float32 products: float32 matmuls run in full precision while ranking (no TF32 on CUDA,
+    no bf16 / TF32 in oneDNN on the CPU), whatever the user set for training, and the user's settings come back
+    exactly after (also on an exception).
+
+    Both of torch's APIs are handled: the legacy ``torch.set_float32_matmul_precision`` and, where torch has it,
+    the per-backend ``torch.backends.*.fp32_precision`` one. Mixing the two makes torch's legacy getter raise, so
+    the per-backend matmul settings are read (as stored, :func:`_stored_fp32_precisions`) and set to ``"ieee"``
+    before the legacy value is read; inside, the legacy value is ``"highest"`` and both matmul settings ``"ieee"``
+    (a state both APIs read without complaint); on exit the legacy value, then the matmul settings are restored."""
+    stored: dict[tuple[str, str], str] | None = None
+    if hasattr(torch._C, "_get_fp32_precision_getter"):  # torch >= 2.9
+        try:
+            stored = _stored_fp32_precisions()
+        except (RuntimeError, TypeError, ValueError):  # private API of another shape: the legacy route below
+            stored = None
+    if stored is None:  # torch < 2.9: only the legacy API
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+        return
+    put = torch._C._set_fp32_precision_setter
     try:
-        yield
+        for node in _FP32_MATMULS:
+            put(*node, "ieee")  # no legacy/new mismatch left, so the legacy getter answers
+        legacy = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")  # also sets both matmul settings to "ieee"
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(legacy)
     finally:
-        torch.set_float32_matmul_precision(before)
+        for node in _FP32_MATMULS:
+            put(*node, stored[node])
 
 
 def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: bool,
@@ -131,6 +191,15 @@ def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: b
     if rows >= SCORE_ROW_BLOCK:
         rows -= rows % SCORE_ROW_BLOCK
     return int(min(rows, max(1, num_queries), 1 << 16))
+
+
+def plan_resort_rows(chunk_rows: int, num_gallery: int, memory_budget_bytes: int | None) -> int:
+    """How many tied rows of a top-path chunk of ``chunk_rows`` rows are redone with one full sort at a time
+    (:func:`_ranked_top`): what the budget leaves next to the chunk's scores, at least one row, at most the chunk.
+    A chunk planned by :func:`plan_device_rows` can redo at least a quarter of its rows at once."""
+    budget = DEFAULT_DEVICE_MEMORY_BUDGET if memory_budget_bytes is None else int(memory_budget_bytes)
+    left = budget - 4 * chunk_rows * num_gallery
+    return int(min(max(1, chunk_rows), max(1, left // (_BYTES_PER_SCORE_RESORT * max(1, num_gallery)))))
 
 
 class PaddedRankRows(RankRows):
@@ -239,8 +308,11 @@ def _raise_overflow() -> None:
                      key="embeddings")
 
 
-def _ranked_top(scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(order, score)`` ``[C, cap]``: each row's best ``cap`` gallery indices, exactly ranked (see module doc)."""
+def _ranked_top(scores: torch.Tensor, cap: int, resort_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order, score)`` ``[C, cap]``: each row's best ``cap`` gallery indices, exactly ranked (see module doc).
+    Rows whose ``cap``-th and ``(cap+1)``-th scores tie are redone with a full stable sort, ``resort_rows`` of them
+    at a time (:func:`plan_resort_rows`: a sort needs ~32 bytes per score, and every row ties when the embeddings
+    have collapsed)."""
     vals, idx = torch.topk(scores, cap + 1, dim=1)
     if bool((torch.isnan(vals[:, 0]) | torch.isposinf(vals[:, 0])).any()):
         _raise_overflow()
@@ -250,9 +322,12 @@ def _ranked_top(scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Ten
     order = i1.gather(1, o2)
     tied = torch.isfinite(vals[:, cap - 1]) & (vals[:, cap - 1] == vals[:, cap])
     if bool(tied.any()):
-        rows = tied.nonzero().flatten()
-        fv, fo = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        order[rows], v2[rows] = fo[:, :cap], fv[:, :cap]
+        tied_rows = tied.nonzero().flatten()
+        for a in range(0, tied_rows.shape[0], max(1, resort_rows)):
+            rows = tied_rows[a:a + max(1, resort_rows)]
+            fv, fo = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+            order[rows], v2[rows] = fo[:, :cap], fv[:, :cap]
+            del fv, fo
     return order, v2
 
 
@@ -393,6 +468,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
     if memory_budget_bytes is None and torch.device(device).type == "cpu":  # host memory: the CPU engine's default
         memory_budget_bytes = DEFAULT_MEMORY_BUDGET
     rows = plan_device_rows(nq, ng, slots, full, memory_budget_bytes, method)
+    resort_rows = plan_resort_rows(rows, ng, memory_budget_bytes)
     with torch.no_grad():
         q = problem.query.to(device)
         g = q if problem.gallery is problem.query else problem.gallery.to(device)
@@ -492,7 +568,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
                         scale_values(sc, start, ranks, found)
                 del order
             else:
-                order, vals = _ranked_top(s, cap)
+                order, vals = _ranked_top(s, cap, resort_rows)
                 kept = vals > float("-inf")
                 del vals
                 for sc in range(num_scales):
