@@ -15,8 +15,9 @@
   scale's chunk would be one class: no negative pair for a term that compares the batch).
 * :func:`scale_notes` gives the ``warning:`` / ``note:`` lines a run and its dry run say before training about scales
   with a single class: a whole-batch ``multiscale`` term at a scale with one training class (it trains on nothing
-  there; not refused, a root scale with one class is common), a monitored scale with one validation class (the
-  monitored value is constant), ``mean`` rows that average such scales in.
+  there; not refused, a root scale with one class is common), a term that is not multiscale whose own label
+  column (its ``scale``) has one training class (the same: it trains on nothing), a monitored scale with one
+  validation class (the monitored value is constant), ``mean`` rows that average such scales in.
 * ``trainer.monitor`` is read with :func:`~dynametric.config.schema.split_monitor` (split at its last ``/``: a scale
   name may hold one).
 """
@@ -231,6 +232,59 @@ def multiscale_single_class_warnings(cfg: Config, train: Any, scale_names: Seque
     return lines
 
 
+def single_scale_one_class_warnings(cfg: Config, train: Any, scale_names: Sequence[str]) -> list[str]:
+    """One ``warning:`` line per loss term that is not ``multiscale`` and compares the batch's embeddings with each
+    other (:func:`~dynametric.config.schema.pairs_in_batch`) at its own label column (its ``scale`` keyword,
+    ``label_scale`` for ``pml:`` names and CosFace/ArcFace; default 0) when that column has a single class in the
+    training labels: every batch is then one class at that column, the term finds no negative pair and trains on
+    nothing (as :func:`multiscale_single_class_warnings` says of a multiscale term). Keyed
+    ``<term>.kwargs.<keyword>``; the line suggests the nearest finer column with two or more classes. Not for the
+    ``three_scale`` sampler (:func:`check_batches` refuses its one-class chunks), a term of weight 0, or a column
+    the data does not have (refused when the loss is built)."""
+    from dynametric.config.schema import pairs_in_batch
+    from dynametric.labels import label_column_argument
+    from dynametric.losses import LOSSES
+
+    sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
+    if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
+        return []
+    terms = [(where, term) for where, term, _ in cfg.loss_terms()
+             if not term.multiscale and term.weight > 0 and pairs_in_batch(term.name, term.kwargs)]
+    if not terms:
+        return []
+    counts = _class_counts([train], "train dataset labels")
+    if counts is None:
+        return []
+    names = list(scale_names)
+    lines = []
+    for where, term in terms:
+        cls = LOSSES[term.name] if term.name in LOSSES else None
+        arg = label_column_argument(cls) or "scale"
+        col = term.kwargs.get(arg, _default_column(cls, arg))
+        if isinstance(col, bool) or not isinstance(col, int) or not 0 <= col < len(counts) or counts[col] >= 2:
+            continue
+        scale = _scale_name(names, col)
+        finer = [c for c in range(col - 1, -1, -1) if counts[c] >= 2]
+        fix = (f"train it on a scale with two or more classes ({where}.kwargs.{arg}={finer[0]}: "
+               f"{_scale_name(names, finer[0])}) or use data with two or more classes at {scale}" if finer else
+               f"use data with two or more classes at {scale}")
+        lines.append(f"warning: key '{where}.kwargs.{arg}': the training labels have one class at {scale} (column "
+                     f"{col}), so {where} {term.name} compares the batch's embeddings with each other at {scale} "
+                     f"alone and finds no negative pair in any batch, training on nothing; {fix}")
+    return lines
+
+
+def _default_column(cls: Any, arg: str) -> Any:
+    """The default of the label-column keyword ``arg`` in ``cls``'s signature (0 where it has none)."""
+    import inspect
+
+    try:
+        param = inspect.signature(cls).parameters.get(arg)
+    except (TypeError, ValueError):
+        return 0
+    return 0 if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _weight(value: float) -> float | int:
     return int(value) if float(value).is_integer() else float(value)
 
@@ -287,10 +341,12 @@ def mean_single_class_note(evaluated: Mapping[str, Sequence[Any]], scale_names: 
 def scale_notes(cfg: Config, train: Any, val: Any, tests: dict[str, Any], monitor: str,
                 scale_names: Sequence[str], source: str | None = None) -> list[str]:
     """The warnings and notes a run (and its dry run) says before training about scales with a single class:
-    :func:`multiscale_single_class_warnings` (training labels), :func:`monitor_single_class_warning` (validation
+    :func:`multiscale_single_class_warnings` and :func:`single_scale_one_class_warnings` (training labels),
+    :func:`monitor_single_class_warning` (validation
     data, from ``source``) and :func:`mean_single_class_note` (validation data and the test's splits,
     ``tests``)."""
     lines = multiscale_single_class_warnings(cfg, train, scale_names)
+    lines += single_scale_one_class_warnings(cfg, train, scale_names)
     monitored = monitor_single_class_warning(val, monitor, scale_names, source)
     if monitored is not None:
         lines.append(monitored)
