@@ -68,12 +68,16 @@ def _fitting_values(batch_size: int, m: int, classes: int, world: int = 1) -> li
 
 
 def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None = None,
-                  carved: bool = False, world: int = 1) -> None:
+                  carved: bool = False, world: int = 1, module: Any = None) -> None:
     """Build the configured batch sampler on the training labels, as the run's rank 0 of ``world`` processes builds
     it (one step draws a batch for each process), and re-raise a batch that cannot be drawn as a
     :class:`ConfigError` with values that work. ``carved``: validation classes were taken out of the training split
     (the message says so, since they are not available to batches). Built for one process only, a run of several
-    passed the check (and the dry run said OK), then failed after the untrained evaluation and its files."""
+    passed the check (and the dry run said OK), then failed after the untrained evaluation and its files.
+
+    ``module``: the run's training module (its ``objectives`` and ``embedder``); each loss term is then called once
+    on the labels of the sampler's first batch (:func:`check_loss_outputs`), so a loss that returns more than one
+    value is refused here, before the run writes anything, not at its first step."""
     labels = _label_matrix(train)
     data = cfg.data
     sampler_cls = BATCH_SAMPLERS.get(data.sampler)
@@ -106,8 +110,71 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
     first = next(iter(sampler), None)  # a sampler registered by user code may form other sizes: said before the run
     if first is not None:
         check_batch_size(sampler, first, data.batch_size, data.sampler, "its first batch, drawn by the preflight")
+        if module is not None:
+            check_loss_outputs(module, labels[torch.as_tensor(list(first), dtype=torch.long)])
     if isinstance(sampler, ThreeScaleSampler):
         _check_three_scale(cfg, sampler, labels.shape[1], scale_names)
+
+
+def check_loss_outputs(module: Any, labels: torch.Tensor) -> None:
+    """Call each loss term of ``module`` (its ``objectives``, :class:`~dynametric.engine.objective.Objective`) once,
+    as a training step calls it (its miner first), on ``labels`` (a training batch's label rows) and random unit
+    embeddings of the width of the term's head (``module.embedder.output_dims``): a term whose loss returns anything
+    but one value (a user's loss returning a per-sample vector) is the :class:`ConfigError` the first step would
+    raise (:func:`~dynametric.engine.objective.check_loss_value`: ``key 'loss.name': loss term 'MyLoss' (MyLoss)
+    returned a tensor of shape [16]; expected a single value (0-dim tensor)``), here before the untrained evaluation
+    and before the run writes anything.
+
+    Nothing of the run changes: each term is called on a copy of its loss and miner (the parameters shared, not
+    changed: no gradient is taken), without gradients, with torch's random state put back afterwards and the
+    losses' debug log quiet. A term that raises on these inputs, or whose head width is not declared, is left to
+    the first step, which says what it says there (the check refuses only a value of the wrong shape)."""
+    import logging
+
+    from dynametric.engine.objective import check_loss_value
+
+    objectives = list(getattr(module, "objectives", None) or [])
+    dims = getattr(getattr(module, "embedder", None), "output_dims", None)
+    if not objectives or not isinstance(dims, Mapping) or labels.dim() != 2 or not len(labels):
+        return
+    quiet = logging.getLogger("dynametric.losses")
+    was_disabled = quiet.disabled
+    quiet.disabled = True
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            widths = {head: int(width) for head, width in dims.items() if head != "concat"}
+            made = {head: torch.nn.functional.normalize(torch.randn(len(labels), width, generator=generator), dim=1)
+                    for head, width in widths.items()}
+            outputs: torch.Tensor | dict[str, torch.Tensor] = made[None] if None in made else \
+                {str(head): emb for head, emb in made.items()}
+            for obj in objectives:
+                value = _call_term(obj, outputs, labels)
+                if value is not _FAILED:
+                    check_loss_value(obj, value)
+    finally:
+        quiet.disabled = was_disabled
+
+
+_FAILED = object()
+
+
+def _call_term(obj: Any, outputs: Any, labels: torch.Tensor) -> Any:
+    """The value of the term ``obj`` on ``outputs`` and ``labels`` (:func:`check_loss_outputs`), called on copies
+    of its loss and miner; :data:`_FAILED` where anything raises (left to the first step)."""
+    import copy
+
+    from dynametric.engine.objective import select_head
+
+    try:
+        emb = select_head(outputs, obj.head)
+        memo = {id(p): p for part in (obj.loss, obj.miner) if isinstance(part, torch.nn.Module)
+                for p in part.parameters()}
+        loss, miner = copy.deepcopy((obj.loss, obj.miner), memo)
+        indices = miner(emb, labels) if miner is not None else None
+        return loss(emb, labels, indices) if indices is not None else loss(emb, labels)
+    except Exception:  # what the loss says of these inputs is for the first step to say
+        return _FAILED
 
 
 def _check_three_scale(cfg: Config, sampler: ThreeScaleSampler, num_columns: int,
