@@ -13,6 +13,8 @@
   suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
   also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
   scale's chunk would be one class: no negative pair for a term that compares the batch).
+* :func:`check_loss_outputs` (``check_batches(..., module=...)``) calls each loss term once on the labels of the
+  sampler's first batch, so a loss returning more than one value is refused before the run writes anything.
 * :func:`scale_notes` gives the ``warning:`` / ``note:`` lines a run and its dry run say before training about scales
   with a single class: a whole-batch ``multiscale`` term at a scale with one training class (it trains on nothing
   there; not refused, a root scale with one class is common), a term that is not multiscale whose own label
