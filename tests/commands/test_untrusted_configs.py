@@ -112,6 +112,27 @@ def test_a_run_folder_command_says_what_it_imports_and_from_pretrained_warns(
         Embedder.from_pretrained(run)
 
 
+def test_the_import_warning_names_the_users_line_not_the_loaders(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding: the ``ConfigImportWarning`` pointed at a line of the config loader inside dynametric
+    (``stacklevel=3``). It now names the first frame outside the package: the user's line that loaded the config,
+    through ``load_config(file)`` and through ``Embedder.from_pretrained(run_dir)``."""
+    module = "dm_trust_where_helpers"
+    run = tmp_path / "run"
+    _run_with_helpers(run, module)
+    monkeypatch.syspath_prepend(str(run))
+    for load in (lambda: load_config(run / "config.yaml"), lambda: Embedder.from_pretrained(run)):
+        _forget(monkeypatch, module)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConfigImportWarning)
+            load()
+        found = [w for w in caught if w.category is ConfigImportWarning]
+        assert len(found) == 1, [str(w.message) for w in caught]
+        assert Path(found[0].filename).resolve() == Path(__file__).resolve(), found[0].filename
+        assert found[0].lineno == load.__code__.co_firstlineno  # the user's call into the library
+        assert module in sys.modules
+
+
 def test_imports_typed_on_the_command_line_or_not_found_are_not_announced(tmp_path: Path) -> None:
     """The note is for a file's list: an ``imports=[...]`` override is the user's own words, and a module that is not
     found runs nothing (its error line alone, whose PYTHONPATH advice now warns about running untrusted code)."""

@@ -27,6 +27,7 @@ from dynametric.engine.preflight import (
     monitor_single_class_warning,
     multiscale_single_class_warnings,
     scale_notes,
+    single_scale_one_class_warnings,
 )
 from dynametric.errors import ConfigError
 
@@ -68,6 +69,41 @@ def test_what_the_multiscale_warning_leaves_alone():
     three = load_config(None, ["loss.multiscale=true", "data.sampler=three_scale", "data.batch_size=24",
                                "data.m=4"])
     assert multiscale_single_class_warnings(three, TRAIN, SCALES) == []
+
+
+def test_a_single_scale_term_at_a_one_class_column_is_one_warning_line():
+    """Finding: a term that is not multiscale but compares the batch at its own ``scale`` trained on nothing, with no
+    word, when that column has one training class (the multiscale warning looked at multiscale terms only)."""
+    cfg = load_config(None, ["loss.kwargs.scale=2"])
+    lines = single_scale_one_class_warnings(cfg, TRAIN, SCALES)
+    assert lines == ["warning: key 'loss.kwargs.scale': the training labels have one class at kingdom (column 2), so "
+                     "loss TripletMarginLoss compares the batch's embeddings with each other at kingdom alone and "
+                     "finds no negative pair in any batch, training on nothing; train it on a scale with two or more "
+                     "classes (loss.kwargs.scale=1: middle) or use data with two or more classes at kingdom"]
+    assert scale_notes(cfg, TRAIN, None, {}, "fine/map@r", SCALES) == lines  # said by the run and its dry run
+    # an extra term and a pml: name (its column keyword is label_scale); every column one class: no finer scale
+    extra = load_config(None, ["extra_losses=[{name: 'pml:ContrastiveLoss', kwargs: {label_scale: 2}}]"])
+    line, = single_scale_one_class_warnings(extra, TRAIN, SCALES)
+    assert line.startswith("warning: key 'extra_losses[0].kwargs.label_scale': the training labels have one class at "
+                           "kingdom (column 2), so extra_losses[0] pml:ContrastiveLoss compares")
+    one = _labels([0] * 8)
+    assert single_scale_one_class_warnings(load_config(), one, SCALES)[0].endswith(
+        "training on nothing; use data with two or more classes at fine")
+
+
+def test_what_the_single_scale_warning_leaves_alone():
+    assert single_scale_one_class_warnings(load_config(None, ["loss.kwargs.scale=1"]), TRAIN, SCALES) == []
+    assert single_scale_one_class_warnings(load_config(None, ["loss.kwargs.scale=2", "loss.weight=0"]), TRAIN,
+                                           SCALES) == []  # a term of weight 0 trains nothing anyway
+    # a proxy loss compares each embedding with its class weights, not the batch with itself
+    proxy = load_config(None, ["loss.name=ProxyAnchorLoss", "loss.kwargs.scale=2"])
+    assert single_scale_one_class_warnings(proxy, TRAIN, SCALES) == []
+    # multiscale terms: the multiscale warning's (one line, not two)
+    multi = load_config(None, ["loss.multiscale=true"])
+    assert single_scale_one_class_warnings(multi, TRAIN, SCALES) == [] and len(scale_notes(
+        multi, TRAIN, None, {}, "fine/map@r", SCALES)) == 1
+    three = load_config(None, ["data.sampler=three_scale", "data.batch_size=24", "data.m=4"])
+    assert single_scale_one_class_warnings(three, _labels([0] * 8), SCALES) == []  # refused by check_batches
 
 
 # --------------------------------------------------------------------------------------------------- finding 2
@@ -219,6 +255,25 @@ def test_a_dry_run_and_a_run_say_the_single_class_scales(tmp_path, capsys):
     assert "note: the mean rows average in scale(s) with a single class" in report
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["kingdom"]["map@r"] == 1.0  # the values are as they were: only said
+
+
+def test_a_dry_run_and_a_run_say_a_single_scale_term_at_a_one_class_column(tmp_path, capsys):
+    from dynametric.cli import main
+
+    labels = _csv_data(tmp_path / "ds")
+    args = ["train", *RUN, f"data.root={labels}", "loss.multiscale=false", "loss.kwargs.scale=4"]
+    assert main([*args, "--dry-run"]) == 0
+    said = capsys.readouterr()
+    dry = [line for line in (said.out + said.err).splitlines() if line.startswith("warning:")]
+    assert dry == ["warning: key 'loss.kwargs.scale': the training labels have one class at kingdom (column 4), so "
+                   "loss TripletMarginLoss compares the batch's embeddings with each other at kingdom alone and finds "
+                   "no negative pair in any batch, training on nothing; train it on a scale with two or more classes "
+                   "(loss.kwargs.scale=3: order) or use data with two or more classes at kingdom"]
+    out = tmp_path / "run"
+    assert main([*args, "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    assert [line for line in (said.out + said.err).splitlines() if line.startswith("warning:")] == dry
+    assert json.loads((out / "run_info.json").read_text())["notes"][0] == dry[0]
 
 
 def test_a_scale_with_a_slash_can_be_monitored_end_to_end(tmp_path, capsys):

@@ -42,6 +42,41 @@ def test_search_by_image_file_embeds_with_the_recorded_checkpoint(built: dict[st
     assert out["queries"][0]["results"][0]["distance"] < 1e-5
 
 
+def test_an_index_with_a_weights_hash_reads_its_checkpoint_once(built: dict[str, Path], capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding: ``search --image`` / ``explore`` read the checkpoint file twice when the index records a weights
+    hash (once to compare the weights before the config's imports could run, again to load the model). The state
+    compared is now the one loaded (``load_trained(state=...)``): one read, the same model and results."""
+    import torch
+
+    from dynametric.retrieval.index import RetrievalIndex
+    from dynametric.retrieval.model import embed_image_files, load_embedder, load_index_model
+
+    ckpt = built["ckpt"].resolve()
+    reads: list[Path] = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if isinstance(f, (str, Path)) and Path(f).resolve() == ckpt:
+            reads.append(Path(f))
+        return real_load(f, *args, **kwargs)
+
+    index = RetrievalIndex.load(built["index"])
+    assert index.model["weights_hash"]
+    image = built["root"] / "imgs/rock/img_05.png"
+    reference = load_embedder(ckpt, head=index.model.get("head"))  # the path-only load: one read of its own
+    monkeypatch.setattr(torch, "load", counting_load)
+    loaded = load_index_model(index, None, None)
+    assert len(reads) == 1, reads
+    assert loaded.weights_hash == index.model["weights_hash"] == reference.weights_hash
+    assert loaded.identity() == reference.identity()
+    assert np.array_equal(embed_image_files(loaded, [image]), embed_image_files(reference, [image]))
+    reads.clear()
+    out = _search(capsys, "--index", str(built["index"]), "--image", str(image), "-k", "2")
+    assert len(reads) == 1, reads
+    assert out["queries"][0]["results"][0]["id"] == "item05" and out["queries"][0]["results"][0]["distance"] < 1e-5
+
+
 def test_search_by_an_empty_image_or_a_broken_link_says_what_it_is(built: dict[str, Path], tmp_path: Path,
                                                                    capsys) -> None:
     """A zero-byte file said PIL's 'cannot identify image file'; a link to a missing file named only the link."""

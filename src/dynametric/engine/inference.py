@@ -307,7 +307,8 @@ def check_config_not_empty(config_path: Path, checkpoint: str | Path, *, given: 
 
 
 def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
-                 head: str | None = None, cfg: Config | None = None) -> TrainedModel:
+                 head: str | None = None, cfg: Config | None = None,
+                 state: dict[str, Any] | None = None) -> TrainedModel:
     """Build the configured embedder and load ``checkpoint`` into it (eval mode, parameters frozen).
 
     ``config`` defaults to ``config.yaml`` beside the checkpoint; an already loaded ``cfg`` may be passed instead.
@@ -319,6 +320,11 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     run's ``--config`` would otherwise load the same tensors into another model. The model is built without its
     pretrained weights (``model.pretrained`` / ``model.pretrained_path`` are ignored: the checkpoint's weights replace
     them), so loading never downloads and needs no initial weight file.
+
+    ``state``: the content of ``checkpoint`` already read by the caller (:func:`~dynametric.engine.checkpoint.
+    load_checkpoint_file`, e.g. to compare its weights with an index's before the config's ``imports`` could run),
+    so the file is read once; ``checkpoint`` still names it in messages and finds the ``config.yaml`` beside it, and
+    every check on the state is the same.
     """
     from dynametric.config import config_to_dict, embedder_kwargs, errors_located, load_config
     from dynametric.engine.builders import eval_head
@@ -334,7 +340,8 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     config_path = config_beside(checkpoint, config)
     if cfg is None:
         cfg = load_config(config_path, overrides)
-    state = load_checkpoint_file(checkpoint)
+    if state is None:
+        state = load_checkpoint_file(checkpoint)
     check_model_config(cfg, state, checkpoint)
     with errors_located(cfg):  # a model key checked when the model is built names where it was set
         model = build_embedder(**{**embedder_kwargs(cfg.model), "pretrained": False, "pretrained_path": None})

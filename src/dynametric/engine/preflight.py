@@ -13,10 +13,13 @@
   suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
   also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
   scale's chunk would be one class: no negative pair for a term that compares the batch).
+* :func:`check_loss_outputs` (``check_batches(..., module=...)``) calls each loss term once on the labels of the
+  sampler's first batch, so a loss returning more than one value is refused before the run writes anything.
 * :func:`scale_notes` gives the ``warning:`` / ``note:`` lines a run and its dry run say before training about scales
   with a single class: a whole-batch ``multiscale`` term at a scale with one training class (it trains on nothing
-  there; not refused, a root scale with one class is common), a monitored scale with one validation class (the
-  monitored value is constant), ``mean`` rows that average such scales in.
+  there; not refused, a root scale with one class is common), a term that is not multiscale whose own label
+  column (its ``scale``) has one training class (the same: it trains on nothing), a monitored scale with one
+  validation class (the monitored value is constant), ``mean`` rows that average such scales in.
 * ``trainer.monitor`` is read with :func:`~dynametric.config.schema.split_monitor` (split at its last ``/``: a scale
   name may hold one).
 """
@@ -67,12 +70,16 @@ def _fitting_values(batch_size: int, m: int, classes: int, world: int = 1) -> li
 
 
 def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None = None,
-                  carved: bool = False, world: int = 1) -> None:
+                  carved: bool = False, world: int = 1, module: Any = None) -> None:
     """Build the configured batch sampler on the training labels, as the run's rank 0 of ``world`` processes builds
     it (one step draws a batch for each process), and re-raise a batch that cannot be drawn as a
     :class:`ConfigError` with values that work. ``carved``: validation classes were taken out of the training split
     (the message says so, since they are not available to batches). Built for one process only, a run of several
-    passed the check (and the dry run said OK), then failed after the untrained evaluation and its files."""
+    passed the check (and the dry run said OK), then failed after the untrained evaluation and its files.
+
+    ``module``: the run's training module (its ``objectives`` and ``embedder``); each loss term is then called once
+    on the labels of the sampler's first batch (:func:`check_loss_outputs`), so a loss that returns more than one
+    value is refused here, before the run writes anything, not at its first step."""
     labels = _label_matrix(train)
     data = cfg.data
     sampler_cls = BATCH_SAMPLERS.get(data.sampler)
@@ -105,8 +112,71 @@ def check_batches(cfg: Config, train: Any, *, scale_names: Sequence[str] | None 
     first = next(iter(sampler), None)  # a sampler registered by user code may form other sizes: said before the run
     if first is not None:
         check_batch_size(sampler, first, data.batch_size, data.sampler, "its first batch, drawn by the preflight")
+        if module is not None:
+            check_loss_outputs(module, labels[torch.as_tensor(list(first), dtype=torch.long)])
     if isinstance(sampler, ThreeScaleSampler):
         _check_three_scale(cfg, sampler, labels.shape[1], scale_names)
+
+
+def check_loss_outputs(module: Any, labels: torch.Tensor) -> None:
+    """Call each loss term of ``module`` (its ``objectives``, :class:`~dynametric.engine.objective.Objective`) once,
+    as a training step calls it (its miner first), on ``labels`` (a training batch's label rows) and random unit
+    embeddings of the width of the term's head (``module.embedder.output_dims``): a term whose loss returns anything
+    but one value (a user's loss returning a per-sample vector) is the :class:`ConfigError` the first step would
+    raise (:func:`~dynametric.engine.objective.check_loss_value`: ``key 'loss.name': loss term 'MyLoss' (MyLoss)
+    returned a tensor of shape [16]; expected a single value (0-dim tensor)``), here before the untrained evaluation
+    and before the run writes anything.
+
+    Nothing of the run changes: each term is called on a copy of its loss and miner (the parameters shared, not
+    changed: no gradient is taken), without gradients, with torch's random state put back afterwards and the
+    losses' debug log quiet. A term that raises on these inputs, or whose head width is not declared, is left to
+    the first step, which says what it says there (the check refuses only a value of the wrong shape)."""
+    import logging
+
+    from dynametric.engine.objective import check_loss_value
+
+    objectives = list(getattr(module, "objectives", None) or [])
+    dims = getattr(getattr(module, "embedder", None), "output_dims", None)
+    if not objectives or not isinstance(dims, Mapping) or labels.dim() != 2 or not len(labels):
+        return
+    quiet = logging.getLogger("dynametric.losses")
+    was_disabled = quiet.disabled
+    quiet.disabled = True
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            widths = {head: int(width) for head, width in dims.items() if head != "concat"}
+            made = {head: torch.nn.functional.normalize(torch.randn(len(labels), width, generator=generator), dim=1)
+                    for head, width in widths.items()}
+            outputs: torch.Tensor | dict[str, torch.Tensor] = made[None] if None in made else \
+                {str(head): emb for head, emb in made.items()}
+            for obj in objectives:
+                value = _call_term(obj, outputs, labels)
+                if value is not _FAILED:
+                    check_loss_value(obj, value)
+    finally:
+        quiet.disabled = was_disabled
+
+
+_FAILED = object()
+
+
+def _call_term(obj: Any, outputs: Any, labels: torch.Tensor) -> Any:
+    """The value of the term ``obj`` on ``outputs`` and ``labels`` (:func:`check_loss_outputs`), called on copies
+    of its loss and miner; :data:`_FAILED` where anything raises (left to the first step)."""
+    import copy
+
+    from dynametric.engine.objective import select_head
+
+    try:
+        emb = select_head(outputs, obj.head)
+        memo = {id(p): p for part in (obj.loss, obj.miner) if isinstance(part, torch.nn.Module)
+                for p in part.parameters()}
+        loss, miner = copy.deepcopy((obj.loss, obj.miner), memo)
+        indices = miner(emb, labels) if miner is not None else None
+        return loss(emb, labels, indices) if indices is not None else loss(emb, labels)
+    except Exception:  # what the loss says of these inputs is for the first step to say
+        return _FAILED
 
 
 def _check_three_scale(cfg: Config, sampler: ThreeScaleSampler, num_columns: int,
@@ -231,6 +301,59 @@ def multiscale_single_class_warnings(cfg: Config, train: Any, scale_names: Seque
     return lines
 
 
+def single_scale_one_class_warnings(cfg: Config, train: Any, scale_names: Sequence[str]) -> list[str]:
+    """One ``warning:`` line per loss term that is not ``multiscale`` and compares the batch's embeddings with each
+    other (:func:`~dynametric.config.schema.pairs_in_batch`) at its own label column (its ``scale`` keyword,
+    ``label_scale`` for ``pml:`` names and CosFace/ArcFace; default 0) when that column has a single class in the
+    training labels: every batch is then one class at that column, the term finds no negative pair and trains on
+    nothing (as :func:`multiscale_single_class_warnings` says of a multiscale term). Keyed
+    ``<term>.kwargs.<keyword>``; the line suggests the nearest finer column with two or more classes. Not for the
+    ``three_scale`` sampler (:func:`check_batches` refuses its one-class chunks), a term of weight 0, or a column
+    the data does not have (refused when the loss is built)."""
+    from dynametric.config.schema import pairs_in_batch
+    from dynametric.labels import label_column_argument
+    from dynametric.losses import LOSSES
+
+    sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
+    if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
+        return []
+    terms = [(where, term) for where, term, _ in cfg.loss_terms()
+             if not term.multiscale and term.weight > 0 and pairs_in_batch(term.name, term.kwargs)]
+    if not terms:
+        return []
+    counts = _class_counts([train], "train dataset labels")
+    if counts is None:
+        return []
+    names = list(scale_names)
+    lines = []
+    for where, term in terms:
+        cls = LOSSES[term.name] if term.name in LOSSES else None
+        arg = label_column_argument(cls) or "scale"
+        col = term.kwargs.get(arg, _default_column(cls, arg))
+        if isinstance(col, bool) or not isinstance(col, int) or not 0 <= col < len(counts) or counts[col] >= 2:
+            continue
+        scale = _scale_name(names, col)
+        finer = [c for c in range(col - 1, -1, -1) if counts[c] >= 2]
+        fix = (f"train it on a scale with two or more classes ({where}.kwargs.{arg}={finer[0]}: "
+               f"{_scale_name(names, finer[0])}) or use data with two or more classes at {scale}" if finer else
+               f"use data with two or more classes at {scale}")
+        lines.append(f"warning: key '{where}.kwargs.{arg}': the training labels have one class at {scale} (column "
+                     f"{col}), so {where} {term.name} compares the batch's embeddings with each other at {scale} "
+                     f"alone and finds no negative pair in any batch, training on nothing; {fix}")
+    return lines
+
+
+def _default_column(cls: Any, arg: str) -> Any:
+    """The default of the label-column keyword ``arg`` in ``cls``'s signature (0 where it has none)."""
+    import inspect
+
+    try:
+        param = inspect.signature(cls).parameters.get(arg)
+    except (TypeError, ValueError):
+        return 0
+    return 0 if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _weight(value: float) -> float | int:
     return int(value) if float(value).is_integer() else float(value)
 
@@ -287,10 +410,12 @@ def mean_single_class_note(evaluated: Mapping[str, Sequence[Any]], scale_names: 
 def scale_notes(cfg: Config, train: Any, val: Any, tests: dict[str, Any], monitor: str,
                 scale_names: Sequence[str], source: str | None = None) -> list[str]:
     """The warnings and notes a run (and its dry run) says before training about scales with a single class:
-    :func:`multiscale_single_class_warnings` (training labels), :func:`monitor_single_class_warning` (validation
+    :func:`multiscale_single_class_warnings` and :func:`single_scale_one_class_warnings` (training labels),
+    :func:`monitor_single_class_warning` (validation
     data, from ``source``) and :func:`mean_single_class_note` (validation data and the test's splits,
     ``tests``)."""
     lines = multiscale_single_class_warnings(cfg, train, scale_names)
+    lines += single_scale_one_class_warnings(cfg, train, scale_names)
     monitored = monitor_single_class_warning(val, monitor, scale_names, source)
     if monitored is not None:
         lines.append(monitored)

@@ -183,7 +183,7 @@ def _input_size(transform: Any, default: int) -> int:
 
 def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
                   head: str | None = None, image_size: int | None = None,
-                  options: InferenceOptions | None = None) -> LoadedEmbedder:
+                  options: InferenceOptions | None = None, state: dict[str, Any] | None = None) -> LoadedEmbedder:
     """Load ``checkpoint`` through :func:`dynametric.engine.inference.load_trained` and place it on the device of
     ``options`` (default: ``auto`` device, batch 64, no workers; an unset precision is the one the run trained in,
     :func:`~dynametric.engine.inference.checkpoint_precision`, and :attr:`LoadedEmbedder.notes` says when that
@@ -195,13 +195,16 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
     Raises :class:`~dynametric.errors.InputError` for a missing, corrupt or unsafe checkpoint or one that does not match
     the config's model, and :class:`~dynametric.errors.ConfigError` for an invalid config or option (a CUDA device
     where there is none, an unknown head); both name the file, key or option.
+
+    ``state``: the checkpoint's content when the caller has read it already (``load_trained(state=...)``: the file
+    is read once).
     """
     from dynametric.config import config_hash, errors_located
     from dynametric.engine.checkpoint import embedder_state_dict
 
     opts = options or InferenceOptions()
     run = opts.resolve()  # a bad device, precision, ... before the checkpoint is read
-    trained = load_trained(checkpoint, config, overrides=overrides, head=head)
+    trained = load_trained(checkpoint, config, overrides=overrides, head=head, state=state)
     cfg = trained.cfg
     opts, note = checkpoint_precision(cfg, opts)
     if opts.precision != run.precision:
@@ -276,7 +279,8 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
     relative to the index folder, never to the working directory (:func:`index_model_path`). The checkpoint's
     weights are compared with the index's before its config is read: a checkpoint of other weights is refused
     before the config's ``imports`` could run. Loading the config imports the modules its ``imports`` list, which
-    is said first (a ``note:`` line naming the config)."""
+    is said first (a ``note:`` line naming the config). The checkpoint file is read once: the state compared here
+    is the one the model is loaded from."""
     model = index.model or {}
     if checkpoint is None:
         if not model.get("checkpoint"):
@@ -295,18 +299,17 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
                                  f"built (moved since?); give {option} with its path now",
                                  file=None if folder is None else Path(folder) / "index.json", key=key)
     want = model.get("weights_hash")
+    state = None
     if want:  # the weights first (a safe read: weights_only), before any config's imports could run
         from dynametric.engine.checkpoint import embedder_state_dict, load_checkpoint_file
 
-        have = weights_digest(embedder_state_dict(load_checkpoint_file(checkpoint)))
+        state = load_checkpoint_file(checkpoint)
+        have = weights_digest(embedder_state_dict(state))
         if have != want:
             raise InputError(f"checkpoint weights (hash {have}) differ from the model the index was built with "
                              f"(hash {want}); its embeddings are not comparable", file=checkpoint)
     loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
-                           options=options)
-    if want and loaded.weights_hash != want:
-        raise InputError(f"checkpoint weights (hash {loaded.weights_hash}) differ from the model the index was built "
-                         f"with (hash {want}); its embeddings are not comparable", file=checkpoint)
+                           options=options, state=state)
     found = model_mismatch(model, loaded.identity())
     if found is not None:  # --config (or the checkpoint's own config.yaml) embeds otherwise than the index's
         what, _ = found

@@ -116,7 +116,9 @@ def announce_imports(names: Sequence[str], config: Any) -> None:
     """Say, before they are imported, which of the modules ``names`` that the config file ``config`` lists under
     ``imports`` will run (:func:`modules_to_run`): ``importing helpers (imports: of RUN/config.yaml; this runs their
     code)``, as a :class:`ConfigImportWarning` or to the sink of :func:`import_notes_to` (the command line's
-    ``note:`` line). Nothing when every module is imported already (or not found)."""
+    ``note:`` line). Nothing when every module is imported already (or not found). The warning names the first
+    line outside the ``dynametric`` package (:func:`dynametric.cpu_kernels.outside_package_level`): the user's code
+    that loaded the config."""
     import warnings
 
     run = modules_to_run(names)
@@ -127,7 +129,10 @@ def announce_imports(names: Sequence[str], config: Any) -> None:
     if sink is not None:
         sink(line)
     else:
-        warnings.warn(line, ConfigImportWarning, stacklevel=3)
+        from dynametric.cpu_kernels import outside_package_level
+
+        # the user's line that loaded the config (load_config, from_pretrained), not the loader's inside dynametric
+        warnings.warn(line, ConfigImportWarning, stacklevel=outside_package_level())
 
 
 def import_modules(names: Any, key: str) -> None:
