@@ -127,9 +127,17 @@ def test_a_backbone_reporting_another_width_is_refused_before_the_run_writes(tmp
 
 
 def test_a_loss_returning_a_vector_is_one_line_naming_its_term(tmp_path, capsys, registered) -> None:
-    _, line = _train(tmp_path, capsys, "loss.name=VectorLoss", "loss.kwargs.mode=vector")
-    assert line.endswith("key 'loss.name': loss term 'VectorLoss' (VectorLoss) returned a tensor of shape [3]; "
-                         "expected a single value (0-dim tensor)"), line
+    """Finding: the line came at the first training step, after the untrained evaluation, with ``config.yaml`` and
+    the logs written. The preflight now calls each term once on the first batch's labels: the same line, the run
+    folder left empty, and the dry run says it too."""
+    out, line = _train(tmp_path, capsys, "loss.name=VectorLoss", "loss.kwargs.mode=vector")
+    expected = ("key 'loss.name': loss term 'VectorLoss' (VectorLoss) returned a tensor of shape [3]; expected a "
+                "single value (0-dim tensor)")
+    assert line.endswith(expected), line
+    assert _nothing_written(out) and not (out / "config.yaml").exists()
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--dry-run", "loss.name=VectorLoss",
+                 "loss.kwargs.mode=vector"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)
 
 
 def test_compute_objective_names_the_config_key_of_the_term_whose_loss_is_not_one_value() -> None:

@@ -1381,8 +1381,8 @@ def _build_run_components(cfg: Config, run_dir: Path, datasets: Any, *, world: i
 
     comps: Components = build_components(cfg, datasets=datasets, progress_bar=progress)
     check_backbone_forward(cfg, comps.embedder)  # a backbone reporting another width than it gives: nothing written
-    check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved,
-                  world=world)  # before the untrained evaluation spends time (and before the other ranks start)
+    check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world,
+                  module=comps.module)  # before the untrained evaluation spends time (and before the other ranks start)
     # a monitored metric the validation data cannot give a value (every class a singleton at its scale)
     check_validation_queries(cfg, datasets.val, comps.trainer.monitor, comps.scale_names, datasets.val_source)
     exp_logger = _run_logger(cfg, run_dir, [f"{stage}/{comps.trainer.monitor}" for stage in ("val", "test")],
@@ -1947,7 +1947,8 @@ def _dry_run_components(cfg: Config, datasets: Any, world: int, run_dir: str | P
     _relay(caught, notes)
     check_backbone_forward(cfg, comps.embedder)
     if datasets is not None:
-        check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world)
+        check_batches(cfg, datasets.train, scale_names=comps.scale_names, carved=datasets.val_carved, world=world,
+                      module=comps.module)
     # a missing extra, an option the logger does not take, an MLflow store that cannot work here: refused where a
     # real run's build_logger refuses it (nothing written: the logger is not made)
     check_logger(cfg.run.logger, cfg.run.logger_options, run_dir)
