@@ -53,3 +53,33 @@ def fill_up_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
         return io.TextIOWrapper(raw, encoding=kwargs.get("encoding"), newline=kwargs.get("newline"))
 
     monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def fail_writes_of(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """From now on the temporary file of every atomic write of a file named ``name`` (``.<name>.XXXXXXXX.tmp``, made
+    by ``tempfile.mkstemp``) is on a full disk: its first write fails with ``OSError(ENOSPC)``; every other file is
+    written as usual. Returns the temporary files that failed (their paths), as they fail."""
+    import tempfile
+
+    names: dict[int, str] = {}
+    failed: list[str] = []
+    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, path = real_mkstemp(*args, **kwargs)
+        names[fd] = path
+        return fd, path
+
+    def fdopen(fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        path = names.pop(fd, "")
+        if "w" not in mode or not os.path.basename(path).startswith(f".{name}."):
+            return real_fdopen(fd, mode, *args, **kwargs)
+        failed.append(path)
+        raw = io.BufferedWriter(_FillingRaw(fd, [0]))
+        if "b" in mode:
+            return raw
+        return io.TextIOWrapper(raw, encoding=kwargs.get("encoding"), newline=kwargs.get("newline"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    return failed

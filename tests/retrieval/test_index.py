@@ -303,8 +303,9 @@ def _killed_first_build(tmp_path: Path) -> tuple[Path, Path]:
                           text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr
     assert (out / LOCK_NAME).is_file()  # the killed build's lock, taken over by the next build (its process ended)
-    marker, temp = sorted((p for p in out.iterdir() if p.name != LOCK_NAME), key=lambda p: p.name != BUILD_MARKER)
-    assert marker.name == BUILD_MARKER  # written before index.faiss
+    # every file is written aside before any is renamed: the marker's and index.faiss's temporary files are left
+    marker, temp = sorted((p for p in out.iterdir() if p.name != LOCK_NAME), key=lambda p: p.name)
+    assert marker.name.startswith(f".{BUILD_MARKER}.") and marker.name.endswith(".tmp")  # written before index.faiss
     assert temp.name.startswith(".index.faiss.") and temp.name.endswith(".tmp") and len(temp.name) == 25
     return emb, out
 
@@ -343,14 +344,14 @@ class _Killed(BaseException):
     """A kill of the build (not an Exception: nothing of the build's own error handling runs)."""
 
 
-_WRITERS = ("atomic_write_json", "atomic_write_bytes", "atomic_save_npy", "atomic_open")
-_KILL_POINTS = (BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json", "after index.json")
+_STAGED = (BUILD_MARKER, *INDEX_FILES)  # written aside in this order, then renamed in this order
+_KILL_POINTS = (*(f"write {name}" for name in _STAGED), *(f"rename {name}" for name in _STAGED), "after index.json")
 
 
 def _kill_build_at(monkeypatch: pytest.MonkeyPatch, point: str) -> list[str]:
-    """Make the next ``RetrievalIndex.save`` die while it writes the file ``point`` (the temporary file of that
-    atomic write stays, as after a SIGKILL), or right after it wrote ``index.json`` (``"after index.json"``).
-    Returns the files it writes, in order, as it writes them."""
+    """Make the next ``RetrievalIndex.save`` die (as a SIGKILL: none of its own clean-up runs) while it writes the
+    temporary file of ``write <file>`` (that file stays), right before it renames ``rename <file>`` into place, or
+    right after it renamed ``index.json`` (``"after index.json"``). Returns the files it writes, in order."""
     import os
     import tempfile
 
@@ -358,23 +359,31 @@ def _kill_build_at(monkeypatch: pytest.MonkeyPatch, point: str) -> list[str]:
 
     written: list[str] = []
 
-    def wrap(real):  # noqa: ANN001, ANN202
+    def stage(real):  # noqa: ANN001, ANN202
         def write(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
             path = Path(path)
             written.append(path.name)
-            if path.name == point:  # killed in the middle of this write: mkstemp's file, as _replacing makes it
-                fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            if point == f"write {path.name}":  # killed in the middle of this write: mkstemp's file, as _replacing
+                fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # makes it
                 os.write(fd, b"half a file")
                 os.close(fd)
                 raise _Killed
-            result = real(path, *args, **kwargs)
-            if point == "after index.json" and path.name == "index.json":
-                raise _Killed
-            return result
+            return real(path, *args, **kwargs)
         return write
 
-    for name in _WRITERS:
-        monkeypatch.setattr(index_module, name, wrap(getattr(index_module, name)))
+    real_commit = index_module.commit_staged
+
+    def commit(tmp, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if point == f"rename {Path(path).name}":
+            raise _Killed
+        real_commit(tmp, path, **kwargs)
+        if point == "after index.json" and Path(path).name == "index.json":
+            raise _Killed
+
+    for name in ("stage_bytes", "stage_open"):
+        monkeypatch.setattr(index_module, name, stage(getattr(index_module, name)))
+    monkeypatch.setattr(index_module, "commit_staged", commit)
+    monkeypatch.setattr(index_module, "discard_staged", lambda tmps: None)  # a kill: nothing is cleaned up
     return written
 
 
@@ -389,18 +398,21 @@ def test_an_index_build_killed_at_any_write_is_built_again(tmp_path: Path, monke
         written = _kill_build_at(m, point)
         with pytest.raises(_Killed):
             RetrievalIndex.build(emb, "flat", "cosine").save(out)
-    assert written[0] == BUILD_MARKER and written[-1] == point.removeprefix("after ")
+    assert written[0] == BUILD_MARKER
+    assert written == list(_STAGED[:_STAGED.index(point[6:]) + 1] if point.startswith("write ") else _STAGED)
     left = {p.name for p in out.iterdir()}
-    if point == BUILD_MARKER:
-        assert [n.startswith(f".{BUILD_MARKER}.") and n.endswith(".tmp") for n in left] == [True]
-    else:
+    # a kill while writing aside leaves only temporary files; one while renaming, the files renamed before it
+    renamed = set(_STAGED) if point == "after index.json" else set(
+        _STAGED[:_STAGED.index(point[7:])] if point.startswith("rename ") else ())
+    assert {name for name in left if not name.startswith(".")} == renamed
+    if renamed:
         assert BUILD_MARKER in left  # whatever else the kill left, the marker says whose files they are
-    if point in ("index.json", "after index.json"):
+    if point in ("rename index.json", "after index.json"):
         assert {"index.faiss", "items.csv", "labels.npy"} <= left  # the case that needed a manual clear
     if point == "after index.json":
         assert RetrievalIndex.load(out).size == 40  # complete: only the marker is left over
     RetrievalIndex.build(emb, "flat", "cosine").save(out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(INDEX_FILES)  # marker and temporary file gone
+    assert sorted(p.name for p in out.iterdir()) == sorted(INDEX_FILES)  # marker and temporary files gone
     for name in ("items.csv", "labels.npy", "index.json"):
         assert (out / name).read_bytes() == (fresh / name).read_bytes()
     back = RetrievalIndex.load(out)
@@ -411,7 +423,7 @@ def test_an_index_build_killed_at_any_write_is_built_again(tmp_path: Path, monke
 def test_a_killed_build_with_labels_rebuilt_without_them_removes_its_labels_npy(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "idx"
     with monkeypatch.context() as m:
-        _kill_build_at(m, "index.json")
+        _kill_build_at(m, "rename index.json")
         with pytest.raises(_Killed):
             RetrievalIndex.build(make_set(40), "flat", "cosine").save(out)
     assert (out / "labels.npy").is_file()

@@ -38,15 +38,17 @@ import numpy as np
 
 from dynametric.errors import ConfigError, DynametricError, InputError, first_sentence
 from dynametric.utils.io import (
-    atomic_open,
-    atomic_save_npy,
-    atomic_write_bytes,
-    atomic_write_json,
+    commit_staged,
+    discard_staged,
     holds_only_own_files,
     is_stale_temp,
+    json_text,
     remove_stale_temps,
     replacement_mode,
     require_new_folder,
+    save_npy,
+    stage_bytes,
+    stage_open,
 )
 from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, LockUnreadable, acquire_lock
 from dynametric.utils.readers import (
@@ -580,8 +582,11 @@ class RetrievalIndex:
                    emb.class_names, list(emb.image_roots), dict(emb.model), params, str(emb.source))
 
     def save(self, out: str | Path) -> Path:
-        """Write the index folder atomically file by file: the build's marker (:data:`BUILD_MARKER`) first, then
-        the index files, ``index.json`` last (it marks a complete index), then the marker is removed."""
+        """Write the index folder: every file is first written to a temporary file beside its target (the build's
+        marker :data:`BUILD_MARKER`, the index files, ``index.json``), and only once all are written are they renamed
+        into place: the marker first, ``index.json`` last (it marks a complete index), then the marker is removed. A
+        failed write (a full disk, a file size limit) leaves an earlier index in the folder as it was, usable, and no
+        temporary file; a build killed between its renames leaves its marker, which the next build knows."""
         faiss = require_faiss()
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -594,37 +599,52 @@ class RetrievalIndex:
         check_build_folder(out)  # before anything is written: the folder as it was when refused
         marker = out / BUILD_MARKER
         remove_stale_temps(out, _is_build_file)  # left by a killed build of this index
-        # first: the folder says that a build is under way and which files it writes (labels.npy: or removes), so
-        # a build killed before index.json leaves a folder the next build knows as its own
-        atomic_write_json(marker, {"format": BUILD_FORMAT, "version": INDEX_VERSION, "files": list(INDEX_FILES)})
-        digest = hashlib.sha256()
+        staged: dict[str, str] = {}
+        try:
+            # the marker says that a build is under way and which files it writes (labels.npy: or removes), so a
+            # build killed between the renames leaves a folder the next build knows as its own
+            staged[BUILD_MARKER] = stage_bytes(marker, json_text(
+                {"format": BUILD_FORMAT, "version": INDEX_VERSION, "files": list(INDEX_FILES)}).encode("utf-8"))
+            digest = hashlib.sha256()
 
-        def write(data: Any) -> int:  # the bytes written are the bytes hashed (never another build's file)
-            digest.update(data)
-            return fh.write(data)
+            def write(data: Any) -> int:  # the bytes written are the bytes hashed (never another build's file)
+                digest.update(data)
+                return fh.write(data)
 
-        with atomic_open(out / "index.faiss", "wb") as fh:  # through Python's file IO: a full disk is an OSError
-            faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))  # (faiss's own: a RuntimeError)
-        items_text = csv_line(["index", "id", "path"]) + "".join(
-            csv_line([i, item_id, p]) for i, (item_id, p) in enumerate(zip(self.ids, self.paths)))
-        items_bytes = items_text.encode("utf-8")
-        atomic_write_bytes(out / "items.csv", items_bytes)
-        hashes = {"faiss_sha256": digest.hexdigest(), "items_sha256": hashlib.sha256(items_bytes).hexdigest()}
-        if self.labels is not None:
-            labels = np.ascontiguousarray(self.labels, dtype=np.int64)
-            atomic_save_npy(out / "labels.npy", labels)
-            hashes["labels_sha256"] = _labels_sha256(labels)
-        elif (out / "labels.npy").exists():
-            (out / "labels.npy").unlink()
-        atomic_write_json(out / "index.json", {
-            "format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": self.kind, "metric": self.metric,
-            "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
-            "has_labels": self.labels is not None, "class_names": self.class_names, "image_roots": self.image_roots,
-            "model": self.model, "source": self.source, **hashes})
+            with stage_open(out / "index.faiss") as (fh, tmp):  # Python's file IO: a full disk is an OSError
+                staged["index.faiss"] = tmp
+                faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))  # (faiss's own: a RuntimeError)
+            items_text = csv_line(["index", "id", "path"]) + "".join(
+                csv_line([i, item_id, p]) for i, (item_id, p) in enumerate(zip(self.ids, self.paths)))
+            items_bytes = items_text.encode("utf-8")
+            staged["items.csv"] = stage_bytes(out / "items.csv", items_bytes)
+            hashes = {"faiss_sha256": digest.hexdigest(), "items_sha256": hashlib.sha256(items_bytes).hexdigest()}
+            if self.labels is not None:
+                labels = np.ascontiguousarray(self.labels, dtype=np.int64)
+                with stage_open(out / "labels.npy") as (fh, tmp):
+                    staged["labels.npy"] = tmp
+                    save_npy(fh, labels)
+                hashes["labels_sha256"] = _labels_sha256(labels)
+            meta_bytes = json_text({
+                "format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": self.kind, "metric": self.metric,
+                "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
+                "has_labels": self.labels is not None, "class_names": self.class_names,
+                "image_roots": self.image_roots, "model": self.model, "source": self.source, **hashes}).encode("utf-8")
+            staged["index.json"] = stage_bytes(out / "index.json", meta_bytes)
+            # every file written: the renames (they need no space), the marker first, index.json last
+            for name in (BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json"):
+                if name in staged:
+                    commit_staged(staged[name], out / name)
+                    del staged[name]
+                elif name == "labels.npy" and (out / name).exists():  # an earlier index's labels: this one has none
+                    (out / name).unlink()
+        finally:
+            discard_staged(list(staged.values()))  # what a failed write left unrenamed
         marker.unlink(missing_ok=True)  # the index is complete
-        # this object is now the folder's index, as if loaded from it (read back under the folder's lock: no other
-        # build can have replaced it): a service that builds and saves can poll changed_on_disk() as after load()
-        self.digest = hashlib.sha256((out / "index.json").read_bytes()).hexdigest()
+        # this object is now the folder's index, as if loaded from it (its index.json, written under the folder's
+        # lock: no other build can have replaced it): a service that builds and saves can poll changed_on_disk() as
+        # after load()
+        self.digest = hashlib.sha256(meta_bytes).hexdigest()
         self.loaded_from = out
         return out
 

@@ -312,11 +312,22 @@ def stage_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, key: 
     :func:`commit_staged` once all are written (a rename needs no free space) and removes what is left with
     :func:`discard_staged` whatever happens. A failed write (a full disk) removes its temporary file and names
     ``path``, as :func:`atomic_write_bytes`; a read-only ``path`` is refused before anything is written."""
-    with _replacing(_file_target(path, key), key, stage=True) as (fd, tmp), os.fdopen(fd, "wb") as fh:
+    with stage_open(path, key=key) as (fh, tmp):
         fh.write(data)
+    return tmp
+
+
+@contextmanager
+def stage_open(path: str | Path, mode: str = "wb", *, key: str | None = None,
+               **kwargs: Any) -> Iterator[tuple[IO[Any], str]]:
+    """:func:`stage_bytes` for content written piece by piece (a file too big to hold in memory twice): a new
+    temporary file beside ``path`` open for writing, and its name. When the block ends the file is flushed to disk
+    and left there, with the mode ``path`` is to get, for :func:`commit_staged`; when the block raises it is removed
+    and the error of a failed write names ``path``. ``path`` is not touched either way."""
+    with _replacing(_file_target(path, key), key, stage=True) as (fd, tmp), os.fdopen(fd, mode, **kwargs) as fh:
+        yield fh, tmp
         fh.flush()
         os.fsync(fh.fileno())
-    return tmp
 
 
 def commit_staged(tmp: str, path: str | Path, *, key: str | None = None) -> None:
@@ -398,7 +409,13 @@ def atomic_write_json(path: str | Path, obj: Any, *, key: str | None = None,
     """``obj`` as indented JSON, atomically; every float NaN is written as ``null`` (:func:`nan_to_null`), so the
     file is strict JSON wherever it comes from (``json.dumps`` alone writes a bare ``NaN``). ``default``: as
     ``json.dumps``'s, for values JSON has no type for."""
-    atomic_write_text(path, json.dumps(nan_to_null(obj), indent=2, sort_keys=False, default=default) + "\n", key=key)
+    atomic_write_text(path, json_text(obj, default=default), key=key)
+
+
+def json_text(obj: Any, *, default: Callable[[Any], Any] | None = None) -> str:
+    """The text :func:`atomic_write_json` writes of ``obj`` (indented, every float NaN as ``null``): for a JSON file
+    staged with the files it belongs with (:func:`stage_bytes`)."""
+    return json.dumps(nan_to_null(obj), indent=2, sort_keys=False, default=default) + "\n"
 
 
 def check_name_lengths(path: str | Path, key: str | None = None, what: str = "folder") -> None:
