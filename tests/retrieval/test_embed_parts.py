@@ -187,3 +187,89 @@ def test_merge_overwrite_keeps_the_modes_it_replaces_and_refuses_a_read_only_fil
     err = capsys.readouterr().err.strip()
     assert f"{out / 'embeddings.npy'} key '--out': is read-only (mode 0444)" in err and "\n" not in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+_MERGE_FILES = ("embed.json", "items.csv", "embeddings.npy", "file_stats.npy", "labels.npy")
+
+
+@pytest.mark.parametrize("failing", _MERGE_FILES)
+def test_a_merge_overwrite_on_a_full_disk_leaves_the_earlier_merge_readable(jobs: dict, tmp_path: Path, monkeypatch,
+                                                                             capsys, failing: str) -> None:
+    """Was: embed.json was switched to in_progress first and the files replaced one by one, so a full disk left the
+    earlier merge's data beside an unfinished embed.json: every reader refused the folder."""
+    from tests.disk import fail_writes_of
+
+    out = tmp_path / "merged"
+    args = ["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out), "--overwrite"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == set(_MERGE_FILES)
+    old = load_embedding_set(out)
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        failed = fail_writes_of(m, failing)
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(failed) == 1 and f"{out / failing}: No space left on device" in err and "\n" not in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file, no lock left
+    again = load_embedding_set(out)
+    np.testing.assert_array_equal(again.embeddings, old.embeddings)
+    assert again.ids == old.ids and again.labels is not None and old.labels is not None
+    np.testing.assert_array_equal(again.labels, old.labels)
+    assert main(args) == 0  # with room again
+    assert load_embedding_set(out).embeddings.shape[0] == 12
+
+
+def test_an_unfinished_merge_folder_says_to_run_the_merge_again(jobs: dict, tmp_path: Path, capsys) -> None:
+    """Was: `embedding job is not finished; run the same `dynametric embed` command again to resume`, which cannot
+    finish a merge folder."""
+    out = tmp_path / "merged"
+    assert main(["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out)]) == 0
+    meta = json.loads((out / "embed.json").read_text(encoding="utf-8"))
+    (out / "embed.json").write_text(json.dumps({**meta, "status": "in_progress"}), encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        load_embedding_set(out)
+    message = str(err.value)
+    assert message.startswith(f"{out / 'embed.json'} key 'status': the merge into this folder is not finished")
+    assert f"`dynametric merge-embeddings PART... --out {out} --overwrite`" in message
+    assert "dynametric embed`" not in message and "\n" not in message
+    # an unfinished embed job (not a merge) still says to run its embed command again
+    part = tmp_path / "part0"
+    shutil.copytree(jobs["parts"][0], part)
+    meta = json.loads((part / "embed.json").read_text(encoding="utf-8"))
+    (part / "embed.json").write_text(json.dumps({**meta, "status": "in_progress"}), encoding="utf-8")
+    with pytest.raises(InputError, match="run the same `dynametric embed` command again to resume"):
+        load_embedding_set(part)
+
+
+class _Killed(BaseException):
+    """A kill of the merge (not an Exception: none of its own clean-up runs)."""
+
+
+def test_a_merge_killed_between_its_renames_is_refused_then_taken_up_by_overwrite(jobs: dict, tmp_path: Path,
+                                                                                 monkeypatch, capsys) -> None:
+    import dynametric.retrieval.embed as embed_module
+
+    out = tmp_path / "merged"
+    args = ["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out), "--overwrite"]
+    assert main(args) == 0
+    real = embed_module.commit_staged
+    renamed: list[str] = []
+
+    def commit(tmp, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if Path(path).name == "embeddings.npy":
+            raise _Killed
+        real(tmp, path, **kwargs)
+        renamed.append(Path(path).name)
+
+    with monkeypatch.context() as m:
+        m.setattr(embed_module, "commit_staged", commit)
+        m.setattr(embed_module, "discard_staged", lambda tmps: None)  # a kill: nothing is cleaned up
+        with pytest.raises(_Killed):
+            merge_embedding_parts(jobs["parts"], out, overwrite=True)
+    assert renamed == ["embed.json", "items.csv"]  # the unfinished embed.json is renamed first
+    with pytest.raises(InputError, match="the merge into this folder is not finished"):
+        load_embedding_set(out)
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(_MERGE_FILES)  # the killed merge's temporary files gone
+    assert load_embedding_set(out).embeddings.shape[0] == 12

@@ -30,7 +30,7 @@ import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -71,8 +71,14 @@ from dynametric.utils.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    commit_staged,
+    discard_staged,
+    json_text,
     remove_stale_temps,
     replacement_mode,
+    save_npy,
+    stage_bytes,
+    stage_open,
 )
 from dynametric.utils.readers import (
     check_file,
@@ -1105,14 +1111,20 @@ def _merge_write(out: Path, overwrite: bool, order: list[Path], meta_of: dict[Pa
                  first: dict[str, Any], num: int, total: int, stamped: list[tuple[Path, dict[str, Any]]],
                  lines: list[str], arrays: list[np.ndarray], stats_parts: list[np.ndarray] | None,
                  merged_labels: np.ndarray | None) -> EmbedResult:
-    """:func:`_merge_locked`'s writes (the parts checked): ``out`` made a merged job folder."""
+    """:func:`_merge_locked`'s writes (the parts checked): ``out`` made a merged job folder.
+
+    Every file is first written to a temporary file beside its target; only once all are written are they renamed
+    into place: an ``embed.json`` saying ``in_progress`` first (a merge killed between the renames leaves a folder
+    every reader refuses and ``--overwrite`` knows as a job), then the data files (an earlier job's file this merge
+    does not write, ``labels.npy`` or ``file_stats.npy``, is removed), the complete ``embed.json`` last. A failed write
+    (a full disk) leaves an earlier job in ``out`` as it was, readable."""
     if other_entries(out):
         if not overwrite:
             raise InputError("output folder is not empty (use another --out, or --overwrite to replace an "
                              "embedding job there)", file=out)
-        discard_job(out, keep={"embed.json", "items.csv", "embeddings.npy",
-                               *(["file_stats.npy"] if stats_parts is not None else []),
-                               *(["labels.npy"] if merged_labels is not None else [])})
+        # a job this tool wrote, none of its files read-only: checked, and its shards removed; its other files stay
+        # until the new ones are written
+        discard_job(out, keep=JOB_FILES)
         remove_job_temps(out)
     dim = int(arrays[0].shape[1])
     # the parts' own shards, as they were embedded; shard_size / num_shards say the layout of the one run over the
@@ -1129,15 +1141,30 @@ def _merge_write(out: Path, overwrite: bool, order: list[Path], meta_of: dict[Pa
            "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
            "image_roots": first["image_roots"], "merged_parts": num}
     meta_path = out / "embed.json"
-    atomic_write_json(meta_path, {**job, "status": "in_progress"})  # first: --overwrite knows the folder as a job
-    atomic_write_text(out / "items.csv", "".join(lines))
-
-    written = _write_rows(out / "embeddings.npy", arrays, total, dim)
-    if stats_parts is not None:
-        atomic_save_npy(out / "file_stats.npy", np.concatenate(stats_parts).astype(np.int64, copy=False))
-    if merged_labels is not None:
-        atomic_save_npy(out / "labels.npy", np.ascontiguousarray(merged_labels, dtype=np.int64))
-    atomic_write_json(meta_path, {**job, "status": "complete", "dim": dim, **written})
+    staged: dict[str, str] = {}
+    try:
+        staged["in_progress"] = stage_bytes(meta_path, json_text({**job, "status": "in_progress"}).encode("utf-8"))
+        staged["items.csv"] = stage_bytes(out / "items.csv", "".join(lines).encode("utf-8"))
+        with stage_open(out / "embeddings.npy") as (fh, tmp):
+            staged["embeddings.npy"] = tmp
+            written = _write_rows_into(fh, out / "embeddings.npy", arrays, total, dim)
+        for name, array in (("file_stats.npy", None if stats_parts is None else np.concatenate(stats_parts)),
+                            ("labels.npy", merged_labels)):
+            if array is not None:
+                with stage_open(out / name) as (fh, tmp):
+                    staged[name] = tmp
+                    save_npy(fh, np.ascontiguousarray(array, dtype=np.int64))
+        staged["embed.json"] = stage_bytes(meta_path, json_text(
+            {**job, "status": "complete", "dim": dim, **written}).encode("utf-8"))
+        # every file written: the renames (they need no space), the unfinished embed.json first, the complete last
+        for name in ("in_progress", "items.csv", "embeddings.npy", "file_stats.npy", "labels.npy", "embed.json"):
+            if name in staged:
+                commit_staged(staged[name], meta_path if name == "in_progress" else out / name)
+                del staged[name]
+            elif name in JOB_FILES:  # an earlier job's file that this merge does not write
+                (out / name).unlink(missing_ok=True)
+    finally:
+        discard_staged(list(staged.values()))  # what a failed write left unrenamed
     return EmbedResult(out, total, dim, [], [])
 
 
@@ -1147,25 +1174,31 @@ def _write_rows(path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> d
     ``path``: a memory map of the file was killed by SIGBUS instead). Returns what ``embed.json`` records of the file
     (:func:`check_embeddings_file`): ``embeddings_size`` (bytes) and ``embeddings_sha256``, the digest of the bytes
     as they were written (streamed: the file is not read again)."""
+    with atomic_open(path, "wb") as fh:
+        return _write_rows_into(fh, path, blocks, n, dim)
+
+
+def _write_rows_into(fh: IO[bytes], path: Path, blocks: Iterable[np.ndarray], n: int, dim: int) -> dict[str, Any]:
+    """:func:`_write_rows` into the open file ``fh`` (a temporary file of ``path``)."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, dim)}
     digest = hashlib.sha256()
     size = 0
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, header)
-    with atomic_open(path, "wb") as fh:
-        def write(data: Any) -> None:  # the bytes written are the bytes hashed, the header's too
-            nonlocal size
-            digest.update(data)
-            size += memoryview(data).nbytes
-            fh.write(data)
 
-        write(head.getvalue())
-        rows = 0
-        for block in blocks:
-            write(np.ascontiguousarray(block, dtype=np.float32).data)
-            rows += len(block)
-        if rows != n:  # the header names n rows
-            raise RuntimeError(f"{path}: {rows} rows were written, the header says {n}")
+    def write(data: Any) -> None:  # the bytes written are the bytes hashed, the header's too
+        nonlocal size
+        digest.update(data)
+        size += memoryview(data).nbytes
+        fh.write(data)
+
+    write(head.getvalue())
+    rows = 0
+    for block in blocks:
+        write(np.ascontiguousarray(block, dtype=np.float32).data)
+        rows += len(block)
+    if rows != n:  # the header names n rows
+        raise RuntimeError(f"{path}: {rows} rows were written, the header says {n}")
     return {"embeddings_size": size, "embeddings_sha256": digest.hexdigest()}
 
 
@@ -1360,6 +1393,10 @@ def read_finished_job(folder: str | Path) -> dict[str, Any]:
         raise InputError(f"expected a JSON object, got {type(meta).__name__}", file=meta_path)
     check_job_format(meta, meta_path)
     if meta.get("status") != "complete":
+        if meta.get("merged_parts") is not None:  # a merge-embeddings folder: no embed command resumes it
+            raise InputError("the merge into this folder is not finished (a `dynametric merge-embeddings` was "
+                             "stopped while it wrote it); run it again with all its part folders: `dynametric "
+                             f"merge-embeddings PART... --out {folder} --overwrite`", file=meta_path, key="status")
         raise InputError("embedding job is not finished; run the same `dynametric embed` command again to resume",
                          file=meta_path, key="status")
     return meta
