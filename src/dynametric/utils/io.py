@@ -43,9 +43,11 @@ def _umask_set_and_restored() -> int:
 def replacement_mode(path: str | Path, key: str | None = None) -> int:
     """The permission bits the new content of the file ``path`` gets: those of the file it replaces (a file of mode
     0600 stays 0600, 0640 stays 0640), or, for a new file, what a plain ``open`` gives (0o666 minus the umask). A
-    file its owner may not write (no owner write bit: ``chmod 444``), or this process may not, is what the user
-    protected: an :class:`~dynametric.errors.InputError` ``<path> [key '<key>']: is read-only (mode 0444); not
-    replaced ...``, before anything is written (:func:`atomic_open` and every writer built on it ask here)."""
+    file that may not be replaced is an :class:`~dynametric.errors.InputError` ``<path> [key '<key>']: ...; not
+    replaced: ...`` naming why, before anything is written (:func:`atomic_open` and every writer built on it ask
+    here): on a read-only file system (mounted read-only: no mode helps), a file of another user that this user may
+    not write, a file its owner protected (no owner write bit: ``chmod 444``, the one case ``chmod u+w`` mends), or
+    one this process may not write otherwise (:func:`_not_replaceable`)."""
     from dynametric.errors import InputError
 
     path = Path(path)
@@ -55,10 +57,49 @@ def replacement_mode(path: str | Path, key: str | None = None) -> int:
         return _umask_mode()
     if not stat.S_ISREG(st.st_mode):
         return _umask_mode()
-    if not st.st_mode & stat.S_IWUSR or not os.access(path, os.W_OK):
-        raise InputError(f"is read-only (mode {stat.S_IMODE(st.st_mode):04o}); not replaced: make it writable "
-                         "(chmod u+w) to have it replaced, or write to another path", file=path, key=key)
+    why = _not_replaceable(path, st)
+    if why is not None:
+        raise InputError(why, file=path, key=key)
     return stat.S_IMODE(st.st_mode) & 0o777
+
+
+def _read_only_file_system(path: Path) -> bool:
+    """Whether the file system holding ``path`` is mounted read-only (``statvfs``'s ``ST_RDONLY``; ``False`` where
+    it cannot be asked: Windows)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _owner_name(uid: int) -> str:
+    """``<name>, uid N`` of the user ``uid`` (``uid N`` where the system has no name for it)."""
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _not_replaceable(path: Path, st: os.stat_result) -> str | None:
+    """Why the existing regular file ``path`` (its ``stat``: ``st``) may not be replaced, or ``None``."""
+    mode = stat.S_IMODE(st.st_mode)
+    if _read_only_file_system(path):
+        return ("is on a read-only file system; not replaced: write to another path (or mount the file system "
+                "read-write)")
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    mine = euid is None or st.st_uid == euid
+    if not st.st_mode & stat.S_IWUSR and (mine or euid == 0):  # protected by its owner; the owner (root) may chmod
+        return (f"is read-only (mode {mode:04o}); not replaced: make it writable (chmod u+w) to have it replaced, "
+                "or write to another path")
+    if not st.st_mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        if not mine:
+            return (f"belongs to another user ({_owner_name(st.st_uid)}; mode {mode:04o}) and this user may not "
+                    "write it; not replaced: write to another path, or have its owner make it writable for you")
+        return (f"may not be written by this process (mode {mode:04o}: an access control list, an immutable "
+                "attribute or the like denies it); not replaced: write to another path")
+    return None
 
 
 def _file_target(path: str | Path, key: str | None = None) -> Path:
