@@ -5,6 +5,7 @@ schedule) on tiny synthetic data; which parameters each step moves; config error
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,33 @@ def test_unaugmented_view_matches_a_carved_training_set():
     assert len(view) == len(datasets.train) < 72 and torch.equal(view.labels, datasets.train.labels)
     for i in (0, len(view) - 1):
         assert torch.equal(view[i][0], datasets.train[i][0])  # synthetic: to_tensor in both views
+
+
+@pytest.mark.parametrize("config", [ALT, MIC], ids=["sharing_alternating", "mic"])
+def test_alternating_methods_train_under_bf16_true(tmp_path, monkeypatch, config):
+    """Under ``trainer.precision: bf16-true`` (bfloat16 weights) the images the module loads itself (the shared
+    step's batch, MIC's clustering features at the start of epoch 0 and the re-clustering embeddings of epoch 1) are
+    converted as the loader's batches are: bfloat16, so the run trains, with finite losses and weights."""
+    seen: list[tuple[str, torch.dtype]] = []
+    original = AlternatingSharingModule._images
+
+    def images(module, indices, dataset=None):
+        out = original(module, indices, dataset)
+        seen.append(("clustering" if dataset is not None else "shared", out.dtype))
+        return out
+
+    monkeypatch.setattr(AlternatingSharingModule, "_images", images)
+    out = tmp_path / "run"
+    _, info, last = _train(config, out, ["trainer.precision=bf16-true", "trainer.max_epochs=2",
+                                         "method.kwargs.p_aux=1.0", "method.kwargs.recluster_every=1"]
+                           if config == MIC else ["trainer.precision=bf16-true", "trainer.max_epochs=2",
+                                                  "method.kwargs.p_aux=1.0"])
+    assert info["class_steps"] == 4 and info["shared_steps"] == 4
+    kinds = {kind for kind, _ in seen}
+    assert kinds == ({"shared", "clustering"} if config == MIC else {"shared"})
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    if config == MIC:  # the initial clustering and the re-clustering on the shared embedding both ran
+        assert last["dynametric_sharing"]["clustering_history"] == [[0, "initial"], [1, "shared_embedding"]]
+    rows = train_epoch_rows(out)
+    assert len(rows) == 2 and all(math.isfinite(r["train/loss_epoch"]) for r in rows)
+    assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())

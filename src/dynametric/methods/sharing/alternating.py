@@ -37,6 +37,7 @@ hooks run on one process (DDP refused), without gradient clipping or gradient ac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -228,8 +229,22 @@ class AlternatingSharingModule(MetricLearningModule):
         return as_label_matrix(self._train_set().labels, name="train_set.labels")
 
     def _images(self, indices: torch.Tensor, dataset: Any = None) -> torch.Tensor:
+        """The images of ``indices`` as the model takes them: on the module's device, in the precision's input dtype
+        (Lightning's ``precision_plugin.convert_input``, which converts the loader's batches: bfloat16 under
+        ``bf16-true``) and memory format (:meth:`batch_images`), as a batch of the data loader arrives."""
         ds = self._train_set() if dataset is None else dataset
-        return torch.stack([ds[int(i)][0] for i in indices]).to(self.device)
+        images = torch.stack([ds[int(i)][0] for i in indices]).to(self.device)
+        if self._trainer is not None:
+            images = self.trainer.precision_plugin.convert_input(images)
+        return self.batch_images((images,))
+
+    def _forward_context(self) -> Any:
+        """The precision's forward context (autocast under ``*-mixed``, the default dtype under ``*-true``) that
+        Lightning puts around its training and evaluation steps, for the forward passes of the epoch-start
+        clustering, which runs outside them."""
+        if self._trainer is None:
+            return contextlib.nullcontext()
+        return self.trainer.precision_plugin.forward_context()
 
     def _feature_set(self) -> Any:
         """The training set with the evaluation transform (cached; not part of the checkpoint)."""
@@ -250,7 +265,7 @@ class AlternatingSharingModule(MetricLearningModule):
         self.embedder.eval()
         out = []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._forward_context():
                 for start in range(0, n, bs):
                     images = self._images(torch.arange(start, min(n, start + bs)), dataset)
                     if which == "layer":
