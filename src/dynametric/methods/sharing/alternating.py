@@ -332,10 +332,71 @@ class AlternatingSharingModule(MetricLearningModule):
             return None
         opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
         self.manual_backward(total)
+        if self._skip_nonfinite_gradient(total, terms, batch_idx, where, (images, labels, terms_list)):
+            opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            self.restore_norm_statistics(kept)
+            return None
         opt.step()  # type: ignore[union-attr]
         terms[f"{where}_total"] = total.detach()
         terms.update(parts)  # the terms' named parts, logged as train/<term>/<part>
         return terms
+
+    def _skip_nonfinite_gradient(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_idx: int,
+                                 where: str, batch: tuple[torch.Tensor, torch.Tensor, list[Objective]]) -> bool:
+        """``trainer.nonfinite`` for the gradient of a finite loss, before the optimizer step (a finite loss can have a
+        NaN gradient, and one such step makes the weights NaN): False when every gradient is finite; else
+        ``stop`` raises :class:`~dynametric.engine.module.NonFiniteLossError` naming the step, the parameter and
+        the term whose gradient is not finite, and ``skip`` counts and logs the step and returns True (no update).
+        As for the loss, ``stop`` on an accelerator reads the flag later with the loss flags
+        (:meth:`check_deferred_nonfinite`, before any checkpoint). Under a precision with a gradient scaler
+        (``16-mixed``) the scaler skips such steps itself: no check."""
+        if self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return False
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        if not named:
+            return False
+        ok = torch.stack([torch.isfinite(g).all() for _, g in named]).to(total.device)
+        if self._defer_nonfinite_check(total):
+            self._deferred_checks.append((ok.all(), torch.full((), -1, device=total.device),
+                                          {k: v.detach() for k, v in terms.items()}, self._where(batch_idx, where)))
+            return False
+        if bool(ok.all()):
+            return False
+        bad_params = [n for (n, _), good in zip(named, ok.tolist()) if not good]
+        term = self._nonfinite_gradient_term(*batch)
+        detail = (f"{self._where(batch_idx, where)}, from term {term!r}" if term else self._where(batch_idx, where)) \
+            + f", first in parameter {bad_params[0]} ({len(bad_params)} of {len(named)} parameters)"
+        bad = {k: float(v) for k, v in terms.items()}
+        if self.nonfinite == "stop":
+            raise self._stop(detail, bad, -1)
+        self.skipped_steps += 1
+        logger.warning("%s; step skipped (%d skipped so far)", self._problem(detail, bad, -1), self.skipped_steps)
+        return True
+
+    def _nonfinite_gradient_term(self, images: torch.Tensor, labels: torch.Tensor,
+                                 terms_list: list[Objective]) -> str | None:
+        """The first loss term whose own gradient is not finite on this batch (a forward and backward pass per term,
+        only after a non-finite gradient; the normalisation statistics are put back); None if none alone is."""
+        from torch.nn.modules.batchnorm import _NormBase
+
+        kept = [(b, b.detach().clone()) for m in self.embedder.modules() if isinstance(m, _NormBase)
+                for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        params = [p for p in self.parameters() if p.requires_grad]
+        try:
+            for term in terms_list:
+                for p in params:
+                    p.grad = None
+                value, _ = compute_objective(self.embedder(images), labels, [term])
+                if not value.requires_grad:
+                    continue
+                self.manual_backward(value)
+                if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params):
+                    return term.name
+            return None
+        finally:
+            for p in params:
+                p.grad = None
+            self.restore_norm_statistics(kept)
 
     def _at_max_steps(self) -> bool:
         """Whether the trainer's ``max_steps`` is reached (a shared step now would exceed it)."""
