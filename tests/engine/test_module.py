@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -337,3 +338,32 @@ def test_heads_and_multi_head_objective():
     expected = l1(ea, labels) + 0.5 * l2(eb, labels)
     torch.testing.assert_close(total, expected)
     assert set(terms) == {"c", "s"}
+
+
+def _nan_weight(module: MetricLearningModule) -> str:
+    name, param = next((n, p) for n, p in module.named_parameters() if "heads" in n)
+    with torch.no_grad():
+        param[0].fill_(float("nan"))
+    return name
+
+
+def test_nonfinite_weights_are_never_saved_in_a_checkpoint():
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], evaluator=toy_evaluator)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)  # finite weights: saved
+    assert "dynametric" in checkpoint
+    name = _nan_weight(module)
+    expected = (r"the model's weights are non-finite at global step 0 \(epoch 0\): 1 parameter\(s\), "
+                rf"first {re.escape(name)}")
+    with pytest.raises(NonFiniteLossError, match=f"{expected}; no checkpoint is written"):
+        module.on_save_checkpoint({})
+
+
+def test_an_evaluation_of_nonfinite_weights_names_the_weights():
+    """Not the evaluation's own check of its inputs (``key 'query_emb': contains NaN or Inf``)."""
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], evaluator=toy_evaluator)
+    name = _nan_weight(module)
+    dm = _dm()
+    with pytest.raises(NonFiniteLossError, match=rf"the model's weights are non-finite .*first {re.escape(name)}; "
+                                                 r"they embed \d+ of \d+ evaluated items as NaN/Inf"):
+        build_trainer(_settings(), dm, None).validate(module, datamodule=dm)

@@ -12,7 +12,7 @@ import torch
 from dynametric.config import load_config
 from dynametric.data import samplers
 from dynametric.engine.builders import build_model, build_objectives, sampler_factory
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 
 LABELS = torch.tensor([[f, f // 3, f // 6] for f in range(12) for _ in range(4)])
 
@@ -187,3 +187,16 @@ def test_every_key_a_sampler_error_names_is_a_config_key() -> None:
                 assert arg not in cls.setting_of and "data.sampler_options" in schema, (name, arg)
             else:
                 assert key in schema, (name, arg, key)
+
+
+def test_the_hierarchical_sampler_on_one_scale_labels_names_the_sampler_not_its_default_option() -> None:
+    """parent_scale 1 is the sampler's own default: labels of one scale are the sampler's problem (data.sampler),
+    not an option the config did not set."""
+    one_scale = torch.tensor([[f] for f in range(4) for _ in range(4)])
+    with pytest.raises(ConfigError, match=r"the hierarchical sampler needs labels with at least two scales "
+                                          r"\(classes and the parents that group them\), got 1 scale$") as info:
+        sampler_factory(load_config(None, ["data.sampler=hierarchical", "data.batch_size=8", "data.m=2"]))(
+            one_scale, 0, 1)
+    assert info.value.key == "data.sampler"
+    with pytest.raises(InputError, match="at least two scales"):
+        samplers.HierarchicalSampler(one_scale, batch_size=8, samples_per_class=2)

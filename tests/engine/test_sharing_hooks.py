@@ -5,6 +5,8 @@ schedule) on tiny synthetic data; which parameters each step moves; config error
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,76 @@ def test_unaugmented_view_matches_a_carved_training_set():
     assert len(view) == len(datasets.train) < 72 and torch.equal(view.labels, datasets.train.labels)
     for i in (0, len(view) - 1):
         assert torch.equal(view[i][0], datasets.train[i][0])  # synthetic: to_tensor in both views
+
+
+@pytest.mark.parametrize("config", [ALT, MIC], ids=["sharing_alternating", "mic"])
+def test_alternating_methods_train_under_bf16_true(tmp_path, monkeypatch, config):
+    """Under ``trainer.precision: bf16-true`` (bfloat16 weights) the images the module loads itself (the shared
+    step's batch, MIC's clustering features at the start of epoch 0 and the re-clustering embeddings of epoch 1) are
+    converted as the loader's batches are: bfloat16, so the run trains, with finite losses and weights."""
+    seen: list[tuple[str, torch.dtype]] = []
+    original = AlternatingSharingModule._images
+
+    def images(module, indices, dataset=None):
+        out = original(module, indices, dataset)
+        seen.append(("clustering" if dataset is not None else "shared", out.dtype))
+        return out
+
+    monkeypatch.setattr(AlternatingSharingModule, "_images", images)
+    out = tmp_path / "run"
+    _, info, last = _train(config, out, ["trainer.precision=bf16-true", "trainer.max_epochs=2",
+                                         "method.kwargs.p_aux=1.0", "method.kwargs.recluster_every=1"]
+                           if config == MIC else ["trainer.precision=bf16-true", "trainer.max_epochs=2",
+                                                  "method.kwargs.p_aux=1.0"])
+    assert info["class_steps"] == 4 and info["shared_steps"] == 4
+    kinds = {kind for kind, _ in seen}
+    assert kinds == ({"shared", "clustering"} if config == MIC else {"shared"})
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    if config == MIC:  # the initial clustering and the re-clustering on the shared embedding both ran
+        assert last["dynametric_sharing"]["clustering_history"] == [[0, "initial"], [1, "shared_embedding"]]
+    rows = train_epoch_rows(out)
+    assert len(rows) == 2 and all(math.isfinite(r["train/loss_epoch"]) for r in rows)
+    assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def _poison_adv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``adv`` term gets a finite value (+0) with a NaN gradient (d sqrt(|h - h|) at 0), as PML's
+    TupletMarginLoss had under bf16 autocast."""
+    import dynametric.methods.sharing.alternating as alternating
+    from dynametric.engine.objective import select_head
+
+    original = alternating.compute_objective
+
+    def poisoned(outputs, labels, terms, **kwargs):
+        total, values = original(outputs, labels, terms, **kwargs)
+        if any(t.name == "adv" for t in terms):
+            h = select_head(outputs, "shared")
+            total = total + (h - h.detach()).abs().sum().sqrt()
+        return total, values
+
+    monkeypatch.setattr(alternating, "compute_objective", poisoned)
+
+
+def test_a_nonfinite_gradient_of_a_finite_loss_stops_the_run_naming_step_term_and_parameter(tmp_path, monkeypatch,
+                                                                                           capsys):
+    _poison_adv(monkeypatch)
+    out = tmp_path / "alt"
+    code = main(["train", "--config", str(ALT), "--out", str(out), "--no-progress", *TINY, "trainer.max_epochs=1",
+                 "method.kwargs.p_aux=1.0"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert re.search(r"non-finite gradient at shared step, global step 1 \(epoch 0, batch 0\), from term 'adv', "
+                     r"first in parameter embedder\.\S+ \(\d+ of \d+ parameters\) \(loss \{'shared': ", err), err
+    assert not (out / "last.ckpt").exists()  # nothing saved after the bad step
+
+
+def test_a_nonfinite_gradient_is_skipped_under_nonfinite_skip(tmp_path, monkeypatch, caplog):
+    _poison_adv(monkeypatch)
+    with caplog.at_level("WARNING", logger="dynametric.engine"):
+        _, info, last = _train(ALT, tmp_path / "alt", ["trainer.max_epochs=1", "method.kwargs.p_aux=1.0",
+                                                       "trainer.nonfinite=skip"])
+    # both shared steps skipped (no update), both class steps taken; the weights stay finite
+    assert (info["class_steps"], info["shared_steps"], info["skipped_nonfinite_steps"]) == (2, 0, 2)
+    assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())
+    assert sum("non-finite gradient at shared step" in r.getMessage() and "from term 'adv'" in r.getMessage()
+               for r in caplog.records) == 2

@@ -912,3 +912,29 @@ def test_a_python_caller_s_unknown_keyword_is_named_with_the_arguments(build, me
     # the arguments of a base class the PML class passes its keywords to are accepted
     assert isinstance(pml_loss("SubCenterArcFaceLoss", num_classes=3, embedding_size=D, sub_centers=2,
                                collect_stats=False), PMLLoss)
+
+
+def test_a_wrapped_pml_loss_runs_its_maths_in_float32_under_bfloat16():
+    """PML's formulas are not written for 16-bit numbers: TupletMarginLoss takes acos of a cosine, which bfloat16
+    (autocast's matmul, or bfloat16 embeddings) rounds to exactly 1 for nearby pairs: a finite loss with a NaN
+    gradient. The adapter computes in float32 with autocast off: the gradient is finite and the float32 one, up to
+    the rounding of the embeddings themselves."""
+    torch.manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(2)
+    emb = torch.randn(4, 32).repeat_interleave(2, 0) + 0.02 * torch.randn(8, 32)  # pairs about 1 degree apart
+    loss = pml_loss("TupletMarginLoss")
+
+    def grad(x: torch.Tensor, autocast: bool) -> torch.Tensor:
+        x = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = loss(x, labels)
+        value.backward()
+        assert value.dtype == torch.float32
+        return x.grad.float()
+
+    reference = grad(emb, autocast=False)
+    assert bool(reference.abs().sum() > 0)
+    torch.testing.assert_close(grad(emb, autocast=True), reference)  # float32 inputs: float32 maths
+    rounded = emb.bfloat16().float()
+    bf16_grad = grad(emb.bfloat16(), autocast=False)  # bf16-true: bfloat16 embeddings, float32 maths
+    torch.testing.assert_close(bf16_grad, grad(rounded, autocast=False), rtol=2e-2, atol=1e-3)

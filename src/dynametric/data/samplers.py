@@ -658,6 +658,9 @@ class HierarchicalSampler(_EpochBatchSampler):
                  scale: int = 0, parent_scale: int = 1, iterations_per_epoch: int | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
         mat = as_label_matrix(labels)
+        if mat.shape[1] < 2:  # keyed by nothing: the sampler itself (data.sampler in a config) is the problem
+            raise InputError(f"the hierarchical sampler needs labels with at least two scales (classes and the "
+                             f"parents that group them), got {mat.shape[1]} scale")
         for key, s in (("scale", scale), ("parent_scale", parent_scale)):
             if not 0 <= _int(s, key) < mat.shape[1]:
                 raise InputError(f"{key} {s} out of range for labels with {mat.shape[1]} scale(s)", key=key)

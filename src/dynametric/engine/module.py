@@ -306,7 +306,9 @@ class MetricLearningModule(L.LightningModule):
 
     @staticmethod
     def _problem(where: str, bad: dict[str, float], bad_rows: int) -> str:
-        """What was not finite, and where, for the messages."""
+        """What was not finite, and where, for the messages (``bad_rows`` < 0: the gradient of a finite loss)."""
+        if bad_rows < 0:
+            return f"non-finite gradient at {where} (loss {bad})"
         if bad_rows:
             return f"non-finite embeddings at {where} ({bad_rows} row{'s' if bad_rows != 1 else ''} of the model's " \
                    f"output; loss {bad})"
@@ -392,6 +394,23 @@ class MetricLearningModule(L.LightningModule):
         with torch.no_grad():
             for buf, copy in kept or []:
                 buf.copy_(copy)
+
+    def nonfinite_parameters(self) -> list[str]:
+        """The names of the parameters holding a NaN/Inf (one host read)."""
+        named = [(n, p) for n, p in self.named_parameters() if p.is_floating_point()]
+        if not named:
+            return []
+        ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
+        return [n for (n, _), good in zip(named, ok) if not good]
+
+    def _nonfinite_weights_error(self, what: str) -> NonFiniteLossError | None:
+        """The error for weights holding a NaN/Inf (``what`` says what they were about to do), or None."""
+        bad = self.nonfinite_parameters()
+        if not bad:
+            return None
+        return NonFiniteLossError(f"the model's weights are non-finite at global step {self.global_step} (epoch "
+                                  f"{self.current_epoch}): {len(bad)} parameter(s), first {bad[0]}; {what}; lower "
+                                  "the learning rate, or try trainer.precision=32")
 
     def check_deferred_nonfinite(self) -> None:
         """Read the finiteness flags queued by :meth:`_skip_nonfinite` (one host synchronisation) and raise for the
@@ -613,6 +632,12 @@ class MetricLearningModule(L.LightningModule):
             emb = all_gather_no_grad(emb.to(self.device)).cpu()
             labels = all_gather_no_grad(labels.to(self.device)).cpu()
         self.last_embeddings = (emb, labels)
+        finite = torch.isfinite(emb).all(dim=1)
+        if not bool(finite.all()):  # name the weights, not the evaluation's inputs
+            what = f"they embed {int((~finite).sum())} of {len(emb)} evaluated items as NaN/Inf"
+            error = self._nonfinite_weights_error(what)
+            if error is not None:
+                raise error
         from dynametric.engine.protocols import LeaveOneOut
 
         if self.evaluator is None:  # the built-in engine ranks on the module's device (a GPU when training on one)
@@ -671,6 +696,9 @@ class MetricLearningModule(L.LightningModule):
     # ----------------------------------------------------------------- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_deferred_nonfinite()  # never save weights updated by a non-finite step
+        error = self._nonfinite_weights_error("no checkpoint is written")  # nor weights a NaN update reached
+        if error is not None:
+            raise error
         checkpoint["dynametric"] = {"validation_history": self.validation_history,
                                     "loss_history": self.loss_history,
                                     "lr_history": self.lr_history,

@@ -175,7 +175,25 @@ class PMLLoss(MetricLoss):
             given["ref_labels"] = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")
             if ref_labels is labels:  # PML's own test (no pair (i, i)), kept through the column selection
                 given["ref_labels"] = given["labels"]
-        return self.loss(embeddings, **given)
+        dtype = self._maths_dtype(embeddings)
+        if dtype != embeddings.dtype:
+            embeddings = embeddings.to(dtype)
+            if isinstance(given.get("ref_emb"), torch.Tensor) and given["ref_emb"].is_floating_point():
+                given["ref_emb"] = given["ref_emb"].to(dtype)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return self.loss(embeddings, **given)
+
+    def _maths_dtype(self, embeddings: torch.Tensor) -> torch.dtype:
+        """The dtype PML's maths run in (autocast off): float32 for half-precision embeddings (autocast's bfloat16 /
+        float16 outputs under a ``*-mixed`` precision, or bfloat16 embeddings of a ``*-true`` run), unless the wrapped
+        loss holds half-precision parameters or buffers (a ``*-true`` run's proxies), which then set it; otherwise the
+        embeddings' own. PML's formulas are not written for 16-bit numbers: ``TupletMarginLoss`` takes ``acos`` of a
+        cosine that bfloat16 rounds to exactly 1 for nearby pairs, a finite loss with a NaN gradient."""
+        if not embeddings.is_floating_point() or embeddings.dtype not in (torch.float16, torch.bfloat16):
+            return embeddings.dtype
+        held = {t.dtype for t in (*self.loss.parameters(), *self.loss.buffers()) if t.is_floating_point()}
+        half = held & {torch.float16, torch.bfloat16}
+        return next(iter(half)) if half else torch.float32
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.loss, "get_logits"):

@@ -113,6 +113,7 @@ def layer_features(model: nn.Module, images: torch.Tensor, layer: str, pool_kern
     fmap = captured[-1]
     if fmap.dim() != 4:
         raise InputError(f"layer {layer!r} gives shape {tuple(fmap.shape)}, expected [B, C, H, W]", key="mic.layer")
+    fmap = fmap.float()  # pooled and normalised in float32 (a bfloat16 map under bf16-true or autocast)
     if fmap.shape[2] >= pool_kernel and fmap.shape[3] >= pool_kernel:
         pooled = F.avg_pool2d(fmap, pool_kernel, pool_stride)
     else:

@@ -37,6 +37,7 @@ hooks run on one process (DDP refused), without gradient clipping or gradient ac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -228,8 +229,22 @@ class AlternatingSharingModule(MetricLearningModule):
         return as_label_matrix(self._train_set().labels, name="train_set.labels")
 
     def _images(self, indices: torch.Tensor, dataset: Any = None) -> torch.Tensor:
+        """The images of ``indices`` as the model takes them: on the module's device, in the precision's input dtype
+        (Lightning's ``precision_plugin.convert_input``, which converts the loader's batches: bfloat16 under
+        ``bf16-true``) and memory format (:meth:`batch_images`), as a batch of the data loader arrives."""
         ds = self._train_set() if dataset is None else dataset
-        return torch.stack([ds[int(i)][0] for i in indices]).to(self.device)
+        images = torch.stack([ds[int(i)][0] for i in indices]).to(self.device)
+        if self._trainer is not None:
+            images = self.trainer.precision_plugin.convert_input(images)
+        return self.batch_images((images,))
+
+    def _forward_context(self) -> Any:
+        """The precision's forward context (autocast under ``*-mixed``, the default dtype under ``*-true``) that
+        Lightning puts around its training and evaluation steps, for the forward passes of the epoch-start
+        clustering, which runs outside them."""
+        if self._trainer is None:
+            return contextlib.nullcontext()
+        return self.trainer.precision_plugin.forward_context()
 
     def _feature_set(self) -> Any:
         """The training set with the evaluation transform (cached; not part of the checkpoint)."""
@@ -250,7 +265,7 @@ class AlternatingSharingModule(MetricLearningModule):
         self.embedder.eval()
         out = []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._forward_context():
                 for start in range(0, n, bs):
                     images = self._images(torch.arange(start, min(n, start + bs)), dataset)
                     if which == "layer":
@@ -317,10 +332,71 @@ class AlternatingSharingModule(MetricLearningModule):
             return None
         opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
         self.manual_backward(total)
+        if self._skip_nonfinite_gradient(total, terms, batch_idx, where, (images, labels, terms_list)):
+            opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            self.restore_norm_statistics(kept)
+            return None
         opt.step()  # type: ignore[union-attr]
         terms[f"{where}_total"] = total.detach()
         terms.update(parts)  # the terms' named parts, logged as train/<term>/<part>
         return terms
+
+    def _skip_nonfinite_gradient(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_idx: int,
+                                 where: str, batch: tuple[torch.Tensor, torch.Tensor, list[Objective]]) -> bool:
+        """``trainer.nonfinite`` for the gradient of a finite loss, before the optimizer step (a finite loss can have a
+        NaN gradient, and one such step makes the weights NaN): False when every gradient is finite; else
+        ``stop`` raises :class:`~dynametric.engine.module.NonFiniteLossError` naming the step, the parameter and
+        the term whose gradient is not finite, and ``skip`` counts and logs the step and returns True (no update).
+        As for the loss, ``stop`` on an accelerator reads the flag later with the loss flags
+        (:meth:`check_deferred_nonfinite`, before any checkpoint). Under a precision with a gradient scaler
+        (``16-mixed``) the scaler skips such steps itself: no check."""
+        if self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return False
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        if not named:
+            return False
+        ok = torch.stack([torch.isfinite(g).all() for _, g in named]).to(total.device)
+        if self._defer_nonfinite_check(total):
+            self._deferred_checks.append((ok.all(), torch.full((), -1, device=total.device),
+                                          {k: v.detach() for k, v in terms.items()}, self._where(batch_idx, where)))
+            return False
+        if bool(ok.all()):
+            return False
+        bad_params = [n for (n, _), good in zip(named, ok.tolist()) if not good]
+        term = self._nonfinite_gradient_term(*batch)
+        detail = (f"{self._where(batch_idx, where)}, from term {term!r}" if term else self._where(batch_idx, where)) \
+            + f", first in parameter {bad_params[0]} ({len(bad_params)} of {len(named)} parameters)"
+        bad = {k: float(v) for k, v in terms.items()}
+        if self.nonfinite == "stop":
+            raise self._stop(detail, bad, -1)
+        self.skipped_steps += 1
+        logger.warning("%s; step skipped (%d skipped so far)", self._problem(detail, bad, -1), self.skipped_steps)
+        return True
+
+    def _nonfinite_gradient_term(self, images: torch.Tensor, labels: torch.Tensor,
+                                 terms_list: list[Objective]) -> str | None:
+        """The first loss term whose own gradient is not finite on this batch (a forward and backward pass per term,
+        only after a non-finite gradient; the normalisation statistics are put back); None if none alone is."""
+        from torch.nn.modules.batchnorm import _NormBase
+
+        kept = [(b, b.detach().clone()) for m in self.embedder.modules() if isinstance(m, _NormBase)
+                for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        params = [p for p in self.parameters() if p.requires_grad]
+        try:
+            for term in terms_list:
+                for p in params:
+                    p.grad = None
+                value, _ = compute_objective(self.embedder(images), labels, [term])
+                if not value.requires_grad:
+                    continue
+                self.manual_backward(value)
+                if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params):
+                    return term.name
+            return None
+        finally:
+            for p in params:
+                p.grad = None
+            self.restore_norm_statistics(kept)
 
     def _at_max_steps(self) -> bool:
         """Whether the trainer's ``max_steps`` is reached (a shared step now would exceed it)."""
