@@ -554,7 +554,8 @@ def test_more_cpu_processes_than_cores_are_allowed_and_said(capsys, monkeypatch)
     """On the CPU trainer.devices counts processes (Lightning starts that many DDP processes whatever the cores)."""
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert main(["train", "--dry-run", "trainer.accelerator=cpu", "trainer.devices=3"]) == 0
-    assert ("trainer: accelerator cpu (trains on cpu here), strategy auto, devices 3, precision 32; 3 training "
+    assert ("trainer: accelerator cpu (trains on cpu here), strategy auto, devices 3, precision 32, compile false, "
+            "channels_last false (model.channels_last null: resolved here); 3 training "
             "processes (DDPStrategy), more than the 2 CPU cores here: they share them") in capsys.readouterr().out
 
 
@@ -884,3 +885,15 @@ def test_val_carve_scale_is_checked_against_the_formats_scale_names_without_data
                         "['product', 'category'] (or 'finest', 'coarsest', a column index)")
     assert main(["train", "--dry-run", "data.format=sop", f"data.root={tmp_path / 'absent'}", "data.val_split=null",
                  "trainer.monitor=mean/map@r", "data.val_carve_scale=category"]) == 0
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], "compile false, channels_last false (model.channels_last null: resolved here)"),
+    (["trainer.compile=true", "model.channels_last=true"], "compile true, channels_last true"),
+])
+def test_the_dry_run_says_whether_the_run_compiles_and_uses_channels_last(capsys, no_gpu, overrides, expected) -> None:
+    """The settings a real run uses: model.channels_last's null rule (a convolutional backbone on a CUDA GPU) resolved
+    for this machine (no GPU here: off), trainer.compile as set."""
+    assert main(["train", "--dry-run", "trainer.accelerator=cpu", *overrides]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("trainer: "))
+    assert line == f"trainer: accelerator cpu (trains on cpu here), strategy auto, devices 1, precision 32, {expected}"

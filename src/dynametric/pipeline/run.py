@@ -1885,7 +1885,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
                                 datasets.val_source):
             notes(line)
     _describe_components(cfg, shown, comps, weights_note, log)
-    log(_trainer_line(cfg, settings, plan, world))
+    log(_trainer_line(cfg, settings, plan, world, comps.module.channels_last))
     # the datasets not built (a dry run without data): validation taken as there, as it usually is
     for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
         notes(line)
@@ -1979,9 +1979,11 @@ def _describe_components(cfg: Config, shown: Config, comps: Components, weights_
     log(f"optimizer: {type(opt).__name__}; scheduler: {cfg.optim.scheduler.name}")
 
 
-def _trainer_line(cfg: Config, settings: TrainerSettings, plan: Any, world: int) -> str:
-    """The dry run's ``trainer:`` line: the configured settings, the accelerator they train on here and, for
-    several processes, how many (on each node) and whether they share this machine's CPU cores."""
+def _trainer_line(cfg: Config, settings: TrainerSettings, plan: Any, world: int, channels_last: bool) -> str:
+    """The dry run's ``trainer:`` line: the configured settings, the accelerator they train on here, whether the
+    run compiles the embedder (``trainer.compile``) and feeds it channels_last batches (``channels_last``: the built
+    module's, ``model.channels_last`` with its ``null`` rule resolved for this machine) and, for several processes,
+    how many (on each node) and whether they share this machine's CPU cores."""
     processes = ""
     if world > 1:  # all nodes' processes (the run has them all), those of this machine compared with its cores
         cores = os.cpu_count() or 1
@@ -1991,7 +1993,9 @@ def _trainer_line(cfg: Config, settings: TrainerSettings, plan: Any, world: int)
                      + (f", more than the {cores} CPU cores here: they share them"
                         if plan.accelerator == "cpu" and plan.processes > cores else ""))
     return (f"trainer: accelerator {settings.accelerator} (trains on {plan.accelerator} here), strategy "
-            f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}{processes}")
+            f"{settings.strategy}, devices {settings.devices}, precision {settings.precision}, compile "
+            f"{str(bool(cfg.trainer.compile)).lower()}, channels_last {str(bool(channels_last)).lower()}"
+            f"{' (model.channels_last null: resolved here)' if cfg.model.channels_last is None else ''}{processes}")
 
 
 def _loader_line(cfg: Config) -> str:
