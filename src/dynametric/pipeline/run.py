@@ -91,6 +91,7 @@ from dynametric.utils.io import (
     require_new_folder,
     temp_target,
 )
+from dynametric.utils.limits import ensure_open_files
 from dynametric.utils.locks import (
     WRITING_S,
     HeldLock,
@@ -1418,10 +1419,14 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
     trainer Lightning refuses leaves no file behind). The resolved config is logged as the run's hyperparameters,
     and a plateau schedule without validation data is warned of once."""
     module = comps.module
+    loaders = loader_settings(cfg)
+    # the open files the loaders' workers need (ulimit -n): the soft limit raised, else one line keyed data.workers
+    ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
+                      persistent=loaders["persistent_workers"])
     # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
                           batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
-                          seed=int(cfg.trainer.seed), **loader_settings(cfg))
+                          seed=int(cfg.trainer.seed), **loaders)
     warn = functools.partial(_warning_line, notes)
     trainer = build_trainer(comps.trainer, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
                             callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)

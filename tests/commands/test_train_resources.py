@@ -1,0 +1,42 @@
+"""``dynametric train`` when a resource runs out: the open files its loader workers need (``ulimit -n``), a full
+disk as the run starts or at a later checkpoint."""
+
+from __future__ import annotations
+
+import resource
+
+from dynametric.cli import main
+from tests.metrics_csv import TINY_SYNTHETIC
+
+TRAIN = [*TINY_SYNTHETIC, "--no-progress"]
+
+
+def _open_file_limit(monkeypatch, soft: int, hard: int) -> list[tuple[int, int]]:
+    """``getrlimit(RLIMIT_NOFILE)`` answering ``(soft, hard)``; ``setrlimit`` recorded, not made."""
+    real = resource.getrlimit
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit",
+                        lambda which: (soft, hard) if which == resource.RLIMIT_NOFILE else real(which))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: calls.append(value))
+    return calls
+
+
+def test_workers_beyond_the_hard_open_file_limit_are_refused_before_anything_is_written(tmp_path, capsys,
+                                                                                           monkeypatch) -> None:
+    # was: `OSError: [Errno 24] Too many open files` in the workers, then a loader waiting for them forever
+    run = tmp_path / "run"
+    calls = _open_file_limit(monkeypatch, 24, 24)
+    assert main(["train", "--out", str(run), *TRAIN, "data.workers=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("dynametric train: error: <command line> key 'data.workers'"
+                                                         ": 2 loader workers need about ")
+    assert "(ulimit -n: 24 soft, 24 hard)" in err and "data.workers=0: loading in the main process" in err
+    assert calls == [] and not run.exists()
+
+
+def test_a_low_soft_open_file_limit_is_raised_and_the_run_trains(tmp_path, capsys, monkeypatch) -> None:
+    run = tmp_path / "run"
+    calls = _open_file_limit(monkeypatch, 24, 100_000)
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1", "data.workers=1"]) == 0
+    assert calls and calls[0] == (4096, 100_000)
+    assert (run / "last.ckpt").is_file()
