@@ -122,9 +122,10 @@ def resource_error_line(exc: BaseException, command: str) -> str | None:
     if isinstance(exc, ImportError) and (mapped := _MAP_SEGMENT.search(text)):
         package = os.path.basename(os.path.dirname(exc.path)) if exc.path else (exc.name or "a library")
         limit = _address_space_kib()
-        where = f" ({limit} KiB)" if limit is not None else ""
+        if limit is None:
+            return f"cannot load {package} ({mapped[1]}: failed to map segment): out of memory"
         return (f"cannot load {package} ({mapped[1]}: failed to map segment): the process's address-space limit "
-                f"(ulimit -v){where} is too low; raise it (ulimit -v unlimited) or free memory")
+                f"(ulimit -v: {limit} KiB) is too low; raise it (ulimit -v unlimited)")
     if isinstance(exc, RuntimeError) and "Too many open files" in text:
         return (f"too many open files{_open_files_note()}: the data-loading workers ran out of them; raise the limit "
                 "(ulimit -n) or use fewer workers (data.workers, --workers)")
