@@ -40,3 +40,27 @@ def test_a_low_soft_open_file_limit_is_raised_and_the_run_trains(tmp_path, capsy
     assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1", "data.workers=1"]) == 0
     assert calls and calls[0] == (4096, 100_000)
     assert (run / "last.ckpt").is_file()
+
+
+def test_a_full_disk_at_config_yaml_leaves_a_folder_the_same_command_starts_again_in(tmp_path, capsys,
+                                                                                    monkeypatch) -> None:
+    # was: logs/hparams.yaml written as the trainer was built, before config.yaml: the rerun said `output folder is
+    # not empty and holds no dynametric run` and the folder had to be deleted by hand
+    import errno
+
+    import dynametric.config
+
+    run = tmp_path / "run"
+    command = ["train", "--out", str(run), *TRAIN, "trainer.max_epochs=1"]
+
+    def full(cfg, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(dynametric.config, "save_config", full)
+        assert main(command) == 2
+    assert f"{run / 'config.yaml'}: No space left on device" in capsys.readouterr().err
+    assert not (run / "logs").exists()
+    assert main(command) == 0
+    assert (run / "last.ckpt").is_file() and (run / "logs" / "hparams.yaml").is_file()
+

@@ -1417,7 +1417,8 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
                        notes: Callable[[str], None]) -> tuple[MetricDataModule, L.Trainer]:
     """A step of :func:`_train`: the run's data module and Lightning trainer, built before anything is written (a
     trainer Lightning refuses leaves no file behind). The resolved config is logged as the run's hyperparameters,
-    and a plateau schedule without validation data is warned of once."""
+    and a plateau schedule without validation data is warned of once (the resolved config is logged as the run's
+    hyperparameters once the run has begun: :func:`_log_hyperparameters`)."""
     module = comps.module
     loaders = loader_settings(cfg)
     # the open files the loaders' workers need (ulimit -n): the soft limit raised, else one line keyed data.workers
@@ -1430,9 +1431,6 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
     warn = functools.partial(_warning_line, notes)
     trainer = build_trainer(comps.trainer, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
                             callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)
-    # the resolved config as the run's hyperparameters (TensorBoard's hparams, W&B's config, MLflow's params, the
-    # CSV logger's logs/hparams.yaml): the module saves none, so the loggers had an empty set to compare runs by
-    exp_logger.log_hyperparams(module.run_config)
     if datasets.val is None and module.optim_settings.scheduler == "plateau":
         warn("optim.scheduler.name=plateau in a run without validation data: the learning rate never changes "
              "(the schedule steps on the validation trainer.monitor)")
@@ -1482,6 +1480,7 @@ def _start_new_run(cfg: Config, run_dir: Path, parts: _RunParts, leftovers: list
     if not _launched_worker():
         header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
         save_config(cfg, run_dir / "config.yaml", header=header)
+    _log_hyperparameters(parts)  # after config.yaml: a start stopped before it leaves no file the rerun cannot place
     info, datasets = parts.info, parts.datasets
     log(f"run folder: {run_dir}")
     log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
@@ -1520,7 +1519,17 @@ def _resumed_metrics(run_dir: Path, parts: _RunParts, log: Callable[[str], None]
     if not isinstance(metrics, dict):
         raise InputError(f"expected a JSON object, found {type(metrics).__name__}", file=metrics_path)
     log(f"resuming {run_dir} from {run_dir / 'last.ckpt'}")
+    _log_hyperparameters(parts)
     return metrics
+
+
+def _log_hyperparameters(parts: _RunParts) -> None:
+    """The resolved config as the run's hyperparameters (TensorBoard's hparams, W&B's config, MLflow's params, the
+    CSV logger's ``logs/hparams.yaml``): the module saves none, so the loggers had an empty set to compare runs by.
+    Logged once the run has begun (a new run's ``config.yaml`` written, a resumed run's ``metrics.json`` read): when
+    the trainer was built, a full disk or a kill before ``config.yaml`` left a folder holding only
+    ``logs/hparams.yaml``, which the run started again refused (``not empty and holds no dynametric run``)."""
+    parts.exp_logger.log_hyperparams(parts.module.run_config)
 
 
 def _fit(cfg: Config, run_dir: Path, parts: _RunParts, metrics: dict[str, Any], *, resume: bool,
