@@ -64,3 +64,37 @@ def test_a_full_disk_at_config_yaml_leaves_a_folder_the_same_command_starts_agai
     assert main(command) == 0
     assert (run / "last.ckpt").is_file() and (run / "logs" / "hparams.yaml").is_file()
 
+
+def test_a_full_disk_at_a_later_checkpoint_says_how_to_resume(tmp_path, capsys, monkeypatch) -> None:
+    # was: `RUN/best.ckpt: No space left on device (...)` alone, where a logger's failure said how to resume
+    import errno
+
+    from dynametric.engine.checkpoint import SafeCheckpointIO
+
+    run = tmp_path / "run"
+    real = SafeCheckpointIO.save_checkpoint
+
+    def full_at_epoch_2(self, checkpoint, path, storage_options=None):
+        if checkpoint["epoch"] >= 1:  # the second epoch's best.ckpt (written before its last.ckpt)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(SafeCheckpointIO, "save_checkpoint", full_at_epoch_2)
+    assert main(["train", "--out", str(run), *TRAIN, "trainer.max_epochs=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"dynametric train: error: {run}")
+    assert ".ckpt: No space left on device (nothing was left half-written" in err
+    assert err.endswith(f"; resume with: dynametric train --resume {run}")
+    assert (run / "last.ckpt").is_file()
+
+
+def test_a_run_file_error_stays_the_oserror_it_was(tmp_path) -> None:
+    import errno
+
+    from dynametric.pipeline.run import _file_error
+
+    assert _file_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")), tmp_path) is None
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    error = _file_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "best.ckpt")), tmp_path)
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename == str(tmp_path / "best.ckpt")
+    assert str(error).endswith(f"; resume with: dynametric train --resume {tmp_path}")

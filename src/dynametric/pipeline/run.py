@@ -1341,6 +1341,11 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
         if world <= 1 or not peer_lost(exc):
             raise
         raise _peer_lost_error(exc, run_dir, parts, world) from None
+    except OSError as exc:  # a full disk at a checkpoint (RUN/best.ckpt: No space left on device): how to go on
+        # BrokenPipeError: a reader of stdout that left (the command line's quiet stop)
+        if isinstance(exc, BrokenPipeError) or (error := _file_error(exc, run_dir)) is None:
+            raise
+        raise error from exc
     earlier = _record_training(run_dir, parts, fitted, resume=resume, t0=t0)
     if trainer.is_global_zero:
         _write_results(cfg, run_dir, parts, metrics, fitted, view, bool(heads), earlier=earlier, t0=t0, log=log)
@@ -1652,6 +1657,30 @@ def _logger_stopped(exc: LoggerFailure, run_dir: Path, parts: _RunParts) -> Logg
                        write=parts.trainer.is_global_zero).next_step
     end_launched_ranks()
     return LoggerFailure(exc.message + (f"; {how}" if how else ""), key=exc.key)
+
+
+class RunFileError(DynametricError, OSError):
+    """An error of the file system once a run had begun (a full disk at a checkpoint), still the ``OSError`` it was
+    (its ``errno``, ``strerror`` and ``filename``), whose message adds how to go on (:func:`_file_error`)."""
+
+    def __init__(self, exc: OSError, line: str) -> None:
+        super().__init__(exc.errno, exc.strerror, exc.filename)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def _file_error(exc: OSError, run_dir: Path) -> RunFileError | None:
+    """A write of the run failed once it had begun (a full disk at a checkpoint): the command line's line for the
+    error (``RUN/best.ckpt: No space left on device (...)``) with how to go on, as after a logger's failure:
+    ``resume with: dynametric train --resume RUN`` once a ``last.ckpt`` is there, else how to start again;
+    ``None`` where there is nothing to say (the error is raised as it was). The files written so far are kept as
+    they are: nothing more is written on a disk that is full."""
+    from dynametric.cli import os_error_line
+
+    how = _interrupted(run_dir, None, [], write=False).next_step
+    return None if how is None else RunFileError(exc, f"{os_error_line(exc)}; {how}")
 
 
 def _peer_lost_error(exc: RuntimeError, run_dir: Path, parts: _RunParts, world: int) -> DynametricError:
