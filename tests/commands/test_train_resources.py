@@ -32,6 +32,9 @@ def test_workers_beyond_the_hard_open_file_limit_are_refused_before_anything_is_
                                                          ": 2 loader workers need about ")
     assert "(ulimit -n: 24 soft, 24 hard)" in err and "data.workers=0: loading in the main process" in err
     assert calls == [] and not run.exists()
+    # the dry run says it too
+    assert main(["train", "--dry-run", "--out", str(run), *TRAIN, "data.workers=2"]) == 2
+    assert "key 'data.workers': 2 loader workers need about " in capsys.readouterr().err
 
 
 def test_a_low_soft_open_file_limit_is_raised_and_the_run_trains(tmp_path, capsys, monkeypatch) -> None:

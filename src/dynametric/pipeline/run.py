@@ -1425,10 +1425,7 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
     and a plateau schedule without validation data is warned of once (the resolved config is logged as the run's
     hyperparameters once the run has begun: :func:`_log_hyperparameters`)."""
     module = comps.module
-    loaders = loader_settings(cfg)
-    # the open files the loaders' workers need (ulimit -n): the soft limit raised, else one line keyed data.workers
-    ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
-                      persistent=loaders["persistent_workers"])
+    loaders = _checked_loader_settings(cfg)
     # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
                           batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
@@ -1441,6 +1438,16 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
              "(the schedule steps on the validation trainer.monitor)")
         module.plateau_warned = True  # said here, once, not again by the module
     return dm, trainer
+
+
+def _checked_loader_settings(cfg: Config) -> dict[str, Any]:
+    """The run's DataLoader keywords (:func:`~dynametric.engine.builders.loader_settings`) once the open files their
+    workers need are there (``ulimit -n``, :func:`~dynametric.utils.limits.ensure_open_files`): the soft limit
+    raised up to the hard one, else one line keyed ``data.workers``; checked by the run and its dry run."""
+    loaders = loader_settings(cfg)
+    ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
+                      persistent=loaders["persistent_workers"])
+    return loaders
 
 
 def _run_info(datasets: Any, comps: Components, plan: Any, components: dict[str, str],
@@ -1921,6 +1928,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     _check_one_process_method(cfg)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
+    _checked_loader_settings(cfg)  # the open files of the loader workers, as the run checks them
     datasets, tests = _dry_run_data(cfg, world, notes)
     comps = _dry_run_components(cfg, datasets, world, run_dir, notes)
     if datasets is not None:  # as the run says them, before training
