@@ -1679,15 +1679,16 @@ class RunFileError(DynametricError, OSError):
 
 
 def _file_error(exc: OSError, run_dir: Path) -> RunFileError | None:
-    """A write of the run failed once it had begun (a full disk at a checkpoint): the command line's line for the
-    error (``RUN/best.ckpt: No space left on device (...)``) with how to go on, as after a logger's failure:
-    ``resume with: dynametric train --resume RUN`` once a ``last.ckpt`` is there, else how to start again;
-    ``None`` where there is nothing to say (the error is raised as it was). The files written so far are kept as
+    """A write of the run failed once it had its first ``last.ckpt`` (a full disk at a later checkpoint): the
+    command line's line for the error (``RUN/best.ckpt: No space left on device (...)``) with how to go on, as after
+    a logger's failure: ``resume with: dynametric train --resume RUN``; ``None`` before the first ``last.ckpt``
+    (the error is raised as it was). The files written so far are kept as
     they are: nothing more is written on a disk that is full."""
     from dynametric.cli import os_error_line
 
-    how = _interrupted(run_dir, None, [], write=False).next_step
-    return None if how is None else RunFileError(exc, f"{os_error_line(exc)}; {how}")
+    if not (run_dir / "last.ckpt").is_file():
+        return None
+    return RunFileError(exc, f"{os_error_line(exc)}; resume with: dynametric train --resume {run_dir}")
 
 
 def _peer_lost_error(exc: RuntimeError, run_dir: Path, parts: _RunParts, world: int) -> DynametricError:
