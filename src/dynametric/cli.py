@@ -28,6 +28,7 @@ from types import ModuleType
 from dynametric import __version__
 from dynametric.cpu_kernels import choose_numpy_sort_kernel
 from dynametric.errors import DynametricError
+from dynametric.utils.limits import resource_error_line
 
 
 def _command_modules() -> list[ModuleType]:
@@ -188,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"dynametric {command}: interrupted{' by SIGTERM' if terminated else ''}"
                       + (f" ({next_step})" if next_step else ""), file=sys.stderr)
             return 143 if terminated else 130  # 128 + the signal, as a shell reports a process it ended
-        except Exception:
+        except Exception as exc:
+            if (line := resource_error_line(exc, command)) is not None:  # out of memory, of open files: one line
+                print(f"dynametric {command}: error: {line}", file=sys.stderr)
+                return 2
             # another rank's process stopped by SIGTERM while it waited for rank 0 in a collective: rank 0 closed the
             # connection (its own stop), and the collective's error is how the stop reached this process
             if sigterm.received and _other_rank():

@@ -41,6 +41,7 @@ from dynametric.utils.device import (
     resolve_device,
     resolve_precision,
 )
+from dynametric.utils.limits import ensure_open_files
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -73,6 +74,7 @@ class InferenceOptions:
         spec = 0 if self.workers is None else check_workers(self.workers, self.key("workers"))
         workers = auto_workers(device) if spec == "auto" else int(spec)
         check_loader_options(batch_size, workers, batch_key=self.key("batch_size"), workers_key=self.key("workers"))
+        ensure_open_files(workers, 4, self.key("workers"))  # ulimit -n for the loader's workers (prefetching 4)
         pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
         decode = str(self.decode).strip().lower()
         if decode not in DECODE_MODES:

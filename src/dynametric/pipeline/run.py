@@ -91,6 +91,7 @@ from dynametric.utils.io import (
     require_new_folder,
     temp_target,
 )
+from dynametric.utils.limits import ensure_open_files
 from dynametric.utils.locks import (
     WRITING_S,
     HeldLock,
@@ -1340,6 +1341,11 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
         if world <= 1 or not peer_lost(exc):
             raise
         raise _peer_lost_error(exc, run_dir, parts, world) from None
+    except OSError as exc:  # a full disk at a checkpoint (RUN/best.ckpt: No space left on device): how to go on
+        # BrokenPipeError: a reader of stdout that left (the command line's quiet stop)
+        if isinstance(exc, BrokenPipeError) or (error := _file_error(exc, run_dir)) is None:
+            raise
+        raise error from exc
     earlier = _record_training(run_dir, parts, fitted, resume=resume, t0=t0)
     if trainer.is_global_zero:
         _write_results(cfg, run_dir, parts, metrics, fitted, view, bool(heads), earlier=earlier, t0=t0, log=log)
@@ -1416,23 +1422,32 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
                        notes: Callable[[str], None]) -> tuple[MetricDataModule, L.Trainer]:
     """A step of :func:`_train`: the run's data module and Lightning trainer, built before anything is written (a
     trainer Lightning refuses leaves no file behind). The resolved config is logged as the run's hyperparameters,
-    and a plateau schedule without validation data is warned of once."""
+    and a plateau schedule without validation data is warned of once (the resolved config is logged as the run's
+    hyperparameters once the run has begun: :func:`_log_hyperparameters`)."""
     module = comps.module
+    loaders = _checked_loader_settings(cfg)
     # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
                           batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
-                          seed=int(cfg.trainer.seed), **loader_settings(cfg))
+                          seed=int(cfg.trainer.seed), **loaders)
     warn = functools.partial(_warning_line, notes)
     trainer = build_trainer(comps.trainer, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
                             callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)
-    # the resolved config as the run's hyperparameters (TensorBoard's hparams, W&B's config, MLflow's params, the
-    # CSV logger's logs/hparams.yaml): the module saves none, so the loggers had an empty set to compare runs by
-    exp_logger.log_hyperparams(module.run_config)
     if datasets.val is None and module.optim_settings.scheduler == "plateau":
         warn("optim.scheduler.name=plateau in a run without validation data: the learning rate never changes "
              "(the schedule steps on the validation trainer.monitor)")
         module.plateau_warned = True  # said here, once, not again by the module
     return dm, trainer
+
+
+def _checked_loader_settings(cfg: Config) -> dict[str, Any]:
+    """The run's DataLoader keywords (:func:`~dynametric.engine.builders.loader_settings`) once the open files their
+    workers need are there (``ulimit -n``, :func:`~dynametric.utils.limits.ensure_open_files`): the soft limit
+    raised up to the hard one, else one line keyed ``data.workers``; checked by the run and its dry run."""
+    loaders = loader_settings(cfg)
+    ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
+                      persistent=loaders["persistent_workers"])
+    return loaders
 
 
 def _run_info(datasets: Any, comps: Components, plan: Any, components: dict[str, str],
@@ -1477,6 +1492,7 @@ def _start_new_run(cfg: Config, run_dir: Path, parts: _RunParts, leftovers: list
     if not _launched_worker():
         header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
         save_config(cfg, run_dir / "config.yaml", header=header)
+    _log_hyperparameters(parts)  # after config.yaml: a start stopped before it leaves no file the rerun cannot place
     info, datasets = parts.info, parts.datasets
     log(f"run folder: {run_dir}")
     log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
@@ -1515,7 +1531,17 @@ def _resumed_metrics(run_dir: Path, parts: _RunParts, log: Callable[[str], None]
     if not isinstance(metrics, dict):
         raise InputError(f"expected a JSON object, found {type(metrics).__name__}", file=metrics_path)
     log(f"resuming {run_dir} from {run_dir / 'last.ckpt'}")
+    _log_hyperparameters(parts)
     return metrics
+
+
+def _log_hyperparameters(parts: _RunParts) -> None:
+    """The resolved config as the run's hyperparameters (TensorBoard's hparams, W&B's config, MLflow's params, the
+    CSV logger's ``logs/hparams.yaml``): the module saves none, so the loggers had an empty set to compare runs by.
+    Logged once the run has begun (a new run's ``config.yaml`` written, a resumed run's ``metrics.json`` read): when
+    the trainer was built, a full disk or a kill before ``config.yaml`` left a folder holding only
+    ``logs/hparams.yaml``, which the run started again refused (``not empty and holds no dynametric run``)."""
+    parts.exp_logger.log_hyperparams(parts.module.run_config)
 
 
 def _fit(cfg: Config, run_dir: Path, parts: _RunParts, metrics: dict[str, Any], *, resume: bool,
@@ -1638,6 +1664,31 @@ def _logger_stopped(exc: LoggerFailure, run_dir: Path, parts: _RunParts) -> Logg
                        write=parts.trainer.is_global_zero).next_step
     end_launched_ranks()
     return LoggerFailure(exc.message + (f"; {how}" if how else ""), key=exc.key)
+
+
+class RunFileError(DynametricError, OSError):
+    """An error of the file system once a run had begun (a full disk at a checkpoint), still the ``OSError`` it was
+    (its ``errno``, ``strerror`` and ``filename``), whose message adds how to go on (:func:`_file_error`)."""
+
+    def __init__(self, exc: OSError, line: str) -> None:
+        super().__init__(exc.errno, exc.strerror, exc.filename)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def _file_error(exc: OSError, run_dir: Path) -> RunFileError | None:
+    """A write of the run failed once it had its first ``last.ckpt`` (a full disk at a later checkpoint): the
+    command line's line for the error (``RUN/best.ckpt: No space left on device (...)``) with how to go on, as after
+    a logger's failure: ``resume with: dynametric train --resume RUN``; ``None`` before the first ``last.ckpt``
+    (the error is raised as it was). The files written so far are kept as
+    they are: nothing more is written on a disk that is full."""
+    from dynametric.cli import os_error_line
+
+    if not (run_dir / "last.ckpt").is_file():
+        return None
+    return RunFileError(exc, f"{os_error_line(exc)}; resume with: dynametric train --resume {run_dir}")
 
 
 def _peer_lost_error(exc: RuntimeError, run_dir: Path, parts: _RunParts, world: int) -> DynametricError:
@@ -1878,6 +1929,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     _check_one_process_method(cfg)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
+    _checked_loader_settings(cfg)  # the open files of the loader workers, as the run checks them
     datasets, tests = _dry_run_data(cfg, world, notes)
     comps = _dry_run_components(cfg, datasets, world, run_dir, notes)
     if datasets is not None:  # as the run says them, before training

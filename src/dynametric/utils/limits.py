@@ -1,0 +1,155 @@
+"""The process's resource limits: open files for data-loading workers, and the one-line errors of a command that ran
+out of memory, of open files, or of address space to load torch.
+
+:func:`ensure_open_files` runs before a DataLoader with workers is built (``train``'s loaders, the inference loader
+of ``embed``, ``evaluate --checkpoint``, ``index build``, ...). With torch's default ``file_descriptor`` sharing
+strategy every tensor a worker hands over travels as an open file until the main process frees it, so a loader holds
+about ``PER_WORKER_FILES + FILES_PER_PREFETCHED_BATCH * prefetch_factor`` files per worker beyond what the process
+had open (measured: a 2-tensor batch and ``prefetch_factor`` 4 cost 9-12 files a worker). A soft ``ulimit -n`` too
+low for that made the workers fail (``OSError: [Errno 24] Too many open files``) and the loader hang, or torch stop
+with ``Too many open files. Communication with the workers is no longer possible``. The soft limit is raised up to
+the hard one when that suffices (as many tools do; it changes nothing else); otherwise the run is refused with one
+line naming the option, the limit and what to do, before anything is written.
+
+:func:`resource_error_line` is the command line's one line for an error of exhausted resources that escaped a
+command (``dynametric.cli.main``), ``None`` for any other error (which keeps its traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from dynametric.errors import ConfigError
+
+PER_WORKER_FILES = 4
+"""Open files a loader worker costs the main process beside its prefetched batches: its index queue's pipe, its
+share of the result queue (measured 3-4). Persistent workers keep them while the other loaders run."""
+
+FILES_PER_PREFETCHED_BATCH = 3
+"""Open files a batch waiting in the prefetch queue holds under the ``file_descriptor`` sharing strategy: one a
+tensor (images, labels, and an index or crop box; measured 2 for a 2-tensor batch)."""
+
+HEADROOM_FILES = 32
+"""Files the run opens beside its loaders and those open when the check runs: checkpoints, logs, image files being
+read (a whole ``train`` run without workers peaks at about 10 open files)."""
+
+
+def open_file_count() -> int | None:
+    """The files this process has open (``/proc/self/fd``, else ``/dev/fd``); ``None`` where neither can be read."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            continue
+    return None
+
+
+def loader_files(workers: int, prefetch_factor: int | None) -> int:
+    """About how many files a DataLoader with ``workers`` workers prefetching ``prefetch_factor`` batches each keeps
+    open (0 without workers)."""
+    if workers <= 0:
+        return 0
+    prefetch = 2 if prefetch_factor is None else max(int(prefetch_factor), 1)
+    return workers * (PER_WORKER_FILES + FILES_PER_PREFETCHED_BATCH * prefetch)
+
+
+def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, persistent: bool = False) -> None:
+    """Makes sure a DataLoader with ``workers`` workers prefetching ``prefetch_factor`` batches can open the files
+    it needs (:func:`loader_files`, with the files open now and :data:`HEADROOM_FILES`; ``persistent``: the workers
+    of another loader stay alive meanwhile, as ``train``'s do while it evaluates, :data:`PER_WORKER_FILES` each).
+    A soft limit too low is raised up to the hard limit when that suffices (to at least 4096 files, never past the
+    hard limit); where the hard limit is too low, a ConfigError keyed ``key`` (the option
+    that set the workers: ``data.workers``, ``--workers``) says the limit and what to do. Nothing without workers,
+    and nothing where the platform has no such limit (Windows)."""
+    if workers <= 0:
+        return
+    try:
+        import resource
+    except ImportError:  # Windows: no RLIMIT_NOFILE
+        return
+    per_loader = loader_files(workers, prefetch_factor)
+    base = open_file_count() or 32
+    kept = workers * PER_WORKER_FILES if persistent else 0
+    needed = base + HEADROOM_FILES + per_loader + kept
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if soft == infinite or soft >= needed:
+        return
+    limit = soft
+    if hard == infinite or hard >= needed:
+        target = max(needed, 4096) if hard == infinite else min(hard, max(needed, 4096))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return
+        except (ValueError, OSError):  # refused (a platform cap below the hard limit): the soft limit is the limit
+            pass
+    else:
+        limit = hard
+    fits = max((limit - base - HEADROOM_FILES) // ((per_loader + kept) // workers), 0)
+    setting = f"{key} {{}}" if key.startswith("-") else f"{key}={{}}"
+    fewer = f"{setting.format(fits)} or fewer" if fits else f"{setting.format(0)}: loading in the main process"
+    raise ConfigError(f"{workers} loader workers need about {needed} open files, more than this process may open "
+                      f"(ulimit -n: {soft} soft, {'unlimited' if hard == infinite else hard} hard); raise the limit "
+                      f"(ulimit -n {needed} in the shell that starts dynametric; above the hard limit, as root or in "
+                      f"the system's limits) or use fewer workers ({fewer})", key=key)
+
+
+#: the commands with an option bounding the ranking's working memory, named by the out-of-memory line
+BUDGET_OPTIONS = {"evaluate": "--memory-budget-mb (the ranking's working memory)",
+                  "train": "eval.memory_budget_bytes (the evaluation's working memory)"}
+
+_TORCH_ALLOC = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+_NUMPY_ALLOC = re.compile(r"Unable to allocate (\S+ \w?i?B) for an array")
+_MAP_SEGMENT = re.compile(r"([^\s:]+): failed to map segment")
+
+
+def resource_error_line(exc: BaseException, command: str) -> str | None:
+    """The one line (without the ``dynametric COMMAND: error:`` prefix) of an error that says the process ran out of
+    a resource, else ``None``: a ``MemoryError`` (numpy's names the size) or torch's CPU allocator failing
+    (``[enforce fail at alloc_cpu.cpp] ... you tried to allocate N bytes``): ``out of memory (tried to allocate N
+    bytes)``, with the command's memory budget option where it has one (:data:`BUDGET_OPTIONS`) and the
+    address-space limit where one is set; a shared library of torch that cannot be mapped (``ulimit -v`` too low to
+    load it); torch's ``Too many open files`` from a DataLoader (``ulimit -n``)."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _TORCH_ALLOC.search(text)):
+        torch_size, numpy_size = _TORCH_ALLOC.search(text), _NUMPY_ALLOC.search(text)
+        size = (f" (tried to allocate {int(torch_size[1]):,} bytes)" if torch_size else
+                f" (tried to allocate {numpy_size[1]})" if numpy_size else "")
+        budget = BUDGET_OPTIONS.get(command)
+        lower = f"lower {budget} or free memory" if budget else "free memory or give the command less data at once"
+        return f"out of memory{size}{_address_space_note()}; {lower}"
+    if isinstance(exc, ImportError) and (mapped := _MAP_SEGMENT.search(text)):
+        package = os.path.basename(os.path.dirname(exc.path)) if exc.path else (exc.name or "a library")
+        limit = _address_space_kib()
+        if limit is None:
+            return f"cannot load {package} ({mapped[1]}: failed to map segment): out of memory"
+        return (f"cannot load {package} ({mapped[1]}: failed to map segment): the process's address-space limit "
+                f"(ulimit -v: {limit} KiB) is too low; raise it (ulimit -v unlimited)")
+    if isinstance(exc, RuntimeError) and "Too many open files" in text:
+        return (f"too many open files{_open_files_note()}: the data-loading workers ran out of them; raise the limit "
+                "(ulimit -n) or use fewer workers (data.workers, --workers)")
+    return None
+
+
+def _address_space_kib() -> int | None:
+    """The soft address-space limit (``ulimit -v``) in KiB, ``None`` where none is set (or the platform has none)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if soft == resource.RLIM_INFINITY else soft // 1024
+
+
+def _address_space_note() -> str:
+    limit = _address_space_kib()
+    return "" if limit is None else f" under an address-space limit of {limit} KiB (ulimit -v)"
+
+
+def _open_files_note() -> str:
+    try:
+        import resource
+    except ImportError:
+        return ""
+    return f" (ulimit -n: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
