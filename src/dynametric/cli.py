@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import sys
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 from dynametric import __version__
 from dynametric.cpu_kernels import choose_numpy_sort_kernel
-from dynametric.errors import DynametricError
+from dynametric.errors import DynametricError, os_error_line
 from dynametric.utils.limits import resource_error_line
 
 
@@ -287,19 +286,6 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # stdout is not a real file (e.g. captured by a test)
         pass
-
-
-def os_error_line(exc: OSError) -> str:
-    """``<file>: <reason>`` for an error of the file system, naming the user's path (not a temporary one). An error
-    that names no file (writing a stream: ``search > /dev/full``) is its reason alone: the note that nothing was left
-    half-written holds for the files dynametric writes atomically, which the error names."""
-    name = exc.filename2 if exc.filename2 is not None else exc.filename
-    reason = exc.strerror or str(exc)
-    if name is None:
-        return reason
-    if exc.errno == errno.ENOSPC:
-        reason += " (nothing was left half-written: outputs are written to a temporary file and renamed)"
-    return f"{name}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,3 +74,16 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(next_step or "")
         self.next_step = next_step
         self.sigterm = sigterm
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<file>: <reason>`` for an error of the file system, naming the user's path (not a temporary one). An error
+    that names no file (writing a stream: ``search > /dev/full``) is its reason alone: the note that nothing was left
+    half-written holds for the files dynametric writes atomically, which the error names."""
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    if name is None:
+        return reason
+    if exc.errno == errno.ENOSPC:
+        reason += " (nothing was left half-written: outputs are written to a temporary file and renamed)"
+    return f"{name}: {reason}"

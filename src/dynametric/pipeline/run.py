@@ -1684,7 +1684,7 @@ def _file_error(exc: OSError, run_dir: Path) -> RunFileError | None:
     a logger's failure: ``resume with: dynametric train --resume RUN``; ``None`` before the first ``last.ckpt``
     (the error is raised as it was). The files written so far are kept as
     they are: nothing more is written on a disk that is full."""
-    from dynametric.cli import os_error_line
+    from dynametric.errors import os_error_line
 
     if not (run_dir / "last.ckpt").is_file():
         return None
