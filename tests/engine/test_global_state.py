@@ -61,3 +61,48 @@ def test_run_training_leaves_warning_filters_and_logger_levels_alone(tmp_path):
         assert len(warnings.filters) > len(filters)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+
+
+def test_run_training_stopped_by_ctrl_c_puts_the_sigint_handler_back(tmp_path):
+    """Lightning ignores SIGINT while it shuts down after a Ctrl-C and never puts the handler back: every later
+    Ctrl-C of the process (a notebook's interrupt button) was ignored. A real SIGINT, sent in the second step."""
+    import os
+    import signal
+
+    from dynametric.engine.module import MetricLearningModule
+
+    cfg = load_config(None, [*TINY, "trainer.max_epochs=2", "run.report=false", "trainer.progress_bar=false",
+                             "data.options={images_per_class: 4, image_size: 16}", "data.iterations_per_epoch=3"])
+    step = MetricLearningModule.training_step
+    sent = []
+
+    def ctrl_c_in_the_second_step(self, batch, batch_idx):
+        if batch_idx == 1 and not sent:
+            sent.append(batch_idx)
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next bytecode: a KeyboardInterrupt here
+        return step(self, batch, batch_idx)
+
+    def handler(signum, frame):  # the caller's own handler (a notebook kernel installs one)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MetricLearningModule, "training_step", ctrl_c_in_the_second_step)
+            with pytest.raises(KeyboardInterrupt):
+                run_training(cfg, tmp_path / "run", log=lambda _: None, note=lambda _: None)
+        assert sent == [1]
+        assert signal.getsignal(signal.SIGINT) is handler  # Lightning left SIG_IGN here
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # and the default handler, when it was the one in place (a plain Python session)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sent.clear()
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MetricLearningModule, "training_step", ctrl_c_in_the_second_step)
+            with pytest.raises(KeyboardInterrupt):
+                run_training(cfg, tmp_path / "run2", log=lambda _: None, note=lambda _: None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
