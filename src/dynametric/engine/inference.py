@@ -238,6 +238,21 @@ class TrainedModel:
     know (:func:`~dynametric.engine.checkpoint.unknown_model_keys_note`), the backbone class changed since training
     (:func:`backbone_class_note`)."""
 
+    def __repr__(self) -> str:
+        """Short (the generated one printed the whole checkpoint: every weight tensor): the checkpoint, its epoch and
+        step, the backbone, the embedding width, the head, the parameter count."""
+        def cut(value: Any, limit: int = 60) -> str:
+            text = str(value)
+            return repr(text if len(text) <= limit else f"{text[:(limit - 3) // 2]}...{text[-((limit - 3) // 2):]}")
+
+        state = self.state if isinstance(self.state, Mapping) else {}
+        params = sum(p.numel() for p in self.model.parameters())
+        notes = f", {len(self.notes)} notes" if self.notes else ""
+        return (f"TrainedModel(checkpoint {cut(self.checkpoint)}, epoch {state.get('epoch', '?')}, step "
+                f"{state.get('global_step', '?')}, backbone {cut(self.cfg.model.backbone, 40)}, embedding_dim "
+                f"{self.cfg.model.embedding_dim}, head {cut(self.head, 30) if self.head is not None else None}, "
+                f"{params} parameters{notes})")
+
 
 def checkpoint_path(checkpoint: str | os.PathLike[str]) -> Path:
     """``checkpoint`` as a path to an existing file: a one-line :class:`InputError` for a folder or a missing file."""
