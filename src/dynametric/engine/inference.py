@@ -119,10 +119,13 @@ class ResolvedInference:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     def loader(self, dataset: Any) -> DataLoader:
-        """An in-order loader of ``dataset`` with these options (prefetch 4 batches per worker)."""
+        """An in-order loader of ``dataset`` with these options (prefetch 4 batches per worker). It has a generator
+        of its own: a DataLoader without one draws the seed of its workers from torch's global generator each time it
+        is iterated, so embedding moved the caller's random state on (inference draws nothing else)."""
         extra: dict[str, Any] = {"prefetch_factor": 4} if self.workers > 0 else {}
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                          pin_memory=self.pin_memory, collate_fn=getattr(dataset, "collate_fn", None), **extra)
+                          pin_memory=self.pin_memory, collate_fn=getattr(dataset, "collate_fn", None),
+                          generator=torch.Generator(), **extra)
 
 
 def _resolved(options: InferenceOptions | ResolvedInference | None) -> ResolvedInference:
@@ -197,7 +200,9 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
     """``(embeddings [N, D] float32, labels [N, S])`` of every ``(image, label)`` item of ``dataset``, in order.
 
     ``options`` (when given) replaces the keyword options. ``device=None`` runs where the model's parameters are;
-    otherwise the model is moved to the device. The model's train/eval mode is restored afterwards.
+    otherwise the model is moved to the device. The train/eval mode of the model and of each of its submodules is
+    restored afterwards (a backbone the caller put in eval mode under a model in train mode stays so), and torch's
+    global random state is left as it was (:meth:`ResolvedInference.loader`).
     """
     if options is None:
         if device is None:
@@ -206,7 +211,7 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
         options = InferenceOptions(device=device, precision=precision, batch_size=batch_size, workers=num_workers,
                                    pin_memory=pin_memory, progress=progress)
     run = _resolved(options)
-    was = model.training
+    modes = [(module, module.training) for module in model.modules()]  # each its own: model.train(was) set all
     prepare_model(model, run)
     loader: Iterable[Any] = run.loader(dataset)
     if run.progress:
@@ -219,7 +224,8 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
             embs.append(embed_batch(model, images, run, head))
             labs.append(labels.reshape(len(labels), -1).cpu())
     finally:
-        model.train(was)
+        for module, training in modes:
+            module.training = training
     return torch.cat(embs), torch.cat(labs)
 
 
