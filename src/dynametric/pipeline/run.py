@@ -515,15 +515,25 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
     return sorted(files)
 
 
+#: the ``folder_key`` of :func:`run_training` and :func:`dry_run` called from Python (the CLI passes ``--out``,
+#: ``--resume``, ``run.name`` or ``run.output_dir``): errors then name the Python arguments, not the CLI's options
+PYTHON_FOLDER_KEY = "run_dir"
+
+
 def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) -> list[Path]:
     """The check of a new run's folder, by the run and its dry run, writing nothing: ``run_dir`` must not hold a
-    run (``last.ckpt``: resume it), and (``whole``) must be new, empty, or hold only the files of an earlier start
-    that never wrote a checkpoint (returned: the run replaces them); errors name ``folder_key``. A folder another
-    process of this host holds (its :data:`LOCK_FILE`) is refused naming that process."""
+    run (``last.ckpt``: resume it; the error says how in the CLI's words, or, for a Python call
+    (:data:`PYTHON_FOLDER_KEY`), in its arguments), and (``whole``) must be new, empty, or hold only the files of an
+    earlier start that never wrote a checkpoint (returned: the run replaces them); errors name ``folder_key``. A
+    folder another process of this host holds (its :data:`LOCK_FILE`) is refused naming that process."""
     pid = lock_holder(run_dir) if whole else None  # not whole: another rank's process, in rank 0's held folder
     if pid is not None:
         raise _busy(run_dir, pid, folder_key, False)
     if (run_dir / "last.ckpt").exists():
+        if folder_key == PYTHON_FOLDER_KEY:  # a Python call (run_training, dry_run): its own words, not the CLI's
+            raise ConfigError(f"run folder {run_dir} already holds a run; resume it with run_training(load_config("
+                              f"'{run_dir / 'config.yaml'}'), '{run_dir}', resume=True), or give another run_dir",
+                              key=folder_key)
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key=folder_key)
     if not whole:
@@ -1213,7 +1223,7 @@ def _check_one_process_method(cfg: Config) -> None:
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] = print, note: Callable[[str], None] | None = None,
-                 folder_key: str = "run_dir") -> RunResult:
+                 folder_key: str = PYTHON_FOLDER_KEY) -> RunResult:
     """Train, select on validation, test the best checkpoint, write metrics.json and report.html.
 
     ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
@@ -1928,7 +1938,7 @@ def check_backbone_forward(cfg: Config, embedder: torch.nn.Module) -> None:
 
 
 def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[str], None] | None = None,
-            run_dir: str | Path | None = None, folder_key: str = "run_dir") -> Components:
+            run_dir: str | Path | None = None, folder_key: str = PYTHON_FOLDER_KEY) -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
     the resolved config, the components, the trainer and DataLoader settings on this machine (``loader:``, with
     ``data.workers: auto`` resolved) and, when the data is there, its sizes. ``run_dir`` (named ``folder_key``):
