@@ -510,12 +510,10 @@ def test_workers_have_one_range_in_the_config_the_flags_and_the_library(capsys) 
         InferenceOptions(device="cpu", workers=129).resolve()
     for argv in (["evaluate", "--checkpoint", "c.ckpt"], ["embed", "--checkpoint", "c", "--images", "d", "--out", "o"],
                  ["search", "--index", "i", "--image", "q.png"]):
-        with pytest.raises(SystemExit):
-            main([*argv, "--workers", "100000"])
+        assert main([*argv, "--workers", "100000"]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
             "error: argument --workers: expected an integer from 0 to 128 or 'auto', got 100000")
-    with pytest.raises(SystemExit):
-        main(["data", "inspect", "--format", "synthetic", "--workers", "129"])
+    assert main(["data", "inspect", "--format", "synthetic", "--workers", "129"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "dynametric data inspect: error: argument --workers: expected an integer from 0 to 128, got 129")
 

@@ -150,9 +150,17 @@ def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dynametric`` with the words ``argv`` (``sys.argv[1:]`` when ``None``) and return its exit status: 0 done
+    (``--help`` and ``--version`` too, after printing), 2 a usage error (argparse's usage and ``error:`` line on
+    stderr, as for any other error), 130 / 143 interrupted, ... (docs/reliability.md). It raises no ``SystemExit``
+    of its own, so ``main([...]) == 0`` works from Python alike for every outcome; the console script and ``python
+    -m dynametric`` call ``sys.exit(main())``, which gives the shell the same status."""
     choose_numpy_sort_kernel()  # before any command module imports numpy (docs/metrics.md, Speed on your CPU)
     parser = build_parser()
-    args = parse_args(parser, argv)
+    try:
+        args = parse_args(parser, argv)
+    except SystemExit as exc:  # argparse's exit: --help, --version, a usage error (after printing what it prints)
+        return _exit_status(exc.code)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
@@ -197,6 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sigterm.received and _other_rank():
                 return 143
             raise
+
+
+def _exit_status(code: object) -> int:
+    """The status ``sys.exit(code)`` gives the shell: ``None`` 0, an integer itself, anything else printed on
+    stderr and 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _import_note(line: str) -> None:

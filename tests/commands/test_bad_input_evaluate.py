@@ -129,9 +129,7 @@ def test_json_onto_a_folder_and_onto_a_full_disk(tmp_path, emb, capsys, monkeypa
 ])
 def test_impossible_option_values(tmp_path, emb, capsys, argv, expected) -> None:
     lab = _labels(tmp_path, GOOD)
-    with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--embeddings", str(emb), "--labels", str(lab), *argv])
-    assert exc.value.code == 2
+    assert main(["evaluate", "--embeddings", str(emb), "--labels", str(lab), *argv]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)
 
 

@@ -61,3 +61,121 @@ def test_run_training_leaves_warning_filters_and_logger_levels_alone(tmp_path):
         assert len(warnings.filters) > len(filters)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+
+
+def test_run_training_stopped_by_ctrl_c_puts_the_sigint_handler_back(tmp_path):
+    """Lightning ignores SIGINT while it shuts down after a Ctrl-C and never puts the handler back: every later
+    Ctrl-C of the process (a notebook's interrupt button) was ignored. A real SIGINT, sent in the second step."""
+    import os
+    import signal
+
+    from dynametric.engine.module import MetricLearningModule
+
+    cfg = load_config(None, [*TINY, "trainer.max_epochs=2", "run.report=false", "trainer.progress_bar=false",
+                             "data.options={images_per_class: 4, image_size: 16}", "data.iterations_per_epoch=3"])
+    step = MetricLearningModule.training_step
+    sent = []
+
+    def ctrl_c_in_the_second_step(self, batch, batch_idx):
+        if batch_idx == 1 and not sent:
+            sent.append(batch_idx)
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next bytecode: a KeyboardInterrupt here
+        return step(self, batch, batch_idx)
+
+    def handler(signum, frame):  # the caller's own handler (a notebook kernel installs one)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MetricLearningModule, "training_step", ctrl_c_in_the_second_step)
+            with pytest.raises(KeyboardInterrupt):
+                run_training(cfg, tmp_path / "run", log=lambda _: None, note=lambda _: None)
+        assert sent == [1]
+        assert signal.getsignal(signal.SIGINT) is handler  # Lightning left SIG_IGN here
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # and the default handler, when it was the one in place (a plain Python session)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sent.clear()
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MetricLearningModule, "training_step", ctrl_c_in_the_second_step)
+            with pytest.raises(KeyboardInterrupt):
+                run_training(cfg, tmp_path / "run2", log=lambda _: None, note=lambda _: None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+RUN = [*TINY, "trainer.max_epochs=1", "run.report=false", "trainer.progress_bar=false", "trainer.seed=5",
+       "data.options={images_per_class: 4, image_size: 16}", "data.iterations_per_epoch=2"]
+_FRESH_RUN = """
+import json, sys
+from dynametric.config import load_config
+from dynametric.pipeline.run import run_training
+r = run_training(load_config(None, json.loads(sys.argv[1])), sys.argv[2], log=lambda _: None, note=lambda _: None)
+print(json.dumps({k: r.metrics[k] for k in ("untrained", "validation", "test")}, sort_keys=True))
+"""
+
+
+def _global_states():
+    import random
+
+    import numpy as np
+
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _same_states(a, b) -> bool:
+    import numpy as np
+
+    return torch.equal(a[0], b[0]) and a[1][0] == b[1][0] and np.array_equal(a[1][1], b[1][1]) and \
+        a[1][2:] == b[1][2:] and a[2] == b[2]
+
+
+def test_run_training_leaves_the_callers_random_state_and_draws_what_a_fresh_process_draws(tmp_path, monkeypatch):
+    """The run seeds the global generators (Lightning's seed_everything) and set PL_GLOBAL_SEED / PL_SEED_WORKERS;
+    the caller's state comes back, and the run's results are those of the same run in a fresh process."""
+    import json
+    import os
+    import random
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "99")  # the caller's own value comes back; an unset one stays unset
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    torch.manual_seed(1000)
+    np.random.seed(1001)
+    random.seed(1002)
+    before = _global_states()
+    result = run_training(load_config(None, RUN), tmp_path / "run", log=lambda _: None, note=lambda _: None)
+    assert _same_states(_global_states(), before)
+    assert os.environ["PL_GLOBAL_SEED"] == "99" and "PL_SEED_WORKERS" not in os.environ
+    here = json.dumps({k: result.metrics[k] for k in ("untrained", "validation", "test")}, sort_keys=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PL_")}
+    fresh = subprocess.run([sys.executable, "-c", _FRESH_RUN, json.dumps(RUN), str(tmp_path / "fresh")],
+                           capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
+    assert here == fresh  # bit-identical: the run draws from trainer.seed alone
+
+
+def test_run_training_puts_the_random_state_back_when_it_raises(tmp_path, monkeypatch):
+    import os
+
+    from dynametric.engine.module import MetricLearningModule
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+
+    def stopped(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricLearningModule, "training_step", stopped)
+    torch.manual_seed(7)
+    before = _global_states()
+    with pytest.raises(KeyboardInterrupt):
+        run_training(load_config(None, RUN), tmp_path / "run", log=lambda _: None, note=lambda _: None)
+    assert _same_states(_global_states(), before)
+    assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ

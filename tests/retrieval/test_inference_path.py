@@ -210,8 +210,7 @@ def _evaluate_options() -> set[str]:
 
 
 def test_cli_worker_argument_and_checkpoint_only_options(capsys) -> None:
-    with pytest.raises(SystemExit):
-        main(["embed", "--checkpoint", "x", "--images", "y", "--out", "z", "--workers", "lots"])
+    assert main(["embed", "--checkpoint", "x", "--images", "y", "--out", "z", "--workers", "lots"]) == 2
     assert "argument --workers: expected an integer from 0 to 128 or 'auto', got 'lots'" in capsys.readouterr().err
     assert main(["evaluate", "--example", "--precision", "bf16"]) != 0
     assert "--precision, --batch-size and --workers need --checkpoint" in capsys.readouterr().err
@@ -351,3 +350,41 @@ def test_one_inference_batch_size_default_for_the_commands_and_the_library() -> 
     for command in ("embed", "search"):
         help_text = " ".join(parser._subparsers._group_actions[0].choices[command].format_help().split())
         assert "images per forward pass (default 64)" in help_text
+
+
+def _small_model_and_data():
+    from dynametric.data import SyntheticHierarchy
+    from dynametric.models import build_embedder
+
+    torch.manual_seed(0)
+    model = build_embedder("simple_cnn", embedding_dim=4, backbone_kwargs={"width": 4, "depth": 2})
+    return model, SyntheticHierarchy("test", images_per_class=1)
+
+
+def test_embed_dataset_restores_each_submodules_own_mode() -> None:
+    """model.train(was) afterwards put every submodule in the model's mode: a backbone frozen by hand
+    (``backbone.eval()`` under a model in train mode) came back training."""
+    model, ds = _small_model_and_data()
+    model.train()
+    model.backbone.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    assert before[""] and not before["backbone"]
+    embed_dataset(model, ds, device="cpu", batch_size=16)
+    assert {name: m.training for name, m in model.named_modules()} == before
+    model.eval()  # and the other way round: a model in eval mode stays so
+    model.backbone.train()
+    before = {name: m.training for name, m in model.named_modules()}
+    embed_dataset(model, ds, device="cpu", batch_size=16)
+    assert {name: m.training for name, m in model.named_modules()} == before
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_embed_dataset_leaves_the_global_rng_alone_and_embeds_alike(workers: int) -> None:
+    model, ds = _small_model_and_data()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, labels = embed_dataset(model, ds, device="cpu", batch_size=16, num_workers=workers)
+    assert torch.equal(torch.get_rng_state(), state)  # the loader's base seed came from the global generator
+    again, _ = embed_dataset(model, ds, device="cpu", batch_size=16, num_workers=workers)
+    reference, reference_labels = _plain_forward(model, ds, None, batch_size=16)
+    assert torch.equal(first, again) and torch.equal(first, reference) and torch.equal(labels, reference_labels)

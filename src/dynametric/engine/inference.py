@@ -121,10 +121,13 @@ class ResolvedInference:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     def loader(self, dataset: Any) -> DataLoader:
-        """An in-order loader of ``dataset`` with these options (prefetch 4 batches per worker)."""
+        """An in-order loader of ``dataset`` with these options (prefetch 4 batches per worker). It has a generator
+        of its own: a DataLoader without one draws the seed of its workers from torch's global generator each time it
+        is iterated, so embedding moved the caller's random state on (inference draws nothing else)."""
         extra: dict[str, Any] = {"prefetch_factor": 4} if self.workers > 0 else {}
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                          pin_memory=self.pin_memory, collate_fn=getattr(dataset, "collate_fn", None), **extra)
+                          pin_memory=self.pin_memory, collate_fn=getattr(dataset, "collate_fn", None),
+                          generator=torch.Generator(), **extra)
 
 
 def _resolved(options: InferenceOptions | ResolvedInference | None) -> ResolvedInference:
@@ -199,7 +202,9 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
     """``(embeddings [N, D] float32, labels [N, S])`` of every ``(image, label)`` item of ``dataset``, in order.
 
     ``options`` (when given) replaces the keyword options. ``device=None`` runs where the model's parameters are;
-    otherwise the model is moved to the device. The model's train/eval mode is restored afterwards.
+    otherwise the model is moved to the device. The train/eval mode of the model and of each of its submodules is
+    restored afterwards (a backbone the caller put in eval mode under a model in train mode stays so), and torch's
+    global random state is left as it was (:meth:`ResolvedInference.loader`).
     """
     if options is None:
         if device is None:
@@ -208,7 +213,7 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
         options = InferenceOptions(device=device, precision=precision, batch_size=batch_size, workers=num_workers,
                                    pin_memory=pin_memory, progress=progress)
     run = _resolved(options)
-    was = model.training
+    modes = [(module, module.training) for module in model.modules()]  # each its own: model.train(was) set all
     prepare_model(model, run)
     loader: Iterable[Any] = run.loader(dataset)
     if run.progress:
@@ -221,7 +226,8 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
             embs.append(embed_batch(model, images, run, head))
             labs.append(labels.reshape(len(labels), -1).cpu())
     finally:
-        model.train(was)
+        for module, training in modes:
+            module.training = training
     return torch.cat(embs), torch.cat(labs)
 
 
@@ -239,6 +245,21 @@ class TrainedModel:
     """What the caller should print (``note: ...``): model keys the checkpoint records that this version does not
     know (:func:`~dynametric.engine.checkpoint.unknown_model_keys_note`), the backbone class changed since training
     (:func:`backbone_class_note`)."""
+
+    def __repr__(self) -> str:
+        """Short (the generated one printed the whole checkpoint: every weight tensor): the checkpoint, its epoch and
+        step, the backbone, the embedding width, the head, the parameter count."""
+        def cut(value: Any, limit: int = 60) -> str:
+            text = str(value)
+            return repr(text if len(text) <= limit else f"{text[:(limit - 3) // 2]}...{text[-((limit - 3) // 2):]}")
+
+        state = self.state if isinstance(self.state, Mapping) else {}
+        params = sum(p.numel() for p in self.model.parameters())
+        notes = f", {len(self.notes)} notes" if self.notes else ""
+        return (f"TrainedModel(checkpoint {cut(self.checkpoint)}, epoch {state.get('epoch', '?')}, step "
+                f"{state.get('global_step', '?')}, backbone {cut(self.cfg.model.backbone, 40)}, embedding_dim "
+                f"{self.cfg.model.embedding_dim}, head {cut(self.head, 30) if self.head is not None else None}, "
+                f"{params} parameters{notes})")
 
 
 def checkpoint_path(checkpoint: str | os.PathLike[str]) -> Path:

@@ -456,18 +456,31 @@ def build_trainer(
 
 @contextlib.contextmanager
 def ctrl_c_passes_through(trainer: L.Trainer) -> Iterator[None]:
-    """Around ``trainer.fit`` / ``validate`` / ``test``: a Ctrl-C comes out as ``KeyboardInterrupt``.
+    """Around ``trainer.fit`` / ``validate`` / ``test``: a Ctrl-C comes out as ``KeyboardInterrupt``, and the SIGINT
+    handler found on entry is in place again afterwards.
 
-    Lightning catches ``KeyboardInterrupt`` in these calls itself: it ignores SIGINT while it shuts down (runs the
-    callbacks' ``on_exception``, tears down, which restores the SIGINT handler it found), then calls
-    ``sys.exit(1)`` (Lightning 2.x; older versions returned with ``trainer.interrupted`` set). Either way the
-    caller would go on as if the call had finished, or exit with status 1 and no message. Here both become a
-    ``KeyboardInterrupt`` (the CLI: ``interrupted``, exit status 130)."""
+    Lightning catches ``KeyboardInterrupt`` in these calls itself: it sets SIGINT to ``SIG_IGN`` while it shuts down
+    (runs the callbacks' ``on_exception``, tears down), then calls ``sys.exit(1)`` (Lightning 2.x; older versions
+    returned with ``trainer.interrupted`` set), and never puts the SIGINT handler back: every later Ctrl-C in the
+    process (a notebook's "interrupt kernel" button) was ignored. Here the caller would go on as if the call had
+    finished, or exit with status 1 and no message; both become a ``KeyboardInterrupt`` (the CLI: ``interrupted``,
+    exit status 130), and the SIGINT handler found on entry is restored (main thread only: Python installs signal
+    handlers there alone). SIGINT is the only handler Lightning's interrupt handling changes; its SIGTERM handler is
+    not installed here (:class:`_NoSignalHandlers`)."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    found = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        yield
-    except SystemExit as exc:
-        if exc.code == 1 and isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's exit after a Ctrl-C
-            raise KeyboardInterrupt from None
-        raise
+        try:
+            yield
+        except SystemExit as exc:
+            if exc.code == 1 and isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's exit after a Ctrl-C
+                raise KeyboardInterrupt from None
+            raise
+    finally:
+        if main_thread and found is not None and signal.getsignal(signal.SIGINT) is not found:
+            signal.signal(signal.SIGINT, found)
     if trainer.interrupted:  # returned normally, but stopped by Ctrl-C (other errors are raised)
         raise KeyboardInterrupt

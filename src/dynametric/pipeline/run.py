@@ -20,6 +20,7 @@ Run folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -28,7 +29,7 @@ import signal
 import socket
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -515,15 +516,25 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
     return sorted(files)
 
 
+#: the ``folder_key`` of :func:`run_training` and :func:`dry_run` called from Python (the CLI passes ``--out``,
+#: ``--resume``, ``run.name`` or ``run.output_dir``): errors then name the Python arguments, not the CLI's options
+PYTHON_FOLDER_KEY = "run_dir"
+
+
 def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) -> list[Path]:
     """The check of a new run's folder, by the run and its dry run, writing nothing: ``run_dir`` must not hold a
-    run (``last.ckpt``: resume it), and (``whole``) must be new, empty, or hold only the files of an earlier start
-    that never wrote a checkpoint (returned: the run replaces them); errors name ``folder_key``. A folder another
-    process of this host holds (its :data:`LOCK_FILE`) is refused naming that process."""
+    run (``last.ckpt``: resume it; the error says how in the CLI's words, or, for a Python call
+    (:data:`PYTHON_FOLDER_KEY`), in its arguments), and (``whole``) must be new, empty, or hold only the files of an
+    earlier start that never wrote a checkpoint (returned: the run replaces them); errors name ``folder_key``. A
+    folder another process of this host holds (its :data:`LOCK_FILE`) is refused naming that process."""
     pid = lock_holder(run_dir) if whole else None  # not whole: another rank's process, in rank 0's held folder
     if pid is not None:
         raise _busy(run_dir, pid, folder_key, False)
     if (run_dir / "last.ckpt").exists():
+        if folder_key == PYTHON_FOLDER_KEY:  # a Python call (run_training, dry_run): its own words, not the CLI's
+            raise ConfigError(f"run folder {run_dir} already holds a run; resume it with run_training(load_config("
+                              f"'{run_dir / 'config.yaml'}'), '{run_dir}', resume=True), or give another run_dir",
+                              key=folder_key)
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key=folder_key)
     if not whole:
@@ -1213,7 +1224,7 @@ def _check_one_process_method(cfg: Config) -> None:
 
 def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] = print, note: Callable[[str], None] | None = None,
-                 folder_key: str = "run_dir") -> RunResult:
+                 folder_key: str = PYTHON_FOLDER_KEY) -> RunResult:
     """Train, select on validation, test the best checkpoint, write metrics.json and report.html.
 
     ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
@@ -1222,7 +1233,85 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     run's lines (what is being done, the results table, the files written) and ``note`` its notes and warnings
     (``note:`` and ``warning:`` lines, what was done to the run folder; ``log`` when not given: the CLI prints
     them on stderr, the rest on stdout). Both in one process only: a DDP process other than rank 0
-    (:func:`_launched_worker`) prints nothing."""
+    (:func:`_launched_worker`) prints nothing.
+
+    The caller's random state is left as it was: the run seeds the global generators from ``trainer.seed`` (Python's
+    ``random``, NumPy's global state, torch's CPU generator and CUDA's) and sets ``PL_GLOBAL_SEED`` /
+    ``PL_SEED_WORKERS`` in ``os.environ`` (Lightning's ``seed_everything``), and puts all of them back as they were
+    when it returns or raises (:func:`callers_random_state`); what the run draws does not depend on them."""
+    with callers_random_state():
+        return _run_training(cfg, run_dir, resume=resume, progress=progress, log=log, note=note,
+                             folder_key=folder_key)
+
+
+#: what Lightning's ``seed_everything`` sets in ``os.environ`` (the seed for processes started later, and whether
+#: the data loaders' workers are seeded from it)
+SEED_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+#: the seed of a CUDA generator before anything seeds it (torch's ``default_rng_seed_val``)
+_CUDA_DEFAULT_SEED = 67280421310721
+
+
+@contextlib.contextmanager
+def callers_random_state() -> Iterator[None]:
+    """Around :func:`run_training`: the global random state as the caller left it is put back on the way out (a
+    return or an exception): Python's ``random``, NumPy's global ``np.random`` state, torch's CPU generator, the
+    CUDA generators, and the environment variables of :data:`SEED_ENVIRONMENT`. CUDA not started yet on entry: the
+    seeds torch keeps for it until it starts are put back (the run's replaced them), and where the run started it,
+    its generators are set as they would have started (torch's default seed, then the caller's queued seeds)."""
+    import random
+
+    import numpy as np
+
+    py_state, np_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    environment = {name: os.environ.get(name) for name in SEED_ENVIRONMENT}
+    cuda_started = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda_started else None
+    tracker = getattr(torch.cuda, "_lazy_seed_tracker", None)  # CUDA's seeds queued until it starts
+    queued = None if cuda_started else _queued_cuda_seeds(tracker)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu_state)
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        elif queued is not None:
+            _put_back_queued_cuda_seeds(tracker, queued)
+
+
+def _queued_cuda_seeds(tracker: Any) -> dict[str, Any] | None:
+    """The seeds torch keeps for CUDA until it starts (``torch.manual_seed`` before CUDA is used), ``None`` where
+    this torch keeps them otherwise."""
+    names = ("manual_seed_all_cb", "manual_seed_cb", "call_order")
+    if tracker is None or not all(hasattr(tracker, name) for name in names):
+        return None
+    return {name: list(getattr(tracker, name)) if name == "call_order" else getattr(tracker, name) for name in names}
+
+
+def _put_back_queued_cuda_seeds(tracker: Any, queued: dict[str, Any]) -> None:
+    """After a run that found CUDA not started: its queued seeds as they were, or, where the run started CUDA (and
+    applied the run's seed), each generator as it would have started: torch's default seed, then the caller's
+    queued seeds in their order."""
+    if not torch.cuda.is_initialized():
+        for name, value in queued.items():
+            setattr(tracker, name, value)
+        return
+    for index in range(torch.cuda.device_count()):
+        torch.cuda.default_generators[index].manual_seed(_CUDA_DEFAULT_SEED)
+    for call in queued["call_order"]:
+        if call is not None:
+            call[0]()  # (callback, traceback): the seeding the caller asked for, made now
+
+
+def _run_training(cfg: Config, run_dir: str | Path, *, resume: bool, progress: bool | None,
+                  log: Callable[[str], None], note: Callable[[str], None] | None, folder_key: str) -> RunResult:
+    """:func:`run_training` inside :func:`callers_random_state`."""
     t0 = time.time()
     notes = log if note is None else note
     if _launched_worker():  # another DDP rank's process: rank 0 prints the run's lines (the same ones), once
@@ -1900,7 +1989,7 @@ def check_backbone_forward(cfg: Config, embedder: torch.nn.Module) -> None:
 
 
 def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[str], None] | None = None,
-            run_dir: str | Path | None = None, folder_key: str = "run_dir") -> Components:
+            run_dir: str | Path | None = None, folder_key: str = PYTHON_FOLDER_KEY) -> Components:
     """Validate the config and build model, losses, miners and optimizer; no training, no dataset required. Prints
     the resolved config, the components, the trainer and DataLoader settings on this machine (``loader:``, with
     ``data.workers: auto`` resolved) and, when the data is there, its sizes. ``run_dir`` (named ``folder_key``):

@@ -62,6 +62,9 @@ from dynametric.retrieval.index import (
     folder_lock,
     make_output_folder,
     other_entries,
+    repr_model,
+    repr_names,
+    repr_text,
     utf8_text,
 )
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
@@ -1314,6 +1317,14 @@ class EmbeddingSet:
     image_roots: list[str]
     model: dict[str, Any]
     source: Path
+
+    def __repr__(self) -> str:
+        """Short whatever the size (the generated one listed every id and path: megabytes at 100k items)."""
+        emb = self.embeddings
+        shape = "x".join(str(n) for n in getattr(emb, "shape", ()))
+        labels = f"labels {repr_names(self.scale_names)}" if self.labels is not None else "no labels"
+        return (f"EmbeddingSet({len(self.ids)} items, embeddings {shape} {getattr(emb, 'dtype', '?')}, {labels}, "
+                f"model {repr_model(self.model)}, source {repr_text(self.source)})")
 
 
 def embed_folder_of(path: str | Path) -> Path | None:

@@ -28,7 +28,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,6 +487,34 @@ def _read_labels(path: Path, n: int) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
+#: the most names a short repr lists (scale names), and the most characters of one value it shows
+REPR_NAMES, REPR_TEXT = 6, 60
+
+
+def repr_text(value: Any, limit: int = REPR_TEXT) -> str:
+    """``repr(str(value))`` cut to about ``limit`` characters (``...`` in the middle: a path keeps its file name)."""
+    text = str(value)
+    if len(text) > limit:
+        half = (limit - 3) // 2
+        text = f"{text[:half]}...{text[-half:]}"
+    return repr(text)
+
+
+def repr_names(names: Sequence[Any] | None) -> str:
+    """The first :data:`REPR_NAMES` of ``names``, each cut (:func:`repr_text`), then how many more: a bounded list."""
+    names = list(names or [])
+    shown = ", ".join(repr_text(n, 30) for n in names[:REPR_NAMES])
+    return f"[{shown}{f', ... +{len(names) - REPR_NAMES} more' if len(names) > REPR_NAMES else ''}]"
+
+
+def repr_model(model: Mapping[str, Any] | None) -> str:
+    """The producing model's identity in a repr: its checkpoint and head (what names it), cut; ``-`` when unknown."""
+    if not model:
+        return "-"
+    head = model.get("head")
+    return repr_text(model.get("checkpoint", "?")) + (f" head {repr_text(head, 30)}" if head else "")
+
+
 @dataclass
 class SearchResult:
     """Ranked results per query: item positions ``[Q, k]`` (``-1``: no result) and distances (``nan`` there)."""
@@ -552,6 +580,15 @@ class RetrievalIndex:
     @property
     def size(self) -> int:
         return len(self.ids)
+
+    def __repr__(self) -> str:
+        """Short whatever the size (the generated one listed every id and path: megabytes at 100k items)."""
+        labels = f"labels {repr_names(self.scale_names)}" if self.labels is not None else "no labels"
+        where = f", loaded from {repr_text(self.loaded_from)}" if self.loaded_from is not None else \
+            (f", source {repr_text(self.source)}" if self.source else "")
+        params = f", params {repr_text(self.params)}" if self.params else ""
+        return (f"RetrievalIndex(kind {repr_text(self.kind, 20)}, metric {repr_text(self.metric, 20)}, "
+                f"{self.size} items, dim {self.dim}, {labels}, model {repr_model(self.model)}{params}{where})")
 
     # ------------------------------------------------------------------------------------------ building, IO
     @classmethod

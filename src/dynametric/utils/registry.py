@@ -119,12 +119,18 @@ def announce_imports(names: Sequence[str], config: Any) -> None:
     ``note:`` line). Nothing when every module is imported already (or not found). The warning names the first
     line outside the ``dynametric`` package (:func:`dynametric.cpu_kernels.outside_package_level`): the user's code
     that loaded the config."""
-    import warnings
-
     run = modules_to_run(names)
     if not run:
         return
-    line = f"importing {', '.join(run)} (imports: of {config}; this runs their code)"
+    _say(f"importing {', '.join(run)} (imports: of {config}; this runs their code)")
+
+
+def _say(line: str) -> None:
+    """``line`` to the sink of :func:`import_notes_to` (the command line's ``note:`` line), else as a
+    :class:`ConfigImportWarning` naming the first line outside the ``dynametric`` package
+    (:func:`dynametric.cpu_kernels.outside_package_level`): the user's code that loaded the config."""
+    import warnings
+
     sink = _note_sink.get()
     if sink is not None:
         sink(line)
@@ -135,15 +141,92 @@ def announce_imports(names: Sequence[str], config: Any) -> None:
         warnings.warn(line, ConfigImportWarning, stacklevel=outside_package_level())
 
 
+_SourceStamp = tuple[int, int]  # the source file's (modification time in ns, size)
+_IMPORTED: dict[str, tuple[Any, str, _SourceStamp]] = {}
+"""For each module :func:`import_modules` imported (or first found imported): the module's ``__spec__`` then (a
+reload or a new import gives the module a new one), its source file and that file's stamp then."""
+
+
+def _source_stamp(path: str) -> _SourceStamp | None:
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _bytecode_stamp(module: Any) -> tuple[int, int] | None:
+    """The source's modification time (whole seconds) and size that the module's cached bytecode records, which is
+    what the import read where the bytecode was written by it (``None``: no such file, or a hash-based one)."""
+    cached = getattr(module, "__cached__", None)
+    if not isinstance(cached, str):
+        return None
+    try:
+        with open(cached, "rb") as fh:
+            header = fh.read(16)
+    except OSError:
+        return None
+    if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0:  # flags 0: a timestamp-based .pyc
+        return None
+    return int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")
+
+
+def _changed_since_import(name: str, module: Any) -> str | None:
+    """The source file of the imported module ``name`` when it was modified after this process imported it (so the
+    code in use is older than the file), else ``None``. Known from the stamp recorded when :func:`import_modules`
+    imported it, or, for a module imported otherwise, from what its cached bytecode records; a module that neither
+    tells is recorded now, for later calls."""
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str) or not path.endswith(".py"):
+        return None
+    now = _source_stamp(path)
+    if now is None:
+        return None
+    spec = getattr(module, "__spec__", None)
+    known = _IMPORTED.get(name)
+    if known is not None and known[0] is spec and known[1] == path:
+        return path if known[2][0] != now[0] else None
+    compiled = _bytecode_stamp(module) if known is None else None  # reloaded (new spec): read from the file now
+    _IMPORTED[name] = (spec, path, now)
+    if compiled is not None and compiled != ((now[0] // 1_000_000_000) & 0xFFFFFFFF, now[1] & 0xFFFFFFFF):
+        _IMPORTED[name] = (spec, path, (-1, -1))  # changed already: said now and every later time
+        return path
+    return None
+
+
+def _record_import(name: str) -> None:
+    import sys
+
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    stamp = _source_stamp(path) if isinstance(path, str) and path.endswith(".py") else None
+    if stamp is not None:
+        _IMPORTED[name] = (getattr(module, "__spec__", None), str(path), stamp)
+
+
 def import_modules(names: Any, key: str) -> None:
     """Import each module of ``names`` (:func:`check_module_names`), in order, for what it registers (a loss in
     ``LOSSES``, a dataset format in ``FORMATS``, ...: docs/extending.md). A module that cannot be imported is a
     :class:`ConfigError` on ``key``: ``cannot import 'x.y' (ModuleNotFoundError: No module named 'x')``. Importing
     runs the module's code: only modules installed in this environment or on ``sys.path`` are found (a config's
-    modules are said first: :func:`announce_imports`)."""
+    modules are said first: :func:`announce_imports`).
+
+    A module imported already is not read again (Python's import caching): where its source file was modified
+    since this process imported it, that is said, as :func:`announce_imports` says its line (a
+    :class:`ConfigImportWarning`, or the command line's ``note:``): ``module X changed since this process imported
+    it; the old code is used (restart, or importlib.reload(X))``: what it registered is the old code's."""
     import importlib
+    import sys
 
     for name in check_module_names(names, key):
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            changed = _changed_since_import(name, loaded)
+            if changed is not None:
+                _say(f"module {name} changed since this process imported it ({changed}); the old code is used "
+                     f"(restart, or importlib.reload({name}))")
         try:
             importlib.import_module(name)
         except SystemExit as exc:  # sys.exit() at import: one line, not the module's exit status without a word
@@ -158,6 +241,8 @@ def import_modules(names: Any, key: str) -> None:
         except Exception as exc:  # noqa: BLE001 - whatever the module raised on import is said in the one line
             raise ConfigError(f"cannot import {name!r} ({type(exc).__name__}: {first_sentence(exc)})",
                               key=key) from exc
+        if loaded is None:
+            _record_import(name)
 
 
 def build_registered(registry: Mapping[str, Any], kind: str, name: str, kwargs: dict[str, Any], *,
