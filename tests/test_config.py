@@ -118,7 +118,7 @@ def test_unknown_key_in_file_names_file_and_line(tmp_path: Path) -> None:
     ("model.pooling=avgg", "model.pooling", "did you mean 'avg'"),
     ("data.options=3", "data.options", "expected mapping"),
     ("miner=5", "miner", "expected mapping (section) | null"),
-    ("trainer.precision=bf16", "trainer.precision", "did you mean"),
+    ("trainer.precision=bf16", "trainer.precision", "Lightning reads 'bf16' as 'bf16-mixed'"),
     ("data.batch_size=30", "data.batch_size", "data.batch_size 30 must be a multiple of data.m 4"),
     ("data.val_fraction=1.5", "data.val_fraction", "fraction"),
     ("loss.head=shared", "loss.head", "single head"),
