@@ -112,6 +112,8 @@ RUN = [*TINY, "trainer.max_epochs=1", "run.report=false", "trainer.progress_bar=
        "data.options={images_per_class: 4, image_size: 16}", "data.iterations_per_epoch=2"]
 _FRESH_RUN = """
 import json, sys
+import torch
+torch.set_num_threads(int(sys.argv[3]))  # the test process's intra-op threads (1 under xdist): same float sums
 from dynametric.config import load_config
 from dynametric.pipeline.run import run_training
 r = run_training(load_config(None, json.loads(sys.argv[1])), sys.argv[2], log=lambda _: None, note=lambda _: None)
@@ -156,7 +158,8 @@ def test_run_training_leaves_the_callers_random_state_and_draws_what_a_fresh_pro
     assert os.environ["PL_GLOBAL_SEED"] == "99" and "PL_SEED_WORKERS" not in os.environ
     here = json.dumps({k: result.metrics[k] for k in ("untrained", "validation", "test")}, sort_keys=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PL_")}
-    fresh = subprocess.run([sys.executable, "-c", _FRESH_RUN, json.dumps(RUN), str(tmp_path / "fresh")],
+    fresh = subprocess.run([sys.executable, "-c", _FRESH_RUN, json.dumps(RUN), str(tmp_path / "fresh"),
+                            str(torch.get_num_threads())],
                            capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
     assert here == fresh  # bit-identical: the run draws from trainer.seed alone
 

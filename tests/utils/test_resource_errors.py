@@ -81,3 +81,29 @@ def test_other_errors_keep_their_traceback(monkeypatch) -> None:
     monkeypatch.setattr(evaluate, "run", _raising(ImportError("No module named 'x'")))
     with pytest.raises(ImportError):
         main(["evaluate", "--example"])
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. ")],
+                         ids=["MemoryError", "alloc_cpu"])
+def test_running_out_of_memory_while_loading_a_checkpoint_is_not_called_a_damaged_file(tmp_path, monkeypatch, error):
+    """Loading a good checkpoint (or weight file) that does not fit in memory is the out-of-memory error, not
+    'truncated or corrupt' (the readers catch every error type a damaged file raises, and must let these through)."""
+    import torch
+
+    from dynametric.engine import checkpoint
+    from dynametric.models import embedder
+
+    ckpt = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, ckpt)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(type(error)):
+        checkpoint.load_checkpoint_file(ckpt)
+    with pytest.raises(type(error)):
+        embedder._read_state_dict(ckpt)
+    assert limits.out_of_memory(error)
+    assert limits.resource_error_line(error, "evaluate").startswith("out of memory")
+    assert not limits.out_of_memory(RuntimeError("unexpected EOF, expected 5 more bytes. The file might be corrupted."))

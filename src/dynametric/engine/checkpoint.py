@@ -21,6 +21,7 @@ from torch import nn
 
 from dynametric.errors import InputError, first_sentence
 from dynametric.utils.io import atomic_torch_save
+from dynametric.utils.limits import out_of_memory
 
 
 def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -56,6 +57,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
                          f"(loaded with weights_only=True: {reason})", file=path) from None
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in torch's readers with many types
         # (RuntimeError, EOFError, OSError, ValueError; IndexError, KeyError, struct.error, ... in a legacy pickle)
+        if out_of_memory(exc):  # the file is not to blame: the command's out-of-memory line says what is
+            raise
         raise InputError(f"truncated or corrupt checkpoint (torch could not read it: "
                          f"{first_sentence(exc)})", file=path) from None
     if not isinstance(obj, dict):

@@ -272,6 +272,10 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
                              f"(loaded with weights_only=True: {reason})", file=path,
                              key="model.pretrained_path") from None
         except Exception as exc:  # RuntimeError, EOFError ... for a truncated or corrupt file
+            from dynametric.utils.limits import out_of_memory
+
+            if out_of_memory(exc):  # not the file's fault: the out-of-memory line says what is
+                raise
             raise InputError(f"truncated or corrupt weight file (torch could not read it: {first_sentence(exc)})",
                              file=path, key="model.pretrained_path") from None
     where = ""

@@ -104,6 +104,18 @@ _NUMPY_ALLOC = re.compile(r"Unable to allocate (\S+ \w?i?B) for an array")
 _MAP_SEGMENT = re.compile(r"([^\s:]+): failed to map segment")
 
 
+_ALLOC_FAILED = re.compile(r"alloc_cpu\.cpp|can't allocate memory|CUDA out of memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the process ran out of memory: a ``MemoryError``, torch's CPU allocator failing
+    (``[enforce fail at alloc_cpu.cpp:N] ...``, with or without the size) or a device's ``OutOfMemoryError``. Code
+    that turns a library's failure into "this file is damaged" lets these through: the file is not to blame."""
+    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and _ALLOC_FAILED.search(str(exc)) is not None
+
+
 def resource_error_line(exc: BaseException, command: str) -> str | None:
     """The one line (without the ``dynametric COMMAND: error:`` prefix) of an error that says the process ran out of
     a resource, else ``None``: a ``MemoryError`` (numpy's names the size) or torch's CPU allocator failing
@@ -112,7 +124,7 @@ def resource_error_line(exc: BaseException, command: str) -> str | None:
     address-space limit where one is set; a shared library of torch that cannot be mapped (``ulimit -v`` too low to
     load it); torch's ``Too many open files`` from a DataLoader (``ulimit -n``)."""
     text = str(exc)
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _TORCH_ALLOC.search(text)):
+    if out_of_memory(exc):
         torch_size, numpy_size = _TORCH_ALLOC.search(text), _NUMPY_ALLOC.search(text)
         size = (f" (tried to allocate {int(torch_size[1]):,} bytes)" if torch_size else
                 f" (tried to allocate {numpy_size[1]})" if numpy_size else "")
