@@ -128,8 +128,8 @@ def check_loss_outputs(module: Any, labels: torch.Tensor) -> None:
     and before the run writes anything.
 
     Nothing of the run's own state changes (state a user's loss keeps outside itself, a module-level counter, sees
-    one more call; docs/extending.md says so): each term is called on a copy of its loss and miner (the parameters shared, not
-    changed: no gradient is taken), without gradients, with torch's random state put back afterwards and the
+    one more call; docs/extending.md says so): each term is called on a copy of its loss and miner (the parameters
+    shared, not changed: no gradient is taken), without gradients, with torch's random state put back afterwards and the
     losses' debug log quiet. A term that raises on these inputs, or whose head width is not declared, is left to
     the first step, which says what it says there (the check refuses only a value of the wrong shape)."""
     import logging
