@@ -1305,8 +1305,10 @@ def _put_back_queued_cuda_seeds(tracker: Any, queued: dict[str, Any]) -> None:
     for index in range(torch.cuda.device_count()):
         torch.cuda.default_generators[index].manual_seed(_CUDA_DEFAULT_SEED)
     for call in queued["call_order"]:
-        if call is not None:
+        if isinstance(call, tuple) and call and callable(call[0]):
             call[0]()  # (callback, traceback): the seeding the caller asked for, made now
+        # another shape (another torch version): the generators keep the default seed (the run has finished: a
+        # best-effort restore must not turn it into an error)
 
 
 def _run_training(cfg: Config, run_dir: str | Path, *, resume: bool, progress: bool | None,
