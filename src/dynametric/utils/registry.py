@@ -141,59 +141,47 @@ def _say(line: str) -> None:
         warnings.warn(line, ConfigImportWarning, stacklevel=outside_package_level())
 
 
-_SourceStamp = tuple[int, int]  # the source file's (modification time in ns, size)
+_SourceStamp = tuple[int, int, str]  # the source file's (modification time in ns, size, SHA-256 of its bytes)
 _IMPORTED: dict[str, tuple[Any, str, _SourceStamp]] = {}
 """For each module :func:`import_modules` imported (or first found imported): the module's ``__spec__`` then (a
 reload or a new import gives the module a new one), its source file and that file's stamp then."""
 
 
-def _source_stamp(path: str) -> _SourceStamp | None:
+def _source_stamp(path: str, digest_of: _SourceStamp | None = None) -> _SourceStamp | None:
+    """``path``'s stamp; where ``digest_of`` has the same time and size, its digest is taken without reading."""
+    import hashlib
     import os
 
     try:
         st = os.stat(path)
+        if digest_of is not None and digest_of[:2] == (st.st_mtime_ns, st.st_size):
+            return digest_of
+        with open(path, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
     except OSError:
         return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _bytecode_stamp(module: Any) -> tuple[int, int] | None:
-    """The source's modification time (whole seconds) and size that the module's cached bytecode records, which is
-    what the import read where the bytecode was written by it (``None``: no such file, or a hash-based one)."""
-    cached = getattr(module, "__cached__", None)
-    if not isinstance(cached, str):
-        return None
-    try:
-        with open(cached, "rb") as fh:
-            header = fh.read(16)
-    except OSError:
-        return None
-    if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0:  # flags 0: a timestamp-based .pyc
-        return None
-    return int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")
+    return st.st_mtime_ns, st.st_size, digest
 
 
 def _changed_since_import(name: str, module: Any) -> str | None:
-    """The source file of the imported module ``name`` when it was modified after this process imported it (so the
-    code in use is older than the file), else ``None``. Known from the stamp recorded when :func:`import_modules`
-    imported it, or, for a module imported otherwise, from what its cached bytecode records; a module that neither
-    tells is recorded now, for later calls."""
+    """The source file of the imported module ``name`` when its content changed after the stamp recorded for it
+    (when :func:`import_modules` imported it, or first found it imported: a module the user imported earlier is
+    recorded then, as is a reloaded one), else ``None``. A file touched without a change is not a change; a module
+    without a ``.py`` source (zip, extension, namespace package) is never one."""
     path = getattr(module, "__file__", None)
     if not isinstance(path, str) or not path.endswith(".py"):
         return None
-    now = _source_stamp(path)
-    if now is None:
-        return None
     spec = getattr(module, "__spec__", None)
     known = _IMPORTED.get(name)
-    if known is not None and known[0] is spec and known[1] == path:
-        return path if known[2][0] != now[0] else None
-    compiled = _bytecode_stamp(module) if known is None else None  # reloaded (new spec): read from the file now
-    _IMPORTED[name] = (spec, path, now)
-    if compiled is not None and compiled != ((now[0] // 1_000_000_000) & 0xFFFFFFFF, now[1] & 0xFFFFFFFF):
-        _IMPORTED[name] = (spec, path, (-1, -1))  # changed already: said now and every later time
-        return path
-    return None
+    if known is None or known[0] is not spec or known[1] != path:  # not recorded yet, or reloaded: recorded now
+        stamp = _source_stamp(path)
+        if stamp is not None:
+            _IMPORTED[name] = (spec, path, stamp)
+        return None
+    now = _source_stamp(path, digest_of=known[2])
+    if now is None or now[2] == known[2][2]:
+        return None
+    return path
 
 
 def _record_import(name: str) -> None:
