@@ -20,20 +20,22 @@ QUIET = {"log": lambda _: None, "note": lambda _: None}
 
 
 def test_python_names_its_own_arguments_and_the_suggested_call_resumes(tmp_path: Path):
-    run = tmp_path / "run"
+    run = tmp_path / "bob's run"  # a quote in the path: the suggested call is still Python (was a SyntaxError)
     cfg = load_config(None, RUN)
     run_training(cfg, run, **QUIET)
     expected = (f"key 'run_dir': run folder {run} already holds a run; resume it with run_training(load_config("
-                f"'{run / 'config.yaml'}'), '{run}', resume=True), or give another run_dir")
+                f"{str(run / 'config.yaml')!r}), {str(run)!r}, resume=True), or give another run_dir")
     with pytest.raises(ConfigError) as info:
         run_training(cfg, run, **QUIET)
     assert str(info.value) == expected
     with pytest.raises(ConfigError) as info:
         dry_run(cfg, run_dir=run, **QUIET)
     assert str(info.value) == expected
-    # what the line says works: the finished run resumed, its results as they were
+    # what the line says works, pasted as it is: the finished run resumed, its results as they were
     first = (run / "metrics.json").read_text(encoding="utf-8")
-    resumed = run_training(load_config(str(run / "config.yaml")), str(run), resume=True, **QUIET)
+    call = expected.split("resume it with ", 1)[1].split(", or give another", 1)[0]
+    resumed = eval(call.replace("resume=True)", "resume=True, **QUIET)"),  # noqa: S307 - the message's own call
+                   {"run_training": run_training, "load_config": load_config, "QUIET": QUIET})
     assert resumed.run_dir == run and (run / "metrics.json").read_text(encoding="utf-8") == first
 
 

@@ -34,6 +34,13 @@ def test_embedding_set_repr_is_short_and_names_its_sizes():
     assert repr(bare) == "EmbeddingSet(3 items, embeddings 3x4 float32, no labels, model -, source 'x')"
 
 
+def test_scale_names_given_as_a_numpy_array_repr_as_a_list():
+    x = np.zeros((5, 4), np.float32)
+    items = EmbeddingSet(x, list("abcde"), [""] * 5, np.array([[0, 1]] * 5), np.array(["coarse", "fine"]), None, [],
+                         {}, "x.npy")
+    assert "'coarse', 'fine'" in repr(items)  # was: ValueError (the truth value of an array)
+
+
 def test_many_long_scale_names_stay_bounded():
     items = _items(200)
     items.scale_names = [f"scale_{i}_" + "x" * 500 for i in range(50)]

@@ -533,7 +533,8 @@ def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) 
     if (run_dir / "last.ckpt").exists():
         if folder_key == PYTHON_FOLDER_KEY:  # a Python call (run_training, dry_run): its own words, not the CLI's
             raise ConfigError(f"run folder {run_dir} already holds a run; resume it with run_training(load_config("
-                              f"'{run_dir / 'config.yaml'}'), '{run_dir}', resume=True), or give another run_dir",
+                              f"{str(run_dir / 'config.yaml')!r}), {str(run_dir)!r}, resume=True), or give another "
+                              "run_dir",  # Python literals: a quote or backslash in the path pastes as it is
                               key=folder_key)
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key=folder_key)

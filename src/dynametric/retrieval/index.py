@@ -502,7 +502,7 @@ def repr_text(value: Any, limit: int = REPR_TEXT) -> str:
 
 def repr_names(names: Sequence[Any] | None) -> str:
     """The first :data:`REPR_NAMES` of ``names``, each cut (:func:`repr_text`), then how many more: a bounded list."""
-    names = list(names or [])
+    names = [] if names is None else list(names)  # a numpy array of names has no truth value
     shown = ", ".join(repr_text(n, 30) for n in names[:REPR_NAMES])
     return f"[{shown}{f', ... +{len(names) - REPR_NAMES} more' if len(names) > REPR_NAMES else ''}]"
 
