@@ -43,11 +43,30 @@ def test_old_engine_from_git_revision():
 
 
 ISOLATED_IMPORT = """
-import importlib.util, os, runpy, sys
-# as on the bare GPU machine: no dynametric installed (drop every sys.path entry holding a dynametric package,
-# e.g. the venv's editable install), only the source tree the script lives in
-sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "dynametric"))]
-assert importlib.util.find_spec("dynametric") is None, "dynametric still importable"
+import importlib, importlib.abc, importlib.machinery, os, runpy, sys
+SRC = os.path.realpath(sys.argv[2])
+
+
+class SourceTreeOnly(importlib.abc.MetaPathFinder):
+    # as on the bare GPU machine: no dynametric installed (editable or in site-packages, whose other packages stay
+    # importable), only the source tree the script lives in, once the script puts it on sys.path
+    def find_spec(self, name, path, target=None):
+        if name != "dynametric":
+            return None
+        for entry in sys.path:
+            spec = importlib.machinery.PathFinder.find_spec(name, [entry or os.getcwd()])
+            if spec is not None and spec.origin and os.path.realpath(spec.origin).startswith(SRC + os.sep):
+                return spec
+        raise ModuleNotFoundError("No module named 'dynametric'", name=name)
+
+
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != SRC]  # an editable install's entry
+sys.meta_path.insert(0, SourceTreeOnly())
+try:
+    import dynametric
+    raise SystemExit("dynametric still importable before the script ran")
+except ModuleNotFoundError:
+    pass
 runpy.run_path(sys.argv[1], run_name="not_main")  # the script's module-level imports, main() not run
 import dynametric
 print(os.path.realpath(dynametric.__file__))
@@ -59,8 +78,8 @@ def test_script_imports_the_source_trees_dynametric_when_none_is_installed(scrip
     """#QA: torch_engine_ab put only benchmarks/ on sys.path, so on the bare GPU machine (the source tree, no install)
     its ``import dynametric`` (through result_files) failed; both scripts add ROOT/src themselves."""
     path = Path(load_benchmark(script).__file__).resolve()
-    proc = subprocess.run([sys.executable, "-I", "-c", ISOLATED_IMPORT, str(path)], capture_output=True, text=True,
-                          cwd=tmp_path, check=False)
+    proc = subprocess.run([sys.executable, "-I", "-c", ISOLATED_IMPORT, str(path), str(path.parent.parent / "src")],
+                          capture_output=True, text=True, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == str((path.parent.parent / "src" / "dynametric" / "__init__.py").resolve())
 
