@@ -96,8 +96,9 @@ def test_a_run_file_error_stays_the_oserror_it_was(tmp_path) -> None:
 
     from dynametric.pipeline.run import _file_error
 
-    assert _file_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")), tmp_path) is None
+    assert _file_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")), tmp_path, "--out") is None
     (tmp_path / "last.ckpt").write_bytes(b"")
-    error = _file_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "best.ckpt")), tmp_path)
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "best.ckpt"))
+    error = _file_error(full, tmp_path, "--out")
     assert isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename == str(tmp_path / "best.ckpt")
     assert str(error).endswith(f"; resume with: dynametric train --resume {tmp_path}")

@@ -521,6 +521,25 @@ def unstarted_run_files(run_dir: Path, folder_key: str = "--out") -> list[Path] 
 PYTHON_FOLDER_KEY = "run_dir"
 
 
+def _resume_call(run_dir: Path, folder_key: str) -> str:
+    """How the run in ``run_dir`` is resumed, in the words of the caller ``folder_key`` names: the Python call
+    (:data:`PYTHON_FOLDER_KEY`; paths as Python literals, so that a quote or backslash in one pastes as it is), else
+    the command line's ``dynametric train --resume RUN``."""
+    if folder_key == PYTHON_FOLDER_KEY:
+        return (f"run_training(load_config({str(run_dir / 'config.yaml')!r}), {str(run_dir)!r}, "
+                "resume=True)")
+    return f"dynametric train --resume {run_dir}"
+
+
+def _start_call(config: Path, run_dir: Path | None, folder_key: str) -> str:
+    """How a run of ``config`` is started in ``run_dir`` (``None``: another folder, ``NEW``), in the words of the
+    caller ``folder_key`` names (:func:`_resume_call`)."""
+    if folder_key == PYTHON_FOLDER_KEY:
+        where = "NEW" if run_dir is None else repr(str(run_dir))
+        return f"run_training(load_config({str(config)!r}), {where})"
+    return f"dynametric train --config {config} --out {'NEW' if run_dir is None else run_dir}"
+
+
 def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) -> list[Path]:
     """The check of a new run's folder, by the run and its dry run, writing nothing: ``run_dir`` must not hold a
     run (``last.ckpt``: resume it; the error says how in the CLI's words, or, for a Python call
@@ -532,10 +551,8 @@ def check_new_run_folder(run_dir: Path, folder_key: str, *, whole: bool = True) 
         raise _busy(run_dir, pid, folder_key, False)
     if (run_dir / "last.ckpt").exists():
         if folder_key == PYTHON_FOLDER_KEY:  # a Python call (run_training, dry_run): its own words, not the CLI's
-            raise ConfigError(f"run folder {run_dir} already holds a run; resume it with run_training(load_config("
-                              f"{str(run_dir / 'config.yaml')!r}), {str(run_dir)!r}, resume=True), or give another "
-                              "run_dir",  # Python literals: a quote or backslash in the path pastes as it is
-                              key=folder_key)
+            raise ConfigError(f"run folder {run_dir} already holds a run; resume it with "
+                              f"{_resume_call(run_dir, folder_key)}, or give another run_dir", key=folder_key)
         raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out",
                           key=folder_key)
     if not whole:
@@ -649,14 +666,14 @@ def check_resume(cfg: Config, run_dir: Path, folder_key: str = "--resume",
     from dynametric.config import config_to_dict
 
     _check_not_training(run_dir, folder_key)
-    _check_config_not_empty(run_dir)
+    _check_config_not_empty(run_dir, folder_key)
     last = run_dir / "last.ckpt"
     ckpt = load_checkpoint_file(last)
     extra = _dynametric_record(ckpt)
     pin = _pin_recorded_statistics(cfg, ckpt)
     _check_process_count(cfg, extra, last, processes)
     checked = config_to_dict(cfg)  # the config last.ckpt is checked with, and best.ckpt's check (below)
-    hashes = _check_trained_config(cfg, checked, extra, pin, run_dir, note)
+    hashes = _check_trained_config(cfg, checked, extra, pin, run_dir, note, folder_key)
     _keep_predating_statistics(cfg, pin, last, note)
     resumed = _resumed_checkpoint(ckpt, extra, last)
     del ckpt  # last.ckpt's tensors freed before best.ckpt is read
@@ -681,12 +698,15 @@ def _check_not_training(run_dir: Path, folder_key: str) -> None:
     check_run_lock(run_dir, folder_key, resume=True)
 
 
-def _new_run_hint(config: Path) -> str:
-    """How a refused resume goes on, said after its reason (``config``: the run's ``config.yaml``)."""
-    return f"restore it, or start a new run with dynametric train --config {config} --out NEW"
+def _new_run_hint(config: Path, folder_key: str) -> str:
+    """How a refused resume goes on, said after its reason (``config``: the run's ``config.yaml``), in the words of
+    the caller ``folder_key`` names (the Python call's ``NEW``: another ``run_dir``)."""
+    if folder_key == PYTHON_FOLDER_KEY:
+        return f"restore it, or start a new run with {_start_call(config, None, folder_key)} (NEW: another run_dir)"
+    return f"restore it, or start a new run with {_start_call(config, None, folder_key)}"
 
 
-def _check_config_not_empty(run_dir: Path) -> None:
+def _check_config_not_empty(run_dir: Path, folder_key: str) -> None:
     """A step of :func:`check_resume`: the run's ``config.yaml``, where readable, has a line that is no comment."""
     config = run_dir / "config.yaml"
     try:
@@ -695,8 +715,8 @@ def _check_config_not_empty(run_dir: Path) -> None:
         return  # read by the caller, or not there (a library caller's own config)
     if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
         raise InputError(f"is empty: it no longer holds the config the run was trained with (read as the defaults, "
-                         f"it would resume {run_dir / 'last.ckpt'} with other settings); {_new_run_hint(config)}",
-                         file=config)
+                         f"it would resume {run_dir / 'last.ckpt'} with other settings); "
+                         f"{_new_run_hint(config, folder_key)}", file=config)
 
 
 def _dynametric_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
@@ -730,7 +750,7 @@ def _check_process_count(cfg: Config, extra: dict[str, Any], last: Path, process
 
 def _check_trained_config(cfg: Config, checked: dict[str, Any], extra: dict[str, Any],
                           pin: tuple[list[float], list[float], bool] | None, run_dir: Path,
-                          note: Callable[[str], None]) -> set[str] | None:
+                          note: Callable[[str], None], folder_key: str) -> set[str] | None:
     """A step of :func:`check_resume`: ``cfg`` is ``last.ckpt``'s config but for keys added since; the run's hashes."""
     from dynametric.config import config_hash
 
@@ -744,7 +764,7 @@ def _check_trained_config(cfg: Config, checked: dict[str, Any], extra: dict[str,
         stored = extra.get("config")
         added = _added_defaults(stored, checked) if isinstance(stored, dict) else None
         if not added:
-            raise _config_changed(cfg, checked, stored, saved, now, run_dir)
+            raise _config_changed(cfg, checked, stored, saved, now, run_dir, folder_key)
         # only keys a later dynametric added, at their defaults: the run's own config, resumed (data.mean / data.std
         # of a run that predates them are not left at their defaults: the note below says what it resumes with)
         said = [(k, v) for k, v in added if not (pin is not None and pin[2] and k in ("data.mean", "data.std"))]
@@ -763,17 +783,21 @@ def _changes(stored: Any, new: dict[str, Any]) -> tuple[list[str], str]:
 
 
 def _config_changed(cfg: Config, checked: dict[str, Any], stored: Any, saved: Any, now: str,
-                    run_dir: Path) -> InputError:
+                    run_dir: Path, folder_key: str) -> InputError:
     """The one line of a resume refused because ``config.yaml`` is not the config ``last.ckpt`` was saved with."""
     config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     keys, differ = _changes(stored, checked)
     if keys == ["imports"]:  # only the modules imported: no other training
+        if folder_key == PYTHON_FOLDER_KEY:  # a Python call imports another module itself before it resumes
+            how = f"with import MODULE before {_resume_call(run_dir, folder_key)}"
+        else:
+            how = f"with dynametric --import MODULE train --resume {run_dir}"
         return InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
                           f"{cfg.imports!r} here), which resuming keeps as the run recorded them: restore them, "
-                          f"and import another module for the resume with dynametric --import MODULE train "
-                          f"--resume {run_dir}", file=config, key="imports")
+                          f"and import another module for the resume {how}", file=config, key="imports")
     return InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
-                      f"hash {saved}, this config hashes to {now}{differ}); {_new_run_hint(config)}", file=config)
+                      f"hash {saved}, this config hashes to {now}{differ}); {_new_run_hint(config, folder_key)}",
+                      file=config)
 
 
 def _keep_predating_statistics(cfg: Config, pin: tuple[list[float], list[float], bool] | None, last: Path,
@@ -1165,17 +1189,18 @@ def _test_evaluator(cfg: Config, own_protocol: MethodTestProtocol | None, module
 
 
 def _interrupted(run_dir: Path, metrics: dict[str, Any] | None, history: list[dict[str, Any]],
-                 write: bool, sigterm: bool = False) -> Interrupted:
+                 write: bool, folder_key: str, sigterm: bool = False) -> Interrupted:
     """A run stopped by Ctrl-C (or SIGTERM) before it finished: ``metrics.json`` (once written) gets the validation
     done so far and keeps ``"test": {}`` (the run was not tested); ``last.ckpt`` and ``best.ckpt`` stay as they were.
-    The returned exception says how to go on: ``--resume`` from ``last.ckpt``, or start again without one."""
+    The returned exception says how to go on: resume from ``last.ckpt``, or start again without one, in the words
+    of the caller ``folder_key`` names (the command line's, or a Python call's: :func:`_resume_call`)."""
     if write and metrics is not None:
         atomic_write_json(run_dir / "metrics.json", nan_to_null({**metrics, "validation": list(history), "test": {}}))
     if (run_dir / "last.ckpt").is_file():
-        return Interrupted(f"resume with: dynametric train --resume {run_dir}", sigterm=sigterm)
+        return Interrupted(f"resume with: {_resume_call(run_dir, folder_key)}", sigterm=sigterm)
     if (run_dir / "config.yaml").is_file():
-        return Interrupted(f"no checkpoint yet; start again with: dynametric train --config "
-                           f"{run_dir / 'config.yaml'} --out {run_dir}", sigterm=sigterm)
+        return Interrupted(f"no checkpoint yet; start again with: "
+                           f"{_start_call(run_dir / 'config.yaml', run_dir, folder_key)}", sigterm=sigterm)
     return Interrupted(sigterm=sigterm)
 
 
@@ -1230,7 +1255,9 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
 
     ``progress=None`` follows ``trainer.progress_bar``; ``True`` / ``False`` (the CLI's ``--progress`` /
     ``--no-progress``) override it. ``folder_key`` is what chose ``run_dir``, named by the errors about the folder
-    (the CLI passes ``--out``, or ``run.output_dir`` / ``run.name`` for the default folder). ``log`` gets the
+    (the CLI passes ``--out``, or ``run.output_dir`` / ``run.name`` for the default folder); with the default
+    (:data:`PYTHON_FOLDER_KEY`) how to go on after a stop or a refusal is said as the Python call that does it
+    (``run_training(load_config(...), run_dir, resume=True)``), else as the command line's. ``log`` gets the
     run's lines (what is being done, the results table, the files written) and ``note`` its notes and warnings
     (``note:`` and ``warning:`` lines, what was done to the run folder; ``log`` when not given: the CLI prints
     them on stderr, the rest on stdout). Both in one process only: a DDP process other than rank 0
@@ -1328,8 +1355,8 @@ def _run_training(cfg: Config, run_dir: str | Path, *, resume: bool, progress: b
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
         unstarted = _run_header(run_dir) is not None and unstarted_run_files(run_dir, folder_key)
-        again = (f" (the run stopped before its first checkpoint; start it again with dynametric train --config "
-                 f"{run_dir / 'config.yaml'} --out {run_dir})") if unstarted else ""
+        again = (f" (the run stopped before its first checkpoint; start it again with "
+                 f"{_start_call(run_dir / 'config.yaml', run_dir, folder_key)})") if unstarted else ""
         raise InputError("no last.ckpt to resume from" + again, file=last)
     # accelerator, strategy, devices, precision on this machine: before any data is read or any file written
     _check_one_process_method(cfg)
@@ -1345,7 +1372,7 @@ def _run_training(cfg: Config, run_dir: str | Path, *, resume: bool, progress: b
             leftovers = [path for path in check_new_run_folder(run_dir, folder_key)
                          if path.name != LOCK_FILE and temp_target(path.name) != LOCK_FILE]
         return _train(cfg, run_dir, resume=resume, progress=progress, log=log, notes=notes, t0=t0, plan=plan,
-                      world=world, resumed=resumed, leftovers=leftovers)
+                      world=world, resumed=resumed, leftovers=leftovers, folder_key=folder_key)
     finally:
         if claim is not None:
             claim.release()
@@ -1392,10 +1419,11 @@ class _Fitted(NamedTuple):
 
 def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Callable[[str], None],
            notes: Callable[[str], None], t0: float, plan: Any, world: int,
-           resumed: ResumedCheckpoint | None, leftovers: list[Path]) -> RunResult:
+           resumed: ResumedCheckpoint | None, leftovers: list[Path], folder_key: str) -> RunResult:
     """:func:`run_training` once its folder is checked and held. First what writes nothing (a refusal leaves the
     folder as it was): the data, the components, the logger and the trainer; then the run: its first files (or
-    a resumed run's metrics), the fit, the test of the selected weights, and its results written by rank 0."""
+    a resumed run's metrics), the fit, the test of the selected weights, and its results written by rank 0. How to
+    go on after a stop is said in the words of the caller ``folder_key`` names (:func:`_resume_call`)."""
     datasets, tests, data_warnings, own_protocol = _read_run_data(cfg, world, notes)
     comps, exp_logger, components = _build_run_components(cfg, run_dir, datasets, world=world, progress=progress,
                                                           resumed=resumed, notes=notes)
@@ -1426,16 +1454,16 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     # by Lightning's loops alone (no handler of the CLI), a SystemExit() with no code, which ended the process with
     # status 0 as if the run had finished; stopped as Ctrl-C stops it (the CLI says "interrupted by SIGTERM", 143)
     except (KeyboardInterrupt, SIGTERMException) as exc:
-        raise _interruption(run_dir, parts, sigterm=isinstance(exc, SIGTERMException)) from None
+        raise _interruption(run_dir, parts, folder_key, sigterm=isinstance(exc, SIGTERMException)) from None
     except LoggerFailure as exc:  # the logger's package raised as the run wrote to it: one line, and how to go on
-        raise _logger_stopped(exc, run_dir, parts) from None
+        raise _logger_stopped(exc, run_dir, parts, folder_key) from None
     except RuntimeError as exc:  # a collective's error: another process of the run ended (killed, out of memory)
         if world <= 1 or not peer_lost(exc):
             raise
-        raise _peer_lost_error(exc, run_dir, parts, world) from None
+        raise _peer_lost_error(exc, run_dir, parts, world, folder_key) from None
     except OSError as exc:  # a full disk at a checkpoint (RUN/best.ckpt: No space left on device): how to go on
         # BrokenPipeError: a reader of stdout that left (the command line's quiet stop)
-        if isinstance(exc, BrokenPipeError) or (error := _file_error(exc, run_dir)) is None:
+        if isinstance(exc, BrokenPipeError) or (error := _file_error(exc, run_dir, folder_key)) is None:
             raise
         raise error from exc
     earlier = _record_training(run_dir, parts, fitted, resume=resume, t0=t0)
@@ -1739,21 +1767,21 @@ def _test_heads(cfg: Config, parts: _RunParts, progress: bool) -> dict[str, Any]
     return heads
 
 
-def _interruption(run_dir: Path, parts: _RunParts, *, sigterm: bool) -> Interrupted:
+def _interruption(run_dir: Path, parts: _RunParts, folder_key: str, *, sigterm: bool) -> Interrupted:
     """A run stopped by Ctrl-C or SIGTERM: :func:`_interrupted` (rank 0 writes the validation done so far), once
     the other ranks a SIGTERM was passed on to stopped."""
     interrupted = _interrupted(run_dir, parts.metrics, parts.module.validation_history,
-                               write=parts.trainer.is_global_zero, sigterm=sigterm)
+                               write=parts.trainer.is_global_zero, folder_key=folder_key, sigterm=sigterm)
     end_launched_ranks()  # the other ranks a SIGTERM was passed on to: stopped before this process says so
     return interrupted
 
 
-def _logger_stopped(exc: LoggerFailure, run_dir: Path, parts: _RunParts) -> LoggerFailure:
+def _logger_stopped(exc: LoggerFailure, run_dir: Path, parts: _RunParts, folder_key: str) -> LoggerFailure:
     """The logger's package raised as the run wrote to it: the other ranks stopped, the validation done so far
     written (:func:`_interrupted`), and the logger's line with how to go on."""
     signal_launched_ranks(signal.SIGTERM)  # the other ranks would wait for this one
     how = _interrupted(run_dir, parts.metrics, parts.module.validation_history,
-                       write=parts.trainer.is_global_zero).next_step
+                       write=parts.trainer.is_global_zero, folder_key=folder_key).next_step
     end_launched_ranks()
     return LoggerFailure(exc.message + (f"; {how}" if how else ""), key=exc.key)
 
@@ -1770,26 +1798,28 @@ class RunFileError(DynametricError, OSError):
         return self.line
 
 
-def _file_error(exc: OSError, run_dir: Path) -> RunFileError | None:
+def _file_error(exc: OSError, run_dir: Path, folder_key: str) -> RunFileError | None:
     """A write of the run failed once it had its first ``last.ckpt`` (a full disk at a later checkpoint): the
     command line's line for the error (``RUN/best.ckpt: No space left on device (...)``) with how to go on, as after
-    a logger's failure: ``resume with: dynametric train --resume RUN``; ``None`` before the first ``last.ckpt``
+    a logger's failure: ``resume with: dynametric train --resume RUN`` (a Python call, ``folder_key``
+    :data:`PYTHON_FOLDER_KEY`: ``resume with: run_training(..., resume=True)``); ``None`` before the first ``last.ckpt``
     (the error is raised as it was). The files written so far are kept as
     they are: nothing more is written on a disk that is full."""
     from dynametric.errors import os_error_line
 
     if not (run_dir / "last.ckpt").is_file():
         return None
-    return RunFileError(exc, f"{os_error_line(exc)}; resume with: dynametric train --resume {run_dir}")
+    return RunFileError(exc, f"{os_error_line(exc)}; resume with: {_resume_call(run_dir, folder_key)}")
 
 
-def _peer_lost_error(exc: RuntimeError, run_dir: Path, parts: _RunParts, world: int) -> DynametricError:
+def _peer_lost_error(exc: RuntimeError, run_dir: Path, parts: _RunParts, world: int,
+                     folder_key: str) -> DynametricError:
     """Another process of a several-process run ended (:func:`peer_lost`): the processes this one started
     stopped too, the validation done so far written (:func:`_interrupted`), and one line with the collective's
     reason and how to go on."""
     signal_launched_ranks(signal.SIGTERM)  # the others this process started, if any: stopped too
     how = _interrupted(run_dir, parts.metrics, parts.module.validation_history,
-                       write=parts.trainer.is_global_zero).next_step
+                       write=parts.trainer.is_global_zero, folder_key=folder_key).next_step
     end_launched_ranks()
     reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]  # gloo's source location and advice
