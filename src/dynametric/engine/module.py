@@ -49,10 +49,31 @@ _OPTIM, _OPTIM_MONITOR_MODE = OptimConfig(), TrainerConfig().monitor_mode  # the
 
 
 _DeferredCheck = (tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
-                  | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str, tuple[list[str], torch.Tensor]])
+                  | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str, None])
 """A finiteness flag queued for :meth:`MetricLearningModule.check_deferred_nonfinite`: ``(finite, rows, terms,
-where)``; ``rows`` is -1 for a gradient check, and the automatic path's gradient check adds ``(parameter names,
-their finiteness flags)`` to name the first parameter when it is read."""
+where)``; ``rows`` is -1 for a gradient check, and the automatic path's gradient check adds a fifth entry (``None``)
+that marks it."""
+
+
+def _nonfinite_gradients(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A 0-dim bool on ``device``: whether any of ``grads`` holds a NaN/Inf. torch's fused check of the gradient
+    scaler (``_amp_foreach_non_finite_check_and_unscale_`` with a scale of 1, which leaves every value as it was):
+    one kernel per device and dtype, not two per parameter (a ResNet-50 has 161); per tensor where that kernel
+    does not take the gradients (sparse ones, another torch)."""
+    found = torch.zeros(1, device=device)
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for (dev, _), group in groups.items():
+        flag = found if dev == found.device else torch.zeros(1, device=dev)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(group, flag, torch.ones(1, device=dev))
+        except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+            flag += torch.stack([~torch.isfinite(g.coalesce().values() if g.is_sparse else g).all()
+                                 for g in group]).any().to(flag.dtype)
+        if flag is not found:
+            found += flag.to(device)
+    return found[0] > 0
 
 
 @dataclass
@@ -445,9 +466,9 @@ class MetricLearningModule(L.LightningModule):
             return
         entry = pending[int((~ok).nonzero()[0, 0])]
         rows, terms, where = entry[1], entry[2], entry[3]
-        if len(entry) == 5:  # the automatic path's gradient check: name the first parameter
-            names, flags = entry[4]
-            where = self._gradient_where(where, names, flags.tolist())
+        if len(entry) == 5:  # the automatic path's gradient check, read after its step: no parameter named
+            where = f"{where} (the loss is finite; which parameter is not known: the flag was read after the step, " \
+                    "sparing a host read per step)"
         raise self._stop(where, {k: float(v) for k, v in terms.items()}, int(rows))
 
     @staticmethod
@@ -489,9 +510,7 @@ class MetricLearningModule(L.LightningModule):
         if not named and not distributed:
             return
         device = named[0][1].device if named else self.device
-        flags = (torch.stack([torch.isfinite(g).all().to(device) for _, g in named]) if named
-                 else torch.ones(0, dtype=torch.bool, device=device))
-        bad = ~flags.all()
+        bad = _nonfinite_gradients([g for _, g in named], device)
         if distributed:
             _, bad = agree_nonfinite(torch.zeros((), dtype=torch.long, device=device), bad)
         terms = window.terms if window is not None else {}
@@ -503,12 +522,13 @@ class MetricLearningModule(L.LightningModule):
             where = f"global step {self.global_step} (epoch {self.current_epoch}, batches {window.first}-" \
                     f"{window.last}, accumulated)"
         names = [n for n, _ in named]
-        if self._defer_nonfinite_check(bad):
-            self._deferred_checks.append((~bad, torch.full((), -1, device=device), terms, where, (names, flags)))
+        if self._defer_nonfinite_check(bad):  # the parameter is not named then: the gradients are gone when read
+            self._deferred_checks.append((~bad, torch.full((), -1, device=device), terms, where, None))
             return
         if not bool(bad):  # the one host read of the gradient check (on the CPU, or under skip)
             return
-        detail = self._gradient_where(where, names, flags.tolist())
+        flags = [bool(torch.isfinite(g).all()) for _, g in named]  # which parameter: only once a step failed
+        detail = self._gradient_where(where, names, flags)
         values = {k: float(v) for k, v in terms.items()}
         if self.nonfinite == "stop":
             raise self._stop(detail, values, -1)
