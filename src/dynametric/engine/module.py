@@ -48,6 +48,45 @@ GroupSettings = ParamGroupConfig
 _OPTIM, _OPTIM_MONITOR_MODE = OptimConfig(), TrainerConfig().monitor_mode  # the schema's defaults, not our own
 
 
+_DeferredCheck = (tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
+                  | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str, None])
+"""A finiteness flag queued for :meth:`MetricLearningModule.check_deferred_nonfinite`: ``(finite, rows, terms,
+where)``; ``rows`` is -1 for a gradient check, and the automatic path's gradient check adds a fifth entry (``None``)
+that marks it."""
+
+
+def _nonfinite_gradients(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A 0-dim bool on ``device``: whether any of ``grads`` holds a NaN/Inf. torch's fused check of the gradient
+    scaler (``_amp_foreach_non_finite_check_and_unscale_`` with a scale of 1, which leaves every value as it was):
+    one kernel per device and dtype, not two per parameter (a ResNet-50 has 161); per tensor where that kernel
+    does not take the gradients (sparse ones, another torch)."""
+    found = torch.zeros(1, device=device)
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for (dev, _), group in groups.items():
+        flag = found if dev == found.device else torch.zeros(1, device=dev)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(group, flag, torch.ones(1, device=dev))
+        except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+            flag += torch.stack([~torch.isfinite(g.coalesce().values() if g.is_sparse else g).all()
+                                 for g in group]).any().to(flag.dtype)
+        if flag is not found:
+            found += flag.to(device)
+    return found[0] > 0
+
+
+@dataclass
+class _GradWindow:
+    """The training batches of one optimizer step (several under gradient accumulation): the first and last batch
+    index, the normalisation statistics before the first (``nonfinite="skip"``) and the last batch's loss terms."""
+
+    first: int
+    last: int
+    norms: list[tuple[torch.Tensor, torch.Tensor]] | None
+    terms: dict[str, torch.Tensor]
+
+
 def _for_default_data(monitor: str) -> str:
     """``monitor`` with its scale alias (``finest`` / ``coarsest``) resolved for the default data's scales (the
     synthetic hierarchy's ``fine, middle, coarse``), as a run resolves it."""
@@ -207,7 +246,8 @@ class MetricLearningModule(L.LightningModule):
             (:class:`dynametric.engine.protocols.LeaveOneOut`).
         eval_head: which output to evaluate for multi-head models (a head name or ``"concat"``).
         nonfinite: ``"stop"`` raises :class:`NonFiniteLossError` naming the step; ``"skip"`` skips the step
-            and counts it (``self.skipped_steps``) with a warning.
+            and counts it (``self.skipped_steps``) with a warning. For the loss, the model's outputs and, before the
+            optimizer step, the gradients (:meth:`_check_gradients`).
         gather: all-gather embeddings across DDP ranks before the loss (default on; a no-op on one process).
         group_builder: the optimizer's parameter groups (:data:`GroupBuilder`; default :func:`parameter_groups`,
             the ``backbone`` / ``head`` / ``loss`` groups of ``optim``). A library caller with its own grouping
@@ -264,7 +304,9 @@ class MetricLearningModule(L.LightningModule):
         self.last_eval: dict[str, Any] | None = None
         self.last_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eval_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._deferred_checks: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]] = []
+        self._deferred_checks: list[_DeferredCheck] = []
+        # the accumulation window under way, for the gradient check before its optimizer step (_check_gradients)
+        self._grad_window: _GradWindow | None = None
 
     channels_last = False  # batches in the channels_last memory format (model.channels_last; the builders set it)
     per_category = True  # report per query category where the evaluated data has categories (eval.per_category)
@@ -360,7 +402,8 @@ class MetricLearningModule(L.LightningModule):
             self._deferred_checks.append((finite, rows, {k: v.detach() for k, v in terms.items()},
                                           self._where(batch_idx, step)))
             every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1)) if self._trainer else 1
-            if len(self._deferred_checks) >= every:
+            # the automatic path's gradient flags (five entries) ride along: the window counts the loss checks
+            if sum(len(entry) == 4 for entry in self._deferred_checks) >= every:
                 self.check_deferred_nonfinite()
             return False
         if bool(finite):  # the one host read of a step without deferral
@@ -418,11 +461,82 @@ class MetricLearningModule(L.LightningModule):
         pending, self._deferred_checks = getattr(self, "_deferred_checks", []), []
         if not pending:
             return
-        ok = torch.stack([flag for flag, _, _, _ in pending]).cpu()
+        ok = torch.stack([entry[0] for entry in pending]).cpu()
         if bool(ok.all()):
             return
-        _, rows, terms, where = pending[int((~ok).nonzero()[0, 0])]
+        entry = pending[int((~ok).nonzero()[0, 0])]
+        rows, terms, where = entry[1], entry[2], entry[3]
+        if len(entry) == 5:  # the automatic path's gradient check, read after its step: no parameter named
+            where = f"{where} (the loss is finite; which parameter is not known: the flag was read after the step, " \
+                    "sparing a host read per step)"
         raise self._stop(where, {k: float(v) for k, v in terms.items()}, int(rows))
+
+    @staticmethod
+    def _gradient_where(where: str, names: list[str], finite: list[bool]) -> str:
+        """``where`` of a non-finite gradient, with the first parameter whose gradient is not finite."""
+        bad = [n for n, good in zip(names, finite) if not good]
+        if not bad:  # another rank's gradient (DDP agreed on it)
+            return f"{where}, in another process's gradients"
+        return f"{where}, first in parameter {bad[0]} ({len(bad)} of {len(names)} parameters; the loss is finite)"
+
+    def _scaled_precision(self) -> bool:
+        """Whether the precision has a gradient scaler (``16-mixed``): the scaler skips a step with a non-finite
+        gradient itself."""
+        return self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """The gradient check of the automatic optimisation (Lightning calls this after the backward passes of an
+        optimizer step, before gradient clipping and the update): :meth:`_check_gradients`."""
+        window, self._grad_window = self._grad_window, None
+        if self.automatic_optimization:  # manual optimisation (the alternating methods) checks in its own step
+            self._check_gradients(window)
+
+    def _check_gradients(self, window: _GradWindow | None) -> None:
+        """``trainer.nonfinite`` for the gradients of a finite loss: a finite loss can have a NaN/Inf gradient (an
+        ``acos`` at 1, a ``sqrt`` at 0, an overflow in the backward pass), and one update with it makes the weights
+        NaN. Every gradient finite: nothing happens (the update is the one it was). Otherwise ``stop`` raises
+        :class:`NonFiniteLossError` naming the step and the first parameter with a non-finite gradient (on an
+        accelerator the flag is queued for :meth:`check_deferred_nonfinite` with the loss flags: no host read per
+        step), and ``skip`` drops the gradients so the optimizer's step changes nothing (its state included: a
+        parameter without a gradient is left alone), counts and logs the step and puts the normalisation statistics
+        back as they were before the step's first batch. Under gradient accumulation the check covers the
+        accumulated gradients of the window's batches (a NaN or Inf stays non-finite in a sum). Under DDP the
+        ranks agree (the gradients are averaged already; one all-reduce keeps the decision common whatever
+        happens). Not under a gradient scaler (:meth:`_scaled_precision`), which skips such steps itself."""
+        if self._scaled_precision():
+            return
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        distributed = world_info()[1] > 1
+        if not named and not distributed:
+            return
+        device = named[0][1].device if named else self.device
+        bad = _nonfinite_gradients([g for _, g in named], device)
+        if distributed:
+            _, bad = agree_nonfinite(torch.zeros((), dtype=torch.long, device=device), bad)
+        terms = window.terms if window is not None else {}
+        if window is None:  # a training step of a subclass that keeps no window
+            where = f"global step {self.global_step} (epoch {self.current_epoch})"
+        elif window.first == window.last:
+            where = self._where(window.last, "")
+        else:
+            where = f"global step {self.global_step} (epoch {self.current_epoch}, batches {window.first}-" \
+                    f"{window.last}, accumulated)"
+        names = [n for n, _ in named]
+        if self._defer_nonfinite_check(bad):  # the parameter is not named then: the gradients are gone when read
+            self._deferred_checks.append((~bad, torch.full((), -1, device=device), terms, where, None))
+            return
+        if not bool(bad):  # the one host read of the gradient check (on the CPU, or under skip)
+            return
+        flags = [bool(torch.isfinite(g).all()) for _, g in named]  # which parameter: only once a step failed
+        detail = self._gradient_where(where, names, flags)
+        values = {k: float(v) for k, v in terms.items()}
+        if self.nonfinite == "stop":
+            raise self._stop(detail, values, -1)
+        for p in self.parameters():  # no gradient, no update: the optimizer's step leaves them and its state
+            p.grad = None
+        self.restore_norm_statistics(window.norms if window is not None else None)
+        self.skipped_steps += 1
+        logger.warning("%s; step skipped (%d skipped so far)", self._problem(detail, values, -1), self.skipped_steps)
 
     def on_train_epoch_end(self) -> None:
         self.check_deferred_nonfinite()
@@ -521,6 +635,10 @@ class MetricLearningModule(L.LightningModule):
         gather = all_gather_with_grad if (self.gather and world_info()[1] > 1) else None
         parts: dict[str, torch.Tensor] = {}
         total, terms = compute_objective(outputs, labels, self.objectives, gather=gather, parts=parts)
+        window = self._grad_window  # the optimizer step's batches so far (for the gradient check)
+        if window is None:
+            window = self._grad_window = _GradWindow(batch_idx, batch_idx, kept, {})
+        window.last, window.terms = batch_idx, {k: v.detach() for k, v in terms.items()}
         if self._skip_nonfinite(total, terms, batch_idx, outputs=outputs):
             self.restore_norm_statistics(kept)
             if world_info()[1] > 1:  # every rank must still take part in DDP's gradient reduction
