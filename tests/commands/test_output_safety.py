@@ -474,3 +474,20 @@ def test_every_output_file_option_creates_its_missing_folders(tmp_path, capsys):
     assert err == (f"dynametric evaluate: error: {tmp_path / 'afile'} key '--json': is a file, not a folder; expected "
                    f"a folder to hold {tmp_path / 'afile' / 'sub' / 'r.json'}")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_checkpoint_with_nan_weights_is_named_as_such(tiny_ckpt, tmp_path, capsys) -> None:
+    """An earlier version could save NaN weights after a NaN update; evaluate --checkpoint of such a file said
+    `key 'query_emb': contains NaN or Inf` (the evaluator's input): now the checkpoint's weights are named."""
+    import torch
+
+    state = torch.load(tiny_ckpt, weights_only=True)
+    name = next(k for k, v in state["state_dict"].items() if k.startswith("embedder.") and v.is_floating_point()
+                and v.dim() > 1)
+    state["state_dict"][name].view(-1)[0] = float("nan")
+    bad = tmp_path / "best.ckpt"
+    torch.save(state, bad)
+    (tmp_path / "config.yaml").write_bytes((tiny_ckpt.parent / "config.yaml").read_bytes())
+    err = _error(capsys, "evaluate", "--checkpoint", str(bad))
+    assert f"{bad}: the checkpoint's weights are non-finite: 1 parameter(s) hold NaN/Inf, first " in err
+    assert "query_emb" not in err

@@ -378,8 +378,24 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    _check_finite_weights(model, checkpoint)
     return TrainedModel(cfg, model, checkpoint, config_path, state, head if head is not None else eval_head(cfg),
                         notes)
+
+
+def _check_finite_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """A checkpoint whose weights hold a NaN/Inf (an earlier version saved such weights after a NaN update) is one
+    line naming it, not an embedding or evaluation error about the NaN outputs (``key 'query_emb'``). Parameters
+    only: a buffer may hold an infinite mask on purpose."""
+    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
+    bad = [n for (n, _), ok in zip(named, finite) if not ok]
+    if bad:
+        raise InputError(f"the checkpoint's weights are non-finite: {len(bad)} parameter(s) hold NaN/Inf, first "
+                         f"{bad[0]} (saved after a non-finite training step); use an earlier checkpoint of the run",
+                         file=checkpoint)
 
 
 def backbone_class_note(state: Mapping[str, Any], model: nn.Module, checkpoint: str | Path,
