@@ -266,19 +266,26 @@ def _scale_name(names: Sequence[str], col: int) -> str:
     return names[col] if col < len(names) else f"scale {col}"
 
 
+def _whole_batch_class_counts(cfg: Config, train: Any) -> list[int] | None:
+    """The training labels' class count per column, for the one-class warnings of terms that compare the batch;
+    ``None`` under the ``three_scale`` sampler (its one-class chunks are refused by :func:`check_batches`) or where
+    the labels cannot be read up front."""
+    sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
+    if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
+        return None
+    return _class_counts([train], "train dataset labels")
+
+
 def multiscale_single_class_warnings(cfg: Config, train: Any, scale_names: Sequence[str]) -> list[str]:
     """One ``warning:`` line per ``multiscale`` loss term that compares the whole batch (any sampler but
     ``three_scale``, whose chunks :func:`check_batches` refuses outright) at a label column with a single class in
     the training labels: that scale's loss finds no negative pair in any batch and trains on nothing (its
     ``train/<term>/<scale>`` part is 0 in every step). Not a refusal: a root scale with one class (``kingdom``) is
     common. A scale that ``scale_weights`` gives weight 0 is not counted."""
-    sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
-    if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
-        return []  # refused by _check_three_scale
     terms = dict(batch_comparing_terms(cfg, multiscale_only=True))
     if not terms:
         return []
-    counts = _class_counts([train], "train dataset labels")
+    counts = _whole_batch_class_counts(cfg, train)
     if counts is None:
         return []
     names = list(scale_names)
@@ -315,14 +322,11 @@ def single_scale_one_class_warnings(cfg: Config, train: Any, scale_names: Sequen
     from dynametric.labels import label_column_argument
     from dynametric.losses import LOSSES
 
-    sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
-    if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
-        return []
     terms = [(where, term) for where, term, _ in cfg.loss_terms()
              if not term.multiscale and term.weight > 0 and pairs_in_batch(term.name, term.kwargs)]
     if not terms:
         return []
-    counts = _class_counts([train], "train dataset labels")
+    counts = _whole_batch_class_counts(cfg, train)
     if counts is None:
         return []
     names = list(scale_names)
