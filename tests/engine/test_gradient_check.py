@@ -283,3 +283,23 @@ def test_the_fused_gradient_check_leaves_every_value_and_sees_nan_and_inf_in_any
             grads[1][1, 1] = 0.0
     sparse = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([1.0, float("nan")]), (4,))
     assert bool(_nonfinite_gradients([torch.ones(2), sparse], torch.device("cpu")))
+
+
+def test_a_nan_in_a_sparse_gradient_names_its_parameter():
+    """A sparse gradient (nn.Embedding(sparse=True)) with a NaN: the fused check finds it, and naming the parameter
+    reads its stored values (torch.isfinite does not take a sparse tensor: the stop was a NotImplementedError)."""
+    from dynametric.engine.module import gradient_finite
+
+    table = torch.nn.Embedding(4, 3, sparse=True)
+    table(torch.tensor([0, 2])).sum().backward()
+    assert table.weight.grad.is_sparse and bool(gradient_finite(table.weight.grad))
+    values = table.weight.grad.coalesce()
+    bad = torch.sparse_coo_tensor(values.indices(), values.values().clone().index_fill_(1, torch.tensor([1]),
+                                                                                         float("nan")), (4, 3))
+    assert not bool(gradient_finite(bad))
+    assert bool(gradient_finite(torch.ones(2))) and not bool(gradient_finite(torch.tensor([1.0, float("inf")])))
+    module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], evaluator=toy_evaluator)
+    module.table = table  # a parameter whose gradient is sparse, as a user's backbone may have
+    table.weight.grad = bad
+    with pytest.raises(NonFiniteLossError, match=r"first in parameter table\.weight \(1 of 1 parameters"):
+        module._check_gradients(None)  # was: NotImplementedError ('aten::ne.Scalar' ... 'SparseCPU')

@@ -55,6 +55,12 @@ where)``; ``rows`` is -1 for a gradient check, and the automatic path's gradient
 that marks it."""
 
 
+def gradient_finite(grad: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool: whether every value of ``grad`` is finite; a sparse gradient (an ``nn.Embedding(sparse=True)``)
+    by its stored values (``torch.isfinite`` does not take a sparse tensor)."""
+    return torch.isfinite(grad.coalesce().values() if grad.is_sparse else grad).all()
+
+
 def _nonfinite_gradients(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """A 0-dim bool on ``device``: whether any of ``grads`` holds a NaN/Inf. torch's fused check of the gradient
     scaler (``_amp_foreach_non_finite_check_and_unscale_`` with a scale of 1, which leaves every value as it was):
@@ -69,8 +75,7 @@ def _nonfinite_gradients(grads: list[torch.Tensor], device: torch.device) -> tor
         try:
             torch._amp_foreach_non_finite_check_and_unscale_(group, flag, torch.ones(1, device=dev))
         except (RuntimeError, TypeError, AttributeError, NotImplementedError):
-            flag += torch.stack([~torch.isfinite(g.coalesce().values() if g.is_sparse else g).all()
-                                 for g in group]).any().to(flag.dtype)
+            flag += torch.stack([~gradient_finite(g) for g in group]).any().to(flag.dtype)
         if flag is not found:
             found += flag.to(device)
     return found[0] > 0
@@ -527,7 +532,7 @@ class MetricLearningModule(L.LightningModule):
             return
         if not bool(bad):  # the one host read of the gradient check (on the CPU, or under skip)
             return
-        flags = [bool(torch.isfinite(g).all()) for _, g in named]  # which parameter: only once a step failed
+        flags = [bool(gradient_finite(g)) for _, g in named]  # which parameter: only once a step failed
         detail = self._gradient_where(where, names, flags)
         values = {k: float(v) for k, v in terms.items()}
         if self.nonfinite == "stop":

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dynametric.engine.module import MetricLearningModule
+from dynametric.engine.module import MetricLearningModule, gradient_finite
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError
 from dynametric.labels import as_label_matrix
@@ -355,7 +355,7 @@ class AlternatingSharingModule(MetricLearningModule):
         named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
         if not named:
             return False
-        ok = torch.stack([torch.isfinite(g).all() for _, g in named]).to(total.device)
+        ok = torch.stack([gradient_finite(g) for _, g in named]).to(total.device)
         if self._defer_nonfinite_check(total):
             self._deferred_checks.append((ok.all(), torch.full((), -1, device=total.device),
                                           {k: v.detach() for k, v in terms.items()}, self._where(batch_idx, where)))
@@ -390,7 +390,7 @@ class AlternatingSharingModule(MetricLearningModule):
                 if not value.requires_grad:
                     continue
                 self.manual_backward(value)
-                if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params):
+                if any(p.grad is not None and not bool(gradient_finite(p.grad)) for p in params):
                     return term.name
             return None
         finally:
