@@ -12,23 +12,10 @@ import torch
 from torch import nn
 
 from dynametric.engine import module as module_mod
-from dynametric.engine.data import MetricDataModule
 from dynametric.engine.module import MetricLearningModule, NonFiniteLossError, OptimSettings
 from dynametric.engine.objective import Objective
-from dynametric.engine.trainer import TrainerSettings, build_trainer
-from tests.engine.toy import PairLoss, ToyData, ToyEmbedder, ToySampler, toy_evaluator
-
-
-def _dm() -> MetricDataModule:
-    return MetricDataModule(ToyData(), None,
-                            batch_sampler_factory=lambda labels, r, w: ToySampler(labels, rank=r, world_size=w),
-                            eval_batch_size=16)
-
-
-def _settings(**kw) -> TrainerSettings:
-    base = {"accelerator": "cpu", "progress_bar": False, "max_epochs": 2}
-    base.update(kw)
-    return TrainerSettings(**base)
+from dynametric.engine.trainer import build_trainer
+from tests.engine.toy import PairLoss, ToyEmbedder, toy_datamodule, toy_evaluator, toy_settings
 
 
 class NaNGradient(PairLoss):
@@ -107,8 +94,8 @@ _MESSAGE = (r"non-finite gradient at global step 3 \(epoch 0, batch 3\), first i
 
 def test_a_nonfinite_gradient_of_a_finite_loss_stops_naming_step_and_parameter(tmp_path):
     module = MetricLearningModule(ToyEmbedder(), [Objective(NaNGradient(bad=3))], evaluator=toy_evaluator)
-    dm = _dm()
-    trainer = build_trainer(_settings(checkpoint_every_n_steps=1), dm, tmp_path, enable_validation=False)
+    dm = toy_datamodule(val=False)
+    trainer = build_trainer(toy_settings(checkpoint_every_n_steps=1), dm, tmp_path, enable_validation=False)
     with pytest.raises(NonFiniteLossError, match=_MESSAGE) as info:
         trainer.fit(module, datamodule=dm)
     assert "weights are non-finite" not in str(info.value)  # the step itself, not a later weight check
@@ -122,8 +109,8 @@ def test_a_nonfinite_gradient_deferred_names_the_same_step(tmp_path, log_every):
     """On an accelerator the flag is one fused check per step, read later: the step is named, the parameter is not
     (the gradients are gone when the flag is read; naming it would cost two kernels per parameter every step)."""
     module = DeferredCheck(ToyEmbedder(), [Objective(NaNGradient(bad=3))], evaluator=toy_evaluator)
-    dm = _dm()
-    trainer = build_trainer(_settings(log_every_n_steps=log_every, checkpoint_every_n_steps=2), dm, tmp_path,
+    dm = toy_datamodule(val=False)
+    trainer = build_trainer(toy_settings(log_every_n_steps=log_every, checkpoint_every_n_steps=2), dm, tmp_path,
                             enable_validation=False)
     deferred = (r"non-finite gradient at global step 3 \(epoch 0, batch 3\) \(the loss is finite; which parameter "
                 r"is not known: the flag was read after the step, sparing a host read per step\) \(loss \{")
@@ -145,8 +132,8 @@ def test_deferred_gradient_flags_do_not_shorten_the_read_window(monkeypatch):
         original(self)
 
     monkeypatch.setattr(MetricLearningModule, "check_deferred_nonfinite", counted)
-    dm = _dm()
-    build_trainer(_settings(max_epochs=1, log_every_n_steps=2), dm, None, enable_validation=False).fit(
+    dm = toy_datamodule(val=False)
+    build_trainer(toy_settings(max_epochs=1, log_every_n_steps=2), dm, None, enable_validation=False).fit(
         module, datamodule=dm)
     # the window's reads after the loss checks of steps 0-1 and 2-3 (their gradient entries along), then the
     # epoch's end and the run's end
@@ -158,9 +145,10 @@ def test_a_nonfinite_gradient_is_skipped_leaving_weights_optimizer_and_statistic
     bad = 2
     module = Snapshots(BNEmbedder(), [Objective(NaNGradient(bad=bad))], OptimSettings(optimizer="adam", lr=0.01),
                        nonfinite="skip", evaluator=toy_evaluator)
-    dm = _dm()
+    dm = toy_datamodule(val=False)
     with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
-        build_trainer(_settings(gradient_clip_val=clip), dm, None, enable_validation=False).fit(module, datamodule=dm)
+        build_trainer(toy_settings(gradient_clip_val=clip), dm, None, enable_validation=False).fit(
+            module, datamodule=dm)
     assert module.skipped_steps == 1 and module.losses[0].calls == 10  # counted, and the run went on
     assert all(torch.isfinite(torch.tensor(v)) for v in module.losses[0].values)
     assert _same(module.before[bad], module.after[bad])  # weights, running statistics and Adam's state
@@ -177,8 +165,8 @@ def test_a_skipped_gradient_step_is_still_a_step_of_the_schedule():
     module = Snapshots(ToyEmbedder(), [Objective(NaNGradient(bad=1))],
                        OptimSettings(lr=0.1, scheduler="cosine", interval="step"), nonfinite="skip",
                        evaluator=toy_evaluator)
-    dm = _dm()
-    trainer = build_trainer(_settings(max_epochs=1), dm, None, enable_validation=False)
+    dm = toy_datamodule(val=False)
+    trainer = build_trainer(toy_settings(max_epochs=1), dm, None, enable_validation=False)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 5 and module.skipped_steps == 1
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 5
@@ -188,9 +176,9 @@ def test_accumulated_gradients_are_checked_once_per_optimizer_step(caplog):
     # accumulate 2: batch 3 has the NaN gradient, so the step of batches 2-3 (global step 1) is dropped whole
     module = Snapshots(BNEmbedder(), [Objective(NaNGradient(bad=3))], OptimSettings(optimizer="adam", lr=0.01),
                        nonfinite="skip", evaluator=toy_evaluator)
-    dm = _dm()
+    dm = toy_datamodule(val=False)
     with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
-        build_trainer(_settings(max_epochs=1, accumulate_grad_batches=2), dm, None,
+        build_trainer(toy_settings(max_epochs=1, accumulate_grad_batches=2), dm, None,
                       enable_validation=False).fit(module, datamodule=dm)
     assert module.skipped_steps == 1
     assert _same(module.before[2], module.after[3])  # nothing of batches 2 and 3: weights, statistics, Adam
@@ -199,7 +187,7 @@ def test_accumulated_gradients_are_checked_once_per_optimizer_step(caplog):
         in caplog.text
     module = MetricLearningModule(ToyEmbedder(), [Objective(NaNGradient(bad=3))], evaluator=toy_evaluator)
     with pytest.raises(NonFiniteLossError, match=r"global step 1 \(epoch 0, batches 2-3, accumulated\), first in "):
-        build_trainer(_settings(max_epochs=1, accumulate_grad_batches=2), dm, None,
+        build_trainer(toy_settings(max_epochs=1, accumulate_grad_batches=2), dm, None,
                       enable_validation=False).fit(module, datamodule=dm)
 
 
@@ -212,8 +200,8 @@ def test_finite_gradients_train_bit_for_bit_as_without_the_check(monkeypatch, no
                                       evaluator=toy_evaluator)
         if not check:
             monkeypatch.setattr(module, "_check_gradients", lambda window: None)
-        dm = _dm()
-        build_trainer(_settings(seed=3, accumulate_grad_batches=accumulate, gradient_clip_val=1.0), dm, None,
+        dm = toy_datamodule(val=False)
+        build_trainer(toy_settings(seed=3, accumulate_grad_batches=accumulate, gradient_clip_val=1.0), dm, None,
                       enable_validation=False).fit(module, datamodule=dm)
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

@@ -20,21 +20,18 @@ from dynametric.engine.module import (
     parameter_groups,
 )
 from dynametric.engine.objective import Objective, compute_objective, select_head
-from dynametric.engine.trainer import TrainerSettings, build_trainer
+from dynametric.engine.trainer import build_trainer
 from dynametric.errors import ConfigError
-from tests.engine.toy import PairLoss, ProxyLoss, ToyData, ToyEmbedder, ToySampler, toy_evaluator
-
-
-def _dm(val: bool = True) -> MetricDataModule:
-    return MetricDataModule(ToyData(), ToyData(seed=1, augment=False) if val else None,
-                            batch_sampler_factory=lambda labels, r, w: ToySampler(labels, rank=r, world_size=w),
-                            eval_batch_size=16)
-
-
-def _settings(**kw) -> TrainerSettings:
-    base = {"accelerator": "cpu", "progress_bar": False, "max_epochs": 2}
-    base.update(kw)
-    return TrainerSettings(**base)
+from tests.engine.toy import (
+    PairLoss,
+    ProxyLoss,
+    ToyData,
+    ToyEmbedder,
+    ToySampler,
+    toy_datamodule,
+    toy_evaluator,
+    toy_settings,
+)
 
 
 class NaNAfter(PairLoss):
@@ -79,9 +76,9 @@ def test_lr_schedule_shapes():
 
 def test_nonfinite_loss_stops_naming_the_step():
     module = MetricLearningModule(ToyEmbedder(), [Objective(NaNAfter(3, once=True))], evaluator=toy_evaluator)
-    dm = _dm(val=False)
+    dm = toy_datamodule(val=False)
     with pytest.raises(NonFiniteLossError, match=r"global step 3 \(epoch 0, batch 3\)"):
-        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+        build_trainer(toy_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
 
 
 class DeferredCheck(MetricLearningModule):
@@ -94,8 +91,8 @@ class DeferredCheck(MetricLearningModule):
 @pytest.mark.parametrize("log_every, bad_step", [(2, 3), (50, 4)])
 def test_nonfinite_stop_deferred_names_the_same_step(tmp_path, log_every, bad_step):
     module = DeferredCheck(ToyEmbedder(), [Objective(NaNAfter(bad_step, once=True))], evaluator=toy_evaluator)
-    dm = _dm(val=False)
-    trainer = build_trainer(_settings(log_every_n_steps=log_every, checkpoint_every_n_steps=2), dm, tmp_path,
+    dm = toy_datamodule(val=False)
+    trainer = build_trainer(toy_settings(log_every_n_steps=log_every, checkpoint_every_n_steps=2), dm, tmp_path,
                             enable_validation=False)
     with pytest.raises(NonFiniteLossError, match=rf"global step {bad_step} \(epoch 0, batch {bad_step}\)"):
         trainer.fit(module, datamodule=dm)
@@ -107,9 +104,9 @@ def test_nonfinite_stop_deferred_names_the_same_step(tmp_path, log_every, bad_st
 def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(caplog):
     module = MetricLearningModule(ToyEmbedder(), [Objective(NaNAfter(2, once=True))], nonfinite="skip",
                                   evaluator=toy_evaluator)
-    dm = _dm(val=False)
+    dm = toy_datamodule(val=False)
     with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
-        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+        build_trainer(toy_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
     assert module.skipped_steps == 1
     assert module.losses[0].calls == 10  # training went on after the bad batch
     assert "skipped" in caplog.text and "global step 2" in caplog.text
@@ -149,16 +146,16 @@ def test_a_nan_embedding_row_hides_from_the_contrastive_loss():
 
 def test_nonfinite_embeddings_stop_naming_the_step_and_rows():
     module = MetricLearningModule(NaNRowEmbedder(bad=3), [Objective(_contrastive())], evaluator=toy_evaluator)
-    dm = _dm(val=False)
+    dm = toy_datamodule(val=False)
     with pytest.raises(NonFiniteLossError, match=r"non-finite embeddings at global step 3 \(epoch 0, batch 3\) "
                                                  r"\(1 row of the model's output; loss \{'[a-z_]+': [0-9.e-]+\}\)"):
-        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+        build_trainer(toy_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
 
 
 def test_nonfinite_embeddings_deferred_name_the_same_step(tmp_path):
     module = DeferredCheck(NaNRowEmbedder(bad=3), [Objective(_contrastive())], evaluator=toy_evaluator)
-    dm = _dm(val=False)
-    trainer = build_trainer(_settings(log_every_n_steps=2, checkpoint_every_n_steps=2), dm, tmp_path,
+    dm = toy_datamodule(val=False)
+    trainer = build_trainer(toy_settings(log_every_n_steps=2, checkpoint_every_n_steps=2), dm, tmp_path,
                             enable_validation=False)
     with pytest.raises(NonFiniteLossError, match=r"non-finite embeddings at global step 3 .*1 row"):
         trainer.fit(module, datamodule=dm)
@@ -168,9 +165,9 @@ def test_nonfinite_embeddings_deferred_name_the_same_step(tmp_path):
 def test_nonfinite_embeddings_skip_the_step(caplog):
     module = MetricLearningModule(NaNRowEmbedder(bad=2), [Objective(_contrastive())], nonfinite="skip",
                                   evaluator=toy_evaluator)
-    dm = _dm(val=False)
+    dm = toy_datamodule(val=False)
     with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
-        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+        build_trainer(toy_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
     assert module.skipped_steps == 1 and module.embedder.calls == 10
     assert "non-finite embeddings at global step 2" in caplog.text and "step skipped" in caplog.text
     assert all(torch.isfinite(p).all() for p in module.parameters())
@@ -204,9 +201,9 @@ def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(caplog):
     seen = []
     module.embedder.body[0].register_forward_pre_hook(
         lambda mod, args: seen.append((bn.running_mean.clone(), bn.num_batches_tracked.clone())))
-    dm = _dm(val=False)
+    dm = toy_datamodule(val=False)
     with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
-        build_trainer(_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
+        build_trainer(toy_settings(), dm, None, enable_validation=False).fit(module, datamodule=dm)
     assert module.skipped_steps == 1 and "step skipped" in caplog.text
     assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
     # the call after the skipped one starts from the statistics the skipped one started from
@@ -228,8 +225,8 @@ def test_nonfinite_rows_counts_rows_over_every_head():
 def test_fit_writes_best_and_last_and_history(tmp_path):
     module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], OptimSettings(optimizer="adamw", lr=0.05),
                                   evaluator=toy_evaluator, scale_names=["fine", "coarse"])
-    dm = _dm()
-    trainer = build_trainer(_settings(max_epochs=3), dm, tmp_path)
+    dm = toy_datamodule()
+    trainer = build_trainer(toy_settings(max_epochs=3), dm, tmp_path)
     trainer.fit(module, datamodule=dm)
     assert [h["epoch"] for h in module.validation_history] == [0, 1, 2]
     scores = [h["fine"]["map@r"] for h in module.validation_history]
@@ -262,10 +259,10 @@ def test_the_plateau_schedule_steps_once_per_validation_round(tmp_path, val_ever
         seen.append((module.current_epoch, float(metrics)))
         return step(self, metrics, *args, **kwargs)
 
-    dm = _dm()
+    dm = toy_datamodule()
     with pytest.MonkeyPatch.context() as m:
         m.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", record)
-        build_trainer(_settings(max_epochs=4, val_every_n_epochs=val_every), dm, tmp_path).fit(module, datamodule=dm)
+        build_trainer(toy_settings(max_epochs=4, val_every_n_epochs=val_every), dm, tmp_path).fit(module, datamodule=dm)
     assert seen == [(h["epoch"], pytest.approx(h["fine"]["map@r"])) for h in module.validation_history]
     assert [e for e, _ in seen] == list(range(val_every - 1, 4, val_every))
     assert load_checkpoint_file(tmp_path / "last.ckpt")["dynametric"]["plateau_rounds"] == len(seen)
@@ -275,9 +272,9 @@ def test_a_plateau_schedule_without_validation_warns_once(tmp_path):
     optim = OptimSettings(optimizer="sgd", lr=0.05, scheduler="plateau")
     module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], optim, evaluator=toy_evaluator,
                                   scale_names=["fine", "coarse"])
-    dm = _dm(val=False)
+    dm = toy_datamodule(val=False)
     with pytest.warns(RuntimeWarning, match="plateau schedule in a run without validation") as caught:
-        build_trainer(_settings(max_epochs=2), dm, tmp_path, enable_validation=False).fit(module, datamodule=dm)
+        build_trainer(toy_settings(max_epochs=2), dm, tmp_path, enable_validation=False).fit(module, datamodule=dm)
     assert len([w for w in caught if "plateau" in str(w.message)]) == 1
     assert module.trainer.optimizers[0].param_groups[0]["lr"] == 0.05
 
@@ -293,7 +290,7 @@ def test_training_improves_the_toy_embedding():
                                   evaluator=toy_evaluator, scale_names=["fine", "coarse"])
     dm = MetricDataModule(ToyData(), ToyData(seed=0, augment=False),
                           batch_sampler_factory=lambda labels, r, w: ToySampler(labels), eval_batch_size=64)
-    trainer = build_trainer(_settings(max_epochs=8), dm, None, enable_validation=True)
+    trainer = build_trainer(toy_settings(max_epochs=8), dm, None, enable_validation=True)
     before = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/fine/map@r"]
     trainer.fit(module, datamodule=dm)
     after = module.validation_history[-1]["fine"]["map@r"]
@@ -303,8 +300,8 @@ def test_training_improves_the_toy_embedding():
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_precision_and_accumulation_flags_run(precision):
     module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], evaluator=toy_evaluator)
-    dm = _dm(val=False)
-    trainer = build_trainer(_settings(max_epochs=1, precision=precision, accumulate_grad_batches=2), dm, None,
+    dm = toy_datamodule(val=False)
+    trainer = build_trainer(toy_settings(max_epochs=1, precision=precision, accumulate_grad_batches=2), dm, None,
                             enable_validation=False)
     trainer.fit(module, datamodule=dm)
     assert module.global_step == 3  # 5 batches, accumulate 2 -> steps after batches 2, 4 and the last
@@ -313,7 +310,7 @@ def test_precision_and_accumulation_flags_run(precision):
 
 def test_bad_trainer_settings_name_the_key():
     with pytest.raises(ConfigError, match="trainer.precision"):
-        build_trainer(_settings(precision="8-bit"), _dm(), None)
+        build_trainer(toy_settings(precision="8-bit"), toy_datamodule(), None)
     with pytest.raises(ConfigError, match="trainer.nonfinite"):
         MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], nonfinite="ignore")
 
@@ -363,7 +360,7 @@ def test_an_evaluation_of_nonfinite_weights_names_the_weights():
     """Not the evaluation's own check of its inputs (``key 'query_emb': contains NaN or Inf``)."""
     module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], evaluator=toy_evaluator)
     name = _nan_weight(module)
-    dm = _dm()
+    dm = toy_datamodule()
     with pytest.raises(NonFiniteLossError, match=rf"the model's weights are non-finite .*first {re.escape(name)}; "
                                                  r"they embed \d+ of \d+ evaluated items as NaN/Inf"):
-        build_trainer(_settings(), dm, None).validate(module, datamodule=dm)
+        build_trainer(toy_settings(), dm, None).validate(module, datamodule=dm)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynametric.engine.data import MetricDataModule
+from dynametric.engine.trainer import TrainerSettings
 from dynametric.losses.base import MetricLoss, Miner
 
 
@@ -125,3 +127,15 @@ def toy_evaluator(emb: torch.Tensor, labels: torch.Tensor, scale_names=None, **_
         out[name] = {"recall@1": hit, "map@r": hit, "num_queries": len(labels), "excluded_queries": 0}
     out["mean"] = {k: sum(out[n][k] for n in names) / len(names) for k in ("recall@1", "map@r")}
     return out
+
+
+def toy_datamodule(val: bool = True) -> MetricDataModule:
+    """The toy training data with the toy sampler (and the toy validation data unless ``val`` is false)."""
+    return MetricDataModule(ToyData(), ToyData(seed=1, augment=False) if val else None,
+                            batch_sampler_factory=lambda labels, r, w: ToySampler(labels, rank=r, world_size=w),
+                            eval_batch_size=16)
+
+
+def toy_settings(**kw) -> TrainerSettings:
+    """CPU trainer settings for the toy runs: no progress bar, two epochs, ``kw`` on top."""
+    return TrainerSettings(**{"accelerator": "cpu", "progress_bar": False, "max_epochs": 2, **kw})
