@@ -66,6 +66,17 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     return obj
 
 
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """The names of ``model``'s floating-point parameters holding a NaN/Inf (one host read): weights that must not be
+    saved (:class:`~dynametric.engine.module.MetricLearningModule`) nor loaded for inference
+    (:func:`~dynametric.engine.inference.load_trained`). Parameters only: a buffer may hold an infinite mask."""
+    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not named:
+        return []
+    ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
+    return [n for (n, _), good in zip(named, ok) if not good]
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint plugin: atomic save, ``weights_only=True`` load."""
 

@@ -385,13 +385,10 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
 
 def _check_finite_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """A checkpoint whose weights hold a NaN/Inf (an earlier version saved such weights after a NaN update) is one
-    line naming it, not an embedding or evaluation error about the NaN outputs (``key 'query_emb'``). Parameters
-    only: a buffer may hold an infinite mask on purpose."""
-    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
-    if not named:
-        return
-    finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
-    bad = [n for (n, _), ok in zip(named, finite) if not ok]
+    line naming it, not an embedding or evaluation error about the NaN outputs (``key 'query_emb'``)."""
+    from dynametric.engine.checkpoint import nonfinite_parameters
+
+    bad = nonfinite_parameters(model)
     if bad:
         raise InputError(f"the checkpoint's weights are non-finite: {len(bad)} parameter(s) hold NaN/Inf, first "
                          f"{bad[0]} (saved after a non-finite training step); use an earlier checkpoint of the run",

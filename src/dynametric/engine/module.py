@@ -23,6 +23,7 @@ from torch import nn
 from dynametric import __version__
 from dynametric.config.schema import OptimConfig, ParamGroupConfig, TrainerConfig, resolve_monitor
 from dynametric.data.synthetic import SCALE_NAMES as DEFAULT_DATA_SCALES
+from dynametric.engine.checkpoint import nonfinite_parameters
 from dynametric.engine.distributed import agree_nonfinite, all_gather_no_grad, all_gather_with_grad, world_info
 from dynametric.engine.loggers import logger_run
 from dynametric.engine.objective import Objective, compute_objective, select_head
@@ -443,17 +444,9 @@ class MetricLearningModule(L.LightningModule):
             for buf, copy in kept or []:
                 buf.copy_(copy)
 
-    def nonfinite_parameters(self) -> list[str]:
-        """The names of the parameters holding a NaN/Inf (one host read)."""
-        named = [(n, p) for n, p in self.named_parameters() if p.is_floating_point()]
-        if not named:
-            return []
-        ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
-        return [n for (n, _), good in zip(named, ok) if not good]
-
     def _nonfinite_weights_error(self, what: str) -> NonFiniteLossError | None:
         """The error for weights holding a NaN/Inf (``what`` says what they were about to do), or None."""
-        bad = self.nonfinite_parameters()
+        bad = nonfinite_parameters(self)
         if not bad:
             return None
         return NonFiniteLossError(f"the model's weights are non-finite at global step {self.global_step} (epoch "
