@@ -256,21 +256,21 @@ def test_ranks_agree_on_another_ranks_nonfinite_gradient(monkeypatch, nonfinite)
 def test_the_fused_gradient_check_leaves_every_value_and_sees_nan_and_inf_in_any_dtype():
     """The check is torch's fused one of the gradient scaler at scale 1: one kernel per device and dtype, every
     gradient bit-identical afterwards (subnormals and -0 included), NaN and Inf found; per tensor where it cannot."""
-    from dynametric.engine.module import _nonfinite_gradients
+    from dynametric.engine.module import nonfinite_gradients
 
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         info = torch.finfo(dtype)
         edge = torch.tensor([-0.0, info.smallest_normal / 4, info.max, -info.max], dtype=torch.float64).to(dtype)
         grads = [edge, torch.randn(3, 3).to(dtype)]
         before = [g.clone() for g in grads]
-        assert not bool(_nonfinite_gradients(grads, torch.device("cpu")))
+        assert not bool(nonfinite_gradients(grads, torch.device("cpu")))
         assert all(torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b)) for a, b in zip(grads, before))
         for bad in (float("nan"), float("inf"), float("-inf")):
             grads[1][1, 1] = bad
-            assert bool(_nonfinite_gradients(grads, torch.device("cpu")))
+            assert bool(nonfinite_gradients(grads, torch.device("cpu")))
             grads[1][1, 1] = 0.0
     sparse = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([1.0, float("nan")]), (4,))
-    assert bool(_nonfinite_gradients([torch.ones(2), sparse], torch.device("cpu")))
+    assert bool(nonfinite_gradients([torch.ones(2), sparse], torch.device("cpu")))
 
 
 def test_a_nan_in_a_sparse_gradient_names_its_parameter():

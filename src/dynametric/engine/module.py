@@ -62,7 +62,7 @@ def gradient_finite(grad: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(grad.coalesce().values() if grad.is_sparse else grad).all()
 
 
-def _nonfinite_gradients(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def nonfinite_gradients(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """A 0-dim bool on ``device``: whether any of ``grads`` holds a NaN/Inf. torch's fused check of the gradient
     scaler (``_amp_foreach_non_finite_check_and_unscale_`` with a scale of 1, which leaves every value as it was):
     one kernel per device and dtype, not two per parameter (a ResNet-50 has 161); per tensor where that kernel
@@ -508,7 +508,7 @@ class MetricLearningModule(L.LightningModule):
         if not named and not distributed:
             return
         device = named[0][1].device if named else self.device
-        bad = _nonfinite_gradients([g for _, g in named], device)
+        bad = nonfinite_gradients([g for _, g in named], device)
         if distributed:
             _, bad = agree_nonfinite(torch.zeros((), dtype=torch.long, device=device), bad)
         terms = window.terms if window is not None else {}

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dynametric.engine.module import MetricLearningModule, gradient_finite
+from dynametric.engine.module import MetricLearningModule, gradient_finite, nonfinite_gradients
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError
 from dynametric.labels import as_label_matrix
@@ -350,19 +350,19 @@ class AlternatingSharingModule(MetricLearningModule):
         As for the loss, ``stop`` on an accelerator reads the flag later with the loss flags
         (:meth:`check_deferred_nonfinite`, before any checkpoint). Under a precision with a gradient scaler
         (``16-mixed``) the scaler skips such steps itself: no check."""
-        if self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+        if self._scaled_precision():
             return False
         named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
         if not named:
             return False
-        ok = torch.stack([gradient_finite(g) for _, g in named]).to(total.device)
+        bad_flag = nonfinite_gradients([g for _, g in named], total.device)  # fused: not two kernels per parameter
         if self._defer_nonfinite_check(total):
-            self._deferred_checks.append((ok.all(), torch.full((), -1, device=total.device),
+            self._deferred_checks.append((~bad_flag, torch.full((), -1, device=total.device),
                                           {k: v.detach() for k, v in terms.items()}, self._where(batch_idx, where)))
             return False
-        if bool(ok.all()):
+        if not bool(bad_flag):
             return False
-        bad_params = [n for (n, _), good in zip(named, ok.tolist()) if not good]
+        bad_params = [n for n, g in named if not bool(gradient_finite(g))]  # which: only once a step failed
         term = self._nonfinite_gradient_term(*batch)
         detail = (f"{self._where(batch_idx, where)}, from term {term!r}" if term else self._where(batch_idx, where)) \
             + f", first in parameter {bad_params[0]} ({len(bad_params)} of {len(named)} parameters)"
