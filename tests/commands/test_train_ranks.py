@@ -139,6 +139,38 @@ def test_a_process_of_another_rank_that_dies_ends_rank_0_with_one_line_and_the_r
     assert (out / "last.ckpt").is_file() and json.loads((out / "metrics.json").read_text())["test"] == {}
 
 
+_KILL_RANK_1_SLOW_RANK_0 = _KILL_RANK_1.replace("""    return step(self, batch, *args, **kwargs)""", """\
+    if os.environ.get("LOCAL_RANK", "0") == "0" and int(self.global_step) == 3:
+        import time
+        time.sleep(8)  # a slow step or a loaded machine: rank 0 reaches its next collective late
+    return step(self, batch, *args, **kwargs)""")
+
+
+@pytest.mark.slow
+def test_a_rank_0_that_sees_a_dead_peer_late_still_says_its_line(tmp_path) -> None:
+    """CI (2 loaded cores): rank 0 ended with status -9 and not a word. Lightning's child-process observer (a thread
+    of rank 0 that polls the other ranks' processes every 5 s) SIGKILLed rank 0 as soon as it saw rank 1 dead, before
+    rank 0 reached its next collective and could say so. Here rank 0 takes 8 s to get there."""
+    import subprocess
+    import sys
+
+    from tests.commands.test_train import _one_process_env
+
+    assert "time.sleep(8)" in _KILL_RANK_1_SLOW_RANK_0
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "kill_rank_1.py").write_text(_KILL_RANK_1_SLOW_RANK_0)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(tmp_path / "kill_rank_1.py"), "train", "--config",
+                           str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress", "run.report=false",
+                           "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=3"],
+                          capture_output=True, text=True, env=_one_process_env(), timeout=240)
+    assert proc.returncode == 2, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if line.startswith("dynametric")]
+    assert len(said) == 1 and said[0].startswith("dynametric train: error: another process of this 2-process run "
+                                                 "ended while this one waited for it"), proc.stderr
+    assert said[0].endswith("resume with: dynametric train --resume " + str(out)), said[0]
+
+
 def test_a_run_resumed_with_another_number_of_processes_is_refused(tmp_path, capsys, one_process) -> None:
     """Checkpoints did not record the world size: a `trainer.devices: auto` run resumed on a machine with another GPU
     count went on with another global batch from the recorded batch position, without a word. Here a one-process

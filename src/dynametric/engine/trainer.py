@@ -280,6 +280,7 @@ class _NoSignalHandlers(_SignalConnector):
         if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs and \
                 all(launcher.procs is not known for known in _LAUNCHED):
             _LAUNCHED.append(launcher.procs)
+            patient_observer(launcher.procs)
 
 
 # the script launchers of the trainers built here (alive), and the lists of processes they started for the other
@@ -287,6 +288,57 @@ class _NoSignalHandlers(_SignalConnector):
 _LAUNCHERS: weakref.WeakSet[_SubprocessScriptLauncher] = weakref.WeakSet()
 _LAUNCHED: list[list[subprocess.Popen]] = []
 _TAKEN: list[subprocess.Popen] = []
+
+
+PEER_GRACE_S = 30.0
+"""Seconds rank 0 of a several-process run has, once the process of another rank ended with a non-zero status, to
+see it itself (its next collective fails) and stop the run with its one line (:func:`patient_observer`)."""
+
+
+def patient_observer(procs: list[subprocess.Popen]) -> bool:
+    """Give rank 0 time to say that another rank's process ended. Lightning's child-process observer (a thread of
+    rank 0 that polls the processes its launcher started for the other ranks every 5 s) SIGKILLed rank 0 and the
+    others as soon as one of them had ended with a non-zero status: where rank 0 took longer than that to reach its
+    next collective (a slow step, a loaded machine) it died without a word (status -9) instead of printing its line
+    with how to resume. Its kill of the observer watching ``procs`` (the launcher's own list) now waits up to
+    :data:`PEER_GRACE_S` seconds and happens only if rank 0 has not taken the processes by then
+    (:func:`signal_launched_ranks` empties the list: rank 0 saw the error and stops them itself); a rank 0 that hangs
+    in a collective still ends, after one line on stderr. Returns whether such an observer was found (none on
+    another Lightning version: its kill stays as it was)."""
+    import threading
+
+    found = False
+    for thread in threading.enumerate():
+        terminate = getattr(thread, "_terminate_all", None)
+        if getattr(thread, "_child_processes", None) is not procs or not callable(terminate):
+            continue
+        found = True
+        if getattr(terminate, "dynametric_patient", False):
+            continue
+
+        def patient(terminate: Callable[[], None] = terminate) -> None:
+            import sys
+            import time
+
+            deadline = time.monotonic() + PEER_GRACE_S
+            while procs and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not procs:
+                return
+            ended = next(((rank, proc.returncode) for rank, proc in enumerate(list(procs), 1) if proc.returncode),
+                         None)
+            what = f"the process of rank {ended[0]} ended with status {ended[1]}" if ended else \
+                "the process of another rank ended"
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"dynametric: error: {what} and rank 0 did not stop within {PEER_GRACE_S:g} s (it "
+                                 "waits in a collective): every process of the run is killed now; the run's "
+                                 "last.ckpt, if written, resumes it\n")
+                sys.stderr.flush()
+            terminate()
+
+        patient.dynametric_patient = True  # type: ignore[attr-defined]
+        thread._terminate_all = patient  # type: ignore[attr-defined]
+    return found
 
 
 def launched_ranks() -> list[subprocess.Popen]:
