@@ -105,21 +105,49 @@ def test_a_nonfinite_gradient_of_a_finite_loss_stops_naming_step_and_parameter(t
 
 
 @pytest.mark.parametrize("log_every", [2, 50])
-def test_a_nonfinite_gradient_deferred_names_the_same_step(tmp_path, log_every):
-    """On an accelerator the flag is one fused check per step, read later: the step is named, the parameter is not
-    (the gradients are gone when the flag is read; naming it would cost two kernels per parameter every step)."""
+def test_a_nonfinite_gradient_deferred_names_the_same_step_and_parameter(tmp_path, log_every):
+    """On an accelerator the flag is one fused check per step, read later, with each gradient's finiteness from one
+    fused max-abs per dtype (the gradients are gone when the flag is read): the step and the parameter are named as
+    on the CPU (they were not: 'which parameter is not known')."""
     module = DeferredCheck(ToyEmbedder(), [Objective(NaNGradient(bad=3))], evaluator=toy_evaluator)
     dm = toy_datamodule(val=False)
     trainer = build_trainer(toy_settings(log_every_n_steps=log_every, checkpoint_every_n_steps=2), dm, tmp_path,
                             enable_validation=False)
-    deferred = (r"non-finite gradient at global step 3 \(epoch 0, batch 3\) \(the loss is finite; which parameter "
-                r"is not known: the flag was read after the step, sparing a host read per step\) \(loss \{")
-    with pytest.raises(NonFiniteLossError, match=deferred):
+    with pytest.raises(NonFiniteLossError, match=_MESSAGE):
         trainer.fit(module, datamodule=dm)
     # read with the loss flags, at the latest before the checkpoint after the bad step: batches 0-3 trained
     assert module.losses[0].calls == 4
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert saved["global_step"] <= 3 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_a_deferred_check_names_the_first_parameter_in_the_models_order_and_says_so_where_it_cannot(monkeypatch):
+    """The flags come grouped by dtype (a float64 parameter after float32 ones); the first bad parameter is the
+    model's first, as on the CPU. Where torch's fused kernel refuses the gradients the step is still named."""
+    import dynametric.engine.module as module_mod
+
+    module = DeferredCheck(ToyEmbedder(), [Objective(NaNGradient(bad=None))], evaluator=toy_evaluator)
+    named = list(module.named_parameters())
+    grads = [(n, torch.zeros_like(p)) for n, p in named]
+    assert len(named) == 4
+    grads[1] = (grads[1][0], grads[1][1].double())  # another dtype group, listed after the float32 one
+    grads[1][1].view(-1)[0] = float("nan")
+    grads[3][1].view(-1)[0] = float("inf")
+    flags = module_mod.finite_gradients(grads, torch.device("cpu"))
+    assert flags is not None and flags[0] == [named[i][0] for i in (0, 2, 3, 1)]
+    assert flags[1].tolist() == [True, True, False, False]
+    where = module._deferred_gradient_where("global step 7 (epoch 1, batch 2)", flags)
+    assert where == f"global step 7 (epoch 1, batch 2), first in parameter {named[1][0]} (2 of 4 parameters; the " \
+                    "loss is finite)"
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("not implemented for this device")
+
+    monkeypatch.setattr(torch, "_foreach_norm", refused)
+    assert module_mod.finite_gradients(grads, torch.device("cpu")) is None
+    assert module._deferred_gradient_where("global step 7 (epoch 1, batch 2)", None) == (
+        "global step 7 (epoch 1, batch 2) (the loss is finite; which parameter is not known: the flag was read after "
+        "the step, sparing a host read per step)")
 
 
 def test_deferred_gradient_flags_do_not_shorten_the_read_window(monkeypatch):

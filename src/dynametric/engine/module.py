@@ -49,11 +49,15 @@ GroupSettings = ParamGroupConfig
 _OPTIM, _OPTIM_MONITOR_MODE = OptimConfig(), TrainerConfig().monitor_mode  # the schema's defaults, not our own
 
 
+_GradientFlags = tuple[list[str], torch.Tensor] | None
+"""The parameters of a deferred gradient check and whether each one's gradient was finite (:func:`finite_gradients`),
+``None`` where that could not be computed."""
+
 _DeferredCheck = (tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str]
-                  | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str, None])
+                  | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], str, _GradientFlags])
 """A finiteness flag queued for :meth:`MetricLearningModule.check_deferred_nonfinite`: ``(finite, rows, terms,
-where)``; ``rows`` is -1 for a gradient check, and the automatic path's gradient check adds a fifth entry (``None``)
-that marks it."""
+where)``; ``rows`` is -1 for a gradient check, and the automatic path's gradient check adds a fifth entry (its
+:data:`_GradientFlags`) that marks it."""
 
 
 def gradient_finite(grad: torch.Tensor) -> torch.Tensor:
@@ -80,6 +84,31 @@ def nonfinite_gradients(grads: list[torch.Tensor], device: torch.device) -> torc
         if flag is not found:
             found += flag.to(device)
     return found[0] > 0
+
+
+def finite_gradients(named: list[tuple[str, torch.Tensor]], device: torch.device) -> _GradientFlags:
+    """Which of the named gradients are finite, without a host read: the parameter names in the order of the flags
+    and a bool vector on ``device``, from each gradient's largest absolute value (torch's fused ``_foreach_norm`` of
+    order inf, one kernel per device and dtype: a NaN or Inf anywhere in a tensor makes it NaN or Inf, and the largest
+    absolute value of finite numbers is finite). Read only once a deferred check found a non-finite gradient, to name
+    the parameter. ``None`` where torch's kernel does not take the gradients."""
+    groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+    for i, (_, g) in enumerate(named):
+        groups.setdefault((g.device, g.dtype, g.is_sparse), []).append(i)
+    names: list[str] = []
+    parts: list[torch.Tensor] = []
+    try:
+        for (_, _, sparse), members in groups.items():
+            grads = [named[i][1] for i in members]
+            if sparse:  # the fused kernel does not take sparse gradients (an nn.Embedding(sparse=True): rare)
+                flags = torch.stack([gradient_finite(g) for g in grads])
+            else:
+                flags = torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf)))
+            parts.append(flags.to(device, non_blocking=True))
+            names.extend(named[i][0] for i in members)
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return None
+    return (names, torch.cat(parts)) if parts else None
 
 
 @dataclass
@@ -464,10 +493,23 @@ class MetricLearningModule(L.LightningModule):
             return
         entry = pending[int((~ok).nonzero()[0, 0])]
         rows, terms, where = entry[1], entry[2], entry[3]
-        if len(entry) == 5:  # the automatic path's gradient check, read after its step: no parameter named
-            where = f"{where} (the loss is finite; which parameter is not known: the flag was read after the step, " \
-                    "sparing a host read per step)"
+        if len(entry) == 5:  # the automatic path's gradient check, read after its step
+            where = self._deferred_gradient_where(where, entry[4])
         raise self._stop(where, {k: float(v) for k, v in terms.items()}, int(rows))
+
+    def _deferred_gradient_where(self, where: str, flags: _GradientFlags) -> str:
+        """``where`` of a deferred gradient check that failed, with the first parameter (in the model's order) whose
+        gradient was not finite, from the flags queued with it (:func:`finite_gradients`)."""
+        if flags is not None:
+            names, finite = flags[0], flags[1].cpu().tolist()
+            bad = {n for n, good in zip(names, finite, strict=True) if not good}
+            if bad:
+                order = [n for n, _ in self.named_parameters() if n in bad]
+                first = order[0] if order else sorted(bad)[0]
+                return f"{where}, first in parameter {first} ({len(bad)} of {len(names)} parameters; the loss is " \
+                       "finite)"
+        return f"{where} (the loss is finite; which parameter is not known: the flag was read after the step, " \
+               "sparing a host read per step)"
 
     @staticmethod
     def _gradient_where(where: str, names: list[str], finite: list[bool]) -> str:
@@ -494,9 +536,10 @@ class MetricLearningModule(L.LightningModule):
         ``acos`` at 1, a ``sqrt`` at 0, an overflow in the backward pass), and one update with it makes the weights
         NaN. Every gradient finite: nothing happens (the update is the one it was). Otherwise ``stop`` raises
         :class:`NonFiniteLossError` naming the step and the first parameter with a non-finite gradient (on an
-        accelerator the flag is queued for :meth:`check_deferred_nonfinite` with the loss flags: no host read per
-        step), and ``skip`` drops the gradients so the optimizer's step changes nothing (its state included: a
-        parameter without a gradient is left alone), counts and logs the step and puts the normalisation statistics
+        accelerator the flag is queued for :meth:`check_deferred_nonfinite` with the loss flags, with each
+        gradient's own flag from :func:`finite_gradients`: no host read per step), and ``skip`` drops the
+        gradients so the optimizer's step changes nothing (its state included: a parameter without a gradient is
+        left alone), counts and logs the step and puts the normalisation statistics
         back as they were before the step's first batch. Under gradient accumulation the check covers the
         accumulated gradients of the window's batches (a NaN or Inf stays non-finite in a sum). Under DDP the
         ranks agree (the gradients are averaged already; one all-reduce keeps the decision common whatever
@@ -520,8 +563,9 @@ class MetricLearningModule(L.LightningModule):
             where = f"global step {self.global_step} (epoch {self.current_epoch}, batches {window.first}-" \
                     f"{window.last}, accumulated)"
         names = [n for n, _ in named]
-        if self._defer_nonfinite_check(bad):  # the parameter is not named then: the gradients are gone when read
-            self._deferred_checks.append((~bad, torch.full((), -1, device=device), terms, where, None))
+        if self._defer_nonfinite_check(bad):  # with each gradient's flag: the gradients are gone when it is read
+            self._deferred_checks.append((~bad, torch.full((), -1, device=device), terms, where,
+                                          finite_gradients(named, device)))
             return
         if not bool(bad):  # the one host read of the gradient check (on the CPU, or under skip)
             return
