@@ -119,13 +119,15 @@ def test_a_save_killed_between_its_renames_is_refused_on_load_and_taken_up_again
         folder = tmp_path / f"m{k}"
         first = _model(0)
         first.save_pretrained(folder, config_yaml=config_a)
+        before = _snapshot(folder)
         second = _model(1)
         _kill_at_rename(monkeypatch, k)
         with pytest.raises(KeyboardInterrupt):
             second.save_pretrained(folder, config_yaml=config_b)
         monkeypatch.undo()
         assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # the staged files are removed
-        if k == 0:  # nothing renamed yet: the earlier model
+        if k == 0:  # nothing renamed yet: the earlier model, its config.yaml included, every file as it was
+            assert _snapshot(folder) == before
             assert _same_model(Embedder.from_pretrained(folder), first)
         else:
             with pytest.raises(InputError, match=rf"^{folder / 'dynametric.json'}: a save_pretrained into this "

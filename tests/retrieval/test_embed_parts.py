@@ -247,12 +247,12 @@ class _Killed(BaseException):
 
 def test_a_merge_killed_between_its_renames_is_refused_then_taken_up_by_overwrite(jobs: dict, tmp_path: Path,
                                                                                  monkeypatch, capsys) -> None:
-    import dynametric.retrieval.embed as embed_module
+    import dynametric.utils.io as io_mod  # StagedFiles, which the merge stages and renames its files with
 
     out = tmp_path / "merged"
     args = ["merge-embeddings", *map(str, jobs["parts"]), "--out", str(out), "--overwrite"]
     assert main(args) == 0
-    real = embed_module.commit_staged
+    real = io_mod.commit_staged
     renamed: list[str] = []
 
     def commit(tmp, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
@@ -262,8 +262,8 @@ def test_a_merge_killed_between_its_renames_is_refused_then_taken_up_by_overwrit
         renamed.append(Path(path).name)
 
     with monkeypatch.context() as m:
-        m.setattr(embed_module, "commit_staged", commit)
-        m.setattr(embed_module, "discard_staged", lambda tmps: None)  # a kill: nothing is cleaned up
+        m.setattr(io_mod, "commit_staged", commit)
+        m.setattr(io_mod, "discard_staged", lambda tmps: None)  # a kill: nothing is cleaned up
         with pytest.raises(_Killed):
             merge_embedding_parts(jobs["parts"], out, overwrite=True)
     assert renamed == ["embed.json", "items.csv"]  # the unfinished embed.json is renamed first

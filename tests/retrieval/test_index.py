@@ -355,7 +355,7 @@ def _kill_build_at(monkeypatch: pytest.MonkeyPatch, point: str) -> list[str]:
     import os
     import tempfile
 
-    import dynametric.retrieval.index as index_module
+    import dynametric.utils.io as io_mod  # StagedFiles, which the build stages and renames its files with
 
     written: list[str] = []
 
@@ -371,7 +371,7 @@ def _kill_build_at(monkeypatch: pytest.MonkeyPatch, point: str) -> list[str]:
             return real(path, *args, **kwargs)
         return write
 
-    real_commit = index_module.commit_staged
+    real_commit = io_mod.commit_staged
 
     def commit(tmp, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
         if point == f"rename {Path(path).name}":
@@ -380,10 +380,10 @@ def _kill_build_at(monkeypatch: pytest.MonkeyPatch, point: str) -> list[str]:
         if point == "after index.json" and Path(path).name == "index.json":
             raise _Killed
 
-    for name in ("stage_bytes", "stage_open"):
-        monkeypatch.setattr(index_module, name, stage(getattr(index_module, name)))
-    monkeypatch.setattr(index_module, "commit_staged", commit)
-    monkeypatch.setattr(index_module, "discard_staged", lambda tmps: None)  # a kill: nothing is cleaned up
+    # every staged file is written through stage_open (stage_bytes too): each write is seen once
+    monkeypatch.setattr(io_mod, "stage_open", stage(io_mod.stage_open))
+    monkeypatch.setattr(io_mod, "commit_staged", commit)
+    monkeypatch.setattr(io_mod, "discard_staged", lambda tmps: None)  # a kill: nothing is cleaned up
     return written
 
 

@@ -253,7 +253,7 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     from safetensors.torch import save
 
     from dynametric import __version__
-    from dynametric.utils.io import commit_staged, discard_staged, remove_stale_temps, stage_bytes
+    from dynametric.utils.io import StagedFiles, remove_stale_temps
 
     folder = Path(folder)
     _check_folder_path(folder)
@@ -295,24 +295,24 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
         contents.append((CONFIG_FILE, config_yaml.encode("utf-8")))
     contents.append((CARD_FILE, model_card(meta, config_yaml, repo_id).encode("utf-8")))
     created = _missing_folders(folder)
-    staged: dict[str, str] = {}
+
+    def renamed(name: str) -> None:
+        if name == UNFINISHED and remove_config:
+            (folder / CONFIG_FILE).unlink(missing_ok=True)
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if clean_up:
             remove_stale_temps(folder, _NAMES.__contains__)
-        # every file written before any is renamed: a failure here (a full disk) leaves the folder as it was
-        staged[UNFINISHED] = stage_bytes(folder / META_FILE, _json_bytes(unfinished))
-        for name, blob in contents:
-            staged[name] = stage_bytes(folder / name, blob)
-        staged[META_FILE] = stage_bytes(folder / META_FILE, _json_bytes(meta))
-        # renames need no space; the unfinished description first, the final one last
-        for name in (UNFINISHED, *(name for name, _ in contents), META_FILE):
-            commit_staged(staged[name], folder / (META_FILE if name == UNFINISHED else name))
-            del staged[name]
-            if name == UNFINISHED and remove_config:
-                (folder / CONFIG_FILE).unlink(missing_ok=True)
+        with StagedFiles() as staged:  # leaving it, what was not renamed is removed (before the folders below)
+            # every file written before any is renamed: a failure here (a full disk) leaves the folder as it was
+            staged.write(UNFINISHED, folder / META_FILE, _json_bytes(unfinished))
+            for name, blob in contents:
+                staged.write(name, folder / name, blob)
+            staged.write(META_FILE, folder / META_FILE, _json_bytes(meta))
+            # renames need no space; the unfinished description first, the final one last
+            staged.commit((UNFINISHED, *(name for name, _ in contents), META_FILE), renamed=renamed)
     except BaseException:
-        discard_staged(list(staged.values()))
         for made in reversed(created):  # the folders this save made, when a failure left them empty
             try:
                 made.rmdir()

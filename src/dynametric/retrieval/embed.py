@@ -69,19 +69,16 @@ from dynametric.retrieval.index import (
 )
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
+    StagedFiles,
     atomic_open,
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    commit_staged,
-    discard_staged,
     json_text,
     remove_stale_temps,
     replacement_mode,
     save_npy,
-    stage_bytes,
-    stage_open,
 )
 from dynametric.utils.readers import (
     check_file,
@@ -1144,30 +1141,26 @@ def _merge_write(out: Path, overwrite: bool, order: list[Path], meta_of: dict[Pa
            "model": first["model"], "scale_names": first["scale_names"], "class_names": first["class_names"],
            "image_roots": first["image_roots"], "merged_parts": num}
     meta_path = out / "embed.json"
-    staged: dict[str, str] = {}
-    try:
-        staged["in_progress"] = stage_bytes(meta_path, json_text({**job, "status": "in_progress"}).encode("utf-8"))
-        staged["items.csv"] = stage_bytes(out / "items.csv", "".join(lines).encode("utf-8"))
-        with stage_open(out / "embeddings.npy") as (fh, tmp):
-            staged["embeddings.npy"] = tmp
+    with StagedFiles() as staged:  # what a failed write left unrenamed is removed
+        staged.write("in_progress", meta_path, json_text({**job, "status": "in_progress"}).encode("utf-8"))
+        staged.write("items.csv", out / "items.csv", "".join(lines).encode("utf-8"))
+        with staged.open("embeddings.npy", out / "embeddings.npy") as fh:
             written = _write_rows_into(fh, out / "embeddings.npy", arrays, total, dim)
         for name, array in (("file_stats.npy", None if stats_parts is None else np.concatenate(stats_parts)),
                             ("labels.npy", merged_labels)):
             if array is not None:
-                with stage_open(out / name) as (fh, tmp):
-                    staged[name] = tmp
+                with staged.open(name, out / name) as fh:
                     save_npy(fh, np.ascontiguousarray(array, dtype=np.int64))
-        staged["embed.json"] = stage_bytes(meta_path, json_text(
+        staged.write("embed.json", meta_path, json_text(
             {**job, "status": "complete", "dim": dim, **written}).encode("utf-8"))
-        # every file written: the renames (they need no space), the unfinished embed.json first, the complete last
-        for name in ("in_progress", "items.csv", "embeddings.npy", "file_stats.npy", "labels.npy", "embed.json"):
-            if name in staged:
-                commit_staged(staged[name], meta_path if name == "in_progress" else out / name)
-                del staged[name]
-            elif name in JOB_FILES:  # an earlier job's file that this merge does not write
+
+        def absent(name: str) -> None:
+            if name in JOB_FILES:  # an earlier job's file that this merge does not write
                 (out / name).unlink(missing_ok=True)
-    finally:
-        discard_staged(list(staged.values()))  # what a failed write left unrenamed
+
+        # every file written: the renames (they need no space), the unfinished embed.json first, the complete last
+        staged.commit(("in_progress", "items.csv", "embeddings.npy", "file_stats.npy", "labels.npy", "embed.json"),
+                      absent=absent)
     return EmbedResult(out, total, dim, [], [])
 
 

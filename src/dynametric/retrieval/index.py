@@ -38,8 +38,7 @@ import numpy as np
 
 from dynametric.errors import ConfigError, DynametricError, InputError, first_sentence
 from dynametric.utils.io import (
-    commit_staged,
-    discard_staged,
+    StagedFiles,
     holds_only_own_files,
     is_stale_temp,
     json_text,
@@ -47,8 +46,6 @@ from dynametric.utils.io import (
     replacement_mode,
     require_new_folder,
     save_npy,
-    stage_bytes,
-    stage_open,
 )
 from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, LockUnreadable, acquire_lock
 from dynametric.utils.readers import (
@@ -636,11 +633,10 @@ class RetrievalIndex:
         check_build_folder(out)  # before anything is written: the folder as it was when refused
         marker = out / BUILD_MARKER
         remove_stale_temps(out, _is_build_file)  # left by a killed build of this index
-        staged: dict[str, str] = {}
-        try:
+        with StagedFiles() as staged:  # what a failed write left unrenamed is removed
             # the marker says that a build is under way and which files it writes (labels.npy: or removes), so a
             # build killed between the renames leaves a folder the next build knows as its own
-            staged[BUILD_MARKER] = stage_bytes(marker, json_text(
+            staged.write(BUILD_MARKER, marker, json_text(
                 {"format": BUILD_FORMAT, "version": INDEX_VERSION, "files": list(INDEX_FILES)}).encode("utf-8"))
             digest = hashlib.sha256()
 
@@ -648,18 +644,16 @@ class RetrievalIndex:
                 digest.update(data)
                 return fh.write(data)
 
-            with stage_open(out / "index.faiss") as (fh, tmp):  # Python's file IO: a full disk is an OSError
-                staged["index.faiss"] = tmp
+            with staged.open("index.faiss", out / "index.faiss") as fh:  # Python's file IO: a full disk is an OSError
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))  # (faiss's own: a RuntimeError)
             items_text = csv_line(["index", "id", "path"]) + "".join(
                 csv_line([i, item_id, p]) for i, (item_id, p) in enumerate(zip(self.ids, self.paths)))
             items_bytes = items_text.encode("utf-8")
-            staged["items.csv"] = stage_bytes(out / "items.csv", items_bytes)
+            staged.write("items.csv", out / "items.csv", items_bytes)
             hashes = {"faiss_sha256": digest.hexdigest(), "items_sha256": hashlib.sha256(items_bytes).hexdigest()}
             if self.labels is not None:
                 labels = np.ascontiguousarray(self.labels, dtype=np.int64)
-                with stage_open(out / "labels.npy") as (fh, tmp):
-                    staged["labels.npy"] = tmp
+                with staged.open("labels.npy", out / "labels.npy") as fh:
                     save_npy(fh, labels)
                 hashes["labels_sha256"] = _labels_sha256(labels)
             meta_bytes = json_text({
@@ -667,16 +661,14 @@ class RetrievalIndex:
                 "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
                 "has_labels": self.labels is not None, "class_names": self.class_names,
                 "image_roots": self.image_roots, "model": self.model, "source": self.source, **hashes}).encode("utf-8")
-            staged["index.json"] = stage_bytes(out / "index.json", meta_bytes)
-            # every file written: the renames (they need no space), the marker first, index.json last
-            for name in (BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json"):
-                if name in staged:
-                    commit_staged(staged[name], out / name)
-                    del staged[name]
-                elif name == "labels.npy" and (out / name).exists():  # an earlier index's labels: this one has none
+            staged.write("index.json", out / "index.json", meta_bytes)
+
+            def absent(name: str) -> None:
+                if name == "labels.npy" and (out / name).exists():  # an earlier index's labels: this one has none
                     (out / name).unlink()
-        finally:
-            discard_staged(list(staged.values()))  # what a failed write left unrenamed
+
+            # every file written: the renames (they need no space), the marker first, index.json last
+            staged.commit((BUILD_MARKER, "index.faiss", "items.csv", "labels.npy", "index.json"), absent=absent)
         marker.unlink(missing_ok=True)  # the index is complete
         # this object is now the folder's index, as if loaded from it (its index.json, written under the folder's
         # lock: no other build can have replaced it): a service that builds and saves can poll changed_on_disk() as

@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -387,6 +387,57 @@ def discard_staged(tmps: Collection[str]) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+class StagedFiles:
+    """The files of one folder written together (:func:`stage_bytes`): each is staged under a name (the file's own,
+    or another where two stages go to one target) beside its target, none renamed until all are written; then
+    :meth:`commit` renames them in the caller's order. Used as a context manager: on leaving it, whatever was not
+    renamed (a failed write, a failure between the renames) is removed (:func:`discard_staged`); what was renamed
+    stays. The one loop of the writers that stage every file of a folder (an index, a merged embedding job, a
+    ``save_pretrained`` folder)."""
+
+    def __init__(self) -> None:
+        self._staged: dict[str, tuple[str, Path]] = {}  # name -> (temporary file, target), in staging order
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def write(self, name: str, path: str | Path, data: bytes | bytearray | memoryview) -> None:
+        """Stage ``data`` for ``path`` under ``name`` (:func:`stage_bytes`)."""
+        self._staged[name] = (stage_bytes(path, data), Path(path))
+
+    @contextmanager
+    def open(self, name: str, path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+        """Stage what the block writes into the file it is given for ``path`` under ``name`` (:func:`stage_open`; a
+        block that raises leaves no temporary file)."""
+        with stage_open(path, mode, **kwargs) as (fh, tmp):
+            self._staged[name] = (tmp, Path(path))
+            yield fh
+
+    def commit(self, order: Iterable[str], *, renamed: Callable[[str], object] | None = None,
+               absent: Callable[[str], object] | None = None) -> None:
+        """Rename the staged files over their targets in ``order`` (:func:`commit_staged`; a name of ``order`` is
+        renamed once). ``renamed(name)`` runs right after each rename, before the next; ``absent(name)`` for a name
+        of ``order`` that was not staged (an earlier write's file this one does not produce). A failure leaves the
+        renames done before it as they are."""
+        for name in order:
+            if name in self._staged:
+                tmp, path = self._staged[name]
+                commit_staged(tmp, path)
+                del self._staged[name]
+                if renamed is not None:
+                    renamed(name)
+            elif absent is not None:
+                absent(name)
+
+    def discard(self) -> None:
+        """Remove every staged file not renamed yet (:func:`discard_staged`)."""
+        discard_staged([tmp for tmp, _ in self._staged.values()])
+        self._staged.clear()
 
 
 class _WriteOnly:
