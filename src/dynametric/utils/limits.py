@@ -106,6 +106,55 @@ _MAP_SEGMENT = re.compile(r"([^\s:]+): failed to map segment")
 
 _ALLOC_FAILED = re.compile(r"alloc_cpu\.cpp|can't allocate memory|CUDA out of memory")
 
+#: the options that lower a command's GPU memory, named by its out-of-GPU-memory line (:func:`gpu_memory_line`)
+GPU_MEMORY_OPTIONS = {
+    "embed": "--batch-size (images per forward pass)",
+    "evaluate": "--batch-size (images per forward pass, with --checkpoint) or --memory-budget-mb (the ranking's "
+                "working memory)",
+    "search": "--batch-size (query images per forward pass)",
+    "train": "data.batch_size, data.eval_batch_size or eval.memory_budget_bytes",
+}
+
+_GPU_ALLOC = re.compile(r"Tried to allocate (\d+(?:\.\d+)? ?[KMGT]?i?B)")
+# torch >= 2.3: "GPU 0 has a total capacity of 79.11 GiB of which 1.2 GiB is free"; before: "(GPU 0; 79.11 GiB total
+# capacity; 70.00 GiB already allocated; 1.20 GiB free; ...)"
+_GPU_CAPACITY = re.compile(r"(GPU \d+) has a total capacity of (\S+ \S+) of which (\S+ \S+) is free")
+_GPU_CAPACITY_OLD = re.compile(r"\((GPU \d+); (\S+ \S+) total capacity;(?:[^)]*?; )?(\S+ \S+) free")
+
+
+def gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says a GPU ran out of memory: torch's ``OutOfMemoryError`` (what CUDA's allocator raises) or
+    a ``RuntimeError`` saying so (``CUDA out of memory``, ``MPS backend out of memory``). Not a ``MemoryError`` nor
+    the CPU allocator's failure (:func:`out_of_memory` covers those too)."""
+    if isinstance(exc, MemoryError):
+        return False
+    if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and re.search(r"(CUDA|MPS backend) out of memory", str(exc)) is not None
+
+
+def gpu_memory_detail(exc: BaseException) -> str:
+    """What a GPU's out-of-memory error says of the allocation, ``tried to allocate 2.00 GiB; GPU 0: 1.2 GiB free
+    of 79.11 GiB`` (the parts its text has; ``""`` where it has neither)."""
+    text = str(exc)
+    parts = []
+    if (size := _GPU_ALLOC.search(text)) is not None:
+        parts.append(f"tried to allocate {size[1]}")
+    if (gpu := _GPU_CAPACITY.search(text) or _GPU_CAPACITY_OLD.search(text)) is not None:
+        parts.append(f"{gpu[1]}: {gpu[3]} free of {gpu[2]}")
+    return "; ".join(parts)
+
+
+def gpu_memory_line(exc: BaseException, command: str) -> str:
+    """The command line's one line for a GPU that ran out of memory in ``command``: ``out of GPU memory (tried to
+    allocate 2.00 GiB; GPU 0: 1.2 GiB free of 79.11 GiB); lower --batch-size (images per forward pass) or free the
+    GPU's memory (other processes on it)``, with the command's options of :data:`GPU_MEMORY_OPTIONS`."""
+    detail = gpu_memory_detail(exc)
+    options = GPU_MEMORY_OPTIONS.get(command)
+    lower = f"lower {options} or free" if options else "free"
+    return f"out of GPU memory{f' ({detail})' if detail else ''}; {lower} the GPU's memory (other processes on it)"
+
+
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says the process ran out of memory: a ``MemoryError``, torch's CPU allocator failing
@@ -118,12 +167,15 @@ def out_of_memory(exc: BaseException) -> bool:
 
 def resource_error_line(exc: BaseException, command: str) -> str | None:
     """The one line (without the ``dynametric COMMAND: error:`` prefix) of an error that says the process ran out of
-    a resource, else ``None``: a ``MemoryError`` (numpy's names the size) or torch's CPU allocator failing
+    a resource, else ``None``: a GPU's out-of-memory error (:func:`gpu_memory_line`, naming the command's batch-size
+    and budget options); a ``MemoryError`` (numpy's names the size) or torch's CPU allocator failing
     (``[enforce fail at alloc_cpu.cpp] ... you tried to allocate N bytes``): ``out of memory (tried to allocate N
     bytes)``, with the command's memory budget option where it has one (:data:`BUDGET_OPTIONS`) and the
     address-space limit where one is set; a shared library of torch that cannot be mapped (``ulimit -v`` too low to
     load it); torch's ``Too many open files`` from a DataLoader (``ulimit -n``)."""
     text = str(exc)
+    if gpu_out_of_memory(exc):
+        return gpu_memory_line(exc, command)
     if out_of_memory(exc):
         torch_size, numpy_size = _TORCH_ALLOC.search(text), _NUMPY_ALLOC.search(text)
         size = (f" (tried to allocate {int(torch_size[1]):,} bytes)" if torch_size else
