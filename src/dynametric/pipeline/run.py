@@ -1553,7 +1553,7 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
     and a plateau schedule without validation data is warned of once (the resolved config is logged as the run's
     hyperparameters once the run has begun: :func:`_log_hyperparameters`)."""
     module = comps.module
-    loaders = _checked_loader_settings(cfg)
+    loaders = _checked_loader_settings(cfg, notes)
     # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
                           batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
@@ -1569,13 +1569,15 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
     return dm, trainer
 
 
-def _checked_loader_settings(cfg: Config) -> dict[str, Any]:
+def _checked_loader_settings(cfg: Config, notes: Callable[[str], None]) -> dict[str, Any]:
     """The run's DataLoader keywords (:func:`~dynametric.engine.builders.loader_settings`) once the open files their
     workers need are there (``ulimit -n``, :func:`~dynametric.utils.limits.ensure_open_files`): the soft limit
-    raised up to the hard one, else one line keyed ``data.workers``; checked by the run and its dry run."""
+    raised up to the hard one, else one line keyed ``data.workers``; ``data.workers: auto`` takes as many workers as
+    the hard limit allows instead (a ``note:`` line says so); checked by the run and its dry run."""
     loaders = loader_settings(cfg)
-    ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
-                      persistent=loaders["persistent_workers"])
+    loaders["num_workers"] = ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
+                                               persistent=loaders["persistent_workers"],
+                                               auto=notes if cfg.data.workers == "auto" else None)
     return loaders
 
 
@@ -2129,7 +2131,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     _check_one_process_method(cfg)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
-    _checked_loader_settings(cfg)  # the open files of the loader workers, as the run checks them
+    loaders = _checked_loader_settings(cfg, notes)  # the open files of the loader workers, as the run checks them
     datasets, tests = _dry_run_data(cfg, world, notes)
     comps = _dry_run_components(cfg, datasets, world, run_dir, notes)
     if datasets is not None:  # as the run says them, before training
@@ -2141,7 +2143,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     # the datasets not built (a dry run without data): validation taken as there, as it usually is
     for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
         notes(line)
-    log(_loader_line(cfg))
+    log(_loader_line(cfg, loaders))
     log(_dry_run_data_line(cfg, datasets, comps))
     return comps
 
@@ -2250,10 +2252,9 @@ def _trainer_line(cfg: Config, settings: TrainerSettings, plan: Any, world: int,
             f"{' (model.channels_last null: resolved here)' if cfg.model.channels_last is None else ''}{processes}")
 
 
-def _loader_line(cfg: Config) -> str:
-    """The dry run's ``loader:`` line: what the run's DataLoaders get on this machine (``data.workers: auto``
-    resolved) and the batch sizes."""
-    loader = loader_settings(cfg)
+def _loader_line(cfg: Config, loader: dict[str, Any]) -> str:
+    """The dry run's ``loader:`` line: what the run's DataLoaders get on this machine (``loader``, with
+    ``data.workers: auto`` resolved within the open-file limit) and the batch sizes."""
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
                    f"{loader['prefetch_factor']}" if loader["num_workers"] else

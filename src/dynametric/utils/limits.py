@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 from dynametric.errors import ConfigError
 
@@ -54,20 +55,26 @@ def loader_files(workers: int, prefetch_factor: int | None) -> int:
     return workers * (PER_WORKER_FILES + FILES_PER_PREFETCHED_BATCH * prefetch)
 
 
-def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, persistent: bool = False) -> None:
+def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, persistent: bool = False,
+                      auto: Callable[[str], None] | None = None) -> int:
     """Makes sure a DataLoader with ``workers`` workers prefetching ``prefetch_factor`` batches can open the files
     it needs (:func:`loader_files`, with the files open now and :data:`HEADROOM_FILES`; ``persistent``: the workers
     of another loader stay alive meanwhile, as ``train``'s do while it evaluates, :data:`PER_WORKER_FILES` each).
     A soft limit too low is raised up to the hard limit when that suffices (to at least 4096 files, never past the
     hard limit); where the hard limit is too low, a ConfigError keyed ``key`` (the option
     that set the workers: ``data.workers``, ``--workers``) says the limit and what to do. Nothing without workers,
-    and nothing where the platform has no such limit (Windows)."""
+    and nothing where the platform has no such limit (Windows).
+
+    ``auto``: the user asked for ``auto`` workers, which resolved to ``workers``; where the hard limit is too low
+    for them, the most workers it allows (0 at least: loading in the main process) are used instead of the refusal,
+    and ``auto`` is called with the ``note:`` line that says so. Returns the workers to use (``workers`` but for
+    that case)."""
     if workers <= 0:
-        return
+        return workers
     try:
         import resource
     except ImportError:  # Windows: no RLIMIT_NOFILE
-        return
+        return workers
     per_loader = loader_files(workers, prefetch_factor)
     base = open_file_count() or 32
     kept = workers * PER_WORKER_FILES if persistent else 0
@@ -75,22 +82,28 @@ def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, pe
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     infinite = resource.RLIM_INFINITY
     if soft == infinite or soft >= needed:
-        return
+        return workers
     limit = soft
     if hard == infinite or hard >= needed:
         target = max(needed, 4096) if hard == infinite else min(hard, max(needed, 4096))
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return
+            return workers
         except (ValueError, OSError):  # refused (a platform cap below the hard limit): the soft limit is the limit
             pass
     else:
         limit = hard
     fits = max((limit - base - HEADROOM_FILES) // ((per_loader + kept) // workers), 0)
+    limits = f"ulimit -n: {soft} soft, {'unlimited' if hard == infinite else hard} hard"
+    if auto is not None:  # `auto` asked for as many as suit the machine: as many as the limit allows
+        used = "0 loader workers (loading in the main process)" if not fits else f"{fits} loader workers"
+        auto(f"note: {key} auto: {used} instead of {workers}, which need about {needed} open files, more than "
+             f"this process may open ({limits}); raise the limit (ulimit -n {needed}) for {workers}")
+        return ensure_open_files(fits, prefetch_factor, key, persistent=persistent)  # the soft limit raised to fit
     setting = f"{key} {{}}" if key.startswith("-") else f"{key}={{}}"
     fewer = f"{setting.format(fits)} or fewer" if fits else f"{setting.format(0)}: loading in the main process"
     raise ConfigError(f"{workers} loader workers need about {needed} open files, more than this process may open "
-                      f"(ulimit -n: {soft} soft, {'unlimited' if hard == infinite else hard} hard); raise the limit "
+                      f"({limits}); raise the limit "
                       f"(ulimit -n {needed} in the shell that starts dynametric; above the hard limit, as root or in "
                       f"the system's limits) or use fewer workers ({fewer})", key=key)
 
