@@ -20,6 +20,7 @@ Embeddings always come back as float32 on the CPU, in dataset order.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,8 @@ class InferenceOptions:
         spec = 0 if self.workers is None else check_workers(self.workers, self.key("workers"))
         workers = auto_workers(device) if spec == "auto" else int(spec)
         check_loader_options(batch_size, workers, batch_key=self.key("batch_size"), workers_key=self.key("workers"))
-        ensure_open_files(workers, 4, self.key("workers"))  # ulimit -n for the loader's workers (prefetching 4)
+        # ulimit -n for the loader's workers (prefetching 4); `auto` takes as many as the limit allows
+        workers = ensure_open_files(workers, 4, self.key("workers"), auto=_say_note if spec == "auto" else None)
         pin = device.type == "cuda" if self.pin_memory is None else bool(self.pin_memory)
         decode = str(self.decode).strip().lower()
         if decode not in DECODE_MODES:
@@ -86,6 +88,11 @@ class InferenceOptions:
             decode = "gpu" if device.type == "cuda" and gpu_decode_available() else "cpu"
         return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress), decode,
                                  self.flags)
+
+
+def _say_note(line: str) -> None:
+    """A ``note:`` line of the inference set-up (``workers: auto`` fewer under the open-file limit), on stderr."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _whole(value: Any, what: str, key: str) -> int:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dynametric.config.loader import config_notes
@@ -92,7 +93,7 @@ from dynametric.utils.io import (
     require_new_folder,
     temp_target,
 )
-from dynametric.utils.limits import ensure_open_files
+from dynametric.utils.limits import ensure_open_files, gpu_memory_detail, gpu_out_of_memory
 from dynametric.utils.locks import (
     WRITING_S,
     HeldLock,
@@ -1427,7 +1428,8 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     datasets, tests, data_warnings, own_protocol = _read_run_data(cfg, world, notes)
     comps, exp_logger, components = _build_run_components(cfg, run_dir, datasets, world=world, progress=progress,
                                                           resumed=resumed, notes=notes)
-    dm, trainer = _build_run_trainer(cfg, run_dir, datasets, comps, exp_logger, notes)
+    watch = _StageAtError()
+    dm, trainer = _build_run_trainer(cfg, run_dir, datasets, comps, exp_logger, notes, watch)
     if resume:
         claim_resumed_run(run_dir, notes)
     info = _run_info(datasets, comps, plan, components, data_warnings)
@@ -1440,12 +1442,15 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     waiting = rendezvous_note(cfg, world)  # said before the first Lightning call, where the wait is
     if waiting is not None:
         notes(waiting)
+    phase = "untrained"  # where a GPU that runs out of memory was: the untrained evaluation, the fit, the test
     try:
         if not resume:
             metrics = _start_new_run(cfg, run_dir, parts, leftovers, log, notes)
         else:
             metrics = _resumed_metrics(run_dir, parts, log)
+        phase = "fit"
         fitted = _fit(cfg, run_dir, parts, metrics, resume=resume, log=log)
+        phase = "test"
         test_ckpt = _select_checkpoint(run_dir, parts, notes)
         _test_selected(parts, metrics, fitted, test_ckpt, log)
         view = _report_view(parts)
@@ -1458,6 +1463,8 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Cal
     except LoggerFailure as exc:  # the logger's package raised as the run wrote to it: one line, and how to go on
         raise _logger_stopped(exc, run_dir, parts, folder_key) from None
     except RuntimeError as exc:  # a collective's error: another process of the run ended (killed, out of memory)
+        if gpu_out_of_memory(exc):  # torch.OutOfMemoryError: one line, the keys that lower the memory, how to go on
+            raise _gpu_memory_error(exc, cfg, run_dir, parts, phase, watch, folder_key) from None
         if world <= 1 or not peer_lost(exc):
             raise
         raise _peer_lost_error(exc, run_dir, parts, world, folder_key) from None
@@ -1539,20 +1546,22 @@ def _note_changed_components(run_dir: Path, resumed: ResumedCheckpoint, componen
 
 
 def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Components, exp_logger: Any,
-                       notes: Callable[[str], None]) -> tuple[MetricDataModule, L.Trainer]:
+                       notes: Callable[[str], None], watch: L.Callback | None = None
+                       ) -> tuple[MetricDataModule, L.Trainer]:
     """A step of :func:`_train`: the run's data module and Lightning trainer, built before anything is written (a
     trainer Lightning refuses leaves no file behind). The resolved config is logged as the run's hyperparameters,
     and a plateau schedule without validation data is warned of once (the resolved config is logged as the run's
     hyperparameters once the run has begun: :func:`_log_hyperparameters`)."""
     module = comps.module
-    loaders = _checked_loader_settings(cfg)
+    loaders = _checked_loader_settings(cfg, notes)
     # each training batch's size checked as it is formed (a sampler of the user's giving another size: one line)
     dm = MetricDataModule(datasets.train, datasets.val, datasets.test,
                           batch_sampler_factory=checked_sampler_factory(cfg), eval_batch_size=cfg.data.eval_batch_size,
                           seed=int(cfg.trainer.seed), **loaders)
     warn = functools.partial(_warning_line, notes)
     trainer = build_trainer(comps.trainer, dm, run_dir, enable_validation=datasets.val is not None, logger=exp_logger,
-                            callbacks=[ValidationToMetrics(run_dir / "metrics.json")], warn=warn)
+                            callbacks=[ValidationToMetrics(run_dir / "metrics.json"), *([watch] if watch else [])],
+                            warn=warn)
     if datasets.val is None and module.optim_settings.scheduler == "plateau":
         warn("optim.scheduler.name=plateau in a run without validation data: the learning rate never changes "
              "(the schedule steps on the validation trainer.monitor)")
@@ -1560,13 +1569,15 @@ def _build_run_trainer(cfg: Config, run_dir: Path, datasets: Any, comps: Compone
     return dm, trainer
 
 
-def _checked_loader_settings(cfg: Config) -> dict[str, Any]:
+def _checked_loader_settings(cfg: Config, notes: Callable[[str], None]) -> dict[str, Any]:
     """The run's DataLoader keywords (:func:`~dynametric.engine.builders.loader_settings`) once the open files their
     workers need are there (``ulimit -n``, :func:`~dynametric.utils.limits.ensure_open_files`): the soft limit
-    raised up to the hard one, else one line keyed ``data.workers``; checked by the run and its dry run."""
+    raised up to the hard one, else one line keyed ``data.workers``; ``data.workers: auto`` takes as many workers as
+    the hard limit allows instead (a ``note:`` line says so); checked by the run and its dry run."""
     loaders = loader_settings(cfg)
-    ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
-                      persistent=loaders["persistent_workers"])
+    loaders["num_workers"] = ensure_open_files(loaders["num_workers"], loaders["prefetch_factor"], "data.workers",
+                                               persistent=loaders["persistent_workers"],
+                                               auto=notes if cfg.data.workers == "auto" else None)
     return loaders
 
 
@@ -1812,6 +1823,75 @@ def _file_error(exc: OSError, run_dir: Path, folder_key: str) -> RunFileError | 
     return RunFileError(exc, f"{os_error_line(exc)}; resume with: {_resume_call(run_dir, folder_key)}")
 
 
+class _StageAtError(L.Callback):
+    """Where the fit was when an error ended it: the trainer's stage (training, validating, ...), step and epoch,
+    read in Lightning's ``on_exception`` (Lightning resets the stage before the error reaches the caller)."""
+
+    def __init__(self) -> None:
+        self.stage: RunningStage | None = None
+        self.step = 0
+        self.epoch = 0
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.stage, self.step, self.epoch = trainer.state.stage, int(trainer.global_step), int(trainer.current_epoch)
+
+
+class RunOutOfMemory(DynametricError, torch.cuda.OutOfMemoryError):
+    """A GPU ran out of memory during a run (:func:`_gpu_memory_error`): one line saying where, what lowers the
+    memory and how to go on; still the ``torch.OutOfMemoryError`` it was for a Python caller that catches that."""
+
+
+_FULL_PRECISIONS = ("32", "32-true", "64", "64-true")
+
+
+def _gpu_memory_error(exc: RuntimeError, cfg: Config, run_dir: Path, parts: _RunParts, phase: str,
+                      watch: _StageAtError, folder_key: str) -> RunOutOfMemory:
+    """A GPU ran out of memory in the run (``phase``: ``untrained`` evaluation, ``fit``, ``test``; ``watch`` says
+    whether the fit was training or validating): the validation done so far written as after Ctrl-C
+    (:func:`_interrupted`), the other ranks stopped, and the line: where (step and epoch), the allocation, the keys
+    that lower the memory (``data.batch_size`` in training; ``data.eval_batch_size`` / ``eval.memory_budget_bytes``
+    in an evaluation; ``trainer.precision=bf16-mixed`` from a full precision) and how to go on: a resumed run keeps
+    its config, so resume once the GPU's memory is free, or start a new run with the lower value (before the first
+    ``last.ckpt``: start again in the same folder), in the words of the caller ``folder_key`` names."""
+    signal_launched_ranks(signal.SIGTERM)  # the other ranks would wait for this one
+    _interrupted(run_dir, parts.metrics, parts.module.validation_history, write=parts.trainer.is_global_zero,
+                 folder_key=folder_key)
+    end_launched_ranks()
+    if phase == "fit" and watch.stage == RunningStage.TRAINING:
+        where = f"in training step {watch.step + 1} of epoch {watch.epoch}"
+        key, now = "data.batch_size", cfg.data.batch_size
+        lower = (f"data.batch_size (now {now}; trainer.accumulate_grad_batches=K makes a step of K batches, "
+                 "with the loss of each batch alone)")
+    else:
+        where = {"untrained": "evaluating the untrained model", "test": "testing the trained model"}.get(
+            phase, f"validating in epoch {watch.epoch}")
+        key, now = "data.eval_batch_size", cfg.data.eval_batch_size
+        lower = f"data.eval_batch_size (now {now}) or eval.memory_budget_bytes (the ranking's working memory)"
+    if str(cfg.trainer.precision) in _FULL_PRECISIONS:
+        lower += f", or set trainer.precision=bf16-mixed (now {cfg.trainer.precision})"
+    detail = gpu_memory_detail(exc)
+    config, override = run_dir / "config.yaml", f"{key}=B"
+    if (run_dir / "last.ckpt").is_file():
+        how = (f"free the GPU's memory (other processes on it) and resume with: {_resume_call(run_dir, folder_key)}; "
+               f"or lower {lower} in a new run (a resumed run keeps its config; B < {now}): "
+               f"{_start_with(config, None, folder_key, override)}")
+    elif config.is_file():
+        how = (f"no checkpoint yet; lower {lower} and start again (B < {now}): "
+               f"{_start_with(config, run_dir, folder_key, override)}")
+    else:
+        how = f"lower {lower}"
+    return RunOutOfMemory(f"out of GPU memory {where}{f' ({detail})' if detail else ''}: {how}")
+
+
+def _start_with(config: Path, run_dir: Path | None, folder_key: str, override: str) -> str:
+    """:func:`_start_call` with one ``KEY=VALUE`` override: the command line's word after the call, a Python
+    call's ``load_config(CONFIG, [OVERRIDE])``."""
+    if folder_key == PYTHON_FOLDER_KEY:
+        where = "NEW" if run_dir is None else repr(str(run_dir))
+        return f"run_training(load_config({str(config)!r}, [{override!r}]), {where})"
+    return f"{_start_call(config, run_dir, folder_key)} {override}"
+
+
 def _peer_lost_error(exc: RuntimeError, run_dir: Path, parts: _RunParts, world: int,
                      folder_key: str) -> DynametricError:
     """Another process of a several-process run ended (:func:`peer_lost`): the processes this one started
@@ -2051,7 +2131,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     _check_one_process_method(cfg)
     plan = plan_trainer(settings)  # this machine: the accelerator, a float16 precision on the CPU, Lightning
     world = plan.processes * int(cfg.trainer.num_nodes)  # the processes of all nodes: Lightning's world size
-    _checked_loader_settings(cfg)  # the open files of the loader workers, as the run checks them
+    loaders = _checked_loader_settings(cfg, notes)  # the open files of the loader workers, as the run checks them
     datasets, tests = _dry_run_data(cfg, world, notes)
     comps = _dry_run_components(cfg, datasets, world, run_dir, notes)
     if datasets is not None:  # as the run says them, before training
@@ -2063,7 +2143,7 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     # the datasets not built (a dry run without data): validation taken as there, as it usually is
     for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
         notes(line)
-    log(_loader_line(cfg))
+    log(_loader_line(cfg, loaders))
     log(_dry_run_data_line(cfg, datasets, comps))
     return comps
 
@@ -2172,10 +2252,9 @@ def _trainer_line(cfg: Config, settings: TrainerSettings, plan: Any, world: int,
             f"{' (model.channels_last null: resolved here)' if cfg.model.channels_last is None else ''}{processes}")
 
 
-def _loader_line(cfg: Config) -> str:
-    """The dry run's ``loader:`` line: what the run's DataLoaders get on this machine (``data.workers: auto``
-    resolved) and the batch sizes."""
-    loader = loader_settings(cfg)
+def _loader_line(cfg: Config, loader: dict[str, Any]) -> str:
+    """The dry run's ``loader:`` line: what the run's DataLoaders get on this machine (``loader``, with
+    ``data.workers: auto`` resolved within the open-file limit) and the batch sizes."""
     d = cfg.data
     worker_keys = (f"persistent_workers {str(loader['persistent_workers']).lower()}, prefetch_factor "
                    f"{loader['prefetch_factor']}" if loader["num_workers"] else

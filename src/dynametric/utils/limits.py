@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 from dynametric.errors import ConfigError
 
@@ -54,20 +55,26 @@ def loader_files(workers: int, prefetch_factor: int | None) -> int:
     return workers * (PER_WORKER_FILES + FILES_PER_PREFETCHED_BATCH * prefetch)
 
 
-def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, persistent: bool = False) -> None:
+def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, persistent: bool = False,
+                      auto: Callable[[str], None] | None = None) -> int:
     """Makes sure a DataLoader with ``workers`` workers prefetching ``prefetch_factor`` batches can open the files
     it needs (:func:`loader_files`, with the files open now and :data:`HEADROOM_FILES`; ``persistent``: the workers
     of another loader stay alive meanwhile, as ``train``'s do while it evaluates, :data:`PER_WORKER_FILES` each).
     A soft limit too low is raised up to the hard limit when that suffices (to at least 4096 files, never past the
     hard limit); where the hard limit is too low, a ConfigError keyed ``key`` (the option
     that set the workers: ``data.workers``, ``--workers``) says the limit and what to do. Nothing without workers,
-    and nothing where the platform has no such limit (Windows)."""
+    and nothing where the platform has no such limit (Windows).
+
+    ``auto``: the user asked for ``auto`` workers, which resolved to ``workers``; where the hard limit is too low
+    for them, the most workers it allows (0 at least: loading in the main process) are used instead of the refusal,
+    and ``auto`` is called with the ``note:`` line that says so. Returns the workers to use (``workers`` but for
+    that case)."""
     if workers <= 0:
-        return
+        return workers
     try:
         import resource
     except ImportError:  # Windows: no RLIMIT_NOFILE
-        return
+        return workers
     per_loader = loader_files(workers, prefetch_factor)
     base = open_file_count() or 32
     kept = workers * PER_WORKER_FILES if persistent else 0
@@ -75,22 +82,28 @@ def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, pe
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     infinite = resource.RLIM_INFINITY
     if soft == infinite or soft >= needed:
-        return
+        return workers
     limit = soft
     if hard == infinite or hard >= needed:
         target = max(needed, 4096) if hard == infinite else min(hard, max(needed, 4096))
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return
+            return workers
         except (ValueError, OSError):  # refused (a platform cap below the hard limit): the soft limit is the limit
             pass
     else:
         limit = hard
     fits = max((limit - base - HEADROOM_FILES) // ((per_loader + kept) // workers), 0)
+    limits = f"ulimit -n: {soft} soft, {'unlimited' if hard == infinite else hard} hard"
+    if auto is not None:  # `auto` asked for as many as suit the machine: as many as the limit allows
+        used = "0 loader workers (loading in the main process)" if not fits else f"{fits} loader workers"
+        auto(f"note: {key} auto: {used} instead of {workers}, which need about {needed} open files, more than "
+             f"this process may open ({limits}); raise the limit (ulimit -n {needed}) for {workers}")
+        return ensure_open_files(fits, prefetch_factor, key, persistent=persistent)  # the soft limit raised to fit
     setting = f"{key} {{}}" if key.startswith("-") else f"{key}={{}}"
     fewer = f"{setting.format(fits)} or fewer" if fits else f"{setting.format(0)}: loading in the main process"
     raise ConfigError(f"{workers} loader workers need about {needed} open files, more than this process may open "
-                      f"(ulimit -n: {soft} soft, {'unlimited' if hard == infinite else hard} hard); raise the limit "
+                      f"({limits}); raise the limit "
                       f"(ulimit -n {needed} in the shell that starts dynametric; above the hard limit, as root or in "
                       f"the system's limits) or use fewer workers ({fewer})", key=key)
 
@@ -106,6 +119,55 @@ _MAP_SEGMENT = re.compile(r"([^\s:]+): failed to map segment")
 
 _ALLOC_FAILED = re.compile(r"alloc_cpu\.cpp|can't allocate memory|CUDA out of memory")
 
+#: the options that lower a command's GPU memory, named by its out-of-GPU-memory line (:func:`gpu_memory_line`)
+GPU_MEMORY_OPTIONS = {
+    "embed": "--batch-size (images per forward pass)",
+    "evaluate": "--batch-size (images per forward pass, with --checkpoint) or --memory-budget-mb (the ranking's "
+                "working memory)",
+    "search": "--batch-size (query images per forward pass)",
+    "train": "data.batch_size, data.eval_batch_size or eval.memory_budget_bytes",
+}
+
+_GPU_ALLOC = re.compile(r"Tried to allocate (\d+(?:\.\d+)? ?[KMGT]?i?B)")
+# torch >= 2.3: "GPU 0 has a total capacity of 79.11 GiB of which 1.2 GiB is free"; before: "(GPU 0; 79.11 GiB total
+# capacity; 70.00 GiB already allocated; 1.20 GiB free; ...)"
+_GPU_CAPACITY = re.compile(r"(GPU \d+) has a total capacity of (\S+ \S+) of which (\S+ \S+) is free")
+_GPU_CAPACITY_OLD = re.compile(r"\((GPU \d+); (\S+ \S+) total capacity;(?:[^)]*?; )?(\S+ \S+) free")
+
+
+def gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says a GPU ran out of memory: torch's ``OutOfMemoryError`` (what CUDA's allocator raises) or
+    a ``RuntimeError`` saying so (``CUDA out of memory``, ``MPS backend out of memory``). Not a ``MemoryError`` nor
+    the CPU allocator's failure (:func:`out_of_memory` covers those too)."""
+    if isinstance(exc, MemoryError):
+        return False
+    if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and re.search(r"(CUDA|MPS backend) out of memory", str(exc)) is not None
+
+
+def gpu_memory_detail(exc: BaseException) -> str:
+    """What a GPU's out-of-memory error says of the allocation, ``tried to allocate 2.00 GiB; GPU 0: 1.2 GiB free
+    of 79.11 GiB`` (the parts its text has; ``""`` where it has neither)."""
+    text = str(exc)
+    parts = []
+    if (size := _GPU_ALLOC.search(text)) is not None:
+        parts.append(f"tried to allocate {size[1]}")
+    if (gpu := _GPU_CAPACITY.search(text) or _GPU_CAPACITY_OLD.search(text)) is not None:
+        parts.append(f"{gpu[1]}: {gpu[3]} free of {gpu[2]}")
+    return "; ".join(parts)
+
+
+def gpu_memory_line(exc: BaseException, command: str) -> str:
+    """The command line's one line for a GPU that ran out of memory in ``command``: ``out of GPU memory (tried to
+    allocate 2.00 GiB; GPU 0: 1.2 GiB free of 79.11 GiB); lower --batch-size (images per forward pass) or free the
+    GPU's memory (other processes on it)``, with the command's options of :data:`GPU_MEMORY_OPTIONS`."""
+    detail = gpu_memory_detail(exc)
+    options = GPU_MEMORY_OPTIONS.get(command)
+    lower = f"lower {options} or free" if options else "free"
+    return f"out of GPU memory{f' ({detail})' if detail else ''}; {lower} the GPU's memory (other processes on it)"
+
+
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says the process ran out of memory: a ``MemoryError``, torch's CPU allocator failing
@@ -118,12 +180,15 @@ def out_of_memory(exc: BaseException) -> bool:
 
 def resource_error_line(exc: BaseException, command: str) -> str | None:
     """The one line (without the ``dynametric COMMAND: error:`` prefix) of an error that says the process ran out of
-    a resource, else ``None``: a ``MemoryError`` (numpy's names the size) or torch's CPU allocator failing
+    a resource, else ``None``: a GPU's out-of-memory error (:func:`gpu_memory_line`, naming the command's batch-size
+    and budget options); a ``MemoryError`` (numpy's names the size) or torch's CPU allocator failing
     (``[enforce fail at alloc_cpu.cpp] ... you tried to allocate N bytes``): ``out of memory (tried to allocate N
     bytes)``, with the command's memory budget option where it has one (:data:`BUDGET_OPTIONS`) and the
     address-space limit where one is set; a shared library of torch that cannot be mapped (``ulimit -v`` too low to
     load it); torch's ``Too many open files`` from a DataLoader (``ulimit -n``)."""
     text = str(exc)
+    if gpu_out_of_memory(exc):
+        return gpu_memory_line(exc, command)
     if out_of_memory(exc):
         torch_size, numpy_size = _TORCH_ALLOC.search(text), _NUMPY_ALLOC.search(text)
         size = (f" (tried to allocate {int(torch_size[1]):,} bytes)" if torch_size else
