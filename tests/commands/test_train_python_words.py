@@ -133,20 +133,27 @@ def test_a_refused_python_resume_names_the_python_calls(finished, tmp_path) -> N
     with pytest.raises(InputError) as info:
         run_training(edited, run, resume=True, **QUIET)
     python = str(info.value)
-    assert python.startswith(f"{config}: no longer matches the checkpoint it was saved with ({last} was trained ")
-    assert python.endswith(f"; changed: data.batch_size (32 -> 8)); {new}")
+    resume = f'run_training(load_config("{config}"), "{run}", resume=True)'
+    # the argument cfg differs, not config.yaml (as the run wrote it): named cfg, with the resume that works
+    assert python.startswith(f"key 'cfg': no longer matches the checkpoint the run was saved with ({last} was "
+                             "trained ")
+    assert python.endswith(f"; changed: data.batch_size (32 -> 8)); resume with the config the run was trained with, "
+                           f"which {config} holds: {resume}; or start a new run with this cfg: run_training(cfg, NEW) "
+                           "(NEW: another run_dir)")
     with pytest.raises(InputError) as info:
         check_resume(edited, run, "--resume", lambda _: None)
-    assert str(info.value) == python.replace(new, cli_new)
+    cli = str(info.value)
+    assert cli.startswith(f"{config}: no longer matches the checkpoint it was saved with ({last} was trained ")
+    assert cli.endswith(f"; changed: data.batch_size (32 -> 8)); {cli_new}")
     # only the imports changed
     imports = load_config(config)
     imports.imports = ["json"]
     with pytest.raises(InputError) as info:
         run_training(imports, run, resume=True, **QUIET)
-    resume = f'run_training(load_config("{config}"), "{run}", resume=True)'
-    assert str(info.value) == (f"{config} key 'imports': changed only its 'imports' ([] in {last}, ['json'] here), "
-                               "which resuming keeps as the run recorded them: restore them, and import another "
-                               f"module for the resume with import MODULE before {resume}")
+    assert str(info.value) == (f"key 'cfg.imports': changed only its imports ([] in {last}, ['json'] here), which "
+                               "resuming keeps as the run recorded them: resume with the config the run was trained "
+                               f"with, which {config} holds: {resume} (import another module with import MODULE "
+                               "before it)")
     with pytest.raises(InputError) as info:
         check_resume(imports, run, "--resume", lambda _: None)
     assert str(info.value).endswith(f"and import another module for the resume with dynametric --import MODULE train "

@@ -788,17 +788,56 @@ def _config_changed(cfg: Config, checked: dict[str, Any], stored: Any, saved: An
     """The one line of a resume refused because ``config.yaml`` is not the config ``last.ckpt`` was saved with."""
     config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     keys, differ = _changes(stored, checked)
+    if folder_key == PYTHON_FOLDER_KEY:  # the caller's cfg differs, not (or not only) config.yaml: named as such
+        return _python_config_changed(cfg, stored, saved, now, keys, differ, run_dir)
     if keys == ["imports"]:  # only the modules imported: no other training
-        if folder_key == PYTHON_FOLDER_KEY:  # a Python call imports another module itself before it resumes
-            how = f"with import MODULE before {_resume_call(run_dir, folder_key)}"
-        else:
-            how = f"with dynametric --import MODULE train --resume {run_dir}"
+        how = f"with dynametric --import MODULE train --resume {run_dir}"
         return InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
                           f"{cfg.imports!r} here), which resuming keeps as the run recorded them: restore them, "
                           f"and import another module for the resume {how}", file=config, key="imports")
     return InputError(f"no longer matches the checkpoint it was saved with ({last} was trained with config "
                       f"hash {saved}, this config hashes to {now}{differ}); {_new_run_hint(config, folder_key)}",
                       file=config)
+
+
+def _python_config_changed(cfg: Config, stored: Any, saved: Any, now: str, keys: list[str], differ: str,
+                           run_dir: Path) -> InputError:
+    """:func:`_config_changed` for a Python call (``run_training(cfg, run_dir, resume=True)``): keyed ``cfg``, the
+    argument that differs, with how to resume with the trained config (``run_dir``'s ``config.yaml`` where it still
+    holds it: :func:`_file_config_hash`; else restored first) or start a new run with ``cfg``."""
+    config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
+    resume = _resume_call(run_dir, PYTHON_FOLDER_KEY)
+    held = _file_config_hash(config)
+    how = (f"which {config} holds: {resume}" if held == saved else
+           f"which {config} no longer holds either (edited since {last} was saved): restore it, then {resume}"
+           if held is not None else resume)
+    if keys == ["imports"]:
+        return InputError(f"changed only its imports ({stored.get('imports') or []!r} in {last}, {cfg.imports!r} "
+                          f"here), which resuming keeps as the run recorded them: resume with the config the run was "
+                          f"trained with, {how} (import another module with import MODULE before it)",
+                          key="cfg.imports")
+    return InputError(f"no longer matches the checkpoint the run was saved with ({last} was trained with config hash "
+                      f"{saved}, cfg hashes to {now}{differ}); resume with the config the run was trained with, {how}; "
+                      "or start a new run with this cfg: run_training(cfg, NEW) (NEW: another run_dir)", key="cfg")
+
+
+def _file_config_hash(config: Path) -> str | None:
+    """:func:`~dynametric.config.config_hash` of the config a run's ``config.yaml`` holds, read as YAML without
+    importing its ``imports`` (``None`` where it cannot be read)."""
+    import yaml
+
+    from dynametric.config.loader import content_hash
+
+    try:
+        content = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(content, dict):
+        return None
+    try:
+        return content_hash(content)
+    except (TypeError, ValueError):
+        return None
 
 
 def _keep_predating_statistics(cfg: Config, pin: tuple[list[float], list[float], bool] | None, last: Path,

@@ -1,0 +1,50 @@
+"""``run_training(cfg, run_dir, resume=True)`` from Python with a ``cfg`` other than the one the run was trained
+with: the refusal names the argument ``cfg`` (the run's ``config.yaml`` is as the run wrote it), says the resume
+that works (the run's own config, evaluated here) and how to start a new run with ``cfg``; where ``config.yaml``
+was edited too, it says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynametric.config import load_config
+from dynametric.errors import InputError
+from dynametric.pipeline.run import run_training
+from tests.commands.test_train_python_words import QUIET, TINY
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pyresume") / "run"
+    run_training(load_config(None, TINY), run, **QUIET)
+    return run
+
+
+def test_a_python_cfg_other_than_the_runs_names_cfg_and_the_resume_that_works(trained) -> None:
+    run = trained
+    config, last = run / "config.yaml", run / "last.ckpt"
+    with pytest.raises(InputError) as info:
+        run_training(load_config(config, ["optim.lr=0.5"]), run, resume=True, **QUIET)
+    message = str(info.value)
+    resume = f"run_training(load_config({str(config)!r}), {str(run)!r}, resume=True)"
+    assert message.startswith(f"key 'cfg': no longer matches the checkpoint the run was saved with ({last} was "
+                              "trained with config hash ")
+    assert message.endswith(f"; changed: optim.lr (0.001 -> 0.5)); resume with the config the run was trained with, "
+                            f"which {config} holds: {resume}; or start a new run with this cfg: run_training(cfg, NEW) "
+                            "(NEW: another run_dir)")
+    assert not message.startswith(str(config))  # the file is as the run wrote it
+    metrics = (run / "metrics.json").read_text(encoding="utf-8")
+    result = eval(resume, {"run_training": lambda *a, **k: run_training(*a, **k, **QUIET), "load_config": load_config})
+    assert result.run_dir == run and (run / "metrics.json").read_text(encoding="utf-8") == metrics
+
+
+def test_an_edited_config_yaml_loaded_into_cfg_is_said_too(trained, tmp_path) -> None:
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "copy")
+    config = run / "config.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("lr: 0.001", "lr: 0.5"), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        run_training(load_config(config), run, resume=True, **QUIET)
+    assert (f"resume with the config the run was trained with, which {config} no longer holds either (edited since "
+            f"{run / 'last.ckpt'} was saved): restore it, then run_training(") in str(info.value)
