@@ -80,7 +80,7 @@ class DataConfig:
     workers: int | str = "auto"
     """DataLoader worker processes, 0 to 128 (:func:`dynametric.utils.device.check_workers`, as ``--workers``), or
     ``auto`` (any case): ``min(16, CPUs / P - 1)`` when training on a CUDA GPU (P = ``trainer.devices`` on this
-    machine), else 0."""
+    machine), else 0; fewer where the open-file limit (``ulimit -n``) allows fewer, with a ``note:`` line."""
     pin_memory: bool | None = None
     """Page-locked batches for non-blocking copies to the GPU; ``None``: on when training on a CUDA GPU; always off on
     a CPU run (nothing to pin for)."""
