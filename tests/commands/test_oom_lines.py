@@ -67,7 +67,7 @@ def test_out_of_gpu_memory_in_a_training_step_is_one_line_with_the_resume_comman
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip() == (
-        f"dynametric train: error: out of GPU memory in training step {seen['step'] + 1} of epoch 1 ({DETAIL}): "
+        f"dynametric train: error: out of GPU memory training at global step {seen['step']} (epoch 1) ({DETAIL}): "
         f"free the GPU's memory (other processes on it) and resume with: dynametric train --resume {out}; or lower "
         "data.batch_size (now 16; trainer.accumulate_grad_batches=K makes a step of K batches, with the loss of each "
         "batch alone), or set trainer.precision=bf16-mixed (now 32) in a new run (a resumed run keeps its config; "
@@ -87,7 +87,7 @@ def test_out_of_gpu_memory_before_the_first_checkpoint_says_how_to_start_again(t
     assert main(["train", "--config", str(_config(tmp_path, epochs=1)), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     start = f"dynametric train --config {out / 'config.yaml'} --out {out} data.batch_size=B"
-    assert err.startswith(f"dynametric train: error: out of GPU memory in training step 3 of epoch 0 ({DETAIL}): "
+    assert err.startswith(f"dynametric train: error: out of GPU memory training at global step 2 (epoch 0) ({DETAIL}): "
                           "no checkpoint yet; lower data.batch_size (now 16; ")
     assert err.endswith(f"and start again (B < 16): {start}") and "\n" not in err
     assert not (out / "last.ckpt").exists()

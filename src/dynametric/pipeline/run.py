@@ -1897,7 +1897,7 @@ def _gpu_memory_error(exc: RuntimeError, cfg: Config, run_dir: Path, parts: _Run
                  folder_key=folder_key)
     end_launched_ranks()
     if phase == "fit" and watch.stage == RunningStage.TRAINING:
-        where = f"in training step {watch.step + 1} of epoch {watch.epoch}"
+        where = f"training at global step {watch.step} (epoch {watch.epoch})"  # as the non-finite messages count
         key, now = "data.batch_size", cfg.data.batch_size
         lower = (f"data.batch_size (now {now}; trainer.accumulate_grad_batches=K makes a step of K batches, "
                  "with the loss of each batch alone)")
