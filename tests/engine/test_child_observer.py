@@ -69,3 +69,24 @@ def test_the_observer_kills_nothing_once_rank_0_took_the_processes(monkeypatch, 
 
 def test_no_observer_of_these_processes_is_left_as_it_is() -> None:
     assert trainer_mod.patient_observer([]) is False
+
+
+def test_rank_0_taking_the_processes_as_the_grace_ends_is_never_killed(monkeypatch, capsys, ended_rank_1) -> None:
+    """The observer's last look and its kill are one step with respect to rank 0 taking the processes: a rank 0
+    that takes them while the observer decides (here: the test holds the lock through the end of the grace, then
+    takes them) is not killed after it said its line."""
+    monkeypatch.setattr(trainer_mod, "PEER_GRACE_S", 0.2)
+    monkeypatch.setattr(trainer_mod, "_LAUNCHED", [])
+    monkeypatch.setattr(trainer_mod, "_TAKEN", [])
+    procs, killed = [ended_rank_1], []
+    observer = _observer(procs, killed)
+    assert trainer_mod.patient_observer(procs)
+    trainer_mod._LAUNCHED.append(procs)
+    waiting = threading.Thread(target=observer._terminate_all)
+    with trainer_mod._TAKING:
+        waiting.start()
+        time.sleep(0.6)  # the grace is over: the observer waits for the lock
+        assert waiting.is_alive() and killed == []
+        trainer_mod.signal_launched_ranks(15)
+    waiting.join(5)
+    assert not waiting.is_alive() and killed == [] and capsys.readouterr().err == ""

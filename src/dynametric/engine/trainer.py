@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -288,6 +289,7 @@ class _NoSignalHandlers(_SignalConnector):
 _LAUNCHERS: weakref.WeakSet[_SubprocessScriptLauncher] = weakref.WeakSet()
 _LAUNCHED: list[list[subprocess.Popen]] = []
 _TAKEN: list[subprocess.Popen] = []
+_TAKING = threading.RLock()  # held while rank 0 takes the processes, and while the observer's kill decides
 
 
 PEER_GRACE_S = 30.0
@@ -305,8 +307,6 @@ def patient_observer(procs: list[subprocess.Popen]) -> bool:
     (:func:`signal_launched_ranks` empties the list: rank 0 saw the error and stops them itself); a rank 0 that hangs
     in a collective still ends, after one line on stderr. Returns whether such an observer was found (none on
     another Lightning version: its kill stays as it was)."""
-    import threading
-
     found = False
     for thread in threading.enumerate():
         terminate = getattr(thread, "_terminate_all", None)
@@ -317,28 +317,34 @@ def patient_observer(procs: list[subprocess.Popen]) -> bool:
             continue
 
         def patient(terminate: Callable[[], None] = terminate) -> None:
-            import sys
             import time
 
             deadline = time.monotonic() + PEER_GRACE_S
             while procs and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if not procs:
-                return
-            ended = next(((rank, proc.returncode) for rank, proc in enumerate(list(procs), 1) if proc.returncode),
-                         None)
-            what = f"the process of rank {ended[0]} ended with status {ended[1]}" if ended else \
-                "the process of another rank ended"
-            with contextlib.suppress(Exception):
-                sys.stderr.write(f"dynametric: error: {what} and rank 0 did not stop within {PEER_GRACE_S:g} s (it "
-                                 "waits in a collective): every process of the run is killed now; the run's "
-                                 "last.ckpt, if written, resumes it\n")
-                sys.stderr.flush()
-            terminate()
+            with _TAKING:  # rank 0 takes the processes (signal_launched_ranks) either before this or not at all
+                if procs:
+                    _terminate_with_line(procs, terminate)
 
         patient.dynametric_patient = True  # type: ignore[attr-defined]
         thread._terminate_all = patient  # type: ignore[attr-defined]
     return found
+
+
+def _terminate_with_line(procs: list[subprocess.Popen], terminate: Callable[[], None]) -> None:
+    """:func:`patient_observer`'s kill once the grace is over: one line on stderr, then Lightning's kill of every
+    process of the run, this one included."""
+    import sys
+
+    ended = next(((rank, proc.returncode) for rank, proc in enumerate(list(procs), 1) if proc.returncode), None)
+    what = f"the process of rank {ended[0]} ended with status {ended[1]}" if ended else \
+        "the process of another rank ended"
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"dynametric: error: {what} and rank 0 did not stop within {PEER_GRACE_S:g} s (it waits in "
+                         "a collective): every process of the run is killed now; the run's last.ckpt, if written, "
+                         "resumes it\n")
+        sys.stderr.flush()
+    terminate()
 
 
 def launched_ranks() -> list[subprocess.Popen]:
@@ -364,8 +370,9 @@ def signal_launched_ranks(signum: int) -> int:
             with contextlib.suppress(OSError):
                 proc.send_signal(signum)
                 sent += 1
-    for lst in [*_LAUNCHED, *(launcher.procs for launcher in list(_LAUNCHERS))]:
-        lst.clear()  # the same list objects as the launcher's and its observer's
+    with _TAKING:  # reentrant: a signal handler may take them while this thread does
+        for lst in [*_LAUNCHED, *(launcher.procs for launcher in list(_LAUNCHERS))]:
+            lst.clear()  # the same list objects as the launcher's and its observer's
     return sent
 
 
