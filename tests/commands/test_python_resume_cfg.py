@@ -48,3 +48,37 @@ def test_an_edited_config_yaml_loaded_into_cfg_is_said_too(trained, tmp_path) ->
         run_training(load_config(config), run, resume=True, **QUIET)
     assert (f"resume with the config the run was trained with, which {config} no longer holds either (edited since "
             f"{run / 'last.ckpt'} was saved): restore it, then run_training(") in str(info.value)
+
+
+@pytest.mark.parametrize("same", [("lr: 0.001", "lr: 1.0e-3"), ("workers: auto", "workers: AUTO"),
+                                  ("precision: '32'", "precision: 32")])
+def test_a_config_yaml_holding_the_trained_values_written_otherwise_still_holds_them(trained, tmp_path, same) -> None:
+    """The file is loaded as a resume of it loads it: 1.0e-3 and 0.001 alike (QA: read as raw YAML, such a file was
+    said to be edited, with advice to restore a file that resumes as it is)."""
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "copy")
+    config = run / "config.yaml"
+    text = config.read_text(encoding="utf-8")
+    assert same[0] in text
+    config.write_text(text.replace(same[0], same[1]), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        run_training(load_config(config, ["optim.lr=0.5"]), run, resume=True, **QUIET)
+    assert f"resume with the config the run was trained with, which {config} holds: run_training(" in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["missing", "a list"])
+def test_a_missing_or_broken_config_yaml_is_said_before_the_call_that_needs_it(trained, tmp_path, damage) -> None:
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "copy")
+    config = run / "config.yaml"
+    if damage == "missing":
+        config.unlink()
+    else:
+        config.write_text("- a\n- list\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        run_training(load_config(trained / "config.yaml", ["optim.lr=0.5"]), run, resume=True, **QUIET)
+    assert (f"resume with the config the run was trained with, which {config} should hold, but it is missing or "
+            f"cannot be loaded: restore it, then run_training(load_config({str(config)!r}), {str(run)!r}, "
+            "resume=True)") in str(info.value)

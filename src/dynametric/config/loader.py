@@ -1050,13 +1050,7 @@ def config_hash(cfg: Config, length: int = 16) -> str:
     Equal configs hash equally whatever the key order or the file they came from; any changed value changes it.
     An empty ``imports`` is left out, so a config keeps the hash it had before the key existed.
     """
-    return content_hash(config_to_dict(cfg), length)
-
-
-def content_hash(content: dict[str, Any], length: int = 16) -> str:
-    """:func:`config_hash` of a config's content as a dict (a run's ``config.yaml`` read as YAML, without resolving
-    or importing anything); raises ``TypeError`` / ``ValueError`` for content JSON cannot hold."""
-    content = dict(content)
+    content = config_to_dict(cfg)
     if not content.get("imports"):
         content.pop("imports", None)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=True)

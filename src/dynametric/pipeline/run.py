@@ -765,7 +765,7 @@ def _check_trained_config(cfg: Config, checked: dict[str, Any], extra: dict[str,
         stored = extra.get("config")
         added = _added_defaults(stored, checked) if isinstance(stored, dict) else None
         if not added:
-            raise _config_changed(cfg, checked, stored, saved, now, run_dir, folder_key)
+            raise _config_changed(cfg, checked, stored, saved, now, run_dir, folder_key, pin)
         # only keys a later dynametric added, at their defaults: the run's own config, resumed (data.mean / data.std
         # of a run that predates them are not left at their defaults: the note below says what it resumes with)
         said = [(k, v) for k, v in added if not (pin is not None and pin[2] and k in ("data.mean", "data.std"))]
@@ -784,12 +784,13 @@ def _changes(stored: Any, new: dict[str, Any]) -> tuple[list[str], str]:
 
 
 def _config_changed(cfg: Config, checked: dict[str, Any], stored: Any, saved: Any, now: str,
-                    run_dir: Path, folder_key: str) -> InputError:
+                    run_dir: Path, folder_key: str,
+                    pin: tuple[list[float], list[float], bool] | None = None) -> InputError:
     """The one line of a resume refused because ``config.yaml`` is not the config ``last.ckpt`` was saved with."""
     config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     keys, differ = _changes(stored, checked)
     if folder_key == PYTHON_FOLDER_KEY:  # the caller's cfg differs, not (or not only) config.yaml: named as such
-        return _python_config_changed(cfg, stored, saved, now, keys, differ, run_dir)
+        return _python_config_changed(cfg, stored, saved, now, keys, differ, run_dir, pin)
     if keys == ["imports"]:  # only the modules imported: no other training
         how = f"with dynametric --import MODULE train --resume {run_dir}"
         return InputError(f"changed only its 'imports' ({stored.get('imports') or []!r} in {last}, "
@@ -801,16 +802,17 @@ def _config_changed(cfg: Config, checked: dict[str, Any], stored: Any, saved: An
 
 
 def _python_config_changed(cfg: Config, stored: Any, saved: Any, now: str, keys: list[str], differ: str,
-                           run_dir: Path) -> InputError:
+                           run_dir: Path, pin: tuple[list[float], list[float], bool] | None) -> InputError:
     """:func:`_config_changed` for a Python call (``run_training(cfg, run_dir, resume=True)``): keyed ``cfg``, the
     argument that differs, with how to resume with the trained config (``run_dir``'s ``config.yaml`` where it still
-    holds it: :func:`_file_config_hash`; else restored first) or start a new run with ``cfg``."""
+    holds it: :func:`_file_holds_trained_config`; else restored first) or start a new run with ``cfg``."""
     config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     resume = _resume_call(run_dir, PYTHON_FOLDER_KEY)
-    held = _file_config_hash(config)
-    how = (f"which {config} holds: {resume}" if held == saved else
+    held = _file_holds_trained_config(config, stored, saved, pin)
+    how = (f"which {config} holds: {resume}" if held else
            f"which {config} no longer holds either (edited since {last} was saved): restore it, then {resume}"
-           if held is not None else resume)
+           if held is not None else
+           f"which {config} should hold, but it is missing or cannot be loaded: restore it, then {resume}")
     if keys == ["imports"]:
         return InputError(f"changed only its imports ({stored.get('imports') or []!r} in {last}, {cfg.imports!r} "
                           f"here), which resuming keeps as the run recorded them: resume with the config the run was "
@@ -821,23 +823,28 @@ def _python_config_changed(cfg: Config, stored: Any, saved: Any, now: str, keys:
                       "or start a new run with this cfg: run_training(cfg, NEW) (NEW: another run_dir)", key="cfg")
 
 
-def _file_config_hash(config: Path) -> str | None:
-    """:func:`~dynametric.config.config_hash` of the config a run's ``config.yaml`` holds, read as YAML without
-    importing its ``imports`` (``None`` where it cannot be read)."""
-    import yaml
+def _file_holds_trained_config(config: Path, stored: Any, saved: Any,
+                               pin: tuple[list[float], list[float], bool] | None) -> bool | None:
+    """Whether a run's ``config.yaml``, loaded as :func:`~dynametric.config.load_config` loads it (``3e-3`` and
+    ``0.003`` alike), is the config its ``last.ckpt`` was trained with, as a resume of it would find: the same hash
+    (with the input statistics an earlier resume recorded, ``pin``), or only keys a later dynametric added, at
+    their defaults. ``None`` where it cannot be loaded (missing, not a config, a module of its ``imports`` that
+    cannot be imported)."""
+    import warnings
 
-    from dynametric.config.loader import content_hash
+    from dynametric.config import config_hash, config_to_dict, load_config
 
     try:
-        content = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the import note of its imports: said where the caller loads it
+            file_cfg = load_config(config)
+    except (DynametricError, OSError, ImportError, ValueError, TypeError):
         return None
-    if not isinstance(content, dict):
-        return None
-    try:
-        return content_hash(content)
-    except (TypeError, ValueError):
-        return None
+    if pin is not None and not pin[2]:
+        file_cfg.data.mean, file_cfg.data.std = pin[:2]
+    if config_hash(file_cfg) == saved:
+        return True
+    return isinstance(stored, dict) and bool(_added_defaults(stored, config_to_dict(file_cfg)))
 
 
 def _keep_predating_statistics(cfg: Config, pin: tuple[list[float], list[float], bool] | None, last: Path,
