@@ -172,3 +172,27 @@ def test_out_of_gpu_memory_in_evaluate_checkpoint_names_its_batch_size_and_budge
         f"dynametric evaluate: error: out of GPU memory ({DETAIL}); lower --batch-size (images per forward pass, "
         "with --checkpoint) or --memory-budget-mb (the ranking's working memory) or free the GPU's memory (other "
         "processes on it)")
+
+
+@pytest.mark.parametrize(("exc", "detail"), [
+    # torch 2.1 spelled "capacty"; the older form lists the allocated memory between the total and the free
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB. GPU 1 has a total capacty of 23.69 "
+                            "GiB of which 100.06 MiB is free."), "tried to allocate 512.00 MiB; GPU 1: 100.06 MiB "
+                                                                 "free of 23.69 GiB"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 7.79 GiB total capacity; 6.49 GiB already "
+                  "allocated; 17.56 MiB free; 6.60 GiB reserved in total by PyTorch)"),
+     "tried to allocate 20.00 MiB; GPU 0: 17.56 MiB free of 7.79 GiB"),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), ""),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), ""),
+])
+def test_every_form_of_a_gpus_out_of_memory_is_one_line(exc, detail) -> None:
+    """QA: a kernel's 'CUDA error: out of memory' and cuBLAS's allocation failure were tracebacks; torch 2.1's
+    'capacty' lost the free memory."""
+    from dynametric.utils.limits import gpu_memory_detail, gpu_out_of_memory, out_of_memory, resource_error_line
+
+    assert gpu_out_of_memory(exc) and out_of_memory(exc) and gpu_memory_detail(exc) == detail
+    assert resource_error_line(exc, "embed") == (
+        f"out of GPU memory{f' ({detail})' if detail else ''}; lower --batch-size (images per forward pass) or free "
+        "the GPU's memory (other processes on it)")
+    assert not gpu_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not gpu_out_of_memory(MemoryError("Unable to allocate 3.0 GiB"))

@@ -34,17 +34,22 @@ def _observer(procs, killed):
     return observer
 
 
-def test_the_observer_kills_only_after_the_grace_and_says_why(monkeypatch, capsys, ended_rank_1) -> None:
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_the_observer_kills_only_after_the_grace_and_says_why(monkeypatch, capsys, ended_rank_1, tmp_path,
+                                                              checkpoint) -> None:
     monkeypatch.setattr(trainer_mod, "PEER_GRACE_S", 0.5)
+    if checkpoint:
+        (tmp_path / "last.ckpt").write_bytes(b"")
     procs, killed = [ended_rank_1], []
     observer = _observer(procs, killed)
-    assert trainer_mod.patient_observer(procs) and trainer_mod.patient_observer(procs)  # armed once
+    assert trainer_mod.patient_observer(procs, tmp_path) and trainer_mod.patient_observer(procs, tmp_path)  # once
     t0 = time.monotonic()
     observer._terminate_all()  # what its poll calls once a process ended with a non-zero status
     assert len(killed) == 1 and killed[0] - t0 >= 0.5
+    how = f"resume with: dynametric train --resume {tmp_path}" if checkpoint else "no checkpoint to resume from"
     assert capsys.readouterr().err == (
-        "dynametric: error: the process of rank 1 ended with status 3 and rank 0 did not stop within 0.5 s (it waits "
-        "in a collective): every process of the run is killed now; the run's last.ckpt, if written, resumes it\n")
+        "dynametric: error: the process of rank 1 ended with status 3 and rank 0 did not stop within 0.5 s (a step "
+        f"or a collective that did not end): every process of the run is killed now; {how}\n")
 
 
 def test_the_observer_kills_nothing_once_rank_0_took_the_processes(monkeypatch, capsys, ended_rank_1) -> None:

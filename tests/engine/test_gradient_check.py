@@ -140,6 +140,13 @@ def test_a_deferred_check_names_the_first_parameter_in_the_models_order_and_says
     assert where == f"global step 7 (epoch 1, batch 2), first in parameter {named[1][0]} (2 of 4 parameters; the " \
                     "loss is finite)"
 
+    # a gradient without elements (torch's kernel refuses it) is finite, and the others are still named (QA: None)
+    with_empty = [("empty", torch.empty(0)), *grads]
+    flags = module_mod.finite_gradients(with_empty, torch.device("cpu"))
+    assert flags is not None and flags[0][0] == "empty" and flags[1].tolist() == [True, True, True, False, False]
+    assert module._deferred_gradient_where("step", flags) == f"step, first in parameter {named[1][0]} (2 of 5 " \
+        "parameters; the loss is finite)"
+
     def refused(*args, **kwargs):
         raise RuntimeError("not implemented for this device")
 

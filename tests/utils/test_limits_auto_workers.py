@@ -21,7 +21,7 @@ def test_auto_takes_the_workers_the_hard_limit_allows_and_says_so(monkeypatch) -
     said: list[str] = []
     # 12 workers need 10 open + 32 headroom + 12 x (4 + 3 x 4) = 234; 64 leave room for (64 - 42) // 16 = 1
     assert limits.ensure_open_files(12, 4, "data.workers", auto=said.append) == 1
-    assert said == ["note: data.workers auto: 1 loader workers instead of 12, which need about 234 open files, more "
+    assert said == ["note: data.workers auto: 1 loader worker instead of 12, which need about 234 open files, more "
                     "than this process may open (ulimit -n: 24 soft, 64 hard); raise the limit (ulimit -n 234) for 12"]
     assert calls == [(64, 64)]  # the soft limit raised for the one worker
     with pytest.raises(ConfigError, match=r"12 loader workers need about 234 open files"):  # an explicit count

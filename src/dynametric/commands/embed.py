@@ -7,6 +7,7 @@ See :mod:`dynametric.retrieval.embed` for the output folder and docs/retrieval.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from dynametric.commands import is_terminal, path_arg, positive_int
@@ -107,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         check_job_replaceable(args.out)
     options = inference_options(args)
     run_opts = options.resolve()  # flag errors before the images are listed
+    # resolved once: `--workers auto` lowered under the open-file limit is said once, not again by the loading below
+    options = dataclasses.replace(options, workers=run_opts.workers)
     items = list_image_folder(args.images) if args.images is not None else read_image_csv(
         args.csv, None if args.image_root is None else args.image_root.absolute(), key="--image-root")
     for note in items.notes:

@@ -13,6 +13,7 @@ The command parses, calls and prints: the files are read and matched in :mod:`dy
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import math
 import sys
@@ -439,7 +440,9 @@ def _evaluate_checkpoint(args: argparse.Namespace, evaluator: _Evaluator, given:
 
     # --device (when the command has it), --precision, --batch-size, --progress ...
     inference = inference_options(args, progress=args.progress)
-    inference.resolve()  # flag errors before anything is loaded
+    # flag errors before anything is loaded; resolved once: `--workers auto` lowered under the open-file limit is
+    # said once, not again by the evaluation below
+    inference = dataclasses.replace(inference, workers=inference.resolve().workers)
     run_config = checkpoint_config(args.checkpoint, args.config, args.overrides)  # read and resolved once
     evaluator.options.update(run_eval_options(run_config) | given)
     checks = _CheckpointChecks(args)

@@ -93,10 +93,12 @@ def finite_gradients(named: list[tuple[str, torch.Tensor]], device: torch.device
     absolute value of finite numbers is finite). Read only once a deferred check found a non-finite gradient, to name
     the parameter. ``None`` where torch's kernel does not take the gradients."""
     groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+    empty = [i for i, (_, g) in enumerate(named) if g.numel() == 0]  # finite: torch's kernel refuses them
     for i, (_, g) in enumerate(named):
-        groups.setdefault((g.device, g.dtype, g.is_sparse), []).append(i)
-    names: list[str] = []
-    parts: list[torch.Tensor] = []
+        if g.numel():
+            groups.setdefault((g.device, g.dtype, g.is_sparse), []).append(i)
+    names: list[str] = [named[i][0] for i in empty]
+    parts: list[torch.Tensor] = [torch.ones(len(empty), dtype=torch.bool, device=device)] if empty else []
     try:
         for (_, _, sparse), members in groups.items():
             grads = [named[i][1] for i in members]

@@ -281,7 +281,7 @@ class _NoSignalHandlers(_SignalConnector):
         if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs and \
                 all(launcher.procs is not known for known in _LAUNCHED):
             _LAUNCHED.append(launcher.procs)
-            patient_observer(launcher.procs)
+            patient_observer(launcher.procs, Path(self.trainer.default_root_dir))
 
 
 # the script launchers of the trainers built here (alive), and the lists of processes they started for the other
@@ -297,7 +297,7 @@ PEER_GRACE_S = 30.0
 see it itself (its next collective fails) and stop the run with its one line (:func:`patient_observer`)."""
 
 
-def patient_observer(procs: list[subprocess.Popen]) -> bool:
+def patient_observer(procs: list[subprocess.Popen], run_dir: Path | None = None) -> bool:
     """Give rank 0 time to say that another rank's process ended. Lightning's child-process observer (a thread of
     rank 0 that polls the processes its launcher started for the other ranks every 5 s) SIGKILLed rank 0 and the
     others as soon as one of them had ended with a non-zero status: where rank 0 took longer than that to reach its
@@ -305,8 +305,9 @@ def patient_observer(procs: list[subprocess.Popen]) -> bool:
     with how to resume. Its kill of the observer watching ``procs`` (the launcher's own list) now waits up to
     :data:`PEER_GRACE_S` seconds and happens only if rank 0 has not taken the processes by then
     (:func:`signal_launched_ranks` empties the list: rank 0 saw the error and stops them itself); a rank 0 that hangs
-    in a collective still ends, after one line on stderr. Returns whether such an observer was found (none on
-    another Lightning version: its kill stays as it was)."""
+    in a collective (or in a step longer than that) still ends, after one line on stderr that says how to resume
+    where ``run_dir`` has a ``last.ckpt``. Returns whether such an observer was found (none on another Lightning
+    version: its kill stays as it was)."""
     found = False
     for thread in threading.enumerate():
         terminate = getattr(thread, "_terminate_all", None)
@@ -324,14 +325,14 @@ def patient_observer(procs: list[subprocess.Popen]) -> bool:
                 time.sleep(0.1)
             with _TAKING:  # rank 0 takes the processes (signal_launched_ranks) either before this or not at all
                 if procs:
-                    _terminate_with_line(procs, terminate)
+                    _terminate_with_line(procs, terminate, run_dir)
 
         patient.dynametric_patient = True  # type: ignore[attr-defined]
         thread._terminate_all = patient  # type: ignore[attr-defined]
     return found
 
 
-def _terminate_with_line(procs: list[subprocess.Popen], terminate: Callable[[], None]) -> None:
+def _terminate_with_line(procs: list[subprocess.Popen], terminate: Callable[[], None], run_dir: Path | None) -> None:
     """:func:`patient_observer`'s kill once the grace is over: one line on stderr, then Lightning's kill of every
     process of the run, this one included."""
     import sys
@@ -340,9 +341,10 @@ def _terminate_with_line(procs: list[subprocess.Popen], terminate: Callable[[], 
     what = f"the process of rank {ended[0]} ended with status {ended[1]}" if ended else \
         "the process of another rank ended"
     with contextlib.suppress(Exception):
-        sys.stderr.write(f"dynametric: error: {what} and rank 0 did not stop within {PEER_GRACE_S:g} s (it waits in "
-                         "a collective): every process of the run is killed now; the run's last.ckpt, if written, "
-                         "resumes it\n")
+        resume = f"resume with: dynametric train --resume {run_dir}" if run_dir is not None and \
+            (run_dir / "last.ckpt").is_file() else "no checkpoint to resume from"
+        sys.stderr.write(f"dynametric: error: {what} and rank 0 did not stop within {PEER_GRACE_S:g} s (a step or "
+                         f"a collective that did not end): every process of the run is killed now; {resume}\n")
         sys.stderr.flush()
     terminate()
 

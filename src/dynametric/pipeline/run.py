@@ -1903,8 +1903,10 @@ def _gpu_memory_error(exc: RuntimeError, cfg: Config, run_dir: Path, parts: _Run
     _interrupted(run_dir, parts.metrics, parts.module.validation_history, write=parts.trainer.is_global_zero,
                  folder_key=folder_key)
     end_launched_ranks()
-    if phase == "fit" and watch.stage == RunningStage.TRAINING:
-        where = f"training at global step {watch.step} (epoch {watch.epoch})"  # as the non-finite messages count
+    if phase == "fit" and watch.stage not in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING):
+        # steps and epochs counted as the non-finite messages count them; outside a step: restoring a checkpoint
+        where = (f"training at global step {watch.step} (epoch {watch.epoch})" if watch.stage == RunningStage.TRAINING
+                 else f"in the fit at global step {watch.step} (epoch {watch.epoch}), outside a training step")
         key, now = "data.batch_size", cfg.data.batch_size
         lower = (f"data.batch_size (now {now}; trainer.accumulate_grad_batches=K makes a step of K batches, "
                  "with the loss of each batch alone)")

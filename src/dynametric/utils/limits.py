@@ -96,7 +96,8 @@ def ensure_open_files(workers: int, prefetch_factor: int | None, key: str, *, pe
     fits = max((limit - base - HEADROOM_FILES) // ((per_loader + kept) // workers), 0)
     limits = f"ulimit -n: {soft} soft, {'unlimited' if hard == infinite else hard} hard"
     if auto is not None:  # `auto` asked for as many as suit the machine: as many as the limit allows
-        used = "0 loader workers (loading in the main process)" if not fits else f"{fits} loader workers"
+        used = "0 loader workers (loading in the main process)" if not fits else \
+            f"{fits} loader worker{'s' if fits > 1 else ''}"
         auto(f"note: {key} auto: {used} instead of {workers}, which need about {needed} open files, more than "
              f"this process may open ({limits}); raise the limit (ulimit -n {needed}) for {workers}")
         return ensure_open_files(fits, prefetch_factor, key, persistent=persistent)  # the soft limit raised to fit
@@ -117,7 +118,7 @@ _NUMPY_ALLOC = re.compile(r"Unable to allocate (\S+ \w?i?B) for an array")
 _MAP_SEGMENT = re.compile(r"([^\s:]+): failed to map segment")
 
 
-_ALLOC_FAILED = re.compile(r"alloc_cpu\.cpp|can't allocate memory|CUDA out of memory")
+_ALLOC_FAILED = re.compile(r"alloc_cpu\.cpp|can't allocate memory")  # a GPU's: gpu_out_of_memory
 
 #: the options that lower a command's GPU memory, named by its out-of-GPU-memory line (:func:`gpu_memory_line`)
 GPU_MEMORY_OPTIONS = {
@@ -131,19 +132,24 @@ GPU_MEMORY_OPTIONS = {
 _GPU_ALLOC = re.compile(r"Tried to allocate (\d+(?:\.\d+)? ?[KMGT]?i?B)")
 # torch >= 2.3: "GPU 0 has a total capacity of 79.11 GiB of which 1.2 GiB is free"; before: "(GPU 0; 79.11 GiB total
 # capacity; 70.00 GiB already allocated; 1.20 GiB free; ...)"
-_GPU_CAPACITY = re.compile(r"(GPU \d+) has a total capacity of (\S+ \S+) of which (\S+ \S+) is free")
+# (torch 2.1 spelled it "capacty")
+_GPU_CAPACITY = re.compile(r"(GPU \d+) has a total capac\w* of (\S+ \S+) of which (\S+ \S+) is free")
 _GPU_CAPACITY_OLD = re.compile(r"\((GPU \d+); (\S+ \S+) total capacity;(?:[^)]*?; )?(\S+ \S+) free")
+
+_GPU_OOM_TEXT = re.compile(r"(CUDA|MPS backend|HIP) out of memory|CUDA error: out of memory|"
+                           r"CUBLAS_STATUS_ALLOC_FAILED")
 
 
 def gpu_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says a GPU ran out of memory: torch's ``OutOfMemoryError`` (what CUDA's allocator raises) or
-    a ``RuntimeError`` saying so (``CUDA out of memory``, ``MPS backend out of memory``). Not a ``MemoryError`` nor
-    the CPU allocator's failure (:func:`out_of_memory` covers those too)."""
+    a ``RuntimeError`` saying so (``CUDA out of memory``, ``MPS backend out of memory``, a kernel's ``CUDA error: out
+    of memory``, cuBLAS's ``CUBLAS_STATUS_ALLOC_FAILED``). Not a ``MemoryError`` nor the CPU allocator's failure
+    (:func:`out_of_memory` covers those too)."""
     if isinstance(exc, MemoryError):
         return False
     if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
         return True
-    return isinstance(exc, RuntimeError) and re.search(r"(CUDA|MPS backend) out of memory", str(exc)) is not None
+    return isinstance(exc, RuntimeError) and _GPU_OOM_TEXT.search(str(exc)) is not None
 
 
 def gpu_memory_detail(exc: BaseException) -> str:
@@ -173,7 +179,7 @@ def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says the process ran out of memory: a ``MemoryError``, torch's CPU allocator failing
     (``[enforce fail at alloc_cpu.cpp:N] ...``, with or without the size) or a device's ``OutOfMemoryError``. Code
     that turns a library's failure into "this file is damaged" lets these through: the file is not to blame."""
-    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+    if isinstance(exc, MemoryError) or gpu_out_of_memory(exc):
         return True
     return isinstance(exc, RuntimeError) and _ALLOC_FAILED.search(str(exc)) is not None
 
