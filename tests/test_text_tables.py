@@ -71,3 +71,41 @@ def test_category_summary_aligns_and_shortens_by_columns() -> None:
     assert {_ends(row)[1] for row in rows} == {_ends(header)[1]}
     shown = rows[2].split()[0]
     assert shown.endswith("...") and display_width(shown) <= 32 and shown.startswith("长" * 14)
+
+
+def test_the_embedding_progress_bar_is_a_notebook_widget_only_where_ipywidgets_is_there(monkeypatch) -> None:
+    """Embedding's bars were tqdm's terminal bar everywhere: in a Jupyter notebook, text redrawn with carriage
+    returns. With ipywidgets they are tqdm.auto's (a widget in a notebook, the terminal's bar elsewhere), as
+    Lightning's training bar; without it the terminal's (tqdm.auto would warn 'IProgress not found')."""
+    import importlib.util
+
+    import tqdm
+    import tqdm.auto
+
+    from dynametric.utils.text import progress_bar
+
+    real = importlib.util.find_spec
+    for present in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, present=present: (
+            (real("json") if present else None) if name == "ipywidgets" else real(name, *a)))
+        assert progress_bar() is (tqdm.auto.tqdm if present else tqdm.tqdm)
+
+
+def test_embed_dataset_draws_its_bar_with_that_class(monkeypatch) -> None:
+    import torch
+    import tqdm
+
+    import dynametric.utils.text as text
+    from dynametric.engine.inference import embed_dataset
+
+    made = []
+
+    class Seen(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(text, "progress_bar", lambda: Seen)
+    data = torch.utils.data.TensorDataset(torch.randn(6, 4), torch.zeros(6, dtype=torch.long))
+    emb, _ = embed_dataset(torch.nn.Linear(4, 3), data, batch_size=4, progress=True)
+    assert made == ["embedding"] and emb.shape == (6, 3)

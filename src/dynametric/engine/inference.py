@@ -224,9 +224,9 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
     prepare_model(model, run)
     loader: Iterable[Any] = run.loader(dataset)
     if run.progress:
-        from tqdm import tqdm
+        from dynametric.utils.text import progress_bar
 
-        loader = tqdm(loader, desc="embedding", unit="batch")
+        loader = progress_bar()(loader, desc="embedding", unit="batch")
     embs, labs = [], []
     try:
         for images, labels in loader:

@@ -695,12 +695,12 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     _write_items_csv(out, items)
     atomic_save_npy(out / "file_stats.npy", items.file_stats())
 
-    from tqdm import tqdm
+    from dynametric.utils.text import progress_bar
 
     dataset = ImageFiles(items.paths, transform, max_pixels=max_pixels)
     computed, skipped = [], []
     dim: int | None = None
-    bar = tqdm(total=n, unit="img", desc="embedding", disable=not progress)
+    bar = progress_bar()(total=n, unit="img", desc="embedding", disable=not progress)
     pending: list[tuple[int, int, int]] = []
     for s in range(num_shards):
         lo, hi = s * shard_size, min(n, (s + 1) * shard_size)

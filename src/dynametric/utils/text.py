@@ -3,6 +3,7 @@
 A class name, id or category in Chinese, Japanese or Korean takes two columns a character in a terminal, so padding
 with ``str.ljust`` (which counts characters) shifts every column after it. The text tables of ``search``,
 ``evaluate`` and the report are padded with :func:`text_table`, which counts columns with :func:`display_width`.
+The progress bars of embedding are tqdm's, chosen for a terminal or a notebook by :func:`progress_bar`.
 """
 
 from __future__ import annotations
@@ -35,3 +36,17 @@ def text_table(rows: Sequence[Sequence[str]], left: int = 1, sep: str = "  ") ->
     widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [sep.join(pad_right(c, w) if i < left else pad_left(c, w) for i, (c, w) in enumerate(zip(r, widths)))
             .rstrip() for r in rows]
+
+
+def progress_bar() -> type:
+    """tqdm's class for the progress bars of embedding (``embed``, ``evaluate --checkpoint``, ``embed_dataset``):
+    ``tqdm.auto``'s where ``ipywidgets`` is installed, so that a Jupyter notebook draws one widget that updates in
+    place (``tqdm.auto`` is the terminal's bar outside a notebook), else the terminal's (``tqdm.auto`` in a notebook
+    without ``ipywidgets`` warns ``IProgress not found`` and falls back to it), as Lightning chooses its bar."""
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm
