@@ -13,6 +13,8 @@ run was interrupted:
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -147,15 +149,44 @@ def _shard(dataset: Any, rank: int, world: int) -> Any:
     return Subset(dataset, shard_range(len(dataset), rank, world))
 
 
-def _worker_options(num_workers: int, persistent_workers: bool, prefetch_factor: int | None) -> dict[str, Any]:
-    """Persistent workers and prefetching (only meaningful, and only allowed by torch, with workers). The data order
-    and every augmentation stay a function of the batch tokens, so neither affects the results."""
+def _worker_options(num_workers: int, persistent_workers: bool, prefetch_factor: int | None,
+                    rank: int | None = None) -> dict[str, Any]:
+    """Persistent workers, prefetching and the workers' start (:func:`worker_init`; ``rank``: a loader Lightning
+    runs) — only meaningful, and only allowed by torch, with workers. The data order and every augmentation stay a
+    function of the batch tokens, so none of them affects the results."""
     if num_workers == 0:
         return {}
     out: dict[str, Any] = {"persistent_workers": bool(persistent_workers)}
     if prefetch_factor is not None:
         out["prefetch_factor"] = int(prefetch_factor)
+    init = worker_init(rank)
+    if init is not None:
+        out["worker_init_fn"] = init
     return out
+
+
+def worker_init(rank: int | None = None) -> Callable[[int], None] | None:
+    """A DataLoader's ``worker_init_fn`` that imports the modules of the config's ``imports`` / ``--import`` in each
+    worker (:func:`~dynametric.utils.registry.modules_for_workers`: under ``spawn`` / ``forkserver`` a worker starts
+    in a fresh interpreter, so an image plugin one of them registers was missing there and its images "could not be
+    read"), then, for a loader Lightning runs (``rank``: the trainer's global rank), seeds the worker as Lightning
+    would have (``seed_everything(workers=True)``; Lightning adds its own function only to a loader without one).
+    ``None`` where no module was listed: the loader is as it was."""
+    from dynametric.utils.registry import modules_for_workers
+
+    names = modules_for_workers()
+    return functools.partial(_start_worker, names, rank) if names else None
+
+
+def _start_worker(names: tuple[str, ...], rank: int | None, worker_id: int) -> None:
+    """:func:`worker_init`'s function (module level: a ``spawn`` worker unpickles it)."""
+    from dynametric.utils.registry import import_in_worker
+
+    import_in_worker(names)
+    if rank is not None and int(os.environ.get("PL_SEED_WORKERS", "0") or 0):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 class EvalDataModule(L.LightningDataModule):
@@ -188,7 +219,7 @@ class EvalDataModule(L.LightningDataModule):
         return DataLoader(_shard(self.dataset, rank, world), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           generator=torch.Generator().manual_seed(self.seed),
-                          **_worker_options(self.num_workers, self.persistent_workers, self.prefetch_factor))
+                          **_worker_options(self.num_workers, self.persistent_workers, self.prefetch_factor, rank))
 
 
 class MetricDataModule(L.LightningDataModule):
@@ -260,7 +291,7 @@ class MetricDataModule(L.LightningDataModule):
                             **self._worker_options())
 
     def _worker_options(self) -> dict[str, Any]:
-        return _worker_options(self.num_workers, self.persistent_workers, self.prefetch_factor)
+        return _worker_options(self.num_workers, self.persistent_workers, self.prefetch_factor, self._rank_world()[0])
 
     def eval_dataloader(self, dataset: Any) -> DataLoader:
         rank, world = self._rank_world()

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dynametric.engine.data import worker_init
 from dynametric.engine.objective import select_head
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import (
@@ -131,7 +132,7 @@ class ResolvedInference:
         """An in-order loader of ``dataset`` with these options (prefetch 4 batches per worker). It has a generator
         of its own: a DataLoader without one draws the seed of its workers from torch's global generator each time it
         is iterated, so embedding moved the caller's random state on (inference draws nothing else)."""
-        extra: dict[str, Any] = {"prefetch_factor": 4} if self.workers > 0 else {}
+        extra: dict[str, Any] = {"prefetch_factor": 4, "worker_init_fn": worker_init()} if self.workers > 0 else {}
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
                           pin_memory=self.pin_memory, collate_fn=getattr(dataset, "collate_fn", None),
                           generator=torch.Generator(), **extra)

@@ -55,6 +55,7 @@ from dynametric.data.readers import (
     printable_path,
     require_header,
 )
+from dynametric.engine.data import worker_init
 from dynametric.errors import InputError, first_sentence
 from dynametric.retrieval.index import (
     csv_line,
@@ -711,7 +712,8 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
             pending.append((s, lo, hi))
     # one loader over every pending shard (workers start once); no batch crosses a shard boundary
     batches = [list(range(b, min(hi, b + batch_size))) for _, lo, hi in pending for b in range(lo, hi, batch_size)]
-    extra: dict[str, Any] = {"prefetch_factor": 4} if num_workers > 0 else {}
+    # the config's imports in each worker (spawn / forkserver start them afresh)
+    extra: dict[str, Any] = {"prefetch_factor": 4, "worker_init_fn": worker_init()} if num_workers > 0 else {}
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                         collate_fn=dataset.collate_fn, **extra)
 

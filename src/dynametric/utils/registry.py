@@ -147,6 +147,36 @@ _IMPORTED: dict[str, tuple[Any, str, _SourceStamp]] = {}
 reload or a new import gives the module a new one), its source file and that file's stamp then."""
 
 
+_FOR_WORKERS: list[str] = []
+"""Every module :func:`import_modules` imported in this process (a config's ``imports``, ``--import``), in order:
+what a data-loading worker imports again (:func:`modules_for_workers`)."""
+
+
+def modules_for_workers() -> tuple[str, ...]:
+    """The modules a config's ``imports`` or ``--import`` had this process import, in order. A DataLoader worker
+    started by ``spawn`` or ``forkserver`` (macOS's default; Python 3.14's on Linux) begins in a fresh interpreter
+    and has only what unpickling its dataset imports: a module that registers something process-wide (a Pillow
+    image plugin such as ``pillow_heif.register_heif_opener()``, a dataset format) is imported there again by
+    :func:`import_in_worker`; a forked worker has them already (a second import is a lookup). Only those this
+    process still holds (``sys.modules``: one a program removed is not imported again)."""
+    import sys
+
+    return tuple(name for name in _FOR_WORKERS if name in sys.modules)
+
+
+def import_in_worker(names: Sequence[str], worker_id: int | None = None) -> None:
+    """Import ``names`` in a data-loading worker (:func:`modules_for_workers`; the main process imported them, so
+    they import here too). One that cannot be imported here (its folder left ``sys.path`` since) is passed over:
+    the worker is then as it was without this, and an image it cannot read is said as such."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the main process imported it; a worker without it reads as before
+            continue
+
+
 def _source_stamp(path: str, digest_of: _SourceStamp | None = None) -> _SourceStamp | None:
     """``path``'s stamp; where ``digest_of`` has the same time and size, its digest is taken without reading."""
     import hashlib
@@ -231,6 +261,8 @@ def import_modules(names: Any, key: str) -> None:
                               key=key) from exc
         if loaded is None:
             _record_import(name)
+        if name not in _FOR_WORKERS:
+            _FOR_WORKERS.append(name)
 
 
 def build_registered(registry: Mapping[str, Any], kind: str, name: str, kwargs: dict[str, Any], *,
