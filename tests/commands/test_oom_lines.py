@@ -184,6 +184,9 @@ def test_out_of_gpu_memory_in_evaluate_checkpoint_names_its_batch_size_and_budge
      "tried to allocate 20.00 MiB; GPU 0: 17.56 MiB free of 7.79 GiB"),
     (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), ""),
     (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), ""),
+    (getattr(torch, "AcceleratorError", RuntimeError)("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), ""),
+    (RuntimeError("HIP error: out of memory"), ""),
+    (RuntimeError("CUDA driver error: out of memory"), ""),
 ])
 def test_every_form_of_a_gpus_out_of_memory_is_one_line(exc, detail) -> None:
     """QA: a kernel's 'CUDA error: out of memory' and cuBLAS's allocation failure were tracebacks; torch 2.1's

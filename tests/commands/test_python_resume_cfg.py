@@ -82,3 +82,29 @@ def test_a_missing_or_broken_config_yaml_is_said_before_the_call_that_needs_it(t
     assert (f"resume with the config the run was trained with, which {config} should hold, but it is missing or "
             f"cannot be loaded: restore it, then run_training(load_config({str(config)!r}), {str(run)!r}, "
             "resume=True)") in str(info.value)
+
+
+def test_the_refusal_never_runs_the_code_of_modules_the_runs_config_yaml_lists(trained, tmp_path, monkeypatch) -> None:
+    """QA: to word the refusal, RUN/config.yaml was loaded, which imported (ran) the modules its imports list without
+    the import note, and registered them for every later loader's workers."""
+    import shutil
+    import sys
+
+    import dynametric.utils.registry as registry
+
+    run = shutil.copytree(trained, tmp_path / "copy")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "never_run_mod.py").write_text(
+        f"open({str(tmp_path / 'ran')!r}, 'w').close()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    monkeypatch.setattr(registry, "_FOR_WORKERS", [])
+    config = run / "config.yaml"
+    text = config.read_text(encoding="utf-8")
+    assert text.count("imports: []\n") == 1
+    config.write_text(text.replace("imports: []\n", "imports: [never_run_mod]\n"), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        run_training(load_config(trained / "config.yaml", ["optim.lr=0.5"]), run, resume=True, **QUIET)
+    assert (f"resume with the config the run was trained with, which {config} should hold (not checked here: that "
+            "would import the modules it lists, never_run_mod): run_training(") in str(info.value)
+    assert not (tmp_path / "ran").exists() and "never_run_mod" not in sys.modules
+    assert registry.modules_for_workers() == ()

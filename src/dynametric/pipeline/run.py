@@ -809,10 +809,12 @@ def _python_config_changed(cfg: Config, stored: Any, saved: Any, now: str, keys:
     config, last = run_dir / "config.yaml", run_dir / "last.ckpt"
     resume = _resume_call(run_dir, PYTHON_FOLDER_KEY)
     held = _file_holds_trained_config(config, stored, saved, pin)
-    how = (f"which {config} holds: {resume}" if held else
-           f"which {config} no longer holds either (edited since {last} was saved): restore it, then {resume}"
-           if held is not None else
-           f"which {config} should hold, but it is missing or cannot be loaded: restore it, then {resume}")
+    how = {"holds": f"which {config} holds: {resume}",
+           "edited": f"which {config} no longer holds either (edited since {last} was saved): restore it, then "
+                     f"{resume}",
+           "unreadable": f"which {config} should hold, but it is missing or cannot be loaded: restore it, then "
+                         f"{resume}"}.get(held, f"which {config} should hold (not checked here: that would import "
+                                                f"the modules it lists, {held}): {resume}")
     if keys == ["imports"]:
         return InputError(f"changed only its imports ({stored.get('imports') or []!r} in {last}, {cfg.imports!r} "
                           f"here), which resuming keeps as the run recorded them: resume with the config the run was "
@@ -824,27 +826,39 @@ def _python_config_changed(cfg: Config, stored: Any, saved: Any, now: str, keys:
 
 
 def _file_holds_trained_config(config: Path, stored: Any, saved: Any,
-                               pin: tuple[list[float], list[float], bool] | None) -> bool | None:
+                               pin: tuple[list[float], list[float], bool] | None) -> str:
     """Whether a run's ``config.yaml``, loaded as :func:`~dynametric.config.load_config` loads it (``3e-3`` and
-    ``0.003`` alike), is the config its ``last.ckpt`` was trained with, as a resume of it would find: the same hash
-    (with the input statistics an earlier resume recorded, ``pin``), or only keys a later dynametric added, at
-    their defaults. ``None`` where it cannot be loaded (missing, not a config, a module of its ``imports`` that
-    cannot be imported)."""
+    ``0.003`` alike), is the config its ``last.ckpt`` was trained with, as a resume of it would find (the same hash,
+    with the input statistics an earlier resume recorded, ``pin``; or only keys a later dynametric added, at their
+    defaults): ``holds``, ``edited``, or ``unreadable`` (missing, not a config). Never runs code to decide: where
+    the file lists modules this process has not imported, loading it would import them, so it is not loaded and
+    their names come back (the message says the file was not checked)."""
+    import sys
     import warnings
+
+    import yaml
 
     from dynametric.config import config_hash, config_to_dict, load_config
 
     try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "unreadable"
+    listed = raw.get("imports") if isinstance(raw, dict) else None
+    new = [str(m) for m in listed if str(m) not in sys.modules] if isinstance(listed, list) else []
+    if new:
+        return ", ".join(new)
+    try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the import note of its imports: said where the caller loads it
+            warnings.simplefilter("ignore")  # no module is imported here (above); a stale-module note is the load's
             file_cfg = load_config(config)
     except (DynametricError, OSError, ImportError, ValueError, TypeError):
-        return None
+        return "unreadable"
     if pin is not None and not pin[2]:
         file_cfg.data.mean, file_cfg.data.std = pin[:2]
     if config_hash(file_cfg) == saved:
-        return True
-    return isinstance(stored, dict) and bool(_added_defaults(stored, config_to_dict(file_cfg)))
+        return "holds"
+    return "holds" if isinstance(stored, dict) and _added_defaults(stored, config_to_dict(file_cfg)) else "edited"
 
 
 def _keep_predating_statistics(cfg: Config, pin: tuple[list[float], list[float], bool] | None, last: Path,

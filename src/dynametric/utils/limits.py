@@ -136,14 +136,15 @@ _GPU_ALLOC = re.compile(r"Tried to allocate (\d+(?:\.\d+)? ?[KMGT]?i?B)")
 _GPU_CAPACITY = re.compile(r"(GPU \d+) has a total capac\w* of (\S+ \S+) of which (\S+ \S+) is free")
 _GPU_CAPACITY_OLD = re.compile(r"\((GPU \d+); (\S+ \S+) total capacity;(?:[^)]*?; )?(\S+ \S+) free")
 
-_GPU_OOM_TEXT = re.compile(r"(CUDA|MPS backend|HIP) out of memory|CUDA error: out of memory|"
-                           r"CUBLAS_STATUS_ALLOC_FAILED")
+_GPU_OOM_TEXT = re.compile(r"(CUDA|MPS backend|HIP) out of memory|(CUDA|CUDA driver|HIP) error: out of memory|"
+                           r"CU(BLAS|DNN)_STATUS_ALLOC_FAILED")
 
 
 def gpu_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says a GPU ran out of memory: torch's ``OutOfMemoryError`` (what CUDA's allocator raises) or
-    a ``RuntimeError`` saying so (``CUDA out of memory``, ``MPS backend out of memory``, a kernel's ``CUDA error: out
-    of memory``, cuBLAS's ``CUBLAS_STATUS_ALLOC_FAILED``). Not a ``MemoryError`` nor the CPU allocator's failure
+    a ``RuntimeError`` saying so (``CUDA out of memory``, ``MPS backend out of memory``, a kernel's or the driver's
+    ``CUDA error: out of memory`` / ROCm's ``HIP error: out of memory``, cuBLAS's ``CUBLAS_STATUS_ALLOC_FAILED``,
+    cuDNN's ``CUDNN_STATUS_ALLOC_FAILED``). Not a ``MemoryError`` nor the CPU allocator's failure
     (:func:`out_of_memory` covers those too)."""
     if isinstance(exc, MemoryError):
         return False
