@@ -4,43 +4,16 @@ no traceback (docs/reliability.md). A CPU MemoryError keeps its own line."""
 
 from __future__ import annotations
 
-import json
-import logging
-import warnings
-from pathlib import Path
-
 import pytest
 import torch
 
 from dynametric.cli import main
 from dynametric.engine.module import MetricLearningModule
-from tests.commands.test_train import TINY
+from tests.commands.test_train_interrupt import _config, _metrics, _process_state  # noqa: F401
 
 CUDA_TEXT = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which "
              "1.2 GiB is free. Process 4242 has 77.90 GiB memory in use.")
 DETAIL = "tried to allocate 2.00 GiB; GPU 0: 1.2 GiB free of 79.11 GiB"
-
-
-@pytest.fixture(autouse=True)
-def _process_state():
-    """main() changes warning filters and Lightning's logger levels for the whole process: restored."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
-                                              "lightning.pytorch.utilities.rank_zero")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        yield
-    for lg, level in zip(loggers, levels, strict=True):
-        lg.setLevel(level)
-
-
-def _config(tmp_path: Path, epochs: int = 3) -> Path:
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY.replace("max_epochs: 2", f"max_epochs: {epochs}"))
-    return cfg
-
-
-def _metrics(out: Path) -> dict:
-    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
 
 def _oom_in_training(monkeypatch, when, error=None) -> dict:

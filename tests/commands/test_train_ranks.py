@@ -112,22 +112,30 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.slow
-def test_a_process_of_another_rank_that_dies_ends_rank_0_with_one_line_and_the_resume_command(tmp_path) -> None:
-    """Rank 1 killed in the second epoch: rank 0 printed a multi-page `[rank0] ... Connection reset by peer`
-    traceback and ended with status 1, without a word on how to go on."""
+
+def _train_two_processes(tmp_path, script: str):
+    """``dynametric train`` of TINY with 2 CPU processes for 3 epochs, through ``script`` (which patches the
+    module, then runs the CLI), in a process of its own: the finished process and the run folder."""
     import subprocess
     import sys
 
     from tests.commands.test_train import _one_process_env
 
     (tmp_path / "tiny.yaml").write_text(TINY)
-    (tmp_path / "kill_rank_1.py").write_text(_KILL_RANK_1)
+    (tmp_path / "kill_rank_1.py").write_text(script)
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(tmp_path / "kill_rank_1.py"), "train", "--config",
                            str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress", "run.report=false",
                            "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=3"],
                           capture_output=True, text=True, env=_one_process_env(), timeout=240)
+    return proc, out
+
+
+@pytest.mark.slow
+def test_a_process_of_another_rank_that_dies_ends_rank_0_with_one_line_and_the_resume_command(tmp_path) -> None:
+    """Rank 1 killed in the second epoch: rank 0 printed a multi-page `[rank0] ... Connection reset by peer`
+    traceback and ended with status 1, without a word on how to go on."""
+    proc, out = _train_two_processes(tmp_path, _KILL_RANK_1)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "[rank0]" not in proc.stderr, proc.stderr
     said = [line for line in proc.stderr.splitlines() if line.startswith("dynametric")]
@@ -151,19 +159,8 @@ def test_a_rank_0_that_sees_a_dead_peer_late_still_says_its_line(tmp_path) -> No
     """CI (2 loaded cores): rank 0 ended with status -9 and not a word. Lightning's child-process observer (a thread
     of rank 0 that polls the other ranks' processes every 5 s) SIGKILLed rank 0 as soon as it saw rank 1 dead, before
     rank 0 reached its next collective and could say so. Here rank 0 takes 8 s to get there."""
-    import subprocess
-    import sys
-
-    from tests.commands.test_train import _one_process_env
-
     assert "time.sleep(8)" in _KILL_RANK_1_SLOW_RANK_0
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    (tmp_path / "kill_rank_1.py").write_text(_KILL_RANK_1_SLOW_RANK_0)
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(tmp_path / "kill_rank_1.py"), "train", "--config",
-                           str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress", "run.report=false",
-                           "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=3"],
-                          capture_output=True, text=True, env=_one_process_env(), timeout=240)
+    proc, out = _train_two_processes(tmp_path, _KILL_RANK_1_SLOW_RANK_0)
     assert proc.returncode == 2, proc.stderr
     said = [line for line in proc.stderr.splitlines() if line.startswith("dynametric")]
     assert len(said) == 1 and said[0].startswith("dynametric train: error: another process of this 2-process run "
