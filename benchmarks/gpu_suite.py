@@ -395,36 +395,51 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
     torch.manual_seed(0)
     model = build_model(mcfg)
     save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in model.state_dict().items()}}, run / "m.ckpt")
-    opts = InferenceOptions(device=device, precision=cfg["precision"], batch_size=cfg["embed_batch"],
-                            workers=cfg["workers"], decode=cfg["decode"])  # auto: JPEGs decoded + resized on a CUDA GPU
-    loaded = load_embedder(run / "m.ckpt", options=opts)
+
+    def loaded_with(ahead: bool):  # auto: JPEGs decoded + resized on a CUDA GPU
+        return load_embedder(run / "m.ckpt", options=InferenceOptions(
+            device=device, precision=cfg["precision"], batch_size=cfg["embed_batch"], workers=cfg["workers"],
+            decode=cfg["decode"], decode_ahead=ahead))
+
     items = read_image_csv(root / "labels.csv")
-    # warm-up (cudnn autotune) on a few batches, then the timed run over every image
-    warm = read_image_csv(root / "labels.csv")
-    k = min(len(warm.ids), 4 * cfg["embed_batch"])
-    warm.ids, warm.paths, warm.labels = warm.ids[:k], warm.paths[:k], None if warm.labels is None else warm.labels[:k]
-    embed_items(warm, loaded.embed_on_device, loaded.loader_transform, work / "emb_warm",
-                model_identity=loaded.identity(),
-                batch_size=cfg["embed_batch"], shard_size=k, num_workers=loaded.run.workers,
-                pin_memory=loaded.run.pin_memory, overwrite=True)
-    first: list[float] = []
 
-    def timed_embed(batch: torch.Tensor) -> torch.Tensor:
-        if not first:  # the first batch has arrived: worker start-up is over
-            first.append(time.perf_counter())
-        return loaded.embed_on_device(batch)
+    def timed(loaded) -> tuple[float, float]:
+        """(seconds end to end, steady images/s) of one embedding job over every image, after a warm-up."""
+        # warm-up (cudnn autotune) on a few batches, then the timed run over every image
+        warm = read_image_csv(root / "labels.csv")
+        k = min(len(warm.ids), 4 * cfg["embed_batch"])
+        warm.ids, warm.paths = warm.ids[:k], warm.paths[:k]
+        warm.labels = None if warm.labels is None else warm.labels[:k]
+        embed_items(warm, loaded.embed_on_device, loaded.loader_transform, work / "emb_warm",
+                    model_identity=loaded.identity(), batch_size=cfg["embed_batch"], shard_size=k,
+                    num_workers=loaded.run.workers, pin_memory=loaded.run.pin_memory, overwrite=True,
+                    prepare=loaded.prepare)
+        first: list[float] = []
 
-    sync(device)
-    t = time.perf_counter()
-    embed_items(items, timed_embed, loaded.loader_transform, work / "emb", model_identity=loaded.identity(),
-                batch_size=cfg["embed_batch"], shard_size=max(cfg["embed_batch"], len(items.ids)),
-                num_workers=loaded.run.workers, pin_memory=loaded.run.pin_memory, overwrite=True)
-    sync(device)
-    end = time.perf_counter()
-    wall = end - t
-    # from the first batch's arrival (worker start-up and that batch's decoding behind) to the end: every image's
-    # forward pass lies in the interval (it counted one batch fewer before, about 3 % low at 8,192 images)
-    steady = len(items.ids) / max(end - first[0], 1e-9)
+        def timed_embed(batch: Any) -> torch.Tensor:
+            if not first:  # the first batch has arrived: worker start-up is over
+                first.append(time.perf_counter())
+            return loaded.embed_on_device(batch)
+
+        sync(device)
+        t = time.perf_counter()
+        embed_items(items, timed_embed, loaded.loader_transform, work / "emb", model_identity=loaded.identity(),
+                    batch_size=cfg["embed_batch"], shard_size=max(cfg["embed_batch"], len(items.ids)),
+                    num_workers=loaded.run.workers, pin_memory=loaded.run.pin_memory, overwrite=True,
+                    prepare=loaded.prepare)
+        sync(device)
+        end = time.perf_counter()
+        # from the first batch's arrival (worker start-up and that batch's decoding behind) to the end: every
+        # image's forward pass lies in the interval (it counted one batch fewer before, about 3 % low at 8,192)
+        return end - t, len(items.ids) / max(end - first[0], 1e-9)
+
+    # decoding the next batches in a background thread (the default on CUDA; forced here on the CPU so that
+    # --small runs that path), then without it for comparison
+    loaded = loaded_with(True)
+    wall, steady = timed(loaded)
+    plain = loaded_with(False)
+    ahead_used = loaded.prepare is not None
+    plain_steady = timed(plain)[1] if ahead_used else None
     # floor: the same model, precision and memory format on a batch already on the device
     x = torch.randn(cfg["embed_batch"], 3, cfg["size"], cfg["size"], device=device)
     steps = max(3, math.ceil(len(items.ids) / cfg["embed_batch"]))
@@ -440,6 +455,7 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
     return {"images": len(items.ids), "image_wh": list(cfg["image_wh"]), "backbone": cfg["backbone"],
             "size": cfg["size"], "precision": cfg["precision"], "batch": cfg["embed_batch"],
             "workers": loaded.run.workers, "pinned": loaded.run.pin_memory, "decode": loaded.decode,
+            "decode_ahead": ahead_used, "without_decode_ahead_img_s": plain_steady,
             "channels_last": device.type == "cuda", "ours_img_s": rate, "end_to_end_img_s": len(items.ids) / wall,
             "end_to_end_s": wall, "floor_img_s": floor, "fraction": rate / floor}
 
@@ -658,11 +674,15 @@ def markdown(res: dict[str, Any], command: str) -> str:
         if r:
             extra = f", {r['images']} images of {r['image_wh'][0]}x{r['image_wh'][1]} (steady rate from the first " \
                 f"batch on; end to end with worker start-up and writing: {r['end_to_end_img_s']:.0f} img/s), " \
-                f"decode {r.get('decode', 'cpu')}" if part == "c" else f", m {r['m']}, {r['steps_timed']} timed steps"
+                f"decode {r.get('decode', 'cpu')}" + (", decoded ahead in a thread" if r.get("decode_ahead") else "") \
+                if part == "c" else f", m {r['m']}, {r['steps_timed']} timed steps"
+            plain = r.get("without_decode_ahead_img_s") if part == "c" else None
+            versus = "" if plain is None else \
+                f" (without decoding ahead: {plain:.0f} img/s = {100 * plain / r['floor_img_s']:.0f} %)"
             lines += [f"**({part}) {title}**: {r['backbone']} {r['size']} px, {r['precision']}, batch {r['batch']}"
                       f"{extra}, {r['workers']} workers, pinned {r['pinned']}, channels_last {r['channels_last']}: "
                       f"dynametric {r['ours_img_s']:.0f} img/s vs model-only floor {r['floor_img_s']:.0f} img/s = "
-                      f"**{100 * r['fraction']:.0f} %**.", ""]
+                      f"**{100 * r['fraction']:.0f} %**{versus}.", ""]
     e = measured(res, "e")
     if e:
         base = e["rows"][0]["s"] if e["rows"] else float("nan")

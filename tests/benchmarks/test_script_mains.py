@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.benchmarks.loader import load_benchmark
 
@@ -220,3 +221,21 @@ def test_fnmr_speed_times_this_version_beside_an_older_one(capsys):
     assert out.startswith(f"`python benchmarks/fnmr_speed.py {shlex.join(argv)}`\nCPU ")
     assert "| fnmr@fmr, this version |" in out and "| fnmr@fmr, verification.py |" in out
     assert "| recall@k + map@r (ranking) |" in out and "values (fine): fnmr@fmr=1 " in out
+
+
+def test_decode_ahead(tmp_path, capsys):
+    js = tmp_path / "d.json"
+    argv = ["--images", "8", "--wh", "40", "30", "--backbone", "simple_cnn", "--size", "16", "--batch", "4",
+            "--workers", "0", "--repeats", "1", "--data", str(tmp_path / "jpegs"), "--json", str(js)]
+    assert load_benchmark("decode_ahead").main(argv) == 0
+    data = json.loads(js.read_text())
+    assert data["command"] == f"python benchmarks/decode_ahead.py {' '.join(argv)}" and data["images"] == 8
+    row = data["rows"][0]
+    assert row["ahead_img_s"] > 0 and row["plain_img_s"] > 0 and row["floor_img_s"] > 0
+    assert len(list((tmp_path / "jpegs" / "imgs").glob("*.jpg"))) == 8
+    out = capsys.readouterr().out
+    assert "repeat 1: decoded ahead " in out and "median: decoded ahead " in out and "CPU " in out
+    _marker(js, "decode_ahead.py")
+    if not torch.cuda.is_available():
+        assert load_benchmark("decode_ahead").main(["--device", "cuda"]) == 2
+        assert capsys.readouterr().err.startswith("error: ")

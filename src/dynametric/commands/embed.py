@@ -125,7 +125,8 @@ def _run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, shard_size=args.shard_size, num_workers=run_opts.workers,
                       pin_memory=run_opts.pin_memory,
                       progress=not args.no_progress and is_terminal(sys.stderr),
-                      keep_shards=args.keep_shards, overwrite=args.overwrite, max_pixels=args.max_pixels)
+                      keep_shards=args.keep_shards, overwrite=args.overwrite, max_pixels=args.max_pixels,
+                      prepare=loaded.prepare)
     if res.restored:  # a finished job's files that were missing or not the list's, written again from it
         print(f"note: {', '.join(res.restored)} written again from the list (missing or changed in {res.out})",
               file=sys.stderr)

@@ -29,6 +29,7 @@ nvjpeg's IDCT may differ from libjpeg's in the last bit).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Callable, Sequence
@@ -135,6 +136,28 @@ class EncodedImages:
         return self
 
 
+@dataclass
+class DecodedBatch:
+    """A batch :meth:`DeviceDecoder.decode_ahead` decoded: ``images`` ``uint8 [B, 3, H, W]`` on the device, and on
+    CUDA the event of the side stream that ends its decoding."""
+
+    images: torch.Tensor
+    done: Any  # torch.cuda.Event | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self) -> torch.Tensor:
+        """The images, for the calling thread's current stream: on CUDA that stream waits for the decoding (queued,
+        the host does not wait), and the caching allocator keeps their memory until that stream is done with it."""
+        if self.done is not None:
+            current = torch.cuda.current_stream(self.images.device)
+            current.wait_event(self.done)
+            self.images.record_stream(current)
+            self.done = None
+        return self.images
+
+
 @dataclass(frozen=True)
 class _Resize:
     size: Any
@@ -236,18 +259,24 @@ class DeviceDecoder:
         On CUDA the work is queued on a side stream of this decoder, so it does not wait for kernels already queued
         on the current stream (the previous batch's forward pass) and the two overlap; the current stream waits
         for the side stream before it uses the result."""
+        return self.decode_ahead(batch, device).take()
+
+    def decode_ahead(self, batch: EncodedImages, device: torch.device | str) -> DecodedBatch:
+        """:meth:`decode` without handing the result to the current stream: for another thread than the one that
+        uses it (:class:`dynametric.utils.ahead.RunAhead`). The user's thread calls :meth:`DecodedBatch.take`, which
+        makes its current stream wait for this decoding only then; waiting on a stream that another thread is
+        filling would make whatever that thread queues next (the middle of a forward pass) wait for this batch."""
         device = torch.device(device)
         if device.type != "cuda":
-            return self._decode(batch, device)
+            return DecodedBatch(self._decode(batch, device), None)
         side = self._streams.get(device)
         if side is None:
             side = self._streams[device] = torch.cuda.Stream(device)
-        current = torch.cuda.current_stream(device)
         with torch.cuda.stream(side):
             out = self._decode(batch, device)
-        current.wait_stream(side)
-        out.record_stream(current)  # the caching allocator must not hand its memory out before `current` is done
-        return out
+            done = torch.cuda.Event()
+            done.record(side)
+        return DecodedBatch(out, done)
 
     def _decode(self, batch: EncodedImages, device: torch.device) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -262,7 +291,11 @@ class DeviceDecoder:
         if jpegs:
             from dynametric.data.base import libjpeg_messages
 
-            with libjpeg_messages() as damage:  # libjpeg's warnings would print without a file name
+            # libjpeg's warnings would print without a file name; nvjpeg (CUDA) prints nothing, and capturing file
+            # descriptor 2 there would hold back what the other threads print meanwhile (the progress bar)
+            capture: contextlib.AbstractContextManager[list[str]] = (
+                libjpeg_messages() if device.type != "cuda" else contextlib.nullcontext([]))
+            with capture as damage:
                 try:
                     decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
                     raw.update(zip(jpegs, decoded))
@@ -284,6 +317,8 @@ class DeviceDecoder:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, img in raw.items():
             by_shape.setdefault(tuple(img.shape), []).append(i)
+        if len(by_shape) == 1 and len(raw) == len(batch):  # JPEGs of one size (in batch order): one stack, no copy
+            return self._geometry(torch.stack(list(raw.values())))
         for idx in by_shape.values():
             done = self._geometry(torch.stack([raw[i] for i in idx]))
             for k, i in enumerate(idx):

@@ -10,7 +10,9 @@
   for CUDA), a progress bar and where image files are decoded (``decode``: ``cpu``, PIL in the loader workers;
   ``gpu``, JPEGs decoded and resized on the device, :mod:`dynametric.data.device_decode`; ``auto``, ``gpu`` on
   CUDA when torchvision can decode there, else ``cpu``). ``decode`` applies to image files (``embed``, ``search
-  --image``); labelled datasets (:func:`embed_dataset`) decode in the workers.
+  --image``); labelled datasets (:func:`embed_dataset`) decode in the workers. With ``decode`` ``gpu``,
+  ``decode_ahead`` (default: on for CUDA) has ``embed`` decode the next batches in a background thread while the
+  model runs on the current one (:class:`dynametric.utils.ahead.RunAhead`); same values either way.
 * :func:`embed_dataset` embeds a labelled dataset, :func:`embed_batch` one image batch; ``dynametric embed``
   streams folders and CSV lists through :func:`dynametric.retrieval.embed.embed_items` with the same batch function.
 
@@ -62,6 +64,7 @@ class InferenceOptions:
     pin_memory: bool | None = None  # None: pinned when the device is CUDA
     progress: bool = False
     decode: str = "cpu"  # cpu | gpu | auto (image files; see the module docstring)
+    decode_ahead: bool | None = None  # None: on where JPEGs are decoded on a CUDA GPU (see the module docstring)
     flags: bool = False  # errors name the command-line flags (--device, ...) instead of the fields (device, ...)
 
     def key(self, name: str) -> str:
@@ -87,8 +90,12 @@ class InferenceOptions:
             from dynametric.data.device_decode import gpu_decode_available
 
             decode = "gpu" if device.type == "cuda" and gpu_decode_available() else "cpu"
+        if self.decode_ahead is not None and not isinstance(self.decode_ahead, bool):
+            raise ConfigError(f"decode_ahead must be true, false or null, got {self.decode_ahead!r}",
+                              key=self.key("decode_ahead"))
+        ahead = device.type == "cuda" if self.decode_ahead is None else self.decode_ahead
         return ResolvedInference(device, dtype, int(batch_size), workers, pin, bool(self.progress), decode,
-                                 self.flags)
+                                 self.flags, ahead and decode == "gpu")
 
 
 def _say_note(line: str) -> None:
@@ -119,6 +126,7 @@ class ResolvedInference:
     progress: bool
     decode: str = "cpu"  # cpu | gpu (resolved)
     flags: bool = False  # errors name the command-line flags (InferenceOptions.flags)
+    decode_ahead: bool = False  # decode gpu: the next batches decoded in a background thread (resolved)
 
     def key(self, name: str) -> str:
         """How errors name the option ``name``: the field, or with ``flags`` the command-line flag."""

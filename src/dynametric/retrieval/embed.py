@@ -68,6 +68,7 @@ from dynametric.retrieval.index import (
     repr_text,
     utf8_text,
 )
+from dynametric.utils.ahead import RunAhead
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
     StagedFiles,
@@ -615,7 +616,8 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
                 transform: Callable[[Any], torch.Tensor], out: str | Path, *, model_identity: dict[str, Any],
                 batch_size: int = INFERENCE_BATCH_SIZE, shard_size: int = 4096, num_workers: int = 0,
                 progress: bool = False, keep_shards: bool = False, overwrite: bool = False,
-                pin_memory: bool = False, max_pixels: int | None = None) -> EmbedResult:
+                pin_memory: bool = False, max_pixels: int | None = None,
+                prepare: Callable[[Any], Any] | None = None) -> EmbedResult:
     """Embed ``items`` into the folder ``out`` shard by shard (see the module docstring); resumable.
 
     ``embed_batch`` maps an image batch ``[B, C, H, W]`` to ``[B, D]`` embeddings on any device (e.g.
@@ -627,6 +629,10 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     recorded and must match when resuming. One loader serves every shard still to compute (``num_workers``
     decoding processes, ``pin_memory`` for a non-blocking copy to a GPU). ``max_pixels``: an image of more pixels
     stops the job before it is decoded (:func:`check_pixels`; finished shards are kept); ``None``: PIL's own limit.
+    ``prepare``: a step run on each loader batch in a background thread, up to two batches ahead of ``embed_batch``,
+    which gets its result (:attr:`LoadedEmbedder.prepare`: the JPEGs decoded on the GPU while the model runs on the
+    batch before; :class:`~dynametric.utils.ahead.RunAhead`); an error it raises stops the job at that batch, as
+    if ``embed_batch`` had raised it.
     """
     if batch_size < 1 or shard_size < 1:
         raise InputError(f"batch size and shard size must be >= 1, got {batch_size}, {shard_size}",
@@ -639,13 +645,14 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
         return _embed_locked(items, embed_batch, transform, out, model_identity=model_identity,
                              batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
                              progress=progress, keep_shards=keep_shards, overwrite=overwrite, pin_memory=pin_memory,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, prepare=prepare)
 
 
 def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
                   transform: Callable[[Any], torch.Tensor], out: Path, *, model_identity: dict[str, Any],
                   batch_size: int, shard_size: int, num_workers: int, progress: bool, keep_shards: bool,
-                  overwrite: bool, pin_memory: bool, max_pixels: int | None) -> EmbedResult:
+                  overwrite: bool, pin_memory: bool, max_pixels: int | None,
+                  prepare: Callable[[Any], Any] | None) -> EmbedResult:
     """:func:`embed_items` in its folder ``out``, holding the folder's lock."""
     n = len(items.ids)
     num_shards = (n + shard_size - 1) // shard_size
@@ -721,8 +728,10 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
         parts.append(emb.detach().float().cpu().numpy())
         bar.update(len(emb))
 
+    it: Iterator[Any] = iter(loader)
+    if prepare is not None:
+        it = RunAhead(it, prepare, depth=2)
     try:
-        it = iter(loader)
         for s, lo, hi in pending:
             parts: list[np.ndarray] = []
             rows = 0
@@ -748,6 +757,8 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
             atomic_save_npy(shard_path(out, s), arr)
             computed.append(s)
     finally:
+        if isinstance(it, RunAhead):
+            it.close()
         bar.close()
     dim, written = _assemble(out, num_shards, n)
     if items.labels is not None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynametric.data.device_decode import EncodedImages
+from dynametric.data.device_decode import DecodedBatch, EncodedImages
 from dynametric.engine.checkpoint import MODEL_KEYS_NOT_EMBEDDING
 from dynametric.engine.inference import (
     InferenceOptions,
@@ -118,12 +118,29 @@ class LoadedEmbedder:
     def embed_on_device(self, images: Any) -> torch.Tensor:
         """As :meth:`embed`, but the embeddings stay on ``run.device`` and the call does not wait for the forward
         pass (the batch function :func:`~dynametric.retrieval.embed.embed_items` uses: on a GPU the next batch is
-        decoded while this one runs)."""
-        if isinstance(images, EncodedImages):
+        decoded while this one runs). Also takes what :attr:`prepare` made of a loader batch."""
+        if isinstance(images, DecodedBatch):
+            images = images.take()
+        elif isinstance(images, EncodedImages):
             if self._decoder is None:
                 raise InputError("encoded image batch without a device decoder (decode gpu)")
             images = self._decoder.decode(images, self.run.device)
         return embed_batch(self.model, images, self.run, self.head, self._finish, to_cpu=False)
+
+    @property
+    def prepare(self) -> Callable[[Any], Any] | None:
+        """With ``decode gpu`` and ``run.decode_ahead``: the step :func:`~dynametric.retrieval.embed.embed_items`
+        runs on each loader batch in a background thread, ahead of :meth:`embed_on_device` (the batch's JPEGs
+        decoded on the device, :meth:`~dynametric.data.device_decode.DeviceDecoder.decode_ahead`); else None."""
+        decoder = self._decoder
+        if decoder is None or not self.run.decode_ahead:
+            return None
+        device = self.run.device
+
+        def decode(images: Any) -> Any:
+            return decoder.decode_ahead(images, device) if isinstance(images, EncodedImages) else images
+
+        return decode
 
     def identity(self) -> dict[str, Any]:
         """What an embeddings file / index records about the model that produced it (``precision`` only when it
