@@ -728,10 +728,11 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
         parts.append(emb.detach().float().cpu().numpy())
         bar.update(len(emb))
 
-    it: Iterator[Any] = iter(loader)
-    if prepare is not None:
-        it = RunAhead(it, prepare, depth=2)
+    runner: RunAhead[Any, Any] | None = None
     try:
+        it: Iterator[Any] = iter(loader)
+        if prepare is not None:  # each batch prepared (decoded on the GPU) in a background thread
+            it = runner = RunAhead(it, prepare, depth=2)
         for s, lo, hi in pending:
             parts: list[np.ndarray] = []
             rows = 0
@@ -757,8 +758,8 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
             atomic_save_npy(shard_path(out, s), arr)
             computed.append(s)
     finally:
-        if isinstance(it, RunAhead):
-            it.close()
+        if runner is not None:
+            runner.close()
         bar.close()
     dim, written = _assemble(out, num_shards, n)
     if items.labels is not None:
