@@ -423,7 +423,9 @@ def evaluate_embeddings(
     with ``query_ids`` every item sharing its id is excluded too); query -> gallery otherwise (with
     ``query_ids``/``gallery_ids`` a gallery item with the query's id is excluded explicitly). Candidates are ranked by
     descending cosine similarity (``distance="cosine"``, embeddings L2-normalised) or ascending Euclidean distance
-    (``"euclidean"``, raw embeddings), ties by ascending gallery index. Queries without a relevant item at a scale
+    (``"euclidean"``, raw embeddings), ties by ascending gallery index; float64 (and int32/int64) embeddings are
+    centred and scaled in float64 before the float32 scoring, not rounded to float32 first (docs/metrics.md,
+    *Ranking and tie-break*). Queries without a relevant item at a scale
     are excluded there and counted (``empty_queries="exclude"``), or score 0 (``"count_as_zero"``).
     Each scale's dict holds the metric values (fractions in [0, 1]; NaN when no query is defined), ``num_queries``
     (queries averaged over), ``excluded_queries`` and, with ``nmi``/``f1``, ``kmeans_seed``/``kmeans_restarts``.
