@@ -9,12 +9,13 @@ class x cluster table), never by enumerating pairs (docs/metrics.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.kmeans import lloyd_kmeans
 
 
@@ -96,11 +97,31 @@ def pairwise_f1(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.
     return float(2 * prec * rec / (prec + rec))
 
 
+def _scaled_points(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 on the CPU, multiplied by the power of two that brings its largest absolute coordinate into
+    ``[0.5, 1)`` (exact for float32 points, so no assignment changes): no squared distance between such points or
+    their means can overflow float32 (at most ``4 D``), which faiss would otherwise meet as an invalid assignment
+    and abort the whole process on. A non-finite coordinate is a one-line :class:`InputError`."""
+    x = x.detach().cpu()
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = ~finite.all(1)
+        raise InputError(f"k-means points contain NaN or Inf (first at row {int(bad.nonzero()[0])}, "
+                         f"{int(bad.sum())} bad rows)", key="x")
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    if peak == 0.0 or math.frexp(peak)[1] == 0:  # all zero, or already in [0.5, 1)
+        return x.to(torch.float32)
+    return (x.to(torch.float64) * math.ldexp(1.0, -math.frexp(peak)[1])).to(torch.float32)
+
+
 def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
                   backend: str = "auto") -> tuple[np.ndarray, str]:
     """Cluster ``x`` into ``k`` clusters; returns ``(assignment[N], backend used)``.
 
-    ``backend``: ``"auto"`` (faiss when importable, else torch), ``"faiss"`` or ``"torch"``.
+    ``backend``: ``"auto"`` (faiss when importable, else torch), ``"faiss"`` or ``"torch"``. ``x`` (finite; any
+    float dtype) is first multiplied by a power of two (:func:`_scaled_points`), which changes no assignment and
+    rules out float32 overflow; it is not centred (:func:`dynametric.metrics.engine.prepare_for_clustering`
+    does that for :func:`~dynametric.metrics.evaluate_embeddings`).
     """
     if backend not in ("auto", "faiss", "torch"):
         raise ConfigError(f"unknown k-means backend {backend!r}; expected auto, faiss or torch", key="kmeans_backend")
@@ -108,6 +129,7 @@ def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, re
     k = max(1, min(k, n))
     if k == 1:
         return np.zeros(n, dtype=np.int64), "trivial"
+    x = _scaled_points(x)
     if backend in ("auto", "faiss"):
         try:
             import faiss
@@ -116,13 +138,13 @@ def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, re
                 raise ConfigError("k-means backend 'faiss' requested but faiss is not installed",
                                   key="kmeans_backend") from None
         else:
-            xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+            xs = np.ascontiguousarray(x.numpy(), dtype=np.float32)
             km = faiss.Kmeans(xs.shape[1], k, niter=iters, nredo=max(1, restarts), seed=seed, verbose=False,
                               min_points_per_centroid=1, max_points_per_centroid=max(256, n))
             km.train(xs)
             _, assign = km.index.search(xs, 1)
             return assign.reshape(-1).astype(np.int64), "faiss"
-    labels, _, _ = lloyd_kmeans(x.detach().cpu(), k, seed=seed, iters=iters, restarts=max(1, restarts),
+    labels, _, _ = lloyd_kmeans(x, k, seed=seed, iters=iters, restarts=max(1, restarts),
                                 dtype=torch.float32, empty="keep", stop="labels", clamp_inertia=True)
     return labels.numpy(), "torch"
 

@@ -905,17 +905,38 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+TINY_ROW_NORM = 2.0 ** -48
+"""A non-zero row whose norm, after :func:`_centred_scaled`'s centring and scaling, is below this (``2^-48`` of the
+largest absolute coordinate, which the scaling puts in ``[0.5, 1)``) has float32 scores with other such rows
+(products of ``2^-96`` and below) that sink towards float32's subnormal range and 0: their order among themselves
+may be wrong, and :func:`_centred_scaled` warns (one line)."""
+
+
+def _warn_tiny_rows(counts: list[int], firsts: list[int], names: tuple[str, ...]) -> None:
+    """One :class:`RuntimeWarning` line naming how many rows of each set are below :data:`TINY_ROW_NORM`."""
+    import warnings
+
+    parts = [f"{n} row(s) of {name} (first: row {f})" for n, f, name in zip(counts, firsts, names) if n]
+    if parts:
+        warnings.warn(f"{' and '.join(parts)} lie more than 2^48 times closer to the embeddings' centre than the "
+                      f"largest coordinate lies from it: float32 scores between such rows underflow, so their order "
+                      f"among themselves (and their k-means clusters) may differ from exact arithmetic; evaluate "
+                      f"them apart from the far larger rows", RuntimeWarning, stacklevel=outside_package_level())
+
+
 def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
-                    rows: Callable[[torch.Tensor], torch.Tensor] = _float64_rows) -> list[torch.Tensor]:
+                    rows: Callable[[torch.Tensor], torch.Tensor] = _float64_rows,
+                    names: tuple[str, ...] = ("query", "gallery")) -> list[torch.Tensor]:
     """Euclidean inputs: every set (as float64 ``rows(block)``) translated by a centre ``c`` and multiplied by a power
-    of two, as float32.
+    of two, as float32 (``names``: the sets' names in the :data:`TINY_ROW_NORM` warning).
 
     Neither changes any Euclidean ranking. ``c`` is the float64 mean of ``rows(centre_of)`` rounded to a multiple of
     ``Q = 2**floor(log2(spread))`` (``spread``: the largest per-dimension standard deviation), so the offset left
     is below ``Q / 2`` and ``x - c`` is exact for every coordinate within about ``|x|`` of ``c`` (``c`` has no bits
     below ``Q``); integer-valued embeddings with a spread of 1 or more stay integers (their exact score ties stay
     exact). The power of two brings the largest absolute coordinate into ``[0.5, 1)`` (exact), ruling out overflow
-    and underflow of the squared norms. Without centring, the float32 score ``2<q, g> - ||g||^2`` of embeddings far
+    of the squared norms and products; underflow only for rows whose norm is then at least :data:`TINY_ROW_NORM`
+    (a warning names the others). Without centring, the float32 score ``2<q, g> - ||g||^2`` of embeddings far
     from the origin loses the distance differences in the cancellation and misorders candidates."""
     n, dim = centre_of.shape
     dev = centre_of.device
@@ -937,12 +958,25 @@ def _centred_scaled(sets: list[torch.Tensor], centre_of: torch.Tensor,
         for a in range(0, x.shape[0], _PREP_ROWS):
             peak = max(peak, float((rows(x[a:a + _PREP_ROWS]) - centre).abs().max()))
     factor = 1.0 if peak == 0.0 else math.ldexp(1.0, -math.frexp(peak)[1])
-    outs = []
+    outs: list[torch.Tensor] = []
+    counts: list[int] = []
+    firsts: list[int] = []
     for x in sets:
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        count, first = 0, -1
         for a in range(0, x.shape[0], _PREP_ROWS):
-            out[a:a + _PREP_ROWS] = (rows(x[a:a + _PREP_ROWS]) - centre) * factor
+            block = (rows(x[a:a + _PREP_ROWS]) - centre) * factor
+            sq = (block * block).sum(1)
+            tiny = (sq > 0) & (sq < TINY_ROW_NORM ** 2)
+            n_tiny = int(tiny.sum())
+            if n_tiny:
+                first = first if count else a + int(tiny.nonzero()[0])
+                count += n_tiny
+            out[a:a + _PREP_ROWS] = block
         outs.append(out)
+        counts.append(count)
+        firsts.append(first)
+    _warn_tiny_rows(counts, firsts, names)
     return outs
 
 
@@ -989,18 +1023,36 @@ def prepare_for_ranking(distance: str, query: torch.Tensor, gallery: torch.Tenso
         if narrow_cone and g.shape[0] > 1 and _cone_spread(g) < NARROW_CONE_SPREAD \
                 and not _has_zero_row(q) and (gallery is None or not _has_zero_row(g)):
             centre_of = query if gallery is None else gallery
-            out = _centred_scaled([query] if gallery is None else [query, gallery], centre_of, _unit_rows64)
+            out = _centred_scaled([query] if gallery is None else [query, gallery], centre_of, _unit_rows64,
+                                  names=("the embeddings",) if gallery is None else ("query", "gallery"))
             return out[0], out[-1], "euclidean"
         return q, g, "cosine"
     if gallery is None:
-        (q,) = _centred_scaled([query], query)
+        (q,) = _centred_scaled([query], query, names=("the embeddings",))
         return q, q, distance
     q, g = _centred_scaled([query, gallery], gallery)
     return q, g, distance
 
 
 def normalize_for(distance: str, x: torch.Tensor) -> torch.Tensor:
-    """Embeddings of one set as the clustering metrics use them: L2-normalised (exactly, :func:`_unit_rows`) for
-    cosine, unchanged float32 for euclidean."""
+    """Embeddings of one set as plain float32 scores see them: L2-normalised (exactly, :func:`_unit_rows`) for
+    cosine, unchanged float32 for euclidean (the clustering metrics use :func:`prepare_for_clustering`)."""
     x = x.detach().cpu()
     return _unit_rows(x) if distance == "cosine" else x.to(torch.float32).contiguous()
+
+
+def prepare_for_clustering(distance: str, x: torch.Tensor) -> torch.Tensor:
+    """Embeddings of one set (any float dtype, any device) as the clustering metrics' k-means uses them: float32 on
+    the CPU, translated and scaled by a power of two in float64 (:func:`_centred_scaled`); for cosine the rows are
+    first L2-normalised exactly in float64 (:func:`_unit_rows64`; an all-zero row stays zero, a point at the
+    origin).
+
+    k-means, its k-means++ seeding included, depends only on differences of points and on ratios of squared
+    distances, so neither step changes its assignments in exact arithmetic; both keep float32 accurate: rows of
+    magnitude ``1e19`` (squared distances overflow float32) or ``1e-30`` (they underflow), and rows far from the
+    origin (an offset of ``1e4`` with a spread of ``0.1``: float32 distances lose the spread) are clustered as the
+    same points near the origin at unit scale."""
+    x = x.detach()
+    rows = _unit_rows64 if distance == "cosine" else _float64_rows
+    (out,) = _centred_scaled([x], x, rows, names=("the embeddings",))
+    return out.cpu()

@@ -18,7 +18,7 @@ from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, kmeans_assign
 from dynametric.metrics.engine import (
     RankingProblem,
     ScaleAccumulator,
-    normalize_for,
+    prepare_for_clustering,
     prepare_for_ranking,
     run_ranking,
 )
@@ -173,7 +173,14 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
 
 
 def _as_embeddings(x: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
-    """``x`` as float32 ``[N, D]`` on ``device`` (default the CPU), checked: finite and within float32's range."""
+    """``x`` as ``[N, D]`` on ``device`` (default the CPU), checked: finite and within float32's range.
+
+    float64 stays float64 (a float64 array on the CPU is used in place, not copied), and so do int32 / int64
+    (converted to float64): the preparation (:func:`~dynametric.metrics.engine.prepare_for_ranking`,
+    :func:`~dynametric.metrics.engine.prepare_for_clustering`) centres and scales them in float64 before rounding
+    to float32, so embeddings far from the origin keep the differences float32 input would have rounded away.
+    Every other dtype becomes float32 (exact for float16, bfloat16 and the 8/16-bit integers); so does everything
+    on an MPS device, which has no float64."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
@@ -185,13 +192,15 @@ def _as_embeddings(x: Any, name: str, device: torch.device | None = None) -> tor
     if not (x.dtype.is_floating_point or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
                                                        torch.uint8)):
         raise InputError(f"expected numbers, got dtype {x.dtype}", key=name)
-    x = x.detach().to(torch.device("cpu") if device is None else device)
+    dev = torch.device("cpu") if device is None else device
+    wide = x.dtype in (torch.float64, torch.int32, torch.int64) and dev.type != "mps"
+    x = x.detach().to(dev, torch.float64 if wide else torch.float32)
     for what, y in (("NaN or Inf", x), ("values beyond the float32 range (|x| > 3.4e38)", x.to(torch.float32))):
         bad = ~torch.isfinite(y)
         if bool(bad.any()):
             row = int(bad.any(1).nonzero()[0])
             raise InputError(f"contains {what} (first at row {row}, {int(bad.any(1).sum())} bad rows)", key=name)
-    return x.to(torch.float32)
+    return x
 
 
 def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
@@ -351,8 +360,10 @@ def _add_clustering(result: dict[str, dict[str, float | int]], names_s: list[str
                     ql: torch.Tensor, distance: str, clustering: tuple[str, ...], *, nmi_normalizer: str,
                     seed: int, restarts: int, iters: int, backend: str) -> None:
     """Add each scale's clustering metrics to ``result`` (k-means on the query embeddings, one cluster per class
-    of the scale), with the k-means seed and restarts and, where no retrieval metric set them, the query counts."""
-    xq = normalize_for(distance, q)
+    of the scale), with the k-means seed and restarts and, where no retrieval metric set them, the query counts.
+    k-means runs on the embeddings centred and scaled in float64 (:func:`prepare_for_clustering`), which keeps its
+    float32 distances accurate at any offset and magnitude."""
+    xq = prepare_for_clustering(distance, q)
     for s, name in enumerate(names_s):
         k = int(torch.unique(ql[:, s]).numel())
         assign, _backend = kmeans_assign(xq, k, seed=seed, iters=iters, restarts=restarts, backend=backend)
@@ -412,7 +423,9 @@ def evaluate_embeddings(
     with ``query_ids`` every item sharing its id is excluded too); query -> gallery otherwise (with
     ``query_ids``/``gallery_ids`` a gallery item with the query's id is excluded explicitly). Candidates are ranked by
     descending cosine similarity (``distance="cosine"``, embeddings L2-normalised) or ascending Euclidean distance
-    (``"euclidean"``, raw embeddings), ties by ascending gallery index. Queries without a relevant item at a scale
+    (``"euclidean"``, raw embeddings), ties by ascending gallery index; float64 (and int32/int64) embeddings are
+    centred and scaled in float64 before the float32 scoring, not rounded to float32 first (docs/metrics.md,
+    *Ranking and tie-break*). Queries without a relevant item at a scale
     are excluded there and counted (``empty_queries="exclude"``), or score 0 (``"count_as_zero"``).
     Each scale's dict holds the metric values (fractions in [0, 1]; NaN when no query is defined), ``num_queries``
     (queries averaged over), ``excluded_queries`` and, with ``nmi``/``f1``, ``kmeans_seed``/``kmeans_restarts``.
@@ -437,8 +450,9 @@ def evaluate_embeddings(
     retrieval metric requested there is no ``"by_category"``.
 
     Raises :class:`~dynametric.errors.InputError` (one line, keyed by the argument: ``query_emb``,
-    ``query_labels``, ``gallery_emb``, ...) for inputs of the wrong shape, dtype or length, non-finite embeddings,
-    or an all-zero row under cosine, and :class:`~dynametric.errors.ConfigError` for an unknown metric, distance,
+    ``query_labels``, ``gallery_emb``, ...) for inputs of the wrong shape, dtype or length, or non-finite
+    embeddings or ones beyond float32's range (an all-zero row under cosine is accepted: it scores 0 with every
+    item, docs/metrics.md), and :class:`~dynametric.errors.ConfigError` for an unknown metric, distance,
     protocol or option value; both are :class:`~dynametric.errors.DynametricError`.
     """
     cutoff = _check_options(distance, empty_queries, asi_cutoff, ranking_engine, memory_budget_bytes)

@@ -8,6 +8,8 @@ The faiss paths stay in the wrappers.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 CHUNK_BYTES = 64 * 2**20
@@ -30,6 +32,17 @@ def _assign(x: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor,
         m = d.min(1)
         labels[a:a + chunk], dist[a:a + chunk] = m.indices, m.values
     return labels, dist
+
+
+def _check_range(x_sq: torch.Tensor, dtype: torch.dtype) -> None:
+    """A one-line ValueError unless every squared distance k-means can meet is finite in ``dtype``: between points
+    and means of points it is at most ``4 max |x|^2`` (was: ``torch.multinomial``'s "probability tensor contains
+    either inf, nan or element < 0" from the k-means++ seeding of float32 points of magnitude ``1e19``)."""
+    top = float(x_sq.max()) if x_sq.numel() else 0.0
+    if not (math.isfinite(top) and math.isfinite(4.0 * top) and 4.0 * top <= torch.finfo(dtype).max):
+        raise ValueError(f"k-means: the points are too large for {str(dtype).removeprefix('torch.')} (largest "
+                         f"squared norm {top:.3g}; squared distances would overflow); scale them down first, e.g. "
+                         f"by a power of two (dynametric.metrics.kmeans_assign does)")
 
 
 def _seed(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -77,6 +90,7 @@ def lloyd_kmeans(x: torch.Tensor, k: int, *, seed: int, iters: int, restarts: in
     x = x.to(dtype)
     n = x.shape[0]
     x_sq = (x * x).sum(1)
+    _check_range(x_sq, dtype)
     chunk = max(1, min(n, chunk_bytes // max(x.element_size() * k, 1)))
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     for _ in range(restarts):
