@@ -43,6 +43,11 @@ def test_clean_dataset_counts_and_exit_zero(dyml_vehicle: Path, capsys: pytest.C
     assert doc["details"]["train"]["header"] == {str(dyml_vehicle / "train" / "label.csv"): "glued"}
     assert doc["details"]["raw_id_overlap"]["fine"]["query_fine & gallery_fine"] == 2
     assert "each middle class has a single coarse parent: yes" in doc["details"]["train"]["notes"]
+    # --help names every top-level key that --json prints (it listed three of the five)
+    from dynametric.commands import data as data_command
+
+    assert list(doc) == ["format", "root", "splits", "problems", "details"]
+    assert all(f'"{key}":' in " ".join(data_command.__doc__.split()) for key in doc)
     code, text = _run(["data", "inspect", "--format", "dyml-vehicle", "--root", str(dyml_vehicle),
                        "--split", "train"], capsys)
     assert code == 0

@@ -4,11 +4,11 @@ dynametric data inspect --format NAME [--root DIR] [--split S ...] [--json] read
 reports images and classes per scale, and lists every problem: missing index files, missing images, unreadable
 images, malformed rows (with line numbers), images listed twice in a split, empty splits and hierarchy violations. The
 exit status is 1 when there is any problem, 0 otherwise (2 for a usage error such as an unknown format). --json
-prints {"splits": {"<split>": {"images": n, "classes": {"<scale>": n}}}, "problems": [{"file", "line", "message",
-"kind", "split_unknown", "splits"}], "details": {...}} (splits: the splits whose reading found the problem;
-split_unknown: a row of a file shared by several splits whose split cannot be read, a problem of every split);
-details holds each split's load report, nesting notes and the raw-id overlap between splits per scale (reported,
-not interpreted).
+prints {"format": name, "root": dir or null, "splits": {"<split>": {"images": n, "classes": {"<scale>": n}}},
+"problems": [{"file", "line", "message", "kind", "split_unknown", "splits"}], "details": {...}} (splits: the splits
+whose reading found the problem; split_unknown: a row of a file shared by several splits whose split cannot be
+read, a problem of every split); details holds each split's load report, nesting notes and the raw-id overlap
+between splits per scale (reported, not interpreted).
 """
 # The docstring above is the command's --help description (register: description=__doc__): plain text, no markup.
 
