@@ -382,6 +382,7 @@ def model_overrides(cfg: dict, root: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------- (c) embedding
 def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str, Any]:
     from dynametric.config import load_config, save_config
+    from dynametric.data.device_decode import DecodedBatch, EncodedImages
     from dynametric.engine.builders import build_model
     from dynametric.engine.checkpoint import save_checkpoint_file
     from dynametric.engine.inference import InferenceOptions
@@ -403,14 +404,30 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
 
     items = read_image_csv(root / "labels.csv")
 
-    def timed(loaded) -> tuple[float, float]:
-        """(seconds end to end, steady images/s) of one embedding job over every image, after a warm-up."""
+    def decode_only(loaded) -> Any:
+        """A batch function without the model: the batch decoded and on the device, one number per image (so the
+        rate is that of reading, decoding and resizing alone: the most the model could be fed)."""
+        def embed(batch: Any) -> torch.Tensor:
+            if isinstance(batch, DecodedBatch):
+                x = batch.take()
+            elif isinstance(batch, EncodedImages):
+                x = loaded.loader_transform.decode(batch, device)
+            else:
+                x = batch.to(device, non_blocking=True)
+            return x.reshape(len(x), -1)[:, :1].float()
+
+        return embed
+
+    def timed(loaded, model: bool = True) -> tuple[float, float]:
+        """(seconds end to end, steady images/s) of one embedding job over every image, after a warm-up
+        (``model=False``: the same job with :func:`decode_only` for the model)."""
+        run_batch = loaded.embed_on_device if model else decode_only(loaded)
         # warm-up (cudnn autotune) on a few batches, then the timed run over every image
         warm = read_image_csv(root / "labels.csv")
         k = min(len(warm.ids), 4 * cfg["embed_batch"])
         warm.ids, warm.paths = warm.ids[:k], warm.paths[:k]
         warm.labels = None if warm.labels is None else warm.labels[:k]
-        embed_items(warm, loaded.embed_on_device, loaded.loader_transform, work / "emb_warm",
+        embed_items(warm, run_batch, loaded.loader_transform, work / "emb_warm",
                     model_identity=loaded.identity(), batch_size=cfg["embed_batch"], shard_size=k,
                     num_workers=loaded.run.workers, pin_memory=loaded.run.pin_memory, overwrite=True,
                     prepare=loaded.prepare)
@@ -419,7 +436,7 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
         def timed_embed(batch: Any) -> torch.Tensor:
             if not first:  # the first batch has arrived: worker start-up is over
                 first.append(time.perf_counter())
-            return loaded.embed_on_device(batch)
+            return run_batch(batch)
 
         sync(device)
         t = time.perf_counter()
@@ -440,6 +457,7 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
     plain = loaded_with(False)
     ahead_used = loaded.prepare is not None
     plain_steady = timed(plain)[1] if ahead_used else None
+    decode_steady = timed(loaded, model=False)[1]  # the decoding side alone: what it can feed the model at most
     # floor: the same model, precision and memory format on a batch already on the device
     x = torch.randn(cfg["embed_batch"], 3, cfg["size"], cfg["size"], device=device)
     steps = max(3, math.ceil(len(items.ids) / cfg["embed_batch"]))
@@ -456,6 +474,7 @@ def part_c(cfg: dict, device: torch.device, root: Path, work: Path) -> dict[str,
             "size": cfg["size"], "precision": cfg["precision"], "batch": cfg["embed_batch"],
             "workers": loaded.run.workers, "pinned": loaded.run.pin_memory, "decode": loaded.decode,
             "decode_ahead": ahead_used, "without_decode_ahead_img_s": plain_steady,
+            "decode_only_img_s": decode_steady,
             "channels_last": device.type == "cuda", "ours_img_s": rate, "end_to_end_img_s": len(items.ids) / wall,
             "end_to_end_s": wall, "floor_img_s": floor, "fraction": rate / floor}
 
@@ -679,6 +698,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
             plain = r.get("without_decode_ahead_img_s") if part == "c" else None
             versus = "" if plain is None else \
                 f" (without decoding ahead: {plain:.0f} img/s = {100 * plain / r['floor_img_s']:.0f} %)"
+            if part == "c" and r.get("decode_only_img_s"):
+                versus += f"; reading and decoding alone, no model: {r['decode_only_img_s']:.0f} img/s"
             lines += [f"**({part}) {title}**: {r['backbone']} {r['size']} px, {r['precision']}, batch {r['batch']}"
                       f"{extra}, {r['workers']} workers, pinned {r['pinned']}, channels_last {r['channels_last']}: "
                       f"dynametric {r['ours_img_s']:.0f} img/s vs model-only floor {r['floor_img_s']:.0f} img/s = "

@@ -60,7 +60,7 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path, monkeypatc
     assert len(res["b"]) == 14 and all(r["ours_ms"] > 0 for r in res["b"])
     assert c["images"] == 32 and c["ours_img_s"] > 0 and c["floor_img_s"] > 0 and c["decode"] == "gpu"
     # the batches decoded ahead in a thread (forced on the CPU), and without it for comparison
-    assert c["decode_ahead"] is True and c["without_decode_ahead_img_s"] > 0
+    assert c["decode_ahead"] is True and c["without_decode_ahead_img_s"] > 0 and c["decode_only_img_s"] > 0
     assert d["steps_timed"] == 3 and d["ours_img_s"] > 0 and d["floor_img_s"] > 0
     assert len(list((tmp_path / "jpegs" / "imgs").glob("*.jpg"))) == 32
     e = res["e"]  # the CPU engine at 1 and 2 threads (same results, checked inside the part), then at 1 thread
@@ -81,6 +81,7 @@ def test_small_suite_runs_and_writes_only_its_section(tmp_path: Path, monkeypatc
     assert text.startswith("# Benchmarks\n\nkept above\n\n") and text.endswith("\n\nkept below\n")
     assert "old figures" not in text and text.count(suite.BEGIN) == 1 and "**(c) embedding JPEG files**" in text
     assert "decode gpu, decoded ahead in a thread" in text and "(without decoding ahead: " in text
+    assert "; reading and decoding alone, no model: " in text
     assert "**(e) CPU ranking engine, threads**" in text
     assert "(dynametric's torch ranking engine on `cpu`)" in text and "between the two methods 0.0e+00." in text
     assert "3,000 x 32, one scale (recall@K, map@r)" in text
