@@ -131,3 +131,49 @@ def test_ordinary_data_recomputes_no_pair(distance, monkeypatch):
     dup = np.concatenate([x, x[:1]])
     with pytest.raises(AssertionError, match="recomputed"):
         evaluate_embeddings(dup, np.concatenate([lab, [9]]), metrics=["fnmr@fmr=1"], distance=distance)
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_recomputed_values_keep_the_order_and_zero(cosine):
+    # the float32 value of a recomputed squared distance s: d(value) = sqrt(s) to float32's precision, non-decreasing
+    # in s, 0 exactly for s = 0 and never for s > 0 (also below float32's range); cosine values below the floor are
+    # below -1, those above it among the ordinary values (above -1 + floor / 2)
+    import torch
+
+    from dynametric.metrics.verification import _distance, _encode_exact, _near_limits
+
+    near = _near_limits(64, cosine)
+    s = np.concatenate([[0.0, 1e-300, 1e-60, 1e-46], np.exp(np.linspace(np.log(1e-40), np.log(0.1), 3000)),
+                        [near.floor * (1 - 1e-12), near.floor, near.floor * (1 + 1e-12)]])
+    s = np.sort(s)
+    v = _encode_exact(torch.from_numpy(s), near)
+    d = _distance(v, cosine, near.floor).numpy()
+    assert d[0] == 0.0 and (d[1:] > 0).all()
+    assert (np.diff(v.numpy()) >= 0).all() and (np.diff(d) >= 0).all()
+    # float32's normal range (cosine: -floor / s finite, and below the floor: above it a recomputed pair is one of
+    # the ordinary values s / 2 - 1, to their resolution)
+    ok = s > 1e-38 if not cosine else (s > 1e-40) & (s < near.floor)
+    rel = np.abs(d[ok] / np.sqrt(s[ok]) - 1)
+    assert rel.max() < 1e-7, rel.max()
+    if cosine:
+        below = s < near.floor
+        assert (v.numpy()[below] <= -1).all() and (v.numpy()[~below] >= -1 + near.floor / 2).all()
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_a_recomputed_pair_has_the_same_bits_in_any_sub_batch_and_mirrored(cosine):
+    # the pairwise tree of elementwise additions: a pair's value does not depend on the sub-batch it is in, and
+    # (i, j) equals (j, i), so leave-one-out counts both directions of a tie alike
+    import torch
+
+    from dynametric.metrics.verification import _exact_squared
+
+    rng = np.random.default_rng(9)
+    a = torch.from_numpy(rng.standard_normal((257, 37)).astype(np.float32))
+    b = a + torch.from_numpy((1e-4 * rng.standard_normal((257, 37))).astype(np.float32))
+    whole = _exact_squared(a, b, cosine)
+    assert torch.equal(whole, _exact_squared(b, a, cosine))
+    for size in (1, 3, 64):
+        parts = torch.cat([_exact_squared(a[i:i + size], b[i:i + size], cosine) for i in range(0, 257, size)])
+        assert torch.equal(parts, whole), size
+    assert bool((_exact_squared(a, a, cosine) == 0).all()) and bool((whole > 0).all())

@@ -220,7 +220,7 @@ def _chunks(problem: RankingProblem, device: torch.device, budget: int | None) -
             ar = torch.arange(stop - start, device=device)
             keep[ar, ar + start] = False
             v[ar, ar + start] = math.inf  # excluded (the query itself, always at 0): kept out of the check below
-        if float(v.min()) <= reach:  # one comparison per chunk; on ordinary data no pair comes near zero
+        if v.numel() and float(v.min()) <= reach:  # one comparison per chunk; on ordinary data no pair comes near zero
             if cosine:
                 near_pairs = torch.le(v, near.limit)
             else:
