@@ -177,3 +177,14 @@ def test_a_recomputed_pair_has_the_same_bits_in_any_sub_batch_and_mirrored(cosin
         parts = torch.cat([_exact_squared(a[i:i + size], b[i:i + size], cosine) for i in range(0, 257, size)])
         assert torch.equal(parts, whole), size
     assert bool((_exact_squared(a, a, cosine) == 0).all()) and bool((whole > 0).all())
+
+
+def test_duplicates_in_a_narrow_cone():
+    # cosine inputs in a narrow cone are scored as centred Euclidean distances of their unit rows: duplicates there
+    # are at exactly 0 too
+    rng = np.random.default_rng(0)
+    x = (100 + 0.05 * rng.standard_normal((40, 6))).astype(np.float32)
+    lab = rng.integers(0, 5, 40)
+    xd, ld = np.concatenate([x, x, x]), np.concatenate([lab, lab, lab + 10])
+    want, _d = _brute_force(xd, ld, xd, ld, "cosine", loo=True)
+    _check((xd, ld), {"distance": "cosine"}, want, budgets=(None,))
