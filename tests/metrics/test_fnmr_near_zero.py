@@ -177,6 +177,10 @@ def test_a_recomputed_pair_has_the_same_bits_in_any_sub_batch_and_mirrored(cosin
         parts = torch.cat([_exact_squared(a[i:i + size], b[i:i + size], cosine) for i in range(0, 257, size)])
         assert torch.equal(parts, whole), size
     assert bool((_exact_squared(a, a, cosine) == 0).all()) and bool((whole > 0).all())
+    zero = torch.zeros((2, 37))
+    # an all-zero row (cosine: at sqrt(2) from everything, as in the products; only reached past ~4e6 dimensions)
+    assert _exact_squared(zero, torch.stack([a[0], zero[0]]), cosine).tolist() == \
+        ([2.0, 2.0] if cosine else [pytest.approx(float((a[0].double() ** 2).sum()), rel=1e-14), 0.0])
 
 
 def test_duplicates_in_a_narrow_cone():

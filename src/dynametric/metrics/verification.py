@@ -103,13 +103,16 @@ def _tree_sum(x: torch.Tensor) -> torch.Tensor:
 
 def _exact_squared(a: torch.Tensor, b: torch.Tensor, cosine: bool) -> torch.Tensor:
     """float64 squared distances between the rows of ``a`` and ``b`` (float32 ``[m, D]``); cosine: between the rows
-    renormalised in float64 (an all-zero row stays zero)."""
+    renormalised in float64, and 2 where a row is all zero (cosine 0, as everywhere else)."""
     a, b = a.to(torch.float64), b.to(torch.float64)
+    zero = None
     if cosine:
         for x in (a, b):
             norm = torch.sqrt(_tree_sum(x * x)).unsqueeze(1)
+            zero = norm[:, 0] == 0 if zero is None else zero | (norm[:, 0] == 0)
             x.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
-    return _tree_sum(a.sub_(b).square_())
+    s = _tree_sum(a.sub_(b).square_())
+    return s if zero is None else s.masked_fill_(zero, 2.0)
 
 
 def _encode_exact(s: torch.Tensor, near: _Near) -> torch.Tensor:
