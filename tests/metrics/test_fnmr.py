@@ -124,17 +124,25 @@ def test_the_pair_value_bound_counts_what_the_distances_count(cosine):
     # the positives at or above a threshold are counted by one comparison of their float32 pair values with a bound:
     # the same count as computing every positive's float64 distance, for thresholds at, between and beyond the
     # distances (the threshold of an interpolated percentile is another float64 value)
-    from dynametric.metrics.verification import _distance, _pair_value_bound
+    from dynametric.metrics.verification import _distance, _near_limits, _pair_value_bound
 
     rng = np.random.default_rng(3)
-    if cosine:
-        v = np.concatenate([rng.uniform(-1.0, 1.0, 4000), -np.ones(5), np.ones(5), rng.uniform(-1e-6, 1e-6, 20)])
+    floor = _near_limits(16, cosine).floor
+    if cosine:  # below -1: recomputed pairs nearer than sqrt(floor) (-floor / s), -inf: a pair at distance 0
+        v = np.concatenate([rng.uniform(-1.0, 1.0, 4000), -np.ones(5), np.ones(5), rng.uniform(-1e-6, 1e-6, 20),
+                            -1.0 + floor / 2 + rng.uniform(0.0, 1e-4, 20), -np.exp(rng.uniform(0.0, 80.0, 200)),
+                            [-np.inf, -np.inf, -3e38, np.nextafter(np.float32(-1.0), np.float32(-2.0))]])
     else:
-        v = np.concatenate([rng.uniform(0.0, 50.0, 4000), np.zeros(5), rng.uniform(0, 1e-30, 20), [1e30, 3e38]])
+        v = np.concatenate([rng.uniform(0.0, 50.0, 4000), np.zeros(5), rng.uniform(0, 1e-30, 20), [1e30, 3e38],
+                            [1e-45, 1e-40]])
     v = torch.from_numpy(v.astype(np.float32))
-    d = _distance(v, cosine)
+    d = _distance(v, cosine, floor)
+    order = torch.argsort(v)
+    assert bool((torch.diff(d[order]) >= 0).all())  # d is non-decreasing in the pair value
+    assert all(_distance(float(x), cosine, floor) == float(y) for x, y in zip(v[::50], d[::50]))
     ts = [float(x) for x in d[::97]] + [float(np.nextafter(float(x), np.inf)) for x in d[::89]]
     ts += [float(np.nextafter(float(x), -np.inf)) for x in d[::83]] + [0.0, -1.0, 1e-300, 1e-20, 1.5, 7.0, 1e19, 1e200]
+    ts += [math.sqrt(floor), float(np.nextafter(math.sqrt(floor), 0.0)), 1e-22, 1e-3]
     for t in ts:
-        bound = _pair_value_bound(t, cosine, torch.device("cpu"))
+        bound = _pair_value_bound(t, cosine, torch.device("cpu"), floor)
         assert int((v >= bound).sum()) == int((d >= t).sum()), (t, bound)

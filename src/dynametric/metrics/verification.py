@@ -14,6 +14,17 @@ The negatives are never held: the two order statistics that bracket the percenti
 over the pairs' order-preserving 32-bit keys (one pass for the high 16 bits, one for the low 16 bits of the
 buckets that hold them), and a third pass counts the positives at or above ``T``. Each pass recomputes the scores
 chunk by chunk (same fixed 64-row product grid as the ranking engines), on the CPU or a torch device.
+
+Pairs at (near-)zero distance: a float32 product has an absolute rounding error of about ``D * 2**-24`` times the
+rows' squared norms, which near ``d = 0`` is all of the value (exact duplicates came out at ``+-1e-7`` instead of 0,
+and a cosine near 1 resolves ``d`` only to ``~3e-4``). So every pair whose float32 pair value lies within a rigorous
+bound of zero (:func:`_near_limits`; one comparison per chunk finds that none does on ordinary data) gets its
+squared distance recomputed in float64 from the two rows (a fixed pairwise sum of the squared differences, the
+same bits on every device and for a pair and its mirror; exact duplicates give exactly 0), in sub-batches of
+bounded size, and that value, rounded to float32, is the pair's value in all three passes (:func:`_encode_exact`).
+Every pair at distance 0 is recomputed and every pair not recomputed is at a distance above 0, so ``d = 0`` is
+never confused with a positive distance; the recomputed distances are float64 distances of the rows as compared
+(cosine: the unit rows as ranked, float32, renormalised in float64), rounded once to float32 (7 digits).
 """
 
 from __future__ import annotations
@@ -34,6 +45,112 @@ CPU: about 20)."""
 
 _SPARE = 1 << 16  # the bincount bin that pairs not counted go to (keys hold 16 bits per pass)
 
+_UNIT = 2.0 ** -24  # float32's unit roundoff
+_F32_MAX = float(np.finfo(np.float32).max)
+_TINY = float(np.finfo(np.float32).smallest_subnormal)
+_RECOMPUTE_SHARE = 8
+"""The sub-batches of recomputed pairs use at most ``1 / _RECOMPUTE_SHARE`` of the memory budget."""
+
+
+class _Near:
+    """Where a problem's pair values are too close to zero for their float32 rounding, and how the recomputed ones are
+    encoded (:func:`_near_limits`).
+
+    Euclidean (the pair value is the float32 squared distance ``fl(fl(|q|^2 + |g|^2) - 2<q, g>)``, clamped at 0): a
+    pair is recomputed when its value is at most ``coef * fl(|q|^2 + |g|^2)``; a recomputed squared distance ``s``
+    is stored as ``float32(s)`` (a positive ``s`` below float32's range as the smallest subnormal, never as 0).
+
+    Cosine (the pair value is ``-cos``, float32): a pair is recomputed when its value is at most ``-1 + beta``
+    (``beta`` a power of two, so the sum is exact); a recomputed ``s`` is stored as ``float32(s / 2 - 1)`` when
+    ``s >= floor = 2 * beta`` (among the ordinary values, which are all above ``-1 + beta``) and as
+    ``float32(-floor / s)`` below it (below -1, with float32's relative resolution; ``s = 0`` as ``-inf``), so the
+    values keep the order of the distances and :func:`_distance` inverts them."""
+
+    def __init__(self, cosine: bool, dim: int) -> None:
+        n = dim + 2
+        # gamma_n = n u / (1 - n u) bounds the relative error of any float32 dot product or sum of n terms (in any
+        # order or blocking, with or without fused multiply-adds); past n u >= 1/2 every pair is recomputed
+        gamma = n * _UNIT / (1.0 - n * _UNIT) if n * _UNIT < 0.5 else math.inf
+        self.cosine = cosine
+        # euclidean: |fl(s) - s| <= (2 gamma + u (1 + gamma)) (|q|^2 + |g|^2) (1 + u); twice that, so a pair at
+        # distance 0 is always recomputed and a pair that is not is at a positive distance
+        self.coef = min(4.0 * (gamma + _UNIT), _F32_MAX)
+        # cosine: |fl(<q, g>) - cos| <= gamma (1 + u)^2 + 2u for unit rows rounded to float32
+        self.beta = math.ldexp(1.0, math.frexp(4.0 * (gamma + 2.0 * _UNIT))[1]) if math.isfinite(gamma) else 4.0
+        self.limit = -1.0 + self.beta
+        self.floor = 2.0 * self.beta
+
+
+def _near_limits(dim: int, cosine: bool) -> _Near:
+    """The recomputation limits of a problem whose rows have ``dim`` coordinates."""
+    return _Near(cosine, dim)
+
+
+def _tree_sum(x: torch.Tensor) -> torch.Tensor:
+    """Row sums of ``x`` (float64 ``[m, D]``) by a fixed pairwise tree of elementwise additions: the same bits on
+    every device, whatever ``m`` is, so a pair's recomputed value does not depend on its sub-batch."""
+    width = x.shape[1]
+    if width == 0:
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    padded = 1 << (width - 1).bit_length()
+    if padded != width:
+        x = torch.nn.functional.pad(x, (0, padded - width))
+    while x.shape[1] > 1:
+        half = x.shape[1] // 2
+        x = x[:, :half] + x[:, half:]
+    return x[:, 0]
+
+
+def _exact_squared(a: torch.Tensor, b: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """float64 squared distances between the rows of ``a`` and ``b`` (float32 ``[m, D]``); cosine: between the rows
+    renormalised in float64, and 2 where a row is all zero (cosine 0, as everywhere else)."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    zero = None
+    if cosine:
+        for x in (a, b):
+            norm = torch.sqrt(_tree_sum(x * x)).unsqueeze(1)
+            zero = norm[:, 0] == 0 if zero is None else zero | (norm[:, 0] == 0)
+            x.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
+    s = _tree_sum(a.sub_(b).square_())
+    return s if zero is None else s.masked_fill_(zero, 2.0)
+
+
+def _encode_exact(s: torch.Tensor, near: _Near) -> torch.Tensor:
+    """The float32 pair values of the recomputed squared distances ``s`` (float64), as :class:`_Near` describes."""
+    if near.cosine:
+        below = torch.where(s > 0, (-near.floor / s).clamp_min(-_F32_MAX), -math.inf)
+        return torch.where(s >= near.floor, s * 0.5 - 1.0, below).to(torch.float32)
+    v = s.to(torch.float32)
+    return torch.where((s > 0) & (v == 0), _TINY, v)
+
+
+def _recompute(v: torch.Tensor, near_pairs: torch.Tensor, q: torch.Tensor, g: torch.Tensor, start: int,
+               near: _Near, per_batch: int) -> None:
+    """Overwrite the pair values ``v`` (one chunk, query rows from ``start``) of the pairs of ``near_pairs`` with their
+    exact values, at most ``per_batch`` pairs at a time (whole rows where they fit, else slices of one row)."""
+    counts = near_pairs.sum(1).cpu().numpy()
+    cum = np.cumsum(counts)
+    rows, ng = near_pairs.shape
+    r, done = 0, 0
+    while r < rows:
+        e = int(np.searchsorted(cum, done + per_batch, side="right"))
+        if e > r:
+            blocks = [(r, e, 0, ng)]
+        else:  # row r alone holds more than a sub-batch: column slices of it
+            e = r + 1
+            blocks = [(r, e, c, min(ng, c + per_batch)) for c in range(0, ng, per_batch)]
+        for r0, r1, c0, c1 in blocks:
+            ij = torch.nonzero(near_pairs[r0:r1, c0:c1])
+            if ij.shape[0] == 0:
+                continue
+            i, j = ij[:, 0] + r0, ij[:, 1] + c0
+            del ij
+            s = _exact_squared(q[i + start], g[j], near.cosine)
+            v[i, j] = _encode_exact(s, near)
+            del s, i, j
+        done = int(cum[e - 1])
+        r = e
+
 
 def parse_fmr(name: str) -> float | None:
     """``1.0`` for ``"fnmr@fmr=1"``; None for any other metric name; ValueError for a bad percentage."""
@@ -48,7 +165,8 @@ def parse_fmr(name: str) -> float | None:
 
 class _Chunk:
     """One chunk of query rows against the gallery: ``v`` float32 ``[C, Ng]``, increasing with the distance
-    (cosine: ``-cos``; euclidean: the squared distance), the same bits for a pair and its mirror in leave-one-out;
+    (cosine: ``-cos``; euclidean: the squared distance; a pair near zero: its exact value, :class:`_Near`), the same
+    bits for a pair and its mirror in leave-one-out (an excluded pair's value is meaningless);
     ``keep`` the pairs that are not excluded. :meth:`same` / :meth:`differ` are one scale's positive / negative pairs,
     built when asked (one bool mask per scale at a time, never all scales together)."""
 
@@ -64,9 +182,10 @@ class _Chunk:
 
 def _chunks(problem: RankingProblem, device: torch.device, budget: int | None) -> Iterator[_Chunk]:
     """The problem's pairs, chunk by chunk: every chunk reuses one pair-value and one mask buffer, so no two chunks'
-    tensors are alive together."""
+    tensors are alive together. The pairs near zero (:class:`_Near`) are recomputed before the chunk is yielded."""
     nq, ng = problem.query.shape[0], problem.gallery.shape[0]
-    rows = max(1, (DEFAULT_MEMORY_BUDGET if budget is None else int(budget)) // (_BYTES_PER_PAIR * ng + 64))
+    total = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    rows = max(1, total // (_BYTES_PER_PAIR * ng + 64))
     if rows >= SCORE_ROW_BLOCK:
         rows -= rows % SCORE_ROW_BLOCK
     rows = min(rows, nq)
@@ -74,6 +193,11 @@ def _chunks(problem: RankingProblem, device: torch.device, budget: int | None) -
     g = q if problem.gallery is problem.query else problem.gallery.to(device)
     products = problem.products if g is problem.gallery else GalleryProducts(g)  # on the CPU: packed once
     sq_q, sq_g = (q * q).sum(1), (g * g).sum(1)
+    cosine = problem.distance == "cosine"
+    near = _near_limits(q.shape[1], cosine)
+    # gathered float64 rows, their difference and the tree's first level, and the pair's indices
+    per_batch = max(1, total // _RECOMPUTE_SHARE // (40 * max(1, q.shape[1]) + 64))
+    sq_g_max = float(sq_g.max()) if ng else 0.0
     ql, gl = problem.query_labels.to(device), problem.gallery_labels.to(device)
     id_q = None if problem.query_codes is None else problem.query_codes.to(device)
     id_g = None if problem.gallery_codes is None else problem.gallery_codes.to(device)
@@ -83,10 +207,13 @@ def _chunks(problem: RankingProblem, device: torch.device, budget: int | None) -
         stop = min(nq, start + rows)
         v, keep = buf[:stop - start], keep_buf[:stop - start]
         _grid_product(q, products, start, stop, v)
-        if problem.distance == "cosine":
+        if cosine:
             torch.neg(v, out=v)
+            reach = near.limit
         else:  # (||q||^2 + ||g||^2) - 2<q, g>, clamped at 0: the sum first, so (i, j) and (j, i) round alike
             v.mul_(-2.0).add_(sq_q[start:stop].unsqueeze(1) + sq_g.unsqueeze(0)).clamp_(min=0.0)
+            # no pair's own limit, coef * fl(|q|^2 + |g|^2), exceeds this
+            reach = near.coef * (float(sq_q[start:stop].max()) + sq_g_max) * (1.0 + 4.0 * _UNIT)
         v.add_(0.0)  # one zero
         if id_q is not None:
             torch.ne(id_g.unsqueeze(0), id_q[start:stop].unsqueeze(1), out=keep)
@@ -95,6 +222,18 @@ def _chunks(problem: RankingProblem, device: torch.device, budget: int | None) -
         if problem.leave_one_out:
             ar = torch.arange(stop - start, device=device)
             keep[ar, ar + start] = False
+            v[ar, ar + start] = math.inf  # excluded (the query itself, always at 0): kept out of the check below
+        if v.numel() and float(v.min()) <= reach:  # one comparison per chunk; on ordinary data no pair comes near zero
+            if cosine:
+                near_pairs = torch.le(v, near.limit)
+            else:
+                limit = torch.add(sq_q[start:stop].unsqueeze(1), sq_g.unsqueeze(0)).mul_(near.coef)
+                near_pairs = torch.le(v, limit)
+                del limit
+            near_pairs.logical_and_(keep)
+            if bool(near_pairs.any()):
+                _recompute(v, near_pairs, q, g, start, near, per_batch)
+            del near_pairs
         yield _Chunk(v, keep, ql[start:stop], gl)
 
 
@@ -118,15 +257,22 @@ def _from_key(key: int) -> float:
     return float(np.array([i], dtype=np.int32).view(np.float32)[0])
 
 
-def _distance(v: torch.Tensor | float, cosine: bool) -> torch.Tensor | float:
-    """Euclidean distance (float64) from the pair value ``v``: ``sqrt(2 + 2 v)`` (cosine) or ``sqrt(v)``."""
+def _distance(v: torch.Tensor | float, cosine: bool, floor: float) -> torch.Tensor | float:
+    """Euclidean distance (float64) from the pair value ``v``, non-decreasing in ``v``: euclidean ``sqrt(v)``;
+    cosine ``sqrt(max(2 + 2 v, floor))`` for ``v >= -1`` and ``sqrt(-floor / v)`` below (a recomputed pair nearer
+    than ``sqrt(floor)``, :class:`_Near`; ``-inf``: 0). Every value an ordinary cosine pair has is above
+    ``-1 + floor / 2``, where this is ``sqrt(2 + 2 v)``."""
     if isinstance(v, float):
-        return math.sqrt(max(0.0, 2.0 + 2.0 * v)) if cosine else math.sqrt(max(0.0, v))
+        if not cosine:
+            return math.sqrt(max(0.0, v))
+        return math.sqrt(-floor / v) if v < -1.0 else math.sqrt(max(floor, 2.0 + 2.0 * v))
     v = v.to(torch.float64)
-    return torch.sqrt((2.0 + 2.0 * v).clamp_min(0.0)) if cosine else torch.sqrt(v.clamp_min(0.0))
+    if not cosine:
+        return torch.sqrt(v.clamp_min(0.0))
+    return torch.where(v < -1.0, torch.sqrt((-floor / v).clamp_min(0.0)), torch.sqrt((2.0 + 2.0 * v).clamp_min(floor)))
 
 
-def _pair_value_bound(t: float, cosine: bool, device: torch.device) -> float:
+def _pair_value_bound(t: float, cosine: bool, device: torch.device, floor: float) -> float:
     """The smallest float32 pair value ``v`` whose distance (:func:`_distance`, the same float64 computation on a
     tensor) is at least ``t``, so that ``d(v) >= t`` exactly when ``v >= bound`` (``d`` is non-decreasing in ``v``).
     Searched among the float32 values around the inverse of ``t`` (a window of order-preserving keys, widened until
@@ -135,14 +281,18 @@ def _pair_value_bound(t: float, cosine: bool, device: torch.device) -> float:
     if t <= 0.0:
         return -math.inf
     big = float(np.finfo(np.float32).max)
-    guess = min(max((t * t - 2.0) / 2.0 if cosine else t * t, -big), big)
+    if cosine:
+        guess = (-floor / (t * t) if t * t > 0.0 else -big) if t * t < floor else (t * t - 2.0) / 2.0
+    else:
+        guess = t * t
+    guess = min(max(guess, -big), big)
     bits = int(np.array([guess], dtype=np.float32).view(np.int32)[0])
     center = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # the key: increasing with the value
     lowest, highest = _float_key(-big), _float_key(big)
     for half in (64, 4096, 1 << 22):
         keys = np.arange(max(center - half, lowest), min(center + half, highest) + 1, dtype=np.int64).astype(np.int32)
         values = (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(np.float32)
-        d = _distance(torch.from_numpy(values.copy()).to(device), cosine)
+        d = _distance(torch.from_numpy(values.copy()).to(device), cosine, floor)
         assert isinstance(d, torch.Tensor)
         reach = (d >= t).cpu().numpy()
         if reach.all() and keys[0] > lowest:
@@ -167,6 +317,7 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
     pair). ``fmr_values`` are percentages; the names use ``format(p, "g")``."""
     dev = torch.device("cpu") if device is None else device
     cosine = problem.distance == "cosine"
+    floor = _near_limits(problem.query.shape[1], cosine).floor
     num_scales = problem.query_labels.shape[1]
     hist = [torch.zeros(1 << 16, dtype=torch.int64, device=dev) for _ in range(num_scales)]
     num_pos = [0] * num_scales
@@ -240,14 +391,14 @@ def fnmr_at_fmr(problem: RankingProblem, fmr_values: list[float], device: torch.
                 cum = torch.cumsum(low[s][b], 0).cpu().numpy()
                 lo = int(np.searchsorted(cum, r - int(starts[s][b]), side="right"))
                 pair_value_at[r] = _from_key((b << 16) | lo)
-                value_at[r] = _distance(pair_value_at[r], cosine)
+                value_at[r] = _distance(pair_value_at[r], cosine, floor)
             thresholds.append([(p, value_at[k] + frac * (value_at[k2] - value_at[k]),
                                 pair_value_at[k] if frac == 0.0 or pair_value_at[k] == pair_value_at[k2] else None)
                                for p, k, k2, frac in plans[s]])
         # each threshold as the smallest pair value at or above it (d is non-decreasing in v): a positive counts when
         # its pair value is at least that, one comparison over the chunk, the positives never gathered
-        bounds = [[exact if exact is not None else _pair_value_bound(t, cosine, dev) for _p, t, exact in thresholds[s]]
-                  for s in range(num_scales)]
+        bounds = [[exact if exact is not None else _pair_value_bound(t, cosine, dev, floor)
+                   for _p, t, exact in thresholds[s]] for s in range(num_scales)]
         above = [[0] * len(thresholds[s]) for s in range(num_scales)]
         if any(thresholds):
             for chunk in _chunks(problem, dev, memory_budget_bytes):
