@@ -272,3 +272,24 @@ def test_an_all_zero_row_under_cosine_is_accepted_as_the_docstring_says():
     doc = " ".join(evaluate_embeddings.__doc__.split())
     assert "an all-zero row under cosine is accepted" in doc
     assert "or an all-zero row under cosine, and" not in doc
+
+
+# --- review: the caller's float64 embeddings are never written to --------------------------------------------------
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("engine", ["cpu", "torch"])
+def test_float64_inputs_are_left_as_they_were(distance, engine):
+    """float64 arrays and tensors are passed on uncopied; the cosine preparation normalised them in place (the
+    caller's array held unit rows afterwards)."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((60, 6)) + 5
+    g = rng.standard_normal((40, 6)) + 5
+    ql, gl = rng.integers(0, 5, 60), rng.integers(0, 5, 40)
+    metrics = ["recall@1", "map@r", "fnmr@fmr=1", "nmi"]
+    for make in (lambda a: a, torch.from_numpy):
+        qi, gi = make(q.copy()), make(g.copy())
+        evaluate_embeddings(qi, ql, distance=distance, metrics=metrics, k_values=(1,), ranking_engine=engine,
+                            kmeans_backend="torch")
+        evaluate_embeddings(qi, ql, gi, gl, distance=distance, metrics=metrics, k_values=(1,),
+                            ranking_engine=engine, kmeans_backend="torch")
+        assert np.array_equal(np.asarray(qi), q) and np.array_equal(np.asarray(gi), g)

@@ -100,3 +100,60 @@ def test_decode_ahead_hands_a_batch_to_the_callers_thread_on_the_cpu(run_ckpt: P
     assert got.done is None and len(got) == 7
     assert torch.equal(got.take(), dec.decode(batch, "cpu"))
     assert torch.equal(loaded.embed_on_device(dec.decode_ahead(batch, "cpu")), loaded.embed_on_device(batch))
+
+
+def test_embed_decodes_at_most_two_batches_ahead(run_ckpt: Path, mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Two ahead as documented (one batch queued, one in the thread's hands): it held a third before."""
+    import time
+
+    loaded = _loaded(run_ckpt, decode_ahead=True)
+    prepare = loaded.prepare
+    assert prepare is not None
+    prepared, lead = [0], []
+
+    def counting(batch):
+        out = prepare(batch)
+        prepared[0] += 1
+        return out
+
+    def slow_embed(batch):
+        time.sleep(0.15)  # room for the thread to run as far ahead as it may
+        lead.append(prepared[0] - len(lead) - 1)  # batches prepared beyond this one
+        return loaded.embed_on_device(batch)
+
+    embed_items(list_image_folder(mixed), slow_embed, loaded.loader_transform, tmp_path / "e",
+                model_identity=loaded.identity(), batch_size=1, shard_size=7, prepare=counting)
+    assert max(lead) == 2, lead
+
+
+def test_decode_ahead_on_cuda_waits_for_its_side_stream_before_decoding(monkeypatch, run_ckpt: Path,
+                                                                        mixed: Path) -> None:  # noqa: F811
+    """nvjpeg writes the images torchvision allocates on the side stream from a stream of its own: the host must
+    wait until the side stream's earlier work (the previous batch's resize, reading memory freed meanwhile) is done
+    before the next batch is decoded. Run with stand-ins for torch.cuda (no GPU here)."""
+    import contextlib
+
+    calls: list[str] = []
+
+    class Stream:
+        def __init__(self, device) -> None:
+            self.device = device
+
+        def synchronize(self) -> None:
+            calls.append("synchronize")
+
+    class Event:
+        def record(self, stream) -> None:
+            calls.append("record")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    dec = _loaded(run_ckpt).loader_transform
+    assert isinstance(dec, DeviceDecoder)
+    monkeypatch.setattr(dec, "_decode", lambda batch, device: calls.append("decode") or torch.zeros(len(batch), 3))
+    batch = DeviceDecoder.collate([dec.read_file(p) for p in sorted(mixed.iterdir())[:2]])
+    for _ in range(2):
+        got = dec.decode_ahead(batch, torch.device("cuda", 0))
+        assert isinstance(got.done, Event) and len(got) == 2
+    assert calls == ["synchronize", "decode", "record"] * 2

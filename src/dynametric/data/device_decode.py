@@ -272,6 +272,11 @@ class DeviceDecoder:
         side = self._streams.get(device)
         if side is None:
             side = self._streams[device] = torch.cuda.Stream(device)
+        # torchvision allocates the decoded images on the current stream (`side`) but nvjpeg writes them from a
+        # stream of its own that does not wait for `side`: memory freed by the previous batch (its decoded images)
+        # may still be read by that batch's resize queued on `side`, and could be handed to nvjpeg again. The host
+        # waits until `side` is idle first (in the decode-ahead thread this costs the model nothing)
+        side.synchronize()
         with torch.cuda.stream(side):
             out = self._decode(batch, device)
             done = torch.cuda.Event()

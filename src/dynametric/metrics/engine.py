@@ -889,8 +889,9 @@ def _float64_rows(x: torch.Tensor) -> torch.Tensor:
 def _unit_rows64(x: torch.Tensor) -> torch.Tensor:
     """L2-normalised rows in float64, computed after dividing each row by its largest absolute value: exact for every
     finite float32 row (a squared norm of ``1e19``-scaled rows would overflow float32, and rows below
-    ``F.normalize``'s epsilon would not be normalised). All-zero rows stay zero."""
-    y = x.to(torch.float64)
+    ``F.normalize``'s epsilon would not be normalised). All-zero rows stay zero. Works on a copy: ``x`` may be the
+    caller's own float64 array (:func:`~dynametric.metrics.evaluate._as_embeddings` passes it on uncopied)."""
+    y = x.to(torch.float64, copy=True)
     peak = y.abs().amax(1, keepdim=True)
     y /= torch.where(peak > 0, peak, torch.ones_like(peak))
     y /= torch.where(peak > 0, torch.linalg.vector_norm(y, dim=1, keepdim=True), torch.ones_like(peak))

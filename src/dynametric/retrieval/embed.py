@@ -732,7 +732,7 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     try:
         it: Iterator[Any] = iter(loader)
         if prepare is not None:  # each batch prepared (decoded on the GPU) in a background thread
-            it = runner = RunAhead(it, prepare, depth=2)
+            it = runner = RunAhead(it, prepare, depth=1)  # one batch queued, one in hand: two ahead
         for s, lo, hi in pending:
             parts: list[np.ndarray] = []
             rows = 0

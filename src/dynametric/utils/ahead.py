@@ -20,8 +20,9 @@ _POLL_S = 0.1  # how often a waiting side looks whether the other one stopped
 
 
 class RunAhead(Generic[T, R]):
-    """Iterate ``fn(x)`` for ``x`` in ``source``, computed by one background thread at most ``depth`` results ahead
-    of the consumer (plus the one in hand), in the source's order.
+    """Iterate ``fn(x)`` for ``x`` in ``source``, computed by one background thread, in the source's order: at most
+    ``depth`` finished results wait to be taken and the thread holds one more (computing it, or waiting for room),
+    so it runs at most ``depth + 1`` items ahead of the one the consumer took last.
 
     An exception raised by ``source`` or ``fn`` is raised by the iteration at the item where it happened, after
     every result before it was delivered (the thread stops there). :meth:`close` (also on leaving a ``with`` block)
@@ -79,7 +80,9 @@ class RunAhead(Generic[T, R]):
         raise StopIteration
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the thread and wait for it (at most ``timeout`` seconds: it finishes the item in hand)."""
+        """Stop the thread and wait for it, at most ``timeout`` seconds: it finishes the item in hand and takes no
+        other. A thread still blocked in ``source`` or ``fn`` after that (a loader worker that hangs) is left to
+        end on its own; it is a daemon thread, so it does not keep the process alive."""
         self._stop.set()
         self._finished = True
         while True:  # free a thread that waits to put a result
