@@ -294,6 +294,28 @@ def test_evaluate_split_val_reaches_the_validation_carved_from_train(tmp_path):
         assert got[scale]["num_queries"] == expected[scale]["num_queries"] == 6 * 4
 
 
+def test_evaluate_split_val_is_the_carve_out_of_a_run_with_val_split_null(tmp_path):
+    """With data.val_split: null a run validates on a carve-out of its training classes even where the format has a
+    'val' split of its own (every shipped protocol config sets null); `evaluate --split val` evaluated the format's
+    split instead (540 queries against the run's 360 in the QA case, every metric different)."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.replace("  batch_size: 16\n", "  batch_size: 16\n  val_split: null\n  val_fraction: 0.5\n"))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 "trainer.max_epochs=1"]) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert "training classes" in info["validation_source"]
+    expected = next(v for v in json.loads((out / "metrics.json").read_text())["validation"]
+                    if v["epoch"] == info["selected"]["epoch"])
+    result = tmp_path / "val.json"
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--split", "val", "--json", str(result)]) == 0
+    got = json.loads(result.read_text())
+    for scale in ("fine", "middle", "coarse"):
+        assert got[scale]["num_queries"] == expected[scale]["num_queries"], scale
+        for metric in ("recall@1", "map@r"):
+            assert got[scale][metric] == pytest.approx(expected[scale][metric], abs=1e-6), (scale, metric)
+
+
 def test_the_summary_table_names_the_head_of_a_multi_head_run() -> None:
     from dynametric.pipeline.run import _summary
 

@@ -201,14 +201,18 @@ def load_split(cfg: Config, split: str, train: bool, key: str | None = None) -> 
 
 def load_eval_split(cfg: Config, split: str) -> Any:
     """Split ``split`` with the evaluation transform, as the commands that evaluate a trained run read it: ``val``
-    of a dataset without a ``val`` split (``data.val_split: auto``) is the run's own validation set, carved from the
-    training classes exactly as training carved it (same fraction, seed and folds)."""
+    of a run that validated on a carve-out of its training classes (``data.val_split: null``, or ``auto`` on a
+    dataset without a ``val`` split) is that validation set, carved exactly as training carved it (same fraction,
+    seed and folds), so its metrics are the run's validation metrics; where the test split is named ``val``,
+    ``val`` is that split."""
     data = cfg.data
-    if split == "val" and data.val_split == "auto" and data.test_split != "val" and "val" not in available_splits(cfg):
+    carved = data.val_split is None or (data.val_split == "auto" and "val" not in available_splits(cfg))
+    if split == "val" and carved and data.test_split != "val":
         val = build_datasets(cfg, with_test=False).val
         if val is None:
-            raise InputError(f"the run had no validation set: {cfg.data.format!r} has no 'val' split and "
-                             f"data.val_fraction is {data.val_fraction}", key="split")
+            why = "data.val_split is null" if data.val_split is None else f"{cfg.data.format!r} has no 'val' split"
+            raise InputError(f"the run had no validation set: {why} and data.val_fraction is {data.val_fraction}",
+                             key="split")
         return val
     return load_split(cfg, split, train=False)
 
