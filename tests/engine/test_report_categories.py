@@ -249,3 +249,18 @@ def test_a_mean_monitor_has_its_validation_curve():
     assert validation_curves(hist, ["fine", "coarse"], "mean/map@r") == {
         "fine": [(0, 0.0), (1, 0.1)], "coarse": [(0, 0.0), (1, 0.2)], "mean": [(0, 0.0), (1, 0.15)]}
     assert list(validation_curves(hist, ["fine", "coarse"], "fine/map@r")) == ["fine", "coarse"]
+
+
+def test_a_protocols_per_scale_bookkeeping_is_no_metric_row():
+    """A DyML protocol's test result holds, per scale, bookkeeping beside the metrics (gallery_size,
+    query_in_gallery, ...): they were rows of the metrics table ('detect' as a metric value); the metrics are the
+    keys of the mean over the scales."""
+    from dynametric.pipeline.report import metrics_table
+
+    scale = {"recall@1": 0.5, "map@r": 0.25, "num_queries": 10, "gallery_size": 40, "query_in_gallery": "detect",
+             "self_excluded_by": "identity (index)"}
+    result = {"fine": scale, "coarse": dict(scale), "mean": {"recall@1": 0.5, "map@r": 0.25}}
+    html = metrics_table({"untrained": result, "test": result}, ["fine", "coarse"])
+    for key in ("gallery_size", "query_in_gallery", "self_excluded_by", "detect"):
+        assert key not in html, key
+    assert html.count("<td>recall@1</td>") == 3 and html.count("<td>map@r</td>") == 3  # fine, coarse, mean
