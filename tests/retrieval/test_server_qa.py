@@ -488,12 +488,15 @@ def test_explore_prints_an_ipv6_url_in_brackets(gallery: dict[str, Any], tmp_pat
 
 # ------------------------------------------------------------------------------------- LOW 12: float32's range
 def test_float64_queries_beyond_float32s_range_are_named_as_such(tmp_path: Path, capsys) -> None:
-    """A float64 .npy with finite values above float32's range (1e300): one line saying so (was: numpy's
-    'RuntimeWarning: overflow encountered in cast' and then 'NaN or Inf', which the file does not hold)."""
+    """A float64 .npy with finite values above float32's range (1e300): for an l2 index, one line naming the file
+    (was: numpy's 'RuntimeWarning: overflow encountered in cast' and then 'NaN or Inf', which the file does not
+    hold); a cosine index normalises in float64 and searches them, on the command line as in Python (was: the
+    reader refused them for every metric)."""
     import warnings
 
     s = _set()
     RetrievalIndex.build(s, "flat", "cosine").save(tmp_path / "idx")
+    RetrievalIndex.build(s, "flat", "l2").save(tmp_path / "idx_l2")
     q = s.embeddings[:3].astype(np.float64)
     q[1, 2] = 1e300
     q[2, 0] = -3.5e38
@@ -501,11 +504,19 @@ def test_float64_queries_beyond_float32s_range_are_named_as_such(tmp_path: Path,
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a RuntimeWarning would fail here
-        assert main(["search", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "q.npy")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (f"dynametric search: error: {tmp_path / 'q.npy'}: values beyond float32's range (up to "
-                   "3.403e+38) in 2 row(s), first at row 1 (0-based; largest magnitude 1e+300): embeddings are read "
-                   "as float32; scale them down")
+        assert main(["search", "--index", str(tmp_path / "idx_l2"), "--embeddings", str(tmp_path / "q.npy")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"dynametric search: error: {tmp_path / 'q.npy'}: query embeddings {tmp_path / 'q.npy'} hold "
+                       "values beyond float32's range (up to 3.403e+38) in 2 row(s), first at row 1 (0-based); an "
+                       "l2 index searches in float32")
+        assert main(["search", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "q.npy"), "-k", "1",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # the huge coordinate gives rows 1 and 2 its axis as direction: their nearest items by cosine are those whose
+    # unit rows reach furthest along +axis 2 and along -axis 0
+    unit = s.embeddings / np.linalg.norm(s.embeddings, axis=1, keepdims=True)
+    want = [s.ids[0], s.ids[int(np.argmax(unit[:, 2]))], s.ids[int(np.argmin(unit[:, 0]))]]
+    assert [r["results"][0]["id"] for r in out["queries"]] == want
     # in Python: an l2 / ip index searches in float32 (cosine normalises in float64 first: it searches)
     l2 = RetrievalIndex.build(s, "flat", "l2")
     with warnings.catch_warnings():

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             note = decoder_note(index.model, str(qs.model.get("decode") or "cpu"),
                                 f"the query embeddings' ({args.embeddings})")
             notes += [note] if note else []
-        q = np.asarray(qs.embeddings, dtype=np.float32)
+        q = np.asarray(qs.embeddings)  # float64 stays float64: the index checks and prepares it for its metric
         index.check_queries(q, f"query embeddings {args.embeddings}", source=embeddings_file(args.embeddings))
         names = qs.ids
         if qs.labels is not None and index.labels is not None and list(qs.scale_names) == list(index.scale_names):

@@ -83,6 +83,8 @@ from dynametric.utils.io import (
     save_npy,
 )
 from dynametric.utils.readers import (
+    beyond_float32,
+    beyond_float32_text,
     check_file,
     check_format_version,
     check_header_scale_names,
@@ -1205,6 +1207,10 @@ def _write_rows_into(fh: IO[bytes], path: Path, blocks: Iterable[np.ndarray], n:
     write(head.getvalue())
     rows = 0
     for block in blocks:
+        beyond = beyond_float32(np.asarray(block))  # float64 rows the cast would make Inf (a caller checks first)
+        if beyond is not None:
+            raise InputError(f"{beyond_float32_text((beyond[0], rows + beyond[1], beyond[2]))}; largest magnitude "
+                             f"{beyond[2]:.4g}): embeddings.npy stores float32", file=path)
         write(np.ascontiguousarray(block, dtype=np.float32).data)
         rows += len(block)
     if rows != n:  # the header names n rows
@@ -1370,6 +1376,10 @@ def derive_embedding_folder(source: str | Path, out: str | Path, embeddings: Any
     if x.dtype.kind not in "fiu" or not np.isfinite(x).all():
         raise InputError(f"expected finite numbers, got {x.dtype}" + ("" if x.dtype.kind not in "fiu" else
                          " with NaN or infinite values"), key="embeddings")
+    beyond = beyond_float32(x)  # before anything is written: the folder stores float32 (the cast made them Inf)
+    if beyond is not None:
+        raise InputError(f"{beyond_float32_text(beyond)}; largest magnitude {beyond[2]:.4g}): the derived folder's "
+                         f"{out / 'embeddings.npy'} stores float32; scale them down", key="embeddings")
     if out.resolve() == source.resolve():
         raise InputError("out is the source folder; derive into a new folder", file=out)
     if out.exists() and (not out.is_dir() or other_entries(out)):
@@ -1422,7 +1432,10 @@ def read_finished_job(folder: str | Path) -> dict[str, Any]:
 
 def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
     """Read an embed output folder or its ``embeddings.npy`` (:func:`embed_folder_of`; its ``embed.json`` must say
-    ``complete`` and every file is checked against it: :func:`check_job_folder`) or a bare ``[N, D]`` ``.npy``."""
+    ``complete`` and every file is checked against it: :func:`check_job_folder`; float32, memory-mapped unless
+    ``mmap`` is false) or a bare ``[N, D]`` file (:func:`~dynametric.utils.readers.load_embeddings`: a float64
+    file stays float64, for the index's float64 preparation; values beyond float32's range are left to the
+    index, which refuses them for ``l2`` / ``ip`` and takes them for cosine)."""
     path = Path(path)
     if not path.exists():
         raise InputError("embeddings not found", file=path)

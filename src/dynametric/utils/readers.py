@@ -209,8 +209,26 @@ def beyond_float32_text(beyond: tuple[int, int, float]) -> str:
     return f"values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {rows} row(s), first at row {first} (0-based"
 
 
+def embedding_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype :func:`load_embeddings` gives embeddings stored as ``dtype`` (integer or floating point), the rule
+    of :func:`dynametric.metrics.evaluate_embeddings`: float64 stays float64, and so do the integers float32 cannot
+    hold exactly (32 and 64 bits, signed or not), so the library's float64 preparation sees every digit the file
+    holds; a wider float (longdouble) becomes float64; float32 stays float32, and float16 and the 8/16-bit integers
+    (all exact in float32) become float32."""
+    dtype = np.dtype(dtype)
+    wide = dtype.itemsize >= 8 if dtype.kind == "f" else dtype.itemsize >= 4
+    return np.dtype(np.float64 if wide else np.float32)
+
+
 def load_embeddings(path: str | Path) -> np.ndarray:
-    """Load a 2-D float32 ``[N, D]`` array, naming ``path`` in every error (missing, empty, shape, NaN/Inf)."""
+    """Load a 2-D ``[N, D]`` float array, naming ``path`` in every error (missing, empty, shape, dtype, NaN/Inf).
+
+    float64 files (and int32 / int64 / uint32 / uint64 ones) are read as float64, everything else as float32
+    (:func:`embedding_dtype`): the precision a float64 file holds is kept up to the library's float64
+    preparation. A contiguous float32 or float64 ``.npy`` in the machine's byte order is returned as read (no
+    copy). Values beyond float32's range are not checked here: whether they are allowed depends on the use (a
+    cosine index normalises in float64 and takes them; an evaluation, an ``l2`` / ``ip`` index or an embed
+    folder, which hold float32, refuse them), so the callers check them (:func:`beyond_float32`)."""
     path = Path(path)
     check_file(path)
     suffix = path.suffix.lower()
@@ -243,16 +261,17 @@ def load_embeddings(path: str | Path) -> np.ndarray:
         raise InputError(f"no embeddings (shape {arr.shape})", file=path)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"expected numeric embeddings, got dtype {arr.dtype}", file=path)
-    beyond = beyond_float32(arr)
-    if beyond is not None:  # the cast would make them Inf (with numpy's overflow warning) and say "NaN or Inf"
-        raise InputError(f"{beyond_float32_text(beyond)}; largest magnitude {beyond[2]:.4g}): embeddings are read as "
-                         "float32; scale them down", file=path)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    bad = ~np.isfinite(arr).all(axis=1)
+    bad = ~np.isfinite(arr).all(axis=1)  # before the cast: a longdouble beyond float64's range is said below
     if bad.any():
         raise InputError(f"NaN or Inf in {int(bad.sum())} row(s), first at row {int(np.flatnonzero(bad)[0])} "
                          "(0-based)", file=path)
-    return arr
+    dtype = embedding_dtype(arr.dtype)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        big = (np.abs(arr) > np.finfo(np.float64).max).any(axis=1)
+        if big.any():
+            raise InputError(f"values beyond float64's range in {int(big.sum())} row(s), first at row "
+                             f"{int(np.flatnonzero(big)[0])} (0-based); scale them down", file=path)
+    return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def decode_utf8(data: bytes, path: str | Path, key: str | None = None) -> str:
