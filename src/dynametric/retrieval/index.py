@@ -9,7 +9,9 @@ config hash, weights hash, head). While a build runs (and after one was killed) 
 
 Metrics: ``cosine`` (vectors L2-normalised, inner product; reported distance ``1 - cos``), ``l2`` (reported
 distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer
-for every reported distance.
+for every reported distance. The items are stored transformed (:class:`InputTransform`, decided at build time in
+float64 and recorded in ``index.json``; queries alike): faiss finds candidates in float32, their distances are
+computed again in float64 with the transform undone, equal distances ordered by item position.
 
 Kinds: ``flat`` (exact), ``ivf`` (``IndexIVFFlat``: ``nlist`` k-means cells, ``nprobe`` visited per query;
 Jégou et al. 2011), ``hnsw`` (``IndexHNSWFlat``: ``M`` links, ``ef_construction``, ``ef_search``; Malkov &
