@@ -9,7 +9,9 @@ config hash, weights hash, head). While a build runs (and after one was killed) 
 
 Metrics: ``cosine`` (vectors L2-normalised, inner product; reported distance ``1 - cos``), ``l2`` (reported
 distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer
-for every reported distance.
+for every reported distance. The items are stored transformed (:class:`InputTransform`, decided at build time in
+float64 and recorded in ``index.json``; queries alike): faiss finds candidates in float32, their distances are
+computed again in float64 with the transform undone, equal distances ordered by item position.
 
 Kinds: ``flat`` (exact), ``ivf`` (``IndexIVFFlat``: ``nlist`` k-means cells, ``nprobe`` visited per query;
 Jégou et al. 2011), ``hnsw`` (``IndexHNSWFlat``: ``M`` links, ``ef_construction``, ``ef_search``; Malkov &
@@ -62,7 +64,9 @@ from dynametric.utils.readers import (
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
 INDEX_FORMAT = "dynametric-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+"""2: ``index.json`` records the input transform (``transform``, :class:`InputTransform`); an index of version 1
+(none) is searched as it was built."""
 QUERY_CHUNK = 64
 INDEX_FILES = ("index.faiss", "items.csv", "labels.npy", "index.json")
 BUILD_MARKER = "index.build.json"
@@ -171,6 +175,194 @@ def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         out[lo:lo + _PREPARE_ROWS] = block / np.where(norms > 0, norms, 1.0)
     return out
+
+
+def _unit_rows64(block: np.ndarray) -> np.ndarray:
+    """Rows of ``block`` L2-normalised in float64 (each first divided by its largest absolute value, as
+    :func:`_prepare`); an all-zero row stays zero."""
+    y = np.array(block, dtype=np.float64)  # a copy: never the caller's array
+    peak = np.abs(y).max(axis=1, keepdims=True) if y.shape[1] else np.ones((len(y), 1))
+    y /= np.where(peak > 0, peak, 1.0)
+    y /= np.where(peak > 0, np.linalg.norm(y, axis=1, keepdims=True), 1.0)
+    return y
+
+
+NARROW_CONE_SPREAD = 2.0 ** -7
+"""A cosine index whose items' unit rows spread less than this (root mean square distance from their mean) stores
+them centred and scaled in an L2 index (:class:`InputTransform`, kind ``cosine-l2``): the evaluation engine's rule
+(``dynametric.metrics.engine.NARROW_CONE_SPREAD``), where float32 cosines of near neighbours round to the same
+few values next to 1."""
+CONE_FACTOR_MAX = 2.0 ** 40
+"""The largest scale factor of a ``cosine-l2`` index: a query (a unit row, anywhere on the sphere, at most 2 from
+the centre) stays far inside float32's range whatever the cone's width."""
+QUERY_REACH = 2.0 ** 60
+"""An ``l2`` index refuses a query whose transformed coordinates (centred and scaled as the items, whose largest
+absolute coordinate is below 1) reach ``QUERY_REACH / sqrt(D)``: its float32 squared distances could overflow."""
+TRANSFORMS = {"l2": ("l2",), "cosine": ("cosine", "cosine-l2"), "ip": ("ip",)}
+
+
+def _pow2_below(peak: float) -> float:
+    """The power of two ``f`` that brings ``peak`` (> 0, finite) into ``[0.5, 1)``; 1 for 0."""
+    return 1.0 if not peak > 0.0 else math.ldexp(1.0, -math.frexp(peak)[1])
+
+
+def _rows_of(x: np.ndarray, unit: bool) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, float64 block)`` of ``x`` in blocks of :data:`_PREPARE_ROWS` rows (unit rows when ``unit``)."""
+    for lo in range(0, len(x), _PREPARE_ROWS):
+        block = x[lo:lo + _PREPARE_ROWS]
+        yield lo, _unit_rows64(block) if unit else np.asarray(block, dtype=np.float64)
+
+
+def _centre_and_factor(x: np.ndarray, unit: bool, factor_max: float = math.inf) -> tuple[np.ndarray, float]:
+    """The evaluation engine's Euclidean preparation (``_centred_scaled`` in ``dynametric.metrics.engine``), in numpy:
+    the float64 mean of the rows rounded to a multiple of ``2**floor(log2(spread))`` (``spread``: the largest
+    per-dimension standard deviation; no centring when it is 0), and the power of two that brings the largest
+    absolute centred coordinate into ``[0.5, 1)`` (at most ``factor_max``)."""
+    n, dim = x.shape
+    total = np.zeros(dim, dtype=np.float64)
+    for _, block in _rows_of(x, unit):
+        total += block.sum(axis=0)
+    mean = total / max(1, n)
+    sq = np.zeros(dim, dtype=np.float64)
+    for _, block in _rows_of(x, unit):
+        sq += ((block - mean) ** 2).sum(axis=0)
+    spread = math.sqrt(float(sq.max()) / max(1, n)) if dim else 0.0
+    if spread > 0.0 and math.isfinite(spread):
+        quantum = math.ldexp(1.0, math.frexp(spread)[1] - 1)
+        centre = np.round(mean / quantum) * quantum
+    else:
+        centre = np.zeros(dim, dtype=np.float64)
+    peak = 0.0
+    for _, block in _rows_of(x, unit):
+        peak = max(peak, float(np.abs(block - centre).max(initial=0.0)))
+    return centre, min(_pow2_below(peak), factor_max)
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """How an index (built by this version) stores its items and transforms every query, decided at build time
+    from the items and recorded in ``index.json`` (``transform``); the reported distances undo it in float64.
+
+    * ``l2``: rows ``(x - centre) * factor`` (``centre``: the rounded mean, ``factor``: a power of two; the engine's
+      Euclidean preparation), distances divided back by ``factor``;
+    * ``cosine``: float64 unit rows rounded to float32 in an inner-product index (as before this transform);
+    * ``cosine-l2``: the items' unit rows lie in a narrow cone (:data:`NARROW_CONE_SPREAD`): unit rows centred and
+      scaled as for ``l2`` in an L2 index, reporting ``1 - cos = d^2 / 2`` (exact for unit rows);
+    * ``ip``: rows times ``factor`` (a power of two bringing the largest absolute value into ``[0.5, 1)``), each
+      query times its own power of two; scores divided back by both (no centring: inner products are not
+      translation invariant).
+
+    ``max_norm``: the largest norm of a stored (float32) row, for the rounding bound of faiss's scores."""
+
+    kind: str
+    factor: float = 1.0
+    centre: np.ndarray | None = None
+    max_norm: float = 1.0
+
+    @property
+    def faiss_metric(self) -> str:
+        return "l2" if self.kind in ("l2", "cosine-l2") else "ip"
+
+    @property
+    def unit(self) -> bool:
+        return self.kind in ("cosine", "cosine-l2")
+
+    @classmethod
+    def plan(cls, x: np.ndarray, metric: str) -> InputTransform:
+        """The transform of an index of ``metric`` over the items ``x`` ``[N, D]`` (any real dtype; finite)."""
+        if metric == "l2":
+            centre, factor = _centre_and_factor(x, False)
+            return cls("l2", factor, centre)
+        if metric == "ip":
+            peak = max((float(np.abs(b).max(initial=0.0)) for _, b in _rows_of(x, False)), default=0.0)
+            return cls("ip", _pow2_below(peak))
+        if len(x) > 1:
+            total = np.zeros(x.shape[1], dtype=np.float64)
+            zero = False
+            for _, block in _rows_of(x, True):
+                total += block.sum(axis=0)
+                zero = zero or bool((block == 0).all(axis=1).any())
+            mean = total / len(x)
+            spread = math.sqrt(max(0.0, 1.0 - float(mean @ mean)))
+            if spread < NARROW_CONE_SPREAD and not zero:
+                centre, factor = _centre_and_factor(x, True, CONE_FACTOR_MAX)
+                return cls("cosine-l2", factor, centre)
+        return cls("cosine")
+
+    def rows64(self, block: np.ndarray) -> np.ndarray:
+        """A block of rows transformed in float64 (before the rounding to float32); an ``ip`` query is scaled by a
+        factor of its own instead (:meth:`RetrievalIndex._prepare_queries`)."""
+        y = _unit_rows64(block) if self.unit else np.array(block, dtype=np.float64)
+        if self.centre is not None:
+            y -= self.centre
+        if self.factor != 1.0:
+            y *= self.factor
+        return y
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The stored rows: :meth:`rows64` rounded to contiguous float32, block by block."""
+        out = np.empty(x.shape, dtype=np.float32)
+        for lo in range(0, len(x), _PREPARE_ROWS):
+            out[lo:lo + _PREPARE_ROWS] = self.rows64(x[lo:lo + _PREPARE_ROWS])
+        return out
+
+    def undo(self, stored: np.ndarray) -> np.ndarray:
+        """Stored rows back in the items' space, float64 (for ``cosine`` / ``cosine-l2`` their unit rows)."""
+        y = np.array(stored, dtype=np.float64)
+        if self.factor != 1.0:
+            y /= self.factor
+        if self.centre is not None:
+            y += self.centre
+        return y
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "factor": self.factor,
+                "centre": None if self.centre is None else [float(v) for v in self.centre],
+                "max_norm": self.max_norm}
+
+    @classmethod
+    def from_json(cls, value: Any, metric: str, dim: int, path: Path) -> InputTransform:
+        """``index.json``'s ``transform`` checked: one line keyed ``transform`` for anything else."""
+        def bad(why: str) -> InputError:
+            return InputError(f"{why}; the file is damaged: rebuild the index", file=path, key="transform")
+
+        if not isinstance(value, dict):
+            raise bad(f"expected an object, found {type(value).__name__}")
+        kind, factor, centre, norm = (value.get(k) for k in ("kind", "factor", "centre", "max_norm"))
+        if kind not in TRANSFORMS[metric]:
+            raise bad(f"kind {kind!r} is not one of {list(TRANSFORMS[metric])} (metric {metric})")
+        for name, v in (("factor", factor), ("max_norm", norm)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0 or \
+                    (name == "factor" and (v == 0 or math.frexp(v)[0] != 0.5)):
+                raise bad(f"{name} must be a finite {'power of two' if name == 'factor' else 'number >= 0'}, "
+                          f"found {v!r}")
+        if kind in ("l2", "cosine-l2"):
+            if not (isinstance(centre, list) and len(centre) == dim and all(
+                    isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in centre)):
+                raise bad(f"centre must be a list of {dim} finite numbers")
+            arr: np.ndarray | None = np.array(centre, dtype=np.float64)
+        elif centre is not None:
+            raise bad(f"centre must be null for kind {kind!r}")
+        else:
+            arr = None
+        return cls(kind, float(factor), arr, float(norm))  # type: ignore[arg-type]
+
+
+@dataclass
+class _Queries:
+    """Queries of an index with an :class:`InputTransform`: ``faiss`` (the float32 rows faiss searches), ``exact``
+    (the same rows in float64; for ``cosine`` renormalised in float64) and ``divisor`` (per row: what a float64 key
+    is divided by to become the reported distance's scale)."""
+
+    faiss: np.ndarray
+    exact: np.ndarray
+    divisor: np.ndarray
+
+    def __getitem__(self, sl: slice) -> _Queries:
+        return _Queries(self.faiss[sl], self.exact[sl], self.divisor[sl])
+
+    def __len__(self) -> int:
+        return len(self.faiss)
 
 
 def default_nlist(n: int) -> int:
@@ -362,7 +554,9 @@ def _check_kind(index: Any, meta: dict[str, Any], fpath: Path, faiss: Any) -> No
     else:
         found = type(index).__name__
     metric = "l2" if index.metric_type == faiss.METRIC_L2 else "ip"
-    want_metric = "l2" if meta["metric"] == "l2" else "ip"
+    transform = meta.get("transform")
+    want_metric = ("l2" if meta["metric"] == "l2" else "ip") if not isinstance(transform, dict) else \
+        ("l2" if transform.get("kind") in ("l2", "cosine-l2") else "ip")
     if found != meta["kind"] or metric != want_metric:
         raise InputError(f"index.faiss holds a {found} index ({metric}), but index.json says {meta['kind']} "
                          f"({meta['metric']})", file=fpath)
@@ -573,6 +767,9 @@ class RetrievalIndex:
     index neither loaded nor saved."""
     loaded_from: Path | None = field(default=None, compare=False)
     """The folder :meth:`load` read or :meth:`save` wrote (``None`` for an index neither loaded nor saved)."""
+    transform: InputTransform | None = field(default=None, compare=False)
+    """How the items are stored and the queries transformed (:class:`InputTransform`); ``None`` for an index of
+    an older dynametric (``index.json`` without ``transform``), searched exactly as that version did."""
 
     @property
     def size(self) -> int:
@@ -602,10 +799,19 @@ class RetrievalIndex:
             src = Path(emb.source)
             refuse_zero_rows(raw, src / "embeddings.npy" if src.is_dir() else src)
         _refuse_beyond_float32(raw, metric, "embeddings", "is built", emb.source)
-        x = _prepare(raw, metric)
+        if raw.dtype.kind not in "fiub" or not all(np.isfinite(b).all() for _, b in _rows_of(raw, False)):
+            raise InputError("embeddings contain NaN or Inf" if raw.dtype.kind in "fiub" else
+                             f"embeddings must be numbers, got dtype {raw.dtype}", file=emb.source)
+        if metric not in METRICS:  # before the transform is planned for it
+            raise ConfigError(f"unknown metric {metric!r}; expected one of {list(METRICS)}", key="--metric")
+        plan = InputTransform.plan(raw, metric)
+        x = plan.apply(raw)
         if not np.isfinite(x).all():
             raise InputError("embeddings contain NaN or Inf", file=emb.source)
-        index, params = build_faiss_index(x, kind, metric, **kwargs)
+        norm = max((float(np.linalg.norm(np.asarray(x[lo:lo + _PREPARE_ROWS], np.float64), axis=1).max())
+                    for lo in range(0, len(x), _PREPARE_ROWS)), default=0.0)
+        plan = InputTransform(plan.kind, plan.factor, plan.centre, norm)
+        index, params = build_faiss_index(x, kind, plan.faiss_metric, **kwargs)
         labels = None if emb.labels is None else np.asarray(emb.labels, dtype=np.int64).reshape(len(x), -1)
         names = list(emb.scale_names)
         if labels is not None and len(names) != labels.shape[1]:
@@ -613,7 +819,7 @@ class RetrievalIndex:
 
             names = list(default_scale_names(labels.shape[1]))
         return cls(index, kind, metric, int(x.shape[1]), list(emb.ids), list(emb.paths), labels, names,
-                   emb.class_names, list(emb.image_roots), dict(emb.model), params, str(emb.source))
+                   emb.class_names, list(emb.image_roots), dict(emb.model), params, str(emb.source), transform=plan)
 
     def save(self, out: str | Path) -> Path:
         """Write the index folder: every file is first written to a temporary file beside its target (the build's
@@ -660,7 +866,8 @@ class RetrievalIndex:
                 "format": INDEX_FORMAT, "version": INDEX_VERSION, "kind": self.kind, "metric": self.metric,
                 "dim": self.dim, "count": self.size, "params": self.params, "scale_names": self.scale_names,
                 "has_labels": self.labels is not None, "class_names": self.class_names,
-                "image_roots": self.image_roots, "model": self.model, "source": self.source, **hashes}).encode("utf-8")
+                "image_roots": self.image_roots, "model": self.model, "source": self.source, **hashes,
+                **({"transform": self.transform.to_json()} if self.transform is not None else {})}).encode("utf-8")
             staged.write("index.json", out / "index.json", meta_bytes)
 
             def absent(name: str) -> None:
@@ -792,9 +999,11 @@ class RetrievalIndex:
             index.nprobe = int(params["nprobe"])
         if meta["kind"] == "hnsw" and "ef_search" in params:
             index.hnsw.efSearch = int(params["ef_search"])
+        transform = None if "transform" not in meta else \
+            InputTransform.from_json(meta["transform"], meta["metric"], int(meta["dim"]), meta_path)
         return cls(index, meta["kind"], meta["metric"], int(meta["dim"]), ids, paths, labels,
                    list(meta.get("scale_names") or []), meta.get("class_names"), list(meta.get("image_roots") or []),
-                   dict(meta.get("model") or {}), params, str(meta.get("source", ""))), meta
+                   dict(meta.get("model") or {}), params, str(meta.get("source", "")), transform=transform), meta
 
     # ------------------------------------------------------------------------------------------------ search
     def scale_index(self, name: str | None) -> int | None:
@@ -816,7 +1025,15 @@ class RetrievalIndex:
         ``source`` the file they came from (the command line's ``--embeddings``), named by the zero-row error as
         ``index build`` names its file. A torch tensor is detached and moved to the CPU, bf16 / fp16 read as
         float32; booleans and integers are refused (embeddings are floats: a mask ``q > 0`` or integer codes are
-        a mistake, searched as 0/1 they gave neighbours of something else)."""
+        a mistake, searched as 0/1 they gave neighbours of something else). An index with an
+        :class:`InputTransform` returns the queries transformed as its items (float32)."""
+        q = self._checked_queries(q, what, source)
+        if self.transform is None:
+            return _prepare(q, self.metric)
+        return self._prepare_queries(q, what, source).faiss
+
+    def _checked_queries(self, q: Any, what: str, source: str | Path | None) -> np.ndarray:
+        """:meth:`check_queries`' checks; the queries as given (a ``[Q, D]`` float array)."""
         q = _query_array(q)
         if q.ndim == 1:
             q = q[None, :]
@@ -835,22 +1052,76 @@ class RetrievalIndex:
                                  f"first at row {int(np.flatnonzero(zero)[0])} (0-based): a zero vector has no "
                                  "direction for cosine; fix the embeddings or search an index built with --metric l2",
                                  file=source)
-        return _prepare(q, self.metric)
+        return q
+
+    def _prepare_queries(self, q: np.ndarray, what: str = "queries",
+                         source: str | Path | None = None) -> _Queries:
+        """Checked queries (:meth:`check_queries`' checks done) transformed as the items were
+        (:class:`InputTransform`), in float64 and rounded to float32. An ``l2`` query so far from the items that its
+        float32 squared distances could overflow (:data:`QUERY_REACH`) is one line."""
+        tr = self.transform
+        assert tr is not None
+        exact = np.empty(q.shape, dtype=np.float64)
+        for lo in range(0, len(q), _PREPARE_ROWS):
+            block = q[lo:lo + _PREPARE_ROWS]  # ip: the query's own factor below, not the items'
+            exact[lo:lo + _PREPARE_ROWS] = block if tr.kind == "ip" else tr.rows64(block)
+        if tr.kind == "ip":  # each query scaled by its own power of two: its ranking does not change
+            peak = np.abs(exact).max(axis=1) if self.dim else np.zeros(len(exact))
+            own = np.ldexp(1.0, -np.frexp(peak)[1])  # 1 for an all-zero row
+            exact *= own[:, None]
+            divisor = own * tr.factor
+        else:
+            divisor = np.full(len(exact), {"l2": tr.factor, "cosine-l2": 2.0 * tr.factor ** 2}.get(tr.kind, 1.0))
+        if tr.kind == "l2" and len(exact) and self.dim:
+            far = np.abs(exact).max(axis=1) > QUERY_REACH / math.sqrt(self.dim)
+            if far.any():
+                raise InputError(f"{'' if source is not None else what + ': '}{int(far.sum())} row(s), first at row "
+                                 f"{int(np.flatnonzero(far)[0])} (0-based), lie more than "
+                                 f"{QUERY_REACH / math.sqrt(self.dim) / 2:.3g} times farther from the indexed "
+                                 "items' centre than the farthest item does: their float32 distances would overflow",
+                                 file=source)
+        rounded = exact.astype(np.float32)
+        exact = rounded.astype(np.float64)  # rounded once, as the items are: an item's own vector is at 0
+        if tr.kind == "cosine":  # renormalised, as the items' rows are (:meth:`_exact_keys`)
+            norms = np.linalg.norm(exact, axis=1, keepdims=True)
+            exact /= np.where(norms > 0, norms, 1.0)
+        return _Queries(rounded, exact, divisor)
+
+    def _ensure_direct_map(self) -> None:
+        """An ``ivf`` index builds faiss's id map on the first reconstruction, under a lock (threads that came first
+        wait for it, then all read)."""
+        if self.kind == "ivf" and not self._direct_map:
+            with self._map_lock:
+                if not self._direct_map:
+                    self.index.make_direct_map()
+                    self._direct_map = True
+
+    def _stored(self, ids: np.ndarray) -> np.ndarray:
+        """The stored float32 rows of the items ``ids`` (valid positions), ``[len(ids), D]``: a view of a ``flat``
+        or ``hnsw`` index's vectors (no copy of the index), ``ivf`` rows through faiss's id map."""
+        if self.kind == "ivf":
+            self._ensure_direct_map()
+            uniq, inverse = np.unique(ids, return_inverse=True)
+            return np.asarray(self.index.reconstruct_batch(uniq.astype(np.int64)))[inverse.reshape(-1)]
+        faiss = require_faiss()
+        flat = self.index if self.kind == "flat" else faiss.downcast_index(self.index.storage)
+        xb = faiss.rev_swig_ptr(flat.get_xb(), int(flat.ntotal) * self.dim).reshape(int(flat.ntotal), self.dim)
+        return xb[ids]
 
     def reconstruct(self, i: int) -> np.ndarray:
-        """The stored (prepared) vector of item ``i`` (an integer in ``[0, size)``; anything else is an
-        :class:`~dynametric.errors.InputError` keyed ``i``: faiss reads outside its arrays for a negative one). Safe
+        """The vector of item ``i`` (an integer in ``[0, size)``; anything else is an
+        :class:`~dynametric.errors.InputError` keyed ``i``: faiss reads outside its arrays for a negative one): the
+        stored row with the index's :class:`InputTransform` undone, float64 (for ``cosine`` the unit row; an index
+        of an older dynametric: its stored float32 row, unit for cosine). Searching it finds the item itself. Safe
         from several threads: an ``ivf`` index builds faiss's id map on the first call, under a lock (threads that
         came first wait for it, then all read)."""
         if isinstance(i, bool) or not isinstance(i, int | np.integer):
             raise InputError(f"expected an item position (an integer), got {i!r} ({type(i).__name__})", key="i")
         if not 0 <= int(i) < self.size:
             raise InputError(f"item {int(i)} out of range [0, {self.size})", key="i")
-        if self.kind == "ivf" and not self._direct_map:
-            with self._map_lock:
-                if not self._direct_map:
-                    self.index.make_direct_map()
-                    self._direct_map = True
+        if self.transform is not None:
+            return self.transform.undo(self._stored(np.array([int(i)], dtype=np.int64)))[0]
+        self._ensure_direct_map()
         return self.index.reconstruct(int(i))
 
     def search(self, q: Any, k: int = 10, *, scale: str | None = None, same: str | None = None,
@@ -879,7 +1150,8 @@ class RetrievalIndex:
         if scale is not None and same is not None:
             raise InputError("give either --scale (group by class) or --same (filter to the query's class), not both",
                              key="--same")
-        qs = self.check_queries(q)
+        qs: Any = self.check_queries(q) if self.transform is None else \
+            self._prepare_queries(self._checked_queries(q, "queries", None))
         ql = None if query_labels is None else self._check_query_labels(query_labels, len(qs))
         si = self.scale_index(scale)
         sa = self.scale_index(same) if same is not None else None
@@ -906,6 +1178,15 @@ class RetrievalIndex:
             sa_idx = int(sa)  # type: ignore[arg-type]
             if ql is not None:
                 target = ql[:, sa_idx]
+            elif self.transform is not None:  # the nearest item by the same rule as the results (ties by id)
+                excl = None if ex is None else np.asarray(exclude, dtype=np.int64)
+                one = np.minimum(1, self.size - (0 if excl is None else (excl >= 0).astype(np.int64)))
+                one = np.broadcast_to(one, (len(qs),))
+                pick = np.concatenate([self._search_block(
+                    qs[lo:lo + QUERY_CHUNK], 1, one[lo:lo + QUERY_CHUNK], None, None, None,
+                    None if excl is None else excl[lo:lo + QUERY_CHUNK])[0][:, 0]
+                    for lo in range(0, len(qs), QUERY_CHUNK)])
+                target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
             else:
                 _, nn = faiss_search(self.index, qs, 2 if exclude is not None else 1)
                 pick = nn[:, 0] if exclude is None else np.where(nn[:, 0] == exclude, nn[:, -1], nn[:, 0])
@@ -934,6 +1215,14 @@ class RetrievalIndex:
             ids[sl], dist[sl] = self._search_block(
                 qs[sl], k, np.minimum(achievable[sl], k), si, sa_idx if same is not None else None,
                 None if same is None else target[sl], None if ex is None else ex[sl])
+        bad = (ids >= 0) & ~np.isfinite(dist)
+        if bad.any():  # never into JSON (-Infinity is no JSON) or a table
+            rows_bad = bad.any(axis=1)
+            raise InputError(f"{int(rows_bad.sum())} queries, first at row {int(np.flatnonzero(rows_bad)[0])} "
+                             f"(0-based), have distances beyond float range ({float(dist[bad][0])})"
+                             + (": this index was built by an earlier dynametric, which searched in float32 "
+                                "as given; build it again with `dynametric index build`" if self.transform is None
+                                else ""), key="queries")
         mode = "classes" if si is not None else "same" if same is not None else "items"
         short = int(((ids >= 0).sum(axis=1) < np.minimum(achievable, k)).sum())
         return SearchResult(ids, dist, mode, scale if si is not None else same, target if same is not None else None,
@@ -998,7 +1287,15 @@ class RetrievalIndex:
 
     def _search_block(self, qs: np.ndarray, k: int, need: np.ndarray, si: int | None, sa: int | None,
                       target: np.ndarray | None, ex: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Grow the candidate list 4x at a time until every row has ``need`` kept results (or all items)."""
+        """Grow the candidate list 4x at a time until every row has ``need`` kept results (or all items).
+
+        With an :class:`InputTransform` (``qs``: :class:`_Queries`) the candidates' distances are computed again in
+        float64 from the stored rows, each row is ordered by (distance, item position), and the list also grows
+        until the ``need``-th kept result lies closer than faiss's last candidate by more than faiss's float32
+        rounding bound (:meth:`_settled`): every item the search did not return is then farther, so ties at the
+        ``k``-th place are decided by position, as ``evaluate`` decides them."""
+        if self.transform is not None:
+            return self._search_block_exact(qs, k, need, si, sa, target, ex)  # type: ignore[arg-type]
         n = self.size
         cand = min(n, max(4 * k, 32))
         while True:
@@ -1022,6 +1319,95 @@ class RetrievalIndex:
         ids = np.where(got, nn[rows, np.maximum(pos, 0)], -1)
         dist = np.where(got, to_distance(scores[rows, np.maximum(pos, 0)], self.metric), np.nan)
         return ids, dist
+
+    def _search_block_exact(self, qs: _Queries, k: int, need: np.ndarray, si: int | None, sa: int | None,
+                            target: np.ndarray | None, ex: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        n = self.size
+        cand = min(n, max(4 * k, 32))
+        rows = np.arange(len(qs))[:, None]
+        while True:
+            scores, found = faiss_search(self.index, qs.faiss, cand)
+            keys = self._exact_keys(qs, found)
+            order = np.lexsort((found, keys), axis=-1)  # by key, equal keys by item position (-1: key inf, last)
+            nn = np.take_along_axis(found, order, axis=1)
+            keys = np.take_along_axis(keys, order, axis=1)
+            valid = nn >= 0
+            if ex is not None:
+                valid &= nn != ex[:, None]
+            safe = np.maximum(nn, 0)
+            if si is not None:
+                keep = first_per_group(self.labels[safe, si], valid)  # type: ignore[index]
+            elif sa is not None:
+                keep = valid & (self.labels[safe, sa] == target[:, None])  # type: ignore[index]
+            else:
+                keep = valid
+            if cand >= n or ((keep.sum(axis=1) >= need) & self._settled(qs, scores, found, keys, keep, need)).all():
+                break
+            cand = min(n, cand * 4)
+        pos = take_first_k(keep, k)
+        got = pos >= 0
+        ids = np.where(got, nn[rows, np.maximum(pos, 0)], -1)
+        dist = np.where(got, self._key_distance(keys[rows, np.maximum(pos, 0)], qs.divisor), np.nan)
+        return ids, dist
+
+    def _exact_keys(self, qs: _Queries, nn: np.ndarray) -> np.ndarray:
+        """float64 keys ``[Q, C]`` of the candidates ``nn`` (``inf`` at ``-1``), smaller is closer, from the float64
+        queries and the stored float32 rows: the squared distance (``l2``, ``cosine-l2``), ``1 - cos`` as
+        ``||u - w||^2 / 2`` with ``w`` the stored row renormalised (``cosine``; no cancellation near 1), ``-<q', x'>``
+        (``ip``). In blocks of candidates (a bounded float64 gather)."""
+        tr = self.transform
+        assert tr is not None
+        b, c = nn.shape
+        keys = np.full((b, c), np.inf)
+        step = max(1, (1 << 22) // max(1, b * self.dim))  # about 32 MiB of float64 rows at a time
+        for a in range(0, c, step):
+            part = nn[:, a:a + step]
+            x = self._stored(np.maximum(part, 0).reshape(-1)).astype(np.float64).reshape(b, part.shape[1], self.dim)
+            if tr.kind == "ip":
+                key = -np.einsum("bd,bcd->bc", qs.exact, x)
+            else:
+                if tr.kind == "cosine":
+                    norms = np.linalg.norm(x, axis=2, keepdims=True)
+                    x /= np.where(norms > 0, norms, 1.0)
+                diff = qs.exact[:, None, :] - x
+                key = np.einsum("bcd,bcd->bc", diff, diff)
+                if tr.kind == "cosine":
+                    key *= 0.5
+            keys[:, a:a + step] = np.where(part >= 0, key, np.inf)
+        return keys
+
+    def _settled(self, qs: _Queries, scores: np.ndarray, found: np.ndarray, keys: np.ndarray, keep: np.ndarray,
+                 need: np.ndarray) -> np.ndarray:
+        """Per row: whether no item beyond faiss's candidates can come before or tie with the ``need``-th kept one:
+        faiss returned fewer than asked (all it reaches), or that result's float64 key is below the key of faiss's
+        last candidate by more than a bound of faiss's float32 rounding (``(D + 8) 2^-22`` times the squared norms,
+        about four times the worst-case bound of a length-``D`` float32 sum), so every item faiss ranked later is
+        farther in float64 too."""
+        tr = self.transform
+        assert tr is not None
+        last = scores[:, -1].astype(np.float64)
+        qn = np.linalg.norm(qs.exact, axis=1)
+        bound = (self.dim + 8) * 2.0 ** -22
+        if tr.kind in ("l2", "cosine-l2"):
+            last_key, tol = last, bound * (qn ** 2 + tr.max_norm ** 2 + 1.0)
+        elif tr.kind == "cosine":
+            last_key, tol = 1.0 - last, np.full(len(last), 2.0 * bound)
+        else:
+            last_key, tol = -last, bound * (qn * tr.max_norm + 1e-30)
+        reach = (np.cumsum(keep, axis=1) >= need[:, None]) & (need[:, None] > 0)
+        at = reach.argmax(axis=1)
+        key_at = keys[np.arange(len(keys)), at]
+        return (need <= 0) | (found[:, -1] < 0) | (reach.any(axis=1) & (key_at < last_key - tol))
+
+    def _key_distance(self, keys: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+        """:meth:`_exact_keys`' keys as reported distances (the transform undone): ``sqrt(key) / factor``
+        (``l2``), ``key / (2 factor^2)`` (``cosine-l2``: ``1 - cos = d^2 / 2`` for unit rows), ``key``
+        (``cosine``), ``key / (query factor x item factor)`` (``ip``)."""
+        tr = self.transform
+        assert tr is not None
+        if tr.kind == "l2":
+            return np.sqrt(np.maximum(keys, 0.0)) / divisor[:, None]
+        return keys / divisor[:, None]
 
     def label_name(self, scale: int, label: int) -> str:
         names = self.class_names[scale] if self.class_names and scale < len(self.class_names) else []
