@@ -264,3 +264,9 @@ def test_a_protocols_per_scale_bookkeeping_is_no_metric_row():
     for key in ("gallery_size", "query_in_gallery", "self_excluded_by", "detect"):
         assert key not in html, key
     assert html.count("<td>recall@1</td>") == 3 and html.count("<td>map@r</td>") == 3  # fine, coarse, mean
+
+    # a test block without a mean takes its names from its own first scale, not the untrained mean (map@r was lost)
+    html = metrics_table({"test": {"fine": {"recall@1": 0.5, "map@r": 0.25, "num_queries": 10}},
+                          "untrained": {"fine": {"recall@1": 0.1, "map@r": 0.05}, "mean": {"recall@1": 0.1}}},
+                         ["fine"])
+    assert "<td>map@r</td>" in html and "<td>recall@1</td>" in html

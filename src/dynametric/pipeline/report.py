@@ -83,7 +83,7 @@ def metrics_table(metrics: dict[str, Any], scale_names: Sequence[str],
     test, untrained = metrics.get("test", {}), metrics.get("untrained", {})
     # the metrics are what the mean over the scales has: a protocol's per-scale bookkeeping (a DyML protocol's
     # gallery_size, query_in_gallery, ...) is not averaged, and is no metric row
-    names = [m for m in (test.get("mean") or untrained.get("mean") or test.get(scale_names[0])
+    names = [m for m in (test.get("mean") or test.get(scale_names[0]) or untrained.get("mean")
                          or untrained.get(scale_names[0]) or {}) if m not in _COUNT_KEYS]
     trained = html.escape(tested_weights(selected))
     rows = [f"<tr><th>scale</th><th>metric</th><th>untrained</th><th>{trained}</th><th>gain</th></tr>"]

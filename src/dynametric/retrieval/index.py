@@ -65,6 +65,12 @@ KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("cosine", "l2", "ip")
 INDEX_FORMAT = "dynametric-index"
 INDEX_VERSION = 2
+
+TIE_CANDIDATES = 4096
+"""A flat search grows its candidate list until the ``k``-th result is settled (no item beyond the list can tie with
+it or come before it), but not past ``max(16 x the first list, TIE_CANDIDATES)`` candidates once every query has its
+results: a tie group larger than that (thousands of items on one point: a collapsed model) is settled by position
+among the candidates found, so such data cost at most that many float64 distances per query."""
 """2: ``index.json`` records the input transform (``transform``, :class:`InputTransform`); an index of version 1
 (none) is searched as it was built."""
 QUERY_CHUNK = 64
@@ -967,6 +973,14 @@ class RetrievalIndex:
                 index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
             except RuntimeError as exc:
                 raise InputError(f"cannot read the faiss index ({first_sentence(exc)})", file=fpath) from None
+        # the transform first (a damaged one is said as such, not as a swapped faiss file); an index.json of format 2
+        # or newer with items always records one (one without it would search transformed rows with raw queries)
+        if "transform" not in meta and isinstance(meta.get("version"), int) and meta["version"] >= 2 \
+                and int(meta["count"]) > 0:  # (an index of no items has nothing to transform)
+            raise InputError(f"has no 'transform' although its format version is {meta['version']}; the file is "
+                             "damaged: rebuild the index", file=meta_path, key="transform")
+        transform = None if "transform" not in meta else \
+            InputTransform.from_json(meta["transform"], meta["metric"], int(meta["dim"]), meta_path)
         _check_kind(index, meta, fpath, faiss)
         ipath = path / "items.csv"
         items_bytes = read_regular_bytes(ipath, missing="items.csv missing (the index folder is incomplete)")
@@ -999,8 +1013,6 @@ class RetrievalIndex:
             index.nprobe = int(params["nprobe"])
         if meta["kind"] == "hnsw" and "ef_search" in params:
             index.hnsw.efSearch = int(params["ef_search"])
-        transform = None if "transform" not in meta else \
-            InputTransform.from_json(meta["transform"], meta["metric"], int(meta["dim"]), meta_path)
         return cls(index, meta["kind"], meta["metric"], int(meta["dim"]), ids, paths, labels,
                    list(meta.get("scale_names") or []), meta.get("class_names"), list(meta.get("image_roots") or []),
                    dict(meta.get("model") or {}), params, str(meta.get("source", "")), transform=transform), meta
@@ -1071,7 +1083,9 @@ class RetrievalIndex:
             exact *= own[:, None]
             divisor = own * tr.factor
         else:
-            divisor = np.full(len(exact), {"l2": tr.factor, "cosine-l2": 2.0 * tr.factor ** 2}.get(tr.kind, 1.0))
+            # (factor ** 2 only for cosine-l2, whose factor is at most 2^40: an l2 factor may exceed 2^512)
+            divisor = np.full(len(exact), tr.factor if tr.kind == "l2" else
+                              2.0 * tr.factor ** 2 if tr.kind == "cosine-l2" else 1.0)
         if tr.kind == "l2" and len(exact) and self.dim:
             far = np.abs(exact).max(axis=1) > QUERY_REACH / math.sqrt(self.dim)
             if far.any():
@@ -1300,16 +1314,7 @@ class RetrievalIndex:
         cand = min(n, max(4 * k, 32))
         while True:
             scores, nn = faiss_search(self.index, qs, cand)
-            valid = nn >= 0
-            if ex is not None:
-                valid &= nn != ex[:, None]
-            safe = np.maximum(nn, 0)
-            if si is not None:
-                keep = first_per_group(self.labels[safe, si], valid)  # type: ignore[index]
-            elif sa is not None:
-                keep = valid & (self.labels[safe, sa] == target[:, None])  # type: ignore[index]
-            else:
-                keep = valid
+            keep = self._kept(nn, si, sa, target, ex)
             if (keep.sum(axis=1) >= need).all() or cand >= n:
                 break
             cand = min(n, cand * 4)
@@ -1320,10 +1325,29 @@ class RetrievalIndex:
         dist = np.where(got, to_distance(scores[rows, np.maximum(pos, 0)], self.metric), np.nan)
         return ids, dist
 
+    def _kept(self, nn: np.ndarray, si: int | None, sa: int | None, target: np.ndarray | None,
+              ex: np.ndarray | None) -> np.ndarray:
+        """Which candidates ``nn`` (``[Q, C]`` item positions, -1 for none) a search keeps: not missing, not the
+        excluded item ``ex``; with a scale ``si`` the first of each class, with ``sa`` those of class ``target``."""
+        valid = nn >= 0
+        if ex is not None:
+            valid &= nn != ex[:, None]
+        safe = np.maximum(nn, 0)
+        if si is not None:
+            return first_per_group(self.labels[safe, si], valid)  # type: ignore[index]
+        if sa is not None:
+            return valid & (self.labels[safe, sa] == target[:, None])  # type: ignore[index]
+        return valid
+
     def _search_block_exact(self, qs: _Queries, k: int, need: np.ndarray, si: int | None, sa: int | None,
                             target: np.ndarray | None, ex: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         n = self.size
-        cand = min(n, max(4 * k, 32))
+        # a plain search needs k results (k + 1 with an excluded item) and a margin to see the k-th settled; grouping
+        # by class or filtering by one needs more candidates per result. The float64 keys of every candidate are
+        # computed, so the list starts short
+        first = k + max(16, k // 8) + (ex is not None) if si is None and sa is None else 4 * k
+        cand = min(n, max(first, 32))
+        cap = max(16 * cand, TIE_CANDIDATES)  # beyond it a tie group is settled among the candidates already found
         rows = np.arange(len(qs))[:, None]
         while True:
             scores, found = faiss_search(self.index, qs.faiss, cand)
@@ -1331,19 +1355,12 @@ class RetrievalIndex:
             order = np.lexsort((found, keys), axis=-1)  # by key, equal keys by item position (-1: key inf, last)
             nn = np.take_along_axis(found, order, axis=1)
             keys = np.take_along_axis(keys, order, axis=1)
-            valid = nn >= 0
-            if ex is not None:
-                valid &= nn != ex[:, None]
-            safe = np.maximum(nn, 0)
-            if si is not None:
-                keep = first_per_group(self.labels[safe, si], valid)  # type: ignore[index]
-            elif sa is not None:
-                keep = valid & (self.labels[safe, sa] == target[:, None])  # type: ignore[index]
-            else:
-                keep = valid
-            if cand >= n or ((keep.sum(axis=1) >= need) & self._settled(qs, scores, found, keys, keep, need)).all():
+            keep = self._kept(nn, si, sa, target, ex)
+            enough = keep.sum(axis=1) >= need
+            if cand >= n or (enough & (cand >= cap)).all() or \
+                    (enough & self._settled(qs, scores, found, keys, keep, need)).all():
                 break
-            cand = min(n, cand * 4)
+            cand = min(n, cand * 4 if cand >= cap else min(cand * 4, cap))  # past the cap only for missing results
         pos = take_first_k(keep, k)
         got = pos >= 0
         ids = np.where(got, nn[rows, np.maximum(pos, 0)], -1)
