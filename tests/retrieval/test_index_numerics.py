@@ -393,3 +393,13 @@ def test_a_collapsed_gallery_costs_a_bounded_number_of_float64_distances(monkeyp
     plain = RetrievalIndex.build(emb(rng.standard_normal((5000, 16)).astype(np.float32)), "flat", "l2")
     plain.search(rng.standard_normal((3, 16)).astype(np.float32), 200)
     assert widths == [200 + 25], widths
+
+
+def test_a_narrow_cone_index_reports_at_most_2_for_an_opposite_query() -> None:
+    """Review: 1 - cos of 2.00000013 (the scaled query rounded to float32) for a query opposite the cone."""
+    rng = np.random.default_rng(6)
+    x = (1e4 + 1e-2 * rng.standard_normal((3000, 32))).astype(np.float32)
+    idx = RetrievalIndex.build(emb(x), "flat", "cosine")
+    assert idx.transform is not None and idx.transform.kind == "cosine-l2"
+    res = idx.search(np.full((1, 32), -1e4, np.float32), 3)
+    assert (res.distances <= 2.0).all() and (res.distances > 1.999).all(), res.distances

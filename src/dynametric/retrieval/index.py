@@ -1419,11 +1419,14 @@ class RetrievalIndex:
     def _key_distance(self, keys: np.ndarray, divisor: np.ndarray) -> np.ndarray:
         """:meth:`_exact_keys`' keys as reported distances (the transform undone): ``sqrt(key) / factor``
         (``l2``), ``key / (2 factor^2)`` (``cosine-l2``: ``1 - cos = d^2 / 2`` for unit rows), ``key``
-        (``cosine``), ``key / (query factor x item factor)`` (``ip``)."""
+        (``cosine``), ``key / (query factor x item factor)`` (``ip``). ``1 - cos`` is at most 2: a narrow-cone
+        index's scaled query, rounded to float32, could come out a few roundings beyond it for an opposite query."""
         tr = self.transform
         assert tr is not None
         if tr.kind == "l2":
             return np.sqrt(np.maximum(keys, 0.0)) / divisor[:, None]
+        if tr.kind == "cosine-l2":
+            return np.minimum(keys / divisor[:, None], 2.0)
         return keys / divisor[:, None]
 
     def label_name(self, scale: int, label: int) -> str:
