@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_line  # noqa: E402
 from result_files import add_overwrite_option, check_replace, write_json  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 SCRIPT = "data_throughput.py"
 
@@ -53,15 +53,6 @@ def write_jpegs(folder: Path, n: int, width: int, height: int, seed: int = 0) ->
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(str(path))
     return paths
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def decode_floor(paths: list[str]) -> None:
@@ -165,16 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(len(ds)):
                     ds[i]
 
-            floor = timed(lambda: decode_floor(paths), args.repeats)
+            floor = median_seconds(lambda: decode_floor(paths), args.repeats)
             rows.append(("decode floor (PIL open + RGB)", floor))
-            rows.append(("decode + transform, plain loop", timed(loop_items, args.repeats)))
+            rows.append(("decode + transform, plain loop", median_seconds(loop_items, args.repeats)))
             for w in args.workers:
                 def run_loader(w: int = w) -> None:
                     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=w)
                     for _ in loader:
                         pass
 
-                rows.append((f"DataLoader num_workers={w}", timed(run_loader, args.repeats)))
+                rows.append((f"DataLoader num_workers={w}", median_seconds(run_loader, args.repeats)))
         print()
         print(f"{args.images} JPEGs {args.width}x{args.height} ({mb:.1f} MiB), preset {args.preset!r} (train), "
               f"batch {args.batch_size}, median of {args.repeats} passes")
@@ -212,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|")
     results["samplers"] = {}
     for name, s in samplers.items():
-        t = timed(s.epoch_batches, 1)
+        t = median_seconds(s.epoch_batches, 1)
         print(f"| {name} | {len(s)} | {t:.2f} |")
         results["samplers"][name] = {"batches": len(s), "seconds": t}
 

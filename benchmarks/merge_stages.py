@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_seconds  # noqa: E402
 
 
 def _load_engine(path: str, name: str) -> ModuleType:
@@ -48,15 +49,6 @@ def _load_engine(path: str, name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _block(eng: ModuleType, n: int, classes: int, rows: int, first: int):
@@ -159,7 +151,7 @@ def _stages(eng: ModuleType, scores, cands, counts, repeats: int) -> dict[str, f
             if tied.any():
                 eng._add_tie_counts(keys[r0], rows, b, ck, idx, tied, before)
 
-    out = {name: _median_time(fn, repeats) for name, fn in
+    out = {name: median_seconds(fn, repeats) for name, fn in
            (("keys", t_keys), ("row sort", t_sort), ("candidate gathering", t_gather),
             ("candidate sort", t_cand_sort), ("search + ties (incl. search)", t_ties), ("search", t_search))}
     out["ties"] = out.pop("search + ties (incl. search)") - out["search"]
@@ -226,12 +218,12 @@ def _measure(args: argparse.Namespace, eng: ModuleType, pool: ThreadPoolExecutor
 
     tiny_scores, tiny_ranges = _tiny_block(c)
     per_row = {
-        "merge": _median_time(lambda: run(eng), args.repeats),
-        "metrics": _median_time(metrics, args.repeats),
-        "overhead (64 keys, 8 candidates per row)": _median_time(
+        "merge": median_seconds(lambda: run(eng), args.repeats),
+        "metrics": median_seconds(metrics, args.repeats),
+        "overhead (64 keys, 8 candidates per row)": median_seconds(
             lambda: run(eng, tiny_scores, tiny_ranges), args.repeats),
-        "merge, 2 threads (wall)": _median_time(lambda: run(eng, threads=2), args.repeats),
-        "overhead, 2 threads (wall)": _median_time(lambda: run(eng, tiny_scores, tiny_ranges, 2), args.repeats),
+        "merge, 2 threads (wall)": median_seconds(lambda: run(eng, threads=2), args.repeats),
+        "overhead, 2 threads (wall)": median_seconds(lambda: run(eng, tiny_scores, tiny_ranges, 2), args.repeats),
     }
     for name, t in per_row.items():
         print(f"{name:45s} {t * 1e6 / c:9.1f} us per row")

@@ -83,8 +83,6 @@ from dynametric.utils.io import (
     save_npy,
 )
 from dynametric.utils.readers import (
-    beyond_float32,
-    beyond_float32_text,
     check_file,
     check_format_version,
     check_header_scale_names,
@@ -99,6 +97,7 @@ from dynametric.utils.readers import (
     open_regular,
     read_plain_npy,
     read_regular_bytes,
+    refuse_beyond_float32,
     require_regular,
 )
 
@@ -1207,10 +1206,8 @@ def _write_rows_into(fh: IO[bytes], path: Path, blocks: Iterable[np.ndarray], n:
     write(head.getvalue())
     rows = 0
     for block in blocks:
-        beyond = beyond_float32(np.asarray(block))  # float64 rows the cast would make Inf (a caller checks first)
-        if beyond is not None:
-            raise InputError(f"{beyond_float32_text((beyond[0], rows + beyond[1], beyond[2]))}; largest magnitude "
-                             f"{beyond[2]:.4g}): embeddings.npy stores float32", file=path)
+        # float64 rows the cast would make Inf (a caller checks first)
+        refuse_beyond_float32(np.asarray(block), "embeddings.npy stores float32", file=path, row_offset=rows)
         write(np.ascontiguousarray(block, dtype=np.float32).data)
         rows += len(block)
     if rows != n:  # the header names n rows
@@ -1376,10 +1373,9 @@ def derive_embedding_folder(source: str | Path, out: str | Path, embeddings: Any
     if x.dtype.kind not in "fiu" or not np.isfinite(x).all():
         raise InputError(f"expected finite numbers, got {x.dtype}" + ("" if x.dtype.kind not in "fiu" else
                          " with NaN or infinite values"), key="embeddings")
-    beyond = beyond_float32(x)  # before anything is written: the folder stores float32 (the cast made them Inf)
-    if beyond is not None:
-        raise InputError(f"{beyond_float32_text(beyond)}; largest magnitude {beyond[2]:.4g}): the derived folder's "
-                         f"{out / 'embeddings.npy'} stores float32; scale them down", key="embeddings")
+    # before anything is written: the folder stores float32 (the cast made them Inf)
+    refuse_beyond_float32(x, f"the derived folder's {out / 'embeddings.npy'} stores float32; scale them down",
+                          key="embeddings")
     if out.resolve() == source.resolve():
         raise InputError("out is the source folder; derive into a new folder", file=out)
     if out.exists() and (not out.is_dir() or other_entries(out)):

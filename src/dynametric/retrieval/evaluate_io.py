@@ -24,8 +24,6 @@ from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.io import is_per_query_csv, is_results_json
 from dynametric.retrieval.embed import check_job_folder, embed_folder_of, read_finished_job
 from dynametric.utils.readers import (
-    beyond_float32,
-    beyond_float32_text,
     check_npy_header,
     id_cell,
     load_embeddings,
@@ -33,6 +31,7 @@ from dynametric.utils.readers import (
     load_labels,
     merged_ids,
     merged_ids_note,
+    refuse_beyond_float32,
 )
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "load_query_categories",
     "read_evaluation_files",
     "read_side",
-    "refuse_beyond_float32",
 ]
 
 
@@ -111,7 +109,9 @@ def read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: st
     if emb_file.suffix.lower() == ".npy" and emb_file.is_file():
         check_npy_header(emb_file)
     emb = load_embeddings(emb_file)  # float64 files stay float64 (the library's float64 preparation)
-    refuse_beyond_float32(emb, emb_file)
+    # evaluate_embeddings refuses them for either distance (its scores are float32); said here, the line names the
+    # file rather than the library's query_emb
+    refuse_beyond_float32(emb, "an evaluation scores in float32 (either distance); scale them down", file=emb_file)
     model = dict(meta.get("model") or {}) if meta is not None else None
     own = None if folder is None else folder / "labels.npy"
     if labels_arg is None:
@@ -131,16 +131,6 @@ def read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: st
         return EvaluationSide(emb, labels, names, class_names, str(labels_file), str(folder / "embed.json"), None,
                               "scale_names", model)
     return EvaluationSide(emb, labels, names, None, str(labels_file), str(labels_file), model=model)
-
-
-def refuse_beyond_float32(emb: np.ndarray, emb_file: str | Path) -> None:
-    """One line naming ``emb_file`` where ``emb`` (float64) holds finite values beyond float32's range:
-    :func:`dynametric.metrics.evaluate_embeddings` refuses them for either distance (its scores are float32), and
-    said here the error names the file rather than the library's ``query_emb``."""
-    beyond = beyond_float32(emb)
-    if beyond is not None:
-        raise InputError(f"{beyond_float32_text(beyond)}; largest magnitude {beyond[2]:.4g}): an evaluation scores "
-                         "in float32 (either distance); scale them down", file=emb_file)
 
 
 def common_class_ids(q: EvaluationSide, g: EvaluationSide, names: list[str]) -> np.ndarray:

@@ -175,17 +175,13 @@ def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
     src = np.asarray(x)
     out = np.empty(src.shape, dtype=np.float32)
     for lo in range(0, len(src), _PREPARE_ROWS):
-        block = np.asarray(src[lo:lo + _PREPARE_ROWS], dtype=np.float64)
-        peak = np.abs(block).max(axis=1, keepdims=True) if block.shape[1] else np.ones((len(block), 1))
-        block = block / np.where(peak > 0, peak, 1.0)
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        out[lo:lo + _PREPARE_ROWS] = block / np.where(norms > 0, norms, 1.0)
+        out[lo:lo + _PREPARE_ROWS] = _unit_rows64(src[lo:lo + _PREPARE_ROWS])
     return out
 
 
 def _unit_rows64(block: np.ndarray) -> np.ndarray:
-    """Rows of ``block`` L2-normalised in float64 (each first divided by its largest absolute value, as
-    :func:`_prepare`); an all-zero row stays zero."""
+    """Rows of ``block`` L2-normalised in float64, each first divided by its largest absolute value (a finite row of
+    any scale gets its direction); an all-zero row stays zero."""
     y = np.array(block, dtype=np.float64)  # a copy: never the caller's array
     peak = np.abs(y).max(axis=1, keepdims=True) if y.shape[1] else np.ones((len(y), 1))
     y /= np.where(peak > 0, peak, 1.0)

@@ -209,6 +209,18 @@ def beyond_float32_text(beyond: tuple[int, int, float]) -> str:
     return f"values beyond float32's range (up to {FLOAT32_MAX:.4g}) in {rows} row(s), first at row {first} (0-based"
 
 
+def refuse_beyond_float32(arr: np.ndarray, why: str, *, file: str | Path | None = None, key: str | None = None,
+                          row_offset: int = 0) -> None:
+    """One line (:class:`~dynametric.errors.InputError` naming ``file`` / ``key``) where ``arr`` holds finite values
+    beyond float32's range (:func:`beyond_float32`): their rows, the first (``row_offset`` added: a block of a
+    longer array), the largest magnitude, then ``why`` (what stores or scores them in float32)."""
+    beyond = beyond_float32(arr)
+    if beyond is not None:
+        rows, first, peak = beyond
+        raise InputError(f"{beyond_float32_text((rows, first + row_offset, peak))}; largest magnitude {peak:.4g}): "
+                         f"{why}", file=file, key=key)
+
+
 def embedding_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype :func:`load_embeddings` gives embeddings stored as ``dtype`` (integer or floating point), the rule
     of :func:`dynametric.metrics.evaluate_embeddings`: float64 stays float64, and so do the integers float32 cannot
