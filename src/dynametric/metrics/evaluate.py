@@ -195,7 +195,10 @@ def _as_embeddings(x: Any, name: str, device: torch.device | None = None) -> tor
     dev = torch.device("cpu") if device is None else device
     wide = x.dtype in (torch.float64, torch.int32, torch.int64) and dev.type != "mps"
     x = x.detach().to(dev, torch.float64 if wide else torch.float32)
-    for what, y in (("NaN or Inf", x), ("values beyond the float32 range (|x| > 3.4e38)", x.to(torch.float32))):
+    checks = [("NaN or Inf", x)]
+    if x.dtype == torch.float64:  # (a float32 tensor is its own cast: its range needs no second look)
+        checks.append(("values beyond the float32 range (|x| > 3.4e38)", x.to(torch.float32)))
+    for what, y in checks:
         bad = ~torch.isfinite(y)
         if bool(bad.any()):
             row = int(bad.any(1).nonzero()[0])
