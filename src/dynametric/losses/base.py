@@ -196,14 +196,18 @@ class MetricLoss(RecordsStats, nn.Module):
     #: Whether the loss is defined by an ``indices_tuple`` alone (``labels=None``), as PML's pair/triplet losses.
     works_without_labels: bool = False
 
+    #: Whether the loss reads labels at all: ``False`` (``DecorrelationLoss``) accepts ``labels=None`` with or
+    #: without an ``indices_tuple`` (labels given are still checked for their form and row count).
+    reads_labels: bool = True
+
     def _labels_from_indices(self, embeddings: torch.Tensor, indices_tuple: IndicesTuple | None,
                              ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None
                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stand-in labels for a call with ``labels=None``: allowed, as in PML, when the loss needs only the
         miner's ``indices_tuple`` (the stand-ins are never compared; they only give the batch size)."""
-        if indices_tuple is None:
+        if indices_tuple is None and self.reads_labels:
             raise InputError(f"{type(self).__name__} needs labels or an indices_tuple", key="labels")
-        if not self.works_without_labels:
+        if not self.works_without_labels and self.reads_labels:
             raise InputError(f"{type(self).__name__} needs labels (an indices_tuple alone is not enough)",
                              key="labels")
         if ref_labels is not None:
@@ -318,7 +322,7 @@ class MetricLoss(RecordsStats, nn.Module):
         zero = embeddings.sum() * 0.0
         for p in self.parameters():
             zero = zero + p.sum() * 0.0
-        return zero
+        return zero + 0.0  # -0.0 (a negative sum times 0) + 0.0 is +0.0, as PML's zero; NaN stays NaN
 
     def loss_parts(self) -> dict[str, torch.Tensor]:
         """Named parts of the value of the last call, for logging: ``{name: detached 0-dim tensor}`` on the loss's
