@@ -25,7 +25,10 @@ def as_label_matrix(labels: LabelsLike, *, name: str = "labels", num_rows: int |
     for floats with a fractional part or outside int64's range, other ranks, or a row count different from ``num_rows``.
     """
     if not isinstance(labels, torch.Tensor):
-        arr = np.asarray(labels)
+        try:
+            arr = np.asarray(labels)
+        except ValueError:  # numpy's "setting an array element with a sequence ... inhomogeneous shape"
+            raise InputError(_ragged_message(labels), key=name) from None
         if arr.dtype.kind not in "biuf":  # text, bytes, objects: torch's own error would be a long type list
             example = f" values (e.g. {repr(arr.flat[0])[:40]})" if arr.size else ""
             raise InputError(f"labels must be integer class ids, got {arr.dtype}{example}; map them to ids first, "
@@ -50,6 +53,26 @@ def as_label_matrix(labels: LabelsLike, *, name: str = "labels", num_rows: int |
     if num_rows is not None and labels.shape[0] != num_rows:
         raise InputError(f"expected {num_rows} label rows, got {labels.shape[0]}", key=name)
     return labels.long()
+
+
+def _row_width(row: object) -> str:
+    """How wide a label row is, for :func:`_ragged_message`: ``2 columns`` or ``a single number``."""
+    try:
+        return f"{len(row)} column{'s' if len(row) != 1 else ''}"  # type: ignore[arg-type]
+    except TypeError:
+        return "a single number"
+
+
+def _ragged_message(labels: object) -> str:
+    """The one-line error for labels numpy cannot make one array of: rows of different lengths, naming the first
+    row that differs from row 0."""
+    rows = list(labels) if isinstance(labels, Sequence | np.ndarray) else []
+    widths = [_row_width(row) for row in rows]
+    for i, width in enumerate(widths[1:], start=1):
+        if width != widths[0]:
+            return (f"label rows have different lengths: row 0 has {widths[0]}, row {i} has {width} "
+                    "(labels must be [N] or [N, S], one column per scale in every row)")
+    return "labels cannot be read as one [N] or [N, S] array of class ids (rows of different lengths or nesting)"
 
 
 def select_scale(labels: LabelsLike, scale: int = 0, *, name: str = "labels") -> torch.Tensor:

@@ -119,6 +119,13 @@ adds its own names, e.g. ``ThreeScaleSampler``'s ``k`` is ``m``); any other argu
 ``SamplerSettings.options``. An error keyed by an argument names the setting, or the option, that set it."""
 
 
+def label_matrix_on_host(labels: LabelsLike) -> torch.Tensor:
+    """``labels`` as the ``[N, S]`` label matrix (:func:`~dynametric.labels.as_label_matrix`) in host memory: a
+    sampler reads its labels with numpy, which cannot read a tensor on an accelerator (CUDA labels were a
+    ``TypeError`` from ``.numpy()``)."""
+    return as_label_matrix(labels).cpu()
+
+
 def _refuse_as_index_sampler(sampler: Any, caller: Any) -> None:
     """Raise when ``caller`` (the frame that called ``iter(sampler)``) is a torch ``BatchSampler`` wrapping
     ``sampler``: ``DataLoader(dataset, batch_size=B, sampler=sampler)``, PML's way for its index sampler
@@ -430,7 +437,7 @@ class MPerClassSampler(_EpochBatchSampler):
     @_refuse_pml_length
     def __init__(self, labels: LabelsLike, m: int, batch_size: int, scale: int = 0,
                  iterations_per_epoch: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        mat = as_label_matrix(labels)
+        mat = label_matrix_on_host(labels)
         self.m = _positive_int(m, "m")
         batch_size = _positive_int(batch_size, "batch_size")
         if batch_size % self.m:
@@ -523,7 +530,7 @@ class ThreeScaleSampler(_EpochBatchSampler):
 
     def __init__(self, labels: LabelsLike, k: int = 4, items_per_batch: int = 8, scales: Sequence[int] | None = None,
                  iterations_per_epoch: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        mat = as_label_matrix(labels)
+        mat = label_matrix_on_host(labels)
         self.k = _positive_int(k, "k")
         self.items_per_batch = _positive_int(items_per_batch, "items_per_batch")
         scales = list(range(mat.shape[1])) if scales is None else _check_scales(scales, mat.shape[1])
@@ -657,7 +664,7 @@ class HierarchicalSampler(_EpochBatchSampler):
     def __init__(self, labels: LabelsLike, batch_size: int, samples_per_class: int = 4, parents_per_batch: int = 2,
                  scale: int = 0, parent_scale: int = 1, iterations_per_epoch: int | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
-        mat = as_label_matrix(labels)
+        mat = label_matrix_on_host(labels)
         if mat.shape[1] < 2:  # keyed by nothing: the sampler itself (data.sampler in a config) is the problem
             raise InputError(f"the hierarchical sampler needs labels with at least two scales (classes and the "
                              f"parents that group them), got {mat.shape[1]} scale")

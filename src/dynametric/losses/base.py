@@ -134,6 +134,9 @@ class MetricLoss(RecordsStats, nn.Module):
         self.scale = scale
         self._log_once = _LogOnce()
         self._device_labels_checked = False
+        # (labels on the embeddings' device, the caller's host copy) of the current call: check_label_range reads
+        # the host copy, so host labels of accelerator embeddings are still checked at every call without a sync
+        self._host_columns: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.reducer = check_reducer(reducer)
         if embedding_regularizer is not None and not callable(embedding_regularizer):
             raise InputError(f"embedding_regularizer must be callable, got {embedding_regularizer!r}",
@@ -193,14 +196,18 @@ class MetricLoss(RecordsStats, nn.Module):
     #: Whether the loss is defined by an ``indices_tuple`` alone (``labels=None``), as PML's pair/triplet losses.
     works_without_labels: bool = False
 
+    #: Whether the loss reads labels at all: ``False`` (``DecorrelationLoss``) accepts ``labels=None`` with or
+    #: without an ``indices_tuple`` (labels given are still checked for their form and row count).
+    reads_labels: bool = True
+
     def _labels_from_indices(self, embeddings: torch.Tensor, indices_tuple: IndicesTuple | None,
                              ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None
                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stand-in labels for a call with ``labels=None``: allowed, as in PML, when the loss needs only the
         miner's ``indices_tuple`` (the stand-ins are never compared; they only give the batch size)."""
-        if indices_tuple is None:
+        if indices_tuple is None and self.reads_labels:
             raise InputError(f"{type(self).__name__} needs labels or an indices_tuple", key="labels")
-        if not self.works_without_labels:
+        if not self.works_without_labels and self.reads_labels:
             raise InputError(f"{type(self).__name__} needs labels (an indices_tuple alone is not enough)",
                              key="labels")
         if ref_labels is not None:
@@ -226,11 +233,13 @@ class MetricLoss(RecordsStats, nn.Module):
         Equal copies are another reference set, whose item ``i`` pairs with batch item ``i`` (as in PML)."""
         same_labels = ref_labels is labels
         same_emb = ref_emb is embeddings
-        labels = self.prepare_labels(labels, embeddings.shape[0], "labels")
+        self._host_columns = []
+        labels = self._on_device(self.prepare_labels(labels, embeddings.shape[0], "labels"), embeddings.device)
         check_reference_pair(ref_emb, ref_labels)
         if ref_emb is None or ref_labels is None:
             return labels, None, None
-        ref_labels = self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels")  # checked against ref_emb
+        ref_labels = self._on_device(self.prepare_labels(ref_labels, ref_emb.shape[0], "ref_labels"),  # rows checked
+                                     embeddings.device)
         if not same_labels:
             return labels, ref_emb, ref_labels
         if same_emb:
@@ -238,10 +247,24 @@ class MetricLoss(RecordsStats, nn.Module):
         return labels, ref_emb, labels
 
     def prepare_labels(self, labels: torch.Tensor, num_rows: int, name: str) -> torch.Tensor:
+        """``labels`` checked (``num_rows`` rows; errors keyed ``name``) as a ``LongTensor``: the ``[N, S]`` matrix
+        for a loss that :attr:`uses_all_scales`, else column :attr:`scale`, where the caller's labels are (a numpy
+        array or a list: on the CPU); :meth:`prepare_reference` then moves it to the embeddings' device."""
         mat = as_label_matrix(labels, name=name, num_rows=num_rows)
         if self.uses_all_scales:
-            return mat.to(labels.device if isinstance(labels, torch.Tensor) else mat.device)
+            return mat
         return select_label_column(mat, self.scale, name, self.scale_hint())
+
+    def _on_device(self, column: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``column`` on ``device`` (the embeddings'), as pytorch-metric-learning moves labels: CPU labels (or a numpy
+        array, a list) with accelerator embeddings are accepted. A host column that moves is remembered for
+        :meth:`check_label_range` of this call."""
+        if column.device == device:
+            return column
+        moved = column.to(device)
+        if labels_on_host(column):
+            self._host_columns.append((moved, column))
+        return moved
 
     def scale_hint(self) -> str:
         """Appended to the error of a :attr:`scale` that is no label column of the labels: empty here; losses on
@@ -273,13 +296,15 @@ class MetricLoss(RecordsStats, nn.Module):
     def check_label_range(self, labels: torch.Tensor, num_classes: int,
                           message: Callable[[torch.Tensor, int, int], str]) -> None:
         """A one-line :class:`InputError` keyed ``labels`` (``message(labels, min, max)``) when a label lies outside
-        ``[0, num_classes)`` (losses with per-class parameters). Labels in host memory are checked at every call
-        (one read of a CPU tensor: no accelerator synchronisation). Labels on an accelerator are checked at the first
+        ``[0, num_classes)`` (losses with per-class parameters). Labels the caller passed in host memory are checked at
+        every call (one read of the CPU tensor, also when :meth:`prepare_reference` moved them to the embeddings'
+        device: no accelerator synchronisation). Labels on an accelerator are checked at the first
         call of the loss object only, so that training steps read nothing back to the host: the engine checks once,
         when it builds the loss, that ``num_classes`` covers every training label (a later out-of-range label on an
         accelerator fails in torch's indexing kernel instead)."""
         if labels.numel() == 0:
             return
+        labels = next((host for moved, host in getattr(self, "_host_columns", ()) if moved is labels), labels)
         on_host = labels_on_host(labels)
         if not on_host and self._device_labels_checked:
             return
@@ -297,7 +322,7 @@ class MetricLoss(RecordsStats, nn.Module):
         zero = embeddings.sum() * 0.0
         for p in self.parameters():
             zero = zero + p.sum() * 0.0
-        return zero
+        return zero + 0.0  # -0.0 (a negative sum times 0) + 0.0 is +0.0, as PML's zero; NaN stays NaN
 
     def loss_parts(self) -> dict[str, torch.Tensor]:
         """Named parts of the value of the last call, for logging: ``{name: detached 0-dim tensor}`` on the loss's

@@ -261,7 +261,8 @@ class CSLLoss(MetricLoss):
 
     def _check_batch_labels(self, labels: torch.Tensor, what: str = "batch row", key: str = "labels") -> None:
         if labels.shape[1] != self.num_scales:
-            raise InputError(f"CSLLoss expects labels [B, {self.num_scales}] (one column per margin), got "
+            rows = "B" if key == "labels" else "M"
+            raise InputError(f"CSLLoss expects {key} [{rows}, {self.num_scales}] (one column per margin), got "
                              f"{labels.shape[1]} column(s)", key=key)
         if self.class_paths is None or self.labels_trusted:
             return
@@ -345,7 +346,7 @@ class CSLLoss(MetricLoss):
         self._check_batch_labels(labels)
         if ref_labels is not None:
             ref_labels = labels if same_labels else ref_labels.to(embeddings.device)
-            self._check_batch_labels(ref_labels)
+            self._check_batch_labels(ref_labels, "ref_labels row", key="ref_labels")
         if self.check_nesting:  # opt-in: a host read per call
             both = labels if ref_labels is None or same_labels else torch.cat([labels, ref_labels])
             self.check_nesting_of(both, "the batch's labels" if both is labels else

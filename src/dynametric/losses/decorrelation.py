@@ -24,10 +24,12 @@ class DecorrelationLoss(MetricLoss):
 
     ``embedding_size`` is the concatenation width; ``class_dim`` / ``shared_dim`` the widths of the first (class)
     and second (shared) part (default: the other's complement, else half each). The engine fills all three from the
-    model's two heads (:attr:`reads_head_pair`). Labels and ``indices_tuple`` are ignored (the term needs no labels).
+    model's two heads (:attr:`reads_head_pair`). Labels and ``indices_tuple`` are ignored (the term needs no labels:
+    ``loss(embeddings)`` works; labels given are only checked for their form and row count).
     """
 
     reads_head_pair = True
+    reads_labels = False  # loss(embeddings) works: labels=None needs no indices_tuple
 
     @classmethod
     def pairs_in_batch(cls, kwargs: Mapping[str, Any]) -> bool:
