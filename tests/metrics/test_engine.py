@@ -372,6 +372,63 @@ def test_torch_row_sorter_gives_the_thread_count_back_when_a_ranking_thread_fail
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("pool_threads", [0, 2])
+def test_torch_row_sorter_leaves_other_threads_counts_alone(monkeypatch, pool_threads):
+    # the ranking threads sort with one torch thread, but a thread the caller starts while they rank (a service's
+    # worker, say) begins with the caller's count, not 1 (torch.set_num_threads(1) in a ranking thread would set the
+    # count every new thread starts from); the ranking thread itself (here also the caller's, without a pool) gets its
+    # count back
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dynametric.metrics import engine
+
+    seen: list[tuple[int, int]] = []  # (the sorting thread's count, a thread started during the sort)
+    real_call = engine._TorchRowSorter.__call__
+
+    def call(self, keys, out):
+        seen.append((torch.get_num_threads(), _count_in_a_new_thread()))
+        real_call(self, keys, out)
+
+    monkeypatch.setattr(engine, "_row_sorter", lambda n: "torch")
+    monkeypatch.setattr(engine._TorchRowSorter, "__call__", call)
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((16, 50)).astype(np.float32)
+    cands = engine._ColumnCandidates(np.tile(np.arange(5), (16, 1)), np.ones((16, 5), dtype=bool))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        if pool_threads:
+            with ThreadPoolExecutor(pool_threads) as pool:
+                engine._merged_ranks(scores, cands, cands.counts(), pool, pool_threads)
+        else:
+            engine._merged_ranks(scores, cands, cands.counts(), None, 1)
+        assert seen and all(s == (1, 2) for s in seen), seen
+        assert torch.get_num_threads() == 2 and _count_in_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_own_thread_count_falls_back_where_no_openmp_runtime_is_found(monkeypatch):
+    # without torch's OpenMP runtime the sorter falls back to torch.set_num_threads(1) and the caller's count is set
+    # again afterwards (the older behaviour; a thread started during the sort then sees 1)
+    from dynametric.metrics import engine
+
+    monkeypatch.setattr(engine, "_torch_omp_setter", lambda: None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not engine._set_own_torch_threads(1) and torch.get_num_threads() == 2
+        assert engine._set_own_torch_threads(2)  # nothing to change
+        sorter = engine._TorchRowSorter(40)
+        assert sorter.shared and torch.get_num_threads() == 1
+        sorter.restore()  # the shared count is the caller's to set again
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.undo()
+    assert engine._torch_omp_setter() is not None  # torch's x86 Linux wheels link OpenMP: the real route is taken
+
+
 def test_label_determines_matches_brute_force():
     from dynametric.metrics.engine import label_determines
 

@@ -22,8 +22,9 @@ import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -256,15 +257,63 @@ def _row_sorter(n: int) -> str:
     return "torch" if n >= _RADIX_MIN_KEYS and numpy_sort_is_slow() and _torch_has_radix_sort() else "numpy"
 
 
+@lru_cache(maxsize=1)
+def _torch_omp_setter() -> Callable[[int], None] | None:
+    """``omp_set_num_threads`` of the OpenMP runtime torch's CPU library is linked with, or None.
+
+    Looked up through that library (``dlsym`` on its handle searches it and the libraries it depends on), so the
+    function called is torch's runtime's even when the process holds another one (faiss bundles its own libgomp)."""
+    import ctypes
+
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        if (lib_dir / name).is_file():
+            try:
+                setter = ctypes.CDLL(str(lib_dir / name)).omp_set_num_threads
+            except (OSError, AttributeError):
+                return None
+            setter.argtypes = [ctypes.c_int]
+            setter.restype = None
+            return cast(Callable[[int], None], setter)
+    return None
+
+
+def _set_own_torch_threads(n: int) -> bool:
+    """Set the calling thread's torch intra-op thread count to ``n`` and no other thread's; False where that cannot
+    be done (torch not on OpenMP, or its runtime not found), and nothing was changed then.
+
+    ``torch.set_num_threads`` would also set the count that every thread started later begins with (torch reads
+    that shared value in each thread's first call), so a thread that the caller starts while the engine ranks would
+    run torch on one thread for its whole life. OpenMP keeps its thread count per thread: this sets the calling
+    thread's alone, after torch's own first-call initialisation of the thread (which would overwrite it), and checks
+    that torch sees it."""
+    before = torch.get_num_threads()  # also torch's first-call initialisation of this thread, done before ours
+    if before == n:
+        return True
+    setter = _torch_omp_setter()
+    if setter is None:
+        return False
+    setter(n)
+    if torch.get_num_threads() == n:
+        return True
+    setter(before)  # pragma: no cover - the call reached a runtime torch does not read: undo it
+    return False
+
+
 class _TorchRowSorter:
     """Sorts rows of int32 keys one at a time with torch's radix sort (a reusable padded buffer per thread).
 
     torch sorts a 1-D integer tensor of at least 32,768 elements with fbgemm's radix sort, which runs OpenMP threads
-    of its own: each ranking thread therefore sets its own torch thread count to one (the caller sets its count
-    again afterwards, which is also the count that threads started later begin with)."""
+    of its own: each ranking thread therefore runs torch on one thread while it sorts (:func:`_set_own_torch_threads`:
+    that thread's count alone; :meth:`restore` gives it back). Where the count cannot be set for one thread alone,
+    ``torch.set_num_threads(1)`` is the fallback (``shared`` is then True), and the caller sets its count again
+    afterwards, which is also the count that threads started later begin with."""
 
     def __init__(self, n: int) -> None:
-        torch.set_num_threads(1)
+        self.before = torch.get_num_threads()
+        self.shared = not _set_own_torch_threads(1)
+        if self.shared:
+            torch.set_num_threads(1)
         self.n = n
         self.pad = np.full(max(n, _RADIX_PAD), np.iinfo(np.int32).max, dtype=np.int32)  # the padding sorts last
         self._pad_t = torch.from_numpy(self.pad)
@@ -277,6 +326,11 @@ class _TorchRowSorter:
             self.pad[:self.n] = keys[i]
             torch.sort(self._pad_t, out=(self._values, self._indices))
             out[i] = values[:self.n]
+
+    def restore(self) -> None:
+        """This thread's torch thread count as it was before (the fallback's shared count is the caller's to set)."""
+        if not self.shared:
+            _set_own_torch_threads(self.before)
 
 
 def _group_rows(n: int) -> int:
@@ -474,6 +528,7 @@ def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidate
     block_results: list[tuple[int, int, Any]] = []
 
     sorter = _row_sorter(n)
+    shared_count_set: list[bool] = []  # a ranking thread used the torch sorter's fallback (list.append is atomic)
 
     def work(x: int, y: int) -> None:
         g = _group_rows(n)
@@ -481,6 +536,16 @@ def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidate
         kbuf = np.empty((g, n), dtype=np.int32)
         sbuf = np.empty((g, n), dtype=np.int32)
         sort_torch = _TorchRowSorter(n) if sorter == "torch" else None
+        if sort_torch is not None and sort_torch.shared:
+            shared_count_set.append(True)
+        try:
+            rank_rows(x, y, g, fbuf, kbuf, sbuf, sort_torch)
+        finally:
+            if sort_torch is not None:
+                sort_torch.restore()
+
+    def rank_rows(x: int, y: int, g: int, fbuf: np.ndarray, kbuf: np.ndarray, sbuf: np.ndarray,
+                  sort_torch: _TorchRowSorter | None) -> None:
         block_start = x
         for r0 in range(x, y, g):
             r1 = min(y, r0 + g)
@@ -504,7 +569,7 @@ def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidate
                 block_start = r1
 
     parts = max(1, min(threads, c))
-    torch_threads = torch.get_num_threads()  # the torch sorter sets one torch thread in each ranking thread
+    torch_threads = torch.get_num_threads()  # the torch sorter's fallback sets one shared torch thread count
     futures = []
     try:
         if pool is None or parts < 2:
@@ -516,10 +581,10 @@ def _merged_ranks(scores: np.ndarray, cands: _ColumnCandidates | _RangeCandidate
                 fut.result()
     finally:
         wait(futures)  # every ranking thread has finished (even when one failed) before torch's count is restored
-        if sorter == "torch":
-            # torch keeps a thread count per thread, and a thread's first torch call starts from the count set last
-            # by any thread: the ranking threads set 1, so set this thread's count again (threads started later
-            # start from it)
+        if shared_count_set:
+            # the fallback: torch keeps a thread count per thread, and a thread's first torch call starts from the
+            # count set last by any thread: the ranking threads set 1, so set this thread's count again (threads
+            # started later start from it)
             torch.set_num_threads(torch_threads)
     extremes = _key_scores(ends)  # [:, 0] the best score of each row, [:, 1] the worst
     if np.isnan(extremes).any() or np.isposinf(extremes[:, 0]).any():
