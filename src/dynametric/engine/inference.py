@@ -210,12 +210,33 @@ def embed_batch(model: nn.Module, images: torch.Tensor, run: ResolvedInference, 
     return out.cpu() if to_cpu else out
 
 
+def _batch_labels(labels: Any, rows: int, start: int) -> torch.Tensor:
+    """One collated batch's labels as the ``LongTensor[B, S]`` of :func:`~dynametric.labels.as_label_matrix`: a
+    dataset item's label path ``[fine, coarse]`` (a list or tuple, which the loader collates into one tensor per
+    column) is stacked into columns; fractional, NaN or boolean labels, or a row count other than the batch's
+    images, are one :class:`InputError` line keyed ``labels`` naming the items."""
+    from dynametric.labels import as_label_matrix
+
+    if isinstance(labels, (list, tuple)) and labels and all(isinstance(c, torch.Tensor) for c in labels):
+        if any(c.dim() > 2 or (c.dim() == 2 and c.shape[1] != 1) or len(c) != rows for c in labels):
+            raise InputError(f"items {start}..{start + rows - 1} of the dataset: a label path must hold one value "
+                             f"per scale, got columns of shapes {[list(c.shape) for c in labels]}", key="labels")
+        labels = torch.stack([c.reshape(rows) for c in labels], dim=1)
+    try:
+        return as_label_matrix(labels.detach() if isinstance(labels, torch.Tensor) else labels,
+                               num_rows=rows).cpu()
+    except InputError as exc:
+        raise InputError(f"items {start}..{start + rows - 1} of the dataset: {exc.message}", key="labels") from None
+
+
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, batch_size: int = INFERENCE_BATCH_SIZE,
                   num_workers: int | str = 0, progress: bool = False, device: str | torch.device | None = None,
                   precision: str = "fp32", pin_memory: bool | None = None,
                   options: InferenceOptions | ResolvedInference | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(embeddings [N, D] float32, labels [N, S])`` of every ``(image, label)`` item of ``dataset``, in order.
+    """``(embeddings [N, D] float32, labels LongTensor[N, S])`` of every ``(image, label)`` item of ``dataset``, in
+    order. An item's label is one class id or its path ``[fine, coarse, ...]`` (a list, tuple or tensor, finest
+    first); labels that are not integers are one :class:`InputError` line keyed ``labels`` naming the items.
 
     ``options`` (when given) replaces the keyword options. ``device=None`` runs where the model's parameters are;
     otherwise the model is moved to the device. The train/eval mode of the model and of each of its submodules is
@@ -237,10 +258,12 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
 
         loader = progress_bar()(loader, desc="embedding", unit="batch")
     embs, labs = [], []
+    start = 0
     try:
         for images, labels in loader:
             embs.append(embed_batch(model, images, run, head))
-            labs.append(labels.reshape(len(labels), -1).cpu())
+            labs.append(_batch_labels(labels, len(embs[-1]), start))
+            start += len(embs[-1])
     finally:
         for module, training in modes:
             module.training = training

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,28 +20,59 @@ from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.kmeans import lloyd_kmeans
 
 
-def _codes(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    arr = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return np.unique(arr, return_inverse=True)[1].reshape(-1)
+def _column(x: Any, name: str, scale: int | None) -> np.ndarray:
+    """One labelling of ``name`` (``labels`` or ``clusters``) as a 1-D array: ``[N]``, or the column ``scale`` of
+    ``[N, S]`` (``None``: the only column of ``[N, 1]``), as the losses' ``scale=`` picks a label column. A torch
+    tensor is detached and moved to the CPU. Another rank, ``[N, S > 1]`` without ``scale``, a ``scale`` out of
+    range or NaN values are one :class:`InputError` line keyed ``name``."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        arr = (t.float() if t.is_floating_point() and t.element_size() < 4 else t).numpy()
+    else:
+        arr = np.asarray(x)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise InputError(f"expected [N] or [N, S], got shape {list(arr.shape)}", key=name)
+    columns = arr.shape[1]
+    if scale is None:
+        if columns != 1:
+            raise InputError(f"got {columns} columns ([N, S] labels, shape {list(arr.shape)}): pass scale=s (0 = the "
+                             "finest column) to score one scale, or give [N]", key=name)
+        scale = 0
+    elif not -columns <= scale < columns:
+        raise InputError(f"scale {scale} out of range for {columns} column(s)", key=name)
+    col = arr[:, scale]
+    if col.dtype.kind in "fc" and np.isnan(col).any():
+        raise InputError(f"NaN at row {int(np.flatnonzero(np.isnan(col))[0])} (0-based): not a class id", key=name)
+    return col
 
 
-def contingency(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor) -> np.ndarray:
+def _codes(x: np.ndarray) -> np.ndarray:
+    return np.unique(x, return_inverse=True)[1].reshape(-1)
+
+
+def contingency(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor, *,
+                scale: int | None = None) -> np.ndarray:
     """Dense contingency counts ``n[y, c]`` (int64) of two labelings of the same items (:func:`contingency_cells`
     laid out as a table: memory grows with classes x clusters)."""
-    counts, y, c, rows, cols = contingency_cells(labels, clusters)
+    counts, y, c, rows, cols = contingency_cells(labels, clusters, scale=scale)
     table = np.zeros((len(rows), len(cols)), dtype=np.int64)
     table[y, c] = counts
     return table
 
 
-def contingency_cells(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def contingency_cells(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor, *,
+                      scale: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The non-zero cells of the contingency table of two labelings, without the dense ``K x C`` table (which
     grows with the square of the class count: 2 GB for 11,316 classes): ``(counts, y, c, row_sums, col_sums)``,
-    ``counts[i]`` items of class ``y[i]`` in cluster ``c[i]`` (int64, at most one cell per item)."""
-    y, c = _codes(labels), _codes(clusters)
+    ``counts[i]`` items of class ``y[i]`` in cluster ``c[i]`` (int64, at most one cell per item).
+
+    ``labels``: ``[N]`` or ``[N, S]`` (one column per scale, finest first: ``scale`` picks the column scored, and is
+    required when ``S > 1``); ``clusters``: ``[N]`` or ``[N, 1]``. Tensors (requiring grad too) or arrays."""
+    y, c = _codes(_column(labels, "labels", scale)), _codes(_column(clusters, "clusters", None))
     if y.shape != c.shape:
-        raise ValueError(f"labels and clusters differ in length: {y.shape[0]} vs {c.shape[0]}")
+        raise InputError(f"labels and clusters differ in length: {y.shape[0]} vs {c.shape[0]} rows", key="clusters")
     if not y.size:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty, empty
@@ -56,15 +88,16 @@ def _entropy(counts: np.ndarray, n: int) -> float:
 
 
 def nmi_score(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor,
-              normalizer: str = "arithmetic") -> float:
+              normalizer: str = "arithmetic", *, scale: int | None = None) -> float:
     """``NMI = I(Y; W) / norm`` with ``norm = (H(Y) + H(W)) / 2`` (arithmetic) or ``sqrt(H(Y) H(W))`` (geometric).
 
-    Natural logarithms; two single-cluster partitions score 1.0 (scikit-learn's convention).
+    Natural logarithms; two single-cluster partitions score 1.0 (scikit-learn's convention). ``labels`` ``[N]`` or
+    ``[N, S]`` with ``scale`` naming the column scored (:func:`contingency_cells`).
     """
     if normalizer not in ("arithmetic", "geometric"):
         raise ConfigError(f"unknown NMI normaliser {normalizer!r}; expected 'arithmetic' or 'geometric'",
                           key="nmi_normalizer")
-    counts, y, c, rows, cols = contingency_cells(labels, clusters)
+    counts, y, c, rows, cols = contingency_cells(labels, clusters, scale=scale)
     n = int(counts.sum())
     if n == 0:
         return float("nan")
@@ -79,10 +112,12 @@ def nmi_score(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Te
     return float(min(max(mi / norm, 0.0), 1.0))
 
 
-def pairwise_f1(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor) -> float:
+def pairwise_f1(labels: np.ndarray | torch.Tensor, clusters: np.ndarray | torch.Tensor, *,
+                scale: int | None = None) -> float:
     """Pairwise F1 over unordered pairs: ``TP = sum C(n_yc, 2)``, ``TP+FP = sum_c C(n_.c, 2)``,
-    ``TP+FN = sum_y C(n_y., 2)``; ``F1 = 2PR/(P+R)``, 0 when there is no true-positive pair."""
-    counts, _, _, rows, cols = contingency_cells(labels, clusters)
+    ``TP+FN = sum_y C(n_y., 2)``; ``F1 = 2PR/(P+R)``, 0 when there is no true-positive pair. ``labels`` ``[N]`` or
+    ``[N, S]`` with ``scale`` naming the column scored (:func:`contingency_cells`)."""
+    counts, _, _, rows, cols = contingency_cells(labels, clusters, scale=scale)
 
     def pairs(x: np.ndarray) -> float:
         x = x.astype(np.float64)
@@ -114,17 +149,25 @@ def _scaled_points(x: torch.Tensor) -> torch.Tensor:
     return (x.to(torch.float64) * math.ldexp(1.0, -math.frexp(peak)[1])).to(torch.float32)
 
 
-def kmeans_assign(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
+def kmeans_assign(x: torch.Tensor | np.ndarray, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
                   backend: str = "auto") -> tuple[np.ndarray, str]:
     """Cluster ``x`` into ``k`` clusters; returns ``(assignment[N], backend used)``.
 
-    ``backend``: ``"auto"`` (faiss when importable, else torch), ``"faiss"`` or ``"torch"``. ``x`` (finite; any
-    float dtype) is first multiplied by a power of two (:func:`_scaled_points`), which changes no assignment and
-    rules out float32 overflow; it is not centred (:func:`dynametric.metrics.engine.prepare_for_clustering`
-    does that for :func:`~dynametric.metrics.evaluate_embeddings`).
+    ``backend``: ``"auto"`` (faiss when importable, else torch), ``"faiss"`` or ``"torch"``. ``x``: ``[N, D]``
+    points, a tensor or a numpy array (finite; any float dtype; another rank is one line keyed ``x``), first
+    multiplied by a power of two (:func:`_scaled_points`), which changes no assignment and rules out float32
+    overflow; it is not centred (:func:`dynametric.metrics.engine.prepare_for_clustering` does that for
+    :func:`~dynametric.metrics.evaluate_embeddings`).
     """
     if backend not in ("auto", "faiss", "torch"):
         raise ConfigError(f"unknown k-means backend {backend!r}; expected auto, faiss or torch", key="kmeans_backend")
+    if not isinstance(x, torch.Tensor):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiu":
+            raise InputError(f"k-means points must be numbers, got dtype {arr.dtype}", key="x")
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+    if x.dim() != 2:
+        raise InputError(f"k-means points must be [N, D], got shape {list(x.shape)}", key="x")
     n = x.shape[0]
     k = max(1, min(k, n))
     if k == 1:

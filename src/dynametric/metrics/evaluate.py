@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import numbers
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,16 +207,58 @@ def _as_embeddings(x: Any, name: str, device: torch.device | None = None) -> tor
     return x
 
 
+def _id_list(ids: Any, key: str) -> list[Any]:
+    """``ids`` as a list of hashable ids: a tensor or array ``[N]`` or ``[N, 1]`` (another shape is one line keyed
+    ``key``), numpy / torch scalars as Python ones; an id that cannot be one (a list, an array of several values)
+    is one line naming its row."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, np.ndarray):
+        if ids.ndim == 2 and ids.shape[1] == 1:
+            ids = ids[:, 0]
+        if ids.ndim != 1:
+            raise InputError(f"expected [N] or [N, 1] ids, got shape {list(ids.shape)}", key=key)
+        return ids.tolist()
+    out = list(ids)
+    for i, v in enumerate(out):
+        if isinstance(v, (np.ndarray, torch.Tensor)):
+            if v.size != 1 if isinstance(v, np.ndarray) else v.numel() != 1:
+                raise InputError(f"the id of row {i} holds {tuple(v.shape)} values; expected one int or text",
+                                 key=key)
+            out[i] = v.item()
+        elif isinstance(v, np.generic):
+            out[i] = v.item()
+        elif not isinstance(v, Hashable):
+            raise InputError(f"the id of row {i} is {repr(v)[:60]}; expected an int or a text", key=key)
+    return out
+
+
+def _first_of_kind(ids: list[Any], kind: type | tuple[type, ...]) -> tuple[bool, Any]:
+    """``(True, the first id of type kind)`` or ``(False, None)``."""
+    return next(((True, v) for v in ids if isinstance(v, kind)), (False, None))
+
+
 def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
               ng: int) -> tuple[torch.Tensor, torch.Tensor]:
-    q, g = list(query_ids), list(gallery_ids)
+    """Codes of the query and gallery ids, equal where the ids are equal. Query ids that are texts and gallery ids
+    that are numbers (or the other way) are refused: ``"3"`` never equals ``3``, so they would exclude nothing."""
+    loo = query_ids is gallery_ids
+    q = _id_list(query_ids, "query_ids")
+    g = q if loo else _id_list(gallery_ids, "gallery_ids")
     if len(q) != nq:
         raise InputError(f"expected {nq} query ids, got {len(q)}", key="query_ids")
     if len(g) != ng:
         raise InputError(f"expected {ng} gallery ids, got {len(g)}", key="gallery_ids")
+    if not loo:
+        for side, mine, them, theirs in (("query", q, "gallery", g), ("gallery", g, "query", q)):
+            has_text, text = _first_of_kind(mine, (str, bytes))
+            has_number, number = _first_of_kind(theirs, numbers.Number) if has_text else (False, None)
+            if has_number:
+                raise InputError(f"the {side} ids are texts (e.g. {text!r}) and the {them} ids numbers (e.g. "
+                                 f"{number!r}): a text never equals a number, so no item would be excluded; give "
+                                 "both as texts or both as ints", key=f"{side}_ids")
     table: dict[Any, int] = {}
-    codes = [table.setdefault(v.item() if isinstance(v, (np.generic, torch.Tensor)) else v, len(table))
-             for v in q + g]
+    codes = [table.setdefault(v, len(table)) for v in q + g]
     t = torch.tensor(codes, dtype=torch.long)
     return t[:nq], t[nq:]
 

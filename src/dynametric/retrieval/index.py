@@ -744,6 +744,36 @@ def _query_array(q: Any) -> np.ndarray:
     return np.asarray(q)
 
 
+def _build_items(emb: Any, rows: int) -> tuple[list[str], list[str], np.ndarray | None, list[str]]:
+    """:meth:`RetrievalIndex.build`'s ids, paths, ``[N, S]`` int64 labels (or ``None``) and scale names of ``emb``
+    for ``rows`` embeddings, checked: one id and one path per row, labels through
+    :func:`~dynametric.labels.as_label_matrix` (``[S, N]`` labels, NaN or fractional class ids, another row count are
+    one line keyed ``labels``), one scale name per label column (an empty list takes the default names)."""
+    from dynametric.labels import as_label_matrix, check_scale_names, default_scale_names
+
+    ids, paths = list(emb.ids), list(emb.paths)
+    for what, values in (("ids", ids), ("paths", paths)):
+        if len(values) != rows:
+            raise InputError(f"{len(values)} {what} for {rows} embeddings (one per embedding row)", key=what)
+    names = list(emb.scale_names)
+    if emb.labels is None:
+        return ids, paths, None, names
+    torch = sys.modules.get("torch")
+    given = emb.labels.detach() if torch is not None and isinstance(emb.labels, torch.Tensor) else emb.labels
+    shape = tuple(getattr(given, "shape", ()))
+    if len(shape) == 2 and shape[0] != rows and shape[1] == rows:
+        raise InputError(f"labels have shape {list(shape)}: {shape[0]} rows for {rows} embeddings; they look "
+                         "[S, N] (one row per scale): give [N, S], one row per embedding (transpose them)",
+                         key="labels")
+    labels = as_label_matrix(given, num_rows=rows).cpu().numpy()
+    if not names:
+        names = default_scale_names(labels.shape[1])
+    elif len(names) != labels.shape[1]:
+        raise InputError(f"{len(names)} scale names {[str(n) for n in names]} for {labels.shape[1]} label "
+                         "column(s) (one name per column, finest first)", key="scale_names")
+    return ids, paths, labels, list(check_scale_names(names, reserved=()))
+
+
 @dataclass
 class RetrievalIndex:
     """A faiss index plus the item metadata it answers with."""
@@ -792,8 +822,12 @@ class RetrievalIndex:
         """Index an :class:`~dynametric.retrieval.embed.EmbeddingSet` (``kwargs``: :func:`build_faiss_index`).
         Raises :class:`~dynametric.errors.InputError` for embeddings that cannot be indexed (none, non-finite, an
         all-zero row under cosine) and :class:`~dynametric.errors.ConfigError` for an unknown kind, metric or
-        option; faiss missing is one line naming the extra to install."""
-        raw = np.asarray(emb.embeddings)
+        option; faiss missing is one line naming the extra to install. The embeddings are read as queries are (a
+        torch tensor detached and moved to the CPU, bf16 / fp16 as float32); the labels as every loss and metric
+        reads them (:func:`~dynametric.labels.as_label_matrix`: ``[N]`` or ``[N, S]`` integer class ids, one row per
+        embedding); ``ids`` and ``paths`` must have one entry per embedding and ``scale_names`` one name per label
+        column (none: the default names) - each refused with one line otherwise."""
+        raw = _query_array(emb.embeddings)
         if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:  # as the command line refuses such a file
             raise InputError(f"no embeddings (shape {raw.shape})" if raw.ndim == 2 else
                              f"expected a 2-D [N, D] array of embeddings, got shape {raw.shape}", file=emb.source)
@@ -806,6 +840,7 @@ class RetrievalIndex:
                              f"embeddings must be numbers, got dtype {raw.dtype}", file=emb.source)
         if metric not in METRICS:  # before the transform is planned for it
             raise ConfigError(f"unknown metric {metric!r}; expected one of {list(METRICS)}", key="--metric")
+        ids, paths, labels, names = _build_items(emb, len(raw))
         plan = InputTransform.plan(raw, metric)
         x = plan.apply(raw)
         if not np.isfinite(x).all():
@@ -814,13 +849,7 @@ class RetrievalIndex:
                     for lo in range(0, len(x), _PREPARE_ROWS)), default=0.0)
         plan = InputTransform(plan.kind, plan.factor, plan.centre, norm)
         index, params = build_faiss_index(x, kind, plan.faiss_metric, **kwargs)
-        labels = None if emb.labels is None else np.asarray(emb.labels, dtype=np.int64).reshape(len(x), -1)
-        names = list(emb.scale_names)
-        if labels is not None and len(names) != labels.shape[1]:
-            from dynametric.metrics import default_scale_names
-
-            names = list(default_scale_names(labels.shape[1]))
-        return cls(index, kind, metric, int(x.shape[1]), list(emb.ids), list(emb.paths), labels, names,
+        return cls(index, kind, metric, int(x.shape[1]), ids, paths, labels, names,
                    emb.class_names, list(emb.image_roots), dict(emb.model), params, str(emb.source), transform=plan)
 
     def save(self, out: str | Path) -> Path:
@@ -1242,7 +1271,7 @@ class RetrievalIndex:
         """``search``'s ``query_labels`` as ``[Q, S]`` int64: ``[Q]`` (one scale) or ``[Q, S]`` integer class ids
         (floats with integral values too), one row per query and one column per scale of the index; anything else
         is one line keyed ``query_labels``."""
-        ql = np.asarray(query_labels)
+        ql = _query_array(query_labels)
         if ql.ndim == 1:
             ql = ql[:, None]
         if ql.ndim != 2 or ql.shape[0] != rows:
