@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from dynametric.cpu_kernels import outside_package_level
 from dynametric.errors import ConfigError, DynametricError, InputError, first_sentence
 from dynametric.utils.io import (
     StagedFiles,
@@ -367,9 +369,17 @@ class _Queries:
         return len(self.faiss)
 
 
+IVF_MIN_POINTS_PER_CELL = 39  # faiss's k-means default ``min_points_per_centroid``
+
+
+class IndexBuildWarning(UserWarning):
+    """An index was built as asked, but in a way that may search worse (an ``ivf`` index trained on fewer vectors
+    than faiss's k-means wants per cell)."""
+
+
 def default_nlist(n: int) -> int:
     """``round(4 sqrt(N))`` cells, at most ``N / 39`` (faiss wants >= 39 training points per cell), at least 1."""
-    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+    return max(1, min(int(round(4 * math.sqrt(n))), n // IVF_MIN_POINTS_PER_CELL))
 
 
 def build_faiss_index(x: np.ndarray, kind: str = "flat", metric: str = "cosine", *, nlist: int | None = None,
@@ -395,10 +405,21 @@ def build_faiss_index(x: np.ndarray, kind: str = "flat", metric: str = "cosine",
             raise ConfigError(f"nprobe must be >= 1, got {nprobe}", key="--nprobe")
         quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nl, fmetric)
+        if train_size is not None and train_size < nl:
+            raise ConfigError(f"train_size must be at least nlist ({nl}: k-means needs a vector per cell), got "
+                              f"{train_size}", key="train_size")
         ts = min(n, train_size if train_size is not None else max(nl * 64, 10_000))
         rng = np.random.default_rng(seed)
         sample = x if ts >= n else x[np.sort(rng.choice(n, ts, replace=False))]
         index.cp.seed = seed
+        if ts < IVF_MIN_POINTS_PER_CELL * nl:
+            # faiss would print its own line on stderr (not a Python warning: no filter, no traceback line)
+            warnings.warn(f"ivf: {nl} cells trained on {ts} vectors, fewer than faiss's k-means wants "
+                          f"({IVF_MIN_POINTS_PER_CELL} per cell: {IVF_MIN_POINTS_PER_CELL * nl}); the cells may be "
+                          f"uneven and searches slower or less accurate: fewer cells (nlist <= "
+                          f"{max(1, ts // IVF_MIN_POINTS_PER_CELL)}) train better", IndexBuildWarning,
+                          stacklevel=outside_package_level())
+            index.cp.min_points_per_centroid = 1
         index.train(sample)
         index.add(x)
         index.nprobe = min(nprobe, nl)

@@ -1,0 +1,42 @@
+"""An ivf index trained on fewer vectors than faiss's k-means wants per cell: one Python warning (faiss printed its
+own line straight to the process's stderr, which no warning filter can see or silence), and a train_size below the
+cell count is a one-line error instead of faiss's C++ exception text."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from dynametric.errors import ConfigError  # noqa: E402
+from dynametric.retrieval.index import IndexBuildWarning, build_faiss_index, default_nlist  # noqa: E402
+
+
+def _x(n: int = 500) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+
+
+def test_few_training_vectors_per_cell_is_one_python_warning_and_nothing_from_faiss(capfd):
+    with pytest.warns(IndexBuildWarning, match=r"50 cells trained on 500 vectors.*1950.*nlist <= 12") as record:
+        index, params = build_faiss_index(_x(), "ivf", "l2", nlist=50)
+    assert len(record) == 1 and record[0].filename == __file__  # names the caller's line
+    assert params == {"nlist": 50, "nprobe": 8, "train_size": 500} and index.ntotal == 500
+    out, err = capfd.readouterr()
+    assert "WARNING clustering" not in err + out  # faiss's own stderr line
+
+
+def test_enough_training_vectors_warn_nothing(capfd):
+    x = _x(2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_faiss_index(x, "ivf", "l2", nlist=default_nlist(2000))  # 51 cells <= 2000 / 39
+        build_faiss_index(x, "ivf", "l2", nlist=50)
+    assert "WARNING" not in capfd.readouterr().err
+
+
+def test_train_size_below_the_cell_count_is_one_line():
+    with pytest.raises(ConfigError, match=r"key 'train_size': train_size must be at least nlist \(50"):
+        build_faiss_index(_x(), "ivf", "l2", nlist=50, train_size=10)
