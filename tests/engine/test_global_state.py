@@ -182,3 +182,47 @@ def test_run_training_puts_the_random_state_back_when_it_raises(tmp_path, monkey
         run_training(load_config(None, RUN), tmp_path / "run", log=lambda _: None, note=lambda _: None)
     assert _same_states(_global_states(), before)
     assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ
+
+
+def _torch_flags():
+    import os
+
+    return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+
+@pytest.mark.parametrize("caller, run", [((True, True, True, True, ":16:8"), "false"),
+                                         ((False, False, False, False, None), "true"),
+                                         ((True, False, False, False, None), "true")])
+def test_run_training_puts_the_callers_deterministic_mode_back(tmp_path, monkeypatch, caller, run):
+    """Lightning's Trainer(deterministic=...) calls torch.use_deterministic_algorithms with the config's value: a
+    run with trainer.deterministic false switched the caller's deterministic mode off, one with it true left it on
+    (with cudnn.benchmark off and CUBLAS_WORKSPACE_CONFIG set in os.environ)."""
+    enabled, warn_only, benchmark, cudnn_deterministic, cublas = caller
+    if cublas is None:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", cublas)
+    saved = _torch_flags()
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_deterministic
+    try:
+        assert _torch_flags() == caller
+        seen = []
+        from dynametric.engine.module import MetricLearningModule
+
+        step = MetricLearningModule.training_step
+
+        def watched(self, batch, batch_idx):  # the run itself runs with the config's mode
+            seen.append(torch.are_deterministic_algorithms_enabled())
+            return step(self, batch, batch_idx)
+
+        monkeypatch.setattr(MetricLearningModule, "training_step", watched)
+        run_training(load_config(None, [*RUN, f"trainer.deterministic={run}"]), tmp_path / "run", log=lambda _: None,
+                     note=lambda _: None)
+        assert seen and set(seen) == {run == "true"}
+        assert _torch_flags() == caller
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
