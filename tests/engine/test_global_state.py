@@ -226,3 +226,30 @@ def test_run_training_puts_the_callers_deterministic_mode_back(tmp_path, monkeyp
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+_REPORT_KEEPS_THE_BACKEND = """
+import re, sys
+import matplotlib
+matplotlib.use("svg")  # stands for a notebook's inline backend
+import matplotlib.pyplot as plt
+import torch
+plt.figure()  # the caller's own open figure
+from dynametric.pipeline.report import write_report
+g = torch.Generator().manual_seed(0)
+emb, labels = torch.randn(24, 4, generator=g), torch.stack([torch.arange(24) % 6, torch.arange(24) % 2], dim=1)
+write_report(sys.argv[1], metrics={"test": {}}, loss_history=[[0, 1.0], [1, 0.5]], scale_names=["fine", "coarse"],
+             config_yaml="x: 1", emb=emb, labels=labels)
+print(matplotlib.get_backend(), plt.get_fignums(), len(re.findall("data:image/png;base64,", open(sys.argv[1]).read())))
+"""
+
+
+def test_write_report_leaves_the_matplotlib_backend_and_pyplots_figures_alone(tmp_path):
+    """The report called matplotlib.use("Agg") (a notebook's inline backend was replaced) and drew its plots as
+    pyplot figures; it draws on Figure objects of its own now. In a fresh process: the backend is imported once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _REPORT_KEEPS_THE_BACKEND, str(tmp_path / "report.html")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["svg", "[1]", "2"]  # the curves and the embedding map are drawn all the same
