@@ -722,8 +722,10 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     batches = [list(range(b, min(hi, b + batch_size))) for _, lo, hi in pending for b in range(lo, hi, batch_size)]
     # the config's imports in each worker (spawn / forkserver start them afresh)
     extra: dict[str, Any] = {"prefetch_factor": 4, "worker_init_fn": worker_init()} if num_workers > 0 else {}
+    # a generator of its own: without one the loader draws its workers' seed from torch's global generator each
+    # time it is iterated (whatever num_workers), which moved the caller's random state on; nothing else is drawn
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
-                        collate_fn=dataset.collate_fn, **extra)
+                        collate_fn=dataset.collate_fn, generator=torch.Generator(), **extra)
 
     def to_host(emb: torch.Tensor, parts: list[np.ndarray]) -> None:
         parts.append(emb.detach().float().cpu().numpy())
