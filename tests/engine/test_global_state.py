@@ -253,3 +253,34 @@ def test_write_report_leaves_the_matplotlib_backend_and_pyplots_figures_alone(tm
     out = subprocess.run([sys.executable, "-c", _REPORT_KEEPS_THE_BACKEND, str(tmp_path / "report.html")],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["svg", "[1]", "2"]  # the curves and the embedding map are drawn all the same
+
+
+_START_METHOD = """
+import json, multiprocessing, sys
+from dynametric.config import load_config
+from dynametric.pipeline.run import run_training
+run_training(load_config(None, [*json.loads(sys.argv[1]), f"data.workers={sys.argv[3]}"]), sys.argv[2],
+             log=lambda _: None, note=lambda _: None)
+print(multiprocessing.get_start_method(allow_none=True))
+multiprocessing.set_start_method("spawn")  # raised 'context has already been set'
+print(multiprocessing.get_start_method())
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_run_training_leaves_an_unset_start_method_unset(tmp_path, workers):
+    """Lightning's trainer asks for the start method (multiprocessing.get_start_method(), which fixes the default
+    one) and loader workers fix it too: a caller's later set_start_method raised. In a fresh process, where it is
+    unset; a start method the caller set is kept (the second call below)."""
+    import json
+    import multiprocessing
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _START_METHOD, json.dumps(RUN), str(tmp_path / "run"), str(workers)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "spawn"]
+    kept = multiprocessing.get_start_method()  # this process's: set now if it was not
+    run_training(load_config(None, RUN), tmp_path / "run2", log=lambda _: None, note=lambda _: None)
+    assert multiprocessing.get_start_method(allow_none=True) == kept

@@ -63,3 +63,27 @@ def test_from_pretrained_leaves_the_global_torch_rng_alone(run_ckpt: Path, tmp_p
         assert torch.equal(torch.get_rng_state(), before), source
         state = reference.state_dict()
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+_START_METHOD = """
+import multiprocessing, sys
+from dynametric.retrieval.embed import embed_items, list_image_folder
+from torchvision import transforms as T
+embed_items(list_image_folder(sys.argv[1]), lambda x: x.flatten(1)[:, :6], T.Compose([T.Resize((8, 8)), T.ToTensor()]),
+            sys.argv[2], model_identity={"m": 1}, batch_size=4, num_workers=2)
+print(multiprocessing.get_start_method(allow_none=True))
+multiprocessing.set_start_method("spawn")  # raised 'context has already been set'
+print(multiprocessing.get_start_method())
+"""
+
+
+def test_embed_items_leaves_an_unset_start_method_unset(image_root: Path, tmp_path: Path) -> None:
+    """Loader workers fix the default start method for the rest of the process; in a fresh process, where it is
+    unset, embed_items leaves it unset."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _START_METHOD, str(image_root / "imgs"), str(tmp_path / "emb")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "spawn"]

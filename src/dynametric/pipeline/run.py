@@ -1328,8 +1328,11 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     ``random``, NumPy's global state, torch's CPU generator and CUDA's) and sets ``PL_GLOBAL_SEED`` /
     ``PL_SEED_WORKERS`` in ``os.environ`` (Lightning's ``seed_everything``), and puts all of them back as they were
     when it returns or raises (:func:`callers_random_state`); what the run draws does not depend on them. So are
-    torch's algorithm switches, which the trainer sets from ``trainer.deterministic`` (:func:`callers_torch_flags`)."""
-    with callers_random_state(), callers_torch_flags():
+    torch's algorithm switches, which the trainer sets from ``trainer.deterministic`` (:func:`callers_torch_flags`),
+    and a start method of ``multiprocessing`` the caller left unset is unset again (:func:`callers_start_method`)."""
+    from dynametric.retrieval.embed import callers_start_method
+
+    with callers_random_state(), callers_torch_flags(), callers_start_method():
         return _run_training(cfg, run_dir, resume=resume, progress=progress, log=log, note=note,
                              folder_key=folder_key)
 
