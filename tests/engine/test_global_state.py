@@ -182,3 +182,105 @@ def test_run_training_puts_the_random_state_back_when_it_raises(tmp_path, monkey
         run_training(load_config(None, RUN), tmp_path / "run", log=lambda _: None, note=lambda _: None)
     assert _same_states(_global_states(), before)
     assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ
+
+
+def _torch_flags():
+    import os
+
+    return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+
+@pytest.mark.parametrize("caller, run", [((True, True, True, True, ":16:8"), "false"),
+                                         ((False, False, False, False, None), "true"),
+                                         ((True, False, False, False, None), "true")])
+def test_run_training_puts_the_callers_deterministic_mode_back(tmp_path, monkeypatch, caller, run):
+    """Lightning's Trainer(deterministic=...) calls torch.use_deterministic_algorithms with the config's value: a
+    run with trainer.deterministic false switched the caller's deterministic mode off, one with it true left it on
+    (with cudnn.benchmark off and CUBLAS_WORKSPACE_CONFIG set in os.environ)."""
+    enabled, warn_only, benchmark, cudnn_deterministic, cublas = caller
+    if cublas is None:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", cublas)
+    saved = _torch_flags()
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_deterministic
+    try:
+        assert _torch_flags() == caller
+        seen = []
+        from dynametric.engine.module import MetricLearningModule
+
+        step = MetricLearningModule.training_step
+
+        def watched(self, batch, batch_idx):  # the run itself runs with the config's mode
+            seen.append(torch.are_deterministic_algorithms_enabled())
+            return step(self, batch, batch_idx)
+
+        monkeypatch.setattr(MetricLearningModule, "training_step", watched)
+        run_training(load_config(None, [*RUN, f"trainer.deterministic={run}"]), tmp_path / "run", log=lambda _: None,
+                     note=lambda _: None)
+        assert seen and set(seen) == {run == "true"}
+        assert _torch_flags() == caller
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+_REPORT_KEEPS_THE_BACKEND = """
+import re, sys
+import matplotlib
+matplotlib.use("svg")  # stands for a notebook's inline backend
+import matplotlib.pyplot as plt
+import torch
+plt.figure()  # the caller's own open figure
+from dynametric.pipeline.report import write_report
+g = torch.Generator().manual_seed(0)
+emb, labels = torch.randn(24, 4, generator=g), torch.stack([torch.arange(24) % 6, torch.arange(24) % 2], dim=1)
+write_report(sys.argv[1], metrics={"test": {}}, loss_history=[[0, 1.0], [1, 0.5]], scale_names=["fine", "coarse"],
+             config_yaml="x: 1", emb=emb, labels=labels)
+print(matplotlib.get_backend(), plt.get_fignums(), len(re.findall("data:image/png;base64,", open(sys.argv[1]).read())))
+"""
+
+
+def test_write_report_leaves_the_matplotlib_backend_and_pyplots_figures_alone(tmp_path):
+    """The report called matplotlib.use("Agg") (a notebook's inline backend was replaced) and drew its plots as
+    pyplot figures; it draws on Figure objects of its own now. In a fresh process: the backend is imported once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _REPORT_KEEPS_THE_BACKEND, str(tmp_path / "report.html")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["svg", "[1]", "2"]  # the curves and the embedding map are drawn all the same
+
+
+_START_METHOD = """
+import json, multiprocessing, sys
+from dynametric.config import load_config
+from dynametric.pipeline.run import run_training
+run_training(load_config(None, [*json.loads(sys.argv[1]), f"data.workers={sys.argv[3]}"]), sys.argv[2],
+             log=lambda _: None, note=lambda _: None)
+print(multiprocessing.get_start_method(allow_none=True))
+multiprocessing.set_start_method("spawn")  # raised 'context has already been set'
+print(multiprocessing.get_start_method())
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_run_training_leaves_an_unset_start_method_unset(tmp_path, workers):
+    """Lightning's trainer asks for the start method (multiprocessing.get_start_method(), which fixes the default
+    one) and loader workers fix it too: a caller's later set_start_method raised. In a fresh process, where it is
+    unset; a start method the caller set is kept (the second call below)."""
+    import json
+    import multiprocessing
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _START_METHOD, json.dumps(RUN), str(tmp_path / "run"), str(workers)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "spawn"]
+    kept = multiprocessing.get_start_method()  # this process's: set now if it was not
+    run_training(load_config(None, RUN), tmp_path / "run2", log=lambda _: None, note=lambda _: None)
+    assert multiprocessing.get_start_method(allow_none=True) == kept

@@ -405,7 +405,9 @@ def load_trained(checkpoint: str | Path, config: str | Path | None = None, *, ov
     if state is None:
         state = load_checkpoint_file(checkpoint)
     check_model_config(cfg, state, checkpoint)
-    with errors_located(cfg):  # a model key checked when the model is built names where it was set
+    # a model key checked when the model is built names where it was set; the random initial weights (replaced by
+    # the checkpoint's) are drawn on a forked CPU generator: the caller's torch RNG is left as it was
+    with errors_located(cfg), torch.random.fork_rng(devices=[]):
         model = build_embedder(**{**embedder_kwargs(cfg.model), "pretrained": False, "pretrained_path": None})
     load_embedder_state(model, state, checkpoint)
     notes = [note for note in (unknown_model_keys_note(state, config_to_dict(cfg)["model"], checkpoint),

@@ -550,8 +550,9 @@ def _build_described(meta: Mapping[str, Any], meta_path: Path) -> Any:
                 raise InputError(exc.message, file=meta_path, key=exc.key) from None
             (Path(tmp) / "config.json").write_text(json.dumps(config), encoding="utf-8")
             kwargs["backbone"] = f"local-dir:{tmp}"  # the recorded architecture: no folder, no network needed
-        try:
-            model = build_embedder(**kwargs)
+        try:  # the random initial weights (the folder's replace them) on a forked CPU generator: not the caller's
+            with torch.random.fork_rng(devices=[]):
+                model = build_embedder(**kwargs)
         except InputError as exc:
             raise InputError(exc.message, file=meta_path, key=exc.key) from None
         except TypeError as exc:  # a value the simple type check let through

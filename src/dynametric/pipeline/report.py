@@ -44,12 +44,20 @@ Array.from(b.rows).map((r,n)=>[k(r),n,r]).sort((x,y)=>isNaN(x[0])-isNaN(y[0])||d
 .forEach(e=>b.appendChild(e[2]));}</script>"""
 
 
+def _subplots(nrows: int, ncols: int, **kwargs: Any) -> tuple[Any, Any]:
+    """``plt.subplots`` without pyplot: a ``matplotlib.figure.Figure`` of its own, which ``savefig`` writes with
+    no backend chosen; the caller's backend (a notebook's inline one) and pyplot's figures are left alone (the
+    report switched the process to ``Agg`` before)."""
+    from matplotlib.figure import Figure
+
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}"/>'
 
 
@@ -286,11 +294,11 @@ def worst_queries(emb: torch.Tensor, labels: torch.Tensor, distance: str, n: int
     return idx[np.lexsort((idx, v[idx]))][:n].tolist()
 
 
-def _gallery_figure(plt: Any, dataset: Any, labels: torch.Tensor, queries: Sequence[int],
+def _gallery_figure(dataset: Any, labels: torch.Tensor, queries: Sequence[int],
                     nn_idx: torch.Tensor) -> Any:
     """One row per query: the query (black frame) and its neighbours (green = same fine class, red = different)."""
     k = nn_idx.shape[1]
-    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(queries)), squeeze=False)
+    fig, axes = _subplots(len(queries), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(queries)), squeeze=False)
     for r, q in enumerate(queries):
         row = [q, *nn_idx[r].tolist()]
         for c, i in enumerate(row):
@@ -333,15 +341,10 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
                          dataset: Any, distance: str, monitor: str, seed: int,
                          lr_history: Mapping[str, Sequence[Sequence[float]]] | None = None,
                          run: Mapping[str, Any] | None = None) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out: list[str] = []
     # curves: the loss and learning rate at the loggers' steps (train/loss_step, train/lr), validation per epoch
     lrs = {name: pts for name, pts in (lr_history or {}).items() if pts}
-    fig, axes = plt.subplots(1, 3 if lrs else 2, figsize=(16 if lrs else 11, 3.5))
+    fig, axes = _subplots(1, 3 if lrs else 2, figsize=(16 if lrs else 11, 3.5))
     if loss_history:
         steps, losses = zip(*[(a, b) for a, b in loss_history])
         axes[0].plot(steps, losses, lw=1)
@@ -369,7 +372,7 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     test, untrained = metrics.get("test", {}), metrics.get("untrained", {})
     bar_metrics = [m for m in ("recall@1", "map@r", "r_precision", "map", "asi") if m in test.get(scale_names[0], {})]
     if bar_metrics:
-        fig, axes = plt.subplots(1, len(bar_metrics), figsize=(3.2 * len(bar_metrics), 3), squeeze=False)
+        fig, axes = _subplots(1, len(bar_metrics), figsize=(3.2 * len(bar_metrics), 3), squeeze=False)
         x = np.arange(len(scale_names))
         for ax, m in zip(axes[0], bar_metrics):
             ax.bar(x - 0.2, [untrained.get(s, {}).get(m, 0) for s in scale_names], 0.4, label="untrained")
@@ -385,7 +388,7 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     _, _, v = torch.linalg.svd(x, full_matrices=False)
     xy = (x @ v[:2].T).numpy()
     cols = [(labels.shape[1] - 1, "coarsest"), (0, "finest")] if labels.shape[1] > 1 else [(0, "class")]
-    fig, axes = plt.subplots(1, len(cols), figsize=(5.5 * len(cols), 4.5), squeeze=False)
+    fig, axes = _subplots(1, len(cols), figsize=(5.5 * len(cols), 4.5), squeeze=False)
     for ax, (c, word) in zip(axes[0], cols):
         lab = labels[:, c].numpy()
         _, codes = np.unique(lab, return_inverse=True)
@@ -403,16 +406,16 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     nn_idx = _neighbours(emb, queries, k, distance)
     out.append("<h2>Retrieval gallery</h2><p class='note'>Each row: a random test query and its top neighbours "
                "(green = same fine class, red = different).</p>"
-               + _png(_gallery_figure(plt, dataset, labels, queries, nn_idx)))
+               + _png(_gallery_figure(dataset, labels, queries, nn_idx)))
     worst = worst_queries(emb, labels, distance, n_q)
     if worst:
         out.append("<h2>Worst queries</h2><p class='note'>The test queries with the lowest map@r at the finest scale "
                    f"({scale_names[0]}; leave-one-out), worst first, and their top neighbours.</p>"
-                   + _png(_gallery_figure(plt, dataset, labels, worst, _neighbours(emb, worst, k, distance))))
+                   + _png(_gallery_figure(dataset, labels, worst, _neighbours(emb, worst, k, distance))))
     # multi-scale view
     if labels.shape[1] > 1:
         n_q2 = min(3, n_q)
-        fig, axes = plt.subplots(n_q2 * labels.shape[1], k + 1,
+        fig, axes = _subplots(n_q2 * labels.shape[1], k + 1,
                                  figsize=(1.3 * (k + 1), 1.35 * n_q2 * labels.shape[1]), squeeze=False)
         for r in range(n_q2):
             q = queries[r]

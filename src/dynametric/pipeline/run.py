@@ -1327,8 +1327,12 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     The caller's random state is left as it was: the run seeds the global generators from ``trainer.seed`` (Python's
     ``random``, NumPy's global state, torch's CPU generator and CUDA's) and sets ``PL_GLOBAL_SEED`` /
     ``PL_SEED_WORKERS`` in ``os.environ`` (Lightning's ``seed_everything``), and puts all of them back as they were
-    when it returns or raises (:func:`callers_random_state`); what the run draws does not depend on them."""
-    with callers_random_state():
+    when it returns or raises (:func:`callers_random_state`); what the run draws does not depend on them. So are
+    torch's algorithm switches, which the trainer sets from ``trainer.deterministic`` (:func:`callers_torch_flags`),
+    and a start method of ``multiprocessing`` the caller left unset is unset again (:func:`callers_start_method`)."""
+    from dynametric.retrieval.embed import callers_start_method
+
+    with callers_random_state(), callers_torch_flags(), callers_start_method():
         return _run_training(cfg, run_dir, resume=resume, progress=progress, log=log, note=note,
                              folder_key=folder_key)
 
@@ -1336,6 +1340,8 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
 #: what Lightning's ``seed_everything`` sets in ``os.environ`` (the seed for processes started later, and whether
 #: the data loaders' workers are seeded from it)
 SEED_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+#: what Lightning's ``Trainer(deterministic=True)`` sets in ``os.environ`` (cuBLAS's reproducible workspace)
+DETERMINISM_ENVIRONMENT = ("CUBLAS_WORKSPACE_CONFIG",)
 #: the seed of a CUDA generator before anything seeds it (torch's ``default_rng_seed_val``)
 _CUDA_DEFAULT_SEED = 67280421310721
 
@@ -1372,6 +1378,31 @@ def callers_random_state() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_states)
         elif queued is not None:
             _put_back_queued_cuda_seeds(tracker, queued)
+
+
+@contextlib.contextmanager
+def callers_torch_flags() -> Iterator[None]:
+    """Around :func:`run_training`: torch's algorithm switches as the caller left them are put back on the way out (a
+    return or an exception). Lightning's ``Trainer(deterministic=...)`` calls ``torch.use_deterministic_algorithms``
+    with the config's value (a caller's deterministic mode was switched off by a run with ``trainer.deterministic``
+    false, and a run with it true left it on), sets ``torch.backends.cudnn.benchmark`` off and sets the variables of
+    :data:`DETERMINISM_ENVIRONMENT`. Put back: deterministic algorithms and their warn-only mode,
+    ``cudnn.benchmark``, ``cudnn.deterministic`` and those variables (an unset one unset)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark, cudnn_deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    environment = {name: os.environ.get(name) for name in DETERMINISM_ENVIRONMENT}
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _queued_cuda_seeds(tracker: Any) -> dict[str, Any] | None:

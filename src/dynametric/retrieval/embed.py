@@ -21,6 +21,7 @@ a different job in the same folder (other images, other weights, other shard siz
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -613,6 +614,24 @@ def _moved_roots(old: dict[str, Any], job: dict[str, Any], items: ImageItems) ->
             "--overwrite (or another --out) to embed them again from their new place")
 
 
+@contextlib.contextmanager
+def callers_start_method() -> Iterator[None]:
+    """A start method of ``multiprocessing`` left unset by the caller is unset again on the way out (a return or an
+    exception). Starting loader workers (torch's DataLoader) or asking for the start method
+    (``multiprocessing.get_start_method()``, which Lightning's trainer does) fixes the default one for the rest of
+    the process, and a later ``multiprocessing.set_start_method("spawn")`` of the caller's raised ``context has
+    already been set``. ``set_start_method(None, force=True)`` is the standard library's way to unset it; workers
+    already started keep their own context. A method the caller set stays as it is."""
+    import multiprocessing
+
+    unset = multiprocessing.get_start_method(allow_none=True) is None
+    try:
+        yield
+    finally:
+        if unset:
+            multiprocessing.set_start_method(None, force=True)
+
+
 def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],
                 transform: Callable[[Any], torch.Tensor], out: str | Path, *, model_identity: dict[str, Any],
                 batch_size: int = INFERENCE_BATCH_SIZE, shard_size: int = 4096, num_workers: int = 0,
@@ -642,7 +661,7 @@ def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.T
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder (--out names a folder)", file=out)
     make_output_folder(out, "--out")
-    with folder_lock(out, "embed"):  # one embed at a time in a folder
+    with folder_lock(out, "embed"), callers_start_method():  # one embed at a time in a folder
         return _embed_locked(items, embed_batch, transform, out, model_identity=model_identity,
                              batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
                              progress=progress, keep_shards=keep_shards, overwrite=overwrite, pin_memory=pin_memory,
@@ -722,8 +741,10 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
     batches = [list(range(b, min(hi, b + batch_size))) for _, lo, hi in pending for b in range(lo, hi, batch_size)]
     # the config's imports in each worker (spawn / forkserver start them afresh)
     extra: dict[str, Any] = {"prefetch_factor": 4, "worker_init_fn": worker_init()} if num_workers > 0 else {}
+    # a generator of its own: without one the loader draws its workers' seed from torch's global generator each
+    # time it is iterated (whatever num_workers), which moved the caller's random state on; nothing else is drawn
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
-                        collate_fn=dataset.collate_fn, **extra)
+                        collate_fn=dataset.collate_fn, generator=torch.Generator(), **extra)
 
     def to_host(emb: torch.Tensor, parts: list[np.ndarray]) -> None:
         parts.append(emb.detach().float().cpu().numpy())
