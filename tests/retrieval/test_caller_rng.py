@@ -87,3 +87,33 @@ def test_embed_items_leaves_an_unset_start_method_unset(image_root: Path, tmp_pa
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["None", "spawn"]
+
+
+_START_METHOD_FILES = """
+import multiprocessing, sys, torch
+from dynametric.engine.inference import InferenceOptions, embed_dataset
+from dynametric.retrieval.model import embed_image_files, load_embedder
+loaded = load_embedder(sys.argv[1], options=InferenceOptions(device="cpu", workers=2, batch_size=2))
+files = embed_image_files(loaded, sys.argv[2:])
+print(multiprocessing.get_start_method(allow_none=True))
+images = [loaded.loader_transform(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in sys.argv[2:]]
+emb, lab = embed_dataset(loaded.model, [(x, i) for i, x in enumerate(images)], num_workers=2, batch_size=2,
+                         device="cpu")
+print(multiprocessing.get_start_method(allow_none=True))
+print(int(torch.allclose(emb, torch.from_numpy(files), atol=1e-5)), lab.dtype)
+multiprocessing.set_start_method("spawn")  # raised 'context has already been set'
+print(multiprocessing.get_start_method())
+"""
+
+
+def test_embed_image_files_and_embed_dataset_leave_an_unset_start_method_unset(run_ckpt: Path,
+                                                                                image_root: Path) -> None:
+    """The same for the query images of search/explore (embed_image_files) and embed_dataset, with loader workers."""
+    import subprocess
+    import sys
+
+    paths = [str(p) for p in list_image_folder(image_root / "imgs").paths[:4]]
+    out = subprocess.run([sys.executable, "-c", _START_METHOD_FILES, str(run_ckpt), *paths],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "None", "1", "torch.int64", "spawn"]

@@ -46,6 +46,7 @@ from dynametric.utils.device import (
     resolve_precision,
 )
 from dynametric.utils.limits import ensure_open_files
+from dynametric.utils.processes import callers_start_method
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -260,10 +261,11 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
     embs, labs = [], []
     start = 0
     try:
-        for images, labels in loader:
-            embs.append(embed_batch(model, images, run, head))
-            labs.append(_batch_labels(labels, len(embs[-1]), start))
-            start += len(embs[-1])
+        with callers_start_method():  # loader workers fix multiprocessing's default start method: unset it again
+            for images, labels in loader:
+                embs.append(embed_batch(model, images, run, head))
+                labs.append(_batch_labels(labels, len(embs[-1]), start))
+                start += len(embs[-1])
     finally:
         for module, training in modes:
             module.training = training

@@ -108,6 +108,7 @@ from dynametric.utils.locks import (
     read_lock,
     stale_empty,
 )
+from dynametric.utils.processes import callers_start_method
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -1330,8 +1331,6 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     when it returns or raises (:func:`callers_random_state`); what the run draws does not depend on them. So are
     torch's algorithm switches, which the trainer sets from ``trainer.deterministic`` (:func:`callers_torch_flags`),
     and a start method of ``multiprocessing`` the caller left unset is unset again (:func:`callers_start_method`)."""
-    from dynametric.retrieval.embed import callers_start_method
-
     with callers_random_state(), callers_torch_flags(), callers_start_method():
         return _run_training(cfg, run_dir, resume=resume, progress=progress, log=log, note=note,
                              folder_key=folder_key)

@@ -21,7 +21,6 @@ a different job in the same folder (other images, other weights, other shard siz
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -83,6 +82,7 @@ from dynametric.utils.io import (
     replacement_mode,
     save_npy,
 )
+from dynametric.utils.processes import callers_start_method
 from dynametric.utils.readers import (
     check_file,
     check_format_version,
@@ -612,24 +612,6 @@ def _moved_roots(old: dict[str, Any], job: dict[str, Any], items: ImageItems) ->
     return (f"the images moved since this job was started (image roots {moves}): the job records them by absolute "
             "path (items.csv, its fingerprint), so it cannot resume here; move the images back to resume it, or use "
             "--overwrite (or another --out) to embed them again from their new place")
-
-
-@contextlib.contextmanager
-def callers_start_method() -> Iterator[None]:
-    """A start method of ``multiprocessing`` left unset by the caller is unset again on the way out (a return or an
-    exception). Starting loader workers (torch's DataLoader) or asking for the start method
-    (``multiprocessing.get_start_method()``, which Lightning's trainer does) fixes the default one for the rest of
-    the process, and a later ``multiprocessing.set_start_method("spawn")`` of the caller's raised ``context has
-    already been set``. ``set_start_method(None, force=True)`` is the standard library's way to unset it; workers
-    already started keep their own context. A method the caller set stays as it is."""
-    import multiprocessing
-
-    unset = multiprocessing.get_start_method(allow_none=True) is None
-    try:
-        yield
-    finally:
-        if unset:
-            multiprocessing.set_start_method(None, force=True)
 
 
 def embed_items(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch.Tensor],

@@ -32,6 +32,7 @@ from dynametric.engine.inference import (
 )
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import choice_hint, default_precision_on, precision_name
+from dynametric.utils.processes import callers_start_method
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -280,8 +281,9 @@ def embed_image_files(loaded: LoadedEmbedder, paths: Sequence[str | Path], *,
     parts = []
     try:
         files = ImageFiles([Path(p) for p in paths], loaded.loader_transform, max_pixels=max_pixels)
-        for batch in loaded.run.loader(files):
-            parts.append(loaded.embed(batch))
+        with callers_start_method():  # loader workers fix multiprocessing's default start method: unset it again
+            for batch in loaded.run.loader(files):
+                parts.append(loaded.embed(batch))
     except InputError as exc:
         raise _worker_error(exc) from None
     return torch.cat(parts).numpy()

@@ -1,10 +1,13 @@
-"""Is the process a lock or a run header names still running? Used by the folder lock (``utils/locks.py``: the run
-folder's ``train.lock`` and the output folders' ``dynametric.lock``) and by the check of a run's ``config.yaml``
-header (``pipeline/run.py``)."""
+"""Processes: is the process a lock or a run header names still running? Used by the folder lock
+(``utils/locks.py``: the run folder's ``train.lock`` and the output folders' ``dynametric.lock``) and by the check of
+a run's ``config.yaml`` header (``pipeline/run.py``). And :func:`callers_start_method`: the caller's unset
+``multiprocessing`` start method left unset by training and embedding."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,3 +46,21 @@ def started_after(pid: int, written: float | None) -> bool:
     unknown. 2 s of slack for the clock ticks' rounding."""
     started = process_start(pid)
     return written is not None and started is not None and started > written + 2.0
+
+
+@contextlib.contextmanager
+def callers_start_method() -> Iterator[None]:
+    """A start method of ``multiprocessing`` left unset by the caller is unset again on the way out (a return or an
+    exception). Starting loader workers (torch's DataLoader) or asking for the start method
+    (``multiprocessing.get_start_method()``, which Lightning's trainer does) fixes the default one for the rest of
+    the process, and a later ``multiprocessing.set_start_method("spawn")`` of the caller's raised ``context has
+    already been set``. ``set_start_method(None, force=True)`` is the standard library's way to unset it; workers
+    already started keep their own context. A method the caller set stays as it is."""
+    import multiprocessing
+
+    unset = multiprocessing.get_start_method(allow_none=True) is None
+    try:
+        yield
+    finally:
+        if unset:
+            multiprocessing.set_start_method(None, force=True)
