@@ -208,3 +208,39 @@ def test_detect_excludes_exactly_the_identical_items_property(seed: int, nq: int
         assert res["num_queries"] == ref["num_queries"]
     assert res["excluded_queries_with_match"] == sum(1 for e in excluded if e)
     assert res["excluded_gallery_items"] == sum(len(e) for e in excluded)
+
+
+def test_per_scale_mean_keeps_int_and_numpy_metric_values_of_a_callers_evaluate(tmp_path: Path) -> None:
+    # the per-scale protocols average each scale's query -> gallery metrics; a metric an evaluate of the caller's
+    # gives as an int or a numpy float32 was dropped from the mean (only Python floats counted), while the counts
+    # (the evaluation's and the protocol's) stay out of it
+    import numpy as np
+
+    from dynametric.metrics import evaluate_embeddings
+
+    root = write_release(tmp_path / "dyml_vehicle", "vehicle")
+
+    def load(split: str):
+        return build_dataset("dyml-vehicle", root, split)
+
+    def embed(ds):
+        rows = [torch.from_numpy(np.asarray(ds.load_image(i), dtype=np.float32).reshape(2, 6, 2, 6, 3)
+                                 .mean((1, 3)).reshape(-1)) for i in range(len(ds))]
+        return torch.stack(rows), torch.as_tensor(ds.labels)
+
+    calls = []
+
+    def evaluate(*args, **kwargs):
+        res = evaluate_embeddings(*args, **kwargs)
+        (scale,) = [k for k in res if k != "mean"]
+        calls.append(scale)
+        res[scale]["hits@1"] = len(calls)  # an int metric: 1, 2, 3 over the three scales
+        res[scale]["recall@1"] = np.float32(res[scale]["recall@1"])
+        return res
+
+    res = run_protocol(DyMLProtocol("vehicle", "disjoint"), embed, load, evaluate=evaluate)
+    assert calls == ["fine", "middle", "coarse"]
+    assert res["mean"]["hits@1"] == 2.0
+    assert res["mean"]["recall@1"] == pytest.approx(np.mean([res[s]["recall@1"] for s in calls]))
+    assert not {"num_queries", "excluded_queries", "empty_queries", "gallery_size", "excluded_queries_with_match",
+                "excluded_gallery_items"} & set(res["mean"])

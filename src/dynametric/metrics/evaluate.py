@@ -421,6 +421,11 @@ def _add_clustering(result: dict[str, dict[str, float | int]], names_s: list[str
         result[name].setdefault("excluded_queries", 0)
 
 
+RESULT_COUNT_KEYS = ("num_queries", "excluded_queries", "empty_queries", "kmeans_seed", "kmeans_restarts")
+"""The entries of a scale's dict in a result of :func:`evaluate_embeddings` that are counts or settings, not
+metrics (its ``"mean"`` block has none of them)."""
+
+
 def _ordered_result(result: dict[str, dict[str, float | int]], names: list[str],
                     names_s: list[str]) -> dict[str, dict[str, Any]]:
     """Each scale's dict with the metric keys first, in the requested order, then the counts; then ``"mean"``,

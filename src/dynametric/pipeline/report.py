@@ -27,6 +27,7 @@ import torch
 
 from dynametric.config.schema import split_monitor
 from dynametric.metrics.categories import category_count
+from dynametric.metrics.evaluate import RESULT_COUNT_KEYS
 from dynametric.utils.io import atomic_write_text
 from dynametric.utils.text import display_width, text_table
 
@@ -69,7 +70,7 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
-_COUNT_KEYS = ("num_queries", "excluded_queries", "empty_queries", "kmeans_seed", "kmeans_restarts")
+_COUNT_KEYS = RESULT_COUNT_KEYS
 """Per-scale bookkeeping in an evaluation result, not metrics (the ``mean`` block does not have them)."""
 
 

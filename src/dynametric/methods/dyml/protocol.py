@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import numbers
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -414,9 +415,19 @@ def evaluate_all_in_one(emb: torch.Tensor, labels: Any, protocol: DyMLProtocol, 
     return out
 
 
+_PROTOCOL_COUNT_KEYS = ("gallery_size", "excluded_queries_with_match", "excluded_gallery_items")
+"""The counts the protocol adds to each scale's entry (the evaluation's own: ``RESULT_COUNT_KEYS``)."""
+
+
 def _mean_over_scales(per_scale: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    """The plain mean over the per-scale query -> gallery results of each metric: every number of the first scale's
+    entry (an int or a numpy scalar too: an ``evaluate`` of the caller's may give them) but the counts of the
+    evaluation and of the protocol."""
+    from dynametric.metrics.evaluate import RESULT_COUNT_KEYS
+
+    counts = set(RESULT_COUNT_KEYS) | set(_PROTOCOL_COUNT_KEYS)
     keys = [k for k, v in per_scale[names[0]].items()
-            if isinstance(v, float) and k not in ("num_queries", "excluded_queries", "gallery_size")]
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and k not in counts]
     return {k: math.fsum(float(per_scale[n][k]) for n in names) / len(names) for k in keys}
 
 
