@@ -32,6 +32,7 @@ def _images() -> torch.Tensor:
     pytest.param(lambda p: tuple(p), id="tuple"),
     pytest.param(lambda p: torch.tensor(p, dtype=torch.int32), id="int32 tensor"),
     pytest.param(lambda p: np.array(p, dtype=np.float64), id="integral float array"),
+    pytest.param(lambda p: torch.tensor([p]), id="[1, S] row"),  # a dataset's labels[i:i + 1]
 ])
 def test_label_paths_give_the_long_matrix(form: Any) -> None:
     model, im = _model(), _images()

@@ -44,8 +44,9 @@ def test_multi_scale_labels_need_a_scale_and_score_that_column() -> None:
     assert nmi_score(y3, c, scale=-1) == nmi_score(y3[:, 2], c)
     with pytest.raises(InputError, match="key 'labels'.*scale 3 out of range for 3"):
         nmi_score(y3, c, scale=3)
-    with pytest.raises(InputError, match="key 'clusters'.*2 columns"):
-        nmi_score(y3[:, 0], y3[:, :2])  # clusters are one labelling
+    for kwargs in ({}, {"scale": 0}):  # scale= picks a labels column; the advice must not name it for clusters
+        with pytest.raises(InputError, match=r"key 'clusters': clusters must be \[N\] or \[N, 1\].*\[80, 2\]"):
+            nmi_score(y3 if kwargs else y3[:, 0], y3[:, :2], **kwargs)  # clusters are one labelling
 
 
 def test_bad_shapes_lengths_and_nan_are_input_errors() -> None:

@@ -48,10 +48,31 @@ def test_text_and_number_ids_are_refused() -> None:
     with pytest.raises(InputError, match=r"key 'query_ids'.*query ids are texts \(e.g. '0'\) and the gallery ids "
                                          r"numbers \(e.g. 0\)"):
         _recall(query_ids=QID.astype(str), gallery_ids=GID)
-    with pytest.raises(InputError, match="key 'gallery_ids'.*gallery ids are texts.*query ids numbers"):
+    with pytest.raises(InputError, match="key 'query_ids'.*query ids are numbers.*gallery ids texts"):
         _recall(query_ids=list(range(4)), gallery_ids=[str(i) for i in GID])
-    with pytest.raises(InputError, match="texts.*numbers"):
+    with pytest.raises(InputError, match="numbers.*texts"):
         _recall(query_ids=torch.arange(4), gallery_ids=[str(i) for i in GID])
+
+
+def test_bytes_and_text_ids_are_refused() -> None:
+    # bytes ids (a numpy "S" array, as h5py returns text) never equal str ids: nothing was excluded (recall@1 1.0)
+    with pytest.raises(InputError, match=r"query ids are bytes \(e.g. b'0'\) and the gallery ids texts.*decode"):
+        _recall(query_ids=QID.astype("S"), gallery_ids=[str(i) for i in GID])
+    with pytest.raises(InputError, match="query ids are texts.*gallery ids bytes"):
+        _recall(query_ids=[str(i) for i in QID], gallery_ids=GID.astype("S"))
+    with pytest.raises(InputError, match="bytes never equal a number"):
+        _recall(query_ids=QID.astype("S"), gallery_ids=GID)
+    assert _recall(query_ids=QID.astype("S"), gallery_ids=GID.astype("S")) == pytest.approx(_hand())
+
+
+def test_a_side_with_two_kinds_is_read_as_given() -> None:
+    # one kind in common: the ids that can match do (query 0's text "0" excludes the gallery's "0" only)
+    gid = ["0", 1, 2, 3, 10, 11, 12, 13]
+    got = evaluate_embeddings(Q, QL, G, GL, metrics=["recall@1"], per_query=True, query_ids=["0", "1", "2", "3"],
+                              gallery_ids=gid)
+    # query 1 ("1") keeps its copy (gallery id 1, a number): it finds it; with the copy excluded it finds class 0
+    assert got[1]["fine"]["recall@1"][1] == 1.0
+    assert _recall(query_ids=QID, gallery_ids=GID) < 1.0
 
 
 def test_n1_ids_are_read_as_n() -> None:
@@ -59,6 +80,7 @@ def test_n1_ids_are_read_as_n() -> None:
     assert _recall(query_ids=QID[:, None], gallery_ids=GID[:, None]) == pytest.approx(want)
     assert _recall(query_ids=torch.from_numpy(QID)[:, None], gallery_ids=GID) == pytest.approx(want)
     assert _recall(query_ids=list(QID[:, None]), gallery_ids=GID) == pytest.approx(want)  # rows of one value
+    assert _recall(query_ids=[[int(i)] for i in QID], gallery_ids=GID) == pytest.approx(want)  # lists
 
 
 def test_other_id_shapes_are_refused() -> None:

@@ -40,3 +40,12 @@ def test_enough_training_vectors_warn_nothing(capfd):
 def test_train_size_below_the_cell_count_is_one_line():
     with pytest.raises(ConfigError, match=r"key 'train_size': train_size must be at least nlist \(50"):
         build_faiss_index(_x(), "ivf", "l2", nlist=50, train_size=10)
+
+
+def test_a_small_train_size_is_named_in_the_advice():
+    with pytest.warns(IndexBuildWarning, match=r"20 cells trained on 100 vectors.*nlist <= 2\) or a larger "
+                                               r"train_size train better"):
+        build_faiss_index(_x(2000), "ivf", "l2", nlist=20, train_size=100)
+    with pytest.warns(IndexBuildWarning) as record:  # all 500 vectors trained on: no train_size to suggest
+        build_faiss_index(_x(), "ivf", "l2", nlist=50)
+    assert "train_size" not in str(record[0].message)

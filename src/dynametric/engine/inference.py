@@ -223,6 +223,8 @@ def _batch_labels(labels: Any, rows: int, start: int) -> torch.Tensor:
             raise InputError(f"items {start}..{start + rows - 1} of the dataset: a label path must hold one value "
                              f"per scale, got columns of shapes {[list(c.shape) for c in labels]}", key="labels")
         labels = torch.stack([c.reshape(rows) for c in labels], dim=1)
+    elif isinstance(labels, torch.Tensor) and labels.dim() == 3 and labels.shape[1] == 1:
+        labels = labels[:, 0]  # each item's label a [1, S] row (e.g. a dataset's labels[i:i + 1])
     try:
         return as_label_matrix(labels.detach() if isinstance(labels, torch.Tensor) else labels,
                                num_rows=rows).cpu()

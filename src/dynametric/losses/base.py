@@ -298,7 +298,8 @@ class MetricLoss(RecordsStats, nn.Module):
         """A one-line :class:`InputError` keyed ``labels`` (``message(labels, min, max)``) when a label lies outside
         ``[0, num_classes)`` (losses with per-class parameters). Labels the caller passed in host memory are checked at
         every call (one read of the CPU tensor, also when :meth:`prepare_reference` moved them to the embeddings'
-        device: no accelerator synchronisation). Labels on an accelerator are checked at the first
+        device: no read back from the accelerator; a sub-loss of :class:`MultiScaleLoss` gets device columns and is
+        checked as below). Labels on an accelerator are checked at the first
         call of the loss object only, so that training steps read nothing back to the host: the engine checks once,
         when it builds the loss, that ``num_classes`` covers every training label (a later out-of-range label on an
         accelerator fails in torch's indexing kernel instead)."""

@@ -36,6 +36,9 @@ def _column(x: Any, name: str, scale: int | None) -> np.ndarray:
         raise InputError(f"expected [N] or [N, S], got shape {list(arr.shape)}", key=name)
     columns = arr.shape[1]
     if scale is None:
+        if columns != 1 and name == "clusters":
+            raise InputError(f"clusters must be [N] or [N, 1] (one cluster id per item), got shape {list(arr.shape)}",
+                             key=name)
         if columns != 1:
             raise InputError(f"got {columns} columns ([N, S] labels, shape {list(arr.shape)}): pass scale=s (0 = the "
                              "finest column) to score one scale, or give [N]", key=name)

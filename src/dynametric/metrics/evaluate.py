@@ -207,10 +207,13 @@ def _as_embeddings(x: Any, name: str, device: torch.device | None = None) -> tor
     return x
 
 
+_PLAIN_ID_TYPES = frozenset({int, str, bytes, tuple})  # ids a list may hold as they are (tuples: the protocols')
+
+
 def _id_list(ids: Any, key: str) -> list[Any]:
     """``ids`` as a list of hashable ids: a tensor or array ``[N]`` or ``[N, 1]`` (another shape is one line keyed
-    ``key``), numpy / torch scalars as Python ones; an id that cannot be one (a list, an array of several values)
-    is one line naming its row."""
+    ``key``), numpy / torch scalars and one-item rows (``[[3], [7]]``) as Python values; an id that cannot be one
+    (a longer list, an array of several values) is one line naming its row."""
     if isinstance(ids, torch.Tensor):
         ids = ids.detach().cpu().numpy()
     if isinstance(ids, np.ndarray):
@@ -220,7 +223,11 @@ def _id_list(ids: Any, key: str) -> list[Any]:
             raise InputError(f"expected [N] or [N, 1] ids, got shape {list(ids.shape)}", key=key)
         return ids.tolist()
     out = list(ids)
+    if set(map(type, out)) <= _PLAIN_ID_TYPES:  # the common case, without a check per id
+        return out
     for i, v in enumerate(out):
+        if isinstance(v, list) and len(v) == 1:  # a row of [N, 1] ids given as lists
+            v = out[i] = v[0]
         if isinstance(v, (np.ndarray, torch.Tensor)):
             if v.size != 1 if isinstance(v, np.ndarray) else v.numel() != 1:
                 raise InputError(f"the id of row {i} holds {tuple(v.shape)} values; expected one int or text",
@@ -233,15 +240,29 @@ def _id_list(ids: Any, key: str) -> list[Any]:
     return out
 
 
-def _first_of_kind(ids: list[Any], kind: type | tuple[type, ...]) -> tuple[bool, Any]:
-    """``(True, the first id of type kind)`` or ``(False, None)``."""
-    return next(((True, v) for v in ids if isinstance(v, kind)), (False, None))
+def _id_kinds(ids: list[Any]) -> dict[str, Any]:
+    """``{kind: an example id}`` of the kinds of ``ids`` that can never equal each other: ``"text"`` (str),
+    ``"bytes"``, ``"number"`` (one pass over the ids' types, one more for the examples)."""
+    types = set(map(type, ids))
+    kinds: dict[str, Any] = {}
+    for kind, match in (("text", lambda t: issubclass(t, str)), ("bytes", lambda t: issubclass(t, bytes)),
+                        ("number", lambda t: issubclass(t, numbers.Number))):
+        if any(match(t) for t in types):
+            kinds[kind] = next(v for v in ids if match(type(v)))
+    return kinds
+
+
+_KIND_NAMES = {"text": "texts", "bytes": "bytes", "number": "numbers"}
+_NEVER_EQUAL = {frozenset({"text", "number"}): "a text never equals a number",
+                frozenset({"bytes", "number"}): "bytes never equal a number",
+                frozenset({"text", "bytes"}): "bytes never equal a text (decode them)"}
 
 
 def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
               ng: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes of the query and gallery ids, equal where the ids are equal. Query ids that are texts and gallery ids
-    that are numbers (or the other way) are refused: ``"3"`` never equals ``3``, so they would exclude nothing."""
+    """Codes of the query and gallery ids, equal where the ids are equal. Query ids and gallery ids with no kind in
+    common that can never be equal (texts against numbers, ``bytes`` against texts or numbers) are refused: they
+    would exclude nothing, silently."""
     loo = query_ids is gallery_ids
     q = _id_list(query_ids, "query_ids")
     g = q if loo else _id_list(gallery_ids, "gallery_ids")
@@ -250,13 +271,12 @@ def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
     if len(g) != ng:
         raise InputError(f"expected {ng} gallery ids, got {len(g)}", key="gallery_ids")
     if not loo:
-        for side, mine, them, theirs in (("query", q, "gallery", g), ("gallery", g, "query", q)):
-            has_text, text = _first_of_kind(mine, (str, bytes))
-            has_number, number = _first_of_kind(theirs, numbers.Number) if has_text else (False, None)
-            if has_number:
-                raise InputError(f"the {side} ids are texts (e.g. {text!r}) and the {them} ids numbers (e.g. "
-                                 f"{number!r}): a text never equals a number, so no item would be excluded; give "
-                                 "both as texts or both as ints", key=f"{side}_ids")
+        kq, kg = _id_kinds(q), _id_kinds(g)
+        if kq and kg and not kq.keys() & kg.keys():
+            a, b = next(iter(kq)), next(iter(kg))
+            raise InputError(f"the query ids are {_KIND_NAMES[a]} (e.g. {kq[a]!r}) and the gallery ids "
+                             f"{_KIND_NAMES[b]} (e.g. {kg[b]!r}): {_NEVER_EQUAL[frozenset({a, b})]}, so no item "
+                             "would be excluded; give both sides ids of one kind", key="query_ids")
     table: dict[Any, int] = {}
     codes = [table.setdefault(v, len(table)) for v in q + g]
     t = torch.tensor(codes, dtype=torch.long)

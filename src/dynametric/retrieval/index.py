@@ -417,7 +417,9 @@ def build_faiss_index(x: np.ndarray, kind: str = "flat", metric: str = "cosine",
             warnings.warn(f"ivf: {nl} cells trained on {ts} vectors, fewer than faiss's k-means wants "
                           f"({IVF_MIN_POINTS_PER_CELL} per cell: {IVF_MIN_POINTS_PER_CELL * nl}); the cells may be "
                           f"uneven and searches slower or less accurate: fewer cells (nlist <= "
-                          f"{max(1, ts // IVF_MIN_POINTS_PER_CELL)}) train better", IndexBuildWarning,
+                          f"{max(1, ts // IVF_MIN_POINTS_PER_CELL)})"
+                          + (" or a larger train_size" if ts < min(n, IVF_MIN_POINTS_PER_CELL * nl) else "")
+                          + " train better", IndexBuildWarning,
                           stacklevel=outside_package_level())
             index.cp.min_points_per_centroid = 1
         index.train(sample)
