@@ -529,9 +529,10 @@ def check_build_folder(out: Path, key: str = "--out") -> None:
     ``index build`` before the embeddings are read, and again under the folder's lock): an earlier index is replaced,
     and a folder holding only what a first build killed before ``index.json`` left (its marker and the files it
     names, the temporary files of its atomic writes); any other non-empty folder is refused (the lock file and the
-    temporary files of lock attempts aside: :func:`_is_build_or_lock_file`), so is a :data:`BUILD_MARKER` that is not a build's. Every file the build replaces or removes (:data:`INDEX_FILES`,
-    the marker) must be one it may replace: a read-only one (``chmod 444``) is one line keyed ``key``
-    (:func:`~dynametric.utils.io.replacement_mode`), the folder left as it was."""
+    temporary files of lock attempts aside: :func:`_is_build_or_lock_file`), so is a :data:`BUILD_MARKER` that is
+    not a build's. Every file the build replaces or removes (:data:`INDEX_FILES`, the marker) must be one it may
+    replace: a read-only one (``chmod 444``) is one line keyed ``key`` (:func:`~dynametric.utils.io.replacement_mode`),
+    the folder left as it was."""
     if not out.is_dir():
         return
     if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME},
