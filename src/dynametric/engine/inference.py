@@ -21,9 +21,12 @@ Embeddings always come back as float32 on the CPU, in dataset order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -232,6 +235,44 @@ def _batch_labels(labels: Any, rows: int, start: int) -> torch.Tensor:
         raise InputError(f"items {start}..{start + rows - 1} of the dataset: {exc.message}", key="labels") from None
 
 
+class _EvalHold:
+    """The open :func:`embed_dataset` calls on one model: how many, and each module's train/eval mode from before the
+    first one."""
+
+    def __init__(self, modes: list[tuple[nn.Module, bool]]) -> None:
+        self.entries = 0
+        self.modes = modes
+
+
+_EVAL_LOCK = threading.Lock()
+_EVAL_HOLDS: weakref.WeakKeyDictionary[nn.Module, _EvalHold] = weakref.WeakKeyDictionary()
+"""Per model, the :class:`_EvalHold` of the calls that hold it in eval mode (guarded by ``_EVAL_LOCK``)."""
+
+
+@contextlib.contextmanager
+def _held_in_eval(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, its modules' modes restored after, shared by overlapping blocks on the
+    same model (calls from several threads): the first one in saves each module's mode and sets eval, later ones
+    change nothing, and only the last one out restores the saved modes. Before, a call that finished while another
+    still embedded put train mode back under it (BatchNorm with batch statistics, running stats updated) and the
+    other then "restored" the eval mode it had saved."""
+    with _EVAL_LOCK:
+        hold = _EVAL_HOLDS.get(model)
+        if hold is None:  # each module its own mode: model.train(was) would set all of them alike
+            hold = _EVAL_HOLDS[model] = _EvalHold([(module, module.training) for module in model.modules()])
+        hold.entries += 1
+        model.eval()
+    try:
+        yield
+    finally:
+        with _EVAL_LOCK:
+            hold.entries -= 1
+            if hold.entries == 0:
+                del _EVAL_HOLDS[model]
+                for module, training in hold.modes:
+                    module.training = training
+
+
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, batch_size: int = INFERENCE_BATCH_SIZE,
                   num_workers: int | str = 0, progress: bool = False, device: str | torch.device | None = None,
@@ -243,8 +284,10 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
 
     ``options`` (when given) replaces the keyword options. ``device=None`` runs where the model's parameters are;
     otherwise the model is moved to the device. The train/eval mode of the model and of each of its submodules is
-    restored afterwards (a backbone the caller put in eval mode under a model in train mode stays so), and torch's
-    global random state is left as it was (:meth:`ResolvedInference.loader`).
+    restored afterwards (a backbone the caller put in eval mode under a model in train mode stays so); calls that
+    overlap on one model (from several threads) keep it in eval mode until the last of them returns, which restores
+    the modes from before the first. Torch's global random state is left as it was
+    (:meth:`ResolvedInference.loader`).
     """
     if options is None:
         if device is None:
@@ -253,24 +296,20 @@ def embed_dataset(model: nn.Module, dataset: Any, *, head: str | None = None, ba
         options = InferenceOptions(device=device, precision=precision, batch_size=batch_size, workers=num_workers,
                                    pin_memory=pin_memory, progress=progress)
     run = _resolved(options)
-    modes = [(module, module.training) for module in model.modules()]  # each its own: model.train(was) set all
-    prepare_model(model, run)
-    loader: Iterable[Any] = run.loader(dataset)
-    if run.progress:
-        from dynametric.utils.text import progress_bar
-
-        loader = progress_bar()(loader, desc="embedding", unit="batch")
     embs, labs = [], []
-    start = 0
-    try:
+    with _held_in_eval(model):
+        prepare_model(model, run)
+        loader: Iterable[Any] = run.loader(dataset)
+        if run.progress:
+            from dynametric.utils.text import progress_bar
+
+            loader = progress_bar()(loader, desc="embedding", unit="batch")
+        start = 0
         with callers_start_method():  # loader workers fix multiprocessing's default start method: unset it again
             for images, labels in loader:
                 embs.append(embed_batch(model, images, run, head))
                 labs.append(_batch_labels(labels, len(embs[-1]), start))
                 start += len(embs[-1])
-    finally:
-        for module, training in modes:
-            module.training = training
     return torch.cat(embs), torch.cat(labs)
 
 

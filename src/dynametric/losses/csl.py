@@ -290,7 +290,7 @@ class CSLLoss(MetricLoss):
         if indices_tuple is not None:
             raise InputError("CSLLoss uses every proxy (or every in-batch pair) and takes no indices_tuple; "
                              "remove the miner", key="indices_tuple")
-        terms = self._terms(embeddings, labels, ref_emb, ref_labels)
+        terms, _ = self._terms(embeddings, labels, ref_emb, ref_labels)
         if terms is None:
             self._parts = embeddings.new_zeros(self.num_scales).detach()
             return self.zero_loss(embeddings, "empty batch")
@@ -325,8 +325,9 @@ class CSLLoss(MetricLoss):
         there instead, without one). Also stored, detached, in :attr:`last_terms`."""
         check_embeddings(embeddings)
         labels, ref_emb, ref_labels = self.prepare_reference(embeddings, labels, ref_emb, ref_labels)
-        out = self._terms(embeddings, labels, ref_emb, ref_labels)
-        if out is not None and self.last_skipped_anchors == embeddings.shape[0]:  # pairs: no anchor has one
+        # this call's own skipped count (self's is the last call's: another thread's under concurrent calls)
+        out, skipped = self._terms(embeddings, labels, ref_emb, ref_labels)
+        if out is not None and skipped is not None and int(skipped) == embeddings.shape[0]:  # pairs: no anchor has one
             self.last_terms = None
             return None
         return out
@@ -337,10 +338,12 @@ class CSLLoss(MetricLoss):
         labels: torch.Tensor,
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """The per-scale terms, or ``None`` for an empty batch (a shape: no host read, but for ``check_nesting``).
-        ``ref_labels is labels`` (:meth:`prepare_reference`): the reference set's labels are the batch's, so
-        ``(i, i)`` is no positive."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(terms, skipped)``: the per-scale terms, or ``None`` for an empty batch (a shape: no host read, but for
+        ``check_nesting``), and in pairs mode the count of anchors without a positive (on the device; ``None`` in
+        proxy mode and for an empty batch). The count is this call's own; it is also kept for
+        :attr:`last_skipped_anchors`. ``ref_labels is labels`` (:meth:`prepare_reference`): the reference set's
+        labels are the batch's, so ``(i, i)`` is no positive."""
         same_labels = ref_labels is None or ref_labels is labels
         labels = labels.to(embeddings.device)
         self._check_batch_labels(labels)
@@ -351,10 +354,11 @@ class CSLLoss(MetricLoss):
             both = labels if ref_labels is None or same_labels else torch.cat([labels, ref_labels])
             self.check_nesting_of(both, "the batch's labels" if both is labels else
                                   "the batch's labels and ref_labels (rows of ref_labels follow the batch's)")
-        self._skipped = None
+        skipped: torch.Tensor | None = None
         if embeddings.shape[0] == 0:
+            self._skipped = None
             self.last_terms = None
-            return None
+            return None, None
         out: torch.Tensor
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             # float64 when the embeddings or the reference set are (their promotion), float32 otherwise
@@ -370,9 +374,10 @@ class CSLLoss(MetricLoss):
                 else:
                     r = F.normalize(ref_emb.to(dtype), dim=1)
                 assert ref_labels is not None
-                out = self._pair_terms(f, labels, r, ref_labels, same_labels)
+                out, skipped = self._pair_terms(f, labels, r, ref_labels, same_labels)
+        self._skipped = skipped
         self.last_terms = out.detach()
-        return out
+        return out, skipped
 
     def _proxy_terms(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         assert self.proxies is not None and self.class_paths is not None
@@ -392,18 +397,19 @@ class CSLLoss(MetricLoss):
 
     def _pair_terms(
         self, f: torch.Tensor, labels: torch.Tensor, r: torch.Tensor, ref_labels: torch.Tensor, same_set: bool
-    ) -> torch.Tensor:
-        """Per-scale means over the anchors with a positive, zeros when none has one; no host read."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-scale means over the anchors with a positive, zeros when none has one, and the count of anchors
+        without one (on the device); no host read."""
         sims = self.gamma * (f @ r.t())  # [B, R]
         pos_mask = labels[:, :1] == ref_labels[:, 0][None, :]
         if same_set:
             pos_mask.fill_diagonal_(False)
         has_pos = pos_mask.any(dim=1)
-        self._skipped = (~has_pos).sum()
+        skipped = (~has_pos).sum()
         # a debug message only: the count is read while debug logging is on, until the first skip is logged
-        self._log_once.when("skipped", lambda: self.last_skipped_anchors > 0,
+        self._log_once.when("skipped", lambda: int(skipped) > 0,
                             lambda: f"CSLLoss(pairs): anchors without an in-batch positive are skipped "
-                                    f"({self.last_skipped_anchors} in this batch)")
+                                    f"({int(skipped)} in this batch)")
         # _csl_term is exactly 0 (with zero gradients) for an anchor without a positive, so the sum over all anchors
         # is the sum over those with one; dividing by their count (at least 1) is their mean, 0 when there is none
         count = has_pos.sum().clamp(min=1)
@@ -414,4 +420,4 @@ class CSLLoss(MetricLoss):
             neg_lse = _masked_logsumexp(sims, neg_mask, dim=1)
             term = _csl_term(neg_lse, pos_lse, self.gamma * margin)
             out.append(term.sum() / count)
-        return torch.stack(out)
+        return torch.stack(out), skipped

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 
 import numpy as np
@@ -135,17 +136,29 @@ def _stored_fp32_precisions() -> dict[tuple[str, str], str]:
     return stored
 
 
-@contextlib.contextmanager
-def full_fp32_matmul() -> Iterator[None]:
-    """Scores must be true float32 products: float32 matmuls run in full precision while ranking (no TF32 on CUDA,
-    no bf16 / TF32 in oneDNN on the CPU), whatever the user set for training, and the user's settings come back
-    exactly after (also on an exception).
+class _Fp32Blocks:
+    """The open :func:`full_fp32_matmul` blocks of the process: how many, and the function that puts the settings
+    saved by the first one back (called by the last one out). ``lock`` guards both: the precision settings are
+    process-wide, so overlapping blocks (from several threads) share one save / set / restore."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries = 0
+        self.restore: Callable[[], None] | None = None
+
+
+_FP32_BLOCKS = _Fp32Blocks()
+
+
+def _set_full_fp32() -> Callable[[], None]:
+    """Set float32 matmuls to full precision and answer a function that puts the previous settings back exactly.
 
     Both of torch's APIs are handled: the legacy ``torch.set_float32_matmul_precision`` and, where torch has it,
     the per-backend ``torch.backends.*.fp32_precision`` one. Mixing the two makes torch's legacy getter raise, so
     the per-backend matmul settings are read (as stored, :func:`_stored_fp32_precisions`) and set to ``"ieee"``
-    before the legacy value is read; inside, the legacy value is ``"highest"`` and both matmul settings ``"ieee"``
-    (a state both APIs read without complaint); on exit the legacy value, then the matmul settings are restored."""
+    before the legacy value is read; then the legacy value is ``"highest"`` and both matmul settings ``"ieee"``
+    (a state both APIs read without complaint); the restore puts the legacy value, then the matmul settings back.
+    Should setting fail half-way, what was changed is put back before the error propagates."""
     stored: dict[tuple[str, str], str] | None = None
     if hasattr(torch._C, "_get_fp32_precision_getter"):  # torch >= 2.9
         try:
@@ -155,24 +168,55 @@ def full_fp32_matmul() -> Iterator[None]:
     if stored is None:  # torch < 2.9: only the legacy API
         before = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(before)
-        return
+        return lambda: torch.set_float32_matmul_precision(before)
     put = torch._C._set_fp32_precision_setter
+    saved = stored
+
+    def restore_matmuls() -> None:
+        for node in _FP32_MATMULS:
+            put(*node, saved[node])
+
     try:
         for node in _FP32_MATMULS:
             put(*node, "ieee")  # no legacy/new mismatch left, so the legacy getter answers
         legacy = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")  # also sets both matmul settings to "ieee"
+    except BaseException:
+        restore_matmuls()
+        raise
+
+    def restore() -> None:
         try:
-            yield
-        finally:
             torch.set_float32_matmul_precision(legacy)
+        finally:
+            restore_matmuls()
+
+    return restore
+
+
+@contextlib.contextmanager
+def full_fp32_matmul() -> Iterator[None]:
+    """Scores must be true float32 products: float32 matmuls run in full precision while ranking (no TF32 on CUDA,
+    no bf16 / TF32 in oneDNN on the CPU), whatever the user set for training, and the user's settings come back
+    exactly after (also on an exception); how, :func:`_set_full_fp32`.
+
+    The settings are process-wide, so blocks that overlap (evaluations from several threads, or nested) share them:
+    the first one in saves the user's settings and sets full precision, later ones change nothing, and the last
+    one out restores the saved settings. Every block thus ranks at full precision throughout, and other threads
+    also see full precision while any block is open."""
+    blocks = _FP32_BLOCKS
+    with blocks.lock:
+        if blocks.entries == 0:
+            blocks.restore = _set_full_fp32()  # an error here leaves the count at 0 and the settings as they were
+        blocks.entries += 1
+    try:
+        yield
     finally:
-        for node in _FP32_MATMULS:
-            put(*node, stored[node])
+        with blocks.lock:
+            blocks.entries -= 1
+            if blocks.entries == 0 and blocks.restore is not None:
+                restore, blocks.restore = blocks.restore, None
+                restore()
 
 
 def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: bool,

@@ -16,10 +16,14 @@ Every batch element is an anchor ``a`` with one triplet ``(a, p, n)``:
 upper cutoff off by default). Anchors with an empty candidate set are skipped and counted
 (:attr:`InterClassTripletMiner.last_skipped`, :attr:`InterClassTripletMiner.total_skipped`). The output feeds any
 triplet-consuming loss (``TripletMarginLoss``, ``MarginLoss``); the loss receives the true labels, so a per-class
-``beta`` is indexed by the anchor's true class, as in DiVA.
+``beta`` is indexed by the anchor's true class, as in DiVA. The totals count every call, also calls from several
+threads at once (they are updated under a lock); ``last_skipped`` is the last call's, which under concurrent calls
+may be another thread's.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -48,6 +52,11 @@ def _draw(log_w: torch.Tensor, candidates: torch.Tensor,
     else:
         idx = torch.multinomial(probs, 1)
     return idx.squeeze(1), valid
+
+
+_COUNT_LOCK = threading.Lock()
+"""Guards the skip counters of every :class:`InterClassTripletMiner` (a module-level lock: a miner stays picklable
+and deep-copyable)."""
 
 
 class InterClassTripletMiner(Miner, vouched_mine=True):
@@ -108,9 +117,7 @@ class InterClassTripletMiner(Miner, vouched_mine=True):
         b, r = embeddings.shape[0], ref_emb.shape[0]
         device = labels.device
         if b == 0 or r == 0:  # nothing to draw from: every anchor (if any) is skipped, as other miners do
-            self.last_skipped = b
-            self.total_skipped += b
-            self.total_anchors += b
+            self._count(b, b)
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return empty, empty.clone(), empty.clone()
         log_w = self.log_weights(embeddings, ref_emb)
@@ -135,11 +142,16 @@ class InterClassTripletMiner(Miner, vouched_mine=True):
             n, has_n = _draw(log_w, ~same_group & ~same_class, self.generator)
             p, has_p = _draw(torch.zeros_like(log_w), same_group & not_self, self.generator)
         keep = has_n & has_p
-        self.last_skipped = int((~keep).sum())
-        self.total_skipped += self.last_skipped
-        self.total_anchors += b
+        self._count(int((~keep).sum()), b)
         a = torch.nonzero(keep).flatten()
         return a, p[a], n[a]
+
+    def _count(self, skipped: int, anchors: int) -> None:
+        """Record one call's skipped anchors and anchors, as one update (concurrent calls lose no count)."""
+        with _COUNT_LOCK:
+            self.last_skipped = skipped
+            self.total_skipped += skipped
+            self.total_anchors += anchors
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, lower_cutoff={self.lower_cutoff}, upper_cutoff={self.upper_cutoff}"

@@ -503,6 +503,14 @@ def _is_build_file(name: str) -> bool:
     return name in INDEX_FILES or name == BUILD_MARKER
 
 
+def _is_build_or_lock_file(name: str) -> bool:
+    """A build's file (:func:`_is_build_file`) or the folder's lock file: a folder is the build's also while it
+    holds the temporary file another build's lock attempt makes (``.dynametric.lock.<8 characters>.tmp``, there
+    between its creation and its removal, or left by a kill at that moment). Only recognised, never removed by a
+    build: it may be another process's lock being taken."""
+    return _is_build_file(name) or name == LOCK_NAME
+
+
 def _build_files(out: Path) -> set[str]:
     """The files of an interrupted build in ``out`` by its marker (:data:`BUILD_MARKER`, a regular file saying
     ``format: dynametric-index-build``): the marker and the index files it lists; empty without one."""
@@ -522,13 +530,15 @@ def check_build_folder(out: Path, key: str = "--out") -> None:
     """Whether a build may write into the existing folder ``out``, asked before anything is written there (by
     ``index build`` before the embeddings are read, and again under the folder's lock): an earlier index is replaced,
     and a folder holding only what a first build killed before ``index.json`` left (its marker and the files it
-    names, the temporary files of its atomic writes); any other non-empty folder is refused (the lock file aside), so
-    is a :data:`BUILD_MARKER` that is not a build's. Every file the build replaces or removes (:data:`INDEX_FILES`,
-    the marker) must be one it may replace: a read-only one (``chmod 444``) is one line keyed ``key``
-    (:func:`~dynametric.utils.io.replacement_mode`), the folder left as it was."""
+    names, the temporary files of its atomic writes); any other non-empty folder is refused (the lock file and the
+    temporary files of lock attempts aside: :func:`_is_build_or_lock_file`), so is a :data:`BUILD_MARKER` that is
+    not a build's. Every file the build replaces or removes (:data:`INDEX_FILES`, the marker) must be one it may
+    replace: a read-only one (``chmod 444``) is one line keyed ``key`` (:func:`~dynametric.utils.io.replacement_mode`),
+    the folder left as it was."""
     if not out.is_dir():
         return
-    if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME}, _is_build_file):
+    if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME},
+                                                              _is_build_or_lock_file):
         require_new_folder(out, key, "dynametric index (index.json)")
     marker = out / BUILD_MARKER
     if (marker.exists() or marker.is_symlink()) and not _build_files(out):  # beside an earlier index
