@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def started_after(pid: int, written: float | None) -> bool:
     return written is not None and started is not None and started > written + 2.0
 
 
+class _StartMethodHolds:
+    """The calls inside :func:`callers_start_method` now (threads of one process) and whether the first of them
+    found the start method unset: only the last one out unsets it, so a call that ends while another one's loader
+    workers start does not unset the method under it, and one that started later does not take the method the
+    first one's workers fixed for the caller's."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.was_unset = False
+
+
+_HOLDS = _StartMethodHolds()
+
+
 @contextlib.contextmanager
 def callers_start_method() -> Iterator[None]:
     """A start method of ``multiprocessing`` left unset by the caller is unset again on the way out (a return or an
@@ -55,12 +71,18 @@ def callers_start_method() -> Iterator[None]:
     (``multiprocessing.get_start_method()``, which Lightning's trainer does) fixes the default one for the rest of
     the process, and a later ``multiprocessing.set_start_method("spawn")`` of the caller's raised ``context has
     already been set``. ``set_start_method(None, force=True)`` is the standard library's way to unset it; workers
-    already started keep their own context. A method the caller set stays as it is."""
+    already started keep their own context. A method the caller set stays as it is. Overlapping calls from several
+    threads share one save and restore (the first in looks, the last out unsets)."""
     import multiprocessing
 
-    unset = multiprocessing.get_start_method(allow_none=True) is None
+    with _HOLDS.lock:
+        if _HOLDS.inside == 0:
+            _HOLDS.was_unset = multiprocessing.get_start_method(allow_none=True) is None
+        _HOLDS.inside += 1
     try:
         yield
     finally:
-        if unset:
-            multiprocessing.set_start_method(None, force=True)
+        with _HOLDS.lock:
+            _HOLDS.inside -= 1
+            if _HOLDS.inside == 0 and _HOLDS.was_unset:
+                multiprocessing.set_start_method(None, force=True)
