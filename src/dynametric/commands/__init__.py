@@ -77,8 +77,15 @@ def write_stdout(text: str) -> None:
     if stream is None:
         return
     with _stdout_errors():
-        stream.write(text)
+        # in pieces: one large write to a pipe its reader closed wrote what the pipe held and dropped the rest without
+        # an error (BufferedWriter's partial write; `search --json | head` then exited 0, not 141)
+        for start in range(0, len(text), _PIECE):
+            stream.write(text[start:start + _PIECE])
         stream.flush()
+
+
+_PIECE = 8192
+"""The characters :func:`write_stdout` writes at a time."""
 
 
 def flush_stdout() -> None:
