@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from dynametric.commands import path_arg, positive_float, write_stdout
+from dynametric.commands import path_arg, positive_float
 from dynametric.commands.options import add_inference_arguments, inference_options
 
 #: The most neighbours per column: :data:`dynametric.retrieval.explorer.MAX_K`, written out here because the explorer
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(warning, file=sys.stderr, flush=True)
         host, port = server.server_address[:2]
         shown = f"[{host}]" if ":" in str(host) else host  # an IPv6 address in a URL
-        write_stdout(f"dynametric explorer: http://{shown}:{port}/  ({index.size} items; Ctrl-C to stop)\n")
+        print(f"dynametric explorer: http://{shown}:{port}/  ({index.size} items; Ctrl-C to stop)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
