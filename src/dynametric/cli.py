@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import sys
 from collections.abc import Iterator, Sequence
 from types import ModuleType
@@ -167,13 +168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = getattr(args, "command_name", None) or args.command  # a command with actions names the action too
     from dynametric.utils.registry import import_notes_to
 
-    with _sigterm_stops_like_ctrl_c() as sigterm, import_notes_to(_import_note):
+    with _sigterm_stops_like_ctrl_c() as sigterm, import_notes_to(_import_note), _stdout_prints_any_text(), \
+            _process_state_kept():
         try:
             if args.plugin_imports:  # before the command reads its config or checks a name (docs/extending.md)
                 from dynametric.utils.registry import import_modules
 
                 import_modules(args.plugin_imports, "--import")
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+            from dynametric.commands import flush_stdout
+
+            flush_stdout()  # what is still buffered: a full disk is said now, naming standard output, not at exit
+            return status
         except DynametricError as exc:
             from dynametric.data.base import unwrap_worker_error  # a loader worker's error: its own line, no traceback
 
@@ -293,6 +299,95 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[_SigtermState]:
         yield state
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+STDOUT_ERRORS = "dynametric.printable"
+"""The error handler :func:`main` gives stdout while a command runs (:func:`_stdout_prints_any_text`)."""
+
+
+def _printable(exc: UnicodeError) -> tuple[str, int]:
+    """The :data:`STDOUT_ERRORS` handler: a character the stream's encoding lacks written as its escape
+    (``\\u4e2d``, ``\\xe9``: Python's ``backslashreplace``), and a byte of a file name that is not UTF-8 (held as a
+    surrogate escape) as ``\\xNN``, as :func:`dynametric.data.readers.printable_path` shows it."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    text = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode("ascii") for c in text), exc.end
+
+
+@contextlib.contextmanager
+def _stdout_prints_any_text() -> Iterator[None]:
+    """While a command runs, stdout writes a character its encoding cannot (a class name ``中`` when stdout is a
+    Windows file in cp1252, a Latin-1 locale, ``PYTHONIOENCODING=ascii``; a file name that is not UTF-8) as an
+    escape instead of stopping the command with a ``UnicodeEncodeError`` (Python's stdout is ``strict``; stderr
+    already writes escapes). The stream's own error handler is restored when :func:`main` returns (it may be called
+    in a notebook); a stream that is not a text file with an encoding (``None`` when stdout is closed, a test's
+    capture) is left as it is."""
+    import codecs
+
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    if not isinstance(stream, io.TextIOWrapper) or errors not in ("strict", "surrogateescape"):
+        yield
+        return
+    try:
+        codecs.lookup_error(STDOUT_ERRORS)
+    except LookupError:
+        codecs.register_error(STDOUT_ERRORS, _printable)
+    try:
+        stream.reconfigure(errors=STDOUT_ERRORS)
+    except (ValueError, OSError):  # closed, or a flush of what it holds failed: left as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            stream.reconfigure(errors=errors)
+
+
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+"""The loggers :func:`dynametric.pipeline.run.quiet_lightning` sets to ``WARNING``."""
+_RUN_VARIABLES = ("DYNAMETRIC_RUN_CONFIG", "DYNAMETRIC_RUN_DIR")
+"""What ``train`` publishes in the environment for the processes of the other ranks it may start
+(:data:`dynametric.commands.train.CONFIG_ENV`, :data:`dynametric.pipeline.run.RUN_DIR_ENV`)."""
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """What a command changes in the process for its own run is as it was when :func:`main` returns (a notebook calls
+    it; docs/extending.md): the warning filters :func:`~dynametric.pipeline.run.quiet_lightning` added (those that
+    were there before stay, and so do the filters of the libraries the command imported, e.g. numpy's), the levels
+    of the loggers it set, and the variables of :data:`_RUN_VARIABLES` (set, while the run goes on, for the other
+    ranks' processes Lightning's launcher starts from this one; they inherit them as they start)."""
+    import logging
+    import os
+    import warnings
+
+    levels = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
+    variables = {name: os.environ.get(name) for name in _RUN_VARIABLES}
+    filters = list(warnings.filters)
+    try:
+        yield
+    finally:
+        run = sys.modules.get("dynametric.pipeline.run")
+        if run is not None:  # imported: train may have quieted Lightning
+            with warnings.catch_warnings():  # the filters quiet_lightning adds, found on an empty list
+                warnings.resetwarnings()
+                run.quiet_lightning()
+                quiet = list(warnings.filters)
+            kept = [f for f in warnings.filters if f in filters or f not in quiet]
+            if len(kept) < len(warnings.filters):
+                warnings.resetwarnings()  # empties the list and tells the warning machinery it changed
+                warnings.filters.extend(kept)  # type: ignore[attr-defined]  # a list (typeshed: Sequence)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _silence_stdout() -> None:

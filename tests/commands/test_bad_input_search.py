@@ -151,4 +151,5 @@ def test_a_full_standard_output_is_said_without_the_atomic_write_note(index_dir,
 
     monkeypatch.setattr(sys, "stdout", _Full())
     assert main(["search", "--index", str(index_dir), "--embeddings", str(index_dir.parent / "q.npy")]) == 2
-    assert capsys.readouterr().err.strip() == f"dynametric search: error: {os.strerror(errno.ENOSPC)}"
+    assert capsys.readouterr().err.strip() == ("dynametric search: error: writing to standard output: "
+                                               f"{os.strerror(errno.ENOSPC)}")

@@ -29,20 +29,31 @@ def test_a_launched_rank_trains_rank_0s_config_even_when_the_file_changed_since(
     from dynametric.config import config_hash
 
     seen = []
-    monkeypatch.setattr(run_mod, "run_training", lambda cfg, run_dir, **kwargs: seen.append(cfg))
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
     args = ["train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress", "trainer.max_epochs=3"]
-    assert main(args) == 0  # rank 0
-    config.write_text(TINY.replace("lr: 0.003", "lr: 0.3"))  # edited while rank 0 reads its data
-    monkeypatch.setenv("LOCAL_RANK", "1")  # the process Lightning's launcher starts for rank 1
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with monkeypatch.context() as child:
-        child.setattr("os.getppid", lambda: os.getpid())  # started by the process that ran rank 0
-        assert main(args) == 0
+
+    def run_training(cfg, run_dir, **kwargs):
+        seen.append(cfg)
+        if len(seen) == 1:  # rank 0 at its first Lightning call: the launcher starts rank 1 from it, while it runs
+            config.write_text(TINY.replace("lr: 0.003", "lr: 0.3"))  # edited while rank 0 read its data
+            with monkeypatch.context() as child:
+                child.setenv("LOCAL_RANK", "1")  # the process Lightning's launcher starts for rank 1
+                child.setenv("WORLD_SIZE", "2")
+                child.setattr("os.getppid", lambda: os.getpid())  # started by the process that runs rank 0
+                assert main(args) == 0
+
+    monkeypatch.setattr(run_mod, "run_training", run_training)
+    config.write_text(TINY)
+    assert main(args) == 0  # rank 0, which starts rank 1
     rank_0, rank_1 = seen
     assert rank_1.optim.lr == rank_0.optim.lr == 0.003 and rank_1.trainer.max_epochs == 3
     assert config_hash(rank_1) == config_hash(rank_0) and rank_1 == rank_0
+    from dynametric.config import config_to_dict
+
+    # what rank 0 published while it ran (main takes it back when it returns), inherited by a process it did not start
+    monkeypatch.setenv("DYNAMETRIC_RUN_CONFIG", json.dumps({"pid": os.getpid(), "config": config_to_dict(rank_0)}))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(args) == 0  # a rank another launcher started (torchrun: not by rank 0) reads the file itself
     assert seen[2].optim.lr == 0.3
     monkeypatch.delenv("LOCAL_RANK")

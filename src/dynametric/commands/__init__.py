@@ -7,8 +7,11 @@ The ``type=`` checkers below make argparse refuse a count or size that cannot be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -52,3 +55,56 @@ def is_terminal(stream: object) -> bool:
         return bool(stream.isatty())  # type: ignore[attr-defined]
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def refuse_closed_stdout(what: str) -> None:
+    """Before any work, for a command whose results are printed on stdout: one error line where stdout is closed
+    (``dynametric search ... >&-``; Python then has ``sys.stdout = None`` and ``print`` writes nowhere), naming what
+    would be lost (``what``: ``"search prints its results there"``), instead of finishing with status 0 having
+    said nothing."""
+    from dynametric.errors import DynametricError
+
+    if sys.stdout is None:
+        raise DynametricError(f"standard output is closed; {what}")
+
+
+def write_stdout(text: str) -> None:
+    """``text`` on stdout, flushed: an error of the stream (``> /dev/full``: no space left on device) is one line
+    that says it was standard output (the error names no file), a reader that left (a broken pipe) stays a
+    ``BrokenPipeError`` (:func:`dynametric.cli.main` ends quietly). Nothing where stdout is closed (the commands
+    whose results go there refuse that first: :func:`refuse_closed_stdout`)."""
+    stream = sys.stdout
+    if stream is None:
+        return
+    with _stdout_errors():
+        # in pieces: one large write to a pipe its reader closed wrote what the pipe held and dropped the rest without
+        # an error (BufferedWriter's partial write; `search --json | head` then exited 0, not 141)
+        for start in range(0, len(text), _PIECE):
+            stream.write(text[start:start + _PIECE])
+        stream.flush()
+
+
+_PIECE = 8192
+"""The characters :func:`write_stdout` writes at a time."""
+
+
+def flush_stdout() -> None:
+    """Flush stdout (what the command printed and is still buffered), an error said as :func:`write_stdout` says
+    it."""
+    stream = sys.stdout
+    if stream is None:
+        return
+    with _stdout_errors():
+        stream.flush()
+
+
+@contextlib.contextmanager
+def _stdout_errors() -> Iterator[None]:
+    from dynametric.errors import DynametricError
+
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise DynametricError(f"writing to standard output: {exc.strerror or exc}") from None

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dynametric.commands import path_text, positive_int
+from dynametric.commands import path_text, positive_int, refuse_closed_stdout, write_stdout
 from dynametric.commands.options import worker_threads
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.device import MAX_WORKERS
@@ -133,6 +133,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dynametric.data.inspect import check_grid_target, inspect_dataset, write_sample_grid
 
+    refuse_closed_stdout("data inspect prints its report there" + (" (--json: the JSON)" if args.json else ""))
     _check_format(args.format)
     options = _parse_options(args.option)
     if args.grid:  # before any work: a new file or an earlier grid, never another file
@@ -153,5 +154,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.grid}: a grid of {drawn} image(s) of split {split!r}", file=sys.stderr)
     elif args.grid:
         print(f"no grid written to {args.grid}: no split to draw from", file=sys.stderr)
-    print(json.dumps(result, indent=2, default=str) if args.json else format_report(result))
+    write_stdout((json.dumps(result, indent=2, default=str) if args.json else format_report(result)) + "\n")
     return 1 if result["problems"] else 0

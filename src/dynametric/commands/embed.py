@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 
-from dynametric.commands import is_terminal, path_arg, positive_int
+from dynametric.commands import is_terminal, path_arg, positive_int, write_stdout
 from dynametric.commands.options import add_inference_arguments, add_model_arguments, inference_options
 from dynametric.errors import ConfigError
 
@@ -81,7 +81,7 @@ def run_merge(args: argparse.Namespace) -> int:
     if args.overwrite and (args.out / "embed.json").is_file():  # a read-only file of the job: refused now
         check_job_replaceable(args.out)
     res = merge_embedding_parts(args.parts, args.out, overwrite=args.overwrite)
-    print(f"{len(args.parts)} parts, {res.count} images -> {res.out}/embeddings.npy [{res.count}, {res.dim}]")
+    write_stdout(f"{len(args.parts)} parts, {res.count} images -> {res.out}/embeddings.npy [{res.count}, {res.dim}]\n")
     return 0
 
 
@@ -131,8 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"note: {', '.join(res.restored)} written again from the list (missing or changed in {res.out})",
               file=sys.stderr)
     part = "" if args.part is None else f" (part {args.part[0]}/{args.part[1]} of {items.source_count} images)"
-    print(f"{res.count} images{part} -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
-          f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)")
+    write_stdout(f"{res.count} images{part} -> {res.out}/embeddings.npy [{res.count}, {res.dim}] "
+                 f"({len(res.computed_shards)} shard(s) computed, {len(res.skipped_shards)} already done)\n")
     if items.labels is not None:
         print(f"labels: {', '.join(items.scale_names)}", file=sys.stderr)
     return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dynametric import evaluation_defaults as defaults
-from dynametric.commands import path_text, positive_float, positive_int
+from dynametric.commands import path_text, positive_float, positive_int, refuse_closed_stdout, write_stdout
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.text import text_table
 
@@ -226,18 +226,38 @@ class _Output:
     def json_file(self) -> str | None:
         return None if self.to_stdout else self.json_out
 
-    def write_json(self, obj: dict[str, Any]) -> None:
-        """``obj`` as JSON (NaN as null): printed on stdout, or written atomically to the ``--json`` file."""
-        from dynametric.utils.io import atomic_write_json, nan_to_null
+    def refuse_closed_stdout(self) -> None:
+        """Before any work: one error line where stdout is closed and the results would be printed there alone
+        (``--json -``, or no ``--json`` file)."""
+        if self.json_file is None:
+            refuse_closed_stdout("evaluate prints its results there (" + ("--json - prints the JSON there" if
+                                 self.to_stdout else "without --json") + "); give --json OUT.json")
+
+    def say(self, text: str) -> None:
+        """A line (or table) of the human-readable report, on :attr:`human`."""
+        if self.human is sys.stderr:
+            print(text, file=sys.stderr)
+        else:
+            write_stdout(text + "\n")
+
+    def write_json_file(self, obj: dict[str, Any]) -> None:
+        """``obj`` written atomically to the ``--json`` file (NaN as null), where one is given: before the tables
+        are printed, so that an error of stdout loses nothing written to files."""
+        from dynametric.utils.io import atomic_write_json
+
+        if self.json_file is not None:
+            atomic_write_json(self.json_file, obj, key="--json")
+            print(f"wrote {self.json_file}", file=sys.stderr)
+
+    def print_json(self, obj: dict[str, Any]) -> None:
+        """``obj`` as JSON (NaN as null) on stdout, with ``--json -`` (after the tables, which then go to
+        stderr)."""
+        import json
+
+        from dynametric.utils.io import nan_to_null
 
         if self.to_stdout:
-            import json
-
-            print(json.dumps(nan_to_null(obj), indent=2), flush=True)
-            return
-        assert self.json_out is not None  # called only with --json
-        atomic_write_json(self.json_out, obj, key="--json")
-        print(f"wrote {self.json_out}", file=sys.stderr)
+            write_stdout(json.dumps(nan_to_null(obj), indent=2) + "\n")
 
 
 @dataclass
@@ -282,6 +302,7 @@ def _prepare_outputs(args: argparse.Namespace) -> _Output:
         raise ConfigError("writes a CSV file; '-' (stdout) is taken by --json only: give a file name",
                           key="--per-query")
     output = _Output(args.json_out)
+    output.refuse_closed_stdout()
     resolve_device(args.device, key="--device")  # `--device cuda` without CUDA: one clear error before any work
     # never overwrite an input or a file this command did not write
     check_outputs((("--embeddings", args.embeddings), ("--labels", args.labels),
@@ -477,12 +498,12 @@ def _report_method_protocol(args: argparse.Namespace, result: dict[str, Any], in
     """A method's own protocol (DyML): its description, the table, and the JSON with its protocol block."""
     from dynametric.utils.io import nan_to_null
 
-    print(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
-          f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}",
-          file=output.human)
-    print(format_table(result), file=output.human)
-    if args.json_out:
-        output.write_json({**nan_to_null(result), "protocol": info})
+    obj = {**nan_to_null(result), "protocol": info}
+    output.write_json_file(obj)
+    output.say(f"{args.checkpoint}: {info['name']} ({info['layout']}), protocol tag {info['tag']}, "
+               f"query_in_gallery={info['query_in_gallery']}, excluded {info['excluded_identical_queries']}")
+    output.say(format_table(result))
+    output.print_json(obj)
 
 
 def _refuse_checkpoint_options(args: argparse.Namespace) -> None:
@@ -564,13 +585,14 @@ def _report(args: argparse.Namespace, evaluation: _Evaluation, evaluator: _Evalu
         result, table = result
         write_per_query_csv(args.per_query_out, table, key="--per-query", categories=evaluator.categories)
         print(f"wrote {args.per_query_out}", file=sys.stderr)
+    # the JSON file first: an error printing the tables (stdout on a full disk) loses nothing written to files
+    obj = nan_to_null(result) | ({} if evaluation.info is None else {"protocol": evaluation.info})
+    output.write_json_file(obj)
     by_category = result.pop("by_category", None)
-    print(f"{evaluation.source}: {evaluation.protocol}, distance {evaluator.options['distance']}, "
-          f"{evaluation.num_queries} queries", file=output.human)
-    print(format_table(result), file=output.human)
+    output.say(f"{evaluation.source}: {evaluation.protocol}, distance {evaluator.options['distance']}, "
+               f"{evaluation.num_queries} queries")
+    output.say(format_table(result))
     if by_category:
         split = [m for e in by_category.values() for m in e["mean"]]
-        print(format_category_table(by_category, [m for m in result["mean"] if m not in split]), file=output.human)
-        result["by_category"] = by_category
-    if args.json_out:
-        output.write_json(nan_to_null(result) | ({} if evaluation.info is None else {"protocol": evaluation.info}))
+        output.say(format_category_table(by_category, [m for m in result["mean"] if m not in split]))
+    output.print_json(obj)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dynametric.commands import path_arg, positive_float
+from dynametric.commands import path_arg, positive_float, write_stdout
 from dynametric.commands.options import add_model_arguments
 
 
@@ -39,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
                            key="--out")
     shape = "x".join(str(s) for s in info["input"]["shape"])
     check = f", max |diff| {info['max_abs_diff']:.2e} <= {info['tolerance']:g}" if "max_abs_diff" in info else ""
-    print(f"{info['format']} -> {args.out} (input {shape}{check})")
+    write_stdout(f"{info['format']} -> {args.out} (input {shape}{check})\n")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dynametric.commands import path_arg, positive_int
+from dynametric.commands import path_arg, positive_int, write_stdout
 from dynametric.errors import ConfigError
 
 
@@ -56,6 +56,7 @@ def run_build(args: argparse.Namespace) -> int:
     idx = RetrievalIndex.build(emb, args.kind, args.metric, **kwargs)
     idx.save(args.out)
     params = ", ".join(f"{k}={v}" for k, v in idx.params.items())
-    print(f"{args.kind} index ({args.metric}{', ' + params if params else ''}) of {idx.size} x {idx.dim} "
-          f"-> {args.out}" + (f"; scales: {', '.join(idx.scale_names)}" if idx.labels is not None else ""))
+    scales = f"; scales: {', '.join(idx.scale_names)}" if idx.labels is not None else ""
+    write_stdout(f"{args.kind} index ({args.metric}{', ' + params if params else ''}) of {idx.size} x {idx.dim} "
+                 f"-> {args.out}{scales}\n")
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dynametric.commands import path_arg, positive_int
+from dynametric.commands import path_arg, positive_int, refuse_closed_stdout, write_stdout
 from dynametric.commands.options import add_inference_arguments, inference_options
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.text import text_table
@@ -90,6 +90,7 @@ def format_results(entries: list[dict[str, Any]], scale_names: list[str]) -> str
 def run(args: argparse.Namespace) -> int:
     from dynametric.retrieval.index import RetrievalIndex, read_query_labels, self_items
 
+    refuse_closed_stdout("search prints its results there")
     if args.k < 1:
         raise ConfigError(f"-k must be >= 1, got {args.k}", key="-k")
     if args.checkpoint is not None and args.image is None:
@@ -179,9 +180,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {res.short_queries} of {len(q)} queries got fewer than -k {args.k} results from this "
               f"{index.kind} index: {how.get(index.kind, 'the index returned fewer')}", file=sys.stderr)
     if args.as_json:
-        json.dump({"index": str(args.index), "metric": index.metric, "kind": index.kind, "k": args.k,
-                   "queries": entries}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        write_stdout(json.dumps({"index": str(args.index), "metric": index.metric, "kind": index.kind, "k": args.k,
+                                 "queries": entries}, indent=2) + "\n")
     else:
-        sys.stdout.write(format_results(entries, index.scale_names if index.labels is not None else []))
+        write_stdout(format_results(entries, index.scale_names if index.labels is not None else []))
     return 0

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dynametric.commands import is_terminal, path_arg
+from dynametric.commands import is_terminal, path_arg, write_stdout
 from dynametric.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from dynametric.utils.io import check_name_lengths
 
     args.overrides = [*args.overrides, *args.set_overrides]  # positional first, then --set, in the order given
+    _refuse_non_utf8_folder(args)
 
     if args.resume is not None:
         if args.config is not None or args.overrides or args.out is not None:
@@ -93,6 +94,19 @@ def run(args: argparse.Namespace) -> int:
         run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
                      folder_key=folder_key, log=result_line, note=note_line)
     return 0
+
+
+def _refuse_non_utf8_folder(args: argparse.Namespace) -> None:
+    """One error line, before any work, for a run folder (``--out``, ``--resume``) whose name is not UTF-8 text
+    (``--out $'run\\xe9'`` in a UTF-8 locale: bytes Python holds as surrogate escapes). A run writes its folder's
+    name into UTF-8 files (``config.yaml``'s first line, ``report.html``), which such a name cannot be; the run
+    stopped with a ``UnicodeEncodeError`` traceback (the report's after the training)."""
+    from dynametric.data.readers import non_utf8_name, printable_path
+
+    for key, folder in (("--out", args.out), ("--resume", args.resume)):
+        if folder is not None and non_utf8_name(folder) is not None:
+            raise ConfigError(f"run folder {printable_path(folder)}: its name is not UTF-8 text, which the run writes "
+                             "into config.yaml and report.html; give a UTF-8 name", key=key)
 
 
 #: The environment variable in which the ``dynametric train`` process of global rank 0 publishes its pid and its
@@ -145,7 +159,7 @@ def rank_0_config(cfg: Config) -> Config:
 
 def result_line(line: str) -> None:
     """A line of what a run does and gives (what is being done, the results table, the files written): stdout."""
-    print(line, flush=True)
+    write_stdout(f"{line}\n")  # a full disk says it was standard output
 
 
 def note_line(line: str) -> None:

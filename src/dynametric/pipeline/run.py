@@ -41,6 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dynametric.config.loader import config_notes
 from dynametric.config.schema import anchored, split_monitor, user_path
+from dynametric.data.readers import printable_path
 from dynametric.engine.builders import (
     Components,
     available_splits,
@@ -316,7 +317,7 @@ def _run_header(run_dir: Path, *, any_folder: bool = False) -> re.Match[str] | N
             match = _HEADER_RE.fullmatch(f.readline().rstrip("\n"))
     except (OSError, UnicodeDecodeError):
         return None
-    return match if match is not None and (any_folder or match["folder"] == str(run_dir.resolve())) else None
+    return match if match is not None and (any_folder or match["folder"] == printable_path(run_dir.resolve())) else None
 
 
 def _running_elsewhere(match: re.Match[str], run_dir: Path) -> int | None:
@@ -1020,9 +1021,9 @@ def claim_resumed_run(run_dir: Path, note: Callable[[str], None] = print) -> Non
         return
     config = run_dir / "config.yaml"
     rest = config.read_text(encoding="utf-8").split("\n", 1)[1]
-    header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
+    header = _HEADER.format(folder=printable_path(run_dir.resolve()), pid=os.getpid(), host=socket.gethostname())
     atomic_write_text(config, f"# {header}\n{rest}")
-    if old["folder"] != str(run_dir.resolve()):
+    if old["folder"] != printable_path(run_dir.resolve()):
         note(f"run folder {run_dir}: {config.name} named the run folder {old['folder']} (the folder was moved or "
             "copied); it now names this one")
     left = [entry for sub, names in _RUN_FILES.items()
@@ -1711,11 +1712,11 @@ def _start_new_run(cfg: Config, run_dir: Path, parts: _RunParts, leftovers: list
     if leftovers:
         _remove_leftovers(run_dir, leftovers, notes)
     if not _launched_worker():
-        header = _HEADER.format(folder=run_dir.resolve(), pid=os.getpid(), host=socket.gethostname())
+        header = _HEADER.format(folder=printable_path(run_dir.resolve()), pid=os.getpid(), host=socket.gethostname())
         save_config(cfg, run_dir / "config.yaml", header=header)
     _log_hyperparameters(parts)  # after config.yaml: a start stopped before it leaves no file the rerun cannot place
     info, datasets = parts.info, parts.datasets
-    log(f"run folder: {run_dir}")
+    log(f"run folder: {printable_path(run_dir)}")
     log(f"data: {info['train_images']} train / {info['val_images']} validation ({datasets.val_source}) / "
         f"{_test_images(datasets.test, parts.tests)}; scales {parts.comps.scale_names}")
     log("evaluating the untrained model on the test split ...")

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import mimetypes
+import os
 import socket
 import sys
 import threading
@@ -69,19 +70,22 @@ def exposure_warning(host: str) -> str | None:
 def locate_image(path: str | Path, roots: Sequence[str | Path]) -> tuple[Path | None, str]:
     """``(resolved path, "ok")`` if ``path`` (symlinks followed) is an existing image file inside one of ``roots``;
     else ``(None, why)``: ``"none"`` (no path recorded), ``"outside"`` (not inside the roots, whether it exists or
-    not), ``"missing"`` (inside the roots, but no such file), ``"not-image"`` (not a file with an image extension)."""
+    not), ``"missing"`` (inside the roots, but no such file), ``"not-image"`` (not a file with an image extension),
+    ``"unnameable"`` (a path the file system encoding cannot encode: :func:`nameable`)."""
     text = str(path)
     if not text:
         return None, "none"
     if "\x00" in text:
         return None, "outside"
+    if not nameable(text):
+        return None, "unnameable"
     try:
         real = Path(text).resolve()  # every existing link followed; the rest of the path as written
     except (OSError, RuntimeError):  # a symlink loop
         return None, "outside"
     bases = []
     for root in roots:
-        with contextlib.suppress(OSError, RuntimeError):
+        with contextlib.suppress(OSError, RuntimeError, UnicodeEncodeError):  # a root this locale cannot name
             bases.append(Path(root).resolve(strict=True))
     if not any(real.is_relative_to(base) for base in bases):
         return None, "outside"
@@ -90,6 +94,23 @@ def locate_image(path: str | Path, roots: Sequence[str | Path]) -> tuple[Path | 
     if not real.is_file() or real.suffix.lower() not in IMAGE_EXTENSIONS:
         return None, "not-image"
     return real, "ok"
+
+
+def nameable(path: str | Path) -> bool:
+    """Whether ``path`` can be given to the operating system. A path ``index.json`` records (UTF-8 text) may hold
+    characters the file system encoding lacks (``ascii`` under ``LC_ALL=C`` with ``PYTHONUTF8=0``, Latin-1), which
+    Python cannot encode: ``Path.is_dir()`` then says ``False``, as if the folder were gone."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def locale_hint() -> str:
+    """What :func:`nameable` refusing a path means, for a message."""
+    return (f"cannot be named in this locale's encoding ({sys.getfilesystemencoding()}); run with a UTF-8 locale "
+            "(LC_ALL=C.UTF-8) or PYTHONUTF8=1")
 
 
 def split_host(value: str) -> tuple[str, str | None] | None:
@@ -273,9 +294,14 @@ class Explorer:
         self.roots = [str(r) for r in (roots if roots is not None else index.image_roots)]
         self.roots_given = roots is not None  # the caller's roots (explore --image-root), not index.json's
         self.lock = threading.Lock()
+        # roots this locale cannot name (is_dir() would say False): no image under them is served, and why is said
+        self.unnameable_roots = [r for r in self.roots if not nameable(r)]
         # roots that are no folder now (the project moved): no image under them is served, and that is said
-        self.missing_roots = [r for r in self.roots if not Path(r).is_dir()]
+        self.missing_roots = [r for r in self.roots if nameable(r) and not Path(r).is_dir()]
         self.notes: list[str] = []  # for the user at startup (`dynametric explore` prints them)
+        if self.unnameable_roots and self.has_images:
+            self.notes.append(f"the image root(s) {', '.join(self.unnameable_roots)} {locale_hint()}: no image under "
+                              "them is shown")
         if self.missing_roots and self.has_images:
             self.notes.append(f"the index's image root(s) {', '.join(self.missing_roots)} (recorded in its "
                               "index.json) no longer exist (moved?): no image under them is shown; build the index "
@@ -384,6 +410,9 @@ class Explorer:
             return 404, f"file not found: item {i}'s image file ({Path(idx.paths[i]).name}) does not exist"
         if why == "not-image":
             return 403, "refused: the item's file is not an image file (a file with an image extension)"
+        if why == "unnameable" or self.unnameable_roots:
+            return 404, (f"item {i}'s image file" if why == "unnameable" else
+                         f"the image root(s) {', '.join(self.unnameable_roots)}") + f" {locale_hint()}"
         if self.missing_roots:
             return 403, (f"refused: the item's file is not inside the index's image roots, and the root(s) "
                          f"{', '.join(self.missing_roots)} no longer exist (moved?)")

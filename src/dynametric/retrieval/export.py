@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynametric.data.readers import non_utf8_name
 from dynametric.engine.objective import select_head
 from dynametric.errors import DynametricError, InputError
 from dynametric.utils.io import (
@@ -162,16 +163,20 @@ def run_exported(path: str | Path, images: torch.Tensor, fmt: str | None = None)
     path = Path(path)
     if not path.is_file():
         raise InputError("exported model not found", file=path)
+    # onnxruntime and torch.jit.load take a name as UTF-8 text, which a name that is not UTF-8 (bytes Python holds
+    # as surrogate escapes: `export --out $'m\xe9.pt'`) is not (a TypeError): such a file is read here and given as
+    # bytes (an ONNX file with its weights in a separate file is then not found: export writes one file)
+    utf8 = non_utf8_name(path) is None
     if (fmt or _format_of(path)) == "onnx":
         try:
             import onnxruntime as ort
         except ImportError:
             raise DynametricError("running an ONNX model needs onnxruntime: pip install 'dynametric[export]'") from None
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path) if utf8 else path.read_bytes(), providers=["CPUExecutionProvider"])
         return sess.run(None, {sess.get_inputs()[0].name: images.numpy()})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(str(path) if utf8 else io.BytesIO(path.read_bytes()), map_location="cpu")
     with torch.no_grad():
         return module(images).numpy()
 

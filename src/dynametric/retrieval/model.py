@@ -10,6 +10,8 @@ transform is the one the engine evaluates with.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +313,16 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
         folder = getattr(index, "loaded_from", None)
         for key, recorded, option in (("model.checkpoint", checkpoint, "--checkpoint"),
                                       ("model.config", config, "--config")):
+            # a recorded path (UTF-8 text) may hold characters the file system encoding lacks (ascii under LC_ALL=C
+            # with PYTHONUTF8=0, Latin-1): Python cannot give it to the system, and exists() says False ("not found")
+            try:
+                if recorded is not None:
+                    os.fsencode(recorded)
+            except UnicodeEncodeError:
+                raise InputError(f"{'checkpoint' if option == '--checkpoint' else 'config'} file {recorded} "
+                                 f"cannot be named in this locale's encoding ({sys.getfilesystemencoding()}); run "
+                                 "with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1",
+                                 file=None if folder is None else Path(folder) / "index.json", key=key) from None
             if recorded is not None and not (recorded.exists() or recorded.is_symlink()):
                 # the run folder moved (or the index came from another machine): the recorded path is stale
                 raise InputError(f"{'checkpoint' if option == '--checkpoint' else 'config'} file {recorded} not "
