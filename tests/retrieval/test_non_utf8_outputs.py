@@ -60,7 +60,7 @@ def test_run_training_names_such_a_folder_with_escapes_in_config_yaml(tmp_path: 
     from tests.commands.test_train import TINY
 
     (tmp_path / "tiny.yaml").write_text(TINY)
-    cfg = load_config(tmp_path / "tiny.yaml", ["trainer.max_epochs=1", "run.report=false", "data.workers=0"])
+    cfg = load_config(tmp_path / "tiny.yaml", ["trainer.max_epochs=1", "run.report=true", "data.workers=0"])
     folder = tmp_path / os.fsdecode(b"run\xe9")
     lines: list[str] = []
     run_training(cfg, folder, progress=False, log=lines.append, note=lines.append)
@@ -68,6 +68,7 @@ def test_run_training_names_such_a_folder_with_escapes_in_config_yaml(tmp_path: 
     assert header.startswith(f"# written by dynametric train for the run folder {tmp_path}/run\\xe9 (process ")
     assert f"run folder: {tmp_path}/run\\xe9" in lines
     assert np.isfinite(json.loads((folder / "metrics.json").read_text())["test"]["mean"]["map@r"])
+    assert "dynametric run run\\xe9" in (folder / "report.html").read_text(encoding="utf-8")  # the report's title
     run_training(load_config(folder / "config.yaml"), folder, resume=True, progress=False, log=lines.append,
                  note=lines.append)
     assert not any("was moved or copied" in line for line in lines)  # the header named this very folder

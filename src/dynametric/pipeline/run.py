@@ -2057,7 +2057,8 @@ def _write_run_report(cfg: Config, run_dir: Path, parts: _RunParts, metrics: dic
     write_report(run_dir / "report.html", metrics=metrics, loss_history=fitted.loss_history,
                  lr_history=fitted.lr_history, scale_names=parts.comps.scale_names, config_yaml=config_to_yaml(cfg),
                  emb=emb, labels=labels, dataset=report_set, distance=cfg.eval.distance,
-                 monitor=parts.settings.monitor, seed=int(cfg.trainer.seed), title=f"dynametric run {run_dir.name}",
+                 monitor=parts.settings.monitor, seed=int(cfg.trainer.seed),
+                 title=f"dynametric run {printable_path(run_dir.name)}",
                  record=fitted.record, run=parts.info)
     try:
         parts.info["logged_figures"] = log_figures(parts.exp_logger, report_figures(
