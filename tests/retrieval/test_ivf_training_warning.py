@@ -49,3 +49,14 @@ def test_a_small_train_size_is_named_in_the_advice():
     with pytest.warns(IndexBuildWarning) as record:  # all 500 vectors trained on: no train_size to suggest
         build_faiss_index(_x(), "ivf", "l2", nlist=50)
     assert "train_size" not in str(record[0].message)
+
+
+def test_index_build_says_it_in_one_note_line(tmp_path, capsys):
+    from dynametric.cli import main
+
+    np.save(tmp_path / "e.npy", _x())
+    assert main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--kind", "ivf", "--nlist", "50",
+                 "--out", str(tmp_path / "ix")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("note: ivf: 50 cells trained on 500 vectors")
+    assert "nlist <= 12" in err

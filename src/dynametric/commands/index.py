@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from dynametric.commands import path_arg, positive_int, write_stdout
 from dynametric.errors import ConfigError
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from dynametric.retrieval.embed import load_embedding_set
     from dynametric.retrieval.evaluate_io import check_output_place
-    from dynametric.retrieval.index import RetrievalIndex, check_build_folder
+    from dynametric.retrieval.index import IndexBuildWarning, RetrievalIndex, check_build_folder
 
     if args.out.resolve() == args.embeddings.resolve():
         raise ConfigError("--out must differ from --embeddings", key="--out")
@@ -53,7 +55,14 @@ def run_build(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{flag} applies to --kind {kind} indexes, not to --kind {args.kind}", key=flag)
             kwargs[name] = value
     emb = load_embedding_set(args.embeddings)
-    idx = RetrievalIndex.build(emb, args.kind, args.metric, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:  # the build's own warnings: one note line each
+        warnings.simplefilter("always", IndexBuildWarning)
+        idx = RetrievalIndex.build(emb, args.kind, args.metric, **kwargs)
+    for w in caught:
+        if issubclass(w.category, IndexBuildWarning):
+            print(f"note: {w.message}", file=sys.stderr)
+        else:  # another library's warning: as Python shows it
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     idx.save(args.out)
     params = ", ".join(f"{k}={v}" for k, v in idx.params.items())
     scales = f"; scales: {', '.join(idx.scale_names)}" if idx.labels is not None else ""
