@@ -50,6 +50,7 @@ from dynametric.utils.device import (
 )
 from dynametric.utils.limits import ensure_open_files
 from dynametric.utils.processes import callers_start_method
+from dynametric.utils.shared import SharedSetting
 
 if TYPE_CHECKING:
     from dynametric.config import Config
@@ -235,18 +236,22 @@ def _batch_labels(labels: Any, rows: int, start: int) -> torch.Tensor:
         raise InputError(f"items {start}..{start + rows - 1} of the dataset: {exc.message}", key="labels") from None
 
 
-class _EvalHold:
-    """The open :func:`embed_dataset` calls on one model: how many, and each module's train/eval mode from before the
-    first one."""
-
-    def __init__(self, modes: list[tuple[nn.Module, bool]]) -> None:
-        self.entries = 0
-        self.modes = modes
-
-
 _EVAL_LOCK = threading.Lock()
-_EVAL_HOLDS: weakref.WeakKeyDictionary[nn.Module, _EvalHold] = weakref.WeakKeyDictionary()
-"""Per model, the :class:`_EvalHold` of the calls that hold it in eval mode (guarded by ``_EVAL_LOCK``)."""
+_EVAL_HOLDS: weakref.WeakKeyDictionary[nn.Module, SharedSetting] = weakref.WeakKeyDictionary()
+"""Per model, the eval mode its overlapping :func:`embed_dataset` calls share (created under ``_EVAL_LOCK``)."""
+
+
+def _eval_mode(model: nn.Module) -> Callable[[], None]:
+    """Set ``model`` to eval mode and answer how to put each module's own mode back (``model.train(was)`` would set
+    all of them alike)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+
+    def restore() -> None:
+        for module, training in modes:
+            module.training = training
+
+    return restore
 
 
 @contextlib.contextmanager
@@ -257,20 +262,10 @@ def _held_in_eval(model: nn.Module) -> Iterator[None]:
     still embedded put train mode back under it (BatchNorm with batch statistics, running stats updated) and the
     other then "restored" the eval mode it had saved."""
     with _EVAL_LOCK:
-        hold = _EVAL_HOLDS.get(model)
-        if hold is None:  # each module its own mode: model.train(was) would set all of them alike
-            hold = _EVAL_HOLDS[model] = _EvalHold([(module, module.training) for module in model.modules()])
-        hold.entries += 1
-        model.eval()
-    try:
+        shared = _EVAL_HOLDS.setdefault(model, SharedSetting())
+    with shared.held(lambda: _eval_mode(model)):
+        model.eval()  # every call: eval mode while it embeds (set by the first; again should it have changed since)
         yield
-    finally:
-        with _EVAL_LOCK:
-            hold.entries -= 1
-            if hold.entries == 0:
-                del _EVAL_HOLDS[model]
-                for module, training in hold.modes:
-                    module.training = training
 
 
 @torch.no_grad()

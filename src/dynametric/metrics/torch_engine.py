@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 
@@ -61,6 +60,7 @@ from dynametric.metrics.ranking import (
     resolve_metrics,
 )
 from dynametric.utils.device import resolve_device as _resolve_device
+from dynametric.utils.shared import SharedSetting
 
 DEFAULT_DEVICE_MEMORY_BUDGET = DEVICE_MEMORY_BUDGET  # 7 * 2**29: dynametric.evaluation_defaults
 """Default working-memory budget on the device in bytes (score, sort and metric buffers of one chunk; the
@@ -136,18 +136,8 @@ def _stored_fp32_precisions() -> dict[tuple[str, str], str]:
     return stored
 
 
-class _Fp32Blocks:
-    """The open :func:`full_fp32_matmul` blocks of the process: how many, and the function that puts the settings
-    saved by the first one back (called by the last one out). ``lock`` guards both: the precision settings are
-    process-wide, so overlapping blocks (from several threads) share one save / set / restore."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.entries = 0
-        self.restore: Callable[[], None] | None = None
-
-
-_FP32_BLOCKS = _Fp32Blocks()
+_FP32 = SharedSetting()
+"""Full-precision float32 matmuls, shared by the evaluations that overlap (the settings are process-wide)."""
 
 
 def _set_full_fp32() -> Callable[[], None]:
@@ -204,19 +194,8 @@ def full_fp32_matmul() -> Iterator[None]:
     the first one in saves the user's settings and sets full precision, later ones change nothing, and the last
     one out restores the saved settings. Every block thus ranks at full precision throughout, and other threads
     also see full precision while any block is open."""
-    blocks = _FP32_BLOCKS
-    with blocks.lock:
-        if blocks.entries == 0:
-            blocks.restore = _set_full_fp32()  # an error here leaves the count at 0 and the settings as they were
-        blocks.entries += 1
-    try:
+    with _FP32.held(_set_full_fp32):
         yield
-    finally:
-        with blocks.lock:
-            blocks.entries -= 1
-            if blocks.entries == 0 and blocks.restore is not None:
-                restore, blocks.restore = blocks.restore, None
-                restore()
 
 
 def plan_device_rows(num_queries: int, num_gallery: int, max_slots: int, full: bool,

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+
+from dynametric.utils.shared import SharedSetting
 
 
 def process_alive(pid: int) -> bool | None:
@@ -49,40 +50,27 @@ def started_after(pid: int, written: float | None) -> bool:
     return written is not None and started is not None and started > written + 2.0
 
 
-class _StartMethodHolds:
-    """The calls inside :func:`callers_start_method` now (threads of one process) and whether the first of them
-    found the start method unset: only the last one out unsets it, so a call that ends while another one's loader
-    workers start does not unset the method under it, and one that started later does not take the method the
-    first one's workers fixed for the caller's."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.inside = 0
-        self.was_unset = False
+_START_METHOD = SharedSetting()
+"""The caller's unset start method, shared by the calls inside :func:`callers_start_method` (from several threads:
+the first one in looks, the last one out unsets)."""
 
 
-_HOLDS = _StartMethodHolds()
+def _unset_again_later() -> Callable[[], None] | None:
+    """How to unset the start method again if it is unset now (``None``: the caller set one, which stays)."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) is not None:
+        return None
+    return lambda: multiprocessing.set_start_method(None, force=True)
 
 
-@contextlib.contextmanager
-def callers_start_method() -> Iterator[None]:
+def callers_start_method() -> contextlib.AbstractContextManager[None]:
     """A start method of ``multiprocessing`` left unset by the caller is unset again on the way out (a return or an
     exception). Starting loader workers (torch's DataLoader) or asking for the start method
     (``multiprocessing.get_start_method()``, which Lightning's trainer does) fixes the default one for the rest of
     the process, and a later ``multiprocessing.set_start_method("spawn")`` of the caller's raised ``context has
     already been set``. ``set_start_method(None, force=True)`` is the standard library's way to unset it; workers
     already started keep their own context. A method the caller set stays as it is. Overlapping calls from several
-    threads share one save and restore (the first in looks, the last out unsets)."""
-    import multiprocessing
-
-    with _HOLDS.lock:
-        if _HOLDS.inside == 0:
-            _HOLDS.was_unset = multiprocessing.get_start_method(allow_none=True) is None
-        _HOLDS.inside += 1
-    try:
-        yield
-    finally:
-        with _HOLDS.lock:
-            _HOLDS.inside -= 1
-            if _HOLDS.inside == 0 and _HOLDS.was_unset:
-                multiprocessing.set_start_method(None, force=True)
+    threads share one save and restore (:class:`~dynametric.utils.shared.SharedSetting`: the first in looks, the
+    last out unsets)."""
+    return _START_METHOD.held(_unset_again_later)
