@@ -345,10 +345,9 @@ class CSLLoss(MetricLoss):
         :attr:`last_skipped_anchors`. ``ref_labels is labels`` (:meth:`prepare_reference`): the reference set's
         labels are the batch's, so ``(i, i)`` is no positive."""
         same_labels = ref_labels is None or ref_labels is labels
-        labels = labels.to(embeddings.device)
-        self._check_batch_labels(labels)
+        self._check_batch_labels(labels)  # labels and ref_labels on the embeddings' device: prepare_reference's
         if ref_labels is not None:
-            ref_labels = labels if same_labels else ref_labels.to(embeddings.device)
+            ref_labels = labels if same_labels else ref_labels
             self._check_batch_labels(ref_labels, "ref_labels row", key="ref_labels")
         if self.check_nesting:  # opt-in: a host read per call
             both = labels if ref_labels is None or same_labels else torch.cat([labels, ref_labels])

@@ -187,8 +187,7 @@ class _ClassWeightLoss(MetricLoss):
         ref_emb: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        self._check_call(embeddings, labels, ref_emb)
-        labels = labels.to(embeddings.device)
+        self._check_call(embeddings, labels, ref_emb)  # labels on the embeddings' device: prepare_reference's
         if embeddings.shape[0] == 0:
             return self.zero_loss(embeddings, "empty batch")
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
@@ -204,7 +203,7 @@ class _ClassWeightLoss(MetricLoss):
             return {"loss": zero_entry()}
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             emb = _compute_dtype(embeddings)
-            out = self._loss(emb, labels.to(embeddings.device), indices_tuple)
+            out = self._loss(emb, labels, indices_tuple)
             if self.weight_regularizer is not None:
                 out["weight_reg_loss"] = {
                     "losses": self.weight_reg_weight * self.weight_regularizer(self._regularized_weights(emb.dtype)),
