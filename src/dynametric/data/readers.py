@@ -7,6 +7,7 @@ import csv
 import io
 import itertools
 import os
+import sys
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,23 @@ def printable_path(path: str | Path) -> str:
     """``path`` as text that can be printed and written: bytes of a file name that are not UTF-8 (which Python
     holds as surrogate escapes) are shown as ``\\xNN`` (``caf\\xe9.png``)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def nameable(path: str | Path) -> bool:
+    """Whether ``path`` can be given to the operating system. A path ``index.json`` records (UTF-8 text) may hold
+    characters the file system encoding lacks (``ascii`` under ``LC_ALL=C`` with ``PYTHONUTF8=0``, Latin-1), which
+    Python cannot encode: ``Path.is_dir()`` then says ``False``, as if the folder were gone."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def locale_hint() -> str:
+    """What :func:`nameable` refusing a path means, for a message."""
+    return (f"cannot be named in this locale's encoding ({sys.getfilesystemencoding()}); run with a UTF-8 locale "
+            "(LC_ALL=C.UTF-8) or PYTHONUTF8=1")
 
 
 def non_utf8_name(path: str | Path) -> str | None:

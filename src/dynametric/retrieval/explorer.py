@@ -15,7 +15,6 @@ import contextlib
 import io
 import json
 import mimetypes
-import os
 import socket
 import sys
 import threading
@@ -29,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from dynametric.data.base import IMAGE_EXTENSIONS
+from dynametric.data.readers import locale_hint, nameable
 from dynametric.errors import DynametricError, InputError
 from dynametric.retrieval.index import RetrievalIndex
 
@@ -94,23 +94,6 @@ def locate_image(path: str | Path, roots: Sequence[str | Path]) -> tuple[Path | 
     if not real.is_file() or real.suffix.lower() not in IMAGE_EXTENSIONS:
         return None, "not-image"
     return real, "ok"
-
-
-def nameable(path: str | Path) -> bool:
-    """Whether ``path`` can be given to the operating system. A path ``index.json`` records (UTF-8 text) may hold
-    characters the file system encoding lacks (``ascii`` under ``LC_ALL=C`` with ``PYTHONUTF8=0``, Latin-1), which
-    Python cannot encode: ``Path.is_dir()`` then says ``False``, as if the folder were gone."""
-    try:
-        os.fsencode(path)
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def locale_hint() -> str:
-    """What :func:`nameable` refusing a path means, for a message."""
-    return (f"cannot be named in this locale's encoding ({sys.getfilesystemencoding()}); run with a UTF-8 locale "
-            "(LC_ALL=C.UTF-8) or PYTHONUTF8=1")
 
 
 def split_host(value: str) -> tuple[str, str | None] | None:

@@ -10,8 +10,6 @@ transform is the one the engine evaluates with.
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from dynametric.data.device_decode import DecodedBatch, EncodedImages
+from dynametric.data.readers import locale_hint, nameable
 from dynametric.engine.checkpoint import MODEL_KEYS_NOT_EMBEDDING
 from dynametric.engine.inference import (
     InferenceOptions,
@@ -315,14 +314,10 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
                                       ("model.config", config, "--config")):
             # a recorded path (UTF-8 text) may hold characters the file system encoding lacks (ascii under LC_ALL=C
             # with PYTHONUTF8=0, Latin-1): Python cannot give it to the system, and exists() says False ("not found")
-            try:
-                if recorded is not None:
-                    os.fsencode(recorded)
-            except UnicodeEncodeError:
+            if recorded is not None and not nameable(recorded):
                 raise InputError(f"{'checkpoint' if option == '--checkpoint' else 'config'} file {recorded} "
-                                 f"cannot be named in this locale's encoding ({sys.getfilesystemencoding()}); run "
-                                 "with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1",
-                                 file=None if folder is None else Path(folder) / "index.json", key=key) from None
+                                 f"{locale_hint()}", file=None if folder is None else Path(folder) / "index.json",
+                                 key=key)
             if recorded is not None and not (recorded.exists() or recorded.is_symlink()):
                 # the run folder moved (or the index came from another machine): the recorded path is stale
                 raise InputError(f"{'checkpoint' if option == '--checkpoint' else 'config'} file {recorded} not "
