@@ -5,7 +5,7 @@ variation in a 16-d subspace), cosine metric, queries drawn fresh from the same 
 database). For every database size the exact flat index gives the ground truth; recall@10 = |approx top-10 ∩
 exact top-10| / 10, averaged over queries. Queries/s = queries / wall time of one batched ``search`` call, after
 one warm-up call, best of ``--repeats``. Indexes are built with
-:func:`dynametric.retrieval.index.build_faiss_index` (the code ``dynametric index build`` runs) and freed before
+:func:`dynametric.retrieval.faiss_ops.build_faiss_index` (the code ``dynametric index build`` runs) and freed before
 the next one (peak memory about 3 x N x 512 bytes).
 
     python benchmarks/search.py                      # 100k and 1M, 1 thread
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
 
-    from dynametric.retrieval.index import build_faiss_index
+    from dynametric.retrieval.faiss_ops import build_faiss_index
 
     build_threads = args.build_threads
 

@@ -267,7 +267,7 @@ def test_table_prints_no_negative_zero(built: dict[str, Path], capsys) -> None:
 
 
 def test_cosine_and_l2_distances_are_clamped_at_zero_and_keep_their_order() -> None:
-    from dynametric.retrieval.index import to_distance
+    from dynametric.retrieval.faiss_ops import to_distance
 
     scores = np.array([[1.0000001, 1.0, 0.5, -0.2]], dtype=np.float32)
     cos = to_distance(scores, "cosine")

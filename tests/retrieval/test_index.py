@@ -14,14 +14,13 @@ from hypothesis import strategies as st
 from dynametric.errors import DynametricError, InputError
 from dynametric.retrieval.embed import EmbeddingSet
 from dynametric.retrieval.index import (
-    BUILD_MARKER,
-    INDEX_FILES,
     LOCK_NAME,
     RetrievalIndex,
     first_per_group,
     require_faiss,
     take_first_k,
 )
+from dynametric.retrieval.index_folder import BUILD_MARKER, INDEX_FILES
 
 
 def make_set(n: int = 60, d: int = 8, seed: int = 0, labels: bool = True) -> EmbeddingSet:

@@ -11,7 +11,8 @@ import pytest
 
 from dynametric.errors import InputError
 from dynametric.retrieval.embed import EmbeddingSet
-from dynametric.retrieval.index import BUILD_MARKER, RetrievalIndex
+from dynametric.retrieval.index import RetrievalIndex
+from dynametric.retrieval.index_folder import BUILD_MARKER
 
 pytest.importorskip("faiss")
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dynametric.retrieval.embed import EmbeddingSet
-from dynametric.retrieval.index import INDEX_FILES, RetrievalIndex
+from dynametric.retrieval.index import RetrievalIndex
+from dynametric.retrieval.index_folder import INDEX_FILES
 from tests.disk import fail_writes_of
 
 pytest.importorskip("faiss")

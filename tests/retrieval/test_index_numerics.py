@@ -17,7 +17,8 @@ pytest.importorskip("faiss")
 
 from dynametric.errors import InputError  # noqa: E402
 from dynametric.retrieval.embed import EmbeddingSet  # noqa: E402
-from dynametric.retrieval.index import RetrievalIndex, to_distance  # noqa: E402
+from dynametric.retrieval.faiss_ops import to_distance  # noqa: E402
+from dynametric.retrieval.index import RetrievalIndex  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -229,7 +230,7 @@ def _old_format_index(tmp_path: Path, x: np.ndarray, metric: str) -> tuple[Path,
     ``index.json`` of version 1 without ``transform``; returns it and the rows faiss holds."""
     import faiss
 
-    from dynametric.retrieval.index import _prepare
+    from dynametric.retrieval.index_transform import _prepare
 
     rows = _prepare(x, metric)
     fi = faiss.IndexFlatL2(x.shape[1]) if metric == "l2" else faiss.IndexFlatIP(x.shape[1])
@@ -248,7 +249,7 @@ def _old_format_index(tmp_path: Path, x: np.ndarray, metric: str) -> tuple[Path,
 def test_an_index_of_the_previous_format_searches_as_before(tmp_path: Path, metric: str) -> None:
     import faiss
 
-    from dynametric.retrieval.index import _prepare
+    from dynametric.retrieval.index_transform import _prepare
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((200, 8)).astype(np.float32)
@@ -324,7 +325,7 @@ def test_the_preparation_is_the_evaluation_engine_s() -> None:
     import torch
 
     from dynametric.metrics import engine
-    from dynametric.retrieval import index as mod
+    from dynametric.retrieval import index_transform as mod
 
     assert mod.NARROW_CONE_SPREAD == engine.NARROW_CONE_SPREAD
     rng = np.random.default_rng(7)

@@ -15,7 +15,8 @@ import pytest
 
 from dynametric.errors import DynametricError, InputError
 from dynametric.retrieval.embed import EmbeddingSet
-from dynametric.retrieval.index import BUILD_MARKER, IndexChangedError, RetrievalIndex
+from dynametric.retrieval.index import IndexChangedError, RetrievalIndex
+from dynametric.retrieval.index_folder import BUILD_MARKER
 
 pytest.importorskip("faiss")
 

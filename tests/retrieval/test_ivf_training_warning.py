@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from dynametric.errors import ConfigError  # noqa: E402
-from dynametric.retrieval.index import IndexBuildWarning, build_faiss_index, default_nlist  # noqa: E402
+from dynametric.retrieval.faiss_ops import IndexBuildWarning, build_faiss_index, default_nlist  # noqa: E402
 
 
 def _x(n: int = 500) -> np.ndarray:

@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from dynametric.retrieval.embed import load_embedding_set
     from dynametric.retrieval.evaluate_io import check_output_place
-    from dynametric.retrieval.index import IndexBuildWarning, RetrievalIndex, check_build_folder
+    from dynametric.retrieval.faiss_ops import IndexBuildWarning
+    from dynametric.retrieval.index import RetrievalIndex
+    from dynametric.retrieval.index_folder import check_build_folder
 
     if args.out.resolve() == args.embeddings.resolve():
         raise ConfigError("--out must differ from --embeddings", key="--out")

@@ -57,17 +57,9 @@ from dynametric.data.readers import (
 )
 from dynametric.engine.data import worker_init
 from dynametric.errors import InputError, first_sentence
-from dynametric.retrieval.index import (
-    csv_line,
-    csv_records,
-    folder_lock,
-    make_output_folder,
-    other_entries,
-    repr_model,
-    repr_names,
-    repr_text,
-    utf8_text,
-)
+from dynametric.retrieval.index_files import csv_line, csv_records, utf8_text
+from dynametric.retrieval.index_folder import folder_lock, make_output_folder, other_entries
+from dynametric.retrieval.reprs import repr_model, repr_names, repr_text
 from dynametric.utils.ahead import RunAhead
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
 from dynametric.utils.io import (
@@ -512,8 +504,8 @@ def _shard_ok(path: Path, rows: int) -> bool:
 
 
 def _items_csv_text(items: ImageItems) -> str:
-    """``items.csv``'s text (:func:`~dynametric.retrieval.index.csv_line`: every id and path reads back as written,
-    a carriage return or a line break in a file name included)."""
+    """``items.csv``'s text (:func:`~dynametric.retrieval.index_files.csv_line`: every id and path reads back as
+    written, a carriage return or a line break in a file name included)."""
     lines = [csv_line(["index", "id", "path", *items.scale_names])]
     for i, (item_id, p) in enumerate(zip(items.ids, items.paths)):
         labels = [] if items.labels is None else [int(v) for v in items.labels[i]]

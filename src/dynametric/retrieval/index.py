@@ -1,471 +1,104 @@
 """A faiss nearest-neighbour index with its metadata (``dynametric index build`` / ``dynametric search``).
 
 Index folder ``INDEX/``: ``index.faiss`` (the faiss index), ``items.csv`` (``index,id,path``), ``labels.npy``
-(``[N, S]`` int64, when the embeddings carry labels) and ``index.json``: kind and parameters, metric, dimension,
-count, scale names, class names of text labels, the image roots, and the producing model's identity (checkpoint,
-config hash, weights hash, head). While a build runs (and after one was killed) the folder also holds
-``index.build.json``, the build's marker: written first, removed once ``index.json`` is written, and the lock file
-``dynametric.lock`` (:func:`folder_lock`; ``embed`` and ``merge-embeddings`` hold it in their folders too).
+(``[N, S]`` int64, when the embeddings carry labels) and ``index.json``: kind and parameters, metric, dimension, count,
+scale names, class names of text labels, the image roots, and the producing model's identity (checkpoint, config
+hash, weights hash, head). While a build runs (and after one was killed) the folder also holds ``index.build.json``,
+the build's marker: written first, removed once ``index.json`` is written, and the lock file ``dynametric.lock``
+(:func:`~dynametric.retrieval.index_folder.folder_lock`; ``embed`` and ``merge-embeddings`` hold it in their folders
+too).
 
 Metrics: ``cosine`` (vectors L2-normalised, inner product; reported distance ``1 - cos``), ``l2`` (reported
-distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer
-for every reported distance. The items are stored transformed (:class:`InputTransform`, decided at build time in
-float64 and recorded in ``index.json``; queries alike): faiss finds candidates in float32, their distances are
-computed again in float64 with the transform undone, equal distances ordered by item position.
+distance: the Euclidean distance) and ``ip`` (inner product; reported distance ``-<q, x>``). Smaller is closer for
+every reported distance. The items are stored transformed
+(:class:`~dynametric.retrieval.index_transform.InputTransform`, decided at build time in float64 and recorded in
+``index.json``; queries alike): faiss finds candidates in float32, their distances are computed again in float64
+with the transform undone, equal distances ordered by item position.
 
 Kinds: ``flat`` (exact), ``ivf`` (``IndexIVFFlat``: ``nlist`` k-means cells, ``nprobe`` visited per query;
 Jégou et al. 2011), ``hnsw`` (``IndexHNSWFlat``: ``M`` links, ``ef_construction``, ``ef_search``; Malkov &
 Yashunin 2018).
+
+Beside this module: the folder's layout and its lock (:mod:`dynametric.retrieval.index_folder`), the reading of its
+files (:mod:`dynametric.retrieval.index_files`), the input transform (:mod:`dynametric.retrieval.index_transform`),
+faiss's build and search (:mod:`dynametric.retrieval.faiss_ops`) and the short reprs
+(:mod:`dynametric.retrieval.reprs`). ``build_faiss_index``, ``IndexBuildWarning``, ``require_faiss``, ``folder_lock``,
+``LOCK_NAME``, ``other_entries`` and ``IndexChangedError`` are importable from here too, their former home.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import math
 import os
-import socket
 import sys
 import threading
-import uuid
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dynametric.cpu_kernels import outside_package_level
 from dynametric.errors import ConfigError, DynametricError, InputError, first_sentence
-from dynametric.utils.io import (
-    StagedFiles,
-    holds_only_own_files,
-    is_stale_temp,
-    json_text,
-    remove_stale_temps,
-    replacement_mode,
-    require_new_folder,
-    save_npy,
+from dynametric.retrieval.faiss_ops import (  # noqa: F401  (IndexBuildWarning: re-exported, its former home)
+    METRICS,
+    IndexBuildWarning,
+    build_faiss_index,
+    faiss_search,
+    require_faiss,
+    to_distance,
 )
-from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, LockUnreadable, acquire_lock
+from dynametric.retrieval.index_files import (
+    _CHANGING,
+    LOAD_TRIES,
+    IndexChangedError,
+    _change_during_load,
+    _check_kind,
+    _labels_sha256,
+    _read_index_json,
+    _read_items,
+    _read_labels,
+    _read_meta,
+    csv_line,
+    utf8_text,
+)
+from dynametric.retrieval.index_folder import (  # noqa: F401  (LOCK_NAME, other_entries: re-exported, former home)
+    BUILD_FORMAT,
+    BUILD_MARKER,
+    INDEX_FILES,
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    LOCK_NAME,
+    _is_build_file,
+    check_build_folder,
+    folder_lock,
+    make_output_folder,
+    other_entries,
+)
+from dynametric.retrieval.index_transform import (
+    _PREPARE_ROWS,
+    QUERY_REACH,
+    InputTransform,
+    _prepare,
+    _Queries,
+    _rows_of,
+)
+from dynametric.retrieval.reprs import repr_model, repr_names, repr_text
+from dynametric.utils.io import StagedFiles, json_text, remove_stale_temps, require_new_folder, save_npy
 from dynametric.utils.readers import (
     beyond_float32,
     beyond_float32_text,
-    check_format_version,
     open_regular,
-    read_plain_npy,
     read_regular_bytes,
     refuse_zero_rows,
-    require_regular,
 )
-
-KINDS = ("flat", "ivf", "hnsw")
-METRICS = ("cosine", "l2", "ip")
-INDEX_FORMAT = "dynametric-index"
-INDEX_VERSION = 2
 
 TIE_CANDIDATES = 4096
 """A flat search grows its candidate list until the ``k``-th result is settled (no item beyond the list can tie with
 it or come before it), but not past ``max(16 x the first list, TIE_CANDIDATES)`` candidates once every query has its
 results: a tie group larger than that (thousands of items on one point: a collapsed model) is settled by position
 among the candidates found, so such data cost at most that many float64 distances per query."""
-"""2: ``index.json`` records the input transform (``transform``, :class:`InputTransform`); an index of version 1
-(none) is searched as it was built."""
 QUERY_CHUNK = 64
-INDEX_FILES = ("index.faiss", "items.csv", "labels.npy", "index.json")
-BUILD_MARKER = "index.build.json"
-"""Written first by every build (``format: dynametric-index-build``, the files it writes) and removed once
-``index.json`` is written: a folder a build was killed in is recognised by it, and built into again."""
-BUILD_FORMAT = "dynametric-index-build"
-
-
-LOCK_NAME = "dynametric.lock"
-"""The lock file an ``embed``, ``merge-embeddings`` or ``index build`` holds in its output folder while it writes there
-(:func:`folder_lock`; created whole at once: ``format: dynametric-lock``, the command, its process id and host, a
-token); removed when the command ends."""
-LOCK_FORMAT = "dynametric-lock"
-
-
-def make_output_folder(out: Path, key: str) -> Path:
-    """Create the output folder ``out`` (and the folders above it); a folder that cannot be made is one line naming
-    it and ``key``: ``ro/emb key '--out': cannot create the folder (Permission denied)``."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        folder = Path(exc.filename) if exc.filename is not None else out
-        raise InputError(f"cannot create the folder ({exc.strerror or exc})", file=folder, key=key) from None
-    return out
-
-
-def other_entries(folder: Path) -> list[Path]:
-    """The entries of ``folder`` but the lock file (:data:`LOCK_NAME`) and what a kill while it was taken may leave
-    beside it (the temporary file it is made from, ``.dynametric.lock.<8 characters>.tmp``)."""
-    return [p for p in folder.iterdir() if p.name != LOCK_NAME and not is_stale_temp(p, LOCK_NAME.__eq__)]
-
-
-def _dynametric_lock(data: Any) -> Holder | None:
-    """The process a :data:`LOCK_NAME` names, where its JSON is a lock of dynametric (:data:`LOCK_FORMAT`, an integer
-    ``pid``)."""
-    if not (isinstance(data, dict) and data.get("format") == LOCK_FORMAT and isinstance(data.get("pid"), int)):
-        return None
-    return Holder(data["pid"], str(data.get("host")))
-
-
-@contextmanager
-def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
-    """Hold the lock file of the folder ``out`` (it exists) while ``command`` (``embed``, ``index build``) writes
-    there (:func:`~dynametric.utils.locks.acquire_lock`). Another command holding it (a process still running on this
-    host, or one on another host, which cannot be asked) is one line keyed ``key``: ``<out> key '--out': the folder is
-    being written by another embed (process N); ...``. A lock left by a process that ended (killed) is taken over; a
-    file of that name that is no lock of dynametric is refused, never removed."""
-    lock = out / LOCK_NAME
-    record = json.dumps({"format": LOCK_FORMAT, "command": command, "pid": os.getpid(),
-                         "host": socket.gethostname(), "token": uuid.uuid4().hex}).encode()
-    try:
-        held = acquire_lock(lock, record, recognise=_dynametric_lock, unaskable="live", foreign="refuse", attempts=5)
-    except LockBusy as exc:
-        host = exc.holder.host
-        where = "" if host == socket.gethostname() else f" on host {host}"
-        raise InputError(f"the folder is being written by another {exc.lock.fields.get('command', 'command')} "
-                         f"(process {exc.holder.pid}{where}); wait for it to finish or use another {key}"
-                         + (f" (if that process is gone, remove {lock})" if where else ""), file=out, key=key) from None
-    except LockForeign as exc:
-        if exc.being_written:  # perhaps an O_EXCL file whose process is writing it this moment
-            raise InputError(f"the folder is being written by another command (its {LOCK_NAME} was just created); "
-                             f"wait for it to finish or use another {key}", file=out, key=key) from None
-        raise InputError(f"is not a lock file of dynametric ({LOCK_FORMAT}); it is not removed: move it away or use "
-                         f"another {key}", file=lock, key=key) from None
-    except LockContended:
-        raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
-                         f"to finish or use another {key}", file=out, key=key) from None
-    except LockUnreadable as exc:
-        raise InputError(f"cannot read the lock file ({exc.error.strerror or exc.error})", file=lock,
-                         key=key) from None
-    except OSError as exc:
-        raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
-                         key=key) from None
-    with held:
-        yield
-
-
-def require_faiss() -> Any:
-    """Import faiss or raise a clear error naming the extra to install."""
-    try:
-        import faiss
-    except ImportError:
-        raise DynametricError("faiss is not installed; install it with `pip install 'dynametric[faiss]'` "
-                              "(or `pip install faiss-cpu`)") from None
-    return faiss
-
-
-_PREPARE_ROWS = 16384  # rows normalised at a time (a float64 copy of one block)
-
-
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    """``x`` as contiguous float32, rows scaled to unit length for ``cosine``.
-
-    Each row is first divided by its largest absolute value, then by its norm, in float64: a finite row of any
-    scale gets its direction (a float32 norm overflows to inf beyond about 1e19 and underflows to 0 below about
-    1e-23, which made every such vector 0). An all-zero row stays zero (callers refuse those for cosine).
-    Normalised in blocks of :data:`_PREPARE_ROWS` rows, so the float64 copy stays bounded."""
-    if metric != "cosine":
-        return np.ascontiguousarray(x, dtype=np.float32)
-    src = np.asarray(x)
-    out = np.empty(src.shape, dtype=np.float32)
-    for lo in range(0, len(src), _PREPARE_ROWS):
-        out[lo:lo + _PREPARE_ROWS] = _unit_rows64(src[lo:lo + _PREPARE_ROWS])
-    return out
-
-
-def _unit_rows64(block: np.ndarray) -> np.ndarray:
-    """Rows of ``block`` L2-normalised in float64, each first divided by its largest absolute value (a finite row of
-    any scale gets its direction); an all-zero row stays zero."""
-    y = np.array(block, dtype=np.float64)  # a copy: never the caller's array
-    peak = np.abs(y).max(axis=1, keepdims=True) if y.shape[1] else np.ones((len(y), 1))
-    y /= np.where(peak > 0, peak, 1.0)
-    y /= np.where(peak > 0, np.linalg.norm(y, axis=1, keepdims=True), 1.0)
-    return y
-
-
-NARROW_CONE_SPREAD = 2.0 ** -7
-"""A cosine index whose items' unit rows spread less than this (root mean square distance from their mean) stores
-them centred and scaled in an L2 index (:class:`InputTransform`, kind ``cosine-l2``): the evaluation engine's rule
-(``dynametric.metrics.engine.NARROW_CONE_SPREAD``), where float32 cosines of near neighbours round to the same
-few values next to 1."""
-CONE_FACTOR_MAX = 2.0 ** 40
-"""The largest scale factor of a ``cosine-l2`` index: a query (a unit row, anywhere on the sphere, at most 2 from
-the centre) stays far inside float32's range whatever the cone's width."""
-QUERY_REACH = 2.0 ** 60
-"""An ``l2`` index refuses a query whose transformed coordinates (centred and scaled as the items, whose largest
-absolute coordinate is below 1) reach ``QUERY_REACH / sqrt(D)``: its float32 squared distances could overflow."""
-TRANSFORMS = {"l2": ("l2",), "cosine": ("cosine", "cosine-l2"), "ip": ("ip",)}
-
-
-def _pow2_below(peak: float) -> float:
-    """The power of two ``f`` that brings ``peak`` (> 0, finite) into ``[0.5, 1)``; 1 for 0."""
-    return 1.0 if not peak > 0.0 else math.ldexp(1.0, -math.frexp(peak)[1])
-
-
-def _rows_of(x: np.ndarray, unit: bool) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, float64 block)`` of ``x`` in blocks of :data:`_PREPARE_ROWS` rows (unit rows when ``unit``)."""
-    for lo in range(0, len(x), _PREPARE_ROWS):
-        block = x[lo:lo + _PREPARE_ROWS]
-        yield lo, _unit_rows64(block) if unit else np.asarray(block, dtype=np.float64)
-
-
-def _centre_and_factor(x: np.ndarray, unit: bool, factor_max: float = math.inf) -> tuple[np.ndarray, float]:
-    """The evaluation engine's Euclidean preparation (``_centred_scaled`` in ``dynametric.metrics.engine``), in numpy:
-    the float64 mean of the rows rounded to a multiple of ``2**floor(log2(spread))`` (``spread``: the largest
-    per-dimension standard deviation; no centring when it is 0), and the power of two that brings the largest
-    absolute centred coordinate into ``[0.5, 1)`` (at most ``factor_max``)."""
-    n, dim = x.shape
-    total = np.zeros(dim, dtype=np.float64)
-    for _, block in _rows_of(x, unit):
-        total += block.sum(axis=0)
-    mean = total / max(1, n)
-    sq = np.zeros(dim, dtype=np.float64)
-    for _, block in _rows_of(x, unit):
-        sq += ((block - mean) ** 2).sum(axis=0)
-    spread = math.sqrt(float(sq.max()) / max(1, n)) if dim else 0.0
-    if spread > 0.0 and math.isfinite(spread):
-        quantum = math.ldexp(1.0, math.frexp(spread)[1] - 1)
-        centre = np.round(mean / quantum) * quantum
-    else:
-        centre = np.zeros(dim, dtype=np.float64)
-    peak = 0.0
-    for _, block in _rows_of(x, unit):
-        peak = max(peak, float(np.abs(block - centre).max(initial=0.0)))
-    return centre, min(_pow2_below(peak), factor_max)
-
-
-@dataclass(frozen=True)
-class InputTransform:
-    """How an index (built by this version) stores its items and transforms every query, decided at build time
-    from the items and recorded in ``index.json`` (``transform``); the reported distances undo it in float64.
-
-    * ``l2``: rows ``(x - centre) * factor`` (``centre``: the rounded mean, ``factor``: a power of two; the engine's
-      Euclidean preparation), distances divided back by ``factor``;
-    * ``cosine``: float64 unit rows rounded to float32 in an inner-product index (as before this transform);
-    * ``cosine-l2``: the items' unit rows lie in a narrow cone (:data:`NARROW_CONE_SPREAD`): unit rows centred and
-      scaled as for ``l2`` in an L2 index, reporting ``1 - cos = d^2 / 2`` (exact for unit rows);
-    * ``ip``: rows times ``factor`` (a power of two bringing the largest absolute value into ``[0.5, 1)``), each
-      query times its own power of two; scores divided back by both (no centring: inner products are not
-      translation invariant).
-
-    ``max_norm``: the largest norm of a stored (float32) row, for the rounding bound of faiss's scores."""
-
-    kind: str
-    factor: float = 1.0
-    centre: np.ndarray | None = None
-    max_norm: float = 1.0
-
-    @property
-    def faiss_metric(self) -> str:
-        return "l2" if self.kind in ("l2", "cosine-l2") else "ip"
-
-    @property
-    def unit(self) -> bool:
-        return self.kind in ("cosine", "cosine-l2")
-
-    @classmethod
-    def plan(cls, x: np.ndarray, metric: str) -> InputTransform:
-        """The transform of an index of ``metric`` over the items ``x`` ``[N, D]`` (any real dtype; finite)."""
-        if metric == "l2":
-            centre, factor = _centre_and_factor(x, False)
-            return cls("l2", factor, centre)
-        if metric == "ip":
-            peak = max((float(np.abs(b).max(initial=0.0)) for _, b in _rows_of(x, False)), default=0.0)
-            return cls("ip", _pow2_below(peak))
-        if len(x) > 1:
-            total = np.zeros(x.shape[1], dtype=np.float64)
-            zero = False
-            for _, block in _rows_of(x, True):
-                total += block.sum(axis=0)
-                zero = zero or bool((block == 0).all(axis=1).any())
-            mean = total / len(x)
-            spread = math.sqrt(max(0.0, 1.0 - float(mean @ mean)))
-            if spread < NARROW_CONE_SPREAD and not zero:
-                centre, factor = _centre_and_factor(x, True, CONE_FACTOR_MAX)
-                return cls("cosine-l2", factor, centre)
-        return cls("cosine")
-
-    def rows64(self, block: np.ndarray) -> np.ndarray:
-        """A block of rows transformed in float64 (before the rounding to float32); an ``ip`` query is scaled by a
-        factor of its own instead (:meth:`RetrievalIndex._prepare_queries`)."""
-        y = _unit_rows64(block) if self.unit else np.array(block, dtype=np.float64)
-        if self.centre is not None:
-            y -= self.centre
-        if self.factor != 1.0:
-            y *= self.factor
-        return y
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """The stored rows: :meth:`rows64` rounded to contiguous float32, block by block."""
-        out = np.empty(x.shape, dtype=np.float32)
-        for lo in range(0, len(x), _PREPARE_ROWS):
-            out[lo:lo + _PREPARE_ROWS] = self.rows64(x[lo:lo + _PREPARE_ROWS])
-        return out
-
-    def undo(self, stored: np.ndarray) -> np.ndarray:
-        """Stored rows back in the items' space, float64 (for ``cosine`` / ``cosine-l2`` their unit rows)."""
-        y = np.array(stored, dtype=np.float64)
-        if self.factor != 1.0:
-            y /= self.factor
-        if self.centre is not None:
-            y += self.centre
-        return y
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "factor": self.factor,
-                "centre": None if self.centre is None else [float(v) for v in self.centre],
-                "max_norm": self.max_norm}
-
-    @classmethod
-    def from_json(cls, value: Any, metric: str, dim: int, path: Path) -> InputTransform:
-        """``index.json``'s ``transform`` checked: one line keyed ``transform`` for anything else."""
-        def bad(why: str) -> InputError:
-            return InputError(f"{why}; the file is damaged: rebuild the index", file=path, key="transform")
-
-        if not isinstance(value, dict):
-            raise bad(f"expected an object, found {type(value).__name__}")
-        kind, factor, centre, norm = (value.get(k) for k in ("kind", "factor", "centre", "max_norm"))
-        if kind not in TRANSFORMS[metric]:
-            raise bad(f"kind {kind!r} is not one of {list(TRANSFORMS[metric])} (metric {metric})")
-        for name, v in (("factor", factor), ("max_norm", norm)):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0 or \
-                    (name == "factor" and (v == 0 or math.frexp(v)[0] != 0.5)):
-                raise bad(f"{name} must be a finite {'power of two' if name == 'factor' else 'number >= 0'}, "
-                          f"found {v!r}")
-        if kind in ("l2", "cosine-l2"):
-            if not (isinstance(centre, list) and len(centre) == dim and all(
-                    isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in centre)):
-                raise bad(f"centre must be a list of {dim} finite numbers")
-            arr: np.ndarray | None = np.array(centre, dtype=np.float64)
-        elif centre is not None:
-            raise bad(f"centre must be null for kind {kind!r}")
-        else:
-            arr = None
-        return cls(kind, float(factor), arr, float(norm))  # type: ignore[arg-type]
-
-
-@dataclass
-class _Queries:
-    """Queries of an index with an :class:`InputTransform`: ``faiss`` (the float32 rows faiss searches), ``exact``
-    (the same rows in float64; for ``cosine`` renormalised in float64) and ``divisor`` (per row: what a float64 key
-    is divided by to become the reported distance's scale)."""
-
-    faiss: np.ndarray
-    exact: np.ndarray
-    divisor: np.ndarray
-
-    def __getitem__(self, sl: slice) -> _Queries:
-        return _Queries(self.faiss[sl], self.exact[sl], self.divisor[sl])
-
-    def __len__(self) -> int:
-        return len(self.faiss)
-
-
-IVF_MIN_POINTS_PER_CELL = 39  # faiss's k-means default ``min_points_per_centroid``
-
-
-class IndexBuildWarning(UserWarning):
-    """An index was built as asked, but in a way that may search worse (an ``ivf`` index trained on fewer vectors
-    than faiss's k-means wants per cell)."""
-
-
-def default_nlist(n: int) -> int:
-    """``round(4 sqrt(N))`` cells, at most ``N / 39`` (faiss wants >= 39 training points per cell), at least 1."""
-    return max(1, min(int(round(4 * math.sqrt(n))), n // IVF_MIN_POINTS_PER_CELL))
-
-
-def build_faiss_index(x: np.ndarray, kind: str = "flat", metric: str = "cosine", *, nlist: int | None = None,
-                      nprobe: int = 8, m: int = 32, ef_construction: int = 80, ef_search: int = 64,
-                      train_size: int | None = None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Build a faiss index over ``x`` ``[N, D]`` (already prepared for ``metric``); returns it and its params."""
-    faiss = require_faiss()
-    if kind not in KINDS:
-        raise ConfigError(f"unknown index kind {kind!r}; expected one of {list(KINDS)}", key="--kind")
-    if metric not in METRICS:
-        raise ConfigError(f"unknown metric {metric!r}; expected one of {list(METRICS)}", key="--metric")
-    n, d = x.shape
-    fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    params: dict[str, Any] = {}
-    if kind == "flat":
-        index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-        index.add(x)
-    elif kind == "ivf":
-        nl = default_nlist(n) if nlist is None else int(nlist)
-        if nl < 1 or nl > n:
-            raise ConfigError(f"nlist must be in [1, {n}] (the number of vectors), got {nl}", key="--nlist")
-        if nprobe < 1:
-            raise ConfigError(f"nprobe must be >= 1, got {nprobe}", key="--nprobe")
-        quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nl, fmetric)
-        if train_size is not None and train_size < nl:
-            raise ConfigError(f"train_size must be at least nlist ({nl}: k-means needs a vector per cell), got "
-                              f"{train_size}", key="train_size")
-        ts = min(n, train_size if train_size is not None else max(nl * 64, 10_000))
-        rng = np.random.default_rng(seed)
-        sample = x if ts >= n else x[np.sort(rng.choice(n, ts, replace=False))]
-        index.cp.seed = seed
-        if ts < IVF_MIN_POINTS_PER_CELL * nl:
-            # faiss would print its own line on stderr (not a Python warning: no filter, no traceback line)
-            warnings.warn(f"ivf: {nl} cells trained on {ts} vectors, fewer than faiss's k-means wants "
-                          f"({IVF_MIN_POINTS_PER_CELL} per cell: {IVF_MIN_POINTS_PER_CELL * nl}); the cells may be "
-                          f"uneven and searches slower or less accurate: fewer cells (nlist <= "
-                          f"{max(1, ts // IVF_MIN_POINTS_PER_CELL)})"
-                          + (" or a larger train_size" if ts < min(n, IVF_MIN_POINTS_PER_CELL * nl) else "")
-                          + " train better", IndexBuildWarning,
-                          stacklevel=outside_package_level())
-            index.cp.min_points_per_centroid = 1
-        index.train(sample)
-        index.add(x)
-        index.nprobe = min(nprobe, nl)
-        params = {"nlist": nl, "nprobe": int(index.nprobe), "train_size": int(len(sample))}
-    else:
-        if m < 2 or ef_construction < 1 or ef_search < 1:
-            raise ConfigError(f"need M >= 2, ef_construction >= 1, ef_search >= 1; got {m}, {ef_construction}, "
-                              f"{ef_search}", key="--m")
-        index = faiss.IndexHNSWFlat(d, m, fmetric)
-        index.hnsw.efConstruction = ef_construction
-        index.hnsw.efSearch = ef_search
-        index.add(x)
-        params = {"m": m, "ef_construction": ef_construction, "ef_search": ef_search}
-    return index, params
-
-
-def faiss_search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw faiss search ``(scores [Q, k], ids [Q, k])`` with ``k`` clipped to the index size (``-1`` pads).
-
-    An ``hnsw`` index is searched with a beam of ``max(efSearch, k)`` passed as this call's search parameters:
-    the index itself is never written, so one index may be searched from several threads at once (faiss releases
-    the GIL while it searches; setting ``index.hnsw.efSearch`` around the call let threads see each other's value,
-    and restore the wrong one)."""
-    k = max(1, min(int(k), int(index.ntotal)))
-    hnsw = getattr(index, "hnsw", None)
-    if hnsw is not None and hnsw.efSearch < k:
-        faiss = require_faiss()
-        # faiss.contrib.torch_utils (imported by pytorch-metric-learning's faiss kNN, for one) replaces every index's
-        # search with one that takes no params, and keeps faiss's own numpy search as search_numpy
-        search = getattr(index, "search_numpy", index.search)
-        return search(q, k, params=faiss.SearchParametersHNSW(efSearch=k))
-    return index.search(q, k)
-
-
-def to_distance(scores: np.ndarray, metric: str) -> np.ndarray:
-    """faiss scores -> reported distances (smaller is closer): ``1 - cos``, Euclidean, ``-ip``.
-
-    ``1 - cos`` and the Euclidean distance cannot be negative: float rounding below 0 (a query's own item at about
-    ``-1e-7``) is clamped to 0, which keeps the order (the clamp is monotone); ``-ip`` keeps its sign."""
-    if metric == "cosine":
-        return np.maximum(1.0 - scores, 0.0)
-    if metric == "l2":
-        return np.sqrt(np.maximum(scores, 0.0))
-    return -scores
 
 
 def first_per_group(groups: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -493,253 +126,6 @@ def take_first_k(keep: np.ndarray, k: int) -> np.ndarray:
     rows, cols = np.nonzero(sel)
     pos[rows, rank[rows, cols] - 1] = cols
     return pos
-
-
-_META_TYPES: dict[str, tuple[type, ...]] = {"kind": (str,), "metric": (str,), "dim": (int,), "count": (int,)}
-
-
-def _is_build_file(name: str) -> bool:
-    """A file a build writes atomically: the index's own files and its marker."""
-    return name in INDEX_FILES or name == BUILD_MARKER
-
-
-def _is_build_or_lock_file(name: str) -> bool:
-    """A build's file (:func:`_is_build_file`) or the folder's lock file: a folder is the build's also while it
-    holds the temporary file another build's lock attempt makes (``.dynametric.lock.<8 characters>.tmp``, there
-    between its creation and its removal, or left by a kill at that moment). Only recognised, never removed by a
-    build: it may be another process's lock being taken."""
-    return _is_build_file(name) or name == LOCK_NAME
-
-
-def _build_files(out: Path) -> set[str]:
-    """The files of an interrupted build in ``out`` by its marker (:data:`BUILD_MARKER`, a regular file saying
-    ``format: dynametric-index-build``): the marker and the index files it lists; empty without one."""
-    marker = out / BUILD_MARKER
-    if marker.is_symlink() or not marker.is_file():
-        return set()
-    try:
-        meta = json.loads(read_regular_bytes(marker).decode("utf-8"))
-    except (OSError, ValueError, RecursionError, InputError):
-        return set()
-    if not isinstance(meta, dict) or meta.get("format") != BUILD_FORMAT or not isinstance(meta.get("files"), list):
-        return set()
-    return {BUILD_MARKER, *(name for name in meta["files"] if name in INDEX_FILES)}
-
-
-def check_build_folder(out: Path, key: str = "--out") -> None:
-    """Whether a build may write into the existing folder ``out``, asked before anything is written there (by
-    ``index build`` before the embeddings are read, and again under the folder's lock): an earlier index is replaced,
-    and a folder holding only what a first build killed before ``index.json`` left (its marker and the files it
-    names, the temporary files of its atomic writes); any other non-empty folder is refused (the lock file and the
-    temporary files of lock attempts aside: :func:`_is_build_or_lock_file`), so is a :data:`BUILD_MARKER` that is
-    not a build's. Every file the build replaces or removes (:data:`INDEX_FILES`, the marker) must be one it may
-    replace: a read-only one (``chmod 444``) is one line keyed ``key`` (:func:`~dynametric.utils.io.replacement_mode`),
-    the folder left as it was."""
-    if not out.is_dir():
-        return
-    if not _is_index_folder(out) and not holds_only_own_files(out, {*_build_files(out), LOCK_NAME},
-                                                              _is_build_or_lock_file):
-        require_new_folder(out, key, "dynametric index (index.json)")
-    marker = out / BUILD_MARKER
-    if (marker.exists() or marker.is_symlink()) and not _build_files(out):  # beside an earlier index
-        raise InputError(f"is not the marker of a dynametric index build (format {BUILD_FORMAT!r}), and it is not "
-                         f"overwritten: move it away or use another {key}", file=marker, key=key)
-    for name in (BUILD_MARKER, *INDEX_FILES):  # the marker and index.faiss are written first, labels.npy may go
-        replacement_mode(out / name, key)
-
-
-def _is_index_folder(out: Path) -> bool:
-    try:  # an index.json that is a FIFO or a device (/dev/zero) is no index's, and is not read
-        return json.loads(read_regular_bytes(out / "index.json").decode("utf-8")).get("format") == INDEX_FORMAT
-    except (OSError, ValueError, AttributeError, RecursionError, InputError):
-        return False
-
-
-def _read_meta(meta_path: Path, data: bytes | None = None) -> dict[str, Any]:
-    """``index.json`` (``data``: its content, already read), with every field the loader relies on present and of
-    the right type."""
-    try:
-        meta = json.loads(read_regular_bytes(meta_path) if data is None else data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"unreadable index metadata ({exc})", file=meta_path) from None
-    except RecursionError:  # arrays or objects nested thousands deep: no index.json holds them
-        raise InputError("unreadable index metadata (RecursionError: nested too deeply)", file=meta_path) from None
-    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise InputError(f"not a dynametric index (format {found!r})", file=meta_path, key="format")
-    check_format_version(meta, meta_path, newest=INDEX_VERSION, what="index format")
-    for key, types in _META_TYPES.items():
-        value = meta.get(key)
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise InputError(f"expected {types[0].__name__}, found {value!r}", file=meta_path, key=key)
-    if meta["kind"] not in KINDS or meta["metric"] not in METRICS:
-        raise InputError(f"unknown kind/metric {meta['kind']!r}/{meta['metric']!r}; expected one of {list(KINDS)} / "
-                         f"{list(METRICS)}", file=meta_path, key="kind")
-    return meta
-
-
-def _check_kind(index: Any, meta: dict[str, Any], fpath: Path, faiss: Any) -> None:
-    """The faiss file must be the kind and metric ``index.json`` names (a swapped file is not searched as another)."""
-    if isinstance(index, faiss.IndexHNSW):
-        found = "hnsw"
-    elif isinstance(index, faiss.IndexIVF):
-        found = "ivf"
-    elif isinstance(index, faiss.IndexFlat):
-        found = "flat"
-    else:
-        found = type(index).__name__
-    metric = "l2" if index.metric_type == faiss.METRIC_L2 else "ip"
-    transform = meta.get("transform")
-    want_metric = ("l2" if meta["metric"] == "l2" else "ip") if not isinstance(transform, dict) else \
-        ("l2" if transform.get("kind") in ("l2", "cosine-l2") else "ip")
-    if found != meta["kind"] or metric != want_metric:
-        raise InputError(f"index.faiss holds a {found} index ({metric}), but index.json says {meta['kind']} "
-                         f"({meta['metric']})", file=fpath)
-
-
-def csv_line(fields: Iterable[Any]) -> str:
-    """One CSV record ending in ``\n``, as ``csv.reader`` reads it back field for field: a field holding a comma, a
-    double quote, ``\n`` or ``\r`` is quoted (its quotes doubled). ``csv.writer(lineterminator="\n")`` leaves a
-    field with a ``\r`` unquoted, and a reader ends the record there (a file name with a carriage return split
-    its row of ``items.csv`` in two)."""
-    out = []
-    for value in fields:
-        text = str(value)
-        if any(c in text for c in _CSV_SPECIAL):
-            text = '"' + text.replace('"', '""') + '"'
-        out.append(text)
-    return ",".join(out) + "\n"
-
-
-_CSV_SPECIAL = (",", '"', "\n", "\r")
-
-
-def csv_records(text: str, path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
-    """The records after the header of an ``items.csv`` (``text``), each with the line it starts on; every record
-    must have as many fields as the header (``what`` names them in the error: one line naming ``path`` and the
-    line, e.g. a row split by a bare carriage return in a file an older dynametric wrote)."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        width = len(header or [])
-        start = reader.line_num + 1
-        for row in reader:
-            if len(row) != width:
-                raise InputError(f"expected {width} fields ({what}), got {len(row)}: the file is damaged (a row "
-                                 "split or cut); write it again (embed again / rebuild the index)", file=path,
-                                 line=start)
-            yield start, row
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise InputError(f"unreadable CSV ({exc})", file=path, line=reader.line_num) from None
-
-
-def _read_items(path: Path, text: str | None = None) -> tuple[list[str], list[str]]:
-    """``items.csv``: header ``index,id,path``, then one row of three fields per item (``text``: the file's
-    content, already read)."""
-    if text is None:
-        data = read_regular_bytes(path, missing="items.csv missing (the index folder is incomplete)")
-        text = utf8_text(data, path)
-    if not text.startswith("index,id,path"):
-        raise InputError(f"expected the header index,id,path, found {text.partition(chr(10))[0][:60]!r}", file=path,
-                         line=1)
-    ids, paths = [], []
-    for _, row in csv_records(text, path, "index,id,path"):
-        ids.append(row[1])
-        paths.append(row[2])
-    return ids, paths
-
-
-def utf8_text(data: bytes, path: Path) -> str:
-    """The text of a file this tool wrote, line ends as written (a ``\r`` inside a quoted CSV field stays one)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
-
-
-LOAD_TRIES = 3
-"""How many times :meth:`RetrievalIndex.load` reads a folder whose ``index.json`` a build replaced meanwhile."""
-_CHANGING = ("the index changed while it was read: a `dynametric index build` into this folder is running (or was "
-             f"stopped before it finished: its {BUILD_MARKER} is there); try again once the build finished, or run "
-             "the build again")
-
-
-class IndexChangedError(InputError):
-    """:meth:`RetrievalIndex.load` of a folder that a ``dynametric index build`` rewrote while it was read, more
-    often than :data:`LOAD_TRIES` times, or that a build is writing (or was stopped in): try again later."""
-
-
-def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
-    """``index.json``'s bytes and the identity of the file they were read from (inode, size, modification time):
-    a build replaces the file by a new one, so a rebuild of the same index is another file with the same bytes."""
-    with open_regular(path, missing="not an index folder: no index.json (was `dynametric index build` "
-                      "interrupted?)") as fh:  # a FIFO or a device (/dev/zero): refused, never read
-        st = os.fstat(fh.fileno())
-        return fh.read(), (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _change_during_load(path: Path, seen: tuple[bytes, tuple[int, ...]]) -> str | None:
-    """Whether the folder changed since its ``index.json`` was read (``seen``: :func:`_read_index_json`):
-    ``"built"`` (another ``index.json`` now), ``"building"`` (a build's marker there: a build running or one
-    stopped), ``None``.
-
-    The marker is looked at first: when there was none and ``index.json`` is still the file read, no build ran when
-    the marker was looked for, and none had finished since ``index.json`` was read (each writes a new one).
-    (``index.json`` first would miss a build that wrote it and removed its marker in between.)"""
-    marker = path / BUILD_MARKER
-    building = marker.exists() or marker.is_symlink()
-    try:
-        if _read_index_json(path / "index.json") != seen:
-            return "built"
-    except InputError:  # gone (as OSError before), or no regular file now: read again, and refused then
-        return "built" if (path / "index.json").exists() else "building"
-    except OSError:
-        return "building"
-    return "building" if building else None
-
-
-def _labels_sha256(labels: np.ndarray | None) -> str:
-    """The digest ``index.json`` records of the labels: SHA-256 of their int64 values, row by row."""
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
-
-
-def _read_labels(path: Path, n: int) -> np.ndarray:
-    """``labels.npy``: an ``[N, S]`` integer array (never unpickled)."""
-    require_regular(path, missing="labels.npy missing, but index.json says the index has labels")
-    labels = read_plain_npy(path, "an [N, S] integer array")
-    if labels.ndim != 2 or labels.dtype.kind not in "iu":
-        raise InputError(f"expected an [N, S] integer array, found {labels.dtype} {labels.shape}", file=path)
-    return labels.astype(np.int64, copy=False)
-
-
-#: the most names a short repr lists (scale names), and the most characters of one value it shows
-REPR_NAMES, REPR_TEXT = 6, 60
-
-
-def repr_text(value: Any, limit: int = REPR_TEXT) -> str:
-    """``repr(str(value))`` cut to about ``limit`` characters (``...`` in the middle: a path keeps its file name)."""
-    text = str(value)
-    if len(text) > limit:
-        half = (limit - 3) // 2
-        text = f"{text[:half]}...{text[-half:]}"
-    return repr(text)
-
-
-def repr_names(names: Sequence[Any] | None) -> str:
-    """The first :data:`REPR_NAMES` of ``names``, each cut (:func:`repr_text`), then how many more: a bounded list."""
-    names = [] if names is None else list(names)  # a numpy array of names has no truth value
-    shown = ", ".join(repr_text(n, 30) for n in names[:REPR_NAMES])
-    return f"[{shown}{f', ... +{len(names) - REPR_NAMES} more' if len(names) > REPR_NAMES else ''}]"
-
-
-def repr_model(model: Mapping[str, Any] | None) -> str:
-    """The producing model's identity in a repr: its checkpoint and head (what names it), cut; ``-`` when unknown."""
-    if not model:
-        return "-"
-    head = model.get("head")
-    return repr_text(model.get("checkpoint", "?")) + (f" head {repr_text(head, 30)}" if head else "")
-
 
 @dataclass
 class SearchResult:
