@@ -166,7 +166,12 @@ class MetricLoss(RecordsStats, nn.Module):
           as in pytorch-metric-learning).
 
         Returns a 0-dim tensor on the embeddings' device, connected to the graph (0 with zero gradients when the
-        batch has no valid tuple; NaN when an embedding is not finite). Raises
+        batch has no valid tuple). A non-finite (NaN or inf) embedding makes the gradient non-finite; the value is
+        NaN too, except for the losses that average only their non-zero pair / triplet terms,
+        :class:`~dynametric.losses.ContrastiveLoss` and :class:`~dynametric.losses.TripletMarginLoss` (and a
+        :class:`~dynametric.losses.MultiScaleLoss` over them): as in pytorch-metric-learning, a NaN term is not
+        "non-zero" and drops out, so the value can stay finite while the gradients are NaN. Check the embeddings
+        or the gradients, not only the value (a run's ``trainer.nonfinite`` checks both). Raises
         :class:`~dynametric.errors.InputError` (one line, keyed by the argument) for inputs of the wrong shape, type
         or scale, and :class:`~dynametric.errors.ConfigError` for invalid settings."""
         check_embeddings(embeddings, ref_emb)
