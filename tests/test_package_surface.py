@@ -39,3 +39,54 @@ def test_the_retrieval_package_docstring_names_entry_points_that_exist() -> None
             continue
         owner = importlib.import_module(module)
         assert hasattr(owner, name), ref
+
+
+def _modules() -> list[str]:
+    import pkgutil
+
+    import dynametric
+
+    return ["dynametric", *(m.name for m in pkgutil.walk_packages(dynametric.__path__, "dynametric.")
+                            if not m.name.endswith("__main__"))]
+
+
+def test_every_class_and_function_of_a_public_all_has_its_own_docstring() -> None:
+    """A class docstring placed after annotated attributes is no docstring (``CSLLoss``, ``BNInception`` had
+    ``help()`` show their base class's); every class and function a module exports has its own."""
+    import inspect
+
+    missing = []
+    for name in _modules():
+        module = importlib.import_module(name)
+        if not module.__doc__:
+            missing.append(name)
+        for attr in getattr(module, "__all__", ()):
+            obj = getattr(module, attr)
+            own = obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", "x")
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and not (own or "").strip():
+                missing.append(f"{name}.{attr}")
+    assert missing == []
+
+
+def test_the_package_docstring_points_at_the_entry_points() -> None:
+    import dynametric
+
+    doc = dynametric.__doc__ or ""
+    refs = set(re.findall(r":(?:func|class|mod):`~?([\w.]+)`", doc))
+    assert {"dynametric.metrics.evaluate_embeddings", "dynametric.models.build_embedder",
+            "dynametric.losses.build_loss", "dynametric.pipeline.run_training", "dynametric.retrieval"} <= refs
+    for ref in refs:
+        module, _, name = ref.rpartition(".")
+        owner = importlib.import_module(module)
+        assert hasattr(owner, name) or importlib.util.find_spec(ref) is not None, ref
+
+
+def test_dynametric_pml_exports_its_public_names() -> None:
+    import inspect
+
+    import dynametric.pml as pml
+
+    public = {n for n, v in vars(pml).items() if not n.startswith("_") and not inspect.ismodule(v)
+              and getattr(v, "__module__", "dynametric.pml") == "dynametric.pml"}
+    assert sorted(pml.__all__) == sorted(public)
+    assert {"PML_PREFIX", "PML_CLASSES", "pml_catalogue", "pml_hint", "PMLAwareRegistry"} <= set(pml.__all__)
