@@ -356,7 +356,10 @@ def _read_inputs(query_emb: Any, query_labels: Any, gallery_emb: Any, gallery_la
 
 
 def _checked_scale_names(scale_names: Sequence[str] | None, num_scales: int) -> list[str]:
-    """The scales' names (default :func:`default_scale_names`): ``num_scales`` distinct names, none reserved."""
+    """The scales' names (default :func:`default_scale_names`): ``num_scales`` distinct names, none reserved (a
+    single string is refused, not read letter by letter)."""
+    if isinstance(scale_names, (str, bytes)):
+        raise InputError(f"expected a list of names, got a string {scale_names!r}", key="scale_names")
     names_s = list(default_scale_names(num_scales) if scale_names is None else scale_names)
     if len(names_s) != num_scales or len(set(names_s)) != num_scales or set(names_s) & set(RESERVED_SCALE_NAMES):
         reserved = ", ".join(map(repr, RESERVED_SCALE_NAMES))
