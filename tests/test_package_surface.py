@@ -90,3 +90,31 @@ def test_dynametric_pml_exports_its_public_names() -> None:
               and getattr(v, "__module__", "dynametric.pml") == "dynametric.pml"}
     assert sorted(pml.__all__) == sorted(public)
     assert {"PML_PREFIX", "PML_CLASSES", "pml_catalogue", "pml_hint", "PMLAwareRegistry"} <= set(pml.__all__)
+
+
+def test_the_public_classes_document_their_fields_and_methods() -> None:
+    """The docstrings a ``help()`` reader relies on say what they should: every field of the result classes, every
+    formula helper of ``RankRows``, the label column ``scale`` (and ArcFace / CosFace's ``label_scale``)."""
+    import dataclasses
+    import typing
+
+    from dynametric.losses import MetricLoss
+    from dynametric.metrics.ranking import RankRows, metrics_from_sorted_ranks
+    from dynametric.miners import Miner
+    from dynametric.models import Embedder
+    from dynametric.retrieval.embed import EmbeddingSet, EmbedResult, shard_path
+
+    for cls in (EmbedResult, EmbeddingSet):
+        doc = cls.__dict__.get("__doc__") or ""
+        for field in dataclasses.fields(cls):
+            assert f"``{field.name}``" in doc, (cls.__name__, field.name)
+    assert "str" in str(typing.get_type_hints(EmbeddingSet)["source"])  # docs build one with source="x.npy"
+    rank_doc = RankRows.__doc__ or ""
+    for method in ("sum", "count", "full", "as_float", "denom_at", "harmonic"):
+        assert f":meth:`{method}`" in rank_doc, method
+    assert "Returns" in (metrics_from_sorted_ranks.__doc__ or "")
+    for method in (Embedder.forward, Miner.forward):
+        assert (method.__doc__ or "").strip(), method.__qualname__
+    assert "shard_" in (shard_path.__doc__ or "")
+    assert "``scale``" in (MetricLoss.__doc__ or "") and "``label_scale``" in (MetricLoss.__doc__ or "")
+    assert "``scale=``" in (Miner.__doc__ or "") and "``label_scale=``" in (Miner.__doc__ or "")
