@@ -224,3 +224,34 @@ def test_float_labels_beyond_int64_are_refused_not_merged(dtype):
         as_label_matrix(np.array([[0.0, -1e19]]))
     edge = as_label_matrix(torch.tensor([-(2.0**63), 2.0**62, 0.0], dtype=torch.float64))
     assert edge[:, 0].tolist() == [-(2**63), 2**62, 0]  # the int64 range's own end values are kept exactly
+
+
+def test_select_scale_counts_negative_scales_from_the_coarsest_and_refuses_non_integers():
+    m = np.array([[1, 10, 100], [2, 10, 200]])
+    assert torch.equal(select_scale(m, -1), torch.tensor([100, 200]))  # -1: the last (coarsest) column
+    assert torch.equal(select_scale(m, np.int64(1)), torch.tensor([10, 10]))
+    assert "``-1`` the last (coarsest) one" in (select_scale.__doc__ or "")
+    for bad in (True, 1.0, "1"):
+        with pytest.raises(InputError) as info:
+            select_scale(m, bad)
+        assert info.value.key == "scale" and str(info.value) == (
+            f"key 'scale': scale must be an integer label column (0 = the finest), got {bad!r} "
+            f"({type(bad).__name__})")
+
+
+def test_a_string_of_scale_names_is_refused_not_read_letter_by_letter():
+    from dynametric.labels import check_scale_names
+    from dynametric.losses import TripletMarginLoss
+    from dynametric.metrics import evaluate_embeddings
+
+    with pytest.raises(InputError) as info:
+        check_scale_names("fine")
+    assert str(info.value) == "key 'scale_names': expected a list of names, got a string 'fine'"
+    x = np.random.default_rng(0).standard_normal((8, 3))
+    with pytest.raises(InputError) as info:
+        evaluate_embeddings(x, np.arange(8) % 2, scale_names="fine", metrics=["recall@1"])
+    assert str(info.value) == "key 'scale_names': expected a list of names, got a string 'fine'"
+    loss = TripletMarginLoss()
+    with pytest.raises(InputError) as info:
+        loss.scale_names = "fine"
+    assert str(info.value) == "key 'scale_names': expected a list of names, got a string 'fine'"

@@ -3,6 +3,19 @@
 Labels everywhere are ``LongTensor[N, S]``: one column per semantic scale, finest first
 (a 1-D label tensor is treated as ``S = 1``). See :mod:`dynametric.labels`.
 
+Where to start:
+
+* :func:`dynametric.metrics.evaluate_embeddings`: retrieval and clustering metrics of embeddings, per scale;
+* :func:`dynametric.models.build_embedder`: a backbone + embedding head (``Embedder``, ``save_pretrained`` /
+  ``from_pretrained``);
+* :func:`dynametric.losses.build_loss` (and :mod:`dynametric.miners`): metric-learning losses by name, under
+  pytorch-metric-learning's call;
+* :func:`dynametric.pipeline.run_training`: a whole training run from a config (:func:`dynametric.config.load_config`);
+* :mod:`dynametric.retrieval`: embed images with a trained model, index and search the embeddings.
+
+The same is on the command line: ``dynametric --help`` (``train``, ``evaluate``, ``embed``, ``index``, ``search``,
+...). The docs are in the repository's ``docs/`` folder.
+
 Importing the package itself imports neither torch nor numpy (the label helpers below load on first use), so the
 ``dynametric`` command can choose numpy's sort kernel before numpy starts (:mod:`dynametric.cpu_kernels`).
 """

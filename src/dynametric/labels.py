@@ -76,7 +76,15 @@ def _ragged_message(labels: object) -> str:
 
 
 def select_scale(labels: LabelsLike, scale: int = 0, *, name: str = "labels") -> torch.Tensor:
-    """Return the 1-D ``LongTensor[N]`` of one scale (``0`` = finest) from ``[N]`` or ``[N, S]`` labels."""
+    """Return the 1-D ``LongTensor[N]`` of one scale from ``[N]`` or ``[N, S]`` labels.
+
+    ``scale`` is an integer (numpy integers too; not ``bool``) in ``[-S, S)``, counted as the losses' and miners'
+    ``scale`` is: ``0`` the finest column, ``-1`` the last (coarsest) one. Another value is one
+    :class:`InputError` line (keyed ``scale`` for a non-integer, ``name`` for one out of range)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)):
+        raise InputError(f"scale must be an integer label column (0 = the finest), got {scale!r} "
+                         f"({type(scale).__name__})", key="scale")
+    scale = int(scale)
     mat = as_label_matrix(labels, name=name)
     if not -mat.shape[1] <= scale < mat.shape[1]:
         raise InputError(f"scale {scale} out of range for labels with {mat.shape[1]} scale(s)", key=name)
@@ -149,7 +157,10 @@ def check_scale_names(names: Sequence[object], *, key: str = "scale_names",
     """``names`` as a tuple of scale names, finest first: non-empty strings, each once, none of them
     :data:`RESERVED_SCALE_NAMES` (``mean``, ``by_category``, ``protocol``: keys of an evaluation result;
     ``reserved=()`` allows them); else one :class:`InputError` keyed ``key`` naming the first fault. A repeated name
-    would merge two scales' results (and per-scale loss parts) into one entry."""
+    would merge two scales' results (and per-scale loss parts) into one entry. A single string is refused (it was
+    read letter by letter: ``"fine"`` as four names)."""
+    if isinstance(names, (str, bytes)):
+        raise InputError(f"expected a list of names, got a string {names!r}", key=key)
     out = tuple(names)
     bad = [n for n in out if not isinstance(n, str) or not n]
     if bad:

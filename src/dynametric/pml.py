@@ -23,6 +23,12 @@ from typing import Any
 from dynametric import distances as _distances
 from dynametric.errors import ConfigError, UnknownArgumentError, first_sentence
 
+__all__ = [
+    "CALLED_WHEN_BUILT", "OBJECT_ARGUMENTS", "PMLAwareRegistry", "PML_CLASSES", "PML_PREFIX", "ReducerObject",
+    "WRAPPER_USAGE", "check_label_scale", "check_object_arguments", "missing_attribute", "pml_catalogue", "pml_class",
+    "pml_hint", "pml_names", "pml_registry_entry", "resolve_class", "to_pml_distance", "wrapper_usage",
+]
+
 #: Config names with this prefix are looked up in pytorch-metric-learning.
 PML_PREFIX = "pml:"
 

@@ -20,6 +20,9 @@ from dynametric.distances import Distance
 from dynametric.errors import InputError
 
 IndicesTuple = tuple[torch.Tensor, ...]
+"""A miner's output, as the losses take it (``indices_tuple=``): triplets ``(anchor, positive, negative)`` or pairs
+``(anchor1, positive, anchor2, negative)``, 1-D ``LongTensor`` s of equal length per role; anchors index the batch,
+positives and negatives the reference set (the batch itself without ``ref_emb``)."""
 
 #: Triplets produced per chunk while enumerating (bounds the temporary int64 buffers to a few hundred MB).
 TRIPLETS_PER_CHUNK = 1 << 23

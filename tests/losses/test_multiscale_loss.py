@@ -51,8 +51,21 @@ def test_three_scale_layout_indices():
     chunks = three_scale_chunks(12, images_per_class=2)
     assert [c.tolist() for c in chunks] == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]
     assert [c.tolist() for c in ThreeScaleChunks(2)(12)] == [c.tolist() for c in chunks]
-    with pytest.raises(InputError, match="three-scale items"):
+    with pytest.raises(InputError, match="three-scale items") as info:
         three_scale_chunks(10, images_per_class=2)
+    assert info.value.key == "batch_size"  # its own argument
+    for key in ("images_per_class", "num_scales"):
+        with pytest.raises(InputError) as info:
+            three_scale_chunks(12, **{key: 0})
+        assert str(info.value) == f"key '{key}': {key} must be positive, got 0"
+
+
+def test_a_batch_that_does_not_fit_the_three_scale_layout_is_keyed_embeddings_in_a_loss_call():
+    loss = MultiScaleLoss("TripletMarginLoss", weights=[1.0, 1.0, 1.0], chunks=ThreeScaleChunks(2))
+    emb, labels = hierarchy_batch(1, n=24)
+    with pytest.raises(InputError, match="three-scale items") as info:
+        loss(emb[:10], labels[:10])
+    assert info.value.key == "embeddings"
 
 
 @pytest.mark.parametrize("chunks_kind", ["layout", "ranges"])

@@ -135,7 +135,7 @@ CASES = [(kind, n, d, k, restarts, seed)
 @pytest.mark.parametrize(("kind", "n", "d", "k", "restarts", "seed"), CASES)
 def test_kmeans_assign_matches_the_pre_refactor_float32_kmeans(kind, n, d, k, restarts, seed):
     x = _data(kind, n, d, seed)
-    for iters in (0, 1, 20):
+    for iters in (1, 20):  # iters=0 (seeding only) is refused by kmeans_assign (its backends read it differently)
         got, used = kmeans_assign(x, k, seed=seed, iters=iters, restarts=restarts, backend="torch")
         assert used == "torch"
         np.testing.assert_array_equal(got, _ref_metrics_kmeans(x, k, seed, iters, restarts))

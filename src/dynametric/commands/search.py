@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         if qs.labels is not None and index.labels is not None and list(qs.scale_names) == list(index.scale_names):
             # in the index's class ids: each embed job numbers its text classes within its own list
             # qs.source: the embed folder, also when --embeddings named its embeddings.npy
-            qlabels, qnames = index.query_class_ids(qs.labels, qs.class_names, str(qs.source / "labels.npy"))
+            qlabels, qnames = index.query_class_ids(qs.labels, qs.class_names, str(Path(qs.source) / "labels.npy"))
         if qs.model:  # an embed folder: the precision its embeddings were computed in
             note = precision_note(index.model, str(qs.model.get("precision") or "fp32"),
                                   f"the query embeddings ({args.embeddings}) were computed")

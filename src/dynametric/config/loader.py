@@ -1034,6 +1034,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text (the keys in the schema's order, as :func:`save_config` writes it);
+    saved to a file, :func:`load_config` reads back an equal config."""
     return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 

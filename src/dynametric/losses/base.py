@@ -13,9 +13,13 @@
   builds its dictionary of per-element losses, :meth:`MetricLoss.compute_loss_dict`, and returns
   ``reducer(loss_dict, embeddings, labels)``), ``embedding_regularizer=`` / ``embedding_reg_weight=`` (any callable
   ``embeddings -> scalar``, e.g. PML's ``LpRegularizer()``; its weighted value is added to the loss) and
-  ``collect_stats=`` (record counts such as ``num_pairs`` on the object after each call). Pair and triplet losses
-  also accept ``labels=None`` with an ``indices_tuple`` (the tuple alone defines the loss). Without a reducer the
-  loss uses its built-in, memory-bounded reduction, which equals PML's default reducer.
+  ``collect_stats=`` (record counts such as ``num_pairs`` on the object after each call), except the four losses
+  that have no PML counterpart: :class:`~dynametric.losses.MultiScaleLoss` (give them to its base losses:
+  ``base_kwargs`` or loss objects), :class:`~dynametric.losses.CSLLoss`, :class:`~dynametric.losses.PDDMLoss` and
+  :class:`~dynametric.losses.DecorrelationLoss`, which take none of the three (constructed directly: a
+  ``TypeError`` naming the keyword; through ``build_loss``: a :class:`ConfigError`). Pair and triplet losses also
+  accept ``labels=None`` with an ``indices_tuple`` (the tuple alone defines the loss). Without a reducer the loss
+  uses its built-in, memory-bounded reduction, which equals PML's default reducer.
 """
 
 from __future__ import annotations
@@ -88,7 +92,13 @@ class _LogOnce:
 
 
 class MetricLoss(RecordsStats, nn.Module):
-    """Base class of every loss. Subclasses implement :meth:`compute_loss` on 1-D labels."""
+    """Base class of every loss. Subclasses implement :meth:`compute_loss` on 1-D labels.
+
+    ``scale`` (the constructor argument and the attribute, default ``0``): the label column of ``[B, S]`` labels the
+    loss reads, ``0`` the finest, a negative value counted from the coarsest end (``-1``). ``ArcFaceLoss`` and
+    ``CosFaceLoss`` name it ``label_scale``, their ``scale`` being the logit scale (as in pytorch-metric-learning);
+    the losses that read every column (:attr:`uses_all_scales`: ``CSLLoss``, ``MultiScaleLoss``) have none.
+    """
 
     #: Whether the loss reads every label column itself (``[B, S]`` labels; CSL, :class:`MultiScaleLoss`): such a loss
     #: is multi-scale by itself, and a config term of it with ``multiscale: true`` is refused when the config loads.
@@ -166,7 +176,12 @@ class MetricLoss(RecordsStats, nn.Module):
           as in pytorch-metric-learning).
 
         Returns a 0-dim tensor on the embeddings' device, connected to the graph (0 with zero gradients when the
-        batch has no valid tuple; NaN when an embedding is not finite). Raises
+        batch has no valid tuple). A non-finite (NaN or inf) embedding makes the gradient non-finite; the value is
+        NaN too, except for the losses that average only their non-zero pair / triplet terms,
+        :class:`~dynametric.losses.ContrastiveLoss` and :class:`~dynametric.losses.TripletMarginLoss` (and a
+        :class:`~dynametric.losses.MultiScaleLoss` over them): as in pytorch-metric-learning, a NaN term is not
+        "non-zero" and drops out, so the value can stay finite while the gradients are NaN. Check the embeddings
+        or the gradients, not only the value (a run's ``trainer.nonfinite`` checks both). Raises
         :class:`~dynametric.errors.InputError` (one line, keyed by the argument) for inputs of the wrong shape, type
         or scale, and :class:`~dynametric.errors.ConfigError` for invalid settings."""
         check_embeddings(embeddings, ref_emb)

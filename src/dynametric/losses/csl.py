@@ -83,10 +83,6 @@ def _numbers(values: Any, arg: str, what: str) -> tuple[float, ...]:
 
 
 class CSLLoss(MetricLoss):
-    class_paths: torch.Tensor | None
-    _sorted_fine: torch.Tensor | None
-    _sorted_order: torch.Tensor | None
-    last_terms: torch.Tensor | None
     """Cross-Scale Learning loss (DyML, CVPR 2021; METHODS 3.8). ``uses_all_scales``: labels are ``[B, S]``.
 
     Args:
@@ -107,6 +103,11 @@ class CSLLoss(MetricLoss):
     ``labels_trusted`` (False until :meth:`trust_labels`): whether a call skips the check of its labels against
     ``class_paths``.
     """
+
+    class_paths: torch.Tensor | None
+    _sorted_fine: torch.Tensor | None
+    _sorted_order: torch.Tensor | None
+    last_terms: torch.Tensor | None
 
     uses_all_scales = True
 

@@ -35,16 +35,19 @@ def three_scale_chunks(batch_size: int, images_per_class: int = 4, num_scales: i
     """Per-scale row indices of a batch from DyML's three-scale sampler.
 
     Each item contributes ``num_scales * K`` consecutive rows: ``K`` for scale 0 (fine), then ``K`` for scale 1,
-    ... . Returns ``[idx_scale0, idx_scale1, ...]``; ``batch_size`` must be a multiple of ``num_scales * K``.
+    ... . Returns ``[idx_scale0, idx_scale1, ...]``; ``batch_size`` must be a multiple of ``num_scales * K``, else
+    an :class:`InputError` keyed ``batch_size`` (keyed ``embeddings`` when a :class:`MultiScaleLoss` call hits it:
+    the batch is the embeddings' rows).
     """
+    for key, value in (("images_per_class", images_per_class), ("num_scales", num_scales)):
+        if value < 1:
+            raise ConfigError(f"{key} must be positive, got {value!r}", key=key)
     group = num_scales * images_per_class
-    if images_per_class < 1 or num_scales < 1:
-        raise ConfigError("images_per_class and num_scales must be positive", key="images_per_class")
     if batch_size % group:
         raise InputError(
             f"batch of {batch_size} rows is not a whole number of three-scale items of {group} images "
             f"({num_scales} scales x {images_per_class} images)",
-            key="embeddings",
+            key="batch_size",
         )
     rows = torch.arange(batch_size).view(-1, num_scales, images_per_class)
     return [rows[:, s, :].reshape(-1) for s in range(num_scales)]
@@ -250,7 +253,15 @@ class MultiScaleLoss(MetricLoss):
         """Row indices used at each scale (``None`` = the whole batch)."""
         if self.chunks is None:
             return [None] * self.num_scales
-        specs = self.chunks(batch_size) if callable(self.chunks) else self.chunks
+        if callable(self.chunks):
+            try:
+                specs = self.chunks(batch_size)
+            except InputError as exc:  # the layout's batch_size is the embeddings' row count here
+                if exc.key != "batch_size" or isinstance(exc, ConfigError):
+                    raise
+                raise InputError(exc.message, key="embeddings") from None
+        else:
+            specs = self.chunks
         if len(specs) != self.num_scales:
             raise ConfigError(f"chunk layout gives {len(specs)} chunks for {self.num_scales} scales", key="chunks")
         return [_chunk_index(spec, batch_size, s, device) for s, spec in enumerate(specs)]

@@ -47,7 +47,8 @@ def _sort_key(value: Hashable) -> tuple[int, Any, str]:
     return (1, 0, str(value))
 
 
-def category_codes(categories: Sequence[Any], num_queries: int) -> CategoryCodes:
+def category_codes(categories: Sequence[Any] | np.ndarray | torch.Tensor,
+                   num_queries: int) -> CategoryCodes:
     """Validate one category id per query (ints or text; never empty) and turn them into :class:`CategoryCodes`.
     Two ids with the same text (``7`` and ``"7"``) would be one entry of the report: refused."""
     if isinstance(categories, (str, bytes)):

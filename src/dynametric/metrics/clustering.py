@@ -10,6 +10,7 @@ class x cluster table), never by enumerating pairs (docs/metrics.md).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -152,6 +153,28 @@ def _scaled_points(x: torch.Tensor) -> torch.Tensor:
     return (x.to(torch.float64) * math.ldexp(1.0, -math.frexp(peak)[1])).to(torch.float32)
 
 
+def check_kmeans_options(seed: Any, iters: Any, restarts: Any, *, prefix: str = "") -> tuple[int, int, int]:
+    """``(seed, iters, restarts)`` of a k-means run as Python ints: ``seed`` an integer (numpy integers too, not
+    ``bool``), ``iters`` and ``restarts`` integers >= 1; anything else is a one-line :class:`ConfigError` keyed by
+    the argument's name, ``prefix`` + ``seed`` / ``iters`` / ``restarts`` (``kmeans_`` for
+    :func:`~dynametric.metrics.evaluate_embeddings`'s). (faiss and the torch k-means would otherwise differ
+    silently for 0 or negative counts, and refuse a numpy seed with a raw ``TypeError``.)"""
+    def integer(value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{prefix}{name} must be an integer, got {value!r} ({type(value).__name__})",
+                              key=prefix + name)
+        return int(value)
+
+    seed = integer(seed, "seed")
+    counts = []
+    for value, name in ((iters, "iters"), (restarts, "restarts")):
+        n = integer(value, name)
+        if n < 1:
+            raise ConfigError(f"{prefix}{name} must be a positive integer, got {value!r}", key=prefix + name)
+        counts.append(n)
+    return seed, counts[0], counts[1]
+
+
 def kmeans_assign(x: torch.Tensor | np.ndarray, k: int, *, seed: int = 0, iters: int = 20, restarts: int = 1,
                   backend: str = "auto") -> tuple[np.ndarray, str]:
     """Cluster ``x`` into ``k`` clusters; returns ``(assignment[N], backend used)``.
@@ -160,8 +183,11 @@ def kmeans_assign(x: torch.Tensor | np.ndarray, k: int, *, seed: int = 0, iters:
     points, a tensor or a numpy array (finite; any float dtype; another rank is one line keyed ``x``), first
     multiplied by a power of two (:func:`_scaled_points`), which changes no assignment and rules out float32
     overflow; it is not centred (:func:`dynametric.metrics.engine.prepare_for_clustering` does that for
-    :func:`~dynametric.metrics.evaluate_embeddings`).
+    :func:`~dynametric.metrics.evaluate_embeddings`). ``seed``: an integer (numpy integers too); ``iters``
+    (Lloyd iterations) and ``restarts`` (runs, the one of lowest inertia kept): integers >= 1 (else a
+    :class:`ConfigError` keyed ``seed`` / ``iters`` / ``restarts``).
     """
+    seed, iters, restarts = check_kmeans_options(seed, iters, restarts)
     if backend not in ("auto", "faiss", "torch"):
         raise ConfigError(f"unknown k-means backend {backend!r}; expected auto, faiss or torch", key="kmeans_backend")
     if not isinstance(x, torch.Tensor):
@@ -185,12 +211,12 @@ def kmeans_assign(x: torch.Tensor | np.ndarray, k: int, *, seed: int = 0, iters:
                                   key="kmeans_backend") from None
         else:
             xs = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-            km = faiss.Kmeans(xs.shape[1], k, niter=iters, nredo=max(1, restarts), seed=seed, verbose=False,
+            km = faiss.Kmeans(xs.shape[1], k, niter=iters, nredo=restarts, seed=seed, verbose=False,
                               min_points_per_centroid=1, max_points_per_centroid=max(256, n))
             km.train(xs)
             _, assign = km.index.search(xs, 1)
             return assign.reshape(-1).astype(np.int64), "faiss"
-    labels, _, _ = lloyd_kmeans(x, k, seed=seed, iters=iters, restarts=max(1, restarts),
+    labels, _, _ = lloyd_kmeans(x, k, seed=seed, iters=iters, restarts=restarts,
                                 dtype=torch.float32, empty="keep", stop="labels", clamp_inertia=True)
     return labels.numpy(), "torch"
 

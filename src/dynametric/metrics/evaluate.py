@@ -6,7 +6,7 @@ import math
 import numbers
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from dynametric import evaluation_defaults as _defaults
 from dynametric.errors import ConfigError, InputError
 from dynametric.labels import RESERVED_SCALE_NAMES, as_label_matrix, default_scale_names
 from dynametric.metrics.categories import category_codes, category_results
-from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, kmeans_assign
+from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, check_kmeans_options, kmeans_assign
 from dynametric.metrics.engine import (
     RankingProblem,
     ScaleAccumulator,
@@ -57,9 +57,10 @@ each is here (docs/metrics.md, *Coming from pytorch-metric-learning*); its ``r_p
 here too."""
 
 
-def _check_k_values(k_values: Any) -> None:
-    """``k_values`` must be a list (any sequence) of positive integers: a string, ``None`` or a single number is a
-    one-line :class:`ConfigError` (a string was read character by character)."""
+def _check_k_values(k_values: Any) -> tuple[int, ...]:
+    """``k_values`` as a tuple of ints: a list (any sequence, a 1-D numpy array) of positive integers (numpy integers
+    too, not ``bool``); a string, ``None`` or a single number is a one-line :class:`ConfigError` (a string was read
+    character by character)."""
     if isinstance(k_values, str):
         hint = (" (pytorch-metric-learning's k='max_bin_count' sets how many neighbours its map@r and r_precision "
                 "see; here r_precision and map@r always rank to each query's R, so nothing replaces it)"
@@ -70,9 +71,14 @@ def _check_k_values(k_values: Any) -> None:
         got = "None" if k_values is None else f"{k_values!r} ({type(k_values).__name__})"
         raise ConfigError(f"k_values must be a list of positive integers (the recall@k cut-offs; default "
                           f"(1, 2, 4, 8), () for none), got {got}", key="k_values")
+    out = []
     for k in k_values:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"k_values must be positive integers, got {k!r}", key="k_values")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise ConfigError(f"k_values must be positive integers, got {k!r} ({type(k).__name__})", key="k_values")
+        if k < 1:
+            raise ConfigError(f"k_values must be positive integers, got {int(k)}", key="k_values")
+        out.append(int(k))
+    return tuple(out)
 
 
 def _unknown_metric_hint(key: str, families: Iterable[str]) -> str:
@@ -100,7 +106,7 @@ class ParsedMetrics:
         return iter((self.names, self.retrieval, self.clustering, self.fmr))
 
 
-def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
+def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int] | np.ndarray,
                    table: Mapping[str, RankMetric] | None = None) -> ParsedMetrics:
     """Validate a metric request against the retrieval table (default :data:`METRIC_TABLE`) and
     :data:`CLUSTER_METRIC_TABLE`: ``<family>@K`` of an ``@k`` entry expands over ``k_values``, ``<family>@<int>``
@@ -118,7 +124,7 @@ def _parse_metrics(metrics: Sequence[str] | None, k_values: Sequence[int],
     if "all" in requested:
         every = [*(name[:-1] + "K" if m.at_k else name for name, m in table.items()), *CLUSTER_METRIC_TABLE]
         requested = [m for m in requested if m != "all"] + [m for m in every if m not in requested]
-    _check_k_values(k_values)
+    k_values = _check_k_values(k_values)
     families = {name[:-2] for name, m in table.items() if m.at_k}
     cut: dict[str, list[int]] = {f: [] for f in families}  # the cut-offs asked for, per @k family
     fixed: set[str] = set()
@@ -258,7 +264,8 @@ _NEVER_EQUAL = {frozenset({"text", "number"}): "a text never equals a number",
                 frozenset({"text", "bytes"}): "bytes never equal a text (decode them)"}
 
 
-def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
+def _id_codes(query_ids: Sequence[Any] | np.ndarray | torch.Tensor,
+              gallery_ids: Sequence[Any] | np.ndarray | torch.Tensor, nq: int,
               ng: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes of the query and gallery ids, equal where the ids are equal. Query ids and gallery ids with no kind in
     common that can never be equal (texts against numbers, ``bytes`` against texts or numbers) are refused: they
@@ -283,10 +290,10 @@ def _id_codes(query_ids: Sequence[Any], gallery_ids: Sequence[Any], nq: int,
     return t[:nq], t[nq:]
 
 
-def _check_options(distance: str, empty_queries: str, asi_cutoff: str | int, ranking_engine: str,
+def _check_options(distance: str, empty_queries: str, asi_cutoff: str | int | np.integer, ranking_engine: str,
                    memory_budget_bytes: int | None) -> int | None:
     """Check the option values of :func:`evaluate_embeddings` (each a one-line :class:`ConfigError` keyed by its
-    name); returns the ASI cut-off (None: each query's ``R_q``)."""
+    name); returns the ASI cut-off (None: each query's ``R_q``; an integer, numpy integers too, as an ``int``)."""
     if distance not in ("cosine", "euclidean"):
         raise ConfigError(f"unknown distance {distance!r}; expected 'cosine' or 'euclidean'", key="distance")
     if empty_queries not in ("exclude", "count_as_zero"):
@@ -294,8 +301,8 @@ def _check_options(distance: str, empty_queries: str, asi_cutoff: str | int, ran
                           key="empty_queries")
     if asi_cutoff in ("R_q", "r_q", "R", None):
         cutoff: int | None = None
-    elif isinstance(asi_cutoff, int) and not isinstance(asi_cutoff, bool) and asi_cutoff >= 1:
-        cutoff = asi_cutoff
+    elif isinstance(asi_cutoff, numbers.Integral) and not isinstance(asi_cutoff, bool) and asi_cutoff >= 1:
+        cutoff = int(asi_cutoff)
     else:
         raise ConfigError(f"asi_cutoff must be 'R_q' or a positive integer, got {asi_cutoff!r}", key="asi_cutoff")
     if ranking_engine not in ("auto", "cpu", "torch"):
@@ -349,7 +356,10 @@ def _read_inputs(query_emb: Any, query_labels: Any, gallery_emb: Any, gallery_la
 
 
 def _checked_scale_names(scale_names: Sequence[str] | None, num_scales: int) -> list[str]:
-    """The scales' names (default :func:`default_scale_names`): ``num_scales`` distinct names, none reserved."""
+    """The scales' names (default :func:`default_scale_names`): ``num_scales`` distinct names, none reserved (a
+    single string is refused, not read letter by letter)."""
+    if isinstance(scale_names, (str, bytes)):
+        raise InputError(f"expected a list of names, got a string {scale_names!r}", key="scale_names")
     names_s = list(default_scale_names(num_scales) if scale_names is None else scale_names)
     if len(names_s) != num_scales or len(set(names_s)) != num_scales or set(names_s) & set(RESERVED_SCALE_NAMES):
         reserved = ", ".join(map(repr, RESERVED_SCALE_NAMES))
@@ -358,7 +368,8 @@ def _checked_scale_names(scale_names: Sequence[str] | None, num_scales: int) -> 
     return names_s
 
 
-def _exclusion_codes(query_ids: Sequence[Any] | None, gallery_ids: Sequence[Any] | None, loo: bool, nq: int,
+def _exclusion_codes(query_ids: Sequence[Any] | np.ndarray | torch.Tensor | None,
+                     gallery_ids: Sequence[Any] | np.ndarray | torch.Tensor | None, loo: bool, nq: int,
                      ng: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The query and gallery id codes that exclude same-id candidates (leave-one-out: ``query_ids`` on both
     sides), or ``(None, None)`` without ids."""
@@ -462,6 +473,7 @@ def _ordered_result(result: dict[str, dict[str, float | int]], names: list[str],
     return ordered
 
 
+@overload
 def evaluate_embeddings(
     query_emb: torch.Tensor | np.ndarray,
     query_labels: Any,
@@ -469,14 +481,72 @@ def evaluate_embeddings(
     gallery_labels: Any = None,
     *,
     metrics: Sequence[str] | None = None,
-    k_values: Sequence[int] = _defaults.K_VALUES,
+    k_values: Sequence[int] | np.ndarray = _defaults.K_VALUES,
     distance: str = _defaults.DISTANCE,
     scale_names: Sequence[str] | None = None,
-    query_ids: Sequence[Any] | None = None,
-    gallery_ids: Sequence[Any] | None = None,
+    query_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+    gallery_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
     memory_budget_bytes: int | None = None,
     empty_queries: str = _defaults.EMPTY_QUERIES,
-    asi_cutoff: str | int = _defaults.ASI_CUTOFF,
+    asi_cutoff: str | int | np.integer[Any] = _defaults.ASI_CUTOFF,
+    nmi_normalizer: str = _defaults.NMI_NORMALIZER,
+    kmeans_seed: int = _defaults.KMEANS_SEED,
+    kmeans_restarts: int = _defaults.KMEANS_RESTARTS,
+    kmeans_iters: int = 20,
+    kmeans_backend: str = "auto",
+    device: str | torch.device | None = None,
+    ranking_engine: str = "auto",
+    per_query: Literal[False] = False,
+    metric_table: Mapping[str, RankMetric] | None = None,
+    query_categories: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+) -> dict[str, dict[str, Any]]: ...
+
+
+@overload
+def evaluate_embeddings(
+    query_emb: torch.Tensor | np.ndarray,
+    query_labels: Any,
+    gallery_emb: torch.Tensor | np.ndarray | None = None,
+    gallery_labels: Any = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    k_values: Sequence[int] | np.ndarray = _defaults.K_VALUES,
+    distance: str = _defaults.DISTANCE,
+    scale_names: Sequence[str] | None = None,
+    query_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+    gallery_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+    memory_budget_bytes: int | None = None,
+    empty_queries: str = _defaults.EMPTY_QUERIES,
+    asi_cutoff: str | int | np.integer[Any] = _defaults.ASI_CUTOFF,
+    nmi_normalizer: str = _defaults.NMI_NORMALIZER,
+    kmeans_seed: int = _defaults.KMEANS_SEED,
+    kmeans_restarts: int = _defaults.KMEANS_RESTARTS,
+    kmeans_iters: int = 20,
+    kmeans_backend: str = "auto",
+    device: str | torch.device | None = None,
+    ranking_engine: str = "auto",
+    per_query: Literal[True],
+    metric_table: Mapping[str, RankMetric] | None = None,
+    query_categories: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, np.ndarray]]]: ...
+
+
+@overload
+def evaluate_embeddings(
+    query_emb: torch.Tensor | np.ndarray,
+    query_labels: Any,
+    gallery_emb: torch.Tensor | np.ndarray | None = None,
+    gallery_labels: Any = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    k_values: Sequence[int] | np.ndarray = _defaults.K_VALUES,
+    distance: str = _defaults.DISTANCE,
+    scale_names: Sequence[str] | None = None,
+    query_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+    gallery_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+    memory_budget_bytes: int | None = None,
+    empty_queries: str = _defaults.EMPTY_QUERIES,
+    asi_cutoff: str | int | np.integer[Any] = _defaults.ASI_CUTOFF,
     nmi_normalizer: str = _defaults.NMI_NORMALIZER,
     kmeans_seed: int = _defaults.KMEANS_SEED,
     kmeans_restarts: int = _defaults.KMEANS_RESTARTS,
@@ -486,7 +556,35 @@ def evaluate_embeddings(
     ranking_engine: str = "auto",
     per_query: bool = False,
     metric_table: Mapping[str, RankMetric] | None = None,
-    query_categories: Sequence[Any] | None = None,
+    query_categories: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+) -> dict[str, dict[str, Any]] | tuple[dict[str, dict[str, Any]], dict[str, dict[str, np.ndarray]]]: ...
+
+
+def evaluate_embeddings(
+    query_emb: torch.Tensor | np.ndarray,
+    query_labels: Any,
+    gallery_emb: torch.Tensor | np.ndarray | None = None,
+    gallery_labels: Any = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    k_values: Sequence[int] | np.ndarray = _defaults.K_VALUES,
+    distance: str = _defaults.DISTANCE,
+    scale_names: Sequence[str] | None = None,
+    query_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+    gallery_ids: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
+    memory_budget_bytes: int | None = None,
+    empty_queries: str = _defaults.EMPTY_QUERIES,
+    asi_cutoff: str | int | np.integer[Any] = _defaults.ASI_CUTOFF,
+    nmi_normalizer: str = _defaults.NMI_NORMALIZER,
+    kmeans_seed: int = _defaults.KMEANS_SEED,
+    kmeans_restarts: int = _defaults.KMEANS_RESTARTS,
+    kmeans_iters: int = 20,
+    kmeans_backend: str = "auto",
+    device: str | torch.device | None = None,
+    ranking_engine: str = "auto",
+    per_query: bool = False,
+    metric_table: Mapping[str, RankMetric] | None = None,
+    query_categories: Sequence[Any] | np.ndarray | torch.Tensor | None = None,
 ) -> dict[str, dict[str, Any]] | tuple[dict[str, dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
     """Evaluate embeddings at every label scale; returns ``{scale: {metric: value, ...}, ..., "mean": {...}}``.
 
@@ -499,8 +597,14 @@ def evaluate_embeddings(
     *Ranking and tie-break*). Queries without a relevant item at a scale
     are excluded there and counted (``empty_queries="exclude"``), or score 0 (``"count_as_zero"``).
     Each scale's dict holds the metric values (fractions in [0, 1]; NaN when no query is defined), ``num_queries``
-    (queries averaged over), ``excluded_queries`` and, with ``nmi``/``f1``, ``kmeans_seed``/``kmeans_restarts``.
-    ``"mean"`` holds the plain mean over scales of each metric.
+    (queries averaged over), ``excluded_queries``, with a retrieval metric ``empty_queries`` (queries without a
+    relevant item at that scale, excluded or scored 0 by the policy) and, with ``nmi``/``f1``,
+    ``kmeans_seed``/``kmeans_restarts``. ``"mean"`` holds the plain mean over scales of each metric.
+
+    ``k_values``: the ``@K`` cut-offs, a list (or 1-D numpy array) of positive integers; ``asi_cutoff``: ``"R_q"``
+    or a positive integer. ``kmeans_seed`` (an integer), ``kmeans_iters`` and ``kmeans_restarts`` (integers >= 1):
+    the k-means behind ``nmi``/``f1`` (:func:`~dynametric.metrics.kmeans_assign`). numpy integers are accepted
+    wherever an integer is. ``query_ids`` / ``gallery_ids`` / ``query_categories``: lists, numpy arrays or tensors.
 
     ``device``: where the rankings are computed. ``None`` or ``"cpu"``: the CPU engine
     (:mod:`dynametric.metrics.engine`); ``"cuda"`` (``"cuda:1"``, a ``torch.device``) or ``"auto"`` (CUDA when
@@ -527,6 +631,8 @@ def evaluate_embeddings(
     protocol or option value; both are :class:`~dynametric.errors.DynametricError`.
     """
     cutoff = _check_options(distance, empty_queries, asi_cutoff, ranking_engine, memory_budget_bytes)
+    kmeans_seed, kmeans_iters, kmeans_restarts = check_kmeans_options(kmeans_seed, kmeans_iters, kmeans_restarts,
+                                                                      prefix="kmeans_")
     dev = _ranking_device(device, ranking_engine)
     parsed = _parse_metrics(metrics, k_values, metric_table)
     names, specs, fmr = parsed.names, parsed.retrieval, parsed.fmr

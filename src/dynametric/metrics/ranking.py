@@ -60,7 +60,9 @@ class RankRows:
     (the row's ``R_q``), :attr:`in_r` (``rank_j <= R_q``). Per row: :attr:`r_count` (``R_q``, int64),
     :attr:`first` (``rank_1``, beyond every cut-off when ``R_q = 0``), :attr:`denom` (``max(R_q, 1)``, float64).
     Reductions :meth:`sum` (float per item -> float64 per row, optionally only ``where`` a mask holds) and
-    :meth:`count` (bool per item -> int64 per row),
+    :meth:`count` (bool per item -> int64 per row); per-row helpers :meth:`full` (a constant per row: int64 for an
+    int, float64 for a float; e.g. ``v.full(1.0) / v.first``), :meth:`as_float` (a per-row bool as 0 / 1),
+    :meth:`denom_at` (``max(min(R_q, k), 1)``) and :meth:`harmonic`;
     and :attr:`asi_cutoff` (``None``: ``N = R_q``). A formula returns float64 values per row; rows with ``R_q = 0``
     are excluded (or counted as zero) by the caller, whatever the formula gives there.
     """
@@ -367,7 +369,10 @@ def metrics_from_sorted_ranks(
     """Padded form of :func:`metrics_from_flat_ranks`.
 
     ``ranks``: ``LongTensor[Q, U]`` of 1-based candidate ranks; ``relevant``: ``BoolTensor[Q, U]`` marking the
-    relevant ones (padding and non-relevant slots False). Entries need not be sorted.
+    relevant ones (padding and non-relevant slots False). Entries need not be sorted. Returns, as
+    :func:`metrics_from_flat_ranks` does, ``(R[Q], {name: float64[Q]})``: each query's number of relevant items
+    ``R_q`` (int64) and one value per query for each metric of ``metrics`` and each ``recall@k`` of ``k_values``
+    (0 for a query with ``R_q = 0``, where the metrics are undefined: the caller excludes it or counts it as zero).
     """
     q, _ = ranks.shape
     rows, pos = relevant.nonzero(as_tuple=True)

@@ -85,13 +85,15 @@ class Miner(RecordsStats, nn.Module):
     """Base class of miners: ``miner(embeddings, labels, ref_emb=None, ref_labels=None) -> indices tuple``.
 
     Mining is index selection and runs without gradient. ``labels`` may be ``[B]`` or ``[B, S]``; column
-    ``self.scale`` is used. Distances are compared in the input's dtype (float64 input is mined in float64, so
-    near-ties are decided exactly as pytorch-metric-learning decides them), float16 and bfloat16 in float32: the
-    embeddings are converted before the distance matrix is computed, with autocast off, so it is never rounded to
-    half precision. Embeddings and ``ref_emb`` of different dtypes are mined in their promotion
-    (:func:`dynametric.tuples.compute_dtype`: float64 with float32 in float64, half with float32 in float32).
-    ``collect_stats=True`` records ``num_triplets``, ``num_pos_pairs`` and ``num_neg_pairs`` (0 for the kind of
-    tuple the miner does not return, as PML) and miner-specific values after each call.
+    ``self.scale`` is used (the constructor's ``scale=``, default ``0`` = the finest; a negative value counts from
+    the coarsest end, ``-1``; :class:`~dynametric.miners.pml.PMLMiner` takes it as ``label_scale=``). Distances are
+    compared in the input's dtype (float64 input is mined in float64, so near-ties are decided exactly as
+    pytorch-metric-learning decides them), float16 and bfloat16 in float32: the embeddings are converted before the
+    distance matrix is computed, with autocast off, so it is never rounded to half precision. Embeddings and
+    ``ref_emb`` of different dtypes are mined in their promotion (:func:`dynametric.tuples.compute_dtype`: float64
+    with float32 in float64, half with float32 in float32). ``collect_stats=True`` records ``num_triplets``,
+    ``num_pos_pairs`` and ``num_neg_pairs`` (0 for the kind of tuple the miner does not return, as PML) and
+    miner-specific values after each call.
     """
 
     #: whether this class's ``mine`` is one of dynametric's own, whose tuples are in range and disjoint by
@@ -140,6 +142,14 @@ class Miner(RecordsStats, nn.Module):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
     ) -> IndicesTuple:
+        """Mine a batch: pytorch-metric-learning's call ``miner(embeddings, labels, ref_emb, ref_labels)``.
+
+        ``embeddings``: ``[B, D]`` floating point; ``labels``: ``[B]`` or ``[B, S]`` integer class ids (column
+        :attr:`scale` is read); ``ref_emb`` / ``ref_labels`` (given together): a reference set to mine against
+        instead of the batch. Returns the indices tuple the losses take: triplets ``(a, p, n)`` or pairs
+        ``(a1, p, a2, n)`` (``LongTensor`` s on the embeddings' device; ``a``/``a1``/``a2`` index the batch,
+        ``p``/``n`` the reference set). Bad input is one :class:`~dynametric.errors.InputError` line keyed by the
+        argument."""
         check_embeddings(embeddings, ref_emb)
         same_emb = ref_emb is embeddings
         labels, ref_lab = self.label_columns(embeddings, labels, ref_emb, ref_labels)

@@ -88,13 +88,14 @@ def _out_channels(in_ch: int, spec: _InceptionSpec) -> int:
 
 
 class BNInception(nn.Module):
-    _adapt_scale: Tensor
-    _adapt_shift: Tensor
     """BN-Inception feature extractor: ``forward(x)`` returns the ``[B, 1024, H/32, W/32]`` feature map.
 
     Every conv is followed by BatchNorm (affine) and ReLU; convs keep their bias, as in the converted Caffe
     weights. Modules are stored flat under the Caffe layer names so that published state dicts load unchanged.
     """
+
+    _adapt_scale: Tensor
+    _adapt_shift: Tensor
 
     num_features: int = 1024
     classifier_prefixes: tuple[str, ...] = ("last_linear.",)

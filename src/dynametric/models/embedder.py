@@ -112,6 +112,9 @@ class Embedder(nn.Module):
         return self.pool(self.backbone(images))
 
     def forward(self, images: Tensor) -> Tensor | dict[str, Tensor]:
+        """Embed a batch of images ``[B, C, H, W]``: one head gives its ``[B, D]`` tensor, several heads a dict
+        ``{head name: [B, D_head]}`` in :attr:`head_names` order (each head L2-normalises unless built with
+        ``normalize=False``)."""
         pooled = self.pooled_features(images)
         if len(self.head_names) == 1:
             return self.heads[self.head_names[0]](pooled)

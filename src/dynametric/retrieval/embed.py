@@ -472,6 +472,7 @@ def _worker_error(exc: InputError) -> InputError:
 
 
 def shard_path(out: Path, s: int) -> Path:
+    """The file of shard ``s`` of the embed job writing to ``out``: ``out/shards/shard_<s, 5 digits>.npy``."""
     return out / "shards" / f"shard_{s:05d}.npy"
 
 
@@ -535,6 +536,11 @@ def read_job_items(path: Path, scales: int) -> Iterator[tuple[int, list[str]]]:
 
 @dataclass
 class EmbedResult:
+    """What an embed job did: ``out``, its output folder; ``count`` items embedded, of ``dim`` dimensions;
+    ``computed_shards`` (embedded in this call) and ``skipped_shards`` (found finished and kept: a resumed job), by
+    shard number; ``restored``: the files of a finished job written again from the item list (``items.csv``,
+    ``labels.npy``, ``file_stats.npy`` where missing or different)."""
+
     out: Path
     count: int
     dim: int
@@ -1311,7 +1317,14 @@ def check_job_folder(folder: Path, meta: dict[str, Any], *,
 
 @dataclass
 class EmbeddingSet:
-    """A finished ``dynametric embed`` output (or a bare ``.npy`` with optional sidecars)."""
+    """A finished ``dynametric embed`` output (or a bare ``.npy`` with optional sidecars), as
+    :func:`load_embedding_set` reads it, or made by hand (then give every field, ``source`` a ``str`` or a ``Path``).
+
+    ``embeddings`` ``[N, D]``; ``ids`` and ``paths`` (``""`` where none), one per row; ``labels`` ``[N, S]`` or
+    ``None``, with ``scale_names`` (``[]`` without labels) and ``class_names`` (per scale, or ``None``);
+    ``image_roots``: the folders the images lie under; ``model``: the embedding model's description
+    (``{}`` if unknown); ``source``: where the set was read from (named in messages).
+    """
 
     embeddings: np.ndarray
     ids: list[str]
@@ -1321,7 +1334,7 @@ class EmbeddingSet:
     class_names: list[list[str]] | None
     image_roots: list[str]
     model: dict[str, Any]
-    source: Path
+    source: str | Path
 
     def __repr__(self) -> str:
         """Short whatever the size (the generated one listed every id and path: megabytes at 100k items)."""

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 
 class DyML(Method):
+    """The ``dyml`` method: training as configured, tested with the DyML test protocol, whose options are
+    ``method.kwargs`` (:class:`~dynametric.methods.dyml.protocol.DyMLProtocol`)."""
+
     name = "dyml"
     summary = "the DyML test protocol (methods/dyml/protocol.py)"
 

@@ -17,6 +17,9 @@ PDDM_LOSS = "PDDMLoss"
 
 
 class PDDMMethod(Method):
+    """The ``pddm`` method: the standard module with a ``PDDMLoss`` term (checked by :meth:`validate`; the method has
+    no options of its own), tested with the ``eval`` section's protocol."""
+
     name = "pddm"
     summary = "PDDM: the PDDM unit's loss on the standard module"
 

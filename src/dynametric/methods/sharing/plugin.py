@@ -29,6 +29,9 @@ class AlternatingMethod(Method):
 
 
 class SharingAlternating(AlternatingMethod):
+    """The ``sharing_alternating`` method: Sharing Matters' alternating class / shared steps on the alternating
+    module; ``method.kwargs`` are its :class:`~dynametric.methods.sharing.alternating.AlternatingSettings`."""
+
     name = "sharing_alternating"
     summary = "Sharing Matters, alternating class / shared steps"
 
