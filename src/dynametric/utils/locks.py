@@ -1,5 +1,5 @@
-"""One lock file per folder, held by one process at a time: the run folder's ``train.lock``
-(``pipeline/run.py``: :func:`~dynametric.pipeline.run.claim_run_folder`) and the output folders' ``dynametric.lock``
+"""One lock file per folder, held by one process at a time: the run folder's ``train.lock`` (``pipeline/run_folder.py``:
+:func:`~dynametric.pipeline.run_folder.claim_run_folder`) and the output folders' ``dynametric.lock``
 (``retrieval/index.py``: :func:`~dynametric.retrieval.index.folder_lock`) are both taken with :func:`acquire_lock`.
 
 A lock file is JSON naming its process (``pid``) and that process's ``host``, created whole at once: a complete
