@@ -239,7 +239,7 @@ def test_a_train_lock_of_the_users_is_refused_and_kept_by_out_resume_and_the_dry
     import lightning as L
 
     from dynametric.errors import InputError
-    from dynametric.pipeline.run import claim_run_folder, unstarted_run_files
+    from dynametric.pipeline.run_folder import claim_run_folder, unstarted_run_files
     from dynametric.utils.locks import WRITING_S
 
     notes = "my notes\n"
