@@ -63,7 +63,7 @@ from dynametric.engine.trainer import (
 from dynametric.errors import ConfigError, InputError
 from dynametric.pipeline.caller_state import callers_random_state, callers_torch_flags
 from dynametric.pipeline.components import build_components
-from dynametric.pipeline.dry_run import dry_run
+from dynametric.pipeline.dryrun import dry_run
 from dynametric.pipeline.protocols import (
     data_root_notes,
     method_test_protocol,

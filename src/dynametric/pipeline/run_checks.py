@@ -4,7 +4,7 @@ shard (:func:`check_eval_shards`), the backbone's width (:func:`check_backbone_f
 loader workers (:func:`_checked_loader_settings`), a one-process method under a multi-process launcher, and the
 set-up's ``note:`` lines (:func:`setup_notes`: BatchNorm under several processes, epochs never validated; and
 :func:`rendezvous_note` for several nodes). Used by :mod:`dynametric.pipeline.run` and
-:mod:`dynametric.pipeline.dry_run`."""
+:mod:`dynametric.pipeline.dryrun`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``dynametric train --dry-run`` (:func:`dry_run`): the checks a run makes before it writes anything, then the
 resolved configuration, the components, the trainer and loader settings on this machine and the data's sizes; no
-training, nothing written, nothing downloaded."""
+training, nothing written, nothing downloaded. (Named ``dryrun``, not ``dry_run``: :mod:`dynametric.pipeline` exports
+the function :func:`dry_run`, which would hide a submodule of that name from ``import dynametric.pipeline.dry_run``.)"""
 
 from __future__ import annotations
 
