@@ -2,6 +2,12 @@
 ``metrics.json``, ``report.html``. Used by ``dynametric train``. (Formerly ``dynametric.engine.run``: the run
 resolves the method plug-in, so it sits above :mod:`dynametric.methods`.)
 
+Its parts, each in its own module of :mod:`dynametric.pipeline`: the run folder, its name and ``train.lock``
+(:mod:`.run_folder`), the checks of a resume (:mod:`.resume`), what the run and its dry run check before they write
+(:mod:`.run_checks`), the line of a run that stopped early (:mod:`.run_errors`), the caller's random state and torch
+flags put back (:mod:`.caller_state`), and the dry run (:mod:`.dryrun`). Here: the training flow, from
+:func:`run_training` to the results written.
+
 Run folder layout::
 
     config.yaml     resolved configuration (what --resume reads back), after a comment naming the folder and
