@@ -351,7 +351,7 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorc
 """The loggers :func:`dynametric.pipeline.run.quiet_lightning` sets to ``WARNING``."""
 _RUN_VARIABLES = ("DYNAMETRIC_RUN_CONFIG", "DYNAMETRIC_RUN_DIR")
 """What ``train`` publishes in the environment for the processes of the other ranks it may start
-(:data:`dynametric.commands.train.CONFIG_ENV`, :data:`dynametric.pipeline.run.RUN_DIR_ENV`)."""
+(:data:`dynametric.commands.train.CONFIG_ENV`, :data:`dynametric.pipeline.run_folder.RUN_DIR_ENV`)."""
 
 
 @contextlib.contextmanager

@@ -142,7 +142,7 @@ def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch) -> None:
 
 
 def test_other_ddp_ranks_join_the_folder_rank_zero_started(tmp_path, monkeypatch) -> None:
-    from dynametric.pipeline.run import _launched_worker
+    from dynametric.pipeline.run_folder import _launched_worker
 
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         monkeypatch.delenv(name, raising=False)

@@ -82,6 +82,7 @@ def test_progress_flag_overrides_the_config_only_when_given(monkeypatch, tmp_pat
 def test_progress_none_follows_the_config(monkeypatch, tmp_path):
     """run_training(progress=None) hands trainer.progress_bar to the trainer (and True/False override it)."""
     import dynametric.pipeline.run as run_mod
+    import dynametric.pipeline.run_checks as run_checks
     from dynametric.config import load_config
 
     seen = []
@@ -95,8 +96,9 @@ def test_progress_none_follows_the_config(monkeypatch, tmp_path):
 
     monkeypatch.setattr(run_mod, "build_components", fake_build_components)
     monkeypatch.setattr(run_mod, "build_datasets", lambda cfg, with_test, test_splits: types.SimpleNamespace(test=None))
-    monkeypatch.setattr(run_mod, "load_split", lambda cfg, split, train, key=None: None)
-    monkeypatch.setattr(run_mod, "check_held_out_data", lambda cfg, datasets, tests, keys: [])
+    # read by the check of the test protocol's splits (pipeline/run_checks.py: _held_out_data)
+    monkeypatch.setattr(run_checks, "load_split", lambda cfg, split, train, key=None: None)
+    monkeypatch.setattr(run_checks, "check_held_out_data", lambda cfg, datasets, tests, keys: [])
     for flag, cfg_value, expected in ((None, False, False), (None, True, True), (True, False, True)):
         cfg = load_config(None, [f"trainer.progress_bar={str(cfg_value).lower()}"])
         with pytest.raises(Stop):

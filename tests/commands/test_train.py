@@ -355,7 +355,7 @@ def test_the_report_gets_the_whole_training_when_best_ckpt_is_an_earlier_epoch(t
     assert info["skipped_nonfinite_steps"] == 0
 
 
-# the environment variables that say which process of a multi-process launch this is (pipeline.run)
+# the environment variables that say which process of a multi-process launch this is (pipeline.run_folder)
 _LAUNCH_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS",
                "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_JOB_NAME", "JSM_NAMESPACE_RANK", "JSM_NAMESPACE_SIZE",
                "JSM_NAMESPACE_LOCAL_RANK", "LSB_JOBID", "LSB_JOBINDEX", "LSB_DJOB_RANKFILE", "DYNAMETRIC_RUN_DIR")
@@ -481,11 +481,11 @@ def test_a_two_process_run_without_out_fills_one_folder(tmp_path) -> None:
 def launch_env(monkeypatch, tmp_path):
     """No launcher's variables (as one plain process), the clock's part of a default name fixed, cwd tmp_path; the
     test sets the variables of the launch it stands for. Returns a setter of several variables at once."""
-    import dynametric.pipeline.run as run_mod
+    import dynametric.pipeline.run_folder as run_folder
 
     for name in _LAUNCH_ENV:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(run_mod.time, "strftime", lambda fmt: "20260102-030405")
+    monkeypatch.setattr(run_folder.time, "strftime", lambda fmt: "20260102-030405")
     monkeypatch.chdir(tmp_path)
 
     def setenv(**values: str) -> None:
@@ -522,7 +522,7 @@ def tiny_config(tmp_path):
 def test_which_process_is_another_ranks(launch_env, env, worker) -> None:
     from lightning.fabric.utilities.rank_zero import _get_rank
 
-    from dynametric.pipeline.run import _launched_worker
+    from dynametric.pipeline.run_folder import _launched_worker
 
     launch_env(**env)
     assert _launched_worker() is worker
@@ -539,7 +539,7 @@ def test_a_jsrun_task_is_another_rank_as_lightnings_lsf_environment_counts_it(la
 
     from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
-    from dynametric.pipeline.run import _launched_worker
+    from dynametric.pipeline.run_folder import _launched_worker
 
     host = socket.gethostname()
     (tmp_path / "rankfile").write_text(f"launch-node\n{host}\n{host}\n{host}\n{host}\n")
@@ -556,7 +556,7 @@ def test_one_process_names_its_folder_by_the_clock_and_publishes_it(launch_env, 
     import os
     from pathlib import Path
 
-    from dynametric.pipeline.run import RUN_DIR_ENV, default_run_dir
+    from dynametric.pipeline.run_folder import RUN_DIR_ENV, default_run_dir
 
     cfg, digest = tiny_config
     for env in ({}, {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"},
@@ -573,7 +573,7 @@ def test_another_rank_of_lightnings_launcher_takes_the_published_folder(launch_e
     import dataclasses
     from pathlib import Path
 
-    from dynametric.pipeline.run import default_run_dir
+    from dynametric.pipeline.run_folder import default_run_dir
 
     cfg, _ = tiny_config
     # as Lightning's script launcher starts rank 1: LOCAL_RANK, WORLD_SIZE and rank 0's environment with its
@@ -589,7 +589,7 @@ def test_rank_0_names_a_later_run_by_the_clock_after_a_lightning_launched_fit(la
     folder published for the fit): a second default-named run in that process is a single launch, not refused."""
     from pathlib import Path
 
-    from dynametric.pipeline.run import _launched_worker, default_run_dir
+    from dynametric.pipeline.run_folder import _launched_worker, default_run_dir
 
     cfg, digest = tiny_config
     launch_env(LOCAL_RANK="0", NODE_RANK="0", WORLD_SIZE="2", DYNAMETRIC_RUN_DIR="/data/runs/20251231-235959-0f0f0f0f")
@@ -618,7 +618,7 @@ def test_every_process_of_torchrun_srun_or_jsrun_names_one_folder(launch_env, ti
     import os
     from pathlib import Path
 
-    from dynametric.pipeline.run import RUN_DIR_ENV, _launched_worker, default_run_dir
+    from dynametric.pipeline.run_folder import RUN_DIR_ENV, _launched_worker, default_run_dir
 
     cfg, digest = tiny_config
     launch_env(**env)
@@ -653,7 +653,7 @@ _REFUSED = ("a multi-process launch needs a run folder all its processes share: 
 ])
 def test_a_launch_without_a_shared_name_is_refused(launch_env, tiny_config, env, why) -> None:
     from dynametric.errors import ConfigError
-    from dynametric.pipeline.run import default_run_dir
+    from dynametric.pipeline.run_folder import default_run_dir
 
     cfg, _ = tiny_config
     launch_env(**env)
@@ -780,7 +780,7 @@ def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     """trainer.val_every 2 with max_epochs 3 validated after epoch 2 only: epoch 3 was trained, never validated and
     could never be best.ckpt, without a word (the run prints the same note as the dry run)."""
     from dynametric.config import load_config
-    from dynametric.pipeline.run import validation_note
+    from dynametric.pipeline.run_checks import validation_note
 
     assert main(["train", "--dry-run", "trainer.max_epochs=3", "trainer.val_every=2"]) == 0
     assert ("note: trainer.val_every 2 does not divide trainer.max_epochs 3: validation runs after epoch 2 only, so "

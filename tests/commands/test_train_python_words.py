@@ -1,5 +1,5 @@
 """How to go on after a stopped or refused run, said to a Python caller (``run_training`` from a notebook, the
-``folder_key`` of :data:`~dynametric.pipeline.run.PYTHON_FOLDER_KEY`) as the Python call that does it
+``folder_key`` of :data:`~dynametric.pipeline.run_folder.PYTHON_FOLDER_KEY`) as the Python call that does it
 (``run_training(load_config(...), run_dir[, resume=True])``, paths as Python literals), where the command line keeps
 its own ``dynametric train ...`` line byte for byte: a Ctrl-C before and after the first checkpoint, ``resume=True``
 without a checkpoint, a file error during the run, and a resume refused because the config changed (or is empty,
@@ -17,7 +17,9 @@ import pytest
 from dynametric.config import load_config
 from dynametric.engine.callbacks import ResumeState
 from dynametric.errors import InputError, Interrupted
-from dynametric.pipeline.run import PYTHON_FOLDER_KEY, _file_error, _interrupted, check_resume, run_training
+from dynametric.pipeline.run import check_resume, run_training
+from dynametric.pipeline.run_errors import _file_error, _interrupted
+from dynametric.pipeline.run_folder import PYTHON_FOLDER_KEY
 
 TINY = ["model.backbone_kwargs={width: 4, depth: 2}", "model.embedding_dim=8", "trainer.max_epochs=2",
         "run.report=false", "trainer.progress_bar=false", "data.options={images_per_class: 4, image_size: 16}",

@@ -67,7 +67,7 @@ def test_a_run_of_several_nodes_says_it_waits_for_them_and_the_dry_run_counts_th
     """trainer.num_nodes=2 on one machine blocked in the rendezvous for more than 10 minutes without a word, and the
     dry run said `2 training processes` for num_nodes=2 devices=2 (the run has 4)."""
     from dynametric.config import load_config
-    from dynametric.pipeline.run import rendezvous_note
+    from dynametric.pipeline.run_checks import rendezvous_note
 
     cfg = load_config(None, ["trainer.num_nodes=2", "trainer.devices=2"])
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")

@@ -94,7 +94,7 @@ def test_a_full_disk_at_a_later_checkpoint_says_how_to_resume(tmp_path, capsys, 
 def test_a_run_file_error_stays_the_oserror_it_was(tmp_path) -> None:
     import errno
 
-    from dynametric.pipeline.run import _file_error
+    from dynametric.pipeline.run_errors import _file_error
 
     assert _file_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")), tmp_path, "--out") is None
     (tmp_path / "last.ckpt").write_bytes(b"")

@@ -172,7 +172,7 @@ def test_what_counts_as_keys_added_at_their_defaults() -> None:
     import copy
 
     from dynametric.config import config_from_dict, config_to_dict
-    from dynametric.pipeline.run import _added_defaults
+    from dynametric.pipeline.resume import _added_defaults
 
     new = config_to_dict(config_from_dict({"extra_losses": [{"name": "TripletMarginLoss"}],
                                            "loss": {"kwargs": {"margin": 0.1}}}))
@@ -322,7 +322,8 @@ def test_only_names_the_atomic_writer_makes_count_as_the_runs_temporary_files(tm
     a resume keeps it, and beside an unstarted run it keeps the folder from being taken for that run's. The
     writer's temporary file of logs/hparams.yaml is the run's since that file is replaced atomically (Lightning
     wrote it in place)."""
-    from dynametric.pipeline.run import claim_resumed_run, unstarted_run_files
+    from dynametric.pipeline.resume import claim_resumed_run
+    from dynametric.pipeline.run_folder import unstarted_run_files
 
     run = tmp_path / "run"
     (run / "logs").mkdir(parents=True)

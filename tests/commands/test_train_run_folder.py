@@ -61,12 +61,14 @@ def test_a_best_ckpt_beside_a_file_of_the_users_is_not_an_unstarted_run(tmp_path
 
 # ------------------------------------------------------------------ a folder that cannot be made or written
 def _no_data_read(monkeypatch) -> None:
+    import dynametric.pipeline.dryrun as dry_run_module
     import dynametric.pipeline.run as run_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("the data was read before the folder was checked")
 
-    monkeypatch.setattr(run_module, "build_datasets", refuse)
+    for module in (run_module, dry_run_module):  # where the run and the dry run read their data
+        monkeypatch.setattr(module, "build_datasets", refuse)
 
 
 def test_an_out_under_a_regular_file_is_one_line_before_any_data_is_read(tmp_path, capsys, monkeypatch) -> None:
@@ -239,7 +241,7 @@ def test_a_train_lock_of_the_users_is_refused_and_kept_by_out_resume_and_the_dry
     import lightning as L
 
     from dynametric.errors import InputError
-    from dynametric.pipeline.run import claim_run_folder, unstarted_run_files
+    from dynametric.pipeline.run_folder import claim_run_folder, unstarted_run_files
     from dynametric.utils.locks import WRITING_S
 
     notes = "my notes\n"

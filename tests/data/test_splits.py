@@ -165,7 +165,7 @@ def test_item_identities_are_computed_once_per_split_before_a_run_and_in_inspect
     from dynametric.data.inspect import inspect_dataset
     from dynametric.engine.builders import build_datasets
     from dynametric.pipeline.protocols import protocol_split_keys
-    from dynametric.pipeline.run import _held_out_data
+    from dynametric.pipeline.run_checks import _held_out_data
     from tests.data.test_oml import write_oml
 
     rows = [f"{c},img/{c}_{i}.png,train,,,0,10,0,12" for c in range(4) for i in range(2)]

@@ -101,7 +101,7 @@ def test_a_split_with_fewer_items_than_processes_is_refused_before_training():
 
     from dynametric.config import load_config
     from dynametric.errors import ConfigError
-    from dynametric.pipeline.run import check_eval_shards
+    from dynametric.pipeline.run_checks import check_eval_shards
 
     cfg = load_config(None, ["trainer.devices=2"])
     splits = {"validation": list(range(5)), "test": [0]}
@@ -120,7 +120,7 @@ def test_several_processes_with_per_process_batchnorm_get_a_note():
     step: each process normalised with its own batch. The run and the dry run say so, and how to avoid it."""
     from dynametric.config import load_config
     from dynametric.engine.builders import build_model
-    from dynametric.pipeline.run import batchnorm_note
+    from dynametric.pipeline.run_checks import batchnorm_note
 
     cfg = load_config(None, ["data.batch_size=16"])
     model = build_model(cfg)

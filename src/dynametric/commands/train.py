@@ -132,7 +132,7 @@ def started_by_rank_0() -> bool:
     place they are seen)."""
     if _published() is None:
         return False
-    from dynametric.pipeline.run import _launched_worker
+    from dynametric.pipeline.run_folder import _launched_worker
 
     return bool(_launched_worker())
 
@@ -140,14 +140,15 @@ def started_by_rank_0() -> bool:
 def rank_0_config(cfg: Config) -> Config:
     """The config this process trains: in a process started by rank 0 (:func:`started_by_rank_0`), rank 0's
     resolved config, published in :data:`CONFIG_ENV`; elsewhere ``cfg``, which a process of rank 0 publishes for the
-    ranks it starts later (a side effect on ``os.environ``, as :func:`dynametric.pipeline.run.default_run_dir`'s).
+    ranks it starts later (a side effect on ``os.environ``, as
+    :func:`dynametric.pipeline.run_folder.default_run_dir`'s).
 
     Rank 0 starts the other ranks when it reaches its first Lightning call, possibly minutes after it read the
     ``--config`` file: they read the file again and, where it had been edited in between, trained another config
     than rank 0, silently. A launcher that starts every process itself (torchrun, srun) publishes nothing: each of
     its processes reads the file."""
     from dynametric.config import config_from_dict, config_to_dict
-    from dynametric.pipeline.run import _launched_worker
+    from dynametric.pipeline.run_folder import _launched_worker
 
     published = _published()
     if published is not None and _launched_worker():

@@ -993,7 +993,7 @@ PATH_KEYS = ("data.root", "model.pretrained_path", "run.output_dir")
 """The config keys that name a file or folder. The config keeps a leading ``~`` as written (``config.yaml`` records
 ``~/runs``, and the config hash does not depend on the home folder); where a path is used, a leading ``~`` (or
 ``~user``) is the home folder, as a shell expands it (:func:`user_path`): the dataset readers for ``data.root``,
-:func:`embedder_kwargs` for ``model.pretrained_path``, ``dynametric.pipeline.run.default_run_dir`` for
+:func:`embedder_kwargs` for ``model.pretrained_path``, ``dynametric.pipeline.run_folder.default_run_dir`` for
 ``run.output_dir``. A new run records the keys of :data:`ANCHORED_PATH_KEYS` absolute (:func:`anchor_paths`)."""
 
 ANCHORED_PATH_KEYS = ("data.root", "model.pretrained_path")

@@ -477,7 +477,7 @@ def _check_finite_weights(model: torch.nn.Module, checkpoint: Path) -> None:
 def backbone_class_note(state: Mapping[str, Any], model: nn.Module, checkpoint: str | Path,
                         name: Any) -> str | None:
     """The note (without ``note:``) of a checkpoint whose run recorded another backbone class
-    (``components["model.backbone"]``, :func:`dynametric.pipeline.run.component_classes`) than the config's
+    (``components["model.backbone"]``, :func:`dynametric.pipeline.resume.component_classes`) than the config's
     ``model.backbone`` builds here (a registry entry replaced by user code, or the code that registered over a
     built-in name not imported): the weights load into this class, and the embeddings may not be the run's. ``None``
     where they agree or nothing was recorded (a checkpoint of an earlier version). The wording of ``train --resume``'s

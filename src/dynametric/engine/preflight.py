@@ -1,5 +1,5 @@
 """Checks a run makes before it spends time: the monitor's scale alias and whether a training batch fits the data.
-(Whether pretrained weights are already on disk is the dry run's check, in :mod:`dynametric.pipeline.run`, through
+(Whether pretrained weights are already on disk is the dry run's check, in :mod:`dynametric.pipeline.dryrun`, through
 :func:`dynametric.models.backbones.pretrained_weights_status`; a dry run never downloads them.)
 
 * ``trainer.monitor`` may name a scale by position: ``finest/<metric>`` (the default, ``finest/map@r``) is the

@@ -6,7 +6,8 @@ and its choices handed down to the engine, which never imports :mod:`dynametric.
   :func:`evaluate_checkpoint`: a trained checkpoint under it (``dynametric evaluate --checkpoint``), with
   :func:`run_eval_options` the run's own evaluation options, both given the checkpoint's config read once by
   :func:`checkpoint_config` (:mod:`.protocols`);
-* :func:`run_training` / :func:`dry_run`: a whole training run, ``dynametric train`` (:mod:`.run`).
+* :func:`run_training` / :func:`dry_run`: a whole training run, ``dynametric train`` (:mod:`.run`; the dry run in
+  :mod:`.dryrun`, the run folder in :mod:`.run_folder`, the resume checks in :mod:`.resume`).
 """
 
 from dynametric.pipeline.components import build_components, module_factory

@@ -1,5 +1,5 @@
-"""One lock file per folder, held by one process at a time: the run folder's ``train.lock``
-(``pipeline/run.py``: :func:`~dynametric.pipeline.run.claim_run_folder`) and the output folders' ``dynametric.lock``
+"""One lock file per folder, held by one process at a time: the run folder's ``train.lock`` (``pipeline/run_folder.py``:
+:func:`~dynametric.pipeline.run_folder.claim_run_folder`) and the output folders' ``dynametric.lock``
 (``retrieval/index_folder.py``: :func:`~dynametric.retrieval.index_folder.folder_lock`) are both taken with
 :func:`acquire_lock`.
 

@@ -1,6 +1,6 @@
 """Processes: is the process a lock or a run header names still running? Used by the folder lock
 (``utils/locks.py``: the run folder's ``train.lock`` and the output folders' ``dynametric.lock``) and by the check of
-a run's ``config.yaml`` header (``pipeline/run.py``). And :func:`callers_start_method`: the caller's unset
+a run's ``config.yaml`` header (``pipeline/run_folder.py``). And :func:`callers_start_method`: the caller's unset
 ``multiprocessing`` start method left unset by training and embedding."""
 
 from __future__ import annotations
