@@ -569,6 +569,67 @@ def test_one_process_names_its_folder_by_the_clock_and_publishes_it(launch_env, 
     assert not (tmp_path / "runs").exists()  # naming creates nothing
 
 
+def test_a_default_name_taken_in_the_same_second_gives_the_next_free_one(launch_env, tiny_config, tmp_path) -> None:
+    """Two runs of one config started in the same second (a scheduler's job array): the second one's default name
+    is the next free one (was: the same folder, refused as another process's run although no folder was named)."""
+    import dataclasses
+    import os
+    from pathlib import Path
+
+    from dynametric.config import config_hash
+    from dynametric.pipeline.run_folder import RUN_DIR_ENV, default_run_dir, reserve_default_run_dir
+
+    cfg, digest = tiny_config
+    launch_env()
+    stem = f"20260102-030405-{digest}"
+    (tmp_path / "runs" / stem).mkdir(parents=True)
+    assert default_run_dir(cfg) == Path("runs") / f"{stem}-2"
+    (tmp_path / "runs" / f"{stem}-2").symlink_to(tmp_path / "nowhere")  # a dangling link holds its name too
+    assert default_run_dir(cfg) == Path("runs") / f"{stem}-3"
+    assert os.environ[RUN_DIR_ENV] == str(tmp_path / "runs" / f"{stem}-3")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [stem, f"{stem}-2"]  # naming created nothing
+    # reserved: each call creates its folder (mkdir, which one process wins), so the next call names another
+    assert reserve_default_run_dir(cfg) == (Path("runs") / f"{stem}-3", True)
+    assert reserve_default_run_dir(cfg) == (Path("runs") / f"{stem}-4", True)
+    for name in (f"{stem}-3", f"{stem}-4"):
+        assert (tmp_path / "runs" / name).is_dir() and not any((tmp_path / "runs" / name).iterdir())
+    # a folder that cannot be created for another reason is named uncreated (the run's own check says why)
+    (tmp_path / "blocked").write_text("a file where run.output_dir's folder would be\n")
+    other = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(tmp_path / "blocked")))
+    assert reserve_default_run_dir(other) == (tmp_path / "blocked" / f"20260102-030405-{config_hash(other, 8)}", False)
+    assert (tmp_path / "blocked").read_text() == "a file where run.output_dir's folder would be\n"
+
+
+def test_train_without_out_in_the_second_of_a_finished_run_trains_beside_it(launch_env, tmp_path, capsys,
+                                                                           monkeypatch) -> None:
+    """The command line: a second default-named run of one config in the same second trains in ``<name>-2``, the
+    first run's folder left as it was (was: refused, the folder holding a finished run); a run that stops before it
+    wrote anything leaves no empty folder of its own (the reserved one) behind."""
+    import dynametric.pipeline.run as run_module
+    from dynametric.cli import main
+    from dynametric.errors import InputError
+    from tests.metrics_csv import TINY_SYNTHETIC
+
+    launch_env()
+    args = ["train", *TINY_SYNTHETIC, "--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    (first,) = (tmp_path / "runs").iterdir()
+    before = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+    assert main(args) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, f"{first.name}-2"]
+    assert (tmp_path / "runs" / f"{first.name}-2" / "last.ckpt").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == before
+
+    def stop(*args, **kwargs):
+        raise InputError("stopped before the data was read (test)")
+
+    monkeypatch.setattr(run_module, "build_datasets", stop)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "stopped before the data was read (test)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, f"{first.name}-2"]
+
+
 def test_another_rank_of_lightnings_launcher_takes_the_published_folder(launch_env, tiny_config) -> None:
     import dataclasses
     from pathlib import Path

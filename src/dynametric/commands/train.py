@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = rank_0_config(cfg)
     from dynametric.config import errors_located
     from dynametric.pipeline.run import default_run_dir, dry_run, quiet_lightning, run_training
+    from dynametric.pipeline.run_folder import remove_if_empty, reserve_default_run_dir
 
     quiet_lightning()
 
@@ -89,10 +90,19 @@ def run(args: argparse.Namespace) -> int:
                 check_name_lengths(new_dir, folder_key)
             dry_run(cfg, log=result_line, note=note_line, run_dir=new_dir, folder_key=folder_key)
             return 0
-        run_dir = args.resume if args.resume is not None else (args.out or default_run_dir(cfg))
+        reserved = False
+        if args.resume is not None or args.out is not None:
+            run_dir = args.resume if args.resume is not None else args.out
+        else:  # a default name by the clock is reserved (created empty): two jobs started in one second get two
+            run_dir, reserved = reserve_default_run_dir(cfg)
         check_name_lengths(run_dir, folder_key)  # the folder named, not the first file written in it
-        run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
-                     folder_key=folder_key, log=result_line, note=note_line)
+        try:
+            run_training(cfg, run_dir, resume=args.resume is not None, progress=progress_choice(args.progress),
+                         folder_key=folder_key, log=result_line, note=note_line)
+        except BaseException:
+            if reserved:  # the run stopped before it wrote anything: the empty folder it reserved goes
+                remove_if_empty(Path(run_dir))
+            raise
     return 0
 
 

@@ -123,13 +123,17 @@ def _external_launch() -> tuple[str, str | None] | None:
     return launcher, re.sub(r"[^A-Za-z0-9._-]", "_", shared)
 
 
-def default_run_dir(cfg: Config) -> Path:
+def default_run_dir(cfg: Config, *, reserve: bool = False) -> Path:
     """``<run.output_dir>/<run.name>`` (a leading ``~`` of ``run.output_dir`` is the home folder), or without
     ``run.name`` a name that every process of the run agrees on:
 
     * one process, and global rank 0 under Lightning's script launcher: ``<YYYYmmdd-HHMMSS>-<config hash>``, the
-      time it is called. It publishes the folder in the environment variable :data:`RUN_DIR_ENV` (a side effect on
-      ``os.environ``): the processes Lightning starts later for the other ranks inherit it and use that folder;
+      time it is called, or with ``-2``, ``-3``, ... added the first such name nothing in ``run.output_dir`` has yet
+      (two runs of one config started in the same second: :func:`_free_run_name`). With ``reserve`` the folder is
+      created empty by this call, atomically, so that two processes naming their folders at the same instant (a
+      scheduler's job array) get two folders; without it nothing is created. It publishes the folder in the
+      environment variable :data:`RUN_DIR_ENV` (a side effect on ``os.environ``): the processes Lightning starts
+      later for the other ranks inherit it and use that folder;
     * every process started by ``torchrun``, ``srun``, ``jsrun`` or another launcher (:func:`_external_launch`):
       ``<shared id>-<config hash>``, e.g. ``torchrun-<rendezvous id>-ab12cd34``,
       ``slurm-<job id>.<step id>-ab12cd34`` or ``lsf-<job id>-ab12cd34``, never the clock;
@@ -141,19 +145,30 @@ def default_run_dir(cfg: Config) -> Path:
 
     A library caller that starts several multi-process runs from one script passes each its own ``run_dir``: the
     processes of the other ranks run the script again and keep the folder rank 0 published first."""
+    return _default_run_dir(cfg, reserve)[0]
+
+
+def reserve_default_run_dir(cfg: Config) -> tuple[Path, bool]:
+    """:func:`default_run_dir` with ``reserve``, and whether this call created the (empty) folder: ``dynametric
+    train`` removes it again when the run stops before it wrote anything (:func:`remove_if_empty`)."""
+    return _default_run_dir(cfg, True)
+
+
+def _default_run_dir(cfg: Config, reserve: bool) -> tuple[Path, bool]:
+    """:func:`default_run_dir`'s folder and whether this call created it."""
     from dynametric.config import config_hash
 
     output_dir = user_path(cfg.run.output_dir)  # ~/runs: the home folder's, as data.root (docs/config.md)
     if cfg.run.name:
-        return output_dir / cfg.run.name
+        return output_dir / cfg.run.name, False
     published = os.environ.get(RUN_DIR_ENV, "").strip()
     if published and _launched_worker():  # a rank Lightning's script launcher started: rank 0's folder
-        return Path(published)
+        return Path(published), False
     launch = _external_launch()
     if launch is not None:
         launcher, shared = launch
         if shared is not None:
-            return output_dir / f"{shared}-{config_hash(cfg, 8)}"
+            return output_dir / f"{shared}-{config_hash(cfg, 8)}", False
         why = f"{launcher} starts every process on its own and gives them no id they share" + {
             "torchrun": " (its rendezvous id is 'none'; torchrun --standalone or --rdzv-id ID gives one)",
             "jsrun": " (no LSF job id in LSB_JOBID)"}.get(launcher, "")
@@ -163,11 +178,47 @@ def default_run_dir(cfg: Config) -> Path:
     elif _launched_worker():
         why = f"this process of another rank finds no folder published by rank 0 in {RUN_DIR_ENV}"
     else:
-        path = output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg, 8)}"
+        path, created = _free_run_name(output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg, 8)}",
+                                       reserve)
         os.environ[RUN_DIR_ENV] = str(path.absolute())  # for the ranks Lightning's script launcher starts later
-        return path
+        return path, created
     raise ConfigError(f"a multi-process launch needs a run folder all its processes share: pass --out DIR or set "
                       f"run.name (the default name holds the time each process starts; {why})", key="run.name")
+
+
+_FREE_NAME_TRIES = 1000
+
+
+def _free_run_name(stem: Path, reserve: bool) -> tuple[Path, bool]:
+    """``stem``, else ``stem-2``, ``stem-3``, ...: the first of these names that nothing (no file, folder or link)
+    has. With ``reserve`` the name is taken by creating the folder (``mkdir``, which one process wins), so that
+    processes choosing at the same instant choose differently; where the folder cannot be created for another
+    reason (an unwritable ``run.output_dir``) the name is returned uncreated and the run's own checks say why.
+    Returns the name and whether this call created its folder."""
+    for n in range(1, _FREE_NAME_TRIES + 1):
+        path = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
+        if not reserve:
+            if not os.path.lexists(path):
+                return path, False
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError:
+            return path, False
+        return path, True
+    return stem, False  # every name taken: the run's folder check names the first
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it is an empty folder (one :func:`default_run_dir` reserved for a run that stopped before
+    it wrote anything); anything else, and any error, leaves it as it is."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------------- a run that never trained
