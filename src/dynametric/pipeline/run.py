@@ -139,6 +139,12 @@ logger = logging.getLogger("dynametric.engine")
 
 @dataclass
 class RunResult:
+    """What :func:`run_training` returns: the run folder; ``metrics``, as ``metrics.json`` holds them:
+    ``"untrained"`` (the test metrics of the model before training), ``"validation"`` (one entry per validation
+    round) and ``"test"`` (the selected checkpoint's test metrics), each test block keyed by scale name then metric
+    (``metrics["test"]["fine"]["recall@1"]``); ``info``: ``run_info.json``'s entries as the run starts (data sizes,
+    validation source, scale names, evaluation head, environment, components)."""
+
     run_dir: Path
     metrics: dict[str, Any]
     info: dict[str, Any]
@@ -329,7 +335,10 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
     ``PL_SEED_WORKERS`` in ``os.environ`` (Lightning's ``seed_everything``), and puts all of them back as they were
     when it returns or raises (:func:`callers_random_state`); what the run draws does not depend on them. So are
     torch's algorithm switches, which the trainer sets from ``trainer.deterministic`` (:func:`callers_torch_flags`),
-    and a start method of ``multiprocessing`` the caller left unset is unset again (:func:`callers_start_method`)."""
+    and a start method of ``multiprocessing`` the caller left unset is unset again (:func:`callers_start_method`).
+
+    Lightning's own banners and warnings (GPU available, the number of loader workers, ...) still print unless
+    :func:`quiet_lightning` was called first, as the command line does."""
     with callers_random_state(), callers_torch_flags(), callers_start_method():
         return _run_training(cfg, run_dir, resume=resume, progress=progress, log=log, note=note,
                              folder_key=folder_key)

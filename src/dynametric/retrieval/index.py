@@ -129,7 +129,12 @@ def take_first_k(keep: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass
 class SearchResult:
-    """Ranked results per query: item positions ``[Q, k]`` (``-1``: no result) and distances (``nan`` there)."""
+    """Ranked results per query: item positions ``ids`` ``[Q, k]`` (``-1``: no result) and ``distances`` (``nan``
+    there), nearest first, in the index's metric: ``1 - cos`` for ``cosine``, the Euclidean distance for ``l2``,
+    ``-<q, x>`` for ``ip`` (smaller is nearer for all three). ``mode``: ``"items"`` (plain search),
+    ``"classes"`` (``scale=``: one item per class, its nearest) or ``"same"`` (``same=``: items of the query's class);
+    ``scale``: the scale name of those two modes; ``query_groups``: ``[Q]`` the class each query was matched to
+    under ``same=`` (its given or predicted label), else ``None``."""
 
     ids: np.ndarray
     distances: np.ndarray
@@ -583,7 +588,7 @@ class RetrievalIndex:
         return self.index.reconstruct(int(i))
 
     def search(self, q: Any, k: int = 10, *, scale: str | None = None, same: str | None = None,
-               query_labels: np.ndarray | None = None, exclude: np.ndarray | None = None) -> SearchResult:
+               query_labels: Any = None, exclude: Any = None) -> SearchResult:
         """Top-``k`` results for every query row (``q``: ``[Q, D]`` or one ``[D]`` query, a numpy array or a torch
         tensor, any float dtype; returns a :class:`SearchResult`; bad input is one
         :class:`~dynametric.errors.InputError` keyed by the argument).
@@ -594,6 +599,7 @@ class RetrievalIndex:
         * ``same=NAME``: the ``k`` nearest items whose label at that scale equals the query's ("more from the same
           category"); the query's label is ``query_labels[:, scale]`` when given, else the label of its nearest
           item (the predicted class).
+        ``query_labels`` and ``exclude`` are numpy arrays, torch tensors (any device) or lists.
         ``exclude`` (``[Q]`` item positions, ``-1`` for none) drops one item per query (the query itself).
         Queries go in chunks of ``QUERY_CHUNK``; per chunk the candidate list grows 4x at a time until every row
         has ``k`` results, or as many as it can have (the number of classes at the scale, the size of its class),
@@ -613,7 +619,7 @@ class RetrievalIndex:
         ql = None if query_labels is None else self._check_query_labels(query_labels, len(qs))
         si = self.scale_index(scale)
         sa = self.scale_index(same) if same is not None else None
-        ex = None if exclude is None else np.asarray(exclude).reshape(-1)
+        ex = None if exclude is None else _query_array(exclude).reshape(-1)
         if ex is not None:
             if len(ex) != len(qs):
                 raise InputError(f"exclude has {len(ex)} entries for {len(qs)} queries", key="exclude")
