@@ -142,7 +142,8 @@ class RunResult:
     """What :func:`run_training` returns: the run folder; ``metrics``, as ``metrics.json`` holds them:
     ``"untrained"`` (the test metrics of the model before training), ``"validation"`` (one entry per validation
     round) and ``"test"`` (the selected checkpoint's test metrics), each test block keyed by scale name then metric
-    (``metrics["test"]["fine"]["recall@1"]``); ``info``: ``run_info.json``'s entries as the run starts (data sizes,
+    (``metrics["test"]["fine"]["recall@1"]``; with several scales also ``"mean"``, and a test protocol's own
+    entries such as ``"protocol"``); ``info``: ``run_info.json``'s entries as the run starts (data sizes,
     validation source, scale names, evaluation head, environment, components)."""
 
     run_dir: Path
