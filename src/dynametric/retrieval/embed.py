@@ -28,9 +28,10 @@ import json
 import os
 import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import torch
@@ -57,7 +58,14 @@ from dynametric.data.readers import (
 )
 from dynametric.engine.data import worker_init
 from dynametric.errors import InputError, first_sentence
-from dynametric.retrieval.index_files import csv_line, csv_records, utf8_text
+from dynametric.retrieval.index_files import (
+    LOAD_TRIES,
+    FolderChangedError,
+    csv_line,
+    csv_records,
+    read_identified,
+    utf8_text,
+)
 from dynametric.retrieval.index_folder import folder_lock, make_output_folder, other_entries
 from dynametric.retrieval.reprs import repr_model, repr_names, repr_text
 from dynametric.utils.ahead import RunAhead
@@ -98,6 +106,7 @@ FORMAT = "dynametric-embeddings"
 FORMAT_VERSION = 1
 """The ``version`` this code writes in ``embed.json`` and the newest it reads (:func:`check_job_format`)."""
 RESERVED_COLUMNS = ("path", "id", "split")
+_T = TypeVar("_T")
 
 
 def check_job_format(meta: dict[str, Any], meta_path: Path) -> None:
@@ -550,8 +559,7 @@ def _finished_job(out: Path, meta: dict[str, Any], items: ImageItems, num_shards
     again where missing or not what the list gives (named in ``restored``)."""
     emb_file = out / "embeddings.npy"
     try:
-        check_embeddings_file(out, meta)
-        emb = np.load(emb_file, mmap_mode="r", allow_pickle=False)
+        emb = load_job_embeddings(out, meta)
         if emb.ndim != 2 or emb.shape[0] != len(items.ids):
             raise InputError(f"has shape {list(emb.shape)}, expected [{len(items.ids)}, D]", file=emb_file)
         dim = int(emb.shape[1])
@@ -967,13 +975,27 @@ def _fingerprint(ids: Sequence[str], paths: Sequence[str], labels: np.ndarray | 
     return h.hexdigest()[:16]
 
 
-def _read_part(path: Path) -> dict[str, Any]:
-    """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked."""
-    meta = read_finished_job(path)  # its format and version too
+def _read_part(path: Path, seen: dict[Path, tuple[bytes, tuple[int, ...]]]) -> dict[str, Any]:
+    """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked (``seen``: where its
+    bytes and identity are kept, :func:`_read_job_json`)."""
+    seen[path] = _read_job_json(path)
+    meta = read_finished_job(path, seen[path][0])  # its format and version too
     meta_path = path / "embed.json"
     if not isinstance(meta.get("part"), list) or len(meta["part"]) != 2:
         raise InputError("not a part job (embedded without --part K/N)", file=meta_path, key="part")
     return meta
+
+
+@contextmanager
+def _unchanged_part(part: Path, seen: tuple[bytes, tuple[int, ...]]) -> Iterator[None]:
+    """An error reading a file of the part folder ``part`` is :class:`FolderChangedError` where its ``embed.json``
+    is no longer the one read (``seen``): a command rewrote the part meanwhile, the files were not damaged."""
+    try:
+        yield
+    except InputError:
+        if _job_changed(part, seen):
+            raise FolderChangedError(f"{_JOB_CHANGING} (run the merge again)", file=part) from None
+        raise
 
 
 _SAME_IN_EVERY_PART = ("source_fingerprint", "source_file_stamp", "source_count", "model", "scale_names",
@@ -994,7 +1016,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     paths = [Path(p) for p in parts]
     if not paths:
         raise InputError("no part folders given", key="parts")
-    metas = [_read_part(p) for p in paths]
+    seen: dict[Path, tuple[bytes, tuple[int, ...]]] = {}
+    metas = [_read_part(p, seen) for p in paths]
     first = metas[0]
     num = int(first["part"][1])
     # a part embedded before file stamps existed has none: it is compared with the others in everything else
@@ -1034,11 +1057,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     arrays = []
     stats_parts: list[np.ndarray] | None = []
     for p in order:
-        emb_file = check_embeddings_file(p, meta_of[p])
-        try:
-            arrays.append(np.load(emb_file, mmap_mode="r", allow_pickle=False))
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
+        with _unchanged_part(p, seen[p]):  # the rows of the very file whose digest was compared
+            arrays.append(load_job_embeddings(p, meta_of[p]))
         stats_file = p / "file_stats.npy"
         if stats_parts is not None and (stats_file.exists() or stats_file.is_symlink()):
             count = int(meta_of[p]["count"])
@@ -1072,7 +1092,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
             item_paths.append(row[2])
             index += 1
         # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
-        labels = check_job_items(p, meta_of[p])[2]
+        with _unchanged_part(p, seen[p]):
+            labels = check_job_items(p, meta_of[p])[2]
         if labels is not None:
             part_labels.append(labels)
         all_ids += ids
@@ -1080,6 +1101,9 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     if index != total:
         raise InputError(f"the parts' items.csv hold {index} rows, the list {total} images", key="parts")
     merged_labels = np.concatenate(part_labels) if part_labels else None
+    for p in order:  # no part was written while it was read (a part of an older dynametric has no digest)
+        if _job_changed(p, seen[p]):
+            raise FolderChangedError(f"{_JOB_CHANGING} (run the merge again)", file=p)
     if _fingerprint(all_ids, all_paths, merged_labels) != first["source_fingerprint"]:
         raise InputError("the parts' items and labels together are not the list they were cut from (their fingerprint "
                          f"differs from source_fingerprint {first['source_fingerprint']!r})", key="parts")
@@ -1231,11 +1255,42 @@ _DERIVE = ("; embeddings changed on purpose (PCA, whitening) go into a new folde
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a regular file's bytes, read in blocks (a FIFO or a device: refused, never read)."""
-    digest = hashlib.sha256()
     with open_regular(path) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        return _sha256_of(fh)
+
+
+def _sha256_of(fh: IO[bytes]) -> str:
+    """The SHA-256 of what is left to read of the open file ``fh``, read in blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def _embeddings_path(folder: Path) -> Path:
+    """A finished job's ``embeddings.npy``, there (a missing one is said as lost, its job being complete), a
+    non-empty regular ``.npy`` no shorter than its header says."""
+    emb_file = folder / "embeddings.npy"
+    if not emb_file.exists() and not emb_file.is_symlink():
+        raise InputError(f"embeddings.npy missing, though embed.json says the job is complete (the folder lost a "
+                         f"file); {_RESTORE}", file=emb_file)
+    check_file(emb_file)
+    check_npy_header(emb_file, "the job's [N, D] float32 embeddings")
+    check_npy_size(emb_file)
+    return emb_file
+
+
+def _check_embeddings_bytes(fh: IO[bytes], emb_file: Path, meta: dict[str, Any], digest: bool) -> None:
+    """The open ``embeddings.npy`` (``fh``, at its start) has the size and, with ``digest``, the SHA-256 that
+    ``meta`` records (what is checked is the file that is open, not whatever the name holds by now)."""
+    size, want_size = os.fstat(fh.fileno()).st_size, meta.get("embeddings_size")
+    if isinstance(want_size, int) and size != want_size:
+        raise InputError(f"has {size} bytes, embed.json's embeddings_size says {want_size}: not the file this job "
+                         f"wrote; {_RESTORE}{_DERIVE}", file=emb_file)
+    want = meta.get("embeddings_sha256")
+    if digest and isinstance(want, str) and _sha256_of(fh) != want:
+        raise InputError("not the file this job wrote (its SHA-256 differs from embed.json's embeddings_sha256): "
+                         f"a file was replaced or edited; {_RESTORE}{_DERIVE}", file=emb_file)
 
 
 def check_embeddings_file(folder: Path, meta: dict[str, Any], *, digest: bool = True) -> Path:
@@ -1244,23 +1299,50 @@ def check_embeddings_file(folder: Path, meta: dict[str, Any], *, digest: bool = 
     says, of the size ``embed.json`` records (``embeddings_size``: a stat, no read) and, with ``digest``, of the
     SHA-256 it records (``embeddings_sha256``: the file is read once more, about 1 GB/s; the readers that use
     every row read it anyway). A job written before these were recorded has neither and is read as before.
-    Each failure is one line naming the file."""
-    emb_file = folder / "embeddings.npy"
-    if not emb_file.exists() and not emb_file.is_symlink():
-        raise InputError(f"embeddings.npy missing, though embed.json says the job is complete (the folder lost a "
-                         f"file); {_RESTORE}", file=emb_file)
-    check_file(emb_file)
-    check_npy_header(emb_file, "the job's [N, D] float32 embeddings")
-    check_npy_size(emb_file)
-    size, want_size = emb_file.stat().st_size, meta.get("embeddings_size")
-    if isinstance(want_size, int) and size != want_size:
-        raise InputError(f"has {size} bytes, embed.json's embeddings_size says {want_size}: not the file this job "
-                         f"wrote; {_RESTORE}{_DERIVE}", file=emb_file)
-    want = meta.get("embeddings_sha256")
-    if digest and isinstance(want, str) and file_sha256(emb_file) != want:
-        raise InputError("not the file this job wrote (its SHA-256 differs from embed.json's embeddings_sha256): "
-                         f"a file was replaced or edited; {_RESTORE}{_DERIVE}", file=emb_file)
+    Each failure is one line naming the file. A reader of the rows uses :func:`load_job_embeddings`, which loads
+    the very file it checked."""
+    emb_file = _embeddings_path(folder)
+    with open_regular(emb_file) as fh:
+        _check_embeddings_bytes(fh, emb_file, meta, digest)
     return emb_file
+
+
+def load_job_embeddings(folder: Path, meta: dict[str, Any], *, mmap: bool = True) -> np.ndarray:
+    """A finished job's ``embeddings.npy`` checked as :func:`check_embeddings_file` checks it and loaded from the
+    same open file (memory-mapped with ``mmap``, else read into memory once): the rows are the bytes whose digest
+    was compared with ``meta``'s, even when a command replaces the file meanwhile (``embed --overwrite`` renaming
+    its new one into place). Not a 2-D float array: one line naming the file."""
+    emb_file = _embeddings_path(folder)
+    with open_regular(emb_file) as fh:
+        _check_embeddings_bytes(fh, emb_file, meta, True)
+        fh.seek(0)
+        try:
+            emb = _memmap_npy(fh) if mmap else np.load(fh, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
+    if emb.ndim != 2 or emb.dtype.kind != "f":
+        raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
+    return emb
+
+
+def _memmap_npy(fh: IO[bytes]) -> np.ndarray:
+    """The array of the open ``.npy`` file ``fh`` (at its start), memory-mapped read-only from that file: the map
+    holds the file, whatever its name holds later."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = npy.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError("the array holds Python objects")
+    if not shape or int(np.prod(shape)) == 0:  # mmap cannot map nothing
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape,
+                     order="F" if fortran else "C")
 
 
 def check_job_items(folder: Path, meta: dict[str, Any]) -> tuple[list[str], list[str], np.ndarray | None]:
@@ -1394,15 +1476,58 @@ def derive_embedding_folder(source: str | Path, out: str | Path, embeddings: Any
 _DERIVE_ROWS = 65536  # rows converted to float32 and written at a time
 
 
-def read_finished_job(folder: str | Path) -> dict[str, Any]:
-    """The ``embed.json`` of a finished ``dynametric embed`` folder; one-line errors for a folder that is not one,
-    an unreadable job file or an unfinished job."""
-    folder = Path(folder)
+def _read_job_json(folder: Path) -> tuple[bytes, tuple[int, ...]]:
+    """``embed.json``'s bytes and the identity of its file (:func:`~dynametric.retrieval.index_files.read_identified`:
+    ``embed`` and ``merge-embeddings`` write a new one, ``in_progress``, before they replace any other file of the
+    folder, and the complete one last)."""
     meta_path = folder / "embed.json"
     if not meta_path.exists():
         raise InputError("not an embeddings folder (no embed.json); give a `dynametric embed` --out folder or an "
                          ".npy file", file=folder)
-    data = read_regular_bytes(meta_path)  # a FIFO or a device (/dev/zero) is refused, never read
+    return read_identified(meta_path)  # a FIFO or a device (/dev/zero) is refused, never read
+
+
+_JOB_CHANGING = ("the embed folder changed while it was read: a `dynametric embed` or `merge-embeddings` wrote it "
+                 "meanwhile; try again")
+
+
+def _job_changed(folder: Path, seen: tuple[bytes, tuple[int, ...]]) -> bool:
+    """Whether ``folder``'s ``embed.json`` is no longer the file read as ``seen`` (:func:`_read_job_json`): a command
+    wrote the folder since (or is writing it)."""
+    try:
+        return _read_job_json(folder) != seen
+    except (InputError, OSError):
+        return True
+
+
+def read_job_consistently(folder: Path, read: Callable[[dict[str, Any]], _T]) -> tuple[dict[str, Any], _T]:
+    """A finished job's ``embed.json`` (:func:`read_finished_job`) and what ``read`` reads of the folder with it,
+    both of one job: when ``embed.json`` was replaced while ``read`` ran (an ``embed --overwrite`` or a
+    ``merge-embeddings --overwrite`` into the folder) the folder is read again, up to
+    :data:`~dynametric.retrieval.index_files.LOAD_TRIES` times, then :class:`FolderChangedError`. An error of
+    ``read`` while ``embed.json`` stayed the same is raised as it is."""
+    for _ in range(LOAD_TRIES):
+        seen = _read_job_json(folder)
+        meta = read_finished_job(folder, seen[0])
+        try:
+            found = read(meta)
+        except InputError:
+            if not _job_changed(folder, seen):
+                raise
+            continue
+        if not _job_changed(folder, seen):
+            return meta, found
+        del found  # (a copy of the rows read into memory: gone before the next is read)
+    raise FolderChangedError(_JOB_CHANGING, file=folder)
+
+
+def read_finished_job(folder: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The ``embed.json`` of a finished ``dynametric embed`` folder (``data``: its bytes, already read); one-line
+    errors for a folder that is not one, an unreadable job file or an unfinished job."""
+    folder = Path(folder)
+    meta_path = folder / "embed.json"
+    if data is None:
+        data = _read_job_json(folder)[0]
     try:
         meta = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -1441,15 +1566,11 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
         emb = load_embeddings(path)
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
-    meta = read_finished_job(path)
-    ids, paths, labels = check_job_folder(path, meta)
-    emb_file = path / "embeddings.npy"
-    try:
-        emb = np.load(emb_file, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
-    if emb.ndim != 2 or emb.dtype.kind != "f":
-        raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
+    folder = path
+    # every file read with the embed.json it is checked against (another job renamed into the folder meanwhile: read
+    # again), the rows from the very file whose digest was compared
+    meta, ((ids, paths, labels), emb) = read_job_consistently(
+        folder, lambda meta: (check_job_items(folder, meta), load_job_embeddings(folder, meta, mmap=mmap)))
     scales = list(meta.get("scale_names") or [])
     if len(ids) != len(emb):
         raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")
