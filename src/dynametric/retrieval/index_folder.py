@@ -14,14 +14,21 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dynametric.errors import InputError
 from dynametric.utils.io import holds_only_own_files, is_stale_temp, replacement_mode, require_new_folder
-from dynametric.utils.locks import Holder, LockBusy, LockContended, LockForeign, LockUnreadable, acquire_lock
+from dynametric.utils.locks import (
+    Holder,
+    LockBusy,
+    LockContended,
+    LockForeign,
+    LockUnreadable,
+    acquire_lock,
+)
 from dynametric.utils.readers import read_regular_bytes
 
 INDEX_FORMAT = "dynametric-index"
@@ -37,8 +44,8 @@ BUILD_FORMAT = "dynametric-index-build"
 
 LOCK_NAME = "dynametric.lock"
 """The lock file an ``embed``, ``merge-embeddings`` or ``index build`` holds in its output folder while it writes there
-(:func:`folder_lock`; created whole at once: ``format: dynametric-lock``, the command, its process id and host, a
-token); removed when the command ends."""
+(:func:`folder_lock`; created whole at once: ``format: dynametric-lock``, the command, its process id and host, the
+folder it was taken for, a token); removed when the command ends."""
 LOCK_FORMAT = "dynametric-lock"
 
 
@@ -59,12 +66,26 @@ def other_entries(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name != LOCK_NAME and not is_stale_temp(p, LOCK_NAME.__eq__)]
 
 
-def _dynametric_lock(data: Any) -> Holder | None:
-    """The process a :data:`LOCK_NAME` names, where its JSON is a lock of dynametric (:data:`LOCK_FORMAT`, an integer
-    ``pid``)."""
-    if not (isinstance(data, dict) and data.get("format") == LOCK_FORMAT and isinstance(data.get("pid"), int)):
-        return None
-    return Holder(data["pid"], str(data.get("host")))
+def _dynametric_lock_of(out: Path) -> Callable[[Any], Holder | None]:
+    """What reads ``out``'s :data:`LOCK_NAME` (:func:`~dynametric.utils.locks.read_lock`): the process it names,
+    where its JSON is a lock of dynametric (:data:`LOCK_FORMAT`, an integer ``pid``). A lock records the folder it
+    was taken for (``folder``, resolved; a lock without one counts as this folder's): one taken for another folder
+    (this folder was copied with ``cp -r`` while a command wrote the original) is
+    :attr:`~dynametric.utils.locks.Holder.copied`, stale here, as a run folder's ``train.lock``."""
+    here = out.resolve()
+
+    def recognise(data: Any) -> Holder | None:
+        if not (isinstance(data, dict) and data.get("format") == LOCK_FORMAT and isinstance(data.get("pid"), int)
+                and not isinstance(data.get("pid"), bool)):
+            return None
+        folder = data.get("folder", str(here))
+        try:
+            same = isinstance(folder, str) and (folder == str(here) or Path(folder).resolve() == here)
+        except (OSError, RuntimeError, ValueError):  # a folder that cannot be resolved (a link loop) is not this one
+            same = False
+        return Holder(data["pid"], str(data.get("host")), copied=not same)
+
+    return recognise
 
 
 @contextmanager
@@ -76,9 +97,11 @@ def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
     file of that name that is no lock of dynametric is refused, never removed."""
     lock = out / LOCK_NAME
     record = json.dumps({"format": LOCK_FORMAT, "command": command, "pid": os.getpid(),
-                         "host": socket.gethostname(), "token": uuid.uuid4().hex}).encode()
+                         "host": socket.gethostname(), "folder": str(out.resolve()),
+                         "token": uuid.uuid4().hex}).encode()
     try:
-        held = acquire_lock(lock, record, recognise=_dynametric_lock, unaskable="live", foreign="refuse", attempts=5)
+        held = acquire_lock(lock, record, recognise=_dynametric_lock_of(out), unaskable="live", foreign="refuse",
+                            attempts=5)
     except LockBusy as exc:
         host = exc.holder.host
         where = "" if host == socket.gethostname() else f" on host {host}"
