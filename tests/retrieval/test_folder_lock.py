@@ -166,6 +166,30 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_keyed_out(image_root: 
     assert str(err.value) == f"{ro / 'idx'} key '--out': cannot create the folder (Permission denied)"
 
 
+def test_a_reader_of_a_folder_embed_is_writing_says_so(image_root: Path, tmp_path: Path) -> None:
+    """index build / merge-embeddings / load_embedding_set of a folder a running embed writes said "embedding job is
+    not finished; run the same `dynametric embed` command again to resume", which the lock then refused."""
+    items = list_image_folder(image_root / "imgs")
+    out = tmp_path / "emb"
+
+    def stop(x: torch.Tensor) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # an unfinished job: embed.json says in_progress
+        embed_items(items, stop, _to_tensor, out, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    with pytest.raises(InputError, match="embedding job is not finished; run the same `dynametric embed` command "
+                                         "again to resume"):
+        load_embedding_set(out)  # stopped: no writer
+    _lock(out, os.getppid())  # a process still running on this host writes it
+    with pytest.raises(InputError) as err:
+        load_embedding_set(out)
+    assert str(err.value) == f"{out}: is being written by embed (process {os.getppid()}) right now; wait for it to " \
+                             "finish"
+    _lock(out, _ended_pid())  # its process gone: a stopped job again
+    with pytest.raises(InputError, match="embedding job is not finished"):
+        load_embedding_set(out)
+
+
 def test_a_folder_copied_with_the_lock_of_a_running_embed_is_not_blocked(image_root: Path, tmp_path: Path) -> None:
     """dynametric.lock did not record its folder: a folder copied (cp -r) while embed ran was refused until the
     original process ended."""

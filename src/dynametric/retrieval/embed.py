@@ -66,7 +66,7 @@ from dynametric.retrieval.index_files import (
     read_identified,
     utf8_text,
 )
-from dynametric.retrieval.index_folder import folder_lock, make_output_folder, other_entries
+from dynametric.retrieval.index_folder import folder_lock, folder_writer, make_output_folder, other_entries
 from dynametric.retrieval.reprs import repr_model, repr_names, repr_text
 from dynametric.utils.ahead import RunAhead
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
@@ -1537,6 +1537,10 @@ def read_finished_job(folder: str | Path, data: bytes | None = None) -> dict[str
         raise InputError(f"expected a JSON object, got {type(meta).__name__}", file=meta_path)
     check_job_format(meta, meta_path)
     if meta.get("status") != "complete":
+        writer = folder_writer(folder)
+        if writer is not None:  # not stopped: a command writes the folder this moment
+            raise InputError(f"is being written by {writer[0]} (process {writer[1]}) right now; wait for it to finish",
+                             file=folder)
         if meta.get("merged_parts") is not None:  # a merge-embeddings folder: no embed command resumes it
             raise InputError("the merge into this folder is not finished (a `dynametric merge-embeddings` was "
                              "stopped while it wrote it); run it again with all its part folders: `dynametric "

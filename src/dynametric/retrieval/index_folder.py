@@ -28,6 +28,8 @@ from dynametric.utils.locks import (
     LockForeign,
     LockUnreadable,
     acquire_lock,
+    holder_running,
+    read_lock,
 )
 from dynametric.utils.readers import read_regular_bytes
 
@@ -86,6 +88,22 @@ def _dynametric_lock_of(out: Path) -> Callable[[Any], Holder | None]:
         return Holder(data["pid"], str(data.get("host")), copied=not same)
 
     return recognise
+
+
+def folder_writer(out: Path) -> tuple[str, int] | None:
+    """The command and process that hold ``out``'s :data:`LOCK_NAME` where that is another process still running on
+    this host (:func:`~dynametric.utils.locks.holder_running`): a reader of the folder says it is being written
+    rather than damaged or unfinished. ``None`` without one, for a stale or copied lock, one of another host (it
+    cannot be asked) and one that cannot be read."""
+    try:
+        found = read_lock(out / LOCK_NAME, _dynametric_lock_of(out))
+    except OSError:
+        return None
+    if found is None or found.holder is None or found.holder.host != socket.gethostname():
+        return None
+    if not holder_running(found, unaskable="stale"):
+        return None
+    return str(found.fields.get("command", "another command")), found.holder.pid
 
 
 @contextmanager
