@@ -10,6 +10,7 @@ and, while a build runs (and after one was killed), the build's marker :data:`BU
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -20,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from dynametric.errors import InputError
-from dynametric.utils.io import holds_only_own_files, is_stale_temp, replacement_mode, require_new_folder
+from dynametric.utils.io import (
+    NAME_MAX,
+    holds_only_own_files,
+    is_stale_temp,
+    name_bytes,
+    replacement_mode,
+    require_new_folder,
+)
 from dynametric.utils.locks import (
     Holder,
     LockBusy,
@@ -113,33 +121,60 @@ def folder_lock(out: Path, command: str, key: str = "--out") -> Iterator[None]:
     host, or one on another host, which cannot be asked) is one line keyed ``key``: ``<out> key '--out': the folder is
     being written by another embed (process N); ...``. A lock left by a process that ended (killed) is taken over; a
     file of that name that is no lock of dynametric is refused, never removed."""
-    lock = out / LOCK_NAME
+    with output_lock(out / LOCK_NAME, out, command, key=key, what="the folder"):
+        yield
+
+
+def target_lock_path(target: Path) -> Path:
+    """The lock file of the output file ``target`` (:func:`output_lock`), beside it: ``.<name>.lock`` (a name too long
+    for that: ``.<digest of the name>.lock``)."""
+    name = f".{target.name}.lock"
+    if name_bytes(name) + 20 > NAME_MAX:  # room for the temporary files of taking it (.<name>.<8>.tmp)
+        name = f".{hashlib.sha256(os.fsencode(target.name)).hexdigest()[:16]}.lock"
+    return target.with_name(name)
+
+
+@contextmanager
+def output_lock(lock: Path, place: Path, command: str, *, key: str | None = "--out", what: str = "the folder",
+                cannot_create: Callable[[OSError], BaseException] | None = None) -> Iterator[None]:
+    """Hold the lock file ``lock`` (its folder exists) while ``command`` writes ``place`` (a folder, or one output
+    file: ``export --out``, a ``save_pretrained`` folder). The lock records ``place`` (resolved): one naming another
+    place was copied there and is stale (:func:`_dynametric_lock_of`). Another command holding it is one line keyed
+    ``key`` (none: the line names no option): ``<place> key '--out': <what> is being written by another export
+    (process N); wait for it to finish or use another --out``. A lock left by a process that ended is taken over; a
+    file of that name that is no lock of dynametric is refused, never removed. Removed when the block ends. A lock
+    that cannot be created (a folder that cannot be written): ``cannot_create`` of the ``OSError`` where given (the
+    error the write itself would give), else ``cannot create the lock file``."""
     record = json.dumps({"format": LOCK_FORMAT, "command": command, "pid": os.getpid(),
-                         "host": socket.gethostname(), "folder": str(out.resolve()),
+                         "host": socket.gethostname(), "folder": str(place.resolve()),
                          "token": uuid.uuid4().hex}).encode()
+    other = f"use another {key}" if key else "write to another place"
     try:
-        held = acquire_lock(lock, record, recognise=_dynametric_lock_of(out), unaskable="live", foreign="refuse",
+        held = acquire_lock(lock, record, recognise=_dynametric_lock_of(place), unaskable="live", foreign="refuse",
                             attempts=5)
     except LockBusy as exc:
         host = exc.holder.host
         where = "" if host == socket.gethostname() else f" on host {host}"
-        raise InputError(f"the folder is being written by another {exc.lock.fields.get('command', 'command')} "
-                         f"(process {exc.holder.pid}{where}); wait for it to finish or use another {key}"
-                         + (f" (if that process is gone, remove {lock})" if where else ""), file=out, key=key) from None
+        raise InputError(f"{what} is being written by another {exc.lock.fields.get('command', 'command')} "
+                         f"(process {exc.holder.pid}{where}); wait for it to finish or {other}"
+                         + (f" (if that process is gone, remove {lock})" if where else ""), file=place,
+                         key=key) from None
     except LockForeign as exc:
         if exc.being_written:  # perhaps an O_EXCL file whose process is writing it this moment
-            raise InputError(f"the folder is being written by another command (its {LOCK_NAME} was just created); "
-                             f"wait for it to finish or use another {key}", file=out, key=key) from None
-        raise InputError(f"is not a lock file of dynametric ({LOCK_FORMAT}); it is not removed: move it away or use "
-                         f"another {key}", file=lock, key=key) from None
+            raise InputError(f"{what} is being written by another command (its {lock.name} was just created); "
+                             f"wait for it to finish or {other}", file=place, key=key) from None
+        raise InputError(f"is not a lock file of dynametric ({LOCK_FORMAT}); it is not removed: move it away or "
+                         f"{other}", file=lock, key=key) from None
     except LockContended:
-        raise InputError(f"cannot take the folder's lock {LOCK_NAME}: other commands keep taking it; wait for them "
-                         f"to finish or use another {key}", file=out, key=key) from None
+        raise InputError(f"cannot take {what}'s lock {lock.name}: other commands keep taking it; wait for them to "
+                         f"finish or {other}", file=place, key=key) from None
     except LockUnreadable as exc:
         raise InputError(f"cannot read the lock file ({exc.error.strerror or exc.error})", file=lock,
                          key=key) from None
     except OSError as exc:
-        raise InputError(f"cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})", file=out,
+        if cannot_create is not None:
+            raise cannot_create(exc) from None
+        raise InputError(f"cannot create the lock file {lock.name} ({exc.strerror or exc})", file=place,
                          key=key) from None
     with held:
         yield
