@@ -427,10 +427,11 @@ class ImageFiles(Dataset):
     :attr:`collate_fn`."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, stats: np.ndarray | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.max_pixels = max_pixels
+        self.stats = stats
         self._read = getattr(transform, "read_file", None)
         self.collate_fn = getattr(transform, "collate", None)
 
@@ -438,15 +439,57 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Any:
-        if self.max_pixels is not None:
-            check_pixels(self.paths[i], self.max_pixels)
-        if self._read is not None:
-            return self._read(self.paths[i])
-        try:
-            img = load_rgb(self.paths[i])
-        except Exception as exc:  # PIL raises many types for bad files
-            raise image_read_error(self.paths[i], exc) from None
+        """The ``i``-th image decoded and transformed. Only a regular file is opened (a FIFO, a device: one line,
+        never waited on or read: :func:`~dynametric.utils.readers.open_regular`). With ``stats`` (``[N, 2]``: each
+        file's size and modification time as the job recorded them) the file decoded must be the one recorded: the
+        stats of the file that was open (after decoding), or for a transform that reads the file itself of the path
+        right after, must be those; else ``<path>: changed while it was embedded; run the same command again``."""
+        path = self.paths[i]
+        with _open_image(path) as fh:
+            if self.max_pixels is not None:
+                check_pixels(path, self.max_pixels)
+            if self._read is not None:
+                out = self._read(path)
+                self._same_as_recorded(i, os.stat(path))
+                return out
+            try:
+                img = load_rgb(fh)
+            except Exception as exc:  # PIL raises many types for bad files
+                raise image_read_error(path, exc) from None
+            self._same_as_recorded(i, os.fstat(fh.fileno()))  # what was decoded, even if replaced since
         return self.transform(img)
+
+    def _same_as_recorded(self, i: int, st: os.stat_result) -> None:
+        if self.stats is not None and (st.st_size, st.st_mtime_ns) != tuple(int(v) for v in self.stats[i]):
+            raise InputError("changed while it was embedded (another size or modification time than when the job "
+                             "started); run the same command again", file=self.paths[i])
+
+
+class _ImageReader(io.BufferedReader):
+    """An open image file that PIL names by its path (``cannot identify image file '<path>'``, as when it opens the
+    path itself), not as ``<_io.BufferedReader name=12>``."""
+
+    def __init__(self, raw: Any, path: Path) -> None:
+        super().__init__(raw)
+        self.shown = str(path)
+
+    def __repr__(self) -> str:
+        return repr(self.shown)
+
+
+def _open_image(path: Path) -> IO[bytes]:
+    """``path`` opened when it is a regular file (:func:`~dynametric.utils.readers.open_regular`), the error of a
+    missing one as the decoder says it (:func:`~dynametric.data.base.image_read_error`: a dangling link names its
+    target)."""
+    try:
+        fh = open_regular(path)
+        return _ImageReader(fh.detach(), path)  # type: ignore[attr-defined]
+    except InputError as exc:
+        if os.path.isdir(path):
+            raise image_read_error(path, IsADirectoryError(str(exc))) from None
+        if os.path.lexists(path) and not (os.path.islink(path) and not os.path.exists(path)):
+            raise  # a FIFO, a device, a socket: what it is
+        raise image_read_error(path, FileNotFoundError(str(exc))) from None
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -687,7 +730,11 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
         changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k])
                          and not (k in ("file_stamp", "source_file_stamp") and old.get(k) is None))
         if changed == ["file_stamp"] or changed == ["file_stamp", "source_file_stamp"]:
-            raise InputError(_changed_files(out, items), file=meta_path)
+            # a file changed since the job started: refused where its row was embedded (a finished shard, a
+            # complete job), else the job goes on, recording the files as they are now
+            if old.get("status") == "complete" or not _changed_only_unembedded(out, items, shard_size):
+                raise InputError(_changed_files(out, items), file=meta_path)
+            changed = []
         moved = _moved_roots(old, job, items)
         if moved is not None:
             raise InputError(moved, file=meta_path)
@@ -707,7 +754,8 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
 
     from dynametric.utils.text import progress_bar
 
-    dataset = ImageFiles(items.paths, transform, max_pixels=max_pixels)
+    # each file's size and time as recorded: a file decoded otherwise (replaced meanwhile) stops the job
+    dataset = ImageFiles(items.paths, transform, max_pixels=max_pixels, stats=items.file_stats())
     computed, skipped = [], []
     dim: int | None = None
     bar = progress_bar()(total=n, unit="img", desc="embedding", disable=not progress)
@@ -866,16 +914,39 @@ def _json_problem(exc: Exception) -> str:
     return first_sentence(exc)
 
 
-def _changed_files(out: Path, items: ImageItems) -> str:
-    """The message for a job whose image files changed since they were embedded (size or modification time),
-    naming the first few from the job's ``file_stats.npy``."""
+def _changed_rows(out: Path, items: ImageItems) -> np.ndarray | None:
+    """The rows whose image file's size or modification time differs from the job's ``file_stats.npy``; ``None``
+    where that file cannot be read (or is not of the list's shape)."""
     now = items.file_stats()
     try:
         with open_regular(out / "file_stats.npy") as fh:  # a FIFO planted there is not waited on
             then = np.load(fh, allow_pickle=False)
-        rows = np.flatnonzero((then != now).any(axis=1)) if then.shape == now.shape else np.zeros(0, np.int64)
     except (OSError, ValueError, EOFError, InputError):
-        rows = np.zeros(0, dtype=np.int64)
+        return None
+    if then.shape != now.shape:
+        return None
+    return np.flatnonzero((then != now).any(axis=1))
+
+
+def _changed_only_unembedded(out: Path, items: ImageItems, shard_size: int) -> bool:
+    """Whether every image file that changed since the job started (:func:`_changed_rows`) is in a shard not yet
+    computed: its row was never embedded (a bad image repaired after the run stopped at it), so the job goes on
+    with the files as they are now, their sizes and times recorded afresh."""
+    rows = _changed_rows(out, items)
+    if rows is None or not len(rows):
+        return False
+    n = len(items.ids)
+    for s in {int(r) // shard_size for r in rows}:
+        if _shard_ok(shard_path(out, s), min(n, (s + 1) * shard_size) - s * shard_size):
+            return False
+    return True
+
+
+def _changed_files(out: Path, items: ImageItems) -> str:
+    """The message for a job whose image files changed since they were embedded (size or modification time),
+    naming the first few from the job's ``file_stats.npy``."""
+    found = _changed_rows(out, items)
+    rows = np.zeros(0, dtype=np.int64) if found is None else found
     head = "the image files changed since they were embedded (size or modification time)"
     if len(rows):
         names = ", ".join(str(items.paths[i]) for i in rows[:3]) + (", ..." if len(rows) > 3 else "")
