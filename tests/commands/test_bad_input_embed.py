@@ -248,3 +248,37 @@ def test_an_image_changed_while_the_job_runs_is_not_recorded_with_its_old_stamp(
     with pytest.raises(InputError, match=r"1 image file\(s\) changed since they were embedded .*a6.png"):
         embed(out)
 
+
+def test_an_image_that_is_a_fifo_is_one_line_never_waited_on(tmp_path, tiny_images) -> None:
+    """An `embed --csv` row naming a FIFO said `image file not found`; an image replaced by a FIFO while the job
+    ran blocked in Image.open for ever."""
+    import threading
+
+    from torchvision import transforms as T
+
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import ImageFiles, read_image_csv
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "list.csv").write_text(f"path\n{tiny_images / 'imgs' / 'plant' / 'img_01.png'}\npipe.png\n")
+    with pytest.raises(InputError) as err:
+        read_image_csv(tmp_path / "list.csv")
+    assert f"list.csv:3: {fifo} is not a regular file; expected an image file" in str(err.value)
+    found: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            ImageFiles([fifo], T.ToTensor())[0]
+        except BaseException as exc:  # noqa: BLE001 - what the reader raised, for the assertion below
+            found.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # waiting for a writer: give it one, so that the thread ends
+        with open(fifo, "wb"):
+            pass
+        reader.join(5)
+        pytest.fail("the reader waited on the FIFO")
+    assert len(found) == 1 and str(found[0]) == f"{fifo}: not a regular file: a FIFO (named pipe); expected a file"

@@ -52,6 +52,7 @@ from dynametric.data.readers import (
     backslash_hint,
     csv_image_root,
     non_utf8_name,
+    not_an_image_file,
     parse_csv,
     printable_path,
     require_header,
@@ -348,10 +349,9 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
             continue
         seen[item_id] = lineno
         full = Path(rel) if Path(rel).is_absolute() else root / rel
-        if not full.is_file():
-            shown = full if str(full).isprintable() else repr(str(full))
-            bad(f"{shown} is a folder; expected an image file" if full.is_dir()
-                else f"image file not found: {shown}{backslash_hint(rel)}", lineno)
+        if not full.is_file():  # a folder, a FIFO or a socket is said as such, never "not found"
+            why = not_an_image_file(str(full))
+            bad(why + (backslash_hint(rel) if why.startswith("image file not found") else ""), lineno)
             continue
         empty = next((s for s in scales if not values[col[s]]), None)
         if empty is not None:
