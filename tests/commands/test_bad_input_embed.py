@@ -6,6 +6,7 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,3 +170,115 @@ def test_config_keys_read_when_the_model_loads_name_where_they_were_set(tiny_ckp
         f"dynametric {command}: error: <command line> key 'model.backbone_kwargs.foo': backbone 'simple_cnn' has no "
         "option 'foo'; its options: width, depth")
     assert not (tmp_path / "out").exists()
+
+
+def test_fixing_a_bad_image_in_an_unfinished_shard_resumes(tiny_ckpt, tmp_path, capsys) -> None:
+    """A bad image that stopped the job, repaired: the rerun refused `1 image file(s) changed since they were embedded
+    ... use --overwrite`, though its row was never embedded (each file's size and time were recorded at the start)."""
+    from PIL import Image
+
+    images = tmp_path / "src"
+    (images / "imgs").mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(images / "imgs" / f"a{i}.png")
+    bad = images / "imgs" / "a7.png"
+    bad.write_bytes(b"not a png at all")  # in the last of 4 shards of 2
+    out = tmp_path / "emb"
+    capsys.readouterr()
+    assert _embed(tiny_ckpt, images, out, "--shard-size", "2") == 2
+    assert f"{bad}: cannot decode image" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"shard_0000{s}.npy" for s in range(3)]
+    Image.new("RGB", (32, 32), (7, 7, 7)).save(bad)  # repaired: another size and time
+    assert _embed(tiny_ckpt, images, out, "--shard-size", "2") == 0
+    assert "1 shard(s) computed, 3 already done" in capsys.readouterr().out
+    stats = np.load(out / "file_stats.npy")
+    assert tuple(stats[7]) == (bad.stat().st_size, bad.stat().st_mtime_ns)  # the file as it was embedded
+    # a file of a finished shard changed since: refused as before
+    first = images / "imgs" / "a0.png"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(first)
+    os.utime(first, ns=(1, 1))
+    capsys.readouterr()
+    assert _embed(tiny_ckpt, images, out, "--shard-size", "2") == 2
+    assert f"1 image file(s) changed since they were embedded (size or modification time): {first}" in \
+        capsys.readouterr().err
+
+
+def test_an_image_changed_while_the_job_runs_is_not_recorded_with_its_old_stamp(tmp_path) -> None:
+    """An image replaced after the job recorded its size and time, before it was decoded, was embedded with its new
+    content under the old stamp: restoring the original with `cp -p` then left a stale row silently."""
+    import shutil
+
+    from PIL import Image
+
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import embed_items, list_image_folder
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(8):
+        Image.new("RGB", (16, 16), (i * 30, 0, 0)).save(imgs / f"a{i}.png")
+    victim = imgs / "a6.png"
+    shutil.copy2(victim, tmp_path / "a6.orig")
+    items = list_image_folder(imgs)
+    replaced: list[bool] = []
+
+    def to_tensor(img):  # noqa: ANN001, ANN202
+        if not replaced:  # the job started (the stamp recorded), its first image decoded: a6.png is replaced
+            replaced.append(True)
+            Image.new("RGB", (16, 16), (0, 255, 0)).save(victim)
+            os.utime(victim, ns=(10**18, 10**18))
+        return torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
+
+    def embed(out: Path):  # noqa: ANN202
+        return embed_items(list_image_folder(imgs), lambda x: x.flatten(1)[:, :6], to_tensor, out,
+                           model_identity={"m": 1}, batch_size=2, shard_size=2)
+
+    out = tmp_path / "emb"
+    with pytest.raises(InputError) as err:
+        embed_items(items, lambda x: x.flatten(1)[:, :6], to_tensor, out, model_identity={"m": 1}, batch_size=2,
+                    shard_size=2)
+    assert str(err.value) == (f"{victim}: changed while it was embedded (another size or modification time than "
+                              "when the job started); run the same command again")
+    assert replaced and not (out / "embeddings.npy").exists()
+    res = embed(out)  # the same command again: its shard was not finished, the file recorded as it is now
+    assert res.computed_shards == [3] and res.skipped_shards == [0, 1, 2]
+    green = np.load(out / "embeddings.npy")[6]
+    assert np.allclose(green, [0, 0, 0, 0, 0, 0]) and np.load(out / "file_stats.npy")[6][1] == 10**18
+    shutil.copy2(tmp_path / "a6.orig", victim)  # the original back, its time kept (cp -p): the row is stale
+    with pytest.raises(InputError, match=r"1 image file\(s\) changed since they were embedded .*a6.png"):
+        embed(out)
+
+
+def test_an_image_that_is_a_fifo_is_one_line_never_waited_on(tmp_path, tiny_images) -> None:
+    """An `embed --csv` row naming a FIFO said `image file not found`; an image replaced by a FIFO while the job
+    ran blocked in Image.open for ever."""
+    import threading
+
+    from torchvision import transforms as T
+
+    from dynametric.errors import InputError
+    from dynametric.retrieval.embed import ImageFiles, read_image_csv
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "list.csv").write_text(f"path\n{tiny_images / 'imgs' / 'plant' / 'img_01.png'}\npipe.png\n")
+    with pytest.raises(InputError) as err:
+        read_image_csv(tmp_path / "list.csv")
+    assert f"list.csv:3: {fifo} is not a regular file; expected an image file" in str(err.value)
+    found: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            ImageFiles([fifo], T.ToTensor())[0]
+        except BaseException as exc:  # noqa: BLE001 - what the reader raised, for the assertion below
+            found.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # waiting for a writer: give it one, so that the thread ends
+        with open(fifo, "wb"):
+            pass
+        reader.join(5)
+        pytest.fail("the reader waited on the FIFO")
+    assert len(found) == 1 and str(found[0]) == f"{fifo}: not a regular file: a FIFO (named pipe); expected a file"

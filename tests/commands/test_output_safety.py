@@ -491,3 +491,33 @@ def test_a_checkpoint_with_nan_weights_is_named_as_such(tiny_ckpt, tmp_path, cap
     err = _error(capsys, "evaluate", "--checkpoint", str(bad))
     assert f"{bad}: the checkpoint's weights are non-finite: 1 parameter(s) hold NaN/Inf, first " in err
     assert "query_emb" not in err
+
+
+def test_a_second_export_to_the_file_being_exported_is_refused_and_the_first_finishes(tiny_ckpt, tmp_path, capsys,
+                                                                                    monkeypatch) -> None:
+    """Two `export --out m.pt` at once: the second removed the first's temporary file as a killed export's, and the
+    first failed naming it."""
+    import dynametric.retrieval.export as ex
+
+    out = tmp_path / "m.pt"
+    argv = ["export", "--checkpoint", str(tiny_ckpt), "--out", str(out)]
+    real = ex.check_export
+    second: list[tuple[int, str]] = []
+
+    def check_while_another_starts(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the first's temp file is there
+        if not second:
+            second.append((0, ""))
+            capsys.readouterr()
+            code = main(argv)
+            second[0] = (code, capsys.readouterr().err.strip())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "check_export", check_while_another_starts)
+    assert main(argv) == 0
+    assert second == [(2, f"dynametric export: error: {out} key '--out': the file is being written by another "
+                          f"export (process {os.getpid()}); wait for it to finish or use another --out")]
+    import hashlib
+
+    info = json.loads(out.with_name("m.pt.json").read_text())
+    assert info["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json"]  # no lock, no temporary file left

@@ -86,3 +86,33 @@ def test_a_folder_with_another_tools_config_is_neither_kind(tmp_path: Path) -> N
     with pytest.raises(InputError, match=r"neither a dynametric model folder \(no dynametric.json\) nor a dynametric "
                                          r"train run folder \(a config.yaml without best.ckpt or last.ckpt"):
         hubmod.from_pretrained(tmp_path)
+
+
+def test_a_second_save_into_a_folder_being_saved_is_refused_and_the_first_finishes(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """Two save_pretrained into one folder at once: the second removed the first's temporary files as a killed
+    save's, and the first failed with FileNotFoundError naming its temporary file."""
+    import os
+
+    from dynametric.utils import io
+
+    folder = tmp_path / "m"
+    real = io.StagedFiles.commit
+    refused: list[str] = []
+
+    def commit_after_another_save(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if not refused:  # every file of the first save staged: a second save starts into the folder
+            refused.append("")
+            with pytest.raises(InputError) as err:
+                _model(1).save_pretrained(folder)
+            refused[0] = str(err.value)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(io.StagedFiles, "commit", commit_after_another_save)
+    first = _model(0)
+    first.save_pretrained(folder)
+    assert refused == [f"{folder}: the model folder is being written by another save_pretrained (process "
+                       f"{os.getpid()}); wait for it to finish or write to another place"]
+    loaded = Embedder.from_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), first.state_dict().values()))
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "dynametric.json", "model.safetensors"]

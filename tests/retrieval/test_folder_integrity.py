@@ -302,3 +302,71 @@ def test_check_pixels_names_the_size_beyond_pillows_limit(tmp_path: Path) -> Non
     with pytest.raises(InputError) as err:
         check_pixels(tmp_path / "big.png", 1_000_000)
     assert str(err.value) == f"{tmp_path / 'big.png'}: image has 30000x30000 pixels, more than max_pixels 1000000"
+
+
+def _rename_in_after_hashing(monkeypatch: pytest.MonkeyPatch, folder: Path, other: Path) -> list[bool]:
+    """Once embed's code has hashed every byte of ``folder``'s embeddings.npy, ``other``'s embeddings.npy and then its
+    embed.json are renamed into ``folder`` (what an `embed --overwrite` / `merge-embeddings --overwrite` finishing
+    at that moment does): the hash stands in for the race the QA forced with a sleep. Returns a flag set once
+    swapped."""
+    import dynametric.retrieval.embed as E
+
+    size = (folder / "embeddings.npy").stat().st_size
+    real = hashlib.sha256
+    swapped: list[bool] = []
+
+    class Racing:
+        def __init__(self, *args: bytes) -> None:
+            self.h, self.n = real(*args), 0
+
+        def update(self, data: bytes) -> None:
+            self.h.update(data)
+            self.n += len(data)
+
+        def hexdigest(self) -> str:
+            if self.n == size and not swapped:
+                swapped.append(True)
+                for name in ("embeddings.npy", "embed.json"):
+                    shutil.copy(other / name, folder / f".{name}.race.tmp")
+                    (folder / f".{name}.race.tmp").replace(folder / name)
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(E, "hashlib", type("H", (), {"sha256": Racing}))
+    return swapped
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_job_renamed_in_while_it_is_read_is_not_paired_with_the_one_read(emb: Path, tmp_path: Path, mmap: bool,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_embedding_set hashed embeddings.npy, then opened it again: another job renamed in between gave its rows
+    under the first job's record (index build recorded model A with model B's vectors)."""
+    from dynametric.retrieval.embed import derive_embedding_folder
+
+    rows_a = np.load(emb / "embeddings.npy")
+    other = derive_embedding_folder(emb, tmp_path / "other", rows_a * 2, "doubled")
+    rows_b = np.load(other / "embeddings.npy")
+    model_a, model_b = (json.loads((f / "embed.json").read_text())["model"] for f in (emb, other))
+    assert model_a != model_b and not np.array_equal(rows_a, rows_b)
+    swapped = _rename_in_after_hashing(monkeypatch, emb, other)
+    got = load_embedding_set(emb, mmap=mmap)
+    assert swapped
+    # the rows are those of the job whose record came with them: the job renamed in, read again
+    assert got.model == model_b, got.model
+    assert np.array_equal(got.embeddings, rows_b)
+
+
+def test_a_part_renamed_in_while_the_merge_reads_it_is_refused(parts: list[Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """merge-embeddings hashed a part's embeddings.npy, then opened it again: another job renamed in between was
+    merged under the part's record."""
+    from dynametric.retrieval.embed import derive_embedding_folder, merge_embedding_parts
+
+    rows = np.load(parts[0] / "embeddings.npy")
+    other = derive_embedding_folder(parts[0], tmp_path / "other", rows * 2, "doubled")
+    swapped = _rename_in_after_hashing(monkeypatch, parts[0], other)
+    with pytest.raises(InputError) as err:
+        merge_embedding_parts(parts, tmp_path / "m")
+    assert swapped
+    assert str(err.value) == (f"{parts[0]}: the embed folder changed while it was read: a `dynametric embed` or "
+                              "`merge-embeddings` wrote it meanwhile; try again (run the merge again)")
+    assert not (tmp_path / "m").exists()

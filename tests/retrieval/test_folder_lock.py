@@ -164,3 +164,52 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_keyed_out(image_root: 
     with pytest.raises(InputError) as err:
         RetrievalIndex.build(_index_set(), "flat", "l2").save(ro / "idx")
     assert str(err.value) == f"{ro / 'idx'} key '--out': cannot create the folder (Permission denied)"
+
+
+def test_a_reader_of_a_folder_embed_is_writing_says_so(image_root: Path, tmp_path: Path) -> None:
+    """index build / merge-embeddings / load_embedding_set of a folder a running embed writes said "embedding job is
+    not finished; run the same `dynametric embed` command again to resume", which the lock then refused."""
+    items = list_image_folder(image_root / "imgs")
+    out = tmp_path / "emb"
+
+    def stop(x: torch.Tensor) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # an unfinished job: embed.json says in_progress
+        embed_items(items, stop, _to_tensor, out, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    with pytest.raises(InputError, match="embedding job is not finished; run the same `dynametric embed` command "
+                                         "again to resume"):
+        load_embedding_set(out)  # stopped: no writer
+    _lock(out, os.getppid())  # a process still running on this host writes it
+    with pytest.raises(InputError) as err:
+        load_embedding_set(out)
+    assert str(err.value) == f"{out}: is being written by embed (process {os.getppid()}) right now; wait for it to " \
+                             "finish"
+    _lock(out, _ended_pid())  # its process gone: a stopped job again
+    with pytest.raises(InputError, match="embedding job is not finished"):
+        load_embedding_set(out)
+
+
+def test_a_folder_copied_with_the_lock_of_a_running_embed_is_not_blocked(image_root: Path, tmp_path: Path) -> None:
+    """dynametric.lock did not record its folder: a folder copied (cp -r) while embed ran was refused until the
+    original process ended."""
+    items = list_image_folder(image_root / "imgs")
+    original, copy = tmp_path / "emb", tmp_path / "copy"
+    lock = _lock(copy, os.getppid())  # a running process's lock, taken for the original folder, copied here
+    lock.write_text(json.dumps({**json.loads(lock.read_text()), "folder": str(original.resolve())}))
+    res = embed_items(items, _embed, _to_tensor, copy, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    assert res.computed_shards == [0, 1, 2] and not lock.exists()
+    # in the original folder that lock is live; a lock records the folder it was taken for
+    original.mkdir()
+    lock = _lock(original, os.getppid())
+    lock.write_text(json.dumps({**json.loads(lock.read_text()), "folder": str(original.resolve())}))
+    with pytest.raises(InputError, match=r"being written by another embed \(process"):
+        embed_items(items, _embed, _to_tensor, original, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    seen: list[dict] = []
+
+    def look(x: torch.Tensor) -> torch.Tensor:
+        seen.append(json.loads((copy / LOCK_NAME).read_text()))
+        return _embed(x)
+
+    embed_items(items, look, _to_tensor, copy, model_identity={"m": 1}, batch_size=4, shard_size=4, overwrite=True)
+    assert seen[0]["folder"] == str(copy.resolve()) and seen[0]["pid"] == os.getpid()

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -391,9 +391,11 @@ def _oriented_box(box: tuple[int, int, int, int], size: tuple[int, int],
             6: (h - b, l, h - t, r), 7: (h - b, w - r, h - t, w - l), 8: (t, w - r, b, w - l)}.get(orientation, box)
 
 
-def load_rgb(path: str | Path, swap_rb: bool = False, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+def load_rgb(path: str | Path | IO[bytes], swap_rb: bool = False,
+             box: tuple[int, int, int, int] | None = None) -> Image.Image:
     """Open and fully decode an image as RGB with :func:`to_rgb` (EXIF orientation applied, 16-bit and float
-    images scaled, transparency on white); ``swap_rb`` exchanges the R and B channels after decoding.
+    images scaled, transparency on white); ``swap_rb`` exchanges the R and B channels after decoding. ``path`` may
+    be a file open for reading in binary (``embed`` decodes the file it opened and checked).
 
     ``box`` ``(x_1, y_1, x_2, y_2)``: only that region, in the coordinates of the stored pixel array (before EXIF
     orientation, as open-metric-learning crops: it does not rotate), shown upright: the crop of the converted image

@@ -244,19 +244,50 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     they renamed into place, so a failed write (a full disk) leaves the folder as it was. The renames start with a
     ``dynametric.json`` marking the save unfinished and end with the final one, which records the SHA-256 of the
     weights: a save killed between its renames leaves a folder that loading refuses and the next save takes up.
+    One save into a folder at a time: a save holds the folder's ``dynametric.lock`` while it writes (removed when it
+    ends); a second save started meanwhile is one line, ``<folder>: the model folder is being written by another
+    save_pretrained (process N); ...``, before it writes or removes anything.
 
     ``imports``: the modules the model's config imports (a run's ``imports:``; :func:`export_run` passes them),
     recorded in ``dynametric.json`` (``imports``), so that loading where the backbone is unknown names them first
     and the model card's usage imports them."""
+    from dynametric.retrieval.index_folder import LOCK_NAME, output_lock
+    from dynametric.utils.io import write_error
+
+    folder = Path(folder)
+    _check_folder_path(folder)
+    created = _missing_folders(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # one save into the folder at a time: another one's temporary files are not a killed save's
+        # (a lock that cannot be written, a full disk: the OSError of a save's write, naming the lock file)
+        with output_lock(folder / LOCK_NAME, folder, "save_pretrained", key=None, what="the model folder",
+                         cannot_create=lambda exc: write_error(exc, folder / LOCK_NAME, None)):
+            return _save_locked(embedder, folder, model_kwargs=model_kwargs, scale_names=scale_names,
+                                metrics=metrics, data=data, config_yaml=config_yaml, eval_head=eval_head,
+                                input_size=input_size, repo_id=repo_id, imports=imports)
+    except BaseException:
+        for made in reversed(created):  # the folders this save made, when a failure left them empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _save_locked(embedder: torch.nn.Module, folder: Path, *, model_kwargs: Mapping[str, Any] | None,
+                 scale_names: Sequence[str] | None, metrics: Mapping[str, Any] | None, data: Mapping[str, Any] | None,
+                 config_yaml: str | None, eval_head: str | None, input_size: int | None, repo_id: str | None,
+                 imports: Sequence[str] | None) -> Path:
+    """:func:`save_pretrained` into the existing ``folder``, holding its lock."""
     import hashlib
 
     from safetensors.torch import save
 
     from dynametric import __version__
+    from dynametric.retrieval.index_folder import LOCK_NAME
     from dynametric.utils.io import StagedFiles, remove_stale_temps
 
-    folder = Path(folder)
-    _check_folder_path(folder)
     own = _earlier_save(folder)
     for name in (MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE):
         if (folder / name).exists() and name not in own:
@@ -264,7 +295,8 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
                              f"folder naming it); it is not overwritten: save to another folder, or remove the file "
                              "yourself", file=folder / name)
     # what a killed save left (its temporary files) is removed when the folder is known as a save's
-    clean_up = bool(own) or holds_only_own_files(folder, (), _NAMES.__contains__)
+    # (the lock this save holds there, and the temporary files of other saves' attempts to take it, are a save's too)
+    clean_up = bool(own) or holds_only_own_files(folder, (LOCK_NAME,), lambda name: name in _NAMES or name == LOCK_NAME)
     kwargs = _build_kwargs(embedder, model_kwargs)
     backbone_config = _backbone_config(embedder, kwargs)
     state = {k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}
@@ -294,31 +326,21 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     if config_yaml is not None:
         contents.append((CONFIG_FILE, config_yaml.encode("utf-8")))
     contents.append((CARD_FILE, model_card(meta, config_yaml, repo_id).encode("utf-8")))
-    created = _missing_folders(folder)
 
     def renamed(name: str) -> None:
         if name == UNFINISHED and remove_config:
             (folder / CONFIG_FILE).unlink(missing_ok=True)
 
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if clean_up:
-            remove_stale_temps(folder, _NAMES.__contains__)
-        with StagedFiles() as staged:  # leaving it, what was not renamed is removed (before the folders below)
-            # every file written before any is renamed: a failure here (a full disk) leaves the folder as it was
-            staged.write(UNFINISHED, folder / META_FILE, _json_bytes(unfinished))
-            for name, blob in contents:
-                staged.write(name, folder / name, blob)
-            staged.write(META_FILE, folder / META_FILE, _json_bytes(meta))
-            # renames need no space; the unfinished description first, the final one last
-            staged.commit((UNFINISHED, *(name for name, _ in contents), META_FILE), renamed=renamed)
-    except BaseException:
-        for made in reversed(created):  # the folders this save made, when a failure left them empty
-            try:
-                made.rmdir()
-            except OSError:
-                break
-        raise
+    if clean_up:
+        remove_stale_temps(folder, _NAMES.__contains__)
+    with StagedFiles() as staged:  # leaving it, what was not renamed is removed (before the folders it made)
+        # every file written before any is renamed: a failure here (a full disk) leaves the folder as it was
+        staged.write(UNFINISHED, folder / META_FILE, _json_bytes(unfinished))
+        for name, blob in contents:
+            staged.write(name, folder / name, blob)
+        staged.write(META_FILE, folder / META_FILE, _json_bytes(meta))
+        # renames need no space; the unfinished description first, the final one last
+        staged.commit((UNFINISHED, *(name for name, _ in contents), META_FILE), renamed=renamed)
     return folder
 
 

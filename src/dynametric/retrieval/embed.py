@@ -28,9 +28,10 @@ import json
 import os
 import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import torch
@@ -51,14 +52,22 @@ from dynametric.data.readers import (
     backslash_hint,
     csv_image_root,
     non_utf8_name,
+    not_an_image_file,
     parse_csv,
     printable_path,
     require_header,
 )
 from dynametric.engine.data import worker_init
 from dynametric.errors import InputError, first_sentence
-from dynametric.retrieval.index_files import csv_line, csv_records, utf8_text
-from dynametric.retrieval.index_folder import folder_lock, make_output_folder, other_entries
+from dynametric.retrieval.index_files import (
+    LOAD_TRIES,
+    FolderChangedError,
+    csv_line,
+    csv_records,
+    read_identified,
+    utf8_text,
+)
+from dynametric.retrieval.index_folder import folder_lock, folder_writer, make_output_folder, other_entries
 from dynametric.retrieval.reprs import repr_model, repr_names, repr_text
 from dynametric.utils.ahead import RunAhead
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
@@ -98,6 +107,7 @@ FORMAT = "dynametric-embeddings"
 FORMAT_VERSION = 1
 """The ``version`` this code writes in ``embed.json`` and the newest it reads (:func:`check_job_format`)."""
 RESERVED_COLUMNS = ("path", "id", "split")
+_T = TypeVar("_T")
 
 
 def check_job_format(meta: dict[str, Any], meta_path: Path) -> None:
@@ -339,10 +349,9 @@ def read_image_csv(path: str | Path, image_root: str | Path | None = None, *, ke
             continue
         seen[item_id] = lineno
         full = Path(rel) if Path(rel).is_absolute() else root / rel
-        if not full.is_file():
-            shown = full if str(full).isprintable() else repr(str(full))
-            bad(f"{shown} is a folder; expected an image file" if full.is_dir()
-                else f"image file not found: {shown}{backslash_hint(rel)}", lineno)
+        if not full.is_file():  # a folder, a FIFO or a socket is said as such, never "not found"
+            why = not_an_image_file(str(full))
+            bad(why + (backslash_hint(rel) if why.startswith("image file not found") else ""), lineno)
             continue
         empty = next((s for s in scales if not values[col[s]]), None)
         if empty is not None:
@@ -418,10 +427,11 @@ class ImageFiles(Dataset):
     :attr:`collate_fn`."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, stats: np.ndarray | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.max_pixels = max_pixels
+        self.stats = stats
         self._read = getattr(transform, "read_file", None)
         self.collate_fn = getattr(transform, "collate", None)
 
@@ -429,15 +439,57 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Any:
-        if self.max_pixels is not None:
-            check_pixels(self.paths[i], self.max_pixels)
-        if self._read is not None:
-            return self._read(self.paths[i])
-        try:
-            img = load_rgb(self.paths[i])
-        except Exception as exc:  # PIL raises many types for bad files
-            raise image_read_error(self.paths[i], exc) from None
+        """The ``i``-th image decoded and transformed. Only a regular file is opened (a FIFO, a device: one line,
+        never waited on or read: :func:`~dynametric.utils.readers.open_regular`). With ``stats`` (``[N, 2]``: each
+        file's size and modification time as the job recorded them) the file decoded must be the one recorded: the
+        stats of the file that was open (after decoding), or for a transform that reads the file itself of the path
+        right after, must be those; else ``<path>: changed while it was embedded; run the same command again``."""
+        path = self.paths[i]
+        with _open_image(path) as fh:
+            if self.max_pixels is not None:
+                check_pixels(path, self.max_pixels)
+            if self._read is not None:
+                out = self._read(path)
+                self._same_as_recorded(i, os.stat(path))
+                return out
+            try:
+                img = load_rgb(fh)
+            except Exception as exc:  # PIL raises many types for bad files
+                raise image_read_error(path, exc) from None
+            self._same_as_recorded(i, os.fstat(fh.fileno()))  # what was decoded, even if replaced since
         return self.transform(img)
+
+    def _same_as_recorded(self, i: int, st: os.stat_result) -> None:
+        if self.stats is not None and (st.st_size, st.st_mtime_ns) != tuple(int(v) for v in self.stats[i]):
+            raise InputError("changed while it was embedded (another size or modification time than when the job "
+                             "started); run the same command again", file=self.paths[i])
+
+
+class _ImageReader(io.BufferedReader):
+    """An open image file that PIL names by its path (``cannot identify image file '<path>'``, as when it opens the
+    path itself), not as ``<_io.BufferedReader name=12>``."""
+
+    def __init__(self, raw: Any, path: Path) -> None:
+        super().__init__(raw)
+        self.shown = str(path)
+
+    def __repr__(self) -> str:
+        return repr(self.shown)
+
+
+def _open_image(path: Path) -> IO[bytes]:
+    """``path`` opened when it is a regular file (:func:`~dynametric.utils.readers.open_regular`), the error of a
+    missing one as the decoder says it (:func:`~dynametric.data.base.image_read_error`: a dangling link names its
+    target)."""
+    try:
+        fh = open_regular(path)
+        return _ImageReader(fh.detach(), path)  # type: ignore[attr-defined]
+    except InputError as exc:
+        if os.path.isdir(path):
+            raise image_read_error(path, IsADirectoryError(str(exc))) from None
+        if os.path.lexists(path) and not (os.path.islink(path) and not os.path.exists(path)):
+            raise  # a FIFO, a device, a socket: what it is
+        raise image_read_error(path, FileNotFoundError(str(exc))) from None
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -556,8 +608,7 @@ def _finished_job(out: Path, meta: dict[str, Any], items: ImageItems, num_shards
     again where missing or not what the list gives (named in ``restored``)."""
     emb_file = out / "embeddings.npy"
     try:
-        check_embeddings_file(out, meta)
-        emb = np.load(emb_file, mmap_mode="r", allow_pickle=False)
+        emb = load_job_embeddings(out, meta)
         if emb.ndim != 2 or emb.shape[0] != len(items.ids):
             raise InputError(f"has shape {list(emb.shape)}, expected [{len(items.ids)}, D]", file=emb_file)
         dim = int(emb.shape[1])
@@ -685,7 +736,11 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
         changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k])
                          and not (k in ("file_stamp", "source_file_stamp") and old.get(k) is None))
         if changed == ["file_stamp"] or changed == ["file_stamp", "source_file_stamp"]:
-            raise InputError(_changed_files(out, items), file=meta_path)
+            # a file changed since the job started: refused where its row was embedded (a finished shard, a
+            # complete job), else the job goes on, recording the files as they are now
+            if old.get("status") == "complete" or not _changed_only_unembedded(out, items, shard_size):
+                raise InputError(_changed_files(out, items), file=meta_path)
+            changed = []
         moved = _moved_roots(old, job, items)
         if moved is not None:
             raise InputError(moved, file=meta_path)
@@ -705,7 +760,8 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
 
     from dynametric.utils.text import progress_bar
 
-    dataset = ImageFiles(items.paths, transform, max_pixels=max_pixels)
+    # each file's size and time as recorded: a file decoded otherwise (replaced meanwhile) stops the job
+    dataset = ImageFiles(items.paths, transform, max_pixels=max_pixels, stats=items.file_stats())
     computed, skipped = [], []
     dim: int | None = None
     bar = progress_bar()(total=n, unit="img", desc="embedding", disable=not progress)
@@ -864,16 +920,39 @@ def _json_problem(exc: Exception) -> str:
     return first_sentence(exc)
 
 
-def _changed_files(out: Path, items: ImageItems) -> str:
-    """The message for a job whose image files changed since they were embedded (size or modification time),
-    naming the first few from the job's ``file_stats.npy``."""
+def _changed_rows(out: Path, items: ImageItems) -> np.ndarray | None:
+    """The rows whose image file's size or modification time differs from the job's ``file_stats.npy``; ``None``
+    where that file cannot be read (or is not of the list's shape)."""
     now = items.file_stats()
     try:
         with open_regular(out / "file_stats.npy") as fh:  # a FIFO planted there is not waited on
             then = np.load(fh, allow_pickle=False)
-        rows = np.flatnonzero((then != now).any(axis=1)) if then.shape == now.shape else np.zeros(0, np.int64)
     except (OSError, ValueError, EOFError, InputError):
-        rows = np.zeros(0, dtype=np.int64)
+        return None
+    if then.shape != now.shape:
+        return None
+    return np.flatnonzero((then != now).any(axis=1))
+
+
+def _changed_only_unembedded(out: Path, items: ImageItems, shard_size: int) -> bool:
+    """Whether every image file that changed since the job started (:func:`_changed_rows`) is in a shard not yet
+    computed: its row was never embedded (a bad image repaired after the run stopped at it), so the job goes on
+    with the files as they are now, their sizes and times recorded afresh."""
+    rows = _changed_rows(out, items)
+    if rows is None or not len(rows):
+        return False
+    n = len(items.ids)
+    for s in {int(r) // shard_size for r in rows}:
+        if _shard_ok(shard_path(out, s), min(n, (s + 1) * shard_size) - s * shard_size):
+            return False
+    return True
+
+
+def _changed_files(out: Path, items: ImageItems) -> str:
+    """The message for a job whose image files changed since they were embedded (size or modification time),
+    naming the first few from the job's ``file_stats.npy``."""
+    found = _changed_rows(out, items)
+    rows = np.zeros(0, dtype=np.int64) if found is None else found
     head = "the image files changed since they were embedded (size or modification time)"
     if len(rows):
         names = ", ".join(str(items.paths[i]) for i in rows[:3]) + (", ..." if len(rows) > 3 else "")
@@ -973,13 +1052,27 @@ def _fingerprint(ids: Sequence[str], paths: Sequence[str], labels: np.ndarray | 
     return h.hexdigest()[:16]
 
 
-def _read_part(path: Path) -> dict[str, Any]:
-    """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked."""
-    meta = read_finished_job(path)  # its format and version too
+def _read_part(path: Path, seen: dict[Path, tuple[bytes, tuple[int, ...]]]) -> dict[str, Any]:
+    """The ``embed.json`` of a finished part job (``dynametric embed --part K/N``), checked (``seen``: where its
+    bytes and identity are kept, :func:`_read_job_json`)."""
+    seen[path] = _read_job_json(path)
+    meta = read_finished_job(path, seen[path][0])  # its format and version too
     meta_path = path / "embed.json"
     if not isinstance(meta.get("part"), list) or len(meta["part"]) != 2:
         raise InputError("not a part job (embedded without --part K/N)", file=meta_path, key="part")
     return meta
+
+
+@contextmanager
+def _unchanged_part(part: Path, seen: tuple[bytes, tuple[int, ...]]) -> Iterator[None]:
+    """An error reading a file of the part folder ``part`` is :class:`FolderChangedError` where its ``embed.json``
+    is no longer the one read (``seen``): a command rewrote the part meanwhile, the files were not damaged."""
+    try:
+        yield
+    except InputError:
+        if _job_changed(part, seen):
+            raise FolderChangedError(f"{_JOB_CHANGING} (run the merge again)", file=part) from None
+        raise
 
 
 _SAME_IN_EVERY_PART = ("source_fingerprint", "source_file_stamp", "source_count", "model", "scale_names",
@@ -1000,7 +1093,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     paths = [Path(p) for p in parts]
     if not paths:
         raise InputError("no part folders given", key="parts")
-    metas = [_read_part(p) for p in paths]
+    seen: dict[Path, tuple[bytes, tuple[int, ...]]] = {}
+    metas = [_read_part(p, seen) for p in paths]
     first = metas[0]
     num = int(first["part"][1])
     # a part embedded before file stamps existed has none: it is compared with the others in everything else
@@ -1040,11 +1134,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     arrays = []
     stats_parts: list[np.ndarray] | None = []
     for p in order:
-        emb_file = check_embeddings_file(p, meta_of[p])
-        try:
-            arrays.append(np.load(emb_file, mmap_mode="r", allow_pickle=False))
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
+        with _unchanged_part(p, seen[p]):  # the rows of the very file whose digest was compared
+            arrays.append(load_job_embeddings(p, meta_of[p]))
         stats_file = p / "file_stats.npy"
         if stats_parts is not None and (stats_file.exists() or stats_file.is_symlink()):
             count = int(meta_of[p]["count"])
@@ -1078,7 +1169,8 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
             item_paths.append(row[2])
             index += 1
         # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
-        labels = check_job_items(p, meta_of[p])[2]
+        with _unchanged_part(p, seen[p]):
+            labels = check_job_items(p, meta_of[p])[2]
         if labels is not None:
             part_labels.append(labels)
         all_ids += ids
@@ -1086,6 +1178,9 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     if index != total:
         raise InputError(f"the parts' items.csv hold {index} rows, the list {total} images", key="parts")
     merged_labels = np.concatenate(part_labels) if part_labels else None
+    for p in order:  # no part was written while it was read (a part of an older dynametric has no digest)
+        if _job_changed(p, seen[p]):
+            raise FolderChangedError(f"{_JOB_CHANGING} (run the merge again)", file=p)
     if _fingerprint(all_ids, all_paths, merged_labels) != first["source_fingerprint"]:
         raise InputError("the parts' items and labels together are not the list they were cut from (their fingerprint "
                          f"differs from source_fingerprint {first['source_fingerprint']!r})", key="parts")
@@ -1237,11 +1332,42 @@ _DERIVE = ("; embeddings changed on purpose (PCA, whitening) go into a new folde
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a regular file's bytes, read in blocks (a FIFO or a device: refused, never read)."""
-    digest = hashlib.sha256()
     with open_regular(path) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        return _sha256_of(fh)
+
+
+def _sha256_of(fh: IO[bytes]) -> str:
+    """The SHA-256 of what is left to read of the open file ``fh``, read in blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def _embeddings_path(folder: Path) -> Path:
+    """A finished job's ``embeddings.npy``, there (a missing one is said as lost, its job being complete), a
+    non-empty regular ``.npy`` no shorter than its header says."""
+    emb_file = folder / "embeddings.npy"
+    if not emb_file.exists() and not emb_file.is_symlink():
+        raise InputError(f"embeddings.npy missing, though embed.json says the job is complete (the folder lost a "
+                         f"file); {_RESTORE}", file=emb_file)
+    check_file(emb_file)
+    check_npy_header(emb_file, "the job's [N, D] float32 embeddings")
+    check_npy_size(emb_file)
+    return emb_file
+
+
+def _check_embeddings_bytes(fh: IO[bytes], emb_file: Path, meta: dict[str, Any], digest: bool) -> None:
+    """The open ``embeddings.npy`` (``fh``, at its start) has the size and, with ``digest``, the SHA-256 that
+    ``meta`` records (what is checked is the file that is open, not whatever the name holds by now)."""
+    size, want_size = os.fstat(fh.fileno()).st_size, meta.get("embeddings_size")
+    if isinstance(want_size, int) and size != want_size:
+        raise InputError(f"has {size} bytes, embed.json's embeddings_size says {want_size}: not the file this job "
+                         f"wrote; {_RESTORE}{_DERIVE}", file=emb_file)
+    want = meta.get("embeddings_sha256")
+    if digest and isinstance(want, str) and _sha256_of(fh) != want:
+        raise InputError("not the file this job wrote (its SHA-256 differs from embed.json's embeddings_sha256): "
+                         f"a file was replaced or edited; {_RESTORE}{_DERIVE}", file=emb_file)
 
 
 def check_embeddings_file(folder: Path, meta: dict[str, Any], *, digest: bool = True) -> Path:
@@ -1250,23 +1376,50 @@ def check_embeddings_file(folder: Path, meta: dict[str, Any], *, digest: bool = 
     says, of the size ``embed.json`` records (``embeddings_size``: a stat, no read) and, with ``digest``, of the
     SHA-256 it records (``embeddings_sha256``: the file is read once more, about 1 GB/s; the readers that use
     every row read it anyway). A job written before these were recorded has neither and is read as before.
-    Each failure is one line naming the file."""
-    emb_file = folder / "embeddings.npy"
-    if not emb_file.exists() and not emb_file.is_symlink():
-        raise InputError(f"embeddings.npy missing, though embed.json says the job is complete (the folder lost a "
-                         f"file); {_RESTORE}", file=emb_file)
-    check_file(emb_file)
-    check_npy_header(emb_file, "the job's [N, D] float32 embeddings")
-    check_npy_size(emb_file)
-    size, want_size = emb_file.stat().st_size, meta.get("embeddings_size")
-    if isinstance(want_size, int) and size != want_size:
-        raise InputError(f"has {size} bytes, embed.json's embeddings_size says {want_size}: not the file this job "
-                         f"wrote; {_RESTORE}{_DERIVE}", file=emb_file)
-    want = meta.get("embeddings_sha256")
-    if digest and isinstance(want, str) and file_sha256(emb_file) != want:
-        raise InputError("not the file this job wrote (its SHA-256 differs from embed.json's embeddings_sha256): "
-                         f"a file was replaced or edited; {_RESTORE}{_DERIVE}", file=emb_file)
+    Each failure is one line naming the file. A reader of the rows uses :func:`load_job_embeddings`, which loads
+    the very file it checked."""
+    emb_file = _embeddings_path(folder)
+    with open_regular(emb_file) as fh:
+        _check_embeddings_bytes(fh, emb_file, meta, digest)
     return emb_file
+
+
+def load_job_embeddings(folder: Path, meta: dict[str, Any], *, mmap: bool = True) -> np.ndarray:
+    """A finished job's ``embeddings.npy`` checked as :func:`check_embeddings_file` checks it and loaded from the
+    same open file (memory-mapped with ``mmap``, else read into memory once): the rows are the bytes whose digest
+    was compared with ``meta``'s, even when a command replaces the file meanwhile (``embed --overwrite`` renaming
+    its new one into place). Not a 2-D float array: one line naming the file."""
+    emb_file = _embeddings_path(folder)
+    with open_regular(emb_file) as fh:
+        _check_embeddings_bytes(fh, emb_file, meta, True)
+        fh.seek(0)
+        try:
+            emb = _memmap_npy(fh) if mmap else np.load(fh, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
+    if emb.ndim != 2 or emb.dtype.kind != "f":
+        raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
+    return emb
+
+
+def _memmap_npy(fh: IO[bytes]) -> np.ndarray:
+    """The array of the open ``.npy`` file ``fh`` (at its start), memory-mapped read-only from that file: the map
+    holds the file, whatever its name holds later."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = npy.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError("the array holds Python objects")
+    if not shape or int(np.prod(shape)) == 0:  # mmap cannot map nothing
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape,
+                     order="F" if fortran else "C")
 
 
 def check_job_items(folder: Path, meta: dict[str, Any]) -> tuple[list[str], list[str], np.ndarray | None]:
@@ -1407,15 +1560,58 @@ def derive_embedding_folder(source: str | Path, out: str | Path, embeddings: Any
 _DERIVE_ROWS = 65536  # rows converted to float32 and written at a time
 
 
-def read_finished_job(folder: str | Path) -> dict[str, Any]:
-    """The ``embed.json`` of a finished ``dynametric embed`` folder; one-line errors for a folder that is not one,
-    an unreadable job file or an unfinished job."""
-    folder = Path(folder)
+def _read_job_json(folder: Path) -> tuple[bytes, tuple[int, ...]]:
+    """``embed.json``'s bytes and the identity of its file (:func:`~dynametric.retrieval.index_files.read_identified`:
+    ``embed`` and ``merge-embeddings`` write a new one, ``in_progress``, before they replace any other file of the
+    folder, and the complete one last)."""
     meta_path = folder / "embed.json"
     if not meta_path.exists():
         raise InputError("not an embeddings folder (no embed.json); give a `dynametric embed` --out folder or an "
                          ".npy file", file=folder)
-    data = read_regular_bytes(meta_path)  # a FIFO or a device (/dev/zero) is refused, never read
+    return read_identified(meta_path)  # a FIFO or a device (/dev/zero) is refused, never read
+
+
+_JOB_CHANGING = ("the embed folder changed while it was read: a `dynametric embed` or `merge-embeddings` wrote it "
+                 "meanwhile; try again")
+
+
+def _job_changed(folder: Path, seen: tuple[bytes, tuple[int, ...]]) -> bool:
+    """Whether ``folder``'s ``embed.json`` is no longer the file read as ``seen`` (:func:`_read_job_json`): a command
+    wrote the folder since (or is writing it)."""
+    try:
+        return _read_job_json(folder) != seen
+    except (InputError, OSError):
+        return True
+
+
+def read_job_consistently(folder: Path, read: Callable[[dict[str, Any]], _T]) -> tuple[dict[str, Any], _T]:
+    """A finished job's ``embed.json`` (:func:`read_finished_job`) and what ``read`` reads of the folder with it,
+    both of one job: when ``embed.json`` was replaced while ``read`` ran (an ``embed --overwrite`` or a
+    ``merge-embeddings --overwrite`` into the folder) the folder is read again, up to
+    :data:`~dynametric.retrieval.index_files.LOAD_TRIES` times, then :class:`FolderChangedError`. An error of
+    ``read`` while ``embed.json`` stayed the same is raised as it is."""
+    for _ in range(LOAD_TRIES):
+        seen = _read_job_json(folder)
+        meta = read_finished_job(folder, seen[0])
+        try:
+            found = read(meta)
+        except InputError:
+            if not _job_changed(folder, seen):
+                raise
+            continue
+        if not _job_changed(folder, seen):
+            return meta, found
+        del found  # (a copy of the rows read into memory: gone before the next is read)
+    raise FolderChangedError(_JOB_CHANGING, file=folder)
+
+
+def read_finished_job(folder: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The ``embed.json`` of a finished ``dynametric embed`` folder (``data``: its bytes, already read); one-line
+    errors for a folder that is not one, an unreadable job file or an unfinished job."""
+    folder = Path(folder)
+    meta_path = folder / "embed.json"
+    if data is None:
+        data = _read_job_json(folder)[0]
     try:
         meta = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -1425,6 +1621,10 @@ def read_finished_job(folder: str | Path) -> dict[str, Any]:
         raise InputError(f"expected a JSON object, got {type(meta).__name__}", file=meta_path)
     check_job_format(meta, meta_path)
     if meta.get("status") != "complete":
+        writer = folder_writer(folder)
+        if writer is not None:  # not stopped: a command writes the folder this moment
+            raise InputError(f"is being written by {writer[0]} (process {writer[1]}) right now; wait for it to finish",
+                             file=folder)
         if meta.get("merged_parts") is not None:  # a merge-embeddings folder: no embed command resumes it
             raise InputError("the merge into this folder is not finished (a `dynametric merge-embeddings` was "
                              "stopped while it wrote it); run it again with all its part folders: `dynametric "
@@ -1454,15 +1654,11 @@ def load_embedding_set(path: str | Path, mmap: bool = True) -> EmbeddingSet:
         emb = load_embeddings(path)
         n = len(emb)
         return EmbeddingSet(emb, [str(i) for i in range(n)], [""] * n, None, [], None, [], {}, path)
-    meta = read_finished_job(path)
-    ids, paths, labels = check_job_folder(path, meta)
-    emb_file = path / "embeddings.npy"
-    try:
-        emb = np.load(emb_file, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read the embeddings ({first_sentence(exc)})", file=emb_file) from None
-    if emb.ndim != 2 or emb.dtype.kind != "f":
-        raise InputError(f"expected a 2-D float array [N, D], found {emb.dtype} {list(emb.shape)}", file=emb_file)
+    folder = path
+    # every file read with the embed.json it is checked against (another job renamed into the folder meanwhile: read
+    # again), the rows from the very file whose digest was compared
+    meta, ((ids, paths, labels), emb) = read_job_consistently(
+        folder, lambda meta: (check_job_items(folder, meta), load_job_embeddings(folder, meta, mmap=mmap)))
     scales = list(meta.get("scale_names") or [])
     if len(ids) != len(emb):
         raise InputError(f"items.csv has {len(ids)} rows but embeddings.npy {len(emb)}", file=path / "items.csv")

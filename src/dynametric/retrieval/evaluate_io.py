@@ -22,9 +22,15 @@ import numpy as np
 
 from dynametric.errors import ConfigError, InputError
 from dynametric.metrics.io import is_per_query_csv, is_results_json
-from dynametric.retrieval.embed import check_job_folder, embed_folder_of, read_finished_job
+from dynametric.retrieval.embed import (
+    check_job_items,
+    embed_folder_of,
+    load_job_embeddings,
+    read_job_consistently,
+)
 from dynametric.utils.readers import (
     check_npy_header,
+    checked_embeddings,
     id_cell,
     load_embeddings,
     load_ids,
@@ -103,12 +109,16 @@ def read_side(emb_arg: str, labels_arg: str | None, emb_opt: str, labels_opt: st
                               "embed` folder brings its own labels.npy", key=labels_opt)
         emb_file, meta = Path(emb_arg), None
     else:
-        meta = read_finished_job(folder)
-        check_job_folder(folder, meta)  # its files are those embed.json describes (a lost labels.npy: refused)
+        # its files are those embed.json describes (a lost labels.npy: refused), the rows those of the file checked
+        # (another job renamed into the folder meanwhile: read again)
+        meta, emb = read_job_consistently(
+            folder, lambda meta: (check_job_items(folder, meta), load_job_embeddings(folder, meta, mmap=False))[1])
         emb_file = folder / "embeddings.npy"
-    if emb_file.suffix.lower() == ".npy" and emb_file.is_file():
-        check_npy_header(emb_file)
-    emb = load_embeddings(emb_file)  # float64 files stay float64 (the library's float64 preparation)
+        emb = checked_embeddings(emb, emb_file)
+    if meta is None:
+        if emb_file.suffix.lower() == ".npy" and emb_file.is_file():
+            check_npy_header(emb_file)
+        emb = load_embeddings(emb_file)  # float64 files stay float64 (the library's float64 preparation)
     # evaluate_embeddings refuses them for either distance (its scores are float32); said here, the line names the
     # file rather than the library's query_emb
     refuse_beyond_float32(emb, "an evaluation scores in float32 (either distance); scale them down", file=emb_file)

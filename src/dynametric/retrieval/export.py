@@ -24,6 +24,7 @@ from torch import nn
 from dynametric.data.readers import non_utf8_name
 from dynametric.engine.objective import select_head
 from dynametric.errors import DynametricError, InputError
+from dynametric.retrieval.index_folder import output_lock, target_lock_path
 from dynametric.utils.io import (
     NAME_MAX,
     atomic_write_bytes,
@@ -32,7 +33,9 @@ from dynametric.utils.io import (
     check_name_lengths,
     file_sha256,
     name_bytes,
+    prepare_file_target,
     remove_stale_temps_of,
+    write_error,
 )
 
 FORMATS = ("torchscript", "onnx")
@@ -285,8 +288,18 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}", key="--format")
     check_export_target(out, fmt)
-    for target in (out, sidecar_path(out)):  # what a killed export of this file left beside it (theirs alone)
-        remove_stale_temps_of(target)
+    prepare_file_target(out, key)  # its folder made: the lock goes beside it
+    # one export of this file at a time: another one's temporary files are not a killed export's
+    with output_lock(target_lock_path(out), out, "export", key=key, what="the file",
+                     cannot_create=lambda exc: write_error(exc, out, key)):
+        for target in (out, sidecar_path(out)):  # what a killed export of this file left beside it (theirs alone)
+            remove_stale_temps_of(target)
+        return _export_locked(loaded, out, fmt, batch=batch, atol=atol, check=check, key=key)
+
+
+def _export_locked(loaded: Any, out: Path, fmt: str, *, batch: int, atol: float, check: bool,
+                   key: str | None) -> dict[str, Any]:
+    """:func:`export_embedder`'s export, holding the lock of ``out``."""
     example = example_input(loaded.in_chans, loaded.input_size, batch)
     shape = ["batch", loaded.in_chans, loaded.input_size, loaded.input_size]
     info: dict[str, Any] = {

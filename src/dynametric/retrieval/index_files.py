@@ -142,19 +142,33 @@ _CHANGING = ("the index changed while it was read: a `dynametric index build` in
              "the build again")
 
 
-class IndexChangedError(InputError):
+class FolderChangedError(InputError):
+    """A reader of a folder that a command of this tool rewrote while it was read (its job or index file is
+    another file now), more often than :data:`LOAD_TRIES` times, or that such a command is writing: try again
+    later. :class:`IndexChangedError` for index folders; ``load_embedding_set`` and ``merge-embeddings`` raise it for
+    embed folders."""
+
+
+class IndexChangedError(FolderChangedError):
     """:meth:`~dynametric.retrieval.index.RetrievalIndex.load` of a folder that a ``dynametric index build`` rewrote
     while it was read, more often than :data:`LOAD_TRIES` times, or that a build is writing (or was stopped in): try
     again later."""
 
 
-def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
-    """``index.json``'s bytes and the identity of the file they were read from (inode, size, modification time):
-    a build replaces the file by a new one, so a rebuild of the same index is another file with the same bytes."""
-    with open_regular(path, missing="not an index folder: no index.json (was `dynametric index build` "
-                      "interrupted?)") as fh:  # a FIFO or a device (/dev/zero): refused, never read
+def read_identified(path: Path, missing: str = "file not found") -> tuple[bytes, tuple[int, ...]]:
+    """A small file's bytes and the identity of the file they were read from (inode, size, modification time): the
+    commands of this tool replace their files by new ones (atomic writes), so a file written again with the same
+    bytes is another file. A FIFO or a device (/dev/zero): refused, never read (``missing``: the line for a file
+    that is not there)."""
+    with open_regular(path, missing=missing) as fh:
         st = os.fstat(fh.fileno())
         return fh.read(), (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_index_json(path: Path) -> tuple[bytes, tuple[int, ...]]:
+    """``index.json``'s bytes and the identity of the file they were read from (:func:`read_identified`)."""
+    return read_identified(path, missing="not an index folder: no index.json (was `dynametric index build` "
+                           "interrupted?)")
 
 
 def _change_during_load(path: Path, seen: tuple[bytes, tuple[int, ...]]) -> str | None:

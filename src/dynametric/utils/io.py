@@ -125,6 +125,19 @@ def _file_target(path: str | Path, key: str | None = None) -> Path:
     return path
 
 
+def prepare_file_target(path: str | Path, key: str | None = None) -> Path:
+    """``path`` made ready for a write as every atomic write of this module makes it (its missing folders created;
+    a folder at ``path`` or a file where a folder goes: one line), for a command that takes the target's lock before
+    it writes (``export --out``)."""
+    return _file_target(path, key)
+
+
+def write_error(exc: OSError, path: Path, key: str | None) -> BaseException:
+    """The error an atomic write of ``path`` gives for ``exc`` (``<path> key '<key>': cannot write (<reason>)``),
+    for a failure of a step of that write outside this module (taking the target's lock)."""
+    return _write_error(exc, path, key)
+
+
 def _write_error(exc: OSError, path: Path, key: str | None, what: str = "cannot write") -> BaseException:
     """An error of the file system while writing ``path``, naming ``path`` (never the temporary file beside it):
     with ``key`` an InputError ``<path> key '<key>': cannot write (<reason>)`` (``what`` for another action), else

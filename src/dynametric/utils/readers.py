@@ -260,6 +260,12 @@ def load_embeddings(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # numpy/torch/safetensors raise many types for corrupt files
         raise InputError(f"cannot read embeddings: {first_sentence(exc)}", file=path) from exc
+    return checked_embeddings(arr, path)
+
+
+def checked_embeddings(arr: Any, path: Path) -> np.ndarray:
+    """What :func:`load_embeddings` read from ``path`` (an array or a tensor) checked and cast as it says (shape,
+    dtype, NaN/Inf: one line naming ``path``)."""
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu()
         if arr.dtype in (torch.bfloat16, torch.float16):
