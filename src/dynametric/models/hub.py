@@ -251,8 +251,8 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     ``imports``: the modules the model's config imports (a run's ``imports:``; :func:`export_run` passes them),
     recorded in ``dynametric.json`` (``imports``), so that loading where the backbone is unknown names them first
     and the model card's usage imports them."""
-    from dynametric.retrieval.index_folder import LOCK_NAME, output_lock
     from dynametric.utils.io import write_error
+    from dynametric.utils.output_locks import LOCK_NAME, output_lock
 
     folder = Path(folder)
     _check_folder_path(folder)
@@ -285,8 +285,8 @@ def _save_locked(embedder: torch.nn.Module, folder: Path, *, model_kwargs: Mappi
     from safetensors.torch import save
 
     from dynametric import __version__
-    from dynametric.retrieval.index_folder import LOCK_NAME
     from dynametric.utils.io import StagedFiles, remove_stale_temps
+    from dynametric.utils.output_locks import LOCK_NAME
 
     own = _earlier_save(folder)
     for name in (MODEL_FILE, META_FILE, CONFIG_FILE, CARD_FILE):

@@ -67,7 +67,7 @@ from dynametric.retrieval.index_files import (
     read_identified,
     utf8_text,
 )
-from dynametric.retrieval.index_folder import folder_lock, folder_writer, make_output_folder, other_entries
+from dynametric.retrieval.index_folder import folder_lock, make_output_folder, other_entries
 from dynametric.retrieval.reprs import repr_model, repr_names, repr_text
 from dynametric.utils.ahead import RunAhead
 from dynametric.utils.device import INFERENCE_BATCH_SIZE
@@ -83,6 +83,7 @@ from dynametric.utils.io import (
     replacement_mode,
     save_npy,
 )
+from dynametric.utils.output_locks import folder_writer
 from dynametric.utils.processes import callers_start_method
 from dynametric.utils.readers import (
     check_file,

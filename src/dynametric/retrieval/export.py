@@ -24,7 +24,6 @@ from torch import nn
 from dynametric.data.readers import non_utf8_name
 from dynametric.engine.objective import select_head
 from dynametric.errors import DynametricError, InputError
-from dynametric.retrieval.index_folder import output_lock, target_lock_path
 from dynametric.utils.io import (
     NAME_MAX,
     atomic_write_bytes,
@@ -37,6 +36,7 @@ from dynametric.utils.io import (
     remove_stale_temps_of,
     write_error,
 )
+from dynametric.utils.output_locks import output_lock, target_lock_path
 
 FORMATS = ("torchscript", "onnx")
 TORCHSCRIPT_EXPORTER = "torch.jit.trace+freeze"

@@ -1,7 +1,7 @@
 """One lock file per folder, held by one process at a time: the run folder's ``train.lock`` (``pipeline/run_folder.py``:
 :func:`~dynametric.pipeline.run_folder.claim_run_folder`) and the output folders' ``dynametric.lock``
-(``retrieval/index_folder.py``: :func:`~dynametric.retrieval.index_folder.folder_lock`) are both taken with
-:func:`acquire_lock`.
+(``utils/output_locks.py``: :func:`~dynametric.utils.output_locks.output_lock`, also ``export``'s lock beside its
+file) are all taken with :func:`acquire_lock`.
 
 A lock file is JSON naming its process (``pid``) and that process's ``host``, created whole at once: a complete
 temporary file of the atomic writer's name pattern (``.<lock name>.<8 random characters>.tmp``, so a kill's leftover
