@@ -213,3 +213,32 @@ def test_a_folder_copied_with_the_lock_of_a_running_embed_is_not_blocked(image_r
 
     embed_items(items, look, _to_tensor, copy, model_identity={"m": 1}, batch_size=4, shard_size=4, overwrite=True)
     assert seen[0]["folder"] == str(copy.resolve()) and seen[0]["pid"] == os.getpid()
+
+
+def test_a_lock_of_another_host_naming_its_own_path_of_the_folder_is_held(image_root: Path, tmp_path: Path) -> None:
+    """Shared storage reached through another mount point on each node: a live lock of another host records the
+    folder as that host names it (a path that does not exist here). It is held, as any lock of another host, never
+    taken for a copy (9e5dd5d took it over: two commands wrote the folder at once)."""
+    items = list_image_folder(image_root / "imgs")
+    out = tmp_path / "emb"
+    lock = _lock(out, 4242, host="node-a-of-this-test")
+    lock.write_text(json.dumps({**json.loads(lock.read_text()), "folder": "/mnt/elsewhere/proj/emb"}))
+    before = lock.read_bytes()
+    with pytest.raises(InputError, match=r"being written by another embed \(process 4242 on host "
+                                         r"node-a-of-this-test\)"):
+        embed_items(items, _embed, _to_tensor, out, model_identity={"m": 1}, batch_size=4, shard_size=4)
+    assert lock.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
+def test_same_folder_compares_paths_links_and_the_folder_itself(tmp_path: Path) -> None:
+    from dynametric.utils.locks import same_folder
+
+    here, other = tmp_path / "a", tmp_path / "b"
+    here.mkdir()
+    other.mkdir()
+    (tmp_path / "link").symlink_to(here)
+    resolved = here.resolve()
+    assert same_folder(str(resolved), resolved) and same_folder(str(tmp_path / "link"), resolved)
+    assert same_folder(str(tmp_path / "a" / ".." / "a"), resolved)
+    assert not same_folder(str(other), resolved) and not same_folder(str(tmp_path / "missing"), resolved)
+    assert not same_folder(None, resolved) and not same_folder(7, resolved) and not same_folder("a\0b", resolved)

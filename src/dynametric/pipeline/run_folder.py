@@ -37,6 +37,7 @@ from dynametric.utils.locks import (
     acquire_lock,
     other_process_running,
     read_lock,
+    same_folder,
     stale_empty,
 )
 
@@ -298,7 +299,8 @@ def _run_lock_of(run_dir: Path) -> Callable[[Any], Holder | None]:
     is a JSON object naming the process (``pid``, an integer), its ``host`` and the ``folder`` it was taken for (a
     lock without ``folder`` counts as this folder's). One taken for another folder (the run folder was copied with
     ``cp -r`` while its run trained) is :attr:`~dynametric.utils.locks.Holder.copied`: stale here. The folders are
-    compared resolved, so a spelling of this folder through a symbolic link is this folder. Anything else (a user's
+    compared by :func:`~dynametric.utils.locks.same_folder`, so a spelling of this folder through a symbolic link or
+    a bind mount is this folder. Anything else (a user's
     file of that name) is no lock of dynametric (``None``)."""
     here = run_dir.resolve()
 
@@ -308,11 +310,7 @@ def _run_lock_of(run_dir: Path) -> Callable[[Any], Holder | None]:
         pid, host, folder = data.get("pid"), data.get("host"), data.get("folder", str(here))
         if isinstance(pid, bool) or not (isinstance(pid, int) and isinstance(host, str) and isinstance(folder, str)):
             return None
-        try:
-            same = folder == str(here) or Path(folder).resolve() == here
-        except (OSError, RuntimeError):  # a folder that cannot be resolved (a link loop) is not this one
-            same = False
-        return Holder(pid, host, copied=not same)
+        return Holder(pid, host, copied=not same_folder(folder, here))
 
     return recognise
 

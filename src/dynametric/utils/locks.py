@@ -58,6 +58,21 @@ class Holder:
     process held it): its process holds that folder, not this one, so here it is stale."""
 
 
+def same_folder(recorded: Any, here: Path) -> bool:
+    """Whether the folder a lock records (``recorded``, as its process resolved it) is the folder ``here`` (resolved):
+    the same path, the same path once resolved (a spelling through a symbolic link), or the same folder reached by
+    another path (a bind mount: :func:`os.path.samefile`). A record that is not a text, or a folder that cannot be
+    resolved or does not exist here, is not ``here``."""
+    if not isinstance(recorded, str):
+        return False
+    if recorded == str(here):
+        return True
+    try:
+        return Path(recorded).resolve() == here or os.path.samefile(recorded, here)
+    except (OSError, RuntimeError, ValueError):  # missing here, a link loop, a NUL in the text
+        return False
+
+
 @dataclass(frozen=True)
 class LockFile:
     """A lock file as read: its bytes, what its JSON says (``fields``; empty where it is not JSON of an object), the

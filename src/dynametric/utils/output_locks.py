@@ -28,6 +28,7 @@ from dynametric.utils.locks import (
     acquire_lock,
     holder_running,
     read_lock,
+    same_folder,
 )
 
 LOCK_NAME = "dynametric.lock"
@@ -40,21 +41,21 @@ LOCK_FORMAT = "dynametric-lock"
 def _dynametric_lock_of(out: Path) -> Callable[[Any], Holder | None]:
     """What reads ``out``'s :data:`LOCK_NAME` (:func:`~dynametric.utils.locks.read_lock`): the process it names,
     where its JSON is a lock of dynametric (:data:`LOCK_FORMAT`, an integer ``pid``). A lock records the folder it
-    was taken for (``folder``, resolved; a lock without one counts as this folder's): one taken for another folder
-    (this folder was copied with ``cp -r`` while a command wrote the original) is
-    :attr:`~dynametric.utils.locks.Holder.copied`, stale here, as a run folder's ``train.lock``."""
+    was taken for (``folder``, resolved; a lock without one counts as this folder's): one that a process of this
+    host took for another folder (this folder was copied with ``cp -r`` while a command wrote the original) is
+    :attr:`~dynametric.utils.locks.Holder.copied`, stale here, as a run folder's ``train.lock``. A lock of another
+    host is never taken for a copy: its folder is a path of that host, which may reach this folder through another
+    mount point (shared storage), so it counts as held as before."""
     here = out.resolve()
+    this_host = socket.gethostname()
 
     def recognise(data: Any) -> Holder | None:
         if not (isinstance(data, dict) and data.get("format") == LOCK_FORMAT and isinstance(data.get("pid"), int)
                 and not isinstance(data.get("pid"), bool)):
             return None
-        folder = data.get("folder", str(here))
-        try:
-            same = isinstance(folder, str) and (folder == str(here) or Path(folder).resolve() == here)
-        except (OSError, RuntimeError, ValueError):  # a folder that cannot be resolved (a link loop) is not this one
-            same = False
-        return Holder(data["pid"], str(data.get("host")), copied=not same)
+        host = str(data.get("host"))
+        copied = host == this_host and "folder" in data and not same_folder(data["folder"], here)
+        return Holder(data["pid"], host, copied=copied)
 
     return recognise
 
