@@ -73,7 +73,10 @@ def test_the_documented_calls_pass_mypy_strict_and_a_wrong_unpacking_is_flagged(
     # a warm one takes about a second (mypy re-checks what changed)
     cache = Path(tempfile.gettempdir()) / f"dynametric-test-mypy-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
     src = Path(dynametric.__file__).resolve().parents[1]  # the dynametric under test, not another installed copy
-    env = {**os.environ, "MYPYPATH": str(src)}
+    # a source tree (an editable install, PYTHONPATH=src) is named; an installed copy (CI: pip install .) mypy finds
+    # itself, and refuses site-packages in MYPYPATH
+    installed = src.name in ("site-packages", "dist-packages")
+    env = {**os.environ, **({} if installed else {"MYPYPATH": str(src)})}
     proc = subprocess.run([sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--cache-dir", str(cache),
                            "--no-error-summary", "--hide-error-context", "good.py", "bad.py"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
