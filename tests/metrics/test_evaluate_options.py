@@ -71,6 +71,11 @@ def test_a_numpy_kmeans_seed_gives_the_int_seed_result(backend):
     ("kmeans_seed", 1.5, "kmeans_seed must be an integer, got 1.5 (float)"),
     ("kmeans_seed", True, "kmeans_seed must be an integer, got True (bool)"),
     ("kmeans_seed", "1", "kmeans_seed must be an integer, got '1' (str)"),
+    # faiss: a raw OverflowError beyond a C int, and a negative seed is a new random start in every run
+    ("kmeans_seed", 2**31, "kmeans_seed must be an integer from 0 to 2147483647 (a negative seed is a new random "
+                           "start in every run, a larger one no C int), got 2147483648"),
+    ("kmeans_seed", -1, "kmeans_seed must be an integer from 0 to 2147483647 (a negative seed is a new random "
+                        "start in every run, a larger one no C int), got -1"),
 ])
 def test_kmeans_options_that_cannot_be_meant_are_one_line(arg, value, message):
     x, y = _data()
@@ -82,3 +87,18 @@ def test_kmeans_options_that_cannot_be_meant_are_one_line(arg, value, message):
     with pytest.raises(ConfigError) as info:
         kmeans_assign(x, 4, **{own: value})
     assert str(info.value) == f"key '{own}': {message.removeprefix('kmeans_')}"
+
+
+def test_the_largest_seed_is_reproducible_and_the_command_line_bounds_it_alike(capsys):
+    from dynametric.cli import main
+    from dynametric.commands import seed_int
+    from dynametric.metrics.clustering import KMEANS_SEED_MAX
+
+    x, y = _data()
+    first = evaluate_embeddings(x, y, metrics=["nmi"], kmeans_seed=KMEANS_SEED_MAX)
+    assert evaluate_embeddings(x, y, metrics=["nmi"], kmeans_seed=np.int64(KMEANS_SEED_MAX)) == first
+    assert seed_int(str(KMEANS_SEED_MAX)) == KMEANS_SEED_MAX and seed_int("0") == 0
+    for text in (str(KMEANS_SEED_MAX + 1), "-1"):
+        assert main(["evaluate", "--kmeans-seed", text, "--embeddings", "x.npy"]) == 2
+        assert f"argument --kmeans-seed: expected an integer from 0 to 2147483647, got '{text}'" in \
+            capsys.readouterr().err

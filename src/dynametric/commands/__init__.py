@@ -34,6 +34,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """A k-means seed: an integer from 0 to :data:`~dynametric.metrics.clustering.KMEANS_SEED_MAX` (2**31 - 1)."""
+    value = _number(text, int, "an integer from 0 to 2147483647")
+    if not 0 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2147483647, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _number(text, float, "a positive number")
     if not (math.isfinite(value) and value > 0):

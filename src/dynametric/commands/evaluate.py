@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dynametric import evaluation_defaults as defaults
-from dynametric.commands import path_text, positive_float, positive_int, refuse_closed_stdout, write_stdout
+from dynametric.commands import (
+    path_text,
+    positive_float,
+    positive_int,
+    refuse_closed_stdout,
+    seed_int,
+    write_stdout,
+)
 from dynametric.errors import ConfigError, InputError
 from dynametric.utils.text import text_table
 
@@ -194,8 +201,9 @@ def _add_metric_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nmi-normalizer", choices=["arithmetic", "geometric"], default=defaults.NMI_NORMALIZER,
                    help="nmi's normaliser: the arithmetic mean of the two entropies (arithmetic) or their geometric "
                         f"mean (geometric); default {defaults.NMI_NORMALIZER}")
-    p.add_argument("--kmeans-seed", type=int, default=defaults.KMEANS_SEED,
-                   help=f"seed of the k-means clustering behind nmi and f1 (default {defaults.KMEANS_SEED})")
+    p.add_argument("--kmeans-seed", type=seed_int, default=defaults.KMEANS_SEED,
+                   help=f"seed of the k-means clustering behind nmi and f1, 0 to 2147483647 (default "
+                        f"{defaults.KMEANS_SEED})")
     p.add_argument("--kmeans-restarts", type=positive_int, default=defaults.KMEANS_RESTARTS,
                    help="k-means runs per scale for nmi and f1, the one of lowest inertia kept "
                         f"(default {defaults.KMEANS_RESTARTS})")

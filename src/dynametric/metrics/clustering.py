@@ -153,12 +153,18 @@ def _scaled_points(x: torch.Tensor) -> torch.Tensor:
     return (x.to(torch.float64) * math.ldexp(1.0, -math.frexp(peak)[1])).to(torch.float32)
 
 
+KMEANS_SEED_MAX = 2**31 - 1
+"""The largest k-means seed: faiss's k-means takes a C ``int`` (beyond it a raw ``OverflowError``), and takes a
+negative one as "a new random start every run" (not reproducible): seeds are 0 .. this."""
+
+
 def check_kmeans_options(seed: Any, iters: Any, restarts: Any, *, prefix: str = "") -> tuple[int, int, int]:
-    """``(seed, iters, restarts)`` of a k-means run as Python ints: ``seed`` an integer (numpy integers too, not
-    ``bool``), ``iters`` and ``restarts`` integers >= 1; anything else is a one-line :class:`ConfigError` keyed by
-    the argument's name, ``prefix`` + ``seed`` / ``iters`` / ``restarts`` (``kmeans_`` for
-    :func:`~dynametric.metrics.evaluate_embeddings`'s). (faiss and the torch k-means would otherwise differ
-    silently for 0 or negative counts, and refuse a numpy seed with a raw ``TypeError``.)"""
+    """``(seed, iters, restarts)`` of a k-means run as Python ints: ``seed`` an integer from 0 to
+    :data:`KMEANS_SEED_MAX` (numpy integers too, not ``bool``), ``iters`` and ``restarts`` integers >= 1; anything
+    else is a one-line :class:`ConfigError` keyed by the argument's name, ``prefix`` + ``seed`` / ``iters`` /
+    ``restarts`` (``kmeans_`` for :func:`~dynametric.metrics.evaluate_embeddings`'s). (faiss and the torch k-means
+    would otherwise differ silently for 0 or negative counts and negative seeds, and refuse a numpy seed or one
+    beyond a C int with a raw ``TypeError`` / ``OverflowError``.)"""
     def integer(value: Any, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ConfigError(f"{prefix}{name} must be an integer, got {value!r} ({type(value).__name__})",
@@ -166,6 +172,9 @@ def check_kmeans_options(seed: Any, iters: Any, restarts: Any, *, prefix: str = 
         return int(value)
 
     seed = integer(seed, "seed")
+    if not 0 <= seed <= KMEANS_SEED_MAX:
+        raise ConfigError(f"{prefix}seed must be an integer from 0 to {KMEANS_SEED_MAX} (a negative seed is a new "
+                          f"random start in every run, a larger one no C int), got {seed}", key=prefix + "seed")
     counts = []
     for value, name in ((iters, "iters"), (restarts, "restarts")):
         n = integer(value, name)
@@ -183,9 +192,9 @@ def kmeans_assign(x: torch.Tensor | np.ndarray, k: int, *, seed: int = 0, iters:
     points, a tensor or a numpy array (finite; any float dtype; another rank is one line keyed ``x``), first
     multiplied by a power of two (:func:`_scaled_points`), which changes no assignment and rules out float32
     overflow; it is not centred (:func:`dynametric.metrics.engine.prepare_for_clustering` does that for
-    :func:`~dynametric.metrics.evaluate_embeddings`). ``seed``: an integer (numpy integers too); ``iters``
-    (Lloyd iterations) and ``restarts`` (runs, the one of lowest inertia kept): integers >= 1 (else a
-    :class:`ConfigError` keyed ``seed`` / ``iters`` / ``restarts``).
+    :func:`~dynametric.metrics.evaluate_embeddings`). ``seed``: an integer from 0 to
+    :data:`KMEANS_SEED_MAX` (numpy integers too); ``iters`` (Lloyd iterations) and ``restarts`` (runs, the one
+    of lowest inertia kept): integers >= 1 (else a :class:`ConfigError` keyed ``seed`` / ``iters`` / ``restarts``).
     """
     seed, iters, restarts = check_kmeans_options(seed, iters, restarts)
     if backend not in ("auto", "faiss", "torch"):
