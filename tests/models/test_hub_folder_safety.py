@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,35 @@ def test_a_second_save_into_a_folder_being_saved_is_refused_and_the_first_finish
     loaded = Embedder.from_pretrained(folder)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), first.state_dict().values()))
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "dynametric.json", "model.safetensors"]
+
+
+def test_a_failed_save_removes_only_the_folders_it_made_itself(tmp_path: Path, monkeypatch) -> None:
+    """Another save makes the new folder between this save's look and its mkdir; this save then fails: the folder is
+    the other save's and stays (a failed save removed every folder that had been missing when it looked, so it could
+    remove the other save's folder before that one took its lock)."""
+    target = tmp_path / "a" / "model"
+    exists = Path.exists
+
+    def another_save_made_it_meanwhile(self: Path, *args, **kwargs) -> bool:
+        # the save's look for the folders it has to make (not its earlier checks of the path)
+        looking = sys._getframe(1).f_code.co_name in ("_missing_folders", "_make_folders")
+        if looking and self == target and not exists(self):
+            self.mkdir(parents=True)  # made by the other save just after this save looked
+            return False
+        return exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", another_save_made_it_meanwhile)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hubmod, "_save_locked", fail)
+    with pytest.raises(OSError):
+        hubmod.save_pretrained(_model(0), target)
+    monkeypatch.undo()
+    assert target.is_dir() and list(target.iterdir()) == []  # the other save's folder, as it made it
+    # a folder this save made itself is removed when it fails
+    monkeypatch.setattr(hubmod, "_save_locked", fail)
+    with pytest.raises(OSError):
+        hubmod.save_pretrained(_model(0), tmp_path / "b" / "model")
+    assert not (tmp_path / "b").exists()

@@ -256,9 +256,9 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
 
     folder = Path(folder)
     _check_folder_path(folder)
-    created = _missing_folders(folder)
+    created: list[Path] = []  # the folders this save made itself (another save may make the same ones meanwhile)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folders(folder, created)
         # one save into the folder at a time: another one's temporary files are not a killed save's
         # (a lock that cannot be written, a full disk: the OSError of a save's write, naming the lock file)
         with output_lock(folder / LOCK_NAME, folder, "save_pretrained", key=None, what="the model folder",
@@ -361,13 +361,22 @@ def _check_folder_path(folder: Path) -> None:
         raise InputError(f"is a file, not a folder; expected a folder to hold the model folder {folder}", file=above)
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """The folders of ``folder``'s path that do not exist yet, outermost first."""
+def _make_folders(folder: Path, created: list[Path]) -> None:
+    """Make ``folder`` and the folders above it that do not exist, outermost first, appending to ``created`` each one
+    this call made (a folder another process made meanwhile is not this call's: a failed save removes only its
+    own)."""
     missing: list[Path] = []
     while not folder.exists() and folder != folder.parent:
         missing.insert(0, folder)
         folder = folder.parent
-    return missing
+    for path in missing:
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue
+        created.append(path)
 
 
 def _earlier_save(folder: Path) -> set[str]:
