@@ -696,3 +696,20 @@ def test_hierarchical_batch_larger_than_the_tree_is_refused_naming_the_largest()
         assert len(set(b)) == 24  # the largest batch repeats no image
     with pytest.raises(InputError, match="but scale 0 has only 30: the largest batch is batch_size 120$"):
         MPerClassSampler(labels, 4, 124)
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.7, "3", True, None])
+def test_an_epoch_that_is_not_an_integer_from_0_is_one_line(epoch) -> None:
+    """set_epoch and load_state_dict took any value: -1 failed at the next batch with numpy's SeedSequence traceback,
+    1.7 / "3" / True ran epochs 1 / 3 / 1."""
+    labels = torch.arange(8).repeat_interleave(4)
+    for sampler in (MPerClassSampler(labels, m=4, batch_size=8), RandomBatchSampler(32, batch_size=8)):
+        with pytest.raises(InputError) as info:
+            sampler.set_epoch(epoch)
+        assert info.value.key == "epoch" and str(info.value) == f"key 'epoch': expected an integer >= 0, got {epoch!r}"
+        sampler.set_epoch(np.int64(2))  # numpy integers are integers
+        assert sampler.epoch == 2 and isinstance(sampler.epoch, int)
+    sampler = MPerClassSampler(labels, m=4, batch_size=8)
+    with pytest.raises(InputError) as info:
+        sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch})
+    assert info.value.key == "epoch"

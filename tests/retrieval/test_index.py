@@ -521,3 +521,26 @@ def test_index_build_refuses_a_read_only_labels_npy_in_out_before_reading_the_em
     assert err.count("\n") == 0 and f"{out / 'labels.npy'} key '--out': is read-only (mode 0444)" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert RetrievalIndex.load(out).size == 40
+
+
+@pytest.mark.parametrize("form", ["numpy", "tensor"])
+def test_a_built_index_holds_its_own_labels_and_class_names(form: str) -> None:
+    """The caller's labels array (or tensor) and class-name lists changed after the build change nothing in the index
+    (it shared them: a scale= search returned -1 for every class after `labels[:] = 0`, and save() wrote the changed
+    labels beside the unchanged vectors)."""
+    import dataclasses
+
+    import torch
+
+    emb = make_set()
+    given = emb.labels.copy() if form == "numpy" else torch.from_numpy(emb.labels.copy())
+    names = [[f"f{i}" for i in range(12)], [f"c{i}" for i in range(3)]]
+    emb = dataclasses.replace(emb, labels=given, class_names=names)
+    index = RetrievalIndex.build(emb, kind="flat", metric="cosine")
+    before = index.search(emb.embeddings[:5], k=3, scale="fine")
+    given[:] = 0
+    names[0][0] = "changed"
+    after = index.search(emb.embeddings[:5], k=3, scale="fine")
+    assert np.array_equal(before.ids, after.ids) and (after.ids >= 0).all()
+    assert not np.shares_memory(index.labels, given if form == "numpy" else given.numpy())
+    assert np.array_equal(index.labels, make_set().labels) and index.class_names[0][0] == "f0"

@@ -206,8 +206,9 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         return self._num_batches()
 
     def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch`` (resets the resume position unless the state was just loaded for that epoch)."""
-        epoch = int(epoch)
+        """Select epoch ``epoch``, an integer >= 0 (anything else: one line keyed ``epoch``; resets the resume position
+        unless the state was just loaded for that epoch)."""
+        epoch = _positive_int(epoch, "epoch", minimum=0)
         if epoch != self.epoch:
             self._resume_from = 0
         self.epoch = epoch
@@ -254,10 +255,10 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         for key in ("epoch", "position"):
             if key not in state:
                 raise InputError("sampler state is missing this entry", key=key)
-        position = int(state["position"])
+        position = _positive_int(state["position"], "position", minimum=0)
         if not 0 <= position <= self._num_batches():
             raise InputError(f"position must be in [0, {self._num_batches()}], got {position}", key="position")
-        self.epoch = int(state["epoch"])
+        self.epoch = _positive_int(state["epoch"], "epoch", minimum=0)
         self._position = position
         self._resume_from = position
 
@@ -849,7 +850,8 @@ class RandomBatchSampler:
         return None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Select epoch ``epoch``, an integer >= 0 (anything else: one line keyed ``epoch``)."""
+        self.epoch = _positive_int(epoch, "epoch", minimum=0)
 
     def __len__(self) -> int:
         full = self.n // (self.bs * self.world)

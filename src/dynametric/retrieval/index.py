@@ -127,6 +127,13 @@ def take_first_k(keep: np.ndarray, k: int) -> np.ndarray:
     pos[rows, rank[rows, cols] - 1] = cols
     return pos
 
+
+def _copied_class_names(names: Any) -> list[list[str]] | None:
+    """The index's own copy of an embedding set's ``class_names`` (per scale a list of names): the caller's lists may
+    change after the build."""
+    return None if names is None else [list(scale) for scale in names]
+
+
 @dataclass
 class SearchResult:
     """Ranked results per query: item positions ``ids`` ``[Q, k]`` (``-1``: no result) and ``distances`` (``nan``
@@ -189,7 +196,8 @@ def _build_items(emb: Any, rows: int) -> tuple[list[str], list[str], np.ndarray 
         raise InputError(f"labels have shape {list(shape)}: {shape[0]} rows for {rows} embeddings; they look "
                          "[S, N] (one row per scale): give [N, S], one row per embedding (transpose them)",
                          key="labels")
-    labels = as_label_matrix(given, num_rows=rows).cpu().numpy()
+    # a copy: the caller's array (or tensor, which as_label_matrix and .numpy() share memory with) may change later
+    labels = np.array(as_label_matrix(given, num_rows=rows).cpu().numpy(), dtype=np.int64, copy=True)
     if not names:
         names = default_scale_names(labels.shape[1])
     elif len(names) != labels.shape[1]:
@@ -274,7 +282,8 @@ class RetrievalIndex:
         plan = InputTransform(plan.kind, plan.factor, plan.centre, norm)
         index, params = build_faiss_index(x, kind, plan.faiss_metric, **kwargs)
         return cls(index, kind, metric, int(x.shape[1]), ids, paths, labels, names,
-                   emb.class_names, list(emb.image_roots), dict(emb.model), params, str(emb.source), transform=plan)
+                   _copied_class_names(emb.class_names), list(emb.image_roots), dict(emb.model), params,
+                   str(emb.source), transform=plan)
 
     def save(self, out: str | Path) -> Path:
         """Write the index folder: every file is first written to a temporary file beside its target (the build's
