@@ -69,9 +69,6 @@ class Embedder(nn.Module):
         self.pool = pool
         self.heads = nn.ModuleDict(dict(heads))
         self.head_names: tuple[str, ...] = tuple(heads)
-        self.feature_dim: int = pool.output_dim(backbone.feature_dim)
-        """Width of the pooled backbone feature that the heads receive."""
-        self.embedding_dims: dict[str, int] = {name: h.out_dim for name, h in heads.items()}
         self.freeze_bn = freeze_bn
         self.notes = []
         if freeze_bn:
@@ -79,6 +76,29 @@ class Embedder(nn.Module):
                 bn.eval()
                 for p in bn.parameters():
                     p.requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        """``head_names=('embedding',), freeze_bn=False`` (``save_pretrained`` compares it with the model the
+        recorded arguments build)."""
+        return f"head_names={self.head_names!r}, freeze_bn={self.freeze_bn}"
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled backbone feature that the heads receive (of the current backbone and pooling)."""
+        return int(self.pool.output_dim(self.backbone.feature_dim))
+
+    @property
+    def embedding_dims(self) -> dict[str, int]:
+        """The output width of every head, ``{head name: width}`` in :attr:`head_names` order, read from the current
+        heads (a head replaced after the build is counted as it is)."""
+        dims: dict[str, int] = {}
+        for name in self.head_names:
+            width = getattr(self.heads[name], "out_dim", None)
+            if isinstance(width, bool) or not isinstance(width, int):
+                raise TypeError(f"head {name!r} ({type(self.heads[name]).__name__}) declares no out_dim (its output "
+                                "width); an embedder's heads are EmbeddingHead modules")
+            dims[name] = width
+        return dims
 
     @property
     def embedding_dim(self) -> int:

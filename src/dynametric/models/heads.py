@@ -41,6 +41,10 @@ class GlobalPool(nn.Module):
         self.mode = mode
         self.num_prefix_tokens = int(num_prefix_tokens)
 
+    def extra_repr(self) -> str:
+        """``mode='avg', num_prefix_tokens=0``: what a model folder rebuilds (``save_pretrained`` compares it)."""
+        return f"mode={self.mode!r}, num_prefix_tokens={self.num_prefix_tokens}"
+
     def output_dim(self, feature_dim: int) -> int:
         return 2 * feature_dim if self.mode == "catavgmax" else feature_dim
 
@@ -82,6 +86,11 @@ class EmbeddingHead(nn.Module):
         self.out_dim = in_dim if embedding_dim is None else int(embedding_dim)
         self.normalize = normalize
         self.eps = eps
+
+    def extra_repr(self) -> str:
+        """``out_dim=128, normalize=True, eps=1e-12``: what changes its output besides its weights (``save_pretrained``
+        compares it with the model its recorded arguments build)."""
+        return f"out_dim={self.out_dim}, normalize={self.normalize}, eps={self.eps}"
 
     def forward(self, pooled: Tensor) -> Tensor:
         e = self.proj(pooled)

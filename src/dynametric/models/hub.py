@@ -66,6 +66,98 @@ def _build_kwargs(embedder: Any, model_kwargs: Mapping[str, Any] | None) -> dict
     return kwargs
 
 
+def _rebuild_on_meta(kwargs: Mapping[str, Any], backbone_config: Mapping[str, Any] | None,
+                     what: str) -> torch.nn.Module:
+    """The embedder ``build_embedder(**kwargs)`` makes (``pretrained`` off: no download), built on the ``meta`` device
+    (shapes without memory or initialisation); a ``hf-hub:`` / ``local-dir:`` backbone from ``backbone_config``, as
+    :func:`from_pretrained` rebuilds it. A factory that cannot build on ``meta`` (one that reads a tensor's value
+    while it builds) is built again on the CPU, on a forked generator (the caller's random state is kept). An
+    :class:`InputError` keyed ``model_kwargs`` when the arguments build no model (the folder would not load)."""
+    from dynametric.models.backbones import TIMM_SOURCE_PREFIXES
+    from dynametric.models.embedder import build_embedder
+
+    kwargs = {**kwargs, "pretrained": False, "pretrained_path": None}
+    name = kwargs.get("backbone")
+    with tempfile.TemporaryDirectory(prefix="dynametric-backbone-") as tmp:
+        if isinstance(name, str) and name.startswith(TIMM_SOURCE_PREFIXES) and backbone_config is not None:
+            (Path(tmp) / "config.json").write_text(json.dumps(dict(backbone_config)), encoding="utf-8")
+            kwargs["backbone"] = f"local-dir:{tmp}"  # the recorded architecture: no folder, no network
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                return build_embedder(**kwargs)
+        except Exception:  # noqa: BLE001 - built again on the CPU, where its own error is the one to report
+            pass
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+                return build_embedder(**kwargs)
+        except InputError as exc:
+            raise InputError(f"{what} do not build a model ({exc.message}), so the model folder would not load",
+                             key="model_kwargs") from None
+        except Exception as exc:  # noqa: BLE001 - a TypeError for an argument build_embedder does not take, ...
+            raise InputError(f"{what} do not build a model ({type(exc).__name__}: {first_sentence(exc)}), so the "
+                             "model folder would not load", key="model_kwargs") from None
+
+
+def _module_text(module: torch.nn.Module) -> str:
+    """``EmbeddingHead(out_dim=8, normalize=False, eps=1e-12)``: a module's type and ``extra_repr()`` (shortened)."""
+    extra = " ".join(module.extra_repr().split())
+    return f"{type(module).__name__}({extra if len(extra) <= 200 else extra[:200] + '...'})"
+
+
+def _class_name(module: torch.nn.Module) -> str:
+    """``module.qualname`` of a module's class: a factory that defines its class inside (a new class object at every
+    call) builds the same class by this name."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _first_difference(model: torch.nn.Module, built: torch.nn.Module) -> tuple[str, str, str] | None:
+    """The first place where ``model`` differs from ``built``, as ``(module name, what the model has, what the
+    arguments build)``; ``None`` when they are alike: the same modules (name, type, ``extra_repr()``, which holds
+    what changes a module's output besides its weights: a head's ``normalize``, the pooling mode ...) and the same
+    state-dict entries (name and shape)."""
+    mine = dict(model.named_modules())
+    for name, module in built.named_modules():
+        other = mine.get(name)
+        if other is None:
+            return name, "no such module", _module_text(module)
+        if _class_name(other) != _class_name(module) or other.extra_repr() != module.extra_repr():
+            if _module_text(other) == _module_text(module):  # classes of one name from two modules
+                return name, _class_name(other), _class_name(module)
+            return name, _module_text(other), _module_text(module)
+    extra = next((name for name in mine if name not in dict(built.named_modules())), None)
+    if extra is not None:
+        return extra, _module_text(mine[extra]), "no such module"
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    expected = {key: tuple(value.shape) for key, value in built.state_dict().items()}
+    for key, shape in expected.items():
+        if shapes.get(key) != shape:
+            where = key.rpartition(".")[0]
+            has = f"{key} of shape {list(shapes[key])}" if key in shapes else f"no {key}"
+            return where, has, f"{key} of shape {list(shape)}"
+    unexpected = next((key for key in shapes if key not in expected), None)
+    if unexpected is not None:
+        return unexpected.rpartition(".")[0], f"{unexpected} of shape {list(shapes[unexpected])}", f"no {unexpected}"
+    return None
+
+
+def _check_rebuilds(embedder: torch.nn.Module, kwargs: Mapping[str, Any], backbone_config: Mapping[str, Any] | None,
+                    *, given: bool) -> None:
+    """An :class:`InputError` keyed ``model_kwargs`` when the model ``kwargs`` build (what ``dynametric.json``
+    records, what :func:`from_pretrained` rebuilds) is not ``embedder``: one changed after it was built (a head's
+    ``normalize`` turned off, another pooling or head put in), whose folder would load as another model, silently,
+    or not at all. Cheap: the model is built on the ``meta`` device."""
+    what = "the model_kwargs given" if given else "its recorded build_embedder arguments"
+    built = _rebuild_on_meta(kwargs, backbone_config, what)
+    difference = _first_difference(embedder, built)
+    if difference is None:
+        return
+    name, has, builds = difference
+    advice = ("pass model_kwargs= that describe the model as it is" if given else
+              "pass model_kwargs= describing the model as it is, or rebuild it with build_embedder")
+    raise InputError(f"{name or 'the embedder'}: the model has {has} but {what} build {builds}, so the saved "
+                     f"folder would not load as this model; {advice}", key="model_kwargs")
+
+
 def _backbone_config(embedder: Any, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
     """The timm ``config.json`` of a ``hf-hub:`` / ``local-dir:`` backbone, recorded in ``dynametric.json`` so that
     the architecture is rebuilt where that folder is absent or without the network (``None`` for any other
@@ -299,6 +391,8 @@ def _save_locked(embedder: torch.nn.Module, folder: Path, *, model_kwargs: Mappi
     clean_up = bool(own) or holds_only_own_files(folder, (LOCK_NAME,), lambda name: name in _NAMES or name == LOCK_NAME)
     kwargs = _build_kwargs(embedder, model_kwargs)
     backbone_config = _backbone_config(embedder, kwargs)
+    # before anything is written: the folder must rebuild this model, not the one it was first built as
+    _check_rebuilds(embedder, kwargs, backbone_config, given=model_kwargs is not None)
     state = {k: v.detach().cpu().contiguous() for k, v in embedder.state_dict().items()}
     weights = save(state, metadata={"format": "pt"})
     dims = getattr(embedder, "embedding_dims", None)
