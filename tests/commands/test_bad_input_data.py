@@ -486,3 +486,10 @@ def test_inspect_errors_name_the_command_with_its_action(tmp_path, capsys) -> No
     err = capsys.readouterr().err.strip()
     assert err == (f"dynametric data inspect: error: key 'image_root': folder not found: {root / 'pics'} (image_root "
                    f"is the folder the listed image paths are relative to, itself relative to the dataset root {root})")
+
+
+def test_data_inspect_refuses_an_on_off_option_that_is_not_true_or_false(csv_root, capsys) -> None:
+    assert main(["data", "inspect", "--format", "csv", "--root", str(csv_root), "-o", "check_files=maybe"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == ("dynametric data inspect: error: key 'check_files': expected true or false, "
+                                         "got 'maybe'\n")

@@ -897,3 +897,9 @@ def test_the_dry_run_says_whether_the_run_compiles_and_uses_channels_last(capsys
     assert main(["train", "--dry-run", "trainer.accelerator=cpu", *overrides]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("trainer: "))
     assert line == f"trainer: accelerator cpu (trains on cpu here), strategy auto, devices 1, precision 32, {expected}"
+
+
+@pytest.mark.parametrize("value, shown", [("maybe", "'maybe'"), ("'false'", "'false'"), ("1", "1")])
+def test_an_on_off_data_option_that_is_not_true_or_false_is_one_line(tmp_path, capsys, value, shown) -> None:
+    assert _dry(capsys, "data.format=csv", f"data.root={tmp_path}", f"data.options.swap_rb={value}") == (
+        f"dynametric train: error: <command line> key 'data.options.swap_rb': expected true or false, got {shown}")

@@ -76,3 +76,25 @@ def test_a_csv_scale_column_named_mean_is_refused_at_its_header(tmp_path: Path) 
         build_dataset("csv", root, "train")
     assert str(info.value) == (f"{csv}:1: a scale column cannot be named 'mean' (an evaluation reports the mean over "
                                "the scales under it); got ['path', 'split', 'fine', 'mean', 'coarse']")
+
+
+@pytest.mark.parametrize("name", ["swap_rb", "skip_corrupt", "check_files", "check_hierarchy", "allow_outside_root"])
+@pytest.mark.parametrize("value", ["maybe", "false", "no", 1, None])
+def test_on_off_options_take_only_true_or_false(tmp_path: Path, name: str, value: object) -> None:
+    # read by truth, 'false' or 'no' switched the option on (swap_rb: colour channels silently swapped)
+    root = write_csv_dataset(tmp_path / "c")
+    with pytest.raises(ConfigError) as info:
+        build_dataset("csv", root, "train", **{name: value})
+    assert info.value.key == name and info.value.message == f"expected true or false, got {value!r}"
+
+
+def test_on_off_options_take_python_and_numpy_bools(tmp_path: Path) -> None:
+    import numpy as np
+
+    root = write_csv_dataset(tmp_path / "c")
+    assert build_dataset("csv", root, "train", swap_rb=np.bool_(True)).swap_rb is True
+    ds = build_dataset("csv", root, "train", swap_rb=False, skip_corrupt=np.bool_(False), check_hierarchy=True)
+    assert ds.swap_rb is False and ds.skip_corrupt is False
+    with pytest.raises(ConfigError, match="expected true or false, got 'yes'") as info:
+        build_dataset("inshop", tmp_path, "train", with_category="yes")  # a format's own on/off option too
+    assert info.value.key == "with_category"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dynametric.cli import main
 from dynametric.config import load_config
 from dynametric.errors import ConfigError
 from dynametric.models import build_embedder
@@ -25,11 +26,26 @@ def test_a_zero_head_width_is_keyed_on_head_dims_where_it_was_set(tmp_path: Path
     config.write_text("model:\n  embedding_dim: 16\n  head_dims: [0]\n")
     with pytest.raises(ConfigError, match=rf"^{config}:3 key 'model.head_dims\[0\]': "):
         load_config(config)
-    with pytest.raises(ConfigError, match=r"^key 'model.head_dims\[0\]': a head's width must be an integer >= 1 or "
-                                          r"null, got 0$"):
+    with pytest.raises(ConfigError, match=r"^key 'model.head_dims\[0\]': a head's width must be an integer from 1 to "
+                                          r"2147483647 or null, got 0$"):
         build_embedder("simple_cnn", head_dims=[0])
     with pytest.raises(ConfigError, match=r"^key 'model.embedding_dim': "):
         build_embedder("simple_cnn", embedding_dim=0)
+
+
+@pytest.mark.parametrize("dim", [10**20, 2**31])
+def test_a_head_width_past_a_c_int_is_refused_keyed_where_it_was_set(dim: int, capsys) -> None:
+    # torch sizes a layer with a C int: a wider head ended in a TypeError traceback
+    message = f"a head's width must be an integer from 1 to 2147483647 or null, got {dim}"
+    with pytest.raises(ConfigError) as info:
+        build_embedder("simple_cnn", embedding_dim=dim)
+    assert (info.value.key, info.value.message) == ("model.embedding_dim", message)
+    with pytest.raises(ConfigError) as info:
+        build_embedder("simple_cnn", num_heads=2, head_dims=[8, dim])
+    assert (info.value.key, info.value.message) == ("model.head_dims[1]", message)
+    assert main(["train", "--dry-run", *TINY, f"model.embedding_dim={dim}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dynametric train: error: <command line> key 'model.embedding_dim': {message}")
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

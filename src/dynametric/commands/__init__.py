@@ -34,6 +34,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+INT31_MAX = 2**31 - 1
+"""The largest value an option that reaches faiss (a C ``int``) or a batch loop may take."""
+
+
+def positive_int31(text: str) -> int:
+    """:func:`positive_int` up to :data:`INT31_MAX`: for the options whose value goes to faiss (``index build
+    --m``, ``--ef-search`` ...) or sizes a batch (``--batch-size``), where a larger one ended in a traceback."""
+    value = _number(text, int, f"an integer from 1 to {INT31_MAX}")
+    if not 1 <= value <= INT31_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {INT31_MAX}, got {text!r}")
+    return value
+
+
 def seed_int(text: str) -> int:
     """A k-means seed: an integer from 0 to :data:`~dynametric.metrics.clustering.KMEANS_SEED_MAX` (2**31 - 1)."""
     value = _number(text, int, "an integer from 0 to 2147483647")

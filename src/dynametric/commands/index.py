@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from dynametric.commands import path_arg, positive_int, write_stdout
+from dynametric.commands import path_arg, positive_int31, seed_int, write_stdout
 from dynametric.errors import ConfigError
 
 
@@ -23,13 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="flat (exact), ivf (inverted lists) or hnsw (graph) (default flat)")
     b.add_argument("--metric", choices=["cosine", "l2", "ip"], default="cosine",
                    help="cosine (L2-normalised inner product), l2 or ip (default cosine)")
-    b.add_argument("--nlist", type=positive_int, default=None, help="ivf: number of cells (default round(4 sqrt(N)))")
-    b.add_argument("--nprobe", type=positive_int, default=None, help="ivf: cells visited per query (default 8)")
-    b.add_argument("--m", type=positive_int, default=None, help="hnsw: links per node (default 32)")
-    b.add_argument("--ef-construction", type=positive_int, default=None,
+    b.add_argument("--nlist", type=positive_int31, default=None, help="ivf: number of cells (default round(4 sqrt(N)))")
+    b.add_argument("--nprobe", type=positive_int31, default=None, help="ivf: cells visited per query (default 8)")
+    b.add_argument("--m", type=positive_int31, default=None, help="hnsw: links per node (default 32)")
+    b.add_argument("--ef-construction", type=positive_int31, default=None,
                    help="hnsw: build-time beam width (default 80)")
-    b.add_argument("--ef-search", type=positive_int, default=None, help="hnsw: search-time beam width (default 64)")
-    b.add_argument("--seed", type=int, default=None, help="ivf: k-means seed (default 0)")
+    b.add_argument("--ef-search", type=positive_int31, default=None, help="hnsw: search-time beam width (default 64)")
+    b.add_argument("--seed", type=seed_int, default=None, help="ivf: k-means seed, 0 to 2147483647 (default 0)")
     b.add_argument("--out", type=path_arg, required=True, help="index folder")
     b.set_defaults(func=run_build, command_name="index build")  # errors say `dynametric index build: error: ...`
 

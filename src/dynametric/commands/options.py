@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dynametric.commands import path_arg, positive_int
+from dynametric.commands import path_arg, positive_int, positive_int31
 from dynametric.errors import ConfigError
 from dynametric.utils.device import INFERENCE_BATCH_SIZE, MAX_WORKERS, PRECISIONS, check_workers
 
@@ -52,7 +52,7 @@ def add_inference_arguments(p: argparse.ArgumentParser, *, batch_size: int | Non
                             "trained in, trainer.precision: bf16 for bf16-mixed, fp16 for 16-mixed where CUDA runs "
                             "it, else fp32)")
     if batch:
-        p.add_argument("--batch-size", type=positive_int, default=batch_size,
+        p.add_argument("--batch-size", type=positive_int31, default=batch_size,
                        help=f"{prefix}images per forward pass (default {batch_size or 'data.eval_batch_size'})")
     if workers:
         p.add_argument("--workers", type=_workers, default=None if batch_size is None else "auto",

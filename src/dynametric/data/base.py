@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dynametric.errors import InputError
+from dynametric.errors import ConfigError, InputError
 from dynametric.labels import as_label_matrix
 
 log = logging.getLogger(__name__)
@@ -391,6 +391,16 @@ def _oriented_box(box: tuple[int, int, int, int], size: tuple[int, int],
             6: (h - b, l, h - t, r), 7: (h - b, w - r, h - t, w - l), 8: (t, w - r, b, w - l)}.get(orientation, box)
 
 
+def yes_no(value: Any, name: str) -> bool:
+    """``value`` of the on/off option ``name`` (``swap_rb``, ``skip_corrupt``, ``check_files`` ...) as a bool: only
+    ``True`` / ``False`` (numpy's bools too) are taken; anything else (``'maybe'``, ``'false'`` in quotes, ``1``)
+    raises a ConfigError keyed ``name``, where reading it by truth would have switched the option on."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    shown = repr(value) if value is None or isinstance(value, (str, int, float)) else type(value).__name__
+    raise ConfigError(f"expected true or false, got {shown}", key=name)
+
+
 def load_rgb(path: str | Path | IO[bytes], swap_rb: bool = False,
              box: tuple[int, int, int, int] | None = None) -> Image.Image:
     """Open and fully decode an image as RGB with :func:`to_rgb` (EXIF orientation applied, 16-bit and float
@@ -621,8 +631,8 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         self.id_maps: list[dict[Hashable, int]] = [{c: i for i, c in enumerate(ids)} for ids in self.class_ids]
         self.class_names = list(class_names) if class_names is not None else None
         self.transform = transform
-        self.swap_rb = bool(swap_rb)
-        self.skip_corrupt = bool(skip_corrupt)
+        self.swap_rb = yes_no(swap_rb, "swap_rb")
+        self.skip_corrupt = yes_no(skip_corrupt, "skip_corrupt")
         self.report = report if report is not None else LoadReport(split=split, records=len(paths))
         self.name = name
         self.skipped_corrupt = 0
@@ -637,6 +647,7 @@ class HierarchicalImageDataset(torch.utils.data.Dataset):
         """Apply the strict/lenient policy to a reader's records and build the dataset."""
         if mode not in MODES:
             raise InputError(f"mode must be one of {list(MODES)}, got {mode!r}", key="mode")
+        check_hierarchy = yes_no(check_hierarchy, "check_hierarchy")
         report = records.report
         for warning in report.warnings:
             log.warning("%s split %r: %s", name, records.split, warning)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from dynametric.data.base import HierarchicalImageDataset, SplitRecords
+from dynametric.data.base import HierarchicalImageDataset, SplitRecords, yes_no
 from dynametric.data.dyml import DyMLFormat
 from dynametric.data.generic import CSVFormat, FolderFormat
 from dynametric.data.oml import CroppedImageDataset, OMLFormat
@@ -107,12 +107,16 @@ def synthetic_splits() -> list[str]:
 
 
 def split_options(fmt: DatasetFormat, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split ``options`` into (common, reader-specific) and reject unknown keys naming the valid ones."""
+    """Split ``options`` into (common, reader-specific) and reject unknown keys naming the valid ones, and a value
+    of an on/off option (one whose default is ``True`` or ``False``: ``swap_rb``, ``allow_outside_root`` ...) that
+    is not ``True`` / ``False`` (:func:`~dynametric.data.base.yes_no`; ``'no'`` would have read as on)."""
     valid = set(COMMON_OPTIONS) | set(fmt.options)
     bad = sorted(set(options) - valid)
     if bad:
         raise ConfigError(f"unknown option(s) {bad} for format {fmt.name!r}; valid options: {sorted(valid)}",
                           key=bad[0])
+    defaults = {**fmt.options, **COMMON_OPTIONS}
+    options = {k: yes_no(v, k) if isinstance(defaults[k], bool) else v for k, v in options.items()}
     common = {k: options.get(k, v) for k, v in COMMON_OPTIONS.items()}
     reader = {k: options[k] for k in fmt.options if k in options}
     reader["check_files"] = common["check_files"]

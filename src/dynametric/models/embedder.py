@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from dynametric.errors import ConfigError, InputError, first_sentence
 from dynametric.models.backbones import TIMM_SOURCE_PREFIXES, Backbone, create_backbone
-from dynametric.models.heads import EmbeddingHead, GlobalPool, PoolingMode
+from dynametric.models.heads import MAX_EMBEDDING_DIM, EmbeddingHead, GlobalPool, PoolingMode
 
 logger = logging.getLogger(__name__)
 
@@ -405,8 +405,8 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
         raise ConfigError(f"head_dims must have num_heads={num_heads} entries, got {len(dims)}",
                           key="model.head_dims")
     for i, dim in enumerate(dims):  # here, keyed as given (EmbeddingHead's own check names model.embedding_dim)
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ConfigError(f"a head's width must be an integer >= 1 or null, got {dim!r}",
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_EMBEDDING_DIM):
+            raise ConfigError(f"a head's width must be an integer from 1 to {MAX_EMBEDDING_DIM} or null, got {dim!r}",
                               key=f"model.head_dims[{i}]" if head_dims is not None else "model.embedding_dim")
     body = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **dict(backbone_kwargs or {}))
     if pooling == "token" and not body.has_class_token:  # here, not at the first forward (`train --dry-run` builds)

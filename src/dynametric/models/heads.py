@@ -74,13 +74,17 @@ class GlobalPool(nn.Module):
         return avg + mx if self.mode == "avgmax" else torch.cat([avg, mx], dim=1)
 
 
+MAX_EMBEDDING_DIM = 2**31 - 1
+"""The widest head: torch sizes a layer with a C ``int`` (a wider one ended in a TypeError traceback)."""
+
+
 class EmbeddingHead(nn.Module):
     """``e = W f + b`` (or the identity when ``embedding_dim`` is ``None``), optionally L2-normalised."""
 
     def __init__(self, in_dim: int, embedding_dim: int | None, normalize: bool = True, eps: float = 1e-12) -> None:
         super().__init__()
-        if embedding_dim is not None and embedding_dim < 1:
-            raise ConfigError(f"embedding dimension must be >= 1 or null, got {embedding_dim}",
+        if embedding_dim is not None and not 1 <= embedding_dim <= MAX_EMBEDDING_DIM:  # torch takes a C int
+            raise ConfigError(f"embedding dimension must be from 1 to {MAX_EMBEDDING_DIM} or null, got {embedding_dim}",
                               key="model.embedding_dim")
         self.proj: nn.Module = nn.Identity() if embedding_dim is None else nn.Linear(in_dim, embedding_dim)
         self.out_dim = in_dim if embedding_dim is None else int(embedding_dim)
