@@ -138,16 +138,25 @@ class MetricSpec:
     k: int | None = None
 
 
+def _cut(k: int | None) -> int:
+    """An ``@k`` metric's ``k``, at most :data:`_RANK_BOUND`: a ``k`` past every rank and every ``R_q`` gives the
+    same value (``rank_j <= k`` for every item, ``min(k, R_q) = R_q``) and the comparison stays within int64."""
+    assert k is not None
+    return min(k, _RANK_BOUND)
+
+
 def _recall_at_k(v: RankRows, k: int | None) -> Any:
-    return v.as_float(v.first <= k)
+    return v.as_float(v.first <= _cut(k))
 
 
 def _precision_at_k(v: RankRows, k: int | None) -> Any:
-    return v.count(v.rank <= k) / v.denom_at(k)  # type: ignore[arg-type]
+    k = _cut(k)
+    return v.count(v.rank <= k) / v.denom_at(k)
 
 
 def _map_at_k(v: RankRows, k: int | None) -> Any:
-    return v.sum(v.prec, where=v.rank <= k) / v.denom_at(k)  # type: ignore[arg-type]
+    k = _cut(k)
+    return v.sum(v.prec, where=v.rank <= k) / v.denom_at(k)
 
 
 def _r_precision(v: RankRows, k: int | None) -> Any:
