@@ -78,3 +78,28 @@ def test_the_batches_are_checked_for_every_process_of_the_run(tmp_path, capsys):
     assert main([*args, "trainer.devices=2"]) == 2  # the run: refused before the other rank starts, nothing written
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("= 96 items; lower the batch size")
     assert not out.exists()
+
+
+def test_the_fitting_m_hint_is_found_at_once_for_a_huge_batch_size():
+    """QA: ``--dry-run data.batch_size=4000000028`` hung: the ``data.m=`` hint tried every m up to batch_size / 2.
+    4000000028 = 4 x 1000000007 (a prime): the fitting m with at most 10 classes per batch is 1000000007."""
+    import threading
+
+    from dynametric.engine.preflight import check_batches
+
+    cfg = load_config(None, ["data.batch_size=4000000028", "data.m=4"])
+    train = SimpleNamespace(labels=torch.arange(40).reshape(40, 1) // 4)  # 10 classes of 4
+    errors: list[ConfigError] = []
+
+    def check() -> None:
+        try:
+            check_batches(cfg, train)
+        except ConfigError as err:
+            errors.append(err)
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "the hint search did not finish within 5 s"
+    assert len(errors) == 1 and errors[0].key == "data.batch_size"
+    assert str(errors[0]).endswith("but the training split has only 10; try data.batch_size=40 or data.m=1000000007")

@@ -59,10 +59,12 @@ def _fitting_values(batch_size: int, m: int, classes: int, world: int = 1) -> li
     fit = classes // world  # classes each process's batch can have
     if fit >= 2:  # at least two classes per batch, else there is no negative
         out.append(f"data.batch_size={m * fit}")
-        # the smallest m that divides batch_size and needs at most `fit` classes (>= 2)
-        for cand in range(m + 1, batch_size // 2 + 1):
-            if batch_size % cand == 0 and 2 <= batch_size // cand <= fit:
-                out.append(f"data.m={cand}")
+        # the smallest m above the configured one that divides batch_size and needs at most `fit` classes (>= 2):
+        # searched over the classes per batch (at most `fit`, the training split's class count, from the most down),
+        # not over m up to batch_size / 2 (a huge batch_size made that search take hours)
+        for per_batch in range(min(fit, batch_size // 2), 1, -1):
+            if batch_size % per_batch == 0 and batch_size // per_batch > m:
+                out.append(f"data.m={batch_size // per_batch}")
                 break
     if world > 1 and classes // (batch_size // m) >= 1:
         out.append(f"at most {classes // (batch_size // m)} process(es) in all (trainer.devices x trainer.num_nodes)")

@@ -874,7 +874,7 @@ def run_ranking(problem: RankingProblem, *, k_values: tuple[int, ...], metrics: 
         problem.gallery_sq_norms = (problem.gallery * problem.gallery).sum(1)
     cs = build_candidate_sets(problem.query_labels, problem.gallery_labels)
     chunk_rows = plan_chunk_rows(nq, ng, memory_budget_bytes, num_scales, cs.max_size)
-    harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1))
+    harmonic = harmonic_numbers(max(ng, min(asi_cutoff or 0, ng + 1), 1))  # H_N beyond the gallery: harmonic_at
     accs = [ScaleAccumulator(nq) for _ in range(num_scales)]
     gallery_labels = [problem.gallery_labels[:, s].contiguous().numpy() for s in range(num_scales)]
     threads = _ordered_threads()

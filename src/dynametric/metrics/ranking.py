@@ -27,6 +27,7 @@ produces them, and return per-query values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -102,6 +103,11 @@ class RankRows:
         """``H_{rank_j - 1}`` per item where ``mask``, else 0 (float64)."""
         raise NotImplementedError
 
+    def harmonic_at(self, n: int) -> Any:
+        """``H_n`` for one int ``n`` as a per-row float64 constant; ``n`` may exceed the gallery (a fixed ASI cut-off
+        of any size: :func:`harmonic_number`)."""
+        return self.full(harmonic_number(n))
+
 
 @dataclass(frozen=True)
 class RankMetric:
@@ -132,16 +138,25 @@ class MetricSpec:
     k: int | None = None
 
 
+def _cut(k: int | None) -> int:
+    """An ``@k`` metric's ``k``, at most :data:`_RANK_BOUND`: a ``k`` past every rank and every ``R_q`` gives the
+    same value (``rank_j <= k`` for every item, ``min(k, R_q) = R_q``) and the comparison stays within int64."""
+    assert k is not None
+    return min(k, _RANK_BOUND)
+
+
 def _recall_at_k(v: RankRows, k: int | None) -> Any:
-    return v.as_float(v.first <= k)
+    return v.as_float(v.first <= _cut(k))
 
 
 def _precision_at_k(v: RankRows, k: int | None) -> Any:
-    return v.count(v.rank <= k) / v.denom_at(k)  # type: ignore[arg-type]
+    k = _cut(k)
+    return v.count(v.rank <= k) / v.denom_at(k)
 
 
 def _map_at_k(v: RankRows, k: int | None) -> Any:
-    return v.sum(v.prec, where=v.rank <= k) / v.denom_at(k)  # type: ignore[arg-type]
+    k = _cut(k)
+    return v.sum(v.prec, where=v.rank <= k) / v.denom_at(k)
 
 
 def _r_precision(v: RankRows, k: int | None) -> Any:
@@ -158,10 +173,11 @@ def _average_precision(v: RankRows, k: int | None) -> Any:
 
 def _asi(v: RankRows, k: int | None) -> Any:
     # sum_{rank_j <= N} (H_N - H_{rank_j - 1}) = |{j : rank_j <= N}| * H_N - sum_{rank_j <= N} H_{rank_j - 1}
+    # a fixed N beyond the gallery: every relevant item is inside and H_N comes from harmonic_number (no table of N)
     n = v.asi_cutoff
-    inside = v.in_r if n is None else v.rank <= n
-    cut = v.r_count if n is None else v.full(n)
-    sums = v.count(inside) * v.harmonic(cut) - v.sum(v.harmonic_before(inside))
+    inside = v.in_r if n is None else v.rank <= min(n, _RANK_BOUND)
+    h_n = v.harmonic(v.r_count) if n is None else v.harmonic_at(n)
+    sums = v.count(inside) * h_n - v.sum(v.harmonic_before(inside))
     return sums / (v.denom if n is None else v.full(float(n)))
 
 
@@ -246,6 +262,26 @@ def max_rank_needed(k_values: tuple[int, ...], metrics: Iterable[str | MetricSpe
     return max([1, asi_cutoff or 0, *ks])
 
 
+_RANK_BOUND = 2**62
+"""Above every rank of a relevant item (ranks are at most the gallery size), below the padding rank (int64 max)."""
+
+_HARMONIC_EXACT_MAX = 2**20
+
+
+def harmonic_number(n: int) -> float:
+    """``H_n`` in float64 for one int ``n >= 0`` of any size: summed as :func:`harmonic_numbers` sums it up to
+    2**20, beyond by the asymptotic expansion ``ln n + gamma + 1/(2n) - 1/(12n^2) + 1/(120n^4) - 1/(252n^6)``
+    (its error is below ``1/(240 n^8)``, far under float64 resolution there)."""
+    if n <= _HARMONIC_EXACT_MAX:
+        return float(harmonic_numbers(n)[n])
+    x = float(n)
+    inv2 = 1.0 / (x * x)
+    return math.log(n) + _EULER_GAMMA + 0.5 / x - inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 / 252))
+
+
+_EULER_GAMMA = 0.57721566490153286060651209
+
+
 def harmonic_numbers(n: int) -> torch.Tensor:
     """``H[0..n]`` in float64 with ``H[0] = 0`` and ``H[k] = sum_{i<=k} 1/i``."""
     h = torch.zeros(n + 1, dtype=torch.float64)
@@ -295,7 +331,8 @@ class FlatRankRows(RankRows):
     @cached_property
     def _h(self) -> np.ndarray:
         rk, r_count, cut = self.rank, self.r_count, self.asi_cutoff
-        top = max(int(rk.max()) if rk.size else 0, cut or 0, int(r_count.max()) if self.num_rows else 0, 1)
+        top = max(int(rk.max()) if rk.size else 0, min(cut or 0, _HARMONIC_EXACT_MAX),
+                  int(r_count.max()) if self.num_rows else 0, 1)
         h = self._harmonic_in
         return h.numpy() if h is not None and h.numel() > top else harmonic_numbers(top).numpy()
 
@@ -325,6 +362,9 @@ class FlatRankRows(RankRows):
 
     def harmonic(self, n: np.ndarray) -> np.ndarray:
         return self._h[n]
+
+    def harmonic_at(self, n: int) -> np.ndarray:
+        return self.full(float(self._h[n])) if n < self._h.size else super().harmonic_at(n)
 
     def harmonic_before(self, mask: np.ndarray) -> np.ndarray:
         h_prev = np.concatenate(([0.0], self._h[:-1]))  # h_prev[r] = H_{r-1}

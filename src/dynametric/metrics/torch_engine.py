@@ -269,6 +269,9 @@ class PaddedRankRows(RankRows):
     def harmonic(self, n: torch.Tensor) -> torch.Tensor:
         return self._h[n]
 
+    def harmonic_at(self, n: int) -> torch.Tensor:
+        return self._h[n].expand_as(self.denom).clone() if n < self._h.numel() else super().harmonic_at(n)
+
     def harmonic_before(self, mask: torch.Tensor) -> torch.Tensor:
         return torch.where(mask, self._h[torch.where(mask, self.rank, torch.ones_like(self.rank)) - 1], self.zero)
 
@@ -505,7 +508,7 @@ def run_ranking_torch(problem: RankingProblem, device: torch.device, *, k_values
         ranges_dev = {src: (torch.from_numpy(o).to(device), torch.from_numpy(lo).to(device),
                             torch.from_numpy(hi).to(device)) for src, (o, lo, hi) in ranges.items()}
         kept_dev = (ng - excl).to(device)
-        harmonic = harmonic_numbers(max(ng, asi_cutoff or 0, 1)).to(device)
+        harmonic = harmonic_numbers(max(ng, min(asi_cutoff or 0, ng + 1), 1)).to(device)  # H_N beyond: harmonic_at
         values = [{sp.name: torch.zeros(nq, dtype=torch.float64, device=device) for sp in specs}
                   for _ in range(num_scales)]
         overflow = torch.zeros((), dtype=torch.bool, device=device)
