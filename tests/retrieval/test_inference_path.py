@@ -173,7 +173,7 @@ def test_missing_files_and_options(run: Path, tmp_path: Path, monkeypatch) -> No
     (["--device", "cuda"], "key '--device': device 'cuda' asked for, but no CUDA GPU is available"),
     (["--device", "gpu0"], "key '--device': unknown device 'gpu0'; expected auto, cpu, cuda, cuda:N or mps"),
     (["--precision", "fp16", "--device", "cpu"], "key '--precision': fp16 autocast needs a CUDA device"),
-    (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer from 1 to 2147483647, got '0'"),
     (["--workers", "-2"], "argument --workers: expected an integer from 0 to 128 or 'auto', got -2"),
     (["--workers", "100000"], "argument --workers: expected an integer from 0 to 128 or 'auto', got 100000"),
 ])
