@@ -41,18 +41,20 @@ INT31_MAX = 2**31 - 1
 def positive_int31(text: str) -> int:
     """:func:`positive_int` up to :data:`INT31_MAX`: for the options whose value goes to faiss (``index build
     --m``, ``--ef-search`` ...) or sizes a batch (``--batch-size``), where a larger one ended in a traceback."""
-    value = _number(text, int, f"an integer from 1 to {INT31_MAX}")
-    if not 1 <= value <= INT31_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {INT31_MAX}, got {text!r}")
-    return value
+    return _int_from(text, 1, INT31_MAX)
 
 
 def seed_int(text: str) -> int:
     """A k-means seed: an integer from 0 to :data:`~dynametric.metrics.clustering.KMEANS_SEED_MAX` (2**31 - 1)."""
-    value = _number(text, int, "an integer from 0 to 2147483647")
-    if not 0 <= value <= 2**31 - 1:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2147483647, got {text!r}")
-    return value
+    return _int_from(text, 0, INT31_MAX)
+
+
+def _int_from(text: str, low: int, high: int) -> int:
+    """``text`` as an integer from ``low`` to ``high``, else argparse's error saying that range."""
+    value = _number(text, int, f"an integer from {low} to {high}")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}")
+    return int(value)
 
 
 def positive_float(text: str) -> float:
