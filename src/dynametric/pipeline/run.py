@@ -134,8 +134,6 @@ if TYPE_CHECKING:
 __all__ = ["LOCK_FILE", "ResumedCheckpoint", "RunClaim", "RunOutOfMemory", "RunResult", "check_resume",
            "claim_run_folder", "default_run_dir", "dry_run", "lock_holder", "quiet_lightning", "run_training"]
 
-logger = logging.getLogger("dynametric.engine")
-
 
 @dataclass
 class RunResult:
