@@ -172,6 +172,54 @@ def test_config_keys_read_when_the_model_loads_name_where_they_were_set(tiny_ckp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["embed", "export"])
+def test_an_unknown_head_names_the_head_flag_before_anything_is_written(tiny_ckpt, tiny_images, tmp_path, capsys,
+                                                                       command) -> None:
+    """`embed --head nope` was `key 'head': ...`, raised by the first batch after the job's embed.json recorded the
+    head (a rerun without it then needed --overwrite)."""
+    from dynametric.config import load_config, save_config
+    from dynametric.engine.builders import build_model
+
+    two = tmp_path / "two"  # a two-head run: its head names are the choices
+    two.mkdir()
+    cfg = load_config(None, ["model.embedding_dim=8", "model.num_heads=2",
+                             "model.backbone_kwargs={width: 4, depth: 2}"])
+    save_config(cfg, two / "config.yaml")
+    save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in build_model(cfg).state_dict().items()},
+                          "epoch": 0}, two / "best.ckpt")
+    heads = list(build_model(cfg).head_names)
+    args = ["--images", str(tiny_images / "imgs")] if command == "embed" else []
+    out = tmp_path / ("out" if command == "embed" else "out.pt")
+    for ckpt, expected in (
+            (tiny_ckpt, "the model has a single output, but head 'nope' was requested (expected no head, or "
+                        "'concat')"),
+            (two / "best.ckpt", f"unknown head 'nope'; expected one of {[*heads, 'concat']} (the model's heads, or "
+                                "'concat' for all of them)")):
+        assert main([command, "--checkpoint", str(ckpt), *args, "--out", str(out), "--head", "nope"]) == 2
+        assert capsys.readouterr().err.strip() == f"dynametric {command}: error: key '--head': {expected}"
+        assert not out.exists()
+    if command == "embed":  # the model's own head names still embed
+        assert _embed(two / "best.ckpt", tiny_images, tmp_path / "out", "--head", heads[1]) == 0
+
+
+def test_a_head_in_index_json_the_model_lacks_names_index_json(tiny_ckpt, tiny_images, tmp_path, capsys) -> None:
+    """search has no --head: the head it embeds queries with is index.json's `model.head`."""
+    import json
+
+    pytest.importorskip("faiss")
+    assert _embed(tiny_ckpt, tiny_images, tmp_path / "emb") == 0
+    assert main(["index", "build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    meta["model"]["head"] = "nope"
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    image = sorted((tiny_images / "imgs").rglob("*.png"))[0]
+    assert main(["search", "--index", str(tmp_path / "idx"), "--image", str(image)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric search: error: {tmp_path / 'idx' / 'index.json'} key 'model.head': the model has a single "
+        "output, but head 'nope' was requested (expected no head, or 'concat')")
+
+
 def test_fixing_a_bad_image_in_an_unfinished_shard_resumes(tiny_ckpt, tmp_path, capsys) -> None:
     """A bad image that stopped the job, repaired: the rerun refused `1 image file(s) changed since they were embedded
     ... use --overwrite`, though its row was never embedded (each file's size and time were recorded at the start)."""
