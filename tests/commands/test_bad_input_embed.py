@@ -220,6 +220,27 @@ def test_a_head_in_index_json_the_model_lacks_names_index_json(tiny_ckpt, tiny_i
         "output, but head 'nope' was requested (expected no head, or 'concat')")
 
 
+@pytest.mark.parametrize("command", ["embed", "export"])
+def test_an_image_size_too_large_for_memory_says_so_naming_the_flag(tiny_ckpt, tiny_images, tmp_path, capsys,
+                                                                    command) -> None:
+    """`--image-size 100000` said `backbone 'simple_cnn' cannot run on a 100000x100000 image ... (RuntimeError:
+    [enforce fail at alloc_cpu.cpp:127] err == 0.); the run's model takes its own size`: not that it was too large
+    for memory. 10**8 (107 PiB of input) fails to allocate on any machine; 10**20 is beyond torch's sizes."""
+    args = ["--images", str(tiny_images / "imgs")] if command == "embed" else []
+    out = tmp_path / ("out" if command == "embed" else "out.pt")
+    for size, why in (
+            (10**8, "out of memory running backbone 'simple_cnn' on one 100000000x100000000 image with 3 channel(s) "
+                    "(its float32 input alone is 107 PiB)"),
+            (10**20, f"one {10**20}x{10**20} image with 3 channel(s) is more than 2**63 - 1 bytes as float32 "
+                     "(torch's limit)")):
+        assert main([command, "--checkpoint", str(tiny_ckpt), *args, "--out", str(out), "--image-size",
+                     str(size)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"dynametric {command}: error: key '--image-size': image size {size} is too large: {why}; expected a "
+            "size whose images fit in memory")
+        assert not out.exists()
+
+
 def test_fixing_a_bad_image_in_an_unfinished_shard_resumes(tiny_ckpt, tmp_path, capsys) -> None:
     """A bad image that stopped the job, repaired: the rerun refused `1 image file(s) changed since they were embedded
     ... use --overwrite`, though its row was never embedded (each file's size and time were recorded at the start)."""

@@ -267,8 +267,10 @@ def _check_image_size(model: torch.nn.Module, size: int, in_chans: int, key: str
     if not callable(check):
         return
     try:
-        check(size, in_chans)
+        check(size, in_chans, size_key=key)
     except ConfigError as exc:
+        if exc.key == key:  # the size itself is too large (out of memory): the message says so
+            raise
         raise ConfigError(f"{exc.message}; the run's model takes its own size (leave the image size unset)",
                           key=key) from None
 
