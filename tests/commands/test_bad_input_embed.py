@@ -172,6 +172,75 @@ def test_config_keys_read_when_the_model_loads_name_where_they_were_set(tiny_ckp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["embed", "export"])
+def test_an_unknown_head_names_the_head_flag_before_anything_is_written(tiny_ckpt, tiny_images, tmp_path, capsys,
+                                                                       command) -> None:
+    """`embed --head nope` was `key 'head': ...`, raised by the first batch after the job's embed.json recorded the
+    head (a rerun without it then needed --overwrite)."""
+    from dynametric.config import load_config, save_config
+    from dynametric.engine.builders import build_model
+
+    two = tmp_path / "two"  # a two-head run: its head names are the choices
+    two.mkdir()
+    cfg = load_config(None, ["model.embedding_dim=8", "model.num_heads=2",
+                             "model.backbone_kwargs={width: 4, depth: 2}"])
+    save_config(cfg, two / "config.yaml")
+    save_checkpoint_file({"state_dict": {f"embedder.{k}": v for k, v in build_model(cfg).state_dict().items()},
+                          "epoch": 0}, two / "best.ckpt")
+    heads = list(build_model(cfg).head_names)
+    args = ["--images", str(tiny_images / "imgs")] if command == "embed" else []
+    out = tmp_path / ("out" if command == "embed" else "out.pt")
+    for ckpt, expected in (
+            (tiny_ckpt, "the model has a single output, but head 'nope' was requested (expected no head, or "
+                        "'concat')"),
+            (two / "best.ckpt", f"unknown head 'nope'; expected one of {[*heads, 'concat']} (the model's heads, or "
+                                "'concat' for all of them)")):
+        assert main([command, "--checkpoint", str(ckpt), *args, "--out", str(out), "--head", "nope"]) == 2
+        assert capsys.readouterr().err.strip() == f"dynametric {command}: error: key '--head': {expected}"
+        assert not out.exists()
+    if command == "embed":  # the model's own head names still embed
+        assert _embed(two / "best.ckpt", tiny_images, tmp_path / "out", "--head", heads[1]) == 0
+
+
+def test_a_head_in_index_json_the_model_lacks_names_index_json(tiny_ckpt, tiny_images, tmp_path, capsys) -> None:
+    """search has no --head: the head it embeds queries with is index.json's `model.head`."""
+    import json
+
+    pytest.importorskip("faiss")
+    assert _embed(tiny_ckpt, tiny_images, tmp_path / "emb") == 0
+    assert main(["index", "build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    meta["model"]["head"] = "nope"
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    image = sorted((tiny_images / "imgs").rglob("*.png"))[0]
+    assert main(["search", "--index", str(tmp_path / "idx"), "--image", str(image)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric search: error: {tmp_path / 'idx' / 'index.json'} key 'model.head': the model has a single "
+        "output, but head 'nope' was requested (expected no head, or 'concat')")
+
+
+@pytest.mark.parametrize("command", ["embed", "export"])
+def test_an_image_size_too_large_for_memory_says_so_naming_the_flag(tiny_ckpt, tiny_images, tmp_path, capsys,
+                                                                    command) -> None:
+    """`--image-size 100000` said `backbone 'simple_cnn' cannot run on a 100000x100000 image ... (RuntimeError:
+    [enforce fail at alloc_cpu.cpp:127] err == 0.); the run's model takes its own size`: not that it was too large
+    for memory. 10**8 (107 PiB of input) fails to allocate on any machine; 10**20 is beyond torch's sizes."""
+    args = ["--images", str(tiny_images / "imgs")] if command == "embed" else []
+    out = tmp_path / ("out" if command == "embed" else "out.pt")
+    for size, why in (
+            (10**8, "out of memory running backbone 'simple_cnn' on one 100000000x100000000 image with 3 channel(s) "
+                    "(its float32 input alone is 107 PiB)"),
+            (10**20, f"one {10**20}x{10**20} image with 3 channel(s) is more than 2**63 - 1 bytes as float32 "
+                     "(torch's limit)")):
+        assert main([command, "--checkpoint", str(tiny_ckpt), *args, "--out", str(out), "--image-size",
+                     str(size)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"dynametric {command}: error: key '--image-size': image size {size} is too large: {why}; expected a "
+            "size whose images fit in memory")
+        assert not out.exists()
+
+
 def test_fixing_a_bad_image_in_an_unfinished_shard_resumes(tiny_ckpt, tmp_path, capsys) -> None:
     """A bad image that stopped the job, repaired: the rerun refused `1 image file(s) changed since they were embedded
     ... use --overwrite`, though its row was never embedded (each file's size and time were recorded at the start)."""

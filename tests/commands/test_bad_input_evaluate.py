@@ -133,6 +133,15 @@ def test_impossible_option_values(tmp_path, emb, capsys, argv, expected) -> None
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)
 
 
+@pytest.mark.parametrize("metric", ["abc", "", "1e", "200", "-1", "nan"])
+def test_a_bad_fnmr_percentage_says_what_is_expected(tmp_path, emb, capsys, metric) -> None:
+    """`fnmr@fmr=abc` quoted float()'s `could not convert string to float: 'abc'`, not what was expected."""
+    line = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(_labels(tmp_path, GOOD)),
+                           "--metrics", f"fnmr@fmr={metric}")
+    assert line == (f"dynametric evaluate: error: key 'metrics': bad metric 'fnmr@fmr={metric}': fnmr@fmr=<p> needs "
+                    f"a percentage p in [0, 100], got {metric!r}")
+
+
 def test_a_budget_below_one_byte_is_refused(tmp_path, emb, capsys) -> None:
     # int(1e-7 * 2**20) is 0 bytes: it ran with a zero budget (one row per chunk) instead of saying so
     line = _one_line_error(capsys, "--embeddings", str(emb), "--labels", str(_labels(tmp_path, GOOD)),

@@ -153,3 +153,39 @@ def test_a_full_standard_output_is_said_without_the_atomic_write_note(index_dir,
     assert main(["search", "--index", str(index_dir), "--embeddings", str(index_dir.parent / "q.npy")]) == 2
     assert capsys.readouterr().err.strip() == ("dynametric search: error: writing to standard output: "
                                                f"{os.strerror(errno.ENOSPC)}")
+
+
+def test_query_labels_from_an_npy_array(tmp_path, capsys) -> None:
+    """`--query-labels x.npy` was read as a CSV (`x.npy:1: not UTF-8 text: byte 0x93 ...`). An integer array
+    [Q, S] (its columns the index's scales, class ids as in the index's labels.npy) gives what the same ids in a
+    CSV give; a wrong shape, dtype or class id is one line naming the file."""
+    s = _set(40)
+    s.class_names = [[], ["animal", "plant"]]  # coarse: text classes, fine: integers
+    RetrievalIndex.build(s, "flat").save(tmp_path / "idx")
+    np.save(tmp_path / "q.npy", _set(3, seed=1).embeddings)
+    ids = np.array([[4, 1], [3, 0], [0, 1]], dtype=np.int32)
+    (tmp_path / "ql.csv").write_text("fine,coarse\n" + "".join(f"{a},{b}\n" for a, b in ids))
+    np.save(tmp_path / "ql.npy", ids)
+
+    def search(labels: str, same: str = "coarse") -> str:
+        assert main(["search", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "q.npy"), "-k", "3",
+                     "--same", same, "--query-labels", str(tmp_path / labels), "--json"]) == 0
+        return capsys.readouterr().out
+
+    for same in ("coarse", "fine"):
+        out = search("ql.npy", same)
+        assert out == search("ql.csv", same)
+        assert [q["query_label"] for q in json.loads(out)["queries"]] == (
+            ["plant", "animal", "plant"] if same == "coarse" else [4, 3, 0])
+    for arr, expected in [
+        (ids[:, 0], "expected an integer array of shape [3, 2] (one column per scale of the index, ['fine', "
+                    "'coarse'] in order), got 1 column(s)"),
+        (ids[:2], "2 label rows for 3 queries"),
+        (ids.astype(np.float32), "expected integer labels, got dtype float32"),
+        (np.array([[4, 1], [3, 2], [0, 1]]), "column 1 ('coarse'), row 1 (0-based): expected a class id 0..1 of the "
+                                             "index's 2 coarse classes (animal, plant), got 2"),
+    ]:
+        np.save(tmp_path / "bad.npy", arr)
+        assert main(["search", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "q.npy"),
+                     "--same", "coarse", "--query-labels", str(tmp_path / "bad.npy")]) == 2
+        assert capsys.readouterr().err.strip() == f"dynametric search: error: {tmp_path / 'bad.npy'}: {expected}"

@@ -335,6 +335,24 @@ def test_the_synthetic_data_seed_option_is_checked_and_keyed_to_data_options(cap
         "be an integer >= 0, got 2.5")
 
 
+def test_an_image_size_too_large_for_memory_is_keyed_data_image_size(tmp_path, capsys) -> None:
+    """`data.image_size=10**20` was `key 'model.backbone': backbone 'simple_cnn' cannot run on a ... image
+    (TypeError: ... Overflow when unpacking long long)`: the size is the key to change, and memory the reason."""
+    huge = 10**20
+    assert _dry(capsys, f"data.image_size={huge}") == (
+        f"dynametric train: error: <command line> key 'data.image_size': image size {huge} is too large: one "
+        f"{huge}x{huge} image with 3 channel(s) is more than 2**63 - 1 bytes as float32 (torch's limit); expected a "
+        "size whose images fit in memory")
+    assert _dry(capsys, "data.image_size=100000000") == (
+        "dynametric train: error: <command line> key 'data.image_size': image size 100000000 is too large: out of "
+        "memory running backbone 'simple_cnn' on one 100000000x100000000 image with 3 channel(s) (its float32 input "
+        "alone is 107 PiB); expected a size whose images fit in memory")
+    cfg = tmp_path / "big.yaml"  # set in a file: its line
+    cfg.write_text("data:\n  image_size: 100000000\n")
+    assert _dry(capsys, "--config", str(cfg)).startswith(
+        f"dynametric train: error: {cfg}:2 key 'data.image_size': image size 100000000 is too large: out of memory")
+
+
 def test_a_missing_dataset_root_names_data_root_where_it_was_set(tmp_path, capsys, monkeypatch) -> None:
     """Was `<unset>: dataset root not found for format 'csv'` (a file named `<unset>`) and `key 'root': ...`. What
     the root should hold is the reader's own description, as `evaluate --checkpoint` says it (`train` said `expected

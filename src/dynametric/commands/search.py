@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--same", default=None, help="only items with the query's label at this scale")
     p.add_argument("--query-labels", type=path_arg, default=None,
                    help="CSV with a header of the index's scale names, one row per query (for --same): class "
-                        "names as the index shows them, or integer class ids")
+                        "names as the index shows them, or integer class ids; or an .npy integer array [Q, S] of "
+                        "class ids, its columns the index's scales in order")
     p.add_argument("--exclude-self", action="store_true",
                    help="drop each query's own item: the indexed item with the query's file (--image files, or "
                         "the items of an --embeddings embed folder), matched by path")

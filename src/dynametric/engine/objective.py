@@ -94,7 +94,8 @@ def select_head(outputs: torch.Tensor | Mapping[str, torch.Tensor] | Sequence[to
     """
     if isinstance(outputs, torch.Tensor):
         if head not in (None, 0, "concat"):
-            raise ConfigError(f"the model has a single output, but head {head!r} was requested", key="head")
+            raise ConfigError(f"the model has a single output, but head {head!r} was requested (expected no head, "
+                              "or 'concat')", key="head")
         return outputs
     items = list(outputs.values()) if isinstance(outputs, Mapping) else list(outputs)
     if head == "concat":

@@ -157,7 +157,10 @@ def parse_fmr(name: str) -> float | None:
     head, sep, tail = name.partition("=")
     if head != "fnmr@fmr" or not sep:
         return None
-    value = float(tail)
+    try:
+        value = float(tail)
+    except ValueError:  # float()'s own "could not convert string to float" said nothing of what was expected
+        value = math.nan
     if not (0.0 <= value <= 100.0) or math.isnan(value):
         raise ValueError(f"fnmr@fmr=<p> needs a percentage p in [0, 100], got {tail!r}")
     return value

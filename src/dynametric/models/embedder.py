@@ -140,23 +140,40 @@ class Embedder(nn.Module):
             return self.heads[self.head_names[0]](pooled)
         return {name: self.heads[name](pooled) for name in self.head_names}
 
-    def check_forward(self, image_size: int, in_chans: int | None = None) -> None:
+    def check_forward(self, image_size: int, in_chans: int | None = None, *, size_key: str | None = None) -> None:
         """Run the backbone once on a blank ``[1, in_chans, image_size, image_size]`` image (eval mode, no grad; the
         train/eval mode is restored) and check what the pooling will receive: a tensor of ``[B, C, H, W]``,
         ``[B, N, C]`` or ``[B, C]`` whose ``C`` is the width the backbone reports (``backbone.feature_dim``, from which
         the heads were sized). A one-line :class:`ConfigError` on ``model.backbone`` otherwise, or when the backbone
-        cannot run on such an image (a ViT built for another input size). ``train --dry-run`` calls it with the
-        config's evaluation crop: what a real run would only meet at its first forward pass."""
+        cannot run on such an image (a ViT built for another input size). An image too large for memory (one image's
+        input or the backbone's activations cannot be allocated, or it is more bytes than torch can size) is one
+        line keyed ``size_key``, the option that set the size (``data.image_size``, ``--image-size``; default
+        ``model.backbone``). ``train --dry-run`` calls it with the config's evaluation crop: what a real run would
+        only meet at its first forward pass."""
+        from dynametric.utils.limits import out_of_memory
+
         chans = int(in_chans if in_chans is not None else getattr(self, "build_kwargs", {}).get("in_chans", 3))
         name = self.backbone.name
+        side = int(image_size)
+        image = f"one {side}x{side} image with {chans} channel(s)"
+        if 4 * chans * side * side > _TORCH_BYTES_MAX:  # torch: "Storage size calculation overflowed", or it cannot
+            # even unpack the size (10**20)
+            raise ConfigError(f"image size {side} is too large: {image} is more than 2**63 - 1 bytes as float32 "
+                              "(torch's limit); expected a size whose images fit in memory",
+                              key=size_key or "model.backbone")
         was = self.training
         self.eval()
         try:
             with torch.no_grad():
-                out = self.backbone(torch.zeros(1, chans, int(image_size), int(image_size)))
+                out = self.backbone(torch.zeros(1, chans, side, side))
         except ConfigError:
             raise
         except Exception as exc:  # timm's own input checks, a too small image for a deep CNN, ...
+            if out_of_memory(exc):
+                raise ConfigError(f"image size {side} is too large: out of memory running backbone {name!r} on "
+                                  f"{image} (its float32 input alone is {_binary_size(4 * chans * side * side)}); "
+                                  "expected a size whose images fit in memory",
+                                  key=size_key or "model.backbone") from None
             raise ConfigError(f"backbone {name!r} cannot run on a {image_size}x{image_size} image with {chans} "
                               f"channel(s) ({type(exc).__name__}: {first_sentence(exc)})",
                               key="model.backbone") from None
@@ -230,6 +247,17 @@ class WeightLoadReport:
                          f"({_listing(self.kept_initial, 2)})")
         return "; ".join(parts)
 
+
+_TORCH_BYTES_MAX = 2**63 - 1  # the largest tensor torch can size (int64 bytes)
+
+
+def _binary_size(nbytes: int) -> str:
+    """``nbytes`` in the largest binary unit it reaches: ``112 GiB``, ``1.02e+03 EiB`` beyond exbibytes."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    power = 0
+    while power < len(units) - 1 and nbytes >= 1024 ** (power + 1):
+        power += 1
+    return f"{nbytes} bytes" if power == 0 else f"{nbytes / 1024**power:.3g} {units[power]}"
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 

@@ -175,4 +175,14 @@ def check_backbone_forward(cfg: Config, embedder: torch.nn.Module) -> None:
     CPU forward of a single image, before the model moves to its device). The dry run and the run call it alike."""
     check_forward = getattr(embedder, "check_forward", None)
     if callable(check_forward):
-        check_forward(_eval_crop(cfg), cfg.model.in_chans)
+        check_forward(_eval_crop(cfg), cfg.model.in_chans, size_key=_crop_key(cfg))
+
+
+def _crop_key(cfg: Config) -> str | None:
+    """The key that set the evaluation crop :func:`_eval_crop` gives: ``data.image_size``, the synthetic generator's
+    ``data.options.image_size``, or None (the transform preset's own size)."""
+    if cfg.data.image_size is not None:
+        return "data.image_size"
+    if cfg.data.format == "synthetic" and cfg.data.transform == "default" and "image_size" in dict(cfg.data.options):
+        return "data.options.image_size"
+    return None

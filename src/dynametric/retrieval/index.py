@@ -953,14 +953,19 @@ def read_query_labels(path: Path, index: RetrievalIndex, rows: int) -> tuple[np.
 
     A cell of a scale with text class names (``index.json``'s ``class_names``) is a class name of the index, or
     else an integer class id (``0..C-1``, as ``labels.npy`` holds them); a cell of an integer scale is an integer.
-    Anything else is one line naming the file, line and column."""
+    Anything else is one line naming the file, line and column. A file named ``*.npy`` (or starting with the NumPy
+    header) is an integer array ``[rows, S]`` of class ids instead (:func:`_query_labels_npy`)."""
     from dynametric.data.base import LoadReport, raise_problems
     from dynametric.data.readers import parse_csv
-    from dynametric.utils.readers import check_file, decode_utf8, integer_label
+    from dynametric.utils.readers import check_file, decode_utf8, integer_label, is_npy_file
 
     names = list(index.scale_names)
     path = Path(path)
     check_file(path)
+    classes = [[str(c) for c in index.class_names[s]] if index.class_names and s < len(index.class_names) else []
+               for s in range(len(names))]
+    if is_npy_file(path):
+        return _query_labels_npy(path, names, classes, rows)
     text = decode_utf8(path.read_bytes(), path)
     if "\0" in text:
         raise InputError("contains NUL bytes: not a text CSV", file=path)
@@ -981,8 +986,6 @@ def read_query_labels(path: Path, index: RetrievalIndex, rows: int) -> tuple[np.
     cols = [c.strip() for c in header]
     if cols != names:
         raise InputError(f"columns {cols} differ from the index's scales {names}", file=path, line=header_line)
-    classes = [[str(c) for c in index.class_names[s]] if index.class_names and s < len(index.class_names) else []
-               for s in range(len(names))]
     pos = [{c: i for i, c in enumerate(cl)} for cl in classes]
     body = records[1:]
     if len(body) != rows:
@@ -1007,4 +1010,35 @@ def read_query_labels(path: Path, index: RetrievalIndex, rows: int) -> tuple[np.
                                  line=lineno)
             out[r, s] = number
             shown[s].append(classes[s][number] if classes[s] else str(number))
+    return out, shown
+
+
+def _query_labels_npy(path: Path, names: list[str], classes: list[list[str]],
+                      rows: int) -> tuple[np.ndarray, list[list[str]]]:
+    """:func:`read_query_labels` of an ``.npy`` integer array ``[Q, S]`` (``[Q]`` for a one-scale index): its
+    columns the index's scales in order, its values class ids as the index's ``labels.npy`` holds them (``0..C-1``
+    on a scale with text classes). The checks of :func:`~dynametric.utils.readers.load_labels_npy` (integer dtype,
+    never unpickled, fits int64), then one line naming the file for a shape or a class id that does not fit."""
+    from dynametric.utils.readers import load_labels_npy
+
+    out = load_labels_npy(path)  # [N, S] int64
+    shape = f"[{rows}, {len(names)}]" + (f" or [{rows}]" if len(names) == 1 else "")
+    if out.shape[1] != len(names):
+        raise InputError(f"expected an integer array of shape {shape} (one column per scale of the index, "
+                         f"{names} in order), got {out.shape[1]} column(s)", file=path)
+    if len(out) != rows:
+        raise InputError(f"{len(out)} label rows for {rows} queries", file=path)
+    shown: list[list[str]] = []
+    for s, cl in enumerate(classes):
+        col = out[:, s]
+        if cl:
+            bad = np.flatnonzero((col < 0) | (col >= len(cl)))
+            if len(bad):
+                known = ", ".join(cl[:8]) + (", ..." if len(cl) > 8 else "")
+                raise InputError(f"column {s} ({names[s]!r}), row {int(bad[0])} (0-based): expected a class id "
+                                 f"0..{len(cl) - 1} of the index's {len(cl)} {names[s]} classes ({known}), got "
+                                 f"{int(col[bad[0]])}", file=path)
+            shown.append([cl[int(v)] for v in col])
+        else:
+            shown.append([str(int(v)) for v in col])
     return out, shown

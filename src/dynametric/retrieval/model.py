@@ -10,7 +10,7 @@ transform is the one the engine evaluates with.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,6 +200,21 @@ def _input_size(transform: Any, default: int) -> int:
     return default
 
 
+def _check_head(model: torch.nn.Module, head: str, key: str) -> None:
+    """A ConfigError keyed ``key`` (``--head`` on the command line) when ``model`` declares its outputs
+    (:attr:`~dynametric.models.embedder.Embedder.output_dims`) and ``head`` is none of them; a model that declares
+    none is left to :func:`~dynametric.engine.objective.select_head` as it embeds."""
+    dims = getattr(model, "output_dims", None)
+    if not isinstance(dims, Mapping) or head in dims:
+        return
+    heads = [name for name in dims if name is not None]
+    if None in dims:
+        raise ConfigError(f"the model has a single output, but head {head!r} was requested (expected no head, or "
+                          "'concat')", key=key)
+    raise ConfigError(f"unknown head {head!r}; expected one of {heads} (the model's heads, or 'concat' for all of "
+                      "them)", key=key)
+
+
 def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, overrides: Sequence[str] = (),
                   head: str | None = None, image_size: int | None = None,
                   options: InferenceOptions | None = None, state: dict[str, Any] | None = None) -> LoadedEmbedder:
@@ -224,6 +239,8 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
     opts = options or InferenceOptions()
     run = opts.resolve()  # a bad device, precision, ... before the checkpoint is read
     trained = load_trained(checkpoint, config, overrides=overrides, head=head, state=state)
+    if head is not None:  # before anything is embedded or written (an embed job recorded the bad head)
+        _check_head(trained.model, head, opts.key("head"))
     cfg = trained.cfg
     opts, note = checkpoint_precision(cfg, opts)
     if opts.precision != run.precision:
@@ -250,8 +267,10 @@ def _check_image_size(model: torch.nn.Module, size: int, in_chans: int, key: str
     if not callable(check):
         return
     try:
-        check(size, in_chans)
+        check(size, in_chans, size_key=key)
     except ConfigError as exc:
+        if exc.key == key:  # the size itself is too large (out of memory): the message says so
+            raise
         raise ConfigError(f"{exc.message}; the run's model takes its own size (leave the image size unset)",
                           key=key) from None
 
@@ -334,8 +353,15 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
         if have != want:
             raise InputError(f"checkpoint weights (hash {have}) differ from the model the index was built with "
                              f"(hash {want}); its embeddings are not comparable", file=checkpoint)
-    loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
-                           options=options, state=state)
+    try:
+        loaded = load_embedder(checkpoint, config, head=model.get("head"), image_size=model.get("input_size"),
+                               options=options, state=state)
+    except ConfigError as exc:  # the head is the index's (search has no --head): name index.json's key
+        if exc.key != (options or InferenceOptions()).key("head") or exc.file is not None:
+            raise
+        folder = getattr(index, "loaded_from", None)
+        raise ConfigError(exc.message, file=None if folder is None else Path(folder) / "index.json",
+                          key="model.head") from None
     found = model_mismatch(model, loaded.identity())
     if found is not None:  # --config (or the checkpoint's own config.yaml) embeds otherwise than the index's
         what, _ = found

@@ -420,7 +420,8 @@ def load_labels_npy(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _is_npy(path: Path) -> bool:
+def is_npy_file(path: Path) -> bool:
+    """Whether ``path`` is read as an ``.npy`` array: named ``*.npy``, or starting with the NumPy header."""
     if path.suffix.lower() == ".npy":
         return True
     try:
@@ -435,7 +436,7 @@ def load_labels(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     integer array (``[N]`` or ``[N, S]``; a file named ``*.npy`` or starting with the NumPy header; an array names
     no scales)."""
     path = Path(path)
-    if _is_npy(path):
+    if is_npy_file(path):
         return load_labels_npy(path), None
     return load_labels_csv(path)
 
