@@ -423,8 +423,8 @@ class ImageFiles(Dataset):
     """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError, and so
     does an image of more than ``max_pixels`` pixels (:func:`check_pixels`; ``None``: PIL's own limit only).
 
-    A transform with a ``read_file`` method (:class:`dynametric.data.device_decode.DeviceDecoder`) reads the
-    file itself (JPEG bytes for decoding on the device) and its ``collate`` method is the loader's
+    A transform with a ``read_file(path, fh)`` method (:class:`dynametric.data.device_decode.DeviceDecoder`) reads
+    the file opened here itself (JPEG bytes for decoding on the device) and its ``collate`` method is the loader's
     :attr:`collate_fn`."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
@@ -443,15 +443,16 @@ class ImageFiles(Dataset):
         """The ``i``-th image decoded and transformed. Only a regular file is opened (a FIFO, a device: one line,
         never waited on or read: :func:`~dynametric.utils.readers.open_regular`). With ``stats`` (``[N, 2]``: each
         file's size and modification time as the job recorded them) the file decoded must be the one recorded: the
-        stats of the file that was open (after decoding), or for a transform that reads the file itself of the path
-        right after, must be those; else ``<path>: changed while it was embedded; run the same command again``."""
+        stats of the file that was open (after decoding; a transform that reads the file itself, ``read_file(path,
+        fh)``, reads this open file), must be those; else ``<path>: changed while it was embedded; run the same
+        command again``."""
         path = self.paths[i]
         with _open_image(path) as fh:
             if self.max_pixels is not None:
                 check_pixels(path, self.max_pixels)
-            if self._read is not None:
-                out = self._read(path)
-                self._same_as_recorded(i, os.stat(path))
+            if self._read is not None:  # the file open here is the one read (not the path opened again)
+                out = self._read(path, fh)
+                self._same_as_recorded(i, os.fstat(fh.fileno()))  # what was read, even if replaced since
                 return out
             try:
                 img = load_rgb(fh)
