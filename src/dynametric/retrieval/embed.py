@@ -1203,7 +1203,10 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     input size, precision, decoder) and the same labels (scale and class names); parts that both record the list's
     file stamp must agree on it (a part embedded by a dynametric older than file stamps has none and is merged
     with the others); a missing, repeated, unfinished or foreign part is an error naming it. ``out`` must be new
-    or empty (``overwrite``: replace an earlier embedding job there, as ``embed --overwrite`` does)."""
+    or empty (``overwrite``: replace an earlier embedding job there, as ``embed --overwrite`` does). A part
+    rewritten while it was read (its ``embed.json`` another file) makes every part read again, up to
+    :data:`~dynametric.retrieval.index_files.LOAD_TRIES` times, then :class:`FolderChangedError` (naming the
+    command writing it where its lock says so: :func:`job_changing_error`)."""
     out = Path(out)
     paths = [Path(p) for p in parts]
     if not paths:
