@@ -358,7 +358,8 @@ def test_a_job_renamed_in_while_it_is_read_is_not_paired_with_the_one_read(emb: 
 def test_a_part_renamed_in_while_the_merge_reads_it_is_refused(parts: list[Path], tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """merge-embeddings hashed a part's embeddings.npy, then opened it again: another job renamed in between was
-    merged under the part's record."""
+    merged under the part's record. The parts are read again (a part rewritten meanwhile is no damage), and the job
+    renamed in is then refused for what it is: another model's rows."""
     from dynametric.retrieval.embed import derive_embedding_folder, merge_embedding_parts
 
     rows = np.load(parts[0] / "embeddings.npy")
@@ -367,6 +368,7 @@ def test_a_part_renamed_in_while_the_merge_reads_it_is_refused(parts: list[Path]
     with pytest.raises(InputError) as err:
         merge_embedding_parts(parts, tmp_path / "m")
     assert swapped
-    assert str(err.value) == (f"{parts[0]}: the embed folder changed while it was read: a `dynametric embed` or "
-                              "`merge-embeddings` wrote it meanwhile; try again (run the merge again)")
+    assert str(err.value) == (f"{parts[1]}/embed.json key 'model': differs from {parts[0]} in 'model': "
+                              "model.derived None here, doubled there: the parts must come from one list embedded by "
+                              "one model")
     assert not (tmp_path / "m").exists()

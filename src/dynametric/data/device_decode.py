@@ -35,7 +35,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -178,13 +178,14 @@ def _decode_error(path: Any, exc: Exception) -> InputError:
     return image_read_error(path, exc)
 
 
-def _pil_uint8(path: Any, cpu_transform: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+def _pil_uint8(source: Any, cpu_transform: Callable[[Any], torch.Tensor], path: Any = None) -> torch.Tensor:
+    """``source`` (a path, or an open file of ``path``) decoded by PIL and passed through ``cpu_transform``."""
     from dynametric.data.base import load_rgb
 
     try:
-        img = load_rgb(path)
+        img = load_rgb(source)
     except Exception as exc:  # PIL raises many types for bad files
-        raise _decode_error(path, exc) from None
+        raise _decode_error(source if path is None else path, exc) from None
     return cpu_transform(img)
 
 
@@ -222,16 +223,23 @@ class DeviceDecoder:
         return cls(geometry, cpu_transform)
 
     # ------------------------------------------------------------------------------------- in the workers
-    def read_file(self, path: str | Path) -> tuple[str, torch.Tensor]:
-        """``(path, bytes as 1-D uint8)`` for a plain JPEG; ``(path, uint8 [C, H, W])`` decoded by PIL otherwise."""
+    def read_file(self, path: str | Path, fh: IO[bytes] | None = None) -> tuple[str, torch.Tensor]:
+        """``(path, bytes as 1-D uint8)`` for a plain JPEG; ``(path, uint8 [C, H, W])`` decoded by PIL otherwise.
+        ``fh``: ``path`` already open (at its start), read instead of opening ``path`` again, for both kinds, so that
+        the caller can check the very file read (``os.fstat``) as the CPU path does."""
         try:
-            with open(path, "rb") as fh:
+            if fh is None:
+                with open(path, "rb") as own:
+                    data = own.read()
+            else:
                 data = fh.read()
         except OSError as exc:
             raise _decode_error(path, exc) from None
         if is_plain_jpeg(data):
             return str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return str(path), _pil_uint8(path, self.cpu_transform)
+        if fh is not None:
+            fh.seek(0)
+        return str(path), _pil_uint8(path if fh is None else fh, self.cpu_transform, path)
 
     @staticmethod
     def collate(items: list[tuple[str, torch.Tensor]]) -> EncodedImages:

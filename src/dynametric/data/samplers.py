@@ -20,7 +20,11 @@ batches; the first iteration raises an :class:`~dynametric.errors.InputError` sa
   yielded by the current (or last) iterator in this epoch; after :meth:`load_state_dict` the next iterator starts
   at that position of the same epoch. With a ``DataLoader`` that prefetches, the sampler runs ahead of the training
   loop: save ``{**sampler.state_dict(), "position": batches_consumed}`` instead. Loading into a sampler built with
-  different data, batch size, seed or world size raises :class:`~dynametric.errors.InputError`.
+  different data, batch size, seed or world size raises :class:`~dynametric.errors.InputError`. Several live
+  iterators of one sampler (a multi-process ``DataLoader`` calls ``iter()`` twice when it starts) each yield the
+  batches of their epoch from their own start, counted apart; the state follows the most recent one only (an
+  older iterator's batches no longer move ``position``), and :meth:`set_epoch` to another epoch or
+  :meth:`load_state_dict` detaches every live iterator from it (``position`` 0 of the new epoch, or the loaded one).
 * **Drawn lazily**: an iterator draws each step when its batch is asked for (``iter()`` draws nothing; the first
   batch comes after one step's draws), never holding the epoch's plan; a resume at ``position`` replays the draws of
   the steps before it. The batches are those of :meth:`epoch_batches`, which draws the whole epoch at once.
@@ -151,6 +155,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = 0
         self._position = 0
         self._resume_from = 0
+        self._live: object | None = None  # the iterator whose batches the state counts (the most recent one)
 
     # the run's settings ---------------------------------------------------------------------------------------
     @classmethod
@@ -209,8 +214,9 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         """Select epoch ``epoch``, an integer >= 0 (anything else: one line keyed ``epoch``; resets the resume position
         unless the state was just loaded for that epoch)."""
         epoch = _positive_int(epoch, "epoch", minimum=0)
-        if epoch != self.epoch:
-            self._resume_from = 0
+        if epoch != self.epoch:  # no batch of the new epoch yielded yet; an iterator of the old one no longer counts
+            self._resume_from = self._position = 0
+            self._live = None
         self.epoch = epoch
 
     def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
@@ -225,16 +231,21 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         _refuse_as_index_sampler(self, sys._getframe(1))
         start, self._resume_from = self._resume_from, 0
         self._position = start
-        return self._yield(self.epoch, start)
+        self._live = token = object()  # an older iterator still live stops moving the state (its batches go on)
+        return self._yield(self.epoch, start, token)
 
-    def _yield(self, epoch: int, start: int) -> Iterator[list[int]]:
+    def _yield(self, epoch: int, start: int, token: object) -> Iterator[list[int]]:
         """This rank's batches of ``epoch`` from batch ``start`` on, each step drawn when its batch is asked for; a
-        resume (``start`` > 0) replays the draws of the steps before ``start`` without keeping them."""
+        resume (``start`` > 0) replays the draws of the steps before ``start`` without keeping them. The iterator
+        counts its own position; it is the sampler's only while it is the most recent iterator (``token``)."""
         steps = self._epoch_steps(epoch, self._num_batches())
         for _ in itertools.islice(steps, start):
             pass
+        position = start
         for step in steps:
-            self._position += 1
+            position += 1
+            if self._live is token:
+                self._position = position
             yield step[self.rank].tolist()
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -261,6 +272,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = _positive_int(state["epoch"], "epoch", minimum=0)
         self._position = position
         self._resume_from = position
+        self._live = None  # the loaded state is the state until the next iter(): no live iterator moves it
 
 
 class _ChunkPool:

@@ -99,7 +99,8 @@ class LabelledSubset(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, indices: Sequence[int] | np.ndarray | torch.Tensor, split: str | None = None
                  ) -> None:
         fields = dataset_fields(dataset)
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
+        # a copy: the caller's index array changed later must not move the subset's items (its labels are a copy)
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64).copy()).reshape(-1)
         labels = fields.labels
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= labels.shape[0]):
             raise InputError(f"indices must lie in [0, {labels.shape[0]})", key="indices")

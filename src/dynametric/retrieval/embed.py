@@ -83,7 +83,7 @@ from dynametric.utils.io import (
     replacement_mode,
     save_npy,
 )
-from dynametric.utils.output_locks import folder_writer
+from dynametric.utils.output_locks import being_written
 from dynametric.utils.processes import callers_start_method
 from dynametric.utils.readers import (
     check_file,
@@ -423,8 +423,8 @@ class ImageFiles(Dataset):
     """``paths[i]`` decoded as RGB and passed through ``transform``; unreadable files raise an InputError, and so
     does an image of more than ``max_pixels`` pixels (:func:`check_pixels`; ``None``: PIL's own limit only).
 
-    A transform with a ``read_file`` method (:class:`dynametric.data.device_decode.DeviceDecoder`) reads the
-    file itself (JPEG bytes for decoding on the device) and its ``collate`` method is the loader's
+    A transform with a ``read_file(path, fh)`` method (:class:`dynametric.data.device_decode.DeviceDecoder`) reads
+    the file opened here itself (JPEG bytes for decoding on the device) and its ``collate`` method is the loader's
     :attr:`collate_fn`."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
@@ -443,15 +443,16 @@ class ImageFiles(Dataset):
         """The ``i``-th image decoded and transformed. Only a regular file is opened (a FIFO, a device: one line,
         never waited on or read: :func:`~dynametric.utils.readers.open_regular`). With ``stats`` (``[N, 2]``: each
         file's size and modification time as the job recorded them) the file decoded must be the one recorded: the
-        stats of the file that was open (after decoding), or for a transform that reads the file itself of the path
-        right after, must be those; else ``<path>: changed while it was embedded; run the same command again``."""
+        stats of the file that was open (after decoding; a transform that reads the file itself, ``read_file(path,
+        fh)``, reads this open file), must be those; else ``<path>: changed while it was embedded; run the same
+        command again``."""
         path = self.paths[i]
         with _open_image(path) as fh:
             if self.max_pixels is not None:
                 check_pixels(path, self.max_pixels)
-            if self._read is not None:
-                out = self._read(path)
-                self._same_as_recorded(i, os.stat(path))
+            if self._read is not None:  # the file open here is the one read (not the path opened again)
+                out = self._read(path, fh)
+                self._same_as_recorded(i, os.fstat(fh.fileno()))  # what was read, even if replaced since
                 return out
             try:
                 img = load_rgb(fh)
@@ -1066,13 +1067,14 @@ def _read_part(path: Path, seen: dict[Path, tuple[bytes, tuple[int, ...]]]) -> d
 
 @contextmanager
 def _unchanged_part(part: Path, seen: tuple[bytes, tuple[int, ...]]) -> Iterator[None]:
-    """An error reading a file of the part folder ``part`` is :class:`FolderChangedError` where its ``embed.json``
-    is no longer the one read (``seen``): a command rewrote the part meanwhile, the files were not damaged."""
+    """An error reading a file of the part folder ``part`` is :class:`_PartChanged` where its ``embed.json`` is no
+    longer the one read (``seen``): a command rewrote the part meanwhile, the files were not damaged (the merge reads
+    the parts again)."""
     try:
         yield
     except InputError:
         if _job_changed(part, seen):
-            raise FolderChangedError(f"{_JOB_CHANGING} (run the merge again)", file=part) from None
+            raise _PartChanged(part) from None
         raise
 
 
@@ -1080,20 +1082,24 @@ _SAME_IN_EVERY_PART = ("source_fingerprint", "source_file_stamp", "source_count"
                        "class_names", "image_roots")
 
 
-def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> EmbedResult:
-    """Join the folders of ``dynametric embed --part K/N`` jobs (all ``N`` parts of one list, any order) into one
-    embed output folder ``out``, equal to what one ``dynametric embed`` run over the whole list writes
-    (``embeddings.npy``, ``labels.npy``, ``items.csv``, ``embed.json``); memory stays bounded by one part.
+class _PartChanged(Exception):
+    """A part folder of a merge that a command rewrote while it was read (:func:`_read_parts`)."""
 
-    The parts must come from the same list (its fingerprint), the same model (its identity: weights, config, head,
-    input size, precision, decoder) and the same labels (scale and class names); parts that both record the list's
-    file stamp must agree on it (a part embedded by a dynametric older than file stamps has none and is merged
-    with the others); a missing, repeated, unfinished or foreign part is an error naming it. ``out`` must be new
-    or empty (``overwrite``: replace an earlier embedding job there, as ``embed --overwrite`` does)."""
-    out = Path(out)
-    paths = [Path(p) for p in parts]
-    if not paths:
-        raise InputError("no part folders given", key="parts")
+    def __init__(self, part: Path) -> None:
+        super().__init__(str(part))
+        self.part = part
+
+
+_PartsRead = tuple[list[Path], dict[Path, dict[str, Any]], dict[str, Any], int, int, list[tuple[Path, dict[str, Any]]],
+                   list[str], list[np.ndarray], list[np.ndarray] | None, np.ndarray | None]
+
+
+def _read_parts(paths: list[Path]) -> _PartsRead:
+    """:func:`merge_embedding_parts`'s reading and checking of its part folders ``paths``: the parts in order, each
+    one's ``embed.json``, the first one's, the number of parts, the list's length, the parts with a file stamp, the
+    merged ``items.csv`` lines, the embeddings, the file stats (``None``: a part has none) and the merged labels. A
+    part whose ``embed.json`` was replaced while it was read (its files then fail their checks, or it is another
+    file at the end) is :class:`_PartChanged`; any other problem an :class:`InputError`."""
     seen: dict[Path, tuple[bytes, tuple[int, ...]]] = {}
     metas = [_read_part(p, seen) for p in paths]
     first = metas[0]
@@ -1137,16 +1143,16 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     for p in order:
         with _unchanged_part(p, seen[p]):  # the rows of the very file whose digest was compared
             arrays.append(load_job_embeddings(p, meta_of[p]))
-        stats_file = p / "file_stats.npy"
-        if stats_parts is not None and (stats_file.exists() or stats_file.is_symlink()):
-            count = int(meta_of[p]["count"])
-            stats = read_plain_npy(stats_file, f"an [{count}, 2] integer array (each image's size and time)")
-            if stats.shape != (count, 2) or stats.dtype.kind not in "iu":
-                raise InputError(f"has shape {list(stats.shape)} and dtype {stats.dtype}, expected [{count}, 2] "
-                                 "integers (each image file's size and modification time)", file=stats_file)
-            stats_parts.append(stats)
-        else:  # a part without one (embedded by an older dynametric): the merged folder has none
-            stats_parts = None
+            stats_file = p / "file_stats.npy"
+            if stats_parts is not None and (stats_file.exists() or stats_file.is_symlink()):
+                count = int(meta_of[p]["count"])
+                stats = read_plain_npy(stats_file, f"an [{count}, 2] integer array (each image's size and time)")
+                if stats.shape != (count, 2) or stats.dtype.kind not in "iu":
+                    raise InputError(f"has shape {list(stats.shape)} and dtype {stats.dtype}, expected [{count}, "
+                                     "2] integers (each image file's size and modification time)", file=stats_file)
+                stats_parts.append(stats)
+            else:  # a part without one (embedded by an older dynametric): the merged folder has none
+                stats_parts = None
     for p, arr in zip(order, arrays):
         if arr.ndim != 2 or arr.shape[0] != int(meta_of[p]["count"]) or arr.shape[1] != arrays[0].shape[1]:
             raise InputError(f"embeddings.npy has shape {tuple(arr.shape)}, expected [{meta_of[p]['count']}, "
@@ -1164,13 +1170,13 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
         ids, item_paths = [], []
         if i == 0:
             lines.append(csv_line(["index", "id", "path", *(first.get("scale_names") or [])]))
-        for _, row in read_job_items(p / "items.csv", scales):
-            lines.append(csv_line([index, *row[1:]]))
-            ids.append(row[1])
-            item_paths.append(row[2])
-            index += 1
-        # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
         with _unchanged_part(p, seen[p]):
+            for _, row in read_job_items(p / "items.csv", scales):
+                lines.append(csv_line([index, *row[1:]]))
+                ids.append(row[1])
+                item_paths.append(row[2])
+                index += 1
+            # the part's own files must be those its embed.json describes (items and labels: its list fingerprint)
             labels = check_job_items(p, meta_of[p])[2]
         if labels is not None:
             part_labels.append(labels)
@@ -1181,10 +1187,42 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     merged_labels = np.concatenate(part_labels) if part_labels else None
     for p in order:  # no part was written while it was read (a part of an older dynametric has no digest)
         if _job_changed(p, seen[p]):
-            raise FolderChangedError(f"{_JOB_CHANGING} (run the merge again)", file=p)
+            raise _PartChanged(p)
     if _fingerprint(all_ids, all_paths, merged_labels) != first["source_fingerprint"]:
         raise InputError("the parts' items and labels together are not the list they were cut from (their fingerprint "
                          f"differs from source_fingerprint {first['source_fingerprint']!r})", key="parts")
+    return order, meta_of, first, num, total, stamped, lines, arrays, stats_parts, merged_labels
+
+
+def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> EmbedResult:
+    """Join the folders of ``dynametric embed --part K/N`` jobs (all ``N`` parts of one list, any order) into one
+    embed output folder ``out``, equal to what one ``dynametric embed`` run over the whole list writes
+    (``embeddings.npy``, ``labels.npy``, ``items.csv``, ``embed.json``); memory stays bounded by one part.
+
+    The parts must come from the same list (its fingerprint), the same model (its identity: weights, config, head,
+    input size, precision, decoder) and the same labels (scale and class names); parts that both record the list's
+    file stamp must agree on it (a part embedded by a dynametric older than file stamps has none and is merged
+    with the others); a missing, repeated, unfinished or foreign part is an error naming it. ``out`` must be new
+    or empty (``overwrite``: replace an earlier embedding job there, as ``embed --overwrite`` does). A part
+    rewritten while it was read (its ``embed.json`` another file) makes every part read again, up to
+    :data:`~dynametric.retrieval.index_files.LOAD_TRIES` times, then :class:`FolderChangedError` (naming the
+    command writing it where its lock says so: :func:`job_changing_error`)."""
+    out = Path(out)
+    paths = [Path(p) for p in parts]
+    if not paths:
+        raise InputError("no part folders given", key="parts")
+    changed: _PartChanged | None = None
+    for _ in range(LOAD_TRIES):  # a part rewritten while it was read (embed --overwrite): every part read again
+        try:
+            parts_read = _read_parts(paths)
+        except _PartChanged as exc:
+            changed = exc
+            continue
+        break
+    else:
+        assert changed is not None
+        raise job_changing_error(changed.part, f"{_JOB_CHANGING} (run the merge again)")
+    order, meta_of, first, num, total, stamped, lines, arrays, stats_parts, merged_labels = parts_read
     resolved = out.resolve()
     if any(p.resolve() == resolved for p in paths):
         raise InputError("--out is one of the parts; merge into a new folder", file=out)
@@ -1576,6 +1614,13 @@ _JOB_CHANGING = ("the embed folder changed while it was read: a `dynametric embe
                  "meanwhile; try again")
 
 
+def job_changing_error(folder: Path, message: str = _JOB_CHANGING) -> FolderChangedError:
+    """The :class:`FolderChangedError` of the embed folder ``folder`` that changed while it was read: where a
+    command writes it right now (its lock: :func:`~dynametric.utils.output_locks.being_written`), ``is being written
+    by <command> (process N) right now; wait for it to finish``; else ``message``."""
+    return FolderChangedError(being_written(folder) or message, file=folder)
+
+
 def _job_changed(folder: Path, seen: tuple[bytes, tuple[int, ...]]) -> bool:
     """Whether ``folder``'s ``embed.json`` is no longer the file read as ``seen`` (:func:`_read_job_json`): a command
     wrote the folder since (or is writing it)."""
@@ -1603,7 +1648,7 @@ def read_job_consistently(folder: Path, read: Callable[[dict[str, Any]], _T]) ->
         if not _job_changed(folder, seen):
             return meta, found
         del found  # (a copy of the rows read into memory: gone before the next is read)
-    raise FolderChangedError(_JOB_CHANGING, file=folder)
+    raise job_changing_error(folder)
 
 
 def read_finished_job(folder: str | Path, data: bytes | None = None) -> dict[str, Any]:
@@ -1622,10 +1667,9 @@ def read_finished_job(folder: str | Path, data: bytes | None = None) -> dict[str
         raise InputError(f"expected a JSON object, got {type(meta).__name__}", file=meta_path)
     check_job_format(meta, meta_path)
     if meta.get("status") != "complete":
-        writer = folder_writer(folder)
-        if writer is not None:  # not stopped: a command writes the folder this moment
-            raise InputError(f"is being written by {writer[0]} (process {writer[1]}) right now; wait for it to finish",
-                             file=folder)
+        writing = being_written(folder)
+        if writing is not None:  # not stopped: a command writes the folder this moment
+            raise InputError(writing, file=folder)
         if meta.get("merged_parts") is not None:  # a merge-embeddings folder: no embed command resumes it
             raise InputError("the merge into this folder is not finished (a `dynametric merge-embeddings` was "
                              "stopped while it wrote it); run it again with all its part folders: `dynametric "

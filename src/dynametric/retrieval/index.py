@@ -85,6 +85,7 @@ from dynametric.retrieval.index_transform import (
 )
 from dynametric.retrieval.reprs import repr_model, repr_names, repr_text
 from dynametric.utils.io import StagedFiles, json_text, remove_stale_temps, require_new_folder, save_npy
+from dynametric.utils.output_locks import being_written
 from dynametric.utils.readers import (
     beyond_float32,
     beyond_float32_text,
@@ -204,6 +205,13 @@ def _build_items(emb: Any, rows: int) -> tuple[list[str], list[str], np.ndarray 
         raise InputError(f"{len(names)} scale names {[str(n) for n in names]} for {labels.shape[1]} label "
                          "column(s) (one name per column, finest first)", key="scale_names")
     return ids, paths, labels, list(check_scale_names(names, reserved=()))
+
+
+def _changing(path: Path) -> IndexChangedError:
+    """The error of an index folder that changed while it was read: where a build writes it right now (its lock),
+    ``is being written by index build (process N) right now; wait for it to finish``
+    (:func:`~dynametric.utils.output_locks.being_written`), else :data:`_CHANGING`."""
+    return IndexChangedError(being_written(path) or _CHANGING, file=path)
 
 
 @dataclass
@@ -380,7 +388,7 @@ class RetrievalIndex:
                     raise
                 if change == "built":
                     continue  # a build finished meanwhile: read its index
-                raise IndexChangedError(_CHANGING, file=path) from None
+                raise _changing(path) from None
             loaded[0].digest = hashlib.sha256(seen[0]).hexdigest()
             loaded[0].loaded_from = path
             if "items_sha256" in loaded[1]:
@@ -391,8 +399,8 @@ class RetrievalIndex:
             if change is None:
                 return loaded[0]
             if change == "building":
-                raise IndexChangedError(_CHANGING, file=path)
-        raise IndexChangedError(_CHANGING, file=path)
+                raise _changing(path)
+        raise _changing(path)
 
     def changed_on_disk(self) -> bool:
         """Whether the folder this index was loaded from now holds another build: its ``index.json`` is no longer

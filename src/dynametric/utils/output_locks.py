@@ -2,7 +2,7 @@
 place at once: ``embed``, ``merge-embeddings``, ``index build`` and ``save_pretrained`` hold the folder's
 :data:`LOCK_NAME`, ``export`` a ``.<file>.lock`` beside its file (:func:`target_lock_path`); all through
 :func:`output_lock` (taken with :func:`~dynametric.utils.locks.acquire_lock`). A reader of a folder asks
-:func:`folder_writer` whether a command writes it right now.
+:func:`folder_writer` whether a command writes it right now (:func:`being_written`: the line it says then).
 """
 
 from __future__ import annotations
@@ -74,6 +74,15 @@ def folder_writer(out: Path) -> tuple[str, int] | None:
     if not holder_running(found, unaskable="stale"):
         return None
     return str(found.fields.get("command", "another command")), found.holder.pid
+
+
+def being_written(out: Path) -> str | None:
+    """What a reader of the folder ``out`` says where a command writes it right now (:func:`folder_writer`): ``is
+    being written by <command> (process N) right now; wait for it to finish``; else ``None``."""
+    writer = folder_writer(out)
+    if writer is None:
+        return None
+    return f"is being written by {writer[0]} (process {writer[1]}) right now; wait for it to finish"
 
 
 def target_lock_path(target: Path) -> Path:
