@@ -81,9 +81,10 @@ def check_loss_arguments(name: str, kwargs: Mapping[str, Any], *, unknown: bool 
       ``TripletMarginLoss has no argument 'bogus'; its arguments: margin, swap, ...`` (``did you mean 'margin'?``
       for a misspelling);
     * a value of the wrong type for an argument the constructor annotates with a simple type (a number, an
-      integer, a bool, a string, a list of them): ``TripletMarginLoss: expected a finite number for margin, got 'x'
-      (str)``. A loss's numeric hyper-parameters must be finite: NaN or inf is refused (no loss of the registry
-      takes one as a setting; the miners' cutoffs, where inf means none, are not checked here).
+      integer, a bool, a string, a list of them): ``TripletMarginLoss: expected a number for margin, got 'x'
+      (str)``. A loss's numeric hyper-parameters must be finite: NaN or inf is ``expected a finite number for
+      margin, got nan (float)`` (no loss of the registry takes one as a setting; the miners' cutoffs, where inf
+      means none, are not checked here).
 
     :func:`build_loss` calls it; a run config calls it (``unknown=False``) for every loss term when it loads, keyed
     ``loss.kwargs.<arg>`` (the engine's factory says an unknown keyword with the config's way to drop it)."""

@@ -103,11 +103,16 @@ def unknown_argument_message(name: str, arg: str, named: Sequence[str]) -> str:
 def misfit(annotation: Any, value: Any, *, finite: bool = False) -> str | None:
     """What ``annotation`` expects (``a number``, ``a list of numbers``, ...) when ``value`` clearly does not fit
     it, else ``None`` (fits, or an annotation this check does not read: ``Any``, classes, callables). ``finite``:
-    a number must also be finite (NaN and inf do not fit ``float``: ``a finite number``)."""
-    want = expected(annotation, finite=finite)
-    if want is None or fits(annotation, value, finite=finite):
+    a number must also be finite: NaN and inf, of the right type, are said as not ``a finite number`` (a value of
+    another type keeps the words of its type, ``a number``)."""
+    want = expected(annotation)
+    if want is None:
         return None
-    return want
+    if not fits(annotation, value):
+        return want
+    if finite and not fits(annotation, value, finite=True):
+        return expected(annotation, finite=True)
+    return None
 
 
 def expected(annotation: Any, *, finite: bool = False) -> str | None:
