@@ -760,3 +760,39 @@ def test_train_prints_the_note_in_the_dry_run_and_the_run(tmp_path: Path, capsys
     with pytest.raises(ConfigError, match="already holds a run"):
         run_training(load_config(DEFAULT_RUN_CONFIG, ["loss.name=MarginLoss"]), tmp_path, log=lines.append)
     assert lines == [err[0]]
+
+
+def test_overrides_given_as_one_string_are_refused_not_read_letter_by_letter() -> None:
+    """``load_config(path, overrides)`` takes a list of 'key=value' strings (as the docs write it); one string was
+    iterated letter by letter (``got 'a'``)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, "optim.lr=1e-4")
+    assert err.value.key == "overrides"
+    assert str(err.value) == ("key 'overrides': expected a list of 'key=value' strings, got the string "
+                              "'optim.lr=1e-4'; write ['optim.lr=1e-4']")
+    with pytest.raises(ConfigError, match=r"^key 'overrides': .* got the string 'optim.lr=1e-4 trainer.max_epochs=2'; "
+                                          r"write \['optim.lr=1e-4', 'trainer.max_epochs=2'\]$"):
+        load_config(None, "optim.lr=1e-4 trainer.max_epochs=2")
+    with pytest.raises(ConfigError, match=r"^key 'overrides\[1\]': expected a 'key=value' string, got 3 \(int\)$"):
+        load_config(None, ["optim.lr=1e-4", 3])
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    assert load_config(None, ("optim.lr=1e-4",)).optim.lr == 1e-4
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_non_finite_loss_hyperparameter_is_refused_when_the_config_loads(tmp_path: Path, value: str) -> None:
+    shown = {".nan": "nan", ".inf": "inf", "-.inf": "-inf"}[value]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"loss.kwargs.margin={value}"])
+    assert err.value.key == "loss.kwargs.margin"
+    assert str(err.value) == (f"<command line> key 'loss.kwargs.margin': TripletMarginLoss: expected a finite number "
+                              f"for margin, got {shown} (float)")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"extra_losses:\n  - name: ContrastiveLoss\n    kwargs:\n      neg_margin: {value}\n")
+    with pytest.raises(ConfigError, match=rf"^{config}:4 key 'extra_losses\[0\].kwargs.neg_margin': ContrastiveLoss: "
+                                          rf"expected a finite number for neg_margin, got {shown} \(float\)$"):
+        load_config(config)
+    with pytest.raises(ConfigError, match=r"key 'loss.kwargs.margin': TripletMarginLoss: expected a number for "
+                                          r"margin, got 'x' \(str\)$"):
+        load_config(None, ["loss.kwargs.margin=x"])
+    assert load_config(None, ["loss.kwargs.margin=0.3"]).loss.kwargs == {"margin": 0.3}

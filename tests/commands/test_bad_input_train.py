@@ -60,9 +60,23 @@ def _dry(capsys, *argv: str) -> str:
     ("trainer.monitor=fine/mapr", "key 'trainer.monitor': monitor metric 'mapr'"),
     ("trainer.monitor=fine/nmi", "key 'trainer.monitor': monitor metric 'nmi'"),
     ("eval.memory_budget_bytes=-5", "key 'eval.memory_budget_bytes': expected a positive integer, got -5"),
+    ("loss.kwargs.margin=.nan", "key 'loss.kwargs.margin': TripletMarginLoss: expected a finite number for margin, "
+                                "got nan (float)"),
+    ("loss.kwargs.margin=-.inf", "key 'loss.kwargs.margin': TripletMarginLoss: expected a finite number for margin, "
+                                 "got -inf (float)"),
 ])
 def test_values_that_were_accepted_silently(capsys, override, expected) -> None:
     assert expected in _dry(capsys, override)
+
+
+def test_a_non_finite_loss_hyperparameter_stops_the_run_before_it_writes(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(_cfg(tmp_path)), "--out", str(out), "--no-progress",
+                 "loss.kwargs.margin=.nan"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("key 'loss.kwargs.margin': TripletMarginLoss: expected a finite number for margin, got "
+                            "nan (float)")
+    assert not out.exists()
 
 
 def test_token_pooling_on_a_cnn_is_refused_by_the_dry_run(tmp_path, capsys) -> None:

@@ -407,7 +407,8 @@ def test_python_calls_key_their_errors_by_their_own_parameters():
     `loss.TripletMarginLoss`, `losses`); a config's errors, built by the engine, keep theirs (next test)."""
     calls = [
         (lambda: DL.build_loss("Tripletloss"), "name", "unknown loss 'Tripletloss'; did you mean"),
-        (lambda: DL.build_loss("TripletMarginLoss", margn=1), "margn", "bad arguments for loss 'TripletMarginLoss'"),
+        (lambda: DL.build_loss("TripletMarginLoss", margn=1), "margn",
+         "TripletMarginLoss has no argument 'margn'; did you mean 'margin'?"),
         (lambda: DL.build_loss("TripletMarginLoss", distance="l3"), "distance", "unknown distance 'l3'"),
         (lambda: DM.build_miner("BatchHardMiner2"), "name", "unknown miner 'BatchHardMiner2'"),
         (lambda: DM.build_miner("BatchHardMiner", foo=1), "foo", "bad arguments for miner 'BatchHardMiner'"),
@@ -416,7 +417,7 @@ def test_python_calls_key_their_errors_by_their_own_parameters():
         # MultiScaleLoss builds its per-scale losses and its miner by name: keyed by its own parameters
         (lambda: DL.MultiScaleLoss("Tripletloss", num_scales=2), "base_losses_or_factory", "unknown loss"),
         (lambda: DL.MultiScaleLoss("TripletMarginLoss", num_scales=2, base_kwargs={"margn": 1}), "base_kwargs.margn",
-         "bad arguments for loss"),
+         "TripletMarginLoss has no argument 'margn'"),
         (lambda: DL.MultiScaleLoss("TripletMarginLoss", num_scales=2, miners="Foo"), "miners", "unknown miner 'Foo'"),
         (lambda: DL.MultiScaleLoss("TripletMarginLoss", num_scales=2, miners={"name": "Foo"}), "miners.name",
          "unknown miner 'Foo'"),

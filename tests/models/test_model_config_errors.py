@@ -85,3 +85,34 @@ def test_the_dry_run_prints_the_build_notes() -> None:
     dry_run(cfg, log=lines.append)
     assert "note: model.freeze_bn is true, but backbone 'vit_tiny_patch16_224' has no BatchNorm layer: nothing is " \
            "frozen" in lines
+
+
+@pytest.mark.parametrize("option, instead", [
+    ("global_pool", "choose the pooling with model.pooling (build_embedder(pooling=...)): avg, max, avgmax, "
+                    "catavgmax or token"),
+    ("num_classes", "set their width with model.embedding_dim (build_embedder(embedding_dim=...))"),
+    ("in_chans", "use model.in_chans (build_embedder(in_chans=...))"),
+    ("pretrained", "use model.pretrained (build_embedder(pretrained=...))"),
+])
+def test_a_backbone_option_dynametric_sets_itself_names_the_option_to_use(option: str, instead: str) -> None:
+    """``backbone_kwargs`` that dynametric passes the backbone itself: one line naming ``backbone_kwargs['<name>']``
+    and dynametric's own option (was timm's ``got multiple values for keyword argument 'global_pool'``, or a
+    ``TypeError`` traceback for ``in_chans``), from Python and when a run config loads."""
+    with pytest.raises(ConfigError) as err:
+        build_embedder("resnet18", backbone_kwargs={option: 1})
+    assert err.value.key == f"model.backbone_kwargs.{option}"
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"key 'model.backbone_kwargs.{option}': backbone_kwargs[{option!r}] "
+                                                 "cannot be given for backbone 'resnet18': ")
+    assert line.endswith(instead)
+    with pytest.raises(ConfigError, match=rf"^<command line> key 'model.backbone_kwargs.{option}': "
+                                          rf"backbone_kwargs\['{option}'\] cannot be given"):
+        load_config(None, ["model.backbone=resnet18", f"model.backbone_kwargs={{{option}: 1}}"])
+
+
+def test_a_dynametric_backbone_keeps_its_own_options() -> None:
+    """``global_pool`` / ``num_classes`` are dynametric's only for timm models: simple_cnn says its own options."""
+    with pytest.raises(ConfigError, match=r"^key 'model.backbone_kwargs.global_pool': backbone 'simple_cnn' has no "
+                                          r"option 'global_pool'; its options: width, depth$"):
+        build_embedder("simple_cnn", backbone_kwargs={"global_pool": "avg"})
+    assert build_embedder("simple_cnn", embedding_dim=4, backbone_kwargs={"width": 4, "depth": 1}) is not None

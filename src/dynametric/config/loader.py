@@ -1009,7 +1009,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     options the lower layers wrote for the other component (options it writes itself are kept; the same name set
     again keeps them all); likewise a layer that changes ``optim.scheduler.name`` drops the schedule keys the lower
     layers wrote that the new schedule does not use (:func:`~dynametric.config.schema.keys_by_choice`).
-    :func:`config_notes` lists each drop in one line."""
+    :func:`config_notes` lists each drop in one line.
+
+    ``overrides`` is a list (or tuple) of ``'key=value'`` strings, one override each, as the command line gives them:
+    ``load_config(path, ["optim.lr=1e-4"])``. A single string is refused (it would be read letter by letter):
+    ``key 'overrides': expected a list of 'key=value' strings, got the string 'optim.lr=1e-4'; write
+    ['optim.lr=1e-4']``; so is an entry that is no string (``key 'overrides[0]'``). ``None`` is no override."""
+    overrides = _override_list(overrides)
     source = _Source()
     raw: dict[str, Any] = {} if path is None else _read_file(Path(path), source)
     before = copy.deepcopy(raw) if overrides else raw
@@ -1018,6 +1024,28 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     keys = [o.split("=", 1)[0].strip() for o in overrides if "=" in o]
     _drop_options_renamed_on_command_line(before, raw, keys, source)
     return config_from_dict(raw, source=source)
+
+
+def _override_list(overrides: Any) -> list[str]:
+    """``overrides`` of :func:`load_config` as a list of strings (``None``: none), else a one-line
+    :class:`ConfigError` keyed ``overrides`` (a single string, a mapping, anything else that is no list) or
+    ``overrides[i]`` (an entry that is no string)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, (str, bytes)):
+        text = overrides.decode(errors="replace") if isinstance(overrides, bytes) else overrides
+        parts = text.split()
+        several = len(parts) > 1 and all("=" in part for part in parts)  # 'a=1 b=2': one string per override
+        raise ConfigError(f"expected a list of 'key=value' strings, got the string {text!r}; write "
+                          f"{parts if several else [text]!r}", key="overrides")
+    if not isinstance(overrides, (list, tuple)):
+        raise ConfigError(f"expected a list of 'key=value' strings, got {type(overrides).__name__}"
+                          + (f" {overrides!r}" if len(repr(overrides)) <= 80 else ""), key="overrides")
+    for i, item in enumerate(overrides):
+        if not isinstance(item, str):
+            raise ConfigError(f"expected a 'key=value' string, got {item!r} ({type(item).__name__})",
+                              key=f"overrides[{i}]")
+    return list(overrides)
 
 
 def config_notes(cfg: Config) -> list[str]:

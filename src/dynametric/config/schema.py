@@ -185,8 +185,11 @@ class ModelConfig:
     :func:`~dynametric.models.build_embedder` argument)."""
 
     def _validate(self, key: str) -> None:
+        from dynametric.models.backbones import check_backbone_kwargs
+
         _positive(self.num_heads, f"{key}.num_heads")
         _positive(self.in_chans, f"{key}.in_chans")
+        check_backbone_kwargs(self.backbone, self.backbone_kwargs)  # pretrained, in_chans, global_pool: ours
         if self.embedding_dim is not None:
             _positive(self.embedding_dim, f"{key}.embedding_dim")
         if self.pretrained and self.pretrained_path is not None:
@@ -235,6 +238,7 @@ class LossConfig:
 
     def _validate(self, key: str) -> None:
         _known_name(self.name, "dynametric.losses", "LOSSES", "loss", f"{key}.name")
+        _loss_values(self.name, self.kwargs, f"{key}.kwargs")
         if self.multiscale:
             _not_multiscale_by_itself(self.name, key)
         # Also the decorrelation term's rho: its gradient-reversal layer, not the weight's sign, makes it adversarial.
@@ -802,6 +806,21 @@ def _known_name(name: str, module: str, registry: str, kind: str, key: str) -> N
     names = getattr(importlib.import_module(module), registry)
     if name not in names:  # the loss and miner registries: pytorch-metric-learning hints too
         raise ConfigError(unknown_name_message(names, name, kind), key=key)
+
+
+def _loss_values(name: str, kwargs: Mapping[str, Any], key: str) -> None:
+    """The values of ``kwargs`` (a loss term's keyword arguments) by the rule of ``build_loss`` in Python
+    (:func:`dynametric.losses.check_loss_arguments`: the annotated type, and a number finite), when the config loads:
+    ``key 'loss.kwargs.margin': TripletMarginLoss: expected a finite number for margin, got nan (float)``, in a dry
+    run too. An unknown keyword is said when the engine builds the loss (with the config's way to drop it)."""
+    from dynametric.losses import check_loss_arguments
+
+    if not isinstance(kwargs, Mapping):
+        return  # the loader refuses a kwargs that is no mapping, keyed as given
+    try:
+        check_loss_arguments(name, kwargs, unknown=False)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=f"{key}.{exc.key}") from None
 
 
 def _not_multiscale_by_itself(name: str, key: str) -> None:

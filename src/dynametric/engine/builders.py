@@ -16,7 +16,6 @@ required ``class_paths`` argument (CSL) is built from the training label matrix.
 
 from __future__ import annotations
 
-import collections.abc
 import contextlib
 import dataclasses
 import difflib
@@ -52,6 +51,10 @@ from dynametric.engine.objective import Objective, whole_batch_miner_refusal
 from dynametric.engine.trainer import TrainerSettings
 from dynametric.errors import ConfigError, InputError, UnknownArgumentError, first_sentence
 from dynametric.labels import as_label_matrix, label_column_argument
+from dynametric.utils.arguments import argument_annotations as _annotations
+from dynametric.utils.arguments import expected_message as _expected_message
+from dynametric.utils.arguments import keyword_arguments
+from dynametric.utils.arguments import misfit as _misfit
 from dynametric.utils.registry import unknown_name_message, with_import_hint
 
 logger = logging.getLogger("dynametric.engine")
@@ -570,19 +573,9 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
     factory = registry[name]
     kwargs = dict(kwargs)
     given = [k for k in kwargs if k not in DATA_DEPENDENT_ARGS]  # the configured arguments, not the filled-in ones
-    try:
-        sig: inspect.Signature | None = inspect.signature(factory)
-    except (TypeError, ValueError):
-        sig = None
-    chain = _init_chain(factory, sig)
+    sig, named, open_kwargs, hints = keyword_arguments(factory)  # the rule build_loss in Python checks by too
     if sig is not None:
         params = sig.parameters
-        named = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-        open_kwargs = any(v.kind is v.VAR_KEYWORD for v in params.values())
-        if open_kwargs and chain:  # **kwargs passed on to the base classes' __init__: their arguments are the rest
-            named += [p for init in chain[1:] for p, v in _parameters(init).items()
-                      if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY) and p != "self" and p not in named]
-            open_kwargs = any(v.kind is v.VAR_KEYWORD for v in _parameters(chain[-1]).values())
         if not open_kwargs:
             for arg in kwargs:
                 if arg not in named:
@@ -592,9 +585,6 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
                 if data_args is None or arg not in data_args:
                     return None
                 kwargs[arg] = data_args[arg]
-    hints: dict[str, Any] = {}
-    for init in reversed(chain or [factory]):  # a subclass's annotation of an argument wins over its base's
-        hints.update(_annotations(init))
     for arg in given:  # a value of the wrong type, caught before the constructor trips over it
         expected = _misfit(hints.get(arg), kwargs[arg])
         if expected is not None:
@@ -631,7 +621,8 @@ def build_component(registry: Mapping[str, Callable[..., Any]], name: str, kwarg
 def _unknown_argument(name: str, arg: str, named: Sequence[str], key: str) -> ConfigError:
     """``<name> has no argument <arg>`` on ``<key>.kwargs.<arg>``: with the closest argument (a misspelling), else
     with the list of them and how to drop it (a keyword written for another loss or miner: remove it, or clear the
-    section's keywords with ``<key>.kwargs={}``)."""
+    section's keywords with ``<key>.kwargs={}``; Python's ``build_loss`` says it in the same words, without the
+    config's way to drop it: :func:`dynametric.utils.arguments.unknown_argument_message`)."""
     close = difflib.get_close_matches(arg, list(named), n=1, cutoff=0.6)
     hint = (f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)} (remove "
             f"{key}.kwargs.{arg}, or clear them all with {key}.kwargs={{}})")
@@ -657,117 +648,6 @@ def _construction_error(name: str, kwargs: Mapping[str, Any], given: Sequence[st
         return ConfigError(f"{name}({arg}={kwargs[arg]!r}) failed: {first_sentence(exc)}", key=f"{key}.kwargs.{arg}")
     shown = ", ".join(f"{k}={kwargs[k]!r}" for k in given)
     return ConfigError(f"{name}({shown}) failed: {first_sentence(exc)}", key=f"{key}.kwargs")
-
-
-def _expected_message(name: str, arg: str, expected: str, value: Any) -> str:
-    return f"{name}: expected {expected} for {arg}, got {value!r} ({type(value).__name__})"
-
-
-def _parameters(init: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
-    try:
-        return inspect.signature(init).parameters
-    except (TypeError, ValueError):
-        return {}
-
-
-def _init_chain(factory: Callable[..., Any], sig: inspect.Signature | None) -> list[Callable[..., Any]]:
-    """The constructors that see a configured keyword argument: ``factory`` itself and, when it is a dynametric
-    class whose ``__init__`` takes ``**kwargs``, the ``__init__`` of each base class it passes them on to (next in
-    the MRO), as long as those take ``**kwargs`` too and are dynametric's own (``ProxyAnchorLoss`` ->
-    ``_ClassWeightLoss`` -> ``MetricLoss``). ``[]`` without a signature."""
-    if sig is None:
-        return []
-    chain: list[Callable[..., Any]] = [factory]
-    if not isinstance(factory, type):
-        return chain
-    params: Mapping[str, inspect.Parameter] = sig.parameters
-    for base in factory.__mro__[1:]:
-        if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
-            break
-        init = base.__dict__.get("__init__")
-        if init is None:
-            continue
-        if not base.__module__.startswith("dynametric."):
-            break  # whatever takes the keywords beyond this point is not known: the last one stays open
-        chain.append(init)
-        params = _parameters(init)
-    return chain
-
-
-def _annotations(factory: Callable[..., Any]) -> dict[str, Any]:
-    """The resolved annotations of ``factory``'s arguments (a class: of its ``__init__``); ``{}`` when they cannot
-    be resolved."""
-    target = factory.__init__ if isinstance(factory, type) else factory  # type: ignore[misc]
-    try:
-        return typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - names only known to type checkers, odd callables: no annotations to check
-        return {}
-
-
-_NUMBER_TYPES = (int, float)
-
-
-def _misfit(annotation: Any, value: Any) -> str | None:
-    """What ``annotation`` expects (``a number``, ``a list of numbers``, ...) when ``value`` clearly does not fit
-    it, else ``None`` (fits, or an annotation this check does not read: ``Any``, classes, callables)."""
-    expected = _expected(annotation)
-    if expected is None or _fits(annotation, value):
-        return None
-    return expected
-
-
-def _expected(annotation: Any) -> str | None:
-    """Words for the simple annotations :func:`_fits` checks (``None`` for any other)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is type(None):
-        return "null"
-    if annotation is bool:
-        return "true or false"
-    if annotation is int:
-        return "an integer"
-    if annotation is float:
-        return "a number"
-    if annotation is str:
-        return "a string"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        parts = [_expected(a) for a in args]
-        return None if any(p is None for p in parts) else " or ".join(dict.fromkeys(p for p in parts if p))
-    if origin in (list, tuple, collections.abc.Sequence) and args:
-        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)  # tuple[float, float]: a pair
-        items = {_expected(a) for a in (args if fixed else args[:1])}
-        item = items.pop() if len(items) == 1 else None
-        plural = {"a number": "numbers", "an integer": "integers", "a string": "strings",
-                  "true or false": "true/false values"}.get(item or "")
-        if plural is None:
-            return None
-        return f"a list of {len(args)} {plural}" if fixed else f"a list of {plural}"
-    return None
-
-
-def _fits(annotation: Any, value: Any) -> bool:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin is typing.Literal:
-        return value in args
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(a, value) for a in args)
-    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):  # fixed length
-        return isinstance(value, (list, tuple)) and len(value) == len(args) \
-            and all(_fits(a, v) for a, v in zip(args, value))
-    if origin in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, (list, tuple)) and all(_fits(args[0], v) for v in value)
-    return True
 
 
 def build_loss(name: str, kwargs: Mapping[str, Any], key: str, train_labels: torch.Tensor | None, dim: int | None,

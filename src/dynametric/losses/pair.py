@@ -22,6 +22,7 @@ turns it into both the built-in reduction and PML's ``"element"`` loss dictionar
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
 import torch
@@ -46,12 +47,15 @@ _OPTION_NAMES = frozenset(p.name for p in _OPTIONS)
 
 
 def _spell_out_options(init: Any) -> None:
-    """Give ``init(self, ..., **options)`` the signature with the common options listed as keyword-only."""
+    """Give ``init(self, ..., **options)`` the signature with the common options listed as keyword-only, and their
+    annotations (resolved: ``embedding_reg_weight: float``), so that the factories' type check reads them too."""
     sig = inspect.signature(init)
     params = list(sig.parameters.values())
     if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD or params[-1].name != "options":
         return
     init.__signature__ = sig.replace(parameters=params[:-1] + _OPTIONS)
+    hints = typing.get_type_hints(MetricLoss.__init__)
+    init.__annotations__.update({name: hints[name] for name in _OPTION_NAMES if name in hints})
 
 
 class PairLoss(MetricLoss):

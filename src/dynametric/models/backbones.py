@@ -146,6 +146,35 @@ def _check_options(name: str, kwargs: Mapping[str, Any]) -> None:
             raise _unknown_option(name, str(arg), valid)
 
 
+_SET_BY_DYNAMETRIC: dict[str, str] = {
+    "pretrained": "it is set by dynametric's own option: use model.pretrained (build_embedder(pretrained=...))",
+    "in_chans": "it is set by dynametric's own option: use model.in_chans (build_embedder(in_chans=...))",
+    "global_pool": ("dynametric builds the backbone unpooled (global_pool='') and pools its features itself: choose "
+                    "the pooling with model.pooling (build_embedder(pooling=...)): avg, max, avgmax, catavgmax or "
+                    "token"),
+    "num_classes": ("dynametric builds the backbone without its classifier (num_classes=0); the embedding heads "
+                    "are its own: set their width with model.embedding_dim (build_embedder(embedding_dim=...))"),
+}
+"""The backbone arguments dynametric passes itself, and what to use instead: ``pretrained`` and ``in_chans`` of
+every backbone, ``global_pool`` and ``num_classes`` of a timm model (for a backbone of :data:`BACKBONES` they are
+its factory's own options, checked as such)."""
+
+
+def check_backbone_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before anything is built, an option of ``model.backbone_kwargs`` that dynametric sets itself
+    (:data:`_SET_BY_DYNAMETRIC`): one :class:`ConfigError` keyed ``model.backbone_kwargs.<option>`` naming
+    ``backbone_kwargs['<option>']`` and the option to use instead (was: timm's ``got multiple values for keyword
+    argument 'global_pool'``, or a ``TypeError`` traceback for ``in_chans``). Checked by :func:`build_embedder` and
+    when a run config loads; reads no weights and imports no timm."""
+    if not isinstance(kwargs, Mapping):
+        return
+    for arg in kwargs:
+        if arg not in _SET_BY_DYNAMETRIC or (arg in ("global_pool", "num_classes") and name in BACKBONES):
+            continue  # a backbone of BACKBONES: global_pool / num_classes are its factory's own options, if any
+        raise ConfigError(f"backbone_kwargs[{arg!r}] cannot be given for backbone {name!r}: {_SET_BY_DYNAMETRIC[arg]}",
+                          key=f"model.backbone_kwargs.{arg}")
+
+
 def _value_error(name: str, kwargs: Mapping[str, Any], exc: ValueError) -> ConfigError:
     """A backbone factory's ``ValueError`` (its validation of the options) as a :class:`ConfigError` keyed by the
     option its message names (exactly one of the given ones), else ``model.backbone_kwargs`` (``model.backbone``
@@ -332,6 +361,7 @@ def create_backbone(name: str, *, pretrained: bool = False, in_chans: int = 3, *
     timm models are created with ``timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="",
     in_chans=in_chans, **kwargs)`` (timm's normal weight loading and cache when ``pretrained``); pooling is ours.
     """
+    check_backbone_kwargs(name, kwargs)
     if name in BACKBONES:
         _check_options(name, kwargs)
         factory = BACKBONES[name]

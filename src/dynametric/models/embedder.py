@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from dynametric.errors import ConfigError, InputError, first_sentence
-from dynametric.models.backbones import TIMM_SOURCE_PREFIXES, Backbone, create_backbone
+from dynametric.models.backbones import TIMM_SOURCE_PREFIXES, Backbone, check_backbone_kwargs, create_backbone
 from dynametric.models.heads import MAX_EMBEDDING_DIM, EmbeddingHead, GlobalPool, PoolingMode
 
 logger = logging.getLogger(__name__)
@@ -418,7 +418,9 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
             and name (defaults: ``embedding_dim`` and :func:`default_head_names`).
         in_chans: input channels.
         backbone_kwargs: extra keyword arguments for the backbone factory (timm ``create_model``, ``SimpleCNN``,
-            ``BNInception``).
+            ``BNInception``); not those dynametric passes itself: ``pretrained``, ``in_chans`` and, for a timm model,
+            ``global_pool`` (use ``pooling``) and ``num_classes`` (use ``embedding_dim``): a one-line
+            :class:`ConfigError` keyed ``model.backbone_kwargs.<name>``.
     """
     if num_heads < 1:
         raise ConfigError(f"num_heads must be >= 1, got {num_heads}", key="model.num_heads")
@@ -436,6 +438,7 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_EMBEDDING_DIM):
             raise ConfigError(f"a head's width must be an integer from 1 to {MAX_EMBEDDING_DIM} or null, got {dim!r}",
                               key=f"model.head_dims[{i}]" if head_dims is not None else "model.embedding_dim")
+    check_backbone_kwargs(backbone, backbone_kwargs or {})  # pretrained=, in_chans=, global_pool=: set here
     body = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **dict(backbone_kwargs or {}))
     if pooling == "token" and not body.has_class_token:  # here, not at the first forward (`train --dry-run` builds)
         raise ConfigError(f"pooling 'token' needs a transformer backbone with a class token (token output [B, N, C]); "
