@@ -106,3 +106,32 @@ def test_good_numbers_still_build() -> None:
     assert build_loss("TripletMarginLoss", margin=1).margin == 1  # an int for a float
     assert build_loss("ContrastiveLoss", neg_margin=0.5, embedding_reg_weight=2).embedding_reg_weight == 2
     assert build_loss("CSLLoss", class_paths=None, embedding_size=4, mode="pairs", margins=[0.1, 0.2, 0.3]) is not None
+
+
+def test_numbers_a_python_caller_passes_are_numbers() -> None:
+    """NumPy scalars (a sweep over ``np.linspace``), 0-d tensors and 1-d arrays / tensors for a list of numbers built
+    before the check existed and must still build, with the loss value of the Python float form; their non-finite
+    or many-valued forms are refused like a float's."""
+    import numpy as np
+    import torch
+
+    emb = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    want = build_loss("TripletMarginLoss", margin=0.25)(emb, labels)
+    for margin in (np.float32(0.25), np.float64(0.25), torch.tensor(0.25)):
+        got = build_loss("TripletMarginLoss", margin=margin)(emb, labels)
+        assert torch.allclose(got, want), margin
+    assert build_loss("TripletMarginLoss", swap=np.bool_(True)) is not None
+    assert build_loss("ArcFaceLoss", num_classes=np.int64(3), embedding_size=4) is not None
+    ms = build_loss("MultiScaleLoss", base_losses_or_factory="TripletMarginLoss", num_scales=2,
+                    weights=np.array([1.0, 0.5]))
+    plain = build_loss("MultiScaleLoss", base_losses_or_factory="TripletMarginLoss", num_scales=2, weights=[1.0, 0.5])
+    two = torch.stack([labels, labels // 2], 1)
+    assert torch.allclose(ms(emb, two), plain(emb, two))
+    for bad, said in ((torch.tensor(math.nan), "a finite number"), (np.float32(math.inf), "a finite number"),
+                      (torch.tensor([0.2, 0.3]), "a number"), (np.array([0.2]), "a number")):
+        with pytest.raises(ConfigError, match=rf"^key 'margin': TripletMarginLoss: expected {said} for margin"):
+            build_loss("TripletMarginLoss", margin=bad)
+    with pytest.raises(ConfigError, match=r"expected a list of finite numbers or null for weights"):
+        build_loss("MultiScaleLoss", base_losses_or_factory="TripletMarginLoss", num_scales=2,
+                   weights=np.array([1.0, math.nan]))

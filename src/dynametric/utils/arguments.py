@@ -12,6 +12,8 @@ import collections.abc
 import difflib
 import inspect
 import math
+import numbers
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -151,12 +153,11 @@ def fits(annotation: Any, value: Any, *, finite: bool = False) -> bool:
     if annotation is type(None):
         return value is None
     if annotation is bool:
-        return isinstance(value, bool)
+        return isinstance(value, bool) or _scalar_kind(value) == "bool"
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return _scalar_kind(value) == "int"
     if annotation is float:
-        return (isinstance(value, NUMBER_TYPES) and not isinstance(value, bool)
-                and (not finite or math.isfinite(value)))
+        return _scalar_kind(value) in ("int", "float") and (not finite or math.isfinite(float(value)))
     if annotation is str:
         return isinstance(value, str)
     if origin is typing.Literal:
@@ -164,11 +165,50 @@ def fits(annotation: Any, value: Any, *, finite: bool = False) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(fits(a, value, finite=finite) for a in args)
     if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):  # fixed length
-        return isinstance(value, (list, tuple)) and len(value) == len(args) \
-            and all(fits(a, v, finite=finite) for a, v in zip(args, value))
+        items = _items(value)
+        return items is not None and len(items) == len(args) \
+            and all(fits(a, v, finite=finite) for a, v in zip(args, items))
     if origin in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, (list, tuple)) and all(fits(args[0], v, finite=finite) for v in value)
+        items = _items(value)
+        return items is not None and all(fits(args[0], v, finite=finite) for v in items)
     return True
+
+
+def _scalar_kind(value: Any) -> str | None:
+    """``"bool"``, ``"int"`` or ``"float"`` for one value of that kind as a Python call may pass it: a Python
+    ``bool`` / ``int`` / ``float``, a NumPy scalar (``np.float32(0.2)``, ``np.int64(3)``, ``np.bool_``: NumPy
+    registers its numbers with :mod:`numbers`) or a 0-d real torch tensor (``torch.tensor(0.2)``); ``None`` for
+    anything else (text, complex numbers, arrays of several values). A config file's YAML only ever gives the
+    Python types."""
+    if isinstance(value, bool):
+        return "bool"
+    torch = sys.modules.get("torch")  # a tensor can only be given where torch was imported
+    if torch is not None and isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.is_complex():
+            return None
+        if value.dtype == torch.bool:
+            return "bool"
+        return "float" if value.is_floating_point() else "int"
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.bool_):
+        return "bool"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    return None
+
+
+def _items(value: Any) -> list[Any] | tuple[Any, ...] | None:
+    """The values of a list-like argument: a list or tuple, or a one-dimensional NumPy array or torch tensor (each
+    value then a NumPy scalar / 0-d tensor); ``None`` for anything else."""
+    if isinstance(value, (list, tuple)):
+        return value
+    torch = sys.modules.get("torch")
+    np = sys.modules.get("numpy")
+    if (torch is not None and isinstance(value, torch.Tensor)) or (np is not None and isinstance(value, np.ndarray)):
+        return list(value) if value.ndim == 1 else None
+    return None
 
 
 def expected_message(name: str, arg: str, want: str, value: Any) -> str:
