@@ -4,7 +4,8 @@
 fine/middle/coarse = product/category/family, --scale coarse answers "which family is this?".
 --same NAME keeps only items that share the query's label at that scale ("more from the same category"); the
 query's label is its own when the queries carry labels (an embed folder with the index's scales, or
---query-labels), else the label of its nearest item.
+--query-labels), else that of its own indexed item when --exclude-self matched one, else the label of its nearest
+item.
 """
 # The docstring's paragraphs after the first are the command's --help description: plain text, no markup.
 

@@ -606,8 +606,9 @@ class RetrievalIndex:
         * ``scale=NAME``: the ``k`` nearest *classes* at that scale, each represented by its nearest item
           ("which product / category / family is this?");
         * ``same=NAME``: the ``k`` nearest items whose label at that scale equals the query's ("more from the same
-          category"); the query's label is ``query_labels[:, scale]`` when given, else the label of its nearest
-          item (the predicted class).
+          category"); the query's label is ``query_labels[:, scale]`` when given, else the label of its excluded
+          item (``exclude[q] >= 0``: the query is that item), else the label of its nearest item (the predicted
+          class).
         ``query_labels`` and ``exclude`` are numpy arrays, torch tensors (any device) or lists.
         ``exclude`` (``[Q]`` item positions, ``-1`` for none) drops one item per query (the query itself).
         Queries go in chunks of ``QUERY_CHUNK``; per chunk the candidate list grows 4x at a time until every row
@@ -651,19 +652,15 @@ class RetrievalIndex:
             sa_idx = int(sa)  # type: ignore[arg-type]
             if ql is not None:
                 target = ql[:, sa_idx]
-            elif self.transform is not None:  # the nearest item by the same rule as the results (ties by id)
-                excl = None if ex is None else np.asarray(exclude, dtype=np.int64)
-                one = np.minimum(1, self.size - (0 if excl is None else (excl >= 0).astype(np.int64)))
-                one = np.broadcast_to(one, (len(qs),))
-                pick = np.concatenate([self._search_block(
-                    qs[lo:lo + QUERY_CHUNK], 1, one[lo:lo + QUERY_CHUNK], None, None, None,
-                    None if excl is None else excl[lo:lo + QUERY_CHUNK])[0][:, 0]
-                    for lo in range(0, len(qs), QUERY_CHUNK)])
-                target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
-            else:
-                _, nn = faiss_search(self.index, qs, 2 if exclude is not None else 1)
-                pick = nn[:, 0] if exclude is None else np.where(nn[:, 0] == exclude, nn[:, -1], nn[:, 0])
-                target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
+            else:  # a query that is an item of the index (exclude >= 0) has that item's label; the others the label
+                # of their nearest item (the predicted class)
+                target = np.full(len(qs), -1, dtype=np.int64)
+                own = np.zeros(len(qs), dtype=bool) if ex is None else np.asarray(exclude) >= 0
+                if own.any():
+                    target[own] = self.labels[np.asarray(exclude)[own], sa_idx]  # type: ignore[index]
+                rest = np.flatnonzero(~own)
+                if len(rest):
+                    target[rest] = self._nearest_labels(qs, rest, sa_idx)
         # the most results a query can have: classes at the scale / items of its class (minus an excluded item)
         achievable = np.full(len(qs), self.size - (0 if ex is None else 1), dtype=np.int64)
         if si is not None or same is not None:
@@ -700,6 +697,20 @@ class RetrievalIndex:
         short = int(((ids >= 0).sum(axis=1) < np.minimum(achievable, k)).sum())
         return SearchResult(ids, dist, mode, scale if si is not None else same, target if same is not None else None,
                             short)
+
+    def _nearest_labels(self, qs: Any, rows: np.ndarray, sa: int) -> np.ndarray:
+        """The label at scale ``sa`` of the nearest item of each query in ``rows`` (positions into ``qs``, ascending;
+        ``-1`` where the index returns none): ``same=``'s class of a query without labels of its own."""
+        if self.transform is None:
+            pick = faiss_search(self.index, np.ascontiguousarray(qs[rows]), 1)[1][:, 0]
+        else:  # the nearest item by the same rule as the results (ties by id)
+            sub = _Queries(qs.faiss[rows], qs.exact[rows], qs.divisor[rows])
+            picks = []
+            for lo in range(0, len(sub), QUERY_CHUNK):
+                part = sub[lo:lo + QUERY_CHUNK]
+                picks.append(self._search_block(part, 1, np.ones(len(part), np.int64), None, None, None, None)[0])  # type: ignore[arg-type]
+            pick = np.concatenate(picks)[:, 0]
+        return np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa], -1)  # type: ignore[index]
 
     def _check_query_labels(self, query_labels: Any, rows: int) -> np.ndarray:
         """``search``'s ``query_labels`` as ``[Q, S]`` int64: ``[Q]`` (one scale) or ``[Q, S]`` integer class ids
