@@ -189,3 +189,82 @@ def test_query_labels_from_an_npy_array(tmp_path, capsys) -> None:
         assert main(["search", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "q.npy"),
                      "--same", "coarse", "--query-labels", str(tmp_path / "bad.npy")]) == 2
         assert capsys.readouterr().err.strip() == f"dynametric search: error: {tmp_path / 'bad.npy'}: {expected}"
+
+
+def _labelled_index(tmp_path: Path, coarse: list[str]) -> Path:
+    """40 items, fine = i % 5 (integers), coarse = class ``i % len(coarse)`` of the text names ``coarse``; 3 query
+    rows in q.npy."""
+    s = _set(40)
+    s.labels[:, 1] = np.arange(40) % len(coarse)
+    s.class_names = [[], coarse]
+    RetrievalIndex.build(s, "flat").save(tmp_path / "idx")
+    np.save(tmp_path / "q.npy", _set(3, seed=1).embeddings)
+    return tmp_path / "idx"
+
+
+def _same_json(capsys, index: Path, labels: Path, same: str) -> list[dict]:
+    capsys.readouterr()
+    assert main(["search", "--index", str(index), "--embeddings", str(index.parent / "q.npy"), "-k", "40",
+                 "--same", same, "--query-labels", str(labels), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["queries"]
+
+
+def test_query_labels_csv_may_name_fewer_scales_than_the_index(tmp_path, capsys) -> None:
+    """Finding: a --query-labels CSV had to name every scale of the index, in order (`columns ['coarse'] differ
+    from the index's scales`), though --same reads one. Its header names any of the index's scales, each once, in
+    any order, and must name the --same one; an .npy has no names and keeps one column per scale."""
+    index = _labelled_index(tmp_path, ["animal", "plant"])
+    (tmp_path / "c.csv").write_text("coarse\nplant\nanimal\n1\n")
+    queries = _same_json(capsys, index, tmp_path / "c.csv", "coarse")
+    assert [q["query_label"] for q in queries] == ["plant", "animal", "plant"]
+    assert [{h["labels"]["coarse"] for h in q["results"]} for q in queries] == [{"plant"}, {"animal"}, {"plant"}]
+    assert [len(q["results"]) for q in queries] == [20, 20, 20]
+    (tmp_path / "full.csv").write_text("fine,coarse\n4,1\n3,0\n0,1\n")
+    (tmp_path / "swapped.csv").write_text("coarse,fine\n1,4\n0,3\n1,0\n")
+    for same in ("fine", "coarse"):
+        assert _same_json(capsys, index, tmp_path / "swapped.csv", same) == \
+            _same_json(capsys, index, tmp_path / "full.csv", same)
+    for text, expected in [
+        ("fine\n1\n2\n3\n", "1: no column 'coarse': --same coarse needs the queries' coarse labels (the file has "
+                            "['fine']; the index's scales are ['fine', 'coarse'])"),
+        ("coarse,kind\nplant,x\nplant,x\nplant,x\n", "1: column 'kind' is not a scale of the index: the header names "
+                                                     "scales of the index ['fine', 'coarse'] (any of them, each once)"),
+        ("coarse,coarse\nplant,plant\nplant,plant\nplant,plant\n", "1: column 'coarse' appears 2 times; name each "
+                                                                   "scale once"),
+        ("coarse\nplant\nanimal,1\nplant\n", "3: expected 1 fields, got 2"),
+    ]:
+        (tmp_path / "bad.csv").write_text(text)
+        assert main(["search", "--index", str(index), "--embeddings", str(tmp_path / "q.npy"), "--same", "coarse",
+                     "--query-labels", str(tmp_path / "bad.csv")]) == 2
+        assert capsys.readouterr().err.strip() == f"dynametric search: error: {tmp_path / 'bad.csv'}:{expected}"
+
+
+def test_query_labels_on_a_scale_of_numeric_class_names_read_numbers_as_names(tmp_path, capsys) -> None:
+    """Finding: on a scale whose class names look like numbers (`7`, `42`, `99`, a label column mixing numbers
+    and text), a --query-labels cell `1` was read as class id 1, the class `42`, without a word. There a number is
+    a class name only, matched by value (`007` is `7`, as the data readers read it); one that names no class is
+    refused; on a scale of text names alone a number is still a class id."""
+    index = _labelled_index(tmp_path, ["42", "7", "cat"])  # ids 0, 1, 2
+    (tmp_path / "ql.csv").write_text("coarse\n7\n007\ncat\n")
+    queries = _same_json(capsys, index, tmp_path / "ql.csv", "coarse")
+    assert [q["query_label"] for q in queries] == ["7", "7", "cat"]
+    assert [{h["labels"]["coarse"] for h in q["results"]} for q in queries] == [{"7"}, {"7"}, {"cat"}]
+    for cell in ("1", "2", "0"):  # class ids of the index, but no class's name
+        (tmp_path / "ql.csv").write_text(f"coarse\n7\n{cell}\ncat\n")
+        assert main(["search", "--index", str(index), "--embeddings", str(tmp_path / "q.npy"), "--same", "coarse",
+                     "--query-labels", str(tmp_path / "ql.csv")]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"dynametric search: error: {tmp_path / 'ql.csv'}:3: column 'coarse': '{cell}' is none of the index's 3 "
+            "coarse classes (42, 7, cat); some of them are numbers, so a number here is a class name, never a class "
+            "id: write the class name (or give class ids in an .npy)")
+    (tmp_path / "ql.csv").write_text("coarse\n7\ndog\ncat\n")
+    assert main(["search", "--index", str(index), "--embeddings", str(tmp_path / "q.npy"), "--same", "coarse",
+                 "--query-labels", str(tmp_path / "ql.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "ql.csv:3: column 'coarse': expected one of the index's 3 coarse classes (42, 7, cat), got 'dog'")
+    np.save(tmp_path / "ql.npy", np.array([[0, 1], [0, 0], [0, 2]]))  # an .npy holds class ids
+    assert [q["query_label"] for q in _same_json(capsys, index, tmp_path / "ql.npy", "coarse")] == ["7", "42", "cat"]
+    other = _labelled_index(tmp_path / "text", ["animal", "plant", "rock"])  # text names alone: ids as before
+    (tmp_path / "ids.csv").write_text("coarse\n1\nrock\n0\n")
+    assert [q["query_label"] for q in _same_json(capsys, other, tmp_path / "ids.csv", "coarse")] == \
+        ["plant", "rock", "animal"]

@@ -489,3 +489,23 @@ def test_search_image_max_pixels_refuses_a_larger_query_image(built: dict[str, P
     assert err == f"dynametric search: error: {img}: image has 32x32 pixels, more than max_pixels 1000", err
     assert main(["search", "--index", str(built["index"]), "--image", str(img), "--max-pixels", "1024",
                  "--json", "-k", "1"]) == 0
+
+
+def test_same_with_exclude_self_takes_the_class_of_the_query_file(built: dict[str, Path], capsys) -> None:
+    """Finding: ``--same`` with ``--exclude-self`` and queries without labels (--image files) took the class of
+    the nearest *other* item, so an indexed file got results from another class. Its class is now that of its own
+    indexed item (the one excluded); the results are the nearest items of that class, itself left out."""
+    emb = np.load(built["emb"] / "embeddings.npy").astype(np.float64)
+    coarse = ["animal", "plant", "rock"]
+    files = [str(built["root"] / f"imgs/{coarse[i % 3]}/img_{i:02d}.png") for i in range(12)]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    dist = 1 - unit @ unit.T
+    np.fill_diagonal(dist, np.inf)
+    # the case of the finding occurs here: some file's nearest other item is of another class
+    assert any(np.argmin(dist[i]) % 3 != i % 3 for i in range(12))
+    out = _search(capsys, "--index", str(built["index"]), "--image", *files, "-k", "2", "--same", "coarse",
+                  "--exclude-self")
+    for i, q in enumerate(out["queries"]):
+        assert q["query_label"] == coarse[i % 3]
+        mates = [j for j in np.argsort(dist[i], kind="stable") if j % 3 == i % 3 and j != i][:2]
+        assert [h["id"] for h in q["results"]] == [f"item{j:02d}" for j in mates]

@@ -544,3 +544,32 @@ def test_a_built_index_holds_its_own_labels_and_class_names(form: str) -> None:
     assert np.array_equal(before.ids, after.ids) and (after.ids >= 0).all()
     assert not np.shares_memory(index.labels, given if form == "numpy" else given.numpy())
     assert np.array_equal(index.labels, make_set().labels) and index.class_names[0][0] == "f0"
+
+
+def _same_exclude_case() -> tuple[np.ndarray, np.ndarray]:
+    """Item 0's nearest other item is item 1, of another coarse class (1) than item 0 (0, as items 2 and 3)."""
+    emb = np.array([[1, 0], [0.99, 0.14], [0.8, 0.6], [0.6, 0.8]], np.float32)
+    return emb, np.array([[0, 0], [1, 1], [2, 0], [3, 0]])
+
+
+def test_same_with_an_excluded_item_takes_the_class_of_that_item() -> None:
+    """Finding: ``same=`` without query labels took the class of the nearest item *other than* the excluded one:
+    a query that is item 0 (excluded as itself) got the class of item 1 and results from that other class. The
+    query's class is now the excluded item's own; the nearest item's only where nothing is excluded."""
+    import faiss
+
+    emb, labels = _same_exclude_case()
+    s = EmbeddingSet(emb, list("abcd"), list("abcd"), labels, ["fine", "coarse"], None, [], {}, "mem")
+    fi = faiss.IndexFlatIP(2)
+    fi.add(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    older = RetrievalIndex(fi, "flat", "cosine", 2, list("abcd"), list("abcd"), labels, ["fine", "coarse"])
+    for idx in (RetrievalIndex.build(s), older):  # the exact search and that of an index of an older build
+        res = idx.search(emb[:1], 2, same="coarse", exclude=[0])
+        assert res.query_groups.tolist() == [0] and res.ids.tolist() == [[2, 3]]
+        res = idx.search(emb[:1], 1, same="fine", exclude=[0])  # item 0 is the only one of fine class 0
+        assert res.query_groups.tolist() == [0] and res.ids.tolist() == [[-1]] and res.short_queries == 0
+        # several queries: excluded ones by their own item, the others (-1) by their nearest item
+        q = np.vstack([emb[:1], emb[:1], emb[1:2] * 0.5])
+        res = idx.search(q, 3, same="coarse", exclude=np.array([0, -1, 1]))
+        assert res.query_groups.tolist() == [0, 0, 1]
+        assert res.ids.tolist() == [[2, 3, -1], [0, 2, 3], [-1, -1, -1]]

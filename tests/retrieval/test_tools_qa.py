@@ -314,3 +314,48 @@ def test_cosine_works_for_any_finite_scale(scale: float, tmp_path: Path) -> None
     np.testing.assert_array_equal(res.ids, ref)
     np.testing.assert_allclose(res.distances, np.maximum(1 - np.take_along_axis(cos, ref, axis=1), 0), atol=1e-6)
     assert res.ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------- query folders of fewer scales
+def _relabelled_csv(image_root: Path, path: Path, column: str, label) -> Path:
+    """All 12 images with one label column, ``column``, whose value for image ``i`` is ``label(i)``."""
+    lines = (image_root / "labels.csv").read_text(encoding="utf-8").splitlines()[1:]
+    out = [f"path,{column}"] + [f"{image_root / line.split(',')[0]},{label(i)}" for i, line in enumerate(lines)]
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return path
+
+
+def test_same_uses_the_same_scale_of_a_query_folder_labelled_at_fewer_scales(run_ckpt: Path, image_root: Path,
+                                                                             tmp_path: Path, capsys) -> None:
+    """Finding: a query embed folder labelled at fewer scales than the index (``fine`` alone against ``fine,
+    coarse``) had its labels silently ignored by ``--same fine`` (each query got its nearest item's class, no
+    note): they were used only when the folder's scale names equalled the index's. The --same scale's column is
+    now used, by name; a folder without that scale gets a note saying the nearest item's class is used."""
+    _embed(run_ckpt, image_root / "labels.csv", tmp_path / "emb")  # fine (integers 0..5), coarse (text)
+    assert main(["index", "build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    fine = [(i + 1) % 6 for i in range(12)]  # not the images' own fine class: not what the nearest item says
+    _embed(run_ckpt, _relabelled_csv(image_root, tmp_path / "qf.csv", "fine", lambda i: fine[i]), tmp_path / "qf")
+    out, err = _search_json(capsys, "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "qf"),
+                            "--same", "fine", "-k", "5")
+    assert "note:" not in err
+    assert [q["query_label"] for q in out["queries"]] == fine
+    for i, q in enumerate(out["queries"]):  # fine class c holds items c and c + 6
+        assert sorted(h["id"] for h in q["results"]) == [f"item{fine[i]:02d}", f"item{fine[i] + 6:02d}"]
+    # a text scale: matched to the index's classes by name (the query job numbers plant, rock 0, 1)
+    coarse = ["animal", "plant", "rock"]
+    own = [coarse[(i + 1) % 3] if i % 2 else "fox" for i in range(12)]
+    _embed(run_ckpt, _relabelled_csv(image_root, tmp_path / "qc.csv", "coarse", lambda i: own[i]), tmp_path / "qc")
+    out, err = _search_json(capsys, "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "qc"),
+                            "--same", "coarse", "-k", "10")
+    assert [q["query_label"] for q in out["queries"]] == own
+    for i, q in enumerate(out["queries"]):
+        assert [h["labels"]["coarse"] for h in q["results"]] == ([own[i]] * 4 if own[i] != "fox" else [])
+    assert ("note: --same coarse: 6 of 12 queries have a coarse label the index does not hold (fox): they get no "
+            "results") in err
+    # the folder holds no --same scale: the nearest item's class, and a note says why
+    out, err = _search_json(capsys, "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "qc"),
+                            "--same", "fine", "-k", "2")
+    assert [q["query_label"] for q in out["queries"]] == [i % 6 for i in range(12)]  # each image is an item
+    assert err.strip() == (f"note: --same fine: the query labels ({tmp_path / 'qc' / 'labels.npy'}) are at scales "
+                           "['coarse'], not the index's ['fine', 'coarse'], and hold no 'fine': each query's fine "
+                           "class is that of its nearest item (the predicted class)")

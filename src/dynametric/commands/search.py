@@ -4,7 +4,8 @@
 fine/middle/coarse = product/category/family, --scale coarse answers "which family is this?".
 --same NAME keeps only items that share the query's label at that scale ("more from the same category"); the
 query's label is its own when the queries carry labels (an embed folder with the index's scales, or
---query-labels), else the label of its nearest item.
+--query-labels), else that of its own indexed item when --exclude-self matched one, else the label of its nearest
+item.
 """
 # The docstring's paragraphs after the first are the command's --help description: plain text, no markup.
 
@@ -39,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", default=None, help="group by this scale: the k nearest classes at the scale")
     p.add_argument("--same", default=None, help="only items with the query's label at this scale")
     p.add_argument("--query-labels", type=path_arg, default=None,
-                   help="CSV with a header of the index's scale names, one row per query (for --same): class "
-                        "names as the index shows them, or integer class ids; or an .npy integer array [Q, S] of "
-                        "class ids, its columns the index's scales in order")
+                   help="CSV with a header of the index's scale names (any of them, the --same one included), one "
+                        "row per query (for --same): class names as the index shows them, or integer class ids (not "
+                        "on a scale with numeric class names, where a number is a name); or an .npy integer array "
+                        "[Q, S] of class ids, its columns the index's scales in order")
     p.add_argument("--exclude-self", action="store_true",
                    help="drop each query's own item: the indexed item with the query's file (--image files, or "
                         "the items of an --embeddings embed folder), matched by path")
@@ -142,10 +144,21 @@ def run(args: argparse.Namespace) -> int:
         q = np.asarray(qs.embeddings)  # float64 stays float64: the index checks and prepares it for its metric
         index.check_queries(q, f"query embeddings {args.embeddings}", source=embeddings_file(args.embeddings))
         names = qs.ids
-        if qs.labels is not None and index.labels is not None and list(qs.scale_names) == list(index.scale_names):
-            # in the index's class ids: each embed job numbers its text classes within its own list
+        if args.same is not None and args.query_labels is None and qs.labels is not None:
             # qs.source: the embed folder, also when --embeddings named its embeddings.npy
-            qlabels, qnames = index.query_class_ids(qs.labels, qs.class_names, str(Path(qs.source) / "labels.npy"))
+            where = str(Path(qs.source) / "labels.npy")
+            if args.same in qs.scale_names:  # its --same column, by name: the folder may hold fewer (or other) scales
+                j = list(qs.scale_names).index(args.same)
+                # in the index's class ids: each embed job numbers its text classes within its own list
+                qlabels, qnames = index.query_class_ids(
+                    qs.labels[:, [j]], [qs.class_names[j]] if qs.class_names and j < len(qs.class_names) else None,
+                    where, scales=[args.same])
+            else:
+                own = ("that of its own indexed item where --exclude-self matched one, else that of its nearest item"
+                       if args.exclude_self else "that of its nearest item (the predicted class)")
+                notes.append(f"--same {args.same}: the query labels ({where}) are at scales "
+                             f"{list(qs.scale_names)}, not the index's {index.scale_names}, and hold no "
+                             f"{args.same!r}: each query's {args.same} class is {own}")
         if qs.model:  # an embed folder: the precision its embeddings were computed in
             note = precision_note(index.model, str(qs.model.get("precision") or "fp32"),
                                   f"the query embeddings ({args.embeddings}) were computed")
@@ -158,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.query_labels is not None:
-        qlabels, qnames = read_query_labels(args.query_labels, index, len(q))
+        qlabels, qnames = read_query_labels(args.query_labels, index, len(q), scale=args.same)
     if args.same is not None and qlabels is not None and qnames is not None:
         col = index.scale_names.index(args.same)
         missing = ~np.isin(qlabels[:, col], index.labels[:, col])  # type: ignore[index]

@@ -614,8 +614,9 @@ class RetrievalIndex:
         * ``scale=NAME``: the ``k`` nearest *classes* at that scale, each represented by its nearest item
           ("which product / category / family is this?");
         * ``same=NAME``: the ``k`` nearest items whose label at that scale equals the query's ("more from the same
-          category"); the query's label is ``query_labels[:, scale]`` when given, else the label of its nearest
-          item (the predicted class).
+          category"); the query's label is ``query_labels[:, scale]`` when given, else the label of its excluded
+          item (``exclude[q] >= 0``: the query is that item), else the label of its nearest item (the predicted
+          class).
         ``query_labels`` and ``exclude`` are numpy arrays, torch tensors (any device) or lists.
         ``exclude`` (``[Q]`` item positions, ``-1`` for none) drops one item per query (the query itself).
         Queries go in chunks of ``QUERY_CHUNK``; per chunk the candidate list grows 4x at a time until every row
@@ -659,19 +660,15 @@ class RetrievalIndex:
             sa_idx = int(sa)  # type: ignore[arg-type]
             if ql is not None:
                 target = ql[:, sa_idx]
-            elif self.transform is not None:  # the nearest item by the same rule as the results (ties by id)
-                excl = None if ex is None else np.asarray(exclude, dtype=np.int64)
-                one = np.minimum(1, self.size - (0 if excl is None else (excl >= 0).astype(np.int64)))
-                one = np.broadcast_to(one, (len(qs),))
-                pick = np.concatenate([self._search_block(
-                    qs[lo:lo + QUERY_CHUNK], 1, one[lo:lo + QUERY_CHUNK], None, None, None,
-                    None if excl is None else excl[lo:lo + QUERY_CHUNK])[0][:, 0]
-                    for lo in range(0, len(qs), QUERY_CHUNK)])
-                target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
-            else:
-                _, nn = faiss_search(self.index, qs, 2 if exclude is not None else 1)
-                pick = nn[:, 0] if exclude is None else np.where(nn[:, 0] == exclude, nn[:, -1], nn[:, 0])
-                target = np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa_idx], -1)  # type: ignore[index]
+            else:  # a query that is an item of the index (exclude >= 0) has that item's label; the others the label
+                # of their nearest item (the predicted class)
+                target = np.full(len(qs), -1, dtype=np.int64)
+                own = np.zeros(len(qs), dtype=bool) if ex is None else np.asarray(exclude) >= 0
+                if own.any():
+                    target[own] = self.labels[np.asarray(exclude)[own], sa_idx]  # type: ignore[index]
+                rest = np.flatnonzero(~own)
+                if len(rest):
+                    target[rest] = self._nearest_labels(qs, rest, sa_idx)
         # the most results a query can have: classes at the scale / items of its class (minus an excluded item)
         achievable = np.full(len(qs), self.size - (0 if ex is None else 1), dtype=np.int64)
         if si is not None or same is not None:
@@ -709,6 +706,20 @@ class RetrievalIndex:
         return SearchResult(ids, dist, mode, scale if si is not None else same, target if same is not None else None,
                             short)
 
+    def _nearest_labels(self, qs: Any, rows: np.ndarray, sa: int) -> np.ndarray:
+        """The label at scale ``sa`` of the nearest item of each query in ``rows`` (positions into ``qs``, ascending;
+        ``-1`` where the index returns none): ``same=``'s class of a query without labels of its own."""
+        if self.transform is None:
+            pick = faiss_search(self.index, np.ascontiguousarray(qs[rows]), 1)[1][:, 0]
+        else:  # the nearest item by the same rule as the results (ties by id)
+            sub = _Queries(qs.faiss[rows], qs.exact[rows], qs.divisor[rows])
+            picks = []
+            for lo in range(0, len(sub), QUERY_CHUNK):
+                part = sub[lo:lo + QUERY_CHUNK]
+                picks.append(self._search_block(part, 1, np.ones(len(part), np.int64), None, None, None, None)[0])  # type: ignore[arg-type]
+            pick = np.concatenate(picks)[:, 0]
+        return np.where(pick >= 0, self.labels[np.maximum(pick, 0), sa], -1)  # type: ignore[index]
+
     def _check_query_labels(self, query_labels: Any, rows: int) -> np.ndarray:
         """``search``'s ``query_labels`` as ``[Q, S]`` int64: ``[Q]`` (one scale) or ``[Q, S]`` integer class ids
         (floats with integral values too), one row per query and one column per scale of the index; anything else
@@ -730,27 +741,36 @@ class RetrievalIndex:
             raise InputError(f"query_labels must be integer class ids, got dtype {ql.dtype}", key="query_labels")
         return ql.astype(np.int64)
 
-    def query_class_ids(self, labels: np.ndarray, class_names: list[list[str]] | None,
-                        what: str) -> tuple[np.ndarray, list[list[str]]]:
-        """Labels of queries from another embed job (``labels`` ``[Q, S]`` in that job's ids, ``class_names`` its
-        ``embed.json`` class names, ``what`` its ``labels.npy``, named in errors) in this index's ids, and each
-        query's class at every scale as text (``names[s][q]``).
+    def query_class_ids(self, labels: np.ndarray, class_names: list[list[str]] | None, what: str, *,
+                        scales: list[str] | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Labels of queries from another embed job (``labels`` ``[Q, S']`` in that job's ids, ``class_names`` its
+        ``embed.json`` class names, ``what`` its ``labels.npy``, named in errors) in this index's ids ``[Q, S]``,
+        and each query's class at every scale as text (``names[s][q]``).
+
+        ``scales`` names the columns of ``labels`` (default: the index's scales, in order); they are matched to the
+        index's scales by name: a column of a scale the index lacks is ignored, a scale of the index without a
+        column has labels ``-1`` and no names (``names[s] == []``).
 
         Each embed job numbers the text classes of a scale by sorted name within its own list, so the same id can be
         another class in another job: text classes are matched by name. A query class the index does not hold gets
         id ``-1`` (no item has it: ``same=`` finds nothing for it, never another class). Integer scales are their
         values on both sides; a scale of text on one side and integers on the other cannot be matched (one line)."""
         labels = np.asarray(labels)
-        if labels.ndim != 2 or labels.shape[1] != len(self.scale_names):
-            raise InputError(f"expected [Q, {len(self.scale_names)}] labels, found shape {labels.shape}", file=what)
-        out = labels.astype(np.int64, copy=True)
-        names: list[list[str]] = []
-        for s, scale in enumerate(self.scale_names):
-            qc = [str(c) for c in class_names[s]] if class_names and s < len(class_names) else []
+        scales = list(self.scale_names) if scales is None else list(scales)
+        if labels.ndim != 2 or labels.shape[1] != len(scales):
+            raise InputError(f"expected [Q, {len(scales)}] labels, found shape {labels.shape}", file=what)
+        out = np.full((len(labels), len(self.scale_names)), -1, dtype=np.int64)
+        names: list[list[str]] = [[] for _ in self.scale_names]
+        for j, scale in enumerate(scales):
+            if scale not in self.scale_names:
+                continue
+            s = self.scale_names.index(scale)
+            qc = [str(c) for c in class_names[j]] if class_names and j < len(class_names) else []
             ic = [str(c) for c in self.class_names[s]] if self.class_names and s < len(self.class_names) else []
-            col = out[:, s]
+            col = labels[:, j].astype(np.int64)
             if not qc and not ic:
-                names.append([str(int(v)) for v in col])
+                names[s] = [str(int(v)) for v in col]
+                out[:, s] = col
                 continue
             if not qc or not ic:
                 raise InputError(f"scale {scale!r}: the labels of "
@@ -762,7 +782,7 @@ class RetrievalIndex:
                                  "embed.json", file=what)
             pos = {c: i for i, c in enumerate(ic)}
             mapping = np.array([pos.get(c, -1) for c in qc], dtype=np.int64)
-            names.append([qc[int(v)] for v in col])
+            names[s] = [qc[int(v)] for v in col]
             out[:, s] = mapping[col] if len(col) else col
         return out, names
 
@@ -955,14 +975,24 @@ def self_items(index: RetrievalIndex, query_paths: list[str], what: str) -> tupl
     return exclude, int((exclude < 0).sum())
 
 
-def read_query_labels(path: Path, index: RetrievalIndex, rows: int) -> tuple[np.ndarray, list[list[str]]]:
+def read_query_labels(path: Path, index: RetrievalIndex, rows: int,
+                      scale: str | None = None) -> tuple[np.ndarray, list[list[str]]]:
     """``search --query-labels``: the labels ``[rows, S]`` of the queries (in the index's class ids) and each
-    query's class as text (``names[s][q]``), from a CSV whose header is the index's scale names, one row per query.
+    query's class as text (``names[s][q]``), from a CSV whose header names scales of the index, one row per query.
+
+    The header names any of the index's scales, each once, in any order (the queries labelled at fewer scales than
+    the index: ``fine`` alone against ``fine,coarse``); a scale it does not name has labels ``-1`` and no names
+    (``names[s] == []``). ``scale`` (``--same``'s) must be among them: without its column the file cannot say the
+    queries' class there (one line naming the file and its columns).
 
     A cell of a scale with text class names (``index.json``'s ``class_names``) is a class name of the index, or
-    else an integer class id (``0..C-1``, as ``labels.npy`` holds them); a cell of an integer scale is an integer.
-    Anything else is one line naming the file, line and column. A file named ``*.npy`` (or starting with the NumPy
-    header) is an integer array ``[rows, S]`` of class ids instead (:func:`_query_labels_npy`)."""
+    else an integer class id (``0..C-1``, as ``labels.npy`` holds them) -- except on a scale some of whose class
+    names are integers (``7``, ``42``, ``99``, as a label column mixing numbers and text gives): there an integer
+    cell is read as a class name only, by its value (``007`` is the class ``7``, as the data readers read it), and
+    one that names no class is refused rather than taken as an id (``1`` was class id 1, the class ``42``). A cell
+    of an integer scale is an integer. Anything else is one line naming the file, line and column. A file named
+    ``*.npy`` (or starting with the NumPy header) is an integer array ``[rows, S]`` of class ids instead, every
+    scale in the index's order: an array has no column names (:func:`_query_labels_npy`)."""
     from dynametric.data.base import LoadReport, raise_problems
     from dynametric.data.readers import parse_csv
     from dynametric.utils.readers import check_file, decode_utf8, integer_label, is_npy_file
@@ -992,28 +1022,49 @@ def read_query_labels(path: Path, index: RetrievalIndex, rows: int) -> tuple[np.
         raise InputError(f"file is empty; expected a header of the index's scales {names}", file=path)
     header_line, header = records[0]
     cols = [c.strip() for c in header]
-    if cols != names:
-        raise InputError(f"columns {cols} differ from the index's scales {names}", file=path, line=header_line)
+    for c in cols:
+        if c not in names:
+            raise InputError(f"column {c[:60]!r} is not a scale of the index: the header names scales of the index "
+                             f"{names} (any of them, each once)", file=path, line=header_line)
+        if cols.count(c) > 1:
+            raise InputError(f"column {c!r} appears {cols.count(c)} times; name each scale once", file=path,
+                             line=header_line)
+    if scale is not None and scale not in cols:
+        raise InputError(f"no column {scale!r}: --same {scale} needs the queries' {scale} labels (the file has "
+                         f"{cols}; the index's scales are {names})", file=path, line=header_line)
+    at = [names.index(c) for c in cols]  # the index scale of each column
     pos = [{c: i for i, c in enumerate(cl)} for cl in classes]
+    # scales some of whose class names are integers: an integer cell is a class name there, matched by its value
+    by_value = [{v: i for i, c in enumerate(cl) if (v := integer_label(c)) is not None} for cl in classes]
     body = records[1:]
     if len(body) != rows:
         raise InputError(f"{len(body)} label rows for {rows} queries", file=path)
-    out = np.zeros((rows, len(names)), dtype=np.int64)
+    out = np.full((rows, len(names)), -1, dtype=np.int64)
     shown: list[list[str]] = [[] for _ in names]
     for r, (lineno, row) in enumerate(body):
-        if len(row) != len(names):
-            raise InputError(f"expected {len(names)} fields, got {len(row)}", file=path, line=lineno)
-        for s, cell in enumerate(row):
+        if len(row) != len(cols):
+            raise InputError(f"expected {len(cols)} fields, got {len(row)}", file=path, line=lineno)
+        for s, cell in zip(at, row):
             value = cell.strip()
             if classes[s] and value in pos[s]:
                 out[r, s] = pos[s][value]
                 shown[s].append(value)
                 continue
             number = integer_label(value)
+            known = ", ".join(classes[s][:8]) + (", ..." if len(classes[s]) > 8 else "")
+            if by_value[s] and number is not None:
+                if number not in by_value[s]:
+                    raise InputError(f"column {names[s]!r}: {value[:60]!r} is none of the index's "
+                                     f"{len(classes[s])} {names[s]} classes ({known}); some of them are numbers, "
+                                     "so a number here is a class name, never a class id: write the class name "
+                                     "(or give class ids in an .npy)", file=path, line=lineno)
+                out[r, s] = by_value[s][number]
+                shown[s].append(classes[s][by_value[s][number]])
+                continue
             if number is None or (classes[s] and not 0 <= number < len(classes[s])):
-                known = ", ".join(classes[s][:8]) + (", ..." if len(classes[s]) > 8 else "")
-                expected = (f"one of the index's {len(classes[s])} {names[s]} classes ({known}) or a class id "
-                            f"0..{len(classes[s]) - 1}" if classes[s] else "an integer label")
+                expected = (f"one of the index's {len(classes[s])} {names[s]} classes ({known})"
+                            + ("" if by_value[s] else f" or a class id 0..{len(classes[s]) - 1}")
+                            if classes[s] else "an integer label")
                 raise InputError(f"column {names[s]!r}: expected {expected}, got {value[:60]!r}", file=path,
                                  line=lineno)
             out[r, s] = number
