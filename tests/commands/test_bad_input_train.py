@@ -64,6 +64,9 @@ def _dry(capsys, *argv: str) -> str:
                                 "got nan (float)"),
     ("loss.kwargs.margin=-.inf", "key 'loss.kwargs.margin': TripletMarginLoss: expected a finite number for margin, "
                                  "got -inf (float)"),
+    ("loss.kwargs.margin=1" + "0" * 400,  # beyond the float range (was: an OverflowError traceback)
+     "key 'loss.kwargs.margin': TripletMarginLoss: expected a finite number for margin, got 1" + "0" * 76
+     + "... (int)"),
 ])
 def test_values_that_were_accepted_silently(capsys, override, expected) -> None:
     assert expected in _dry(capsys, override)

@@ -111,3 +111,29 @@ def test_loaded_state_is_not_moved_by_an_earlier_iterator() -> None:
     next(a)
     assert s.state_dict()["position"] == 3
     assert list(s) == s.epoch_batches()[3:]
+
+
+class _Items(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 96
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("kind", sorted(SAMPLERS))
+def test_a_loaded_position_survives_a_dataloader_with_workers(kind: str, workers: int) -> None:
+    """A DataLoader with workers calls ``iter()`` on its batch sampler twice as it starts and keeps the second
+    iterator: the loaded position belongs to the iterator that yields, not to the first one made (was: the discarded
+    iterator used it up and the run re-trained the epoch's first batches, silently)."""
+    sampler = SAMPLERS[kind]()
+    sampler.set_epoch(2)
+    full = sampler.epoch_batches(2)
+    assert len(full) > 3
+    resumed = SAMPLERS[kind]()
+    resumed.load_state_dict({**sampler.state_dict(), "epoch": 2, "position": 3})
+    resumed.set_epoch(2)
+    loader = torch.utils.data.DataLoader(_Items(), batch_sampler=resumed, num_workers=workers)
+    assert [b.tolist() for b in loader] == full[3:]
+    assert [b.tolist() for b in loader] == full  # the next pass starts the epoch afresh

@@ -135,3 +135,26 @@ def test_numbers_a_python_caller_passes_are_numbers() -> None:
     with pytest.raises(ConfigError, match=r"expected a list of finite numbers or null for weights"):
         build_loss("MultiScaleLoss", base_losses_or_factory="TripletMarginLoss", num_scales=2,
                    weights=np.array([1.0, math.nan]))
+
+
+def test_values_beyond_a_float_or_a_line_are_one_short_line() -> None:
+    """An integer beyond the float range is not a finite number (was: OverflowError from the check, a traceback when
+    a run config loaded); an array or a huge integer is shown on one line of bounded length (a tensor of 300 values
+    spanned 13 lines)."""
+    import numpy as np
+    import torch
+
+    from dynametric.utils.arguments import VALUE_CHARS
+
+    cases = [("TripletMarginLoss", {"margin": 10**400}, "margin", "a finite number"),
+             ("TripletMarginLoss", {"margin": 10**5000}, "margin", "a finite number"),
+             ("MultiScaleLoss", {"base_losses_or_factory": "TripletMarginLoss", "num_scales": 2,
+                                 "weights": torch.full((300,), math.nan)}, "weights", "a list of finite numbers"),
+             ("MultiScaleLoss", {"base_losses_or_factory": "TripletMarginLoss", "num_scales": 2,
+                                 "weights": np.ones((3, 3))}, "weights", "a list of numbers")]
+    for name, kwargs, arg, said in cases:
+        with pytest.raises(ConfigError) as err:
+            build_loss(name, **kwargs)
+        line = _one_line(err)
+        assert line.startswith(f"key {arg!r}: {name}: expected {said}"), line
+        assert len(line) < 100 + len(said) + VALUE_CHARS, line

@@ -17,14 +17,15 @@ batches; the first iteration raises an :class:`~dynametric.errors.InputError` sa
   fits) rather than drawn with a class in two ranks' batches. With ``world_size`` 1 a step is one batch: the
   batches are those a single process has always drawn.
 * **Exact resume**: :meth:`state_dict` gives ``{"epoch", "position", ...}`` where ``position`` counts the batches
-  yielded by the current (or last) iterator in this epoch; after :meth:`load_state_dict` the next iterator starts
-  at that position of the same epoch. With a ``DataLoader`` that prefetches, the sampler runs ahead of the training
-  loop: save ``{**sampler.state_dict(), "position": batches_consumed}`` instead. Loading into a sampler built with
-  different data, batch size, seed or world size raises :class:`~dynametric.errors.InputError`. Several live
+  yielded by the current (or last) iterator in this epoch; after :meth:`load_state_dict` the next iterator to yield a
+  batch starts at that position of the same epoch (one made but never advanced does not use it up: a ``DataLoader``
+  with workers makes two and keeps the second). With a ``DataLoader`` that prefetches, the sampler runs ahead of the
+  training loop: save ``{**sampler.state_dict(), "position": batches_consumed}`` instead. Loading into a sampler built
+  with different data, batch size, seed or world size raises :class:`~dynametric.errors.InputError`. Several live
   iterators of one sampler (a multi-process ``DataLoader`` calls ``iter()`` twice when it starts) each yield the
-  batches of their epoch from their own start, counted apart; the state follows the most recent one only (an
-  older iterator's batches no longer move ``position``), and :meth:`set_epoch` to another epoch or
-  :meth:`load_state_dict` detaches every live iterator from it (``position`` 0 of the new epoch, or the loaded one).
+  batches of their epoch from their own start, counted apart; the state follows the most recent one only (an older
+  iterator's batches no longer move ``position``), and :meth:`set_epoch` to another epoch or :meth:`load_state_dict`
+  detaches every live iterator from it (``position`` 0 of the new epoch, or the loaded one).
 * **Drawn lazily**: an iterator draws each step when its batch is asked for (``iter()`` draws nothing; the first
   batch comes after one step's draws), never holding the epoch's plan; a resume at ``position`` replays the draws of
   the steps before it. The batches are those of :meth:`epoch_batches`, which draws the whole epoch at once.
@@ -229,7 +230,8 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         # not a generator function: the position is reset (or restored) when the iterator is created, and the
         # caller of iter() is the frame above this one
         _refuse_as_index_sampler(self, sys._getframe(1))
-        start, self._resume_from = self._resume_from, 0
+        start = self._resume_from  # used up by the first batch this iterator yields (_yield), not here: a
+        # DataLoader with workers calls iter() twice as it starts and keeps only the second iterator
         self._position = start
         self._live = token = object()  # an older iterator still live stops moving the state (its batches go on)
         return self._yield(self.epoch, start, token)
@@ -237,7 +239,10 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _yield(self, epoch: int, start: int, token: object) -> Iterator[list[int]]:
         """This rank's batches of ``epoch`` from batch ``start`` on, each step drawn when its batch is asked for; a
         resume (``start`` > 0) replays the draws of the steps before ``start`` without keeping them. The iterator
-        counts its own position; it is the sampler's only while it is the most recent iterator (``token``)."""
+        counts its own position; it is the sampler's only while it is the most recent iterator (``token``). Its
+        first batch uses up a loaded resume position (the next iterator starts the epoch afresh)."""
+        if self._live is token:
+            self._resume_from = 0
         steps = self._epoch_steps(epoch, self._num_batches())
         for _ in itertools.islice(steps, start):
             pass

@@ -1211,17 +1211,17 @@ def merge_embedding_parts(parts: Sequence[str | Path], out: str | Path, *, overw
     paths = [Path(p) for p in parts]
     if not paths:
         raise InputError("no part folders given", key="parts")
-    changed: _PartChanged | None = None
+    changed: Path | None = None
     for _ in range(LOAD_TRIES):  # a part rewritten while it was read (embed --overwrite): every part read again
         try:
             parts_read = _read_parts(paths)
         except _PartChanged as exc:
-            changed = exc
+            changed = exc.part  # the part only: the exception's traceback would keep the failed read's arrays alive
             continue
         break
     else:
         assert changed is not None
-        raise job_changing_error(changed.part, f"{_JOB_CHANGING} (run the merge again)")
+        raise job_changing_error(changed, f"{_JOB_CHANGING} (run the merge again)")
     order, meta_of, first, num, total, stamped, lines, arrays, stats_parts, merged_labels = parts_read
     resolved = out.resolve()
     if any(p.resolve() == resolved for p in paths):

@@ -19,10 +19,11 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["NUMBER_TYPES", "argument_annotations", "expected", "expected_message", "fits", "init_chain",
+__all__ = ["NUMBER_TYPES", "VALUE_CHARS", "argument_annotations", "expected", "expected_message", "fits", "init_chain",
            "keyword_arguments", "misfit", "parameters", "unknown_argument_message"]
 
 NUMBER_TYPES = (int, float)
+VALUE_CHARS = 80  # the most of a value's repr an error message shows
 
 
 def parameters(init: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
@@ -157,7 +158,7 @@ def fits(annotation: Any, value: Any, *, finite: bool = False) -> bool:
     if annotation is int:
         return _scalar_kind(value) == "int"
     if annotation is float:
-        return _scalar_kind(value) in ("int", "float") and (not finite or math.isfinite(float(value)))
+        return _scalar_kind(value) in ("int", "float") and (not finite or _finite(value))
     if annotation is str:
         return isinstance(value, str)
     if origin is typing.Literal:
@@ -199,6 +200,15 @@ def _scalar_kind(value: Any) -> str | None:
     return None
 
 
+def _finite(value: Any) -> bool:
+    """Whether the number ``value`` is finite as the float a loss computes with (an integer beyond the float range,
+    ``10**400``, is not: ``float()`` overflows)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _items(value: Any) -> list[Any] | tuple[Any, ...] | None:
     """The values of a list-like argument: a list or tuple, or a one-dimensional NumPy array or torch tensor (each
     value then a NumPy scalar / 0-d tensor); ``None`` for anything else."""
@@ -212,5 +222,12 @@ def _items(value: Any) -> list[Any] | tuple[Any, ...] | None:
 
 
 def expected_message(name: str, arg: str, want: str, value: Any) -> str:
-    """``<name>: expected <want> for <arg>, got <value> (<type>)``: one line, the same on every route."""
-    return f"{name}: expected {want} for {arg}, got {value!r} ({type(value).__name__})"
+    """``<name>: expected <want> for <arg>, got <value> (<type>)``: one line, the same on every route (the value's
+    repr on one line and at most :data:`VALUE_CHARS` characters: an array or a 10**400 is cut, ``...`` said)."""
+    try:
+        shown = " ".join(repr(value).split())
+    except ValueError:  # an integer of more digits than Python converts to text (sys.set_int_max_str_digits)
+        shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
+    if len(shown) > VALUE_CHARS:
+        shown = shown[:VALUE_CHARS - 3] + "..."
+    return f"{name}: expected {want} for {arg}, got {shown} ({type(value).__name__})"
