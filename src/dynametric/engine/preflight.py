@@ -11,8 +11,9 @@
   processes), before the untrained evaluation, and turns "too few classes for the batch" into a
   :class:`~dynametric.errors.ConfigError` that
   suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
-  also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
-  scale's chunk would be one class: no negative pair for a term that compares the batch).
+  also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class that the
+  term weights above 0 (each scale's chunk would be one class: no negative pair for a term that compares the batch;
+  a scale of weight 0 in ``scale_weights`` adds nothing to the loss and is let through).
 * :func:`check_loss_outputs` (``check_batches(..., module=...)``) calls each loss term once on the labels of the
   sampler's first batch, so a loss returning more than one value is refused before the run writes anything.
 * :func:`scale_notes` gives the ``warning:`` / ``note:`` lines a run and its dry run say before training about scales
@@ -282,8 +283,8 @@ def _scale_name(names: Sequence[str], col: int) -> str:
 
 def _whole_batch_class_counts(cfg: Config, train: Any) -> list[int] | None:
     """The training labels' class count per column, for the one-class warnings of terms that compare the batch;
-    ``None`` under the ``three_scale`` sampler (its one-class chunks are refused by :func:`check_batches`) or where
-    the labels cannot be read up front."""
+    ``None`` under the ``three_scale`` sampler (its one-class chunks are refused by :func:`check_batches`, where
+    weighted) or where the labels cannot be read up front."""
     sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
     if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
         return None
@@ -292,8 +293,8 @@ def _whole_batch_class_counts(cfg: Config, train: Any) -> list[int] | None:
 
 def multiscale_single_class_warnings(cfg: Config, train: Any, scale_names: Sequence[str]) -> list[str]:
     """One ``warning:`` line per ``multiscale`` loss term that compares the whole batch (any sampler but
-    ``three_scale``, whose chunks :func:`check_batches` refuses outright) at a label column with a single class in
-    the training labels: that scale's loss finds no negative pair in any batch and trains on nothing (its
+    ``three_scale``, whose weighted one-class chunks :func:`check_batches` refuses) at a label column with a single
+    class in the training labels: that scale's loss finds no negative pair in any batch and trains on nothing (its
     ``train/<term>/<scale>`` part is 0 in every step). Not a refusal: a root scale with one class (``kingdom``) is
     common. A scale that ``scale_weights`` gives weight 0 is not counted."""
     terms = dict(batch_comparing_terms(cfg, multiscale_only=True))
