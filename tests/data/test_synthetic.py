@@ -122,3 +122,25 @@ def test_errors():
         SyntheticHierarchy(images_per_class=0)
     with pytest.raises(InputError, match="fine_per_shape"):
         SyntheticHierarchy("val", fine_per_shape={"val": 0})
+
+
+@pytest.mark.parametrize("size, why", [(10**20, "ValueError"), (10**7, "MemoryError")])
+def test_an_image_size_beyond_memory_is_one_line_keyed_image_size(size, why):
+    # 10**20: beyond numpy's largest dimension; 10**7: petabytes for the renderer's grids and the images
+    with pytest.raises(InputError) as info:
+        SyntheticHierarchy("val", image_size=size, images_per_class=2)
+    assert info.value.key == "image_size"
+    need = 54 * 2 * size ** 2 * 3 + 2 * (2 * size) ** 2 * 4  # val: 6 fine classes of each of the 9 shapes
+    assert info.value.message == (
+        f"image_size {size} is too large: the val split's 108 images of {size}x{size} need {need / 2 ** 30:.3g} GiB "
+        f"of memory, more than can be allocated here ({why}); expected a smaller image_size (e.g. 32 to 256)")
+
+
+def test_a_train_dry_run_with_a_synthetic_image_size_beyond_memory_is_keyed_data_options(capsys):
+    from dynametric.cli import main
+
+    assert main(["train", "--dry-run", "data.format=synthetic", "data.options.image_size=100000000000000000000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("dynametric train: error: <command line> key 'data.options.image_size': image_size "
+                          "100000000000000000000 is too large: the train split's 1800 images of ")

@@ -113,6 +113,24 @@ def test_val_carve_scale_holds_out_whole_coarse_subtrees(scale: str) -> None:
     assert set(fine.train.labels[:, 1].tolist()) & set(fine.val.labels[:, 1].tolist())
 
 
+@pytest.mark.parametrize("scale", ["coarse", "2", "coarsest"])
+def test_a_fraction_of_the_carve_scale_that_rounds_to_no_class_names_the_scale_and_its_column(scale: str) -> None:
+    # the user typed a name (or a column): the message said "at scale 2" whatever was typed
+    from dynametric.config import load_config
+    from dynametric.engine.builders import build_datasets
+
+    cfg = load_config(overrides=[*_SMALL, f"data.val_carve_scale={scale}", "data.val_fraction=0.1"])
+    with pytest.raises(ConfigError) as info:
+        build_datasets(cfg, with_test=False)
+    assert info.value.key == "data.val_fraction"
+    assert info.value.message.startswith("val_fraction 0.1 of the 3 training classes at scale coarse (column 2) "
+                                         "rounds to no validation class (round(0.1 x 3) = 0)")
+    one = torch.tensor([[0, 0], [1, 0], [2, 0]])
+    with pytest.raises(ConfigError, match=r"needs at least 2 training classes at scale order \(column 1\), the "
+                                          r"data has 1"):
+        carve_validation(_DS(one), 0.5, seed=0, scale=1, scale_name="order")
+
+
 def test_val_carve_scale_is_checked_against_the_data() -> None:
     from dynametric.config import errors_located, load_config
     from dynametric.engine.builders import build_datasets

@@ -67,9 +67,32 @@ def test_a_scale_of_one_class_under_a_multiscale_pair_loss_is_refused():
         "<command line> key 'loss.multiscale': the training labels have one coarse class (column 2), so every "
         "three_scale chunk of that scale is one class: loss TripletMarginLoss compares the batch's embeddings with "
         "each other (per scale, multiscale) and finds no negative pair at coarse, training on nothing there; use "
-        "data with two or more classes at every scale or set loss.multiscale: false")
+        "data with two or more classes at every scale, give that scale weight 0 ('loss.scale_weights=[1, 1, 0]') "
+        "or set loss.multiscale: false")
     _preflight(overrides)  # two coarse classes: a chunk is one class by chance only (docs/data.md)
     _preflight([*overrides[:-1]], one_coarse)  # not multiscale: the loss sees the whole batch
+
+
+def test_a_scale_of_one_class_given_weight_0_is_not_refused_under_three_scale():
+    # the scale adds nothing to the loss: its one-class chunks (drawn from that one class) train on nothing by request
+    one_coarse = LABELS.clone()
+    one_coarse[:, 2] = 7
+    overrides = [*CSV, "data.sampler=three_scale", "data.m=4", "data.batch_size=48", "loss.multiscale=true"]
+    _preflight([*overrides, "loss.scale_weights=[1, 0.5, 0]"], one_coarse)
+    # a weight above 0 at that scale is still refused, and the suggestion keeps the other weights
+    with pytest.raises(ConfigError) as info:
+        _preflight([*overrides, "loss.scale_weights=[1, 0.5, 0.25]"], one_coarse)
+    assert info.value.key == "loss.multiscale"
+    assert "give that scale weight 0 ('loss.scale_weights=[1, 0.5, 0]')" in info.value.message
+    # two multiscale terms: the one that weights the one-class scale is named
+    two = [*overrides, "loss.scale_weights=[1, 1, 0]",
+           "extra_losses=[{name: ContrastiveLoss, multiscale: true}]"]
+    with pytest.raises(ConfigError) as info:
+        _preflight(two, one_coarse)
+    assert info.value.key == "extra_losses[0].multiscale"
+    assert "extra_losses[0] ContrastiveLoss compares" in info.value.message
+    _preflight([*two[:-1], "extra_losses=[{name: ContrastiveLoss, multiscale: true, scale_weights: [2, 1, 0]}]"],
+               one_coarse)
 
 
 def test_sampler_scales_the_multiscale_loss_cannot_follow_are_refused():

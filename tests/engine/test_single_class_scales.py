@@ -13,6 +13,7 @@ import csv
 import html
 import json
 import random
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,7 +55,7 @@ def test_a_whole_batch_multiscale_term_at_a_one_class_scale_is_one_warning_line(
     assert line.startswith("warning: key 'loss.multiscale': the training labels have one class at kingdom "
                            "(column 2), so loss TripletMarginLoss compares the batch's embeddings with each other")
     assert "finds no negative pair at kingdom, training on nothing there" in line
-    assert line.endswith("give that scale weight 0 (loss.scale_weights=[1, 1, 0]) or set loss.multiscale: false")
+    assert line.endswith("give that scale weight 0 ('loss.scale_weights=[1, 1, 0]') or set loss.multiscale: false")
     # two classes at every scale: nothing to say
     assert multiscale_single_class_warnings(cfg, _labels(list(range(8)), [0, 1] * 4), SCALES) == []
 
@@ -64,7 +65,7 @@ def test_what_the_multiscale_warning_leaves_alone():
     weighted = load_config(None, ["loss.multiscale=true", "loss.scale_weights=[2, 0.5, 0]"])
     assert multiscale_single_class_warnings(weighted, TRAIN, SCALES) == []  # the scale is weighted 0
     kept = load_config(None, ["loss.multiscale=true", "loss.scale_weights=[2, 0.5, 1]"])
-    assert "loss.scale_weights=[2, 0.5, 0]" in multiscale_single_class_warnings(kept, TRAIN, SCALES)[0]
+    assert "'loss.scale_weights=[2, 0.5, 0]'" in multiscale_single_class_warnings(kept, TRAIN, SCALES)[0]
     # three_scale: check_batches refuses it (a chunk of one class), no second line here
     three = load_config(None, ["loss.multiscale=true", "data.sampler=three_scale", "data.batch_size=24",
                                "data.m=4"])
@@ -138,6 +139,60 @@ def test_mean_rows_averaging_single_class_scales_in_are_noted():
         "note: the mean rows average in scale(s) with a single class in the evaluated data: middle (test), "
         "kingdom (test);")
     assert mean_single_class_note({"test": [SimpleNamespace(labels=torch.zeros(3, 1))]}, ["fine"]) is None
+
+
+def test_the_monitor_suggestions_paste_into_a_shell():
+    names = ["twig a", "twig b", "kingdom"]
+    val = _labels([0, 0, 1, 1, 2, 2, 3, 3])  # twig a: 4 classes, twig b: 2, kingdom: 1
+    line = monitor_single_class_warning(val, "kingdom/map@r", names)
+    assert line.endswith("('trainer.monitor=twig b/map@r')")
+    singletons = _labels([0, 1, 2, 3], [0, 0, 1, 1])  # twig a: singletons only; kingdom: two images per class
+    cfg = load_config(None, ["trainer.monitor=fine/map@r"])
+    with pytest.raises(ConfigError) as info:
+        check_validation_queries(cfg, singletons, "twig a/map@r", names)
+    assert info.value.message.endswith("or monitor a coarser scale ('trainer.monitor=twig b/map@r')")
+    # a name without a shell character is left as it was
+    assert monitor_single_class_warning(val, "kingdom/map@r", SCALES).endswith("(trainer.monitor=middle/map@r)")
+
+
+def test_the_mean_note_counts_the_per_scale_splits_by_their_scale():
+    # DyML Vehicle / Animal: query_<s> and gallery_<s> carry the one label of scale s (column 0 of each)
+    one = SimpleNamespace(labels=torch.tensor([[3], [3], [3]]))
+    two = SimpleNamespace(labels=torch.tensor([[1], [2], [2]]))
+    names = ["fine", "middle", "coarse"]
+    tests = {"query_fine": two, "gallery_fine": two, "query_middle": two, "gallery_middle": two,
+             "query_coarse": one, "gallery_coarse": one}
+    cfg = load_config()
+    lines = scale_notes(cfg, TRAIN, None, tests, "fine/map@r", names)
+    assert lines == ["note: the mean rows average in scale(s) with a single class in the evaluated data: coarse "
+                     "(test); there every image is relevant to every query, so each metric of that scale is 1.0 (or "
+                     "constant) and lifts the mean; compare the scales' own rows"]
+    # the pair together: a class in the query and another in the gallery are two classes
+    other = SimpleNamespace(labels=torch.tensor([[4], [4]]))
+    assert scale_notes(cfg, TRAIN, None, {**tests, "gallery_coarse": other}, "fine/map@r", names) == []
+    # two classes at every scale: nothing said (was: all six counted together as the fine scale)
+    assert scale_notes(cfg, TRAIN, None, {**tests, "query_coarse": two, "gallery_coarse": two}, "fine/map@r",
+                       names) == []
+
+
+def test_a_dry_run_of_a_dyml_per_scale_release_notes_the_one_class_coarse_scale(tmp_path, capsys):
+    from dynametric.cli import main
+    from tests.dyml.helpers import write_release
+
+    root = write_release(tmp_path / "dyml", "vehicle")
+    for part in ("query", "gallery"):  # the coarse benchmark: one class
+        path = root / "bmk_coarse" / f"{part}.csv"
+        path.write_text(re.sub(r", \d+$", ", 77", path.read_text(), flags=re.M))  # the header is glued on
+    args = ["train", "--dry-run", "data.format=dyml-vehicle", f"data.root={root}", "data.image_size=16",
+            "data.sampler=three_scale", "data.m=2", "data.batch_size=12", "data.val_split=null",
+            "data.val_fraction=0.25", "model.backbone=simple_cnn", "model.embedding_dim=8",
+            "model.backbone_kwargs={width: 4, depth: 2}", "method.name=dyml",
+            "method.kwargs={variant: vehicle, query_in_gallery: contained, protocol: released-files}",
+            "trainer.max_steps=1"]
+    assert main(args) == 0
+    said = capsys.readouterr()
+    notes = [line for line in (said.out + said.err).splitlines() if line.startswith("note: the mean rows")]
+    assert len(notes) == 1 and ": coarse (test); there every image" in notes[0]
 
 
 def test_scale_notes_gathers_the_three_in_order():
@@ -242,7 +297,7 @@ def test_a_dry_run_and_a_run_say_the_single_class_scales(tmp_path, capsys):
     assert [line[:40] for line in dry] == ["warning: key 'loss.multiscale': the trai",
                                            "warning: key 'trainer.monitor': the vali",
                                            "note: the mean rows average in scale(s) "]
-    assert "one class at kingdom (column 4)" in dry[0] and "loss.scale_weights=[1, 1, 1, 1, 0]" in dry[0]
+    assert "one class at kingdom (column 4)" in dry[0] and "'loss.scale_weights=[1, 1, 1, 1, 0]'" in dry[0]
     assert "one class at scale kingdom, so the monitored kingdom/map@r is the same in every round" in dry[1]
     assert "order (test), kingdom (validation and test)" in dry[2]
     out = tmp_path / "run"
@@ -255,6 +310,23 @@ def test_a_dry_run_and_a_run_say_the_single_class_scales(tmp_path, capsys):
     assert "note: the mean rows average in scale(s) with a single class" in report
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["kingdom"]["map@r"] == 1.0  # the values are as they were: only said
+
+
+def test_three_scale_trains_with_a_one_class_scale_given_weight_0(tmp_path, capsys):
+    from dynametric.cli import main
+
+    labels = _csv_data(tmp_path / "ds")  # kingdom (column 4): one class
+    args = ["train", *RUN, f"data.root={labels}", "data.sampler=three_scale", "data.m=2", "data.batch_size=20",
+            "loss.multiscale=true", "trainer.max_steps=2", "run.report=false"]
+    assert main([*args, "loss.scale_weights=[1, 1, 1, 1, 1]", "--dry-run"]) == 2  # weight 1 there: refused
+    assert "give that scale weight 0 ('loss.scale_weights=[1, 1, 1, 1, 0]')" in capsys.readouterr().err
+    args.append("loss.scale_weights=[1, 1, 1, 1, 0]")
+    assert main([*args, "--dry-run"]) == 0
+    out = tmp_path / "run"
+    assert main([*args, "--out", str(out)]) == 0
+    assert (out / "last.ckpt").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["kingdom"]["map@r"] == 1.0
 
 
 def test_a_dry_run_and_a_run_say_a_single_scale_term_at_a_one_class_column(tmp_path, capsys):

@@ -293,3 +293,23 @@ def test_float64_inputs_are_left_as_they_were(distance, engine):
         evaluate_embeddings(qi, ql, gi, gl, distance=distance, metrics=metrics, k_values=(1,),
                             ranking_engine=engine, kmeans_backend="torch")
         assert np.array_equal(np.asarray(qi), q) and np.array_equal(np.asarray(gi), g)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["", "coarse"], "scale names must be non-empty strings (not blank), got ['', 'coarse']"),
+    (["fine", "  "], "scale names must be non-empty strings (not blank), got ['fine', '  ']"),
+    (["fine", 7], "scale names must be non-empty strings, got ['fine', 7]"),
+    (["fine", "fine"], "scale names must be distinct (one per label column), got ['fine', 'fine']: 'fine' repeats"),
+    (["fine", "by_category"], "'by_category' cannot be a scale name (an evaluation reports the per-category results "
+                              "under it), got ['fine', 'by_category']"),
+    (["fine"], "need 2 scale names (one per label column), got 1: ['fine']"),
+])
+def test_evaluate_embeddings_refuses_the_scale_names_the_readers_refuse(names, message):
+    # an empty name was accepted and reported a scale under the key '' (the CSV, folder and embed readers refuse it)
+    x = np.random.default_rng(0).standard_normal((8, 3))
+    labels = np.stack([np.arange(8) % 4, np.arange(8) % 2], 1)
+    with pytest.raises(InputError) as info:
+        evaluate_embeddings(x, labels, scale_names=names, metrics=["recall@1"])
+    assert str(info.value) == f"key 'scale_names': {message}"
+    assert list(evaluate_embeddings(x, labels, scale_names=["fine", "coarse"], metrics=["recall@1"])) == [
+        "fine", "coarse", "mean"]

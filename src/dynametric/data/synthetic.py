@@ -431,9 +431,16 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
                 v["spread"] = float(math.exp(crng.uniform(math.log(lo), math.log(hi))))
                 v["angle"] = float(crng.uniform(0, 2 * math.pi))
 
-        renderer = _Renderer(self.image_size, float(noise_std), int(clutter))
         n = len(self.classes) * self.images_per_class
-        images = np.empty((n, self.image_size, self.image_size, 3), dtype=np.uint8)
+        try:  # the split's images are held in memory, and the renderer's grids at twice the size
+            renderer = _Renderer(self.image_size, float(noise_std), int(clutter))
+            images = np.empty((n, self.image_size, self.image_size, 3), dtype=np.uint8)
+        except (MemoryError, ValueError) as exc:  # ValueError: numpy's "Maximum allowed dimension exceeded"
+            need = n * self.image_size ** 2 * 3 + 2 * (self.image_size * _SUPERSAMPLE) ** 2 * 4
+            raise InputError(f"image_size {self.image_size} is too large: the {split} split's {n} images of "
+                             f"{self.image_size}x{self.image_size} need {need / 2 ** 30:.3g} GiB of memory, more than "
+                             f"can be allocated here ({type(exc).__name__}); expected a smaller image_size (e.g. 32 "
+                             f"to 256)", key="image_size") from None
         labels = np.empty((n, 3), dtype=np.int64)
         drawn_attrs: list[tuple[str, str, str]] = []
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS.index(split), self.image_size]))

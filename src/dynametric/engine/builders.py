@@ -62,7 +62,7 @@ logger = logging.getLogger("dynametric.engine")
 
 # ----------------------------------------------------------------------------------------------- datasets
 def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
-                     folds: int | None = None, fold: int = 0) -> tuple[Any, Any | None]:
+                     folds: int | None = None, fold: int = 0, scale_name: str | None = None) -> tuple[Any, Any | None]:
     """Class-disjoint (at ``scale``) train/val split of a training set: a seeded ``fraction`` of the classes,
     or fold ``fold`` of ``folds`` class-disjoint folds (Reality Check). Never touches the test split.
 
@@ -72,7 +72,8 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
     :class:`ConfigError` on ``data.val_fraction``, and so is a positive fraction that rounds to no class (it names
     the class count and the smallest fraction that gives one): ``round(fraction * C)`` classes of the ``C`` at
     ``scale`` validate (Python's rounding, half to even: ``round(0.5) == 0``); ``0`` means no validation set
-    (``(dataset, None)``)."""
+    (``(dataset, None)``). ``scale_name``: the name of label column ``scale``, said with its column in those
+    messages (``at scale family (column 3)``) where the carve is not at column 0."""
     labels = as_label_matrix(dataset.labels, name="dataset.labels")
     try:
         if folds is not None:
@@ -82,12 +83,13 @@ def carve_validation(dataset: Any, fraction: float, seed: int, scale: int = 0,
             n_val = int(round(fraction * n_classes))
             if fraction == 0:
                 return dataset, None
+            at = "" if scale == 0 else f" at scale {scale_name} (column {scale})" if scale_name else \
+                f" at scale {scale}"
             if n_classes < 2:
                 raise ConfigError(f"val_fraction {fraction}: a class-disjoint validation set needs at least 2 "
-                                  f"training classes, the data has {n_classes}", key="data.val_fraction")
+                                  f"training classes{at}, the data has {n_classes}", key="data.val_fraction")
             if n_val == 0:
                 smallest = _smallest_fraction(n_classes)
-                at = "" if scale == 0 else f" at scale {scale}"
                 raise ConfigError(f"val_fraction {fraction} of the {n_classes} training classes{at} "
                                   f"rounds to no validation class (round({fraction} x {n_classes}) = 0); expected "
                                   f"at least {smallest} for one class (round({smallest} x {n_classes}) = 1), or 0 "
@@ -325,7 +327,7 @@ def build_datasets(cfg: Config, *, with_test: bool = True, test_splits: Mapping[
     else:
         train_eval = load_split(cfg, data.train_split, train=False, key="data.train_split")
         train_part, val = carve_validation(train_eval, data.val_fraction, data.val_seed, scale=carve_scale,
-                                           folds=data.val_folds, fold=data.val_fold)
+                                           folds=data.val_folds, fold=data.val_fold, scale_name=names[carve_scale])
         if val is not None:
             train, carved = LabelledSubset(train, train_part.indices, data.train_split), True
         classes = "training classes" if carve_scale == 0 else f"training {names[carve_scale]} classes"

@@ -11,8 +11,9 @@
   processes), before the untrained evaluation, and turns "too few classes for the batch" into a
   :class:`~dynametric.errors.ConfigError` that
   suggests ``data.batch_size`` / ``data.m`` values that fit; with ``three_scale`` and a ``multiscale`` loss term it
-  also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class (each
-  scale's chunk would be one class: no negative pair for a term that compares the batch).
+  also refuses sampler scales the loss cannot follow, one item per batch and a scale with a single class that the
+  term weights above 0 (each scale's chunk would be one class: no negative pair for a term that compares the batch;
+  a scale of weight 0 in ``scale_weights`` adds nothing to the loss and is let through).
 * :func:`check_loss_outputs` (``check_batches(..., module=...)``) calls each loss term once on the labels of the
   sampler's first batch, so a loss returning more than one value is refused before the run writes anything.
 * :func:`scale_notes` gives the ``warning:`` / ``note:`` lines a run and its dry run say before training about scales
@@ -26,6 +27,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -198,15 +200,25 @@ def _check_three_scale(cfg: Config, sampler: ThreeScaleSampler, num_columns: int
     error = three_scale_items_error(cfg, sampler.num_scales)
     if error is not None:
         raise error
-    terms = batch_comparing_terms(cfg, multiscale_only=True)
-    for col, classes in zip(sampler.scales, sampler.scale_classes):
-        if len(classes) == 1 and terms:
-            where, what = terms[0]
-            name = list(scale_names)[col] if scale_names and col < len(scale_names) else f"scale {col}"
-            raise ConfigError(f"the training labels have one {name} class (column {col}), so every three_scale chunk "
-                              f"of that scale is one class: {what} (per scale, multiscale) and finds no negative pair "
-                              f"at {name}, training on nothing there; use data with two or more classes at every "
-                              f"scale or set {where}.multiscale: false", key=f"{where}.multiscale")
+    terms = dict(batch_comparing_terms(cfg, multiscale_only=True))
+    single = [col for col, classes in zip(sampler.scales, sampler.scale_classes) if len(classes) == 1]
+    for where, term, _ in cfg.loss_terms():
+        if where not in terms:
+            continue
+        # a scale the term gives weight 0 adds nothing to the loss: its one-class chunks (the sampler draws them
+        # from that one class) train on nothing by request
+        weights = list(term.scale_weights) if term.scale_weights is not None else [1.0] * num_columns
+        cols = [col for col in single if col >= len(weights) or weights[col] > 0]
+        if not cols:
+            continue
+        col = cols[0]
+        name = list(scale_names)[col] if scale_names and col < len(scale_names) else f"scale {col}"
+        fixed = [0 if c in cols else _weight(weights[c]) if c < len(weights) else 1 for c in range(num_columns)]
+        raise ConfigError(f"the training labels have one {name} class (column {col}), so every three_scale chunk "
+                          f"of that scale is one class: {terms[where]} (per scale, multiscale) and finds no negative "
+                          f"pair at {name}, training on nothing there; use data with two or more classes at every "
+                          f"scale, give that scale weight 0 ({_override(f'{where}.scale_weights', fixed)}) or "
+                          f"set {where}.multiscale: false", key=f"{where}.multiscale")
 
 
 def check_validation_queries(cfg: Config, val: Any, monitor: str, scale_names: Sequence[str],
@@ -246,7 +258,8 @@ def check_validation_queries(cfg: Config, val: Any, monitor: str, scale_names: S
         name = names[col] if col < len(names) else f"scale {col}"
         other = "from another sequence " if sequences is not None else ""
         coarser = [n for n in names[col + 1:]]
-        hint = f", or monitor a coarser scale (trainer.monitor={coarser[0]}/{metric})" if coarser else ""
+        hint = (f", or monitor a coarser scale ({_override('trainer.monitor', f'{coarser[0]}/{metric}')})"
+                if coarser else "")
         raise ConfigError(f"the monitored {monitor} has no value on the {split} data ({len(labels)} images): no "
                           f"{name} class there has two images {other}(every one is a singleton), so no validation "
                           f"query has a relevant item and every round would be NaN; use validation data with at "
@@ -270,8 +283,8 @@ def _scale_name(names: Sequence[str], col: int) -> str:
 
 def _whole_batch_class_counts(cfg: Config, train: Any) -> list[int] | None:
     """The training labels' class count per column, for the one-class warnings of terms that compare the batch;
-    ``None`` under the ``three_scale`` sampler (its one-class chunks are refused by :func:`check_batches`) or where
-    the labels cannot be read up front."""
+    ``None`` under the ``three_scale`` sampler (its one-class chunks are refused by :func:`check_batches`, where
+    weighted) or where the labels cannot be read up front."""
     sampler_cls = BATCH_SAMPLERS.get(cfg.data.sampler)
     if isinstance(sampler_cls, type) and issubclass(sampler_cls, ThreeScaleSampler):
         return None
@@ -280,8 +293,8 @@ def _whole_batch_class_counts(cfg: Config, train: Any) -> list[int] | None:
 
 def multiscale_single_class_warnings(cfg: Config, train: Any, scale_names: Sequence[str]) -> list[str]:
     """One ``warning:`` line per ``multiscale`` loss term that compares the whole batch (any sampler but
-    ``three_scale``, whose chunks :func:`check_batches` refuses outright) at a label column with a single class in
-    the training labels: that scale's loss finds no negative pair in any batch and trains on nothing (its
+    ``three_scale``, whose weighted one-class chunks :func:`check_batches` refuses) at a label column with a single
+    class in the training labels: that scale's loss finds no negative pair in any batch and trains on nothing (its
     ``train/<term>/<scale>`` part is 0 in every step). Not a refusal: a root scale with one class (``kingdom``) is
     common. A scale that ``scale_weights`` gives weight 0 is not counted."""
     terms = dict(batch_comparing_terms(cfg, multiscale_only=True))
@@ -307,7 +320,7 @@ def multiscale_single_class_warnings(cfg: Config, train: Any, scale_names: Seque
                      f"{terms[where]} (per scale, multiscale, the whole batch at each scale) and finds no negative "
                      f"pair at {at}, training on nothing there (its logged {_scale_name(names, single[0])} part "
                      f"stays 0.0); use data with two or more classes at every scale, give that scale weight 0 "
-                     f"({where}.scale_weights={fixed}) or set {where}.multiscale: false")
+                     f"({_override(f'{where}.scale_weights', fixed)}) or set {where}.multiscale: false")
     return lines
 
 
@@ -365,6 +378,12 @@ def _weight(value: float) -> float | int:
     return int(value) if float(value).is_integer() else float(value)
 
 
+def _override(key: str, value: Any) -> str:
+    """``key=value`` as a command-line override to paste into a shell (quoted where a space or a shell character
+    needs it: ``'loss.scale_weights=[1, 1, 0]'``, ``'trainer.monitor=twig b/map@r'``)."""
+    return shlex.quote(f"{key}={value}")
+
+
 def monitor_single_class_warning(val: Any, monitor: str, scale_names: Sequence[str],
                                  source: str | None = None) -> str | None:
     """A ``warning:`` line when the monitored scale (``monitor`` resolved: ``kingdom/map@r``) has fewer than two
@@ -381,8 +400,9 @@ def monitor_single_class_warning(val: Any, monitor: str, scale_names: Sequence[s
     if not columns or any(counts[col] >= 2 for col in columns if col < len(counts)):
         return None
     finer = [col for col in range(columns[0] - 1, -1, -1) if counts[col] >= 2] if scale != "mean" else []
-    hint = (f"monitor a scale with two or more validation classes (trainer.monitor={_scale_name(names, finer[0])}/"
-            f"{metric})" if finer else "use validation data with two or more classes at the monitored scale")
+    hint = (f"monitor a scale with two or more validation classes "
+            f"({_override('trainer.monitor', f'{_scale_name(names, finer[0])}/{metric}')})"
+            if finer else "use validation data with two or more classes at the monitored scale")
     where = "every scale" if scale == "mean" else f"scale {scale}"
     whence = f"{source}, " if source else ""
     return (f"warning: key 'trainer.monitor': the validation data ({whence}{len(val.labels)} images) has one class at "
@@ -391,10 +411,13 @@ def monitor_single_class_warning(val: Any, monitor: str, scale_names: Sequence[s
             f"for the retrieval metrics) and best.ckpt / early stopping choose by nothing; {hint}")
 
 
-def mean_single_class_note(evaluated: Mapping[str, Sequence[Any]], scale_names: Sequence[str]) -> str | None:
+def mean_single_class_note(evaluated: Mapping[str, Sequence[Any]], scale_names: Sequence[str],
+                           per_scale: Mapping[str, Mapping[int, Sequence[Any]]] | None = None) -> str | None:
     """A ``note:`` line when the ``mean`` row of an evaluation averages in a scale with a single class in the data
     it evaluates (``evaluated``: a name such as ``validation`` or ``test`` -> the datasets it reads, together):
     there every image is relevant to every query, every retrieval metric is 1.0, and the mean is raised by it.
+    ``per_scale``: a name -> {label column -> the datasets that evaluate that scale alone} (DyML's per-scale
+    protocol: ``query_<s>`` and ``gallery_<s>``, one label column each, are scale ``s``), counted there.
     The values are not changed (:func:`dynametric.metrics.evaluate_embeddings` computes them as always). ``None``
     when no such scale (or a single scale: the mean is that scale)."""
     names = list(scale_names)
@@ -406,12 +429,30 @@ def mean_single_class_note(evaluated: Mapping[str, Sequence[Any]], scale_names: 
         for col, n in enumerate(counts or []):
             if n < 2:
                 single.setdefault(col, []).append(what)
+    for what, by_column in (per_scale or {}).items():
+        for col, datasets in by_column.items():
+            counts = _class_counts(list(datasets), f"{what} labels")
+            if counts and counts[0] < 2 and what not in single.get(col, []):
+                single.setdefault(col, []).append(what)
     if not single:
         return None
     scales = ", ".join(f"{_scale_name(names, col)} ({' and '.join(where)})" for col, where in sorted(single.items()))
     return (f"note: the mean rows average in scale(s) with a single class in the evaluated data: {scales}; there "
             f"every image is relevant to every query, so each metric of that scale is 1.0 (or constant) and lifts "
             f"the mean; compare the scales' own rows")
+
+
+def _per_scale_splits(tests: Mapping[str, Any], scale_names: Sequence[str]) -> dict[int, list[Any]]:
+    """The test splits of a per-scale layout (DyML Vehicle / Animal: ``query_<s>`` and ``gallery_<s>``, each with
+    the one label column of scale ``s``), as {label column of ``s`` -> its splits}; the pair's splits are taken
+    out of the whole-label count (their column 0 is scale ``s``, not the finest scale)."""
+    out: dict[int, list[Any]] = {}
+    for col, name in enumerate(scale_names):
+        pair = [tests.get(f"{part}_{name}") for part in ("query", "gallery")]
+        sets = [d for d in pair if d is not None and as_label_matrix(d.labels, name="test labels").shape[1] == 1]
+        if sets:
+            out[col] = sets
+    return out
 
 
 def scale_notes(cfg: Config, train: Any, val: Any, tests: dict[str, Any], monitor: str,
@@ -427,9 +468,12 @@ def scale_notes(cfg: Config, train: Any, val: Any, tests: dict[str, Any], monito
     if monitored is not None:
         lines.append(monitored)
     evaluated: dict[str, Sequence[Any]] = {"validation": [val]} if val is not None else {}
-    if tests:
-        evaluated["test"] = list(tests.values())
-    mean = mean_single_class_note(evaluated, scale_names)
+    per_scale = _per_scale_splits(tests, scale_names) if tests else {}
+    taken = {id(d) for sets in per_scale.values() for d in sets}
+    rest = [d for d in tests.values() if id(d) not in taken]
+    if rest:
+        evaluated["test"] = rest
+    mean = mean_single_class_note(evaluated, scale_names, {"test": per_scale} if per_scale else None)
     if mean is not None:
         lines.append(mean)
     return lines

@@ -13,7 +13,7 @@ import torch
 
 from dynametric import evaluation_defaults as _defaults
 from dynametric.errors import ConfigError, InputError
-from dynametric.labels import RESERVED_SCALE_NAMES, as_label_matrix, default_scale_names
+from dynametric.labels import as_label_matrix, check_scale_names, default_scale_names
 from dynametric.metrics.categories import category_codes, category_results
 from dynametric.metrics.clustering import CLUSTER_METRIC_TABLE, check_kmeans_options, kmeans_assign
 from dynametric.metrics.engine import (
@@ -356,16 +356,19 @@ def _read_inputs(query_emb: Any, query_labels: Any, gallery_emb: Any, gallery_la
 
 
 def _checked_scale_names(scale_names: Sequence[str] | None, num_scales: int) -> list[str]:
-    """The scales' names (default :func:`default_scale_names`): ``num_scales`` distinct names, none reserved (a
-    single string is refused, not read letter by letter)."""
+    """The scales' names (default :func:`default_scale_names`): ``num_scales`` names under the rule of
+    :func:`~dynametric.labels.check_scale_names` (non-empty strings, not blank, distinct, none reserved; a single
+    string is refused, not read letter by letter), the rule the CSV, folder and embed readers apply to their
+    headers; else one :class:`InputError` keyed ``scale_names``."""
     if isinstance(scale_names, (str, bytes)):
         raise InputError(f"expected a list of names, got a string {scale_names!r}", key="scale_names")
     names_s = list(default_scale_names(num_scales) if scale_names is None else scale_names)
-    if len(names_s) != num_scales or len(set(names_s)) != num_scales or set(names_s) & set(RESERVED_SCALE_NAMES):
-        reserved = ", ".join(map(repr, RESERVED_SCALE_NAMES))
-        raise InputError(f"need {num_scales} distinct scale names other than {reserved}, got {names_s}",
+    if len(names_s) != num_scales:
+        raise InputError(f"need {num_scales} scale names (one per label column), got {len(names_s)}: {names_s}",
                          key="scale_names")
-    return names_s
+    if any(isinstance(n, str) and not n.strip() for n in names_s):
+        raise InputError(f"scale names must be non-empty strings (not blank), got {names_s}", key="scale_names")
+    return list(check_scale_names(names_s))
 
 
 def _exclusion_codes(query_ids: Sequence[Any] | np.ndarray | torch.Tensor | None,

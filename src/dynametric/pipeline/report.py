@@ -3,10 +3,10 @@
 Sections: summary table (untrained vs trained test metrics per scale), with per-category test results (the
 results' ``by_category``) a sortable table per category and scale, training curves (loss and learning rate at the
 steps the loggers log them, validation metrics per epoch), per-scale metric bars, a 2-D PCA map of the test
-embeddings coloured by the coarsest and the finest class, a retrieval gallery (random queries and their top
-neighbours, green = same fine class), the worst queries (lowest finest-scale map@r) with their neighbours, and, for
-data with several label scales, a multi-scale retrieval view (the same neighbours judged at every scale, one row per
-scale).
+embeddings coloured by the coarsest scale with two or more classes and by the finest class, a retrieval gallery
+(random queries and their top neighbours, green = same finest-scale class), the worst queries (lowest finest-scale
+map@r) with their neighbours, and, for data with several label scales, a multi-scale retrieval view (the same
+neighbours judged at every scale, one row per scale).
 
 :func:`category_summary` is the same per-category block as text, for the end-of-run summary in the terminal.
 """
@@ -297,7 +297,8 @@ def worst_queries(emb: torch.Tensor, labels: torch.Tensor, distance: str, n: int
 
 def _gallery_figure(dataset: Any, labels: torch.Tensor, queries: Sequence[int],
                     nn_idx: torch.Tensor) -> Any:
-    """One row per query: the query (black frame) and its neighbours (green = same fine class, red = different)."""
+    """One row per query: the query (black frame) and its neighbours (green = same class at the finest scale, label
+    column 0; red = different)."""
     k = nn_idx.shape[1]
     fig, axes = _subplots(len(queries), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(queries)), squeeze=False)
     for r, q in enumerate(queries):
@@ -313,6 +314,36 @@ def _gallery_figure(dataset: Any, labels: torch.Tensor, queries: Sequence[int],
                 side.set_linewidth(3)
             ax.set_title("query" if c == 0 else f"#{c}", fontsize=7)
     return fig
+
+
+def pca_colour_columns(labels: torch.Tensor) -> list[tuple[int, str]]:
+    """The label columns the report's PCA map colours its points by, with a word for each: the coarsest column
+    with two or more classes (a root of one class would colour every point alike), then the finest;
+    ``[(0, "finest")]`` alone where no coarser column has two classes, ``[(0, "class")]`` for one column."""
+    if labels.shape[1] == 1:
+        return [(0, "class")]
+    last = labels.shape[1] - 1
+    for c in range(last, 0, -1):
+        if int(torch.unique(labels[:, c]).numel()) >= 2:
+            word = "coarsest" if c == last else "coarsest with two or more classes"
+            return [(c, word), (0, "finest")]
+    return [(0, "finest")]
+
+
+def _wrapped(name: str, width: int = 12) -> str:
+    """A scale name as a tick or title label: broken at spaces into lines of about ``width`` characters (a word
+    longer than that stays whole)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(name, width, break_long_words=False, break_on_hyphens=False)) or name
+
+
+def _tick_style(names: Sequence[str]) -> dict[str, Any]:
+    """The per-scale bar chart's tick labels: turned 35 degrees (anchored at their right end, under their bar)
+    where four or more scales, or a long name, would run into each other on a panel 3.2 inches wide."""
+    if len(names) >= 4 or sum(len(n) for n in names) > 24:
+        return {"rotation": 35, "ha": "right", "rotation_mode": "anchor"}
+    return {}
 
 
 def validation_curves(history: Sequence[Mapping[str, Any]], scale_names: Sequence[str],
@@ -378,7 +409,7 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
         for ax, m in zip(axes[0], bar_metrics):
             ax.bar(x - 0.2, [untrained.get(s, {}).get(m, 0) for s in scale_names], 0.4, label="untrained")
             ax.bar(x + 0.2, [test.get(s, {}).get(m, 0) for s in scale_names], 0.4, label="trained")
-            ax.set_xticks(x, scale_names)
+            ax.set_xticks(x, [_wrapped(s) for s in scale_names], **_tick_style(scale_names))
             ax.set(title=m, ylim=(0, 1))
         axes[0][0].legend()
         out.append("<h2>Per-scale test metrics</h2>" + _png(fig))
@@ -388,15 +419,16 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     x = emb.float() - emb.float().mean(0)
     _, _, v = torch.linalg.svd(x, full_matrices=False)
     xy = (x @ v[:2].T).numpy()
-    cols = [(labels.shape[1] - 1, "coarsest"), (0, "finest")] if labels.shape[1] > 1 else [(0, "class")]
+    cols = pca_colour_columns(labels)
     fig, axes = _subplots(1, len(cols), figsize=(5.5 * len(cols), 4.5), squeeze=False)
     for ax, (c, word) in zip(axes[0], cols):
         lab = labels[:, c].numpy()
         _, codes = np.unique(lab, return_inverse=True)
         ax.scatter(xy[:, 0], xy[:, 1], c=codes, cmap="tab20" if codes.max() < 20 else "nipy_spectral", s=6)
-        ax.set(title=f"PCA of test embeddings, colour = {word} class ({scale_names[c]})")
+        ax.set_title(_wrapped(f"colour = {scale_names[c]} class ({word})", 60), fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.suptitle("PCA of test embeddings")
     out.append("<h2>Embedding map</h2>" + _png(fig))
     if dataset is None:
         return out
@@ -406,7 +438,7 @@ def _sections_with_plots(metrics: dict[str, Any], loss_history: Sequence[Sequenc
     queries = sorted(rng.choice(len(emb), size=n_q, replace=False).tolist())
     nn_idx = _neighbours(emb, queries, k, distance)
     out.append("<h2>Retrieval gallery</h2><p class='note'>Each row: a random test query and its top neighbours "
-               "(green = same fine class, red = different).</p>"
+               f"(green = same {html.escape(scale_names[0])} class, red = different).</p>"
                + _png(_gallery_figure(dataset, labels, queries, nn_idx)))
     worst = worst_queries(emb, labels, distance, n_q)
     if worst:
