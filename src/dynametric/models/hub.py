@@ -419,7 +419,7 @@ def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id:
              "embeddings mean similar images at every label scale.", "", "## Model", "",
              f"* backbone: `{model['backbone']}`, pooling `{model.get('pooling', 'avg')}`, "
              f"{'L2-normalised ' if model.get('normalize', True) else ''}"
-             f"{'embeddings; ' if several else 'embedding, '}{_heads_text(meta)}"]
+             f"{'embeddings; ' if several else ''}{_heads_text(meta)}"]
     if several:
         lines.append(f"* evaluated head: {eval_head or 'concat'}"
                      f"{' (all heads joined)' if (eval_head or 'concat') == 'concat' else ''}")
