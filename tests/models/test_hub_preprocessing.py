@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from dynametric.config import load_config, save_config
+from dynametric.data import IMAGENET_MEAN, IMAGENET_STD
 from dynametric.engine.builders import build_model
 from dynametric.engine.checkpoint import save_checkpoint_file
 from dynametric.errors import InputError
@@ -57,8 +58,8 @@ def _images(folder: Path) -> list[Path]:
     return paths
 
 
-def _apply_plain(steps: list[dict], path: Path, *, mean: list[float] | None = None) -> np.ndarray:
-    """The recorded ``steps`` applied with PIL and numpy alone (``mean``: another mean and std than recorded)."""
+def _apply_plain(steps: list[dict], path: Path, *, stats: tuple | None = None) -> np.ndarray:
+    """The recorded ``steps`` applied with PIL and numpy alone (``stats``: another ``(mean, std)`` than recorded)."""
     img = Image.open(path).convert("RGB")
     x: np.ndarray | None = None
     for step in steps:
@@ -78,8 +79,9 @@ def _apply_plain(steps: list[dict], path: Path, *, mean: list[float] | None = No
             x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
         elif op == "Normalize":
             assert x is not None
-            m = np.asarray(mean if mean is not None else step["mean"], dtype=np.float32)[:, None, None]
-            s = np.asarray(mean if mean is not None else step["std"], dtype=np.float32)[:, None, None]
+            mean, std = stats if stats is not None else (step["mean"], step["std"])
+            m = np.asarray(mean, dtype=np.float32)[:, None, None]
+            s = np.asarray(std, dtype=np.float32)[:, None, None]
             x = (x - m) / s
         else:
             pytest.fail(f"a step this PIL + numpy oracle does not apply yet: {step}")
@@ -116,11 +118,13 @@ def test_export_run_of_a_vit_run_records_the_preprocessing_that_reproduces_embed
     expected = embed_image_files(loaded, paths)
     model = Embedder.from_pretrained(folder)
     assert model.preprocessing == steps
+    assert Embedder.from_pretrained(run).preprocessing == steps  # the run folder itself says the same
     with torch.no_grad():
         got = model(torch.from_numpy(np.stack([_apply_plain(steps, p) for p in paths]))).numpy()
-        imagenet = model(torch.from_numpy(np.stack([_apply_plain(steps, p, mean=[0.45] * 3) for p in paths]))).numpy()
+        imagenet = model(torch.from_numpy(np.stack([_apply_plain(steps, p, stats=(IMAGENET_MEAN, IMAGENET_STD))
+                                                    for p in paths]))).numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-    assert np.abs(imagenet - expected).max() > 1e-2  # the oracle tells another normalisation apart
+    assert np.abs(imagenet - expected).max() > 1e-2  # what a reader guessing ImageNet's statistics got
 
     scope: dict = {"paths": [str(p) for p in paths]}
     exec(compile(_card_code(folder), "README.md", "exec"), scope)  # noqa: S102 - the card this test wrote
