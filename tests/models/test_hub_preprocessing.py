@@ -75,6 +75,9 @@ def _apply_plain(steps: list[dict], path: Path, *, stats: tuple | None = None) -
             w, h = img.size
             left, top = int(round((w - tw) / 2.0)), int(round((h - th) / 2.0))
             img = img.crop((left, top, left + tw, top + th))
+        elif op == "SwapRB":
+            assert step["channel_order"] == "BGR"
+            img = Image.fromarray(np.asarray(img)[:, :, ::-1].copy())
         elif op == "ToTensor":
             x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
         elif op == "Normalize":
@@ -247,3 +250,32 @@ def test_the_card_names_head_widths_in_words_and_links_nowhere(tmp_path):
     card = (tmp_path / "two" / "README.md").read_text()
     assert "L2-normalised embeddings; heads: a 128, b 64\n* evaluated head: b\n" in card and "width {" not in card
     assert "emb = model(images)   # {'a': [B, 128], 'b': [B, 64]}\n    emb = emb['b']   # the evaluated head" in card
+
+
+def test_a_swap_rb_run_folder_records_the_channel_swap_and_its_card_applies_it(tmp_path):
+    """A run of ``data.options.swap_rb: true`` saw its images with R and B exchanged: its folder's steps begin with
+    ``SwapRB``, the PIL + numpy oracle and the card's usage code (which writes the swap as code, not as a comment)
+    reproduce ``embed``, and leaving the swap out would not."""
+    from dynametric.engine.inference import InferenceOptions
+    from dynametric.retrieval.model import embed_image_files, load_embedder
+
+    run = _run(tmp_path, ["model.backbone=simple_cnn", "model.backbone_kwargs={width: 4, depth: 2}",
+                          "model.embedding_dim=8", "data.image_size=16", "data.format=folder",
+                          "data.options.swap_rb=true"])
+    folder = hubmod.export_run(run, tmp_path / "mf")
+    steps = json.loads((folder / "dynametric.json").read_text())["preprocessing_steps"]
+    assert steps[0] == {"op": "SwapRB", "channel_order": "BGR"}
+    assert "# apply here" not in _card_code(folder)
+
+    paths = _images(tmp_path / "images")
+    loaded = load_embedder(run / "best.ckpt", options=InferenceOptions(device="cpu", precision="fp32"))
+    expected = embed_image_files(loaded, paths)
+    model = Embedder.from_pretrained(folder)
+    with torch.no_grad():
+        got = model(torch.from_numpy(np.stack([_apply_plain(steps, p) for p in paths]))).numpy()
+        unswapped = model(torch.from_numpy(np.stack([_apply_plain(steps[1:], p) for p in paths]))).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert np.abs(unswapped - expected).max() > 1e-3
+    scope: dict = {"paths": [str(p) for p in paths]}
+    exec(compile(_card_code(folder), "README.md", "exec"), scope)  # noqa: S102 - the card this test wrote
+    np.testing.assert_allclose(scope["emb"].numpy(), expected, rtol=0, atol=1e-6)

@@ -278,7 +278,8 @@ METRICS_PRECISIONS = ("fp32", "bf16", "fp16")
 """The precisions test metrics are measured in (``metrics_precision``), as ``--precision`` names them."""
 _INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 _STEP_KEYS = {"Resize": ("op", "size", "interpolation", "antialias", "max_aspect"), "CenterCrop": ("op", "size"),
-              "ToTensor": ("op",), "Normalize": ("op", "mean", "std")}
+              "ToTensor": ("op",), "Normalize": ("op", "mean", "std"), "SwapRB": ("op", "channel_order"),
+              "Grayscale": ("op", "num_output_channels", "weights", "rounding")}
 """The entries of the steps :func:`model_card` writes as code; a step with other entries is shown as data."""
 
 
@@ -373,6 +374,11 @@ def _preprocessing_code(steps: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(f"    T.{op}({', '.join(args)}),")
         elif op == "ToTensor":
             lines.append("    T.ToTensor(),")
+        elif op == "SwapRB":  # the run's data.options.swap_rb: R and B exchanged before anything else
+            lines.append("    T.Lambda(lambda im: Image.merge('RGB', im.split()[::-1])),  # R and B exchanged, as "
+                         "the model was trained")
+        elif op == "Grayscale":  # torchvision's Grayscale of a PIL image is Pillow's convert('L'), the recorded rule
+            lines.append(f"    T.Grayscale(num_output_channels={int(step.get('num_output_channels', 1))}),")
         else:
             lines.append(f"    T.Normalize(mean={list(step['mean'])!r}, std={list(step['std'])!r}),")
     return [*lines, "])"]
@@ -478,7 +484,9 @@ def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id:
                       f"dtype=torch.{'bfloat16' if precision == 'bf16' else 'float16'}) computes as they were measured")
     load = f"model = Embedder.from_pretrained({(repo_id or 'path/to/this/folder')!r}).eval()"
     if isinstance(steps, list) and steps:
-        code = ["import torch", "from torchvision import transforms as T", *usage,
+        swaps = any(isinstance(s, Mapping) and s.get("op") == "SwapRB" for s in steps)
+        code = ["import torch", *(["from PIL import Image"] if swaps else []),
+                "from torchvision import transforms as T", *usage,
                 "from dynametric.data.base import load_rgb", "from dynametric.models import Embedder", "", load,
                 *_preprocessing_code(steps),
                 "images = torch.stack([preprocess(load_rgb(path)) for path in paths])  # load_rgb: the file as RGB, "
