@@ -755,8 +755,13 @@ class MetricLearningModule(L.LightningModule):
         if s.scheduler == "none" and s.warmup_steps <= 0 and s.warmup_epochs <= 0:
             return optimizer
         if s.scheduler == "plateau":
+            # threshold 0: an improvement is any better score, as for best.ckpt and early stopping (torch's default,
+            # 1e-4 relative, counted a round that replaced best.ckpt as one without improvement); eps 0: every drop
+            # happens (torch's default, 1e-8, ignored a drop smaller than that: a group with a tiny rate stopped
+            # dropping while the others went on)
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=s.monitor_mode, factor=s.gamma, patience=max(0, s.step_size_epochs))
+                optimizer, mode=s.monitor_mode, factor=s.gamma, patience=max(0, s.step_size_epochs), threshold=0.0,
+                eps=0.0)
             self._plateau = plateau  # stepped by on_train_epoch_end (_step_plateau), never by Lightning:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "interval": "epoch",
                                                              "frequency": _NEVER, "monitor": s.monitor,
