@@ -837,6 +837,38 @@ def test_patience_and_a_plateau_schedule_without_validation_are_warning_lines(tm
     assert not [w for w in caught if "plateau" in str(w.message) or "patience" in str(w.message)]  # was: raw
 
 
+def test_the_printed_epochs_are_those_metrics_json_records(tmp_path, capsys, monkeypatch):
+    """trainer.val_every 2, max_epochs 5, patience 1, a falling score: the note listed the validated epochs from 1
+    (`after epochs 2, 4`) while metrics.json and the early-stopping line number them from 0 (rounds at epochs 1 and
+    3, `after epoch 3`). One numbering now: the note's list is metrics.json's, and early stopping names its last."""
+    import re
+
+    from dynametric.engine.module import MetricLearningModule
+
+    evaluate = MetricLearningModule._evaluate_buffer
+
+    def falling(self):
+        results = evaluate(self)
+        if self.trainer.state.fn == "fit":
+            results["fine"]["map@r"] = 0.5 - 0.1 * self.current_epoch
+        return results
+
+    monkeypatch.setattr(MetricLearningModule, "_evaluate_buffer", falling)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 "trainer.max_epochs=5", "trainer.val_every=2", "trainer.patience=1"]) == 0
+    captured = capsys.readouterr()
+    listed = re.search(r"validation runs after epochs ([0-9, ]+) only \(epochs numbered from 0, as in "
+                       r"metrics\.json\)", captured.err)
+    assert listed is not None, captured.err
+    epochs = [int(e) for e in listed.group(1).split(", ")]
+    recorded = [round_["epoch"] for round_ in json.loads((out / "metrics.json").read_text())["validation"]]
+    assert epochs == recorded == [1, 3]
+    assert f"early stopping ended training after epoch {recorded[-1]}: " in captured.out
+
+
 def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     """trainer.val_every 2 with max_epochs 3 validated after epoch 2 only: epoch 3 was trained, never validated and
     could never be best.ckpt, without a word (the run prints the same note as the dry run)."""
@@ -844,9 +876,10 @@ def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     from dynametric.pipeline.run_checks import validation_note
 
     assert main(["train", "--dry-run", "trainer.max_epochs=3", "trainer.val_every=2"]) == 0
-    assert ("note: trainer.val_every 2 does not divide trainer.max_epochs 3: validation runs after epoch 2 only, so "
-            "the last 1 epoch(s) are trained but never validated and best.ckpt is never one of them; set "
-            "trainer.val_every to a divisor of 3 to validate the final weights") in capsys.readouterr().err
+    assert ("note: trainer.val_every 2 does not divide trainer.max_epochs 3: validation runs after epoch 1 only "
+            "(epochs numbered from 0, as in metrics.json), so the last 1 epoch(s) are trained but never validated and "
+            "best.ckpt is never one of them; set trainer.val_every to a divisor of 3 to validate the final weights"
+            ) in capsys.readouterr().err
     assert main(["train", "--dry-run", "trainer.max_epochs=4", "trainer.val_every=2"]) == 0
     assert "does not divide" not in capsys.readouterr().err
 
@@ -854,8 +887,12 @@ def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
         cfg = load_config(None, [f"trainer.max_epochs={epochs}", f"trainer.val_every={every}"])
         return validation_note(cfg, val)
 
-    assert "after epochs 3, 6, ... 9 only, so the last 1 epoch(s)" in (note(10, 3) or "")
-    assert "runs after epoch 4 only, so the last 3 epoch(s)" in (note(7, 4) or "")
+    assert "after epochs 2, 5, 8 only (epochs numbered from 0, as in metrics.json), so the last 1 epoch(s)" in (
+        note(10, 3) or "")
+    assert "after epochs 2, 5, ... 17 only (epochs numbered from 0, as in metrics.json), so the last 2 epoch(s)" in (
+        note(20, 3) or "")
+    assert "runs after epoch 3 only (epochs numbered from 0, as in metrics.json), so the last 3 epoch(s)" in (
+        note(7, 4) or "")
     assert "runs never (fewer epochs than trainer.val_every), so the last 2 epoch(s)" in (note(2, 5) or "")
     assert note(10, 5) is None and note(10, 1) is None and note(7, 2, val=False) is None
 

@@ -74,16 +74,22 @@ def batchnorm_note(cfg: Config, embedder: torch.nn.Module, processes: int) -> st
 def validation_note(cfg: Config, has_validation: bool) -> str | None:
     """A ``note:`` line when ``trainer.val_every`` does not divide ``trainer.max_epochs``: validation runs after
     every ``val_every``-th epoch only, so the last epochs are trained but never validated, and ``best.ckpt`` can
-    never be one of them; ``None`` otherwise (or without validation data)."""
+    never be one of them; ``None`` otherwise (or without validation data). The epochs are numbered from 0, as
+    ``metrics.json``'s validation rounds, ``run_info.json`` and the run's other lines (early stopping, non-finite
+    steps) number them."""
     every, epochs = int(cfg.trainer.val_every), int(cfg.trainer.max_epochs)
     if not has_validation or every <= 1 or epochs % every == 0:
         return None
-    last = epochs - epochs % every  # 1-based: the last validated epoch (0: none)
-    rounds = (f"after epochs {every}, {2 * every}, ... {last} only" if last > every else
-              f"after epoch {every} only" if last else "never (fewer epochs than trainer.val_every)")
+    validated = list(range(every - 1, epochs - epochs % every, every))  # 0-based, as metrics.json records them
+    listed = ", ".join(map(str, validated)) if len(validated) <= 4 else \
+        f"{validated[0]}, {validated[1]}, ... {validated[-1]}"
+    numbering = " (epochs numbered from 0, as in metrics.json)"
+    rounds = (f"after epochs {listed} only{numbering}" if len(validated) > 1 else
+              f"after epoch {listed} only{numbering}" if validated else "never (fewer epochs than trainer.val_every)")
+    unvalidated = epochs - len(validated) * every
     return (f"note: trainer.val_every {every} does not divide trainer.max_epochs {epochs}: validation runs {rounds}, "
-            f"so the last {epochs - last} epoch(s) are trained but never validated and best.ckpt is never one of "
-            f"them; set trainer.val_every to a divisor of {epochs} to validate the final weights")
+            f"so the last {unvalidated} epoch(s) are trained but never validated and best.ckpt is never one of them; "
+            f"set trainer.val_every to a divisor of {epochs} to validate the final weights")
 
 
 def setup_notes(cfg: Config, embedder: torch.nn.Module, processes: int, has_validation: bool) -> list[str]:
