@@ -869,6 +869,64 @@ def test_the_printed_epochs_are_those_metrics_json_records(tmp_path, capsys, mon
     assert f"early stopping ended training after epoch {recorded[-1]}: " in captured.out
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["optim.scheduler.name=step", "trainer.max_epochs=20"],
+     "note: optim.scheduler.step_size 30 >= trainer.max_epochs 20: the step schedule never lowers the rate"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[20,25]", "trainer.max_epochs=20"],
+     "note: optim.scheduler.milestones 20, 25 >= trainer.max_epochs 20: the multistep schedule never lowers the rate "
+     "(a milestone m lowers it from epoch m on, numbered from 0)"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[5,20]", "trainer.max_epochs=20"],
+     "note: optim.scheduler.milestones 20 >= trainer.max_epochs 20: those never fire, and the multistep schedule "
+     "lowers the rate at milestone(s) 5 only"),
+    # the tiny data: 4 batches an epoch, so 4 optimizer steps (2 with accumulation 3: the short last one steps too)
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=2"],
+     "note: trainer.max_steps 2 ends the run inside the warm-up of optim.scheduler.warmup_epochs 1 (4 optimizer steps "
+     "of 4 per epoch): the rate never reaches optim.lr (at most 2/4 of it)"),
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=1",
+      "trainer.accumulate_grad_batches=3"],
+     "note: trainer.max_steps 1 ends the run inside the warm-up of optim.scheduler.warmup_epochs 1 (2 optimizer steps "
+     "of 2 per epoch): the rate never reaches optim.lr (at most 1/2 of it)"),
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=2", "trainer.max_epochs=5", "trainer.max_steps=8"],
+     "note: trainer.max_steps 8 ends the run in epoch 1 (numbered from 0; 4 optimizer step(s) per epoch), before "
+     "epoch 2 (optim.scheduler.step_size), where the step schedule first lowers the rate: the step schedule never "
+     "lowers the rate"),
+    # schedules that do take effect: no note (the rate drops at step 8 of 9; reaches optim.lr at step 4 of 4; at
+    # step 2 of 3 with accumulation 3; multistep's milestone 19 is the last epoch)
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=2", "trainer.max_epochs=5", "trainer.max_steps=9"], None),
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=4"],
+     None),
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=2",
+      "trainer.accumulate_grad_batches=3"], None),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[19]", "trainer.max_epochs=20"], None),
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=19", "trainer.max_epochs=20"], None),
+])
+def test_a_schedule_that_cannot_take_effect_is_noted(tmp_path, capsys, overrides, expected):
+    """The step schedule's default step_size 30 with max_epochs 20, multistep milestones at or after the last
+    epoch, a max_steps that ends the run inside the warm-up or before the first drop: accepted without a word, the
+    rate never lowered (or never reaching optim.lr). The dry run says so, counting the steps an epoch really has."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    assert main(["train", "--dry-run", "--config", str(cfg), *overrides]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("note: ") and "the rate" in line]
+    if expected is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith(expected), err
+
+
+def test_the_run_prints_the_schedule_note_of_its_dry_run(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    overrides = ["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3",
+                 "trainer.max_steps=2"]
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress", "run.report=false",
+                 *overrides]) == 0
+    assert ("note: trainer.max_steps 2 ends the run inside the warm-up of optim.scheduler.warmup_epochs 1 (4 "
+            "optimizer steps of 4 per epoch): the rate never reaches optim.lr (at most 2/4 of it)"
+            ) in capsys.readouterr().err
+
+
 def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     """trainer.val_every 2 with max_epochs 3 validated after epoch 2 only: epoch 3 was trained, never validated and
     could never be best.ckpt, without a word (the run prints the same note as the dry run)."""
