@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=path_arg, required=True, help="output file (.pt / .onnx)")
     p.add_argument("--atol", type=positive_float, default=1e-4,
                    help="largest allowed absolute difference (default 1e-4)")
+    p.add_argument("--no-local-paths", action="store_true",
+                   help="record the checkpoint and config in <out>.json by their file names, not as absolute paths "
+                        "of this machine")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
     p.set_defaults(func=run)
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     info = export_embedder(loaded, args.out, args.format, atol=args.atol, check=not args.no_check,
-                           key="--out")
+                           key="--out", local_paths=not args.no_local_paths)
     shape = "x".join(str(s) for s in info["input"]["shape"])
     check = f", max |diff| {info['max_abs_diff']:.2e} <= {info['tolerance']:g}" if "max_abs_diff" in info else ""
     write_stdout(f"{info['format']} -> {args.out} (input {shape}{check})\n")

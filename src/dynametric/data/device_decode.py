@@ -171,6 +171,19 @@ class _Crop:
     size: Any
 
 
+@dataclass(frozen=True)
+class _Channels:
+    op: str  # "swap_rb": R and B exchanged (SwapRB); "grey": one channel, Pillow's convert("L") (Grayscale)
+
+
+def _grey_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``uint8 [..., 3, H, W]`` -> ``uint8 [..., 1, H, W]`` as Pillow's ``convert("L")`` computes it (ITU-R 601-2
+    luma in fixed point: ``(R * 19595 + G * 38470 + B * 7471 + 0x8000) >> 16``), so both decoders give the same
+    values."""
+    w = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=x.device).view(3, 1, 1)
+    return ((x.to(torch.int32) * w).sum(dim=-3, keepdim=True) + 0x8000).bitwise_right_shift(16).to(torch.uint8)
+
+
 def _decode_error(path: Any, exc: Exception) -> InputError:
     # the CPU path's message (retrieval.embed.ImageFiles), so both modes report a bad file the same way
     from dynametric.data.base import image_read_error
@@ -192,7 +205,8 @@ def _pil_uint8(source: Any, cpu_transform: Callable[[Any], torch.Tensor], path: 
 class DeviceDecoder:
     """The loader transform for device decoding (see the module docstring). Build with :meth:`from_transform`."""
 
-    def __init__(self, geometry: Sequence[_Resize | _Crop], cpu_transform: Callable[[Any], torch.Tensor]) -> None:
+    def __init__(self, geometry: Sequence[_Resize | _Crop | _Channels],
+                 cpu_transform: Callable[[Any], torch.Tensor]) -> None:
         self.geometry = list(geometry)
         self.cpu_transform = cpu_transform  # PIL -> uint8 [C, H, W] (the loader part of split_transform)
         self._streams: dict[torch.device, Any] = {}  # CUDA side stream per device (main process only)
@@ -205,15 +219,23 @@ class DeviceDecoder:
     @classmethod
     def from_transform(cls, cpu_transform: Any) -> DeviceDecoder | None:
         """For a ``Compose`` of ``Resize`` / ``CenterCrop`` steps ending with ``PILToTensor`` (the loader part of
-        :func:`~dynametric.engine.inference.split_transform`); None for any other transform."""
+        :func:`~dynametric.engine.inference.split_transform`), optionally with ``SwapRB`` (a run of
+        ``data.options.swap_rb``) and ``Grayscale(1)`` (a one-channel model) steps, applied on the device in their
+        order; None for any other transform."""
         from torchvision import transforms as T
+
+        from dynametric.data.transforms import SwapRB
 
         steps = list(getattr(cpu_transform, "transforms", []))
         if not steps or not isinstance(steps[-1], T.PILToTensor):
             return None
-        geometry: list[_Resize | _Crop] = []
+        geometry: list[_Resize | _Crop | _Channels] = []
         for step in steps[:-1]:
-            if isinstance(step, T.Resize):
+            if isinstance(step, SwapRB):
+                geometry.append(_Channels("swap_rb"))
+            elif isinstance(step, T.Grayscale) and step.num_output_channels == 1:
+                geometry.append(_Channels("grey"))
+            elif isinstance(step, T.Resize):
                 geometry.append(_Resize(step.size, step.interpolation, step.max_size,
                                         getattr(step, "max_aspect", None)))
             elif isinstance(step, T.CenterCrop):
@@ -256,12 +278,14 @@ class DeviceDecoder:
 
                     x = crop_to_aspect(x, op.max_aspect)
                 x = F.resize(x, op.size, op.interpolation, op.max_size, antialias=True)
+            elif isinstance(op, _Channels):
+                x = x.flip(-3) if op.op == "swap_rb" else _grey_uint8(x)
             else:
                 x = F.center_crop(x, op.size)
         return x
 
     def decode(self, batch: EncodedImages, device: torch.device | str) -> torch.Tensor:
-        """``uint8 [B, 3, H, W]`` on ``device``: the batch's JPEGs decoded there (one call) and transformed there,
+        """``uint8 [B, C, H, W]`` on ``device``: the batch's JPEGs decoded there (one call) and transformed there,
         in batch order with the worker-decoded images.
 
         On CUDA the work is queued on a side stream of this decoder, so it does not wait for kernels already queued

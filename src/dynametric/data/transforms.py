@@ -41,6 +41,12 @@ from dynametric.errors import ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+GREY_MEAN: tuple[float] = (0.449,)
+"""The default mean of a one-channel model (``model.in_chans: 1``): ImageNet's three means averaged."""
+GREY_STD: tuple[float] = (0.226,)
+"""The default std of a one-channel model: ImageNet's three stds averaged."""
+GREY_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
+"""Pillow's ``convert("L")`` (ITU-R 601-2 luma, rounded to an integer): what :class:`Grayscale` computes."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,34 @@ def __getattr__(name: str) -> type:  # unpickling in a fresh process: ``dynametr
 def one_step_random_resized_crop(size: int, **kwargs: Any) -> Any:
     """A :class:`RandomResizedCrop` (see the module docstring) of side ``size``."""
     return _lazy_class("RandomResizedCrop")(size, **kwargs)
+
+
+class SwapRB:
+    """Exchange the R and B channels of a PIL RGB image: the inference path's form of ``data.options.swap_rb``
+    (the dataset swaps as it decodes, :func:`dynametric.data.base.load_rgb`; ``embed``, ``search --image``,
+    ``explore`` and ``export`` put this step first in the run's evaluation transform, so an image file is seen as
+    the run saw its images)."""
+
+    def __call__(self, img: Any) -> Any:
+        from PIL import Image
+
+        r, g, b = img.split()
+        return Image.merge("RGB", (b, g, r))
+
+    def __repr__(self) -> str:
+        return "SwapRB()"
+
+
+def prepend_step(transform: Any, step: Any) -> Any:
+    """A ``Compose`` of ``step`` then the steps of ``transform`` (a ``Compose``, or one callable), keeping the
+    resolved parameters ``.spec`` of a :func:`build_transform` result."""
+    from torchvision import transforms as T
+
+    out = T.Compose([step, *getattr(transform, "transforms", [transform])])
+    spec = getattr(transform, "spec", None)
+    if spec is not None:
+        out.spec = spec  # type: ignore[attr-defined]
+    return out
 
 
 def build_transform(preset: str = "standard", train: bool = False, **overrides: Any) -> Callable[[Any], Any]:

@@ -118,12 +118,14 @@ def _smallest_fraction(n_classes: int) -> float:
 
 def normalization(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` the config's transforms normalise with: ``data.mean`` / ``data.std`` where set, else the
-    backbone's pretrained statistics (:func:`~dynametric.data.transforms.backbone_statistics`; for a model of
-    other than 3 input channels, which has none of its own, ImageNet's)."""
-    from dynametric.data.transforms import IMAGENET_MEAN, IMAGENET_STD, backbone_statistics
+    backbone's pretrained statistics (:func:`~dynametric.data.transforms.backbone_statistics`); for a one-channel
+    model (``model.in_chans: 1``, images converted to greyscale) ``(0.449,)`` / ``(0.226,)``, ImageNet's three
+    values averaged (:data:`~dynametric.data.transforms.GREY_MEAN`); for any other channel count, ImageNet's."""
+    from dynametric.data.transforms import GREY_MEAN, GREY_STD, IMAGENET_MEAN, IMAGENET_STD, backbone_statistics
 
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if int(cfg.model.in_chans) != 3 else \
-        backbone_statistics(cfg.model.backbone)[:2]
+    chans = int(cfg.model.in_chans)
+    mean, std = backbone_statistics(cfg.model.backbone)[:2] if chans == 3 else \
+        (GREY_MEAN, GREY_STD) if chans == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     return (tuple(cfg.data.mean) if cfg.data.mean is not None else mean,
             tuple(cfg.data.std) if cfg.data.std is not None else std)
 
@@ -136,8 +138,13 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
     The one place for the synthetic data's rule: with ``transform: default`` a ``synthetic`` dataset renders its own
     tensors (``"to_tensor"``); ``for_images=True`` asks instead for the callable that turns image files of that data
     into the same tensors: ``Resize`` to ``size`` (else ``data.image_size``, else the generator's ``image_size``
-    option, default 32) square, then ``ToTensor``."""
+    option, default 32) square, then ``ToTensor``.
+
+    Images are decoded as RGB: a model of ``model.in_chans: 1`` gets a ``Grayscale`` step first (Pillow's
+    ``convert("L")``, train and evaluation alike); any other count than 1 or 3 is a ConfigError keyed
+    ``model.in_chans`` (the dry run and the run meet it before anything is written)."""
     data = cfg.data
+    chans = check_image_channels(cfg)
     if data.format == "synthetic" and data.transform == "default":
         if not for_images:
             return "to_tensor"
@@ -157,9 +164,31 @@ def transform_for(cfg: Config, train: bool, size: int | None = None, *, for_imag
     overrides: dict[str, Any] = {} if size is None else {"size": int(size)}
     overrides["mean"], overrides["std"] = normalization(cfg)
     try:
-        return build_transform(preset, train, **overrides)
+        out = build_transform(preset, train, **overrides)
     except ConfigError as exc:
         raise ConfigError(str(exc.message), key="data.transform") from None
+    if chans == 1:
+        from torchvision import transforms as T
+
+        from dynametric.data.transforms import prepend_step
+
+        out = prepend_step(out, T.Grayscale(num_output_channels=1))
+    return out
+
+
+def check_image_channels(cfg: Config) -> int:
+    """``model.in_chans`` where the config's images can give it: 3 (RGB, as decoded) or 1 (converted to
+    greyscale); the synthetic data's own tensors (``transform: default``) are RGB only. Else a ConfigError keyed
+    ``model.in_chans``."""
+    chans = int(cfg.model.in_chans)
+    if cfg.data.format == "synthetic" and cfg.data.transform == "default" and chans != 3:
+        raise ConfigError(f"the synthetic data's own tensors (data.transform: default) have 3 channels, got "
+                          f"model.in_chans {chans}; use data.transform: small (images converted to greyscale for "
+                          "in_chans 1)", key="model.in_chans")
+    if chans not in (1, 3):
+        raise ConfigError(f"images are decoded as RGB (3 channels) or converted to greyscale (1); expected 1 or 3, "
+                          f"got {chans}", key="model.in_chans")
+    return chans
 
 
 @contextlib.contextmanager

@@ -55,6 +55,12 @@ class Embedder(nn.Module):
     them)."""
     hub_meta: dict[str, Any]
     """The model folder's description, on an embedder loaded by ``from_pretrained`` from a model folder."""
+    preprocessing: list[dict[str, Any]] | None
+    """The evaluation preprocessing the model takes images through, as steps (``{"op": "Resize", "size": 256, ...}``,
+    ``CenterCrop``, ``ToTensor``, ``Normalize`` with ``mean`` / ``std``), on an embedder loaded by
+    ``from_pretrained`` (the model folder's ``preprocessing_steps``; a run folder's evaluation transform); ``None``
+    where it is not known (built by :func:`build_embedder`, or a folder that records none). ``save_pretrained``
+    records it."""
     notes: list[str]
     """What :func:`build_embedder` did that the user should be told (``train`` and ``--dry-run`` print them as
     ``note:`` lines): the tensors a ``pretrained_path`` file gave (loaded, ignored classifier, counters kept), a
@@ -71,6 +77,7 @@ class Embedder(nn.Module):
         self.head_names: tuple[str, ...] = tuple(heads)
         self.freeze_bn = freeze_bn
         self.notes = []
+        self.preprocessing = None
         if freeze_bn:
             for bn in _batchnorm_modules(self.backbone):
                 bn.eval()

@@ -5,7 +5,10 @@ A **model folder** holds
 * ``model.safetensors``: the embedder's weights (``Embedder.state_dict()``);
 * ``dynametric.json``: what rebuilds it: the :func:`~dynametric.models.build_embedder` arguments (``pretrained`` off),
   the scale names, the evaluated head, the input size, the dynametric version, and the test metrics if known (for a
-  backbone registered by user code, ``backbone_module``: the module to import before loading it elsewhere);
+  backbone registered by user code, ``backbone_module``: the module to import before loading it elsewhere); where
+  known, the evaluation preprocessing (``preprocessing_steps``: resize, crop, ``ToTensor``, normalisation, as data)
+  and the precision the model trained in and its test metrics were measured in (``trained_precision``,
+  ``metrics_precision``);
 * ``config.yaml``: the full training config when the model came from a run (transforms, data, loss, ...);
 * ``README.md``: a model card (model, data, per-scale metrics, config, usage) with Hub metadata.
 
@@ -267,6 +270,125 @@ def _check_backbone_known(meta: Mapping[str, Any], meta_path: Path) -> None:
                      file=meta_path, key="model.backbone")
 
 
+PREPROCESSING_KEY = "preprocessing_steps"
+"""The ``dynametric.json`` entry of the evaluation preprocessing: a list of steps, each a dict with its ``op``
+(``Resize``, ``CenterCrop``, ``ToTensor``, ``Normalize``, or another transform's name with its ``repr``), as the
+export sidecar records them (:func:`dynametric.retrieval.export.preprocessing_steps`)."""
+METRICS_PRECISIONS = ("fp32", "bf16", "fp16")
+"""The precisions test metrics are measured in (``metrics_precision``), as ``--precision`` names them."""
+_INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+_STEP_KEYS = {"Resize": ("op", "size", "interpolation", "antialias", "max_aspect"), "CenterCrop": ("op", "size"),
+              "ToTensor": ("op",), "Normalize": ("op", "mean", "std")}
+"""The entries of the steps :func:`model_card` writes as code; a step with other entries is shown as data."""
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_side(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _step_problem(step: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(entry, what is wrong)`` for a step of a known ``op`` whose entries are not what that op takes."""
+    op = step["op"]
+    if op in ("Resize", "CenterCrop"):
+        size = step.get("size")
+        if not (_is_side(size) or (isinstance(size, list) and len(size) in (1, 2) and all(map(_is_side, size)))):
+            return "size", f"expected a positive whole number or a list of one or two, got {size!r}"
+    if op == "Resize":
+        if step.get("interpolation", "bilinear") not in _INTERPOLATIONS:
+            return "interpolation", f"expected one of {list(_INTERPOLATIONS)}, got {step.get('interpolation')!r}"
+        if not isinstance(step.get("antialias", True), (bool, type(None))):
+            return "antialias", f"expected true, false or null, got {step.get('antialias')!r}"
+        if "max_aspect" in step and not (_is_number(step["max_aspect"]) and step["max_aspect"] >= 1):
+            return "max_aspect", f"expected a number >= 1, got {step['max_aspect']!r}"
+    if op == "Normalize":
+        for name in ("mean", "std"):
+            value = step.get(name)
+            if not (isinstance(value, list) and value and all(map(_is_number, value))):
+                return name, f"expected a non-empty list of finite numbers, got {value!r}"
+        if len(step["mean"]) != len(step["std"]):
+            return "std", f"expected as many values as mean ({len(step['mean'])}), got {len(step['std'])}"
+        if any(v <= 0 for v in step["std"]):
+            return "std", f"expected positive values, got {step['std']!r}"
+    return None
+
+
+def check_preprocessing(steps: Any, *, key: str = "preprocessing", file: Path | None = None) -> list[dict[str, Any]]:
+    """``steps`` (a model folder's evaluation preprocessing) as the list of JSON dicts ``dynametric.json`` records
+    under ``preprocessing_steps``; an :class:`InputError` naming ``key[i].entry`` (and ``file``) where it is not a
+    non-empty list of dicts each with a string ``op``, or where a ``Resize`` / ``CenterCrop`` / ``Normalize`` step
+    does not hold what that transform takes. A step of another ``op`` (a transform these four are not) is kept as
+    it is, if it is JSON."""
+    if isinstance(steps, (str, bytes, Mapping)) or not isinstance(steps, Sequence) or not steps:
+        raise InputError("expected a non-empty list of preprocessing steps (dicts such as {'op': 'Resize', 'size': "
+                         "256}, as dynametric.retrieval.export.preprocessing_steps(transform) gives them), got "
+                         f"{_short(steps)}", file=file, key=key)
+    out: list[dict[str, Any]] = []
+    for i, step in enumerate(steps):
+        where = f"{key}[{i}]"
+        if not isinstance(step, Mapping) or not all(isinstance(k, str) for k in step):
+            raise InputError(f"expected a dict of a step (with its 'op'), got {_short(step)}", file=file, key=where)
+        if not isinstance(step.get("op"), str) or not step["op"]:
+            raise InputError(f"expected an 'op' naming the step (Resize, CenterCrop, ToTensor, Normalize, ...), got "
+                             f"{_short(step.get('op'))}", file=file, key=f"{where}.op")
+        problem = _step_problem(step)
+        if problem is not None:
+            raise InputError(f"{step['op']}: {problem[1]}", file=file, key=f"{where}.{problem[0]}")
+        try:
+            out.append(json.loads(json.dumps(dict(step), allow_nan=False)))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"expected JSON values (strings, numbers, lists, dicts), got {_short(step)} "
+                             f"({first_sentence(exc)})", file=file, key=where) from None
+    return out
+
+
+def _short(value: Any) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _preprocessing_code(steps: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The lines of a ``torchvision`` ``Compose`` applying ``steps``; a step it does not know, or with entries it
+    does not write, is a comment holding the step as recorded (in its place: nothing left out unsaid)."""
+    lines = ["preprocess = T.Compose([  # the evaluation preprocessing (dynametric.json 'preprocessing_steps')"]
+    for step in steps:
+        op = step["op"]
+        if op not in _STEP_KEYS or set(step) - set(_STEP_KEYS[op]):
+            lines.append(f"    # apply here: {json.dumps(dict(step))}")
+            continue
+        if op in ("Resize", "CenterCrop"):
+            size = step["size"]
+            args = [repr(size if isinstance(size, int) else list(size))]
+            if op == "Resize":
+                mode = step.get("interpolation")
+                if mode is not None:
+                    args.append(f"interpolation=T.InterpolationMode.{mode.upper().replace('-', '_')}")
+                if "antialias" in step:
+                    args.append(f"antialias={step['antialias']!r}")
+            lines.append(f"    T.{op}({', '.join(args)}),")
+        elif op == "ToTensor":
+            lines.append("    T.ToTensor(),")
+        else:
+            lines.append(f"    T.Normalize(mean={list(step['mean'])!r}, std={list(step['std'])!r}),")
+    return [*lines, "])"]
+
+
+def _heads_text(meta: Mapping[str, Any]) -> str:
+    """``embedding width 128`` (one head), ``heads: class 128, shared 64`` (several)."""
+    dims = meta.get("embedding_dims")
+    if isinstance(dims, Mapping) and len(dims) == 1:
+        return f"embedding width {next(iter(dims.values()))}"
+    if isinstance(dims, Mapping) and dims:
+        return "heads: " + ", ".join(f"{name} {width}" for name, width in dims.items())
+    names = meta["model"].get("head_names")
+    return "heads: " + ", ".join(map(str, names)) if names else "embedding width not recorded"
+
+
 def _metrics_table(metrics: Mapping[str, Any], scale_names: Sequence[str]) -> list[str]:
     scales = [s for s in [*scale_names, "mean"] if isinstance(metrics.get(s), Mapping)]
     if not scales:
@@ -284,19 +406,33 @@ def _metrics_table(metrics: Mapping[str, Any], scale_names: Sequence[str]) -> li
 
 
 def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id: str | None = None) -> str:
-    """The ``README.md`` of a model folder (Hugging Face model-card front matter + sections)."""
+    """The ``README.md`` of a model folder (Hugging Face model-card front matter + sections). Its usage applies the
+    evaluation preprocessing the folder records (``preprocessing_steps``), or says that the caller must apply the
+    training one where it records none; the metrics say the precision they were measured in where it is known."""
     model = meta["model"]
-    heads = model.get("head_names") or (["embedding"] if model.get("num_heads", 1) == 1 else None)
+    dims = meta.get("embedding_dims")
+    several = isinstance(dims, Mapping) and len(dims) > 1 or int(model.get("num_heads", 1) or 1) > 1
+    eval_head = meta.get("eval_head")
     lines = ["---", "library_name: dynametric", "tags:", "- metric-learning", "- image-retrieval", "- dynametric",
              "---", "", f"# {repo_id or meta.get('name') or 'dynametric embedder'}", "",
-             "An image embedding model trained with [dynametric](https://github.com/) (hierarchy-aware deep metric "
-             "learning): nearby embeddings mean similar images at every label scale.", "", "## Model", "",
+             "An image embedding model trained with dynametric (hierarchy-aware deep metric learning): nearby "
+             "embeddings mean similar images at every label scale.", "", "## Model", "",
              f"* backbone: `{model['backbone']}`, pooling `{model.get('pooling', 'avg')}`, "
-             f"{'L2-normalised ' if model.get('normalize', True) else ''}embedding"
-             f" width {meta.get('embedding_dims')}",
-             f"* heads: {heads if heads else model.get('num_heads')}; evaluated head: {meta.get('eval_head')}",
-             f"* input: {model.get('in_chans', 3)} channels, {meta.get('input_size')} px",
-             f"* dynametric {meta.get('dynametric_version')}", ""]
+             f"{'L2-normalised ' if model.get('normalize', True) else ''}"
+             f"{'embeddings; ' if several else ''}{_heads_text(meta)}"]
+    if several:
+        lines.append(f"* evaluated head: {eval_head or 'concat'}"
+                     f"{' (all heads joined)' if (eval_head or 'concat') == 'concat' else ''}")
+    lines.append(f"* input: {model.get('in_chans', 3)} channels, {meta.get('input_size')} px")
+    steps = meta.get(PREPROCESSING_KEY)
+    if isinstance(steps, list) and steps:
+        lines.append("* preprocessing: " + ", ".join(_step_text(s) for s in steps if isinstance(s, Mapping)))
+    else:
+        lines.append("* preprocessing: not recorded; apply the one the model was trained with (its evaluation "
+                     "resize, crop and normalisation)")
+    if isinstance(meta.get("trained_precision"), str):
+        lines.append(f"* trained in precision {meta['trained_precision']}")
+    lines += [f"* dynametric {meta.get('dynametric_version')}", ""]
     data = meta.get("data") or {}
     lines += ["## Data", ""]
     if data:
@@ -304,7 +440,20 @@ def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id:
     lines += [f"* label scales (finest first): {', '.join(meta.get('scale_names') or []) or 'unknown'}", ""]
     metrics = meta.get("metrics") or {}
     table = _metrics_table(metrics, meta.get("scale_names") or [])
-    lines += ["## Metrics", ""] + (["Test split, per label scale:", "", *table] if table else ["Not recorded."])
+    precision = meta.get("metrics_precision")
+    if not table:
+        said = ["Not recorded."]
+    elif precision in ("bf16", "fp16"):
+        trained = meta.get("trained_precision")
+        run = f" with trainer.precision {trained}" if isinstance(trained, str) else ""
+        said = [f"Test split, per label scale, computed in {precision} (autocast, as the run evaluated{run}). "
+                "`from_pretrained` computes in float32 unless you autocast, so its embeddings, and metrics measured "
+                "from them, can differ slightly.", "", *table]
+    elif precision == "fp32":
+        said = ["Test split, per label scale, computed in fp32:", "", *table]
+    else:
+        said = ["Test split, per label scale:", "", *table]
+    lines += ["## Metrics", "", *said]
     imports = [m for m in meta.get("imports") or [] if isinstance(m, str) and m]
     if imports:  # the run's config imports: what registers its components (the backbone among them)
         usage = [f"import {m}  # registers the model's components (the run's config 'imports:')" for m in imports]
@@ -313,19 +462,64 @@ def model_card(meta: Mapping[str, Any], config_yaml: str | None = None, repo_id:
                  "(here the one defining its factory)"]
     else:
         usage = []
-    lines += ["", "## Usage", "", "```python", *usage, "from dynametric.models import Embedder", "",
-              f"model = Embedder.from_pretrained({(repo_id or 'path/to/this/folder')!r}).eval()",
-              "emb = model(images)   # [B, D] (a dict of heads for multi-head models)", "```", ""]
+    if several:
+        shape = "{" + ", ".join(f"{n!r}: [B, {w}]" for n, w in dims.items()) + "}" \
+            if isinstance(dims, Mapping) and dims else "a dict of heads"
+        out = [f"emb = model(images)   # {shape}"]
+        if (eval_head or "concat") == "concat":
+            out.append("emb = torch.cat(list(emb.values()), dim=1)   # the evaluated head, 'concat'")
+        else:
+            out.append(f"emb = emb[{eval_head!r}]   # the evaluated head")
+    else:
+        width = next(iter(dims.values())) if isinstance(dims, Mapping) and dims else "D"
+        out = [f"emb = model(images)   # [B, {width}]"]
+    if precision in ("bf16", "fp16"):
+        out.insert(0, f"# the metrics were measured in {precision}: computing under torch.autocast(device_type, "
+                      f"dtype=torch.{'bfloat16' if precision == 'bf16' else 'float16'}) computes as they were measured")
+    load = f"model = Embedder.from_pretrained({(repo_id or 'path/to/this/folder')!r}).eval()"
+    if isinstance(steps, list) and steps:
+        code = ["import torch", "from torchvision import transforms as T", *usage,
+                "from dynametric.data.base import load_rgb", "from dynametric.models import Embedder", "", load,
+                *_preprocessing_code(steps),
+                "images = torch.stack([preprocess(load_rgb(path)) for path in paths])  # load_rgb: the file as RGB, "
+                "as dynametric reads it", "with torch.no_grad():", *(f"    {line}" for line in out)]
+        after = ["", "The same steps are `model.preprocessing` (a list of dicts) after `from_pretrained`."]
+        resize = [s for s in steps if isinstance(s, Mapping) and s.get("op") == "Resize" and "max_aspect" in s]
+        if resize:
+            after.append(f"`Resize` is dynametric's bounded resize: an image whose long side is more than "
+                         f"{resize[0]['max_aspect']} times its short side is first centre-cropped to "
+                         f"{resize[0]['max_aspect']}:1 along it; other images are resized exactly as by "
+                         "`T.Resize`.")
+    else:
+        code = ["import torch", *usage, "from dynametric.models import Embedder", "", load,
+                "# images: [B, C, H, W] float32, preprocessed as the model was trained (resize, crop, normalisation:"
+                " this folder does not record them)", "with torch.no_grad():", *(f"    {line}" for line in out)]
+        after = ["", "This folder records no preprocessing: apply the evaluation preprocessing the model was trained "
+                 "with (resize, crop, mean and std; the training config, where one is included, holds it), or the "
+                 "embeddings will differ from the ones the metrics were measured on."]
+    lines += ["", "## Usage", "", "```python", *code, "```", *after, ""]
     if config_yaml:
         lines += ["## Training config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _step_text(step: Mapping[str, Any]) -> str:
+    """A step in words for the card's model section: ``Resize 256``, ``Normalize mean [0.5, ...] std [...]``."""
+    op = step.get("op")
+    if op in ("Resize", "CenterCrop"):
+        return f"{op} {step.get('size')}"
+    if op == "Normalize":
+        return f"Normalize mean {step.get('mean')} std {step.get('std')}"
+    return str(op)
 
 
 def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwargs: Mapping[str, Any] | None = None,
                     scale_names: Sequence[str] | None = None, metrics: Mapping[str, Any] | None = None,
                     data: Mapping[str, Any] | None = None, config_yaml: str | None = None,
                     eval_head: str | None = None, input_size: int | None = None,
-                    repo_id: str | None = None, imports: Sequence[str] | None = None) -> Path:
+                    repo_id: str | None = None, imports: Sequence[str] | None = None,
+                    preprocessing: Sequence[Mapping[str, Any]] | None = None, trained_precision: str | None = None,
+                    metrics_precision: str | None = None) -> Path:
     """Write a model folder (weights, ``dynametric.json``, ``config.yaml`` if given, model card).
 
     Into a new or empty folder, or over an earlier model folder (its ``dynametric.json`` is this format): its files
@@ -342,11 +536,30 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
 
     ``imports``: the modules the model's config imports (a run's ``imports:``; :func:`export_run` passes them),
     recorded in ``dynametric.json`` (``imports``), so that loading where the backbone is unknown names them first
-    and the model card's usage imports them."""
+    and the model card's usage imports them.
+
+    ``preprocessing``: the evaluation preprocessing the model takes images through, a list of steps as
+    :func:`dynametric.retrieval.export.preprocessing_steps` gives them (``{"op": "Resize", "size": 256, ...}``,
+    ``{"op": "CenterCrop", "size": [224, 224]}``, ``{"op": "ToTensor"}``, ``{"op": "Normalize", "mean": [...],
+    "std": [...]}``; :func:`export_run` passes the run's), checked (:func:`check_preprocessing`) and recorded as
+    ``preprocessing_steps``; the model card's usage applies it. Unset: the preprocessing of an embedder loaded by
+    :func:`from_pretrained` (its ``preprocessing``), else not recorded, and the card says the caller must apply the
+    training preprocessing. ``trained_precision`` (a run's ``trainer.precision``, e.g. ``bf16-mixed``) and
+    ``metrics_precision`` (``fp32`` / ``bf16`` / ``fp16``: what ``metrics`` were computed in) are recorded where
+    given, and the card says them."""
     from dynametric.utils.io import write_error
     from dynametric.utils.output_locks import LOCK_NAME, output_lock
 
     folder = Path(folder)
+    if preprocessing is None:
+        preprocessing = getattr(embedder, "preprocessing", None)  # a model folder's, loaded: kept when saved again
+    steps = None if preprocessing is None else check_preprocessing(preprocessing)
+    for name, value in (("trained_precision", trained_precision), ("metrics_precision", metrics_precision)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise InputError(f"expected a precision name such as 'bf16-mixed' or '32', got {_short(value)}", key=name)
+    if metrics_precision is not None and metrics_precision not in METRICS_PRECISIONS:
+        raise InputError(f"expected one of {list(METRICS_PRECISIONS)} (the precision the metrics were computed in), "
+                         f"got {metrics_precision!r}", key="metrics_precision")
     _check_folder_path(folder)
     created: list[Path] = []  # the folders this save made itself (another save may make the same ones meanwhile)
     try:
@@ -357,7 +570,8 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
                          cannot_create=lambda exc: write_error(exc, folder / LOCK_NAME, None)):
             return _save_locked(embedder, folder, model_kwargs=model_kwargs, scale_names=scale_names,
                                 metrics=metrics, data=data, config_yaml=config_yaml, eval_head=eval_head,
-                                input_size=input_size, repo_id=repo_id, imports=imports)
+                                input_size=input_size, repo_id=repo_id, imports=imports, preprocessing=steps,
+                                trained_precision=trained_precision, metrics_precision=metrics_precision)
     except BaseException:
         for made in reversed(created):  # the folders this save made, when a failure left them empty
             try:
@@ -370,7 +584,8 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
 def _save_locked(embedder: torch.nn.Module, folder: Path, *, model_kwargs: Mapping[str, Any] | None,
                  scale_names: Sequence[str] | None, metrics: Mapping[str, Any] | None, data: Mapping[str, Any] | None,
                  config_yaml: str | None, eval_head: str | None, input_size: int | None, repo_id: str | None,
-                 imports: Sequence[str] | None) -> Path:
+                 imports: Sequence[str] | None, preprocessing: list[dict[str, Any]] | None,
+                 trained_precision: str | None, metrics_precision: str | None) -> Path:
     """:func:`save_pretrained` into the existing ``folder``, holding its lock."""
     import hashlib
 
@@ -409,6 +624,12 @@ def _save_locked(embedder: torch.nn.Module, folder: Path, *, model_kwargs: Mappi
         meta["backbone_factory"] = f"{factory[0]}:{factory[1]}"
     if imports:
         meta["imports"] = [str(m) for m in imports]
+    if preprocessing is not None:
+        meta[PREPROCESSING_KEY] = preprocessing
+    if trained_precision is not None:
+        meta["trained_precision"] = trained_precision
+    if metrics_precision is not None:
+        meta["metrics_precision"] = metrics_precision
     remove_config = config_yaml is None and CONFIG_FILE in own and (folder / CONFIG_FILE).exists()
     if remove_config:
         replacement_mode(folder / CONFIG_FILE)  # one the user made read-only is not removed either
@@ -526,7 +747,13 @@ def _resolve(source: str | Path, *, revision: str | None, cache_dir: str | Path 
 def from_pretrained(source: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
                     local_files_only: bool = False, token: str | None = None) -> Any:
     """Rebuild an :class:`~dynametric.models.Embedder` with its weights from a model folder, a ``dynametric
-    train`` run folder (``config.yaml`` + ``best.ckpt``), or a Hugging Face repository id. Eval mode."""
+    train`` run folder (``config.yaml`` + ``best.ckpt``), or a Hugging Face repository id. Eval mode.
+
+    The embedder's ``preprocessing`` is the evaluation preprocessing the folder records (``preprocessing_steps``: a
+    list of step dicts, ``Resize`` / ``CenterCrop`` / ``ToTensor`` / ``Normalize`` with their arguments; a run
+    folder's, from its config), ``None`` where it records none (a folder saved without it, or by an older
+    dynametric); ``hub_meta`` is the folder's whole ``dynametric.json`` (``trained_precision``,
+    ``metrics_precision``, ...)."""
     from safetensors.torch import load_file
 
     folder = _resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
@@ -552,6 +779,8 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
     if meta.get("weights_sha256") == UNFINISHED:
         raise InputError("a save_pretrained into this folder was interrupted before it finished (its description "
                          "marks the save unfinished): save the model again", file=meta_path)
+    steps = meta.get(PREPROCESSING_KEY)
+    preprocessing = None if steps is None else check_preprocessing(steps, key=PREPROCESSING_KEY, file=meta_path)
     model = _build_described(meta, meta_path)
     weights = folder / MODEL_FILE
     if not weights.is_file():
@@ -576,6 +805,8 @@ def from_pretrained(source: str | Path, *, revision: str | None = None, cache_di
     model.eval()
     model.notes = []  # the build's notes (a local-dir backbone without its weights) do not apply: the folder's load
     model.hub_meta = meta
+    # the evaluation preprocessing the folder records (None: an older folder, or a save that was given none)
+    model.preprocessing = preprocessing
     return model
 
 

@@ -249,16 +249,25 @@ def check_export_target(out: Path, fmt: str) -> None:
 def preprocessing_steps(transform: Any) -> list[dict[str, Any]]:
     """The evaluation transform as data (the sidecar's ``preprocessing_steps``): one entry per step with its
     torchvision name and arguments (``Resize``: the shorter side to ``size``; dynametric's bounded resize also
-    records ``max_aspect``, the aspect ratio beyond which an image's long side is first centre-cut), or the step's
-    ``repr`` where it is none of these."""
+    records ``max_aspect``, the aspect ratio beyond which an image's long side is first centre-cut; ``SwapRB``: R
+    and B exchanged, a run of ``data.options.swap_rb``; ``Grayscale``: one channel, Pillow's ``convert("L")``), or
+    the step's ``repr`` where it is none of these."""
     from torchvision import transforms as T
+
+    from dynametric.data.transforms import GREY_WEIGHTS, SwapRB
 
     out: list[dict[str, Any]] = []
     for step in getattr(transform, "transforms", [transform]):
-        if isinstance(step, T.Resize):
+        entry: dict[str, Any]
+        if isinstance(step, SwapRB):  # a run of data.options.swap_rb: its images had R and B exchanged
+            entry = {"op": "SwapRB", "channel_order": "BGR"}
+        elif isinstance(step, T.Grayscale):  # a one-channel model: Pillow's convert("L")
+            entry = {"op": "Grayscale", "num_output_channels": step.num_output_channels,
+                     "weights": list(GREY_WEIGHTS), "rounding": "(R*19595 + G*38470 + B*7471 + 32768) >> 16"}
+        elif isinstance(step, T.Resize):
             size = step.size if isinstance(step.size, int) else list(step.size)
-            entry: dict[str, Any] = {"op": "Resize", "size": size, "interpolation": step.interpolation.value,
-                                     "antialias": step.antialias}
+            entry = {"op": "Resize", "size": size, "interpolation": step.interpolation.value,
+                     "antialias": step.antialias}
             if hasattr(step, "max_aspect"):
                 entry["max_aspect"] = step.max_aspect
         elif isinstance(step, T.CenterCrop):
@@ -273,11 +282,60 @@ def preprocessing_steps(transform: Any) -> list[dict[str, Any]]:
     return out
 
 
+DECODE = {"mode": "RGB", "exif_orientation": "applied (image turned upright)",
+          "alpha": "composited onto white: round((c*a + 255*(255 - a)) / 255)",
+          "16-bit": "round(v / 257) onto 0..255 (16-bit greyscale); 16-bit colour PNG: the high byte",
+          "other_modes": "Pillow's convert('RGB')", "rules": "docs/data.md, section 'Decoding images'"}
+"""The sidecar's ``decode``: how an image file becomes the RGB image the ``preprocessing_steps`` start from
+(:func:`dynametric.data.base.to_rgb`)."""
+
+
+def output_description(model: nn.Module, head: str | None, example: torch.Tensor) -> dict[str, Any]:
+    """The sidecar's ``output``: ``shape`` ``["batch", D]``, ``normalized`` (whether every row has L2 norm 1),
+    ``norm`` (the L2 norm every row has: 1 for an L2-normalised head, ``sqrt(n)`` for the concatenation of ``n``
+    such heads, ``None`` where rows differ), and ``heads`` (``{name: {"dim", "normalized"}}``, in the model's
+    order, with ``concat``: the head exported). Heads are read as the model declares them (an
+    :class:`~dynametric.models.Embedder`'s ``normalize``); a model that declares none is measured on ``example``."""
+    import math
+
+    heads = getattr(model, "heads", None)
+    names = list(getattr(model, "head_names", []) or [])
+    declared: dict[str, dict[str, Any]] = {}
+    if names and heads is not None:
+        for name in names:
+            h = heads[name]
+            if not hasattr(h, "normalize") or not hasattr(h, "out_dim"):
+                declared = {}
+                break
+            declared[name] = {"dim": int(h.out_dim), "normalized": bool(h.normalize)}
+    if declared:
+        picked = list(declared) if head == "concat" or (head is None and len(declared) == 1) else [str(head)]
+        dim = sum(declared[n]["dim"] for n in picked)
+        unit = all(declared[n]["normalized"] for n in picked)
+        norm = math.sqrt(len(picked)) if unit else None
+    else:  # no declaration: measured on the example
+        with torch.no_grad():
+            got = SingleOutput(model, head).eval()(example)
+        dim = int(got.shape[1])
+        norms = got.norm(dim=1)
+        unit = bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-4))
+        norm = 1.0 if unit else None
+    out: dict[str, Any] = {"name": "embeddings", "shape": ["batch", dim], "normalized": bool(unit and norm == 1.0),
+                           "norm": norm}
+    if declared:
+        out["heads"] = declared
+        out["head"] = head
+    return out
+
+
 def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, batch: int = 2,
-                    atol: float = DEFAULT_ATOL, check: bool = True, key: str | None = None) -> dict[str, Any]:
+                    atol: float = DEFAULT_ATOL, check: bool = True, key: str | None = None,
+                    local_paths: bool = True) -> dict[str, Any]:
     """Export a :class:`~dynametric.retrieval.model.LoadedEmbedder` to ``out`` and verify it; writes
-    ``<out>.json`` (input size, channels, preprocessing, model identity, verified max difference, the file's
-    SHA-256). ``key``: the option that named ``out``, named in a write error.
+    ``<out>.json`` (input size, channels, decoding and preprocessing, output width and norm, ONNX opset, model
+    identity, verified max difference, the file's SHA-256). ``key``: the option that named ``out``, named in a
+    write error. ``local_paths=False``: the model's ``checkpoint`` and ``config`` are recorded by their file names
+    only (as :func:`dynametric.retrieval.hub.export_run` publishes), not as absolute paths of this machine.
 
     The exported file is checked while it is still a temporary file beside ``out``; the sidecar is written next
     and the file renamed over ``out`` last. A failed check leaves ``out`` and its sidecar as they were; a process
@@ -294,22 +352,40 @@ def export_embedder(loaded: Any, out: str | Path, fmt: str | None = None, *, bat
                      cannot_create=lambda exc: write_error(exc, out, key)):
         for target in (out, sidecar_path(out)):  # what a killed export of this file left beside it (theirs alone)
             remove_stale_temps_of(target)
-        return _export_locked(loaded, out, fmt, batch=batch, atol=atol, check=check, key=key)
+        return _export_locked(loaded, out, fmt, batch=batch, atol=atol, check=check, key=key,
+                              local_paths=local_paths)
+
+
+ONNX_OPSET = 18
 
 
 def _export_locked(loaded: Any, out: Path, fmt: str, *, batch: int, atol: float, check: bool,
-                   key: str | None) -> dict[str, Any]:
+                   key: str | None, local_paths: bool = True) -> dict[str, Any]:
     """:func:`export_embedder`'s export, holding the lock of ``out``."""
     example = example_input(loaded.in_chans, loaded.input_size, batch)
     shape = ["batch", loaded.in_chans, loaded.input_size, loaded.input_size]
+    model = loaded.identity()
+    if not local_paths:
+        for name in ("checkpoint", "config"):
+            if isinstance(model.get(name), str):
+                model[name] = Path(model[name]).name
     info: dict[str, Any] = {
         "format": fmt, "exporter": TORCHSCRIPT_EXPORTER, "file": out.name,
         "input": {"name": "images", "shape": shape, "dtype": "float32"},
-        "output": {"name": "embeddings", "shape": ["batch", "dim"]}, "preprocessing": repr(loaded.transform),
-        "preprocessing_steps": preprocessing_steps(loaded.transform), "model": loaded.identity()}
+        "output": output_description(loaded.model, loaded.head, example), "decode": dict(DECODE),
+        "preprocessing": repr(loaded.transform), "preprocessing_steps": preprocessing_steps(loaded.transform),
+        "model": model, "local_paths": local_paths}
+    if fmt == "onnx":
+        info["opset"] = ONNX_OPSET
 
     def verify(tmp: str, exporter: str) -> None:  # the written temporary file, before it replaces out
         info["exporter"] = exporter
+        if fmt == "onnx":  # the opset the file declares (the exporter may raise the one asked for)
+            import onnx
+
+            declared = [o.version for o in onnx.load_model_from_string(Path(tmp).read_bytes()).opset_import
+                        if o.domain in ("", "ai.onnx")]
+            info["opset"] = int(declared[0]) if declared else ONNX_OPSET
         if check:
             probe = example_input(loaded.in_chans, loaded.input_size, batch + 1, seed=1)  # another batch size
             info["max_abs_diff"] = check_export(loaded.model, tmp, probe, loaded.head, atol, fmt)
@@ -318,7 +394,7 @@ def _export_locked(loaded: Any, out: Path, fmt: str, *, batch: int, atol: float,
         atomic_write_json(sidecar_path(out), info, key=key)
 
     if fmt == "onnx":
-        export_onnx(loaded.model, out, example, loaded.head, key=key, verify=verify)
+        export_onnx(loaded.model, out, example, loaded.head, ONNX_OPSET, key=key, verify=verify)
     else:
         export_torchscript(loaded.model, out, example, loaded.head, key=key, verify=verify)
     return info

@@ -18,10 +18,11 @@ from urllib.parse import unquote, urlsplit
 from torch import nn
 
 from dynametric.config import config_to_yaml, embedder_kwargs, load_config
-from dynametric.config.schema import PATH_KEYS, Config
+from dynametric.config.schema import PATH_KEYS, Config, inference_precision
 from dynametric.engine.builders import eval_head
 from dynametric.errors import InputError
 from dynametric.models.hub import save_pretrained
+from dynametric.retrieval.export import preprocessing_steps
 from dynametric.retrieval.model import load_embedder
 
 
@@ -36,6 +37,7 @@ def run_embedder(run_dir: str | Path) -> nn.Module:
         warnings.warn(note, UserWarning, stacklevel=3)
     model = loaded.model
     setattr(model, "notes", list(loaded.notes))  # noqa: B010 - an Embedder attribute, not a module's
+    setattr(model, "preprocessing", preprocessing_steps(loaded.transform))  # noqa: B010 - as from a model folder
     return model
 
 
@@ -52,7 +54,13 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
     ``local-dir:/home/me/vit`` backbone is published as ``local-dir:vit``, rebuilt from the timm config the folder
     records wherever it is loaded), so an upload
     does not publish the folders of the machine that trained. Relative paths (outside ``PATH_KEYS``) and URLs with
-    a host (``https://``, ``s3://``) stay as they are."""
+    a host (``https://``, ``s3://``) stay as they are.
+
+    The folder records the run's evaluation preprocessing (``preprocessing_steps``, as the export sidecar does:
+    :func:`dynametric.retrieval.export.preprocessing_steps` of the transform ``embed`` applies), its
+    ``trainer.precision`` (``trained_precision``) and the precision its test metrics were computed in
+    (``metrics_precision``, where it has test metrics: :func:`~dynametric.config.schema.inference_precision`, as
+    the run evaluated)."""
     run_dir = Path(run_dir)
     ckpt = run_dir / checkpoint
     if not ckpt.is_file() and checkpoint == "best.ckpt":
@@ -79,7 +87,10 @@ def export_run(run_dir: str | Path, folder: str | Path, *, checkpoint: str = "be
                            scale_names=info.get("scale_names"), metrics=metrics.get("test") or {},
                            data={k: v for k, v in data.items() if v is not None}, config_yaml=config_to_yaml(cfg),
                            eval_head=eval_head(cfg), input_size=loaded.input_size, repo_id=repo_id,
-                           imports=list(cfg.imports))
+                           imports=list(cfg.imports), preprocessing=preprocessing_steps(loaded.transform),
+                           trained_precision=str(cfg.trainer.precision),
+                           metrics_precision=inference_precision(cfg.trainer.precision) if metrics.get("test")
+                           else None)
 
 
 def _rename_backbone(model: Any, name: str) -> None:

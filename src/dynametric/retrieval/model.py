@@ -81,6 +81,10 @@ class LoadedEmbedder:
     embedding_hash: str = ""
     """:func:`embedding_config_hash` of the config: what of it decides the embeddings (recorded as
     ``model.embedding_hash``; compared by :func:`check_same_model`)."""
+    swap_rb: bool = False
+    """The run's ``data.options.swap_rb``: its images had R and B exchanged as they were decoded, and
+    :attr:`transform` begins with :class:`~dynametric.data.transforms.SwapRB` so every image this embedder is
+    given (``embed``, ``search --image``, ``explore`` uploads, ``--decode gpu``) is seen as the run saw it."""
 
     def __post_init__(self) -> None:
         self._loader_transform, self._finish = split_transform(self.transform)
@@ -166,7 +170,8 @@ def embedding_config_hash(cfg: Config, length: int = 16) -> str:
     evaluation transform's preset
     (``data.transform``, with the synthetic data's own rule) and its normalisation (``mean`` / ``std`` as
     :func:`~dynametric.engine.builders.normalization` resolves them, counted only when they are not ImageNet's, so
-    configs that normalise with ImageNet's keep the digest they had before the keys existed). Training options
+    configs that normalise with ImageNet's keep the digest they had before the keys existed) and
+    ``data.options.swap_rb`` (counted only when true: a run without it keeps its digest). Training options
     (loss, sampler, workers, batch sizes) are left out, so a config that differs only in them embeds alike. The crop
     size is recorded apart (``input_size``)."""
     import json
@@ -183,8 +188,22 @@ def embedding_config_hash(cfg: Config, length: int = 16) -> str:
     mean, std = normalization(cfg)
     if not plain and (mean, std) != (IMAGENET_MEAN, IMAGENET_STD):  # ImageNet's: the digest of before the keys
         described["normalize"] = [list(mean), list(std)]
+    if run_swaps_rb(cfg):  # only when set: the digest of every run without the swap is the one it had
+        described["swap_rb"] = True
     canonical = json.dumps(described, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
+
+
+def run_swaps_rb(cfg: Config) -> bool:
+    """Whether the config's data exchange R and B as they are decoded (``data.options.swap_rb``, read as the
+    data layer reads it)."""
+    from dynametric.data.base import yes_no
+
+    value = dict(cfg.data.options or {}).get("swap_rb", False)
+    try:
+        return yes_no(value, "swap_rb")
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key="data.options.swap_rb") from None
 
 
 def _input_size(transform: Any, default: int) -> int:
@@ -247,15 +266,21 @@ def load_embedder(checkpoint: str | Path, config: str | Path | None = None, *, o
         run = opts.resolve()
     with errors_located(cfg):  # a data option it reads (synthetic image_size) names where it was set
         transform = eval_transform(cfg, image_size)
+        swap_rb = run_swaps_rb(cfg)
+    input_size = _input_size(transform, 224)
+    if swap_rb:  # the dataset swapped as it decoded: the images given here are swapped first, as the run's were
+        from dynametric.data.transforms import SwapRB, prepend_step
+
+        transform = prepend_step(transform, SwapRB())
     if image_size is not None:  # another size than the run's: a backbone built for one size (a ViT) cannot take it
-        _check_image_size(trained.model, _input_size(transform, 224), int(cfg.model.in_chans), opts.key("image_size"))
+        _check_image_size(trained.model, input_size, int(cfg.model.in_chans), opts.key("image_size"))
     prepare_model(trained.model, run)
     return LoadedEmbedder(model=trained.model, head=trained.head, transform=transform,
                           checkpoint=trained.checkpoint, config_path=trained.config_path, config_hash=config_hash(cfg),
                           weights_hash=weights_digest(embedder_state_dict(trained.state)),
-                          in_chans=int(cfg.model.in_chans), input_size=_input_size(transform, 224), run=run,
+                          in_chans=int(cfg.model.in_chans), input_size=input_size, run=run,
                           notes=[*trained.notes, *([note] if note else [])],
-                          embedding_hash=embedding_config_hash(cfg))
+                          embedding_hash=embedding_config_hash(cfg), swap_rb=swap_rb)
 
 
 def _check_image_size(model: torch.nn.Module, size: int, in_chans: int, key: str) -> None:
