@@ -837,6 +837,96 @@ def test_patience_and_a_plateau_schedule_without_validation_are_warning_lines(tm
     assert not [w for w in caught if "plateau" in str(w.message) or "patience" in str(w.message)]  # was: raw
 
 
+def test_the_printed_epochs_are_those_metrics_json_records(tmp_path, capsys, monkeypatch):
+    """trainer.val_every 2, max_epochs 5, patience 1, a falling score: the note listed the validated epochs from 1
+    (`after epochs 2, 4`) while metrics.json and the early-stopping line number them from 0 (rounds at epochs 1 and
+    3, `after epoch 3`). One numbering now: the note's list is metrics.json's, and early stopping names its last."""
+    import re
+
+    from dynametric.engine.module import MetricLearningModule
+
+    evaluate = MetricLearningModule._evaluate_buffer
+
+    def falling(self):
+        results = evaluate(self)
+        if self.trainer.state.fn == "fit":
+            results["fine"]["map@r"] = 0.5 - 0.1 * self.current_epoch
+        return results
+
+    monkeypatch.setattr(MetricLearningModule, "_evaluate_buffer", falling)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress", "run.report=false",
+                 "trainer.max_epochs=5", "trainer.val_every=2", "trainer.patience=1"]) == 0
+    captured = capsys.readouterr()
+    listed = re.search(r"validation runs after epochs ([0-9, ]+) only \(epochs numbered from 0, as in "
+                       r"metrics\.json\)", captured.err)
+    assert listed is not None, captured.err
+    epochs = [int(e) for e in listed.group(1).split(", ")]
+    recorded = [round_["epoch"] for round_ in json.loads((out / "metrics.json").read_text())["validation"]]
+    assert epochs == recorded == [1, 3]
+    assert f"early stopping ended training after epoch {recorded[-1]}: " in captured.out
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["optim.scheduler.name=step", "trainer.max_epochs=20"],
+     "note: optim.scheduler.step_size 30 >= trainer.max_epochs 20: the step schedule never lowers the rate"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[20,25]", "trainer.max_epochs=20"],
+     "note: optim.scheduler.milestones 20, 25 >= trainer.max_epochs 20: the multistep schedule never lowers the rate "
+     "(a milestone m lowers it from epoch m on, numbered from 0)"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[5,20]", "trainer.max_epochs=20"],
+     "note: optim.scheduler.milestones 20 >= trainer.max_epochs 20: those never fire, and the multistep schedule "
+     "lowers the rate at milestone(s) 5 only"),
+    # the tiny data: 4 batches an epoch, so 4 optimizer steps (2 with accumulation 3: the short last one steps too)
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=2"],
+     "note: trainer.max_steps 2 ends the run inside the warm-up of optim.scheduler.warmup_epochs 1 (4 optimizer steps "
+     "of 4 per epoch): the rate never reaches optim.lr (at most 2/4 of it)"),
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=1",
+      "trainer.accumulate_grad_batches=3"],
+     "note: trainer.max_steps 1 ends the run inside the warm-up of optim.scheduler.warmup_epochs 1 (2 optimizer steps "
+     "of 2 per epoch): the rate never reaches optim.lr (at most 1/2 of it)"),
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=2", "trainer.max_epochs=5", "trainer.max_steps=8"],
+     "note: trainer.max_steps 8 ends the run in epoch 1 (numbered from 0; 4 optimizer step(s) per epoch), before "
+     "epoch 2 (optim.scheduler.step_size), where the step schedule first lowers the rate: the step schedule never "
+     "lowers the rate"),
+    # schedules that do take effect: no note (the rate drops at step 8 of 9; reaches optim.lr at step 4 of 4; at
+    # step 2 of 3 with accumulation 3; multistep's milestone 19 is the last epoch)
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=2", "trainer.max_epochs=5", "trainer.max_steps=9"], None),
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=4"],
+     None),
+    (["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=2",
+      "trainer.accumulate_grad_batches=3"], None),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[19]", "trainer.max_epochs=20"], None),
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=19", "trainer.max_epochs=20"], None),
+])
+def test_a_schedule_that_cannot_take_effect_is_noted(tmp_path, capsys, overrides, expected):
+    """The step schedule's default step_size 30 with max_epochs 20, multistep milestones at or after the last
+    epoch, a max_steps that ends the run inside the warm-up or before the first drop: accepted without a word, the
+    rate never lowered (or never reaching optim.lr). The dry run says so, counting the steps an epoch really has."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    assert main(["train", "--dry-run", "--config", str(cfg), *overrides]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("note: ") and "the rate" in line]
+    if expected is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith(expected), err
+
+
+def test_the_run_prints_the_schedule_note_of_its_dry_run(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    overrides = ["optim.scheduler.name=cosine", "optim.scheduler.warmup_epochs=1", "trainer.max_epochs=3",
+                 "trainer.max_steps=2"]
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress", "run.report=false",
+                 *overrides]) == 0
+    assert ("note: trainer.max_steps 2 ends the run inside the warm-up of optim.scheduler.warmup_epochs 1 (4 "
+            "optimizer steps of 4 per epoch): the rate never reaches optim.lr (at most 2/4 of it)"
+            ) in capsys.readouterr().err
+
+
 def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     """trainer.val_every 2 with max_epochs 3 validated after epoch 2 only: epoch 3 was trained, never validated and
     could never be best.ckpt, without a word (the run prints the same note as the dry run)."""
@@ -844,9 +934,10 @@ def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
     from dynametric.pipeline.run_checks import validation_note
 
     assert main(["train", "--dry-run", "trainer.max_epochs=3", "trainer.val_every=2"]) == 0
-    assert ("note: trainer.val_every 2 does not divide trainer.max_epochs 3: validation runs after epoch 2 only, so "
-            "the last 1 epoch(s) are trained but never validated and best.ckpt is never one of them; set "
-            "trainer.val_every to a divisor of 3 to validate the final weights") in capsys.readouterr().err
+    assert ("note: trainer.val_every 2 does not divide trainer.max_epochs 3: validation runs after epoch 1 only "
+            "(epochs numbered from 0, as in metrics.json), so the last 1 epoch(s) are trained but never validated and "
+            "best.ckpt is never one of them; set trainer.val_every to a divisor of 3 to validate the final weights"
+            ) in capsys.readouterr().err
     assert main(["train", "--dry-run", "trainer.max_epochs=4", "trainer.val_every=2"]) == 0
     assert "does not divide" not in capsys.readouterr().err
 
@@ -854,8 +945,12 @@ def test_a_val_every_that_does_not_divide_max_epochs_is_noted(capsys):
         cfg = load_config(None, [f"trainer.max_epochs={epochs}", f"trainer.val_every={every}"])
         return validation_note(cfg, val)
 
-    assert "after epochs 3, 6, ... 9 only, so the last 1 epoch(s)" in (note(10, 3) or "")
-    assert "runs after epoch 4 only, so the last 3 epoch(s)" in (note(7, 4) or "")
+    assert "after epochs 2, 5, 8 only (epochs numbered from 0, as in metrics.json), so the last 1 epoch(s)" in (
+        note(10, 3) or "")
+    assert "after epochs 2, 5, ... 17 only (epochs numbered from 0, as in metrics.json), so the last 2 epoch(s)" in (
+        note(20, 3) or "")
+    assert "runs after epoch 3 only (epochs numbered from 0, as in metrics.json), so the last 3 epoch(s)" in (
+        note(7, 4) or "")
     assert "runs never (fewer epochs than trainer.val_every), so the last 2 epoch(s)" in (note(2, 5) or "")
     assert note(10, 5) is None and note(10, 1) is None and note(7, 2, val=False) is None
 

@@ -326,3 +326,53 @@ def test_a_nan_in_a_sparse_gradient_names_its_parameter():
     table.weight.grad = bad
     with pytest.raises(NonFiniteLossError, match=r"first in parameter table\.weight \(1 of 1 parameters"):
         module._check_gradients(None)  # was: NotImplementedError ('aten::ne.Scalar' ... 'SparseCPU')
+
+
+class NaNCalls(PairLoss):
+    """The pair loss, NaN at the calls (0-based) in ``bad``."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def compute_loss(self, emb, labels, indices_tuple, ref_emb, ref_labels):
+        value = super().compute_loss(emb, labels, indices_tuple, ref_emb, ref_labels)
+        self.calls += 1
+        return value * float("nan") if self.calls - 1 in self.bad else value
+
+
+@pytest.mark.parametrize("bad", [{0, 1}, {1}, {2}])
+def test_a_nonfinite_loss_under_accumulation_skips_the_whole_optimizer_step(caplog, bad):
+    """accumulate 3 over five batches: steps of batches 0-2 and 3-4. A non-finite loss in the first window skipped
+    that batch only: the step ran on the window's other batches (each at 1/3 weight), and each bad batch was counted
+    as a skipped step. Now nothing of the window reaches the weights, the batch-norm statistics or SGD's state, and
+    the step is counted and logged once, as the gradient check does."""
+    module = Snapshots(BNEmbedder(), [Objective(NaNCalls(bad))],
+                       OptimSettings(optimizer="sgd", lr=0.1, momentum=0.0), nonfinite="skip",
+                       evaluator=toy_evaluator)
+    dm = toy_datamodule(val=False)
+    with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
+        build_trainer(toy_settings(max_epochs=1, accumulate_grad_batches=3), dm, None,
+                      enable_validation=False).fit(module, datamodule=dm)
+    assert module.trainer.global_step == 2 and module.losses[0].calls == 5
+    assert module.skipped_steps == 1
+    assert _same(module.before[0], module.after[2])  # bit for bit: weights and running statistics of the window
+    assert not _same(module.before[3], module.after[4])  # the next step trains
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    lines = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    first = min(bad)
+    listed = ", ".join(str(b) for b in sorted(bad))
+    assert len(lines) == 1 and lines[0].startswith(f"non-finite loss at global step 0 (epoch 0, batch {first}): ")
+    assert lines[0].endswith(f"; step skipped: the optimizer step of batches 0-2 (accumulated; non-finite: "
+                             f"batch{'es' if len(bad) > 1 else ''} {listed}) (1 skipped so far)")
+
+
+def test_a_nonfinite_loss_without_accumulation_still_skips_its_step_and_says_so(caplog):
+    module = Snapshots(BNEmbedder(), [Objective(NaNCalls({2}))], OptimSettings(optimizer="adam", lr=0.01),
+                       nonfinite="skip", evaluator=toy_evaluator)
+    dm = toy_datamodule(val=False)
+    with caplog.at_level(logging.WARNING, logger="dynametric.engine"):
+        build_trainer(toy_settings(max_epochs=1), dm, None, enable_validation=False).fit(module, datamodule=dm)
+    assert module.skipped_steps == 1 and _same(module.before[2], module.after[2])
+    assert re.search(r"non-finite loss at global step 2 \(epoch 0, batch 2\): \{'[a-z_]+': nan\}; step skipped "
+                     r"\(1 skipped so far\)", caplog.text)

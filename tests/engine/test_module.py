@@ -268,6 +268,47 @@ def test_the_plateau_schedule_steps_once_per_validation_round(tmp_path, val_ever
     assert load_checkpoint_file(tmp_path / "last.ckpt")["dynametric"]["plateau_rounds"] == len(seen)
 
 
+def _plateau_lrs(tmp_path, lr: float, scores: list[float], step_size: int) -> list[float]:
+    """The rate after each of ``len(scores)`` epochs of a ``plateau`` schedule (mode max, gamma 0.5) whose validation
+    rounds score ``scores`` (the monitored ``fine/map@r``)."""
+    optim = OptimSettings(optimizer="sgd", lr=lr, scheduler="plateau", step_size_epochs=step_size, gamma=0.5,
+                          monitor_mode="max")
+
+    def scripted(emb, labels, scale_names=None, **_):
+        results = toy_evaluator(emb, labels, scale_names=scale_names)
+        if not module.trainer.sanity_checking:
+            results["fine"]["map@r"] = scores[module.current_epoch]
+        return results
+
+    lrs: list[float] = []
+
+    class Recorded(MetricLearningModule):
+        def _step_plateau(self) -> None:  # the rate after each epoch's step
+            super()._step_plateau()
+            lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = Recorded(ToyEmbedder(), [Objective(PairLoss())], optim, evaluator=scripted,
+                      scale_names=["fine", "coarse"])
+    dm = toy_datamodule()
+    build_trainer(toy_settings(max_epochs=len(scores)), dm, tmp_path).fit(module, datamodule=dm)
+    return lrs
+
+
+def test_the_plateau_schedule_drops_a_tiny_rate_too(tmp_path):
+    """step_size 1: the rate drops at the second round in a row without improvement. torch's default eps (1e-8)
+    ignored a drop smaller than that: at optim.lr 1e-9 the rate never dropped."""
+    assert _plateau_lrs(tmp_path, 1e-9, [0.5] * 5, 1) == [1e-9, 1e-9, 5e-10, 5e-10, 2.5e-10]
+
+
+def test_a_small_improvement_counts_for_the_plateau_schedule(tmp_path):
+    """An improvement of 1e-6 relative replaces best.ckpt and resets early stopping (min_delta 0); torch's default
+    threshold (1e-4 relative) counted it as a round without improvement and dropped the rate. Without improvement the
+    same schedule drops (step_size 0: at every such round)."""
+    rising = [0.5 * (1 + 1e-6) ** i for i in range(4)]
+    assert _plateau_lrs(tmp_path, 0.05, rising, 0) == [0.05] * 4
+    assert _plateau_lrs(tmp_path, 0.05, [0.5] * 4, 0) == [0.05, 0.025, 0.0125, 0.00625]
+
+
 def test_a_plateau_schedule_without_validation_warns_once(tmp_path):
     optim = OptimSettings(optimizer="sgd", lr=0.05, scheduler="plateau")
     module = MetricLearningModule(ToyEmbedder(), [Objective(PairLoss())], optim, evaluator=toy_evaluator,

@@ -116,12 +116,16 @@ def finite_gradients(named: list[tuple[str, torch.Tensor]], device: torch.device
 @dataclass
 class _GradWindow:
     """The training batches of one optimizer step (several under gradient accumulation): the first and last batch
-    index, the normalisation statistics before the first (``nonfinite="skip"``) and the last batch's loss terms."""
+    index, the normalisation statistics before the first (``nonfinite="skip"``), the last batch's loss terms, and
+    the batches of the window whose loss or embeddings were not finite under ``nonfinite="skip"`` (``skipped``:
+    (batch index, what was not finite) pairs; the whole optimizer step is skipped at
+    :meth:`MetricLearningModule.on_before_optimizer_step`)."""
 
     first: int
     last: int
     norms: list[tuple[torch.Tensor, torch.Tensor]] | None
     terms: dict[str, torch.Tensor]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _for_default_data(monitor: str) -> str:
@@ -418,11 +422,13 @@ class MetricLearningModule(L.LightningModule):
         return counts[0] if len(counts) == 1 else torch.stack(counts).max()
 
     def _skip_nonfinite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], batch_idx: int,
-                        step: str = "", outputs: Any = None) -> bool:
+                        step: str = "", outputs: Any = None, window: _GradWindow | None = None) -> bool:
         """False for a finite loss from finite embeddings. Otherwise raise :class:`NonFiniteLossError`
         (``nonfinite="stop"``) or count and log the step as skipped and return True (``"skip"``). ``step`` names
         the step kind in the messages; ``outputs`` is the model's output for the batch (its rows are checked too:
-        :meth:`_nonfinite_rows`).
+        :meth:`_nonfinite_rows`). With ``window`` (the automatic optimisation's optimizer step under way) a skipped
+        batch is recorded in it instead, and the whole optimizer step, every accumulated batch of it, is skipped,
+        counted and logged once at :meth:`on_before_optimizer_step` (:meth:`_skip_window`).
 
         With ``stop`` on an accelerator the flag is read for ``log_every_n_steps`` steps at once, and at every epoch
         end, validation and checkpoint (:meth:`check_deferred_nonfinite`): the error names the first bad step as
@@ -450,6 +456,9 @@ class MetricLearningModule(L.LightningModule):
         bad = {k: float(v) for k, v in terms.items()}
         if self.nonfinite == "stop":
             raise self._stop(where, bad, bad_rows)
+        if window is not None:
+            window.skipped.append((batch_idx, self._problem(where, bad, bad_rows)))
+            return True
         self.skipped_steps += 1
         logger.warning("%s; step skipped (%d skipped so far)", self._problem(where, bad, bad_rows), self.skipped_steps)
         return True
@@ -528,10 +537,36 @@ class MetricLearningModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """The gradient check of the automatic optimisation (Lightning calls this after the backward passes of an
-        optimizer step, before gradient clipping and the update): :meth:`_check_gradients`."""
+        optimizer step, before gradient clipping and the update): :meth:`_skip_window` when a batch of the step had
+        a non-finite loss or embeddings (``nonfinite="skip"``), else :meth:`_check_gradients`."""
         window, self._grad_window = self._grad_window, None
-        if self.automatic_optimization:  # manual optimisation (the alternating methods) checks in its own step
+        if not self.automatic_optimization:  # manual optimisation (the alternating methods) checks in its own step
+            return
+        if window is not None and window.skipped:  # every process has the same (agree_nonfinite): no collective
+            self._skip_window(window)
+        else:
             self._check_gradients(window)
+
+    def _skip_window(self, window: _GradWindow) -> None:
+        """Skip the optimizer step of ``window``, one of whose batches had a non-finite loss or embeddings under
+        ``nonfinite="skip"``: as :meth:`_check_gradients` does for a non-finite gradient, the gradients of every
+        batch of the step are dropped (the optimizer's step changes neither the weights nor its state), the
+        normalisation statistics put back as they were before the step's first batch, and the step counted and
+        logged once. Under gradient accumulation the window's finite batches went on with their backward passes;
+        an update from them alone (each at 1/K weight) was not the step the config asked for. No host read: the
+        batches' flags were read by :meth:`_skip_nonfinite` already."""
+        for p in self.parameters():  # no gradient, no update: the optimizer's step leaves them and its state
+            p.grad = None
+        self.restore_norm_statistics(window.norms)
+        self.skipped_steps += 1
+        (_, problem), *more = window.skipped
+        if window.first == window.last:
+            logger.warning("%s; step skipped (%d skipped so far)", problem, self.skipped_steps)
+            return
+        bad = ", ".join(str(b) for b, _ in window.skipped)
+        logger.warning("%s; step skipped: the optimizer step of batches %d-%d (accumulated; non-finite: batch%s %s) "
+                       "(%d skipped so far)", problem, window.first, window.last, "es" if more else "", bad,
+                       self.skipped_steps)
 
     def _check_gradients(self, window: _GradWindow | None) -> None:
         """``trainer.nonfinite`` for the gradients of a finite loss: a finite loss can have a NaN/Inf gradient (an
@@ -683,7 +718,8 @@ class MetricLearningModule(L.LightningModule):
         if window is None:
             window = self._grad_window = _GradWindow(batch_idx, batch_idx, kept, {})
         window.last, window.terms = batch_idx, {k: v.detach() for k, v in terms.items()}
-        if self._skip_nonfinite(total, terms, batch_idx, outputs=outputs):
+        if self._skip_nonfinite(total, terms, batch_idx, outputs=outputs,
+                                window=window if self.automatic_optimization else None):
             self.restore_norm_statistics(kept)
             if world_info()[1] > 1:  # every rank must still take part in DDP's gradient reduction
                 return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
@@ -719,8 +755,13 @@ class MetricLearningModule(L.LightningModule):
         if s.scheduler == "none" and s.warmup_steps <= 0 and s.warmup_epochs <= 0:
             return optimizer
         if s.scheduler == "plateau":
+            # threshold 0: an improvement is any better score, as for best.ckpt and early stopping (torch's default,
+            # 1e-4 relative, counted a round that replaced best.ckpt as one without improvement); eps 0: every drop
+            # happens (torch's default, 1e-8, ignored a drop smaller than that: a group with a tiny rate stopped
+            # dropping while the others went on)
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=s.monitor_mode, factor=s.gamma, patience=max(0, s.step_size_epochs))
+                optimizer, mode=s.monitor_mode, factor=s.gamma, patience=max(0, s.step_size_epochs), threshold=0.0,
+                eps=0.0)
             self._plateau = plateau  # stepped by on_train_epoch_end (_step_plateau), never by Lightning:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "interval": "epoch",
                                                              "frequency": _NEVER, "monitor": s.monitor,

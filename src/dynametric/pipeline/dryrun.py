@@ -98,7 +98,8 @@ def _dry_run(cfg: Config, log: Callable[[str], None], notes: Callable[[str], Non
     _describe_components(cfg, shown, comps, weights_note, log)
     log(_trainer_line(cfg, settings, plan, world, comps.module.channels_last))
     # the datasets not built (a dry run without data): validation taken as there, as it usually is
-    for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None):
+    for line in setup_notes(cfg, comps.embedder, world, datasets is None or datasets.val is not None,
+                            None if datasets is None else datasets.train, comps.module.automatic_optimization):
         notes(line)
     log(_loader_line(cfg, loaders))
     log(_dry_run_data_line(cfg, datasets, comps))

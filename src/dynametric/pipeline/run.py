@@ -524,7 +524,8 @@ def _build_run_components(cfg: Config, run_dir: Path, datasets: Any, *, world: i
     exp_logger = _run_logger(cfg, run_dir, [f"{stage}/{comps.trainer.monitor}" for stage in ("val", "test")],
                              None if resumed is None else resumed.logger_run, notes)  # a missing extra fails here
     module = comps.module
-    for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None):
+    for line in setup_notes(cfg, comps.embedder, world, datasets.val is not None, datasets.train,
+                            module.automatic_optimization):
         notes(line)
     module.run_config, module.run_config_hash = config_to_dict(cfg), config_hash(cfg)  # in every checkpoint
     components = component_classes(cfg, comps.embedder)

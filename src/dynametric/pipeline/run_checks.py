@@ -2,7 +2,8 @@
 and held out from training and validation (:func:`_held_out_data`), enough images for each process's evaluation
 shard (:func:`check_eval_shards`), the backbone's width (:func:`check_backbone_forward`), the open files of the
 loader workers (:func:`_checked_loader_settings`), a one-process method under a multi-process launcher, and the
-set-up's ``note:`` lines (:func:`setup_notes`: BatchNorm under several processes, epochs never validated; and
+set-up's ``note:`` lines (:func:`setup_notes`: BatchNorm under several processes, epochs never validated, a
+learning-rate schedule that cannot take effect in the run's length; and
 :func:`rendezvous_note` for several nodes). Used by :mod:`dynametric.pipeline.run` and
 :mod:`dynametric.pipeline.dryrun`."""
 
@@ -74,24 +75,102 @@ def batchnorm_note(cfg: Config, embedder: torch.nn.Module, processes: int) -> st
 def validation_note(cfg: Config, has_validation: bool) -> str | None:
     """A ``note:`` line when ``trainer.val_every`` does not divide ``trainer.max_epochs``: validation runs after
     every ``val_every``-th epoch only, so the last epochs are trained but never validated, and ``best.ckpt`` can
-    never be one of them; ``None`` otherwise (or without validation data)."""
+    never be one of them; ``None`` otherwise (or without validation data). The epochs are numbered from 0, as
+    ``metrics.json``'s validation rounds, ``run_info.json`` and the run's other lines (early stopping, non-finite
+    steps) number them."""
     every, epochs = int(cfg.trainer.val_every), int(cfg.trainer.max_epochs)
     if not has_validation or every <= 1 or epochs % every == 0:
         return None
-    last = epochs - epochs % every  # 1-based: the last validated epoch (0: none)
-    rounds = (f"after epochs {every}, {2 * every}, ... {last} only" if last > every else
-              f"after epoch {every} only" if last else "never (fewer epochs than trainer.val_every)")
+    validated = list(range(every - 1, epochs - epochs % every, every))  # 0-based, as metrics.json records them
+    listed = ", ".join(map(str, validated)) if len(validated) <= 4 else \
+        f"{validated[0]}, {validated[1]}, ... {validated[-1]}"
+    numbering = " (epochs numbered from 0, as in metrics.json)"
+    rounds = (f"after epochs {listed} only{numbering}" if len(validated) > 1 else
+              f"after epoch {listed} only{numbering}" if validated else "never (fewer epochs than trainer.val_every)")
+    unvalidated = epochs - len(validated) * every
     return (f"note: trainer.val_every {every} does not divide trainer.max_epochs {epochs}: validation runs {rounds}, "
-            f"so the last {epochs - last} epoch(s) are trained but never validated and best.ckpt is never one of "
-            f"them; set trainer.val_every to a divisor of {epochs} to validate the final weights")
+            f"so the last {unvalidated} epoch(s) are trained but never validated and best.ckpt is never one of them; "
+            f"set trainer.val_every to a divisor of {epochs} to validate the final weights")
 
 
-def setup_notes(cfg: Config, embedder: torch.nn.Module, processes: int, has_validation: bool) -> list[str]:
+def steps_per_epoch(cfg: Config, train: Any, processes: int) -> int | None:
+    """The optimizer steps of one training epoch: the batches each of ``processes`` processes draws from the
+    configured sampler on ``train``'s labels (as the run's data module builds it for rank 0), in steps of
+    ``trainer.accumulate_grad_batches`` (an epoch's short last accumulation steps too, as Lightning does). ``None``
+    without the training data, or where the sampler cannot be built (its own error comes with the run's checks)."""
+    if train is None:
+        return None
+    from dynametric.engine.builders import sampler_factory
+    from dynametric.engine.data import _labels_of
+
+    try:
+        batches = len(sampler_factory(cfg)(_labels_of(train, "train"), 0, max(1, processes)))
+    except (ConfigError, TypeError, ValueError):
+        return None
+    accumulate = max(1, int(cfg.trainer.accumulate_grad_batches))
+    return -(-batches // accumulate) if batches > 0 else None
+
+
+def schedule_notes(cfg: Config, per_epoch: int | None) -> list[str]:
+    """``note:`` lines for a learning-rate schedule that cannot take effect in the run's length: a ``step`` schedule
+    whose ``step_size`` is at or after the run's last epoch, ``multistep`` milestones there (the rate drops from
+    epoch ``m`` on, numbered from 0, so a milestone of ``trainer.max_epochs`` or more never fires), and a
+    ``trainer.max_steps`` that ends the run inside the warm-up (the rate never reaches ``optim.lr``). The run's
+    length is ``trainer.max_epochs`` epochs, or ``trainer.max_steps`` optimizer steps where that is shorter, counted
+    with ``per_epoch`` (:func:`steps_per_epoch`; ``None``: not known, and nothing is said about ``max_steps``).
+    Early stopping (``trainer.patience``) can end a run sooner still: not foreseen here."""
+    sched, epochs = cfg.optim.scheduler, int(cfg.trainer.max_epochs)
+    per_epoch = per_epoch or 0  # 0: not known
+    max_steps = int(cfg.trainer.max_steps) if cfg.trainer.max_steps is not None and per_epoch else 0
+    by_steps = 0 < max_steps < epochs * per_epoch  # max_steps, not max_epochs, ends the run
+    total, last, ends = epochs * per_epoch, epochs - 1, ""  # the run's optimizer steps, its last epoch (from 0)
+    if by_steps:
+        total, last = max_steps, (max_steps - 1) // per_epoch  # the epoch of the run's last step
+        ends = (f"trainer.max_steps {total} ends the run in epoch {last} (numbered from 0; {per_epoch} optimizer "
+                f"step(s) per epoch)")
+    notes: list[str] = []
+    if sched.name == "step" and int(sched.step_size) > last:
+        if by_steps:
+            notes.append(f"note: {ends}, before epoch {sched.step_size} (optim.scheduler.step_size), where the step "
+                         "schedule first lowers the rate: the step schedule never lowers the rate")
+        else:
+            notes.append(f"note: optim.scheduler.step_size {sched.step_size} >= trainer.max_epochs {epochs}: the step "
+                         "schedule never lowers the rate")
+    if sched.name == "multistep":
+        never = [int(m) for m in sched.milestones if int(m) > last]
+        if never:
+            fired = [str(m) for m in sched.milestones if int(m) <= last]
+            what = "the multistep schedule never lowers the rate" if not fired else \
+                f"those never fire, and the multistep schedule lowers the rate at milestone(s) {', '.join(fired)} only"
+            listed = ", ".join(map(str, never))
+            where = f"{ends}, before optim.scheduler.milestones {listed}" if by_steps else \
+                f"optim.scheduler.milestones {listed} >= trainer.max_epochs {epochs}"
+            notes.append(f"note: {where}: {what} (a milestone m lowers it from epoch m on, numbered from 0)")
+    warm = int(sched.warmup_epochs) * per_epoch if sched.name != "plateau" else 0
+    if by_steps and total < warm:
+        notes.append(f"note: trainer.max_steps {total} ends the run inside the warm-up of "
+                     f"optim.scheduler.warmup_epochs {sched.warmup_epochs} ({warm} optimizer steps of {per_epoch} per "
+                     f"epoch): the rate never reaches optim.lr (at most {total}/{warm} of it)")
+    return notes
+
+
+def setup_notes(cfg: Config, embedder: torch.nn.Module, processes: int, has_validation: bool,
+                train: Any = None, automatic: bool = True) -> list[str]:
     """The ``note:`` lines the run and the dry run print about the set-up, in this order: BatchNorm under several
-    processes (:func:`batchnorm_note`), epochs never validated (:func:`validation_note`), and what
-    ``build_embedder`` did (weights loaded from ``pretrained_path``, ...: the embedder's ``notes``)."""
+    processes (:func:`batchnorm_note`), epochs never validated (:func:`validation_note`), a schedule that cannot
+    take effect (:func:`schedule_notes`), and what ``build_embedder`` did (weights loaded from ``pretrained_path``,
+    ...: the embedder's ``notes``). ``train``: the training data, whose epoch of optimizer steps
+    (:func:`steps_per_epoch`) measures a ``trainer.max_steps`` against the schedule; ``automatic``: whether the
+    module steps its optimizer once per ``trainer.accumulate_grad_batches`` batches (Lightning's automatic
+    optimisation; the alternating methods step theirs by hand, a varying number of times per batch, so their
+    ``max_steps`` is not measured)."""
     notes = [batchnorm_note(cfg, embedder, processes), validation_note(cfg, has_validation)]
-    return [n for n in notes if n is not None] + [f"note: {n}" for n in getattr(embedder, "notes", [])]
+    sched = cfg.optim.scheduler
+    measured = (automatic and cfg.trainer.max_steps is not None
+                and (sched.name in ("step", "multistep") or (sched.warmup_epochs > 0 and sched.name != "plateau")))
+    per_epoch = steps_per_epoch(cfg, train, processes) if measured else None
+    return ([n for n in notes if n is not None] + schedule_notes(cfg, per_epoch)
+            + [f"note: {n}" for n in getattr(embedder, "notes", [])])
 
 
 def rendezvous_note(cfg: Config, world: int) -> str | None:
