@@ -268,9 +268,11 @@ def test_the_plateau_schedule_steps_once_per_validation_round(tmp_path, val_ever
     assert load_checkpoint_file(tmp_path / "last.ckpt")["dynametric"]["plateau_rounds"] == len(seen)
 
 
-def _plateau_lrs(tmp_path, lr: float, scores: list[float], step_size: int) -> list[float]:
+def _plateau_lrs(tmp_path, lr: float, scores: list[float], step_size: int, *, older_state: bool = False
+                 ) -> list[float]:
     """The rate after each of ``len(scores)`` epochs of a ``plateau`` schedule (mode max, gamma 0.5) whose validation
-    rounds score ``scores`` (the monitored ``fine/map@r``)."""
+    rounds score ``scores`` (the monitored ``fine/map@r``); ``older_state``: the schedule's state is that of an older
+    checkpoint (torch's default threshold and eps, as a resume's ``load_state_dict`` puts them back)."""
     optim = OptimSettings(optimizer="sgd", lr=lr, scheduler="plateau", step_size_epochs=step_size, gamma=0.5,
                           monitor_mode="max")
 
@@ -283,6 +285,11 @@ def _plateau_lrs(tmp_path, lr: float, scores: list[float], step_size: int) -> li
     lrs: list[float] = []
 
     class Recorded(MetricLearningModule):
+        def on_train_start(self) -> None:
+            if older_state:
+                assert self._plateau is not None
+                self._plateau.load_state_dict({**self._plateau.state_dict(), "threshold": 1e-4, "eps": 1e-8})
+
         def _step_plateau(self) -> None:  # the rate after each epoch's step
             super()._step_plateau()
             lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -298,6 +305,14 @@ def test_the_plateau_schedule_drops_a_tiny_rate_too(tmp_path):
     """step_size 1: the rate drops at the second round in a row without improvement. torch's default eps (1e-8)
     ignored a drop smaller than that: at optim.lr 1e-9 the rate never dropped."""
     assert _plateau_lrs(tmp_path, 1e-9, [0.5] * 5, 1) == [1e-9, 1e-9, 5e-10, 5e-10, 2.5e-10]
+
+
+def test_a_resumed_older_plateau_state_follows_the_documented_rule(tmp_path):
+    """A checkpoint of an older run saved torch's defaults (threshold 1e-4, eps 1e-8) in the schedule's state, and
+    the resume's ``load_state_dict`` put them back over the configured 0 and 0: the rule is applied at every step."""
+    assert _plateau_lrs(tmp_path, 1e-9, [0.5] * 5, 1, older_state=True) == [1e-9, 1e-9, 5e-10, 5e-10, 2.5e-10]
+    rising = [0.5 * (1 + 1e-6) ** i for i in range(4)]
+    assert _plateau_lrs(tmp_path, 0.05, rising, 0, older_state=True) == [0.05] * 4
 
 
 def test_a_small_improvement_counts_for_the_plateau_schedule(tmp_path):

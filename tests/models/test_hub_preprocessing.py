@@ -279,3 +279,17 @@ def test_a_swap_rb_run_folder_records_the_channel_swap_and_its_card_applies_it(t
     scope: dict = {"paths": [str(p) for p in paths]}
     exec(compile(_card_code(folder), "README.md", "exec"), scope)  # noqa: S102 - the card this test wrote
     np.testing.assert_allclose(scope["emb"].numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_an_attribute_of_the_callers_own_named_preprocessing_is_left_alone(tmp_path):
+    """``save_pretrained`` keeps the steps a model folder gave ``model.preprocessing``; a value of the caller's own
+    under that name (a torchvision ``Compose``) is not a list of steps: the save goes on as before the key existed
+    (was: refused, keyed ``preprocessing``, an argument the caller never gave), recording none."""
+    from torchvision import transforms as T
+
+    torch.manual_seed(1)
+    model = build_embedder(**SMALL).eval()
+    model.preprocessing = T.Compose([T.Resize(32), T.ToTensor()])
+    model.save_pretrained(tmp_path / "m", input_size=16)
+    assert "preprocessing_steps" not in json.loads((tmp_path / "m" / "dynametric.json").read_text())
+    assert Embedder.from_pretrained(tmp_path / "m").preprocessing is None

@@ -269,3 +269,64 @@ def test_sidecar_of_a_two_head_run_records_width_norm_opset_and_leaves_local_pat
     info2 = json.loads((tmp_path / f"{out2.name}.json").read_text())
     assert info2["output"]["shape"] == ["batch", 8] and info2["output"]["normalized"] is False
     assert info2["output"]["norm"] is None and str(tmp_path) in info2["model"]["checkpoint"]
+
+
+def _unfinished(out: Path, model_entry: dict[str, Any]) -> None:
+    """Make the complete job in ``out`` an unfinished one whose ``model`` entry is ``model_entry`` (as an earlier
+    version, or another digest, wrote it): its last shard and the assembled file gone."""
+    meta = json.loads((out / "embed.json").read_text())
+    meta.update(status="in_progress", model=model_entry)
+    for key in ("dim", "embeddings_size", "embeddings_sha256"):
+        meta.pop(key, None)
+    (out / "embed.json").write_text(json.dumps(meta))
+    (out / "embeddings.npy").unlink(missing_ok=True)
+    (out / "shards" / "shard_00002.npy").unlink(missing_ok=True)
+
+
+def test_an_unfinished_job_of_a_swap_rb_run_made_unswapped_is_not_resumed(swap_run: Path, data_root: Path,
+                                                                          tmp_path: Path, capsys) -> None:
+    """A job an earlier version started for a swap_rb run embedded unswapped images (its entry: no ``swap_rb``,
+    the digest of the config without it); resumed now, its rows would mix unswapped and swapped embeddings under the
+    new digest, silently (the resume compared the model entries without ``embedding_hash``). Refused, naming what
+    differs; an entry that recorded no digest at all (older still) resumes as before."""
+    cmd = ["embed", "--checkpoint", str(swap_run), "--images", str(data_root / "test"), "--no-progress",
+           "--precision", "fp32", "--shard-size", "4", "--keep-shards"]
+    out = tmp_path / "emb"
+    assert main([*cmd, "--out", str(out)]) == 0
+    entry = json.loads((out / "embed.json").read_text())["model"]
+    no_swap = embedding_config_hash(load_config(Path(entry["config"]), ["data.options={swap_rb: false}"]))
+    assert entry["swap_rb"] is True and entry["embedding_hash"] != no_swap
+
+    older = {k: v for k, v in entry.items() if k != "swap_rb"}
+    for case, model_entry, names in (("earlier version", {**older, "embedding_hash": no_swap}, "model.embedding_hash"),
+                                     ("other digest", {**entry, "embedding_hash": no_swap}, "model.embedding_hash")):
+        _unfinished(out, model_entry)
+        capsys.readouterr()
+        assert main([*cmd, "--out", str(out)]) == 2, case
+        err = capsys.readouterr().err
+        assert "different embedding job" in err and names in err, (case, err)
+
+    _unfinished(out, {k: v for k, v in entry.items() if k not in ("embedding_hash", "swap_rb")})
+    assert main([*cmd, "--out", str(out)]) == 2  # no digest, but no swap_rb either: an unswapped job, refused
+    assert "model.swap_rb" in capsys.readouterr().err
+
+
+def test_an_index_embedded_before_swap_rb_was_applied_says_to_rebuild_it(swap_run: Path, data_root: Path,
+                                                                          tmp_path: Path, capsys) -> None:
+    """``search --image`` against an index whose embeddings an earlier version made from this very run without the
+    swap: refused (they are not comparable), saying to embed the images again and rebuild, not to pass the
+    ``--config`` already in use."""
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    assert main(["embed", "--checkpoint", str(swap_run), "--images", str(data_root / "test"), "--out", str(emb),
+                 "--no-progress", "--precision", "fp32"]) == 0
+    assert main(["index", "build", "--embeddings", str(emb), "--out", str(idx)]) == 0
+    meta = json.loads((idx / "index.json").read_text())
+    no_swap = embedding_config_hash(load_config(Path(meta["model"]["config"]), ["data.options={swap_rb: false}"]))
+    meta["model"] = {**{k: v for k, v in meta["model"].items() if k != "swap_rb"}, "embedding_hash": no_swap}
+    (idx / "index.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    image = next((data_root / "test").rglob("*.png"))
+    assert main(["search", "--index", str(idx), "--image", str(image), "-k", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "without the run's data.options.swap_rb" in err and "rebuild the index" in err, err
+    assert "--config" not in err, err

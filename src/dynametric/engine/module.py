@@ -651,6 +651,9 @@ class MetricLearningModule(L.LightningModule):
             return
         if bool(torch.isnan(torch.as_tensor(value)).any()):
             return  # a round without a value (no validation query counted) is no evidence of a plateau
+        # the rule of configure_optimizers even after a resume: torch's load_state_dict puts back the threshold and
+        # eps a checkpoint saved (an older run's: torch's defaults 1e-4 and 1e-8)
+        plateau.threshold = plateau.eps = 0.0
         plateau.step(value)
 
     def on_train_end(self) -> None:

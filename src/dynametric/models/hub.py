@@ -559,8 +559,11 @@ def save_pretrained(embedder: torch.nn.Module, folder: str | Path, *, model_kwar
     from dynametric.utils.output_locks import LOCK_NAME, output_lock
 
     folder = Path(folder)
-    if preprocessing is None:
-        preprocessing = getattr(embedder, "preprocessing", None)  # a model folder's, loaded: kept when saved again
+    if preprocessing is None:  # a model folder's steps, loaded by from_pretrained: kept when saved again; an
+        # attribute of the caller's own under that name (a torchvision Compose, ...) is not ours: left alone
+        own = getattr(embedder, "preprocessing", None)
+        if isinstance(own, list) and own and all(isinstance(step, Mapping) for step in own):
+            preprocessing = own
     steps = None if preprocessing is None else check_preprocessing(preprocessing)
     for name, value in (("trained_precision", trained_precision), ("metrics_precision", metrics_precision)):
         if value is not None and (not isinstance(value, str) or not value.strip()):

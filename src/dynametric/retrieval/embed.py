@@ -494,12 +494,16 @@ def _open_image(path: Path) -> IO[bytes]:
         raise image_read_error(path, FileNotFoundError(str(exc))) from None
 
 
-def _comparable(key: str, value: Any) -> Any:
-    """Job fields as compared on resume: the model by what it computes (hashes, head, input size), not by where
-    its files are (a moved run folder resumes); ``embedding_hash`` is left out (a job started before it was
-    recorded resumes; the whole ``config_hash`` is compared anyway)."""
+def _comparable(key: str, value: Any, other: Any = None) -> Any:
+    """Job fields as compared on resume (``value`` against ``other``, the other side's entry): the model by what it
+    computes (hashes, head, input size), not by where its files are (a moved run folder resumes);
+    ``embedding_hash`` only where both sides recorded it (a job started before it was recorded resumes; one that
+    recorded another digest of the same config is another embedding: the run's ``data.options.swap_rb``, applied
+    at inference since, changes it and not ``config_hash``)."""
     if key == "model" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in ("checkpoint", "config", "embedding_hash")}
+        both = isinstance(other, dict) and "embedding_hash" in value and "embedding_hash" in other
+        left_out = ("checkpoint", "config") if both else ("checkpoint", "config", "embedding_hash")
+        return {k: v for k, v in value.items() if k not in left_out}
     return value
 
 
@@ -509,7 +513,7 @@ def _model_change(old: Any, new: Any) -> str:
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return ""
     unrecorded = {"precision": "fp32", "decode": "cpu"}  # what an entry without the key means (identity())
-    old, new = ({**unrecorded, **_comparable("model", m)} for m in (old, new))
+    old, new = ({**unrecorded, **_comparable("model", m, o)} for m, o in ((old, new), (new, old)))
     keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
     if not keys:
         return ""
@@ -735,7 +739,7 @@ def _embed_locked(items: ImageItems, embed_batch: Callable[[torch.Tensor], torch
         if isinstance(old.get("version"), int) and old["version"] > FORMAT_VERSION:
             check_job_format(old, meta_path)  # a job of a newer dynametric: said as such (upgrade)
         # a job written before file stamps were recorded has none: its files' times are unknown, not changed
-        changed = sorted(k for k in job if _comparable(k, old.get(k)) != _comparable(k, job[k])
+        changed = sorted(k for k in job if _comparable(k, old.get(k), job[k]) != _comparable(k, job[k], old.get(k))
                          and not (k in ("file_stamp", "source_file_stamp") and old.get(k) is None))
         if changed == ["file_stamp"] or changed == ["file_stamp", "source_file_stamp"]:
             # a file changed since the job started: refused where its row was embedded (a finished shard, a
@@ -990,7 +994,7 @@ def _field_change(key: str, there: Any, here: Any) -> str:
     parts, each with both values (the model entry field by field, as :func:`_model_change` compares it)."""
     if key == "model" and isinstance(there, dict) and isinstance(here, dict):
         unrecorded = {"precision": "fp32", "decode": "cpu"}
-        a, b = ({**unrecorded, **_comparable("model", m)} for m in (there, here))
+        a, b = ({**unrecorded, **_comparable("model", m, o)} for m, o in ((there, here), (here, there)))
         keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
         if keys:
             return "'model': " + ", ".join(f"model.{k} {b.get(k)} here, {a.get(k)} there" for k in keys)
@@ -1113,7 +1117,7 @@ def _read_parts(paths: list[Path]) -> _PartsRead:
                 if meta.get(key) is None:
                     continue
                 ref_path, ref = stamped[0]
-            if _comparable(key, meta.get(key)) != _comparable(key, ref.get(key)):
+            if _comparable(key, meta.get(key), ref.get(key)) != _comparable(key, ref.get(key), meta.get(key)):
                 if key == "source_file_stamp":
                     raise InputError(_stamp_mismatch(paths, metas, ref_path, p), file=p / "embed.json", key=key)
                 raise InputError(f"differs from {ref_path} in {_field_change(key, ref.get(key), meta.get(key))}: "

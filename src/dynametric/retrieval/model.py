@@ -157,6 +157,9 @@ class LoadedEmbedder:
                "in_chans": self.in_chans, "input_size": self.input_size}
         if self.embedding_hash:
             out["embedding_hash"] = self.embedding_hash
+        if self.swap_rb:  # only when on (entries of runs without it unchanged): an older entry of the same run
+            # lacks it, its embeddings made from unswapped images
+            out["swap_rb"] = True
         if self.run.precision != "fp32":
             out["precision"] = self.run.precision
         if self.decode != "cpu":  # slightly different values: a resumed job must not mix decoders
@@ -389,7 +392,11 @@ def load_index_model(index: Any, checkpoint: Path | None, config: Path | None, o
                           key="model.head") from None
     found = model_mismatch(model, loaded.identity())
     if found is not None:  # --config (or the checkpoint's own config.yaml) embeds otherwise than the index's
-        what, _ = found
+        what, fix = found
+        if fix == REBUILD_UNSWAPPED:  # the index is this config's, made before the swap was applied: no --config helps
+            folder = getattr(index, "loaded_from", None)
+            raise InputError(f"the index's embeddings are not comparable with this model's: {what}; {fix}",
+                             file=None if folder is None else Path(folder) / "index.json", key="model.embedding_hash")
         recorded = model.get("config")
         suggest = (index_model_path(index, recorded, "model.config") if isinstance(recorded, str) and recorded
                    else "with the index model settings")
@@ -409,6 +416,10 @@ def index_model_path(index: Any, value: Any, key: str) -> Path:
                          file=None if folder is None else Path(folder) / "index.json", key=key)
     path = Path(value)
     return path if path.is_absolute() or folder is None else Path(folder) / path
+
+
+REBUILD_UNSWAPPED = "embed the index's images again and rebuild the index"
+""":func:`model_mismatch`'s advice for an index of the same config made from images without its ``swap_rb``."""
 
 
 def model_mismatch(index_model: dict[str, Any], query_model: dict[str, Any]) -> tuple[str, str] | None:
@@ -444,7 +455,12 @@ def model_mismatch(index_model: dict[str, Any], query_model: dict[str, Any]) -> 
     if d := differs("in_chans"):
         return f"{d[0]} input channels against the index's {d[1]}", f"embed the queries with --config {config}"
     if index_model.get("embedding_hash") and query_model.get("embedding_hash"):
-        if d := differs("embedding_hash"):
+        if (d := differs("embedding_hash")) and query_model.get("swap_rb") and not index_model.get("swap_rb") \
+                and index_model.get("config") and index_model.get("config") == query_model.get("config"):
+            return (f"the index's embeddings of this run's config ({config}, hash {d[1]}) were made from images "
+                    "without the run's data.options.swap_rb (an earlier dynametric did not apply it at inference)",
+                    REBUILD_UNSWAPPED)
+        if d:
             return (f"config {query_model.get('config') or '?'} (embedding settings: model section and transform, "
                     f"hash {d[0]}) against the index's {config} (hash {d[1]})",
                     f"embed the queries with --config {config}")
