@@ -188,7 +188,9 @@ def test_hierarchical_too_few_parents_or_classes_for_a_step_is_refused():
     assert (info.value.key, info.value.message) == (
         "parents_per_batch", "with 3 processes a training step draws 3 x 2 = 6 distinct parents (scale 1; "
         "parents_per_batch 2 per process; the loss sees the step's batches together) but scale 1 has only 5: "
-        "parents_per_batch 1 per process fits, or use at most 2 processes")
+        "parents_per_batch 1 with batch_size 4 per process fits, or use at most 2 processes")
+    HierarchicalSampler(labels, batch_size=4, samples_per_class=2, parents_per_batch=1, world_size=3)  # as advised
+    HierarchicalSampler(labels, batch_size=8, samples_per_class=2, parents_per_batch=2, world_size=2)
     rows = labels.tolist() + [[900 + c, 999] for c in range(2) for _ in range(4)]  # a 6th parent with 2 classes
     with pytest.raises(InputError) as info:
         HierarchicalSampler(torch.tensor(rows), batch_size=12, samples_per_class=2, parents_per_batch=2, world_size=3)

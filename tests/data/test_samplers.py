@@ -153,7 +153,8 @@ def test_mperclass_errors():
     with pytest.raises(InputError, match="scale"):
         MPerClassSampler(labels, m=2, batch_size=4, scale=1)
     with pytest.raises(InputError, match="position"):
-        MPerClassSampler(labels, m=2, batch_size=4).load_state_dict({"epoch": 0, "position": 99})
+        sampler = MPerClassSampler(labels, m=2, batch_size=4)
+        sampler.load_state_dict({**sampler.state_dict(), "epoch": 0, "position": 99})
 
 
 def test_mperclass_refuses_pml_s_length_before_new_iter_naming_its_equivalent():

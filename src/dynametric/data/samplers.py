@@ -223,7 +223,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
     def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
         """All batches of this rank for ``epoch`` (default: the current one), without moving the position (the
         whole epoch drawn at once; iterating draws a step at a time)."""
-        e = self.epoch if epoch is None else int(epoch)
+        e = self.epoch if epoch is None else _positive_int(epoch, "epoch", minimum=0)
         return [step[self.rank].tolist() for step in self._epoch_steps(e, self._num_batches())]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -263,11 +263,19 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         return {"epoch": self.epoch, "position": self._position, **self._fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next iterator yields batch ``position`` onwards of epoch ``epoch``."""
-        for key, value in self._fingerprint().items():
+        """Resume: the next iterator yields batch ``position`` onwards of epoch ``epoch``. ``state`` is a
+        :meth:`state_dict` (its ``"sampler"`` entry required; any fingerprint entry it has must match)."""
+        fingerprint = self._fingerprint()
+        if "sampler" not in state:
+            missing = [key for key in fingerprint if key not in state]
+            raise InputError(f"sampler state has no fingerprint ({', '.join(missing)} missing): pass a state from "
+                             "state_dict() of the same sampler", key="sampler")
+        # num_batches last: a different batch count where everything else matches is the epoch length
+        for key, value in sorted(fingerprint.items(), key=lambda item: item[0] == "num_batches"):
             if key in state and state[key] != value:
                 raise InputError(f"sampler state has {key}={state[key]!r} but this sampler has {value!r}; "
-                                 "an exact resume needs the same data, batch size, seed and world size", key=key)
+                                 "an exact resume needs the same data, batch size, seed, world size and epoch length "
+                                 "(iterations_per_epoch)", key="iterations_per_epoch" if key == "num_batches" else key)
         for key in ("epoch", "position"):
             if key not in state:
                 raise InputError("sampler state is missing this entry", key=key)
@@ -439,9 +447,10 @@ class MPerClassSampler(_EpochBatchSampler):
 
     Within a batch the rows are grouped by class (``m`` consecutive rows per class). An epoch has
     ``iterations_per_epoch`` batches per rank, by default ``floor(chunks per pass / P / world_size)`` (≥ 1): as many
-    chunks as one pass holds. It visits every image once when the pass can be packed into batches of ``P`` distinct
-    classes (its chunk count a multiple of ``P`` and no class holding more than ``1/P`` of the chunks); otherwise not:
-    a batch holds a class once, so a class with more than ``1/P`` of the chunks gets at most one chunk per batch and
+    chunks as one pass holds. It visits every image once when the pass can be packed into steps of ``W x P``
+    distinct classes (``W`` = ``world_size``, 1 by default; its chunk count a multiple of ``W x P`` and no class
+    holding more than ``1/(W x P)`` of the chunks); otherwise not: a step holds a class once, so a class with more
+    than ``1/(W x P)`` of the chunks gets at most one chunk per step (per batch with one process) and
     the rest of the epoch's batches draw the other classes again from new passes (classes of 1000, 4, 4 and 4 images,
     ``m = 4``, ``P = 2``: 126 batches with 126 of the 250 chunks of the large class, about half the images). See the
     module docstring for chunks and replacement; a batch needs ``P`` distinct classes of ``scale`` (``InputError``
@@ -562,9 +571,25 @@ class ThreeScaleSampler(_EpochBatchSampler):
             self.scale_members.append(members)
         self._set_iterations(iterations_per_epoch)
         if self._num_batches() < 1:
-            raise InputError(f"{self.num_samples} images give {self.num_samples // self.k} items per epoch, fewer than "
-                             f"one batch of {self.items_per_batch} items per rank ({self.world_size} rank(s))",
-                             key="items_per_batch")
+            raise InputError(self._too_few_items_message(), key="items_per_batch")
+
+    def _too_few_items_message(self) -> str:
+        """Why one step of ``world_size x items_per_batch`` items does not fit the epoch's items, and what fits."""
+        def count(n: int, noun: str) -> str:
+            return f"{n} {noun}{'s' * (n != 1)}"
+        items, ipb, world = self.num_samples // self.k, self.items_per_batch, self.world_size
+        have = f"{count(self.num_samples, 'image')} give {count(items, 'item')} per epoch"
+        if world == 1:
+            want = f"fewer than one batch of {count(ipb, 'item')}"
+        else:
+            want = (f"fewer than one step of {world} x {ipb} = {count(world * ipb, 'item')} (items_per_batch {ipb} per "
+                    "process)")
+        rows = len(self.scales) * self.k
+        advice = ([f"items_per_batch {items // world} ({items // world * rows} rows a batch)"] if items // world
+                  else []) + ([_at_most(items // ipb)] if world > 1 and items // ipb else [])
+        if not items and self.num_samples:
+            advice.append(f"k {self.num_samples}")
+        return f"{have}, {want}" + (f": the largest that fits is {', or '.join(advice)}" if advice else "")
 
     setting_of: ClassVar[dict[str, str]] = {**SETTING_OF, "k": "m", "items_per_batch": "batch_size"}
     settings_used: ClassVar[frozenset[str]] = frozenset({"m"})  # every scale of ``scales`` is sampled
@@ -725,7 +750,8 @@ class HierarchicalSampler(_EpochBatchSampler):
         bounds = np.cumsum(np.bincount(self.parent_index, minlength=len(self.parents)))
         self.children = np.split(np.argsort(self.parent_index, kind="stable"), bounds[:-1])
         if len(self.parents) < self.parents_per_batch:
-            raise InputError(f"a batch needs {self.parents_per_batch} distinct parents but scale {self.parent_scale} "
+            raise InputError(f"a batch needs {self.parents_per_batch} distinct parent"
+                             f"{'s' * (self.parents_per_batch != 1)} but scale {self.parent_scale} "
                              f"has only {len(self.parents)}", key="parents_per_batch")
         # as MPerClassSampler's "P distinct classes": some parents_per_batch parents can fill their groups with
         # distinct classes, so a batch never needs to repeat a class (a parent with fewer classes may still repeat)
@@ -751,12 +777,17 @@ class HierarchicalSampler(_EpochBatchSampler):
         need = world * ppb
         step = (f"with {world} processes a training step draws {world} x {ppb} = {need} distinct parents (scale "
                 f"{self.parent_scale}; parents_per_batch {ppb} per process; {_STEP_WHY})")
-        if len(self.parents) < need:
-            fit, processes = len(self.parents) // world, _at_most(len(self.parents) // ppb)
-            largest = f"parents_per_batch {fit} per process fits, or {processes}" if fit else processes
-            raise InputError(f"{step} but scale {self.parent_scale} has only {len(self.parents)}: {largest}",
-                             key="parents_per_batch")
         kids = np.sort([len(c) for c in self.children])[::-1]
+        cpp, have = self.classes_per_parent, len(self.parents)
+        if have < need:
+            # only settings that are accepted: parents_per_batch f (with the batch size that keeps classes_per_parent)
+            # whose world x f parents have cpp classes each, and the most processes whose parents do
+            fit = next((f for f in range(have // world, 0, -1) if kids[world * f - 1] >= cpp), 0)
+            most = max((w for w in range(1, world) if w * ppb <= have and kids[w * ppb - 1] >= cpp), default=0)
+            advice = ([f"parents_per_batch {fit} with batch_size {self.k * fit * cpp} per process fits"] if fit
+                      else []) + ([_at_most(most)] if most else [])
+            raise InputError(f"{step} but scale {self.parent_scale} has only {have}"
+                             f"{': ' + ', or '.join(advice) if advice else ''}", key="parents_per_batch")
         fits = int(kids[need - 1])
         if fits < self.classes_per_parent:
             # the most processes whose parents all have enough classes (one process does: checked above)
