@@ -866,7 +866,7 @@ def test_sampler_errors_name_the_config_key_and_where_it_was_set(tmp_path, capsy
     # the sampler's own argument names (items_per_batch, parent_scale) are not config keys
     err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=three_scale", "data.batch_size=600", "data.m=4")
     assert err.endswith("<command line> key 'data.batch_size': 72 images give 18 items per epoch, fewer than one "
-                        "batch of 50 items per rank (1 rank(s))")
+                        "batch of 50 items: the largest that fits is a batch of 18 items (216 rows)")
     err = _dry(capsys, "--config", str(_cfg(tmp_path)), "data.sampler=hierarchical", "data.m=2",
                "data.sampler_options.parents_per_batch=20", "data.batch_size=40")
     assert err.endswith("<command line> key 'data.sampler_options.parents_per_batch': a batch needs 20 distinct "

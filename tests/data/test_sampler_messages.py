@@ -72,14 +72,13 @@ def test_three_scale_step_refusal_names_the_step_and_what_fits():
         ThreeScaleSampler(labels, k=4, items_per_batch=10, world_size=2)
     assert (info.value.key, info.value.message) == (
         "items_per_batch", "72 images give 18 items per epoch, fewer than one step of 2 x 10 = 20 items "
-        "(items_per_batch 10 per process): the largest that fits is items_per_batch 9 (72 rows a batch), or use at "
-        "most 1 process")
+        "(10 a batch per process): the largest that fits is a batch of 9 items (72 rows), or use at most 1 process")
     ThreeScaleSampler(labels, k=4, items_per_batch=9, world_size=2)
     ThreeScaleSampler(labels, k=4, items_per_batch=10, world_size=1)
     with pytest.raises(InputError) as info:  # singular counts
         ThreeScaleSampler(labels[:4], k=4, items_per_batch=2)
     assert info.value.message == ("4 images give 1 item per epoch, fewer than one batch of 2 items: the largest that "
-                                  "fits is items_per_batch 1 (8 rows a batch)")
+                                  "fits is a batch of 1 item (8 rows)")
     with pytest.raises(InputError) as info:
         ThreeScaleSampler(labels[:3], k=4, items_per_batch=1)
     assert info.value.message == ("3 images give 0 items per epoch, fewer than one batch of 1 item: the largest that "

@@ -582,10 +582,9 @@ class ThreeScaleSampler(_EpochBatchSampler):
         if world == 1:
             want = f"fewer than one batch of {count(ipb, 'item')}"
         else:
-            want = (f"fewer than one step of {world} x {ipb} = {count(world * ipb, 'item')} (items_per_batch {ipb} per "
-                    "process)")
+            want = f"fewer than one step of {world} x {ipb} = {count(world * ipb, 'item')} ({ipb} a batch per process)"
         rows = len(self.scales) * self.k
-        advice = ([f"items_per_batch {items // world} ({items // world * rows} rows a batch)"] if items // world
+        advice = ([f"a batch of {count(items // world, 'item')} ({items // world * rows} rows)"] if items // world
                   else []) + ([_at_most(items // ipb)] if world > 1 and items // ipb else [])
         if not items and self.num_samples:
             advice.append(f"k {self.num_samples}")
