@@ -109,7 +109,7 @@ def test_a_split_with_fewer_items_than_processes_is_refused_before_training():
         check_eval_shards(cfg, splits, 2)
     assert info.value.key == "trainer.devices"
     assert info.value.message == ("the test split has 1 image(s), fewer than the 2 processes that would each evaluate "
-                                  "a shard of it (trainer.devices x trainer.num_nodes); use at most 1 processes or "
+                                  "a shard of it (trainer.devices x trainer.num_nodes); use at most 1 process or "
                                   "more data")
     check_eval_shards(cfg, splits, 1)  # one process evaluates any split
     check_eval_shards(cfg, {"validation": None, "test": [0, 1]}, 2)  # no validation; two items for two processes

@@ -207,7 +207,7 @@ def check_eval_shards(cfg: Config, splits: Mapping[str, Any], processes: int) ->
         if n is not None and 0 < n < processes:
             raise ConfigError(f"the {name} split has {n} image(s), fewer than the {processes} processes that would "
                               f"each evaluate a shard of it (trainer.devices x trainer.num_nodes); use at most {n} "
-                              "processes or more data", key="trainer.devices")
+                              f"process{'es' * (n != 1)} or more data", key="trainer.devices")
 
 
 def _check_one_process_method(cfg: Config) -> None:
