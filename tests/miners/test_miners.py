@@ -138,7 +138,8 @@ def test_registry_and_errors():
     assert isinstance(m.distance, dm_dist.CosineSimilarity) and m.margin == 0.1
     with pytest.raises(ConfigError, match="unknown miner"):
         build_miner("Nope")
-    with pytest.raises(ConfigError, match="bad arguments"):
+    with pytest.raises(ConfigError, match=r"^key 'margin': BatchHardMiner has no argument 'margin'; its arguments: "
+                                          r"distance, scale, collect_stats$"):  # listed, as the command line does
         build_miner("BatchHardMiner", margin=3)
     with pytest.raises(ConfigError, match="type_of_triplets"):
         TripletMarginMiner(type_of_triplets="medium")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynametric.distances import build_distance
-from dynametric.errors import ConfigError
+from dynametric.errors import ConfigError, UnknownArgumentError
 from dynametric.miners.base import Miner
 from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
 from dynametric.miners.inter_class import InterClassTripletMiner
@@ -15,6 +15,7 @@ from dynametric.miners.multi_similarity import MultiSimilarityMiner
 from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
 from dynametric.pml import PMLAwareRegistry, missing_attribute
+from dynametric.utils.arguments import keyword_arguments, unknown_argument_message
 from dynametric.utils.registry import build_registered, unknown_name_message
 
 MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
@@ -30,11 +31,20 @@ MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
 
 def build_miner(name: str, **kwargs: Any) -> Miner:
     """Instantiate ``MINERS[name](**kwargs)`` with a clear :class:`ConfigError` for unknown names/arguments, keyed
-    as this call names them: ``name`` (an unknown miner), the argument (``distance``, an unexpected keyword), else
-    ``kwargs``. (A run config's miners are built by the engine, whose errors name the config keys:
-    ``miner.name``, ``miner.kwargs.<arg>``.)"""
+    as this call names them: ``name`` (an unknown miner), the argument (``distance``; an unexpected keyword, before
+    anything is built, which lists the miner's arguments as the command line does:
+    :class:`~dynametric.errors.UnknownArgumentError`), else ``kwargs``. A value the miner cannot use is its own
+    error, at the call where it is read (a ``scale`` that is no integer: as the losses say it). (A run config's
+    miners are built by the engine, whose errors name the config keys: ``miner.name``, ``miner.kwargs.<arg>``.)"""
     if name not in MINERS:
         raise ConfigError(unknown_name_message(MINERS, name), key="name")
+    factory = MINERS.get(name)  # a dict lookup: a pml: name (built on demand) checks its own arguments
+    if factory is not None:
+        _, named, open_kwargs, _ = keyword_arguments(factory)
+        for arg in kwargs:
+            if not open_kwargs and arg not in named:
+                raise UnknownArgumentError(unknown_argument_message(name, arg, named), argument=arg,
+                                           arguments=named)
     if "distance" in kwargs:
         kwargs["distance"] = build_distance(kwargs["distance"], key="distance")
     return build_registered(MINERS, "miner", name, kwargs, name_key="name")
