@@ -154,7 +154,7 @@ def reserved_name_error(name: str, names: Sequence[object]) -> str:
 
 def check_scale_names(names: Sequence[object], *, key: str = "scale_names",
                       reserved: Sequence[str] = tuple(RESERVED_SCALE_NAMES)) -> tuple[str, ...]:
-    """``names`` as a tuple of scale names, finest first: non-empty strings, each once, none of them
+    """``names`` as a tuple of scale names, finest first: non-empty strings (not blank), each once, none of them
     :data:`RESERVED_SCALE_NAMES` (``mean``, ``by_category``, ``protocol``: keys of an evaluation result;
     ``reserved=()`` allows them); else one :class:`InputError` keyed ``key`` naming the first fault. A repeated name
     would merge two scales' results (and per-scale loss parts) into one entry. A single string is refused (it was
@@ -165,6 +165,8 @@ def check_scale_names(names: Sequence[object], *, key: str = "scale_names",
     bad = [n for n in out if not isinstance(n, str) or not n]
     if bad:
         raise InputError(f"scale names must be non-empty strings, got {list(out)}", key=key)
+    if any(not str(n).strip() for n in out):  # ' ': a column no table, report or --scale can show or name
+        raise InputError(f"scale names must be non-empty strings (not blank), got {list(out)}", key=key)
     repeated = sorted({n for n in out if out.count(n) > 1}, key=out.index)
     if repeated:
         raise InputError(f"scale names must be distinct (one per label column), got {list(out)}: "

@@ -55,6 +55,8 @@ def test_declared_scale_names_refuses_unknown_options() -> None:
                                "under it), got ['by_category', 'group']"),
     (["leaf", 2, "group"], "scale names must be non-empty strings, got ['leaf', 2, 'group']"),
     (["leaf", "", "group"], "scale names must be non-empty strings, got ['leaf', '', 'group']"),
+    # blank: a column no table, report or --scale could show or name (was accepted by the readers)
+    (["leaf", " ", "group"], "scale names must be non-empty strings (not blank), got ['leaf', ' ', 'group']"),
 ])
 def test_folder_scale_names_that_would_merge_scales_are_refused_before_any_data(folder_root: Path, names,
                                                                                    message) -> None:
