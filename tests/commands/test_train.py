@@ -794,18 +794,24 @@ def test_metrics_without_a_value_are_null_in_metrics_json_and_a_resume_reads_the
     assert json.loads((out / "metrics.json").read_text(), parse_constant=_reject_nan) == metrics
 
 
-def test_early_stopping_is_reported_in_the_output_and_run_info(tmp_path, capsys, monkeypatch):
+def _falling_validation(monkeypatch) -> None:
+    """Validation's fine/map@r 0.5, 0.4, 0.3, ... by epoch (0.5 - 0.1 x the epoch) while fitting: patience 1 stops
+    after the second round."""
     from dynametric.engine.module import MetricLearningModule
 
     evaluate = MetricLearningModule._evaluate_buffer
 
-    def falling(self):  # validation fine/map@r 0.5, 0.4, 0.3, ...: patience 1 stops after epoch 1
+    def falling(self):
         results = evaluate(self)
         if self.trainer.state.fn == "fit":
             results["fine"]["map@r"] = 0.5 - 0.1 * self.current_epoch
         return results
 
     monkeypatch.setattr(MetricLearningModule, "_evaluate_buffer", falling)
+
+
+def test_early_stopping_is_reported_in_the_output_and_run_info(tmp_path, capsys, monkeypatch):
+    _falling_validation(monkeypatch)  # patience 1 stops after epoch 1
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "run"
@@ -843,17 +849,7 @@ def test_the_printed_epochs_are_those_metrics_json_records(tmp_path, capsys, mon
     3, `after epoch 3`). One numbering now: the note's list is metrics.json's, and early stopping names its last."""
     import re
 
-    from dynametric.engine.module import MetricLearningModule
-
-    evaluate = MetricLearningModule._evaluate_buffer
-
-    def falling(self):
-        results = evaluate(self)
-        if self.trainer.state.fn == "fit":
-            results["fine"]["map@r"] = 0.5 - 0.1 * self.current_epoch
-        return results
-
-    monkeypatch.setattr(MetricLearningModule, "_evaluate_buffer", falling)
+    _falling_validation(monkeypatch)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "run"
