@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import functools
 import inspect
 import logging
@@ -53,7 +52,7 @@ from dynametric.errors import ConfigError, InputError, UnknownArgumentError, fir
 from dynametric.labels import as_label_matrix, label_column_argument
 from dynametric.utils.arguments import argument_annotations as _annotations
 from dynametric.utils.arguments import expected_message as _expected_message
-from dynametric.utils.arguments import keyword_arguments
+from dynametric.utils.arguments import keyword_arguments, unknown_argument_message
 from dynametric.utils.arguments import misfit as _misfit
 from dynametric.utils.registry import unknown_name_message, with_import_hint
 
@@ -654,14 +653,15 @@ def _unknown_argument(name: str, arg: str, named: Sequence[str], key: str) -> Co
     with the list of them and how to drop it (a keyword written for another loss or miner: remove it, or clear the
     section's keywords with ``<key>.kwargs={}``; Python's ``build_loss`` says it in the same words, without the
     config's way to drop it: :func:`dynametric.utils.arguments.unknown_argument_message`)."""
-    close = difflib.get_close_matches(arg, list(named), n=1, cutoff=0.6)
-    hint = (f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)} (remove "
-            f"{key}.kwargs.{arg}, or clear them all with {key}.kwargs={{}})")
     left, colon, right = arg.partition(":")
     if colon and left.strip():  # YAML reads {distance:l2} as one key 'distance:l2': a flow mapping needs ': '
-        hint = (f"; a YAML mapping needs a space after ':' (did you mean `{left.strip()}: {right.strip()}`?)"
-                + (f"; {left.strip()!r} is one of its arguments" if left.strip() in named else ""))
-    return ConfigError(f"{name} has no argument {arg!r}{hint}", key=f"{key}.kwargs.{arg}")
+        message = (f"{name} has no argument {arg!r}; a YAML mapping needs a space after ':' (did you mean "
+                   f"`{left.strip()}: {right.strip()}`?)"
+                   + (f"; {left.strip()!r} is one of its arguments" if left.strip() in named else ""))
+    else:
+        message = unknown_argument_message(name, arg, named, after_list=f" (remove {key}.kwargs.{arg}, or clear "
+                                                                         f"them all with {key}.kwargs={{}})")
+    return ConfigError(message, key=f"{key}.kwargs.{arg}")
 
 
 def _construction_error(name: str, kwargs: Mapping[str, Any], given: Sequence[str], key: str,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dynametric.distances import DISTANCES, build_distance
-from dynametric.errors import ConfigError, UnknownArgumentError
+from dynametric.errors import ConfigError
 from dynametric.losses.base import IndicesTuple, MetricLoss, Miner
 from dynametric.losses.circle import CircleLoss
 from dynametric.losses.contrastive import ContrastiveLoss
@@ -46,7 +46,7 @@ from dynametric.losses.reducers import (
 )
 from dynametric.losses.triplet import TripletMarginLoss
 from dynametric.pml import missing_attribute
-from dynametric.utils.arguments import expected_message, keyword_arguments, misfit, unknown_argument_message
+from dynametric.utils.arguments import expected_message, keyword_arguments, misfit, refuse_unknown_arguments
 from dynametric.utils.registry import build_registered, unknown_name_message
 
 LOSSES: dict[str, type[MetricLoss]] = PMLAwareRegistry("losses", {
@@ -93,8 +93,8 @@ def check_loss_arguments(name: str, kwargs: Mapping[str, Any], *, unknown: bool 
         return
     _, named, open_kwargs, hints = keyword_arguments(factory)
     for arg, value in kwargs.items():
-        if unknown and not open_kwargs and arg not in named:
-            raise UnknownArgumentError(unknown_argument_message(name, arg, named), argument=arg, arguments=named)
+        if unknown:
+            refuse_unknown_arguments(name, [arg], named, open_kwargs)
         want = misfit(hints.get(arg), value, finite=True)
         if want is not None:
             raise ConfigError(expected_message(name, arg, want, value), key=arg)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynametric.distances import build_distance
-from dynametric.errors import ConfigError, UnknownArgumentError
+from dynametric.errors import ConfigError
 from dynametric.miners.base import Miner
 from dynametric.miners.distance_weighted import DistanceWeightedMiner, inverse_q_log_weights
 from dynametric.miners.inter_class import InterClassTripletMiner
@@ -15,7 +15,7 @@ from dynametric.miners.multi_similarity import MultiSimilarityMiner
 from dynametric.miners.pml import PMLMiner, pml_miner
 from dynametric.miners.triplet_margin import BatchHardMiner, PairMarginMiner, TripletMarginMiner
 from dynametric.pml import PMLAwareRegistry, missing_attribute
-from dynametric.utils.arguments import keyword_arguments, unknown_argument_message
+from dynametric.utils.arguments import keyword_arguments, refuse_unknown_arguments
 from dynametric.utils.registry import build_registered, unknown_name_message
 
 MINERS: dict[str, type[Miner]] = PMLAwareRegistry("miners", {
@@ -41,10 +41,7 @@ def build_miner(name: str, **kwargs: Any) -> Miner:
     factory = MINERS.get(name)  # a dict lookup: a pml: name (built on demand) checks its own arguments
     if factory is not None:
         _, named, open_kwargs, _ = keyword_arguments(factory)
-        for arg in kwargs:
-            if not open_kwargs and arg not in named:
-                raise UnknownArgumentError(unknown_argument_message(name, arg, named), argument=arg,
-                                           arguments=named)
+        refuse_unknown_arguments(name, kwargs, named, open_kwargs)
     if "distance" in kwargs:
         kwargs["distance"] = build_distance(kwargs["distance"], key="distance")
     return build_registered(MINERS, "miner", name, kwargs, name_key="name")

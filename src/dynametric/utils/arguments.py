@@ -16,11 +16,11 @@ import numbers
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["NUMBER_TYPES", "VALUE_CHARS", "argument_annotations", "expected", "expected_message", "fits", "init_chain",
-           "keyword_arguments", "misfit", "parameters", "unknown_argument_message"]
+           "keyword_arguments", "misfit", "parameters", "refuse_unknown_arguments", "unknown_argument_message"]
 
 NUMBER_TYPES = (int, float)
 VALUE_CHARS = 80  # the most of a value's repr an error message shows
@@ -95,12 +95,26 @@ def keyword_arguments(factory: Callable[..., Any]
     return sig, named, open_kwargs, hints
 
 
-def unknown_argument_message(name: str, arg: str, named: Sequence[str]) -> str:
-    """``<name> has no argument <arg>``, with the closest argument (a misspelling), else the list of them: the words
-    of every route (the config's factory adds how to drop the key; ``pml:`` classes say it alike)."""
+def unknown_argument_message(name: str, arg: str, named: Sequence[str], *, after_list: str = "") -> str:
+    """``<name> has no argument <arg>``, with the closest argument (a misspelling), else the list of them and
+    ``after_list`` (the config's factory says there how to drop the key): the words of every route (``pml:`` classes
+    say it alike)."""
     close = difflib.get_close_matches(arg, list(named), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)}"
+    hint = f"; did you mean {close[0]!r}?" if close else f"; its arguments: {', '.join(named)}{after_list}"
     return f"{name} has no argument {arg!r}{hint}"
+
+
+def refuse_unknown_arguments(name: str, kwargs: Iterable[str], named: Sequence[str], open_kwargs: bool) -> None:
+    """An :class:`~dynametric.errors.UnknownArgumentError` keyed by the first of ``kwargs`` that ``name``'s
+    constructor does not take (``named`` and ``open_kwargs`` as :func:`keyword_arguments` gives them: nothing is
+    refused where it takes any keyword): the Python factories' check (``build_loss``, ``build_miner``)."""
+    from dynametric.errors import UnknownArgumentError
+
+    if open_kwargs:
+        return
+    for arg in kwargs:
+        if arg not in named:
+            raise UnknownArgumentError(unknown_argument_message(name, arg, named), argument=arg, arguments=named)
 
 
 def misfit(annotation: Any, value: Any, *, finite: bool = False) -> str | None:
