@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from dynametric.errors import ConfigError, InputError, first_sentence
+from dynametric.utils.arguments import short_repr as _short
 from dynametric.utils.io import check_name_lengths, file_sha256, holds_only_own_files, nan_to_null, replacement_mode
 
 MODEL_FILE = "model.safetensors"
@@ -346,11 +347,6 @@ def check_preprocessing(steps: Any, *, key: str = "preprocessing", file: Path | 
             raise InputError(f"expected JSON values (strings, numbers, lists, dicts), got {_short(step)} "
                              f"({first_sentence(exc)})", file=file, key=where) from None
     return out
-
-
-def _short(value: Any) -> str:
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _preprocessing_code(steps: Sequence[Mapping[str, Any]]) -> list[str]:

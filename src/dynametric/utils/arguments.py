@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["NUMBER_TYPES", "VALUE_CHARS", "argument_annotations", "expected", "expected_message", "fits", "init_chain",
-           "keyword_arguments", "misfit", "parameters", "refuse_unknown_arguments", "unknown_argument_message"]
+           "keyword_arguments", "misfit", "parameters", "refuse_unknown_arguments", "short_repr",
+           "unknown_argument_message"]
 
 NUMBER_TYPES = (int, float)
 VALUE_CHARS = 80  # the most of a value's repr an error message shows
@@ -235,13 +236,17 @@ def _items(value: Any) -> list[Any] | tuple[Any, ...] | None:
     return None
 
 
-def expected_message(name: str, arg: str, want: str, value: Any) -> str:
-    """``<name>: expected <want> for <arg>, got <value> (<type>)``: one line, the same on every route (the value's
-    repr on one line and at most :data:`VALUE_CHARS` characters: an array or a 10**400 is cut, ``...`` said)."""
+def short_repr(value: Any) -> str:
+    """``repr(value)`` for an error message: on one line and at most :data:`VALUE_CHARS` characters (an array or a
+    10**400 is cut, ``...`` said); an integer too long for Python to write out is said by its size."""
     try:
         shown = " ".join(repr(value).split())
     except ValueError:  # an integer of more digits than Python converts to text (sys.set_int_max_str_digits)
         shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
-    if len(shown) > VALUE_CHARS:
-        shown = shown[:VALUE_CHARS - 3] + "..."
-    return f"{name}: expected {want} for {arg}, got {shown} ({type(value).__name__})"
+    return shown if len(shown) <= VALUE_CHARS else shown[:VALUE_CHARS - 3] + "..."
+
+
+def expected_message(name: str, arg: str, want: str, value: Any) -> str:
+    """``<name>: expected <want> for <arg>, got <value> (<type>)``: one line, the same on every route (the value as
+    :func:`short_repr` shows it)."""
+    return f"{name}: expected {want} for {arg}, got {short_repr(value)} ({type(value).__name__})"
