@@ -796,3 +796,36 @@ def test_a_non_finite_loss_hyperparameter_is_refused_when_the_config_loads(tmp_p
                                           r"margin, got 'x' \(str\)$"):
         load_config(None, ["loss.kwargs.margin=x"])
     assert load_config(None, ["loss.kwargs.margin=0.3"]).loss.kwargs == {"margin": 0.3}
+
+
+def test_a_config_changed_or_built_in_python_is_checked_again_by_the_run_and_its_dry_run(tmp_path: Path) -> None:
+    """The dataclasses check nothing when built or assigned: a weight decay of -1 set after loading, or a Config
+    built with one, reached the optimizer unchecked (the run trained with it). The run and the dry run refuse it as
+    the loader does, keyed, with no file line (the file did not set that value); a config that passes is left as
+    it was."""
+    from dynametric.config import Config, OptimConfig, check_config
+    from dynametric.pipeline.dryrun import dry_run
+    from dynametric.pipeline.run import run_training
+
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  weight_decay: 0.001\n")
+    changed = load_config(config)
+    changed.optim.weight_decay = -1.0
+    expected = "key 'optim.weight_decay': weight decay must be a finite number >= 0, got -1.0"
+    for call in (lambda: dry_run(changed, log=lambda _: None), lambda: run_training(changed, tmp_path / "run"),
+                 lambda: check_config(Config(optim=OptimConfig(weight_decay=-1.0)))):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert (str(err.value), err.value.key) == (expected, "optim.weight_decay")
+    assert not (tmp_path / "run").exists()
+    changed.loss.kwargs["margin"] = "big"
+    changed.optim.weight_decay = 0.0
+    with pytest.raises(ConfigError, match=r"^key 'loss.kwargs.margin': TripletMarginLoss: expected a number for "
+                                          r"margin, got 'big' \(str\)$"):
+        check_config(changed)
+    fine = load_config(config)
+    before = dataclasses.asdict(fine)
+    check_config(fine)
+    assert dataclasses.asdict(fine) == before
+    with pytest.raises(ConfigError, match=r"^key 'cfg': expected a dynametric.config.Config, got dict$"):
+        check_config({"optim": {}})  # type: ignore[arg-type]

@@ -886,6 +886,13 @@ def test_the_printed_epochs_are_those_metrics_json_records(tmp_path, capsys, mon
      "note: trainer.max_steps 8 ends the run in epoch 1 (numbered from 0; 4 optimizer step(s) per epoch), before "
      "epoch 2 (optim.scheduler.step_size), where the step schedule first lowers the rate: the step schedule never "
      "lowers the rate"),
+    # gamma 1: the drops multiply the rate by 1 (said once, not also the step_size / milestone note)
+    (["optim.scheduler.name=step", "optim.scheduler.step_size=2", "optim.scheduler.gamma=1", "trainer.max_epochs=5"],
+     "note: optim.scheduler.gamma 1: the step schedule multiplies the rate by gamma at each drop, so it never lowers "
+     "the rate; set 0 < gamma < 1 to lower it"),
+    (["optim.scheduler.name=multistep", "optim.scheduler.milestones=[2,30]", "optim.scheduler.gamma=1.0",
+      "trainer.max_epochs=5"],
+     "note: optim.scheduler.gamma 1: the multistep schedule multiplies the rate by gamma at each drop"),
     # schedules that do take effect: no note (the rate drops at step 8 of 9; reaches optim.lr at step 4 of 4; at
     # step 2 of 3 with accumulation 3; multistep's milestone 19 is the last epoch)
     (["optim.scheduler.name=step", "optim.scheduler.step_size=2", "trainer.max_epochs=5", "trainer.max_steps=9"], None),

@@ -103,7 +103,7 @@ def test_state_of_another_epoch_length_is_keyed_iterations_per_epoch():
         MPerClassSampler(labels, m=2, batch_size=4, iterations_per_epoch=6).load_state_dict(state)
     assert (info.value.key, info.value.message) == (
         "iterations_per_epoch", "sampler state has num_batches=5 but this sampler has 6; an exact resume needs the "
-        "same data, batch size, seed, world size and epoch length (iterations_per_epoch)")
+        "same epoch length (iterations_per_epoch) as the saved run")
 
 
 def test_state_of_another_m_is_keyed_m_not_iterations_per_epoch():
@@ -115,8 +115,7 @@ def test_state_of_another_m_is_keyed_m_not_iterations_per_epoch():
     with pytest.raises(InputError) as info:
         resumed.load_state_dict(state)
     assert (info.value.key, info.value.message) == (
-        "m", "sampler state has m=1 but this sampler has 2; an exact resume needs the same data, batch size, seed, "
-        "world size and epoch length (iterations_per_epoch)")
+        "m", "sampler state has m=1 but this sampler has 2; an exact resume needs the same m as the saved run")
 
 
 def test_state_without_fingerprint_is_refused():
@@ -129,3 +128,19 @@ def test_state_without_fingerprint_is_refused():
     assert sampler.state_dict()["position"] == 0  # nothing loaded
     sampler.load_state_dict({**sampler.state_dict(), "position": 1})
     assert sampler.state_dict()["position"] == 1
+
+
+@pytest.mark.parametrize("change,key,needs", [
+    ({"seed": 1}, "seed", "seed"),
+    ({"labels": torch.arange(16) % 2}, "labels_digest", "data (its labels)"),
+    ({"labels": torch.arange(20) % 4}, "num_samples", "data (its number of items)"),
+    ({"batch_size": 8}, "batch_size", "batch size"),
+])
+def test_state_refusal_names_what_differs(change, key, needs):
+    args = {"labels": torch.arange(16) % 4, "m": 2, "batch_size": 4, "seed": 0}
+    state = MPerClassSampler(**args).state_dict()
+    with pytest.raises(InputError) as info:
+        MPerClassSampler(**{**args, **change}).load_state_dict(state)
+    assert info.value.key == key
+    assert info.value.message.startswith(f"sampler state has {key}=")
+    assert info.value.message.endswith(f"an exact resume needs the same {needs} as the saved run")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dynametric.config.loader import (
     apply_override,
+    check_config,
     config_from_dict,
     config_hash,
     config_to_dict,
@@ -48,7 +49,7 @@ from dynametric.config.schema import (
 __all__ = [
     "MODEL_TRAINING_KEYS", "PRECISIONS", "Config", "DataConfig", "EvalConfig", "ExtraLossConfig", "LossConfig",
     "MethodConfig", "MinerConfig", "ModelConfig", "OptimConfig", "ParamGroupConfig", "RunConfig", "SchedulerConfig",
-    "TrainerConfig", "apply_override", "config_from_dict", "config_hash", "config_to_dict", "config_to_yaml",
-    "embedder_kwargs", "errors_located", "key_set", "load_config", "locate_error", "parse_value", "save_config",
-    "schema_default", "schema_keys",
+    "TrainerConfig", "apply_override", "check_config", "config_from_dict", "config_hash", "config_to_dict",
+    "config_to_yaml", "embedder_kwargs", "errors_located", "key_set", "load_config", "locate_error", "parse_value",
+    "save_config", "schema_default", "schema_keys",
 ]

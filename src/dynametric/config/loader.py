@@ -918,6 +918,21 @@ def config_from_dict(raw: Mapping[str, Any], *, source: _Source | None = None) -
     return cfg
 
 
+def check_config(cfg: Config) -> None:
+    """Every check :func:`load_config` makes (types, ranges, names, the sections' cross-checks), again, on a
+    :class:`Config` built or changed in Python after loading (``cfg.optim.lr = float('nan')``, ``Config(optim=
+    OptimConfig(lr=-1))``): the dataclasses check nothing when they are built or assigned, so such a value reached
+    the run unchecked. Raises the :class:`ConfigError` the loader would, keyed by the dotted key (no file and line:
+    the value may have been set in Python since); ``cfg`` itself is neither changed nor replaced.
+    :func:`~dynametric.pipeline.run.run_training` and :func:`~dynametric.pipeline.dryrun.dry_run` call it first."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected a dynametric.config.Config, got {type(cfg).__name__}", key="cfg")
+    try:
+        config_from_dict(config_to_dict(cfg))  # a fresh source: the imports are not announced again
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=exc.key) from None  # no file line: the value may not be the file's
+
+
 def _import_listed(value: Any, ctx: _Ctx) -> None:
     """Import the modules of the config's ``imports`` (a list of module names), before any section is checked; a
     value of the wrong type, a name that is not a module name, or a module that cannot be imported is an error at

@@ -274,8 +274,8 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         for key, value in sorted(fingerprint.items(), key=lambda item: item[0] == "num_batches"):
             if key in state and state[key] != value:
                 raise InputError(f"sampler state has {key}={state[key]!r} but this sampler has {value!r}; "
-                                 "an exact resume needs the same data, batch size, seed, world size and epoch length "
-                                 "(iterations_per_epoch)", key="iterations_per_epoch" if key == "num_batches" else key)
+                                 f"an exact resume needs the same {_RESUME_NEEDS.get(key, key)} as the saved run",
+                                 key="iterations_per_epoch" if key == "num_batches" else key)
         for key in ("epoch", "position"):
             if key not in state:
                 raise InputError("sampler state is missing this entry", key=key)
@@ -286,6 +286,15 @@ class _EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self._position = position
         self._resume_from = position
         self._live = None  # the loaded state is the state until the next iter(): no live iterator moves it
+
+
+#: What a fingerprint entry of a sampler's state stands for, in the refusal of a state that differs there (an
+#: entry not listed is the sampler's own argument of that name: ``m``, ``k``, ``scale``, ...).
+_RESUME_NEEDS = {
+    "sampler": "sampler class", "num_samples": "data (its number of items)", "labels_digest": "data (its labels)",
+    "batch_size": "batch size", "seed": "seed", "world_size": "world size (processes)",
+    "num_batches": "epoch length (iterations_per_epoch)",
+}
 
 
 class _ChunkPool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dynametric.config.loader import config_notes
+from dynametric.config.loader import check_config, config_notes
 from dynametric.config.schema import anchored
 from dynametric.engine.builders import (
     Components,
@@ -69,6 +69,7 @@ def dry_run(cfg: Config, log: Callable[[str], None] = print, *, note: Callable[[
     whether the pretrained weights are already cached (else where a real run would fetch them from). The caller's
     grad mode is the same afterwards (also after an error). ``log`` and ``note``: as :func:`run_training`'s (the
     notes and warnings go to ``note``, the description to ``log``)."""
+    check_config(cfg)  # a Config built or changed in Python: the loader's checks, again
     with torch.set_grad_enabled(torch.is_grad_enabled()):  # restores the mode on the way out
         if run_dir is not None:
             check_new_run_folder(Path(run_dir), folder_key)

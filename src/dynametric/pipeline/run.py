@@ -41,7 +41,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dynametric.config.loader import config_notes
+from dynametric.config.loader import check_config, config_notes
 from dynametric.config.schema import anchored, split_monitor
 from dynametric.data.readers import printable_path
 from dynametric.engine.builders import (
@@ -338,6 +338,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, resume: bool = False, prog
 
     Lightning's own banners and warnings (GPU available, the number of loader workers, ...) still print unless
     :func:`quiet_lightning` was called first, as the command line does."""
+    check_config(cfg)  # a Config built or changed in Python: the loader's checks, again
     with callers_random_state(), callers_torch_flags(), callers_start_method():
         return _run_training(cfg, run_dir, resume=resume, progress=progress, log=log, note=note,
                              folder_key=folder_key)

@@ -115,7 +115,8 @@ def schedule_notes(cfg: Config, per_epoch: int | None) -> list[str]:
     """``note:`` lines for a learning-rate schedule that cannot take effect in the run's length: a ``step`` schedule
     whose ``step_size`` is at or after the run's last epoch, ``multistep`` milestones there (the rate drops from
     epoch ``m`` on, numbered from 0, so a milestone of ``trainer.max_epochs`` or more never fires), and a
-    ``trainer.max_steps`` that ends the run inside the warm-up (the rate never reaches ``optim.lr``). The run's
+    ``trainer.max_steps`` that ends the run inside the warm-up (the rate never reaches ``optim.lr``); a ``step`` or
+    ``multistep`` schedule with ``gamma: 1`` (its drops multiply the rate by 1) is said once instead. The run's
     length is ``trainer.max_epochs`` epochs, or ``trainer.max_steps`` optimizer steps where that is shorter, counted
     with ``per_epoch`` (:func:`steps_per_epoch`; ``None``: not known, and nothing is said about ``max_steps``).
     Early stopping (``trainer.patience``) can end a run sooner still: not foreseen here."""
@@ -129,14 +130,18 @@ def schedule_notes(cfg: Config, per_epoch: int | None) -> list[str]:
         ends = (f"trainer.max_steps {total} ends the run in epoch {last} (numbered from 0; {per_epoch} optimizer "
                 f"step(s) per epoch)")
     notes: list[str] = []
-    if sched.name == "step" and int(sched.step_size) > last:
+    flat = sched.name in ("step", "multistep") and float(sched.gamma) == 1.0
+    if flat:  # its drops multiply the rate by 1: said once, whatever the run's length
+        notes.append(f"note: optim.scheduler.gamma 1: the {sched.name} schedule multiplies the rate by gamma at each "
+                     "drop, so it never lowers the rate; set 0 < gamma < 1 to lower it")
+    if sched.name == "step" and int(sched.step_size) > last and not flat:
         if by_steps:
             notes.append(f"note: {ends}, before epoch {sched.step_size} (optim.scheduler.step_size), where the step "
                          "schedule first lowers the rate: the step schedule never lowers the rate")
         else:
             notes.append(f"note: optim.scheduler.step_size {sched.step_size} >= trainer.max_epochs {epochs}: the step "
                          "schedule never lowers the rate")
-    if sched.name == "multistep":
+    if sched.name == "multistep" and not flat:
         never = [int(m) for m in sched.milestones if int(m) > last]
         if never:
             fired = [str(m) for m in sched.milestones if int(m) <= last]
