@@ -93,3 +93,28 @@ def test_the_gallery_caption_names_the_finest_scale(tmp_path, monkeypatch):
     assert "same fine class" not in text
     _, text = _figures(tmp_path, monkeypatch, ["a<b", *NAMES[1:]])
     assert "(green = same a&lt;b class, red = different)" in text
+
+
+
+@pytest.mark.parametrize("names", [["fine"], ["fine", "middle", "coarse"], ["a", "b", "c", "d", "e"]])
+def test_the_bar_legend_covers_no_bar(names):
+    """Bars of 1.0 (a perfect trained model, an untrained one at 0.9) under the legend: it sat in the first
+    panel's best corner, over the bars. The legend's box and every bar's box, in pixels, do not overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.patches import Rectangle
+
+    from dynametric.pipeline.report import bars_figure
+
+    metrics = ["recall@1", "map@r", "map"]
+    test = {s: {m: 1.0 for m in metrics} for s in names}
+    untrained = {s: {m: 0.9 for m in metrics} for s in names}
+    fig = bars_figure(test, untrained, names, metrics)
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [p.get_window_extent(renderer) for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(bars) == 2 * len(names)
+    assert all(b.height > 0 for b in bars)
+    assert not any(legend.overlaps(b) for b in bars)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["untrained", "trained"]
