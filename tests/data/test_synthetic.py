@@ -130,10 +130,50 @@ def test_an_image_size_beyond_memory_is_one_line_keyed_image_size(size, why):
     with pytest.raises(InputError) as info:
         SyntheticHierarchy("val", image_size=size, images_per_class=2)
     assert info.value.key == "image_size"
-    need = 54 * 2 * size ** 2 * 3 + 2 * (2 * size) ** 2 * 4  # val: 6 fine classes of each of the 9 shapes
+    # val: 6 fine classes of each of the 9 shapes; the renderer's two float32 grids and one image's drawing (56
+    # bytes) per supersampled pixel
+    need = 54 * 2 * size ** 2 * 3 + 2 * (2 * size) ** 2 * 4 + (2 * size) ** 2 * 56
     assert info.value.message == (
         f"image_size {size} is too large: the val split's 108 images of {size}x{size} need {need / 2 ** 30:.3g} GiB "
         f"of memory, more than can be allocated here ({why}); expected a smaller image_size (e.g. 32 to 256)")
+
+
+def test_running_out_of_memory_while_drawing_is_the_same_one_line(monkeypatch):
+    """The images' array and the grids allocated, the first drawing (at twice the size, in float64) or the pages of
+    the array it touches fail: a MemoryError traceback before; the same keyed line as an allocation that fails."""
+    from dynametric.data import synthetic
+
+    def out_of_memory(self, variant, rng):
+        raise MemoryError
+
+    monkeypatch.setattr(synthetic._Renderer, "render", out_of_memory)
+    with pytest.raises(InputError) as info:
+        SyntheticHierarchy("val", image_size=16, images_per_class=2)
+    need = 108 * 16 ** 2 * 3 + 2 * 32 ** 2 * 4 + 32 ** 2 * 56
+    assert (info.value.key, info.value.message) == ("image_size", (
+        f"image_size 16 is too large: the val split's 108 images of 16x16 need {need / 2 ** 30:.3g} GiB of memory, "
+        "more than can be allocated here (MemoryError); expected a smaller image_size (e.g. 32 to 256)"))
+
+
+def test_the_drawing_memory_bound_holds():
+    """_RENDER_BYTES bounds one image's drawing: the numpy temporaries of a striped fill at their peak (traced;
+    float64 RGB values at the supersampled size and more) plus Pillow's four images of that size (4 bytes a pixel
+    each, untraced) fit in it."""
+    import tracemalloc
+
+    from dynametric.data import synthetic
+
+    renderer = synthetic._Renderer(128, 8.0, 6)
+    variant = {"shape": next(iter(synthetic._POLYGONS)), "colour": next(iter(synthetic.COLOURS)),
+               "texture": "striped", "size": list(synthetic.SIZES)[-1]}
+    tracemalloc.start()
+    try:
+        renderer.render(variant, np.random.default_rng(0))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    big = (128 * synthetic._SUPERSAMPLE) ** 2
+    assert 24 * big <= peak and peak + 4 * 4 * big <= synthetic._RENDER_BYTES * big
 
 
 def test_a_train_dry_run_with_a_synthetic_image_size_beyond_memory_is_keyed_data_options(capsys):

@@ -51,6 +51,10 @@ TEXTURES: tuple[str, ...] = ("solid", "striped", "hollow", "two_tone")
 SIZES: dict[str, float] = {"small": 0.24, "large": 0.38}  # shape radius as a fraction of the image side
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _SUPERSAMPLE = 2
+#: The most memory drawing one image takes, in bytes per supersampled pixel: a striped or two-tone fill's numpy
+#: temporaries (float64 RGB values, the float32 stripe coordinate, masks: 36 at their peak, traced) and Pillow's
+#: images of that size (canvas, fill, composite and mask, about 4 bytes a pixel each), with a margin.
+_RENDER_BYTES = 56
 
 
 def _unit_polygon(shape: str) -> np.ndarray:
@@ -432,15 +436,22 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
                 v["angle"] = float(crng.uniform(0, 2 * math.pi))
 
         n = len(self.classes) * self.images_per_class
+
+        def too_large(exc: BaseException) -> InputError:
+            # the split's images, the renderer's two float32 grids at the supersampled size, and one image's
+            # drawing at that size (_RENDER_BYTES per supersampled pixel at most: a striped or two-tone fill)
+            big = (self.image_size * _SUPERSAMPLE) ** 2
+            need = n * self.image_size ** 2 * 3 + 2 * big * 4 + big * _RENDER_BYTES
+            return InputError(f"image_size {self.image_size} is too large: the {split} split's {n} images of "
+                              f"{self.image_size}x{self.image_size} need {need / 2 ** 30:.3g} GiB of memory, more "
+                              f"than can be allocated here ({type(exc).__name__}); expected a smaller image_size (e.g. "
+                              "32 to 256)", key="image_size")
+
         try:  # the split's images are held in memory, and the renderer's grids at twice the size
             renderer = _Renderer(self.image_size, float(noise_std), int(clutter))
             images = np.empty((n, self.image_size, self.image_size, 3), dtype=np.uint8)
         except (MemoryError, ValueError) as exc:  # ValueError: numpy's "Maximum allowed dimension exceeded"
-            need = n * self.image_size ** 2 * 3 + 2 * (self.image_size * _SUPERSAMPLE) ** 2 * 4
-            raise InputError(f"image_size {self.image_size} is too large: the {split} split's {n} images of "
-                             f"{self.image_size}x{self.image_size} need {need / 2 ** 30:.3g} GiB of memory, more than "
-                             f"can be allocated here ({type(exc).__name__}); expected a smaller image_size (e.g. 32 "
-                             f"to 256)", key="image_size") from None
+            raise too_large(exc) from None
         labels = np.empty((n, 3), dtype=np.int64)
         drawn_attrs: list[tuple[str, str, str]] = []
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS.index(split), self.image_size]))
@@ -453,7 +464,10 @@ class SyntheticHierarchy(torch.utils.data.Dataset):
                     drawn = dict(variant)
                     for f in free:
                         drawn[f] = FACTORS[f][int(rng.integers(len(FACTORS[f])))]
-                images[i] = renderer.render(drawn, rng)
+                try:  # the first images touch the array's pages and draw at the supersampled size
+                    images[i] = renderer.render(drawn, rng)
+                except MemoryError as exc:
+                    raise too_large(exc) from None
                 drawn_attrs.append((drawn["colour"], drawn["texture"], drawn["size"]))
                 labels[i] = (variant["fine"], variant["middle"], variant["coarse"])
         order = rng.permutation(n)  # interleave classes so that a prefix is not class-sorted
